@@ -1,0 +1,16 @@
+package broker
+
+import "errors"
+
+// Errors callers map to behaviour (and the gateway to HTTP status).
+var (
+	ErrNotFound          = errors.New("job not found")
+	ErrQueueFull         = errors.New("queue full")
+	ErrStorageFull       = errors.New("storage full")
+	ErrConflict          = errors.New("job was changed concurrently (revision mismatch)")
+	ErrIllegalTransition = errors.New("illegal state transition")
+	ErrTerminal          = errors.New("job already finished")
+	ErrBadID             = errors.New("invalid job id")
+	ErrBadArtifactName   = errors.New("invalid artifact name")
+	ErrArtifactNotFound  = errors.New("artifact not found")
+)

@@ -1,0 +1,174 @@
+package broker
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// State is where a job is in its life.
+type State string
+
+// The job lifecycle: queued → loading → working → done | failed | canceled, with
+// retrying between attempts. loading means the target is swapping the model in.
+const (
+	StateQueued   State = "queued"
+	StateLoading  State = "loading"
+	StateWorking  State = "working"
+	StateRetrying State = "retrying"
+	StateDone     State = "done"
+	StateFailed   State = "failed"
+	StateCanceled State = "canceled"
+)
+
+// States lists every state, in lifecycle order.
+var States = []State{StateQueued, StateLoading, StateWorking, StateRetrying, StateDone, StateFailed, StateCanceled}
+
+// Terminal reports whether a job in s will never change again.
+func (s State) Terminal() bool { return s == StateDone || s == StateFailed || s == StateCanceled }
+
+// Valid reports whether s is a known state.
+func (s State) Valid() bool {
+	for _, v := range States {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// transitions lists the legal moves. loading and working may follow themselves because a
+// job whose foreman died mid-run is redelivered and starts its next attempt from there.
+var transitions = map[State][]State{
+	StateQueued:   {StateLoading, StateWorking, StateRetrying, StateFailed, StateCanceled},
+	StateRetrying: {StateLoading, StateWorking, StateRetrying, StateFailed, StateCanceled},
+	StateLoading:  {StateLoading, StateWorking, StateRetrying, StateDone, StateFailed, StateCanceled},
+	StateWorking:  {StateLoading, StateWorking, StateRetrying, StateDone, StateFailed, StateCanceled},
+}
+
+// CanTransition reports whether a job may move from one state to another. Staying in the
+// same state (an update of other fields) is always allowed.
+func CanTransition(from, to State) bool {
+	if from == to {
+		return true
+	}
+	for _, s := range transitions[from] {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Kind is what a job asks of the target; it decides the target path.
+type Kind string
+
+const (
+	KindChat             Kind = "chat"
+	KindGenerate         Kind = "generate"
+	KindEmbed            Kind = "embed"
+	KindOpenAIChat       Kind = "openai_chat"
+	KindOpenAICompletion Kind = "openai_completion"
+)
+
+// Path is the target route that runs a job of kind k.
+func (k Kind) Path() string {
+	switch k {
+	case KindChat:
+		return "/api/chat"
+	case KindGenerate:
+		return "/api/generate"
+	case KindEmbed:
+		return "/api/embed"
+	case KindOpenAIChat:
+		return "/v1/chat/completions"
+	case KindOpenAICompletion:
+		return "/v1/completions"
+	}
+	return ""
+}
+
+// Valid reports whether k is a known kind.
+func (k Kind) Valid() bool { return k.Path() != "" }
+
+// Artifact describes one stored output of a job.
+type Artifact struct {
+	Name        string `json:"name"`
+	ContentType string `json:"content_type"`
+	Size        int64  `json:"size"`
+}
+
+// Webhook is where a job's state events are delivered.
+type Webhook struct {
+	URL string `json:"url"`
+	// Events filters the states delivered; empty means all.
+	Events []State `json:"events,omitempty"`
+}
+
+// Wants reports whether the webhook subscribes to state s.
+func (w *Webhook) Wants(s State) bool {
+	if w == nil {
+		return false
+	}
+	if len(w.Events) == 0 {
+		return true
+	}
+	for _, e := range w.Events {
+		if e == s {
+			return true
+		}
+	}
+	return false
+}
+
+// Job is the record of one job in FOREMAN_JOBS. Its JSON is also the state event published
+// on foreman.job.<id>.state, so the first six fields are the event's contract:
+// {"job_id","state","model","attempt","at","error"}.
+type Job struct {
+	ID      string    `json:"job_id"`
+	State   State     `json:"state"`
+	Model   string    `json:"model"`
+	Attempt int       `json:"attempt"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error,omitempty"`
+
+	Kind       Kind       `json:"kind"`
+	CreatedAt  time.Time  `json:"created_at"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	// Result is the target's final response when it is small; a large one is only in the
+	// "result.json" artifact.
+	Result    json.RawMessage `json:"result,omitempty"`
+	Artifacts []Artifact      `json:"artifacts,omitempty"`
+	// Sync marks a job whose caller waits on an HTTP connection: it fires no webhooks.
+	Sync    bool     `json:"sync,omitempty"`
+	Webhook *Webhook `json:"webhook,omitempty"`
+	// BodyRef names the object holding a request body too large for a queue message.
+	BodyRef string `json:"body_ref,omitempty"`
+}
+
+// Artifact returns the metadata of the named artifact.
+func (j *Job) Artifact(name string) (Artifact, bool) {
+	for _, a := range j.Artifacts {
+		if a.Name == name {
+			return a, true
+		}
+	}
+	return Artifact{}, false
+}
+
+// NewID returns a new job id: a ULID, so ids sort by creation time.
+func NewID() string { return ulid.Make().String() }
+
+// ValidateID checks that id is a ULID in canonical form.
+func ValidateID(id string) error {
+	u, err := ulid.ParseStrict(id)
+	if err != nil || u.String() != id {
+		return fmt.Errorf("%w: %q", ErrBadID, id)
+	}
+	return nil
+}
+
+func jobKey(id string) string { return "job." + id }

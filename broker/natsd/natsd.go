@@ -1,0 +1,263 @@
+// Package natsd runs foreman's embedded nats-server: JetStream on a locked store directory,
+// an in-process connection for foreman itself, and an optional TCP listener for NATS clients
+// with real users and permissions. It is the only package that imports nats-server.
+package natsd
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+)
+
+// internalUser is the name of foreman's own in-process user. It can never log in over TCP.
+const internalUser = "foreman"
+
+// Config describes the embedded server.
+type Config struct {
+	// DataDir holds the JetStream store and the lock file. Required.
+	DataDir string
+	// Listen is host:port for NATS clients; empty means no TCP listener at all.
+	// Port 0 or -1 picks a free port (tests).
+	Listen string
+	// ClientUser and ClientPassword are the one client user on the listener. Required with Listen.
+	ClientUser     string
+	ClientPassword string
+	// TLSCert and TLSKey enable TLS on the listener.
+	TLSCert string
+	TLSKey  string
+	// MaxStore caps JetStream file storage in bytes; 0 lets the server choose.
+	MaxStore int64
+	// ReadyTimeout bounds start-up; default 10s.
+	ReadyTimeout time.Duration
+	Logger       *slog.Logger
+}
+
+// ErrLocked is returned when another foreman holds the data directory.
+var ErrLocked = errors.New("data directory is in use by another foreman")
+
+// Server is a running embedded nats-server.
+type Server struct {
+	ns       *server.Server
+	lock     *os.File
+	secret   string
+	log      *slog.Logger
+	stopOnce sync.Once
+}
+
+func (c *Config) validate() error {
+	if c.DataDir == "" {
+		return errors.New("natsd: DataDir is required")
+	}
+	if c.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+			return fmt.Errorf("FOREMAN_NATS_LISTEN=%q: not host:port", c.Listen)
+		}
+		if c.ClientUser == "" || c.ClientPassword == "" {
+			return fmt.Errorf("FOREMAN_NATS_LISTEN=%q: a NATS listener needs FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD", c.Listen)
+		}
+		if c.ClientUser == internalUser {
+			return fmt.Errorf("FOREMAN_NATS_USER=%q: that name is reserved for foreman itself", c.ClientUser)
+		}
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("FOREMAN_NATS_TLS_CERT and FOREMAN_NATS_TLS_KEY must be set together")
+	}
+	return nil
+}
+
+// Start locks cfg.DataDir, starts the server and waits until it accepts connections.
+func Start(cfg Config) (*Server, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.ReadyTimeout <= 0 {
+		cfg.ReadyTimeout = 10 * time.Second
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("natsd: data dir: %w", err)
+	}
+	lock, err := lockDir(cfg.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{lock: lock, secret: randomSecret(), log: cfg.Logger}
+	opts, err := s.options(cfg)
+	if err != nil {
+		s.unlock()
+		return nil, err
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		s.unlock()
+		return nil, fmt.Errorf("natsd: %w", err)
+	}
+	ns.SetLoggerV2(&logAdapter{log: cfg.Logger}, false, false, false)
+	ns.Start()
+	if !ns.ReadyForConnections(cfg.ReadyTimeout) {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		s.unlock()
+		return nil, fmt.Errorf("natsd: server not ready after %s", cfg.ReadyTimeout)
+	}
+	s.ns = ns
+	return s, nil
+}
+
+func (s *Server) options(cfg Config) (*server.Options, error) {
+	opts := &server.Options{
+		ServerName:        "foreman",
+		JetStream:         true,
+		StoreDir:          cfg.DataDir,
+		JetStreamMaxStore: cfg.MaxStore,
+		SyncAlways:        true, // an acknowledged job is on disk
+		NoSigs:            true, // else the server os.Exit()s on SIGTERM
+		NoLog:             false,
+		DontListen:        cfg.Listen == "",
+		// HTTP port stays closed; foreman has its own /healthz.
+	}
+	users := []*server.User{{
+		Username:               internalUser,
+		Password:               s.secret,
+		AllowedConnectionTypes: map[string]struct{}{"IN_PROCESS": {}},
+	}}
+	if cfg.Listen != "" {
+		host, portStr, _ := net.SplitHostPort(cfg.Listen)
+		port, err := strconv.Atoi(portStr)
+		if err != nil {
+			return nil, fmt.Errorf("FOREMAN_NATS_LISTEN=%q: bad port", cfg.Listen)
+		}
+		if port == 0 {
+			port = server.RANDOM_PORT
+		}
+		opts.Host, opts.Port = host, port
+		users = append(users, &server.User{
+			Username:               cfg.ClientUser,
+			Password:               cfg.ClientPassword,
+			Permissions:            ClientPermissions(),
+			AllowedConnectionTypes: map[string]struct{}{"STANDARD": {}, "WEBSOCKET": {}},
+		})
+		if cfg.TLSCert != "" {
+			tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey})
+			if err != nil {
+				return nil, fmt.Errorf("natsd: TLS: %w", err)
+			}
+			opts.TLSConfig, opts.TLS = tc, true
+		}
+	}
+	opts.Users = users
+	return opts, nil
+}
+
+// ClientPermissions are what a NATS client user may do: watch job events and streams,
+// submit jobs by request/reply, receive replies. Nothing else — in particular no publishing
+// into foreman.queue.> and no JetStream API.
+func ClientPermissions() *server.Permissions {
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: []string{"foreman.jobs.submit"}},
+		Subscribe: &server.SubjectPermission{
+			Allow: []string{"foreman.job.>", "_INBOX.>"},
+		},
+	}
+}
+
+// Connect opens an in-process connection as foreman's internal user.
+func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
+	all := append([]nats.Option{
+		nats.InProcessServer(s.ns),
+		nats.UserInfo(internalUser, s.secret),
+		nats.Name("foreman"),
+	}, opts...)
+	nc, err := nats.Connect("", all...)
+	if err != nil {
+		return nil, fmt.Errorf("natsd: in-process connect: %w", err)
+	}
+	return nc, nil
+}
+
+// ClientURL is the nats:// (or tls://) URL of the TCP listener, or "" when there is none.
+func (s *Server) ClientURL() string {
+	if s.ns.Addr() == nil {
+		return ""
+	}
+	return s.ns.ClientURL()
+}
+
+// Healthy reports whether the server and JetStream are up.
+func (s *Server) Healthy() error {
+	st := s.ns.Healthz(&server.HealthzOptions{JSEnabledOnly: true})
+	if st.Error != "" {
+		return errors.New(st.Error)
+	}
+	return nil
+}
+
+// Shutdown stops the server, waits for it and releases the data directory. Safe to call twice.
+func (s *Server) Shutdown() {
+	s.stopOnce.Do(func() {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+		s.unlock()
+	})
+}
+
+func (s *Server) unlock() {
+	if s.lock != nil {
+		unlockFile(s.lock)
+		s.lock.Close()
+		s.lock = nil
+	}
+}
+
+func lockDir(dir string) (*os.File, error) {
+	path := filepath.Join(dir, "foreman.lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("natsd: lock file: %w", err)
+	}
+	if err := lockFile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s (lock %s held)", ErrLocked, dir, path)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return f, nil
+}
+
+func randomSecret() string {
+	b := make([]byte, 24)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on supported platforms
+	}
+	return hex.EncodeToString(b)
+}
+
+// DefaultDataDir is a "foreman" folder in the user's data directory:
+// ~/Library/Application Support/foreman on macOS, $XDG_DATA_HOME/foreman or
+// ~/.local/share/foreman elsewhere.
+func DefaultDataDir() (string, error) {
+	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+		return filepath.Join(d, "foreman"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", err
+	}
+	if isDarwin {
+		return filepath.Join(home, "Library", "Application Support", "foreman"), nil
+	}
+	return filepath.Join(home, ".local", "share", "foreman"), nil
+}

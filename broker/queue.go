@@ -1,0 +1,192 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Delivery is one queue message handed to the worker.
+type Delivery struct {
+	Msg   jetstream.Msg
+	JobID string
+	Model string
+	Token string
+	Kind  Kind
+	// Body is the request body, fetched from the object store when it was too large for the
+	// queue message.
+	Body         []byte
+	Seq          uint64
+	NumDelivered uint64
+	Enqueued     time.Time
+}
+
+// consumer returns the durable pull consumer of one model's queue subject, creating it on
+// first use. Each model has its own so the worker can choose which model to run next; one
+// consumer with a changing filter would skip older jobs.
+func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer, error) {
+	s.mu.Lock()
+	c, ok := s.consumers[token]
+	s.mu.Unlock()
+	if ok {
+		return c, nil
+	}
+	model, _ := ModelFromToken(token)
+	c, err := s.queue.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+		Durable:       ConsumerName(token),
+		Description:   "foreman queue of " + model,
+		FilterSubject: QueueSubject(token),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.AckWait,
+		// A safety net above the worker's own attempt count; the worker terminates a job
+		// before JetStream would give up on it.
+		MaxDeliver:    s.cfg.MaxAttempts + 2,
+		MaxAckPending: 10_000, // NAK-delayed jobs count here; they must not block the model
+		// Consumers of models nobody asks for any more go away; a new one starts from the
+		// remaining (pending) messages, which in a work queue is exactly right.
+		InactiveThreshold: s.cfg.JobTTL,
+		Metadata:          map[string]string{"model": model},
+		Replicas:          s.cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
+	}
+	s.mu.Lock()
+	s.consumers[token] = c
+	s.mu.Unlock()
+	return c, nil
+}
+
+// Next fetches the next available job of one model without waiting. It returns
+// (nil, nil) when that model has nothing ready (empty, or only jobs in retry back-off).
+func (s *Store) Next(ctx context.Context, token string) (*Delivery, error) {
+	c, err := s.consumer(ctx, token)
+	if err != nil {
+		return nil, err
+	}
+	batch, err := c.FetchNoWait(1)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+			s.forget(token)
+		}
+		return nil, fmt.Errorf("broker: fetch %s: %w", token, err)
+	}
+	for msg := range batch.Messages() {
+		return s.delivery(ctx, token, msg)
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+		return nil, fmt.Errorf("broker: fetch %s: %w", token, err)
+	}
+	return nil, nil
+}
+
+func (s *Store) forget(token string) {
+	s.mu.Lock()
+	delete(s.consumers, token)
+	s.mu.Unlock()
+}
+
+func (s *Store) delivery(ctx context.Context, token string, msg jetstream.Msg) (*Delivery, error) {
+	md, err := msg.Metadata()
+	if err != nil {
+		return nil, fmt.Errorf("broker: message metadata: %w", err)
+	}
+	h := msg.Headers()
+	d := &Delivery{
+		Msg:          msg,
+		JobID:        h.Get(HeaderJobID),
+		Model:        h.Get(HeaderModel),
+		Token:        token,
+		Kind:         Kind(h.Get(HeaderKind)),
+		Body:         msg.Data(),
+		Seq:          md.Sequence.Stream,
+		NumDelivered: md.NumDelivered,
+		Enqueued:     md.Timestamp,
+	}
+	if ref := h.Get(HeaderBodyRef); ref != "" {
+		d.Body, err = s.artifacts.GetBytes(ctx, ref)
+		if err != nil {
+			return d, fmt.Errorf("broker: request body %s: %w", ref, err)
+		}
+	}
+	return d, nil
+}
+
+// Finish removes a delivered job from the queue for good (after its terminal state is
+// stored) and drops its stored request body.
+func (s *Store) Finish(ctx context.Context, d *Delivery) error {
+	err := d.Msg.DoubleAck(ctx)
+	if ref := d.Msg.Headers().Get(HeaderBodyRef); ref != "" {
+		if derr := s.artifacts.Delete(ctx, ref); derr != nil && !errors.Is(derr, jetstream.ErrObjectNotFound) {
+			s.log.Warn("delete request body", "job_id", d.JobID, "err", derr)
+		}
+	}
+	return err
+}
+
+// Pending is one queued job, as the selection logic sees it.
+type Pending struct {
+	Token    string
+	Seq      uint64
+	Enqueued time.Time
+}
+
+// Oldest returns the oldest message in the queue at or after sequence from, of any model.
+// In a work queue the lowest sequence is the oldest pending job. ok is false when none.
+func (s *Store) Oldest(ctx context.Context, from uint64) (Pending, bool, error) {
+	return s.oldest(ctx, from, "foreman.queue.>")
+}
+
+// OldestOf returns the oldest queued job of one model.
+func (s *Store) OldestOf(ctx context.Context, token string) (Pending, bool, error) {
+	return s.oldest(ctx, 0, QueueSubject(token))
+}
+
+func (s *Store) oldest(ctx context.Context, from uint64, subject string) (Pending, bool, error) {
+	m, err := s.queue.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Pending{}, false, nil
+	}
+	if err != nil {
+		return Pending{}, false, fmt.Errorf("broker: oldest in %s: %w", subject, err)
+	}
+	token, _ := TokenFromSubject(m.Subject)
+	return Pending{Token: token, Seq: m.Sequence, Enqueued: m.Time}, true, nil
+}
+
+// Depth returns the number of queued jobs per model token (including running and
+// retrying ones, which stay in the queue until they finish).
+func (s *Store) Depth(ctx context.Context) (map[string]uint64, error) {
+	info, err := s.queue.Info(ctx, jetstream.WithSubjectFilter("foreman.queue.>"))
+	if err != nil {
+		return nil, fmt.Errorf("broker: queue info: %w", err)
+	}
+	out := make(map[string]uint64, len(info.State.Subjects))
+	for subj, n := range info.State.Subjects {
+		if token, ok := TokenFromSubject(subj); ok {
+			out[token] = n
+		}
+	}
+	return out, nil
+}
+
+// QueueLen is the number of messages in the queue.
+func (s *Store) QueueLen(ctx context.Context) (uint64, error) {
+	info, err := s.queue.Info(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("broker: queue info: %w", err)
+	}
+	return info.State.Msgs, nil
+}
+
+// DeleteQueued removes one queue message by sequence (a job that exhausted its deliveries).
+func (s *Store) DeleteQueued(ctx context.Context, seq uint64) error {
+	err := s.queue.DeleteMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	return err
+}

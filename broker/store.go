@@ -1,0 +1,290 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Config builds a Store.
+type Config struct {
+	// Conn is the connection to NATS (embedded or external). Required.
+	Conn *nats.Conn
+	// JobTTL is how long finished jobs, their artifacts and never-run queue messages are
+	// kept. Default 24h.
+	JobTTL time.Duration
+	// MaxQueue caps the jobs waiting in the queue; submits beyond it get ErrQueueFull.
+	// Default 1000.
+	MaxQueue int64
+	// MaxAttempts is how many times a job may run; the queue consumers' MaxDeliver is a
+	// safety net two above it. Default 3.
+	MaxAttempts int
+	// AckWait is how long a running job may go without InProgress before JetStream
+	// redelivers it (after a crash). Default 60s.
+	AckWait time.Duration
+	// Replicas of every stream, bucket and store: 1 embedded, 3 on a cluster. Default 1.
+	Replicas int
+	Logger   *slog.Logger
+	// Now is the clock; tests may replace it.
+	Now func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.JobTTL <= 0 {
+		c.JobTTL = 24 * time.Hour
+	}
+	if c.MaxQueue <= 0 {
+		c.MaxQueue = 1000
+	}
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = 60 * time.Second
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Store is foreman's job store on JetStream: the queue, the job records and the artifacts.
+// It is safe for concurrent use.
+type Store struct {
+	cfg       Config
+	nc        *nats.Conn
+	js        jetstream.JetStream
+	queue     jetstream.Stream
+	kv        jetstream.KeyValue
+	artifacts jetstream.ObjectStore
+	log       *slog.Logger
+
+	// inlineLimit is the largest request body carried in a queue message; larger ones go
+	// to the object store.
+	inlineLimit int
+
+	mu        sync.Mutex
+	consumers map[string]jetstream.Consumer
+}
+
+// Open connects the store to JetStream, creating or updating the streams, bucket and
+// object store so that start-up is idempotent.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Conn == nil {
+		return nil, errors.New("broker: Config.Conn is required")
+	}
+	cfg.setDefaults()
+	js, err := jetstream.New(cfg.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("broker: jetstream: %w", err)
+	}
+	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, consumers: map[string]jetstream.Consumer{}}
+	// Leave room for headers under the server's max payload (1 MiB by default).
+	s.inlineLimit = int(cfg.Conn.MaxPayload()) - 64*1024
+	if s.inlineLimit <= 0 {
+		s.inlineLimit = 900 * 1024
+	}
+
+	dup := 10 * time.Minute
+	if dup > cfg.JobTTL {
+		dup = cfg.JobTTL
+	}
+	s.queue, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        QueueStream,
+		Description: "foreman job queue: one subject per model",
+		Subjects:    []string{QueueWildcard},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     cfg.MaxQueue,
+		MaxAge:      cfg.JobTTL,
+		Duplicates:  dup,
+		AllowDirect: true,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: stream %s: %w", QueueStream, err)
+	}
+	s.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      JobsBucket,
+		Description: "foreman job records",
+		History:     16, // enough revisions for the webhook consumer to see every state of a job
+		TTL:         cfg.JobTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		RePublish: &jetstream.RePublish{
+			Source:      "$KV." + JobsBucket + ".job.*",
+			Destination: "foreman.job.{{wildcard(1)}}.state",
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: bucket %s: %w", JobsBucket, err)
+	}
+	s.artifacts, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      ArtifactsBucket,
+		Description: "foreman job artifacts and large request bodies",
+		TTL:         cfg.JobTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: object store %s: %w", ArtifactsBucket, err)
+	}
+	return s, nil
+}
+
+// JetStream exposes the JetStream context for the packages that own other consumers
+// (webhooks).
+func (s *Store) JetStream() jetstream.JetStream { return s.js }
+
+// Conn is the store's NATS connection.
+func (s *Store) Conn() *nats.Conn { return s.nc }
+
+// KV is the job record bucket.
+func (s *Store) KV() jetstream.KeyValue { return s.kv }
+
+// Now is the store's clock.
+func (s *Store) Now() time.Time { return s.cfg.Now().UTC() }
+
+// Config returns the store's configuration with defaults filled in.
+func (s *Store) Config() Config { return s.cfg }
+
+// Submit stores a new job record and enqueues its request body. The record is written
+// first, so a worker never sees a queue message without a record. Submitting the same job
+// id twice is a no-op that returns the existing job: the queue deduplicates on Nats-Msg-Id.
+//
+// j.Model and j.Kind are required; an empty j.ID gets a new ULID; the state, attempt and
+// times are set here.
+func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
+	if j.ID == "" {
+		j.ID = NewID()
+	} else if err := ValidateID(j.ID); err != nil {
+		return nil, err
+	}
+	if !j.Kind.Valid() {
+		return nil, fmt.Errorf("broker: unknown job kind %q", j.Kind)
+	}
+	token, err := ModelToken(j.Model)
+	if err != nil {
+		return nil, err
+	}
+	now := s.Now()
+	j.State, j.Attempt, j.CreatedAt, j.At = StateQueued, 0, now, now
+	j.StartedAt, j.FinishedAt, j.Error, j.Result, j.Artifacts = nil, nil, "", nil, nil
+
+	if len(body) > s.inlineLimit {
+		j.BodyRef = j.ID + "/request"
+		if _, err := s.artifacts.PutBytes(ctx, j.BodyRef, body); err != nil {
+			return nil, fmt.Errorf("broker: store request body: %w", storageErr(err))
+		}
+	}
+	rec, err := json.Marshal(j)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.kv.Create(ctx, jobKey(j.ID), rec); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, fmt.Errorf("broker: create job record: %w", storageErr(err))
+		}
+		existing, _, gerr := s.Get(ctx, j.ID)
+		if gerr != nil {
+			return nil, gerr
+		}
+		if existing.State != StateQueued {
+			return existing, nil
+		}
+		// A crash may have come between record and enqueue: publish again; within the
+		// duplicate window the queue drops it, after it the worker drops the spare copy.
+		j = existing
+	}
+	if err := s.enqueue(ctx, j, token, body); err != nil {
+		if errors.Is(err, ErrQueueFull) {
+			s.discard(j)
+		}
+		return nil, err
+	}
+	return j, nil
+}
+
+func (s *Store) enqueue(ctx context.Context, j *Job, token string, body []byte) error {
+	msg := nats.NewMsg(QueueSubject(token))
+	msg.Header.Set(HeaderJobID, j.ID)
+	msg.Header.Set(HeaderModel, j.Model)
+	msg.Header.Set(HeaderKind, string(j.Kind))
+	if j.BodyRef != "" {
+		msg.Header.Set(HeaderBodyRef, j.BodyRef)
+	} else {
+		msg.Data = body
+	}
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(j.ID)); err != nil {
+		return fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(err))
+	}
+	return nil
+}
+
+// discard removes a job that never made it into the queue.
+func (s *Store) discard(j *Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.kv.Purge(ctx, jobKey(j.ID)); err != nil {
+		s.log.Warn("discard job record", "job_id", j.ID, "err", err)
+	}
+	if j.BodyRef != "" {
+		_ = s.artifacts.Delete(ctx, j.BodyRef)
+	}
+}
+
+// storageErr turns JetStream's "stream full" and "no space" answers into ErrQueueFull and
+// ErrStorageFull.
+func storageErr(err error) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case 10077: // JSStreamStoreFailedF: maximum messages/bytes exceeded under DiscardNew
+			return fmt.Errorf("%w: %s", ErrQueueFull, apiErr.Description)
+		case 10023, 10047: // insufficient resources, storage limit
+			return fmt.Errorf("%w: %s", ErrStorageFull, apiErr.Description)
+		}
+	}
+	return err
+}
+
+// Get returns job id and the revision of its record.
+func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, 0, err
+	}
+	e, err := s.kv.Get(ctx, jobKey(id))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil, 0, fmt.Errorf("broker: get %s: %w", id, err)
+	}
+	j, err := DecodeJob(e.Value())
+	if err != nil {
+		return nil, 0, err
+	}
+	return j, e.Revision(), nil
+}
+
+// DecodeJob parses a job record (a KV value or a state event).
+func DecodeJob(data []byte) (*Job, error) {
+	var j Job
+	if err := json.Unmarshal(data, &j); err != nil {
+		return nil, fmt.Errorf("broker: decode job: %w", err)
+	}
+	return &j, nil
+}

@@ -1,0 +1,400 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
+)
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func submit(t *testing.T, st *broker.Store, model, body string) *broker.Job {
+	t.Helper()
+	j, err := st.Submit(ctxT(t), &broker.Job{Model: model, Kind: broker.KindChat}, []byte(body))
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	return j
+}
+
+func token(t *testing.T, model string) string {
+	t.Helper()
+	tok, err := broker.ModelToken(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func TestJobsSurviveRestart(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var ids []string
+	for i := range 100 {
+		j := submit(t, b.Store, "llama3.2:3b", fmt.Sprintf(`{"model":"llama3.2:3b","n":%d}`, i))
+		ids = append(ids, j.ID)
+	}
+	b.Restart(t)
+	ctx := ctxT(t)
+	for _, id := range ids {
+		j, _, err := b.Store.Get(ctx, id)
+		if err != nil {
+			t.Fatalf("get %s after restart: %v", id, err)
+		}
+		if j.State != broker.StateQueued {
+			t.Fatalf("job %s state %s", id, j.State)
+		}
+	}
+	tok := token(t, "llama3.2:3b")
+	for i, id := range ids {
+		d, err := b.Store.Next(ctx, tok)
+		if err != nil || d == nil {
+			t.Fatalf("next #%d: %v %v", i, d, err)
+		}
+		if d.JobID != id {
+			t.Fatalf("message #%d is job %s, want %s (order lost)", i, d.JobID, id)
+		}
+		if want := fmt.Sprintf(`{"model":"llama3.2:3b","n":%d}`, i); string(d.Body) != want {
+			t.Fatalf("body #%d = %s", i, d.Body)
+		}
+		if err := b.Store.Finish(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, err := b.Store.Next(ctx, tok); d != nil || err != nil {
+		t.Fatalf("queue should be empty: %v %v", d, err)
+	}
+}
+
+func TestUnackedJobRedeliveredAfterRestart(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = 2 * time.Second }))
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	tok := token(t, "tiny-a")
+	d, err := b.Store.Next(ctxT(t), tok)
+	if err != nil || d == nil {
+		t.Fatalf("first delivery: %v %v", d, err)
+	}
+	if d.NumDelivered != 1 {
+		t.Fatalf("NumDelivered = %d", d.NumDelivered)
+	}
+	// Crash: no ack, the process goes away.
+	b.Restart(t)
+	// The consumer's ack timer survives the restart; the job must come back on its own
+	// after AckWait at the latest. Poll with a deadline instead of sleeping.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		d, err = b.Store.Next(ctx, tok)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d != nil {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatal("job never redelivered")
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	if d.JobID != j.ID || d.NumDelivered != 2 {
+		t.Fatalf("redelivered %s (delivered %d times), want %s twice", d.JobID, d.NumDelivered, j.ID)
+	}
+}
+
+func TestIllegalTransitionRejected(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "m", `{}`)
+	set := func(s broker.State) error {
+		_, _, err := b.Store.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = s; return nil })
+		return err
+	}
+	for _, s := range []broker.State{broker.StateLoading, broker.StateWorking, broker.StateDone} {
+		if err := set(s); err != nil {
+			t.Fatalf("→ %s: %v", s, err)
+		}
+	}
+	if err := set(broker.StateWorking); !errors.Is(err, broker.ErrIllegalTransition) {
+		t.Fatalf("done → working: err = %v, want ErrIllegalTransition", err)
+	}
+	got, _, _ := b.Store.Get(ctx, j.ID)
+	if got.State != broker.StateDone || got.FinishedAt == nil || got.StartedAt == nil {
+		t.Fatalf("record after rejected move: %+v", got)
+	}
+}
+
+func TestConcurrentConflictingUpdates(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "m", `{}`)
+	_, rev, err := b.Store.Get(ctx, j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Eight writers all hold the same revision; exactly one may win.
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, err := b.Store.Update(ctx, j.ID, rev, func(j *broker.Job) error {
+				j.State = broker.StateWorking
+				j.Error = fmt.Sprint("writer ", i)
+				return nil
+			})
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	wins := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			wins++
+		case errors.Is(err, broker.ErrConflict):
+		default:
+			t.Fatalf("unexpected error: %v", err)
+		}
+	}
+	if wins != 1 {
+		t.Fatalf("%d writers won, want exactly 1", wins)
+	}
+}
+
+func TestDuplicateSubmitIsNoop(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	id := broker.NewID()
+	for range 3 {
+		j, err := b.Store.Submit(ctx, &broker.Job{ID: id, Model: "m", Kind: broker.KindChat}, []byte(`{"a":1}`))
+		if err != nil || j.ID != id {
+			t.Fatalf("submit: %v %v", j, err)
+		}
+	}
+	n, err := b.Store.QueueLen(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want 1", n, err)
+	}
+}
+
+func TestLargePayloadGoesToObjectStore(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	body := bytes.Repeat([]byte("0123456789abcdef"), 5*1024*1024/16) // 5 MiB
+	j, err := b.Store.Submit(ctx, &broker.Job{Model: "vision", Kind: broker.KindChat}, body)
+	if err != nil {
+		t.Fatalf("submit 5 MiB: %v", err)
+	}
+	if j.BodyRef == "" {
+		t.Fatal("a 5 MiB body should be stored by reference")
+	}
+	d, err := b.Store.Next(ctx, token(t, "vision"))
+	if err != nil || d == nil {
+		t.Fatalf("next: %v %v", d, err)
+	}
+	if len(d.Msg.Data()) != 0 || d.Msg.Headers().Get(broker.HeaderBodyRef) == "" {
+		t.Fatal("queue message should carry a reference, not the body")
+	}
+	if !bytes.Equal(d.Body, body) {
+		t.Fatalf("body mismatch: %d bytes back", len(d.Body))
+	}
+	if err := b.Store.Finish(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestQueueFull(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 3 }))
+	ctx := ctxT(t)
+	for range 3 {
+		submit(t, b.Store, "m", `{}`)
+	}
+	_, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`))
+	if !errors.Is(err, broker.ErrQueueFull) {
+		t.Fatalf("4th submit: %v, want ErrQueueFull", err)
+	}
+	jobs, _, err := b.Store.List(ctx, broker.ListOptions{})
+	if err != nil || len(jobs) != 3 {
+		t.Fatalf("a rejected job must leave no record: %d records (%v)", len(jobs), err)
+	}
+}
+
+func TestListNewestFirstFilteredPaged(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	var aIDs []string
+	for i := range 7 {
+		model := "a"
+		if i%2 == 1 {
+			model = "b"
+		}
+		j := submit(t, b.Store, model, `{}`)
+		if model == "a" {
+			aIDs = append(aIDs, j.ID)
+		}
+	}
+	if _, _, err := b.Store.Modify(ctx, aIDs[0], func(j *broker.Job) error { j.State = broker.StateWorking; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	cursor := ""
+	for {
+		page, next, err := b.Store.List(ctx, broker.ListOptions{Model: "A:latest", Limit: 3, Cursor: cursor})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range page {
+			got = append(got, j.ID)
+		}
+		if next == "" {
+			break
+		}
+		cursor = next
+	}
+	want := []string{aIDs[3], aIDs[2], aIDs[1], aIDs[0]}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("model a newest first = %v, want %v", got, want)
+	}
+	working, _, err := b.Store.List(ctx, broker.ListOptions{State: broker.StateWorking})
+	if err != nil || len(working) != 1 || working[0].ID != aIDs[0] {
+		t.Fatalf("state filter: %v %v", working, err)
+	}
+}
+
+func TestCancelQueuedRemovesFromQueue(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	keep := submit(t, b.Store, "m", `{"keep":1}`)
+	drop := submit(t, b.Store, "m", `{"drop":1}`)
+	if _, err := b.Store.Cancel(ctx, drop.ID, "canceled by test"); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := b.Store.QueueLen(ctx); n != 1 {
+		t.Fatalf("queue length %d after cancel, want 1", n)
+	}
+	d, err := b.Store.Next(ctx, token(t, "m"))
+	if err != nil || d == nil || d.JobID != keep.ID {
+		t.Fatalf("next = %v %v, want the kept job", d, err)
+	}
+	if _, err := b.Store.Cancel(ctx, drop.ID, ""); !errors.Is(err, broker.ErrTerminal) {
+		t.Fatalf("cancel of a canceled job: %v, want ErrTerminal", err)
+	}
+}
+
+func TestStateEventsRepublished(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	id := broker.NewID()
+	sub, err := b.Conn.SubscribeSync(broker.StateSubject(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.Submit(ctx, &broker.Job{ID: id, Model: "m", Kind: broker.KindGenerate}, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []broker.State{broker.StateWorking, broker.StateFailed} {
+		if _, _, err := b.Store.Modify(ctx, id, func(j *broker.Job) error { j.State = s; j.Error = "boom"; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []broker.State{broker.StateQueued, broker.StateWorking, broker.StateFailed} {
+		msg, err := sub.NextMsg(5 * time.Second)
+		if err != nil {
+			t.Fatalf("waiting for %s event: %v", want, err)
+		}
+		ev, err := broker.DecodeJob(msg.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.ID != id || ev.State != want || ev.Model != "m" || ev.At.IsZero() {
+			t.Fatalf("event %+v, want state %s", ev, want)
+		}
+	}
+}
+
+func TestArtifacts(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "m", `{}`)
+	data := []byte(`{"hello":"world"}`)
+	if _, err := b.Store.PutArtifact(ctx, j.ID, "result.json", "application/json", data); err != nil {
+		t.Fatal(err)
+	}
+	a, got, err := b.Store.GetArtifact(ctx, j.ID, "result.json")
+	if err != nil || !bytes.Equal(got, data) || a.ContentType != "application/json" || a.Size != int64(len(data)) {
+		t.Fatalf("get artifact: %+v %q %v", a, got, err)
+	}
+	for _, bad := range []string{"../x", ".hidden", "a/b", "", "a b"} {
+		if _, err := b.Store.PutArtifact(ctx, j.ID, bad, "text/plain", data); !errors.Is(err, broker.ErrBadArtifactName) {
+			t.Errorf("name %q: %v, want ErrBadArtifactName", bad, err)
+		}
+	}
+	if _, _, err := b.Store.GetArtifact(ctx, j.ID, "missing.txt"); !errors.Is(err, broker.ErrArtifactNotFound) {
+		t.Fatalf("missing artifact: %v", err)
+	}
+}
+
+func TestBadIDs(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	if _, _, err := b.Store.Get(ctx, "not-a-ulid"); !errors.Is(err, broker.ErrBadID) {
+		t.Fatalf("bad id: %v", err)
+	}
+	if _, _, err := b.Store.Get(ctx, broker.NewID()); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("unknown id: %v", err)
+	}
+}
+
+func TestSecondServerOnSameDirFails(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	_, err := natsd.Start(natsd.Config{DataDir: b.Dir})
+	if !errors.Is(err, natsd.ErrLocked) {
+		t.Fatalf("second server: %v, want ErrLocked", err)
+	}
+}
+
+func TestListenerNeedsCredentials(t *testing.T) {
+	t.Parallel()
+	_, err := natsd.Start(natsd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0"})
+	if err == nil {
+		t.Fatal("a listener without credentials must be refused")
+	}
+}
+
+func TestNoTCPListenerByDefault(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	if u := b.Server.ClientURL(); u != "" {
+		t.Fatalf("embedded server listens on %s without FOREMAN_NATS_LISTEN", u)
+	}
+	var _ *nats.Conn = b.Conn
+}

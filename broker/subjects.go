@@ -1,0 +1,96 @@
+package broker
+
+import (
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// Stream, bucket and subject names: the external contract NATS clients rely on.
+const (
+	QueueStream     = "FOREMAN_QUEUE"
+	JobsBucket      = "FOREMAN_JOBS"
+	ArtifactsBucket = "FOREMAN_ARTIFACTS"
+
+	queuePrefix   = "foreman.queue."
+	QueueWildcard = "foreman.queue.*"
+	// SubmitSubject takes a POST /jobs body by request/reply.
+	SubmitSubject = "foreman.jobs.submit"
+	// StateWildcard matches every job's state events.
+	StateWildcard = "foreman.job.*.state"
+)
+
+// Headers on queue messages and stream chunks.
+const (
+	HeaderJobID   = "Foreman-Job-Id"
+	HeaderModel   = "Foreman-Model"
+	HeaderKind    = "Foreman-Kind"
+	HeaderBodyRef = "Foreman-Body-Ref"
+	HeaderSeq     = "Foreman-Seq"
+	HeaderFinal   = "Foreman-Final"
+	HeaderError   = "Foreman-Error"
+)
+
+// StateSubject is where every state change of job id is announced.
+func StateSubject(id string) string { return "foreman.job." + id + ".state" }
+
+// StreamSubject carries the response chunks of job id while it runs.
+func StreamSubject(id string) string { return "foreman.job." + id + ".stream" }
+
+// QueueSubject is the queue subject of a model token.
+func QueueSubject(token string) string { return queuePrefix + token }
+
+// TokenFromSubject returns the model token of a queue subject.
+func TokenFromSubject(subject string) (string, bool) {
+	return strings.CutPrefix(subject, queuePrefix)
+}
+
+// ErrBadModel is returned for a model name that cannot be queued.
+var ErrBadModel = errors.New("invalid model name")
+
+// maxModelLen keeps "m-"+token within the 255-byte consumer name limit.
+const maxModelLen = 150
+
+var tokenEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// NormalizeModel lower-cases a model name and adds ":latest" when it has no tag,
+// so "Llama3" and "llama3:latest" are one model, as they are to Ollama.
+func NormalizeModel(name string) string {
+	n := strings.ToLower(strings.TrimSpace(name))
+	if n == "" {
+		return ""
+	}
+	last := n[strings.LastIndex(n, "/")+1:]
+	if !strings.Contains(last, ":") {
+		n += ":latest"
+	}
+	return n
+}
+
+// ModelToken encodes a model name for use in subjects, consumer names and file names:
+// lower-case base32 of the normalized name. The alphabet [a-z2-7] has no '.', '*', '>',
+// spaces or upper case, so the token is safe everywhere and case-insensitive filesystems
+// cannot collide two models.
+func ModelToken(model string) (string, error) {
+	n := NormalizeModel(model)
+	if n == "" {
+		return "", fmt.Errorf("%w: empty", ErrBadModel)
+	}
+	if len(n) > maxModelLen {
+		return "", fmt.Errorf("%w: longer than %d bytes", ErrBadModel, maxModelLen)
+	}
+	return strings.ToLower(tokenEncoding.EncodeToString([]byte(n))), nil
+}
+
+// ModelFromToken reverses ModelToken; it yields the normalized name.
+func ModelFromToken(token string) (string, error) {
+	b, err := tokenEncoding.DecodeString(strings.ToUpper(token))
+	if err != nil {
+		return "", fmt.Errorf("%w: bad token %q", ErrBadModel, token)
+	}
+	return string(b), nil
+}
+
+// ConsumerName is the durable pull consumer of one model's queue subject.
+func ConsumerName(token string) string { return "m-" + token }

@@ -1,0 +1,91 @@
+package broker_test
+
+import (
+	"strings"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+func TestModelTokenRoundTrip(t *testing.T) {
+	t.Parallel()
+	names := []string{
+		"llama3.2:3b", "hf.co/Org/Model-GGUF:Q4_K_M", "MODEL:Latest", "a.b*c>d",
+		"llama3", "with space:tag", "ünïcode/模型:1", "x",
+	}
+	seen := map[string]string{}
+	for _, name := range names {
+		tok, err := broker.ModelToken(name)
+		if err != nil {
+			t.Fatalf("ModelToken(%q): %v", name, err)
+		}
+		if strings.ContainsAny(tok, ".*> \t") || tok != strings.ToLower(tok) {
+			t.Errorf("ModelToken(%q) = %q: unsafe character or upper case", name, tok)
+		}
+		back, err := broker.ModelFromToken(tok)
+		if err != nil {
+			t.Fatalf("ModelFromToken(%q): %v", tok, err)
+		}
+		if back != broker.NormalizeModel(name) {
+			t.Errorf("round trip %q → %q → %q, want %q", name, tok, back, broker.NormalizeModel(name))
+		}
+		if prev, dup := seen[tok]; dup {
+			t.Errorf("%q and %q share token %q", prev, name, tok)
+		}
+		seen[tok] = name
+	}
+}
+
+func TestModelTokenCaseAndTagFold(t *testing.T) {
+	t.Parallel()
+	same := [][2]string{{"MODEL:Latest", "model:latest"}, {"llama3", "llama3:latest"}, {" Llama3 ", "llama3:latest"}}
+	for _, p := range same {
+		a, _ := broker.ModelToken(p[0])
+		b, _ := broker.ModelToken(p[1])
+		if a != b {
+			t.Errorf("%q and %q should be one model: %q vs %q", p[0], p[1], a, b)
+		}
+	}
+	a, _ := broker.ModelToken("llama3:8b")
+	b, _ := broker.ModelToken("llama3:70b")
+	if a == b {
+		t.Error("different tags share a token")
+	}
+}
+
+func TestModelTokenRejects(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"", "   ", strings.Repeat("m", 200)} {
+		if _, err := broker.ModelToken(name); err == nil {
+			t.Errorf("ModelToken(%q) accepted", name)
+		}
+	}
+	if _, err := broker.ModelFromToken("not base32!"); err == nil {
+		t.Error("ModelFromToken accepted garbage")
+	}
+}
+
+func TestTransitions(t *testing.T) {
+	t.Parallel()
+	legal := [][2]broker.State{
+		{broker.StateQueued, broker.StateLoading}, {broker.StateLoading, broker.StateWorking},
+		{broker.StateWorking, broker.StateDone}, {broker.StateWorking, broker.StateRetrying},
+		{broker.StateRetrying, broker.StateWorking}, {broker.StateQueued, broker.StateCanceled},
+		{broker.StateWorking, broker.StateWorking},
+	}
+	for _, p := range legal {
+		if !broker.CanTransition(p[0], p[1]) {
+			t.Errorf("%s → %s should be legal", p[0], p[1])
+		}
+	}
+	illegal := [][2]broker.State{
+		{broker.StateDone, broker.StateWorking}, {broker.StateFailed, broker.StateQueued},
+		{broker.StateCanceled, broker.StateDone}, {broker.StateWorking, broker.StateQueued},
+		{broker.StateDone, broker.StateCanceled},
+	}
+	for _, p := range illegal {
+		if broker.CanTransition(p[0], p[1]) {
+			t.Errorf("%s → %s should be illegal", p[0], p[1])
+		}
+	}
+}

@@ -1,0 +1,155 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Update applies fn to job id at revision rev and writes it back only if nobody wrote the
+// record since (optimistic concurrency). It returns ErrConflict when rev is stale and
+// ErrIllegalTransition when fn moves the state somewhere it may not go.
+func (s *Store) Update(ctx context.Context, id string, rev uint64, fn func(*Job) error) (*Job, uint64, error) {
+	cur, curRev, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	if curRev != rev {
+		return nil, 0, fmt.Errorf("%w: job %s is at revision %d, not %d", ErrConflict, id, curRev, rev)
+	}
+	return s.write(ctx, cur, rev, fn)
+}
+
+// Modify applies fn to the current record of job id and writes it back, re-reading and
+// re-applying fn when a concurrent write wins the race. fn sees a fresh copy each time.
+func (s *Store) Modify(ctx context.Context, id string, fn func(*Job) error) (*Job, uint64, error) {
+	for range 20 {
+		cur, rev, err := s.Get(ctx, id)
+		if err != nil {
+			return nil, 0, err
+		}
+		j, newRev, err := s.write(ctx, cur, rev, fn)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		return j, newRev, err
+	}
+	return nil, 0, fmt.Errorf("%w: job %s kept changing", ErrConflict, id)
+}
+
+func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) error) (*Job, uint64, error) {
+	next := cur.clone()
+	if err := fn(next); err != nil {
+		return nil, 0, err
+	}
+	if next.ID != cur.ID {
+		return nil, 0, fmt.Errorf("broker: job id cannot change (%s → %s)", cur.ID, next.ID)
+	}
+	if !CanTransition(cur.State, next.State) {
+		return nil, 0, fmt.Errorf("%w: %s → %s (job %s)", ErrIllegalTransition, cur.State, next.State, cur.ID)
+	}
+	now := s.Now()
+	next.At = now
+	if next.State != cur.State {
+		if (next.State == StateLoading || next.State == StateWorking) && next.StartedAt == nil {
+			next.StartedAt = &now
+		}
+		if next.State.Terminal() && next.FinishedAt == nil {
+			next.FinishedAt = &now
+		}
+	}
+	data, err := json.Marshal(next)
+	if err != nil {
+		return nil, 0, err
+	}
+	newRev, err := s.kv.Update(ctx, jobKey(cur.ID), data, rev)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, 0, fmt.Errorf("%w: job %s", ErrConflict, cur.ID)
+		}
+		return nil, 0, fmt.Errorf("broker: update %s: %w", cur.ID, storageErr(err))
+	}
+	return next, newRev, nil
+}
+
+func (j *Job) clone() *Job {
+	c := *j
+	c.Artifacts = append([]Artifact(nil), j.Artifacts...)
+	c.Result = append(json.RawMessage(nil), j.Result...)
+	if len(c.Result) == 0 {
+		c.Result = nil
+	}
+	if j.Webhook != nil {
+		w := *j.Webhook
+		w.Events = append([]State(nil), j.Webhook.Events...)
+		c.Webhook = &w
+	}
+	return &c
+}
+
+// Cancel moves job id to canceled. A queued or retrying job is also removed from the queue,
+// so it never reaches the target; a running job is aborted by the worker, which watches its
+// job's record. A finished job gives ErrTerminal.
+func (s *Store) Cancel(ctx context.Context, id, reason string) (*Job, error) {
+	var prev State
+	j, _, err := s.Modify(ctx, id, func(j *Job) error {
+		if j.State.Terminal() {
+			return fmt.Errorf("%w: job %s is %s", ErrTerminal, j.ID, j.State)
+		}
+		prev = j.State
+		j.State = StateCanceled
+		if reason != "" {
+			j.Error = reason
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if prev == StateQueued || prev == StateRetrying {
+		if err := s.removeQueued(ctx, j); err != nil {
+			// The worker drops a canceled job's message when it meets it.
+			s.log.Warn("remove canceled job from queue", "job_id", j.ID, "model", j.Model, "err", err)
+		}
+	}
+	return j, nil
+}
+
+// removeQueued deletes the queue message of job j. The queue holds only pending jobs, so
+// the scan is bounded by the model's queue depth.
+func (s *Store) removeQueued(ctx context.Context, j *Job) error {
+	token, err := ModelToken(j.Model)
+	if err != nil {
+		return err
+	}
+	subj := QueueSubject(token)
+	for seq := uint64(0); ; seq++ {
+		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		seq = m.Sequence
+		if m.Header.Get(HeaderJobID) == j.ID {
+			err := s.queue.DeleteMsg(ctx, seq)
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return nil
+			}
+			s.dropBody(ctx, j)
+			return err
+		}
+	}
+}
+
+func (s *Store) dropBody(ctx context.Context, j *Job) {
+	if j.BodyRef != "" {
+		if err := s.artifacts.Delete(ctx, j.BodyRef); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+			s.log.Warn("delete request body", "job_id", j.ID, "err", err)
+		}
+	}
+}

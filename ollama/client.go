@@ -1,0 +1,253 @@
+package ollama
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Client talks to the target Ollama. *HTTPClient implements it; tests may fake it.
+type Client interface {
+	// Do performs a raw pass-through request and returns the upstream response
+	// unmodified (any status); the caller relays status, headers and body and
+	// closes the body. A transport failure is a *ConnectionError.
+	Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error)
+	// Stream POSTs body to path and calls fn once per frame as the target
+	// produces it: one NDJSON line (with its "\n") for application/x-ndjson,
+	// one SSE event (all its lines and the blank line ending it) for
+	// text/event-stream, or the whole body once otherwise. Frames are
+	// byte-exact copies of what the target sent. A non-2xx status is an
+	// *HTTPError, a transport failure or a connection dropped mid-stream a
+	// *ConnectionError; an error from fn aborts the request and is returned
+	// as is; when ctx ends, ctx.Err() is returned. fn gets a fresh slice per
+	// frame and may keep it. It returns the response Content-Type.
+	Stream(ctx context.Context, path string, body []byte, fn func(frame []byte) error) (contentType string, err error)
+	// Tags returns /api/tags parsed and as the raw body.
+	Tags(ctx context.Context) (*ListResponse, []byte, error)
+	// Ps returns /api/ps parsed and as the raw body.
+	Ps(ctx context.Context) (*ProcessResponse, []byte, error)
+	// Version returns /api/version.
+	Version(ctx context.Context) (*VersionResponse, error)
+}
+
+// ClientConfig configures NewClient.
+type ClientConfig struct {
+	// BaseURL is the target, e.g. "http://127.0.0.1:11434". Required, absolute http or https.
+	BaseURL string
+	// Token, when set, is sent to the target as "Authorization: Bearer <Token>"
+	// (replacing any Authorization header a pass-through caller supplies).
+	Token string
+	// HTTPClient overrides the default client. It should have no overall
+	// Timeout: streams last as long as a generation does.
+	HTTPClient *http.Client
+	// ResponseHeaderTimeout bounds the wait for response headers with the
+	// default HTTPClient. Ollama sends headers only after loading the model
+	// (and, for "stream":false, after the whole generation), so it is long.
+	// Zero means 10 minutes; negative means no limit.
+	ResponseHeaderTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+}
+
+const (
+	defaultResponseHeaderTimeout = 10 * time.Minute
+	// maxErrorBody bounds how much of a non-2xx body is read for its message.
+	maxErrorBody = 1 << 20
+	// maxMetadataBody bounds tags/ps/version bodies.
+	maxMetadataBody = 64 << 20
+)
+
+// HTTPClient is the Client for a real Ollama over HTTP.
+type HTTPClient struct {
+	base   *url.URL
+	token  string
+	hc     *http.Client
+	logger *slog.Logger
+}
+
+var _ Client = (*HTTPClient)(nil)
+
+// NewClient validates cfg and returns a client for the target.
+func NewClient(cfg ClientConfig) (*HTTPClient, error) {
+	if cfg.BaseURL == "" {
+		return nil, errors.New("ollama: ClientConfig.BaseURL is required")
+	}
+	u, err := url.Parse(cfg.BaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q: %w", cfg.BaseURL, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q must be an absolute http or https URL", cfg.BaseURL)
+	}
+	u.Path = strings.TrimRight(u.Path, "/")
+	u.RawQuery, u.Fragment = "", ""
+	c := &HTTPClient{base: u, token: cfg.Token, hc: cfg.HTTPClient, logger: cfg.Logger}
+	if c.logger == nil {
+		c.logger = slog.Default()
+	}
+	if c.hc == nil {
+		rht := cfg.ResponseHeaderTimeout
+		switch {
+		case rht == 0:
+			rht = defaultResponseHeaderTimeout
+		case rht < 0:
+			rht = 0
+		}
+		c.hc = &http.Client{Transport: newTransport(rht)}
+	}
+	return c, nil
+}
+
+func newTransport(responseHeaderTimeout time.Duration) *http.Transport {
+	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
+	return &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           d.DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          32,
+		MaxIdleConnsPerHost:   16,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: 1 * time.Second,
+		ResponseHeaderTimeout: responseHeaderTimeout,
+	}
+}
+
+// BaseURL returns the target's base URL.
+func (c *HTTPClient) BaseURL() string { return c.base.String() }
+
+// hopHeaders are connection-level headers a proxy must not forward (RFC 9110 §7.6.1).
+var hopHeaders = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+func (c *HTTPClient) newRequest(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Request, error) {
+	ref, err := url.Parse(path)
+	if err != nil {
+		return nil, fmt.Errorf("ollama: bad path %q: %w", path, err)
+	}
+	u := *c.base
+	u.Path = c.base.Path + "/" + strings.TrimLeft(ref.Path, "/")
+	u.RawQuery = ref.RawQuery
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return nil, fmt.Errorf("ollama: new request: %w", err)
+	}
+	if header != nil {
+		req.Header = header.Clone()
+		for _, h := range hopHeaders {
+			req.Header.Del(h)
+		}
+		req.Header.Del("Host")
+		req.Header.Del("Content-Length")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	return req, nil
+}
+
+// transportError turns a failure of the round trip or body read into the
+// caller's context error when the context ended, else a *ConnectionError.
+func (c *HTTPClient) transportError(ctx context.Context, op string, req *http.Request, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return ctxErr
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	c.logger.DebugContext(ctx, "ollama connection error", slog.String("op", op), slog.String("url", req.URL.String()), slog.Any("err", err))
+	return &ConnectionError{Op: op, URL: req.URL.String(), Err: err}
+}
+
+// Do implements Client.
+func (c *HTTPClient) Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error) {
+	req, err := c.newRequest(ctx, method, path, header, body)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, c.transportError(ctx, method+" "+path, req, err)
+	}
+	return resp, nil
+}
+
+// getJSON GETs path, requires 2xx and decodes into v; it returns the raw body.
+func (c *HTTPClient) getJSON(ctx context.Context, path string, v any) ([]byte, error) {
+	req, err := c.newRequest(ctx, http.MethodGet, path, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, c.transportError(ctx, "GET "+path, req, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return nil, readHTTPError(resp)
+	}
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBody))
+	if err != nil {
+		return nil, c.transportError(ctx, "read "+path, req, err)
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return nil, fmt.Errorf("ollama: decode %s: %w", path, err)
+	}
+	return raw, nil
+}
+
+// Tags implements Client.
+func (c *HTTPClient) Tags(ctx context.Context) (*ListResponse, []byte, error) {
+	var v ListResponse
+	raw, err := c.getJSON(ctx, "/api/tags", &v)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &v, raw, nil
+}
+
+// Ps implements Client.
+func (c *HTTPClient) Ps(ctx context.Context) (*ProcessResponse, []byte, error) {
+	var v ProcessResponse
+	raw, err := c.getJSON(ctx, "/api/ps", &v)
+	if err != nil {
+		return nil, nil, err
+	}
+	return &v, raw, nil
+}
+
+// Version implements Client.
+func (c *HTTPClient) Version(ctx context.Context) (*VersionResponse, error) {
+	var v VersionResponse
+	if _, err := c.getJSON(ctx, "/api/version", &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
+}
+
+// readHTTPError reads a non-2xx response into an *HTTPError.
+func readHTTPError(resp *http.Response) *HTTPError {
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	return &HTTPError{StatusCode: resp.StatusCode, Message: errorMessage(raw)}
+}
+
+// errorMessage extracts Ollama's {"error": "..."} text, or the trimmed body.
+func errorMessage(raw []byte) string {
+	var e ErrorResponse
+	if err := json.Unmarshal(raw, &e); err == nil && e.Error != "" {
+		return e.Error
+	}
+	return strings.TrimSpace(string(raw))
+}

@@ -1,0 +1,417 @@
+package ollama_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+func newClient(t *testing.T, url string) *ollama.HTTPClient {
+	t.Helper()
+	c, err := ollama.NewClient(ollama.ClientConfig{BaseURL: url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func testCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// collect runs Stream and returns its frames.
+func collect(t *testing.T, c ollama.Client, path, body string) ([][]byte, string, error) {
+	t.Helper()
+	var frames [][]byte
+	ct, err := c.Stream(testCtx(t), path, []byte(body), func(f []byte) error {
+		frames = append(frames, f)
+		return nil
+	})
+	return frames, ct, err
+}
+
+// rawBody fetches the same request with Do, for a byte-exact comparison.
+func rawBody(t *testing.T, c ollama.Client, path, body string) []byte {
+	t.Helper()
+	resp, err := c.Do(testCtx(t), http.MethodPost, path, http.Header{"Content-Type": {"application/json"}}, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func TestNewClientValidates(t *testing.T) {
+	t.Parallel()
+	for _, u := range []string{"", "127.0.0.1:11434", "ftp://host", "http://", "/api", "::bad"} {
+		if _, err := ollama.NewClient(ollama.ClientConfig{BaseURL: u}); err == nil {
+			t.Errorf("NewClient(%q) accepted", u)
+		}
+	}
+	for _, u := range []string{"http://127.0.0.1:11434", "https://mac.local/", "http://host/prefix"} {
+		if _, err := ollama.NewClient(ollama.ClientConfig{BaseURL: u}); err != nil {
+			t.Errorf("NewClient(%q): %v", u, err)
+		}
+	}
+}
+
+func TestStreamNDJSONByteExact(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t, ollamatest.WithTokens(4))
+	c := newClient(t, fake.URL)
+	for _, path := range []string{"/api/chat", "/api/generate"} {
+		body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"prompt":"hi"}`
+		frames, ct, err := collect(t, c, path, body)
+		if err != nil {
+			t.Fatalf("%s: %v", path, err)
+		}
+		if ct != "application/x-ndjson" {
+			t.Errorf("%s: content type %q", path, ct)
+		}
+		if len(frames) != 5 {
+			t.Fatalf("%s: %d frames, want 5 (4 tokens + done)", path, len(frames))
+		}
+		for i, f := range frames {
+			if !bytes.HasSuffix(f, []byte("\n")) || bytes.Count(f, []byte("\n")) != 1 {
+				t.Errorf("%s: frame %d is not one line: %q", path, i, f)
+			}
+		}
+		if !bytes.Contains(frames[4], []byte(`"done":true,"done_reason":"stop"`)) {
+			t.Errorf("%s: last frame %s", path, frames[4])
+		}
+		if got, want := bytes.Join(frames, nil), rawBody(t, c, path, body); !bytes.Equal(got, want) {
+			t.Errorf("%s: frames differ from body:\n%s\nvs\n%s", path, got, want)
+		}
+	}
+}
+
+func TestStreamSSEByteExact(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t, ollamatest.WithTokens(3))
+	c := newClient(t, fake.URL)
+	body := `{"model":"tiny-b","messages":[{"role":"user","content":"hi"}],"stream":true}`
+	frames, ct, err := collect(t, c, "/v1/chat/completions", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct != "text/event-stream" {
+		t.Errorf("content type %q", ct)
+	}
+	if len(frames) != 5 || string(frames[4]) != "data: [DONE]\n\n" {
+		t.Fatalf("frames %q", frames)
+	}
+	for _, f := range frames {
+		if !bytes.HasPrefix(f, []byte("data: ")) || !bytes.HasSuffix(f, []byte("\n\n")) {
+			t.Errorf("frame %q is not one SSE event", f)
+		}
+	}
+	if got, want := bytes.Join(frames, nil), rawBody(t, c, "/v1/chat/completions", body); !bytes.Equal(got, want) {
+		t.Errorf("frames differ from body")
+	}
+}
+
+func TestStreamSSEMultiLineEvents(t *testing.T) {
+	t.Parallel()
+	events := []string{
+		"event: message\r\ndata: {\"a\":1}\r\n\r\n",
+		": keep-alive comment\n\n",
+		"id: 7\ndata: line one\ndata: line two\n\n",
+		"data: [DONE]\n\n",
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream; charset=utf-8")
+		for _, e := range events {
+			_, _ = io.WriteString(w, e)
+			w.(http.Flusher).Flush()
+		}
+	}))
+	t.Cleanup(srv.Close)
+	frames, ct, err := collect(t, newClient(t, srv.URL), "/v1/chat/completions", `{}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ct != "text/event-stream; charset=utf-8" {
+		t.Errorf("content type %q", ct)
+	}
+	if len(frames) != len(events) {
+		t.Fatalf("got %d frames %q", len(frames), frames)
+	}
+	for i := range events {
+		if string(frames[i]) != events[i] {
+			t.Errorf("frame %d = %q, want %q", i, frames[i], events[i])
+		}
+	}
+}
+
+func TestStreamLargeLine(t *testing.T) {
+	t.Parallel()
+	big := append(append([]byte(`{"response":"`), bytes.Repeat([]byte("x"), 5<<20)...), "\"}\n"...)
+	tail := []byte(`{"done":true}`) // no trailing newline: still delivered as sent
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = w.Write(big)
+		_, _ = w.Write(tail)
+	}))
+	t.Cleanup(srv.Close)
+	frames, _, err := collect(t, newClient(t, srv.URL), "/api/generate", `{}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(frames) != 2 || !bytes.Equal(frames[0], big) || !bytes.Equal(frames[1], tail) {
+		t.Fatalf("got %d frames (first %d bytes)", len(frames), len(frames[0]))
+	}
+}
+
+func TestStreamNonStreamingJSON(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+	body := `{"model":"tiny-a","prompt":"hi","stream":false}`
+	frames, ct, err := collect(t, c, "/api/generate", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(ct, "application/json") || len(frames) != 1 {
+		t.Fatalf("ct %q, %d frames", ct, len(frames))
+	}
+	if !bytes.Equal(frames[0], rawBody(t, c, "/api/generate", body)) {
+		t.Error("frame differs from body")
+	}
+}
+
+func TestStreamHTTPError(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+
+	_, _, err := collect(t, c, "/api/chat", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`)
+	var he *ollama.HTTPError
+	if !errors.As(err, &he) || he.StatusCode != 404 || he.Message != `model "nope" not found, try pulling it first` {
+		t.Fatalf("err = %#v", err)
+	}
+
+	fake.FailNext(1, ollamatest.FailStatus(503, "server busy"))
+	_, _, err = collect(t, c, "/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}]}`)
+	if !errors.As(err, &he) || he.StatusCode != 503 || he.Message != "server busy" {
+		t.Fatalf("err = %v", err)
+	}
+	var ce *ollama.ConnectionError
+	if errors.As(err, &ce) {
+		t.Error("an HTTP error must not be a ConnectionError")
+	}
+}
+
+func TestHTTPErrorPlainBody(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "  bad gateway from proxy  ", http.StatusBadGateway)
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL)
+	_, _, err := c.Tags(testCtx(t))
+	var he *ollama.HTTPError
+	if !errors.As(err, &he) || he.StatusCode != 502 || he.Message != "bad gateway from proxy" {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestConnectionRefused(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c := newClient(t, "http://"+addr)
+	ctx := testCtx(t)
+
+	checks := map[string]error{}
+	_, checks["Stream"] = c.Stream(ctx, "/api/chat", []byte(`{}`), func([]byte) error { return nil })
+	_, _, checks["Tags"] = c.Tags(ctx)
+	_, _, checks["Ps"] = c.Ps(ctx)
+	_, checks["Version"] = c.Version(ctx)
+	resp, doErr := c.Do(ctx, http.MethodGet, "/", nil, nil)
+	if resp != nil {
+		resp.Body.Close()
+	}
+	checks["Do"] = doErr
+	for name, err := range checks {
+		var ce *ollama.ConnectionError
+		if !errors.As(err, &ce) {
+			t.Errorf("%s: err = %v, want *ConnectionError", name, err)
+			continue
+		}
+		var oe *net.OpError
+		if !errors.As(err, &oe) {
+			t.Errorf("%s: ConnectionError does not unwrap to the net error: %v", name, err)
+		}
+	}
+}
+
+func TestDroppedConnections(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t, ollamatest.WithTokens(5))
+	c := newClient(t, fake.URL)
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"x"}]}`
+
+	fake.FailNext(1, ollamatest.DropMidStream)
+	frames, _, err := collect(t, c, "/api/chat", body)
+	var ce *ollama.ConnectionError
+	if !errors.As(err, &ce) {
+		t.Fatalf("mid-stream drop: err = %v", err)
+	}
+	if len(frames) != 2 {
+		t.Errorf("mid-stream drop: %d frames before the drop, want 2", len(frames))
+	}
+
+	fake.FailNext(1, ollamatest.DropConnection)
+	if _, _, err = collect(t, c, "/api/chat", body); !errors.As(err, &ce) {
+		t.Fatalf("drop before headers: err = %v", err)
+	}
+
+	fake.FailNext(1, ollamatest.DropMidStream)
+	if _, _, err = collect(t, c, "/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"stream":false}`); !errors.As(err, &ce) {
+		t.Fatalf("truncated JSON body: err = %v", err)
+	}
+
+	// The fake works again afterwards.
+	if _, _, err = collect(t, c, "/api/chat", body); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestStreamContextCancel(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+	release := fake.Hold("tiny-a")
+	t.Cleanup(release)
+
+	ctx, cancel := context.WithCancel(testCtx(t))
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Stream(ctx, "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"x"}]}`), func([]byte) error { return nil })
+		errc <- err
+	}()
+	if err := fake.WaitStarted(testCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	err := <-errc
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	var ce *ollama.ConnectionError
+	if errors.As(err, &ce) {
+		t.Fatal("cancellation must not be a ConnectionError")
+	}
+	err = fake.WaitFor(testCtx(t), func(calls []ollamatest.Call) bool {
+		return len(calls) == 1 && calls[0].Finished && calls[0].Canceled
+	})
+	if err != nil {
+		t.Fatalf("fake never saw the call canceled: %+v", fake.Calls())
+	}
+}
+
+func TestStreamCallbackErrorAborts(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t, ollamatest.WithTokens(50))
+	c := newClient(t, fake.URL)
+	stop := errors.New("stop here")
+	n := 0
+	_, err := c.Stream(testCtx(t), "/api/generate", []byte(`{"model":"tiny-a","prompt":"x"}`), func([]byte) error {
+		n++
+		if n == 2 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || n != 2 {
+		t.Fatalf("err = %v after %d frames", err, n)
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	t.Parallel()
+	got := make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Method + " " + r.URL.Path + " " + r.Header.Get("Authorization")
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"models":[],"version":"1"}`)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := ollama.NewClient(ollama.ClientConfig{BaseURL: srv.URL + "/", Token: "s3cret"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	if _, _, err := c.Tags(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Stream(ctx, "/api/chat", []byte(`{}`), func([]byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := c.Do(ctx, http.MethodPost, "/api/show", http.Header{"Authorization": {"Bearer client-token"}}, strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	for _, want := range []string{"GET /api/tags Bearer s3cret", "POST /api/chat Bearer s3cret", "POST /api/show Bearer s3cret"} {
+		if g := <-got; g != want {
+			t.Errorf("got %q, want %q", g, want)
+		}
+	}
+
+	// Without a token, nothing is added.
+	c2 := newClient(t, srv.URL)
+	if _, err := c2.Version(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g := <-got; g != "GET /api/version " {
+		t.Errorf("got %q", g)
+	}
+}
+
+func TestMetadata(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	fake.SetLoaded("tiny-b")
+	c := newClient(t, fake.URL)
+	ctx := testCtx(t)
+	tags, raw, err := c.Tags(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tags.Models) != 3 || tags.Models[0].Name != "tiny-a:latest" || !bytes.Contains(raw, []byte(`"tiny-embed:latest"`)) {
+		t.Errorf("tags %+v", tags)
+	}
+	ps, _, err := c.Ps(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ps.Models) != 1 || ps.Models[0].Name != "tiny-b:latest" {
+		t.Errorf("ps %+v", ps)
+	}
+	v, err := c.Version(ctx)
+	if err != nil || v.Version != "0.17.0" {
+		t.Errorf("version %+v %v", v, err)
+	}
+}

@@ -1,0 +1,14 @@
+// Package ollama speaks to the one Ollama server foreman sits in front of (the
+// "target"). It owns three things:
+//
+//   - the Ollama wire types, matching Ollama v0.17's api/types.go JSON exactly;
+//     polymorphic or pass-through fields are json.RawMessage so a relay never
+//     loses or rewrites what a client sent;
+//   - the target Client, whose failures are typed: *ConnectionError means the
+//     target could not be reached or dropped the connection (retryable), and
+//     *HTTPError means the target answered with a non-2xx status (terminal);
+//   - the Inventory, a poller of /api/tags and /api/ps that keeps the last
+//     known model lists and reports when the target is degraded.
+//
+// The package imports only the standard library.
+package ollama

@@ -1,0 +1,220 @@
+package ollama
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// InventoryConfig configures NewInventory.
+type InventoryConfig struct {
+	Client Client
+	// Interval between polls; default 30s.
+	Interval time.Duration
+	// PollTimeout bounds one poll so a hung target counts as degraded; default 10s.
+	PollTimeout time.Duration
+	// Logger defaults to slog.Default().
+	Logger *slog.Logger
+	// OnRecover is called in the polling goroutine after the first successful
+	// poll and after every degraded → healthy transition (e.g. to re-warm the
+	// embedding model). It should return promptly.
+	OnRecover func(ctx context.Context)
+}
+
+// Snapshot is the inventory's view of the target at its last poll.
+type Snapshot struct {
+	Tags     *ListResponse
+	TagsRaw  []byte
+	Ps       *ProcessResponse
+	PsRaw    []byte
+	Degraded bool
+	Err      error // the last poll's error; nil after a successful poll
+	LastPoll time.Time
+	Polled   bool // at least one poll succeeded
+}
+
+// Inventory polls /api/tags and /api/ps and caches them. A failed poll keeps
+// the last known lists and marks the target degraded until a poll succeeds.
+type Inventory struct {
+	cfg InventoryConfig
+
+	mu       sync.Mutex
+	snap     Snapshot
+	inflight *pollCall
+}
+
+// pollCall lets concurrent Refresh callers share one poll.
+type pollCall struct {
+	done chan struct{}
+	err  error
+}
+
+// NewInventory fills in defaults. cfg.Client is required.
+func NewInventory(cfg InventoryConfig) *Inventory {
+	if cfg.Interval <= 0 {
+		cfg.Interval = 30 * time.Second
+	}
+	if cfg.PollTimeout <= 0 {
+		cfg.PollTimeout = 10 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Inventory{cfg: cfg}
+}
+
+// Run polls at once and then every Interval until ctx ends; it returns nil then.
+// Poll failures are recorded in the snapshot, not returned.
+func (i *Inventory) Run(ctx context.Context) error {
+	t := time.NewTicker(i.cfg.Interval)
+	defer t.Stop()
+	for {
+		_ = i.Refresh(ctx)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// Refresh polls the target now and returns the poll's error. A caller
+// arriving while a poll is in flight waits for that poll instead of starting another.
+func (i *Inventory) Refresh(ctx context.Context) error {
+	i.mu.Lock()
+	if c := i.inflight; c != nil {
+		i.mu.Unlock()
+		select {
+		case <-c.done:
+			return c.err
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	c := &pollCall{done: make(chan struct{})}
+	i.inflight = c
+	i.mu.Unlock()
+
+	c.err = i.poll(ctx)
+
+	i.mu.Lock()
+	i.inflight = nil
+	i.mu.Unlock()
+	close(c.done)
+	return c.err
+}
+
+func (i *Inventory) poll(ctx context.Context) error {
+	if i.cfg.Client == nil {
+		return errNoClient
+	}
+	pctx, cancel := context.WithTimeout(ctx, i.cfg.PollTimeout)
+	defer cancel()
+	tags, tagsRaw, err := i.cfg.Client.Tags(pctx)
+	var ps *ProcessResponse
+	var psRaw []byte
+	if err == nil {
+		ps, psRaw, err = i.cfg.Client.Ps(pctx)
+	}
+	if err != nil && ctx.Err() != nil {
+		// Our own shutdown says nothing about the target's health.
+		return ctx.Err()
+	}
+
+	i.mu.Lock()
+	wasDegraded, wasPolled := i.snap.Degraded, i.snap.Polled
+	i.snap.LastPoll = time.Now()
+	i.snap.Err = err
+	if err != nil {
+		i.snap.Degraded = true
+	} else {
+		i.snap.Tags, i.snap.TagsRaw = tags, tagsRaw
+		i.snap.Ps, i.snap.PsRaw = ps, psRaw
+		i.snap.Degraded = false
+		i.snap.Polled = true
+	}
+	i.mu.Unlock()
+
+	switch {
+	case err != nil:
+		if !wasDegraded {
+			i.cfg.Logger.WarnContext(ctx, "ollama target degraded", slog.Any("err", err))
+		}
+		return err
+	case wasDegraded || !wasPolled:
+		if wasDegraded {
+			i.cfg.Logger.InfoContext(ctx, "ollama target recovered")
+		}
+		if i.cfg.OnRecover != nil {
+			i.cfg.OnRecover(ctx)
+		}
+	}
+	return nil
+}
+
+// Snapshot returns a copy of the current state. The pointed-to responses are
+// shared and must not be modified.
+func (i *Inventory) Snapshot() Snapshot {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.snap
+}
+
+// HasModel reports whether name, normalized, is in the last known /api/tags.
+func (i *Inventory) HasModel(name string) bool {
+	want := NormalizeModel(name)
+	if want == "" {
+		return false
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.snap.Tags == nil {
+		return false
+	}
+	for _, m := range i.snap.Tags.Models {
+		if NormalizeModel(m.Name) == want || NormalizeModel(m.Model) == want {
+			return true
+		}
+	}
+	return false
+}
+
+// Loaded returns the normalized names of the models in the last known /api/ps.
+func (i *Inventory) Loaded() []string {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.snap.Ps == nil {
+		return nil
+	}
+	out := make([]string, 0, len(i.snap.Ps.Models))
+	for _, m := range i.snap.Ps.Models {
+		n := m.Name
+		if n == "" {
+			n = m.Model
+		}
+		out = append(out, NormalizeModel(n))
+	}
+	return out
+}
+
+// Degraded reports whether the last poll failed.
+func (i *Inventory) Degraded() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.snap.Degraded
+}
+
+// SetPs replaces the cached /api/ps after a caller fetched it live.
+func (i *Inventory) SetPs(ps *ProcessResponse, raw []byte) {
+	if ps == nil {
+		return
+	}
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.snap.Ps, i.snap.PsRaw = ps, raw
+}
+
+// errNoClient guards against a zero InventoryConfig.
+var errNoClient = errors.New("ollama: InventoryConfig.Client is nil")

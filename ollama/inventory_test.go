@@ -1,0 +1,199 @@
+package ollama_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+func TestInventoryRefreshAndHasModel(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: newClient(t, fake.URL)})
+	if inv.HasModel("tiny-a") || inv.Snapshot().Polled {
+		t.Fatal("knows models before the first poll")
+	}
+	if err := inv.Refresh(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]bool{
+		"tiny-a": true, "TINY-A": true, " tiny-b:latest ": true, "Tiny-Embed:Latest": true,
+		"tiny-a:7b": false, "nope": false, "": false,
+	} {
+		if got := inv.HasModel(name); got != want {
+			t.Errorf("HasModel(%q) = %v, want %v", name, got, want)
+		}
+	}
+	if l := inv.Loaded(); len(l) != 0 {
+		t.Errorf("Loaded = %v, want none", l)
+	}
+	fake.SetLoaded("tiny-b")
+	if err := inv.Refresh(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if l := inv.Loaded(); !slices.Equal(l, []string{"tiny-b:latest"}) {
+		t.Errorf("Loaded = %v", l)
+	}
+	snap := inv.Snapshot()
+	if !snap.Polled || snap.Degraded || snap.Err != nil || snap.LastPoll.IsZero() || len(snap.TagsRaw) == 0 || len(snap.PsRaw) == 0 {
+		t.Errorf("snapshot %+v", snap)
+	}
+
+	inv.SetPs(&ollama.ProcessResponse{Models: []ollama.ProcessModelResponse{{Name: "Tiny-A"}}}, []byte(`{}`))
+	if l := inv.Loaded(); !slices.Equal(l, []string{"tiny-a:latest"}) {
+		t.Errorf("Loaded after SetPs = %v", l)
+	}
+}
+
+func TestInventoryDegradedAndRecovery(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	recovered := make(chan struct{}, 10)
+	inv := ollama.NewInventory(ollama.InventoryConfig{
+		Client:    newClient(t, fake.URL),
+		OnRecover: func(context.Context) { recovered <- struct{}{} },
+	})
+	ctx := testCtx(t)
+	if err := inv.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(recovered) != 1 {
+		t.Fatalf("OnRecover calls after first poll = %d, want 1", len(recovered))
+	}
+	if err := inv.Refresh(ctx); err != nil || len(recovered) != 1 {
+		t.Fatalf("a healthy poll must not call OnRecover again (err %v, calls %d)", err, len(recovered))
+	}
+
+	fake.SetDown(true)
+	err := inv.Refresh(ctx)
+	var ce *ollama.ConnectionError
+	if !errors.As(err, &ce) {
+		t.Fatalf("poll of a down target: %v", err)
+	}
+	snap := inv.Snapshot()
+	if !inv.Degraded() || !snap.Degraded || snap.Err == nil {
+		t.Fatalf("not degraded: %+v", snap)
+	}
+	if snap.Tags == nil || len(snap.Tags.Models) != 3 || !inv.HasModel("tiny-a") {
+		t.Error("degraded inventory lost the last known tags")
+	}
+
+	fake.SetDown(false)
+	if err := inv.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if inv.Degraded() || inv.Snapshot().Err != nil {
+		t.Error("still degraded after a good poll")
+	}
+	if len(recovered) != 2 {
+		t.Errorf("OnRecover calls = %d, want 2", len(recovered))
+	}
+}
+
+func TestInventoryHTTPErrorDegrades(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: newClient(t, fake.URL)})
+	fake.FailNextOn("/api/ps", 1, ollamatest.Fail500)
+	err := inv.Refresh(testCtx(t))
+	var he *ollama.HTTPError
+	if !errors.As(err, &he) || !inv.Degraded() || inv.Snapshot().Polled {
+		t.Fatalf("err %v degraded %v", err, inv.Degraded())
+	}
+}
+
+func TestInventoryRun(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	fake.SetDown(true)
+	recovered := make(chan struct{}, 10)
+	inv := ollama.NewInventory(ollama.InventoryConfig{
+		Client:    newClient(t, fake.URL),
+		Interval:  5 * time.Millisecond,
+		OnRecover: func(context.Context) { recovered <- struct{}{} },
+	})
+	ctx, cancel := context.WithCancel(testCtx(t))
+	done := make(chan error, 1)
+	go func() { done <- inv.Run(ctx) }()
+
+	// Two polls of the down target happen on their own.
+	if err := fake.WaitFor(testCtx(t), func(calls []ollamatest.Call) bool {
+		n := 0
+		for _, c := range calls {
+			if c.Path == "/api/tags" && c.Finished {
+				n++
+			}
+		}
+		return n >= 2
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !inv.Degraded() {
+		t.Error("not degraded while the target is down")
+	}
+	fake.SetDown(false)
+	select {
+	case <-recovered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnRecover not called after the target came back")
+	}
+	if inv.Degraded() {
+		t.Error("degraded after recovery")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run returned %v on cancel", err)
+	}
+}
+
+// blockingClient counts Tags calls and blocks them until released.
+type blockingClient struct {
+	ollama.Client // nil: only Tags and Ps are called
+	calls         atomic.Int32
+	release       chan struct{}
+}
+
+func (b *blockingClient) Tags(ctx context.Context) (*ollama.ListResponse, []byte, error) {
+	b.calls.Add(1)
+	<-b.release
+	return &ollama.ListResponse{}, []byte(`{"models":[]}`), nil
+}
+
+func (b *blockingClient) Ps(ctx context.Context) (*ollama.ProcessResponse, []byte, error) {
+	return &ollama.ProcessResponse{}, []byte(`{"models":[]}`), nil
+}
+
+func TestInventoryRefreshSharesInFlightPoll(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		bc := &blockingClient{release: make(chan struct{})}
+		inv := ollama.NewInventory(ollama.InventoryConfig{Client: bc})
+		ctx := context.Background()
+		errs := make(chan error, 3)
+		go func() { errs <- inv.Refresh(ctx) }()
+		synctest.Wait() // the first poll is blocked in Tags
+		for range 2 {
+			go func() { errs <- inv.Refresh(ctx) }()
+		}
+		synctest.Wait() // both callers are waiting on the first poll
+		close(bc.release)
+		for range 3 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := bc.calls.Load(); n != 1 {
+			t.Fatalf("Tags calls = %d, want 1 shared poll", n)
+		}
+		if !inv.Snapshot().Polled {
+			t.Error("not polled")
+		}
+	})
+}

@@ -1,0 +1,72 @@
+package ollama_test
+
+import (
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+func TestNormalizeModel(t *testing.T) {
+	t.Parallel()
+	tests := []struct{ in, want string }{
+		{"llama3", "llama3:latest"},
+		{"  llama3  ", "llama3:latest"},
+		{"MODEL:Latest", "model:latest"},
+		{"llama3:8b", "llama3:8b"},
+		{"hf.co/Org/Model-GGUF:Q4_K_M", "hf.co/org/model-gguf:q4_k_m"},
+		{"hf.co/Org/Model-GGUF", "hf.co/org/model-gguf:latest"},
+		{"localhost:5000/lib/m", "localhost:5000/lib/m:latest"},
+		{"registry.ollama.ai/library/qwen3:0.6b", "registry.ollama.ai/library/qwen3:0.6b"},
+		{"", ""},
+		{"   ", ""},
+	}
+	for _, tt := range tests {
+		if got := ollama.NormalizeModel(tt.in); got != tt.want {
+			t.Errorf("NormalizeModel(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestStreamRequested(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		body    string
+		want    bool
+		wantErr bool
+	}{
+		{`{"model":"m"}`, true, false},
+		{`{"model":"m","stream":null}`, true, false},
+		{`{"model":"m","stream":true}`, true, false},
+		{`{"model":"m","stream":false}`, false, false},
+		{`{}`, true, false},
+		{`{"stream":"yes"}`, false, true},
+		{`not json`, false, true},
+	}
+	for _, tt := range tests {
+		got, err := ollama.StreamRequested([]byte(tt.body))
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("StreamRequested(%s) = %v, %v; want %v, err %v", tt.body, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+func TestModelOf(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		body    string
+		want    string
+		wantErr bool
+	}{
+		{`{"model":"Llama3","messages":[]}`, "Llama3", false},
+		{`{"name":"old-client"}`, "old-client", false},
+		{`{"model":"a","name":"b"}`, "a", false},
+		{`{}`, "", false},
+		{`[1]`, "", true},
+	}
+	for _, tt := range tests {
+		got, err := ollama.ModelOf([]byte(tt.body))
+		if (err != nil) != tt.wantErr || got != tt.want {
+			t.Errorf("ModelOf(%s) = %q, %v; want %q, err %v", tt.body, got, err, tt.want, tt.wantErr)
+		}
+	}
+}

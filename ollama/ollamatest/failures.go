@@ -1,0 +1,96 @@
+package ollamatest
+
+import (
+	"fmt"
+	"time"
+)
+
+type failureKind int
+
+const (
+	kindStatus failureKind = iota + 1
+	kindDrop
+	kindDropMid
+	kindSlow
+	kindNoDone
+)
+
+// Failure is a fault the fake injects into a response; see FailNext.
+type Failure struct {
+	kind  failureKind
+	code  int
+	msg   string
+	delay time.Duration
+}
+
+var (
+	// Fail500 answers HTTP 500 {"error":"fake: injected failure"}.
+	Fail500 = Failure{kind: kindStatus, code: 500, msg: "fake: injected failure"}
+	// DropConnection closes the TCP connection before any response byte.
+	DropConnection = Failure{kind: kindDrop}
+	// DropMidStream sends a couple of stream frames (or half a JSON body) and
+	// then closes the TCP connection.
+	DropMidStream = Failure{kind: kindDropMid}
+	// StreamNoDone streams the tokens and ends the response cleanly without
+	// the final done:true frame, as real Ollama sometimes does.
+	StreamNoDone = Failure{kind: kindNoDone}
+)
+
+// FailStatus answers HTTP code with {"error": msg}.
+func FailStatus(code int, msg string) Failure { return Failure{kind: kindStatus, code: code, msg: msg} }
+
+// SlowFirstByte waits d (or until the client leaves) before serving normally.
+func SlowFirstByte(d time.Duration) Failure { return Failure{kind: kindSlow, delay: d} }
+
+func (f Failure) String() string {
+	switch f.kind {
+	case kindStatus:
+		return fmt.Sprintf("status %d", f.code)
+	case kindDrop:
+		return "drop connection"
+	case kindDropMid:
+		return "drop mid-stream"
+	case kindSlow:
+		return fmt.Sprintf("slow first byte %s", f.delay)
+	case kindNoDone:
+		return "stream without done"
+	}
+	return "none"
+}
+
+type pendingFailure struct {
+	path string // "" = any inference path
+	left int
+	f    Failure
+}
+
+// FailNext applies f to the next n inference requests (chat, generate,
+// completions, embeddings). Metadata routes such as /api/tags are not affected;
+// use FailNextOn for them.
+func (s *Server) FailNext(n int, f Failure) { s.FailNextOn("", n, f) }
+
+// FailNextOn applies f to the next n requests on path ("" = inference paths).
+func (s *Server) FailNextOn(path string, n int, f Failure) {
+	if n <= 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.failures = append(s.failures, pendingFailure{path: path, left: n, f: f})
+}
+
+// takeFailureLocked consumes the first pending failure matching path.
+func (s *Server) takeFailureLocked(path string) *Failure {
+	for i := range s.failures {
+		p := &s.failures[i]
+		if p.path == path || (p.path == "" && isInference(path)) {
+			f := p.f
+			p.left--
+			if p.left == 0 {
+				s.failures = append(s.failures[:i], s.failures[i+1:]...)
+			}
+			return &f
+		}
+	}
+	return nil
+}

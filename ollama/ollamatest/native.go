@@ -1,0 +1,234 @@
+package ollamatest
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// tokenCost is the fake's nominal time per token, used for deterministic durations.
+const tokenCost = time.Millisecond
+
+// prepare loads the model, runs BeforeChat and waits for holds. It writes the
+// error reply itself and returns the load duration.
+func (s *Server) prepare(w http.ResponseWriter, r *http.Request, m Model) (time.Duration, bool) {
+	ctx := r.Context()
+	load, err := s.ensureLoaded(ctx, m.Name)
+	if err != nil {
+		return 0, false
+	}
+	if s.cfg.BeforeChat != nil {
+		if err := s.cfg.BeforeChat(ctx, m.Name); err != nil {
+			if ctx.Err() == nil {
+				writeError(w, http.StatusInternalServerError, err.Error())
+			}
+			return 0, false
+		}
+	}
+	if err := s.waitHolds(ctx, m.Name); err != nil {
+		return 0, false
+	}
+	return load, true
+}
+
+// generate produces the reply tokens, sleeping TokenDelay before each and
+// calling emit per token. It stops early if the client leaves.
+func (s *Server) generate(ctx context.Context, toks []string, emit func(tok string) error) error {
+	for _, t := range toks {
+		if err := sleepCtx(ctx, s.cfg.TokenDelay); err != nil {
+			return err
+		}
+		if emit != nil {
+			if err := emit(t); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func metrics(load time.Duration, promptTokens, evalTokens int) ollama.Metrics {
+	eval := time.Duration(evalTokens) * tokenCost
+	pe := time.Duration(promptTokens) * tokenCost / 10
+	return ollama.Metrics{
+		TotalDuration:      load + pe + eval,
+		LoadDuration:       load,
+		PromptEvalCount:    promptTokens,
+		PromptEvalDuration: pe,
+		EvalCount:          evalTokens,
+		EvalDuration:       eval,
+	}
+}
+
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	var req ollama.ChatRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	m, ok := s.modelFor(w, req.Model, "chat")
+	if !ok {
+		return
+	}
+	defer s.enter(false)()
+	now := s.cfg.Clock().UTC()
+	if len(req.Messages) == 0 {
+		s.loadOnly(w, r, m, req.KeepAlive, func(reason string) any {
+			return ollama.ChatResponse{Model: req.Model, CreatedAt: now, Message: ollama.Message{Role: "assistant"}, Done: true, DoneReason: reason}
+		})
+		return
+	}
+	load, ok := s.prepare(w, r, m)
+	if !ok {
+		return
+	}
+	var prompt strings.Builder
+	for _, msg := range req.Messages {
+		prompt.WriteString(msg.Role + ": " + msg.Content + "\n")
+	}
+	toks := Reply(m.Name, prompt.String(), numPredict(req.Options, s.cfg.Tokens))
+	final := ollama.ChatResponse{
+		Model: req.Model, CreatedAt: now, Done: true, DoneReason: "stop",
+		Message: ollama.Message{Role: "assistant"},
+		Metrics: metrics(load, len(strings.Fields(prompt.String())), len(toks)),
+	}
+	if req.Stream != nil && !*req.Stream {
+		if s.generate(r.Context(), toks, nil) != nil {
+			return
+		}
+		final.Message.Content = join(toks)
+		writeJSON(w, http.StatusOK, final, f)
+		return
+	}
+	sw := newStreamWriter(w, f, false)
+	err := s.generate(r.Context(), toks, func(tok string) error {
+		return sw.frame(ollama.ChatResponse{Model: req.Model, CreatedAt: now, Message: ollama.Message{Role: "assistant", Content: tok}})
+	})
+	if err == nil && !sw.noDone() {
+		_ = sw.frame(final)
+	}
+}
+
+func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	var req ollama.GenerateRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	m, ok := s.modelFor(w, req.Model, "generate")
+	if !ok {
+		return
+	}
+	defer s.enter(false)()
+	now := s.cfg.Clock().UTC()
+	if req.Prompt == "" && len(req.Images) == 0 {
+		s.loadOnly(w, r, m, req.KeepAlive, func(reason string) any {
+			return ollama.GenerateResponse{Model: req.Model, CreatedAt: now, Done: true, DoneReason: reason}
+		})
+		return
+	}
+	load, ok := s.prepare(w, r, m)
+	if !ok {
+		return
+	}
+	prompt := req.System + "\n" + req.Prompt + "\n" + req.Suffix
+	toks := Reply(m.Name, prompt, numPredict(req.Options, s.cfg.Tokens))
+	final := ollama.GenerateResponse{
+		Model: req.Model, CreatedAt: now, Done: true, DoneReason: "stop",
+		Context: []int{1, 2, 3},
+		Metrics: metrics(load, len(strings.Fields(prompt)), len(toks)),
+	}
+	if req.Stream != nil && !*req.Stream {
+		if s.generate(r.Context(), toks, nil) != nil {
+			return
+		}
+		final.Response = join(toks)
+		writeJSON(w, http.StatusOK, final, f)
+		return
+	}
+	sw := newStreamWriter(w, f, false)
+	err := s.generate(r.Context(), toks, func(tok string) error {
+		return sw.frame(ollama.GenerateResponse{Model: req.Model, CreatedAt: now, Response: tok})
+	})
+	if err == nil && !sw.noDone() {
+		_ = sw.frame(final)
+	}
+}
+
+// loadOnly answers an empty chat/generate, which Ollama treats as "load the
+// model" (or "unload" with keep_alive 0), with one JSON object.
+func (s *Server) loadOnly(w http.ResponseWriter, r *http.Request, m Model, keepAlive json.RawMessage, resp func(reason string) any) {
+	if isZeroKeepAlive(keepAlive) {
+		s.mu.Lock()
+		if s.loaded == m.Name {
+			s.loaded = ""
+			s.notifyLocked()
+		}
+		s.mu.Unlock()
+		writeJSON(w, http.StatusOK, resp("unload"), nil)
+		return
+	}
+	if _, err := s.ensureLoaded(r.Context(), m.Name); err != nil {
+		return
+	}
+	writeJSON(w, http.StatusOK, resp("load"), nil)
+}
+
+// embedInputs decodes Ollama's embed input: a string or an array of strings.
+func embedInputs(raw json.RawMessage) ([]string, bool) {
+	var one string
+	if json.Unmarshal(raw, &one) == nil {
+		return []string{one}, true
+	}
+	var many []string
+	if json.Unmarshal(raw, &many) == nil {
+		return many, true
+	}
+	return nil, false
+}
+
+func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	var req ollama.EmbedRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	m, ok := s.modelFor(w, req.Model, "")
+	if !ok {
+		return
+	}
+	defer s.enter(true)()
+	inputs, ok := embedInputs(req.Input)
+	if !ok {
+		writeError(w, http.StatusBadRequest, "invalid input type")
+		return
+	}
+	resp := ollama.EmbedResponse{Model: req.Model, Embeddings: [][]float32{}, PromptEvalCount: len(inputs)}
+	for _, in := range inputs {
+		v := Vector(m.Name, in)
+		f32 := make([]float32, len(v))
+		for i, x := range v {
+			f32[i] = float32(x)
+		}
+		resp.Embeddings = append(resp.Embeddings, f32)
+	}
+	writeJSON(w, http.StatusOK, resp, f)
+}
+
+func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	var req ollama.EmbeddingRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	m, ok := s.modelFor(w, req.Model, "")
+	if !ok {
+		return
+	}
+	defer s.enter(true)()
+	writeJSON(w, http.StatusOK, ollama.EmbeddingResponse{Embedding: Vector(m.Name, req.Prompt)}, f)
+}

@@ -1,0 +1,228 @@
+package ollamatest
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// OpenAI-compatible shapes, as Ollama's openai middleware writes them.
+
+type oaiUsage struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+type oaiMessage struct {
+	Role    string `json:"role,omitempty"`
+	Content string `json:"content"`
+}
+
+type oaiChoice struct {
+	Index        int         `json:"index"`
+	Message      *oaiMessage `json:"message,omitempty"`
+	Delta        *oaiMessage `json:"delta,omitempty"`
+	Text         *string     `json:"text,omitempty"`
+	FinishReason *string     `json:"finish_reason"`
+}
+
+type oaiResponse struct {
+	ID                string      `json:"id"`
+	Object            string      `json:"object"`
+	Created           int64       `json:"created"`
+	Model             string      `json:"model"`
+	SystemFingerprint string      `json:"system_fingerprint"`
+	Choices           []oaiChoice `json:"choices"`
+	Usage             *oaiUsage   `json:"usage,omitempty"`
+}
+
+type oaiRequest struct {
+	Model    string `json:"model"`
+	Messages []struct {
+		Role    string          `json:"role"`
+		Content json.RawMessage `json:"content"`
+	} `json:"messages"`
+	Prompt    json.RawMessage `json:"prompt"`
+	Stream    bool            `json:"stream"`
+	MaxTokens *int            `json:"max_tokens"`
+}
+
+// writeOAIError writes OpenAI's error shape, as Ollama's middleware does.
+func writeOAIError(w http.ResponseWriter, code int, msg string) {
+	typ := "api_error"
+	if code < 500 {
+		typ = "invalid_request_error"
+	}
+	body := map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": nil}}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(body)
+}
+
+// oaiModel resolves the request model with OpenAI-shaped errors.
+func (s *Server) oaiModel(w http.ResponseWriter, name string, chat bool) (Model, bool) {
+	m, ok := s.findModel(name)
+	switch {
+	case strings.TrimSpace(name) == "":
+		writeOAIError(w, http.StatusBadRequest, "model is required")
+	case !ok:
+		writeOAIError(w, http.StatusNotFound, notFound(name))
+	case chat && m.Embedding:
+		writeOAIError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support chat", name))
+	default:
+		return m, true
+	}
+	return Model{}, false
+}
+
+func (s *Server) handleOpenAIChat(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	s.openAIGenerate(w, r, body, f, true)
+}
+
+func (s *Server) handleOpenAICompletion(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	s.openAIGenerate(w, r, body, f, false)
+}
+
+func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []byte, f *Failure, chat bool) {
+	var req oaiRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeOAIError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	m, ok := s.oaiModel(w, req.Model, true)
+	if !ok {
+		return
+	}
+	defer s.enter(false)()
+	if _, ok := s.prepare(w, r, m); !ok {
+		return
+	}
+	var prompt strings.Builder
+	for _, msg := range req.Messages {
+		prompt.WriteString(msg.Role + ": " + string(msg.Content) + "\n")
+	}
+	prompt.Write(req.Prompt)
+	n := s.cfg.Tokens
+	if req.MaxTokens != nil && *req.MaxTokens > 0 {
+		n = *req.MaxTokens
+	}
+	toks := Reply(m.Name, prompt.String(), n)
+	id, object := "chatcmpl-", "chat.completion"
+	if !chat {
+		id, object = "cmpl-", "text_completion"
+	}
+	id += fmt.Sprintf("%d", hash64(m.Name, prompt.String())%1000)
+	base := oaiResponse{ID: id, Object: object, Created: s.cfg.Clock().Unix(), Model: req.Model, SystemFingerprint: "fp_ollama"}
+	stop := "stop"
+	choice := func(content string, final bool) oaiChoice {
+		c := oaiChoice{}
+		if final {
+			c.FinishReason = &stop
+		}
+		switch {
+		case !chat:
+			c.Text = &content
+		case req.Stream:
+			c.Delta = &oaiMessage{Role: "assistant", Content: content}
+		default:
+			c.Message = &oaiMessage{Role: "assistant", Content: content}
+		}
+		return c
+	}
+	usage := &oaiUsage{PromptTokens: len(strings.Fields(prompt.String())), CompletionTokens: len(toks)}
+	usage.TotalTokens = usage.PromptTokens + usage.CompletionTokens
+	if !req.Stream {
+		if s.generate(r.Context(), toks, nil) != nil {
+			return
+		}
+		resp := base
+		resp.Choices = []oaiChoice{choice(join(toks), true)}
+		resp.Usage = usage
+		writeJSON(w, http.StatusOK, resp, f)
+		return
+	}
+	if chat {
+		base.Object = "chat.completion.chunk"
+	}
+	sw := newStreamWriter(w, f, true)
+	err := s.generate(r.Context(), toks, func(tok string) error {
+		c := base
+		c.Choices = []oaiChoice{choice(tok, false)}
+		return sw.frame(c)
+	})
+	if err != nil || sw.noDone() {
+		return
+	}
+	c := base
+	c.Choices = []oaiChoice{choice("", true)}
+	if sw.frame(c) == nil {
+		_ = sw.raw([]byte("[DONE]"))
+	}
+}
+
+func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	var req struct {
+		Model string          `json:"model"`
+		Input json.RawMessage `json:"input"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeOAIError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	m, ok := s.oaiModel(w, req.Model, false)
+	if !ok {
+		return
+	}
+	defer s.enter(true)()
+	inputs, ok := embedInputs(req.Input)
+	if !ok {
+		writeOAIError(w, http.StatusBadRequest, "invalid input type")
+		return
+	}
+	type datum struct {
+		Object    string    `json:"object"`
+		Embedding []float64 `json:"embedding"`
+		Index     int       `json:"index"`
+	}
+	data := make([]datum, 0, len(inputs))
+	for i, in := range inputs {
+		data = append(data, datum{Object: "embedding", Embedding: Vector(m.Name, in), Index: i})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{
+		"object": "list", "data": data, "model": req.Model,
+		"usage": map[string]int{"prompt_tokens": len(inputs), "total_tokens": len(inputs)},
+	}, f)
+}
+
+type oaiModelEntry struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+func (s *Server) oaiEntry(m Model) oaiModelEntry {
+	return oaiModelEntry{ID: m.Name, Object: "model", Created: s.cfg.Clock().Unix(), OwnedBy: "library"}
+}
+
+func (s *Server) handleOpenAIModels(w http.ResponseWriter, _ *http.Request, _ []byte, f *Failure) {
+	s.mu.Lock()
+	data := make([]oaiModelEntry, 0, len(s.models))
+	for _, m := range s.models {
+		data = append(data, s.oaiEntry(m))
+	}
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]any{"object": "list", "data": data}, f)
+}
+
+func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request, _ []byte, f *Failure) {
+	name := r.PathValue("model")
+	m, ok := s.findModel(name)
+	if !ok {
+		writeOAIError(w, http.StatusNotFound, fmt.Sprintf("model %q not found", name))
+		return
+	}
+	writeJSON(w, http.StatusOK, s.oaiEntry(m), f)
+}

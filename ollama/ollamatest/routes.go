@@ -1,0 +1,233 @@
+package ollamatest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// handler serves one route; f is the injected failure that must happen
+// during the response (DropMidStream or StreamNoDone), or nil.
+type handler func(w http.ResponseWriter, r *http.Request, body []byte, f *Failure)
+
+func (s *Server) routes() http.Handler {
+	mux := http.NewServeMux()
+	h := func(pattern string, fn handler) { mux.Handle(pattern, s.wrap(fn)) }
+	h("GET /{$}", s.handleRoot)
+	h("GET /api/version", s.handleVersion)
+	h("GET /api/tags", s.handleTags)
+	h("GET /api/ps", s.handlePs)
+	h("POST /api/show", s.handleShow)
+	h("POST /api/chat", s.handleChat)
+	h("POST /api/generate", s.handleGenerate)
+	h("POST /api/embed", s.handleEmbed)
+	h("POST /api/embeddings", s.handleEmbeddings)
+	h("POST /api/pull", s.handlePull)
+	h("POST /api/push", s.handlePush)
+	h("POST /api/create", s.handleCreate)
+	h("POST /api/copy", s.handleCopy)
+	h("DELETE /api/delete", s.handleDelete)
+	h("HEAD /api/blobs/{digest}", s.handleBlobHead)
+	h("POST /api/blobs/{digest}", s.handleBlobPost)
+	h("POST /v1/chat/completions", s.handleOpenAIChat)
+	h("POST /v1/completions", s.handleOpenAICompletion)
+	h("POST /v1/embeddings", s.handleOpenAIEmbeddings)
+	h("GET /v1/models", s.handleOpenAIModels)
+	h("GET /v1/models/{model...}", s.handleOpenAIModel)
+	return mux
+}
+
+// isInference reports whether path runs a model (counted by WaitStarted,
+// targeted by FailNext).
+func isInference(path string) bool {
+	switch path {
+	case "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
+		"/v1/chat/completions", "/v1/completions", "/v1/embeddings":
+		return true
+	}
+	return false
+}
+
+// wrap records the call, applies SetDown and injected failures, then runs fn.
+func (s *Server) wrap(fn handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		model := ""
+		if len(bytes.TrimSpace(body)) > 0 {
+			if m, err := ollama.ModelOf(body); err == nil {
+				model = ollama.NormalizeModel(m)
+			}
+		}
+		s.mu.Lock()
+		idx := len(s.calls)
+		s.calls = append(s.calls, Call{Method: r.Method, Path: r.URL.Path, Model: model, Started: time.Now()})
+		var f *Failure
+		if s.down {
+			f = &Failure{kind: kindDrop}
+		} else {
+			f = s.takeFailureLocked(r.URL.Path)
+		}
+		if f != nil {
+			s.calls[idx].Failure = f.String()
+		}
+		s.notifyLocked()
+		s.mu.Unlock()
+
+		canceled := false
+		defer func() {
+			s.mu.Lock()
+			s.calls[idx].Finished = true
+			s.calls[idx].Ended = time.Now()
+			s.calls[idx].Canceled = canceled
+			s.notifyLocked()
+			s.mu.Unlock()
+		}()
+
+		if f != nil {
+			switch f.kind {
+			case kindStatus:
+				writeError(w, f.code, f.msg)
+				return
+			case kindDrop:
+				dropConn(w)
+				return
+			case kindSlow:
+				if sleepCtx(r.Context(), f.delay) != nil {
+					canceled = true
+					return
+				}
+				f = nil
+			}
+		}
+		fn(w, r, body, f)
+		canceled = r.Context().Err() != nil
+	})
+}
+
+// dropConn closes the client's TCP connection without a (further) response.
+func dropConn(w http.ResponseWriter) {
+	conn, _, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		panic(http.ErrAbortHandler) // HTTP/2 or a wrapped writer: abort the stream instead
+	}
+	conn.Close()
+}
+
+// writeJSON writes v as Ollama's gin does (application/json, no trailing newline).
+// With DropMidStream it sends half the body and cuts the connection.
+func writeJSON(w http.ResponseWriter, code int, v any, f *Failure) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	if f != nil && f.kind == kindDropMid {
+		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		w.WriteHeader(code)
+		_, _ = w.Write(b[:len(b)/2])
+		_ = http.NewResponseController(w).Flush()
+		dropConn(w)
+		return
+	}
+	w.WriteHeader(code)
+	_, _ = w.Write(b)
+}
+
+// writeError writes Ollama's {"error": msg} body.
+func writeError(w http.ResponseWriter, code int, msg string) {
+	b, _ := json.Marshal(ollama.ErrorResponse{Error: msg})
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(code)
+	_, _ = w.Write(b)
+}
+
+func notFound(model string) string {
+	return fmt.Sprintf("model %q not found, try pulling it first", model)
+}
+
+// streamWriter writes NDJSON lines or SSE events, flushing each, and carries
+// out DropMidStream after a couple of frames.
+type streamWriter struct {
+	w       http.ResponseWriter
+	rc      *http.ResponseController
+	f       *Failure
+	sse     bool
+	started bool
+	frames  int
+}
+
+// errDropped stops a handler after DropMidStream cut the connection.
+var errDropped = fmt.Errorf("ollamatest: connection dropped")
+
+// dropAfterFrames is how many frames DropMidStream lets through.
+const dropAfterFrames = 2
+
+func newStreamWriter(w http.ResponseWriter, f *Failure, sse bool) *streamWriter {
+	return &streamWriter{w: w, rc: http.NewResponseController(w), f: f, sse: sse}
+}
+
+func (sw *streamWriter) frame(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return sw.raw(b)
+}
+
+func (sw *streamWriter) raw(b []byte) error {
+	if !sw.started {
+		sw.started = true
+		if sw.sse {
+			sw.w.Header().Set("Content-Type", "text/event-stream")
+			sw.w.Header().Set("Cache-Control", "no-cache")
+		} else {
+			sw.w.Header().Set("Content-Type", "application/x-ndjson")
+		}
+		sw.w.WriteHeader(http.StatusOK)
+	}
+	if sw.f != nil && sw.f.kind == kindDropMid && sw.frames >= dropAfterFrames {
+		_ = sw.rc.Flush()
+		dropConn(sw.w)
+		return errDropped
+	}
+	var out []byte
+	if sw.sse {
+		out = append(append([]byte("data: "), b...), "\n\n"...)
+	} else {
+		out = append(b, '\n')
+	}
+	if _, err := sw.w.Write(out); err != nil {
+		return err
+	}
+	sw.frames++
+	return sw.rc.Flush()
+}
+
+// noDone reports whether the final frame must be left out (StreamNoDone).
+func (sw *streamWriter) noDone() bool { return sw.f != nil && sw.f.kind == kindNoDone }
+
+// modelName gets the served model from the request, with Ollama's error replies.
+func (s *Server) modelFor(w http.ResponseWriter, name, capability string) (Model, bool) {
+	if strings.TrimSpace(name) == "" {
+		writeError(w, http.StatusBadRequest, "model is required")
+		return Model{}, false
+	}
+	m, ok := s.findModel(name)
+	if !ok {
+		writeError(w, http.StatusNotFound, notFound(name))
+		return Model{}, false
+	}
+	if capability != "" && m.Embedding {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support %s", name, capability))
+		return Model{}, false
+	}
+	return m, true
+}
