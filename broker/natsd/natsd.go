@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"golang.org/x/crypto/bcrypt"
 )
 
 // internalUser is the name of foreman's own in-process user. It can never log in over TCP.
@@ -129,9 +130,13 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 		DontListen:        cfg.Listen == "",
 		// HTTP port stays closed; foreman has its own /healthz.
 	}
+	internalHash, err := bcrypt.GenerateFromPassword([]byte(s.secret), bcrypt.MinCost)
+	if err != nil {
+		return nil, err
+	}
 	users := []*server.User{{
 		Username:               internalUser,
-		Password:               s.secret,
+		Password:               string(internalHash),
 		AllowedConnectionTypes: map[string]struct{}{"IN_PROCESS": {}},
 	}}
 	if cfg.Listen != "" {
@@ -144,9 +149,13 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 			port = server.RANDOM_PORT
 		}
 		opts.Host, opts.Port = host, port
+		clientHash, err := bcrypt.GenerateFromPassword([]byte(cfg.ClientPassword), bcrypt.DefaultCost)
+		if err != nil {
+			return nil, fmt.Errorf("natsd: client password: %w", err)
+		}
 		users = append(users, &server.User{
 			Username:               cfg.ClientUser,
-			Password:               cfg.ClientPassword,
+			Password:               string(clientHash),
 			Permissions:            ClientPermissions(),
 			AllowedConnectionTypes: map[string]struct{}{"STANDARD": {}, "WEBSOCKET": {}},
 		})

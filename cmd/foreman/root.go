@@ -1,0 +1,49 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+// env is how commands read the environment, so tests can give their own.
+type env struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	getenv func(string) string
+}
+
+// execute runs the CLI and returns the process exit code; only main calls os.Exit.
+func execute(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
+	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	root := newRootCmd(e)
+	root.SetArgs(args)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(stderr, "foreman: "+strings.TrimSpace(err.Error()))
+		return 1
+	}
+	return 0
+}
+
+func newRootCmd(e *env) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "foreman",
+		Short:         "A durable queue in front of one Ollama server",
+		Long:          "foreman speaks Ollama's API, turns every chat and generate call into a durable job in NATS JetStream,\nand runs them against one Ollama machine one at a time, draining the loaded model first.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetIn(e.stdin)
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.AddCommand(newServeCmd(e), newVersionCmd(e))
+	return root
+}

@@ -1,0 +1,262 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+func newServeCmd(e *env) *cobra.Command {
+	cfg := &serveConfig{}
+	set := cfg.settings()
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run foreman: the HTTP gateway, the worker and the embedded NATS server",
+		Long: "Run foreman. Every flag can also be set by its FOREMAN_* environment variable (shown in brackets);\n" +
+			"a flag beats the variable.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := resolve(cmd.Flags(), set, e.getenv); err != nil {
+				return err
+			}
+			if err := cfg.finish(); err != nil {
+				return err
+			}
+			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: cfg.LogLevel}))
+			return serve(cmd.Context(), *cfg, log)
+		},
+	}
+	bindFlags(cmd.Flags(), set)
+	return cmd
+}
+
+// serve runs foreman until ctx ends, then shuts down under cfg.ShutdownTimeout.
+func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
+	a, err := startApp(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	log.Info("foreman is serving", "addr", a.Addr(), "ollama", cfg.OllamaURL, "data_dir", a.dataDir, "nats_listen", a.natsListen())
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-a.failed:
+		log.Error("a component failed; shutting down", "err", err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := a.shutdown(sctx); serr != nil {
+		err = errors.Join(err, serr)
+	}
+	return err
+}
+
+// app is a running foreman: everything serve starts, in the order shutdown stops it.
+type app struct {
+	cfg     serveConfig
+	log     *slog.Logger
+	dataDir string
+	natsSrv *natsd.Server // nil with an external NATS
+	nc      *nats.Conn
+	store   *broker.Store
+	target  *ollama.HTTPClient
+	inv     *ollama.Inventory
+	gw      *gateway.Server
+	http    *http.Server
+	ln      net.Listener
+
+	cancel   context.CancelFunc // stops the background components
+	wg       sync.WaitGroup
+	failed   chan error
+	stopOnce sync.Once
+	stopErr  error
+}
+
+func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, err error) {
+	a := &app{cfg: cfg, log: log, failed: make(chan error, 8)}
+	defer func() {
+		if err != nil {
+			a.shutdown(context.Background())
+		}
+	}()
+	if err := a.startNATS(); err != nil {
+		return nil, err
+	}
+	a.store, err = broker.Open(ctx, broker.Config{
+		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts,
+		Replicas: cfg.NATSReplicas, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.target, err = ollama.NewClient(ollama.ClientConfig{BaseURL: cfg.OllamaURL, Token: cfg.OllamaToken, ResponseHeaderTimeout: -1, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("FOREMAN_OLLAMA_URL=%q: %w", cfg.OllamaURL, err)
+	}
+	a.inv = ollama.NewInventory(ollama.InventoryConfig{
+		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: a.warmEmbedder,
+	})
+	a.gw, err = gateway.New(gateway.Config{
+		Store: a.store, Target: a.target, TargetURL: cfg.OllamaURL, Inventory: a.inv,
+		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	bg, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.goRun("inventory", func() error { return a.inv.Run(bg) })
+
+	a.ln, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
+	}
+	a.http = &http.Server{
+		Handler:           a.gw,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		// No ReadTimeout/WriteTimeout: a streamed generation may last many minutes.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	a.goRun("http", func() error {
+		if err := a.http.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return a, nil
+}
+
+func (a *app) startNATS() error {
+	if a.cfg.NATSURL != "" {
+		nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("foreman"), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", a.cfg.NATSURL, err)
+		}
+		a.nc = nc
+		return nil
+	}
+	dir := a.cfg.DataDir
+	if dir == "" {
+		d, err := natsd.DefaultDataDir()
+		if err != nil {
+			return fmt.Errorf("FOREMAN_DATA_DIR is unset and there is no user data dir: %w", err)
+		}
+		dir = d
+	}
+	a.dataDir = dir
+	srv, err := natsd.Start(natsd.Config{
+		DataDir: dir, Listen: a.cfg.NATSListen,
+		ClientUser: a.cfg.NATSUser, ClientPassword: a.cfg.NATSPassword,
+		TLSCert: a.cfg.NATSTLSCert, TLSKey: a.cfg.NATSTLSKey, Logger: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	a.natsSrv = srv
+	a.nc, err = srv.Connect()
+	return err
+}
+
+// goRun runs a long-lived component; an early error from it stops foreman.
+func (a *app) goRun(name string, fn func() error) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := fn(); err != nil {
+			a.failed <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
+}
+
+// Addr is the HTTP listener's address.
+func (a *app) Addr() string { return a.ln.Addr().String() }
+
+func (a *app) natsListen() string {
+	if a.natsSrv == nil {
+		return ""
+	}
+	return a.natsSrv.ClientURL()
+}
+
+func (a *app) natsHealth() error {
+	if a.natsSrv != nil {
+		if err := a.natsSrv.Healthy(); err != nil {
+			return err
+		}
+	}
+	if !a.nc.IsConnected() {
+		return errors.New("not connected to NATS")
+	}
+	return nil
+}
+
+// warmEmbedder loads FOREMAN_EMBED_MODEL with keep_alive -1 at start and after the target
+// recovers, so embeddings never wait for a load.
+func (a *app) warmEmbedder(ctx context.Context) {
+	if a.cfg.EmbedModel == "" {
+		return
+	}
+	body := fmt.Appendf(nil, `{"model":%q,"input":"","keep_alive":-1}`, a.cfg.EmbedModel)
+	if _, err := a.target.Stream(ctx, "/api/embed", body, func([]byte) error { return nil }); err != nil {
+		a.log.Warn("warm embedding model", "model", a.cfg.EmbedModel, "err", err)
+		return
+	}
+	a.log.Info("embedding model loaded and kept warm", "model", a.cfg.EmbedModel)
+}
+
+// shutdown stops foreman in order under ctx's deadline: stop accepting HTTP and let
+// streams finish, stop the background components (the worker hands its job back), drain
+// the NATS connection, shut the embedded server down. Safe to call twice.
+func (a *app) shutdown(ctx context.Context) error {
+	a.stopOnce.Do(func() {
+		var errs []error
+		if a.http != nil {
+			if err := a.http.Shutdown(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+				_ = a.http.Close()
+			}
+		}
+		if a.cancel != nil {
+			a.cancel()
+		}
+		a.wg.Wait()
+		if a.nc != nil {
+			if err := a.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+				errs = append(errs, fmt.Errorf("nats drain: %w", err))
+			}
+			waitClosed(ctx, a.nc)
+		}
+		if a.natsSrv != nil {
+			a.natsSrv.Shutdown()
+		}
+		a.stopErr = errors.Join(errs...)
+	})
+	return a.stopErr
+}
+
+// waitClosed waits for a draining connection to close, or for ctx.
+func waitClosed(ctx context.Context, nc *nats.Conn) {
+	for !nc.IsClosed() {
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,96 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// Error is an error with the HTTP status the client should see and a message safe to show.
+type Error struct {
+	Status  int
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// badRequest is a 400 with the given message.
+func badRequest(msg string) error { return &Error{Status: http.StatusBadRequest, Message: msg} }
+
+// ErrModelNotFound is returned when the target does not have a model (after a re-poll).
+var ErrModelNotFound = errors.New("model not found")
+
+// statusOf maps an error to the HTTP status and the message the client sees. It is the
+// only place that does so.
+func statusOf(err error) (int, string) {
+	var (
+		e       *Error
+		httpErr *ollama.HTTPError
+		connErr *ollama.ConnectionError
+		maxErr  *http.MaxBytesError
+	)
+	switch {
+	case errors.As(err, &e):
+		return e.Status, e.Message
+	case errors.As(err, &maxErr):
+		return http.StatusRequestEntityTooLarge, "request body too large (limit " + strconv.FormatInt(maxErr.Limit, 10) + " bytes)"
+	case errors.As(err, &httpErr):
+		return httpErr.StatusCode, httpErr.Message
+	case errors.As(err, &connErr):
+		return http.StatusBadGateway, "ollama is unreachable: " + connErr.Error()
+	case errors.Is(err, ErrModelNotFound):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, broker.ErrQueueFull):
+		return http.StatusServiceUnavailable, "queue full"
+	case errors.Is(err, broker.ErrStorageFull):
+		return http.StatusServiceUnavailable, "storage full"
+	case errors.Is(err, broker.ErrNotFound), errors.Is(err, broker.ErrArtifactNotFound):
+		return http.StatusNotFound, err.Error()
+	case errors.Is(err, broker.ErrBadID), errors.Is(err, broker.ErrBadArtifactName), errors.Is(err, broker.ErrBadModel):
+		return http.StatusBadRequest, err.Error()
+	case errors.Is(err, broker.ErrTerminal), errors.Is(err, broker.ErrIllegalTransition), errors.Is(err, broker.ErrConflict):
+		return http.StatusConflict, err.Error()
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, "timed out"
+	case errors.Is(err, context.Canceled):
+		return 499, "request canceled"
+	}
+	return http.StatusInternalServerError, "internal error"
+}
+
+// writeError sends err as {"error": "..."}; 5xx errors are logged with their detail.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	status, msg := statusOf(err)
+	if status >= 500 {
+		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
+	}
+	if status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter.Seconds()+0.5)))
+	}
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// writeJSON sends v as JSON with the given status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decodeJSON reads a JSON body (bounded by the body limit) into v.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
+	body, err := readAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		var maxErr *http.MaxBytesError
+		if errors.As(err, &maxErr) {
+			return nil, err
+		}
+		return nil, badRequest("cannot read request body: " + err.Error())
+	}
+	return body, nil
+}

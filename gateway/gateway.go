@@ -1,0 +1,110 @@
+// Package gateway is foreman's HTTP face: the Ollama-compatible routes (some passed
+// straight to the target, chat and generate queued as jobs), the OpenAI-compatible /v1
+// routes, the async /jobs API, /healthz and auth. Every error reaches the client as
+// {"error": "..."} with its status chosen in exactly one place (errors.go).
+package gateway
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// Config builds a Server.
+type Config struct {
+	// Store is the job store. Required.
+	Store *broker.Store
+	// Target is the Ollama client. Required.
+	Target ollama.Client
+	// TargetURL is shown by /healthz.
+	TargetURL string
+	// Inventory is the model inventory. Required.
+	Inventory *ollama.Inventory
+	// AuthToken, when set, is the bearer token every route but /healthz requires.
+	AuthToken string
+	// MaxBodyBytes caps request bodies; default 32 MiB.
+	MaxBodyBytes int64
+	// RetryAfter is the Retry-After sent with "queue full"; default 5s.
+	RetryAfter time.Duration
+	// NATSHealth reports the NATS server's health for /healthz; optional.
+	NATSHealth func() error
+	Logger     *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 32 << 20
+	}
+	if c.RetryAfter <= 0 {
+		c.RetryAfter = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *Config) validate() error {
+	switch {
+	case c.Store == nil:
+		return errors.New("gateway: Config.Store is required")
+	case c.Target == nil:
+		return errors.New("gateway: Config.Target is required")
+	case c.Inventory == nil:
+		return errors.New("gateway: Config.Inventory is required")
+	}
+	return nil
+}
+
+// Server serves foreman's HTTP API.
+type Server struct {
+	cfg     Config
+	store   *broker.Store
+	target  ollama.Client
+	inv     *ollama.Inventory
+	log     *slog.Logger
+	handler http.Handler
+
+	// streams counts responses relaying a running job, so shutdown can wait for them.
+	streams sync.WaitGroup
+}
+
+// New builds the server and its routes.
+func New(cfg Config) (*Server, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger}
+	mux := http.NewServeMux()
+	s.routes(mux)
+	s.handler = s.recoverPanics(s.logRequests(s.authenticate(mux)))
+	return s, nil
+}
+
+// ServeHTTP makes the Server an http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.ServeHTTP(w, r) }
+
+// routes lists every route; each group lives in its own file.
+func (s *Server) routes(mux *http.ServeMux) {
+	mux.HandleFunc("GET /healthz", s.handleHealthz)
+	s.ollamaRoutes(mux) // passthrough.go: metadata, embeddings, model management
+	s.queuedRoutes(mux) // queued.go: /api/chat, /api/generate, /v1 completions
+	s.jobRoutes(mux)    // jobs.go: the async /jobs API
+	mux.HandleFunc("/", s.handleNotFound)
+}
+
+func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if r.Method == http.MethodGet {
+			_, _ = w.Write([]byte("Ollama is running"))
+		}
+		return
+	}
+	s.writeError(w, r, &Error{Status: http.StatusNotFound, Message: "404 page not found"})
+}

@@ -1,0 +1,46 @@
+package gateway
+
+import (
+	"net/http"
+	"time"
+)
+
+type healthTarget struct {
+	URL       string     `json:"url,omitempty"`
+	Reachable bool       `json:"reachable"`
+	Error     string     `json:"error,omitempty"`
+	LastPoll  *time.Time `json:"last_poll,omitempty"`
+}
+
+type health struct {
+	Status   string       `json:"status"`
+	Degraded bool         `json:"degraded"`
+	Target   healthTarget `json:"target"`
+	NATS     string       `json:"nats"`
+}
+
+// handleHealthz answers 200 while the process is alive; "degraded" tells whether the
+// target or NATS is in trouble.
+func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
+	snap := s.inv.Snapshot()
+	h := health{Status: "ok", NATS: "ok", Target: healthTarget{URL: s.cfg.TargetURL, Reachable: snap.Polled && !snap.Degraded}}
+	if !snap.LastPoll.IsZero() {
+		t := snap.LastPoll.UTC()
+		h.Target.LastPoll = &t
+	}
+	if snap.Err != nil {
+		h.Target.Error = snap.Err.Error()
+	}
+	if snap.Degraded {
+		h.Degraded = true
+	}
+	if s.cfg.NATSHealth != nil {
+		if err := s.cfg.NATSHealth(); err != nil {
+			h.NATS, h.Degraded = err.Error(), true
+		}
+	}
+	if h.Degraded {
+		h.Status = "degraded"
+	}
+	writeJSON(w, http.StatusOK, h)
+}
