@@ -132,6 +132,7 @@ type Pending struct {
 	Token    string
 	Seq      uint64
 	Enqueued time.Time
+	JobID    string
 }
 
 // Oldest returns the oldest message in the queue at or after sequence from, of any model.
@@ -153,8 +154,25 @@ func (s *Store) oldest(ctx context.Context, from uint64, subject string) (Pendin
 	if err != nil {
 		return Pending{}, false, fmt.Errorf("broker: oldest in %s: %w", subject, err)
 	}
+	return pendingOf(m), true, nil
+}
+
+func pendingOf(m *jetstream.RawStreamMsg) Pending {
 	token, _ := TokenFromSubject(m.Subject)
-	return Pending{Token: token, Seq: m.Sequence, Enqueued: m.Time}, true, nil
+	return Pending{Token: token, Seq: m.Sequence, Enqueued: m.Time, JobID: m.Header.Get(HeaderJobID)}
+}
+
+// Queued returns the queue message at sequence seq (e.g. the one a delivery-limit advisory
+// names). ok is false when it is no longer in the queue.
+func (s *Store) Queued(ctx context.Context, seq uint64) (Pending, bool, error) {
+	m, err := s.queue.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Pending{}, false, nil
+	}
+	if err != nil {
+		return Pending{}, false, fmt.Errorf("broker: queue message %d: %w", seq, err)
+	}
+	return pendingOf(m), true, nil
 }
 
 // Depth returns the number of queued jobs per model token (including running and

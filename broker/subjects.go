@@ -30,6 +30,10 @@ const (
 	HeaderSeq     = "Foreman-Seq"
 	HeaderFinal   = "Foreman-Final"
 	HeaderError   = "Foreman-Error"
+	// HeaderContentType rides on a job's first stream frame: the target's Content-Type.
+	HeaderContentType = "Foreman-Content-Type"
+	// HeaderStatus rides on a "failed" final marker when the target answered non-2xx.
+	HeaderStatus = "Foreman-Status"
 )
 
 // StateSubject is where every state change of job id is announced.

@@ -29,7 +29,8 @@ type Client interface {
 	// *ConnectionError; an error from fn aborts the request and is returned
 	// as is; when ctx ends, ctx.Err() is returned. fn gets a fresh slice per
 	// frame and may keep it. It returns the response Content-Type.
-	Stream(ctx context.Context, path string, body []byte, fn func(frame []byte) error) (contentType string, err error)
+	// Options: OnResponse learns the Content-Type before the first frame.
+	Stream(ctx context.Context, path string, body []byte, fn func(frame []byte) error, opts ...StreamOption) (contentType string, err error)
 	// Tags returns /api/tags parsed and as the raw body.
 	Tags(ctx context.Context) (*ListResponse, []byte, error)
 	// Ps returns /api/ps parsed and as the raw body.

@@ -20,8 +20,26 @@ const MaxFrameSize = 64 << 20
 // MaxFrameSize.
 var ErrFrameTooLarge = errors.New("ollama: stream frame exceeds MaxFrameSize")
 
+// StreamOption adjusts one Stream call.
+type StreamOption func(*streamOptions)
+
+type streamOptions struct {
+	onResponse func(contentType string) error
+}
+
+// OnResponse registers fn to be called once with the target's Content-Type after a 2xx
+// status arrives and before the first frame, so a relay can send headers before the
+// first token instead of holding it back.
+func OnResponse(fn func(contentType string) error) StreamOption {
+	return func(o *streamOptions) { o.onResponse = fn }
+}
+
 // Stream implements Client.
-func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn func(frame []byte) error) (string, error) {
+func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn func(frame []byte) error, opts ...StreamOption) (string, error) {
+	var so streamOptions
+	for _, o := range opts {
+		o(&so)
+	}
 	// A private context lets an error from fn tear the connection down at once.
 	ctx2, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -38,6 +56,11 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 	ct := resp.Header.Get("Content-Type")
 	if resp.StatusCode/100 != 2 {
 		return ct, readHTTPError(resp)
+	}
+	if so.onResponse != nil {
+		if err := so.onResponse(ct); err != nil {
+			return ct, err
+		}
 	}
 	mt, _, _ := mime.ParseMediaType(ct)
 	var readErr, fnErr error

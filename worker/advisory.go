@@ -1,0 +1,73 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// maxDeliveriesSubject is JetStream's advisory for a message its consumer will not deliver
+// again (MaxDeliver reached). In a work queue such a message would stay forever.
+const maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + broker.QueueStream + ".*"
+
+// watchDeliveryLimit fails and removes every job JetStream gives up on, so none stays stuck
+// (a job redelivered after crashes or hand-backs can reach MaxDeliver before the worker's
+// own attempt limit).
+func (w *Worker) watchDeliveryLimit(ctx context.Context) (*nats.Subscription, error) {
+	sub, err := w.store.Conn().Subscribe(maxDeliveriesSubject, func(m *nats.Msg) {
+		var adv struct {
+			StreamSeq  uint64 `json:"stream_seq"`
+			Deliveries uint64 `json:"deliveries"`
+		}
+		if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
+			w.log.Warn("bad delivery-limit advisory", "err", err)
+			return
+		}
+		bctx, cancel := w.storeCtx(ctx)
+		defer cancel()
+		w.deliveryLimit(bctx, adv.StreamSeq, adv.Deliveries)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("worker: subscribe to delivery advisories: %w", err)
+	}
+	return sub, nil
+}
+
+func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {
+	p, ok, err := w.store.Queued(ctx, seq)
+	if err != nil || !ok {
+		if err != nil {
+			w.log.Warn("delivery-limit advisory: read queue message", "seq", seq, "err", err)
+		}
+		return
+	}
+	log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
+	_, _, err = w.store.Modify(ctx, p.JobID, func(j *broker.Job) error {
+		if j.State.Terminal() {
+			return errEnded
+		}
+		j.State = broker.StateFailed
+		j.Error = exhausted(j.Error, fmt.Sprintf("delivered %d times", deliveries))
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) {
+		log.Error("fail job past its delivery limit", "err", err)
+		return
+	}
+	if err := w.store.DeleteQueued(ctx, seq); err != nil {
+		log.Warn("remove job past its delivery limit", "err", err)
+		return
+	}
+	w.index.touch(p.Token)
+	log.Warn("job failed: delivery limit reached", "deliveries", deliveries)
+}
+
+func modelOf(token string) string {
+	m, _ := broker.ModelFromToken(token)
+	return m
+}

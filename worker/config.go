@@ -1,0 +1,84 @@
+package worker
+
+import (
+	"errors"
+	"log/slog"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// Config builds a Worker.
+type Config struct {
+	// Store is the job store the worker takes jobs from. Required.
+	Store *broker.Store
+	// Target runs the jobs. Required.
+	Target ollama.Client
+	// Inventory, when set, tells which models are loaded on the target (/api/ps) and is
+	// refreshed to probe a target that dropped a connection; without it the worker
+	// assumes the model it ran last is loaded and probes with Target.Version.
+	Inventory *ollama.Inventory
+	// MaxAttempts is how many times a job may start; default 3.
+	MaxAttempts int
+	// MaxConsecutive is how many jobs of one model may run in a row while other models
+	// wait; default 8.
+	MaxConsecutive int
+	// MaxWait is how long another model's oldest job may wait before the worker switches
+	// to it even though the loaded model still has jobs; default 2m.
+	MaxWait time.Duration
+	// RetryDelay is the base of the exponential back-off after a connection error; default 1s.
+	RetryDelay time.Duration
+	// IdlePoll bounds an idle wait, for jobs whose retry back-off ends; default 1s.
+	IdlePoll time.Duration
+	Logger   *slog.Logger
+}
+
+const (
+	maxRetryDelay = time.Minute
+	// resultInlineLimit is the largest result kept in the job record itself.
+	resultInlineLimit = 64 << 10
+	// storeTimeout bounds the record writes that hand a job back after the run context ended.
+	storeTimeout = 10 * time.Second
+)
+
+func (c *Config) setDefaults() {
+	if c.MaxAttempts <= 0 {
+		c.MaxAttempts = 3
+	}
+	if c.MaxConsecutive <= 0 {
+		c.MaxConsecutive = 8
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 2 * time.Minute
+	}
+	if c.RetryDelay <= 0 {
+		c.RetryDelay = time.Second
+	}
+	if c.IdlePoll <= 0 {
+		c.IdlePoll = time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (c *Config) validate() error {
+	var errs []error
+	if c.Store == nil {
+		errs = append(errs, errors.New("worker: Config.Store is required"))
+	}
+	if c.Target == nil {
+		errs = append(errs, errors.New("worker: Config.Target is required"))
+	}
+	return errors.Join(errs...)
+}
+
+// retryDelay is the NAK delay after attempt n (1-based) failed to reach the target.
+func (c *Config) retryDelay(n int) time.Duration {
+	d := c.RetryDelay
+	for i := 1; i < n && d < maxRetryDelay; i++ {
+		d *= 2
+	}
+	return min(d, maxRetryDelay)
+}

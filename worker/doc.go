@@ -1,0 +1,17 @@
+// Package worker is foreman's single job runner. One loop takes one job at a time from the
+// JetStream queue and runs it against the target Ollama:
+//
+//   - selection drains by model: a job of the model already loaded on the target goes
+//     before an older job that would make the target swap, bounded by MaxConsecutive jobs
+//     of one model in a row and MaxWait for the longest wait of another model (plan);
+//   - every job moves queued → loading|working → done|failed|canceled in its KV record,
+//     with retrying between attempts; the record write is the state event;
+//   - the target's response frames are relayed byte-exact on foreman.job.<id>.stream with
+//     a Foreman-Seq header and one final marker, published before the terminal state (the
+//     first frame is held until the second arrives, to carry the response Content-Type; an
+//     async job retried after a dropped connection streams again from Foreman-Seq 1);
+//   - connection errors retry with a NAK delay and pause the worker until the target
+//     answers; HTTP errors are terminal; a canceled record aborts the running request;
+//   - Stop hands a running job back un-acked, so nothing is lost and nothing runs twice to
+//     completion.
+package worker

@@ -1,0 +1,243 @@
+package worker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// testBundle is a real embedded NATS with the store, the fake Ollama and a client for it.
+type testBundle struct {
+	b      *brokertest.Bundle
+	fake   *ollamatest.Server
+	target *ollama.HTTPClient
+}
+
+func setup(t *testing.T, opts ...brokertest.Option) *testBundle {
+	t.Helper()
+	return setupFake(t, nil, opts...)
+}
+
+func setupFake(t *testing.T, fakeOpts []ollamatest.Option, opts ...brokertest.Option) *testBundle {
+	t.Helper()
+	tb := &testBundle{b: brokertest.New(t, opts...), fake: ollamatest.New(t, fakeOpts...)}
+	var err error
+	tb.target, err = ollama.NewClient(ollama.ClientConfig{BaseURL: tb.fake.URL, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tb
+}
+
+func testLogger() *slog.Logger {
+	if os.Getenv("WORKER_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// start runs a worker on the bundle's current store until the test ends.
+func (tb *testBundle) start(t *testing.T, cfg worker.Config) *worker.Worker {
+	t.Helper()
+	cfg.Store, cfg.Target = tb.b.Store, tb.target
+	if cfg.RetryDelay == 0 {
+		cfg.RetryDelay = 5 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = testLogger()
+	}
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer scancel()
+		_ = w.Stop(sctx)
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker Run: %v", err)
+		}
+	})
+	return w
+}
+
+func chatBody(model string, n int) string {
+	return fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"question %d"}]}`, model, n)
+}
+
+// submit queues a job with a known id (so streams can be watched before it runs).
+func (tb *testBundle) submit(t *testing.T, model string, kind broker.Kind, body string) *broker.Job {
+	t.Helper()
+	j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: model, Kind: kind}, []byte(body))
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	return j
+}
+
+func (tb *testBundle) chat(t *testing.T, model string, n int) *broker.Job {
+	t.Helper()
+	return tb.submit(t, model, broker.KindChat, chatBody(model, n))
+}
+
+// waitState polls job id until it is in state want.
+func (tb *testBundle) waitState(t *testing.T, id string, want broker.State) *broker.Job {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		j, _, err := tb.b.Store.Get(ctxT(t), id)
+		if err == nil && j.State == want {
+			return j
+		}
+		if err == nil && j.State.Terminal() {
+			t.Fatalf("job %s ended %s (%s), want %s", id, j.State, j.Error, want)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s: state %v (err %v), want %s", id, j, err, want)
+		}
+		time.Sleep(2 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func (tb *testBundle) waitQueueEmpty(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, err := tb.b.Store.QueueLen(ctxT(t))
+		if err == nil && n == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue still holds %d (err %v)", n, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func waitCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// inferenceCalls returns the model of every inference call, in arrival order.
+func inferenceCalls(fake *ollamatest.Server) []string {
+	var out []string
+	for _, c := range fake.Calls() {
+		if c.Model != "" && c.Path != "/api/show" {
+			out = append(out, c.Model)
+		}
+	}
+	return out
+}
+
+// streamWatch collects one job's token stream.
+type streamWatch struct {
+	ch  chan *nats.Msg
+	sub *nats.Subscription
+}
+
+func watchStream(t *testing.T, nc *nats.Conn, id string) *streamWatch {
+	t.Helper()
+	ch := make(chan *nats.Msg, 1024)
+	sub, err := nc.ChanSubscribe(broker.StreamSubject(id), ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return &streamWatch{ch: ch, sub: sub}
+}
+
+// untilFinal returns the frames (checking Foreman-Seq is 1, 2, 3…) and the final marker.
+func (s *streamWatch) untilFinal(t *testing.T) (frames []*nats.Msg, final *nats.Msg) {
+	t.Helper()
+	ctx := waitCtx(t)
+	for {
+		select {
+		case m := <-s.ch:
+			seq, _ := strconv.Atoi(m.Header.Get(broker.HeaderSeq))
+			if want := len(frames) + 1; seq != want {
+				t.Fatalf("Foreman-Seq %d, want %d", seq, want)
+			}
+			if m.Header.Get(broker.HeaderFinal) != "" {
+				return frames, m
+			}
+			frames = append(frames, m)
+		case <-ctx.Done():
+			t.Fatalf("no final marker; %d frames", len(frames))
+		}
+	}
+}
+
+// stateWatch records every state event of one job.
+type stateWatch struct {
+	ch chan *nats.Msg
+}
+
+func watchStates(t *testing.T, nc *nats.Conn, id string) *stateWatch {
+	t.Helper()
+	ch := make(chan *nats.Msg, 1024)
+	sub, err := nc.ChanSubscribe(broker.StateSubject(id), ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return &stateWatch{ch: ch}
+}
+
+// until returns the states seen up to and including the first terminal one.
+func (s *stateWatch) until(t *testing.T) []broker.State {
+	t.Helper()
+	ctx := waitCtx(t)
+	var out []broker.State
+	for {
+		select {
+		case m := <-s.ch:
+			j, err := broker.DecodeJob(m.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, j.State)
+			if j.State.Terminal() {
+				return out
+			}
+		case <-ctx.Done():
+			t.Fatalf("no terminal state; saw %v", out)
+		}
+	}
+}
+
+func contains[T comparable](s []T, v T) bool { return slices.Contains(s, v) }
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

@@ -1,0 +1,375 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// errEnded stops a record write when the job reached a terminal state meanwhile.
+var errEnded = errors.New("job already ended")
+
+// handle runs one delivered job to its end, or hands it back.
+func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
+	log := w.log.With("job_id", d.JobID, "model", d.Model)
+	bctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	if w.isStopping(ctx) {
+		// Fetched just as Stop came: give it back untouched.
+		w.nak(d, 0, log)
+		return
+	}
+	j, _, err := w.store.Get(ctx, d.JobID)
+	switch {
+	case errors.Is(err, broker.ErrNotFound):
+		log.Warn("queue message without a job record (expired?); dropped")
+		w.finish(bctx, d, log)
+		return
+	case err != nil:
+		log.Warn("read job record; will retry", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	case j.State.Terminal():
+		// Canceled while queued, or a crash came between the terminal write and the ack.
+		log.Info("job already ended; dropping its queue message", "state", j.State)
+		w.finish(bctx, d, log)
+		return
+	case j.Attempt >= w.cfg.MaxAttempts:
+		w.fail(bctx, d, newRelay(w.store.Conn(), d.JobID), exhausted(j.Error, "interrupted"), 0, log)
+		return
+	}
+	w.run(ctx, d, j, log)
+}
+
+// run starts the next attempt of job j and concludes it.
+func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log *slog.Logger) {
+	jctx, abort := context.WithCancelCause(ctx)
+	defer abort(nil)
+	// Watch the record before the start write: a cancel after that write is then never missed.
+	sub, err := w.store.Conn().Subscribe(broker.StateSubject(d.JobID), func(m *nats.Msg) {
+		if rec, err := broker.DecodeJob(m.Data); err == nil && rec.State == broker.StateCanceled {
+			abort(errCanceled)
+		}
+	})
+	if err != nil {
+		log.Warn("watch job record; will retry", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+
+	state := broker.StateLoading // the target must swap the model in
+	if w.isLoaded(d.Token) {
+		state = broker.StateWorking
+	}
+	j, _, err = w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {
+		if j.State.Terminal() {
+			return errEnded
+		}
+		j.State, j.Error = state, ""
+		j.Attempt++
+		return nil
+	})
+	bctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	if errors.Is(err, errEnded) {
+		w.finish(bctx, d, log)
+		return
+	}
+	if err != nil {
+		log.Warn("start job; will retry", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	}
+	log = log.With("attempt", j.Attempt)
+	w.begin(d.Token, abort)
+	defer w.end()
+	log.Info("job started", "state", state, "kind", j.Kind, "delivered", d.NumDelivered)
+
+	stopProgress := w.keepInProgress(jctx, d, log)
+	r := newRelay(w.store.Conn(), d.JobID)
+	working := state == broker.StateWorking
+	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
+		if !working {
+			working = true
+			w.markWorking(jctx, d.JobID, log)
+		}
+		if err := r.frame(f); err != nil {
+			return &relayError{err}
+		}
+		return nil
+	}, ollama.OnResponse(r.response))
+	stopProgress()
+	w.conclude(ctx, d, j, r, ct, err, context.Cause(jctx), log)
+}
+
+// relayError is a failure to publish a frame (NATS, not the target).
+type relayError struct{ err error }
+
+func (e *relayError) Error() string { return "relay frame: " + e.err.Error() }
+func (e *relayError) Unwrap() error { return e.err }
+
+// conclude ends an attempt according to how the target call ended.
+func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, ct string, err, cause error, log *slog.Logger) {
+	bctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	var httpErr *ollama.HTTPError
+	var connErr *ollama.ConnectionError
+	var relErr *relayError
+	switch {
+	case err == nil:
+		w.succeed(bctx, d, j, r, ct, log)
+	case errors.Is(cause, errCanceled):
+		log.Info("job canceled while running; upstream request aborted")
+		w.publishFinal(r, broker.StateCanceled, "", 0, log)
+		w.finish(bctx, d, log)
+	case cause != nil:
+		w.handBack(bctx, d, j, log)
+	case errors.As(err, &httpErr):
+		w.fail(bctx, d, r, httpErr.Message, httpErr.StatusCode, log)
+	case errors.As(err, &connErr) && r.published() && j.Sync:
+		// The caller already has part of the response; a second attempt cannot be spliced in.
+		w.fail(bctx, d, r, connErr.Error(), 0, log)
+	case errors.As(err, &connErr), errors.As(err, &relErr):
+		w.retry(ctx, bctx, d, j, r, err, log)
+	default:
+		w.fail(bctx, d, r, err.Error(), 0, log)
+	}
+}
+
+// succeed stores the result, announces the end of the stream, then writes the terminal state.
+func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, ct string, log *slog.Logger) {
+	res, sawDone := result(j.Kind, ct, r.frames)
+	if !sawDone {
+		log.Warn("target stream ended without done:true; job ends done with the frames it sent")
+	}
+	a, err := w.store.StoreArtifact(ctx, d.JobID, "result.json", "application/json", res)
+	if err != nil {
+		w.fail(ctx, d, r, "store result: "+err.Error(), 0, log)
+		return
+	}
+	var inline json.RawMessage
+	if len(res) <= resultInlineLimit && json.Valid(res) {
+		inline = res
+	}
+	w.publishFinal(r, broker.StateDone, "", 0, log)
+	_, _, err = w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {
+		if j.State.Terminal() {
+			return errEnded
+		}
+		j.State, j.Error, j.Result = broker.StateDone, "", inline
+		j.SetArtifact(a)
+		return nil
+	})
+	switch {
+	case errors.Is(err, errEnded):
+		log.Info("job ended elsewhere (canceled) as it finished")
+	case err != nil:
+		// Without the terminal record the job must run again rather than be lost.
+		log.Error("store job result; job will run again", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	default:
+		log.Info("job done", "result_bytes", len(res))
+	}
+	w.finish(ctx, d, log)
+}
+
+// fail ends the job as failed; status is the target's HTTP status, 0 if none.
+func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg string, status int, log *slog.Logger) {
+	w.publishFinal(r, broker.StateFailed, msg, status, log)
+	_, _, err := w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {
+		if j.State.Terminal() {
+			return errEnded
+		}
+		j.State, j.Error = broker.StateFailed, msg
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnded) {
+		log.Error("store failed state; job will run again", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	}
+	log.Warn("job failed", "err", msg, "status", status)
+	w.finish(ctx, d, log)
+}
+
+// retry records a failed attempt and puts the job back with a delay, or fails it when its
+// attempts are used up; then it pauses the worker until the target answers.
+func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, cause error, log *slog.Logger) {
+	if j.Attempt >= w.cfg.MaxAttempts {
+		w.fail(bctx, d, r, exhausted(cause.Error(), ""), 0, log)
+		return
+	}
+	_, _, err := w.store.Modify(bctx, d.JobID, func(j *broker.Job) error {
+		if j.State.Terminal() {
+			return errEnded
+		}
+		j.State, j.Error = broker.StateRetrying, cause.Error()
+		return nil
+	})
+	if errors.Is(err, errEnded) {
+		w.publishFinal(r, broker.StateCanceled, "", 0, log)
+		w.finish(bctx, d, log)
+		return
+	}
+	if err != nil {
+		log.Warn("store retrying state", "err", err)
+	}
+	r.reset()
+	delay := w.cfg.retryDelay(j.Attempt)
+	log.Warn("target unreachable; job will retry", "err", cause, "delay", delay)
+	w.nak(d, delay, log)
+	var connErr *ollama.ConnectionError
+	if errors.As(cause, &connErr) {
+		w.waitTarget(ctx)
+	}
+}
+
+// handBack returns an aborted job to the queue un-acked (foreman is stopping). The attempt
+// it was on is not counted: the job did nothing wrong.
+func (w *Worker) handBack(ctx context.Context, d *broker.Delivery, j *broker.Job, log *slog.Logger) {
+	_, _, err := w.store.Modify(ctx, d.JobID, func(rec *broker.Job) error {
+		if rec.State.Terminal() {
+			return errEnded
+		}
+		rec.State, rec.Error = broker.StateRetrying, errShutdown.Error()
+		if rec.Attempt == j.Attempt && rec.Attempt > 0 {
+			rec.Attempt--
+		}
+		return nil
+	})
+	if errors.Is(err, errEnded) {
+		w.finish(ctx, d, log)
+		return
+	}
+	if err != nil {
+		log.Warn("store handed-back state", "err", err)
+	}
+	log.Info("job handed back to the queue", "reason", errShutdown)
+	w.nak(d, 0, log)
+}
+
+// bodyLost deals with a delivery whose large request body could not be read.
+func (w *Worker) bodyLost(ctx context.Context, d *broker.Delivery, err error) {
+	log := w.log.With("job_id", d.JobID, "model", d.Model)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		w.fail(ctx, d, newRelay(w.store.Conn(), d.JobID), "request body lost: "+err.Error(), 0, log)
+		return
+	}
+	log.Warn("read request body; will retry", "err", err)
+	w.nak(d, w.cfg.RetryDelay, log)
+}
+
+// markWorking moves a loading job to working at its first frame: the model is in.
+func (w *Worker) markWorking(ctx context.Context, id string, log *slog.Logger) {
+	_, _, err := w.store.Modify(ctx, id, func(j *broker.Job) error {
+		if j.State != broker.StateLoading {
+			return errEnded
+		}
+		j.State = broker.StateWorking
+		return nil
+	})
+	if err != nil && !errors.Is(err, errEnded) && ctx.Err() == nil {
+		log.Warn("store working state", "err", err)
+	}
+}
+
+func (w *Worker) publishFinal(r *relay, state broker.State, msg string, status int, log *slog.Logger) {
+	if err := r.final(state, msg, status); err != nil {
+		log.Warn("publish final stream marker", "err", err)
+	}
+}
+
+// finish acks a job that reached its end.
+func (w *Worker) finish(ctx context.Context, d *broker.Delivery, log *slog.Logger) {
+	if err := w.store.Finish(ctx, d); err != nil {
+		log.Warn("ack job", "err", err)
+	}
+	w.index.touch(d.Token)
+}
+
+// nak puts a job back in the queue, available again after delay.
+func (w *Worker) nak(d *broker.Delivery, delay time.Duration, log *slog.Logger) {
+	var err error
+	if delay > 0 {
+		err = d.Msg.NakWithDelay(delay)
+		w.mu.Lock()
+		w.retries = append(w.retries, time.Now().Add(delay))
+		w.mu.Unlock()
+	} else {
+		err = d.Msg.Nak()
+	}
+	if err != nil {
+		log.Warn("nak job", "err", err)
+	}
+}
+
+// keepInProgress tells JetStream the job is alive every AckWait/3 until stopped.
+func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *slog.Logger) (stop func()) {
+	every := max(w.store.Config().AckWait/3, 10*time.Millisecond)
+	done := make(chan struct{})
+	exited := make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				if err := d.Msg.InProgress(); err != nil {
+					log.Warn("extend job ack deadline", "err", err)
+				}
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return func() { close(done); <-exited }
+}
+
+// begin records the start of a job for the selection and for Stop.
+func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if token == w.current {
+		w.consec++
+	} else {
+		w.current, w.consec = token, 1
+	}
+	w.lastModel = token
+	w.abort = abort
+	if w.hardStop {
+		abort(errShutdown)
+	}
+}
+
+func (w *Worker) end() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.abort = nil
+	w.lastEnd = time.Now()
+}
+
+// storeCtx bounds the record writes that end an attempt; they must happen even when the
+// run context has just ended.
+func (w *Worker) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+}
+
+func exhausted(last, fallback string) string {
+	if last == "" {
+		last = fallback
+	}
+	return "attempts exhausted: " + last
+}

@@ -1,0 +1,74 @@
+package worker
+
+import (
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// relay publishes one attempt's response frames on the job's stream subject, the first
+// with the target's Content-Type (learned before the first frame via ollama.OnResponse).
+type relay struct {
+	nc          *nats.Conn
+	subject     string
+	seq         int
+	contentType string
+	frames      [][]byte // every frame of the attempt, for the result
+}
+
+func newRelay(nc *nats.Conn, jobID string) *relay {
+	return &relay{nc: nc, subject: broker.StreamSubject(jobID)}
+}
+
+// published reports whether any frame went out.
+func (r *relay) published() bool { return r.seq > 0 }
+
+// response records the target's Content-Type; it rides on the first frame.
+func (r *relay) response(contentType string) error {
+	r.contentType = contentType
+	return nil
+}
+
+// frame publishes one target frame.
+func (r *relay) frame(f []byte) error {
+	r.frames = append(r.frames, f)
+	if r.seq > 0 {
+		return r.publish(f, nil)
+	}
+	return r.publish(f, func(h nats.Header) {
+		if r.contentType != "" {
+			h.Set(broker.HeaderContentType, r.contentType)
+		}
+	})
+}
+
+func (r *relay) publish(data []byte, hdr func(nats.Header)) error {
+	r.seq++
+	m := nats.NewMsg(r.subject)
+	m.Header.Set(broker.HeaderSeq, strconv.Itoa(r.seq))
+	if hdr != nil {
+		hdr(m.Header)
+	}
+	m.Data = data
+	return r.nc.PublishMsg(m)
+}
+
+// final publishes the end-of-stream marker; status is the target's HTTP status or 0.
+func (r *relay) final(state broker.State, errMsg string, status int) error {
+	return r.publish(nil, func(h nats.Header) {
+		h.Set(broker.HeaderFinal, string(state))
+		if errMsg != "" {
+			h.Set(broker.HeaderError, errMsg)
+		}
+		if status != 0 {
+			h.Set(broker.HeaderStatus, strconv.Itoa(status))
+		}
+	})
+}
+
+// reset starts a new attempt's numbering (a retried async job streams again from 1).
+func (r *relay) reset() {
+	r.seq, r.contentType, r.frames = 0, "", nil
+}

@@ -1,0 +1,134 @@
+package worker
+
+import (
+	"bytes"
+	"encoding/json"
+	"mime"
+	"strings"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// result builds a finished job's Result: the response in the shape a non-streamed request
+// gets. For an NDJSON chat/generate stream that is the last line with the text fields
+// replaced by their concatenation over all lines; for SSE the last data JSON; otherwise the
+// body itself. sawDone reports whether an NDJSON stream ended with done:true.
+func result(kind broker.Kind, contentType string, frames [][]byte) (res []byte, sawDone bool) {
+	mt, _, _ := mime.ParseMediaType(contentType)
+	switch mt {
+	case "application/x-ndjson":
+		return ndjsonResult(kind, frames)
+	case "text/event-stream":
+		return sseResult(frames), true
+	}
+	return bytes.Join(frames, nil), true
+}
+
+func ndjsonResult(kind broker.Kind, frames [][]byte) ([]byte, bool) {
+	var lines [][]byte
+	for _, f := range frames {
+		if l := bytes.TrimSpace(f); len(l) > 0 {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		return nil, false
+	}
+	last := lines[len(lines)-1]
+	var done struct {
+		Done bool `json:"done"`
+	}
+	_ = json.Unmarshal(last, &done)
+	switch kind {
+	case broker.KindChat:
+		return chatResult(lines), done.Done
+	case broker.KindGenerate:
+		return generateResult(lines), done.Done
+	}
+	return last, done.Done
+}
+
+func chatResult(lines [][]byte) []byte {
+	var content, thinking strings.Builder
+	var calls []json.RawMessage
+	var final ollama.ChatResponse
+	for _, l := range lines {
+		var r ollama.ChatResponse
+		if json.Unmarshal(l, &r) != nil {
+			continue
+		}
+		content.WriteString(r.Message.Content)
+		thinking.WriteString(r.Message.Thinking)
+		calls = appendCalls(calls, r.Message.ToolCalls)
+		final = r
+	}
+	final.Message.Content, final.Message.Thinking = content.String(), thinking.String()
+	final.Message.ToolCalls = joinCalls(calls)
+	b, err := json.Marshal(final)
+	if err != nil {
+		return lines[len(lines)-1]
+	}
+	return b
+}
+
+func generateResult(lines [][]byte) []byte {
+	var response, thinking strings.Builder
+	var calls []json.RawMessage
+	var final ollama.GenerateResponse
+	for _, l := range lines {
+		var r ollama.GenerateResponse
+		if json.Unmarshal(l, &r) != nil {
+			continue
+		}
+		response.WriteString(r.Response)
+		thinking.WriteString(r.Thinking)
+		calls = appendCalls(calls, r.ToolCalls)
+		final = r
+	}
+	final.Response, final.Thinking = response.String(), thinking.String()
+	final.ToolCalls = joinCalls(calls)
+	b, err := json.Marshal(final)
+	if err != nil {
+		return lines[len(lines)-1]
+	}
+	return b
+}
+
+// appendCalls adds the elements of one frame's tool_calls array.
+func appendCalls(calls []json.RawMessage, raw json.RawMessage) []json.RawMessage {
+	if len(raw) == 0 {
+		return calls
+	}
+	var arr []json.RawMessage
+	if json.Unmarshal(raw, &arr) == nil {
+		return append(calls, arr...)
+	}
+	return calls
+}
+
+func joinCalls(calls []json.RawMessage) json.RawMessage {
+	if len(calls) == 0 {
+		return nil
+	}
+	b, _ := json.Marshal(calls)
+	return b
+}
+
+// sseResult returns the last data payload that is JSON (skipping "[DONE]").
+func sseResult(frames [][]byte) []byte {
+	var last []byte
+	for _, f := range frames {
+		for line := range bytes.Lines(f) {
+			data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
+			if !ok {
+				continue
+			}
+			data = bytes.TrimSpace(data)
+			if json.Valid(data) {
+				last = data
+			}
+		}
+	}
+	return last
+}

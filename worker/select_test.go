@@ -1,0 +1,63 @@
+package worker
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestPlan(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2025, 1, 1, 12, 0, 0, 0, time.UTC)
+	ago := func(d time.Duration) time.Time { return now.Add(-d) }
+	a := func(seq uint64, age time.Duration) head { return head{Token: "a", Seq: seq, Enqueued: ago(age)} }
+	b := func(seq uint64, age time.Duration) head { return head{Token: "b", Seq: seq, Enqueued: ago(age)} }
+	c := func(seq uint64, age time.Duration) head { return head{Token: "c", Seq: seq, Enqueued: ago(age)} }
+	tests := []struct {
+		name string
+		in   choice
+		want []string
+	}{
+		{"empty queue", choice{}, []string{}},
+		{"nothing loaded: oldest first", choice{Heads: []head{b(5, 1), a(3, 2), c(9, 0)}}, []string{"a", "b", "c"}},
+		{"loaded model first", choice{Loaded: []string{"c"}, Heads: []head{b(5, 1), a(3, 2), c(9, 0)}}, []string{"c", "a", "b"}},
+		{"loaded model without jobs is skipped", choice{Loaded: []string{"x"}, Heads: []head{b(5, 1), a(3, 2)}}, []string{"a", "b"}},
+		{"several loaded, in order", choice{Loaded: []string{"c", "b"}, Heads: []head{b(5, 1), a(3, 2), c(9, 0)}}, []string{"c", "b", "a"}},
+		{"drain current below the cap", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 7, MaxConsecutive: 8, MaxWait: time.Minute,
+			Heads: []head{b(1, 30*time.Second), a(2, 10*time.Second)}}, []string{"a", "b"}},
+		{"cap reached while others wait: switch", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 8, MaxConsecutive: 8, MaxWait: time.Minute,
+			Heads: []head{c(4, 0), b(3, 0), a(2, 0)}}, []string{"b", "c", "a"}},
+		{"cap reached, nobody else waits: keep going", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 20, MaxConsecutive: 8,
+			Heads: []head{a(2, 0)}}, []string{"a"}},
+		{"another model waited too long: switch", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Minute,
+			Heads: []head{a(1, 5*time.Minute), b(3, 61*time.Second), c(2, 30*time.Second)}}, []string{"c", "b", "a"}},
+		{"exactly MaxWait is not too long", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Minute,
+			Heads: []head{a(9, 0), b(3, time.Minute)}}, []string{"a", "b"}},
+		{"current's own old job does not force a switch", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Minute,
+			Heads: []head{a(1, time.Hour), b(3, time.Second)}}, []string{"a", "b"}},
+		{"loaded differs from current (ps is fresher)", choice{Loaded: []string{"b"}, Current: "a", Consecutive: 3, MaxConsecutive: 8, MaxWait: time.Minute,
+			Heads: []head{a(1, 0), b(3, 0)}}, []string{"b", "a"}},
+		{"forced switch ignores the loaded preference", choice{Loaded: []string{"a", "c"}, Current: "a", Consecutive: 2, MaxConsecutive: 2, MaxWait: time.Minute,
+			Heads: []head{a(1, 0), b(3, 0), c(5, 0)}}, []string{"b", "c", "a"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tt.in.Now = now
+			got := plan(tt.in)
+			if !slices.Equal(got, tt.want) {
+				t.Fatalf("plan = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRetryDelay(t *testing.T) {
+	t.Parallel()
+	c := Config{RetryDelay: time.Second}
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 10: time.Minute, 100: time.Minute} {
+		if got := c.retryDelay(n); got != want {
+			t.Errorf("retryDelay(%d) = %v, want %v", n, got, want)
+		}
+	}
+}

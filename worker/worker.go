@@ -1,0 +1,307 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// Worker runs queued jobs one at a time. Build it with New, run it with Run, stop it with
+// Stop (or by ending Run's context).
+type Worker struct {
+	cfg   Config
+	store *broker.Store
+	log   *slog.Logger
+	index *queueIndex
+
+	wake     chan struct{} // a job was published (capacity 1)
+	stopping chan struct{} // closed by Stop: take no new job
+	stopOnce sync.Once
+	runOnce  sync.Once
+	done     chan struct{} // closed when Run returns
+
+	mu        sync.Mutex
+	started   bool
+	hardStop  bool                    // Stop's deadline passed: abort any job at once
+	abort     context.CancelCauseFunc // aborts the running job; nil when idle
+	retries   []time.Time             // ends of the retry back-offs we caused
+	current   string                  // model token of the job run last
+	consec    int                     // jobs of current in a row
+	lastEnd   time.Time               // when the last job run against the target ended
+	lastModel string
+}
+
+// Causes that abort a running job.
+var (
+	errCanceled = errors.New("job canceled")
+	errShutdown = errors.New("foreman shutting down")
+)
+
+// New validates cfg and builds a Worker.
+func New(cfg Config) (*Worker, error) {
+	cfg.setDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	return &Worker{
+		cfg:      cfg,
+		store:    cfg.Store,
+		log:      cfg.Logger,
+		index:    newQueueIndex(cfg.Store),
+		wake:     make(chan struct{}, 1),
+		stopping: make(chan struct{}),
+		done:     make(chan struct{}),
+	}, nil
+}
+
+// Run takes jobs until ctx ends or Stop is called. A job still running when ctx ends is
+// aborted and handed back un-acked. Run may be called once; it returns nil on a stop.
+func (w *Worker) Run(ctx context.Context) error {
+	first := false
+	w.runOnce.Do(func() { first = true })
+	if !first {
+		return errors.New("worker: Run called twice")
+	}
+	w.mu.Lock()
+	w.started = true
+	w.mu.Unlock()
+	defer close(w.done)
+
+	nc := w.store.Conn()
+	wakeSub, err := nc.Subscribe("foreman.queue.>", func(*nats.Msg) { w.poke() })
+	if err != nil {
+		return fmt.Errorf("worker: subscribe to queue: %w", err)
+	}
+	defer func() { _ = wakeSub.Unsubscribe() }()
+	advSub, err := w.watchDeliveryLimit(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = advSub.Unsubscribe() }()
+
+	w.log.Info("worker started", "max_attempts", w.cfg.MaxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
+	defer w.log.Info("worker stopped")
+	fails := 0
+	for !w.isStopping(ctx) {
+		d, err := w.next(ctx)
+		if err != nil {
+			if w.isStopping(ctx) {
+				return nil
+			}
+			fails++
+			w.log.Warn("select next job", "err", err)
+			w.sleep(ctx, w.cfg.retryDelay(fails))
+			continue
+		}
+		fails = 0
+		if d == nil {
+			w.idle(ctx)
+			continue
+		}
+		w.handle(ctx, d)
+	}
+	return nil
+}
+
+// Stop makes Run take no new job, lets the running one finish until ctx ends, then aborts
+// it and hands it back un-acked; it returns when Run has returned. Safe to call twice.
+func (w *Worker) Stop(ctx context.Context) error {
+	w.stopOnce.Do(func() { close(w.stopping) })
+	w.mu.Lock()
+	started := w.started
+	w.mu.Unlock()
+	if !started {
+		return nil
+	}
+	select {
+	case <-w.done:
+		return nil
+	case <-ctx.Done():
+	}
+	w.mu.Lock()
+	w.hardStop = true
+	if w.abort != nil {
+		w.abort(errShutdown)
+	}
+	w.mu.Unlock()
+	<-w.done // the hand-back is bounded by storeTimeout
+	return nil
+}
+
+func (w *Worker) isStopping(ctx context.Context) bool {
+	select {
+	case <-w.stopping:
+		return true
+	case <-ctx.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// poke wakes an idle loop.
+func (w *Worker) poke() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// idle waits for a publish, the end of a retry back-off, IdlePoll, or a stop. A publish is
+// seen on the core subject a moment before the stream has stored it, so after a wake-up
+// that finds nothing the loop looks again shortly.
+func (w *Worker) idle(ctx context.Context) {
+	t := time.NewTimer(w.idleFor(time.Now()))
+	defer t.Stop()
+	select {
+	case <-w.wake:
+		w.settle(ctx)
+	case <-t.C:
+	case <-w.stopping:
+	case <-ctx.Done():
+	}
+}
+
+// retryGrace is how long after a back-off ends the loop keeps looking often: the server
+// redelivers a NAK-delayed message on its own timer, a little after the delay.
+const retryGrace = time.Second
+
+// idleFor is how long to wait for a wake-up: until the next back-off we caused ends, and
+// in short steps just after one ended.
+func (w *Worker) idleFor(now time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	d := w.cfg.IdlePoll
+	kept := w.retries[:0]
+	for _, at := range w.retries {
+		switch until := at.Sub(now); {
+		case until > 0:
+			d = min(d, until)
+		case until > -retryGrace:
+			d = min(d, 10*time.Millisecond)
+		default:
+			continue // long past: forget it
+		}
+		kept = append(kept, at)
+	}
+	w.retries = kept
+	return max(d, time.Millisecond)
+}
+
+// settle gives a just-published message time to be stored: a few short rechecks.
+func (w *Worker) settle(ctx context.Context) {
+	for _, d := range []time.Duration{time.Millisecond, 5 * time.Millisecond, 25 * time.Millisecond} {
+		if n, err := w.store.QueueLen(ctx); err == nil && n > 0 {
+			return
+		}
+		w.sleep(ctx, d)
+	}
+}
+
+// sleep waits d unless the worker stops first.
+func (w *Worker) sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-w.stopping:
+	case <-ctx.Done():
+	}
+}
+
+// next selects and fetches the next job, or returns nil when none is ready.
+func (w *Worker) next(ctx context.Context) (*broker.Delivery, error) {
+	now := time.Now()
+	heads, err := w.index.refresh(ctx, now)
+	if err != nil || len(heads) == 0 {
+		return nil, err
+	}
+	w.mu.Lock()
+	c := choice{
+		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, Heads: heads,
+		Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
+	}
+	w.mu.Unlock()
+	for _, token := range plan(c) {
+		d, err := w.store.Next(ctx, token)
+		if d != nil {
+			if err != nil {
+				// The delivery is real but its stored body could not be read.
+				w.bodyLost(ctx, d, err)
+				continue
+			}
+			return d, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return nil, nil
+}
+
+// loadedLocked is the model tokens the target has loaded: /api/ps when the inventory
+// polled after our last job ended (it may have been used or unloaded meanwhile), else the
+// model we ran last. w.mu must be held.
+func (w *Worker) loadedLocked() []string {
+	if inv := w.cfg.Inventory; inv != nil {
+		if snap := inv.Snapshot(); snap.Polled && !snap.Degraded && snap.LastPoll.After(w.lastEnd) {
+			var out []string
+			for _, m := range inv.Loaded() {
+				if t, err := broker.ModelToken(m); err == nil {
+					out = append(out, t)
+				}
+			}
+			return out
+		}
+	}
+	if w.lastModel != "" {
+		return []string{w.lastModel}
+	}
+	return nil
+}
+
+// isLoaded reports whether the target has the model of token loaded.
+func (w *Worker) isLoaded(token string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, t := range w.loadedLocked() {
+		if t == token {
+			return true
+		}
+	}
+	return false
+}
+
+// waitTarget pauses the worker after a connection error until the target answers again,
+// so the jobs behind do not each burn an attempt on a target that is down.
+func (w *Worker) waitTarget(ctx context.Context) {
+	delay := w.cfg.RetryDelay
+	for n := 1; !w.isStopping(ctx); n++ {
+		var err error
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		if w.cfg.Inventory != nil {
+			err = w.cfg.Inventory.Refresh(pctx)
+		} else {
+			_, err = w.cfg.Target.Version(pctx)
+		}
+		cancel()
+		if err == nil {
+			if n > 1 {
+				w.log.Info("target is back; resuming")
+			}
+			return
+		}
+		if n == 1 {
+			w.log.Warn("target unreachable; worker paused", "err", err)
+		}
+		w.sleep(ctx, delay)
+		delay = min(delay*2, 30*time.Second)
+	}
+}

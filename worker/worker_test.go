@@ -1,0 +1,505 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+func TestNewValidates(t *testing.T) {
+	t.Parallel()
+	_, err := worker.New(worker.Config{})
+	if err == nil || !strings.Contains(err.Error(), "Store is required") || !strings.Contains(err.Error(), "Target is required") {
+		t.Fatalf("New(empty) = %v", err)
+	}
+}
+
+func TestManyJobsOneAtATime(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	var jobs []*broker.Job
+	for i := range 20 {
+		switch i % 3 {
+		case 0:
+			jobs = append(jobs, tb.chat(t, "tiny-a", i))
+		case 1:
+			jobs = append(jobs, tb.submit(t, "tiny-b", broker.KindGenerate, fmt.Sprintf(`{"model":"tiny-b","prompt":"p%d"}`, i)))
+		case 2:
+			jobs = append(jobs, tb.submit(t, "tiny-embed", broker.KindEmbed, fmt.Sprintf(`{"model":"tiny-embed","input":"x%d"}`, i)))
+		}
+	}
+	tb.start(t, worker.Config{Inventory: inv})
+	for _, j := range jobs {
+		got := tb.waitState(t, j.ID, broker.StateDone)
+		if got.Attempt != 1 || len(got.Result) == 0 {
+			t.Errorf("job %s: attempt %d, result %q", j.ID, got.Attempt, got.Result)
+		}
+		if _, ok := got.Artifact("result.json"); !ok {
+			t.Errorf("job %s: no result.json artifact", j.ID)
+		}
+	}
+	if n := tb.fake.MaxInFlight(); n != 1 {
+		t.Errorf("MaxInFlight = %d, want 1", n)
+	}
+	if n := tb.fake.MaxEmbedInFlight(); n != 1 {
+		t.Errorf("MaxEmbedInFlight = %d, want 1", n)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 20 {
+		t.Errorf("%d inference calls, want 20", n)
+	}
+	// Drained by model: a and b are each loaded once (the embedding model never swaps).
+	if n := tb.fake.Loads(); n != 2 {
+		t.Errorf("Loads = %d, want 2 (one per chat model)", n)
+	}
+	tb.waitQueueEmpty(t)
+}
+
+// runBacklog holds a long job on tiny-a, queues the given models behind it, releases it and
+// returns the order the fake served them in.
+func runBacklog(t *testing.T, cfg worker.Config, behind ...string) []string {
+	t.Helper()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	first := tb.chat(t, "tiny-a", 0)
+	tb.start(t, cfg)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i, m := range behind {
+		ids = append(ids, tb.chat(t, m, i+1).ID)
+	}
+	release()
+	tb.waitState(t, first.ID, broker.StateDone)
+	for _, id := range ids {
+		tb.waitState(t, id, broker.StateDone)
+	}
+	return inferenceCalls(tb.fake)
+}
+
+func TestDrainByModel(t *testing.T) {
+	t.Parallel()
+	got := runBacklog(t, worker.Config{}, "tiny-b", "tiny-a", "tiny-b", "tiny-a")
+	want := []string{"tiny-a:latest", "tiny-a:latest", "tiny-a:latest", "tiny-b:latest", "tiny-b:latest"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("served %v, want %v (A2 and A4 before B1 and B3)", got, want)
+	}
+}
+
+func TestMaxConsecutiveBoundsStarvation(t *testing.T) {
+	t.Parallel()
+	got := runBacklog(t, worker.Config{MaxConsecutive: 2}, "tiny-b", "tiny-a", "tiny-a", "tiny-a", "tiny-a")
+	want := []string{"tiny-a:latest", "tiny-a:latest", "tiny-b:latest", "tiny-a:latest", "tiny-a:latest", "tiny-a:latest"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("served %v, want %v (B after at most 2 A jobs)", got, want)
+	}
+}
+
+func TestMaxWaitBoundsStarvation(t *testing.T) {
+	t.Parallel()
+	// Every waiting job is "too old" at once: the worker serves strictly oldest first.
+	got := runBacklog(t, worker.Config{MaxWait: time.Nanosecond}, "tiny-b", "tiny-a", "tiny-b", "tiny-a")
+	want := []string{"tiny-a:latest", "tiny-b:latest", "tiny-a:latest", "tiny-b:latest", "tiny-a:latest"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("served %v, want %v", got, want)
+	}
+}
+
+func TestRetryOnConnectionError(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.DropConnection)
+	j := tb.chat(t, "tiny-a", 1)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	seen := states.until(t)
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 2 || got.Error != "" {
+		t.Errorf("attempt %d error %q, want 2 and none", got.Attempt, got.Error)
+	}
+	if !contains(seen, broker.StateRetrying) {
+		t.Errorf("states %v: no retrying", seen)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 2 {
+		t.Errorf("%d calls, want 2", n)
+	}
+}
+
+func TestHTTPErrorIsTerminal(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	j := tb.chat(t, "tiny-embed", 1) // chat on an embedding model: 400
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	frames, final := stream.untilFinal(t)
+	got := tb.waitState(t, j.ID, broker.StateFailed)
+	if len(frames) != 0 {
+		t.Errorf("%d frames before the failure", len(frames))
+	}
+	if final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderStatus) != "400" ||
+		!strings.Contains(final.Header.Get(broker.HeaderError), "does not support chat") {
+		t.Errorf("final marker headers %v", final.Header)
+	}
+	if got.Error != final.Header.Get(broker.HeaderError) || got.Attempt != 1 {
+		t.Errorf("record error %q attempt %d", got.Error, got.Attempt)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 1 {
+		t.Errorf("%d calls, want 1 (no retry)", n)
+	}
+	tb.waitQueueEmpty(t)
+}
+
+func TestAttemptsExhausted(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(10, ollamatest.DropMidStream)
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{MaxAttempts: 2})
+	got := tb.waitState(t, j.ID, broker.StateFailed)
+	if !strings.HasPrefix(got.Error, "attempts exhausted: ") || got.Attempt != 2 {
+		t.Errorf("error %q attempt %d", got.Error, got.Attempt)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 2 {
+		t.Errorf("%d calls, want 2", n)
+	}
+	tb.waitQueueEmpty(t)
+}
+
+func TestDeliveryLimitFailsJob(t *testing.T) {
+	t.Parallel()
+	// The store's MaxDeliver (its MaxAttempts+2 = 3) is below the worker's attempt limit,
+	// as after repeated crashes: JetStream gives up and the advisory must end the job.
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
+	tb.fake.FailNext(100, ollamatest.DropConnection)
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{MaxAttempts: 10})
+	got := tb.waitState(t, j.ID, broker.StateFailed)
+	if !strings.HasPrefix(got.Error, "attempts exhausted: ") {
+		t.Errorf("error %q", got.Error)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 3 {
+		t.Errorf("%d calls, want 3 (MaxDeliver)", n)
+	}
+	tb.waitQueueEmpty(t)
+}
+
+func TestCrashMidJobCompletesOnce(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = time.Second }))
+	release := tb.fake.Hold("tiny-a")
+	j := tb.chat(t, "tiny-a", 1)
+
+	// First foreman: runs the job, then "crashes" mid-job (its NATS server goes away).
+	w1, err := worker.New(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	done1 := make(chan error, 1)
+	go func() { done1 <- w1.Run(ctx1) }()
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitState(t, j.ID, broker.StateLoading)
+	tb.b.Restart(t)
+	cancel1()
+	<-done1
+	release()
+
+	// Second foreman on the same data: the un-acked job comes back after AckWait.
+	tb.start(t, worker.Config{})
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Errorf("attempt %d, want 2", got.Attempt)
+	}
+	tb.waitQueueEmpty(t)
+	hist, err := tb.b.Store.KV().History(ctxT(t), "job."+j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dones := 0
+	for _, e := range hist {
+		if rec, err := broker.DecodeJob(e.Value()); err == nil && rec.State == broker.StateDone {
+			dones++
+		}
+	}
+	if dones != 1 {
+		t.Errorf("%d done records, want 1", dones)
+	}
+	finished := 0
+	for _, c := range tb.fake.Calls() {
+		if c.Model != "" && c.Finished && !c.Canceled {
+			finished++
+		}
+	}
+	if finished != 1 {
+		t.Errorf("fake finished the job %d times, want 1 (calls %+v)", finished, tb.fake.Calls())
+	}
+}
+
+func TestCancelQueuedNeverRuns(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	first := tb.chat(t, "tiny-a", 0)
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	canceled := tb.chat(t, "tiny-a", 1)
+	if _, err := tb.b.Store.Cancel(ctxT(t), canceled.ID, "not needed"); err != nil {
+		t.Fatal(err)
+	}
+	// A canceled record whose queue message is still there (as after a failed removal)
+	// must be dropped without reaching the target too.
+	stale := tb.chat(t, "tiny-a", 2)
+	if _, _, err := tb.b.Store.Modify(ctxT(t), stale.ID, func(j *broker.Job) error {
+		j.State = broker.StateCanceled
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	last := tb.chat(t, "tiny-a", 3)
+	release()
+	tb.waitState(t, first.ID, broker.StateDone)
+	tb.waitState(t, last.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+	if n := len(inferenceCalls(tb.fake)); n != 2 {
+		t.Errorf("%d calls, want 2 (canceled jobs never reach the target)", n)
+	}
+	for _, id := range []string{canceled.ID, stale.ID} {
+		if j, _, _ := tb.b.Store.Get(ctxT(t), id); j.State != broker.StateCanceled || j.Attempt != 0 {
+			t.Errorf("job %s: %s attempt %d", id, j.State, j.Attempt)
+		}
+	}
+}
+
+func TestCancelRunningAbortsUpstream(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	j := tb.chat(t, "tiny-a", 1)
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitState(t, j.ID, broker.StateLoading)
+	if _, err := tb.b.Store.Cancel(ctxT(t), j.ID, "user"); err != nil {
+		t.Fatal(err)
+	}
+	_, final := stream.untilFinal(t)
+	if final.Header.Get(broker.HeaderFinal) != "canceled" {
+		t.Errorf("final marker %v", final.Header)
+	}
+	err := tb.fake.WaitFor(waitCtx(t), func(calls []ollamatest.Call) bool {
+		return len(calls) == 1 && calls[0].Finished && calls[0].Canceled
+	})
+	if err != nil {
+		t.Fatalf("fake did not see the call canceled: %+v", tb.fake.Calls())
+	}
+	tb.waitQueueEmpty(t)
+	// The worker moved on.
+	next := tb.chat(t, "tiny-b", 2)
+	tb.waitState(t, next.ID, broker.StateDone)
+}
+
+func TestStopHandsBackRunningJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitState(t, j.ID, broker.StateLoading)
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.Stop(expired); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := tb.b.Store.Get(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != broker.StateRetrying || got.Error != "foreman shutting down" || got.Attempt != 0 {
+		t.Fatalf("after Stop: %s %q attempt %d", got.State, got.Error, got.Attempt)
+	}
+	if n, _ := tb.b.Store.QueueLen(ctxT(t)); n != 1 {
+		t.Fatalf("queue holds %d, want the handed-back job", n)
+	}
+	err = tb.fake.WaitFor(waitCtx(t), func(calls []ollamatest.Call) bool { return len(calls) == 1 && calls[0].Canceled })
+	if err != nil {
+		t.Fatal("upstream request not aborted")
+	}
+	release()
+	tb.start(t, worker.Config{})
+	got = tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 1 {
+		t.Errorf("attempt %d, want 1 (the hand-back does not count)", got.Attempt)
+	}
+}
+
+func TestStopLetsRunningJobFinish(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	stopped := make(chan error, 1)
+	go func() { stopped <- w.Stop(waitCtx(t)) }()
+	release()
+	if err := <-stopped; err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := tb.b.Store.Get(ctxT(t), j.ID)
+	if err != nil || got.State != broker.StateDone {
+		t.Fatalf("after Stop: %v %v", got, err)
+	}
+	// A stopped worker takes nothing new.
+	later := tb.chat(t, "tiny-a", 2)
+	if got, _, _ := tb.b.Store.Get(ctxT(t), later.ID); got.State != broker.StateQueued {
+		t.Fatalf("job after Stop: %s", got.State)
+	}
+}
+
+func TestStreamFramesByteExact(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(4)})
+	tests := []struct {
+		name, model string
+		kind        broker.Kind
+		body        string
+	}{
+		{"chat ndjson", "tiny-a", broker.KindChat, chatBody("tiny-a", 1)},
+		{"generate no stream", "tiny-a", broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","stream":false}`},
+		{"openai sse", "tiny-b", broker.KindOpenAIChat, `{"model":"tiny-b","stream":true,"messages":[{"role":"user","content":"hi"}]}`},
+		{"embed", "tiny-embed", broker.KindEmbed, `{"model":"tiny-embed","input":["a","b"]}`},
+	}
+	tb.start(t, worker.Config{})
+	for _, tt := range tests {
+		// What the target sends for the same request, straight.
+		var want [][]byte
+		wantCT, err := tb.target.Stream(ctxT(t), tt.kind.Path(), []byte(tt.body), func(f []byte) error {
+			want = append(want, f)
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("%s: direct: %v", tt.name, err)
+		}
+		j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: tt.model, Kind: tt.kind}, []byte(tt.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stream := watchStream(t, tb.b.Conn, j.ID)
+		frames, final := stream.untilFinal(t)
+		if final.Header.Get(broker.HeaderFinal) != "done" || len(final.Data) != 0 {
+			t.Errorf("%s: final marker %v %q", tt.name, final.Header, final.Data)
+		}
+		if len(frames) != len(want) {
+			t.Fatalf("%s: %d frames, want %d", tt.name, len(frames), len(want))
+		}
+		for i := range frames {
+			if !bytes.Equal(frames[i].Data, want[i]) {
+				t.Errorf("%s: frame %d = %q, want %q", tt.name, i, frames[i].Data, want[i])
+			}
+		}
+		if got := frames[0].Header.Get(broker.HeaderContentType); got != wantCT {
+			t.Errorf("%s: content type %q, want %q", tt.name, got, wantCT)
+		}
+		rec := tb.waitState(t, j.ID, broker.StateDone)
+		if tt.kind == broker.KindChat && !strings.Contains(string(rec.Result), `"done":true`) {
+			t.Errorf("%s: result %s", tt.name, rec.Result)
+		}
+		if tt.kind == broker.KindEmbed && string(rec.Result) != string(want[0]) {
+			t.Errorf("%s: result %s, want the body", tt.name, rec.Result)
+		}
+	}
+}
+
+func TestChatResultIsNonStreamedShape(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(6)})
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"same"}]}`
+	var want ollama.ChatResponse
+	resp, err := tb.target.Stream(ctxT(t), "/api/chat", []byte(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"same"}]}`), func(f []byte) error {
+		return jsonUnmarshal(f, &want)
+	})
+	if err != nil {
+		t.Fatal(err, resp)
+	}
+	j := tb.submit(t, "tiny-a", broker.KindChat, body)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	seen := states.until(t)
+	if !slices.Equal(seen, []broker.State{broker.StateLoading, broker.StateWorking, broker.StateDone}) {
+		t.Errorf("states %v, want loading, working, done (a swap)", seen)
+	}
+	rec := tb.waitState(t, j.ID, broker.StateDone)
+	var got ollama.ChatResponse
+	if err := jsonUnmarshal(rec.Result, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Message.Content != want.Message.Content || !got.Done || got.EvalCount != want.EvalCount {
+		t.Errorf("result %+v, want content %q", got, want.Message.Content)
+	}
+	_, data, err := tb.b.Store.GetArtifact(ctxT(t), j.ID, "result.json")
+	if err != nil || !bytes.Equal(data, rec.Result) {
+		t.Errorf("artifact %s (%v), want the result", data, err)
+	}
+}
+
+func TestStreamWithoutDoneEndsJob(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
+	tb.fake.FailNext(1, ollamatest.StreamNoDone)
+	j := tb.chat(t, "tiny-a", 1)
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	frames, final := stream.untilFinal(t)
+	if len(frames) != 3 || final.Header.Get(broker.HeaderFinal) != "done" {
+		t.Fatalf("%d frames, final %v", len(frames), final.Header)
+	}
+	rec := tb.waitState(t, j.ID, broker.StateDone)
+	if len(rec.Result) == 0 {
+		t.Error("no result")
+	}
+	next := tb.chat(t, "tiny-a", 2)
+	tb.waitState(t, next.ID, broker.StateDone)
+}
+
+func TestConnectionErrorAfterFramesFailsSyncJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.DropMidStream)
+	j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}, []byte(chatBody("tiny-a", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	frames, final := stream.untilFinal(t)
+	if len(frames) == 0 || final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderStatus) != "" {
+		t.Fatalf("%d frames, final %v", len(frames), final.Header)
+	}
+	tb.waitState(t, j.ID, broker.StateFailed)
+}
