@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -24,6 +25,17 @@ func badRequest(msg string) error { return &Error{Status: http.StatusBadRequest,
 
 // ErrModelNotFound is returned when the target does not have a model (after a re-poll).
 var ErrModelNotFound = errors.New("model not found")
+
+// ModelNotFoundError is ErrModelNotFound for one model; its message is Ollama's own
+// wording, so clients that match on it keep working.
+type ModelNotFoundError struct{ Model string }
+
+func (e *ModelNotFoundError) Error() string {
+	return fmt.Sprintf("model %q not found, try pulling it first", e.Model)
+}
+
+// Is makes errors.Is(err, ErrModelNotFound) true.
+func (e *ModelNotFoundError) Is(target error) bool { return target == ErrModelNotFound }
 
 // statusOf maps an error to the HTTP status and the message the client sees. It is the
 // only place that does so.

@@ -92,19 +92,14 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 // routes lists every route; each group lives in its own file.
 func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
+	mux.Handle("GET /metrics", newMetricsHandler(s))
 	s.ollamaRoutes(mux) // passthrough.go: metadata, embeddings, model management
 	s.queuedRoutes(mux) // queued.go: /api/chat, /api/generate, /v1 completions
 	s.jobRoutes(mux)    // jobs.go: the async /jobs API
 	mux.HandleFunc("/", s.handleNotFound)
 }
 
+// handleNotFound answers every path no route claims ("GET /" is handleRoot, passthrough.go).
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
-	if r.URL.Path == "/" && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if r.Method == http.MethodGet {
-			_, _ = w.Write([]byte("Ollama is running"))
-		}
-		return
-	}
 	s.writeError(w, r, &Error{Status: http.StatusNotFound, Message: "404 page not found"})
 }

@@ -1,6 +1,139 @@
 package gateway
 
-import "net/http"
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/textproto"
+	"strings"
+)
 
 // ollamaRoutes registers the routes served straight from the target or the inventory.
-func (s *Server) ollamaRoutes(mux *http.ServeMux) {}
+// None of them is queued: metadata and embeddings run concurrently with the worker's
+// job (ADR-0013), and model management is the operator's business.
+//
+// A "GET" pattern also answers HEAD, as Ollama does for /, /api/version and /api/tags.
+func (s *Server) ollamaRoutes(mux *http.ServeMux) {
+	// inventory_routes.go: answered from the inventory or a live fetch.
+	mux.HandleFunc("GET /{$}", s.handleRoot)
+	mux.HandleFunc("GET /api/tags", s.handleTags)
+	mux.HandleFunc("GET /api/ps", s.handlePs)
+
+	// Raw relays with nothing to check.
+	mux.HandleFunc("GET /api/version", s.relayBodyless)
+	mux.HandleFunc("GET /api/status", s.relayBodyless)
+	mux.HandleFunc("GET /v1/models", s.relayBodyless)
+	mux.HandleFunc("GET /v1/models/{model...}", s.handleOpenAIModel)
+
+	// passthrough_models.go: a known model is required first.
+	mux.HandleFunc("POST /api/show", s.handleModelRequest)
+	mux.HandleFunc("POST /api/embed", s.handleModelRequest)
+	mux.HandleFunc("POST /api/embeddings", s.handleModelRequest)
+	mux.HandleFunc("POST /v1/embeddings", s.handleModelRequest)
+
+	// passthrough_manage.go: model management.
+	mux.HandleFunc("POST /api/pull", s.handleManage)
+	mux.HandleFunc("POST /api/push", s.handleManage)
+	mux.HandleFunc("POST /api/create", s.handleManage)
+	mux.HandleFunc("POST /api/copy", s.handleManage)
+	mux.HandleFunc("DELETE /api/delete", s.handleManage)
+	mux.HandleFunc("HEAD /api/blobs/{digest}", s.handleBlob)
+	mux.HandleFunc("POST /api/blobs/{digest}", s.handleBlob)
+}
+
+// relayBodyless relays a GET or HEAD to the same path on the target.
+func (s *Server) relayBodyless(w http.ResponseWriter, r *http.Request) {
+	s.relay(w, r, r.Method, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), http.NoBody)
+}
+
+// targetPath is the path (and query) a pass-through request takes on the target.
+func targetPath(escapedPath, rawQuery string) string {
+	if rawQuery == "" {
+		return escapedPath
+	}
+	return escapedPath + "?" + rawQuery
+}
+
+// relay sends the request to the target and copies the answer back unchanged: status,
+// headers other than hop-by-hop ones, and the body byte for byte, flushed after every
+// read so progress streams (pull, push, create) reach the client as Ollama writes them.
+// A target that cannot be reached is a 502 before any byte is written; a body cut short
+// afterwards aborts the client's response so it cannot pass for a complete one. It
+// returns the target's status, or 0 when the request never reached it.
+func (s *Server) relay(w http.ResponseWriter, r *http.Request, method, path string, body io.Reader) int {
+	resp, err := s.target.Do(r.Context(), method, path, forwardHeader(r.Header), body)
+	if err != nil {
+		s.writeError(w, r, err)
+		return 0
+	}
+	defer resp.Body.Close()
+	copyHeader(w.Header(), resp.Header)
+	if method == http.MethodHead {
+		w.WriteHeader(resp.StatusCode)
+		return resp.StatusCode
+	}
+	// The body goes out chunked: flushed per read, it ends when the handler returns, so a
+	// caller may still act (refresh the inventory) before the client sees the end, and a
+	// body cut short cannot pass for a complete one.
+	w.Header().Del("Content-Length")
+	w.WriteHeader(resp.StatusCode)
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, rerr := resp.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return resp.StatusCode // the client left; closing resp.Body tells the target
+			}
+			_ = rc.Flush()
+		}
+		if errors.Is(rerr, io.EOF) {
+			return resp.StatusCode
+		}
+		if rerr != nil {
+			if r.Context().Err() == nil {
+				s.log.Warn("pass-through response cut short", "method", r.Method, "path", r.URL.Path, "err", rerr)
+			}
+			panic(http.ErrAbortHandler)
+		}
+	}
+}
+
+// hopHeaders belong to one connection and are never relayed (RFC 9110 §7.6.1).
+var hopHeaders = []string{
+	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",
+	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
+}
+
+// removeHopHeaders deletes hop-by-hop headers, including those the Connection header names.
+func removeHopHeaders(h http.Header) {
+	for _, v := range h.Values("Connection") {
+		for _, name := range strings.Split(v, ",") {
+			if name = textproto.TrimString(name); name != "" {
+				h.Del(name)
+			}
+		}
+	}
+	for _, name := range hopHeaders {
+		h.Del(name)
+	}
+}
+
+// forwardHeader is the client's header as the target should see it: without hop-by-hop
+// headers and without foreman's own bearer token (the target's token, if any, is added
+// by the ollama client).
+func forwardHeader(in http.Header) http.Header {
+	h := in.Clone()
+	removeHopHeaders(h)
+	h.Del("Authorization")
+	return h
+}
+
+// copyHeader copies the target's response header to dst, minus hop-by-hop headers.
+func copyHeader(dst, src http.Header) {
+	h := src.Clone()
+	removeHopHeaders(h)
+	for k, vs := range h {
+		dst[k] = vs
+	}
+}

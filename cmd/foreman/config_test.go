@@ -1,0 +1,135 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// parseConfig resolves a serve configuration from command-line args and an environment.
+func parseConfig(t *testing.T, args []string, env map[string]string) (*serveConfig, error) {
+	t.Helper()
+	cfg := &serveConfig{}
+	set := cfg.settings()
+	fs := pflag.NewFlagSet("serve", pflag.ContinueOnError)
+	bindFlags(fs, set)
+	if err := fs.Parse(args); err != nil {
+		t.Fatalf("parse %q: %v", args, err)
+	}
+	if err := resolve(fs, set, func(k string) string { return env[k] }); err != nil {
+		return nil, err
+	}
+	return cfg, cfg.finish()
+}
+
+func TestConfigDefaults(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseConfig(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Addr != "127.0.0.1:8080" || cfg.OllamaURL != "http://127.0.0.1:11434" || cfg.PollInterval != 30*time.Second ||
+		cfg.MaxAttempts != 3 || cfg.JobTTL != 24*time.Hour || cfg.MaxQueue != 1000 || cfg.MaxConsecutive != 8 ||
+		cfg.MaxWait != 2*time.Minute || cfg.NATSReplicas != 1 || cfg.AuthToken != "" || cfg.NATSListen != "" {
+		t.Errorf("defaults: %+v", cfg)
+	}
+}
+
+// A flag beats its variable, which beats the default.
+func TestConfigPrecedence(t *testing.T) {
+	t.Parallel()
+	env := map[string]string{"FOREMAN_POLL_INTERVAL": "5s", "FOREMAN_ADDR": "127.0.0.1:9000", "FOREMAN_AUTH_TOKEN": "from-env"}
+	cfg, err := parseConfig(t, nil, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PollInterval != 5*time.Second || cfg.Addr != "127.0.0.1:9000" || cfg.AuthToken != "from-env" {
+		t.Errorf("env over default: %+v", cfg)
+	}
+	cfg, err = parseConfig(t, []string{"--poll-interval=7s", "--auth-token", "from-flag"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PollInterval != 7*time.Second || cfg.AuthToken != "from-flag" || cfg.Addr != "127.0.0.1:9000" {
+		t.Errorf("flag over env: %+v", cfg)
+	}
+	cfg, err = parseConfig(t, nil, map[string]string{"FOREMAN_NATS_URL": "nats://a:4222"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.NATSReplicas != 3 {
+		t.Errorf("external NATS: replicas %d, want 3", cfg.NATSReplicas)
+	}
+}
+
+// Bad values are refused with the variable (or flag) and the value in the message.
+func TestConfigBadValues(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		args []string
+		env  map[string]string
+		want []string
+	}{
+		{env: map[string]string{"FOREMAN_JOB_TTL": "abc"}, want: []string{`FOREMAN_JOB_TTL="abc": not a duration`}},
+		{args: []string{"--job-ttl=abc"}, want: []string{`--job-ttl="abc": not a duration`}},
+		{env: map[string]string{"FOREMAN_POLL_INTERVAL": "-5s"}, want: []string{`FOREMAN_POLL_INTERVAL="-5s": must be positive`}},
+		{env: map[string]string{"FOREMAN_MAX_QUEUE": "lots"}, want: []string{`FOREMAN_MAX_QUEUE="lots": not an integer`}},
+		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "0"}, want: []string{`FOREMAN_MAX_ATTEMPTS="0": must be positive`}},
+		{env: map[string]string{"FOREMAN_ADDR": "8080"}, want: []string{`FOREMAN_ADDR="8080": not host:port`}},
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://mac:11434"}, want: []string{`FOREMAN_OLLAMA_URL="ftp://mac:11434": not an absolute http(s) URL`}},
+		{env: map[string]string{"FOREMAN_LOG_LEVEL": "loud"}, want: []string{`FOREMAN_LOG_LEVEL="loud": not a log level`}},
+		{env: map[string]string{"FOREMAN_MAX_BODY": "1e9"}, want: []string{`FOREMAN_MAX_BODY="1e9"`}},
+		// Every bad value is reported, not only the first.
+		{env: map[string]string{"FOREMAN_JOB_TTL": "abc", "FOREMAN_MAX_WAIT": "soon"}, want: []string{`FOREMAN_JOB_TTL="abc"`, `FOREMAN_MAX_WAIT="soon"`}},
+	}
+	for _, c := range cases {
+		_, err := parseConfig(t, c.args, c.env)
+		if err == nil {
+			t.Errorf("args %q env %v: accepted", c.args, c.env)
+			continue
+		}
+		for _, w := range c.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("args %q env %v: error %q does not contain %q", c.args, c.env, err, w)
+			}
+		}
+	}
+}
+
+func TestConfigNATSCombinations(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		env  map[string]string
+		want string // "" = accepted
+	}{
+		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222"}, `FOREMAN_NATS_LISTEN="127.0.0.1:4222": a NATS listener needs FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD`},
+		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_USER": "u"}, "FOREMAN_NATS_PASSWORD"},
+		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_USER": "u", "FOREMAN_NATS_PASSWORD": "p"}, ""},
+		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_URL": "nats://x:4222"}, "exclude each other"},
+		{map[string]string{"FOREMAN_NATS_TLS_CERT": "c.pem"}, "must be set together"},
+		{map[string]string{"FOREMAN_NATS_LISTEN": "nope"}, `FOREMAN_NATS_LISTEN="nope": not host:port`},
+	}
+	for _, c := range cases {
+		_, err := parseConfig(t, nil, c.env)
+		switch {
+		case c.want == "" && err != nil:
+			t.Errorf("%v: %v", c.env, err)
+		case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want)):
+			t.Errorf("%v: error %v, want one containing %q", c.env, err, c.want)
+		}
+	}
+}
+
+// The CLI reports a bad configuration on stderr and exits 1 without starting anything.
+func TestServeRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	env := map[string]string{"FOREMAN_JOB_TTL": "abc", "FOREMAN_DATA_DIR": t.TempDir()}
+	code := execute([]string{"serve"}, strings.NewReader(""), &stdout, &stderr, func(k string) string { return env[k] })
+	if code != 1 || !strings.Contains(stderr.String(), `FOREMAN_JOB_TTL="abc": not a duration`) {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+}

@@ -1,0 +1,80 @@
+package gateway
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+)
+
+type healthReply struct {
+	Status   string `json:"status"`
+	Degraded bool   `json:"degraded"`
+	Target   struct {
+		URL       string     `json:"url"`
+		Reachable bool       `json:"reachable"`
+		Error     string     `json:"error"`
+		LastPoll  *time.Time `json:"last_poll"`
+	} `json:"target"`
+	NATS string `json:"nats"`
+}
+
+func getHealth(t *testing.T, b *testBundle) healthReply {
+	t.Helper()
+	resp, body := b.request(t, http.MethodGet, "/healthz", nil)
+	if resp.StatusCode != 200 {
+		t.Fatalf("/healthz: %d %s (it must be 200 while the process lives)", resp.StatusCode, body)
+	}
+	var h healthReply
+	if err := json.Unmarshal(body, &h); err != nil {
+		t.Fatalf("/healthz body %s: %v", body, err)
+	}
+	return h
+}
+
+// /healthz turns degraded when the inventory's poll fails and clears on recovery, with
+// the real poll loop running.
+func TestHealthzDegradedAndRecovery(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withPolling(20*time.Millisecond))
+	waitHealth := func(what string, ok func(healthReply) bool) healthReply {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			h := getHealth(t, b)
+			if ok(h) {
+				return h
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("waiting for %s: last /healthz %+v", what, h)
+			}
+			time.Sleep(10 * time.Millisecond) // polling with a deadline
+		}
+	}
+	h := waitHealth("healthy", func(h healthReply) bool { return h.Target.Reachable })
+	if h.Status != "ok" || h.Degraded || h.NATS != "ok" || h.Target.URL != b.Fake.URL || h.Target.LastPoll == nil {
+		t.Errorf("healthy: %+v", h)
+	}
+	b.Fake.SetDown(true)
+	h = waitHealth("degraded", func(h healthReply) bool { return h.Degraded })
+	if h.Status != "degraded" || h.Target.Reachable || h.Target.Error == "" {
+		t.Errorf("degraded: %+v", h)
+	}
+	b.Fake.SetDown(false)
+	h = waitHealth("recovery", func(h healthReply) bool { return !h.Degraded })
+	if h.Status != "ok" || !h.Target.Reachable || h.Target.Error != "" {
+		t.Errorf("recovered: %+v", h)
+	}
+}
+
+func TestHealthzNATSDegraded(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		c.NATSHealth = func() error { return errors.New("jetstream not ready") }
+	}))
+	h := getHealth(t, b)
+	if h.Status != "degraded" || !h.Degraded || h.NATS != "jetstream not ready" || !h.Target.Reachable {
+		t.Errorf("%+v", h)
+	}
+}

@@ -1,0 +1,73 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+const (
+	// tagsMaxAge is how old the inventory's /api/tags may be before /api/tags polls
+	// again: fresh enough that a client listing right after a pull sees the model,
+	// while a burst of listings costs the target one poll.
+	tagsMaxAge = time.Second
+	// liveFetchTimeout bounds a live /api/ps before the cached one is served instead.
+	liveFetchTimeout = 5 * time.Second
+)
+
+// handleRoot answers "Ollama is running", which clients use as a liveness probe. It is
+// foreman's own answer: foreman is running even while the target is not.
+func (s *Server) handleRoot(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = w.Write([]byte("Ollama is running"))
+}
+
+// handleTags serves /api/tags from the inventory, re-polling when the cached list is
+// older than tagsMaxAge. While the target is down the last known list is served; with
+// no list at all the poll's error is.
+func (s *Server) handleTags(w http.ResponseWriter, r *http.Request) {
+	snap := s.inv.Snapshot()
+	if !snap.Polled || time.Since(snap.LastPoll) > tagsMaxAge {
+		err := s.inv.Refresh(r.Context())
+		snap = s.inv.Snapshot()
+		if err != nil && (!snap.Polled || r.Context().Err() != nil) {
+			s.writeError(w, r, err)
+			return
+		}
+	}
+	writeRawJSON(w, snap.TagsRaw)
+}
+
+// handlePs serves /api/ps fetched live, since which model is loaded changes with every
+// swap, and updates the inventory with it. When the target cannot be reached the last
+// known list is served.
+func (s *Server) handlePs(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), liveFetchTimeout)
+	defer cancel()
+	ps, raw, err := s.target.Ps(ctx)
+	if err == nil {
+		s.inv.SetPs(ps, raw)
+		writeRawJSON(w, raw)
+		return
+	}
+	var connErr *ollama.ConnectionError
+	unreachable := errors.As(err, &connErr) || errors.Is(err, context.DeadlineExceeded)
+	if snap := s.inv.Snapshot(); unreachable && r.Context().Err() == nil && snap.PsRaw != nil {
+		s.log.Debug("serving cached /api/ps", "err", err)
+		writeRawJSON(w, snap.PsRaw)
+		return
+	}
+	s.writeError(w, r, err)
+}
+
+// writeRawJSON sends a JSON body the target produced, unchanged, as Ollama labels it.
+func writeRawJSON(w http.ResponseWriter, raw []byte) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Content-Length", strconv.Itoa(len(raw)))
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(raw)
+}

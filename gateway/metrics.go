@@ -1,0 +1,71 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// metrics is a Prometheus collector that reads foreman's state at scrape time, so nothing
+// on the request or job path pays for it.
+type metrics struct {
+	s          *Server
+	queueDepth *prometheus.Desc
+	queueTotal *prometheus.Desc
+	degraded   *prometheus.Desc
+	loaded     *prometheus.Desc
+}
+
+func newMetricsHandler(s *Server) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		&metrics{
+			s:          s,
+			queueDepth: prometheus.NewDesc("foreman_queue_depth", "Jobs in the queue (waiting, retrying or running) per model.", []string{"model"}, nil),
+			queueTotal: prometheus.NewDesc("foreman_queue_jobs", "Jobs in the queue, all models.", nil, nil),
+			degraded:   prometheus.NewDesc("foreman_target_degraded", "1 while the Ollama target is unreachable.", nil, nil),
+			loaded:     prometheus.NewDesc("foreman_target_loaded_model", "1 for each model loaded on the target (last poll).", []string{"model"}, nil),
+		},
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	ch <- m.queueDepth
+	ch <- m.queueTotal
+	ch <- m.degraded
+	ch <- m.loaded
+}
+
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if depth, err := m.s.store.Depth(ctx); err == nil {
+		var total uint64
+		for token, n := range depth {
+			model, err := broker.ModelFromToken(token)
+			if err != nil {
+				model = token
+			}
+			total += n
+			ch <- prometheus.MustNewConstMetric(m.queueDepth, prometheus.GaugeValue, float64(n), model)
+		}
+		ch <- prometheus.MustNewConstMetric(m.queueTotal, prometheus.GaugeValue, float64(total))
+	}
+	deg := 0.0
+	if m.s.inv.Degraded() {
+		deg = 1
+	}
+	ch <- prometheus.MustNewConstMetric(m.degraded, prometheus.GaugeValue, deg)
+	for _, model := range m.s.inv.Loaded() {
+		ch <- prometheus.MustNewConstMetric(m.loaded, prometheus.GaugeValue, 1, model)
+	}
+}

@@ -1,0 +1,131 @@
+package gateway
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// volatileKeys are timestamps and durations that differ between two calls to Ollama.
+var volatileKeys = map[string]bool{
+	"modified_at": true, "expires_at": true, "created": true, "created_at": true,
+	"total_duration": true, "load_duration": true, "prompt_eval_duration": true, "eval_duration": true,
+}
+
+// stripVolatile removes volatileKeys at any depth and undoes Ollama's own
+// nondeterminism: /api/tags and /v1/models list models modified in the same second in
+// map order, and /api/show's parameters and modelfile PARAMETER lines come in map order.
+func stripVolatile(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			if volatileKeys[k] {
+				delete(x, k)
+				continue
+			}
+			x[k] = stripVolatile(e)
+		}
+		for _, list := range []string{"models", "data"} { // /api/tags, /v1/models
+			if models, ok := x[list].([]any); ok {
+				slices.SortFunc(models, func(a, b any) int { return strings.Compare(fmt.Sprint(a), fmt.Sprint(b)) })
+			}
+		}
+		for _, k := range []string{"modelfile", "parameters"} { // /api/show
+			if text, ok := x[k].(string); ok {
+				lines := strings.Split(text, "\n")
+				slices.Sort(lines)
+				x[k] = strings.Join(lines, "\n")
+			}
+		}
+	case []any:
+		for i := range x {
+			x[i] = stripVolatile(x[i])
+		}
+	}
+	return v
+}
+
+// TestE2EPassThroughMatchesOllama compares foreman's answers with Ollama's own, parsed
+// and without timestamps and durations, for every pass-through route a client reads.
+func TestE2EPassThroughMatchesOllama(t *testing.T) {
+	url := os.Getenv("FOREMAN_TEST_OLLAMA_URL")
+	if url == "" {
+		t.Skip("FOREMAN_TEST_OLLAMA_URL is unset: start a real Ollama with shared/realollama/start.sh and set it")
+	}
+	b := newTestBundle(t, withTargetURL(url))
+	directTo := func(method, path string, body []byte) (*http.Response, []byte) {
+		t.Helper()
+		d := &testBundle{URL: url}
+		return d.request(t, method, path, body)
+	}
+	cases := []struct{ method, path, body string }{
+		{"GET", "/api/version", ""},
+		{"GET", "/api/tags", ""},
+		{"POST", "/api/show", `{"model":"tiny-a"}`},
+		{"POST", "/api/show", `{"model":"tiny-embed:latest"}`},
+		{"POST", "/api/embed", `{"model":"tiny-embed","input":["hello","world"]}`},
+		{"POST", "/api/embeddings", `{"model":"tiny-embed","prompt":"hello"}`},
+		{"POST", "/v1/embeddings", `{"model":"tiny-embed","input":"hello"}`},
+		{"GET", "/v1/models", ""},
+		{"GET", "/v1/models/tiny-a:latest", ""},
+		{"GET", "/api/ps", ""},                                      // after the embeds: tiny-embed is loaded
+		{"POST", "/api/embed", `{"model":"tiny-embed","input":42}`}, // Ollama's 400
+	}
+	for _, c := range cases {
+		t.Run(c.method+" "+c.path+" "+c.body, func(t *testing.T) {
+			var body []byte
+			if c.body != "" {
+				body = []byte(c.body)
+			}
+			want, wantBody := directTo(c.method, c.path, body)
+			got, gotBody := b.request(t, c.method, c.path, body)
+			if got.StatusCode != want.StatusCode {
+				t.Fatalf("status %d (%s), Ollama says %d (%s)", got.StatusCode, gotBody, want.StatusCode, wantBody)
+			}
+			if g, w := got.Header.Get("Content-Type"), want.Header.Get("Content-Type"); g != w {
+				t.Errorf("Content-Type %q, Ollama says %q", g, w)
+			}
+			var g, w any
+			if err := json.Unmarshal(gotBody, &g); err != nil {
+				t.Fatalf("foreman's body %q: %v", gotBody, err)
+			}
+			if err := json.Unmarshal(wantBody, &w); err != nil {
+				t.Fatalf("Ollama's body %q: %v", wantBody, err)
+			}
+			if !reflect.DeepEqual(stripVolatile(g), stripVolatile(w)) {
+				t.Errorf("foreman\n %s\nOllama\n %s", gotBody, wantBody)
+			}
+		})
+	}
+
+	t.Run("unknown model", func(t *testing.T) {
+		for _, c := range []struct{ method, path, body string }{
+			{"POST", "/api/show", `{"model":"ghost"}`},
+			{"POST", "/api/embed", `{"model":"ghost","input":"x"}`},
+			{"GET", "/v1/models/ghost", ""},
+		} {
+			var body []byte
+			if c.body != "" {
+				body = []byte(c.body)
+			}
+			want, wantBody := directTo(c.method, c.path, body)
+			got, gotBody := b.request(t, c.method, c.path, body)
+			if got.StatusCode != http.StatusNotFound || want.StatusCode != http.StatusNotFound {
+				t.Errorf("%s %s: foreman %d %s, Ollama %d %s", c.method, c.path, got.StatusCode, gotBody, want.StatusCode, wantBody)
+			}
+		}
+	})
+
+	t.Run("root", func(t *testing.T) {
+		_, want := directTo("GET", "/", nil)
+		_, got := b.request(t, "GET", "/", nil)
+		if string(got) != string(want) {
+			t.Errorf("GET /: %q, Ollama says %q", got, want)
+		}
+	})
+}
