@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 )
@@ -17,17 +18,30 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	getenv func(string) string
+	// now is the clock for ages in tables; nil means time.Now. Tests fix it.
+	now func() time.Time
+}
+
+func (e *env) clock() time.Time {
+	if e.now != nil {
+		return e.now()
+	}
+	return time.Now()
 }
 
 // execute runs the CLI and returns the process exit code; only main calls os.Exit.
 func execute(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv func(string) string) int {
-	e := &env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}
+	return run(&env{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv}, args)
+}
+
+// run is execute with a ready env (tests bring their own clock and streams).
+func run(e *env, args []string) int {
 	root := newRootCmd(e)
 	root.SetArgs(args)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(stderr, "foreman: "+strings.TrimSpace(err.Error()))
+		fmt.Fprintln(e.stderr, "foreman: "+strings.TrimSpace(err.Error()))
 		return 1
 	}
 	return 0
@@ -44,6 +58,8 @@ func newRootCmd(e *env) *cobra.Command {
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
-	root.AddCommand(newServeCmd(e), newVersionCmd(e))
+	root.CompletionOptions.DisableDefaultCmd = true // completion.go writes to the injected writer
+	root.AddCommand(newServeCmd(e), newVersionCmd(e),
+		newChatCmd(e), newSubmitCmd(e), newJobsCmd(e), newPsCmd(e), newTagsCmd(e), newCompletionCmd(e))
 	return root
 }

@@ -1,0 +1,170 @@
+package client
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Client talks to one foreman. It is safe for concurrent use.
+type Client struct {
+	base           string
+	token          string
+	hc             *http.Client
+	webhookSecret  string
+	webhookAddr    string
+	webhookAddrSet bool
+	pollInterval   time.Duration
+	pollingOnly    bool
+	cancelOnDone   bool
+	nc             *nats.Conn
+	ownNC          bool
+	natsURL        string
+	natsOpts       []nats.Option
+	// onWebhookListen lets tests see the receiver URL.
+	onWebhookListen func(url string)
+}
+
+// New returns a client of the foreman at baseURL (e.g. "http://127.0.0.1:8080").
+func New(baseURL string, opts ...Option) (*Client, error) {
+	u, err := url.Parse(baseURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("client: base URL %q is not an absolute http(s) URL", baseURL)
+	}
+	c := &Client{
+		base:         strings.TrimRight(baseURL, "/"),
+		hc:           &http.Client{},
+		webhookAddr:  "127.0.0.1:0",
+		pollInterval: time.Second,
+	}
+	for _, o := range opts {
+		o(c)
+	}
+	if c.natsURL != "" && c.nc == nil {
+		nc, err := nats.Connect(c.natsURL, append([]nats.Option{nats.Name("foreman-client")}, c.natsOpts...)...)
+		if err != nil {
+			return nil, fmt.Errorf("client: connect to NATS %s: %w", c.natsURL, err)
+		}
+		c.nc, c.ownNC = nc, true
+	}
+	return c, nil
+}
+
+// Close releases the NATS connection the client opened (WithNATSURL). Safe to call twice.
+func (c *Client) Close() error {
+	if c.ownNC && c.nc != nil {
+		c.nc.Close()
+	}
+	return nil
+}
+
+// URL is the foreman base URL the client talks to.
+func (c *Client) URL() string { return c.base }
+
+// NATS is the NATS connection the client uses, or nil.
+func (c *Client) NATS() *nats.Conn { return c.nc }
+
+// request sends one HTTP request; a non-2xx answer becomes an *APIError and a transport
+// failure a *ConnectionError. The caller closes the body.
+func (c *Client) request(ctx context.Context, method, path string, body []byte, hdr http.Header) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	for k, v := range hdr {
+		req.Header[k] = v
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &ConnectionError{URL: c.base, Err: transportCause(err)}
+	}
+	if resp.StatusCode/100 != 2 {
+		defer resp.Body.Close()
+		return nil, apiError(resp)
+	}
+	return resp, nil
+}
+
+// transportCause strips url.Error's "Post "http://...": " prefix, which ConnectionError
+// already says, down to e.g. "dial tcp 127.0.0.1:1: connect: connection refused".
+func transportCause(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+func apiError(resp *http.Response) error {
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e struct {
+		Error string `json:"error"`
+	}
+	msg := strings.TrimSpace(string(data))
+	if json.Unmarshal(data, &e) == nil && e.Error != "" {
+		msg = e.Error
+	}
+	return &APIError{Status: resp.StatusCode, Message: msg}
+}
+
+// doJSON sends in (when non-nil) as JSON and decodes the answer into out (when non-nil).
+func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) error {
+	var body []byte
+	if in != nil {
+		var err error
+		if body, err = json.Marshal(in); err != nil {
+			return fmt.Errorf("client: encode request: %w", err)
+		}
+	}
+	resp, err := c.request(ctx, method, path, body, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("client: decode %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// loopback reports whether the base URL names this machine, where a receiver on
+// 127.0.0.1 is reachable by foreman.
+func (c *Client) loopback() bool {
+	u, err := url.Parse(c.base)
+	if err != nil {
+		return false
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.IsLoopback()
+}

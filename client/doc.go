@@ -1,0 +1,34 @@
+// Package client is the Go client of foreman, a durable queue in front of one Ollama server.
+//
+// It covers every level foreman offers (ADR-0011):
+//
+//   - Ollama calls through the queue: Chat and Generate (streamed chunk by chunk to a
+//     callback, or in one piece), Embed, Tags and Ps.
+//
+//   - Async jobs: SubmitAsync returns a job id at once; Job, Jobs, Cancel and Artifact read
+//     and steer jobs; Watch follows a job's state changes.
+//
+//   - A synchronous facade over the async API: Submit queues a job and returns when it has
+//     finished, however long the queue is. It waits by the best means available:
+//
+//     1. NATS (WithNATS or WithNATSURL): the job is submitted by request/reply on
+//     foreman.jobs.submit, the client subscribes to foreman.job.<id>.state and then reads
+//     the job once, so a state reached before the subscription is never missed.
+//     2. Webhook: an ephemeral HTTP receiver on WithWebhookListenAddr (default
+//     127.0.0.1:0, used when foreman runs on a loopback address) whose URL rides along
+//     as the job's state_webhook_url; signatures are verified when WithWebhookSecret is
+//     set. If the receiver cannot bind, the client falls back to polling.
+//     3. Polling: GET /jobs/{id} every WithPollInterval.
+//
+//     NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook
+//     deliveries can be lost. Every wait honours its context; WithCancelOnContextDone
+//     also cancels the job on the server when the context ends.
+//
+// Errors are typed: an HTTP error answer is an *APIError with the status and foreman's
+// message; a job that ended failed or canceled is a *JobError that matches ErrJobFailed
+// (and ErrJobCanceled) with errors.Is; a server that cannot be reached is a
+// *ConnectionError that matches ErrUnreachable.
+//
+// The package depends on the standard library, nats.go and foreman's broker package
+// (subject names and the state event's JSON); it never pulls nats-server into a build.
+package client

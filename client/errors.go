@@ -1,0 +1,64 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+)
+
+// APIError is an error answer from foreman: the HTTP status and the {"error": "..."} text.
+type APIError struct {
+	Status  int
+	Message string
+}
+
+func (e *APIError) Error() string {
+	if e.Message == "" {
+		return fmt.Sprintf("%d %s", e.Status, http.StatusText(e.Status))
+	}
+	return e.Message
+}
+
+// Sentinels for errors.Is.
+var (
+	// ErrJobFailed matches every *JobError: the job ended failed or canceled.
+	ErrJobFailed = errors.New("job failed")
+	// ErrJobCanceled matches a *JobError of a canceled job.
+	ErrJobCanceled = errors.New("job canceled")
+	// ErrUnreachable matches a *ConnectionError: foreman could not be reached at all.
+	ErrUnreachable = errors.New("foreman is unreachable")
+)
+
+// JobError reports a job that ended without a result.
+type JobError struct {
+	// Job is the job's final record.
+	Job *Job
+}
+
+func (e *JobError) Error() string {
+	msg := e.Job.Error
+	if msg == "" {
+		msg = string(e.Job.State)
+	}
+	return fmt.Sprintf("job %s %s: %s", e.Job.ID, e.Job.State, msg)
+}
+
+// Is makes errors.Is match ErrJobFailed always and ErrJobCanceled for a canceled job.
+func (e *JobError) Is(target error) bool {
+	return target == ErrJobFailed || (target == ErrJobCanceled && e.Job.State == StateCanceled)
+}
+
+// ConnectionError is a request that never got an HTTP answer (refused, DNS, reset).
+type ConnectionError struct {
+	// URL is the base URL the client talks to.
+	URL string
+	Err error
+}
+
+func (e *ConnectionError) Error() string { return fmt.Sprintf("cannot reach %s: %v", e.URL, e.Err) }
+
+// Unwrap returns the transport error.
+func (e *ConnectionError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrUnreachable) true.
+func (e *ConnectionError) Is(target error) bool { return target == ErrUnreachable }

@@ -1,0 +1,287 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// SubmitRequest is one async job. Set exactly one of Chat, Generate, Embed or Body.
+type SubmitRequest struct {
+	Chat     *ChatRequest
+	Generate *GenerateRequest
+	Embed    *EmbedRequest
+	// Body is a raw POST /jobs body: an /api/chat, /api/generate or /api/embed request,
+	// with "kind" when it is not a chat (as `foreman submit --file` sends it).
+	Body json.RawMessage
+
+	// WebhookURL receives the job's state events (state_webhook_url). Submit then waits by
+	// NATS or polling instead of its own receiver, since a job has one webhook.
+	WebhookURL string
+	// WebhookEvents filters the events sent to WebhookURL, e.g. done and failed; empty
+	// means all.
+	WebhookEvents []State
+	// IdempotencyKey makes a retried submit return the first submit's job.
+	IdempotencyKey string
+	// OnState, if set, is called by Submit with every state change it observes, in order
+	// (the first is usually queued). It runs on Submit's goroutine; keep it short.
+	OnState func(Event)
+}
+
+// body is the POST /jobs JSON: the request plus kind and webhook fields.
+func (r *SubmitRequest) body() ([]byte, error) {
+	var (
+		req  any
+		kind Kind
+		n    int
+	)
+	if r.Chat != nil {
+		req, kind, n = r.Chat, KindChat, n+1
+	}
+	if r.Generate != nil {
+		req, kind, n = r.Generate, KindGenerate, n+1
+	}
+	if r.Embed != nil {
+		req, kind, n = r.Embed, KindEmbed, n+1
+	}
+	if len(r.Body) > 0 {
+		req, n = r.Body, n+1
+	}
+	if n != 1 {
+		return nil, errors.New("client: a SubmitRequest needs exactly one of Chat, Generate, Embed or Body")
+	}
+	raw, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("client: encode request: %w", err)
+	}
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
+		return nil, errors.New("client: the job body must be a JSON object")
+	}
+	set := func(k string, v any) {
+		b, _ := json.Marshal(v)
+		obj[k] = b
+	}
+	if kind != "" {
+		set("kind", kind)
+	}
+	if r.WebhookURL != "" {
+		set("state_webhook_url", r.WebhookURL)
+	}
+	if len(r.WebhookEvents) > 0 {
+		set("webhook_events", r.WebhookEvents)
+	}
+	return json.Marshal(obj)
+}
+
+// SubmitAsync queues a job and returns its id at once (POST /jobs, or request/reply on
+// foreman.jobs.submit when the client has NATS). Follow it with Wait, Watch or Job.
+func (c *Client) SubmitAsync(ctx context.Context, req SubmitRequest) (string, error) {
+	body, err := req.body()
+	if err != nil {
+		return "", err
+	}
+	return c.submit(ctx, body, req.IdempotencyKey)
+}
+
+func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (string, error) {
+	if c.nc != nil && !c.pollingOnly {
+		id, err := c.submitNATS(ctx, body, idemKey)
+		if !errors.Is(err, nats.ErrNoResponders) {
+			return id, err
+		}
+		// Nobody answers on the submit subject (an older foreman, or another NATS
+		// deployment): HTTP always works.
+	}
+	hdr := http.Header{}
+	if idemKey != "" {
+		hdr.Set("Idempotency-Key", idemKey)
+	}
+	resp, err := c.request(ctx, http.MethodPost, "/jobs", body, hdr)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	return decodeSubmitReply(resp.Body)
+}
+
+func (c *Client) submitNATS(ctx context.Context, body []byte, idemKey string) (string, error) {
+	msg := nats.NewMsg(broker.SubmitSubject)
+	msg.Data = body
+	if idemKey != "" {
+		msg.Header.Set("Idempotency-Key", idemKey)
+	}
+	reply, err := c.nc.RequestMsgWithContext(ctx, msg)
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", fmt.Errorf("client: submit over NATS: %w", err)
+	}
+	var r struct {
+		JobID  string `json:"job_id"`
+		Error  string `json:"error"`
+		Status int    `json:"status"`
+	}
+	if err := json.Unmarshal(reply.Data, &r); err != nil {
+		return "", fmt.Errorf("client: decode submit reply: %w", err)
+	}
+	if r.Error != "" || r.JobID == "" {
+		status := r.Status
+		if status == 0 {
+			status, _ = strconv.Atoi(reply.Header.Get("Status"))
+		}
+		if status == 0 {
+			status = http.StatusBadRequest
+		}
+		return "", &APIError{Status: status, Message: r.Error}
+	}
+	return r.JobID, nil
+}
+
+func decodeSubmitReply(r io.Reader) (string, error) {
+	var out struct {
+		JobID string `json:"job_id"`
+	}
+	if err := json.NewDecoder(r).Decode(&out); err != nil || out.JobID == "" {
+		return "", fmt.Errorf("client: submit: reply without a job_id (%v)", err)
+	}
+	return out.JobID, nil
+}
+
+// Job reads a job's record (GET /jobs/{id}).
+func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
+	var j Job
+	if err := c.doJSON(ctx, http.MethodGet, "/jobs/"+url.PathEscape(id), nil, &j); err != nil {
+		return nil, err
+	}
+	j.normalize()
+	return &j, nil
+}
+
+// Jobs lists jobs, newest first (GET /jobs).
+func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
+	q := url.Values{}
+	if f.State != "" {
+		q.Set("state", string(f.State))
+	}
+	if f.Model != "" {
+		q.Set("model", f.Model)
+	}
+	if f.Limit > 0 {
+		q.Set("limit", strconv.Itoa(f.Limit))
+	}
+	if f.Cursor != "" {
+		q.Set("cursor", f.Cursor)
+	}
+	path := "/jobs"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out JobList
+	if err := c.doJSON(ctx, http.MethodGet, path, nil, &out); err != nil {
+		return nil, err
+	}
+	for i := range out.Jobs {
+		out.Jobs[i].normalize()
+	}
+	return &out, nil
+}
+
+// Cancel cancels a job (DELETE /jobs/{id}); a job that already ended is an *APIError 409.
+func (c *Client) Cancel(ctx context.Context, id string) error {
+	return c.doJSON(ctx, http.MethodDelete, "/jobs/"+url.PathEscape(id), nil, nil)
+}
+
+// Artifact returns the bytes of a job's artifact (GET /jobs/{id}/artifacts/{name}).
+func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) {
+	resp, err := c.request(ctx, http.MethodGet, "/jobs/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(name), nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, &ConnectionError{URL: c.base, Err: err}
+	}
+	return data, nil
+}
+
+// Result is a finished job.
+type Result struct {
+	// Job is the job's final record.
+	Job *Job
+	// Body is Ollama's final response in its non-streamed shape (also for a result too
+	// large to inline in the record: then it was read from the "result.json" artifact).
+	Body json.RawMessage
+}
+
+// Chat decodes the result of a chat job.
+func (r *Result) Chat() (*ChatResponse, error) {
+	var out ChatResponse
+	if err := json.Unmarshal(r.Body, &out); err != nil {
+		return nil, fmt.Errorf("client: decode chat result: %w", err)
+	}
+	return &out, nil
+}
+
+// Generate decodes the result of a generate job.
+func (r *Result) Generate() (*GenerateResponse, error) {
+	var out GenerateResponse
+	if err := json.Unmarshal(r.Body, &out); err != nil {
+		return nil, fmt.Errorf("client: decode generate result: %w", err)
+	}
+	return &out, nil
+}
+
+// Embed decodes the result of an embed job.
+func (r *Result) Embed() (*EmbedResponse, error) {
+	var out EmbedResponse
+	if err := json.Unmarshal(r.Body, &out); err != nil {
+		return nil, fmt.Errorf("client: decode embed result: %w", err)
+	}
+	return &out, nil
+}
+
+// Text is the generated text of a chat or generate result ("" for other kinds).
+func (r *Result) Text() string {
+	var out struct {
+		Message  struct{ Content string } `json:"message"`
+		Response string                   `json:"response"`
+	}
+	_ = json.Unmarshal(r.Body, &out)
+	if out.Message.Content != "" {
+		return out.Message.Content
+	}
+	return out.Response
+}
+
+// result builds the Result of a done job, reading result.json when it is not inline.
+func (c *Client) result(ctx context.Context, j *Job) (*Result, error) {
+	if len(j.Result) > 0 {
+		return &Result{Job: j, Body: j.Result}, nil
+	}
+	for _, a := range j.Artifacts {
+		if a.Name != "result.json" {
+			continue
+		}
+		if data, ok := a.Bytes(); ok {
+			return &Result{Job: j, Body: data}, nil
+		}
+		body, err := c.Artifact(ctx, j.ID, a.Name)
+		if err != nil {
+			return nil, err
+		}
+		return &Result{Job: j, Body: body}, nil
+	}
+	return &Result{Job: j}, nil
+}

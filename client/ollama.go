@@ -1,0 +1,133 @@
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+)
+
+// Chat runs a chat through foreman's queue (POST /api/chat). Unless req.Stream is false
+// the reply streams: fn (optional) gets every chunk as it arrives and Chat returns the
+// whole reply, its content joined, in the shape Ollama gives for stream:false. An error
+// the server reports in the middle of a stream is an *APIError with the stream's status.
+func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatResponse) error) (*ChatResponse, error) {
+	var final ChatResponse
+	var content, thinking bytes.Buffer
+	err := c.stream(ctx, "/api/chat", req, func(line []byte) error {
+		var r ChatResponse
+		if err := json.Unmarshal(line, &r); err != nil {
+			return fmt.Errorf("client: decode chat chunk: %w", err)
+		}
+		if fn != nil {
+			if err := fn(&r); err != nil {
+				return err
+			}
+		}
+		content.WriteString(r.Message.Content)
+		thinking.WriteString(r.Message.Thinking)
+		final = r
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	final.Message.Content, final.Message.Thinking = content.String(), thinking.String()
+	return &final, nil
+}
+
+// Generate runs a completion through foreman's queue (POST /api/generate), streamed to fn
+// like Chat; it returns the whole reply with the response text joined.
+func (c *Client) Generate(ctx context.Context, req GenerateRequest, fn func(*GenerateResponse) error) (*GenerateResponse, error) {
+	var final GenerateResponse
+	var response, thinking bytes.Buffer
+	err := c.stream(ctx, "/api/generate", req, func(line []byte) error {
+		var r GenerateResponse
+		if err := json.Unmarshal(line, &r); err != nil {
+			return fmt.Errorf("client: decode generate chunk: %w", err)
+		}
+		if fn != nil {
+			if err := fn(&r); err != nil {
+				return err
+			}
+		}
+		response.WriteString(r.Response)
+		thinking.WriteString(r.Thinking)
+		final = r
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	final.Response, final.Thinking = response.String(), thinking.String()
+	return &final, nil
+}
+
+// Embed computes embeddings (POST /api/embed; foreman passes embeddings straight through).
+func (c *Client) Embed(ctx context.Context, req EmbedRequest) (*EmbedResponse, error) {
+	var out EmbedResponse
+	if err := c.doJSON(ctx, http.MethodPost, "/api/embed", req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Tags lists the models installed on the Ollama server (GET /api/tags).
+func (c *Client) Tags(ctx context.Context) (*ListResponse, error) {
+	var out ListResponse
+	if err := c.doJSON(ctx, http.MethodGet, "/api/tags", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Ps lists the models loaded in memory (GET /api/ps).
+func (c *Client) Ps(ctx context.Context) (*ProcessResponse, error) {
+	var out ProcessResponse
+	if err := c.doJSON(ctx, http.MethodGet, "/api/ps", nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// stream posts body to path and calls line for every NDJSON line of the answer (a
+// stream:false answer is one line). A line {"error": "..."} ends the stream as an *APIError.
+func (c *Client) stream(ctx context.Context, path string, body any, line func([]byte) error) error {
+	data, err := json.Marshal(body)
+	if err != nil {
+		return fmt.Errorf("client: encode request: %w", err)
+	}
+	resp, err := c.request(ctx, http.MethodPost, path, data, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	rd := bufio.NewReaderSize(resp.Body, 64<<10)
+	for {
+		l, err := rd.ReadBytes('\n')
+		if l = bytes.TrimSpace(l); len(l) > 0 {
+			var e struct {
+				Error string `json:"error"`
+			}
+			if json.Unmarshal(l, &e) == nil && e.Error != "" {
+				return &APIError{Status: resp.StatusCode, Message: e.Error}
+			}
+			if lerr := line(l); lerr != nil {
+				return lerr
+			}
+		}
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return &ConnectionError{URL: c.base, Err: err}
+		}
+	}
+}

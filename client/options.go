@@ -1,0 +1,61 @@
+package client
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// Option configures a Client; pass options to New.
+type Option func(*Client)
+
+// WithToken sends token as the bearer token foreman requires when FOREMAN_AUTH_TOKEN is set.
+func WithToken(token string) Option { return func(c *Client) { c.token = token } }
+
+// WithHTTPClient replaces the HTTP client (default: a client without a timeout, since a
+// streamed chat may last many minutes; bound calls with their context instead).
+func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
+
+// WithWebhookSecret verifies the signatures of webhooks Submit receives: secret is
+// foreman's FOREMAN_WEBHOOK_SECRET ("whsec_<base64>" or raw). Without it the receiver
+// accepts unsigned deliveries and re-reads the job before trusting a terminal state.
+func WithWebhookSecret(secret string) Option { return func(c *Client) { c.webhookSecret = secret } }
+
+// WithPollInterval sets how often a job is polled while waiting without NATS or webhooks
+// (default 1s). NATS and webhook waits poll at 15 times the interval as a backstop.
+func WithPollInterval(d time.Duration) Option {
+	return func(c *Client) {
+		if d > 0 {
+			c.pollInterval = d
+		}
+	}
+}
+
+// WithPollingOnly makes Submit and Watch poll even when NATS or a webhook receiver could
+// be used.
+func WithPollingOnly() Option { return func(c *Client) { c.pollingOnly = true } }
+
+// WithNATS uses an existing connection to foreman's NATS (a client user on
+// FOREMAN_NATS_LISTEN) to submit jobs and follow their state. The caller keeps owning nc.
+func WithNATS(nc *nats.Conn) Option { return func(c *Client) { c.nc = nc } }
+
+// WithNATSURL connects to foreman's NATS at url when New runs (e.g.
+// "nats://user:password@host:4222", or pass nats.UserInfo in natsOpts). Close closes the
+// connection. New fails if the connection cannot be made.
+func WithNATSURL(url string, natsOpts ...nats.Option) Option {
+	return func(c *Client) { c.natsURL, c.natsOpts = url, natsOpts }
+}
+
+// WithCancelOnContextDone makes Submit and Wait cancel the job on the server (DELETE
+// /jobs/{id}) when their context ends before the job does; by default the job keeps
+// running and can be picked up later with Wait or Job.
+func WithCancelOnContextDone() Option { return func(c *Client) { c.cancelOnDone = true } }
+
+// WithWebhookListenAddr sets the host:port of Submit's ephemeral webhook receiver
+// (default "127.0.0.1:0", a random loopback port, used only when foreman's URL is a
+// loopback address). Setting it enables webhook waits for any foreman URL: give an
+// address foreman can reach. If the address cannot be bound, Submit polls instead.
+func WithWebhookListenAddr(addr string) Option {
+	return func(c *Client) { c.webhookAddr, c.webhookAddrSet = addr, true }
+}

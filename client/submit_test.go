@@ -1,0 +1,292 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+// never is a poll interval that never fires within a test: a wait that ends proves the
+// events arrived by NATS or webhook.
+const never = time.Hour
+
+func chatJob(model, prompt string) client.SubmitRequest {
+	return client.SubmitRequest{Chat: &client.ChatRequest{Model: model, Messages: []client.Message{{Role: "user", Content: prompt}}}}
+}
+
+func wantReply(model, prompt string) string {
+	return strings.Join(ollamatest.Reply(model, "user: "+prompt+"\n", 5), "")
+}
+
+func testCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func newClient(t *testing.T, base string, opts ...client.Option) *client.Client {
+	t.Helper()
+	c, err := client.New(base, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// modes are the three ways Submit waits; each proves it is the one used by polling never
+// (NATS, webhook) or briskly (polling).
+func modes(t *testing.T, f *foreman) map[string][]client.Option {
+	return map[string][]client.Option{
+		"nats":    {client.WithNATS(natsConn(t, f)), client.WithPollInterval(never)},
+		"webhook": {client.WithWebhookSecret(testSecret), client.WithPollInterval(never)},
+		"polling": {client.WithPollingOnly(), client.WithPollInterval(20 * time.Millisecond)},
+	}
+}
+
+func TestSubmitModes(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{WebhookSecret: testSecret})
+	for name, opts := range modes(t, f) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c := newClient(t, f.URL, opts...)
+			var hookURL string
+			client.SetOnWebhookListen(c, func(u string) { hookURL = u })
+			req := chatJob("tiny-a", "hello "+name)
+			var states []client.State
+			req.OnState = func(e client.Event) { states = append(states, e.State) }
+			res, err := c.Submit(testCtx(t), req)
+			if err != nil {
+				t.Fatalf("Submit: %v", err)
+			}
+			if got, want := res.Text(), wantReply("tiny-a:latest", "hello "+name); got != want {
+				t.Errorf("Text() = %q, want %q", got, want)
+			}
+			if res.Job.State != client.StateDone || len(states) == 0 || states[len(states)-1] != client.StateDone {
+				t.Errorf("job state %s, states seen %v; want ending in done", res.Job.State, states)
+			}
+			if cr, err := res.Chat(); err != nil || cr.Message.Role != "assistant" {
+				t.Errorf("Chat() = %+v, %v", cr, err)
+			}
+			switch name {
+			case "webhook":
+				if hookURL == "" {
+					t.Fatal("no webhook receiver was started")
+				}
+				// The receiver is gone: its port refuses connections.
+				u, _ := url.Parse(hookURL)
+				if conn, err := net.Dial("tcp", u.Host); err == nil {
+					conn.Close()
+					t.Errorf("webhook receiver %s still accepts connections after Submit", u.Host)
+				}
+			case "nats":
+				// The first request created nats.go's shared reply subscription; another
+				// Submit must leave no subscription of its own behind.
+				n := c.NATS().NumSubscriptions()
+				if _, err := c.Submit(testCtx(t), chatJob("tiny-a", "again")); err != nil {
+					t.Fatal(err)
+				}
+				if m := c.NATS().NumSubscriptions(); m != n || n > 1 {
+					t.Errorf("NATS subscriptions: %d after one Submit, %d after two; want at most nats.go's reply subscription", n, m)
+				}
+			default:
+				if hookURL != "" {
+					t.Errorf("polling-only client started a webhook receiver %s", hookURL)
+				}
+			}
+		})
+	}
+}
+
+func TestSubmitFailedJob(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{WebhookSecret: testSecret})
+	for name, opts := range modes(t, f) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			c := newClient(t, f.URL, opts...)
+			// Chat on an embedding model: Ollama answers 400, a terminal failure.
+			res, err := c.Submit(testCtx(t), chatJob("tiny-embed", "hi"))
+			if !errors.Is(err, client.ErrJobFailed) || errors.Is(err, client.ErrJobCanceled) {
+				t.Fatalf("Submit = %v, %v; want ErrJobFailed (not canceled)", res, err)
+			}
+			var je *client.JobError
+			if !errors.As(err, &je) || je.Job.State != client.StateFailed || je.Job.Error == "" {
+				t.Fatalf("error %v: want a *JobError of a failed job with its message", err)
+			}
+		})
+	}
+}
+
+// TestSubmitContextEnds holds a job and ends the context: Submit returns the context's
+// error, and only WithCancelOnContextDone cancels the job.
+func TestSubmitContextEnds(t *testing.T) {
+	t.Parallel()
+	for _, cancelJob := range []bool{false, true} {
+		t.Run(map[bool]string{false: "keep", true: "cancel"}[cancelJob], func(t *testing.T) {
+			t.Parallel()
+			f := startForeman(t, foremanConfig{})
+			release := f.Fake.Hold("tiny-a")
+			defer release()
+			opts := []client.Option{client.WithNATS(natsConn(t, f))}
+			if cancelJob {
+				opts = append(opts, client.WithCancelOnContextDone())
+			}
+			c := newClient(t, f.URL, opts...)
+			ctx, cancel := context.WithCancel(testCtx(t))
+			defer cancel()
+			req := chatJob("tiny-a", "held")
+			go func() {
+				if f.Fake.WaitStarted(ctx, "tiny-a", 1) == nil {
+					cancel()
+				}
+			}()
+			_, err := c.Submit(ctx, req)
+			if !errors.Is(err, context.Canceled) {
+				t.Fatalf("Submit = %v, want context.Canceled", err)
+			}
+			// The context may end before Submit learnt anything but the id: find the job.
+			list, err := c.Jobs(testCtx(t), client.JobFilter{})
+			if err != nil || len(list.Jobs) != 1 {
+				t.Fatalf("Jobs = %+v, %v; want the one job", list, err)
+			}
+			id := list.Jobs[0].ID
+			if cancelJob {
+				waitState(t, c, id, client.StateCanceled)
+				return
+			}
+			if j, err := c.Job(testCtx(t), id); err != nil || j.State.Terminal() {
+				t.Fatalf("Job = %+v, %v; want it still running", j, err)
+			}
+		})
+	}
+}
+
+// waitState polls until job id is in state want.
+func waitState(t *testing.T, c *client.Client, id string, want client.State) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		j, err := c.Job(context.Background(), id)
+		if err != nil {
+			t.Fatalf("Job(%s): %v", id, err)
+		}
+		if j.State == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s is %s, want %s", id, j.State, want)
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+}
+
+func TestAuth(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{AuthToken: "s3cret"})
+	anon := newClient(t, f.URL, client.WithPollingOnly())
+	_, err := anon.Submit(testCtx(t), chatJob("tiny-a", "hi"))
+	var ae *client.APIError
+	if !errors.As(err, &ae) || ae.Status != 401 {
+		t.Fatalf("Submit without token = %v, want *APIError 401", err)
+	}
+	if _, err := anon.Tags(testCtx(t)); !errors.As(err, &ae) || ae.Status != 401 {
+		t.Fatalf("Tags without token = %v, want *APIError 401", err)
+	}
+	c := newClient(t, f.URL, client.WithToken("s3cret"), client.WithPollInterval(20*time.Millisecond))
+	res, err := c.Submit(testCtx(t), chatJob("tiny-a", "hi"))
+	if err != nil || res.Text() != wantReply("tiny-a:latest", "hi") {
+		t.Fatalf("Submit with token = %v, %v", res, err)
+	}
+}
+
+// TestWebhookBindFailure: a receiver address that cannot be bound falls back to polling.
+func TestWebhookBindFailure(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	c := newClient(t, f.URL, client.WithWebhookListenAddr("256.1.1.1:0"), client.WithPollInterval(20*time.Millisecond))
+	res, err := c.Submit(testCtx(t), chatJob("tiny-a", "fallback"))
+	if err != nil {
+		t.Fatalf("Submit: %v", err)
+	}
+	rec, _, err := f.Store.Get(testCtx(t), res.Job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Webhook != nil {
+		t.Errorf("job has webhook %+v; want none after the bind failure", rec.Webhook)
+	}
+}
+
+// TestWebhookBadSignature: with the wrong secret the receiver refuses every delivery, so
+// a webhook-only wait never ends.
+func TestWebhookBadSignature(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{WebhookSecret: testSecret})
+	c := newClient(t, f.URL, client.WithWebhookSecret("whsec_"+strings.Repeat("A", 32)), client.WithPollInterval(never))
+	var id string
+	req := chatJob("tiny-a", "forged")
+	req.OnState = func(e client.Event) { id = e.JobID }
+	ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Second)
+	defer cancel()
+	if _, err := c.Submit(ctx, req); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Submit = %v, want the deadline (the forged-looking webhooks were refused)", err)
+	}
+	// The job itself did finish.
+	waitState(t, c, id, client.StateDone)
+}
+
+// TestWaitFinishedJob: a job that finished before the client starts waiting is seen at once.
+func TestWaitFinishedJob(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	c := newClient(t, f.URL, client.WithNATS(natsConn(t, f)), client.WithPollInterval(never))
+	id, err := c.SubmitAsync(testCtx(t), chatJob("tiny-b", "early"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitState(t, c, id, client.StateDone)
+	res, err := c.Wait(testCtx(t), id)
+	if err != nil || res.Text() != wantReply("tiny-b:latest", "early") {
+		t.Fatalf("Wait = %v, %v", res, err)
+	}
+}
+
+// TestNATSURL: a client that dials NATS itself owns the connection and closes it.
+func TestNATSURL(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	var (
+		c   *client.Client
+		err error
+	)
+	for range 5 { // see natsConn
+		if c, err = client.New(f.URL, client.WithNATSURL(f.NATSURL, natsAuth...), client.WithPollInterval(never)); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Submit(testCtx(t), chatJob("tiny-a", "own conn"))
+	if err != nil || res.Text() != wantReply("tiny-a:latest", "own conn") {
+		t.Fatalf("Submit = %v, %v", res, err)
+	}
+	nc := c.NATS()
+	if err := c.Close(); err != nil || !nc.IsClosed() {
+		t.Fatalf("Close = %v; connection closed: %v", err, nc.IsClosed())
+	}
+	if _, err := client.New(f.URL, client.WithNATSURL("nats://127.0.0.1:1")); err == nil {
+		t.Fatal("New with an unreachable NATS URL succeeded")
+	}
+}

@@ -1,0 +1,150 @@
+package client
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// Ollama's wire types, as foreman relays them.
+type (
+	ChatRequest       = ollama.ChatRequest
+	ChatResponse      = ollama.ChatResponse
+	Message           = ollama.Message
+	GenerateRequest   = ollama.GenerateRequest
+	GenerateResponse  = ollama.GenerateResponse
+	EmbedRequest      = ollama.EmbedRequest
+	EmbedResponse     = ollama.EmbedResponse
+	ListResponse      = ollama.ListResponse
+	ListModelResponse = ollama.ListModelResponse
+	ProcessResponse   = ollama.ProcessResponse
+	ProcessModel      = ollama.ProcessModelResponse
+)
+
+// State is where a job is in its life: queued, loading, working, retrying, done, failed
+// or canceled.
+type State = broker.State
+
+// The job states; done, failed and canceled are terminal (State.Terminal).
+const (
+	StateQueued   = broker.StateQueued
+	StateLoading  = broker.StateLoading
+	StateWorking  = broker.StateWorking
+	StateRetrying = broker.StateRetrying
+	StateDone     = broker.StateDone
+	StateFailed   = broker.StateFailed
+	StateCanceled = broker.StateCanceled
+)
+
+// Kind is what a job asks of Ollama.
+type Kind = broker.Kind
+
+// The kinds a job can have through POST /jobs.
+const (
+	KindChat     = broker.KindChat
+	KindGenerate = broker.KindGenerate
+	KindEmbed    = broker.KindEmbed
+)
+
+// Job is a job's record as GET /jobs/{id} returns it.
+type Job struct {
+	ID         string     `json:"id"`
+	Kind       Kind       `json:"kind"`
+	Model      string     `json:"model"`
+	State      State      `json:"state"`
+	Attempts   int        `json:"attempts"`
+	CreatedAt  time.Time  `json:"created_at"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	Error      string     `json:"error,omitempty"`
+	// Result is Ollama's final response in its non-streamed shape; absent while the job
+	// runs, and for a result too large to inline (then it is the "result.json" artifact).
+	Result    json.RawMessage `json:"result,omitempty"`
+	Artifacts []Artifact      `json:"artifacts,omitempty"`
+}
+
+// normalize drops a "result": null, so an absent result is always a nil Result.
+func (j *Job) normalize() {
+	if string(j.Result) == "null" {
+		j.Result = nil
+	}
+}
+
+// Artifact describes one stored output of a job. GET /jobs/{id} embeds small artifacts in
+// Data (text as is, anything else base64 with Encoding "base64"); others have a URL and are
+// read with Client.Artifact.
+type Artifact struct {
+	Name        string  `json:"name"`
+	ContentType string  `json:"content_type"`
+	Size        int64   `json:"size"`
+	Data        *string `json:"data,omitempty"`
+	Encoding    string  `json:"encoding,omitempty"`
+	URL         string  `json:"url,omitempty"`
+}
+
+// Bytes returns the inline content, decoded; ok is false when the artifact is not inline.
+func (a *Artifact) Bytes() (data []byte, ok bool) {
+	if a.Data == nil {
+		return nil, false
+	}
+	if a.Encoding == "base64" {
+		b, err := base64.StdEncoding.DecodeString(*a.Data)
+		return b, err == nil
+	}
+	return []byte(*a.Data), true
+}
+
+// Event is one state change of a job, as published on foreman.job.<id>.state, delivered
+// by webhook, or observed by polling.
+type Event struct {
+	JobID   string    `json:"job_id"`
+	State   State     `json:"state"`
+	Model   string    `json:"model"`
+	Attempt int       `json:"attempt"`
+	At      time.Time `json:"at"`
+	Error   string    `json:"error,omitempty"`
+}
+
+// eventOfJob is the event a polled record stands for.
+func eventOfJob(j *Job) Event {
+	at := j.CreatedAt
+	if j.StartedAt != nil {
+		at = *j.StartedAt
+	}
+	if j.FinishedAt != nil {
+		at = *j.FinishedAt
+	}
+	return Event{JobID: j.ID, State: j.State, Model: j.Model, Attempt: j.Attempts, At: at, Error: j.Error}
+}
+
+// eventOfRecord decodes a state event (the broker's job record JSON).
+func eventOfRecord(data []byte) (Event, error) {
+	r, err := broker.DecodeJob(data)
+	if err != nil {
+		return Event{}, err
+	}
+	return Event{JobID: r.ID, State: r.State, Model: r.Model, Attempt: r.Attempt, At: r.At, Error: r.Error}, nil
+}
+
+// same reports whether two events show the same state of the same attempt.
+func (e Event) same(o Event) bool { return e.State == o.State && e.Attempt == o.Attempt }
+
+// JobFilter selects jobs for Jobs; zero fields do not filter.
+type JobFilter struct {
+	State State
+	Model string
+	// Limit caps the page (server default 50).
+	Limit int
+	// Cursor is the NextCursor of the previous page.
+	Cursor string
+}
+
+// JobList is one page of jobs, newest first.
+type JobList struct {
+	Jobs []Job `json:"jobs"`
+	// NextCursor continues the listing; empty on the last page.
+	NextCursor string `json:"next_cursor,omitempty"`
+}

@@ -1,0 +1,209 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// backstopFactor stretches the poll interval while NATS or webhooks deliver the events:
+// polling then only catches a lost delivery.
+const backstopFactor = 15
+
+// cancelTimeout bounds the DELETE sent after the caller's context ended.
+const cancelTimeout = 5 * time.Second
+
+// Submit queues a job and waits until it has finished: it returns the result of a done
+// job, a *JobError (errors.Is ErrJobFailed) for a failed or canceled one, or the context's
+// error. See the package documentation for how it waits.
+func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error) {
+	var hook *receiver
+	if req.WebhookURL == "" && c.useWebhook() {
+		// A receiver that cannot bind is not an error: polling still works.
+		if h, err := c.listenWebhook(); err == nil {
+			hook = h
+			defer hook.close()
+			req.WebhookURL = hook.url
+			if req.OnState == nil {
+				req.WebhookEvents = []State{StateDone, StateFailed, StateCanceled}
+			} else {
+				req.WebhookEvents = nil
+			}
+		}
+	}
+	body, err := req.body()
+	if err != nil {
+		return nil, err
+	}
+	id, err := c.submit(ctx, body, req.IdempotencyKey)
+	if err != nil {
+		return nil, err
+	}
+	return c.wait(ctx, id, hook, req.OnState)
+}
+
+// Wait waits until an existing job has finished, like Submit, by NATS or polling.
+func (c *Client) Wait(ctx context.Context, id string) (*Result, error) {
+	return c.wait(ctx, id, nil, nil)
+}
+
+func (c *Client) useWebhook() bool {
+	return !c.pollingOnly && c.nc == nil && (c.webhookAddrSet || c.loopback())
+}
+
+func (c *Client) wait(ctx context.Context, id string, hook *receiver, onState func(Event)) (*Result, error) {
+	f, err := c.follow(ctx, id, hook)
+	if err == nil {
+		defer f.stop()
+		var j *Job
+		if j, err = f.run(ctx, onState); err == nil {
+			if j.State != StateDone {
+				return nil, &JobError{Job: j}
+			}
+			return c.result(ctx, j)
+		}
+	}
+	if ctx.Err() != nil {
+		if c.cancelOnDone {
+			c.cancelDetached(id)
+		}
+		return nil, fmt.Errorf("client: waiting for job %s: %w", id, ctx.Err())
+	}
+	return nil, err
+}
+
+// cancelDetached cancels a job after the caller's context is gone.
+func (c *Client) cancelDetached(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
+	defer cancel()
+	_ = c.Cancel(ctx, id) // 409: it ended meanwhile, which is fine
+}
+
+// follower tracks one job: events pushed by NATS or a webhook receiver, plus polling.
+type follower struct {
+	c        *Client
+	id       string
+	events   <-chan Event
+	unsub    func()
+	interval time.Duration
+	first    *Job
+	last     Event
+	seen     bool
+}
+
+// follow subscribes to the job's events first and reads the job second, so a state reached
+// before the subscription existed is still seen.
+func (c *Client) follow(ctx context.Context, id string, hook *receiver) (*follower, error) {
+	f := &follower{c: c, id: id, interval: c.pollInterval, unsub: func() {}}
+	switch {
+	case hook != nil:
+		f.events = hook.events
+	case c.nc != nil && !c.pollingOnly:
+		// If the subscription fails (e.g. a closed connection), polling still works.
+		if ch, unsub, err := c.subscribe(broker.StateSubject(id)); err == nil {
+			f.events, f.unsub = ch, unsub
+		}
+	}
+	if f.events != nil {
+		f.interval *= backstopFactor
+	}
+	j, err := c.Job(ctx, id)
+	if err != nil {
+		f.unsub()
+		return nil, err
+	}
+	f.first = j
+	return f, nil
+}
+
+func (f *follower) stop() { f.unsub() }
+
+// run reports every new state to emit (optional) and returns the job's final record.
+func (f *follower) run(ctx context.Context, emit func(Event)) (*Job, error) {
+	show := func(e Event) {
+		if f.seen && e.same(f.last) {
+			return
+		}
+		f.seen, f.last = true, e
+		if emit != nil {
+			emit(e)
+		}
+	}
+	j := f.first
+	show(eventOfJob(j))
+	if j.State.Terminal() {
+		return j, nil
+	}
+	interval := f.interval
+	t := time.NewTimer(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e := <-f.events:
+			if e.JobID != f.id {
+				continue
+			}
+			show(e)
+			if e.State.Terminal() {
+				// Read the final record (with its result) at once, and poll briskly
+				// should it lag behind the event.
+				interval = f.c.pollInterval
+				t.Reset(0)
+			}
+		case <-t.C:
+			j, err := f.c.Job(ctx, f.id)
+			switch {
+			case err != nil && transient(err) && ctx.Err() == nil:
+			case err != nil:
+				return nil, err
+			default:
+				show(eventOfJob(j))
+				if j.State.Terminal() {
+					return j, nil
+				}
+			}
+			t.Reset(interval)
+		}
+	}
+}
+
+// transient errors are worth another poll: foreman restarting or briefly unreachable.
+func transient(err error) bool {
+	var ae *APIError
+	if errors.As(err, &ae) {
+		return ae.Status >= 500 || ae.Status == http.StatusTooManyRequests
+	}
+	return errors.Is(err, ErrUnreachable)
+}
+
+// subscribe delivers the state events on subject. The subscription is flushed to the
+// server before it returns, so every later state change reaches it.
+func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
+	ch := make(chan Event, 64)
+	sub, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
+		e, err := eventOfRecord(m.Data)
+		if err != nil {
+			return
+		}
+		select {
+		case ch <- e:
+		default: // a reader that fell behind catches up by polling
+		}
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
+	}
+	if err := c.nc.Flush(); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
+	}
+	return ch, func() { _ = sub.Unsubscribe() }, nil
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+func newChatCmd(e *env) *cobra.Command {
+	var (
+		f           *clientFlags
+		model       string
+		system      string
+		interactive bool
+	)
+	cmd := &cobra.Command{
+		Use:   "chat -m MODEL [PROMPT]",
+		Short: "Chat with a model through foreman's queue",
+		Long: "Chat with a model through foreman's queue; the answer streams as it is generated.\n" +
+			"The prompt comes from the arguments, else from stdin. When stdin is a terminal (or with -i)\n" +
+			"the chat goes on turn after turn, keeping the conversation; /bye or end of input stops it.",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if model == "" {
+				return errors.New("a model is required: foreman chat -m MODEL [PROMPT]")
+			}
+			c, err := f.client(cmd, e)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			s := &chatSession{cmd: cmd, c: c, f: f, e: e, model: model}
+			if system != "" {
+				s.history = append(s.history, client.Message{Role: "system", Content: system})
+			}
+			switch {
+			case len(args) > 0:
+				return s.turn(strings.Join(args, " "))
+			case interactive || isTerminal(e.stdin):
+				return s.repl()
+			}
+			prompt, err := io.ReadAll(e.stdin)
+			if err != nil {
+				return fmt.Errorf("read prompt from stdin: %w", err)
+			}
+			if strings.TrimSpace(string(prompt)) == "" {
+				return errors.New("no prompt: give it as an argument or on stdin")
+			}
+			return s.turn(strings.TrimSpace(string(prompt)))
+		},
+	}
+	f = addClientFlags(cmd, false)
+	cmd.Flags().StringVarP(&model, "model", "m", "", "model to chat with (required)")
+	cmd.Flags().StringVar(&system, "system", "", "system message")
+	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "chat turn after turn even when stdin is not a terminal")
+	return cmd
+}
+
+// chatSession is one conversation: its history is sent with every turn.
+type chatSession struct {
+	cmd     *cobra.Command
+	c       *client.Client
+	f       *clientFlags
+	e       *env
+	model   string
+	history []client.Message
+}
+
+// turn sends one user message and streams the answer to stdout as it arrives.
+func (s *chatSession) turn(prompt string) error {
+	out := s.cmd.OutOrStdout()
+	msgs := append(s.history, client.Message{Role: "user", Content: prompt})
+	var fn func(*client.ChatResponse) error
+	if !s.f.json {
+		fn = func(r *client.ChatResponse) error {
+			_, err := io.WriteString(out, r.Message.Content)
+			return err
+		}
+	}
+	reply, err := s.c.Chat(s.cmd.Context(), client.ChatRequest{Model: s.model, Messages: msgs}, fn)
+	if err != nil {
+		if !s.f.json {
+			fmt.Fprintln(out)
+		}
+		return s.f.explain(s.e, err)
+	}
+	s.history = append(msgs, reply.Message)
+	if s.f.json {
+		return printJSON(out, reply)
+	}
+	_, err = fmt.Fprintln(out)
+	return err
+}
+
+// repl reads a prompt per line until /bye or the end of input.
+func (s *chatSession) repl() error {
+	out := s.cmd.OutOrStdout()
+	in := bufio.NewScanner(s.e.stdin)
+	in.Buffer(make([]byte, 64<<10), 1<<20)
+	for {
+		fmt.Fprint(out, ">>> ")
+		if !in.Scan() {
+			fmt.Fprintln(out)
+			return in.Err()
+		}
+		line := strings.TrimSpace(in.Text())
+		switch line {
+		case "":
+			continue
+		case "/bye", "/exit", "/quit":
+			return nil
+		}
+		if err := s.turn(line); err != nil {
+			return err
+		}
+	}
+}
+
+// isTerminal reports whether r is an interactive terminal (a character device; /dev/null
+// also is one, which just ends the chat at once).
+func isTerminal(r io.Reader) bool {
+	f, ok := r.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}

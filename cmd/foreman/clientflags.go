@@ -1,0 +1,119 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+
+	"github.com/nats-io/nats.go"
+	"github.com/spf13/cobra"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+// defaultURL is where `foreman serve` listens by default (FOREMAN_ADDR).
+const defaultURL = "http://127.0.0.1:8080"
+
+// clientFlags are the flags every command that talks to a running foreman shares.
+type clientFlags struct {
+	url, token string
+	json       bool
+	// NATS, for the commands that follow jobs live.
+	natsURL, natsUser, natsPassword string
+}
+
+// addClientFlags registers --url, --token and --json on cmd, and the NATS flags when
+// withNATS is set.
+func addClientFlags(cmd *cobra.Command, withNATS bool) *clientFlags {
+	f := &clientFlags{}
+	fs := cmd.Flags()
+	fs.StringVar(&f.url, "url", "", "foreman's URL [FOREMAN_URL] (default "+defaultURL+")")
+	fs.StringVar(&f.token, "token", "", "bearer token, foreman's FOREMAN_AUTH_TOKEN [FOREMAN_TOKEN]")
+	fs.BoolVar(&f.json, "json", false, "print JSON for scripts")
+	if withNATS {
+		fs.StringVar(&f.natsURL, "nats-url", "", "foreman's NATS listener, to follow jobs live (polling without it) [FOREMAN_CLIENT_NATS_URL]")
+		fs.StringVar(&f.natsUser, "nats-user", "", "NATS client user [FOREMAN_NATS_USER]")
+		fs.StringVar(&f.natsPassword, "nats-password", "", "NATS client password [FOREMAN_NATS_PASSWORD]")
+	}
+	return f
+}
+
+// pick returns the flag's value, else the variable's, else def.
+func pick(flag string, e *env, name, def string) string {
+	if flag != "" {
+		return flag
+	}
+	if v := e.getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+func (f *clientFlags) baseURL(e *env) string { return pick(f.url, e, "FOREMAN_URL", defaultURL) }
+
+// client builds the client. A NATS URL that cannot be reached is not fatal: the command
+// says so on stderr and polls instead.
+func (f *clientFlags) client(cmd *cobra.Command, e *env, opts ...client.Option) (*client.Client, error) {
+	base := f.baseURL(e)
+	opts = append([]client.Option{client.WithToken(pick(f.token, e, "FOREMAN_TOKEN", ""))}, opts...)
+	if nu := pick(f.natsURL, e, "FOREMAN_CLIENT_NATS_URL", ""); nu != "" {
+		var nopts []nats.Option
+		if user := pick(f.natsUser, e, "FOREMAN_NATS_USER", ""); user != "" {
+			nopts = append(nopts, nats.UserInfo(user, pick(f.natsPassword, e, "FOREMAN_NATS_PASSWORD", "")))
+		}
+		c, err := client.New(base, append(opts, client.WithNATSURL(nu, nopts...))...)
+		if err == nil {
+			return c, nil
+		}
+		fmt.Fprintf(cmd.ErrOrStderr(), "foreman: %v; polling instead\n", err)
+	}
+	c, err := client.New(base, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("--url/FOREMAN_URL: %w", err)
+	}
+	return c, nil
+}
+
+// explain turns a client error into the one line a person needs.
+func (f *clientFlags) explain(e *env, err error) error {
+	if err == nil {
+		return nil
+	}
+	var (
+		ce *client.ConnectionError
+		ae *client.APIError
+	)
+	switch {
+	case errors.As(err, &ce):
+		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", ce.URL, rootCause(ce.Err))
+	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
+		return fmt.Errorf("unauthorized: %s (set FOREMAN_TOKEN or --token)", ae.Message)
+	case errors.As(err, &ae):
+		return errors.New(ae.Message)
+	}
+	return err
+}
+
+// rootCause is the innermost transport error: "connection refused", not "dial tcp …".
+func rootCause(err error) string {
+	var op *net.OpError
+	if errors.As(err, &op) {
+		err = op.Err
+	}
+	var sys *os.SyscallError
+	if errors.As(err, &sys) {
+		err = sys.Err
+	}
+	return err.Error()
+}
+
+// printJSON writes v indented, for --json.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}

@@ -1,0 +1,40 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"os"
+	"testing"
+)
+
+// TestChatRealOllama: `foreman chat` through a real foreman in front of a real Ollama prints
+// what Ollama itself answers to the same chat (temperature 0: deterministic).
+func TestChatRealOllama(t *testing.T) {
+	target := os.Getenv("FOREMAN_TEST_OLLAMA_URL")
+	if target == "" {
+		t.Skip("FOREMAN_TEST_OLLAMA_URL is unset; start one with: bash /work/shared/realollama/start.sh 11540")
+	}
+	t.Parallel()
+	a := testApp(t, target, nil)
+	r := runCLI(t, map[string]string{"FOREMAN_URL": "http://" + a.Addr()}, nil, nil, "chat", "-m", "tiny-a", "hello world")
+	if r.code != 0 {
+		t.Fatalf("foreman chat: exit %d, stderr %s", r.code, r.stderr)
+	}
+
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hello world"}],"stream":false}`
+	resp, err := http.Post(target+"/api/chat", "application/json", bytes.NewBufferString(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var direct struct {
+		Message struct{ Content string } `json:"message"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&direct); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("Ollama directly: %d, %v", resp.StatusCode, err)
+	}
+	if direct.Message.Content == "" || r.stdout != direct.Message.Content+"\n" {
+		t.Fatalf("foreman chat printed %q, Ollama answers %q", r.stdout, direct.Message.Content)
+	}
+}

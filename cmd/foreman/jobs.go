@@ -1,0 +1,221 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+func newJobsCmd(e *env) *cobra.Command {
+	list := newJobsListCmd(e, "jobs")
+	list.Short = "List, inspect, cancel and watch async jobs (default: list)"
+	list.AddCommand(newJobsListCmd(e, "list"), newJobsGetCmd(e), newJobsCancelCmd(e), newJobsWatchCmd(e))
+	return list
+}
+
+func newJobsListCmd(e *env, use string) *cobra.Command {
+	var (
+		f      *clientFlags
+		filter client.JobFilter
+		state  string
+	)
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: "List jobs, newest first",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			filter.State = client.State(state)
+			c, err := f.client(cmd, e)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			l, err := c.Jobs(cmd.Context(), filter)
+			if err != nil {
+				return f.explain(e, err)
+			}
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), l)
+			}
+			now := e.clock()
+			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
+			fmt.Fprintln(tw, "ID\tMODEL\tSTATE\tAGE\tATTEMPTS")
+			for _, j := range l.Jobs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", j.ID, j.Model, j.State, shortAge(now.Sub(j.CreatedAt)), j.Attempts)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if l.NextCursor != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "more: --cursor %s\n", l.NextCursor)
+			}
+			return nil
+		},
+	}
+	f = addClientFlags(cmd, false)
+	fs := cmd.Flags()
+	fs.StringVar(&state, "state", "", "only jobs in this state")
+	fs.StringVarP(&filter.Model, "model", "m", "", "only jobs of this model")
+	fs.IntVar(&filter.Limit, "limit", 0, "jobs per page (server default 50)")
+	fs.StringVar(&filter.Cursor, "cursor", "", "continue a listing")
+	return cmd
+}
+
+func newJobsGetCmd(e *env) *cobra.Command {
+	var f *clientFlags
+	cmd := &cobra.Command{
+		Use:   "get ID",
+		Short: "Show one job",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client(cmd, e)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			j, err := c.Job(cmd.Context(), args[0])
+			if err != nil {
+				return f.explain(e, err)
+			}
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), j)
+			}
+			return printJob(cmd.OutOrStdout(), j, e.clock())
+		},
+	}
+	f = addClientFlags(cmd, false)
+	return cmd
+}
+
+// printJob shows a job as label: value lines, then its result text.
+func printJob(w io.Writer, j *client.Job, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	at := func(t *time.Time) string {
+		if t == nil {
+			return "-"
+		}
+		return t.UTC().Format(time.RFC3339) + " (" + humanTime(now, *t, "") + ")"
+	}
+	fmt.Fprintf(tw, "ID:\t%s\n", j.ID)
+	fmt.Fprintf(tw, "Kind:\t%s\n", j.Kind)
+	fmt.Fprintf(tw, "Model:\t%s\n", j.Model)
+	fmt.Fprintf(tw, "State:\t%s\n", j.State)
+	fmt.Fprintf(tw, "Attempts:\t%d\n", j.Attempts)
+	fmt.Fprintf(tw, "Created:\t%s\n", at(&j.CreatedAt))
+	fmt.Fprintf(tw, "Started:\t%s\n", at(j.StartedAt))
+	fmt.Fprintf(tw, "Finished:\t%s\n", at(j.FinishedAt))
+	if j.Error != "" {
+		fmt.Fprintf(tw, "Error:\t%s\n", j.Error)
+	}
+	for i, a := range j.Artifacts {
+		label := ""
+		if i == 0 {
+			label = "Artifacts:"
+		}
+		fmt.Fprintf(tw, "%s\t%s (%s, %s)\n", label, a.Name, a.ContentType, humanBytes(a.Size))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(j.Result) > 0 {
+		text := (&client.Result{Body: j.Result}).Text()
+		if text == "" {
+			text = compactJSON(j.Result)
+		}
+		_, err := fmt.Fprintf(w, "\n%s\n", text)
+		return err
+	}
+	return nil
+}
+
+func compactJSON(raw json.RawMessage) string {
+	var b strings.Builder
+	enc := json.NewEncoder(&b)
+	var v any
+	if json.Unmarshal(raw, &v) != nil || enc.Encode(v) != nil {
+		return string(raw)
+	}
+	return strings.TrimSpace(b.String())
+}
+
+func newJobsCancelCmd(e *env) *cobra.Command {
+	var f *clientFlags
+	cmd := &cobra.Command{
+		Use:   "cancel ID",
+		Short: "Cancel a job",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := f.client(cmd, e)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			if err := c.Cancel(cmd.Context(), args[0]); err != nil {
+				return f.explain(e, err)
+			}
+			if f.json {
+				return printJSON(cmd.OutOrStdout(), map[string]string{"job_id": args[0], "state": string(client.StateCanceled)})
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %s canceled\n", args[0])
+			return err
+		},
+	}
+	f = addClientFlags(cmd, false)
+	return cmd
+}
+
+func newJobsWatchCmd(e *env) *cobra.Command {
+	var f *clientFlags
+	cmd := &cobra.Command{
+		Use:   "watch [ID]",
+		Short: "Follow a job's state changes live (all jobs without ID)",
+		Long: "Follow a job's state changes until it ends, or every job's until interrupted. Uses foreman's\n" +
+			"NATS listener when --nats-url (FOREMAN_CLIENT_NATS_URL) reaches it, else polls.",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := ""
+			if len(args) == 1 {
+				id = args[0]
+			}
+			c, err := f.client(cmd, e)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			events, err := c.Watch(cmd.Context(), id)
+			if err != nil {
+				return f.explain(e, err)
+			}
+			out := cmd.OutOrStdout()
+			enc := json.NewEncoder(out)
+			for ev := range events {
+				if f.json {
+					if err := enc.Encode(ev); err != nil {
+						return err
+					}
+					continue
+				}
+				line := fmt.Sprintf("%s  %s  %-8s  %s", ev.At.Local().Format("15:04:05"), ev.JobID, ev.State, ev.Model)
+				if ev.Attempt > 1 {
+					line += fmt.Sprintf("  attempt %d", ev.Attempt)
+				}
+				if ev.Error != "" {
+					line += "  " + ev.Error
+				}
+				if _, err := fmt.Fprintln(out, line); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	f = addClientFlags(cmd, true)
+	return cmd
+}
