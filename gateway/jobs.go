@@ -1,6 +1,116 @@
 package gateway
 
-import "net/http"
+import (
+	"net/http"
+	"strconv"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
 
 // jobRoutes registers the async /jobs API.
-func (s *Server) jobRoutes(mux *http.ServeMux) {}
+func (s *Server) jobRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /jobs", s.handleSubmitJob)
+	mux.HandleFunc("GET /jobs", s.handleListJobs)
+	mux.HandleFunc("GET /jobs/{id}", s.handleGetJob)
+	mux.HandleFunc("DELETE /jobs/{id}", s.handleCancelJob)
+	mux.HandleFunc("GET /jobs/{id}/artifacts/{name}", s.handleArtifact)
+	mux.HandleFunc("GET /jobs/{id}/deliveries", s.handleDeliveries)
+	mux.HandleFunc("POST /jobs/{id}/deliveries/redeliver", s.handleRedeliver)
+}
+
+// handleSubmitJob queues an async job: 202 {"job_id"} with Location /jobs/<id>. Async jobs
+// are not Sync, so their state events go to the webhook they name.
+func (s *Server) handleSubmitJob(w http.ResponseWriter, r *http.Request) {
+	body, err := s.readBody(w, r)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	id, replayed, err := s.submitJob(r.Context(), body, r.Header.Get("Idempotency-Key"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/jobs/"+id)
+	if replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"job_id": id})
+}
+
+func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
+	j, _, err := s.store.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.jobView(r.Context(), j, true))
+}
+
+// handleListJobs lists jobs newest first: ?state=&model=&limit=&cursor=.
+func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	opt := broker.ListOptions{State: broker.State(q.Get("state")), Model: q.Get("model"), Cursor: q.Get("cursor")}
+	if opt.State != "" && !opt.State.Valid() {
+		s.writeError(w, r, badRequest("state: unknown state "+strconv.Quote(string(opt.State))))
+		return
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 1000 {
+			s.writeError(w, r, badRequest("limit: must be a number from 1 to 1000"))
+			return
+		}
+		opt.Limit = n
+	}
+	jobs, next, err := s.store.List(r.Context(), opt)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	views := make([]jobView, 0, len(jobs))
+	for _, j := range jobs {
+		views = append(views, s.jobView(r.Context(), j, false))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"jobs": views, "next_cursor": next})
+}
+
+// handleCancelJob cancels a job: a queued one never runs, a running one is aborted by
+// the worker; a finished one is a 409.
+func (s *Server) handleCancelJob(w http.ResponseWriter, r *http.Request) {
+	j, err := s.store.Cancel(r.Context(), r.PathValue("id"), "canceled by DELETE /jobs")
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.log.Info("job canceled", "job_id", j.ID, "model", j.Model)
+	writeJSON(w, http.StatusOK, s.jobView(r.Context(), j, false))
+}
+
+// handleArtifact serves an artifact's bytes with its stored content type.
+func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
+	id, name := r.PathValue("id"), r.PathValue("name")
+	if err := broker.ValidateID(id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	a, data, err := s.store.GetArtifact(r.Context(), id, name)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	ct := a.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h := w.Header()
+	h.Set("Content-Type", ct)
+	h.Set("Content-Length", strconv.Itoa(len(data)))
+	// An artifact is the target's output, not foreman's page: never sniff or run it.
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "sandbox")
+	w.WriteHeader(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(data)
+	}
+}

@@ -1,0 +1,85 @@
+package broker
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// IdempotencyClaim is what an Idempotency-Key maps to: the job it created and a digest of
+// the request that created it, so a key reused with another request can be refused.
+type IdempotencyClaim struct {
+	JobID      string `json:"job_id"`
+	BodySHA256 string `json:"body_sha256,omitempty"`
+}
+
+// idemKey is the KV key of an idempotency key. It lives in the jobs bucket (so it expires
+// with the job TTL) under a prefix that is neither re-published nor listed as a job; the
+// hash keeps any client string a valid KV key.
+func idemKey(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return "idem." + hex.EncodeToString(sum[:])
+}
+
+// ClaimIdempotencyKey binds key to claim.JobID unless the key is already bound. It returns
+// the binding in force and whether this call created it. kv.Create makes the claim atomic:
+// of two racing requests with the same key exactly one wins, the other gets the winner's job.
+func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim IdempotencyClaim) (IdempotencyClaim, bool, error) {
+	if err := ValidateID(claim.JobID); err != nil {
+		return IdempotencyClaim{}, false, err
+	}
+	data, err := json.Marshal(claim)
+	if err != nil {
+		return IdempotencyClaim{}, false, err
+	}
+	k := idemKey(key)
+	for range 5 {
+		_, err := s.kv.Create(ctx, k, data)
+		if err == nil {
+			return claim, true, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return IdempotencyClaim{}, false, fmt.Errorf("broker: claim idempotency key: %w", storageErr(err))
+		}
+		e, err := s.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // released between our Create and Get: try again
+		}
+		if err != nil {
+			return IdempotencyClaim{}, false, fmt.Errorf("broker: read idempotency key: %w", err)
+		}
+		var got IdempotencyClaim
+		if err := json.Unmarshal(e.Value(), &got); err != nil {
+			return IdempotencyClaim{}, false, fmt.Errorf("broker: decode idempotency key: %w", err)
+		}
+		return got, false, nil
+	}
+	return IdempotencyClaim{}, false, fmt.Errorf("%w: idempotency key keeps changing", ErrConflict)
+}
+
+// ReleaseIdempotencyKey removes a binding whose job could not be submitted, so the client
+// may retry with the same key. It only removes the binding to jobID.
+func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, jobID string) error {
+	k := idemKey(key)
+	e, err := s.kv.Get(ctx, k)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("broker: read idempotency key: %w", err)
+	}
+	var got IdempotencyClaim
+	if json.Unmarshal(e.Value(), &got) != nil || got.JobID != jobID {
+		return nil
+	}
+	if err := s.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision())); err != nil &&
+		!errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("broker: release idempotency key: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,250 @@
+package natsd_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
+)
+
+const (
+	clientUser = "watcher"
+	clientPass = "s3cret"
+)
+
+func withListener(extra func(*natsd.Config)) brokertest.Option {
+	return brokertest.WithNATS(func(c *natsd.Config) {
+		c.Listen, c.ClientUser, c.ClientPassword = "127.0.0.1:0", clientUser, clientPass
+		if extra != nil {
+			extra(c)
+		}
+	})
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// connectClient logs in over TCP; async errors (permission violations) go to errs.
+func connectClient(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, chan error) {
+	t.Helper()
+	errs := make(chan error, 16)
+	opts = append([]nats.Option{
+		nats.UserInfo(clientUser, clientPass),
+		nats.Timeout(10 * time.Second), // bcrypt under -race on a busy machine is slow
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case errs <- err:
+			default:
+			}
+		}),
+	}, opts...)
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		t.Fatalf("client connect: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc, errs
+}
+
+func wantViolation(t *testing.T, errs chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, nats.ErrPermissionViolation) && !strings.Contains(strings.ToLower(err.Error()), "permissions violation") {
+			t.Fatalf("%s: got %v, want a permissions violation", what, err)
+		}
+		if !strings.Contains(err.Error(), what) {
+			t.Fatalf("violation %q is not about %s", err, what)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: no permissions violation", what)
+	}
+}
+
+func TestClientPermissions(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, withListener(nil))
+	url := b.Server.ClientURL()
+	if !strings.HasPrefix(url, "nats://") {
+		t.Fatalf("ClientURL %q", url)
+	}
+	nc, errs := connectClient(t, url)
+	ctx := ctxT(t)
+
+	// Job events: allowed.
+	events, err := nc.SubscribeSync(broker.StateWildcard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := events.NextMsgWithContext(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, _ := broker.DecodeJob(m.Data); ev == nil || ev.ID != j.ID || ev.State != broker.StateQueued || m.Subject != broker.StateSubject(j.ID) {
+		t.Fatalf("event %s on %s", m.Data, m.Subject)
+	}
+
+	// Request/reply submit: allowed (the internal user answers).
+	resp, err := b.Conn.Subscribe(broker.SubmitSubject, func(m *nats.Msg) { _ = m.Respond([]byte(`{"job_id":"x"}`)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Unsubscribe()
+	_ = b.Conn.Flush()
+	r, err := nc.RequestWithContext(ctx, broker.SubmitSubject, []byte(`{}`))
+	if err != nil || string(r.Data) != `{"job_id":"x"}` {
+		t.Fatalf("submit request: %v %v", err, r)
+	}
+
+	// Publishing into the queue: denied, and nothing arrives there.
+	before, _ := b.Store.QueueLen(ctx)
+	if err := nc.Publish("foreman.queue.mfuw4ltzfvqq", []byte(`{"model":"tiny-a"}`)); err != nil {
+		t.Fatal(err)
+	}
+	wantViolation(t, errs, "foreman.queue.mfuw4ltzfvqq")
+	if after, _ := b.Store.QueueLen(ctx); after != before {
+		t.Fatalf("queue grew from %d to %d", before, after)
+	}
+
+	// The JetStream API: denied, so JetStream calls fail.
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	if _, err := js.Stream(sctx, broker.QueueStream); err == nil {
+		t.Fatal("client read the queue stream through the JetStream API")
+	}
+	wantViolation(t, errs, "$JS.API")
+	if _, err := js.Publish(sctx, "foreman.queue.x", []byte("x")); err == nil {
+		t.Fatal("client published into the queue through JetStream")
+	}
+
+	// Publishing fake state events, or reading the KV stream directly: denied.
+	_ = nc.Publish(broker.StateSubject(j.ID), []byte(`{"state":"done"}`))
+	wantViolation(t, errs, "foreman.job.")
+	if _, err := nc.SubscribeSync("$KV.FOREMAN_JOBS.>"); err != nil {
+		t.Fatal(err)
+	}
+	wantViolation(t, errs, "$KV.FOREMAN_JOBS")
+}
+
+func TestClientLogins(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, withListener(nil))
+	url := b.Server.ClientURL()
+	if _, err := nats.Connect(url, nats.UserInfo(clientUser, "wrong")); err == nil {
+		t.Fatal("wrong password accepted")
+	}
+	if _, err := nats.Connect(url); err == nil {
+		t.Fatal("anonymous login accepted")
+	}
+	if _, err := nats.Connect(url, nats.UserInfo("foreman", "anything")); err == nil {
+		t.Fatal("the internal user logged in over TCP")
+	}
+	// Without a listener there is no URL at all.
+	if u := brokertest.New(t).Server.ClientURL(); u != "" {
+		t.Fatalf("no listener, but ClientURL %q", u)
+	}
+}
+
+func TestClientTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	certFile, keyFile, pool := selfSigned(t, dir)
+	b := brokertest.New(t, withListener(func(c *natsd.Config) { c.TLSCert, c.TLSKey = certFile, keyFile }))
+	url := b.Server.ClientURL()
+
+	if nc, err := nats.Connect(url, nats.UserInfo(clientUser, clientPass), nats.Timeout(2*time.Second)); err == nil {
+		nc.Close()
+		t.Fatal("a client without TLS connected to a TLS listener")
+	}
+	nc, _ := connectClient(t, url, nats.Secure(&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}))
+	sub, err := nc.SubscribeSync(broker.StateWildcard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	if !nc.TLSRequired() {
+		if _, err := nc.TLSConnectionState(); err != nil {
+			t.Fatalf("connection is not TLS: %v", err)
+		}
+	}
+	ctx := ctxT(t)
+	if _, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sub.NextMsgWithContext(ctx); err != nil {
+		t.Fatalf("no event over TLS: %v", err)
+	}
+}
+
+// selfSigned writes a certificate for 127.0.0.1 and its key, and returns a pool trusting it.
+func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "foreman test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		DNSNames:              []string{"localhost"},
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}

@@ -1,0 +1,67 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// handleDeliveries shows a job's webhook delivery log: every attempt with its event
+// state, webhook-id, status or error and time.
+func (s *Server) handleDeliveries(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, _, err := s.store.Get(r.Context(), id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	log, err := s.store.Deliveries(r.Context(), id)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if log == nil {
+		log = []broker.DeliveryAttempt{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"deliveries": log})
+}
+
+// handleRedeliver asks the webhook dispatcher to send the job's latest state event again
+// (202); the outcome shows up in the delivery log.
+func (s *Server) handleRedeliver(w http.ResponseWriter, r *http.Request) {
+	j, _, err := s.store.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if j.Sync || j.Webhook == nil {
+		s.writeError(w, r, &Error{Status: http.StatusConflict, Message: "job has no webhook"})
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+	defer cancel()
+	msg, err := s.store.Conn().RequestWithContext(ctx, broker.RedeliverSubject, []byte(j.ID))
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) {
+		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Message: "the webhook dispatcher is not running"})
+		return
+	}
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	var reply struct {
+		WebhookID string `json:"webhook_id"`
+		State     string `json:"state"`
+		Error     string `json:"error"`
+	}
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Error != "" {
+		s.writeError(w, r, &Error{Status: http.StatusConflict, Message: "redeliver: " + reply.Error})
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"job_id": j.ID, "webhook_id": reply.WebhookID, "state": reply.State})
+}

@@ -1,0 +1,271 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// Fields of a POST /jobs body that are foreman's, not the target's: they are removed
+// before the body is stored and sent on.
+const (
+	fieldKind       = "kind"
+	fieldWebhookURL = "state_webhook_url"
+	fieldEvents     = "webhook_events"
+)
+
+// maxIdempotencyKey bounds the Idempotency-Key header.
+const maxIdempotencyKey = 255
+
+// submission is a checked POST /jobs (or foreman.jobs.submit) body.
+type submission struct {
+	kind    broker.Kind
+	model   string
+	body    []byte // the target's request: foreman fields removed, the rest byte-exact
+	webhook *broker.Webhook
+}
+
+// member is one top-level member of a JSON object, its value byte-exact.
+type member struct {
+	key   string
+	value json.RawMessage
+}
+
+// objectMembers splits a JSON object into its members in order, keeping every value's
+// bytes as sent. Anything but exactly one JSON object is a 400.
+func objectMembers(raw []byte) ([]member, error) {
+	if len(bytes.TrimSpace(raw)) == 0 {
+		return nil, badRequest("missing request body")
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return nil, badRequest("invalid JSON body: expected an object")
+	}
+	var out []member
+	for dec.More() {
+		tok, err := dec.Token()
+		if err != nil {
+			return nil, badRequest("invalid JSON body: " + err.Error())
+		}
+		key, _ := tok.(string)
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, badRequest("invalid JSON body: " + err.Error())
+		}
+		out = append(out, member{key: key, value: v})
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, badRequest("invalid JSON body: " + err.Error())
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, badRequest("invalid JSON body: data after the object")
+	}
+	return out, nil
+}
+
+// parseSubmission checks a job request and separates foreman's fields from the target's.
+func parseSubmission(raw []byte) (*submission, error) {
+	members, err := objectMembers(raw)
+	if err != nil {
+		return nil, err
+	}
+	sub := &submission{kind: broker.KindChat}
+	var (
+		kept       []member
+		hookURL    string
+		events     []string
+		hasEvents  bool
+		stripped   bool
+		fieldsSeen = map[string]json.RawMessage{}
+	)
+	for _, m := range members {
+		switch m.key {
+		case fieldKind:
+			var k string
+			if err := json.Unmarshal(m.value, &k); err != nil {
+				return nil, badRequest(`"kind" must be a string`)
+			}
+			sub.kind = broker.Kind(k)
+			stripped = true
+		case fieldWebhookURL:
+			if err := json.Unmarshal(m.value, &hookURL); err != nil {
+				return nil, badRequest(`"state_webhook_url" must be a string`)
+			}
+			stripped = true
+		case fieldEvents:
+			if err := json.Unmarshal(m.value, &events); err != nil {
+				return nil, badRequest(`"webhook_events" must be an array of state names`)
+			}
+			hasEvents, stripped = true, true
+		default:
+			kept = append(kept, m)
+			fieldsSeen[m.key] = m.value
+		}
+	}
+	if !sub.kind.Valid() {
+		return nil, badRequest(fmt.Sprintf("unknown kind %q (chat, generate, embed, openai_chat, openai_completion)", sub.kind))
+	}
+	if err := json.Unmarshal(orNull(fieldsSeen["model"]), &sub.model); err != nil {
+		return nil, badRequest(`"model" must be a string`)
+	}
+	if strings.TrimSpace(sub.model) == "" {
+		return nil, badRequest("model is required")
+	}
+	if _, err := broker.ModelToken(sub.model); err != nil {
+		return nil, badRequest(err.Error())
+	}
+	if err := checkKindFields(sub.kind, fieldsSeen); err != nil {
+		return nil, err
+	}
+	if hookURL != "" {
+		if err := checkWebhookURL(hookURL); err != nil {
+			return nil, err
+		}
+		sub.webhook = &broker.Webhook{URL: hookURL}
+		for _, e := range events {
+			st := broker.State(e)
+			if !st.Valid() {
+				return nil, badRequest(fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", e))
+			}
+			sub.webhook.Events = append(sub.webhook.Events, st)
+		}
+	} else if hasEvents && len(events) > 0 {
+		return nil, badRequest("webhook_events needs state_webhook_url")
+	}
+	sub.body = raw
+	if stripped {
+		sub.body = encodeMembers(kept)
+	}
+	return sub, nil
+}
+
+func orNull(v json.RawMessage) json.RawMessage {
+	if v == nil {
+		return json.RawMessage("null")
+	}
+	return v
+}
+
+// checkKindFields rejects bodies the target would refuse anyway, before they wait in the
+// queue: wrong JSON types of the fields each kind is about.
+func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
+	is := func(v json.RawMessage, first ...byte) bool {
+		v = bytes.TrimSpace(v)
+		if v == nil || bytes.Equal(v, []byte("null")) {
+			return true
+		}
+		return bytes.IndexByte(first, v[0]) >= 0
+	}
+	switch kind {
+	case broker.KindChat, broker.KindOpenAIChat:
+		if !is(f["messages"], '[') {
+			return badRequest(`"messages" must be an array`)
+		}
+	case broker.KindGenerate:
+		if !is(f["prompt"], '"') {
+			return badRequest(`"prompt" must be a string`)
+		}
+	case broker.KindEmbed:
+		if !is(f["input"], '"', '[') {
+			return badRequest(`"input" must be a string or an array of strings`)
+		}
+	}
+	return nil
+}
+
+// checkWebhookURL accepts absolute http(s) URLs only.
+func checkWebhookURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" {
+		return badRequest(fmt.Sprintf("state_webhook_url %q: must be an absolute http or https URL", raw))
+	}
+	if len(raw) > 2048 {
+		return badRequest("state_webhook_url: longer than 2048 bytes")
+	}
+	return nil
+}
+
+func encodeMembers(ms []member) []byte {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	for i, m := range ms {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(m.key)
+		b.Write(k)
+		b.WriteByte(':')
+		b.Write(m.value)
+	}
+	b.WriteByte('}')
+	return b.Bytes()
+}
+
+// submitJob validates a job request, checks its model with the target and queues it. A
+// repeated idempotency key returns the job the key first created (replayed = true).
+func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id string, replayed bool, err error) {
+	sub, err := parseSubmission(raw)
+	if err != nil {
+		return "", false, err
+	}
+	if len(idemKey) > maxIdempotencyKey {
+		return "", false, badRequest(fmt.Sprintf("Idempotency-Key: longer than %d bytes", maxIdempotencyKey))
+	}
+	if err := s.requireModel(ctx, sub.model); err != nil {
+		return "", false, err
+	}
+	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook}
+	if idemKey != "" {
+		sum := sha256.Sum256(raw)
+		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: hex.EncodeToString(sum[:])}
+		got, created, err := s.store.ClaimIdempotencyKey(ctx, idemKey, claim)
+		if err != nil {
+			return "", false, err
+		}
+		if !created {
+			if got.BodySHA256 != "" && got.BodySHA256 != claim.BodySHA256 {
+				return "", false, &Error{Status: http.StatusUnprocessableEntity, Message: "Idempotency-Key was already used with a different request body"}
+			}
+			s.awaitRecord(ctx, got.JobID)
+			return got.JobID, true, nil
+		}
+	}
+	j, err := s.store.Submit(ctx, job, sub.body)
+	if err != nil {
+		if idemKey != "" {
+			if rerr := s.store.ReleaseIdempotencyKey(context.WithoutCancel(ctx), idemKey, job.ID); rerr != nil {
+				s.log.Warn("release idempotency key", "job_id", job.ID, "err", rerr)
+			}
+		}
+		return "", false, err
+	}
+	s.log.Info("job submitted", "job_id", j.ID, "model", j.Model, "kind", j.Kind, "webhook", j.Webhook != nil)
+	return j.ID, false, nil
+}
+
+// awaitRecord gives a racing first request with the same idempotency key a moment to
+// write its job record, so the replayed id can be fetched at once.
+func (s *Server) awaitRecord(ctx context.Context, id string) {
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, _, err := s.store.Get(ctx, id); !errors.Is(err, broker.ErrNotFound) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}

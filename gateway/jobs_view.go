@@ -1,0 +1,96 @@
+package gateway
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"mime"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// inlineArtifactLimit is the largest artifact GET /jobs/{id} embeds; larger ones are
+// linked by URL.
+const inlineArtifactLimit = 256 << 10
+
+// resultArtifact is the artifact that always holds a finished job's result.
+const resultArtifact = "result.json"
+
+// jobView is a job as the /jobs API shows it.
+type jobView struct {
+	ID         string          `json:"id"`
+	Kind       broker.Kind     `json:"kind"`
+	Model      string          `json:"model"`
+	State      broker.State    `json:"state"`
+	Attempts   int             `json:"attempts"`
+	CreatedAt  time.Time       `json:"created_at"`
+	StartedAt  *time.Time      `json:"started_at"`
+	FinishedAt *time.Time      `json:"finished_at"`
+	Error      string          `json:"error"`
+	Result     json.RawMessage `json:"result"`
+	Artifacts  []artifactView  `json:"artifacts"`
+	Webhook    *broker.Webhook `json:"webhook,omitempty"`
+}
+
+// artifactView carries either the data (small artifacts) or the URL to fetch it.
+type artifactView struct {
+	Name        string `json:"name"`
+	ContentType string `json:"content_type"`
+	Size        int64  `json:"size"`
+	// Data is the artifact as text for text and JSON types, else base64 (Encoding says so).
+	Data     *string `json:"data,omitempty"`
+	Encoding string  `json:"encoding,omitempty"`
+	URL      string  `json:"url,omitempty"`
+}
+
+// jobView renders j. With inline, small artifacts are read and embedded and a result
+// kept only as an artifact is filled in; lists skip that and link every artifact.
+func (s *Server) jobView(ctx context.Context, j *broker.Job, inline bool) jobView {
+	v := jobView{
+		ID: j.ID, Kind: j.Kind, Model: j.Model, State: j.State, Attempts: j.Attempt,
+		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt,
+		Error: j.Error, Result: j.Result, Artifacts: []artifactView{}, Webhook: j.Webhook,
+	}
+	if len(v.Result) == 0 {
+		v.Result = nil
+	}
+	for _, a := range j.Artifacts {
+		av := artifactView{Name: a.Name, ContentType: a.ContentType, Size: a.Size}
+		var data []byte
+		if inline && a.Size <= inlineArtifactLimit {
+			if _, d, err := s.store.GetArtifact(ctx, j.ID, a.Name); err == nil {
+				data = d
+			} else {
+				s.log.Warn("read artifact", "job_id", j.ID, "model", j.Model, "artifact", a.Name, "err", err)
+			}
+		}
+		if data == nil {
+			av.URL = "/jobs/" + j.ID + "/artifacts/" + url.PathEscape(a.Name)
+		} else {
+			str := string(data)
+			if !isText(a.ContentType) || !utf8.Valid(data) {
+				str, av.Encoding = base64.StdEncoding.EncodeToString(data), "base64"
+			}
+			av.Data = &str
+			if a.Name == resultArtifact && v.Result == nil && json.Valid(data) {
+				v.Result = data
+			}
+		}
+		v.Artifacts = append(v.Artifacts, av)
+	}
+	return v
+}
+
+// isText reports whether a content type is shown as text: text/*, JSON and NDJSON.
+func isText(contentType string) bool {
+	mt, _, err := mime.ParseMediaType(contentType)
+	if err != nil {
+		return false
+	}
+	return strings.HasPrefix(mt, "text/") || mt == "application/json" || strings.HasSuffix(mt, "+json") ||
+		mt == "application/x-ndjson" || mt == "application/ndjson"
+}

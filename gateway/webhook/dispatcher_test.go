@@ -1,0 +1,431 @@
+package webhook
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+const testSecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+// hit is one request a receiver got.
+type hit struct {
+	header http.Header
+	body   []byte
+	job    *broker.Job
+}
+
+// receiver is a webhook endpoint; reply chooses each answer's status (default 200).
+type receiver struct {
+	*httptest.Server
+	hits  chan hit
+	mu    sync.Mutex
+	reply func(n int, h hit) int
+	n     int
+}
+
+func newReceiver(t *testing.T, reply func(n int, h hit) int) *receiver {
+	t.Helper()
+	r := &receiver{hits: make(chan hit, 100), reply: reply}
+	r.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		body, _ := io.ReadAll(req.Body)
+		h := hit{header: req.Header.Clone(), body: body}
+		h.job, _ = broker.DecodeJob(body)
+		r.mu.Lock()
+		r.n++
+		n, fn := r.n, r.reply
+		r.mu.Unlock()
+		status := http.StatusOK
+		if fn != nil {
+			status = fn(n, h)
+		}
+		w.WriteHeader(status)
+		r.hits <- h
+	}))
+	t.Cleanup(r.Close)
+	return r
+}
+
+// next waits for the next request.
+func (r *receiver) next(t *testing.T) hit {
+	t.Helper()
+	select {
+	case h := <-r.hits:
+		return h
+	case <-time.After(15 * time.Second):
+		t.Fatal("no webhook arrived")
+		return hit{}
+	}
+}
+
+func fastConfig(st *broker.Store) Config {
+	return Config{Store: st, Secret: testSecret, BaseDelay: 10 * time.Millisecond, MaxDelay: 200 * time.Millisecond, AckWait: 3 * time.Second}
+}
+
+// runDispatcher runs a dispatcher until the returned stop is called (or the test ends).
+func runDispatcher(t *testing.T, cfg Config) (stop func()) {
+	t.Helper()
+	d, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	var once sync.Once
+	stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Error("Run did not return after cancel")
+			}
+		})
+	}
+	t.Cleanup(stop)
+	return stop
+}
+
+func ctxT(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func submit(t *testing.T, st *broker.Store, j *broker.Job) *broker.Job {
+	t.Helper()
+	if j.Model == "" {
+		j.Model = "tiny-a"
+	}
+	if j.Kind == "" {
+		j.Kind = broker.KindChat
+	}
+	out, err := st.Submit(ctxT(t), j, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func setState(t *testing.T, st *broker.Store, id string, s broker.State) {
+	t.Helper()
+	if _, _, err := st.Modify(ctxT(t), id, func(j *broker.Job) error { j.State = s; return nil }); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func verify(t *testing.T, h hit) {
+	t.Helper()
+	wh, _ := standardwebhooks.NewWebhook(testSecret)
+	if err := wh.Verify(h.body, h.header); err != nil {
+		t.Fatalf("standard webhooks library rejects the delivery: %v", err)
+	}
+	if err := Verify(testSecret, h.header, h.body, 0); err != nil {
+		t.Fatalf("Verify rejects the delivery: %v", err)
+	}
+	key, _ := Key(testSecret)
+	if got := h.header.Get(HeaderForeman); got != ForemanSignature(key, h.body) {
+		t.Fatalf("X-Foreman-Signature %q is wrong", got)
+	}
+}
+
+func TestDeliversEveryStateInOrderSigned(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+	runDispatcher(t, fastConfig(b.Store))
+
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL + "/hook"}})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	setState(t, b.Store, j.ID, broker.StateDone)
+
+	ids := map[string]bool{}
+	for _, want := range []broker.State{broker.StateQueued, broker.StateWorking, broker.StateDone} {
+		h := rcv.next(t)
+		verify(t, h)
+		if h.job == nil || h.job.ID != j.ID || h.job.State != want {
+			t.Fatalf("got event %s, want %s of job %s", h.body, want, j.ID)
+		}
+		id := h.header.Get(HeaderID)
+		if ids[id] {
+			t.Fatalf("webhook-id %s repeated for a different event", id)
+		}
+		ids[id] = true
+		// The body is the record exactly as stored (and re-published).
+		e, err := b.Store.KV().GetRevision(ctxT(t), "job."+j.ID, revOf(t, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(e.Value()) != string(h.body) {
+			t.Fatalf("body differs from the KV value:\n%s\n%s", h.body, e.Value())
+		}
+	}
+	waitLog(t, b.Store, j.ID, func(log []broker.DeliveryAttempt) bool {
+		return len(log) == 3 && log[2].State == broker.StateDone && log[2].Outcome == broker.OutcomeDelivered && log[2].Status == 200
+	})
+}
+
+func revOf(t *testing.T, webhookID string) uint64 {
+	t.Helper()
+	var rev uint64
+	for i := len(webhookID) - 1; i >= 0; i-- {
+		if webhookID[i] == '-' {
+			for _, c := range webhookID[i+1:] {
+				rev = rev*10 + uint64(c-'0')
+			}
+			return rev
+		}
+	}
+	t.Fatalf("webhook-id %q has no revision", webhookID)
+	return 0
+}
+
+// waitLog polls the delivery log until ok or a deadline.
+func waitLog(t *testing.T, st *broker.Store, id string, ok func([]broker.DeliveryAttempt) bool) []broker.DeliveryAttempt {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		log, err := st.Deliveries(ctxT(t), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(log) {
+			return log
+		}
+		if time.Now().After(deadline) {
+			data, _ := json.Marshal(log)
+			t.Fatalf("delivery log never matched: %s", data)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestSkipsSyncUnwantedAndDeleted(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+
+	// Written before the dispatcher starts; it reads the stream from the start.
+	syncJob := submit(t, b.Store, &broker.Job{Sync: true, Webhook: &broker.Webhook{URL: rcv.URL}})
+	setState(t, b.Store, syncJob.ID, broker.StateWorking)
+	setState(t, b.Store, syncJob.ID, broker.StateDone)
+	plain := submit(t, b.Store, &broker.Job{})
+	setState(t, b.Store, plain.ID, broker.StateWorking)
+	deleted := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateDone}}})
+	if err := b.Store.KV().Delete(ctxT(t), "job."+deleted.ID); err != nil {
+		t.Fatal(err)
+	}
+	filtered := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateDone}}})
+	setState(t, b.Store, filtered.ID, broker.StateWorking)
+	setState(t, b.Store, filtered.ID, broker.StateDone)
+
+	runDispatcher(t, fastConfig(b.Store))
+	h := rcv.next(t)
+	if h.job.ID != filtered.ID || h.job.State != broker.StateDone {
+		t.Fatalf("first delivery %s, want done of the filtered job", h.body)
+	}
+	// Everything before it in the stream was handled (acked) in order, so nothing is
+	// outstanding once the filtered job's delivery is acked.
+	waitConsumerIdle(t, b.Store)
+	select {
+	case h := <-rcv.hits:
+		t.Fatalf("unexpected delivery %s", h.body)
+	default:
+	}
+}
+
+func waitConsumerIdle(t *testing.T, st *broker.Store) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		c, err := st.JetStream().Consumer(ctxT(t), "KV_"+broker.JobsBucket, "webhooks")
+		if err == nil {
+			info, err := c.Info(ctxT(t))
+			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("webhook consumer never became idle")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestRetriesWithTheSameWebhookID(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, func(n int, _ hit) int {
+		if n == 1 {
+			return http.StatusInternalServerError
+		}
+		return http.StatusNoContent
+	})
+	runDispatcher(t, fastConfig(b.Store))
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateQueued}}})
+
+	first, second := rcv.next(t), rcv.next(t)
+	verify(t, first)
+	verify(t, second)
+	if a, b := first.header.Get(HeaderID), second.header.Get(HeaderID); a == "" || a != b {
+		t.Fatalf("retry changed webhook-id: %q then %q", a, b)
+	}
+	if string(first.body) != string(second.body) {
+		t.Fatal("retry changed the body")
+	}
+	log := waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) == 2 })
+	if log[0].Outcome != broker.OutcomeRetry || log[0].Status != 500 || log[0].Attempt != 1 ||
+		log[1].Outcome != broker.OutcomeDelivered || log[1].Status != 204 || log[1].Attempt != 2 {
+		t.Fatalf("delivery log %+v", log)
+	}
+}
+
+func TestGivesUpAfterAttemptsAndStopsOn410(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	failing := newReceiver(t, func(int, hit) int { return http.StatusBadGateway })
+	gone := newReceiver(t, func(int, hit) int { return http.StatusGone })
+	cfg := fastConfig(b.Store)
+	cfg.Attempts = 3
+	runDispatcher(t, cfg)
+
+	fj := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: failing.URL, Events: []broker.State{broker.StateQueued}}})
+	gj := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: gone.URL}})
+	setState(t, b.Store, gj.ID, broker.StateWorking)
+	setState(t, b.Store, gj.ID, broker.StateDone)
+
+	log := waitLog(t, b.Store, fj.ID, func(l []broker.DeliveryAttempt) bool { return len(l) == 3 })
+	if log[2].Outcome != broker.OutcomeFailed || log[2].Attempt != 3 {
+		t.Fatalf("last attempt %+v, want failed #3", log[2])
+	}
+	glog := waitLog(t, b.Store, gj.ID, func(l []broker.DeliveryAttempt) bool { return len(l) >= 1 })
+	waitConsumerIdle(t, b.Store)
+	glog, _ = b.Store.Deliveries(ctxT(t), gj.ID)
+	if len(glog) != 1 || glog[0].Outcome != broker.OutcomeGone {
+		t.Fatalf("after a 410 the job's later events were still sent: %+v", glog)
+	}
+	if n := len(gone.hits); n != 1 {
+		t.Fatalf("the 410 receiver got %d requests, want 1", n)
+	}
+	// The job itself is untouched by the failures (ADR-0005).
+	got, _, _ := b.Store.Get(ctxT(t), fj.ID)
+	if got.State != broker.StateQueued || got.Error != "" {
+		t.Fatalf("webhook failure changed the job: %+v", got)
+	}
+}
+
+func TestSlowReceiverDoesNotBlockOtherJobs(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	release := make(chan struct{})
+	slow := newReceiver(t, func(int, hit) int { <-release; return 200 })
+	t.Cleanup(func() { close(release) })
+	fast := newReceiver(t, nil)
+	runDispatcher(t, fastConfig(b.Store))
+
+	submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: slow.URL}})
+	fj := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: fast.URL}})
+	setState(t, b.Store, fj.ID, broker.StateCanceled)
+	if h := fast.next(t); h.job.State != broker.StateQueued {
+		t.Fatalf("got %s", h.body)
+	}
+	if h := fast.next(t); h.job.State != broker.StateCanceled {
+		t.Fatalf("got %s", h.body)
+	}
+}
+
+func TestDoneEventSurvivesRestart(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var mu sync.Mutex
+	down := true
+	rcv := newReceiver(t, func(_ int, h hit) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if down {
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	cfg := fastConfig(b.Store)
+	cfg.Attempts = 1000 // still retrying when foreman stops
+	stop := runDispatcher(t, cfg)
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateDone}}})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	setState(t, b.Store, j.ID, broker.StateDone)
+	failed := rcv.next(t)
+	if failed.job.State != broker.StateDone {
+		t.Fatalf("got %s", failed.body)
+	}
+	waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
+	stop()
+	b.Restart(t)
+	mu.Lock()
+	down = false
+	mu.Unlock()
+	for len(rcv.hits) > 0 { // attempts made while stopping
+		<-rcv.hits
+	}
+	cfg.Store = b.Store
+	runDispatcher(t, cfg)
+	h := rcv.next(t)
+	if h.header.Get(HeaderID) != failed.header.Get(HeaderID) {
+		t.Fatalf("after the restart webhook-id %q, before %q", h.header.Get(HeaderID), failed.header.Get(HeaderID))
+	}
+	verify(t, h)
+	log := waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool {
+		return len(l) > 0 && l[len(l)-1].Outcome == broker.OutcomeDelivered
+	})
+	if n := len(log); n < 2 || log[n-1].Attempt <= log[n-2].Attempt {
+		t.Fatalf("attempts did not continue across the restart: %+v", log)
+	}
+}
+
+func TestRedeliverRequest(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+	runDispatcher(t, fastConfig(b.Store))
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateDone}}})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	setState(t, b.Store, j.ID, broker.StateDone)
+	orig := rcv.next(t)
+
+	msg, err := b.Conn.RequestWithContext(ctxT(t), broker.RedeliverSubject, []byte(j.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reply map[string]string
+	_ = json.Unmarshal(msg.Data, &reply)
+	if reply["webhook_id"] != orig.header.Get(HeaderID) {
+		t.Fatalf("reply %s, want webhook_id %s", msg.Data, orig.header.Get(HeaderID))
+	}
+	again := rcv.next(t)
+	if again.header.Get(HeaderID) != orig.header.Get(HeaderID) || string(again.body) != string(orig.body) {
+		t.Fatalf("redelivery differs: %s %s", again.header.Get(HeaderID), again.body)
+	}
+	waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) == 2 && l[1].Manual })
+
+	plain := submit(t, b.Store, &broker.Job{})
+	msg, err = b.Conn.RequestWithContext(ctxT(t), broker.RedeliverSubject, []byte(plain.ID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply["error"] == "" {
+		t.Fatalf("redeliver of a job without webhook: %s", msg.Data)
+	}
+}

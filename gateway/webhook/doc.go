@@ -1,0 +1,16 @@
+// Package webhook delivers job state events to the webhook URL each async job names.
+//
+// The Dispatcher is a durable JetStream consumer ("webhooks") on the job bucket's stream
+// KV_FOREMAN_JOBS: every write of a job record is an event, so there is no second events
+// stream and no dual write (ADR-0016). Deliveries are at-least-once and survive a restart:
+// a message is acked only after a 2xx, a 410, or when its attempts are exhausted.
+//
+// Requests follow Standard Webhooks 1.0: headers webhook-id (stable across retries and
+// restarts: "<job id>-<record revision>"), webhook-timestamp and, with a secret,
+// webhook-signature; the body is the state event exactly as published on
+// foreman.job.<id>.state. Receivers verify with Verify or any Standard Webhooks library.
+//
+// A failing receiver never blocks or changes its job (ADR-0005), nor other jobs'
+// deliveries: jobs are delivered concurrently, the events of one job in order. Sync jobs
+// (a caller already waits on /api/chat) fire no webhooks (ADR-0014).
+package webhook
