@@ -16,7 +16,9 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
 func newServeCmd(e *env) *cobra.Command {
@@ -75,6 +77,7 @@ type app struct {
 	target  *ollama.HTTPClient
 	inv     *ollama.Inventory
 	gw      *gateway.Server
+	worker  *worker.Worker
 	http    *http.Server
 	ln      net.Listener
 
@@ -117,9 +120,28 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 		return nil, err
 	}
 
+	a.worker, err = worker.New(worker.Config{
+		Store: a.store, Target: a.target, Inventory: a.inv, MaxAttempts: cfg.MaxAttempts,
+		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+
 	bg, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	a.goRun("inventory", func() error { return a.inv.Run(bg) })
+	a.goRun("worker", func() error { return a.worker.Run(bg) })
+
+	// Webhook fan-out and job submission over NATS request/reply.
+	hooks, err := webhook.New(webhook.Config{
+		Store: a.store, Secret: cfg.WebhookSecret, Attempts: cfg.WebhookAttempts, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.goRun("webhooks", func() error { return hooks.Run(bg) })
+	a.goRun("nats-submit", func() error { return a.gw.RunNATSSubmit(bg) })
 
 	a.ln, err = net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -229,6 +251,13 @@ func (a *app) shutdown(ctx context.Context) error {
 			if err := a.http.Shutdown(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
 				_ = a.http.Close()
+			}
+		}
+		if a.worker != nil {
+			// Before the other components stop: the running job may still finish, else it
+			// goes back to the queue un-acked.
+			if err := a.worker.Stop(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("worker stop: %w", err))
 			}
 		}
 		if a.cancel != nil {
