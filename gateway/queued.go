@@ -1,6 +1,181 @@
 package gateway
 
-import "net/http"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
 
-// queuedRoutes registers the routes that run as jobs through the queue.
-func (s *Server) queuedRoutes(mux *http.ServeMux) {}
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// HeaderJobID names the job behind a queued response, so a client can look it up under
+// /jobs/{id} (its result stays there after the connection is gone).
+const HeaderJobID = "X-Foreman-Job-Id"
+
+// submitTimeout bounds writing a job to the store. The write is detached from the
+// client's context: a client leaving mid-submit must not leave a half-known job behind;
+// the relay notices the departure right after and cancels the job instead.
+const submitTimeout = 10 * time.Second
+
+// queuedRoutes registers the routes that run as jobs through the queue: every call
+// becomes a durable sync job, and the response is relayed from the worker's stream.
+func (s *Server) queuedRoutes(mux *http.ServeMux) {
+	mux.HandleFunc("POST /api/chat", s.handleQueued(broker.KindChat))
+	mux.HandleFunc("POST /api/generate", s.handleQueued(broker.KindGenerate))
+	mux.HandleFunc("POST /v1/chat/completions", s.handleQueued(broker.KindOpenAIChat))
+	mux.HandleFunc("POST /v1/completions", s.handleQueued(broker.KindOpenAICompletion))
+}
+
+// inferenceRequest holds the two fields foreman reads from a chat/generate/completion
+// body; the body itself goes to the target byte for byte.
+type inferenceRequest struct {
+	Model  string `json:"model"`
+	Stream *bool  `json:"stream"`
+}
+
+// parseInference returns the model a body names and whether the client wants a stream:
+// Ollama's /api routes stream unless told otherwise, the OpenAI routes only on
+// "stream": true.
+func parseInference(kind broker.Kind, body []byte) (model string, stream bool, err error) {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return "", false, badRequest("missing request body")
+	}
+	var req inferenceRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return "", false, badRequest("invalid JSON body: " + err.Error())
+	}
+	if strings.TrimSpace(req.Model) == "" {
+		return "", false, badRequest("model is required")
+	}
+	switch kind {
+	case broker.KindChat, broker.KindGenerate:
+		stream = req.Stream == nil || *req.Stream
+	default:
+		stream = req.Stream != nil && *req.Stream
+	}
+	return req.Model, stream, nil
+}
+
+// handleQueued turns one inference call into a sync job and relays its answer.
+func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		body, err := s.readBody(w, r)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		model, stream, err := parseInference(kind, body)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		if err := s.queueableModel(r.Context(), model); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
+		s.runSync(w, r, &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true}, stream, body)
+	}
+}
+
+// queueableModel decides whether a job for model may be queued. A model the target is
+// known to have is queued even while the target is down: it runs when the target is
+// back. An unknown model gets one re-poll (it may have been pulled since); "not found" is
+// claimed only on a successful poll. With the target unreachable and the model unknown
+// there is nothing to wait for, so the answer is 502 rather than a job that cannot run.
+func (s *Server) queueableModel(ctx context.Context, model string) error {
+	if s.inv.HasModel(model) {
+		return nil
+	}
+	err := s.inv.Refresh(ctx)
+	if s.inv.HasModel(model) {
+		return nil
+	}
+	switch {
+	case err == nil:
+		return &ModelNotFoundError{Model: model}
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	return &Error{
+		Status:  http.StatusBadGateway,
+		Message: fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list: %v", model, err),
+	}
+}
+
+// runSync submits job and relays its stream to the client until the job ends, the
+// stream breaks or the client leaves. Only a client leaving cancels the job: after a
+// stream gap the job runs on, and its result stays under /jobs/{id} (X-Foreman-Job-Id).
+func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job, stream bool, body []byte) {
+	s.streams.Add(1)
+	defer s.streams.Done()
+	log := s.log.With("job_id", job.ID, "model", job.Model, "kind", string(job.Kind))
+
+	// Subscribe before submitting: the worker may start the job at once, and a frame
+	// published before the subscription exists would be lost.
+	feed, err := subscribeJob(s.store.Conn(), job.ID)
+	if err != nil {
+		s.writeError(w, r, fmt.Errorf("subscribe to job %s: %w", job.ID, err))
+		return
+	}
+	defer feed.Close()
+
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), submitTimeout)
+	_, err = s.store.Submit(sctx, job, body)
+	cancel()
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	w.Header().Set(HeaderJobID, job.ID)
+	rl := &relay{
+		s: s, w: w, r: r, rc: http.NewResponseController(w),
+		job: job, stream: stream, log: log,
+		checkEvery: relayCheckInterval,
+		check: func(ctx context.Context) (*broker.Job, error) {
+			j, _, err := s.store.Get(ctx, job.ID)
+			return j, err
+		},
+	}
+	if rl.run(r.Context(), feed) == outcomeClientGone {
+		s.cancelAbandoned(job, log)
+	}
+}
+
+// cancelAbandoned cancels a job whose client went away: a queued job leaves the queue,
+// a running one is aborted by the worker. The client's context is over, so the cancel
+// gets a fresh, short one.
+func (s *Server) cancelAbandoned(job *broker.Job, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := s.store.Cancel(ctx, job.ID, "client disconnected")
+	switch {
+	case err == nil:
+		log.Info("client disconnected; job canceled")
+	case errors.Is(err, broker.ErrTerminal), errors.Is(err, broker.ErrNotFound):
+		// It ended on its own meanwhile.
+	default:
+		log.Warn("cancel abandoned job", "err", err)
+	}
+}
+
+// WaitStreams blocks until every response relaying a job has ended or ctx ends. Call it
+// after http.Server.Shutdown when that returned early, before stopping the worker.
+func (s *Server) WaitStreams(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.streams.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

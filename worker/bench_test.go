@@ -69,7 +69,7 @@ func BenchmarkSelect(b *testing.B) {
 		ctx := context.Background()
 		b.Run("depth="+strconv.Itoa(depth), func(b *testing.B) {
 			for b.Loop() {
-				d, err := w.next(ctx)
+				d, _, err := w.next(ctx)
 				if err != nil || d == nil {
 					b.Fatalf("next: %v %v", d, err)
 				}

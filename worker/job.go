@@ -98,12 +98,13 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 	r := newRelay(w.store.Conn(), d.JobID)
 	working := state == broker.StateWorking
 	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
+		// The frame goes out first: the state write costs an fsync the client need not wait for.
+		if err := r.frame(f); err != nil {
+			return &relayError{err}
+		}
 		if !working {
 			working = true
 			w.markWorking(jctx, d.JobID, log)
-		}
-		if err := r.frame(f); err != nil {
-			return &relayError{err}
 		}
 		return nil
 	}, ollama.OnResponse(r.response))

@@ -88,9 +88,9 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	w.log.Info("worker started", "max_attempts", w.cfg.MaxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
 	defer w.log.Info("worker stopped")
-	fails := 0
+	fails, misses := 0, 0
 	for !w.isStopping(ctx) {
-		d, err := w.next(ctx)
+		d, queued, err := w.next(ctx)
 		if err != nil {
 			if w.isStopping(ctx) {
 				return nil
@@ -102,13 +102,26 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		fails = 0
 		if d == nil {
+			// A message the stream has stored can reach its consumer a moment later, so a
+			// fetch that comes up empty while jobs are queued is tried again shortly before
+			// the loop goes idle (where only a new publish or a timer wakes it).
+			if queued && misses < len(recheck) {
+				w.sleep(ctx, recheck[misses])
+				misses++
+				continue
+			}
 			w.idle(ctx)
+			misses = 0
 			continue
 		}
+		misses = 0
 		w.handle(ctx, d)
 	}
 	return nil
 }
+
+// recheck spaces the fetches retried when jobs are queued but none was delivered.
+var recheck = []time.Duration{time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond}
 
 // Stop makes Run take no new job, lets the running one finish until ctx ends, then aborts
 // it and hands it back un-acked; it returns when Run has returned. Safe to call twice.
@@ -216,12 +229,14 @@ func (w *Worker) sleep(ctx context.Context, d time.Duration) {
 	}
 }
 
-// next selects and fetches the next job, or returns nil when none is ready.
-func (w *Worker) next(ctx context.Context) (*broker.Delivery, error) {
+// next selects and fetches the next job, or returns nil when none is ready; queued tells
+// whether the queue held jobs all the same (in retry back-off, or not yet visible to their
+// consumer).
+func (w *Worker) next(ctx context.Context) (_ *broker.Delivery, queued bool, _ error) {
 	now := time.Now()
 	heads, err := w.index.refresh(ctx, now)
 	if err != nil || len(heads) == 0 {
-		return nil, err
+		return nil, false, err
 	}
 	w.mu.Lock()
 	c := choice{
@@ -237,13 +252,13 @@ func (w *Worker) next(ctx context.Context) (*broker.Delivery, error) {
 				w.bodyLost(ctx, d, err)
 				continue
 			}
-			return d, nil
+			return d, true, nil
 		}
 		if err != nil {
-			return nil, err
+			return nil, true, err
 		}
 	}
-	return nil, nil
+	return nil, true, nil
 }
 
 // loadedLocked is the model tokens the target has loaded: /api/ps when the inventory

@@ -1,0 +1,312 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// Statuses of a job that ended without an answer, before any byte reached the client.
+// A job canceled by someone else (DELETE /jobs/{id}) is a 409: the request conflicts
+// with the job's state, and unlike a 503 it does not invite an automatic retry that would
+// undo the cancel. A broken token stream and a job that failed without an answer from
+// the target (attempts exhausted on connection errors) are 502s: the gateway could not
+// get a valid answer from upstream.
+const (
+	statusJobCanceled = http.StatusConflict
+	statusBadUpstream = http.StatusBadGateway
+)
+
+// relayCheckInterval is how often a waiting relay checks for lost messages and looks at
+// the job record itself: a safety net for a final marker or state event that never
+// arrives (a NATS reconnect loses core messages), so a request cannot hang forever.
+const relayCheckInterval = 5 * time.Second
+
+// outcome is how a relay ended.
+type outcome int
+
+const (
+	outcomeDone       outcome = iota // the answer was relayed completely
+	outcomeError                     // the client got an error (status or in-stream)
+	outcomeClientGone                // the client left; the job is to be canceled
+)
+
+// relay copies one job's token stream to an HTTP response. Frames must carry
+// Foreman-Seq 1, 2, 3…; anything else is a gap the client is told about.
+type relay struct {
+	s      *Server
+	w      http.ResponseWriter
+	r      *http.Request
+	rc     *http.ResponseController
+	job    *broker.Job
+	stream bool // the client asked for a streamed answer
+	log    *slog.Logger
+
+	checkEvery time.Duration
+	check      func(ctx context.Context) (*broker.Job, error)
+
+	next     uint64 // the Foreman-Seq expected next, minus one
+	started  bool   // status and headers are written
+	ctype    string // the response's Content-Type once known
+	pending  []byte // a non-streamed body, held until the final marker confirms it
+	terminal bool   // the watchdog saw the record terminal once already
+}
+
+// run relays until the job's final marker, a terminal state, a gap, or the client leaving.
+func (rl *relay) run(ctx context.Context, feed jobFeed) outcome {
+	tick := time.NewTicker(rl.checkEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return outcomeClientGone
+		case m := <-feed.Msgs():
+			if o, end := rl.handle(m, feed); end {
+				return o
+			}
+		case <-tick.C:
+			if o, end := rl.watchdog(ctx, feed); end {
+				return o
+			}
+		}
+	}
+}
+
+// handle processes one message; end reports that the response is over.
+func (rl *relay) handle(m *nats.Msg, feed jobFeed) (o outcome, end bool) {
+	if strings.HasSuffix(m.Subject, ".state") {
+		j, err := broker.DecodeJob(m.Data)
+		if err != nil || !j.State.Terminal() {
+			return 0, false
+		}
+		if feed.Dropped() > 0 {
+			return rl.gap("messages were dropped (slow consumer)"), true
+		}
+		return rl.ended(j), true
+	}
+	seq, err := strconv.ParseUint(m.Header.Get(broker.HeaderSeq), 10, 64)
+	if err != nil {
+		return rl.gap(fmt.Sprintf("frame without a valid %s header", broker.HeaderSeq)), true
+	}
+	if seq != rl.next+1 {
+		return rl.gap(fmt.Sprintf("expected frame %d, got %d", rl.next+1, seq)), true
+	}
+	rl.next = seq
+	if final := m.Header.Get(broker.HeaderFinal); final != "" {
+		return rl.final(final, m.Header), true
+	}
+	if err := rl.frame(m); err != nil {
+		return outcomeClientGone, true
+	}
+	return 0, false
+}
+
+// watchdog fails the relay on dropped messages and ends it when the record is terminal
+// but its final marker or state event never came. It waits for a second sighting of the
+// terminal record so that messages already on their way are relayed first.
+func (rl *relay) watchdog(ctx context.Context, feed jobFeed) (outcome, bool) {
+	if feed.Dropped() > 0 {
+		return rl.gap("messages were dropped (slow consumer)"), true
+	}
+	j, err := rl.check(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			rl.log.Warn("check job record", "err", err)
+		}
+		return 0, false
+	}
+	if !j.State.Terminal() {
+		return 0, false
+	}
+	if !rl.terminal {
+		rl.terminal = true
+		return 0, false
+	}
+	return rl.ended(j), true
+}
+
+// frame relays one target frame. The first one decides the status (200) and the
+// Content-Type. A non-streamed JSON body is held until the final marker, so it goes out
+// with a Content-Length as Ollama sends it, and a failure after it can still be a status.
+func (rl *relay) frame(m *nats.Msg) error {
+	if rl.ctype == "" {
+		rl.ctype = m.Header.Get(broker.HeaderContentType)
+		if rl.ctype == "" {
+			rl.ctype = rl.defaultContentType()
+		}
+	}
+	if !isStreamType(rl.ctype) {
+		rl.pending = append(rl.pending, m.Data...)
+		return nil
+	}
+	if !rl.started {
+		rl.begin(http.StatusOK)
+	}
+	if _, err := rl.w.Write(m.Data); err != nil {
+		return err
+	}
+	return rl.flush()
+}
+
+// final handles the final marker.
+func (rl *relay) final(kind string, h nats.Header) outcome {
+	switch kind {
+	case "done":
+		if !rl.started {
+			if rl.ctype == "" {
+				rl.ctype = rl.defaultContentType()
+			}
+			rl.w.Header().Set("Content-Length", strconv.Itoa(len(rl.pending)))
+			rl.begin(http.StatusOK)
+		}
+		if len(rl.pending) > 0 {
+			if _, err := rl.w.Write(rl.pending); err != nil {
+				return outcomeClientGone
+			}
+		}
+		_ = rl.flush()
+		return outcomeDone
+	case "canceled":
+		return rl.fail(statusJobCanceled, canceledMessage(h.Get(broker.HeaderError)))
+	}
+	status := statusBadUpstream
+	if code, err := strconv.Atoi(h.Get(broker.HeaderStatus)); err == nil && code >= 400 && code <= 599 {
+		status = code
+	}
+	msg := h.Get(broker.HeaderError)
+	if msg == "" {
+		msg = "job failed"
+	}
+	if text, ok := openAIErrorMessage(msg); ok {
+		// The target's OpenAI-shaped error body (the /v1 routes): an OpenAI client
+		// parses error.message, so it gets the body itself when nothing was written yet.
+		if !rl.started && rl.job.Kind != broker.KindChat && rl.job.Kind != broker.KindGenerate {
+			rl.w.Header().Set("Content-Type", "application/json")
+			rl.w.WriteHeader(status)
+			_, _ = rl.w.Write([]byte(msg))
+			return outcomeError
+		}
+		msg = text
+	}
+	return rl.fail(status, msg)
+}
+
+// openAIErrorMessage recognizes an OpenAI error body, {"error":{"message":...}}, as the
+// target's error text and returns its message.
+func openAIErrorMessage(s string) (string, bool) {
+	if !strings.HasPrefix(s, "{") {
+		return "", false
+	}
+	var e struct {
+		Error *struct {
+			Message string `json:"message"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(s), &e); err != nil || e.Error == nil {
+		return "", false
+	}
+	return e.Error.Message, true
+}
+
+// ended handles a terminal job seen without its final marker.
+func (rl *relay) ended(j *broker.Job) outcome {
+	switch j.State {
+	case broker.StateCanceled:
+		return rl.fail(statusJobCanceled, canceledMessage(j.Error))
+	case broker.StateFailed:
+		msg := j.Error
+		if msg == "" {
+			msg = "job failed"
+		}
+		return rl.fail(statusBadUpstream, msg)
+	}
+	return rl.gap("the job finished but its final frame never arrived")
+}
+
+func canceledMessage(reason string) string {
+	if reason == "" {
+		return "job canceled"
+	}
+	return "job canceled: " + reason
+}
+
+// gap reports a broken token stream.
+func (rl *relay) gap(detail string) outcome {
+	rl.log.Warn("stream gap", "detail", detail, "frames", rl.next)
+	return rl.fail(statusBadUpstream, "stream gap: "+detail)
+}
+
+// fail ends the response with an error: a status and {"error": msg} when nothing was
+// written yet, else an error frame in the stream's own format, as Ollama and OpenAI
+// servers send them mid-stream.
+func (rl *relay) fail(status int, msg string) outcome {
+	if !rl.started {
+		rl.s.writeError(rl.w, rl.r, &Error{Status: status, Message: msg})
+		return outcomeError
+	}
+	var frame []byte
+	if isSSE(rl.ctype) {
+		b, _ := json.Marshal(map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}})
+		frame = append(append([]byte("data: "), b...), "\n\n"...)
+	} else {
+		b, _ := json.Marshal(map[string]string{"error": msg})
+		frame = append(b, '\n')
+	}
+	if _, err := rl.w.Write(frame); err != nil {
+		return outcomeClientGone
+	}
+	_ = rl.flush()
+	return outcomeError
+}
+
+func (rl *relay) begin(status int) {
+	rl.w.Header().Set("Content-Type", rl.ctype)
+	rl.w.WriteHeader(status)
+	rl.started = true
+}
+
+func (rl *relay) flush() error {
+	if err := rl.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+		return err
+	}
+	return nil
+}
+
+// defaultContentType is what Ollama answers the request with, for a worker that did not
+// say.
+func (rl *relay) defaultContentType() string {
+	switch {
+	case !rl.stream:
+		return "application/json; charset=utf-8"
+	case rl.job.Kind == broker.KindChat || rl.job.Kind == broker.KindGenerate:
+		return "application/x-ndjson"
+	}
+	return "text/event-stream"
+}
+
+func mediaType(ctype string) string {
+	mt, _, err := mime.ParseMediaType(ctype)
+	if err != nil {
+		return strings.ToLower(strings.TrimSpace(ctype))
+	}
+	return mt
+}
+
+func isSSE(ctype string) bool { return mediaType(ctype) == "text/event-stream" }
+
+// isStreamType reports whether frames of this type are relayed as they come.
+func isStreamType(ctype string) bool {
+	mt := mediaType(ctype)
+	return mt == "text/event-stream" || mt == "application/x-ndjson"
+}

@@ -1,0 +1,407 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// chanFeed is a jobFeed the test fills by hand.
+type chanFeed struct {
+	ch      chan *nats.Msg
+	dropped atomic.Int64
+}
+
+func (f *chanFeed) Msgs() <-chan *nats.Msg { return f.ch }
+func (f *chanFeed) Dropped() int           { return int(f.dropped.Load()) }
+
+const relayTestID = "01J00000000000000000000000"
+
+func streamMsg(seq int, data string, hdr ...string) *nats.Msg {
+	m := nats.NewMsg(broker.StreamSubject(relayTestID))
+	m.Header.Set(broker.HeaderSeq, strconv.Itoa(seq))
+	for i := 0; i+1 < len(hdr); i += 2 {
+		m.Header.Set(hdr[i], hdr[i+1])
+	}
+	m.Data = []byte(data)
+	return m
+}
+
+func finalMsg(seq int, final string, hdr ...string) *nats.Msg {
+	return streamMsg(seq, "", append([]string{broker.HeaderFinal, final}, hdr...)...)
+}
+
+func stateMsg(t *testing.T, state broker.State, errMsg string) *nats.Msg {
+	t.Helper()
+	b, err := json.Marshal(&broker.Job{ID: relayTestID, State: state, Error: errMsg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &nats.Msg{Subject: broker.StateSubject(relayTestID), Data: b}
+}
+
+type relayCase struct {
+	kind    broker.Kind
+	stream  bool
+	msgs    []*nats.Msg
+	dropped int
+	record  *broker.Job // what the watchdog's check returns; nil = still queued
+	ctx     context.Context
+}
+
+// runRelay feeds msgs to a relay writing into a recorder and returns the outcome.
+func runRelay(t *testing.T, c relayCase) (outcome, *httptest.ResponseRecorder) {
+	t.Helper()
+	if c.kind == "" {
+		c.kind = broker.KindChat
+	}
+	if c.ctx == nil {
+		c.ctx = testCtx(t, 10*time.Second)
+	}
+	gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{RetryAfter: time.Second}}
+	feed := &chanFeed{ch: make(chan *nats.Msg, len(c.msgs))}
+	for _, m := range c.msgs {
+		feed.ch <- m
+	}
+	feed.dropped.Store(int64(c.dropped))
+	w := httptest.NewRecorder()
+	r := httptest.NewRequest(http.MethodPost, "/api/chat", nil)
+	rl := &relay{
+		s: gw, w: w, r: r, rc: http.NewResponseController(w),
+		job: &broker.Job{ID: relayTestID, Kind: c.kind}, stream: c.stream, log: gw.log,
+		checkEvery: time.Hour,
+		check: func(context.Context) (*broker.Job, error) {
+			if c.record != nil {
+				return c.record, nil
+			}
+			return &broker.Job{ID: relayTestID, State: broker.StateQueued}, nil
+		},
+	}
+	if c.record != nil {
+		rl.checkEvery = time.Millisecond
+	}
+	return rl.run(c.ctx, feed), w
+}
+
+func errorBody(t *testing.T, body []byte) string {
+	t.Helper()
+	var e struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil {
+		t.Fatalf("error body %q: %v", body, err)
+	}
+	return e.Error
+}
+
+func TestRelayNDJSONInOrder(t *testing.T) {
+	t.Parallel()
+	o, w := runRelay(t, relayCase{stream: true, msgs: []*nats.Msg{
+		streamMsg(1, "{\"a\":1}\n", broker.HeaderContentType, "application/x-ndjson"),
+		streamMsg(2, "{\"a\":2}\n"),
+		finalMsg(3, "done"),
+	}})
+	if o != outcomeDone || w.Code != 200 {
+		t.Fatalf("outcome %v, status %d", o, w.Code)
+	}
+	if got := w.Header().Get("Content-Type"); got != "application/x-ndjson" {
+		t.Errorf("Content-Type %q", got)
+	}
+	if got := w.Body.String(); got != "{\"a\":1}\n{\"a\":2}\n" {
+		t.Errorf("body %q", got)
+	}
+}
+
+func TestRelayNonStreamHeldForContentLength(t *testing.T) {
+	t.Parallel()
+	o, w := runRelay(t, relayCase{msgs: []*nats.Msg{
+		streamMsg(1, `{"done":true}`, broker.HeaderContentType, "application/json; charset=utf-8"),
+		finalMsg(2, "done"),
+	}})
+	if o != outcomeDone || w.Code != 200 || w.Body.String() != `{"done":true}` {
+		t.Fatalf("outcome %v, status %d, body %q", o, w.Code, w.Body)
+	}
+	if got := w.Header().Get("Content-Length"); got != "13" {
+		t.Errorf("Content-Length %q", got)
+	}
+}
+
+func TestRelayGaps(t *testing.T) {
+	t.Parallel()
+	ndjson := []string{broker.HeaderContentType, "application/x-ndjson"}
+	sse := []string{broker.HeaderContentType, "text/event-stream"}
+	cases := []struct {
+		name     string
+		c        relayCase
+		status   int
+		wantBody func(t *testing.T, body string)
+	}{
+		{
+			name:   "before any byte",
+			c:      relayCase{stream: true, msgs: []*nats.Msg{streamMsg(2, "x\n", ndjson...)}},
+			status: http.StatusBadGateway,
+			wantBody: func(t *testing.T, body string) {
+				if msg := errorBody(t, []byte(body)); !strings.HasPrefix(msg, "stream gap: expected frame 1, got 2") {
+					t.Errorf("error %q", msg)
+				}
+			},
+		},
+		{
+			name: "ndjson mid-stream",
+			c: relayCase{stream: true, msgs: []*nats.Msg{
+				streamMsg(1, "{\"a\":1}\n", ndjson...), streamMsg(3, "{\"a\":3}\n"), finalMsg(4, "done"),
+			}},
+			status: http.StatusOK,
+			wantBody: func(t *testing.T, body string) {
+				first, last, _ := strings.Cut(body, "\n")
+				if first != `{"a":1}` {
+					t.Errorf("first line %q", first)
+				}
+				if msg := errorBody(t, []byte(last)); !strings.HasPrefix(msg, "stream gap: expected frame 2, got 3") {
+					t.Errorf("error line %q", last)
+				}
+			},
+		},
+		{
+			name: "sse mid-stream",
+			c: relayCase{kind: broker.KindOpenAIChat, stream: true, msgs: []*nats.Msg{
+				streamMsg(1, "data: {\"x\":1}\n\n", sse...), streamMsg(1, "data: {\"x\":1}\n\n"),
+			}},
+			status: http.StatusOK,
+			wantBody: func(t *testing.T, body string) {
+				ev, ok := strings.CutPrefix(body, "data: {\"x\":1}\n\ndata: ")
+				if !ok || !strings.HasSuffix(ev, "\n\n") {
+					t.Fatalf("body %q", body)
+				}
+				var e struct {
+					Error struct{ Message string } `json:"error"`
+				}
+				if err := json.Unmarshal([]byte(ev), &e); err != nil || !strings.HasPrefix(e.Error.Message, "stream gap:") {
+					t.Errorf("error event %q (%v)", ev, err)
+				}
+			},
+		},
+		{
+			name:   "frame without sequence",
+			c:      relayCase{stream: true, msgs: []*nats.Msg{{Subject: broker.StreamSubject(relayTestID), Data: []byte("x")}}},
+			status: http.StatusBadGateway,
+			wantBody: func(t *testing.T, body string) {
+				if msg := errorBody(t, []byte(body)); !strings.Contains(msg, "Foreman-Seq") {
+					t.Errorf("error %q", msg)
+				}
+			},
+		},
+		{
+			name: "dropped messages seen at the terminal state",
+			c: relayCase{stream: true, dropped: 1, msgs: []*nats.Msg{
+				streamMsg(1, "{}\n", ndjson...), stateMsg(t, broker.StateDone, ""),
+			}},
+			status: http.StatusOK,
+			wantBody: func(t *testing.T, body string) {
+				if !strings.Contains(body, `{"error":"stream gap: messages were dropped (slow consumer)"}`) {
+					t.Errorf("body %q", body)
+				}
+			},
+		},
+		{
+			name:   "done state without final marker",
+			c:      relayCase{stream: true, msgs: []*nats.Msg{stateMsg(t, broker.StateDone, "")}},
+			status: http.StatusBadGateway,
+			wantBody: func(t *testing.T, body string) {
+				if msg := errorBody(t, []byte(body)); !strings.HasPrefix(msg, "stream gap:") {
+					t.Errorf("error %q", msg)
+				}
+			},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			o, w := runRelay(t, tc.c)
+			if o != outcomeError {
+				t.Errorf("outcome %v, want error", o)
+			}
+			if w.Code != tc.status {
+				t.Errorf("status %d, want %d (body %q)", w.Code, tc.status, w.Body)
+			}
+			tc.wantBody(t, w.Body.String())
+		})
+	}
+}
+
+func TestRelayEndsWithoutFinalMarker(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name   string
+		c      relayCase
+		status int
+		msg    string
+	}{
+		{"failed final with target status", relayCase{msgs: []*nats.Msg{
+			finalMsg(1, "failed", broker.HeaderStatus, "400", broker.HeaderError, `"tiny-embed" does not support chat`),
+		}}, 400, `"tiny-embed" does not support chat`},
+		{"failed final without status", relayCase{msgs: []*nats.Msg{
+			finalMsg(1, "failed", broker.HeaderError, "connection reset"),
+		}}, 502, "connection reset"},
+		{"canceled final", relayCase{msgs: []*nats.Msg{finalMsg(1, "canceled")}}, 409, "job canceled"},
+		{"canceled state", relayCase{msgs: []*nats.Msg{
+			stateMsg(t, broker.StateWorking, ""), stateMsg(t, broker.StateCanceled, "by operator"),
+		}}, 409, "job canceled: by operator"},
+		{"failed state (attempts exhausted)", relayCase{msgs: []*nats.Msg{
+			stateMsg(t, broker.StateRetrying, "refused"), stateMsg(t, broker.StateFailed, "ollama unreachable"),
+		}}, 502, "ollama unreachable"},
+		{"watchdog sees the record canceled", relayCase{
+			record: &broker.Job{ID: relayTestID, State: broker.StateCanceled, Error: "lost event"},
+		}, 409, "job canceled: lost event"},
+		{"watchdog sees dropped messages", relayCase{dropped: 2}, 502, "stream gap: messages were dropped (slow consumer)"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			if tc.c.dropped > 0 {
+				tc.c.record = &broker.Job{ID: relayTestID, State: broker.StateWorking}
+			}
+			o, w := runRelay(t, tc.c)
+			if o != outcomeError || w.Code != tc.status {
+				t.Fatalf("outcome %v status %d (body %q), want error %d", o, w.Code, w.Body, tc.status)
+			}
+			if got := errorBody(t, w.Body.Bytes()); got != tc.msg {
+				t.Errorf("error %q, want %q", got, tc.msg)
+			}
+		})
+	}
+}
+
+func TestRelayClientGone(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	o, _ := runRelay(t, relayCase{ctx: ctx})
+	if o != outcomeClientGone {
+		t.Fatalf("outcome %v", o)
+	}
+}
+
+// failingWriter fails every body write, as a connection whose client has left.
+type failingWriter struct{ *httptest.ResponseRecorder }
+
+func (failingWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
+
+func TestRelayWriteErrorIsClientGone(t *testing.T) {
+	t.Parallel()
+	gw := &Server{log: slog.New(slog.DiscardHandler)}
+	feed := &chanFeed{ch: make(chan *nats.Msg, 2)}
+	feed.ch <- streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson")
+	w := failingWriter{httptest.NewRecorder()}
+	rl := &relay{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),
+		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
+	if o := rl.run(testCtx(t, 10*time.Second), feed); o != outcomeClientGone {
+		t.Fatalf("outcome %v", o)
+	}
+}
+
+func TestJobWildcardMatchesBothSubjects(t *testing.T) {
+	t.Parallel()
+	w := jobWildcard(relayTestID)
+	for _, subj := range []string{broker.StreamSubject(relayTestID), broker.StateSubject(relayTestID)} {
+		if !strings.HasPrefix(subj, strings.TrimSuffix(w, "*")) || strings.Count(subj, ".") != strings.Count(w, ".") {
+			t.Errorf("%s does not match %s", subj, w)
+		}
+	}
+}
+
+func TestParseInference(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		kind   broker.Kind
+		body   string
+		model  string
+		stream bool
+		err    string
+	}{
+		{broker.KindChat, `{"model":"tiny-a"}`, "tiny-a", true, ""},
+		{broker.KindGenerate, `{"model":"tiny-a","stream":false}`, "tiny-a", false, ""},
+		{broker.KindGenerate, `{"model":"tiny-a","stream":null}`, "tiny-a", true, ""},
+		{broker.KindOpenAIChat, `{"model":"tiny-a"}`, "tiny-a", false, ""},
+		{broker.KindOpenAICompletion, `{"model":"tiny-a","stream":true}`, "tiny-a", true, ""},
+		{broker.KindChat, ``, "", false, "missing request body"},
+		{broker.KindChat, `{"model":`, "", false, "invalid JSON body"},
+		{broker.KindChat, `[1]`, "", false, "invalid JSON body"},
+		{broker.KindChat, `{"model":" "}`, "", false, "model is required"},
+		{broker.KindChat, `null`, "", false, "model is required"},
+	}
+	for _, c := range cases {
+		model, stream, err := parseInference(c.kind, []byte(c.body))
+		if c.err != "" {
+			if err == nil || !strings.Contains(err.Error(), c.err) {
+				t.Errorf("%s %s: err %v, want %q", c.kind, c.body, err, c.err)
+			}
+			if st, _ := statusOf(err); err != nil && st != 400 {
+				t.Errorf("%s: status %d", c.body, st)
+			}
+			continue
+		}
+		if err != nil || model != c.model || stream != c.stream {
+			t.Errorf("%s %s: got %q %v %v", c.kind, c.body, model, stream, err)
+		}
+	}
+}
+
+// A relay that falls behind loses messages in NATS (a slow consumer); the client must
+// see a gap, never a silently shortened answer.
+func TestRelaySlowConsumerIsGap(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	feed, err := subscribeJob(b.Broker.Conn, relayTestID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer feed.Close()
+	if err := feed.sub.SetPendingLimits(4, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	pub := b.Broker.Conn
+	for i := 1; i <= 2*feedBuffer+20; i++ {
+		hdr := []string{}
+		if i == 1 {
+			hdr = []string{broker.HeaderContentType, "application/x-ndjson"}
+		}
+		if err := pub.PublishMsg(streamMsg(i, "{}\n", hdr...)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := pub.PublishMsg(finalMsg(2*feedBuffer+21, "done")); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t, 10*time.Second)
+	for feed.Dropped() == 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("no message was dropped")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	gw := &Server{log: slog.New(slog.DiscardHandler)}
+	w := httptest.NewRecorder()
+	rl := &relay{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),
+		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
+	if o := rl.run(ctx, feed); o != outcomeError {
+		t.Fatalf("outcome %v, body %q", o, w.Body)
+	}
+	lines := strings.Split(strings.TrimSpace(w.Body.String()), "\n")
+	if msg := errorBody(t, []byte(lines[len(lines)-1])); !strings.HasPrefix(msg, "stream gap:") {
+		t.Errorf("last line %q", lines[len(lines)-1])
+	}
+}

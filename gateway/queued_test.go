@@ -1,0 +1,552 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// queuedBundle is the shared test bundle plus a real worker running its jobs.
+type queuedBundle struct {
+	*testBundle
+	Worker *worker.Worker
+}
+
+// newQueuedBundle starts a gateway, the fake and a worker; wcfg adjusts the worker's
+// Config (Store, Target and Inventory are set).
+func newQueuedBundle(t testing.TB, wcfg func(*worker.Config), opts ...bundleOption) *queuedBundle {
+	t.Helper()
+	b := &queuedBundle{testBundle: newTestBundle(t, opts...)}
+	cfg := worker.Config{
+		Store: b.Broker.Store, Target: b.Target, Inventory: b.Inv,
+		RetryDelay: 10 * time.Millisecond, IdlePoll: 50 * time.Millisecond,
+	}
+	if wcfg != nil {
+		wcfg(&cfg)
+	}
+	b.Worker = startQueuedWorker(t, cfg)
+	return b
+}
+
+// startQueuedWorker runs a worker until the test ends.
+func startQueuedWorker(t testing.TB, cfg worker.Config) *worker.Worker {
+	t.Helper()
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("worker: %v", err)
+		}
+	})
+	return w
+}
+
+// chatBody is an Ollama /api/chat body; stream "" leaves the field out.
+func chatBody(model, content, stream string) []byte {
+	s := ""
+	if stream != "" {
+		s = `,"stream":` + stream
+	}
+	return fmt.Appendf(nil, `{"model":%q,"messages":[{"role":"user","content":%q}]%s}`, model, content, s)
+}
+
+// routeBody is a request body for path asking model about content.
+func routeBody(path, model, content, stream string) []byte {
+	s := ""
+	if stream != "" {
+		s = `,"stream":` + stream
+	}
+	switch path {
+	case "/api/generate", "/v1/completions":
+		return fmt.Appendf(nil, `{"model":%q,"prompt":%q%s}`, model, content, s)
+	}
+	return chatBody(model, content, stream)
+}
+
+type rawResponse struct {
+	Status int
+	CType  string
+	Header http.Header
+	Body   []byte
+}
+
+// post sends body to base+path and reads the whole answer; safe in goroutines.
+func post(t testing.TB, ctx context.Context, base, path string, body []byte) rawResponse {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+path, bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Errorf("POST %s: %v", path, err) // not Fatal: goroutines call post too
+		return rawResponse{}
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Errorf("POST %s: read: %v", path, err)
+	}
+	return rawResponse{Status: resp.StatusCode, CType: resp.Header.Get("Content-Type"), Header: resp.Header, Body: out}
+}
+
+// watchStates reports every state event of every job, in order.
+func watchStates(t testing.TB, nc *nats.Conn) <-chan *broker.Job {
+	t.Helper()
+	ch := make(chan *broker.Job, 1024)
+	sub, err := nc.Subscribe(broker.StateWildcard, func(m *nats.Msg) {
+		if j, err := broker.DecodeJob(m.Data); err == nil {
+			ch <- j
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return ch
+}
+
+// waitState waits for the first event matching cond.
+func waitState(t testing.TB, ctx context.Context, ch <-chan *broker.Job, what string, cond func(*broker.Job) bool) *broker.Job {
+	t.Helper()
+	for {
+		select {
+		case j := <-ch:
+			if cond(j) {
+				return j
+			}
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, ctx.Err())
+		}
+	}
+}
+
+// waitRecord polls job id's record until cond holds.
+func waitRecord(t testing.TB, ctx context.Context, st *broker.Store, id string, cond func(*broker.Job) bool) *broker.Job {
+	t.Helper()
+	for {
+		j, _, err := st.Get(ctx, id)
+		if err == nil && cond(j) {
+			return j
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("job %s: condition not reached: %v (last %+v)", id, ctx.Err(), j)
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func TestQueuedConcurrentChatsSerialized(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, withFake(ollamatest.WithModels(
+		ollamatest.Model{Name: "tiny-a"}, ollamatest.Model{Name: "tiny-b"}, ollamatest.Model{Name: "tiny-c"},
+	)))
+	ctx := testCtx(t, 60*time.Second)
+	models := []string{"tiny-a", "tiny-b", "tiny-c"}
+	const n = 20
+	var wg sync.WaitGroup
+	got := make([]rawResponse, n)
+	for i := range n {
+		wg.Go(func() {
+			stream := []string{"", "true", "false"}[i%3]
+			got[i] = post(t, ctx, b.URL, "/api/chat", chatBody(models[i%3], fmt.Sprintf("question %d", i), stream))
+		})
+	}
+	wg.Wait()
+	for i := range n {
+		stream := []string{"", "true", "false"}[i%3]
+		want := post(t, ctx, b.Fake.URL, "/api/chat", chatBody(models[i%3], fmt.Sprintf("question %d", i), stream))
+		if got[i].Status != 200 || !bytes.Equal(got[i].Body, want.Body) {
+			t.Errorf("request %d: status %d body\n%s\nwant\n%s", i, got[i].Status, got[i].Body, want.Body)
+		}
+	}
+	if m := b.Fake.MaxInFlight(); m != 1 {
+		t.Errorf("the fake ran %d requests at once, want 1", m)
+	}
+}
+
+func TestQueuedRoutesByteIdentical(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 60*time.Second)
+	for _, path := range []string{"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"} {
+		for _, stream := range []string{"", "true", "false"} {
+			body := routeBody(path, "tiny-a", "why is the sky blue", stream)
+			got := post(t, ctx, b.URL, path, body)
+			want := post(t, ctx, b.Fake.URL, path, body)
+			name := fmt.Sprintf("%s stream=%q", path, stream)
+			if got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
+				t.Errorf("%s: got %d %q\n%s\nwant %d %q\n%s", name, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+			}
+			id := got.Header.Get(HeaderJobID)
+			if err := broker.ValidateID(id); err != nil {
+				t.Errorf("%s: %s %q: %v", name, HeaderJobID, id, err)
+				continue
+			}
+			// The final marker goes out before the record turns terminal.
+			j := waitRecord(t, ctx, b.Broker.Store, id, func(j *broker.Job) bool { return j.State.Terminal() })
+			if j.State != broker.StateDone || !j.Sync {
+				t.Errorf("%s: job %+v", name, j)
+			}
+		}
+	}
+}
+
+func TestQueuedModelNotFoundAfterRepoll(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	tagsCalls := func() int {
+		n := 0
+		for _, c := range b.Fake.Calls() {
+			if c.Path == "/api/tags" {
+				n++
+			}
+		}
+		return n
+	}
+
+	before := tagsCalls()
+	got := post(t, ctx, b.URL, "/api/chat", chatBody("nope", "hi", "false"))
+	if got.Status != 404 || errorBody(t, got.Body) != `model "nope" not found, try pulling it first` {
+		t.Errorf("unknown model: %d %s", got.Status, got.Body)
+	}
+	if tagsCalls() != before+1 {
+		t.Errorf("no re-poll of /api/tags before answering 404")
+	}
+	if got.Header.Get(HeaderJobID) != "" {
+		t.Errorf("a job was created for an unknown model")
+	}
+
+	// A model pulled since the last poll is found by the re-poll and runs.
+	b.Fake.AddModel(ollamatest.Model{Name: "fresh"})
+	got = post(t, ctx, b.URL, "/api/chat", chatBody("fresh", "hi", "false"))
+	want := post(t, ctx, b.Fake.URL, "/api/chat", chatBody("fresh", "hi", "false"))
+	if got.Status != 200 || !bytes.Equal(got.Body, want.Body) {
+		t.Errorf("fresh model: %d %s", got.Status, got.Body)
+	}
+}
+
+func TestQueuedBadRequests(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, withGateway(func(c *Config) { c.MaxBodyBytes = 1024 }))
+	ctx := testCtx(t, 30*time.Second)
+	cases := []struct {
+		path, body string
+		status     int
+		msg        string
+	}{
+		{"/api/chat", `{"model":"tiny-a",`, 400, "invalid JSON body"},
+		{"/api/generate", `{"prompt":"hi"}`, 400, "model is required"},
+		{"/v1/chat/completions", ``, 400, "missing request body"},
+		{"/v1/completions", `"tiny-a"`, 400, "invalid JSON body"},
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"` + strings.Repeat("x", 2000) + `"}]}`, 413, "request body too large"},
+	}
+	for _, c := range cases {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		if got.Status != c.status || !strings.HasPrefix(errorBody(t, got.Body), c.msg) {
+			t.Errorf("%s %.40s: %d %s, want %d %q", c.path, c.body, got.Status, got.Body, c.status, c.msg)
+		}
+	}
+	for _, c := range b.Fake.Calls() {
+		if c.Method == http.MethodPost {
+			t.Errorf("a bad request reached the target: %+v", c)
+		}
+	}
+}
+
+func TestQueuedEmbeddingModelErrorPassedThrough(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	for _, path := range []string{"/api/chat", "/api/generate", "/v1/chat/completions"} {
+		body := routeBody(path, "tiny-embed", "hi", "")
+		got := post(t, ctx, b.URL, path, body)
+		want := post(t, ctx, b.Fake.URL, path, body)
+		if got.Status != 400 || want.Status != 400 || !bytes.Equal(bytes.TrimSpace(got.Body), bytes.TrimSpace(want.Body)) {
+			t.Errorf("%s: got %d %s, the target says %d %s", path, got.Status, got.Body, want.Status, want.Body)
+		}
+	}
+}
+
+func TestQueuedQueueFull(t *testing.T) {
+	t.Parallel()
+	// No worker: the first job stays queued and fills the queue of one.
+	b := newTestBundle(t, withBroker(brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 1 })))
+	ctx := testCtx(t, 30*time.Second)
+	states := watchStates(t, b.Broker.Conn)
+
+	firstCtx, cancelFirst := context.WithCancel(ctx)
+	firstDone := make(chan rawResponse, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(firstCtx, http.MethodPost, b.URL+"/api/chat", bytes.NewReader(chatBody("tiny-a", "1", "")))
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		firstDone <- rawResponse{}
+	}()
+	first := waitState(t, ctx, states, "first job queued", func(j *broker.Job) bool { return j.State == broker.StateQueued })
+
+	got := post(t, ctx, b.URL, "/api/chat", chatBody("tiny-b", "2", ""))
+	if got.Status != 503 || errorBody(t, got.Body) != "queue full" || got.Header.Get("Retry-After") == "" {
+		t.Errorf("second request: %d %s, Retry-After %q", got.Status, got.Body, got.Header.Get("Retry-After"))
+	}
+	cancelFirst()
+	<-firstDone
+	waitRecord(t, ctx, b.Broker.Store, first.ID, func(j *broker.Job) bool { return j.State == broker.StateCanceled })
+}
+
+// gapCase publishes frames by hand for the job a request creates (no worker runs).
+func gapCase(t *testing.T, frames func(id string) []*nats.Msg) rawResponse {
+	t.Helper()
+	b := newTestBundle(t)
+	ctx := testCtx(t, 30*time.Second)
+	states := watchStates(t, b.Broker.Conn)
+	res := make(chan rawResponse, 1)
+	go func() { res <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "hi", "")) }()
+	job := waitState(t, ctx, states, "job queued", func(j *broker.Job) bool { return j.State == broker.StateQueued })
+	for _, m := range frames(job.ID) {
+		if err := b.Broker.Conn.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case r := <-res:
+		if r.Header.Get(HeaderJobID) != job.ID {
+			t.Errorf("%s %q, want %s", HeaderJobID, r.Header.Get(HeaderJobID), job.ID)
+		}
+		return r
+	case <-ctx.Done():
+		t.Fatal("the request hung on a stream gap")
+	}
+	return rawResponse{}
+}
+
+func jobFrame(id string, seq int, data string, hdr ...string) *nats.Msg {
+	m := nats.NewMsg(broker.StreamSubject(id))
+	m.Header.Set(broker.HeaderSeq, fmt.Sprint(seq))
+	for i := 0; i+1 < len(hdr); i += 2 {
+		m.Header.Set(hdr[i], hdr[i+1])
+	}
+	m.Data = []byte(data)
+	return m
+}
+
+func TestQueuedStreamGapMidStream(t *testing.T) {
+	t.Parallel()
+	got := gapCase(t, func(id string) []*nats.Msg {
+		return []*nats.Msg{
+			jobFrame(id, 1, "{\"message\":{\"content\":\"a\"},\"done\":false}\n", broker.HeaderContentType, "application/x-ndjson"),
+			jobFrame(id, 3, "{\"message\":{\"content\":\"c\"},\"done\":false}\n"),
+		}
+	})
+	lines := strings.Split(strings.TrimSuffix(string(got.Body), "\n"), "\n")
+	if got.Status != 200 || len(lines) != 2 || lines[0] != `{"message":{"content":"a"},"done":false}` {
+		t.Fatalf("got %d %q", got.Status, got.Body)
+	}
+	if msg := errorBody(t, []byte(lines[1])); !strings.HasPrefix(msg, "stream gap:") {
+		t.Errorf("last line %q", lines[1])
+	}
+}
+
+func TestQueuedStreamGapBeforeFirstByte(t *testing.T) {
+	t.Parallel()
+	got := gapCase(t, func(id string) []*nats.Msg {
+		return []*nats.Msg{jobFrame(id, 2, "{}\n", broker.HeaderContentType, "application/x-ndjson")}
+	})
+	if got.Status != 502 || !strings.HasPrefix(errorBody(t, got.Body), "stream gap: expected frame 1, got 2") {
+		t.Errorf("got %d %s", got.Status, got.Body)
+	}
+}
+
+func TestQueuedClientDisconnectCancelsQueuedJob(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	states := watchStates(t, b.Broker.Conn)
+	release := b.Fake.Hold("tiny-a")
+	defer release()
+
+	busy := make(chan rawResponse, 1)
+	go func() { busy <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "long", "false")) }()
+	if err := b.Fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+
+	leaveCtx, leave := context.WithCancel(ctx)
+	left := make(chan struct{})
+	go func() {
+		defer close(left)
+		req, _ := http.NewRequestWithContext(leaveCtx, http.MethodPost, b.URL+"/api/chat", bytes.NewReader(chatBody("tiny-b", "bye", "")))
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	queued := waitState(t, ctx, states, "tiny-b queued", func(j *broker.Job) bool {
+		return j.State == broker.StateQueued && j.Model == "tiny-b"
+	})
+	leave()
+	<-left
+	j := waitRecord(t, ctx, b.Broker.Store, queued.ID, func(j *broker.Job) bool { return j.State.Terminal() })
+	if j.State != broker.StateCanceled || j.Error != "client disconnected" {
+		t.Errorf("abandoned job: %s %q", j.State, j.Error)
+	}
+
+	release()
+	if r := <-busy; r.Status != 200 {
+		t.Errorf("busy request: %d %s", r.Status, r.Body)
+	}
+	// A later tiny-b request runs; had the canceled one stayed queued it would run first.
+	if r := post(t, ctx, b.URL, "/api/chat", chatBody("tiny-b", "later", "false")); r.Status != 200 {
+		t.Fatalf("later request: %d %s", r.Status, r.Body)
+	}
+	n := 0
+	for _, c := range b.Fake.Calls() {
+		if c.Model == "tiny-b:latest" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the target saw %d tiny-b calls, want 1 (the canceled job must not run)", n)
+	}
+}
+
+func TestQueuedClientDisconnectAbortsRunningJob(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	states := watchStates(t, b.Broker.Conn)
+	release := b.Fake.Hold("tiny-a")
+	defer release()
+
+	leaveCtx, leave := context.WithCancel(ctx)
+	left := make(chan struct{})
+	go func() {
+		defer close(left)
+		req, _ := http.NewRequestWithContext(leaveCtx, http.MethodPost, b.URL+"/api/chat", bytes.NewReader(chatBody("tiny-a", "bye", "")))
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	if err := b.Fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	job := waitState(t, ctx, states, "job running", func(j *broker.Job) bool { return j.State == broker.StateQueued })
+	leave()
+	<-left
+	chat := func(calls []ollamatest.Call) (ollamatest.Call, bool) {
+		for _, c := range calls {
+			if c.Path == "/api/chat" {
+				return c, true
+			}
+		}
+		return ollamatest.Call{}, false
+	}
+	err := b.Fake.WaitFor(ctx, func(calls []ollamatest.Call) bool {
+		c, ok := chat(calls)
+		return ok && c.Finished
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, _ := chat(b.Fake.Calls()); !c.Canceled {
+		t.Errorf("the target's call was not canceled: %+v", c)
+	}
+	if j := waitRecord(t, ctx, b.Broker.Store, job.ID, func(j *broker.Job) bool { return j.State.Terminal() }); j.State != broker.StateCanceled {
+		t.Errorf("job ended %s", j.State)
+	}
+}
+
+func TestQueuedTargetDownThenUp(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, func(c *worker.Config) { c.MaxAttempts = 1000 })
+	ctx := testCtx(t, 30*time.Second)
+	b.Fake.SetDown(true)
+
+	// The target is down: an unknown model cannot be checked, so it is a 502 at once…
+	if r := post(t, ctx, b.URL, "/api/chat", chatBody("unknown", "hi", "false")); r.Status != 502 {
+		t.Errorf("unknown model with the target down: %d %s", r.Status, r.Body)
+	}
+	// …while a known one is queued and runs when the target is back.
+	body := chatBody("tiny-a", "patience", "")
+	res := make(chan rawResponse, 1)
+	go func() { res <- post(t, ctx, b.URL, "/api/chat", body) }()
+	err := b.Fake.WaitFor(ctx, func(calls []ollamatest.Call) bool {
+		for _, c := range calls {
+			if c.Path == "/api/chat" && c.Failure != "" {
+				return true
+			}
+		}
+		return false
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Fake.SetDown(false)
+	got := <-res
+	want := post(t, ctx, b.Fake.URL, "/api/chat", body)
+	if got.Status != 200 || !bytes.Equal(got.Body, want.Body) {
+		t.Errorf("got %d\n%s\nwant\n%s", got.Status, got.Body, want.Body)
+	}
+}
+
+func TestQueuedStreamWithoutDoneRelayedAsIs(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	for _, path := range []string{"/api/chat", "/v1/chat/completions"} {
+		stream := ""
+		if strings.HasPrefix(path, "/v1") {
+			stream = "true"
+		}
+		body := routeBody(path, "tiny-a", "cut", stream)
+		b.Fake.FailNext(1, ollamatest.StreamNoDone)
+		got := post(t, ctx, b.URL, path, body)
+		b.Fake.FailNext(1, ollamatest.StreamNoDone)
+		want := post(t, ctx, b.Fake.URL, path, body)
+		if got.Status != 200 || !bytes.Equal(got.Body, want.Body) {
+			t.Errorf("%s: got %d\n%s\nwant\n%s", path, got.Status, got.Body, want.Body)
+		}
+	}
+}
+
+func TestWaitStreams(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	if err := b.GW.WaitStreams(testCtx(t, 5*time.Second)); err != nil {
+		t.Fatalf("no streams: %v", err)
+	}
+	b.GW.streams.Add(1)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := b.GW.WaitStreams(ctx); err == nil {
+		t.Error("WaitStreams returned nil with a stream running")
+	}
+	b.GW.streams.Done()
+}
