@@ -146,28 +146,31 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job
 	}
 }
 
-// succeed stores the result, announces the end of the stream, then writes the terminal state.
+// succeed announces the end of the stream (a waiting client is answered at once), stores
+// the result, then writes the terminal state.
 func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, ct string, log *slog.Logger) {
+	w.publishFinal(r, broker.StateDone, "", 0, log)
 	res, sawDone := result(j.Kind, ct, r.frames)
 	if !sawDone {
 		log.Warn("target stream ended without done:true; job ends done with the frames it sent")
-	}
-	a, err := w.store.StoreArtifact(ctx, d.JobID, "result.json", "application/json", res)
-	if err != nil {
-		w.fail(ctx, d, r, "store result: "+err.Error(), 0, log)
-		return
 	}
 	var inline json.RawMessage
 	if len(res) <= resultInlineLimit && json.Valid(res) {
 		inline = res
 	}
-	w.publishFinal(r, broker.StateDone, "", 0, log)
-	_, _, err = w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {
+	a, aerr := w.store.StoreArtifact(ctx, d.JobID, "result.json", "application/json", res)
+	if aerr != nil {
+		// The stream already said done; the job stays done, with the inline result only.
+		log.Error("store result artifact", "err", aerr, "result_bytes", len(res))
+	}
+	_, _, err := w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {
 		if j.State.Terminal() {
 			return errEnded
 		}
 		j.State, j.Error, j.Result = broker.StateDone, "", inline
-		j.SetArtifact(a)
+		if aerr == nil {
+			j.SetArtifact(a)
+		}
 		return nil
 	})
 	switch {
