@@ -222,7 +222,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 	if len(idemKey) > maxIdempotencyKey {
 		return "", false, badRequest(fmt.Sprintf("Idempotency-Key: longer than %d bytes", maxIdempotencyKey))
 	}
-	if err := s.requireModel(ctx, sub.model); err != nil {
+	if err := s.queueableModel(ctx, sub.model); err != nil {
 		return "", false, err
 	}
 	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook}

@@ -1,14 +1,12 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -32,26 +30,19 @@ func (s *Server) queuedRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/completions", s.handleQueued(broker.KindOpenAICompletion))
 }
 
-// inferenceRequest holds the two fields foreman reads from a chat/generate/completion
-// body; the body itself goes to the target byte for byte.
-type inferenceRequest struct {
-	Model  string `json:"model"`
-	Stream *bool  `json:"stream"`
-}
-
 // parseInference returns the model a body names and whether the client wants a stream:
 // Ollama's /api routes stream unless told otherwise, the OpenAI routes only on
 // "stream": true.
 func parseInference(kind broker.Kind, body []byte) (model string, stream bool, err error) {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return "", false, badRequest("missing request body")
+	model, err = requestModel(body)
+	if err != nil {
+		return "", false, err
 	}
-	var req inferenceRequest
+	var req struct {
+		Stream *bool `json:"stream"`
+	}
 	if err := json.Unmarshal(body, &req); err != nil {
 		return "", false, badRequest("invalid JSON body: " + err.Error())
-	}
-	if strings.TrimSpace(req.Model) == "" {
-		return "", false, badRequest("model is required")
 	}
 	switch kind {
 	case broker.KindChat, broker.KindGenerate:
@@ -59,7 +50,7 @@ func parseInference(kind broker.Kind, body []byte) (model string, stream bool, e
 	default:
 		stream = req.Stream != nil && *req.Stream
 	}
-	return req.Model, stream, nil
+	return model, stream, nil
 }
 
 // handleQueued turns one inference call into a sync job and relays its answer.
@@ -85,26 +76,19 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 
 // queueableModel decides whether a job for model may be queued. A model the target is
 // known to have is queued even while the target is down: it runs when the target is
-// back. An unknown model gets one re-poll (it may have been pulled since); "not found" is
-// claimed only on a successful poll. With the target unreachable and the model unknown
-// there is nothing to wait for, so the answer is 502 rather than a job that cannot run.
+// back. With the target unreachable and the model unknown there is nothing to wait for,
+// so the answer is 502 rather than a job that cannot run.
 func (s *Server) queueableModel(ctx context.Context, model string) error {
+	if err := s.requireModel(ctx, model); err != nil {
+		return err
+	}
 	if s.inv.HasModel(model) {
 		return nil
 	}
-	err := s.inv.Refresh(ctx)
-	if s.inv.HasModel(model) {
-		return nil
-	}
-	switch {
-	case err == nil:
-		return &ModelNotFoundError{Model: model}
-	case ctx.Err() != nil:
-		return ctx.Err()
-	}
+	// requireModel let it through only because the target could not be polled.
 	return &Error{
 		Status:  http.StatusBadGateway,
-		Message: fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list: %v", model, err),
+		Message: fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", model),
 	}
 }
 

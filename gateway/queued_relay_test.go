@@ -340,7 +340,7 @@ func TestParseInference(t *testing.T) {
 		{broker.KindChat, `{"model":`, "", false, "invalid JSON body"},
 		{broker.KindChat, `[1]`, "", false, "invalid JSON body"},
 		{broker.KindChat, `{"model":" "}`, "", false, "model is required"},
-		{broker.KindChat, `null`, "", false, "model is required"},
+		{broker.KindChat, `null`, "", false, "expected an object"},
 	}
 	for _, c := range cases {
 		model, stream, err := parseInference(c.kind, []byte(c.body))
