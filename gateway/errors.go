@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -84,7 +85,30 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter.Seconds()+0.5)))
 	}
+	if strings.HasPrefix(r.URL.Path, "/v1/") {
+		writeJSON(w, status, openAIError(status, msg))
+		return
+	}
 	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// openAIError is the error body of Ollama's OpenAI-compatible routes, which OpenAI SDKs
+// read as error.message.
+func openAIError(status int, msg string) any {
+	kind := "api_error"
+	switch status {
+	case http.StatusBadRequest:
+		kind = "invalid_request_error"
+	case http.StatusNotFound:
+		kind = "not_found_error"
+	}
+	type body struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   any     `json:"param"`
+		Code    *string `json:"code"`
+	}
+	return map[string]body{"error": {Message: msg, Type: kind}}
 }
 
 // writeJSON sends v as JSON with the given status.

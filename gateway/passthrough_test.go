@@ -56,14 +56,12 @@ func wantError(t *testing.T, resp *http.Response, body []byte, status int, conta
 	if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 		t.Errorf("Content-Type %q, want JSON", ct)
 	}
-	var e struct {
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(body, &e); err != nil || e.Error == "" {
+	msg, ok := errorText(body)
+	if !ok {
 		t.Fatalf("body %q is not {\"error\": ...}", body)
 	}
-	if !strings.Contains(e.Error, contains) {
-		t.Errorf("error %q does not contain %q", e.Error, contains)
+	if !strings.Contains(msg, contains) {
+		t.Errorf("error %q does not contain %q", msg, contains)
 	}
 }
 
@@ -249,10 +247,8 @@ func TestUnknownModelRepollThen404(t *testing.T) {
 			path, body = build("ghost")
 			resp, out = b.request(t, rt.method, path, body)
 			wantError(t, resp, out, http.StatusNotFound, "")
-			var e ollama.ErrorResponse
-			_ = json.Unmarshal(out, &e)
-			if want := `model "ghost" not found, try pulling it first`; e.Error != want {
-				t.Errorf("error %q, want %q", e.Error, want)
+			if got, _ := errorText(out); got != `model "ghost" not found, try pulling it first` {
+				t.Errorf("error %q, want %q", got, `model "ghost" not found, try pulling it first`)
 			}
 			polled, asked := false, false
 			for _, c := range b.Fake.Calls()[before:] {
@@ -532,5 +528,30 @@ func TestRelayCutMidStream(t *testing.T) {
 	}
 	if !bytes.HasPrefix(body, []byte(`{"status":"pulling manifest"}`+"\n")) {
 		t.Errorf("the lines before the cut were not relayed: %q", body)
+	}
+}
+
+// Errors foreman makes itself take the shape of the route family, as Ollama's do: OpenAI
+// SDKs read error.message on /v1, Ollama clients read error as a string on /api.
+func TestErrorShapePerRouteFamily(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	resp, out := b.request(t, http.MethodPost, "/api/embed", []byte(`{"model":"ghost","input":"x"}`))
+	var native struct {
+		Error string `json:"error"`
+	}
+	if resp.StatusCode != http.StatusNotFound || json.Unmarshal(out, &native) != nil || native.Error == "" {
+		t.Fatalf("/api error: %d %s, want 404 {\"error\": \"...\"}", resp.StatusCode, out)
+	}
+	resp, out = b.request(t, http.MethodPost, "/v1/embeddings", []byte(`{"model":"ghost","input":"x"}`))
+	var openai struct {
+		Error struct {
+			Message string `json:"message"`
+			Type    string `json:"type"`
+		} `json:"error"`
+	}
+	if resp.StatusCode != http.StatusNotFound || json.Unmarshal(out, &openai) != nil ||
+		openai.Error.Message != native.Error || openai.Error.Type != "not_found_error" {
+		t.Fatalf("/v1 error: %d %s, want 404 with error.message %q and type not_found_error", resp.StatusCode, out, native.Error)
 	}
 }

@@ -97,13 +97,34 @@ func runRelay(t *testing.T, c relayCase) (outcome, *httptest.ResponseRecorder) {
 
 func errorBody(t *testing.T, body []byte) string {
 	t.Helper()
+	msg, ok := errorText(body)
+	if !ok {
+		t.Fatalf("error body %q is neither {\"error\": \"...\"} nor {\"error\": {\"message\": ...}}", body)
+	}
+	return msg
+}
+
+// errorText reads an error body in either shape foreman sends: Ollama's {"error": "..."}
+// or, on /v1 routes, OpenAI's {"error": {"message": "...", "type": ...}}.
+func errorText(body []byte) (string, bool) {
 	var e struct {
-		Error string `json:"error"`
+		Error json.RawMessage `json:"error"`
 	}
-	if err := json.Unmarshal(body, &e); err != nil {
-		t.Fatalf("error body %q: %v", body, err)
+	if err := json.Unmarshal(body, &e); err != nil || len(e.Error) == 0 {
+		return "", false
 	}
-	return e.Error
+	var msg string
+	if json.Unmarshal(e.Error, &msg) == nil {
+		return msg, msg != ""
+	}
+	var obj struct {
+		Message string `json:"message"`
+		Type    string `json:"type"`
+	}
+	if json.Unmarshal(e.Error, &obj) == nil && obj.Type != "" {
+		return obj.Message, obj.Message != ""
+	}
+	return "", false
 }
 
 func TestRelayNDJSONInOrder(t *testing.T) {
