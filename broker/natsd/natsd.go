@@ -12,7 +12,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -119,72 +121,96 @@ func Start(cfg Config) (*Server, error) {
 }
 
 func (s *Server) options(cfg Config) (*server.Options, error) {
-	opts := &server.Options{
-		ServerName:        "foreman",
-		JetStream:         true,
-		StoreDir:          cfg.DataDir,
-		JetStreamMaxStore: cfg.MaxStore,
-		SyncAlways:        true, // an acknowledged job is on disk
-		NoSigs:            true, // else the server os.Exit()s on SIGTERM
-		NoLog:             false,
-		DontListen:        cfg.Listen == "",
-		// HTTP port stays closed; foreman has its own /healthz.
-	}
-	internalHash, err := bcrypt.GenerateFromPassword([]byte(s.secret), bcrypt.MinCost)
+	opts := &server.Options{}
+	// Accounts, users, exports and imports are easiest to state as config text; every
+	// value placed in it is a bcrypt hash or a name checked against userName.
+	conf, err := s.accountsConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
-	users := []*server.User{{
-		Username:               internalUser,
-		Password:               string(internalHash),
-		AllowedConnectionTypes: map[string]struct{}{"IN_PROCESS": {}},
-	}}
-	if cfg.Listen != "" {
-		host, portStr, _ := net.SplitHostPort(cfg.Listen)
-		port, err := strconv.Atoi(portStr)
-		if err != nil {
-			return nil, fmt.Errorf("FOREMAN_NATS_LISTEN=%q: bad port", cfg.Listen)
-		}
-		if port == 0 {
-			port = server.RANDOM_PORT
-		}
-		opts.Host, opts.Port = host, port
-		// The hash never leaves memory (the password itself is in the environment), so a
-		// high cost buys nothing; it costs every client login, and at DefaultCost a loaded
-		// machine takes longer than the server's first PING, failing the handshake.
-		clientHash, err := bcrypt.GenerateFromPassword([]byte(cfg.ClientPassword), bcrypt.MinCost)
-		if err != nil {
-			return nil, fmt.Errorf("natsd: client password: %w", err)
-		}
-		users = append(users, &server.User{
-			Username:               cfg.ClientUser,
-			Password:               string(clientHash),
-			Permissions:            ClientPermissions(),
-			AllowedConnectionTypes: map[string]struct{}{"STANDARD": {}, "WEBSOCKET": {}},
-		})
-		if cfg.TLSCert != "" {
-			tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey})
-			if err != nil {
-				return nil, fmt.Errorf("natsd: TLS: %w", err)
-			}
-			opts.TLSConfig, opts.TLS = tc, true
-		}
+	if err := opts.ProcessConfigString(conf); err != nil {
+		return nil, fmt.Errorf("natsd: accounts: %w", err)
 	}
-	opts.Users = users
+	opts.ServerName = "foreman"
+	opts.JetStream = true
+	opts.StoreDir = cfg.DataDir
+	opts.JetStreamMaxStore = cfg.MaxStore
+	opts.SyncAlways = true // an acknowledged job is on disk
+	opts.NoSigs = true     // else the server os.Exit()s on SIGTERM
+	opts.DontListen = cfg.Listen == ""
+	// The monitoring port stays closed; foreman has its own /healthz.
+	if cfg.Listen == "" {
+		return opts, nil
+	}
+	host, portStr, _ := net.SplitHostPort(cfg.Listen)
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("FOREMAN_NATS_LISTEN=%q: bad port", cfg.Listen)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	opts.Host, opts.Port = host, port
+	if cfg.TLSCert != "" {
+		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey})
+		if err != nil {
+			return nil, fmt.Errorf("natsd: TLS: %w", err)
+		}
+		opts.TLSConfig, opts.TLS = tc, true
+	}
 	return opts, nil
 }
 
-// ClientPermissions are what a NATS client user may do: watch job events and streams,
-// submit jobs by request/reply, receive replies. Nothing else — in particular no publishing
-// into foreman.queue.> and no JetStream API.
-func ClientPermissions() *server.Permissions {
-	return &server.Permissions{
-		Publish: &server.SubjectPermission{Allow: []string{"foreman.jobs.submit"}},
-		Subscribe: &server.SubjectPermission{
-			Allow: []string{"foreman.job.>", "_INBOX.>"},
-		},
+// Account names. foreman's own streams, KV and inbox traffic live in FOREMAN; NATS
+// clients live in CLIENTS and see only what FOREMAN exports: the job events and streams
+// (a stream export) and submission (a service export, whose replies the server routes
+// back itself). A client can therefore neither read foreman's internal traffic nor,
+// by forging a reply subject, make foreman publish into its own subjects.
+const (
+	foremanAccount = "FOREMAN"
+	clientsAccount = "CLIENTS"
+)
+
+var userName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$`)
+
+func (s *Server) accountsConfig(cfg Config) (string, error) {
+	// The hashes never leave memory (the passwords themselves are in the environment or
+	// random), so a high cost buys nothing; it costs every login, and at DefaultCost a
+	// loaded machine takes longer than the server's first PING, failing the handshake.
+	internalHash, err := bcrypt.GenerateFromPassword([]byte(s.secret), bcrypt.MinCost)
+	if err != nil {
+		return "", err
 	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `accounts {
+  %s {
+    jetstream: enabled
+    users: [ {user: %q, password: %q, allowed_connection_types: ["IN_PROCESS"]} ]
+    exports: [ {stream: "foreman.job.>"}, {service: %q} ]
+  }
+`, foremanAccount, internalUser, internalHash, SubmitSubject)
+	if cfg.Listen != "" {
+		if !userName.MatchString(cfg.ClientUser) {
+			return "", fmt.Errorf("FOREMAN_NATS_USER=%q: use letters, digits and _ . @ - (at most 64)", cfg.ClientUser)
+		}
+		clientHash, err := bcrypt.GenerateFromPassword([]byte(cfg.ClientPassword), bcrypt.MinCost)
+		if err != nil {
+			return "", fmt.Errorf("natsd: client password: %w", err)
+		}
+		fmt.Fprintf(&b, `  %s {
+    users: [ {user: %q, password: %q, allowed_connection_types: ["STANDARD", "WEBSOCKET"],
+      permissions: {publish: {allow: [%q]}, subscribe: {allow: ["foreman.job.>", "_INBOX.>"]}}} ]
+    imports: [ {stream: {account: %s, subject: "foreman.job.>"}}, {service: {account: %s, subject: %q}} ]
+  }
+`, clientsAccount, cfg.ClientUser, clientHash, SubmitSubject, foremanAccount, foremanAccount, SubmitSubject)
+	}
+	b.WriteString("}\n")
+	return b.String(), nil
 }
+
+// SubmitSubject is where clients submit jobs by request/reply (broker.SubmitSubject;
+// natsd does not import broker).
+const SubmitSubject = "foreman.jobs.submit"
 
 // Connect opens an in-process connection as foreman's internal user.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {

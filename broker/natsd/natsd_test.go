@@ -248,3 +248,104 @@ func selfSigned(t *testing.T, dir string) (certFile, keyFile string, pool *x509.
 	pool.AddCert(cert)
 	return certFile, keyFile, pool
 }
+
+// A client that names one of foreman's own subjects as the reply subject of a submit must
+// not get foreman to publish there: the reply goes back through the service import to the
+// client's account, never into the job bucket.
+func TestForgedReplySubjectCannotWriteInternally(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, withListener(nil))
+	ctx := ctxT(t)
+	j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, revBefore, err := b.Store.Get(ctx, j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	answered := make(chan string, 1)
+	resp, err := b.Conn.Subscribe(broker.SubmitSubject, func(m *nats.Msg) {
+		answered <- m.Reply
+		_ = m.Respond([]byte(`{"error":"invalid JSON body"}`))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Unsubscribe()
+	if err := b.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	nc, _ := connectClient(t, b.Server.ClientURL())
+	forged := "$KV." + broker.JobsBucket + ".job." + j.ID
+	if err := nc.PublishRequest(broker.SubmitSubject, forged, []byte(`not json`)); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case reply := <-answered:
+		if reply == forged {
+			t.Fatalf("foreman saw the forged reply subject %q", reply)
+		}
+	case <-ctx.Done():
+		t.Fatal("submit never reached foreman")
+	}
+	if err := b.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	got, revAfter, err := b.Store.Get(ctx, j.ID)
+	if err != nil || revAfter != revBefore || got.State != broker.StateQueued {
+		t.Fatalf("job record changed by a forged reply: %+v rev %d→%d (%v)", got, revBefore, revAfter, err)
+	}
+}
+
+// A client may subscribe to _INBOX.> for its own replies, but foreman's internal
+// request/reply traffic (JetStream API answers, KV reads, request bodies) is in another
+// account and never reaches it.
+func TestClientInboxDoesNotSeeInternalTraffic(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, withListener(nil))
+	ctx := ctxT(t)
+	nc, _ := connectClient(t, b.Server.ClientURL())
+	inbox, err := nc.SubscribeSync("_INBOX.>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// Internal traffic: a submit and reads, each a JetStream request with an inbox reply.
+	j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"SECRET-PROMPT"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Store.Get(ctx, j.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Anything routed to the client before this round trip is already in its pending queue.
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := inbox.Pending(); n != 0 {
+		m, _ := inbox.NextMsg(time.Second)
+		t.Fatalf("client inbox saw %d internal messages, first on %s: %.80s", n, m.Subject, m.Data)
+	}
+	// The subscription itself works: the client's own request reply arrives on it.
+	resp, err := b.Conn.Subscribe(broker.SubmitSubject, func(m *nats.Msg) { _ = m.Respond([]byte(`{"job_id":"x"}`)) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Unsubscribe()
+	_ = b.Conn.Flush()
+	if _, err := nc.RequestWithContext(ctx, broker.SubmitSubject, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := inbox.NextMsg(5 * time.Second); err != nil {
+		t.Fatalf("the client's own reply never reached its _INBOX.> subscription: %v", err)
+	}
+}
+
+func TestSubmitSubjectMatchesBroker(t *testing.T) {
+	if natsd.SubmitSubject != broker.SubmitSubject {
+		t.Fatalf("natsd exports %q, broker serves %q", natsd.SubmitSubject, broker.SubmitSubject)
+	}
+}
