@@ -194,7 +194,9 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	created := true
 	if _, err := s.kv.Create(ctx, jobKey(j.ID), rec); err != nil {
+		created = false
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return nil, fmt.Errorf("broker: create job record: %w", storageErr(err))
 		}
@@ -210,7 +212,10 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		j = existing
 	}
 	if err := s.enqueue(ctx, j, token, body); err != nil {
-		if errors.Is(err, ErrQueueFull) {
+		// No record may stay "queued" without a queue message. Should the message have
+		// been stored after all (an ack lost to a timeout), the worker drops it for want
+		// of a record; the caller was told the submit failed either way.
+		if created {
 			s.discard(j)
 		}
 		return nil, err

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net/http"
 	"strconv"
 
@@ -26,7 +27,11 @@ func (s *Server) handleSubmitJob(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	id, replayed, err := s.submitJob(r.Context(), body, r.Header.Get("Idempotency-Key"))
+	// Detached from the client: one leaving mid-submit must not leave a record without
+	// its queue message behind.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), submitTimeout)
+	defer cancel()
+	id, replayed, err := s.submitJob(ctx, body, r.Header.Get("Idempotency-Key"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -227,7 +227,9 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 	}
 	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook}
 	if idemKey != "" {
-		sum := sha256.Sum256(raw)
+		// The key protects the job itself: its kind and the body sent to the target, not
+		// the webhook fields (a client's own receiver URL changes between retries).
+		sum := sha256.Sum256(append([]byte(string(sub.kind)+"\n"), sub.body...))
 		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: hex.EncodeToString(sum[:])}
 		got, created, err := s.store.ClaimIdempotencyKey(ctx, idemKey, claim)
 		if err != nil {

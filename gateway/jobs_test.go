@@ -158,6 +158,14 @@ func TestSubmitJobIdempotencyKey(t *testing.T) {
 	}
 	resp, out = b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-b"}`), "Idempotency-Key", "order-1")
 	wantJobError(t, "same key, other body", resp, out, http.StatusUnprocessableEntity)
+	// A retry may name another webhook receiver (a client's ephemeral one): same job.
+	hooked := `{"model":"tiny-a","messages":[],"state_webhook_url":"http://127.0.0.1:9/a","webhook_events":["done"]}`
+	withHook := jobsSubmit(t, b, hooked, "Idempotency-Key", "order-2")
+	resp, out = b.request(t, http.MethodPost, "/jobs", []byte(strings.Replace(hooked, "9/a", "10/b", 1)), "Idempotency-Key", "order-2")
+	_ = json.Unmarshal(out, &again)
+	if resp.StatusCode != http.StatusAccepted || again.JobID != withHook {
+		t.Fatalf("retry with another webhook URL: %d %s, want the job %s", resp.StatusCode, out, withHook)
+	}
 
 	// Racing identical requests make one job.
 	var wg sync.WaitGroup
@@ -180,8 +188,8 @@ func TestSubmitJobIdempotencyKey(t *testing.T) {
 		}
 	}
 	jobsGet(t, b, ids[0])
-	if n, _ := b.Broker.Store.QueueLen(testCtx(t, 5*time.Second)); n != 2 {
-		t.Fatalf("queue holds %d jobs, want 2 (order-1 and race)", n)
+	if n, _ := b.Broker.Store.QueueLen(testCtx(t, 5*time.Second)); n != 3 {
+		t.Fatalf("queue holds %d jobs, want 3 (order-1, order-2 and race)", n)
 	}
 }
 

@@ -37,15 +37,26 @@ type submitReply struct {
 func (s *Server) RunNATSSubmit(ctx context.Context) error {
 	// nats.go runs one subscription's callbacks one after another; a submit may wait for
 	// a model re-poll, so answer in goroutines, a bounded number at a time.
-	var wg sync.WaitGroup
+	var (
+		wg     sync.WaitGroup
+		mu     sync.Mutex
+		closed bool // set after Unsubscribe; a callback still running then adds no work
+	)
 	slots := make(chan struct{}, natsSubmitConcurrency)
 	sub, err := s.store.Conn().QueueSubscribe(broker.SubmitSubject, submitQueueGroup, func(m *nats.Msg) {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
+		mu.Lock()
+		if closed {
+			mu.Unlock()
 			return
 		}
 		wg.Add(1)
+		mu.Unlock()
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			wg.Done()
+			return
+		}
 		go func() {
 			defer func() { <-slots; wg.Done() }()
 			s.answerSubmit(ctx, m)
@@ -56,6 +67,9 @@ func (s *Server) RunNATSSubmit(ctx context.Context) error {
 	}
 	<-ctx.Done()
 	err = sub.Unsubscribe()
+	mu.Lock()
+	closed = true
+	mu.Unlock()
 	wg.Wait()
 	if err != nil && s.store.Conn().IsConnected() {
 		return fmt.Errorf("gateway: unsubscribe %s: %w", broker.SubmitSubject, err)

@@ -38,7 +38,7 @@ type Config struct {
 	// a crash); events being worked on are kept in progress. Default 60s.
 	AckWait time.Duration
 	// MaxPending caps the events held at once (and so the concurrent deliveries);
-	// default 256.
+	// default 4096.
 	MaxPending int
 	// Consumer is the durable consumer name; default "webhooks".
 	Consumer string
@@ -64,7 +64,9 @@ func (c *Config) setDefaults() {
 		c.AckWait = 60 * time.Second
 	}
 	if c.MaxPending <= 0 {
-		c.MaxPending = 256
+		// Events wait here through their retries (up to ~2 minutes against a dead
+		// receiver), so the cap must be far above what dead receivers can fill.
+		c.MaxPending = 4096
 	}
 	if c.Consumer == "" {
 		c.Consumer = "webhooks"
