@@ -71,6 +71,9 @@ type Server struct {
 
 	// streams counts responses relaying a running job, so shutdown can wait for them.
 	streams sync.WaitGroup
+	// ending is closed by EndRelays: responses still waiting for a job end then.
+	ending    chan struct{}
+	endingOne sync.Once
 }
 
 // New builds the server and its routes.
@@ -79,7 +82,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger}
+	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{})}
 	mux := http.NewServeMux()
 	s.routes(mux)
 	s.handler = s.recoverPanics(s.logRequests(s.authenticate(mux)))

@@ -126,21 +126,25 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 			return j, err
 		},
 	}
-	if rl.run(r.Context(), feed) == outcomeClientGone {
-		s.cancelAbandoned(job, log)
+	switch rl.run(r.Context(), feed) {
+	case outcomeClientGone:
+		s.cancelAbandoned(job, "client disconnected", log)
+	case outcomeShutdown:
+		// Nobody will be waiting for it after the restart.
+		s.cancelAbandoned(job, "foreman shut down before the job ran", log)
 	}
 }
 
 // cancelAbandoned cancels a job whose client went away: a queued job leaves the queue,
 // a running one is aborted by the worker. The client's context is over, so the cancel
 // gets a fresh, short one.
-func (s *Server) cancelAbandoned(job *broker.Job, log *slog.Logger) {
+func (s *Server) cancelAbandoned(job *broker.Job, reason string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := s.store.Cancel(ctx, job.ID, "client disconnected")
+	_, err := s.store.Cancel(ctx, job.ID, reason)
 	switch {
 	case err == nil:
-		log.Info("client disconnected; job canceled")
+		log.Info("job canceled", "reason", reason)
 	case errors.Is(err, broker.ErrTerminal), errors.Is(err, broker.ErrNotFound):
 		// It ended on its own meanwhile.
 	default:
@@ -148,9 +152,12 @@ func (s *Server) cancelAbandoned(job *broker.Job, log *slog.Logger) {
 	}
 }
 
-// WaitStreams blocks until every response relaying a job has ended or ctx ends. Call it
-// after http.Server.Shutdown when that returned early, before stopping the worker.
-func (s *Server) WaitStreams(ctx context.Context) error {
+// EndRelays ends every response still waiting for its job: call it once the worker has
+// stopped, when no waiting job will run any more. Each such client gets 503 (or an
+// error line if its stream had begun) and its job is canceled. It then waits, until ctx
+// ends, for those responses to finish. Safe to call twice.
+func (s *Server) EndRelays(ctx context.Context) error {
+	s.endingOne.Do(func() { close(s.ending) })
 	done := make(chan struct{})
 	go func() {
 		s.streams.Wait()

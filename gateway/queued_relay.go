@@ -40,7 +40,11 @@ const (
 	outcomeDone       outcome = iota // the answer was relayed completely
 	outcomeError                     // the client got an error (status or in-stream)
 	outcomeClientGone                // the client left; the job is to be canceled
+	outcomeShutdown                  // foreman is stopping before the job ran; the job is to be canceled
 )
+
+// statusShuttingDown answers a client whose job will not run because foreman stops.
+const statusShuttingDown = http.StatusServiceUnavailable
 
 // relay copies one job's token stream to an HTTP response. Frames must carry
 // Foreman-Seq 1, 2, 3…; anything else is a gap the client is told about.
@@ -71,6 +75,9 @@ func (rl *relay) run(ctx context.Context, feed jobFeed) outcome {
 		select {
 		case <-ctx.Done():
 			return outcomeClientGone
+		case <-rl.s.ending:
+			rl.fail(statusShuttingDown, "foreman is shutting down; the job was canceled, retry later")
+			return outcomeShutdown
 		case m := <-feed.Msgs():
 			if o, end := rl.handle(m, feed); end {
 				return o

@@ -536,17 +536,35 @@ func TestQueuedStreamWithoutDoneRelayedAsIs(t *testing.T) {
 	}
 }
 
-func TestWaitStreams(t *testing.T) {
+// At shutdown, once the worker has stopped, a sync client whose job never ran gets 503
+// and its job is canceled (nobody would wait for it after a restart); EndRelays returns
+// when every such response has ended.
+func TestEndRelaysAnswersWaitingClients(t *testing.T) {
 	t.Parallel()
-	b := newTestBundle(t)
-	if err := b.GW.WaitStreams(testCtx(t, 5*time.Second)); err != nil {
-		t.Fatalf("no streams: %v", err)
+	b := newTestBundle(t) // no worker: the job stays queued
+	ctx := testCtx(t, 30*time.Second)
+	states := watchStates(t, b.Broker.Conn)
+	res := make(chan rawResponse, 1)
+	go func() { res <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "waiting", "")) }()
+	var id string
+	for j := range states {
+		if j.State == broker.StateQueued {
+			id = j.ID
+			break
+		}
 	}
-	b.GW.streams.Add(1)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := b.GW.WaitStreams(ctx); err == nil {
-		t.Error("WaitStreams returned nil with a stream running")
+	if err := b.GW.EndRelays(ctx); err != nil {
+		t.Fatalf("EndRelays: %v", err)
 	}
-	b.GW.streams.Done()
+	got := <-res
+	if got.Status != http.StatusServiceUnavailable || !strings.Contains(errorBody(t, got.Body), "shutting down") {
+		t.Fatalf("waiting client got %d %s, want 503 shutting down", got.Status, got.Body)
+	}
+	j, _, err := b.Broker.Store.Get(ctx, id)
+	if err != nil || j.State != broker.StateCanceled {
+		t.Fatalf("job after shutdown: %+v %v, want canceled", j, err)
+	}
+	if n, _ := b.Broker.Store.QueueLen(ctx); n != 0 {
+		t.Fatalf("queue still holds %d jobs", n)
+	}
 }

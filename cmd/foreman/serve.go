@@ -128,6 +128,11 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 		return nil, err
 	}
 
+	// Bind before anything runs: a taken port then fails start-up with nothing to undo.
+	a.ln, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
+	}
 	bg, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	a.goRun("inventory", func() error { return a.inv.Run(bg) })
@@ -143,10 +148,6 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	a.goRun("webhooks", func() error { return hooks.Run(bg) })
 	a.goRun("nats-submit", func() error { return a.gw.RunNATSSubmit(bg) })
 
-	a.ln, err = net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
-	}
 	a.http = &http.Server{
 		Handler:           a.gw,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -241,24 +242,40 @@ func (a *app) warmEmbedder(ctx context.Context) {
 	a.log.Info("embedding model loaded and kept warm", "model", a.cfg.EmbedModel)
 }
 
-// shutdown stops foreman in order under ctx's deadline: stop accepting HTTP and let
-// streams finish, stop the background components (the worker hands its job back), drain
-// the NATS connection, shut the embedded server down. Safe to call twice.
+// shutdown stops foreman in order under ctx's deadline:
+//  1. stop accepting HTTP (in-flight responses go on) and stop the worker taking jobs; the
+//     running job may finish until the deadline, else it goes back to the queue un-acked;
+//  2. end the responses still waiting for a job that will not run now (503, job canceled)
+//     and let the HTTP server finish;
+//  3. stop the background components, drain the NATS connection, shut the embedded
+//     server down.
+//
+// Safe to call twice.
 func (a *app) shutdown(ctx context.Context) error {
 	a.stopOnce.Do(func() {
 		var errs []error
+		httpDone := make(chan error, 1)
 		if a.http != nil {
-			if err := a.http.Shutdown(ctx); err != nil {
-				errs = append(errs, fmt.Errorf("http shutdown: %w", err))
-				_ = a.http.Close()
-			}
+			go func() { httpDone <- a.http.Shutdown(ctx) }()
+		} else {
+			httpDone <- nil
 		}
 		if a.worker != nil {
-			// Before the other components stop: the running job may still finish, else it
-			// goes back to the queue un-acked.
 			if err := a.worker.Stop(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("worker stop: %w", err))
 			}
+		}
+		if a.gw != nil {
+			// A little time of its own: the answers are short, and the deadline may be gone.
+			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			if err := a.gw.EndRelays(ectx); err != nil {
+				errs = append(errs, fmt.Errorf("end waiting responses: %w", err))
+			}
+			cancel()
+		}
+		if err := <-httpDone; err != nil {
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+			_ = a.http.Close()
 		}
 		if a.cancel != nil {
 			a.cancel()
