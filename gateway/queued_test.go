@@ -568,3 +568,22 @@ func TestEndRelaysAnswersWaitingClients(t *testing.T) {
 		t.Fatalf("queue still holds %d jobs", n)
 	}
 }
+
+// A non-streamed response larger than a NATS message crosses the queue in pieces and still
+// reaches the client byte for byte.
+func TestQueuedLargeResponseByteExact(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 60*time.Second)
+	for _, stream := range []string{"false"} {
+		body := []byte(`{"model":"tiny-a","prompt":"big","stream":` + stream + `,"options":{"num_predict":300000}}`)
+		want := post(t, ctx, b.Fake.URL, "/api/generate", body)
+		got := post(t, ctx, b.URL, "/api/generate", body)
+		if stream == "false" && len(want.Body) <= int(b.Broker.Conn.MaxPayload()) {
+			t.Fatalf("direct body %d bytes; the test needs more than a NATS message", len(want.Body))
+		}
+		if got.Status != 200 || !bytes.Equal(got.Body, want.Body) {
+			t.Fatalf("stream %s: %d, %d bytes; want 200, the target's %d bytes", stream, got.Status, len(got.Body), len(want.Body))
+		}
+	}
+}

@@ -149,6 +149,10 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job
 // succeed announces the end of the stream (a waiting client is answered at once), stores
 // the result, then writes the terminal state.
 func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, ct string, log *slog.Logger) {
+	if msg := streamError(ct, r.frames); msg != "" {
+		w.fail(ctx, d, r, msg, 0, log)
+		return
+	}
 	w.publishFinal(r, broker.StateDone, "", 0, log)
 	res, sawDone := result(j.Kind, ct, r.frames)
 	if !sawDone {

@@ -31,18 +31,29 @@ func (r *relay) response(contentType string) error {
 	return nil
 }
 
-// frame publishes one target frame.
+// frame publishes one target frame. A frame larger than a NATS message can hold (a big
+// stream:false body or embedding) goes out in consecutive pieces, each with its own
+// Foreman-Seq: a relay that writes the pieces in order writes the frame byte for byte.
 func (r *relay) frame(f []byte) error {
 	r.frames = append(r.frames, f)
-	if r.seq > 0 {
-		return r.publish(f, nil)
-	}
-	return r.publish(f, func(h nats.Header) {
-		if r.contentType != "" {
-			h.Set(broker.HeaderContentType, r.contentType)
+	limit := max(int(r.nc.MaxPayload())-frameHeadroom, 1024)
+	for first := true; first || len(f) > 0; first = false {
+		n := min(len(f), limit)
+		piece := f[:n]
+		f = f[n:]
+		var hdr func(nats.Header)
+		if r.seq == 0 && r.contentType != "" {
+			hdr = func(h nats.Header) { h.Set(broker.HeaderContentType, r.contentType) }
 		}
-	})
+		if err := r.publish(piece, hdr); err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// frameHeadroom leaves room for the headers of a piece under the server's max payload.
+const frameHeadroom = 16 << 10
 
 func (r *relay) publish(data []byte, hdr func(nats.Header)) error {
 	r.seq++

@@ -75,3 +75,29 @@ func TestResult(t *testing.T) {
 		})
 	}
 }
+
+func TestStreamError(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		ct     string
+		frames []string
+		want   string
+	}{
+		{"application/x-ndjson", []string{`{"response":"a","done":false}` + "\n", `{"error":"llama runner process has terminated"}` + "\n"}, "llama runner process has terminated"},
+		{"application/x-ndjson", []string{`{"response":"a","done":false}` + "\n", `{"response":"","done":true}` + "\n"}, ""},
+		{"application/x-ndjson", []string{`{"response":"a","done":false}` + "\n"}, ""},
+		{"text/event-stream", []string{"data: {\"choices\":[]}\n\n", "data: {\"error\":{\"message\":\"boom\",\"type\":\"api_error\"}}\n\n"}, "boom"},
+		{"text/event-stream", []string{"data: {\"choices\":[]}\n\n", "data: [DONE]\n\n"}, ""},
+		{"application/json", []string{`{"error":"not a stream"}`}, ""},
+		{"application/x-ndjson", nil, ""},
+	}
+	for _, c := range cases {
+		var frames [][]byte
+		for _, f := range c.frames {
+			frames = append(frames, []byte(f))
+		}
+		if got := streamError(c.ct, frames); got != c.want {
+			t.Errorf("%s %q: %q, want %q", c.ct, c.frames, got, c.want)
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -502,4 +504,59 @@ func TestConnectionErrorAfterFramesFailsSyncJob(t *testing.T) {
 		t.Fatalf("%d frames, final %v", len(frames), final.Header)
 	}
 	tb.waitState(t, j.ID, broker.StateFailed)
+}
+
+// Ollama reports a runner that died mid-generation as an error line in a 200 stream; the
+// job failed, whatever the status said.
+func TestErrorInsideStreamFailsJob(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
+	tb.fake.FailNext(1, ollamatest.StreamError("llama runner process has terminated"))
+	j := tb.chat(t, "tiny-a", 1)
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	frames, final := stream.untilFinal(t)
+	if len(frames) != 4 || final.Header.Get(broker.HeaderFinal) != "failed" ||
+		final.Header.Get(broker.HeaderError) != "llama runner process has terminated" {
+		t.Fatalf("%d frames, final %v", len(frames), final.Header)
+	}
+	rec := tb.waitState(t, j.ID, broker.StateFailed)
+	if rec.Error != "llama runner process has terminated" {
+		t.Fatalf("record error %q", rec.Error)
+	}
+}
+
+// A frame larger than a NATS message (a big stream:false body) goes out in pieces that
+// add up to the target's bytes, and the job ends done with the whole result.
+func TestLargeFrameRelayedInPieces(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	body := `{"model":"tiny-a","prompt":"big","stream":false,"options":{"num_predict":300000}}`
+	resp, err := http.Post(tb.fake.URL+"/api/generate", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || len(want) <= int(tb.b.Conn.MaxPayload()) {
+		t.Fatalf("direct body is %d bytes (%v); the test needs more than %d", len(want), err, tb.b.Conn.MaxPayload())
+	}
+	j := tb.submit(t, "tiny-a", broker.KindGenerate, body)
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	frames, final := stream.untilFinal(t)
+	if final.Header.Get(broker.HeaderFinal) != "done" || len(frames) < 2 {
+		t.Fatalf("%d frames, final %v", len(frames), final.Header)
+	}
+	var got []byte
+	for _, f := range frames {
+		got = append(got, f.Data...)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("pieces add up to %d bytes, want the target's %d", len(got), len(want))
+	}
+	rec := tb.waitState(t, j.ID, broker.StateDone)
+	if a, ok := rec.Artifact("result.json"); !ok || a.Size != int64(len(want)) {
+		t.Fatalf("result artifact %+v, want %d bytes", a, len(want))
+	}
 }

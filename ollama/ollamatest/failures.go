@@ -13,6 +13,7 @@ const (
 	kindDropMid
 	kindSlow
 	kindNoDone
+	kindStreamErr
 )
 
 // Failure is a fault the fake injects into a response; see FailNext.
@@ -39,6 +40,11 @@ var (
 // FailStatus answers HTTP code with {"error": msg}.
 func FailStatus(code int, msg string) Failure { return Failure{kind: kindStatus, code: code, msg: msg} }
 
+// StreamError streams the tokens and then, instead of the final done:true frame, an error
+// frame — {"error": msg}, or on the OpenAI routes data: {"error":{"message": msg}} — with
+// status 200, as real Ollama does when its runner fails mid-generation.
+func StreamError(msg string) Failure { return Failure{kind: kindStreamErr, msg: msg} }
+
 // SlowFirstByte waits d (or until the client leaves) before serving normally.
 func SlowFirstByte(d time.Duration) Failure { return Failure{kind: kindSlow, delay: d} }
 
@@ -54,6 +60,8 @@ func (f Failure) String() string {
 		return fmt.Sprintf("slow first byte %s", f.delay)
 	case kindNoDone:
 		return "stream without done"
+	case kindStreamErr:
+		return "error inside the stream"
 	}
 	return "none"
 }

@@ -111,6 +111,9 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 	if err == nil && !sw.noDone() {
 		_ = sw.frame(final)
 	}
+	if err == nil {
+		sw.streamErr(nativeError)
+	}
 }
 
 func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
@@ -156,6 +159,9 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 	})
 	if err == nil && !sw.noDone() {
 		_ = sw.frame(final)
+	}
+	if err == nil {
+		sw.streamErr(nativeError)
 	}
 }
 

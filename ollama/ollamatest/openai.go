@@ -152,6 +152,9 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 		c.Choices = []oaiChoice{choice(tok, false)}
 		return sw.frame(c)
 	})
+	if err == nil {
+		sw.streamErr(openAIStreamError)
+	}
 	if err != nil || sw.noDone() {
 		return
 	}

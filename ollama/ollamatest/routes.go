@@ -211,8 +211,23 @@ func (sw *streamWriter) raw(b []byte) error {
 	return sw.rc.Flush()
 }
 
-// noDone reports whether the final frame must be left out (StreamNoDone).
-func (sw *streamWriter) noDone() bool { return sw.f != nil && sw.f.kind == kindNoDone }
+// noDone reports whether the final frame must be left out (StreamNoDone, StreamError).
+func (sw *streamWriter) noDone() bool {
+	return sw.f != nil && (sw.f.kind == kindNoDone || sw.f.kind == kindStreamErr)
+}
+
+// streamErr sends the error frame of StreamError, if that is the failure; v builds it.
+func (sw *streamWriter) streamErr(v func(msg string) any) {
+	if sw.f != nil && sw.f.kind == kindStreamErr {
+		_ = sw.frame(v(sw.f.msg))
+	}
+}
+
+func nativeError(msg string) any { return map[string]string{"error": msg} }
+
+func openAIStreamError(msg string) any {
+	return map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}}
+}
 
 // modelName gets the served model from the request, with Ollama's error replies.
 func (s *Server) modelFor(w http.ResponseWriter, name, capability string) (Model, bool) {
