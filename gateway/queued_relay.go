@@ -127,6 +127,10 @@ func (rl *relay) watchdog(ctx context.Context, feed jobFeed) (outcome, bool) {
 		return rl.gap("messages were dropped (slow consumer)"), true
 	}
 	j, err := rl.check(ctx)
+	if errors.Is(err, broker.ErrNotFound) {
+		// Expired or dropped: no marker or state event will ever come.
+		return rl.fail(statusBadUpstream, "job record disappeared before the job ended"), true
+	}
 	if err != nil {
 		if ctx.Err() == nil {
 			rl.log.Warn("check job record", "err", err)

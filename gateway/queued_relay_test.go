@@ -58,6 +58,7 @@ type relayCase struct {
 	msgs    []*nats.Msg
 	dropped int
 	record  *broker.Job // what the watchdog's check returns; nil = still queued
+	gone    bool        // the watchdog's check finds no record at all
 	ctx     context.Context
 }
 
@@ -83,13 +84,16 @@ func runRelay(t *testing.T, c relayCase) (outcome, *httptest.ResponseRecorder) {
 		job: &broker.Job{ID: relayTestID, Kind: c.kind}, stream: c.stream, log: gw.log,
 		checkEvery: time.Hour,
 		check: func(context.Context) (*broker.Job, error) {
+			if c.gone {
+				return nil, broker.ErrNotFound
+			}
 			if c.record != nil {
 				return c.record, nil
 			}
 			return &broker.Job{ID: relayTestID, State: broker.StateQueued}, nil
 		},
 	}
-	if c.record != nil {
+	if c.record != nil || c.gone {
 		rl.checkEvery = time.Millisecond
 	}
 	return rl.run(c.ctx, feed), w
@@ -287,6 +291,7 @@ func TestRelayEndsWithoutFinalMarker(t *testing.T) {
 			record: &broker.Job{ID: relayTestID, State: broker.StateCanceled, Error: "lost event"},
 		}, 409, "job canceled: lost event"},
 		{"watchdog sees dropped messages", relayCase{dropped: 2}, 502, "stream gap: messages were dropped (slow consumer)"},
+		{"watchdog finds no record", relayCase{gone: true}, 502, "job record disappeared"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -213,7 +213,11 @@ func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg str
 // retry records a failed attempt and puts the job back with a delay, or fails it when its
 // attempts are used up; then it pauses the worker until the target answers.
 func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, cause error, log *slog.Logger) {
-	if j.Attempt >= w.cfg.MaxAttempts {
+	// On JetStream's last delivery (the consumers' MaxDeliver) a NAK would leave the
+	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
+	// that too, but fires only once.
+	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxAttempts+2)
+	if j.Attempt >= w.cfg.MaxAttempts || lastDelivery {
 		w.fail(bctx, d, r, exhausted(cause.Error(), ""), 0, log)
 		return
 	}

@@ -244,6 +244,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Delivery, queued bool, _ e
 		Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
 	}
 	w.mu.Unlock()
+	var firstErr error
 	for _, token := range plan(c) {
 		d, err := w.store.Next(ctx, token)
 		if d != nil {
@@ -254,11 +255,12 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Delivery, queued bool, _ e
 			}
 			return d, true, nil
 		}
-		if err != nil {
-			return nil, true, err
+		if err != nil && firstErr == nil {
+			// One model's consumer failing must not starve the others: try them first.
+			firstErr = err
 		}
 	}
-	return nil, true, nil
+	return nil, true, firstErr
 }
 
 // loadedLocked is the model tokens the target has loaded: /api/ps when the inventory
