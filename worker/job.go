@@ -167,15 +167,11 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job,
 		// The stream already said done; the job stays done, with the inline result only.
 		log.Error("store result artifact", "err", aerr, "result_bytes", len(res))
 	}
-	_, _, err := w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {
-		if j.State.Terminal() {
-			return errEnded
-		}
+	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
 		j.State, j.Error, j.Result = broker.StateDone, "", inline
 		if aerr == nil {
 			j.SetArtifact(a)
 		}
-		return nil
 	})
 	switch {
 	case errors.Is(err, errEnded):
@@ -191,16 +187,31 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job,
 	w.finish(ctx, d, log)
 }
 
+// writeTerminal writes a job's terminal state, trying a few times: failing it would run a
+// job again whose answer already went out. It returns errEnded when the job reached
+// another terminal state first.
+func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.Job)) error {
+	var err error
+	for i := range 3 {
+		_, _, err = w.store.Modify(ctx, id, func(j *broker.Job) error {
+			if j.State.Terminal() {
+				return errEnded
+			}
+			set(j)
+			return nil
+		})
+		if err == nil || errors.Is(err, errEnded) || ctx.Err() != nil {
+			return err
+		}
+		w.sleep(ctx, time.Duration(i+1)*50*time.Millisecond)
+	}
+	return err
+}
+
 // fail ends the job as failed; status is the target's HTTP status, 0 if none.
 func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg string, status int, log *slog.Logger) {
 	w.publishFinal(r, broker.StateFailed, msg, status, log)
-	_, _, err := w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {
-		if j.State.Terminal() {
-			return errEnded
-		}
-		j.State, j.Error = broker.StateFailed, msg
-		return nil
-	})
+	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) { j.State, j.Error = broker.StateFailed, msg })
 	if err != nil && !errors.Is(err, errEnded) {
 		log.Error("store failed state; job will run again", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
