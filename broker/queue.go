@@ -63,11 +63,23 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 // Next fetches the next available job of one model without waiting. It returns
 // (nil, nil) when that model has nothing ready (empty, or only jobs in retry back-off).
 func (s *Store) Next(ctx context.Context, token string) (*Delivery, error) {
+	return s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) { return c.FetchNoWait(1) })
+}
+
+// NextWait is Next that waits up to wait for a job of the model to become available: the
+// server answers as soon as its consumer has one, with no polling.
+func (s *Store) NextWait(ctx context.Context, token string, wait time.Duration) (*Delivery, error) {
+	return s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) {
+		return c.Fetch(1, jetstream.FetchMaxWait(wait), jetstream.FetchContext(ctx))
+	})
+}
+
+func (s *Store) fetch(ctx context.Context, token string, fetch func(jetstream.Consumer) (jetstream.MessageBatch, error)) (*Delivery, error) {
 	c, err := s.consumer(ctx, token)
 	if err != nil {
 		return nil, err
 	}
-	batch, err := c.FetchNoWait(1)
+	batch, err := fetch(c)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
 			s.forget(token)

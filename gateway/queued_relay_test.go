@@ -291,7 +291,7 @@ func TestRelayEndsWithoutFinalMarker(t *testing.T) {
 			record: &broker.Job{ID: relayTestID, State: broker.StateCanceled, Error: "lost event"},
 		}, 409, "job canceled: lost event"},
 		{"watchdog sees dropped messages", relayCase{dropped: 2}, 502, "stream gap: messages were dropped (slow consumer)"},
-		{"watchdog finds no record", relayCase{gone: true}, 502, "job record disappeared"},
+		{"watchdog finds no record", relayCase{gone: true}, 502, "job record disappeared before the job ended"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -154,7 +154,13 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job,
 		return
 	}
 	w.publishFinal(r, broker.StateDone, "", 0, log)
-	res, sawDone := result(j.Kind, ct, r.frames)
+	frames := r.frames
+	w.afterwards(func(ctx context.Context) { w.storeDone(ctx, d, j.Kind, ct, frames, log) })
+}
+
+// storeDone stores a finished job's result and terminal state, then acks its message.
+func (w *Worker) storeDone(ctx context.Context, d *broker.Delivery, kind broker.Kind, ct string, frames [][]byte, log *slog.Logger) {
+	res, sawDone := result(kind, ct, frames)
 	if !sawDone {
 		log.Warn("target stream ended without done:true; job ends done with the frames it sent")
 	}
@@ -185,6 +191,20 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job,
 		log.Info("job done", "result_bytes", len(res))
 	}
 	w.finish(ctx, d, log)
+}
+
+// afterwards runs fn in the background with its own bounded context, after any earlier
+// such work has finished (at most one at a time); Run waits for it before it returns.
+func (w *Worker) afterwards(fn func(ctx context.Context)) {
+	w.bgSlot <- struct{}{} // freed by the goroutine: the next afterwards waits for this one
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		defer func() { <-w.bgSlot }()
+		ctx, cancel := w.storeCtx(context.Background())
+		defer cancel()
+		fn(ctx)
+	}()
 }
 
 // writeTerminal writes a job's terminal state, trying a few times: failing it would run a

@@ -21,11 +21,16 @@ type Worker struct {
 	log   *slog.Logger
 	index *queueIndex
 
-	wake     chan struct{} // a job was published (capacity 1)
+	wake     chan string   // the model token of a job just published (capacity 1)
 	stopping chan struct{} // closed by Stop: take no new job
 	stopOnce sync.Once
 	runOnce  sync.Once
 	done     chan struct{} // closed when Run returns
+
+	// bg tracks the bookkeeping of a finished job (result, terminal state, ack), which runs
+	// while the next job starts; bgSlot keeps it to one at a time.
+	bg     sync.WaitGroup
+	bgSlot chan struct{}
 
 	mu        sync.Mutex
 	started   bool
@@ -55,7 +60,8 @@ func New(cfg Config) (*Worker, error) {
 		store:    cfg.Store,
 		log:      cfg.Logger,
 		index:    newQueueIndex(cfg.Store),
-		wake:     make(chan struct{}, 1),
+		wake:     make(chan string, 1),
+		bgSlot:   make(chan struct{}, 1),
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
 	}, nil
@@ -73,9 +79,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.started = true
 	w.mu.Unlock()
 	defer close(w.done)
+	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
 
 	nc := w.store.Conn()
-	wakeSub, err := nc.Subscribe("foreman.queue.>", func(*nats.Msg) { w.poke() })
+	wakeSub, err := nc.Subscribe("foreman.queue.>", func(m *nats.Msg) {
+		if token, ok := broker.TokenFromSubject(m.Subject); ok {
+			w.poke(token)
+		}
+	})
 	if err != nil {
 		return fmt.Errorf("worker: subscribe to queue: %w", err)
 	}
@@ -90,6 +101,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.log.Info("worker stopped")
 	fails, misses := 0, 0
 	for !w.isStopping(ctx) {
+		w.dropStaleWake()
 		d, queued, err := w.next(ctx)
 		if err != nil {
 			if w.isStopping(ctx) {
@@ -103,16 +115,24 @@ func (w *Worker) Run(ctx context.Context) error {
 		fails = 0
 		if d == nil {
 			// A message the stream has stored can reach its consumer a moment later, so a
-			// fetch that comes up empty while jobs are queued is tried again shortly before
-			// the loop goes idle (where only a new publish or a timer wakes it).
+			// fetch that comes up empty while jobs are queued is tried again shortly
+			// before the loop idles until a publish or a timer.
+			var wait time.Duration
 			if queued && misses < len(recheck) {
-				w.sleep(ctx, recheck[misses])
+				wait = recheck[misses]
 				misses++
+			} else {
+				misses = 0
+			}
+			token := w.idle(ctx, wait)
+			if token == "" {
 				continue
 			}
-			w.idle(ctx)
-			misses = 0
-			continue
+			// A job was published while nothing could run: wait for it on its model's
+			// consumer, which answers the moment the stream has stored it.
+			if d, err = w.store.NextWait(ctx, token, wakeWait); err != nil || d == nil {
+				continue
+			}
 		}
 		misses = 0
 		w.handle(ctx, d)
@@ -159,26 +179,42 @@ func (w *Worker) isStopping(ctx context.Context) bool {
 	}
 }
 
-// poke wakes an idle loop.
-func (w *Worker) poke() {
+// poke wakes an idle loop with the model of a job just published.
+func (w *Worker) poke(token string) {
 	select {
-	case w.wake <- struct{}{}:
+	case w.wake <- token:
 	default:
 	}
 }
 
-// idle waits for a publish, the end of a retry back-off, IdlePoll, or a stop. A publish is
-// seen on the core subject a moment before the stream has stored it, so after a wake-up
-// that finds nothing the loop looks again shortly.
-func (w *Worker) idle(ctx context.Context) {
-	t := time.NewTimer(w.idleFor(time.Now()))
+// idle waits for a publish, the end of a retry back-off, IdlePoll (or wait, when shorter
+// and not 0), or a stop, and returns the model token of the job published, or "".
+func (w *Worker) idle(ctx context.Context, wait time.Duration) string {
+	d := w.idleFor(time.Now())
+	if wait > 0 {
+		d = min(d, wait)
+	}
+	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
-	case <-w.wake:
-		w.settle(ctx)
+	case token := <-w.wake:
+		return token
 	case <-t.C:
 	case <-w.stopping:
 	case <-ctx.Done():
+	}
+	return ""
+}
+
+// wakeWait bounds the wait for a just-published job to reach its consumer.
+const wakeWait = 100 * time.Millisecond
+
+// dropStaleWake forgets a publish seen while the worker was busy: the selection that
+// follows looks at the whole queue anyway.
+func (w *Worker) dropStaleWake() {
+	select {
+	case <-w.wake:
+	default:
 	}
 }
 
@@ -206,16 +242,6 @@ func (w *Worker) idleFor(now time.Time) time.Duration {
 	}
 	w.retries = kept
 	return max(d, time.Millisecond)
-}
-
-// settle gives a just-published message time to be stored: a few short rechecks.
-func (w *Worker) settle(ctx context.Context) {
-	for _, d := range []time.Duration{time.Millisecond, 5 * time.Millisecond, 25 * time.Millisecond} {
-		if n, err := w.store.QueueLen(ctx); err == nil && n > 0 {
-			return
-		}
-		w.sleep(ctx, d)
-	}
 }
 
 // sleep waits d unless the worker stops first.
