@@ -24,6 +24,7 @@ type Client struct {
 	webhookSecret  string
 	webhookAddr    string
 	webhookAddrSet bool
+	webhookURL     string // public base URL of the receiver (WithWebhookURL)
 	pollInterval   time.Duration
 	pollingOnly    bool
 	cancelOnDone   bool
@@ -31,8 +32,13 @@ type Client struct {
 	ownNC          bool
 	natsURL        string
 	natsOpts       []nats.Option
-	// onWebhookListen lets tests see the receiver URL.
-	onWebhookListen func(url string)
+	// natsSubmitTimeout overrides the bound on a NATS submit's reply (tests).
+	natsSubmitTimeout time.Duration
+	// statePendingLimit, when > 0, caps the messages nats.go buffers per state
+	// subscription (tests; nats.go's default is 512Ki messages / 64 MiB).
+	statePendingLimit int
+	// onWebhookListen lets tests see the receiver URL and the address it listens on.
+	onWebhookListen func(url, listenAddr string)
 }
 
 // New returns a client of the foreman at baseURL (e.g. "http://127.0.0.1:8080").
@@ -49,6 +55,16 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.webhookURL != "" {
+		w, err := url.Parse(c.webhookURL)
+		if err != nil || (w.Scheme != "http" && w.Scheme != "https") || w.Host == "" || w.RawQuery != "" || w.Fragment != "" {
+			return nil, fmt.Errorf("client: webhook URL %q is not an absolute http(s) URL without query", c.webhookURL)
+		}
+		if !c.webhookAddrSet {
+			return nil, errors.New("client: WithWebhookURL needs WithWebhookListenAddr: the port foreman's calls arrive on")
+		}
+		c.webhookURL = strings.TrimRight(c.webhookURL, "/")
 	}
 	if c.natsURL != "" && c.nc == nil {
 		nc, err := nats.Connect(c.natsURL, append([]nats.Option{nats.Name("foreman-client")}, c.natsOpts...)...)
@@ -161,7 +177,11 @@ func (c *Client) loopback() bool {
 	if err != nil {
 		return false
 	}
-	h := u.Hostname()
+	return isLoopbackHost(u.Hostname())
+}
+
+// isLoopbackHost reports whether host ("localhost" or an IP) names this machine only.
+func isLoopbackHost(h string) bool {
 	if h == "localhost" {
 		return true
 	}

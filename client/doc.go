@@ -12,12 +12,18 @@
 //     finished, however long the queue is. It waits by the best means available:
 //
 //     1. NATS (WithNATS or WithNATSURL): the job is submitted by request/reply on
-//     foreman.jobs.submit, the client subscribes to foreman.job.<id>.state and then reads
-//     the job once, so a state reached before the subscription is never missed.
+//     foreman.jobs.submit (by POST /jobs when the request exceeds the connection's max
+//     payload, or nobody answers on the subject), the client subscribes to
+//     foreman.job.<id>.state and then reads the job once, so a state reached before the
+//     subscription is never missed. A submit that gets no reply within 40 s (or the
+//     context's deadline) fails with an error matching nats.ErrTimeout, or, with an
+//     IdempotencyKey, is retried by POST /jobs.
 //     2. Webhook: an ephemeral HTTP receiver on WithWebhookListenAddr (default
 //     127.0.0.1:0, used when foreman runs on a loopback address) whose URL rides along
 //     as the job's state_webhook_url; signatures are verified when WithWebhookSecret is
-//     set. If the receiver cannot bind, the client falls back to polling.
+//     set. The URL is WithWebhookURL's, or built from the listen address when foreman
+//     can reach it (see WithWebhookListenAddr). If the receiver cannot bind, or has no
+//     address foreman is known to reach, the client falls back to polling.
 //     3. Polling: GET /jobs/{id} every WithPollInterval.
 //
 //     NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook

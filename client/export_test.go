@@ -1,4 +1,18 @@
 package client
 
+import "time"
+
 // SetOnWebhookListen lets tests see the URL of Submit's webhook receiver.
-func SetOnWebhookListen(c *Client, f func(url string)) { c.onWebhookListen = f }
+func SetOnWebhookListen(c *Client, f func(url string)) {
+	c.onWebhookListen = func(url, _ string) { f(url) }
+}
+
+// SetOnWebhookBound lets tests see the advertised URL and the listening address of
+// Submit's webhook receiver.
+func SetOnWebhookBound(c *Client, f func(url, listenAddr string)) { c.onWebhookListen = f }
+
+// SetNATSSubmitTimeout shortens the wait for a NATS submit's reply.
+func SetNATSSubmitTimeout(c *Client, d time.Duration) { c.natsSubmitTimeout = d }
+
+// SetStatePendingLimit caps the messages buffered per NATS state subscription.
+func SetStatePendingLimit(c *Client, n int) { c.statePendingLimit = n }

@@ -36,6 +36,8 @@ type foremanConfig struct {
 	AuthToken     string
 	WebhookSecret string
 	Fake          ollamatest.Config
+	// NoNATSSubmit leaves foreman.jobs.submit without foreman's responder.
+	NoNATSSubmit bool
 }
 
 // foreman is a complete in-process foreman (embedded NATS with a client listener, store,
@@ -103,7 +105,9 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 	f.run(func() error { return inv.Run(ctx) })
 	f.run(func() error { return w.Run(ctx) })
 	f.run(func() error { return d.Run(ctx) })
-	f.run(func() error { return gw.RunNATSSubmit(ctx) })
+	if !cfg.NoNATSSubmit {
+		f.run(func() error { return gw.RunNATSSubmit(ctx) })
+	}
 	f.hs = httptest.NewServer(gw)
 	f.URL = f.hs.URL
 	return f, nil

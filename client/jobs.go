@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -30,7 +31,8 @@ type SubmitRequest struct {
 	// WebhookEvents filters the events sent to WebhookURL, e.g. done and failed; empty
 	// means all.
 	WebhookEvents []State
-	// IdempotencyKey makes a retried submit return the first submit's job.
+	// IdempotencyKey makes a retried submit return the first submit's job. It also lets
+	// a NATS submit that got no reply in time be retried by POST /jobs.
 	IdempotencyKey string
 	// OnState, if set, is called by Submit with every state change it observes, in order
 	// (the first is usually queued). It runs on Submit's goroutine; keep it short.
@@ -93,14 +95,32 @@ func (c *Client) SubmitAsync(ctx context.Context, req SubmitRequest) (string, er
 	return c.submit(ctx, body, req.IdempotencyKey)
 }
 
+// natsSubmitTimeout bounds the wait for foreman's reply to a NATS submit when the context
+// allows longer: a little more than foreman's own 30 s bound on answering one, so a slow
+// but live foreman still answers, while a foreman that died holding the request does not
+// stall the caller forever.
+const natsSubmitTimeout = 40 * time.Second
+
+// natsHeaderRoom is more than the NATS header of a submit ("NATS/1.0", the
+// Idempotency-Key line without the key, CRLFs) adds to the body.
+const natsHeaderRoom = 64
+
 func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (string, error) {
-	if c.nc != nil && !c.pollingOnly {
+	if c.natsFits(body, idemKey) {
 		id, err := c.submitNATS(ctx, body, idemKey)
-		if !errors.Is(err, nats.ErrNoResponders) {
-			return id, err
+		switch {
+		case err == nil:
+			return id, nil
+		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrMaxPayload):
+			// Nobody answers on the submit subject (an older foreman, or another NATS
+			// deployment), or the server refused the size before anything was sent:
+			// HTTP always works.
+		case errors.Is(err, errNoSubmitReply) && idemKey != "":
+			// foreman may have taken the job, but the key makes a second submit
+			// return that same job.
+		default:
+			return "", err
 		}
-		// Nobody answers on the submit subject (an older foreman, or another NATS
-		// deployment): HTTP always works.
 	}
 	hdr := http.Header{}
 	if idemKey != "" {
@@ -114,16 +134,40 @@ func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (strin
 	return decodeSubmitReply(resp.Body)
 }
 
+// natsFits reports whether a submit goes by NATS: the client has it and the request fits
+// in one NATS message (the connection's max payload, 1 MiB by default, against the 32 MiB
+// POST /jobs takes).
+func (c *Client) natsFits(body []byte, idemKey string) bool {
+	if c.nc == nil || c.pollingOnly {
+		return false
+	}
+	return int64(len(body)+len(idemKey)+natsHeaderRoom) <= c.nc.MaxPayload()
+}
+
+// errNoSubmitReply is a NATS submit that got no reply in time.
+var errNoSubmitReply = errors.New("no reply from foreman")
+
 func (c *Client) submitNATS(ctx context.Context, body []byte, idemKey string) (string, error) {
 	msg := nats.NewMsg(broker.SubmitSubject)
 	msg.Data = body
 	if idemKey != "" {
 		msg.Header.Set("Idempotency-Key", idemKey)
 	}
-	reply, err := c.nc.RequestMsgWithContext(ctx, msg)
+	limit := c.natsSubmitTimeout
+	if limit <= 0 {
+		limit = natsSubmitTimeout
+	}
+	rctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	reply, err := c.nc.RequestMsgWithContext(rctx, msg)
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()
+		}
+		if rctx.Err() != nil {
+			// Wrapping nats.ErrTimeout lets callers match it with errors.Is.
+			return "", fmt.Errorf("client: submit over NATS: %w after %v (the job may have been queued; "+
+				"set SubmitRequest.IdempotencyKey to retry safely): %w", errNoSubmitReply, limit, nats.ErrTimeout)
 		}
 		return "", fmt.Errorf("client: submit over NATS: %w", err)
 	}

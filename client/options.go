@@ -54,8 +54,28 @@ func WithCancelOnContextDone() Option { return func(c *Client) { c.cancelOnDone 
 
 // WithWebhookListenAddr sets the host:port of Submit's ephemeral webhook receiver
 // (default "127.0.0.1:0", a random loopback port, used only when foreman's URL is a
-// loopback address). Setting it enables webhook waits for any foreman URL: give an
-// address foreman can reach. If the address cannot be bound, Submit polls instead.
+// loopback address). Setting it enables webhook waits for any foreman URL. The URL
+// foreman is given is WithWebhookURL's when set; otherwise it is built from this address:
+//
+//   - a specific host (a name or IP, e.g. "myhost.lan:9000") is advertised as given, with
+//     the port actually bound;
+//   - an unspecified host (":9000", "0.0.0.0:9000", "[::]:9000") is advertised as a
+//     loopback address when foreman's URL is loopback;
+//   - a loopback or unspecified host while foreman's URL is not loopback has no address
+//     foreman is known to reach: Submit then registers no webhook and waits by polling
+//     (or NATS) rather than for deliveries that could never arrive.
+//
+// If the address cannot be bound, Submit polls instead.
 func WithWebhookListenAddr(addr string) Option {
 	return func(c *Client) { c.webhookAddr, c.webhookAddrSet = addr, true }
+}
+
+// WithWebhookURL sets the public base URL foreman calls Submit's webhook receiver at,
+// e.g. "http://myhost.example:9000" or, behind a proxy or tunnel,
+// "https://hooks.example.com/foreman"; the receiver appends "/foreman-webhook/<token>"
+// and accepts the request with or without publicBase's path prefix. It requires
+// WithWebhookListenAddr (the address the requests must arrive on, with a fixed port);
+// New fails without it or when publicBase is not an absolute http(s) URL.
+func WithWebhookURL(publicBase string) Option {
+	return func(c *Client) { c.webhookURL = publicBase }
 }

@@ -3,6 +3,7 @@ package client
 import (
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -99,6 +100,10 @@ func (a *Artifact) Bytes() (data []byte, ok bool) {
 
 // Event is one state change of a job, as published on foreman.job.<id>.state, delivered
 // by webhook, or observed by polling.
+//
+// A lost event is no state change but a notice that Lost state events were dropped
+// before it (see Watch): it has no JobID or State, At is when the loss was noticed and
+// Error describes it. Re-read the jobs concerned with Job or Jobs.
 type Event struct {
 	JobID   string    `json:"job_id"`
 	State   State     `json:"state"`
@@ -106,6 +111,13 @@ type Event struct {
 	Attempt int       `json:"attempt"`
 	At      time.Time `json:"at"`
 	Error   string    `json:"error,omitempty"`
+	// Lost, when > 0, makes this a lost event: that many state events were dropped.
+	Lost int `json:"lost,omitempty"`
+}
+
+// lostEvent reports n dropped state events.
+func lostEvent(n int) Event {
+	return Event{At: time.Now(), Lost: n, Error: fmt.Sprintf("%d state events lost: the reader fell behind", n)}
 }
 
 // eventOfJob is the event a polled record stands for.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -148,6 +149,11 @@ func (f *follower) run(ctx context.Context, emit func(Event)) (*Job, error) {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case e := <-f.events:
+			if e.Lost > 0 {
+				// Events were lost, maybe this job's: read the job now.
+				t.Reset(0)
+				continue
+			}
 			if e.JobID != f.id {
 				continue
 			}
@@ -184,26 +190,53 @@ func transient(err error) bool {
 	return errors.Is(err, ErrUnreachable)
 }
 
-// subscribe delivers the state events on subject. The subscription is flushed to the
-// server before it returns, so every later state change reaches it.
+// subscribe relays the state events on subject, in order, and the client drops none: the
+// NATS callback waits until the reader takes each event or the subscription ends, while
+// nats.go buffers the following messages (by default up to 512Ki messages or 64 MiB per
+// subscription). Should that buffer overflow, nats.go drops messages; the loss is then
+// reported as a lost event (Event.Lost > 0, no JobID) ahead of the next event.
 func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
-	ch := make(chan Event, 64)
+	ch := make(chan Event)
+	done := make(chan struct{})
+	send := func(e Event) bool {
+		select {
+		case ch <- e:
+			return true
+		case <-done:
+			return false
+		}
+	}
+	reported := 0 // only the callback uses it, and nats.go runs one callback at a time
 	sub, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
+		if n, err := m.Sub.Dropped(); err == nil && n > reported {
+			lost := n - reported
+			reported = n
+			if !send(lostEvent(lost)) {
+				return
+			}
+		}
 		e, err := eventOfRecord(m.Data)
 		if err != nil {
 			return
 		}
-		select {
-		case ch <- e:
-		default: // a reader that fell behind catches up by polling
-		}
+		send(e)
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
 	}
+	var once sync.Once
+	unsub := func() {
+		once.Do(func() {
+			close(done) // frees a callback waiting for the reader
+			_ = sub.Unsubscribe()
+		})
+	}
+	if c.statePendingLimit > 0 {
+		_ = sub.SetPendingLimits(c.statePendingLimit, -1)
+	}
 	if err := c.nc.Flush(); err != nil {
-		_ = sub.Unsubscribe()
+		unsub()
 		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
 	}
-	return ch, func() { _ = sub.Unsubscribe() }, nil
+	return ch, unsub, nil
 }

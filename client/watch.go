@@ -11,8 +11,14 @@ import (
 // then every change, and closes after a terminal state or when ctx ends. It uses NATS
 // when the client has it, else polling. An unknown job is an error at once.
 //
+// Over NATS no event is dropped by the client, terminal ones included: a reader that falls
+// behind slows delivery down (back-pressure), and nats.go buffers the events meanwhile.
+//
 // With id "" Watch follows every job until ctx ends: all state events over NATS, or, when
-// polling, the changes among the newest 100 jobs.
+// polling, the changes among the newest 100 jobs. Should a reader fall so far behind that
+// nats.go's buffer (by default 512Ki messages or 64 MiB) overflows, the events it drops
+// are reported as a lost event (Event.Lost > 0, without JobID) ahead of the next event;
+// re-read the jobs with Jobs then. A single-job watch reads its job again instead.
 func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 	if id == "" {
 		return c.watchAll(ctx)

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,22 +92,51 @@ type receiver struct {
 // room to spare.
 const maxWebhookBody = 1 << 20
 
+// errWebhookUnreachable: the receiver would get no URL foreman can call.
+var errWebhookUnreachable = errors.New("client: webhook receiver: no address foreman can reach (see WithWebhookURL)")
+
 func (c *Client) listenWebhook() (*receiver, error) {
+	host, _, err := net.SplitHostPort(c.webhookAddr)
+	if err != nil {
+		return nil, fmt.Errorf("client: webhook receiver: %w", err)
+	}
+	base := c.webhookURL
+	var advertise string
+	if base == "" {
+		// Decided before binding: a receiver foreman cannot reach is not worth a port.
+		if advertise, err = c.advertiseHost(host); err != nil {
+			return nil, err
+		}
+	}
 	ln, err := net.Listen("tcp", c.webhookAddr)
 	if err != nil {
 		return nil, fmt.Errorf("client: webhook receiver: %w", err)
+	}
+	if base == "" {
+		_, port, _ := net.SplitHostPort(ln.Addr().String())
+		base = "http://" + net.JoinHostPort(advertise, port)
 	}
 	var tok [16]byte
 	_, _ = rand.Read(tok[:])
 	path := "/foreman-webhook/" + hex.EncodeToString(tok[:])
 	r := &receiver{
-		url:    "http://" + ln.Addr().String() + path,
+		url:    base + path,
 		events: make(chan Event, 16),
 		done:   make(chan struct{}),
 	}
 	secret := c.webhookSecret
-	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+path, func(w http.ResponseWriter, req *http.Request) {
+	// The path is matched by its end, so a proxy in front of a WithWebhookURL may
+	// forward the public URL's path prefix or strip it.
+	handler := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		if !strings.HasSuffix(req.URL.Path, path) {
+			http.NotFound(w, req)
+			return
+		}
+		if req.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
+			return
+		}
 		body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, maxWebhookBody))
 		if err != nil {
 			http.Error(w, "bad body", http.StatusBadRequest)
@@ -131,9 +161,9 @@ func (c *Client) listenWebhook() (*receiver, error) {
 		case <-req.Context().Done():
 		}
 	})
-	r.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	r.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 	if c.onWebhookListen != nil {
-		c.onWebhookListen(r.url)
+		c.onWebhookListen(r.url, ln.Addr().String())
 	}
 	r.served.Add(1)
 	go func() {
@@ -141,6 +171,32 @@ func (c *Client) listenWebhook() (*receiver, error) {
 		_ = r.srv.Serve(ln)
 	}()
 	return r, nil
+}
+
+// advertiseHost is the host foreman should call a receiver listening on listenHost at,
+// when no WithWebhookURL says so. An unspecified host (all interfaces) becomes a loopback
+// address, and a loopback host is kept, only when foreman itself runs on this machine
+// (its URL is loopback); otherwise the receiver has no address foreman is known to
+// reach, and Submit waits by polling instead.
+func (c *Client) advertiseHost(listenHost string) (string, error) {
+	ip := net.ParseIP(listenHost)
+	switch {
+	case listenHost == "" || (ip != nil && ip.IsUnspecified()):
+		if !c.loopback() {
+			return "", errWebhookUnreachable
+		}
+		if ip == nil || ip.To4() == nil {
+			// "" and "::" listen dual-stack: answer in the family foreman's URL uses.
+			if u, err := url.Parse(c.base); err == nil && u.Hostname() == "::1" {
+				return "::1", nil
+			}
+		}
+		return "127.0.0.1", nil
+	case isLoopbackHost(listenHost) && !c.loopback():
+		return "", errWebhookUnreachable
+	default:
+		return listenHost, nil
+	}
 }
 
 // close stops the receiver and releases its port.
