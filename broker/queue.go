@@ -70,7 +70,10 @@ func (s *Store) Next(ctx context.Context, token string) (*Delivery, error) {
 // server answers as soon as its consumer has one, with no polling.
 func (s *Store) NextWait(ctx context.Context, token string, wait time.Duration) (*Delivery, error) {
 	return s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) {
-		return c.Fetch(1, jetstream.FetchMaxWait(wait), jetstream.FetchContext(ctx))
+		if dl, ok := ctx.Deadline(); ok {
+			wait = min(wait, time.Until(dl))
+		}
+		return c.Fetch(1, jetstream.FetchMaxWait(max(wait, time.Millisecond)))
 	})
 }
 

@@ -2,7 +2,9 @@ package broker_test
 
 import (
 	"testing"
+	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
@@ -25,5 +27,31 @@ func TestQueuedBySequence(t *testing.T) {
 	}
 	if _, ok, err := b.Store.Queued(ctx, p.Seq); ok || err != nil {
 		t.Fatalf("Queued(deleted) = %v %v, want not found", ok, err)
+	}
+}
+
+// NextWait is how an idle worker takes a job the moment it is stored: a pull that the
+// server answers on arrival, not a poll.
+func TestNextWaitTakesAJobOnArrival(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	tok := token(t, "tiny-a")
+	if d, err := b.Store.NextWait(ctx, tok, 10*time.Millisecond); d != nil || err != nil {
+		t.Fatalf("empty queue: %v %v, want nothing", d, err)
+	}
+	got := make(chan *broker.Delivery, 1)
+	errs := make(chan error, 1)
+	go func() {
+		d, err := b.Store.NextWait(ctx, tok, 20*time.Second)
+		errs <- err
+		got <- d
+	}()
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	if err := <-errs; err != nil {
+		t.Fatalf("NextWait: %v", err)
+	}
+	if d := <-got; d == nil || d.JobID != j.ID {
+		t.Fatalf("NextWait gave %+v, want job %s", d, j.ID)
 	}
 }

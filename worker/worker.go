@@ -21,7 +21,7 @@ type Worker struct {
 	log   *slog.Logger
 	index *queueIndex
 
-	wake     chan string   // the model token of a job just published (capacity 1)
+	wake     chan wakeup   // the newest job published (capacity 1)
 	stopping chan struct{} // closed by Stop: take no new job
 	stopOnce sync.Once
 	runOnce  sync.Once
@@ -33,6 +33,7 @@ type Worker struct {
 	bgSlot chan struct{}
 
 	mu        sync.Mutex
+	recent    map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
 	started   bool
 	hardStop  bool                    // Stop's deadline passed: abort any job at once
 	abort     context.CancelCauseFunc // aborts the running job; nil when idle
@@ -60,8 +61,9 @@ func New(cfg Config) (*Worker, error) {
 		store:    cfg.Store,
 		log:      cfg.Logger,
 		index:    newQueueIndex(cfg.Store),
-		wake:     make(chan string, 1),
+		wake:     make(chan wakeup, 1),
 		bgSlot:   make(chan struct{}, 1),
+		recent:   map[string]struct{}{},
 		stopping: make(chan struct{}),
 		done:     make(chan struct{}),
 	}, nil
@@ -84,7 +86,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	nc := w.store.Conn()
 	wakeSub, err := nc.Subscribe("foreman.queue.>", func(m *nats.Msg) {
 		if token, ok := broker.TokenFromSubject(m.Subject); ok {
-			w.poke(token)
+			w.poke(wakeup{token: token, jobID: m.Header.Get(broker.HeaderJobID)})
 		}
 	})
 	if err != nil {
@@ -100,8 +102,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", "max_attempts", w.cfg.MaxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
 	defer w.log.Info("worker stopped")
 	fails, misses := 0, 0
+	woken := false // a publish was seen and its job not yet fetched
 	for !w.isStopping(ctx) {
-		w.dropStaleWake()
 		d, queued, err := w.next(ctx)
 		if err != nil {
 			if w.isStopping(ctx) {
@@ -118,23 +120,29 @@ func (w *Worker) Run(ctx context.Context) error {
 			// fetch that comes up empty while jobs are queued is tried again shortly
 			// before the loop idles until a publish or a timer.
 			var wait time.Duration
-			if queued && misses < len(recheck) {
+			if (queued || woken) && misses < len(recheck) {
 				wait = recheck[misses]
 				misses++
 			} else {
-				misses = 0
+				misses, woken = 0, false
 			}
 			token := w.idle(ctx, wait)
 			if token == "" {
 				continue
 			}
 			// A job was published while nothing could run: wait for it on its model's
-			// consumer, which answers the moment the stream has stored it.
+			// consumer, which answers the moment the stream has stored it. Should that
+			// fail, the short rechecks above still look for it.
+			misses, woken = 0, true
 			if d, err = w.store.NextWait(ctx, token, wakeWait); err != nil || d == nil {
+				if err != nil {
+					w.log.Warn("fetch a just-published job", "err", err)
+				}
 				continue
 			}
 		}
-		misses = 0
+		misses, woken = 0, false
+		w.fetched(d.JobID)
 		w.handle(ctx, d)
 	}
 	return nil
@@ -179,16 +187,28 @@ func (w *Worker) isStopping(ctx context.Context) bool {
 	}
 }
 
-// poke wakes an idle loop with the model of a job just published.
-func (w *Worker) poke(token string) {
-	select {
-	case w.wake <- token:
-	default:
+// wakeup is a job seen published on the queue's subjects.
+type wakeup struct{ token, jobID string }
+
+// poke hands an idle loop the newest job published, replacing an older one not yet taken:
+// anything published before it is stored by now, where the selection finds it.
+func (w *Worker) poke(u wakeup) {
+	for {
+		select {
+		case w.wake <- u:
+			return
+		default:
+		}
+		select {
+		case <-w.wake:
+		default:
+		}
 	}
 }
 
 // idle waits for a publish, the end of a retry back-off, IdlePoll (or wait, when shorter
-// and not 0), or a stop, and returns the model token of the job published, or "".
+// and not 0), or a stop, and returns the model token of a job published and not yet
+// fetched, or "".
 func (w *Worker) idle(ctx context.Context, wait time.Duration) string {
 	d := w.idleFor(time.Now())
 	if wait > 0 {
@@ -196,26 +216,40 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) string {
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
-	select {
-	case token := <-w.wake:
-		return token
-	case <-t.C:
-	case <-w.stopping:
-	case <-ctx.Done():
+	for {
+		select {
+		case u := <-w.wake:
+			if w.wasFetched(u.jobID) {
+				continue // seen while the worker was busy, and run since
+			}
+			return u.token
+		case <-t.C:
+		case <-w.stopping:
+		case <-ctx.Done():
+		}
+		return ""
 	}
-	return ""
 }
 
 // wakeWait bounds the wait for a just-published job to reach its consumer.
 const wakeWait = 100 * time.Millisecond
 
-// dropStaleWake forgets a publish seen while the worker was busy: the selection that
-// follows looks at the whole queue anyway.
-func (w *Worker) dropStaleWake() {
-	select {
-	case <-w.wake:
-	default:
+// fetched remembers the ids of jobs taken recently, so a wake-up for one of them is
+// known to be stale. The set is small: it is cleared now and then.
+func (w *Worker) fetched(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.recent) >= 1024 {
+		clear(w.recent)
 	}
+	w.recent[id] = struct{}{}
+}
+
+func (w *Worker) wasFetched(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.recent[id]
+	return ok
 }
 
 // retryGrace is how long after a back-off ends the loop keeps looking often: the server
