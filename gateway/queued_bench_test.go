@@ -50,6 +50,26 @@ func BenchmarkQueuedChatFirstChunk(b *testing.B) {
 	}, qb.URL, qb.Fake.URL)
 }
 
+// BenchmarkQueuedChatAfterIdle is the non-stream chat arriving at an idle worker (the
+// usual case with real traffic): each request comes 60 ms after the last answer, past the
+// worker's short rechecks, so only the wake-up on the publish can start the job promptly.
+func BenchmarkQueuedChatAfterIdle(b *testing.B) {
+	qb := newQueuedBundle(b, benchWorker)
+	body := chatBody("tiny-a", "bench", "false")
+	benchPair(b, func(base string) time.Duration {
+		if base == qb.URL {
+			time.Sleep(60 * time.Millisecond) // outside the timed part: let the worker idle
+		}
+		start := time.Now()
+		resp := benchPost(b, base+"/api/chat", body)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		return time.Since(start)
+	}, qb.URL, qb.Fake.URL)
+}
+
 // benchWorker keeps the worker's defaults (IdlePoll 1s), as foreman serve runs it.
 func benchWorker(c *worker.Config) { c.IdlePoll, c.RetryDelay = 0, 0 }
 
