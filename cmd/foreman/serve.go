@@ -99,7 +99,7 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 		return nil, err
 	}
 	a.store, err = broker.Open(ctx, broker.Config{
-		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts,
+		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait,
 		Replicas: cfg.NATSReplicas, Logger: log,
 	})
 	if err != nil {

@@ -1,0 +1,159 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// TestMain lets a test start this very binary as `foreman serve` in a child process, so a
+// test can kill foreman for real (SIGKILL: no deferred cleanup, no graceful shutdown).
+func TestMain(m *testing.M) {
+	if os.Getenv("FOREMAN_TEST_RUN_MAIN") == "1" {
+		os.Exit(execute(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
+	}
+	os.Exit(m.Run())
+}
+
+// childForeman is `foreman serve` running in a child process.
+type childForeman struct {
+	cmd    *exec.Cmd
+	addr   string
+	exited chan struct{} // closed when the process has been reaped
+	err    error         // its exit status, once exited is closed
+}
+
+var servingLine = regexp.MustCompile(`msg="foreman is serving" addr=(\S+)`)
+
+func startChild(t *testing.T, env ...string) *childForeman {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "serve")
+	cmd.Env = append(os.Environ(), append([]string{"FOREMAN_TEST_RUN_MAIN=1"}, env...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	c := &childForeman{cmd: cmd, exited: make(chan struct{})}
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if m := servingLine.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case addr <- m[1]:
+				default:
+				}
+			}
+		}
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	go func() {
+		c.err = cmd.Wait()
+		close(c.exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-c.exited
+	})
+	select {
+	case c.addr = <-addr:
+	case <-c.exited:
+		t.Fatalf("foreman exited before serving: %v", c.err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("foreman did not start serving")
+	}
+	return c
+}
+
+// kill ends the child with SIGKILL, as a crash or power loss would.
+func (c *childForeman) kill(t *testing.T) {
+	t.Helper()
+	if err := c.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	<-c.exited
+}
+
+// A job whose foreman is killed mid-run is redelivered when foreman comes back and ends
+// exactly once: the target finishes it once, and the job is done.
+func TestKilledMidJobCompletesOnceAfterRestart(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	dir := t.TempDir()
+	env := []string{
+		"FOREMAN_ADDR=127.0.0.1:0", "FOREMAN_DATA_DIR=" + dir, "FOREMAN_OLLAMA_URL=" + fake.URL,
+		"FOREMAN_ACK_WAIT=2s", "FOREMAN_LOG_LEVEL=info",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	release := fake.Hold("tiny-a")
+	first := startChild(t, env...)
+	resp, err := http.Post("http://"+first.addr+"/jobs", "application/json",
+		strings.NewReader(`{"model":"tiny-a","messages":[{"role":"user","content":"survive"}],"stream":false}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sub struct {
+		JobID string `json:"job_id"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&sub); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("submit: %d %v", resp.StatusCode, err)
+	}
+	resp.Body.Close()
+	if err := fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("the job never reached the target: %v", err)
+	}
+	first.kill(t)
+
+	second := startChild(t, env...)
+	if err := fake.WaitStarted(ctx, "tiny-a", 2); err != nil {
+		t.Fatalf("the job was not run again after the restart: %v", err)
+	}
+	release()
+	state := ""
+	for state != "done" {
+		r, err := http.Get("http://" + second.addr + "/jobs/" + sub.JobID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var job struct {
+			State string `json:"state"`
+			Error string `json:"error"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&job)
+		r.Body.Close()
+		if job.State == "failed" || job.State == "canceled" {
+			t.Fatalf("job ended %s: %s", job.State, job.Error)
+		}
+		state = job.State
+		select {
+		case <-ctx.Done():
+			t.Fatalf("job still %q", state)
+		case <-time.After(20 * time.Millisecond): // polling with a deadline
+		}
+	}
+	finished := 0
+	for _, c := range fake.Calls() {
+		if c.Path == "/api/chat" && c.Finished && !c.Canceled {
+			finished++
+		}
+	}
+	if finished != 1 {
+		t.Fatalf("the target completed the job %d times, want exactly once; calls: %s", finished, fmt.Sprint(fake.Calls()))
+	}
+}
