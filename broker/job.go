@@ -147,6 +147,12 @@ type Job struct {
 	Webhook *Webhook `json:"webhook,omitempty"`
 	// BodyRef names the object holding a request body too large for a queue message.
 	BodyRef string `json:"body_ref,omitempty"`
+	// CancelRequested is the reason given to Store.Cancel for a job that was running
+	// (loading or working). Only the worker writes a running job's terminal state: it
+	// aborts the target call on seeing this field, ends the stream and the record canceled
+	// with Error = this reason; a job that finishes first stays done (or failed) with the
+	// request left here, moot. A redelivered job carrying it ends canceled without running.
+	CancelRequested string `json:"cancel_requested,omitempty"`
 }
 
 // Artifact returns the metadata of the named artifact.

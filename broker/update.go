@@ -90,22 +90,43 @@ func (j *Job) clone() *Job {
 	return &c
 }
 
-// Cancel moves job id to canceled. A queued or retrying job is also removed from the queue,
-// so it never reaches the target; a running job is aborted by the worker, which watches its
-// job's record. A finished job gives ErrTerminal.
+// Cancel cancels job id. A queued or retrying job moves to canceled at once and leaves
+// the queue, so it never reaches the target. A running job (loading or working) only gets
+// its cancellation requested: Cancel sets CancelRequested to reason and leaves the state
+// alone, because the worker is the one writer of a running job's terminal state (it
+// publishes the stream's final marker before that write, and the two must agree). The
+// worker then aborts the target call and writes canceled itself, unless the job finishes
+// first (then it ends done and the request is moot); watch the record for the outcome. A
+// second request keeps the first reason. A finished job gives ErrTerminal. The record
+// returned is the one written.
 func (s *Store) Cancel(ctx context.Context, id, reason string) (*Job, error) {
 	var prev State
+	var unchanged *Job
 	j, _, err := s.Modify(ctx, id, func(j *Job) error {
-		if j.State.Terminal() {
-			return fmt.Errorf("%w: job %s is %s", ErrTerminal, j.ID, j.State)
-		}
 		prev = j.State
-		j.State = StateCanceled
-		if reason != "" {
-			j.Error = reason
+		switch j.State {
+		case StateDone, StateFailed, StateCanceled:
+			return fmt.Errorf("%w: job %s is %s", ErrTerminal, j.ID, j.State)
+		case StateLoading, StateWorking:
+			if j.CancelRequested != "" {
+				unchanged = j
+				return errUnchanged
+			}
+			j.CancelRequested = reason
+			if reason == "" {
+				j.CancelRequested = DefaultCancelReason
+			}
+		default:
+			j.State = StateCanceled
+			if reason != "" {
+				j.Error = reason
+			}
 		}
 		return nil
 	})
+	if errors.Is(err, errUnchanged) {
+		return unchanged, nil
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -117,6 +138,13 @@ func (s *Store) Cancel(ctx context.Context, id, reason string) (*Job, error) {
 	}
 	return j, nil
 }
+
+// DefaultCancelReason is the CancelRequested of a running job canceled without a reason
+// (the field must not be empty to count).
+const DefaultCancelReason = "canceled"
+
+// errUnchanged stops a Modify that has nothing to write.
+var errUnchanged = errors.New("broker: record unchanged")
 
 // removeQueued deletes the queue message of job j. The queue holds only pending jobs, so
 // the scan is bounded by the model's queue depth.

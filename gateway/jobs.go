@@ -2,8 +2,11 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"net/http"
 	"strconv"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -80,16 +83,73 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"jobs": views, "next_cursor": next})
 }
 
-// handleCancelJob cancels a job: a queued one never runs, a running one is aborted by
-// the worker; a finished one is a 409.
+// cancelWait bounds how long DELETE /jobs/{id} waits for a running job to end after its
+// cancellation was requested; the worker normally ends it within milliseconds.
+const cancelWait = 3 * time.Second
+
+// handleCancelJob cancels a job. A queued one is canceled at once and never runs: 200
+// with the job. A running one only gets its cancellation requested, since the worker alone
+// writes a running job's end: the answer waits, up to cancelWait, for the worker to end
+// it — 200 with the canceled job, or 409 when it finished first — and otherwise is 202
+// with the job and its pending cancel_requested. A finished job is a 409.
 func (s *Server) handleCancelJob(w http.ResponseWriter, r *http.Request) {
 	j, err := s.store.Cancel(r.Context(), r.PathValue("id"), "canceled by DELETE /jobs")
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	s.log.Info("job canceled", "job_id", j.ID, "model", j.Model)
-	writeJSON(w, http.StatusOK, s.jobView(r.Context(), j, false))
+	log := s.log.With("job_id", j.ID, "model", j.Model)
+	if !j.State.Terminal() {
+		log.Info("job cancel requested; waiting for the worker to end it")
+		j = s.awaitEnd(r.Context(), j, log)
+	}
+	switch j.State {
+	case broker.StateCanceled:
+		log.Info("job canceled")
+		writeJSON(w, http.StatusOK, s.jobView(r.Context(), j, false))
+	case broker.StateDone, broker.StateFailed:
+		s.writeError(w, r, fmt.Errorf("%w: job %s ended %s before the cancel took effect", broker.ErrTerminal, j.ID, j.State))
+	default:
+		writeJSON(w, http.StatusAccepted, s.jobView(r.Context(), j, false))
+	}
+}
+
+// awaitEnd waits until job j is terminal, cancelWait passes, the client leaves or the
+// gateway is ending, and returns the latest record it saw.
+func (s *Server) awaitEnd(ctx context.Context, j *broker.Job, log *slog.Logger) *broker.Job {
+	ctx, cancel := context.WithTimeout(ctx, cancelWait)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.ending:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	// Subscribe before reading the record again, so the terminal write cannot slip by.
+	nc := s.store.Conn()
+	sub, err := nc.SubscribeSync(broker.StateSubject(j.ID))
+	if err != nil {
+		log.Warn("watch canceled job", "err", err)
+		return j
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := nc.FlushWithContext(ctx); err != nil {
+		return j
+	}
+	if cur, _, err := s.store.Get(ctx, j.ID); err == nil {
+		j = cur
+	}
+	for !j.State.Terminal() {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return j
+		}
+		if ev, err := broker.DecodeJob(m.Data); err == nil {
+			j = ev
+		}
+	}
+	return j
 }
 
 // handleArtifact serves an artifact's bytes with its stored content type.

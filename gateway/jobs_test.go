@@ -398,13 +398,27 @@ func TestCancelJobStates(t *testing.T) {
 	resp, out = b.request(t, http.MethodDelete, "/jobs/"+queued, nil)
 	wantJobError(t, "cancel canceled", resp, out, http.StatusConflict)
 
+	// A running job: the answer waits for its worker (simulated) to end it.
 	running := jobsSubmit(t, b, `{"model":"tiny-a"}`)
-	if _, _, err := b.Broker.Store.Modify(ctx, running, func(j *broker.Job) error { j.State = broker.StateWorking; return nil }); err != nil {
-		t.Fatal(err)
-	}
+	startJob(t, b.Broker.Store, running)
+	fakeWorkerEnds(t, b, running, broker.StateCanceled)
 	resp, out = b.request(t, http.MethodDelete, "/jobs/"+running, nil)
-	if resp.StatusCode != 200 || jobsGet(t, b, running).State != broker.StateCanceled {
+	v = jobView{}
+	if resp.StatusCode != 200 || json.Unmarshal(out, &v) != nil || v.State != broker.StateCanceled || v.Error != "canceled by DELETE /jobs" {
 		t.Fatalf("cancel running: %d %s", resp.StatusCode, out)
+	}
+	if jobsGet(t, b, running).State != broker.StateCanceled {
+		t.Fatal("cancel running: the record is not canceled")
+	}
+
+	// A running job that finishes before its worker sees the request: the cancel lost.
+	finishing := jobsSubmit(t, b, `{"model":"tiny-a"}`)
+	startJob(t, b.Broker.Store, finishing)
+	fakeWorkerEnds(t, b, finishing, broker.StateDone)
+	resp, out = b.request(t, http.MethodDelete, "/jobs/"+finishing, nil)
+	wantJobError(t, "cancel a job that finished first", resp, out, http.StatusConflict)
+	if jobsGet(t, b, finishing).State != broker.StateDone {
+		t.Fatal("the job that finished first is not done")
 	}
 
 	done := jobsSubmit(t, b, `{"model":"tiny-a"}`)
@@ -414,6 +428,84 @@ func TestCancelJobStates(t *testing.T) {
 	if jobsGet(t, b, done).State != broker.StateDone {
 		t.Fatal("a refused cancel changed the job")
 	}
+}
+
+// A running job whose worker does not end it in time: 202 with the pending request.
+func TestCancelJobRunningNoWorker(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	id := jobsSubmit(t, b, `{"model":"tiny-a"}`)
+	startJob(t, b.Broker.Store, id)
+	resp, out := b.request(t, http.MethodDelete, "/jobs/"+id, nil)
+	var v struct {
+		jobView
+		CancelRequested string `json:"cancel_requested"`
+	}
+	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(out, &v) != nil ||
+		v.ID != id || v.State != broker.StateWorking || v.CancelRequested != "canceled by DELETE /jobs" {
+		t.Fatalf("cancel of a running job nobody ends: %d %s, want 202 with the request", resp.StatusCode, out)
+	}
+	// Asking again changes nothing and answers the same.
+	resp, out = b.request(t, http.MethodDelete, "/jobs/"+id, nil)
+	if resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("second cancel: %d %s", resp.StatusCode, out)
+	}
+}
+
+// startJob moves a queued job to working, as the worker's start write would.
+func startJob(t *testing.T, st *broker.Store, id string) {
+	t.Helper()
+	if _, _, err := st.Modify(testCtx(t, 10*time.Second), id, func(j *broker.Job) error {
+		j.State, j.Attempt = broker.StateWorking, 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// fakeWorkerEnds plays the worker of running job id: when its record carries a cancel
+// request, it writes the terminal state end (with the request as the error if canceled).
+func fakeWorkerEnds(t *testing.T, b *testBundle, id string, end broker.State) {
+	t.Helper()
+	st := b.Broker.Store
+	ch := make(chan *nats.Msg, 16)
+	sub, err := st.Conn().ChanSubscribe(broker.StateSubject(id), ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Conn().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t, 20*time.Second)
+	done := make(chan struct{})
+	t.Cleanup(func() { <-done })
+	go func() {
+		defer close(done)
+		defer func() { _ = sub.Unsubscribe() }()
+		for {
+			select {
+			case m := <-ch:
+				ev, err := broker.DecodeJob(m.Data)
+				if err != nil || ev.CancelRequested == "" || ev.State.Terminal() {
+					continue
+				}
+				_, _, err = st.Modify(ctx, id, func(j *broker.Job) error {
+					j.State = end
+					if end == broker.StateCanceled {
+						j.Error = j.CancelRequested
+					}
+					return nil
+				})
+				if err != nil {
+					t.Errorf("fake worker: %v", err)
+				}
+				return
+			case <-ctx.Done():
+				t.Errorf("fake worker: no cancel request for %s", id)
+				return
+			}
+		}
+	}()
 }
 
 func TestDeliveriesWithoutDispatcher(t *testing.T) {

@@ -34,6 +34,8 @@ type jobView struct {
 	Result     json.RawMessage `json:"result"`
 	Artifacts  []artifactView  `json:"artifacts"`
 	Webhook    *broker.Webhook `json:"webhook,omitempty"`
+	// CancelRequested is the reason of a cancel the running job has not yet acted on.
+	CancelRequested string `json:"cancel_requested,omitempty"`
 }
 
 // artifactView carries either the data (small artifacts) or the URL to fetch it.
@@ -54,6 +56,7 @@ func (s *Server) jobView(ctx context.Context, j *broker.Job, inline bool) jobVie
 		ID: j.ID, Kind: j.Kind, Model: j.Model, State: j.State, Attempts: j.Attempt,
 		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt,
 		Error: j.Error, Result: j.Result, Artifacts: []artifactView{}, Webhook: j.Webhook,
+		CancelRequested: j.CancelRequested,
 	}
 	if len(v.Result) == 0 {
 		v.Result = nil

@@ -32,6 +32,11 @@ type Config struct {
 	// IdlePoll bounds an idle wait, for jobs whose retry back-off ends; default 1s.
 	IdlePoll time.Duration
 	Logger   *slog.Logger
+
+	// beforeStoreDone, when set (tests only, see export_test.go), runs in the background
+	// bookkeeping of a finished job after its final done marker went out and before its
+	// result and terminal state are written.
+	beforeStoreDone func(jobID string)
 }
 
 const (

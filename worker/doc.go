@@ -11,7 +11,11 @@
 //     first frame is held until the second arrives, to carry the response Content-Type; an
 //     async job retried after a dropped connection streams again from Foreman-Seq 1);
 //   - connection errors retry with a NAK delay and pause the worker until the target
-//     answers; HTTP errors are terminal; a canceled record aborts the running request;
+//     answers; HTTP errors are terminal;
+//   - the worker is the one writer of a running job's terminal state: Store.Cancel only
+//     sets the record's cancel_requested, and the worker aborts the request, publishes the
+//     final canceled marker and writes canceled (a job that finished first stays done; a
+//     redelivered or handed-back job with a request ends canceled without running);
 //   - Stop hands a running job back un-acked, so nothing is lost and nothing runs twice to
 //     completion.
 package worker

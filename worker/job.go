@@ -17,6 +17,10 @@ import (
 // errEnded stops a record write when the job reached a terminal state meanwhile.
 var errEnded = errors.New("job already ended")
 
+// errCancelRequested stops a record write (start, retry, hand-back) of a job whose
+// cancellation was requested: the worker ends it canceled instead.
+var errCancelRequested = errors.New("job cancellation requested")
+
 // handle runs one delivered job to its end, or hands it back.
 func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
@@ -42,6 +46,10 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		log.Info("job already ended; dropping its queue message", "state", j.State)
 		w.finish(bctx, d, log)
 		return
+	case j.CancelRequested != "":
+		// Canceled while it ran on a foreman that died before it could end it.
+		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
+		return
 	case j.Attempt >= w.cfg.MaxAttempts:
 		w.fail(bctx, d, newRelay(w.store.Conn(), d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
@@ -53,9 +61,11 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log *slog.Logger) {
 	jctx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
-	// Watch the record before the start write: a cancel after that write is then never missed.
+	// Watch the record before the start write: a cancel request after that write is then
+	// never missed, and the start write refuses a job with one already pending.
 	sub, err := w.store.Conn().Subscribe(broker.StateSubject(d.JobID), func(m *nats.Msg) {
-		if rec, err := broker.DecodeJob(m.Data); err == nil && rec.State == broker.StateCanceled {
+		rec, err := broker.DecodeJob(m.Data)
+		if err == nil && (rec.CancelRequested != "" || rec.State == broker.StateCanceled) {
 			abort(errCanceled)
 		}
 	})
@@ -74,6 +84,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 		if j.State.Terminal() {
 			return errEnded
 		}
+		if j.CancelRequested != "" {
+			return errCancelRequested
+		}
 		j.State, j.Error = state, ""
 		j.Attempt++
 		return nil
@@ -82,6 +95,10 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 	defer cancel()
 	if errors.Is(err, errEnded) {
 		w.finish(bctx, d, log)
+		return
+	}
+	if errors.Is(err, errCancelRequested) {
+		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
 		return
 	}
 	if err != nil {
@@ -129,11 +146,10 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job
 	case err == nil:
 		w.succeed(bctx, d, j, r, ct, log)
 	case errors.Is(cause, errCanceled):
-		log.Info("job canceled while running; upstream request aborted")
-		w.publishFinal(r, broker.StateCanceled, "", 0, log)
-		w.finish(bctx, d, log)
+		log.Info("cancel requested while running; upstream request aborted")
+		w.cancelRun(bctx, d, r, log)
 	case cause != nil:
-		w.handBack(bctx, d, j, log)
+		w.handBack(bctx, d, j, r, log)
 	case errors.As(err, &httpErr):
 		w.fail(bctx, d, r, httpErr.Message, httpErr.StatusCode, log)
 	case errors.As(err, &connErr) && r.published() && j.Sync:
@@ -155,10 +171,16 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job,
 	}
 	w.publishFinal(r, broker.StateDone, "", 0, log)
 	frames := r.frames
-	w.afterwards(func(ctx context.Context) { w.storeDone(ctx, d, j.Kind, ct, frames, log) })
+	w.afterwards(func(ctx context.Context) {
+		if hook := w.cfg.beforeStoreDone; hook != nil {
+			hook(d.JobID)
+		}
+		w.storeDone(ctx, d, j.Kind, ct, frames, log)
+	})
 }
 
-// storeDone stores a finished job's result and terminal state, then acks its message.
+// storeDone stores a finished job's result and terminal state, then acks its message. A
+// cancel request that came after the call ended is moot: the stream already said done.
 func (w *Worker) storeDone(ctx context.Context, d *broker.Delivery, kind broker.Kind, ct string, frames [][]byte, log *slog.Logger) {
 	res, sawDone := result(kind, ct, frames)
 	if !sawDone {
@@ -181,7 +203,7 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Delivery, kind broker.
 	})
 	switch {
 	case errors.Is(err, errEnded):
-		log.Info("job ended elsewhere (canceled) as it finished")
+		log.Info("job already ended as it finished")
 	case err != nil:
 		// Without the terminal record the job must run again rather than be lost.
 		log.Error("store job result; job will run again", "err", err)
@@ -228,6 +250,26 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 	return err
 }
 
+// cancelRun ends a job whose cancellation was requested (Store.Cancel sets the record's
+// CancelRequested and leaves a running job's terminal state to the worker): the final
+// canceled marker first, then the canceled record with the request's reason.
+func (w *Worker) cancelRun(ctx context.Context, d *broker.Delivery, r *relay, log *slog.Logger) {
+	w.publishFinal(r, broker.StateCanceled, "", 0, log)
+	reason := ""
+	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
+		j.State, j.Error = broker.StateCanceled, j.CancelRequested
+		reason = j.CancelRequested
+	})
+	if err != nil && !errors.Is(err, errEnded) {
+		// Its next delivery meets the request again and ends it then.
+		log.Error("store canceled state; job will be canceled when it comes back", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	}
+	log.Info("job canceled", "reason", reason)
+	w.finish(ctx, d, log)
+}
+
 // fail ends the job as failed; status is the target's HTTP status, 0 if none.
 func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg string, status int, log *slog.Logger) {
 	w.publishFinal(r, broker.StateFailed, msg, status, log)
@@ -256,12 +298,19 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.
 		if j.State.Terminal() {
 			return errEnded
 		}
+		if j.CancelRequested != "" {
+			return errCancelRequested
+		}
 		j.State, j.Error = broker.StateRetrying, cause.Error()
 		return nil
 	})
 	if errors.Is(err, errEnded) {
 		w.publishFinal(r, broker.StateCanceled, "", 0, log)
 		w.finish(bctx, d, log)
+		return
+	}
+	if errors.Is(err, errCancelRequested) {
+		w.cancelRun(bctx, d, r, log)
 		return
 	}
 	if err != nil {
@@ -278,11 +327,15 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.
 }
 
 // handBack returns an aborted job to the queue un-acked (foreman is stopping). The attempt
-// it was on is not counted: the job did nothing wrong.
-func (w *Worker) handBack(ctx context.Context, d *broker.Delivery, j *broker.Job, log *slog.Logger) {
+// it was on is not counted: the job did nothing wrong. A job whose cancellation was
+// requested ends canceled instead: nobody wants it run again.
+func (w *Worker) handBack(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, log *slog.Logger) {
 	_, _, err := w.store.Modify(ctx, d.JobID, func(rec *broker.Job) error {
 		if rec.State.Terminal() {
 			return errEnded
+		}
+		if rec.CancelRequested != "" {
+			return errCancelRequested
 		}
 		rec.State, rec.Error = broker.StateRetrying, errShutdown.Error()
 		if rec.Attempt == j.Attempt && rec.Attempt > 0 {
@@ -292,6 +345,10 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Delivery, j *broker.Job
 	})
 	if errors.Is(err, errEnded) {
 		w.finish(ctx, d, log)
+		return
+	}
+	if errors.Is(err, errCancelRequested) {
+		w.cancelRun(ctx, d, r, log)
 		return
 	}
 	if err != nil {

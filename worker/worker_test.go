@@ -302,18 +302,27 @@ func TestCancelRunningAbortsUpstream(t *testing.T) {
 		t.Fatal(err)
 	}
 	tb.waitState(t, j.ID, broker.StateLoading)
-	if _, err := tb.b.Store.Cancel(ctxT(t), j.ID, "user"); err != nil {
+	// Cancel only requests it; the worker ends the job.
+	req, err := tb.b.Store.Cancel(ctxT(t), j.ID, "user")
+	if err != nil {
 		t.Fatal(err)
+	}
+	if req.State != broker.StateLoading || req.CancelRequested != "user" {
+		t.Fatalf("Cancel wrote %s (request %q), want loading with the request", req.State, req.CancelRequested)
 	}
 	_, final := stream.untilFinal(t)
 	if final.Header.Get(broker.HeaderFinal) != "canceled" {
 		t.Errorf("final marker %v", final.Header)
 	}
-	err := tb.fake.WaitFor(waitCtx(t), func(calls []ollamatest.Call) bool {
+	err = tb.fake.WaitFor(waitCtx(t), func(calls []ollamatest.Call) bool {
 		return len(calls) == 1 && calls[0].Finished && calls[0].Canceled
 	})
 	if err != nil {
 		t.Fatalf("fake did not see the call canceled: %+v", tb.fake.Calls())
+	}
+	got := tb.waitState(t, j.ID, broker.StateCanceled)
+	if got.Error != "user" || got.FinishedAt == nil {
+		t.Errorf("canceled record: error %q finished %v, want the reason and an end time", got.Error, got.FinishedAt)
 	}
 	tb.waitQueueEmpty(t)
 	// The worker moved on.
