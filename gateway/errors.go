@@ -27,12 +27,22 @@ func badRequest(msg string) error { return &Error{Status: http.StatusBadRequest,
 // ErrModelNotFound is returned when the target does not have a model (after a re-poll).
 var ErrModelNotFound = errors.New("model not found")
 
-// ModelNotFoundError is ErrModelNotFound for one model; its message is Ollama's own
-// wording, so clients that match on it keep working.
+// ModelNotFoundError is ErrModelNotFound for one model; the client sees Ollama's own
+// wording for the route (messageFor), so clients that match on it keep working.
 type ModelNotFoundError struct{ Model string }
 
 func (e *ModelNotFoundError) Error() string {
 	return fmt.Sprintf("model %q not found, try pulling it first", e.Model)
+}
+
+// messageFor is what Ollama 0.17 answers on path for a model it does not have: the
+// embedding routes suggest a pull, the others name the model in single quotes.
+func (e *ModelNotFoundError) messageFor(path string) string {
+	switch path {
+	case "/api/embed", "/api/embeddings", "/v1/embeddings":
+		return e.Error()
+	}
+	return fmt.Sprintf("model '%s' not found", e.Model)
 }
 
 // Is makes errors.Is(err, ErrModelNotFound) true.
@@ -79,6 +89,10 @@ func statusOf(err error) (int, string) {
 // writeError sends err as {"error": "..."}; 5xx errors are logged with their detail.
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	status, msg := statusOf(err)
+	var notFound *ModelNotFoundError
+	if errors.As(err, &notFound) {
+		msg = notFound.messageFor(r.URL.Path)
+	}
 	if status >= 500 {
 		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
 	}
@@ -95,12 +109,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 // openAIError is the error body of Ollama's OpenAI-compatible routes, which OpenAI SDKs
 // read as error.message.
 func openAIError(status int, msg string) any {
+	// Ollama 0.17's OpenAI layer answers "invalid_request_error" for a bad request and
+	// "api_error" for the rest, a missing model included.
 	kind := "api_error"
-	switch status {
-	case http.StatusBadRequest:
+	if status == http.StatusBadRequest {
 		kind = "invalid_request_error"
-	case http.StatusNotFound:
-		kind = "not_found_error"
 	}
 	type body struct {
 		Message string  `json:"message"`

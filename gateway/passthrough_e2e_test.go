@@ -104,10 +104,18 @@ func TestE2EPassThroughMatchesOllama(t *testing.T) {
 	}
 
 	t.Run("unknown model", func(t *testing.T) {
+		// Same status and the same body: clients match on Ollama's wording.
 		for _, c := range []struct{ method, path, body string }{
 			{"POST", "/api/show", `{"model":"ghost"}`},
 			{"POST", "/api/embed", `{"model":"ghost","input":"x"}`},
+			{"POST", "/api/embeddings", `{"model":"ghost","prompt":"x"}`},
+			{"POST", "/v1/embeddings", `{"model":"ghost","input":"x"}`},
 			{"GET", "/v1/models/ghost", ""},
+			// queued routes answer before queuing anything
+			{"POST", "/api/chat", `{"model":"ghost","messages":[{"role":"user","content":"x"}]}`},
+			{"POST", "/api/generate", `{"model":"ghost","prompt":"x"}`},
+			{"POST", "/v1/chat/completions", `{"model":"ghost","messages":[{"role":"user","content":"x"}]}`},
+			{"POST", "/v1/completions", `{"model":"ghost","prompt":"x"}`},
 		} {
 			var body []byte
 			if c.body != "" {
@@ -115,7 +123,8 @@ func TestE2EPassThroughMatchesOllama(t *testing.T) {
 			}
 			want, wantBody := directTo(c.method, c.path, body)
 			got, gotBody := b.request(t, c.method, c.path, body)
-			if got.StatusCode != http.StatusNotFound || want.StatusCode != http.StatusNotFound {
+			if got.StatusCode != http.StatusNotFound || want.StatusCode != http.StatusNotFound ||
+				strings.TrimSpace(string(gotBody)) != strings.TrimSpace(string(wantBody)) {
 				t.Errorf("%s %s: foreman %d %s, Ollama %d %s", c.method, c.path, got.StatusCode, gotBody, want.StatusCode, wantBody)
 			}
 		}

@@ -247,8 +247,12 @@ func TestUnknownModelRepollThen404(t *testing.T) {
 			path, body = build("ghost")
 			resp, out = b.request(t, rt.method, path, body)
 			wantError(t, resp, out, http.StatusNotFound, "")
-			if got, _ := errorText(out); got != `model "ghost" not found, try pulling it first` {
-				t.Errorf("error %q, want %q", got, `model "ghost" not found, try pulling it first`)
+			want := `model 'ghost' not found` // Ollama 0.17's wording, per route
+			if strings.Contains(rt.path, "embed") {
+				want = `model "ghost" not found, try pulling it first`
+			}
+			if got, _ := errorText(out); got != want {
+				t.Errorf("error %q, want %q", got, want)
 			}
 			polled, asked := false, false
 			for _, c := range b.Fake.Calls()[before:] {
@@ -551,7 +555,7 @@ func TestErrorShapePerRouteFamily(t *testing.T) {
 		} `json:"error"`
 	}
 	if resp.StatusCode != http.StatusNotFound || json.Unmarshal(out, &openai) != nil ||
-		openai.Error.Message != native.Error || openai.Error.Type != "not_found_error" {
-		t.Fatalf("/v1 error: %d %s, want 404 with error.message %q and type not_found_error", resp.StatusCode, out, native.Error)
+		openai.Error.Message != native.Error || openai.Error.Type != "api_error" {
+		t.Fatalf("/v1 error: %d %s, want 404 with error.message %q and type api_error", resp.StatusCode, out, native.Error)
 	}
 }

@@ -233,7 +233,7 @@ func TestQueuedModelNotFoundAfterRepoll(t *testing.T) {
 
 	before := tagsCalls()
 	got := post(t, ctx, b.URL, "/api/chat", chatBody("nope", "hi", "false"))
-	if got.Status != 404 || errorBody(t, got.Body) != `model "nope" not found, try pulling it first` {
+	if got.Status != 404 || errorBody(t, got.Body) != `model 'nope' not found` {
 		t.Errorf("unknown model: %d %s", got.Status, got.Body)
 	}
 	if tagsCalls() != before+1 {
