@@ -65,6 +65,9 @@ type Job struct {
 	// runs, and for a result too large to inline (then it is the "result.json" artifact).
 	Result    json.RawMessage `json:"result,omitempty"`
 	Artifacts []Artifact      `json:"artifacts,omitempty"`
+	// CancelRequested is the reason of a cancel a running job has not yet acted on (a
+	// Cancel of a running job that did not end within a few seconds).
+	CancelRequested string `json:"cancel_requested,omitempty"`
 }
 
 // normalize drops a "result": null, so an absent result is always a nil Result.

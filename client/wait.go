@@ -20,6 +20,9 @@ const backstopFactor = 15
 // cancelTimeout bounds the DELETE sent after the caller's context ended.
 const cancelTimeout = 5 * time.Second
 
+// submitTimeout bounds a submit that outlives the caller's context (WithCancelOnContextDone).
+const submitTimeout = 45 * time.Second
+
 // Submit queues a job and waits until it has finished: it returns the result of a done
 // job, a *JobError (errors.Is ErrJobFailed) for a failed or canceled one, or the context's
 // error. See the package documentation for how it waits.
@@ -42,7 +45,15 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 	if err != nil {
 		return nil, err
 	}
-	id, err := c.submit(ctx, body, req.IdempotencyKey)
+	sctx := ctx
+	if c.cancelOnDone {
+		// The job may be created just as the caller's context ends; its id must still
+		// come back, or the job could not be canceled. The submit itself stays bounded.
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
+		defer cancel()
+	}
+	id, err := c.submit(sctx, body, req.IdempotencyKey)
 	if err != nil {
 		return nil, err
 	}
