@@ -231,16 +231,25 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 		// the webhook fields (a client's own receiver URL changes between retries).
 		sum := sha256.Sum256(append([]byte(string(sub.kind)+"\n"), sub.body...))
 		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: hex.EncodeToString(sum[:])}
-		got, created, err := s.store.ClaimIdempotencyKey(ctx, idemKey, claim)
-		if err != nil {
-			return "", false, err
-		}
-		if !created {
+		for attempt := 0; ; attempt++ {
+			got, created, err := s.store.ClaimIdempotencyKey(ctx, idemKey, claim)
+			if err != nil {
+				return "", false, err
+			}
+			if created {
+				break
+			}
 			if got.BodySHA256 != "" && got.BodySHA256 != claim.BodySHA256 {
 				return "", false, &Error{Status: http.StatusUnprocessableEntity, Message: "Idempotency-Key was already used with a different request body"}
 			}
-			s.awaitRecord(ctx, got.JobID)
-			return got.JobID, true, nil
+			if s.awaitRecord(ctx, got.JobID) || attempt > 0 {
+				return got.JobID, true, nil
+			}
+			// The key names a job that never came to be (its first request died between
+			// the claim and the submit): free it and claim it for this request.
+			if err := s.store.ReleaseIdempotencyKey(ctx, idemKey, got.JobID); err != nil {
+				return "", false, err
+			}
 		}
 	}
 	j, err := s.store.Submit(ctx, job, sub.body)
@@ -257,17 +266,19 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 }
 
 // awaitRecord gives a racing first request with the same idempotency key a moment to
-// write its job record, so the replayed id can be fetched at once.
-func (s *Server) awaitRecord(ctx context.Context, id string) {
+// write its job record, so the replayed id can be fetched at once; it reports whether the
+// record exists.
+func (s *Server) awaitRecord(ctx context.Context, id string) bool {
 	deadline := time.Now().Add(2 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, _, err := s.store.Get(ctx, id); !errors.Is(err, broker.ErrNotFound) {
-			return
+			return true
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return false
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+	return false
 }

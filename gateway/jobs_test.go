@@ -3,7 +3,9 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"strings"
@@ -592,4 +594,26 @@ func natsMsg(subject, data string, hdr ...string) *nats.Msg {
 		m.Header.Set(hdr[i], hdr[i+1])
 	}
 	return m
+}
+
+// A key whose first request died between claiming it and writing its job (a crash) must
+// not keep answering with a job that does not exist: the next request takes it over.
+func TestIdempotencyKeyOfAJobThatNeverCameToBe(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	ctx := testCtx(t, 30*time.Second)
+	body := `{"model":"tiny-a","messages":[]}`
+	sum := sha256.Sum256([]byte("chat\n" + body))
+	ghost := broker.NewID()
+	if _, created, err := b.Broker.Store.ClaimIdempotencyKey(ctx, "crashed", broker.IdempotencyClaim{JobID: ghost, BodySHA256: hex.EncodeToString(sum[:])}); err != nil || !created {
+		t.Fatalf("claim: %v %v", created, err)
+	}
+	id := jobsSubmit(t, b, body, "Idempotency-Key", "crashed")
+	if id == ghost {
+		t.Fatalf("answered with the job that never existed")
+	}
+	jobsGet(t, b, id)
+	if again := jobsSubmit(t, b, body, "Idempotency-Key", "crashed"); again != id {
+		t.Fatalf("the key now names %s, want %s", again, id)
+	}
 }
