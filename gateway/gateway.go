@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,6 +68,7 @@ type Server struct {
 	target  ollama.Client
 	inv     *ollama.Inventory
 	log     *slog.Logger
+	mux     *http.ServeMux
 	handler http.Handler
 
 	// streams counts responses relaying a running job, so shutdown can wait for them.
@@ -83,9 +85,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{})}
-	mux := http.NewServeMux()
-	s.routes(mux)
-	s.handler = s.recoverPanics(s.logRequests(s.authenticate(mux)))
+	s.mux = http.NewServeMux()
+	s.routes(s.mux)
+	s.handler = s.recoverPanics(s.logRequests(s.authenticate(s.mux)))
 	return s, nil
 }
 
@@ -103,6 +105,25 @@ func (s *Server) routes(mux *http.ServeMux) {
 }
 
 // handleNotFound answers every path no route claims ("GET /" is handleRoot, passthrough.go).
+// handleNotFound answers what no route matched: 405 with Allow for a known path asked
+// with another method (as Ollama does), else 404. The catch-all route hides the mux's
+// own 405, so the other methods are tried here.
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete} {
+		if m == r.Method {
+			continue
+		}
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pattern := s.mux.Handler(probe); pattern != "/" && pattern != "" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		s.writeError(w, r, &Error{Status: http.StatusMethodNotAllowed, Message: "method not allowed"})
+		return
+	}
 	s.writeError(w, r, &Error{Status: http.StatusNotFound, Message: "404 page not found"})
 }

@@ -559,3 +559,23 @@ func TestErrorShapePerRouteFamily(t *testing.T) {
 		t.Fatalf("/v1 error: %d %s, want 404 with error.message %q and type api_error", resp.StatusCode, out, native.Error)
 	}
 }
+
+// A known path asked with another method is a 405 naming the allowed ones, as Ollama
+// answers; an unknown path stays a 404.
+func TestWrongMethodIs405(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	for _, c := range []struct{ method, path, allow string }{
+		{http.MethodGet, "/api/chat", "POST"},
+		{http.MethodPut, "/api/tags", "GET, HEAD"},
+		{http.MethodPost, "/jobs/01J00000000000000000000000", "GET, HEAD, DELETE"}, // GET routes answer HEAD too
+	} {
+		resp, out := b.request(t, c.method, c.path, nil)
+		wantError(t, resp, out, http.StatusMethodNotAllowed, "method not allowed")
+		if got := resp.Header.Get("Allow"); got != c.allow {
+			t.Errorf("%s %s: Allow %q, want %q", c.method, c.path, got, c.allow)
+		}
+	}
+	resp, out := b.request(t, http.MethodGet, "/api/nothing-here", nil)
+	wantError(t, resp, out, http.StatusNotFound, "404")
+}
