@@ -116,9 +116,16 @@ func parseSubmission(raw []byte) (*submission, error) {
 	if !sub.kind.Valid() {
 		return nil, badRequest(fmt.Sprintf("unknown kind %q (chat, generate, embed, openai_chat, openai_completion)", sub.kind))
 	}
-	if err := json.Unmarshal(orNull(fieldsSeen["model"]), &sub.model); err != nil {
+	// The model the target will use: Ollama decodes into a struct, so a key matching
+	// "model" in another case counts too, and the last one wins. Decoding the same way
+	// checks the model Ollama would really run.
+	var named struct {
+		Model string `json:"model"`
+	}
+	if err := json.Unmarshal(encodeMembers(kept), &named); err != nil {
 		return nil, badRequest(`"model" must be a string`)
 	}
+	sub.model = named.Model
 	if strings.TrimSpace(sub.model) == "" {
 		return nil, badRequest("model is required")
 	}

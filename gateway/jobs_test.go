@@ -135,6 +135,8 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 		{"events not strings", `{"model":"tiny-a","state_webhook_url":"http://x.test/h","webhook_events":"done"}`, 400},
 		{"events without url", `{"model":"tiny-a","webhook_events":["done"]}`, 400},
 		{"unknown model", `{"model":"no-such-model","messages":[]}`, 404},
+		// Ollama decodes case-insensitively, the last key winning: it would run the ghost.
+		{"unknown model in another case", `{"model":"tiny-a","Model":"no-such-model","messages":[]}`, 404},
 	}
 	for _, c := range cases {
 		resp, out := b.request(t, http.MethodPost, "/jobs", []byte(c.body))
