@@ -234,13 +234,26 @@ func TestWebhookBadSignature(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{WebhookSecret: testSecret})
 	c := newClient(t, f.URL, client.WithWebhookSecret("whsec_"+strings.Repeat("A", 32)), client.WithPollInterval(never))
+	// The job must still be running when Submit reads it once before waiting, or that
+	// read alone would show it done: hold it until Submit has reported a state.
+	release := f.Fake.Hold("tiny-a")
+	defer release()
 	var id string
 	req := chatJob("tiny-a", "forged")
-	req.OnState = func(e client.Event) { id = e.JobID }
+	req.OnState = func(e client.Event) {
+		if e.JobID != "" {
+			id = e.JobID
+		}
+		release()
+	}
 	ctx, cancel := context.WithTimeout(testCtx(t), 2*time.Second)
 	defer cancel()
 	if _, err := c.Submit(ctx, req); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Submit = %v, want the deadline (the forged-looking webhooks were refused)", err)
+	}
+	release()
+	if id == "" {
+		t.Fatal("Submit reported no state at all")
 	}
 	// The job itself did finish.
 	waitState(t, c, id, client.StateDone)
