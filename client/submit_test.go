@@ -62,9 +62,16 @@ func TestSubmitModes(t *testing.T) {
 			c := newClient(t, f.URL, opts...)
 			var hookURL string
 			client.SetOnWebhookListen(c, func(u string) { hookURL = u })
+			// The job runs only once Submit has reported a first state: its one read before
+			// waiting must not already find it done, or the mode under test did nothing.
+			release := f.Fake.Hold("tiny-a")
+			defer release()
 			req := chatJob("tiny-a", "hello "+name)
 			var states []client.State
-			req.OnState = func(e client.Event) { states = append(states, e.State) }
+			req.OnState = func(e client.Event) {
+				states = append(states, e.State)
+				release()
+			}
 			res, err := c.Submit(testCtx(t), req)
 			if err != nil {
 				t.Fatalf("Submit: %v", err)

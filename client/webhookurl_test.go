@@ -128,7 +128,13 @@ func TestWebhookURL(t *testing.T) {
 		target = addr
 		mu.Unlock()
 	})
-	res, err := c.Submit(testCtx(t), chatJob("tiny-a", "via proxy"))
+	// Held until Submit has reported a state: else its one read before waiting could find
+	// the job done already, and no webhook would be needed at all.
+	release := f.Fake.Hold("tiny-a")
+	defer release()
+	req := chatJob("tiny-a", "via proxy")
+	req.OnState = func(client.Event) { release() }
+	res, err := c.Submit(testCtx(t), req)
 	if err != nil || res.Text() != wantReply("tiny-a:latest", "via proxy") {
 		t.Fatalf("Submit = %v, %v", res, err)
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -394,10 +393,7 @@ func TestJobTTLRemovesRecordDeliveriesAndArtifacts(t *testing.T) {
 // TestAsyncChatMatchesOllamaE2E runs an async chat job against a real Ollama and compares
 // its result with Ollama's own stream:false answer.
 func TestAsyncChatMatchesOllamaE2E(t *testing.T) {
-	url := os.Getenv("FOREMAN_TEST_OLLAMA_URL")
-	if url == "" {
-		t.Skip("FOREMAN_TEST_OLLAMA_URL is not set (start one with shared/realollama/start.sh)")
-	}
+	url := ollamatest.RealOllama(t)
 	client, err := ollama.NewClient(ollama.ClientConfig{BaseURL: url, ResponseHeaderTimeout: -1})
 	if err != nil {
 		t.Fatal(err)

@@ -4,11 +4,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"reflect"
 	"slices"
 	"strings"
 	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // volatileKeys are timestamps and durations that differ between two calls to Ollama.
@@ -53,10 +54,7 @@ func stripVolatile(v any) any {
 // TestE2EPassThroughMatchesOllama compares foreman's answers with Ollama's own, parsed
 // and without timestamps and durations, for every pass-through route a client reads.
 func TestE2EPassThroughMatchesOllama(t *testing.T) {
-	url := os.Getenv("FOREMAN_TEST_OLLAMA_URL")
-	if url == "" {
-		t.Skip("FOREMAN_TEST_OLLAMA_URL is unset: start a real Ollama with shared/realollama/start.sh and set it")
-	}
+	url := ollamatest.RealOllama(t)
 	b := newTestBundle(t, withTargetURL(url))
 	directTo := func(method, path string, body []byte) (*http.Response, []byte) {
 		t.Helper()

@@ -18,11 +18,12 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
 // End-to-end tests of the queued routes against a real Ollama (see
-// /work/shared/realollama): FOREMAN_TEST_OLLAMA_URL names it; its log, for counting model
+// ../shared/realollama): FOREMAN_TEST_OLLAMA_URL names it; its log, for counting model
 // loads, is FOREMAN_TEST_OLLAMA_LOG or $HOME/.cache/foreman-realollama/logs/ollama-PORT.log.
 // They do not run in parallel: load counts and timing belong to one test at a time.
 
@@ -38,10 +39,7 @@ type e2eBundle struct {
 
 func newE2EBundle(t *testing.T, wcfg func(*worker.Config)) *e2eBundle {
 	t.Helper()
-	target := os.Getenv("FOREMAN_TEST_OLLAMA_URL")
-	if target == "" {
-		t.Skip("FOREMAN_TEST_OLLAMA_URL is not set; start a real Ollama with bash /work/shared/realollama/start.sh PORT")
-	}
+	target := ollamatest.RealOllama(t)
 	b := &e2eBundle{Target: strings.TrimSuffix(target, "/"), log: os.Getenv("FOREMAN_TEST_OLLAMA_LOG")}
 	if b.log == "" {
 		if u, err := url.Parse(target); err == nil {

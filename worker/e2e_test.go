@@ -1,23 +1,20 @@
 package worker_test
 
 import (
-	"os"
 	"slices"
 	"testing"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
 // TestRealOllamaDrainsByModel runs an interleaved backlog against a real Ollama
 // (shared/realollama) and checks every job ends done with the model swapped once per model.
 func TestRealOllamaDrainsByModel(t *testing.T) {
-	url := os.Getenv("FOREMAN_TEST_OLLAMA_URL")
-	if url == "" {
-		t.Skip("FOREMAN_TEST_OLLAMA_URL is unset; start shared/realollama/start.sh to run against a real Ollama")
-	}
+	url := ollamatest.RealOllama(t)
 	b := brokertest.New(t)
 	target, err := ollama.NewClient(ollama.ClientConfig{BaseURL: url, Logger: testLogger()})
 	if err != nil {

@@ -4,17 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"net/http"
-	"os"
 	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // TestChatRealOllama: `foreman chat` through a real foreman in front of a real Ollama prints
 // what Ollama itself answers to the same chat (temperature 0: deterministic).
 func TestChatRealOllama(t *testing.T) {
-	target := os.Getenv("FOREMAN_TEST_OLLAMA_URL")
-	if target == "" {
-		t.Skip("FOREMAN_TEST_OLLAMA_URL is unset; start one with: bash /work/shared/realollama/start.sh 11540")
-	}
+	target := ollamatest.RealOllama(t)
 	t.Parallel()
 	a := testApp(t, target, nil)
 	r := runCLI(t, map[string]string{"FOREMAN_URL": "http://" + a.Addr()}, nil, nil, "chat", "-m", "tiny-a", "hello world")
