@@ -254,7 +254,12 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 // CancelRequested and leaves a running job's terminal state to the worker): the final
 // canceled marker first, then the canceled record with the request's reason.
 func (w *Worker) cancelRun(ctx context.Context, d *broker.Delivery, r *relay, log *slog.Logger) {
-	w.publishFinal(r, broker.StateCanceled, "", 0, log)
+	// The marker carries the reason, so a waiting client learns why.
+	var why string
+	if rec, _, err := w.store.Get(ctx, d.JobID); err == nil {
+		why = rec.CancelRequested
+	}
+	w.publishFinal(r, broker.StateCanceled, why, 0, log)
 	reason := ""
 	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
 		j.State, j.Error = broker.StateCanceled, j.CancelRequested

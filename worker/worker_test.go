@@ -311,8 +311,8 @@ func TestCancelRunningAbortsUpstream(t *testing.T) {
 		t.Fatalf("Cancel wrote %s (request %q), want loading with the request", req.State, req.CancelRequested)
 	}
 	_, final := stream.untilFinal(t)
-	if final.Header.Get(broker.HeaderFinal) != "canceled" {
-		t.Errorf("final marker %v", final.Header)
+	if final.Header.Get(broker.HeaderFinal) != "canceled" || final.Header.Get(broker.HeaderError) != "user" {
+		t.Errorf("final marker %v, want canceled with the reason", final.Header)
 	}
 	err = tb.fake.WaitFor(waitCtx(t), func(calls []ollamatest.Call) bool {
 		return len(calls) == 1 && calls[0].Finished && calls[0].Canceled
