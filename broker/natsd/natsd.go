@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -33,9 +34,11 @@ type Config struct {
 	// Listen is host:port for NATS clients; empty means no TCP listener at all.
 	// Port 0 or -1 picks a free port (tests).
 	Listen string
-	// ClientUser and ClientPassword are the one client user on the listener. Required with Listen.
+	// ClientUser and ClientPassword are the client user on the listener; ClientNkey, a
+	// public user nkey ("U…"), is another way in (or the only one). Listen needs one.
 	ClientUser     string
 	ClientPassword string
+	ClientNkey     string
 	// TLSCert and TLSKey enable TLS on the listener.
 	TLSCert string
 	TLSKey  string
@@ -66,8 +69,15 @@ func (c *Config) validate() error {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 			return fmt.Errorf("FOREMAN_NATS_LISTEN=%q: not host:port", c.Listen)
 		}
-		if c.ClientUser == "" || c.ClientPassword == "" {
-			return fmt.Errorf("FOREMAN_NATS_LISTEN=%q: a NATS listener needs FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD", c.Listen)
+		password := c.ClientUser != "" || c.ClientPassword != ""
+		if password && (c.ClientUser == "" || c.ClientPassword == "") {
+			return errors.New("FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD must be set together")
+		}
+		if !password && c.ClientNkey == "" {
+			return fmt.Errorf("FOREMAN_NATS_LISTEN=%q: a NATS listener needs FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD, or FOREMAN_NATS_NKEY", c.Listen)
+		}
+		if c.ClientNkey != "" && !nkeys.IsValidPublicUserKey(c.ClientNkey) {
+			return fmt.Errorf("FOREMAN_NATS_NKEY=%q: not a public user nkey (U…)", c.ClientNkey)
 		}
 		if c.ClientUser == internalUser {
 			return fmt.Errorf("FOREMAN_NATS_USER=%q: that name is reserved for foreman itself", c.ClientUser)
@@ -190,19 +200,27 @@ func (s *Server) accountsConfig(cfg Config) (string, error) {
   }
 `, foremanAccount, internalUser, internalHash, SubmitSubject)
 	if cfg.Listen != "" {
-		if !userName.MatchString(cfg.ClientUser) {
-			return "", fmt.Errorf("FOREMAN_NATS_USER=%q: use letters, digits and _ . @ - (at most 64)", cfg.ClientUser)
+		perms := fmt.Sprintf(`allowed_connection_types: ["STANDARD", "WEBSOCKET"],
+      permissions: {publish: {allow: [%q]}, subscribe: {allow: ["foreman.job.>", "_INBOX.>"]}}`, SubmitSubject)
+		var users []string
+		if cfg.ClientUser != "" {
+			if !userName.MatchString(cfg.ClientUser) {
+				return "", fmt.Errorf("FOREMAN_NATS_USER=%q: use letters, digits and _ . @ - (at most 64)", cfg.ClientUser)
+			}
+			clientHash, err := bcrypt.GenerateFromPassword([]byte(cfg.ClientPassword), bcrypt.MinCost)
+			if err != nil {
+				return "", fmt.Errorf("natsd: client password: %w", err)
+			}
+			users = append(users, fmt.Sprintf("{user: %q, password: %q, %s}", cfg.ClientUser, clientHash, perms))
 		}
-		clientHash, err := bcrypt.GenerateFromPassword([]byte(cfg.ClientPassword), bcrypt.MinCost)
-		if err != nil {
-			return "", fmt.Errorf("natsd: client password: %w", err)
+		if cfg.ClientNkey != "" { // validated: base32 letters and digits only
+			users = append(users, fmt.Sprintf("{nkey: %q, %s}", cfg.ClientNkey, perms))
 		}
 		fmt.Fprintf(&b, `  %s {
-    users: [ {user: %q, password: %q, allowed_connection_types: ["STANDARD", "WEBSOCKET"],
-      permissions: {publish: {allow: [%q]}, subscribe: {allow: ["foreman.job.>", "_INBOX.>"]}}} ]
+    users: [ %s ]
     imports: [ {stream: {account: %s, subject: "foreman.job.>"}}, {service: {account: %s, subject: %q}} ]
   }
-`, clientsAccount, cfg.ClientUser, clientHash, SubmitSubject, foremanAccount, foremanAccount, SubmitSubject)
+`, clientsAccount, strings.Join(users, ", "), foremanAccount, foremanAccount, SubmitSubject)
 	}
 	b.WriteString("}\n")
 	return b.String(), nil

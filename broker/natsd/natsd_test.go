@@ -20,6 +20,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nkeys"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -347,5 +348,50 @@ func TestClientInboxDoesNotSeeInternalTraffic(t *testing.T) {
 func TestSubmitSubjectMatchesBroker(t *testing.T) {
 	if natsd.SubmitSubject != broker.SubmitSubject {
 		t.Fatalf("natsd exports %q, broker serves %q", natsd.SubmitSubject, broker.SubmitSubject)
+	}
+}
+
+// A client may log in with an nkey instead of a password, with the same rights; another
+// key is refused, and a malformed public key is a configuration error.
+func TestClientNkey(t *testing.T) {
+	t.Parallel()
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := kp.PublicKey()
+	b := brokertest.New(t, brokertest.WithNATS(func(c *natsd.Config) {
+		c.Listen, c.ClientNkey = "127.0.0.1:0", pub
+	}))
+	withKey := func(k nkeys.KeyPair) nats.Option {
+		p, _ := k.PublicKey()
+		return nats.Nkey(p, k.Sign)
+	}
+	nc, err := nats.Connect(b.Server.ClientURL(), withKey(kp), nats.Timeout(10*time.Second))
+	if err != nil {
+		t.Fatalf("nkey login: %v", err)
+	}
+	defer nc.Close()
+	events, err := nc.SubscribeSync(broker.StateWildcard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	j, err := b.Store.Submit(ctxT(t), &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, err := events.NextMsgWithContext(ctxT(t)); err != nil || m.Subject != broker.StateSubject(j.ID) {
+		t.Fatalf("event over the nkey login: %v %v", m, err)
+	}
+	other, _ := nkeys.CreateUser()
+	if nc2, err := nats.Connect(b.Server.ClientURL(), withKey(other), nats.Timeout(10*time.Second)); err == nil {
+		nc2.Close()
+		t.Fatal("another nkey logged in")
+	}
+	if _, err := natsd.Start(natsd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0", ClientNkey: "SUAFAKE"}); err == nil || !strings.Contains(err.Error(), "FOREMAN_NATS_NKEY") {
+		t.Fatalf("malformed nkey: %v, want an error naming FOREMAN_NATS_NKEY", err)
 	}
 }

@@ -25,6 +25,7 @@ type serveConfig struct {
 	NATSURL           string
 	NATSUser          string
 	NATSPassword      string
+	NATSNkey          string
 	NATSTLSCert       string
 	NATSTLSKey        string
 	NATSReplicas      int
@@ -90,6 +91,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_NATS_URL", flag: "nats-url", usage: "external NATS URL(s); no embedded server when set", parse: str(&c.NATSURL)},
 		{env: "FOREMAN_NATS_USER", flag: "nats-user", usage: "client user on the NATS listener", parse: str(&c.NATSUser)},
 		{env: "FOREMAN_NATS_PASSWORD", flag: "nats-password", usage: "client password on the NATS listener", parse: str(&c.NATSPassword)},
+		{env: "FOREMAN_NATS_NKEY", flag: "nats-nkey", usage: "public user nkey (U…) that may also log in on the NATS listener", parse: str(&c.NATSNkey)},
 		{env: "FOREMAN_NATS_TLS_CERT", flag: "nats-tls-cert", usage: "TLS certificate file for the NATS listener", parse: str(&c.NATSTLSCert)},
 		{env: "FOREMAN_NATS_TLS_KEY", flag: "nats-tls-key", usage: "TLS key file for the NATS listener", parse: str(&c.NATSTLSKey)},
 		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL)", parse: func(v string) error {
@@ -193,8 +195,11 @@ func (c *serveConfig) finish() error {
 	if c.NATSListen != "" && c.NATSURL != "" {
 		return errors.New("FOREMAN_NATS_LISTEN and FOREMAN_NATS_URL exclude each other: an external NATS has its own listeners")
 	}
-	if c.NATSListen != "" && (c.NATSUser == "" || c.NATSPassword == "") {
-		return fmt.Errorf("FOREMAN_NATS_LISTEN=%q: a NATS listener needs FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD", c.NATSListen)
+	if (c.NATSUser == "") != (c.NATSPassword == "") {
+		return errors.New("FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD must be set together")
+	}
+	if c.NATSListen != "" && c.NATSUser == "" && c.NATSNkey == "" {
+		return fmt.Errorf("FOREMAN_NATS_LISTEN=%q: a NATS listener needs FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD, or FOREMAN_NATS_NKEY", c.NATSListen)
 	}
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return errors.New("FOREMAN_NATS_TLS_CERT and FOREMAN_NATS_TLS_KEY must be set together")

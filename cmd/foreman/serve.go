@@ -184,7 +184,7 @@ func (a *app) startNATS() error {
 	a.dataDir = dir
 	srv, err := natsd.Start(natsd.Config{
 		DataDir: dir, Listen: a.cfg.NATSListen,
-		ClientUser: a.cfg.NATSUser, ClientPassword: a.cfg.NATSPassword,
+		ClientUser: a.cfg.NATSUser, ClientPassword: a.cfg.NATSPassword, ClientNkey: a.cfg.NATSNkey,
 		TLSCert: a.cfg.NATSTLSCert, TLSKey: a.cfg.NATSTLSKey, Logger: a.log,
 	})
 	if err != nil {
