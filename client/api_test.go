@@ -99,8 +99,8 @@ func TestJobsAPI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Cancel(ctx, queued); err != nil {
-		t.Fatalf("Cancel: %v", err)
+	if j, err := c.Cancel(ctx, queued); err != nil || j.State != client.StateCanceled {
+		t.Fatalf("Cancel = %+v, %v; want the canceled job", j, err)
 	}
 	var last client.Event
 	for e := range events {
@@ -110,7 +110,7 @@ func TestJobsAPI(t *testing.T) {
 		t.Fatalf("Watch ended with %+v, want canceled", last)
 	}
 	var ae *client.APIError
-	if err := c.Cancel(ctx, queued); !errors.As(err, &ae) || ae.Status != http.StatusConflict {
+	if _, err := c.Cancel(ctx, queued); !errors.As(err, &ae) || ae.Status != http.StatusConflict {
 		t.Fatalf("second Cancel = %v, want 409", err)
 	}
 	_, err = c.Wait(ctx, queued)

@@ -241,9 +241,17 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 	return &out, nil
 }
 
-// Cancel cancels a job (DELETE /jobs/{id}); a job that already ended is an *APIError 409.
-func (c *Client) Cancel(ctx context.Context, id string) error {
-	return c.doJSON(ctx, http.MethodDelete, "/jobs/"+url.PathEscape(id), nil, nil)
+// Cancel cancels a job (DELETE /jobs/{id}) and returns it as foreman answered: canceled,
+// or, for a running job that did not stop within a few seconds, still running with
+// CancelRequested set (it ends canceled soon after). A job that already ended is an
+// *APIError 409.
+func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
+	var j Job
+	if err := c.doJSON(ctx, http.MethodDelete, "/jobs/"+url.PathEscape(id), nil, &j); err != nil {
+		return nil, err
+	}
+	j.normalize()
+	return &j, nil
 }
 
 // Artifact returns the bytes of a job's artifact (GET /jobs/{id}/artifacts/{name}).

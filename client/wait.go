@@ -94,7 +94,7 @@ func (c *Client) wait(ctx context.Context, id string, hook *receiver, onState fu
 func (c *Client) cancelDetached(id string) {
 	ctx, cancel := context.WithTimeout(context.Background(), cancelTimeout)
 	defer cancel()
-	_ = c.Cancel(ctx, id) // 409: it ended meanwhile, which is fine
+	_, _ = c.Cancel(ctx, id) // 409: it ended meanwhile, which is fine
 }
 
 // follower tracks one job: events pushed by NATS or a webhook receiver, plus polling.

@@ -157,13 +157,19 @@ func newJobsCancelCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			if err := c.Cancel(cmd.Context(), args[0]); err != nil {
+			j, err := c.Cancel(cmd.Context(), args[0])
+			if err != nil {
 				return f.explain(e, err)
 			}
 			if f.json {
-				return printJSON(cmd.OutOrStdout(), map[string]string{"job_id": args[0], "state": string(client.StateCanceled)})
+				return printJSON(cmd.OutOrStdout(), map[string]string{"job_id": j.ID, "state": string(j.State)})
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %s canceled\n", args[0])
+			if j.State != client.StateCanceled {
+				// Running and not stopped yet: the worker ends it shortly.
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %s is %s; cancel requested\n", j.ID, j.State)
+				return err
+			}
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %s canceled\n", j.ID)
 			return err
 		},
 	}
