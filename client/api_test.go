@@ -3,6 +3,8 @@ package client_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -10,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	standardwebhooks "github.com/standard-webhooks/standard-webhooks/libraries/go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/client"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
@@ -229,6 +233,72 @@ func TestVerifyWebhook(t *testing.T) {
 	}
 	if err := client.VerifyWebhook(testSecret, http.Header{}, body, 0); !errors.Is(err, client.ErrWebhookHeaders) {
 		t.Errorf("no headers: %v", err)
+	}
+}
+
+// TestVerifyWebhookRefusesReplays: X-Foreman-Signature covers webhook-id and
+// webhook-timestamp, so a captured delivery replayed under a fresh timestamp or another
+// id fails, as does an old one; webhook-signature made by the Standard Webhooks library
+// still verifies.
+func TestVerifyWebhookRefusesReplays(t *testing.T) {
+	t.Parallel()
+	body := []byte(`{"job_id":"x","state":"done"}`)
+	key := []byte("raw secret")
+	sent := time.Now().Add(-time.Hour)
+	captured := http.Header{}
+	captured.Set("webhook-id", "msg_1")
+	captured.Set("webhook-timestamp", strconvI(sent.Unix()))
+	captured.Set("X-Foreman-Signature", webhook.ForemanSignature(key, "msg_1", sent, body))
+	if err := client.VerifyWebhook("raw secret", captured, body, 2*time.Hour); err != nil {
+		t.Fatalf("X-Foreman-Signature alone: %v", err)
+	}
+	if err := client.VerifyWebhook("raw secret", captured, body, 0); !errors.Is(err, client.ErrWebhookTimestamp) {
+		t.Errorf("an hour-old delivery: %v, want ErrWebhookTimestamp", err)
+	}
+	fresh := captured.Clone()
+	fresh.Set("webhook-timestamp", strconvI(time.Now().Unix()))
+	if err := client.VerifyWebhook("raw secret", fresh, body, 0); !errors.Is(err, client.ErrWebhookSignature) {
+		t.Errorf("replayed under a fresh timestamp: %v, want ErrWebhookSignature", err)
+	}
+	otherID := captured.Clone()
+	otherID.Set("webhook-id", "msg_2")
+	if err := client.VerifyWebhook("raw secret", otherID, body, 2*time.Hour); !errors.Is(err, client.ErrWebhookSignature) {
+		t.Errorf("replayed under another id: %v, want ErrWebhookSignature", err)
+	}
+
+	wh, err := standardwebhooks.NewWebhook(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	sig, err := wh.Sign("msg_3", now, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := http.Header{}
+	h.Set("webhook-id", "msg_3")
+	h.Set("webhook-timestamp", strconvI(now.Unix()))
+	h.Set("webhook-signature", sig)
+	if err := client.VerifyWebhook(testSecret, h, body, 0); err != nil {
+		t.Errorf("a signature of the Standard Webhooks library: %v", err)
+	}
+}
+
+func TestVerifyWebhookRefusesAnEmptySecret(t *testing.T) {
+	t.Parallel()
+	body := []byte(`{"job_id":"x","state":"done"}`)
+	now := time.Now()
+	h := http.Header{}
+	h.Set("webhook-id", "msg_1")
+	h.Set("webhook-timestamp", strconvI(now.Unix()))
+	// Signed with the empty key, which an empty secret must not accept.
+	h.Set("X-Foreman-Signature", webhook.ForemanSignature(nil, "msg_1", now, body))
+	raw, _ := hex.DecodeString(strings.TrimPrefix(h.Get("X-Foreman-Signature"), "sha256="))
+	h.Set("webhook-signature", "v1,"+base64.StdEncoding.EncodeToString(raw))
+	for _, secret := range []string{"", "whsec_"} {
+		if err := client.VerifyWebhook(secret, h, body, 0); !errors.Is(err, client.ErrWebhookSecret) {
+			t.Errorf("VerifyWebhook(%q) = %v, want ErrWebhookSecret", secret, err)
+		}
 	}
 }
 

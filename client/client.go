@@ -19,6 +19,7 @@ import (
 // Client talks to one foreman. It is safe for concurrent use.
 type Client struct {
 	base           string
+	shown          string // base with its credentials redacted, for messages
 	token          string
 	hc             *http.Client
 	webhookSecret  string
@@ -45,10 +46,11 @@ type Client struct {
 func New(baseURL string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(baseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("client: base URL %q is not an absolute http(s) URL", baseURL)
+		return nil, fmt.Errorf("client: base URL %q is not an absolute http(s) URL", redactURL(baseURL))
 	}
 	c := &Client{
 		base:         strings.TrimRight(baseURL, "/"),
+		shown:        redactURL(strings.TrimRight(baseURL, "/")),
 		hc:           &http.Client{},
 		webhookAddr:  "127.0.0.1:0",
 		pollInterval: time.Second,
@@ -69,7 +71,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if c.natsURL != "" && c.nc == nil {
 		nc, err := nats.Connect(c.natsURL, append([]nats.Option{nats.Name("foreman-client")}, c.natsOpts...)...)
 		if err != nil {
-			return nil, fmt.Errorf("client: connect to NATS %s: %w", c.natsURL, err)
+			return nil, fmt.Errorf("client: connect to NATS %s: %w", redactURLs(c.natsURL), err)
 		}
 		c.nc, c.ownNC = nc, true
 	}
@@ -115,7 +117,7 @@ func (c *Client) request(ctx context.Context, method, path string, body []byte, 
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		return nil, &ConnectionError{URL: c.base, Err: transportCause(err)}
+		return nil, &ConnectionError{URL: c.shown, Err: transportCause(err)}
 	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()

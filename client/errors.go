@@ -50,7 +50,7 @@ func (e *JobError) Is(target error) bool {
 
 // ConnectionError is a request that never got an HTTP answer (refused, DNS, reset).
 type ConnectionError struct {
-	// URL is the base URL the client talks to.
+	// URL is the base URL the client talks to, a password or token in it shown as "xxxxx".
 	URL string
 	Err error
 }

@@ -263,7 +263,7 @@ func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) 
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return nil, &ConnectionError{URL: c.base, Err: err}
+		return nil, &ConnectionError{URL: c.shown, Err: err}
 	}
 	return data, nil
 }

@@ -127,7 +127,7 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			return &ConnectionError{URL: c.base, Err: err}
+			return &ConnectionError{URL: c.shown, Err: err}
 		}
 	}
 }

@@ -20,20 +20,33 @@ import (
 
 // Webhook verification errors.
 var (
-	ErrWebhookHeaders   = errors.New("webhook: missing webhook-id, webhook-timestamp or webhook-signature")
+	ErrWebhookHeaders   = errors.New("webhook: missing webhook-id, webhook-timestamp or a signature (webhook-signature or X-Foreman-Signature)")
 	ErrWebhookTimestamp = errors.New("webhook: timestamp outside the tolerance")
 	ErrWebhookSignature = errors.New("webhook: no matching signature")
+	ErrWebhookSecret    = errors.New("webhook: the secret is empty")
 )
 
-// VerifyWebhook checks a webhook foreman sent, the Standard Webhooks 1.0 way: the
-// webhook-timestamp must be within tolerance of now (5 minutes when tolerance is 0) and one
-// of the space-separated "v1,<base64>" values in webhook-signature must be the
-// HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>". secret is foreman's
-// FOREMAN_WEBHOOK_SECRET: "whsec_<base64>" is decoded, anything else is the raw key.
-// Receivers should also dedupe on webhook-id: deliveries are at-least-once.
+// VerifyWebhook checks a webhook foreman sent. Both of foreman's signatures are the
+// HMAC-SHA256 of the same string,
+//
+//	<webhook-id> "." <webhook-timestamp> "." <body>
+//
+// (webhook-timestamp in decimal Unix seconds, the body byte for byte): webhook-signature holds
+// space-separated "v1,<base64>" values (Standard Webhooks 1.0), X-Foreman-Signature
+// "sha256=<hex>". One of them must match, and webhook-timestamp (Unix seconds) must be
+// within tolerance of now (5 minutes when tolerance is 0), so a captured delivery cannot
+// be replayed later or under a fresh timestamp. secret is foreman's
+// FOREMAN_WEBHOOK_SECRET: "whsec_<base64>" is decoded, anything else is the raw key; an
+// empty secret (or key) is ErrWebhookSecret. Receivers should also dedupe on webhook-id:
+// deliveries are at-least-once.
 func VerifyWebhook(secret string, header http.Header, body []byte, tolerance time.Duration) error {
-	id, tsRaw, sigs := header.Get("webhook-id"), header.Get("webhook-timestamp"), header.Get("webhook-signature")
-	if id == "" || tsRaw == "" || sigs == "" {
+	key, err := webhookKey(secret)
+	if err != nil {
+		return err
+	}
+	id, tsRaw := header.Get("webhook-id"), header.Get("webhook-timestamp")
+	sigs, foreman := header.Get("webhook-signature"), header.Get("X-Foreman-Signature")
+	if id == "" || tsRaw == "" || (sigs == "" && foreman == "") {
 		return ErrWebhookHeaders
 	}
 	ts, err := strconv.ParseInt(tsRaw, 10, 64)
@@ -45,10 +58,6 @@ func VerifyWebhook(secret string, header http.Header, body []byte, tolerance tim
 	}
 	if d := time.Since(time.Unix(ts, 0)); d > tolerance || d < -tolerance {
 		return ErrWebhookTimestamp
-	}
-	key, err := webhookKey(secret)
-	if err != nil {
-		return err
 	}
 	h := hmac.New(sha256.New, key)
 	fmt.Fprintf(h, "%s.%d.", id, ts)
@@ -63,18 +72,26 @@ func VerifyWebhook(secret string, header http.Header, body []byte, tolerance tim
 			return nil
 		}
 	}
+	if hexSig, ok := strings.CutPrefix(foreman, "sha256="); ok {
+		if got, err := hex.DecodeString(hexSig); err == nil && hmac.Equal(got, want) {
+			return nil
+		}
+	}
 	return ErrWebhookSignature
 }
 
 func webhookKey(secret string) ([]byte, error) {
+	k := []byte(secret)
 	if rest, ok := strings.CutPrefix(secret, "whsec_"); ok {
-		k, err := base64.StdEncoding.DecodeString(rest)
-		if err != nil {
+		var err error
+		if k, err = base64.StdEncoding.DecodeString(rest); err != nil {
 			return nil, fmt.Errorf("webhook secret whsec_…: not valid base64: %w", err)
 		}
-		return k, nil
 	}
-	return []byte(secret), nil
+	if len(k) == 0 {
+		return nil, ErrWebhookSecret
+	}
+	return k, nil
 }
 
 // receiver is Submit's ephemeral webhook endpoint: one random path on one listener, for

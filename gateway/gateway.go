@@ -22,7 +22,7 @@ type Config struct {
 	Store *broker.Store
 	// Target is the Ollama client. Required.
 	Target ollama.Client
-	// TargetURL is shown by /healthz.
+	// TargetURL is shown by /healthz, with any userinfo redacted (ollama.RedactURL).
 	TargetURL string
 	// Inventory is the model inventory. Required.
 	Inventory *ollama.Inventory

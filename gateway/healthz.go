@@ -3,6 +3,8 @@ package gateway
 import (
 	"net/http"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 type healthTarget struct {
@@ -23,7 +25,8 @@ type health struct {
 // target or NATS is in trouble.
 func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	snap := s.inv.Snapshot()
-	h := health{Status: "ok", NATS: "ok", Target: healthTarget{URL: s.cfg.TargetURL, Reachable: snap.Polled && !snap.Degraded}}
+	// /healthz is unauthenticated: a password in the target's URL must not show.
+	h := health{Status: "ok", NATS: "ok", Target: healthTarget{URL: ollama.RedactURL(s.cfg.TargetURL), Reachable: snap.Polled && !snap.Degraded}}
 	if !snap.LastPoll.IsZero() {
 		t := snap.LastPoll.UTC()
 		h.Target.LastPoll = &t

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -36,6 +37,7 @@ type bundleOptions struct {
 	wrap      func(ollama.Client) ollama.Client
 	inventory func(*ollama.InventoryConfig)
 	targetURL string        // a real target instead of the fake
+	userinfo  string        // "user:password" put into the fake's URL
 	noPoll    bool          // skip the initial poll
 	runEvery  time.Duration // run the inventory's poll loop at this interval
 }
@@ -68,6 +70,12 @@ func withInventory(fn func(*ollama.InventoryConfig)) bundleOption {
 // withTargetURL points the gateway at a real Ollama; no fake is started (Fake is nil).
 func withTargetURL(u string) bundleOption { return func(o *bundleOptions) { o.targetURL = u } }
 
+// withTargetUserinfo puts userinfo ("user:password") into the fake's URL, as in
+// FOREMAN_OLLAMA_URL=http://user:password@host:11434.
+func withTargetUserinfo(userinfo string) bundleOption {
+	return func(o *bundleOptions) { o.userinfo = userinfo }
+}
+
 // withoutInitialPoll leaves the inventory un-polled, as at start with the target down.
 func withoutInitialPoll() bundleOption { return func(o *bundleOptions) { o.noPoll = true } }
 
@@ -88,6 +96,9 @@ func newTestBundle(t testing.TB, opts ...bundleOption) *testBundle {
 	if targetURL == "" {
 		b.Fake = ollamatest.New(t, o.fake...)
 		targetURL = b.Fake.URL
+		if o.userinfo != "" {
+			targetURL = strings.Replace(targetURL, "://", "://"+o.userinfo+"@", 1)
+		}
 	}
 	client, err := ollama.NewClient(ollama.ClientConfig{BaseURL: targetURL, ResponseHeaderTimeout: -1, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {

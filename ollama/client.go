@@ -81,12 +81,17 @@ func NewClient(cfg ClientConfig) (*HTTPClient, error) {
 	if cfg.BaseURL == "" {
 		return nil, errors.New("ollama: ClientConfig.BaseURL is required")
 	}
+	// Errors show the URL redacted: its userinfo may hold a password.
 	u, err := url.Parse(cfg.BaseURL)
 	if err != nil {
-		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q: %w", cfg.BaseURL, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the whole URL
+		}
+		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q: %w", RedactURL(cfg.BaseURL), err)
 	}
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q must be an absolute http or https URL", cfg.BaseURL)
+		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q must be an absolute http or https URL", RedactURL(cfg.BaseURL))
 	}
 	u.Path = strings.TrimRight(u.Path, "/")
 	u.RawQuery, u.Fragment = "", ""
@@ -122,8 +127,8 @@ func newTransport(responseHeaderTimeout time.Duration) *http.Transport {
 	}
 }
 
-// BaseURL returns the target's base URL.
-func (c *HTTPClient) BaseURL() string { return c.base.String() }
+// BaseURL returns the target's base URL with any userinfo redacted (see RedactURL).
+func (c *HTTPClient) BaseURL() string { return redacted(c.base) }
 
 // hopHeaders are connection-level headers a proxy must not forward (RFC 9110 §7.6.1).
 var hopHeaders = []string{
@@ -167,8 +172,11 @@ func (c *HTTPClient) transportError(ctx context.Context, op string, req *http.Re
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
-	c.logger.DebugContext(ctx, "ollama connection error", slog.String("op", op), slog.String("url", req.URL.String()), slog.Any("err", err))
-	return &ConnectionError{Op: op, URL: req.URL.String(), Err: err}
+	// The URL may carry a password for the target (basic auth): it never goes into an
+	// error or a log line, which end up in 502 bodies, job records and webhooks.
+	shown := redacted(req.URL)
+	c.logger.DebugContext(ctx, "ollama connection error", slog.String("op", op), slog.String("url", shown), slog.Any("err", err))
+	return &ConnectionError{Op: op, URL: shown, Err: err}
 }
 
 // Do implements Client.

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // serveConfig is everything `foreman serve` is configured with. Each field comes from a
@@ -88,7 +90,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_AUTH_TOKEN", flag: "auth-token", usage: "bearer token HTTP clients must send (off when empty)", parse: str(&c.AuthToken)},
 		{env: "FOREMAN_DATA_DIR", flag: "data-dir", usage: "JetStream store directory (default: foreman in the user's data dir)", parse: str(&c.DataDir)},
 		{env: "FOREMAN_NATS_LISTEN", flag: "nats-listen", usage: "host:port of a NATS listener for clients (off when empty)", parse: optionalHostPort(&c.NATSListen)},
-		{env: "FOREMAN_NATS_URL", flag: "nats-url", usage: "external NATS URL(s); no embedded server when set", parse: str(&c.NATSURL)},
+		{env: "FOREMAN_NATS_URL", flag: "nats-url", usage: "external NATS URL(s); no embedded server when set", parse: natsURLs(&c.NATSURL)},
 		{env: "FOREMAN_NATS_USER", flag: "nats-user", usage: "client user on the NATS listener", parse: str(&c.NATSUser)},
 		{env: "FOREMAN_NATS_PASSWORD", flag: "nats-password", usage: "client password on the NATS listener", parse: str(&c.NATSPassword)},
 		{env: "FOREMAN_NATS_NKEY", flag: "nats-nkey", usage: "public user nkey (U…) that may also log in on the NATS listener", parse: str(&c.NATSNkey)},
@@ -161,6 +163,62 @@ func httpURL(p *string) func(string) error {
 	}
 }
 
+// natsURLs accepts what nats.Connect does: a comma-separated list of URLs, the scheme
+// (nats://) optional. The message never repeats the value: it may hold a password.
+func natsURLs(p *string) func(string) error {
+	return func(v string) error {
+		n := 0
+		for i, entry := range strings.Split(v, ",") {
+			entry = strings.TrimSpace(entry)
+			if entry == "" {
+				continue
+			}
+			if !strings.Contains(entry, "://") {
+				entry = "nats://" + entry
+			}
+			if u, err := url.Parse(entry); err != nil || u.Host == "" {
+				return fmt.Errorf("entry %d is not a NATS URL (nats://[user:password@]host:port)", i+1)
+			}
+			n++
+		}
+		if n == 0 {
+			return errors.New("no NATS URL")
+		}
+		*p = v
+		return nil
+	}
+}
+
+// Credentials never appear in messages or logs: URLs are shown without the secrets in
+// their userinfo, and secret settings not at all.
+var (
+	secretSettings = map[string]bool{
+		"FOREMAN_OLLAMA_TOKEN": true, "FOREMAN_AUTH_TOKEN": true,
+		"FOREMAN_NATS_PASSWORD": true, "FOREMAN_WEBHOOK_SECRET": true,
+	}
+	urlSettings = map[string]bool{"FOREMAN_OLLAMA_URL": true, "FOREMAN_NATS_URL": true}
+)
+
+// shownValue is the value of the setting env as an error message may quote it.
+func shownValue(env, val string) string {
+	switch {
+	case secretSettings[env]:
+		return "(hidden)"
+	case urlSettings[env]:
+		return strconv.Quote(redactURLs(val))
+	}
+	return strconv.Quote(val)
+}
+
+// redactURLs redacts each URL of a comma-separated list (ollama.RedactURL).
+func redactURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		parts[i] = ollama.RedactURL(p)
+	}
+	return strings.Join(parts, ",")
+}
+
 // bindFlags registers every setting as a flag on fs.
 func bindFlags(fs *pflag.FlagSet, set []*setting) {
 	for _, s := range set {
@@ -185,7 +243,7 @@ func resolve(fs *pflag.FlagSet, set []*setting, getenv func(string) string) erro
 			continue
 		}
 		if err := s.parse(val); err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: %w", source, val, err))
+			errs = append(errs, fmt.Errorf("%s=%s: %w", source, shownValue(s.env, val), err))
 		}
 	}
 	return errors.Join(errs...)

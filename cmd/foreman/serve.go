@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -51,7 +53,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("foreman is serving", "addr", a.Addr(), "ollama", cfg.OllamaURL, "data_dir", a.dataDir, "nats_listen", a.natsListen())
+	log.Info("foreman is serving", "addr", a.Addr(), "ollama", ollama.RedactURL(cfg.OllamaURL), "data_dir", a.dataDir, "nats_listen", a.natsListen())
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
@@ -107,13 +109,13 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	}
 	a.target, err = ollama.NewClient(ollama.ClientConfig{BaseURL: cfg.OllamaURL, Token: cfg.OllamaToken, ResponseHeaderTimeout: -1, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("FOREMAN_OLLAMA_URL=%q: %w", cfg.OllamaURL, err)
+		return nil, fmt.Errorf("FOREMAN_OLLAMA_URL=%q: %w", ollama.RedactURL(cfg.OllamaURL), err)
 	}
 	a.inv = ollama.NewInventory(ollama.InventoryConfig{
 		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: a.warmEmbedder,
 	})
 	a.gw, err = gateway.New(gateway.Config{
-		Store: a.store, Target: a.target, TargetURL: cfg.OllamaURL, Inventory: a.inv,
+		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
 		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
 	})
 	if err != nil {
@@ -168,7 +170,7 @@ func (a *app) startNATS() error {
 	if a.cfg.NATSURL != "" {
 		nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("foreman"), nats.MaxReconnects(-1))
 		if err != nil {
-			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", a.cfg.NATSURL, err)
+			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", redactURLs(a.cfg.NATSURL), hideUserinfo(err, a.cfg.NATSURL))
 		}
 		a.nc = nc
 		return nil
@@ -194,6 +196,47 @@ func (a *app) startNATS() error {
 	a.nc, err = srv.Connect()
 	return err
 }
+
+// hideUserinfo returns err with the credentials of every URL in list (comma-separated)
+// replaced by "xxxxx" in its message, for errors of libraries that might quote the URL
+// they were given (url.Parse's do). errors.Is and errors.As still see err.
+func hideUserinfo(err error, list string) error {
+	msg := err.Error()
+	for _, raw := range strings.Split(list, ",") {
+		raw = strings.TrimSpace(raw)
+		if shown := ollama.RedactURL(raw); shown != raw {
+			msg = strings.ReplaceAll(msg, raw, shown)
+		}
+		if !strings.Contains(raw, "://") {
+			raw = "nats://" + raw
+		}
+		u, perr := url.Parse(raw)
+		if perr != nil || u.User == nil {
+			continue
+		}
+		secret, ok := u.User.Password()
+		if !ok {
+			secret = u.User.Username() // a token
+		}
+		for _, s := range []string{u.User.String(), secret} {
+			if s != "" {
+				msg = strings.ReplaceAll(msg, s, "xxxxx")
+			}
+		}
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return &redactedError{msg: msg, err: err}
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
 
 // goRun runs a long-lived component; an early error from it stops foreman.
 func (a *app) goRun(name string, fn func() error) {

@@ -109,7 +109,7 @@ func (d *Dispatcher) post(ctx context.Context, e *event, id string) (int, time.D
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
 	if d.key != nil {
 		req.Header.Set(HeaderSignature, "v1,"+b64(mac(d.key, id, now.Unix(), e.body)))
-		req.Header.Set(HeaderForeman, ForemanSignature(d.key, e.body))
+		req.Header.Set(HeaderForeman, ForemanSignature(d.key, id, now, e.body))
 	}
 	resp, err := d.cfg.Client.Do(req)
 	if err != nil {

@@ -2,6 +2,9 @@ package webhook
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"io"
 	"net/http"
@@ -137,9 +140,18 @@ func verify(t *testing.T, h hit) {
 	if err := Verify(testSecret, h.header, h.body, 0); err != nil {
 		t.Fatalf("Verify rejects the delivery: %v", err)
 	}
+	// X-Foreman-Signature: the hex HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>".
 	key, _ := Key(testSecret)
-	if got := h.header.Get(HeaderForeman); got != ForemanSignature(key, h.body) {
-		t.Fatalf("X-Foreman-Signature %q is wrong", got)
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(h.header.Get(HeaderID) + "." + h.header.Get(HeaderTimestamp) + "."))
+	m.Write(h.body)
+	if got, want := h.header.Get(HeaderForeman), "sha256="+hex.EncodeToString(m.Sum(nil)); got != want {
+		t.Fatalf("X-Foreman-Signature %q, want %q", got, want)
+	}
+	foremanOnly := h.header.Clone()
+	foremanOnly.Del(HeaderSignature)
+	if err := Verify(testSecret, foremanOnly, h.body, 0); err != nil {
+		t.Fatalf("Verify rejects the delivery's X-Foreman-Signature: %v", err)
 	}
 }
 

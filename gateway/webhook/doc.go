@@ -7,8 +7,9 @@
 //
 // Requests follow Standard Webhooks 1.0: headers webhook-id (stable across retries and
 // restarts: "<job id>-<record revision>"), webhook-timestamp and, with a secret,
-// webhook-signature; the body is the state event exactly as published on
-// foreman.job.<id>.state. Receivers verify with Verify or any Standard Webhooks library.
+// webhook-signature, plus X-Foreman-Signature (the same MAC of "<id>.<timestamp>.<body>"
+// in hex); the body is the state event exactly as published on foreman.job.<id>.state.
+// Receivers verify with Verify or any Standard Webhooks library.
 //
 // A failing receiver never blocks or changes its job (ADR-0005), nor other jobs'
 // deliveries: jobs are delivered concurrently, the events of one job in order. Sync jobs

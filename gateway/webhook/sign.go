@@ -13,8 +13,14 @@ import (
 	"time"
 )
 
-// Standard Webhooks 1.0 headers, plus foreman's own body-only signature for receivers
-// that only know the GitHub-style "sha256=<hex>" scheme.
+// Standard Webhooks 1.0 headers, plus foreman's own signature for receivers that only
+// know the GitHub-style "sha256=<hex>" scheme. Both signatures are the HMAC-SHA256 of the
+// same string,
+//
+//	<webhook-id> "." <webhook-timestamp> "." <body>
+//
+// (webhook-timestamp in decimal Unix seconds, body byte for byte), so a captured delivery
+// cannot be replayed under a fresh timestamp or another id.
 const (
 	HeaderID        = "webhook-id"
 	HeaderTimestamp = "webhook-timestamp"
@@ -27,22 +33,27 @@ const secretPrefix = "whsec_"
 
 // Verification errors.
 var (
-	ErrMissingHeaders = errors.New("webhook: missing webhook-id, webhook-timestamp or webhook-signature")
+	ErrMissingHeaders = errors.New("webhook: missing webhook-id, webhook-timestamp or a signature (webhook-signature or X-Foreman-Signature)")
 	ErrBadTimestamp   = errors.New("webhook: timestamp outside the tolerance")
 	ErrNoMatch        = errors.New("webhook: no matching signature")
+	ErrNoSecret       = errors.New("webhook: the secret is empty")
 )
 
 // Key turns a configured secret into the HMAC key: "whsec_<base64>" is decoded (as the
-// Standard Webhooks libraries do), any other string is used as raw bytes.
+// Standard Webhooks libraries do), any other string is used as raw bytes. An empty key
+// ("" or "whsec_" alone) is ErrNoSecret: anyone could sign with it.
 func Key(secret string) ([]byte, error) {
+	k := []byte(secret)
 	if rest, ok := strings.CutPrefix(secret, secretPrefix); ok {
-		k, err := base64.StdEncoding.DecodeString(rest)
-		if err != nil {
+		var err error
+		if k, err = base64.StdEncoding.DecodeString(rest); err != nil {
 			return nil, fmt.Errorf("webhook secret %s…: not valid base64 after %q: %w", secretPrefix, secretPrefix, err)
 		}
-		return k, nil
 	}
-	return []byte(secret), nil
+	if len(k) == 0 {
+		return nil, ErrNoSecret
+	}
+	return k, nil
 }
 
 // Sign returns the webhook-signature value ("v1,<base64 HMAC-SHA256>") of a message:
@@ -55,12 +66,14 @@ func Sign(secret, id string, ts time.Time, body []byte) (string, error) {
 	return "v1," + base64.StdEncoding.EncodeToString(mac(key, id, ts.Unix(), body)), nil
 }
 
-// ForemanSignature is the X-Foreman-Signature value: "sha256=<hex HMAC-SHA256 of body>".
-func ForemanSignature(key, body []byte) string {
-	h := hmac.New(sha256.New, key)
-	h.Write(body)
-	return "sha256=" + hex.EncodeToString(h.Sum(nil))
+// ForemanSignature is the X-Foreman-Signature value:
+// "sha256=<hex HMAC-SHA256(key, id + "." + unix seconds + "." + body)>", the same MAC as
+// webhook-signature's, in hex.
+func ForemanSignature(key []byte, id string, ts time.Time, body []byte) string {
+	return foremanPrefix + hex.EncodeToString(mac(key, id, ts.Unix(), body))
 }
+
+const foremanPrefix = "sha256="
 
 func mac(key []byte, id string, ts int64, body []byte) []byte {
 	h := hmac.New(sha256.New, key)
@@ -72,12 +85,20 @@ func mac(key []byte, id string, ts int64, body []byte) []byte {
 	return h.Sum(nil)
 }
 
-// Verify checks a received webhook the Standard Webhooks way: the timestamp must be
-// within tolerance of now (default 5 minutes when tolerance is 0), and one of the
-// space-separated "v1,<sig>" values must match. Receivers should also dedupe on webhook-id.
+// Verify checks a received webhook: the webhook-timestamp must be within tolerance of
+// now (5 minutes when tolerance is 0, as in the Standard Webhooks libraries), and one of
+// the space-separated "v1,<base64>" values of webhook-signature, or X-Foreman-Signature
+// ("sha256=<hex>"), must be the HMAC-SHA256 of "<webhook-id>.<webhook-timestamp>.<body>".
+// An empty secret is refused with ErrNoSecret rather than checked against an empty key.
+// Receivers should also dedupe on webhook-id.
 func Verify(secret string, header http.Header, body []byte, tolerance time.Duration) error {
-	id, tsRaw, sigs := header.Get(HeaderID), header.Get(HeaderTimestamp), header.Get(HeaderSignature)
-	if id == "" || tsRaw == "" || sigs == "" {
+	key, err := Key(secret)
+	if err != nil {
+		return err
+	}
+	id, tsRaw := header.Get(HeaderID), header.Get(HeaderTimestamp)
+	sigs, foreman := header.Get(HeaderSignature), header.Get(HeaderForeman)
+	if id == "" || tsRaw == "" || (sigs == "" && foreman == "") {
 		return ErrMissingHeaders
 	}
 	ts, err := strconv.ParseInt(tsRaw, 10, 64)
@@ -90,10 +111,6 @@ func Verify(secret string, header http.Header, body []byte, tolerance time.Durat
 	if d := time.Since(time.Unix(ts, 0)); d > tolerance || d < -tolerance {
 		return ErrBadTimestamp
 	}
-	key, err := Key(secret)
-	if err != nil {
-		return err
-	}
 	want := mac(key, id, ts, body)
 	for _, s := range strings.Fields(sigs) {
 		v, b64, ok := strings.Cut(s, ",")
@@ -102,6 +119,11 @@ func Verify(secret string, header http.Header, body []byte, tolerance time.Durat
 		}
 		got, err := base64.StdEncoding.DecodeString(b64)
 		if err == nil && hmac.Equal(got, want) {
+			return nil
+		}
+	}
+	if hexSig, ok := strings.CutPrefix(foreman, foremanPrefix); ok {
+		if got, err := hex.DecodeString(hexSig); err == nil && hmac.Equal(got, want) {
 			return nil
 		}
 	}

@@ -1,0 +1,52 @@
+package client_test
+
+import (
+	"errors"
+	"net"
+	"strings"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+// A password or token in foreman's URL or NATS URL shows in no error of the client.
+func TestErrorsHideURLCredentials(t *testing.T) {
+	t.Parallel()
+	const password = "s3cret"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+
+	var errs []error
+	for _, base := range []string{"http://user:" + password + "@" + closed, "http://" + password + "@" + closed} {
+		c, err := client.New(base)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.Tags(testCtx(t))
+		var ce *client.ConnectionError
+		if !errors.As(err, &ce) || !strings.Contains(ce.URL, "xxxxx@") {
+			t.Errorf("Tags against %s: %v, want a *ConnectionError with the URL redacted", base, err)
+		}
+		errs = append(errs, err)
+		_, err = c.Job(testCtx(t), "01JABCDEFGHJKMNPQRSTVWXYZ0")
+		errs = append(errs, err)
+	}
+	_, err = client.New("ftp://user:" + password + "@host")
+	errs = append(errs, err)
+	_, err = client.New("http://127.0.0.1:8080", client.WithNATSURL("nats://app:"+password+"@"+closed))
+	errs = append(errs, err)
+	_, err = client.New("http://127.0.0.1:8080", client.WithNATSURL("nats://"+password+"@"+closed))
+	errs = append(errs, err)
+	for _, err := range errs {
+		if err == nil {
+			t.Fatal("a call that cannot succeed did")
+		}
+		if strings.Contains(err.Error(), password) {
+			t.Errorf("error shows the password: %v", err)
+		}
+	}
+}

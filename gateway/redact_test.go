@@ -1,0 +1,86 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// syncBuffer is a log sink the handlers and the test may use at once.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestTargetPasswordNeverShown: a password in the target's URL (FOREMAN_OLLAMA_URL) shows
+// neither on the unauthenticated /healthz, healthy or not, nor in a 502 of a
+// pass-through route, nor in the log.
+func TestTargetPasswordNeverShown(t *testing.T) {
+	t.Parallel()
+	const password = "s3cret"
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b := newTestBundle(t, withTargetUserinfo("user:"+password),
+		withGateway(func(c *Config) { c.Logger = log }),
+		withInventory(func(c *ollama.InventoryConfig) { c.Logger = log }))
+	if !strings.Contains(b.GW.cfg.TargetURL, password) {
+		t.Fatalf("the test's target URL %q has no password", b.GW.cfg.TargetURL)
+	}
+	noPassword := func(what string, body []byte) {
+		t.Helper()
+		if bytes.Contains(body, []byte(password)) {
+			t.Errorf("%s shows the password: %s", what, body)
+		}
+	}
+
+	resp, body := b.request(t, http.MethodGet, "/healthz", nil)
+	noPassword("/healthz", body)
+	var h healthReply
+	if err := json.Unmarshal(body, &h); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/healthz: %d %s", resp.StatusCode, body)
+	}
+	if want := strings.Replace(b.Fake.URL, "://", "://user:xxxxx@", 1); h.Target.URL != want {
+		t.Errorf("/healthz target url %q, want %q", h.Target.URL, want)
+	}
+
+	b.Fake.SetDown(true)
+	if err := b.Inv.Refresh(testCtx(t, 10*time.Second)); err == nil {
+		t.Fatal("refresh against a down target succeeded")
+	}
+	_, body = b.request(t, http.MethodGet, "/healthz", nil)
+	noPassword("/healthz of a down target", body)
+	if h = getHealth(t, b); h.Target.Error == "" || !strings.Contains(h.Target.Error, "xxxxx") {
+		t.Errorf("/healthz of a down target: error %q, want the redacted URL in it", h.Target.Error)
+	}
+
+	for _, path := range []string{"/api/embed", "/v1/embeddings", "/api/pull"} {
+		resp, body := b.request(t, http.MethodPost, path, []byte(`{"model":"tiny-embed","input":"x"}`))
+		if resp.StatusCode != http.StatusBadGateway {
+			t.Fatalf("%s with the target down: %d %s, want 502", path, resp.StatusCode, body)
+		}
+		noPassword("the 502 of "+path, body)
+	}
+	if !strings.Contains(logs.String(), "request failed") {
+		t.Fatalf("the 502s were not logged: %s", logs.String())
+	}
+	noPassword("the log", []byte(logs.String()))
+}

@@ -1,0 +1,47 @@
+package ollama
+
+import (
+	"net/url"
+	"strings"
+)
+
+// redactedUserinfo replaces secrets in a shown URL, as url.URL.Redacted does.
+const redactedUserinfo = "xxxxx"
+
+// RedactURL returns raw fit to show in logs, errors and /healthz: a password in its
+// userinfo becomes "xxxxx" (as url.URL.Redacted does), and so does a user name without a
+// password, which is how a token rides in a URL (NATS reads "nats://<token>@host" so,
+// and an HTTP client sends it as basic auth). Any other string with an "@" loses
+// everything between "://" (or its start) and its last "@". The rest is returned as is.
+func RedactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		return redacted(u)
+	}
+	// Unparsable, or parsed without userinfo yet holding an "@": "user:pw@host:4222" without a
+	// scheme (which NATS accepts) parses as an opaque URL, and a password with a "/"
+	// in it as a path.
+	rest, scheme := raw, ""
+	if i := strings.Index(raw, "://"); i >= 0 {
+		scheme, rest = raw[:i+3], raw[i+3:]
+	}
+	// A password may hold any character, so the last "@" of all is taken.
+	at := strings.LastIndexByte(rest, '@')
+	if at < 0 {
+		return raw
+	}
+	return scheme + redactedUserinfo + rest[at:]
+}
+
+// redacted is u as a string with its userinfo redacted (see RedactURL).
+func redacted(u *url.URL) string {
+	if u.User == nil {
+		return u.String()
+	}
+	v := *u
+	if _, ok := u.User.Password(); ok {
+		v.User = url.UserPassword(u.User.Username(), redactedUserinfo)
+	} else {
+		v.User = url.User(redactedUserinfo)
+	}
+	return v.String()
+}

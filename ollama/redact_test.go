@@ -1,0 +1,110 @@
+package ollama_test
+
+import (
+	"bytes"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+func TestRedactURL(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"http://127.0.0.1:11434":                    "http://127.0.0.1:11434",
+		"http://user:s3cret@mac.local:11434/x":      "http://user:xxxxx@mac.local:11434/x",
+		"https://s3cret@mac.local":                  "https://xxxxx@mac.local",
+		"nats://s3cret@127.0.0.1:4222":              "nats://xxxxx@127.0.0.1:4222",
+		"nats://app:s3cret@127.0.0.1:4222":          "nats://app:xxxxx@127.0.0.1:4222",
+		"nats://app:s3cret@127.0.0.1:bad":           "nats://xxxxx@127.0.0.1:bad",
+		"http://user:s3/cr@et@host:x":               "http://xxxxx@host:x",
+		"app:s3cret@127.0.0.1:4222":                 "xxxxx@127.0.0.1:4222",
+		"not a url":                                 "not a url",
+		"http://user:1234/s3cret@host":              "http://xxxxx@host",
+		"http://user:s3cret@[::1:11434/bad bracket": "http://xxxxx@[::1:11434/bad bracket",
+	} {
+		if got := ollama.RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+// lockedBuffer is a log sink safe for the client's goroutines and the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// TestErrorsNeverShowThePassword: a password in BaseURL (basic auth for a proxy in front
+// of Ollama) appears in no error and no log line of the client, whether the target is
+// down, drops the connection, or the URL is refused.
+func TestErrorsNeverShowThePassword(t *testing.T) {
+	t.Parallel()
+	const password = "s3cret"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String()
+	ln.Close()
+	fake := ollamatest.New(t)
+	fake.SetDown(true)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+
+	var errs []error
+	for _, base := range []string{"http://user:" + password + "@" + closed, strings.Replace(fake.URL, "://", "://user:"+password+"@", 1)} {
+		c, err := ollama.NewClient(ollama.ClientConfig{BaseURL: base, Logger: log})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(c.BaseURL(), password) {
+			t.Errorf("BaseURL() = %q", c.BaseURL())
+		}
+		ctx := testCtx(t)
+		_, err = c.Stream(ctx, "/api/chat", []byte(`{}`), func([]byte) error { return nil })
+		errs = append(errs, err)
+		_, _, err = c.Tags(ctx)
+		errs = append(errs, err)
+		resp, err := c.Do(ctx, http.MethodGet, "/api/version", nil, nil)
+		if resp != nil {
+			resp.Body.Close()
+		}
+		errs = append(errs, err)
+	}
+	for _, base := range []string{"ftp://user:" + password + "@host", "http://user:" + password + "@host:bad port"} {
+		_, err := ollama.NewClient(ollama.ClientConfig{BaseURL: base})
+		errs = append(errs, err)
+	}
+	for _, err := range errs {
+		if err == nil {
+			t.Fatal("a call against a down target succeeded")
+		}
+		if strings.Contains(err.Error(), password) {
+			t.Errorf("error shows the password: %v", err)
+		}
+	}
+	if !strings.Contains(logs.String(), "ollama connection error") {
+		t.Fatalf("no connection error was logged: %s", logs.String())
+	}
+	if strings.Contains(logs.String(), password) {
+		t.Errorf("the log shows the password:\n%s", logs.String())
+	}
+}
