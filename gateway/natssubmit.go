@@ -123,8 +123,17 @@ func (s *Server) respond(m *nats.Msg, r submitReply) {
 // subject the sender chose, such as a job record ($KV.FOREMAN_JOBS.job.<id>) or the queue.
 var replyPrefixes = []string{"_INBOX.", "_R_."}
 
-// inboxReply reports whether reply is a literal subject under one of replyPrefixes.
+// gatewayReplyPrefix starts the reply of a request from another cluster of a super-cluster:
+// "_GR_.<cluster hash>.<server hash>.<the requester's reply>", published there as that reply.
+const gatewayReplyPrefix = "_GR_."
+
+// inboxReply reports whether reply is a literal subject under one of replyPrefixes, maybe
+// behind a gateway prefix.
 func inboxReply(reply string) bool {
+	if rest, ok := strings.CutPrefix(reply, gatewayReplyPrefix); ok {
+		parts := strings.SplitN(rest, ".", 3)
+		return len(parts) == 3 && len(parts[0]) == 6 && len(parts[1]) == 6 && inboxReply(parts[2])
+	}
 	ok := false
 	for _, p := range replyPrefixes {
 		if strings.HasPrefix(reply, p) && len(reply) > len(p) {

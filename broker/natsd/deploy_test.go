@@ -38,6 +38,10 @@ func startShippedCluster(t *testing.T) *shippedCluster {
 	if err != nil {
 		t.Fatalf("load %s: %v", shippedClusterConf, err)
 	}
+	if opts.Cluster.Name == "" || len(opts.Routes) != 3 || opts.ServerName == "" {
+		t.Fatalf("the shipped config is not one node of a three-node cluster: cluster %q, %d routes, server %q",
+			opts.Cluster.Name, len(opts.Routes), opts.ServerName)
+	}
 	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
 	opts.StoreDir = t.TempDir()
 	opts.JetStreamMaxStore = 1 << 30
@@ -119,6 +123,7 @@ func startShippedCluster(t *testing.T) *shippedCluster {
 // TestShippedClusterConfig checks deploy/nats-cluster.conf itself: its client user gets
 // job events and submits jobs, and nothing else of foreman's.
 func TestShippedClusterConfig(t *testing.T) {
+	t.Parallel()
 	sc := startShippedCluster(t)
 	ctx := ctxT(t)
 	nc, errs := connectClient(t, sc.url, nats.UserInfo(sc.clientUser, sc.clientPass))
