@@ -55,8 +55,7 @@ func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {
 		j.Error = exhausted(j.Error, fmt.Sprintf("delivered %d times", deliveries))
 		return nil
 	})
-	// A message without a valid job id has no record to fail; it is removed all the same.
-	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) && !errors.Is(err, broker.ErrBadID) {
+	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) {
 		log.Error("fail job past its delivery limit", "err", err)
 		return
 	}
