@@ -34,6 +34,9 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 	if ok {
 		return c, nil
 	}
+	if !TokenValid(token) {
+		return nil, fmt.Errorf("%w: queue subject %s", ErrUnusable, QueueSubject(token))
+	}
 	model, _ := ModelFromToken(token)
 	c, err := s.queue.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       ConsumerName(token),
@@ -121,6 +124,9 @@ func (s *Store) delivery(ctx context.Context, token string, msg jetstream.Msg) (
 		NumDelivered: md.NumDelivered,
 		Enqueued:     md.Timestamp,
 	}
+	if err := d.check(h.Get(HeaderBodyRef)); err != nil {
+		return d, err
+	}
 	if ref := h.Get(HeaderBodyRef); ref != "" {
 		d.Body, err = s.artifacts.GetBytes(ctx, ref)
 		if err != nil {
@@ -128,6 +134,33 @@ func (s *Store) delivery(ctx context.Context, token string, msg jetstream.Msg) (
 		}
 	}
 	return d, nil
+}
+
+// check tells whether a delivery can be a job foreman enqueued (Store.enqueue): a job id,
+// a known kind, a model whose queue subject it came on, and no body but the job's own.
+func (d *Delivery) check(bodyRef string) error {
+	if err := ValidateID(d.JobID); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnusable, err)
+	}
+	if !d.Kind.Valid() {
+		return fmt.Errorf("%w: unknown job kind %q", ErrUnusable, d.Kind)
+	}
+	if t, err := ModelToken(d.Model); err != nil || t != d.Token {
+		return fmt.Errorf("%w: model %q does not belong on %s", ErrUnusable, d.Model, QueueSubject(d.Token))
+	}
+	if bodyRef != "" && bodyRef != bodyRefOf(d.JobID) {
+		return fmt.Errorf("%w: body %q is not the job's", ErrUnusable, bodyRef)
+	}
+	return nil
+}
+
+// Discard removes a queue message that is no job (ErrUnusable) without touching any job
+// record or stored body: whatever it names is not its own.
+func (s *Store) Discard(d *Delivery, reason string) error {
+	if err := d.Msg.TermWithReason(reason); err != nil {
+		return fmt.Errorf("broker: discard queue message %d: %w", d.Seq, err)
+	}
+	return nil
 }
 
 // Finish removes a delivered job from the queue for good (after its terminal state is
@@ -213,6 +246,15 @@ func (s *Store) QueueLen(ctx context.Context) (uint64, error) {
 		return 0, fmt.Errorf("broker: queue info: %w", err)
 	}
 	return info.State.Msgs, nil
+}
+
+// PurgeQueued removes every message on token's queue subject (one no model has: see
+// TokenValid).
+func (s *Store) PurgeQueued(ctx context.Context, token string) error {
+	if err := s.queue.Purge(ctx, jetstream.WithPurgeSubject(QueueSubject(token))); err != nil {
+		return fmt.Errorf("broker: purge %s: %w", QueueSubject(token), err)
+	}
+	return nil
 }
 
 // DeleteQueued removes one queue message by sequence (a job that exhausted its deliveries).

@@ -185,7 +185,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	j.StartedAt, j.FinishedAt, j.Error, j.Result, j.Artifacts = nil, nil, "", nil, nil
 
 	if len(body) > s.inlineLimit {
-		j.BodyRef = j.ID + "/request"
+		j.BodyRef = bodyRefOf(j.ID)
 		if _, err := s.artifacts.PutBytes(ctx, j.BodyRef, body); err != nil {
 			return nil, fmt.Errorf("broker: store request body: %w", storageErr(err))
 		}
@@ -250,6 +250,9 @@ func (s *Store) discard(j *Job) {
 		_ = s.artifacts.Delete(ctx, j.BodyRef)
 	}
 }
+
+// bodyRefOf names the object holding job id's request body when it is too large to queue.
+func bodyRefOf(id string) string { return id + "/request" }
 
 // storageErr turns JetStream's "stream full" and "no space" answers into ErrQueueFull and
 // ErrStorageFull.

@@ -50,6 +50,17 @@ func TokenFromSubject(subject string) (string, bool) {
 	return strings.CutPrefix(subject, queuePrefix)
 }
 
+// TokenValid reports whether token is one ModelToken makes: the only queue subjects
+// foreman publishes to.
+func TokenValid(token string) bool {
+	model, err := ModelFromToken(token)
+	if err != nil {
+		return false
+	}
+	t, err := ModelToken(model)
+	return err == nil && t == token
+}
+
 // ErrBadModel is returned for a model name that cannot be queued.
 var ErrBadModel = errors.New("invalid model name")
 

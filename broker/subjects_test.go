@@ -101,3 +101,16 @@ func TestNormalizeModelAgreesWithOllama(t *testing.T) {
 		}
 	}
 }
+
+func TestTokenValid(t *testing.T) {
+	t.Parallel()
+	tok, err := broker.ModelToken("Llama3")
+	if err != nil || !broker.TokenValid(tok) {
+		t.Fatalf("ModelToken(Llama3) = %q (%v) is not valid", tok, err)
+	}
+	for _, bad := range []string{"", "zzz1", strings.ToUpper(tok), tok + "a", "x.y"} {
+		if broker.TokenValid(bad) {
+			t.Errorf("TokenValid(%q) = true", bad)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -82,6 +83,10 @@ func (s *Server) answerSubmit(ctx context.Context, m *nats.Msg) {
 		s.log.Warn("job submit without a reply subject ignored", "subject", m.Subject)
 		return
 	}
+	if !inboxReply(m.Reply) {
+		s.log.Warn("job submit with a reply subject that is not an inbox refused", "reply", m.Reply)
+		return
+	}
 	ctx, cancel := context.WithTimeout(ctx, natsSubmitTimeout)
 	defer cancel()
 	var key string
@@ -109,4 +114,39 @@ func (s *Server) respond(m *nats.Msg, r submitReply) {
 	if err := m.Respond(data); err != nil {
 		s.log.Warn("nats submit reply", "err", err)
 	}
+}
+
+// replyPrefixes are the reply subjects a submit is answered on: a requester's inbox in
+// foreman's own account ("_INBOX.", nats.NewInbox), and the reply the server makes up for a
+// request that came through a service import, i.e. from a client account ("_R_."). Any
+// other reply subject is forged: answering it would publish, with foreman's rights, into a
+// subject the sender chose, such as a job record ($KV.FOREMAN_JOBS.job.<id>) or the queue.
+var replyPrefixes = []string{"_INBOX.", "_R_."}
+
+// gatewayReplyPrefix starts the reply of a request from another cluster of a super-cluster:
+// "_GR_.<cluster hash>.<server hash>.<the requester's reply>", published there as that reply.
+const gatewayReplyPrefix = "_GR_."
+
+// inboxReply reports whether reply is a literal subject under one of replyPrefixes, maybe
+// behind a gateway prefix.
+func inboxReply(reply string) bool {
+	if rest, ok := strings.CutPrefix(reply, gatewayReplyPrefix); ok {
+		parts := strings.SplitN(rest, ".", 3)
+		return len(parts) == 3 && len(parts[0]) == 6 && len(parts[1]) == 6 && inboxReply(parts[2])
+	}
+	ok := false
+	for _, p := range replyPrefixes {
+		if strings.HasPrefix(reply, p) && len(reply) > len(p) {
+			ok = true
+		}
+	}
+	if !ok || strings.ContainsAny(reply, " \t\r\n*>") {
+		return false
+	}
+	for _, tok := range strings.Split(reply, ".") {
+		if tok == "" {
+			return false
+		}
+	}
+	return true
 }

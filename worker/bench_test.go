@@ -30,6 +30,7 @@ func fillQueue(b *testing.B, st *broker.Store, n, models int) {
 	for i := range n {
 		m := nats.NewMsg(broker.QueueSubject(tokens[i%models]))
 		m.Header.Set(broker.HeaderJobID, broker.NewID())
+		m.Header.Set(broker.HeaderModel, fmt.Sprintf("bench-%02d", i%models))
 		m.Header.Set(broker.HeaderKind, string(broker.KindChat))
 		m.Data = []byte(`{"model":"bench"}`)
 		if _, err := js.PublishMsgAsync(m); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
@@ -40,6 +41,11 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 	case err != nil:
 		log.Warn("read job record; will retry", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	case j.Kind != d.Kind || !sameModel(j.Model, d.Token):
+		// Not the message foreman queued for this job: running it would run the job with
+		// another body, and ending it would end a job that is still queued.
+		w.discard(d, fmt.Errorf("%w: job %s is a %s job of %s", broker.ErrUnusable, j.ID, j.Kind, j.Model))
 		return
 	case j.State.Terminal():
 		// Canceled while queued, or a crash came between the terminal write and the ack.
@@ -392,6 +398,35 @@ func (w *Worker) publishFinal(r *relay, state broker.State, msg string, status i
 	if err := r.final(state, msg, status); err != nil {
 		log.Warn("publish final stream marker", "err", err)
 	}
+}
+
+// discard removes a queue message no job can be run from (broker.ErrUnusable): NAKed, it
+// would come back until JetStream gives up on it, and then stay in the queue.
+func (w *Worker) discard(d *broker.Delivery, why error) {
+	log := w.log.With("job_id", d.JobID, "model", d.Model)
+	if err := w.store.Discard(d, why.Error()); err != nil {
+		log.Warn("remove unusable queue message", "seq", d.Seq, "err", err)
+		return
+	}
+	w.index.touch(d.Token)
+	log.Warn("unusable queue message removed", "seq", d.Seq, "subject", broker.QueueSubject(d.Token), "reason", why)
+}
+
+// purge removes every message on a queue subject of no model (see broker.TokenValid).
+func (w *Worker) purge(ctx context.Context, token string) {
+	bctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	if err := w.store.PurgeQueued(bctx, token); err != nil {
+		w.log.Warn("remove queue messages of no model", "subject", broker.QueueSubject(token), "err", err)
+		return
+	}
+	w.index.touch(token)
+	w.log.Warn("queue messages of no model removed", "subject", broker.QueueSubject(token))
+}
+
+func sameModel(model, token string) bool {
+	t, err := broker.ModelToken(model)
+	return err == nil && t == token
 }
 
 // finish acks a job that reached its end.

@@ -306,8 +306,16 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Delivery, queued bool, _ e
 	w.mu.Unlock()
 	var firstErr error
 	for _, token := range plan(c) {
+		if !broker.TokenValid(token) {
+			w.purge(ctx, token)
+			continue
+		}
 		d, err := w.store.Next(ctx, token)
 		if d != nil {
+			if errors.Is(err, broker.ErrUnusable) {
+				w.discard(d, err)
+				continue
+			}
 			if err != nil {
 				// The delivery is real but its stored body could not be read.
 				w.bodyLost(ctx, d, err)

@@ -1,0 +1,171 @@
+package gateway
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
+)
+
+// logRecorder keeps the messages logged at Warn and above.
+type logRecorder struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (r *logRecorder) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (r *logRecorder) Handle(_ context.Context, rec slog.Record) error {
+	var b strings.Builder
+	b.WriteString(rec.Message)
+	rec.Attrs(func(a slog.Attr) bool { b.WriteString(" " + a.String()); return true })
+	r.mu.Lock()
+	r.msgs = append(r.msgs, b.String())
+	r.mu.Unlock()
+	return nil
+}
+func (r *logRecorder) WithAttrs([]slog.Attr) slog.Handler { return r }
+func (r *logRecorder) WithGroup(string) slog.Handler      { return r }
+
+func (r *logRecorder) count(substr string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, m := range r.msgs {
+		if strings.Contains(m, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// A submit whose reply subject is not an inbox gets no answer: answering would publish with
+// foreman's rights wherever the sender pointed (a job record, the queue). Requests from the
+// client account arrive with the server's import reply subject and are answered.
+func TestNATSSubmitRefusesForgedReplySubjects(t *testing.T) {
+	t.Parallel()
+	logs := &logRecorder{}
+	b := newTestBundle(t,
+		withGateway(func(c *Config) { c.Logger = slog.New(logs) }),
+		withBroker(brokertest.WithNATS(func(c *natsd.Config) {
+			c.Listen, c.ClientUser, c.ClientPassword = "127.0.0.1:0", "watcher", "s3cret"
+		})))
+	ctx := testCtx(t, 30*time.Second)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.GW.RunNATSSubmit(runCtx) }()
+	stopped := false
+	stopSubmit := func() {
+		if !stopped {
+			stopped = true
+			stop()
+			if err := <-done; err != nil {
+				t.Errorf("RunNATSSubmit: %v", err)
+			}
+		}
+	}
+	t.Cleanup(stopSubmit)
+
+	st, nc := b.Broker.Store, b.Broker.Conn
+	const body = `{"model":"tiny-a","prompt":"x","kind":"generate"}`
+	submit := func(conn *nats.Conn) string {
+		t.Helper()
+		for {
+			m, err := conn.RequestWithContext(ctx, broker.SubmitSubject, []byte(body))
+			if err != nil && strings.Contains(err.Error(), "no responders") {
+				continue // the responder is still subscribing
+			}
+			if err != nil {
+				t.Fatalf("submit: %v", err)
+			}
+			var r submitReply
+			if err := json.Unmarshal(m.Data, &r); err != nil || r.JobID == "" {
+				t.Fatalf("submit reply %s (%v)", m.Data, err)
+			}
+			return r.JobID
+		}
+	}
+	first := submit(nc) // an _INBOX. reply on foreman's own connection
+	_, rev, err := st.Get(ctx, first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := nats.Connect(b.Broker.Server.ClientURL(), nats.UserInfo("watcher", "s3cret"), nats.Timeout(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	submit(client) // through the service import
+	queued, err := st.QueueLen(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	token, _ := broker.ModelToken("tiny-a")
+	forged := []string{
+		"$KV." + broker.JobsBucket + ".job." + first,
+		broker.QueueSubject(token),
+		"foreman.job." + first + ".state",
+		"_INBOX.>",
+		"_INBOX..x",
+	}
+	for _, reply := range forged {
+		if err := nc.PublishRequest(broker.SubmitSubject, reply, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The responder took the forged ones from its subscription before this one (one
+	// connection, one subscription: in order); stopping it waits for all its answers.
+	last := submit(nc)
+	stopSubmit()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if j, revAfter, err := st.Get(ctx, first); err != nil || revAfter != rev || j.State != broker.StateQueued {
+		t.Fatalf("job record changed by a forged reply: %+v rev %d→%d (%v)", j, rev, revAfter, err)
+	}
+	if n, err := st.QueueLen(ctx); err != nil || n != queued+1 {
+		t.Fatalf("queue holds %d jobs, want %d (the last submit only): %v", n, queued+1, err)
+	}
+	if _, _, err := st.Get(ctx, last); err != nil {
+		t.Fatalf("the last submit: %v", err)
+	}
+	if n := logs.count("not an inbox refused"); n != len(forged) {
+		t.Fatalf("%d refusals logged, want %d: %q", n, len(forged), logs.msgs)
+	}
+}
+
+func TestInboxReply(t *testing.T) {
+	for reply, want := range map[string]bool{
+		"_INBOX.abc":                        true,
+		"_INBOX.abc.def":                    true,
+		"_R_.aBc123.XyZ":                    true,
+		"_INBOX.":                           false,
+		"_INBOX":                            false,
+		"_INBOX.a..b":                       false,
+		"_INBOX.*":                          false,
+		"_INBOX.>":                          false,
+		"_INBOX.a b":                        false,
+		"_R_.":                              false,
+		"$KV.FOREMAN_JOBS.job.01":           false,
+		"foreman.queue.abc":                 false,
+		"_inbox.abc":                        false,
+		"_GR_.abcdef.ghijkl._INBOX.x":       true,
+		"_GR_.abcdef.ghijkl._R_.aBc123.XyZ": true,
+		"_GR_.abcdef.ghijkl.$KV.FOREMAN_JOBS.job": false,
+		"_GR_.abc.ghijkl._INBOX.x":                false,
+		"_GR_.abcdef.ghijkl":                      false,
+	} {
+		if got := inboxReply(reply); got != want {
+			t.Errorf("inboxReply(%q) = %v, want %v", reply, got, want)
+		}
+	}
+}
