@@ -34,7 +34,10 @@ type Config struct {
 	RetryAfter time.Duration
 	// NATSHealth reports the NATS server's health for /healthz; optional.
 	NATSHealth func() error
-	Logger     *slog.Logger
+	// TargetHealth reports what the worker learned of the target that the inventory's
+	// polls cannot see (a runner that stalled mid-job) for /healthz; optional.
+	TargetHealth func() error
+	Logger       *slog.Logger
 }
 
 func (c *Config) setDefaults() {

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net/http"
+	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -22,7 +23,7 @@ type health struct {
 }
 
 // handleHealthz answers 200 while the process is alive; "degraded" tells whether the
-// target or NATS is in trouble.
+// target (its inventory poll fails, or the worker saw it stall) or NATS is in trouble.
 func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	snap := s.inv.Snapshot()
 	// /healthz is unauthenticated: a password in the target's URL must not show.
@@ -36,6 +37,12 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	}
 	if snap.Degraded {
 		h.Degraded = true
+	}
+	if s.cfg.TargetHealth != nil {
+		if err := s.cfg.TargetHealth(); err != nil {
+			h.Target.Error = strings.TrimPrefix(h.Target.Error+"; "+err.Error(), "; ")
+			h.Degraded = true
+		}
 	}
 	if s.cfg.NATSHealth != nil {
 		if err := s.cfg.NATSHealth(); err != nil {

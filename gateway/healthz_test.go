@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 )
@@ -76,5 +77,27 @@ func TestHealthzNATSDegraded(t *testing.T) {
 	h := getHealth(t, b)
 	if h.Status != "degraded" || !h.Degraded || h.NATS != "jetstream not ready" || !h.Target.Reachable {
 		t.Errorf("%+v", h)
+	}
+}
+
+// A target the inventory still reaches but whose runner stalled a job is degraded, with
+// the worker's reason, until the hook clears.
+func TestHealthzTargetStalled(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	stall := errors.New("stalled: no response for 5m0s on job 01JOB")
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		c.TargetHealth = func() error { mu.Lock(); defer mu.Unlock(); return stall }
+	}))
+	h := getHealth(t, b)
+	if h.Status != "degraded" || !h.Degraded || h.Target.Error != "stalled: no response for 5m0s on job 01JOB" || !h.Target.Reachable || h.NATS != "ok" {
+		t.Errorf("stalled: %+v", h)
+	}
+	mu.Lock()
+	stall = nil
+	mu.Unlock()
+	h = getHealth(t, b)
+	if h.Status != "ok" || h.Degraded || h.Target.Error != "" {
+		t.Errorf("after the stall cleared: %+v", h)
 	}
 }

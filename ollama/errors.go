@@ -3,6 +3,7 @@ package ollama
 import (
 	"fmt"
 	"net/http"
+	"time"
 )
 
 // ConnectionError means the target could not be reached or the connection
@@ -33,3 +34,24 @@ func (e *HTTPError) Error() string {
 	}
 	return fmt.Sprintf("ollama: HTTP %d: %s", e.StatusCode, e.Message)
 }
+
+// StallError means the target stopped sending and the request was aborted: no response
+// byte within the first-byte timeout (FirstByte), or no byte for the idle timeout once the
+// body had started. Like a *ConnectionError the request may be retried; the target is
+// reachable but not making progress (a hung runner, a wedged load).
+type StallError struct {
+	Op        string // "POST /api/chat"
+	URL       string
+	FirstByte bool          // true: nothing arrived at all; false: the body stopped mid-way
+	After     time.Duration // the timeout that ran out
+}
+
+// Reason says what the target failed to do, e.g. "no data for 2m0s".
+func (e *StallError) Reason() string {
+	if e.FirstByte {
+		return "no response for " + e.After.String()
+	}
+	return "no data for " + e.After.String()
+}
+
+func (e *StallError) Error() string { return "target stalled: " + e.Reason() }

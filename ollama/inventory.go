@@ -3,6 +3,7 @@ package ollama
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -121,6 +122,10 @@ func (i *Inventory) poll(ctx context.Context) error {
 	if err != nil && ctx.Err() != nil {
 		// Our own shutdown says nothing about the target's health.
 		return ctx.Err()
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		// A target that accepts the poll and never answers (Ollama wedged as a whole).
+		err = fmt.Errorf("ollama: no answer to the inventory poll within %s: %w", i.cfg.PollTimeout, err)
 	}
 
 	i.mu.Lock()

@@ -109,6 +109,28 @@ func TestInventoryHTTPErrorDegrades(t *testing.T) {
 	}
 }
 
+// A target that takes the poll and never answers is degraded after PollTimeout, with a
+// message that says so, and the poll does not hang.
+func TestInventoryHungPollDegrades(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: newClient(t, fake.URL), PollTimeout: 50 * time.Millisecond})
+	if err := inv.Refresh(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	fake.FailNextOn("/api/ps", 1, ollamatest.Hang)
+	err := inv.Refresh(testCtx(t))
+	if !errors.Is(err, context.DeadlineExceeded) || err.Error() != "ollama: no answer to the inventory poll within 50ms: context deadline exceeded" {
+		t.Fatalf("poll of a hung target: %v", err)
+	}
+	if snap := inv.Snapshot(); !snap.Degraded || snap.Err == nil || !snap.Polled {
+		t.Fatalf("not degraded: %+v", snap)
+	}
+	if err := inv.Refresh(testCtx(t)); err != nil || inv.Degraded() {
+		t.Fatalf("after the hang: err %v degraded %v", err, inv.Degraded())
+	}
+}
+
 func TestInventoryRun(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)

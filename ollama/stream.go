@@ -7,8 +7,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"mime"
 	"net/http"
+	"sync"
+	"time"
 )
 
 // MaxFrameSize bounds one NDJSON line or SSE event. Ollama lines carrying
@@ -25,6 +28,8 @@ type StreamOption func(*streamOptions)
 
 type streamOptions struct {
 	onResponse func(contentType string) error
+	firstByte  time.Duration
+	idle       time.Duration
 }
 
 // OnResponse registers fn to be called once with the target's Content-Type after a 2xx
@@ -34,25 +39,47 @@ func OnResponse(fn func(contentType string) error) StreamOption {
 	return func(o *streamOptions) { o.onResponse = fn }
 }
 
+// FirstByteTimeout aborts the call with a *StallError when the first byte of the response
+// body has not arrived d after the request was sent. Ollama sends its headers with its
+// first chunk, once the model is loaded and the first token generated (for "stream":false,
+// once the whole answer is ready), so d must cover a cold load. 0 means no limit.
+func FirstByteTimeout(d time.Duration) StreamOption {
+	return func(o *streamOptions) { o.firstByte = d }
+}
+
+// IdleTimeout aborts the call with a *StallError when, once the body has started, no byte
+// arrives for d. Time spent in the frame callback does not count: it measures the
+// target's silence, not the caller's. 0 means no limit.
+func IdleTimeout(d time.Duration) StreamOption {
+	return func(o *streamOptions) { o.idle = d }
+}
+
 // Stream implements Client.
 func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn func(frame []byte) error, opts ...StreamOption) (string, error) {
 	var so streamOptions
 	for _, o := range opts {
 		o(&so)
 	}
-	// A private context lets an error from fn tear the connection down at once.
-	ctx2, cancel := context.WithCancel(ctx)
-	defer cancel()
+	// A private context lets an error from fn, or a stall, tear the connection down at once.
+	ctx2, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	req, err := c.newRequest(ctx2, http.MethodPost, path, nil, bytes.NewReader(body))
 	if err != nil {
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	wd := newWatchdog(so.firstByte, so.idle, &StallError{Op: "POST " + path, URL: req.URL.String()}, cancel)
+	defer wd.stop()
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if se := c.stalled(ctx2); se != nil {
+			return "", se
+		}
 		return "", c.transportError(ctx, "POST "+path, req, err)
 	}
 	defer resp.Body.Close()
+	resp.Body = wd.watch(resp.Body)
+	fn = wd.hold(fn)
 	ct := resp.Header.Get("Content-Type")
 	if resp.StatusCode/100 != 2 {
 		return ct, readHTTPError(resp)
@@ -74,6 +101,11 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 		all, readErr = io.ReadAll(io.LimitReader(resp.Body, MaxFrameSize))
 		if readErr == nil {
 			fnErr = fn(all)
+		}
+	}
+	if readErr != nil {
+		if se := c.stalled(ctx2); se != nil {
+			return ct, se
 		}
 	}
 	switch {
@@ -136,4 +168,126 @@ func splitFrames(r io.Reader, end func(line []byte) bool, fn func([]byte) error)
 func lastLine(frame []byte) []byte {
 	i := bytes.LastIndexByte(frame[:len(frame)-1], '\n')
 	return frame[i+1:]
+}
+
+// stalled returns the *StallError that ended ctx, or nil.
+func (c *HTTPClient) stalled(ctx context.Context) *StallError {
+	var se *StallError
+	if !errors.As(context.Cause(ctx), &se) {
+		return nil
+	}
+	c.logger.WarnContext(ctx, "ollama target stalled; request aborted", slog.String("op", se.Op), slog.String("url", se.URL), slog.String("reason", se.Reason()))
+	return se
+}
+
+// watchdog aborts a call whose target falls silent: before the first body byte for longer
+// than firstByte, after it for longer than idle between bytes (0 = no limit).
+type watchdog struct {
+	firstByte, idle time.Duration
+	abort           func(error)
+	template        StallError
+
+	mu      sync.Mutex
+	timer   *time.Timer // nil when no limit applies now
+	armed   time.Time   // when the running limit started
+	started bool        // the first body byte arrived
+	paused  bool        // the caller's callback runs: the target is not waited for
+}
+
+func newWatchdog(firstByte, idle time.Duration, template *StallError, abort func(error)) *watchdog {
+	w := &watchdog{firstByte: firstByte, idle: idle, abort: abort, template: *template, armed: time.Now()}
+	if firstByte > 0 {
+		w.timer = time.AfterFunc(firstByte, w.fire)
+	}
+	return w
+}
+
+// fire aborts the call with the limit that ran out, unless progress raced the timer (the
+// limit was re-armed meanwhile and fires again later) or the caller's callback runs.
+func (w *watchdog) fire() {
+	w.mu.Lock()
+	se := w.template
+	se.FirstByte = !w.started
+	se.After = w.idle
+	if se.FirstByte {
+		se.After = w.firstByte
+	}
+	live := !w.paused && time.Since(w.armed) >= se.After
+	w.mu.Unlock()
+	if live {
+		w.abort(&se)
+	}
+}
+
+// progress records body bytes: the idle limit starts over.
+func (w *watchdog) progress() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.started = true
+	w.rearmLocked()
+}
+
+// rearmLocked restarts the idle limit, or stops the first-byte one when there is none.
+func (w *watchdog) rearmLocked() {
+	w.armed = time.Now()
+	switch {
+	case w.idle <= 0:
+		if w.timer != nil {
+			w.timer.Stop()
+		}
+	case w.timer == nil:
+		w.timer = time.AfterFunc(w.idle, w.fire)
+	default:
+		w.timer.Reset(w.idle)
+	}
+}
+
+func (w *watchdog) stop() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.timer != nil {
+		w.timer.Stop()
+	}
+}
+
+// watch returns body with every read reported to the watchdog.
+func (w *watchdog) watch(body io.ReadCloser) io.ReadCloser {
+	if w.firstByte <= 0 && w.idle <= 0 {
+		return body
+	}
+	return &watchedBody{ReadCloser: body, w: w}
+}
+
+// hold returns fn with the watchdog held while it runs.
+func (w *watchdog) hold(fn func([]byte) error) func([]byte) error {
+	if w.idle <= 0 {
+		return fn
+	}
+	return func(frame []byte) error {
+		w.mu.Lock()
+		w.paused = true
+		if w.timer != nil {
+			w.timer.Stop()
+		}
+		w.mu.Unlock()
+		err := fn(frame)
+		w.mu.Lock()
+		w.paused = false
+		w.rearmLocked()
+		w.mu.Unlock()
+		return err
+	}
+}
+
+type watchedBody struct {
+	io.ReadCloser
+	w *watchdog
+}
+
+func (b *watchedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.w.progress()
+	}
+	return n, err
 }

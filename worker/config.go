@@ -31,13 +31,29 @@ type Config struct {
 	RetryDelay time.Duration
 	// IdlePoll bounds an idle wait, for jobs whose retry back-off ends; default 1s.
 	IdlePoll time.Duration
-	Logger   *slog.Logger
+	// FirstByteTimeout bounds an attempt's wait for the first byte of the target's answer,
+	// which comes only after a cold model load (minutes for a big model); default 5m,
+	// negative means no limit. See ollama.FirstByteTimeout.
+	FirstByteTimeout time.Duration
+	// StreamIdleTimeout bounds the target's silence once its answer started; default 2m,
+	// negative means no limit. See ollama.IdleTimeout.
+	StreamIdleTimeout time.Duration
+	// MaxJobTime bounds one attempt as a whole, however steadily the target streams;
+	// 0 (the default) means no limit.
+	MaxJobTime time.Duration
+	Logger     *slog.Logger
 
 	// beforeStoreDone, when set (tests only, see export_test.go), runs in the background
 	// bookkeeping of a finished job after its final done marker went out and before its
 	// result and terminal state are written.
 	beforeStoreDone func(jobID string)
 }
+
+// Defaults of the limits on a silent target.
+const (
+	DefaultFirstByteTimeout  = 5 * time.Minute
+	DefaultStreamIdleTimeout = 2 * time.Minute
+)
 
 const (
 	maxRetryDelay = time.Minute
@@ -63,6 +79,12 @@ func (c *Config) setDefaults() {
 	if c.IdlePoll <= 0 {
 		c.IdlePoll = time.Second
 	}
+	if c.FirstByteTimeout == 0 {
+		c.FirstByteTimeout = DefaultFirstByteTimeout
+	}
+	if c.StreamIdleTimeout == 0 {
+		c.StreamIdleTimeout = DefaultStreamIdleTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -76,7 +98,18 @@ func (c *Config) validate() error {
 	if c.Target == nil {
 		errs = append(errs, errors.New("worker: Config.Target is required"))
 	}
+	if c.MaxJobTime < 0 {
+		errs = append(errs, errors.New("worker: Config.MaxJobTime must not be negative"))
+	}
 	return errors.Join(errs...)
+}
+
+// streamOptions are the limits of one attempt's target call.
+func (c *Config) streamOptions() []ollama.StreamOption {
+	return []ollama.StreamOption{
+		ollama.FirstByteTimeout(max(c.FirstByteTimeout, 0)),
+		ollama.IdleTimeout(max(c.StreamIdleTimeout, 0)),
+	}
 }
 
 // retryDelay is the NAK delay after attempt n (1-based) failed to reach the target.

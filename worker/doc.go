@@ -12,6 +12,10 @@
 //     async job retried after a dropped connection streams again from Foreman-Seq 1);
 //   - connection errors retry with a NAK delay and pause the worker until the target
 //     answers; HTTP errors are terminal;
+//   - a target that stalls (no first byte within FirstByteTimeout, silence beyond
+//     StreamIdleTimeout) or an attempt longer than MaxJobTime is a failed attempt, retried
+//     like a connection error; a stall is reported by TargetStall for /healthz until a
+//     later attempt gets an answer (ADR-0026);
 //   - the worker is the one writer of a running job's terminal state: Store.Cancel only
 //     sets the record's cancel_requested, and the worker aborts the request, publishes the
 //     final canceled marker and writes canceled (a job that finished first stays done; a

@@ -117,9 +117,14 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 	defer w.end()
 	log.Info("job started", "state", state, "kind", j.Kind, "delivered", d.NumDelivered)
 
+	if limit := w.cfg.MaxJobTime; limit > 0 {
+		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit}) })
+		defer t.Stop()
+	}
 	stopProgress := w.keepInProgress(jctx, d, log)
 	r := newRelay(w.store.Conn(), d.JobID)
 	working := state == broker.StateWorking
+	opts := append(w.cfg.streamOptions(), ollama.OnResponse(r.response))
 	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.frame(f); err != nil {
@@ -130,7 +135,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 			w.markWorking(jctx, d.JobID, log)
 		}
 		return nil
-	}, ollama.OnResponse(r.response))
+	}, opts...)
 	stopProgress()
 	w.conclude(ctx, d, j, r, ct, err, context.Cause(jctx), log)
 }
@@ -141,31 +146,57 @@ type relayError struct{ err error }
 func (e *relayError) Error() string { return "relay frame: " + e.err.Error() }
 func (e *relayError) Unwrap() error { return e.err }
 
+// jobTimeError aborts an attempt that ran longer than Config.MaxJobTime.
+type jobTimeError struct{ limit time.Duration }
+
+func (e *jobTimeError) Error() string {
+	return "target too slow: the attempt ran longer than the max job time of " + e.limit.String()
+}
+
 // conclude ends an attempt according to how the target call ended.
 func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, ct string, err, cause error, log *slog.Logger) {
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	var httpErr *ollama.HTTPError
 	var connErr *ollama.ConnectionError
+	var stall *ollama.StallError
+	var timeout *jobTimeError
 	var relErr *relayError
 	switch {
 	case err == nil:
+		w.targetAnswered()
 		w.succeed(bctx, d, j, r, ct, log)
 	case errors.Is(cause, errCanceled):
 		log.Info("cancel requested while running; upstream request aborted")
 		w.cancelRun(bctx, d, r, log)
+	case errors.As(cause, &timeout):
+		w.attemptFailed(ctx, bctx, d, j, r, timeout, log)
 	case cause != nil:
 		w.handBack(bctx, d, j, r, log)
 	case errors.As(err, &httpErr):
+		w.targetAnswered()
 		w.fail(bctx, d, r, httpErr.Message, httpErr.StatusCode, log)
-	case errors.As(err, &connErr) && r.published() && j.Sync:
-		// The caller already has part of the response; a second attempt cannot be spliced in.
-		w.fail(bctx, d, r, connErr.Error(), 0, log)
-	case errors.As(err, &connErr), errors.As(err, &relErr):
+	case errors.As(err, &stall):
+		w.targetStalled(d.JobID, stall)
+		w.attemptFailed(ctx, bctx, d, j, r, stall, log)
+	case errors.As(err, &connErr):
+		w.attemptFailed(ctx, bctx, d, j, r, connErr, log)
+	case errors.As(err, &relErr):
 		w.retry(ctx, bctx, d, j, r, err, log)
 	default:
 		w.fail(bctx, d, r, err.Error(), 0, log)
 	}
+}
+
+// attemptFailed ends an attempt the target did not complete (unreachable, cut off,
+// stalled, too slow): the job is retried, unless it is a sync job whose caller already
+// has part of the response, where a second attempt cannot be spliced in.
+func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, err error, log *slog.Logger) {
+	if r.published() && j.Sync {
+		w.fail(bctx, d, r, err.Error(), 0, log)
+		return
+	}
+	w.retry(ctx, bctx, d, j, r, err, log)
 }
 
 // succeed announces the end of the stream (a waiting client is answered at once), stores
@@ -295,7 +326,8 @@ func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg str
 }
 
 // retry records a failed attempt and puts the job back with a delay, or fails it when its
-// attempts are used up; then it pauses the worker until the target answers.
+// attempts are used up; after a connection error or a stall it pauses the worker until
+// the target answers.
 func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, cause error, log *slog.Logger) {
 	// On JetStream's last delivery (the consumers' MaxDeliver) a NAK would leave the
 	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
@@ -329,10 +361,11 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.
 	}
 	r.reset()
 	delay := w.cfg.retryDelay(j.Attempt)
-	log.Warn("target unreachable; job will retry", "err", cause, "delay", delay)
+	log.Warn("attempt failed; job will retry", "err", cause, "delay", delay)
 	w.nak(d, delay, log)
 	var connErr *ollama.ConnectionError
-	if errors.As(cause, &connErr) {
+	var stall *ollama.StallError
+	if errors.As(cause, &connErr) || errors.As(cause, &stall) {
 		w.waitTarget(ctx)
 	}
 }

@@ -42,6 +42,7 @@ type Worker struct {
 	consec    int                     // jobs of current in a row
 	lastEnd   time.Time               // when the last job run against the target ended
 	lastModel string
+	stall     string // why the target counts as stalled (TargetStall); "" when it is not
 }
 
 // Causes that abort a running job.

@@ -46,6 +46,11 @@ type serveConfig struct {
 	ShutdownTimeout   time.Duration
 	logLevelName      string
 	natsReplicasIsSet bool
+
+	// Limits on a silent or slow target (ADR-0026); MaxJobTime 0 = none.
+	FirstByteTimeout  time.Duration
+	StreamIdleTimeout time.Duration
+	MaxJobTime        time.Duration
 }
 
 // setting binds one field to its flag and environment variable.
@@ -120,6 +125,10 @@ func (c *serveConfig) settings() []*setting {
 			return nil
 		}},
 		{env: "FOREMAN_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "30s", usage: "deadline for a graceful shutdown", parse: dur(&c.ShutdownTimeout)},
+		// A stalled target is a failed attempt (ADR-0026).
+		{env: "FOREMAN_FIRST_BYTE_TIMEOUT", flag: "first-byte-timeout", def: "5m", usage: "longest wait for Ollama's first response byte, a cold model load included; then the attempt fails", parse: dur(&c.FirstByteTimeout)},
+		{env: "FOREMAN_STREAM_IDLE_TIMEOUT", flag: "stream-idle-timeout", def: "2m", usage: "longest silence of Ollama once its answer started; then the attempt fails", parse: dur(&c.StreamIdleTimeout)},
+		{env: "FOREMAN_MAX_JOB_TIME", flag: "max-job-time", usage: "longest one attempt of a job may run (off when empty)", parse: dur(&c.MaxJobTime)},
 	}
 }
 

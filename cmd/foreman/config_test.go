@@ -133,3 +133,38 @@ func TestServeRefusesBadConfig(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
 }
+
+// The limits on a silent or slow target (ADR-0026): defaults, overrides, bad values.
+func TestConfigTargetLimits(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseConfig(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.FirstByteTimeout != 5*time.Minute || cfg.StreamIdleTimeout != 2*time.Minute || cfg.MaxJobTime != 0 {
+		t.Errorf("defaults: first byte %s, idle %s, max job time %s", cfg.FirstByteTimeout, cfg.StreamIdleTimeout, cfg.MaxJobTime)
+	}
+	env := map[string]string{"FOREMAN_FIRST_BYTE_TIMEOUT": "10m", "FOREMAN_STREAM_IDLE_TIMEOUT": "30s", "FOREMAN_MAX_JOB_TIME": "1h"}
+	cfg, err = parseConfig(t, []string{"--stream-idle-timeout=45s"}, env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.FirstByteTimeout != 10*time.Minute || cfg.StreamIdleTimeout != 45*time.Second || cfg.MaxJobTime != time.Hour {
+		t.Errorf("set: first byte %s, idle %s, max job time %s", cfg.FirstByteTimeout, cfg.StreamIdleTimeout, cfg.MaxJobTime)
+	}
+	for _, c := range []struct {
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{env: map[string]string{"FOREMAN_FIRST_BYTE_TIMEOUT": "forever"}, want: `FOREMAN_FIRST_BYTE_TIMEOUT="forever": not a duration`},
+		{env: map[string]string{"FOREMAN_STREAM_IDLE_TIMEOUT": "0s"}, want: `FOREMAN_STREAM_IDLE_TIMEOUT="0s": must be positive`},
+		{env: map[string]string{"FOREMAN_MAX_JOB_TIME": "-1h"}, want: `FOREMAN_MAX_JOB_TIME="-1h": must be positive`},
+		{args: []string{"--max-job-time=soon"}, want: `--max-job-time="soon": not a duration`},
+	} {
+		_, err := parseConfig(t, c.args, c.env)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("args %q env %v: error %v, want one containing %q", c.args, c.env, err, c.want)
+		}
+	}
+}

@@ -117,6 +117,7 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
 		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
+		TargetHealth: a.targetHealth,
 	})
 	if err != nil {
 		return nil, err
@@ -125,6 +126,7 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	a.worker, err = worker.New(worker.Config{
 		Store: a.store, Target: a.target, Inventory: a.inv, MaxAttempts: cfg.MaxAttempts,
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
+		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
 	})
 	if err != nil {
 		return nil, err
@@ -271,6 +273,14 @@ func (a *app) natsHealth() error {
 	return nil
 }
 
+// targetHealth reports a target the worker saw stall (/healthz).
+func (a *app) targetHealth() error {
+	if a.worker == nil {
+		return nil
+	}
+	return a.worker.TargetStall()
+}
+
 // warmEmbedder loads FOREMAN_EMBED_MODEL with keep_alive -1 at start and after the target
 // recovers, so embeddings never wait for a load.
 func (a *app) warmEmbedder(ctx context.Context) {
@@ -278,7 +288,10 @@ func (a *app) warmEmbedder(ctx context.Context) {
 		return
 	}
 	body := fmt.Appendf(nil, `{"model":%q,"input":"","keep_alive":-1}`, a.cfg.EmbedModel)
-	if _, err := a.target.Stream(ctx, "/api/embed", body, func([]byte) error { return nil }); err != nil {
+	// Bounded like a job: a hung target must not hold the inventory's poll loop, which
+	// runs this, forever.
+	limits := []ollama.StreamOption{ollama.FirstByteTimeout(a.cfg.FirstByteTimeout), ollama.IdleTimeout(a.cfg.StreamIdleTimeout)}
+	if _, err := a.target.Stream(ctx, "/api/embed", body, func([]byte) error { return nil }, limits...); err != nil {
 		a.log.Warn("warm embedding model", "model", a.cfg.EmbedModel, "err", err)
 		return
 	}

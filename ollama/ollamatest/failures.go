@@ -14,6 +14,8 @@ const (
 	kindSlow
 	kindNoDone
 	kindStreamErr
+	kindHang
+	kindStallMid
 )
 
 // Failure is a fault the fake injects into a response; see FailNext.
@@ -22,6 +24,7 @@ type Failure struct {
 	code  int
 	msg   string
 	delay time.Duration
+	gone  <-chan struct{} // the request's context ended (set per request by wrap)
 }
 
 var (
@@ -32,6 +35,13 @@ var (
 	// DropMidStream sends a couple of stream frames (or half a JSON body) and
 	// then closes the TCP connection.
 	DropMidStream = Failure{kind: kindDropMid}
+	// Hang accepts the request and never answers: no status, no header, no byte, until
+	// the client goes away (a runner wedged before its first token, a load that never ends).
+	Hang = Failure{kind: kindHang}
+	// StallMidStream sends the status, the headers and a couple of stream frames (or half
+	// a JSON body) and then sends nothing more, keeping the connection open, until the
+	// client goes away.
+	StallMidStream = Failure{kind: kindStallMid}
 	// StreamNoDone streams the tokens and ends the response cleanly without
 	// the final done:true frame, as real Ollama sometimes does.
 	StreamNoDone = Failure{kind: kindNoDone}
@@ -62,6 +72,10 @@ func (f Failure) String() string {
 		return "stream without done"
 	case kindStreamErr:
 		return "error inside the stream"
+	case kindHang:
+		return "hang"
+	case kindStallMid:
+		return "stall mid-stream"
 	}
 	return "none"
 }

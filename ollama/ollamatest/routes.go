@@ -14,7 +14,7 @@ import (
 )
 
 // handler serves one route; f is the injected failure that must happen
-// during the response (DropMidStream or StreamNoDone), or nil.
+// during the response (DropMidStream, StallMidStream, StreamNoDone, StreamError), or nil.
 type handler func(w http.ResponseWriter, r *http.Request, body []byte, f *Failure)
 
 func (s *Server) routes() http.Handler {
@@ -76,6 +76,7 @@ func (s *Server) wrap(fn handler) http.Handler {
 		}
 		if f != nil {
 			s.calls[idx].Failure = f.String()
+			f.gone = r.Context().Done()
 		}
 		s.notifyLocked()
 		s.mu.Unlock()
@@ -97,6 +98,10 @@ func (s *Server) wrap(fn handler) http.Handler {
 				return
 			case kindDrop:
 				dropConn(w)
+				return
+			case kindHang:
+				<-f.gone
+				canceled = true
 				return
 			case kindSlow:
 				if sleepCtx(r.Context(), f.delay) != nil {
@@ -129,11 +134,15 @@ func writeJSON(w http.ResponseWriter, code int, v any, f *Failure) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
-	if f != nil && f.kind == kindDropMid {
+	if f != nil && (f.kind == kindDropMid || f.kind == kindStallMid) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 		w.WriteHeader(code)
 		_, _ = w.Write(b[:len(b)/2])
 		_ = http.NewResponseController(w).Flush()
+		if f.kind == kindStallMid {
+			<-f.gone
+			return
+		}
 		dropConn(w)
 		return
 	}
@@ -167,7 +176,10 @@ type streamWriter struct {
 // errDropped stops a handler after DropMidStream cut the connection.
 var errDropped = fmt.Errorf("ollamatest: connection dropped")
 
-// dropAfterFrames is how many frames DropMidStream lets through.
+// errStalled stops a handler after StallMidStream held its stream until the client left.
+var errStalled = fmt.Errorf("ollamatest: stream stalled")
+
+// dropAfterFrames is how many frames DropMidStream and StallMidStream let through.
 const dropAfterFrames = 2
 
 func newStreamWriter(w http.ResponseWriter, f *Failure, sse bool) *streamWriter {
@@ -197,6 +209,11 @@ func (sw *streamWriter) raw(b []byte) error {
 		_ = sw.rc.Flush()
 		dropConn(sw.w)
 		return errDropped
+	}
+	if sw.f != nil && sw.f.kind == kindStallMid && sw.frames >= dropAfterFrames {
+		_ = sw.rc.Flush()
+		<-sw.f.gone
+		return errStalled
 	}
 	var out []byte
 	if sw.sse {

@@ -1,0 +1,159 @@
+package ollama_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+const stallChat = `{"model":"tiny-a","messages":[{"role":"user","content":"x"}]}`
+
+// wantStall checks err is a *StallError of the given phase and limit.
+func wantStall(t *testing.T, err error, firstByte bool, after time.Duration) {
+	t.Helper()
+	var se *ollama.StallError
+	if !errors.As(err, &se) {
+		t.Fatalf("err = %v (%T), want a *StallError", err, err)
+	}
+	if se.FirstByte != firstByte || se.After != after {
+		t.Fatalf("stall %+v, want FirstByte %v after %s", se, firstByte, after)
+	}
+	var ce *ollama.ConnectionError
+	if errors.As(err, &ce) {
+		t.Fatal("a stall must not also be a ConnectionError")
+	}
+}
+
+// waitCanceled waits until the fake saw its only call end with the client gone.
+func waitCanceled(t *testing.T, fake *ollamatest.Server) {
+	t.Helper()
+	err := fake.WaitFor(testCtx(t), func(calls []ollamatest.Call) bool {
+		return len(calls) == 1 && calls[0].Finished && calls[0].Canceled
+	})
+	if err != nil {
+		t.Fatalf("the stalled request was not aborted: %+v", fake.Calls())
+	}
+}
+
+func TestStreamFirstByteTimeout(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+	fake.FailNext(1, ollamatest.Hang)
+	_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error { return nil },
+		ollama.FirstByteTimeout(20*time.Millisecond), ollama.IdleTimeout(time.Hour))
+	wantStall(t, err, true, 20*time.Millisecond)
+	if got := err.Error(); got != "target stalled: no response for 20ms" {
+		t.Errorf("message %q", got)
+	}
+	waitCanceled(t, fake)
+}
+
+// Headers alone are not the first byte: a target that sends its status and then nothing
+// is still within the first-byte limit, not the (shorter) idle one.
+func TestStreamHeadersWithoutBodyIsFirstByteStall(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		_ = http.NewResponseController(w).Flush()
+		<-r.Context().Done()
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL)
+	_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error { return nil },
+		ollama.FirstByteTimeout(30*time.Millisecond), ollama.IdleTimeout(time.Millisecond))
+	wantStall(t, err, true, 30*time.Millisecond)
+}
+
+func TestStreamIdleTimeout(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+	fake.FailNext(1, ollamatest.StallMidStream)
+	var frames int
+	_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error { frames++; return nil },
+		ollama.FirstByteTimeout(time.Hour), ollama.IdleTimeout(20*time.Millisecond))
+	wantStall(t, err, false, 20*time.Millisecond)
+	if got := err.Error(); got != "target stalled: no data for 20ms" {
+		t.Errorf("message %q", got)
+	}
+	if frames != 2 {
+		t.Errorf("%d frames before the stall, want 2", frames)
+	}
+	waitCanceled(t, fake)
+}
+
+// A non-streamed body that stops half-way is an idle stall too.
+func TestStreamIdleTimeoutNonStreamed(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+	fake.FailNext(1, ollamatest.StallMidStream)
+	_, err := c.Stream(testCtx(t), "/api/chat", []byte(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"x"}]}`),
+		func([]byte) error { return nil }, ollama.IdleTimeout(20*time.Millisecond))
+	wantStall(t, err, false, 20*time.Millisecond)
+}
+
+// The idle limit measures the target's silence: a callback slower than the limit (a slow
+// relay) does not count against the target. The target here sends each line only after
+// the callback of the previous one returned, so without that rule the limit would run out
+// during every callback.
+func TestStreamIdleTimeoutIgnoresCallbackTime(t *testing.T) {
+	t.Parallel()
+	next := make(chan struct{}, 3)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		for i := range 3 {
+			_, _ = w.Write([]byte(`{"done":` + map[bool]string{true: "true", false: "false"}[i == 2] + "}\n"))
+			_ = http.NewResponseController(w).Flush()
+			select {
+			case <-next:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL)
+	var frames int
+	_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error {
+		frames++
+		time.Sleep(200 * time.Millisecond) // a slow consumer: four times the idle limit
+		next <- struct{}{}
+		return nil
+	}, ollama.FirstByteTimeout(time.Minute), ollama.IdleTimeout(50*time.Millisecond))
+	if err != nil {
+		t.Fatalf("err = %v after %d frames", err, frames)
+	}
+	if frames != 3 {
+		t.Errorf("%d frames, want 3", frames)
+	}
+}
+
+// Without limits a stall is waited out until the caller's context ends (the old default).
+func TestStreamNoLimitsWaits(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+	fake.FailNext(1, ollamatest.Hang)
+	errc := make(chan error, 1)
+	ctx, cancel := context.WithCancel(testCtx(t))
+	go func() {
+		_, err := c.Stream(ctx, "/api/chat", []byte(stallChat), func([]byte) error { return nil })
+		errc <- err
+	}()
+	if err := fake.WaitStarted(testCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}

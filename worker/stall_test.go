@@ -1,0 +1,162 @@
+package worker_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// Limits small enough for a test, large enough that the fake's answers never hit them.
+const (
+	testFirstByte = 300 * time.Millisecond
+	testIdle      = 300 * time.Millisecond
+)
+
+// waitAborted waits until n of the fake's inference calls ended with the client gone (the
+// worker aborted them) and every call has ended.
+func waitAborted(t *testing.T, fake *ollamatest.Server, n int) {
+	t.Helper()
+	err := fake.WaitFor(waitCtx(t), func(calls []ollamatest.Call) bool {
+		aborted := 0
+		for _, c := range calls {
+			if !c.Finished {
+				return false
+			}
+			if c.Model != "" && c.Canceled {
+				aborted++
+			}
+		}
+		return aborted == n
+	})
+	if err != nil {
+		t.Fatalf("want %d aborted target calls: %+v", n, fake.Calls())
+	}
+}
+
+// A target that takes a job and never answers: every attempt is aborted at the first-byte
+// limit, the job goes retrying and then failed, the worker is reported stalled, and it
+// goes on to the next job, whose success clears the stall.
+func TestHungTargetFailsJobAndWorkerMovesOn(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a") // tiny-a's runner hangs before its first byte
+	t.Cleanup(release)
+	j := tb.chat(t, "tiny-a", 1)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	w := tb.start(t, worker.Config{MaxAttempts: 2, FirstByteTimeout: testFirstByte, StreamIdleTimeout: testIdle})
+
+	seen := states.until(t)
+	got := tb.waitState(t, j.ID, broker.StateFailed)
+	want := "attempts exhausted: target stalled: no response for " + testFirstByte.String()
+	if got.Error != want || got.Attempt != 2 {
+		t.Errorf("error %q attempt %d, want %q and 2", got.Error, got.Attempt, want)
+	}
+	if !contains(seen, broker.StateRetrying) {
+		t.Errorf("states %v: no retrying", seen)
+	}
+	waitAborted(t, tb.fake, 2)
+	stall := w.TargetStall()
+	if wantStall := "stalled: no response for " + testFirstByte.String() + " on job " + j.ID; stall == nil || stall.Error() != wantStall {
+		t.Errorf("TargetStall() = %v, want %q", stall, wantStall)
+	}
+
+	next := tb.chat(t, "tiny-b", 2)
+	tb.waitState(t, next.ID, broker.StateDone)
+	if err := w.TargetStall(); err != nil {
+		t.Errorf("after a later job succeeded: TargetStall() = %v", err)
+	}
+	tb.waitQueueEmpty(t)
+}
+
+// A stream that stops mid-way is aborted at the idle limit and retried; the next attempt
+// finishes the job.
+func TestStalledStreamAbortedByIdleTimeout(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.StallMidStream)
+	j := tb.chat(t, "tiny-a", 1)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: testIdle})
+
+	var retrying *broker.Job
+	for retrying == nil {
+		select {
+		case m := <-states.ch:
+			rec, err := broker.DecodeJob(m.Data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.State == broker.StateRetrying {
+				retrying = rec
+			}
+			if rec.State.Terminal() {
+				t.Fatalf("job ended %s (%s) without retrying", rec.State, rec.Error)
+			}
+		case <-waitCtx(t).Done():
+			t.Fatal("no retrying state")
+		}
+	}
+	if want := "target stalled: no data for " + testIdle.String(); retrying.Error != want {
+		t.Errorf("retrying error %q, want %q", retrying.Error, want)
+	}
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 2 || got.Error != "" {
+		t.Errorf("attempt %d error %q", got.Attempt, got.Error)
+	}
+	waitAborted(t, tb.fake, 1)
+	if err := w.TargetStall(); err != nil {
+		t.Errorf("the retry succeeded, yet TargetStall() = %v", err)
+	}
+}
+
+// A sync job whose caller already got part of the stream cannot be retried: a stall then
+// fails it, as a dropped connection does.
+func TestStallAfterFramesFailsSyncJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.StallMidStream)
+	j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}, []byte(chatBody("tiny-a", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: testIdle})
+	frames, final := stream.untilFinal(t)
+	want := "target stalled: no data for " + testIdle.String()
+	if len(frames) != 2 || final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderError) != want {
+		t.Fatalf("%d frames, final %v", len(frames), final.Header)
+	}
+	if got := tb.waitState(t, j.ID, broker.StateFailed); got.Error != want || got.Attempt != 1 {
+		t.Errorf("error %q attempt %d", got.Error, got.Attempt)
+	}
+	if err := w.TargetStall(); err == nil || !strings.Contains(err.Error(), j.ID) {
+		t.Errorf("TargetStall() = %v", err)
+	}
+}
+
+// MaxJobTime bounds an attempt however steadily the target streams: a generation that
+// would go on for minutes is aborted, and with no attempts left the job fails.
+func TestMaxJobTimeAbortsSteadyStream(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(100_000), ollamatest.WithTokenDelay(2 * time.Millisecond)})
+	j := tb.chat(t, "tiny-a", 1)
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	w := tb.start(t, worker.Config{MaxAttempts: 1, FirstByteTimeout: time.Hour, StreamIdleTimeout: time.Hour, MaxJobTime: 200 * time.Millisecond})
+	frames, final := stream.untilFinal(t)
+	want := "attempts exhausted: target too slow: the attempt ran longer than the max job time of 200ms"
+	if len(frames) == 0 || final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderError) != want {
+		t.Fatalf("%d frames, final %v", len(frames), final.Header)
+	}
+	if got := tb.waitState(t, j.ID, broker.StateFailed); got.Error != want {
+		t.Errorf("error %q", got.Error)
+	}
+	waitAborted(t, tb.fake, 1)
+	if err := w.TargetStall(); err != nil {
+		t.Errorf("a slow job is not a stalled target: TargetStall() = %v", err)
+	}
+	tb.waitQueueEmpty(t)
+}
