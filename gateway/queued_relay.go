@@ -198,17 +198,34 @@ func (rl *relay) frame(m *nats.Msg) error {
 	return rl.write(m.Data)
 }
 
-// write sends b and flushes it, allowed Config.WriteTimeout to make progress.
+// writeChunk is how much of a large body one write deadline covers: the deadline
+// measures a lack of progress, not the time a big answer takes over a slow link.
+const writeChunk = 64 << 10
+
+// write sends b and flushes it; each chunk gets Config.WriteTimeout to go out.
 func (rl *relay) write(b []byte) error {
-	if rl.s.cfg.WriteTimeout > 0 {
-		if err := rl.rc.SetWriteDeadline(time.Now().Add(rl.s.cfg.WriteTimeout)); err != nil && !errors.Is(err, http.ErrNotSupported) {
+	for first := true; first || len(b) > 0; first = false {
+		n := min(len(b), writeChunk)
+		if err := rl.deadline(); err != nil {
 			return err
 		}
-	}
-	if _, err := rl.w.Write(b); err != nil {
-		return err
+		if _, err := rl.w.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
 	}
 	return rl.flush()
+}
+
+func (rl *relay) deadline() error {
+	if rl.s.cfg.WriteTimeout <= 0 {
+		return nil
+	}
+	err := rl.rc.SetWriteDeadline(time.Now().Add(rl.s.cfg.WriteTimeout))
+	if errors.Is(err, http.ErrNotSupported) {
+		return nil
+	}
+	return err
 }
 
 // final handles the final marker.

@@ -251,3 +251,31 @@ func lastErrorLine(t *testing.T, body string) string {
 	lines := strings.Split(strings.TrimSpace(body), "\n")
 	return errorBody(t, []byte(lines[len(lines)-1]))
 }
+
+// deadlineRecorder counts the write deadlines a relay sets.
+type deadlineRecorder struct {
+	*httptest.ResponseRecorder
+	deadlines int
+}
+
+func (w *deadlineRecorder) SetWriteDeadline(time.Time) error { w.deadlines++; return nil }
+
+// A large answer gets a deadline per chunk: WriteTimeout bounds a lack of progress, not
+// how long a big body takes to a slow reader.
+func TestRelayWriteDeadlinePerChunk(t *testing.T) {
+	t.Parallel()
+	gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{WriteTimeout: time.Second}}
+	w := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+	big := strings.Repeat("x", 5*writeChunk+1)
+	feed := &chanFeed{ch: make(chan *nats.Msg, 2)}
+	feed.ch <- streamMsg(1, big, broker.HeaderContentType, "application/json")
+	feed.ch <- finalMsg(2, "done")
+	rl := &relay{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
+		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, log: gw.log, checkEvery: time.Hour}
+	if o := rl.run(context.Background(), feed); o != outcomeDone || w.Body.Len() != len(big) {
+		t.Fatalf("outcome %v, %d bytes", o, w.Body.Len())
+	}
+	if w.deadlines != 6 {
+		t.Errorf("%d write deadlines for 6 chunks", w.deadlines)
+	}
+}
