@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // withHost sends a request with the given Host header (the dialed address stays the
@@ -223,6 +225,63 @@ func TestParseOrigins(t *testing.T) {
 	for _, bad := range []string{"a.example", "https://*.*.example"} {
 		if _, err := ParseOrigins(bad); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// TestE2EBrowserPolicyMatchesOllama asks a real Ollama (listening on loopback) and a
+// loopback foreman the same browser questions: both must refuse a foreign origin and a
+// rebound host, and let an allowed origin through with CORS headers.
+func TestE2EBrowserPolicyMatchesOllama(t *testing.T) {
+	target := ollamatest.RealOllama(t)
+	b := newQueuedBundle(t, nil, withTargetURL(target), withGateway(func(c *Config) { c.ListenAddr = "127.0.0.1:8080" }))
+	ask := func(base, method, path, host, body string, hdr ...string) *http.Response {
+		t.Helper()
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(testCtx(t, 60e9), method, base+path, rd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if host != "" {
+			req.Host = host
+		}
+		for i := 0; i+1 < len(hdr); i += 2 {
+			req.Header.Set(hdr[i], hdr[i+1])
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	chat := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream":false,"options":{"num_predict":2}}`
+	cases := []struct {
+		name, method, path, host, body string
+		hdr                            []string
+	}{
+		{"foreign origin, text/plain POST", "POST", "/api/chat", "", chat, []string{"Content-Type", "text/plain", "Origin", "https://evil.example"}},
+		{"foreign origin preflight", "OPTIONS", "/api/chat", "", "", []string{"Origin", "https://evil.example", "Access-Control-Request-Method", "POST"}},
+		{"rebound host", "GET", "/api/tags", "evil.example", "", nil},
+		{"rebound host, same origin", "GET", "/api/tags", "evil.example:8080", "", []string{"Origin", "http://evil.example:8080"}},
+		{"allowed origin", "GET", "/api/tags", "", "", []string{"Origin", "http://localhost:3000"}},
+		{"allowed origin preflight", "OPTIONS", "/api/chat", "", "", []string{"Origin", "http://localhost:3000", "Access-Control-Request-Method", "POST"}},
+		{"localhost host", "GET", "/api/tags", "localhost", "", nil},
+	}
+	for _, c := range cases {
+		want := ask(target, c.method, c.path, c.host, c.body, c.hdr...)
+		got := ask(b.URL, c.method, c.path, c.host, c.body, c.hdr...)
+		if got.StatusCode != want.StatusCode {
+			t.Errorf("%s: foreman %d, Ollama %d", c.name, got.StatusCode, want.StatusCode)
+		}
+		for _, h := range []string{"Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Access-Control-Max-Age"} {
+			if got.Header.Get(h) != want.Header.Get(h) {
+				t.Errorf("%s: %s foreman %q, Ollama %q", c.name, h, got.Header.Get(h), want.Header.Get(h))
+			}
 		}
 	}
 }
