@@ -143,10 +143,9 @@ func (rl *relay) writeFailed(err error) outcome {
 func (rl *relay) cutOff(reason string) outcome {
 	rl.s.relays.cutOff.Add(1)
 	rl.log.Warn("slow client cut off; the job runs on", "reason", reason, "frames", rl.next)
-	msg := "client too slow: " + reason + "; the job runs on, its result will be under /jobs/" + rl.job.ID
-	if o := rl.fail(statusBadUpstream, msg); o == outcomeClientGone {
-		return outcomeClientGone
-	}
+	// The error line is a courtesy: a connection past its write deadline is closed, and
+	// failing to tell the client must not turn the cut-off into a cancel.
+	_ = rl.fail(statusBadUpstream, "client too slow: "+reason+"; the job runs on, its result will be under /jobs/"+rl.job.ID)
 	return outcomeCutOff
 }
 

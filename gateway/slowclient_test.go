@@ -238,11 +238,26 @@ func TestRelayWriteTimeoutIsCutOff(t *testing.T) {
 	}
 }
 
-// timeoutWriter fails every write as a connection past its write deadline does.
-type timeoutWriter struct{ *httptest.ResponseRecorder }
+// timeoutWriter fails a write as a connection past its write deadline does; net/http
+// then closes the connection, so setting a deadline fails afterwards.
+type timeoutWriter struct {
+	*httptest.ResponseRecorder
+	closed bool
+}
 
 func (w *timeoutWriter) Write([]byte) (int, error) {
+	if w.closed {
+		return 0, net.ErrClosed
+	}
+	w.closed = true
 	return 0, &net.OpError{Op: "write", Net: "tcp", Err: os.ErrDeadlineExceeded}
+}
+
+func (w *timeoutWriter) SetWriteDeadline(time.Time) error {
+	if w.closed {
+		return &net.OpError{Op: "set", Net: "tcp", Err: net.ErrClosed}
+	}
+	return nil
 }
 
 // lastErrorLine is the error of a stream's last line.
