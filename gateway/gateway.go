@@ -38,6 +38,24 @@ type Config struct {
 	// polls cannot see (a runner that stalled mid-job) for /healthz; optional.
 	TargetHealth func() error
 	Logger       *slog.Logger
+
+	// ListenAddr is the address the HTTP listener is bound to (host:port). On a loopback
+	// address every request must name this machine in its Host header (DNS rebinding);
+	// empty skips that check.
+	ListenAddr string
+	// Origins are browser origins allowed besides Ollama's defaults (localhost and
+	// friends); a request with another Origin gets 403. "*" allows every origin.
+	Origins []string
+	// BodyReadTimeout bounds reading a request body once the handler asks for it; a
+	// client that sends it slower gets 408. Default 60s.
+	BodyReadTimeout time.Duration
+	// WriteTimeout is how long one write of a queued answer may make no progress before
+	// the client is cut off (the job runs on). Default 30s.
+	WriteTimeout time.Duration
+	// StreamBuffer caps the bytes of one queued answer held for a client that reads
+	// slower than the target writes; past it the client is cut off (the job runs on).
+	// Default 8 MiB; one message is always accepted.
+	StreamBuffer int64
 }
 
 func (c *Config) setDefaults() {
@@ -49,6 +67,15 @@ func (c *Config) setDefaults() {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.BodyReadTimeout <= 0 {
+		c.BodyReadTimeout = 60 * time.Second
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = 30 * time.Second
+	}
+	if c.StreamBuffer <= 0 {
+		c.StreamBuffer = 8 << 20
 	}
 }
 
@@ -73,6 +100,9 @@ type Server struct {
 	log     *slog.Logger
 	mux     *http.ServeMux
 	handler http.Handler
+	origins *originPolicy
+	hosts   *hostPolicy
+	relays  relayStats
 
 	// streams counts responses relaying a running job, so shutdown can wait for them.
 	streams sync.WaitGroup
@@ -88,9 +118,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{})}
+	var err error
+	if s.origins, err = newOriginPolicy(cfg.Origins); err != nil {
+		return nil, err
+	}
+	s.hosts = newHostPolicy(cfg.ListenAddr)
 	s.mux = http.NewServeMux()
 	s.routes(s.mux)
-	s.handler = s.recoverPanics(s.logRequests(s.authenticate(s.mux)))
+	s.handler = s.recoverPanics(s.logRequests(s.browserPolicy(s.authenticate(s.mux))))
 	return s, nil
 }
 

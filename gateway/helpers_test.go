@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -40,6 +41,7 @@ type bundleOptions struct {
 	userinfo  string        // "user:password" put into the fake's URL
 	noPoll    bool          // skip the initial poll
 	runEvery  time.Duration // run the inventory's poll loop at this interval
+	sndBuf    int           // the gateway's socket send buffer per connection; 0 = the system's
 }
 
 type bundleOption func(*bundleOptions)
@@ -81,6 +83,24 @@ func withoutInitialPoll() bundleOption { return func(o *bundleOptions) { o.noPol
 
 // withPolling runs the inventory's poll loop every d until the test ends.
 func withPolling(d time.Duration) bundleOption { return func(o *bundleOptions) { o.runEvery = d } }
+
+// withSendBuffer shrinks the gateway's socket send buffer, so a client that stops
+// reading blocks the server's writes after little data.
+func withSendBuffer(n int) bundleOption { return func(o *bundleOptions) { o.sndBuf = n } }
+
+// sendBufferListener sets the send buffer of every accepted connection.
+type sendBufferListener struct {
+	net.Listener
+	n int
+}
+
+func (l sendBufferListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetWriteBuffer(l.n)
+	}
+	return c, err
+}
 
 // newTestBundle starts everything; it all stops when the test ends. By default the
 // inventory has polled once and does not poll again unless a test asks (Refresh or
@@ -138,7 +158,11 @@ func newTestBundle(t testing.TB, opts ...bundleOption) *testBundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.HTTP = httptest.NewServer(b.GW)
+	b.HTTP = httptest.NewUnstartedServer(b.GW)
+	if o.sndBuf > 0 {
+		b.HTTP.Listener = sendBufferListener{Listener: b.HTTP.Listener, n: o.sndBuf}
+	}
+	b.HTTP.Start()
 	t.Cleanup(b.HTTP.Close)
 	b.URL = b.HTTP.URL
 	return b

@@ -20,6 +20,8 @@ type metrics struct {
 	queueTotal *prometheus.Desc
 	degraded   *prometheus.Desc
 	loaded     *prometheus.Desc
+	cutOff     *prometheus.Desc
+	peak       *prometheus.Desc
 }
 
 func newMetricsHandler(s *Server) http.Handler {
@@ -33,6 +35,8 @@ func newMetricsHandler(s *Server) http.Handler {
 			queueTotal: prometheus.NewDesc("foreman_queue_jobs", "Jobs in the queue, all models.", nil, nil),
 			degraded:   prometheus.NewDesc("foreman_target_degraded", "1 while the Ollama target is unreachable.", nil, nil),
 			loaded:     prometheus.NewDesc("foreman_target_loaded_model", "1 for each model loaded on the target (last poll).", []string{"model"}, nil),
+			cutOff:     prometheus.NewDesc("foreman_slow_clients_cut_off_total", "Sync clients cut off for reading their answer too slowly (their jobs ran on).", nil, nil),
+			peak:       prometheus.NewDesc("foreman_stream_buffer_peak_bytes", "Most bytes of an answer ever held for one slow client.", nil, nil),
 		},
 	)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
@@ -43,6 +47,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.queueTotal
 	ch <- m.degraded
 	ch <- m.loaded
+	ch <- m.cutOff
+	ch <- m.peak
 }
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
@@ -65,6 +71,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		deg = 1
 	}
 	ch <- prometheus.MustNewConstMetric(m.degraded, prometheus.GaugeValue, deg)
+	ch <- prometheus.MustNewConstMetric(m.cutOff, prometheus.CounterValue, float64(m.s.relays.cutOff.Load()))
+	ch <- prometheus.MustNewConstMetric(m.peak, prometheus.GaugeValue, float64(m.s.relays.peak.Load()))
 	for _, model := range m.s.inv.Loaded() {
 		ch <- prometheus.MustNewConstMetric(m.loaded, prometheus.GaugeValue, 1, model)
 	}

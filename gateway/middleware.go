@@ -70,6 +70,12 @@ func (r *statusRecorder) Flush() {
 	}
 }
 
+// FlushError lets http.ResponseController.Flush report a failed flush (a client past
+// its write deadline) instead of the silence of Flush.
+func (r *statusRecorder) FlushError() error {
+	return http.NewResponseController(r.ResponseWriter).Flush()
+}
+
 func (s *Server) logRequests(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()

@@ -94,15 +94,18 @@ func (s *Server) queueableModel(ctx context.Context, model string) error {
 
 // runSync submits job and relays its stream to the client until the job ends, the
 // stream breaks or the client leaves. Only a client leaving cancels the job: after a
-// stream gap the job runs on, and its result stays under /jobs/{id} (X-Foreman-Job-Id).
+// stream gap, or a client cut off for reading too slowly, the job runs on, and its
+// result stays under /jobs/{id} (X-Foreman-Job-Id).
 func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job, stream bool, body []byte) {
 	s.streams.Add(1)
 	defer s.streams.Done()
+	s.relays.active.Add(1)
+	defer s.relays.active.Add(-1)
 	log := s.log.With("job_id", job.ID, "model", job.Model, "kind", string(job.Kind))
 
 	// Subscribe before submitting: the worker may start the job at once, and a frame
 	// published before the subscription exists would be lost.
-	feed, err := subscribeJob(s.store.Conn(), job.ID)
+	feed, err := subscribeJob(s.store.Conn(), job.ID, s.cfg.StreamBuffer, &s.relays)
 	if err != nil {
 		s.writeError(w, r, fmt.Errorf("subscribe to job %s: %w", job.ID, err))
 		return
@@ -117,8 +120,11 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 		return
 	}
 	w.Header().Set(HeaderJobID, job.ID)
+	rc := http.NewResponseController(w)
+	// The relay's per-write deadline must not outlive it on a kept-alive connection.
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	rl := &relay{
-		s: s, w: w, r: r, rc: http.NewResponseController(w),
+		s: s, w: w, r: r, rc: rc,
 		job: job, stream: stream, log: log,
 		checkEvery: relayCheckInterval,
 		check: func(ctx context.Context) (*broker.Job, error) {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -41,6 +42,7 @@ const (
 	outcomeError                     // the client got an error (status or in-stream)
 	outcomeClientGone                // the client left; the job is to be canceled
 	outcomeShutdown                  // foreman is stopping before the job ran; the job is to be canceled
+	outcomeCutOff                    // the client read too slowly and was cut off; the job runs on
 )
 
 // statusShuttingDown answers a client whose job will not run because foreman stops.
@@ -78,7 +80,15 @@ func (rl *relay) run(ctx context.Context, feed jobFeed) outcome {
 		case <-rl.s.ending:
 			rl.fail(statusShuttingDown, "foreman is shutting down; the job was canceled, retry later")
 			return outcomeShutdown
+		case <-feed.Overflow():
+			return rl.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", rl.s.cfg.StreamBuffer))
 		case m := <-feed.Msgs():
+			select {
+			case <-feed.Overflow():
+				// Messages after the overflow are gone: cut off rather than report a gap.
+				return rl.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", rl.s.cfg.StreamBuffer))
+			default:
+			}
 			if o, end := rl.handle(m, feed); end {
 				return o
 			}
@@ -114,9 +124,29 @@ func (rl *relay) handle(m *nats.Msg, feed jobFeed) (o outcome, end bool) {
 		return rl.final(final, m.Header), true
 	}
 	if err := rl.frame(m); err != nil {
-		return outcomeClientGone, true
+		return rl.writeFailed(err), true
 	}
 	return 0, false
+}
+
+// writeFailed is the outcome of a failed write: a client that made no progress within
+// Config.WriteTimeout is cut off (its job runs on); any other failure means it left.
+func (rl *relay) writeFailed(err error) outcome {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return rl.cutOff(fmt.Sprintf("a write made no progress for %s", rl.s.cfg.WriteTimeout))
+	}
+	return outcomeClientGone
+}
+
+// cutOff ends the response of a client too slow for its answer. The job is not
+// canceled: it runs on and its result stays under /jobs/{id}.
+func (rl *relay) cutOff(reason string) outcome {
+	rl.s.relays.cutOff.Add(1)
+	rl.log.Warn("slow client cut off; the job runs on", "reason", reason, "frames", rl.next)
+	// The error line is a courtesy: a connection past its write deadline is closed, and
+	// failing to tell the client must not turn the cut-off into a cancel.
+	_ = rl.fail(statusBadUpstream, "client too slow: "+reason+"; the job runs on, its result will be under /jobs/"+rl.job.ID)
+	return outcomeCutOff
 }
 
 // watchdog fails the relay on dropped messages and ends it when the record is terminal
@@ -164,10 +194,37 @@ func (rl *relay) frame(m *nats.Msg) error {
 	if !rl.started {
 		rl.begin(http.StatusOK)
 	}
-	if _, err := rl.w.Write(m.Data); err != nil {
-		return err
+	return rl.write(m.Data)
+}
+
+// writeChunk is how much of a large body one write deadline covers: the deadline
+// measures a lack of progress, not the time a big answer takes over a slow link.
+const writeChunk = 64 << 10
+
+// write sends b and flushes it; each chunk gets Config.WriteTimeout to go out.
+func (rl *relay) write(b []byte) error {
+	for first := true; first || len(b) > 0; first = false {
+		n := min(len(b), writeChunk)
+		if err := rl.deadline(); err != nil {
+			return err
+		}
+		if _, err := rl.w.Write(b[:n]); err != nil {
+			return err
+		}
+		b = b[n:]
 	}
 	return rl.flush()
+}
+
+func (rl *relay) deadline() error {
+	if rl.s.cfg.WriteTimeout <= 0 {
+		return nil
+	}
+	err := rl.rc.SetWriteDeadline(time.Now().Add(rl.s.cfg.WriteTimeout))
+	if errors.Is(err, http.ErrNotSupported) {
+		return nil
+	}
+	return err
 }
 
 // final handles the final marker.
@@ -181,12 +238,9 @@ func (rl *relay) final(kind string, h nats.Header) outcome {
 			rl.w.Header().Set("Content-Length", strconv.Itoa(len(rl.pending)))
 			rl.begin(http.StatusOK)
 		}
-		if len(rl.pending) > 0 {
-			if _, err := rl.w.Write(rl.pending); err != nil {
-				return outcomeClientGone
-			}
+		if err := rl.write(rl.pending); err != nil {
+			return rl.writeFailed(err)
 		}
-		_ = rl.flush()
 		return outcomeDone
 	case "canceled":
 		return rl.fail(statusJobCanceled, canceledMessage(h.Get(broker.HeaderError)))
@@ -274,10 +328,12 @@ func (rl *relay) fail(status int, msg string) outcome {
 		b, _ := json.Marshal(map[string]string{"error": msg})
 		frame = append(b, '\n')
 	}
-	if _, err := rl.w.Write(frame); err != nil {
+	if err := rl.write(frame); err != nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return outcomeCutOff
+		}
 		return outcomeClientGone
 	}
-	_ = rl.flush()
 	return outcomeError
 }
 

@@ -24,8 +24,9 @@ type chanFeed struct {
 	dropped atomic.Int64
 }
 
-func (f *chanFeed) Msgs() <-chan *nats.Msg { return f.ch }
-func (f *chanFeed) Dropped() int           { return int(f.dropped.Load()) }
+func (f *chanFeed) Msgs() <-chan *nats.Msg    { return f.ch }
+func (f *chanFeed) Dropped() int              { return int(f.dropped.Load()) }
+func (f *chanFeed) Overflow() <-chan struct{} { return nil }
 
 const relayTestID = "01J00000000000000000000000"
 
@@ -390,7 +391,7 @@ func TestParseInference(t *testing.T) {
 func TestRelaySlowConsumerIsGap(t *testing.T) {
 	t.Parallel()
 	b := newTestBundle(t)
-	feed, err := subscribeJob(b.Broker.Conn, relayTestID)
+	feed, err := subscribeJob(b.Broker.Conn, relayTestID, 1<<30, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -398,8 +399,11 @@ func TestRelaySlowConsumerIsGap(t *testing.T) {
 	if err := feed.sub.SetPendingLimits(4, 1<<20); err != nil {
 		t.Fatal(err)
 	}
+	// Holding the feed's lock stalls its callback, so messages pile up in NATS.
+	feed.mu.Lock()
+	const frames = 148
 	pub := b.Broker.Conn
-	for i := 1; i <= 2*feedBuffer+20; i++ {
+	for i := 1; i <= frames; i++ {
 		hdr := []string{}
 		if i == 1 {
 			hdr = []string{broker.HeaderContentType, "application/x-ndjson"}
@@ -408,7 +412,7 @@ func TestRelaySlowConsumerIsGap(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := pub.PublishMsg(finalMsg(2*feedBuffer+21, "done")); err != nil {
+	if err := pub.PublishMsg(finalMsg(frames+1, "done")); err != nil {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t, 10*time.Second)
@@ -419,6 +423,7 @@ func TestRelaySlowConsumerIsGap(t *testing.T) {
 		case <-time.After(time.Millisecond):
 		}
 	}
+	feed.mu.Unlock()
 	gw := &Server{log: slog.New(slog.DiscardHandler)}
 	w := httptest.NewRecorder()
 	rl := &relay{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -51,6 +53,12 @@ type serveConfig struct {
 	FirstByteTimeout  time.Duration
 	StreamIdleTimeout time.Duration
 	MaxJobTime        time.Duration
+	// Browser policy (ADR-0023) and slow clients.
+	Origins         []string
+	InsecureNoAuth  bool
+	BodyReadTimeout time.Duration
+	WriteTimeout    time.Duration
+	StreamBuffer    int64
 }
 
 // setting binds one field to its flag and environment variable.
@@ -58,6 +66,7 @@ type setting struct {
 	env, flag, def, usage string
 	parse                 func(string) error
 	raw                   string
+	noOpt                 string // the value of the bare flag (--flag without =value)
 }
 
 func (c *serveConfig) settings() []*setting {
@@ -129,7 +138,45 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_FIRST_BYTE_TIMEOUT", flag: "first-byte-timeout", def: "5m", usage: "longest wait for Ollama's first response byte, a cold model load included; then the attempt fails", parse: dur(&c.FirstByteTimeout)},
 		{env: "FOREMAN_STREAM_IDLE_TIMEOUT", flag: "stream-idle-timeout", def: "2m", usage: "longest silence of Ollama once its answer started; then the attempt fails", parse: dur(&c.StreamIdleTimeout)},
 		{env: "FOREMAN_MAX_JOB_TIME", flag: "max-job-time", usage: "longest one attempt of a job may run (off when empty)", parse: dur(&c.MaxJobTime)},
+		// Browser policy (ADR-0023) and slow clients.
+		{env: "FOREMAN_ORIGINS", flag: "origins", usage: "browser origins allowed besides localhost and co (comma list, * for all; as OLLAMA_ORIGINS)", parse: func(v string) error {
+			o, err := gateway.ParseOrigins(v)
+			c.Origins = o
+			return err
+		}},
+		{env: "FOREMAN_INSECURE_NO_AUTH", flag: "insecure-no-auth", def: "false", noOpt: "true", usage: "serve a non-loopback FOREMAN_ADDR without FOREMAN_AUTH_TOKEN (true/false)", parse: func(v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return errors.New("not true or false")
+			}
+			c.InsecureNoAuth = b
+			return nil
+		}},
+		{env: "FOREMAN_BODY_READ_TIMEOUT", flag: "body-read-timeout", def: "60s", usage: "longest a client may take to send a request body (408 beyond)", parse: dur(&c.BodyReadTimeout)},
+		{env: "FOREMAN_WRITE_TIMEOUT", flag: "write-timeout", def: "30s", usage: "longest a write of a queued answer may make no progress before the client is cut off", parse: dur(&c.WriteTimeout)},
+		{env: "FOREMAN_STREAM_BUFFER", flag: "stream-buffer", def: "8388608", usage: "bytes of a queued answer held for a slow client before it is cut off", parse: func(v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return errors.New("not a positive number of bytes")
+			}
+			c.StreamBuffer = n
+			return nil
+		}},
 	}
+}
+
+// loopbackAddr reports whether host:port listens on loopback only: a loopback IP or
+// "localhost". An empty host, 0.0.0.0 or any other name may be reachable from elsewhere.
+func loopbackAddr(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
 }
 
 func (c *serveConfig) parseLevel(v string) error {
@@ -233,6 +280,9 @@ func bindFlags(fs *pflag.FlagSet, set []*setting) {
 	for _, s := range set {
 		usage := s.usage + " [" + s.env + "]"
 		fs.StringVar(&s.raw, s.flag, s.def, usage)
+		if s.noOpt != "" {
+			fs.Lookup(s.flag).NoOptDefVal = s.noOpt
+		}
 	}
 }
 
@@ -270,6 +320,13 @@ func (c *serveConfig) finish() error {
 	}
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return errors.New("FOREMAN_NATS_TLS_CERT and FOREMAN_NATS_TLS_KEY must be set together")
+	}
+	if c.AuthToken == "" && !loopbackAddr(c.Addr) {
+		if !c.InsecureNoAuth {
+			return fmt.Errorf("FOREMAN_ADDR=%q is not a loopback address and FOREMAN_AUTH_TOKEN is empty: "+
+				"anyone who reaches it, any web page included, could use foreman; set FOREMAN_AUTH_TOKEN "+
+				"(e.g. openssl rand -hex 32), or FOREMAN_INSECURE_NO_AUTH=true to serve it without auth anyway", c.Addr)
+		}
 	}
 	if !c.natsReplicasIsSet {
 		c.NATSReplicas = 1

@@ -82,6 +82,11 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://mac:11434"}, want: []string{`FOREMAN_OLLAMA_URL="ftp://mac:11434": not an absolute http(s) URL`}},
 		{env: map[string]string{"FOREMAN_LOG_LEVEL": "loud"}, want: []string{`FOREMAN_LOG_LEVEL="loud": not a log level`}},
 		{env: map[string]string{"FOREMAN_MAX_BODY": "1e9"}, want: []string{`FOREMAN_MAX_BODY="1e9"`}},
+		{env: map[string]string{"FOREMAN_ORIGINS": "https://a.example,b.example"}, want: []string{`FOREMAN_ORIGINS="https://a.example,b.example": "b.example": not an origin`}},
+		{env: map[string]string{"FOREMAN_INSECURE_NO_AUTH": "yes please"}, want: []string{`FOREMAN_INSECURE_NO_AUTH="yes please": not true or false`}},
+		{env: map[string]string{"FOREMAN_BODY_READ_TIMEOUT": "0s"}, want: []string{`FOREMAN_BODY_READ_TIMEOUT="0s": must be positive`}},
+		{env: map[string]string{"FOREMAN_WRITE_TIMEOUT": "soon"}, want: []string{`FOREMAN_WRITE_TIMEOUT="soon": not a duration`}},
+		{env: map[string]string{"FOREMAN_STREAM_BUFFER": "8MiB"}, want: []string{`FOREMAN_STREAM_BUFFER="8MiB": not a positive number of bytes`}},
 		// Every bad value is reported, not only the first.
 		{env: map[string]string{"FOREMAN_JOB_TTL": "abc", "FOREMAN_MAX_WAIT": "soon"}, want: []string{`FOREMAN_JOB_TTL="abc"`, `FOREMAN_MAX_WAIT="soon"`}},
 	}
@@ -166,5 +171,72 @@ func TestConfigTargetLimits(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("args %q env %v: error %v, want one containing %q", c.args, c.env, err, c.want)
 		}
+	}
+}
+
+// A listener beyond loopback needs a token, unless the operator says in so many words
+// that it may go without.
+func TestConfigNonLoopbackNeedsToken(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		args []string
+		env  map[string]string
+		ok   bool
+	}{
+		{env: map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080"}},
+		{env: map[string]string{"FOREMAN_ADDR": ":8080"}},
+		{env: map[string]string{"FOREMAN_ADDR": "[::]:8080"}},
+		{env: map[string]string{"FOREMAN_ADDR": "192.168.1.5:8080"}},
+		{env: map[string]string{"FOREMAN_ADDR": "mac.example:8080"}},
+		{env: map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080", "FOREMAN_INSECURE_NO_AUTH": "false"}},
+		{env: map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080", "FOREMAN_AUTH_TOKEN": "s3cret"}, ok: true},
+		{env: map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080", "FOREMAN_INSECURE_NO_AUTH": "true"}, ok: true},
+		{args: []string{"--insecure-no-auth"}, env: map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080"}, ok: true},
+		{args: []string{"--insecure-no-auth=false"}, env: map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080", "FOREMAN_INSECURE_NO_AUTH": "true"}},
+		{env: map[string]string{"FOREMAN_ADDR": "127.0.0.1:8080"}, ok: true},
+		{env: map[string]string{"FOREMAN_ADDR": "127.8.0.1:8080"}, ok: true},
+		{env: map[string]string{"FOREMAN_ADDR": "localhost:8080"}, ok: true},
+		{env: map[string]string{"FOREMAN_ADDR": "[::1]:8080"}, ok: true},
+	}
+	for _, c := range cases {
+		_, err := parseConfig(t, c.args, c.env)
+		switch {
+		case c.ok && err != nil:
+			t.Errorf("%q %v: %v", c.args, c.env, err)
+		case !c.ok && (err == nil || !strings.Contains(err.Error(), "FOREMAN_AUTH_TOKEN") || !strings.Contains(err.Error(), "FOREMAN_INSECURE_NO_AUTH=true")):
+			t.Errorf("%q %v: error %v, want a refusal naming FOREMAN_AUTH_TOKEN and FOREMAN_INSECURE_NO_AUTH", c.args, c.env, err)
+		}
+	}
+}
+
+// serve refuses 0.0.0.0 without a token before it binds anything.
+func TestServeRefusesPublicAddrWithoutToken(t *testing.T) {
+	t.Parallel()
+	var stdout, stderr bytes.Buffer
+	env := map[string]string{"FOREMAN_ADDR": "0.0.0.0:0", "FOREMAN_DATA_DIR": t.TempDir()}
+	code := execute([]string{"serve"}, strings.NewReader(""), &stdout, &stderr, func(k string) string { return env[k] })
+	if code != 1 || !strings.Contains(stderr.String(), `FOREMAN_ADDR="0.0.0.0:0" is not a loopback address and FOREMAN_AUTH_TOKEN is empty`) {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
+	}
+}
+
+func TestConfigBrowserAndSlowClientSettings(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseConfig(t, []string{"--origins", "https://a.example, chrome-extension://*"}, map[string]string{
+		"FOREMAN_BODY_READ_TIMEOUT": "5s", "FOREMAN_WRITE_TIMEOUT": "7s", "FOREMAN_STREAM_BUFFER": "1048576",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Origins) != 2 || cfg.Origins[1] != "chrome-extension://*" || cfg.BodyReadTimeout != 5*time.Second ||
+		cfg.WriteTimeout != 7*time.Second || cfg.StreamBuffer != 1<<20 || cfg.InsecureNoAuth {
+		t.Errorf("%+v", cfg)
+	}
+	cfg, err = parseConfig(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Origins != nil || cfg.BodyReadTimeout != time.Minute || cfg.WriteTimeout != 30*time.Second || cfg.StreamBuffer != 8<<20 {
+		t.Errorf("defaults: %+v", cfg)
 	}
 }

@@ -114,10 +114,22 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	a.inv = ollama.NewInventory(ollama.InventoryConfig{
 		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: a.warmEmbedder,
 	})
+	// Bind before anything runs: a taken port then fails start-up with nothing to undo,
+	// and the gateway's Host check needs the address really bound.
+	a.ln, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
+	}
+	if cfg.AuthToken == "" && !loopbackAddr(cfg.Addr) {
+		log.Warn("INSECURE: foreman serves a non-loopback address without FOREMAN_AUTH_TOKEN " +
+			"(FOREMAN_INSECURE_NO_AUTH=true): anyone who reaches " + cfg.Addr + " can queue work and read every job's result")
+	}
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
 		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
 		TargetHealth: a.targetHealth,
+		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
+		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
 	})
 	if err != nil {
 		return nil, err
@@ -132,11 +144,6 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 		return nil, err
 	}
 
-	// Bind before anything runs: a taken port then fails start-up with nothing to undo.
-	a.ln, err = net.Listen("tcp", cfg.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
-	}
 	bg, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	a.goRun("inventory", func() error { return a.inv.Run(bg) })
@@ -314,6 +321,9 @@ func (a *app) shutdown(ctx context.Context) error {
 		if a.http != nil {
 			go func() { httpDone <- a.http.Shutdown(ctx) }()
 		} else {
+			if a.ln != nil {
+				_ = a.ln.Close() // bound, but start-up failed before serving
+			}
 			httpDone <- nil
 		}
 		if a.worker != nil {

@@ -225,3 +225,27 @@ func TestNoEmbedModelNoWarmUp(t *testing.T) {
 		t.Fatalf("embed calls without FOREMAN_EMBED_MODEL: %v", rec.bodies)
 	}
 }
+
+// serve hands the bound loopback address to the gateway: a rebound name is refused, the
+// address itself is served.
+func TestServeHostCheckOnLoopback(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	for host, want := range map[string]int{"evil.example": 403, a.Addr(): 200, "localhost": 200} {
+		req, err := http.NewRequest(http.MethodGet, "http://"+a.Addr()+"/healthz", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Host = host
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Host %s: %d %s, want %d", host, resp.StatusCode, body, want)
+		}
+	}
+}
