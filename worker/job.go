@@ -418,7 +418,8 @@ func (w *Worker) nak(d *broker.Delivery, delay time.Duration, log *slog.Logger) 
 	}
 }
 
-// keepInProgress tells JetStream the job is alive every AckWait/3 until stopped.
+// keepInProgress tells JetStream the job is alive every AckWait/3, and keeps its record
+// from expiring (Store.Refresh) while it runs, until stopped.
 func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *slog.Logger) (stop func()) {
 	every := max(w.store.Config().AckWait/3, 10*time.Millisecond)
 	done := make(chan struct{})
@@ -427,11 +428,19 @@ func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *sl
 		defer close(exited)
 		t := time.NewTicker(every)
 		defer t.Stop()
+		rt := time.NewTicker(w.store.RefreshEvery())
+		defer rt.Stop()
 		for {
 			select {
 			case <-t.C:
 				if err := d.Msg.InProgress(); err != nil {
 					log.Warn("extend job ack deadline", "err", err)
+				}
+			case <-rt.C:
+				if ok, err := w.store.Refresh(ctx, d.JobID); err != nil {
+					log.Warn("refresh running job record", "err", err)
+				} else if ok {
+					log.Debug("running job record refreshed before the job TTL")
 				}
 			case <-done:
 				return

@@ -1,0 +1,63 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A job that runs longer than the job TTL keeps its record (the worker refreshes it) and
+// ends done with its result, although its queue message expires under it.
+func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
+	t.Parallel()
+	const ttl = 2 * time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.JobTTL = ttl
+		c.AckWait = time.Second
+	}))
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	j := tb.chat(t, "tiny-a", 1)
+	submitted := time.Now()
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	// Hold the job past twice the TTL and until JetStream has dropped its queue message
+	// (MaxAge = TTL); the record must be there all along.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		rec, _, err := tb.b.Store.Get(ctxT(t), j.ID)
+		if err != nil {
+			t.Fatalf("running job's record after %v: %v", time.Since(submitted).Round(time.Millisecond), err)
+		}
+		if rec.State.Terminal() {
+			t.Fatalf("job ended %s while held", rec.State)
+		}
+		n, err := tb.b.Store.QueueLen(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 && time.Since(submitted) > 2*ttl {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue still holds %d messages", n)
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	release()
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if len(got.Result) == 0 {
+		t.Fatal("done job has no result")
+	}
+	if _, data, err := tb.b.Store.GetArtifact(ctxT(t), j.ID, "result.json"); err != nil || len(data) == 0 {
+		t.Fatalf("result artifact: %d bytes, %v", len(data), err)
+	}
+	if got.Attempt != 1 {
+		t.Errorf("attempt %d, want 1", got.Attempt)
+	}
+}
