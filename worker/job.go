@@ -402,8 +402,20 @@ func (w *Worker) finish(ctx context.Context, d *broker.Delivery, log *slog.Logge
 	w.index.touch(d.Token)
 }
 
-// nak puts a job back in the queue, available again after delay.
+// nak puts a job back in the queue, available again after delay. A job whose message
+// JetStream drops (or may drop) at the queue's MaxAge before then is requeued instead,
+// available at once: a NAK of a dropped message would leave the job nowhere.
 func (w *Worker) nak(d *broker.Delivery, delay time.Duration, log *slog.Logger) {
+	if w.store.OutlivesQueue(d, delay) {
+		ctx, cancel := w.storeCtx(context.Background())
+		err := w.store.Requeue(ctx, d)
+		cancel()
+		if err == nil {
+			log.Info("job requeued: its queue message reached the job TTL")
+			return
+		}
+		log.Warn("requeue job; trying a NAK", "err", err)
+	}
 	var err error
 	if delay > 0 {
 		err = d.Msg.NakWithDelay(delay)

@@ -6,6 +6,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -60,4 +61,30 @@ func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
 	if got.Attempt != 1 {
 		t.Errorf("attempt %d, want 1", got.Attempt)
 	}
+}
+
+// A job whose run outlived the TTL, and with it its queue message, still gets its next
+// attempt when the target drops the connection: the worker requeues it.
+func TestRetryAfterQueueMessageExpired(t *testing.T) {
+	t.Parallel()
+	const ttl = 2 * time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.JobTTL = ttl
+		c.AckWait = time.Second
+	}))
+	tb.fake.FailNext(1, ollamatest.DropMidStream)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitQueueEmpty(t) // JetStream dropped the running job's message at MaxAge
+	release()
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Errorf("attempt %d, want 2", got.Attempt)
+	}
+	tb.waitQueueEmpty(t)
 }
