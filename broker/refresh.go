@@ -81,6 +81,7 @@ func (s *Store) Requeue(ctx context.Context, d *Delivery) error {
 	} else {
 		msg.Data = d.Body
 	}
+	msg.Header.Set(HeaderRequeued, "1")
 	// The id dedupes a retried publish of this requeue, not the job's first message.
 	id := fmt.Sprintf("%s.requeue.%d", d.JobID, d.Seq)
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {

@@ -46,6 +46,16 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		log.Info("job already ended; dropping its queue message", "state", j.State)
 		w.finish(bctx, d, log)
 		return
+	case d.NumDelivered == 1 && !d.Requeued && (j.State == broker.StateLoading || j.State == broker.StateWorking):
+		// A job runs only from a message delivered to it, so a running job's message on
+		// its first delivery is a spare copy (an idempotent retry published the job again
+		// after the queue's duplicate window): the delivery running the job ends it, and a
+		// crash of that run brings that delivery back, not this one.
+		log.Info("spare queue message of a running job; dropped", "state", j.State)
+		if err := w.store.DropSpare(bctx, d); err != nil {
+			log.Warn("ack spare queue message", "err", err)
+		}
+		return
 	case j.CancelRequested != "":
 		// Canceled while it ran on a foreman that died before it could end it.
 		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
