@@ -27,16 +27,16 @@ const (
 	HeaderModel   = "Foreman-Model"
 	HeaderKind    = "Foreman-Kind"
 	HeaderBodyRef = "Foreman-Body-Ref"
-	// HeaderRequeued marks a queue message the worker published again for a job whose
-	// first one reached the queue's MaxAge while it ran (Store.Requeue).
-	HeaderRequeued = "Foreman-Requeued"
-	HeaderSeq      = "Foreman-Seq"
-	HeaderFinal    = "Foreman-Final"
-	HeaderError    = "Foreman-Error"
+	HeaderSeq     = "Foreman-Seq"
+	HeaderFinal   = "Foreman-Final"
+	HeaderError   = "Foreman-Error"
 	// HeaderContentType rides on a job's first stream frame: the target's Content-Type.
 	HeaderContentType = "Foreman-Content-Type"
 	// HeaderStatus rides on a "failed" final marker when the target answered non-2xx.
 	HeaderStatus = "Foreman-Status"
+	// HeaderRequeued marks a queue message the worker published again for a job whose
+	// first one reached the queue's MaxAge while it ran (Store.Requeue).
+	HeaderRequeued = "Foreman-Requeued"
 )
 
 // StateSubject is where every state change of job id is announced.
