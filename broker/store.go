@@ -77,6 +77,8 @@ type Store struct {
 
 	mu        sync.Mutex
 	consumers map[string]jetstream.Consumer
+
+	listMode listMode // tests only: force List's way of reading
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and
