@@ -37,7 +37,7 @@ const (
 	listMaxWindow   = 16384
 	// idClockSlack covers a clock that made ids ahead of the NATS server's clock (an
 	// external server on another host).
-	idClockSlack = 100 * time.Millisecond
+	idClockSlack = time.Second
 )
 
 // List returns jobs newest first (ULIDs sort by creation time) and the cursor of the next
