@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,6 +54,8 @@ func TestIdempotencyKeyOfASlowFirstRequestIsNotTakenOver(t *testing.T) {
 	ctx := testCtx(t, 30*time.Second)
 	entered := make(chan string, 2)
 	hold := make(chan struct{})
+	unhold := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(unhold)
 	b.GW.beforeSubmit = func(id string) {
 		entered <- id
 		<-hold
@@ -79,8 +82,7 @@ func TestIdempotencyKeyOfASlowFirstRequestIsNotTakenOver(t *testing.T) {
 	}
 	go send(retryC)
 	// The first request stays slow for longer than the old fixed 2 s wait.
-	release := time.AfterFunc(2500*time.Millisecond, func() { close(hold) })
-	defer release.Stop()
+	time.AfterFunc(2500*time.Millisecond, unhold)
 	first, retry := <-firstC, <-retryC
 	if first.status != http.StatusAccepted || first.id != firstID {
 		t.Fatalf("first request: %+v, want 202 with %s", first, firstID)
