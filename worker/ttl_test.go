@@ -27,16 +27,23 @@ func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
 		t.Fatal(err)
 	}
+	started := tb.waitState(t, j.ID, broker.StateLoading)
+	_, rev0, err := tb.b.Store.Get(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Hold the job past twice the TTL and until JetStream has dropped its queue message
-	// (MaxAge = TTL); the record must be there all along.
+	// (MaxAge = TTL); the record must be there all along, unchanged but for its revision.
 	deadline := time.Now().Add(30 * time.Second)
+	var rev uint64
 	for {
-		rec, _, err := tb.b.Store.Get(ctxT(t), j.ID)
+		var rec *broker.Job
+		rec, rev, err = tb.b.Store.Get(ctxT(t), j.ID)
 		if err != nil {
 			t.Fatalf("running job's record after %v: %v", time.Since(submitted).Round(time.Millisecond), err)
 		}
-		if rec.State.Terminal() {
-			t.Fatalf("job ended %s while held", rec.State)
+		if rec.State != started.State || !rec.At.Equal(started.At) || rec.Attempt != started.Attempt {
+			t.Fatalf("record changed while held: %+v, was %+v", rec, started)
 		}
 		n, err := tb.b.Store.QueueLen(ctxT(t))
 		if err != nil {
@@ -49,6 +56,9 @@ func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
 			t.Fatalf("queue still holds %d messages", n)
 		}
 		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	if rev <= rev0 {
+		t.Fatalf("record never rewritten (revision %d)", rev)
 	}
 	release()
 	got := tb.waitState(t, j.ID, broker.StateDone)
