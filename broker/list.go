@@ -61,10 +61,11 @@ func (s *Store) List(ctx context.Context, opt ListOptions) ([]*Job, string, erro
 		return nil, "", err
 	}
 	p := &pager{opt: opt, model: model, seen: map[string]bool{}}
-	// Reading the stream back costs its messages, reading every key costs the keys; the
-	// stream holds a few revisions per key. Past a budget of about the keys' number
-	// (deep pages, rare filter matches) reading every key is the cheaper way.
-	budget := max(info.State.NumSubjects, listFirstWindow)
+	// Reading the stream back costs its messages, reading every key costs the keys (a
+	// message read back costs about 1.5 keys read); the stream holds a few revisions per
+	// key. Past a budget of half the keys' number (deep pages, rare filter matches)
+	// reading every key is the cheaper way.
+	budget := max(info.State.NumSubjects/2, listFirstWindow)
 	switch s.listMode {
 	case listByScan:
 		budget = math.MaxUint64
