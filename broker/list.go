@@ -73,7 +73,7 @@ func (s *Store) List(ctx context.Context, opt ListOptions) ([]*Job, string, erro
 		return s.listByKeys(ctx, p)
 	}
 	if opt.Cursor != "" {
-		after, err := s.messagesSince(ctx, opt.Cursor)
+		after, err := s.messagesSince(ctx, opt.Cursor, info)
 		if err != nil {
 			return nil, "", err
 		}
@@ -123,30 +123,36 @@ func (s *Store) listByKeys(ctx context.Context, p *pager) ([]*Job, string, error
 	return p.result(err)
 }
 
-// messagesSince counts the job record writes stored since the time job id names.
-func (s *Store) messagesSince(ctx context.Context, id string) (uint64, error) {
+// messagesSince estimates the bucket writes stored since the time job id names: a binary
+// search of the stream by message time, a few direct gets whatever its size.
+func (s *Store) messagesSince(ctx context.Context, id string, info *jetstream.StreamInfo) (uint64, error) {
 	u, err := ulid.ParseStrict(id)
 	if err != nil {
 		return 0, fmt.Errorf("bad cursor: %w", err)
 	}
 	t := ulid.Time(u.Time())
-	c, err := s.js.CreateConsumer(ctx, "KV_"+JobsBucket, jetstream.ConsumerConfig{
-		FilterSubject:     "$KV." + JobsBucket + ".job.*",
-		DeliverPolicy:     jetstream.DeliverByStartTimePolicy,
-		OptStartTime:      &t,
-		AckPolicy:         jetstream.AckNonePolicy,
-		HeadersOnly:       true,
-		MemoryStorage:     true,
-		InactiveThreshold: time.Minute, // should the delete below fail
-	})
+	stream, err := s.js.Stream(ctx, "KV_"+JobsBucket)
 	if err != nil {
 		return 0, fmt.Errorf("broker: list: %w", err)
 	}
-	n := c.CachedInfo().NumPending
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	_ = s.js.DeleteConsumer(dctx, "KV_"+JobsBucket, c.CachedInfo().Name)
-	return n, nil
+	lo, hi := info.State.FirstSeq, info.State.LastSeq+1 // the first message at or after t is in [lo, hi]
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		m, err := stream.GetMsg(ctx, mid, jetstream.WithGetMsgSubject("$KV."+JobsBucket+".>"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			hi = mid // nothing from mid on
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("broker: list: %w", err)
+		}
+		if m.Time.Before(t) {
+			lo = m.Sequence + 1
+		} else {
+			hi = mid
+		}
+	}
+	return info.State.LastSeq + 1 - lo, nil
 }
 
 // listMode forces one way of listing (tests): 0 picks by cost.
