@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -16,6 +17,12 @@ import (
 type IdempotencyClaim struct {
 	JobID      string `json:"job_id"`
 	BodySHA256 string `json:"body_sha256,omitempty"`
+	// Until is the deadline of the submit that made the claim: until then its job record
+	// may still be on its way (a large body under SyncAlways takes a while), after it a
+	// claim without a record is orphaned (its request died) and may be taken over.
+	Until time.Time `json:"until,omitzero"`
+	// Claimed is when the claim was stored (the server's time); filled in on read.
+	Claimed time.Time `json:"-"`
 }
 
 // idemKey is the KV key of an idempotency key. It lives in the jobs bucket (so it expires
@@ -57,6 +64,7 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 		if err := json.Unmarshal(e.Value(), &got); err != nil {
 			return IdempotencyClaim{}, false, fmt.Errorf("broker: decode idempotency key: %w", err)
 		}
+		got.Claimed = e.Created()
 		return got, false, nil
 	}
 	return IdempotencyClaim{}, false, fmt.Errorf("%w: idempotency key keeps changing", ErrConflict)

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 )
 
 // ListOptions filters and pages List.
@@ -20,6 +23,22 @@ type ListOptions struct {
 	// Cursor is the last id of the previous page; the next page starts after it.
 	Cursor string
 }
+
+// Paging newest first without reading every record (ADR-0025). Job ids are ULIDs, made
+// just before the record's first write, so a job's every revision sits in the bucket's
+// stream at or after the time its id names. Reading the stream backwards from its end
+// down to a message stored at time t has therefore met (a revision of) every job whose id
+// is later than t: those ids are final, in id order, and the page is read from them. A
+// page costs the stream's messages since its oldest job was created, not the whole bucket.
+const (
+	// listFirstWindow is the first stretch of the stream read back from its end; each
+	// further one doubles, up to listMaxWindow.
+	listFirstWindow = 256
+	listMaxWindow   = 16384
+	// idClockSlack covers a clock that made ids ahead of the NATS server's clock (an
+	// external server on another host).
+	idClockSlack = time.Second
+)
 
 // List returns jobs newest first (ULIDs sort by creation time) and the cursor of the next
 // page, empty when there is none.
@@ -37,39 +56,253 @@ func (s *Store) List(ctx context.Context, opt ListOptions) ([]*Job, string, erro
 	if opt.Model != "" {
 		model = NormalizeModel(opt.Model)
 	}
+	info, err := s.kvStream(ctx)
+	if err != nil {
+		return nil, "", err
+	}
+	p := &pager{opt: opt, model: model, seen: map[string]bool{}}
+	// Reading the stream back costs its messages, reading every key costs the keys (a
+	// message read back costs about 1.5 keys read); the stream holds a few revisions per
+	// key. Past a budget of half the keys' number (deep pages, rare filter matches)
+	// reading every key is the cheaper way.
+	budget := max(info.State.NumSubjects/2, listFirstWindow)
+	switch s.listMode {
+	case listByScan:
+		budget = math.MaxUint64
+	case listByKeys:
+		return s.listByKeys(ctx, p)
+	}
+	if opt.Cursor != "" {
+		after, err := s.messagesSince(ctx, opt.Cursor, info)
+		if err != nil {
+			return nil, "", err
+		}
+		if after > budget {
+			return s.listByKeys(ctx, p)
+		}
+	}
+	hi, window, read := info.State.LastSeq, uint64(listFirstWindow), uint64(0)
+	for hi >= info.State.FirstSeq && hi > 0 {
+		if read > budget {
+			return s.listByKeys(ctx, &pager{opt: opt, model: model, seen: map[string]bool{}})
+		}
+		lo := info.State.FirstSeq
+		if hi-lo+1 > window {
+			lo = hi - window + 1
+		}
+		oldest, err := s.scanKeys(ctx, lo, hi, p.meet)
+		if err != nil {
+			return nil, "", err
+		}
+		if !oldest.IsZero() {
+			// Every job not met yet was created at or before oldest.
+			bound := ulid.ULID{}
+			if err := bound.SetTime(ulid.Timestamp(oldest.Add(idClockSlack)) + 1); err == nil {
+				if done, err := p.take(ctx, s, bound.String()); err != nil || done {
+					return p.result(err)
+				}
+			}
+		}
+		read += hi - lo + 1
+		hi, window = lo-1, min(2*window, listMaxWindow)
+	}
+	_, err = p.take(ctx, s, "") // the whole stream was read: every job is final
+	return p.result(err)
+}
+
+// listByKeys reads every job key of the bucket and pages through them.
+func (s *Store) listByKeys(ctx context.Context, p *pager) ([]*Job, string, error) {
 	lister, err := s.kv.ListKeysFiltered(ctx, "job.*")
 	if err != nil {
 		return nil, "", fmt.Errorf("broker: list: %w", err)
 	}
-	var ids []string
 	for k := range lister.Keys() {
-		ids = append(ids, strings.TrimPrefix(k, "job."))
+		p.meet(strings.TrimPrefix(k, "job."), true)
 	}
-	slices.Sort(ids)
-	slices.Reverse(ids)
+	_, err = p.take(ctx, s, "")
+	return p.result(err)
+}
 
-	var out []*Job
-	for _, id := range ids {
-		if opt.Cursor != "" && id >= opt.Cursor {
+// messagesSince estimates the bucket writes stored since the time job id names: a binary
+// search of the stream by message time, a few direct gets whatever its size.
+func (s *Store) messagesSince(ctx context.Context, id string, info *jetstream.StreamInfo) (uint64, error) {
+	u, err := ulid.ParseStrict(id)
+	if err != nil {
+		return 0, fmt.Errorf("bad cursor: %w", err)
+	}
+	t := ulid.Time(u.Time())
+	stream, err := s.js.Stream(ctx, "KV_"+JobsBucket)
+	if err != nil {
+		return 0, fmt.Errorf("broker: list: %w", err)
+	}
+	lo, hi := info.State.FirstSeq, info.State.LastSeq+1 // the first message at or after t is in [lo, hi]
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		m, err := stream.GetMsg(ctx, mid, jetstream.WithGetMsgSubject("$KV."+JobsBucket+".>"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			hi = mid // nothing from mid on
 			continue
-		}
-		j, _, err := s.Get(ctx, id)
-		if errors.Is(err, ErrNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			continue // expired or deleted since listed
 		}
 		if err != nil {
-			return nil, "", err
+			return 0, fmt.Errorf("broker: list: %w", err)
 		}
-		if opt.State != "" && j.State != opt.State {
-			continue
+		if m.Time.Before(t) {
+			lo = m.Sequence + 1
+		} else {
+			hi = mid
 		}
-		if model != "" && NormalizeModel(j.Model) != model {
-			continue
-		}
-		if len(out) == opt.Limit {
-			return out, out[len(out)-1].ID, nil
-		}
-		out = append(out, j)
 	}
-	return out, "", nil
+	return info.State.LastSeq + 1 - lo, nil
+}
+
+// listMode forces one way of listing (tests): 0 picks by cost.
+type listMode int
+
+const (
+	listByCost listMode = iota
+	listByScan
+	listByKeys
+)
+
+// pager gathers one List page.
+type pager struct {
+	opt     ListOptions
+	model   string
+	seen    map[string]bool // job ids met in the stream
+	pending []string        // live ids met, not yet final
+	out     []*Job
+	more    bool // a match beyond the page exists
+}
+
+// meet notes a job key met reading the stream backwards: the first time is its latest
+// revision, which tells whether the job still exists.
+func (p *pager) meet(id string, live bool) {
+	if p.seen[id] || len(id) != ulid.EncodedSize {
+		return
+	}
+	p.seen[id] = true
+	if live && (p.opt.Cursor == "" || id < p.opt.Cursor) {
+		p.pending = append(p.pending, id)
+	}
+}
+
+// take reads, newest first, the pending jobs whose ids are at or after bound (all of
+// them when bound is empty) and keeps the matches; it reports whether the page is full.
+// Ids met later are all older than bound, so nothing can come before those taken.
+func (p *pager) take(ctx context.Context, s *Store, bound string) (bool, error) {
+	slices.Sort(p.pending)
+	cut := 0
+	if bound != "" {
+		cut, _ = slices.BinarySearch(p.pending, bound)
+	}
+	final := p.pending[cut:]
+	p.pending = p.pending[:cut:cut]
+	for i := len(final) - 1; i >= 0; i-- {
+		j, _, err := s.Get(ctx, final[i])
+		if errors.Is(err, ErrNotFound) {
+			continue // expired or deleted since it was met
+		}
+		if err != nil {
+			return false, err
+		}
+		if p.opt.State != "" && j.State != p.opt.State {
+			continue
+		}
+		if p.model != "" && NormalizeModel(j.Model) != p.model {
+			continue
+		}
+		if len(p.out) == p.opt.Limit {
+			p.more = true
+			return true, nil
+		}
+		p.out = append(p.out, j)
+	}
+	return false, nil
+}
+
+func (p *pager) result(err error) ([]*Job, string, error) {
+	if err != nil {
+		return nil, "", err
+	}
+	if p.more {
+		return p.out, p.out[len(p.out)-1].ID, nil
+	}
+	return p.out, "", nil
+}
+
+// kvStream is the state of the job bucket's stream.
+func (s *Store) kvStream(ctx context.Context) (*jetstream.StreamInfo, error) {
+	st, err := s.js.Stream(ctx, "KV_"+JobsBucket)
+	if err != nil {
+		return nil, fmt.Errorf("broker: list: %w", err)
+	}
+	return st.Info(ctx)
+}
+
+// scanKeys reads the job keys stored in the bucket's stream between sequences lo and hi
+// (headers only) and hands them to meet newest first, with whether that revision is a
+// value (not a delete or purge marker). It returns when the oldest of them was stored.
+func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string, live bool)) (time.Time, error) {
+	prefix := "$KV." + JobsBucket + ".job."
+	c, err := s.js.CreateConsumer(ctx, "KV_"+JobsBucket, jetstream.ConsumerConfig{
+		FilterSubject:     prefix + "*",
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       lo,
+		AckPolicy:         jetstream.AckNonePolicy,
+		HeadersOnly:       true,
+		MemoryStorage:     true,
+		InactiveThreshold: time.Minute, // should the delete below fail
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("broker: list: %w", err)
+	}
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = s.js.DeleteConsumer(dctx, "KV_"+JobsBucket, c.CachedInfo().Name)
+	}()
+	type rev struct {
+		id   string
+		live bool
+	}
+	var (
+		revs   []rev
+		oldest time.Time
+	)
+	for done := false; !done; {
+		batch, err := c.FetchNoWait(int(min(hi-lo+1, 4096)))
+		if err != nil {
+			return time.Time{}, fmt.Errorf("broker: list: %w", err)
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			md, err := m.Metadata()
+			if err != nil {
+				return time.Time{}, fmt.Errorf("broker: list: %w", err)
+			}
+			if md.Sequence.Stream > hi {
+				done = true
+				continue
+			}
+			if oldest.IsZero() {
+				oldest = md.Timestamp
+			}
+			op := m.Headers().Get("KV-Operation")
+			revs = append(revs, rev{strings.TrimPrefix(m.Subject(), prefix), op != "DEL" && op != "PURGE"})
+			if md.Sequence.Stream == hi || md.NumPending == 0 {
+				done = true
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			return time.Time{}, fmt.Errorf("broker: list: %w", err)
+		}
+		if n == 0 {
+			done = true
+		}
+	}
+	for i := len(revs) - 1; i >= 0; i-- {
+		meet(revs[i].id, revs[i].live)
+	}
+	return oldest, nil
 }

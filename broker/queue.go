@@ -22,6 +22,8 @@ type Delivery struct {
 	Seq          uint64
 	NumDelivered uint64
 	Enqueued     time.Time
+	// Requeued is set on a message Requeue published (HeaderRequeued).
+	Requeued bool
 }
 
 // consumer returns the durable pull consumer of one model's queue subject, creating it on
@@ -123,6 +125,7 @@ func (s *Store) delivery(ctx context.Context, token string, msg jetstream.Msg) (
 		Seq:          md.Sequence.Stream,
 		NumDelivered: md.NumDelivered,
 		Enqueued:     md.Timestamp,
+		Requeued:     h.Get(HeaderRequeued) != "",
 	}
 	if err := d.check(h.Get(HeaderBodyRef)); err != nil {
 		return d, err
@@ -173,6 +176,13 @@ func (s *Store) Finish(ctx context.Context, d *Delivery) error {
 		}
 	}
 	return err
+}
+
+// DropSpare removes a spare queue message of a job that another delivery runs (an
+// idempotent retry published the job again after the duplicate window). Unlike Finish it
+// leaves the request body: the running delivery may still need it for another attempt.
+func (s *Store) DropSpare(ctx context.Context, d *Delivery) error {
+	return d.Msg.DoubleAck(ctx)
 }
 
 // Pending is one queued job, as the selection logic sees it.

@@ -77,6 +77,8 @@ type Store struct {
 
 	mu        sync.Mutex
 	consumers map[string]jetstream.Consumer
+
+	listMode listMode // tests only: force List's way of reading
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and
@@ -218,6 +220,41 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		if created {
 			s.discard(j)
 		}
+		return nil, err
+	}
+	return j, nil
+}
+
+// Resubmit makes sure job id has its queue message while its record says queued. An
+// idempotent retry calls it: a crash between Submit's record write and its publish leaves
+// a queued record that no worker would ever see. The publish carries the job id as
+// Nats-Msg-Id, so within the queue's duplicate window it is dropped when the first one
+// made it; after the window a spare copy may be queued, which the worker drops (the job
+// has ended, or another delivery runs it). body is the request body, the same as the
+// first request's (the idempotency key's digest says so); a large one is stored again
+// only when its object is gone. It returns the job as found.
+func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, error) {
+	j, _, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if j.State != StateQueued {
+		return j, nil
+	}
+	token, err := ModelToken(j.Model)
+	if err != nil {
+		return nil, err
+	}
+	if j.BodyRef != "" {
+		_, err := s.artifacts.GetInfo(ctx, j.BodyRef)
+		if errors.Is(err, jetstream.ErrObjectNotFound) {
+			_, err = s.artifacts.PutBytes(ctx, j.BodyRef, body)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("broker: resubmit %s: request body: %w", id, storageErr(err))
+		}
+	}
+	if err := s.enqueue(ctx, j, token, body); err != nil {
 		return nil, err
 	}
 	return j, nil

@@ -34,6 +34,9 @@ const (
 	HeaderContentType = "Foreman-Content-Type"
 	// HeaderStatus rides on a "failed" final marker when the target answered non-2xx.
 	HeaderStatus = "Foreman-Status"
+	// HeaderRequeued marks a queue message the worker published again for a job whose
+	// first one reached the queue's MaxAge while it ran (Store.Requeue).
+	HeaderRequeued = "Foreman-Requeued"
 )
 
 // StateSubject is where every state change of job id is announced.

@@ -109,6 +109,10 @@ type Server struct {
 	// ending is closed by EndRelays: responses still waiting for a job end then.
 	ending    chan struct{}
 	endingOne sync.Once
+
+	// beforeSubmit, when set (tests only), runs after a submit claimed its idempotency
+	// key and before it writes the job.
+	beforeSubmit func(jobID string)
 }
 
 // New builds the server and its routes.

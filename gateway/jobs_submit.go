@@ -237,7 +237,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 		// The key protects the job itself: its kind and the body sent to the target, not
 		// the webhook fields (a client's own receiver URL changes between retries).
 		sum := sha256.Sum256(append([]byte(string(sub.kind)+"\n"), sub.body...))
-		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: hex.EncodeToString(sum[:])}
+		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: hex.EncodeToString(sum[:]), Until: submitDeadline(ctx)}
 		for attempt := 0; ; attempt++ {
 			got, created, err := s.store.ClaimIdempotencyKey(ctx, idemKey, claim)
 			if err != nil {
@@ -249,14 +249,33 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 			if got.BodySHA256 != "" && got.BodySHA256 != claim.BodySHA256 {
 				return "", false, &Error{Status: http.StatusUnprocessableEntity, Message: "Idempotency-Key was already used with a different request body"}
 			}
-			if s.awaitRecord(ctx, got.JobID) || attempt > 0 {
+			found, err := s.awaitClaimed(ctx, got)
+			if err != nil {
+				return "", false, err
+			}
+			if found {
+				// A crash between the record and its queue message leaves the job queued
+				// with nothing to run it: publish it again (a duplicate is dropped).
+				_, err := s.store.Resubmit(ctx, got.JobID, sub.body)
+				if errors.Is(err, broker.ErrNotFound) {
+					continue // its submit failed and discarded it just now: claim again
+				}
+				if err != nil {
+					return "", false, err
+				}
 				return got.JobID, true, nil
 			}
+			if attempt > 0 {
+				return "", false, errClaimBusy
+			}
 			// The key names a job that never came to be (its first request died between
-			// the claim and the submit): free it and claim it for this request.
+			// the claim and the submit, and its deadline has passed): take it over.
 			if err := s.store.ReleaseIdempotencyKey(ctx, idemKey, got.JobID); err != nil {
 				return "", false, err
 			}
+		}
+		if s.beforeSubmit != nil {
+			s.beforeSubmit(job.ID)
 		}
 	}
 	j, err := s.store.Submit(ctx, job, sub.body)
@@ -272,20 +291,49 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 	return j.ID, false, nil
 }
 
-// awaitRecord gives a racing first request with the same idempotency key a moment to
-// write its job record, so the replayed id can be fetched at once; it reports whether the
-// record exists.
-func (s *Server) awaitRecord(ctx context.Context, id string) bool {
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		if _, _, err := s.store.Get(ctx, id); !errors.Is(err, broker.ErrNotFound) {
-			return true
+// claimGrace is how long after its submit's deadline a claim still counts as live: a
+// record write sent just before the deadline may land a moment after it.
+const claimGrace = 2 * time.Second
+
+// submitDeadline is the deadline of a submit under ctx (submitTimeout when it has none).
+func submitDeadline(ctx context.Context) time.Time {
+	if dl, ok := ctx.Deadline(); ok {
+		return dl.UTC()
+	}
+	return time.Now().Add(submitTimeout).UTC()
+}
+
+// awaitClaimed waits for the job record of an idempotency claim another request made. It
+// reports true once the record exists, false once the claim is orphaned: its submit's
+// deadline (plus claimGrace) passed with no record, so that request died or gave up, and
+// the claim may be taken over. A claim is never taken over only because its request is
+// slow. When ctx ends first, the answer is a 409: the other request may still succeed.
+func (s *Server) awaitClaimed(ctx context.Context, c broker.IdempotencyClaim) (bool, error) {
+	until := c.Until
+	if until.IsZero() {
+		// Written without a deadline: allow the longest submit there is.
+		until = c.Claimed.Add(max(submitTimeout, natsSubmitTimeout))
+	}
+	until = until.Add(claimGrace)
+	for {
+		_, _, err := s.store.Get(ctx, c.JobID)
+		switch {
+		case err == nil:
+			return true, nil
+		case ctx.Err() != nil:
+			return false, errClaimBusy
+		case !errors.Is(err, broker.ErrNotFound):
+			return false, err
+		case s.store.Now().After(until):
+			return false, nil
 		}
 		select {
 		case <-ctx.Done():
-			return false
+			return false, errClaimBusy
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
-	return false
 }
+
+// errClaimBusy answers a request whose idempotency key another live request holds.
+var errClaimBusy = &Error{Status: http.StatusConflict, Message: "Idempotency-Key: another request with this key is still being submitted; retry"}

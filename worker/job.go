@@ -52,6 +52,16 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		log.Info("job already ended; dropping its queue message", "state", j.State)
 		w.finish(bctx, d, log)
 		return
+	case d.NumDelivered == 1 && !d.Requeued && (j.State == broker.StateLoading || j.State == broker.StateWorking):
+		// A job runs only from a message delivered to it, so a running job's message on
+		// its first delivery is a spare copy (an idempotent retry published the job again
+		// after the queue's duplicate window): the delivery running the job ends it, and a
+		// crash of that run brings that delivery back, not this one.
+		log.Info("spare queue message of a running job; dropped", "state", j.State)
+		if err := w.store.DropSpare(bctx, d); err != nil {
+			log.Warn("ack spare queue message", "err", err)
+		}
+		return
 	case j.CancelRequested != "":
 		// Canceled while it ran on a foreman that died before it could end it.
 		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
@@ -470,8 +480,20 @@ func (w *Worker) finish(ctx context.Context, d *broker.Delivery, log *slog.Logge
 	w.index.touch(d.Token)
 }
 
-// nak puts a job back in the queue, available again after delay.
+// nak puts a job back in the queue, available again after delay. A job whose message
+// JetStream drops (or may drop) at the queue's MaxAge before then is requeued instead,
+// available at once: a NAK of a dropped message would leave the job nowhere.
 func (w *Worker) nak(d *broker.Delivery, delay time.Duration, log *slog.Logger) {
+	if w.store.OutlivesQueue(d, delay) {
+		ctx, cancel := w.storeCtx(context.Background())
+		err := w.store.Requeue(ctx, d)
+		cancel()
+		if err == nil {
+			log.Info("job requeued: its queue message reached the job TTL")
+			return
+		}
+		log.Warn("requeue job; trying a NAK", "err", err)
+	}
 	var err error
 	if delay > 0 {
 		err = d.Msg.NakWithDelay(delay)
@@ -486,7 +508,8 @@ func (w *Worker) nak(d *broker.Delivery, delay time.Duration, log *slog.Logger) 
 	}
 }
 
-// keepInProgress tells JetStream the job is alive every AckWait/3 until stopped.
+// keepInProgress tells JetStream the job is alive every AckWait/3, and keeps its record
+// from expiring (Store.Refresh) while it runs, until stopped.
 func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *slog.Logger) (stop func()) {
 	every := max(w.store.Config().AckWait/3, 10*time.Millisecond)
 	done := make(chan struct{})
@@ -495,11 +518,19 @@ func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *sl
 		defer close(exited)
 		t := time.NewTicker(every)
 		defer t.Stop()
+		rt := time.NewTicker(w.store.RefreshEvery())
+		defer rt.Stop()
 		for {
 			select {
 			case <-t.C:
 				if err := d.Msg.InProgress(); err != nil {
 					log.Warn("extend job ack deadline", "err", err)
+				}
+			case <-rt.C:
+				if ok, err := w.store.Refresh(ctx, d.JobID); err != nil {
+					log.Warn("refresh running job record", "err", err)
+				} else if ok {
+					log.Debug("running job record refreshed before the job TTL")
 				}
 			case <-done:
 				return

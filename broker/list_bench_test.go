@@ -1,0 +1,88 @@
+package broker_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// fillRecords writes n job records straight into the bucket, as a busy foreman
+// leaves them: created in id order, each updated to its end a few jobs later (two
+// revisions per job, interleaved), models and end states mixed. It returns the ids in
+// creation order.
+func fillRecords(tb testing.TB, st *broker.Store, n int) []string {
+	tb.Helper()
+	js := st.JetStream()
+	ids := make([]string, n)
+	now := time.Now().UTC()
+	put := func(i int, state broker.State) {
+		j := broker.Job{ID: ids[i], Model: fmt.Sprintf("bench-%d:latest", i%5), Kind: broker.KindChat, State: state, CreatedAt: now, At: now}
+		data, _ := json.Marshal(&j)
+		if _, err := js.PublishAsync("$KV."+broker.JobsBucket+".job."+ids[i], data); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	for i := range n {
+		ids[i] = broker.NewID()
+		put(i, broker.StateQueued)
+		if i >= 3 {
+			end := broker.StateDone
+			if (i-3)%10 == 0 {
+				end = broker.StateFailed
+			}
+			put(i-3, end)
+		}
+		// A few writes in flight at a time: pipelined, yet each record is stored a moment
+		// after its id was made, as a synchronous submit stores it.
+		if i%50 == 49 {
+			<-js.PublishAsyncComplete()
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(5 * time.Minute):
+		tb.Fatal("record publish timed out")
+	}
+	return ids
+}
+
+// BenchmarkList measures GET /jobs pages: the newest page, a page in the middle (by
+// cursor) and filtered pages, over growing numbers of records. Above 1k records the
+// set-up takes a while; -short skips it.
+func BenchmarkList(b *testing.B) {
+	for _, n := range []int{1_000, 100_000} {
+		if n > 1_000 && testing.Short() {
+			continue
+		}
+		bundle := brokertest.New(b)
+		ids := fillRecords(b, bundle.Store, n)
+		ctx := context.Background()
+		cases := []struct {
+			name string
+			opt  broker.ListOptions
+		}{
+			{"newest3", broker.ListOptions{Limit: 3}},
+			{"newest50", broker.ListOptions{Limit: 50}},
+			{"middle50", broker.ListOptions{Limit: 50, Cursor: ids[n/2]}},
+			{"failed50", broker.ListOptions{Limit: 50, State: broker.StateFailed}},
+			{"model50", broker.ListOptions{Limit: 50, Model: "bench-3"}},
+		}
+		for _, c := range cases {
+			b.Run(c.name+"/records="+strconv.Itoa(n), func(b *testing.B) {
+				for b.Loop() {
+					page, _, err := bundle.Store.List(ctx, c.opt)
+					if err != nil || len(page) != c.opt.Limit {
+						b.Fatalf("list: %d jobs, %v", len(page), err)
+					}
+				}
+			})
+		}
+		bundle.Stop()
+	}
+}

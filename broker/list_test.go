@@ -1,0 +1,201 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// listAll pages through List with opt until the last page, calling between after each
+// page, and returns the ids in the order listed.
+func listAll(t *testing.T, st *broker.Store, opt broker.ListOptions, between func(page int)) []string {
+	t.Helper()
+	var got []string
+	for page := 0; ; page++ {
+		jobs, next, err := st.List(ctxT(t), opt)
+		if err != nil {
+			t.Fatalf("page %d: %v", page, err)
+		}
+		if len(jobs) > opt.Limit || (next != "" && len(jobs) != opt.Limit) {
+			t.Fatalf("page %d: %d jobs with next %q (limit %d)", page, len(jobs), next, opt.Limit)
+		}
+		for _, j := range jobs {
+			got = append(got, j.ID)
+		}
+		if next == "" {
+			return got
+		}
+		if between != nil {
+			between(page)
+		}
+		opt.Cursor = next
+	}
+}
+
+// expire removes every revision of a record from the bucket's stream, as MaxAge does: no
+// delete marker is left behind (a stream purge by subject, not the bucket's Purge).
+func expire(t *testing.T, b *brokertest.Bundle, id string) {
+	t.Helper()
+	ctx := ctxT(t)
+	stream, err := b.Store.JetStream().Stream(ctx, "KV_"+broker.JobsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Purge(ctx, jetstream.WithPurgeSubject("$KV."+broker.JobsBucket+".job."+id)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Store.Get(ctx, id); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("expired record: %v", err)
+	}
+}
+
+// Paging newest first over many records yields every record exactly once, in id order,
+// with and without filters, although old records keep getting new revisions and other
+// keys share the bucket.
+func TestListPagesEveryRecordOnce(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	const n = 300
+	jobs := make([]*broker.Job, n)
+	for i := range n {
+		jobs[i] = submit(t, b.Store, fmt.Sprintf("m%d", i%3), `{}`)
+		if i%4 == 0 && i >= 8 { // an older job moves on while newer ones arrive
+			if _, _, err := b.Store.Modify(ctx, jobs[i-8].ID, func(j *broker.Job) error { j.State = broker.StateWorking; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if i%10 == 0 {
+			if _, _, err := b.Store.ClaimIdempotencyKey(ctx, fmt.Sprint("k", i), broker.IdempotencyClaim{JobID: jobs[i].ID}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// A job written more often than the bucket keeps revisions: its first ones are gone.
+	for k := range 20 {
+		if _, _, err := b.Store.Modify(ctx, jobs[50].ID, func(j *broker.Job) error { j.Error = fmt.Sprint("note ", k); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The oldest jobs end last: their latest revisions are the newest in the stream.
+	for _, j := range jobs[:20] {
+		if _, _, err := b.Store.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateFailed; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := func(keep func(i int) bool) []string {
+		var ids []string
+		for i := n - 1; i >= 0; i-- {
+			if keep(i) {
+				ids = append(ids, jobs[i].ID)
+			}
+		}
+		return ids
+	}
+	failed := func(i int) bool { return i < 20 }
+	cases := []struct {
+		name string
+		opt  broker.ListOptions
+		want []string
+	}{
+		{"all", broker.ListOptions{Limit: 7}, want(func(int) bool { return true })},
+		{"one page", broker.ListOptions{Limit: 1000}, want(func(int) bool { return true })},
+		{"model", broker.ListOptions{Limit: 9, Model: "m1"}, want(func(i int) bool { return i%3 == 1 })},
+		{"state", broker.ListOptions{Limit: 4, State: broker.StateFailed}, want(failed)},
+		{"working", broker.ListOptions{Limit: 10, State: broker.StateWorking}, want(func(i int) bool {
+			return !failed(i) && i%4 == 0 && i+8 < n && i+8 >= 8
+		})},
+		{"model and state", broker.ListOptions{Limit: 2, Model: "m2", State: broker.StateFailed}, want(func(i int) bool { return failed(i) && i%3 == 2 })},
+	}
+	for mode, set := range broker.ListModes {
+		set(b.Store)
+		for _, c := range cases {
+			got := listAll(t, b.Store, c.opt, nil)
+			if !slices.Equal(got, c.want) {
+				t.Errorf("%s, %s: listed %d jobs, want %d\n got %v\nwant %v", mode, c.name, len(got), len(c.want), got, c.want)
+			}
+		}
+	}
+}
+
+// Records that expire, are deleted or change while a client pages are never listed twice
+// nor out of order, and every record that stays is listed.
+func TestListPagingWhileRecordsGoAndChange(t *testing.T) {
+	t.Parallel()
+	for mode, set := range broker.ListModes {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			b := brokertest.New(t)
+			set(b.Store)
+			pagingWhileRecordsGoAndChange(t, b)
+		})
+	}
+}
+
+func pagingWhileRecordsGoAndChange(t *testing.T, b *brokertest.Bundle) {
+	ctx := ctxT(t)
+	const n = 120
+	ids := make([]string, n)
+	for i := range n {
+		ids[i] = submit(t, b.Store, "m", `{}`).ID
+	}
+	gone := map[string]bool{}
+	between := func(page int) {
+		switch page {
+		case 0: // ahead of the cursor: two expire, two are purged, one gets a new revision
+			for _, i := range []int{100, 60} {
+				expire(t, b, ids[i])
+				gone[ids[i]] = true
+			}
+			for _, i := range []int{90, 5} {
+				if err := b.Store.KV().Purge(ctx, "job."+ids[i]); err != nil {
+					t.Fatal(err)
+				}
+				gone[ids[i]] = true
+			}
+			if _, _, err := b.Store.Modify(ctx, ids[30], func(j *broker.Job) error { j.State = broker.StateWorking; return nil }); err != nil {
+				t.Fatal(err)
+			}
+		case 1: // already listed: the newest goes, and new jobs arrive
+			expire(t, b, ids[n-1])
+			for range 3 {
+				submit(t, b.Store, "m", `{}`)
+			}
+		}
+	}
+	got := listAll(t, b.Store, broker.ListOptions{Limit: 8}, between)
+	var want []string
+	for i := n - 1; i >= 0; i-- {
+		if !gone[ids[i]] {
+			want = append(want, ids[i])
+		}
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("listed %d jobs, want %d\n got %v\nwant %v", len(got), len(want), got, want)
+	}
+}
+
+// An empty bucket lists nothing, and a bucket whose only keys are not jobs too.
+func TestListEmpty(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := context.Background()
+	jobs, next, err := b.Store.List(ctx, broker.ListOptions{})
+	if err != nil || len(jobs) != 0 || next != "" {
+		t.Fatalf("empty: %v %q %v", jobs, next, err)
+	}
+	if _, _, err := b.Store.ClaimIdempotencyKey(ctx, "k", broker.IdempotencyClaim{JobID: broker.NewID()}); err != nil {
+		t.Fatal(err)
+	}
+	jobs, next, err = b.Store.List(ctx, broker.ListOptions{})
+	if err != nil || len(jobs) != 0 || next != "" {
+		t.Fatalf("only an idempotency key: %v %q %v", jobs, next, err)
+	}
+}

@@ -1,0 +1,94 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Refresh rewrites the record of running job id, unchanged, when its last write is older
+// than half the job TTL. The bucket's TTL is its stream's MaxAge, which ages every
+// revision from its own write: a job that runs longer than the TTL would otherwise lose
+// its record, and with it its result. The rewrite is byte-for-byte the record it replaces
+// (same state, same "at"), written only at the revision read, so it can never undo a
+// concurrent write. It is re-published like any write: watchers see the same state again.
+// It reports whether it wrote; a finished job is never rewritten.
+func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
+	if err := ValidateID(id); err != nil {
+		return false, err
+	}
+	e, err := s.kv.Get(ctx, jobKey(id))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return false, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return false, fmt.Errorf("broker: refresh %s: %w", id, err)
+	}
+	if s.Now().Sub(e.Created()) < s.cfg.JobTTL/2 {
+		return false, nil
+	}
+	j, err := DecodeJob(e.Value())
+	if err != nil {
+		return false, err
+	}
+	if j.State.Terminal() {
+		return false, nil
+	}
+	if _, err := s.kv.Update(ctx, jobKey(id), e.Value(), e.Revision()); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			return false, nil // written meanwhile: fresh anyway
+		}
+		return false, fmt.Errorf("broker: refresh %s: %w", id, storageErr(err))
+	}
+	return true, nil
+}
+
+// RefreshEvery is how often a running job's record should be offered to Refresh: often
+// enough that a record is rewritten well before it is a TTL old.
+func (s *Store) RefreshEvery() time.Duration {
+	return max(s.cfg.JobTTL/4, 10*time.Millisecond)
+}
+
+// OutlivesQueue reports whether the queue message of delivery d may be gone before it
+// could be delivered again after delay: the queue's MaxAge is the job TTL, and JetStream
+// drops a message at that age even while a consumer holds it un-acked (it counts as
+// terminated). A run that outlived the TTL has already lost its message, so a NAK could
+// not bring the job back; Requeue must.
+func (s *Store) OutlivesQueue(d *Delivery, delay time.Duration) bool {
+	ttl := s.cfg.JobTTL
+	return !d.Enqueued.Add(ttl).After(s.Now().Add(delay + ttl/4))
+}
+
+// Requeue puts a delivered job back into the queue as a new message, available at once,
+// and acks the old one (if JetStream still has it). The request body travels again; a
+// large one is stored again, since its object ages like the message did.
+func (s *Store) Requeue(ctx context.Context, d *Delivery) error {
+	msg := nats.NewMsg(QueueSubject(d.Token))
+	for k, v := range d.Msg.Headers() {
+		if !strings.HasPrefix(k, "Nats-") {
+			msg.Header[k] = v
+		}
+	}
+	if ref := msg.Header.Get(HeaderBodyRef); ref != "" {
+		if _, err := s.artifacts.PutBytes(ctx, ref, d.Body); err != nil {
+			return fmt.Errorf("broker: requeue %s: store request body: %w", d.JobID, storageErr(err))
+		}
+	} else {
+		msg.Data = d.Body
+	}
+	msg.Header.Set(HeaderRequeued, "1")
+	// The id dedupes a retried publish of this requeue, not the job's first message.
+	id := fmt.Sprintf("%s.requeue.%d", d.JobID, d.Seq)
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
+		return fmt.Errorf("broker: requeue %s: %w", d.JobID, storageErr(err))
+	}
+	if err := d.Msg.DoubleAck(ctx); err != nil {
+		s.log.Warn("ack requeued job's old message", "job_id", d.JobID, "model", d.Model, "err", err)
+	}
+	return nil
+}

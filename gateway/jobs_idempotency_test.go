@@ -1,0 +1,99 @@
+package gateway
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A crash after the job record and before its queue message: a retry with the same key
+// gets the job back and puts it in the queue again, so it runs.
+func TestIdempotentRetryRequeuesAJobLeftWithoutQueueMessage(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	ctx := testCtx(t, 30*time.Second)
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
+	// What a submit leaves when it dies after the record and before the publish: the key
+	// claimed, the job record queued, no queue message.
+	id := broker.NewID()
+	sum := sha256.Sum256([]byte("chat\n" + body))
+	if _, created, err := b.Broker.Store.ClaimIdempotencyKey(ctx, "crash-after-record", broker.IdempotencyClaim{JobID: id, BodySHA256: hex.EncodeToString(sum[:]), Until: time.Now()}); err != nil || !created {
+		t.Fatalf("claim: %v %v", created, err)
+	}
+	now := time.Now().UTC()
+	rec, _ := json.Marshal(&broker.Job{ID: id, Model: "tiny-a", Kind: broker.KindChat, State: broker.StateQueued, CreatedAt: now, At: now})
+	if _, err := b.Broker.Store.KV().Create(ctx, "job."+id, rec); err != nil {
+		t.Fatal(err)
+	}
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(body), "Idempotency-Key", "crash-after-record")
+	var again submitted
+	_ = json.Unmarshal(out, &again)
+	if resp.StatusCode != http.StatusAccepted || again.JobID != id || resp.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry: %d %s, want the job %s replayed", resp.StatusCode, out, id)
+	}
+	if p, ok, err := b.Broker.Store.Oldest(ctx, 0); err != nil || !ok || p.JobID != id {
+		t.Fatalf("after the retry the queue holds %+v (%v, %v), want job %s", p, ok, err, id)
+	}
+	startQueuedWorker(t, worker.Config{Store: b.Broker.Store, Target: b.Target, Inventory: b.Inv})
+	waitRecord(t, ctx, b.Broker.Store, id, func(j *broker.Job) bool { return j.State == broker.StateDone })
+}
+
+// A first request slower than any fixed wait (held here well past 2 s between its claim
+// and its job) keeps its key: a concurrent retry waits for its job instead of making a
+// second one.
+func TestIdempotencyKeyOfASlowFirstRequestIsNotTakenOver(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	ctx := testCtx(t, 30*time.Second)
+	entered := make(chan string, 2)
+	hold := make(chan struct{})
+	unhold := sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(unhold)
+	b.GW.beforeSubmit = func(id string) {
+		entered <- id
+		<-hold
+	}
+	body := `{"model":"tiny-a","messages":[]}`
+	type answer struct {
+		status   int
+		id       string
+		replayed bool
+	}
+	send := func(out chan<- answer) {
+		resp, data := b.request(t, http.MethodPost, "/jobs", []byte(body), "Idempotency-Key", "slow")
+		var s submitted
+		_ = json.Unmarshal(data, &s)
+		out <- answer{resp.StatusCode, s.JobID, resp.Header.Get("Idempotent-Replayed") == "true"}
+	}
+	firstC, retryC := make(chan answer, 1), make(chan answer, 1)
+	go send(firstC)
+	var firstID string
+	select {
+	case firstID = <-entered:
+	case <-ctx.Done():
+		t.Fatal("first request never claimed its key")
+	}
+	go send(retryC)
+	// The first request stays slow for longer than the old fixed 2 s wait.
+	time.AfterFunc(2500*time.Millisecond, unhold)
+	first, retry := <-firstC, <-retryC
+	if first.status != http.StatusAccepted || first.id != firstID {
+		t.Fatalf("first request: %+v, want 202 with %s", first, firstID)
+	}
+	if retry.status != http.StatusAccepted || retry.id != firstID || !retry.replayed {
+		t.Fatalf("retry: %+v, want the first request's job %s replayed", retry, firstID)
+	}
+	if n, err := b.Broker.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d jobs (%v), want 1", n, err)
+	}
+	if jobs := jobsList(t, b, ""); len(jobs) != 1 {
+		t.Fatalf("%d job records, want 1", len(jobs))
+	}
+}

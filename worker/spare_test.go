@@ -1,0 +1,71 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A second queue message of a job (an idempotent retry re-publishes a queued job, and
+// after the duplicate window the queue keeps both) never runs the job again, even when
+// it is fetched while the first run's result is still being stored.
+func TestSpareQueueMessageOfARunningJobIsDropped(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	j := tb.chat(t, "tiny-a", 1)
+	storing := make(chan struct{}, 1)
+	stored := make(chan struct{})
+	tb.start(t, worker.WithBeforeStoreDone(worker.Config{}, func(string) {
+		storing <- struct{}{}
+		<-stored
+	}))
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	// The spare copy: the same job on the same queue subject under another message id.
+	token, _ := broker.ModelToken("tiny-a")
+	msg := nats.NewMsg(broker.QueueSubject(token))
+	msg.Header.Set(broker.HeaderJobID, j.ID)
+	msg.Header.Set(broker.HeaderModel, j.Model)
+	msg.Header.Set(broker.HeaderKind, string(j.Kind))
+	msg.Data = []byte(chatBody("tiny-a", 1))
+	js, err := jetstream.New(tb.b.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctxT(t), msg, jetstream.WithMsgID("spare-"+j.ID)); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	select {
+	case <-storing:
+	case <-waitCtx(t).Done():
+		t.Fatal("the first run never finished")
+	}
+	// While the first run's result waits to be stored, the worker meets the spare: it is
+	// gone from the queue (dropped) or has started a second call (run again).
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		n, err := tb.b.Store.QueueLen(ctxT(t))
+		if err == nil && n == 1 || len(inferenceCalls(tb.fake)) > 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("spare copy never fetched: queue %d (%v)", n, err)
+		}
+		time.Sleep(2 * time.Millisecond) // polling with a deadline
+	}
+	close(stored)
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+	if calls := inferenceCalls(tb.fake); len(calls) != 1 || got.Attempt != 1 {
+		t.Fatalf("job ran %d times (attempt %d), want once", len(calls), got.Attempt)
+	}
+}

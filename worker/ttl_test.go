@@ -1,0 +1,100 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A job that runs longer than the job TTL keeps its record (the worker refreshes it) and
+// ends done with its result, although its queue message expires under it.
+func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
+	t.Parallel()
+	const ttl = 2 * time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.JobTTL = ttl
+		c.AckWait = time.Second
+	}))
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	j := tb.chat(t, "tiny-a", 1)
+	submitted := time.Now()
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	started := tb.waitState(t, j.ID, broker.StateLoading)
+	_, rev0, err := tb.b.Store.Get(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Hold the job past twice the TTL and until JetStream has dropped its queue message
+	// (MaxAge = TTL); the record must be there all along, unchanged but for its revision.
+	deadline := time.Now().Add(30 * time.Second)
+	var rev uint64
+	for {
+		var rec *broker.Job
+		rec, rev, err = tb.b.Store.Get(ctxT(t), j.ID)
+		if err != nil {
+			t.Fatalf("running job's record after %v: %v", time.Since(submitted).Round(time.Millisecond), err)
+		}
+		if rec.State != started.State || !rec.At.Equal(started.At) || rec.Attempt != started.Attempt {
+			t.Fatalf("record changed while held: %+v, was %+v", rec, started)
+		}
+		n, err := tb.b.Store.QueueLen(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n == 0 && time.Since(submitted) > 2*ttl {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("queue still holds %d messages", n)
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	if rev <= rev0 {
+		t.Fatalf("record never rewritten (revision %d)", rev)
+	}
+	release()
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if len(got.Result) == 0 {
+		t.Fatal("done job has no result")
+	}
+	if _, data, err := tb.b.Store.GetArtifact(ctxT(t), j.ID, "result.json"); err != nil || len(data) == 0 {
+		t.Fatalf("result artifact: %d bytes, %v", len(data), err)
+	}
+	if got.Attempt != 1 {
+		t.Errorf("attempt %d, want 1", got.Attempt)
+	}
+}
+
+// A job whose run outlived the TTL, and with it its queue message, still gets its next
+// attempt when the target drops the connection: the worker requeues it.
+func TestRetryAfterQueueMessageExpired(t *testing.T) {
+	t.Parallel()
+	const ttl = 2 * time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.JobTTL = ttl
+		c.AckWait = time.Second
+	}))
+	tb.fake.FailNext(1, ollamatest.DropMidStream)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitQueueEmpty(t) // JetStream dropped the running job's message at MaxAge
+	release()
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Errorf("attempt %d, want 2", got.Attempt)
+	}
+	tb.waitQueueEmpty(t)
+}
