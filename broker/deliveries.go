@@ -21,6 +21,7 @@ const (
 	OutcomeRetry     = "retry"     // failed, will be tried again
 	OutcomeFailed    = "failed"    // failed, attempts exhausted
 	OutcomeGone      = "gone"      // 410: the receiver wants no more events of this job
+	OutcomeRefused   = "refused"   // the webhook network policy refuses the address; not retried
 )
 
 // DeliveryAttempt is one webhook delivery attempt in a job's delivery log.

@@ -5,45 +5,51 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 )
 
 // serveConfig is everything `foreman serve` is configured with. Each field comes from a
 // flag, else from its FOREMAN_* variable, else from its default.
 type serveConfig struct {
-	Addr              string
-	OllamaURL         string
-	OllamaToken       string
-	AuthToken         string
-	DataDir           string
-	NATSListen        string
-	NATSURL           string
-	NATSUser          string
-	NATSPassword      string
-	NATSNkey          string
-	NATSTLSCert       string
-	NATSTLSKey        string
-	NATSReplicas      int
-	PollInterval      time.Duration
-	MaxAttempts       int
-	AckWait           time.Duration
-	JobTTL            time.Duration
-	WebhookSecret     string
-	WebhookAttempts   int
-	EmbedModel        string
-	LogLevel          slog.Level
-	MaxQueue          int
-	MaxConsecutive    int
-	MaxWait           time.Duration
-	MaxBodyBytes      int64
-	ShutdownTimeout   time.Duration
-	logLevelName      string
-	natsReplicasIsSet bool
+	Addr            string
+	OllamaURL       string
+	OllamaToken     string
+	AuthToken       string
+	DataDir         string
+	NATSListen      string
+	NATSURL         string
+	NATSUser        string
+	NATSPassword    string
+	NATSNkey        string
+	NATSTLSCert     string
+	NATSTLSKey      string
+	NATSReplicas    int
+	PollInterval    time.Duration
+	MaxAttempts     int
+	AckWait         time.Duration
+	JobTTL          time.Duration
+	WebhookSecret   string
+	WebhookAttempts int
+	// Webhook network policy (ADR-0021).
+	WebhookAllowNets   []netip.Prefix
+	WebhookDenyPrivate bool
+	EmbedModel         string
+	LogLevel           slog.Level
+	MaxQueue           int
+	MaxConsecutive     int
+	MaxWait            time.Duration
+	MaxBodyBytes       int64
+	ShutdownTimeout    time.Duration
+	logLevelName       string
+	natsReplicasIsSet  bool
 }
 
 // setting binds one field to its flag and environment variable.
@@ -104,6 +110,20 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: "24h", usage: "how long jobs, artifacts and delivery logs are kept", parse: dur(&c.JobTTL)},
 		{env: "FOREMAN_WEBHOOK_SECRET", flag: "webhook-secret", usage: "webhook signing secret (whsec_<base64> or raw)", parse: str(&c.WebhookSecret)},
 		{env: "FOREMAN_WEBHOOK_ATTEMPTS", flag: "webhook-attempts", def: "5", usage: "delivery attempts per webhook event", parse: integer(&c.WebhookAttempts)},
+		// Webhook network policy (ADR-0021).
+		{env: "FOREMAN_WEBHOOK_ALLOW_NETS", flag: "webhook-allow-nets", usage: "comma-separated CIDRs webhooks may reach though the policy refuses them (e.g. 127.0.0.0/8,::1/128)", parse: func(v string) error {
+			nets, err := webhook.ParseNets(v)
+			c.WebhookAllowNets = nets
+			return err
+		}},
+		{env: "FOREMAN_WEBHOOK_DENY_PRIVATE", flag: "webhook-deny-private", def: "false", usage: "refuse webhooks to private LAN ranges too (true or false)", parse: func(v string) error {
+			switch v {
+			case "true", "false":
+				c.WebhookDenyPrivate = v == "true"
+				return nil
+			}
+			return errors.New("not true or false")
+		}},
 		{env: "FOREMAN_EMBED_MODEL", flag: "embed-model", usage: "embedding model kept loaded (keep_alive -1)", parse: str(&c.EmbedModel)},
 		{env: "FOREMAN_LOG_LEVEL", flag: "log-level", def: "info", usage: "debug, info, warn or error", parse: c.parseLevel},
 		{env: "FOREMAN_MAX_QUEUE", flag: "max-queue", def: "1000", usage: "queued jobs before submits get 503", parse: integer(&c.MaxQueue)},

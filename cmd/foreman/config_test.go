@@ -38,6 +38,24 @@ func TestConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestConfigWebhookPolicy(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseConfig(t, []string{"--webhook-deny-private=true"}, map[string]string{"FOREMAN_WEBHOOK_ALLOW_NETS": "127.0.0.0/8, ::1/128", "FOREMAN_ADDR": "0.0.0.0:8080"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.WebhookAllowNets) != 2 || cfg.WebhookAllowNets[1].String() != "::1/128" || !cfg.WebhookDenyPrivate {
+		t.Errorf("webhook policy settings: %v %v", cfg.WebhookAllowNets, cfg.WebhookDenyPrivate)
+	}
+	p := webhookPolicy(*cfg)
+	if len(p.Protected) != 2 || p.Protected[0] != "127.0.0.1:11434" || p.Protected[1] != "0.0.0.0:8080" {
+		t.Errorf("protected endpoints %v, want the Ollama target and foreman's own address", p.Protected)
+	}
+	if cfg, _ := parseConfig(t, nil, nil); cfg.WebhookDenyPrivate || cfg.WebhookAllowNets != nil {
+		t.Errorf("defaults: deny private %v, allow %v", cfg.WebhookDenyPrivate, cfg.WebhookAllowNets)
+	}
+}
+
 // A flag beats its variable, which beats the default.
 func TestConfigPrecedence(t *testing.T) {
 	t.Parallel()
@@ -82,6 +100,8 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://mac:11434"}, want: []string{`FOREMAN_OLLAMA_URL="ftp://mac:11434": not an absolute http(s) URL`}},
 		{env: map[string]string{"FOREMAN_LOG_LEVEL": "loud"}, want: []string{`FOREMAN_LOG_LEVEL="loud": not a log level`}},
 		{env: map[string]string{"FOREMAN_MAX_BODY": "1e9"}, want: []string{`FOREMAN_MAX_BODY="1e9"`}},
+		{env: map[string]string{"FOREMAN_WEBHOOK_ALLOW_NETS": "127.0.0.0/8,localhost"}, want: []string{`FOREMAN_WEBHOOK_ALLOW_NETS="127.0.0.0/8,localhost": "localhost" is not a CIDR`}},
+		{args: []string{"--webhook-deny-private=yes"}, want: []string{`--webhook-deny-private="yes": not true or false`}},
 		// Every bad value is reported, not only the first.
 		{env: map[string]string{"FOREMAN_JOB_TTL": "abc", "FOREMAN_MAX_WAIT": "soon"}, want: []string{`FOREMAN_JOB_TTL="abc"`, `FOREMAN_MAX_WAIT="soon"`}},
 	}

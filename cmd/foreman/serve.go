@@ -112,9 +112,11 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	a.inv = ollama.NewInventory(ollama.InventoryConfig{
 		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: a.warmEmbedder,
 	})
+	policy := webhookPolicy(cfg)
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: cfg.OllamaURL, Inventory: a.inv,
 		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
+		WebhookPolicy: policy,
 	})
 	if err != nil {
 		return nil, err
@@ -140,7 +142,7 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 
 	// Webhook fan-out and job submission over NATS request/reply.
 	hooks, err := webhook.New(webhook.Config{
-		Store: a.store, Secret: cfg.WebhookSecret, Attempts: cfg.WebhookAttempts, Logger: log,
+		Store: a.store, Secret: cfg.WebhookSecret, Attempts: cfg.WebhookAttempts, Policy: policy, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -162,6 +164,19 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 		return nil
 	})
 	return a, nil
+}
+
+// webhookPolicy is the webhook network policy (ADR-0021): the configured ranges, and
+// foreman's target and its own HTTP address protected.
+func webhookPolicy(cfg serveConfig) webhook.Policy {
+	p := webhook.Policy{AllowNets: cfg.WebhookAllowNets, DenyPrivate: cfg.WebhookDenyPrivate}
+	if ep, err := webhook.EndpointOf(cfg.OllamaURL); err == nil {
+		p.Protected = append(p.Protected, ep)
+	}
+	if _, port, err := net.SplitHostPort(cfg.Addr); err == nil && port != "0" {
+		p.Protected = append(p.Protected, cfg.Addr)
+	}
+	return p
 }
 
 func (a *app) startNATS() error {

@@ -3,6 +3,7 @@ package webhook
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"net/http"
@@ -55,6 +56,8 @@ func (d *Dispatcher) deliver(ctx context.Context, e *event) bool {
 			rec.Outcome = broker.OutcomeDelivered
 		case err == nil && status == http.StatusGone:
 			rec.Outcome = broker.OutcomeGone
+		case errors.Is(err, ErrRefused):
+			rec.Outcome = broker.OutcomeRefused
 		case attempt == d.cfg.Attempts:
 			rec.Outcome = broker.OutcomeFailed
 		default:
@@ -70,6 +73,9 @@ func (d *Dispatcher) deliver(ctx context.Context, e *event) bool {
 			return true
 		case broker.OutcomeFailed:
 			log.Warn("webhook delivery failed; giving up", "attempt", attempt, "status", status, "err", err)
+			return true
+		case broker.OutcomeRefused:
+			log.Warn("webhook address refused by the network policy; not retried", "err", err)
 			return true
 		}
 		wait := d.backoff(attempt, retryAfter)

@@ -42,7 +42,12 @@ type Config struct {
 	MaxPending int
 	// Consumer is the durable consumer name; default "webhooks".
 	Consumer string
-	// Client sends the requests; default a client that follows no redirects.
+	// Policy decides which addresses webhooks may reach (ADR-0021); the zero value
+	// refuses loopback, link-local, unspecified and multicast addresses.
+	Policy Policy
+	// Client sends the requests; default Policy.Client(), which follows no redirects and
+	// checks every connection against the policy. A Client given here bypasses the policy
+	// unless its transport dials through Policy.DialContext.
 	Client *http.Client
 	Logger *slog.Logger
 }
@@ -72,9 +77,7 @@ func (c *Config) setDefaults() {
 		c.Consumer = "webhooks"
 	}
 	if c.Client == nil {
-		// Standard Webhooks counts a 3xx as a failure; following it would send the
-		// signed event somewhere the job's owner did not name.
-		c.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		c.Client = c.Policy.Client()
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -68,9 +69,14 @@ func (r *receiver) next(t *testing.T) hit {
 	}
 }
 
+// fastConfig retries quickly and opens loopback (FOREMAN_WEBHOOK_ALLOW_NETS), where the
+// test receivers listen.
 func fastConfig(st *broker.Store) Config {
-	return Config{Store: st, Secret: testSecret, BaseDelay: 10 * time.Millisecond, MaxDelay: 200 * time.Millisecond, AckWait: 3 * time.Second}
+	return Config{Store: st, Secret: testSecret, BaseDelay: 10 * time.Millisecond, MaxDelay: 200 * time.Millisecond, AckWait: 3 * time.Second,
+		Policy: Policy{AllowNets: loopbackNets}}
 }
+
+var loopbackNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
 // runDispatcher runs a dispatcher until the returned stop is called (or the test ends).
 func runDispatcher(t *testing.T, cfg Config) (stop func()) {
