@@ -379,6 +379,8 @@ func TestDoneEventSurvivesRestart(t *testing.T) {
 	}
 	waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
 	stop()
+	// The event's message is acked: its retries live in the store, not in JetStream.
+	waitConsumerIdle(t, b.Store)
 	b.Restart(t)
 	mu.Lock()
 	down = false
@@ -433,5 +435,48 @@ func TestRedeliverRequest(t *testing.T) {
 	}
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply["error"] == "" {
 		t.Fatalf("redeliver of a job without webhook: %s", msg.Data)
+	}
+}
+
+// TestThrottlingReceiverDoesNotHoldOthers: receiver A answers every event 503 with
+// Retry-After: 300, for more events than the consumer may hold; receiver B's event,
+// written after all of them, is still delivered at once, and no JetStream message waits
+// for A's retries (ADR-0022).
+func TestThrottlingReceiverDoesNotHoldOthers(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	throttled := make(chan string, 100)
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		throttled <- r.Header.Get(HeaderID)
+		w.Header().Set("Retry-After", "300")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(a.Close)
+	rcvB := newReceiver(t, nil)
+	cfg := fastConfig(b.Store)
+	cfg.MaxPending = 4
+	cfg.MaxDelay = time.Hour // Retry-After: 300 is honoured
+	runDispatcher(t, cfg)
+
+	const n = 12 // three times what the consumer may hold un-acked
+	var aJobs []string
+	for range n {
+		j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: a.URL, Events: []broker.State{broker.StateQueued}}})
+		aJobs = append(aJobs, j.ID)
+	}
+	bj := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcvB.URL}})
+	if h := rcvB.next(t); h.job.ID != bj.ID {
+		t.Fatalf("B got %s", h.body)
+	}
+	for _, id := range aJobs {
+		log := waitLog(t, b.Store, id, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
+		if log[0].Outcome != broker.OutcomeRetry || log[0].Status != http.StatusServiceUnavailable {
+			t.Fatalf("A's job %s: delivery log %+v", id, log)
+		}
+	}
+	// Every event is acked while A's retries wait.
+	waitConsumerIdle(t, b.Store)
+	if got := len(throttled); got != n {
+		t.Fatalf("A got %d requests, want %d: one each, the retries waiting 300s", got, n)
 	}
 }
