@@ -36,8 +36,13 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 		d.finish(ctx, e)
 		return true // attempts spent before a restart
 	}
+	release, err := d.acquire(ctx, receiverOf(e.job.Webhook.URL))
+	if err != nil {
+		return false // ctx ended
+	}
 	n := e.attempts + 1
 	status, retryAfter, err := d.post(ctx, e, id)
+	release()
 	if ctx.Err() != nil {
 		return false
 	}

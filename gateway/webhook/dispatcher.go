@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,6 +42,9 @@ type Config struct {
 	// MaxPending caps the events taken from the stream but not yet stored as pending
 	// deliveries; default 4096. Events waiting for a retry are acked and do not count.
 	MaxPending int
+	// PerReceiver caps the attempts in flight to one receiver (scheme, host and port),
+	// so a receiver that hangs ties up that many connections, not one per job; default 16.
+	PerReceiver int
 	// Consumer is the durable consumer name; default "webhooks".
 	Consumer string
 	// Policy decides which addresses webhooks may reach (ADR-0021); the zero value
@@ -71,6 +76,9 @@ func (c *Config) setDefaults() {
 	if c.MaxPending <= 0 {
 		c.MaxPending = 4096
 	}
+	if c.PerReceiver <= 0 {
+		c.PerReceiver = 16
+	}
 	if c.Consumer == "" {
 		c.Consumer = "webhooks"
 	}
@@ -94,6 +102,15 @@ type Dispatcher struct {
 	lanes  map[string]*lane
 	known  map[string]bool // webhook-ids of the stored pending deliveries in the lanes
 	wg     sync.WaitGroup
+
+	slotsMu sync.Mutex
+	slots   map[string]*receiverSlots // by receiver; removed when unused
+}
+
+// receiverSlots bounds the attempts in flight to one receiver.
+type receiverSlots struct {
+	ch    chan struct{}
+	users int // lanes holding or waiting for a slot
 }
 
 // event is one state event to deliver. A stored event (a pending delivery in the store)
@@ -126,7 +143,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, errors.New("webhook: Config.Store is required")
 	}
 	cfg.setDefaults()
-	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}}
+	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, slots: map[string]*receiverSlots{}}
 	if cfg.Secret != "" {
 		k, err := Key(cfg.Secret)
 		if err != nil {
@@ -376,4 +393,40 @@ func (d *Dispatcher) onRedeliver(ctx context.Context, m *nats.Msg) {
 		return
 	}
 	reply(map[string]string{"webhook_id": e.webhookID(), "state": string(job.State)})
+}
+
+// acquire waits for one of the receiver's PerReceiver slots; release gives it back. It
+// fails only when ctx ends.
+func (d *Dispatcher) acquire(ctx context.Context, receiver string) (release func(), err error) {
+	d.slotsMu.Lock()
+	rs := d.slots[receiver]
+	if rs == nil {
+		rs = &receiverSlots{ch: make(chan struct{}, d.cfg.PerReceiver)}
+		d.slots[receiver] = rs
+	}
+	rs.users++
+	d.slotsMu.Unlock()
+	done := func() {
+		d.slotsMu.Lock()
+		if rs.users--; rs.users == 0 {
+			delete(d.slots, receiver)
+		}
+		d.slotsMu.Unlock()
+	}
+	select {
+	case rs.ch <- struct{}{}:
+		return func() { <-rs.ch; done() }, nil
+	case <-ctx.Done():
+		done()
+		return nil, ctx.Err()
+	}
+}
+
+// receiverOf is the part of a webhook URL that names its receiver: scheme://host:port.
+func receiverOf(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return rawURL
+	}
+	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), strconv.Itoa(int(portOf(u))))
 }

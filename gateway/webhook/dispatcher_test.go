@@ -480,3 +480,62 @@ func TestThrottlingReceiverDoesNotHoldOthers(t *testing.T) {
 		t.Fatalf("A got %d requests, want %d: one each, the retries waiting 300s", got, n)
 	}
 }
+
+// TestHangingReceiverGetsBoundedAttempts: a receiver that never answers gets at most
+// PerReceiver attempts at once, however many jobs name it, and another receiver is not
+// kept waiting.
+func TestHangingReceiverGetsBoundedAttempts(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var (
+		mu             sync.Mutex
+		inFlight, most int
+	)
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 100)
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(release) })
+	other := newReceiver(t, nil)
+	cfg := fastConfig(b.Store)
+	cfg.PerReceiver = 2
+	cfg.Timeout = time.Minute
+	runDispatcher(t, cfg)
+
+	const n = 8
+	for range n {
+		submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: hang.URL + "/h", Events: []broker.State{broker.StateQueued}}})
+	}
+	for range cfg.PerReceiver {
+		select {
+		case <-arrived:
+		case <-time.After(15 * time.Second):
+			t.Fatal("the hanging receiver got no request")
+		}
+	}
+	oj := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: other.URL}})
+	if h := other.next(t); h.job.ID != oj.ID {
+		t.Fatalf("other receiver got %s", h.body)
+	}
+	// Every event of the hanging receiver is taken (acked) and waits in its lane.
+	waitConsumerIdle(t, b.Store)
+	mu.Lock()
+	defer mu.Unlock()
+	if most != cfg.PerReceiver || len(arrived) != 0 {
+		t.Fatalf("the hanging receiver had %d requests at once (%d more arrived), want at most %d", most, len(arrived), cfg.PerReceiver)
+	}
+}
