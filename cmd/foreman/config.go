@@ -19,37 +19,38 @@ import (
 // serveConfig is everything `foreman serve` is configured with. Each field comes from a
 // flag, else from its FOREMAN_* variable, else from its default.
 type serveConfig struct {
-	Addr            string
-	OllamaURL       string
-	OllamaToken     string
-	AuthToken       string
-	DataDir         string
-	NATSListen      string
-	NATSURL         string
-	NATSUser        string
-	NATSPassword    string
-	NATSNkey        string
-	NATSTLSCert     string
-	NATSTLSKey      string
-	NATSReplicas    int
-	PollInterval    time.Duration
-	MaxAttempts     int
-	AckWait         time.Duration
-	JobTTL          time.Duration
-	WebhookSecret   string
-	WebhookAttempts int
+	Addr              string
+	OllamaURL         string
+	OllamaToken       string
+	AuthToken         string
+	DataDir           string
+	NATSListen        string
+	NATSURL           string
+	NATSUser          string
+	NATSPassword      string
+	NATSNkey          string
+	NATSTLSCert       string
+	NATSTLSKey        string
+	NATSReplicas      int
+	PollInterval      time.Duration
+	MaxAttempts       int
+	AckWait           time.Duration
+	JobTTL            time.Duration
+	WebhookSecret     string
+	WebhookAttempts   int
+	EmbedModel        string
+	LogLevel          slog.Level
+	MaxQueue          int
+	MaxConsecutive    int
+	MaxWait           time.Duration
+	MaxBodyBytes      int64
+	ShutdownTimeout   time.Duration
+	logLevelName      string
+	natsReplicasIsSet bool
+
 	// Webhook network policy (ADR-0021).
 	WebhookAllowNets   []netip.Prefix
 	WebhookDenyPrivate bool
-	EmbedModel         string
-	LogLevel           slog.Level
-	MaxQueue           int
-	MaxConsecutive     int
-	MaxWait            time.Duration
-	MaxBodyBytes       int64
-	ShutdownTimeout    time.Duration
-	logLevelName       string
-	natsReplicasIsSet  bool
 }
 
 // setting binds one field to its flag and environment variable.
