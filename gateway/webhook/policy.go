@@ -135,7 +135,10 @@ func (p *Policy) checkAddr(ctx context.Context, ip netip.Addr, port uint16, reso
 	return nil
 }
 
-// protected names the protected endpoint ip:port is, or "".
+// ownEndpoint is the refusal reason of a protected endpoint; which one is not said.
+const ownEndpoint = "foreman's own endpoint (its Ollama target or its HTTP address)"
+
+// protected reports ownEndpoint when ip:port is a protected endpoint, else "".
 func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, resolve bool) string {
 	var own []netip.Addr // this machine's addresses, read once when needed
 	ownRead := false
@@ -152,7 +155,7 @@ func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, reso
 		for _, a := range addrs {
 			a = a.Unmap().WithZone("")
 			if a == ip {
-				return "foreman's own endpoint " + hp
+				return ownEndpoint
 			}
 			local = local || a.IsLoopback() || a.IsUnspecified()
 		}
@@ -160,14 +163,14 @@ func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, reso
 			continue
 		}
 		if ip.IsLoopback() || ip.IsUnspecified() {
-			return "foreman's own endpoint " + hp
+			return ownEndpoint
 		}
 		if !ownRead {
 			own, ownRead = p.ownAddrs(), true
 		}
 		for _, a := range own {
 			if a == ip {
-				return "foreman's own endpoint " + hp + " (this machine)"
+				return ownEndpoint
 			}
 		}
 	}
@@ -184,7 +187,7 @@ func (p *Policy) CheckURL(u *url.URL) error {
 	for _, hp := range p.Protected {
 		h, pp, ok := splitHostPort(hp)
 		if ok && pp == port && strings.EqualFold(strings.TrimSuffix(h, "."), host) {
-			return &RefusedError{Addr: net.JoinHostPort(host, strconv.Itoa(int(port))), Reason: "foreman's own endpoint " + hp}
+			return &RefusedError{Addr: net.JoinHostPort(host, strconv.Itoa(int(port))), Reason: ownEndpoint}
 		}
 	}
 	addrs := p.literalOrLocal(host)
