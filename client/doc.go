@@ -25,7 +25,7 @@
 //     can reach it (see WithWebhookListenAddr). If the receiver cannot bind, has no
 //     address foreman is known to reach, or foreman's webhook network policy refuses its
 //     URL (400; loopback is refused unless FOREMAN_WEBHOOK_ALLOW_NETS opens it), the
-//     client falls back to polling.
+//     client falls back to polling; after such a refusal it offers no receiver again.
 //     3. Polling: GET /jobs/{id} every WithPollInterval.
 //
 //     NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook

@@ -266,6 +266,11 @@ func TestWebhookRefusedFallsBackToPolling(t *testing.T) {
 			t.Errorf("refused webhook receiver %s still listens", u.Host)
 		}
 	}
+	// The client remembers the refusal: the next Submit starts no receiver.
+	hookURL = ""
+	if _, err := c.Submit(testCtx(t), chatJob("tiny-a", "again")); err != nil || hookURL != "" {
+		t.Errorf("second Submit: %v, receiver %q; want polling at once", err, hookURL)
+	}
 	// A 400 about something else is still the caller's error.
 	if _, err := c.Submit(testCtx(t), chatJob("", "no model")); err == nil {
 		t.Error("Submit without a model succeeded")

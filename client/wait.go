@@ -57,7 +57,9 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 	id, err := c.submit(sctx, body, req.IdempotencyKey)
 	if err != nil && hook != nil && refusedWebhook(err) {
 		// foreman's webhook network policy refuses the receiver's address (a loopback
-		// receiver is refused by default): wait without it, by polling.
+		// receiver is refused by default): wait without it, by polling, and offer no
+		// receiver again.
+		c.webhookRefused.Store(true)
 		hook.close()
 		hook = nil
 		req.WebhookURL, req.WebhookEvents = "", nil
@@ -84,7 +86,7 @@ func (c *Client) Wait(ctx context.Context, id string) (*Result, error) {
 }
 
 func (c *Client) useWebhook() bool {
-	return !c.pollingOnly && c.nc == nil && (c.webhookAddrSet || c.loopback())
+	return !c.pollingOnly && c.nc == nil && !c.webhookRefused.Load() && (c.webhookAddrSet || c.loopback())
 }
 
 func (c *Client) wait(ctx context.Context, id string, hook *receiver, onState func(Event)) (*Result, error) {
