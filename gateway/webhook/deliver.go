@@ -89,29 +89,14 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 	return true
 }
 
-// load reads a stored event's body and progress and checks the delivery log. It reports
-// whether to attempt; if not, e.nextAt is zero when there is nothing left to deliver
-// (finished: the pending delivery is removed) or the time to look again.
+// load prepares a stored event's attempt: its body and progress (read from the store
+// unless the event came with them) and the delivery log. It reports whether to attempt;
+// if not, e.nextAt is zero when there is nothing left to deliver (finished: the pending
+// delivery is removed) or the time to look again.
 func (d *Dispatcher) load(ctx context.Context, e *event, log *slog.Logger) bool {
-	p, err := d.store.PendingDelivery(ctx, e.jobID, e.rev)
-	if errors.Is(err, broker.ErrNotFound) {
-		log.Debug("pending webhook delivery is gone (expired with its job)")
-		e.nextAt = time.Time{}
+	if e.body == nil && !d.loadStored(ctx, e, log) {
 		return false
 	}
-	if err != nil {
-		log.Warn("read pending webhook delivery", "err", err)
-		e.nextAt = time.Now().Add(d.cfg.BaseDelay)
-		return false
-	}
-	job, err := broker.DecodeJob(p.Body)
-	if err != nil || job.Webhook == nil {
-		log.Warn("undecodable pending webhook delivery dropped", "err", err)
-		d.finish(ctx, e)
-		e.nextAt = time.Time{}
-		return false
-	}
-	e.body, e.job, e.attempts = p.Body, job, max(e.attempts, p.Attempts)
 	past, err := d.store.Deliveries(ctx, e.jobID)
 	if err != nil {
 		log.Warn("read delivery log", "err", err)
@@ -132,6 +117,30 @@ func (d *Dispatcher) load(ctx context.Context, e *event, log *slog.Logger) bool 
 			e.attempts = max(e.attempts, a.Attempt) // attempts logged but not stored (a crash)
 		}
 	}
+	return true
+}
+
+// loadStored reads a stored event's body and progress; see load for what false means.
+func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger) bool {
+	p, err := d.store.PendingDelivery(ctx, e.jobID, e.rev)
+	if errors.Is(err, broker.ErrNotFound) {
+		log.Debug("pending webhook delivery is gone (expired with its job)")
+		e.nextAt = time.Time{}
+		return false
+	}
+	if err != nil {
+		log.Warn("read pending webhook delivery", "err", err)
+		e.nextAt = time.Now().Add(d.cfg.BaseDelay)
+		return false
+	}
+	job, err := broker.DecodeJob(p.Body)
+	if err != nil || job.Webhook == nil {
+		log.Warn("undecodable pending webhook delivery dropped", "err", err)
+		d.finish(ctx, e)
+		e.nextAt = time.Time{}
+		return false
+	}
+	e.body, e.job, e.attempts = p.Body, job, max(e.attempts, p.Attempts)
 	return true
 }
 

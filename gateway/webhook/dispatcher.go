@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"net/http"
@@ -156,6 +157,9 @@ func New(cfg Config) (*Dispatcher, error) {
 
 const kvJobPrefix = "$KV." + broker.JobsBucket + ".job."
 
+// intakeShards is the number of events stored at once.
+const intakeShards = 8
+
 // Run consumes state events until ctx ends. Each event to deliver is stored as a pending
 // delivery before its message is acked, so retries hold no message (ADR-0022); the
 // pending deliveries stored by an earlier run are resumed first. Attempts in flight when
@@ -206,6 +210,20 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	}()
 	d.log.Info("webhook dispatcher running", "consumer", d.cfg.Consumer, "signed", d.key != nil, "resumed", len(pending))
 
+	// Storing an event is a round trip to JetStream: several run at once, a job's events
+	// always on the same shard, so they reach its lane in order.
+	var intake sync.WaitGroup
+	shards := make([]chan jetstream.Msg, intakeShards)
+	for i := range shards {
+		shards[i] = make(chan jetstream.Msg, 16)
+		intake.Add(1)
+		go func(in <-chan jetstream.Msg) {
+			defer intake.Done()
+			for msg := range in {
+				d.handle(ctx, msg)
+			}
+		}(shards[i])
+	}
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -215,8 +233,14 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			d.log.Warn("webhook consumer", "err", err)
 			continue
 		}
-		d.handle(ctx, msg)
+		h := fnv.New32a()
+		h.Write([]byte(msg.Subject()))
+		shards[h.Sum32()%intakeShards] <- msg
 	}
+	for _, in := range shards {
+		close(in)
+	}
+	intake.Wait()
 
 	_ = sub.Unsubscribe()
 	d.stop()
@@ -267,7 +291,8 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	d.log.Debug("webhook event", "job_id", jobID, "state", job.State, "num_delivered", md.NumDelivered)
 	now := time.Now().UTC()
 	p := broker.PendingDelivery{JobID: jobID, Rev: md.Sequence.Stream, NextAt: now, Body: msg.Data()}
-	if _, err := d.store.AddPendingDelivery(ctx, p); err != nil {
+	created, err := d.store.AddPendingDelivery(ctx, p)
+	if err != nil {
 		// Not stored: the message stays with JetStream, which offers it again.
 		d.log.Warn("store pending webhook delivery; the event will come again", "job_id", jobID, "err", err)
 		if err := msg.NakWithDelay(d.cfg.BaseDelay); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
@@ -280,7 +305,11 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	if err := msg.Ack(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 		d.log.Warn("webhook ack", "job_id", jobID, "err", err)
 	}
-	d.enqueue(ctx, &event{jobID: jobID, rev: p.Rev, nextAt: now})
+	e := &event{jobID: jobID, rev: p.Rev, nextAt: now}
+	if created { // the first attempt needs no read of what was just stored
+		e.body, e.job = p.Body, job
+	}
+	d.enqueue(ctx, e)
 }
 
 // enqueue adds e to its job's lane and starts the lane when it was empty. A stored event
