@@ -1,10 +1,14 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -21,6 +25,7 @@ const (
 	OutcomeRetry     = "retry"     // failed, will be tried again
 	OutcomeFailed    = "failed"    // failed, attempts exhausted
 	OutcomeGone      = "gone"      // 410: the receiver wants no more events of this job
+	OutcomeRefused   = "refused"   // the webhook network policy refuses the address; not retried
 )
 
 // DeliveryAttempt is one webhook delivery attempt in a job's delivery log.
@@ -100,4 +105,128 @@ func (s *Store) deliveries(ctx context.Context, id string) ([]DeliveryAttempt, u
 		return nil, 0, fmt.Errorf("broker: decode delivery log of %s: %w", id, err)
 	}
 	return log, e.Revision(), nil
+}
+
+// PendingDelivery is a webhook event waiting for its next attempt. The dispatcher stores
+// it before it acks the event's JetStream message, so an event in its retries holds no
+// message of the consumer and survives a restart (ADR-0022). It lives in the jobs bucket
+// under whq.<id>.<rev> and expires with the job TTL.
+type PendingDelivery struct {
+	JobID string `json:"job_id"`
+	// Rev is the job record's revision (stream sequence) the event is: part of webhook-id.
+	Rev uint64 `json:"rev"`
+	// Attempts is the number of attempts already made.
+	Attempts int       `json:"attempts"`
+	NextAt   time.Time `json:"next_at"`
+	// Body is the state event exactly as published.
+	Body json.RawMessage `json:"body"`
+}
+
+const pendingPrefix = "whq."
+
+func pendingKey(id string, rev uint64) string {
+	return pendingPrefix + id + "." + strconv.FormatUint(rev, 10)
+}
+
+// AddPendingDelivery stores a new pending delivery; created is false when one for the
+// same event exists already (its stored progress is kept).
+func (s *Store) AddPendingDelivery(ctx context.Context, p PendingDelivery) (created bool, err error) {
+	if err := ValidateID(p.JobID); err != nil {
+		return false, err
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return false, err
+	}
+	_, err = s.kv.Create(ctx, pendingKey(p.JobID, p.Rev), data)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("broker: store pending delivery of %s: %w", p.JobID, storageErr(err))
+	}
+	return true, nil
+}
+
+// UpdatePendingDelivery stores a pending delivery's progress (attempts, next attempt).
+func (s *Store) UpdatePendingDelivery(ctx context.Context, p PendingDelivery) error {
+	if err := ValidateID(p.JobID); err != nil {
+		return err
+	}
+	data, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	if _, err := s.kv.Put(ctx, pendingKey(p.JobID, p.Rev), data); err != nil {
+		return fmt.Errorf("broker: update pending delivery of %s: %w", p.JobID, storageErr(err))
+	}
+	return nil
+}
+
+// PendingDelivery reads one pending delivery; ErrNotFound when it is finished or expired.
+func (s *Store) PendingDelivery(ctx context.Context, id string, rev uint64) (*PendingDelivery, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	e, err := s.kv.Get(ctx, pendingKey(id, rev))
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, fmt.Errorf("%w: pending delivery %s-%d", ErrNotFound, id, rev)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("broker: read pending delivery of %s: %w", id, err)
+	}
+	var p PendingDelivery
+	if err := json.Unmarshal(e.Value(), &p); err != nil {
+		return nil, fmt.Errorf("broker: decode pending delivery of %s: %w", id, err)
+	}
+	return &p, nil
+}
+
+// FinishPendingDelivery removes a pending delivery and its history (the event's body).
+func (s *Store) FinishPendingDelivery(ctx context.Context, id string, rev uint64) error {
+	if err := ValidateID(id); err != nil {
+		return err
+	}
+	if err := s.kv.Purge(ctx, pendingKey(id, rev)); err != nil {
+		return fmt.Errorf("broker: finish pending delivery of %s: %w", id, storageErr(err))
+	}
+	return nil
+}
+
+// PendingDeliveries lists every pending delivery, ordered by job and revision.
+func (s *Store) PendingDeliveries(ctx context.Context) ([]PendingDelivery, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, pendingPrefix+">")
+	if err != nil {
+		return nil, fmt.Errorf("broker: list pending deliveries: %w", err)
+	}
+	var keys []string
+	seen := map[string]bool{}
+	for k := range lister.Keys() {
+		if !seen[k] { // the lister may repeat a key written meanwhile
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	var out []PendingDelivery
+	for _, k := range keys {
+		e, err := s.kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			continue // finished meanwhile
+		}
+		if err != nil {
+			return nil, fmt.Errorf("broker: read pending delivery %s: %w", k, err)
+		}
+		var p PendingDelivery
+		if err := json.Unmarshal(e.Value(), &p); err != nil || ValidateID(p.JobID) != nil {
+			continue // not one of ours: ignored rather than blocking the others
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b PendingDelivery) int {
+		if c := strings.Compare(a.JobID, b.JobID); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Rev, b.Rev)
+	})
+	return out, nil
 }

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -40,6 +41,9 @@ type Client struct {
 	statePendingLimit int
 	// onWebhookListen lets tests see the receiver URL and the address it listens on.
 	onWebhookListen func(url, listenAddr string)
+	// webhookRefused: foreman's webhook policy refused the receiver's URL once; later
+	// Submits start no receiver and poll at once.
+	webhookRefused atomic.Bool
 }
 
 // New returns a client of the foreman at baseURL (e.g. "http://127.0.0.1:8080").

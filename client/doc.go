@@ -22,8 +22,10 @@
 //     127.0.0.1:0, used when foreman runs on a loopback address) whose URL rides along
 //     as the job's state_webhook_url; signatures are verified when WithWebhookSecret is
 //     set. The URL is WithWebhookURL's, or built from the listen address when foreman
-//     can reach it (see WithWebhookListenAddr). If the receiver cannot bind, or has no
-//     address foreman is known to reach, the client falls back to polling.
+//     can reach it (see WithWebhookListenAddr). If the receiver cannot bind, has no
+//     address foreman is known to reach, or foreman's webhook network policy refuses its
+//     URL (400; loopback is refused unless FOREMAN_WEBHOOK_ALLOW_NETS opens it), the
+//     client falls back to polling; after such a refusal it offers no receiver again.
 //     3. Polling: GET /jobs/{id} every WithPollInterval.
 //
 //     NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook

@@ -38,6 +38,10 @@ type foremanConfig struct {
 	Fake          ollamatest.Config
 	// NoNATSSubmit leaves foreman.jobs.submit without foreman's responder.
 	NoNATSSubmit bool
+	// DefaultWebhookPolicy keeps foreman's default webhook policy, which refuses loopback
+	// receivers; otherwise loopback is opened (FOREMAN_WEBHOOK_ALLOW_NETS=127.0.0.0/8,::1/128)
+	// as a deployment with clients on foreman's machine would.
+	DefaultWebhookPolicy bool
 }
 
 // foreman is a complete in-process foreman (embedded NATS with a client listener, store,
@@ -90,7 +94,16 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 	if err := inv.Refresh(ctx); err != nil {
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
-	gw, err := gateway.New(gateway.Config{Store: f.Store, Target: target, Inventory: inv, AuthToken: cfg.AuthToken, Logger: slog.New(slog.DiscardHandler)})
+	policy := webhook.Policy{}
+	if ep, err := webhook.EndpointOf(f.Fake.URL); err == nil {
+		policy.Protected = []string{ep}
+	}
+	if !cfg.DefaultWebhookPolicy {
+		if policy.AllowNets, err = webhook.ParseNets("127.0.0.0/8,::1/128"); err != nil {
+			return nil, err
+		}
+	}
+	gw, err := gateway.New(gateway.Config{Store: f.Store, Target: target, Inventory: inv, AuthToken: cfg.AuthToken, WebhookPolicy: policy, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return nil, err
 	}
@@ -98,7 +111,7 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 	if err != nil {
 		return nil, err
 	}
-	d, err := webhook.New(webhook.Config{Store: f.Store, Secret: cfg.WebhookSecret, BaseDelay: 50 * time.Millisecond})
+	d, err := webhook.New(webhook.Config{Store: f.Store, Secret: cfg.WebhookSecret, BaseDelay: 50 * time.Millisecond, Policy: policy})
 	if err != nil {
 		return nil, err
 	}

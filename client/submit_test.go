@@ -235,6 +235,48 @@ func TestWebhookBindFailure(t *testing.T) {
 	}
 }
 
+// TestWebhookRefusedFallsBackToPolling: foreman's default webhook policy refuses a
+// loopback receiver (400 at submit); Submit then submits without a webhook and polls.
+func TestWebhookRefusedFallsBackToPolling(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{WebhookSecret: testSecret, DefaultWebhookPolicy: true})
+	c := newClient(t, f.URL, client.WithWebhookSecret(testSecret), client.WithPollInterval(20*time.Millisecond))
+	var hookURL string
+	client.SetOnWebhookListen(c, func(u string) { hookURL = u })
+	res, err := c.Submit(testCtx(t), chatJob("tiny-a", "refused receiver"))
+	if err != nil {
+		t.Fatalf("Submit: %v", err)
+	}
+	if res.Text() != wantReply("tiny-a:latest", "refused receiver") {
+		t.Errorf("Text() = %q", res.Text())
+	}
+	if hookURL == "" {
+		t.Fatal("no webhook receiver was started: the refusal was not exercised")
+	}
+	rec, _, err := f.Store.Get(testCtx(t), res.Job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Webhook != nil {
+		t.Errorf("job has webhook %+v; want none after foreman refused the receiver", rec.Webhook)
+	}
+	if u, _ := url.Parse(hookURL); u != nil {
+		if conn, err := net.Dial("tcp", u.Host); err == nil {
+			conn.Close()
+			t.Errorf("refused webhook receiver %s still listens", u.Host)
+		}
+	}
+	// The client remembers the refusal: the next Submit starts no receiver.
+	hookURL = ""
+	if _, err := c.Submit(testCtx(t), chatJob("tiny-a", "again")); err != nil || hookURL != "" {
+		t.Errorf("second Submit: %v, receiver %q; want polling at once", err, hookURL)
+	}
+	// A 400 about something else is still the caller's error.
+	if _, err := c.Submit(testCtx(t), chatJob("", "no model")); err == nil {
+		t.Error("Submit without a model succeeded")
+	}
+}
+
 // TestWebhookBadSignature: with the wrong secret the receiver refuses every delivery, so
 // a webhook-only wait never ends.
 func TestWebhookBadSignature(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -54,10 +55,29 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		defer cancel()
 	}
 	id, err := c.submit(sctx, body, req.IdempotencyKey)
+	if err != nil && hook != nil && refusedWebhook(err) {
+		// foreman's webhook network policy refuses the receiver's address (a loopback
+		// receiver is refused by default): wait without it, by polling, and offer no
+		// receiver again.
+		c.webhookRefused.Store(true)
+		hook.close()
+		hook = nil
+		req.WebhookURL, req.WebhookEvents = "", nil
+		if body, err = req.body(); err != nil {
+			return nil, err
+		}
+		id, err = c.submit(sctx, body, req.IdempotencyKey)
+	}
 	if err != nil {
 		return nil, err
 	}
 	return c.wait(ctx, id, hook, req.OnState)
+}
+
+// refusedWebhook: foreman answered 400 about state_webhook_url, the receiver's URL.
+func refusedWebhook(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Status == http.StatusBadRequest && strings.Contains(ae.Message, "state_webhook_url")
 }
 
 // Wait waits until an existing job has finished, like Submit, by NATS or polling.
@@ -66,7 +86,7 @@ func (c *Client) Wait(ctx context.Context, id string) (*Result, error) {
 }
 
 func (c *Client) useWebhook() bool {
-	return !c.pollingOnly && c.nc == nil && (c.webhookAddrSet || c.loopback())
+	return !c.pollingOnly && c.nc == nil && !c.webhookRefused.Load() && (c.webhookAddrSet || c.loopback())
 }
 
 func (c *Client) wait(ctx context.Context, id string, hook *receiver, onState func(Event)) (*Result, error) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -32,6 +33,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// RetryAfter is the Retry-After sent with "queue full"; default 5s.
 	RetryAfter time.Duration
+	// WebhookPolicy checks state_webhook_url at submit (ADR-0021); the zero value is the
+	// default policy. Give it the dispatcher's policy.
+	WebhookPolicy webhook.Policy
 	// NATSHealth reports the NATS server's health for /healthz; optional.
 	NATSHealth func() error
 	// TargetHealth reports what the worker learned of the target that the inventory's

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
@@ -149,7 +150,7 @@ func newTestBundle(t testing.TB, opts ...bundleOption) *testBundle {
 		go func() { defer close(done); _ = b.Inv.Run(runCtx) }()
 		t.Cleanup(func() { stop(); <-done })
 	}
-	cfg := Config{Store: b.Broker.Store, Target: b.Target, TargetURL: targetURL, Inventory: b.Inv}
+	cfg := Config{Store: b.Broker.Store, Target: b.Target, TargetURL: targetURL, Inventory: b.Inv, WebhookPolicy: loopbackWebhooks(t, targetURL)}
 	if o.gateway != nil {
 		o.gateway(&cfg)
 	}
@@ -218,4 +219,20 @@ func testCtx(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// loopbackWebhooks is the webhook policy of tests: their receivers are httptest servers on
+// loopback, so they open loopback (FOREMAN_WEBHOOK_ALLOW_NETS=127.0.0.0/8,::1/128), and
+// the target stays protected as serve wires it.
+func loopbackWebhooks(t testing.TB, targetURL string) webhook.Policy {
+	t.Helper()
+	nets, err := webhook.ParseNets("127.0.0.0/8, ::1/128")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := webhook.Policy{AllowNets: nets}
+	if ep, err := webhook.EndpointOf(targetURL); err == nil {
+		p.Protected = append(p.Protected, ep)
+	}
+	return p
 }

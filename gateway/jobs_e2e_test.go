@@ -55,7 +55,8 @@ func startJobsPipeline(t *testing.T, b *testBundle) {
 		t.Fatal(err)
 	}
 	runUntilCleanup(t, "worker", w.Run)
-	d, err := webhook.New(webhook.Config{Store: b.Broker.Store, Secret: e2eSecret, BaseDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond, AckWait: 3 * time.Second})
+	d, err := webhook.New(webhook.Config{Store: b.Broker.Store, Secret: e2eSecret, BaseDelay: 10 * time.Millisecond, MaxDelay: 100 * time.Millisecond, AckWait: 3 * time.Second,
+		Policy: b.GW.cfg.WebhookPolicy})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 )
 
 // Fields of a POST /jobs body that are foreman's, not the target's: they are removed
@@ -74,8 +75,9 @@ func objectMembers(raw []byte) ([]member, error) {
 	return out, nil
 }
 
-// parseSubmission checks a job request and separates foreman's fields from the target's.
-func parseSubmission(raw []byte) (*submission, error) {
+// parseSubmission checks a job request and separates foreman's fields from the target's;
+// the webhook URL is checked against policy.
+func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	members, err := objectMembers(raw)
 	if err != nil {
 		return nil, err
@@ -136,7 +138,7 @@ func parseSubmission(raw []byte) (*submission, error) {
 		return nil, err
 	}
 	if hookURL != "" {
-		if err := checkWebhookURL(hookURL); err != nil {
+		if err := checkWebhookURL(hookURL, policy); err != nil {
 			return nil, err
 		}
 		sub.webhook = &broker.Webhook{URL: hookURL}
@@ -191,14 +193,18 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 	return nil
 }
 
-// checkWebhookURL accepts absolute http(s) URLs only.
-func checkWebhookURL(raw string) error {
+// checkWebhookURL accepts absolute http(s) URLs whose literal address (or localhost-style
+// name) the webhook network policy allows; names are checked again at every dial.
+func checkWebhookURL(raw string, policy *webhook.Policy) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" {
 		return badRequest(fmt.Sprintf("state_webhook_url %q: must be an absolute http or https URL", raw))
 	}
 	if len(raw) > 2048 {
 		return badRequest("state_webhook_url: longer than 2048 bytes")
+	}
+	if err := policy.CheckURL(u); err != nil {
+		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", raw, err))
 	}
 	return nil
 }
@@ -222,7 +228,7 @@ func encodeMembers(ms []member) []byte {
 // submitJob validates a job request, checks its model with the target and queues it. A
 // repeated idempotency key returns the job the key first created (replayed = true).
 func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id string, replayed bool, err error) {
-	sub, err := parseSubmission(raw)
+	sub, err := parseSubmission(raw, &s.cfg.WebhookPolicy)
 	if err != nil {
 		return "", false, err
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -59,6 +60,9 @@ type serveConfig struct {
 	BodyReadTimeout time.Duration
 	WriteTimeout    time.Duration
 	StreamBuffer    int64
+	// Webhook network policy (ADR-0021).
+	WebhookAllowNets   []netip.Prefix
+	WebhookDenyPrivate bool
 }
 
 // setting binds one field to its flag and environment variable.
@@ -120,6 +124,20 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: "24h", usage: "how long jobs, artifacts and delivery logs are kept", parse: dur(&c.JobTTL)},
 		{env: "FOREMAN_WEBHOOK_SECRET", flag: "webhook-secret", usage: "webhook signing secret (whsec_<base64> or raw)", parse: str(&c.WebhookSecret)},
 		{env: "FOREMAN_WEBHOOK_ATTEMPTS", flag: "webhook-attempts", def: "5", usage: "delivery attempts per webhook event", parse: integer(&c.WebhookAttempts)},
+		// Webhook network policy (ADR-0021).
+		{env: "FOREMAN_WEBHOOK_ALLOW_NETS", flag: "webhook-allow-nets", usage: "comma-separated CIDRs webhooks may reach though the policy refuses them (e.g. 127.0.0.0/8,::1/128)", parse: func(v string) error {
+			nets, err := webhook.ParseNets(v)
+			c.WebhookAllowNets = nets
+			return err
+		}},
+		{env: "FOREMAN_WEBHOOK_DENY_PRIVATE", flag: "webhook-deny-private", def: "false", usage: "refuse webhooks to private LAN ranges too (true or false)", parse: func(v string) error {
+			switch v {
+			case "true", "false":
+				c.WebhookDenyPrivate = v == "true"
+				return nil
+			}
+			return errors.New("not true or false")
+		}},
 		{env: "FOREMAN_EMBED_MODEL", flag: "embed-model", usage: "embedding model kept loaded (keep_alive -1)", parse: str(&c.EmbedModel)},
 		{env: "FOREMAN_LOG_LEVEL", flag: "log-level", def: "info", usage: "debug, info, warn or error", parse: c.parseLevel},
 		{env: "FOREMAN_MAX_QUEUE", flag: "max-queue", def: "1000", usage: "queued jobs before submits get 503", parse: integer(&c.MaxQueue)},

@@ -38,6 +38,24 @@ func TestConfigDefaults(t *testing.T) {
 	}
 }
 
+func TestConfigWebhookPolicy(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseConfig(t, []string{"--webhook-deny-private=true"}, map[string]string{"FOREMAN_WEBHOOK_ALLOW_NETS": "127.0.0.0/8, ::1/128", "FOREMAN_ADDR": "0.0.0.0:8080", "FOREMAN_AUTH_TOKEN": "t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.WebhookAllowNets) != 2 || cfg.WebhookAllowNets[1].String() != "::1/128" || !cfg.WebhookDenyPrivate {
+		t.Errorf("webhook policy settings: %v %v", cfg.WebhookAllowNets, cfg.WebhookDenyPrivate)
+	}
+	p := webhookPolicy(*cfg, "0.0.0.0:8080", "127.0.0.1:4222", "")
+	if len(p.Protected) != 3 || p.Protected[0] != "127.0.0.1:11434" || p.Protected[1] != "0.0.0.0:8080" || p.Protected[2] != "127.0.0.1:4222" {
+		t.Errorf("protected endpoints %v, want the Ollama target and foreman's own listeners", p.Protected)
+	}
+	if cfg, _ := parseConfig(t, nil, nil); cfg.WebhookDenyPrivate || cfg.WebhookAllowNets != nil {
+		t.Errorf("defaults: deny private %v, allow %v", cfg.WebhookDenyPrivate, cfg.WebhookAllowNets)
+	}
+}
+
 // A flag beats its variable, which beats the default.
 func TestConfigPrecedence(t *testing.T) {
 	t.Parallel()
@@ -87,6 +105,8 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_BODY_READ_TIMEOUT": "0s"}, want: []string{`FOREMAN_BODY_READ_TIMEOUT="0s": must be positive`}},
 		{env: map[string]string{"FOREMAN_WRITE_TIMEOUT": "soon"}, want: []string{`FOREMAN_WRITE_TIMEOUT="soon": not a duration`}},
 		{env: map[string]string{"FOREMAN_STREAM_BUFFER": "8MiB"}, want: []string{`FOREMAN_STREAM_BUFFER="8MiB": not a positive number of bytes`}},
+		{env: map[string]string{"FOREMAN_WEBHOOK_ALLOW_NETS": "127.0.0.0/8,localhost"}, want: []string{`FOREMAN_WEBHOOK_ALLOW_NETS="127.0.0.0/8,localhost": "localhost" is not a CIDR`}},
+		{args: []string{"--webhook-deny-private=yes"}, want: []string{`--webhook-deny-private="yes": not true or false`}},
 		// Every bad value is reported, not only the first.
 		{env: map[string]string{"FOREMAN_JOB_TTL": "abc", "FOREMAN_MAX_WAIT": "soon"}, want: []string{`FOREMAN_JOB_TTL="abc"`, `FOREMAN_MAX_WAIT="soon"`}},
 	}

@@ -124,12 +124,14 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 		log.Warn("INSECURE: foreman serves a non-loopback address without FOREMAN_AUTH_TOKEN " +
 			"(FOREMAN_INSECURE_NO_AUTH=true): anyone who reaches " + cfg.Addr + " can queue work and read every job's result")
 	}
+	policy := webhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
 		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
 		TargetHealth: a.targetHealth,
 		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
 		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
+		WebhookPolicy: policy,
 	})
 	if err != nil {
 		return nil, err
@@ -151,7 +153,7 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 
 	// Webhook fan-out and job submission over NATS request/reply.
 	hooks, err := webhook.New(webhook.Config{
-		Store: a.store, Secret: cfg.WebhookSecret, Attempts: cfg.WebhookAttempts, Logger: log,
+		Store: a.store, Secret: cfg.WebhookSecret, Attempts: cfg.WebhookAttempts, Policy: policy, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -173,6 +175,34 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 		return nil
 	})
 	return a, nil
+}
+
+// webhookPolicy is the webhook network policy (ADR-0021): the configured ranges, and
+// foreman's target and its own HTTP address protected.
+func webhookPolicy(cfg serveConfig, own ...string) webhook.Policy {
+	p := webhook.Policy{AllowNets: cfg.WebhookAllowNets, DenyPrivate: cfg.WebhookDenyPrivate}
+	if ep, err := webhook.EndpointOf(cfg.OllamaURL); err == nil {
+		p.Protected = append(p.Protected, ep)
+	}
+	// foreman's own listeners, as really bound (a configured port 0 is known only now).
+	for _, addr := range own {
+		if _, port, err := net.SplitHostPort(addr); err == nil && port != "0" {
+			p.Protected = append(p.Protected, addr)
+		}
+	}
+	return p
+}
+
+// natsListenAddr is the host:port of the NATS listener for clients, or "".
+func (a *app) natsListenAddr() string {
+	if a.natsSrv == nil {
+		return ""
+	}
+	u, err := url.Parse(a.natsSrv.ClientURL())
+	if err != nil {
+		return ""
+	}
+	return u.Host
 }
 
 func (a *app) startNATS() error {

@@ -3,7 +3,9 @@ package webhook
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
@@ -12,77 +14,156 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// deliver sends e until the receiver takes it, refuses it for good (410) or the attempts
-// run out; it reports whether the event is finished. It returns false only when ctx ended
-// mid-way, so the event goes back to JetStream. Failures are logged, never returned: a
-// webhook never changes its job (ADR-0005).
-func (d *Dispatcher) deliver(ctx context.Context, e *event) bool {
+// attempt makes e's next attempt and records it in the delivery log. It reports whether
+// e is finished: delivered, gone (410), refused by the network policy, out of attempts,
+// or dropped. Otherwise e.nextAt is when to try again (stored with the pending delivery),
+// or ctx ended. Failures are logged, never returned: a webhook never changes its job
+// (ADR-0005).
+func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 	id := e.webhookID()
-	log := d.log.With("job_id", e.jobID, "model", e.job.Model, "state", e.job.State, "webhook_id", id)
-	start := 1
-	if e.msg != nil { // manual redeliveries ignore history: the operator asked for them
-		past, err := d.store.Deliveries(ctx, e.jobID)
-		if err != nil {
-			log.Warn("read delivery log", "err", err)
-		}
-		for _, a := range past {
-			if a.Outcome == broker.OutcomeGone && !a.Manual {
-				log.Debug("receiver answered 410 before; event dropped")
-				return true
+	log := d.log.With("job_id", e.jobID, "webhook_id", id)
+	if !e.manual {
+		defer func() { e.body, e.job = nil, nil }() // read again for the next attempt
+		if !d.load(ctx, e, log) {
+			if ctx.Err() != nil {
+				return false
 			}
-			if e.redelivered && a.WebhookID == id && !a.Manual {
-				if a.Outcome == broker.OutcomeDelivered {
-					return true // delivered, but the ack was lost
-				}
-				start = max(start, a.Attempt+1)
-			}
+			return e.nextAt.IsZero() // zero: nothing left to deliver
 		}
 	}
-	for attempt := start; attempt <= d.cfg.Attempts; attempt++ {
-		status, retryAfter, err := d.post(ctx, e, id)
-		if ctx.Err() != nil {
+	log = log.With("model", e.job.Model, "state", e.job.State)
+	if e.attempts >= d.cfg.Attempts {
+		d.finish(ctx, e)
+		return true // attempts spent before a restart
+	}
+	release, err := d.acquire(ctx, receiverOf(e.job.Webhook.URL))
+	if err != nil {
+		return false // ctx ended
+	}
+	n := e.attempts + 1
+	status, retryAfter, err := d.post(ctx, e, id)
+	release()
+	if ctx.Err() != nil {
+		return false
+	}
+	rec := broker.DeliveryAttempt{
+		WebhookID: id, State: e.job.State, Attempt: n, URL: e.job.Webhook.URL,
+		Status: status, Manual: e.manual, At: time.Now().UTC(),
+	}
+	if err != nil {
+		rec.Error = err.Error()
+	}
+	switch {
+	case err == nil && status >= 200 && status < 300:
+		rec.Outcome = broker.OutcomeDelivered
+	case err == nil && status == http.StatusGone:
+		rec.Outcome = broker.OutcomeGone
+	case errors.Is(err, ErrRefused):
+		rec.Outcome = broker.OutcomeRefused
+	case n == d.cfg.Attempts:
+		rec.Outcome = broker.OutcomeFailed
+	default:
+		rec.Outcome = broker.OutcomeRetry
+	}
+	d.record(ctx, e, rec)
+	e.attempts = n
+	switch rec.Outcome {
+	case broker.OutcomeDelivered:
+		log.Debug("webhook delivered", "attempt", n, "status", status)
+	case broker.OutcomeGone:
+		log.Info("webhook receiver answered 410; no more events for this job", "attempt", n)
+	case broker.OutcomeFailed:
+		log.Warn("webhook delivery failed; giving up", "attempt", n, "status", status, "err", err)
+	case broker.OutcomeRefused:
+		log.Warn("webhook address refused by the network policy; not retried", "err", err)
+	default:
+		wait := d.backoff(n, retryAfter)
+		e.nextAt = time.Now().Add(wait)
+		log.Info("webhook delivery failed; will retry", "attempt", n, "status", status, "err", err, "retry_in", wait)
+		if !e.manual {
+			d.save(ctx, e, log)
+		}
+		return false
+	}
+	d.finish(ctx, e)
+	return true
+}
+
+// load prepares a stored event's attempt: its body and progress (read from the store
+// unless the event came with them) and the delivery log. It reports whether to attempt;
+// if not, e.nextAt is zero when there is nothing left to deliver (finished: the pending
+// delivery is removed) or the time to look again.
+func (d *Dispatcher) load(ctx context.Context, e *event, log *slog.Logger) bool {
+	if e.body == nil && !d.loadStored(ctx, e, log) {
+		return false
+	}
+	past, err := d.store.Deliveries(ctx, e.jobID)
+	if err != nil {
+		log.Warn("read delivery log", "err", err)
+	}
+	id := e.webhookID()
+	for _, a := range past {
+		if a.Manual { // manual redeliveries neither stop nor count for the automatic ones
+			continue
+		}
+		if a.Outcome == broker.OutcomeGone || (a.WebhookID == id && a.Outcome == broker.OutcomeDelivered) {
+			// The receiver asked for no more events of this job, or this event was
+			// delivered and only its removal was lost.
+			d.finish(ctx, e)
+			e.nextAt = time.Time{}
 			return false
 		}
-		rec := broker.DeliveryAttempt{
-			WebhookID: id, State: e.job.State, Attempt: attempt, URL: e.job.Webhook.URL,
-			Status: status, Manual: e.msg == nil, At: time.Now().UTC(),
-		}
-		if err != nil {
-			rec.Error = err.Error()
-		}
-		switch {
-		case err == nil && status >= 200 && status < 300:
-			rec.Outcome = broker.OutcomeDelivered
-		case err == nil && status == http.StatusGone:
-			rec.Outcome = broker.OutcomeGone
-		case attempt == d.cfg.Attempts:
-			rec.Outcome = broker.OutcomeFailed
-		default:
-			rec.Outcome = broker.OutcomeRetry
-		}
-		d.record(ctx, e, rec)
-		switch rec.Outcome {
-		case broker.OutcomeDelivered:
-			log.Debug("webhook delivered", "attempt", attempt, "status", status)
-			return true
-		case broker.OutcomeGone:
-			log.Info("webhook receiver answered 410; no more events for this job", "attempt", attempt)
-			return true
-		case broker.OutcomeFailed:
-			log.Warn("webhook delivery failed; giving up", "attempt", attempt, "status", status, "err", err)
-			return true
-		}
-		wait := d.backoff(attempt, retryAfter)
-		log.Info("webhook delivery failed; will retry", "attempt", attempt, "status", status, "err", err, "retry_in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return false
-		case <-t.C:
+		if a.WebhookID == id {
+			e.attempts = max(e.attempts, a.Attempt) // attempts logged but not stored (a crash)
 		}
 	}
-	return true // attempts already spent before a restart
+	return true
+}
+
+// loadStored reads a stored event's body and progress; see load for what false means.
+func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger) bool {
+	p, err := d.store.PendingDelivery(ctx, e.jobID, e.rev)
+	if errors.Is(err, broker.ErrNotFound) {
+		log.Debug("pending webhook delivery is gone (expired with its job)")
+		e.nextAt = time.Time{}
+		return false
+	}
+	if err != nil {
+		log.Warn("read pending webhook delivery", "err", err)
+		e.nextAt = time.Now().Add(d.cfg.BaseDelay)
+		return false
+	}
+	job, err := broker.DecodeJob(p.Body)
+	if err != nil || job.Webhook == nil {
+		log.Warn("undecodable pending webhook delivery dropped", "err", err)
+		d.finish(ctx, e)
+		e.nextAt = time.Time{}
+		return false
+	}
+	e.body, e.job, e.attempts = p.Body, job, max(e.attempts, p.Attempts)
+	return true
+}
+
+// save stores a stored event's progress, so its retry survives a restart.
+func (d *Dispatcher) save(ctx context.Context, e *event, log *slog.Logger) {
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	p := broker.PendingDelivery{JobID: e.jobID, Rev: e.rev, Attempts: e.attempts, NextAt: e.nextAt.UTC(), Body: e.body}
+	if err := d.store.UpdatePendingDelivery(sctx, p); err != nil {
+		log.Warn("store webhook retry", "err", err)
+	}
+}
+
+// finish removes a stored event's pending delivery.
+func (d *Dispatcher) finish(ctx context.Context, e *event) {
+	if e.manual {
+		return
+	}
+	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err := d.store.FinishPendingDelivery(fctx, e.jobID, e.rev); err != nil {
+		d.log.Warn("remove finished webhook delivery", "job_id", e.jobID, "webhook_id", e.webhookID(), "err", err)
+	}
 }
 
 func (d *Dispatcher) record(ctx context.Context, e *event, a broker.DeliveryAttempt) {

@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
+	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,15 +37,23 @@ type Config struct {
 	MaxDelay time.Duration
 	// Timeout bounds one attempt; default 15s.
 	Timeout time.Duration
-	// AckWait is how long JetStream waits for an ack before redelivering an event (after
-	// a crash); events being worked on are kept in progress. Default 60s.
+	// AckWait is how long JetStream waits for an ack before offering an event again
+	// (after a crash between taking an event and storing it). Default 60s.
 	AckWait time.Duration
-	// MaxPending caps the events held at once (and so the concurrent deliveries);
-	// default 4096.
+	// MaxPending caps the events taken from the stream but not yet stored as pending
+	// deliveries; default 4096. Events waiting for a retry are acked and do not count.
 	MaxPending int
+	// PerReceiver caps the attempts in flight to one receiver (scheme, host and port),
+	// so a receiver that hangs ties up that many connections, not one per job; default 16.
+	PerReceiver int
 	// Consumer is the durable consumer name; default "webhooks".
 	Consumer string
-	// Client sends the requests; default a client that follows no redirects.
+	// Policy decides which addresses webhooks may reach (ADR-0021); the zero value
+	// refuses loopback, link-local, unspecified and multicast addresses.
+	Policy Policy
+	// Client sends the requests; default Policy.Client(), which follows no redirects and
+	// checks every connection against the policy. A Client given here bypasses the policy
+	// unless its transport dials through Policy.DialContext.
 	Client *http.Client
 	Logger *slog.Logger
 }
@@ -64,17 +75,16 @@ func (c *Config) setDefaults() {
 		c.AckWait = 60 * time.Second
 	}
 	if c.MaxPending <= 0 {
-		// Events wait here through their retries (up to ~2 minutes against a dead
-		// receiver), so the cap must be far above what dead receivers can fill.
 		c.MaxPending = 4096
+	}
+	if c.PerReceiver <= 0 {
+		c.PerReceiver = 16
 	}
 	if c.Consumer == "" {
 		c.Consumer = "webhooks"
 	}
 	if c.Client == nil {
-		// Standard Webhooks counts a 3xx as a failure; following it would send the
-		// signed event somewhere the job's owner did not name.
-		c.Client = &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		c.Client = c.Policy.Client()
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -88,29 +98,45 @@ type Dispatcher struct {
 	store *broker.Store
 	log   *slog.Logger
 
-	mu       sync.Mutex
-	closed   bool
-	lanes    map[string]*lane
-	inflight map[*event]struct{}
-	wg       sync.WaitGroup
+	mu     sync.Mutex
+	closed bool
+	lanes  map[string]*lane
+	known  map[string]bool // webhook-ids of the stored pending deliveries in the lanes
+	wg     sync.WaitGroup
+
+	slotsMu sync.Mutex
+	slots   map[string]*receiverSlots // by receiver; removed when unused
 }
 
-// event is one state event to deliver.
+// receiverSlots bounds the attempts in flight to one receiver.
+type receiverSlots struct {
+	ch    chan struct{}
+	users int // lanes holding or waiting for a slot
+}
+
+// event is one state event to deliver. A stored event (a pending delivery in the store)
+// reads its body from there for each attempt; a manual redelivery carries it.
 type event struct {
-	jobID string
-	rev   uint64 // the record revision = the stream sequence: part of webhook-id
-	body  []byte
-	job   *broker.Job
-	msg   jetstream.Msg // nil for a manual redelivery
-	// redelivered: JetStream sent it before (a crash or restart mid-delivery), so the
-	// attempts already logged for it count.
-	redelivered bool
+	jobID    string
+	rev      uint64 // the record revision = the stream sequence: part of webhook-id
+	attempts int    // attempts made so far
+	nextAt   time.Time
+	manual   bool // a manual redelivery: in memory only, with fresh attempts
+
+	// Set for the attempt being made.
+	body []byte
+	job  *broker.Job
 }
 
 func (e *event) webhookID() string { return e.jobID + "-" + strconv.FormatUint(e.rev, 10) }
 
-// lane holds one job's events: they are delivered in order, one at a time.
-type lane struct{ queue []*event }
+// lane holds one job's events: they are delivered in order, one at a time. While its
+// first event waits for a retry, no goroutine runs for the lane; a timer wakes it.
+type lane struct {
+	queue   []*event
+	running bool
+	timer   *time.Timer
+}
 
 // New checks the configuration; nothing runs until Run.
 func New(cfg Config) (*Dispatcher, error) {
@@ -118,7 +144,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, errors.New("webhook: Config.Store is required")
 	}
 	cfg.setDefaults()
-	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, inflight: map[*event]struct{}{}}
+	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, slots: map[string]*receiverSlots{}}
 	if cfg.Secret != "" {
 		k, err := Key(cfg.Secret)
 		if err != nil {
@@ -131,10 +157,14 @@ func New(cfg Config) (*Dispatcher, error) {
 
 const kvJobPrefix = "$KV." + broker.JobsBucket + ".job."
 
-// Run consumes state events until ctx ends. Deliveries still in progress then are
-// handed back (NAK): a dispatcher on the same server gets them at once, one after a
-// server restart once AckWait has passed (the server keeps NAKs in memory only). Run
-// returns nil on ctx's end; call it once.
+// intakeShards is the number of events stored at once.
+const intakeShards = 8
+
+// Run consumes state events until ctx ends. Each event to deliver is stored as a pending
+// delivery before its message is acked, so retries hold no message (ADR-0022); the
+// pending deliveries stored by an earlier run are resumed first. Attempts in flight when
+// ctx ends are abandoned unrecorded and made again after the next start. Run returns nil
+// on ctx's end; call it once.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	stream, err := d.store.JetStream().Stream(ctx, "KV_"+broker.JobsBucket)
 	if err != nil {
@@ -147,35 +177,53 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       d.cfg.AckWait,
-		MaxDeliver:    -1, // attempts are counted per event in the delivery log
+		MaxDeliver:    -1,
 		MaxAckPending: d.cfg.MaxPending,
 		Replicas:      d.store.Config().Replicas,
 	})
 	if err != nil {
 		return fmt.Errorf("webhook: consumer %s: %w", d.cfg.Consumer, err)
 	}
+	pending, err := d.store.PendingDeliveries(ctx)
+	if err != nil {
+		return fmt.Errorf("webhook: %w", err)
+	}
+	for _, p := range pending {
+		d.enqueue(ctx, &event{jobID: p.JobID, rev: p.Rev, attempts: p.Attempts, nextAt: p.NextAt})
+	}
 	sub, err := d.store.Conn().QueueSubscribe(broker.RedeliverSubject, "foreman-webhooks", func(m *nats.Msg) {
 		d.onRedeliver(ctx, m)
 	})
 	if err != nil {
+		d.stop()
 		return fmt.Errorf("webhook: subscribe %s: %w", broker.RedeliverSubject, err)
 	}
 	it, err := cons.Messages(jetstream.PullMaxMessages(min(64, d.cfg.MaxPending)))
 	if err != nil {
 		_ = sub.Unsubscribe()
+		d.stop()
 		return fmt.Errorf("webhook: consume: %w", err)
 	}
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		d.keepInProgress(ctx)
-	}()
 	go func() {
 		<-ctx.Done()
 		it.Stop()
 	}()
-	d.log.Info("webhook dispatcher running", "consumer", d.cfg.Consumer, "signed", d.key != nil)
+	d.log.Info("webhook dispatcher running", "consumer", d.cfg.Consumer, "signed", d.key != nil, "resumed", len(pending))
 
+	// Storing an event is a round trip to JetStream: several run at once, a job's events
+	// always on the same shard, so they reach its lane in order.
+	var intake sync.WaitGroup
+	shards := make([]chan jetstream.Msg, intakeShards)
+	for i := range shards {
+		shards[i] = make(chan jetstream.Msg, 16)
+		intake.Add(1)
+		go func(in <-chan jetstream.Msg) {
+			defer intake.Done()
+			for msg := range in {
+				d.handle(ctx, msg)
+			}
+		}(shards[i])
+	}
 	for {
 		msg, err := it.Next()
 		if err != nil {
@@ -185,22 +233,38 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 			d.log.Warn("webhook consumer", "err", err)
 			continue
 		}
-		d.handle(ctx, msg)
+		h := fnv.New32a()
+		h.Write([]byte(msg.Subject()))
+		shards[h.Sum32()%intakeShards] <- msg
 	}
+	for _, in := range shards {
+		close(in)
+	}
+	intake.Wait()
 
 	_ = sub.Unsubscribe()
-	d.mu.Lock()
-	d.closed = true
-	d.mu.Unlock()
-	d.wg.Wait()
-	<-stopped
-	// The NAKs of unfinished deliveries must reach the server before the connection is
+	d.stop()
+	// NAKs of events not yet stored must reach the server before the connection is
 	// drained, or they wait out AckWait after the next start.
 	_ = d.store.Conn().FlushTimeout(2 * time.Second)
 	return nil
 }
 
-// handle acks events that need no delivery and queues the rest on their job's lane.
+// stop ends the lanes: waiting ones at once, running ones when their attempt returns.
+func (d *Dispatcher) stop() {
+	d.mu.Lock()
+	d.closed = true
+	for _, l := range d.lanes {
+		if l.timer != nil {
+			l.timer.Stop()
+		}
+	}
+	d.mu.Unlock()
+	d.wg.Wait()
+}
+
+// handle acks events that need no delivery and stores the rest as pending deliveries
+// before acking them, then queues them on their job's lane.
 func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 	if op := msg.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
 		_ = msg.Ack()
@@ -225,93 +289,104 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	d.log.Debug("webhook event", "job_id", jobID, "state", job.State, "num_delivered", md.NumDelivered)
-	d.enqueue(ctx, &event{
-		jobID: jobID, rev: md.Sequence.Stream, body: msg.Data(), job: job, msg: msg,
-		redelivered: md.NumDelivered > 1,
-	})
+	now := time.Now().UTC()
+	p := broker.PendingDelivery{JobID: jobID, Rev: md.Sequence.Stream, NextAt: now, Body: msg.Data()}
+	created, err := d.store.AddPendingDelivery(ctx, p)
+	if err != nil {
+		// Not stored: the message stays with JetStream, which offers it again.
+		d.log.Warn("store pending webhook delivery; the event will come again", "job_id", jobID, "err", err)
+		if err := msg.NakWithDelay(d.cfg.BaseDelay); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+			d.log.Warn("webhook nak", "job_id", jobID, "err", err)
+		}
+		return
+	}
+	// A pending delivery that existed already (the ack of an earlier try was lost) keeps
+	// its progress; the lane has it, or gets it from the store at the next start.
+	if err := msg.Ack(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		d.log.Warn("webhook ack", "job_id", jobID, "err", err)
+	}
+	e := &event{jobID: jobID, rev: p.Rev, nextAt: now}
+	if created { // the first attempt needs no read of what was just stored
+		e.body, e.job = p.Body, job
+	}
+	d.enqueue(ctx, e)
 }
 
-// enqueue adds e to its job's lane, starting the lane when it is idle.
+// enqueue adds e to its job's lane and starts the lane when it was empty. A stored event
+// already queued (resumed at start and offered again by JetStream) is not added twice.
 func (d *Dispatcher) enqueue(ctx context.Context, e *event) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return false
 	}
-	if e.msg != nil {
-		d.inflight[e] = struct{}{}
+	if !e.manual {
+		if d.known[e.webhookID()] {
+			return true
+		}
+		d.known[e.webhookID()] = true
 	}
 	l, ok := d.lanes[e.jobID]
 	if !ok {
 		l = &lane{}
 		d.lanes[e.jobID] = l
-		d.wg.Add(1)
-		go d.runLane(ctx, e.jobID, l)
 	}
 	l.queue = append(l.queue, e)
+	if len(l.queue) == 1 && !l.running {
+		d.startLane(ctx, e.jobID, l)
+	}
 	return true
 }
 
-// runLane delivers one job's events in order and ends when the lane is empty.
+// startLane runs l; d.mu is held.
+func (d *Dispatcher) startLane(ctx context.Context, jobID string, l *lane) {
+	l.running, l.timer = true, nil
+	d.wg.Add(1)
+	go d.runLane(ctx, jobID, l)
+}
+
+// wake restarts a lane whose first event's retry is due.
+func (d *Dispatcher) wake(ctx context.Context, jobID string, l *lane) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed || d.lanes[jobID] != l || l.running || len(l.queue) == 0 {
+		return
+	}
+	d.startLane(ctx, jobID, l)
+}
+
+// runLane delivers one job's events in order. It returns when the lane is empty, when
+// its first event must wait for a retry (a timer then wakes the lane), or when ctx ends.
 func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 	defer d.wg.Done()
 	for {
 		d.mu.Lock()
 		if len(l.queue) == 0 {
 			delete(d.lanes, jobID)
+			l.running = false
 			d.mu.Unlock()
 			return
 		}
 		e := l.queue[0]
-		l.queue = l.queue[1:]
+		if wait := time.Until(e.nextAt); wait > 0 || d.closed || ctx.Err() != nil {
+			l.running = false
+			if !d.closed && ctx.Err() == nil {
+				l.timer = time.AfterFunc(wait, func() { d.wake(ctx, jobID, l) })
+			}
+			d.mu.Unlock()
+			return
+		}
 		d.mu.Unlock()
 
-		finished := ctx.Err() == nil && d.deliver(ctx, e)
-		d.settle(e, finished)
-	}
-}
-
-// settle acks a finished event (delivered, refused for good, or out of attempts) and
-// hands an unfinished one back for the next start.
-func (d *Dispatcher) settle(e *event, finished bool) {
-	if e.msg == nil {
-		return
-	}
-	d.mu.Lock()
-	delete(d.inflight, e)
-	d.mu.Unlock()
-	var err error
-	if finished {
-		err = e.msg.Ack()
-	} else {
-		err = e.msg.Nak()
-	}
-	if err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		d.log.Warn("webhook ack", "job_id", e.jobID, "finished", finished, "err", err)
-	}
-}
-
-// keepInProgress tells JetStream that held events (queued behind a slow delivery of the
-// same job, or waiting for a retry) are still being worked on, so AckWait never
-// redelivers them while this process lives.
-func (d *Dispatcher) keepInProgress(ctx context.Context) {
-	t := time.NewTicker(d.cfg.AckWait / 3)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+		if !d.attempt(ctx, e) {
+			continue // e.nextAt moved on, or ctx ended
 		}
 		d.mu.Lock()
-		held := make([]*event, 0, len(d.inflight))
-		for e := range d.inflight {
-			held = append(held, e)
+		l.queue = l.queue[1:]
+		if !e.manual {
+			delete(d.known, e.webhookID())
 		}
 		d.mu.Unlock()
-		for _, e := range held {
-			_ = e.msg.InProgress()
-		}
 	}
 }
 
@@ -341,10 +416,46 @@ func (d *Dispatcher) onRedeliver(ctx context.Context, m *nats.Msg) {
 		reply(map[string]string{"error": "job has no webhook"})
 		return
 	}
-	e := &event{jobID: id, rev: entry.Revision(), body: entry.Value(), job: job}
+	e := &event{jobID: id, rev: entry.Revision(), body: entry.Value(), job: job, manual: true}
 	if !d.enqueue(ctx, e) {
 		reply(map[string]string{"error": "webhook dispatcher is stopping"})
 		return
 	}
 	reply(map[string]string{"webhook_id": e.webhookID(), "state": string(job.State)})
+}
+
+// acquire waits for one of the receiver's PerReceiver slots; release gives it back. It
+// fails only when ctx ends.
+func (d *Dispatcher) acquire(ctx context.Context, receiver string) (release func(), err error) {
+	d.slotsMu.Lock()
+	rs := d.slots[receiver]
+	if rs == nil {
+		rs = &receiverSlots{ch: make(chan struct{}, d.cfg.PerReceiver)}
+		d.slots[receiver] = rs
+	}
+	rs.users++
+	d.slotsMu.Unlock()
+	done := func() {
+		d.slotsMu.Lock()
+		if rs.users--; rs.users == 0 {
+			delete(d.slots, receiver)
+		}
+		d.slotsMu.Unlock()
+	}
+	select {
+	case rs.ch <- struct{}{}:
+		return func() { <-rs.ch; done() }, nil
+	case <-ctx.Done():
+		done()
+		return nil, ctx.Err()
+	}
+}
+
+// receiverOf is the part of a webhook URL that names its receiver: scheme://host:port.
+func receiverOf(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return rawURL
+	}
+	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), strconv.Itoa(int(portOf(u))))
 }

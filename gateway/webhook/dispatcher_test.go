@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -71,9 +72,14 @@ func (r *receiver) next(t *testing.T) hit {
 	}
 }
 
+// fastConfig retries quickly and opens loopback (FOREMAN_WEBHOOK_ALLOW_NETS), where the
+// test receivers listen.
 func fastConfig(st *broker.Store) Config {
-	return Config{Store: st, Secret: testSecret, BaseDelay: 10 * time.Millisecond, MaxDelay: 200 * time.Millisecond, AckWait: 3 * time.Second}
+	return Config{Store: st, Secret: testSecret, BaseDelay: 10 * time.Millisecond, MaxDelay: 200 * time.Millisecond, AckWait: 3 * time.Second,
+		Policy: Policy{AllowNets: loopbackNets}}
 }
+
+var loopbackNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
 
 // runDispatcher runs a dispatcher until the returned stop is called (or the test ends).
 func runDispatcher(t *testing.T, cfg Config) (stop func()) {
@@ -385,6 +391,8 @@ func TestDoneEventSurvivesRestart(t *testing.T) {
 	}
 	waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
 	stop()
+	// The event's message is acked: its retries live in the store, not in JetStream.
+	waitConsumerIdle(t, b.Store)
 	b.Restart(t)
 	mu.Lock()
 	down = false
@@ -439,5 +447,107 @@ func TestRedeliverRequest(t *testing.T) {
 	}
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply["error"] == "" {
 		t.Fatalf("redeliver of a job without webhook: %s", msg.Data)
+	}
+}
+
+// TestThrottlingReceiverDoesNotHoldOthers: receiver A answers every event 503 with
+// Retry-After: 300, for more events than the consumer may hold; receiver B's event,
+// written after all of them, is still delivered at once, and no JetStream message waits
+// for A's retries (ADR-0022).
+func TestThrottlingReceiverDoesNotHoldOthers(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	throttled := make(chan string, 100)
+	a := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		throttled <- r.Header.Get(HeaderID)
+		w.Header().Set("Retry-After", "300")
+		w.WriteHeader(http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(a.Close)
+	rcvB := newReceiver(t, nil)
+	cfg := fastConfig(b.Store)
+	cfg.MaxPending = 4
+	cfg.MaxDelay = time.Hour // Retry-After: 300 is honoured
+	runDispatcher(t, cfg)
+
+	const n = 12 // three times what the consumer may hold un-acked
+	var aJobs []string
+	for range n {
+		j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: a.URL, Events: []broker.State{broker.StateQueued}}})
+		aJobs = append(aJobs, j.ID)
+	}
+	bj := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcvB.URL}})
+	if h := rcvB.next(t); h.job.ID != bj.ID {
+		t.Fatalf("B got %s", h.body)
+	}
+	for _, id := range aJobs {
+		log := waitLog(t, b.Store, id, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
+		if log[0].Outcome != broker.OutcomeRetry || log[0].Status != http.StatusServiceUnavailable {
+			t.Fatalf("A's job %s: delivery log %+v", id, log)
+		}
+	}
+	// Every event is acked while A's retries wait.
+	waitConsumerIdle(t, b.Store)
+	if got := len(throttled); got != n {
+		t.Fatalf("A got %d requests, want %d: one each, the retries waiting 300s", got, n)
+	}
+}
+
+// TestHangingReceiverGetsBoundedAttempts: a receiver that never answers gets at most
+// PerReceiver attempts at once, however many jobs name it, and another receiver is not
+// kept waiting.
+func TestHangingReceiverGetsBoundedAttempts(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var (
+		mu             sync.Mutex
+		inFlight, most int
+	)
+	release := make(chan struct{})
+	arrived := make(chan struct{}, 100)
+	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		inFlight++
+		most = max(most, inFlight)
+		mu.Unlock()
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+		mu.Lock()
+		inFlight--
+		mu.Unlock()
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(hang.Close)
+	t.Cleanup(func() { close(release) })
+	other := newReceiver(t, nil)
+	cfg := fastConfig(b.Store)
+	cfg.PerReceiver = 2
+	cfg.Timeout = time.Minute
+	runDispatcher(t, cfg)
+
+	const n = 8
+	for range n {
+		submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: hang.URL + "/h", Events: []broker.State{broker.StateQueued}}})
+	}
+	for range cfg.PerReceiver {
+		select {
+		case <-arrived:
+		case <-time.After(15 * time.Second):
+			t.Fatal("the hanging receiver got no request")
+		}
+	}
+	oj := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: other.URL}})
+	if h := other.next(t); h.job.ID != oj.ID {
+		t.Fatalf("other receiver got %s", h.body)
+	}
+	// Every event of the hanging receiver is taken (acked) and waits in its lane.
+	waitConsumerIdle(t, b.Store)
+	mu.Lock()
+	defer mu.Unlock()
+	if most != cfg.PerReceiver || len(arrived) != 0 {
+		t.Fatalf("the hanging receiver had %d requests at once (%d more arrived), want at most %d", most, len(arrived), cfg.PerReceiver)
 	}
 }

@@ -2,8 +2,14 @@
 //
 // The Dispatcher is a durable JetStream consumer ("webhooks") on the job bucket's stream
 // KV_FOREMAN_JOBS: every write of a job record is an event, so there is no second events
-// stream and no dual write (ADR-0016). Deliveries are at-least-once and survive a restart:
-// a message is acked only after a 2xx, a 410, or when its attempts are exhausted.
+// stream and no dual write (ADR-0016). Each event to deliver is stored as a pending
+// delivery (whq.<id>.<rev> in the bucket) before its message is acked, and retried from
+// there by the dispatcher's own timers until a 2xx, a 410, a policy refusal or the last
+// attempt: deliveries are at-least-once and survive a restart, and no receiver's retries
+// hold messages the others' events wait behind (ADR-0022).
+//
+// A Policy decides which addresses webhooks may reach; every connection is checked
+// (ADR-0021).
 //
 // Requests follow Standard Webhooks 1.0: headers webhook-id (stable across retries and
 // restarts: "<job id>-<record revision>"), webhook-timestamp and, with a secret,

@@ -1,0 +1,59 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// TestPendingDeliveries: a pending delivery is created once (a second add keeps the
+// stored progress), updated, listed in job and revision order, survives a restart, and
+// is gone once finished.
+func TestPendingDeliveries(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	a, z := broker.NewID(), broker.NewID()
+	body := []byte(`{"job_id":"x","state":"done"}`)
+	for _, p := range []broker.PendingDelivery{{JobID: z, Rev: 9, Body: body}, {JobID: a, Rev: 12, Body: body}, {JobID: a, Rev: 3, Body: body}} {
+		if created, err := b.Store.AddPendingDelivery(ctx, p); err != nil || !created {
+			t.Fatalf("add %+v: %v %v", p, created, err)
+		}
+	}
+	next := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
+	if err := b.Store.UpdatePendingDelivery(ctx, broker.PendingDelivery{JobID: a, Rev: 3, Attempts: 2, NextAt: next, Body: body}); err != nil {
+		t.Fatal(err)
+	}
+	if created, err := b.Store.AddPendingDelivery(ctx, broker.PendingDelivery{JobID: a, Rev: 3, Body: body}); err != nil || created {
+		t.Fatalf("second add: created %v, %v", created, err)
+	}
+	b.Restart(t)
+	list, err := b.Store.PendingDeliveries(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 3 || list[0].JobID != a || list[0].Rev != 3 || list[1].Rev != 12 || list[2].JobID != z {
+		t.Fatalf("listed %+v", list)
+	}
+	if list[0].Attempts != 2 || !list[0].NextAt.Equal(next) || string(list[0].Body) != string(body) {
+		t.Fatalf("progress lost: %+v", list[0])
+	}
+	if err := b.Store.FinishPendingDelivery(ctx, a, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.PendingDelivery(ctx, a, 3); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("finished delivery read: %v", err)
+	}
+	if list, _ = b.Store.PendingDeliveries(ctx); len(list) != 2 {
+		t.Fatalf("after finish: %+v", list)
+	}
+	// Finishing removes the body from the bucket's history too.
+	if h, err := b.Store.KV().History(ctx, "whq."+a+".3"); err == nil && len(h) > 1 {
+		t.Fatalf("history of a finished delivery keeps %d entries", len(h))
+	}
+}

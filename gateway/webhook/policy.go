@@ -1,0 +1,362 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// ErrRefused is the network policy refusing a webhook's address (ADR-0021). A refusal is
+// permanent: the delivery log records it as "refused" and the event is not retried.
+var ErrRefused = errors.New("webhook: address refused by the network policy")
+
+// RefusedError is ErrRefused for one address, with the reason.
+type RefusedError struct {
+	Addr   string // the address or host:port refused
+	Reason string // e.g. "a loopback address"
+	// Openable: FOREMAN_WEBHOOK_ALLOW_NETS could allow the address.
+	Openable bool
+}
+
+func (e *RefusedError) Error() string {
+	msg := fmt.Sprintf("%s is %s: foreman sends no webhooks there", e.Addr, e.Reason)
+	if e.Openable {
+		msg += " (FOREMAN_WEBHOOK_ALLOW_NETS opens a range)"
+	}
+	return msg
+}
+
+// Is makes errors.Is(err, ErrRefused) true.
+func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
+
+// Policy decides which addresses webhooks may reach (ADR-0021). Its zero value is the
+// default: loopback, link-local, unspecified, multicast and broadcast addresses are
+// refused, private LAN ranges and public addresses allowed.
+//
+// The dispatcher checks every connection it opens (DialContext: the resolved addresses,
+// so a name may point anywhere), and POST /jobs checks literal addresses and
+// localhost-style names at submit (CheckURL), so most mistakes are a 400, not a log entry.
+type Policy struct {
+	// AllowNets opens ranges the policy would refuse (FOREMAN_WEBHOOK_ALLOW_NETS), e.g.
+	// 127.0.0.0/8 for receivers on foreman's own machine.
+	AllowNets []netip.Prefix
+	// DenyPrivate refuses the private LAN ranges too (10/8, 172.16/12, 192.168/16,
+	// fc00::/7), unless AllowNets opens them (FOREMAN_WEBHOOK_DENY_PRIVATE).
+	DenyPrivate bool
+	// Protected are host:port endpoints no webhook reaches, whatever AllowNets says:
+	// foreman's target (FOREMAN_OLLAMA_URL) and its own HTTP address. An endpoint on a
+	// loopback or unspecified host also covers its port on this machine's addresses.
+	Protected []string
+	// LookupNetIP resolves names; default net.DefaultResolver.LookupNetIP.
+	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
+	// InterfaceAddrs lists this machine's addresses; default net.InterfaceAddrs.
+	InterfaceAddrs func() ([]net.Addr, error)
+
+	// connect makes the connection to a checked ip:port; nil is a net.Dialer. Tests
+	// replace it to prove a refused address is never connected to.
+	connect func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// ParseNets reads a comma-separated list of CIDRs (a bare address is one address).
+func ParseNets(s string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(f)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not a CIDR (e.g. 127.0.0.0/8, ::1/128)", f)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
+}
+
+// category names why the default refuses ip, or "" when it allows it.
+func (p *Policy) category(ip netip.Addr) string {
+	switch {
+	case ip.IsUnspecified() || (ip.Is4() && ip.As4()[0] == 0):
+		return "an unspecified address"
+	case ip.IsLoopback():
+		return "a loopback address"
+	case ip.IsLinkLocalUnicast():
+		return "a link-local address"
+	case ip.IsMulticast():
+		return "a multicast address"
+	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return "a broadcast address"
+	case p.DenyPrivate && ip.IsPrivate():
+		return "a private address (FOREMAN_WEBHOOK_DENY_PRIVATE)"
+	}
+	return ""
+}
+
+func (p *Policy) allowed(ip netip.Addr) bool {
+	for _, n := range p.AllowNets {
+		if n.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckAddr reports whether a webhook may connect to ip:port: nil, or a *RefusedError.
+// Protected endpoints given by name are resolved with LookupNetIP.
+func (p *Policy) CheckAddr(ctx context.Context, ip netip.Addr, port uint16) error {
+	return p.checkAddr(ctx, ip, port, true)
+}
+
+// checkAddr is CheckAddr; resolve false compares protected endpoints given by name by
+// name only (no DNS at submit).
+func (p *Policy) checkAddr(ctx context.Context, ip netip.Addr, port uint16, resolve bool) error {
+	ip = ip.Unmap().WithZone("")
+	ap := netip.AddrPortFrom(ip, port).String()
+	if what := p.protected(ctx, ip, port, resolve); what != "" {
+		return &RefusedError{Addr: ap, Reason: what}
+	}
+	if p.allowed(ip) {
+		return nil
+	}
+	if c := p.category(ip); c != "" {
+		return &RefusedError{Addr: ip.String(), Reason: c, Openable: true}
+	}
+	return nil
+}
+
+// ownEndpoint is the refusal reason of a protected endpoint; which one is not said.
+const ownEndpoint = "foreman's own endpoint (its Ollama target or its HTTP address)"
+
+// protected reports ownEndpoint when ip:port is a protected endpoint, else "".
+func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, resolve bool) string {
+	var own []netip.Addr // this machine's addresses, read once when needed
+	ownRead := false
+	for _, hp := range p.Protected {
+		host, pport, ok := splitHostPort(hp)
+		if !ok || pport != port {
+			continue
+		}
+		addrs := p.literalOrLocal(host)
+		if addrs == nil && resolve {
+			addrs, _ = p.lookup(ctx, "ip", host) // unresolvable: compared by name at submit only
+		}
+		local := false
+		for _, a := range addrs {
+			a = a.Unmap().WithZone("")
+			if a == ip {
+				return ownEndpoint
+			}
+			local = local || a.IsLoopback() || a.IsUnspecified()
+		}
+		if !local {
+			continue
+		}
+		if ip.IsLoopback() || ip.IsUnspecified() {
+			return ownEndpoint
+		}
+		if !ownRead {
+			own, ownRead = p.ownAddrs(), true
+		}
+		for _, a := range own {
+			if a == ip {
+				return ownEndpoint
+			}
+		}
+	}
+	return ""
+}
+
+// CheckURL is the submit-time check of a webhook URL (http or https, already parsed):
+// literal addresses and localhost-style names are checked as the dialer would, and a
+// protected endpoint is refused by name. Other names are left to the dial-time check:
+// no DNS is done here.
+func (p *Policy) CheckURL(u *url.URL) error {
+	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	port := portOf(u)
+	for _, hp := range p.Protected {
+		h, pp, ok := splitHostPort(hp)
+		if ok && pp == port && strings.EqualFold(strings.TrimSuffix(h, "."), host) {
+			return &RefusedError{Addr: net.JoinHostPort(host, strconv.Itoa(int(port))), Reason: ownEndpoint}
+		}
+	}
+	addrs := p.literalOrLocal(host)
+	if addrs == nil {
+		return nil
+	}
+	// Refused when every address is, as the dialer would be.
+	var first error
+	for _, a := range addrs {
+		err := p.checkAddr(context.Background(), a, port, false)
+		if err == nil {
+			return nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	var re *RefusedError
+	if localhostName(host) && errors.As(first, &re) {
+		re.Addr = host + " (" + re.Addr + ")"
+	}
+	return first
+}
+
+// literalOrLocal returns the address of a literal host, the loopback addresses of a
+// localhost-style name, or nil for any other name.
+func (p *Policy) literalOrLocal(host string) []netip.Addr {
+	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+		return []netip.Addr{a}
+	}
+	if localhostName(host) {
+		return []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
+	}
+	return nil
+}
+
+// localhostName: "localhost" and names under ".localhost" resolve to loopback (RFC 6761).
+func localhostName(host string) bool {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	return host == "localhost" || strings.HasSuffix(host, ".localhost")
+}
+
+// DialContext connects to addr ("host:port") through the policy: the host is resolved,
+// every refused address is skipped, and the rest are tried in order. With nothing left
+// it returns the first refusal (errors.Is ErrRefused) before any connection is made.
+func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, port, ok := splitHostPort(addr)
+	if !ok {
+		return nil, fmt.Errorf("webhook dial: bad address %q", addr)
+	}
+	ips := p.literalOrLocal(host)
+	if ips == nil {
+		ipNet := "ip"
+		switch network {
+		case "tcp4":
+			ipNet = "ip4"
+		case "tcp6":
+			ipNet = "ip6"
+		}
+		var err error
+		if ips, err = p.lookup(ctx, ipNet, host); err != nil {
+			return nil, err
+		}
+	}
+	var (
+		refusal error
+		errs    []error
+	)
+	connect := p.connect
+	if connect == nil {
+		var d net.Dialer
+		connect = d.DialContext
+	}
+	for _, ip := range ips {
+		if err := p.CheckAddr(ctx, ip, port); err != nil {
+			if refusal == nil {
+				refusal = err
+			}
+			continue
+		}
+		c, err := connect(ctx, network, netip.AddrPortFrom(ip.Unmap(), port).String())
+		if err == nil {
+			return c, nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if refusal != nil {
+		return nil, refusal
+	}
+	return nil, fmt.Errorf("webhook dial: %s has no address", host)
+}
+
+// Client is an HTTP client whose every connection goes through the policy. It follows
+// no redirects (Standard Webhooks counts a 3xx as a failure, and following one would
+// send the signed event somewhere the job's owner did not name) and uses no proxy from
+// the environment (the policy must see the receiver's own address).
+func (p *Policy) Client() *http.Client {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.Proxy = nil
+	t.DialContext = p.DialContext
+	return &http.Client{
+		Transport:     t,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+}
+
+func (p *Policy) lookup(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	if p.LookupNetIP != nil {
+		return p.LookupNetIP(ctx, network, host)
+	}
+	return net.DefaultResolver.LookupNetIP(ctx, network, host)
+}
+
+func (p *Policy) ownAddrs() []netip.Addr {
+	list := net.InterfaceAddrs
+	if p.InterfaceAddrs != nil {
+		list = p.InterfaceAddrs
+	}
+	addrs, err := list()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if pn, err := netip.ParsePrefix(a.String()); err == nil {
+			out = append(out, pn.Addr().Unmap().WithZone(""))
+		}
+	}
+	return out
+}
+
+// splitHostPort splits "host:port" with a numeric port.
+func splitHostPort(hp string) (string, uint16, bool) {
+	host, ps, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, false
+	}
+	port, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil {
+		return "", 0, false
+	}
+	return host, uint16(port), true
+}
+
+// portOf is a URL's port, or its scheme's default.
+func portOf(u *url.URL) uint16 {
+	if ps := u.Port(); ps != "" {
+		if n, err := strconv.ParseUint(ps, 10, 16); err == nil {
+			return uint16(n)
+		}
+	}
+	if u.Scheme == "https" {
+		return 443
+	}
+	return 80
+}
+
+// EndpointOf is the host:port of an http(s) URL (the port defaulted by scheme), for
+// Policy.Protected.
+func EndpointOf(rawURL string) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Hostname() == "" {
+		return "", fmt.Errorf("%q is not an absolute URL", rawURL)
+	}
+	return net.JoinHostPort(u.Hostname(), strconv.Itoa(int(portOf(u)))), nil
+}

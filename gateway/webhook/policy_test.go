@@ -1,0 +1,203 @@
+package webhook
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"net/url"
+	"strings"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// names is a resolver seam: test names map to fixed addresses, nothing else resolves.
+func names(m map[string][]string) func(context.Context, string, string) ([]netip.Addr, error) {
+	return func(_ context.Context, _, host string) ([]netip.Addr, error) {
+		var out []netip.Addr
+		for _, a := range m[strings.ToLower(host)] {
+			out = append(out, netip.MustParseAddr(a))
+		}
+		if len(out) == 0 {
+			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+		}
+		return out, nil
+	}
+}
+
+// TestPolicyDialRefusesBeforeConnecting: names resolving to refused addresses are refused
+// by the dialer itself, so no connection is attempted (a connect to 169.254.169.254 or
+// 10.x would time out here, not return ErrRefused).
+func TestPolicyDialRefusesBeforeConnecting(t *testing.T) {
+	t.Parallel()
+	lookup := names(map[string][]string{
+		"metadata.test": {"169.254.169.254"},
+		"lan.test":      {"10.20.30.40"},
+		"v6.test":       {"::1"},
+		"mapped.test":   {"::ffff:127.0.0.1"},
+		"zero.test":     {"0.0.0.0"},
+		"mcast.test":    {"ff02::1"},
+	})
+	cases := []struct {
+		policy Policy
+		addr   string
+	}{
+		{Policy{LookupNetIP: lookup}, "metadata.test:80"},
+		{Policy{LookupNetIP: lookup}, "v6.test:443"},
+		{Policy{LookupNetIP: lookup}, "mapped.test:11434"},
+		{Policy{LookupNetIP: lookup}, "zero.test:8080"},
+		{Policy{LookupNetIP: lookup}, "mcast.test:80"},
+		{Policy{LookupNetIP: lookup}, "127.0.0.1:11434"},
+		{Policy{LookupNetIP: lookup}, "localhost:11434"},
+		{Policy{LookupNetIP: lookup, DenyPrivate: true}, "lan.test:80"},
+		// Opened loopback, but the target's own port stays closed, on any loopback
+		// address and on this machine's own addresses.
+		{Policy{LookupNetIP: lookup, AllowNets: loopbackNets, Protected: []string{"127.0.0.1:11434"}}, "v6.test:11434"},
+		{Policy{LookupNetIP: lookup, AllowNets: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}, Protected: []string{"localhost:11434"},
+			InterfaceAddrs: func() ([]net.Addr, error) {
+				return []net.Addr{&net.IPNet{IP: net.ParseIP("10.20.30.40"), Mask: net.CIDRMask(24, 32)}}, nil
+			}}, "lan.test:11434"},
+		// The target by name: its resolved address is refused on its port.
+		{Policy{LookupNetIP: lookup, Protected: []string{"lan.test:11434"}}, "10.20.30.40:11434"},
+	}
+	for _, c := range cases {
+		c.policy.connect = func(_ context.Context, _, addr string) (net.Conn, error) {
+			t.Errorf("dial %s: connected to %s", c.addr, addr)
+			return nil, errors.New("no connection in this test")
+		}
+		conn, err := c.policy.DialContext(context.Background(), "tcp", c.addr)
+		if conn != nil {
+			conn.Close()
+		}
+		if !errors.Is(err, ErrRefused) {
+			t.Errorf("dial %s with %+v: %v, want a refusal", c.addr, c.policy, err)
+		}
+	}
+}
+
+// TestPolicyDialAllowsOpenedRanges: a name resolving to an opened range is dialled (here
+// a loopback receiver), also when the name resolves to a refused address first.
+func TestPolicyDialAllowsOpenedRanges(t *testing.T) {
+	t.Parallel()
+	rcv := newReceiver(t, nil)
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(rcv.URL, "http://"))
+	p := Policy{AllowNets: loopbackNets, LookupNetIP: names(map[string][]string{
+		"hook.test": {"169.254.169.254", "127.0.0.1"},
+	})}
+	var connected []string
+	p.connect = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		connected = append(connected, addr)
+		if !strings.HasPrefix(addr, "127.0.0.1:") {
+			return nil, errors.New("not a loopback address")
+		}
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}
+	conn, err := p.DialContext(context.Background(), "tcp", net.JoinHostPort("hook.test", port))
+	if err != nil {
+		t.Fatalf("dial an opened loopback receiver: %v", err)
+	}
+	conn.Close()
+	if len(connected) != 1 || connected[0] != "127.0.0.1:"+port {
+		t.Fatalf("connected to %v, want only the loopback receiver", connected)
+	}
+}
+
+func TestPolicyCheckURL(t *testing.T) {
+	t.Parallel()
+	p := Policy{Protected: []string{"mac.lan:11434", "127.0.0.1:8080"}}
+	for raw, ok := range map[string]bool{
+		"http://127.0.0.1/h":           false,
+		"http://localhost/h":           false,
+		"http://169.254.169.254/h":     false,
+		"http://[::]/h":                false,
+		"http://mac.lan:11434/h":       false,
+		"http://MAC.LAN.:11434/h":      false,
+		"http://mac.lan/h":             true, // port 80, not the target's
+		"https://hooks.example.com/h":  true, // names are checked at dial time
+		"http://10.0.0.1:11434/h":      true,
+		"https://[2001:db8::1]:8443/h": true,
+	} {
+		u, _ := url.Parse(raw)
+		err := p.CheckURL(u)
+		if (err == nil) != ok {
+			t.Errorf("CheckURL(%s) = %v, want allowed %v", raw, err, ok)
+		}
+		if err != nil && !errors.Is(err, ErrRefused) {
+			t.Errorf("CheckURL(%s) = %v, not ErrRefused", raw, err)
+		}
+	}
+	open := Policy{AllowNets: loopbackNets, Protected: []string{"127.0.0.1:8080"}}
+	for raw, ok := range map[string]bool{"http://localhost:9/h": true, "http://127.0.0.1:8080/h": false, "http://localhost:8080/h": false, "http://[::1]:8080/h": false} {
+		u, _ := url.Parse(raw)
+		if err := open.CheckURL(u); (err == nil) != ok {
+			t.Errorf("with loopback opened: CheckURL(%s) = %v, want allowed %v", raw, err, ok)
+		}
+	}
+}
+
+func TestParseNets(t *testing.T) {
+	t.Parallel()
+	got, err := ParseNets(" 127.0.0.0/8, ::1/128,10.1.2.3 ,192.168.1.7/24,")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"127.0.0.0/8", "::1/128", "10.1.2.3/32", "192.168.1.0/24"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for i := range want {
+		if got[i].String() != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+	for _, bad := range []string{"10.0.0.0/33", "localhost", "10.0.0/8"} {
+		if _, err := ParseNets(bad); err == nil {
+			t.Errorf("ParseNets(%q) accepted", bad)
+		}
+	}
+}
+
+// TestRefusedDeliveryIsLoggedNotRetried: an event whose receiver name resolves to a
+// refused address (the metadata service, or loopback by default) is logged "refused"
+// once and acked; the job is untouched. Jobs written straight to the store (as another
+// foreman or an older version might have) meet the same check at dial time.
+func TestRefusedDeliveryIsLoggedNotRetried(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+	_, port, _ := net.SplitHostPort(strings.TrimPrefix(rcv.URL, "http://"))
+	cfg := fastConfig(b.Store)
+	cfg.Policy = Policy{LookupNetIP: names(map[string][]string{
+		"metadata.test": {"169.254.169.254"},
+		"hook.test":     {"127.0.0.1"},
+	})}
+	cfg.Policy.connect = func(_ context.Context, _, addr string) (net.Conn, error) {
+		t.Errorf("connected to %s", addr)
+		return nil, errors.New("no connection in this test")
+	}
+	runDispatcher(t, cfg)
+
+	meta := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: "http://metadata.test/latest/meta-data", Events: []broker.State{broker.StateQueued}}})
+	local := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: "http://hook.test:" + port + "/h", Events: []broker.State{broker.StateQueued}}})
+	direct := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL + "/h", Events: []broker.State{broker.StateQueued}}})
+	for _, id := range []string{meta.ID, local.ID, direct.ID} {
+		waitLog(t, b.Store, id, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
+	}
+	waitConsumerIdle(t, b.Store)
+	for _, id := range []string{meta.ID, local.ID, direct.ID} {
+		log, _ := b.Store.Deliveries(ctxT(t), id)
+		if len(log) != 1 || log[0].Outcome != broker.OutcomeRefused || log[0].Attempt != 1 || !strings.Contains(log[0].Error, "foreman sends no webhooks there") {
+			t.Errorf("job %s delivery log %+v, want one refused attempt", id, log)
+		}
+		got, _, _ := b.Store.Get(ctxT(t), id)
+		if got.State != broker.StateQueued || got.Error != "" {
+			t.Errorf("a refused webhook changed the job: %+v", got)
+		}
+	}
+	if n := len(rcv.hits); n != 0 {
+		t.Fatalf("the loopback receiver got %d requests", n)
+	}
+}
