@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"encoding/json"
+	"net/textproto"
 	"strconv"
 	"strings"
 	"testing"
@@ -58,16 +59,13 @@ func FuzzFramePieces(f *testing.F) {
 //
 // One NATS server serves the whole fuzz run; each input uses its own job subject.
 func FuzzRelayPublish(f *testing.F) {
-	f.Add([]byte("{\"a\":1}\n\x00{\"done\":true}\n"), "application/x-ndjson", uint8(0))
-	f.Add([]byte("data: {}\n\n\x00data: [DONE]\n\n"), "text/event-stream", uint8(0))
-	f.Add([]byte("{\"embedding\":[]}"), "", uint8(40))
-	f.Add([]byte("\x00\x00"), "application/json", uint8(1))
+	f.Add([]byte("{\"a\":1}\n\x00{\"done\":true}\n"), "application/x-ndjson", uint8(0), "")
+	f.Add([]byte("data: {}\n\n\x00data: [DONE]\n\n"), "text/event-stream", uint8(0), "model crashed")
+	f.Add([]byte("{\"embedding\":[]}"), "", uint8(40), "")
+	f.Add([]byte("\x00\x00"), " application/json\r\n", uint8(1), "x\r\nForeman-Final: done\r\n")
 	b := brokertest.New(f)
 	nc := b.Conn
-	f.Fuzz(func(t *testing.T, data []byte, ctype string, padK uint8) {
-		if strings.ContainsAny(ctype, "\r\n") {
-			return // an HTTP header value (the target's Content-Type) never holds them
-		}
+	f.Fuzz(func(t *testing.T, data []byte, ctype string, padK uint8, errMsg string) {
 		frames := bytes.Split(data, []byte{0})
 		if padK > 0 {
 			frames[0] = append(bytes.Repeat([]byte{'x'}, int(padK)<<15), frames[0]...)
@@ -88,7 +86,11 @@ func FuzzRelayPublish(f *testing.F) {
 				t.Fatalf("publish frame: %v", err)
 			}
 		}
-		if err := r.final(broker.StateDone, "", 0); err != nil {
+		state, status := broker.StateDone, 0
+		if errMsg != "" {
+			state, status = broker.StateFailed, 502
+		}
+		if err := r.final(state, errMsg, status); err != nil {
 			t.Fatal(err)
 		}
 		var got []byte
@@ -103,7 +105,7 @@ func FuzzRelayPublish(f *testing.F) {
 			if s := m.Header.Get(broker.HeaderSeq); s != strconv.Itoa(seq) {
 				t.Fatalf("message %d has Foreman-Seq %q", seq, s)
 			}
-			if ct := m.Header.Get(broker.HeaderContentType); (seq == 1 && ct != strings.TrimSpace(ctype) && ct != ctype) || (seq > 1 && ct != "") {
+			if ct := m.Header.Get(broker.HeaderContentType); (seq == 1 && ct != headerValue(ctype)) || (seq > 1 && ct != "") {
 				t.Fatalf("message %d has Content-Type %q (sent %q)", seq, ct, ctype)
 			}
 			if int64(len(m.Data)) > nc.MaxPayload() {
@@ -113,6 +115,12 @@ func FuzzRelayPublish(f *testing.F) {
 				if len(m.Data) != 0 {
 					t.Fatal("final marker carries data")
 				}
+				// The target's error text cannot forge the marker's other headers.
+				h := m.Header
+				if h.Get(broker.HeaderFinal) != string(state) || h.Get(broker.HeaderError) != headerValue(errMsg) ||
+					(status != 0) != (h.Get(broker.HeaderStatus) == "502") {
+					t.Fatalf("final marker %v, sent %s %q %d", h, state, errMsg, status)
+				}
 				break
 			}
 			got = append(got, m.Data...)
@@ -121,6 +129,13 @@ func FuzzRelayPublish(f *testing.F) {
 			t.Fatalf("received %d bytes, sent %d", len(got), len(want))
 		}
 	})
+}
+
+// headerValue is what a NATS header value v reads as once received: nats.go trims it and
+// turns CR and LF into spaces, and the reader trims again.
+func headerValue(v string) string {
+	v = strings.NewReplacer("\r", " ", "\n", " ").Replace(textproto.TrimString(v))
+	return textproto.TrimString(v)
 }
 
 // FuzzResult builds a result from fuzzed target frames: it must not panic, and for an
