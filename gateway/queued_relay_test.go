@@ -367,6 +367,8 @@ func TestParseInference(t *testing.T) {
 		{broker.KindChat, `[1]`, "", false, "invalid JSON body"},
 		{broker.KindChat, `{"model":" "}`, "", false, "model is required"},
 		{broker.KindChat, `null`, "", false, "expected an object"},
+		{broker.KindChat, `{"name":"tiny-a"}`, "", false, "model is required"},
+		{broker.KindOpenAIChat, `{"name":"tiny-a","model":""}`, "", false, "model is required"},
 	}
 	for _, c := range cases {
 		model, stream, err := parseInference(c.kind, []byte(c.body))
