@@ -36,7 +36,8 @@ var fuzzRoutes = []string{"/api/chat", "/api/generate", "/v1/chat/completions", 
 
 // FuzzHTTPSubmit posts fuzzed bodies to the queued routes and POST /jobs. Whatever the
 // body, the answer comes, is never a 5xx but 503 (queue or storage full), and when it is
-// not a 2xx it is JSON with an "error" member; an accepted job is a 202 with its id.
+// not a 2xx it is JSON with an "error" member; a queued call that ran answers the status
+// the target gives the same body; an accepted job is a 202 with its id.
 // Run with: go test -run '^$' -fuzz '^FuzzHTTPSubmit$' -fuzztime 30s ./gateway
 func FuzzHTTPSubmit(f *testing.F) {
 	f.Add(uint8(0), []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`))
@@ -66,7 +67,16 @@ func FuzzHTTPSubmit(f *testing.F) {
 			t.Fatalf("POST %s %q: %d %s", path, body, status, out)
 		}
 		if status/100 != 2 {
-			wantErrorBody(t, "POST "+path, status, out)
+			wantErrorBody(t, path, status, out)
+		}
+		if path != "/jobs" && w.Header().Get(HeaderJobID) != "" {
+			// The job ran: the client gets the status the target gives the same body.
+			direct := post(t, ctx, b.Fake.URL, path, body)
+			if direct.Status != status {
+				t.Fatalf("POST %s %q: %d %s, but the target answers %d %s", path, body, status, out, direct.Status, direct.Body)
+			}
+		}
+		if status/100 != 2 {
 			return
 		}
 		if path == "/jobs" {

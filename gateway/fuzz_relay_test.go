@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,15 +17,28 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// wantErrorBody fails unless body is a JSON object with a non-null "error" member, the
-// shape of every error answer (Ollama's string or OpenAI's object).
-func wantErrorBody(t *testing.T, what string, status int, body []byte) {
+// wantErrorBody fails unless body is an error answer in the shape of path's API: Ollama's
+// {"error":"..."} or, on /v1 routes, OpenAI's {"error":{"message":"...",...}}.
+func wantErrorBody(t *testing.T, path string, status int, body []byte) {
 	t.Helper()
 	var e struct {
 		Error json.RawMessage `json:"error"`
 	}
 	if err := json.Unmarshal(body, &e); err != nil || len(e.Error) == 0 || string(e.Error) == "null" {
-		t.Fatalf("%s: %d answer %q is not JSON with an \"error\" member", what, status, body)
+		t.Fatalf("%s: %d answer %q is not JSON with an \"error\" member", path, status, body)
+	}
+	var shaped bool
+	if strings.HasPrefix(path, "/v1/") {
+		var obj struct {
+			Message *string `json:"message"`
+		}
+		shaped = json.Unmarshal(e.Error, &obj) == nil && obj.Message != nil
+	} else {
+		var msg string
+		shaped = json.Unmarshal(e.Error, &msg) == nil
+	}
+	if !shaped {
+		t.Fatalf("%s: %d answer %q is not an error in the route's API shape", path, status, body)
 	}
 }
 
@@ -125,7 +139,7 @@ func FuzzRelay(f *testing.F) {
 			if o != outcomeError {
 				t.Fatalf("status %d with outcome %d", w.Code, o)
 			}
-			wantErrorBody(t, "relay", w.Code, w.Body.Bytes())
+			wantErrorBody(t, kind.Path(), w.Code, w.Body.Bytes())
 		}
 		if clean {
 			var want []byte

@@ -214,20 +214,21 @@ func (rl *relay) final(kind string, h nats.Header) outcome {
 }
 
 // openAIErrorMessage recognizes an OpenAI error body, {"error":{"message":...}}, as the
-// target's error text and returns its message.
+// target's error text and returns its message. A body without a message string is not
+// one: relayed as it is, it would leave an OpenAI client without error.message.
 func openAIErrorMessage(s string) (string, bool) {
 	if !strings.HasPrefix(s, "{") {
 		return "", false
 	}
 	var e struct {
 		Error *struct {
-			Message string `json:"message"`
+			Message *string `json:"message"`
 		} `json:"error"`
 	}
-	if err := json.Unmarshal([]byte(s), &e); err != nil || e.Error == nil {
+	if err := json.Unmarshal([]byte(s), &e); err != nil || e.Error == nil || e.Error.Message == nil {
 		return "", false
 	}
-	return e.Error.Message, true
+	return *e.Error.Message, true
 }
 
 // ended handles a terminal job seen without its final marker.
