@@ -141,6 +141,9 @@ func FuzzRelay(f *testing.F) {
 			}
 			wantErrorBody(t, kind.Path(), w.Code, w.Body.Bytes())
 		}
+		if w.Code == http.StatusOK && o == outcomeError {
+			wantErrorFrame(t, rl.ctype, w.Body.Bytes())
+		}
 		if clean {
 			var want []byte
 			for _, m := range msgs {
@@ -154,4 +157,34 @@ func FuzzRelay(f *testing.F) {
 			}
 		}
 	})
+}
+
+// wantErrorFrame fails unless a stream that ended in an error ends with a whole error
+// frame of its format, starting where a line (NDJSON) or an event (SSE) starts, so the
+// client reads it whatever the frames before it left unfinished.
+func wantErrorFrame(t *testing.T, ctype string, body []byte) {
+	t.Helper()
+	if isSSE(ctype) {
+		start := bytes.LastIndex(body, []byte("\ndata: ")) + 1 // 0 when the error is all there is
+		before, event := body[:start], body[start:]
+		data, ok := bytes.CutSuffix(bytes.TrimPrefix(event, []byte("data: ")), []byte("\n\n"))
+		var e struct {
+			Error struct {
+				Message *string `json:"message"`
+			} `json:"error"`
+		}
+		atEvent := len(before) == 0 || bytes.HasSuffix(before, []byte("\n\n")) || bytes.HasSuffix(before, []byte("\n\r\n"))
+		if !bytes.HasPrefix(event, []byte("data: ")) || !ok || json.Unmarshal(data, &e) != nil || e.Error.Message == nil || !atEvent {
+			t.Fatalf("SSE stream does not end with a whole error event: %q", body)
+		}
+		return
+	}
+	line, ok := bytes.CutSuffix(body, []byte("\n"))
+	i := bytes.LastIndexByte(line, '\n')
+	var e struct {
+		Error *string `json:"error"`
+	}
+	if !ok || json.Unmarshal(line[i+1:], &e) != nil || e.Error == nil {
+		t.Fatalf("stream does not end with a whole error line: %q", body)
+	}
 }

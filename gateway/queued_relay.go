@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -64,6 +65,7 @@ type relay struct {
 	started  bool   // status and headers are written
 	ctype    string // the response's Content-Type once known
 	pending  []byte // a non-streamed body, held until the final marker confirms it
+	tail     []byte // the last bytes of the stream written so far (up to 3)
 	terminal bool   // the watchdog saw the record terminal once already
 }
 
@@ -167,7 +169,30 @@ func (rl *relay) frame(m *nats.Msg) error {
 	if _, err := rl.w.Write(m.Data); err != nil {
 		return err
 	}
+	rl.tail = append(rl.tail, m.Data[max(len(m.Data)-3, 0):]...)
+	rl.tail = rl.tail[max(len(rl.tail)-3, 0):]
 	return rl.flush()
+}
+
+// boundary is what ends the stream written so far at a line (NDJSON) or an event (SSE),
+// so that an error frame after a partial frame (a piece of a large frame lost in a gap,
+// or a shutdown between pieces) is still read as a frame of its own.
+func (rl *relay) boundary(sse bool) []byte {
+	t := rl.tail
+	switch {
+	case len(t) == 0:
+		return nil
+	case !sse:
+		if t[len(t)-1] == '\n' {
+			return nil
+		}
+		return []byte("\n")
+	case bytes.HasSuffix(t, []byte("\n\n")), bytes.HasSuffix(t, []byte("\n\r\n")):
+		return nil
+	case t[len(t)-1] == '\n':
+		return []byte("\n")
+	}
+	return []byte("\n\n")
 }
 
 // final handles the final marker.
@@ -267,13 +292,14 @@ func (rl *relay) fail(status int, msg string) outcome {
 		rl.s.writeError(rl.w, rl.r, &Error{Status: status, Message: msg})
 		return outcomeError
 	}
-	var frame []byte
-	if isSSE(rl.ctype) {
+	sse := isSSE(rl.ctype)
+	frame := rl.boundary(sse)
+	if sse {
 		b, _ := json.Marshal(map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}})
-		frame = append(append([]byte("data: "), b...), "\n\n"...)
+		frame = append(append(append(frame, "data: "...), b...), "\n\n"...)
 	} else {
 		b, _ := json.Marshal(map[string]string{"error": msg})
-		frame = append(b, '\n')
+		frame = append(append(frame, b...), '\n')
 	}
 	if _, err := rl.w.Write(frame); err != nil {
 		return outcomeClientGone
