@@ -1,12 +1,14 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -32,17 +34,25 @@ func (s *Server) queuedRoutes(mux *http.ServeMux) {
 
 // parseInference returns the model a body names and whether the client wants a stream:
 // Ollama's /api routes stream unless told otherwise, the OpenAI routes only on
-// "stream": true.
+// "stream": true. The model is the "model" member alone: on these routes the target
+// reads no other (the legacy "name" is for /api/show and /api/delete), so a job queued
+// under a "name" would reach the target without a model.
 func parseInference(kind broker.Kind, body []byte) (model string, stream bool, err error) {
-	model, err = requestModel(body)
-	if err != nil {
+	if len(bytes.TrimSpace(body)) == 0 {
+		return "", false, badRequest("missing request body")
+	}
+	if err := validJSONObject(body); err != nil {
 		return "", false, err
 	}
 	var req struct {
-		Stream *bool `json:"stream"`
+		Model  string `json:"model"`
+		Stream *bool  `json:"stream"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
 		return "", false, badRequest("invalid JSON body: " + err.Error())
+	}
+	if strings.TrimSpace(req.Model) == "" {
+		return "", false, badRequest("model is required")
 	}
 	switch kind {
 	case broker.KindChat, broker.KindGenerate:
@@ -50,7 +60,7 @@ func parseInference(kind broker.Kind, body []byte) (model string, stream bool, e
 	default:
 		stream = req.Stream != nil && *req.Stream
 	}
-	return model, stream, nil
+	return req.Model, stream, nil
 }
 
 // handleQueued turns one inference call into a sync job and relays its answer.

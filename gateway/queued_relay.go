@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,6 +67,7 @@ type relay struct {
 	started  bool   // status and headers are written
 	ctype    string // the response's Content-Type once known
 	pending  []byte // a non-streamed body, held until the final marker confirms it
+	tail     []byte // the last bytes of the stream written so far (up to 3)
 	terminal bool   // the watchdog saw the record terminal once already
 }
 
@@ -203,6 +205,8 @@ const writeChunk = 64 << 10
 
 // write sends b and flushes it; each chunk gets Config.WriteTimeout to go out.
 func (rl *relay) write(b []byte) error {
+	rl.tail = append(rl.tail, b[max(len(b)-3, 0):]...)
+	rl.tail = rl.tail[max(len(rl.tail)-3, 0):]
 	for first := true; first || len(b) > 0; first = false {
 		n := min(len(b), writeChunk)
 		if err := rl.deadline(); err != nil {
@@ -225,6 +229,27 @@ func (rl *relay) deadline() error {
 		return nil
 	}
 	return err
+}
+
+// boundary is what ends the stream written so far at a line (NDJSON) or an event (SSE),
+// so that an error frame after a partial frame (a piece of a large frame lost in a gap,
+// or a shutdown between pieces) is still read as a frame of its own.
+func (rl *relay) boundary(sse bool) []byte {
+	t := rl.tail
+	switch {
+	case len(t) == 0:
+		return nil
+	case !sse:
+		if t[len(t)-1] == '\n' {
+			return nil
+		}
+		return []byte("\n")
+	case bytes.HasSuffix(t, []byte("\n\n")), bytes.HasSuffix(t, []byte("\n\r\n")):
+		return nil
+	case t[len(t)-1] == '\n':
+		return []byte("\n")
+	}
+	return []byte("\n\n")
 }
 
 // final handles the final marker.
@@ -268,20 +293,21 @@ func (rl *relay) final(kind string, h nats.Header) outcome {
 }
 
 // openAIErrorMessage recognizes an OpenAI error body, {"error":{"message":...}}, as the
-// target's error text and returns its message.
+// target's error text and returns its message. A body without a message string is not
+// one: relayed as it is, it would leave an OpenAI client without error.message.
 func openAIErrorMessage(s string) (string, bool) {
 	if !strings.HasPrefix(s, "{") {
 		return "", false
 	}
 	var e struct {
 		Error *struct {
-			Message string `json:"message"`
+			Message *string `json:"message"`
 		} `json:"error"`
 	}
-	if err := json.Unmarshal([]byte(s), &e); err != nil || e.Error == nil {
+	if err := json.Unmarshal([]byte(s), &e); err != nil || e.Error == nil || e.Error.Message == nil {
 		return "", false
 	}
-	return e.Error.Message, true
+	return *e.Error.Message, true
 }
 
 // ended handles a terminal job seen without its final marker.
@@ -320,13 +346,14 @@ func (rl *relay) fail(status int, msg string) outcome {
 		rl.s.writeError(rl.w, rl.r, &Error{Status: status, Message: msg})
 		return outcomeError
 	}
-	var frame []byte
-	if isSSE(rl.ctype) {
+	sse := isSSE(rl.ctype)
+	frame := rl.boundary(sse)
+	if sse {
 		b, _ := json.Marshal(map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}})
-		frame = append(append([]byte("data: "), b...), "\n\n"...)
+		frame = append(append(append(frame, "data: "...), b...), "\n\n"...)
 	} else {
 		b, _ := json.Marshal(map[string]string{"error": msg})
-		frame = append(b, '\n')
+		frame = append(append(frame, b...), '\n')
 	}
 	if err := rl.write(frame); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {

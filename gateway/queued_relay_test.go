@@ -368,6 +368,8 @@ func TestParseInference(t *testing.T) {
 		{broker.KindChat, `[1]`, "", false, "invalid JSON body"},
 		{broker.KindChat, `{"model":" "}`, "", false, "model is required"},
 		{broker.KindChat, `null`, "", false, "expected an object"},
+		{broker.KindChat, `{"name":"tiny-a"}`, "", false, "model is required"},
+		{broker.KindOpenAIChat, `{"name":"tiny-a","model":""}`, "", false, "model is required"},
 	}
 	for _, c := range cases {
 		model, stream, err := parseInference(c.kind, []byte(c.body))
@@ -436,5 +438,30 @@ func TestRelaySlowConsumerIsGap(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(w.Body.String()), "\n")
 	if msg := errorBody(t, []byte(lines[len(lines)-1])); !strings.HasPrefix(msg, "stream gap:") {
 		t.Errorf("last line %q", lines[len(lines)-1])
+	}
+}
+
+// A gap after part of a frame (a piece of a frame larger than a NATS message) must not
+// glue the error frame to the partial one: the error starts a line (an event) of its own.
+func TestRelayErrorAfterPartialFrame(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		kind      broker.Kind
+		ctype     string
+		partial   string
+		wantAfter string
+	}{
+		{broker.KindChat, "application/x-ndjson", `{"message":{"content":"ab`, "\n{\"error\":"},
+		{broker.KindOpenAIChat, "text/event-stream", `data: {"choices":[{"delta":{"content":"ab`, "\n\ndata: {\"error\":"},
+		{broker.KindOpenAIChat, "text/event-stream", "data: {}\n", "\ndata: {\"error\":"},
+	} {
+		o, w := runRelay(t, relayCase{kind: c.kind, stream: true, msgs: []*nats.Msg{
+			streamMsg(1, c.partial, broker.HeaderContentType, c.ctype),
+			streamMsg(3, "lost piece after this one"),
+		}})
+		want := c.partial + c.wantAfter
+		if o != outcomeError || w.Code != 200 || !strings.HasPrefix(w.Body.String(), want) {
+			t.Errorf("%s: outcome %d, %d %q; want the stream to go on with %q", c.ctype, o, w.Code, w.Body.String(), want)
+		}
 	}
 }

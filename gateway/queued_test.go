@@ -263,6 +263,7 @@ func TestQueuedBadRequests(t *testing.T) {
 	}{
 		{"/api/chat", `{"model":"tiny-a",`, 400, "invalid JSON body"},
 		{"/api/generate", `{"prompt":"hi"}`, 400, "model is required"},
+		{"/api/chat", `{"name":"tiny-a","messages":[]}`, 400, "model is required"},
 		{"/v1/chat/completions", ``, 400, "missing request body"},
 		{"/v1/completions", `"tiny-a"`, 400, "invalid JSON body"},
 		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"` + strings.Repeat("x", 2000) + `"}]}`, 413, "request body too large"},

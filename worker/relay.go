@@ -37,10 +37,7 @@ func (r *relay) response(contentType string) error {
 func (r *relay) frame(f []byte) error {
 	r.frames = append(r.frames, f)
 	limit := max(int(r.nc.MaxPayload())-frameHeadroom, 1024)
-	for first := true; first || len(f) > 0; first = false {
-		n := min(len(f), limit)
-		piece := f[:n]
-		f = f[n:]
+	for _, piece := range framePieces(f, limit) {
 		var hdr func(nats.Header)
 		if r.seq == 0 && r.contentType != "" {
 			hdr = func(h nats.Header) { h.Set(broker.HeaderContentType, r.contentType) }
@@ -50,6 +47,18 @@ func (r *relay) frame(f []byte) error {
 		}
 	}
 	return nil
+}
+
+// framePieces cuts f into consecutive pieces of at most limit bytes. An empty frame is one
+// empty piece: it is still published.
+func framePieces(f []byte, limit int) [][]byte {
+	pieces := make([][]byte, 0, len(f)/limit+1)
+	for first := true; first || len(f) > 0; first = false {
+		n := min(len(f), limit)
+		pieces = append(pieces, f[:n])
+		f = f[n:]
+	}
+	return pieces
 }
 
 // frameHeadroom leaves room for the headers of a piece under the server's max payload.

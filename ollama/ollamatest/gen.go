@@ -58,6 +58,14 @@ func numPredict(options json.RawMessage, def int) int {
 	return def
 }
 
+// capTokens applies Config.MaxTokens to a reply of n tokens.
+func (s *Server) capTokens(n int) int {
+	if s.cfg.MaxTokens > 0 {
+		return min(n, s.cfg.MaxTokens)
+	}
+	return n
+}
+
 // isZeroKeepAlive reports keep_alive 0, "0" or "0s": Ollama's unload request.
 func isZeroKeepAlive(raw json.RawMessage) bool {
 	switch string(raw) {

@@ -90,7 +90,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 	for _, msg := range req.Messages {
 		prompt.WriteString(msg.Role + ": " + msg.Content + "\n")
 	}
-	toks := Reply(m.Name, prompt.String(), numPredict(req.Options, s.cfg.Tokens))
+	toks := Reply(m.Name, prompt.String(), s.capTokens(numPredict(req.Options, s.cfg.Tokens)))
 	final := ollama.ChatResponse{
 		Model: req.Model, CreatedAt: now, Done: true, DoneReason: "stop",
 		Message: ollama.Message{Role: "assistant"},
@@ -139,7 +139,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 		return
 	}
 	prompt := req.System + "\n" + req.Prompt + "\n" + req.Suffix
-	toks := Reply(m.Name, prompt, numPredict(req.Options, s.cfg.Tokens))
+	toks := Reply(m.Name, prompt, s.capTokens(numPredict(req.Options, s.cfg.Tokens)))
 	final := ollama.GenerateResponse{
 		Model: req.Model, CreatedAt: now, Done: true, DoneReason: "stop",
 		Context: []int{1, 2, 3},

@@ -108,7 +108,7 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 	if req.MaxTokens != nil && *req.MaxTokens > 0 {
 		n = *req.MaxTokens
 	}
-	toks := Reply(m.Name, prompt.String(), n)
+	toks := Reply(m.Name, prompt.String(), s.capTokens(n))
 	id, object := "chatcmpl-", "chat.completion"
 	if !chat {
 		id, object = "cmpl-", "text_completion"

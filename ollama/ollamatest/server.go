@@ -28,6 +28,9 @@ type Config struct {
 	TokenDelay time.Duration
 	// Tokens per reply, unless a request sets options.num_predict (or max_tokens); default 5.
 	Tokens int
+	// MaxTokens caps the tokens of any reply, whatever the request asks; 0 means no cap.
+	// Fuzz tests set it so that a fuzzed num_predict cannot ask for an endless reply.
+	MaxTokens int
 	// PullDelay is slept between the progress lines of pull, push and create.
 	PullDelay time.Duration
 	// GatePull makes every pull/push/create progress line wait for a PullStep call.
@@ -55,6 +58,9 @@ func WithTokenDelay(d time.Duration) Option { return func(c *Config) { c.TokenDe
 
 // WithTokens sets Config.Tokens.
 func WithTokens(n int) Option { return func(c *Config) { c.Tokens = n } }
+
+// WithMaxTokens sets Config.MaxTokens.
+func WithMaxTokens(n int) Option { return func(c *Config) { c.MaxTokens = n } }
 
 // WithPullDelay sets Config.PullDelay.
 func WithPullDelay(d time.Duration) Option { return func(c *Config) { c.PullDelay = d } }

@@ -108,6 +108,27 @@ func TestGenerateNonStreamAndNumPredict(t *testing.T) {
 	}
 }
 
+func TestMaxTokensCapsEveryReply(t *testing.T) {
+	t.Parallel()
+	_, c, ctx := setup(t, ollamatest.WithMaxTokens(3))
+	for _, req := range []struct{ path, body string }{
+		{"/api/generate", `{"model":"tiny-b","prompt":"p","stream":false,"options":{"num_predict":1000000}}`},
+		{"/api/chat", `{"model":"tiny-b","messages":[{"role":"user","content":"p"}],"stream":false,"options":{"num_predict":9}}`},
+		{"/v1/completions", `{"model":"tiny-b","prompt":"p","max_tokens":50}`},
+	} {
+		code, body, _ := do(t, ctx, c, "POST", req.path, req.body)
+		var r struct {
+			EvalCount int `json:"eval_count"`
+			Usage     struct {
+				CompletionTokens int `json:"completion_tokens"`
+			} `json:"usage"`
+		}
+		if err := json.Unmarshal(body, &r); code != 200 || err != nil || max(r.EvalCount, r.Usage.CompletionTokens) != 3 {
+			t.Errorf("POST %s: %d %s, want 3 tokens", req.path, code, body)
+		}
+	}
+}
+
 func TestSwapCountingAndPs(t *testing.T) {
 	t.Parallel()
 	s, c, ctx := setup(t)

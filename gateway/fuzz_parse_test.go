@@ -1,0 +1,245 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"regexp"
+	"strings"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
+)
+
+// Fuzz targets for the gateway's decoders of client input. Each checks what an accepted
+// input promises to the rest of foreman, and that every rejection is a 4xx with a message.
+// Run one with: go test -run '^$' -fuzz '^FuzzParseSubmission$' -fuzztime 30s ./gateway
+
+// wantClientError fails unless err maps (through statusOf, the one mapping) to a 4xx
+// with a message for the client.
+func wantClientError(t *testing.T, what string, err error) {
+	t.Helper()
+	status, msg := statusOf(err)
+	if status < 400 || status > 499 || msg == "" {
+		t.Fatalf("%s: error %v maps to %d %q, want a 4xx with a message", what, err, status, msg)
+	}
+}
+
+var tokenAlphabet = regexp.MustCompile(`^[a-z2-7]+$`)
+
+// wantQueueable fails unless model either has a queue token that decodes back to its
+// normalized name, or is refused with ErrBadModel (a 400), as Store.Submit refuses it.
+func wantQueueable(t *testing.T, model string) {
+	t.Helper()
+	token, err := broker.ModelToken(model)
+	if err != nil {
+		if !errors.Is(err, broker.ErrBadModel) {
+			t.Fatalf("ModelToken(%q): %v is not ErrBadModel", model, err)
+		}
+		wantClientError(t, "ModelToken", err)
+		return
+	}
+	if !tokenAlphabet.MatchString(token) {
+		t.Fatalf("ModelToken(%q) = %q: not lower-case base32", model, token)
+	}
+	back, err := broker.ModelFromToken(token)
+	if err != nil || back != broker.NormalizeModel(model) {
+		t.Fatalf("ModelFromToken(ModelToken(%q)) = %q, %v; want %q", model, back, err, broker.NormalizeModel(model))
+	}
+}
+
+var queuedKinds = []broker.Kind{broker.KindChat, broker.KindGenerate, broker.KindOpenAIChat, broker.KindOpenAICompletion}
+
+// FuzzParseInference fuzzes the body parser of /api/chat, /api/generate,
+// /v1/chat/completions and /v1/completions.
+func FuzzParseInference(f *testing.F) {
+	f.Add(uint8(0), []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`))
+	f.Add(uint8(1), []byte(`{"model":"Tiny-A:Latest","prompt":"hi","stream":false}`))
+	f.Add(uint8(2), []byte(`{"model":"tiny-a","stream":true,"messages":[]}`))
+	f.Add(uint8(3), []byte(`{"name":"tiny-a","prompt":"hi","stream":null}`))
+	f.Add(uint8(0), []byte(`{"model":"  ","messages":[]}`))
+	f.Add(uint8(0), []byte(`{"model":"a","stream":"yes"}`))
+	f.Add(uint8(1), []byte(`[{"model":"a"}]`))
+	f.Add(uint8(1), []byte(`null`))
+	f.Fuzz(func(t *testing.T, k uint8, body []byte) {
+		kind := queuedKinds[int(k)%len(queuedKinds)]
+		model, stream, err := parseInference(kind, body)
+		if err != nil {
+			wantClientError(t, "parseInference", err)
+			return
+		}
+		if strings.TrimSpace(model) == "" {
+			t.Fatalf("accepted %q with an empty model", body)
+		}
+		if err := validJSONObject(body); err != nil {
+			t.Fatalf("accepted %q, which is not a JSON object: %v", body, err)
+		}
+		// The model foreman queues is the one the target reads from the same body: Ollama
+		// decodes these routes' bodies into a struct with a "model" field (no "name").
+		var target struct {
+			Model string `json:"model"`
+		}
+		if err := json.Unmarshal(body, &target); err != nil || target.Model != model {
+			t.Fatalf("model %q, but the target would read %q (%v)", model, target.Model, err)
+		}
+		var req struct {
+			Stream *bool `json:"stream"`
+		}
+		if err := json.Unmarshal(body, &req); err != nil {
+			t.Fatalf("accepted %q, but its stream field does not decode: %v", body, err)
+		}
+		want := req.Stream != nil && *req.Stream
+		if kind == broker.KindChat || kind == broker.KindGenerate {
+			want = req.Stream == nil || *req.Stream
+		}
+		if stream != want {
+			t.Fatalf("%s %q: stream = %v, want %v", kind, body, stream, want)
+		}
+		wantQueueable(t, model)
+	})
+}
+
+// foremanFields are the POST /jobs members that never reach the target.
+var foremanFields = map[string]bool{fieldKind: true, fieldWebhookURL: true, fieldEvents: true}
+
+// FuzzParseSubmission fuzzes the POST /jobs body parser, which foreman.jobs.submit shares
+// (Server.submitJob runs it first on the raw request data of both).
+func FuzzParseSubmission(f *testing.F) {
+	f.Add([]byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`))
+	f.Add([]byte(`{"kind":"generate","model":"tiny-a","prompt":"hi","state_webhook_url":"https://example.com/h","webhook_events":["done","failed"]}`))
+	f.Add([]byte(`{"kind":"embed","model":"tiny-embed","input":["a","b"]}`))
+	f.Add([]byte(`{"kind":"openai_chat","model":"tiny-a","messages":"no"}`))
+	f.Add([]byte(`{"kind":"chat","model":"a","Model":"b","MODEL":"c"}`))
+	f.Add([]byte(`{"model":"a","webhook_events":["done"]}`))
+	f.Add([]byte(`{"model":"a","state_webhook_url":"ftp://x/"}`))
+	f.Add([]byte(`{"ki\u006ed":"generate","model":"a","prompt":1} `))
+	f.Add([]byte(`{"model":"a"}{}`))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		sub, err := parseSubmission(raw, &webhook.Policy{})
+		if err != nil {
+			wantClientError(t, "parseSubmission", err)
+			return
+		}
+		if !sub.kind.Valid() {
+			t.Fatalf("accepted kind %q", sub.kind)
+		}
+		if strings.TrimSpace(sub.model) == "" {
+			t.Fatalf("accepted %q with an empty model", raw)
+		}
+		wantQueueable(t, sub.model)
+		// The body sent on is the request's own members, byte for byte, minus foreman's.
+		in, err := objectMembers(raw)
+		if err != nil {
+			t.Fatalf("accepted %q, which does not split into members: %v", raw, err)
+		}
+		out, err := objectMembers(sub.body)
+		if err != nil {
+			t.Fatalf("body %q sent on does not re-decode: %v", sub.body, err)
+		}
+		var kept []member
+		for _, m := range in {
+			if !foremanFields[m.key] {
+				kept = append(kept, m)
+			}
+		}
+		if len(kept) != len(out) {
+			t.Fatalf("body sent on has %d members, want %d: %q from %q", len(out), len(kept), sub.body, raw)
+		}
+		fields := map[string]json.RawMessage{}
+		for i, m := range out {
+			if m.key != kept[i].key || !bytes.Equal(m.value, kept[i].value) {
+				t.Fatalf("member %d sent on is %s:%s, want %s:%s", i, m.key, m.value, kept[i].key, kept[i].value)
+			}
+			fields[m.key] = m.value
+		}
+		// The target reads the same model foreman queued under.
+		var named struct {
+			Model string `json:"model"`
+		}
+		if err := json.Unmarshal(sub.body, &named); err != nil || named.Model != sub.model {
+			t.Fatalf("queued as %q, but the target reads %q (%v) from %q", sub.model, named.Model, err, sub.body)
+		}
+		if err := checkKindFields(sub.kind, fields); err != nil {
+			t.Fatalf("body sent on fails its kind's check: %v", err)
+		}
+		if sub.webhook != nil {
+			if err := webhookURLChecks["default policy"](sub.webhook.URL); err != nil {
+				t.Fatalf("accepted webhook %q that the default policy refuses: %v", sub.webhook.URL, err)
+			}
+			for _, e := range sub.webhook.Events {
+				if !e.Valid() {
+					t.Fatalf("accepted webhook event %q", e)
+				}
+			}
+		}
+	})
+}
+
+// webhookURLChecks are the checks a job's webhook URL passes before the job is accepted.
+// FuzzWebhookURL holds every URL one of them accepts to wantDeliverableURL.
+var webhookURLChecks = map[string]func(string) error{
+	"default policy": func(raw string) error { return checkWebhookURL(raw, &webhook.Policy{}) },
+	"deny private":   func(raw string) error { return checkWebhookURL(raw, &webhook.Policy{DenyPrivate: true}) },
+	"allow loopback": func(raw string) error {
+		return checkWebhookURL(raw, &webhook.Policy{AllowNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}})
+	},
+}
+
+// refusedByDefault reports whether the default webhook policy must refuse a URL whose
+// host is this literal address (ADR-0021).
+func refusedByDefault(a netip.Addr) bool {
+	a = a.Unmap()
+	return a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsMulticast() || a.IsUnspecified()
+}
+
+// FuzzWebhookURL fuzzes the webhook URL checks: an accepted URL is an absolute http(s)
+// URL with a host, short enough, that the deliverer can build a request from.
+func FuzzWebhookURL(f *testing.F) {
+	for _, s := range []string{
+		"https://example.com/hook", "http://127.0.0.1:9/h?x=1", "HTTP://Example.COM", "http://[::1]:80/",
+		"ftp://example.com/", "http:///path", "http://:80/", "/relative", "https://user:pass@host/",
+		"http://host:port/", "http://[fe80::1%25eth0]/", "https:example.com", "http://a b/",
+		"https://" + strings.Repeat("a", 2050),
+		"http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]:11434/api/generate",
+		"http://0.0.0.0:11434/", "http://[fe80::1]/", "http://224.0.0.1/", "http://10.0.0.8/h", "http://localhost./h",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		for name, check := range webhookURLChecks {
+			if err := check(raw); err != nil {
+				wantClientError(t, name, err)
+				continue
+			}
+			wantDeliverableURL(t, name, raw)
+			if name == "allow loopback" {
+				continue
+			}
+			u, _ := url.Parse(raw)
+			if a, err := netip.ParseAddr(strings.Trim(u.Hostname(), "[]")); err == nil && refusedByDefault(a) {
+				t.Fatalf("%s accepted %q, a loopback, link-local, multicast or unspecified address", name, raw)
+			}
+		}
+	})
+}
+
+func wantDeliverableURL(t *testing.T, check, raw string) {
+	t.Helper()
+	if len(raw) > 2048 {
+		t.Fatalf("%s accepted a %d-byte URL", check, len(raw))
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatalf("%s accepted %q, which does not parse: %v", check, raw, err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" || u.Opaque != "" {
+		t.Fatalf("%s accepted %q: scheme %q host %q opaque %q", check, raw, u.Scheme, u.Host, u.Opaque)
+	}
+	if _, err := http.NewRequest(http.MethodPost, raw, nil); err != nil {
+		t.Fatalf("%s accepted %q, but no request can be built for it: %v", check, raw, err)
+	}
+}
