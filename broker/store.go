@@ -31,7 +31,16 @@ type Config struct {
 	AckWait time.Duration
 	// Replicas of every stream, bucket and store: 1 embedded, 3 on a cluster. Default 1.
 	Replicas int
-	Logger   *slog.Logger
+	// BootID names this start of foreman (a ULID, new at every start). The gateway stamps
+	// it on the sync jobs it takes (Job.Gateway), so a sync job whose caller went down with
+	// an earlier process can be told apart. Default: a new id.
+	BootID string
+	// Exclusive says no other foreman uses this store: the embedded server, whose data-dir
+	// lock proves it. Open then makes the jobs a crashed process had taken deliverable at
+	// once (no AckWait), and a sync job of any other boot id has lost its caller. Leave it
+	// false on a shared NATS, where the AckWait and the other foremen's jobs are kept.
+	Exclusive bool
+	Logger    *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -51,6 +60,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Replicas <= 0 {
 		c.Replicas = 1
+	}
+	if c.BootID == "" {
+		c.BootID = NewID()
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -142,6 +154,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: object store %s: %w", ArtifactsBucket, err)
 	}
+	if cfg.Exclusive {
+		if err := s.reclaim(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -154,6 +171,9 @@ func (s *Store) Conn() *nats.Conn { return s.nc }
 
 // KV is the job record bucket.
 func (s *Store) KV() jetstream.KeyValue { return s.kv }
+
+// BootID is the id of this start of foreman (Config.BootID).
+func (s *Store) BootID() string { return s.cfg.BootID }
 
 // Now is the store's clock.
 func (s *Store) Now() time.Time { return s.cfg.Now().UTC() }
@@ -228,6 +248,9 @@ func (s *Store) enqueue(ctx context.Context, j *Job, token string, body []byte) 
 	msg.Header.Set(HeaderJobID, j.ID)
 	msg.Header.Set(HeaderModel, j.Model)
 	msg.Header.Set(HeaderKind, string(j.Kind))
+	if j.Gateway != "" {
+		msg.Header.Set(HeaderGateway, j.Gateway)
+	}
 	if j.BodyRef != "" {
 		msg.Header.Set(HeaderBodyRef, j.BodyRef)
 	} else {

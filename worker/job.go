@@ -50,6 +50,9 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		// Canceled while it ran on a foreman that died before it could end it.
 		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
 		return
+	case w.store.CallerGone(j):
+		w.abandon(bctx, d, log)
+		return
 	case j.Attempt >= w.cfg.MaxAttempts:
 		w.fail(bctx, d, newRelay(w.store.Conn(), d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
@@ -272,6 +275,22 @@ func (w *Worker) cancelRun(ctx context.Context, d *broker.Delivery, r *relay, lo
 		return
 	}
 	log.Info("job canceled", "reason", reason)
+	w.finish(ctx, d, log)
+}
+
+// abandon ends a sync job whose caller is gone (its foreman died) canceled, without
+// running it: nobody would read the answer, and callers that retry wait behind it.
+func (w *Worker) abandon(ctx context.Context, d *broker.Delivery, log *slog.Logger) {
+	w.publishFinal(newRelay(w.store.Conn(), d.JobID), broker.StateCanceled, broker.CallerGoneReason, 0, log)
+	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
+		j.State, j.Error = broker.StateCanceled, broker.CallerGoneReason
+	})
+	if err != nil && !errors.Is(err, errEnded) {
+		log.Error("store canceled state of an abandoned sync job; will retry", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	}
+	log.Info("sync job canceled without running: " + broker.CallerGoneReason)
 	w.finish(ctx, d, log)
 }
 

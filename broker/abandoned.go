@@ -1,0 +1,103 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// CallerGoneReason is the Error of a sync job canceled because the process whose gateway
+// held its caller's connection is gone.
+const CallerGoneReason = "caller gone: foreman restarted"
+
+// CallerGone reports whether sync job j has lost its caller: the gateway that took the
+// call (j.Gateway, a boot id) belongs to a foreman process that no longer runs. It is the
+// one place that decides it. Today only a store owned exclusively (the embedded server)
+// knows: one process uses it, so every boot id but ours is a dead process. On a shared
+// NATS another boot id may be a live foreman, so its jobs are left alone until the foremen
+// announce themselves (a registry of live boot ids). Async jobs and records from before
+// boot ids never lose their caller.
+func (s *Store) CallerGone(j *Job) bool {
+	if !j.Sync || j.Gateway == "" || j.Gateway == s.cfg.BootID {
+		return false
+	}
+	return s.cfg.Exclusive
+}
+
+// CancelAbandoned cancels every queued sync job whose caller is gone (CallerGone), so
+// that they neither run nor count in the queue, and returns how many it canceled. A
+// queued one ends canceled and leaves the queue at once; one that was running when its
+// foreman died gets its cancellation requested, which the worker carries out when the
+// job is delivered, without running it. Async jobs are untouched.
+func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
+	n := 0
+	for seq := uint64(0); ; seq++ {
+		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queuePrefix+">"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return n, nil
+		}
+		if err != nil {
+			return n, fmt.Errorf("broker: scan queue: %w", err)
+		}
+		seq = m.Sequence
+		gw := m.Header.Get(HeaderGateway)
+		if gw == "" || gw == s.cfg.BootID {
+			continue
+		}
+		id := m.Header.Get(HeaderJobID)
+		j, _, err := s.Get(ctx, id)
+		if err != nil || !s.CallerGone(j) {
+			continue // no record (the worker drops the message) or a live caller
+		}
+		at := seq
+		_, err = s.cancel(ctx, id, CallerGoneReason, func(ctx context.Context, j *Job) error {
+			err := s.queue.DeleteMsg(ctx, at)
+			if err == nil {
+				s.dropBody(ctx, j)
+			}
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return nil
+			}
+			return err
+		})
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrTerminal), errors.Is(err, ErrNotFound):
+		default:
+			return n, err
+		}
+	}
+}
+
+// reclaim makes the jobs that a previous process had taken and not finished deliverable
+// at once. Only for an exclusively owned store: that process is dead (the data-dir lock
+// says so), so waiting out AckWait for it would only hold the jobs back. A reset consumer
+// delivers again from its ack floor; the attempts a job has had are counted in its
+// record, so nothing is lost by restarting the delivery count.
+func (s *Store) reclaim(ctx context.Context) error {
+	names := s.queue.ConsumerNames(ctx)
+	for name := range names.Name() {
+		info, err := s.js.Consumer(ctx, QueueStream, name)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			return fmt.Errorf("broker: consumer %s: %w", name, err)
+		}
+		ci := info.CachedInfo()
+		if ci.NumAckPending == 0 {
+			continue
+		}
+		if _, err := s.js.ResetConsumer(ctx, QueueStream, name); err != nil {
+			return fmt.Errorf("broker: reset consumer %s: %w", name, err)
+		}
+		s.log.Info("jobs of the previous process made deliverable", "consumer", name, "jobs", ci.NumAckPending)
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("broker: list queue consumers: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,115 @@
+package broker_test
+
+import (
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+func exclusive(c *broker.Config) { c.Exclusive = true }
+
+func submitSync(t *testing.T, st *broker.Store, model, gateway string) *broker.Job {
+	t.Helper()
+	j, err := st.Submit(ctxT(t), &broker.Job{Model: model, Kind: broker.KindChat, Sync: true, Gateway: gateway}, []byte(`{"model":"`+model+`"}`))
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	return j
+}
+
+// The start sweep cancels the queued sync jobs of dead gateways, takes them out of the
+// queue, asks the worker to end the one that was running, and leaves async jobs and the
+// sync jobs of the live gateway alone.
+func TestCancelAbandonedCancelsOnlyDeadCallersSyncJobs(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(exclusive))
+	ctx := ctxT(t)
+	dead := broker.NewID()
+	running := submitSync(t, b.Store, "tiny-a", dead)
+	async := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	queued := submitSync(t, b.Store, "tiny-b", dead)
+	live := submitSync(t, b.Store, "tiny-b", b.Store.BootID())
+	old := submitSync(t, b.Store, "tiny-b", "") // a record from before boot ids
+
+	// The dead process had started the first job when it died.
+	if d, err := b.Store.Next(ctx, token(t, "tiny-a")); err != nil || d == nil || d.JobID != running.ID {
+		t.Fatalf("take the job: %v %v", d, err)
+	}
+	if _, _, err := b.Store.Modify(ctx, running.ID, func(j *broker.Job) error {
+		j.State, j.Attempt = broker.StateWorking, 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := b.Store.CancelAbandoned(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("CancelAbandoned = %d, %v; want 2 (the queued and the running dead-caller jobs)", n, err)
+	}
+	for _, c := range []struct {
+		job        *broker.Job
+		state      broker.State
+		err, req   string
+		stillThere bool
+	}{
+		{running, broker.StateWorking, "", broker.CallerGoneReason, true},
+		{queued, broker.StateCanceled, broker.CallerGoneReason, "", false},
+		{async, broker.StateQueued, "", "", true},
+		{live, broker.StateQueued, "", "", true},
+		{old, broker.StateQueued, "", "", true},
+	} {
+		j, _, err := b.Store.Get(ctx, c.job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.State != c.state || j.Error != c.err || j.CancelRequested != c.req {
+			t.Errorf("job %s: state %s error %q cancel_requested %q; want %s %q %q", c.job.ID, j.State, j.Error, j.CancelRequested, c.state, c.err, c.req)
+		}
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 4 {
+		t.Errorf("queue holds %d (%v), want 4: only the queued dead-caller job leaves", n, err)
+	}
+}
+
+// On a shared store (external NATS) another boot id may be a live foreman: its sync jobs
+// are not touched.
+func TestCancelAbandonedLeavesOtherForemenAloneOnASharedStore(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	other := submitSync(t, b.Store, "tiny-a", broker.NewID())
+	if b.Store.CallerGone(other) {
+		t.Error("CallerGone on a shared store for another boot id")
+	}
+	if n, err := b.Store.CancelAbandoned(ctxT(t)); err != nil || n != 0 {
+		t.Fatalf("CancelAbandoned = %d, %v; want 0", n, err)
+	}
+	if j, _, _ := b.Store.Get(ctxT(t), other.ID); j.State != broker.StateQueued {
+		t.Errorf("state %s, want queued", j.State)
+	}
+}
+
+// With the store owned exclusively, the job a crashed process had taken is deliverable
+// as soon as the store is open again, not after AckWait.
+func TestExclusiveStoreRedeliversTakenJobAtOnce(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait = true, 10*time.Minute
+	}))
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	tok := token(t, "tiny-a")
+	if d, err := b.Store.Next(ctxT(t), tok); err != nil || d == nil {
+		t.Fatalf("first delivery: %v %v", d, err)
+	}
+	b.Restart(t) // a crash: no ack
+	// No polling needed: the job is deliverable the moment the store is open. A deadline
+	// far below AckWait turns the old behaviour into a clear failure.
+	d, err := b.Store.NextWait(ctxT(t), tok, 10*time.Second)
+	if err != nil || d == nil {
+		t.Fatalf("the taken job was not redelivered at once after the restart (AckWait 10m): %v %v", d, err)
+	}
+	if d.JobID != j.ID {
+		t.Fatalf("redelivered %s, want %s", d.JobID, j.ID)
+	}
+}
