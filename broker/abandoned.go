@@ -12,18 +12,21 @@ import (
 // held its caller's connection is gone.
 const CallerGoneReason = "caller gone: foreman restarted"
 
-// CallerGone reports whether sync job j has lost its caller: the gateway that took the
-// call (j.Gateway, a boot id) belongs to a foreman process that no longer runs. It is the
-// one place that decides it. Today only a store owned exclusively (the embedded server)
-// knows: one process uses it, so every boot id but ours is a dead process. On a shared
-// NATS another boot id may be a live foreman, so its jobs are left alone until the foremen
-// announce themselves (a registry of live boot ids). Async jobs and records from before
-// boot ids never lose their caller.
-func (s *Store) CallerGone(j *Job) bool {
+// CallerGone reports whether sync job j has lost its caller: the foreman process whose
+// gateway took the call (j.Gateway, a boot id) no longer runs. It is the one place that
+// decides it. On a store owned exclusively (the embedded server) one process uses it, so
+// every boot id but ours is a dead process. On a shared NATS a process runs while its key
+// is in the presence bucket (Announce); one that died without a word drops out
+// PresenceTTL after its last heartbeat. Async jobs and records from before boot ids never
+// lose their caller.
+func (s *Store) CallerGone(ctx context.Context, j *Job) bool {
 	if !j.Sync || j.Gateway == "" || j.Gateway == s.cfg.BootID {
 		return false
 	}
-	return s.cfg.Exclusive
+	if s.cfg.Exclusive {
+		return true
+	}
+	return !s.present(ctx, j.Gateway)
 }
 
 // CancelAbandoned cancels every queued sync job whose caller is gone (CallerGone), so
@@ -48,7 +51,7 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 		}
 		id := m.Header.Get(HeaderJobID)
 		j, _, err := s.Get(ctx, id)
-		if err != nil || !s.CallerGone(j) {
+		if err != nil || !s.CallerGone(ctx, j) {
 			continue // no record (the worker drops the message) or a live caller
 		}
 		at := seq

@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -73,20 +74,60 @@ func TestCancelAbandonedCancelsOnlyDeadCallersSyncJobs(t *testing.T) {
 	}
 }
 
-// On a shared store (external NATS) another boot id may be a live foreman: its sync jobs
-// are not touched.
-func TestCancelAbandonedLeavesOtherForemenAloneOnASharedStore(t *testing.T) {
+// On a shared store (external NATS) the sync jobs of another foreman are left alone
+// while it is present, and canceled once it is gone: withdrawn, never announced, or
+// silent for longer than PresenceTTL (a crash).
+func TestCancelAbandonedOnASharedStoreFollowsPresence(t *testing.T) {
 	t.Parallel()
-	b := brokertest.New(t)
-	other := submitSync(t, b.Store, "tiny-a", broker.NewID())
-	if b.Store.CallerGone(other) {
-		t.Error("CallerGone on a shared store for another boot id")
+	ttl := func(c *broker.Config) { c.PresenceTTL = time.Second }
+	b := brokertest.New(t, brokertest.WithStore(ttl))
+	ctx := ctxT(t)
+	other, err := broker.Open(ctx, broker.Config{Conn: b.Conn, PresenceTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n, err := b.Store.CancelAbandoned(ctxT(t)); err != nil || n != 0 {
-		t.Fatalf("CancelAbandoned = %d, %v; want 0", n, err)
+	crashed, err := broker.Open(ctx, broker.Config{Conn: b.Conn, PresenceTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
 	}
-	if j, _, _ := b.Store.Get(ctxT(t), other.ID); j.State != broker.StateQueued {
-		t.Errorf("state %s, want queued", j.State)
+	actx, stopAnnounce := context.WithCancel(ctx)
+	announcing := make(chan struct{})
+	go func() { defer close(announcing); _ = other.Announce(actx) }()
+	t.Cleanup(func() { stopAnnounce(); <-announcing })
+
+	live := submitSync(t, b.Store, "tiny-a", other.BootID())
+	silent := submitSync(t, b.Store, "tiny-a", crashed.BootID())
+	unknown := submitSync(t, b.Store, "tiny-a", broker.NewID())
+	if b.Store.CallerGone(ctx, live) || b.Store.CallerGone(ctx, silent) {
+		t.Fatal("CallerGone for foremen that announced themselves")
+	}
+	if !b.Store.CallerGone(ctx, unknown) {
+		t.Error("CallerGone false for a boot id that never announced itself")
+	}
+	// The crashed foreman's key expires a PresenceTTL after its last heartbeat; the one
+	// that keeps announcing stays.
+	deadline := time.Now().Add(15 * time.Second)
+	for !b.Store.CallerGone(ctx, silent) {
+		if time.Now().After(deadline) {
+			t.Fatal("a silent foreman still counts as present long after PresenceTTL")
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	if b.Store.CallerGone(ctx, live) {
+		t.Fatal("a foreman that keeps announcing itself dropped out")
+	}
+	n, err := b.Store.CancelAbandoned(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("CancelAbandoned = %d, %v; want 2 (the silent and the unknown foreman's jobs)", n, err)
+	}
+	if j, _, _ := b.Store.Get(ctx, live.ID); j.State != broker.StateQueued {
+		t.Errorf("the present foreman's sync job is %s, want queued", j.State)
+	}
+	// A foreman that stops in order withdraws at once.
+	stopAnnounce()
+	<-announcing
+	if !b.Store.CallerGone(ctx, live) {
+		t.Error("a foreman that stopped in order still counts as present")
 	}
 }
 

@@ -40,7 +40,10 @@ type Config struct {
 	// once (no AckWait), and a sync job of any other boot id has lost its caller. Leave it
 	// false on a shared NATS, where the AckWait and the other foremen's jobs are kept.
 	Exclusive bool
-	Logger    *slog.Logger
+	// PresenceTTL is how long a foreman counts as running after its last heartbeat
+	// (Store.Announce beats every third of it). Default 30s.
+	PresenceTTL time.Duration
+	Logger      *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -64,6 +67,9 @@ func (c *Config) setDefaults() {
 	if c.BootID == "" {
 		c.BootID = NewID()
 	}
+	if c.PresenceTTL <= 0 {
+		c.PresenceTTL = defaultPresenceTTL
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -81,6 +87,8 @@ type Store struct {
 	queue     jetstream.Stream
 	kv        jetstream.KeyValue
 	artifacts jetstream.ObjectStore
+	presence  jetstream.KeyValue
+	started   time.Time
 	log       *slog.Logger
 
 	// inlineLimit is the largest request body carried in a queue message; larger ones go
@@ -102,7 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: jetstream: %w", err)
 	}
-	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, consumers: map[string]jetstream.Consumer{}}
+	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: cfg.Now().UTC(), consumers: map[string]jetstream.Consumer{}}
 	// Leave room for headers under the server's max payload (1 MiB by default).
 	s.inlineLimit = int(cfg.Conn.MaxPayload()) - 64*1024
 	if s.inlineLimit <= 0 {
@@ -153,6 +161,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: object store %s: %w", ArtifactsBucket, err)
+	}
+	if err := s.openPresence(ctx); err != nil {
+		return nil, err
 	}
 	if cfg.Exclusive {
 		if err := s.reclaim(ctx); err != nil {

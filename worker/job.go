@@ -50,7 +50,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		// Canceled while it ran on a foreman that died before it could end it.
 		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
 		return
-	case w.store.CallerGone(j):
+	case w.store.CallerGone(ctx, j):
 		w.abandon(bctx, d, log)
 		return
 	case j.Attempt >= w.cfg.MaxAttempts:

@@ -141,6 +141,7 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	a.cancel = cancel
 	a.goRun("inventory", func() error { return a.inv.Run(bg) })
 	a.goRun("worker", func() error { return a.worker.Run(bg) })
+	a.goRun("presence", func() error { return a.store.Announce(bg) })
 
 	// Webhook fan-out and job submission over NATS request/reply.
 	hooks, err := webhook.New(webhook.Config{
