@@ -12,9 +12,11 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -188,6 +190,72 @@ func waitDeliverySaved(t *testing.T, ctx context.Context, dir string, since time
 		case <-ctx.Done():
 			t.Fatalf("no queue consumer state saved after %v (%s)", since, pattern)
 		case <-time.After(10 * time.Millisecond): // polling with a deadline
+		}
+	}
+}
+
+// Sync chats queued when foreman is killed do not run after the restart: their callers
+// went with the process. Their jobs end canceled without reaching the target, while the
+// async job that was running runs again.
+func TestSyncChatsOfAKilledForemanNeverRun(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	dir := t.TempDir()
+	env := []string{
+		"FOREMAN_ADDR=127.0.0.1:0", "FOREMAN_DATA_DIR=" + dir, "FOREMAN_OLLAMA_URL=" + fake.URL, "FOREMAN_LOG_LEVEL=info",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	release := fake.Hold("tiny-a")
+	defer release()
+	first := startChild(t, env...)
+	base := "http://" + first.addr
+	async := submitAsync(t, ctx, base, "tiny-a", "the async job")
+	if err := fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("the async job never reached the target: %v", err)
+	}
+	var callers sync.WaitGroup
+	for i := range 4 {
+		callers.Go(func() { streamUntilGone(ctx, base, "tiny-b", fmt.Sprintf("sync chat %d", i)) })
+	}
+	waitJobCount(t, ctx, base, 5)
+	first.kill(t)
+	callers.Wait()
+
+	second := startChild(t, env...)
+	base = "http://" + second.addr
+	release()
+	if st := waitTerminal(t, ctx, base, async); st != "done" {
+		t.Fatalf("async job ended %q, want done", st)
+	}
+	waitAllEnded(t, ctx, base)
+	resp, err := http.Get(base + "/jobs?model=tiny-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page struct {
+		Jobs []struct {
+			ID    string `json:"id"`
+			State string `json:"state"`
+			Error string `json:"error"`
+		} `json:"jobs"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Jobs) != 4 {
+		t.Fatalf("%d sync jobs listed, want 4", len(page.Jobs))
+	}
+	for _, j := range page.Jobs {
+		if j.State != "canceled" || j.Error != broker.CallerGoneReason {
+			t.Errorf("sync job %s: %s (%q), want canceled (%s)", j.ID, j.State, j.Error, broker.CallerGoneReason)
+		}
+	}
+	for _, c := range fake.Calls() {
+		if c.Model == "tiny-b:latest" {
+			t.Errorf("a sync chat of the killed foreman reached the target: %+v", c)
 		}
 	}
 }
