@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 )
 
 // CallerGoneReason is the Error of a sync job canceled because the process whose gateway
@@ -33,23 +35,26 @@ func (s *Store) CallerGone(ctx context.Context, j *Job) bool {
 // that they neither run nor count in the queue, and returns how many it canceled. A
 // queued one ends canceled and leaves the queue at once; one that was running when its
 // foreman died gets its cancellation requested, which the worker carries out when the
-// job is delivered, without running it. Async jobs are untouched.
+// job is delivered, without running it; on an exclusive store one whose queue message
+// was never written ends canceled too. Async jobs are untouched.
 func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 	n := 0
+	inQueue := map[string]bool{}
 	for seq := uint64(0); ; seq++ {
 		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queuePrefix+">"))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return n, nil
+			break
 		}
 		if err != nil {
 			return n, fmt.Errorf("broker: scan queue: %w", err)
 		}
 		seq = m.Sequence
+		id := m.Header.Get(HeaderJobID)
+		inQueue[id] = true
 		gw := m.Header.Get(HeaderGateway)
 		if gw == "" || gw == s.cfg.BootID {
 			continue
 		}
-		id := m.Header.Get(HeaderJobID)
 		j, _, err := s.Get(ctx, id)
 		if err != nil || !s.CallerGone(ctx, j) {
 			continue // no record (the worker drops the message) or a live caller
@@ -73,6 +78,51 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 			return n, err
 		}
 	}
+	if !s.cfg.Exclusive {
+		return n, nil
+	}
+	m, err := s.cancelUnqueued(ctx, inQueue)
+	return n + m, err
+}
+
+// cancelUnqueued cancels the sync jobs of dead callers whose record says queued but whose
+// queue message was never written: their foreman died between the two writes of Submit.
+// Nothing else would ever end them. Only on an exclusive store, where no other process
+// can be between those writes now, and only for records older than this store. Async
+// ones stay queued: a submit retried with the same id (an idempotency key) queues them.
+func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (int, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, "job.*")
+	if err != nil {
+		return 0, fmt.Errorf("broker: list jobs: %w", err)
+	}
+	var ids []string
+	for k := range lister.Keys() {
+		id := strings.TrimPrefix(k, "job.")
+		u, err := ulid.ParseStrict(id)
+		if err != nil || inQueue[id] || !ulid.Time(u.Time()).Before(s.started) {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	n := 0
+	for _, id := range ids {
+		j, _, err := s.Get(ctx, id)
+		if err != nil || j.State != StateQueued || !s.CallerGone(ctx, j) {
+			continue
+		}
+		_, err = s.cancel(ctx, id, CallerGoneReason, func(ctx context.Context, j *Job) error {
+			s.dropBody(ctx, j) // the queue has nothing of it
+			return nil
+		})
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrTerminal), errors.Is(err, ErrNotFound):
+		default:
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // reclaim makes the jobs that a previous process had taken and not finished deliverable

@@ -154,3 +154,44 @@ func TestExclusiveStoreRedeliversTakenJobAtOnce(t *testing.T) {
 		t.Fatalf("redelivered %s, want %s", d.JobID, j.ID)
 	}
 }
+
+// A foreman that dies between the two writes of a submit leaves a record "queued" with
+// no queue message. On an exclusive store the next start cancels such a sync job (its
+// caller is gone and nothing else would end it); an async one stays queued, for a submit
+// retried with the same id to queue it.
+func TestCancelAbandonedEndsSyncJobsThatNeverReachedTheQueue(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(exclusive))
+	ctx := ctxT(t)
+	sync := submitSync(t, b.Store, "tiny-a", b.Store.BootID())
+	async := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	// The crash: neither message made it into the queue.
+	for range 2 {
+		p, ok, err := b.Store.Oldest(ctx, 0)
+		if err != nil || !ok {
+			t.Fatalf("oldest: %v %v", ok, err)
+		}
+		if err := b.Store.DeleteQueued(ctx, p.Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Restart(t)
+
+	n, err := b.Store.CancelAbandoned(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("CancelAbandoned = %d, %v; want 1", n, err)
+	}
+	if j, _, _ := b.Store.Get(ctx, sync.ID); j.State != broker.StateCanceled || j.Error != broker.CallerGoneReason {
+		t.Errorf("sync job never queued: %s (%q), want canceled (%s)", j.State, j.Error, broker.CallerGoneReason)
+	}
+	if j, _, _ := b.Store.Get(ctx, async.ID); j.State != broker.StateQueued {
+		t.Errorf("async job never queued: %s, want queued", j.State)
+	}
+	// A retried submit of the async job queues it after all.
+	if _, err := b.Store.Submit(ctx, &broker.Job{ID: async.ID, Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Errorf("queue holds %d (%v), want the resubmitted async job", n, err)
+	}
+}

@@ -333,10 +333,13 @@ func waitJobCount(t *testing.T, ctx context.Context, base string, n int) {
 func waitAllEnded(t *testing.T, ctx context.Context, base string) {
 	t.Helper()
 	var open []string
+	var lastErr error
 	for {
 		open = open[:0]
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/jobs?limit=1000", nil)
-		if resp, err := http.DefaultClient.Do(req); err == nil {
+		resp, err := http.DefaultClient.Do(req)
+		lastErr = err
+		if err == nil {
 			var page struct {
 				Jobs []struct {
 					ID    string       `json:"id"`
@@ -356,7 +359,7 @@ func waitAllEnded(t *testing.T, ctx context.Context, base string) {
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("jobs still open after the last restart: %v", open)
+			t.Fatalf("jobs still open after the last restart: %v (last error: %v)", open, lastErr)
 		case <-time.After(10 * time.Millisecond): // polling with a deadline
 		}
 	}
