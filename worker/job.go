@@ -312,7 +312,8 @@ func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg str
 func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, cause error, log *slog.Logger) {
 	// On JetStream's last delivery (the consumers' MaxDeliver) a NAK would leave the
 	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
-	// that too, but fires only once.
+	// that too, but fires only once. A consumer reset at start (Config.Exclusive) restarts
+	// this count and the server's together; the record's Attempt keeps the real tally.
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxAttempts+2)
 	if j.Attempt >= w.cfg.MaxAttempts || lastDelivery {
 		w.fail(bctx, d, r, exhausted(cause.Error(), ""), 0, log)
