@@ -130,3 +130,33 @@ func TestInterruptedJobRerunsAtOnceOnAnExclusiveStore(t *testing.T) {
 		t.Errorf("calls %v, want the interrupted tiny-a job first, then tiny-b", calls)
 	}
 }
+
+// On a shared NATS the worker runs the sync jobs of foremen that are present and cancels
+// those of foremen that are not.
+func TestSharedStoreRunsPresentForemenSyncJobsOnly(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	ctx := ctxT(t)
+	other, err := broker.Open(ctx, broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := tb.fake.Hold("tiny-a")
+	first := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	gone := tb.syncJob(t, "tiny-b", broker.NewID()) // a foreman that never announced itself
+	present := tb.syncJob(t, "tiny-a", other.BootID())
+	release()
+
+	tb.waitState(t, first.ID, broker.StateDone)
+	tb.waitState(t, present.ID, broker.StateDone)
+	if got := tb.waitState(t, gone.ID, broker.StateCanceled); got.Error != broker.CallerGoneReason {
+		t.Errorf("absent foreman's sync job: %q, want %q", got.Error, broker.CallerGoneReason)
+	}
+	if n := callsOf(tb, "tiny-b"); n != 0 {
+		t.Errorf("the target got %d calls for the absent foreman's job, want 0", n)
+	}
+}
