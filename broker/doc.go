@@ -6,6 +6,7 @@
 //	stream FOREMAN_QUEUE      foreman.queue.<model-token>  work queue, one subject per model
 //	KV     FOREMAN_JOBS       job.<id>                     job records, re-published to foreman.job.<id>.state
 //	object FOREMAN_ARTIFACTS  <id>/<name>                  results, artifacts, large request bodies
+//	KV     FOREMAN_PRESENCE   boot.<boot-id>               running foreman processes (heartbeat, TTL)
 //
 // Storing a state and announcing it are one operation: the KV bucket re-publishes every
 // write of job.<id> to foreman.job.<id>.state, so an event can never be lost between the two.

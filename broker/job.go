@@ -143,7 +143,10 @@ type Job struct {
 	Result    json.RawMessage `json:"result,omitempty"`
 	Artifacts []Artifact      `json:"artifacts,omitempty"`
 	// Sync marks a job whose caller waits on an HTTP connection: it fires no webhooks.
-	Sync    bool     `json:"sync,omitempty"`
+	Sync bool `json:"sync,omitempty"`
+	// Gateway is the boot id (Config.BootID) of the foreman whose gateway took a sync
+	// job's call: the caller's connection lives and dies with that process.
+	Gateway string   `json:"gateway,omitempty"`
 	Webhook *Webhook `json:"webhook,omitempty"`
 	// BodyRef names the object holding a request body too large for a queue message.
 	BodyRef string `json:"body_ref,omitempty"`

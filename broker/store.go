@@ -31,7 +31,19 @@ type Config struct {
 	AckWait time.Duration
 	// Replicas of every stream, bucket and store: 1 embedded, 3 on a cluster. Default 1.
 	Replicas int
-	Logger   *slog.Logger
+	// BootID names this start of foreman (a ULID, new at every start). The gateway stamps
+	// it on the sync jobs it takes (Job.Gateway), so a sync job whose caller went down with
+	// an earlier process can be told apart. Default: a new id.
+	BootID string
+	// Exclusive says no other foreman uses this store: the embedded server, whose data-dir
+	// lock proves it. Open then makes the jobs a crashed process had taken deliverable at
+	// once (no AckWait), and a sync job of any other boot id has lost its caller. Leave it
+	// false on a shared NATS, where the AckWait and the other foremen's jobs are kept.
+	Exclusive bool
+	// PresenceTTL is how long a foreman counts as running after its last heartbeat
+	// (Store.Announce beats every third of it). Default 30s.
+	PresenceTTL time.Duration
+	Logger      *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -52,6 +64,12 @@ func (c *Config) setDefaults() {
 	if c.Replicas <= 0 {
 		c.Replicas = 1
 	}
+	if c.BootID == "" {
+		c.BootID = NewID()
+	}
+	if c.PresenceTTL <= 0 {
+		c.PresenceTTL = defaultPresenceTTL
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -69,6 +87,8 @@ type Store struct {
 	queue     jetstream.Stream
 	kv        jetstream.KeyValue
 	artifacts jetstream.ObjectStore
+	presence  jetstream.KeyValue
+	started   time.Time
 	log       *slog.Logger
 
 	// inlineLimit is the largest request body carried in a queue message; larger ones go
@@ -92,7 +112,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: jetstream: %w", err)
 	}
-	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, consumers: map[string]jetstream.Consumer{}}
+	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: cfg.Now().UTC(), consumers: map[string]jetstream.Consumer{}}
 	// Leave room for headers under the server's max payload (1 MiB by default).
 	s.inlineLimit = int(cfg.Conn.MaxPayload()) - 64*1024
 	if s.inlineLimit <= 0 {
@@ -144,6 +164,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: object store %s: %w", ArtifactsBucket, err)
 	}
+	if err := s.openPresence(ctx); err != nil {
+		return nil, err
+	}
+	if cfg.Exclusive {
+		if err := s.reclaim(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
 }
 
@@ -156,6 +184,9 @@ func (s *Store) Conn() *nats.Conn { return s.nc }
 
 // KV is the job record bucket.
 func (s *Store) KV() jetstream.KeyValue { return s.kv }
+
+// BootID is the id of this start of foreman (Config.BootID).
+func (s *Store) BootID() string { return s.cfg.BootID }
 
 // Now is the store's clock.
 func (s *Store) Now() time.Time { return s.cfg.Now().UTC() }
@@ -265,6 +296,9 @@ func (s *Store) enqueue(ctx context.Context, j *Job, token string, body []byte) 
 	msg.Header.Set(HeaderJobID, j.ID)
 	msg.Header.Set(HeaderModel, j.Model)
 	msg.Header.Set(HeaderKind, string(j.Kind))
+	if j.Gateway != "" {
+		msg.Header.Set(HeaderGateway, j.Gateway)
+	}
 	if j.BodyRef != "" {
 		msg.Header.Set(HeaderBodyRef, j.BodyRef)
 	} else {

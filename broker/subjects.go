@@ -27,6 +27,8 @@ const (
 	HeaderModel   = "Foreman-Model"
 	HeaderKind    = "Foreman-Kind"
 	HeaderBodyRef = "Foreman-Body-Ref"
+	// HeaderGateway is the boot id of the gateway whose caller waits for a sync job.
+	HeaderGateway = "Foreman-Gateway"
 	HeaderSeq     = "Foreman-Seq"
 	HeaderFinal   = "Foreman-Final"
 	HeaderError   = "Foreman-Error"

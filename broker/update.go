@@ -100,6 +100,11 @@ func (j *Job) clone() *Job {
 // second request keeps the first reason. A finished job gives ErrTerminal. The record
 // returned is the one written.
 func (s *Store) Cancel(ctx context.Context, id, reason string) (*Job, error) {
+	return s.cancel(ctx, id, reason, s.removeQueued)
+}
+
+// cancel is Cancel with the way a queued job's message leaves the queue.
+func (s *Store) cancel(ctx context.Context, id, reason string, remove func(context.Context, *Job) error) (*Job, error) {
 	var prev State
 	var unchanged *Job
 	j, _, err := s.Modify(ctx, id, func(j *Job) error {
@@ -131,7 +136,7 @@ func (s *Store) Cancel(ctx context.Context, id, reason string) (*Job, error) {
 		return nil, err
 	}
 	if prev == StateQueued || prev == StateRetrying {
-		if err := s.removeQueued(ctx, j); err != nil {
+		if err := remove(ctx, j); err != nil {
 			// The worker drops a canceled job's message when it meets it.
 			s.log.Warn("remove canceled job from queue", "job_id", j.ID, "model", j.Model, "err", err)
 		}

@@ -80,7 +80,7 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		s.runSync(w, r, &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true}, stream, body)
+		s.runSync(w, r, &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID()}, stream, body)
 	}
 }
 

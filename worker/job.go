@@ -66,6 +66,9 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		// Canceled while it ran on a foreman that died before it could end it.
 		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
 		return
+	case w.store.CallerGone(ctx, j):
+		w.abandon(bctx, d, log)
+		return
 	case j.Attempt >= w.cfg.MaxAttempts:
 		w.fail(bctx, d, newRelay(w.store.Conn(), d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
@@ -322,6 +325,22 @@ func (w *Worker) cancelRun(ctx context.Context, d *broker.Delivery, r *relay, lo
 	w.finish(ctx, d, log)
 }
 
+// abandon ends a sync job whose caller is gone (its foreman died) canceled, without
+// running it: nobody would read the answer, and callers that retry wait behind it.
+func (w *Worker) abandon(ctx context.Context, d *broker.Delivery, log *slog.Logger) {
+	w.publishFinal(newRelay(w.store.Conn(), d.JobID), broker.StateCanceled, broker.CallerGoneReason, 0, log)
+	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
+		j.State, j.Error = broker.StateCanceled, broker.CallerGoneReason
+	})
+	if err != nil && !errors.Is(err, errEnded) {
+		log.Error("store canceled state of an abandoned sync job; will retry", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	}
+	log.Info("sync job canceled without running: " + broker.CallerGoneReason)
+	w.finish(ctx, d, log)
+}
+
 // fail ends the job as failed; status is the target's HTTP status, 0 if none.
 func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg string, status int, log *slog.Logger) {
 	w.publishFinal(r, broker.StateFailed, msg, status, log)
@@ -341,7 +360,8 @@ func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg str
 func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, cause error, log *slog.Logger) {
 	// On JetStream's last delivery (the consumers' MaxDeliver) a NAK would leave the
 	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
-	// that too, but fires only once.
+	// that too, but fires only once. A consumer reset at start (Config.Exclusive) restarts
+	// this count and the server's together; the record's Attempt keeps the real tally.
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxAttempts+2)
 	if j.Attempt >= w.cfg.MaxAttempts || lastDelivery {
 		w.fail(bctx, d, r, exhausted(cause.Error(), ""), 0, log)

@@ -102,6 +102,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	w.log.Info("worker started", "max_attempts", w.cfg.MaxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
 	defer w.log.Info("worker stopped")
+	w.sweep(ctx)
 	fails, misses := 0, 0
 	woken := false // a publish was seen and its job not yet fetched
 	for !w.isStopping(ctx) {
@@ -147,6 +148,22 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.handle(ctx, d)
 	}
 	return nil
+}
+
+// sweep cancels, before the first pick, the queued sync jobs whose caller is gone, so
+// they neither run nor hold up the jobs behind them. A failure only logs: each such job
+// is checked again when it is picked.
+func (w *Worker) sweep(ctx context.Context) {
+	sctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	n, err := w.store.CancelAbandoned(sctx)
+	if err != nil {
+		w.log.Warn("cancel sync jobs of dead callers", "err", err, "canceled", n)
+		return
+	}
+	if n > 0 {
+		w.log.Info("sync jobs of dead callers canceled", "canceled", n, "reason", broker.CallerGoneReason)
+	}
 }
 
 // recheck spaces the fetches retried when jobs are queued but none was delivered.

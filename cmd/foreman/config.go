@@ -120,7 +120,7 @@ func (c *serveConfig) settings() []*setting {
 		}},
 		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: "30s", usage: "how often the model inventory polls Ollama", parse: dur(&c.PollInterval)},
 		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: "3", usage: "attempts per job on connection errors", parse: integer(&c.MaxAttempts)},
-		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: "60s", usage: "how long a job whose foreman died waits before it runs again", parse: dur(&c.AckWait)},
+		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: "60s", usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: dur(&c.AckWait)},
 		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: "24h", usage: "how long jobs, artifacts and delivery logs are kept", parse: dur(&c.JobTTL)},
 		{env: "FOREMAN_WEBHOOK_SECRET", flag: "webhook-secret", usage: "webhook signing secret (whsec_<base64> or raw)", parse: str(&c.WebhookSecret)},
 		{env: "FOREMAN_WEBHOOK_ATTEMPTS", flag: "webhook-attempts", def: "5", usage: "delivery attempts per webhook event", parse: integer(&c.WebhookAttempts)},

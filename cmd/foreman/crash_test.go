@@ -9,11 +9,14 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -51,7 +54,11 @@ func startChild(t *testing.T, env ...string) *childForeman {
 	addr := make(chan string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
+		echo := os.Getenv("FOREMAN_TEST_CHILD_LOG") != ""
 		for sc.Scan() {
+			if echo {
+				fmt.Fprintln(os.Stderr, sc.Text())
+			}
 			if m := servingLine.FindStringSubmatch(sc.Text()); m != nil {
 				select {
 				case addr <- m[1]:
@@ -89,14 +96,15 @@ func (c *childForeman) kill(t *testing.T) {
 }
 
 // A job whose foreman is killed mid-run is redelivered when foreman comes back and ends
-// exactly once: the target finishes it once, and the job is done.
+// exactly once: the target finishes it once, and the job is done. With the embedded
+// server it runs again as soon as foreman is back, not after FOREMAN_ACK_WAIT.
 func TestKilledMidJobCompletesOnceAfterRestart(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	dir := t.TempDir()
 	env := []string{
 		"FOREMAN_ADDR=127.0.0.1:0", "FOREMAN_DATA_DIR=" + dir, "FOREMAN_OLLAMA_URL=" + fake.URL,
-		"FOREMAN_ACK_WAIT=2s", "FOREMAN_LOG_LEVEL=info",
+		"FOREMAN_ACK_WAIT=15s", "FOREMAN_LOG_LEVEL=info",
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -118,11 +126,16 @@ func TestKilledMidJobCompletesOnceAfterRestart(t *testing.T) {
 	if err := fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
 		t.Fatalf("the job never reached the target: %v", err)
 	}
+	waitDeliverySaved(t, ctx, dir, fake.Calls()[len(fake.Calls())-1].Started)
 	first.kill(t)
 
 	second := startChild(t, env...)
-	if err := fake.WaitStarted(ctx, "tiny-a", 2); err != nil {
-		t.Fatalf("the job was not run again after the restart: %v", err)
+	// Below the 15s ACK_WAIT that the delivery saved before the kill still has to run:
+	// waiting it out fails here.
+	rerun, cancelRerun := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelRerun()
+	if err := fake.WaitStarted(rerun, "tiny-a", 2); err != nil {
+		t.Fatalf("the interrupted job did not run again promptly after the restart (ACK_WAIT 15s): %v", err)
 	}
 	release()
 	state := ""
@@ -155,5 +168,94 @@ func TestKilledMidJobCompletesOnceAfterRestart(t *testing.T) {
 	}
 	if finished != 1 {
 		t.Fatalf("the target completed the job %d times, want exactly once; calls: %s", finished, fmt.Sprint(fake.Calls()))
+	}
+}
+
+// waitDeliverySaved waits until the embedded server has written a queue consumer's state
+// to disk after since (the moment the target saw the job). The server saves a delivery
+// lazily (here with the job's first InProgress, at ACK_WAIT/3); a kill before that loses
+// the delivery itself, and the job comes back at once whatever foreman does, which is not
+// the crash under test.
+func waitDeliverySaved(t *testing.T, ctx context.Context, dir string, since time.Time) {
+	t.Helper()
+	pattern := filepath.Join(dir, "jetstream", "*", "streams", "FOREMAN_QUEUE", "obs", "*", "o.dat")
+	for {
+		files, _ := filepath.Glob(pattern)
+		for _, f := range files {
+			if st, err := os.Stat(f); err == nil && st.ModTime().After(since) {
+				return
+			}
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no queue consumer state saved after %v (%s)", since, pattern)
+		case <-time.After(10 * time.Millisecond): // polling with a deadline
+		}
+	}
+}
+
+// Sync chats queued when foreman is killed do not run after the restart: their callers
+// went with the process. Their jobs end canceled without reaching the target, while the
+// async job that was running runs again.
+func TestSyncChatsOfAKilledForemanNeverRun(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	dir := t.TempDir()
+	env := []string{
+		"FOREMAN_ADDR=127.0.0.1:0", "FOREMAN_DATA_DIR=" + dir, "FOREMAN_OLLAMA_URL=" + fake.URL, "FOREMAN_LOG_LEVEL=info",
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	release := fake.Hold("tiny-a")
+	defer release()
+	first := startChild(t, env...)
+	base := "http://" + first.addr
+	async := submitAsync(t, ctx, base, "tiny-a", "the async job")
+	if err := fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("the async job never reached the target: %v", err)
+	}
+	var callers sync.WaitGroup
+	for i := range 4 {
+		callers.Go(func() { streamUntilGone(ctx, base, "tiny-b", fmt.Sprintf("sync chat %d", i)) })
+	}
+	waitJobCount(t, ctx, base, 5)
+	first.kill(t)
+	callers.Wait()
+
+	second := startChild(t, env...)
+	base = "http://" + second.addr
+	release()
+	if st := waitTerminal(t, ctx, base, async); st != "done" {
+		t.Fatalf("async job ended %q, want done", st)
+	}
+	waitAllEnded(t, ctx, base)
+	resp, err := http.Get(base + "/jobs?model=tiny-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var page struct {
+		Jobs []struct {
+			ID    string `json:"id"`
+			State string `json:"state"`
+			Error string `json:"error"`
+		} `json:"jobs"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&page); err != nil {
+		t.Fatal(err)
+	}
+	if len(page.Jobs) != 4 {
+		t.Fatalf("%d sync jobs listed, want 4", len(page.Jobs))
+	}
+	for _, j := range page.Jobs {
+		if j.State != "canceled" || j.Error != broker.CallerGoneReason {
+			t.Errorf("sync job %s: %s (%q), want canceled (%s)", j.ID, j.State, j.Error, broker.CallerGoneReason)
+		}
+	}
+	for _, c := range fake.Calls() {
+		if c.Model == "tiny-b:latest" {
+			t.Errorf("a sync chat of the killed foreman reached the target: %+v", c)
+		}
 	}
 }

@@ -53,7 +53,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	log.Info("foreman is serving", "addr", a.Addr(), "ollama", ollama.RedactURL(cfg.OllamaURL), "data_dir", a.dataDir, "nats_listen", a.natsListen())
+	log.Info("foreman is serving", "addr", a.Addr(), "ollama", ollama.RedactURL(cfg.OllamaURL), "data_dir", a.dataDir, "nats_listen", a.natsListen(), "boot_id", a.bootID)
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
@@ -73,6 +73,7 @@ type app struct {
 	cfg     serveConfig
 	log     *slog.Logger
 	dataDir string
+	bootID  string
 	natsSrv *natsd.Server // nil with an external NATS
 	nc      *nats.Conn
 	store   *broker.Store
@@ -100,9 +101,12 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	if err := a.startNATS(); err != nil {
 		return nil, err
 	}
+	// A new boot id at every start tells this process's sync callers from those of a
+	// crashed one; the embedded server's data-dir lock makes the store ours alone.
+	a.bootID = broker.NewID()
 	a.store, err = broker.Open(ctx, broker.Config{
 		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait,
-		Replicas: cfg.NATSReplicas, Logger: log,
+		Replicas: cfg.NATSReplicas, BootID: a.bootID, Exclusive: a.natsSrv != nil, Logger: log,
 	})
 	if err != nil {
 		return nil, err
@@ -150,6 +154,7 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	a.cancel = cancel
 	a.goRun("inventory", func() error { return a.inv.Run(bg) })
 	a.goRun("worker", func() error { return a.worker.Run(bg) })
+	a.goRun("presence", func() error { return a.store.Announce(bg) })
 
 	// Webhook fan-out and job submission over NATS request/reply.
 	hooks, err := webhook.New(webhook.Config{

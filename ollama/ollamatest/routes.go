@@ -67,7 +67,7 @@ func (s *Server) wrap(fn handler) http.Handler {
 		}
 		s.mu.Lock()
 		idx := len(s.calls)
-		s.calls = append(s.calls, Call{Method: r.Method, Path: r.URL.Path, Model: model, Started: time.Now()})
+		s.calls = append(s.calls, Call{Method: r.Method, Path: r.URL.Path, Model: model, Started: time.Now(), Body: body})
 		var f *Failure
 		if s.down {
 			f = &Failure{kind: kindDrop}

@@ -98,6 +98,7 @@ type Call struct {
 	Finished bool   // the handler returned
 	Canceled bool   // the client's request context ended before the response was complete
 	Failure  string // the injected failure applied, if any
+	Body     []byte // the request body as received
 }
 
 // Server is a fake Ollama. All methods are safe for concurrent use.

@@ -1,0 +1,156 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
+)
+
+// CallerGoneReason is the Error of a sync job canceled because the process whose gateway
+// held its caller's connection is gone.
+const CallerGoneReason = "caller gone: foreman restarted"
+
+// CallerGone reports whether sync job j has lost its caller: the foreman process whose
+// gateway took the call (j.Gateway, a boot id) no longer runs. It is the one place that
+// decides it. On a store owned exclusively (the embedded server) one process uses it, so
+// every boot id but ours is a dead process. On a shared NATS a process runs while its key
+// is in the presence bucket (Announce); one that died without a word drops out
+// PresenceTTL after its last heartbeat. Async jobs and records from before boot ids never
+// lose their caller.
+func (s *Store) CallerGone(ctx context.Context, j *Job) bool {
+	if !j.Sync || j.Gateway == "" || j.Gateway == s.cfg.BootID {
+		return false
+	}
+	if s.cfg.Exclusive {
+		return true
+	}
+	return !s.present(ctx, j.Gateway)
+}
+
+// CancelAbandoned cancels every queued sync job whose caller is gone (CallerGone), so
+// that they neither run nor count in the queue, and returns how many it canceled. A
+// queued one ends canceled and leaves the queue at once; one that was running when its
+// foreman died gets its cancellation requested, which the worker carries out when the
+// job is delivered, without running it; on an exclusive store one whose queue message
+// was never written ends canceled too. Async jobs are untouched.
+func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
+	n := 0
+	inQueue := map[string]bool{}
+	for seq := uint64(0); ; seq++ {
+		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queuePrefix+">"))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return n, fmt.Errorf("broker: scan queue: %w", err)
+		}
+		seq = m.Sequence
+		id := m.Header.Get(HeaderJobID)
+		inQueue[id] = true
+		gw := m.Header.Get(HeaderGateway)
+		if gw == "" || gw == s.cfg.BootID {
+			continue
+		}
+		j, _, err := s.Get(ctx, id)
+		if err != nil || !s.CallerGone(ctx, j) {
+			continue // no record (the worker drops the message) or a live caller
+		}
+		at := seq
+		_, err = s.cancel(ctx, id, CallerGoneReason, func(ctx context.Context, j *Job) error {
+			err := s.queue.DeleteMsg(ctx, at)
+			if err == nil {
+				s.dropBody(ctx, j)
+			}
+			if errors.Is(err, jetstream.ErrMsgNotFound) {
+				return nil
+			}
+			return err
+		})
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrTerminal), errors.Is(err, ErrNotFound):
+		default:
+			return n, err
+		}
+	}
+	if !s.cfg.Exclusive {
+		return n, nil
+	}
+	m, err := s.cancelUnqueued(ctx, inQueue)
+	return n + m, err
+}
+
+// cancelUnqueued cancels the sync jobs of dead callers whose record says queued but whose
+// queue message was never written: their foreman died between the two writes of Submit.
+// Nothing else would ever end them. Only on an exclusive store, where no other process
+// can be between those writes now, and only for records older than this store. Async
+// ones stay queued: a submit retried with the same id (an idempotency key) queues them.
+func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (int, error) {
+	lister, err := s.kv.ListKeysFiltered(ctx, "job.*")
+	if err != nil {
+		return 0, fmt.Errorf("broker: list jobs: %w", err)
+	}
+	var ids []string
+	for k := range lister.Keys() {
+		id := strings.TrimPrefix(k, "job.")
+		u, err := ulid.ParseStrict(id)
+		if err != nil || inQueue[id] || !ulid.Time(u.Time()).Before(s.started) {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	n := 0
+	for _, id := range ids {
+		j, _, err := s.Get(ctx, id)
+		if err != nil || j.State != StateQueued || !s.CallerGone(ctx, j) {
+			continue
+		}
+		_, err = s.cancel(ctx, id, CallerGoneReason, func(ctx context.Context, j *Job) error {
+			s.dropBody(ctx, j) // the queue has nothing of it
+			return nil
+		})
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, ErrTerminal), errors.Is(err, ErrNotFound):
+		default:
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// reclaim makes the jobs that a previous process had taken and not finished deliverable
+// at once. Only for an exclusively owned store: that process is dead (the data-dir lock
+// says so), so waiting out AckWait for it would only hold the jobs back. A reset consumer
+// delivers again from its ack floor; the attempts a job has had are counted in its
+// record, so nothing is lost by restarting the delivery count.
+func (s *Store) reclaim(ctx context.Context) error {
+	names := s.queue.ConsumerNames(ctx)
+	for name := range names.Name() {
+		info, err := s.js.Consumer(ctx, QueueStream, name)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			return fmt.Errorf("broker: consumer %s: %w", name, err)
+		}
+		ci := info.CachedInfo()
+		if ci.NumAckPending == 0 {
+			continue
+		}
+		if _, err := s.js.ResetConsumer(ctx, QueueStream, name); err != nil {
+			return fmt.Errorf("broker: reset consumer %s: %w", name, err)
+		}
+		s.log.Info("jobs of the previous process made deliverable", "consumer", name, "jobs", ci.NumAckPending)
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("broker: list queue consumers: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,197 @@
+package broker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+func exclusive(c *broker.Config) { c.Exclusive = true }
+
+func submitSync(t *testing.T, st *broker.Store, model, gateway string) *broker.Job {
+	t.Helper()
+	j, err := st.Submit(ctxT(t), &broker.Job{Model: model, Kind: broker.KindChat, Sync: true, Gateway: gateway}, []byte(`{"model":"`+model+`"}`))
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	return j
+}
+
+// The start sweep cancels the queued sync jobs of dead gateways, takes them out of the
+// queue, asks the worker to end the one that was running, and leaves async jobs and the
+// sync jobs of the live gateway alone.
+func TestCancelAbandonedCancelsOnlyDeadCallersSyncJobs(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(exclusive))
+	ctx := ctxT(t)
+	dead := broker.NewID()
+	running := submitSync(t, b.Store, "tiny-a", dead)
+	async := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	queued := submitSync(t, b.Store, "tiny-b", dead)
+	live := submitSync(t, b.Store, "tiny-b", b.Store.BootID())
+	old := submitSync(t, b.Store, "tiny-b", "") // a record from before boot ids
+
+	// The dead process had started the first job when it died.
+	if d, err := b.Store.Next(ctx, token(t, "tiny-a")); err != nil || d == nil || d.JobID != running.ID {
+		t.Fatalf("take the job: %v %v", d, err)
+	}
+	if _, _, err := b.Store.Modify(ctx, running.ID, func(j *broker.Job) error {
+		j.State, j.Attempt = broker.StateWorking, 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	n, err := b.Store.CancelAbandoned(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("CancelAbandoned = %d, %v; want 2 (the queued and the running dead-caller jobs)", n, err)
+	}
+	for _, c := range []struct {
+		job        *broker.Job
+		state      broker.State
+		err, req   string
+		stillThere bool
+	}{
+		{running, broker.StateWorking, "", broker.CallerGoneReason, true},
+		{queued, broker.StateCanceled, broker.CallerGoneReason, "", false},
+		{async, broker.StateQueued, "", "", true},
+		{live, broker.StateQueued, "", "", true},
+		{old, broker.StateQueued, "", "", true},
+	} {
+		j, _, err := b.Store.Get(ctx, c.job.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.State != c.state || j.Error != c.err || j.CancelRequested != c.req {
+			t.Errorf("job %s: state %s error %q cancel_requested %q; want %s %q %q", c.job.ID, j.State, j.Error, j.CancelRequested, c.state, c.err, c.req)
+		}
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 4 {
+		t.Errorf("queue holds %d (%v), want 4: only the queued dead-caller job leaves", n, err)
+	}
+}
+
+// On a shared store (external NATS) the sync jobs of another foreman are left alone
+// while it is present, and canceled once it is gone: withdrawn, never announced, or
+// silent for longer than PresenceTTL (a crash).
+func TestCancelAbandonedOnASharedStoreFollowsPresence(t *testing.T) {
+	t.Parallel()
+	ttl := func(c *broker.Config) { c.PresenceTTL = time.Second }
+	b := brokertest.New(t, brokertest.WithStore(ttl))
+	ctx := ctxT(t)
+	other, err := broker.Open(ctx, broker.Config{Conn: b.Conn, PresenceTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	crashed, err := broker.Open(ctx, broker.Config{Conn: b.Conn, PresenceTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, stopAnnounce := context.WithCancel(ctx)
+	announcing := make(chan struct{})
+	go func() { defer close(announcing); _ = other.Announce(actx) }()
+	t.Cleanup(func() { stopAnnounce(); <-announcing })
+
+	live := submitSync(t, b.Store, "tiny-a", other.BootID())
+	silent := submitSync(t, b.Store, "tiny-a", crashed.BootID())
+	unknown := submitSync(t, b.Store, "tiny-a", broker.NewID())
+	if b.Store.CallerGone(ctx, live) || b.Store.CallerGone(ctx, silent) {
+		t.Fatal("CallerGone for foremen that announced themselves")
+	}
+	if !b.Store.CallerGone(ctx, unknown) {
+		t.Error("CallerGone false for a boot id that never announced itself")
+	}
+	// The crashed foreman's key expires a PresenceTTL after its last heartbeat; the one
+	// that keeps announcing stays.
+	deadline := time.Now().Add(15 * time.Second)
+	for !b.Store.CallerGone(ctx, silent) {
+		if time.Now().After(deadline) {
+			t.Fatal("a silent foreman still counts as present long after PresenceTTL")
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	if b.Store.CallerGone(ctx, live) {
+		t.Fatal("a foreman that keeps announcing itself dropped out")
+	}
+	n, err := b.Store.CancelAbandoned(ctx)
+	if err != nil || n != 2 {
+		t.Fatalf("CancelAbandoned = %d, %v; want 2 (the silent and the unknown foreman's jobs)", n, err)
+	}
+	if j, _, _ := b.Store.Get(ctx, live.ID); j.State != broker.StateQueued {
+		t.Errorf("the present foreman's sync job is %s, want queued", j.State)
+	}
+	// A foreman that stops in order withdraws at once.
+	stopAnnounce()
+	<-announcing
+	if !b.Store.CallerGone(ctx, live) {
+		t.Error("a foreman that stopped in order still counts as present")
+	}
+}
+
+// With the store owned exclusively, the job a crashed process had taken is deliverable
+// as soon as the store is open again, not after AckWait.
+func TestExclusiveStoreRedeliversTakenJobAtOnce(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait = true, 10*time.Minute
+	}))
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	tok := token(t, "tiny-a")
+	if d, err := b.Store.Next(ctxT(t), tok); err != nil || d == nil {
+		t.Fatalf("first delivery: %v %v", d, err)
+	}
+	b.Restart(t) // a crash: no ack
+	// No polling needed: the job is deliverable the moment the store is open. A deadline
+	// far below AckWait turns the old behaviour into a clear failure.
+	d, err := b.Store.NextWait(ctxT(t), tok, 10*time.Second)
+	if err != nil || d == nil {
+		t.Fatalf("the taken job was not redelivered at once after the restart (AckWait 10m): %v %v", d, err)
+	}
+	if d.JobID != j.ID {
+		t.Fatalf("redelivered %s, want %s", d.JobID, j.ID)
+	}
+}
+
+// A foreman that dies between the two writes of a submit leaves a record "queued" with
+// no queue message. On an exclusive store the next start cancels such a sync job (its
+// caller is gone and nothing else would end it); an async one stays queued, for a submit
+// retried with the same id to queue it.
+func TestCancelAbandonedEndsSyncJobsThatNeverReachedTheQueue(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(exclusive))
+	ctx := ctxT(t)
+	sync := submitSync(t, b.Store, "tiny-a", b.Store.BootID())
+	async := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	// The crash: neither message made it into the queue.
+	for range 2 {
+		p, ok, err := b.Store.Oldest(ctx, 0)
+		if err != nil || !ok {
+			t.Fatalf("oldest: %v %v", ok, err)
+		}
+		if err := b.Store.DeleteQueued(ctx, p.Seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b.Restart(t)
+
+	n, err := b.Store.CancelAbandoned(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("CancelAbandoned = %d, %v; want 1", n, err)
+	}
+	if j, _, _ := b.Store.Get(ctx, sync.ID); j.State != broker.StateCanceled || j.Error != broker.CallerGoneReason {
+		t.Errorf("sync job never queued: %s (%q), want canceled (%s)", j.State, j.Error, broker.CallerGoneReason)
+	}
+	if j, _, _ := b.Store.Get(ctx, async.ID); j.State != broker.StateQueued {
+		t.Errorf("async job never queued: %s, want queued", j.State)
+	}
+	// A retried submit of the async job queues it after all.
+	if _, err := b.Store.Submit(ctx, &broker.Job{ID: async.ID, Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Errorf("queue holds %d (%v), want the resubmitted async job", n, err)
+	}
+}

@@ -1,0 +1,94 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// PresenceBucket holds one key per running foreman process (its boot id), kept alive by
+// a heartbeat: on a NATS shared by several foremen it tells which sync callers are still
+// there.
+const PresenceBucket = "FOREMAN_PRESENCE"
+
+// defaultPresenceTTL is how long a foreman stays present after its last heartbeat.
+const defaultPresenceTTL = 30 * time.Second
+
+func presenceKey(bootID string) string { return "boot." + bootID }
+
+// presence is the value under a boot id's key: for people reading the bucket.
+type presence struct {
+	BootID    string    `json:"boot_id"`
+	StartedAt time.Time `json:"started_at"`
+}
+
+func (s *Store) openPresence(ctx context.Context) error {
+	var err error
+	s.presence, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      PresenceBucket,
+		Description: "running foreman processes, by boot id",
+		History:     1,
+		TTL:         s.cfg.PresenceTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("broker: bucket %s: %w", PresenceBucket, err)
+	}
+	// Present from the start, before the gateway takes a call.
+	return s.heartbeat(ctx)
+}
+
+func (s *Store) heartbeat(ctx context.Context) error {
+	v, err := json.Marshal(presence{BootID: s.cfg.BootID, StartedAt: s.started})
+	if err != nil {
+		return err
+	}
+	if _, err := s.presence.Put(ctx, presenceKey(s.cfg.BootID), v); err != nil {
+		return fmt.Errorf("broker: announce %s: %w", s.cfg.BootID, err)
+	}
+	return nil
+}
+
+// Announce keeps this process present (see CallerGone) until ctx ends, then withdraws it:
+// a foreman that stops in order has ended its sync callers' jobs already. Run it for as
+// long as the gateway takes calls.
+func (s *Store) Announce(ctx context.Context) error {
+	t := time.NewTicker(s.cfg.PresenceTTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			if err := s.presence.Delete(dctx, presenceKey(s.cfg.BootID)); err != nil {
+				s.log.Warn("withdraw presence", "boot_id", s.cfg.BootID, "err", err)
+			}
+			return nil
+		case <-t.C:
+			hctx, cancel := context.WithTimeout(ctx, s.cfg.PresenceTTL/3)
+			if err := s.heartbeat(hctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("presence heartbeat", "err", err)
+			}
+			cancel()
+		}
+	}
+}
+
+// present reports whether foreman process bootID is running: its key is in the presence
+// bucket. When the bucket cannot be read it answers true: a caller is only given up for
+// gone on evidence.
+func (s *Store) present(ctx context.Context, bootID string) bool {
+	_, err := s.presence.Get(ctx, presenceKey(bootID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false
+	}
+	if err != nil {
+		s.log.Warn("read presence", "boot_id", bootID, "err", err)
+	}
+	return true
+}

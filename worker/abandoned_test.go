@@ -1,0 +1,162 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+func exclusiveStore(c *broker.Config) { c.Exclusive = true }
+
+// syncJob queues a sync job as the gateway of boot id gateway would.
+func (tb *testBundle) syncJob(t *testing.T, model, gateway string) *broker.Job {
+	t.Helper()
+	j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: model, Kind: broker.KindChat, Sync: true, Gateway: gateway}, []byte(chatBody(model, 0)))
+	if err != nil {
+		t.Fatalf("submit: %v", err)
+	}
+	return j
+}
+
+func callsOf(tb *testBundle, model string) int {
+	n := 0
+	for _, m := range inferenceCalls(tb.fake) {
+		if m == model+":latest" || m == model {
+			n++
+		}
+	}
+	return n
+}
+
+// A sync job picked after its foreman died ends canceled without reaching the target;
+// async jobs queued with it run, and so do the sync jobs of the running foreman.
+func TestSyncJobOfDeadCallerCanceledAtPick(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(exclusiveStore))
+	release := tb.fake.Hold("tiny-a")
+	first := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{})
+	// The worker is past its start sweep once it runs a job: what comes now meets the
+	// check at pick time.
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	dead := tb.syncJob(t, "tiny-b", broker.NewID())
+	deadStates := watchStates(t, tb.b.Conn, dead.ID)
+	async := tb.chat(t, "tiny-a", 2)
+	live := tb.syncJob(t, "tiny-a", tb.b.Store.BootID())
+	release()
+
+	tb.waitState(t, first.ID, broker.StateDone)
+	tb.waitState(t, async.ID, broker.StateDone)
+	tb.waitState(t, live.ID, broker.StateDone)
+	got := tb.waitState(t, dead.ID, broker.StateCanceled)
+	if got.Error != broker.CallerGoneReason || got.Attempt != 0 || got.StartedAt != nil {
+		t.Errorf("dead caller's job: error %q attempt %d started %v; want %q, never started", got.Error, got.Attempt, got.StartedAt, broker.CallerGoneReason)
+	}
+	if seen := deadStates.until(t); len(seen) != 1 || seen[0] != broker.StateCanceled {
+		t.Errorf("dead caller's job went through %v, want only canceled", seen)
+	}
+	if n := callsOf(tb, "tiny-b"); n != 0 {
+		t.Errorf("the target got %d calls for the dead caller's job, want 0", n)
+	}
+	tb.waitQueueEmpty(t)
+}
+
+// The start sweep cancels the sync jobs of dead callers before the worker picks anything:
+// they do not wait in the queue behind a long job.
+func TestStartSweepCancelsDeadCallersBeforeTheFirstJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(exclusiveStore))
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	async := tb.chat(t, "tiny-a", 1)
+	dead := tb.syncJob(t, "tiny-a", broker.NewID())
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	// The sweep ran before the first pick, and the worker is held on the async job: only
+	// the sweep can have ended the sync job.
+	j, _, err := tb.b.Store.Get(ctxT(t), dead.ID)
+	if err != nil || j.State != broker.StateCanceled || j.Error != broker.CallerGoneReason {
+		t.Fatalf("dead caller's sync job while the first job runs: %+v %v; want canceled (%s)", j, err, broker.CallerGoneReason)
+	}
+	if n, err := tb.b.Store.QueueLen(ctxT(t)); err != nil || n != 1 {
+		t.Errorf("queue holds %d (%v), want 1 (the running async job)", n, err)
+	}
+	release()
+	tb.waitState(t, async.ID, broker.StateDone)
+	if n := len(inferenceCalls(tb.fake)); n != 1 {
+		t.Errorf("%d inference calls, want 1", n)
+	}
+}
+
+// After a crash with the embedded server, the job that was running runs again as soon as
+// the worker starts, not after AckWait, and before the job queued behind it.
+func TestInterruptedJobRerunsAtOnceOnAnExclusiveStore(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait = true, 10*time.Minute
+	}))
+	ctx := ctxT(t)
+	j := tb.chat(t, "tiny-a", 1)
+	behind := tb.submit(t, "tiny-b", broker.KindChat, chatBody("tiny-b", 2))
+
+	// A foreman takes the job and starts it, then dies: the delivery is never acked.
+	token, _ := broker.ModelToken("tiny-a")
+	if d, err := tb.b.Store.Next(ctx, token); err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("take the job: %v %v", d, err)
+	}
+	if _, _, err := tb.b.Store.Modify(ctx, j.ID, func(j *broker.Job) error {
+		j.State, j.Attempt = broker.StateWorking, 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tb.b.Restart(t)
+
+	tb.start(t, worker.Config{})
+	// waitState's deadline (30s) is far below AckWait (10m): waiting out AckWait fails here.
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Errorf("attempt %d, want 2", got.Attempt)
+	}
+	tb.waitState(t, behind.ID, broker.StateDone)
+	if calls := inferenceCalls(tb.fake); len(calls) != 2 || calls[0] != "tiny-a:latest" {
+		t.Errorf("calls %v, want the interrupted tiny-a job first, then tiny-b", calls)
+	}
+}
+
+// On a shared NATS the worker runs the sync jobs of foremen that are present and cancels
+// those of foremen that are not.
+func TestSharedStoreRunsPresentForemenSyncJobsOnly(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	ctx := ctxT(t)
+	other, err := broker.Open(ctx, broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := tb.fake.Hold("tiny-a")
+	first := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	gone := tb.syncJob(t, "tiny-b", broker.NewID()) // a foreman that never announced itself
+	present := tb.syncJob(t, "tiny-a", other.BootID())
+	release()
+
+	tb.waitState(t, first.ID, broker.StateDone)
+	tb.waitState(t, present.ID, broker.StateDone)
+	if got := tb.waitState(t, gone.ID, broker.StateCanceled); got.Error != broker.CallerGoneReason {
+		t.Errorf("absent foreman's sync job: %q, want %q", got.Error, broker.CallerGoneReason)
+	}
+	if n := callsOf(tb, "tiny-b"); n != 0 {
+		t.Errorf("the target got %d calls for the absent foreman's job, want 0", n)
+	}
+}
