@@ -156,6 +156,23 @@ type Job struct {
 	// with Error = this reason; a job that finishes first stays done (or failed) with the
 	// request left here, moot. A redelivered job carrying it ends canceled without running.
 	CancelRequested string `json:"cancel_requested,omitempty"`
+	// QueueSeq is the queue message the current attempt runs from (its stream sequence),
+	// set by the start write. Another message of a running job is a spare copy; the same
+	// one coming back is the run itself, redelivered after a crash.
+	QueueSeq uint64 `json:"queue_seq,omitempty"`
+}
+
+// IsSpare reports whether a message at stream sequence seq is a spare copy of running
+// job j rather than the message its attempt runs from. firstDelivery is the rule for
+// records from before QueueSeq: a run's own message comes back delivered more than once.
+func (j *Job) IsSpare(seq uint64, firstDelivery bool) bool {
+	if j.State != StateLoading && j.State != StateWorking {
+		return false
+	}
+	if j.QueueSeq != 0 {
+		return j.QueueSeq != seq
+	}
+	return firstDelivery
 }
 
 // Artifact returns the metadata of the named artifact.

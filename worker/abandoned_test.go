@@ -108,11 +108,12 @@ func TestInterruptedJobRerunsAtOnceOnAnExclusiveStore(t *testing.T) {
 
 	// A foreman takes the job and starts it, then dies: the delivery is never acked.
 	token, _ := broker.ModelToken("tiny-a")
-	if d, err := tb.b.Store.Next(ctx, token); err != nil || d == nil || d.JobID != j.ID {
+	d, err := tb.b.Store.Next(ctx, token)
+	if err != nil || d == nil || d.JobID != j.ID {
 		t.Fatalf("take the job: %v %v", d, err)
 	}
 	if _, _, err := tb.b.Store.Modify(ctx, j.ID, func(j *broker.Job) error {
-		j.State, j.Attempt = broker.StateWorking, 1
+		j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq // as the worker's start write
 		return nil
 	}); err != nil {
 		t.Fatal(err)

@@ -52,11 +52,12 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		log.Info("job already ended; dropping its queue message", "state", j.State)
 		w.finish(bctx, d, log)
 		return
-	case d.NumDelivered == 1 && !d.Requeued && (j.State == broker.StateLoading || j.State == broker.StateWorking):
-		// A job runs only from a message delivered to it, so a running job's message on
-		// its first delivery is a spare copy (an idempotent retry published the job again
-		// after the queue's duplicate window): the delivery running the job ends it, and a
-		// crash of that run brings that delivery back, not this one.
+	case !d.Requeued && j.IsSpare(d.Seq, d.NumDelivered == 1):
+		// A job runs only from a message delivered to it, so another message of a running
+		// job is a spare copy (an idempotent retry published the job again after the
+		// queue's duplicate window): the delivery running the job ends it, and a crash of
+		// that run brings that message back (at once on an exclusive store, whose reset
+		// consumers count its deliveries from 1 again), not this one.
 		log.Info("spare queue message of a running job; dropped", "state", j.State)
 		if err := w.store.DropSpare(bctx, d); err != nil {
 			log.Warn("ack spare queue message", "err", err)
@@ -106,7 +107,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 		if j.CancelRequested != "" {
 			return errCancelRequested
 		}
-		j.State, j.Error = state, ""
+		j.State, j.Error, j.QueueSeq = state, "", d.Seq
 		j.Attempt++
 		return nil
 	})
