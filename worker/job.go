@@ -70,7 +70,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 	case w.store.CallerGone(ctx, j):
 		w.abandon(bctx, d, log)
 		return
-	case j.Attempt >= w.cfg.MaxAttempts:
+	case j.Attempt >= w.cfg.maxAttempts:
 		w.fail(bctx, d, newRelay(w.store.Conn(), d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
 	}
@@ -241,7 +241,7 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Delivery, kind broker.
 	if len(res) <= resultInlineLimit && json.Valid(res) {
 		inline = res
 	}
-	a, aerr := w.store.StoreArtifact(ctx, d.JobID, "result.json", "application/json", res)
+	a, aerr := w.store.StoreArtifact(ctx, d.JobID, broker.ResultArtifact, "application/json", res)
 	if aerr != nil {
 		// The stream already said done; the job stays done, with the inline result only.
 		log.Error("store result artifact", "err", aerr, "result_bytes", len(res))
@@ -364,7 +364,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.
 	// that too, but fires only once. A consumer reset at start (Config.Exclusive) restarts
 	// this count and the server's together; the record's Attempt keeps the real tally.
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxAttempts+2)
-	if j.Attempt >= w.cfg.MaxAttempts || lastDelivery {
+	if j.Attempt >= w.cfg.maxAttempts || lastDelivery {
 		w.fail(bctx, d, r, exhausted(cause.Error(), ""), 0, log)
 		return
 	}
