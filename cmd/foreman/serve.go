@@ -142,7 +142,7 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	}
 
 	a.worker, err = worker.New(worker.Config{
-		Store: a.store, Target: a.target, Inventory: a.inv, MaxAttempts: cfg.MaxAttempts,
+		Store: a.store, Target: a.target, Inventory: a.inv,
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
 		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
 	})
