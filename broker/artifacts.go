@@ -9,6 +9,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// ResultArtifact is the artifact that holds a finished job's whole result, also when the
+// record carries it inline (Job.Result) for being small.
+const ResultArtifact = "result.json"
+
 var artifactName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
 // ValidateArtifactName accepts short names of letters, digits, '.', '_' and '-' that do not

@@ -139,7 +139,7 @@ type Job struct {
 	StartedAt  *time.Time `json:"started_at,omitempty"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
 	// Result is the target's final response when it is small; a large one is only in the
-	// "result.json" artifact.
+	// ResultArtifact.
 	Result    json.RawMessage `json:"result,omitempty"`
 	Artifacts []Artifact      `json:"artifacts,omitempty"`
 	// Sync marks a job whose caller waits on an HTTP connection: it fires no webhooks.

@@ -11,6 +11,8 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // ListOptions filters and pages List.
@@ -54,7 +56,7 @@ func (s *Store) List(ctx context.Context, opt ListOptions) ([]*Job, string, erro
 	}
 	model := ""
 	if opt.Model != "" {
-		model = NormalizeModel(opt.Model)
+		model = ollama.NormalizeModel(opt.Model)
 	}
 	info, err := s.kvStream(ctx)
 	if err != nil {
@@ -208,7 +210,7 @@ func (p *pager) take(ctx context.Context, s *Store, bound string) (bool, error) 
 		if p.opt.State != "" && j.State != p.opt.State {
 			continue
 		}
-		if p.model != "" && NormalizeModel(j.Model) != p.model {
+		if p.model != "" && ollama.NormalizeModel(j.Model) != p.model {
 			continue
 		}
 		if len(p.out) == p.opt.Limit {

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Stream, bucket and subject names: the external contract NATS clients rely on.
@@ -74,26 +76,12 @@ const maxModelLen = 150
 
 var tokenEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
-// NormalizeModel lower-cases a model name and adds ":latest" when it has no tag,
-// so "Llama3" and "llama3:latest" are one model, as they are to Ollama.
-func NormalizeModel(name string) string {
-	n := strings.ToLower(strings.TrimSpace(name))
-	if n == "" {
-		return ""
-	}
-	last := n[strings.LastIndex(n, "/")+1:]
-	if !strings.Contains(last, ":") {
-		n += ":latest"
-	}
-	return n
-}
-
 // ModelToken encodes a model name for use in subjects, consumer names and file names:
 // lower-case base32 of the normalized name. The alphabet [a-z2-7] has no '.', '*', '>',
 // spaces or upper case, so the token is safe everywhere and case-insensitive filesystems
 // cannot collide two models.
 func ModelToken(model string) (string, error) {
-	n := NormalizeModel(model)
+	n := ollama.NormalizeModel(model)
 	if n == "" {
 		return "", fmt.Errorf("%w: empty", ErrBadModel)
 	}

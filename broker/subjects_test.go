@@ -27,8 +27,8 @@ func TestModelTokenRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("ModelFromToken(%q): %v", tok, err)
 		}
-		if back != broker.NormalizeModel(name) {
-			t.Errorf("round trip %q → %q → %q, want %q", name, tok, back, broker.NormalizeModel(name))
+		if back != ollama.NormalizeModel(name) {
+			t.Errorf("round trip %q → %q → %q, want %q", name, tok, back, ollama.NormalizeModel(name))
 		}
 		if prev, dup := seen[tok]; dup {
 			t.Errorf("%q and %q share token %q", prev, name, tok)
@@ -87,17 +87,6 @@ func TestTransitions(t *testing.T) {
 	for _, p := range illegal {
 		if broker.CanTransition(p[0], p[1]) {
 			t.Errorf("%s → %s should be illegal", p[0], p[1])
-		}
-	}
-}
-
-// The broker keys queues by model and the ollama inventory matches loaded models; both
-// must fold names the same way or drain-by-model would miss the loaded model.
-func TestNormalizeModelAgreesWithOllama(t *testing.T) {
-	t.Parallel()
-	for _, name := range []string{"llama3", "Llama3:8B", " hf.co/Org/Model-GGUF:Q4_K_M ", "registry.io:5000/ns/m", "a/b:c", ""} {
-		if b, o := broker.NormalizeModel(name), ollama.NormalizeModel(name); b != o {
-			t.Errorf("NormalizeModel(%q): broker %q, ollama %q", name, b, o)
 		}
 	}
 }

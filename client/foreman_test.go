@@ -4,19 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/nats-io/nats.go"
 	"log/slog"
-	"net/http/httptest"
 	"os"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
-	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
-	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -44,25 +41,22 @@ type foremanConfig struct {
 	DefaultWebhookPolicy bool
 }
 
-// foreman is a complete in-process foreman (embedded NATS with a client listener, store,
-// gateway, worker, webhook dispatcher, NATS submit responder) in front of a fake Ollama.
+// foreman is a complete in-process foreman, started as serve starts it (app.Start:
+// embedded NATS with a client listener, store, gateway, worker, webhook dispatcher, NATS
+// submit responder) in front of a fake Ollama.
 type foreman struct {
 	URL     string // HTTP base URL
 	NATSURL string // nats://host:port of the client listener
 	Fake    *ollamatest.Server
 	Store   *broker.Store
 
-	dir    string
-	srv    *natsd.Server
-	hs     *httptest.Server
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	errs   chan error
+	dir string
+	app *app.App
 }
 
 // newForeman starts a foreman; Close stops it. Examples use it too, so it takes no *testing.T.
 func newForeman(cfg foremanConfig) (_ *foreman, err error) {
-	f := &foreman{errs: make(chan error, 8)}
+	f := &foreman{}
 	defer func() {
 		if err != nil {
 			f.Close()
@@ -71,89 +65,67 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 	if f.dir, err = os.MkdirTemp("", "foreman-client-test-"); err != nil {
 		return nil, err
 	}
-	f.srv, err = natsd.Start(natsd.Config{DataDir: f.dir, Listen: "127.0.0.1:0", ClientUser: natsUser, ClientPassword: natsPassword})
-	if err != nil {
-		return nil, err
-	}
-	f.NATSURL = f.srv.ClientURL()
-	nc, err := f.srv.Connect()
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	f.cancel = cancel
-	if f.Store, err = broker.Open(ctx, broker.Config{Conn: nc}); err != nil {
-		return nil, err
-	}
 	f.Fake = ollamatest.NewServer(cfg.Fake)
-	target, err := ollama.NewClient(ollama.ClientConfig{BaseURL: f.Fake.URL, ResponseHeaderTimeout: -1})
-	if err != nil {
-		return nil, err
-	}
-	inv := ollama.NewInventory(ollama.InventoryConfig{Client: target})
-	if err := inv.Refresh(ctx); err != nil {
-		return nil, fmt.Errorf("inventory: %w", err)
-	}
-	policy := webhook.Policy{}
-	if ep, err := webhook.EndpointOf(f.Fake.URL); err == nil {
-		policy.Protected = []string{ep}
+	acfg := app.Config{
+		Addr: "127.0.0.1:0", OllamaURL: f.Fake.URL, DataDir: f.dir,
+		NATSListen: "127.0.0.1:0", NATSUser: natsUser, NATSPassword: natsPassword,
+		AuthToken: cfg.AuthToken, WebhookSecret: cfg.WebhookSecret,
+		Components: app.Components{
+			Worker: func(c *worker.Config) {
+				c.RetryDelay, c.IdlePoll = 50*time.Millisecond, 100*time.Millisecond
+			},
+			Webhooks:     func(c *webhook.Config) { c.BaseDelay = 50 * time.Millisecond },
+			NoNATSSubmit: cfg.NoNATSSubmit,
+		},
 	}
 	if !cfg.DefaultWebhookPolicy {
-		if policy.AllowNets, err = webhook.ParseNets("127.0.0.0/8,::1/128"); err != nil {
+		if acfg.WebhookAllowNets, err = webhook.ParseNets("127.0.0.0/8,::1/128"); err != nil {
 			return nil, err
 		}
 	}
-	gw, err := gateway.New(gateway.Config{Store: f.Store, Target: target, Inventory: inv, AuthToken: cfg.AuthToken, WebhookPolicy: policy, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if f.app, err = app.Start(ctx, acfg, slog.New(slog.DiscardHandler)); err != nil {
 		return nil, err
 	}
-	w, err := worker.New(worker.Config{Store: f.Store, Target: target, Inventory: inv, RetryDelay: 50 * time.Millisecond, IdlePoll: 100 * time.Millisecond})
-	if err != nil {
-		return nil, err
+	// The first poll, done now: tests start with the fake's models known.
+	if err := f.app.Inventory().Refresh(ctx); err != nil {
+		return nil, fmt.Errorf("inventory: %w", err)
 	}
-	d, err := webhook.New(webhook.Config{Store: f.Store, Secret: cfg.WebhookSecret, BaseDelay: 50 * time.Millisecond, Policy: policy})
-	if err != nil {
-		return nil, err
-	}
-	f.run(func() error { return inv.Run(ctx) })
-	f.run(func() error { return w.Run(ctx) })
-	f.run(func() error { return d.Run(ctx) })
-	if !cfg.NoNATSSubmit {
-		f.run(func() error { return gw.RunNATSSubmit(ctx) })
-	}
-	f.hs = httptest.NewServer(gw)
-	f.URL = f.hs.URL
+	f.URL, f.NATSURL, f.Store = "http://"+f.app.Addr(), f.app.NATSListen(), f.app.Store()
 	return f, nil
 }
 
-func (f *foreman) run(fn func() error) {
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		if err := fn(); err != nil && !errors.Is(err, context.Canceled) {
-			f.errs <- err
-		}
-	}()
-}
-
-// Close stops everything, in serve's order: HTTP, background parts, NATS.
+// Close stops foreman as serve does (app.Shutdown), then the fake.
 func (f *foreman) Close() {
-	if f.hs != nil {
-		f.hs.CloseClientConnections()
-		f.hs.Close()
+	if f.app != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = f.app.Shutdown(ctx)
+		cancel()
 	}
-	if f.cancel != nil {
-		f.cancel()
-	}
-	f.wg.Wait()
 	if f.Fake != nil {
 		f.Fake.Close()
 	}
-	if f.srv != nil {
-		f.srv.Shutdown()
-	}
 	if f.dir != "" {
 		_ = os.RemoveAll(f.dir)
+	}
+}
+
+// failed returns the error of a foreman part that stopped on its own, nil if none did
+// (a part that only saw its context end stopped because Close stopped it).
+func (f *foreman) failed() error {
+	if f.app == nil {
+		return nil
+	}
+	for {
+		select {
+		case err := <-f.app.Failed():
+			if !errors.Is(err, context.Canceled) {
+				return err
+			}
+		default:
+			return nil
+		}
 	}
 }
 
@@ -183,10 +155,8 @@ func startForeman(t *testing.T, cfg foremanConfig) *foreman {
 	}
 	t.Cleanup(func() {
 		f.Close()
-		select {
-		case err := <-f.errs:
+		if err := f.failed(); err != nil {
 			t.Errorf("foreman component failed: %v", err)
-		default:
 		}
 	})
 	return f

@@ -323,7 +323,7 @@ func (c *Client) result(ctx context.Context, j *Job) (*Result, error) {
 		return &Result{Job: j, Body: j.Result}, nil
 	}
 	for _, a := range j.Artifacts {
-		if a.Name != "result.json" {
+		if a.Name != broker.ResultArtifact {
 			continue
 		}
 		if data, ok := a.Bytes(); ok {

@@ -1,10 +1,7 @@
 package client
 
 import (
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -12,18 +9,19 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook/signature"
 )
 
-// Webhook verification errors.
+// Webhook verification errors (the signature package's, so errors.Is matches either).
 var (
-	ErrWebhookHeaders   = errors.New("webhook: missing webhook-id, webhook-timestamp or a signature (webhook-signature or X-Foreman-Signature)")
-	ErrWebhookTimestamp = errors.New("webhook: timestamp outside the tolerance")
-	ErrWebhookSignature = errors.New("webhook: no matching signature")
-	ErrWebhookSecret    = errors.New("webhook: the secret is empty")
+	ErrWebhookHeaders   = signature.ErrMissingHeaders
+	ErrWebhookTimestamp = signature.ErrBadTimestamp
+	ErrWebhookSignature = signature.ErrNoMatch
+	ErrWebhookSecret    = signature.ErrNoSecret
 )
 
 // VerifyWebhook checks a webhook foreman sent. Both of foreman's signatures are the
@@ -40,58 +38,7 @@ var (
 // empty secret (or key) is ErrWebhookSecret. Receivers should also dedupe on webhook-id:
 // deliveries are at-least-once.
 func VerifyWebhook(secret string, header http.Header, body []byte, tolerance time.Duration) error {
-	key, err := webhookKey(secret)
-	if err != nil {
-		return err
-	}
-	id, tsRaw := header.Get("webhook-id"), header.Get("webhook-timestamp")
-	sigs, foreman := header.Get("webhook-signature"), header.Get("X-Foreman-Signature")
-	if id == "" || tsRaw == "" || (sigs == "" && foreman == "") {
-		return ErrWebhookHeaders
-	}
-	ts, err := strconv.ParseInt(tsRaw, 10, 64)
-	if err != nil {
-		return fmt.Errorf("%w: %q is not unix seconds", ErrWebhookTimestamp, tsRaw)
-	}
-	if tolerance <= 0 {
-		tolerance = 5 * time.Minute
-	}
-	if d := time.Since(time.Unix(ts, 0)); d > tolerance || d < -tolerance {
-		return ErrWebhookTimestamp
-	}
-	h := hmac.New(sha256.New, key)
-	fmt.Fprintf(h, "%s.%d.", id, ts)
-	h.Write(body)
-	want := h.Sum(nil)
-	for _, s := range strings.Fields(sigs) {
-		v, b64, ok := strings.Cut(s, ",")
-		if !ok || v != "v1" {
-			continue
-		}
-		if got, err := base64.StdEncoding.DecodeString(b64); err == nil && hmac.Equal(got, want) {
-			return nil
-		}
-	}
-	if hexSig, ok := strings.CutPrefix(foreman, "sha256="); ok {
-		if got, err := hex.DecodeString(hexSig); err == nil && hmac.Equal(got, want) {
-			return nil
-		}
-	}
-	return ErrWebhookSignature
-}
-
-func webhookKey(secret string) ([]byte, error) {
-	k := []byte(secret)
-	if rest, ok := strings.CutPrefix(secret, "whsec_"); ok {
-		var err error
-		if k, err = base64.StdEncoding.DecodeString(rest); err != nil {
-			return nil, fmt.Errorf("webhook secret whsec_…: not valid base64: %w", err)
-		}
-	}
-	if len(k) == 0 {
-		return nil, ErrWebhookSecret
-	}
-	return k, nil
+	return signature.Verify(secret, header, body, tolerance)
 }
 
 // receiver is Submit's ephemeral webhook endpoint: one random path on one listener, for

@@ -52,7 +52,9 @@ func TestWebhookUnspecifiedListenHost(t *testing.T) {
 }
 
 // remoteBase makes foreman look remote: the client talks to a non-loopback host name that
-// its HTTP client dials to the test foreman.
+// its HTTP client dials to the test foreman. The name is a private-network one (.internal),
+// which foreman's DNS-rebinding check on a loopback listener lets through, as it would a
+// name on the LAN.
 func remoteBase(t *testing.T, f *foreman) (string, client.Option) {
 	t.Helper()
 	u, err := url.Parse(f.URL)
@@ -65,7 +67,7 @@ func remoteBase(t *testing.T, f *foreman) (string, client.Option) {
 		},
 	}}
 	t.Cleanup(hc.CloseIdleConnections)
-	return "http://foreman.example.invalid:" + u.Port(), client.WithHTTPClient(hc)
+	return "http://foreman.example.internal:" + u.Port(), client.WithHTTPClient(hc)
 }
 
 // TestWebhookNoReachableAddress: with foreman on another machine, a receiver on all

@@ -13,6 +13,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Fuzz targets for the gateway's decoders of client input. Each checks what an accepted
@@ -47,8 +48,8 @@ func wantQueueable(t *testing.T, model string) {
 		t.Fatalf("ModelToken(%q) = %q: not lower-case base32", model, token)
 	}
 	back, err := broker.ModelFromToken(token)
-	if err != nil || back != broker.NormalizeModel(model) {
-		t.Fatalf("ModelFromToken(ModelToken(%q)) = %q, %v; want %q", model, back, err, broker.NormalizeModel(model))
+	if err != nil || back != ollama.NormalizeModel(model) {
+		t.Fatalf("ModelFromToken(ModelToken(%q)) = %q, %v; want %q", model, back, err, ollama.NormalizeModel(model))
 	}
 }
 

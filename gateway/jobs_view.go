@@ -17,9 +17,6 @@ import (
 // linked by URL.
 const inlineArtifactLimit = 256 << 10
 
-// resultArtifact is the artifact that always holds a finished job's result.
-const resultArtifact = "result.json"
-
 // jobView is a job as the /jobs API shows it.
 type jobView struct {
 	ID         string          `json:"id"`
@@ -79,7 +76,7 @@ func (s *Server) jobView(ctx context.Context, j *broker.Job, inline bool) jobVie
 				str, av.Encoding = base64.StdEncoding.EncodeToString(data), "base64"
 			}
 			av.Data = &str
-			if a.Name == resultArtifact && v.Result == nil && json.Valid(data) {
+			if a.Name == broker.ResultArtifact && v.Result == nil && json.Valid(data) {
 				v.Result = data
 			}
 		}

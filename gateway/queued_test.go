@@ -486,7 +486,7 @@ func TestQueuedClientDisconnectAbortsRunningJob(t *testing.T) {
 
 func TestQueuedTargetDownThenUp(t *testing.T) {
 	t.Parallel()
-	b := newQueuedBundle(t, func(c *worker.Config) { c.MaxAttempts = 1000 })
+	b := newQueuedBundle(t, nil, withBroker(brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1000 })))
 	ctx := testCtx(t, 30*time.Second)
 	b.Fake.SetDown(true)
 

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"mime"
 	"net/http"
 	"sync"
 	"time"
@@ -89,12 +88,11 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 			return ct, err
 		}
 	}
-	mt, _, _ := mime.ParseMediaType(ct)
 	var readErr, fnErr error
-	switch mt {
-	case "application/x-ndjson":
+	switch FramingOf(ct) {
+	case NDJSON:
 		readErr, fnErr = splitFrames(resp.Body, isLineEnd, fn)
-	case "text/event-stream":
+	case SSE:
 		readErr, fnErr = splitFrames(resp.Body, isEventEnd, fn)
 	default:
 		var all []byte

@@ -47,13 +47,9 @@ func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {
 		return
 	}
 	log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
-	_, _, err = w.store.Modify(ctx, p.JobID, func(j *broker.Job) error {
-		if j.State.Terminal() {
-			return errEnded
-		}
+	_, err = w.transition(ctx, p.JobID, fromUnended, func(j *broker.Job) {
 		j.State = broker.StateFailed
 		j.Error = exhausted(j.Error, fmt.Sprintf("delivered %d times", deliveries))
-		return nil
 	})
 	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) {
 		log.Error("fail job past its delivery limit", "err", err)

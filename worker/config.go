@@ -19,8 +19,6 @@ type Config struct {
 	// refreshed to probe a target that dropped a connection; without it the worker
 	// assumes the model it ran last is loaded and probes with Target.Version.
 	Inventory *ollama.Inventory
-	// MaxAttempts is how many times a job may start; default 3.
-	MaxAttempts int
 	// MaxConsecutive is how many jobs of one model may run in a row while other models
 	// wait; default 8.
 	MaxConsecutive int
@@ -47,6 +45,10 @@ type Config struct {
 	// bookkeeping of a finished job after its final done marker went out and before its
 	// result and terminal state are written.
 	beforeStoreDone func(jobID string)
+	// maxAttempts is how many times a job may start: the store's MaxAttempts (which also
+	// sets its queue's MaxDeliver), so the limit is configured in one place. Tests may
+	// set it apart from the store's (see export_test.go).
+	maxAttempts int
 }
 
 // Defaults of the limits on a silent target.
@@ -64,9 +66,6 @@ const (
 )
 
 func (c *Config) setDefaults() {
-	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = 3
-	}
 	if c.MaxConsecutive <= 0 {
 		c.MaxConsecutive = 8
 	}

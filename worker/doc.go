@@ -11,11 +11,14 @@
 //     first frame is held until the second arrives, to carry the response Content-Type; an
 //     async job retried after a dropped connection streams again from Foreman-Seq 1);
 //   - connection errors retry with a NAK delay and pause the worker until the target
-//     answers; HTTP errors are terminal;
+//     answers, up to the store's MaxAttempts (also its queue's MaxDeliver, so the limit is
+//     set once); HTTP errors are terminal;
 //   - a target that stalls (no first byte within FirstByteTimeout, silence beyond
 //     StreamIdleTimeout) or an attempt longer than MaxJobTime is a failed attempt, retried
 //     like a connection error; a stall is reported by TargetStall for /healthz until a
 //     later attempt gets an answer (ADR-0026);
+//   - every record write goes through one transition helper, whose guard says which
+//     records it may start from (not ended; no cancellation requested; still loading);
 //   - the worker is the one writer of a running job's terminal state: Store.Cancel only
 //     sets the record's cancel_requested, and the worker aborts the request, publishes the
 //     final canceled marker and writes canceled (a job that finished first stays done; a

@@ -7,3 +7,11 @@ func WithBeforeStoreDone(cfg Config, fn func(jobID string)) Config {
 	cfg.beforeStoreDone = fn
 	return cfg
 }
+
+// WithMaxAttempts returns cfg with an attempt limit apart from the store's MaxAttempts
+// (which also sets the queue's MaxDeliver), as when the queue was created with another
+// limit than the one the worker runs with.
+func WithMaxAttempts(cfg Config, n int) Config {
+	cfg.maxAttempts = n
+	return cfg
+}

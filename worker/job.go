@@ -15,13 +15,6 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// errEnded stops a record write when the job reached a terminal state meanwhile.
-var errEnded = errors.New("job already ended")
-
-// errCancelRequested stops a record write (start, retry, hand-back) of a job whose
-// cancellation was requested: the worker ends it canceled instead.
-var errCancelRequested = errors.New("job cancellation requested")
-
 // handle runs one delivered job to its end, or hands it back.
 func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
@@ -70,7 +63,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 	case w.store.CallerGone(ctx, j):
 		w.abandon(bctx, d, log)
 		return
-	case j.Attempt >= w.cfg.MaxAttempts:
+	case j.Attempt >= w.cfg.maxAttempts:
 		w.fail(bctx, d, newRelay(w.store.Conn(), d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
 	}
@@ -100,16 +93,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 	if w.isLoaded(d.Token) {
 		state = broker.StateWorking
 	}
-	j, _, err = w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {
-		if j.State.Terminal() {
-			return errEnded
-		}
-		if j.CancelRequested != "" {
-			return errCancelRequested
-		}
+	j, err = w.transition(ctx, d.JobID, fromLive, func(j *broker.Job) {
 		j.State, j.Error, j.QueueSeq = state, "", d.Seq
 		j.Attempt++
-		return nil
 	})
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
@@ -241,7 +227,7 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Delivery, kind broker.
 	if len(res) <= resultInlineLimit && json.Valid(res) {
 		inline = res
 	}
-	a, aerr := w.store.StoreArtifact(ctx, d.JobID, "result.json", "application/json", res)
+	a, aerr := w.store.StoreArtifact(ctx, d.JobID, broker.ResultArtifact, "application/json", res)
 	if aerr != nil {
 		// The stream already said done; the job stays done, with the inline result only.
 		log.Error("store result artifact", "err", aerr, "result_bytes", len(res))
@@ -286,13 +272,7 @@ func (w *Worker) afterwards(fn func(ctx context.Context)) {
 func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.Job)) error {
 	var err error
 	for i := range 3 {
-		_, _, err = w.store.Modify(ctx, id, func(j *broker.Job) error {
-			if j.State.Terminal() {
-				return errEnded
-			}
-			set(j)
-			return nil
-		})
+		_, err = w.transition(ctx, id, fromUnended, set)
 		if err == nil || errors.Is(err, errEnded) || ctx.Err() != nil {
 			return err
 		}
@@ -364,19 +344,12 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.
 	// that too, but fires only once. A consumer reset at start (Config.Exclusive) restarts
 	// this count and the server's together; the record's Attempt keeps the real tally.
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxAttempts+2)
-	if j.Attempt >= w.cfg.MaxAttempts || lastDelivery {
+	if j.Attempt >= w.cfg.maxAttempts || lastDelivery {
 		w.fail(bctx, d, r, exhausted(cause.Error(), ""), 0, log)
 		return
 	}
-	_, _, err := w.store.Modify(bctx, d.JobID, func(j *broker.Job) error {
-		if j.State.Terminal() {
-			return errEnded
-		}
-		if j.CancelRequested != "" {
-			return errCancelRequested
-		}
+	_, err := w.transition(bctx, d.JobID, fromLive, func(j *broker.Job) {
 		j.State, j.Error = broker.StateRetrying, cause.Error()
-		return nil
 	})
 	if errors.Is(err, errEnded) {
 		w.publishFinal(r, broker.StateCanceled, "", 0, log)
@@ -405,18 +378,11 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.
 // it was on is not counted: the job did nothing wrong. A job whose cancellation was
 // requested ends canceled instead: nobody wants it run again.
 func (w *Worker) handBack(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, log *slog.Logger) {
-	_, _, err := w.store.Modify(ctx, d.JobID, func(rec *broker.Job) error {
-		if rec.State.Terminal() {
-			return errEnded
-		}
-		if rec.CancelRequested != "" {
-			return errCancelRequested
-		}
+	_, err := w.transition(ctx, d.JobID, fromLive, func(rec *broker.Job) {
 		rec.State, rec.Error = broker.StateRetrying, errShutdown.Error()
 		if rec.Attempt == j.Attempt && rec.Attempt > 0 {
 			rec.Attempt--
 		}
-		return nil
 	})
 	if errors.Is(err, errEnded) {
 		w.finish(ctx, d, log)
@@ -446,12 +412,8 @@ func (w *Worker) bodyLost(ctx context.Context, d *broker.Delivery, err error) {
 
 // markWorking moves a loading job to working at its first frame: the model is in.
 func (w *Worker) markWorking(ctx context.Context, id string, log *slog.Logger) {
-	_, _, err := w.store.Modify(ctx, id, func(j *broker.Job) error {
-		if j.State != broker.StateLoading {
-			return errEnded
-		}
+	_, err := w.transition(ctx, id, fromLoading, func(j *broker.Job) {
 		j.State = broker.StateWorking
-		return nil
 	})
 	if err != nil && !errors.Is(err, errEnded) && ctx.Err() == nil {
 		log.Warn("store working state", "err", err)

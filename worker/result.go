@@ -3,7 +3,6 @@ package worker
 import (
 	"bytes"
 	"encoding/json"
-	"mime"
 	"strings"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -15,11 +14,10 @@ import (
 // replaced by their concatenation over all lines; for SSE the last data JSON; otherwise the
 // body itself. sawDone reports whether an NDJSON stream ended with done:true.
 func result(kind broker.Kind, contentType string, frames [][]byte) (res []byte, sawDone bool) {
-	mt, _, _ := mime.ParseMediaType(contentType)
-	switch mt {
-	case "application/x-ndjson":
+	switch ollama.FramingOf(contentType) {
+	case ollama.NDJSON:
 		return ndjsonResult(kind, frames)
-	case "text/event-stream":
+	case ollama.SSE:
 		return sseResult(frames), true
 	}
 	return bytes.Join(frames, nil), true
@@ -141,14 +139,14 @@ func streamError(contentType string, frames [][]byte) string {
 		return ""
 	}
 	last := bytes.TrimSpace(frames[len(frames)-1])
-	mt, _, _ := mime.ParseMediaType(contentType)
-	if mt == "text/event-stream" {
+	switch ollama.FramingOf(contentType) {
+	case ollama.SSE:
 		for _, line := range bytes.Split(last, []byte("\n")) {
 			if data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:")); ok {
 				last = bytes.TrimSpace(data)
 			}
 		}
-	} else if mt != "application/x-ndjson" {
+	case ollama.NotStreamed:
 		return ""
 	}
 	var v struct {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -42,12 +43,12 @@ func waitAborted(t *testing.T, fake *ollamatest.Server, n int) {
 // goes on to the next job, whose success clears the stall.
 func TestHungTargetFailsJobAndWorkerMovesOn(t *testing.T) {
 	t.Parallel()
-	tb := setup(t)
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 2 }))
 	release := tb.fake.Hold("tiny-a") // tiny-a's runner hangs before its first byte
 	t.Cleanup(release)
 	j := tb.chat(t, "tiny-a", 1)
 	states := watchStates(t, tb.b.Conn, j.ID)
-	w := tb.start(t, worker.Config{MaxAttempts: 2, FirstByteTimeout: testFirstByte, StreamIdleTimeout: testIdle})
+	w := tb.start(t, worker.Config{FirstByteTimeout: testFirstByte, StreamIdleTimeout: testIdle})
 
 	seen := states.until(t)
 	got := tb.waitState(t, j.ID, broker.StateFailed)
@@ -142,10 +143,11 @@ func TestStallAfterFramesFailsSyncJob(t *testing.T) {
 // would go on for minutes is aborted, and with no attempts left the job fails.
 func TestMaxJobTimeAbortsSteadyStream(t *testing.T) {
 	t.Parallel()
-	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(100_000), ollamatest.WithTokenDelay(2 * time.Millisecond)})
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(100_000), ollamatest.WithTokenDelay(2 * time.Millisecond)},
+		brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
 	j := tb.chat(t, "tiny-a", 1)
 	stream := watchStream(t, tb.b.Conn, j.ID)
-	w := tb.start(t, worker.Config{MaxAttempts: 1, FirstByteTimeout: time.Hour, StreamIdleTimeout: time.Hour, MaxJobTime: 200 * time.Millisecond})
+	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: time.Hour, MaxJobTime: 200 * time.Millisecond})
 	frames, final := stream.untilFinal(t)
 	want := "attempts exhausted: target too slow: the attempt ran longer than the max job time of 200ms"
 	if len(frames) == 0 || final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderError) != want {

@@ -57,6 +57,9 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if cfg.maxAttempts <= 0 {
+		cfg.maxAttempts = cfg.Store.Config().MaxAttempts
+	}
 	return &Worker{
 		cfg:      cfg,
 		store:    cfg.Store,
@@ -100,7 +103,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	defer func() { _ = advSub.Unsubscribe() }()
 
-	w.log.Info("worker started", "max_attempts", w.cfg.MaxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
+	w.log.Info("worker started", "max_attempts", w.cfg.maxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
 	defer w.log.Info("worker stopped")
 	w.sweep(ctx)
 	fails, misses := 0, 0

@@ -167,10 +167,10 @@ func TestHTTPErrorIsTerminal(t *testing.T) {
 
 func TestAttemptsExhausted(t *testing.T) {
 	t.Parallel()
-	tb := setup(t)
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 2 }))
 	tb.fake.FailNext(10, ollamatest.DropMidStream)
 	j := tb.chat(t, "tiny-a", 1)
-	tb.start(t, worker.Config{MaxAttempts: 2})
+	tb.start(t, worker.Config{})
 	got := tb.waitState(t, j.ID, broker.StateFailed)
 	if !strings.HasPrefix(got.Error, "attempts exhausted: ") || got.Attempt != 2 {
 		t.Errorf("error %q attempt %d", got.Error, got.Attempt)
@@ -188,7 +188,7 @@ func TestDeliveryLimitFailsJob(t *testing.T) {
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
 	tb.fake.FailNext(100, ollamatest.DropConnection)
 	j := tb.chat(t, "tiny-a", 1)
-	tb.start(t, worker.Config{MaxAttempts: 10})
+	tb.start(t, worker.WithMaxAttempts(worker.Config{}, 10))
 	got := tb.waitState(t, j.ID, broker.StateFailed)
 	if !strings.HasPrefix(got.Error, "attempts exhausted: ") {
 		t.Errorf("error %q", got.Error)

@@ -123,7 +123,7 @@ func TestJobsWatch(t *testing.T) {
 	})
 	for name, vars := range map[string]map[string]string{
 		"polling": {"FOREMAN_URL": "http://" + a.Addr()},
-		"nats": {"FOREMAN_URL": "http://" + a.Addr(), "FOREMAN_CLIENT_NATS_URL": a.natsListen(),
+		"nats": {"FOREMAN_URL": "http://" + a.Addr(), "FOREMAN_CLIENT_NATS_URL": a.NATSListen(),
 			"FOREMAN_NATS_USER": "cli", "FOREMAN_NATS_PASSWORD": "cli-pw"},
 	} {
 		t.Run(name, func(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -13,56 +12,18 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// serveConfig is everything `foreman serve` is configured with. Each field comes from a
-// flag, else from its FOREMAN_* variable, else from its default.
+// serveConfig is everything `foreman serve` is configured with: app.Config, whose fields
+// each come from a flag, else from its FOREMAN_* variable, else from its default, and the
+// log level.
 type serveConfig struct {
-	Addr              string
-	OllamaURL         string
-	OllamaToken       string
-	AuthToken         string
-	DataDir           string
-	NATSListen        string
-	NATSURL           string
-	NATSUser          string
-	NATSPassword      string
-	NATSNkey          string
-	NATSTLSCert       string
-	NATSTLSKey        string
-	NATSReplicas      int
-	PollInterval      time.Duration
-	MaxAttempts       int
-	AckWait           time.Duration
-	JobTTL            time.Duration
-	WebhookSecret     string
-	WebhookAttempts   int
-	EmbedModel        string
-	LogLevel          slog.Level
-	MaxQueue          int
-	MaxConsecutive    int
-	MaxWait           time.Duration
-	MaxBodyBytes      int64
-	ShutdownTimeout   time.Duration
-	logLevelName      string
-	natsReplicasIsSet bool
-
-	// Limits on a silent or slow target (ADR-0026); MaxJobTime 0 = none.
-	FirstByteTimeout  time.Duration
-	StreamIdleTimeout time.Duration
-	MaxJobTime        time.Duration
-	// Browser policy (ADR-0023) and slow clients.
-	Origins         []string
-	InsecureNoAuth  bool
-	BodyReadTimeout time.Duration
-	WriteTimeout    time.Duration
-	StreamBuffer    int64
-	// Webhook network policy (ADR-0021).
-	WebhookAllowNets   []netip.Prefix
-	WebhookDenyPrivate bool
+	app.Config
+	LogLevel     slog.Level
+	logLevelName string
 }
 
 // setting binds one field to its flag and environment variable.
@@ -102,8 +63,8 @@ func (c *serveConfig) settings() []*setting {
 		}
 	}
 	return []*setting{
-		{env: "FOREMAN_ADDR", flag: "addr", def: "127.0.0.1:8080", usage: "HTTP listen address", parse: hostPort(&c.Addr)},
-		{env: "FOREMAN_OLLAMA_URL", flag: "ollama-url", def: "http://127.0.0.1:11434", usage: "URL of the Ollama server foreman fronts", parse: httpURL(&c.OllamaURL)},
+		{env: "FOREMAN_ADDR", flag: "addr", def: app.DefaultAddr, usage: "HTTP listen address", parse: hostPort(&c.Addr)},
+		{env: "FOREMAN_OLLAMA_URL", flag: "ollama-url", def: app.DefaultOllamaURL, usage: "URL of the Ollama server foreman fronts", parse: httpURL(&c.OllamaURL)},
 		{env: "FOREMAN_OLLAMA_TOKEN", flag: "ollama-token", usage: "bearer token sent to Ollama", parse: str(&c.OllamaToken)},
 		{env: "FOREMAN_AUTH_TOKEN", flag: "auth-token", usage: "bearer token HTTP clients must send (off when empty)", parse: str(&c.AuthToken)},
 		{env: "FOREMAN_DATA_DIR", flag: "data-dir", usage: "JetStream store directory (default: foreman in the user's data dir)", parse: str(&c.DataDir)},
@@ -114,16 +75,13 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_NATS_NKEY", flag: "nats-nkey", usage: "public user nkey (U…) that may also log in on the NATS listener", parse: str(&c.NATSNkey)},
 		{env: "FOREMAN_NATS_TLS_CERT", flag: "nats-tls-cert", usage: "TLS certificate file for the NATS listener", parse: str(&c.NATSTLSCert)},
 		{env: "FOREMAN_NATS_TLS_KEY", flag: "nats-tls-key", usage: "TLS key file for the NATS listener", parse: str(&c.NATSTLSKey)},
-		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL)", parse: func(v string) error {
-			c.natsReplicasIsSet = true
-			return integer(&c.NATSReplicas)(v)
-		}},
-		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: "30s", usage: "how often the model inventory polls Ollama", parse: dur(&c.PollInterval)},
-		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: "3", usage: "attempts per job on connection errors", parse: integer(&c.MaxAttempts)},
-		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: "60s", usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: dur(&c.AckWait)},
-		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: "24h", usage: "how long jobs, artifacts and delivery logs are kept", parse: dur(&c.JobTTL)},
+		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL)", parse: integer(&c.NATSReplicas)},
+		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: durationDefault(app.DefaultPollInterval), usage: "how often the model inventory polls Ollama", parse: dur(&c.PollInterval)},
+		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on connection errors", parse: integer(&c.MaxAttempts)},
+		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: durationDefault(app.DefaultAckWait), usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: dur(&c.AckWait)},
+		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: durationDefault(app.DefaultJobTTL), usage: "how long jobs, artifacts and delivery logs are kept", parse: dur(&c.JobTTL)},
 		{env: "FOREMAN_WEBHOOK_SECRET", flag: "webhook-secret", usage: "webhook signing secret (whsec_<base64> or raw)", parse: str(&c.WebhookSecret)},
-		{env: "FOREMAN_WEBHOOK_ATTEMPTS", flag: "webhook-attempts", def: "5", usage: "delivery attempts per webhook event", parse: integer(&c.WebhookAttempts)},
+		{env: "FOREMAN_WEBHOOK_ATTEMPTS", flag: "webhook-attempts", def: strconv.Itoa(app.DefaultWebhookAttempts), usage: "delivery attempts per webhook event", parse: integer(&c.WebhookAttempts)},
 		// Webhook network policy (ADR-0021).
 		{env: "FOREMAN_WEBHOOK_ALLOW_NETS", flag: "webhook-allow-nets", usage: "comma-separated CIDRs webhooks may reach though the policy refuses them (e.g. 127.0.0.0/8,::1/128)", parse: func(v string) error {
 			nets, err := webhook.ParseNets(v)
@@ -140,10 +98,10 @@ func (c *serveConfig) settings() []*setting {
 		}},
 		{env: "FOREMAN_EMBED_MODEL", flag: "embed-model", usage: "embedding model kept loaded (keep_alive -1)", parse: str(&c.EmbedModel)},
 		{env: "FOREMAN_LOG_LEVEL", flag: "log-level", def: "info", usage: "debug, info, warn or error", parse: c.parseLevel},
-		{env: "FOREMAN_MAX_QUEUE", flag: "max-queue", def: "1000", usage: "queued jobs before submits get 503", parse: integer(&c.MaxQueue)},
-		{env: "FOREMAN_MAX_CONSECUTIVE", flag: "max-consecutive", def: "8", usage: "jobs of one model in a row while others wait", parse: integer(&c.MaxConsecutive)},
-		{env: "FOREMAN_MAX_WAIT", flag: "max-wait", def: "2m", usage: "longest a waiting model is passed over", parse: dur(&c.MaxWait)},
-		{env: "FOREMAN_MAX_BODY", flag: "max-body", def: "33554432", usage: "largest request body in bytes", parse: func(v string) error {
+		{env: "FOREMAN_MAX_QUEUE", flag: "max-queue", def: strconv.Itoa(app.DefaultMaxQueue), usage: "queued jobs before submits get 503", parse: integer(&c.MaxQueue)},
+		{env: "FOREMAN_MAX_CONSECUTIVE", flag: "max-consecutive", def: strconv.Itoa(app.DefaultMaxConsecutive), usage: "jobs of one model in a row while others wait", parse: integer(&c.MaxConsecutive)},
+		{env: "FOREMAN_MAX_WAIT", flag: "max-wait", def: durationDefault(app.DefaultMaxWait), usage: "longest a waiting model is passed over", parse: dur(&c.MaxWait)},
+		{env: "FOREMAN_MAX_BODY", flag: "max-body", def: strconv.Itoa(app.DefaultMaxBodyBytes), usage: "largest request body in bytes", parse: func(v string) error {
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n <= 0 {
 				return errors.New("not a positive number of bytes")
@@ -151,10 +109,10 @@ func (c *serveConfig) settings() []*setting {
 			c.MaxBodyBytes = n
 			return nil
 		}},
-		{env: "FOREMAN_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: "30s", usage: "deadline for a graceful shutdown", parse: dur(&c.ShutdownTimeout)},
+		{env: "FOREMAN_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: durationDefault(app.DefaultShutdownTimeout), usage: "deadline for a graceful shutdown", parse: dur(&c.ShutdownTimeout)},
 		// A stalled target is a failed attempt (ADR-0026).
-		{env: "FOREMAN_FIRST_BYTE_TIMEOUT", flag: "first-byte-timeout", def: "5m", usage: "longest wait for Ollama's first response byte, a cold model load included; then the attempt fails", parse: dur(&c.FirstByteTimeout)},
-		{env: "FOREMAN_STREAM_IDLE_TIMEOUT", flag: "stream-idle-timeout", def: "2m", usage: "longest silence of Ollama once its answer started; then the attempt fails", parse: dur(&c.StreamIdleTimeout)},
+		{env: "FOREMAN_FIRST_BYTE_TIMEOUT", flag: "first-byte-timeout", def: durationDefault(app.DefaultFirstByteTimeout), usage: "longest wait for Ollama's first response byte, a cold model load included; then the attempt fails", parse: dur(&c.FirstByteTimeout)},
+		{env: "FOREMAN_STREAM_IDLE_TIMEOUT", flag: "stream-idle-timeout", def: durationDefault(app.DefaultStreamIdleTimeout), usage: "longest silence of Ollama once its answer started; then the attempt fails", parse: dur(&c.StreamIdleTimeout)},
 		{env: "FOREMAN_MAX_JOB_TIME", flag: "max-job-time", usage: "longest one attempt of a job may run (off when empty)", parse: dur(&c.MaxJobTime)},
 		// Browser policy (ADR-0023) and slow clients.
 		{env: "FOREMAN_ORIGINS", flag: "origins", usage: "browser origins allowed besides localhost and co (comma list, * for all; as OLLAMA_ORIGINS)", parse: func(v string) error {
@@ -170,9 +128,9 @@ func (c *serveConfig) settings() []*setting {
 			c.InsecureNoAuth = b
 			return nil
 		}},
-		{env: "FOREMAN_BODY_READ_TIMEOUT", flag: "body-read-timeout", def: "60s", usage: "longest a client may take to send a request body (408 beyond)", parse: dur(&c.BodyReadTimeout)},
-		{env: "FOREMAN_WRITE_TIMEOUT", flag: "write-timeout", def: "30s", usage: "longest a write of a queued answer may make no progress before the client is cut off", parse: dur(&c.WriteTimeout)},
-		{env: "FOREMAN_STREAM_BUFFER", flag: "stream-buffer", def: "8388608", usage: "bytes of a queued answer held for a slow client before it is cut off", parse: func(v string) error {
+		{env: "FOREMAN_BODY_READ_TIMEOUT", flag: "body-read-timeout", def: durationDefault(app.DefaultBodyReadTimeout), usage: "longest a client may take to send a request body (408 beyond)", parse: dur(&c.BodyReadTimeout)},
+		{env: "FOREMAN_WRITE_TIMEOUT", flag: "write-timeout", def: durationDefault(app.DefaultWriteTimeout), usage: "longest a write of a queued answer may make no progress before the client is cut off", parse: dur(&c.WriteTimeout)},
+		{env: "FOREMAN_STREAM_BUFFER", flag: "stream-buffer", def: strconv.Itoa(app.DefaultStreamBuffer), usage: "bytes of a queued answer held for a slow client before it is cut off", parse: func(v string) error {
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n <= 0 {
 				return errors.New("not a positive number of bytes")
@@ -183,20 +141,6 @@ func (c *serveConfig) settings() []*setting {
 	}
 }
 
-// loopbackAddr reports whether host:port listens on loopback only: a loopback IP or
-// "localhost". An empty host, 0.0.0.0 or any other name may be reachable from elsewhere.
-func loopbackAddr(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap().IsLoopback()
-}
-
 func (c *serveConfig) parseLevel(v string) error {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(v)); err != nil {
@@ -204,6 +148,18 @@ func (c *serveConfig) parseLevel(v string) error {
 	}
 	c.LogLevel, c.logLevelName = l, strings.ToLower(v)
 	return nil
+}
+
+// durationDefault shows a default duration as the settings are written: whole hours,
+// else whole minutes from 2m on, else seconds ("24h", "5m", "60s").
+func durationDefault(d time.Duration) string {
+	switch {
+	case d%time.Hour == 0:
+		return strconv.FormatInt(int64(d/time.Hour), 10) + "h"
+	case d%time.Minute == 0 && d >= 2*time.Minute:
+		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
+	}
+	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
 }
 
 func hostPort(p *string) func(string) error {
@@ -279,18 +235,9 @@ func shownValue(env, val string) string {
 	case secretSettings[env]:
 		return "(hidden)"
 	case urlSettings[env]:
-		return strconv.Quote(redactURLs(val))
+		return strconv.Quote(app.RedactURLs(val))
 	}
 	return strconv.Quote(val)
-}
-
-// redactURLs redacts each URL of a comma-separated list (ollama.RedactURL).
-func redactURLs(list string) string {
-	parts := strings.Split(list, ",")
-	for i, p := range parts {
-		parts[i] = ollama.RedactURL(p)
-	}
-	return strings.Join(parts, ",")
 }
 
 // bindFlags registers every setting as a flag on fs.
@@ -339,18 +286,15 @@ func (c *serveConfig) finish() error {
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return errors.New("FOREMAN_NATS_TLS_CERT and FOREMAN_NATS_TLS_KEY must be set together")
 	}
-	if c.AuthToken == "" && !loopbackAddr(c.Addr) {
+	if c.AuthToken == "" && !app.LoopbackAddr(c.Addr) {
 		if !c.InsecureNoAuth {
 			return fmt.Errorf("FOREMAN_ADDR=%q is not a loopback address and FOREMAN_AUTH_TOKEN is empty: "+
 				"anyone who reaches it, any web page included, could use foreman; set FOREMAN_AUTH_TOKEN "+
 				"(e.g. openssl rand -hex 32), or FOREMAN_INSECURE_NO_AUTH=true to serve it without auth anyway", c.Addr)
 		}
 	}
-	if !c.natsReplicasIsSet {
-		c.NATSReplicas = 1
-		if c.NATSURL != "" {
-			c.NATSReplicas = 3
-		}
+	if c.NATSReplicas == 0 { // unset: a set value is positive
+		c.NATSReplicas = app.DefaultReplicas(c.NATSURL)
 	}
 	return nil
 }

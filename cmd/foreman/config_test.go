@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/spf13/pflag"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 )
 
 // parseConfig resolves a serve configuration from command-line args and an environment.
@@ -47,7 +50,7 @@ func TestConfigWebhookPolicy(t *testing.T) {
 	if len(cfg.WebhookAllowNets) != 2 || cfg.WebhookAllowNets[1].String() != "::1/128" || !cfg.WebhookDenyPrivate {
 		t.Errorf("webhook policy settings: %v %v", cfg.WebhookAllowNets, cfg.WebhookDenyPrivate)
 	}
-	p := webhookPolicy(*cfg, "0.0.0.0:8080", "127.0.0.1:4222", "")
+	p := app.WebhookPolicy(cfg.Config, "0.0.0.0:8080", "127.0.0.1:4222", "")
 	if len(p.Protected) != 3 || p.Protected[0] != "127.0.0.1:11434" || p.Protected[1] != "0.0.0.0:8080" || p.Protected[2] != "127.0.0.1:4222" {
 		t.Errorf("protected endpoints %v, want the Ollama target and foreman's own listeners", p.Protected)
 	}
@@ -258,5 +261,18 @@ func TestConfigBrowserAndSlowClientSettings(t *testing.T) {
 	}
 	if cfg.Origins != nil || cfg.BodyReadTimeout != time.Minute || cfg.WriteTimeout != 30*time.Second || cfg.StreamBuffer != 8<<20 {
 		t.Errorf("defaults: %+v", cfg)
+	}
+}
+
+// The defaults serve's flags show are app's: resolving no setting at all gives the
+// configuration app.Start would fill in by itself.
+func TestConfigDefaultsAreApps(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseConfig(t, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (app.Config{}).WithDefaults(); !reflect.DeepEqual(cfg.Config, want) {
+		t.Errorf("serve's defaults\n%+v\napp's defaults\n%+v", cfg.Config, want)
 	}
 }

@@ -3,18 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"regexp"
 	"strings"
 	"sync"
 	"testing"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -108,9 +106,9 @@ func TestStartErrorsHideNATSCredentials(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := startApp(context.Background(), *cfg, slog.New(slog.DiscardHandler))
+		a, err := app.Start(context.Background(), cfg.Config, slog.New(slog.DiscardHandler))
 		if err == nil {
-			_ = a.shutdown(context.Background())
+			_ = a.Shutdown(context.Background())
 			t.Fatalf("FOREMAN_NATS_URL=%s: started", nu)
 		}
 		if strings.Contains(err.Error(), testPassword) || !strings.Contains(err.Error(), "FOREMAN_NATS_URL") {
@@ -119,7 +117,7 @@ func TestStartErrorsHideNATSCredentials(t *testing.T) {
 	}
 }
 
-// An Ollama URL the client refuses (config checks it first; startApp may be called
+// An Ollama URL the client refuses (config checks it first; app.Start may be called
 // with any) fails the start without showing its password.
 func TestStartErrorsHideOllamaCredentials(t *testing.T) {
 	t.Parallel()
@@ -128,9 +126,9 @@ func TestStartErrorsHideOllamaCredentials(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg.OllamaURL = "ftp://user:" + testPassword + "@mac:11434"
-	a, err := startApp(context.Background(), *cfg, slog.New(slog.DiscardHandler))
+	a, err := app.Start(context.Background(), cfg.Config, slog.New(slog.DiscardHandler))
 	if err == nil {
-		_ = a.shutdown(context.Background())
+		_ = a.Shutdown(context.Background())
 		t.Fatal("started with an ftp Ollama URL")
 	}
 	if strings.Contains(err.Error(), testPassword) || !strings.Contains(err.Error(), "FOREMAN_OLLAMA_URL") {
@@ -202,26 +200,5 @@ func TestServeNeverShowsOllamaPassword(t *testing.T) {
 		if r.path != "/healthz" && resp.StatusCode != http.StatusBadGateway {
 			t.Errorf("%s %s: %d %s, want 502", r.method, r.path, resp.StatusCode, body)
 		}
-	}
-}
-
-// hideUserinfo takes the credentials out of an error that quotes the URL, as url.Parse's
-// errors do, and keeps the error's chain.
-func TestHideUserinfo(t *testing.T) {
-	t.Parallel()
-	for _, raw := range []string{"nats://app:s3cret@h:bad", "nats://s3cret@h:bad", "nats://app:s3cret@h:4222/%zz"} {
-		_, perr := url.Parse(raw)
-		if perr == nil {
-			t.Fatalf("%s parses", raw)
-		}
-		err := hideUserinfo(fmt.Errorf("connect: %w", perr), "nats://a:4222,"+raw)
-		var ue *url.Error
-		if strings.Contains(err.Error(), testPassword) || !errors.As(err, &ue) {
-			t.Errorf("%s: %q (url.Error in the chain: %v)", raw, err, errors.As(err, &ue))
-		}
-	}
-	plain := errors.New("nats: no servers available for connection")
-	if got := hideUserinfo(plain, "nats://app:s3cret@h:4222"); got != plain {
-		t.Errorf("an error without credentials was changed: %v", got)
 	}
 }

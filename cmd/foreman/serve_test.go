@@ -16,12 +16,13 @@ import (
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // testApp starts foreman on a free port and a temporary data dir in front of target, with
 // extra FOREMAN_* settings; it shuts down when the test ends.
-func testApp(t *testing.T, target string, env map[string]string) *app {
+func testApp(t *testing.T, target string, env map[string]string) *app.App {
 	t.Helper()
 	all := map[string]string{
 		"FOREMAN_ADDR": "127.0.0.1:0", "FOREMAN_DATA_DIR": t.TempDir(), "FOREMAN_OLLAMA_URL": target,
@@ -33,14 +34,14 @@ func testApp(t *testing.T, target string, env map[string]string) *app {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := startApp(context.Background(), *cfg, slog.New(slog.DiscardHandler))
+	a, err := app.Start(context.Background(), cfg.Config, slog.New(slog.DiscardHandler))
 	if err != nil {
-		t.Fatalf("startApp: %v", err)
+		t.Fatalf("app.Start: %v", err)
 	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		_ = a.shutdown(ctx)
+		_ = a.Shutdown(ctx)
 	})
 	return a
 }
@@ -75,7 +76,7 @@ func TestStartAppServesHealthzAndShutsDownTwice(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	a := testApp(t, fake.URL, nil)
-	waitFor(t, "the first poll", func() bool { return a.inv.Snapshot().Polled })
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
 	code, h := getHealthz(t, a.Addr())
 	if code != 200 || h["status"] != "ok" || h["degraded"] != false {
 		t.Fatalf("/healthz: %d %v", code, h)
@@ -92,22 +93,22 @@ func TestStartAppServesHealthzAndShutsDownTwice(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := a.shutdown(ctx); err != nil {
+	if err := a.Shutdown(ctx); err != nil {
 		t.Fatalf("shutdown: %v", err)
 	}
-	if err := a.shutdown(ctx); err != nil {
+	if err := a.Shutdown(ctx); err != nil {
 		t.Fatalf("second shutdown: %v", err)
 	}
 	if _, err := http.Get("http://" + a.Addr() + "/healthz"); err == nil {
 		t.Fatal("still serving after shutdown")
 	}
 	// The data dir is free again: a new foreman can take it.
-	cfg := a.cfg
-	b, err := startApp(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	cfg := a.Config()
+	b, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("restart on the same data dir: %v", err)
 	}
-	if err := b.shutdown(ctx); err != nil {
+	if err := b.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -118,7 +119,7 @@ func TestStartAppTargetDown(t *testing.T) {
 	fake := ollamatest.New(t)
 	fake.SetDown(true)
 	a := testApp(t, fake.URL, map[string]string{"FOREMAN_POLL_INTERVAL": "20ms"})
-	waitFor(t, "a failed poll", func() bool { return a.inv.Degraded() })
+	waitFor(t, "a failed poll", func() bool { return a.Inventory().Degraded() })
 	code, h := getHealthz(t, a.Addr())
 	if code != 200 || h["status"] != "degraded" || h["degraded"] != true {
 		t.Fatalf("/healthz: %d %v", code, h)
@@ -129,15 +130,15 @@ func TestSecondAppOnSameDataDirFails(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	a := testApp(t, fake.URL, nil)
-	cfg := a.cfg
+	cfg := a.Config()
 	cfg.Addr = "127.0.0.1:0"
-	b, err := startApp(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	b, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err == nil {
-		_ = b.shutdown(context.Background())
+		_ = b.Shutdown(context.Background())
 		t.Fatal("a second foreman started on a data dir in use")
 	}
-	if !strings.Contains(err.Error(), "in use") || !strings.Contains(err.Error(), a.dataDir) {
-		t.Fatalf("error %q does not say the data dir %s is in use", err, a.dataDir)
+	if !strings.Contains(err.Error(), "in use") || !strings.Contains(err.Error(), a.DataDir()) {
+		t.Fatalf("error %q does not say the data dir %s is in use", err, a.DataDir())
 	}
 	// The first one is unharmed.
 	if code, h := getHealthz(t, a.Addr()); code != 200 || h["nats"] != "ok" {
@@ -199,11 +200,11 @@ func TestWarmEmbedderAtStartAndRecovery(t *testing.T) {
 	waitFor(t, "the warm-up embed at start", func() bool { return rec.warmCalls("tiny-embed") >= 1 })
 
 	fake.SetDown(true)
-	waitFor(t, "the target to be seen down", func() bool { return a.inv.Degraded() })
+	waitFor(t, "the target to be seen down", func() bool { return a.Inventory().Degraded() })
 	before := rec.warmCalls("tiny-embed")
 	fake.SetDown(false)
 	waitFor(t, "the warm-up embed after recovery", func() bool { return rec.warmCalls("tiny-embed") > before })
-	waitFor(t, "recovery", func() bool { return !a.inv.Degraded() })
+	waitFor(t, "recovery", func() bool { return !a.Inventory().Degraded() })
 }
 
 // Without FOREMAN_EMBED_MODEL nothing is warmed.
@@ -212,11 +213,11 @@ func TestNoEmbedModelNoWarmUp(t *testing.T) {
 	fake := ollamatest.New(t)
 	rec, proxyURL := newEmbedRecorder(t, fake.URL)
 	a := testApp(t, proxyURL, nil)
-	waitFor(t, "the first poll", func() bool { return a.inv.Snapshot().Polled })
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
 	// A Refresh waits for a poll in flight, and so for its OnRecover (the warm-up).
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := a.inv.Refresh(ctx); err != nil {
+	if err := a.Inventory().Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
 	rec.mu.Lock()

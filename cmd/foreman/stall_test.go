@@ -56,7 +56,7 @@ func TestHungTargetDegradesHealthzUntilAJobSucceeds(t *testing.T) {
 	release := fake.Hold("tiny-a")
 	t.Cleanup(release)
 	a := testApp(t, fake.URL, map[string]string{"FOREMAN_FIRST_BYTE_TIMEOUT": "300ms", "FOREMAN_MAX_ATTEMPTS": "2"})
-	waitFor(t, "the first poll", func() bool { return a.inv.Snapshot().Polled })
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
 
 	hung := postJob(t, a.Addr(), "tiny-a")
 	var j jobView
@@ -97,7 +97,7 @@ func TestHungWarmUpDoesNotStopPolling(t *testing.T) {
 		}
 		return tags >= 3
 	})
-	if !a.inv.Snapshot().Polled {
+	if !a.Inventory().Snapshot().Polled {
 		t.Fatal("no successful poll")
 	}
 }

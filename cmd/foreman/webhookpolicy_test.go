@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -23,7 +24,7 @@ func TestServeWebhookPolicy(t *testing.T) {
 		got <- string(body)
 	}))
 	t.Cleanup(rcv.Close)
-	post := func(a *app, hook string) (int, string) {
+	post := func(a *app.App, hook string) (int, string) {
 		t.Helper()
 		body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"state_webhook_url":"` + hook + `","webhook_events":["done"]}`
 		resp, err := http.Post("http://"+a.Addr()+"/jobs", "application/json", strings.NewReader(body))
@@ -36,13 +37,13 @@ func TestServeWebhookPolicy(t *testing.T) {
 	}
 
 	strict := testApp(t, fake.URL, nil)
-	waitFor(t, "the first poll", func() bool { return strict.inv.Snapshot().Polled })
+	waitFor(t, "the first poll", func() bool { return strict.Inventory().Snapshot().Polled })
 	if code, out := post(strict, rcv.URL+"/hook"); code != http.StatusBadRequest || !strings.Contains(out, "loopback") {
 		t.Fatalf("default policy, loopback receiver: %d %s", code, out)
 	}
 
 	open := testApp(t, fake.URL, map[string]string{"FOREMAN_WEBHOOK_ALLOW_NETS": "127.0.0.0/8,::1/128"})
-	waitFor(t, "the first poll", func() bool { return open.inv.Snapshot().Polled })
+	waitFor(t, "the first poll", func() bool { return open.Inventory().Snapshot().Polled })
 	if code, out := post(open, fake.URL+"/api/generate"); code != http.StatusBadRequest || !strings.Contains(out, "foreman's own endpoint") {
 		t.Fatalf("webhook to the Ollama target: %d %s", code, out)
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook/signature"
 )
 
 // attempt makes e's next attempt and records it in the delivery log. It reports whether
@@ -189,8 +190,8 @@ func (d *Dispatcher) post(ctx context.Context, e *event, id string) (int, time.D
 	req.Header.Set(HeaderID, id)
 	req.Header.Set(HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
 	if d.key != nil {
-		req.Header.Set(HeaderSignature, "v1,"+b64(mac(d.key, id, now.Unix(), e.body)))
-		req.Header.Set(HeaderForeman, ForemanSignature(d.key, id, now, e.body))
+		req.Header.Set(HeaderSignature, signature.Standard(d.key, id, now, e.body))
+		req.Header.Set(HeaderForeman, signature.Foreman(d.key, id, now, e.body))
 	}
 	resp, err := d.cfg.Client.Do(req)
 	if err != nil {

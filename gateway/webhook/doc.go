@@ -15,7 +15,8 @@
 // restarts: "<job id>-<record revision>"), webhook-timestamp and, with a secret,
 // webhook-signature, plus X-Foreman-Signature (the same MAC of "<id>.<timestamp>.<body>"
 // in hex); the body is the state event exactly as published on foreman.job.<id>.state.
-// Receivers verify with Verify or any Standard Webhooks library.
+// Receivers verify with Verify or any Standard Webhooks library. The signing itself lives
+// in package signature, which the public client's VerifyWebhook shares.
 //
 // A failing receiver never blocks or changes its job (ADR-0005), nor other jobs'
 // deliveries: jobs are delivered concurrently, the events of one job in order. Sync jobs

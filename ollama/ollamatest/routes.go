@@ -198,10 +198,10 @@ func (sw *streamWriter) raw(b []byte) error {
 	if !sw.started {
 		sw.started = true
 		if sw.sse {
-			sw.w.Header().Set("Content-Type", "text/event-stream")
+			sw.w.Header().Set("Content-Type", ollama.ContentTypeSSE)
 			sw.w.Header().Set("Cache-Control", "no-cache")
 		} else {
-			sw.w.Header().Set("Content-Type", "application/x-ndjson")
+			sw.w.Header().Set("Content-Type", ollama.ContentTypeNDJSON)
 		}
 		sw.w.WriteHeader(http.StatusOK)
 	}

@@ -1,0 +1,423 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// App is a running foreman: everything serve starts, in the order Shutdown stops it.
+type App struct {
+	cfg     Config
+	log     *slog.Logger
+	dataDir string
+	bootID  string
+	natsSrv *natsd.Server // nil with an external NATS
+	nc      *nats.Conn
+	store   *broker.Store
+	target  *ollama.HTTPClient
+	inv     *ollama.Inventory
+	gw      *gateway.Server
+	worker  *worker.Worker
+	http    *http.Server
+	ln      net.Listener
+
+	cancel   context.CancelFunc // stops the background components
+	wg       sync.WaitGroup
+	failed   chan error
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// Start starts foreman with cfg (zero settings take their defaults): the NATS connection
+// (an embedded server unless cfg.NATSURL), the store, the target client and inventory,
+// the HTTP listener, the gateway, the worker, the webhook dispatcher and the NATS submit
+// responder. On an error everything started is stopped again. log is required.
+func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) {
+	cfg = cfg.WithDefaults()
+	a := &App{cfg: cfg, log: log, failed: make(chan error, 8)}
+	defer func() {
+		if err != nil {
+			_ = a.Shutdown(context.Background())
+		}
+	}()
+	if err := a.startNATS(); err != nil {
+		return nil, err
+	}
+	// A new boot id at every start tells this process's sync callers from those of a
+	// crashed one; the embedded server's data-dir lock makes the store ours alone.
+	a.bootID = broker.NewID()
+	a.store, err = broker.Open(ctx, broker.Config{
+		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait,
+		Replicas: cfg.NATSReplicas, BootID: a.bootID, Exclusive: a.natsSrv != nil, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	a.target, err = ollama.NewClient(ollama.ClientConfig{BaseURL: cfg.OllamaURL, Token: cfg.OllamaToken, ResponseHeaderTimeout: -1, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("FOREMAN_OLLAMA_URL=%q: %w", ollama.RedactURL(cfg.OllamaURL), err)
+	}
+	a.inv = ollama.NewInventory(ollama.InventoryConfig{
+		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: a.warmEmbedder,
+	})
+	// Bind before anything runs: a taken port then fails start-up with nothing to undo,
+	// and the gateway's Host check needs the address really bound.
+	a.ln, err = net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
+	}
+	if cfg.AuthToken == "" && !LoopbackAddr(cfg.Addr) {
+		log.Warn("INSECURE: foreman serves a non-loopback address without FOREMAN_AUTH_TOKEN " +
+			"(FOREMAN_INSECURE_NO_AUTH=true): anyone who reaches " + cfg.Addr + " can queue work and read every job's result")
+	}
+	policy := WebhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
+	a.gw, err = gateway.New(gateway.Config{
+		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
+		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
+		TargetHealth: a.targetHealth,
+		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
+		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
+		WebhookPolicy: policy,
+	})
+	if err != nil {
+		return nil, err
+	}
+
+	wcfg := worker.Config{
+		Store: a.store, Target: a.target, Inventory: a.inv,
+		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
+		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
+	}
+	if adjust := cfg.Components.Worker; adjust != nil {
+		adjust(&wcfg)
+	}
+	a.worker, err = worker.New(wcfg)
+	if err != nil {
+		return nil, err
+	}
+
+	bg, cancel := context.WithCancel(context.Background())
+	a.cancel = cancel
+	a.goRun("inventory", func() error { return a.inv.Run(bg) })
+	a.goRun("worker", func() error { return a.worker.Run(bg) })
+	a.goRun("presence", func() error { return a.store.Announce(bg) })
+
+	// Webhook fan-out and job submission over NATS request/reply.
+	hcfg := webhook.Config{
+		Store: a.store, Secret: cfg.WebhookSecret, Attempts: cfg.WebhookAttempts, Policy: policy, Logger: log,
+	}
+	if adjust := cfg.Components.Webhooks; adjust != nil {
+		adjust(&hcfg)
+	}
+	hooks, err := webhook.New(hcfg)
+	if err != nil {
+		return nil, err
+	}
+	a.goRun("webhooks", func() error { return hooks.Run(bg) })
+	if !cfg.Components.NoNATSSubmit {
+		a.goRun("nats-submit", func() error { return a.gw.RunNATSSubmit(bg) })
+	}
+
+	a.http = &http.Server{
+		Handler:           a.gw,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		// No ReadTimeout/WriteTimeout: a streamed generation may last many minutes.
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	a.goRun("http", func() error {
+		if err := a.http.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	return a, nil
+}
+
+// LoopbackAddr reports whether host:port listens on loopback only: a loopback IP or
+// "localhost". An empty host, 0.0.0.0 or any other name may be reachable from elsewhere.
+func LoopbackAddr(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+// WebhookPolicy is the webhook network policy (ADR-0021): the configured ranges, and
+// foreman's target and its own listeners (own, as really bound) protected.
+func WebhookPolicy(cfg Config, own ...string) webhook.Policy {
+	p := webhook.Policy{AllowNets: cfg.WebhookAllowNets, DenyPrivate: cfg.WebhookDenyPrivate}
+	if ep, err := webhook.EndpointOf(cfg.OllamaURL); err == nil {
+		p.Protected = append(p.Protected, ep)
+	}
+	// foreman's own listeners, as really bound (a configured port 0 is known only now).
+	for _, addr := range own {
+		if _, port, err := net.SplitHostPort(addr); err == nil && port != "0" {
+			p.Protected = append(p.Protected, addr)
+		}
+	}
+	return p
+}
+
+// natsListenAddr is the host:port of the NATS listener for clients, or "".
+func (a *App) natsListenAddr() string {
+	if a.natsSrv == nil {
+		return ""
+	}
+	u, err := url.Parse(a.natsSrv.ClientURL())
+	if err != nil {
+		return ""
+	}
+	return u.Host
+}
+
+func (a *App) startNATS() error {
+	if a.cfg.NATSURL != "" {
+		nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("foreman"), nats.MaxReconnects(-1))
+		if err != nil {
+			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", RedactURLs(a.cfg.NATSURL), hideUserinfo(err, a.cfg.NATSURL))
+		}
+		a.nc = nc
+		return nil
+	}
+	dir := a.cfg.DataDir
+	if dir == "" {
+		d, err := natsd.DefaultDataDir()
+		if err != nil {
+			return fmt.Errorf("FOREMAN_DATA_DIR is unset and there is no user data dir: %w", err)
+		}
+		dir = d
+	}
+	a.dataDir = dir
+	srv, err := natsd.Start(natsd.Config{
+		DataDir: dir, Listen: a.cfg.NATSListen,
+		ClientUser: a.cfg.NATSUser, ClientPassword: a.cfg.NATSPassword, ClientNkey: a.cfg.NATSNkey,
+		TLSCert: a.cfg.NATSTLSCert, TLSKey: a.cfg.NATSTLSKey, Logger: a.log,
+	})
+	if err != nil {
+		return err
+	}
+	a.natsSrv = srv
+	a.nc, err = srv.Connect()
+	return err
+}
+
+// RedactURLs redacts each URL of a comma-separated list (ollama.RedactURL), as
+// FOREMAN_NATS_URL holds them.
+func RedactURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		parts[i] = ollama.RedactURL(p)
+	}
+	return strings.Join(parts, ",")
+}
+
+// hideUserinfo returns err with the credentials of every URL in list (comma-separated)
+// replaced by "xxxxx" in its message, for errors of libraries that might quote the URL
+// they were given (url.Parse's do). errors.Is and errors.As still see err.
+func hideUserinfo(err error, list string) error {
+	msg := err.Error()
+	for _, raw := range strings.Split(list, ",") {
+		raw = strings.TrimSpace(raw)
+		if shown := ollama.RedactURL(raw); shown != raw {
+			msg = strings.ReplaceAll(msg, raw, shown)
+		}
+		if !strings.Contains(raw, "://") {
+			raw = "nats://" + raw
+		}
+		u, perr := url.Parse(raw)
+		if perr != nil || u.User == nil {
+			continue
+		}
+		secret, ok := u.User.Password()
+		if !ok {
+			secret = u.User.Username() // a token
+		}
+		for _, s := range []string{u.User.String(), secret} {
+			if s != "" {
+				msg = strings.ReplaceAll(msg, s, "xxxxx")
+			}
+		}
+	}
+	if msg == err.Error() {
+		return err
+	}
+	return &redactedError{msg: msg, err: err}
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
+
+// goRun runs a long-lived component; an early error from it stops foreman.
+func (a *App) goRun(name string, fn func() error) {
+	a.wg.Add(1)
+	go func() {
+		defer a.wg.Done()
+		if err := fn(); err != nil {
+			a.failed <- fmt.Errorf("%s: %w", name, err)
+		}
+	}()
+}
+
+// Addr is the HTTP listener's address.
+func (a *App) Addr() string { return a.ln.Addr().String() }
+
+// NATSListen is the client URL of the embedded server's NATS listener, "" without one.
+func (a *App) NATSListen() string {
+	if a.natsSrv == nil {
+		return ""
+	}
+	return a.natsSrv.ClientURL()
+}
+
+// Config is the configuration foreman runs with, defaults filled in.
+func (a *App) Config() Config { return a.cfg }
+
+// DataDir is the embedded server's data directory, "" with an external NATS.
+func (a *App) DataDir() string { return a.dataDir }
+
+// BootID identifies this run of foreman (broker.Config.BootID).
+func (a *App) BootID() string { return a.bootID }
+
+// Store is the job store.
+func (a *App) Store() *broker.Store { return a.store }
+
+// Inventory is the target's model inventory.
+func (a *App) Inventory() *ollama.Inventory { return a.inv }
+
+// Failed delivers the error of a long-running part that stopped on its own; foreman
+// should then shut down.
+func (a *App) Failed() <-chan error { return a.failed }
+
+func (a *App) natsHealth() error {
+	if a.natsSrv != nil {
+		if err := a.natsSrv.Healthy(); err != nil {
+			return err
+		}
+	}
+	if !a.nc.IsConnected() {
+		return errors.New("not connected to NATS")
+	}
+	return nil
+}
+
+// targetHealth reports a target the worker saw stall (/healthz).
+func (a *App) targetHealth() error {
+	if a.worker == nil {
+		return nil
+	}
+	return a.worker.TargetStall()
+}
+
+// warmEmbedder loads FOREMAN_EMBED_MODEL with keep_alive -1 at start and after the target
+// recovers, so embeddings never wait for a load.
+func (a *App) warmEmbedder(ctx context.Context) {
+	if a.cfg.EmbedModel == "" {
+		return
+	}
+	body := fmt.Appendf(nil, `{"model":%q,"input":"","keep_alive":-1}`, a.cfg.EmbedModel)
+	// Bounded like a job: a hung target must not hold the inventory's poll loop, which
+	// runs this, forever.
+	limits := []ollama.StreamOption{ollama.FirstByteTimeout(a.cfg.FirstByteTimeout), ollama.IdleTimeout(a.cfg.StreamIdleTimeout)}
+	if _, err := a.target.Stream(ctx, "/api/embed", body, func([]byte) error { return nil }, limits...); err != nil {
+		a.log.Warn("warm embedding model", "model", a.cfg.EmbedModel, "err", err)
+		return
+	}
+	a.log.Info("embedding model loaded and kept warm", "model", a.cfg.EmbedModel)
+}
+
+// Shutdown stops foreman in order under ctx's deadline:
+//  1. stop accepting HTTP (in-flight responses go on) and stop the worker taking jobs; the
+//     running job may finish until the deadline, else it goes back to the queue un-acked;
+//  2. end the responses still waiting for a job that will not run now (503, job canceled)
+//     and let the HTTP server finish;
+//  3. stop the background components, drain the NATS connection, shut the embedded
+//     server down.
+//
+// Safe to call twice.
+func (a *App) Shutdown(ctx context.Context) error {
+	a.stopOnce.Do(func() {
+		var errs []error
+		httpDone := make(chan error, 1)
+		if a.http != nil {
+			go func() { httpDone <- a.http.Shutdown(ctx) }()
+		} else {
+			if a.ln != nil {
+				_ = a.ln.Close() // bound, but start-up failed before serving
+			}
+			httpDone <- nil
+		}
+		if a.worker != nil {
+			if err := a.worker.Stop(ctx); err != nil {
+				errs = append(errs, fmt.Errorf("worker stop: %w", err))
+			}
+		}
+		if a.gw != nil {
+			// A little time of its own: the answers are short, and the deadline may be gone.
+			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			if err := a.gw.EndRelays(ectx); err != nil {
+				errs = append(errs, fmt.Errorf("end waiting responses: %w", err))
+			}
+			cancel()
+		}
+		if err := <-httpDone; err != nil {
+			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+			_ = a.http.Close()
+		}
+		if a.cancel != nil {
+			a.cancel()
+		}
+		a.wg.Wait()
+		if a.nc != nil {
+			if err := a.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+				errs = append(errs, fmt.Errorf("nats drain: %w", err))
+			}
+			waitClosed(ctx, a.nc)
+		}
+		if a.natsSrv != nil {
+			a.natsSrv.Shutdown()
+		}
+		a.stopErr = errors.Join(errs...)
+	})
+	return a.stopErr
+}
+
+// waitClosed waits for a draining connection to close, or for ctx.
+func waitClosed(ctx context.Context, nc *nats.Conn) {
+	for !nc.IsClosed() {
+		select {
+		case <-ctx.Done():
+			nc.Close()
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}

@@ -1,0 +1,131 @@
+package app
+
+import (
+	"net/netip"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// Config is what foreman runs with: the settings of `foreman serve` (each field is the
+// FOREMAN_* variable or flag of the same name, see the README), with the defaults below
+// for fields left zero.
+type Config struct {
+	Addr         string
+	OllamaURL    string
+	OllamaToken  string
+	AuthToken    string
+	DataDir      string // "" = foreman in the user's data dir
+	NATSListen   string
+	NATSURL      string // set: an external NATS, no embedded server
+	NATSUser     string
+	NATSPassword string
+	NATSNkey     string
+	NATSTLSCert  string
+	NATSTLSKey   string
+	NATSReplicas int // 0 = DefaultReplicas(NATSURL)
+	PollInterval time.Duration
+	MaxAttempts  int
+	AckWait      time.Duration
+	JobTTL       time.Duration
+	// WebhookSecret signs webhooks ("" = unsigned).
+	WebhookSecret   string
+	WebhookAttempts int
+	EmbedModel      string
+	MaxQueue        int
+	MaxConsecutive  int
+	MaxWait         time.Duration
+	MaxBodyBytes    int64
+	// ShutdownTimeout is the deadline serve gives Shutdown.
+	ShutdownTimeout time.Duration
+
+	// Limits on a silent or slow target (ADR-0026); MaxJobTime 0 = none.
+	FirstByteTimeout  time.Duration
+	StreamIdleTimeout time.Duration
+	MaxJobTime        time.Duration
+	// Browser policy (ADR-0023) and slow clients.
+	Origins         []string
+	InsecureNoAuth  bool
+	BodyReadTimeout time.Duration
+	WriteTimeout    time.Duration
+	StreamBuffer    int64
+	// Webhook network policy (ADR-0021).
+	WebhookAllowNets   []netip.Prefix
+	WebhookDenyPrivate bool
+
+	// Components adjusts the parts Start builds beyond the settings; serve leaves it zero.
+	Components Components
+}
+
+// Components adjusts what Start builds in ways no setting offers: tests shorten the
+// worker's and the dispatcher's delays, or leave the NATS submit responder out.
+type Components struct {
+	// Worker and Webhooks, when set, adjust the worker's and the webhook dispatcher's
+	// Config after Start filled it in.
+	Worker   func(*worker.Config)
+	Webhooks func(*webhook.Config)
+	// NoNATSSubmit leaves foreman.jobs.submit without foreman's responder.
+	NoNATSSubmit bool
+}
+
+// Defaults of the settings: serve shows them as its flags' defaults, and Start fills a
+// zero field with them.
+const (
+	DefaultAddr              = "127.0.0.1:8080"
+	DefaultOllamaURL         = "http://127.0.0.1:11434"
+	DefaultPollInterval      = 30 * time.Second
+	DefaultMaxAttempts       = 3
+	DefaultAckWait           = 60 * time.Second
+	DefaultJobTTL            = 24 * time.Hour
+	DefaultWebhookAttempts   = 5
+	DefaultMaxQueue          = 1000
+	DefaultMaxConsecutive    = 8
+	DefaultMaxWait           = 2 * time.Minute
+	DefaultMaxBodyBytes      = 32 << 20
+	DefaultShutdownTimeout   = 30 * time.Second
+	DefaultFirstByteTimeout  = worker.DefaultFirstByteTimeout
+	DefaultStreamIdleTimeout = worker.DefaultStreamIdleTimeout
+	DefaultBodyReadTimeout   = 60 * time.Second
+	DefaultWriteTimeout      = 30 * time.Second
+	DefaultStreamBuffer      = 8 << 20
+)
+
+// DefaultReplicas is the replica count of foreman's streams when none is set: 1 on the
+// embedded server, 3 on an external NATS (natsURL set), which is a cluster.
+func DefaultReplicas(natsURL string) int {
+	if natsURL != "" {
+		return 3
+	}
+	return 1
+}
+
+// WithDefaults returns c with every zero setting that has a default set to it.
+func (c Config) WithDefaults() Config {
+	setDefault(&c.Addr, DefaultAddr)
+	setDefault(&c.OllamaURL, DefaultOllamaURL)
+	setDefault(&c.NATSReplicas, DefaultReplicas(c.NATSURL))
+	setDefault(&c.PollInterval, DefaultPollInterval)
+	setDefault(&c.MaxAttempts, DefaultMaxAttempts)
+	setDefault(&c.AckWait, DefaultAckWait)
+	setDefault(&c.JobTTL, DefaultJobTTL)
+	setDefault(&c.WebhookAttempts, DefaultWebhookAttempts)
+	setDefault(&c.MaxQueue, DefaultMaxQueue)
+	setDefault(&c.MaxConsecutive, DefaultMaxConsecutive)
+	setDefault(&c.MaxWait, DefaultMaxWait)
+	setDefault(&c.MaxBodyBytes, DefaultMaxBodyBytes)
+	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
+	setDefault(&c.FirstByteTimeout, DefaultFirstByteTimeout)
+	setDefault(&c.StreamIdleTimeout, DefaultStreamIdleTimeout)
+	setDefault(&c.BodyReadTimeout, DefaultBodyReadTimeout)
+	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
+	setDefault(&c.StreamBuffer, DefaultStreamBuffer)
+	return c
+}
+
+func setDefault[T comparable](p *T, def T) {
+	var zero T
+	if *p == zero {
+		*p = def
+	}
+}

@@ -1,0 +1,81 @@
+package signature_test
+
+import (
+	"errors"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook/signature"
+)
+
+func TestSignAndVerify(t *testing.T) {
+	t.Parallel()
+	body := []byte(`{"job_id":"01J","state":"done"}`)
+	now := time.Now()
+	for _, secret := range []string{"whsec_c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0", "raw secret"} {
+		key, err := signature.Key(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig, err := signature.Sign(secret, "id-1", now, body)
+		if err != nil || sig != signature.Standard(key, "id-1", now, body) {
+			t.Fatalf("Sign(%q) = %q, %v; Standard says %q", secret, sig, err, signature.Standard(key, "id-1", now, body))
+		}
+		for name, value := range map[string]string{
+			signature.HeaderSignature: sig,
+			signature.HeaderForeman:   signature.Foreman(key, "id-1", now, body),
+		} {
+			h := http.Header{}
+			h.Set(name, value)
+			h.Set(signature.HeaderID, "id-1")
+			h.Set(signature.HeaderTimestamp, strconv.FormatInt(now.Unix(), 10))
+			if err := signature.Verify(secret, h, body, 0); err != nil {
+				t.Errorf("%s with secret %q: %v", name, secret, err)
+			}
+			if err := signature.Verify(secret, h, append(body, ' '), 0); !errors.Is(err, signature.ErrNoMatch) {
+				t.Errorf("%s, tampered body: %v, want ErrNoMatch", name, err)
+			}
+		}
+	}
+}
+
+// TestForemanKnownAnswer pins the signed string "<id>.<timestamp>.<body>".
+func TestForemanKnownAnswer(t *testing.T) {
+	t.Parallel()
+	// HMAC-SHA256("key", "msg_2VXc.1700000000.The quick brown fox jumps over the lazy dog"),
+	// computed with Python's hmac module.
+	got := signature.Foreman([]byte("key"), "msg_2VXc", time.Unix(1700000000, 0), []byte("The quick brown fox jumps over the lazy dog"))
+	if want := "sha256=64c2e35dc15ffb77822441c2eb44bb9f59363bd03bc646a3367af19d3758335a"; got != want {
+		t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+func TestEmptySecretRefused(t *testing.T) {
+	t.Parallel()
+	for _, secret := range []string{"", "whsec_"} {
+		if _, err := signature.Sign(secret, "id", time.Now(), nil); !errors.Is(err, signature.ErrNoSecret) {
+			t.Errorf("Sign(%q) = %v, want ErrNoSecret", secret, err)
+		}
+		if err := signature.Verify(secret, http.Header{}, nil, 0); !errors.Is(err, signature.ErrNoSecret) {
+			t.Errorf("Verify(%q) = %v, want ErrNoSecret", secret, err)
+		}
+	}
+}
+
+// TestStandardLibraryOnly: the public client imports this package, so it must bring no
+// other module into a client's build.
+func TestStandardLibraryOnly(t *testing.T) {
+	t.Parallel()
+	out, err := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}",
+		"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook/signature").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	if deps := strings.Fields(string(out)); len(deps) != 1 || !strings.HasSuffix(deps[0], "/signature") {
+		t.Errorf("non-standard dependencies: %v", deps)
+	}
+}

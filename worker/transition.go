@@ -1,0 +1,63 @@
+package worker
+
+import (
+	"context"
+	"errors"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// errEnded stops a record write when the job reached a terminal state meanwhile.
+var errEnded = errors.New("job already ended")
+
+// errCancelRequested stops a record write (start, retry, hand-back) of a job whose
+// cancellation was requested: the worker ends it canceled instead.
+var errCancelRequested = errors.New("job cancellation requested")
+
+// from says which records a transition may start from: it returns the error that stops
+// the write, nil to let it go on. Each write of the worker names one, so what a
+// concurrent cancel, timeout or delivery limit does to it is read in one place.
+type from func(*broker.Job) error
+
+// fromLive: a job that has not ended and whose cancellation nobody requested (start,
+// retry, hand-back).
+func fromLive(j *broker.Job) error {
+	if j.State.Terminal() {
+		return errEnded
+	}
+	if j.CancelRequested != "" {
+		return errCancelRequested
+	}
+	return nil
+}
+
+// fromUnended: any job that has not ended (terminal writes; a requested cancellation
+// does not stop them).
+func fromUnended(j *broker.Job) error {
+	if j.State.Terminal() {
+		return errEnded
+	}
+	return nil
+}
+
+// fromLoading: a job still loading its model; any other state is errEnded for this write.
+func fromLoading(j *broker.Job) error {
+	if j.State != broker.StateLoading {
+		return errEnded
+	}
+	return nil
+}
+
+// transition applies set to job id's record, re-applied on a concurrent write as
+// Store.Modify does, unless the record read is one the transition may not start from
+// (see from): then nothing is written and the guard's error comes back.
+func (w *Worker) transition(ctx context.Context, id string, guard from, set func(*broker.Job)) (*broker.Job, error) {
+	j, _, err := w.store.Modify(ctx, id, func(j *broker.Job) error {
+		if err := guard(j); err != nil {
+			return err
+		}
+		set(j)
+		return nil
+	})
+	return j, err
+}
