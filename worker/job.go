@@ -490,7 +490,8 @@ func (w *Worker) purge(ctx context.Context, token string) {
 
 func sameModel(model, token string) bool {
 	t, err := broker.ModelToken(model)
-	return err == nil && t == token
+	k, kerr := broker.ParseQueueKey(token)
+	return err == nil && kerr == nil && t == k.Model
 }
 
 // finish acks a job that reached its end.
@@ -565,14 +566,18 @@ func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *sl
 
 // begin records the start of a job for the selection and for Stop.
 func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
+	runner := runnerOf(token)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if token == w.current {
+	if runner == w.current {
 		w.consec++
 	} else {
-		w.current, w.consec = token, 1
+		w.current, w.consec = runner, 1
 	}
-	w.lastModel = token
+	w.lastModel = runner
+	if k, err := broker.ParseQueueKey(token); err == nil {
+		w.runnerOpts[k.Model] = k.Opts
+	}
 	w.abort = abort
 	if w.hardStop {
 		abort(errShutdown)
