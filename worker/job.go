@@ -97,7 +97,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 	defer func() { _ = sub.Unsubscribe() }()
 
 	state := broker.StateLoading // the target must swap the model in
-	if w.isLoaded(d.Token) {
+	if w.isLoaded(ctx, d.Token) {
 		state = broker.StateWorking
 	}
 	j, _, err = w.store.Modify(ctx, d.JobID, func(j *broker.Job) error {

@@ -387,22 +387,20 @@ func (w *Worker) forgetTurns(heads []head) {
 	}
 }
 
-// refreshLoaded reads /api/ps again when a job ended since the last poll and the pick
-// has more than one runner to choose from: the job may have loaded its model and
-// unloaded another (with several models resident, /api/ps is the only way to know).
+// refreshLoaded reads /api/ps again when a job ended since the last poll and a job of
+// another runner than the last one may run next: that job may have loaded its model and
+// unloaded another, or (with several models resident) found its model loaded, and only
+// /api/ps tells. Draining one runner costs no reads.
 func (w *Worker) refreshLoaded(ctx context.Context, heads []head) {
 	inv := w.cfg.Inventory
-	if inv == nil || len(heads) < 2 {
-		return
-	}
-	first := heads[0].runner()
-	if !slices.ContainsFunc(heads, func(h head) bool { return h.runner() != first }) {
+	if inv == nil {
 		return
 	}
 	w.mu.Lock()
+	last := w.lastModel
 	stale := !inv.Snapshot().LastPoll.After(w.lastEnd)
 	w.mu.Unlock()
-	if !stale {
+	if !stale || !slices.ContainsFunc(heads, func(h head) bool { return h.runner() != last }) {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, psTimeout)
@@ -445,8 +443,9 @@ func (w *Worker) loadedLocked() []string {
 }
 
 // isLoaded reports whether the target has the runner of queue token loaded.
-func (w *Worker) isLoaded(token string) bool {
+func (w *Worker) isLoaded(ctx context.Context, token string) bool {
 	r := runnerOf(token)
+	w.refreshLoaded(ctx, []head{{Token: token, Runner: r}})
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return slices.Contains(w.loadedLocked(), r)
