@@ -3,6 +3,7 @@ package worker
 import (
 	"cmp"
 	"slices"
+	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -64,108 +65,75 @@ type choice struct {
 //
 // With one class and one program this is exactly the drain-by-model of ADR-0015.
 func plan(c choice) []string {
-	var classes [3][]head
-	overdue := [3]bool{}
+	type classInfo struct {
+		overdue, others, othersOverdue bool // others: a runner besides Current waits
+	}
+	type runnerOf struct {
+		runner string
+		rank   int
+	}
+	var classes [3]classInfo
+	oldest := make(map[runnerOf]uint64, len(c.Heads))
 	for _, h := range c.Heads {
-		r := h.Class.Rank()
-		classes[r] = append(classes[r], h)
-		if c.MaxWait > 0 && c.Now.Sub(h.Enqueued) > c.MaxWait {
-			overdue[r] = true
+		k, r := h.Class.Rank(), h.runner()
+		late := c.MaxWait > 0 && c.Now.Sub(h.Enqueued) > c.MaxWait
+		classes[k].overdue = classes[k].overdue || late
+		if c.Current != "" && r != c.Current {
+			classes[k].others = true
+			classes[k].othersOverdue = classes[k].othersOverdue || late
+		}
+		if o, ok := oldest[runnerOf{r, k}]; !ok || h.Seq < o {
+			oldest[runnerOf{r, k}] = h.Seq
 		}
 	}
-	order := []int{0, 1, 2}
-	slices.SortStableFunc(order, func(a, b int) int {
-		if overdue[a] != overdue[b] {
-			if overdue[a] {
-				return -1
-			}
-			return 1
+	// Aging beats class: a class holding a job past MaxWait goes before those holding none.
+	var classPos [3]int
+	for k := range classes {
+		classPos[k] = k
+		if !classes[k].overdue {
+			classPos[k] += 3
 		}
-		return 0
+	}
+	capped := c.MaxConsecutive > 0 && c.Consecutive >= c.MaxConsecutive
+	loaded := make(map[string]int, len(c.Loaded))
+	for i, r := range c.Loaded {
+		if _, dup := loaded[r]; !dup {
+			loaded[r] = i
+		}
+	}
+	// Each queue's place: class, then its runner's place in the class, then its turn.
+	type place struct {
+		class, group int
+		age          uint64 // the runner's oldest job in the class
+		runner       string
+		served, seq  uint64
+		token        string
+	}
+	ps := make([]place, len(c.Heads))
+	for i, h := range c.Heads {
+		k, r := h.Class.Rank(), h.runner()
+		p := place{class: classPos[k], age: oldest[runnerOf{r, k}], runner: r, served: c.Served[h.Token], seq: h.Seq, token: h.Token}
+		switch ci := classes[k]; {
+		case ci.others && (capped || ci.othersOverdue): // the starvation bound: Current last
+			if r == c.Current {
+				p.group = 1
+			}
+		default: // drain: the loaded runners first, in order, then by age
+			if i, ok := loaded[r]; ok {
+				p.group, p.age = 0, uint64(i)
+			} else {
+				p.group = 1
+			}
+		}
+		ps[i] = p
+	}
+	slices.SortFunc(ps, func(a, b place) int {
+		return cmp.Or(cmp.Compare(a.class, b.class), cmp.Compare(a.group, b.group), cmp.Compare(a.age, b.age),
+			strings.Compare(a.runner, b.runner), cmp.Compare(a.served, b.served), cmp.Compare(a.seq, b.seq))
 	})
-	out := make([]string, 0, len(c.Heads))
-	for _, r := range order {
-		out = append(out, planClass(c, classes[r])...)
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.token
 	}
 	return out
-}
-
-// planClass orders the queues of one class.
-func planClass(c choice, heads []head) []string {
-	if len(heads) == 0 {
-		return nil
-	}
-	// The queues of each runner, in turn order; a runner's age is its oldest job's.
-	byRunner := map[string][]head{}
-	oldest := map[string]head{}
-	for _, h := range heads {
-		r := h.runner()
-		byRunner[r] = append(byRunner[r], h)
-		if o, ok := oldest[r]; !ok || h.Seq < o.Seq {
-			oldest[r] = h
-		}
-	}
-	byAge := make([]head, 0, len(oldest))
-	for _, h := range oldest {
-		byAge = append(byAge, h)
-	}
-	slices.SortFunc(byAge, func(a, b head) int { return cmp.Compare(a.Seq, b.Seq) })
-
-	runners := make([]string, 0, len(byAge))
-	if mustSwitch(c, byAge) {
-		for _, h := range byAge {
-			if h.runner() != c.Current {
-				runners = append(runners, h.runner())
-			}
-		}
-		if _, ok := byRunner[c.Current]; ok {
-			runners = append(runners, c.Current)
-		}
-	} else {
-		seen := make(map[string]bool, len(byAge))
-		for _, r := range c.Loaded {
-			if _, ok := byRunner[r]; ok && !seen[r] {
-				seen[r] = true
-				runners = append(runners, r)
-			}
-		}
-		for _, h := range byAge {
-			if r := h.runner(); !seen[r] {
-				seen[r] = true
-				runners = append(runners, r)
-			}
-		}
-	}
-	out := make([]string, 0, len(heads))
-	for _, r := range runners {
-		qs := byRunner[r]
-		slices.SortFunc(qs, func(a, b head) int {
-			return cmp.Or(cmp.Compare(c.Served[a.Token], c.Served[b.Token]), cmp.Compare(a.Seq, b.Seq))
-		})
-		for _, h := range qs {
-			out = append(out, h.Token)
-		}
-	}
-	return out
-}
-
-// mustSwitch applies the starvation bound to the Current runner within one class; heads
-// holds each runner's oldest job.
-func mustSwitch(c choice, heads []head) bool {
-	if c.Current == "" {
-		return false
-	}
-	for _, h := range heads {
-		if h.runner() == c.Current {
-			continue
-		}
-		// Another runner waits.
-		if c.MaxConsecutive > 0 && c.Consecutive >= c.MaxConsecutive {
-			return true
-		}
-		if c.MaxWait > 0 && c.Now.Sub(h.Enqueued) > c.MaxWait {
-			return true
-		}
-	}
-	return false
 }
