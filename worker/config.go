@@ -21,11 +21,12 @@ type Config struct {
 	Inventory *ollama.Inventory
 	// MaxAttempts is how many times a job may start; default 3.
 	MaxAttempts int
-	// MaxConsecutive is how many jobs of one model may run in a row while other models
-	// wait; default 8.
+	// MaxConsecutive is how many jobs of one runner (model and load options) may run in a
+	// row while other runners wait in the same class; default 8.
 	MaxConsecutive int
-	// MaxWait is how long another model's oldest job may wait before the worker switches
-	// to it even though the loaded model still has jobs; default 2m.
+	// MaxWait is how long a job may wait before it goes first whatever its class, and
+	// before the worker switches to its model even though the loaded one still has jobs;
+	// default 2m.
 	MaxWait time.Duration
 	// RetryDelay is the base of the exponential back-off after a connection error; default 1s.
 	RetryDelay time.Duration
