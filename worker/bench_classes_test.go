@@ -69,19 +69,26 @@ func fillKeys(b *testing.B, st *broker.Store, n int, keys []string) {
 	}
 }
 
-// BenchmarkSelectClasses is BenchmarkSelect over 50 models × 3 classes × 4 programs (600
-// queues, a quarter with load options): one selection after every finished job, turns
-// included. -short skips the depths above 1k.
+// BenchmarkSelectClasses is BenchmarkSelect over 50 models × 3 classes × 1 or 4 programs
+// (150 or 600 queues, a quarter of the programs' with load options): one selection after
+// every finished job, turns included. -short skips the depths above 1k.
 func BenchmarkSelectClasses(b *testing.B) {
-	for _, depth := range []int{1_000, 10_000, 100_000} {
-		if depth > 1_000 && testing.Short() {
-			continue
+	for _, programs := range []int{1, 4} {
+		for _, depth := range []int{1_000, 10_000, 100_000} {
+			if depth > 1_000 && testing.Short() {
+				continue
+			}
+			benchSelectKeys(b, depth, mixedKeys(b, 50, programs))
 		}
+	}
+}
+
+func benchSelectKeys(b *testing.B, depth int, keys []string) {
+	{
 		bundle := brokertest.New(b, brokertest.WithStore(func(c *broker.Config) {
 			c.MaxQueue = 200_000
 			c.MaxAttempts = 1_000_000
 		}))
-		keys := mixedKeys(b, 50, 4)
 		fillKeys(b, bundle.Store, depth, keys)
 		w, err := New(Config{Store: bundle.Store, Target: nopTarget{}})
 		if err != nil {
@@ -104,7 +111,7 @@ func BenchmarkSelectClasses(b *testing.B) {
 		for range len(keys) {
 			pick(b)
 		}
-		b.Run("depth="+strconv.Itoa(depth), func(b *testing.B) {
+		b.Run(fmt.Sprintf("queues=%d/depth=%d", len(keys), depth), func(b *testing.B) {
 			for b.Loop() {
 				pick(b)
 			}

@@ -40,17 +40,23 @@ func TestRealOllamaHighChatOvertakesBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	queued := time.Now().UTC()
 	done := rb.waitState(t, hi.ID, broker.StateDone)
 	viaForeman := time.Since(start)
-	var before int
+	var before, overtook int
 	for _, id := range batch {
 		j := rb.waitState(t, id, broker.StateDone)
 		if j.StartedAt.Before(*done.StartedAt) {
 			before++
+			if j.StartedAt.After(queued) {
+				overtook++
+			}
 		}
 	}
-	if before > 1 {
-		t.Errorf("%d batch jobs started before the high chat, want at most 1 (the one running when it came)", before)
+	// A pick under way when the high job was queued may not have seen it yet; any later
+	// one must take it.
+	if overtook > 1 {
+		t.Errorf("%d batch jobs started after the high chat was queued and before it, want at most 1", overtook)
 	}
 	viaOllama := ollamaAloneBehind(t, url, 30)
 	t.Logf("high chat behind 30 queued batch jobs: through foreman %v (%d batch jobs before it); Ollama alone %v", viaForeman.Round(time.Millisecond), before, viaOllama.Round(time.Millisecond))
