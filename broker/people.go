@@ -44,8 +44,8 @@ func (p Priority) Rank() int {
 	return 1
 }
 
-// Or returns p, or normal when p is empty.
-func (p Priority) Or() Priority {
+// OrNormal returns p, or normal when p is empty (records from before classes).
+func (p Priority) OrNormal() Priority {
 	if p == "" {
 		return PriorityNormal
 	}

@@ -92,7 +92,7 @@ func KeyOf(j *Job, body []byte) (QueueKey, error) {
 	if err != nil {
 		return QueueKey{}, err
 	}
-	class := j.Priority.Or()
+	class := j.Priority.OrNormal()
 	if _, err := ParsePriority(string(class)); err != nil {
 		return QueueKey{}, err
 	}

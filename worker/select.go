@@ -68,12 +68,12 @@ func plan(c choice) []string {
 	type classInfo struct {
 		overdue, others, othersOverdue bool // others: a runner besides Current waits
 	}
-	type runnerOf struct {
+	type runnerClass struct {
 		runner string
 		rank   int
 	}
 	var classes [3]classInfo
-	oldest := make(map[runnerOf]uint64, len(c.Heads))
+	oldest := make(map[runnerClass]uint64, len(c.Heads))
 	for _, h := range c.Heads {
 		k, r := h.Class.Rank(), h.runner()
 		late := c.MaxWait > 0 && c.Now.Sub(h.Enqueued) > c.MaxWait
@@ -82,8 +82,8 @@ func plan(c choice) []string {
 			classes[k].others = true
 			classes[k].othersOverdue = classes[k].othersOverdue || late
 		}
-		if o, ok := oldest[runnerOf{r, k}]; !ok || h.Seq < o {
-			oldest[runnerOf{r, k}] = h.Seq
+		if o, ok := oldest[runnerClass{r, k}]; !ok || h.Seq < o {
+			oldest[runnerClass{r, k}] = h.Seq
 		}
 	}
 	// Aging beats class: a class holding a job past MaxWait goes before those holding none.
@@ -112,7 +112,7 @@ func plan(c choice) []string {
 	ps := make([]place, len(c.Heads))
 	for i, h := range c.Heads {
 		k, r := h.Class.Rank(), h.runner()
-		p := place{class: classPos[k], age: oldest[runnerOf{r, k}], runner: r, served: c.Served[h.Token], seq: h.Seq, token: h.Token}
+		p := place{class: classPos[k], age: oldest[runnerClass{r, k}], runner: r, served: c.Served[h.Token], seq: h.Seq, token: h.Token}
 		switch ci := classes[k]; {
 		case ci.others && (capped || ci.othersOverdue): // the starvation bound: Current last
 			if r == c.Current {
