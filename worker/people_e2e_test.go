@@ -35,6 +35,7 @@ func TestRealOllamaHighChatOvertakesBatch(t *testing.T) {
 		batch = append(batch, rb.submit(t, "tiny-a", broker.KindChat, batchChat(i)).ID)
 	}
 	rb.start(t, worker.Config{Inventory: rb.inv})
+	rb.waitTaken(t, batch[0]) // a batch job runs, 29 wait
 	start := time.Now()
 	hi, err := rb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Priority: broker.PriorityHigh}, []byte(interactiveChat))
 	if err != nil {
@@ -59,7 +60,23 @@ func TestRealOllamaHighChatOvertakesBatch(t *testing.T) {
 		t.Errorf("%d batch jobs started after the high chat was queued and before it, want at most 1", overtook)
 	}
 	viaOllama := ollamaAloneBehind(t, url, 30)
-	t.Logf("high chat behind 30 queued batch jobs: through foreman %v (%d batch jobs before it); Ollama alone %v", viaForeman.Round(time.Millisecond), before, viaOllama.Round(time.Millisecond))
+	t.Logf("high chat behind 30 batch jobs (one running): through foreman %v (%d batch jobs before it); Ollama alone %v", viaForeman.Round(time.Millisecond), before, viaOllama.Round(time.Millisecond))
+}
+
+// waitTaken polls job id until the worker has taken it (any state but queued).
+func (rb *realBundle) waitTaken(t *testing.T, id string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		j, _, err := rb.b.Store.Get(ctxT(t), id)
+		if err == nil && j.State != broker.StateQueued {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s not taken: %v %v", id, j, err)
+		}
+		time.Sleep(2 * time.Millisecond) // polling with a deadline
+	}
 }
 
 // ollamaAloneBehind sends n batch chats straight to Ollama, then the interactive one once
