@@ -66,15 +66,14 @@ func New(cfg Config) (*Worker, error) {
 		return nil, err
 	}
 	return &Worker{
-		cfg:    cfg,
-		store:  cfg.Store,
-		log:    cfg.Logger,
-		index:  newQueueIndex(cfg.Store),
-		wake:   make(chan wakeup, 1),
-		bgSlot: make(chan struct{}, 1),
-		recent: map[string]struct{}{},
-		served: map[string]uint64{},
-
+		cfg:        cfg,
+		store:      cfg.Store,
+		log:        cfg.Logger,
+		index:      newQueueIndex(cfg.Store),
+		wake:       make(chan wakeup, 1),
+		bgSlot:     make(chan struct{}, 1),
+		recent:     map[string]struct{}{},
+		served:     map[string]uint64{},
 		runnerOpts: map[string]string{},
 		stopping:   make(chan struct{}),
 		done:       make(chan struct{}),
