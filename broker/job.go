@@ -160,6 +160,10 @@ type Job struct {
 	// set by the start write. Another message of a running job is a spare copy; the same
 	// one coming back is the run itself, redelivered after a crash.
 	QueueSeq uint64 `json:"queue_seq,omitempty"`
+	// Priority is the job's class; empty on records from before classes: read as normal.
+	Priority Priority `json:"priority,omitempty"`
+	// Program is the program the job was submitted for; "" is the anonymous program.
+	Program string `json:"program,omitempty"`
 }
 
 // IsSpare reports whether a message at stream sequence seq is a spare copy of running

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,6 +15,7 @@ type Delivery struct {
 	Msg   jetstream.Msg
 	JobID string
 	Model string
+	// Token is the queue key the message came on (QueueKey.String).
 	Token string
 	Kind  Kind
 	// Body is the request body, fetched from the object store when it was too large for the
@@ -26,8 +28,11 @@ type Delivery struct {
 	Requeued bool
 }
 
-// consumer returns the durable pull consumer of one model's queue subject, creating it on
-// first use. Each model has its own so the worker can choose which model to run next; one
+// consumerIdle is how long a queue consumer lives without a fetch.
+const consumerIdle = time.Hour
+
+// consumer returns the durable pull consumer of one queue subject (a queue key), creating
+// it on first use. Each key has its own so the worker can choose what to run next; one
 // consumer with a changing filter would skip older jobs.
 func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer, error) {
 	s.mu.Lock()
@@ -36,13 +41,14 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 	if ok {
 		return c, nil
 	}
-	if !TokenValid(token) {
-		return nil, fmt.Errorf("%w: queue subject %s", ErrUnusable, QueueSubject(token))
+	key, err := ParseQueueKey(token)
+	if err != nil {
+		return nil, err
 	}
-	model, _ := ModelFromToken(token)
-	c, err := s.queue.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	model, _ := ModelFromToken(key.Model)
+	c, err = s.queue.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       ConsumerName(token),
-		Description:   "foreman queue of " + model,
+		Description:   "foreman queue of " + model + " (" + string(key.Class) + ")",
 		FilterSubject: QueueSubject(token),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       s.cfg.AckWait,
@@ -50,10 +56,11 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 		// before JetStream would give up on it.
 		MaxDeliver:    s.cfg.MaxAttempts + 2,
 		MaxAckPending: 10_000, // NAK-delayed jobs count here; they must not block the model
-		// Consumers of models nobody asks for any more go away; a new one starts from the
-		// remaining (pending) messages, which in a work queue is exactly right.
-		InactiveThreshold: s.cfg.JobTTL,
-		Metadata:          map[string]string{"model": model},
+		// Consumers of queues nobody asks for any more go away; a new one starts from the
+		// remaining (pending) messages, which in a work queue is exactly right. An hour
+		// outlasts any retry back-off, and keeps the consumers of short-lived programs few.
+		InactiveThreshold: min(s.cfg.JobTTL, consumerIdle),
+		Metadata:          map[string]string{"model": model, "class": string(key.Class), "program": key.ProgramName(), "load_opts": key.Opts},
 		Replicas:          s.cfg.Replicas,
 	})
 	if err != nil {
@@ -148,7 +155,8 @@ func (d *Delivery) check(bodyRef string) error {
 	if !d.Kind.Valid() {
 		return fmt.Errorf("%w: unknown job kind %q", ErrUnusable, d.Kind)
 	}
-	if t, err := ModelToken(d.Model); err != nil || t != d.Token {
+	key, _ := ParseQueueKey(d.Token)
+	if t, err := ModelToken(d.Model); err != nil || t != key.Model {
 		return fmt.Errorf("%w: model %q does not belong on %s", ErrUnusable, d.Model, QueueSubject(d.Token))
 	}
 	if bodyRef != "" && bodyRef != bodyRefOf(d.JobID) {
@@ -187,7 +195,8 @@ func (s *Store) DropSpare(ctx context.Context, d *Delivery) error {
 
 // Pending is one queued job, as the selection logic sees it.
 type Pending struct {
-	Token    string
+	Token string // queue key
+
 	Seq      uint64
 	Enqueued time.Time
 	JobID    string
@@ -196,10 +205,10 @@ type Pending struct {
 // Oldest returns the oldest message in the queue at or after sequence from, of any model.
 // In a work queue the lowest sequence is the oldest pending job. ok is false when none.
 func (s *Store) Oldest(ctx context.Context, from uint64) (Pending, bool, error) {
-	return s.oldest(ctx, from, "foreman.queue.>")
+	return s.oldest(ctx, from, QueueWildcard)
 }
 
-// OldestOf returns the oldest queued job of one model.
+// OldestOf returns the oldest queued job of one queue key.
 func (s *Store) OldestOf(ctx context.Context, token string) (Pending, bool, error) {
 	return s.oldest(ctx, 0, QueueSubject(token))
 }
@@ -236,7 +245,21 @@ func (s *Store) Queued(ctx context.Context, seq uint64) (Pending, bool, error) {
 // Depth returns the number of queued jobs per model token (including running and
 // retrying ones, which stay in the queue until they finish).
 func (s *Store) Depth(ctx context.Context) (map[string]uint64, error) {
-	info, err := s.queue.Info(ctx, jetstream.WithSubjectFilter("foreman.queue.>"))
+	keys, err := s.DepthByKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]uint64, len(keys))
+	for key, n := range keys {
+		model, _, _ := strings.Cut(key, ".")
+		out[model] += n
+	}
+	return out, nil
+}
+
+// DepthByKey returns the number of queued jobs per queue key (TokenFromSubject).
+func (s *Store) DepthByKey(ctx context.Context) (map[string]uint64, error) {
+	info, err := s.queue.Info(ctx, jetstream.WithSubjectFilter(QueueWildcard))
 	if err != nil {
 		return nil, fmt.Errorf("broker: queue info: %w", err)
 	}

@@ -125,7 +125,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s.queue, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
 		Name:        QueueStream,
-		Description: "foreman job queue: one subject per model",
+		Description: "foreman job queue: one subject per model, load options, class and program",
 		Subjects:    []string{QueueWildcard},
 		Retention:   jetstream.WorkQueuePolicy,
 		Storage:     jetstream.FileStorage,
@@ -209,7 +209,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	if !j.Kind.Valid() {
 		return nil, fmt.Errorf("broker: unknown job kind %q", j.Kind)
 	}
-	token, err := ModelToken(j.Model)
+	key, err := KeyOf(j, body)
 	if err != nil {
 		return nil, err
 	}
@@ -244,7 +244,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		// duplicate window the queue drops it, after it the worker drops the spare copy.
 		j = existing
 	}
-	if err := s.enqueue(ctx, j, token, body); err != nil {
+	if err := s.enqueue(ctx, j, key, body); err != nil {
 		// No record may stay "queued" without a queue message. Should the message have
 		// been stored after all (an ack lost to a timeout), the worker drops it for want
 		// of a record; the caller was told the submit failed either way.
@@ -272,7 +272,7 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 	if j.State != StateQueued {
 		return j, nil
 	}
-	token, err := ModelToken(j.Model)
+	key, err := KeyOf(j, body)
 	if err != nil {
 		return nil, err
 	}
@@ -285,15 +285,19 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 			return nil, fmt.Errorf("broker: resubmit %s: request body: %w", id, storageErr(err))
 		}
 	}
-	if err := s.enqueue(ctx, j, token, body); err != nil {
+	if err := s.enqueue(ctx, j, key, body); err != nil {
 		return nil, err
 	}
 	return j, nil
 }
 
-func (s *Store) enqueue(ctx context.Context, j *Job, token string, body []byte) error {
-	msg := nats.NewMsg(QueueSubject(token))
+func (s *Store) enqueue(ctx context.Context, j *Job, key QueueKey, body []byte) error {
+	msg := nats.NewMsg(QueueSubject(key.String()))
 	msg.Header.Set(HeaderJobID, j.ID)
+	msg.Header.Set(HeaderPriority, string(key.Class))
+	if j.Program != "" {
+		msg.Header.Set(HeaderProgram, j.Program)
+	}
 	msg.Header.Set(HeaderModel, j.Model)
 	msg.Header.Set(HeaderKind, string(j.Kind))
 	if j.Gateway != "" {

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"crypto/sha256"
 	"encoding/base32"
 	"errors"
 	"fmt"
@@ -15,8 +16,9 @@ const (
 	JobsBucket      = "FOREMAN_JOBS"
 	ArtifactsBucket = "FOREMAN_ARTIFACTS"
 
-	queuePrefix   = "foreman.queue."
-	QueueWildcard = "foreman.queue.*"
+	queuePrefix = "foreman.queue."
+	// QueueWildcard covers both forms of queue subject (see QueueKey).
+	QueueWildcard = "foreman.queue.>"
 	// SubmitSubject takes a POST /jobs body by request/reply.
 	SubmitSubject = "foreman.jobs.submit"
 	// StateWildcard matches every job's state events.
@@ -41,6 +43,10 @@ const (
 	// HeaderRequeued marks a queue message the worker published again for a job whose
 	// first one reached the queue's MaxAge while it ran (Store.Requeue).
 	HeaderRequeued = "Foreman-Requeued"
+	// HeaderPriority and HeaderProgram name a queued job's class and program (its
+	// subject says the same in tokens).
+	HeaderPriority = "Foreman-Priority"
+	HeaderProgram  = "Foreman-Program"
 )
 
 // StateSubject is where every state change of job id is announced.
@@ -49,17 +55,24 @@ func StateSubject(id string) string { return "foreman.job." + id + ".state" }
 // StreamSubject carries the response chunks of job id while it runs.
 func StreamSubject(id string) string { return "foreman.job." + id + ".stream" }
 
-// QueueSubject is the queue subject of a model token.
+// QueueSubject is the queue subject of a queue key (QueueKey.String; a plain model token
+// is the key of the model's default jobs).
 func QueueSubject(token string) string { return queuePrefix + token }
 
-// TokenFromSubject returns the model token of a queue subject.
+// TokenFromSubject returns the queue key of a queue subject.
 func TokenFromSubject(subject string) (string, bool) {
 	return strings.CutPrefix(subject, queuePrefix)
 }
 
-// TokenValid reports whether token is one ModelToken makes: the only queue subjects
-// foreman publishes to.
+// TokenValid reports whether token is a queue key foreman makes (ParseQueueKey): the only
+// queue subjects foreman publishes to.
 func TokenValid(token string) bool {
+	_, err := ParseQueueKey(token)
+	return err == nil
+}
+
+// modelTokenValid reports whether token is one ModelToken makes.
+func modelTokenValid(token string) bool {
 	model, err := ModelFromToken(token)
 	if err != nil {
 		return false
@@ -100,5 +113,13 @@ func ModelFromToken(token string) (string, error) {
 	return string(b), nil
 }
 
-// ConsumerName is the durable pull consumer of one model's queue subject.
-func ConsumerName(token string) string { return "m-" + token }
+// ConsumerName is the durable pull consumer of one queue subject. A plain model token's
+// name is what it always was; a long key that would pass the 255-byte limit is hashed.
+func ConsumerName(token string) string {
+	name := "m-" + strings.ReplaceAll(token, ".", "-")
+	if len(name) > 255 {
+		sum := sha256.Sum256([]byte(token))
+		name = "q-" + strings.ToLower(tokenEncoding.EncodeToString(sum[:20]))
+	}
+	return name
+}

@@ -152,13 +152,25 @@ const DefaultCancelReason = "canceled"
 var errUnchanged = errors.New("broker: record unchanged")
 
 // removeQueued deletes the queue message of job j. The queue holds only pending jobs, so
-// the scan is bounded by the model's queue depth.
+// the scan is bounded by the depth of the job's queues (one per load options).
 func (s *Store) removeQueued(ctx context.Context, j *Job) error {
-	token, err := ModelToken(j.Model)
+	key, err := KeyOf(j, nil)
 	if err != nil {
 		return err
 	}
-	subj := QueueSubject(token)
+	subjects := []string{queuePrefix + key.Model + ".*." + string(key.Class) + "." + key.Program}
+	if key.String() == key.Model {
+		subjects = append(subjects, QueueSubject(key.Model))
+	}
+	for _, subj := range subjects {
+		if err := s.removeQueuedOn(ctx, j, subj); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Store) removeQueuedOn(ctx context.Context, j *Job, subj string) error {
 	for seq := uint64(0); ; seq++ {
 		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {

@@ -64,6 +64,7 @@ func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {
 }
 
 func modelOf(token string) string {
-	m, _ := broker.ModelFromToken(token)
+	k, _ := broker.ParseQueueKey(token)
+	m, _ := broker.ModelFromToken(k.Model)
 	return m
 }

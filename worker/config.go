@@ -19,11 +19,12 @@ type Config struct {
 	// refreshed to probe a target that dropped a connection; without it the worker
 	// assumes the model it ran last is loaded and probes with Target.Version.
 	Inventory *ollama.Inventory
-	// MaxConsecutive is how many jobs of one model may run in a row while other models
-	// wait; default 8.
+	// MaxConsecutive is how many jobs of one runner (model and load options) may run in a
+	// row while other runners wait in the same class; default 8.
 	MaxConsecutive int
-	// MaxWait is how long another model's oldest job may wait before the worker switches
-	// to it even though the loaded model still has jobs; default 2m.
+	// MaxWait is how long a job may wait before it goes first whatever its class, and
+	// before the worker switches to its model even though the loaded one still has jobs;
+	// default 2m.
 	MaxWait time.Duration
 	// RetryDelay is the base of the exponential back-off after a connection error; default 1s.
 	RetryDelay time.Duration

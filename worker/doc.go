@@ -1,9 +1,12 @@
 // Package worker is foreman's single job runner. One loop takes one job at a time from the
 // JetStream queue and runs it against the target Ollama:
 //
-//   - selection drains by model: a job of the model already loaded on the target goes
-//     before an older job that would make the target swap, bounded by MaxConsecutive jobs
-//     of one model in a row and MaxWait for the longest wait of another model (plan);
+//   - selection (plan, ADR-0027) serves classes first (high, normal, low; a job past
+//     MaxWait goes first whatever its class), then drains by runner (a model with its load
+//     options): a job of a runner already loaded on the target goes before an older job
+//     that would make the target swap, bounded by MaxConsecutive jobs of one runner in a
+//     row and MaxWait for the longest wait of another; within a runner and class the
+//     programs take turns;
 //   - every job moves queued → loading|working → done|failed|canceled in its KV record,
 //     with retrying between attempts; the record write is the state event;
 //   - the target's response frames are relayed byte-exact on foreman.job.<id>.stream with

@@ -13,10 +13,10 @@ import (
 // more urgent until then, never hide a job).
 const fullRefresh = 30 * time.Second
 
-// queueIndex caches the oldest pending job of every model, so one selection costs one
-// stream info request (per-model counts, independent of the queue depth) plus a head
-// lookup only for models whose head may have moved: new models, models whose count fell,
-// and the model whose job the worker just finished.
+// queueIndex caches the oldest pending job of every queue (queue key), so one selection
+// costs one stream info request (per-subject counts, independent of the queue depth) plus
+// a head lookup only for queues whose head may have moved: new queues, queues whose count
+// fell, and the queue whose job the worker just finished.
 type queueIndex struct {
 	store    *broker.Store
 	heads    map[string]head
@@ -31,7 +31,7 @@ func newQueueIndex(st *broker.Store) *queueIndex {
 	return &queueIndex{store: st, heads: map[string]head{}, counts: map[string]uint64{}, dirty: map[string]bool{}}
 }
 
-// touch marks a model whose queue head may have changed (its job was finished).
+// touch marks a queue whose head may have changed (its job was finished).
 func (q *queueIndex) touch(token string) {
 	q.mu.Lock()
 	q.dirty[token] = true
@@ -40,7 +40,7 @@ func (q *queueIndex) touch(token string) {
 
 // refresh brings the heads up to date and returns them.
 func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error) {
-	depth, err := q.store.Depth(ctx)
+	depth, err := q.store.DepthByKey(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +64,7 @@ func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error)
 				delete(depth, token) // gone between the two reads
 				continue
 			}
-			q.heads[token] = head{Token: token, Seq: p.Seq, Enqueued: p.Enqueued}
+			q.heads[token] = headOf(token, p)
 		}
 	}
 	for token := range q.heads {
@@ -81,4 +81,14 @@ func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error)
 		out = append(out, h)
 	}
 	return out, nil
+}
+
+// headOf is the head of queue token; a key foreman does not make keeps its token as its
+// runner, and the worker removes it when it comes up.
+func headOf(token string, p broker.Pending) head {
+	h := head{Token: token, Seq: p.Seq, Enqueued: p.Enqueued}
+	if k, err := broker.ParseQueueKey(token); err == nil {
+		h.Runner, h.Class = k.Runner(), k.Class
+	}
+	return h
 }

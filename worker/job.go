@@ -90,7 +90,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 	defer func() { _ = sub.Unsubscribe() }()
 
 	state := broker.StateLoading // the target must swap the model in
-	if w.isLoaded(d.Token) {
+	if w.isLoaded(ctx, d.Token) {
 		state = broker.StateWorking
 	}
 	j, err = w.transition(ctx, d.JobID, fromLive, func(j *broker.Job) {
@@ -452,7 +452,8 @@ func (w *Worker) purge(ctx context.Context, token string) {
 
 func sameModel(model, token string) bool {
 	t, err := broker.ModelToken(model)
-	return err == nil && t == token
+	k, kerr := broker.ParseQueueKey(token)
+	return err == nil && kerr == nil && t == k.Model
 }
 
 // finish acks a job that reached its end.
@@ -527,14 +528,18 @@ func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *sl
 
 // begin records the start of a job for the selection and for Stop.
 func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
+	runner := runnerOf(token)
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if token == w.current {
+	if runner == w.current {
 		w.consec++
 	} else {
-		w.current, w.consec = token, 1
+		w.current, w.consec = runner, 1
 	}
-	w.lastModel = token
+	w.lastModel = runner
+	if k, err := broker.ParseQueueKey(token); err == nil {
+		w.runnerOpts[k.Model] = k.Opts
+	}
 	w.abort = abort
 	if w.hardStop {
 		abort(errShutdown)

@@ -1,101 +1,139 @@
 package worker
 
 import (
+	"cmp"
 	"slices"
+	"strings"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// head is the oldest pending job of one model's queue.
+// head is the oldest pending job of one queue (one queue key: model, load options, class
+// and program).
 type head struct {
-	Token    string
+	Token    string // queue key
 	Seq      uint64
 	Enqueued time.Time
+	// Runner is the model runner the queue's jobs need (broker.QueueKey.Runner); "" means
+	// Token. Jobs of one runner run without a reload.
+	Runner string
+	// Class is the queue's priority class; "" is normal.
+	Class broker.Priority
 }
 
-// choice is everything the selection depends on; plan is a pure function of it. A later
-// priority dimension fits here as a field of head (and a first sort key), not as I/O.
+func (h head) runner() string {
+	if h.Runner == "" {
+		return h.Token
+	}
+	return h.Runner
+}
+
+// choice is everything the selection depends on; plan is a pure function of it.
 type choice struct {
-	// Loaded lists the model tokens the target has loaded, most trusted first (from
-	// /api/ps when it is fresher than our last job, else the model we ran last).
+	// Loaded lists the runners the target has loaded, most trusted first (from /api/ps
+	// when it is fresher than our last job, else the runner we ran last). A job for any of
+	// them costs no reload.
 	Loaded []string
-	// Current is the model of the jobs run most recently, Consecutive how many in a row.
+	// Current is the runner of the jobs run most recently, Consecutive how many in a row.
 	Current     string
 	Consecutive int
-	// Heads has one entry per model with pending jobs.
-	Heads          []head
+	// Heads has one entry per queue with pending jobs.
+	Heads []head
+	// Served is when each queue last had its turn (a count of the picks, 0 for never):
+	// the queues of one runner and class take turns, the one served longest ago first.
+	Served         map[string]uint64
 	Now            time.Time
 	MaxConsecutive int
 	MaxWait        time.Duration
 }
 
-// plan orders the models to fetch from; the caller takes the first that yields a job (a
-// model whose jobs all wait out a retry back-off yields none).
+// plan orders the queues to fetch from; the caller takes the first that yields a job (a
+// queue whose jobs all wait out a retry back-off yields none).
 //
-//  1. Normally the loaded models come first (no swap), then every model by the age of its
-//     oldest job: the oldest pending job of the whole queue, and so on.
-//  2. The starvation bound overrides the loaded preference: once Current ran
-//     MaxConsecutive jobs in a row while another model waits, or another model's oldest
-//     job has waited longer than MaxWait, the other models go first by age, and Current
-//     comes last (it still runs if they have nothing ready).
+//  1. Classes: every high queue comes before every normal one, and normal before low,
+//     except that a class holding a job older than MaxWait goes before the classes that
+//     hold none: aging beats class, so low never starves.
+//  2. Within a class, runners (model and load options) as before classes: the loaded
+//     runners first (no swap), then every runner by the age of its oldest job. The
+//     starvation bound overrides the loaded preference: once Current ran MaxConsecutive
+//     jobs in a row while another runner waits in the class, or another runner's job of
+//     the class has waited longer than MaxWait, the other runners go first by age, and
+//     Current comes last (it still runs if they have nothing ready).
+//  3. Within a runner and class, the programs' queues take turns: the one served longest
+//     ago first, ties by the age of their oldest job. A program's own jobs stay in order.
+//
+// With one class and one program this is exactly the drain-by-model of ADR-0015.
 func plan(c choice) []string {
-	byAge := slices.Clone(c.Heads)
-	slices.SortFunc(byAge, func(a, b head) int {
-		if a.Seq < b.Seq {
-			return -1
-		}
-		if a.Seq > b.Seq {
-			return 1
-		}
-		return 0
-	})
-	pending := make(map[string]bool, len(byAge))
-	for _, h := range byAge {
-		pending[h.Token] = true
+	type classInfo struct {
+		overdue, others, othersOverdue bool // others: a runner besides Current waits
 	}
-	out := make([]string, 0, len(byAge))
-	if mustSwitch(c, byAge) {
-		for _, h := range byAge {
-			if h.Token != c.Current {
-				out = append(out, h.Token)
+	type runnerClass struct {
+		runner string
+		rank   int
+	}
+	var classes [3]classInfo
+	oldest := make(map[runnerClass]uint64, len(c.Heads))
+	for _, h := range c.Heads {
+		k, r := h.Class.Rank(), h.runner()
+		late := c.MaxWait > 0 && c.Now.Sub(h.Enqueued) > c.MaxWait
+		classes[k].overdue = classes[k].overdue || late
+		if c.Current != "" && r != c.Current {
+			classes[k].others = true
+			classes[k].othersOverdue = classes[k].othersOverdue || late
+		}
+		if o, ok := oldest[runnerClass{r, k}]; !ok || h.Seq < o {
+			oldest[runnerClass{r, k}] = h.Seq
+		}
+	}
+	// Aging beats class: a class holding a job past MaxWait goes before those holding none.
+	var classPos [3]int
+	for k := range classes {
+		classPos[k] = k
+		if !classes[k].overdue {
+			classPos[k] += 3
+		}
+	}
+	capped := c.MaxConsecutive > 0 && c.Consecutive >= c.MaxConsecutive
+	loaded := make(map[string]int, len(c.Loaded))
+	for i, r := range c.Loaded {
+		if _, dup := loaded[r]; !dup {
+			loaded[r] = i
+		}
+	}
+	// Each queue's place: class, then its runner's place in the class, then its turn.
+	type place struct {
+		class, group int
+		age          uint64 // the runner's oldest job in the class
+		runner       string
+		served, seq  uint64
+		token        string
+	}
+	ps := make([]place, len(c.Heads))
+	for i, h := range c.Heads {
+		k, r := h.Class.Rank(), h.runner()
+		p := place{class: classPos[k], age: oldest[runnerClass{r, k}], runner: r, served: c.Served[h.Token], seq: h.Seq, token: h.Token}
+		switch ci := classes[k]; {
+		case ci.others && (capped || ci.othersOverdue): // the starvation bound: Current last
+			if r == c.Current {
+				p.group = 1
+			}
+		default: // drain: the loaded runners first, in order, then by age
+			if i, ok := loaded[r]; ok {
+				p.group, p.age = 0, uint64(i)
+			} else {
+				p.group = 1
 			}
 		}
-		if pending[c.Current] {
-			out = append(out, c.Current)
-		}
-		return out
+		ps[i] = p
 	}
-	seen := make(map[string]bool, len(byAge))
-	for _, t := range c.Loaded {
-		if pending[t] && !seen[t] {
-			seen[t] = true
-			out = append(out, t)
-		}
-	}
-	for _, h := range byAge {
-		if !seen[h.Token] {
-			seen[h.Token] = true
-			out = append(out, h.Token)
-		}
+	slices.SortFunc(ps, func(a, b place) int {
+		return cmp.Or(cmp.Compare(a.class, b.class), cmp.Compare(a.group, b.group), cmp.Compare(a.age, b.age),
+			strings.Compare(a.runner, b.runner), cmp.Compare(a.served, b.served), cmp.Compare(a.seq, b.seq))
+	})
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.token
 	}
 	return out
-}
-
-// mustSwitch applies the starvation bound to the Current model.
-func mustSwitch(c choice, heads []head) bool {
-	if c.Current == "" {
-		return false
-	}
-	for _, h := range heads {
-		if h.Token == c.Current {
-			continue
-		}
-		// Another model waits.
-		if c.MaxConsecutive > 0 && c.Consecutive >= c.MaxConsecutive {
-			return true
-		}
-		if c.MaxWait > 0 && c.Now.Sub(h.Enqueued) > c.MaxWait {
-			return true
-		}
-	}
-	return false
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -38,11 +39,18 @@ type Worker struct {
 	hardStop  bool                    // Stop's deadline passed: abort any job at once
 	abort     context.CancelCauseFunc // aborts the running job; nil when idle
 	retries   []time.Time             // ends of the retry back-offs we caused
-	current   string                  // model token of the job run last
+	current   string                  // runner (model and load options) of the job run last
 	consec    int                     // jobs of current in a row
 	lastEnd   time.Time               // when the last job run against the target ended
-	lastModel string
-	stall     string // why the target counts as stalled (TargetStall); "" when it is not
+	lastModel string                  // runner of the job run last
+	// runnerOpts is the load options each model (token) last ran with: the options its
+	// runner has while /api/ps lists it.
+	runnerOpts map[string]string
+	// served is when each queue last had its turn (picks counts them): see choice.Served.
+	// Only the Run loop touches them.
+	served map[string]uint64
+	picks  uint64
+	stall  string // why the target counts as stalled (TargetStall); "" when it is not
 }
 
 // Causes that abort a running job.
@@ -61,15 +69,17 @@ func New(cfg Config) (*Worker, error) {
 		cfg.maxAttempts = cfg.Store.Config().MaxAttempts
 	}
 	return &Worker{
-		cfg:      cfg,
-		store:    cfg.Store,
-		log:      cfg.Logger,
-		index:    newQueueIndex(cfg.Store),
-		wake:     make(chan wakeup, 1),
-		bgSlot:   make(chan struct{}, 1),
-		recent:   map[string]struct{}{},
-		stopping: make(chan struct{}),
-		done:     make(chan struct{}),
+		cfg:        cfg,
+		store:      cfg.Store,
+		log:        cfg.Logger,
+		index:      newQueueIndex(cfg.Store),
+		wake:       make(chan wakeup, 1),
+		bgSlot:     make(chan struct{}, 1),
+		recent:     map[string]struct{}{},
+		served:     map[string]uint64{},
+		runnerOpts: map[string]string{},
+		stopping:   make(chan struct{}),
+		done:       make(chan struct{}),
 	}, nil
 }
 
@@ -147,6 +157,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		}
 		misses, woken = 0, false
+		w.took(d.Token)
 		w.fetched(d.JobID)
 		w.handle(ctx, d)
 	}
@@ -319,9 +330,11 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Delivery, queued bool, _ e
 	if err != nil || len(heads) == 0 {
 		return nil, false, err
 	}
+	w.forgetTurns(heads)
+	w.refreshLoaded(ctx, heads)
 	w.mu.Lock()
 	c := choice{
-		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, Heads: heads,
+		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, Heads: heads, Served: w.served,
 		Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
 	}
 	w.mu.Unlock()
@@ -345,24 +358,82 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Delivery, queued bool, _ e
 			return d, true, nil
 		}
 		if err != nil && firstErr == nil {
-			// One model's consumer failing must not starve the others: try them first.
+			// One queue's consumer failing must not starve the others: try them first.
 			firstErr = err
 		}
 	}
 	return nil, true, firstErr
 }
 
-// loadedLocked is the model tokens the target has loaded: /api/ps when the inventory
-// polled after our last job ended (it may have been used or unloaded meanwhile), else the
-// model we ran last. w.mu must be held.
+// took gives queue token its turn: its program goes behind the others of its runner and
+// class.
+func (w *Worker) took(token string) {
+	w.picks++
+	w.served[token] = w.picks
+}
+
+// forgetTurns drops the turns of queues that ran empty: a program that comes back takes
+// its turn with the next pick of its runner and class.
+func (w *Worker) forgetTurns(heads []head) {
+	if len(w.served) == 0 {
+		return
+	}
+	live := make(map[string]bool, len(heads))
+	for _, h := range heads {
+		live[h.Token] = true
+	}
+	for t := range w.served {
+		if !live[t] {
+			delete(w.served, t)
+		}
+	}
+}
+
+// refreshLoaded reads /api/ps again when a job ended since the last poll and a job of
+// another runner than the last one may run next: that job may have loaded its model and
+// unloaded another, or (with several models resident) found its model loaded, and only
+// /api/ps tells. Draining one runner costs no reads.
+func (w *Worker) refreshLoaded(ctx context.Context, heads []head) {
+	inv := w.cfg.Inventory
+	if inv == nil {
+		return
+	}
+	w.mu.Lock()
+	last := w.lastModel
+	stale := !inv.Snapshot().LastPoll.After(w.lastEnd)
+	w.mu.Unlock()
+	if !stale || !slices.ContainsFunc(heads, func(h head) bool { return h.runner() != last }) {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, psTimeout)
+	defer cancel()
+	if err := inv.Refresh(pctx); err != nil {
+		w.log.Debug("refresh loaded models", "err", err)
+	}
+}
+
+// psTimeout bounds the /api/ps read before a pick; without it the pick trusts the last job.
+const psTimeout = 2 * time.Second
+
+// loadedLocked is the runners the target has loaded: /api/ps when the inventory polled
+// after our last job ended (it may have been used or unloaded meanwhile), each model with
+// the load options we last ran it with, the last runner first; else the runner we ran
+// last. w.mu must be held.
 func (w *Worker) loadedLocked() []string {
 	if inv := w.cfg.Inventory; inv != nil {
 		if snap := inv.Snapshot(); snap.Polled && !snap.Degraded && snap.LastPoll.After(w.lastEnd) {
 			var out []string
 			for _, m := range inv.Loaded() {
 				if t, err := broker.ModelToken(m); err == nil {
-					out = append(out, t)
+					opts, ok := w.runnerOpts[t]
+					if !ok {
+						opts = broker.DefaultLoadOptions
+					}
+					out = append(out, broker.RunnerKey(t, opts))
 				}
+			}
+			if i := slices.Index(out, w.lastModel); i > 0 {
+				out = slices.Insert(slices.Delete(out, i, i+1), 0, w.lastModel)
 			}
 			return out
 		}
@@ -373,16 +444,21 @@ func (w *Worker) loadedLocked() []string {
 	return nil
 }
 
-// isLoaded reports whether the target has the model of token loaded.
-func (w *Worker) isLoaded(token string) bool {
+// isLoaded reports whether the target has the runner of queue token loaded.
+func (w *Worker) isLoaded(ctx context.Context, token string) bool {
+	r := runnerOf(token)
+	w.refreshLoaded(ctx, []head{{Token: token, Runner: r}})
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	for _, t := range w.loadedLocked() {
-		if t == token {
-			return true
-		}
+	return slices.Contains(w.loadedLocked(), r)
+}
+
+// runnerOf is the runner of queue token's jobs.
+func runnerOf(token string) string {
+	if k, err := broker.ParseQueueKey(token); err == nil {
+		return k.Runner()
 	}
-	return false
+	return token
 }
 
 // waitTarget pauses the worker after a connection error until the target answers again,

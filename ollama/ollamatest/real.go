@@ -19,13 +19,28 @@ const RealOllamaEnv = "FOREMAN_TEST_OLLAMA_URL"
 // file beside the system temp dir, waited for if another test holds it.
 func RealOllama(t testing.TB) string {
 	t.Helper()
-	raw := os.Getenv(RealOllamaEnv)
+	return realOllama(t, RealOllamaEnv, "")
+}
+
+// RealOllama2Env names the variable that points end-to-end tests at a second real Ollama
+// that keeps two models loaded (OLLAMA_MAX_LOADED_MODELS=2).
+const RealOllama2Env = "FOREMAN_TEST_OLLAMA2_URL"
+
+// RealOllama2 is RealOllama for the Ollama named by FOREMAN_TEST_OLLAMA2_URL.
+func RealOllama2(t testing.TB) string {
+	t.Helper()
+	return realOllama(t, RealOllama2Env, "OLLAMA_MAX_LOADED_MODELS=2 ")
+}
+
+func realOllama(t testing.TB, env, startEnv string) string {
+	t.Helper()
+	raw := os.Getenv(env)
 	if raw == "" {
-		t.Skipf("%s is unset: start a real Ollama with ../shared/realollama/start.sh and set it to the URL it prints", RealOllamaEnv)
+		t.Skipf("%s is unset: start a real Ollama with %s../shared/realollama/start.sh and set it to the URL it prints", env, startEnv)
 	}
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" {
-		t.Fatalf("%s=%q: not a URL", RealOllamaEnv, raw)
+		t.Fatalf("%s=%q: not a URL", env, raw)
 	}
 	name := "foreman-realollama-" + strings.NewReplacer(":", "-", "[", "", "]", "").Replace(u.Host) + ".lock"
 	unlock, err := lockFile(filepath.Join(os.TempDir(), name))

@@ -1,0 +1,170 @@
+package broker
+
+import (
+	"crypto/sha256"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// DefaultLoadOptions is the load-options token of a request that sets none of the options
+// that make Ollama reload a model.
+const DefaultLoadOptions = "d"
+
+// AnonymousProgram is the program token of jobs that name no program.
+const AnonymousProgram = "_"
+
+// QueueKey is where a job waits: its model, the load options its runner needs, its class
+// and its program. Its String is the tail of the queue subject. A job with every dimension
+// at its default (no load options, normal, anonymous) waits on the model's plain subject,
+// foreman.queue.<model-token>, as every job did before classes; the others on
+// foreman.queue.<model-token>.<load-opts>.<class>.<program-token>.
+type QueueKey struct {
+	Model   string // model token (ModelToken)
+	Opts    string // DefaultLoadOptions or LoadOptionsToken's hash
+	Class   Priority
+	Program string // program token: AnonymousProgram or lower-case base32 of the name
+}
+
+// String is the subject tail of the key.
+func (k QueueKey) String() string {
+	if k.Opts == DefaultLoadOptions && k.Class == PriorityNormal && k.Program == AnonymousProgram {
+		return k.Model
+	}
+	return k.Model + "." + k.Opts + "." + string(k.Class) + "." + k.Program
+}
+
+// Runner names the model runner a job needs: jobs of one runner run without a reload.
+func (k QueueKey) Runner() string { return RunnerKey(k.Model, k.Opts) }
+
+// RunnerKey is the runner of a model token loaded with load options opts.
+func RunnerKey(model, opts string) string { return model + "." + opts }
+
+// ProgramName is the program's name, "" for the anonymous one.
+func (k QueueKey) ProgramName() string {
+	if k.Program == AnonymousProgram {
+		return ""
+	}
+	b, _ := tokenEncoding.DecodeString(strings.ToUpper(k.Program))
+	return string(b)
+}
+
+// ParseQueueKey reads a queue subject's tail (TokenFromSubject). It accepts only keys
+// foreman makes: a plain model token, or the four-token form with the plain form's
+// defaults spelled out nowhere.
+func ParseQueueKey(s string) (QueueKey, error) {
+	parts := strings.Split(s, ".")
+	bad := func(why string) (QueueKey, error) {
+		return QueueKey{}, fmt.Errorf("%w: queue key %q: %s", ErrUnusable, s, why)
+	}
+	if !modelTokenValid(parts[0]) {
+		return bad("no model token")
+	}
+	if len(parts) == 1 {
+		return QueueKey{Model: parts[0], Opts: DefaultLoadOptions, Class: PriorityNormal, Program: AnonymousProgram}, nil
+	}
+	if len(parts) != 4 {
+		return bad("want 1 or 4 tokens")
+	}
+	k := QueueKey{Model: parts[0], Opts: parts[1], Class: Priority(parts[2]), Program: parts[3]}
+	if k.Opts != DefaultLoadOptions && !optsTokenValid(k.Opts) {
+		return bad("bad load options")
+	}
+	if _, err := ParsePriority(parts[2]); err != nil {
+		return bad("bad class")
+	}
+	if k.Program != AnonymousProgram {
+		if t, err := programToken(k.ProgramName()); err != nil || t != k.Program {
+			return bad("bad program")
+		}
+	}
+	if k.String() != s {
+		return bad("default key in the long form")
+	}
+	return k, nil
+}
+
+// KeyOf returns the queue key of job j with request body body.
+func KeyOf(j *Job, body []byte) (QueueKey, error) {
+	model, err := ModelToken(j.Model)
+	if err != nil {
+		return QueueKey{}, err
+	}
+	class := j.Priority.OrNormal()
+	if _, err := ParsePriority(string(class)); err != nil {
+		return QueueKey{}, err
+	}
+	prog, err := programToken(j.Program)
+	if err != nil {
+		return QueueKey{}, err
+	}
+	return QueueKey{Model: model, Opts: LoadOptionsToken(body), Class: class, Program: prog}, nil
+}
+
+func programToken(name string) (string, error) {
+	if name == "" {
+		return AnonymousProgram, nil
+	}
+	if err := ValidateProgram(name); err != nil {
+		return "", err
+	}
+	return strings.ToLower(tokenEncoding.EncodeToString([]byte(name))), nil
+}
+
+// loadOptionNames are the request options Ollama (v0.17, server/sched.go needsReload)
+// compares with a loaded runner's: api.Runner's fields. Any difference reloads the model.
+var loadOptionNames = []string{"num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread"}
+
+// optsTokenLen is the length of a load-options hash token (10 bytes of SHA-256).
+const optsTokenLen = 16
+
+// LoadOptionsToken returns the token of the load options a request body sets: "d" when it
+// sets none, else a short lower-case base32 hash of them, normalised as Ollama reads them
+// (numbers as integers, num_ctx 0 and num_gpu < 0 meaning "as loaded"). A body that is no
+// JSON object, or options Ollama would refuse, count as none: such a request loads nothing.
+func LoadOptionsToken(body []byte) string {
+	var req struct {
+		Options map[string]any `json:"options"`
+	}
+	if json.Unmarshal(body, &req) != nil || len(req.Options) == 0 {
+		return DefaultLoadOptions
+	}
+	norm := map[string]any{}
+	for _, name := range loadOptionNames {
+		switch v := req.Options[name].(type) {
+		case float64:
+			n := int64(v)
+			if (name == "num_ctx" && n == 0) || (name == "num_gpu" && n < 0) {
+				continue
+			}
+			norm[name] = n
+		case bool:
+			if name == "use_mmap" {
+				norm[name] = v
+			}
+		}
+	}
+	if len(norm) == 0 {
+		return DefaultLoadOptions
+	}
+	var b strings.Builder
+	for _, name := range slices.Sorted(maps.Keys(norm)) {
+		fmt.Fprintf(&b, "%s=%v;", name, norm[name])
+	}
+	sum := sha256.Sum256([]byte(b.String()))
+	return strings.ToLower(tokenEncoding.EncodeToString(sum[:10]))
+}
+
+func optsTokenValid(s string) bool {
+	if len(s) != optsTokenLen {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return false
+		}
+	}
+	return true
+}
