@@ -159,7 +159,9 @@ type Job struct {
 	// QueueSeq is the queue message the current attempt runs from (its stream sequence),
 	// set by the start write. Another message of a running job is a spare copy; the same
 	// one coming back is the run itself, redelivered after a crash.
-	QueueSeq uint64 `json:"queue_seq,omitempty"`
+	QueueSeq uint64   `json:"queue_seq,omitempty"`
+	Priority Priority `json:"priority,omitempty"` // empty on records from before: read as normal
+	Program  string   `json:"program,omitempty"`  // "" = the anonymous program
 }
 
 // IsSpare reports whether a message at stream sequence seq is a spare copy of running
