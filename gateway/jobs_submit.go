@@ -177,6 +177,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 // parsePriorityField reads a body's "priority": high, normal or low (null: none).
 func parsePriorityField(v json.RawMessage, p *broker.Priority) error {
 	if bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
+		*p = ""
 		return nil
 	}
 	var str string
@@ -194,6 +195,7 @@ func parsePriorityField(v json.RawMessage, p *broker.Priority) error {
 // parseProgramField reads a body's "program": 1 to 64 of [A-Za-z0-9._-] (null: none).
 func parseProgramField(v json.RawMessage, p *string) error {
 	if bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
+		*p = ""
 		return nil
 	}
 	var str string

@@ -112,8 +112,6 @@ func TestPriorityDefaultsAndChoices(t *testing.T) {
 			t.Errorf("NATS %s: priority %q, want %q", body, v.Priority, want)
 		}
 	}
-	// The priority is a foreman field: the target never sees it.
-	jobsSubmit(t, b.testBundle, `{"model":"tiny-b","priority":"low","program":"p"}`)
 }
 
 // Anything but high, normal or low is a 400 naming them, on every queued route (an
@@ -359,6 +357,14 @@ func TestListJobsByProgram(t *testing.T) {
 	}
 	resp, out := b.request(t, http.MethodGet, "/jobs?program=a%20b", nil)
 	wantJobError(t, "bad program filter", resp, out, http.StatusBadRequest)
+	// "program" and "priority" are foreman's fields: the target never sees them.
+	if got := queuedBody(t, b.Broker.Store, "tiny-a"); string(got) != `{"model":"tiny-a"}` {
+		t.Errorf("queued body %s", got)
+	}
+	jobsSubmit(t, b, `{"priority":"low","model":"tiny-embed","program":"carol","input":"x","kind":"embed"}`)
+	if got := queuedBody(t, b.Broker.Store, "tiny-embed"); string(got) != `{"model":"tiny-embed","input":"x"}` {
+		t.Errorf("queued body %s", got)
+	}
 }
 
 // A program over FOREMAN_MAX_QUEUE_PER_PROGRAM gets 429 with Retry-After; other programs
