@@ -124,9 +124,12 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 	if err != nil {
 		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
 	}
-	if cfg.AuthToken == "" && !loopbackAddr(cfg.Addr) {
+	if cfg.AuthToken == "" && len(cfg.AuthTokens) == 0 && !loopbackAddr(cfg.Addr) {
 		log.Warn("INSECURE: foreman serves a non-loopback address without FOREMAN_AUTH_TOKEN " +
 			"(FOREMAN_INSECURE_NO_AUTH=true): anyone who reaches " + cfg.Addr + " can queue work and read every job's result")
+	}
+	if len(cfg.AuthTokens) > 0 {
+		log.Info("named tokens: each caller's program is its token's name", "programs", tokenNames(cfg.AuthTokens))
 	}
 	policy := webhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
 	a.gw, err = gateway.New(gateway.Config{
@@ -136,6 +139,8 @@ func startApp(ctx context.Context, cfg serveConfig, log *slog.Logger) (_ *app, e
 		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
 		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
 		WebhookPolicy: policy,
+		AuthTokens:    cfg.AuthTokens, MaxQueuePerProgram: cfg.MaxQueuePerProgram,
+		SyncPriority: cfg.SyncPriority, JobsPriority: cfg.JobsPriority,
 	})
 	if err != nil {
 		return nil, err
