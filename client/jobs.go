@@ -233,6 +233,9 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 	if f.Model != "" {
 		q.Set("model", f.Model)
 	}
+	if f.Program != "" {
+		q.Set("program", f.Program)
+	}
 	if f.Limit > 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))
 	}

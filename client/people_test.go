@@ -27,6 +27,10 @@ func TestSubmitPriorityAndProgram(t *testing.T) {
 			if err != nil || j.Priority != "low" || j.Program != "nightly-"+name {
 				t.Fatalf("Job = %+v, %v", j, err)
 			}
+			l, err := c.Jobs(testCtx(t), client.JobFilter{Program: "nightly-" + name})
+			if err != nil || len(l.Jobs) != 1 || l.Jobs[0].ID != id {
+				t.Fatalf("Jobs of program nightly-%s = %+v, %v", name, l, err)
+			}
 			req.Priority = "urgent"
 			if _, err := c.SubmitAsync(testCtx(t), req); err == nil {
 				t.Fatal("a bad priority was accepted")

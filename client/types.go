@@ -156,6 +156,8 @@ func (e Event) same(o Event) bool { return e.State == o.State && e.Attempt == o.
 type JobFilter struct {
 	State State
 	Model string
+	// Program lists one program's jobs only.
+	Program string
 	// Limit caps the page (server default 50).
 	Limit int
 	// Cursor is the NextCursor of the previous page.

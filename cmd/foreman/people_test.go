@@ -140,6 +140,11 @@ func TestSubmitProgramAndPriority(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, `"program": "nightly"`) || !strings.Contains(r.stdout, `"priority": "high"`) {
 		t.Fatalf("submit --program nightly --priority high: exit %d, stdout %s, stderr %s", r.code, r.stdout, r.stderr)
 	}
+	runCLI(t, vars, nil, nil, "submit", "-m", "tiny-a", "--program", "other", "hi")
+	r = runCLI(t, vars, nil, nil, "jobs", "list", "--program", "nightly", "--json")
+	if r.code != 0 || strings.Count(r.stdout, `"id"`) != 1 || !strings.Contains(r.stdout, `"program": "nightly"`) {
+		t.Errorf("jobs list --program nightly: exit %d, stdout %s, stderr %s", r.code, r.stdout, r.stderr)
+	}
 	r = runCLI(t, vars, nil, nil, "submit", "-m", "tiny-a", "--priority", "urgent", "hi")
 	if r.code == 0 || !strings.Contains(r.stderr, "high, normal or low") {
 		t.Errorf("submit --priority urgent: exit %d, stderr %s", r.code, r.stderr)
