@@ -20,6 +20,8 @@ type ListOptions struct {
 	State State
 	// Model matches the normalized model name.
 	Model string
+	// Program matches the job's program exactly; empty does not filter.
+	Program string
 	// Limit caps the page; default 50, at most 1000.
 	Limit int
 	// Cursor is the last id of the previous page; the next page starts after it.
@@ -211,6 +213,9 @@ func (p *pager) take(ctx context.Context, s *Store, bound string) (bool, error) 
 			continue
 		}
 		if p.model != "" && ollama.NormalizeModel(j.Model) != p.model {
+			continue
+		}
+		if p.opt.Program != "" && j.Program != p.opt.Program {
 			continue
 		}
 		if len(p.out) == p.opt.Limit {

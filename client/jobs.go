@@ -34,6 +34,12 @@ type SubmitRequest struct {
 	// IdempotencyKey makes a retried submit return the first submit's job. It also lets
 	// a NATS submit that got no reply in time be retried by POST /jobs.
 	IdempotencyKey string
+	// Priority is the job's class, "high", "normal" or "low" ("priority"); empty leaves
+	// foreman's default (normal unless configured otherwise).
+	Priority string
+	// Program names the submitting program ("program"), 1 to 64 of [A-Za-z0-9._-]. A
+	// foreman with named tokens ignores it: the token's name is the program.
+	Program string
 	// OnState, if set, is called by Submit with every state change it observes, in order
 	// (the first is usually queued). It runs on Submit's goroutine; keep it short.
 	OnState func(Event)
@@ -81,6 +87,12 @@ func (r *SubmitRequest) body() ([]byte, error) {
 	}
 	if len(r.WebhookEvents) > 0 {
 		set("webhook_events", r.WebhookEvents)
+	}
+	if r.Priority != "" {
+		set("priority", r.Priority)
+	}
+	if r.Program != "" {
+		set("program", r.Program)
 	}
 	return json.Marshal(obj)
 }
@@ -220,6 +232,9 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 	}
 	if f.Model != "" {
 		q.Set("model", f.Model)
+	}
+	if f.Program != "" {
+		q.Set("program", f.Program)
 	}
 	if f.Limit > 0 {
 		q.Set("limit", strconv.Itoa(f.Limit))

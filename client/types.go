@@ -68,6 +68,11 @@ type Job struct {
 	// CancelRequested is the reason of a cancel a running job has not yet acted on (a
 	// Cancel of a running job that did not end within a few seconds).
 	CancelRequested string `json:"cancel_requested,omitempty"`
+	// Priority is the job's class: high, normal or low.
+	Priority string `json:"priority,omitempty"`
+	// Program is the program the job belongs to: the name of the token that submitted
+	// it, else the program the submit named; empty for the anonymous program.
+	Program string `json:"program,omitempty"`
 }
 
 // normalize drops a "result": null, so an absent result is always a nil Result.
@@ -151,6 +156,8 @@ func (e Event) same(o Event) bool { return e.State == o.State && e.Attempt == o.
 type JobFilter struct {
 	State State
 	Model string
+	// Program lists one program's jobs only.
+	Program string
 	// Limit caps the page (server default 50).
 	Limit int
 	// Cursor is the NextCursor of the previous page.

@@ -105,7 +105,7 @@ func FuzzParseInference(f *testing.F) {
 }
 
 // foremanFields are the POST /jobs members that never reach the target.
-var foremanFields = map[string]bool{fieldKind: true, fieldWebhookURL: true, fieldEvents: true}
+var foremanFields = map[string]bool{fieldKind: true, fieldWebhookURL: true, fieldEvents: true, fieldPriority: true, fieldProgram: true}
 
 // FuzzParseSubmission fuzzes the POST /jobs body parser, which foreman.jobs.submit shares
 // (Server.submitJob runs it first on the raw request data of both).
@@ -119,6 +119,11 @@ func FuzzParseSubmission(f *testing.F) {
 	f.Add([]byte(`{"model":"a","state_webhook_url":"ftp://x/"}`))
 	f.Add([]byte(`{"ki\u006ed":"generate","model":"a","prompt":1} `))
 	f.Add([]byte(`{"model":"a"}{}`))
+	f.Add([]byte(`{"model":"a","priority":"low","program":"batch-1"}`))
+	f.Add([]byte(`{"model":"a","priority":"urgent","program":"a b"}`))
+	f.Add([]byte(`{"model":"a","priority":null,"program":null,"Priority":"x"}`))
+	f.Add([]byte(`{"model":"a","priority":"high","priority":"low"}`))
+	f.Add([]byte(`{"model":"a","priority":"high","priority":null,"program":"x","program":null}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		sub, err := parseSubmission(raw, &webhook.Policy{})
 		if err != nil {
@@ -132,6 +137,17 @@ func FuzzParseSubmission(f *testing.F) {
 			t.Fatalf("accepted %q with an empty model", raw)
 		}
 		wantQueueable(t, sub.model)
+		// A priority and a program are valid or absent.
+		if sub.priority != "" {
+			if p, err := broker.ParsePriority(string(sub.priority)); err != nil || p != sub.priority {
+				t.Fatalf("accepted priority %q: %v", sub.priority, err)
+			}
+		}
+		if sub.program != "" {
+			if err := broker.ValidateProgram(sub.program); err != nil {
+				t.Fatalf("accepted program %q: %v", sub.program, err)
+			}
+		}
 		// The body sent on is the request's own members, byte for byte, minus foreman's.
 		in, err := objectMembers(raw)
 		if err != nil {
@@ -142,10 +158,22 @@ func FuzzParseSubmission(f *testing.F) {
 			t.Fatalf("body %q sent on does not re-decode: %v", sub.body, err)
 		}
 		var kept []member
+		said := map[string]string{} // the last "priority" and "program" the body gave
 		for _, m := range in {
 			if !foremanFields[m.key] {
 				kept = append(kept, m)
 			}
+			var v *string
+			if (m.key == fieldPriority || m.key == fieldProgram) && json.Unmarshal(m.value, &v) == nil {
+				if v == nil {
+					delete(said, m.key)
+				} else {
+					said[m.key] = *v
+				}
+			}
+		}
+		if string(sub.priority) != said[fieldPriority] || sub.program != said[fieldProgram] {
+			t.Fatalf("parsed priority %q program %q, but the body says %q", sub.priority, sub.program, said)
 		}
 		if len(kept) != len(out) {
 			t.Fatalf("body sent on has %d members, want %d: %q from %q", len(out), len(kept), sub.body, raw)

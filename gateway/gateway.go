@@ -6,6 +6,7 @@ package gateway
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -29,6 +30,17 @@ type Config struct {
 	Inventory *ollama.Inventory
 	// AuthToken, when set, is the bearer token every route but /healthz requires.
 	AuthToken string
+	// AuthTokens are named bearer tokens (excluding AuthToken): each is accepted, and its
+	// name is the program of every request carrying it, whatever the request claims.
+	AuthTokens []NamedToken
+	// MaxQueuePerProgram caps the jobs one program may have in the queue (429 beyond);
+	// 0 caps only the whole queue (the store's MaxQueue, 503).
+	MaxQueuePerProgram int
+	// SyncPriority is the priority of Ollama/OpenAI chat and generate calls without
+	// X-Foreman-Priority; default high (a caller waits on the connection).
+	SyncPriority broker.Priority
+	// JobsPriority is the priority of /jobs and NATS submits that name none; default normal.
+	JobsPriority broker.Priority
 	// MaxBodyBytes caps request bodies; default 32 MiB.
 	MaxBodyBytes int64
 	// RetryAfter is the Retry-After sent with "queue full"; default 5s.
@@ -81,6 +93,12 @@ func (c *Config) setDefaults() {
 	if c.StreamBuffer <= 0 {
 		c.StreamBuffer = 8 << 20
 	}
+	if c.SyncPriority == "" {
+		c.SyncPriority = broker.PriorityHigh
+	}
+	if c.JobsPriority == "" {
+		c.JobsPriority = broker.PriorityNormal
+	}
 }
 
 func (c *Config) validate() error {
@@ -91,6 +109,11 @@ func (c *Config) validate() error {
 		return errors.New("gateway: Config.Target is required")
 	case c.Inventory == nil:
 		return errors.New("gateway: Config.Inventory is required")
+	}
+	for _, p := range []broker.Priority{c.SyncPriority, c.JobsPriority} {
+		if _, err := broker.ParsePriority(string(p)); err != nil {
+			return fmt.Errorf("gateway: %w", err)
+		}
 	}
 	return nil
 }
@@ -107,6 +130,9 @@ type Server struct {
 	origins *originPolicy
 	hosts   *hostPolicy
 	relays  relayStats
+	// tokens are the accepted bearer tokens' digests; none means no auth.
+	tokens       []tokenKey
+	programLocks programLocks
 
 	// streams counts responses relaying a running job, so shutdown can wait for them.
 	streams sync.WaitGroup
@@ -127,6 +153,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{})}
 	var err error
+	if s.tokens, err = cfg.tokenKeys(); err != nil {
+		return nil, err
+	}
 	if s.origins, err = newOriginPolicy(cfg.Origins); err != nil {
 		return nil, err
 	}

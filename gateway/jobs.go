@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -34,7 +35,7 @@ func (s *Server) handleSubmitJob(w http.ResponseWriter, r *http.Request) {
 	// its queue message behind.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), submitTimeout)
 	defer cancel()
-	id, replayed, err := s.submitJob(ctx, body, r.Header.Get("Idempotency-Key"))
+	id, replayed, err := s.submitJob(ctx, body, r.Header.Get("Idempotency-Key"), r.Header)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -55,13 +56,19 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s.jobView(r.Context(), j, true))
 }
 
-// handleListJobs lists jobs newest first: ?state=&model=&limit=&cursor=.
+// handleListJobs lists jobs newest first: ?state=&model=&program=&limit=&cursor=.
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	opt := broker.ListOptions{State: broker.State(q.Get("state")), Model: q.Get("model"), Cursor: q.Get("cursor")}
+	opt := broker.ListOptions{State: broker.State(q.Get("state")), Model: q.Get("model"), Program: q.Get("program"), Cursor: q.Get("cursor")}
 	if opt.State != "" && !opt.State.Valid() {
 		s.writeError(w, r, badRequest("state: unknown state "+strconv.Quote(string(opt.State))))
 		return
+	}
+	if opt.Program != "" {
+		if err := broker.ValidateProgram(opt.Program); err != nil {
+			s.writeError(w, r, badRequest("program: "+strings.TrimPrefix(err.Error(), broker.ErrBadProgram.Error()+": ")))
+			return
+		}
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)

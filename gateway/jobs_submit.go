@@ -24,6 +24,8 @@ const (
 	fieldKind       = "kind"
 	fieldWebhookURL = "state_webhook_url"
 	fieldEvents     = "webhook_events"
+	fieldPriority   = "priority"
+	fieldProgram    = "program"
 )
 
 // maxIdempotencyKey bounds the Idempotency-Key header.
@@ -35,6 +37,9 @@ type submission struct {
 	model   string
 	body    []byte // the target's request: foreman fields removed, the rest byte-exact
 	webhook *broker.Webhook
+	// priority and program are the body's "priority" and "program"; empty when absent.
+	priority broker.Priority
+	program  string
 }
 
 // member is one top-level member of a JSON object, its value byte-exact.
@@ -110,6 +115,16 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 				return nil, badRequest(`"webhook_events" must be an array of state names`)
 			}
 			hasEvents, stripped = true, true
+		case fieldPriority:
+			if err := parsePriorityField(m.value, &sub.priority); err != nil {
+				return nil, err
+			}
+			stripped = true
+		case fieldProgram:
+			if err := parseProgramField(m.value, &sub.program); err != nil {
+				return nil, err
+			}
+			stripped = true
 		default:
 			kept = append(kept, m)
 			fieldsSeen[m.key] = m.value
@@ -157,6 +172,41 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		sub.body = encodeMembers(kept)
 	}
 	return sub, nil
+}
+
+// parsePriorityField reads a body's "priority": high, normal or low (null: none).
+func parsePriorityField(v json.RawMessage, p *broker.Priority) error {
+	if bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
+		*p = ""
+		return nil
+	}
+	var str string
+	if err := json.Unmarshal(v, &str); err != nil {
+		return badRequest(`"priority" must be a string: high, normal or low`)
+	}
+	got, err := broker.ParsePriority(str)
+	if err != nil {
+		return badRequest(`"priority": ` + strings.TrimPrefix(err.Error(), broker.ErrBadPriority.Error()+": "))
+	}
+	*p = got
+	return nil
+}
+
+// parseProgramField reads a body's "program": 1 to 64 of [A-Za-z0-9._-] (null: none).
+func parseProgramField(v json.RawMessage, p *string) error {
+	if bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
+		*p = ""
+		return nil
+	}
+	var str string
+	if err := json.Unmarshal(v, &str); err != nil {
+		return badRequest(`"program" must be a string`)
+	}
+	if err := broker.ValidateProgram(str); err != nil {
+		return badRequest(`"program": ` + strings.TrimPrefix(err.Error(), broker.ErrBadProgram.Error()+": "))
+	}
+	*p = str
+	return nil
 }
 
 func orNull(v json.RawMessage) json.RawMessage {
@@ -226,9 +276,14 @@ func encodeMembers(ms []member) []byte {
 }
 
 // submitJob validates a job request, checks its model with the target and queues it. A
-// repeated idempotency key returns the job the key first created (replayed = true).
-func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id string, replayed bool, err error) {
+// repeated idempotency key returns the job the key first created (replayed = true). hdr
+// is the HTTP request's header (nil over NATS); ctx carries a named token's program.
+func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr http.Header) (id string, replayed bool, err error) {
 	sub, err := parseSubmission(raw, &s.cfg.WebhookPolicy)
+	if err != nil {
+		return "", false, err
+	}
+	who, err := callerOf(ctx, hdr, sub.program, sub.priority, s.cfg.JobsPriority)
 	if err != nil {
 		return "", false, err
 	}
@@ -238,7 +293,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 	if err := s.queueableModel(ctx, sub.model); err != nil {
 		return "", false, err
 	}
-	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook}
+	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program}
 	if idemKey != "" {
 		// The key protects the job itself: its kind and the body sent to the target, not
 		// the webhook fields (a client's own receiver URL changes between retries).
@@ -284,7 +339,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 			s.beforeSubmit(job.ID)
 		}
 	}
-	j, err := s.store.Submit(ctx, job, sub.body)
+	j, err := s.submitCounted(ctx, job, sub.body)
 	if err != nil {
 		if idemKey != "" {
 			if rerr := s.store.ReleaseIdempotencyKey(context.WithoutCancel(ctx), idemKey, job.ID); rerr != nil {
@@ -293,7 +348,8 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string) (id 
 		}
 		return "", false, err
 	}
-	s.log.Info("job submitted", "job_id", j.ID, "model", j.Model, "kind", j.Kind, "webhook", j.Webhook != nil)
+	s.log.Info("job submitted", "job_id", j.ID, "model", j.Model, "kind", j.Kind, "webhook", j.Webhook != nil,
+		"program", j.Program, "priority", string(j.Priority))
 	return j.ID, false, nil
 }
 

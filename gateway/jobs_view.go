@@ -31,6 +31,10 @@ type jobView struct {
 	Result     json.RawMessage `json:"result"`
 	Artifacts  []artifactView  `json:"artifacts"`
 	Webhook    *broker.Webhook `json:"webhook,omitempty"`
+	// Priority is the job's class (normal for records from before priorities); Program
+	// is its program, "" for the anonymous one.
+	Priority broker.Priority `json:"priority"`
+	Program  string          `json:"program"`
 	// CancelRequested is the reason of a cancel the running job has not yet acted on.
 	CancelRequested string `json:"cancel_requested,omitempty"`
 }
@@ -53,7 +57,10 @@ func (s *Server) jobView(ctx context.Context, j *broker.Job, inline bool) jobVie
 		ID: j.ID, Kind: j.Kind, Model: j.Model, State: j.State, Attempts: j.Attempt,
 		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt,
 		Error: j.Error, Result: j.Result, Artifacts: []artifactView{}, Webhook: j.Webhook,
-		CancelRequested: j.CancelRequested,
+		CancelRequested: j.CancelRequested, Priority: j.Priority, Program: j.Program,
+	}
+	if v.Priority == "" {
+		v.Priority = broker.PriorityNormal
 	}
 	if len(v.Result) == 0 {
 		v.Result = nil

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"bytes"
+	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"io"
 	"net/http"
@@ -9,22 +11,35 @@ import (
 	"time"
 )
 
-// authenticate requires the bearer token on every route but /healthz when one is set.
+// authenticate requires a bearer token on every route but /healthz when tokens are set.
+// A named token's name (Config.AuthTokens) becomes the request's program (programKey).
+// The presented token is compared with every configured one, and as SHA-256 digests, so
+// neither which token matched nor the tokens' lengths show in the time taken.
 func (s *Server) authenticate(next http.Handler) http.Handler {
-	if s.cfg.AuthToken == "" {
+	keys := s.tokens
+	if len(keys) == 0 {
 		return next
 	}
-	want := []byte(s.cfg.AuthToken)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/healthz" {
 			next.ServeHTTP(w, r)
 			return
 		}
 		got, ok := bearerToken(r.Header.Get("Authorization"))
-		if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+		sum := sha256.Sum256([]byte(got))
+		match, idx := 0, 0
+		for i, k := range keys {
+			eq := subtle.ConstantTimeCompare(sum[:], k.sum[:])
+			idx = subtle.ConstantTimeSelect(eq, i, idx)
+			match |= eq
+		}
+		if !ok || match != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="foreman"`)
 			s.writeError(w, r, &Error{Status: http.StatusUnauthorized, Message: "unauthorized: missing or wrong bearer token"})
 			return
+		}
+		if name := keys[idx].program; name != "" {
+			r = r.WithContext(context.WithValue(r.Context(), programKey{}, name))
 		}
 		next.ServeHTTP(w, r)
 	})

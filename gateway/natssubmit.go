@@ -97,7 +97,7 @@ func (s *Server) answerSubmit(ctx context.Context, m *nats.Msg) {
 		s.respond(m, submitReply{Error: "request body too large", Status: 413})
 		return
 	}
-	id, _, err := s.submitJob(ctx, m.Data, key)
+	id, _, err := s.submitJob(ctx, m.Data, key, nil)
 	if err != nil {
 		status, msg := statusOf(err)
 		if status >= 500 {

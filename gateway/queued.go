@@ -76,11 +76,17 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
+		who, err := callerOf(r.Context(), r.Header, "", "", s.cfg.SyncPriority)
+		if err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		if err := s.queueableModel(r.Context(), model); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		s.runSync(w, r, &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID()}, stream, body)
+		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID(), Priority: who.priority, Program: who.program}
+		s.runSync(w, r, job, stream, body)
 	}
 }
 
@@ -111,7 +117,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 	defer s.streams.Done()
 	s.relays.active.Add(1)
 	defer s.relays.active.Add(-1)
-	log := s.log.With("job_id", job.ID, "model", job.Model, "kind", string(job.Kind))
+	log := s.log.With("job_id", job.ID, "model", job.Model, "kind", string(job.Kind), "program", job.Program)
 
 	// Subscribe before submitting: the worker may start the job at once, and a frame
 	// published before the subscription exists would be lost.
@@ -123,7 +129,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 	defer feed.Close()
 
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), submitTimeout)
-	_, err = s.store.Submit(sctx, job, body)
+	_, err = s.submitCounted(sctx, job, body)
 	cancel()
 	if err != nil {
 		s.writeError(w, r, err)

@@ -6,12 +6,14 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
@@ -59,6 +61,16 @@ func (c *serveConfig) settings() []*setting {
 				return errors.New("must be positive")
 			}
 			*p = n
+			return nil
+		}
+	}
+	priority := func(p *broker.Priority) func(string) error {
+		return func(v string) error {
+			got, err := broker.ParsePriority(v)
+			if err != nil {
+				return errors.New("not a priority: must be high, normal or low")
+			}
+			*p = got
 			return nil
 		}
 	}
@@ -138,7 +150,42 @@ func (c *serveConfig) settings() []*setting {
 			c.StreamBuffer = n
 			return nil
 		}},
+		// Priority classes and programs.
+		{env: "FOREMAN_AUTH_TOKENS", flag: "auth-tokens", usage: "named bearer tokens, name:token,...: each is accepted and its name is the caller's program (excludes FOREMAN_AUTH_TOKEN)", parse: func(v string) error {
+			ts, err := gateway.ParseAuthTokens(v)
+			c.AuthTokens = append(c.AuthTokens, ts...)
+			return err
+		}},
+		{env: "FOREMAN_AUTH_TOKENS_FILE", flag: "auth-tokens-file", usage: "file of named bearer tokens, one name:token a line, # comments; read at start", parse: str(&c.AuthTokensFile)},
+		{env: "FOREMAN_MAX_QUEUE_PER_PROGRAM", flag: "max-queue-per-program", usage: "queued jobs one program may have before its submits get 429 (no limit when empty)", parse: integer(&c.MaxQueuePerProgram)},
+		{env: "FOREMAN_SYNC_PRIORITY", flag: "sync-priority", def: "high", usage: "priority of Ollama/OpenAI chat and generate calls without X-Foreman-Priority", parse: priority(&c.SyncPriority)},
+		{env: "FOREMAN_JOBS_PRIORITY", flag: "jobs-priority", def: "normal", usage: "priority of /jobs and NATS submits that name none", parse: priority(&c.JobsPriority)},
 	}
+}
+
+// readAuthTokensFile adds the named tokens of FOREMAN_AUTH_TOKENS_FILE. The file is read
+// once, at start; a changed file takes effect at the next start.
+func (c *serveConfig) readAuthTokensFile() error {
+	if c.AuthTokensFile == "" {
+		return nil
+	}
+	data, err := os.ReadFile(c.AuthTokensFile)
+	if err != nil {
+		return fmt.Errorf("FOREMAN_AUTH_TOKENS_FILE=%q: %w", c.AuthTokensFile, err)
+	}
+	ts, err := gateway.ParseAuthTokensFile(data)
+	if err != nil {
+		return fmt.Errorf("FOREMAN_AUTH_TOKENS_FILE=%q: %w", c.AuthTokensFile, err)
+	}
+	c.AuthTokens = append(c.AuthTokens, ts...)
+	seen := map[string]string{}
+	for _, t := range c.AuthTokens {
+		if other, dup := seen[t.Token]; dup {
+			return fmt.Errorf("FOREMAN_AUTH_TOKENS / FOREMAN_AUTH_TOKENS_FILE: %s and %s have the same token; each token names one program", other, t.Program)
+		}
+		seen[t.Token] = t.Program
+	}
+	return nil
 }
 
 func (c *serveConfig) parseLevel(v string) error {
@@ -223,7 +270,7 @@ func natsURLs(p *string) func(string) error {
 // their userinfo, and secret settings not at all.
 var (
 	secretSettings = map[string]bool{
-		"FOREMAN_OLLAMA_TOKEN": true, "FOREMAN_AUTH_TOKEN": true,
+		"FOREMAN_OLLAMA_TOKEN": true, "FOREMAN_AUTH_TOKEN": true, "FOREMAN_AUTH_TOKENS": true,
 		"FOREMAN_NATS_PASSWORD": true, "FOREMAN_WEBHOOK_SECRET": true,
 	}
 	urlSettings = map[string]bool{"FOREMAN_OLLAMA_URL": true, "FOREMAN_NATS_URL": true}
@@ -286,11 +333,18 @@ func (c *serveConfig) finish() error {
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return errors.New("FOREMAN_NATS_TLS_CERT and FOREMAN_NATS_TLS_KEY must be set together")
 	}
-	if c.AuthToken == "" && !app.LoopbackAddr(c.Addr) {
+	if err := c.readAuthTokensFile(); err != nil {
+		return err
+	}
+	if c.AuthToken != "" && len(c.AuthTokens) > 0 {
+		return errors.New("FOREMAN_AUTH_TOKEN and FOREMAN_AUTH_TOKENS (or FOREMAN_AUTH_TOKENS_FILE) exclude each other: " +
+			"give the single token a name among the named ones (e.g. default:<token>)")
+	}
+	if c.AuthToken == "" && len(c.AuthTokens) == 0 && !app.LoopbackAddr(c.Addr) {
 		if !c.InsecureNoAuth {
 			return fmt.Errorf("FOREMAN_ADDR=%q is not a loopback address and FOREMAN_AUTH_TOKEN is empty: "+
 				"anyone who reaches it, any web page included, could use foreman; set FOREMAN_AUTH_TOKEN "+
-				"(e.g. openssl rand -hex 32), or FOREMAN_INSECURE_NO_AUTH=true to serve it without auth anyway", c.Addr)
+				"(e.g. openssl rand -hex 32) or named FOREMAN_AUTH_TOKENS, or FOREMAN_INSECURE_NO_AUTH=true to serve it without auth anyway", c.Addr)
 		}
 	}
 	if c.NATSReplicas == 0 { // unset: a set value is positive

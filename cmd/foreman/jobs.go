@@ -63,6 +63,7 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 	fs := cmd.Flags()
 	fs.StringVar(&state, "state", "", "only jobs in this state")
 	fs.StringVarP(&filter.Model, "model", "m", "", "only jobs of this model")
+	fs.StringVar(&filter.Program, "program", "", "only jobs of this program")
 	fs.IntVar(&filter.Limit, "limit", 0, "jobs per page (server default 50)")
 	fs.StringVar(&filter.Cursor, "cursor", "", "continue a listing")
 	return cmd

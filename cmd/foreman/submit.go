@@ -23,6 +23,8 @@ func newSubmitCmd(e *env) *cobra.Command {
 		webhook string
 		events  []string
 		idemKey string
+		prio    string
+		program string
 	)
 	cmd := &cobra.Command{
 		Use:   "submit -m MODEL [PROMPT | --file body.json]",
@@ -36,6 +38,7 @@ func newSubmitCmd(e *env) *cobra.Command {
 				return err
 			}
 			req.WebhookURL, req.IdempotencyKey = webhook, idemKey
+			req.Priority, req.Program = prio, program
 			for _, ev := range events {
 				req.WebhookEvents = append(req.WebhookEvents, client.State(ev))
 			}
@@ -68,6 +71,8 @@ func newSubmitCmd(e *env) *cobra.Command {
 	fs.StringVar(&webhook, "webhook", "", "URL that receives the job's state events (state_webhook_url)")
 	fs.StringSliceVar(&events, "webhook-events", nil, "states sent to --webhook, e.g. done,failed (default all)")
 	fs.StringVar(&idemKey, "idempotency-key", "", "a retried submit with the same key returns the first job")
+	fs.StringVar(&prio, "priority", "", "the job's priority: high, normal or low (default: foreman's, normally normal)")
+	fs.StringVar(&program, "program", "", "the submitting program's name (ignored by a foreman with named tokens)")
 	return cmd
 }
 

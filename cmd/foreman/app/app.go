@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -84,9 +85,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err != nil {
 		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
 	}
-	if cfg.AuthToken == "" && !LoopbackAddr(cfg.Addr) {
+	if cfg.AuthToken == "" && len(cfg.AuthTokens) == 0 && !LoopbackAddr(cfg.Addr) {
 		log.Warn("INSECURE: foreman serves a non-loopback address without FOREMAN_AUTH_TOKEN " +
 			"(FOREMAN_INSECURE_NO_AUTH=true): anyone who reaches " + cfg.Addr + " can queue work and read every job's result")
+	}
+	if len(cfg.AuthTokens) > 0 {
+		log.Info("named tokens: each caller's program is its token's name", "programs", tokenNames(cfg.AuthTokens))
 	}
 	policy := WebhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
 	a.gw, err = gateway.New(gateway.Config{
@@ -96,6 +100,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
 		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
 		WebhookPolicy: policy,
+		AuthTokens:    cfg.AuthTokens, MaxQueuePerProgram: cfg.MaxQueuePerProgram,
+		SyncPriority: cfg.SyncPriority, JobsPriority: cfg.JobsPriority,
 	})
 	if err != nil {
 		return nil, err
@@ -420,4 +426,15 @@ func waitClosed(ctx context.Context, nc *nats.Conn) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// tokenNames lists the programs of named tokens, each once, for the log (never a token).
+func tokenNames(ts []gateway.NamedToken) []string {
+	var out []string
+	for _, t := range ts {
+		if !slices.Contains(out, t.Program) {
+			out = append(out, t.Program)
+		}
+	}
+	return out
 }

@@ -4,6 +4,8 @@ import (
 	"net/netip"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -53,6 +55,14 @@ type Config struct {
 	// Webhook network policy (ADR-0021).
 	WebhookAllowNets   []netip.Prefix
 	WebhookDenyPrivate bool
+	// Priority classes and programs: named tokens (FOREMAN_AUTH_TOKENS and those read from
+	// FOREMAN_AUTH_TOKENS_FILE at start), the per-program limit (0 = none) and the default
+	// priorities of sync calls and of /jobs and NATS submits.
+	AuthTokens         []gateway.NamedToken
+	AuthTokensFile     string
+	MaxQueuePerProgram int
+	SyncPriority       broker.Priority
+	JobsPriority       broker.Priority
 
 	// Components adjusts the parts Start builds beyond the settings; serve leaves it zero.
 	Components Components
@@ -89,6 +99,8 @@ const (
 	DefaultBodyReadTimeout   = 60 * time.Second
 	DefaultWriteTimeout      = 30 * time.Second
 	DefaultStreamBuffer      = 8 << 20
+	DefaultSyncPriority      = broker.PriorityHigh
+	DefaultJobsPriority      = broker.PriorityNormal
 )
 
 // DefaultReplicas is the replica count of foreman's streams when none is set: 1 on the
@@ -120,6 +132,8 @@ func (c Config) WithDefaults() Config {
 	setDefault(&c.BodyReadTimeout, DefaultBodyReadTimeout)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.StreamBuffer, DefaultStreamBuffer)
+	setDefault(&c.SyncPriority, DefaultSyncPriority)
+	setDefault(&c.JobsPriority, DefaultJobsPriority)
 	return c
 }
 
