@@ -45,7 +45,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		log.Info("job already ended; dropping its queue message", "state", j.State)
 		w.finish(bctx, d, log)
 		return
-	case !d.Requeued && j.IsSpare(d.Seq, d.NumDelivered == 1):
+	case !d.Requeued && j.IsSpare(d.Seq):
 		// A job runs only from a message delivered to it, so another message of a running
 		// job is a spare copy (an idempotent retry published the job again after the
 		// queue's duplicate window): the delivery running the job ends it, and a crash of
