@@ -516,11 +516,14 @@ func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *sl
 		defer t.Stop()
 		rt := time.NewTicker(w.store.RefreshEvery())
 		defer rt.Stop()
+		warned := false
 		for {
 			select {
 			case <-t.C:
-				if err := d.Msg.InProgress(); err != nil {
-					log.Warn("extend job ack deadline", "err", err)
+				// Once per run: a failure here (the connection closed) repeats every tick.
+				if err := d.Msg.InProgress(); err != nil && !warned {
+					warned = true
+					log.Warn("extend job ack deadline; further failures of this run not logged", "err", err)
 				}
 			case <-rt.C:
 				if ok, err := w.store.Refresh(ctx, d.JobID); err != nil {
