@@ -38,8 +38,10 @@ const (
 	listFirstWindow = 256
 	listMaxWindow   = 16384
 	// idClockSlack covers a clock that made ids ahead of the NATS server's clock (an
-	// external server on another host).
-	idClockSlack = time.Second
+	// external server on another host). Generous: a clock ahead by more than this can have
+	// a job skipped by every page, while the slack costs only the writes of that many
+	// more seconds read back.
+	idClockSlack = 30 * time.Second
 )
 
 // List returns jobs newest first (ULIDs sort by creation time) and the cursor of the next
