@@ -256,13 +256,31 @@ func TestSkipsSyncUnwantedAndDeleted(t *testing.T) {
 	if h.job.ID != filtered.ID || h.job.State != broker.StateDone {
 		t.Fatalf("first delivery %s, want done of the filtered job", h.body)
 	}
-	// Everything before it in the stream was handled (acked) in order, so nothing is
-	// outstanding once the filtered job's delivery is acked.
+	// Events are acked once stored as pending deliveries, before their lanes post them:
+	// an idle consumer and no pending delivery left mean every post has been made.
 	waitConsumerIdle(t, b.Store)
+	waitNoPending(t, b.Store)
 	select {
 	case h := <-rcv.hits:
 		t.Fatalf("unexpected delivery %s", h.body)
 	default:
+	}
+}
+
+// waitNoPending waits until no pending delivery is stored: each was posted for the last
+// time (or dropped) and removed.
+func waitNoPending(t *testing.T, st *broker.Store) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		p, err := st.PendingDeliveries(ctxT(t))
+		if err == nil && len(p) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pending webhook deliveries never went: %d (%v)", len(p), err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
 	}
 }
 
