@@ -41,6 +41,9 @@ const (
 	// HeaderRequeued marks a queue message the worker published again for a job whose
 	// first one reached the queue's MaxAge while it ran (Store.Requeue).
 	HeaderRequeued = "Foreman-Requeued"
+	// HeaderRefresh marks a job record revision written by Store.Refresh: the same record
+	// again, re-announced on its state subject, which no webhook should report.
+	HeaderRefresh = "Foreman-Refresh"
 )
 
 // StateSubject is where every state change of job id is announced.
