@@ -88,7 +88,7 @@ func (c *serveConfig) settings() []*setting {
 			c.WebhookAllowNets = nets
 			return err
 		}},
-		{env: "FOREMAN_WEBHOOK_DENY_PRIVATE", flag: "webhook-deny-private", def: "false", usage: "refuse webhooks to private LAN ranges too (true or false)", parse: func(v string) error {
+		{env: "FOREMAN_WEBHOOK_DENY_PRIVATE", flag: "webhook-deny-private", def: "false", usage: "refuse webhooks to private LAN ranges and 100.64.0.0/10 too (true or false)", parse: func(v string) error {
 			switch v {
 			case "true", "false":
 				c.WebhookDenyPrivate = v == "true"

@@ -93,14 +93,59 @@ func (p *Policy) category(ip netip.Addr) string {
 		return "a loopback address"
 	case ip.IsLinkLocalUnicast():
 		return "a link-local address"
+	case siteLocal.Contains(ip):
+		return "a site-local address"
 	case ip.IsMulticast():
 		return "a multicast address"
 	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "a broadcast address"
-	case p.DenyPrivate && ip.IsPrivate():
+	case p.DenyPrivate && (ip.IsPrivate() || sharedSpace.Contains(ip)):
 		return "a private address (FOREMAN_WEBHOOK_DENY_PRIVATE)"
 	}
 	return ""
+}
+
+var (
+	// siteLocal is fec0::/10, deprecated (RFC 3879) but still routed on some networks.
+	siteLocal = netip.MustParsePrefix("fec0::/10")
+	// sharedSpace is 100.64.0.0/10 (RFC 6598): carrier-grade NAT, and Tailscale's tailnet.
+	sharedSpace = netip.MustParsePrefix("100.64.0.0/10")
+	// IPv6 ranges that carry an IPv4 address, which a gateway or the host stack reaches.
+	nat64      = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052 well-known prefix
+	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215 local-use prefix
+	v4Compat   = netip.MustParsePrefix("::/96")          // IPv4-compatible (deprecated)
+	sixToFour  = netip.MustParsePrefix("2002::/16")      // 6to4 (RFC 3056)
+)
+
+// embeddedV4 returns the IPv4 addresses an IPv6 address carries: NAT64 (the well-known
+// prefix, and the local-use one, read as a /48 and as a /96 prefix since its length is
+// the operator's choice), IPv4-compatible and 6to4 addresses. IPv4-mapped ones are
+// unmapped before they get here.
+func embeddedV4(ip netip.Addr) []netip.Addr {
+	if !ip.Is6() {
+		return nil
+	}
+	b := ip.As16()
+	last := netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	switch {
+	case nat64.Contains(ip):
+		return []netip.Addr{last}
+	case nat64Local.Contains(ip):
+		// RFC 6052 §2.2: a /48 prefix puts the address in bytes 6-7 and 9-10 (byte 8 is 0).
+		// The reading that finds all zeros (the other one's unused bits) is not one.
+		var out []netip.Addr
+		for _, a := range []netip.Addr{netip.AddrFrom4([4]byte{b[6], b[7], b[9], b[10]}), last} {
+			if !a.IsUnspecified() {
+				out = append(out, a)
+			}
+		}
+		return out
+	case v4Compat.Contains(ip):
+		return []netip.Addr{last}
+	case sixToFour.Contains(ip):
+		return []netip.Addr{netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})}
+	}
+	return nil
 }
 
 func (p *Policy) allowed(ip netip.Addr) bool {
@@ -131,6 +176,13 @@ func (p *Policy) checkAddr(ctx context.Context, ip netip.Addr, port uint16, reso
 	}
 	if c := p.category(ip); c != "" {
 		return &RefusedError{Addr: ip.String(), Reason: c, Openable: true}
+	}
+	// An address carrying an IPv4 one leads there: it is refused as that one would be.
+	for _, v4 := range embeddedV4(ip) {
+		var re *RefusedError
+		if err := p.checkAddr(ctx, v4, port, resolve); errors.As(err, &re) {
+			return &RefusedError{Addr: ip.String(), Reason: "an address embedding " + v4.String() + ", " + re.Reason, Openable: re.Openable}
+		}
 	}
 	return nil
 }
