@@ -230,9 +230,9 @@ func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, reso
 }
 
 // CheckURL is the submit-time check of a webhook URL (http or https, already parsed):
-// literal addresses and localhost-style names are checked as the dialer would, and a
-// protected endpoint is refused by name. Other names are left to the dial-time check:
-// no DNS is done here.
+// literal addresses (also the numeric spellings resolvers accept, see inetAton) and
+// localhost-style names are checked as the dialer would, and a protected endpoint is
+// refused by name. Other names are left to the dial-time check: no DNS is done here.
 func (p *Policy) CheckURL(u *url.URL) error {
 	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
 	port := portOf(u)
@@ -243,8 +243,13 @@ func (p *Policy) CheckURL(u *url.URL) error {
 		}
 	}
 	addrs := p.literalOrLocal(host)
+	numeric := false
 	if addrs == nil {
-		return nil
+		a, ok := inetAton(host)
+		if !ok {
+			return nil
+		}
+		addrs, numeric = []netip.Addr{a}, true
 	}
 	// Refused when every address is, as the dialer would be.
 	var first error
@@ -258,7 +263,7 @@ func (p *Policy) CheckURL(u *url.URL) error {
 		}
 	}
 	var re *RefusedError
-	if localhostName(host) && errors.As(first, &re) {
+	if (numeric || localhostName(host)) && errors.As(first, &re) {
 		re.Addr = host + " (" + re.Addr + ")"
 	}
 	return first
@@ -274,6 +279,53 @@ func (p *Policy) literalOrLocal(host string) []netip.Addr {
 		return []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
 	}
 	return nil
+}
+
+// inetAton reads host as the C library's inet_aton does, which getaddrinfo and so most
+// resolvers apply before any DNS: one to four parts separated by dots, each decimal,
+// octal (a leading 0) or hex (0x); the last part fills the bytes the others leave, so
+// "2130706433", "0177.0.0.1", "0x7f.1" and "127.1" are all 127.0.0.1. Go's URL parser
+// and netip see names there.
+func inetAton(host string) (netip.Addr, bool) {
+	parts := strings.Split(host, ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	var n uint64
+	for i, part := range parts {
+		v, ok := atonPart(part)
+		if !ok {
+			return netip.Addr{}, false
+		}
+		if i < len(parts)-1 {
+			if v > 255 {
+				return netip.Addr{}, false
+			}
+			n |= v << (24 - 8*i)
+			continue
+		}
+		if v >= 1<<(8*(5-len(parts))) {
+			return netip.Addr{}, false
+		}
+		n |= v
+	}
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), true
+}
+
+// atonPart reads one part of an inet_aton address.
+func atonPart(s string) (uint64, bool) {
+	base := 10
+	switch {
+	case len(s) >= 2 && (s[:2] == "0x" || s[:2] == "0X"):
+		base, s = 16, s[2:]
+		if s == "" {
+			return 0, true // "0x" alone reads as 0
+		}
+	case len(s) >= 2 && s[0] == '0':
+		base, s = 8, s[1:]
+	}
+	v, err := strconv.ParseUint(s, base, 32) // an explicit base: no sign, prefix or "_"
+	return v, err == nil
 }
 
 // localhostName: "localhost" and names under ".localhost" resolve to loopback (RFC 6761).

@@ -246,3 +246,42 @@ func TestPolicyEmbeddedAndExtraRanges(t *testing.T) {
 		}
 	}
 }
+
+// Numeric hosts that resolvers read as IPv4 addresses (inet_aton) are checked at submit
+// like the dotted-quad they stand for.
+func TestPolicyCheckURLInetAtonForms(t *testing.T) {
+	t.Parallel()
+	for raw, ok := range map[string]bool{
+		"http://2130706433/h":      false, // 127.0.0.1
+		"http://0177.0.0.1/h":      false,
+		"http://0x7f.1/h":          false,
+		"http://127.1/h":           false,
+		"http://0x7F000001/h":      false,
+		"http://0xa9.254.43518/h":  false, // 169.254.169.254
+		"http://0/h":               false, // 0.0.0.0
+		"http://1572395042/h":      true,  // 93.184.216.34
+		"http://127.0.0.1.5/h":     true,  // five parts: a name
+		"http://0x1ffffffff/h":     true,  // too large: a name
+		"http://127.0.256/h":       false, // 127.0.1.0 (the last part fills two bytes)
+		"http://08.0.0.1/h":        true,  // not octal: a name
+		"http://example.123/h":     true,
+		"http://1e3.example.com/h": true,
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = (&Policy{}).CheckURL(u)
+		if (err == nil) != ok {
+			t.Errorf("CheckURL(%s) = %v, want allowed %v", raw, err, ok)
+		}
+		if err != nil && !errors.Is(err, ErrRefused) {
+			t.Errorf("CheckURL(%s) = %v, not ErrRefused", raw, err)
+		}
+	}
+	for in, want := range map[string]string{"2130706433": "127.0.0.1", "0177.0.0.1": "127.0.0.1", "0x7f.1": "127.0.0.1", "127.1": "127.0.0.1", "10.1.2": "10.1.0.2", "0xc0.0250.1": "192.168.0.1"} {
+		if a, ok := inetAton(in); !ok || a.String() != want {
+			t.Errorf("inetAton(%q) = %v %v, want %s", in, a, ok, want)
+		}
+	}
+}
