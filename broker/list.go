@@ -273,8 +273,16 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 		revs   []rev
 		oldest time.Time
 	)
-	for done := false; !done; {
-		batch, err := c.FetchNoWait(int(min(hi-lo+1, 4096)))
+	for done, wait := false, false; !done; {
+		var (
+			batch jetstream.MessageBatch
+			err   error
+		)
+		if wait {
+			batch, err = c.Fetch(int(min(hi-lo+1, 4096)), jetstream.FetchMaxWait(time.Second))
+		} else {
+			batch, err = c.FetchNoWait(int(min(hi-lo+1, 4096)))
+		}
 		if err != nil {
 			return time.Time{}, fmt.Errorf("broker: list: %w", err)
 		}
@@ -302,8 +310,15 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 			return time.Time{}, fmt.Errorf("broker: list: %w", err)
 		}
 		if n == 0 {
-			done = true
+			// Nothing came: the window's end is gone (expired, purged), or, on a busy
+			// server, the messages were not ready yet; the consumer knows which.
+			info, err := c.Info(ctx)
+			if err != nil {
+				return time.Time{}, fmt.Errorf("broker: list: %w", err)
+			}
+			done = info.NumPending == 0 || wait
 		}
+		wait = n == 0
 	}
 	for i := len(revs) - 1; i >= 0; i-- {
 		meet(revs[i].id, revs[i].live)
