@@ -167,16 +167,15 @@ type Job struct {
 }
 
 // IsSpare reports whether a message at stream sequence seq is a spare copy of running
-// job j rather than the message its attempt runs from. firstDelivery is the rule for
-// records from before QueueSeq: a run's own message comes back delivered more than once.
-func (j *Job) IsSpare(seq uint64, firstDelivery bool) bool {
+// job j rather than the message its attempt runs from. A record from before QueueSeq
+// (written by an older foreman) cannot tell: its message is never judged a spare, since
+// dropping the run's own message (a consumer reset at start counts its deliveries from 1
+// again) would leave the job running forever.
+func (j *Job) IsSpare(seq uint64) bool {
 	if j.State != StateLoading && j.State != StateWorking {
 		return false
 	}
-	if j.QueueSeq != 0 {
-		return j.QueueSeq != seq
-	}
-	return firstDelivery
+	return j.QueueSeq != 0 && j.QueueSeq != seq
 }
 
 // Artifact returns the metadata of the named artifact.

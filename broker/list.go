@@ -40,8 +40,10 @@ const (
 	listFirstWindow = 256
 	listMaxWindow   = 16384
 	// idClockSlack covers a clock that made ids ahead of the NATS server's clock (an
-	// external server on another host).
-	idClockSlack = time.Second
+	// external server on another host). Generous: a clock ahead by more than this can have
+	// a job skipped by every page, while the slack costs only the writes of that many
+	// more seconds read back.
+	idClockSlack = 30 * time.Second
 )
 
 // List returns jobs newest first (ULIDs sort by creation time) and the cursor of the next
@@ -276,8 +278,16 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 		revs   []rev
 		oldest time.Time
 	)
-	for done := false; !done; {
-		batch, err := c.FetchNoWait(int(min(hi-lo+1, 4096)))
+	for done, wait := false, false; !done; {
+		var (
+			batch jetstream.MessageBatch
+			err   error
+		)
+		if wait {
+			batch, err = c.Fetch(int(min(hi-lo+1, 4096)), jetstream.FetchMaxWait(time.Second))
+		} else {
+			batch, err = c.FetchNoWait(int(min(hi-lo+1, 4096)))
+		}
 		if err != nil {
 			return time.Time{}, fmt.Errorf("broker: list: %w", err)
 		}
@@ -305,8 +315,15 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 			return time.Time{}, fmt.Errorf("broker: list: %w", err)
 		}
 		if n == 0 {
-			done = true
+			// Nothing came: the window's end is gone (expired, purged), or, on a busy
+			// server, the messages were not ready yet; the consumer knows which.
+			info, err := c.Info(ctx)
+			if err != nil {
+				return time.Time{}, fmt.Errorf("broker: list: %w", err)
+			}
+			done = info.NumPending == 0 || wait
 		}
+		wait = n == 0
 	}
 	for i := len(revs) - 1; i >= 0; i-- {
 		meet(revs[i].id, revs[i].live)

@@ -2,12 +2,15 @@ package broker_test
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/oklog/ulid/v2"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -197,5 +200,33 @@ func TestListEmpty(t *testing.T) {
 	jobs, next, err = b.Store.List(ctx, broker.ListOptions{})
 	if err != nil || len(jobs) != 0 || next != "" {
 		t.Fatalf("only an idempotency key: %v %q %v", jobs, next, err)
+	}
+}
+
+// A job whose id was made by a clock ahead of the NATS server's (a foreman on another
+// host, its clock some seconds fast) is still listed: the newest page reaches it although
+// many writes came after it.
+func TestListFindsJobOfAClockAhead(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	now := time.Now()
+	idAt := func(d time.Duration) string { return ulid.MustNew(ulid.Timestamp(now.Add(d)), rand.Reader).String() }
+	ahead := idAt(10 * time.Second)
+	if _, err := b.Store.Submit(ctxT(t), &broker.Job{ID: ahead, Model: "m", Kind: broker.KindChat}, []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	// More jobs than the first window read back, from the same clock (a little less ahead
+	// by now, or another fast clock): their ids are newer than the messages around them.
+	for i := range 300 {
+		if _, err := b.Store.Submit(ctxT(t), &broker.Job{ID: idAt(2*time.Second + time.Duration(i)*time.Millisecond), Model: "m", Kind: broker.KindChat}, []byte(`{}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	jobs, _, err := b.Store.List(ctxT(t), broker.ListOptions{Limit: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) == 0 || jobs[0].ID != ahead {
+		t.Fatalf("newest page does not start with the job of the clock ahead (%d jobs)", len(jobs))
 	}
 }

@@ -16,8 +16,9 @@ import (
 // revision from its own write: a job that runs longer than the TTL would otherwise lose
 // its record, and with it its result. The rewrite is byte-for-byte the record it replaces
 // (same state, same "at"), written only at the revision read, so it can never undo a
-// concurrent write. It is re-published like any write: watchers see the same state again.
-// It reports whether it wrote; a finished job is never rewritten.
+// concurrent write. It is re-published like any write: watchers see the same state again,
+// marked with HeaderRefresh so that they can tell. It reports whether it wrote; a finished
+// job is never rewritten.
 func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
 	if err := ValidateID(id); err != nil {
 		return false, err
@@ -39,8 +40,14 @@ func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
 	if j.State.Terminal() {
 		return false, nil
 	}
-	if _, err := s.kv.Update(ctx, jobKey(id), e.Value(), e.Revision()); err != nil {
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+	// A KV update as kv.Update makes it, with the mark on it.
+	msg := nats.NewMsg("$KV." + JobsBucket + "." + jobKey(id))
+	msg.Header.Set(HeaderRefresh, "1")
+	msg.Data = e.Value()
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(e.Revision())); err != nil {
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 			return false, nil // written meanwhile: fresh anyway
 		}
 		return false, fmt.Errorf("broker: refresh %s: %w", id, storageErr(err))

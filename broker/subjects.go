@@ -47,6 +47,9 @@ const (
 	// subject says the same in tokens).
 	HeaderPriority = "Foreman-Priority"
 	HeaderProgram  = "Foreman-Program"
+	// HeaderRefresh marks a job record revision written by Store.Refresh: the same record
+	// again, re-announced on its state subject, which no webhook should report.
+	HeaderRefresh = "Foreman-Refresh"
 )
 
 // StateSubject is where every state change of job id is announced.

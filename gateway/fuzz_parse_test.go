@@ -225,6 +225,54 @@ func refusedByDefault(a netip.Addr) bool {
 	return a.IsLoopback() || a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsMulticast() || a.IsUnspecified()
 }
 
+// atonOracle reads host as inet_aton(3) does (1 to 4 parts; decimal, 0-octal or 0x-hex;
+// the last part fills the remaining bytes), written apart from the policy's own reader.
+func atonOracle(host string) (netip.Addr, error) {
+	parts := strings.Split(host, ".")
+	if len(parts) == 0 || len(parts) > 4 {
+		return netip.Addr{}, errors.New("not 1-4 parts")
+	}
+	vals := make([]uint64, len(parts))
+	for i, p := range parts {
+		digits, base := p, uint64(10)
+		if strings.HasPrefix(strings.ToLower(p), "0x") {
+			digits, base = p[2:], 16
+		} else if len(p) > 1 && p[0] == '0' {
+			digits, base = p[1:], 8
+		}
+		if digits == "" && base != 16 {
+			return netip.Addr{}, errors.New("empty part")
+		}
+		var v uint64
+		for _, c := range strings.ToLower(digits) {
+			d := strings.IndexRune("0123456789abcdef", c)
+			if d < 0 || uint64(d) >= base {
+				return netip.Addr{}, errors.New("not a digit")
+			}
+			if v = v*base + uint64(d); v > 0xffffffff {
+				return netip.Addr{}, errors.New("too large")
+			}
+		}
+		vals[i] = v
+	}
+	var b [4]byte
+	for i, v := range vals[:len(vals)-1] {
+		if v > 0xff {
+			return netip.Addr{}, errors.New("part too large")
+		}
+		b[i] = byte(v)
+	}
+	last, room := vals[len(vals)-1], 5-len(vals) // bytes the last part fills
+	if last >= 1<<(8*room) {
+		return netip.Addr{}, errors.New("last part too large")
+	}
+	for i := 3; i >= 4-room; i-- {
+		b[i] = byte(last)
+		last >>= 8
+	}
+	return netip.AddrFrom4(b), nil
+}
+
 // FuzzWebhookURL fuzzes the webhook URL checks: an accepted URL is an absolute http(s)
 // URL with a host, short enough, that the deliverer can build a request from.
 func FuzzWebhookURL(f *testing.F) {
@@ -235,6 +283,8 @@ func FuzzWebhookURL(f *testing.F) {
 		"https://" + strings.Repeat("a", 2050),
 		"http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]:11434/api/generate",
 		"http://0.0.0.0:11434/", "http://[fe80::1]/", "http://224.0.0.1/", "http://10.0.0.8/h", "http://localhost./h",
+		// Numeric spellings resolvers read as IPv4 (inet_aton).
+		"http://2130706433/", "http://0177.0.0.1/", "http://0x7f.1/", "http://127.1/", "http://0xa9fea9fe/",
 	} {
 		f.Add(s)
 	}
@@ -249,7 +299,12 @@ func FuzzWebhookURL(f *testing.F) {
 				continue
 			}
 			u, _ := url.Parse(raw)
-			if a, err := netip.ParseAddr(strings.Trim(u.Hostname(), "[]")); err == nil && refusedByDefault(a) {
+			host := strings.TrimSuffix(u.Hostname(), ".")
+			a, err := netip.ParseAddr(strings.Trim(host, "[]"))
+			if err != nil {
+				a, err = atonOracle(host)
+			}
+			if err == nil && refusedByDefault(a) {
 				t.Fatalf("%s accepted %q, a loopback, link-local, multicast or unspecified address", name, raw)
 			}
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // HeaderJobID names the job behind a queued response, so a client can look it up under
@@ -54,13 +55,7 @@ func parseInference(kind broker.Kind, body []byte) (model string, stream bool, e
 	if strings.TrimSpace(req.Model) == "" {
 		return "", false, badRequest("model is required")
 	}
-	switch kind {
-	case broker.KindChat, broker.KindGenerate:
-		stream = req.Stream == nil || *req.Stream
-	default:
-		stream = req.Stream != nil && *req.Stream
-	}
-	return req.Model, stream, nil
+	return req.Model, ollama.Streams(kind.Path(), req.Stream), nil
 }
 
 // handleQueued turns one inference call into a sync job and relays its answer.

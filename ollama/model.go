@@ -18,6 +18,30 @@ func StreamRequested(body []byte) (bool, error) {
 	return v.Stream == nil || *v.Stream, nil
 }
 
+// Streams reports whether a call to route path streams its answer, given the body's
+// "stream" member (nil when absent or null): the native /api/chat and /api/generate
+// stream unless told not to, as Ollama does; every other route (/v1, /api/embed) answers
+// in one piece unless told to stream.
+func Streams(path string, stream *bool) bool {
+	switch path {
+	case "/api/chat", "/api/generate":
+		return stream == nil || *stream
+	}
+	return stream != nil && *stream
+}
+
+// StreamsBody is Streams with the "stream" member read from body; a body it cannot read
+// gets the route's default.
+func StreamsBody(path string, body []byte) bool {
+	var v struct {
+		Stream *bool `json:"stream"`
+	}
+	if json.Unmarshal(body, &v) != nil {
+		v.Stream = nil
+	}
+	return Streams(path, v.Stream)
+}
+
 // ModelOf returns the "model" field of a request body (falling back to the
 // legacy "name" field that old /api/show and /api/delete clients send).
 func ModelOf(body []byte) (string, error) {

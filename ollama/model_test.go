@@ -53,6 +53,27 @@ func TestStreamRequested(t *testing.T) {
 	}
 }
 
+func TestStreamsByRoute(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		path, body string
+		want       bool
+	}{
+		{"/api/chat", `{"model":"m"}`, true},
+		{"/api/generate", `{"model":"m","stream":null}`, true},
+		{"/api/chat", `{"model":"m","stream":false}`, false},
+		{"/api/chat", `not json`, true},
+		{"/v1/chat/completions", `{"model":"m"}`, false},
+		{"/v1/completions", `{"model":"m","stream":true}`, true},
+		{"/api/embed", `{"model":"m"}`, false},
+		{"/v1/chat/completions", `not json`, false},
+	} {
+		if got := ollama.StreamsBody(tt.path, []byte(tt.body)); got != tt.want {
+			t.Errorf("StreamsBody(%s, %s) = %v, want %v", tt.path, tt.body, got, tt.want)
+		}
+	}
+}
+
 func TestModelOf(t *testing.T) {
 	t.Parallel()
 	tests := []struct {

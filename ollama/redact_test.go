@@ -2,12 +2,14 @@ package ollama_test
 
 import (
 	"bytes"
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
@@ -103,6 +105,36 @@ func TestErrorsNeverShowThePassword(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "ollama connection error") {
 		t.Fatalf("no connection error was logged: %s", logs.String())
+	}
+	if strings.Contains(logs.String(), password) {
+		t.Errorf("the log shows the password:\n%s", logs.String())
+	}
+}
+
+// TestStallNeverShowsThePassword: a stalled call's error and its log line carry the
+// target's URL with the password redacted.
+func TestStallNeverShowsThePassword(t *testing.T) {
+	t.Parallel()
+	const password = "s3cret"
+	fake := ollamatest.New(t)
+	fake.FailNext(1, ollamatest.Hang)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	c, err := ollama.NewClient(ollama.ClientConfig{BaseURL: strings.Replace(fake.URL, "://", "://user:"+password+"@", 1), Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error { return nil },
+		ollama.FirstByteTimeout(20*time.Millisecond))
+	var se *ollama.StallError
+	if !errors.As(err, &se) {
+		t.Fatalf("err = %v, want a *StallError", err)
+	}
+	if strings.Contains(se.URL, password) || strings.Contains(err.Error(), password) {
+		t.Errorf("the stall shows the password: %q", se.URL)
+	}
+	if !strings.Contains(logs.String(), "stalled") {
+		t.Fatalf("no stall was logged: %s", logs.String())
 	}
 	if strings.Contains(logs.String(), password) {
 		t.Errorf("the log shows the password:\n%s", logs.String())

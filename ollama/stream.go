@@ -67,7 +67,7 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	wd := newWatchdog(so.firstByte, so.idle, &StallError{Op: "POST " + path, URL: req.URL.String()}, cancel)
+	wd := newWatchdog(so.firstByte, so.idle, &StallError{Op: "POST " + path, URL: redacted(req.URL)}, cancel)
 	defer wd.stop()
 	resp, err := c.hc.Do(req)
 	if err != nil {

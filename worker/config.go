@@ -40,7 +40,12 @@ type Config struct {
 	// MaxJobTime bounds one attempt as a whole, however steadily the target streams;
 	// 0 (the default) means no limit.
 	MaxJobTime time.Duration
-	Logger     *slog.Logger
+	// NonStreamTimeout bounds an attempt that does not stream ("stream":false, the
+	// default on /v1): its first byte comes only with the whole answer, so the first-byte
+	// limit does not apply to it; this one covers the load plus the whole answer. When it
+	// runs out the job fails without a retry. Default 30m, negative means no limit.
+	NonStreamTimeout time.Duration
+	Logger           *slog.Logger
 
 	// beforeStoreDone, when set (tests only, see export_test.go), runs in the background
 	// bookkeeping of a finished job after its final done marker went out and before its
@@ -56,6 +61,7 @@ type Config struct {
 const (
 	DefaultFirstByteTimeout  = 5 * time.Minute
 	DefaultStreamIdleTimeout = 2 * time.Minute
+	DefaultNonStreamTimeout  = 30 * time.Minute
 )
 
 const (
@@ -85,6 +91,9 @@ func (c *Config) setDefaults() {
 	if c.StreamIdleTimeout == 0 {
 		c.StreamIdleTimeout = DefaultStreamIdleTimeout
 	}
+	if c.NonStreamTimeout == 0 {
+		c.NonStreamTimeout = DefaultNonStreamTimeout
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -104,10 +113,16 @@ func (c *Config) validate() error {
 	return errors.Join(errs...)
 }
 
-// streamOptions are the limits of one attempt's target call.
-func (c *Config) streamOptions() []ollama.StreamOption {
+// streamOptions are the limits of one attempt's target call. A call that does not
+// stream gets its first byte only with the whole answer: NonStreamTimeout bounds it
+// instead of the first-byte limit.
+func (c *Config) streamOptions(streams bool) []ollama.StreamOption {
+	firstByte := max(c.FirstByteTimeout, 0)
+	if !streams {
+		firstByte = 0
+	}
 	return []ollama.StreamOption{
-		ollama.FirstByteTimeout(max(c.FirstByteTimeout, 0)),
+		ollama.FirstByteTimeout(firstByte),
 		ollama.IdleTimeout(max(c.StreamIdleTimeout, 0)),
 	}
 }

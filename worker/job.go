@@ -45,7 +45,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		log.Info("job already ended; dropping its queue message", "state", j.State)
 		w.finish(bctx, d, log)
 		return
-	case !d.Requeued && j.IsSpare(d.Seq, d.NumDelivered == 1):
+	case !d.Requeued && j.IsSpare(d.Seq):
 		// A job runs only from a message delivered to it, so another message of a running
 		// job is a spare copy (an idempotent retry published the job again after the
 		// queue's duplicate window): the delivery running the job ends it, and a crash of
@@ -121,10 +121,15 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit}) })
 		defer t.Stop()
 	}
+	streams := ollama.StreamsBody(j.Kind.Path(), d.Body)
+	if limit := w.cfg.NonStreamTimeout; !streams && limit > 0 {
+		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit, nonStream: true}) })
+		defer t.Stop()
+	}
 	stopProgress := w.keepInProgress(jctx, d, log)
 	r := newRelay(w.store.Conn(), d.JobID)
 	working := state == broker.StateWorking
-	opts := append(w.cfg.streamOptions(), ollama.OnResponse(r.response))
+	opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.response))
 	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.frame(f); err != nil {
@@ -146,10 +151,18 @@ type relayError struct{ err error }
 func (e *relayError) Error() string { return "relay frame: " + e.err.Error() }
 func (e *relayError) Unwrap() error { return e.err }
 
-// jobTimeError aborts an attempt that ran longer than Config.MaxJobTime.
-type jobTimeError struct{ limit time.Duration }
+// jobTimeError aborts an attempt that ran longer than Config.MaxJobTime, or a call that
+// does not stream longer than Config.NonStreamTimeout (nonStream). Either fails the job
+// without a retry: a long generation would only run as long again.
+type jobTimeError struct {
+	limit     time.Duration
+	nonStream bool
+}
 
 func (e *jobTimeError) Error() string {
+	if e.nonStream {
+		return "target too slow: the non-streamed answer took longer than the non-stream timeout of " + e.limit.String()
+	}
 	return "target too slow: the attempt ran longer than the max job time of " + e.limit.String()
 }
 
@@ -170,7 +183,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job
 		log.Info("cancel requested while running; upstream request aborted")
 		w.cancelRun(bctx, d, r, log)
 	case errors.As(cause, &timeout):
-		w.attemptFailed(ctx, bctx, d, j, r, timeout, log)
+		w.fail(bctx, d, r, timeout.Error(), 0, log)
 	case cause != nil:
 		w.handBack(bctx, d, j, r, log)
 	case errors.As(err, &httpErr):
@@ -189,7 +202,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job
 }
 
 // attemptFailed ends an attempt the target did not complete (unreachable, cut off,
-// stalled, too slow): the job is retried, unless it is a sync job whose caller already
+// stalled): the job is retried, unless it is a sync job whose caller already
 // has part of the response, where a second attempt cannot be spliced in.
 func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, err error, log *slog.Logger) {
 	if r.published() && j.Sync {
@@ -504,11 +517,14 @@ func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *sl
 		defer t.Stop()
 		rt := time.NewTicker(w.store.RefreshEvery())
 		defer rt.Stop()
+		warned := false
 		for {
 			select {
 			case <-t.C:
-				if err := d.Msg.InProgress(); err != nil {
-					log.Warn("extend job ack deadline", "err", err)
+				// Once per run: a failure here (the connection closed) repeats every tick.
+				if err := d.Msg.InProgress(); err != nil && !warned {
+					warned = true
+					log.Warn("extend job ack deadline; further failures of this run not logged", "err", err)
 				}
 			case <-rt.C:
 				if ok, err := w.store.Refresh(ctx, d.JobID); err != nil {

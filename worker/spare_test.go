@@ -69,3 +69,23 @@ func TestSpareQueueMessageOfARunningJobIsDropped(t *testing.T) {
 		t.Fatalf("job ran %d times (attempt %d), want once", len(calls), got.Attempt)
 	}
 }
+
+// A record written by an older foreman has no QueueSeq: after an upgrade following a
+// crash mid-run, the interrupted job's own message comes back (delivered once, as the
+// consumer was reset) and must run the job, not be dropped as a spare.
+func TestLegacyRunningRecordRunsFromItsMessage(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	j := tb.chat(t, "tiny-a", 1)
+	if _, _, err := tb.b.Store.Modify(ctxT(t), j.ID, func(j *broker.Job) error {
+		j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, 0
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tb.start(t, worker.Config{})
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Fatalf("attempt %d, want 2", got.Attempt)
+	}
+}

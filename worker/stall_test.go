@@ -140,25 +140,74 @@ func TestStallAfterFramesFailsSyncJob(t *testing.T) {
 }
 
 // MaxJobTime bounds an attempt however steadily the target streams: a generation that
-// would go on for minutes is aborted, and with no attempts left the job fails.
+// would go on for minutes is aborted and the job fails at once, attempts left or not (an
+// overrun is usually deterministic: a retry would run as long again).
 func TestMaxJobTimeAbortsSteadyStream(t *testing.T) {
 	t.Parallel()
 	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(100_000), ollamatest.WithTokenDelay(2 * time.Millisecond)},
-		brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
+		brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 3 }))
 	j := tb.chat(t, "tiny-a", 1)
 	stream := watchStream(t, tb.b.Conn, j.ID)
-	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: time.Hour, MaxJobTime: 200 * time.Millisecond})
+	states := watchStates(t, tb.b.Conn, j.ID)
+	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: time.Hour, MaxJobTime: time.Second})
 	frames, final := stream.untilFinal(t)
-	want := "attempts exhausted: target too slow: the attempt ran longer than the max job time of 200ms"
+	want := "target too slow: the attempt ran longer than the max job time of 1s"
 	if len(frames) == 0 || final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderError) != want {
 		t.Fatalf("%d frames, final %v", len(frames), final.Header)
 	}
-	if got := tb.waitState(t, j.ID, broker.StateFailed); got.Error != want {
-		t.Errorf("error %q", got.Error)
+	if got := tb.waitState(t, j.ID, broker.StateFailed); got.Error != want || got.Attempt != 1 {
+		t.Errorf("error %q attempt %d, want %q on attempt 1", got.Error, got.Attempt, want)
+	}
+	if seen := states.until(t); contains(seen, broker.StateRetrying) {
+		t.Errorf("states %v: an overrun was retried", seen)
 	}
 	waitAborted(t, tb.fake, 1)
 	if err := w.TargetStall(); err != nil {
 		t.Errorf("a slow job is not a stalled target: TargetStall() = %v", err)
+	}
+	tb.waitQueueEmpty(t)
+}
+
+// nonStreamChat asks for a chat answer in one piece.
+const nonStreamChat = `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"long"}]}`
+
+// A call that does not stream gets its first byte only with the whole answer: a
+// generation longer than the first-byte limit is not a stall and finishes on its first
+// attempt.
+func TestNonStreamedAnswerIsNotBoundByFirstByte(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(40), ollamatest.WithTokenDelay(10 * time.Millisecond)})
+	j := tb.submit(t, "tiny-a", broker.KindChat, nonStreamChat)
+	w := tb.start(t, worker.Config{FirstByteTimeout: 50 * time.Millisecond, StreamIdleTimeout: 50 * time.Millisecond})
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 1 {
+		t.Errorf("attempt %d, want 1", got.Attempt)
+	}
+	if err := w.TargetStall(); err != nil {
+		t.Errorf("TargetStall() = %v", err)
+	}
+}
+
+// NonStreamTimeout bounds a call that does not stream: the job fails without a retry,
+// and the target is not reported stalled.
+func TestNonStreamTimeoutFailsJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 3 }))
+	release := tb.fake.Hold("tiny-a")
+	t.Cleanup(release)
+	j := tb.submit(t, "tiny-a", broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"long"}]}`)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, NonStreamTimeout: 100 * time.Millisecond})
+	want := "target too slow: the non-streamed answer took longer than the non-stream timeout of 100ms"
+	if got := tb.waitState(t, j.ID, broker.StateFailed); got.Error != want || got.Attempt != 1 {
+		t.Errorf("error %q attempt %d, want %q on attempt 1", got.Error, got.Attempt, want)
+	}
+	if seen := states.until(t); contains(seen, broker.StateRetrying) {
+		t.Errorf("states %v: the overrun was retried", seen)
+	}
+	waitAborted(t, tb.fake, 1)
+	if err := w.TargetStall(); err != nil {
+		t.Errorf("a long answer is not a stalled target: TargetStall() = %v", err)
 	}
 	tb.waitQueueEmpty(t)
 }

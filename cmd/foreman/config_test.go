@@ -169,8 +169,8 @@ func TestConfigTargetLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.FirstByteTimeout != 5*time.Minute || cfg.StreamIdleTimeout != 2*time.Minute || cfg.MaxJobTime != 0 {
-		t.Errorf("defaults: first byte %s, idle %s, max job time %s", cfg.FirstByteTimeout, cfg.StreamIdleTimeout, cfg.MaxJobTime)
+	if cfg.FirstByteTimeout != 5*time.Minute || cfg.StreamIdleTimeout != 2*time.Minute || cfg.MaxJobTime != 0 || cfg.NonStreamTimeout != 30*time.Minute {
+		t.Errorf("defaults: first byte %s, idle %s, max job time %s, non-stream %s", cfg.FirstByteTimeout, cfg.StreamIdleTimeout, cfg.MaxJobTime, cfg.NonStreamTimeout)
 	}
 	env := map[string]string{"FOREMAN_FIRST_BYTE_TIMEOUT": "10m", "FOREMAN_STREAM_IDLE_TIMEOUT": "30s", "FOREMAN_MAX_JOB_TIME": "1h"}
 	cfg, err = parseConfig(t, []string{"--stream-idle-timeout=45s"}, env)
@@ -189,6 +189,8 @@ func TestConfigTargetLimits(t *testing.T) {
 		{env: map[string]string{"FOREMAN_STREAM_IDLE_TIMEOUT": "0s"}, want: `FOREMAN_STREAM_IDLE_TIMEOUT="0s": must be positive`},
 		{env: map[string]string{"FOREMAN_MAX_JOB_TIME": "-1h"}, want: `FOREMAN_MAX_JOB_TIME="-1h": must be positive`},
 		{args: []string{"--max-job-time=soon"}, want: `--max-job-time="soon": not a duration`},
+		{env: map[string]string{"FOREMAN_NONSTREAM_TIMEOUT": "0"}, want: `FOREMAN_NONSTREAM_TIMEOUT="0": must be positive`},
+		{args: []string{"--nonstream-timeout=long"}, want: `--nonstream-timeout="long": not a duration`},
 	} {
 		_, err := parseConfig(t, c.args, c.env)
 		if err == nil || !strings.Contains(err.Error(), c.want) {

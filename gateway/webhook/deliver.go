@@ -155,11 +155,16 @@ func (d *Dispatcher) save(ctx context.Context, e *event, log *slog.Logger) {
 	}
 }
 
-// finish removes a stored event's pending delivery.
+// finish removes a stored event's pending delivery. The event stops being known first:
+// a redelivery of it arriving once the pending delivery is gone is then queued again
+// (and meets the delivery log) rather than skipped as one the lane still holds.
 func (d *Dispatcher) finish(ctx context.Context, e *event) {
 	if e.manual {
 		return
 	}
+	d.mu.Lock()
+	delete(d.known, e.webhookID())
+	d.mu.Unlock()
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := d.store.FinishPendingDelivery(fctx, e.jobID, e.rev); err != nil {

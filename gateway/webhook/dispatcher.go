@@ -266,7 +266,8 @@ func (d *Dispatcher) stop() {
 // handle acks events that need no delivery and stores the rest as pending deliveries
 // before acking them, then queues them on their job's lane.
 func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
-	if op := msg.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+	// A refresh (broker.Store.Refresh) writes the same record again: no news to report.
+	if op := msg.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" || msg.Headers().Get(broker.HeaderRefresh) != "" {
 		_ = msg.Ack()
 		return
 	}

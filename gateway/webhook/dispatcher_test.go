@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -256,13 +257,31 @@ func TestSkipsSyncUnwantedAndDeleted(t *testing.T) {
 	if h.job.ID != filtered.ID || h.job.State != broker.StateDone {
 		t.Fatalf("first delivery %s, want done of the filtered job", h.body)
 	}
-	// Everything before it in the stream was handled (acked) in order, so nothing is
-	// outstanding once the filtered job's delivery is acked.
+	// Events are acked once stored as pending deliveries, before their lanes post them:
+	// an idle consumer and no pending delivery left mean every post has been made.
 	waitConsumerIdle(t, b.Store)
+	waitNoPending(t, b.Store)
 	select {
 	case h := <-rcv.hits:
 		t.Fatalf("unexpected delivery %s", h.body)
 	default:
+	}
+}
+
+// waitNoPending waits until no pending delivery is stored: each was posted for the last
+// time (or dropped) and removed.
+func waitNoPending(t *testing.T, st *broker.Store) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		p, err := st.PendingDeliveries(ctxT(t))
+		if err == nil && len(p) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pending webhook deliveries never went: %d (%v)", len(p), err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
 	}
 }
 
@@ -549,5 +568,39 @@ func TestHangingReceiverGetsBoundedAttempts(t *testing.T) {
 	defer mu.Unlock()
 	if most != cfg.PerReceiver || len(arrived) != 0 {
 		t.Fatalf("the hanging receiver had %d requests at once (%d more arrived), want at most %d", most, len(arrived), cfg.PerReceiver)
+	}
+}
+
+// A long job's record is refreshed (broker.Store.Refresh) with the same state: no
+// webhook reports it again.
+func TestRefreshSendsNoWebhook(t *testing.T) {
+	t.Parallel()
+	var ahead atomic.Int64 // the store's clock, moved on to make the record due for a refresh
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	}))
+	rcv := newReceiver(t, nil)
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	runDispatcher(t, fastConfig(b.Store))
+	for _, want := range []broker.State{broker.StateQueued, broker.StateWorking} {
+		if h := rcv.next(t); h.job.State != want {
+			t.Fatalf("delivery %s, want %s", h.job.State, want)
+		}
+	}
+	ahead.Store(int64(b.Store.Config().JobTTL))
+	if ok, err := b.Store.Refresh(ctxT(t), j.ID); err != nil || !ok {
+		t.Fatalf("refresh: %v %v", ok, err)
+	}
+	setState(t, b.Store, j.ID, broker.StateDone)
+	if h := rcv.next(t); h.job.State != broker.StateDone {
+		t.Fatalf("delivery %s after the refresh, want done", h.job.State)
+	}
+	waitConsumerIdle(t, b.Store)
+	waitNoPending(t, b.Store)
+	select {
+	case h := <-rcv.hits:
+		t.Fatalf("unexpected delivery %s", h.body)
+	default:
 	}
 }

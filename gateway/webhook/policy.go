@@ -93,14 +93,59 @@ func (p *Policy) category(ip netip.Addr) string {
 		return "a loopback address"
 	case ip.IsLinkLocalUnicast():
 		return "a link-local address"
+	case siteLocal.Contains(ip):
+		return "a site-local address"
 	case ip.IsMulticast():
 		return "a multicast address"
 	case ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
 		return "a broadcast address"
-	case p.DenyPrivate && ip.IsPrivate():
+	case p.DenyPrivate && (ip.IsPrivate() || sharedSpace.Contains(ip)):
 		return "a private address (FOREMAN_WEBHOOK_DENY_PRIVATE)"
 	}
 	return ""
+}
+
+var (
+	// siteLocal is fec0::/10, deprecated (RFC 3879) but still routed on some networks.
+	siteLocal = netip.MustParsePrefix("fec0::/10")
+	// sharedSpace is 100.64.0.0/10 (RFC 6598): carrier-grade NAT, and Tailscale's tailnet.
+	sharedSpace = netip.MustParsePrefix("100.64.0.0/10")
+	// IPv6 ranges that carry an IPv4 address, which a gateway or the host stack reaches.
+	nat64      = netip.MustParsePrefix("64:ff9b::/96")   // RFC 6052 well-known prefix
+	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215 local-use prefix
+	v4Compat   = netip.MustParsePrefix("::/96")          // IPv4-compatible (deprecated)
+	sixToFour  = netip.MustParsePrefix("2002::/16")      // 6to4 (RFC 3056)
+)
+
+// embeddedV4 returns the IPv4 addresses an IPv6 address carries: NAT64 (the well-known
+// prefix, and the local-use one, read as a /48 and as a /96 prefix since its length is
+// the operator's choice), IPv4-compatible and 6to4 addresses. IPv4-mapped ones are
+// unmapped before they get here.
+func embeddedV4(ip netip.Addr) []netip.Addr {
+	if !ip.Is6() {
+		return nil
+	}
+	b := ip.As16()
+	last := netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	switch {
+	case nat64.Contains(ip):
+		return []netip.Addr{last}
+	case nat64Local.Contains(ip):
+		// RFC 6052 §2.2: a /48 prefix puts the address in bytes 6-7 and 9-10 (byte 8 is 0).
+		// The reading that finds all zeros (the other one's unused bits) is not one.
+		var out []netip.Addr
+		for _, a := range []netip.Addr{netip.AddrFrom4([4]byte{b[6], b[7], b[9], b[10]}), last} {
+			if !a.IsUnspecified() {
+				out = append(out, a)
+			}
+		}
+		return out
+	case v4Compat.Contains(ip):
+		return []netip.Addr{last}
+	case sixToFour.Contains(ip):
+		return []netip.Addr{netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})}
+	}
+	return nil
 }
 
 func (p *Policy) allowed(ip netip.Addr) bool {
@@ -131,6 +176,13 @@ func (p *Policy) checkAddr(ctx context.Context, ip netip.Addr, port uint16, reso
 	}
 	if c := p.category(ip); c != "" {
 		return &RefusedError{Addr: ip.String(), Reason: c, Openable: true}
+	}
+	// An address carrying an IPv4 one leads there: it is refused as that one would be.
+	for _, v4 := range embeddedV4(ip) {
+		var re *RefusedError
+		if err := p.checkAddr(ctx, v4, port, resolve); errors.As(err, &re) {
+			return &RefusedError{Addr: ip.String(), Reason: "an address embedding " + v4.String() + ", " + re.Reason, Openable: re.Openable}
+		}
 	}
 	return nil
 }
@@ -178,9 +230,9 @@ func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, reso
 }
 
 // CheckURL is the submit-time check of a webhook URL (http or https, already parsed):
-// literal addresses and localhost-style names are checked as the dialer would, and a
-// protected endpoint is refused by name. Other names are left to the dial-time check:
-// no DNS is done here.
+// literal addresses (also the numeric spellings resolvers accept, see inetAton) and
+// localhost-style names are checked as the dialer would, and a protected endpoint is
+// refused by name. Other names are left to the dial-time check: no DNS is done here.
 func (p *Policy) CheckURL(u *url.URL) error {
 	host := strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
 	port := portOf(u)
@@ -191,8 +243,13 @@ func (p *Policy) CheckURL(u *url.URL) error {
 		}
 	}
 	addrs := p.literalOrLocal(host)
+	numeric := false
 	if addrs == nil {
-		return nil
+		a, ok := inetAton(host)
+		if !ok {
+			return nil
+		}
+		addrs, numeric = []netip.Addr{a}, true
 	}
 	// Refused when every address is, as the dialer would be.
 	var first error
@@ -206,7 +263,7 @@ func (p *Policy) CheckURL(u *url.URL) error {
 		}
 	}
 	var re *RefusedError
-	if localhostName(host) && errors.As(first, &re) {
+	if (numeric || localhostName(host)) && errors.As(first, &re) {
 		re.Addr = host + " (" + re.Addr + ")"
 	}
 	return first
@@ -222,6 +279,53 @@ func (p *Policy) literalOrLocal(host string) []netip.Addr {
 		return []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1}), netip.IPv6Loopback()}
 	}
 	return nil
+}
+
+// inetAton reads host as the C library's inet_aton does, which getaddrinfo and so most
+// resolvers apply before any DNS: one to four parts separated by dots, each decimal,
+// octal (a leading 0) or hex (0x); the last part fills the bytes the others leave, so
+// "2130706433", "0177.0.0.1", "0x7f.1" and "127.1" are all 127.0.0.1. Go's URL parser
+// and netip see names there.
+func inetAton(host string) (netip.Addr, bool) {
+	parts := strings.Split(host, ".")
+	if len(parts) > 4 {
+		return netip.Addr{}, false
+	}
+	var n uint64
+	for i, part := range parts {
+		v, ok := atonPart(part)
+		if !ok {
+			return netip.Addr{}, false
+		}
+		if i < len(parts)-1 {
+			if v > 255 {
+				return netip.Addr{}, false
+			}
+			n |= v << (24 - 8*i)
+			continue
+		}
+		if v >= 1<<(8*(5-len(parts))) {
+			return netip.Addr{}, false
+		}
+		n |= v
+	}
+	return netip.AddrFrom4([4]byte{byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}), true
+}
+
+// atonPart reads one part of an inet_aton address.
+func atonPart(s string) (uint64, bool) {
+	base := 10
+	switch {
+	case len(s) >= 2 && (s[:2] == "0x" || s[:2] == "0X"):
+		base, s = 16, s[2:]
+		if s == "" {
+			return 0, true // "0x" alone reads as 0
+		}
+	case len(s) >= 2 && s[0] == '0':
+		base, s = 8, s[1:]
+	}
+	v, err := strconv.ParseUint(s, base, 32) // an explicit base: no sign, prefix or "_"
+	return v, err == nil
 }
 
 // localhostName: "localhost" and names under ".localhost" resolve to loopback (RFC 6761).

@@ -201,3 +201,87 @@ func TestRefusedDeliveryIsLoggedNotRetried(t *testing.T) {
 		t.Fatalf("the loopback receiver got %d requests", n)
 	}
 }
+
+// Addresses that lead to a refused one by another spelling are refused as it is: IPv6
+// forms carrying an IPv4 address, site-local IPv6, and (with DenyPrivate) CGNAT space.
+func TestPolicyEmbeddedAndExtraRanges(t *testing.T) {
+	t.Parallel()
+	deny := Policy{DenyPrivate: true}
+	for _, c := range []struct {
+		policy Policy
+		addr   string
+		ok     bool
+	}{
+		{Policy{}, "64:ff9b::7f00:1", false},                       // NAT64 of 127.0.0.1
+		{Policy{}, "64:ff9b::a9fe:a9fe", false},                    // NAT64 of 169.254.169.254
+		{Policy{}, "64:ff9b::5db8:d822", true},                     // NAT64 of a public address
+		{Policy{}, "64:ff9b:1:7f00:1::", false},                    // local-use /48 of 127.0.0.1
+		{Policy{}, "64:ff9b:1::7f00:1", false},                     // local-use read as /96
+		{Policy{}, "64:ff9b:1:5db8:d8:2200::", true},               // local-use /48 of a public address
+		{Policy{}, "::7f00:1", false},                              // IPv4-compatible 127.0.0.1
+		{Policy{}, "::a9fe:a9fe", false},                           // IPv4-compatible 169.254.169.254
+		{Policy{}, "2002:7f00:1::1", false},                        // 6to4 of 127.0.0.1
+		{Policy{}, "2002:a9fe:a9fe::1", false},                     // 6to4 of 169.254.169.254
+		{Policy{}, "2002:5db8:d822::1", true},                      // 6to4 of a public address
+		{Policy{}, "fec0::1", false},                               // site-local
+		{Policy{}, "2001:db8::1", true},                            // none of these
+		{Policy{}, "100.64.0.1", true},                             // CGNAT: allowed by default
+		{deny, "100.64.0.1", false},                                // refused with DenyPrivate
+		{deny, "100.127.255.254", false},                           // (Tailscale's range)
+		{deny, "100.128.0.1", true},                                // just past it
+		{deny, "64:ff9b::a00:1", false},                            // NAT64 of 10.0.0.1
+		{Policy{}, "64:ff9b::a00:1", true},                         // allowed without DenyPrivate
+		{Policy{AllowNets: loopbackNets}, "64:ff9b::7f00:1", true}, // loopback opened
+	} {
+		err := c.policy.CheckAddr(context.Background(), netip.MustParseAddr(c.addr), 80)
+		if (err == nil) != c.ok {
+			t.Errorf("CheckAddr(%s) with %+v = %v, want allowed %v", c.addr, c.policy, err, c.ok)
+		}
+		if err != nil && !errors.Is(err, ErrRefused) {
+			t.Errorf("CheckAddr(%s) = %v, not ErrRefused", c.addr, err)
+		}
+		u, _ := url.Parse("http://" + netip.AddrPortFrom(netip.MustParseAddr(c.addr), 80).String() + "/h")
+		if err := c.policy.CheckURL(u); (err == nil) != c.ok {
+			t.Errorf("CheckURL(%s) = %v, want allowed %v", u, err, c.ok)
+		}
+	}
+}
+
+// Numeric hosts that resolvers read as IPv4 addresses (inet_aton) are checked at submit
+// like the dotted-quad they stand for.
+func TestPolicyCheckURLInetAtonForms(t *testing.T) {
+	t.Parallel()
+	for raw, ok := range map[string]bool{
+		"http://2130706433/h":      false, // 127.0.0.1
+		"http://0177.0.0.1/h":      false,
+		"http://0x7f.1/h":          false,
+		"http://127.1/h":           false,
+		"http://0x7F000001/h":      false,
+		"http://0xa9.254.43518/h":  false, // 169.254.169.254
+		"http://0/h":               false, // 0.0.0.0
+		"http://1572395042/h":      true,  // 93.184.216.34
+		"http://127.0.0.1.5/h":     true,  // five parts: a name
+		"http://0x1ffffffff/h":     true,  // too large: a name
+		"http://127.0.256/h":       false, // 127.0.1.0 (the last part fills two bytes)
+		"http://08.0.0.1/h":        true,  // not octal: a name
+		"http://example.123/h":     true,
+		"http://1e3.example.com/h": true,
+	} {
+		u, err := url.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = (&Policy{}).CheckURL(u)
+		if (err == nil) != ok {
+			t.Errorf("CheckURL(%s) = %v, want allowed %v", raw, err, ok)
+		}
+		if err != nil && !errors.Is(err, ErrRefused) {
+			t.Errorf("CheckURL(%s) = %v, not ErrRefused", raw, err)
+		}
+	}
+	for in, want := range map[string]string{"2130706433": "127.0.0.1", "0177.0.0.1": "127.0.0.1", "0x7f.1": "127.0.0.1", "127.1": "127.0.0.1", "10.1.2": "10.1.0.2", "0xc0.0250.1": "192.168.0.1"} {
+		if a, ok := inetAton(in); !ok || a.String() != want {
+			t.Errorf("inetAton(%q) = %v %v, want %s", in, a, ok, want)
+		}
+	}
+}

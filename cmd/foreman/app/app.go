@@ -111,6 +111,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Store: a.store, Target: a.target, Inventory: a.inv,
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
 		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
+		NonStreamTimeout: cfg.NonStreamTimeout,
 	}
 	if adjust := cfg.Components.Worker; adjust != nil {
 		adjust(&wcfg)

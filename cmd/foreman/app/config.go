@@ -46,6 +46,7 @@ type Config struct {
 	FirstByteTimeout  time.Duration
 	StreamIdleTimeout time.Duration
 	MaxJobTime        time.Duration
+	NonStreamTimeout  time.Duration
 	// Browser policy (ADR-0023) and slow clients.
 	Origins         []string
 	InsecureNoAuth  bool
@@ -96,6 +97,7 @@ const (
 	DefaultShutdownTimeout   = 30 * time.Second
 	DefaultFirstByteTimeout  = worker.DefaultFirstByteTimeout
 	DefaultStreamIdleTimeout = worker.DefaultStreamIdleTimeout
+	DefaultNonStreamTimeout  = worker.DefaultNonStreamTimeout
 	DefaultBodyReadTimeout   = 60 * time.Second
 	DefaultWriteTimeout      = 30 * time.Second
 	DefaultStreamBuffer      = 8 << 20
@@ -129,6 +131,7 @@ func (c Config) WithDefaults() Config {
 	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.FirstByteTimeout, DefaultFirstByteTimeout)
 	setDefault(&c.StreamIdleTimeout, DefaultStreamIdleTimeout)
+	setDefault(&c.NonStreamTimeout, DefaultNonStreamTimeout)
 	setDefault(&c.BodyReadTimeout, DefaultBodyReadTimeout)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.StreamBuffer, DefaultStreamBuffer)
