@@ -19,6 +19,9 @@ const (
 	SubmitSubject = "foreman.jobs.submit"
 	// StateWildcard matches every job's state events.
 	StateWildcard = "foreman.job.*.state"
+	// JobSubjects matches every job's stream and state subjects: what NATS clients may
+	// read.
+	JobSubjects = "foreman.job.>"
 )
 
 // Headers on queue messages and stream chunks.

@@ -51,6 +51,7 @@ type foreman struct {
 	NATSURL string // nats://host:port of the client listener
 	Fake    *ollamatest.Server
 	Store   *broker.Store
+	Conn    *nats.Conn // foreman's in-process connection, under the store
 
 	dir    string
 	srv    *natsd.Server
@@ -80,6 +81,7 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 	if err != nil {
 		return nil, err
 	}
+	f.Conn = nc
 	ctx, cancel := context.WithCancel(context.Background())
 	f.cancel = cancel
 	if f.Store, err = broker.Open(ctx, broker.Config{Conn: nc}); err != nil {

@@ -369,7 +369,7 @@ func (a *app) shutdown(ctx context.Context) error {
 		if a.gw != nil {
 			// A little time of its own: the answers are short, and the deadline may be gone.
 			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			if err := a.gw.EndRelays(ectx); err != nil {
+			if err := a.gw.AnswerWaiting(ectx); err != nil {
 				errs = append(errs, fmt.Errorf("end waiting responses: %w", err))
 			}
 			cancel()
