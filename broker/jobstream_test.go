@@ -373,7 +373,12 @@ func TestStreamWriterReset(t *testing.T) {
 	}
 	_ = w.Frame([]byte("b"))
 	for i, want := range []string{"1 application/x-ndjson a", "1  b"} {
-		m := <-ch
+		var m *nats.Msg
+		select {
+		case m = <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d never arrived", i)
+		}
 		if got := m.Header.Get(broker.HeaderSeq) + " " + m.Header.Get(broker.HeaderContentType) + " " + string(m.Data); got != want {
 			t.Errorf("message %d: %q, want %q", i, got, want)
 		}

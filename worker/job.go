@@ -8,8 +8,6 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
@@ -434,7 +432,7 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r
 // bodyLost deals with a delivery whose large request body could not be read.
 func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
+	if errors.Is(err, broker.ErrBodyLost) {
 		w.fail(ctx, d, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
 		return
 	}
