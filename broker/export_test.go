@@ -21,3 +21,6 @@ func (f *JobFeed) Hold() (release func()) {
 	f.mu.Lock()
 	return f.mu.Unlock
 }
+
+// JobWildcard is jobWildcard, for its test.
+var JobWildcard = jobWildcard

@@ -71,15 +71,16 @@ type EventDecoder struct {
 }
 
 // Decode returns the event of m, or false for a message that is none (an undecodable
-// state event). dropped is how many messages were lost on the way so far: a terminal
-// state seen after a loss is a gap, since the stream before it is incomplete.
-func (d *EventDecoder) Decode(m *nats.Msg, dropped int) (Event, bool) {
+// state event). dropped tells how many messages were lost on the way so far; it is asked
+// at a terminal state only: one seen after a loss is a gap, since the stream before it
+// is incomplete.
+func (d *EventDecoder) Decode(m *nats.Msg, dropped func() int) (Event, bool) {
 	if strings.HasSuffix(m.Subject, ".state") {
 		j, err := DecodeJob(m.Data)
 		if err != nil {
 			return Event{}, false
 		}
-		if j.State.Terminal() && dropped > 0 {
+		if j.State.Terminal() && dropped() > 0 {
 			return Event{Kind: EventGap, Gap: GapDropped}, true
 		}
 		return Event{Kind: EventState, Job: j}, true

@@ -126,7 +126,7 @@ func (f *JobFeed) pump() {
 				return
 			}
 		}
-		ev, ok := f.dec.Decode(m, f.Dropped())
+		ev, ok := f.dec.Decode(m, f.Dropped)
 		if !ok {
 			f.release(m)
 			continue
@@ -180,4 +180,4 @@ func (f *JobFeed) Close() {
 
 // jobWildcard matches both StreamSubject(id) and StateSubject(id): they differ only in
 // their last token.
-func jobWildcard(id string) string { return "foreman.job." + id + ".*" }
+func jobWildcard(id string) string { return jobPrefix + id + ".*" }

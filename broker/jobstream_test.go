@@ -164,7 +164,7 @@ func TestDecodeFinalMarker(t *testing.T) {
 			m.Header.Set(broker.HeaderStatus, c.status)
 		}
 		var dec broker.EventDecoder
-		ev, ok := dec.Decode(m, 0)
+		ev, ok := dec.Decode(m, func() int { return 0 })
 		if !ok || ev.Kind != broker.EventFinal {
 			t.Fatalf("%+v: event %+v", c, ev)
 		}
@@ -381,6 +381,17 @@ func TestStreamWriterReset(t *testing.T) {
 		}
 		if got := m.Header.Get(broker.HeaderSeq) + " " + m.Header.Get(broker.HeaderContentType) + " " + string(m.Data); got != want {
 			t.Errorf("message %d: %q, want %q", i, got, want)
+		}
+	}
+}
+
+func TestJobWildcardMatchesBothSubjects(t *testing.T) {
+	t.Parallel()
+	id := broker.NewID()
+	w := broker.JobWildcard(id)
+	for _, subj := range []string{broker.StreamSubject(id), broker.StateSubject(id)} {
+		if !strings.HasPrefix(subj, strings.TrimSuffix(w, "*")) || strings.Count(subj, ".") != strings.Count(w, ".") {
+			t.Errorf("%s does not match %s", subj, w)
 		}
 	}
 }

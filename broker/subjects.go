@@ -14,6 +14,7 @@ const (
 	ArtifactsBucket = "FOREMAN_ARTIFACTS"
 
 	queuePrefix   = "foreman.queue."
+	jobPrefix     = "foreman.job."
 	QueueWildcard = "foreman.queue.*"
 	// SubmitSubject takes a POST /jobs body by request/reply.
 	SubmitSubject = "foreman.jobs.submit"
@@ -21,7 +22,7 @@ const (
 	StateWildcard = "foreman.job.*.state"
 	// JobSubjects matches every job's stream and state subjects: what NATS clients may
 	// read.
-	JobSubjects = "foreman.job.>"
+	JobSubjects = jobPrefix + ">"
 )
 
 // Headers on queue messages and stream chunks.
@@ -45,10 +46,10 @@ const (
 )
 
 // StateSubject is where every state change of job id is announced.
-func StateSubject(id string) string { return "foreman.job." + id + ".state" }
+func StateSubject(id string) string { return jobPrefix + id + ".state" }
 
 // StreamSubject carries the response chunks of job id while it runs.
-func StreamSubject(id string) string { return "foreman.job." + id + ".stream" }
+func StreamSubject(id string) string { return jobPrefix + id + ".stream" }
 
 // QueueSubject is the queue subject of a model token.
 func QueueSubject(token string) string { return queuePrefix + token }

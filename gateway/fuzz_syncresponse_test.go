@@ -115,7 +115,7 @@ func FuzzSyncResponse(f *testing.F) {
 		feed := feedOf(0, msgs...)
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(http.MethodPost, kind.Path(), nil)
-		rl := &syncResponse{
+		sr := &syncResponse{
 			s: gw, w: w, r: r, rc: http.NewResponseController(w),
 			job: &broker.Job{ID: relayTestID, Kind: kind}, stream: stream, log: gw.log,
 			checkEvery: time.Hour,
@@ -125,7 +125,7 @@ func FuzzSyncResponse(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		o := rl.run(ctx, feed)
+		o := sr.run(ctx, feed)
 		if o != outcomeDone && o != outcomeError {
 			t.Fatalf("outcome %d with the client still there", o)
 		}
@@ -139,7 +139,7 @@ func FuzzSyncResponse(f *testing.F) {
 			wantErrorBody(t, kind.Path(), w.Code, w.Body.Bytes())
 		}
 		if w.Code == http.StatusOK && o == outcomeError {
-			wantErrorFrame(t, rl.ctype, w.Body.Bytes())
+			wantErrorFrame(t, sr.ctype, w.Body.Bytes())
 		}
 		if clean {
 			var want []byte

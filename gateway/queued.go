@@ -134,7 +134,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 	rc := http.NewResponseController(w)
 	// The response's per-write deadline must not outlive it on a kept-alive connection.
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
-	rl := &syncResponse{
+	sr := &syncResponse{
 		s: s, w: w, r: r, rc: rc,
 		job: job, stream: stream, log: log,
 		checkEvery: syncCheckInterval,
@@ -143,7 +143,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 			return j, err
 		},
 	}
-	switch rl.run(r.Context(), feed) {
+	switch sr.run(r.Context(), feed) {
 	case outcomeClientGone:
 		s.cancelAbandoned(job, "client disconnected", log)
 	case outcomeShutdown:

@@ -204,9 +204,9 @@ func TestFeedOverflowCutsOff(t *testing.T) {
 	}
 	gw := &Server{log: b.GW.log, cfg: Config{StreamBuffer: limit}}
 	w := httptest.NewRecorder()
-	rl := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
+	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
-	if o := rl.run(ctx, feed); o != outcomeCutOff {
+	if o := sr.run(ctx, feed); o != outcomeCutOff {
 		t.Fatalf("outcome %v, body %q", o, w.Body)
 	}
 	if gw.syncs.cutOff.Load() != 1 {
@@ -225,9 +225,9 @@ func TestSyncResponseWriteTimeoutIsCutOff(t *testing.T) {
 	gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{WriteTimeout: time.Second}}
 	w := &timeoutWriter{ResponseRecorder: httptest.NewRecorder()}
 	feed := feedOf(0, streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson"))
-	rl := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
+	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
-	if o := rl.run(context.Background(), feed); o != outcomeCutOff {
+	if o := sr.run(context.Background(), feed); o != outcomeCutOff {
 		t.Fatalf("outcome %v", o)
 	}
 	if gw.syncs.cutOff.Load() != 1 {
@@ -280,9 +280,9 @@ func TestSyncResponseWriteDeadlinePerChunk(t *testing.T) {
 	w := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
 	big := strings.Repeat("x", 5*writeChunk+1)
 	feed := feedOf(0, streamMsg(1, big, broker.HeaderContentType, "application/json"), finalMsg(2, "done"))
-	rl := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
+	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, log: gw.log, checkEvery: time.Hour}
-	if o := rl.run(context.Background(), feed); o != outcomeDone || w.Body.Len() != len(big) {
+	if o := sr.run(context.Background(), feed); o != outcomeDone || w.Body.Len() != len(big) {
 		t.Fatalf("outcome %v, %d bytes", o, w.Body.Len())
 	}
 	if w.deadlines != 6 {

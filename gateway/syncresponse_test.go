@@ -35,7 +35,7 @@ func feedOf(dropped int, msgs ...*nats.Msg) *chanFeed {
 	f.dropped.Store(int64(dropped))
 	var dec broker.EventDecoder
 	for _, m := range msgs {
-		if ev, ok := dec.Decode(m, dropped); ok {
+		if ev, ok := dec.Decode(m, func() int { return dropped }); ok {
 			f.ch <- ev
 		}
 	}
@@ -90,7 +90,7 @@ func runSyncCase(t *testing.T, c syncCase) (outcome, *httptest.ResponseRecorder)
 	feed := feedOf(c.dropped, c.msgs...)
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest(http.MethodPost, "/api/chat", nil)
-	rl := &syncResponse{
+	sr := &syncResponse{
 		s: gw, w: w, r: r, rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: c.kind}, stream: c.stream, log: gw.log,
 		checkEvery: time.Hour,
@@ -105,9 +105,9 @@ func runSyncCase(t *testing.T, c syncCase) (outcome, *httptest.ResponseRecorder)
 		},
 	}
 	if c.record != nil || c.gone {
-		rl.checkEvery = time.Millisecond
+		sr.checkEvery = time.Millisecond
 	}
-	return rl.run(c.ctx, feed), w
+	return sr.run(c.ctx, feed), w
 }
 
 func errorBody(t *testing.T, body []byte) string {
@@ -341,9 +341,9 @@ func TestSyncResponseWriteErrorIsClientGone(t *testing.T) {
 	gw := &Server{log: slog.New(slog.DiscardHandler)}
 	feed := feedOf(0, streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson"))
 	w := failingWriter{httptest.NewRecorder()}
-	rl := &syncResponse{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),
+	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
-	if o := rl.run(testCtx(t, 10*time.Second), feed); o != outcomeClientGone {
+	if o := sr.run(testCtx(t, 10*time.Second), feed); o != outcomeClientGone {
 		t.Fatalf("outcome %v", o)
 	}
 }
