@@ -26,7 +26,7 @@ func (s *Store) OnQueued(fn func(token, jobID string)) (stop func(), err error) 
 		}
 	})
 	if err != nil {
-		return nil, fmt.Errorf("broker: subscribe to queue: %w", err)
+		return nil, fmt.Errorf("subscribe to queue: %w", err)
 	}
 	return func() { _ = sub.Unsubscribe() }, nil
 }
@@ -98,7 +98,7 @@ func (s *Store) OnDeliveryLimit(fn func(seq, deliveries uint64, err error)) (sto
 		fn(adv.StreamSeq, adv.Deliveries, nil)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("broker: subscribe to delivery advisories: %w", err)
+		return nil, fmt.Errorf("subscribe to delivery advisories: %w", err)
 	}
 	return func() { _ = sub.Unsubscribe() }, nil
 }
