@@ -53,7 +53,7 @@ func TestPendingDeliveries(t *testing.T) {
 		t.Fatalf("after finish: %+v", list)
 	}
 	// Finishing removes the body from the bucket's history too.
-	if h, err := b.Store.KV().History(ctx, "whq."+a+".3"); err == nil && len(h) > 1 {
+	if h, err := b.JobRecords(t).History(ctx, "whq."+a+".3"); err == nil && len(h) > 1 {
 		t.Fatalf("history of a finished delivery keeps %d entries", len(h))
 	}
 }

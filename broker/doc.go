@@ -1,5 +1,19 @@
-// Package broker is foreman's NATS protocol: subject names and headers, the Job record and
-// its states, and the JetStream-backed Store that holds them.
+// Package broker is foreman's NATS protocol and the only package of foreman that speaks
+// NATS: subject names and headers, the Job record and its states, and the JetStream-backed
+// Store that holds them. Every other package reads and writes job traffic through its
+// typed API:
+//
+//   - a running job's answer (ADR-0018): StreamWriter publishes it on
+//     foreman.job.<id>.stream (Foreman-Seq, Foreman-Content-Type on the first frame, frames
+//     larger than a message in pieces, the final marker Foreman-Final done|failed|canceled
+//     with Foreman-Error and Foreman-Status); JobFeed reads it together with the job's
+//     state events as typed Events (frame, final with nil or a *JobError, state, gap);
+//   - the queue: Lease is a queue message the worker took; OnQueued wakes an idle
+//     worker; OnDeliveryLimit reports the messages JetStream gives up on;
+//   - a job's state changes: OnJobChange, WatchJob;
+//   - NATS clients' submits (ServeSubmit, answering inboxes only) and the webhook
+//     dispatcher's change consumer (ConsumeChanges) and redelivery (Redeliver,
+//     ServeRedeliver).
 //
 // Layout (created or updated idempotently by Open):
 //

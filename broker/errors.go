@@ -1,6 +1,10 @@
 package broker
 
-import "errors"
+import (
+	"errors"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
 
 // Errors callers map to behaviour (and the gateway to HTTP status).
 var (
@@ -17,3 +21,7 @@ var (
 	// kind, another model's subject): foreman never enqueues one, so it is removed.
 	ErrUnusable = errors.New("unusable queue message")
 )
+
+// ErrBodyLost is (wrapped in) the error of a Lease whose large request body is gone from
+// the object store: the job cannot run.
+var ErrBodyLost = jetstream.ErrObjectNotFound

@@ -16,9 +16,9 @@ import (
 // leaves them: created in id order, each updated to its end a few jobs later (two
 // revisions per job, interleaved), models and end states mixed. It returns the ids in
 // creation order.
-func fillRecords(tb testing.TB, st *broker.Store, n int) []string {
+func fillRecords(tb testing.TB, bundle *brokertest.Bundle, n int) []string {
 	tb.Helper()
-	js := st.JetStream()
+	js := bundle.JetStream(tb)
 	ids := make([]string, n)
 	now := time.Now().UTC()
 	put := func(i int, state broker.State) {
@@ -61,7 +61,7 @@ func BenchmarkList(b *testing.B) {
 			continue
 		}
 		bundle := brokertest.New(b)
-		ids := fillRecords(b, bundle.Store, n)
+		ids := fillRecords(b, bundle, n)
 		ctx := context.Background()
 		cases := []struct {
 			name string

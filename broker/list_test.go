@@ -47,7 +47,7 @@ func listAll(t *testing.T, st *broker.Store, opt broker.ListOptions, between fun
 func expire(t *testing.T, b *brokertest.Bundle, id string) {
 	t.Helper()
 	ctx := ctxT(t)
-	stream, err := b.Store.JetStream().Stream(ctx, "KV_"+broker.JobsBucket)
+	stream, err := b.JetStream(t).Stream(ctx, "KV_"+broker.JobsBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func pagingWhileRecordsGoAndChange(t *testing.T, b *brokertest.Bundle) {
 				gone[ids[i]] = true
 			}
 			for _, i := range []int{90, 5} {
-				if err := b.Store.KV().Purge(ctx, "job."+ids[i]); err != nil {
+				if err := b.JobRecords(t).Purge(ctx, "job."+ids[i]); err != nil {
 					t.Fatal(err)
 				}
 				gone[ids[i]] = true

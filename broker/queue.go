@@ -10,8 +10,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// Delivery is one queue message handed to the worker.
-type Delivery struct {
+// Lease is one queue message the worker took: its job is the worker's until the message
+// is acked (Finish, Discard, DropSpare), handed back (a NAK, Requeue) or its AckWait
+// passes without InProgress.
+type Lease struct {
 	Msg   jetstream.Msg
 	JobID string
 	Model string
@@ -74,13 +76,13 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 
 // Next fetches the next available job of one model without waiting. It returns
 // (nil, nil) when that model has nothing ready (empty, or only jobs in retry back-off).
-func (s *Store) Next(ctx context.Context, token string) (*Delivery, error) {
+func (s *Store) Next(ctx context.Context, token string) (*Lease, error) {
 	return s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) { return c.FetchNoWait(1) })
 }
 
 // NextWait is Next that waits up to wait for a job of the model to become available: the
 // server answers as soon as its consumer has one, with no polling.
-func (s *Store) NextWait(ctx context.Context, token string, wait time.Duration) (*Delivery, error) {
+func (s *Store) NextWait(ctx context.Context, token string, wait time.Duration) (*Lease, error) {
 	return s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) {
 		if dl, ok := ctx.Deadline(); ok {
 			wait = min(wait, time.Until(dl))
@@ -89,7 +91,7 @@ func (s *Store) NextWait(ctx context.Context, token string, wait time.Duration) 
 	})
 }
 
-func (s *Store) fetch(ctx context.Context, token string, fetch func(jetstream.Consumer) (jetstream.MessageBatch, error)) (*Delivery, error) {
+func (s *Store) fetch(ctx context.Context, token string, fetch func(jetstream.Consumer) (jetstream.MessageBatch, error)) (*Lease, error) {
 	c, err := s.consumer(ctx, token)
 	if err != nil {
 		return nil, err
@@ -102,7 +104,7 @@ func (s *Store) fetch(ctx context.Context, token string, fetch func(jetstream.Co
 		return nil, fmt.Errorf("broker: fetch %s: %w", token, err)
 	}
 	for msg := range batch.Messages() {
-		return s.delivery(ctx, token, msg)
+		return s.lease(ctx, token, msg)
 	}
 	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
 		return nil, fmt.Errorf("broker: fetch %s: %w", token, err)
@@ -116,13 +118,13 @@ func (s *Store) forget(token string) {
 	s.mu.Unlock()
 }
 
-func (s *Store) delivery(ctx context.Context, token string, msg jetstream.Msg) (*Delivery, error) {
+func (s *Store) lease(ctx context.Context, token string, msg jetstream.Msg) (*Lease, error) {
 	md, err := msg.Metadata()
 	if err != nil {
 		return nil, fmt.Errorf("broker: message metadata: %w", err)
 	}
 	h := msg.Headers()
-	d := &Delivery{
+	d := &Lease{
 		Msg:          msg,
 		JobID:        h.Get(HeaderJobID),
 		Model:        h.Get(HeaderModel),
@@ -146,9 +148,9 @@ func (s *Store) delivery(ctx context.Context, token string, msg jetstream.Msg) (
 	return d, nil
 }
 
-// check tells whether a delivery can be a job foreman enqueued (Store.enqueue): a job id,
+// check tells whether a lease can be a job foreman enqueued (Store.enqueue): a job id,
 // a known kind, a model whose queue subject it came on, and no body but the job's own.
-func (d *Delivery) check(bodyRef string) error {
+func (d *Lease) check(bodyRef string) error {
 	if err := ValidateID(d.JobID); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnusable, err)
 	}
@@ -167,7 +169,7 @@ func (d *Delivery) check(bodyRef string) error {
 
 // Discard removes a queue message that is no job (ErrUnusable) without touching any job
 // record or stored body: whatever it names is not its own.
-func (s *Store) Discard(d *Delivery, reason string) error {
+func (s *Store) Discard(d *Lease, reason string) error {
 	if err := d.Msg.TermWithReason(reason); err != nil {
 		return fmt.Errorf("broker: discard queue message %d: %w", d.Seq, err)
 	}
@@ -176,7 +178,7 @@ func (s *Store) Discard(d *Delivery, reason string) error {
 
 // Finish removes a delivered job from the queue for good (after its terminal state is
 // stored) and drops its stored request body.
-func (s *Store) Finish(ctx context.Context, d *Delivery) error {
+func (s *Store) Finish(ctx context.Context, d *Lease) error {
 	err := d.Msg.DoubleAck(ctx)
 	if ref := d.Msg.Headers().Get(HeaderBodyRef); ref != "" {
 		if derr := s.artifacts.Delete(ctx, ref); derr != nil && !errors.Is(derr, jetstream.ErrObjectNotFound) {
@@ -189,7 +191,7 @@ func (s *Store) Finish(ctx context.Context, d *Delivery) error {
 // DropSpare removes a spare queue message of a job that another delivery runs (an
 // idempotent retry published the job again after the duplicate window). Unlike Finish it
 // leaves the request body: the running delivery may still need it for another attempt.
-func (s *Store) DropSpare(ctx context.Context, d *Delivery) error {
+func (s *Store) DropSpare(ctx context.Context, d *Lease) error {
 	return d.Msg.DoubleAck(ctx)
 }
 

@@ -40,7 +40,7 @@ func TestNextWaitTakesAJobOnArrival(t *testing.T) {
 	if d, err := b.Store.NextWait(ctx, tok, 10*time.Millisecond); d != nil || err != nil {
 		t.Fatalf("empty queue: %v %v, want nothing", d, err)
 	}
-	got := make(chan *broker.Delivery, 1)
+	got := make(chan *broker.Lease, 1)
 	errs := make(chan error, 1)
 	go func() {
 		d, err := b.Store.NextWait(ctx, tok, 20*time.Second)

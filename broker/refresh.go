@@ -61,12 +61,12 @@ func (s *Store) RefreshEvery() time.Duration {
 	return max(s.cfg.JobTTL/4, 10*time.Millisecond)
 }
 
-// OutlivesQueue reports whether the queue message of delivery d may be gone before it
+// OutlivesQueue reports whether the queue message of lease d may be gone before it
 // could be delivered again after delay: the queue's MaxAge is the job TTL, and JetStream
 // drops a message at that age even while a consumer holds it un-acked (it counts as
 // terminated). A run that outlived the TTL has already lost its message, so a NAK could
 // not bring the job back; Requeue must.
-func (s *Store) OutlivesQueue(d *Delivery, delay time.Duration) bool {
+func (s *Store) OutlivesQueue(d *Lease, delay time.Duration) bool {
 	ttl := s.cfg.JobTTL
 	return !d.Enqueued.Add(ttl).After(s.Now().Add(delay + ttl/4))
 }
@@ -74,7 +74,7 @@ func (s *Store) OutlivesQueue(d *Delivery, delay time.Duration) bool {
 // Requeue puts a delivered job back into the queue as a new message, available at once,
 // and acks the old one (if JetStream still has it). The request body travels again; a
 // large one is stored again, since its object ages like the message did.
-func (s *Store) Requeue(ctx context.Context, d *Delivery) error {
+func (s *Store) Requeue(ctx context.Context, d *Lease) error {
 	msg := nats.NewMsg(QueueSubject(d.Token))
 	for k, v := range d.Msg.Headers() {
 		if !strings.HasPrefix(k, "Nats-") {

@@ -175,16 +175,6 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// JetStream exposes the JetStream context for the packages that own other consumers
-// (webhooks).
-func (s *Store) JetStream() jetstream.JetStream { return s.js }
-
-// Conn is the store's NATS connection.
-func (s *Store) Conn() *nats.Conn { return s.nc }
-
-// KV is the job record bucket.
-func (s *Store) KV() jetstream.KeyValue { return s.kv }
-
 // BootID is the id of this start of foreman (Config.BootID).
 func (s *Store) BootID() string { return s.cfg.BootID }
 

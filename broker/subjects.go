@@ -17,12 +17,16 @@ const (
 	ArtifactsBucket = "FOREMAN_ARTIFACTS"
 
 	queuePrefix = "foreman.queue."
+	jobPrefix   = "foreman.job."
 	// QueueWildcard covers both forms of queue subject (see QueueKey).
 	QueueWildcard = "foreman.queue.>"
 	// SubmitSubject takes a POST /jobs body by request/reply.
 	SubmitSubject = "foreman.jobs.submit"
 	// StateWildcard matches every job's state events.
 	StateWildcard = "foreman.job.*.state"
+	// JobSubjects matches every job's stream and state subjects: what NATS clients may
+	// read.
+	JobSubjects = jobPrefix + ">"
 )
 
 // Headers on queue messages and stream chunks.
@@ -53,10 +57,10 @@ const (
 )
 
 // StateSubject is where every state change of job id is announced.
-func StateSubject(id string) string { return "foreman.job." + id + ".state" }
+func StateSubject(id string) string { return jobPrefix + id + ".state" }
 
 // StreamSubject carries the response chunks of job id while it runs.
-func StreamSubject(id string) string { return "foreman.job." + id + ".stream" }
+func StreamSubject(id string) string { return jobPrefix + id + ".stream" }
 
 // QueueSubject is the queue subject of a queue key (QueueKey.String; a plain model token
 // is the key of the model's default jobs).

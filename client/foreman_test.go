@@ -49,6 +49,7 @@ type foreman struct {
 	NATSURL string // nats://host:port of the client listener
 	Fake    *ollamatest.Server
 	Store   *broker.Store
+	Conn    *nats.Conn // foreman's in-process connection, under the store
 
 	dir string
 	app *app.App
@@ -92,7 +93,7 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 	if err := f.app.Inventory().Refresh(ctx); err != nil {
 		return nil, fmt.Errorf("inventory: %w", err)
 	}
-	f.URL, f.NATSURL, f.Store = "http://"+f.app.Addr(), f.app.NATSListen(), f.app.Store()
+	f.URL, f.NATSURL, f.Store, f.Conn = "http://"+f.app.Addr(), f.app.NATSListen(), f.app.Store(), f.app.Conn()
 	return f, nil
 }
 

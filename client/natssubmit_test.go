@@ -54,12 +54,12 @@ func TestSubmitNoNATSReply(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{NoNATSSubmit: true})
 	var swallowed atomic.Int32
-	sub, err := f.Store.Conn().Subscribe(broker.SubmitSubject, func(*nats.Msg) { swallowed.Add(1) })
+	sub, err := f.Conn.Subscribe(broker.SubmitSubject, func(*nats.Msg) { swallowed.Add(1) })
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	if err := f.Store.Conn().Flush(); err != nil {
+	if err := f.Conn.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	c := newClient(t, f.URL, client.WithNATS(natsConn(t, f)), client.WithPollInterval(20*time.Millisecond))

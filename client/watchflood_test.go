@@ -17,7 +17,7 @@ import (
 // own made-up job), working, attempts 1..n, from foreman's side of NATS, and flushes.
 func publishStates(t *testing.T, f *foreman, id string, n int) []string {
 	t.Helper()
-	conn := f.Store.Conn()
+	conn := f.Conn
 	var ids []string
 	for i := 1; i <= n; i++ {
 		jid := id

@@ -58,10 +58,13 @@ func statusOf(err error) (int, string) {
 		httpErr *ollama.HTTPError
 		connErr *ollama.ConnectionError
 		maxErr  *http.MaxBytesError
+		jobErr  *broker.JobError
 	)
 	switch {
 	case errors.As(err, &e):
 		return e.Status, e.Message
+	case errors.As(err, &jobErr):
+		return jobStatus(jobErr)
 	case errors.As(err, &maxErr):
 		return http.StatusRequestEntityTooLarge, "request body too large (limit " + strconv.FormatInt(maxErr.Limit, 10) + " bytes)"
 	case errors.As(err, &httpErr):
@@ -86,6 +89,29 @@ func statusOf(err error) (int, string) {
 		return 499, "request canceled"
 	}
 	return http.StatusInternalServerError, "internal error"
+}
+
+// jobStatus is the answer to a sync job that ended without its answer, before any byte
+// reached the client. A job canceled by someone else (DELETE /jobs/{id}) is a 409: the
+// request conflicts with the job's state, and unlike a 503 it does not invite an
+// automatic retry that would undo the cancel. A failed job answers the target's status,
+// or 502 when the target gave none (attempts exhausted on connection errors): the
+// gateway could not get a valid answer from upstream.
+func jobStatus(e *broker.JobError) (int, string) {
+	if e.State == broker.StateCanceled {
+		if e.Message == "" {
+			return statusJobCanceled, "job canceled"
+		}
+		return statusJobCanceled, "job canceled: " + e.Message
+	}
+	status := statusBadUpstream
+	if e.Status != 0 {
+		status = e.Status
+	}
+	if e.Message == "" {
+		return status, "job failed"
+	}
+	return status, e.Message
 }
 
 // writeError sends err as {"error": "..."}; 5xx errors are logged with their detail.

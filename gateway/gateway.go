@@ -1,7 +1,9 @@
 // Package gateway is foreman's HTTP face: the Ollama-compatible routes (some passed
 // straight to the target, chat and generate queued as jobs), the OpenAI-compatible /v1
 // routes, the async /jobs API, /healthz and auth. Every error reaches the client as
-// {"error": "..."} with its status chosen in exactly one place (errors.go).
+// {"error": "..."} with its status chosen in exactly one place (errors.go). It speaks no
+// NATS itself: a sync job's answer comes as broker.JobFeed events, which a syncResponse
+// writes to the client (status, headers, deadlines, the cut-off of a slow client).
 package gateway
 
 import (
@@ -129,14 +131,14 @@ type Server struct {
 	handler http.Handler
 	origins *originPolicy
 	hosts   *hostPolicy
-	relays  relayStats
+	syncs   syncStats
 	// tokens are the accepted bearer tokens' digests; none means no auth.
 	tokens       []tokenKey
 	programLocks programLocks
 
-	// streams counts responses relaying a running job, so shutdown can wait for them.
+	// streams counts sync responses of a running job, so shutdown can wait for them.
 	streams sync.WaitGroup
-	// ending is closed by EndRelays: responses still waiting for a job end then.
+	// ending is closed by AnswerWaiting: responses still waiting for a job end then.
 	ending    chan struct{}
 	endingOne sync.Once
 

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -236,3 +237,6 @@ func loopbackWebhooks(t testing.TB, targetURL string) webhook.Policy {
 	}
 	return p
 }
+
+// submitReply is the reply on foreman.jobs.submit.
+type submitReply = broker.SubmitReply

@@ -134,27 +134,23 @@ func (s *Server) awaitEnd(ctx context.Context, j *broker.Job, log *slog.Logger) 
 		}
 	}()
 	// Subscribe before reading the record again, so the terminal write cannot slip by.
-	nc := s.store.Conn()
-	sub, err := nc.SubscribeSync(broker.StateSubject(j.ID))
+	watch, err := s.store.WatchJob(ctx, j.ID)
 	if err != nil {
-		log.Warn("watch canceled job", "err", err)
+		if ctx.Err() == nil {
+			log.Warn("watch canceled job", "err", err)
+		}
 		return j
 	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := nc.FlushWithContext(ctx); err != nil {
-		return j
-	}
+	defer watch.Stop()
 	if cur, _, err := s.store.Get(ctx, j.ID); err == nil {
 		j = cur
 	}
 	for !j.State.Terminal() {
-		m, err := sub.NextMsgWithContext(ctx)
+		ev, err := watch.Next(ctx)
 		if err != nil {
 			return j
 		}
-		if ev, err := broker.DecodeJob(m.Data); err == nil {
-			j = ev
-		}
+		j = ev
 	}
 	return j
 }

@@ -2,12 +2,9 @@ package gateway
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"time"
-
-	"github.com/nats-io/nats.go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -45,21 +42,16 @@ func (s *Server) handleRedeliver(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
-	msg, err := s.store.Conn().RequestWithContext(ctx, broker.RedeliverSubject, []byte(j.ID))
-	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) {
+	reply, err := s.store.Redeliver(ctx, j.ID)
+	if errors.Is(err, broker.ErrNoDispatcher) || errors.Is(err, context.DeadlineExceeded) {
 		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Message: "the webhook dispatcher is not running"})
 		return
 	}
-	if err != nil {
+	if err != nil && !errors.Is(err, broker.ErrBadReply) {
 		s.writeError(w, r, err)
 		return
 	}
-	var reply struct {
-		WebhookID string `json:"webhook_id"`
-		State     string `json:"state"`
-		Error     string `json:"error"`
-	}
-	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply.Error != "" {
+	if err != nil || reply.Error != "" {
 		s.writeError(w, r, &Error{Status: http.StatusConflict, Message: "redeliver: " + reply.Error})
 		return
 	}

@@ -369,7 +369,7 @@ func TestJobTTLRemovesRecordDeliveriesAndArtifacts(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	obs, err := b.Broker.Store.JetStream().ObjectStore(ctx, broker.ArtifactsBucket)
+	obs, err := b.Broker.JetStream(t).ObjectStore(ctx, broker.ArtifactsBucket)
 	if err != nil {
 		t.Fatal(err)
 	}

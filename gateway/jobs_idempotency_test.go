@@ -29,7 +29,7 @@ func TestIdempotentRetryRequeuesAJobLeftWithoutQueueMessage(t *testing.T) {
 	}
 	now := time.Now().UTC()
 	rec, _ := json.Marshal(&broker.Job{ID: id, Model: "tiny-a", Kind: broker.KindChat, State: broker.StateQueued, CreatedAt: now, At: now})
-	if _, err := b.Broker.Store.KV().Create(ctx, "job."+id, rec); err != nil {
+	if _, err := b.Broker.JobRecords(t).Create(ctx, "job."+id, rec); err != nil {
 		t.Fatal(err)
 	}
 	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(body), "Idempotency-Key", "crash-after-record")

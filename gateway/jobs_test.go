@@ -484,11 +484,11 @@ func fakeWorkerEnds(t *testing.T, b *testBundle, id string, end broker.State) {
 	t.Helper()
 	st := b.Broker.Store
 	ch := make(chan *nats.Msg, 16)
-	sub, err := st.Conn().ChanSubscribe(broker.StateSubject(id), ch)
+	sub, err := b.Broker.Conn.ChanSubscribe(broker.StateSubject(id), ch)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Conn().Flush(); err != nil {
+	if err := b.Broker.Conn.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	ctx := testCtx(t, 20*time.Second)

@@ -71,8 +71,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		deg = 1
 	}
 	ch <- prometheus.MustNewConstMetric(m.degraded, prometheus.GaugeValue, deg)
-	ch <- prometheus.MustNewConstMetric(m.cutOff, prometheus.CounterValue, float64(m.s.relays.cutOff.Load()))
-	ch <- prometheus.MustNewConstMetric(m.peak, prometheus.GaugeValue, float64(m.s.relays.peak.Load()))
+	ch <- prometheus.MustNewConstMetric(m.cutOff, prometheus.CounterValue, float64(m.s.syncs.cutOff.Load()))
+	ch <- prometheus.MustNewConstMetric(m.peak, prometheus.GaugeValue, float64(m.s.syncs.peak.Load()))
 	for _, model := range m.s.inv.Loaded() {
 		ch <- prometheus.MustNewConstMetric(m.loaded, prometheus.GaugeValue, 1, model)
 	}

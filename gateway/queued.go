@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -21,7 +22,7 @@ const HeaderJobID = "X-Foreman-Job-Id"
 
 // submitTimeout bounds writing a job to the store. The write is detached from the
 // client's context: a client leaving mid-submit must not leave a half-known job behind;
-// the relay notices the departure right after and cancels the job instead.
+// the sync response notices the departure right after and cancels the job instead.
 const submitTimeout = 10 * time.Second
 
 // queuedRoutes registers the routes that run as jobs through the queue: every call
@@ -103,20 +104,20 @@ func (s *Server) queueableModel(ctx context.Context, model string) error {
 	}
 }
 
-// runSync submits job and relays its stream to the client until the job ends, the
+// runSync submits job and writes its answer to the client until the job ends, the
 // stream breaks or the client leaves. Only a client leaving cancels the job: after a
 // stream gap, or a client cut off for reading too slowly, the job runs on, and its
 // result stays under /jobs/{id} (X-Foreman-Job-Id).
 func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job, stream bool, body []byte) {
 	s.streams.Add(1)
 	defer s.streams.Done()
-	s.relays.active.Add(1)
-	defer s.relays.active.Add(-1)
+	s.syncs.active.Add(1)
+	defer s.syncs.active.Add(-1)
 	log := s.log.With("job_id", job.ID, "model", job.Model, "kind", string(job.Kind), "program", job.Program)
 
 	// Subscribe before submitting: the worker may start the job at once, and a frame
 	// published before the subscription exists would be lost.
-	feed, err := subscribeJob(s.store.Conn(), job.ID, s.cfg.StreamBuffer, &s.relays)
+	feed, err := s.store.Feed(job.ID, broker.FeedConfig{Buffer: s.cfg.StreamBuffer, Peak: s.syncs.notePeak})
 	if err != nil {
 		s.writeError(w, r, fmt.Errorf("subscribe to job %s: %w", job.ID, err))
 		return
@@ -132,18 +133,18 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 	}
 	w.Header().Set(HeaderJobID, job.ID)
 	rc := http.NewResponseController(w)
-	// The relay's per-write deadline must not outlive it on a kept-alive connection.
+	// The response's per-write deadline must not outlive it on a kept-alive connection.
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
-	rl := &relay{
+	sr := &syncResponse{
 		s: s, w: w, r: r, rc: rc,
 		job: job, stream: stream, log: log,
-		checkEvery: relayCheckInterval,
+		checkEvery: syncCheckInterval,
 		check: func(ctx context.Context) (*broker.Job, error) {
 			j, _, err := s.store.Get(ctx, job.ID)
 			return j, err
 		},
 	}
-	switch rl.run(r.Context(), feed) {
+	switch sr.run(r.Context(), feed) {
 	case outcomeClientGone:
 		s.cancelAbandoned(job, "client disconnected", log)
 	case outcomeShutdown:
@@ -169,11 +170,11 @@ func (s *Server) cancelAbandoned(job *broker.Job, reason string, log *slog.Logge
 	}
 }
 
-// EndRelays ends every response still waiting for its job: call it once the worker has
-// stopped, when no waiting job will run any more. Each such client gets 503 (or an
-// error line if its stream had begun) and its job is canceled. It then waits, until ctx
-// ends, for those responses to finish. Safe to call twice.
-func (s *Server) EndRelays(ctx context.Context) error {
+// AnswerWaiting answers every client still waiting for its sync job: call it once the
+// worker has stopped, when no waiting job will run any more. Each such client gets 503
+// (or an error line if its stream had begun) and its job is canceled. It then waits,
+// until ctx ends, for those responses to finish. Safe to call twice.
+func (s *Server) AnswerWaiting(ctx context.Context) error {
 	s.endingOne.Do(func() { close(s.ending) })
 	done := make(chan struct{})
 	go func() {
@@ -185,5 +186,21 @@ func (s *Server) EndRelays(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
+	}
+}
+
+// syncStats counts what the sync responses did for slow clients; /metrics shows them.
+type syncStats struct {
+	active atomic.Int64 // sync responses running now
+	cutOff atomic.Int64 // clients cut off for being too slow
+	peak   atomic.Int64 // most bytes one feed ever held for its client
+}
+
+func (st *syncStats) notePeak(n int64) {
+	for {
+		p := st.peak.Load()
+		if n <= p || st.peak.CompareAndSwap(p, n) {
+			return
+		}
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -31,6 +33,7 @@ type e2eBundle struct {
 	URL    string // foreman
 	Target string // Ollama
 	Store  *broker.Store
+	Conn   *nats.Conn // under Store
 	Inv    *ollama.Inventory
 	log    string
 
@@ -52,7 +55,7 @@ func newE2EBundle(t *testing.T, wcfg func(*worker.Config)) *e2eBundle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b.Store = br.Store
+	b.Store, b.Conn = br.Store, br.Conn
 	b.Inv = ollama.NewInventory(ollama.InventoryConfig{Client: client, Interval: time.Hour})
 	gw, err := New(Config{Store: br.Store, Target: client, Inventory: b.Inv})
 	if err != nil {
@@ -205,7 +208,7 @@ func TestE2EBacklogDrainsByModel(t *testing.T) {
 	b := newE2EBundle(t, nil)
 	ctx := testCtx(t, 3*time.Minute)
 	b.warm(t, ctx, "tiny-a")
-	states := watchStates(t, b.Store.Conn())
+	states := watchStates(t, b.Conn)
 	before, haveLog := b.loads(t)
 
 	longDone := make(chan rawResponse, 1)

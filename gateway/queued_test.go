@@ -538,9 +538,9 @@ func TestQueuedStreamWithoutDoneRelayedAsIs(t *testing.T) {
 }
 
 // At shutdown, once the worker has stopped, a sync client whose job never ran gets 503
-// and its job is canceled (nobody would wait for it after a restart); EndRelays returns
+// and its job is canceled (nobody would wait for it after a restart); AnswerWaiting returns
 // when every such response has ended.
-func TestEndRelaysAnswersWaitingClients(t *testing.T) {
+func TestAnswerWaitingAnswersWaitingClients(t *testing.T) {
 	t.Parallel()
 	b := newTestBundle(t) // no worker: the job stays queued
 	ctx := testCtx(t, 30*time.Second)
@@ -554,8 +554,8 @@ func TestEndRelaysAnswersWaitingClients(t *testing.T) {
 			break
 		}
 	}
-	if err := b.GW.EndRelays(ctx); err != nil {
-		t.Fatalf("EndRelays: %v", err)
+	if err := b.GW.AnswerWaiting(ctx); err != nil {
+		t.Fatalf("AnswerWaiting: %v", err)
 	}
 	got := <-res
 	if got.Status != http.StatusServiceUnavailable || !strings.Contains(errorBody(t, got.Body), "shutting down") {

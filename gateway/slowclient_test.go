@@ -17,8 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
@@ -123,14 +121,14 @@ func TestSlowStreamingClientCutOffJobRunsOn(t *testing.T) {
 				t.Fatalf("%d, job %q", resp.StatusCode, id)
 			}
 
-			for b.GW.relays.active.Load() != 0 {
+			for b.GW.syncs.active.Load() != 0 {
 				select {
 				case <-ctx.Done():
 					t.Fatalf("the relay to the slow client never ended\n%s", logs.String())
 				case <-time.After(5 * time.Millisecond):
 				}
 			}
-			if n := b.GW.relays.cutOff.Load(); n != 1 {
+			if n := b.GW.syncs.cutOff.Load(); n != 1 {
 				t.Fatalf("the relay ended with %d cut-offs, want 1\n%s", n, logs.String())
 			}
 			j := waitRecord(t, ctx, b.Broker.Store, id, func(j *broker.Job) bool { return j.State.Terminal() })
@@ -142,7 +140,7 @@ func TestSlowStreamingClientCutOffJobRunsOn(t *testing.T) {
 			if r.StatusCode != 200 || json.Unmarshal(out, &v) != nil || v.State != broker.StateDone || len(v.Result) == 0 {
 				t.Fatalf("GET /jobs/%s: %d %.300s", id, r.StatusCode, out)
 			}
-			if peak := b.GW.relays.peak.Load(); peak > c.buffer || peak == 0 {
+			if peak := b.GW.syncs.peak.Load(); peak > c.buffer || peak == 0 {
 				t.Errorf("the feed held up to %d bytes; the cap is %d", peak, c.buffer)
 			}
 			if _, m := b.request(t, http.MethodGet, "/metrics", nil); !strings.Contains(string(m), "foreman_slow_clients_cut_off_total 1") {
@@ -178,9 +176,9 @@ func (l *lockedBuffer) String() string {
 func TestFeedOverflowCutsOff(t *testing.T) {
 	t.Parallel()
 	b := newTestBundle(t)
-	var stats relayStats
+	var stats syncStats
 	const limit = 4 << 10
-	feed, err := subscribeJob(b.Broker.Conn, relayTestID, limit, &stats)
+	feed, err := b.Broker.Store.Feed(relayTestID, broker.FeedConfig{Buffer: limit, Peak: stats.notePeak})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -206,13 +204,13 @@ func TestFeedOverflowCutsOff(t *testing.T) {
 	}
 	gw := &Server{log: b.GW.log, cfg: Config{StreamBuffer: limit}}
 	w := httptest.NewRecorder()
-	rl := &relay{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
+	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
-	if o := rl.run(ctx, feed); o != outcomeCutOff {
+	if o := sr.run(ctx, feed); o != outcomeCutOff {
 		t.Fatalf("outcome %v, body %q", o, w.Body)
 	}
-	if gw.relays.cutOff.Load() != 1 {
-		t.Errorf("cut-offs counted: %d", gw.relays.cutOff.Load())
+	if gw.syncs.cutOff.Load() != 1 {
+		t.Errorf("cut-offs counted: %d", gw.syncs.cutOff.Load())
 	}
 	msg := lastErrorLine(t, w.Body.String())
 	if !strings.Contains(msg, "client too slow") || !strings.Contains(msg, "/jobs/"+relayTestID) {
@@ -222,19 +220,18 @@ func TestFeedOverflowCutsOff(t *testing.T) {
 
 // A relay whose write times out reports a cut-off, not a departed client: the job must
 // not be canceled.
-func TestRelayWriteTimeoutIsCutOff(t *testing.T) {
+func TestSyncResponseWriteTimeoutIsCutOff(t *testing.T) {
 	t.Parallel()
 	gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{WriteTimeout: time.Second}}
 	w := &timeoutWriter{ResponseRecorder: httptest.NewRecorder()}
-	feed := &chanFeed{ch: make(chan *nats.Msg, 2)}
-	feed.ch <- streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson")
-	rl := &relay{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
+	feed := feedOf(0, streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson"))
+	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
-	if o := rl.run(context.Background(), feed); o != outcomeCutOff {
+	if o := sr.run(context.Background(), feed); o != outcomeCutOff {
 		t.Fatalf("outcome %v", o)
 	}
-	if gw.relays.cutOff.Load() != 1 {
-		t.Errorf("cut-offs counted: %d", gw.relays.cutOff.Load())
+	if gw.syncs.cutOff.Load() != 1 {
+		t.Errorf("cut-offs counted: %d", gw.syncs.cutOff.Load())
 	}
 }
 
@@ -277,17 +274,15 @@ func (w *deadlineRecorder) SetWriteDeadline(time.Time) error { w.deadlines++; re
 
 // A large answer gets a deadline per chunk: WriteTimeout bounds a lack of progress, not
 // how long a big body takes to a slow reader.
-func TestRelayWriteDeadlinePerChunk(t *testing.T) {
+func TestSyncResponseWriteDeadlinePerChunk(t *testing.T) {
 	t.Parallel()
 	gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{WriteTimeout: time.Second}}
 	w := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
 	big := strings.Repeat("x", 5*writeChunk+1)
-	feed := &chanFeed{ch: make(chan *nats.Msg, 2)}
-	feed.ch <- streamMsg(1, big, broker.HeaderContentType, "application/json")
-	feed.ch <- finalMsg(2, "done")
-	rl := &relay{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
+	feed := feedOf(0, streamMsg(1, big, broker.HeaderContentType, "application/json"), finalMsg(2, "done"))
+	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, log: gw.log, checkEvery: time.Hour}
-	if o := rl.run(context.Background(), feed); o != outcomeDone || w.Body.Len() != len(big) {
+	if o := sr.run(context.Background(), feed); o != outcomeDone || w.Body.Len() != len(big) {
 		t.Fatalf("outcome %v, %d bytes", o, w.Body.Len())
 	}
 	if w.deadlines != 6 {

@@ -2,40 +2,29 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-
-	"github.com/nats-io/nats.go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// maxDeliveriesSubject is JetStream's advisory for a message its consumer will not deliver
-// again (MaxDeliver reached). In a work queue such a message would stay forever.
-const maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + broker.QueueStream + ".*"
-
 // watchDeliveryLimit fails and removes every job JetStream gives up on, so none stays stuck
 // (a job redelivered after crashes or hand-backs can reach MaxDeliver before the worker's
 // own attempt limit).
-func (w *Worker) watchDeliveryLimit(ctx context.Context) (*nats.Subscription, error) {
-	sub, err := w.store.Conn().Subscribe(maxDeliveriesSubject, func(m *nats.Msg) {
-		var adv struct {
-			StreamSeq  uint64 `json:"stream_seq"`
-			Deliveries uint64 `json:"deliveries"`
-		}
-		if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
+func (w *Worker) watchDeliveryLimit(ctx context.Context) (stop func(), err error) {
+	stop, err = w.store.OnDeliveryLimit(func(seq, deliveries uint64, err error) {
+		if err != nil {
 			w.log.Warn("bad delivery-limit advisory", "err", err)
 			return
 		}
 		bctx, cancel := w.storeCtx(ctx)
 		defer cancel()
-		w.deliveryLimit(bctx, adv.StreamSeq, adv.Deliveries)
+		w.deliveryLimit(bctx, seq, deliveries)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("worker: subscribe to delivery advisories: %w", err)
+		return nil, fmt.Errorf("worker: %w", err)
 	}
-	return sub, nil
+	return stop, nil
 }
 
 func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {

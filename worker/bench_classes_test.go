@@ -41,9 +41,9 @@ func mixedKeys(b *testing.B, models, programs int) []string {
 }
 
 // fillKeys publishes n queue messages spread over keys, as fillQueue does over models.
-func fillKeys(b *testing.B, st *broker.Store, n int, keys []string) {
+func fillKeys(b *testing.B, bundle *brokertest.Bundle, n int, keys []string) {
 	b.Helper()
-	js := st.JetStream()
+	js := bundle.JetStream(b)
 	for i := range n {
 		key, _ := broker.ParseQueueKey(keys[i%len(keys)])
 		model, _ := broker.ModelFromToken(key.Model)
@@ -64,7 +64,7 @@ func fillKeys(b *testing.B, st *broker.Store, n int, keys []string) {
 	case <-time.After(5 * time.Minute):
 		b.Fatal("backlog publish timed out")
 	}
-	if got, _ := st.QueueLen(context.Background()); got != uint64(n) {
+	if got, _ := bundle.Store.QueueLen(context.Background()); got != uint64(n) {
 		b.Fatalf("queue holds %d, want %d", got, n)
 	}
 }
@@ -89,7 +89,7 @@ func benchSelectKeys(b *testing.B, depth int, keys []string) {
 			c.MaxQueue = 200_000
 			c.MaxAttempts = 1_000_000
 		}))
-		fillKeys(b, bundle.Store, depth, keys)
+		fillKeys(b, bundle, depth, keys)
 		w, err := New(Config{Store: bundle.Store, Target: nopTarget{}})
 		if err != nil {
 			b.Fatal(err)

@@ -20,9 +20,9 @@ import (
 
 // fillQueue publishes n queue messages spread over models, straight into the stream (no
 // job records: selection never reads them), pipelined so a 100k backlog builds in seconds.
-func fillQueue(b *testing.B, st *broker.Store, n, models int) {
+func fillQueue(b *testing.B, bundle *brokertest.Bundle, n, models int) {
 	b.Helper()
-	js := st.JetStream()
+	js := bundle.JetStream(b)
 	tokens := make([]string, models)
 	for i := range tokens {
 		tokens[i], _ = broker.ModelToken(fmt.Sprintf("bench-%02d", i))
@@ -45,7 +45,7 @@ func fillQueue(b *testing.B, st *broker.Store, n, models int) {
 	case <-time.After(5 * time.Minute):
 		b.Fatal("backlog publish timed out")
 	}
-	if got, _ := st.QueueLen(context.Background()); got != uint64(n) {
+	if got, _ := bundle.Store.QueueLen(context.Background()); got != uint64(n) {
 		b.Fatalf("queue holds %d, want %d", got, n)
 	}
 }
@@ -62,7 +62,7 @@ func BenchmarkSelect(b *testing.B) {
 			c.MaxQueue = 200_000
 			c.MaxAttempts = 1_000_000 // NAKed benchmark messages must never hit MaxDeliver
 		}))
-		fillQueue(b, bundle.Store, depth, 50)
+		fillQueue(b, bundle, depth, 50)
 		w, err := New(Config{Store: bundle.Store, Target: nopTarget{}})
 		if err != nil {
 			b.Fatal(err)

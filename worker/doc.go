@@ -9,10 +9,10 @@
 //     programs take turns;
 //   - every job moves queued → loading|working → done|failed|canceled in its KV record,
 //     with retrying between attempts; the record write is the state event;
-//   - the target's response frames are relayed byte-exact on foreman.job.<id>.stream with
-//     a Foreman-Seq header and one final marker, published before the terminal state (the
-//     first frame is held until the second arrives, to carry the response Content-Type; an
-//     async job retried after a dropped connection streams again from Foreman-Seq 1);
+//   - the target's response frames are published byte-exact through a broker.StreamWriter
+//     (the job's stream, ADR-0018), the first with the response Content-Type, and one
+//     final marker before the terminal state (an async job retried after a dropped
+//     connection streams again from Foreman-Seq 1);
 //   - connection errors retry with a NAK delay and pause the worker until the target
 //     answers, up to the store's MaxAttempts (also its queue's MaxDeliver, so the limit is
 //     set once); HTTP errors are terminal;

@@ -8,15 +8,12 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // handle runs one delivered job to its end, or hands it back.
-func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
+func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
@@ -58,27 +55,26 @@ func (w *Worker) handle(ctx context.Context, d *broker.Delivery) {
 		return
 	case j.CancelRequested != "":
 		// Canceled while it ran on a foreman that died before it could end it.
-		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
+		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
 		return
 	case w.store.CallerGone(ctx, j):
 		w.abandon(bctx, d, log)
 		return
 	case j.Attempt >= w.cfg.maxAttempts:
-		w.fail(bctx, d, newRelay(w.store.Conn(), d.JobID), exhausted(j.Error, "interrupted"), 0, log)
+		w.fail(bctx, d, w.store.StreamWriter(d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
 	}
 	w.run(ctx, d, j, log)
 }
 
 // run starts the next attempt of job j and concludes it.
-func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log *slog.Logger) {
+func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *slog.Logger) {
 	jctx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
 	// Watch the record before the start write: a cancel request after that write is then
 	// never missed, and the start write refuses a job with one already pending.
-	sub, err := w.store.Conn().Subscribe(broker.StateSubject(d.JobID), func(m *nats.Msg) {
-		rec, err := broker.DecodeJob(m.Data)
-		if err == nil && (rec.CancelRequested != "" || rec.State == broker.StateCanceled) {
+	stopWatch, err := w.store.OnJobChange(d.JobID, func(rec *broker.Job) {
+		if rec.CancelRequested != "" || rec.State == broker.StateCanceled {
 			abort(errCanceled)
 		}
 	})
@@ -87,7 +83,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 		w.nak(d, w.cfg.RetryDelay, log)
 		return
 	}
-	defer func() { _ = sub.Unsubscribe() }()
+	defer stopWatch()
 
 	state := broker.StateLoading // the target must swap the model in
 	if w.isLoaded(ctx, d.Token) {
@@ -104,7 +100,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 		return
 	}
 	if errors.Is(err, errCancelRequested) {
-		w.cancelRun(bctx, d, newRelay(w.store.Conn(), d.JobID), log)
+		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
 		return
 	}
 	if err != nil {
@@ -127,13 +123,13 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 		defer t.Stop()
 	}
 	stopProgress := w.keepInProgress(jctx, d, log)
-	r := newRelay(w.store.Conn(), d.JobID)
+	r := w.store.StreamWriter(d.JobID)
 	working := state == broker.StateWorking
-	opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.response))
+	opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
 	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
-		if err := r.frame(f); err != nil {
-			return &relayError{err}
+		if err := r.Frame(f); err != nil {
+			return &publishError{err}
 		}
 		if !working {
 			working = true
@@ -145,11 +141,11 @@ func (w *Worker) run(ctx context.Context, d *broker.Delivery, j *broker.Job, log
 	w.conclude(ctx, d, j, r, ct, err, context.Cause(jctx), log)
 }
 
-// relayError is a failure to publish a frame (NATS, not the target).
-type relayError struct{ err error }
+// publishError is a failure to publish a frame (NATS, not the target).
+type publishError struct{ err error }
 
-func (e *relayError) Error() string { return "relay frame: " + e.err.Error() }
-func (e *relayError) Unwrap() error { return e.err }
+func (e *publishError) Error() string { return "relay frame: " + e.err.Error() }
+func (e *publishError) Unwrap() error { return e.err }
 
 // jobTimeError aborts an attempt that ran longer than Config.MaxJobTime, or a call that
 // does not stream longer than Config.NonStreamTimeout (nonStream). Either fails the job
@@ -167,14 +163,14 @@ func (e *jobTimeError) Error() string {
 }
 
 // conclude ends an attempt according to how the target call ended.
-func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, ct string, err, cause error, log *slog.Logger) {
+func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, ct string, err, cause error, log *slog.Logger) {
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	var httpErr *ollama.HTTPError
 	var connErr *ollama.ConnectionError
 	var stall *ollama.StallError
 	var timeout *jobTimeError
-	var relErr *relayError
+	var pubErr *publishError
 	switch {
 	case err == nil:
 		w.targetAnswered()
@@ -194,7 +190,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job
 		w.attemptFailed(ctx, bctx, d, j, r, stall, log)
 	case errors.As(err, &connErr):
 		w.attemptFailed(ctx, bctx, d, j, r, connErr, log)
-	case errors.As(err, &relErr):
+	case errors.As(err, &pubErr):
 		w.retry(ctx, bctx, d, j, r, err, log)
 	default:
 		w.fail(bctx, d, r, err.Error(), 0, log)
@@ -204,8 +200,8 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Delivery, j *broker.Job
 // attemptFailed ends an attempt the target did not complete (unreachable, cut off,
 // stalled): the job is retried, unless it is a sync job whose caller already
 // has part of the response, where a second attempt cannot be spliced in.
-func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, err error, log *slog.Logger) {
-	if r.published() && j.Sync {
+func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, err error, log *slog.Logger) {
+	if r.Published() && j.Sync {
 		w.fail(bctx, d, r, err.Error(), 0, log)
 		return
 	}
@@ -214,13 +210,13 @@ func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Delivery, j 
 
 // succeed announces the end of the stream (a waiting client is answered at once), stores
 // the result, then writes the terminal state.
-func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, ct string, log *slog.Logger) {
-	if msg := streamError(ct, r.frames); msg != "" {
+func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, ct string, log *slog.Logger) {
+	if msg := streamError(ct, r.Frames()); msg != "" {
 		w.fail(ctx, d, r, msg, 0, log)
 		return
 	}
 	w.publishFinal(r, broker.StateDone, "", 0, log)
-	frames := r.frames
+	frames := r.Frames()
 	w.afterwards(func(ctx context.Context) {
 		if hook := w.cfg.beforeStoreDone; hook != nil {
 			hook(d.JobID)
@@ -231,7 +227,7 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Delivery, j *broker.Job,
 
 // storeDone stores a finished job's result and terminal state, then acks its message. A
 // cancel request that came after the call ended is moot: the stream already said done.
-func (w *Worker) storeDone(ctx context.Context, d *broker.Delivery, kind broker.Kind, ct string, frames [][]byte, log *slog.Logger) {
+func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kind, ct string, frames [][]byte, log *slog.Logger) {
 	res, sawDone := result(kind, ct, frames)
 	if !sawDone {
 		log.Warn("target stream ended without done:true; job ends done with the frames it sent")
@@ -297,7 +293,7 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 // cancelRun ends a job whose cancellation was requested (Store.Cancel sets the record's
 // CancelRequested and leaves a running job's terminal state to the worker): the final
 // canceled marker first, then the canceled record with the request's reason.
-func (w *Worker) cancelRun(ctx context.Context, d *broker.Delivery, r *relay, log *slog.Logger) {
+func (w *Worker) cancelRun(ctx context.Context, d *broker.Lease, r *broker.StreamWriter, log *slog.Logger) {
 	// The marker carries the reason, so a waiting client learns why.
 	var why string
 	if rec, _, err := w.store.Get(ctx, d.JobID); err == nil {
@@ -321,8 +317,8 @@ func (w *Worker) cancelRun(ctx context.Context, d *broker.Delivery, r *relay, lo
 
 // abandon ends a sync job whose caller is gone (its foreman died) canceled, without
 // running it: nobody would read the answer, and callers that retry wait behind it.
-func (w *Worker) abandon(ctx context.Context, d *broker.Delivery, log *slog.Logger) {
-	w.publishFinal(newRelay(w.store.Conn(), d.JobID), broker.StateCanceled, broker.CallerGoneReason, 0, log)
+func (w *Worker) abandon(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	w.publishFinal(w.store.StreamWriter(d.JobID), broker.StateCanceled, broker.CallerGoneReason, 0, log)
 	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
 		j.State, j.Error = broker.StateCanceled, broker.CallerGoneReason
 	})
@@ -336,7 +332,7 @@ func (w *Worker) abandon(ctx context.Context, d *broker.Delivery, log *slog.Logg
 }
 
 // fail ends the job as failed; status is the target's HTTP status, 0 if none.
-func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg string, status int, log *slog.Logger) {
+func (w *Worker) fail(ctx context.Context, d *broker.Lease, r *broker.StreamWriter, msg string, status int, log *slog.Logger) {
 	w.publishFinal(r, broker.StateFailed, msg, status, log)
 	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) { j.State, j.Error = broker.StateFailed, msg })
 	if err != nil && !errors.Is(err, errEnded) {
@@ -351,7 +347,7 @@ func (w *Worker) fail(ctx context.Context, d *broker.Delivery, r *relay, msg str
 // retry records a failed attempt and puts the job back with a delay, or fails it when its
 // attempts are used up; after a connection error or a stall it pauses the worker until
 // the target answers.
-func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, cause error, log *slog.Logger) {
+func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, cause error, log *slog.Logger) {
 	// On JetStream's last delivery (the consumers' MaxDeliver) a NAK would leave the
 	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
 	// that too, but fires only once. A consumer reset at start (Config.Exclusive) restarts
@@ -376,7 +372,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.
 	if err != nil {
 		log.Warn("store retrying state", "err", err)
 	}
-	r.reset()
+	r.Reset()
 	delay := w.cfg.retryDelay(j.Attempt)
 	log.Warn("attempt failed; job will retry", "err", cause, "delay", delay)
 	w.nak(d, delay, log)
@@ -390,7 +386,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Delivery, j *broker.
 // handBack returns an aborted job to the queue un-acked (foreman is stopping). The attempt
 // it was on is not counted: the job did nothing wrong. A job whose cancellation was
 // requested ends canceled instead: nobody wants it run again.
-func (w *Worker) handBack(ctx context.Context, d *broker.Delivery, j *broker.Job, r *relay, log *slog.Logger) {
+func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, log *slog.Logger) {
 	_, err := w.transition(ctx, d.JobID, fromLive, func(rec *broker.Job) {
 		rec.State, rec.Error = broker.StateRetrying, errShutdown.Error()
 		if rec.Attempt == j.Attempt && rec.Attempt > 0 {
@@ -413,10 +409,10 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Delivery, j *broker.Job
 }
 
 // bodyLost deals with a delivery whose large request body could not be read.
-func (w *Worker) bodyLost(ctx context.Context, d *broker.Delivery, err error) {
+func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
-	if errors.Is(err, jetstream.ErrObjectNotFound) {
-		w.fail(ctx, d, newRelay(w.store.Conn(), d.JobID), "request body lost: "+err.Error(), 0, log)
+	if errors.Is(err, broker.ErrBodyLost) {
+		w.fail(ctx, d, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
 		return
 	}
 	log.Warn("read request body; will retry", "err", err)
@@ -433,15 +429,15 @@ func (w *Worker) markWorking(ctx context.Context, id string, log *slog.Logger) {
 	}
 }
 
-func (w *Worker) publishFinal(r *relay, state broker.State, msg string, status int, log *slog.Logger) {
-	if err := r.final(state, msg, status); err != nil {
+func (w *Worker) publishFinal(r *broker.StreamWriter, state broker.State, msg string, status int, log *slog.Logger) {
+	if err := r.Final(state, msg, status); err != nil {
 		log.Warn("publish final stream marker", "err", err)
 	}
 }
 
 // discard removes a queue message no job can be run from (broker.ErrUnusable): NAKed, it
 // would come back until JetStream gives up on it, and then stay in the queue.
-func (w *Worker) discard(d *broker.Delivery, why error) {
+func (w *Worker) discard(d *broker.Lease, why error) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
 	if err := w.store.Discard(d, why.Error()); err != nil {
 		log.Warn("remove unusable queue message", "seq", d.Seq, "err", err)
@@ -470,7 +466,7 @@ func sameModel(model, token string) bool {
 }
 
 // finish acks a job that reached its end.
-func (w *Worker) finish(ctx context.Context, d *broker.Delivery, log *slog.Logger) {
+func (w *Worker) finish(ctx context.Context, d *broker.Lease, log *slog.Logger) {
 	if err := w.store.Finish(ctx, d); err != nil {
 		log.Warn("ack job", "err", err)
 	}
@@ -480,7 +476,7 @@ func (w *Worker) finish(ctx context.Context, d *broker.Delivery, log *slog.Logge
 // nak puts a job back in the queue, available again after delay. A job whose message
 // JetStream drops (or may drop) at the queue's MaxAge before then is requeued instead,
 // available at once: a NAK of a dropped message would leave the job nowhere.
-func (w *Worker) nak(d *broker.Delivery, delay time.Duration, log *slog.Logger) {
+func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
 	if w.store.OutlivesQueue(d, delay) {
 		ctx, cancel := w.storeCtx(context.Background())
 		err := w.store.Requeue(ctx, d)
@@ -507,7 +503,7 @@ func (w *Worker) nak(d *broker.Delivery, delay time.Duration, log *slog.Logger) 
 
 // keepInProgress tells JetStream the job is alive every AckWait/3, and keeps its record
 // from expiring (Store.Refresh) while it runs, until stopped.
-func (w *Worker) keepInProgress(ctx context.Context, d *broker.Delivery, log *slog.Logger) (stop func()) {
+func (w *Worker) keepInProgress(ctx context.Context, d *broker.Lease, log *slog.Logger) (stop func()) {
 	every := max(w.store.Config().AckWait/3, 10*time.Millisecond)
 	done := make(chan struct{})
 	exited := make(chan struct{})

@@ -59,7 +59,7 @@ func TestUnusableQueueMessagesAreRemoved(t *testing.T) {
 		for i := 0; i+1 < len(hdr); i += 2 {
 			m.Header.Set(hdr[i], hdr[i+1])
 		}
-		if _, err := tb.b.Store.JetStream().PublishMsg(ctx, m); err != nil {
+		if _, err := tb.b.JetStream(t).PublishMsg(ctx, m); err != nil {
 			t.Fatalf("publish junk: %v", err)
 		}
 	}

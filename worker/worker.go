@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
@@ -97,21 +95,18 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer close(w.done)
 	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
 
-	nc := w.store.Conn()
-	wakeSub, err := nc.Subscribe("foreman.queue.>", func(m *nats.Msg) {
-		if token, ok := broker.TokenFromSubject(m.Subject); ok {
-			w.poke(wakeup{token: token, jobID: m.Header.Get(broker.HeaderJobID)})
-		}
+	stopWake, err := w.store.OnQueued(func(token, jobID string) {
+		w.poke(wakeup{token: token, jobID: jobID})
 	})
 	if err != nil {
-		return fmt.Errorf("worker: subscribe to queue: %w", err)
+		return fmt.Errorf("worker: %w", err)
 	}
-	defer func() { _ = wakeSub.Unsubscribe() }()
-	advSub, err := w.watchDeliveryLimit(ctx)
+	defer stopWake()
+	stopAdv, err := w.watchDeliveryLimit(ctx)
 	if err != nil {
 		return err
 	}
-	defer func() { _ = advSub.Unsubscribe() }()
+	defer stopAdv()
 
 	w.log.Info("worker started", "max_attempts", w.cfg.maxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
 	defer w.log.Info("worker stopped")
@@ -324,7 +319,7 @@ func (w *Worker) sleep(ctx context.Context, d time.Duration) {
 // next selects and fetches the next job, or returns nil when none is ready; queued tells
 // whether the queue held jobs all the same (in retry back-off, or not yet visible to their
 // consumer).
-func (w *Worker) next(ctx context.Context) (_ *broker.Delivery, queued bool, _ error) {
+func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ error) {
 	now := time.Now()
 	heads, err := w.index.refresh(ctx, now)
 	if err != nil || len(heads) == 0 {

@@ -229,7 +229,7 @@ func TestCrashMidJobCompletesOnce(t *testing.T) {
 		t.Errorf("attempt %d, want 2", got.Attempt)
 	}
 	tb.waitQueueEmpty(t)
-	hist, err := tb.b.Store.KV().History(ctxT(t), "job."+j.ID)
+	hist, err := tb.b.JobRecords(t).History(ctxT(t), "job."+j.ID)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
@@ -93,3 +94,32 @@ func (b *Bundle) Restart(t testing.TB) {
 	b.Stop()
 	b.start(t)
 }
+
+// JetStream is a JetStream context on nc, for tests that look under a store opened on
+// it (the store itself keeps NATS to itself).
+func JetStream(t testing.TB, nc *nats.Conn) jetstream.JetStream {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	return js
+}
+
+// JobRecords is the job record bucket (broker.JobsBucket, keys "job.<id>") on nc.
+func JobRecords(t testing.TB, nc *nats.Conn) jetstream.KeyValue {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := JetStream(t, nc).KeyValue(ctx, broker.JobsBucket)
+	if err != nil {
+		t.Fatalf("job bucket: %v", err)
+	}
+	return kv
+}
+
+// JetStream is a JetStream context on the bundle's connection.
+func (b *Bundle) JetStream(t testing.TB) jetstream.JetStream { return JetStream(t, b.Conn) }
+
+// JobRecords is the job record bucket on the bundle's connection.
+func (b *Bundle) JobRecords(t testing.TB) jetstream.KeyValue { return JobRecords(t, b.Conn) }

@@ -22,6 +22,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 	"golang.org/x/crypto/bcrypt"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
 // internalUser is the name of foreman's own in-process user. It can never log in over TCP.
@@ -196,12 +198,12 @@ func (s *Server) accountsConfig(cfg Config) (string, error) {
   %s {
     jetstream: enabled
     users: [ {user: %q, password: %q, allowed_connection_types: ["IN_PROCESS"]} ]
-    exports: [ {stream: "foreman.job.>"}, {service: %q} ]
+    exports: [ {stream: %q}, {service: %q} ]
   }
-`, foremanAccount, internalUser, internalHash, SubmitSubject)
+`, foremanAccount, internalUser, internalHash, broker.JobSubjects, broker.SubmitSubject)
 	if cfg.Listen != "" {
 		perms := fmt.Sprintf(`allowed_connection_types: ["STANDARD", "WEBSOCKET"],
-      permissions: {publish: {allow: [%q]}, subscribe: {allow: ["foreman.job.>", "_INBOX.>"]}}`, SubmitSubject)
+      permissions: {publish: {allow: [%q]}, subscribe: {allow: [%q, "_INBOX.>"]}}`, broker.SubmitSubject, broker.JobSubjects)
 		var users []string
 		if cfg.ClientUser != "" {
 			if !userName.MatchString(cfg.ClientUser) {
@@ -218,17 +220,13 @@ func (s *Server) accountsConfig(cfg Config) (string, error) {
 		}
 		fmt.Fprintf(&b, `  %s {
     users: [ %s ]
-    imports: [ {stream: {account: %s, subject: "foreman.job.>"}}, {service: {account: %s, subject: %q}} ]
+    imports: [ {stream: {account: %s, subject: %q}}, {service: {account: %s, subject: %q}} ]
   }
-`, clientsAccount, strings.Join(users, ", "), foremanAccount, foremanAccount, SubmitSubject)
+`, clientsAccount, strings.Join(users, ", "), foremanAccount, broker.JobSubjects, foremanAccount, broker.SubmitSubject)
 	}
 	b.WriteString("}\n")
 	return b.String(), nil
 }
-
-// SubmitSubject is where clients submit jobs by request/reply (broker.SubmitSubject;
-// natsd does not import broker).
-const SubmitSubject = "foreman.jobs.submit"
 
 // Connect opens an in-process connection as foreman's internal user.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {

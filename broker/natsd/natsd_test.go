@@ -345,12 +345,6 @@ func TestClientInboxDoesNotSeeInternalTraffic(t *testing.T) {
 	}
 }
 
-func TestSubmitSubjectMatchesBroker(t *testing.T) {
-	if natsd.SubmitSubject != broker.SubmitSubject {
-		t.Fatalf("natsd exports %q, broker serves %q", natsd.SubmitSubject, broker.SubmitSubject)
-	}
-}
-
 // A client may log in with an nkey instead of a password, with the same rights; another
 // key is refused, and a malformed public key is a configuration error.
 func TestClientNkey(t *testing.T) {

@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
@@ -165,7 +168,7 @@ func TestChaosKillRestart(t *testing.T) {
 	waitAllEnded(t, fin, "http://"+last.addr) // the sync jobs too
 	last.kill(t)
 
-	st := openStoreDir(t, dir)
+	st, nc := openStoreDir(t, dir)
 	calls := fake.Calls()
 	for _, j := range jobs {
 		rec, _, err := st.Get(ctx, j.id)
@@ -181,7 +184,7 @@ func TestChaosKillRestart(t *testing.T) {
 			t.Errorf("async job %s (%s, cancel sent %v): %s (%q) with %d completed runs; want done with 1, or canceled with 0 when a cancel was sent",
 				j.id, j.tag, j.canceled, rec.State, rec.Error, completed)
 		}
-		if n := terminalRevisions(t, ctx, st, j.id); n != 1 {
+		if n := terminalRevisions(t, ctx, nc, j.id); n != 1 {
 			t.Errorf("async job %s (%s): %d terminal revisions, want 1", j.id, j.tag, n)
 		}
 	}
@@ -397,9 +400,9 @@ func runsOf(calls []ollamatest.Call, tag string, completedOnly bool) int {
 }
 
 // terminalRevisions counts the revisions of job id's record that are in a terminal state.
-func terminalRevisions(t *testing.T, ctx context.Context, st *broker.Store, id string) int {
+func terminalRevisions(t *testing.T, ctx context.Context, nc *nats.Conn, id string) int {
 	t.Helper()
-	hist, err := st.KV().History(ctx, "job."+id)
+	hist, err := brokertest.JobRecords(t, nc).History(ctx, "job."+id)
 	if err != nil {
 		t.Fatalf("history of %s: %v", id, err)
 	}
@@ -412,8 +415,9 @@ func terminalRevisions(t *testing.T, ctx context.Context, st *broker.Store, id s
 	return n
 }
 
-// openStoreDir opens the store a killed foreman left in dir, in this process.
-func openStoreDir(t *testing.T, dir string) *broker.Store {
+// openStoreDir opens the store a killed foreman left in dir, in this process, with the
+// connection under it.
+func openStoreDir(t *testing.T, dir string) (*broker.Store, *nats.Conn) {
 	t.Helper()
 	srv, err := natsd.Start(natsd.Config{DataDir: dir})
 	if err != nil {
@@ -431,5 +435,5 @@ func openStoreDir(t *testing.T, dir string) *broker.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return st
+	return st, nc
 }

@@ -2,7 +2,6 @@ package webhook
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -14,9 +13,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -155,8 +151,6 @@ func New(cfg Config) (*Dispatcher, error) {
 	return d, nil
 }
 
-const kvJobPrefix = "$KV." + broker.JobsBucket + ".job."
-
 // intakeShards is the number of events stored at once.
 const intakeShards = 8
 
@@ -166,87 +160,74 @@ const intakeShards = 8
 // ctx ends are abandoned unrecorded and made again after the next start. Run returns nil
 // on ctx's end; call it once.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	stream, err := d.store.JetStream().Stream(ctx, "KV_"+broker.JobsBucket)
-	if err != nil {
-		return fmt.Errorf("webhook: stream of %s: %w", broker.JobsBucket, err)
-	}
-	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	changes, err := d.store.ConsumeChanges(ctx, broker.ChangeConsumerConfig{
 		Durable:       d.cfg.Consumer,
 		Description:   "foreman webhook deliveries",
-		FilterSubject: kvJobPrefix + "*",
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       d.cfg.AckWait,
-		MaxDeliver:    -1,
 		MaxAckPending: d.cfg.MaxPending,
-		Replicas:      d.store.Config().Replicas,
 	})
 	if err != nil {
-		return fmt.Errorf("webhook: consumer %s: %w", d.cfg.Consumer, err)
+		return fmt.Errorf("webhook: %w", err)
 	}
 	pending, err := d.store.PendingDeliveries(ctx)
 	if err != nil {
+		changes.Stop()
 		return fmt.Errorf("webhook: %w", err)
 	}
 	for _, p := range pending {
 		d.enqueue(ctx, &event{jobID: p.JobID, rev: p.Rev, attempts: p.Attempts, nextAt: p.NextAt})
 	}
-	sub, err := d.store.Conn().QueueSubscribe(broker.RedeliverSubject, "foreman-webhooks", func(m *nats.Msg) {
-		d.onRedeliver(ctx, m)
+	stopRedeliver, err := d.store.ServeRedeliver(func(id string) broker.RedeliverReply {
+		return d.onRedeliver(ctx, id)
 	})
 	if err != nil {
+		changes.Stop()
 		d.stop()
-		return fmt.Errorf("webhook: subscribe %s: %w", broker.RedeliverSubject, err)
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(64, d.cfg.MaxPending)))
-	if err != nil {
-		_ = sub.Unsubscribe()
-		d.stop()
-		return fmt.Errorf("webhook: consume: %w", err)
+		return fmt.Errorf("webhook: %w", err)
 	}
 	go func() {
 		<-ctx.Done()
-		it.Stop()
+		changes.Stop()
 	}()
 	d.log.Info("webhook dispatcher running", "consumer", d.cfg.Consumer, "signed", d.key != nil, "resumed", len(pending))
 
 	// Storing an event is a round trip to JetStream: several run at once, a job's events
 	// always on the same shard, so they reach its lane in order.
 	var intake sync.WaitGroup
-	shards := make([]chan jetstream.Msg, intakeShards)
+	shards := make([]chan *broker.Change, intakeShards)
 	for i := range shards {
-		shards[i] = make(chan jetstream.Msg, 16)
+		shards[i] = make(chan *broker.Change, 16)
 		intake.Add(1)
-		go func(in <-chan jetstream.Msg) {
+		go func(in <-chan *broker.Change) {
 			defer intake.Done()
-			for msg := range in {
-				d.handle(ctx, msg)
+			for c := range in {
+				d.handle(ctx, c)
 			}
 		}(shards[i])
 	}
 	for {
-		msg, err := it.Next()
+		c, err := changes.Next()
 		if err != nil {
-			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+			if ctx.Err() != nil || errors.Is(err, broker.ErrChangesStopped) {
 				break
 			}
 			d.log.Warn("webhook consumer", "err", err)
 			continue
 		}
 		h := fnv.New32a()
-		h.Write([]byte(msg.Subject()))
-		shards[h.Sum32()%intakeShards] <- msg
+		h.Write([]byte(c.JobID))
+		shards[h.Sum32()%intakeShards] <- c
 	}
 	for _, in := range shards {
 		close(in)
 	}
 	intake.Wait()
 
-	_ = sub.Unsubscribe()
+	stopRedeliver()
 	d.stop()
 	// NAKs of events not yet stored must reach the server before the connection is
 	// drained, or they wait out AckWait after the next start.
-	_ = d.store.Conn().FlushTimeout(2 * time.Second)
+	changes.Flush(2 * time.Second)
 	return nil
 }
 
@@ -265,20 +246,19 @@ func (d *Dispatcher) stop() {
 
 // handle acks events that need no delivery and stores the rest as pending deliveries
 // before acking them, then queues them on their job's lane.
-func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
+func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	// A refresh (broker.Store.Refresh) writes the same record again: no news to report.
-	if op := msg.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" || msg.Headers().Get(broker.HeaderRefresh) != "" {
+	if msg.Deleted || msg.Refresh {
 		_ = msg.Ack()
 		return
 	}
-	jobID := strings.TrimPrefix(msg.Subject(), kvJobPrefix)
-	md, err := msg.Metadata()
-	if err != nil {
-		d.log.Warn("webhook event without metadata", "job_id", jobID, "err", err)
+	jobID := msg.JobID
+	if msg.MetaErr != nil {
+		d.log.Warn("webhook event without metadata", "job_id", jobID, "err", msg.MetaErr)
 		_ = msg.Ack()
 		return
 	}
-	job, err := broker.DecodeJob(msg.Data())
+	job, err := broker.DecodeJob(msg.Data)
 	if err != nil {
 		d.log.Warn("undecodable job record; no webhook", "job_id", jobID, "err", err)
 		_ = msg.Ack()
@@ -289,21 +269,21 @@ func (d *Dispatcher) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Ack()
 		return
 	}
-	d.log.Debug("webhook event", "job_id", jobID, "state", job.State, "num_delivered", md.NumDelivered)
+	d.log.Debug("webhook event", "job_id", jobID, "state", job.State, "num_delivered", msg.NumDelivered)
 	now := time.Now().UTC()
-	p := broker.PendingDelivery{JobID: jobID, Rev: md.Sequence.Stream, NextAt: now, Body: msg.Data()}
+	p := broker.PendingDelivery{JobID: jobID, Rev: msg.Rev, NextAt: now, Body: msg.Data}
 	created, err := d.store.AddPendingDelivery(ctx, p)
 	if err != nil {
 		// Not stored: the message stays with JetStream, which offers it again.
 		d.log.Warn("store pending webhook delivery; the event will come again", "job_id", jobID, "err", err)
-		if err := msg.NakWithDelay(d.cfg.BaseDelay); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		if err := msg.NakWithDelay(d.cfg.BaseDelay); err != nil && !errors.Is(err, broker.ErrConnClosed) {
 			d.log.Warn("webhook nak", "job_id", jobID, "err", err)
 		}
 		return
 	}
 	// A pending delivery that existed already (the ack of an earlier try was lost) keeps
 	// its progress; the lane has it, or gets it from the store at the next start.
-	if err := msg.Ack(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+	if err := msg.Ack(); err != nil && !errors.Is(err, broker.ErrConnClosed) {
 		d.log.Warn("webhook ack", "job_id", jobID, "err", err)
 	}
 	e := &event{jobID: jobID, rev: p.Rev, nextAt: now}
@@ -391,38 +371,29 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 	}
 }
 
-// onRedeliver answers a RedeliverSubject request: the job's latest event is queued again
-// (with its original webhook-id, so receivers can dedupe) and fresh attempts.
-func (d *Dispatcher) onRedeliver(ctx context.Context, m *nats.Msg) {
-	reply := func(v map[string]string) {
-		data, _ := json.Marshal(v)
-		_ = m.Respond(data)
-	}
-	id := string(m.Data)
+// onRedeliver answers a redelivery request (broker.Store.Redeliver): the job's latest
+// event is queued again (with its original webhook-id, so receivers can dedupe) and
+// fresh attempts.
+func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.RedeliverReply {
 	if err := broker.ValidateID(id); err != nil {
-		reply(map[string]string{"error": err.Error()})
-		return
+		return broker.RedeliverReply{Error: err.Error()}
 	}
-	entry, err := d.store.KV().Get(ctx, "job."+id)
+	data, rev, err := d.store.GetRaw(ctx, id)
 	if err != nil {
-		reply(map[string]string{"error": fmt.Sprintf("job %s not found", id)})
-		return
+		return broker.RedeliverReply{Error: fmt.Sprintf("job %s not found", id)}
 	}
-	job, err := broker.DecodeJob(entry.Value())
+	job, err := broker.DecodeJob(data)
 	if err != nil {
-		reply(map[string]string{"error": err.Error()})
-		return
+		return broker.RedeliverReply{Error: err.Error()}
 	}
 	if job.Sync || job.Webhook == nil || job.Webhook.URL == "" {
-		reply(map[string]string{"error": "job has no webhook"})
-		return
+		return broker.RedeliverReply{Error: "job has no webhook"}
 	}
-	e := &event{jobID: id, rev: entry.Revision(), body: entry.Value(), job: job, manual: true}
+	e := &event{jobID: id, rev: rev, body: data, job: job, manual: true}
 	if !d.enqueue(ctx, e) {
-		reply(map[string]string{"error": "webhook dispatcher is stopping"})
-		return
+		return broker.RedeliverReply{Error: "webhook dispatcher is stopping"}
 	}
-	reply(map[string]string{"webhook_id": e.webhookID(), "state": string(job.State)})
+	return broker.RedeliverReply{WebhookID: e.webhookID(), State: string(job.State)}
 }
 
 // acquire waits for one of the receiver's PerReceiver slots; release gives it back. It

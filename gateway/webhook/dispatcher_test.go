@@ -185,7 +185,7 @@ func TestDeliversEveryStateInOrderSigned(t *testing.T) {
 		}
 		ids[id] = true
 		// The body is the record exactly as stored (and re-published).
-		e, err := b.Store.KV().GetRevision(ctxT(t), "job."+j.ID, revOf(t, id))
+		e, err := b.JobRecords(t).GetRevision(ctxT(t), "job."+j.ID, revOf(t, id))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +245,7 @@ func TestSkipsSyncUnwantedAndDeleted(t *testing.T) {
 	plain := submit(t, b.Store, &broker.Job{})
 	setState(t, b.Store, plain.ID, broker.StateWorking)
 	deleted := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateDone}}})
-	if err := b.Store.KV().Delete(ctxT(t), "job."+deleted.ID); err != nil {
+	if err := b.JobRecords(t).Delete(ctxT(t), "job."+deleted.ID); err != nil {
 		t.Fatal(err)
 	}
 	filtered := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateDone}}})
@@ -259,7 +259,7 @@ func TestSkipsSyncUnwantedAndDeleted(t *testing.T) {
 	}
 	// Events are acked once stored as pending deliveries, before their lanes post them:
 	// an idle consumer and no pending delivery left mean every post has been made.
-	waitConsumerIdle(t, b.Store)
+	waitConsumerIdle(t, b)
 	waitNoPending(t, b.Store)
 	select {
 	case h := <-rcv.hits:
@@ -285,11 +285,11 @@ func waitNoPending(t *testing.T, st *broker.Store) {
 	}
 }
 
-func waitConsumerIdle(t *testing.T, st *broker.Store) {
+func waitConsumerIdle(t *testing.T, b *brokertest.Bundle) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		c, err := st.JetStream().Consumer(ctxT(t), "KV_"+broker.JobsBucket, "webhooks")
+		c, err := b.JetStream(t).Consumer(ctxT(t), "KV_"+broker.JobsBucket, "webhooks")
 		if err == nil {
 			info, err := c.Info(ctxT(t))
 			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
@@ -350,7 +350,7 @@ func TestGivesUpAfterAttemptsAndStopsOn410(t *testing.T) {
 		t.Fatalf("last attempt %+v, want failed #3", log[2])
 	}
 	glog := waitLog(t, b.Store, gj.ID, func(l []broker.DeliveryAttempt) bool { return len(l) >= 1 })
-	waitConsumerIdle(t, b.Store)
+	waitConsumerIdle(t, b)
 	glog, _ = b.Store.Deliveries(ctxT(t), gj.ID)
 	if len(glog) != 1 || glog[0].Outcome != broker.OutcomeGone {
 		t.Fatalf("after a 410 the job's later events were still sent: %+v", glog)
@@ -411,7 +411,7 @@ func TestDoneEventSurvivesRestart(t *testing.T) {
 	waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
 	stop()
 	// The event's message is acked: its retries live in the store, not in JetStream.
-	waitConsumerIdle(t, b.Store)
+	waitConsumerIdle(t, b)
 	b.Restart(t)
 	mu.Lock()
 	down = false
@@ -506,7 +506,7 @@ func TestThrottlingReceiverDoesNotHoldOthers(t *testing.T) {
 		}
 	}
 	// Every event is acked while A's retries wait.
-	waitConsumerIdle(t, b.Store)
+	waitConsumerIdle(t, b)
 	if got := len(throttled); got != n {
 		t.Fatalf("A got %d requests, want %d: one each, the retries waiting 300s", got, n)
 	}
@@ -563,7 +563,7 @@ func TestHangingReceiverGetsBoundedAttempts(t *testing.T) {
 		t.Fatalf("other receiver got %s", h.body)
 	}
 	// Every event of the hanging receiver is taken (acked) and waits in its lane.
-	waitConsumerIdle(t, b.Store)
+	waitConsumerIdle(t, b)
 	mu.Lock()
 	defer mu.Unlock()
 	if most != cfg.PerReceiver || len(arrived) != 0 {
@@ -596,7 +596,7 @@ func TestRefreshSendsNoWebhook(t *testing.T) {
 	if h := rcv.next(t); h.job.State != broker.StateDone {
 		t.Fatalf("delivery %s after the refresh, want done", h.job.State)
 	}
-	waitConsumerIdle(t, b.Store)
+	waitConsumerIdle(t, b)
 	waitNoPending(t, b.Store)
 	select {
 	case h := <-rcv.hits:

@@ -186,7 +186,7 @@ func TestRefusedDeliveryIsLoggedNotRetried(t *testing.T) {
 	for _, id := range []string{meta.ID, local.ID, direct.ID} {
 		waitLog(t, b.Store, id, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
 	}
-	waitConsumerIdle(t, b.Store)
+	waitConsumerIdle(t, b)
 	for _, id := range []string{meta.ID, local.ID, direct.ID} {
 		log, _ := b.Store.Deliveries(ctxT(t), id)
 		if len(log) != 1 || log[0].Outcome != broker.OutcomeRefused || log[0].Attempt != 1 || !strings.Contains(log[0].Error, "foreman sends no webhooks there") {

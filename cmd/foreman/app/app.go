@@ -317,6 +317,10 @@ func (a *App) BootID() string { return a.bootID }
 // Store is the job store.
 func (a *App) Store() *broker.Store { return a.store }
 
+// Conn is foreman's own NATS connection, the one under its store: for tests and tools
+// that must reach NATS as foreman does, never for clients.
+func (a *App) Conn() *nats.Conn { return a.nc }
+
 // Inventory is the target's model inventory.
 func (a *App) Inventory() *ollama.Inventory { return a.inv }
 
@@ -390,7 +394,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 		if a.gw != nil {
 			// A little time of its own: the answers are short, and the deadline may be gone.
 			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			if err := a.gw.EndRelays(ectx); err != nil {
+			if err := a.gw.AnswerWaiting(ectx); err != nil {
 				errs = append(errs, fmt.Errorf("end waiting responses: %w", err))
 			}
 			cancel()

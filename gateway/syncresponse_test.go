@@ -18,15 +18,29 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// chanFeed is a jobFeed the test fills by hand.
+// chanFeed is a jobEvents the test fills by hand.
 type chanFeed struct {
-	ch      chan *nats.Msg
+	ch      chan broker.Event
 	dropped atomic.Int64
 }
 
-func (f *chanFeed) Msgs() <-chan *nats.Msg    { return f.ch }
-func (f *chanFeed) Dropped() int              { return int(f.dropped.Load()) }
-func (f *chanFeed) Overflow() <-chan struct{} { return nil }
+func (f *chanFeed) Events() <-chan broker.Event { return f.ch }
+func (f *chanFeed) Dropped() int                { return int(f.dropped.Load()) }
+func (f *chanFeed) Overflow() <-chan struct{}   { return nil }
+
+// feedOf is a feed of msgs decoded as a broker.JobFeed decodes them, with dropped
+// messages lost on the way.
+func feedOf(dropped int, msgs ...*nats.Msg) *chanFeed {
+	f := &chanFeed{ch: make(chan broker.Event, len(msgs))}
+	f.dropped.Store(int64(dropped))
+	var dec broker.EventDecoder
+	for _, m := range msgs {
+		if ev, ok := dec.Decode(m, func() int { return dropped }); ok {
+			f.ch <- ev
+		}
+	}
+	return f
+}
 
 const relayTestID = "01J00000000000000000000000"
 
@@ -53,7 +67,7 @@ func stateMsg(t *testing.T, state broker.State, errMsg string) *nats.Msg {
 	return &nats.Msg{Subject: broker.StateSubject(relayTestID), Data: b}
 }
 
-type relayCase struct {
+type syncCase struct {
 	kind    broker.Kind
 	stream  bool
 	msgs    []*nats.Msg
@@ -63,8 +77,8 @@ type relayCase struct {
 	ctx     context.Context
 }
 
-// runRelay feeds msgs to a relay writing into a recorder and returns the outcome.
-func runRelay(t *testing.T, c relayCase) (outcome, *httptest.ResponseRecorder) {
+// runRelay feeds msgs, decoded, to a sync response writing into a recorder and returns the outcome.
+func runSyncCase(t *testing.T, c syncCase) (outcome, *httptest.ResponseRecorder) {
 	t.Helper()
 	if c.kind == "" {
 		c.kind = broker.KindChat
@@ -73,14 +87,10 @@ func runRelay(t *testing.T, c relayCase) (outcome, *httptest.ResponseRecorder) {
 		c.ctx = testCtx(t, 10*time.Second)
 	}
 	gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{RetryAfter: time.Second}}
-	feed := &chanFeed{ch: make(chan *nats.Msg, len(c.msgs))}
-	for _, m := range c.msgs {
-		feed.ch <- m
-	}
-	feed.dropped.Store(int64(c.dropped))
+	feed := feedOf(c.dropped, c.msgs...)
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest(http.MethodPost, "/api/chat", nil)
-	rl := &relay{
+	sr := &syncResponse{
 		s: gw, w: w, r: r, rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: c.kind}, stream: c.stream, log: gw.log,
 		checkEvery: time.Hour,
@@ -95,9 +105,9 @@ func runRelay(t *testing.T, c relayCase) (outcome, *httptest.ResponseRecorder) {
 		},
 	}
 	if c.record != nil || c.gone {
-		rl.checkEvery = time.Millisecond
+		sr.checkEvery = time.Millisecond
 	}
-	return rl.run(c.ctx, feed), w
+	return sr.run(c.ctx, feed), w
 }
 
 func errorBody(t *testing.T, body []byte) string {
@@ -132,9 +142,9 @@ func errorText(body []byte) (string, bool) {
 	return "", false
 }
 
-func TestRelayNDJSONInOrder(t *testing.T) {
+func TestSyncResponseNDJSONInOrder(t *testing.T) {
 	t.Parallel()
-	o, w := runRelay(t, relayCase{stream: true, msgs: []*nats.Msg{
+	o, w := runSyncCase(t, syncCase{stream: true, msgs: []*nats.Msg{
 		streamMsg(1, "{\"a\":1}\n", broker.HeaderContentType, "application/x-ndjson"),
 		streamMsg(2, "{\"a\":2}\n"),
 		finalMsg(3, "done"),
@@ -150,9 +160,9 @@ func TestRelayNDJSONInOrder(t *testing.T) {
 	}
 }
 
-func TestRelayNonStreamHeldForContentLength(t *testing.T) {
+func TestSyncResponseNonStreamHeldForContentLength(t *testing.T) {
 	t.Parallel()
-	o, w := runRelay(t, relayCase{msgs: []*nats.Msg{
+	o, w := runSyncCase(t, syncCase{msgs: []*nats.Msg{
 		streamMsg(1, `{"done":true}`, broker.HeaderContentType, "application/json; charset=utf-8"),
 		finalMsg(2, "done"),
 	}})
@@ -164,19 +174,19 @@ func TestRelayNonStreamHeldForContentLength(t *testing.T) {
 	}
 }
 
-func TestRelayGaps(t *testing.T) {
+func TestSyncResponseGaps(t *testing.T) {
 	t.Parallel()
 	ndjson := []string{broker.HeaderContentType, "application/x-ndjson"}
 	sse := []string{broker.HeaderContentType, "text/event-stream"}
 	cases := []struct {
 		name     string
-		c        relayCase
+		c        syncCase
 		status   int
 		wantBody func(t *testing.T, body string)
 	}{
 		{
 			name:   "before any byte",
-			c:      relayCase{stream: true, msgs: []*nats.Msg{streamMsg(2, "x\n", ndjson...)}},
+			c:      syncCase{stream: true, msgs: []*nats.Msg{streamMsg(2, "x\n", ndjson...)}},
 			status: http.StatusBadGateway,
 			wantBody: func(t *testing.T, body string) {
 				if msg := errorBody(t, []byte(body)); !strings.HasPrefix(msg, "stream gap: expected frame 1, got 2") {
@@ -186,7 +196,7 @@ func TestRelayGaps(t *testing.T) {
 		},
 		{
 			name: "ndjson mid-stream",
-			c: relayCase{stream: true, msgs: []*nats.Msg{
+			c: syncCase{stream: true, msgs: []*nats.Msg{
 				streamMsg(1, "{\"a\":1}\n", ndjson...), streamMsg(3, "{\"a\":3}\n"), finalMsg(4, "done"),
 			}},
 			status: http.StatusOK,
@@ -202,7 +212,7 @@ func TestRelayGaps(t *testing.T) {
 		},
 		{
 			name: "sse mid-stream",
-			c: relayCase{kind: broker.KindOpenAIChat, stream: true, msgs: []*nats.Msg{
+			c: syncCase{kind: broker.KindOpenAIChat, stream: true, msgs: []*nats.Msg{
 				streamMsg(1, "data: {\"x\":1}\n\n", sse...), streamMsg(1, "data: {\"x\":1}\n\n"),
 			}},
 			status: http.StatusOK,
@@ -221,7 +231,7 @@ func TestRelayGaps(t *testing.T) {
 		},
 		{
 			name:   "frame without sequence",
-			c:      relayCase{stream: true, msgs: []*nats.Msg{{Subject: broker.StreamSubject(relayTestID), Data: []byte("x")}}},
+			c:      syncCase{stream: true, msgs: []*nats.Msg{{Subject: broker.StreamSubject(relayTestID), Data: []byte("x")}}},
 			status: http.StatusBadGateway,
 			wantBody: func(t *testing.T, body string) {
 				if msg := errorBody(t, []byte(body)); !strings.Contains(msg, "Foreman-Seq") {
@@ -231,7 +241,7 @@ func TestRelayGaps(t *testing.T) {
 		},
 		{
 			name: "dropped messages seen at the terminal state",
-			c: relayCase{stream: true, dropped: 1, msgs: []*nats.Msg{
+			c: syncCase{stream: true, dropped: 1, msgs: []*nats.Msg{
 				streamMsg(1, "{}\n", ndjson...), stateMsg(t, broker.StateDone, ""),
 			}},
 			status: http.StatusOK,
@@ -243,7 +253,7 @@ func TestRelayGaps(t *testing.T) {
 		},
 		{
 			name:   "done state without final marker",
-			c:      relayCase{stream: true, msgs: []*nats.Msg{stateMsg(t, broker.StateDone, "")}},
+			c:      syncCase{stream: true, msgs: []*nats.Msg{stateMsg(t, broker.StateDone, "")}},
 			status: http.StatusBadGateway,
 			wantBody: func(t *testing.T, body string) {
 				if msg := errorBody(t, []byte(body)); !strings.HasPrefix(msg, "stream gap:") {
@@ -255,7 +265,7 @@ func TestRelayGaps(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			o, w := runRelay(t, tc.c)
+			o, w := runSyncCase(t, tc.c)
 			if o != outcomeError {
 				t.Errorf("outcome %v, want error", o)
 			}
@@ -267,32 +277,32 @@ func TestRelayGaps(t *testing.T) {
 	}
 }
 
-func TestRelayEndsWithoutFinalMarker(t *testing.T) {
+func TestSyncResponseEndsWithoutFinalMarker(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name   string
-		c      relayCase
+		c      syncCase
 		status int
 		msg    string
 	}{
-		{"failed final with target status", relayCase{msgs: []*nats.Msg{
+		{"failed final with target status", syncCase{msgs: []*nats.Msg{
 			finalMsg(1, "failed", broker.HeaderStatus, "400", broker.HeaderError, `"tiny-embed" does not support chat`),
 		}}, 400, `"tiny-embed" does not support chat`},
-		{"failed final without status", relayCase{msgs: []*nats.Msg{
+		{"failed final without status", syncCase{msgs: []*nats.Msg{
 			finalMsg(1, "failed", broker.HeaderError, "connection reset"),
 		}}, 502, "connection reset"},
-		{"canceled final", relayCase{msgs: []*nats.Msg{finalMsg(1, "canceled")}}, 409, "job canceled"},
-		{"canceled state", relayCase{msgs: []*nats.Msg{
+		{"canceled final", syncCase{msgs: []*nats.Msg{finalMsg(1, "canceled")}}, 409, "job canceled"},
+		{"canceled state", syncCase{msgs: []*nats.Msg{
 			stateMsg(t, broker.StateWorking, ""), stateMsg(t, broker.StateCanceled, "by operator"),
 		}}, 409, "job canceled: by operator"},
-		{"failed state (attempts exhausted)", relayCase{msgs: []*nats.Msg{
+		{"failed state (attempts exhausted)", syncCase{msgs: []*nats.Msg{
 			stateMsg(t, broker.StateRetrying, "refused"), stateMsg(t, broker.StateFailed, "ollama unreachable"),
 		}}, 502, "ollama unreachable"},
-		{"watchdog sees the record canceled", relayCase{
+		{"watchdog sees the record canceled", syncCase{
 			record: &broker.Job{ID: relayTestID, State: broker.StateCanceled, Error: "lost event"},
 		}, 409, "job canceled: lost event"},
-		{"watchdog sees dropped messages", relayCase{dropped: 2}, 502, "stream gap: messages were dropped (slow consumer)"},
-		{"watchdog finds no record", relayCase{gone: true}, 502, "job record disappeared before the job ended"},
+		{"watchdog sees dropped messages", syncCase{dropped: 2}, 502, "stream gap: messages were dropped (slow consumer)"},
+		{"watchdog finds no record", syncCase{gone: true}, 502, "job record disappeared before the job ended"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -300,7 +310,7 @@ func TestRelayEndsWithoutFinalMarker(t *testing.T) {
 			if tc.c.dropped > 0 {
 				tc.c.record = &broker.Job{ID: relayTestID, State: broker.StateWorking}
 			}
-			o, w := runRelay(t, tc.c)
+			o, w := runSyncCase(t, tc.c)
 			if o != outcomeError || w.Code != tc.status {
 				t.Fatalf("outcome %v status %d (body %q), want error %d", o, w.Code, w.Body, tc.status)
 			}
@@ -311,11 +321,11 @@ func TestRelayEndsWithoutFinalMarker(t *testing.T) {
 	}
 }
 
-func TestRelayClientGone(t *testing.T) {
+func TestSyncResponseClientGone(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	o, _ := runRelay(t, relayCase{ctx: ctx})
+	o, _ := runSyncCase(t, syncCase{ctx: ctx})
 	if o != outcomeClientGone {
 		t.Fatalf("outcome %v", o)
 	}
@@ -326,26 +336,15 @@ type failingWriter struct{ *httptest.ResponseRecorder }
 
 func (failingWriter) Write([]byte) (int, error) { return 0, io.ErrClosedPipe }
 
-func TestRelayWriteErrorIsClientGone(t *testing.T) {
+func TestSyncResponseWriteErrorIsClientGone(t *testing.T) {
 	t.Parallel()
 	gw := &Server{log: slog.New(slog.DiscardHandler)}
-	feed := &chanFeed{ch: make(chan *nats.Msg, 2)}
-	feed.ch <- streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson")
+	feed := feedOf(0, streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson"))
 	w := failingWriter{httptest.NewRecorder()}
-	rl := &relay{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),
+	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),
 		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
-	if o := rl.run(testCtx(t, 10*time.Second), feed); o != outcomeClientGone {
+	if o := sr.run(testCtx(t, 10*time.Second), feed); o != outcomeClientGone {
 		t.Fatalf("outcome %v", o)
-	}
-}
-
-func TestJobWildcardMatchesBothSubjects(t *testing.T) {
-	t.Parallel()
-	w := jobWildcard(relayTestID)
-	for _, subj := range []string{broker.StreamSubject(relayTestID), broker.StateSubject(relayTestID)} {
-		if !strings.HasPrefix(subj, strings.TrimSuffix(w, "*")) || strings.Count(subj, ".") != strings.Count(w, ".") {
-			t.Errorf("%s does not match %s", subj, w)
-		}
 	}
 }
 
@@ -388,62 +387,9 @@ func TestParseInference(t *testing.T) {
 	}
 }
 
-// A relay that falls behind loses messages in NATS (a slow consumer); the client must
-// see a gap, never a silently shortened answer.
-func TestRelaySlowConsumerIsGap(t *testing.T) {
-	t.Parallel()
-	b := newTestBundle(t)
-	feed, err := subscribeJob(b.Broker.Conn, relayTestID, 1<<30, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer feed.Close()
-	if err := feed.sub.SetPendingLimits(4, 1<<20); err != nil {
-		t.Fatal(err)
-	}
-	// Holding the feed's lock stalls its callback, so messages pile up in NATS.
-	feed.mu.Lock()
-	const frames = 148
-	pub := b.Broker.Conn
-	for i := 1; i <= frames; i++ {
-		hdr := []string{}
-		if i == 1 {
-			hdr = []string{broker.HeaderContentType, "application/x-ndjson"}
-		}
-		if err := pub.PublishMsg(streamMsg(i, "{}\n", hdr...)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := pub.PublishMsg(finalMsg(frames+1, "done")); err != nil {
-		t.Fatal(err)
-	}
-	ctx := testCtx(t, 10*time.Second)
-	for feed.Dropped() == 0 {
-		select {
-		case <-ctx.Done():
-			t.Fatal("no message was dropped")
-		case <-time.After(time.Millisecond):
-		}
-	}
-	feed.mu.Unlock()
-	gw := &Server{log: slog.New(slog.DiscardHandler)}
-	w := httptest.NewRecorder()
-	rl := &relay{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),
-		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: 10 * time.Millisecond}
-	// NATS may have dropped everything after the first few frames, the final marker
-	// included: then only the watchdog's look at the drop count can end the relay.
-	if o := rl.run(ctx, feed); o != outcomeError {
-		t.Fatalf("outcome %v, body %q", o, w.Body)
-	}
-	lines := strings.Split(strings.TrimSpace(w.Body.String()), "\n")
-	if msg := errorBody(t, []byte(lines[len(lines)-1])); !strings.HasPrefix(msg, "stream gap:") {
-		t.Errorf("last line %q", lines[len(lines)-1])
-	}
-}
-
 // A gap after part of a frame (a piece of a frame larger than a NATS message) must not
 // glue the error frame to the partial one: the error starts a line (an event) of its own.
-func TestRelayErrorAfterPartialFrame(t *testing.T) {
+func TestSyncResponseErrorAfterPartialFrame(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		kind      broker.Kind
@@ -455,7 +401,7 @@ func TestRelayErrorAfterPartialFrame(t *testing.T) {
 		{broker.KindOpenAIChat, "text/event-stream", `data: {"choices":[{"delta":{"content":"ab`, "\n\ndata: {\"error\":"},
 		{broker.KindOpenAIChat, "text/event-stream", "data: {}\n", "\ndata: {\"error\":"},
 	} {
-		o, w := runRelay(t, relayCase{kind: c.kind, stream: true, msgs: []*nats.Msg{
+		o, w := runSyncCase(t, syncCase{kind: c.kind, stream: true, msgs: []*nats.Msg{
 			streamMsg(1, c.partial, broker.HeaderContentType, c.ctype),
 			streamMsg(3, "lost piece after this one"),
 		}})

@@ -42,10 +42,10 @@ func wantErrorBody(t *testing.T, path string, status int, body []byte) {
 	}
 }
 
-// fuzzRelayMsgs turns fuzz data into the messages a relay reads: records separated by
+// fuzzSyncMsgs turns fuzz data into the messages a relay reads: records separated by
 // 0x00, each led by an op byte. Frames mostly carry the right Foreman-Seq so that the
 // fuzzer gets past the gap check; other ops forge headers and state events.
-func fuzzRelayMsgs(data []byte) (msgs []*nats.Msg, clean bool) {
+func fuzzSyncMsgs(data []byte) (msgs []*nats.Msg, clean bool) {
 	clean = true // only in-order frames and a done marker
 	seq := 0
 	sawFinal := false
@@ -95,12 +95,12 @@ func fuzzRelayMsgs(data []byte) (msgs []*nats.Msg, clean bool) {
 	return msgs, clean && sawFinal
 }
 
-// FuzzRelay feeds fuzzed stream messages (frames, final markers, state events, forged
+// FuzzSyncResponse feeds fuzzed stream messages (frames, final markers, state events, forged
 // headers) to the relay that writes a queued job's answer. It always ends with a status
 // the gateway may send; an error sent before any byte of the answer is a JSON error body;
 // in-order frames closed by a done marker reach the client byte for byte.
-// Run with: go test -run '^$' -fuzz '^FuzzRelay$' -fuzztime 30s ./gateway
-func FuzzRelay(f *testing.F) {
+// Run with: go test -run '^$' -fuzz '^FuzzSyncResponse$' -fuzztime 30s ./gateway
+func FuzzSyncResponse(f *testing.F) {
 	f.Add(uint8(0), true, []byte("\x01application/x-ndjson\x01{\"a\":1}\n\x00\x00{\"b\":2}\n\x00\x02done"))
 	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {}\n\n\x00\x02failed\x01boom\x01500"))
 	f.Add(uint8(2), false, []byte("\x02failed\x01{\"error\":{\"message\":\"bad\",\"type\":\"invalid_request_error\"}}\x01400"))
@@ -110,15 +110,12 @@ func FuzzRelay(f *testing.F) {
 	f.Add(uint8(0), false, []byte("\x02failed\x01\x01999"))
 	f.Fuzz(func(t *testing.T, k uint8, stream bool, data []byte) {
 		kind := queuedKinds[int(k)%len(queuedKinds)]
-		msgs, clean := fuzzRelayMsgs(data)
+		msgs, clean := fuzzSyncMsgs(data)
 		gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{RetryAfter: time.Second}}
-		feed := &chanFeed{ch: make(chan *nats.Msg, len(msgs))}
-		for _, m := range msgs {
-			feed.ch <- m
-		}
+		feed := feedOf(0, msgs...)
 		w := httptest.NewRecorder()
 		r := httptest.NewRequest(http.MethodPost, kind.Path(), nil)
-		rl := &relay{
+		sr := &syncResponse{
 			s: gw, w: w, r: r, rc: http.NewResponseController(w),
 			job: &broker.Job{ID: relayTestID, Kind: kind}, stream: stream, log: gw.log,
 			checkEvery: time.Hour,
@@ -128,7 +125,7 @@ func FuzzRelay(f *testing.F) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		o := rl.run(ctx, feed)
+		o := sr.run(ctx, feed)
 		if o != outcomeDone && o != outcomeError {
 			t.Fatalf("outcome %d with the client still there", o)
 		}
@@ -142,7 +139,7 @@ func FuzzRelay(f *testing.F) {
 			wantErrorBody(t, kind.Path(), w.Code, w.Body.Bytes())
 		}
 		if w.Code == http.StatusOK && o == outcomeError {
-			wantErrorFrame(t, rl.ctype, w.Body.Bytes())
+			wantErrorFrame(t, sr.ctype, w.Body.Bytes())
 		}
 		if clean {
 			var want []byte

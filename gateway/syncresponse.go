@@ -14,28 +14,23 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// Statuses of a job that ended without an answer, before any byte reached the client.
-// A job canceled by someone else (DELETE /jobs/{id}) is a 409: the request conflicts
-// with the job's state, and unlike a 503 it does not invite an automatic retry that would
-// undo the cancel. A broken token stream and a job that failed without an answer from
-// the target (attempts exhausted on connection errors) are 502s: the gateway could not
-// get a valid answer from upstream.
+// Statuses of a sync job that ended without an answer, before any byte reached the
+// client (jobStatus in errors.go says which), and of a broken token stream: the gateway
+// could not get a valid answer from upstream.
 const (
 	statusJobCanceled = http.StatusConflict
 	statusBadUpstream = http.StatusBadGateway
 )
 
-// relayCheckInterval is how often a waiting relay checks for lost messages and looks at
+// syncCheckInterval is how often a waiting response checks for lost messages and looks at
 // the job record itself: a safety net for a final marker or state event that never
 // arrives (a NATS reconnect loses core messages), so a request cannot hang forever.
-const relayCheckInterval = 5 * time.Second
+const syncCheckInterval = 5 * time.Second
 
-// outcome is how a relay ended.
+// outcome is how a sync response ended.
 type outcome int
 
 const (
@@ -49,9 +44,19 @@ const (
 // statusShuttingDown answers a client whose job will not run because foreman stops.
 const statusShuttingDown = http.StatusServiceUnavailable
 
-// relay copies one job's token stream to an HTTP response. Frames must carry
-// Foreman-Seq 1, 2, 3…; anything else is a gap the client is told about.
-type relay struct {
+// jobEvents is what a sync response reads: a broker.JobFeed, or a test's hand-filled one.
+type jobEvents interface {
+	Events() <-chan broker.Event
+	// Dropped counts messages lost because the response fell too far behind.
+	Dropped() int
+	// Overflow is closed once more than the feed's buffer waits for the client.
+	Overflow() <-chan struct{}
+}
+
+// syncResponse writes one sync job's answer to its HTTP client as the job's events
+// (broker.JobFeed) come: status and headers, the frames, deadlines, an error in the
+// stream's own format, and the cut-off of a client too slow for its answer.
+type syncResponse struct {
 	s      *Server
 	w      http.ResponseWriter
 	r      *http.Request
@@ -63,7 +68,7 @@ type relay struct {
 	checkEvery time.Duration
 	check      func(ctx context.Context) (*broker.Job, error)
 
-	next     uint64 // the Foreman-Seq expected next, minus one
+	frames   int    // frames written or held so far
 	started  bool   // status and headers are written
 	ctype    string // the response's Content-Type once known
 	pending  []byte // a non-streamed body, held until the final marker confirms it
@@ -71,132 +76,124 @@ type relay struct {
 	terminal bool   // the watchdog saw the record terminal once already
 }
 
-// run relays until the job's final marker, a terminal state, a gap, or the client leaving.
-func (rl *relay) run(ctx context.Context, feed jobFeed) outcome {
-	tick := time.NewTicker(rl.checkEvery)
+// run writes the answer until the job's final marker, a terminal state, a gap, or the
+// client leaving.
+func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
+	tick := time.NewTicker(sr.checkEvery)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return outcomeClientGone
-		case <-rl.s.ending:
-			rl.fail(statusShuttingDown, "foreman is shutting down; the job was canceled, retry later")
+		case <-sr.s.ending:
+			sr.fail(statusShuttingDown, "foreman is shutting down; the job was canceled, retry later")
 			return outcomeShutdown
 		case <-feed.Overflow():
-			return rl.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", rl.s.cfg.StreamBuffer))
-		case m := <-feed.Msgs():
+			return sr.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", sr.s.cfg.StreamBuffer))
+		case ev := <-feed.Events():
 			select {
 			case <-feed.Overflow():
 				// Messages after the overflow are gone: cut off rather than report a gap.
-				return rl.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", rl.s.cfg.StreamBuffer))
+				return sr.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", sr.s.cfg.StreamBuffer))
 			default:
 			}
-			if o, end := rl.handle(m, feed); end {
+			if o, end := sr.handle(ev); end {
 				return o
 			}
 		case <-tick.C:
-			if o, end := rl.watchdog(ctx, feed); end {
+			if o, end := sr.watchdog(ctx, feed); end {
 				return o
 			}
 		}
 	}
 }
 
-// handle processes one message; end reports that the response is over.
-func (rl *relay) handle(m *nats.Msg, feed jobFeed) (o outcome, end bool) {
-	if strings.HasSuffix(m.Subject, ".state") {
-		j, err := broker.DecodeJob(m.Data)
-		if err != nil || !j.State.Terminal() {
+// handle processes one event; end reports that the response is over.
+func (sr *syncResponse) handle(ev broker.Event) (o outcome, end bool) {
+	switch ev.Kind {
+	case broker.EventState:
+		if !ev.Job.State.Terminal() {
 			return 0, false
 		}
-		if feed.Dropped() > 0 {
-			return rl.gap("messages were dropped (slow consumer)"), true
-		}
-		return rl.ended(j), true
+		return sr.ended(ev.Job), true
+	case broker.EventGap:
+		return sr.gap(ev.Gap), true
+	case broker.EventFinal:
+		return sr.final(ev.Err), true
 	}
-	seq, err := strconv.ParseUint(m.Header.Get(broker.HeaderSeq), 10, 64)
-	if err != nil {
-		return rl.gap(fmt.Sprintf("frame without a valid %s header", broker.HeaderSeq)), true
-	}
-	if seq != rl.next+1 {
-		return rl.gap(fmt.Sprintf("expected frame %d, got %d", rl.next+1, seq)), true
-	}
-	rl.next = seq
-	if final := m.Header.Get(broker.HeaderFinal); final != "" {
-		return rl.final(final, m.Header), true
-	}
-	if err := rl.frame(m); err != nil {
-		return rl.writeFailed(err), true
+	sr.frames++
+	if err := sr.frame(ev); err != nil {
+		return sr.writeFailed(err), true
 	}
 	return 0, false
 }
 
 // writeFailed is the outcome of a failed write: a client that made no progress within
 // Config.WriteTimeout is cut off (its job runs on); any other failure means it left.
-func (rl *relay) writeFailed(err error) outcome {
+func (sr *syncResponse) writeFailed(err error) outcome {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
-		return rl.cutOff(fmt.Sprintf("a write made no progress for %s", rl.s.cfg.WriteTimeout))
+		return sr.cutOff(fmt.Sprintf("a write made no progress for %s", sr.s.cfg.WriteTimeout))
 	}
 	return outcomeClientGone
 }
 
 // cutOff ends the response of a client too slow for its answer. The job is not
 // canceled: it runs on and its result stays under /jobs/{id}.
-func (rl *relay) cutOff(reason string) outcome {
-	rl.s.relays.cutOff.Add(1)
-	rl.log.Warn("slow client cut off; the job runs on", "reason", reason, "frames", rl.next)
+func (sr *syncResponse) cutOff(reason string) outcome {
+	sr.s.syncs.cutOff.Add(1)
+	sr.log.Warn("slow client cut off; the job runs on", "reason", reason, "frames", sr.frames)
 	// The error line is a courtesy: a connection past its write deadline is closed, and
 	// failing to tell the client must not turn the cut-off into a cancel.
-	_ = rl.fail(statusBadUpstream, "client too slow: "+reason+"; the job runs on, its result will be under /jobs/"+rl.job.ID)
+	_ = sr.fail(statusBadUpstream, "client too slow: "+reason+"; the job runs on, its result will be under /jobs/"+sr.job.ID)
 	return outcomeCutOff
 }
 
 // watchdog fails the relay on dropped messages and ends it when the record is terminal
 // but its final marker or state event never came. It waits for a second sighting of the
 // terminal record so that messages already on their way are relayed first.
-func (rl *relay) watchdog(ctx context.Context, feed jobFeed) (outcome, bool) {
+func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, bool) {
 	if feed.Dropped() > 0 {
-		return rl.gap("messages were dropped (slow consumer)"), true
+		return sr.gap(broker.GapDropped), true
 	}
-	j, err := rl.check(ctx)
+	j, err := sr.check(ctx)
 	if errors.Is(err, broker.ErrNotFound) {
 		// Expired or dropped: no marker or state event will ever come.
-		return rl.fail(statusBadUpstream, "job record disappeared before the job ended"), true
+		return sr.fail(statusBadUpstream, "job record disappeared before the job ended"), true
 	}
 	if err != nil {
 		if ctx.Err() == nil {
-			rl.log.Warn("check job record", "err", err)
+			sr.log.Warn("check job record", "err", err)
 		}
 		return 0, false
 	}
 	if !j.State.Terminal() {
 		return 0, false
 	}
-	if !rl.terminal {
-		rl.terminal = true
+	if !sr.terminal {
+		sr.terminal = true
 		return 0, false
 	}
-	return rl.ended(j), true
+	return sr.ended(j), true
 }
 
 // frame relays one target frame. The first one decides the status (200) and the
 // Content-Type. A non-streamed JSON body is held until the final marker, so it goes out
 // with a Content-Length as Ollama sends it, and a failure after it can still be a status.
-func (rl *relay) frame(m *nats.Msg) error {
-	if rl.ctype == "" {
-		rl.ctype = m.Header.Get(broker.HeaderContentType)
-		if rl.ctype == "" {
-			rl.ctype = rl.defaultContentType()
+func (sr *syncResponse) frame(ev broker.Event) error {
+	if sr.ctype == "" {
+		sr.ctype = ev.ContentType
+		if sr.ctype == "" {
+			sr.ctype = sr.defaultContentType()
 		}
 	}
-	if !isStreamType(rl.ctype) {
-		rl.pending = append(rl.pending, m.Data...)
+	if !isStreamType(sr.ctype) {
+		sr.pending = append(sr.pending, ev.Data...)
 		return nil
 	}
-	if !rl.started {
-		rl.begin(http.StatusOK)
+	if !sr.started {
+		sr.begin(http.StatusOK)
 	}
-	return rl.write(m.Data)
+	return sr.write(ev.Data)
 }
 
 // writeChunk is how much of a large body one write deadline covers: the deadline
@@ -204,27 +201,27 @@ func (rl *relay) frame(m *nats.Msg) error {
 const writeChunk = 64 << 10
 
 // write sends b and flushes it; each chunk gets Config.WriteTimeout to go out.
-func (rl *relay) write(b []byte) error {
-	rl.tail = append(rl.tail, b[max(len(b)-3, 0):]...)
-	rl.tail = rl.tail[max(len(rl.tail)-3, 0):]
+func (sr *syncResponse) write(b []byte) error {
+	sr.tail = append(sr.tail, b[max(len(b)-3, 0):]...)
+	sr.tail = sr.tail[max(len(sr.tail)-3, 0):]
 	for first := true; first || len(b) > 0; first = false {
 		n := min(len(b), writeChunk)
-		if err := rl.deadline(); err != nil {
+		if err := sr.deadline(); err != nil {
 			return err
 		}
-		if _, err := rl.w.Write(b[:n]); err != nil {
+		if _, err := sr.w.Write(b[:n]); err != nil {
 			return err
 		}
 		b = b[n:]
 	}
-	return rl.flush()
+	return sr.flush()
 }
 
-func (rl *relay) deadline() error {
-	if rl.s.cfg.WriteTimeout <= 0 {
+func (sr *syncResponse) deadline() error {
+	if sr.s.cfg.WriteTimeout <= 0 {
 		return nil
 	}
-	err := rl.rc.SetWriteDeadline(time.Now().Add(rl.s.cfg.WriteTimeout))
+	err := sr.rc.SetWriteDeadline(time.Now().Add(sr.s.cfg.WriteTimeout))
 	if errors.Is(err, http.ErrNotSupported) {
 		return nil
 	}
@@ -234,8 +231,8 @@ func (rl *relay) deadline() error {
 // boundary is what ends the stream written so far at a line (NDJSON) or an event (SSE),
 // so that an error frame after a partial frame (a piece of a large frame lost in a gap,
 // or a shutdown between pieces) is still read as a frame of its own.
-func (rl *relay) boundary(sse bool) []byte {
-	t := rl.tail
+func (sr *syncResponse) boundary(sse bool) []byte {
+	t := sr.tail
 	switch {
 	case len(t) == 0:
 		return nil
@@ -252,44 +249,38 @@ func (rl *relay) boundary(sse bool) []byte {
 	return []byte("\n\n")
 }
 
-// final handles the final marker.
-func (rl *relay) final(kind string, h nats.Header) outcome {
-	switch kind {
-	case "done":
-		if !rl.started {
-			if rl.ctype == "" {
-				rl.ctype = rl.defaultContentType()
+// final handles the final marker: err is nil when the job is done, else a
+// *broker.JobError that statusOf maps.
+func (sr *syncResponse) final(err error) outcome {
+	if err == nil {
+		if !sr.started {
+			if sr.ctype == "" {
+				sr.ctype = sr.defaultContentType()
 			}
-			rl.w.Header().Set("Content-Length", strconv.Itoa(len(rl.pending)))
-			rl.begin(http.StatusOK)
+			sr.w.Header().Set("Content-Length", strconv.Itoa(len(sr.pending)))
+			sr.begin(http.StatusOK)
 		}
-		if err := rl.write(rl.pending); err != nil {
-			return rl.writeFailed(err)
+		if err := sr.write(sr.pending); err != nil {
+			return sr.writeFailed(err)
 		}
 		return outcomeDone
-	case "canceled":
-		return rl.fail(statusJobCanceled, canceledMessage(h.Get(broker.HeaderError)))
 	}
-	status := statusBadUpstream
-	if code, err := strconv.Atoi(h.Get(broker.HeaderStatus)); err == nil && code >= 400 && code <= 599 {
-		status = code
-	}
-	msg := h.Get(broker.HeaderError)
-	if msg == "" {
-		msg = "job failed"
-	}
-	if text, ok := openAIErrorMessage(msg); ok {
-		// The target's OpenAI-shaped error body (the /v1 routes): an OpenAI client
-		// parses error.message, so it gets the body itself when nothing was written yet.
-		if !rl.started && rl.job.Kind != broker.KindChat && rl.job.Kind != broker.KindGenerate {
-			rl.w.Header().Set("Content-Type", "application/json")
-			rl.w.WriteHeader(status)
-			_, _ = rl.w.Write([]byte(msg))
-			return outcomeError
+	var je *broker.JobError
+	if errors.As(err, &je) && je.State == broker.StateFailed {
+		if text, ok := openAIErrorMessage(je.Message); ok {
+			// The target's OpenAI-shaped error body (the /v1 routes): an OpenAI client
+			// parses error.message, so it gets the body itself when nothing was written yet.
+			if !sr.started && sr.job.Kind != broker.KindChat && sr.job.Kind != broker.KindGenerate {
+				status, _ := statusOf(err)
+				sr.w.Header().Set("Content-Type", "application/json")
+				sr.w.WriteHeader(status)
+				_, _ = sr.w.Write([]byte(je.Message))
+				return outcomeError
+			}
+			err = &broker.JobError{State: je.State, Message: text, Status: je.Status}
 		}
-		msg = text
 	}
-	return rl.fail(status, msg)
+	return sr.fail(statusOf(err))
 }
 
 // openAIErrorMessage recognizes an OpenAI error body, {"error":{"message":...}}, as the
@@ -311,43 +302,29 @@ func openAIErrorMessage(s string) (string, bool) {
 }
 
 // ended handles a terminal job seen without its final marker.
-func (rl *relay) ended(j *broker.Job) outcome {
-	switch j.State {
-	case broker.StateCanceled:
-		return rl.fail(statusJobCanceled, canceledMessage(j.Error))
-	case broker.StateFailed:
-		msg := j.Error
-		if msg == "" {
-			msg = "job failed"
-		}
-		return rl.fail(statusBadUpstream, msg)
+func (sr *syncResponse) ended(j *broker.Job) outcome {
+	if err := broker.Outcome(j); err != nil {
+		return sr.fail(statusOf(err))
 	}
-	return rl.gap("the job finished but its final frame never arrived")
-}
-
-func canceledMessage(reason string) string {
-	if reason == "" {
-		return "job canceled"
-	}
-	return "job canceled: " + reason
+	return sr.gap("the job finished but its final frame never arrived")
 }
 
 // gap reports a broken token stream.
-func (rl *relay) gap(detail string) outcome {
-	rl.log.Warn("stream gap", "detail", detail, "frames", rl.next)
-	return rl.fail(statusBadUpstream, "stream gap: "+detail)
+func (sr *syncResponse) gap(detail string) outcome {
+	sr.log.Warn("stream gap", "detail", detail, "frames", sr.frames)
+	return sr.fail(statusBadUpstream, "stream gap: "+detail)
 }
 
 // fail ends the response with an error: a status and {"error": msg} when nothing was
 // written yet, else an error frame in the stream's own format, as Ollama and OpenAI
 // servers send them mid-stream.
-func (rl *relay) fail(status int, msg string) outcome {
-	if !rl.started {
-		rl.s.writeError(rl.w, rl.r, &Error{Status: status, Message: msg})
+func (sr *syncResponse) fail(status int, msg string) outcome {
+	if !sr.started {
+		sr.s.writeError(sr.w, sr.r, &Error{Status: status, Message: msg})
 		return outcomeError
 	}
-	sse := isSSE(rl.ctype)
-	frame := rl.boundary(sse)
+	sse := isSSE(sr.ctype)
+	frame := sr.boundary(sse)
 	if sse {
 		b, _ := json.Marshal(map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}})
 		frame = append(append(append(frame, "data: "...), b...), "\n\n"...)
@@ -355,7 +332,7 @@ func (rl *relay) fail(status int, msg string) outcome {
 		b, _ := json.Marshal(map[string]string{"error": msg})
 		frame = append(append(frame, b...), '\n')
 	}
-	if err := rl.write(frame); err != nil {
+	if err := sr.write(frame); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return outcomeCutOff
 		}
@@ -364,14 +341,14 @@ func (rl *relay) fail(status int, msg string) outcome {
 	return outcomeError
 }
 
-func (rl *relay) begin(status int) {
-	rl.w.Header().Set("Content-Type", rl.ctype)
-	rl.w.WriteHeader(status)
-	rl.started = true
+func (sr *syncResponse) begin(status int) {
+	sr.w.Header().Set("Content-Type", sr.ctype)
+	sr.w.WriteHeader(status)
+	sr.started = true
 }
 
-func (rl *relay) flush() error {
-	if err := rl.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+func (sr *syncResponse) flush() error {
+	if err := sr.rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
 		return err
 	}
 	return nil
@@ -379,11 +356,11 @@ func (rl *relay) flush() error {
 
 // defaultContentType is what Ollama answers the request with, for a worker that did not
 // say.
-func (rl *relay) defaultContentType() string {
+func (sr *syncResponse) defaultContentType() string {
 	switch {
-	case !rl.stream:
+	case !sr.stream:
 		return "application/json; charset=utf-8"
-	case rl.job.Kind == broker.KindChat || rl.job.Kind == broker.KindGenerate:
+	case sr.job.Kind == broker.KindChat || sr.job.Kind == broker.KindGenerate:
 		return "application/x-ndjson"
 	}
 	return "text/event-stream"

@@ -1,0 +1,397 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// A job's stream, written by StreamWriter and read by JobFeed: the producer and consumer
+// sides of the protocol (ADR-0018).
+
+func feedT(t *testing.T, b *brokertest.Bundle, id string, cfg broker.FeedConfig) *broker.JobFeed {
+	t.Helper()
+	if cfg.Buffer == 0 {
+		cfg.Buffer = 64 << 20
+	}
+	f, err := b.Store.Feed(id, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	return f
+}
+
+// nextEvent waits for the feed's next event.
+func nextEvent(t *testing.T, f *broker.JobFeed) broker.Event {
+	t.Helper()
+	select {
+	case ev := <-f.Events():
+		return ev
+	case <-time.After(10 * time.Second):
+		t.Fatal("no event")
+	}
+	return broker.Event{}
+}
+
+func TestStreamRoundTripByteExact(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	w := b.Store.StreamWriter(id)
+	big := bytes.Repeat([]byte("0123456789abcdef"), int(b.Conn.MaxPayload())/16*5/2) // 2.5 max payloads
+	frames := [][]byte{[]byte("{\"a\":1}\n"), {}, big, []byte("{\"done\":true}\n")}
+	_ = w.SetContentType("application/x-ndjson")
+	for _, f := range frames {
+		if err := w.Frame(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !w.Published() || len(w.Frames()) != len(frames) {
+		t.Fatalf("published %v, %d frames kept", w.Published(), len(w.Frames()))
+	}
+	if err := w.Final(broker.StateDone, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	pieces := 0
+	for {
+		ev := nextEvent(t, feed)
+		if ev.Kind == broker.EventFinal {
+			if ev.Err != nil {
+				t.Fatalf("final %v, want done", ev.Err)
+			}
+			break
+		}
+		if ev.Kind != broker.EventFrame {
+			t.Fatalf("event %+v, want a frame", ev)
+		}
+		if want := map[bool]string{true: "application/x-ndjson", false: ""}[pieces == 0]; ev.ContentType != want {
+			t.Fatalf("piece %d has Content-Type %q, want %q", pieces, ev.ContentType, want)
+		}
+		if int64(len(ev.Data)) > b.Conn.MaxPayload() {
+			t.Fatalf("piece %d has %d bytes", pieces, len(ev.Data))
+		}
+		pieces++
+		got = append(got, ev.Data...)
+	}
+	if want := bytes.Join(frames, nil); !bytes.Equal(got, want) {
+		t.Fatalf("read %d bytes, wrote %d", len(got), len(want))
+	}
+	if pieces < len(frames)+2 {
+		t.Fatalf("%d pieces: the large frame was not split", pieces)
+	}
+}
+
+func TestStreamFinalOutcomes(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	for _, c := range []struct {
+		state  broker.State
+		msg    string
+		status int
+		want   error
+	}{
+		{broker.StateDone, "", 0, nil},
+		{broker.StateFailed, `"tiny-embed" does not support chat`, 400, &broker.JobError{State: broker.StateFailed, Message: `"tiny-embed" does not support chat`, Status: 400}},
+		{broker.StateFailed, "connection reset", 0, &broker.JobError{State: broker.StateFailed, Message: "connection reset"}},
+		{broker.StateFailed, "", 0, &broker.JobError{State: broker.StateFailed}},
+		{broker.StateCanceled, "by operator", 0, &broker.JobError{State: broker.StateCanceled, Message: "by operator"}},
+	} {
+		id := broker.NewID()
+		feed := feedT(t, b, id, broker.FeedConfig{})
+		w := b.Store.StreamWriter(id)
+		if err := w.Frame([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Final(c.state, c.msg, c.status); err != nil {
+			t.Fatal(err)
+		}
+		if ev := nextEvent(t, feed); ev.Kind != broker.EventFrame {
+			t.Fatalf("%s: first event %+v", c.state, ev)
+		}
+		ev := nextEvent(t, feed)
+		if ev.Kind != broker.EventFinal {
+			t.Fatalf("%s: event %+v, want the final marker", c.state, ev)
+		}
+		var je *broker.JobError
+		switch {
+		case c.want == nil && ev.Err != nil:
+			t.Errorf("%s: %v, want done", c.state, ev.Err)
+		case c.want != nil && (!errors.As(ev.Err, &je) || *je != *c.want.(*broker.JobError)):
+			t.Errorf("%s: %#v, want %#v", c.state, ev.Err, c.want)
+		}
+	}
+}
+
+// The final marker as any NATS client may publish it: the literal states, a status only
+// in 400-599, anything else a failure.
+func TestDecodeFinalMarker(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		final, errMsg, status string
+		want                  *broker.JobError // nil: done
+	}{
+		{"done", "", "", nil},
+		{"done", "ignored", "500", nil},
+		{"canceled", "", "", &broker.JobError{State: broker.StateCanceled}},
+		{"canceled", "by user", "409", &broker.JobError{State: broker.StateCanceled, Message: "by user"}},
+		{"failed", "boom", "503", &broker.JobError{State: broker.StateFailed, Message: "boom", Status: 503}},
+		{"failed", "boom", "200", &broker.JobError{State: broker.StateFailed, Message: "boom"}},
+		{"failed", "boom", "999", &broker.JobError{State: broker.StateFailed, Message: "boom"}},
+		{"failed", "boom", "x", &broker.JobError{State: broker.StateFailed, Message: "boom"}},
+		{"DONE", "", "", &broker.JobError{State: broker.StateFailed}},
+		{"weird", "e", "404", &broker.JobError{State: broker.StateFailed, Message: "e", Status: 404}},
+	} {
+		m := nats.NewMsg(broker.StreamSubject("J"))
+		m.Header.Set(broker.HeaderSeq, "1")
+		m.Header.Set(broker.HeaderFinal, c.final)
+		if c.errMsg != "" {
+			m.Header.Set(broker.HeaderError, c.errMsg)
+		}
+		if c.status != "" {
+			m.Header.Set(broker.HeaderStatus, c.status)
+		}
+		var dec broker.EventDecoder
+		ev, ok := dec.Decode(m, func() int { return 0 })
+		if !ok || ev.Kind != broker.EventFinal {
+			t.Fatalf("%+v: event %+v", c, ev)
+		}
+		var je *broker.JobError
+		if c.want == nil {
+			if ev.Err != nil {
+				t.Errorf("%+v: %v, want done", c, ev.Err)
+			}
+		} else if !errors.As(ev.Err, &je) || *je != *c.want {
+			t.Errorf("%+v: %#v, want %#v", c, ev.Err, c.want)
+		}
+	}
+}
+
+func rawFrame(id string, seq string, data string) *nats.Msg {
+	m := nats.NewMsg(broker.StreamSubject(id))
+	if seq != "" {
+		m.Header.Set(broker.HeaderSeq, seq)
+	}
+	m.Data = []byte(data)
+	return m
+}
+
+func stateEvent(t *testing.T, id string, state broker.State) *nats.Msg {
+	t.Helper()
+	data, err := json.Marshal(&broker.Job{ID: id, State: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &nats.Msg{Subject: broker.StateSubject(id), Data: data}
+}
+
+func TestFeedGaps(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	for _, c := range []struct {
+		name string
+		msgs func(id string) []*nats.Msg
+		want string
+	}{
+		{"missing frame", func(id string) []*nats.Msg {
+			return []*nats.Msg{rawFrame(id, "1", "a"), rawFrame(id, "3", "c")}
+		}, "expected frame 2, got 3"},
+		{"first frame missing", func(id string) []*nats.Msg { return []*nats.Msg{rawFrame(id, "2", "b")} }, "expected frame 1, got 2"},
+		{"repeated frame", func(id string) []*nats.Msg {
+			return []*nats.Msg{rawFrame(id, "1", "a"), rawFrame(id, "1", "a")}
+		}, "expected frame 2, got 1"},
+		{"no sequence", func(id string) []*nats.Msg { return []*nats.Msg{rawFrame(id, "", "a")} }, "frame without a valid Foreman-Seq header"},
+		{"bad sequence", func(id string) []*nats.Msg { return []*nats.Msg{rawFrame(id, "one", "a")} }, "frame without a valid Foreman-Seq header"},
+	} {
+		id := broker.NewID()
+		feed := feedT(t, b, id, broker.FeedConfig{})
+		for _, m := range c.msgs(id) {
+			if err := b.Conn.PublishMsg(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for {
+			ev := nextEvent(t, feed)
+			if ev.Kind == broker.EventFrame {
+				continue
+			}
+			if ev.Kind != broker.EventGap || ev.Gap != c.want {
+				t.Errorf("%s: event %+v, want gap %q", c.name, ev, c.want)
+			}
+			break
+		}
+	}
+}
+
+// State events come in the connection's order with the stream's: the final marker before
+// the terminal state the worker writes after it. Undecodable ones are skipped.
+func TestFeedStateEvents(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	w := b.Store.StreamWriter(id)
+	for _, m := range []*nats.Msg{stateEvent(t, id, broker.StateLoading), {Subject: broker.StateSubject(id), Data: []byte("{not json")}} {
+		if err := b.Conn.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Frame([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Final(broker.StateDone, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Conn.PublishMsg(stateEvent(t, id, broker.StateDone)); err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for len(kinds) < 4 {
+		ev := nextEvent(t, feed)
+		k := strconv.Itoa(int(ev.Kind))
+		if ev.Kind == broker.EventState {
+			k = string(ev.Job.State)
+		}
+		kinds = append(kinds, k)
+	}
+	want := []string{"loading", strconv.Itoa(int(broker.EventFrame)), strconv.Itoa(int(broker.EventFinal)), "done"}
+	if strings.Join(kinds, " ") != strings.Join(want, " ") {
+		t.Fatalf("events %v, want %v", kinds, want)
+	}
+}
+
+// A feed that falls behind loses messages in NATS (a slow consumer): the terminal state
+// after the loss is a gap, never a silently shortened answer.
+func TestFeedSlowConsumerIsGap(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{Buffer: 1 << 30})
+	if err := feed.SetPendingLimits(4, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	release := feed.Hold()
+	w := b.Store.StreamWriter(id)
+	const frames = 148
+	for range frames {
+		if err := w.Frame([]byte("{}\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Final(broker.StateDone, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for feed.Dropped() == 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatal("no message was dropped")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	release()
+	if err := b.Conn.PublishMsg(stateEvent(t, id, broker.StateDone)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev := nextEvent(t, feed)
+		switch ev.Kind {
+		case broker.EventFrame:
+			continue
+		case broker.EventGap:
+			return
+		}
+		t.Fatalf("event %+v after a drop, want a gap", ev)
+	}
+}
+
+// A feed that outgrows its buffer drops what comes next and closes Overflow; what it held
+// never went over the buffer.
+func TestFeedOverflow(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	const limit = 4 << 10
+	var peak int64
+	peaks := make(chan int64, 1024)
+	feed := feedT(t, b, id, broker.FeedConfig{Buffer: limit, Peak: func(n int64) {
+		select {
+		case peaks <- n:
+		default:
+		}
+	}})
+	w := b.Store.StreamWriter(id)
+	frame := []byte(strings.Repeat("x", 500) + "\n")
+	for range 40 {
+		if err := w.Frame(frame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-feed.Overflow():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no overflow; %d bytes buffered", feed.Buffered())
+	}
+	for len(peaks) > 0 {
+		peak = max(peak, <-peaks)
+	}
+	if peak == 0 || peak > limit {
+		t.Errorf("peak %d bytes, limit %d", peak, limit)
+	}
+}
+
+// Reset starts an attempt's numbering again: a retried job streams from 1.
+func TestStreamWriterReset(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	ch := make(chan *nats.Msg, 8)
+	sub, err := b.Conn.ChanSubscribe(broker.StreamSubject(id), ch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	w := b.Store.StreamWriter(id)
+	_ = w.SetContentType("application/x-ndjson")
+	_ = w.Frame([]byte("a"))
+	w.Reset()
+	if w.Published() || len(w.Frames()) != 0 {
+		t.Fatal("reset kept the attempt")
+	}
+	_ = w.Frame([]byte("b"))
+	for i, want := range []string{"1 application/x-ndjson a", "1  b"} {
+		var m *nats.Msg
+		select {
+		case m = <-ch:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d never arrived", i)
+		}
+		if got := m.Header.Get(broker.HeaderSeq) + " " + m.Header.Get(broker.HeaderContentType) + " " + string(m.Data); got != want {
+			t.Errorf("message %d: %q, want %q", i, got, want)
+		}
+	}
+}
+
+func TestJobWildcardMatchesBothSubjects(t *testing.T) {
+	t.Parallel()
+	id := broker.NewID()
+	w := broker.JobWildcard(id)
+	for _, subj := range []string{broker.StreamSubject(id), broker.StateSubject(id)} {
+		if !strings.HasPrefix(subj, strings.TrimSuffix(w, "*")) || strings.Count(subj, ".") != strings.Count(w, ".") {
+			t.Errorf("%s does not match %s", subj, w)
+		}
+	}
+}

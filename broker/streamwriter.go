@@ -1,0 +1,106 @@
+package broker
+
+import (
+	"strconv"
+
+	"github.com/nats-io/nats.go"
+)
+
+// StreamWriter publishes a running job's answer on its stream subject: the target's
+// frames, each with Foreman-Seq 1, 2, 3…, the first with Foreman-Content-Type, and at
+// the end the final marker (Foreman-Final with the job's state, Foreman-Error,
+// Foreman-Status). A JobFeed reads it. One StreamWriter serves one job; it is not safe
+// for concurrent use.
+type StreamWriter struct {
+	nc          *nats.Conn
+	subject     string
+	seq         int
+	contentType string
+	frames      [][]byte // every frame of the attempt, for the result
+}
+
+// StreamWriter returns the writer of job id's answer, numbering from 1.
+func (s *Store) StreamWriter(id string) *StreamWriter {
+	return newStreamWriter(s.nc, id)
+}
+
+func newStreamWriter(nc *nats.Conn, id string) *StreamWriter {
+	return &StreamWriter{nc: nc, subject: StreamSubject(id)}
+}
+
+// Published reports whether any frame of this attempt went out.
+func (w *StreamWriter) Published() bool { return w.seq > 0 }
+
+// Frames are the frames of this attempt as Frame got them.
+func (w *StreamWriter) Frames() [][]byte { return w.frames }
+
+// SetContentType records the target's Content-Type (learned before the first frame,
+// through ollama.OnResponse); it rides on the first frame. It never fails: its error
+// result fits ollama.OnResponse.
+func (w *StreamWriter) SetContentType(contentType string) error {
+	w.contentType = contentType
+	return nil
+}
+
+// Frame publishes one target frame. A frame larger than a NATS message can hold (a big
+// stream:false body or embedding) goes out in consecutive pieces, each with its own
+// Foreman-Seq: a reader that writes the pieces in order writes the frame byte for byte.
+func (w *StreamWriter) Frame(f []byte) error {
+	w.frames = append(w.frames, f)
+	limit := max(int(w.nc.MaxPayload())-frameHeadroom, 1024)
+	for _, piece := range framePieces(f, limit) {
+		var hdr func(nats.Header)
+		if w.seq == 0 && w.contentType != "" {
+			hdr = func(h nats.Header) { h.Set(HeaderContentType, w.contentType) }
+		}
+		if err := w.publish(piece, hdr); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// framePieces cuts f into consecutive pieces of at most limit bytes. An empty frame is one
+// empty piece: it is still published.
+func framePieces(f []byte, limit int) [][]byte {
+	pieces := make([][]byte, 0, len(f)/limit+1)
+	for first := true; first || len(f) > 0; first = false {
+		n := min(len(f), limit)
+		pieces = append(pieces, f[:n])
+		f = f[n:]
+	}
+	return pieces
+}
+
+// frameHeadroom leaves room for the headers of a piece under the server's max payload.
+const frameHeadroom = 16 << 10
+
+func (w *StreamWriter) publish(data []byte, hdr func(nats.Header)) error {
+	w.seq++
+	m := nats.NewMsg(w.subject)
+	m.Header.Set(HeaderSeq, strconv.Itoa(w.seq))
+	if hdr != nil {
+		hdr(m.Header)
+	}
+	m.Data = data
+	return w.nc.PublishMsg(m)
+}
+
+// Final publishes the end-of-stream marker: the job ended in state (done, failed or
+// canceled) with errMsg; status is the target's HTTP status, 0 if none.
+func (w *StreamWriter) Final(state State, errMsg string, status int) error {
+	return w.publish(nil, func(h nats.Header) {
+		h.Set(HeaderFinal, string(state))
+		if errMsg != "" {
+			h.Set(HeaderError, errMsg)
+		}
+		if status != 0 {
+			h.Set(HeaderStatus, strconv.Itoa(status))
+		}
+	})
+}
+
+// Reset starts a new attempt's numbering (a retried async job streams again from 1).
+func (w *StreamWriter) Reset() {
+	w.seq, w.contentType, w.frames = 0, "", nil
+}

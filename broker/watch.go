@@ -1,0 +1,104 @@
+package broker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/nats-io/nats.go"
+)
+
+// queueAll matches every queue subject, of a model or not.
+const queueAll = queuePrefix + ">"
+
+// maxDeliveriesSubject is JetStream's advisory for a queue message its consumer will not
+// deliver again (MaxDeliver reached). In a work queue such a message would stay forever.
+const maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + QueueStream + ".*"
+
+// OnQueued calls fn for every message published to a queue subject, with the subject's
+// token and the message's job id: a wake-up for an idle worker. fn runs on the
+// connection's dispatcher and must not block. stop ends the calls.
+func (s *Store) OnQueued(fn func(token, jobID string)) (stop func(), err error) {
+	sub, err := s.nc.Subscribe(queueAll, func(m *nats.Msg) {
+		if token, ok := TokenFromSubject(m.Subject); ok {
+			fn(token, m.Header.Get(HeaderJobID))
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to queue: %w", err)
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// OnJobChange calls fn with every state event of job id, in order. Events that do not
+// decode are skipped. fn runs on the connection's dispatcher and must not block. stop
+// ends the calls.
+func (s *Store) OnJobChange(id string, fn func(*Job)) (stop func(), err error) {
+	sub, err := s.nc.Subscribe(StateSubject(id), func(m *nats.Msg) {
+		if j, err := DecodeJob(m.Data); err == nil {
+			fn(j)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
+
+// JobWatch yields the state events of one job; see Store.WatchJob.
+type JobWatch struct{ sub *nats.Subscription }
+
+// WatchJob starts taking job id's state events; once it returns the server has the
+// subscription, so a write after it (or a Get after it) cannot slip by. Stop it.
+func (s *Store) WatchJob(ctx context.Context, id string) (*JobWatch, error) {
+	sub, err := s.nc.SubscribeSync(StateSubject(id))
+	if err != nil {
+		return nil, err
+	}
+	if err := s.nc.FlushWithContext(ctx); err != nil {
+		_ = sub.Unsubscribe()
+		return nil, err
+	}
+	return &JobWatch{sub: sub}, nil
+}
+
+// Next waits for the job's next state event that decodes, until ctx ends.
+func (w *JobWatch) Next(ctx context.Context) (*Job, error) {
+	for {
+		m, err := w.sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if j, err := DecodeJob(m.Data); err == nil {
+			return j, nil
+		}
+	}
+}
+
+// Stop ends the watch.
+func (w *JobWatch) Stop() { _ = w.sub.Unsubscribe() }
+
+// ErrBadAdvisory is a delivery-limit advisory that does not name a queue message.
+var ErrBadAdvisory = errors.New("bad delivery-limit advisory")
+
+// OnDeliveryLimit calls fn for every queue message JetStream gives up on (its consumer's
+// MaxDeliver reached), with its stream sequence and delivery count, or with an error
+// wrapping ErrBadAdvisory for an advisory that names none. stop ends the calls.
+func (s *Store) OnDeliveryLimit(fn func(seq, deliveries uint64, err error)) (stop func(), err error) {
+	sub, err := s.nc.Subscribe(maxDeliveriesSubject, func(m *nats.Msg) {
+		var adv struct {
+			StreamSeq  uint64 `json:"stream_seq"`
+			Deliveries uint64 `json:"deliveries"`
+		}
+		if err := json.Unmarshal(m.Data, &adv); err != nil || adv.StreamSeq == 0 {
+			fn(0, 0, fmt.Errorf("%w: %v", ErrBadAdvisory, err))
+			return
+		}
+		fn(adv.StreamSeq, adv.Deliveries, nil)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to delivery advisories: %w", err)
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}
