@@ -102,12 +102,15 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 	out := make([]planned, 0, len(msgs))
 	at := free
 	for len(order) > 0 {
-		heads = heads[:0]
-		for _, g := range order {
-			heads = append(heads, g.rep)
+		tok := order[0].rep.Token // plan of one head is that head
+		if len(order) > 1 {
+			heads = heads[:0]
+			for _, g := range order {
+				heads = append(heads, g.rep)
+			}
+			c.Heads, c.Now = heads, at
+			tok = plan(c)[0]
 		}
-		c.Heads, c.Now = heads, at
-		tok := plan(c)[0]
 		q := byToken[tok]
 		m := q.msgs[0]
 		out = append(out, planned{Msg: m, Position: len(out) + 1, Start: at})

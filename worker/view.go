@@ -94,7 +94,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker
 		m := p.Msg
 		v.Queued = append(v.Queued, broker.QueuedJob{
 			JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
-			CreatedAt: m.Enqueued.UTC(), QueuePosition: p.Position, ETA: p.Start.UTC().Truncate(time.Second),
+			CreatedAt: m.Enqueued.UTC(), QueuePosition: p.Position, ETA: ceilSecond(p.Start),
 		})
 	}
 	return v
@@ -169,4 +169,13 @@ func (w *Worker) setFinishing(id string, on bool) {
 	} else {
 		delete(w.finishing, id)
 	}
+}
+
+// ceilSecond is t in UTC rounded up to the second: an ETA is never before the moment it
+// was computed for.
+func ceilSecond(t time.Time) time.Time {
+	if r := t.Truncate(time.Second); !r.Equal(t) {
+		return r.Add(time.Second).UTC()
+	}
+	return t.UTC()
 }
