@@ -6,7 +6,8 @@
 //     callback, or in one piece), Embed, Tags and Ps.
 //
 //   - Async jobs: SubmitAsync returns a job id at once; Job, Jobs, Cancel and Artifact read
-//     and steer jobs; Watch follows a job's state changes.
+//     and steer jobs; Watch follows a job's state changes. Queue shows the waiting jobs in
+//     the order foreman will run them, and Job gives a waiting job's position and ETA.
 //
 //   - A synchronous facade over the async API: Submit queues a job and returns when it has
 //     finished, however long the queue is. It waits by the best means available:

@@ -55,7 +55,11 @@ type Config struct {
 	// TargetHealth reports what the worker learned of the target that the inventory's
 	// polls cannot see (a runner that stalled mid-job) for /healthz; optional.
 	TargetHealth func() error
-	Logger       *slog.Logger
+	// Queue orders the waiting jobs for GET /queue and the position and ETA of
+	// GET /jobs/{id}: the worker. Without it GET /queue answers 503 and jobs show no
+	// position.
+	Queue  QueueViewer
+	Logger *slog.Logger
 
 	// ListenAddr is the address the HTTP listener is bound to (host:port). On a loopback
 	// address every request must name this machine in its Host header (DNS rebinding);
@@ -142,6 +146,11 @@ type Server struct {
 	ending    chan struct{}
 	endingOne sync.Once
 
+	// models bounds the model labels of the metrics; jobMetrics are the job counters
+	// (metrics_jobs.go).
+	models     *modelLabels
+	jobMetrics *jobMetrics
+
 	// beforeSubmit, when set (tests only), runs after a submit claimed its idempotency
 	// key and before it writes the job.
 	beforeSubmit func(jobID string)
@@ -153,7 +162,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{})}
+	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{}}
+	s.jobMetrics = newJobMetrics(s.models)
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {
 		return nil, err
@@ -175,9 +185,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.Handle("GET /metrics", newMetricsHandler(s))
-	s.ollamaRoutes(mux) // passthrough.go: metadata, embeddings, model management
-	s.queuedRoutes(mux) // queued.go: /api/chat, /api/generate, /v1 completions
-	s.jobRoutes(mux)    // jobs.go: the async /jobs API
+	mux.HandleFunc("GET /queue", s.handleQueue) // queue.go
+	s.ollamaRoutes(mux)                         // passthrough.go: metadata, embeddings, model management
+	s.queuedRoutes(mux)                         // queued.go: /api/chat, /api/generate, /v1 completions
+	s.jobRoutes(mux)                            // jobs.go: the async /jobs API
 	mux.HandleFunc("/", s.handleNotFound)
 }
 

@@ -1,0 +1,178 @@
+package worker
+
+import (
+	"slices"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// planned is one queued job in the order the worker is expected to run it.
+type planned struct {
+	Msg broker.QueuedMessage
+	// Position is 1 for the job that runs next.
+	Position int
+	// Start is when it is expected to start.
+	Start time.Time
+}
+
+// costs tells how long a job of a model is expected to take: to run, and to load its
+// runner first when another one is loaded (a swap).
+type costs interface {
+	estimate(model string) (run, load time.Duration)
+}
+
+// order simulates the worker's successive picks over the queued messages msgs (oldest
+// first), starting from the state c (its Heads are ignored) with the target free at
+// free: each pick is plan's first queue, whose next job then becomes its head, and the
+// current runner, its consecutive count, the programs' turns, the loaded runners and the
+// clock advance as the worker's would. Loading a runner that is not loaded costs its
+// load time and evicts the least recently used one (withLoaded). picks is the worker's
+// count of picks so far (the scale of c.Served).
+//
+// Jobs in a retry back-off are ordered as if ready: they are waiting too. Messages on a
+// queue subject foreman does not make are left out (the worker removes them).
+//
+// Cost: plan sees one head per runner and class (a group), not one per queue. Within a
+// group plan's order is the programs' turns (served, then the head's age), so only the
+// group's first queue can come first, and plan's choice between groups reads only
+// their oldest job (age, and MaxWait via the enqueue time). Each pick thus costs a plan
+// of a few heads plus a pass over the picked group's queues, and 10k jobs order in
+// milliseconds (BenchmarkQueueView); orderEachQueue, which gives plan every queue,
+// must agree (TestOrderMatchesPlanOfEveryQueue).
+func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs) []planned {
+	type queue struct {
+		token string
+		msgs  []broker.QueuedMessage
+		key   head // the queue's Token, Runner and Class
+	}
+	type group struct {
+		queues []*queue
+		rep    head // the group as plan sees it: its first queue with its oldest job
+	}
+	c.Served = cloneServed(c.Served)
+	c.Loaded = slices.Clone(c.Loaded)
+	groups := map[string]*group{}
+	var order []*group // first seen first, so the heads' order does not depend on map order
+	byToken := map[string]*queue{}
+	invalid := map[string]bool{}
+	for _, m := range msgs {
+		q, ok := byToken[m.Token]
+		if !ok {
+			if invalid[m.Token] || !broker.TokenValid(m.Token) {
+				invalid[m.Token] = true
+				continue
+			}
+			h := queueHead(m.Token, m)
+			q = &queue{token: m.Token, key: head{Token: h.Token, Runner: h.runner(), Class: h.Class}}
+			byToken[m.Token] = q
+			gk := h.runner() + " " + string(h.Class.OrNormal())
+			g, ok := groups[gk]
+			if !ok {
+				g = &group{}
+				groups[gk] = g
+				order = append(order, g)
+			}
+			g.queues = append(g.queues, q)
+		}
+		q.msgs = append(q.msgs, m)
+	}
+	represent := func(g *group) {
+		first, oldest := g.queues[0], g.queues[0].msgs[0]
+		enq := oldest.Enqueued
+		for _, q := range g.queues[1:] {
+			h := q.msgs[0]
+			if s, f := c.Served[q.token], c.Served[first.token]; s < f || s == f && h.Seq < first.msgs[0].Seq {
+				first = q
+			}
+			if h.Seq < oldest.Seq {
+				oldest = h
+			}
+			if h.Enqueued.Before(enq) {
+				enq = h.Enqueued
+			}
+		}
+		g.rep = first.key
+		g.rep.Seq, g.rep.Enqueued = oldest.Seq, enq
+	}
+	for _, g := range order {
+		represent(g)
+	}
+	heads := make([]head, 0, len(order))
+	out := make([]planned, 0, len(msgs))
+	at := free
+	for len(order) > 0 {
+		tok := order[0].rep.Token // plan of one head is that head
+		if len(order) > 1 {
+			heads = heads[:0]
+			for _, g := range order {
+				heads = append(heads, g.rep)
+			}
+			c.Heads, c.Now = heads, at
+			tok = plan(c)[0]
+		}
+		q := byToken[tok]
+		m := q.msgs[0]
+		out = append(out, planned{Msg: m, Position: len(out) + 1, Start: at})
+
+		r := q.key.Runner
+		run, load := cost.estimate(m.Model)
+		if !slices.Contains(c.Loaded, r) {
+			at = at.Add(load)
+		}
+		c.Loaded = withLoaded(c.Loaded, r)
+		at = at.Add(run)
+		if r == c.Current {
+			c.Consecutive++
+		} else {
+			c.Current, c.Consecutive = r, 1
+		}
+		picks++
+		c.Served[tok] = picks
+
+		q.msgs = q.msgs[1:]
+		gi := slices.IndexFunc(order, func(g *group) bool { return g.rep.Token == tok })
+		g := order[gi]
+		if len(q.msgs) == 0 {
+			// The queue ran empty: its program's turn is forgotten (forgetTurns).
+			delete(c.Served, tok)
+			g.queues = slices.DeleteFunc(g.queues, func(x *queue) bool { return x == q })
+		}
+		if len(g.queues) == 0 {
+			order = slices.Delete(order, gi, gi+1)
+			continue
+		}
+		represent(g)
+	}
+	return out
+}
+
+// queueHead is the head a queue with oldest message m has.
+func queueHead(token string, m broker.QueuedMessage) head {
+	h := head{Token: token, Seq: m.Seq, Enqueued: m.Enqueued}
+	if k, err := broker.ParseQueueKey(token); err == nil {
+		h.Runner, h.Class = k.Runner(), k.Class
+	}
+	return h
+}
+
+// cloneServed copies turns the simulation may change (never nil).
+func cloneServed(m map[string]uint64) map[string]uint64 {
+	out := make(map[string]uint64, len(m))
+	for k, v := range m {
+		out[k] = v
+	}
+	return out
+}
+
+// withLoaded is loaded (most recently used first) after runner r ran: r first, and when
+// it was not loaded, in place of the least recently used one once as many are loaded as
+// before (one, with none). It may reuse loaded's array.
+func withLoaded(loaded []string, r string) []string {
+	if i := slices.Index(loaded, r); i >= 0 {
+		return slices.Insert(slices.Delete(loaded, i, i+1), 0, r)
+	}
+	capacity := max(len(loaded), 1)
+	loaded = slices.Insert(loaded, 0, r)
+	return loaded[:min(len(loaded), capacity)]
+}
