@@ -73,6 +73,10 @@ type Job struct {
 	// Program is the program the job belongs to: the name of the token that submitted
 	// it, else the program the submit named; empty for the anonymous program.
 	Program string `json:"program,omitempty"`
+	// QueuePosition (1 runs next) and ETA (when the job is expected to start) are set
+	// while the job waits in the queue.
+	QueuePosition *int       `json:"queue_position,omitempty"`
+	ETA           *time.Time `json:"eta,omitempty"`
 }
 
 // normalize drops a "result": null, so an absent result is always a nil Result.

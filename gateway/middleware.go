@@ -65,7 +65,7 @@ type statusRecorder struct {
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
-	if r.status == 0 {
+	if r.status == 0 && code >= 200 { // a 1xx (HeaderEarlyJobID) precedes the answer's status
 		r.status = code
 	}
 	r.ResponseWriter.WriteHeader(code)

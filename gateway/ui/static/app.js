@@ -80,7 +80,7 @@ function etaMs(eta) {
     return NaN;
   }
   const t = Date.parse(eta);
-  if (!isNaN(t) && /\d{4}-\d\d-\d\d/.test(eta)) return t - Date.now();
+  if (!isNaN(t) && /\d{4}-\d\d-\d\d/.test(eta)) return t > 0 ? t - Date.now() : NaN; // zero time: unknown
   let total = 0, matched = false;
   for (const [, n, unit] of String(eta).matchAll(/([\d.]+)(h|ms|m|s)/g)) {
     matched = true;
