@@ -39,6 +39,7 @@ func TestAuthRequired(t *testing.T) {
 		{"GET", "/v1/models", ""},
 		{"POST", "/api/copy", `{"source":"tiny-a","destination":"c"}`},
 		{"GET", "/jobs", ""},
+		{"GET", "/queue", ""},
 		{"GET", "/no/such/route", ""},
 	}
 	for _, rt := range routes {

@@ -55,7 +55,11 @@ type Config struct {
 	// TargetHealth reports what the worker learned of the target that the inventory's
 	// polls cannot see (a runner that stalled mid-job) for /healthz; optional.
 	TargetHealth func() error
-	Logger       *slog.Logger
+	// Queue orders the waiting jobs for GET /queue and the position and ETA of
+	// GET /jobs/{id}: the worker. Without it GET /queue answers 503 and jobs show no
+	// position.
+	Queue  QueueViewer
+	Logger *slog.Logger
 
 	// ListenAddr is the address the HTTP listener is bound to (host:port). On a loopback
 	// address every request must name this machine in its Host header (DNS rebinding);
@@ -175,10 +179,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /healthz", s.handleHealthz)
 	mux.Handle("GET /metrics", newMetricsHandler(s))
-	s.ollamaRoutes(mux) // passthrough.go: metadata, embeddings, model management
-	s.queuedRoutes(mux) // queued.go: /api/chat, /api/generate, /v1 completions
-	s.jobRoutes(mux)    // jobs.go: the async /jobs API
-	s.uiRoutes(mux)     // ui_routes.go: the status page under /ui/
+	mux.HandleFunc("GET /queue", s.handleQueue) // queue.go
+	s.ollamaRoutes(mux)                         // passthrough.go: metadata, embeddings, model management
+	s.queuedRoutes(mux)                         // queued.go: /api/chat, /api/generate, /v1 completions
+	s.jobRoutes(mux)                            // jobs.go: the async /jobs API
+	s.uiRoutes(mux)                             // ui_routes.go: the status page under /ui/
 	mux.HandleFunc("/", s.handleNotFound)
 }
 

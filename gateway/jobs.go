@@ -48,12 +48,15 @@ func (s *Server) handleSubmitJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
+	asked := time.Now()
 	j, _, err := s.store.Get(r.Context(), r.PathValue("id"))
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, s.jobView(r.Context(), j, true))
+	v := s.jobView(r.Context(), j, true)
+	s.addPosition(r.Context(), &v, asked)
+	writeJSON(w, http.StatusOK, v)
 }
 
 // handleListJobs lists jobs newest first: ?state=&model=&program=&limit=&cursor=.

@@ -37,6 +37,10 @@ type jobView struct {
 	Program  string          `json:"program"`
 	// CancelRequested is the reason of a cancel the running job has not yet acted on.
 	CancelRequested string `json:"cancel_requested,omitempty"`
+	// QueuePosition (1 runs next) and ETA (the expected start) are shown by
+	// GET /jobs/{id} for a waiting job only (queue.go).
+	QueuePosition *int       `json:"queue_position,omitempty"`
+	ETA           *time.Time `json:"eta,omitempty"`
 }
 
 // artifactView carries either the data (small artifacts) or the URL to fetch it.

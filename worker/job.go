@@ -111,6 +111,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 	log = log.With("attempt", j.Attempt)
 	w.begin(d.Token, abort)
 	defer w.end()
+	run := w.startRunning(d.JobID, d.Model, d.Token, state)
 	log.Info("job started", "state", state, "kind", j.Kind, "delivered", d.NumDelivered)
 
 	if limit := w.cfg.MaxJobTime; limit > 0 {
@@ -133,11 +134,15 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 		}
 		if !working {
 			working = true
+			run.answered(time.Now())
 			w.markWorking(jctx, d.JobID, log)
 		}
 		return nil
 	}, opts...)
 	stopProgress()
+	if err == nil {
+		w.learn(run, time.Now())
+	}
 	w.conclude(ctx, d, j, r, ct, err, context.Cause(jctx), log)
 }
 
@@ -562,6 +567,7 @@ func (w *Worker) end() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.abort = nil
+	w.running = nil
 	w.lastEnd = time.Now()
 }
 

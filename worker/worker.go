@@ -45,10 +45,19 @@ type Worker struct {
 	// runner has while /api/ps lists it.
 	runnerOpts map[string]string
 	// served is when each queue last had its turn (picks counts them): see choice.Served.
-	// Only the Run loop touches them.
+	// Only the Run loop writes them (under mu: the queue view reads them).
 	served map[string]uint64
 	picks  uint64
 	stall  string // why the target counts as stalled (TargetStall); "" when it is not
+	// running is the job being run, for the queue view; nil when idle.
+	running *runningJob
+
+	// The queue view (view.go): a copy of the queue's headers, the learned durations and
+	// the last view computed.
+	backlog *broker.Backlog
+	times   *durations
+	viewMu  sync.Mutex
+	view    *broker.QueueView
 }
 
 // Causes that abort a running job.
@@ -76,6 +85,8 @@ func New(cfg Config) (*Worker, error) {
 		recent:     map[string]struct{}{},
 		served:     map[string]uint64{},
 		runnerOpts: map[string]string{},
+		backlog:    cfg.Store.Backlog(),
+		times:      newDurations(),
 		stopping:   make(chan struct{}),
 		done:       make(chan struct{}),
 	}, nil
@@ -328,10 +339,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	w.forgetTurns(heads)
 	w.refreshLoaded(ctx, heads)
 	w.mu.Lock()
-	c := choice{
-		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, Heads: heads, Served: w.served,
-		Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
-	}
+	c := w.choiceLocked(heads, now) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
 	var firstErr error
 	for _, token := range plan(c) {
@@ -363,6 +371,8 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 // took gives queue token its turn: its program goes behind the others of its runner and
 // class.
 func (w *Worker) took(token string) {
+	w.mu.Lock() // the queue view reads the turns
+	defer w.mu.Unlock()
 	w.picks++
 	w.served[token] = w.picks
 }
@@ -370,6 +380,8 @@ func (w *Worker) took(token string) {
 // forgetTurns drops the turns of queues that ran empty: a program that comes back takes
 // its turn with the next pick of its runner and class.
 func (w *Worker) forgetTurns(heads []head) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	if len(w.served) == 0 {
 		return
 	}

@@ -92,21 +92,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if len(cfg.AuthTokens) > 0 {
 		log.Info("named tokens: each caller's program is its token's name", "programs", tokenNames(cfg.AuthTokens))
 	}
-	policy := WebhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
-	a.gw, err = gateway.New(gateway.Config{
-		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
-		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
-		TargetHealth: a.targetHealth,
-		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
-		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
-		WebhookPolicy: policy,
-		AuthTokens:    cfg.AuthTokens, MaxQueuePerProgram: cfg.MaxQueuePerProgram,
-		SyncPriority: cfg.SyncPriority, JobsPriority: cfg.JobsPriority,
-	})
-	if err != nil {
-		return nil, err
-	}
-
+	// The worker is built first: the gateway shows its view of the queue.
 	wcfg := worker.Config{
 		Store: a.store, Target: a.target, Inventory: a.inv,
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
@@ -117,6 +103,22 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		adjust(&wcfg)
 	}
 	a.worker, err = worker.New(wcfg)
+	if err != nil {
+		return nil, err
+	}
+
+	policy := WebhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
+	a.gw, err = gateway.New(gateway.Config{
+		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
+		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
+		TargetHealth: a.targetHealth,
+		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
+		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
+		WebhookPolicy: policy,
+		AuthTokens:    cfg.AuthTokens, MaxQueuePerProgram: cfg.MaxQueuePerProgram,
+		SyncPriority: cfg.SyncPriority, JobsPriority: cfg.JobsPriority,
+		Queue: a.worker,
+	})
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,97 @@
+package gateway
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// QueueViewer orders the waiting jobs the way the worker will run them (the worker's
+// own pick rule), with positions and expected start times.
+type QueueViewer interface {
+	// QueueView returns a view computed no earlier than notBefore (a cached one may be
+	// returned when it is recent enough).
+	QueueView(ctx context.Context, notBefore time.Time) (*broker.QueueView, error)
+}
+
+// Limits of GET /queue's list.
+const (
+	defaultQueueLimit = 100
+	maxQueueLimit     = 100_000
+)
+
+// queueBody is the answer of GET /queue.
+type queueBody struct {
+	Running *jobView           `json:"running"`
+	Loaded  []string           `json:"loaded"`
+	Queued  []broker.QueuedJob `json:"queued"`
+	// Total is the number of waiting jobs, of which Queued shows the first ?limit=.
+	Total int `json:"total"`
+}
+
+// handleQueue answers GET /queue?limit=: what runs, what is loaded, and the waiting jobs
+// in the order foreman expects to run them.
+func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
+	limit := defaultQueueLimit
+	if v := r.URL.Query().Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxQueueLimit {
+			s.writeError(w, r, badRequest("limit: must be a number from 1 to "+strconv.Itoa(maxQueueLimit)))
+			return
+		}
+		limit = n
+	}
+	if s.cfg.Queue == nil {
+		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Message: "queue view unavailable: no worker runs in this foreman"})
+		return
+	}
+	v, err := s.cfg.Queue.QueueView(r.Context(), time.Time{})
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued)}
+	if body.Loaded == nil {
+		body.Loaded = []string{}
+	}
+	if v.Running != "" {
+		if j, _, err := s.store.Get(r.Context(), v.Running); err == nil {
+			jv := s.jobView(r.Context(), j, false)
+			body.Running = &jv
+		}
+	}
+	writeJSON(w, http.StatusOK, body)
+}
+
+// waits reports whether a job in state st waits for its turn: queued, or retrying (in a
+// back-off between attempts, still in the queue).
+func waits(st broker.State) bool { return st == broker.StateQueued || st == broker.StateRetrying }
+
+// addPosition fills in the queue position and ETA of a waiting job. A job the view does
+// not hold yet (published after it) gets a view computed now; one it still does not
+// hold (just picked, or its worker runs elsewhere) gets neither.
+func (s *Server) addPosition(ctx context.Context, v *jobView, asked time.Time) {
+	if s.cfg.Queue == nil || !waits(v.State) {
+		return
+	}
+	for _, notBefore := range []time.Time{{}, asked} {
+		qv, err := s.cfg.Queue.QueueView(ctx, notBefore)
+		if err != nil {
+			s.log.Warn("queue view", "job_id", v.ID, "model", v.Model, "err", err)
+			return
+		}
+		for _, q := range qv.Queued {
+			if q.JobID == v.ID {
+				pos, eta := q.QueuePosition, q.ETA
+				v.QueuePosition, v.ETA = &pos, &eta
+				return
+			}
+		}
+		if !qv.At.Before(asked) {
+			return
+		}
+	}
+}

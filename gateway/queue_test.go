@@ -1,0 +1,147 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// withWorker builds a worker on the bundle's store as the gateway's queue view; the
+// returned start runs it until the test ends.
+func withWorker(t *testing.T) (bundleOption, func()) {
+	var w *worker.Worker
+	opt := withGateway(func(c *Config) {
+		var err error
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory, RetryDelay: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Queue = w
+	})
+	return opt, func() { runUntilCleanup(t, "worker", w.Run) }
+}
+
+// getQueue answers GET /queue with query q.
+func getQueue(t *testing.T, b *testBundle, q string) queueBody {
+	t.Helper()
+	resp, out := b.request(t, http.MethodGet, "/queue"+q, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /queue%s: %d %s", q, resp.StatusCode, out)
+	}
+	var body queueBody
+	if err := json.Unmarshal(out, &body); err != nil {
+		t.Fatalf("GET /queue%s: %v in %s", q, err, out)
+	}
+	return body
+}
+
+// GET /queue shows the running job, the loaded model and the waiting jobs in the order
+// the worker runs them (the loaded model's first); GET /jobs/{id} of a waiting job
+// carries its position and ETA, and of a running or finished one neither.
+func TestQueueShowsOrderPositionAndETA(t *testing.T) {
+	t.Parallel()
+	opt, start := withWorker(t)
+	b := newTestBundle(t, opt)
+	release := b.Fake.Hold("tiny-a")
+	running := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"first"}]}`)
+	start()
+	if err := b.Fake.WaitStarted(testCtx(t, 20*time.Second), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	bJob := jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"b"}]}`)
+	a1 := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"a1"}]}`)
+	a2 := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"a2"}]}`, "X-Foreman-Priority", "low")
+
+	// Wait for the worker's running job to be recorded (it must be in loading or working).
+	waitRunning := time.Now().Add(20 * time.Second)
+	var q queueBody
+	for {
+		q = getQueue(t, b, "")
+		if q.Running != nil && q.Total == 3 {
+			break
+		}
+		if time.Now().After(waitRunning) {
+			t.Fatalf("queue never showed the running job and 3 waiting: %+v", q)
+		}
+		time.Sleep(10 * time.Millisecond) // polling with a deadline
+	}
+	if q.Running.ID != running {
+		t.Fatalf("running %s, want %s", q.Running.ID, running)
+	}
+	if strings.Join(q.Loaded, ",") != "tiny-a:latest" {
+		t.Fatalf("loaded %v", q.Loaded)
+	}
+	var order []string
+	for i, j := range q.Queued {
+		order = append(order, j.JobID)
+		if j.QueuePosition != i+1 || j.ETA.IsZero() || j.CreatedAt.IsZero() || j.Kind != broker.KindChat {
+			t.Fatalf("queued[%d] = %+v", i, j)
+		}
+	}
+	if want := []string{a1, bJob, a2}; strings.Join(order, ",") != strings.Join(want, ",") {
+		t.Fatalf("order %v, want %v (normal tiny-a, normal tiny-b, low tiny-a)", order, want)
+	}
+	if q.Queued[2].Priority != broker.PriorityLow || q.Queued[1].Model != "tiny-b" {
+		t.Fatalf("queued %+v", q.Queued)
+	}
+	if lim := getQueue(t, b, "?limit=1"); len(lim.Queued) != 1 || lim.Total != 3 || lim.Queued[0].JobID != a1 {
+		t.Fatalf("?limit=1: %+v", lim)
+	}
+	for _, bad := range []string{"?limit=0", "?limit=x", "?limit=-3"} {
+		resp, out := b.request(t, http.MethodGet, "/queue"+bad, nil)
+		wantError(t, resp, out, http.StatusBadRequest, "limit")
+	}
+
+	v := jobsGet(t, b, bJob)
+	if v.QueuePosition == nil || *v.QueuePosition != 2 || v.ETA == nil {
+		t.Fatalf("queued job view: position %v eta %v", v.QueuePosition, v.ETA)
+	}
+	if rv := jobsGet(t, b, running); rv.QueuePosition != nil || rv.ETA != nil {
+		t.Fatalf("running job shows position %v eta %v", rv.QueuePosition, rv.ETA)
+	}
+	_, raw := b.request(t, http.MethodGet, "/jobs/"+running, nil)
+	if strings.Contains(string(raw), "queue_position") || strings.Contains(string(raw), `"eta"`) {
+		t.Fatalf("running job body %s", raw)
+	}
+
+	release()
+	for _, id := range []string{running, a1, bJob, a2} {
+		waitJobState(t, b, id, broker.StateDone)
+	}
+	_, raw = b.request(t, http.MethodGet, "/jobs/"+a2, nil)
+	if strings.Contains(string(raw), "queue_position") || strings.Contains(string(raw), `"eta"`) {
+		t.Fatalf("finished job body %s", raw)
+	}
+}
+
+// A just-submitted job has its position at once: the view is computed again for it.
+func TestJobPositionRightAfterSubmit(t *testing.T) {
+	t.Parallel()
+	opt, start := withWorker(t)
+	b := newTestBundle(t, opt)
+	release := b.Fake.Hold("tiny-a")
+	defer release()
+	jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"first"}]}`)
+	start()
+	if err := b.Fake.WaitStarted(testCtx(t, 20*time.Second), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	getQueue(t, b, "") // a view cached before the next submit
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"next"}]}`)
+	if v := jobsGet(t, b, id); v.QueuePosition == nil || *v.QueuePosition != 1 || v.ETA == nil {
+		t.Fatalf("position %v eta %v", v.QueuePosition, v.ETA)
+	}
+}
+
+// Without a worker in the process GET /queue says so with a JSON error.
+func TestQueueWithoutWorker(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	resp, out := b.request(t, http.MethodGet, "/queue", nil)
+	wantError(t, resp, out, http.StatusServiceUnavailable, "no worker")
+}

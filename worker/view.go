@@ -1,0 +1,153 @@
+package worker
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// viewMaxAge is how long a computed queue view is served before it is computed again: a
+// status page polling every second and many job lookups then cost one computation.
+const viewMaxAge = 250 * time.Millisecond
+
+// runningJob is the job the worker runs now, as the view needs it.
+type runningJob struct {
+	id, model, runner string
+	started           time.Time
+	// loading is set when the job had to load its runner (a swap).
+	loading bool
+	// working is when the first answer byte came (UnixNano; 0 before).
+	working atomic.Int64
+}
+
+// answeredAt is when the first answer byte came, zero before.
+func (r *runningJob) answeredAt() time.Time {
+	if n := r.working.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
+
+// QueueView returns the waiting jobs in the order the worker is expected to run them,
+// with positions and expected start times, computed with the worker's own pick rule
+// (plan) from its current state. A view is reused for a quarter second, unless it was
+// computed before notBefore. The view is shared: do not modify it.
+func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.QueueView, error) {
+	w.viewMu.Lock()
+	defer w.viewMu.Unlock()
+	now := time.Now()
+	if w.view != nil && now.Sub(w.view.At) < viewMaxAge && !w.view.At.Before(notBefore) {
+		return w.view, nil
+	}
+	maxAge := viewMaxAge
+	if !notBefore.IsZero() {
+		maxAge = 0
+	}
+	msgs, err := w.backlog.Refresh(ctx, maxAge)
+	if err != nil {
+		return nil, err
+	}
+	v := w.computeView(msgs, now)
+	w.view = v
+	return v, nil
+}
+
+// computeView orders msgs (the queue's messages, oldest first) from the worker's state.
+func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker.QueueView {
+	w.mu.Lock()
+	c := w.choiceLocked(nil, now)
+	c.Served = cloneServed(c.Served)
+	picks := w.picks
+	run := w.running // its fields are set before it is shared, but for working (atomic)
+	w.mu.Unlock()
+
+	if run != nil {
+		// The running job's runner is loaded when it ends, in place of the least recently
+		// used one when it was not.
+		c.Loaded = withLoaded(c.Loaded, run.runner)
+	}
+	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: []broker.QueuedJob{}}
+	for _, r := range c.Loaded {
+		if name := runnerModel(r); name != "" && !slices.Contains(v.Loaded, name) {
+			v.Loaded = append(v.Loaded, name)
+		}
+	}
+	free := now
+	if run != nil {
+		v.Running = run.id
+		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return m.JobID == run.id })
+		free = now.Add(w.remaining(run, now))
+	}
+	for _, p := range order(c, picks, msgs, free, w.times) {
+		m := p.Msg
+		v.Queued = append(v.Queued, broker.QueuedJob{
+			JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
+			CreatedAt: m.Enqueued.UTC(), QueuePosition: p.Position, ETA: p.Start.UTC().Truncate(time.Second),
+		})
+	}
+	return v
+}
+
+// remaining is how long the running job is expected to take still: its model's mean run
+// time (plus its load while loading) minus what it already ran, never below 0.
+func (w *Worker) remaining(r *runningJob, now time.Time) time.Duration {
+	run, load := w.times.estimate(r.model)
+	working := r.answeredAt()
+	switch {
+	case r.loading && working.IsZero():
+		return max(load-now.Sub(r.started), 0) + run
+	case r.loading:
+		return max(run-now.Sub(working), 0)
+	default:
+		return max(run-now.Sub(r.started), 0)
+	}
+}
+
+// choiceLocked is the selection's input from the worker's state: the same for the
+// worker's own pick and for the view. w.mu must be held.
+func (w *Worker) choiceLocked(heads []head, now time.Time) choice {
+	return choice{
+		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, Heads: heads, Served: w.served,
+		Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
+	}
+}
+
+// runnerModel is the model name of a runner key ("" for one foreman does not make).
+func runnerModel(runner string) string {
+	token, _, _ := strings.Cut(runner, ".")
+	name, err := broker.ModelFromToken(token)
+	if err != nil {
+		return ""
+	}
+	return name
+}
+
+// startRunning records the start of a job's attempt for the view and for learning its
+// model's durations.
+func (w *Worker) startRunning(id, model, token string, state broker.State) *runningJob {
+	r := &runningJob{id: id, model: model, runner: runnerOf(token), started: time.Now(), loading: state == broker.StateLoading}
+	w.mu.Lock()
+	w.running = r
+	w.mu.Unlock()
+	return r
+}
+
+// answered records when the target's first answer byte came.
+func (r *runningJob) answered(at time.Time) { r.working.Store(at.UnixNano()) }
+
+// learn feeds a job that ran to its end into its model's durations: the time to its
+// first answer byte as the load time of a job that had to load its runner, the rest as
+// its run time.
+func (w *Worker) learn(r *runningJob, end time.Time) {
+	working := r.answeredAt()
+	if !r.loading || working.IsZero() {
+		w.times.observeRun(r.model, end.Sub(r.started))
+		return
+	}
+	w.times.observeLoad(r.model, working.Sub(r.started))
+	w.times.observeRun(r.model, end.Sub(working))
+}

@@ -1,0 +1,97 @@
+package worker_test
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// The queue view predicts the order the worker really runs a mixed backlog in (classes,
+// programs, models, load options, the consecutive cap): both come from one pick rule.
+// MaxWait is long: the view ages the jobs by the expected durations (the priors, as
+// nothing ran yet), while the fake answers at once.
+func TestQueueViewPredictsRunOrder(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	first := tb.chat(t, "tiny-a", 0)
+	w := tb.start(t, worker.Config{MaxConsecutive: 2, MaxWait: time.Hour})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	jobs := []queued{
+		{tag: "a1", model: "tiny-a"},
+		{tag: "b1", model: "tiny-b"},
+		{tag: "lowa", model: "tiny-a", class: broker.PriorityLow},
+		{tag: "a2", model: "tiny-a", program: "p"},
+		{tag: "b2", model: "tiny-b", program: "p"},
+		{tag: "hib", model: "tiny-b", class: broker.PriorityHigh},
+		{tag: "a3", model: "tiny-a", program: "q"},
+		{tag: "c256", model: "tiny-a", options: `{"num_ctx":256}`},
+		{tag: "a4", model: "tiny-a"},
+		{tag: "b3", model: "tiny-b"},
+		{tag: "a5", model: "tiny-a", program: "p"},
+	}
+	tagOf := map[string]string{}
+	for _, q := range jobs {
+		body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":%q}]`, q.model, q.tag)
+		if q.options != "" {
+			body += `,"options":` + q.options
+		}
+		body += "}"
+		j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: q.model, Kind: broker.KindChat, Priority: q.class, Program: q.program}, []byte(body))
+		if err != nil {
+			t.Fatalf("submit %s: %v", q.tag, err)
+		}
+		tagOf[j.ID] = q.tag
+	}
+	asked := time.Now()
+	v, err := w.QueueView(ctxT(t), asked)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Running != first.ID {
+		t.Fatalf("running %q, want the held job %s", v.Running, first.ID)
+	}
+	if !slices.Equal(v.Loaded, []string{"tiny-a:latest"}) {
+		t.Fatalf("loaded %v, want [tiny-a:latest]", v.Loaded)
+	}
+	var predicted []string
+	for i, q := range v.Queued {
+		if q.QueuePosition != i+1 {
+			t.Fatalf("position %d at index %d", q.QueuePosition, i)
+		}
+		if i > 0 && q.ETA.Before(v.Queued[i-1].ETA) {
+			t.Fatalf("eta of position %d (%v) before its predecessor's (%v)", i+1, q.ETA, v.Queued[i-1].ETA)
+		}
+		if q.ETA.Before(asked.Truncate(time.Second)) {
+			t.Fatalf("eta %v in the past", q.ETA)
+		}
+		predicted = append(predicted, tagOf[q.JobID])
+	}
+	release()
+	for id := range tagOf {
+		tb.waitState(t, id, broker.StateDone)
+	}
+	var ran []string
+	for _, c := range tb.fake.Calls() {
+		if m := tagRE.FindSubmatch(c.Body); m != nil && string(m[1]) != "question" {
+			ran = append(ran, string(m[1]))
+		}
+	}
+	if !slices.Equal(predicted, ran) {
+		t.Fatalf("predicted %v, ran %v", predicted, ran)
+	}
+	// Once the jobs ran, the view holds none of them.
+	v, err = w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Queued) != 0 || v.Running != "" {
+		t.Fatalf("after the backlog: running %q, queued %v", v.Running, v.Queued)
+	}
+}
