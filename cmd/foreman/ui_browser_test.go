@@ -153,3 +153,20 @@ func TestStatusPageInBrowser(t *testing.T) {
 		}
 	}
 }
+
+// With auth on the page itself loads without a token, asks for one when the API answers
+// 401, and shows no data.
+func TestStatusPageAsksForATokenInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_AUTH_TOKEN": "s3cret"})
+	dom := headless(t, browser, "http://"+a.Addr()+"/ui/", 2*time.Second)
+	form := section(dom, "token-form", ">")
+	if form == "" || strings.Contains(form, "hidden") {
+		t.Errorf("the token form is not shown: %q", form)
+	}
+	if status := section(dom, "status", "</span>"); !strings.Contains(status, "a bearer token is needed") {
+		t.Errorf("status: %q", status)
+	}
+}
