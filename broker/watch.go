@@ -102,3 +102,18 @@ func (s *Store) OnDeliveryLimit(fn func(seq, deliveries uint64, err error)) (sto
 	}
 	return func() { _ = sub.Unsubscribe() }, nil
 }
+
+// OnJobEvents calls fn with the state event of every job (each write of a job record),
+// for counters that follow all jobs. Events that do not decode (deletes) are skipped. fn
+// runs on the connection's dispatcher and must not block. stop ends the calls.
+func (s *Store) OnJobEvents(fn func(*Job)) (stop func(), err error) {
+	sub, err := s.nc.Subscribe(StateWildcard, func(m *nats.Msg) {
+		if j, err := DecodeJob(m.Data); err == nil {
+			fn(j)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("subscribe to job events: %w", err)
+	}
+	return func() { _ = sub.Unsubscribe() }, nil
+}

@@ -176,3 +176,25 @@ func ExampleVerifyWebhook() {
 	// <nil>
 	// webhook: no matching signature
 }
+
+func ExampleClient_Queue() {
+	f := exampleForeman()
+	defer f.Close()
+	c, err := client.New(f.URL)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	q, err := c.Queue(ctx, 10) // the first 10 waiting jobs, in the order foreman will run them
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, j := range q.Queued {
+		fmt.Println(j.QueuePosition, j.JobID, j.Model, "starts about", j.ETA.Format(time.Kitchen))
+	}
+	fmt.Println(q.Total, "waiting")
+	// Output: 0 waiting
+}

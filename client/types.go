@@ -73,9 +73,9 @@ type Job struct {
 	// Program is the program the job belongs to: the name of the token that submitted
 	// it, else the program the submit named; empty for the anonymous program.
 	Program string `json:"program,omitempty"`
-	// QueuePosition (1 runs next) and ETA (when the job is expected to start) are set
-	// while the job waits in the queue.
-	QueuePosition *int       `json:"queue_position,omitempty"`
+	// QueuePosition (1 runs next) and ETA (the expected start) are set by Job for a job
+	// that waits (queued or retrying); 0 and nil otherwise.
+	QueuePosition int        `json:"queue_position,omitempty"`
 	ETA           *time.Time `json:"eta,omitempty"`
 }
 

@@ -146,6 +146,11 @@ type Server struct {
 	ending    chan struct{}
 	endingOne sync.Once
 
+	// models bounds the model labels of the metrics; jobMetrics are the job counters
+	// (metrics_jobs.go).
+	models     *modelLabels
+	jobMetrics *jobMetrics
+
 	// beforeSubmit, when set (tests only), runs after a submit claimed its idempotency
 	// key and before it writes the job.
 	beforeSubmit func(jobID string)
@@ -157,7 +162,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{})}
+	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{}}
+	s.jobMetrics = newJobMetrics(s.models)
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {
 		return nil, err

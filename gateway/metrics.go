@@ -17,6 +17,7 @@ import (
 type metrics struct {
 	s          *Server
 	queueDepth *prometheus.Desc
+	targetUp   *prometheus.Desc
 	queueTotal *prometheus.Desc
 	degraded   *prometheus.Desc
 	loaded     *prometheus.Desc
@@ -26,12 +27,14 @@ type metrics struct {
 
 func newMetricsHandler(s *Server) http.Handler {
 	reg := prometheus.NewRegistry()
+	reg.MustRegister(s.jobMetrics.collectors()...)
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		&metrics{
 			s:          s,
-			queueDepth: prometheus.NewDesc("foreman_queue_depth", "Jobs in the queue (waiting, retrying or running) per model.", []string{"model"}, nil),
+			queueDepth: prometheus.NewDesc("foreman_queue_depth", "Jobs in the queue (waiting, retrying or running) per model and priority.", []string{"model", "priority"}, nil),
+			targetUp:   prometheus.NewDesc("foreman_target_up", "1 while the Ollama target is reachable, 0 while it is not.", nil, nil),
 			queueTotal: prometheus.NewDesc("foreman_queue_jobs", "Jobs in the queue, all models.", nil, nil),
 			degraded:   prometheus.NewDesc("foreman_target_degraded", "1 while the Ollama target is unreachable.", nil, nil),
 			loaded:     prometheus.NewDesc("foreman_target_loaded_model", "1 for each model loaded on the target (last poll).", []string{"model"}, nil),
@@ -44,6 +47,7 @@ func newMetricsHandler(s *Server) http.Handler {
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.queueDepth
+	ch <- m.targetUp
 	ch <- m.queueTotal
 	ch <- m.degraded
 	ch <- m.loaded
@@ -54,23 +58,33 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if depth, err := m.s.store.Depth(ctx); err == nil {
+	if depth, err := m.s.store.DepthByKey(ctx); err == nil {
 		var total uint64
-		for token, n := range depth {
-			model, err := broker.ModelFromToken(token)
-			if err != nil {
-				model = token
-			}
+		type series struct{ model, priority string }
+		sum := map[series]uint64{}
+		for key, n := range depth {
 			total += n
-			ch <- prometheus.MustNewConstMetric(m.queueDepth, prometheus.GaugeValue, float64(n), model)
+			k, err := broker.ParseQueueKey(key)
+			if err != nil {
+				continue // no queue foreman makes; the worker removes it
+			}
+			model, err := broker.ModelFromToken(k.Model)
+			if err != nil {
+				continue
+			}
+			sum[series{m.s.models.label(model), string(k.Class)}] += n
+		}
+		for s, n := range sum {
+			ch <- prometheus.MustNewConstMetric(m.queueDepth, prometheus.GaugeValue, float64(n), s.model, s.priority)
 		}
 		ch <- prometheus.MustNewConstMetric(m.queueTotal, prometheus.GaugeValue, float64(total))
 	}
-	deg := 0.0
+	deg, up := 0.0, 1.0
 	if m.s.inv.Degraded() {
-		deg = 1
+		deg, up = 1, 0
 	}
 	ch <- prometheus.MustNewConstMetric(m.degraded, prometheus.GaugeValue, deg)
+	ch <- prometheus.MustNewConstMetric(m.targetUp, prometheus.GaugeValue, up)
 	ch <- prometheus.MustNewConstMetric(m.cutOff, prometheus.CounterValue, float64(m.s.syncs.cutOff.Load()))
 	ch <- prometheus.MustNewConstMetric(m.peak, prometheus.GaugeValue, float64(m.s.syncs.peak.Load()))
 	for _, model := range m.s.inv.Loaded() {

@@ -27,41 +27,92 @@ type costs interface {
 // free: each pick is plan's first queue, whose next job then becomes its head, and the
 // current runner, its consecutive count, the programs' turns, the loaded runners and the
 // clock advance as the worker's would. Loading a runner that is not loaded costs its
-// load time and evicts the least recently used one (withLoaded).
-// picks is the worker's count of picks so far (the scale of c.Served).
+// load time and evicts the least recently used one (withLoaded). picks is the worker's
+// count of picks so far (the scale of c.Served).
 //
 // Jobs in a retry back-off are ordered as if ready: they are waiting too. Messages on a
 // queue subject foreman does not make are left out (the worker removes them).
+//
+// Cost: plan sees one head per runner and class (a group), not one per queue. Within a
+// group plan's order is the programs' turns (served, then the head's age), so only the
+// group's first queue can come first, and plan's choice between groups reads only
+// their oldest job (age, and MaxWait via the enqueue time). Each pick thus costs a plan
+// of a few heads plus a pass over the picked group's queues, and 10k jobs order in
+// milliseconds (BenchmarkQueueView); orderEachQueue, which gives plan every queue,
+// must agree (TestOrderMatchesPlanOfEveryQueue).
 func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs) []planned {
-	queues := map[string][]broker.QueuedMessage{}
-	var tokens []string
-	for _, m := range msgs {
-		if !broker.TokenValid(m.Token) {
-			continue
-		}
-		if _, ok := queues[m.Token]; !ok {
-			tokens = append(tokens, m.Token)
-		}
-		queues[m.Token] = append(queues[m.Token], m)
+	type queue struct {
+		token string
+		msgs  []broker.QueuedMessage
+		key   head // the queue's Token, Runner and Class
 	}
-	heads := make([]head, 0, len(tokens))
-	slot := make(map[string]int, len(tokens)) // token -> index in heads
-	for _, t := range tokens {
-		slot[t] = len(heads)
-		heads = append(heads, queueHead(t, queues[t][0]))
+	type group struct {
+		queues []*queue
+		rep    head // the group as plan sees it: its first queue with its oldest job
 	}
 	c.Served = cloneServed(c.Served)
 	c.Loaded = slices.Clone(c.Loaded)
+	groups := map[string]*group{}
+	var order []*group // first seen first, so the heads' order does not depend on map order
+	byToken := map[string]*queue{}
+	invalid := map[string]bool{}
+	for _, m := range msgs {
+		q, ok := byToken[m.Token]
+		if !ok {
+			if invalid[m.Token] || !broker.TokenValid(m.Token) {
+				invalid[m.Token] = true
+				continue
+			}
+			h := queueHead(m.Token, m)
+			q = &queue{token: m.Token, key: head{Token: h.Token, Runner: h.runner(), Class: h.Class}}
+			byToken[m.Token] = q
+			gk := h.runner() + " " + string(h.Class.OrNormal())
+			g, ok := groups[gk]
+			if !ok {
+				g = &group{}
+				groups[gk] = g
+				order = append(order, g)
+			}
+			g.queues = append(g.queues, q)
+		}
+		q.msgs = append(q.msgs, m)
+	}
+	represent := func(g *group) {
+		first, oldest := g.queues[0], g.queues[0].msgs[0]
+		enq := oldest.Enqueued
+		for _, q := range g.queues[1:] {
+			h := q.msgs[0]
+			if s, f := c.Served[q.token], c.Served[first.token]; s < f || s == f && h.Seq < first.msgs[0].Seq {
+				first = q
+			}
+			if h.Seq < oldest.Seq {
+				oldest = h
+			}
+			if h.Enqueued.Before(enq) {
+				enq = h.Enqueued
+			}
+		}
+		g.rep = first.key
+		g.rep.Seq, g.rep.Enqueued = oldest.Seq, enq
+	}
+	for _, g := range order {
+		represent(g)
+	}
+	heads := make([]head, 0, len(order))
 	out := make([]planned, 0, len(msgs))
 	at := free
-	for len(heads) > 0 {
+	for len(order) > 0 {
+		heads = heads[:0]
+		for _, g := range order {
+			heads = append(heads, g.rep)
+		}
 		c.Heads, c.Now = heads, at
 		tok := plan(c)[0]
-		q := queues[tok]
-		m := q[0]
+		q := byToken[tok]
+		m := q.msgs[0]
 		out = append(out, planned{Msg: m, Position: len(out) + 1, Start: at})
 
-		r := runnerOf(tok)
+		r := q.key.Runner
 		run, load := cost.estimate(m.Model)
 		if !slices.Contains(c.Loaded, r) {
 			at = at.Add(load)
@@ -76,19 +127,19 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		picks++
 		c.Served[tok] = picks
 
-		queues[tok] = q[1:]
-		i := slot[tok]
-		if len(q) > 1 {
-			heads[i] = queueHead(tok, q[1])
+		q.msgs = q.msgs[1:]
+		gi := slices.IndexFunc(order, func(g *group) bool { return g.rep.Token == tok })
+		g := order[gi]
+		if len(q.msgs) == 0 {
+			// The queue ran empty: its program's turn is forgotten (forgetTurns).
+			delete(c.Served, tok)
+			g.queues = slices.DeleteFunc(g.queues, func(x *queue) bool { return x == q })
+		}
+		if len(g.queues) == 0 {
+			order = slices.Delete(order, gi, gi+1)
 			continue
 		}
-		// The queue ran empty: its program's turn is forgotten (forgetTurns).
-		delete(c.Served, tok)
-		last := len(heads) - 1
-		heads[i] = heads[last]
-		slot[heads[i].Token] = i
-		heads = heads[:last]
-		delete(slot, tok)
+		represent(g)
 	}
 	return out
 }

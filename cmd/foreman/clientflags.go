@@ -55,13 +55,11 @@ func pick(flag string, e *env, name, def string) string {
 
 func (f *clientFlags) baseURL(e *env) string { return pick(f.url, e, "FOREMAN_URL", defaultURL) }
 
-func (f *clientFlags) tokenOf(e *env) string { return pick(f.token, e, "FOREMAN_TOKEN", "") }
-
 // client builds the client. A NATS URL that cannot be reached is not fatal: the command
 // says so on stderr and polls instead.
 func (f *clientFlags) client(cmd *cobra.Command, e *env, opts ...client.Option) (*client.Client, error) {
 	base := f.baseURL(e)
-	opts = append([]client.Option{client.WithToken(f.tokenOf(e))}, opts...)
+	opts = append([]client.Option{client.WithToken(pick(f.token, e, "FOREMAN_TOKEN", ""))}, opts...)
 	if nu := pick(f.natsURL, e, "FOREMAN_CLIENT_NATS_URL", ""); nu != "" {
 		var nopts []nats.Option
 		if user := pick(f.natsUser, e, "FOREMAN_NATS_USER", ""); user != "" {

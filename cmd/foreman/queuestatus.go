@@ -49,8 +49,8 @@ func (q *queueStatus) run(ctx context.Context, c *client.Client, id string) {
 		case j.State != client.StateQueued && j.State != client.StateRetrying:
 			q.Clear()
 			return
-		case j.QueuePosition != nil:
-			q.show(queueLine(*j.QueuePosition, j.ETA))
+		case j.QueuePosition > 0:
+			q.show(queueLine(j.QueuePosition, j.ETA))
 		}
 		select {
 		case <-ctx.Done():

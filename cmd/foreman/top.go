@@ -18,23 +18,11 @@ import (
 
 // topSnapshot is what `foreman top` shows at one moment.
 type topSnapshot struct {
-	Running *client.Job    `json:"running"`
-	Loaded  []string       `json:"loaded"`
-	Queued  []topQueuedJob `json:"queued"`
-	Total   int            `json:"total"`
-	Recent  []client.Job   `json:"recent"`
-}
-
-// topQueuedJob is one waiting job, position 1 first.
-type topQueuedJob struct {
-	ID        string    `json:"job_id"`
-	Model     string    `json:"model"`
-	Kind      string    `json:"kind"`
-	Priority  string    `json:"priority"`
-	Program   string    `json:"program"`
-	CreatedAt time.Time `json:"created_at"`
-	Position  int       `json:"queue_position"`
-	ETA       time.Time `json:"eta"`
+	Running *client.Job        `json:"running"`
+	Loaded  []string           `json:"loaded"`
+	Queued  []client.QueuedJob `json:"queued"`
+	Total   int                `json:"total"`
+	Recent  []client.Job       `json:"recent"`
 }
 
 // topRows caps the queue rows and recent jobs a frame lists.
@@ -67,7 +55,7 @@ func newTopCmd(e *env) *cobra.Command {
 			defer c.Close()
 			out := cmd.OutOrStdout()
 			if once || f.json || !isTTY(out) {
-				snap, err := fetchTop(cmd.Context(), c, f.tokenOf(e))
+				snap, err := fetchTop(cmd.Context(), c)
 				if err != nil {
 					return f.explain(e, err)
 				}
@@ -86,8 +74,8 @@ func newTopCmd(e *env) *cobra.Command {
 }
 
 // fetchTop reads the queue and the recent jobs.
-func fetchTop(ctx context.Context, c *client.Client, token string) (*topSnapshot, error) {
-	q, err := getQueue(ctx, c.URL(), token, topQueueRows)
+func fetchTop(ctx context.Context, c *client.Client) (*topSnapshot, error) {
+	q, err := c.Queue(ctx, topQueueRows)
 	if err != nil {
 		return nil, err
 	}
@@ -128,8 +116,8 @@ func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "POS\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
 	for _, j := range s.Queued {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.Position, topETA(now, j.ETA), j.Model, j.Priority,
-			programName(j.Program), j.Kind, topDuration(now.Sub(j.CreatedAt)), j.ID)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, topETA(now, j.ETA), j.Model, j.Priority,
+			programName(j.Program), j.Kind, topDuration(now.Sub(j.CreatedAt)), j.JobID)
 	}
 	_ = tw.Flush()
 	if more := s.Total - len(s.Queued); more > 0 {

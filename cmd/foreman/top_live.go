@@ -52,7 +52,7 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 		}
 		var frame bytes.Buffer
 		fetchCtx, stop := context.WithTimeout(ctx, 10*time.Second)
-		snap, err := fetchTop(fetchCtx, c, f.tokenOf(e))
+		snap, err := fetchTop(fetchCtx, c)
 		stop()
 		if ctx.Err() != nil {
 			return nil

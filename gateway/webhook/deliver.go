@@ -67,6 +67,9 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 		rec.Outcome = broker.OutcomeRetry
 	}
 	d.record(ctx, e, rec)
+	if fn := d.cfg.OnAttempt; fn != nil {
+		fn(attemptOutcome(rec.Outcome))
+	}
 	e.attempts = n
 	switch rec.Outcome {
 	case broker.OutcomeDelivered:
@@ -232,4 +235,16 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		return t.Sub(now)
 	}
 	return 0
+}
+
+// attemptOutcome is the Config.OnAttempt outcome of a delivery attempt's record.
+func attemptOutcome(outcome string) string {
+	switch outcome {
+	case broker.OutcomeDelivered:
+		return "ok"
+	case broker.OutcomeRetry:
+		return "retry"
+	default:
+		return "gave_up"
+	}
 }

@@ -51,7 +51,11 @@ type Config struct {
 	// checks every connection against the policy. A Client given here bypasses the policy
 	// unless its transport dials through Policy.DialContext.
 	Client *http.Client
-	Logger *slog.Logger
+	// OnAttempt, when set, is told the outcome of every delivery attempt: "ok" (2xx),
+	// "retry" (failed, tried again later) or "gave_up" (attempts spent, refused by the
+	// policy, or 410 from the receiver). It must not block.
+	OnAttempt func(outcome string)
+	Logger    *slog.Logger
 }
 
 func (c *Config) setDefaults() {

@@ -128,10 +128,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.goRun("inventory", func() error { return a.inv.Run(bg) })
 	a.goRun("worker", func() error { return a.worker.Run(bg) })
 	a.goRun("presence", func() error { return a.store.Announce(bg) })
+	a.goRun("metrics", func() error { return a.gw.RunMetrics(bg) })
 
 	// Webhook fan-out and job submission over NATS request/reply.
 	hcfg := webhook.Config{
 		Store: a.store, Secret: cfg.WebhookSecret, Attempts: cfg.WebhookAttempts, Policy: policy, Logger: log,
+		OnAttempt: a.gw.WebhookAttempt,
 	}
 	if adjust := cfg.Components.Webhooks; adjust != nil {
 		adjust(&hcfg)

@@ -1,0 +1,150 @@
+package broker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// The backlog follows the queue: new jobs appear with their headers, a canceled one
+// leaves, oldest first throughout.
+func TestBacklogFollowsQueue(t *testing.T) {
+	t.Parallel()
+	bb := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	submit := func(model, program string, class broker.Priority) string {
+		j, err := bb.Store.Submit(ctx, &broker.Job{Model: model, Kind: broker.KindChat, Program: program, Priority: class},
+			[]byte(`{"model":"`+model+`","messages":[]}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j.ID
+	}
+	ids := func(msgs []broker.QueuedMessage) string {
+		var out []string
+		for _, m := range msgs {
+			out = append(out, m.JobID)
+		}
+		return fmt.Sprint(out)
+	}
+	back := bb.Store.Backlog()
+	a := submit("tiny-a", "", "")
+	b := submit("tiny-b", "etl", broker.PriorityLow)
+	c := submit("tiny-a", "", broker.PriorityHigh)
+	msgs, err := back.Refresh(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(msgs), fmt.Sprint([]string{a, b, c}); got != want {
+		t.Fatalf("backlog %s, want %s", got, want)
+	}
+	m := msgs[1]
+	if m.Model != "tiny-b" || m.Program != "etl" || m.Priority != broker.PriorityLow || m.Kind != broker.KindChat || m.Enqueued.IsZero() {
+		t.Fatalf("message %+v", m)
+	}
+	if k, err := broker.ParseQueueKey(m.Token); err != nil || k.Class != broker.PriorityLow {
+		t.Fatalf("token %q: %v", m.Token, err)
+	}
+	if _, err := bb.Store.Cancel(ctx, b, "test"); err != nil {
+		t.Fatal(err)
+	}
+	d := submit("tiny-b", "", "")
+	// A copy younger than maxAge is served as it is.
+	if msgs, _ := back.Refresh(ctx, time.Hour); ids(msgs) != fmt.Sprint([]string{a, b, c}) {
+		t.Fatalf("cached backlog %s", ids(msgs))
+	}
+	msgs, err = back.Refresh(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := ids(msgs), fmt.Sprint([]string{a, c, d}); got != want {
+		t.Fatalf("after a cancel and a submit: %s, want %s", got, want)
+	}
+}
+
+// fillQueue publishes n queue messages spread over models, classes and programs.
+func fillQueue(b *testing.B, bb *brokertest.Bundle, n int) {
+	js := bb.JetStream(b)
+	var acks []jetstream.PubAckFuture
+	for i := range n {
+		model := fmt.Sprintf("m%d", i%4)
+		class := []broker.Priority{broker.PriorityHigh, broker.PriorityNormal, broker.PriorityLow}[i%3]
+		j := &broker.Job{ID: broker.NewID(), Model: model, Kind: broker.KindChat, Priority: class, Program: fmt.Sprintf("p%d", i%5)}
+		k, err := broker.KeyOf(j, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		msg := nats.NewMsg(broker.QueueSubject(k.String()))
+		msg.Header.Set(broker.HeaderJobID, j.ID)
+		msg.Header.Set(broker.HeaderModel, model)
+		msg.Header.Set(broker.HeaderKind, string(j.Kind))
+		msg.Header.Set(broker.HeaderPriority, string(class))
+		msg.Header.Set(broker.HeaderProgram, j.Program)
+		msg.Data = []byte(`{"model":"` + model + `","messages":[{"role":"user","content":"hello world"}]}`)
+		f, err := js.PublishMsgAsync(msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		acks = append(acks, f)
+		if i%1000 == 999 {
+			waitAcks(b, js)
+		}
+	}
+	waitAcks(b, js)
+	for _, f := range acks {
+		select {
+		case <-f.Ok():
+		case err := <-f.Err():
+			b.Fatal(err)
+		}
+	}
+}
+
+func waitAcks(b *testing.B, js jetstream.JetStream) {
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(time.Minute):
+		b.Fatal("publishes not acknowledged")
+	}
+}
+
+// BenchmarkBacklogFirstRead measures reading a 10k-job queue's headers into a new
+// backlog (once per process; later refreshes read only what is new).
+func BenchmarkBacklogFirstRead(b *testing.B) {
+	bb := brokertest.New(b, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 1_000_000 }))
+	fillQueue(b, bb, 10_000)
+	ctx := context.Background()
+	b.ResetTimer()
+	for range b.N {
+		msgs, err := bb.Store.Backlog().Refresh(ctx, 0)
+		if err != nil || len(msgs) != 10_000 {
+			b.Fatalf("%d messages, %v", len(msgs), err)
+		}
+	}
+}
+
+// BenchmarkBacklogRefresh measures bringing a 10k-job backlog up to date when nothing
+// changed: the cost of each view that is not served from the cache.
+func BenchmarkBacklogRefresh(b *testing.B) {
+	bb := brokertest.New(b, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 1_000_000 }))
+	fillQueue(b, bb, 10_000)
+	ctx := context.Background()
+	back := bb.Store.Backlog()
+	if _, err := back.Refresh(ctx, 0); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if msgs, err := back.Refresh(ctx, 0); err != nil || len(msgs) != 10_000 {
+			b.Fatalf("%d messages, %v", len(msgs), err)
+		}
+	}
+}

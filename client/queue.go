@@ -1,0 +1,69 @@
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// Queue is foreman's queue as GET /queue shows it: the running job, the models loaded,
+// and the waiting jobs in the order foreman expects to run them.
+type Queue struct {
+	// Running is the job running now; nil when foreman is idle.
+	Running *Job `json:"running"`
+	// Loaded are the models foreman counts as loaded on the Ollama server.
+	Loaded []string `json:"loaded"`
+	// Queued are the first waiting jobs (as many as the limit asked), position 1 first.
+	Queued []QueuedJob `json:"queued"`
+	// Total is the number of waiting jobs, shown or not.
+	Total int `json:"total"`
+	// Raw is the response body as foreman sent it.
+	Raw json.RawMessage `json:"-"`
+}
+
+// QueuedJob is one waiting job of a Queue.
+type QueuedJob struct {
+	JobID    string `json:"job_id"`
+	Model    string `json:"model"`
+	Kind     Kind   `json:"kind"`
+	Priority string `json:"priority"`
+	Program  string `json:"program"`
+	// CreatedAt is when the job entered the queue.
+	CreatedAt time.Time `json:"created_at"`
+	// QueuePosition is 1 for the job that runs next.
+	QueuePosition int `json:"queue_position"`
+	// ETA is when the job is expected to start, from the mean run and load times foreman
+	// measured per model.
+	ETA time.Time `json:"eta"`
+}
+
+// Queue reads the queue (GET /queue). limit caps the waiting jobs listed (1 to
+// 100000); 0 leaves foreman's default, the first 100.
+func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
+	path := "/queue"
+	if limit > 0 {
+		path += "?limit=" + strconv.Itoa(limit)
+	}
+	resp, err := c.request(ctx, http.MethodGet, path, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("client: read GET %s: %w", path, err)
+	}
+	var q Queue
+	if err := json.Unmarshal(raw, &q); err != nil {
+		return nil, fmt.Errorf("client: decode GET %s: %w", path, err)
+	}
+	if q.Running != nil {
+		q.Running.normalize()
+	}
+	q.Raw = raw
+	return &q, nil
+}

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newQueueCmd(e *env) *cobra.Command {
+	var (
+		f     *clientFlags
+		limit int
+	)
+	cmd := &cobra.Command{
+		Use:   "queue",
+		Short: "Show the running job and the waiting jobs in the order foreman will run them",
+		Long: "Show the running job, the models loaded and the waiting jobs in the order foreman\n" +
+			"expects to run them, with each job's position and expected start (ETA).\n" +
+			"--json prints the GET /queue body as foreman sent it.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := f.client(cmd, e)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			q, err := c.Queue(cmd.Context(), limit)
+			if err != nil {
+				return f.explain(e, err)
+			}
+			out := cmd.OutOrStdout()
+			if f.json {
+				raw := strings.TrimRight(string(q.Raw), "\n")
+				_, err := fmt.Fprintln(out, raw)
+				return err
+			}
+			now := e.clock()
+			running := "none"
+			if j := q.Running; j != nil {
+				running = fmt.Sprintf("%s %s (%s", j.ID, j.Model, j.State)
+				if j.StartedAt != nil {
+					running += ", " + shortAge(now.Sub(*j.StartedAt))
+				}
+				running += ")"
+			}
+			loaded := strings.Join(q.Loaded, ", ")
+			if loaded == "" {
+				loaded = "none"
+			}
+			fmt.Fprintf(out, "Running: %s\nLoaded:  %s\nWaiting: %d\n\n", running, loaded, q.Total)
+			tw := tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
+			fmt.Fprintln(tw, "POS\tID\tMODEL\tKIND\tPRIORITY\tPROGRAM\tAGE\tETA")
+			for _, j := range q.Queued {
+				eta := "now"
+				if d := j.ETA.Sub(now); d >= time.Second {
+					eta = "in " + shortAge(d)
+				}
+				program := j.Program
+				if program == "" {
+					program = "-"
+				}
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, j.JobID, j.Model, j.Kind, j.Priority, program,
+					shortAge(now.Sub(j.CreatedAt)), eta)
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if more := q.Total - len(q.Queued); more > 0 {
+				fmt.Fprintf(cmd.ErrOrStderr(), "%d more waiting; see them with --limit %d\n", more, q.Total)
+			}
+			return nil
+		},
+	}
+	f = addClientFlags(cmd, false)
+	cmd.Flags().IntVar(&limit, "limit", 0, "waiting jobs to list (server default 100)")
+	return cmd
+}

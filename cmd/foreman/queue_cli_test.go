@@ -1,0 +1,64 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+)
+
+// queueBody is a GET /queue answer relative to fixedNow (2025-01-02T03:04:05Z).
+const queueBody = `{"running":{"id":"01JGJ4Q2R0000000000000000B","kind":"generate","model":"qwen2.5:0.5b","state":"working","attempts":1,"created_at":"2025-01-02T02:58:05Z","started_at":"2025-01-02T03:03:05Z","finished_at":null,"error":"","result":null,"artifacts":[],"priority":"normal","program":""},` +
+	`"loaded":["qwen2.5:0.5b"],"queued":[` +
+	`{"job_id":"01JGJ4Q2R0000000000000000C","model":"qwen2.5:0.5b","kind":"chat","priority":"high","program":"","created_at":"2025-01-02T03:04:00Z","queue_position":1,"eta":"2025-01-02T03:04:05Z"},` +
+	`{"job_id":"01JGJ4Q2R0000000000000000D","model":"llama3.2","kind":"chat","priority":"normal","program":"etl","created_at":"2025-01-02T03:00:05Z","queue_position":2,"eta":"2025-01-02T03:04:45Z"}],"total":5}` + "\n"
+
+// queueForeman serves queueBody on GET /queue and records the query asked.
+func queueForeman(t *testing.T) (url string, queries chan string) {
+	t.Helper()
+	queries = make(chan string, 10)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || r.URL.Path != "/queue" {
+			http.NotFound(w, r)
+			return
+		}
+		queries <- r.URL.RawQuery
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, queueBody)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL, queries
+}
+
+// foreman queue prints the running job, the loaded models and the waiting jobs in order
+// with their ETAs; --json is the body as sent; --limit asks the server for that many.
+func TestQueueCommand(t *testing.T) {
+	t.Parallel()
+	url, queries := queueForeman(t)
+	vars := map[string]string{"FOREMAN_URL": url}
+
+	r := runCLI(t, vars, nil, nil, "queue")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	golden(t, "queue.golden", r.stdout)
+	if want := "3 more waiting; see them with --limit 5\n"; r.stderr != want {
+		t.Fatalf("stderr %q, want %q", r.stderr, want)
+	}
+	if q := <-queries; q != "" {
+		t.Fatalf("query %q without --limit", q)
+	}
+
+	r = runCLI(t, vars, nil, nil, "queue", "--json")
+	if r.code != 0 || r.stdout != queueBody {
+		t.Fatalf("--json: exit %d, stdout %q", r.code, r.stdout)
+	}
+	<-queries
+
+	if r = runCLI(t, vars, nil, nil, "queue", "--limit", "2"); r.code != 0 {
+		t.Fatalf("--limit: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if q := <-queries; q != "limit=2" {
+		t.Fatalf("query %q, want limit=2", q)
+	}
+}

@@ -1,0 +1,156 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// maxModelLabels bounds the model label values of the metrics: past it, further models
+// count as "other", so a caller naming endless models cannot grow the series without
+// bound.
+const maxModelLabels = 100
+
+// otherModel is the model label of models past maxModelLabels.
+const otherModel = "other"
+
+// modelLabels hands out the bounded model label values.
+type modelLabels struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (l *modelLabels) label(model string) string {
+	model = ollama.NormalizeModel(model)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.seen[model] {
+		return model
+	}
+	if len(l.seen) >= maxModelLabels {
+		return otherModel
+	}
+	if l.seen == nil {
+		l.seen = map[string]bool{}
+	}
+	l.seen[model] = true
+	return model
+}
+
+// jobMetrics are the counters and histograms of the jobs' lives, fed by the jobs' state
+// events (every writer's: the worker's starts and ends, a cancel of a queued job) and by
+// the webhook dispatcher.
+type jobMetrics struct {
+	models   *modelLabels
+	wait     *prometheus.HistogramVec
+	run      *prometheus.HistogramVec
+	jobs     *prometheus.CounterVec
+	loads    *prometheus.CounterVec
+	webhooks *prometheus.CounterVec
+
+	mu   sync.Mutex
+	seen map[string]jobSeen // per job, what was counted already
+}
+
+// jobSeen is what was counted of one job: events repeat a state (a cancel request
+// written while it loads), and a job starts once per attempt.
+type jobSeen struct {
+	waited  bool
+	loadFor int // the attempt whose load was counted
+	ended   bool
+}
+
+// maxSeenJobs bounds jobMetrics.seen; past it the oldest knowledge is dropped (a record
+// rewritten after that could count twice, which only a very busy foreman meets).
+const maxSeenJobs = 50_000
+
+func newJobMetrics(models *modelLabels) *jobMetrics {
+	return &jobMetrics{
+		models: models,
+		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "foreman_job_wait_seconds",
+			Help:    "Time jobs waited in the queue before they started (first attempt), per model and priority.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600},
+		}, []string{"model", "priority"}),
+		run: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "foreman_job_run_seconds",
+			Help:    "Time from a job's start to its end (loads included), per model.",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800},
+		}, []string{"model"}),
+		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "foreman_jobs_total",
+			Help: "Jobs that ended, per model and end state (done, failed, canceled).",
+		}, []string{"model", "state"}),
+		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "foreman_model_loads_total",
+			Help: "Model loads the worker caused: attempts that started with their model not loaded (a swap).",
+		}, []string{"model"}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "foreman_webhook_deliveries_total",
+			Help: "Webhook delivery attempts by outcome: ok, retry, gave_up.",
+		}, []string{"outcome"}),
+		seen: map[string]jobSeen{},
+	}
+}
+
+func (m *jobMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.wait, m.run, m.jobs, m.loads, m.webhooks}
+}
+
+// observe counts what job event j tells for the first time.
+func (m *jobMetrics) observe(j *broker.Job) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.seen[j.ID]
+	model := m.models.label(j.Model)
+	switch {
+	case j.State == broker.StateLoading || j.State == broker.StateWorking:
+		if !s.waited && j.StartedAt != nil && j.Attempt == 1 {
+			s.waited = true
+			m.wait.WithLabelValues(model, string(j.Priority.OrNormal())).Observe(j.StartedAt.Sub(j.CreatedAt).Seconds())
+		}
+		if j.State == broker.StateLoading && s.loadFor != j.Attempt {
+			s.loadFor = j.Attempt
+			m.loads.WithLabelValues(model).Inc()
+		}
+	case j.State.Terminal():
+		if s.ended {
+			return
+		}
+		s.ended = true
+		m.jobs.WithLabelValues(model, string(j.State)).Inc()
+		if j.StartedAt != nil && j.FinishedAt != nil {
+			m.run.WithLabelValues(model).Observe(j.FinishedAt.Sub(*j.StartedAt).Seconds())
+		}
+	default:
+		return
+	}
+	if len(m.seen) >= maxSeenJobs {
+		clear(m.seen)
+	}
+	m.seen[j.ID] = s
+}
+
+// WebhookAttempt counts a webhook delivery attempt's outcome ("ok", "retry", "gave_up");
+// give it to the dispatcher as webhook.Config.OnAttempt.
+func (s *Server) WebhookAttempt(outcome string) {
+	switch outcome {
+	case "ok", "retry", "gave_up":
+		s.jobMetrics.webhooks.WithLabelValues(outcome).Inc()
+	}
+}
+
+// RunMetrics follows every job's state events for the job metrics until ctx ends.
+func (s *Server) RunMetrics(ctx context.Context) error {
+	stop, err := s.store.OnJobEvents(s.jobMetrics.observe)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	<-ctx.Done()
+	return nil
+}

@@ -1,0 +1,204 @@
+package worker
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// fixedCosts gives every model the same durations, or per-model ones.
+type fixedCosts map[string][2]time.Duration
+
+func (f fixedCosts) estimate(model string) (time.Duration, time.Duration) {
+	d := f[model]
+	return d[0], d[1]
+}
+
+func queueKey(t testing.TB, model, program string, class broker.Priority) string {
+	t.Helper()
+	k, err := broker.KeyOf(&broker.Job{Model: model, Program: program, Priority: class}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.String()
+}
+
+func runnerKey(t testing.TB, model string) string {
+	t.Helper()
+	tok, err := broker.ModelToken(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return broker.RunnerKey(tok, broker.DefaultLoadOptions)
+}
+
+// The expected start of each job is the running job's remainder plus, for each job
+// ahead, a load when the runner changes and the model's mean run time.
+func TestOrderETAs(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	var msgs []broker.QueuedMessage
+	for i, m := range []string{"tiny-a", "tiny-b", "tiny-a"} {
+		msgs = append(msgs, broker.QueuedMessage{Token: queueKey(t, m, "", ""), Seq: uint64(i + 1), Enqueued: now, JobID: fmt.Sprint(i), Model: m})
+	}
+	a := runnerKey(t, "tiny-a")
+	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Hour}
+	cost := fixedCosts{"tiny-a": {10 * time.Second, 3 * time.Second}, "tiny-b": {20 * time.Second, 5 * time.Second}}
+	free := now.Add(4 * time.Second) // the running job's remainder
+	got := order(c, 1, msgs, free, cost)
+	want := []struct {
+		id    string
+		start time.Duration
+	}{
+		{"0", 4 * time.Second},  // tiny-a is loaded: starts when the running job ends
+		{"2", 14 * time.Second}, // drained before the swap
+		{"1", 24 * time.Second}, // then tiny-b: its load (5s) is part of its run, not of its start
+	}
+	if len(got) != len(want) {
+		t.Fatalf("got %d jobs", len(got))
+	}
+	for i, w := range want {
+		if got[i].Msg.JobID != w.id || got[i].Position != i+1 || !got[i].Start.Equal(now.Add(w.start)) {
+			t.Fatalf("#%d: job %s position %d start +%v, want job %s start +%v", i, got[i].Msg.JobID, got[i].Position, got[i].Start.Sub(now), w.id, w.start)
+		}
+	}
+}
+
+// The simulation ages jobs by the expected clock: a job of another model that will have
+// waited past MaxWait by then goes before the loaded model's backlog, as the worker
+// would switch at that time.
+func TestOrderAgesByExpectedClock(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	var msgs []broker.QueuedMessage
+	add := func(id, model string) {
+		msgs = append(msgs, broker.QueuedMessage{Token: queueKey(t, model, "", ""), Seq: uint64(len(msgs) + 1), Enqueued: now, JobID: id, Model: model})
+	}
+	add("b", "tiny-b")
+	for i := range 5 {
+		add(fmt.Sprint("a", i), "tiny-a")
+	}
+	a := runnerKey(t, "tiny-a")
+	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 100, MaxWait: 25 * time.Second}
+	cost := fixedCosts{"tiny-a": {10 * time.Second, 0}, "tiny-b": {10 * time.Second, 0}}
+	var ids []string
+	for _, p := range order(c, 1, msgs, now, cost) {
+		ids = append(ids, p.Msg.JobID)
+	}
+	// a0 starts at 0s, a1 at 10s, a2 at 20s; at 30s b has waited 30s > 25s.
+	if got, want := fmt.Sprint(ids), "[a0 a1 a2 b a3 a4]"; got != want {
+		t.Fatalf("order %s, want %s", got, want)
+	}
+}
+
+// Durations start from the priors, take the first sample as it is, then move by a
+// fraction of each new one.
+func TestDurationsLearn(t *testing.T) {
+	t.Parallel()
+	d := newDurations()
+	if run, load := d.estimate("m"); run != PriorRunTime || load != PriorLoadTime {
+		t.Fatalf("priors %v %v", run, load)
+	}
+	d.observeRun("m", 10*time.Second)
+	d.observeLoad("m", 2*time.Second)
+	if run, load := d.estimate("m"); run != 10*time.Second || load != 2*time.Second {
+		t.Fatalf("after one sample %v %v", run, load)
+	}
+	d.observeRun("m", 20*time.Second)
+	if run, _ := d.estimate("m"); run != 13*time.Second {
+		t.Fatalf("after 10s and 20s: %v, want 13s", run)
+	}
+	if run, _ := d.estimate("other"); run != PriorRunTime {
+		t.Fatalf("another model: %v", run)
+	}
+}
+
+// orderEachQueue is order as plainly as it reads: plan sees every queue's head at each
+// pick. order must agree with it.
+func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs) []planned {
+	queues := map[string][]broker.QueuedMessage{}
+	for _, m := range msgs {
+		if broker.TokenValid(m.Token) {
+			queues[m.Token] = append(queues[m.Token], m)
+		}
+	}
+	c.Served = cloneServed(c.Served)
+	c.Loaded = slices.Clone(c.Loaded)
+	var out []planned
+	at := free
+	for len(queues) > 0 {
+		var heads []head
+		for t, q := range queues {
+			heads = append(heads, queueHead(t, q[0]))
+		}
+		c.Heads, c.Now = heads, at
+		tok := plan(c)[0]
+		m := queues[tok][0]
+		out = append(out, planned{Msg: m, Position: len(out) + 1, Start: at})
+		r := runnerOf(tok)
+		run, load := cost.estimate(m.Model)
+		if !slices.Contains(c.Loaded, r) {
+			at = at.Add(load)
+		}
+		c.Loaded = withLoaded(c.Loaded, r)
+		at = at.Add(run)
+		if r == c.Current {
+			c.Consecutive++
+		} else {
+			c.Current, c.Consecutive = r, 1
+		}
+		picks++
+		c.Served[tok] = picks
+		if queues[tok] = queues[tok][1:]; len(queues[tok]) == 0 {
+			delete(queues, tok)
+			delete(c.Served, tok)
+		}
+	}
+	return out
+}
+
+// order, which gives plan one head per runner and class, orders random backlogs exactly
+// as plan does given every queue's head.
+func TestOrderMatchesPlanOfEveryQueue(t *testing.T) {
+	t.Parallel()
+	models := []string{"tiny-a", "tiny-b", "tiny-c"}
+	classes := []broker.Priority{broker.PriorityHigh, broker.PriorityNormal, broker.PriorityLow}
+	programs := []string{"", "p", "q", "r"}
+	optTokens := []string{broker.DefaultLoadOptions, broker.LoadOptionsToken([]byte(`{"options":{"num_ctx":256}}`))}
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	for seed := range 200 {
+		rng := rand.New(rand.NewPCG(uint64(seed), 7))
+		var msgs []broker.QueuedMessage
+		n := 1 + rng.IntN(80)
+		for i := range n {
+			model := models[rng.IntN(len(models))]
+			k, err := broker.KeyOf(&broker.Job{Model: model, Program: programs[rng.IntN(len(programs))], Priority: classes[rng.IntN(3)]}, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k.Opts = optTokens[rng.IntN(2)]
+			msgs = append(msgs, broker.QueuedMessage{Token: k.String(), Seq: uint64(i + 1), JobID: fmt.Sprint(i), Model: model,
+				Enqueued: now.Add(time.Duration(i-n) * time.Duration(rng.IntN(20)) * time.Second)})
+		}
+		cur := runnerKey(t, models[rng.IntN(3)])
+		c := choice{Loaded: []string{cur}, Current: cur, Consecutive: rng.IntN(4), MaxConsecutive: 1 + rng.IntN(5),
+			MaxWait: time.Duration(1+rng.IntN(300)) * time.Second, Served: map[string]uint64{msgs[0].Token: 1}}
+		if rng.IntN(3) == 0 {
+			c.Loaded = append(c.Loaded, runnerKey(t, models[rng.IntN(3)]))
+		}
+		cost := fixedCosts{"tiny-a": {7 * time.Second, 3 * time.Second}, "tiny-b": {20 * time.Second, 5 * time.Second}, "tiny-c": {time.Second, 0}}
+		got, want := order(c, 1, msgs, now, cost), orderEachQueue(c, 1, msgs, now, cost)
+		if len(got) != len(want) {
+			t.Fatalf("seed %d: %d jobs, want %d", seed, len(got), len(want))
+		}
+		for i := range want {
+			if got[i].Msg.JobID != want[i].Msg.JobID || !got[i].Start.Equal(want[i].Start) || got[i].Position != i+1 {
+				t.Fatalf("seed %d, #%d: job %s at %v, want job %s at %v", seed, i, got[i].Msg.JobID, got[i].Start, want[i].Msg.JobID, want[i].Start)
+			}
+		}
+	}
+}
