@@ -146,6 +146,14 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if strings.Contains(rows, `class="queued-job"`) || !strings.Contains(rows, "the queue is empty") {
 		t.Errorf("the queue is not empty after the jobs ran:\n%s", rows)
 	}
+	// Two models ran: foreman counted at least two loads (foreman_model_loads_total).
+	loads := -1
+	if m := regexp.MustCompile(`id="load-count"[^>]*>(\d+)<`).FindStringSubmatch(dom); m != nil {
+		loads, _ = strconv.Atoi(m[1])
+	}
+	if loads < 2 || !strings.Contains(dom, "since foreman started") {
+		t.Errorf("load count %d, want at least 2 from /metrics:\n%s", loads, section(dom, "load-count", "</div></div>"))
+	}
 	recent := section(dom, "recent-rows", "</tbody>")
 	for _, id := range append([]string{running}, queued...) {
 		if !strings.Contains(recent, `data-job-id="`+id+`"`) {
