@@ -87,7 +87,8 @@ func queueTotal(t *testing.T, base string) int {
 
 // The status page, loaded in a real headless browser, shows the running job, the queue
 // (every queued job's id, in order) and, after the jobs ran, an empty queue and the jobs
-// among the recent ones. FOREMAN_UI_SCREENSHOT=path saves a screenshot of the full queue.
+// among the recent ones. FOREMAN_UI_SCREENSHOT=path saves screenshots of the full queue
+// and of the page after the run (path-after.png).
 func TestStatusPageInBrowser(t *testing.T) {
 	browser := findBrowser(t)
 	t.Parallel()
@@ -145,6 +146,11 @@ func TestStatusPageInBrowser(t *testing.T) {
 	rows = section(dom, "queue-rows", "</tbody>")
 	if strings.Contains(rows, `class="queued-job"`) || !strings.Contains(rows, "the queue is empty") {
 		t.Errorf("the queue is not empty after the jobs ran:\n%s", rows)
+	}
+	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
+		abs, _ := filepath.Abs(strings.TrimSuffix(path, ".png") + "-after.png")
+		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs)
+		t.Logf("screenshot after the run in %s", abs)
 	}
 	// Two models ran: foreman counted at least two loads (foreman_model_loads_total).
 	loads := -1

@@ -287,13 +287,25 @@ function record(q, jobs, metricLoads) {
 
   const cut = now - HOUR_MS;
   while (history.depth.length && history.depth[0].t < cut) history.depth.shift();
-  while (history.waits.length && history.waits[0].t < cut) history.waits.shift();
+  history.waits = history.waits.filter((w) => w.t >= cut); // found out of order
   while (history.loads.length && history.loads[0] < cut) history.loads.shift();
 }
 
 // ---- charts (inline SVG) ---------------------------------------------------------------
 
 const W = 600, H = 160, PAD = { l: 40, r: 8, t: 8, b: 20 };
+
+// span is the charts' time range: from the oldest thing known (at least 5 minutes back,
+// at most an hour), so a page opened a minute ago does not squeeze it all into the edge.
+function span() {
+  const t1 = Date.now();
+  let oldest = t1;
+  if (history.depth.length) oldest = Math.min(oldest, history.depth[0].t);
+  if (history.waits.length) oldest = Math.min(oldest, ...history.waits.map((w) => w.t));
+  if (history.loads.length) oldest = Math.min(oldest, history.loads[0]);
+  const d = Math.min(HOUR_MS, Math.max(5 * 60 * 1000, t1 - oldest));
+  return [t1 - d, t1];
+}
 
 function axes(node, t0, t1, ymax, yfmt) {
   const x = (t) => PAD.l + (t - t0) / (t1 - t0) * (W - PAD.l - PAD.r);
@@ -314,7 +326,7 @@ function axes(node, t0, t1, ymax, yfmt) {
 
 function drawDepth() {
   const node = $("chart-depth");
-  const t1 = Date.now(), t0 = t1 - HOUR_MS;
+  const [t0, t1] = span();
   const models = new Set();
   let max = 1;
   for (const s of history.depth) {
@@ -345,7 +357,7 @@ function drawDepth() {
 
 function drawWaits() {
   const node = $("chart-wait");
-  const t1 = Date.now(), t0 = t1 - HOUR_MS;
+  const [t0, t1] = span();
   let max = 1000;
   for (const w of history.waits) max = Math.max(max, w.ms);
   const { x, y } = axes(node, t0, t1, max * 1.1, (v) => fmtDur(v));
