@@ -70,9 +70,14 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 // back-off between attempts, still in the queue).
 func waits(st broker.State) bool { return st == broker.StateQueued || st == broker.StateRetrying }
 
-// addPosition fills in the queue position and ETA of a waiting job. A job the view does
-// not hold yet (published after it) gets a view computed now; one it still does not
-// hold (just picked, or its worker runs elsewhere) gets neither.
+// freshFor is how long after a job's creation a view that lacks it is computed again
+// for it: its queue message may have been published after the cached view.
+const freshFor = time.Second
+
+// addPosition fills in the queue position and ETA of a waiting job. A young job the view
+// does not hold yet (published after it) gets a view computed now; one it still does
+// not hold (just picked, or its worker runs elsewhere) gets neither. Only young jobs
+// force a view, so polling old ones costs no computation beyond the cached one.
 func (s *Server) addPosition(ctx context.Context, v *jobView, asked time.Time) {
 	if s.cfg.Queue == nil || !waits(v.State) {
 		return
@@ -90,7 +95,7 @@ func (s *Server) addPosition(ctx context.Context, v *jobView, asked time.Time) {
 				return
 			}
 		}
-		if !qv.At.Before(asked) {
+		if !qv.At.Before(asked) || !qv.At.Before(v.CreatedAt.Add(freshFor)) {
 			return
 		}
 	}

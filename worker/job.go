@@ -222,7 +222,9 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 	}
 	w.publishFinal(r, broker.StateDone, "", 0, log)
 	frames := r.Frames()
+	w.setFinishing(d.JobID, true) // its message stays queued until storeDone acks it
 	w.afterwards(func(ctx context.Context) {
+		defer w.setFinishing(d.JobID, false)
 		if hook := w.cfg.beforeStoreDone; hook != nil {
 			hook(d.JobID)
 		}

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"maps"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -63,14 +64,22 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker
 	c.Served = cloneServed(c.Served)
 	picks := w.picks
 	run := w.running // its fields are set before it is shared, but for working (atomic)
+	gone := make(map[string]bool, len(w.finishing)+1)
+	maps.Copy(gone, w.finishing)
 	w.mu.Unlock()
+	if run != nil {
+		gone[run.id] = true
+	}
+	if len(gone) > 0 {
+		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] })
+	}
 
 	if run != nil {
 		// The running job's runner is loaded when it ends, in place of the least recently
 		// used one when it was not.
 		c.Loaded = withLoaded(c.Loaded, run.runner)
 	}
-	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: []broker.QueuedJob{}}
+	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs))}
 	for _, r := range c.Loaded {
 		if name := runnerModel(r); name != "" && !slices.Contains(v.Loaded, name) {
 			v.Loaded = append(v.Loaded, name)
@@ -79,7 +88,6 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker
 	free := now
 	if run != nil {
 		v.Running = run.id
-		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return m.JobID == run.id })
 		free = now.Add(w.remaining(run, now))
 	}
 	for _, p := range order(c, picks, msgs, free, w.times) {
@@ -150,4 +158,15 @@ func (w *Worker) learn(r *runningJob, end time.Time) {
 	}
 	w.times.observeLoad(r.model, working.Sub(r.started))
 	w.times.observeRun(r.model, end.Sub(working))
+}
+
+// setFinishing marks (or unmarks) a job whose result is stored in the background.
+func (w *Worker) setFinishing(id string, on bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if on {
+		w.finishing[id] = true
+	} else {
+		delete(w.finishing, id)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -93,5 +94,48 @@ func TestQueueViewPredictsRunOrder(t *testing.T) {
 	}
 	if len(v.Queued) != 0 || v.Running != "" {
 		t.Fatalf("after the backlog: running %q, queued %v", v.Running, v.Queued)
+	}
+}
+
+// A job in a retry back-off is waiting too: the view gives it a position and an ETA.
+func TestQueueViewShowsRetryingJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.DropConnection)
+	w := tb.start(t, worker.Config{RetryDelay: time.Minute})
+	j := tb.chat(t, "tiny-a", 1)
+	tb.waitState(t, j.ID, broker.StateRetrying)
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Running != "" || len(v.Queued) != 1 || v.Queued[0].JobID != j.ID || v.Queued[0].QueuePosition != 1 {
+		t.Fatalf("view while retrying: running %q, queued %+v", v.Running, v.Queued)
+	}
+}
+
+// A job whose answer is out and whose result is still being stored (its message not yet
+// acked) waits no more: the view shows neither it running nor it waiting.
+func TestQueueViewSkipsFinishingJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	held, release := make(chan string, 1), make(chan struct{})
+	w := tb.start(t, worker.WithBeforeStoreDone(worker.Config{}, func(id string) {
+		held <- id
+		<-release
+	}))
+	defer close(release)
+	j := tb.chat(t, "tiny-a", 1)
+	select {
+	case <-held:
+	case <-waitCtx(t).Done():
+		t.Fatal("the job never reached its result write")
+	}
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Running != "" || len(v.Queued) != 0 {
+		t.Fatalf("view while %s stores its result: running %q, queued %+v", j.ID, v.Running, v.Queued)
 	}
 }

@@ -49,8 +49,10 @@ type Worker struct {
 	served map[string]uint64
 	picks  uint64
 	stall  string // why the target counts as stalled (TargetStall); "" when it is not
-	// running is the job being run, for the queue view; nil when idle.
-	running *runningJob
+	// running is the job being run, for the queue view; nil when idle. finishing are the
+	// jobs whose result is being stored in the background: they wait no more.
+	running   *runningJob
+	finishing map[string]bool
 
 	// The queue view (view.go): a copy of the queue's headers, the learned durations and
 	// the last view computed.
@@ -85,6 +87,7 @@ func New(cfg Config) (*Worker, error) {
 		recent:     map[string]struct{}{},
 		served:     map[string]uint64{},
 		runnerOpts: map[string]string{},
+		finishing:  map[string]bool{},
 		backlog:    cfg.Store.Backlog(),
 		times:      newDurations(),
 		stopping:   make(chan struct{}),
