@@ -11,6 +11,8 @@ require (
 	golang.org/x/crypto v0.58.0
 )
 
+require golang.org/x/term v0.47.0
+
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect
 	github.com/beorn7/perks v1.0.1 // indirect

@@ -41,6 +41,8 @@ type Client struct {
 	statePendingLimit int
 	// onWebhookListen lets tests see the receiver URL and the address it listens on.
 	onWebhookListen func(url, listenAddr string)
+	// onQueued gets the job id of a Chat or Generate once it is queued (WithOnQueued).
+	onQueued func(jobID string)
 	// webhookRefused: foreman's webhook policy refused the receiver's URL once; later
 	// Submits start no receiver and poll at once.
 	webhookRefused atomic.Bool

@@ -33,6 +33,11 @@
 //     deliveries can be lost. Every wait honours its context; WithCancelOnContextDone
 //     also cancels the job on the server when the context ends.
 //
+// A waiting job shows its place in the queue: Job fills QueuePosition and ETA, and Queue
+// lists the whole queue. Chat and Generate answer only once their job runs; with
+// WithOnQueued they hand over the job's id as soon as it is queued, so its place can be
+// read while it waits.
+//
 // Errors are typed: an HTTP error answer is an *APIError with the status and foreman's
 // message; a job that ended failed or canceled is a *JobError that matches ErrJobFailed
 // (and ErrJobCanceled) with errors.Is; a server that cannot be reached is a

@@ -198,3 +198,30 @@ func ExampleClient_Queue() {
 	fmt.Println(q.Total, "waiting")
 	// Output: 0 waiting
 }
+
+func ExampleWithOnQueued() {
+	f := exampleForeman()
+	defer f.Close()
+	queued := make(chan string, 1)
+	c, err := client.New(f.URL, client.WithOnQueued(func(jobID string) { queued <- jobID }))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	_, err = c.Chat(context.Background(), client.ChatRequest{
+		Model:    "tiny-a",
+		Messages: []client.Message{{Role: "user", Content: "Hello"}},
+	}, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	// While the job waited, Job(ctx, id) showed its QueuePosition and ETA.
+	j, err := c.Job(context.Background(), <-queued)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(j.Model, j.Kind)
+	// Output:
+	// tiny-a chat
+}

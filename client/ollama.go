@@ -9,6 +9,14 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+)
+
+// The headers of foreman's early job id (gateway.HeaderEarlyJobID).
+const (
+	earlyJobIDHeader = "X-Foreman-Early-Job-Id"
+	jobIDHeader      = "X-Foreman-Job-Id"
 )
 
 // Chat runs a chat through foreman's queue (POST /api/chat). Unless req.Stream is false
@@ -101,7 +109,19 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 	if err != nil {
 		return fmt.Errorf("client: encode request: %w", err)
 	}
-	resp, err := c.request(ctx, http.MethodPost, path, data, nil)
+	var hdr http.Header
+	if c.onQueued != nil {
+		hdr = http.Header{earlyJobIDHeader: {"1"}}
+		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				if id := h.Get(jobIDHeader); code == http.StatusEarlyHints && id != "" {
+					c.onQueued(id)
+				}
+				return nil
+			},
+		})
+	}
+	resp, err := c.request(ctx, http.MethodPost, path, data, hdr)
 	if err != nil {
 		return err
 	}

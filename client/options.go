@@ -32,6 +32,13 @@ func WithPollInterval(d time.Duration) Option {
 	}
 }
 
+// WithOnQueued makes Chat and Generate call fn with the job's id as soon as foreman has
+// queued the job, before it runs (foreman sends it in a 103 Early Hints response when the
+// client asks, which it does only with this option). With the id, Job shows the job's
+// place in the queue (QueuePosition, ETA) while it waits. fn runs on the HTTP transport's
+// goroutine: it should return quickly.
+func WithOnQueued(fn func(jobID string)) Option { return func(c *Client) { c.onQueued = fn } }
+
 // WithPollingOnly makes Submit and Watch poll even when NATS or a webhook receiver could
 // be used.
 func WithPollingOnly() Option { return func(c *Client) { c.pollingOnly = true } }

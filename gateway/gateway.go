@@ -189,6 +189,7 @@ func (s *Server) routes(mux *http.ServeMux) {
 	s.ollamaRoutes(mux)                         // passthrough.go: metadata, embeddings, model management
 	s.queuedRoutes(mux)                         // queued.go: /api/chat, /api/generate, /v1 completions
 	s.jobRoutes(mux)                            // jobs.go: the async /jobs API
+	s.uiRoutes(mux)                             // ui_routes.go: the status page under /ui/
 	mux.HandleFunc("/", s.handleNotFound)
 }
 

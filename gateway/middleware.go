@@ -9,9 +9,12 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/ui"
 )
 
-// authenticate requires a bearer token on every route but /healthz when tokens are set.
+// authenticate requires a bearer token on every route but /healthz and the status page's
+// static files (ui.IsStatic) when tokens are set.
 // A named token's name (Config.AuthTokens) becomes the request's program (programKey).
 // The presented token is compared with every configured one, and as SHA-256 digests, so
 // neither which token matched nor the tokens' lengths show in the time taken.
@@ -21,7 +24,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
+		if r.URL.Path == "/healthz" || ((r.Method == http.MethodGet || r.Method == http.MethodHead) && ui.IsStatic(r.URL.Path)) {
 			next.ServeHTTP(w, r)
 			return
 		}
@@ -62,7 +65,7 @@ type statusRecorder struct {
 }
 
 func (r *statusRecorder) WriteHeader(code int) {
-	if r.status == 0 {
+	if r.status == 0 && code >= 200 { // a 1xx (HeaderEarlyJobID) precedes the answer's status
 		r.status = code
 	}
 	r.ResponseWriter.WriteHeader(code)

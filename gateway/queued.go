@@ -20,6 +20,12 @@ import (
 // /jobs/{id} (its result stays there after the connection is gone).
 const HeaderJobID = "X-Foreman-Job-Id"
 
+// HeaderEarlyJobID, on a chat or generate request, asks for the job's id as soon as the
+// job is queued: a 103 Early Hints response carrying X-Foreman-Job-Id comes before the
+// answer, so the client can show the job's place in the queue while it waits. Only
+// clients that ask get it (some HTTP clients take any 1xx for the answer).
+const HeaderEarlyJobID = "X-Foreman-Early-Job-Id"
+
 // submitTimeout bounds writing a job to the store. The write is detached from the
 // client's context: a client leaving mid-submit must not leave a half-known job behind;
 // the sync response notices the departure right after and cancels the job instead.
@@ -132,6 +138,9 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 		return
 	}
 	w.Header().Set(HeaderJobID, job.ID)
+	if r.Header.Get(HeaderEarlyJobID) != "" {
+		w.WriteHeader(http.StatusEarlyHints) // sent at once; the answer's status comes later
+	}
 	rc := http.NewResponseController(w)
 	// The response's per-write deadline must not outlive it on a kept-alive connection.
 	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()

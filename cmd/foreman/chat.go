@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"sync"
 
 	"github.com/spf13/cobra"
 
@@ -30,12 +31,17 @@ func newChatCmd(e *env) *cobra.Command {
 			if model == "" {
 				return errors.New("a model is required: foreman chat -m MODEL [PROMPT]")
 			}
-			c, err := f.client(cmd, e)
+			s := &chatSession{cmd: cmd, f: f, e: e, model: model}
+			var opts []client.Option
+			if isTTY(cmd.ErrOrStderr()) {
+				opts = append(opts, client.WithOnQueued(s.queued))
+			}
+			c, err := f.client(cmd, e, opts...)
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			s := &chatSession{cmd: cmd, c: c, f: f, e: e, model: model}
+			s.c = c
 			if system != "" {
 				s.history = append(s.history, client.Message{Role: "system", Content: system})
 			}
@@ -70,20 +76,45 @@ type chatSession struct {
 	e       *env
 	model   string
 	history []client.Message
+
+	// status shows the turn's place in the queue on stderr (a terminal) until its answer
+	// starts.
+	mu     sync.Mutex
+	status *queueStatus
+}
+
+// queued is the client's WithOnQueued hook: the turn's job waits in the queue.
+func (s *chatSession) queued(id string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.status == nil {
+		s.status = startQueueStatus(s.cmd.Context(), s.cmd.ErrOrStderr(), s.c, id)
+	}
+}
+
+// answered ends the queue status of the turn.
+func (s *chatSession) answered() {
+	s.mu.Lock()
+	st := s.status
+	s.status = nil
+	s.mu.Unlock()
+	st.Stop()
 }
 
 // turn sends one user message and streams the answer to stdout as it arrives.
 func (s *chatSession) turn(prompt string) error {
 	out := s.cmd.OutOrStdout()
 	msgs := append(s.history, client.Message{Role: "user", Content: prompt})
-	var fn func(*client.ChatResponse) error
-	if !s.f.json {
-		fn = func(r *client.ChatResponse) error {
-			_, err := io.WriteString(out, r.Message.Content)
-			return err
+	fn := func(r *client.ChatResponse) error {
+		s.answered()
+		if s.f.json {
+			return nil
 		}
+		_, err := io.WriteString(out, r.Message.Content)
+		return err
 	}
 	reply, err := s.c.Chat(s.cmd.Context(), client.ChatRequest{Model: s.model, Messages: msgs}, fn)
+	s.answered()
 	if err != nil {
 		if !s.f.json {
 			fmt.Fprintln(out)

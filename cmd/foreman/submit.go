@@ -141,9 +141,12 @@ func withModel(body []byte, model string) ([]byte, error) {
 func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env, req client.SubmitRequest) error {
 	errOut := cmd.ErrOrStderr()
 	announced := false
+	// On a terminal a waiting job's position and ETA show on a line rewritten in place.
+	var status *queueStatus
+	defer func() { status.Stop() }()
 	req.OnState = func(ev client.Event) {
 		if !announced {
-			fmt.Fprintf(errOut, "job %s\n", ev.JobID)
+			status.Println(errOut, "job "+ev.JobID)
 			announced = true
 		}
 		line := string(ev.State)
@@ -153,9 +156,13 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 		if ev.Error != "" {
 			line += ": " + ev.Error
 		}
-		fmt.Fprintln(errOut, line)
+		status.Println(errOut, line)
+		if status == nil && isTTY(errOut) && (ev.State == client.StateQueued || ev.State == client.StateRetrying) {
+			status = startQueueStatus(cmd.Context(), errOut, c, ev.JobID)
+		}
 	}
 	res, err := c.Submit(cmd.Context(), req)
+	status.Stop()
 	var je *client.JobError
 	if errors.As(err, &je) && f.json {
 		_ = printJSON(cmd.OutOrStdout(), je.Job)

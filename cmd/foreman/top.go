@@ -1,0 +1,199 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+	"unicode/utf8"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+// topSnapshot is what `foreman top` shows at one moment.
+type topSnapshot struct {
+	Running *client.Job        `json:"running"`
+	Loaded  []string           `json:"loaded"`
+	Queued  []client.QueuedJob `json:"queued"`
+	Total   int                `json:"total"`
+	Recent  []client.Job       `json:"recent"`
+}
+
+// topRows caps the queue rows and recent jobs a frame lists.
+const (
+	topQueueRows  = 20
+	topRecentRows = 10
+)
+
+func newTopCmd(e *env) *cobra.Command {
+	var (
+		f        *clientFlags
+		once     bool
+		interval time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "top",
+		Short: "Watch the running job, loaded models, the queue and recent jobs live (q quits)",
+		Long: "top shows what foreman runs, what the target has loaded, the queue in the order foreman will\n" +
+			"run it (position, ETA) and the jobs that finished last (wait and run times), refreshed in place.\n" +
+			"Press q to quit. When stdout is not a terminal (or with --once or --json) it prints one snapshot.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if interval < 100*time.Millisecond {
+				return fmt.Errorf("--interval: must be at least 100ms, got %s", interval)
+			}
+			c, err := f.client(cmd, e)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			out := cmd.OutOrStdout()
+			if once || f.json || !isTTY(out) {
+				snap, err := fetchTop(cmd.Context(), c)
+				if err != nil {
+					return f.explain(e, err)
+				}
+				if f.json {
+					return printJSON(out, snap)
+				}
+				return renderTop(out, snap, e.clock(), c.URL(), 0)
+			}
+			return liveTop(cmd.Context(), e, out, c, f, interval)
+		},
+	}
+	f = addClientFlags(cmd, false)
+	cmd.Flags().BoolVar(&once, "once", false, "print one snapshot and exit")
+	cmd.Flags().DurationVar(&interval, "interval", time.Second, "time between refreshes")
+	return cmd
+}
+
+// fetchTop reads the queue and the recent jobs.
+func fetchTop(ctx context.Context, c *client.Client) (*topSnapshot, error) {
+	q, err := c.Queue(ctx, topQueueRows)
+	if err != nil {
+		return nil, err
+	}
+	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total}
+	l, err := c.Jobs(ctx, client.JobFilter{Limit: 30})
+	if err != nil {
+		return nil, err
+	}
+	for _, j := range l.Jobs {
+		if j.State.Terminal() && len(snap.Recent) < topRecentRows {
+			snap.Recent = append(snap.Recent, j)
+		}
+	}
+	return snap, nil
+}
+
+// renderTop writes one frame. width > 0 cuts lines to it (a terminal), so a frame never
+// wraps and the next one starts where this one did.
+func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int) error {
+	var b strings.Builder
+	fmt.Fprintf(&b, "foreman %s   %s\n\n", url, now.Format("15:04:05"))
+	if r := s.Running; r != nil {
+		since := r.CreatedAt
+		if r.StartedAt != nil {
+			since = *r.StartedAt
+		}
+		fmt.Fprintf(&b, "RUNNING  %s  %s  %s  %s  %s\n", r.Model, programName(r.Program), r.State, topDuration(now.Sub(since)), r.ID)
+	} else {
+		b.WriteString("RUNNING  -\n")
+	}
+	loaded := "-"
+	if len(s.Loaded) > 0 {
+		loaded = strings.Join(s.Loaded, ", ")
+	}
+	fmt.Fprintf(&b, "LOADED   %s\n\n", loaded)
+
+	fmt.Fprintf(&b, "QUEUE (%d)\n", s.Total)
+	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "POS\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
+	for _, j := range s.Queued {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, topETA(now, j.ETA), j.Model, j.Priority,
+			programName(j.Program), j.Kind, topDuration(now.Sub(j.CreatedAt)), j.JobID)
+	}
+	_ = tw.Flush()
+	if more := s.Total - len(s.Queued); more > 0 {
+		fmt.Fprintf(&b, "... and %d more\n", more)
+	}
+
+	b.WriteString("\nRECENT\n")
+	tw = tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "FINISHED\tSTATE\tMODEL\tPROGRAM\tWAIT\tRUN\tID")
+	for _, j := range s.Recent {
+		finished, wait, run := "-", "-", "-"
+		if j.FinishedAt != nil {
+			finished = j.FinishedAt.Local().Format("15:04:05")
+		}
+		if j.StartedAt != nil {
+			wait = topDuration(j.StartedAt.Sub(j.CreatedAt))
+			if j.FinishedAt != nil {
+				run = topDuration(j.FinishedAt.Sub(*j.StartedAt))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", finished, j.State, j.Model, programName(j.Program), wait, run, j.ID)
+	}
+	_ = tw.Flush()
+
+	text := b.String()
+	if width > 0 {
+		text = fitLines(text, width)
+	}
+	_, err := io.WriteString(w, text)
+	return err
+}
+
+func programName(p string) string {
+	if p == "" {
+		return "(anonymous)"
+	}
+	return p
+}
+
+// topDuration is a compact duration: 850ms, 12s, 3m05s, 1h02m.
+func topDuration(d time.Duration) string {
+	switch {
+	case d < 0:
+		d = 0
+		fallthrough
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	}
+	return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+}
+
+// topETA is when a queued job should start: "in 12s (15:04:05)", "-" when unknown.
+func topETA(now, eta time.Time) string {
+	if eta.IsZero() {
+		return "-"
+	}
+	return fmt.Sprintf("in %s (%s)", topDuration(eta.Sub(now)), eta.Local().Format("15:04:05"))
+}
+
+// fitLines cuts every line of text to width runes.
+func fitLines(text string, width int) string {
+	lines := strings.Split(text, "\n")
+	for i, l := range lines {
+		if utf8.RuneCountInString(l) > width {
+			lines[i] = string([]rune(l)[:width])
+		}
+	}
+	return strings.Join(lines, "\n")
+}
+
+// isTTY reports whether w is a terminal (stdout, stderr).
+func isTTY(w any) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}

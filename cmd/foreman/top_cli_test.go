@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// heldForeman is a foreman whose fake target holds every job: one runs (held), the rest
+// wait in the queue in the order given.
+type heldForeman struct {
+	addr    string
+	fake    *ollamatest.Server
+	release func()
+	running string
+	queued  []string
+}
+
+func startHeldForeman(t *testing.T, models ...string) *heldForeman {
+	t.Helper()
+	fake := ollamatest.New(t)
+	h := &heldForeman{fake: fake, release: fake.Hold("")}
+	t.Cleanup(h.release)
+	a := testApp(t, fake.URL, nil)
+	h.addr = a.Addr()
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	h.running = postJob(t, h.addr, "tiny-a")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("the first job never reached the target: %v", err)
+	}
+	for _, m := range models {
+		h.queued = append(h.queued, postJob(t, h.addr, m))
+	}
+	return h
+}
+
+// finish releases the jobs and waits until all of them are done.
+func (h *heldForeman) finish(t *testing.T) {
+	t.Helper()
+	h.release()
+	for _, id := range append([]string{h.running}, h.queued...) {
+		waitFor(t, "job "+id+" to finish", func() bool { return getJob(t, h.addr, id).State == "done" })
+	}
+}
+
+// runTop runs foreman top on the real clock (ages and ETAs are relative to now).
+func runTop(t *testing.T, vars map[string]string, args ...string) cliResult {
+	t.Helper()
+	var out, errOut strings.Builder
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errOut, getenv: func(k string) string { return vars[k] }}
+	code := run(e, append([]string{"top"}, args...))
+	return cliResult{stdout: out.String(), stderr: errOut.String(), code: code}
+}
+
+// Under a pipe `foreman top` prints one plain snapshot: the running job, the queue in
+// order with positions and ETAs, then (after the jobs ran) an empty queue and the jobs
+// among the recent ones with their wait and run times.
+func TestTopPrintsOnePlainSnapshotUnderAPipe(t *testing.T) {
+	t.Parallel()
+	h := startHeldForeman(t, "tiny-b", "tiny-a")
+	vars := map[string]string{"FOREMAN_URL": "http://" + h.addr}
+
+	r := runTop(t, vars)
+	if r.code != 0 {
+		t.Fatalf("foreman top: exit %d, stderr %s", r.code, r.stderr)
+	}
+	if strings.Contains(r.stdout, "\x1b") {
+		t.Errorf("terminal escapes in piped output:\n%q", r.stdout)
+	}
+	if !regexp.MustCompile(`(?m)^RUNNING  tiny-a  \(anonymous\)  \w+  \S+  ` + h.running + `$`).MatchString(r.stdout) {
+		t.Errorf("no RUNNING line for %s:\n%s", h.running, r.stdout)
+	}
+	if !strings.Contains(r.stdout, "QUEUE (2)\n") {
+		t.Errorf("no QUEUE (2):\n%s", r.stdout)
+	}
+	// Position 1 and 2, each with an ETA (foreman has a default duration for a model it
+	// has not timed yet), in the order foreman will run them.
+	var pos []string
+	for _, line := range strings.Split(r.stdout, "\n") {
+		for i, id := range h.queued {
+			if strings.HasSuffix(line, id) {
+				if !regexp.MustCompile(`^\d+\s+(in \S+ \(\d\d:\d\d:\d\d\)|-)\s+tiny-[ab]\s+normal\s+\(anonymous\)\s+chat\s+\S+\s+`).MatchString(line) {
+					t.Errorf("queue line of job %d: %q", i, line)
+				}
+				pos = append(pos, strings.Fields(line)[0])
+			}
+		}
+	}
+	if strings.Join(pos, ",") != "1,2" {
+		t.Errorf("queued jobs at positions %v, want 1,2:\n%s", pos, r.stdout)
+	}
+
+	j := runTop(t, vars, "--json")
+	var snap topSnapshot
+	if err := json.Unmarshal([]byte(j.stdout), &snap); err != nil || snap.Total != 2 || snap.Running == nil || snap.Running.ID != h.running {
+		t.Errorf("top --json: %v %+v\n%s", err, snap, j.stdout)
+	}
+
+	h.finish(t)
+	// The queue view follows the queue a moment later than the job records.
+	waitFor(t, "an empty queue", func() bool { r = runTop(t, vars, "--once"); return strings.Contains(r.stdout, "QUEUE (0)\n") })
+	if !strings.Contains(r.stdout, "RUNNING  -\n") || !strings.Contains(r.stdout, "QUEUE (0)\n") {
+		t.Errorf("after the jobs ran, top shows:\n%s", r.stdout)
+	}
+	for _, id := range append([]string{h.running}, h.queued...) {
+		if !regexp.MustCompile(`(?m)^\d\d:\d\d:\d\d\s+done\s+tiny-[ab]\s+\(anonymous\)\s+\S+\s+\S+\s+` + id + `$`).MatchString(r.stdout) {
+			t.Errorf("job %s is not among the recent jobs:\n%s", id, r.stdout)
+		}
+	}
+}
+
+// top against a foreman that is not there says so in one line.
+func TestTopUnreachable(t *testing.T) {
+	t.Parallel()
+	r := runTop(t, map[string]string{"FOREMAN_URL": "http://127.0.0.1:1"})
+	if r.code != 1 || !strings.Contains(r.stderr, "cannot reach http://127.0.0.1:1") {
+		t.Errorf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// The queue status line of `submit --wait` and `chat` shows a waiting job's position and
+// ETA, rewritten in place, and clears itself once the job runs.
+func TestQueueStatusShowsPositionUntilTheJobRuns(t *testing.T) {
+	t.Parallel()
+	h := startHeldForeman(t, "tiny-a", "tiny-b")
+	c, err := client.New("http://" + h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out lockedBuffer
+	st := startQueueStatus(context.Background(), &out, c, h.queued[1])
+	waitFor(t, "the status line", func() bool { return strings.Contains(out.String(), "queued: position ") })
+	if got := out.String(); !regexp.MustCompile(`^\rqueued: position 2, eta \d\d:\d\d:\d\d\x1b\[K`).MatchString(got) {
+		t.Errorf("status line %q", got)
+	}
+	st.Println(&out, "working")
+	if got := out.String(); !strings.HasSuffix(got, "\r\x1b[Kworking\n") {
+		t.Errorf("a line of output does not clear the status first: %q", got)
+	}
+	h.finish(t)
+	st.Stop()
+	st.Stop()
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/term"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+// ANSI sequences of the live view.
+const (
+	ansiHome       = "\x1b[H"
+	ansiClearBelow = "\x1b[J"
+	ansiClearLine  = "\x1b[K"
+	ansiHideCursor = "\x1b[?25l"
+	ansiShowCursor = "\x1b[?25h"
+	ansiAltScreen  = "\x1b[?1049h"
+	ansiMainScreen = "\x1b[?1049l"
+)
+
+// liveTop redraws the view in place every interval until q (or Ctrl-C) is pressed or ctx
+// ends. With stdin a terminal it reads keys in raw mode, restored on the way out.
+func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *clientFlags, interval time.Duration) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if in, ok := e.stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
+		old, err := term.MakeRaw(int(in.Fd()))
+		if err == nil {
+			defer func() { _ = term.Restore(int(in.Fd()), old) }()
+			// The reader ends with the process: a blocked read of the terminal cannot be
+			// interrupted portably, and nothing else reads stdin after top.
+			go readQuitKey(in, cancel)
+		}
+	}
+	_, _ = io.WriteString(out, ansiAltScreen+ansiHideCursor)
+	defer func() { _, _ = io.WriteString(out, ansiShowCursor+ansiMainScreen) }()
+
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		width := 0
+		if fd, ok := out.(*os.File); ok {
+			if w, _, err := term.GetSize(int(fd.Fd())); err == nil {
+				width = w
+			}
+		}
+		var frame bytes.Buffer
+		fetchCtx, stop := context.WithTimeout(ctx, 10*time.Second)
+		snap, err := fetchTop(fetchCtx, c)
+		stop()
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			frame.WriteString("foreman " + c.URL() + "   " + e.clock().Format("15:04:05") + "\n\n" + f.explain(e, err).Error() + "\n")
+		} else {
+			_ = renderTop(&frame, snap, e.clock(), c.URL(), width)
+		}
+		frame.WriteString("\n(q quits)")
+		// Raw mode turns off the terminal's \n to \r\n; each line also clears its rest.
+		text := strings.ReplaceAll(frame.String(), "\n", ansiClearLine+"\r\n")
+		if _, err := io.WriteString(out, ansiHome+text+ansiClearLine+ansiClearBelow); err != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// readQuitKey calls quit when q, Q, Ctrl-C or Ctrl-D is read, or stdin ends.
+func readQuitKey(in io.Reader, quit func()) {
+	buf := make([]byte, 16)
+	for {
+		n, err := in.Read(buf)
+		for _, k := range buf[:n] {
+			if k == 'q' || k == 'Q' || k == 3 || k == 4 {
+				quit()
+				return
+			}
+		}
+		if err != nil {
+			quit()
+			return
+		}
+	}
+}

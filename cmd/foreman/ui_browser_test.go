@@ -1,0 +1,186 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// findBrowser returns a Chromium-like browser on PATH, or skips the test.
+func findBrowser(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	t.Skip("no chromium, chromium-browser or google-chrome on PATH: the status page is not tested in a browser (.ci/run installs chromium)")
+	return ""
+}
+
+// headless loads url in the browser, lets the page's script run for budget of virtual time
+// (its polls of the API take real time: the browser waits for them), and returns the DOM
+// it rendered; with extra flags (e.g. --screenshot=…) it returns what the browser printed.
+func headless(t *testing.T, browser, url string, budget time.Duration, extra ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	args := append([]string{
+		"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+		"--disable-extensions", "--disable-background-networking", "--hide-scrollbars",
+		"--user-data-dir=" + t.TempDir(), "--window-size=1280,1000",
+		"--virtual-time-budget=" + strconv.FormatInt(budget.Milliseconds(), 10),
+	}, extra...)
+	if len(extra) == 0 {
+		args = append(args, "--dump-dom")
+	}
+	cmd := exec.CommandContext(ctx, browser, append(args, url)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", browser, err, stderr.String())
+	}
+	return string(out)
+}
+
+// section is the inner HTML of the element with the given id in a dumped DOM (up to the
+// end of its tbody/div/ul), "" when absent.
+func section(dom, id, end string) string {
+	i := strings.Index(dom, `id="`+id+`"`)
+	if i < 0 {
+		return ""
+	}
+	rest := dom[i:]
+	if j := strings.Index(rest, end); j >= 0 {
+		return rest[:j]
+	}
+	return rest
+}
+
+// queueTotal is GET /queue's total.
+func queueTotal(t *testing.T, base string) int {
+	t.Helper()
+	resp, err := http.Get(base + "/queue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var q struct {
+		Total int `json:"total"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&q); err != nil {
+		t.Fatal(err)
+	}
+	return q.Total
+}
+
+// The status page, loaded in a real headless browser, shows the running job, the queue
+// (every queued job's id, in order) and, after the jobs ran, an empty queue and the jobs
+// among the recent ones. FOREMAN_UI_SCREENSHOT=path saves screenshots of the full queue
+// and of the page after the run (path-after.png).
+func TestStatusPageInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	fake := ollamatest.New(t)
+	release := fake.Hold("")
+	t.Cleanup(release)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	base := "http://" + a.Addr()
+
+	running := postJob(t, a.Addr(), "tiny-a")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("the first job never reached the target: %v", err)
+	}
+	var queued []string
+	for _, m := range []string{"tiny-b", "tiny-a", "tiny-b"} {
+		queued = append(queued, postJob(t, a.Addr(), m))
+	}
+	waitFor(t, "the jobs to be queued", func() bool { return getJob(t, a.Addr(), queued[2]).State == "queued" })
+
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	rows := section(dom, "queue-rows", "</tbody>")
+	last := -1
+	for _, id := range queued {
+		i := strings.Index(rows, `data-job-id="`+id+`"`)
+		if i < 0 {
+			t.Fatalf("queued job %s is not in the page's queue:\n%s", id, rows)
+		}
+		last = i
+	}
+	if n := strings.Count(rows, `class="queued-job"`); n != len(queued) || last < 0 {
+		t.Errorf("the page's queue has %d rows, want %d:\n%s", n, len(queued), rows)
+	}
+	if run := section(dom, "running", "</dl>"); !strings.Contains(run, running) || !strings.Contains(run, "tiny-a") {
+		t.Errorf("the running job %s is not shown as running:\n%s", running, run)
+	}
+	if !regexp.MustCompile(`id="queue-total"[^>]*>3<`).MatchString(dom) {
+		t.Errorf("the queue total is not 3:\n%s", section(dom, "queue-total", "</div>"))
+	}
+	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
+		abs, _ := filepath.Abs(path)
+		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs)
+		t.Logf("screenshot in %s", abs)
+	}
+
+	release()
+	for _, id := range append([]string{running}, queued...) {
+		waitFor(t, "job "+id+" to finish", func() bool { return getJob(t, a.Addr(), id).State == "done" })
+	}
+	// The queue view follows the queue a moment later than the job records.
+	waitFor(t, "an empty queue", func() bool { return queueTotal(t, base) == 0 })
+	dom = headless(t, browser, base+"/ui/", 3*time.Second)
+	rows = section(dom, "queue-rows", "</tbody>")
+	if strings.Contains(rows, `class="queued-job"`) || !strings.Contains(rows, "the queue is empty") {
+		t.Errorf("the queue is not empty after the jobs ran:\n%s", rows)
+	}
+	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
+		abs, _ := filepath.Abs(strings.TrimSuffix(path, ".png") + "-after.png")
+		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs)
+		t.Logf("screenshot after the run in %s", abs)
+	}
+	// Two models ran: foreman counted at least two loads (foreman_model_loads_total).
+	loads := -1
+	if m := regexp.MustCompile(`id="load-count"[^>]*>(\d+)<`).FindStringSubmatch(dom); m != nil {
+		loads, _ = strconv.Atoi(m[1])
+	}
+	if loads < 2 || !strings.Contains(dom, "since foreman started") {
+		t.Errorf("load count %d, want at least 2 from /metrics:\n%s", loads, section(dom, "load-count", "</div></div>"))
+	}
+	recent := section(dom, "recent-rows", "</tbody>")
+	for _, id := range append([]string{running}, queued...) {
+		if !strings.Contains(recent, `data-job-id="`+id+`"`) {
+			t.Errorf("finished job %s is not among the recent jobs:\n%s", id, recent)
+		}
+	}
+}
+
+// With auth on the page itself loads without a token, asks for one when the API answers
+// 401, and shows no data.
+func TestStatusPageAsksForATokenInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_AUTH_TOKEN": "s3cret"})
+	dom := headless(t, browser, "http://"+a.Addr()+"/ui/", 2*time.Second)
+	form := section(dom, "token-form", ">")
+	if form == "" || strings.Contains(form, "hidden") {
+		t.Errorf("the token form is not shown: %q", form)
+	}
+	if status := section(dom, "status", "</span>"); !strings.Contains(status, "a bearer token is needed") {
+		t.Errorf("status: %q", status)
+	}
+}

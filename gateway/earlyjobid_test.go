@@ -1,0 +1,82 @@
+package gateway
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A chat that asks (X-Foreman-Early-Job-Id) gets its job id in a 103 Early Hints while the
+// job waits; one that does not ask gets no 1xx at all, as before.
+func TestEarlyJobIDOnlyWhenAsked(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	release := b.Fake.Hold("tiny-a")
+	defer release()
+	for _, ask := range []bool{true, false} {
+		var (
+			mu    sync.Mutex
+			hints []textproto.MIMEHeader
+		)
+		got := make(chan struct{}, 1)
+		ctx := httptrace.WithClientTrace(testCtx(t, 30*time.Second), &httptrace.ClientTrace{
+			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				mu.Lock()
+				defer mu.Unlock()
+				if code == http.StatusEarlyHints {
+					hints = append(hints, h)
+					got <- struct{}{}
+				}
+				return nil
+			},
+		})
+		req, _ := http.NewRequestWithContext(ctx, "POST", b.URL+"/api/chat",
+			strings.NewReader(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream":false}`))
+		if ask {
+			req.Header.Set(HeaderEarlyJobID, "1")
+		}
+		answer := make(chan *http.Response, 1)
+		go func() {
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Error(err)
+			}
+			answer <- resp
+		}()
+		if ask {
+			select {
+			case <-got: // while the job is held: before any answer
+			case resp := <-answer:
+				t.Fatalf("answer %v before the early job id", resp)
+			}
+		} else {
+			if err := b.Fake.WaitStarted(ctx, "tiny-a", 2); err != nil {
+				t.Fatal(err)
+			}
+		}
+		release()
+		resp := <-answer
+		if resp == nil {
+			t.FailNow()
+		}
+		_, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		id := resp.Header.Get(HeaderJobID)
+		mu.Lock()
+		switch {
+		case resp.StatusCode != http.StatusOK || id == "":
+			t.Errorf("asked %v: answer %d, job id %q", ask, resp.StatusCode, id)
+		case ask && (len(hints) != 1 || hints[0].Get(HeaderJobID) != id):
+			t.Errorf("asked: early hints %v, want one with the answer's job id %s", hints, id)
+		case !ask && len(hints) != 0:
+			t.Errorf("not asked: got early hints %v", hints)
+		}
+		mu.Unlock()
+		release = b.Fake.Hold("tiny-a")
+	}
+}

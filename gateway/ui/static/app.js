@@ -1,0 +1,408 @@
+// foreman status page. Plain script, no framework, nothing fetched from outside foreman.
+// Every value that comes from a job (ids, models, programs, errors) goes into the page as
+// text (textContent, createTextNode, setAttribute), never as HTML.
+"use strict";
+
+const POLL_MS = 1500;
+const HOUR_MS = 3600 * 1000;
+const TOKEN_KEY = "foreman-token";
+const TERMINAL = new Set(["done", "failed", "canceled"]);
+const COLORS = ["#0a66c2", "#e8710a", "#2e7d32", "#c62828", "#6a1b9a", "#00838f", "#ad1457", "#827717"];
+
+// history of the last hour, gathered while the page is open.
+const history = {
+  depth: [],        // {t, byModel: {model: n}}
+  waits: [],        // {t, ms, model}
+  loads: [],        // t of each observed model load
+  seenStarts: new Set(),
+  loadSeen: new Set(),
+  metricLoads: null, // foreman_model_loads_total at the last poll, when served
+};
+const modelColors = new Map();
+
+// ---- DOM helpers -----------------------------------------------------------------------
+
+function $(id) { return document.getElementById(id); }
+
+// el builds an element; attrs are set as attributes, children as nodes or text.
+function el(tag, attrs, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v !== undefined && v !== null) e.setAttribute(k, String(v));
+  }
+  for (const c of children) {
+    if (c === undefined || c === null) continue;
+    e.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return e;
+}
+
+function svg(tag, attrs, text) {
+  const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
+  if (text !== undefined) e.textContent = String(text);
+  return e;
+}
+
+function replaceChildren(node, children) {
+  node.replaceChildren(...children);
+}
+
+// ---- formatting ------------------------------------------------------------------------
+
+function fmtDur(ms) {
+  if (ms === null || ms === undefined || !isFinite(ms)) return "–";
+  if (ms < 0) ms = 0;
+  if (ms < 1000) return Math.round(ms) + "ms";
+  let s = Math.round(ms / 1000);
+  const h = Math.floor(s / 3600); s -= h * 3600;
+  const m = Math.floor(s / 60); s -= m * 60;
+  if (h) return h + "h" + String(m).padStart(2, "0") + "m";
+  if (m) return m + "m" + String(s).padStart(2, "0") + "s";
+  return s + "s";
+}
+
+function fmtClock(t) {
+  const d = new Date(t);
+  return [d.getHours(), d.getMinutes(), d.getSeconds()].map((n) => String(n).padStart(2, "0")).join(":");
+}
+
+function ms(ts) { return ts ? Date.parse(ts) : NaN; }
+
+// etaMs reads an ETA as foreman gives it: seconds from now, an RFC 3339 time, or a Go
+// duration string; it returns milliseconds from now, or NaN.
+function etaMs(eta) {
+  if (eta === null || eta === undefined || eta === "") return NaN;
+  if (typeof eta === "number") return eta * 1000;
+  if (typeof eta === "object") {
+    if ("seconds" in eta) return etaMs(eta.seconds);
+    if ("at" in eta) return etaMs(eta.at);
+    return NaN;
+  }
+  const t = Date.parse(eta);
+  if (!isNaN(t) && /\d{4}-\d\d-\d\d/.test(eta)) return t > 0 ? t - Date.now() : NaN; // zero time: unknown
+  let total = 0, matched = false;
+  for (const [, n, unit] of String(eta).matchAll(/([\d.]+)(h|ms|m|s)/g)) {
+    matched = true;
+    total += parseFloat(n) * { h: 3600e3, m: 60e3, s: 1e3, ms: 1 }[unit];
+  }
+  return matched ? total : NaN;
+}
+
+function fmtEta(eta) {
+  const d = etaMs(eta);
+  if (isNaN(d)) return "–";
+  return "in " + fmtDur(d) + " (" + fmtClock(Date.now() + d) + ")";
+}
+
+function jobId(j) { return j.job_id || j.id || ""; }
+
+function colorOf(model) {
+  if (!modelColors.has(model)) modelColors.set(model, COLORS[modelColors.size % COLORS.length]);
+  return modelColors.get(model);
+}
+
+// ---- API -------------------------------------------------------------------------------
+
+class AuthError extends Error {}
+
+async function api(path, opts) {
+  opts = opts || {};
+  const headers = new Headers(opts.headers || {});
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) headers.set("Authorization", "Bearer " + token);
+  const resp = await fetch(path, { ...opts, headers, cache: "no-store", credentials: "omit" });
+  if (resp.status === 401) throw new AuthError("token needed");
+  return resp;
+}
+
+async function apiJSON(path, opts) {
+  const resp = await api(path, opts);
+  let body = null;
+  try { body = await resp.json(); } catch (e) { /* no JSON body */ }
+  if (!resp.ok) throw new Error(path + ": " + ((body && body.error) || resp.status));
+  return body;
+}
+
+// loadsFromMetrics sums foreman_model_loads_total over its labels; null when not served.
+async function loadsFromMetrics() {
+  try {
+    const resp = await api("/metrics");
+    if (!resp.ok) return null;
+    const text = await resp.text();
+    let sum = null;
+    for (const line of text.split("\n")) {
+      const m = /^foreman_model_loads_total(?:\{[^}]*\})?\s+([0-9.eE+-]+)/.exec(line);
+      if (m) sum = (sum || 0) + parseFloat(m[1]);
+    }
+    return sum;
+  } catch (e) {
+    if (e instanceof AuthError) throw e;
+    return null;
+  }
+}
+
+async function cancelJob(id, button) {
+  if (!confirm("Cancel job " + id + "?")) return;
+  button.disabled = true;
+  try {
+    await apiJSON("/jobs/" + encodeURIComponent(id), { method: "DELETE" });
+  } catch (e) {
+    if (e instanceof AuthError) askToken();
+    setStatus("cancel " + id + ": " + e.message, true);
+  }
+  poll();
+}
+
+// ---- token -----------------------------------------------------------------------------
+
+function askToken() {
+  $("token-form").hidden = false;
+  $("token-input").focus();
+}
+
+function setupToken() {
+  $("token-form").addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    sessionStorage.setItem(TOKEN_KEY, $("token-input").value.trim());
+    $("token-input").value = "";
+    $("token-form").hidden = true;
+    poll();
+  });
+}
+
+// ---- rendering -------------------------------------------------------------------------
+
+function setStatus(text, bad) {
+  const s = $("status");
+  s.textContent = text;
+  s.classList.toggle("error", !!bad);
+}
+
+function cancelButton(id) {
+  const b = el("button", { class: "cancel", type: "button", title: "cancel this job" }, "cancel");
+  b.addEventListener("click", () => cancelJob(id, b));
+  return b;
+}
+
+function renderRunning(job) {
+  const box = $("running");
+  if (!job) {
+    replaceChildren(box, [el("span", { class: "muted" }, "nothing")]);
+    return;
+  }
+  const since = ms(job.started_at) || ms(job.created_at);
+  const dl = el("dl", { class: "kv" },
+    el("dt", {}, "model"), el("dd", { "data-field": "model" }, job.model),
+    el("dt", {}, "program"), el("dd", {}, job.program || "(anonymous)"),
+    el("dt", {}, "state"), el("dd", {}, job.state + " · " + (job.kind || "")),
+    el("dt", {}, "elapsed"), el("dd", {}, fmtDur(Date.now() - since)),
+    el("dt", {}, "job"), el("dd", { class: "id" }, jobId(job), " ", cancelButton(jobId(job))),
+  );
+  replaceChildren(box, [dl]);
+}
+
+function renderLoaded(models) {
+  replaceChildren($("loaded"), (models && models.length)
+    ? models.map((m) => el("li", {}, m))
+    : [el("li", { class: "muted" }, "none")]);
+}
+
+function renderQueue(q) {
+  const now = Date.now();
+  const rows = (q.queued || []).map((j) => el("tr", { "data-job-id": jobId(j), class: "queued-job" },
+    el("td", {}, j.queue_position),
+    el("td", {}, fmtEta(j.eta)),
+    el("td", {}, j.model),
+    el("td", { class: "prio-" + j.priority }, j.priority),
+    el("td", {}, j.program || "(anonymous)"),
+    el("td", {}, j.kind),
+    el("td", {}, fmtDur(now - ms(j.created_at))),
+    el("td", { class: "id" }, jobId(j)),
+    el("td", {}, cancelButton(jobId(j))),
+  ));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "the queue is empty")));
+  replaceChildren($("queue-rows"), rows);
+  const total = q.total || 0, shown = (q.queued || []).length;
+  $("queue-total").textContent = String(total);
+  const more = $("queue-more");
+  more.hidden = total <= shown;
+  more.textContent = total > shown ? "… and " + (total - shown) + " more" : "";
+}
+
+function renderRecent(jobs) {
+  const done = jobs.filter((j) => TERMINAL.has(j.state)).slice(0, 15);
+  const rows = done.map((j) => {
+    const wait = j.started_at ? ms(j.started_at) - ms(j.created_at) : NaN;
+    const run = j.started_at && j.finished_at ? ms(j.finished_at) - ms(j.started_at) : NaN;
+    return el("tr", { "data-job-id": jobId(j) },
+      el("td", {}, j.finished_at ? fmtClock(ms(j.finished_at)) : "–"),
+      el("td", { class: "state-" + j.state }, j.state),
+      el("td", {}, j.model),
+      el("td", {}, j.program || "(anonymous)"),
+      el("td", {}, j.kind),
+      el("td", {}, fmtDur(wait)),
+      el("td", {}, fmtDur(run)),
+      el("td", { class: "id" }, jobId(j)),
+      el("td", { class: "err" }, j.error || ""),
+    );
+  });
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "no finished jobs yet")));
+  replaceChildren($("recent-rows"), rows);
+}
+
+function renderLoads() {
+  const fromMetrics = history.metricLoads !== null;
+  $("load-count").textContent = String(fromMetrics ? history.metricLoads : history.loads.length);
+  $("load-source").textContent = fromMetrics ? "since foreman started" : "seen by this page";
+}
+
+// ---- history ---------------------------------------------------------------------------
+
+function record(q, jobs, metricLoads) {
+  const now = Date.now();
+  const byModel = {};
+  for (const j of q.queued || []) byModel[j.model] = (byModel[j.model] || 0) + 1;
+  history.depth.push({ t: now, byModel });
+
+  // A wait is known once a job starts; the running job and the recent list both show it.
+  const started = (jobs || []).concat(q.running ? [q.running] : []);
+  for (const j of started) {
+    const id = jobId(j);
+    if (!j.started_at || history.seenStarts.has(id)) continue;
+    history.seenStarts.add(id);
+    const t = ms(j.started_at);
+    if (now - t <= HOUR_MS) history.waits.push({ t, ms: t - ms(j.created_at), model: j.model });
+  }
+
+  // Loads: from the counter when foreman serves it, else a running job seen loading.
+  if (metricLoads !== null && history.metricLoads !== null && metricLoads > history.metricLoads) {
+    for (let i = history.metricLoads; i < metricLoads; i++) history.loads.push(now);
+  }
+  if (metricLoads === null && q.running && q.running.state === "loading" && !history.loadSeen.has(jobId(q.running))) {
+    history.loadSeen.add(jobId(q.running));
+    history.loads.push(now);
+  }
+  history.metricLoads = metricLoads;
+
+  const cut = now - HOUR_MS;
+  while (history.depth.length && history.depth[0].t < cut) history.depth.shift();
+  history.waits = history.waits.filter((w) => w.t >= cut); // found out of order
+  while (history.loads.length && history.loads[0] < cut) history.loads.shift();
+}
+
+// ---- charts (inline SVG) ---------------------------------------------------------------
+
+const W = 600, H = 160, PAD = { l: 40, r: 8, t: 8, b: 20 };
+
+// span is the charts' time range: from the oldest thing known (at least 5 minutes back,
+// at most an hour), so a page opened a minute ago does not squeeze it all into the edge.
+function span() {
+  const t1 = Date.now();
+  let oldest = t1;
+  if (history.depth.length) oldest = Math.min(oldest, history.depth[0].t);
+  if (history.waits.length) oldest = Math.min(oldest, ...history.waits.map((w) => w.t));
+  if (history.loads.length) oldest = Math.min(oldest, history.loads[0]);
+  const d = Math.min(HOUR_MS, Math.max(5 * 60 * 1000, t1 - oldest));
+  return [t1 - d, t1];
+}
+
+function axes(node, t0, t1, ymax, yfmt) {
+  const x = (t) => PAD.l + (t - t0) / (t1 - t0) * (W - PAD.l - PAD.r);
+  const y = (v) => H - PAD.b - v / ymax * (H - PAD.t - PAD.b);
+  const parts = [svg("line", { class: "axis", x1: PAD.l, y1: H - PAD.b, x2: W - PAD.r, y2: H - PAD.b }),
+    svg("line", { class: "axis", x1: PAD.l, y1: PAD.t, x2: PAD.l, y2: H - PAD.b })];
+  for (const v of [0, ymax / 2, ymax]) {
+    parts.push(svg("text", { x: PAD.l - 4, y: y(v) + 3, "text-anchor": "end" }, yfmt(v)));
+  }
+  for (let i = 0; i <= 4; i++) {
+    const t = t0 + (t1 - t0) * i / 4;
+    parts.push(svg("text", { x: x(t), y: H - 5, "text-anchor": i === 0 ? "start" : i === 4 ? "end" : "middle" },
+      i === 4 ? "now" : "-" + Math.round((t1 - t) / 60000) + "m"));
+  }
+  node.replaceChildren(...parts);
+  return { x, y };
+}
+
+function drawDepth() {
+  const node = $("chart-depth");
+  const [t0, t1] = span();
+  const models = new Set();
+  let max = 1;
+  for (const s of history.depth) {
+    for (const [m, n] of Object.entries(s.byModel)) { models.add(m); max = Math.max(max, n); }
+  }
+  const ymax = Math.max(2, Math.ceil(max));
+  const { x, y } = axes(node, t0, t1, ymax, (v) => String(Math.round(v)));
+  for (const t of history.loads) {
+    node.appendChild(svg("line", { class: "load", x1: x(t), y1: PAD.t, x2: x(t), y2: H - PAD.b }));
+  }
+  for (const m of models) {
+    // A step line: the depth holds until the next sample.
+    let d = "";
+    for (const s of history.depth) {
+      const px = x(s.t).toFixed(1), py = y(s.byModel[m] || 0).toFixed(1);
+      d += d ? " H" + px + " V" + py : "M" + px + " " + py;
+    }
+    if (history.depth.length) d += " H" + x(t1).toFixed(1);
+    node.appendChild(svg("path", { d, fill: "none", stroke: colorOf(m), "stroke-width": 1.8 }));
+  }
+  const legend = [...models].map((m) => {
+    const sw = el("span", { class: "swatch" });
+    sw.style.background = colorOf(m);
+    return el("span", {}, sw, m);
+  });
+  replaceChildren($("chart-legend"), legend);
+}
+
+function drawWaits() {
+  const node = $("chart-wait");
+  const [t0, t1] = span();
+  let max = 1000;
+  for (const w of history.waits) max = Math.max(max, w.ms);
+  const { x, y } = axes(node, t0, t1, max * 1.1, (v) => fmtDur(v));
+  for (const w of history.waits) {
+    const c = svg("circle", { cx: x(w.t), cy: y(w.ms), r: 3, fill: colorOf(w.model) });
+    c.appendChild(svg("title", {}, w.model + ": waited " + fmtDur(w.ms)));
+    node.appendChild(c);
+  }
+}
+
+// ---- loop ------------------------------------------------------------------------------
+
+let polling = false;
+
+async function poll() {
+  if (polling) return;
+  polling = true;
+  try {
+    const [q, list, loads] = await Promise.all([
+      apiJSON("/queue?limit=100"),
+      apiJSON("/jobs?limit=30"),
+      loadsFromMetrics(),
+    ]);
+    const jobs = (list && list.jobs) || [];
+    record(q, jobs, loads);
+    renderRunning(q.running);
+    renderLoaded(q.loaded);
+    renderQueue(q);
+    renderRecent(jobs);
+    renderLoads();
+    drawDepth();
+    drawWaits();
+    setStatus("updated " + fmtClock(Date.now()));
+  } catch (e) {
+    if (e instanceof AuthError) {
+      askToken();
+      setStatus("a bearer token is needed", true);
+    } else {
+      setStatus("cannot reach foreman: " + e.message, true);
+    }
+  } finally {
+    polling = false;
+  }
+}
+
+setupToken();
+poll();
+setInterval(poll, POLL_MS);
