@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"mime"
 	"net/http"
 	"os"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Statuses of a sync job that ended without an answer, before any byte reached the
@@ -186,7 +186,7 @@ func (sr *syncResponse) frame(ev broker.Event) error {
 			sr.ctype = sr.defaultContentType()
 		}
 	}
-	if !isStreamType(sr.ctype) {
+	if !ollama.FramingOf(sr.ctype).Streamed() {
 		sr.pending = append(sr.pending, ev.Data...)
 		return nil
 	}
@@ -366,18 +366,6 @@ func (sr *syncResponse) defaultContentType() string {
 	return "text/event-stream"
 }
 
-func mediaType(ctype string) string {
-	mt, _, err := mime.ParseMediaType(ctype)
-	if err != nil {
-		return strings.ToLower(strings.TrimSpace(ctype))
-	}
-	return mt
-}
-
-func isSSE(ctype string) bool { return mediaType(ctype) == "text/event-stream" }
-
-// isStreamType reports whether frames of this type are relayed as they come.
-func isStreamType(ctype string) bool {
-	mt := mediaType(ctype)
-	return mt == "text/event-stream" || mt == "application/x-ndjson"
-}
+// isSSE reports whether the answer's frames are server-sent events (ollama.FramingOf,
+// the one rule the client and the worker follow too).
+func isSSE(ctype string) bool { return ollama.FramingOf(ctype) == ollama.SSE }

@@ -411,3 +411,21 @@ func TestSyncResponseErrorAfterPartialFrame(t *testing.T) {
 		}
 	}
 }
+
+// A Content-Type whose parameters do not parse counts by its media type, as
+// ollama.FramingOf reads it for the client and the worker: such an SSE answer is relayed
+// as it comes, and an error after it is an SSE event.
+func TestSyncResponseFramingOfBrokenParameter(t *testing.T) {
+	t.Parallel()
+	o, w := runSyncCase(t, syncCase{kind: broker.KindOpenAIChat, stream: true, msgs: []*nats.Msg{
+		streamMsg(1, "data: {}\n\n", broker.HeaderContentType, "text/event-stream; x"),
+		streamMsg(3, "lost piece after this one"),
+	}})
+	want := "data: {}\n\ndata: {\"error\":"
+	if o != outcomeError || w.Code != 200 || !strings.HasPrefix(w.Body.String(), want) {
+		t.Fatalf("outcome %d, %d %q; want the stream to go on with %q", o, w.Code, w.Body.String(), want)
+	}
+	if got := w.Header().Get("Content-Length"); got != "" {
+		t.Errorf("Content-Length %q on a streamed answer", got)
+	}
+}
