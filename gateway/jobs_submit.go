@@ -308,7 +308,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 				break
 			}
 			if got.BodySHA256 != "" && got.BodySHA256 != claim.BodySHA256 {
-				return "", false, &Error{Status: http.StatusUnprocessableEntity, Message: "Idempotency-Key was already used with a different request body"}
+				return "", false, refuse(ErrKeyReused, "Idempotency-Key was already used with a different request body")
 			}
 			found, err := s.awaitClaimed(ctx, got)
 			if err != nil {
@@ -398,4 +398,4 @@ func (s *Server) awaitClaimed(ctx context.Context, c broker.IdempotencyClaim) (b
 }
 
 // errClaimBusy answers a request whose idempotency key another live request holds.
-var errClaimBusy = &Error{Status: http.StatusConflict, Message: "Idempotency-Key: another request with this key is still being submitted; retry"}
+var errClaimBusy = refuse(ErrConflict, "Idempotency-Key: another request with this key is still being submitted; retry")

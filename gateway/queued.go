@@ -98,10 +98,7 @@ func (s *Server) queueableModel(ctx context.Context, model string) error {
 		return nil
 	}
 	// requireModel let it through only because the target could not be polled.
-	return &Error{
-		Status:  http.StatusBadGateway,
-		Message: fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", model),
-	}
+	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", model))
 }
 
 // runSync submits job and writes its answer to the client until the job ends, the

@@ -17,14 +17,6 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// Statuses of a sync job that ended without an answer, before any byte reached the
-// client (jobStatus in errors.go says which), and of a broken token stream: the gateway
-// could not get a valid answer from upstream.
-const (
-	statusJobCanceled = http.StatusConflict
-	statusBadUpstream = http.StatusBadGateway
-)
-
 // syncCheckInterval is how often a waiting response checks for lost messages and looks at
 // the job record itself: a safety net for a final marker or state event that never
 // arrives (a NATS reconnect loses core messages), so a request cannot hang forever.
@@ -40,9 +32,6 @@ const (
 	outcomeShutdown                  // foreman is stopping before the job ran; the job is to be canceled
 	outcomeCutOff                    // the client read too slowly and was cut off; the job runs on
 )
-
-// statusShuttingDown answers a client whose job will not run because foreman stops.
-const statusShuttingDown = http.StatusServiceUnavailable
 
 // jobEvents is what a sync response reads: a broker.JobFeed, or a test's hand-filled one.
 type jobEvents interface {
@@ -86,7 +75,7 @@ func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
 		case <-ctx.Done():
 			return outcomeClientGone
 		case <-sr.s.ending:
-			sr.fail(statusShuttingDown, "foreman is shutting down; the job was canceled, retry later")
+			sr.fail(refuse(ErrUnavailable, "foreman is shutting down; the job was canceled, retry later"))
 			return outcomeShutdown
 		case <-feed.Overflow():
 			return sr.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", sr.s.cfg.StreamBuffer))
@@ -144,7 +133,7 @@ func (sr *syncResponse) cutOff(reason string) outcome {
 	sr.log.Warn("slow client cut off; the job runs on", "reason", reason, "frames", sr.frames)
 	// The error line is a courtesy: a connection past its write deadline is closed, and
 	// failing to tell the client must not turn the cut-off into a cancel.
-	_ = sr.fail(statusBadUpstream, "client too slow: "+reason+"; the job runs on, its result will be under /jobs/"+sr.job.ID)
+	_ = sr.fail(refuse(ErrBadUpstream, "client too slow: "+reason+"; the job runs on, its result will be under /jobs/"+sr.job.ID))
 	return outcomeCutOff
 }
 
@@ -158,7 +147,7 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 	j, err := sr.check(ctx)
 	if errors.Is(err, broker.ErrNotFound) {
 		// Expired or dropped: no marker or state event will ever come.
-		return sr.fail(statusBadUpstream, "job record disappeared before the job ended"), true
+		return sr.fail(refuse(ErrBadUpstream, "job record disappeared before the job ended")), true
 	}
 	if err != nil {
 		if ctx.Err() == nil {
@@ -280,7 +269,7 @@ func (sr *syncResponse) final(err error) outcome {
 			err = &broker.JobError{State: je.State, Message: text, Status: je.Status}
 		}
 	}
-	return sr.fail(statusOf(err))
+	return sr.fail(err)
 }
 
 // openAIErrorMessage recognizes an OpenAI error body, {"error":{"message":...}}, as the
@@ -304,7 +293,7 @@ func openAIErrorMessage(s string) (string, bool) {
 // ended handles a terminal job seen without its final marker.
 func (sr *syncResponse) ended(j *broker.Job) outcome {
 	if err := broker.Outcome(j); err != nil {
-		return sr.fail(statusOf(err))
+		return sr.fail(err)
 	}
 	return sr.gap("the job finished but its final frame never arrived")
 }
@@ -312,17 +301,18 @@ func (sr *syncResponse) ended(j *broker.Job) outcome {
 // gap reports a broken token stream.
 func (sr *syncResponse) gap(detail string) outcome {
 	sr.log.Warn("stream gap", "detail", detail, "frames", sr.frames)
-	return sr.fail(statusBadUpstream, "stream gap: "+detail)
+	return sr.fail(refuse(ErrBadUpstream, "stream gap: "+detail))
 }
 
-// fail ends the response with an error: a status and {"error": msg} when nothing was
-// written yet, else an error frame in the stream's own format, as Ollama and OpenAI
-// servers send them mid-stream.
-func (sr *syncResponse) fail(status int, msg string) outcome {
+// fail ends the response with err: its status and {"error": msg} when nothing was
+// written yet (writeError), else an error frame with its message in the stream's own
+// format, as Ollama and OpenAI servers send them mid-stream.
+func (sr *syncResponse) fail(err error) outcome {
 	if !sr.started {
-		sr.s.writeError(sr.w, sr.r, &Error{Status: status, Message: msg})
+		sr.s.writeError(sr.w, sr.r, err)
 		return outcomeError
 	}
+	_, msg := statusOf(err)
 	sse := isSSE(sr.ctype)
 	frame := sr.boundary(sse)
 	if sse {
