@@ -1,9 +1,7 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -34,29 +32,33 @@ func (s *Server) queuedRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/completions", s.handleQueued(broker.KindOpenAICompletion))
 }
 
-// parseInference returns the model a body names and whether the client wants a stream:
-// Ollama's /api routes stream unless told otherwise, the OpenAI routes only on
-// "stream": true. The model is the "model" member alone: on these routes the target
-// reads no other (the legacy "name" is for /api/show and /api/delete), so a job queued
-// under a "name" would reach the target without a model.
-func parseInference(kind broker.Kind, body []byte) (model string, stream bool, err error) {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return "", false, badRequest("missing request body")
-	}
-	if err := validJSONObject(body); err != nil {
-		return "", false, err
-	}
+// inference is a queued route's request as the gateway reads it, from one decode of the
+// body: the model, whether the client wants a stream, and the load options that pick the
+// job's queue.
+type inference struct {
+	model  string
+	stream bool
+	opts   string // the load-options token (broker.LoadOptions.Token)
+}
+
+// parseInference reads a queued route's body in one decode. Ollama's /api routes stream
+// unless told otherwise, the OpenAI routes only on "stream": true. The model is the
+// "model" member alone: on these routes the target reads no other (the legacy "name" is
+// for /api/show and /api/delete), so a job queued under a "name" would reach the target
+// without a model.
+func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	var req struct {
-		Model  string `json:"model"`
-		Stream *bool  `json:"stream"`
+		Model   string             `json:"model"`
+		Stream  *bool              `json:"stream"`
+		Options broker.LoadOptions `json:"options"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		return "", false, badRequest("invalid JSON body: " + err.Error())
+	if err := decodeObject(body, &req, ""); err != nil {
+		return inference{}, err
 	}
 	if strings.TrimSpace(req.Model) == "" {
-		return "", false, badRequest("model is required")
+		return inference{}, badRequest("model is required")
 	}
-	return req.Model, ollama.Streams(kind.Path(), req.Stream), nil
+	return inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}, nil
 }
 
 // handleQueued turns one inference call into a sync job and relays its answer.
@@ -67,7 +69,7 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		model, stream, err := parseInference(kind, body)
+		in, err := parseInference(kind, body)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -77,12 +79,13 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		if err := s.queueableModel(r.Context(), model); err != nil {
+		if err := s.queueableModel(r.Context(), in.model); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID(), Priority: who.priority, Program: who.program}
-		s.runSync(w, r, job, stream, body)
+		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: in.model, Sync: true, Gateway: s.store.BootID(),
+			Priority: who.priority, Program: who.program, LoadOptions: in.opts}
+		s.runSync(w, r, job, in.stream, body)
 	}
 }
 

@@ -371,7 +371,8 @@ func TestParseInference(t *testing.T) {
 		{broker.KindOpenAIChat, `{"name":"tiny-a","model":""}`, "", false, "model is required"},
 	}
 	for _, c := range cases {
-		model, stream, err := parseInference(c.kind, []byte(c.body))
+		in, err := parseInference(c.kind, []byte(c.body))
+		model, stream := in.model, in.stream
 		if c.err != "" {
 			if err == nil || !strings.Contains(err.Error(), c.err) {
 				t.Errorf("%s %s: err %v, want %q", c.kind, c.body, err, c.err)
