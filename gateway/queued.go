@@ -24,7 +24,7 @@ const HeaderJobID = "X-Foreman-Job-Id"
 const submitTimeout = 10 * time.Second
 
 // queuedRoutes registers the routes that run as jobs through the queue: every call
-// becomes a durable sync job, and the response is relayed from the worker's stream.
+// becomes a durable sync job, and its answer is written from the worker's stream.
 func (s *Server) queuedRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/chat", s.handleQueued(broker.KindChat))
 	mux.HandleFunc("POST /api/generate", s.handleQueued(broker.KindGenerate))
@@ -61,7 +61,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	return inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}, nil
 }
 
-// handleQueued turns one inference call into a sync job and relays its answer.
+// handleQueued turns one inference call into a sync job and writes its answer.
 func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := s.readBody(w, r)

@@ -26,7 +26,7 @@ const syncCheckInterval = 5 * time.Second
 type outcome int
 
 const (
-	outcomeDone       outcome = iota // the answer was relayed completely
+	outcomeDone       outcome = iota // the answer was written completely
 	outcomeError                     // the client got an error (status or in-stream)
 	outcomeClientGone                // the client left; the job is to be canceled
 	outcomeShutdown                  // foreman is stopping before the job ran; the job is to be canceled
@@ -137,9 +137,9 @@ func (sr *syncResponse) cutOff(reason string) outcome {
 	return outcomeCutOff
 }
 
-// watchdog fails the relay on dropped messages and ends it when the record is terminal
+// watchdog fails the response on dropped messages and ends it when the record is terminal
 // but its final marker or state event never came. It waits for a second sighting of the
-// terminal record so that messages already on their way are relayed first.
+// terminal record so that messages already on their way are written first.
 func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, bool) {
 	if feed.Dropped() > 0 {
 		return sr.gap(broker.GapDropped), true
@@ -165,7 +165,7 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 	return sr.ended(j), true
 }
 
-// frame relays one target frame. The first one decides the status (200) and the
+// frame writes one target frame. The first one decides the status (200) and the
 // Content-Type. A non-streamed JSON body is held until the final marker, so it goes out
 // with a Content-Length as Ollama sends it, and a failure after it can still be a status.
 func (sr *syncResponse) frame(ev broker.Event) error {
@@ -351,9 +351,9 @@ func (sr *syncResponse) defaultContentType() string {
 	case !sr.stream:
 		return "application/json; charset=utf-8"
 	case sr.job.Kind == broker.KindChat || sr.job.Kind == broker.KindGenerate:
-		return "application/x-ndjson"
+		return ollama.ContentTypeNDJSON
 	}
-	return "text/event-stream"
+	return ollama.ContentTypeSSE
 }
 
 // isSSE reports whether the answer's frames are server-sent events (ollama.FramingOf,
