@@ -258,3 +258,11 @@ func TestLoadOptionsDecodedOnce(t *testing.T) {
 		t.Fatalf("key %+v, %v; want load options %q", k, err, opts)
 	}
 }
+
+// The queue's delivery limit and the worker's last-delivery check read one rule.
+func TestMaxDeliverAboveAttempts(t *testing.T) {
+	t.Parallel()
+	if got := (broker.Config{MaxAttempts: 3}).MaxDeliver(); got != 5 {
+		t.Fatalf("MaxDeliver %d, want MaxAttempts+2 = 5", got)
+	}
+}
