@@ -164,6 +164,10 @@ type Job struct {
 	Priority Priority `json:"priority,omitempty"`
 	// Program is the program the job was submitted for; "" is the anonymous program.
 	Program string `json:"program,omitempty"`
+	// LoadOptions is the load-options token of the request body (LoadOptions.Token) when
+	// the submitter decoded the body already; empty: Submit reads it from the body. It is
+	// not stored: the queue subject carries it.
+	LoadOptions string `json:"-"`
 }
 
 // IsSpare reports whether a message at stream sequence seq is a spare copy of running

@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -228,5 +229,40 @@ func TestOpenUpgradesAStoreFromBeforeClasses(t *testing.T) {
 	key, _ := broker.KeyOf(hi, nil)
 	if d, err := st.Next(ctx, key.String()); err != nil || d == nil || d.JobID != hi.ID {
 		t.Fatalf("high job: %+v, %v", d, err)
+	}
+}
+
+// A submitter that decoded the body already passes its load options on the job; KeyOf
+// then takes them as they are, and LoadOptions, decoded in the submitter's struct, gives
+// the token LoadOptionsToken reads from the body.
+func TestLoadOptionsDecodedOnce(t *testing.T) {
+	t.Parallel()
+	for _, body := range []string{
+		`{"options":{"num_ctx":256}}`, `{"options":{"num_ctx":256},"OPTIONS":{"num_gpu":1}}`,
+		`{"options":{"num_ctx":256},"options":null}`, `{"options":"big","options":{"num_ctx":256}}`,
+		`{"options":{"num_ctx":256},"options":[1]}`, `{"model":"m"}`,
+	} {
+		var req struct {
+			Options broker.LoadOptions `json:"options"`
+		}
+		if err := json.Unmarshal([]byte(body), &req); err != nil {
+			t.Fatalf("%s: %v", body, err)
+		}
+		if got, want := req.Options.Token(), broker.LoadOptionsToken([]byte(body)); got != want {
+			t.Errorf("%s: token %q, want %q", body, got, want)
+		}
+	}
+	opts := broker.LoadOptionsToken([]byte(`{"options":{"num_ctx":256}}`))
+	k, err := broker.KeyOf(&broker.Job{Model: "tiny-a", Kind: broker.KindChat, LoadOptions: opts}, nil)
+	if err != nil || k.Opts != opts {
+		t.Fatalf("key %+v, %v; want load options %q", k, err, opts)
+	}
+}
+
+// The queue's delivery limit and the worker's last-delivery check read one rule.
+func TestMaxDeliverAboveAttempts(t *testing.T) {
+	t.Parallel()
+	if got := (broker.Config{MaxAttempts: 3}).MaxDeliver(); got != 5 {
+		t.Fatalf("MaxDeliver %d, want MaxAttempts+2 = 5", got)
 	}
 }

@@ -56,7 +56,7 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 		AckWait:       s.cfg.AckWait,
 		// A safety net above the worker's own attempt count; the worker terminates a job
 		// before JetStream would give up on it.
-		MaxDeliver:    s.cfg.MaxAttempts + 2,
+		MaxDeliver:    s.cfg.MaxDeliver(),
 		MaxAckPending: 10_000, // NAK-delayed jobs count here; they must not block the model
 		// Consumers of queues nobody asks for any more go away; a new one starts from the
 		// remaining (pending) messages, which in a work queue is exactly right. An hour

@@ -86,7 +86,8 @@ func ParseQueueKey(s string) (QueueKey, error) {
 	return k, nil
 }
 
-// KeyOf returns the queue key of job j with request body body.
+// KeyOf returns the queue key of job j with request body body. The load options come
+// from j.LoadOptions when the submitter read them already, else from body.
 func KeyOf(j *Job, body []byte) (QueueKey, error) {
 	model, err := ModelToken(j.Model)
 	if err != nil {
@@ -100,7 +101,11 @@ func KeyOf(j *Job, body []byte) (QueueKey, error) {
 	if err != nil {
 		return QueueKey{}, err
 	}
-	return QueueKey{Model: model, Opts: LoadOptionsToken(body), Class: class, Program: prog}, nil
+	opts := j.LoadOptions
+	if opts == "" {
+		opts = LoadOptionsToken(body)
+	}
+	return QueueKey{Model: model, Opts: opts, Class: class, Program: prog}, nil
 }
 
 func programToken(name string) (string, error) {
@@ -126,14 +131,40 @@ const optsTokenLen = 16
 // JSON object, or options Ollama would refuse, count as none: such a request loads nothing.
 func LoadOptionsToken(body []byte) string {
 	var req struct {
-		Options map[string]any `json:"options"`
+		Options LoadOptions `json:"options"`
 	}
-	if json.Unmarshal(body, &req) != nil || len(req.Options) == 0 {
+	if json.Unmarshal(body, &req) != nil {
+		return DefaultLoadOptions
+	}
+	return req.Options.Token()
+}
+
+// LoadOptions is a request's "options" member as Ollama decodes it (into a map; a
+// repeated member adds to it, a null one clears it), for a caller that decodes the body
+// itself: a field of this type in its request struct never fails the decode, and Token
+// is then LoadOptionsToken of the body without reading it again.
+type LoadOptions struct {
+	set map[string]any
+	bad bool // a value Ollama would refuse: the request loads nothing
+}
+
+// UnmarshalJSON decodes an "options" value; one Ollama would refuse marks the options
+// unusable instead of failing the caller's decode.
+func (o *LoadOptions) UnmarshalJSON(b []byte) error {
+	if json.Unmarshal(b, &o.set) != nil {
+		o.bad = true
+	}
+	return nil
+}
+
+// Token is the load-options token (see LoadOptionsToken).
+func (o LoadOptions) Token() string {
+	if o.bad || len(o.set) == 0 {
 		return DefaultLoadOptions
 	}
 	norm := map[string]any{}
 	for _, name := range loadOptionNames {
-		switch v := req.Options[name].(type) {
+		switch v := o.set[name].(type) {
 		case float64:
 			n := int64(v)
 			if (name == "num_ctx" && n == 0) || (name == "num_gpu" && n < 0) {

@@ -178,6 +178,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 // BootID is the id of this start of foreman (Config.BootID).
 func (s *Store) BootID() string { return s.cfg.BootID }
 
+// MaxDeliver is how many times JetStream delivers a queue message before it gives up: a
+// safety net two above MaxAttempts, so the worker ends a job before JetStream would.
+func (c Config) MaxDeliver() int { return c.MaxAttempts + 2 }
+
 // Now is the store's clock.
 func (s *Store) Now() time.Time { return s.cfg.Now().UTC() }
 

@@ -129,7 +129,7 @@ func (s *Server) browserPolicy(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.hostAllowed(r.Host) {
 			s.log.Warn("request refused: host not allowed on a loopback listener", "host", r.Host, "path", r.URL.Path)
-			s.writeError(w, r, &Error{Status: http.StatusForbidden, Message: fmt.Sprintf("forbidden: host %q is not allowed", r.Host)})
+			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: host %q is not allowed", r.Host)))
 			return
 		}
 		origin := r.Header.Get("Origin")
@@ -140,7 +140,7 @@ func (s *Server) browserPolicy(next http.Handler) http.Handler {
 		}
 		if !s.origins.allows(origin) {
 			s.log.Warn("request refused: origin not allowed", "origin", origin, "path", r.URL.Path)
-			s.writeError(w, r, &Error{Status: http.StatusForbidden, Message: fmt.Sprintf("forbidden: origin %q is not allowed (FOREMAN_ORIGINS)", origin)})
+			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: origin %q is not allowed (FOREMAN_ORIGINS)", origin)))
 			return
 		}
 		h := w.Header()

@@ -15,16 +15,41 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// Error is an error with the HTTP status the client should see and a message safe to show.
+// The gateway's own refusals. Each *Error wraps one of them (errors.Is works), and
+// statusOf alone says which HTTP status it is.
+var (
+	ErrInvalid          = errors.New("invalid request")               // 400
+	ErrUnauthorized     = errors.New("unauthorized")                  // 401
+	ErrForbidden        = errors.New("forbidden")                     // 403
+	ErrNoRoute          = errors.New("no such route")                 // 404
+	ErrMethodNotAllowed = errors.New("method not allowed")            // 405
+	ErrBodyTimeout      = errors.New("request body too slow")         // 408
+	ErrConflict         = errors.New("conflict")                      // 409
+	ErrTooLarge         = errors.New("request body too large")        // 413
+	ErrKeyReused        = errors.New("idempotency key reused")        // 422
+	ErrProgramLimit     = errors.New("program over its queue limit")  // 429
+	ErrInternal         = errors.New("internal error")                // 500
+	ErrBadUpstream      = errors.New("no valid answer from upstream") // 502
+	ErrUnavailable      = errors.New("unavailable")                   // 503
+)
+
+// Error is one of the gateway's refusals (Kind, a sentinel above) with a message safe to
+// show the client.
 type Error struct {
-	Status  int
+	Kind    error
 	Message string
 }
 
 func (e *Error) Error() string { return e.Message }
 
-// badRequest is a 400 with the given message.
-func badRequest(msg string) error { return &Error{Status: http.StatusBadRequest, Message: msg} }
+// Unwrap makes errors.Is(err, e.Kind) true.
+func (e *Error) Unwrap() error { return e.Kind }
+
+// refuse is a refusal of the given kind.
+func refuse(kind error, msg string) error { return &Error{Kind: kind, Message: msg} }
+
+// badRequest is an ErrInvalid refusal (400) with the given message.
+func badRequest(msg string) error { return refuse(ErrInvalid, msg) }
 
 // ErrModelNotFound is returned when the target does not have a model (after a re-poll).
 var ErrModelNotFound = errors.New("model not found")
@@ -51,7 +76,10 @@ func (e *ModelNotFoundError) messageFor(path string) string {
 func (e *ModelNotFoundError) Is(target error) bool { return target == ErrModelNotFound }
 
 // statusOf maps an error to the HTTP status and the message the client sees. It is the
-// only place that does so.
+// only place that does so: over HTTP (writeError, in the route's shape) and over NATS
+// (the submit reply's status). Statuses that come from the target are data it carries
+// on: an *ollama.HTTPError's, and a failed job's (the worker's Foreman-Status, in
+// broker.JobError.Status).
 func statusOf(err error) (int, string) {
 	var (
 		e       *Error
@@ -62,9 +90,55 @@ func statusOf(err error) (int, string) {
 	)
 	switch {
 	case errors.As(err, &e):
-		return e.Status, e.Message
+		status := http.StatusInternalServerError
+		switch e.Kind {
+		case ErrInvalid:
+			status = http.StatusBadRequest
+		case ErrUnauthorized:
+			status = http.StatusUnauthorized
+		case ErrForbidden:
+			status = http.StatusForbidden
+		case ErrNoRoute:
+			status = http.StatusNotFound
+		case ErrMethodNotAllowed:
+			status = http.StatusMethodNotAllowed
+		case ErrBodyTimeout:
+			status = http.StatusRequestTimeout
+		case ErrConflict:
+			status = http.StatusConflict
+		case ErrTooLarge:
+			status = http.StatusRequestEntityTooLarge
+		case ErrKeyReused:
+			status = http.StatusUnprocessableEntity
+		case ErrProgramLimit:
+			status = http.StatusTooManyRequests
+		case ErrBadUpstream:
+			status = http.StatusBadGateway
+		case ErrUnavailable:
+			status = http.StatusServiceUnavailable
+		}
+		return status, e.Message
 	case errors.As(err, &jobErr):
-		return jobStatus(jobErr)
+		// A sync job that ended without its answer, before any byte reached the client. A
+		// job canceled by someone else (DELETE /jobs/{id}) is a 409: the request conflicts
+		// with the job's state, and unlike a 503 it does not invite an automatic retry
+		// that would undo the cancel. A failed job answers the target's status, or 502
+		// when the target gave none (attempts exhausted on connection errors): the
+		// gateway could not get a valid answer from upstream.
+		if jobErr.State == broker.StateCanceled {
+			if jobErr.Message == "" {
+				return http.StatusConflict, "job canceled"
+			}
+			return http.StatusConflict, "job canceled: " + jobErr.Message
+		}
+		status := http.StatusBadGateway
+		if jobErr.Status != 0 {
+			status = jobErr.Status
+		}
+		if jobErr.Message == "" {
+			return status, "job failed"
+		}
+		return status, jobErr.Message
 	case errors.As(err, &maxErr):
 		return http.StatusRequestEntityTooLarge, "request body too large (limit " + strconv.FormatInt(maxErr.Limit, 10) + " bytes)"
 	case errors.As(err, &httpErr):
@@ -89,29 +163,6 @@ func statusOf(err error) (int, string) {
 		return 499, "request canceled"
 	}
 	return http.StatusInternalServerError, "internal error"
-}
-
-// jobStatus is the answer to a sync job that ended without its answer, before any byte
-// reached the client. A job canceled by someone else (DELETE /jobs/{id}) is a 409: the
-// request conflicts with the job's state, and unlike a 503 it does not invite an
-// automatic retry that would undo the cancel. A failed job answers the target's status,
-// or 502 when the target gave none (attempts exhausted on connection errors): the
-// gateway could not get a valid answer from upstream.
-func jobStatus(e *broker.JobError) (int, string) {
-	if e.State == broker.StateCanceled {
-		if e.Message == "" {
-			return statusJobCanceled, "job canceled"
-		}
-		return statusJobCanceled, "job canceled: " + e.Message
-	}
-	status := statusBadUpstream
-	if e.Status != 0 {
-		status = e.Status
-	}
-	if e.Message == "" {
-		return status, "job failed"
-	}
-	return status, e.Message
 }
 
 // writeError sends err as {"error": "..."}; 5xx errors are logged with their detail.
@@ -180,7 +231,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error
 			return nil, err
 		}
 		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, &Error{Status: http.StatusRequestTimeout, Message: fmt.Sprintf("request body not received within %s", s.cfg.BodyReadTimeout)}
+			return nil, refuse(ErrBodyTimeout, fmt.Sprintf("request body not received within %s", s.cfg.BodyReadTimeout))
 		}
 		return nil, badRequest("cannot read request body: " + err.Error())
 	}

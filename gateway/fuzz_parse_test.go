@@ -66,9 +66,13 @@ func FuzzParseInference(f *testing.F) {
 	f.Add(uint8(0), []byte(`{"model":"a","stream":"yes"}`))
 	f.Add(uint8(1), []byte(`[{"model":"a"}]`))
 	f.Add(uint8(1), []byte(`null`))
+	f.Add(uint8(0), []byte(`{"model":"a","options":{"num_ctx":256},"OPTIONS":{"num_gpu":1}}`))
+	f.Add(uint8(0), []byte(`{"model":"a","options":{"num_ctx":256},"options":null}`))
+	f.Add(uint8(2), []byte(`{"model":"a","options":"big","options":{"num_ctx":256}}`))
 	f.Fuzz(func(t *testing.T, k uint8, body []byte) {
 		kind := queuedKinds[int(k)%len(queuedKinds)]
-		model, stream, err := parseInference(kind, body)
+		in, err := parseInference(kind, body)
+		model, stream := in.model, in.stream
 		if err != nil {
 			wantClientError(t, "parseInference", err)
 			return
@@ -100,6 +104,10 @@ func FuzzParseInference(f *testing.F) {
 		if stream != want {
 			t.Fatalf("%s %q: stream = %v, want %v", kind, body, stream, want)
 		}
+		// The queue the job waits on is the one the body's load options pick.
+		if want := broker.LoadOptionsToken(body); in.opts != want {
+			t.Fatalf("%q: load options %q, want %q", body, in.opts, want)
+		}
 		wantQueueable(t, model)
 	})
 }
@@ -123,6 +131,9 @@ func FuzzParseSubmission(f *testing.F) {
 	f.Add([]byte(`{"model":"a","priority":"urgent","program":"a b"}`))
 	f.Add([]byte(`{"model":"a","priority":null,"program":null,"Priority":"x"}`))
 	f.Add([]byte(`{"model":"a","priority":"high","priority":"low"}`))
+	f.Add([]byte(`{"model":"a","Options":{"num_ctx":256},"options":{"use_mmap":false}}`))
+	f.Add([]byte(`{"model":"a","options":{"num_ctx":256},"options":[1]}`))
+	f.Add([]byte(`{"model":"a","MODEL":null,"options":null}`))
 	f.Add([]byte(`{"model":"a","priority":"high","priority":null,"program":"x","program":null}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		sub, err := parseSubmission(raw, &webhook.Policy{})
@@ -191,6 +202,9 @@ func FuzzParseSubmission(f *testing.F) {
 		}
 		if err := json.Unmarshal(sub.body, &named); err != nil || named.Model != sub.model {
 			t.Fatalf("queued as %q, but the target reads %q (%v) from %q", sub.model, named.Model, err, sub.body)
+		}
+		if want := broker.LoadOptionsToken(sub.body); sub.opts != want {
+			t.Fatalf("%q: load options %q, want %q", raw, sub.opts, want)
 		}
 		if err := checkKindFields(sub.kind, fields); err != nil {
 			t.Fatalf("body sent on fails its kind's check: %v", err)

@@ -54,7 +54,7 @@ func fuzzSyncMsgs(data []byte) (msgs []*nats.Msg, clean bool) {
 			continue
 		}
 		op, rest := rec[0], rec[1:]
-		m := nats.NewMsg(broker.StreamSubject(relayTestID))
+		m := nats.NewMsg(broker.StreamSubject(syncTestID))
 		switch op % 5 {
 		case 0, 1: // an in-order frame; op 1 also names a Content-Type: "type\x01data"
 			seq++
@@ -85,13 +85,13 @@ func fuzzSyncMsgs(data []byte) (msgs []*nats.Msg, clean bool) {
 			m.Header.Set(broker.HeaderSeq, string(rest))
 		case 4: // a state event with fuzzed JSON
 			clean = false
-			m = &nats.Msg{Subject: broker.StateSubject(relayTestID), Data: rest}
+			m = &nats.Msg{Subject: broker.StateSubject(syncTestID), Data: rest}
 		}
 		msgs = append(msgs, m)
 	}
 	// A relay ends only on a final marker or a terminal state: end every input with one.
-	end, _ := json.Marshal(&broker.Job{ID: relayTestID, State: broker.StateFailed, Error: "end of fuzz input"})
-	msgs = append(msgs, &nats.Msg{Subject: broker.StateSubject(relayTestID), Data: end})
+	end, _ := json.Marshal(&broker.Job{ID: syncTestID, State: broker.StateFailed, Error: "end of fuzz input"})
+	msgs = append(msgs, &nats.Msg{Subject: broker.StateSubject(syncTestID), Data: end})
 	return msgs, clean && sawFinal
 }
 
@@ -117,10 +117,10 @@ func FuzzSyncResponse(f *testing.F) {
 		r := httptest.NewRequest(http.MethodPost, kind.Path(), nil)
 		sr := &syncResponse{
 			s: gw, w: w, r: r, rc: http.NewResponseController(w),
-			job: &broker.Job{ID: relayTestID, Kind: kind}, stream: stream, log: gw.log,
+			job: &broker.Job{ID: syncTestID, Kind: kind}, stream: stream, log: gw.log,
 			checkEvery: time.Hour,
 			check: func(context.Context) (*broker.Job, error) {
-				return &broker.Job{ID: relayTestID, State: broker.StateQueued}, nil
+				return &broker.Job{ID: syncTestID, State: broker.StateQueued}, nil
 			},
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -1,7 +1,10 @@
 // Package gateway is foreman's HTTP face: the Ollama-compatible routes (some passed
 // straight to the target, chat and generate queued as jobs), the OpenAI-compatible /v1
 // routes, the async /jobs API, /healthz and auth. Every error reaches the client as
-// {"error": "..."} with its status chosen in exactly one place (errors.go). It speaks no
+// {"error": "..."} (OpenAI-shaped on /v1) with its status chosen in exactly one place:
+// statusOf in errors.go maps the gateway's refusals (sentinels such as ErrInvalid or
+// ErrProgramLimit, wrapped in *Error), the store's and the target's errors and a sync
+// job's outcome (*broker.JobError) to a status, over HTTP and NATS alike. It speaks no
 // NATS itself: a sync job's answer comes as broker.JobFeed events, which a syncResponse
 // writes to the client (status, headers, deadlines, the cut-off of a slow client).
 package gateway
@@ -211,8 +214,8 @@ func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(allow) > 0 {
 		w.Header().Set("Allow", strings.Join(allow, ", "))
-		s.writeError(w, r, &Error{Status: http.StatusMethodNotAllowed, Message: "method not allowed"})
+		s.writeError(w, r, refuse(ErrMethodNotAllowed, "method not allowed"))
 		return
 	}
-	s.writeError(w, r, &Error{Status: http.StatusNotFound, Message: "404 page not found"})
+	s.writeError(w, r, refuse(ErrNoRoute, "404 page not found"))
 }

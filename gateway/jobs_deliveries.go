@@ -37,14 +37,14 @@ func (s *Server) handleRedeliver(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if j.Sync || j.Webhook == nil {
-		s.writeError(w, r, &Error{Status: http.StatusConflict, Message: "job has no webhook"})
+		s.writeError(w, r, refuse(ErrConflict, "job has no webhook"))
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 	defer cancel()
 	reply, err := s.store.Redeliver(ctx, j.ID)
 	if errors.Is(err, broker.ErrNoDispatcher) || errors.Is(err, context.DeadlineExceeded) {
-		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Message: "the webhook dispatcher is not running"})
+		s.writeError(w, r, refuse(ErrUnavailable, "the webhook dispatcher is not running"))
 		return
 	}
 	if err != nil && !errors.Is(err, broker.ErrBadReply) {
@@ -52,7 +52,7 @@ func (s *Server) handleRedeliver(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil || reply.Error != "" {
-		s.writeError(w, r, &Error{Status: http.StatusConflict, Message: "redeliver: " + reply.Error})
+		s.writeError(w, r, refuse(ErrConflict, "redeliver: "+reply.Error))
 		return
 	}
 	writeJSON(w, http.StatusAccepted, map[string]string{"job_id": j.ID, "webhook_id": reply.WebhookID, "state": reply.State})

@@ -40,6 +40,7 @@ type submission struct {
 	// priority and program are the body's "priority" and "program"; empty when absent.
 	priority broker.Priority
 	program  string
+	opts     string // the load-options token (broker.LoadOptions.Token)
 }
 
 // member is one top-level member of a JSON object, its value byte-exact.
@@ -95,6 +96,10 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		hasEvents  bool
 		stripped   bool
 		fieldsSeen = map[string]json.RawMessage{}
+		// The target's members foreman reads too. Ollama decodes into a struct, so a key
+		// matching "model" or "options" in another case counts (json matches names as
+		// strings.EqualFold does), each in turn.
+		modelValues, optionValues []json.RawMessage
 	)
 	for _, m := range members {
 		switch m.key {
@@ -128,21 +133,24 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		default:
 			kept = append(kept, m)
 			fieldsSeen[m.key] = m.value
+			switch {
+			case strings.EqualFold(m.key, "model"):
+				modelValues = append(modelValues, m.value)
+			case strings.EqualFold(m.key, "options"):
+				optionValues = append(optionValues, m.value)
+			}
 		}
 	}
 	if !sub.kind.Valid() {
 		return nil, badRequest(fmt.Sprintf("unknown kind %q (chat, generate, embed, openai_chat, openai_completion)", sub.kind))
 	}
-	// The model the target will use: Ollama decodes into a struct, so a key matching
-	// "model" in another case counts too, and the last one wins. Decoding the same way
-	// checks the model Ollama would really run.
-	var named struct {
-		Model string `json:"model"`
+	// The model the target will use, decoded as Ollama decodes it: the last one wins, a
+	// null leaves the one before.
+	for _, v := range modelValues {
+		if err := json.Unmarshal(v, &sub.model); err != nil {
+			return nil, badRequest(`"model" must be a string`)
+		}
 	}
-	if err := json.Unmarshal(encodeMembers(kept), &named); err != nil {
-		return nil, badRequest(`"model" must be a string`)
-	}
-	sub.model = named.Model
 	if strings.TrimSpace(sub.model) == "" {
 		return nil, badRequest("model is required")
 	}
@@ -167,6 +175,11 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	} else if hasEvents && len(events) > 0 {
 		return nil, badRequest("webhook_events needs state_webhook_url")
 	}
+	var opts broker.LoadOptions
+	for _, v := range optionValues {
+		_ = json.Unmarshal(v, &opts) // never fails: a bad value marks the options unusable
+	}
+	sub.opts = opts.Token()
 	sub.body = raw
 	if stripped {
 		sub.body = encodeMembers(kept)
@@ -293,7 +306,8 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	if err := s.queueableModel(ctx, sub.model); err != nil {
 		return "", false, err
 	}
-	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program}
+	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
+		LoadOptions: sub.opts}
 	if idemKey != "" {
 		// The key protects the job itself: its kind and the body sent to the target, not
 		// the webhook fields (a client's own receiver URL changes between retries).
@@ -308,7 +322,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 				break
 			}
 			if got.BodySHA256 != "" && got.BodySHA256 != claim.BodySHA256 {
-				return "", false, &Error{Status: http.StatusUnprocessableEntity, Message: "Idempotency-Key was already used with a different request body"}
+				return "", false, refuse(ErrKeyReused, "Idempotency-Key was already used with a different request body")
 			}
 			found, err := s.awaitClaimed(ctx, got)
 			if err != nil {
@@ -398,4 +412,4 @@ func (s *Server) awaitClaimed(ctx context.Context, c broker.IdempotencyClaim) (b
 }
 
 // errClaimBusy answers a request whose idempotency key another live request holds.
-var errClaimBusy = &Error{Status: http.StatusConflict, Message: "Idempotency-Key: another request with this key is still being submitted; retry"}
+var errClaimBusy = refuse(ErrConflict, "Idempotency-Key: another request with this key is still being submitted; retry")

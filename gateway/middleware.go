@@ -38,7 +38,7 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 		}
 		if !ok || match != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="foreman"`)
-			s.writeError(w, r, &Error{Status: http.StatusUnauthorized, Message: "unauthorized: missing or wrong bearer token"})
+			s.writeError(w, r, refuse(ErrUnauthorized, "unauthorized: missing or wrong bearer token"))
 			return
 		}
 		if name := keys[idx].program; name != "" {
@@ -111,7 +111,7 @@ func (s *Server) recoverPanics(next http.Handler) http.Handler {
 					panic(v)
 				}
 				s.log.Error("panic in handler", "method", r.Method, "path", r.URL.Path, "panic", v)
-				s.writeError(w, r, &Error{Status: http.StatusInternalServerError, Message: "internal error"})
+				s.writeError(w, r, refuse(ErrInternal, "internal error"))
 			}
 		}()
 		next.ServeHTTP(w, r)

@@ -32,10 +32,7 @@ func (s *Server) RunNATSSubmit(ctx context.Context) error {
 func (s *Server) answerSubmit(ctx context.Context, req broker.SubmitRequest) broker.SubmitReply {
 	ctx, cancel := context.WithTimeout(ctx, natsSubmitTimeout)
 	defer cancel()
-	if int64(len(req.Data)) > s.cfg.MaxBodyBytes {
-		return broker.SubmitReply{Error: "request body too large", Status: 413}
-	}
-	id, _, err := s.submitJob(ctx, req.Data, req.IdempotencyKey, nil)
+	id, err := s.natsSubmit(ctx, req)
 	if err != nil {
 		status, msg := statusOf(err)
 		if status >= 500 {
@@ -44,4 +41,13 @@ func (s *Server) answerSubmit(ctx context.Context, req broker.SubmitRequest) bro
 		return broker.SubmitReply{Error: msg, Status: status}
 	}
 	return broker.SubmitReply{JobID: id}
+}
+
+// natsSubmit submits one NATS job request, bounded by the body limit as over HTTP.
+func (s *Server) natsSubmit(ctx context.Context, req broker.SubmitRequest) (string, error) {
+	if int64(len(req.Data)) > s.cfg.MaxBodyBytes {
+		return "", refuse(ErrTooLarge, "request body too large")
+	}
+	id, _, err := s.submitJob(ctx, req.Data, req.IdempotencyKey, nil)
+	return id, err
 }

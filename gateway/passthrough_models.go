@@ -4,11 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"net/url"
 	"strings"
-
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // handleModelRequest serves /api/show, /api/embed, /api/embeddings and /v1/embeddings:
@@ -21,7 +20,7 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	model, err := requestModel(body)
+	model, err := requestModel(r.URL.Path, body)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -43,22 +42,54 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 	s.relay(w, r, r.Method, targetPath("/v1/models/"+url.PathEscape(model), r.URL.RawQuery), http.NoBody)
 }
 
-// requestModel returns the model a JSON body names, or a 400 saying what is wrong.
-func requestModel(body []byte) (string, error) {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return "", badRequest("missing request body")
+// requestModel returns the model a JSON body names on path, from one decode of the body,
+// or a 400 saying what is wrong. It reads the member the target reads there (Ollama
+// 0.17, server/routes.go): "model", and on /api/show the legacy "name" when "model" is
+// empty; the embedding routes know no "name".
+func requestModel(path string, body []byte) (string, error) {
+	var req struct {
+		Model string `json:"model"`
+		Name  string `json:"name"`
 	}
-	if err := validJSONObject(body); err != nil {
+	// "decode model field: " is how these routes have always worded a member of the
+	// wrong type.
+	if err := decodeObject(body, &req, "decode model field: "); err != nil {
 		return "", err
 	}
-	model, err := ollama.ModelOf(body)
-	if err != nil {
-		return "", badRequest("invalid JSON body: " + err.Error())
+	model := req.Model
+	if model == "" && path == "/api/show" {
+		model = req.Name
 	}
 	if strings.TrimSpace(model) == "" {
 		return "", badRequest("model is required")
 	}
 	return model, nil
+}
+
+// decodeObject decodes body, which must be one JSON object, into v (a pointer to a
+// struct) in one pass. Anything else is a 400: no object worded as validJSONObject words
+// it, a member of the wrong type as "invalid JSON body: " + context + the decoder's text,
+// a syntax error as "invalid JSON body: " + the decoder's text.
+func decodeObject(body []byte, v any, context string) error {
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return badRequest("missing request body")
+	}
+	if bytes.Equal(trimmed, []byte("null")) {
+		return badRequest("invalid JSON body: expected an object")
+	}
+	if err := json.Unmarshal(body, v); err != nil {
+		var te *json.UnmarshalTypeError
+		switch {
+		case !errors.As(err, &te):
+			return badRequest("invalid JSON body: " + err.Error())
+		case te.Field == "":
+			// No object at all: said as the object check says it, not in terms of v.
+			return validJSONObject(body)
+		}
+		return badRequest("invalid JSON body: " + context + err.Error())
+	}
+	return nil
 }
 
 // validJSONObject returns a 400 unless body is one JSON object.

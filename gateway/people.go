@@ -212,8 +212,8 @@ func (s *Server) submitCounted(ctx context.Context, job *broker.Job, body []byte
 		return nil, err
 	}
 	if n >= uint64(limit) {
-		return nil, &Error{Status: http.StatusTooManyRequests, Message: fmt.Sprintf(
-			"%s has %d jobs queued, its limit (FOREMAN_MAX_QUEUE_PER_PROGRAM=%d); retry later", programName(job.Program), n, limit)}
+		return nil, refuse(ErrProgramLimit, fmt.Sprintf(
+			"%s has %d jobs queued, its limit (FOREMAN_MAX_QUEUE_PER_PROGRAM=%d); retry later", programName(job.Program), n, limit))
 	}
 	return s.store.Submit(ctx, job, body)
 }

@@ -1,9 +1,7 @@
 package gateway
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -32,7 +30,7 @@ const HeaderEarlyJobID = "X-Foreman-Early-Job-Id"
 const submitTimeout = 10 * time.Second
 
 // queuedRoutes registers the routes that run as jobs through the queue: every call
-// becomes a durable sync job, and the response is relayed from the worker's stream.
+// becomes a durable sync job, and its answer is written from the worker's stream.
 func (s *Server) queuedRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/chat", s.handleQueued(broker.KindChat))
 	mux.HandleFunc("POST /api/generate", s.handleQueued(broker.KindGenerate))
@@ -40,32 +38,36 @@ func (s *Server) queuedRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/completions", s.handleQueued(broker.KindOpenAICompletion))
 }
 
-// parseInference returns the model a body names and whether the client wants a stream:
-// Ollama's /api routes stream unless told otherwise, the OpenAI routes only on
-// "stream": true. The model is the "model" member alone: on these routes the target
-// reads no other (the legacy "name" is for /api/show and /api/delete), so a job queued
-// under a "name" would reach the target without a model.
-func parseInference(kind broker.Kind, body []byte) (model string, stream bool, err error) {
-	if len(bytes.TrimSpace(body)) == 0 {
-		return "", false, badRequest("missing request body")
-	}
-	if err := validJSONObject(body); err != nil {
-		return "", false, err
-	}
-	var req struct {
-		Model  string `json:"model"`
-		Stream *bool  `json:"stream"`
-	}
-	if err := json.Unmarshal(body, &req); err != nil {
-		return "", false, badRequest("invalid JSON body: " + err.Error())
-	}
-	if strings.TrimSpace(req.Model) == "" {
-		return "", false, badRequest("model is required")
-	}
-	return req.Model, ollama.Streams(kind.Path(), req.Stream), nil
+// inference is a queued route's request as the gateway reads it, from one decode of the
+// body: the model, whether the client wants a stream, and the load options that pick the
+// job's queue.
+type inference struct {
+	model  string
+	stream bool
+	opts   string // the load-options token (broker.LoadOptions.Token)
 }
 
-// handleQueued turns one inference call into a sync job and relays its answer.
+// parseInference reads a queued route's body in one decode. Ollama's /api routes stream
+// unless told otherwise, the OpenAI routes only on "stream": true. The model is the
+// "model" member alone: on these routes the target reads no other (the legacy "name" is
+// for /api/show and /api/delete), so a job queued under a "name" would reach the target
+// without a model.
+func parseInference(kind broker.Kind, body []byte) (inference, error) {
+	var req struct {
+		Model   string             `json:"model"`
+		Stream  *bool              `json:"stream"`
+		Options broker.LoadOptions `json:"options"`
+	}
+	if err := decodeObject(body, &req, ""); err != nil {
+		return inference{}, err
+	}
+	if strings.TrimSpace(req.Model) == "" {
+		return inference{}, badRequest("model is required")
+	}
+	return inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}, nil
+}
+
+// handleQueued turns one inference call into a sync job and writes its answer.
 func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		body, err := s.readBody(w, r)
@@ -73,7 +75,7 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		model, stream, err := parseInference(kind, body)
+		in, err := parseInference(kind, body)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -83,12 +85,13 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		if err := s.queueableModel(r.Context(), model); err != nil {
+		if err := s.queueableModel(r.Context(), in.model); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID(), Priority: who.priority, Program: who.program}
-		s.runSync(w, r, job, stream, body)
+		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: in.model, Sync: true, Gateway: s.store.BootID(),
+			Priority: who.priority, Program: who.program, LoadOptions: in.opts}
+		s.runSync(w, r, job, in.stream, body)
 	}
 }
 
@@ -104,10 +107,7 @@ func (s *Server) queueableModel(ctx context.Context, model string) error {
 		return nil
 	}
 	// requireModel let it through only because the target could not be polled.
-	return &Error{
-		Status:  http.StatusBadGateway,
-		Message: fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", model),
-	}
+	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", model))
 }
 
 // runSync submits job and writes its answer to the client until the job ends, the

@@ -517,7 +517,7 @@ func TestQueuedTargetDownThenUp(t *testing.T) {
 	}
 }
 
-func TestQueuedStreamWithoutDoneRelayedAsIs(t *testing.T) {
+func TestQueuedStreamWithoutDoneWrittenAsIs(t *testing.T) {
 	t.Parallel()
 	b := newQueuedBundle(t, nil)
 	ctx := testCtx(t, 30*time.Second)

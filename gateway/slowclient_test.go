@@ -178,7 +178,7 @@ func TestFeedOverflowCutsOff(t *testing.T) {
 	b := newTestBundle(t)
 	var stats syncStats
 	const limit = 4 << 10
-	feed, err := b.Broker.Store.Feed(relayTestID, broker.FeedConfig{Buffer: limit, Peak: stats.notePeak})
+	feed, err := b.Broker.Store.Feed(syncTestID, broker.FeedConfig{Buffer: limit, Peak: stats.notePeak})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +205,7 @@ func TestFeedOverflowCutsOff(t *testing.T) {
 	gw := &Server{log: b.GW.log, cfg: Config{StreamBuffer: limit}}
 	w := httptest.NewRecorder()
 	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
-		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
+		job: &broker.Job{ID: syncTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
 	if o := sr.run(ctx, feed); o != outcomeCutOff {
 		t.Fatalf("outcome %v, body %q", o, w.Body)
 	}
@@ -213,7 +213,7 @@ func TestFeedOverflowCutsOff(t *testing.T) {
 		t.Errorf("cut-offs counted: %d", gw.syncs.cutOff.Load())
 	}
 	msg := lastErrorLine(t, w.Body.String())
-	if !strings.Contains(msg, "client too slow") || !strings.Contains(msg, "/jobs/"+relayTestID) {
+	if !strings.Contains(msg, "client too slow") || !strings.Contains(msg, "/jobs/"+syncTestID) {
 		t.Errorf("error line %q", msg)
 	}
 }
@@ -226,7 +226,7 @@ func TestSyncResponseWriteTimeoutIsCutOff(t *testing.T) {
 	w := &timeoutWriter{ResponseRecorder: httptest.NewRecorder()}
 	feed := feedOf(0, streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson"))
 	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
-		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
+		job: &broker.Job{ID: syncTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
 	if o := sr.run(context.Background(), feed); o != outcomeCutOff {
 		t.Fatalf("outcome %v", o)
 	}
@@ -281,7 +281,7 @@ func TestSyncResponseWriteDeadlinePerChunk(t *testing.T) {
 	big := strings.Repeat("x", 5*writeChunk+1)
 	feed := feedOf(0, streamMsg(1, big, broker.HeaderContentType, "application/json"), finalMsg(2, "done"))
 	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest(http.MethodPost, "/api/chat", nil), rc: http.NewResponseController(w),
-		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, log: gw.log, checkEvery: time.Hour}
+		job: &broker.Job{ID: syncTestID, Kind: broker.KindChat}, log: gw.log, checkEvery: time.Hour}
 	if o := sr.run(context.Background(), feed); o != outcomeDone || w.Body.Len() != len(big) {
 		t.Fatalf("outcome %v, %d bytes", o, w.Body.Len())
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"mime"
 	"net/http"
 	"os"
 	"strconv"
@@ -15,14 +14,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
-)
-
-// Statuses of a sync job that ended without an answer, before any byte reached the
-// client (jobStatus in errors.go says which), and of a broken token stream: the gateway
-// could not get a valid answer from upstream.
-const (
-	statusJobCanceled = http.StatusConflict
-	statusBadUpstream = http.StatusBadGateway
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // syncCheckInterval is how often a waiting response checks for lost messages and looks at
@@ -34,15 +26,12 @@ const syncCheckInterval = 5 * time.Second
 type outcome int
 
 const (
-	outcomeDone       outcome = iota // the answer was relayed completely
+	outcomeDone       outcome = iota // the answer was written completely
 	outcomeError                     // the client got an error (status or in-stream)
 	outcomeClientGone                // the client left; the job is to be canceled
 	outcomeShutdown                  // foreman is stopping before the job ran; the job is to be canceled
 	outcomeCutOff                    // the client read too slowly and was cut off; the job runs on
 )
-
-// statusShuttingDown answers a client whose job will not run because foreman stops.
-const statusShuttingDown = http.StatusServiceUnavailable
 
 // jobEvents is what a sync response reads: a broker.JobFeed, or a test's hand-filled one.
 type jobEvents interface {
@@ -86,7 +75,7 @@ func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
 		case <-ctx.Done():
 			return outcomeClientGone
 		case <-sr.s.ending:
-			sr.fail(statusShuttingDown, "foreman is shutting down; the job was canceled, retry later")
+			sr.fail(refuse(ErrUnavailable, "foreman is shutting down; the job was canceled, retry later"))
 			return outcomeShutdown
 		case <-feed.Overflow():
 			return sr.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", sr.s.cfg.StreamBuffer))
@@ -144,13 +133,13 @@ func (sr *syncResponse) cutOff(reason string) outcome {
 	sr.log.Warn("slow client cut off; the job runs on", "reason", reason, "frames", sr.frames)
 	// The error line is a courtesy: a connection past its write deadline is closed, and
 	// failing to tell the client must not turn the cut-off into a cancel.
-	_ = sr.fail(statusBadUpstream, "client too slow: "+reason+"; the job runs on, its result will be under /jobs/"+sr.job.ID)
+	_ = sr.fail(refuse(ErrBadUpstream, "client too slow: "+reason+"; the job runs on, its result will be under /jobs/"+sr.job.ID))
 	return outcomeCutOff
 }
 
-// watchdog fails the relay on dropped messages and ends it when the record is terminal
+// watchdog fails the response on dropped messages and ends it when the record is terminal
 // but its final marker or state event never came. It waits for a second sighting of the
-// terminal record so that messages already on their way are relayed first.
+// terminal record so that messages already on their way are written first.
 func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, bool) {
 	if feed.Dropped() > 0 {
 		return sr.gap(broker.GapDropped), true
@@ -158,7 +147,7 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 	j, err := sr.check(ctx)
 	if errors.Is(err, broker.ErrNotFound) {
 		// Expired or dropped: no marker or state event will ever come.
-		return sr.fail(statusBadUpstream, "job record disappeared before the job ended"), true
+		return sr.fail(refuse(ErrBadUpstream, "job record disappeared before the job ended")), true
 	}
 	if err != nil {
 		if ctx.Err() == nil {
@@ -176,7 +165,7 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 	return sr.ended(j), true
 }
 
-// frame relays one target frame. The first one decides the status (200) and the
+// frame writes one target frame. The first one decides the status (200) and the
 // Content-Type. A non-streamed JSON body is held until the final marker, so it goes out
 // with a Content-Length as Ollama sends it, and a failure after it can still be a status.
 func (sr *syncResponse) frame(ev broker.Event) error {
@@ -186,7 +175,7 @@ func (sr *syncResponse) frame(ev broker.Event) error {
 			sr.ctype = sr.defaultContentType()
 		}
 	}
-	if !isStreamType(sr.ctype) {
+	if !ollama.FramingOf(sr.ctype).Streamed() {
 		sr.pending = append(sr.pending, ev.Data...)
 		return nil
 	}
@@ -280,7 +269,7 @@ func (sr *syncResponse) final(err error) outcome {
 			err = &broker.JobError{State: je.State, Message: text, Status: je.Status}
 		}
 	}
-	return sr.fail(statusOf(err))
+	return sr.fail(err)
 }
 
 // openAIErrorMessage recognizes an OpenAI error body, {"error":{"message":...}}, as the
@@ -304,7 +293,7 @@ func openAIErrorMessage(s string) (string, bool) {
 // ended handles a terminal job seen without its final marker.
 func (sr *syncResponse) ended(j *broker.Job) outcome {
 	if err := broker.Outcome(j); err != nil {
-		return sr.fail(statusOf(err))
+		return sr.fail(err)
 	}
 	return sr.gap("the job finished but its final frame never arrived")
 }
@@ -312,17 +301,18 @@ func (sr *syncResponse) ended(j *broker.Job) outcome {
 // gap reports a broken token stream.
 func (sr *syncResponse) gap(detail string) outcome {
 	sr.log.Warn("stream gap", "detail", detail, "frames", sr.frames)
-	return sr.fail(statusBadUpstream, "stream gap: "+detail)
+	return sr.fail(refuse(ErrBadUpstream, "stream gap: "+detail))
 }
 
-// fail ends the response with an error: a status and {"error": msg} when nothing was
-// written yet, else an error frame in the stream's own format, as Ollama and OpenAI
-// servers send them mid-stream.
-func (sr *syncResponse) fail(status int, msg string) outcome {
+// fail ends the response with err: its status and {"error": msg} when nothing was
+// written yet (writeError), else an error frame with its message in the stream's own
+// format, as Ollama and OpenAI servers send them mid-stream.
+func (sr *syncResponse) fail(err error) outcome {
 	if !sr.started {
-		sr.s.writeError(sr.w, sr.r, &Error{Status: status, Message: msg})
+		sr.s.writeError(sr.w, sr.r, err)
 		return outcomeError
 	}
+	_, msg := statusOf(err)
 	sse := isSSE(sr.ctype)
 	frame := sr.boundary(sse)
 	if sse {
@@ -361,23 +351,11 @@ func (sr *syncResponse) defaultContentType() string {
 	case !sr.stream:
 		return "application/json; charset=utf-8"
 	case sr.job.Kind == broker.KindChat || sr.job.Kind == broker.KindGenerate:
-		return "application/x-ndjson"
+		return ollama.ContentTypeNDJSON
 	}
-	return "text/event-stream"
+	return ollama.ContentTypeSSE
 }
 
-func mediaType(ctype string) string {
-	mt, _, err := mime.ParseMediaType(ctype)
-	if err != nil {
-		return strings.ToLower(strings.TrimSpace(ctype))
-	}
-	return mt
-}
-
-func isSSE(ctype string) bool { return mediaType(ctype) == "text/event-stream" }
-
-// isStreamType reports whether frames of this type are relayed as they come.
-func isStreamType(ctype string) bool {
-	mt := mediaType(ctype)
-	return mt == "text/event-stream" || mt == "application/x-ndjson"
-}
+// isSSE reports whether the answer's frames are server-sent events (ollama.FramingOf,
+// the one rule the client and the worker follow too).
+func isSSE(ctype string) bool { return ollama.FramingOf(ctype) == ollama.SSE }

@@ -42,10 +42,10 @@ func feedOf(dropped int, msgs ...*nats.Msg) *chanFeed {
 	return f
 }
 
-const relayTestID = "01J00000000000000000000000"
+const syncTestID = "01J00000000000000000000000"
 
 func streamMsg(seq int, data string, hdr ...string) *nats.Msg {
-	m := nats.NewMsg(broker.StreamSubject(relayTestID))
+	m := nats.NewMsg(broker.StreamSubject(syncTestID))
 	m.Header.Set(broker.HeaderSeq, strconv.Itoa(seq))
 	for i := 0; i+1 < len(hdr); i += 2 {
 		m.Header.Set(hdr[i], hdr[i+1])
@@ -60,11 +60,11 @@ func finalMsg(seq int, final string, hdr ...string) *nats.Msg {
 
 func stateMsg(t *testing.T, state broker.State, errMsg string) *nats.Msg {
 	t.Helper()
-	b, err := json.Marshal(&broker.Job{ID: relayTestID, State: state, Error: errMsg})
+	b, err := json.Marshal(&broker.Job{ID: syncTestID, State: state, Error: errMsg})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &nats.Msg{Subject: broker.StateSubject(relayTestID), Data: b}
+	return &nats.Msg{Subject: broker.StateSubject(syncTestID), Data: b}
 }
 
 type syncCase struct {
@@ -77,7 +77,7 @@ type syncCase struct {
 	ctx     context.Context
 }
 
-// runRelay feeds msgs, decoded, to a sync response writing into a recorder and returns the outcome.
+// runSyncCase feeds msgs, decoded, to a sync response writing into a recorder and returns the outcome.
 func runSyncCase(t *testing.T, c syncCase) (outcome, *httptest.ResponseRecorder) {
 	t.Helper()
 	if c.kind == "" {
@@ -92,7 +92,7 @@ func runSyncCase(t *testing.T, c syncCase) (outcome, *httptest.ResponseRecorder)
 	r := httptest.NewRequest(http.MethodPost, "/api/chat", nil)
 	sr := &syncResponse{
 		s: gw, w: w, r: r, rc: http.NewResponseController(w),
-		job: &broker.Job{ID: relayTestID, Kind: c.kind}, stream: c.stream, log: gw.log,
+		job: &broker.Job{ID: syncTestID, Kind: c.kind}, stream: c.stream, log: gw.log,
 		checkEvery: time.Hour,
 		check: func(context.Context) (*broker.Job, error) {
 			if c.gone {
@@ -101,7 +101,7 @@ func runSyncCase(t *testing.T, c syncCase) (outcome, *httptest.ResponseRecorder)
 			if c.record != nil {
 				return c.record, nil
 			}
-			return &broker.Job{ID: relayTestID, State: broker.StateQueued}, nil
+			return &broker.Job{ID: syncTestID, State: broker.StateQueued}, nil
 		},
 	}
 	if c.record != nil || c.gone {
@@ -231,7 +231,7 @@ func TestSyncResponseGaps(t *testing.T) {
 		},
 		{
 			name:   "frame without sequence",
-			c:      syncCase{stream: true, msgs: []*nats.Msg{{Subject: broker.StreamSubject(relayTestID), Data: []byte("x")}}},
+			c:      syncCase{stream: true, msgs: []*nats.Msg{{Subject: broker.StreamSubject(syncTestID), Data: []byte("x")}}},
 			status: http.StatusBadGateway,
 			wantBody: func(t *testing.T, body string) {
 				if msg := errorBody(t, []byte(body)); !strings.Contains(msg, "Foreman-Seq") {
@@ -299,7 +299,7 @@ func TestSyncResponseEndsWithoutFinalMarker(t *testing.T) {
 			stateMsg(t, broker.StateRetrying, "refused"), stateMsg(t, broker.StateFailed, "ollama unreachable"),
 		}}, 502, "ollama unreachable"},
 		{"watchdog sees the record canceled", syncCase{
-			record: &broker.Job{ID: relayTestID, State: broker.StateCanceled, Error: "lost event"},
+			record: &broker.Job{ID: syncTestID, State: broker.StateCanceled, Error: "lost event"},
 		}, 409, "job canceled: lost event"},
 		{"watchdog sees dropped messages", syncCase{dropped: 2}, 502, "stream gap: messages were dropped (slow consumer)"},
 		{"watchdog finds no record", syncCase{gone: true}, 502, "job record disappeared before the job ended"},
@@ -308,7 +308,7 @@ func TestSyncResponseEndsWithoutFinalMarker(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			if tc.c.dropped > 0 {
-				tc.c.record = &broker.Job{ID: relayTestID, State: broker.StateWorking}
+				tc.c.record = &broker.Job{ID: syncTestID, State: broker.StateWorking}
 			}
 			o, w := runSyncCase(t, tc.c)
 			if o != outcomeError || w.Code != tc.status {
@@ -342,7 +342,7 @@ func TestSyncResponseWriteErrorIsClientGone(t *testing.T) {
 	feed := feedOf(0, streamMsg(1, "{}\n", broker.HeaderContentType, "application/x-ndjson"))
 	w := failingWriter{httptest.NewRecorder()}
 	sr := &syncResponse{s: gw, w: w, r: httptest.NewRequest("POST", "/api/chat", nil), rc: http.NewResponseController(w),
-		job: &broker.Job{ID: relayTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
+		job: &broker.Job{ID: syncTestID, Kind: broker.KindChat}, stream: true, log: gw.log, checkEvery: time.Hour}
 	if o := sr.run(testCtx(t, 10*time.Second), feed); o != outcomeClientGone {
 		t.Fatalf("outcome %v", o)
 	}
@@ -371,7 +371,8 @@ func TestParseInference(t *testing.T) {
 		{broker.KindOpenAIChat, `{"name":"tiny-a","model":""}`, "", false, "model is required"},
 	}
 	for _, c := range cases {
-		model, stream, err := parseInference(c.kind, []byte(c.body))
+		in, err := parseInference(c.kind, []byte(c.body))
+		model, stream := in.model, in.stream
 		if c.err != "" {
 			if err == nil || !strings.Contains(err.Error(), c.err) {
 				t.Errorf("%s %s: err %v, want %q", c.kind, c.body, err, c.err)
@@ -409,5 +410,23 @@ func TestSyncResponseErrorAfterPartialFrame(t *testing.T) {
 		if o != outcomeError || w.Code != 200 || !strings.HasPrefix(w.Body.String(), want) {
 			t.Errorf("%s: outcome %d, %d %q; want the stream to go on with %q", c.ctype, o, w.Code, w.Body.String(), want)
 		}
+	}
+}
+
+// A Content-Type whose parameters do not parse counts by its media type, as
+// ollama.FramingOf reads it for the client and the worker: such an SSE answer is relayed
+// as it comes, and an error after it is an SSE event.
+func TestSyncResponseFramingOfBrokenParameter(t *testing.T) {
+	t.Parallel()
+	o, w := runSyncCase(t, syncCase{kind: broker.KindOpenAIChat, stream: true, msgs: []*nats.Msg{
+		streamMsg(1, "data: {}\n\n", broker.HeaderContentType, "text/event-stream; x"),
+		streamMsg(3, "lost piece after this one"),
+	}})
+	want := "data: {}\n\ndata: {\"error\":"
+	if o != outcomeError || w.Code != 200 || !strings.HasPrefix(w.Body.String(), want) {
+		t.Fatalf("outcome %d, %d %q; want the stream to go on with %q", o, w.Code, w.Body.String(), want)
+	}
+	if got := w.Header().Get("Content-Length"); got != "" {
+		t.Errorf("Content-Length %q on a streamed answer", got)
 	}
 }

@@ -359,7 +359,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
 	// that too, but fires only once. A consumer reset at start (Config.Exclusive) restarts
 	// this count and the server's together; the record's Attempt keeps the real tally.
-	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxAttempts+2)
+	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxDeliver())
 	if j.Attempt >= w.cfg.maxAttempts || lastDelivery {
 		w.fail(bctx, d, r, exhausted(cause.Error(), ""), 0, log)
 		return

@@ -1,0 +1,62 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// Every refusal the gateway makes is a sentinel that statusOf, the one mapping, turns
+// into its status; the message is the client's, byte for byte.
+func TestStatusOfRefusals(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		kind error
+		want int
+	}{
+		{ErrInvalid, http.StatusBadRequest},
+		{ErrUnauthorized, http.StatusUnauthorized},
+		{ErrForbidden, http.StatusForbidden},
+		{ErrNoRoute, http.StatusNotFound},
+		{ErrMethodNotAllowed, http.StatusMethodNotAllowed},
+		{ErrBodyTimeout, http.StatusRequestTimeout},
+		{ErrConflict, http.StatusConflict},
+		{ErrTooLarge, http.StatusRequestEntityTooLarge},
+		{ErrKeyReused, http.StatusUnprocessableEntity},
+		{ErrProgramLimit, http.StatusTooManyRequests},
+		{ErrInternal, http.StatusInternalServerError},
+		{ErrBadUpstream, http.StatusBadGateway},
+		{ErrUnavailable, http.StatusServiceUnavailable},
+	} {
+		err := fmt.Errorf("wrapped: %w", refuse(c.kind, "the message"))
+		if !errors.Is(err, c.kind) {
+			t.Errorf("%v: errors.Is is false", c.kind)
+		}
+		if status, msg := statusOf(err); status != c.want || msg != "the message" {
+			t.Errorf("%v: %d %q, want %d %q", c.kind, status, msg, c.want, "the message")
+		}
+	}
+}
+
+// A sync job's outcome maps through the same function: the target's status (the worker's
+// Foreman-Status) is data it carries.
+func TestStatusOfJobOutcome(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		err    *broker.JobError
+		status int
+		msg    string
+	}{
+		{&broker.JobError{State: broker.StateCanceled}, 409, "job canceled"},
+		{&broker.JobError{State: broker.StateCanceled, Message: "by hand"}, 409, "job canceled: by hand"},
+		{&broker.JobError{State: broker.StateFailed}, 502, "job failed"},
+		{&broker.JobError{State: broker.StateFailed, Message: "boom", Status: 418}, 418, "boom"},
+	} {
+		if status, msg := statusOf(c.err); status != c.status || msg != c.msg {
+			t.Errorf("%+v: %d %q, want %d %q", c.err, status, msg, c.status, c.msg)
+		}
+	}
+}
