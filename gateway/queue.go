@@ -45,7 +45,7 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 		limit = n
 	}
 	if s.cfg.Queue == nil {
-		s.writeError(w, r, &Error{Status: http.StatusServiceUnavailable, Message: "queue view unavailable: no worker runs in this foreman"})
+		s.writeError(w, r, refuse(ErrUnavailable, "queue view unavailable: no worker runs in this foreman"))
 		return
 	}
 	v, err := s.cfg.Queue.QueueView(r.Context(), time.Time{})
