@@ -8,9 +8,10 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// fullRefresh is how often every model's queue head is re-read, correcting heads that a
-// cancel elsewhere made stale (a stale head is only ever too old: it can make a model look
-// more urgent until then, never hide a job).
+// fullRefresh is how often every queue head is re-read, correcting heads that the counts
+// did not show stale (a cancel elsewhere of a queue's head and a new job on the same queue
+// between two picks leave its count as it was). A stale head is only ever too old: it can
+// make a queue look more urgent until then, never hide a job.
 const fullRefresh = 30 * time.Second
 
 // maxAppendScan is how many messages stored since the last look a selection reads one by
