@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -78,12 +79,19 @@ func BenchmarkSelectClasses(b *testing.B) {
 			if depth > 1_000 && testing.Short() {
 				continue
 			}
-			benchSelectKeys(b, depth, mixedKeys(b, 50, programs))
+			benchSelectKeys(b, depth, mixedKeys(b, 50, programs), false)
 		}
 	}
 }
 
-func benchSelectKeys(b *testing.B, depth int, keys []string) {
+// BenchmarkSelectClassesPublished is BenchmarkSelectClasses over 600 queues at 10k with
+// one job published (untimed) before every selection, as under a steady submit load: the
+// selection reads the new message rather than every queue's count.
+func BenchmarkSelectClassesPublished(b *testing.B) {
+	benchSelectKeys(b, 10_000, mixedKeys(b, 50, 4), true)
+}
+
+func benchSelectKeys(b *testing.B, depth int, keys []string, publish bool) {
 	{
 		bundle := brokertest.New(b, brokertest.WithStore(func(c *broker.Config) {
 			c.MaxQueue = 200_000
@@ -111,12 +119,33 @@ func benchSelectKeys(b *testing.B, depth int, keys []string) {
 		for range len(keys) {
 			pick(b)
 		}
+		js := bundle.JetStream(b)
 		b.Run(fmt.Sprintf("queues=%d/depth=%d", len(keys), depth), func(b *testing.B) {
+			i := 0
 			for b.Loop() {
+				if publish {
+					b.StopTimer()
+					publishKey(b, js, keys[i%len(keys)])
+					i++
+					b.StartTimer()
+				}
 				pick(b)
 			}
 		})
 		bundle.Stop()
+	}
+}
+
+func publishKey(b *testing.B, js jetstream.JetStream, token string) {
+	key, _ := broker.ParseQueueKey(token)
+	model, _ := broker.ModelFromToken(key.Model)
+	m := nats.NewMsg(broker.QueueSubject(token))
+	m.Header.Set(broker.HeaderJobID, broker.NewID())
+	m.Header.Set(broker.HeaderModel, model)
+	m.Header.Set(broker.HeaderKind, string(broker.KindChat))
+	m.Data = []byte(`{"model":"bench"}`)
+	if _, err := js.PublishMsg(context.Background(), m); err != nil {
+		b.Fatal(err)
 	}
 }
 

@@ -8,23 +8,44 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// fullRefresh is how often every model's queue head is re-read, correcting heads that a
-// cancel elsewhere made stale (a stale head is only ever too old: it can make a model look
-// more urgent until then, never hide a job).
+// fullRefresh is how often every queue head is re-read, correcting heads that the counts
+// did not show stale (a cancel elsewhere of a queue's head and a new job on the same queue
+// between two picks leave its count as it was). A stale head is only ever too old: it can
+// make a queue look more urgent until then, never hide a job.
 const fullRefresh = 30 * time.Second
 
+// maxAppendScan is how many messages stored since the last look a selection reads one by
+// one to learn their queues; more, and it asks for every queue's count instead.
+const maxAppendScan = 8
+
 // queueIndex caches the oldest pending job of every queue (queue key), so one selection
-// costs one stream info request (per-subject counts, independent of the queue depth) plus
-// a head lookup only for queues whose head may have moved: new queues, queues whose count
-// fell, and the queue whose job the worker just finished.
+// costs one stream info request plus a head lookup only for queues whose head may have
+// moved: new queues, queues whose count fell, and the queue whose job the worker just
+// finished.
+//
+// The info request is the small, fixed-size stream state when it proves that nothing but
+// the worker's own confirmed removals (and a few messages it then reads) changed the queue
+// since the last look: the last sequence counts every message stored, the size every
+// message stored less every removed. Anything else (a cancel elsewhere, MaxAge, a removal
+// not yet confirmed, many new messages) breaks the sum, and the selection asks for every
+// queue's count as before, whose answer grows with the number of queues.
 type queueIndex struct {
 	store    *broker.Store
 	heads    map[string]head
 	counts   map[string]uint64
 	lastFull time.Time
+	// state is the queue stream's state at the last look, removals the worker's own
+	// removals since then; known is false when the next look must count every queue.
+	state broker.QueueState
+	known bool
+	// counted is how many looks counted every queue (for tests).
+	counted int
 
-	mu    sync.Mutex // dirty is touched from the advisory handler too
-	dirty map[string]bool
+	mu       sync.Mutex // dirty and removals are touched from other goroutines too
+	dirty    map[string]bool
+	removals []removal
+	inflight int    // removals under way
+	epoch    uint64 // counts the starts and ends of removals, to see one during a look
 }
 
 func newQueueIndex(st *broker.Store) *queueIndex {
@@ -38,27 +59,161 @@ func (q *queueIndex) touch(token string) {
 	q.mu.Unlock()
 }
 
+// removal is one queue message the worker removed.
+type removal struct {
+	token string
+	seq   uint64
+}
+
+// removing is to be called before the worker removes queue message seq of queue token in a way
+// the server confirms (a double ack); done reports whether it did. A look at the queue
+// while a removal is under way cannot tell whether the state it read holds it, so it
+// counts every queue; a confirmed removal is part of any state read after.
+func (q *queueIndex) removing(token string, seq uint64) (done func(ok bool)) {
+	q.mu.Lock()
+	q.inflight++
+	q.epoch++
+	q.mu.Unlock()
+	return func(ok bool) {
+		q.mu.Lock()
+		q.inflight--
+		q.epoch++
+		q.dirty[token] = true
+		if ok {
+			q.removals = append(q.removals, removal{token, seq})
+		}
+		q.mu.Unlock()
+	}
+}
+
+// take hands over the queues marked since the last look.
+// settled is false while a removal is under way.
+func (q *queueIndex) take() (dirty map[string]bool, removals []removal, epoch uint64, settled bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	dirty, removals = q.dirty, q.removals
+	q.dirty, q.removals = map[string]bool{}, nil
+	return dirty, removals, q.epoch, q.inflight == 0
+}
+
+// giveBack marks again what a failed look took.
+func (q *queueIndex) giveBack(dirty map[string]bool) {
+	q.mu.Lock()
+	for t := range dirty {
+		q.dirty[t] = true
+	}
+	q.mu.Unlock()
+}
+
+func (q *queueIndex) epochNow() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.epoch
+}
+
 // refresh brings the heads up to date and returns them.
 func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error) {
-	depth, err := q.store.DepthByKey(ctx)
-	if err != nil {
+	full := !q.known || now.Sub(q.lastFull) > fullRefresh
+	dirty, removals, epoch, settled := q.take()
+	if !full && settled {
+		ok, err := q.refreshQuick(ctx, dirty, removals, epoch)
+		if err != nil {
+			q.known = false // the removals taken are lost
+			q.giveBack(dirty)
+			return nil, err
+		}
+		if ok {
+			return q.list(), nil
+		}
+	}
+	if err := q.refreshAll(ctx, now, full, dirty, epoch, settled); err != nil {
+		q.giveBack(dirty)
 		return nil, err
 	}
-	full := now.Sub(q.lastFull) > fullRefresh
-	q.mu.Lock()
-	dirty := q.dirty
-	q.dirty = map[string]bool{}
-	q.mu.Unlock()
+	return q.list(), nil
+}
+
+// refreshQuick brings the heads up to date from the stream state alone when the sum holds
+// (see queueIndex); ok is false when it does not and every queue must be counted.
+func (q *queueIndex) refreshQuick(ctx context.Context, dirty map[string]bool, removals []removal, epoch uint64) (ok bool, _ error) {
+	st, err := q.store.QueueState(ctx)
+	if err != nil {
+		return false, err
+	}
+	if q.epochNow() != epoch {
+		return false, nil // a removal started or ended during the read: is it in st?
+	}
+	removed := uint64(len(removals))
+	if st.LastSeq < q.state.LastSeq {
+		return false, nil
+	}
+	stored := st.LastSeq - q.state.LastSeq
+	if stored > maxAppendScan || q.state.Msgs+stored != st.Msgs+removed {
+		return false, nil
+	}
+	// The messages stored since: one on a queue without a head is that queue's head (the
+	// queue was empty at the last look); one already gone was the worker's to remove.
+	added := map[string]uint64{}
+	for seq := q.state.LastSeq + 1; seq <= st.LastSeq; {
+		p, found, err := q.store.Oldest(ctx, seq)
+		if err != nil {
+			return false, err
+		}
+		if !found || p.Seq > st.LastSeq {
+			break
+		}
+		added[p.Token]++
+		if _, known := q.heads[p.Token]; !known {
+			q.heads[p.Token] = headOf(p.Token, p)
+		}
+		seq = p.Seq + 1
+	}
+	for token := range dirty {
+		p, found, err := q.store.OldestOf(ctx, token)
+		if err != nil {
+			return false, err
+		}
+		if found {
+			q.heads[token] = headOf(token, p)
+		} else {
+			delete(q.heads, token)
+		}
+	}
+	for token, n := range added {
+		q.counts[token] += n
+	}
+	for _, r := range removals {
+		if r.seq <= q.state.LastSeq && q.counts[r.token] > 0 { // one stored since was never counted
+			q.counts[r.token]--
+		}
+	}
+	for token := range q.counts {
+		if _, live := q.heads[token]; !live {
+			delete(q.counts, token)
+		}
+	}
+	q.state = st
+	return true, nil
+}
+
+// refreshAll brings the heads up to date from every queue's count, re-reading the heads of
+// new queues, of queues whose count fell and of the dirty ones (all of them when full).
+func (q *queueIndex) refreshAll(ctx context.Context, now time.Time, full bool, dirty map[string]bool, epoch uint64, settled bool) error {
+	q.counted++
+	depth, st, err := q.store.DepthState(ctx)
+	if err != nil {
+		return err
+	}
+	// A removal under way during the read may or may not be in st: count every queue next
+	// time rather than misjudge it.
+	q.known = settled && q.epochNow() == epoch
 	for token, n := range depth {
 		old, known := q.counts[token]
 		if !known || n < old || full || dirty[token] {
 			p, ok, err := q.store.OldestOf(ctx, token)
 			if err != nil {
-				for t := range dirty {
-					q.touch(t) // look again next time
-				}
-				q.touch(token)
-				return nil, err
+				q.known = false
+				return err
 			}
 			if !ok {
 				delete(depth, token) // gone between the two reads
@@ -73,14 +228,19 @@ func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error)
 		}
 	}
 	q.counts = depth
+	q.state = st
 	if full {
 		q.lastFull = now
 	}
+	return nil
+}
+
+func (q *queueIndex) list() []head {
 	out := make([]head, 0, len(q.heads))
 	for _, h := range q.heads {
 		out = append(out, h)
 	}
-	return out, nil
+	return out
 }
 
 // headOf is the head of queue token; a key foreman does not make keeps its token as its

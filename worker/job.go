@@ -49,7 +49,10 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		// that run brings that message back (at once on an exclusive store, whose reset
 		// consumers count its deliveries from 1 again), not this one.
 		log.Info("spare queue message of a running job; dropped", "state", j.State)
-		if err := w.store.DropSpare(bctx, d); err != nil {
+		done := w.index.removing(d.Token, d.Seq)
+		err := w.store.DropSpare(bctx, d)
+		done(err == nil)
+		if err != nil {
 			log.Warn("ack spare queue message", "err", err)
 		}
 		return
@@ -474,10 +477,12 @@ func sameModel(model, token string) bool {
 
 // finish acks a job that reached its end.
 func (w *Worker) finish(ctx context.Context, d *broker.Lease, log *slog.Logger) {
-	if err := w.store.Finish(ctx, d); err != nil {
+	done := w.index.removing(d.Token, d.Seq)
+	err := w.store.Finish(ctx, d)
+	done(err == nil)
+	if err != nil {
 		log.Warn("ack job", "err", err)
 	}
-	w.index.touch(d.Token)
 }
 
 // nak puts a job back in the queue, available again after delay. A job whose message

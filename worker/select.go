@@ -127,13 +127,32 @@ func plan(c choice) []string {
 		}
 		ps[i] = p
 	}
-	slices.SortFunc(ps, func(a, b place) int {
-		return cmp.Or(cmp.Compare(a.class, b.class), cmp.Compare(a.group, b.group), cmp.Compare(a.age, b.age),
-			strings.Compare(a.runner, b.runner), cmp.Compare(a.served, b.served), cmp.Compare(a.seq, b.seq))
+	// Sorted by index, compared key by key up to the first that differs: over hundreds of
+	// queues, moving the places themselves and evaluating every key (cmp.Or) cost most of
+	// a pick's time.
+	order := make([]int, len(ps))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int {
+		a, b := &ps[i], &ps[j]
+		switch {
+		case a.class != b.class:
+			return cmp.Compare(a.class, b.class)
+		case a.group != b.group:
+			return cmp.Compare(a.group, b.group)
+		case a.age != b.age:
+			return cmp.Compare(a.age, b.age)
+		case a.runner != b.runner:
+			return strings.Compare(a.runner, b.runner)
+		case a.served != b.served:
+			return cmp.Compare(a.served, b.served)
+		}
+		return cmp.Compare(a.seq, b.seq)
 	})
 	out := make([]string, len(ps))
-	for i, p := range ps {
-		out[i] = p.token
+	for i, k := range order {
+		out[i] = ps[k].token
 	}
 	return out
 }
