@@ -92,6 +92,8 @@ function etaMs(eta) {
 function fmtEta(eta) {
   const d = etaMs(eta);
   if (isNaN(d)) return "–";
+  // The expected start has passed: the job ahead runs longer than its model's average.
+  if (d < 1000) return "any moment (was " + fmtClock(Date.now() + d) + ")";
   return "in " + fmtDur(d) + " (" + fmtClock(Date.now() + d) + ")";
 }
 
