@@ -1,0 +1,154 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// otherTargets are the live targets of the other foremen on this NATS (ADR-0029); none
+// without Config.TargetClient or when the bucket cannot be read.
+func (s *Server) otherTargets(ctx context.Context) []broker.Target {
+	if s.cfg.TargetClient == nil {
+		return nil
+	}
+	all, err := s.store.Targets(ctx)
+	if err != nil {
+		s.log.Debug("read targets", "err", err)
+		return nil
+	}
+	return slices.DeleteFunc(slices.Clone(all), func(t broker.Target) bool { return t.Name == s.cfg.TargetName })
+}
+
+// otherHas reports whether another live foreman's target lists model, reachable or not:
+// a job for it waits in the queue until that target can run it.
+func (s *Server) otherHas(ctx context.Context, model string) bool {
+	want := ollama.NormalizeModel(model)
+	return slices.ContainsFunc(s.otherTargets(ctx), func(t broker.Target) bool { return t.HasModel(want) })
+}
+
+// otherClient returns a client for another target that has model, reachable ones first,
+// or nil.
+func (s *Server) otherClient(ctx context.Context, model string) ollama.Client {
+	want := ollama.NormalizeModel(model)
+	others := s.otherTargets(ctx)
+	slices.SortStableFunc(others, func(a, b broker.Target) int {
+		switch {
+		case a.Reachable == b.Reachable:
+			return 0
+		case a.Reachable:
+			return -1
+		}
+		return 1
+	})
+	for _, t := range others {
+		if !t.HasModel(want) {
+			continue
+		}
+		c, err := s.cfg.TargetClient(t.URL)
+		if err != nil {
+			s.log.Warn("client for target", "target", t.Name, "err", err)
+			continue
+		}
+		return c
+	}
+	return nil
+}
+
+// unionList merges the "models" arrays of /api/tags or /api/ps bodies, own first, each
+// model once (by normalized name). Bodies that do not parse are skipped.
+func unionList(own []byte, others ...[]byte) []byte {
+	seen := map[string]bool{}
+	models := []json.RawMessage{}
+	for _, raw := range append([][]byte{own}, others...) {
+		var body struct {
+			Models []json.RawMessage `json:"models"`
+		}
+		if len(raw) == 0 || json.Unmarshal(raw, &body) != nil {
+			continue
+		}
+		for _, m := range body.Models {
+			var id struct{ Name, Model string }
+			_ = json.Unmarshal(m, &id)
+			n := id.Name
+			if n == "" {
+				n = id.Model
+			}
+			n = ollama.NormalizeModel(n)
+			if seen[n] {
+				continue
+			}
+			seen[n] = true
+			models = append(models, m)
+		}
+	}
+	out, _ := json.Marshal(struct {
+		Models []json.RawMessage `json:"models"`
+	}{models})
+	return out
+}
+
+// withOthers returns own unchanged when no other target is live, else the union of own
+// and the others' lists picked by pick.
+func (s *Server) withOthers(ctx context.Context, own []byte, pick func(broker.Target) []byte) []byte {
+	others := s.otherTargets(ctx)
+	if len(others) == 0 {
+		return own
+	}
+	raws := make([][]byte, 0, len(others))
+	for _, t := range others {
+		raws = append(raws, pick(t))
+	}
+	return unionList(own, raws...)
+}
+
+// targetView is one target in /healthz and GET /queue.
+type targetView struct {
+	Name      string   `json:"name"`
+	URL       string   `json:"url,omitempty"`
+	Reachable bool     `json:"reachable"`
+	Loaded    []string `json:"loaded"`
+	Models    []string `json:"models,omitempty"` // not on the unauthenticated /healthz
+	Own       bool     `json:"own,omitempty"`
+}
+
+// targetViews lists the own target (from the inventory) and the other live ones.
+func (s *Server) targetViews(ctx context.Context) []targetView {
+	snap := s.inv.Snapshot()
+	own := targetView{Name: s.cfg.TargetName, URL: ollama.RedactURL(s.cfg.TargetURL), Reachable: snap.Polled && !snap.Degraded,
+		Loaded: orEmpty(s.inv.Loaded()), Models: orEmpty(snap.Models()), Own: true}
+	out := []targetView{own}
+	for _, t := range s.otherTargets(ctx) {
+		out = append(out, targetView{Name: t.Name, URL: ollama.RedactURL(t.URL), Reachable: t.Reachable, Loaded: orEmpty(t.Loaded), Models: orEmpty(t.Models)})
+	}
+	return out
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// relayModel relays a request naming model to a target that has it: the own target
+// when its inventory lists it, else another live one, else the own target after
+// requireModel's re-poll (which answers 404 when it lacks the model too).
+func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, model, path string, body []byte) {
+	if !s.inv.HasModel(model) {
+		if c := s.otherClient(r.Context(), model); c != nil {
+			s.relayTo(c, w, r, http.MethodPost, path, bytes.NewReader(body))
+			return
+		}
+	}
+	if err := s.requireModel(r.Context(), model); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.relay(w, r, http.MethodPost, path, bytes.NewReader(body))
+}
