@@ -162,7 +162,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_SYNC_PRIORITY", flag: "sync-priority", def: "high", usage: "priority of Ollama/OpenAI chat and generate calls without X-Foreman-Priority", parse: priority(&c.SyncPriority)},
 		{env: "FOREMAN_JOBS_PRIORITY", flag: "jobs-priority", def: "normal", usage: "priority of /jobs and NATS submits that name none", parse: priority(&c.JobsPriority)},
 		// Several Macs on one NATS (ADR-0029).
-		{env: "FOREMAN_TARGET_NAME", flag: "target-name", usage: "name of this foreman's Ollama among those sharing the NATS (default: the host name)", parse: targetName(&c.TargetName)},
+		{env: "FOREMAN_TARGET_NAME", flag: "target-name", def: app.DefaultTargetName(), usage: "name of this foreman's Ollama among those sharing the NATS (default: the host name)", parse: targetName(&c.TargetName)},
 	}
 }
 

@@ -38,11 +38,11 @@ func sharedNATS(t *testing.T) string {
 	return srv.ClientURL()
 }
 
-// startForeman starts a foreman on natsURL in front of target under name.
-func startForeman(t *testing.T, natsURL, name string, target *ollamatest.Server) *app.App {
+// startForeman starts a foreman on natsURL in front of the Ollama at ollamaURL, named name.
+func startForeman(t *testing.T, natsURL, name, ollamaURL string) *app.App {
 	t.Helper()
 	a, err := app.Start(context.Background(), app.Config{
-		Addr: "127.0.0.1:0", OllamaURL: target.URL, NATSURL: natsURL, NATSReplicas: 1,
+		Addr: "127.0.0.1:0", OllamaURL: ollamaURL, NATSURL: natsURL, NATSReplicas: 1,
 		TargetName: name, PollInterval: 200 * time.Millisecond,
 	}, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -123,8 +123,8 @@ func TestSeveralMacsRouteByModel(t *testing.T) {
 	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}, ollamatest.Model{Name: "embed-a:latest", Embedding: true}))
 	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}, ollamatest.Model{Name: "embed-b:latest", Embedding: true}))
 	nurl := sharedNATS(t)
-	fa := startForeman(t, nurl, "mac-a", macA)
-	fb := startForeman(t, nurl, "mac-b", macB)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
 	waitTargets(t, fa, 2)
 	waitTargets(t, fb, 2)
 
@@ -259,8 +259,8 @@ func TestSeveralMacsShareBacklog(t *testing.T) {
 			ids = append(ids, j.ID)
 		}
 	}
-	fa := startForeman(t, nurl, "mac-a", macA)
-	fb := startForeman(t, nurl, "mac-b", macB)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
 	for _, id := range ids {
 		waitJob(t, fa.Store(), id)
 	}
