@@ -284,3 +284,39 @@ func TestSeveralMacsShareBacklog(t *testing.T) {
 		t.Errorf("each Mac should drain its loaded model: mac-a ran %d alpha, mac-b %d beta of %d", a, b, perModel)
 	}
 }
+
+// A job for a model whose only Mac is down is accepted through the other foreman and
+// waits; it runs on its Mac when that Mac is back, never on the other.
+func TestSeveralMacsModelOnDownMacWaits(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macB.SetDown(true)
+	waitTargets(t, fa, 1) // mac-b's foreman published its Mac unreachable
+
+	code, b := call(t, fa, http.MethodPost, "/jobs", `{"kind":"chat","model":"beta","messages":[{"role":"user","content":"later"}]}`)
+	if code != http.StatusAccepted && code != http.StatusOK {
+		t.Fatalf("/jobs for the down Mac's model: %d %s", code, b)
+	}
+	var job struct {
+		ID string `json:"job_id"`
+	}
+	_ = json.Unmarshal(b, &job)
+	// While mac-b is down the job does not end, and mac-a does not take it: a job for
+	// alpha submitted after it runs on mac-a in the meantime.
+	code, b = call(t, fa, http.MethodPost, "/api/chat", `{"model":"alpha","messages":[{"role":"user","content":"now"}],"stream":false}`)
+	if code != http.StatusOK {
+		t.Fatalf("alpha meanwhile: %d %s", code, b)
+	}
+	if j, _, err := fa.Store().Get(context.Background(), job.ID); err != nil || j.State.Terminal() {
+		t.Fatalf("beta's job while its Mac is down: %+v, %v", j, err)
+	}
+	macB.SetDown(false)
+	waitJob(t, fa.Store(), job.ID)
+	ownModelsOnly(t, "mac-a", macA, "alpha:latest")
+	ownModelsOnly(t, "mac-b", macB, "beta:latest")
+}
