@@ -26,17 +26,13 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.relayModel(w, r, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body)
+	s.relayModel(w, r, http.MethodPost, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body)
 }
 
 // handleOpenAIModel serves GET /v1/models/{model}.
 func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("model")
-	if err := s.requireModel(r.Context(), model); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	s.relay(w, r, r.Method, targetPath("/v1/models/"+url.PathEscape(model), r.URL.RawQuery), http.NoBody)
+	s.relayModel(w, r, r.Method, model, targetPath("/v1/models/"+url.PathEscape(model), r.URL.RawQuery), nil)
 }
 
 // requestModel returns the model a JSON body names on path, from one decode of the body,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"slices"
 
@@ -139,10 +140,17 @@ func orEmpty(s []string) []string {
 // relayModel relays a request naming model to a target that has it: the own target
 // when its inventory lists it, else another live one, else the own target after
 // requireModel's re-poll (which answers 404 when it lacks the model too).
-func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, model, path string, body []byte) {
+// A nil body is none (GET).
+func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte) {
+	reader := func() io.Reader {
+		if body == nil {
+			return http.NoBody
+		}
+		return bytes.NewReader(body)
+	}
 	if !s.inv.HasModel(model) {
 		if c := s.otherClient(r.Context(), model); c != nil {
-			s.relayTo(c, w, r, http.MethodPost, path, bytes.NewReader(body))
+			s.relayTo(c, w, r, method, path, reader())
 			return
 		}
 	}
@@ -150,5 +158,5 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, model, path 
 		s.writeError(w, r, err)
 		return
 	}
-	s.relay(w, r, http.MethodPost, path, bytes.NewReader(body))
+	s.relay(w, r, method, path, reader())
 }
