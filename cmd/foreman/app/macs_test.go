@@ -324,3 +324,28 @@ func TestSeveralMacsModelOnDownMacWaits(t *testing.T) {
 	ownModelsOnly(t, "mac-a", macA, "alpha:latest")
 	ownModelsOnly(t, "mac-b", macB, "beta:latest")
 }
+
+// While one Mac is down, the jobs for a model both Macs have run on the other one.
+func TestSeveralMacsDownMacLeavesSharedModels(t *testing.T) {
+	models := ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"})
+	macA, macB := ollamatest.New(t, models), ollamatest.New(t, models)
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macA.SetDown(true)
+	waitTargets(t, fa, 1)
+	waitTargets(t, fb, 1)
+	for i := range 4 {
+		code, b := call(t, fa, http.MethodPost, "/api/chat", fmt.Sprintf(`{"model":"alpha","messages":[{"role":"user","content":"q%d"}],"stream":false}`, i))
+		if code != http.StatusOK {
+			t.Fatalf("chat %d while mac-a is down: %d %s", i, code, b)
+		}
+	}
+	for _, c := range macA.Calls() {
+		if c.Path == "/api/chat" {
+			t.Errorf("mac-a, down, was given a chat")
+		}
+	}
+}

@@ -53,21 +53,33 @@ func (a *App) withdrawTarget() {
 // runsModel is the worker's Config.Runs: a model its own target has, or, while no other
 // foreman's target is live, any model (one foreman runs every job, as it always has).
 // With others live, a model the own target lacks is left to them, and one no target
-// has waits in the queue.
+// has waits in the queue; while the own target is down, a model another reachable
+// target has is left to that one.
 func (a *App) runsModel(ctx context.Context, model string) bool {
-	if a.inv.HasModel(model) {
+	has := a.inv.HasModel(model)
+	if has && !a.inv.Degraded() {
 		return true
 	}
 	all, err := a.store.Targets(ctx)
 	if err != nil {
-		return true // as without other foremen: the job fails on the target if it lacks the model
+		return true // as without other foremen: the job runs (or fails) on the own target
 	}
+	want := ollama.NormalizeModel(model)
+	others, elsewhere := false, false
 	for _, t := range all {
-		if t.Name != a.cfg.TargetName {
-			return false
+		if t.Name == a.cfg.TargetName {
+			continue
 		}
+		others = true
+		elsewhere = elsewhere || (t.Reachable && t.HasModel(want))
 	}
-	return true
+	switch {
+	case !others:
+		return true
+	case has:
+		return !elsewhere
+	}
+	return false
 }
 
 // targetClient returns the client for another foreman's target, by URL, built on first
