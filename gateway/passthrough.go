@@ -24,7 +24,7 @@ func (s *Server) ollamaRoutes(mux *http.ServeMux) {
 	// Raw relays with nothing to check.
 	mux.HandleFunc("GET /api/version", s.relayBodyless)
 	mux.HandleFunc("GET /api/status", s.relayBodyless)
-	mux.HandleFunc("GET /v1/models", s.relayBodyless)
+	mux.HandleFunc("GET /v1/models", s.handleOpenAIModels)
 	mux.HandleFunc("GET /v1/models/{model...}", s.handleOpenAIModel)
 
 	// passthrough_models.go: a known model is required first.

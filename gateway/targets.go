@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"slices"
+	"strings"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -159,4 +160,64 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 		return
 	}
 	s.relay(w, r, method, path, reader())
+}
+
+// handleOpenAIModels serves GET /v1/models: the own target's answer, with the models only
+// other live targets have appended in Ollama's shape (id, "model", modified time, owner
+// namespace).
+func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
+	others := s.otherTargets(r.Context())
+	if len(others) == 0 || r.Method != http.MethodGet {
+		s.relayBodyless(w, r)
+		return
+	}
+	resp, err := s.target.Do(r.Context(), http.MethodGet, targetPath("/v1/models", r.URL.RawQuery), forwardHeader(r.Header), http.NoBody)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	var list struct {
+		Object string            `json:"object"`
+		Data   []json.RawMessage `json:"data"`
+	}
+	if err != nil || resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &list) != nil {
+		copyHeader(w.Header(), resp.Header)
+		w.Header().Del("Content-Length")
+		w.WriteHeader(resp.StatusCode)
+		_, _ = w.Write(raw)
+		return
+	}
+	seen := map[string]bool{}
+	for _, m := range list.Data {
+		var id struct{ ID string }
+		_ = json.Unmarshal(m, &id)
+		seen[ollama.NormalizeModel(id.ID)] = true
+	}
+	for _, t := range others {
+		var tags ollama.ListResponse
+		if json.Unmarshal(t.Tags, &tags) != nil {
+			continue
+		}
+		for _, m := range tags.Models {
+			if n := ollama.NormalizeModel(m.Name); n != "" && !seen[n] {
+				seen[n] = true
+				entry, _ := json.Marshal(map[string]any{"id": m.Name, "object": "model", "created": m.ModifiedAt.Unix(), "owned_by": ownerOf(m.Name)})
+				list.Data = append(list.Data, entry)
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// ownerOf is the namespace of a model name as Ollama's /v1/models reports it: "library"
+// for "tiny-a:latest", "user" for "user/model", the middle part of "host/ns/model".
+func ownerOf(name string) string {
+	i := strings.LastIndexByte(name, '/')
+	if i < 0 {
+		return "library"
+	}
+	parts := strings.Split(name[:i], "/")
+	return parts[len(parts)-1]
 }

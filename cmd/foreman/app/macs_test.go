@@ -179,6 +179,22 @@ func TestSeveralMacsRouteByModel(t *testing.T) {
 		if want := []string{"alpha:latest", "beta:latest", "embed-a:latest", "embed-b:latest"}; !slices.Equal(names, want) {
 			t.Errorf("/api/tags: %v, want %v", names, want)
 		}
+		_, b = call(t, a, http.MethodGet, "/v1/models", "")
+		var oai struct {
+			Data []struct {
+				ID      string `json:"id"`
+				OwnedBy string `json:"owned_by"`
+			} `json:"data"`
+		}
+		_ = json.Unmarshal(b, &oai)
+		var ids []string
+		for _, m := range oai.Data {
+			ids = append(ids, m.ID)
+		}
+		slices.Sort(ids)
+		if want := []string{"alpha:latest", "beta:latest", "embed-a:latest", "embed-b:latest"}; !slices.Equal(ids, want) {
+			t.Errorf("/v1/models: %v, want %v (%s)", ids, want, b)
+		}
 		_, b = call(t, a, http.MethodGet, "/queue", "")
 		var q targetsBody
 		_ = json.Unmarshal(b, &q)
