@@ -49,8 +49,8 @@ func (s *Server) otherClient(ctx context.Context, model string) ollama.Client {
 		return 1
 	})
 	for _, t := range others {
-		if !t.HasModel(want) {
-			continue
+		if !t.HasModel(want) || ollama.RedactURL(t.URL) == ollama.RedactURL(s.cfg.TargetURL) {
+			continue // a foreman that published a loopback URL from another host reads as ours
 		}
 		c, err := s.cfg.TargetClient(t.URL)
 		if err != nil {

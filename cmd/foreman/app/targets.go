@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"net/url"
 	"os"
 	"time"
 
@@ -26,7 +27,7 @@ func targetTTL(poll time.Duration) time.Duration { return max(3*poll, 5*time.Sec
 // target has and has loaded (ADR-0029).
 func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	t := broker.Target{
-		Name: a.cfg.TargetName, URL: ollama.RedactURL(a.cfg.OllamaURL),
+		Name: a.cfg.TargetName, URL: publishedURL(a.cfg.OllamaURL),
 		Reachable: snap.Polled && !snap.Degraded, Models: snap.Models(),
 		Tags: snap.TagsRaw, Ps: snap.PsRaw,
 	}
@@ -38,6 +39,17 @@ func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	if err := a.store.PublishTarget(pctx, t); err != nil && ctx.Err() == nil {
 		a.log.Warn("publish target inventory", "target", t.Name, "err", err)
 	}
+}
+
+// publishedURL is the target's URL as the other foremen call it: without userinfo (they
+// use their own FOREMAN_OLLAMA_TOKEN), since the bucket is readable by every foreman.
+func publishedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ollama.RedactURL(raw)
+	}
+	u.User = nil
+	return u.String()
 }
 
 // withdrawTarget removes this target's entry when foreman stops in order, so the others
