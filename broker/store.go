@@ -43,7 +43,10 @@ type Config struct {
 	// PresenceTTL is how long a foreman counts as running after its last heartbeat
 	// (Store.Announce beats every third of it). Default 30s.
 	PresenceTTL time.Duration
-	Logger      *slog.Logger
+	// TargetTTL is how long a target's entry in TargetsBucket lives after its last
+	// refresh (see PublishTarget). Default 90s.
+	TargetTTL time.Duration
+	Logger    *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -69,6 +72,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PresenceTTL <= 0 {
 		c.PresenceTTL = defaultPresenceTTL
+	}
+	if c.TargetTTL <= 0 {
+		c.TargetTTL = defaultTargetTTL
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -97,6 +103,12 @@ type Store struct {
 
 	mu        sync.Mutex
 	consumers map[string]jetstream.Consumer
+
+	// targets is TargetsBucket, opened on first use; tcache is Targets' last read.
+	tmu      sync.Mutex
+	targets  jetstream.KeyValue
+	tcache   []Target
+	tcacheAt time.Time
 
 	listMode listMode // tests only: force List's way of reading
 }

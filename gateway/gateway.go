@@ -33,6 +33,13 @@ type Config struct {
 	TargetURL string
 	// Inventory is the model inventory. Required.
 	Inventory *ollama.Inventory
+	// TargetName is the name this foreman publishes its target under (broker.Target).
+	TargetName string
+	// TargetClient, when set, returns a client for another foreman's target (its
+	// published URL): routes that name a model the own target lacks go there, and
+	// submits for a model only another target has are accepted (ADR-0029). Nil keeps
+	// every route on the own target.
+	TargetClient func(url string) (ollama.Client, error)
 	// AuthToken, when set, is the bearer token every route but /healthz requires.
 	AuthToken string
 	// AuthTokens are named bearer tokens (excluding AuthToken): each is accepted, and its

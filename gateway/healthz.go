@@ -20,6 +20,8 @@ type health struct {
 	Degraded bool         `json:"degraded"`
 	Target   healthTarget `json:"target"`
 	NATS     string       `json:"nats"`
+	// Targets are this foreman's target and those of the other live foremen (ADR-0029).
+	Targets []targetView `json:"targets"`
 }
 
 // handleHealthz answers 200 while the process is alive; "degraded" tells whether the
@@ -51,6 +53,10 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	}
 	if h.Degraded {
 		h.Status = "degraded"
+	}
+	h.Targets = s.targetViews(r.Context())
+	for i := range h.Targets {
+		h.Targets[i].Models = nil // /healthz is unauthenticated: loaded models and reachability only
 	}
 	writeJSON(w, http.StatusOK, h)
 }

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -39,7 +40,7 @@ func (s *Server) handleTags(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	writeRawJSON(w, snap.TagsRaw)
+	writeRawJSON(w, s.withOthers(r.Context(), snap.TagsRaw, func(t broker.Target) []byte { return t.Tags }))
 }
 
 // handlePs serves /api/ps fetched live, since which model is loaded changes with every
@@ -51,14 +52,14 @@ func (s *Server) handlePs(w http.ResponseWriter, r *http.Request) {
 	ps, raw, err := s.target.Ps(ctx)
 	if err == nil {
 		s.inv.SetPs(ps, raw)
-		writeRawJSON(w, raw)
+		writeRawJSON(w, s.withOthers(r.Context(), raw, func(t broker.Target) []byte { return t.Ps }))
 		return
 	}
 	var connErr *ollama.ConnectionError
 	unreachable := errors.As(err, &connErr) || errors.Is(err, context.DeadlineExceeded)
 	if snap := s.inv.Snapshot(); unreachable && r.Context().Err() == nil && snap.PsRaw != nil {
 		s.log.Debug("serving cached /api/ps", "err", err)
-		writeRawJSON(w, snap.PsRaw)
+		writeRawJSON(w, s.withOthers(r.Context(), snap.PsRaw, func(t broker.Target) []byte { return t.Ps }))
 		return
 	}
 	s.writeError(w, r, err)

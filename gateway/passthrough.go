@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/textproto"
 	"strings"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // ollamaRoutes registers the routes served straight from the target or the inventory.
@@ -22,7 +24,7 @@ func (s *Server) ollamaRoutes(mux *http.ServeMux) {
 	// Raw relays with nothing to check.
 	mux.HandleFunc("GET /api/version", s.relayBodyless)
 	mux.HandleFunc("GET /api/status", s.relayBodyless)
-	mux.HandleFunc("GET /v1/models", s.relayBodyless)
+	mux.HandleFunc("GET /v1/models", s.handleOpenAIModels)
 	mux.HandleFunc("GET /v1/models/{model...}", s.handleOpenAIModel)
 
 	// passthrough_models.go: a known model is required first.
@@ -61,7 +63,12 @@ func targetPath(escapedPath, rawQuery string) string {
 // afterwards aborts the client's response so it cannot pass for a complete one. It
 // returns the target's status, or 0 when the request never reached it.
 func (s *Server) relay(w http.ResponseWriter, r *http.Request, method, path string, body io.Reader) int {
-	resp, err := s.target.Do(r.Context(), method, path, forwardHeader(r.Header), body)
+	return s.relayTo(s.target, w, r, method, path, body)
+}
+
+// relayTo is relay to target c.
+func (s *Server) relayTo(c ollama.Client, w http.ResponseWriter, r *http.Request, method, path string, body io.Reader) int {
+	resp, err := c.Do(r.Context(), method, path, forwardHeader(r.Header), body)
 	if err != nil {
 		s.writeError(w, r, err)
 		return 0

@@ -11,7 +11,8 @@ import (
 )
 
 // handleModelRequest serves /api/show, /api/embed, /api/embeddings and /v1/embeddings:
-// the body must name a model the target has, then it goes straight to the target.
+// the body must name a model a target has, then it goes straight to that target (the
+// own one first, ADR-0029).
 // Embeddings are never queued: they are cheap, the embedding model stays loaded next to
 // the chat model, and many may run at once (ADR-0013).
 func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
@@ -25,21 +26,13 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.requireModel(r.Context(), model); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	s.relay(w, r, http.MethodPost, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), bytes.NewReader(body))
+	s.relayModel(w, r, http.MethodPost, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body)
 }
 
 // handleOpenAIModel serves GET /v1/models/{model}.
 func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("model")
-	if err := s.requireModel(r.Context(), model); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	s.relay(w, r, r.Method, targetPath("/v1/models/"+url.PathEscape(model), r.URL.RawQuery), http.NoBody)
+	s.relayModel(w, r, r.Method, model, targetPath("/v1/models/"+url.PathEscape(model), r.URL.RawQuery), nil)
 }
 
 // requestModel returns the model a JSON body names on path, from one decode of the body,

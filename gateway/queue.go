@@ -30,6 +30,8 @@ type queueBody struct {
 	Queued  []broker.QueuedJob `json:"queued"`
 	// Total is the number of waiting jobs, of which Queued shows the first ?limit=.
 	Total int `json:"total"`
+	// Targets are this foreman's target and those of the other live foremen (ADR-0029).
+	Targets []targetView `json:"targets"`
 }
 
 // handleQueue answers GET /queue?limit=: what runs, what is loaded, and the waiting jobs
@@ -53,7 +55,7 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued)}
+	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Targets: s.targetViews(r.Context())}
 	if body.Loaded == nil {
 		body.Loaded = []string{}
 	}

@@ -99,7 +99,13 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 // known to have is queued even while the target is down: it runs when the target is
 // back. With the target unreachable and the model unknown there is nothing to wait for,
 // so the answer is 502 rather than a job that cannot run.
+//
+// With several foremen on one NATS, a model another live target lists is queued too: a
+// worker whose target has it runs it (ADR-0029).
 func (s *Server) queueableModel(ctx context.Context, model string) error {
+	if !s.inv.HasModel(model) && s.otherHas(ctx, model) {
+		return nil
+	}
 	if err := s.requireModel(ctx, model); err != nil {
 		return err
 	}

@@ -22,6 +22,10 @@ type InventoryConfig struct {
 	// poll and after every degraded → healthy transition (e.g. to re-warm the
 	// embedding model). It should return promptly.
 	OnRecover func(ctx context.Context)
+	// OnPoll, when set, is called in the polling goroutine after every poll, failed or
+	// not, with the snapshot it left (to publish it to the other foremen). It should
+	// return promptly.
+	OnPoll func(ctx context.Context, snap Snapshot)
 }
 
 // Snapshot is the inventory's view of the target at its last poll.
@@ -140,7 +144,11 @@ func (i *Inventory) poll(ctx context.Context) error {
 		i.snap.Degraded = false
 		i.snap.Polled = true
 	}
+	snap := i.snap
 	i.mu.Unlock()
+	if i.cfg.OnPoll != nil {
+		i.cfg.OnPoll(ctx, snap)
+	}
 
 	switch {
 	case err != nil:
@@ -184,6 +192,22 @@ func (i *Inventory) HasModel(name string) bool {
 		}
 	}
 	return false
+}
+
+// Models returns the normalized names in the last known /api/tags.
+func (s Snapshot) Models() []string {
+	if s.Tags == nil {
+		return nil
+	}
+	out := make([]string, 0, len(s.Tags.Models))
+	for _, m := range s.Tags.Models {
+		n := m.Name
+		if n == "" {
+			n = m.Model
+		}
+		out = append(out, NormalizeModel(n))
+	}
+	return out
 }
 
 // Loaded returns the normalized names of the models in the last known /api/ps.

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"time"
@@ -19,6 +20,10 @@ type Config struct {
 	// refreshed to probe a target that dropped a connection; without it the worker
 	// assumes the model it ran last is loaded and probes with Target.Version.
 	Inventory *ollama.Inventory
+	// Runs, when set, says whether this worker takes jobs for a model (normalized name):
+	// with several foremen on one NATS, each worker takes only the models its own target
+	// has (ADR-0029). The others' jobs stay queued for them. Nil takes every model.
+	Runs func(ctx context.Context, model string) bool
 	// MaxConsecutive is how many jobs of one runner (model and load options) may run in a
 	// row while other runners wait in the same class; default 8.
 	MaxConsecutive int

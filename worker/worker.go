@@ -151,7 +151,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				misses, woken = 0, false
 			}
 			token := w.idle(ctx, wait)
-			if token == "" {
+			if token == "" || !w.runs(ctx, token) {
 				continue
 			}
 			// A job was published while nothing could run: wait for it on its model's
@@ -339,6 +339,9 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	if err != nil || len(heads) == 0 {
 		return nil, false, err
 	}
+	if heads = w.runnable(ctx, heads); len(heads) == 0 {
+		return nil, false, nil // only other targets' models are queued
+	}
 	w.forgetTurns(heads)
 	w.refreshLoaded(ctx, heads)
 	w.mu.Lock()
@@ -369,6 +372,37 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 	}
 	return nil, true, firstErr
+}
+
+// runnable keeps the heads whose model this worker runs (Config.Runs). The queue view
+// simulates from all heads; a pick starts from these.
+func (w *Worker) runnable(ctx context.Context, heads []head) []head {
+	if w.cfg.Runs == nil {
+		return heads
+	}
+	out := heads[:0:0]
+	for _, h := range heads {
+		if w.runs(ctx, h.Token) {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// runs reports whether this worker runs the jobs of queue token (Config.Runs).
+func (w *Worker) runs(ctx context.Context, token string) bool {
+	if w.cfg.Runs == nil {
+		return true
+	}
+	k, err := broker.ParseQueueKey(token)
+	if err != nil {
+		return true // purged by the pick
+	}
+	model, err := broker.ModelFromToken(k.Model)
+	if err != nil {
+		return true
+	}
+	return w.cfg.Runs(ctx, model)
 }
 
 // took gives queue token its turn: its program goes behind the others of its runner and

@@ -161,6 +161,20 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_MAX_QUEUE_PER_PROGRAM", flag: "max-queue-per-program", usage: "queued jobs one program may have before its submits get 429 (no limit when empty)", parse: integer(&c.MaxQueuePerProgram)},
 		{env: "FOREMAN_SYNC_PRIORITY", flag: "sync-priority", def: "high", usage: "priority of Ollama/OpenAI chat and generate calls without X-Foreman-Priority", parse: priority(&c.SyncPriority)},
 		{env: "FOREMAN_JOBS_PRIORITY", flag: "jobs-priority", def: "normal", usage: "priority of /jobs and NATS submits that name none", parse: priority(&c.JobsPriority)},
+		// Several Macs on one NATS (ADR-0029).
+		{env: "FOREMAN_TARGET_NAME", flag: "target-name", def: app.DefaultTargetName(), usage: "name of this foreman's Ollama among those sharing the NATS (default: the host name)", parse: targetName(&c.TargetName)},
+	}
+}
+
+// targetName parses FOREMAN_TARGET_NAME: 1 to 64 letters, digits, '.', '-' or '_' (a
+// host name fits), so it reads well in /healthz and makes a NATS KV key.
+func targetName(p *string) func(string) error {
+	return func(v string) error {
+		if v == "" || len(v) > 64 || strings.Trim(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != "" {
+			return errors.New("not a name: 1 to 64 letters, digits, '.', '-' or '_'")
+		}
+		*p = v
+		return nil
 	}
 }
 

@@ -35,10 +35,13 @@ type App struct {
 	store   *broker.Store
 	target  *ollama.HTTPClient
 	inv     *ollama.Inventory
-	gw      *gateway.Server
-	worker  *worker.Worker
-	http    *http.Server
-	ln      net.Listener
+	// clients are the other foremen's targets, by URL (targetClient).
+	clientsMu sync.Mutex
+	clients   map[string]ollama.Client
+	gw        *gateway.Server
+	worker    *worker.Worker
+	http      *http.Server
+	ln        net.Listener
 
 	cancel   context.CancelFunc // stops the background components
 	wg       sync.WaitGroup
@@ -68,6 +71,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.store, err = broker.Open(ctx, broker.Config{
 		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait,
 		Replicas: cfg.NATSReplicas, BootID: a.bootID, Exclusive: a.natsSrv != nil, Logger: log,
+		TargetTTL: targetTTL(cfg.PollInterval),
 	})
 	if err != nil {
 		return nil, err
@@ -78,6 +82,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	a.inv = ollama.NewInventory(ollama.InventoryConfig{
 		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: a.warmEmbedder,
+		OnPoll: a.publishTarget,
 	})
 	// Bind before anything runs: a taken port then fails start-up with nothing to undo,
 	// and the gateway's Host check needs the address really bound.
@@ -97,7 +102,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		Store: a.store, Target: a.target, Inventory: a.inv,
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
 		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
-		NonStreamTimeout: cfg.NonStreamTimeout,
+		NonStreamTimeout: cfg.NonStreamTimeout, Runs: a.runsModel,
 	}
 	if adjust := cfg.Components.Worker; adjust != nil {
 		adjust(&wcfg)
@@ -110,6 +115,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	policy := WebhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
+		TargetName: cfg.TargetName, TargetClient: a.targetClient,
 		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
 		TargetHealth: a.targetHealth,
 		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
@@ -411,6 +417,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 			a.cancel()
 		}
 		a.wg.Wait()
+		if a.store != nil && a.inv != nil {
+			a.withdrawTarget()
+		}
 		if a.nc != nil {
 			if err := a.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
 				errs = append(errs, fmt.Errorf("nats drain: %w", err))

@@ -14,9 +14,12 @@ import (
 // FOREMAN_* variable or flag of the same name, see the README), with the defaults below
 // for fields left zero.
 type Config struct {
-	Addr         string
-	OllamaURL    string
-	OllamaToken  string
+	Addr        string
+	OllamaURL   string
+	OllamaToken string
+	// TargetName names this foreman's target among those sharing the NATS (ADR-0029);
+	// default the host name.
+	TargetName   string
 	AuthToken    string
 	DataDir      string // "" = foreman in the user's data dir
 	NATSListen   string
@@ -118,6 +121,9 @@ func DefaultReplicas(natsURL string) int {
 func (c Config) WithDefaults() Config {
 	setDefault(&c.Addr, DefaultAddr)
 	setDefault(&c.OllamaURL, DefaultOllamaURL)
+	if c.TargetName == "" {
+		c.TargetName = DefaultTargetName()
+	}
 	setDefault(&c.NATSReplicas, DefaultReplicas(c.NATSURL))
 	setDefault(&c.PollInterval, DefaultPollInterval)
 	setDefault(&c.MaxAttempts, DefaultMaxAttempts)

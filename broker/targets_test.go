@@ -1,0 +1,54 @@
+package broker_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// Targets lists what each foreman published, withdrawn entries go at once, and an entry
+// not refreshed within TargetTTL goes by itself (a foreman that died).
+func TestTargetsPublishWithdrawExpire(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.TargetTTL = time.Second }))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tg := range []broker.Target{
+		{Name: "studio.local", URL: "http://studio:11434", Reachable: true, Models: []string{"tiny-a:latest"}},
+		{Name: "mini", URL: "http://mini:11434", Models: []string{"tiny-b:latest"}, Loaded: []string{"tiny-b:latest"}},
+	} {
+		if err := b.Store.PublishTarget(ctx, tg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := b.Store.Targets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 || got[0].Name != "mini" || got[1].Name != "studio.local" || !got[1].HasModel("tiny-a:latest") ||
+		got[0].HasModel("tiny-a:latest") || got[0].BootID != b.Store.BootID() || got[0].Updated.IsZero() {
+		t.Fatalf("targets: %+v", got)
+	}
+	if err := b.Store.WithdrawTarget(ctx, "mini"); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.Store.Targets(ctx); len(got) != 1 || got[0].Name != "studio.local" {
+		t.Fatalf("after withdraw: %+v", got)
+	}
+	for {
+		got, err := b.Store.Targets(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) == 0 {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("entry never expired: %+v", got)
+		}
+		time.Sleep(50 * time.Millisecond) // polling with a deadline
+	}
+}

@@ -1,0 +1,367 @@
+package app_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// sharedNATS starts a plain in-process nats-server with JetStream, as a NATS several
+// foremen share, and returns its URL.
+func sharedNATS(t *testing.T) string {
+	t.Helper()
+	srv, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Start()
+	if !srv.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv.ClientURL()
+}
+
+// startForeman starts a foreman on natsURL in front of the Ollama at ollamaURL, named name.
+func startForeman(t *testing.T, natsURL, name, ollamaURL string) *app.App {
+	t.Helper()
+	a, err := app.Start(context.Background(), app.Config{
+		Addr: "127.0.0.1:0", OllamaURL: ollamaURL, NATSURL: natsURL, NATSReplicas: 1,
+		TargetName: name, PollInterval: 200 * time.Millisecond,
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = a.Shutdown(ctx)
+	})
+	return a
+}
+
+func call(t *testing.T, a *app.App, method, path, body string) (int, []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+a.Addr()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+type targetsBody struct {
+	Targets []struct {
+		Name      string   `json:"name"`
+		Reachable bool     `json:"reachable"`
+		Loaded    []string `json:"loaded"`
+		Models    []string `json:"models"`
+	} `json:"targets"`
+}
+
+// waitTargets waits until a's /healthz shows n reachable targets.
+func waitTargets(t *testing.T, a *app.App, n int) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		_, b := call(t, a, http.MethodGet, "/healthz", "")
+		var h targetsBody
+		_ = json.Unmarshal(b, &h)
+		up := 0
+		for _, tg := range h.Targets {
+			if tg.Reachable {
+				up++
+			}
+		}
+		if up == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/healthz never showed %d reachable targets: %s", n, b)
+		}
+		time.Sleep(20 * time.Millisecond) // polling /healthz with a deadline
+	}
+}
+
+// ownModelsOnly fails t if target saw a request naming a model outside own.
+func ownModelsOnly(t *testing.T, name string, target *ollamatest.Server, own ...string) {
+	t.Helper()
+	for _, c := range target.Calls() {
+		if c.Model != "" && !slices.Contains(own, c.Model) {
+			t.Errorf("target %s got %s for %s, which it does not have", name, c.Path, c.Model)
+		}
+	}
+}
+
+// Two foremen on one NATS, each in front of a Mac with different models: either takes
+// any model, each model runs on (and each metadata or embedding request goes to) the
+// Mac that has it, the lists are the union, and a model neither has is Ollama's 404.
+func TestSeveralMacsRouteByModel(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}, ollamatest.Model{Name: "embed-a:latest", Embedding: true}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}, ollamatest.Model{Name: "embed-b:latest", Embedding: true}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+
+	for _, c := range []struct {
+		via        *app.App
+		path, body string
+	}{
+		{fa, "/api/chat", `{"model":"beta","messages":[{"role":"user","content":"hi"}],"stream":false}`},
+		{fb, "/api/generate", `{"model":"alpha","prompt":"hi","stream":false}`},
+		{fa, "/v1/chat/completions", `{"model":"beta","messages":[{"role":"user","content":"hi"}]}`},
+		{fa, "/api/show", `{"model":"beta"}`},
+		{fb, "/api/show", `{"model":"alpha"}`},
+		{fa, "/api/embed", `{"model":"embed-b","input":"x"}`},
+		{fb, "/api/embeddings", `{"model":"embed-a","prompt":"x"}`},
+		{fa, "/v1/embeddings", `{"model":"embed-b","input":"x"}`},
+		{fa, "/api/embed", `{"model":"embed-a","input":"x"}`},
+	} {
+		if code, b := call(t, c.via, http.MethodPost, c.path, c.body); code != http.StatusOK {
+			t.Errorf("%s %s: %d %s", c.path, c.body, code, b)
+		}
+	}
+	if code, b := call(t, fa, http.MethodGet, "/v1/models/beta", ""); code != http.StatusOK {
+		t.Errorf("GET /v1/models/beta via mac-a: %d %s", code, b)
+	}
+	// A job submitted through /jobs for the other Mac's model runs there too.
+	code, b := call(t, fa, http.MethodPost, "/jobs", `{"kind":"chat","model":"beta","messages":[{"role":"user","content":"later"}]}`)
+	if code != http.StatusAccepted && code != http.StatusOK {
+		t.Fatalf("/jobs for beta via mac-a: %d %s", code, b)
+	}
+	var job struct {
+		ID string `json:"job_id"`
+	}
+	_ = json.Unmarshal(b, &job)
+	waitJob(t, fa.Store(), job.ID)
+
+	code, b = call(t, fb, http.MethodPost, "/api/chat", `{"model":"gamma","messages":[{"role":"user","content":"hi"}]}`)
+	if code != http.StatusNotFound || !bytes.Contains(b, []byte(`model 'gamma' not found`)) {
+		t.Errorf("model no Mac has: %d %s", code, b)
+	}
+
+	for _, a := range []*app.App{fa, fb} {
+		_, b := call(t, a, http.MethodGet, "/api/tags", "")
+		var tags ollama.ListResponse
+		if err := json.Unmarshal(b, &tags); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, m := range tags.Models {
+			names = append(names, m.Name)
+		}
+		slices.Sort(names)
+		if want := []string{"alpha:latest", "beta:latest", "embed-a:latest", "embed-b:latest"}; !slices.Equal(names, want) {
+			t.Errorf("/api/tags: %v, want %v", names, want)
+		}
+		_, b = call(t, a, http.MethodGet, "/v1/models", "")
+		var oai struct {
+			Data []struct {
+				ID      string `json:"id"`
+				OwnedBy string `json:"owned_by"`
+			} `json:"data"`
+		}
+		_ = json.Unmarshal(b, &oai)
+		var ids []string
+		for _, m := range oai.Data {
+			ids = append(ids, m.ID)
+		}
+		slices.Sort(ids)
+		if want := []string{"alpha:latest", "beta:latest", "embed-a:latest", "embed-b:latest"}; !slices.Equal(ids, want) {
+			t.Errorf("/v1/models: %v, want %v (%s)", ids, want, b)
+		}
+		_, b = call(t, a, http.MethodGet, "/queue", "")
+		var q targetsBody
+		_ = json.Unmarshal(b, &q)
+		if len(q.Targets) != 2 || q.Targets[0].Name == q.Targets[1].Name {
+			t.Errorf("/queue targets: %s", b)
+		}
+	}
+	// Each Mac loaded its own chat model; /api/ps through either lists both, once each,
+	// as soon as the other foreman's next poll published it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, b = call(t, fa, http.MethodGet, "/api/ps", "")
+		var ps ollama.ProcessResponse
+		_ = json.Unmarshal(b, &ps)
+		var loaded []string
+		for _, m := range ps.Models {
+			loaded = append(loaded, m.Name)
+		}
+		slices.Sort(loaded)
+		if slices.Equal(loaded, []string{"alpha:latest", "beta:latest"}) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/api/ps via mac-a: %v", loaded)
+		}
+		time.Sleep(20 * time.Millisecond) // polling with a deadline
+	}
+	ownModelsOnly(t, "mac-a", macA, "alpha:latest", "embed-a:latest")
+	ownModelsOnly(t, "mac-b", macB, "beta:latest", "embed-b:latest")
+}
+
+// waitJob waits for job id to end and fails t unless it is done.
+func waitJob(t *testing.T, s *broker.Store, id string) *broker.Job {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		j, _, err := s.Get(context.Background(), id)
+		if err == nil && j.State.Terminal() {
+			if j.State != broker.StateDone {
+				t.Fatalf("job %s (%s) ended %s: %s", id, j.Model, j.State, j.Error)
+			}
+			return j
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("job %s never ended (%v, %v)", id, j, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the record with a deadline
+	}
+}
+
+// Two Macs that both have A and B, one with A loaded and one with B, drain an A/B
+// backlog side by side: each keeps its own model, so the pair loads no more models than
+// one Mac alone would (one swap) while each runs about half the jobs.
+func TestSeveralMacsShareBacklog(t *testing.T) {
+	models := ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}, ollamatest.Model{Name: "beta:latest"})
+	macA := ollamatest.New(t, models, ollamatest.WithLoadDelay(300*time.Millisecond), ollamatest.WithTokenDelay(5*time.Millisecond))
+	macB := ollamatest.New(t, models, ollamatest.WithLoadDelay(300*time.Millisecond), ollamatest.WithTokenDelay(5*time.Millisecond))
+	macA.SetLoaded("alpha")
+	macB.SetLoaded("beta")
+	nurl := sharedNATS(t)
+
+	// The backlog is queued before either foreman runs.
+	const perModel = 6
+	nc, err := nats.Connect(nurl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	s, err := broker.Open(context.Background(), broker.Config{Conn: nc, Replicas: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for i := range perModel {
+		for _, m := range []string{"alpha", "beta"} {
+			j, err := s.Submit(context.Background(), &broker.Job{Model: m, Kind: broker.KindChat},
+				fmt.Appendf(nil, `{"model":%q,"messages":[{"role":"user","content":"q%d"}]}`, m, i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, j.ID)
+		}
+	}
+	start := time.Now()
+	startForeman(t, nurl, "mac-a", macA.URL)
+	startForeman(t, nurl, "mac-b", macB.URL)
+	for _, id := range ids {
+		waitJob(t, s, id)
+	}
+	t.Logf("%d jobs on two Macs in %s", len(ids), time.Since(start)) // for the record, not asserted
+	ran := func(target *ollamatest.Server, model string) int {
+		n := 0
+		for _, c := range target.Calls() {
+			if c.Path == "/api/chat" && c.Model == model {
+				n++
+			}
+		}
+		return n
+	}
+	a, b := ran(macA, "alpha:latest"), ran(macB, "beta:latest")
+	t.Logf("mac-a ran %d alpha, %d beta, %d loads; mac-b ran %d beta, %d alpha, %d loads",
+		a, ran(macA, "beta:latest"), macA.Loads(), b, ran(macB, "alpha:latest"), macB.Loads())
+	if loads := macA.Loads() + macB.Loads(); loads > 1 {
+		t.Errorf("%d loads, one Mac alone needs 1", loads)
+	}
+	if a < perModel-1 || b < perModel-1 {
+		t.Errorf("each Mac should drain its loaded model: mac-a ran %d alpha, mac-b %d beta of %d", a, b, perModel)
+	}
+}
+
+// A job for a model whose only Mac is down is accepted through the other foreman and
+// waits; it runs on its Mac when that Mac is back, never on the other.
+func TestSeveralMacsModelOnDownMacWaits(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macB.SetDown(true)
+	waitTargets(t, fa, 1) // mac-b's foreman published its Mac unreachable
+
+	code, b := call(t, fa, http.MethodPost, "/jobs", `{"kind":"chat","model":"beta","messages":[{"role":"user","content":"later"}]}`)
+	if code != http.StatusAccepted && code != http.StatusOK {
+		t.Fatalf("/jobs for the down Mac's model: %d %s", code, b)
+	}
+	var job struct {
+		ID string `json:"job_id"`
+	}
+	_ = json.Unmarshal(b, &job)
+	// While mac-b is down the job does not end, and mac-a does not take it: a job for
+	// alpha submitted after it runs on mac-a in the meantime.
+	code, b = call(t, fa, http.MethodPost, "/api/chat", `{"model":"alpha","messages":[{"role":"user","content":"now"}],"stream":false}`)
+	if code != http.StatusOK {
+		t.Fatalf("alpha meanwhile: %d %s", code, b)
+	}
+	if j, _, err := fa.Store().Get(context.Background(), job.ID); err != nil || j.State.Terminal() {
+		t.Fatalf("beta's job while its Mac is down: %+v, %v", j, err)
+	}
+	macB.SetDown(false)
+	waitJob(t, fa.Store(), job.ID)
+	ownModelsOnly(t, "mac-a", macA, "alpha:latest")
+	ownModelsOnly(t, "mac-b", macB, "beta:latest")
+}
+
+// While one Mac is down, the jobs for a model both Macs have run on the other one.
+func TestSeveralMacsDownMacLeavesSharedModels(t *testing.T) {
+	models := ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"})
+	macA, macB := ollamatest.New(t, models), ollamatest.New(t, models)
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macA.SetDown(true)
+	waitTargets(t, fa, 1)
+	waitTargets(t, fb, 1)
+	for i := range 4 {
+		code, b := call(t, fa, http.MethodPost, "/api/chat", fmt.Sprintf(`{"model":"alpha","messages":[{"role":"user","content":"q%d"}],"stream":false}`, i))
+		if code != http.StatusOK {
+			t.Fatalf("chat %d while mac-a is down: %d %s", i, code, b)
+		}
+	}
+	for _, c := range macA.Calls() {
+		if c.Path == "/api/chat" {
+			t.Errorf("mac-a, down, was given a chat")
+		}
+	}
+}

@@ -1,0 +1,114 @@
+package app
+
+import (
+	"context"
+	"net/url"
+	"os"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// DefaultTargetName is FOREMAN_TARGET_NAME's default: the host name ("ollama" when the
+// system does not tell it).
+func DefaultTargetName() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "ollama"
+}
+
+// targetTTL is how long a target's entry outlives its last poll: three polls, so one
+// slow or missed poll does not make the target vanish.
+func targetTTL(poll time.Duration) time.Duration { return max(3*poll, 5*time.Second) }
+
+// publishTarget is the inventory's OnPoll: every foreman on the NATS learns what this
+// target has and has loaded (ADR-0029).
+func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
+	t := broker.Target{
+		Name: a.cfg.TargetName, URL: publishedURL(a.cfg.OllamaURL),
+		Reachable: snap.Polled && !snap.Degraded, Models: snap.Models(),
+		Tags: snap.TagsRaw, Ps: snap.PsRaw,
+	}
+	if snap.Ps != nil {
+		t.Loaded = a.inv.Loaded()
+	}
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.store.PublishTarget(pctx, t); err != nil && ctx.Err() == nil {
+		a.log.Warn("publish target inventory", "target", t.Name, "err", err)
+	}
+}
+
+// publishedURL is the target's URL as the other foremen call it: without userinfo (they
+// use their own FOREMAN_OLLAMA_TOKEN), since the bucket is readable by every foreman.
+func publishedURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.Host == "" {
+		return ollama.RedactURL(raw)
+	}
+	u.User = nil
+	return u.String()
+}
+
+// withdrawTarget removes this target's entry when foreman stops in order, so the others
+// stop routing to it at once rather than after its TTL.
+func (a *App) withdrawTarget() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.store.WithdrawTarget(ctx, a.cfg.TargetName); err != nil {
+		a.log.Warn("withdraw target inventory", "target", a.cfg.TargetName, "err", err)
+	}
+}
+
+// runsModel is the worker's Config.Runs: a model its own target has, or, while no other
+// foreman's target is live, any model (one foreman runs every job, as it always has).
+// With others live, a model the own target lacks is left to them, and one no target
+// has waits in the queue; while the own target is down, a model another reachable
+// target has is left to that one.
+func (a *App) runsModel(ctx context.Context, model string) bool {
+	has := a.inv.HasModel(model)
+	if has && !a.inv.Degraded() {
+		return true
+	}
+	all, err := a.store.Targets(ctx)
+	if err != nil {
+		return true // as without other foremen: the job runs (or fails) on the own target
+	}
+	want := ollama.NormalizeModel(model)
+	others, elsewhere := false, false
+	for _, t := range all {
+		if t.Name == a.cfg.TargetName {
+			continue
+		}
+		others = true
+		elsewhere = elsewhere || (t.Reachable && t.HasModel(want))
+	}
+	switch {
+	case !others:
+		return true
+	case has:
+		return !elsewhere
+	}
+	return false
+}
+
+// targetClient returns the client for another foreman's target, by URL, built on first
+// use with this foreman's Ollama token.
+func (a *App) targetClient(url string) (ollama.Client, error) {
+	a.clientsMu.Lock()
+	defer a.clientsMu.Unlock()
+	if c, ok := a.clients[url]; ok {
+		return c, nil
+	}
+	c, err := ollama.NewClient(ollama.ClientConfig{BaseURL: url, Token: a.cfg.OllamaToken, ResponseHeaderTimeout: -1, Logger: a.log})
+	if err != nil {
+		return nil, err
+	}
+	if a.clients == nil {
+		a.clients = map[string]ollama.Client{}
+	}
+	a.clients[url] = c
+	return c, nil
+}

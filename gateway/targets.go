@@ -1,0 +1,223 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// otherTargets are the live targets of the other foremen on this NATS (ADR-0029); none
+// without Config.TargetClient or when the bucket cannot be read.
+func (s *Server) otherTargets(ctx context.Context) []broker.Target {
+	if s.cfg.TargetClient == nil {
+		return nil
+	}
+	all, err := s.store.Targets(ctx)
+	if err != nil {
+		s.log.Debug("read targets", "err", err)
+		return nil
+	}
+	return slices.DeleteFunc(slices.Clone(all), func(t broker.Target) bool { return t.Name == s.cfg.TargetName })
+}
+
+// otherHas reports whether another live foreman's target lists model, reachable or not:
+// a job for it waits in the queue until that target can run it.
+func (s *Server) otherHas(ctx context.Context, model string) bool {
+	want := ollama.NormalizeModel(model)
+	return slices.ContainsFunc(s.otherTargets(ctx), func(t broker.Target) bool { return t.HasModel(want) })
+}
+
+// otherClient returns a client for another target that has model, reachable ones first,
+// or nil.
+func (s *Server) otherClient(ctx context.Context, model string) ollama.Client {
+	want := ollama.NormalizeModel(model)
+	others := s.otherTargets(ctx)
+	slices.SortStableFunc(others, func(a, b broker.Target) int {
+		switch {
+		case a.Reachable == b.Reachable:
+			return 0
+		case a.Reachable:
+			return -1
+		}
+		return 1
+	})
+	for _, t := range others {
+		if !t.HasModel(want) || ollama.RedactURL(t.URL) == ollama.RedactURL(s.cfg.TargetURL) {
+			continue // a foreman that published a loopback URL from another host reads as ours
+		}
+		c, err := s.cfg.TargetClient(t.URL)
+		if err != nil {
+			s.log.Warn("client for target", "target", t.Name, "err", err)
+			continue
+		}
+		return c
+	}
+	return nil
+}
+
+// unionList merges the "models" arrays of /api/tags or /api/ps bodies, own first, each
+// model once (by normalized name). Bodies that do not parse are skipped.
+func unionList(own []byte, others ...[]byte) []byte {
+	seen := map[string]bool{}
+	models := []json.RawMessage{}
+	for _, raw := range append([][]byte{own}, others...) {
+		var body struct {
+			Models []json.RawMessage `json:"models"`
+		}
+		if len(raw) == 0 || json.Unmarshal(raw, &body) != nil {
+			continue
+		}
+		for _, m := range body.Models {
+			var id struct{ Name, Model string }
+			_ = json.Unmarshal(m, &id)
+			n := id.Name
+			if n == "" {
+				n = id.Model
+			}
+			n = ollama.NormalizeModel(n)
+			if seen[n] {
+				continue
+			}
+			seen[n] = true
+			models = append(models, m)
+		}
+	}
+	out, _ := json.Marshal(struct {
+		Models []json.RawMessage `json:"models"`
+	}{models})
+	return out
+}
+
+// withOthers returns own unchanged when no other target is live, else the union of own
+// and the others' lists picked by pick.
+func (s *Server) withOthers(ctx context.Context, own []byte, pick func(broker.Target) []byte) []byte {
+	others := s.otherTargets(ctx)
+	if len(others) == 0 {
+		return own
+	}
+	raws := make([][]byte, 0, len(others))
+	for _, t := range others {
+		raws = append(raws, pick(t))
+	}
+	return unionList(own, raws...)
+}
+
+// targetView is one target in /healthz and GET /queue.
+type targetView struct {
+	Name      string   `json:"name"`
+	URL       string   `json:"url,omitempty"`
+	Reachable bool     `json:"reachable"`
+	Loaded    []string `json:"loaded"`
+	Models    []string `json:"models,omitempty"` // not on the unauthenticated /healthz
+	Own       bool     `json:"own,omitempty"`
+}
+
+// targetViews lists the own target (from the inventory) and the other live ones.
+func (s *Server) targetViews(ctx context.Context) []targetView {
+	snap := s.inv.Snapshot()
+	own := targetView{Name: s.cfg.TargetName, URL: ollama.RedactURL(s.cfg.TargetURL), Reachable: snap.Polled && !snap.Degraded,
+		Loaded: orEmpty(s.inv.Loaded()), Models: orEmpty(snap.Models()), Own: true}
+	out := []targetView{own}
+	for _, t := range s.otherTargets(ctx) {
+		out = append(out, targetView{Name: t.Name, URL: ollama.RedactURL(t.URL), Reachable: t.Reachable, Loaded: orEmpty(t.Loaded), Models: orEmpty(t.Models)})
+	}
+	return out
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// relayModel relays a request naming model to a target that has it: the own target
+// when its inventory lists it, else another live one, else the own target after
+// requireModel's re-poll (which answers 404 when it lacks the model too).
+// A nil body is none (GET).
+func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte) {
+	reader := func() io.Reader {
+		if body == nil {
+			return http.NoBody
+		}
+		return bytes.NewReader(body)
+	}
+	if !s.inv.HasModel(model) {
+		if c := s.otherClient(r.Context(), model); c != nil {
+			s.relayTo(c, w, r, method, path, reader())
+			return
+		}
+	}
+	if err := s.requireModel(r.Context(), model); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	s.relay(w, r, method, path, reader())
+}
+
+// handleOpenAIModels serves GET /v1/models: the own target's answer, with the models only
+// other live targets have appended in Ollama's shape (id, "model", modified time, owner
+// namespace).
+func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
+	others := s.otherTargets(r.Context())
+	if len(others) == 0 || r.Method != http.MethodGet {
+		s.relayBodyless(w, r)
+		return
+	}
+	resp, err := s.target.Do(r.Context(), http.MethodGet, targetPath("/v1/models", r.URL.RawQuery), forwardHeader(r.Header), http.NoBody)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	var list struct {
+		Object string            `json:"object"`
+		Data   []json.RawMessage `json:"data"`
+	}
+	if err != nil || resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &list) != nil {
+		copyHeader(w.Header(), resp.Header)
+		w.Header().Del("Content-Length")
+		w.WriteHeader(resp.StatusCode)
+		_, _ = w.Write(raw)
+		return
+	}
+	seen := map[string]bool{}
+	for _, m := range list.Data {
+		var id struct{ ID string }
+		_ = json.Unmarshal(m, &id)
+		seen[ollama.NormalizeModel(id.ID)] = true
+	}
+	for _, t := range others {
+		var tags ollama.ListResponse
+		if json.Unmarshal(t.Tags, &tags) != nil {
+			continue
+		}
+		for _, m := range tags.Models {
+			if n := ollama.NormalizeModel(m.Name); n != "" && !seen[n] {
+				seen[n] = true
+				entry, _ := json.Marshal(map[string]any{"id": m.Name, "object": "model", "created": m.ModifiedAt.Unix(), "owned_by": ownerOf(m.Name)})
+				list.Data = append(list.Data, entry)
+			}
+		}
+	}
+	writeJSON(w, http.StatusOK, list)
+}
+
+// ownerOf is the namespace of a model name as Ollama's /v1/models reports it: "library"
+// for "tiny-a:latest", "user" for "user/model", the middle part of "host/ns/model".
+func ownerOf(name string) string {
+	i := strings.LastIndexByte(name, '/')
+	if i < 0 {
+		return "library"
+	}
+	parts := strings.Split(name[:i], "/")
+	return parts[len(parts)-1]
+}
