@@ -129,6 +129,7 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		}
 		picks++
 		c.Served[tok] = picks
+		c.ClassPicked[q.key.Class.Rank()] = out[len(out)-1].Start
 
 		q.msgs = q.msgs[1:]
 		gi := slices.IndexFunc(order, func(g *group) bool { return g.rep.Token == tok })

@@ -139,6 +139,7 @@ func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free ti
 		tok := plan(c)[0]
 		m := queues[tok][0]
 		out = append(out, planned{Msg: m, Position: len(out) + 1, Start: at})
+		c.ClassPicked[queueHead(tok, m).Class.Rank()] = at
 		r := runnerOf(tok)
 		run, load := cost.estimate(m.Model)
 		if !slices.Contains(c.Loaded, r) {

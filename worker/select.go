@@ -42,7 +42,10 @@ type choice struct {
 	Heads []head
 	// Served is when each queue last had its turn (a count of the picks, 0 for never):
 	// the queues of one runner and class take turns, the one served longest ago first.
-	Served         map[string]uint64
+	Served map[string]uint64
+	// ClassPicked is when each class (by Priority.Rank) last had a pick, zero for never:
+	// an aged class goes before the others at most once per MaxWait.
+	ClassPicked    [3]time.Time
 	Now            time.Time
 	MaxConsecutive int
 	MaxWait        time.Duration
@@ -52,8 +55,10 @@ type choice struct {
 // queue whose jobs all wait out a retry back-off yields none).
 //
 //  1. Classes: every high queue comes before every normal one, and normal before low,
-//     except that a class holding a job older than MaxWait goes before the classes that
-//     hold none: aging beats class, so low never starves.
+//     except that a class that is starved (its oldest job waited longer than MaxWait and
+//     it had no pick for MaxWait) goes before the classes that are not: aging beats
+//     class, so low never starves, yet an aged class gets one pick per MaxWait and then
+//     yields, so an old backlog does not hold up a fresh high job until it is old too.
 //  2. Within a class, runners (model and load options) as before classes: the loaded
 //     runners first (no swap), then every runner by the age of its oldest job. The
 //     starvation bound overrides the loaded preference: once Current ran MaxConsecutive
@@ -86,10 +91,15 @@ func plan(c choice) []string {
 			oldest[runnerClass{r, k}] = h.Seq
 		}
 	}
-	// Aging beats class: a class holding a job past MaxWait goes before those holding none.
+	// Aging beats class: a starved class goes before those that are not. Starvation is the
+	// class not being served, not its jobs being old: in a deep old backlog every next
+	// head is old too.
 	var classPos [3]int
 	for k := range classes {
 		classPos[k] = k
+		if p := c.ClassPicked[k]; !p.IsZero() && c.Now.Sub(p) <= c.MaxWait {
+			classes[k].overdue = false
+		}
 		if !classes[k].overdue {
 			classPos[k] += 3
 		}

@@ -120,7 +120,7 @@ func (w *Worker) remaining(r *runningJob, now time.Time) time.Duration {
 func (w *Worker) choiceLocked(heads []head, now time.Time) choice {
 	return choice{
 		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, Heads: heads, Served: w.served,
-		Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
+		ClassPicked: w.classPicked, Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
 	}
 }
 

@@ -48,7 +48,9 @@ type Worker struct {
 	// Only the Run loop writes them (under mu: the queue view reads them).
 	served map[string]uint64
 	picks  uint64
-	stall  string // why the target counts as stalled (TargetStall); "" when it is not
+	// classPicked is when each class last had a pick: see choice.ClassPicked.
+	classPicked [3]time.Time
+	stall       string // why the target counts as stalled (TargetStall); "" when it is not
 	// running is the job being run, for the queue view; nil when idle. finishing are the
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob
@@ -378,6 +380,7 @@ func (w *Worker) took(token string) {
 	defer w.mu.Unlock()
 	w.picks++
 	w.served[token] = w.picks
+	w.classPicked[queueHead(token, broker.QueuedMessage{}).Class.Rank()] = time.Now()
 }
 
 // forgetTurns drops the turns of queues that ran empty: a program that comes back takes
