@@ -180,6 +180,9 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		_ = json.Unmarshal(v, &opts) // never fails: a bad value marks the options unusable
 	}
 	sub.opts = opts.Token()
+	if !sub.kind.ReadsOptions() {
+		sub.opts = broker.DefaultLoadOptions // the target ignores them
+	}
 	sub.body = raw
 	if stripped {
 		sub.body = encodeMembers(kept)

@@ -64,7 +64,11 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if strings.TrimSpace(req.Model) == "" {
 		return inference{}, badRequest("model is required")
 	}
-	return inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}, nil
+	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}
+	if !kind.ReadsOptions() {
+		in.opts = broker.DefaultLoadOptions // the target ignores them
+	}
+	return in, nil
 }
 
 // handleQueued turns one inference call into a sync job and writes its answer.
