@@ -40,8 +40,9 @@ type choice struct {
 	Consecutive int
 	// Heads has one entry per queue with pending jobs.
 	Heads []head
-	// Served is when each queue last had its turn (a count of the picks, 0 for never):
-	// the queues of one runner and class take turns, the one served longest ago first.
+	// Served is when each queue last had its turn (turnAt of the pick count), or when it
+	// joined the rotation (joinedAt): the queues of one runner and class take turns, the
+	// one served longest ago first.
 	Served map[string]uint64
 	// ClassPicked is when each class (by Priority.Rank) last had a pick, zero for never:
 	// an aged class goes before the others at most once per MaxWait.
@@ -50,6 +51,15 @@ type choice struct {
 	MaxConsecutive int
 	MaxWait        time.Duration
 }
+
+// turnAt is the Served mark of a queue that had the picks-th pick.
+func turnAt(picks uint64) uint64 { return 2 * picks }
+
+// joinedAt is the Served mark of a queue seen first (or again after it ran empty) after
+// picks picks: it joins the back of the rotation, behind every queue served before the
+// last pick, so a program cannot jump the others by taking a new name; yet it goes before
+// the queue served last, so a program's few jobs run among the next few, not after a flood.
+func joinedAt(picks uint64) uint64 { return max(2*picks, 1) - 1 }
 
 // plan orders the queues to fetch from; the caller takes the first that yields a job (a
 // queue whose jobs all wait out a retry back-off yields none).
@@ -66,7 +76,8 @@ type choice struct {
 //     the class has waited longer than MaxWait, the other runners go first by age, and
 //     Current comes last (it still runs if they have nothing ready).
 //  3. Within a runner and class, the programs' queues take turns: the one served longest
-//     ago first, ties by the age of their oldest job. A program's own jobs stay in order.
+//     ago first (a queue that joins the rotation counts as served just before the last
+//     pick), ties by the age of their oldest job. A program's own jobs stay in order.
 //
 // With one class and one program this is exactly the drain-by-model of ADR-0015.
 func plan(c choice) []string {

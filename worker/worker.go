@@ -341,7 +341,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	if err != nil || len(heads) == 0 {
 		return nil, false, err
 	}
-	w.forgetTurns(heads)
+	w.joinTurns(heads)
 	w.refreshLoaded(ctx, heads)
 	w.mu.Lock()
 	c := w.choiceLocked(heads, now) // the queue view's simulation starts from the same state
@@ -379,21 +379,22 @@ func (w *Worker) took(token string) {
 	w.mu.Lock() // the queue view reads the turns
 	defer w.mu.Unlock()
 	w.picks++
-	w.served[token] = w.picks
+	w.served[token] = turnAt(w.picks)
 	w.classPicked[queueHead(token, broker.QueuedMessage{}).Class.Rank()] = time.Now()
 }
 
-// forgetTurns drops the turns of queues that ran empty: a program that comes back takes
-// its turn with the next pick of its runner and class.
-func (w *Worker) forgetTurns(heads []head) {
+// joinTurns drops the turns of queues that ran empty and gives a queue seen first (or
+// again) its place at the back of the rotation (joinedAt): a new program name never goes
+// before a program that waits for its turn.
+func (w *Worker) joinTurns(heads []head) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.served) == 0 {
-		return
-	}
 	live := make(map[string]bool, len(heads))
 	for _, h := range heads {
 		live[h.Token] = true
+		if _, ok := w.served[h.Token]; !ok {
+			w.served[h.Token] = joinedAt(w.picks)
+		}
 	}
 	for t := range w.served {
 		if !live[t] {
