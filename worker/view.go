@@ -61,6 +61,7 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker.QueueView {
 	w.mu.Lock()
 	c := w.choiceLocked(nil, now)
+	c.Loaded = w.viewLoadedLocked() // what the next pick will see once it read /api/ps
 	c.Served = cloneServed(c.Served)
 	picks := w.picks
 	run := w.running // its fields are set before it is shared, but for working (atomic)

@@ -434,28 +434,56 @@ const psTimeout = 2 * time.Second
 // the load options we last ran it with, the last runner first; else the runner we ran
 // last. w.mu must be held.
 func (w *Worker) loadedLocked() []string {
-	if inv := w.cfg.Inventory; inv != nil {
-		if snap := inv.Snapshot(); snap.Polled && !snap.Degraded && snap.LastPoll.After(w.lastEnd) {
-			var out []string
-			for _, m := range inv.Loaded() {
-				if t, err := broker.ModelToken(m); err == nil {
-					opts, ok := w.runnerOpts[t]
-					if !ok {
-						opts = broker.DefaultLoadOptions
-					}
-					out = append(out, broker.RunnerKey(t, opts))
-				}
-			}
-			if i := slices.Index(out, w.lastModel); i > 0 {
-				out = slices.Insert(slices.Delete(out, i, i+1), 0, w.lastModel)
-			}
-			return out
+	if ps, ok := w.psRunnersLocked(); ok && w.cfg.Inventory.Snapshot().LastPoll.After(w.lastEnd) {
+		if i := slices.Index(ps, w.lastModel); i > 0 {
+			ps = slices.Insert(slices.Delete(ps, i, i+1), 0, w.lastModel)
 		}
+		return ps
 	}
 	if w.lastModel != "" {
 		return []string{w.lastModel}
 	}
 	return nil
+}
+
+// viewLoadedLocked is the loaded set the next pick will see, for the queue view, which
+// does not read /api/ps itself: the pick reads it again before choosing another runner
+// (refreshLoaded), so the view takes the inventory's last /api/ps as the target's
+// resident set, with the runner we ran last first (in place of the least recently used
+// one when /api/ps did not list it yet). w.mu must be held.
+func (w *Worker) viewLoadedLocked() []string {
+	ps, ok := w.psRunnersLocked()
+	if !ok || len(ps) == 0 {
+		return w.loadedLocked()
+	}
+	if w.lastModel == "" {
+		return ps
+	}
+	return withLoaded(ps, w.lastModel)
+}
+
+// psRunnersLocked is the runners of the inventory's last /api/ps, each model with the
+// load options we last ran it with; false when there is no usable poll. w.mu must be
+// held.
+func (w *Worker) psRunnersLocked() ([]string, bool) {
+	inv := w.cfg.Inventory
+	if inv == nil {
+		return nil, false
+	}
+	if snap := inv.Snapshot(); !snap.Polled || snap.Degraded {
+		return nil, false
+	}
+	var out []string
+	for _, m := range inv.Loaded() {
+		if t, err := broker.ModelToken(m); err == nil {
+			opts, ok := w.runnerOpts[t]
+			if !ok {
+				opts = broker.DefaultLoadOptions
+			}
+			out = append(out, broker.RunnerKey(t, opts))
+		}
+	}
+	return out, true
 }
 
 // isLoaded reports whether the target has the runner of queue token loaded.
