@@ -303,6 +303,9 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	if err != nil {
 		return "", false, err
 	}
+	if err := s.namedProgramCheck(ctx, who.program); err != nil {
+		return "", false, err
+	}
 	if len(idemKey) > maxIdempotencyKey {
 		return "", false, badRequest(fmt.Sprintf("Idempotency-Key: longer than %d bytes", maxIdempotencyKey))
 	}
