@@ -62,3 +62,20 @@ func TestPlanAgedClassOncePerMaxWait(t *testing.T) {
 		t.Fatalf("low not picked for 2m: first %q, want the low queue", got)
 	}
 }
+
+// The worker records each class's last pick when it takes a job: plan's starvation rule
+// reads it.
+func TestTookRecordsClassPick(t *testing.T) {
+	t.Parallel()
+	w := &Worker{served: map[string]uint64{}}
+	before := time.Now()
+	w.took(queueKey(t, "tiny-a", "", broker.PriorityLow))
+	if got := w.classPicked[broker.PriorityLow.Rank()]; got.Before(before) {
+		t.Fatalf("low's last pick %v, want the take's time", got)
+	}
+	for _, k := range []broker.Priority{broker.PriorityHigh, broker.PriorityNormal} {
+		if got := w.classPicked[k.Rank()]; !got.IsZero() {
+			t.Fatalf("%s's last pick %v, want none", k, got)
+		}
+	}
+}
