@@ -148,3 +148,37 @@ func BenchmarkBacklogRefresh(b *testing.B) {
 		}
 	}
 }
+
+// A refresh cut by the caller's deadline keeps what it read: the next one reads only the
+// rest, so a large queue's first read finishes over several refreshes.
+func TestBacklogRefreshResumesAfterCut(t *testing.T) {
+	t.Parallel()
+	bb := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const n = 6
+	for range n {
+		if _, err := bb.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a","messages":[]}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back := bb.Store.Backlog()
+	cut, stop := context.WithCancel(ctx)
+	reads := 0
+	back.OnRead(func(uint64) {
+		if reads++; reads == 3 {
+			stop() // the caller's deadline passes after 3 reads
+		}
+	})
+	if _, err := back.Refresh(cut, 0); err == nil {
+		t.Fatal("a refresh whose context ended mid-read succeeded")
+	}
+	reads = 0
+	msgs, err := back.Refresh(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != n || reads != n-3 {
+		t.Fatalf("after the cut: %d messages with %d reads, want %d with %d", len(msgs), reads, n, n-3)
+	}
+}

@@ -24,3 +24,6 @@ func (f *JobFeed) Hold() (release func()) {
 
 // JobWildcard is jobWildcard, for its test.
 var JobWildcard = jobWildcard
+
+// OnRead calls f after each message the backlog reads.
+func (b *Backlog) OnRead(f func(seq uint64)) { b.onRead = f }

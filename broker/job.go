@@ -90,6 +90,11 @@ func (k Kind) Path() string {
 	return ""
 }
 
+// ReadsOptions reports whether the target reads a request's "options" on k's route:
+// Ollama's OpenAI routes (v0.17.4 openai.ChatCompletionRequest, CompletionRequest) have
+// no such member and run with the default load options.
+func (k Kind) ReadsOptions() bool { return k != KindOpenAIChat && k != KindOpenAICompletion }
+
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool { return k.Path() != "" }
 

@@ -54,7 +54,6 @@ func TestLoadOptionsToken(t *testing.T) {
 		`{"model":"m"}`, `not json`, `{"options":null}`, `{"options":{}}`,
 		`{"options":{"temperature":0,"num_predict":8,"seed":1}}`, // sampling: no reload
 		`{"options":{"num_gpu":-1}}`,                             // "as loaded"
-		`{"options":{"num_ctx":0}}`,                              // the default
 		`{"options":{"num_ctx":"big"}}`,                          // Ollama refuses it: loads nothing
 		`{"keep_alive":"10m"}`,
 	} {

@@ -87,7 +87,8 @@ func ParseQueueKey(s string) (QueueKey, error) {
 }
 
 // KeyOf returns the queue key of job j with request body body. The load options come
-// from j.LoadOptions when the submitter read them already, else from body.
+// from j.LoadOptions when the submitter read them already, else from body; a job of a
+// kind whose route reads no "options" (the OpenAI ones) runs with the default ones.
 func KeyOf(j *Job, body []byte) (QueueKey, error) {
 	model, err := ModelToken(j.Model)
 	if err != nil {
@@ -102,7 +103,10 @@ func KeyOf(j *Job, body []byte) (QueueKey, error) {
 		return QueueKey{}, err
 	}
 	opts := j.LoadOptions
-	if opts == "" {
+	switch {
+	case !j.Kind.ReadsOptions():
+		opts = DefaultLoadOptions
+	case opts == "":
 		opts = LoadOptionsToken(body)
 	}
 	return QueueKey{Model: model, Opts: opts, Class: class, Program: prog}, nil
@@ -127,8 +131,8 @@ const optsTokenLen = 16
 
 // LoadOptionsToken returns the token of the load options a request body sets: "d" when it
 // sets none, else a short lower-case base32 hash of them, normalised as Ollama reads them
-// (numbers as integers, num_ctx 0 and num_gpu < 0 meaning "as loaded"). A body that is no
-// JSON object, or options Ollama would refuse, count as none: such a request loads nothing.
+// (loadOptionsKey). A body that is no JSON object, or options Ollama would refuse, count
+// as none: such a request loads nothing.
 func LoadOptionsToken(body []byte) string {
 	var req struct {
 		Options LoadOptions `json:"options"`
@@ -159,33 +163,71 @@ func (o *LoadOptions) UnmarshalJSON(b []byte) error {
 
 // Token is the load-options token (see LoadOptionsToken).
 func (o LoadOptions) Token() string {
-	if o.bad || len(o.set) == 0 {
+	key := o.key()
+	if key == "" {
 		return DefaultLoadOptions
+	}
+	sum := sha256.Sum256([]byte(key))
+	return strings.ToLower(tokenEncoding.EncodeToString(sum[:10]))
+}
+
+// key is the options' runner as Ollama 0.17.4 compares it, "" for the default one:
+// "name=value;" for each load option that differs from a request that sets none, in name
+// order. Ollama's rules (api/types.go Options.FromMap, server/sched.go GetRunner and
+// needsReload):
+//   - a null value leaves the default; an integer option must be a JSON number (read as
+//     int64(float64), fractions truncated toward zero) and use_mmap a boolean, else the
+//     request is refused (and loads nothing);
+//   - num_ctx is raised to at least 4 (so 0 means 4, not "the default"); it is keyed
+//     whenever set, as its default depends on the target's memory and the Modelfile;
+//   - a negative num_gpu is never compared (the runner's is used);
+//   - num_batch 512, main_gpu 0 and num_thread 0 are the defaults; use_mmap has none
+//     (unset), so either boolean is keyed.
+//
+// Not modelled: a vision model's num_ctx floor of 2048, and Modelfile parameters, which
+// make a request equal to the model's own setting a runner of its own for foreman (never a
+// hidden reload, at worst a drain group split in two).
+func (o LoadOptions) key() string {
+	if o.bad || len(o.set) == 0 {
+		return ""
 	}
 	norm := map[string]any{}
 	for _, name := range loadOptionNames {
-		switch v := o.set[name].(type) {
-		case float64:
-			n := int64(v)
-			if (name == "num_ctx" && n == 0) || (name == "num_gpu" && n < 0) {
-				continue
-			}
-			norm[name] = n
-		case bool:
-			if name == "use_mmap" {
-				norm[name] = v
-			}
+		v := o.set[name]
+		if v == nil {
+			continue
 		}
+		if name == "use_mmap" {
+			b, ok := v.(bool)
+			if !ok {
+				return "" // refused by Ollama
+			}
+			norm[name] = b
+			continue
+		}
+		f, ok := v.(float64)
+		if !ok {
+			return "" // refused by Ollama
+		}
+		n := int64(f)
+		switch {
+		case name == "num_ctx":
+			n = max(n, 4)
+		case name == "num_gpu" && n < 0,
+			name == "num_batch" && n == 512,
+			(name == "main_gpu" || name == "num_thread") && n == 0:
+			continue
+		}
+		norm[name] = n
 	}
 	if len(norm) == 0 {
-		return DefaultLoadOptions
+		return ""
 	}
 	var b strings.Builder
 	for _, name := range slices.Sorted(maps.Keys(norm)) {
 		fmt.Fprintf(&b, "%s=%v;", name, norm[name])
 	}
-	sum := sha256.Sum256([]byte(b.String()))
-	return strings.ToLower(tokenEncoding.EncodeToString(sum[:10]))
+	return b.String()
 }
 
 func optsTokenValid(s string) bool {

@@ -80,3 +80,19 @@ func TestEarlyJobIDOnlyWhenAsked(t *testing.T) {
 		release = b.Fake.Hold("tiny-a")
 	}
 }
+
+// Only "1" and "true" (any case) ask for the early job id: "0" or "false" must not get a
+// 1xx that some clients take for the answer.
+func TestWantsEarlyJobID(t *testing.T) {
+	t.Parallel()
+	for v, want := range map[string]bool{"1": true, "true": true, "TRUE": true, " True ": true,
+		"": false, "0": false, "false": false, "FALSE": false, "no": false, "yes": false, "2": false} {
+		h := http.Header{}
+		if v != "" {
+			h.Set(HeaderEarlyJobID, v)
+		}
+		if got := wantsEarlyJobID(h); got != want {
+			t.Errorf("%s: %q: asks %v, want %v", HeaderEarlyJobID, v, got, want)
+		}
+	}
+}

@@ -104,10 +104,6 @@ func FuzzParseInference(f *testing.F) {
 		if stream != want {
 			t.Fatalf("%s %q: stream = %v, want %v", kind, body, stream, want)
 		}
-		// The queue the job waits on is the one the body's load options pick.
-		if want := broker.LoadOptionsToken(body); in.opts != want {
-			t.Fatalf("%q: load options %q, want %q", body, in.opts, want)
-		}
 		wantQueueable(t, model)
 	})
 }

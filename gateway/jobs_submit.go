@@ -180,6 +180,9 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		_ = json.Unmarshal(v, &opts) // never fails: a bad value marks the options unusable
 	}
 	sub.opts = opts.Token()
+	if !sub.kind.ReadsOptions() {
+		sub.opts = broker.DefaultLoadOptions // the target ignores them
+	}
 	sub.body = raw
 	if stripped {
 		sub.body = encodeMembers(kept)
@@ -298,6 +301,9 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	}
 	who, err := callerOf(ctx, hdr, sub.program, sub.priority, s.cfg.JobsPriority)
 	if err != nil {
+		return "", false, err
+	}
+	if err := s.namedProgramCheck(ctx, who.program); err != nil {
 		return "", false, err
 	}
 	if len(idemKey) > maxIdempotencyKey {

@@ -48,6 +48,24 @@ func (s *Server) natsSubmit(ctx context.Context, req broker.SubmitRequest) (stri
 	if int64(len(req.Data)) > s.cfg.MaxBodyBytes {
 		return "", refuse(ErrTooLarge, "request body too large")
 	}
-	id, _, err := s.submitJob(ctx, req.Data, req.IdempotencyKey, nil)
+	id, _, err := s.submitJob(context.WithValue(ctx, natsCallerKey{}, true), req.Data, req.IdempotencyKey, nil)
 	return id, err
+}
+
+// natsCallerKey marks the context of a NATS submit: its caller proved no token, so it
+// may not name a named token's program (namedProgramCheck).
+type natsCallerKey struct{}
+
+// namedProgramCheck refuses a NATS submit that names a named token's program: it would
+// take that program's limit and turns without holding its token.
+func (s *Server) namedProgramCheck(ctx context.Context, program string) error {
+	if nats, _ := ctx.Value(natsCallerKey{}).(bool); !nats || program == "" {
+		return nil
+	}
+	for _, nt := range s.cfg.AuthTokens {
+		if nt.Program == program {
+			return refuse(ErrForbidden, fmt.Sprintf("program %q belongs to a named token", program))
+		}
+	}
+	return nil
 }

@@ -142,3 +142,25 @@ func TestNATSSubmitRefusesForgedReplySubjects(t *testing.T) {
 		t.Fatalf("%d refusals logged, want %d: %q", n, len(forged), logs.msgs)
 	}
 }
+
+// With named tokens, a NATS submit (no token proved) may not name a token's program: it
+// would eat that program's per-program limit and turns.
+func TestNATSSubmitRefusesNamedProgram(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) { c.AuthTokens = []NamedToken{{Program: "alice", Token: "tokenA"}} }))
+	ctx := testCtx(t, 30*time.Second)
+	got := b.GW.answerSubmit(ctx, broker.SubmitRequest{Data: []byte(`{"model":"tiny-a","prompt":"x","kind":"generate","program":"alice"}`)})
+	if got.Status != 403 || got.Error != `program "alice" belongs to a named token` || got.JobID != "" {
+		t.Fatalf("submit as alice: %+v", got)
+	}
+	raw, err := json.Marshal(got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"error":"program \"alice\" belongs to a named token","status":403}`; string(raw) != want {
+		t.Fatalf("reply %s, want %s", raw, want)
+	}
+	if got := b.GW.answerSubmit(ctx, broker.SubmitRequest{Data: []byte(`{"model":"tiny-a","prompt":"x","kind":"generate","program":"bob"}`)}); got.JobID == "" {
+		t.Fatalf("submit as bob: %+v", got)
+	}
+}

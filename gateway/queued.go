@@ -24,6 +24,13 @@ const HeaderJobID = "X-Foreman-Job-Id"
 // clients that ask get it (some HTTP clients take any 1xx for the answer).
 const HeaderEarlyJobID = "X-Foreman-Early-Job-Id"
 
+// wantsEarlyJobID reports whether a request asks for the early job id: the header is "1"
+// or "true" (any case); "0", "false" or anything else ask for nothing.
+func wantsEarlyJobID(h http.Header) bool {
+	v := strings.TrimSpace(h.Get(HeaderEarlyJobID))
+	return v == "1" || strings.EqualFold(v, "true")
+}
+
 // submitTimeout bounds writing a job to the store. The write is detached from the
 // client's context: a client leaving mid-submit must not leave a half-known job behind;
 // the sync response notices the departure right after and cancels the job instead.
@@ -64,7 +71,11 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if strings.TrimSpace(req.Model) == "" {
 		return inference{}, badRequest("model is required")
 	}
-	return inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}, nil
+	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}
+	if !kind.ReadsOptions() {
+		in.opts = broker.DefaultLoadOptions // the target ignores them
+	}
+	return in, nil
 }
 
 // handleQueued turns one inference call into a sync job and writes its answer.
@@ -144,7 +155,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 		return
 	}
 	w.Header().Set(HeaderJobID, job.ID)
-	if r.Header.Get(HeaderEarlyJobID) != "" {
+	if wantsEarlyJobID(r.Header) {
 		w.WriteHeader(http.StatusEarlyHints) // sent at once; the answer's status comes later
 	}
 	rc := http.NewResponseController(w)

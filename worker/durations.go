@@ -3,6 +3,8 @@ package worker
 import (
 	"sync"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Priors of the expected durations, used for a model until foreman ran a job of it.
@@ -15,7 +17,8 @@ const (
 // jobs of a model count.
 const durationWeight = 0.3
 
-// durations learns, per model, how long its jobs run and how long loading it takes (a
+// durations learns, per model (ollama.NormalizeModel: "Tiny-A" and "tiny-a:latest" are
+// one model), how long its jobs run and how long loading it takes (a
 // swap's cost), as moving averages of the jobs this process ran. They live in memory: a
 // restart begins again from the priors, which the first jobs quickly replace.
 type durations struct {
@@ -30,6 +33,7 @@ func newDurations() *durations {
 
 // estimate is the expected run time of a job of model and the expected time to load it.
 func (d *durations) estimate(model string) (run, load time.Duration) {
+	model = ollama.NormalizeModel(model)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	run, ok := d.run[model]
@@ -53,6 +57,7 @@ func (d *durations) observe(m map[string]time.Duration, model string, took time.
 	if took < 0 {
 		return
 	}
+	model = ollama.NormalizeModel(model)
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	old, ok := m[model]

@@ -28,7 +28,7 @@ type costs interface {
 // current runner, its consecutive count, the programs' turns, the loaded runners and the
 // clock advance as the worker's would. Loading a runner that is not loaded costs its
 // load time and evicts the least recently used one (withLoaded). picks is the worker's
-// count of picks so far (the scale of c.Served).
+// count of picks so far (c.Served is in its turnAt scale).
 //
 // Jobs in a retry back-off are ordered as if ready: they are waiting too. Messages on a
 // queue subject foreman does not make are left out (the worker removes them).
@@ -66,6 +66,9 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 			h := queueHead(m.Token, m)
 			q = &queue{token: m.Token, key: head{Token: h.Token, Runner: h.runner(), Class: h.Class}}
 			byToken[m.Token] = q
+			if _, ok := c.Served[m.Token]; !ok {
+				c.Served[m.Token] = joinedAt(picks) // as the worker's next pick will (joinTurns)
+			}
 			gk := h.runner() + " " + string(h.Class.OrNormal())
 			g, ok := groups[gk]
 			if !ok {
@@ -128,13 +131,14 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 			c.Current, c.Consecutive = r, 1
 		}
 		picks++
-		c.Served[tok] = picks
+		c.Served[tok] = turnAt(picks)
+		c.ClassPicked[q.key.Class.Rank()] = out[len(out)-1].Start
 
 		q.msgs = q.msgs[1:]
 		gi := slices.IndexFunc(order, func(g *group) bool { return g.rep.Token == tok })
 		g := order[gi]
 		if len(q.msgs) == 0 {
-			// The queue ran empty: its program's turn is forgotten (forgetTurns).
+			// The queue ran empty: its program's turn is forgotten (joinTurns).
 			delete(c.Served, tok)
 			g.queues = slices.DeleteFunc(g.queues, func(x *queue) bool { return x == q })
 		}

@@ -127,6 +127,11 @@ func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free ti
 		}
 	}
 	c.Served = cloneServed(c.Served)
+	for t := range queues {
+		if _, ok := c.Served[t]; !ok {
+			c.Served[t] = joinedAt(picks)
+		}
+	}
 	c.Loaded = slices.Clone(c.Loaded)
 	var out []planned
 	at := free
@@ -139,6 +144,7 @@ func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free ti
 		tok := plan(c)[0]
 		m := queues[tok][0]
 		out = append(out, planned{Msg: m, Position: len(out) + 1, Start: at})
+		c.ClassPicked[queueHead(tok, m).Class.Rank()] = at
 		r := runnerOf(tok)
 		run, load := cost.estimate(m.Model)
 		if !slices.Contains(c.Loaded, r) {
@@ -152,7 +158,7 @@ func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free ti
 			c.Current, c.Consecutive = r, 1
 		}
 		picks++
-		c.Served[tok] = picks
+		c.Served[tok] = turnAt(picks)
 		if queues[tok] = queues[tok][1:]; len(queues[tok]) == 0 {
 			delete(queues, tok)
 			delete(c.Served, tok)
@@ -186,7 +192,7 @@ func TestOrderMatchesPlanOfEveryQueue(t *testing.T) {
 		}
 		cur := runnerKey(t, models[rng.IntN(3)])
 		c := choice{Loaded: []string{cur}, Current: cur, Consecutive: rng.IntN(4), MaxConsecutive: 1 + rng.IntN(5),
-			MaxWait: time.Duration(1+rng.IntN(300)) * time.Second, Served: map[string]uint64{msgs[0].Token: 1}}
+			MaxWait: time.Duration(1+rng.IntN(300)) * time.Second, Served: map[string]uint64{msgs[0].Token: turnAt(1)}}
 		if rng.IntN(3) == 0 {
 			c.Loaded = append(c.Loaded, runnerKey(t, models[rng.IntN(3)]))
 		}

@@ -40,20 +40,35 @@ type choice struct {
 	Consecutive int
 	// Heads has one entry per queue with pending jobs.
 	Heads []head
-	// Served is when each queue last had its turn (a count of the picks, 0 for never):
-	// the queues of one runner and class take turns, the one served longest ago first.
-	Served         map[string]uint64
+	// Served is when each queue last had its turn (turnAt of the pick count), or when it
+	// joined the rotation (joinedAt): the queues of one runner and class take turns, the
+	// one served longest ago first.
+	Served map[string]uint64
+	// ClassPicked is when each class (by Priority.Rank) last had a pick, zero for never:
+	// an aged class goes before the others at most once per MaxWait.
+	ClassPicked    [3]time.Time
 	Now            time.Time
 	MaxConsecutive int
 	MaxWait        time.Duration
 }
 
+// turnAt is the Served mark of a queue that had the picks-th pick.
+func turnAt(picks uint64) uint64 { return 2 * picks }
+
+// joinedAt is the Served mark of a queue seen first (or again after it ran empty) after
+// picks picks: it joins the back of the rotation, behind every queue served before the
+// last pick, so a program cannot jump the others by taking a new name; yet it goes before
+// the queue served last, so a program's few jobs run among the next few, not after a flood.
+func joinedAt(picks uint64) uint64 { return max(2*picks, 1) - 1 }
+
 // plan orders the queues to fetch from; the caller takes the first that yields a job (a
 // queue whose jobs all wait out a retry back-off yields none).
 //
 //  1. Classes: every high queue comes before every normal one, and normal before low,
-//     except that a class holding a job older than MaxWait goes before the classes that
-//     hold none: aging beats class, so low never starves.
+//     except that a class that is starved (its oldest job waited longer than MaxWait and
+//     it had no pick for MaxWait) goes before the classes that are not: aging beats
+//     class, so low never starves, yet an aged class gets one pick per MaxWait and then
+//     yields, so an old backlog does not hold up a fresh high job until it is old too.
 //  2. Within a class, runners (model and load options) as before classes: the loaded
 //     runners first (no swap), then every runner by the age of its oldest job. The
 //     starvation bound overrides the loaded preference: once Current ran MaxConsecutive
@@ -61,7 +76,8 @@ type choice struct {
 //     the class has waited longer than MaxWait, the other runners go first by age, and
 //     Current comes last (it still runs if they have nothing ready).
 //  3. Within a runner and class, the programs' queues take turns: the one served longest
-//     ago first, ties by the age of their oldest job. A program's own jobs stay in order.
+//     ago first (a queue that joins the rotation counts as served just before the last
+//     pick), ties by the age of their oldest job. A program's own jobs stay in order.
 //
 // With one class and one program this is exactly the drain-by-model of ADR-0015.
 func plan(c choice) []string {
@@ -86,10 +102,15 @@ func plan(c choice) []string {
 			oldest[runnerClass{r, k}] = h.Seq
 		}
 	}
-	// Aging beats class: a class holding a job past MaxWait goes before those holding none.
+	// Aging beats class: a starved class goes before those that are not. Starvation is the
+	// class not being served, not its jobs being old: in a deep old backlog every next
+	// head is old too.
 	var classPos [3]int
 	for k := range classes {
 		classPos[k] = k
+		if p := c.ClassPicked[k]; !p.IsZero() && c.Now.Sub(p) <= c.MaxWait {
+			classes[k].overdue = false
+		}
 		if !classes[k].overdue {
 			classPos[k] += 3
 		}

@@ -61,6 +61,7 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker.QueueView {
 	w.mu.Lock()
 	c := w.choiceLocked(nil, now)
+	c.Loaded = w.viewLoadedLocked() // what the next pick will see once it read /api/ps
 	c.Served = cloneServed(c.Served)
 	picks := w.picks
 	run := w.running // its fields are set before it is shared, but for working (atomic)
@@ -120,7 +121,7 @@ func (w *Worker) remaining(r *runningJob, now time.Time) time.Duration {
 func (w *Worker) choiceLocked(heads []head, now time.Time) choice {
 	return choice{
 		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, Heads: heads, Served: w.served,
-		Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
+		ClassPicked: w.classPicked, Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
 	}
 }
 

@@ -48,7 +48,9 @@ type Worker struct {
 	// Only the Run loop writes them (under mu: the queue view reads them).
 	served map[string]uint64
 	picks  uint64
-	stall  string // why the target counts as stalled (TargetStall); "" when it is not
+	// classPicked is when each class last had a pick: see choice.ClassPicked.
+	classPicked [3]time.Time
+	stall       string // why the target counts as stalled (TargetStall); "" when it is not
 	// running is the job being run, for the queue view; nil when idle. finishing are the
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob
@@ -342,7 +344,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	if heads = w.runnable(ctx, heads); len(heads) == 0 {
 		return nil, false, nil // only other targets' models are queued
 	}
-	w.forgetTurns(heads)
+	w.joinTurns(heads)
 	w.refreshLoaded(ctx, heads)
 	w.mu.Lock()
 	c := w.choiceLocked(heads, now) // the queue view's simulation starts from the same state
@@ -411,20 +413,22 @@ func (w *Worker) took(token string) {
 	w.mu.Lock() // the queue view reads the turns
 	defer w.mu.Unlock()
 	w.picks++
-	w.served[token] = w.picks
+	w.served[token] = turnAt(w.picks)
+	w.classPicked[queueHead(token, broker.QueuedMessage{}).Class.Rank()] = time.Now()
 }
 
-// forgetTurns drops the turns of queues that ran empty: a program that comes back takes
-// its turn with the next pick of its runner and class.
-func (w *Worker) forgetTurns(heads []head) {
+// joinTurns drops the turns of queues that ran empty and gives a queue seen first (or
+// again) its place at the back of the rotation (joinedAt): a new program name never goes
+// before a program that waits for its turn.
+func (w *Worker) joinTurns(heads []head) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if len(w.served) == 0 {
-		return
-	}
 	live := make(map[string]bool, len(heads))
 	for _, h := range heads {
 		live[h.Token] = true
+		if _, ok := w.served[h.Token]; !ok {
+			w.served[h.Token] = joinedAt(w.picks)
+		}
 	}
 	for t := range w.served {
 		if !live[t] {
@@ -464,28 +468,56 @@ const psTimeout = 2 * time.Second
 // the load options we last ran it with, the last runner first; else the runner we ran
 // last. w.mu must be held.
 func (w *Worker) loadedLocked() []string {
-	if inv := w.cfg.Inventory; inv != nil {
-		if snap := inv.Snapshot(); snap.Polled && !snap.Degraded && snap.LastPoll.After(w.lastEnd) {
-			var out []string
-			for _, m := range inv.Loaded() {
-				if t, err := broker.ModelToken(m); err == nil {
-					opts, ok := w.runnerOpts[t]
-					if !ok {
-						opts = broker.DefaultLoadOptions
-					}
-					out = append(out, broker.RunnerKey(t, opts))
-				}
-			}
-			if i := slices.Index(out, w.lastModel); i > 0 {
-				out = slices.Insert(slices.Delete(out, i, i+1), 0, w.lastModel)
-			}
-			return out
+	if ps, ok := w.psRunnersLocked(); ok && w.cfg.Inventory.Snapshot().LastPoll.After(w.lastEnd) {
+		if i := slices.Index(ps, w.lastModel); i > 0 {
+			ps = slices.Insert(slices.Delete(ps, i, i+1), 0, w.lastModel)
 		}
+		return ps
 	}
 	if w.lastModel != "" {
 		return []string{w.lastModel}
 	}
 	return nil
+}
+
+// viewLoadedLocked is the loaded set the next pick will see, for the queue view, which
+// does not read /api/ps itself: the pick reads it again before choosing another runner
+// (refreshLoaded), so the view takes the inventory's last /api/ps as the target's
+// resident set, with the runner we ran last first (in place of the least recently used
+// one when /api/ps did not list it yet). w.mu must be held.
+func (w *Worker) viewLoadedLocked() []string {
+	ps, ok := w.psRunnersLocked()
+	if !ok || len(ps) == 0 {
+		return w.loadedLocked()
+	}
+	if w.lastModel == "" {
+		return ps
+	}
+	return withLoaded(ps, w.lastModel)
+}
+
+// psRunnersLocked is the runners of the inventory's last /api/ps, each model with the
+// load options we last ran it with; false when there is no usable poll. w.mu must be
+// held.
+func (w *Worker) psRunnersLocked() ([]string, bool) {
+	inv := w.cfg.Inventory
+	if inv == nil {
+		return nil, false
+	}
+	if snap := inv.Snapshot(); !snap.Polled || snap.Degraded {
+		return nil, false
+	}
+	var out []string
+	for _, m := range inv.Loaded() {
+		if t, err := broker.ModelToken(m); err == nil {
+			opts, ok := w.runnerOpts[t]
+			if !ok {
+				opts = broker.DefaultLoadOptions
+			}
+			out = append(out, broker.RunnerKey(t, opts))
+		}
+	}
+	return out, true
 }
 
 // isLoaded reports whether the target has the runner of queue token loaded.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -58,22 +59,31 @@ func (s *Server) handleTags(w http.ResponseWriter, _ *http.Request, _ []byte, f 
 	writeJSON(w, http.StatusOK, s.Tags(), f)
 }
 
-// Ps returns what /api/ps serves: the loaded model, if any.
+// Ps returns what /api/ps serves: the loaded model, if any, then the resident ones.
 func (s *Server) Ps() *ollama.ProcessResponse {
 	out := &ollama.ProcessResponse{Models: []ollama.ProcessModelResponse{}}
-	loaded := s.LoadedModel()
-	if loaded == "" {
-		return out
+	s.mu.Lock()
+	names := []string{}
+	if s.loaded != "" {
+		names = append(names, s.loaded)
 	}
-	m, ok := s.findModel(loaded)
-	if !ok {
-		m = Model{Name: loaded, Size: 100_000_000}
+	for _, r := range s.resident {
+		if !slices.Contains(names, r) {
+			names = append(names, r)
+		}
 	}
-	out.Models = append(out.Models, ollama.ProcessModelResponse{
-		Name: m.Name, Model: m.Name, Size: m.Size, Digest: digestOf(m.Name),
-		Details: rawJSON(details(m)), ExpiresAt: s.cfg.Clock().UTC().Add(5 * time.Minute),
-		SizeVRAM: m.Size, ContextLength: 4096,
-	})
+	s.mu.Unlock()
+	for _, loaded := range names {
+		m, ok := s.findModel(loaded)
+		if !ok {
+			m = Model{Name: loaded, Size: 100_000_000}
+		}
+		out.Models = append(out.Models, ollama.ProcessModelResponse{
+			Name: m.Name, Model: m.Name, Size: m.Size, Digest: digestOf(m.Name),
+			Details: rawJSON(details(m)), ExpiresAt: s.cfg.Clock().UTC().Add(5 * time.Minute),
+			SizeVRAM: m.Size, ContextLength: 4096,
+		})
+	}
 	return out
 }
 

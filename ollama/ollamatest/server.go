@@ -114,6 +114,7 @@ type Server struct {
 	models      []Model // normalized names, install order
 	blobs       map[string]bool
 	loaded      string
+	resident    []string // listed by /api/ps after the loaded model (SetResident)
 	loads       int
 	down        bool
 	failures    []pendingFailure
@@ -202,6 +203,19 @@ func (s *Server) SetLoaded(name string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.loaded = ollama.NormalizeModel(name)
+	s.notifyLocked()
+}
+
+// SetResident makes /api/ps list names as loaded too, after the loaded model, as an
+// Ollama with OLLAMA_MAX_LOADED_MODELS > 1 keeps several models resident. It changes no
+// request's load accounting.
+func (s *Server) SetResident(names ...string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resident = s.resident[:0]
+	for _, n := range names {
+		s.resident = append(s.resident, ollama.NormalizeModel(n))
+	}
 	s.notifyLocked()
 }
 
