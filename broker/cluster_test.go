@@ -29,9 +29,16 @@ func TestClusterWriteThroughLeaderKill(t *testing.T) {
 	if _, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateCanceled; return nil }); err != nil {
 		t.Fatalf("write after the leader died: %v", err)
 	}
-	got, _, err := st.Get(ctx, j.ID)
-	if err != nil || got.State != broker.StateCanceled {
-		t.Fatalf("read back: %+v, %v", got, err)
+	// A replica's direct read may lag the write for a moment.
+	for {
+		got, _, err := st.Get(ctx, j.ID)
+		if err == nil && got.State == broker.StateCanceled {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("read back: %+v, %v", got, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a replica with a deadline
 	}
 }
 

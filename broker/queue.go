@@ -98,10 +98,12 @@ func (s *Store) fetch(ctx context.Context, token string, fetch func(jetstream.Co
 	}
 	batch, err := fetch(c)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+		// On a cluster a consumer may lose its leader (a node died) or never get one: the
+		// next fetch creates or updates it again, which places it anew.
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) || Transient(err) {
 			s.forget(token)
 		}
-		return nil, fmt.Errorf("broker: fetch %s: %w", token, err)
+		return nil, fmt.Errorf("broker: fetch %s: %w", token, unavailable(err))
 	}
 	for msg := range batch.Messages() {
 		return s.lease(ctx, token, msg)

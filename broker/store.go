@@ -404,7 +404,7 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
 // retry runs fn until the cluster answers it, for up to Config.RetryWindow (see
 // retrying); fn must be safe to repeat.
 func (s *Store) retry(ctx context.Context, fn func(context.Context) error) error {
-	return retrying(ctx, s.cfg.RetryWindow, fn)
+	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, fn)
 }
 
 // DecodeJob parses a job record (a KV value or a state event).

@@ -24,8 +24,10 @@ const (
 	retryFirst         = 50 * time.Millisecond
 	retryMax           = time.Second
 	// attemptTimeout bounds each try, so one request lost to a dying node leaves time
-	// for the next within the window.
-	attemptTimeout = 2 * time.Second
+	// for the next within the window; artifactAttempt bounds each try of an object put,
+	// whose chunks are many publishes.
+	attemptTimeout  = 2 * time.Second
+	artifactAttempt = 10 * time.Second
 )
 
 // Transient reports whether err says JetStream could not answer for now, rather than
@@ -82,16 +84,17 @@ func unavailable(err error) error {
 }
 
 // retrying calls fn until it returns nil or a non-transient error, backing off between
-// tries, for up to window (bounded by ctx). Each try gets its own shorter deadline. The
+// tries, for up to window (bounded by ctx). Each try gets its own shorter deadline,
+// attempt. The
 // last transient error comes back wrapped in ErrUnavailable. fn must be safe to repeat:
 // every write foreman retries is a revision-checked update, a create, or a publish with
 // a message id, so a try that landed unseen fails the next try instead of writing twice.
-func retrying(ctx context.Context, window time.Duration, fn func(context.Context) error) error {
+func retrying(ctx context.Context, window, attempt time.Duration, fn func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, window)
 	defer cancel()
 	delay := retryFirst
 	for {
-		actx, acancel := context.WithTimeout(ctx, attemptTimeout)
+		actx, acancel := context.WithTimeout(ctx, attempt)
 		err := fn(actx)
 		acancel()
 		if !Transient(err) {

@@ -288,7 +288,8 @@ func (w *Worker) afterwards(fn func(ctx context.Context)) {
 // returns errEnded when the job reached another terminal state first (or when a try
 // that landed unseen wrote it).
 func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.Job)) error {
-	tctx, cancel := context.WithTimeout(ctx, terminalWait)
+	// Its own time: storing the result artifact before may have used up ctx's.
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
 	defer cancel()
 	pause := terminalPause
 	for try := 1; ; try++ {
@@ -492,8 +493,11 @@ func sameModel(model, token string) bool {
 	return err == nil && kerr == nil && t == k.Model
 }
 
-// finish acks a job that reached its end.
+// finish acks a job that reached its end, with time of its own: the terminal write
+// before it may have waited out a leader election.
 func (w *Worker) finish(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	ctx, cancel := w.storeCtx(ctx)
+	defer cancel()
 	if err := w.store.Finish(ctx, d); err != nil {
 		log.Warn("ack job", "err", err)
 	}

@@ -17,9 +17,16 @@ import (
 // Cluster is n nats-servers with JetStream, routed to each other on loopback: a real
 // cluster in one process, for tests of what foreman does when a node dies. Foreman's
 // streams on it have 3 replicas.
+//
+// Every connection to a node, its clients' and its routes' both ways, goes through a
+// proxy of its own, so Kill can cut them all before the node stops: to the others the node
+// vanishes, as after kill -9 or a pulled cable, and they elect new leaders only when its
+// heartbeats are missed.
 type Cluster struct {
-	Nodes []*server.Server
-	t     testing.TB
+	Nodes   []*server.Server
+	t       testing.TB
+	clients []*proxy   // clients[i]: clients to node i
+	routes  [][]*proxy // routes[i][j]: node i's route to node j
 }
 
 // NewCluster starts n clustered nats-servers, each on its own store directory under
@@ -30,12 +37,14 @@ func NewCluster(t testing.TB, n int) *Cluster {
 	for i := range routes {
 		routes[i] = freePort(t)
 	}
-	c := &Cluster{t: t}
+	c := &Cluster{t: t, routes: make([][]*proxy, n)}
 	for i := range n {
+		c.routes[i] = make([]*proxy, n)
 		var peers []string
-		for j, p := range routes {
+		for j, port := range routes {
 			if j != i {
-				peers = append(peers, fmt.Sprintf("nats://127.0.0.1:%d", p))
+				c.routes[i][j] = newProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
+				peers = append(peers, "nats://"+c.routes[i][j].addr())
 			}
 		}
 		opts := &server.Options{
@@ -46,7 +55,8 @@ func NewCluster(t testing.TB, n int) *Cluster {
 			StoreDir:   t.TempDir(),
 			NoSigs:     true,
 			NoLog:      true,
-			Cluster:    server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: routes[i]},
+			// NoAdvertise: neither clients nor peers learn the real ports behind the proxies.
+			Cluster: server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: routes[i], NoAdvertise: true},
 			Routes:     server.RoutesFromStr(strings.Join(peers, ",")),
 		}
 		ns, err := server.NewServer(opts)
@@ -58,11 +68,12 @@ func NewCluster(t testing.TB, n int) *Cluster {
 			t.Fatalf("cluster node %d not ready", i+1)
 		}
 		c.Nodes = append(c.Nodes, ns)
+		addr := ns.Addr().(*net.TCPAddr)
+		c.clients = append(c.clients, newProxy(t, addr.String()))
 	}
 	t.Cleanup(func() {
-		for _, ns := range c.Nodes {
-			ns.Shutdown()
-			ns.WaitForShutdown()
+		for i := range c.Nodes {
+			c.Kill(i)
 		}
 	})
 	c.waitFor(30*time.Second, "a JetStream meta leader", func() bool {
@@ -91,8 +102,8 @@ func freePort(t testing.TB) int {
 // URLs is the client URL of every node, comma-separated (FOREMAN_NATS_URL).
 func (c *Cluster) URLs() string {
 	var urls []string
-	for _, ns := range c.Nodes {
-		urls = append(urls, ns.ClientURL())
+	for _, p := range c.clients {
+		urls = append(urls, "nats://"+p.addr())
 	}
 	return strings.Join(urls, ",")
 }
@@ -125,8 +136,16 @@ func (c *Cluster) Open(t testing.TB, adjust func(*broker.Config)) *broker.Store 
 	return st
 }
 
-// Kill shuts node i down at once (as a crash or a pulled cable would, to the others).
+// Kill cuts every connection of node i, then shuts it down: to its clients and peers it
+// dies as in a crash. Safe to call twice.
 func (c *Cluster) Kill(i int) {
+	c.clients[i].close()
+	for j := range c.Nodes {
+		if j != i {
+			c.routes[i][j].close()
+			c.routes[j][i].close()
+		}
+	}
 	c.Nodes[i].Shutdown()
 	c.Nodes[i].WaitForShutdown()
 }

@@ -47,9 +47,10 @@ func clusterRun(t *testing.T, victim func(*brokertest.Cluster, *app.App) int) {
 	}
 	t.Parallel()
 	c := brokertest.NewCluster(t, 3)
+	// Jobs of about half a second each: the kill comes while most are still to run.
 	fakes := []*ollamatest.Server{
-		ollamatest.New(t, ollamatest.WithTokenDelay(10*time.Millisecond)),
-		ollamatest.New(t, ollamatest.WithTokenDelay(10*time.Millisecond)),
+		ollamatest.New(t, ollamatest.WithTokenDelay(10*time.Millisecond), ollamatest.WithTokens(50)),
+		ollamatest.New(t, ollamatest.WithTokenDelay(10*time.Millisecond), ollamatest.WithTokens(50)),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
@@ -76,10 +77,23 @@ func clusterRun(t *testing.T, victim func(*brokertest.Cluster, *app.App) int) {
 		tags[i] = fmt.Sprintf("cluster-job-%02d", i)
 		ids[i] = submitAsync(t, ctx, base(i), []string{"tiny-a", "tiny-b"}[i%2], tags[i])
 	}
-	// Kill once both targets run jobs, with most jobs still to come.
-	for _, fake := range fakes {
-		if err := fake.WaitStarted(ctx, "", 1); err != nil {
-			t.Fatalf("no job started: %v", err)
+	// Kill once two jobs have reached a target (either foreman's), with most still to come.
+	started := func() int {
+		n := 0
+		for _, fake := range fakes {
+			for _, call := range fake.Calls() {
+				if call.Model != "" {
+					n++
+				}
+			}
+		}
+		return n
+	}
+	for started() < 2 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d jobs started", started())
+		case <-time.After(10 * time.Millisecond): // polling the fakes with a deadline
 		}
 	}
 	c.Kill(victim(c, foremen[0]))
