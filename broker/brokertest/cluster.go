@@ -57,7 +57,7 @@ func NewCluster(t testing.TB, n int) *Cluster {
 			NoLog:      true,
 			// NoAdvertise: neither clients nor peers learn the real ports behind the proxies.
 			Cluster: server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: routes[i], NoAdvertise: true},
-			Routes:     server.RoutesFromStr(strings.Join(peers, ",")),
+			Routes:  server.RoutesFromStr(strings.Join(peers, ",")),
 		}
 		ns, err := server.NewServer(opts)
 		if err != nil {
