@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,7 +103,7 @@ func clusterRun(t *testing.T, victim func(*brokertest.Cluster, *app.App) int) {
 
 	for i, id := range ids {
 		// Ask the foreman on the other side too: either may be the one reconnecting.
-		if st := waitTerminal(t, ctx, base(i+1), id); st != string(broker.StateDone) {
+		if st := waitTerminalNo500(t, ctx, base(i+1), id); st != string(broker.StateDone) {
 			t.Errorf("job %s (%s) ended %q, want done", id, tags[i], st)
 		}
 	}
@@ -129,5 +132,82 @@ func clusterRun(t *testing.T, victim func(*brokertest.Cluster, *app.App) int) {
 		if j.State != broker.StateDone || j.Attempt != 1 {
 			t.Errorf("job %s: state %s attempt %d, want done attempt 1", id, j.State, j.Attempt)
 		}
+	}
+}
+
+// waitTerminalNo500 polls GET /jobs/{id} until the job is terminal; an answer of 500 (or
+// a 503 without Retry-After) while the cluster elects leaders fails the test.
+func waitTerminalNo500(t *testing.T, ctx context.Context, base, id string) string {
+	t.Helper()
+	for {
+		status, retryAfter, st := jobAnswer(ctx, base, id)
+		if status >= 500 && (status != http.StatusServiceUnavailable || retryAfter == "") {
+			t.Errorf("GET /jobs/%s: %d (Retry-After %q) while the cluster recovers, want 200 or 503 with Retry-After", id, status, retryAfter)
+		}
+		if broker.State(st).Terminal() {
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			return ""
+		case <-time.After(10 * time.Millisecond): // polling with a deadline
+		}
+	}
+}
+
+func jobAnswer(ctx context.Context, base, id string) (status int, retryAfter, state string) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/jobs/"+id, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, "", ""
+	}
+	defer resp.Body.Close()
+	var j struct {
+		State string `json:"state"`
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&j)
+	return resp.StatusCode, resp.Header.Get("Retry-After"), j.State
+}
+
+// A cluster that lost its quorum answers a submit with 503 and Retry-After once the
+// store's retries give up, never 500. (Reads of a record may still be served by the
+// replica left.)
+func TestClusterNoQuorumAnswers503(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node NATS cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	fake := ollamatest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	a, err := app.Start(ctx, app.Config{Addr: "127.0.0.1:0", NATSURL: c.URLs(), OllamaURL: fake.URL}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		_ = a.Shutdown(sctx)
+	})
+	base := "http://" + a.Addr()
+	id := submitAsync(t, ctx, base, "tiny-a", "no quorum")
+	if st := waitTerminal(t, ctx, base, id); st != string(broker.StateDone) {
+		t.Fatalf("job ended %q before the kill", st)
+	}
+	c.Kill(0)
+	c.Kill(1)
+	if status, _, _ := jobAnswer(ctx, base, id); status != http.StatusOK && status != http.StatusServiceUnavailable {
+		t.Errorf("GET /jobs/{id} without quorum: %d, want 200 (a replica's read) or 503", status)
+	}
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream":false}`
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+"/jobs", strings.NewReader(body))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("POST /jobs without quorum: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
 }
