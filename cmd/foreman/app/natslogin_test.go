@@ -14,6 +14,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -192,4 +193,52 @@ func TestNATSLoginSettingsChecked(t *testing.T) {
 			t.Errorf("%+v: %v, want %q", c.cfg, err, c.want)
 		}
 	}
+}
+
+// logSignal is a slog handler that reports each record's message on a channel.
+type logSignal struct{ msgs chan string }
+
+func (h logSignal) Enabled(context.Context, slog.Level) bool { return true }
+func (h logSignal) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case h.msgs <- r.Message:
+	default:
+	}
+	return nil
+}
+func (h logSignal) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h logSignal) WithGroup(string) slog.Handler      { return h }
+
+// A foreman started before its NATS answers waits for it, saying so, instead of exiting.
+func TestStartWaitsForNATS(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	logs := logSignal{msgs: make(chan string, 64)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	started := make(chan error, 1)
+	var a *App
+	go func() {
+		var err error
+		a, err = Start(ctx, Config{Addr: "127.0.0.1:0", NATSURL: "nats://127.0.0.1:" + strconv.Itoa(port), NATSReplicas: 1}, slog.New(logs))
+		started <- err
+	}()
+	for waiting := false; !waiting; {
+		select {
+		case msg := <-logs.msgs:
+			waiting = strings.HasPrefix(msg, "waiting for the NATS cluster")
+		case err := <-started:
+			t.Fatalf("start returned before NATS was up, without waiting for it: %v", err)
+		}
+	}
+	natsServer(t, func(o *server.Options) { o.Port = port })
+	if err := <-started; err != nil {
+		t.Fatalf("start once NATS is up: %v", err)
+	}
+	_ = a.Shutdown(ctx)
 }
