@@ -263,6 +263,11 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 			return nil, fmt.Errorf("broker: create job record: %w", storageErr(err))
 		}
 		existing, _, gerr := s.Get(ctx, j.ID)
+		if errors.Is(gerr, ErrNotFound) {
+			// The create met a record no replica shows: a try lost to a timeout during an
+			// election that the cluster may still apply. Not a missing job: try later.
+			return nil, fmt.Errorf("broker: create job record %s: %w: the record is not readable yet", j.ID, ErrUnavailable)
+		}
 		if gerr != nil {
 			return nil, gerr
 		}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -206,8 +207,9 @@ func TestClusterNoQuorumAnswers503(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	answer, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
-		t.Errorf("POST /jobs without quorum: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+		t.Errorf("POST /jobs without quorum: %d %s, Retry-After %q; want 503 with Retry-After", resp.StatusCode, answer, resp.Header.Get("Retry-After"))
 	}
 }
