@@ -53,7 +53,13 @@ func (s *Store) StoreArtifact(ctx context.Context, id, name, contentType string,
 		Name:    artifactObject(id, name),
 		Headers: map[string][]string{"Content-Type": {contentType}},
 	}
-	if _, err := s.artifacts.PutBytes(ctx, meta.Name, data); err != nil {
+	// A put that meets a leader election is tried again (a repeat replaces the object):
+	// the result of a job that ran must not be lost to it.
+	err := retrying(ctx, 2*s.cfg.RetryWindow, artifactAttempt, func(ctx context.Context) error {
+		_, err := s.artifacts.PutBytes(ctx, meta.Name, data)
+		return err
+	})
+	if err != nil {
 		return Artifact{}, fmt.Errorf("broker: put artifact %s: %w", meta.Name, storageErr(err))
 	}
 	return Artifact{Name: name, ContentType: contentType, Size: int64(len(data))}, nil

@@ -27,20 +27,26 @@ type presence struct {
 }
 
 func (s *Store) openPresence(ctx context.Context) error {
-	var err error
-	s.presence, err = s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	err := s.untilReady(ctx, "bucket "+PresenceBucket, func(ctx context.Context) (err error) {
+		s.presence, err = s.js.CreateOrUpdateKeyValue(ctx, s.presenceConfig())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("broker: bucket %s: %w", PresenceBucket, err)
+	}
+	// Present from the start, before the gateway takes a call.
+	return s.untilReady(ctx, "presence", s.heartbeat)
+}
+
+func (s *Store) presenceConfig() jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{
 		Bucket:      PresenceBucket,
 		Description: "running foreman processes, by boot id",
 		History:     1,
 		TTL:         s.cfg.PresenceTTL,
 		Storage:     jetstream.FileStorage,
 		Replicas:    s.cfg.Replicas,
-	})
-	if err != nil {
-		return fmt.Errorf("broker: bucket %s: %w", PresenceBucket, err)
 	}
-	// Present from the start, before the gateway takes a call.
-	return s.heartbeat(ctx)
 }
 
 func (s *Store) heartbeat(ctx context.Context) error {

@@ -98,10 +98,12 @@ func (s *Store) fetch(ctx context.Context, token string, fetch func(jetstream.Co
 	}
 	batch, err := fetch(c)
 	if err != nil {
-		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+		// On a cluster a consumer may lose its leader (a node died) or never get one: the
+		// next fetch creates or updates it again, which places it anew.
+		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) || Transient(err) {
 			s.forget(token)
 		}
-		return nil, fmt.Errorf("broker: fetch %s: %w", token, err)
+		return nil, fmt.Errorf("broker: fetch %s: %w", token, unavailable(err))
 	}
 	for msg := range batch.Messages() {
 		return s.lease(ctx, token, msg)
@@ -179,7 +181,7 @@ func (s *Store) Discard(d *Lease, reason string) error {
 // Finish removes a delivered job from the queue for good (after its terminal state is
 // stored) and drops its stored request body.
 func (s *Store) Finish(ctx context.Context, d *Lease) error {
-	err := d.Msg.DoubleAck(ctx)
+	err := s.ack(ctx, d)
 	if ref := d.Msg.Headers().Get(HeaderBodyRef); ref != "" {
 		if derr := s.artifacts.Delete(ctx, ref); derr != nil && !errors.Is(derr, jetstream.ErrObjectNotFound) {
 			s.log.Warn("delete request body", "job_id", d.JobID, "err", derr)
@@ -192,7 +194,18 @@ func (s *Store) Finish(ctx context.Context, d *Lease) error {
 // idempotent retry published the job again after the duplicate window). Unlike Finish it
 // leaves the request body: the running delivery may still need it for another attempt.
 func (s *Store) DropSpare(ctx context.Context, d *Lease) error {
-	return d.Msg.DoubleAck(ctx)
+	return s.ack(ctx, d)
+}
+
+// ack acks a delivery and waits for the server to confirm, retrying through a leader
+// election: an ack lost there would hand the job out again after AckWait. Should it fail
+// anyway, the job's record is terminal already and its next delivery is dropped.
+func (s *Store) ack(ctx context.Context, d *Lease) error {
+	err := s.retry(ctx, d.Msg.DoubleAck)
+	if errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+		return nil
+	}
+	return err
 }
 
 // Pending is one queued job, as the selection logic sees it.

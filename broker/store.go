@@ -46,7 +46,11 @@ type Config struct {
 	// TargetTTL is how long a target's entry in TargetsBucket lives after its last
 	// refresh (see PublishTarget). Default 90s.
 	TargetTTL time.Duration
-	Logger    *slog.Logger
+	// RetryWindow is how long a read or write that meets an unavailable cluster (no
+	// stream leader during an election, a reconnect) is retried before it fails with
+	// ErrUnavailable. Default 5s.
+	RetryWindow time.Duration
+	Logger      *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -75,6 +79,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.TargetTTL <= 0 {
 		c.TargetTTL = defaultTargetTTL
+	}
+	if c.RetryWindow <= 0 {
+		c.RetryWindow = defaultRetryWindow
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
@@ -135,43 +142,23 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if dup > cfg.JobTTL {
 		dup = cfg.JobTTL
 	}
-	s.queue, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:        QueueStream,
-		Description: "foreman job queue: one subject per model, load options, class and program",
-		Subjects:    []string{QueueWildcard},
-		Retention:   jetstream.WorkQueuePolicy,
-		Storage:     jetstream.FileStorage,
-		Discard:     jetstream.DiscardNew,
-		MaxMsgs:     cfg.MaxQueue,
-		MaxAge:      cfg.JobTTL,
-		Duplicates:  dup,
-		AllowDirect: true,
-		Replicas:    cfg.Replicas,
+	err = s.untilReady(ctx, "stream "+QueueStream, func(ctx context.Context) (err error) {
+		s.queue, err = js.CreateOrUpdateStream(ctx, s.queueConfig(dup))
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: stream %s: %w", QueueStream, err)
 	}
-	s.kv, err = js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:      JobsBucket,
-		Description: "foreman job records",
-		History:     16, // enough revisions for the webhook consumer to see every state of a job
-		TTL:         cfg.JobTTL,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
-		RePublish: &jetstream.RePublish{
-			Source:      "$KV." + JobsBucket + ".job.*",
-			Destination: "foreman.job.{{wildcard(1)}}.state",
-		},
+	err = s.untilReady(ctx, "bucket "+JobsBucket, func(ctx context.Context) (err error) {
+		s.kv, err = js.CreateOrUpdateKeyValue(ctx, s.jobsConfig())
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: bucket %s: %w", JobsBucket, err)
 	}
-	s.artifacts, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
-		Bucket:      ArtifactsBucket,
-		Description: "foreman job artifacts and large request bodies",
-		TTL:         cfg.JobTTL,
-		Storage:     jetstream.FileStorage,
-		Replicas:    cfg.Replicas,
+	err = s.untilReady(ctx, "object store "+ArtifactsBucket, func(ctx context.Context) (err error) {
+		s.artifacts, err = js.CreateOrUpdateObjectStore(ctx, s.artifactsConfig())
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: object store %s: %w", ArtifactsBucket, err)
@@ -185,6 +172,50 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+func (s *Store) queueConfig(dup time.Duration) jetstream.StreamConfig {
+	cfg := s.cfg
+	return jetstream.StreamConfig{
+		Name:        QueueStream,
+		Description: "foreman job queue: one subject per model, load options, class and program",
+		Subjects:    []string{QueueWildcard},
+		Retention:   jetstream.WorkQueuePolicy,
+		Storage:     jetstream.FileStorage,
+		Discard:     jetstream.DiscardNew,
+		MaxMsgs:     cfg.MaxQueue,
+		MaxAge:      cfg.JobTTL,
+		Duplicates:  dup,
+		AllowDirect: true,
+		Replicas:    cfg.Replicas,
+	}
+}
+
+func (s *Store) jobsConfig() jetstream.KeyValueConfig {
+	cfg := s.cfg
+	return jetstream.KeyValueConfig{
+		Bucket:      JobsBucket,
+		Description: "foreman job records",
+		History:     16, // enough revisions for the webhook consumer to see every state of a job
+		TTL:         cfg.JobTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+		RePublish: &jetstream.RePublish{
+			Source:      "$KV." + JobsBucket + ".job.*",
+			Destination: "foreman.job.{{wildcard(1)}}.state",
+		},
+	}
+}
+
+func (s *Store) artifactsConfig() jetstream.ObjectStoreConfig {
+	cfg := s.cfg
+	return jetstream.ObjectStoreConfig{
+		Bucket:      ArtifactsBucket,
+		Description: "foreman job artifacts and large request bodies",
+		TTL:         cfg.JobTTL,
+		Storage:     jetstream.FileStorage,
+		Replicas:    cfg.Replicas,
+	}
 }
 
 // BootID is the id of this start of foreman (Config.BootID).
@@ -234,12 +265,21 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		return nil, err
 	}
 	created := true
-	if _, err := s.kv.Create(ctx, jobKey(j.ID), rec); err != nil {
+	err = s.retry(ctx, func(ctx context.Context) error {
+		_, err := s.kv.Create(ctx, jobKey(j.ID), rec)
+		return err
+	})
+	if err != nil {
 		created = false
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return nil, fmt.Errorf("broker: create job record: %w", storageErr(err))
 		}
 		existing, _, gerr := s.Get(ctx, j.ID)
+		if errors.Is(gerr, ErrNotFound) {
+			// The create met a record no replica shows: a try lost to a timeout during an
+			// election that the cluster may still apply. Not a missing job: try later.
+			return nil, fmt.Errorf("broker: create job record %s: %w: the record is not readable yet", j.ID, ErrUnavailable)
+		}
 		if gerr != nil {
 			return nil, gerr
 		}
@@ -314,7 +354,11 @@ func (s *Store) enqueue(ctx context.Context, j *Job, key QueueKey, body []byte) 
 	} else {
 		msg.Data = body
 	}
-	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(j.ID)); err != nil {
+	err := s.retry(ctx, func(ctx context.Context) error {
+		_, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(j.ID))
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(err))
 	}
 	return nil
@@ -355,7 +399,12 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
 	if err := ValidateID(id); err != nil {
 		return nil, 0, err
 	}
-	e, err := s.kv.Get(ctx, jobKey(id))
+	var e jetstream.KeyValueEntry
+	err := s.retry(ctx, func(ctx context.Context) error {
+		var err error
+		e, err = s.kv.Get(ctx, jobKey(id))
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
@@ -367,6 +416,12 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
 		return nil, 0, err
 	}
 	return j, e.Revision(), nil
+}
+
+// retry runs fn until the cluster answers it, for up to Config.RetryWindow (see
+// retrying); fn must be safe to repeat.
+func (s *Store) retry(ctx context.Context, fn func(context.Context) error) error {
+	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, fn)
 }
 
 // DecodeJob parses a job record (a KV value or a state event).

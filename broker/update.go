@@ -65,7 +65,12 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 	if err != nil {
 		return nil, 0, err
 	}
-	newRev, err := s.kv.Update(ctx, jobKey(cur.ID), data, rev)
+	var newRev uint64
+	err = s.retry(ctx, func(ctx context.Context) error {
+		var err error
+		newRev, err = s.kv.Update(ctx, jobKey(cur.ID), data, rev)
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 			return nil, 0, fmt.Errorf("%w: job %s", ErrConflict, cur.ID)

@@ -147,6 +147,9 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadGateway, "ollama is unreachable: " + connErr.Error()
 	case errors.Is(err, ErrModelNotFound):
 		return http.StatusNotFound, err.Error()
+	case errors.Is(err, broker.ErrUnavailable):
+		// A cluster electing a leader: the same request succeeds in a few seconds.
+		return http.StatusServiceUnavailable, "job store temporarily unavailable, retry shortly"
 	case errors.Is(err, broker.ErrQueueFull):
 		return http.StatusServiceUnavailable, "queue full"
 	case errors.Is(err, broker.ErrStorageFull):

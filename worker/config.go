@@ -73,8 +73,15 @@ const (
 	maxRetryDelay = time.Minute
 	// resultInlineLimit is the largest result kept in the job record itself.
 	resultInlineLimit = 64 << 10
-	// storeTimeout bounds the record writes that hand a job back after the run context ended.
-	storeTimeout = 10 * time.Second
+	// storeTimeout bounds the record writes that end an attempt or hand a job back after
+	// the run context ended: long enough for a terminal write to outlast a leader
+	// election (terminalWait) and still ack.
+	storeTimeout = 30 * time.Second
+	// terminalWait is how long a terminal write keeps trying through an unavailable
+	// cluster before the job is handed back (ADR-0030).
+	terminalWait = 20 * time.Second
+	// terminalPause is the first pause between terminal-write tries; it doubles up to 2s.
+	terminalPause = 100 * time.Millisecond
 )
 
 func (c *Config) setDefaults() {

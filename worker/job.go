@@ -285,19 +285,40 @@ func (w *Worker) afterwards(fn func(ctx context.Context)) {
 	}()
 }
 
-// writeTerminal writes a job's terminal state, trying a few times: failing it would run a
-// job again whose answer already went out. It returns errEnded when the job reached
-// another terminal state first.
+// writeTerminal writes a job's terminal state, trying for up to terminalWait (within
+// ctx): failing it would run a job again whose answer already went out, and a cluster
+// electing a new stream leader after a node left refuses writes for several seconds. It
+// returns errEnded when the job reached another terminal state first (or when a try
+// that landed unseen wrote it).
 func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.Job)) error {
-	var err error
-	for i := range 3 {
-		_, err = w.transition(ctx, id, fromUnended, set)
-		if err == nil || errors.Is(err, errEnded) || ctx.Err() != nil {
+	// Its own time: storing the result artifact before may have used up ctx's.
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
+	defer cancel()
+	pause := terminalPause
+	for try := 1; ; try++ {
+		_, err := w.transition(tctx, id, fromUnended, set)
+		if err == nil || errors.Is(err, errEnded) || tctx.Err() != nil {
 			return err
 		}
-		w.sleep(ctx, time.Duration(i+1)*50*time.Millisecond)
+		w.log.Warn("store terminal state; trying again", "job_id", id, "try", try, "retry_in", pause, "err", err)
+		if !sleepCtx(tctx, pause) {
+			return err
+		}
+		pause = min(2*pause, 2*time.Second)
 	}
-	return err
+}
+
+// sleepCtx waits d, or less when ctx ends first (then false). Unlike Worker.sleep it
+// does not end at Stop: a terminal write must go on while the worker stops.
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // cancelRun ends a job whose cancellation was requested (Store.Cancel sets the record's
@@ -475,8 +496,11 @@ func sameModel(model, token string) bool {
 	return err == nil && kerr == nil && t == k.Model
 }
 
-// finish acks a job that reached its end.
+// finish acks a job that reached its end, with time of its own: the terminal write
+// before it may have waited out a leader election.
 func (w *Worker) finish(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	ctx, cancel := w.storeCtx(ctx)
+	defer cancel()
 	done := w.index.removing(d.Token, d.Seq)
 	err := w.store.Finish(ctx, d)
 	done(err == nil)

@@ -87,6 +87,10 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_NATS_NKEY", flag: "nats-nkey", usage: "public user nkey (U…) that may also log in on the NATS listener", parse: str(&c.NATSNkey)},
 		{env: "FOREMAN_NATS_TLS_CERT", flag: "nats-tls-cert", usage: "TLS certificate file for the NATS listener", parse: str(&c.NATSTLSCert)},
 		{env: "FOREMAN_NATS_TLS_KEY", flag: "nats-tls-key", usage: "TLS key file for the NATS listener", parse: str(&c.NATSTLSKey)},
+		// Logging in to an external NATS cluster (FOREMAN_NATS_URL only).
+		{env: "FOREMAN_NATS_CREDS", flag: "nats-creds", usage: "credentials file (.creds: user JWT and nkey seed) to log in to FOREMAN_NATS_URL", parse: readableFile(&c.NATSCreds)},
+		{env: "FOREMAN_NATS_NKEY_SEED", flag: "nats-nkey-seed", usage: "file holding a user nkey seed (SU…) to log in to FOREMAN_NATS_URL", parse: readableFile(&c.NATSNkeySeed)},
+		{env: "FOREMAN_NATS_CA", flag: "nats-ca", usage: "PEM file of the CA(s) that signed FOREMAN_NATS_URL's TLS certificates", parse: readableFile(&c.NATSCA)},
 		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL)", parse: integer(&c.NATSReplicas)},
 		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: durationDefault(app.DefaultPollInterval), usage: "how often the model inventory polls Ollama", parse: dur(&c.PollInterval)},
 		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on connection errors", parse: integer(&c.MaxAttempts)},
@@ -255,6 +259,19 @@ func httpURL(p *string) func(string) error {
 	}
 }
 
+// readableFile accepts the path of a file foreman can open (it is read at start).
+func readableFile(p *string) func(string) error {
+	return func(v string) error {
+		f, err := os.Open(v)
+		if err != nil {
+			return fmt.Errorf("cannot read the file: %w", errors.Unwrap(err))
+		}
+		_ = f.Close()
+		*p = v
+		return nil
+	}
+}
+
 // natsURLs accepts what nats.Connect does: a comma-separated list of URLs, the scheme
 // (nats://) optional. The message never repeats the value: it may hold a password.
 func natsURLs(p *string) func(string) error {
@@ -347,6 +364,9 @@ func (c *serveConfig) finish() error {
 	}
 	if (c.NATSTLSCert == "") != (c.NATSTLSKey == "") {
 		return errors.New("FOREMAN_NATS_TLS_CERT and FOREMAN_NATS_TLS_KEY must be set together")
+	}
+	if err := app.CheckNATSLogin(c.Config); err != nil {
+		return err
 	}
 	if err := c.readAuthTokensFile(); err != nil {
 		return err

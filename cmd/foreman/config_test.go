@@ -139,6 +139,13 @@ func TestConfigNATSCombinations(t *testing.T) {
 		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_URL": "nats://x:4222"}, "exclude each other"},
 		{map[string]string{"FOREMAN_NATS_TLS_CERT": "c.pem"}, "must be set together"},
 		{map[string]string{"FOREMAN_NATS_LISTEN": "nope"}, `FOREMAN_NATS_LISTEN="nope": not host:port`},
+		// Logging in to an external cluster.
+		{map[string]string{"FOREMAN_NATS_CREDS": "/no/such.creds", "FOREMAN_NATS_URL": "nats://x:4222"}, `FOREMAN_NATS_CREDS="/no/such.creds": cannot read the file`},
+		{map[string]string{"FOREMAN_NATS_NKEY_SEED": "/no/such.nk", "FOREMAN_NATS_URL": "nats://x:4222"}, `FOREMAN_NATS_NKEY_SEED="/no/such.nk": cannot read the file`},
+		{map[string]string{"FOREMAN_NATS_CA": "/no/ca.pem", "FOREMAN_NATS_URL": "nats://x:4222"}, `FOREMAN_NATS_CA="/no/ca.pem": cannot read the file`},
+		{map[string]string{"FOREMAN_NATS_CA": "config_test.go"}, "needs FOREMAN_NATS_URL"},
+		{map[string]string{"FOREMAN_NATS_CREDS": "config_test.go", "FOREMAN_NATS_NKEY_SEED": "config.go", "FOREMAN_NATS_URL": "nats://x:4222"}, "exclude each other"},
+		{map[string]string{"FOREMAN_NATS_CREDS": "config_test.go", "FOREMAN_NATS_CA": "config.go", "FOREMAN_NATS_URL": "nats://x:4222"}, ""},
 	}
 	for _, c := range cases {
 		_, err := parseConfig(t, nil, c.env)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
@@ -96,8 +97,9 @@ func TestShownValueHidesSecrets(t *testing.T) {
 	}
 }
 
-// An external NATS that cannot be reached fails the start without showing the
-// password (or token) of FOREMAN_NATS_URL.
+// An external NATS that cannot be reached fails the start (once the start context ends:
+// until then foreman waits for it) without showing the password (or token) of
+// FOREMAN_NATS_URL.
 func TestStartErrorsHideNATSCredentials(t *testing.T) {
 	t.Parallel()
 	addr := closedPort(t)
@@ -106,7 +108,9 @@ func TestStartErrorsHideNATSCredentials(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := app.Start(context.Background(), cfg.Config, slog.New(slog.DiscardHandler))
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		a, err := app.Start(ctx, cfg.Config, slog.New(slog.DiscardHandler))
+		cancel()
 		if err == nil {
 			_ = a.Shutdown(context.Background())
 			t.Fatalf("FOREMAN_NATS_URL=%s: started", nu)

@@ -62,7 +62,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 			_ = a.Shutdown(context.Background())
 		}
 	}()
-	if err := a.startNATS(); err != nil {
+	if err := a.startNATS(ctx); err != nil {
 		return nil, err
 	}
 	// A new boot id at every start tells this process's sync callers from those of a
@@ -211,9 +211,16 @@ func (a *App) natsListenAddr() string {
 	return u.Host
 }
 
-func (a *App) startNATS() error {
+func (a *App) startNATS(ctx context.Context) error {
+	if err := CheckNATSLogin(a.cfg); err != nil {
+		return err
+	}
 	if a.cfg.NATSURL != "" {
-		nc, err := nats.Connect(a.cfg.NATSURL, nats.Name("foreman"), nats.MaxReconnects(-1))
+		opts, err := natsOptions(a.cfg)
+		if err != nil {
+			return err
+		}
+		nc, err := connectNATS(ctx, a.cfg.NATSURL, opts, a.log)
 		if err != nil {
 			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", RedactURLs(a.cfg.NATSURL), hideUserinfo(err, a.cfg.NATSURL))
 		}

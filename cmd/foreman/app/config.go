@@ -30,6 +30,11 @@ type Config struct {
 	NATSTLSCert  string
 	NATSTLSKey   string
 	NATSReplicas int // 0 = DefaultReplicas(NATSURL)
+	// Logging in to an external NATS (NATSURL only): a .creds file, a file with a user
+	// nkey seed, and a PEM file of the CA of the servers' TLS certificates.
+	NATSCreds    string
+	NATSNkeySeed string
+	NATSCA       string
 	PollInterval time.Duration
 	MaxAttempts  int
 	AckWait      time.Duration

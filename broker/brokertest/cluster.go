@@ -1,0 +1,179 @@
+package brokertest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// Cluster is n nats-servers with JetStream, routed to each other on loopback: a real
+// cluster in one process, for tests of what foreman does when a node dies. Foreman's
+// streams on it have 3 replicas.
+//
+// Every connection to a node, its clients' and its routes' both ways, goes through a
+// proxy of its own, so Kill can cut them all before the node stops: to the others the node
+// vanishes, as after kill -9 or a pulled cable, and they elect new leaders only when its
+// heartbeats are missed.
+type Cluster struct {
+	Nodes   []*server.Server
+	t       testing.TB
+	clients []*proxy   // clients[i]: clients to node i
+	routes  [][]*proxy // routes[i][j]: node i's route to node j
+}
+
+// NewCluster starts n clustered nats-servers, each on its own store directory under
+// t.TempDir(), and waits until JetStream has a meta leader. They stop when the test ends.
+func NewCluster(t testing.TB, n int) *Cluster {
+	t.Helper()
+	routes := make([]int, n)
+	for i := range routes {
+		routes[i] = freePort(t)
+	}
+	c := &Cluster{t: t, routes: make([][]*proxy, n)}
+	for i := range n {
+		c.routes[i] = make([]*proxy, n)
+		var peers []string
+		for j, port := range routes {
+			if j != i {
+				c.routes[i][j] = newProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
+				peers = append(peers, "nats://"+c.routes[i][j].addr())
+			}
+		}
+		opts := &server.Options{
+			ServerName: fmt.Sprintf("n%d", i+1),
+			Host:       "127.0.0.1",
+			Port:       -1,
+			JetStream:  true,
+			StoreDir:   t.TempDir(),
+			NoSigs:     true,
+			NoLog:      true,
+			// NoAdvertise: neither clients nor peers learn the real ports behind the proxies.
+			Cluster: server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: routes[i], NoAdvertise: true},
+			Routes:  server.RoutesFromStr(strings.Join(peers, ",")),
+		}
+		ns, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatalf("cluster node %d: %v", i+1, err)
+		}
+		ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatalf("cluster node %d not ready", i+1)
+		}
+		c.Nodes = append(c.Nodes, ns)
+		addr := ns.Addr().(*net.TCPAddr)
+		c.clients = append(c.clients, newProxy(t, addr.String()))
+	}
+	t.Cleanup(func() {
+		for i := range c.Nodes {
+			c.Kill(i)
+		}
+	})
+	c.waitFor(30*time.Second, "a JetStream meta leader", func() bool {
+		for _, ns := range c.Nodes {
+			if ns.Running() && ns.JetStreamIsLeader() {
+				return true
+			}
+		}
+		return false
+	})
+	return c
+}
+
+// freePort is a loopback TCP port nobody listened on a moment ago: route ports must be
+// known before the servers start, as each names the others'.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// URLs is the client URL of every node, comma-separated (FOREMAN_NATS_URL).
+func (c *Cluster) URLs() string {
+	var urls []string
+	for _, p := range c.clients {
+		urls = append(urls, "nats://"+p.addr())
+	}
+	return strings.Join(urls, ",")
+}
+
+// Connect connects to the cluster as foreman does with FOREMAN_NATS_URL, reconnecting
+// quickly to another node when its own goes; closed when the test ends.
+func (c *Cluster) Connect(t testing.TB) *nats.Conn {
+	t.Helper()
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	if err != nil {
+		t.Fatalf("connect to cluster: %v", err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
+}
+
+// Open opens a store with 3 replicas on a new connection to the cluster.
+func (c *Cluster) Open(t testing.TB, adjust func(*broker.Config)) *broker.Store {
+	t.Helper()
+	cfg := broker.Config{Conn: c.Connect(t), Replicas: 3}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := broker.Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("open store on the cluster: %v", err)
+	}
+	return st
+}
+
+// Kill cuts every connection of node i, then shuts it down: to its clients and peers it
+// dies as in a crash. Safe to call twice.
+func (c *Cluster) Kill(i int) {
+	c.clients[i].close()
+	for j := range c.Nodes {
+		if j != i {
+			c.routes[i][j].close()
+			c.routes[j][i].close()
+		}
+	}
+	c.Nodes[i].Shutdown()
+	c.Nodes[i].WaitForShutdown()
+}
+
+// StreamLeader is the index of the node leading stream (in the default account), waiting
+// for one to be elected.
+func (c *Cluster) StreamLeader(stream string) int {
+	c.t.Helper()
+	leader := -1
+	c.waitFor(30*time.Second, "a leader of stream "+stream, func() bool {
+		for i, ns := range c.Nodes {
+			if ns.Running() && ns.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, stream) {
+				leader = i
+				return true
+			}
+		}
+		return false
+	})
+	return leader
+}
+
+func (c *Cluster) waitFor(limit time.Duration, what string, cond func() bool) {
+	c.t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("cluster: no %s within %s", what, limit)
+		}
+		time.Sleep(20 * time.Millisecond) // polling the servers' state, with a deadline
+	}
+}

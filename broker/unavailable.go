@@ -1,0 +1,147 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ErrUnavailable is (wrapped in) the error of a store call that failed because JetStream
+// could not answer for a while: a cluster electing a stream leader after a node left, a
+// connection reconnecting to another node. The same call may well succeed a few seconds
+// later; the gateway answers it with 503 and Retry-After.
+var ErrUnavailable = errors.New("NATS cluster unavailable (electing a leader?)")
+
+// Retry windows for calls that meet an unavailable cluster (see ADR-0030): reads and the
+// gateway's writes retry briefly and then give up with ErrUnavailable, so a client is
+// answered 503 in seconds; the worker's writes that end a job retry longer on top of that.
+const (
+	defaultRetryWindow = 5 * time.Second
+	retryFirst         = 50 * time.Millisecond
+	retryMax           = time.Second
+	// attemptTimeout bounds each try, so one request lost to a dying node leaves time
+	// for the next within the window; artifactAttempt bounds each try of an object put,
+	// whose chunks are many publishes.
+	attemptTimeout  = 2 * time.Second
+	artifactAttempt = 10 * time.Second
+)
+
+// Transient reports whether err says JetStream could not answer for now, rather than
+// that the request was wrong: no responders (no stream leader), a timeout, a connection
+// that is reconnecting, or the server's "cluster not available" answers.
+func Transient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrUnavailable) {
+		return true
+	}
+	switch {
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
+		errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
+		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, jetstream.ErrNoHeartbeat):
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case 10008, // JetStream system temporarily unavailable
+			10009, // JetStream cluster can not handle request (not the leader)
+			10007, // JetStream cluster not assigned to this server
+			10004, // incomplete results
+			10118: // stream is offline
+			return true
+		}
+	}
+	return false
+}
+
+// startupTransient reports whether a set-up call failed because the cluster is not
+// ready yet: the transient errors, and a fresh cluster without enough peers (or their
+// resources) known for the replicas asked for.
+func startupTransient(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) {
+		switch apiErr.ErrorCode {
+		case 10005, // no suitable peers for placement
+			10023: // insufficient resources
+			return true
+		}
+	}
+	return Transient(err)
+}
+
+// unavailable wraps a transient error in ErrUnavailable; others pass unchanged.
+func unavailable(err error) error {
+	if err == nil || errors.Is(err, ErrUnavailable) || !Transient(err) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
+
+// retrying calls fn until it returns nil or a non-transient error, backing off between
+// tries, for up to window (bounded by ctx). Each try gets its own shorter deadline,
+// attempt. The
+// last transient error comes back wrapped in ErrUnavailable. fn must be safe to repeat:
+// every write foreman retries is a revision-checked update, a create, or a publish with
+// a message id, so a try that landed unseen fails the next try instead of writing twice.
+func retrying(ctx context.Context, window, attempt time.Duration, fn func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, window)
+	defer cancel()
+	delay := retryFirst
+	for {
+		actx, acancel := context.WithTimeout(ctx, attempt)
+		err := fn(actx)
+		acancel()
+		if !Transient(err) {
+			return err
+		}
+		if ctx.Err() != nil {
+			return unavailable(err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return unavailable(err)
+		case <-t.C:
+		}
+		delay = min(2*delay, retryMax)
+	}
+}
+
+// Start-up waits for a cluster that is not ready yet (a fresh one still forming, a node
+// short, a leader being elected): each set-up call is retried with a growing pause until
+// ctx ends, with a log line at each wait.
+const (
+	setupAttempt  = 10 * time.Second
+	setupFirst    = 250 * time.Millisecond
+	setupMaxPause = 5 * time.Second
+)
+
+// untilReady calls fn until it succeeds, fails for another reason than a cluster that
+// is not ready, or ctx ends.
+func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Context) error) error {
+	pause := setupFirst
+	for attempt := 1; ; attempt++ {
+		actx, cancel := context.WithTimeout(ctx, setupAttempt)
+		err := fn(actx)
+		cancel()
+		if err == nil || !startupTransient(err) || ctx.Err() != nil {
+			return err
+		}
+		s.log.Warn("waiting for the NATS cluster: "+what, "err", err, "attempt", attempt, "retry_in", pause)
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (gave up waiting for the NATS cluster: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+		pause = min(2*pause, setupMaxPause)
+	}
+}

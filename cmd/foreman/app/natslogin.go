@@ -1,0 +1,74 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
+
+// CheckNATSLogin says what is wrong with the settings foreman logs in to an external NATS
+// with: they need FOREMAN_NATS_URL (the embedded server has its own users), and a creds
+// file and an nkey seed are two ways of the same login.
+func CheckNATSLogin(c Config) error {
+	if c.NATSURL == "" {
+		for _, s := range []struct{ name, v string }{
+			{"FOREMAN_NATS_CREDS", c.NATSCreds}, {"FOREMAN_NATS_NKEY_SEED", c.NATSNkeySeed}, {"FOREMAN_NATS_CA", c.NATSCA},
+		} {
+			if s.v != "" {
+				return fmt.Errorf("%s=%q needs FOREMAN_NATS_URL: it logs in to an external NATS, and the embedded server has no use for it "+
+					"(its listener takes FOREMAN_NATS_USER/FOREMAN_NATS_PASSWORD, FOREMAN_NATS_NKEY and FOREMAN_NATS_TLS_CERT/KEY)", s.name, s.v)
+			}
+		}
+	}
+	if c.NATSCreds != "" && c.NATSNkeySeed != "" {
+		return errors.New("FOREMAN_NATS_CREDS and FOREMAN_NATS_NKEY_SEED exclude each other: a .creds file holds its own nkey seed")
+	}
+	return nil
+}
+
+// natsOptions are the options foreman connects to FOREMAN_NATS_URL with: reconnect to
+// another node for ever, and log in as the settings say (user and password may also be
+// in the URL itself).
+func natsOptions(c Config) ([]nats.Option, error) {
+	opts := []nats.Option{nats.Name("foreman"), nats.MaxReconnects(-1)}
+	if c.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(c.NATSCreds))
+	}
+	if c.NATSNkeySeed != "" {
+		o, err := nats.NkeyOptionFromSeed(c.NATSNkeySeed)
+		if err != nil {
+			return nil, fmt.Errorf("FOREMAN_NATS_NKEY_SEED=%q: %w", c.NATSNkeySeed, err)
+		}
+		opts = append(opts, o)
+	}
+	if c.NATSCA != "" {
+		opts = append(opts, nats.RootCAs(c.NATSCA))
+	}
+	return opts, nil
+}
+
+// connectNATS connects to urls, waiting while no server of them answers yet (a cluster
+// starting beside foreman) until ctx ends; any other failure (a refused login, a bad
+// certificate) ends it at once.
+func connectNATS(ctx context.Context, urls string, opts []nats.Option, log *slog.Logger) (*nats.Conn, error) {
+	pause := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		nc, err := nats.Connect(urls, opts...)
+		if err == nil || !errors.Is(err, nats.ErrNoServers) {
+			return nc, err
+		}
+		log.Warn("waiting for the NATS cluster: no server answers yet", "nats_url", RedactURLs(urls), "attempt", attempt, "retry_in", pause, "err", hideUserinfo(err, urls))
+		t := time.NewTimer(pause)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (gave up waiting for the NATS cluster: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+		pause = min(2*pause, 5*time.Second)
+	}
+}
