@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Client talks to one foreman. It is safe for concurrent use.
@@ -52,11 +54,11 @@ type Client struct {
 func New(baseURL string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(baseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("client: base URL %q is not an absolute http(s) URL", redactURL(baseURL))
+		return nil, fmt.Errorf("client: base URL %q is not an absolute http(s) URL", ollama.RedactURL(baseURL))
 	}
 	c := &Client{
 		base:         strings.TrimRight(baseURL, "/"),
-		shown:        redactURL(strings.TrimRight(baseURL, "/")),
+		shown:        ollama.RedactURL(strings.TrimRight(baseURL, "/")),
 		hc:           &http.Client{},
 		webhookAddr:  "127.0.0.1:0",
 		pollInterval: time.Second,
@@ -77,7 +79,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if c.natsURL != "" && c.nc == nil {
 		nc, err := nats.Connect(c.natsURL, append([]nats.Option{nats.Name("foreman-client")}, c.natsOpts...)...)
 		if err != nil {
-			return nil, fmt.Errorf("client: connect to NATS %s: %w", redactURLs(c.natsURL), err)
+			return nil, fmt.Errorf("client: connect to NATS %s: %w", ollama.RedactURLs(c.natsURL), err)
 		}
 		c.nc, c.ownNC = nc, true
 	}

@@ -45,3 +45,13 @@ func redacted(u *url.URL) string {
 	}
 	return v.String()
 }
+
+// RedactURLs redacts each URL of a comma-separated list, as NATS URLs are given
+// (FOREMAN_NATS_URL, the client's NATS URL).
+func RedactURLs(list string) string {
+	parts := strings.Split(list, ",")
+	for i, p := range parts {
+		parts[i] = RedactURL(p)
+	}
+	return strings.Join(parts, ",")
+}

@@ -17,6 +17,7 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // serveConfig is everything `foreman serve` is configured with: app.Config, whose fields
@@ -314,7 +315,7 @@ func shownValue(env, val string) string {
 	case secretSettings[env]:
 		return "(hidden)"
 	case urlSettings[env]:
-		return strconv.Quote(app.RedactURLs(val))
+		return strconv.Quote(ollama.RedactURLs(val))
 	}
 	return strconv.Quote(val)
 }

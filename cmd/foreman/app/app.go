@@ -222,7 +222,7 @@ func (a *App) startNATS(ctx context.Context) error {
 		}
 		nc, err := connectNATS(ctx, a.cfg.NATSURL, opts, a.log)
 		if err != nil {
-			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", RedactURLs(a.cfg.NATSURL), hideUserinfo(err, a.cfg.NATSURL))
+			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", ollama.RedactURLs(a.cfg.NATSURL), hideUserinfo(err, a.cfg.NATSURL))
 		}
 		a.nc = nc
 		return nil
@@ -247,16 +247,6 @@ func (a *App) startNATS(ctx context.Context) error {
 	a.natsSrv = srv
 	a.nc, err = srv.Connect()
 	return err
-}
-
-// RedactURLs redacts each URL of a comma-separated list (ollama.RedactURL), as
-// FOREMAN_NATS_URL holds them.
-func RedactURLs(list string) string {
-	parts := strings.Split(list, ",")
-	for i, p := range parts {
-		parts[i] = ollama.RedactURL(p)
-	}
-	return strings.Join(parts, ",")
 }
 
 // hideUserinfo returns err with the credentials of every URL in list (comma-separated)

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // CheckNATSLogin says what is wrong with the settings foreman logs in to an external NATS
@@ -61,7 +63,7 @@ func connectNATS(ctx context.Context, urls string, opts []nats.Option, log *slog
 		if err == nil || !errors.Is(err, nats.ErrNoServers) {
 			return nc, err
 		}
-		log.Warn("waiting for the NATS cluster: no server answers yet", "nats_url", RedactURLs(urls), "attempt", attempt, "retry_in", pause, "err", hideUserinfo(err, urls))
+		log.Warn("waiting for the NATS cluster: no server answers yet", "nats_url", ollama.RedactURLs(urls), "attempt", attempt, "retry_in", pause, "err", hideUserinfo(err, urls))
 		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
