@@ -274,17 +274,8 @@ func (s *Store) Depth(ctx context.Context) (map[string]uint64, error) {
 
 // DepthByKey returns the number of queued jobs per queue key (TokenFromSubject).
 func (s *Store) DepthByKey(ctx context.Context) (map[string]uint64, error) {
-	info, err := s.queue.Info(ctx, jetstream.WithSubjectFilter(QueueWildcard))
-	if err != nil {
-		return nil, fmt.Errorf("broker: queue info: %w", err)
-	}
-	out := make(map[string]uint64, len(info.State.Subjects))
-	for subj, n := range info.State.Subjects {
-		if token, ok := TokenFromSubject(subj); ok {
-			out[token] = n
-		}
-	}
-	return out, nil
+	out, _, err := s.DepthState(ctx)
+	return out, err
 }
 
 // QueueLen is the number of messages in the queue.
