@@ -5,9 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,8 +31,39 @@ const answerDeadline = 30 * time.Second
 
 // fuzzBundle is the gateway the HTTP and NATS fuzz targets share within one process. The
 // fake caps its replies so that a fuzzed num_predict cannot ask for an endless answer.
-func fuzzBundle(f *testing.F) *queuedBundle {
-	return newQueuedBundle(f, nil, withFake(ollamatest.WithMaxTokens(8)))
+// A fuzzed job may carry any state_webhook_url: it is checked at submit and stored, and
+// never contacted, since no webhook dispatcher runs here (newTestBundle starts none, the
+// worker sends no webhooks; wantNoWebhookTraffic checks both halves).
+func fuzzBundle(f *testing.F) (*queuedBundle, *atomic.Int64) {
+	var lookups atomic.Int64
+	b := newQueuedBundle(f, nil, withFake(ollamatest.WithMaxTokens(8)), withGateway(func(c *Config) {
+		c.WebhookPolicy.LookupNetIP = func(_ context.Context, _, host string) ([]netip.Addr, error) {
+			lookups.Add(1)
+			return nil, &net.DNSError{Err: "no lookups in the fuzz bundle", Name: host, IsNotFound: true}
+		}
+	}))
+	return b, &lookups
+}
+
+// wantNoWebhookTraffic fails if the bundle's webhook policy ever resolved a name (the
+// submit check does no DNS) or if a dispatcher answers for job id.
+func wantNoWebhookTraffic(t *testing.T, b *queuedBundle, lookups *atomic.Int64, id string) {
+	t.Helper()
+	if n := lookups.Load(); n != 0 {
+		t.Fatalf("the webhook policy resolved %d names", n)
+	}
+	if id == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
+	defer cancel()
+	req := httptest.NewRequestWithContext(ctx, http.MethodPost, "/jobs/"+id+"/deliveries/redeliver", nil)
+	w := httptest.NewRecorder()
+	b.GW.ServeHTTP(w, req)
+	noWebhook := w.Code == http.StatusConflict && strings.Contains(w.Body.String(), "job has no webhook")
+	if w.Code != http.StatusServiceUnavailable && !noWebhook {
+		t.Fatalf("redeliver %s: %d %s, want 503 (no dispatcher)", id, w.Code, w.Body)
+	}
 }
 
 var fuzzRoutes = []string{"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions", "/jobs"}
@@ -50,7 +84,7 @@ func FuzzHTTPSubmit(f *testing.F) {
 	f.Add(uint8(1), []byte(`{"model":"nope"}`))
 	f.Add(uint8(2), []byte(`{"model":"tiny-a","messages":"x"}`))
 	f.Add(uint8(4), []byte(`{`))
-	b := fuzzBundle(f)
+	b, lookups := fuzzBundle(f)
 	f.Fuzz(func(t *testing.T, route uint8, body []byte) {
 		path := fuzzRoutes[int(route)%len(fuzzRoutes)]
 		ctx, cancel := context.WithTimeout(context.Background(), answerDeadline)
@@ -84,6 +118,7 @@ func FuzzHTTPSubmit(f *testing.F) {
 			if status != http.StatusAccepted || json.Unmarshal(out, &s) != nil || broker.ValidateID(s.JobID) != nil {
 				t.Fatalf("POST /jobs %q: %d %s", body, status, out)
 			}
+			wantNoWebhookTraffic(t, b, lookups, s.JobID)
 		}
 	})
 }
@@ -97,8 +132,8 @@ func FuzzNATSSubmit(f *testing.F) {
 	f.Add([]byte(`{"model":"tiny-b","messages":[]}`), "k1")
 	f.Add([]byte(`{"model":"nope"}`), "")
 	f.Add([]byte(`not json`), "k2")
-	f.Add([]byte(`{"model":"tiny-a","state_webhook_url":"https://example.com/h","webhook_events":["done"]}`), "a key with spaces: and colons")
-	b := fuzzBundle(f)
+	f.Add([]byte(`{"model":"tiny-a","state_webhook_url":"https://hooks.example/h","webhook_events":["done"]}`), "a key with spaces: and colons")
+	b, lookups := fuzzBundle(f)
 	runCtx, stop := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- b.GW.RunNATSSubmit(runCtx) }()
@@ -152,6 +187,7 @@ func FuzzNATSSubmit(f *testing.F) {
 			return // a NATS header value cannot hold them
 		}
 		r := request(t, data, key)
+		wantNoWebhookTraffic(t, b, lookups, r.JobID)
 		if r.JobID == "" {
 			return
 		}

@@ -1,8 +1,11 @@
 package gateway
 
 import (
+	"context"
 	"encoding/json"
+	"net"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -11,12 +14,31 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 )
 
+// noSubmitDNS is a resolver seam for submit-time policies: the check at submit reads
+// the URL only, so any lookup fails the test.
+func noSubmitDNS(t *testing.T) func(context.Context, string, string) ([]netip.Addr, error) {
+	return func(_ context.Context, _, host string) ([]netip.Addr, error) {
+		t.Errorf("the submit check resolved %q", host)
+		return nil, &net.DNSError{Err: "no lookups at submit", Name: host, IsNotFound: true}
+	}
+}
+
+// wantNoDispatcher fails unless no webhook dispatcher runs on b, so the webhooks of the
+// jobs a test accepted (addresses like 10.x, the policy's input) are never sent.
+func wantNoDispatcher(t *testing.T, b *testBundle, id string) {
+	t.Helper()
+	resp, out := b.request(t, http.MethodPost, "/jobs/"+id+"/deliveries/redeliver", nil)
+	wantJobError(t, "redeliver without a dispatcher", resp, out, http.StatusServiceUnavailable)
+}
+
 // TestSubmitRefusesWebhookAddresses: with the default policy, a webhook URL naming a
 // loopback, link-local, unspecified or multicast address (or a localhost name) is a 400
 // over HTTP and over NATS, and nothing is queued; LAN addresses and names pass.
+// The addresses are what the policy checks at submit; none is contacted: the check does
+// no DNS (noSubmitDNS) and no dispatcher runs in the bundle (wantNoDispatcher).
 func TestSubmitRefusesWebhookAddresses(t *testing.T) {
 	t.Parallel()
-	b := newTestBundle(t, withGateway(func(c *Config) { c.WebhookPolicy = webhook.Policy{} }))
+	b := newTestBundle(t, withGateway(func(c *Config) { c.WebhookPolicy = webhook.Policy{LookupNetIP: noSubmitDNS(t)} }))
 	refused := map[string]string{
 		"http://127.0.0.1:11434/api/generate":     "loopback",
 		"http://127.8.9.10/h":                     "loopback",
@@ -40,8 +62,9 @@ func TestSubmitRefusesWebhookAddresses(t *testing.T) {
 			t.Errorf("%s: error %s does not say it is %s", u, out, why)
 		}
 	}
-	for _, u := range []string{"http://10.1.2.3:9000/h", "https://192.168.1.20/h", "https://hooks.example.com/h"} {
-		jobsSubmit(t, b, `{"model":"tiny-a","messages":[],"state_webhook_url":"`+u+`"}`)
+	for _, u := range []string{"http://10.1.2.3:9000/h", "https://192.168.1.20/h", "https://hooks.example/h"} {
+		id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[],"state_webhook_url":"`+u+`"}`)
+		wantNoDispatcher(t, b, id)
 	}
 
 	// The NATS submit goes through the same check.
@@ -72,7 +95,7 @@ func TestSubmitRefusesWebhookAddresses(t *testing.T) {
 
 // TestSubmitWebhookPolicyOptions: FOREMAN_WEBHOOK_ALLOW_NETS opens a range,
 // FOREMAN_WEBHOOK_DENY_PRIVATE closes the LAN, and the target's own host:port stays
-// refused even inside an opened range.
+// refused even inside an opened range. As above, nothing is resolved or contacted.
 func TestSubmitWebhookPolicyOptions(t *testing.T) {
 	t.Parallel()
 	nets, err := webhook.ParseNets("127.0.0.0/8, 10.9.0.0/16")
@@ -81,10 +104,10 @@ func TestSubmitWebhookPolicyOptions(t *testing.T) {
 	}
 	b := newTestBundle(t, withGateway(func(c *Config) {
 		ep, _ := webhook.EndpointOf(c.TargetURL)
-		c.WebhookPolicy = webhook.Policy{AllowNets: nets, DenyPrivate: true, Protected: []string{ep, "mac.lan:11434"}}
+		c.WebhookPolicy = webhook.Policy{AllowNets: nets, DenyPrivate: true, Protected: []string{ep, "mac.lan:11434"}, LookupNetIP: noSubmitDNS(t)}
 	}))
 	jobsSubmit(t, b, `{"model":"tiny-a","messages":[],"state_webhook_url":"http://127.0.0.1:9/h"}`)
-	jobsSubmit(t, b, `{"model":"tiny-a","messages":[],"state_webhook_url":"http://10.9.1.1/h"}`)
+	wantNoDispatcher(t, b, jobsSubmit(t, b, `{"model":"tiny-a","messages":[],"state_webhook_url":"http://10.9.1.1/h"}`))
 	for u, why := range map[string]string{
 		"http://10.1.2.3/h":                                      "private",
 		"http://192.168.1.5/h":                                   "private",

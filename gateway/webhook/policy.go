@@ -58,10 +58,15 @@ type Policy struct {
 	// InterfaceAddrs lists this machine's addresses; default net.InterfaceAddrs.
 	InterfaceAddrs func() ([]net.Addr, error)
 
-	// connect makes the connection to a checked ip:port; nil is a net.Dialer. Tests
+	// connect makes the connection to a checked ip:port; nil is dialDirect. Tests
 	// replace it to prove a refused address is never connected to.
 	connect func(ctx context.Context, network, addr string) (net.Conn, error)
 }
+
+// dialDirect makes a policy's connections when its connect is nil. The package's tests
+// replace it (TestMain) with a dialer that refuses, and reports, any address off this
+// machine, so no test can reach a real host whatever policy it builds.
+var dialDirect = (&net.Dialer{}).DialContext
 
 // ParseNets reads a comma-separated list of CIDRs (a bare address is one address).
 func ParseNets(s string) ([]netip.Prefix, error) {
@@ -362,8 +367,7 @@ func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Con
 	)
 	connect := p.connect
 	if connect == nil {
-		var d net.Dialer
-		connect = d.DialContext
+		connect = dialDirect
 	}
 	for _, ip := range ips {
 		if err := p.CheckAddr(ctx, ip, port); err != nil {

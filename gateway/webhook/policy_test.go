@@ -3,15 +3,108 @@ package webhook
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
+
+// No test of this package connects off this machine. Every connection a Policy makes
+// (DialContext, so also Policy.Client and every dispatcher) goes to its connect seam or,
+// when a test leaves that nil, to dialDirect, which TestMain swaps for onlyLoopback: a
+// non-loopback address is refused before any packet is sent, and the run fails.
+// Addresses such as 169.254.169.254 or 10.x below are the policy's input (resolver
+// answers, literal URLs); they are checked, never dialled.
+
+// offMachine records the non-loopback addresses a test of this package tried to reach.
+var offMachine struct {
+	sync.Mutex
+	addrs []string
+}
+
+func TestMain(m *testing.M) {
+	dialDirect = onlyLoopback(func(addr string) {
+		offMachine.Lock()
+		defer offMachine.Unlock()
+		offMachine.addrs = append(offMachine.addrs, addr)
+	})
+	code := m.Run()
+	if len(offMachine.addrs) > 0 {
+		fmt.Fprintf(os.Stderr, "FAIL: tests tried to connect off this machine: %v\n", offMachine.addrs)
+		code = 1
+	}
+	os.Exit(code)
+}
+
+// errOffMachine is onlyLoopback refusing an address.
+var errOffMachine = errors.New("test dialer: not a loopback address, no connection made")
+
+// onlyLoopback is a connect function that dials loopback ip:port addresses only; for any
+// other address it calls report and fails without touching the network.
+func onlyLoopback(report func(addr string)) func(context.Context, string, string) (net.Conn, error) {
+	var d net.Dialer
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if ap, err := netip.ParseAddrPort(addr); err != nil || !ap.Addr().Unmap().IsLoopback() {
+			report(addr)
+			return nil, fmt.Errorf("%s: %w", addr, errOffMachine)
+		}
+		return d.DialContext(ctx, network, addr)
+	}
+}
+
+// noConnect is a connect function for tests in which the policy must refuse every
+// address: any call fails the test, and none reaches the network.
+func noConnect(t *testing.T, what string) func(context.Context, string, string) (net.Conn, error) {
+	return func(_ context.Context, _, addr string) (net.Conn, error) {
+		t.Errorf("%s: connected to %s", what, addr)
+		return nil, errors.New("no connection in this test")
+	}
+}
+
+// TestOnlyLoopbackGuard: the dialer the package's tests use refuses addresses off this
+// machine (documentation ranges here) before any connection, and still reaches loopback.
+func TestOnlyLoopbackGuard(t *testing.T) {
+	t.Parallel()
+	var reported []string
+	dial := onlyLoopback(func(addr string) { reported = append(reported, addr) })
+	for _, addr := range []string{"192.0.2.1:80", "[2001:db8::1]:443", "[::ffff:198.51.100.7]:80", "hooks.invalid:80"} {
+		if c, err := dial(context.Background(), "tcp", addr); !errors.Is(err, errOffMachine) {
+			if c != nil {
+				c.Close()
+			}
+			t.Errorf("dial %s: %v, want errOffMachine", addr, err)
+		}
+	}
+	if len(reported) != 4 {
+		t.Errorf("reported %v, want all four addresses", reported)
+	}
+	rcv := newReceiver(t, nil)
+	c, err := dial(context.Background(), "tcp", strings.TrimPrefix(rcv.URL, "http://"))
+	if err != nil {
+		t.Fatalf("dial the loopback receiver: %v", err)
+	}
+	c.Close()
+	// A policy left with no connect of its own dials through the guard.
+	p := Policy{AllowNets: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}}
+	if _, err := p.DialContext(context.Background(), "tcp", "192.0.2.1:80"); !errors.Is(err, errOffMachine) {
+		t.Errorf("policy dial of 192.0.2.1: %v, want the test dialer's refusal", err)
+	}
+	offMachine.Lock()
+	defer offMachine.Unlock()
+	for i, a := range offMachine.addrs {
+		if a == "192.0.2.1:80" { // this test's own attempt, not a leak
+			offMachine.addrs = append(offMachine.addrs[:i], offMachine.addrs[i+1:]...)
+			break
+		}
+	}
+}
 
 // names is a resolver seam: test names map to fixed addresses, nothing else resolves.
 func names(m map[string][]string) func(context.Context, string, string) ([]netip.Addr, error) {
@@ -28,8 +121,8 @@ func names(m map[string][]string) func(context.Context, string, string) ([]netip
 }
 
 // TestPolicyDialRefusesBeforeConnecting: names resolving to refused addresses are refused
-// by the dialer itself, so no connection is attempted (a connect to 169.254.169.254 or
-// 10.x would time out here, not return ErrRefused).
+// by the dialer itself, so no connection is attempted (noConnect fails the test if one
+// is). The addresses are the resolver seam's answers, the policy's input: never dialled.
 func TestPolicyDialRefusesBeforeConnecting(t *testing.T) {
 	t.Parallel()
 	lookup := names(map[string][]string{
@@ -63,10 +156,7 @@ func TestPolicyDialRefusesBeforeConnecting(t *testing.T) {
 		{Policy{LookupNetIP: lookup, Protected: []string{"lan.test:11434"}}, "10.20.30.40:11434"},
 	}
 	for _, c := range cases {
-		c.policy.connect = func(_ context.Context, _, addr string) (net.Conn, error) {
-			t.Errorf("dial %s: connected to %s", c.addr, addr)
-			return nil, errors.New("no connection in this test")
-		}
+		c.policy.connect = noConnect(t, "dial "+c.addr)
 		conn, err := c.policy.DialContext(context.Background(), "tcp", c.addr)
 		if conn != nil {
 			conn.Close()
@@ -78,7 +168,8 @@ func TestPolicyDialRefusesBeforeConnecting(t *testing.T) {
 }
 
 // TestPolicyDialAllowsOpenedRanges: a name resolving to an opened range is dialled (here
-// a loopback receiver), also when the name resolves to a refused address first.
+// a loopback receiver), also when the name resolves to a refused address first (the
+// metadata address, which the policy skips: it is never dialled).
 func TestPolicyDialAllowsOpenedRanges(t *testing.T) {
 	t.Parallel()
 	rcv := newReceiver(t, nil)
@@ -87,13 +178,10 @@ func TestPolicyDialAllowsOpenedRanges(t *testing.T) {
 		"hook.test": {"169.254.169.254", "127.0.0.1"},
 	})}
 	var connected []string
+	loopback := onlyLoopback(func(addr string) { t.Errorf("connected to %s, off this machine", addr) })
 	p.connect = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		connected = append(connected, addr)
-		if !strings.HasPrefix(addr, "127.0.0.1:") {
-			return nil, errors.New("not a loopback address")
-		}
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr)
+		return loopback(ctx, network, addr)
 	}
 	conn, err := p.DialContext(context.Background(), "tcp", net.JoinHostPort("hook.test", port))
 	if err != nil {
@@ -105,6 +193,8 @@ func TestPolicyDialAllowsOpenedRanges(t *testing.T) {
 	}
 }
 
+// TestPolicyCheckURL: the submit-time check reads the URL only (no DNS, no connection),
+// so the addresses below are inputs, never contacted.
 func TestPolicyCheckURL(t *testing.T) {
 	t.Parallel()
 	p := Policy{Protected: []string{"mac.lan:11434", "127.0.0.1:8080"}}
@@ -116,8 +206,8 @@ func TestPolicyCheckURL(t *testing.T) {
 		"http://mac.lan:11434/h":       false,
 		"http://MAC.LAN.:11434/h":      false,
 		"http://mac.lan/h":             true, // port 80, not the target's
-		"https://hooks.example.com/h":  true, // names are checked at dial time
-		"http://10.0.0.1:11434/h":      true,
+		"https://hooks.example/h":      true, // names are checked at dial time
+		"http://10.0.0.1:11434/h":      true, // private: allowed by default
 		"https://[2001:db8::1]:8443/h": true,
 	} {
 		u, _ := url.Parse(raw)
@@ -174,10 +264,7 @@ func TestRefusedDeliveryIsLoggedNotRetried(t *testing.T) {
 		"metadata.test": {"169.254.169.254"},
 		"hook.test":     {"127.0.0.1"},
 	})}
-	cfg.Policy.connect = func(_ context.Context, _, addr string) (net.Conn, error) {
-		t.Errorf("connected to %s", addr)
-		return nil, errors.New("no connection in this test")
-	}
+	cfg.Policy.connect = noConnect(t, "refused delivery")
 	runDispatcher(t, cfg)
 
 	meta := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: "http://metadata.test/latest/meta-data", Events: []broker.State{broker.StateQueued}}})
@@ -204,6 +291,8 @@ func TestRefusedDeliveryIsLoggedNotRetried(t *testing.T) {
 
 // Addresses that lead to a refused one by another spelling are refused as it is: IPv6
 // forms carrying an IPv4 address, site-local IPv6, and (with DenyPrivate) CGNAT space.
+// CheckAddr and CheckURL connect to nothing; "a public address" is 192.0.2.33
+// (TEST-NET-1, RFC 5737), so even a mistake could not reach a real host.
 func TestPolicyEmbeddedAndExtraRanges(t *testing.T) {
 	t.Parallel()
 	deny := Policy{DenyPrivate: true}
@@ -214,15 +303,15 @@ func TestPolicyEmbeddedAndExtraRanges(t *testing.T) {
 	}{
 		{Policy{}, "64:ff9b::7f00:1", false},                       // NAT64 of 127.0.0.1
 		{Policy{}, "64:ff9b::a9fe:a9fe", false},                    // NAT64 of 169.254.169.254
-		{Policy{}, "64:ff9b::5db8:d822", true},                     // NAT64 of a public address
+		{Policy{}, "64:ff9b::c000:221", true},                      // NAT64 of a public address
 		{Policy{}, "64:ff9b:1:7f00:1::", false},                    // local-use /48 of 127.0.0.1
 		{Policy{}, "64:ff9b:1::7f00:1", false},                     // local-use read as /96
-		{Policy{}, "64:ff9b:1:5db8:d8:2200::", true},               // local-use /48 of a public address
+		{Policy{}, "64:ff9b:1:c000:2:2100::", true},                // local-use /48 of a public address
 		{Policy{}, "::7f00:1", false},                              // IPv4-compatible 127.0.0.1
 		{Policy{}, "::a9fe:a9fe", false},                           // IPv4-compatible 169.254.169.254
 		{Policy{}, "2002:7f00:1::1", false},                        // 6to4 of 127.0.0.1
 		{Policy{}, "2002:a9fe:a9fe::1", false},                     // 6to4 of 169.254.169.254
-		{Policy{}, "2002:5db8:d822::1", true},                      // 6to4 of a public address
+		{Policy{}, "2002:c000:221::1", true},                       // 6to4 of a public address
 		{Policy{}, "fec0::1", false},                               // site-local
 		{Policy{}, "2001:db8::1", true},                            // none of these
 		{Policy{}, "100.64.0.1", true},                             // CGNAT: allowed by default
@@ -248,24 +337,24 @@ func TestPolicyEmbeddedAndExtraRanges(t *testing.T) {
 }
 
 // Numeric hosts that resolvers read as IPv4 addresses (inet_aton) are checked at submit
-// like the dotted-quad they stand for.
+// like the dotted-quad they stand for (a URL check: nothing is resolved or dialled).
 func TestPolicyCheckURLInetAtonForms(t *testing.T) {
 	t.Parallel()
 	for raw, ok := range map[string]bool{
-		"http://2130706433/h":      false, // 127.0.0.1
-		"http://0177.0.0.1/h":      false,
-		"http://0x7f.1/h":          false,
-		"http://127.1/h":           false,
-		"http://0x7F000001/h":      false,
-		"http://0xa9.254.43518/h":  false, // 169.254.169.254
-		"http://0/h":               false, // 0.0.0.0
-		"http://1572395042/h":      true,  // 93.184.216.34
-		"http://127.0.0.1.5/h":     true,  // five parts: a name
-		"http://0x1ffffffff/h":     true,  // too large: a name
-		"http://127.0.256/h":       false, // 127.0.1.0 (the last part fills two bytes)
-		"http://08.0.0.1/h":        true,  // not octal: a name
-		"http://example.123/h":     true,
-		"http://1e3.example.com/h": true,
+		"http://2130706433/h":     false, // 127.0.0.1
+		"http://0177.0.0.1/h":     false,
+		"http://0x7f.1/h":         false,
+		"http://127.1/h":          false,
+		"http://0x7F000001/h":     false,
+		"http://0xa9.254.43518/h": false, // 169.254.169.254
+		"http://0/h":              false, // 0.0.0.0
+		"http://3221226017/h":     true,  // 192.0.2.33
+		"http://127.0.0.1.5/h":    true,  // five parts: a name
+		"http://0x1ffffffff/h":    true,  // too large: a name
+		"http://127.0.256/h":      false, // 127.0.1.0 (the last part fills two bytes)
+		"http://08.0.0.1/h":       true,  // not octal: a name
+		"http://example.123/h":    true,
+		"http://1e3.example/h":    true,
 	} {
 		u, err := url.Parse(raw)
 		if err != nil {
@@ -279,7 +368,7 @@ func TestPolicyCheckURLInetAtonForms(t *testing.T) {
 			t.Errorf("CheckURL(%s) = %v, not ErrRefused", raw, err)
 		}
 	}
-	for in, want := range map[string]string{"2130706433": "127.0.0.1", "0177.0.0.1": "127.0.0.1", "0x7f.1": "127.0.0.1", "127.1": "127.0.0.1", "10.1.2": "10.1.0.2", "0xc0.0250.1": "192.168.0.1"} {
+	for in, want := range map[string]string{"2130706433": "127.0.0.1", "0177.0.0.1": "127.0.0.1", "0x7f.1": "127.0.0.1", "127.1": "127.0.0.1", "10.1.2": "10.1.0.2", "3221226017": "192.0.2.33", "0xc0.0250.1": "192.168.0.1"} {
 		if a, ok := inetAton(in); !ok || a.String() != want {
 			t.Errorf("inetAton(%q) = %v %v, want %s", in, a, ok, want)
 		}
