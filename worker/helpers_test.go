@@ -108,35 +108,27 @@ func (tb *testBundle) chat(t *testing.T, model string, n int) *broker.Job {
 // waitState polls job id until it is in state want.
 func (tb *testBundle) waitState(t *testing.T, id string, want broker.State) *broker.Job {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		j, _, err := tb.b.Store.Get(ctxT(t), id)
-		if err == nil && j.State == want {
-			return j
+	var j *broker.Job
+	eventually(t, 30*time.Second, "job "+id+" "+string(want), func() bool {
+		got, _, err := tb.b.Store.Get(ctxT(t), id)
+		if err != nil {
+			return false
 		}
-		if err == nil && j.State.Terminal() {
-			t.Fatalf("job %s ended %s (%s), want %s", id, j.State, j.Error, want)
+		if got.State != want && got.State.Terminal() {
+			t.Fatalf("job %s ended %s (%s), want %s", id, got.State, got.Error, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s: state %v (err %v), want %s", id, j, err, want)
-		}
-		time.Sleep(2 * time.Millisecond) // polling with a deadline
-	}
+		j = got
+		return got.State == want
+	})
+	return j
 }
 
 func (tb *testBundle) waitQueueEmpty(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(t, 30*time.Second, "queue empty", func() bool {
 		n, err := tb.b.Store.QueueLen(ctxT(t))
-		if err == nil && n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue still holds %d (err %v)", n, err)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return err == nil && n == 0
+	})
 }
 
 func waitCtx(t *testing.T) context.Context {
@@ -241,3 +233,19 @@ func (s *stateWatch) until(t *testing.T) []broker.State {
 func contains[T comparable](s []T, v T) bool { return slices.Contains(s, v) }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// eventually checks cond at once and then every 10ms until it holds; it fails t with
+// what if within passes first. cond runs on the test's goroutine and may call t.Fatal.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(within)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("%s: not within %v", what, within)
+		}
+	}
+}
