@@ -105,22 +105,29 @@ func (tb *testBundle) chat(t *testing.T, model string, n int) *broker.Job {
 	return tb.submit(t, model, broker.KindChat, chatBody(model, n))
 }
 
-// waitState polls job id until it is in state want.
+// waitState waits, on the job's state events, until job id is in state want. The watch
+// starts before the first read, so no write slips between them, and it sees every state,
+// however briefly held.
 func (tb *testBundle) waitState(t *testing.T, id string, want broker.State) *broker.Job {
 	t.Helper()
-	var j *broker.Job
-	eventually(t, 30*time.Second, "job "+id+" "+string(want), func() bool {
-		got, _, err := tb.b.Store.Get(ctxT(t), id)
-		if err != nil {
-			return false
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w, err := tb.b.Store.WatchJob(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	j, _, err := tb.b.Store.Get(ctx, id)
+	for ; err == nil; j, err = w.Next(ctx) {
+		if j.State == want {
+			return j
 		}
-		if got.State != want && got.State.Terminal() {
-			t.Fatalf("job %s ended %s (%s), want %s", id, got.State, got.Error, want)
+		if j.State.Terminal() {
+			t.Fatalf("job %s ended %s (%s), want %s", id, j.State, j.Error, want)
 		}
-		j = got
-		return got.State == want
-	})
-	return j
+	}
+	t.Fatalf("job %s: never %s: %v", id, want, err)
+	return nil
 }
 
 func (tb *testBundle) waitQueueEmpty(t *testing.T) {
