@@ -265,17 +265,29 @@ func TestAsyncJobCancelQueuedAndRunning(t *testing.T) {
 	wantJobError(t, "cancel a finished job", resp, out, http.StatusConflict)
 }
 
+// waitJobState reads job id through GET /jobs/{id} at once and again after each of its
+// state events, until it is in state want. The watch starts before the first read, so no
+// write slips between them.
 func waitJobState(t *testing.T, b *testBundle, id string, want broker.State) jobView {
 	t.Helper()
-	var v jobView
-	eventually(t, 20*time.Second, "job "+id+" "+string(want), func() bool {
-		v = jobsGet(t, b, id)
-		if v.State != want && v.State.Terminal() {
+	ctx := testCtx(t, 20*time.Second)
+	w, err := b.Broker.Store.WatchJob(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	for {
+		v := jobsGet(t, b, id)
+		if v.State == want {
+			return v
+		}
+		if v.State.Terminal() {
 			t.Fatalf("job %s is %s (%s), want %s", id, v.State, v.Error, want)
 		}
-		return v.State == want
-	})
-	return v
+		if _, err := w.Next(ctx); err != nil {
+			t.Fatalf("job %s is %s (%s), want %s: %v", id, v.State, v.Error, want, err)
+		}
+	}
 }
 
 func TestNATSClientSubmitsAndWatches(t *testing.T) {
