@@ -106,13 +106,9 @@ func TestCancelAbandonedOnASharedStoreFollowsPresence(t *testing.T) {
 	}
 	// The crashed foreman's key expires a PresenceTTL after its last heartbeat; the one
 	// that keeps announcing stays.
-	deadline := time.Now().Add(15 * time.Second)
-	for !b.Store.CallerGone(ctx, silent) {
-		if time.Now().After(deadline) {
-			t.Fatal("a silent foreman still counts as present long after PresenceTTL")
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
-	}
+	eventually(t, 15*time.Second, "a silent foreman gone after PresenceTTL", func() bool {
+		return b.Store.CallerGone(ctx, silent)
+	})
 	if b.Store.CallerGone(ctx, live) {
 		t.Fatal("a foreman that keeps announcing itself dropped out")
 	}

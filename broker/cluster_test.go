@@ -30,16 +30,10 @@ func TestClusterWriteThroughLeaderKill(t *testing.T) {
 		t.Fatalf("write after the leader died: %v", err)
 	}
 	// A replica's direct read may lag the write for a moment.
-	for {
+	eventually(t, time.Minute, "the write read back as canceled", func() bool {
 		got, _, err := st.Get(ctx, j.ID)
-		if err == nil && got.State == broker.StateCanceled {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("read back: %+v, %v", got, err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling a replica with a deadline
-	}
+		return err == nil && got.State == broker.StateCanceled
+	})
 }
 
 // With no quorum left, reads give up after the retry window with ErrUnavailable (the

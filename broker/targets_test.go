@@ -38,17 +38,11 @@ func TestTargetsPublishWithdrawExpire(t *testing.T) {
 	if got, _ := b.Store.Targets(ctx); len(got) != 1 || got[0].Name != "studio.local" {
 		t.Fatalf("after withdraw: %+v", got)
 	}
-	for {
+	eventually(t, 30*time.Second, "target entry expired", func() bool {
 		got, err := b.Store.Targets(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(got) == 0 {
-			return
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("entry never expired: %+v", got)
-		}
-		time.Sleep(50 * time.Millisecond) // polling with a deadline
-	}
+		return len(got) == 0
+	})
 }

@@ -34,15 +34,11 @@ func TestQueueAndJobPosition(t *testing.T) {
 		t.Fatal(err)
 	}
 	var q *client.Queue
-	for deadline := time.Now().Add(20 * time.Second); ; {
-		if q, err = c.Queue(ctx, 1); err == nil && q.Running != nil && q.Total == 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Queue = %+v, %v", q, err)
-		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline: the worker records its start
-	}
+	// The worker records its start a moment after taking the job.
+	eventually(t, 20*time.Second, "queue shows the running job and 2 in all", func() bool {
+		q, err = c.Queue(ctx, 1)
+		return err == nil && q.Running != nil && q.Total == 2
+	})
 	if q.Running.ID != held || len(q.Queued) != 1 || q.Queued[0].JobID != next || q.Queued[0].QueuePosition != 1 || q.Queued[0].ETA.IsZero() {
 		t.Fatalf("Queue(1) = running %+v, queued %+v", q.Running, q.Queued)
 	}

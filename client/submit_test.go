@@ -182,20 +182,13 @@ func TestSubmitContextEnds(t *testing.T) {
 // waitState polls until job id is in state want.
 func waitState(t *testing.T, c *client.Client, id string, want client.State) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually(t, 10*time.Second, "job "+id+" "+string(want), func() bool {
 		j, err := c.Job(context.Background(), id)
 		if err != nil {
 			t.Fatalf("Job(%s): %v", id, err)
 		}
-		if j.State == want {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s is %s, want %s", id, j.State, want)
-		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
-	}
+		return j.State == want
+	})
 }
 
 func TestAuth(t *testing.T) {
@@ -350,5 +343,21 @@ func TestNATSURL(t *testing.T) {
 	}
 	if _, err := client.New(f.URL, client.WithNATSURL("nats://127.0.0.1:1")); err == nil {
 		t.Fatal("New with an unreachable NATS URL succeeded")
+	}
+}
+
+// eventually checks cond at once and then every 10ms until it holds; it fails t with
+// what if within passes first. cond runs on the test's goroutine and may call t.Fatal.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(within)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("%s: not within %v", what, within)
+		}
 	}
 }

@@ -41,17 +41,12 @@ func TestHealthzDegradedAndRecovery(t *testing.T) {
 	b := newTestBundle(t, withPolling(20*time.Millisecond))
 	waitHealth := func(what string, ok func(healthReply) bool) healthReply {
 		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			h := getHealth(t, b)
-			if ok(h) {
-				return h
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("waiting for %s: last /healthz %+v", what, h)
-			}
-			time.Sleep(10 * time.Millisecond) // polling with a deadline
-		}
+		var h healthReply
+		eventually(t, 10*time.Second, "/healthz "+what, func() bool {
+			h = getHealth(t, b)
+			return ok(h)
+		})
+		return h
 	}
 	h := waitHealth("healthy", func(h healthReply) bool { return h.Target.Reachable })
 	if h.Status != "ok" || h.Degraded || h.NATS != "ok" || h.Target.URL != b.Fake.URL || h.Target.LastPoll == nil {

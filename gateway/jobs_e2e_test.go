@@ -265,18 +265,28 @@ func TestAsyncJobCancelQueuedAndRunning(t *testing.T) {
 	wantJobError(t, "cancel a finished job", resp, out, http.StatusConflict)
 }
 
+// waitJobState reads job id through GET /jobs/{id} at once and again after each of its
+// state events, until it is in state want. The watch starts before the first read, so no
+// write slips between them.
 func waitJobState(t *testing.T, b *testBundle, id string, want broker.State) jobView {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	ctx := testCtx(t, 20*time.Second)
+	w, err := b.Broker.Store.WatchJob(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
 	for {
 		v := jobsGet(t, b, id)
 		if v.State == want {
 			return v
 		}
-		if v.State.Terminal() || time.Now().After(deadline) {
+		if v.State.Terminal() {
 			t.Fatalf("job %s is %s (%s), want %s", id, v.State, v.Error, want)
 		}
-		time.Sleep(20 * time.Millisecond)
+		if _, err := w.Next(ctx); err != nil {
+			t.Fatalf("job %s is %s (%s), want %s: %v", id, v.State, v.Error, want, err)
+		}
 	}
 }
 
@@ -358,35 +368,26 @@ func TestJobTTLRemovesRecordDeliveriesAndArtifacts(t *testing.T) {
 	rcv.next(t)
 	ctx := testCtx(t, 30*time.Second)
 	// Everything exists once the delivery is logged.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually(t, 20*time.Second, "delivery logged", func() bool {
 		log, _ := b.Broker.Store.Deliveries(ctx, id)
-		if len(log) > 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("delivery never logged")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return len(log) > 0
+	})
 	obs, err := b.Broker.JetStream(t).ObjectStore(ctx, broker.ArtifactsBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// ... and is gone after the TTL.
-	deadline = time.Now().Add(20 * time.Second)
-	for {
-		jj, rev, jerr := b.Broker.Store.Get(ctx, id)
-		log, lerr := b.Broker.Store.Deliveries(ctx, id)
+	eventually(t, 20*time.Second, "record, delivery log and artifact gone after the TTL", func() bool {
+		// Cheapest first: each artifact read sets up a consumer.
+		if _, _, jerr := b.Broker.Store.Get(ctx, id); !errors.Is(jerr, broker.ErrNotFound) {
+			return false
+		}
+		if log, lerr := b.Broker.Store.Deliveries(ctx, id); lerr != nil || len(log) != 0 {
+			return false
+		}
 		_, oerr := obs.GetBytes(ctx, id+"/result.json")
-		if errors.Is(jerr, broker.ErrNotFound) && lerr == nil && len(log) == 0 && errors.Is(oerr, jetstream.ErrObjectNotFound) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after the TTL: record %v (rev %d: %+v), log %d entries (%v), artifact %v", jerr, rev, jj, len(log), lerr, oerr)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return errors.Is(oerr, jetstream.ErrObjectNotFound)
+	})
 	resp, out := b.request(t, http.MethodGet, "/jobs/"+id, nil)
 	wantJobError(t, "expired job", resp, out, http.StatusNotFound)
 }

@@ -154,17 +154,10 @@ func TestTagsFreshAndCached(t *testing.T) {
 	b.Fake.AddModel(ollamatest.Model{Name: "late:latest"})
 	// The initial poll is older than tagsMaxAge once the deadline passes; poll until the
 	// gateway's answer shows the new model.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually(t, 10*time.Second, "/api/tags shows a model added to the target", func() bool {
 		_, body := b.request(t, http.MethodGet, "/api/tags", nil)
-		if bytes.Contains(body, []byte(`"late:latest"`)) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/api/tags never showed a model added to the target: %s", body)
-		}
-		time.Sleep(50 * time.Millisecond) // polling with a deadline
-	}
+		return bytes.Contains(body, []byte(`"late:latest"`))
+	})
 	b.Fake.SetDown(true)
 	if err := b.Inv.Refresh(testCtx(t, 10*time.Second)); err == nil {
 		t.Fatal("refresh against a down target succeeded")

@@ -58,18 +58,11 @@ func TestQueueShowsOrderPositionAndETA(t *testing.T) {
 	a2 := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"a2"}]}`, "X-Foreman-Priority", "low")
 
 	// Wait for the worker's running job to be recorded (it must be in loading or working).
-	waitRunning := time.Now().Add(20 * time.Second)
 	var q queueBody
-	for {
+	eventually(t, 20*time.Second, "queue shows the running job and 3 waiting", func() bool {
 		q = getQueue(t, b, "")
-		if q.Running != nil && q.Total == 3 {
-			break
-		}
-		if time.Now().After(waitRunning) {
-			t.Fatalf("queue never showed the running job and 3 waiting: %+v", q)
-		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
-	}
+		return q.Running != nil && q.Total == 3
+	})
 	if q.Running.ID != running {
 		t.Fatalf("running %s, want %s", q.Running.ID, running)
 	}

@@ -125,7 +125,9 @@ func TestStreamIdleTimeoutIgnoresCallbackTime(t *testing.T) {
 	var frames int
 	_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error {
 		frames++
-		time.Sleep(200 * time.Millisecond) // a slow consumer: four times the idle limit
+		// A slow consumer on purpose, not a wait: the callback must really outlast the idle
+		// limit (four times over) on the wall clock, which no channel can stand in for.
+		time.Sleep(200 * time.Millisecond)
 		next <- struct{}{}
 		return nil
 	}, ollama.FirstByteTimeout(time.Minute), ollama.IdleTimeout(50*time.Millisecond))

@@ -105,38 +105,37 @@ func (tb *testBundle) chat(t *testing.T, model string, n int) *broker.Job {
 	return tb.submit(t, model, broker.KindChat, chatBody(model, n))
 }
 
-// waitState polls job id until it is in state want.
+// waitState waits, on the job's state events, until job id is in state want. The watch
+// starts before the first read, so no write slips between them, and it sees every state,
+// however briefly held.
 func (tb *testBundle) waitState(t *testing.T, id string, want broker.State) *broker.Job {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		j, _, err := tb.b.Store.Get(ctxT(t), id)
-		if err == nil && j.State == want {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w, err := tb.b.Store.WatchJob(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	j, _, err := tb.b.Store.Get(ctx, id)
+	for ; err == nil; j, err = w.Next(ctx) {
+		if j.State == want {
 			return j
 		}
-		if err == nil && j.State.Terminal() {
+		if j.State.Terminal() {
 			t.Fatalf("job %s ended %s (%s), want %s", id, j.State, j.Error, want)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s: state %v (err %v), want %s", id, j, err, want)
-		}
-		time.Sleep(2 * time.Millisecond) // polling with a deadline
 	}
+	t.Fatalf("job %s: never %s: %v", id, want, err)
+	return nil
 }
 
 func (tb *testBundle) waitQueueEmpty(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(t, 30*time.Second, "queue empty", func() bool {
 		n, err := tb.b.Store.QueueLen(ctxT(t))
-		if err == nil && n == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue still holds %d (err %v)", n, err)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return err == nil && n == 0
+	})
 }
 
 func waitCtx(t *testing.T) context.Context {
@@ -241,3 +240,19 @@ func (s *stateWatch) until(t *testing.T) []broker.State {
 func contains[T comparable](s []T, v T) bool { return slices.Contains(s, v) }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// eventually checks cond at once and then every 10ms until it holds; it fails t with
+// what if within passes first. cond runs on the test's goroutine and may call t.Fatal.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(within)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("%s: not within %v", what, within)
+		}
+	}
+}

@@ -66,17 +66,10 @@ func TestRealOllamaHighChatOvertakesBatch(t *testing.T) {
 // waitTaken polls job id until the worker has taken it (any state but queued).
 func (rb *realBundle) waitTaken(t *testing.T, id string) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(t, 30*time.Second, "job "+id+" taken", func() bool {
 		j, _, err := rb.b.Store.Get(ctxT(t), id)
-		if err == nil && j.State != broker.StateQueued {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s not taken: %v %v", id, j, err)
-		}
-		time.Sleep(2 * time.Millisecond) // polling with a deadline
-	}
+		return err == nil && j.State != broker.StateQueued
+	})
 }
 
 // ollamaAloneBehind sends n batch chats straight to Ollama, then the interactive one once

@@ -51,17 +51,10 @@ func TestSpareQueueMessageOfARunningJobIsDropped(t *testing.T) {
 	}
 	// While the first run's result waits to be stored, the worker meets the spare: it is
 	// gone from the queue (dropped) or has started a second call (run again).
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	eventually(t, 30*time.Second, "spare copy fetched", func() bool {
 		n, err := tb.b.Store.QueueLen(ctxT(t))
-		if err == nil && n == 1 || len(inferenceCalls(tb.fake)) > 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("spare copy never fetched: queue %d (%v)", n, err)
-		}
-		time.Sleep(2 * time.Millisecond) // polling with a deadline
-	}
+		return err == nil && n == 1 || len(inferenceCalls(tb.fake)) > 1
+	})
 	close(stored)
 	got := tb.waitState(t, j.ID, broker.StateDone)
 	tb.waitQueueEmpty(t)

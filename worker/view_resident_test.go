@@ -47,16 +47,13 @@ func TestQueueViewSeesResidentModels(t *testing.T) {
 // viewWith is the worker's queue view once it holds job id.
 func viewWith(t *testing.T, w *worker.Worker, id string) *broker.QueueView {
 	t.Helper()
-	for ctx := waitCtx(t); ctx.Err() == nil; {
-		v, err := w.QueueView(ctxT(t), time.Now())
-		if err != nil {
+	var v *broker.QueueView
+	eventually(t, 30*time.Second, "job "+id+" in the view", func() bool {
+		var err error
+		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if slices.ContainsFunc(v.Queued, func(q broker.QueuedJob) bool { return q.JobID == id }) {
-			return v
-		}
-		time.Sleep(2 * time.Millisecond) // polling with a deadline
-	}
-	t.Fatalf("job %s never in the view", id)
-	return nil
+		return slices.ContainsFunc(v.Queued, func(q broker.QueuedJob) bool { return q.JobID == id })
+	})
+	return v
 }

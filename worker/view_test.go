@@ -138,15 +138,13 @@ func TestQueueViewSkipsFinishingJob(t *testing.T) {
 // just after its state is written (retrying) or its result's write began (done).
 func idleView(t *testing.T, w *worker.Worker) *broker.QueueView {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		v, err := w.QueueView(ctxT(t), time.Now())
-		if err != nil {
+	var v *broker.QueueView
+	eventually(t, 10*time.Second, "no attempt running in the view", func() bool {
+		var err error
+		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
 			t.Fatal(err)
 		}
-		if v.Running == "" || time.Now().After(deadline) {
-			return v
-		}
-		time.Sleep(2 * time.Millisecond) // polling with a deadline
-	}
+		return v.Running == ""
+	})
+	return v
 }

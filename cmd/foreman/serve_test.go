@@ -46,15 +46,19 @@ func testApp(t *testing.T, target string, env map[string]string) *app.App {
 	return a
 }
 
-// waitFor polls cond until it is true or the deadline passes.
+// waitFor checks cond at once and then every 10ms until it holds; it fails t if 15s pass
+// first. cond runs on the test's goroutine and may call t.Fatal.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(15 * time.Second)
 	for !cond() {
-		if time.Now().After(deadline) {
+		select {
+		case <-tick.C:
+		case <-timeout:
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(10 * time.Millisecond) // polling with a deadline
 	}
 }
 

@@ -216,21 +216,15 @@ func revOf(t *testing.T, webhookID string) uint64 {
 // waitLog polls the delivery log until ok or a deadline.
 func waitLog(t *testing.T, st *broker.Store, id string, ok func([]broker.DeliveryAttempt) bool) []broker.DeliveryAttempt {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		log, err := st.Deliveries(ctxT(t), id)
-		if err != nil {
+	var log []broker.DeliveryAttempt
+	eventually(t, 15*time.Second, "delivery log matches", func() bool {
+		var err error
+		if log, err = st.Deliveries(ctxT(t), id); err != nil {
 			t.Fatal(err)
 		}
-		if ok(log) {
-			return log
-		}
-		if time.Now().After(deadline) {
-			data, _ := json.Marshal(log)
-			t.Fatalf("delivery log never matched: %s", data)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return ok(log)
+	})
+	return log
 }
 
 func TestSkipsSyncUnwantedAndDeleted(t *testing.T) {
@@ -272,35 +266,22 @@ func TestSkipsSyncUnwantedAndDeleted(t *testing.T) {
 // time (or dropped) and removed.
 func waitNoPending(t *testing.T, st *broker.Store) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	eventually(t, 15*time.Second, "pending webhook deliveries gone", func() bool {
 		p, err := st.PendingDeliveries(ctxT(t))
-		if err == nil && len(p) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("pending webhook deliveries never went: %d (%v)", len(p), err)
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
-	}
+		return err == nil && len(p) == 0
+	})
 }
 
 func waitConsumerIdle(t *testing.T, b *brokertest.Bundle) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	eventually(t, 15*time.Second, "webhook consumer idle", func() bool {
 		c, err := b.JetStream(t).Consumer(ctxT(t), "KV_"+broker.JobsBucket, "webhooks")
-		if err == nil {
-			info, err := c.Info(ctxT(t))
-			if err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0 {
-				return
-			}
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("webhook consumer never became idle")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		info, err := c.Info(ctxT(t))
+		return err == nil && info.NumPending == 0 && info.NumAckPending == 0 && info.NumRedelivered == 0
+	})
 }
 
 func TestRetriesWithTheSameWebhookID(t *testing.T) {
@@ -602,5 +583,21 @@ func TestRefreshSendsNoWebhook(t *testing.T) {
 	case h := <-rcv.hits:
 		t.Fatalf("unexpected delivery %s", h.body)
 	default:
+	}
+}
+
+// eventually checks cond at once and then every 10ms until it holds; it fails t with
+// what if within passes first. cond runs on the test's goroutine and may call t.Fatal.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(within)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("%s: not within %v", what, within)
+		}
 	}
 }

@@ -85,8 +85,7 @@ type targetsBody struct {
 // waitTargets waits until a's /healthz shows n reachable targets.
 func waitTargets(t *testing.T, a *app.App, n int) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	eventually(t, 15*time.Second, fmt.Sprintf("/healthz shows %d reachable targets", n), func() bool {
 		_, b := call(t, a, http.MethodGet, "/healthz", "")
 		var h targetsBody
 		_ = json.Unmarshal(b, &h)
@@ -96,14 +95,8 @@ func waitTargets(t *testing.T, a *app.App, n int) {
 				up++
 			}
 		}
-		if up == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/healthz never showed %d reachable targets: %s", n, b)
-		}
-		time.Sleep(20 * time.Millisecond) // polling /healthz with a deadline
-	}
+		return up == n
+	})
 }
 
 // ownModelsOnly fails t if target saw a request naming a model outside own.
@@ -204,8 +197,7 @@ func TestSeveralMacsRouteByModel(t *testing.T) {
 	}
 	// Each Mac loaded its own chat model; /api/ps through either lists both, once each,
 	// as soon as the other foreman's next poll published it.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	eventually(t, 10*time.Second, "/api/ps via mac-a lists alpha and beta", func() bool {
 		_, b = call(t, fa, http.MethodGet, "/api/ps", "")
 		var ps ollama.ProcessResponse
 		_ = json.Unmarshal(b, &ps)
@@ -214,14 +206,8 @@ func TestSeveralMacsRouteByModel(t *testing.T) {
 			loaded = append(loaded, m.Name)
 		}
 		slices.Sort(loaded)
-		if slices.Equal(loaded, []string{"alpha:latest", "beta:latest"}) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("/api/ps via mac-a: %v", loaded)
-		}
-		time.Sleep(20 * time.Millisecond) // polling with a deadline
-	}
+		return slices.Equal(loaded, []string{"alpha:latest", "beta:latest"})
+	})
 	ownModelsOnly(t, "mac-a", macA, "alpha:latest", "embed-a:latest")
 	ownModelsOnly(t, "mac-b", macB, "beta:latest", "embed-b:latest")
 }
@@ -229,20 +215,19 @@ func TestSeveralMacsRouteByModel(t *testing.T) {
 // waitJob waits for job id to end and fails t unless it is done.
 func waitJob(t *testing.T, s *broker.Store, id string) *broker.Job {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		j, _, err := s.Get(context.Background(), id)
-		if err == nil && j.State.Terminal() {
-			if j.State != broker.StateDone {
-				t.Fatalf("job %s (%s) ended %s: %s", id, j.Model, j.State, j.Error)
-			}
-			return j
+	var j *broker.Job
+	eventually(t, 20*time.Second, "job "+id+" ended", func() bool {
+		got, _, err := s.Get(context.Background(), id)
+		if err != nil || !got.State.Terminal() {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("job %s never ended (%v, %v)", id, j, err)
+		if got.State != broker.StateDone {
+			t.Fatalf("job %s (%s) ended %s: %s", id, got.Model, got.State, got.Error)
 		}
-		time.Sleep(20 * time.Millisecond) // polling the record with a deadline
-	}
+		j = got
+		return true
+	})
+	return j
 }
 
 // Two Macs that both have A and B, one with A loaded and one with B, drain an A/B
@@ -362,6 +347,22 @@ func TestSeveralMacsDownMacLeavesSharedModels(t *testing.T) {
 	for _, c := range macA.Calls() {
 		if c.Path == "/api/chat" {
 			t.Errorf("mac-a, down, was given a chat")
+		}
+	}
+}
+
+// eventually checks cond at once and then every 10ms until it holds; it fails t with
+// what if within passes first. cond runs on the test's goroutine and may call t.Fatal.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(within)
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("%s: not within %v", what, within)
 		}
 	}
 }
