@@ -29,7 +29,7 @@ func FuzzResult(f *testing.F) {
 		frames := bytes.Split(data, []byte{0})
 		res, _ := result(kind, ctype, frames)
 		_ = streamError(ctype, frames)
-		if kind != broker.KindChat && kind != broker.KindGenerate || !strings.HasPrefix(ctype, "application/x-ndjson") {
+		if kind != broker.KindChat && kind != broker.KindGenerate || ollama.FramingOf(ctype) != ollama.NDJSON {
 			return
 		}
 		var text strings.Builder
