@@ -22,10 +22,12 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		w.nak(d, 0, log)
 		return
 	}
-	j, _, err := w.store.Get(ctx, d.JobID)
+	// A message delivered a moment before its record (Submit writes both at once) waits
+	// for the record; only an orphan comes back ErrNotFound.
+	j, _, err := w.store.JobOf(ctx, d)
 	switch {
 	case errors.Is(err, broker.ErrNotFound):
-		log.Warn("queue message without a job record (expired?); dropped")
+		log.Warn("queue message without a job record (expired, or its submit failed); dropped")
 		w.finish(bctx, d, log)
 		return
 	case err != nil:
