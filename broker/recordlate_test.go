@@ -120,3 +120,28 @@ func TestQueueFullLeavesNoRecord(t *testing.T) {
 		t.Fatalf("queue holds %d messages (%v), want 1", n, err)
 	}
 }
+
+// A submit whose record is refused while its queue message was stored takes the message
+// back: no job is left that the caller was told failed.
+func TestRecordRefusedLeavesNoQueueMessage(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	js := brokertest.JetStream(t, b.Conn)
+	kvs, err := js.Stream(ctx, "KV_"+broker.JobsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := kvs.CachedInfo().Config
+	cfg.MaxMsgSize = 16 // every record is larger: the bucket refuses it
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	id := broker.NewID()
+	if _, err := b.Store.Submit(ctx, &broker.Job{ID: id, Model: "m", Kind: broker.KindChat}, []byte(`{}`)); err == nil {
+		t.Fatal("submit with its record refused succeeded")
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 0 {
+		t.Fatalf("queue holds %d messages (%v), want 0", n, err)
+	}
+}
