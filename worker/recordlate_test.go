@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"testing"
@@ -88,5 +89,35 @@ func TestOrphanMessageDroppedAfterGrace(t *testing.T) {
 	tb.waitQueueEmpty(t)
 	if _, _, err := tb.b.Store.Get(ctxT(t), orphan.ID); !errors.Is(err, broker.ErrNotFound) {
 		t.Fatalf("orphan's record: %v, want none", err)
+	}
+}
+
+// Stop ends the worker's wait for a young message's record and hands the message back.
+func TestStopEndsTheWaitForARecord(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 30 * time.Second }))
+	w := tb.start(t, worker.Config{})
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	publishBare(t, tb, j, chatBody("tiny-a", 1))
+	eventually(t, 30*time.Second, "the worker waits for the record", func() bool {
+		_, err := tb.b.Conn.Request(broker.StateSubject(j.ID), nil, 20*time.Millisecond)
+		return errors.Is(err, nats.ErrTimeout)
+	})
+	stopped := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		defer cancel()
+		stopped <- w.Stop(ctx)
+	}()
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("stop: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Stop waited for the record")
+	}
+	if n, err := tb.b.Store.QueueLen(ctxT(t)); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want the message handed back", n, err)
 	}
 }
