@@ -2,46 +2,125 @@ package broker_test
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
+// latencies collects the duration of each operation of a benchmark, from any goroutine.
+type latencies struct {
+	mu sync.Mutex
+	d  []time.Duration
+}
+
+func (l *latencies) add(d time.Duration) {
+	l.mu.Lock()
+	l.d = append(l.d, d)
+	l.mu.Unlock()
+}
+
+// report adds p50 and p99 (in ms) to the benchmark's metrics.
+func (l *latencies) report(b *testing.B) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.d) == 0 {
+		return
+	}
+	slices.Sort(l.d)
+	at := func(q float64) float64 {
+		return float64(l.d[min(len(l.d)-1, int(q*float64(len(l.d))))].Microseconds()) / 1000
+	}
+	b.ReportMetric(at(0.50), "p50-ms")
+	b.ReportMetric(at(0.99), "p99-ms")
+}
+
+var benchBody = []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hello world"}]}`)
+
+func benchStore(b *testing.B) *brokertest.Bundle {
+	return brokertest.New(b, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 10_000_000 }))
+}
+
 // BenchmarkSubmit measures a durable submit (record + enqueue, SyncAlways on) from one
 // caller at a time: the latency a single HTTP request sees.
 func BenchmarkSubmit(b *testing.B) {
-	bb := brokertest.New(b, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 10_000_000 }))
+	bb := benchStore(b)
 	ctx := context.Background()
-	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hello world"}]}`)
+	var lat latencies
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
-		if _, err := bb.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body); err != nil {
+		start := time.Now()
+		if _, err := bb.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, benchBody); err != nil {
 			b.Fatal(err)
 		}
+		lat.add(time.Since(start))
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "submits/s")
+	lat.report(b)
 }
 
 // BenchmarkSubmitParallel measures throughput with many concurrent submitters, as under
 // load from many HTTP clients.
 func BenchmarkSubmitParallel(b *testing.B) {
-	bb := brokertest.New(b, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 10_000_000 }))
+	bb := benchStore(b)
 	ctx := context.Background()
-	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hello world"}]}`)
+	var lat latencies
 	b.ReportAllocs()
 	b.SetParallelism(16)
 	var once sync.Once
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := bb.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body); err != nil {
+			start := time.Now()
+			if _, err := bb.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, benchBody); err != nil {
 				once.Do(func() { b.Error(err) })
 				return
 			}
+			lat.add(time.Since(start))
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "submits/s")
+	lat.report(b)
+}
+
+// BenchmarkSubmitAndTake measures a submit followed by the worker's take of it (fetch
+// and record read, Store.JobOf), one job at a time: the part of a sync chat before the
+// target is called that the submit path decides.
+func BenchmarkSubmitAndTake(b *testing.B) {
+	bb := benchStore(b)
+	ctx := context.Background()
+	key, err := broker.KeyOf(&broker.Job{Model: "tiny-a", Kind: broker.KindChat}, benchBody)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok := key.String()
+	var lat latencies
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		j, err := bb.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, benchBody)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d, err := bb.Store.NextWait(ctx, tok, 5*time.Second)
+		if err != nil || d == nil || d.JobID != j.ID {
+			b.Fatalf("take: %v %v", d, err)
+		}
+		if _, _, err := bb.Store.JobOf(ctx, d); err != nil {
+			b.Fatal(err)
+		}
+		lat.add(time.Since(start))
+		b.StopTimer()
+		if err := bb.Store.Finish(ctx, d); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+	lat.report(b)
 }

@@ -304,3 +304,47 @@ func (s *Store) DeleteQueued(ctx context.Context, seq uint64) error {
 	}
 	return err
 }
+
+// RecordGrace is how long after its queue message was stored a job's record may still be
+// on its way: Submit writes both at once and retries the record's write through an
+// unavailable cluster for up to Config.RetryWindow, so a message younger than this
+// without a record may yet get one. One second covers clocks and scheduling.
+func (s *Store) RecordGrace() time.Duration { return s.cfg.RetryWindow + time.Second }
+
+// JobOf reads the record of a leased job, with its revision. Submit stores the record and
+// the queue message together (ADR-0031), so a message may be delivered a moment before
+// its record: for a lease younger than RecordGrace, JobOf waits for the record until the
+// message is that old (or ctx ends). ErrNotFound then means an orphan: a record expired
+// or deleted, or a submit that died or failed between its two writes.
+func (s *Store) JobOf(ctx context.Context, d *Lease) (*Job, uint64, error) {
+	j, rev, err := s.Get(ctx, d.JobID)
+	if !errors.Is(err, ErrNotFound) {
+		return j, rev, err
+	}
+	wait := s.RecordGrace() - s.Now().Sub(d.Enqueued)
+	if wait <= 0 {
+		return nil, 0, err
+	}
+	wait = min(wait, s.RecordGrace())
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	// Watch before reading again: a record stored between the read and the watch would
+	// otherwise be missed until the deadline.
+	w, werr := s.WatchJob(wctx, d.JobID)
+	if werr != nil {
+		return nil, 0, fmt.Errorf("broker: watch %s for its record: %w", d.JobID, werr)
+	}
+	defer w.Stop()
+	for {
+		j, rev, err = s.Get(ctx, d.JobID)
+		if !errors.Is(err, ErrNotFound) {
+			return j, rev, err
+		}
+		if _, werr := w.Next(wctx); werr != nil {
+			if ctx.Err() != nil {
+				return nil, 0, ctx.Err()
+			}
+			return nil, 0, err // the grace has passed: an orphan
+		}
+	}
+}

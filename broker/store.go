@@ -231,9 +231,12 @@ func (s *Store) Now() time.Time { return s.cfg.Now().UTC() }
 // Config returns the store's configuration with defaults filled in.
 func (s *Store) Config() Config { return s.cfg }
 
-// Submit stores a new job record and enqueues its request body. The record is written
-// first, so a worker never sees a queue message without a record. Submitting the same job
-// id twice is a no-op that returns the existing job: the queue deduplicates on Nats-Msg-Id.
+// Submit stores a new job record and enqueues its request body. The record write and
+// the queue publish go out together and Submit waits for both acknowledgements, so a
+// submit costs one fsync of latency rather than two in a row (ADR-0031). A worker may
+// therefore take the queue message a moment before the record is stored: it waits for
+// a young message's record (Store.JobOf). Submitting the same job id twice is a no-op
+// that returns the existing job: the queue deduplicates on Nats-Msg-Id.
 //
 // j.Model and j.Kind are required; an empty j.ID gets a new ULID; the state, attempt and
 // times are set here.
@@ -264,42 +267,93 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
-	created := true
-	err = s.retry(ctx, func(ctx context.Context) error {
+	// The queue message goes out on its own goroutine while this one creates the record:
+	// the two streams store (and fsync) them in parallel.
+	var (
+		ack  *jetstream.PubAck
+		qerr error
+		done = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		ack, qerr = s.publishQueued(ctx, j, key, body)
+	}()
+	cerr := s.retry(ctx, func(ctx context.Context) error {
 		_, err := s.kv.Create(ctx, jobKey(j.ID), rec)
 		return err
 	})
-	if err != nil {
-		created = false
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return nil, fmt.Errorf("broker: create job record: %w", storageErr(err))
+	<-done
+	return s.settleSubmit(ctx, j, cerr, ack, qerr)
+}
+
+// settleSubmit decides a submit from the outcomes of its two writes, taking back the one
+// that stands alone: a record whose queue message was refused (a full queue) is
+// discarded, and a queue message whose record could not be written is deleted, so no
+// job is left half-made. A deletion that fails leaves a queue message without a record,
+// which the worker drops once it is older than RecordGrace.
+func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetstream.PubAck, qerr error) (*Job, error) {
+	// ours is the queue message this submit stored (not the one a duplicate matched).
+	ours := qerr == nil && ack != nil && !ack.Duplicate
+	switch {
+	case cerr == nil && qerr == nil:
+		return j, nil
+	case cerr == nil:
+		// Should the message have been stored after all (an ack lost to a timeout), the
+		// worker drops it for want of a record; the caller was told the submit failed.
+		s.discard(j)
+		return nil, fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(qerr))
+	case !errors.Is(cerr, jetstream.ErrKeyExists):
+		if ours {
+			s.unqueue(j, ack.Sequence)
 		}
-		existing, _, gerr := s.Get(ctx, j.ID)
-		if errors.Is(gerr, ErrNotFound) {
-			// The create met a record no replica shows: a try lost to a timeout during an
-			// election that the cluster may still apply. Not a missing job: try later.
-			return nil, fmt.Errorf("broker: create job record %s: %w: the record is not readable yet", j.ID, ErrUnavailable)
+		if j.BodyRef != "" {
+			s.dropStoredBody(j)
 		}
-		if gerr != nil {
-			return nil, gerr
-		}
-		if existing.State != StateQueued {
-			return existing, nil
-		}
-		// A crash may have come between record and enqueue: publish again; within the
-		// duplicate window the queue drops it, after it the worker drops the spare copy.
-		j = existing
+		return nil, fmt.Errorf("broker: create job record: %w", storageErr(cerr))
 	}
-	if err := s.enqueue(ctx, j, key, body); err != nil {
-		// No record may stay "queued" without a queue message. Should the message have
-		// been stored after all (an ack lost to a timeout), the worker drops it for want
-		// of a record; the caller was told the submit failed either way.
-		if created {
-			s.discard(j)
-		}
-		return nil, err
+	// The job exists: a resubmit of the same id, or a create whose first try landed
+	// unseen (a timeout during an election) and whose retry found it.
+	existing, _, gerr := s.Get(ctx, j.ID)
+	if errors.Is(gerr, ErrNotFound) {
+		// The create met a record no replica shows: a try lost to a timeout during an
+		// election that the cluster may still apply. Not a missing job: try later. The
+		// queue message stays: should the record appear, the job runs.
+		return nil, fmt.Errorf("broker: create job record %s: %w: the record is not readable yet", j.ID, ErrUnavailable)
 	}
-	return j, nil
+	if gerr != nil {
+		return nil, gerr
+	}
+	if existing.State != StateQueued {
+		// It ran already, or runs: the message published with this call is a spare.
+		if ours {
+			s.unqueue(existing, ack.Sequence)
+		}
+		return existing, nil
+	}
+	// Still queued: the message published with this call makes sure it has one (a crash
+	// may have come between its record and its message); within the duplicate window the
+	// queue dropped it, after it the worker drops the spare copy.
+	if qerr != nil {
+		return nil, fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(qerr))
+	}
+	return existing, nil
+}
+
+// unqueue deletes queue message seq of job j that was stored without a record to go
+// with it; should the deletion fail, the worker drops the message (see RecordGrace).
+func (s *Store) unqueue(j *Job, seq uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := s.queue.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		s.log.Warn("delete queue message of a job without a record", "job_id", j.ID, "model", j.Model, "seq", seq, "err", err)
+	}
+}
+
+// dropStoredBody deletes the stored request body of a job that was never created.
+func (s *Store) dropStoredBody(j *Job) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = s.artifacts.Delete(ctx, j.BodyRef)
 }
 
 // Resubmit makes sure job id has its queue message while its record says queued. An
@@ -338,6 +392,16 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 }
 
 func (s *Store) enqueue(ctx context.Context, j *Job, key QueueKey, body []byte) error {
+	if _, err := s.publishQueued(ctx, j, key, body); err != nil {
+		return fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(err))
+	}
+	return nil
+}
+
+// publishQueued publishes job j's queue message, retrying through an unavailable
+// cluster; the message id is the job id, so a retry that finds the first try stored is
+// a duplicate (PubAck.Duplicate) rather than a second message.
+func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []byte) (*jetstream.PubAck, error) {
 	msg := nats.NewMsg(QueueSubject(key.String()))
 	msg.Header.Set(HeaderJobID, j.ID)
 	msg.Header.Set(HeaderPriority, string(key.Class))
@@ -354,14 +418,15 @@ func (s *Store) enqueue(ctx context.Context, j *Job, key QueueKey, body []byte) 
 	} else {
 		msg.Data = body
 	}
+	var ack *jetstream.PubAck
 	err := s.retry(ctx, func(ctx context.Context) error {
-		_, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(j.ID))
+		a, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(j.ID))
+		if err == nil {
+			ack = a
+		}
 		return err
 	})
-	if err != nil {
-		return fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(err))
-	}
-	return nil
+	return ack, err
 }
 
 // discard removes a job that never made it into the queue.

@@ -22,10 +22,17 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		w.nak(d, 0, log)
 		return
 	}
-	j, _, err := w.store.Get(ctx, d.JobID)
+	// A message delivered a moment before its record (Submit writes both at once) waits
+	// for the record; only an orphan comes back ErrNotFound. Stop ends the wait.
+	rctx, rcancel := w.untilStop(ctx)
+	j, _, err := w.store.JobOf(rctx, d)
+	rcancel()
 	switch {
+	case err != nil && w.isStopping(ctx):
+		w.nak(d, 0, log)
+		return
 	case errors.Is(err, broker.ErrNotFound):
-		log.Warn("queue message without a job record (expired?); dropped")
+		log.Warn("queue message without a job record (expired, or its submit failed); dropped")
 		w.finish(bctx, d, log)
 		return
 	case err != nil:

@@ -219,6 +219,21 @@ func (w *Worker) Stop(ctx context.Context) error {
 	return nil
 }
 
+// untilStop is ctx, ended also by Stop: for waits before a job starts, which Stop does
+// not abort otherwise.
+func (w *Worker) untilStop(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	// Ends with ctx: the caller cancels it as soon as the wait is over.
+	go func() {
+		select {
+		case <-w.stopping:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 func (w *Worker) isStopping(ctx context.Context) bool {
 	select {
 	case <-w.stopping:

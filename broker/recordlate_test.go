@@ -1,0 +1,147 @@
+package broker_test
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// publishBare publishes job j's queue message as Submit does, without its record.
+func publishBare(t *testing.T, b *brokertest.Bundle, j *broker.Job, body string) {
+	t.Helper()
+	key, err := broker.KeyOf(j, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(broker.QueueSubject(key.String()))
+	msg.Header.Set(broker.HeaderJobID, j.ID)
+	msg.Header.Set(broker.HeaderPriority, string(key.Class))
+	msg.Header.Set(broker.HeaderModel, j.Model)
+	msg.Header.Set(broker.HeaderKind, string(j.Kind))
+	msg.Header.Set(nats.MsgIdHdr, j.ID)
+	msg.Data = []byte(body)
+	if _, err := brokertest.JetStream(t, b.Conn).PublishMsg(ctxT(t), msg); err != nil {
+		t.Fatalf("publish queue message: %v", err)
+	}
+}
+
+// A lease whose record is not stored yet gets it once it is: JobOf waits for a young
+// message's record instead of calling the message an orphan.
+func TestJobOfWaitsForALateRecord(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := &broker.Job{ID: broker.NewID(), Model: "m", Kind: broker.KindChat}
+	publishBare(t, b, j, `{}`)
+	d, err := b.Store.Next(ctx, token(t, "m"))
+	if err != nil || d == nil {
+		t.Fatalf("next: %v %v", d, err)
+	}
+	type result struct {
+		j   *broker.Job
+		err error
+	}
+	got := make(chan result, 1)
+	go func() {
+		j, _, err := b.Store.JobOf(ctx, d)
+		got <- result{j, err}
+	}()
+	// JobOf watches the job's state subject while it waits: a request there then finds a
+	// subscriber instead of no responders.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case r := <-got:
+			t.Fatalf("JobOf returned before the record was stored: %v %v", r.j, r.err)
+		default:
+		}
+		_, err := b.Conn.Request(broker.StateSubject(j.ID), nil, 20*time.Millisecond)
+		if errors.Is(err, nats.ErrTimeout) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("JobOf never waited for the record")
+		}
+	}
+	now := time.Now().UTC()
+	j.State, j.CreatedAt, j.At = broker.StateQueued, now, now
+	rec, _ := json.Marshal(j)
+	if _, err := b.JobRecords(t).Create(ctx, "job."+j.ID, rec); err != nil {
+		t.Fatal(err)
+	}
+	r := <-got
+	if r.err != nil || r.j.ID != j.ID || r.j.State != broker.StateQueued {
+		t.Fatalf("JobOf = %+v, %v; want the queued record", r.j, r.err)
+	}
+}
+
+// A message older than RecordGrace without a record is an orphan at once: JobOf does not
+// wait (here the grace is an hour, and the message two hours old by the store's clock).
+func TestJobOfOldOrphanNotFound(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+		c.RetryWindow = time.Hour
+		c.Now = func() time.Time { return time.Now().Add(2 * time.Hour) }
+	}))
+	ctx := ctxT(t)
+	j := &broker.Job{ID: broker.NewID(), Model: "m", Kind: broker.KindChat}
+	publishBare(t, b, j, `{}`)
+	d, err := b.Store.Next(ctx, token(t, "m"))
+	if err != nil || d == nil {
+		t.Fatalf("next: %v %v", d, err)
+	}
+	if _, _, err := b.Store.JobOf(ctx, d); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("JobOf of an old orphan: %v, want ErrNotFound", err)
+	}
+}
+
+// A submit refused for a full queue leaves neither its record nor a queue message,
+// though its record was written together with the refused message.
+func TestQueueFullLeavesNoRecord(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 1 }))
+	ctx := ctxT(t)
+	submit(t, b.Store, "m", `{}`)
+	id := broker.NewID()
+	_, err := b.Store.Submit(ctx, &broker.Job{ID: id, Model: "m", Kind: broker.KindChat}, []byte(`{}`))
+	if !errors.Is(err, broker.ErrQueueFull) {
+		t.Fatalf("submit into a full queue: %v, want ErrQueueFull", err)
+	}
+	if _, _, err := b.Store.Get(ctx, id); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("record of the refused job: %v, want ErrNotFound", err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want 1", n, err)
+	}
+}
+
+// A submit whose record is refused while its queue message was stored takes the message
+// back: no job is left that the caller was told failed.
+func TestRecordRefusedLeavesNoQueueMessage(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	js := brokertest.JetStream(t, b.Conn)
+	kvs, err := js.Stream(ctx, "KV_"+broker.JobsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := kvs.CachedInfo().Config
+	cfg.MaxMsgSize = 16 // every record is larger: the bucket refuses it
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	id := broker.NewID()
+	if _, err := b.Store.Submit(ctx, &broker.Job{ID: id, Model: "m", Kind: broker.KindChat}, []byte(`{}`)); err == nil {
+		t.Fatal("submit with its record refused succeeded")
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 0 {
+		t.Fatalf("queue holds %d messages (%v), want 0", n, err)
+	}
+}
