@@ -51,6 +51,11 @@ type Config struct {
 	// runs out the job fails without a retry. Default 30m, negative means no limit.
 	NonStreamTimeout time.Duration
 	Logger           *slog.Logger
+	// Trace, when set, is told each stage a job's run reaches (the Stage* constants) the
+	// moment it does, for benchmarks and debugging: it runs on the hot path and on the
+	// connection's dispatcher, so it must be quick and must not block. foreman serve
+	// leaves it nil.
+	Trace func(jobID, stage string)
 
 	// beforeStoreDone, when set (tests only, see export_test.go), runs in the background
 	// bookkeeping of a finished job after its final done marker went out and before its

@@ -23,6 +23,9 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		return
 	}
 	j, _, err := w.store.Get(ctx, d.JobID)
+	if err == nil {
+		w.trace(d.JobID, StageRecord)
+	}
 	switch {
 	case errors.Is(err, broker.ErrNotFound):
 		log.Warn("queue message without a job record (expired?); dropped")
@@ -111,6 +114,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 		w.nak(d, w.cfg.RetryDelay, log)
 		return
 	}
+	w.trace(d.JobID, StageStarted)
 	log = log.With("attempt", j.Attempt)
 	w.begin(d.Token, abort)
 	defer w.end()
@@ -130,10 +134,14 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 	r := w.store.StreamWriter(d.JobID)
 	working := state == broker.StateWorking
 	opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
+	w.trace(d.JobID, StageCalled)
 	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
 			return &publishError{err}
+		}
+		if len(r.Frames()) == 1 {
+			w.trace(d.JobID, StageFirstFrame)
 		}
 		if !working {
 			working = true
@@ -224,6 +232,7 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 		return
 	}
 	w.publishFinal(r, broker.StateDone, "", 0, log)
+	w.trace(d.JobID, StageFinal)
 	frames := r.Frames()
 	w.setFinishing(d.JobID, true) // its message stays queued until storeDone acks it
 	w.afterwards(func(ctx context.Context) {

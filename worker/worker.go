@@ -112,6 +112,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
 
 	stopWake, err := w.store.OnQueued(func(token, jobID string) {
+		w.trace(jobID, StageWoken)
 		w.poke(wakeup{token: token, jobID: jobID})
 	})
 	if err != nil {
@@ -168,6 +169,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 		}
 		misses, woken = 0, false
+		w.trace(d.JobID, StageFetched)
 		w.took(d.Token)
 		w.fetched(d.JobID)
 		w.handle(ctx, d)
