@@ -61,6 +61,9 @@ type Config struct {
 	// bookkeeping of a finished job after its final done marker went out and before its
 	// result and terminal state are written.
 	beforeStoreDone func(jobID string)
+	// beforeStart, when set (tests only, see export_test.go), runs in the background just
+	// before an attempt's start write, while its target call goes out.
+	beforeStart func(jobID string)
 	// maxAttempts is how many times a job may start: the store's MaxAttempts (which also
 	// sets its queue's MaxDeliver), so the limit is configured in one place. Tests may
 	// set it apart from the store's (see export_test.go).

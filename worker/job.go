@@ -22,7 +22,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		w.nak(d, 0, log)
 		return
 	}
-	j, _, err := w.store.Get(ctx, d.JobID)
+	j, rev, err := w.store.Get(ctx, d.JobID)
 	if err == nil {
 		w.trace(d.JobID, StageRecord)
 	}
@@ -70,11 +70,15 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		w.fail(bctx, d, w.store.StreamWriter(d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
 	}
-	w.run(ctx, d, j, log)
+	w.run(ctx, d, j, rev, log)
 }
 
-// run starts the next attempt of job j and concludes it.
-func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *slog.Logger) {
+// run starts the next attempt of job j, read at revision rev, and concludes it. The start
+// write (the attempt and its loading or working state) and the target call go out
+// together (ADR-0032): no frame is published before the start write is stored, and a
+// start write that fails aborts the call, which then ends as a failed start write always
+// did.
+func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, log *slog.Logger) {
 	jctx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
 	// Watch the record before the start write: a cancel request after that write is then
@@ -95,31 +99,10 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 	if w.isLoaded(ctx, d.Token) {
 		state = broker.StateWorking
 	}
-	j, err = w.transition(ctx, d.JobID, fromLive, func(j *broker.Job) {
-		j.State, j.Error, j.QueueSeq = state, "", d.Seq
-		j.Attempt++
-	})
-	bctx, cancel := w.storeCtx(ctx)
-	defer cancel()
-	if errors.Is(err, errEnded) {
-		w.finish(bctx, d, log)
-		return
-	}
-	if errors.Is(err, errCancelRequested) {
-		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
-		return
-	}
-	if err != nil {
-		log.Warn("start job; will retry", "err", err)
-		w.nak(d, w.cfg.RetryDelay, log)
-		return
-	}
-	w.trace(d.JobID, StageStarted)
-	log = log.With("attempt", j.Attempt)
+	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
 	w.begin(d.Token, abort)
 	defer w.end()
 	run := w.startRunning(d.JobID, d.Model, d.Token, state)
-	log.Info("job started", "state", state, "kind", j.Kind, "delivered", d.NumDelivered)
 
 	if limit := w.cfg.MaxJobTime; limit > 0 {
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit}) })
@@ -136,6 +119,11 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 	opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
 	w.trace(d.JobID, StageCalled)
 	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
+		// Nothing reaches a client before the attempt is on disk. The watchdog does not
+		// count this wait: the callback runs.
+		if _, err := start.wait(); err != nil {
+			return errNotStarted
+		}
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
 			return &publishError{err}
@@ -151,10 +139,75 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 		return nil
 	}, opts...)
 	stopProgress()
+	started, serr := start.wait()
+	if serr != nil {
+		w.startFailed(ctx, d, serr, log)
+		return
+	}
+	log = log.With("attempt", started.Attempt)
 	if err == nil {
 		w.learn(run, time.Now())
 	}
-	w.conclude(ctx, d, j, r, ct, err, context.Cause(jctx), log)
+	w.conclude(ctx, d, started, r, ct, err, context.Cause(jctx), log)
+}
+
+// errNotStarted ends a target call whose start write failed; the failure itself is
+// handled by startFailed.
+var errNotStarted = errors.New("the attempt's start could not be stored")
+
+// startWrite is an attempt's start write, stored while the target call runs.
+type startWrite struct {
+	done chan struct{}
+	job  *broker.Job // the record written
+	err  error
+}
+
+// wait waits for the start write to be stored and returns the record written.
+func (sw *startWrite) wait() (*broker.Job, error) {
+	<-sw.done
+	return sw.job, sw.err
+}
+
+// startAttempt stores the start of the next attempt of job j (read at revision rev) in
+// the background: the attempt counted, the job loading or working, the queue message
+// running it named. If it fails it aborts the target call. The caller waits for it
+// (startWrite.wait) before it returns.
+func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, state broker.State, abort context.CancelCauseFunc, log *slog.Logger) *startWrite {
+	sw := &startWrite{done: make(chan struct{})}
+	go func() {
+		defer close(sw.done)
+		if hook := w.cfg.beforeStart; hook != nil {
+			hook(d.JobID)
+		}
+		sw.job, sw.err = w.transitionFrom(ctx, j, rev, fromLive, func(j *broker.Job) {
+			j.State, j.Error, j.QueueSeq = state, "", d.Seq
+			j.Attempt++
+		})
+		if sw.err != nil {
+			abort(errNotStarted)
+			return
+		}
+		w.trace(d.JobID, StageStarted)
+		log.Info("job started", "state", state, "kind", sw.job.Kind, "delivered", d.NumDelivered, "attempt", sw.job.Attempt)
+	}()
+	return sw
+}
+
+// startFailed ends an attempt whose start write failed, its target call aborted: a job
+// that ended meanwhile is acked, one whose cancellation was requested ends canceled, and
+// on any other failure the job is handed back for a later try.
+func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, err error, log *slog.Logger) {
+	bctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	switch {
+	case errors.Is(err, errEnded):
+		w.finish(bctx, d, log)
+	case errors.Is(err, errCancelRequested):
+		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
+	default:
+		log.Warn("start job; will retry", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+	}
 }
 
 // publishError is a failure to publish a frame (NATS, not the target).
