@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -79,13 +80,32 @@ func BenchmarkQueuedChatAfterIdle(b *testing.B) {
 	st.report(b)
 }
 
+// BenchmarkQueuedChatPaced is the non-stream chat against a fake that takes its time as
+// a warm small model does (8 tokens, 1 ms each): what runs alongside the target call (the
+// start write) is hidden behind it, as it is with a real Ollama, while the zero-delay
+// fake of the benchmarks above lays every step of foreman end to end.
+func BenchmarkQueuedChatPaced(b *testing.B) {
+	qb, st := newBenchBundle(b, withFake(ollamatest.WithTokenDelay(time.Millisecond), ollamatest.WithTokens(8)))
+	body := chatBody("tiny-a", "bench", "false")
+	benchPair(b, func(base string) time.Duration {
+		start := time.Now()
+		resp := benchPost(b, base+"/api/chat", body)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		return time.Since(start)
+	}, qb.URL, qb.Fake.URL)
+	st.report(b)
+}
+
 // newBenchBundle is a queued bundle whose gateway and worker tell st each stage of a job.
-func newBenchBundle(b *testing.B) (*queuedBundle, *stageTrace) {
+func newBenchBundle(b *testing.B, opts ...bundleOption) (*queuedBundle, *stageTrace) {
 	st := &stageTrace{at: map[string]map[string]time.Time{}}
 	qb := newQueuedBundle(b, func(c *worker.Config) {
 		benchWorker(c)
 		c.Trace = func(id, stage string) { st.mark(id, stage, time.Now()) }
-	})
+	}, opts...)
 	qb.GW.trace = st.mark
 	return qb, st
 }

@@ -12,8 +12,9 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// handle runs one delivered job to its end, or hands it back.
-func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
+// handle runs one delivered job to its end, or hands it back. ahead, when not nil, is a
+// read of the record begun before the lease was held (see readAhead).
+func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
@@ -22,7 +23,11 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		w.nak(d, 0, log)
 		return
 	}
-	j, rev, err := w.store.Get(ctx, d.JobID)
+	j, rev, ok := ahead.take(d.JobID)
+	var err error
+	if !ok {
+		j, rev, err = w.store.Get(ctx, d.JobID)
+	}
 	if err == nil {
 		w.trace(d.JobID, StageRecord)
 	}
@@ -675,4 +680,50 @@ func exhausted(last, fallback string) string {
 		last = fallback
 	}
 	return "attempts exhausted: " + last
+}
+
+// recordRead is a read of a job's record begun before the worker holds the job's queue
+// message, so that the read and the fetch take one round trip's time, not two.
+type recordRead struct {
+	id   string
+	done chan struct{}
+	job  *broker.Job
+	rev  uint64
+	err  error
+}
+
+// readAhead starts reading job id's record in the background; wait (or take) ends it.
+// Reading before the lease is held is safe: the record only decides whether to start the
+// job, and the start write is conditional on the revision read (Store.ModifyFrom), so a
+// write in between makes it read the record again. A record not found yet (its write may
+// trail the queue message) or any error is no answer: the worker reads it again then.
+func (w *Worker) readAhead(ctx context.Context, id string) *recordRead {
+	if broker.ValidateID(id) != nil {
+		return nil
+	}
+	r := &recordRead{id: id, done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		r.job, r.rev, r.err = w.store.Get(ctx, id)
+	}()
+	return r
+}
+
+// wait waits for the read to end. A nil read has nothing to wait for.
+func (r *recordRead) wait() {
+	if r != nil {
+		<-r.done
+	}
+}
+
+// take returns the record read when it is job id's and the read succeeded.
+func (r *recordRead) take(id string) (*broker.Job, uint64, bool) {
+	if r == nil || r.id != id {
+		return nil, 0, false
+	}
+	<-r.done
+	if r.err != nil {
+		return nil, 0, false
+	}
+	return r.job, r.rev, true
 }
