@@ -4,8 +4,10 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
@@ -152,5 +154,63 @@ func TestFailedStartWriteAbortsCall(t *testing.T) {
 	case m := <-watch.ch:
 		t.Fatalf("the canceled job published %q (headers %v)", m.Data, m.Header)
 	default:
+	}
+}
+
+// A crash after the target was called and before the start write was stored leaves the
+// job queued, attempt 0, its message un-acked: it comes back after the restart and runs
+// to its end once, its record counting the one attempt that was stored (JetStream's
+// delivery count is the safety net for attempts that never were).
+func TestCrashBeforeStartStoredRunsAgain(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = time.Second }))
+	release := tb.fake.Hold("tiny-a")
+	j := tb.chat(t, "tiny-a", 1)
+
+	holding, crashed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	cfg := worker.WithBeforeStart(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger()}, func(string) {
+		once.Do(func() { close(holding) })
+		<-crashed
+	})
+	w1, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	done1 := make(chan error, 1)
+	go func() { done1 <- w1.Run(ctx1) }()
+	ctx := waitCtx(t)
+	select {
+	case <-holding:
+	case <-ctx.Done():
+		t.Fatal("no start write")
+	}
+	if err := tb.fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("target not called while the start write waits: %v", err)
+	}
+	if rec, _, err := tb.b.Store.Get(ctx, j.ID); err != nil || rec.State != broker.StateQueued || rec.Attempt != 0 {
+		t.Fatalf("record before the crash: %+v, %v; want queued, attempt 0", rec, err)
+	}
+	tb.b.Restart(t) // the crash: the server and the connection go away
+	close(crashed)
+	cancel1()
+	<-done1
+	release()
+
+	tb.start(t, worker.Config{})
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 1 {
+		t.Errorf("attempt %d, want 1: the crashed attempt never started", got.Attempt)
+	}
+	tb.waitQueueEmpty(t)
+	finished := 0
+	for _, c := range tb.fake.Calls() {
+		if c.Model != "" && c.Finished && !c.Canceled {
+			finished++
+		}
+	}
+	if finished != 1 {
+		t.Errorf("fake finished the job %d times, want 1 (calls %+v)", finished, tb.fake.Calls())
 	}
 }
