@@ -52,9 +52,9 @@ type Config struct {
 	NonStreamTimeout time.Duration
 	Logger           *slog.Logger
 	// Trace, when set, is told each stage a job's run reaches (the Stage* constants) the
-	// moment it does, for benchmarks and debugging: it runs on the hot path and on the
-	// connection's dispatcher, so it must be quick and must not block. foreman serve
-	// leaves it nil.
+	// moment it does, for benchmarks and debugging. It runs on the hot path, from several
+	// goroutines (the connection's dispatcher among them): it must be safe for concurrent
+	// use, quick, and must not block. foreman serve leaves it nil.
 	Trace func(jobID, stage string)
 
 	// beforeStoreDone, when set (tests only, see export_test.go), runs in the background
