@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -67,8 +68,9 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, err error, lo
 	}
 }
 
-// recordRead is a read of a job's record begun before the worker holds the job's queue
-// message, so that the read and the fetch take one round trip's time, not two.
+// recordRead is a read of a job's record, and of the target's loaded models when the
+// job may need another runner than the last one, begun before the worker holds the job's
+// queue message: the reads and the fetch take one round trip's time, not three.
 type recordRead struct {
 	id   string
 	done chan struct{}
@@ -77,37 +79,44 @@ type recordRead struct {
 	err  error
 }
 
-// readAhead starts reading job id's record in the background; wait (or take) ends it.
+// readAhead starts reading job id's record, and refreshing what the target has loaded for
+// queue token (refreshLoaded), in the background; wait (or take) ends both.
+//
 // Reading before the lease is held is safe: the record only decides whether to start the
 // job, and the start write is conditional on the revision read (Store.ModifyFrom), so a
 // write in between makes it read the record again. A record not found yet (its write may
-// trail the queue message) or any error is no answer: the worker reads it again then.
-func (w *Worker) readAhead(ctx context.Context, id string) *recordRead {
+// trail the queue message) or any error is no answer: the worker reads it again then. The
+// loaded models read is the one isLoaded would make after the fetch.
+func (w *Worker) readAhead(ctx context.Context, id, token string) *recordRead {
 	if broker.ValidateID(id) != nil {
 		return nil
 	}
 	r := &recordRead{id: id, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Go(func() { w.refreshLoaded(ctx, []head{{Token: token, Runner: runnerOf(token)}}) })
+	wg.Go(func() { r.job, r.rev, r.err = w.store.Get(ctx, id) })
 	go func() {
-		defer close(r.done)
-		r.job, r.rev, r.err = w.store.Get(ctx, id)
+		wg.Wait()
+		close(r.done)
 	}()
 	return r
 }
 
-// wait waits for the read to end. A nil read has nothing to wait for.
+// wait waits for the reads to end. A nil read has nothing to wait for.
 func (r *recordRead) wait() {
 	if r != nil {
 		<-r.done
 	}
 }
 
-// take returns the record read when it is job id's and the read succeeded.
+// take waits for the reads to end and returns the record read when it is job id's and
+// the read succeeded.
 func (r *recordRead) take(id string) (*broker.Job, uint64, bool) {
-	if r == nil || r.id != id {
+	if r == nil {
 		return nil, 0, false
 	}
 	<-r.done
-	if r.err != nil {
+	if r.id != id || r.err != nil {
 		return nil, 0, false
 	}
 	return r.job, r.rev, true

@@ -160,10 +160,10 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			// A job was published while nothing could run: wait for it on its model's
 			// consumer, which answers the moment the stream has stored it, and read its
-			// record meanwhile. Should the fetch fail, the short rechecks above still
+			// record (and, for another runner, the loaded models) meanwhile. Should the fetch fail, the short rechecks above still
 			// look for it.
 			misses, woken = 0, true
-			ahead = w.readAhead(ctx, u.jobID)
+			ahead = w.readAhead(ctx, u.jobID, u.token)
 			if d, err = w.store.NextWait(ctx, u.token, wakeWait); err != nil || d == nil {
 				if err != nil {
 					w.log.Warn("fetch a just-published job", "err", err)
