@@ -99,6 +99,25 @@ func BenchmarkQueuedChatPaced(b *testing.B) {
 	st.report(b)
 }
 
+// BenchmarkQueuedChatRealOllama is the non-stream 8-token chat against the real Ollama
+// of FOREMAN_TEST_OLLAMA_URL (skipped without it), its model warm: the comparison users
+// make, foreman against the same Ollama called directly.
+func BenchmarkQueuedChatRealOllama(b *testing.B) {
+	url := ollamatest.RealOllama(b)
+	qb, st := newBenchBundle(b, withTargetURL(url))
+	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"bench"}],"stream":false,"options":{"num_predict":8}}`)
+	benchPair(b, func(base string) time.Duration {
+		start := time.Now()
+		resp := benchPost(b, base+"/api/chat", body)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		return time.Since(start)
+	}, qb.URL, url)
+	st.report(b)
+}
+
 // newBenchBundle is a queued bundle whose gateway and worker tell st each stage of a job.
 func newBenchBundle(b *testing.B, opts ...bundleOption) (*queuedBundle, *stageTrace) {
 	st := &stageTrace{at: map[string]map[string]time.Time{}}
