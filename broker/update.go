@@ -40,6 +40,17 @@ func (s *Store) Modify(ctx context.Context, id string, fn func(*Job) error) (*Jo
 	return nil, 0, fmt.Errorf("%w: job %s kept changing", ErrConflict, id)
 }
 
+// ModifyFrom is Modify starting from cur, job id's record as read at revision rev: when
+// nobody wrote the record since, it costs the one write and no read. On a concurrent
+// write it re-reads the record and re-applies fn, as Modify does.
+func (s *Store) ModifyFrom(ctx context.Context, cur *Job, rev uint64, fn func(*Job) error) (*Job, uint64, error) {
+	j, newRev, err := s.write(ctx, cur, rev, fn)
+	if errors.Is(err, ErrConflict) {
+		return s.Modify(ctx, cur.ID, fn)
+	}
+	return j, newRev, err
+}
+
 func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) error) (*Job, uint64, error) {
 	next := cur.clone()
 	if err := fn(next); err != nil {

@@ -78,3 +78,36 @@ func TestCancelRetryingCancelsAtOnce(t *testing.T) {
 		t.Errorf("queue holds %d after canceling the retrying job", n)
 	}
 }
+
+// ModifyFrom writes from the record it is given when nobody wrote it since (the next
+// revision follows at once), and applies fn to the current record when somebody did.
+func TestModifyFromRereadsOnConflict(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "m", `{}`)
+	cur, rev, err := b.Store.Get(ctx, j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, rev2, err := b.Store.ModifyFrom(ctx, cur, rev, func(j *broker.Job) error { j.Attempt++; return nil })
+	if err != nil || got.Attempt != 1 || rev2 <= rev {
+		t.Fatalf("write from a current record: %+v rev %d→%d %v", got, rev, rev2, err)
+	}
+	// cur is stale now: the write must see attempt 1, not cur's 0.
+	var seen int
+	got, _, err = b.Store.ModifyFrom(ctx, cur, rev, func(j *broker.Job) error { seen = j.Attempt; j.Attempt++; return nil })
+	if err != nil || seen != 1 || got.Attempt != 2 {
+		t.Fatalf("write from a stale record: fn saw attempt %d, wrote %+v, %v; want 1 and 2", seen, got, err)
+	}
+	// A guard that refuses the current record stops the write.
+	stop := errors.New("stop")
+	if _, _, err := b.Store.ModifyFrom(ctx, cur, rev, func(j *broker.Job) error {
+		if j.Attempt == 2 {
+			return stop
+		}
+		return nil
+	}); !errors.Is(err, stop) {
+		t.Fatalf("refusing guard: %v, want stop", err)
+	}
+}

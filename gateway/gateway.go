@@ -164,6 +164,9 @@ type Server struct {
 	// beforeSubmit, when set (tests only), runs after a submit claimed its idempotency
 	// key and before it writes the job.
 	beforeSubmit func(jobID string)
+	// trace, when set (tests and benchmarks only), is told each stage a sync job's
+	// response reaches (the trace* constants in queued.go) and when.
+	trace func(jobID, stage string, at time.Time)
 }
 
 // New builds the server and its routes.

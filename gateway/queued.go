@@ -78,15 +78,33 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	return in, nil
 }
 
+// Stages of a sync job's response that Server.trace is told of (with the worker's
+// Stage* constants they make the hot path's per-stage trace, ADR-0032).
+const (
+	traceIn        = "in"         // the request reached its handler
+	traceSubmitted = "submitted"  // the job's record and queue message are stored
+	traceRelayed   = "relayed"    // the first frame reached the response
+	traceFinalSeen = "final-seen" // the final marker reached the response
+	traceWritten   = "written"    // the response is written
+)
+
+// traced tells Server.trace that job id reached stage at at.
+func (s *Server) traced(id, stage string, at time.Time) {
+	if fn := s.trace; fn != nil {
+		fn(id, stage, at)
+	}
+}
+
 // handleQueued turns one inference call into a sync job and writes its answer.
 func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		in := time.Now()
 		body, err := s.readBody(w, r)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		in, err := parseInference(kind, body)
+		inf, err := parseInference(kind, body)
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -96,13 +114,15 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		if err := s.queueableModel(r.Context(), in.model); err != nil {
+		if err := s.queueableModel(r.Context(), inf.model); err != nil {
 			s.writeError(w, r, err)
 			return
 		}
-		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: in.model, Sync: true, Gateway: s.store.BootID(),
-			Priority: who.priority, Program: who.program, LoadOptions: in.opts}
-		s.runSync(w, r, job, in.stream, body)
+		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: inf.model, Sync: true, Gateway: s.store.BootID(),
+			Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
+		s.traced(job.ID, traceIn, in)
+		s.runSync(w, r, job, inf.stream, body)
+		s.traced(job.ID, traceWritten, time.Now())
 	}
 }
 
@@ -154,6 +174,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 		s.writeError(w, r, err)
 		return
 	}
+	s.traced(job.ID, traceSubmitted, time.Now())
 	w.Header().Set(HeaderJobID, job.ID)
 	if wantsEarlyJobID(r.Header) {
 		w.WriteHeader(http.StatusEarlyHints) // sent at once; the answer's status comes later

@@ -4,12 +4,16 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -19,7 +23,7 @@ import (
 // so both see the same machine load. Reported as custom metrics (ms), not asserted.
 
 func BenchmarkQueuedChatNonStream(b *testing.B) {
-	qb := newQueuedBundle(b, benchWorker)
+	qb, st := newBenchBundle(b)
 	body := chatBody("tiny-a", "bench", "false")
 	benchPair(b, func(base string) time.Duration {
 		start := time.Now()
@@ -30,10 +34,11 @@ func BenchmarkQueuedChatNonStream(b *testing.B) {
 		resp.Body.Close()
 		return time.Since(start)
 	}, qb.URL, qb.Fake.URL)
+	st.report(b)
 }
 
 func BenchmarkQueuedChatFirstChunk(b *testing.B) {
-	qb := newQueuedBundle(b, benchWorker)
+	qb, st := newBenchBundle(b)
 	body := chatBody("tiny-a", "bench", "true")
 	benchPair(b, func(base string) time.Duration {
 		start := time.Now()
@@ -48,20 +53,22 @@ func BenchmarkQueuedChatFirstChunk(b *testing.B) {
 		resp.Body.Close()
 		return d
 	}, qb.URL, qb.Fake.URL)
+	st.report(b)
 }
 
 // BenchmarkQueuedChatAfterIdle is the non-stream chat arriving at an idle worker (the
 // usual case with real traffic): each request comes 60 ms after the last answer, past the
 // worker's short rechecks, so only the wake-up on the publish can start the job promptly.
+// The direct request pauses as long before it: a process idle for 60 ms wakes up slower
+// (its threads sleep, its caches are cold) whoever it serves, and only what foreman adds
+// beyond that is foreman's.
 func BenchmarkQueuedChatAfterIdle(b *testing.B) {
-	qb := newQueuedBundle(b, benchWorker)
+	qb, st := newBenchBundle(b)
 	body := chatBody("tiny-a", "bench", "false")
 	benchPair(b, func(base string) time.Duration {
-		if base == qb.URL {
-			// A deliberate pause, not a wait, outside the timed part: the worker must go
-			// idle past its short rechecks, which is the case this benchmark measures.
-			time.Sleep(60 * time.Millisecond)
-		}
+		// A deliberate pause, not a wait, outside the timed part: the worker must go idle
+		// past its short rechecks, which is the case this benchmark measures.
+		time.Sleep(60 * time.Millisecond)
 		start := time.Now()
 		resp := benchPost(b, base+"/api/chat", body)
 		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
@@ -70,6 +77,110 @@ func BenchmarkQueuedChatAfterIdle(b *testing.B) {
 		resp.Body.Close()
 		return time.Since(start)
 	}, qb.URL, qb.Fake.URL)
+	st.report(b)
+}
+
+// BenchmarkQueuedChatPaced is the non-stream chat against a fake that takes its time as
+// a warm small model does (8 tokens, 1 ms each): what runs alongside the target call (the
+// start write) is hidden behind it, as it is with a real Ollama, while the zero-delay
+// fake of the benchmarks above lays every step of foreman end to end.
+func BenchmarkQueuedChatPaced(b *testing.B) {
+	qb, st := newBenchBundle(b, withFake(ollamatest.WithTokenDelay(time.Millisecond), ollamatest.WithTokens(8)))
+	body := chatBody("tiny-a", "bench", "false")
+	benchPair(b, func(base string) time.Duration {
+		start := time.Now()
+		resp := benchPost(b, base+"/api/chat", body)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		return time.Since(start)
+	}, qb.URL, qb.Fake.URL)
+	st.report(b)
+}
+
+// BenchmarkQueuedChatRealOllama is the non-stream 8-token chat against the real Ollama
+// of FOREMAN_TEST_OLLAMA_URL (skipped without it), its model warm: the comparison users
+// make, foreman against the same Ollama called directly.
+func BenchmarkQueuedChatRealOllama(b *testing.B) {
+	url := ollamatest.RealOllama(b)
+	qb, st := newBenchBundle(b, withTargetURL(url))
+	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"bench"}],"stream":false,"options":{"num_predict":8}}`)
+	benchPair(b, func(base string) time.Duration {
+		start := time.Now()
+		resp := benchPost(b, base+"/api/chat", body)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		return time.Since(start)
+	}, qb.URL, url)
+	st.report(b)
+}
+
+// newBenchBundle is a queued bundle whose gateway and worker tell st each stage of a job.
+func newBenchBundle(b *testing.B, opts ...bundleOption) (*queuedBundle, *stageTrace) {
+	st := &stageTrace{at: map[string]map[string]time.Time{}}
+	qb := newQueuedBundle(b, func(c *worker.Config) {
+		benchWorker(c)
+		c.Trace = func(id, stage string) { st.mark(id, stage, time.Now()) }
+	}, opts...)
+	qb.GW.trace = st.mark
+	return qb, st
+}
+
+// stageTrace is the per-stage trace of the jobs of a benchmark: when each job reached
+// each stage, as the gateway and the worker told it.
+type stageTrace struct {
+	mu sync.Mutex
+	at map[string]map[string]time.Time // job id → stage → first time reached
+}
+
+func (st *stageTrace) mark(id, stage string, at time.Time) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	m := st.at[id]
+	if m == nil {
+		m = map[string]time.Time{}
+		st.at[id] = m
+	}
+	if _, seen := m[stage]; !seen {
+		m[stage] = at
+	}
+}
+
+// traceStages are the stages of a sync job in the order a job passes them (the start
+// write may be acked before or after the call is issued).
+var traceStages = []string{
+	traceSubmitted, worker.StageWoken, worker.StageFetched, worker.StageRecord,
+	worker.StageCalled, worker.StageStarted, worker.StageFirstFrame, traceRelayed,
+	worker.StageFinal, traceFinalSeen, traceWritten,
+}
+
+// report adds, for each stage, the median time from the request reaching its handler to
+// the stage (ms) over every traced job, and logs the breakdown.
+func (st *stageTrace) report(b *testing.B) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var line strings.Builder
+	for _, stage := range traceStages {
+		var ds []time.Duration
+		for _, m := range st.at {
+			in, ok := m[traceIn]
+			at, ok2 := m[stage]
+			if ok && ok2 {
+				ds = append(ds, at.Sub(in))
+			}
+		}
+		if len(ds) == 0 {
+			continue
+		}
+		p50, _ := percentiles(ds)
+		ms := float64(p50) / float64(time.Millisecond)
+		b.ReportMetric(ms, "at-"+stage+"-ms")
+		fmt.Fprintf(&line, " %s=%.3f", stage, ms)
+	}
+	b.Logf("stage p50 from request in (ms):%s", line.String())
 }
 
 // benchWorker keeps the worker's defaults (IdlePoll 1s), as foreman serve runs it.

@@ -108,11 +108,15 @@ func (sr *syncResponse) handle(ev broker.Event) (o outcome, end bool) {
 	case broker.EventGap:
 		return sr.gap(ev.Gap), true
 	case broker.EventFinal:
+		sr.s.traced(sr.job.ID, traceFinalSeen, time.Now())
 		return sr.final(ev.Err), true
 	}
 	sr.frames++
 	if err := sr.frame(ev); err != nil {
 		return sr.writeFailed(err), true
+	}
+	if sr.frames == 1 {
+		sr.s.traced(sr.job.ID, traceRelayed, time.Now())
 	}
 	return 0, false
 }

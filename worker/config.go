@@ -51,11 +51,19 @@ type Config struct {
 	// runs out the job fails without a retry. Default 30m, negative means no limit.
 	NonStreamTimeout time.Duration
 	Logger           *slog.Logger
+	// Trace, when set, is told each stage a job's run reaches (the Stage* constants) the
+	// moment it does, for benchmarks and debugging. It runs on the hot path, from several
+	// goroutines (the connection's dispatcher among them): it must be safe for concurrent
+	// use, quick, and must not block. foreman serve leaves it nil.
+	Trace func(jobID, stage string)
 
 	// beforeStoreDone, when set (tests only, see export_test.go), runs in the background
 	// bookkeeping of a finished job after its final done marker went out and before its
 	// result and terminal state are written.
 	beforeStoreDone func(jobID string)
+	// beforeStart, when set (tests only, see export_test.go), runs in the background just
+	// before an attempt's start write, while its target call goes out.
+	beforeStart func(jobID string)
 	// maxAttempts is how many times a job may start: the store's MaxAttempts (which also
 	// sets its queue's MaxDeliver), so the limit is configured in one place. Tests may
 	// set it apart from the store's (see export_test.go).

@@ -15,3 +15,10 @@ func WithMaxAttempts(cfg Config, n int) Config {
 	cfg.maxAttempts = n
 	return cfg
 }
+
+// WithBeforeStart returns cfg with a hook that runs just before an attempt's start write,
+// while the attempt's target call goes out; it may block to hold the write back.
+func WithBeforeStart(cfg Config, fn func(jobID string)) Config {
+	cfg.beforeStart = fn
+	return cfg
+}

@@ -60,7 +60,10 @@ func ctxT(t testing.TB) context.Context {
 // start runs a worker on the bundle's current store until the test ends.
 func (tb *testBundle) start(t *testing.T, cfg worker.Config) *worker.Worker {
 	t.Helper()
-	cfg.Store, cfg.Target = tb.b.Store, tb.target
+	cfg.Store = tb.b.Store
+	if cfg.Target == nil {
+		cfg.Target = tb.target
+	}
 	if cfg.RetryDelay == 0 {
 		cfg.RetryDelay = 5 * time.Millisecond
 	}

@@ -12,8 +12,9 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// handle runs one delivered job to its end, or hands it back.
-func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
+// handle runs one delivered job to its end, or hands it back. ahead, when not nil, is a
+// read of the record begun before the lease was held (see readAhead).
+func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
@@ -22,11 +23,18 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		w.nak(d, 0, log)
 		return
 	}
-	// A message delivered a moment before its record (Submit writes both at once) waits
-	// for the record; only an orphan comes back ErrNotFound. Stop ends the wait.
-	rctx, rcancel := w.untilStop(ctx)
-	j, _, err := w.store.JobOf(rctx, d)
-	rcancel()
+	j, rev, ok := ahead.take(d.JobID)
+	var err error
+	if !ok {
+		// A message delivered a moment before its record (Submit writes both at once)
+		// waits for the record; only an orphan comes back ErrNotFound. Stop ends the wait.
+		rctx, rcancel := w.untilStop(ctx)
+		j, rev, err = w.store.JobOf(rctx, d)
+		rcancel()
+	}
+	if err == nil {
+		w.trace(d.JobID, StageRecord)
+	}
 	switch {
 	case err != nil && w.isStopping(ctx):
 		w.nak(d, 0, log)
@@ -74,11 +82,15 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease) {
 		w.fail(bctx, d, w.store.StreamWriter(d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
 	}
-	w.run(ctx, d, j, log)
+	w.run(ctx, d, j, rev, log)
 }
 
-// run starts the next attempt of job j and concludes it.
-func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *slog.Logger) {
+// run starts the next attempt of job j, read at revision rev, and concludes it. The start
+// write (the attempt and its loading or working state) and the target call go out
+// together (ADR-0032): no frame is published before the start write is stored, and a
+// start write that fails aborts the call, which then ends as a failed start write always
+// did.
+func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, log *slog.Logger) {
 	jctx, abort := context.WithCancelCause(ctx)
 	defer abort(nil)
 	// Watch the record before the start write: a cancel request after that write is then
@@ -99,30 +111,10 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 	if w.isLoaded(ctx, d.Token) {
 		state = broker.StateWorking
 	}
-	j, err = w.transition(ctx, d.JobID, fromLive, func(j *broker.Job) {
-		j.State, j.Error, j.QueueSeq = state, "", d.Seq
-		j.Attempt++
-	})
-	bctx, cancel := w.storeCtx(ctx)
-	defer cancel()
-	if errors.Is(err, errEnded) {
-		w.finish(bctx, d, log)
-		return
-	}
-	if errors.Is(err, errCancelRequested) {
-		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
-		return
-	}
-	if err != nil {
-		log.Warn("start job; will retry", "err", err)
-		w.nak(d, w.cfg.RetryDelay, log)
-		return
-	}
-	log = log.With("attempt", j.Attempt)
+	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
 	w.begin(d.Token, abort)
 	defer w.end()
 	run := w.startRunning(d.JobID, d.Model, d.Token, state)
-	log.Info("job started", "state", state, "kind", j.Kind, "delivered", d.NumDelivered)
 
 	if limit := w.cfg.MaxJobTime; limit > 0 {
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit}) })
@@ -137,10 +129,19 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 	r := w.store.StreamWriter(d.JobID)
 	working := state == broker.StateWorking
 	opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
+	w.trace(d.JobID, StageCalled)
 	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
+		// Nothing reaches a client before the attempt is on disk. The watchdog does not
+		// count this wait: the callback runs.
+		if _, err := start.wait(); err != nil {
+			return errNotStarted
+		}
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
 			return &publishError{err}
+		}
+		if len(r.Frames()) == 1 {
+			w.trace(d.JobID, StageFirstFrame)
 		}
 		if !working {
 			working = true
@@ -150,10 +151,16 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, log *s
 		return nil
 	}, opts...)
 	stopProgress()
+	started, serr := start.wait()
+	if serr != nil {
+		w.startFailed(ctx, d, serr, log)
+		return
+	}
+	log = log.With("attempt", started.Attempt)
 	if err == nil {
 		w.learn(run, time.Now())
 	}
-	w.conclude(ctx, d, j, r, ct, err, context.Cause(jctx), log)
+	w.conclude(ctx, d, started, r, ct, err, context.Cause(jctx), log)
 }
 
 // publishError is a failure to publish a frame (NATS, not the target).
@@ -231,6 +238,7 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 		return
 	}
 	w.publishFinal(r, broker.StateDone, "", 0, log)
+	w.trace(d.JobID, StageFinal)
 	frames := r.Frames()
 	w.setFinishing(d.JobID, true) // its message stays queued until storeDone acks it
 	w.afterwards(func(ctx context.Context) {

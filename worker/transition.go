@@ -61,3 +61,16 @@ func (w *Worker) transition(ctx context.Context, id string, guard from, set func
 	})
 	return j, err
 }
+
+// transitionFrom is transition starting from cur, the record read at revision rev: one
+// write when nobody wrote the record since (Store.ModifyFrom).
+func (w *Worker) transitionFrom(ctx context.Context, cur *broker.Job, rev uint64, guard from, set func(*broker.Job)) (*broker.Job, error) {
+	j, _, err := w.store.ModifyFrom(ctx, cur, rev, func(j *broker.Job) error {
+		if err := guard(j); err != nil {
+			return err
+		}
+		set(j)
+		return nil
+	})
+	return j, err
+}

@@ -112,6 +112,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
 
 	stopWake, err := w.store.OnQueued(func(token, jobID string) {
+		w.trace(jobID, StageWoken)
 		w.poke(wakeup{token: token, jobID: jobID})
 	})
 	if err != nil {
@@ -130,6 +131,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	fails, misses := 0, 0
 	woken := false // a publish was seen and its job not yet fetched
 	for !w.isStopping(ctx) {
+		var ahead *recordRead // the record of a job woken for, read while it is fetched
 		d, queued, err := w.next(ctx)
 		if err != nil {
 			if w.isStopping(ctx) {
@@ -152,25 +154,30 @@ func (w *Worker) Run(ctx context.Context) error {
 			} else {
 				misses, woken = 0, false
 			}
-			token := w.idle(ctx, wait)
-			if token == "" || !w.runs(ctx, token) {
+			u := w.idle(ctx, wait)
+			if u.token == "" || !w.runs(ctx, u.token) {
 				continue
 			}
 			// A job was published while nothing could run: wait for it on its model's
-			// consumer, which answers the moment the stream has stored it. Should that
-			// fail, the short rechecks above still look for it.
+			// consumer, which answers the moment the stream has stored it, and read its
+			// record (and, for another runner, the loaded models) meanwhile. Should the fetch fail, the short rechecks above still
+			// look for it.
 			misses, woken = 0, true
-			if d, err = w.store.NextWait(ctx, token, wakeWait); err != nil || d == nil {
+			ahead = w.readAhead(ctx, u.jobID, u.token)
+			if d, err = w.store.NextWait(ctx, u.token, wakeWait); err != nil || d == nil {
 				if err != nil {
 					w.log.Warn("fetch a just-published job", "err", err)
 				}
+				ahead.wait()
 				continue
 			}
 		}
 		misses, woken = 0, false
+		w.trace(d.JobID, StageFetched)
 		w.took(d.Token)
 		w.fetched(d.JobID)
-		w.handle(ctx, d)
+		w.handle(ctx, d, ahead)
+		ahead.wait()
 	}
 	return nil
 }
@@ -265,9 +272,9 @@ func (w *Worker) poke(u wakeup) {
 }
 
 // idle waits for a publish, the end of a retry back-off, IdlePoll (or wait, when shorter
-// and not 0), or a stop, and returns the model token of a job published and not yet
-// fetched, or "".
-func (w *Worker) idle(ctx context.Context, wait time.Duration) string {
+// and not 0), or a stop, and returns a job published and not yet fetched, or a wakeup
+// with no token.
+func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 	d := w.idleFor(time.Now())
 	if wait > 0 {
 		d = min(d, wait)
@@ -280,12 +287,12 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) string {
 			if w.wasFetched(u.jobID) {
 				continue // seen while the worker was busy, and run since
 			}
-			return u.token
+			return u
 		case <-t.C:
 		case <-w.stopping:
 		case <-ctx.Done():
 		}
-		return ""
+		return wakeup{}
 	}
 }
 

@@ -1,0 +1,123 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// errNotStarted ends a target call whose start write failed; the failure itself is
+// handled by startFailed.
+var errNotStarted = errors.New("the attempt's start could not be stored")
+
+// startWrite is an attempt's start write, stored while the target call runs.
+type startWrite struct {
+	done chan struct{}
+	job  *broker.Job // the record written
+	err  error
+}
+
+// wait waits for the start write to be stored and returns the record written.
+func (sw *startWrite) wait() (*broker.Job, error) {
+	<-sw.done
+	return sw.job, sw.err
+}
+
+// startAttempt stores the start of the next attempt of job j (read at revision rev) in
+// the background: the attempt counted, the job loading or working, the queue message
+// running it named. If it fails it aborts the target call. The caller waits for it
+// (startWrite.wait) before it returns.
+func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, state broker.State, abort context.CancelCauseFunc, log *slog.Logger) *startWrite {
+	sw := &startWrite{done: make(chan struct{})}
+	go func() {
+		defer close(sw.done)
+		if hook := w.cfg.beforeStart; hook != nil {
+			hook(d.JobID)
+		}
+		sw.job, sw.err = w.transitionFrom(ctx, j, rev, fromLive, func(j *broker.Job) {
+			j.State, j.Error, j.QueueSeq = state, "", d.Seq
+			j.Attempt++
+		})
+		if sw.err != nil {
+			abort(errNotStarted)
+			return
+		}
+		w.trace(d.JobID, StageStarted)
+		log.Info("job started", "state", state, "kind", sw.job.Kind, "delivered", d.NumDelivered, "attempt", sw.job.Attempt)
+	}()
+	return sw
+}
+
+// startFailed ends an attempt whose start write failed, its target call aborted: a job
+// that ended meanwhile is acked, one whose cancellation was requested ends canceled, and
+// on any other failure the job is handed back for a later try.
+func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, err error, log *slog.Logger) {
+	bctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	switch {
+	case errors.Is(err, errEnded):
+		w.finish(bctx, d, log)
+	case errors.Is(err, errCancelRequested):
+		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
+	default:
+		log.Warn("start job; will retry", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+	}
+}
+
+// recordRead is a read of a job's record, and of the target's loaded models when the
+// job may need another runner than the last one, begun before the worker holds the job's
+// queue message: the reads and the fetch take one round trip's time, not three.
+type recordRead struct {
+	id   string
+	done chan struct{}
+	job  *broker.Job
+	rev  uint64
+	err  error
+}
+
+// readAhead starts reading job id's record, and refreshing what the target has loaded for
+// queue token (refreshLoaded), in the background; wait (or take) ends both.
+//
+// Reading before the lease is held is safe: the record only decides whether to start the
+// job, and the start write is conditional on the revision read (Store.ModifyFrom), so a
+// write in between makes it read the record again. A record not found yet (its write may
+// trail the queue message) or any error is no answer: the worker reads it again then. The
+// loaded models read is the one isLoaded would make after the fetch.
+func (w *Worker) readAhead(ctx context.Context, id, token string) *recordRead {
+	if broker.ValidateID(id) != nil {
+		return nil
+	}
+	r := &recordRead{id: id, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	wg.Go(func() { w.refreshLoaded(ctx, []head{{Token: token, Runner: runnerOf(token)}}) })
+	wg.Go(func() { r.job, r.rev, r.err = w.store.Get(ctx, id) })
+	go func() {
+		wg.Wait()
+		close(r.done)
+	}()
+	return r
+}
+
+// wait waits for the reads to end. A nil read has nothing to wait for.
+func (r *recordRead) wait() {
+	if r != nil {
+		<-r.done
+	}
+}
+
+// take waits for the reads to end and returns the record read when it is job id's and
+// the read succeeded.
+func (r *recordRead) take(id string) (*broker.Job, uint64, bool) {
+	if r == nil {
+		return nil, 0, false
+	}
+	<-r.done
+	if r.id != id || r.err != nil {
+		return nil, 0, false
+	}
+	return r.job, r.rev, true
+}

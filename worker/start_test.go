@@ -1,0 +1,216 @@
+package worker_test
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// enteredTarget is a target that tells when the worker's frame callback is first called:
+// the target answered and the worker has the first frame in hand.
+type enteredTarget struct {
+	ollama.Client
+	once    sync.Once
+	entered chan struct{}
+}
+
+func (e *enteredTarget) Stream(ctx context.Context, path string, body []byte, fn func([]byte) error, opts ...ollama.StreamOption) (string, error) {
+	return e.Client.Stream(ctx, path, body, func(f []byte) error {
+		e.once.Do(func() { close(e.entered) })
+		return fn(f)
+	}, opts...)
+}
+
+// The start write and the target call go out together, but no frame is published before
+// the start write is stored: a reader of the job's subjects sees the attempt start before
+// the first frame, and the job's record says so when that frame comes.
+func TestStartWriteOverlapsCallNoFrameBeforeIt(t *testing.T) {
+	tb := setup(t)
+	target := &enteredTarget{Client: tb.target, entered: make(chan struct{})}
+	holding, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	cfg := worker.WithBeforeStart(worker.Config{Target: target}, func(string) {
+		once.Do(func() { close(holding) })
+		<-release
+	})
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	feed, err := tb.b.Store.Feed(j.ID, broker.FeedConfig{Buffer: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer feed.Close()
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	tb.start(t, cfg)
+	t.Cleanup(func() { // before the worker stops, should the test end early
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+
+	ctx := waitCtx(t)
+	for _, c := range []struct {
+		ch   chan struct{}
+		what string
+	}{{holding, "start write held"}, {target.entered, "target answered while the start write is held"}} {
+		select {
+		case <-c.ch:
+		case <-ctx.Done():
+			t.Fatalf("never: %s", c.what)
+		}
+	}
+	if rec, _, err := tb.b.Store.Get(ctx, j.ID); err != nil || rec.State != broker.StateQueued || rec.Attempt != 0 {
+		t.Fatalf("record while the start write is held: %+v, %v; want queued, attempt 0", rec, err)
+	}
+	close(release)
+
+	started := false
+	for {
+		select {
+		case ev := <-feed.Events():
+			switch ev.Kind {
+			case broker.EventState:
+				if ev.Job.State == broker.StateWorking || ev.Job.State == broker.StateLoading {
+					started = true
+				}
+			case broker.EventFrame:
+				if !started {
+					t.Fatal("a frame reached the job's reader before the start write was stored")
+				}
+				rec, _, err := tb.b.Store.Get(ctx, j.ID)
+				if err != nil || rec.Attempt != 1 {
+					t.Fatalf("record at the first frame: %+v, %v; want attempt 1", rec, err)
+				}
+				tb.waitState(t, j.ID, broker.StateDone)
+				return
+			case broker.EventFinal, broker.EventGap:
+				t.Fatalf("stream ended before any frame: %+v", ev)
+			}
+		case <-ctx.Done():
+			t.Fatal("no frame")
+		}
+	}
+}
+
+// A start write that fails (here: the job ended failed, as a delivery-limit advisory
+// ends it, while its start write was under way) aborts the target call that went out with
+// it, and the job ends as it did when the start write came first: its message acked, its
+// record as the other writer left it, no frame published. (A cancel would abort the call
+// through the job's watch as well; a failed state does not.)
+func TestFailedStartWriteAbortsCall(t *testing.T) {
+	tb := setupFake(t, nil)
+	tb.fake.FailNext(1, ollamatest.Hang) // the call would never end on its own
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	watch := watchStream(t, tb.b.Conn, j.ID)
+	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
+		if id != j.ID {
+			return
+		}
+		ctx := waitCtx(t)
+		if err := tb.fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+			t.Errorf("target not called while the start write waits: %v", err)
+			return
+		}
+		_, _, err := tb.b.Store.Modify(ctx, id, func(j *broker.Job) error {
+			j.State, j.Error = broker.StateFailed, "attempts exhausted: ended elsewhere"
+			return nil
+		})
+		if err != nil {
+			t.Errorf("end the job: %v", err)
+		}
+	})
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	tb.start(t, cfg)
+
+	ctx := waitCtx(t)
+	err := tb.fake.WaitFor(ctx, func(calls []ollamatest.Call) bool {
+		return len(calls) > 0 && calls[len(calls)-1].Path == "/api/chat" && calls[len(calls)-1].Canceled
+	})
+	if err != nil {
+		t.Fatalf("the target call was not aborted: %v", err)
+	}
+	tb.waitQueueEmpty(t)
+	rec := tb.waitState(t, j.ID, broker.StateFailed)
+	if rec.Attempt != 0 {
+		t.Errorf("attempt %d, want 0: the attempt never started", rec.Attempt)
+	}
+	// The worker moved on: the next job runs.
+	next := tb.chat(t, "tiny-a", 2)
+	tb.waitState(t, next.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+	select {
+	case m := <-watch.ch:
+		t.Fatalf("the canceled job published %q (headers %v)", m.Data, m.Header)
+	default:
+	}
+}
+
+// A crash after the target was called and before the start write was stored leaves the
+// job queued, attempt 0, its message un-acked: it comes back after the restart and runs
+// to its end once, its record counting the one attempt that was stored (JetStream's
+// delivery count is the safety net for attempts that never were).
+func TestCrashBeforeStartStoredRunsAgain(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = time.Second }))
+	release := tb.fake.Hold("tiny-a")
+	j := tb.chat(t, "tiny-a", 1)
+
+	holding, crashed := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	cfg := worker.WithBeforeStart(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger()}, func(string) {
+		once.Do(func() { close(holding) })
+		<-crashed
+	})
+	w1, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	done1 := make(chan error, 1)
+	go func() { done1 <- w1.Run(ctx1) }()
+	ctx := waitCtx(t)
+	select {
+	case <-holding:
+	case <-ctx.Done():
+		t.Fatal("no start write")
+	}
+	if err := tb.fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("target not called while the start write waits: %v", err)
+	}
+	if rec, _, err := tb.b.Store.Get(ctx, j.ID); err != nil || rec.State != broker.StateQueued || rec.Attempt != 0 {
+		t.Fatalf("record before the crash: %+v, %v; want queued, attempt 0", rec, err)
+	}
+	tb.b.Restart(t) // the crash: the server and the connection go away
+	close(crashed)
+	cancel1()
+	<-done1
+	release()
+
+	tb.start(t, worker.Config{})
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 1 {
+		t.Errorf("attempt %d, want 1: the crashed attempt never started", got.Attempt)
+	}
+	tb.waitQueueEmpty(t)
+	finished := 0
+	for _, c := range tb.fake.Calls() {
+		if c.Model != "" && c.Finished && !c.Canceled {
+			finished++
+		}
+	}
+	if finished != 1 {
+		t.Errorf("fake finished the job %d times, want 1 (calls %+v)", finished, tb.fake.Calls())
+	}
+}
