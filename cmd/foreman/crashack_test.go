@@ -305,7 +305,7 @@ func TestAsyncJobKilledAtItsFirstFrameCompletesOnce(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream) // the first run stops after two frames
-	release := fake.Hold("tiny-a")                              // until the test listens to the job's stream
+	release := fake.Hold("tiny-a")                             // until the test listens to the job's stream
 	defer release()
 	dir := t.TempDir()
 	env := []string{
