@@ -103,12 +103,14 @@ func TestJobsAcceptedRightBeforeAKillRunOnce(t *testing.T) {
 	}
 	done := 0
 	for _, rec := range all {
-		switch rec.State {
-		case broker.StateDone:
+		switch {
+		case rec.State == broker.StateDone:
 			done++
-		case broker.StateQueued: // a caller with no answer: record written, queue message not
+		case rec.State == broker.StateQueued, rec.State.Terminal():
+			// A submit that never got its answer: its record may have been written without
+			// its queue message; how such a record ends is not this test's business.
 		default:
-			t.Errorf("job %s: %s (%q), want done, or queued for a submit that never got its answer", rec.ID, rec.State, rec.Error)
+			t.Errorf("job %s still %s (%q) with the queue empty", rec.ID, rec.State, rec.Error)
 		}
 	}
 	if done != completed {
