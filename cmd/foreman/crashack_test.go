@@ -111,9 +111,10 @@ func TestJobsAcceptedRightBeforeAKillRunOnce(t *testing.T) {
 func waitSettled(t *testing.T, ctx context.Context, base string, fake *ollamatest.Server, posted []postedJob) {
 	t.Helper()
 	var open []string
-	done, completed := 0, 0
+	done, completed, queue := 0, 0, ""
 	for {
-		if queueEmpty(ctx, base) && fake.InFlight() == 0 {
+		queue = queueState(ctx, base)
+		if queue == "empty" && fake.InFlight() == 0 {
 			completed = 0
 			calls := fake.Calls()
 			for _, p := range posted {
@@ -145,8 +146,8 @@ func waitSettled(t *testing.T, ctx context.Context, base string, fake *ollamates
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("jobs never settled: %d done, %d runs completed at the target (each done job must have run exactly once); open: %v",
-				done, completed, open)
+			t.Fatalf("jobs never settled: %d done, %d runs completed at the target (each done job must have run exactly once); open: %v; queue: %s; calls at the target: %d",
+				done, completed, open, queue, fake.InFlight())
 		case <-time.After(10 * time.Millisecond): // polling with a deadline
 		}
 	}
@@ -211,20 +212,27 @@ func postUntilKilled(t *testing.T, ctx context.Context, c *childForeman, round, 
 	return posted
 }
 
-// queueEmpty reports whether GET /queue shows no job running or waiting.
-func queueEmpty(ctx context.Context, base string) bool {
+// queueState is "empty" when GET /queue shows no job running or waiting, else what it
+// shows.
+func queueState(ctx context.Context, base string) string {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, base+"/queue", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return false
+		return err.Error()
 	}
 	defer resp.Body.Close()
 	var q struct {
-		Running json.RawMessage `json:"running"`
-		Total   int             `json:"total"`
+		Running json.RawMessage   `json:"running"`
+		Queued  []json.RawMessage `json:"queued"`
+		Total   int               `json:"total"`
 	}
-	err = json.NewDecoder(resp.Body).Decode(&q)
-	return err == nil && q.Total == 0 && (len(q.Running) == 0 || string(q.Running) == "null")
+	if err := json.NewDecoder(resp.Body).Decode(&q); err != nil {
+		return err.Error()
+	}
+	if q.Total == 0 && (len(q.Running) == 0 || string(q.Running) == "null") {
+		return "empty"
+	}
+	return fmt.Sprintf("running %s, %d waiting, first %s", q.Running, q.Total, q.Queued)
 }
 
 // jobOutcome reads job id's state and error from GET /jobs/{id}.
