@@ -33,11 +33,15 @@ func TestMain(m *testing.M) {
 type childForeman struct {
 	cmd    *exec.Cmd
 	addr   string
+	nats   string        // the NATS listener for clients (FOREMAN_NATS_LISTEN), "" without one
 	exited chan struct{} // closed when the process has been reaped
 	err    error         // its exit status, once exited is closed
 }
 
-var servingLine = regexp.MustCompile(`msg="foreman is serving" addr=(\S+)`)
+var (
+	servingLine = regexp.MustCompile(`msg="foreman is serving" addr=(\S+)`)
+	natsListen  = regexp.MustCompile(` nats_listen=(nats://\S+)`)
+)
 
 func startChild(t *testing.T, env ...string) *childForeman {
 	t.Helper()
@@ -51,7 +55,7 @@ func startChild(t *testing.T, env ...string) *childForeman {
 		t.Fatal(err)
 	}
 	c := &childForeman{cmd: cmd, exited: make(chan struct{})}
-	addr := make(chan string, 1)
+	addr := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		echo := os.Getenv("FOREMAN_TEST_CHILD_LOG") != ""
@@ -60,8 +64,12 @@ func startChild(t *testing.T, env ...string) *childForeman {
 				fmt.Fprintln(os.Stderr, sc.Text())
 			}
 			if m := servingLine.FindStringSubmatch(sc.Text()); m != nil {
+				var nu string
+				if n := natsListen.FindStringSubmatch(sc.Text()); n != nil {
+					nu = n[1]
+				}
 				select {
-				case addr <- m[1]:
+				case addr <- [2]string{m[1], nu}:
 				default:
 				}
 			}
@@ -77,7 +85,8 @@ func startChild(t *testing.T, env ...string) *childForeman {
 		<-c.exited
 	})
 	select {
-	case c.addr = <-addr:
+	case a := <-addr:
+		c.addr, c.nats = a[0], a[1]
 	case <-c.exited:
 		t.Fatalf("foreman exited before serving: %v", c.err)
 	case <-time.After(60 * time.Second):

@@ -60,6 +60,6 @@ func newRootCmd(e *env) *cobra.Command {
 	root.SetErr(e.stderr)
 	root.CompletionOptions.DisableDefaultCmd = true // completion.go writes to the injected writer
 	root.AddCommand(newServeCmd(e), newVersionCmd(e),
-		newChatCmd(e), newSubmitCmd(e), newJobsCmd(e), newPsCmd(e), newTagsCmd(e), newQueueCmd(e), newTopCmd(e), newCompletionCmd(e))
+		newChatCmd(e), newSubmitCmd(e), newJobsCmd(e), newPsCmd(e), newTagsCmd(e), newQueueCmd(e), newTopCmd(e), newBenchCmd(e), newCompletionCmd(e))
 	return root
 }

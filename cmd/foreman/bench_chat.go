@@ -1,0 +1,203 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+// chatBench is `foreman bench chat`'s settings.
+type chatBench struct {
+	f                  *clientFlags
+	direct, model      string
+	prompt             string
+	n, warmup, predict int
+	stream             bool
+	idle               time.Duration
+}
+
+// chatReport is what `foreman bench chat --json` prints.
+type chatReport struct {
+	Model   string  `json:"model"`
+	Stream  bool    `json:"stream"`
+	Measure string  `json:"measure"` // "answer" (whole non-streamed answer) or "first_byte"
+	IdleMS  float64 `json:"idle_ms"`
+	Foreman summary `json:"foreman"`
+	Direct  summary `json:"direct"`
+	// AddedP50 and AddedP99 are foreman's percentile minus direct's.
+	AddedP50 float64 `json:"added_p50_ms"`
+	AddedP99 float64 `json:"added_p99_ms"`
+	// PairedP50 is the median of each pair's difference (foreman − direct).
+	PairedP50 float64 `json:"paired_added_p50_ms"`
+}
+
+func newBenchChatCmd(e *env) *cobra.Command {
+	b := &chatBench{}
+	cmd := &cobra.Command{
+		Use:   "chat --url FOREMAN --direct OLLAMA --model M",
+		Short: "Time chats through foreman and straight to Ollama, alternately, and print the added latency",
+		Long: "chat sends N chats to foreman (--url) and N to Ollama (--direct), alternately (foreman, Ollama,\n" +
+			"foreman, Ollama, ...), after a few unmeasured warm-up pairs, each on a kept-alive connection.\n" +
+			"Without --stream it times the whole non-streamed answer; with --stream the first byte of the\n" +
+			"streamed answer. --idle pauses before every request of a pair, so each chat finds foreman's\n" +
+			"worker idle. It prints p50 and p99 of both and what foreman adds.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return b.run(cmd, e) },
+	}
+	b.f = addClientFlags(cmd, false)
+	fs := cmd.Flags()
+	fs.StringVar(&b.direct, "direct", "", "Ollama's URL, to compare with (required)")
+	fs.StringVarP(&b.model, "model", "m", "", "model to chat with (required)")
+	fs.StringVar(&b.prompt, "prompt", "Say hello.", "the user message")
+	fs.IntVarP(&b.n, "n", "n", 50, "measured chats per side")
+	fs.IntVar(&b.warmup, "warmup", 3, "unmeasured pairs first (loads the model, opens the connections)")
+	fs.IntVar(&b.predict, "tokens", 8, "options.num_predict of every chat (0: the model's default)")
+	fs.BoolVar(&b.stream, "stream", false, "stream the answers and time the first byte")
+	fs.DurationVar(&b.idle, "idle", 0, "pause before each request of a pair (e.g. 60ms): chats that find the worker idle")
+	return cmd
+}
+
+func (b *chatBench) run(cmd *cobra.Command, e *env) error {
+	switch {
+	case b.direct == "":
+		return errors.New("--direct: Ollama's URL is required")
+	case b.model == "":
+		return errors.New("--model is required")
+	case b.n < 1 || b.warmup < 0 || b.predict < 0 || b.idle < 0:
+		return errors.New("-n must be at least 1; --warmup, --tokens and --idle not negative")
+	}
+	body, err := b.body()
+	if err != nil {
+		return err
+	}
+	sides := []*chatSide{
+		{name: "foreman", url: strings.TrimRight(b.f.baseURL(e), "/") + "/api/chat", token: pick(b.f.token, e, "FOREMAN_TOKEN", ""), hc: keepAliveClient(1)},
+		{name: "direct", url: strings.TrimRight(b.direct, "/") + "/api/chat", hc: keepAliveClient(1)},
+	}
+	ctx := cmd.Context()
+	for i := range b.warmup + b.n {
+		for _, s := range sides {
+			if err := pauseCtx(ctx, b.idle); err != nil {
+				return err
+			}
+			d, err := s.time(ctx, body, b.stream)
+			if err != nil {
+				return fmt.Errorf("%s: %w", s.name, err)
+			}
+			if i >= b.warmup {
+				s.took = append(s.took, d)
+			}
+		}
+	}
+	paired := make([]time.Duration, b.n)
+	for i := range paired {
+		paired[i] = sides[0].took[i] - sides[1].took[i]
+	}
+	r := chatReport{
+		Model: b.model, Stream: b.stream, Measure: "answer", IdleMS: ms(b.idle),
+		Foreman: summarize(sides[0].took), Direct: summarize(sides[1].took),
+	}
+	if b.stream {
+		r.Measure = "first_byte"
+	}
+	r.AddedP50, r.AddedP99 = round3(r.Foreman.P50-r.Direct.P50), round3(r.Foreman.P99-r.Direct.P99)
+	r.PairedP50 = ms(percentile(slices.Sorted(slices.Values(paired)), 0.5))
+	if b.f.json {
+		return printJSON(cmd.OutOrStdout(), r)
+	}
+	return r.print(cmd.OutOrStdout())
+}
+
+// body is the chat request both sides get.
+func (b *chatBench) body() ([]byte, error) {
+	req := map[string]any{
+		"model":    b.model,
+		"messages": []map[string]string{{"role": "user", "content": b.prompt}},
+		"stream":   b.stream,
+	}
+	if b.predict > 0 {
+		req["options"] = map[string]any{"num_predict": b.predict, "temperature": 0, "seed": 1}
+	}
+	return json.Marshal(req)
+}
+
+func (r chatReport) print(w io.Writer) error {
+	what := "whole answer, not streamed"
+	if r.Stream {
+		what = "first byte, streamed"
+	}
+	fmt.Fprintf(w, "chat %s: %d pairs, %s, idle %s\n", r.Model, r.Foreman.N, what, time.Duration(r.IdleMS*float64(time.Millisecond)))
+	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "\tp50\tp99\tmean\t")
+	fmt.Fprintf(tw, "foreman\t%s\t%s\t%s\t\n", fmtMS(r.Foreman.P50), fmtMS(r.Foreman.P99), fmtMS(r.Foreman.Mean))
+	fmt.Fprintf(tw, "direct\t%s\t%s\t%s\t\n", fmtMS(r.Direct.P50), fmtMS(r.Direct.P99), fmtMS(r.Direct.Mean))
+	fmt.Fprintf(tw, "added\t%s\t%s\t\t\n", fmtAdded(r.AddedP50), fmtAdded(r.AddedP99))
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "median of the pairs' differences: %s\n", fmtAdded(r.PairedP50))
+	return err
+}
+
+// chatSide is one end of the comparison and the times taken there.
+type chatSide struct {
+	name, url, token string
+	hc               *http.Client
+	took             []time.Duration
+}
+
+// time sends one chat and returns the time to its whole answer, or to the first byte of
+// the body when stream is set (the rest is read untimed, so the connection is reused).
+func (s *chatSide) time(ctx context.Context, body []byte, stream bool) (time.Duration, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if s.token != "" {
+		req.Header.Set("Authorization", "Bearer "+s.token)
+	}
+	start := time.Now()
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return 0, fmt.Errorf("%s: %d %s", s.url, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	var took time.Duration
+	if stream {
+		var one [1]byte
+		for took == 0 {
+			n, err := resp.Body.Read(one[:])
+			if n > 0 {
+				took = time.Since(start)
+			} else if err != nil {
+				return 0, fmt.Errorf("%s: empty answer: %w", s.url, err)
+			}
+		}
+	}
+	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+		return 0, fmt.Errorf("%s: read answer: %w", s.url, err)
+	}
+	if !stream {
+		took = time.Since(start)
+	}
+	return took, nil
+}
+
+// round3 rounds milliseconds to microseconds.
+func round3(v float64) float64 { return math.Round(v*1000) / 1000 }

@@ -1,0 +1,100 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"regexp"
+	"strings"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// The bench commands run briefly against a whole foreman in this process and the fake
+// Ollama behind it, all on loopback. Only shapes are checked, never a time.
+func TestBench(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_AUTH_TOKEN": "bench-token"})
+	vars := map[string]string{"FOREMAN_URL": "http://" + a.Addr(), "FOREMAN_TOKEN": "bench-token"}
+
+	t.Run("chat", func(t *testing.T) {
+		t.Parallel()
+		r := runCLI(t, vars, nil, nil, "bench", "chat", "--direct", fake.URL, "-m", "tiny-a", "-n", "3", "--warmup", "1")
+		if r.code != 0 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+		for _, row := range []string{`chat tiny-a: 3 pairs, whole answer`, `(?m)^\s+foreman\s+\d+\.\d\dms`, `(?m)^\s+direct\s+\d+\.\d\dms`, `(?m)^\s+added\s+[-+]\d+\.\d\dms\s+[-+]\d+\.\d\dms`} {
+			if !regexp.MustCompile(row).MatchString(r.stdout) {
+				t.Errorf("no %q in\n%s", row, r.stdout)
+			}
+		}
+		// Each side got the warm-up and the measured chats, foreman through its queue.
+		chats := 0
+		for _, c := range fake.Calls() {
+			if c.Path == "/api/chat" && c.Model == "tiny-a:latest" && strings.Contains(string(c.Body), "Say hello.") {
+				chats++
+			}
+		}
+		if chats != 8 {
+			t.Errorf("the target got %d chats, want 8 (4 direct, 4 through foreman)", chats)
+		}
+	})
+	t.Run("chat stream json", func(t *testing.T) {
+		t.Parallel()
+		r := runCLI(t, vars, nil, nil, "bench", "chat", "--direct", fake.URL, "-m", "tiny-b", "-n", "2", "--stream", "--idle", "1ms", "--json")
+		if r.code != 0 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+		var rep chatReport
+		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+			t.Fatalf("%v in %s", err, r.stdout)
+		}
+		if rep.Measure != "first_byte" || rep.Foreman.N != 2 || rep.Direct.N != 2 || rep.Foreman.P50 <= 0 || rep.IdleMS != 1 {
+			t.Errorf("report %+v", rep)
+		}
+	})
+	t.Run("submit", func(t *testing.T) {
+		t.Parallel()
+		r := runCLI(t, vars, nil, nil, "bench", "submit", "--callers", "4", "-n", "20", "--json")
+		if r.code != 0 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+		var rep submitReport
+		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+			t.Fatalf("%v in %s", err, r.stdout)
+		}
+		if rep.Accepted != 20 || rep.Callers != 4 || len(rep.Refused) != 0 || rep.PerSec <= 0 || rep.Latency.N != 20 {
+			t.Errorf("report %+v", rep)
+		}
+	})
+	t.Run("submit refused", func(t *testing.T) {
+		t.Parallel()
+		bad := map[string]string{"FOREMAN_URL": vars["FOREMAN_URL"], "FOREMAN_TOKEN": "wrong"}
+		r := runCLI(t, bad, nil, nil, "bench", "submit", "--callers", "2", "-n", "5")
+		if r.code == 0 || !strings.Contains(r.stdout, "not 202: 401: 5") || !strings.Contains(r.stderr, "no submit was accepted") {
+			t.Errorf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+		}
+	})
+	t.Run("fsync", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		r := runCLI(t, nil, nil, nil, "bench", "fsync", "--dir", dir, "-n", "5")
+		if r.code != 0 || !regexp.MustCompile(`(?m)^\s+5\s+\d+\s+\d+\.\d\dms`).MatchString(r.stdout) {
+			t.Errorf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+		}
+	})
+	for _, bad := range [][]string{
+		{"chat", "-m", "tiny-a"},
+		{"chat", "--direct", "http://127.0.0.1:1"},
+		{"submit", "-n", "5", "--duration", "1s"},
+		{"fsync"},
+	} {
+		t.Run(fmt.Sprint(bad), func(t *testing.T) {
+			t.Parallel()
+			if r := runCLI(t, vars, nil, nil, append([]string{"bench"}, bad...)...); r.code == 0 {
+				t.Errorf("bench %v: exit 0, want an error; stdout %s", bad, r.stdout)
+			}
+		})
+	}
+}

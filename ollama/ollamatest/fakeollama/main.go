@@ -1,0 +1,43 @@
+// Command fakeollama serves the fake Ollama of package ollamatest on a loopback port, for
+// whole-process measurements (`foreman bench submit`, deploy/bench/fsyncs.sh) that need a
+// target answering at once. It prints its URL on the first line of stdout and serves until
+// SIGINT or SIGTERM. With -hold, chat and generate calls wait, before their first byte,
+// until the process gets SIGUSR1: foreman's worker then stays on one job while jobs queue.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+func main() {
+	tokens := flag.Int("tokens", 5, "tokens per reply (unless the request asks fewer)")
+	delay := flag.Duration("token-delay", 0, "pause before each token")
+	hold := flag.Bool("hold", false, "hold chat/generate calls until SIGUSR1")
+	flag.Parse()
+
+	s := ollamatest.NewServer(ollamatest.Config{Tokens: *tokens, TokenDelay: *delay})
+	defer s.Close()
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	release := func() {}
+	if *hold {
+		release = s.Hold("")
+	}
+	fmt.Println(s.URL)
+	stop := make(chan os.Signal, 1)
+	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	for {
+		select {
+		case <-usr1:
+			release()
+		case <-stop:
+			return
+		}
+	}
+}
