@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
@@ -10,8 +12,26 @@ import (
 )
 
 // ResultArtifact is the artifact that holds a finished job's whole result, also when the
-// record carries it inline (Job.Result) for being small.
+// record carries it inline (Job.Result) for being small: then the artifact is the record's
+// copy (Artifact.Inline) and has no object of its own (ADR-0033).
 const ResultArtifact = "result.json"
+
+// HoldResult returns the metadata of a ResultArtifact held in the record, and whether res
+// can be held there: it must be JSON that the record keeps byte for byte, i.e. already in
+// the form json.Marshal gives a json.RawMessage (compact, HTML-escaped), so that
+// GetArtifact serves the same bytes an object would. The caller sets Job.Result = res and
+// records the artifact in the same write; a result that cannot be held is stored with
+// StoreArtifact.
+func HoldResult(res []byte) (Artifact, bool) {
+	if len(res) == 0 || !json.Valid(res) {
+		return Artifact{}, false
+	}
+	kept, err := json.Marshal(json.RawMessage(res))
+	if err != nil || !bytes.Equal(kept, res) {
+		return Artifact{}, false
+	}
+	return Artifact{Name: ResultArtifact, ContentType: "application/json", Size: int64(len(res)), Inline: true}, true
+}
 
 var artifactName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
@@ -76,7 +96,17 @@ func (j *Job) SetArtifact(a Artifact) {
 	j.Artifacts = append(j.Artifacts, a)
 }
 
-// GetArtifact returns an artifact's metadata (from the job record) and bytes.
+// HeldArtifact returns the bytes of artifact a when the record itself holds them
+// (Artifact.Inline); ok is false for an artifact kept as an object.
+func (j *Job) HeldArtifact(a Artifact) (data []byte, ok bool) {
+	if !a.Inline || a.Name != ResultArtifact || len(j.Result) == 0 {
+		return nil, false
+	}
+	return j.Result, true
+}
+
+// GetArtifact returns an artifact's metadata (from the job record) and bytes: from the
+// record for one it holds, else from the object store.
 func (s *Store) GetArtifact(ctx context.Context, id, name string) (Artifact, []byte, error) {
 	if err := ValidateArtifactName(name); err != nil {
 		return Artifact{}, nil, err
@@ -88,6 +118,13 @@ func (s *Store) GetArtifact(ctx context.Context, id, name string) (Artifact, []b
 	a, ok := j.Artifact(name)
 	if !ok {
 		return Artifact{}, nil, fmt.Errorf("%w: %s/%s", ErrArtifactNotFound, id, name)
+	}
+	if a.Inline {
+		data, held := j.HeldArtifact(a)
+		if !held {
+			return Artifact{}, nil, fmt.Errorf("%w: %s/%s", ErrArtifactNotFound, id, name)
+		}
+		return a, data, nil
 	}
 	data, err := s.artifacts.GetBytes(ctx, artifactObject(id, name))
 	if errors.Is(err, jetstream.ErrObjectNotFound) {

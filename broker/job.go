@@ -103,6 +103,9 @@ type Artifact struct {
 	Name        string `json:"name"`
 	ContentType string `json:"content_type"`
 	Size        int64  `json:"size"`
+	// Inline marks the ResultArtifact of a result the record holds itself (Job.Result,
+	// byte for byte): no object was written for it (ADR-0033).
+	Inline bool `json:"inline,omitempty"`
 }
 
 // Webhook is where a job's state events are delivered.
@@ -144,7 +147,7 @@ type Job struct {
 	StartedAt  *time.Time `json:"started_at,omitempty"`
 	FinishedAt *time.Time `json:"finished_at,omitempty"`
 	// Result is the target's final response when it is small; a large one is only in the
-	// ResultArtifact.
+	// ResultArtifact. A small one is that artifact too when it is marked Inline.
 	Result    json.RawMessage `json:"result,omitempty"`
 	Artifacts []Artifact      `json:"artifacts,omitempty"`
 	// Sync marks a job whose caller waits on an HTTP connection: it fires no webhooks.

@@ -72,7 +72,9 @@ func (s *Server) jobView(ctx context.Context, j *broker.Job, inline bool) jobVie
 	for _, a := range j.Artifacts {
 		av := artifactView{Name: a.Name, ContentType: a.ContentType, Size: a.Size}
 		var data []byte
-		if inline && a.Size <= inlineArtifactLimit {
+		if held, ok := j.HeldArtifact(a); ok && inline {
+			data = held // the record at hand holds it: no second read
+		} else if inline && a.Size <= inlineArtifactLimit {
 			if _, d, err := s.store.GetArtifact(ctx, j.ID, a.Name); err == nil {
 				data = d
 			} else {

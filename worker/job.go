@@ -261,7 +261,16 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 	if len(res) <= resultInlineLimit && json.Valid(res) {
 		inline = res
 	}
-	a, aerr := w.store.StoreArtifact(ctx, d.JobID, broker.ResultArtifact, "application/json", res)
+	// A small result the record keeps byte for byte is the artifact itself: writing it to
+	// the object store as well would cost two more fsyncs per job (ADR-0033).
+	a, held := broker.Artifact{}, false
+	if inline != nil {
+		a, held = broker.HoldResult(inline)
+	}
+	var aerr error
+	if !held {
+		a, aerr = w.store.StoreArtifact(ctx, d.JobID, broker.ResultArtifact, "application/json", res)
+	}
 	if aerr != nil {
 		// The stream already said done; the job stays done, with the inline result only.
 		log.Error("store result artifact", "err", aerr, "result_bytes", len(res))
