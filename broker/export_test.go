@@ -1,5 +1,11 @@
 package broker
 
+import (
+	"context"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
 // ListModes are the ways List reads, for tests that check each one.
 var ListModes = map[string]func(*Store){
 	"by cost": func(s *Store) { s.listMode = listByCost },
@@ -27,3 +33,21 @@ var JobWildcard = jobWildcard
 
 // OnRead calls f after each message the backlog reads.
 func (b *Backlog) OnRead(f func(seq uint64)) { b.onRead = f }
+
+// LoseUpdateAnswer makes the store's next record update be stored but answered with a
+// timeout, as a write whose answer was lost during a leader election.
+func (s *Store) LoseUpdateAnswer() { s.kv = &lostAnswerKV{KeyValue: s.kv} }
+
+type lostAnswerKV struct {
+	jetstream.KeyValue
+	lost bool
+}
+
+func (kv *lostAnswerKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	n, err := kv.KeyValue.Update(ctx, key, value, rev)
+	if err == nil && !kv.lost {
+		kv.lost = true
+		return 0, context.DeadlineExceeded
+	}
+	return n, err
+}

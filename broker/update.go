@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -77,18 +78,44 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 		return nil, 0, err
 	}
 	var newRev uint64
+	tries := 0
 	err = s.retry(ctx, func(ctx context.Context) error {
 		var err error
+		tries++
 		newRev, err = s.kv.Update(ctx, jobKey(cur.ID), data, rev)
 		return err
 	})
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			if tries > 1 {
+				// A try whose answer was lost (a timeout during a leader election) may have
+				// been stored all the same: then the conflict is with this very write, and
+				// applying fn again would count it twice (an attempt started twice).
+				if landed, ok := s.landed(ctx, cur.ID, rev, data); ok {
+					return next, landed, nil
+				}
+			}
 			return nil, 0, fmt.Errorf("%w: job %s", ErrConflict, cur.ID)
 		}
 		return nil, 0, fmt.Errorf("broker: update %s: %w", cur.ID, storageErr(err))
 	}
 	return next, newRev, nil
+}
+
+// landed reports whether job id's record, written at revision rev, now holds data at
+// the next revision: a write of ours that was stored though its answer was lost. It
+// returns that revision.
+func (s *Store) landed(ctx context.Context, id string, rev uint64, data []byte) (uint64, bool) {
+	var e jetstream.KeyValueEntry
+	err := s.retry(ctx, func(ctx context.Context) error {
+		var err error
+		e, err = s.kv.Get(ctx, jobKey(id))
+		return err
+	})
+	if err != nil || e.Revision() <= rev || !bytes.Equal(e.Value(), data) {
+		return 0, false
+	}
+	return e.Revision(), true
 }
 
 func (j *Job) clone() *Job {

@@ -111,3 +111,32 @@ func TestModifyFromRereadsOnConflict(t *testing.T) {
 		t.Fatalf("refusing guard: %v, want stop", err)
 	}
 }
+
+// A record write whose answer is lost (stored, but the try timed out, as during a leader
+// election) and that is retried meets its own stored write: it is done, not applied a
+// second time (a start counted as two attempts).
+func TestWriteWithLostAnswerAppliesOnce(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "m", `{}`)
+	b.Store.LoseUpdateAnswer()
+	calls := 0
+	got, rev, err := b.Store.Modify(ctx, j.ID, func(j *broker.Job) error {
+		calls++
+		j.State = broker.StateWorking
+		j.Attempt++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, recRev, err := b.Store.Get(ctx, j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Attempt != 1 || got.Attempt != 1 || recRev != rev {
+		t.Fatalf("attempt stored %d, returned %d (fn ran %d times); revision %d, returned %d; want attempt 1 at the stored revision",
+			rec.Attempt, got.Attempt, calls, recRev, rev)
+	}
+}
