@@ -130,9 +130,18 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 // says so), so waiting out AckWait for it would only hold the jobs back. A reset consumer
 // delivers again from its ack floor; the attempts a job has had are counted in its
 // record, so nothing is lost by restarting the delivery count.
+//
+// The server does not recover every consumer it has on disk: one whose directory lacks
+// its checksum file (a kill between the two files it writes when it creates a consumer)
+// is skipped with a warning, and is listed by nobody. Created again, it takes up the
+// state left in its directory, taken jobs included, and keeps lacking the checksum. So
+// the consumer of every queue key with jobs that the server did not list is made afresh
+// (renew), before the worker can create it with that state.
 func (s *Store) reclaim(ctx context.Context) error {
+	recovered := map[string]bool{}
 	names := s.queue.ConsumerNames(ctx)
 	for name := range names.Name() {
+		recovered[name] = true
 		info, err := s.js.Consumer(ctx, QueueStream, name)
 		if err != nil {
 			if errors.Is(err, jetstream.ErrConsumerNotFound) {
@@ -151,6 +160,42 @@ func (s *Store) reclaim(ctx context.Context) error {
 	}
 	if err := names.Err(); err != nil {
 		return fmt.Errorf("broker: list queue consumers: %w", err)
+	}
+	depth, _, err := s.DepthState(ctx)
+	if err != nil {
+		return err
+	}
+	for token := range depth {
+		if !TokenValid(token) || recovered[ConsumerName(token)] {
+			continue
+		}
+		if err := s.renew(ctx, token); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// renew makes the consumer of queue key token afresh: created (which takes up whatever
+// an unrecovered consumer of that name left on disk), deleted with its directory, and
+// created again, delivering every job of the key from the start. On a work queue the
+// delete leaves the jobs in the stream.
+func (s *Store) renew(ctx context.Context, token string) error {
+	name := ConsumerName(token)
+	c, err := s.consumer(ctx, token)
+	if err != nil {
+		return err
+	}
+	held := c.CachedInfo().NumAckPending
+	s.forget(token)
+	if err := s.queue.DeleteConsumer(ctx, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return fmt.Errorf("broker: delete consumer %s: %w", name, err)
+	}
+	if _, err := s.consumer(ctx, token); err != nil {
+		return err
+	}
+	if held > 0 {
+		s.log.Info("jobs of the previous process made deliverable", "consumer", name, "jobs", held, "recovered", false)
 	}
 	return nil
 }

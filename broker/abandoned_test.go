@@ -2,6 +2,8 @@ package broker_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -189,5 +191,74 @@ func TestCancelAbandonedEndsSyncJobsThatNeverReachedTheQueue(t *testing.T) {
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
 		t.Errorf("queue holds %d (%v), want the resubmitted async job", n, err)
+	}
+}
+
+// consumerSum is the checksum file the embedded server keeps beside a queue consumer's
+// config (…/streams/FOREMAN_QUEUE/obs/<consumer>/meta.sum).
+func consumerSum(t *testing.T, dir, tok string) string {
+	t.Helper()
+	files, _ := filepath.Glob(filepath.Join(dir, "jetstream", "*", "streams", broker.QueueStream, "obs", broker.ConsumerName(tok), "meta.sum"))
+	if len(files) != 1 {
+		t.Fatalf("checksum file of consumer %s: %v", broker.ConsumerName(tok), files)
+	}
+	return files[0]
+}
+
+// A queue consumer whose checksum file is missing (a kill between the two files the
+// server writes when it creates a consumer) is not recovered by the server: it logs
+// "Missing consumer checksum" and skips it. Created again, it comes back with the state
+// it had on disk, a taken job among it. With the store owned exclusively, that job is
+// deliverable as soon as the store is open, as for a consumer the server did recover,
+// and the consumer is written afresh, checksum included.
+func TestExclusiveStoreRedeliversJobOfAConsumerTheServerSkipped(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		name string
+		// atCreation: the checksum goes right after the consumer is created (the crash),
+		// and the next process takes the job on it; else it goes while the job is taken.
+		atCreation bool
+	}{
+		{"checksum lost at creation", true},
+		{"checksum lost while the job is taken", false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+				c.Exclusive, c.AckWait = true, 10*time.Minute
+			}))
+			tok := token(t, "tiny-a")
+			if c.atCreation {
+				if d, err := b.Store.Next(ctxT(t), tok); err != nil || d != nil { // creates the consumer
+					t.Fatalf("empty queue: %v %v", d, err)
+				}
+				b.Stop()
+				if err := os.Remove(consumerSum(t, b.Dir, tok)); err != nil {
+					t.Fatal(err)
+				}
+				b.Restart(t)
+			}
+			j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+			if d, err := b.Store.Next(ctxT(t), tok); err != nil || d == nil || d.JobID != j.ID {
+				t.Fatalf("first delivery: %v %v", d, err)
+			}
+			b.Stop() // the crash: no ack
+			if !c.atCreation {
+				if err := os.Remove(consumerSum(t, b.Dir, tok)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b.Restart(t)
+			// A deadline far below AckWait turns a wait for it into a clear failure.
+			d, err := b.Store.NextWait(ctxT(t), tok, 10*time.Second)
+			if err != nil || d == nil {
+				t.Fatalf("the taken job was not redelivered at once after the restart (AckWait 10m): %v %v", d, err)
+			}
+			if d.JobID != j.ID {
+				t.Fatalf("redelivered %s, want %s", d.JobID, j.ID)
+			}
+			// The server recovers the consumer at its next start.
+			consumerSum(t, b.Dir, tok)
+		})
 	}
 }
