@@ -51,6 +51,13 @@ type Config struct {
 	// runs out the job fails without a retry. Default 30m, negative means no limit.
 	NonStreamTimeout time.Duration
 	Logger           *slog.Logger
+	// StartBeforeCall makes each attempt's start write be stored before the target is
+	// called, instead of riding with the call (ADR-0032). Set it on a shared NATS
+	// cluster: there a start write can fail for the seconds a leader election takes,
+	// and a call already made would be aborted and made again later (the target reached
+	// twice, a model maybe loaded for nothing). foreman serve sets it when it does not
+	// run the embedded server.
+	StartBeforeCall bool
 	// Trace, when set, is told each stage a job's run reaches (the Stage* constants) the
 	// moment it does, for benchmarks and debugging. It runs on the hot path, from several
 	// goroutines (the connection's dispatcher among them): it must be safe for concurrent

@@ -112,6 +112,12 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		state = broker.StateWorking
 	}
 	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
+	if w.cfg.StartBeforeCall {
+		if _, err := start.wait(); err != nil {
+			w.startFailed(ctx, d, err, log)
+			return
+		}
+	}
 	w.begin(d.Token, abort)
 	defer w.end()
 	run := w.startRunning(d.JobID, d.Model, d.Token, state)

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -154,6 +155,49 @@ func TestFailedStartWriteAbortsCall(t *testing.T) {
 	case m := <-watch.ch:
 		t.Fatalf("the canceled job published %q (headers %v)", m.Data, m.Header)
 	default:
+	}
+}
+
+// On a shared cluster (StartBeforeCall) the start write is stored before the target is
+// called: the call finds the attempt counted, and a start write that fails (an election
+// outlasting the store's retries) never reaches the target, so a job cannot reach it
+// twice. The start write is held until the call arrives — which, with the start stored
+// first, it never does: then only the hold's bound lets the start go on (the assertion
+// does not depend on it; it only keeps the passing case from waiting for the deadline).
+func TestStartBeforeCallStoresStartFirst(t *testing.T) {
+	t.Parallel()
+	arrived := make(chan struct{})
+	var once sync.Once
+	var tb *testBundle
+	id := broker.NewID()
+	var atCall atomic.Int64
+	atCall.Store(-1)
+	tb = setupFake(t, []ollamatest.Option{ollamatest.WithBeforeChat(func(ctx context.Context, _ string) error {
+		once.Do(func() {
+			defer close(arrived)
+			rec, _, err := tb.b.Store.Get(ctx, id)
+			if err != nil {
+				t.Errorf("read the record at the call: %v", err)
+				return
+			}
+			atCall.Store(int64(rec.Attempt))
+		})
+		return nil
+	})})
+	cfg := worker.WithBeforeStart(worker.Config{StartBeforeCall: true}, func(id string) {
+		select {
+		case <-arrived:
+		case <-time.After(300 * time.Millisecond):
+		}
+	})
+	j := &broker.Job{ID: id, Model: "tiny-a", Kind: broker.KindChat}
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	tb.start(t, cfg)
+	tb.waitState(t, j.ID, broker.StateDone)
+	if got := atCall.Load(); got != 1 {
+		t.Fatalf("the target was called with the record at attempt %d, want 1: the start is stored before the call", got)
 	}
 }
 

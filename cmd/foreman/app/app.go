@@ -103,6 +103,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
 		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
 		NonStreamTimeout: cfg.NonStreamTimeout, Runs: a.runsModel,
+		// On a shared cluster the start write is stored before the call (ADR-0032).
+		StartBeforeCall: a.natsSrv == nil,
 	}
 	if adjust := cfg.Components.Worker; adjust != nil {
 		adjust(&wcfg)
