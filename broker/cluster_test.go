@@ -25,6 +25,12 @@ func TestClusterWriteThroughLeaderKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Direct reads are served by any replica, and one may not have applied the create
+	// yet: the write under test starts from a record every replica has.
+	eventually(t, time.Minute, "the record readable", func() bool {
+		_, _, err := st.Get(ctx, j.ID)
+		return err == nil
+	})
 	c.Kill(c.StreamLeader("KV_" + broker.JobsBucket))
 	if _, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateCanceled; return nil }); err != nil {
 		t.Fatalf("write after the leader died: %v", err)
