@@ -63,25 +63,22 @@ func benchServeSubmitRun(b *testing.B, callers int) {
 		}
 		return j.ID
 	}
-	// waitDone polls the job until it is done: jobs of one model and priority run in order.
+	// waitDone waits until job id is done: jobs of one model and priority run in order.
 	waitDone := func(id string) {
-		deadline := time.Now().Add(2 * time.Minute)
-		for time.Now().Before(deadline) {
-			resp, err := http.Get(base + "/jobs/" + id)
-			if err != nil {
-				b.Fatal(err)
-			}
-			var j struct {
-				State string `json:"state"`
-			}
-			_ = json.NewDecoder(resp.Body).Decode(&j)
-			resp.Body.Close()
-			if j.State == "done" || j.State == "failed" {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		w, err := a.Store().WatchJob(ctx, id)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer w.Stop()
+		j, _, err := a.Store().Get(ctx, id)
+		for ; err == nil; j, err = w.Next(ctx) {
+			if j.State.Terminal() {
 				return
 			}
-			time.Sleep(5 * time.Millisecond)
 		}
-		b.Fatalf("job %s not done in time", id)
+		b.Fatalf("job %s not done: %v", id, err)
 	}
 	waitDone(post(http.DefaultClient)) // warm: the model is known, connections open
 	before := a.Conn().Stats()
