@@ -118,6 +118,9 @@ type Store struct {
 	tcacheAt time.Time
 
 	listMode listMode // tests only: force List's way of reading
+
+	// states hands the job state events to OnJobEvents and OnJobChange.
+	states stateHub
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and

@@ -32,18 +32,10 @@ func (s *Store) OnQueued(fn func(token, jobID string)) (stop func(), err error) 
 }
 
 // OnJobChange calls fn with every state event of job id, in order. Events that do not
-// decode are skipped. fn runs on the connection's dispatcher and must not block. stop
-// ends the calls.
+// decode are skipped. fn runs on the connection's dispatcher, must not block and must not
+// modify the job (other callbacks get the same). stop ends the calls.
 func (s *Store) OnJobChange(id string, fn func(*Job)) (stop func(), err error) {
-	sub, err := s.nc.Subscribe(StateSubject(id), func(m *nats.Msg) {
-		if j, err := DecodeJob(m.Data); err == nil {
-			fn(j)
-		}
-	})
-	if err != nil {
-		return nil, err
-	}
-	return func() { _ = sub.Unsubscribe() }, nil
+	return s.states.add(s.nc, id, fn)
 }
 
 // JobWatch yields the state events of one job; see Store.WatchJob.
@@ -105,15 +97,8 @@ func (s *Store) OnDeliveryLimit(fn func(seq, deliveries uint64, err error)) (sto
 
 // OnJobEvents calls fn with the state event of every job (each write of a job record),
 // for counters that follow all jobs. Events that do not decode (deletes) are skipped. fn
-// runs on the connection's dispatcher and must not block. stop ends the calls.
+// runs on the connection's dispatcher, must not block and must not modify the job (other
+// callbacks get the same). stop ends the calls.
 func (s *Store) OnJobEvents(fn func(*Job)) (stop func(), err error) {
-	sub, err := s.nc.Subscribe(StateWildcard, func(m *nats.Msg) {
-		if j, err := DecodeJob(m.Data); err == nil {
-			fn(j)
-		}
-	})
-	if err != nil {
-		return nil, fmt.Errorf("subscribe to job events: %w", err)
-	}
-	return func() { _ = sub.Unsubscribe() }, nil
+	return s.states.add(s.nc, "", fn)
 }

@@ -326,7 +326,7 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 	defer cancel()
 	pause := terminalPause
 	for try := 1; ; try++ {
-		_, err := w.transition(tctx, id, fromUnended, set)
+		_, err := w.transitionLast(tctx, id, true, fromUnended, set)
 		if err == nil || errors.Is(err, errEnded) || tctx.Err() != nil {
 			return err
 		}
@@ -482,7 +482,7 @@ func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) {
 
 // markWorking moves a loading job to working at its first frame: the model is in.
 func (w *Worker) markWorking(ctx context.Context, id string, log *slog.Logger) {
-	_, err := w.transition(ctx, id, fromLoading, func(j *broker.Job) {
+	_, err := w.transitionLast(ctx, id, false, fromLoading, func(j *broker.Job) {
 		j.State = broker.StateWorking
 	})
 	if err != nil && !errors.Is(err, errEnded) && ctx.Err() == nil {

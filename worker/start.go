@@ -37,7 +37,8 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 		if hook := w.cfg.beforeStart; hook != nil {
 			hook(d.JobID)
 		}
-		sw.job, sw.err = w.transitionFrom(ctx, j, rev, fromLive, func(j *broker.Job) {
+		var newRev uint64
+		sw.job, newRev, sw.err = w.transitionFrom(ctx, j, rev, fromLive, func(j *broker.Job) {
 			j.State, j.Error, j.QueueSeq = state, "", d.Seq
 			j.Attempt++
 		})
@@ -45,6 +46,7 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 			abort(errNotStarted)
 			return
 		}
+		w.written.put(sw.job, newRev)
 		w.trace(d.JobID, StageStarted)
 		log.Info("job started", "state", state, "kind", sw.job.Kind, "delivered", d.NumDelivered, "attempt", sw.job.Attempt)
 	}()

@@ -63,14 +63,40 @@ func (w *Worker) transition(ctx context.Context, id string, guard from, set func
 }
 
 // transitionFrom is transition starting from cur, the record read at revision rev: one
-// write when nobody wrote the record since (Store.ModifyFrom).
-func (w *Worker) transitionFrom(ctx context.Context, cur *broker.Job, rev uint64, guard from, set func(*broker.Job)) (*broker.Job, error) {
-	j, _, err := w.store.ModifyFrom(ctx, cur, rev, func(j *broker.Job) error {
+// write when nobody wrote the record since (Store.ModifyFrom). It returns the record
+// written and its revision.
+func (w *Worker) transitionFrom(ctx context.Context, cur *broker.Job, rev uint64, guard from, set func(*broker.Job)) (*broker.Job, uint64, error) {
+	return w.store.ModifyFrom(ctx, cur, rev, func(j *broker.Job) error {
 		if err := guard(j); err != nil {
 			return err
 		}
 		set(j)
 		return nil
 	})
+}
+
+// transitionLast is transition starting from the record the worker wrote last for job id
+// (writtenRecs) when it has one, and keeps the record written for the next write unless
+// last is set (the attempt's last write).
+func (w *Worker) transitionLast(ctx context.Context, id string, last bool, guard from, set func(*broker.Job)) (*broker.Job, error) {
+	var (
+		j   *broker.Job
+		rev uint64
+		err error
+	)
+	if cur, curRev, ok := w.written.take(id); ok {
+		j, rev, err = w.transitionFrom(ctx, cur, curRev, guard, set)
+	} else {
+		j, rev, err = w.store.Modify(ctx, id, func(j *broker.Job) error {
+			if err := guard(j); err != nil {
+				return err
+			}
+			set(j)
+			return nil
+		})
+	}
+	if err == nil && !last {
+		w.written.put(j, rev)
+	}
 	return j, err
 }

@@ -55,6 +55,8 @@ type Worker struct {
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob
 	finishing map[string]bool
+	// written is what the worker last wrote of each running attempt's record.
+	written writtenRecs
 
 	// The queue view (view.go): a copy of the queue's headers, the learned durations and
 	// the last view computed.
