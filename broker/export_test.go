@@ -51,3 +51,28 @@ func (kv *lostAnswerKV) Update(ctx context.Context, key string, value []byte, re
 	}
 	return n, err
 }
+
+// LoseCreateAnswer makes the store's next record create be stored, then runs after (when
+// not nil), then answers err instead, as a create whose answer was lost.
+func (s *Store) LoseCreateAnswer(err error, after func(id string)) {
+	s.kv = &lostCreateKV{KeyValue: s.kv, err: err, after: after}
+}
+
+type lostCreateKV struct {
+	jetstream.KeyValue
+	err   error
+	after func(id string)
+	lost  bool
+}
+
+func (kv *lostCreateKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	n, err := kv.KeyValue.Create(ctx, key, value, opts...)
+	if err == nil && !kv.lost {
+		kv.lost = true
+		if kv.after != nil {
+			kv.after(key[len("job."):])
+		}
+		return 0, kv.err
+	}
+	return n, err
+}

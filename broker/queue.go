@@ -344,7 +344,9 @@ func (s *Store) JobOf(ctx context.Context, d *Lease) (*Job, uint64, error) {
 			if ctx.Err() != nil {
 				return nil, 0, ctx.Err()
 			}
-			return nil, 0, err // the grace has passed: an orphan
+			// The grace has passed. One last read: on a cluster the reads before may
+			// have met a replica that had not applied the record yet.
+			return s.Get(ctx, d.JobID) // ErrNotFound: an orphan
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"testing"
@@ -143,5 +144,50 @@ func TestRecordRefusedLeavesNoQueueMessage(t *testing.T) {
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != 0 {
 		t.Fatalf("queue holds %d messages (%v), want 0", n, err)
+	}
+}
+
+// A create whose first try was stored unseen, and whose job a worker started before the
+// retry found the record, keeps the message this submit queued: the worker holds it, and
+// deleting it would leave a running job that nothing could hand back or redeliver.
+func TestSubmitCreateLandedUnseenKeepsARunningJobsMessage(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	b.Store.LoseCreateAnswer(context.DeadlineExceeded, func(id string) {
+		_, _, err := b.Store.Modify(ctx, id, func(j *broker.Job) error {
+			j.State, j.Attempt = broker.StateWorking, 1
+			return nil
+		})
+		if err != nil {
+			t.Errorf("start the job: %v", err)
+		}
+	})
+	j, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{"model":"m"}`))
+	if err != nil || j.State != broker.StateWorking {
+		t.Fatalf("submit: %+v %v, want the running job", j, err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want the running job's one", n, err)
+	}
+}
+
+// A create stored though its caller heard only an error (its context ended as the answer
+// was on its way) leaves a whole job, not a record without its message: the submit
+// succeeds.
+func TestSubmitCreateLandedButAnsweredWithErrorIsWhole(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	b.Store.LoseCreateAnswer(context.Canceled, nil)
+	j, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{"model":"m"}`))
+	if err != nil {
+		t.Fatalf("submit: %v, want the job (its record and message are stored)", err)
+	}
+	if rec, _, err := b.Store.Get(ctx, j.ID); err != nil || rec.State != broker.StateQueued {
+		t.Fatalf("record %+v %v, want queued", rec, err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
 	}
 }

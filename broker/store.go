@@ -306,6 +306,20 @@ func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetst
 		s.discard(j)
 		return nil, fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(qerr))
 	case !errors.Is(cerr, jetstream.ErrKeyExists):
+		if Transient(cerr) || errors.Is(cerr, context.Canceled) {
+			// A try may have been stored though no answer came: then the job is whole
+			// (or, with its message refused, must go), not a message to take back.
+			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			_, _, gerr := s.Get(rctx, j.ID)
+			cancel()
+			if gerr == nil {
+				if qerr == nil {
+					return j, nil
+				}
+				s.discard(j)
+				return nil, fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(qerr))
+			}
+		}
 		if ours {
 			s.unqueue(j, ack.Sequence)
 		}
@@ -320,17 +334,22 @@ func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetst
 	if errors.Is(gerr, ErrNotFound) {
 		// The create met a record no replica shows: a try lost to a timeout during an
 		// election that the cluster may still apply. Not a missing job: try later. The
-		// queue message stays: should the record appear, the job runs.
+		// message goes, as the caller is told to try again (an idempotent retry queues
+		// it anew); should the record appear, it stays queued without one, as when a
+		// crash comes between the two writes (see Resubmit).
+		if ours {
+			s.unqueue(j, ack.Sequence)
+		}
 		return nil, fmt.Errorf("broker: create job record %s: %w: the record is not readable yet", j.ID, ErrUnavailable)
 	}
 	if gerr != nil {
 		return nil, gerr
 	}
 	if existing.State != StateQueued {
-		// It ran already, or runs: the message published with this call is a spare.
-		if ours {
-			s.unqueue(existing, ack.Sequence)
-		}
+		// It ran already, or runs. The message published with this call is not taken
+		// back: when our own create landed unseen, a worker may hold that very message
+		// (deleting it would leave a running job nothing can hand back); a spare copy is
+		// dropped by the worker (Job.IsSpare).
 		return existing, nil
 	}
 	// Still queued: the message published with this call makes sure it has one (a crash
