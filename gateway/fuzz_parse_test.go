@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -133,7 +134,7 @@ func FuzzParseSubmission(f *testing.F) {
 	f.Add([]byte(`{"model":"a","MODEL":null,"options":null}`))
 	f.Add([]byte(`{"model":"a","priority":"high","priority":null,"program":"x","program":null}`))
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		sub, err := parseSubmission(raw, &webhook.Policy{})
+		sub, err := parseSubmission(raw, &webhook.Policy{LookupNetIP: refuseLookup})
 		if err != nil {
 			wantClientError(t, "parseSubmission", err)
 			return
@@ -222,11 +223,20 @@ func FuzzParseSubmission(f *testing.F) {
 // webhookURLChecks are the checks a job's webhook URL passes before the job is accepted.
 // FuzzWebhookURL holds every URL one of them accepts to wantDeliverableURL.
 var webhookURLChecks = map[string]func(string) error{
-	"default policy": func(raw string) error { return checkWebhookURL(raw, &webhook.Policy{}) },
-	"deny private":   func(raw string) error { return checkWebhookURL(raw, &webhook.Policy{DenyPrivate: true}) },
-	"allow loopback": func(raw string) error {
-		return checkWebhookURL(raw, &webhook.Policy{AllowNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}})
+	"default policy": func(raw string) error { return checkWebhookURL(raw, &webhook.Policy{LookupNetIP: refuseLookup}) },
+	"deny private": func(raw string) error {
+		return checkWebhookURL(raw, &webhook.Policy{DenyPrivate: true, LookupNetIP: refuseLookup})
 	},
+	"allow loopback": func(raw string) error {
+		return checkWebhookURL(raw, &webhook.Policy{AllowNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}, LookupNetIP: refuseLookup})
+	},
+}
+
+// refuseLookup is the resolver of the fuzzed policies: the submit-time checks read the
+// URL only, so a lookup of a fuzzed host (which may name any address) is a bug, and
+// panics before anything could be sent there.
+func refuseLookup(_ context.Context, _, host string) ([]netip.Addr, error) {
+	panic("webhook URL check resolved " + host + ": submit-time checks must not")
 }
 
 // refusedByDefault reports whether the default webhook policy must refuse a URL whose
