@@ -122,15 +122,16 @@ func TestStreamIdleTimeoutIgnoresCallbackTime(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := newClient(t, srv.URL)
+	clk := ollama.NewFakeClock()
 	var frames int
 	_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error {
 		frames++
-		// A slow consumer on purpose, not a wait: the callback must really outlast the idle
-		// limit (four times over) on the wall clock, which no channel can stand in for.
-		time.Sleep(200 * time.Millisecond)
+		// A slow consumer: the callback outlasts the idle limit four times over on the
+		// watchdog's clock, whose timers would fire now were the limit counting.
+		clk.Advance(200 * time.Millisecond)
 		next <- struct{}{}
 		return nil
-	}, ollama.FirstByteTimeout(time.Minute), ollama.IdleTimeout(50*time.Millisecond))
+	}, ollama.FirstByteTimeout(time.Minute), ollama.IdleTimeout(50*time.Millisecond), ollama.WithClock(clk))
 	if err != nil {
 		t.Fatalf("err = %v after %d frames", err, frames)
 	}

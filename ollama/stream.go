@@ -29,7 +29,25 @@ type streamOptions struct {
 	onResponse func(contentType string) error
 	firstByte  time.Duration
 	idle       time.Duration
+	clock      clock // the watchdog's; tests may replace it (export_test.go)
 }
+
+// clock is the time the stall watchdog reads and the timers it sets.
+type clock interface {
+	Now() time.Time
+	AfterFunc(d time.Duration, f func()) stopTimer
+}
+
+// stopTimer is what the watchdog does with a timer (*time.Timer has both).
+type stopTimer interface {
+	Stop() bool
+	Reset(d time.Duration) bool
+}
+
+type wallClock struct{}
+
+func (wallClock) Now() time.Time                                { return time.Now() }
+func (wallClock) AfterFunc(d time.Duration, f func()) stopTimer { return time.AfterFunc(d, f) }
 
 // OnResponse registers fn to be called once with the target's Content-Type after a 2xx
 // status arrives and before the first frame, so a relay can send headers before the
@@ -67,7 +85,10 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 		return "", err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	wd := newWatchdog(so.firstByte, so.idle, &StallError{Op: "POST " + path, URL: redacted(req.URL)}, cancel)
+	if so.clock == nil {
+		so.clock = wallClock{}
+	}
+	wd := newWatchdog(so.clock, so.firstByte, so.idle, &StallError{Op: "POST " + path, URL: redacted(req.URL)}, cancel)
 	defer wd.stop()
 	resp, err := c.hc.Do(req)
 	if err != nil {
@@ -184,18 +205,19 @@ type watchdog struct {
 	firstByte, idle time.Duration
 	abort           func(error)
 	template        StallError
+	clock           clock
 
 	mu      sync.Mutex
-	timer   *time.Timer // nil when no limit applies now
-	armed   time.Time   // when the running limit started
-	started bool        // the first body byte arrived
-	paused  bool        // the caller's callback runs: the target is not waited for
+	timer   stopTimer // nil when no limit applies now
+	armed   time.Time // when the running limit started
+	started bool      // the first body byte arrived
+	paused  bool      // the caller's callback runs: the target is not waited for
 }
 
-func newWatchdog(firstByte, idle time.Duration, template *StallError, abort func(error)) *watchdog {
-	w := &watchdog{firstByte: firstByte, idle: idle, abort: abort, template: *template, armed: time.Now()}
+func newWatchdog(clk clock, firstByte, idle time.Duration, template *StallError, abort func(error)) *watchdog {
+	w := &watchdog{firstByte: firstByte, idle: idle, abort: abort, template: *template, clock: clk, armed: clk.Now()}
 	if firstByte > 0 {
-		w.timer = time.AfterFunc(firstByte, w.fire)
+		w.timer = clk.AfterFunc(firstByte, w.fire)
 	}
 	return w
 }
@@ -210,7 +232,7 @@ func (w *watchdog) fire() {
 	if se.FirstByte {
 		se.After = w.firstByte
 	}
-	live := !w.paused && time.Since(w.armed) >= se.After
+	live := !w.paused && w.clock.Now().Sub(w.armed) >= se.After
 	w.mu.Unlock()
 	if live {
 		w.abort(&se)
@@ -227,14 +249,14 @@ func (w *watchdog) progress() {
 
 // rearmLocked restarts the idle limit, or stops the first-byte one when there is none.
 func (w *watchdog) rearmLocked() {
-	w.armed = time.Now()
+	w.armed = w.clock.Now()
 	switch {
 	case w.idle <= 0:
 		if w.timer != nil {
 			w.timer.Stop()
 		}
 	case w.timer == nil:
-		w.timer = time.AfterFunc(w.idle, w.fire)
+		w.timer = w.clock.AfterFunc(w.idle, w.fire)
 	default:
 		w.timer.Reset(w.idle)
 	}
