@@ -25,15 +25,7 @@ import (
 func BenchmarkQueuedChatNonStream(b *testing.B) {
 	qb, st := newBenchBundle(b)
 	body := chatBody("tiny-a", "bench", "false")
-	benchPair(b, func(base string) time.Duration {
-		start := time.Now()
-		resp := benchPost(b, base+"/api/chat", body)
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			b.Fatal(err)
-		}
-		resp.Body.Close()
-		return time.Since(start)
-	}, qb.URL, qb.Fake.URL)
+	benchPair(b, wholeAnswer(b, body), qb.URL, qb.Fake.URL)
 	st.report(b)
 }
 
@@ -65,17 +57,12 @@ func BenchmarkQueuedChatFirstChunk(b *testing.B) {
 func BenchmarkQueuedChatAfterIdle(b *testing.B) {
 	qb, st := newBenchBundle(b)
 	body := chatBody("tiny-a", "bench", "false")
+	timed := wholeAnswer(b, body)
 	benchPair(b, func(base string) time.Duration {
 		// A deliberate pause, not a wait, outside the timed part: the worker must go idle
 		// past its short rechecks, which is the case this benchmark measures.
 		time.Sleep(60 * time.Millisecond)
-		start := time.Now()
-		resp := benchPost(b, base+"/api/chat", body)
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			b.Fatal(err)
-		}
-		resp.Body.Close()
-		return time.Since(start)
+		return timed(base)
 	}, qb.URL, qb.Fake.URL)
 	st.report(b)
 }
@@ -87,15 +74,7 @@ func BenchmarkQueuedChatAfterIdle(b *testing.B) {
 func BenchmarkQueuedChatPaced(b *testing.B) {
 	qb, st := newBenchBundle(b, withFake(ollamatest.WithTokenDelay(time.Millisecond), ollamatest.WithTokens(8)))
 	body := chatBody("tiny-a", "bench", "false")
-	benchPair(b, func(base string) time.Duration {
-		start := time.Now()
-		resp := benchPost(b, base+"/api/chat", body)
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			b.Fatal(err)
-		}
-		resp.Body.Close()
-		return time.Since(start)
-	}, qb.URL, qb.Fake.URL)
+	benchPair(b, wholeAnswer(b, body), qb.URL, qb.Fake.URL)
 	st.report(b)
 }
 
@@ -106,15 +85,7 @@ func BenchmarkQueuedChatRealOllama(b *testing.B) {
 	url := ollamatest.RealOllama(b)
 	qb, st := newBenchBundle(b, withTargetURL(url))
 	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"bench"}],"stream":false,"options":{"num_predict":8}}`)
-	benchPair(b, func(base string) time.Duration {
-		start := time.Now()
-		resp := benchPost(b, base+"/api/chat", body)
-		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-			b.Fatal(err)
-		}
-		resp.Body.Close()
-		return time.Since(start)
-	}, qb.URL, url)
+	benchPair(b, wholeAnswer(b, body), qb.URL, url)
 	st.report(b)
 }
 
@@ -181,6 +152,20 @@ func (st *stageTrace) report(b *testing.B) {
 		fmt.Fprintf(&line, " %s=%.3f", stage, ms)
 	}
 	b.Logf("stage p50 from request in (ms):%s", line.String())
+}
+
+// wholeAnswer times one POST /api/chat of body to a base URL until its whole answer is
+// read.
+func wholeAnswer(b *testing.B, body []byte) func(base string) time.Duration {
+	return func(base string) time.Duration {
+		start := time.Now()
+		resp := benchPost(b, base+"/api/chat", body)
+		if _, err := io.Copy(io.Discard, resp.Body); err != nil {
+			b.Fatal(err)
+		}
+		resp.Body.Close()
+		return time.Since(start)
+	}
 }
 
 // benchWorker keeps the worker's defaults (IdlePoll 1s), as foreman serve runs it.
