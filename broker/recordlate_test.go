@@ -2,7 +2,6 @@ package broker_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -13,25 +12,6 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
-// publishBare publishes job j's queue message as Submit does, without its record.
-func publishBare(t *testing.T, b *brokertest.Bundle, j *broker.Job, body string) {
-	t.Helper()
-	key, err := broker.KeyOf(j, []byte(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := nats.NewMsg(broker.QueueSubject(key.String()))
-	msg.Header.Set(broker.HeaderJobID, j.ID)
-	msg.Header.Set(broker.HeaderPriority, string(key.Class))
-	msg.Header.Set(broker.HeaderModel, j.Model)
-	msg.Header.Set(broker.HeaderKind, string(j.Kind))
-	msg.Header.Set(nats.MsgIdHdr, j.ID)
-	msg.Data = []byte(body)
-	if _, err := brokertest.JetStream(t, b.Conn).PublishMsg(ctxT(t), msg); err != nil {
-		t.Fatalf("publish queue message: %v", err)
-	}
-}
-
 // A lease whose record is not stored yet gets it once it is: JobOf waits for a young
 // message's record instead of calling the message an orphan.
 func TestJobOfWaitsForALateRecord(t *testing.T) {
@@ -39,7 +19,7 @@ func TestJobOfWaitsForALateRecord(t *testing.T) {
 	b := brokertest.New(t)
 	ctx := ctxT(t)
 	j := &broker.Job{ID: broker.NewID(), Model: "m", Kind: broker.KindChat}
-	publishBare(t, b, j, `{}`)
+	b.PublishBare(t, j, `{}`)
 	d, err := b.Store.Next(ctx, token(t, "m"))
 	if err != nil || d == nil {
 		t.Fatalf("next: %v %v", d, err)
@@ -70,12 +50,7 @@ func TestJobOfWaitsForALateRecord(t *testing.T) {
 			t.Fatal("JobOf never waited for the record")
 		}
 	}
-	now := time.Now().UTC()
-	j.State, j.CreatedAt, j.At = broker.StateQueued, now, now
-	rec, _ := json.Marshal(j)
-	if _, err := b.JobRecords(t).Create(ctx, "job."+j.ID, rec); err != nil {
-		t.Fatal(err)
-	}
+	b.CreateRecord(t, j)
 	r := <-got
 	if r.err != nil || r.j.ID != j.ID || r.j.State != broker.StateQueued {
 		t.Fatalf("JobOf = %+v, %v; want the queued record", r.j, r.err)
@@ -92,7 +67,7 @@ func TestJobOfOldOrphanNotFound(t *testing.T) {
 	}))
 	ctx := ctxT(t)
 	j := &broker.Job{ID: broker.NewID(), Model: "m", Kind: broker.KindChat}
-	publishBare(t, b, j, `{}`)
+	b.PublishBare(t, j, `{}`)
 	d, err := b.Store.Next(ctx, token(t, "m"))
 	if err != nil || d == nil {
 		t.Fatalf("next: %v %v", d, err)

@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -14,39 +13,6 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
-// publishBare publishes job j's queue message as Store.Submit does, with no record.
-func publishBare(t *testing.T, tb *testBundle, j *broker.Job, body string) {
-	t.Helper()
-	key, err := broker.KeyOf(j, []byte(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := nats.NewMsg(broker.QueueSubject(key.String()))
-	msg.Header.Set(broker.HeaderJobID, j.ID)
-	msg.Header.Set(broker.HeaderPriority, string(key.Class))
-	msg.Header.Set(broker.HeaderModel, j.Model)
-	msg.Header.Set(broker.HeaderKind, string(j.Kind))
-	msg.Header.Set(nats.MsgIdHdr, j.ID)
-	msg.Data = []byte(body)
-	if _, err := brokertest.JetStream(t, tb.b.Conn).PublishMsg(ctxT(t), msg); err != nil {
-		t.Fatalf("publish queue message: %v", err)
-	}
-}
-
-// createRecord stores job j's queued record as Store.Submit does.
-func createRecord(t *testing.T, tb *testBundle, j *broker.Job) {
-	t.Helper()
-	now := time.Now().UTC()
-	j.State, j.CreatedAt, j.At = broker.StateQueued, now, now
-	rec, err := json.Marshal(j)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := tb.b.JobRecords(t).Create(ctxT(t), "job."+j.ID, rec); err != nil {
-		t.Fatalf("create record: %v", err)
-	}
-}
-
 // Submit stores a job's record and its queue message at once, so the worker may take the
 // message before the record is there: it must wait for the record and run the job, not
 // drop the message as an orphan.
@@ -56,7 +22,7 @@ func TestMessageBeforeItsRecordRuns(t *testing.T) {
 	tb.start(t, worker.Config{})
 	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
 	body := chatBody("tiny-a", 1)
-	publishBare(t, tb, j, body)
+	tb.b.PublishBare(t, j, body)
 
 	// Wait until the worker has taken the message and looked for its record: it then
 	// watches the job's state subject (a request there finds a subscriber), or it has
@@ -68,7 +34,7 @@ func TestMessageBeforeItsRecordRuns(t *testing.T) {
 		_, err := tb.b.Conn.Request(broker.StateSubject(j.ID), nil, 20*time.Millisecond)
 		return errors.Is(err, nats.ErrTimeout)
 	})
-	createRecord(t, tb, j)
+	tb.b.CreateRecord(t, j)
 	done := tb.waitState(t, j.ID, broker.StateDone)
 	if done.Attempt != 1 {
 		t.Fatalf("attempt %d, want 1", done.Attempt)
@@ -83,7 +49,7 @@ func TestOrphanMessageDroppedAfterGrace(t *testing.T) {
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 200 * time.Millisecond }))
 	tb.start(t, worker.Config{})
 	orphan := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
-	publishBare(t, tb, orphan, chatBody("tiny-a", 1))
+	tb.b.PublishBare(t, orphan, chatBody("tiny-a", 1))
 	next := tb.chat(t, "tiny-a", 2)
 	tb.waitState(t, next.ID, broker.StateDone)
 	tb.waitQueueEmpty(t)
@@ -98,7 +64,7 @@ func TestStopEndsTheWaitForARecord(t *testing.T) {
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 30 * time.Second }))
 	w := tb.start(t, worker.Config{})
 	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
-	publishBare(t, tb, j, chatBody("tiny-a", 1))
+	tb.b.PublishBare(t, j, chatBody("tiny-a", 1))
 	eventually(t, 30*time.Second, "the worker waits for the record", func() bool {
 		_, err := tb.b.Conn.Request(broker.StateSubject(j.ID), nil, 20*time.Millisecond)
 		return errors.Is(err, nats.ErrTimeout)

@@ -4,6 +4,7 @@ package brokertest
 
 import (
 	"context"
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -123,3 +124,41 @@ func (b *Bundle) JetStream(t testing.TB) jetstream.JetStream { return JetStream(
 
 // JobRecords is the job record bucket on the bundle's connection.
 func (b *Bundle) JobRecords(t testing.TB) jetstream.KeyValue { return JobRecords(t, b.Conn) }
+
+// PublishBare publishes job j's queue message as Store.Submit does, with no record: the
+// half of a submit a worker may meet first (ADR-0031).
+func (b *Bundle) PublishBare(t testing.TB, j *broker.Job, body string) {
+	t.Helper()
+	key, err := broker.KeyOf(j, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(broker.QueueSubject(key.String()))
+	msg.Header.Set(broker.HeaderJobID, j.ID)
+	msg.Header.Set(broker.HeaderPriority, string(key.Class))
+	msg.Header.Set(broker.HeaderModel, j.Model)
+	msg.Header.Set(broker.HeaderKind, string(j.Kind))
+	msg.Header.Set(nats.MsgIdHdr, j.ID)
+	msg.Data = []byte(body)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.JetStream(t).PublishMsg(ctx, msg); err != nil {
+		t.Fatalf("publish queue message: %v", err)
+	}
+}
+
+// CreateRecord stores job j's queued record as Store.Submit does: the other half.
+func (b *Bundle) CreateRecord(t testing.TB, j *broker.Job) {
+	t.Helper()
+	now := time.Now().UTC()
+	j.State, j.CreatedAt, j.At = broker.StateQueued, now, now
+	rec, err := json.Marshal(j)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.JobRecords(t).Create(ctx, "job."+j.ID, rec); err != nil {
+		t.Fatalf("create record: %v", err)
+	}
+}
