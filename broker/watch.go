@@ -16,14 +16,31 @@ const queueAll = queuePrefix + ">"
 // deliver again (MaxDeliver reached). In a work queue such a message would stay forever.
 const maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + QueueStream + ".*"
 
-// OnQueued calls fn for every message published to a queue subject, with the subject's
-// token and the message's job id: a wake-up for an idle worker. fn runs on the
+// Published is a message seen published to a queue subject: the job it queues, as its
+// publisher sent it. It is a wake-up for an idle worker, not a lease: it may never be
+// stored (a full queue refuses it), and only the lease's copy is checked.
+type Published struct {
+	Token string // the queue subject's token (ParseQueueKey)
+	JobID string
+	Kind  Kind
+	// Body is the request body the message carries; nil when it is stored apart
+	// (HeaderBodyRef) or the message is a requeue.
+	Body []byte
+}
+
+// OnQueued calls fn for every message published to a queue subject. fn runs on the
 // connection's dispatcher and must not block. stop ends the calls.
-func (s *Store) OnQueued(fn func(token, jobID string)) (stop func(), err error) {
+func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
 	sub, err := s.nc.Subscribe(queueAll, func(m *nats.Msg) {
-		if token, ok := TokenFromSubject(m.Subject); ok {
-			fn(token, m.Header.Get(HeaderJobID))
+		token, ok := TokenFromSubject(m.Subject)
+		if !ok {
+			return
 		}
+		p := Published{Token: token, JobID: m.Header.Get(HeaderJobID), Kind: Kind(m.Header.Get(HeaderKind))}
+		if m.Header.Get(HeaderBodyRef) == "" && m.Header.Get(HeaderRequeued) == "" {
+			p.Body = m.Data
+		}
+		fn(p)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to queue: %w", err)

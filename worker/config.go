@@ -58,6 +58,14 @@ type Config struct {
 	// twice, a model maybe loaded for nothing). foreman serve sets it when it does not
 	// run the embedded server.
 	StartBeforeCall bool
+	// EarlyCall lets an idle worker begin a job's target call the moment it sees the
+	// job's queue message published, before the message is stored and leased, when
+	// nothing else is queued and the job's model is loaded (ADR-0034). The frames still
+	// wait for the lease and the stored start; a job that is not to run drops the call
+	// unseen. Only for a worker that is its store's one taker (the embedded server):
+	// elsewhere another foreman may take the message, and the target would be called
+	// for a job run on another. foreman serve sets it with the embedded server.
+	EarlyCall bool
 	// Trace, when set, is told each stage a job's run reaches (the Stage* constants) the
 	// moment it does, for benchmarks and debugging. It runs on the hot path, from several
 	// goroutines (the connection's dispatcher among them): it must be safe for concurrent
@@ -133,6 +141,9 @@ func (c *Config) validate() error {
 	}
 	if c.Target == nil {
 		errs = append(errs, errors.New("worker: Config.Target is required"))
+	}
+	if c.EarlyCall && c.StartBeforeCall {
+		errs = append(errs, errors.New("worker: Config.EarlyCall calls the target before the start is stored; it cannot go with StartBeforeCall"))
 	}
 	if c.MaxJobTime < 0 {
 		errs = append(errs, errors.New("worker: Config.MaxJobTime must not be negative"))

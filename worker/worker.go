@@ -113,9 +113,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer close(w.done)
 	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
 
-	stopWake, err := w.store.OnQueued(func(token, jobID string) {
-		w.trace(jobID, StageWoken)
-		w.poke(wakeup{token: token, jobID: jobID})
+	stopWake, err := w.store.OnQueued(func(p broker.Published) {
+		w.trace(p.JobID, StageWoken)
+		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body})
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
@@ -134,6 +134,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	woken := false // a publish was seen and its job not yet fetched
 	for !w.isStopping(ctx) {
 		var ahead *recordRead // the record of a job woken for, read while it is fetched
+		var early *earlyCall  // the call of a job woken for, begun while it is fetched
 		d, queued, err := w.next(ctx)
 		if err != nil {
 			if w.isStopping(ctx) {
@@ -162,14 +163,17 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			// A job was published while nothing could run: wait for it on its model's
 			// consumer, which answers the moment the stream has stored it, and read its
-			// record (and, for another runner, the loaded models) meanwhile. Should the fetch fail, the short rechecks above still
-			// look for it.
+			// record (and, for another runner, the loaded models) meanwhile; its target call
+			// may begin meanwhile too (callEarly). Should the fetch fail, the short rechecks
+			// above still look for it.
+			early = w.callEarly(ctx, u)
 			misses, woken = 0, true
 			ahead = w.readAhead(ctx, u.jobID, u.token)
 			if d, err = w.store.NextWait(ctx, u.token, wakeWait); err != nil || d == nil {
 				if err != nil {
 					w.log.Warn("fetch a just-published job", "err", err)
 				}
+				w.drop(early)
 				ahead.wait()
 				continue
 			}
@@ -178,7 +182,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.trace(d.JobID, StageFetched)
 		w.took(d.Token)
 		w.fetched(d.JobID)
-		w.handle(ctx, d, ahead)
+		w.handle(ctx, d, ahead, early)
 		ahead.wait()
 	}
 	return nil
@@ -254,8 +258,12 @@ func (w *Worker) isStopping(ctx context.Context) bool {
 	}
 }
 
-// wakeup is a job seen published on the queue's subjects.
-type wakeup struct{ token, jobID string }
+// wakeup is a job seen published on the queue's subjects (broker.Published).
+type wakeup struct {
+	token, jobID string
+	kind         broker.Kind
+	body         []byte
+}
 
 // poke hands an idle loop the newest job published, replacing an older one not yet taken:
 // anything published before it is stored by now, where the selection finds it.
