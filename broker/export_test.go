@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"sync"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -75,4 +76,17 @@ func (kv *lostCreateKV) Create(ctx context.Context, key string, value []byte, op
 		return 0, kv.err
 	}
 	return n, err
+}
+
+// RemoteStreamWriter is the writer of job id's answer as a worker of another process has
+// it: its messages reach this Store's feeds through NATS only.
+func (s *Store) RemoteStreamWriter(id string) *StreamWriter { return newStreamWriter(s.nc, id) }
+
+// HoldNATS makes the feed's NATS callback run hold before it takes its first message;
+// undo stops it for later messages.
+func (f *JobFeed) HoldNATS(hold func()) (undo func()) {
+	var once sync.Once
+	h := func() { once.Do(hold) }
+	f.beforeReceive.Store(&h)
+	return func() { f.beforeReceive.Store(nil) }
 }

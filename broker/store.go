@@ -121,6 +121,9 @@ type Store struct {
 
 	// states hands the job state events to OnJobEvents and OnJobChange.
 	states stateHub
+	// feeds are this Store's open JobFeeds: its StreamWriters hand them their messages
+	// directly (ADR-0035).
+	feeds localFeeds
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and

@@ -13,7 +13,9 @@ import (
 // for concurrent use.
 type StreamWriter struct {
 	nc          *nats.Conn
+	local       *localFeeds // this process's feeds of the job, served ahead of NATS
 	subject     string
+	id          string
 	seq         int
 	contentType string
 	frames      [][]byte // every frame of the attempt, for the result
@@ -21,7 +23,9 @@ type StreamWriter struct {
 
 // StreamWriter returns the writer of job id's answer, numbering from 1.
 func (s *Store) StreamWriter(id string) *StreamWriter {
-	return newStreamWriter(s.nc, id)
+	w := newStreamWriter(s.nc, id)
+	w.local, w.id = &s.feeds, id
+	return w
 }
 
 func newStreamWriter(nc *nats.Conn, id string) *StreamWriter {
@@ -83,6 +87,9 @@ func (w *StreamWriter) publish(data []byte, hdr func(nats.Header)) error {
 		hdr(m.Header)
 	}
 	m.Data = data
+	// A feed of this process gets the message first: its copy from NATS, which cannot
+	// come before the publish, is then known for the echo it is.
+	w.local.deliver(w.id, m)
 	return w.nc.PublishMsg(m)
 }
 

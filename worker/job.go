@@ -154,12 +154,12 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		if _, err := start.wait(); err != nil {
 			return errNotStarted
 		}
+		if len(r.Frames()) == 0 {
+			w.trace(d.JobID, StageFirstFrame) // before: a reader of this process may have it at once (ADR-0035)
+		}
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
 			return &publishError{err}
-		}
-		if len(r.Frames()) == 1 {
-			w.trace(d.JobID, StageFirstFrame)
 		}
 		if !working {
 			working = true
@@ -263,8 +263,8 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 		w.fail(ctx, d, r, msg, 0, log)
 		return
 	}
+	w.trace(d.JobID, StageFinal) // before: a reader of this process may have it at once (ADR-0035)
 	w.publishFinal(r, broker.StateDone, "", 0, log)
-	w.trace(d.JobID, StageFinal)
 	frames := r.Frames()
 	w.setFinishing(d.JobID, true) // its message stays queued until storeDone acks it
 	w.afterwards(func(ctx context.Context) {
