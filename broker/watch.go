@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 )
@@ -29,8 +31,13 @@ type Published struct {
 }
 
 // OnQueued calls fn for every message published to a queue subject. fn runs on the
-// connection's dispatcher and must not block. stop ends the calls.
+// connection's dispatcher, or on the goroutine of a submit of this Store, and must not
+// block. stop ends the calls.
+//
+// A submit of this Store hands fn its message directly, before publishing it: the copy
+// that then comes through NATS is skipped as its echo.
 func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
+	h := &queuedHook{fn: fn, echoes: map[string]int{}}
 	sub, err := s.nc.Subscribe(queueAll, func(m *nats.Msg) {
 		token, ok := TokenFromSubject(m.Subject)
 		if !ok {
@@ -40,12 +47,81 @@ func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
 		if m.Header.Get(HeaderBodyRef) == "" && m.Header.Get(HeaderRequeued) == "" {
 			p.Body = m.Data
 		}
-		fn(p)
+		h.fromNATS(p)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to queue: %w", err)
 	}
-	return func() { _ = sub.Unsubscribe() }, nil
+	s.hooks.add(h)
+	return func() {
+		s.hooks.remove(h)
+		_ = sub.Unsubscribe()
+	}, nil
+}
+
+// queuedHook is one OnQueued callback.
+type queuedHook struct {
+	fn     func(Published)
+	mu     sync.Mutex
+	echoes map[string]int // job id → messages handed over directly whose NATS copy is to come
+}
+
+// maxEchoes bounds the echoes a hook waits for; past it they are forgotten (a publish
+// that failed never sends its copy), and an echo then passes as one more wake-up.
+const maxEchoes = 1024
+
+func (h *queuedHook) direct(p Published) {
+	h.mu.Lock()
+	if len(h.echoes) >= maxEchoes {
+		clear(h.echoes)
+	}
+	h.echoes[p.JobID]++
+	h.mu.Unlock()
+	h.fn(p)
+}
+
+func (h *queuedHook) fromNATS(p Published) {
+	h.mu.Lock()
+	n, echo := h.echoes[p.JobID]
+	if echo {
+		if n <= 1 {
+			delete(h.echoes, p.JobID)
+		} else {
+			h.echoes[p.JobID] = n - 1
+		}
+	}
+	h.mu.Unlock()
+	if !echo {
+		h.fn(p)
+	}
+}
+
+// queuedHooks are the OnQueued callbacks of one Store.
+type queuedHooks struct {
+	mu   sync.Mutex
+	list []*queuedHook
+}
+
+func (q *queuedHooks) add(h *queuedHook) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.list = append(q.list, h)
+}
+
+func (q *queuedHooks) remove(h *queuedHook) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.list = slices.DeleteFunc(slices.Clone(q.list), func(g *queuedHook) bool { return g == h })
+}
+
+// announce hands p to this Store's OnQueued callbacks, ahead of its publish.
+func (q *queuedHooks) announce(p Published) {
+	q.mu.Lock()
+	list := q.list
+	q.mu.Unlock()
+	for _, h := range list {
+		h.direct(p)
+	}
 }
 
 // OnJobChange calls fn with every state event of job id, in order. Events that do not
