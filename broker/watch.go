@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
 	"sync"
 
@@ -114,13 +115,18 @@ func (q *queuedHooks) remove(h *queuedHook) {
 	q.list = slices.DeleteFunc(slices.Clone(q.list), func(g *queuedHook) bool { return g == h })
 }
 
-// announce hands p to this Store's OnQueued callbacks, ahead of its publish.
+// announce hands p to this Store's OnQueued callbacks, ahead of its publish, and then
+// yields the processor: the goroutine a callback woke (an idle worker) runs now, before
+// the submit's own writes, which only wait for the disk, queue it behind themselves.
 func (q *queuedHooks) announce(p Published) {
 	q.mu.Lock()
 	list := q.list
 	q.mu.Unlock()
 	for _, h := range list {
 		h.direct(p)
+	}
+	if len(list) > 0 {
+		runtime.Gosched()
 	}
 }
 
