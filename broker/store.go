@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -461,11 +462,15 @@ func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []
 }
 
 // announce wakes this Store's OnQueued callbacks with job j's queue message, ahead of its
-// publish: a worker of this process starts now, not one NATS round trip later.
+// publish: a worker of this process starts now, not one NATS round trip later. They get
+// a copy of body: the caller's may change once Submit returns, a worker may still read it.
 func (s *Store) announce(j *Job, key QueueKey, body []byte) {
+	if !s.hooks.any() {
+		return
+	}
 	p := Published{Token: key.String(), JobID: j.ID, Kind: j.Kind}
 	if j.BodyRef == "" {
-		p.Body = body
+		p.Body = bytes.Clone(body)
 	}
 	s.hooks.announce(p)
 }

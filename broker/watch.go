@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"sync"
 
@@ -115,18 +114,20 @@ func (q *queuedHooks) remove(h *queuedHook) {
 	q.list = slices.DeleteFunc(slices.Clone(q.list), func(g *queuedHook) bool { return g == h })
 }
 
-// announce hands p to this Store's OnQueued callbacks, ahead of its publish, and then
-// yields the processor: the goroutine a callback woke (an idle worker) runs now, before
-// the submit's own writes, which only wait for the disk, queue it behind themselves.
+// any reports whether the Store has OnQueued callbacks.
+func (q *queuedHooks) any() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.list) > 0
+}
+
+// announce hands p to this Store's OnQueued callbacks, ahead of its publish.
 func (q *queuedHooks) announce(p Published) {
 	q.mu.Lock()
 	list := q.list
 	q.mu.Unlock()
 	for _, h := range list {
 		h.direct(p)
-	}
-	if len(list) > 0 {
-		runtime.Gosched()
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -21,6 +23,7 @@ type Worker struct {
 	index *queueIndex
 
 	wake     chan wakeup   // the newest job published (capacity 1)
+	idling   atomic.Bool   // the loop waits in idle for a wake-up
 	stopping chan struct{} // closed by Stop: take no new job
 	stopOnce sync.Once
 	runOnce  sync.Once
@@ -116,6 +119,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopWake, err := w.store.OnQueued(func(p broker.Published) {
 		w.trace(p.JobID, StageWoken)
 		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body})
+		if w.idling.Load() {
+			// Mostly a submit of this process calls here, before its writes: let the
+			// woken loop run (and call the target) first; the writes only wait for the
+			// disk, and would queue it behind them (ADR-0034).
+			runtime.Gosched()
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
@@ -291,6 +300,8 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
+	w.idling.Store(true)
+	defer w.idling.Store(false)
 	for {
 		select {
 		case u := <-w.wake:
