@@ -4,6 +4,7 @@ import (
 	"context"
 	"sync"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -89,4 +90,12 @@ func (f *JobFeed) HoldNATS(hold func()) (undo func()) {
 	h := func() { once.Do(hold) }
 	f.beforeReceive.Store(&h)
 	return func() { f.beforeReceive.Store(nil) }
+}
+
+// StreamWriterOn is the writer of job id's answer of this Store (its feeds get the
+// messages directly) that publishes on nc instead of the Store's connection.
+func (s *Store) StreamWriterOn(nc *nats.Conn, id string) *StreamWriter {
+	w := s.StreamWriter(id)
+	w.nc = nc
+	return w
 }

@@ -121,11 +121,25 @@ func (f *JobFeed) receive(m *nats.Msg) {
 	f.enqueueLocked(m)
 }
 
-// deliver takes a message from a StreamWriter of this process; it never blocks.
-func (f *JobFeed) deliver(m *nats.Msg) {
+// expect tells the feed that m, published by a StreamWriter of this process, will be
+// handed over directly: its copy from NATS is an echo, whether it comes before or after.
+func (f *JobFeed) expect(m *nats.Msg) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.echoes = append(f.echoes, m)
+}
+
+// forget takes back expect(m): m was not published.
+func (f *JobFeed) forget(m *nats.Msg) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.echoes = slices.DeleteFunc(f.echoes, func(e *nats.Msg) bool { return e == m })
+}
+
+// deliver takes m, published by a StreamWriter of this process; it never blocks.
+func (f *JobFeed) deliver(m *nats.Msg) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.enqueueLocked(m)
 }
 
@@ -271,15 +285,33 @@ func (l *localFeeds) remove(id string, f *JobFeed) {
 	l.m[id] = fs
 }
 
-// deliver hands m to every feed of job id open on this Store.
-func (l *localFeeds) deliver(id string, m *nats.Msg) {
+// feedsOf is the feeds of job id open on this Store.
+func (l *localFeeds) feedsOf(id string) []*JobFeed {
 	if l == nil {
-		return
+		return nil
 	}
 	l.mu.Lock()
-	fs := l.m[id]
-	l.mu.Unlock()
-	for _, f := range fs {
+	defer l.mu.Unlock()
+	return l.m[id]
+}
+
+// expect tells every feed of job id that m is about to be published (JobFeed.expect).
+func (l *localFeeds) expect(id string, m *nats.Msg) {
+	for _, f := range l.feedsOf(id) {
+		f.expect(m)
+	}
+}
+
+// forget takes expect back from every feed of job id: m was not published.
+func (l *localFeeds) forget(id string, m *nats.Msg) {
+	for _, f := range l.feedsOf(id) {
+		f.forget(m)
+	}
+}
+
+// deliver hands m, published, to every feed of job id open on this Store.
+func (l *localFeeds) deliver(id string, m *nats.Msg) {
+	for _, f := range l.feedsOf(id) {
 		f.deliver(m)
 	}
 }

@@ -448,3 +448,28 @@ func TestFeedTakesALocalWritersMessagesDirectlyAndOnce(t *testing.T) {
 		t.Fatalf("%d dropped", n)
 	}
 }
+
+// A message its writer could not publish reaches no feed of the process either: the
+// attempt retried after it streams from Foreman-Seq 1 again, and the reader sees that
+// stream whole, as it would from NATS.
+func TestFeedGetsNoLocalCopyOfAMessageThatWasNotPublished(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	closed, err := b.Server.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	if err := b.Store.StreamWriterOn(closed, id).Frame([]byte("lost\n")); err == nil {
+		t.Fatal("a frame was published on a closed connection")
+	}
+	w := b.Store.StreamWriter(id) // the retried attempt, from 1
+	if err := w.Frame([]byte("kept\n")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, feed); ev.Kind != broker.EventFrame || string(ev.Data) != "kept\n" {
+		t.Fatalf("first event: %+v, want the retried attempt's frame", ev)
+	}
+}

@@ -87,10 +87,17 @@ func (w *StreamWriter) publish(data []byte, hdr func(nats.Header)) error {
 		hdr(m.Header)
 	}
 	m.Data = data
-	// A feed of this process gets the message first: its copy from NATS, which cannot
-	// come before the publish, is then known for the echo it is.
+	// A feed of this process gets the message directly once it is published; told of it
+	// before, it knows the copy from NATS for the echo it is, whichever comes first. A
+	// message that could not be published reaches nobody: an attempt retried after it
+	// streams from 1 again as if it had never begun.
+	w.local.expect(w.id, m)
+	if err := w.nc.PublishMsg(m); err != nil {
+		w.local.forget(w.id, m)
+		return err
+	}
 	w.local.deliver(w.id, m)
-	return w.nc.PublishMsg(m)
+	return nil
 }
 
 // Final publishes the end-of-stream marker: the job ended in state (done, failed or

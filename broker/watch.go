@@ -34,10 +34,13 @@ type Published struct {
 // connection's dispatcher, or on the goroutine of a submit of this Store, and must not
 // block. stop ends the calls.
 //
-// A submit of this Store hands fn its message directly, before publishing it: the copy
-// that then comes through NATS is skipped as its echo.
+// A submit of this Store hands fn its message directly, before it publishes it (ADR-0034),
+// and the copy NATS delivers comes after it too: a wake-up is a hint (a worker skips a job
+// it took already), and neither copy may be dropped. Only the NATS copies come in the
+// order the stream stores the messages: a message announced first may be stored after a
+// later one, and its NATS copy is then the wake-up for it.
 func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
-	h := &queuedHook{fn: fn, echoes: map[string]int{}}
+	h := &queuedHook{fn: fn}
 	sub, err := s.nc.Subscribe(queueAll, func(m *nats.Msg) {
 		token, ok := TokenFromSubject(m.Subject)
 		if !ok {
@@ -47,7 +50,7 @@ func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
 		if m.Header.Get(HeaderBodyRef) == "" && m.Header.Get(HeaderRequeued) == "" {
 			p.Body = m.Data
 		}
-		h.fromNATS(p)
+		fn(p)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to queue: %w", err)
@@ -60,41 +63,7 @@ func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
 }
 
 // queuedHook is one OnQueued callback.
-type queuedHook struct {
-	fn     func(Published)
-	mu     sync.Mutex
-	echoes map[string]int // job id → messages handed over directly whose NATS copy is to come
-}
-
-// maxEchoes bounds the echoes a hook waits for; past it they are forgotten (a publish
-// that failed never sends its copy), and an echo then passes as one more wake-up.
-const maxEchoes = 1024
-
-func (h *queuedHook) direct(p Published) {
-	h.mu.Lock()
-	if len(h.echoes) >= maxEchoes {
-		clear(h.echoes)
-	}
-	h.echoes[p.JobID]++
-	h.mu.Unlock()
-	h.fn(p)
-}
-
-func (h *queuedHook) fromNATS(p Published) {
-	h.mu.Lock()
-	n, echo := h.echoes[p.JobID]
-	if echo {
-		if n <= 1 {
-			delete(h.echoes, p.JobID)
-		} else {
-			h.echoes[p.JobID] = n - 1
-		}
-	}
-	h.mu.Unlock()
-	if !echo {
-		h.fn(p)
-	}
-}
+type queuedHook struct{ fn func(Published) }
 
 // queuedHooks are the OnQueued callbacks of one Store.
 type queuedHooks struct {
@@ -127,7 +96,7 @@ func (q *queuedHooks) announce(p Published) {
 	list := q.list
 	q.mu.Unlock()
 	for _, h := range list {
-		h.direct(p)
+		h.fn(p)
 	}
 }
 

@@ -285,3 +285,64 @@ func TestNoEarlyCallWhereItMayNotBeMade(t *testing.T) {
 		t.Fatalf("%d target calls", n)
 	}
 }
+
+// childCounter is a context that counts the cancelable contexts derived straight from it
+// that are still registered with it (the context package's AfterFunc protocol): a child
+// never canceled stays registered for the parent's life, a leak per job.
+type childCounter struct {
+	context.Context
+	done chan struct{} // its own, never closed: so children register through AfterFunc
+	mu   sync.Mutex
+	live int
+}
+
+func (c *childCounter) Done() <-chan struct{} { return c.done }
+func (c *childCounter) Err() error            { return nil }
+
+func (c *childCounter) AfterFunc(f func()) (stop func() bool) {
+	c.mu.Lock()
+	c.live++
+	c.mu.Unlock()
+	inner := context.AfterFunc(c.Context, f)
+	var once sync.Once
+	return func() bool {
+		once.Do(func() {
+			c.mu.Lock()
+			c.live--
+			c.mu.Unlock()
+		})
+		return inner()
+	}
+}
+
+func (c *childCounter) children() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.live
+}
+
+// A run that adopts an early call leaves no context registered with the worker's.
+func TestAdoptedEarlyCallLeavesNoContextBehind(t *testing.T) {
+	eb := newEarlyBundle(t)
+	parent := &childCounter{Context: eb.ctx, done: make(chan struct{})}
+	for range 3 {
+		j, u := eb.publish(t)
+		ec := eb.w.callEarly(parent, u)
+		if ec == nil {
+			t.Fatal("no early call")
+		}
+		eb.b.CreateRecord(t, j)
+		d, err := eb.b.Store.NextWait(eb.ctx, u.token, 5*time.Second)
+		if err != nil || d == nil {
+			t.Fatalf("lease: %v, %v", d, err)
+		}
+		eb.w.handle(parent, d, nil, ec)
+		eb.w.bg.Wait()
+		if rec, _, err := eb.b.Store.Get(eb.ctx, j.ID); err != nil || rec.State != broker.StateDone {
+			t.Fatalf("record: %+v, %v; want done", rec, err)
+		}
+	}
+	if n := parent.children(); n != 0 {
+		t.Fatalf("%d contexts still registered with the worker's after 3 jobs", n)
+	}
+}

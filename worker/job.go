@@ -99,9 +99,12 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 // did. early, when not nil, is the job's call begun already: the run adopts it instead
 // of calling the target.
 func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, early *earlyCall, log *slog.Logger) {
-	jctx, abort := context.WithCancelCause(ctx)
+	var jctx context.Context
+	var abort context.CancelCauseFunc
 	if early != nil {
-		jctx, abort = early.ctx, early.abort
+		jctx, abort = early.ctx, early.abort // its context already derives from ctx
+	} else {
+		jctx, abort = context.WithCancelCause(ctx)
 	}
 	defer abort(nil)
 	// Watch the record before the start write: a cancel request after that write is then
