@@ -178,7 +178,11 @@ func (w *Worker) Run(ctx context.Context) error {
 			early = w.callEarly(ctx, u)
 			misses, woken = 0, true
 			ahead = w.readAhead(ctx, u.jobID, u.token)
-			if d, err = w.store.NextWait(ctx, u.token, wakeWait); err != nil || d == nil {
+			if d, err = w.store.NextWait(ctx, u.token, wakeWait); d != nil && err != nil {
+				w.unusable(ctx, d, err) // a delivery no job can run from: removed or retried now
+				d, err = nil, nil
+			}
+			if err != nil || d == nil {
 				if err != nil {
 					w.log.Warn("fetch a just-published job", "err", err)
 				}
@@ -400,13 +404,8 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 		d, err := w.store.Next(ctx, token)
 		if d != nil {
-			if errors.Is(err, broker.ErrUnusable) {
-				w.discard(d, err)
-				continue
-			}
 			if err != nil {
-				// The delivery is real but its stored body could not be read.
-				w.bodyLost(ctx, d, err)
+				w.unusable(ctx, d, err)
 				continue
 			}
 			return d, true, nil
@@ -417,6 +416,17 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 	}
 	return nil, true, firstErr
+}
+
+// unusable settles a delivery that came with an error: a message that is no job is
+// removed (ErrUnusable); for a real one whose stored body could not be read, bodyLost
+// decides.
+func (w *Worker) unusable(ctx context.Context, d *broker.Lease, err error) {
+	if errors.Is(err, broker.ErrUnusable) {
+		w.discard(d, err)
+		return
+	}
+	w.bodyLost(ctx, d, err)
 }
 
 // runnable keeps the heads whose model this worker runs (Config.Runs). The queue view
