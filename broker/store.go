@@ -468,7 +468,7 @@ func (s *Store) announce(j *Job, key QueueKey, body []byte) {
 	if !s.hooks.any() {
 		return
 	}
-	p := Published{Token: key.String(), JobID: j.ID, Kind: j.Kind}
+	p := Published{Token: key.String(), JobID: j.ID, Kind: j.Kind, Sync: j.Sync}
 	if j.BodyRef == "" {
 		p.Body = bytes.Clone(body)
 	}

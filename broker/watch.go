@@ -28,6 +28,9 @@ type Published struct {
 	// Body is the request body the message carries; nil when it is stored apart
 	// (HeaderBodyRef) or the message is a requeue.
 	Body []byte
+	// Sync says a caller waits on the answer: set on a submit's direct announcement only
+	// (the queue message does not carry it).
+	Sync bool
 }
 
 // OnQueued calls fn for every message published to a queue subject. fn runs on the

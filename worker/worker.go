@@ -119,10 +119,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	stopWake, err := w.store.OnQueued(func(p broker.Published) {
 		w.trace(p.JobID, StageWoken)
 		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body})
-		if w.idling.Load() {
-			// Mostly a submit of this process calls here, before its writes: let the
-			// woken loop run (and call the target) first; the writes only wait for the
-			// disk, and would queue it behind them (ADR-0034).
+		if p.Sync && w.idling.Load() {
+			// A sync submit of this process calls here, before its writes: let the woken
+			// loop run (and call the target) first; the writes only wait for the disk,
+			// and would queue it behind them (ADR-0034). An async submit's caller waits
+			// for its 202 instead, not for the answer: it keeps its turn.
 			runtime.Gosched()
 		}
 	})
