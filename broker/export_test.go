@@ -99,3 +99,10 @@ func (s *Store) StreamWriterOn(nc *nats.Conn, id string) *StreamWriter {
 	w.nc = nc
 	return w
 }
+
+// Echoes is how many messages handed over directly still wait for their copy from NATS.
+func (f *JobFeed) Echoes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.echoes)
+}

@@ -276,7 +276,7 @@ func (l *localFeeds) add(id string, f *JobFeed) {
 func (l *localFeeds) remove(id string, f *JobFeed) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	// A new slice: deliver may be reading the old one.
+	// A new slice: a publish may be reading the old one.
 	fs := slices.DeleteFunc(slices.Clone(l.m[id]), func(g *JobFeed) bool { return g == f })
 	if len(fs) == 0 {
 		delete(l.m, id)
@@ -293,25 +293,4 @@ func (l *localFeeds) feedsOf(id string) []*JobFeed {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.m[id]
-}
-
-// expect tells every feed of job id that m is about to be published (JobFeed.expect).
-func (l *localFeeds) expect(id string, m *nats.Msg) {
-	for _, f := range l.feedsOf(id) {
-		f.expect(m)
-	}
-}
-
-// forget takes expect back from every feed of job id: m was not published.
-func (l *localFeeds) forget(id string, m *nats.Msg) {
-	for _, f := range l.feedsOf(id) {
-		f.forget(m)
-	}
-}
-
-// deliver hands m, published, to every feed of job id open on this Store.
-func (l *localFeeds) deliver(id string, m *nats.Msg) {
-	for _, f := range l.feedsOf(id) {
-		f.deliver(m)
-	}
 }

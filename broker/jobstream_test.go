@@ -465,6 +465,9 @@ func TestFeedGetsNoLocalCopyOfAMessageThatWasNotPublished(t *testing.T) {
 	if err := b.Store.StreamWriterOn(closed, id).Frame([]byte("lost\n")); err == nil {
 		t.Fatal("a frame was published on a closed connection")
 	}
+	if n := feed.Echoes(); n != 0 {
+		t.Fatalf("the feed waits for the NATS copy of %d message(s) never published", n)
+	}
 	w := b.Store.StreamWriter(id) // the retried attempt, from 1
 	if err := w.Frame([]byte("kept\n")); err != nil {
 		t.Fatal(err)

@@ -91,12 +91,19 @@ func (w *StreamWriter) publish(data []byte, hdr func(nats.Header)) error {
 	// before, it knows the copy from NATS for the echo it is, whichever comes first. A
 	// message that could not be published reaches nobody: an attempt retried after it
 	// streams from 1 again as if it had never begun.
-	w.local.expect(w.id, m)
+	feeds := w.local.feedsOf(w.id) // one look: a feed opened meanwhile was not told to expect it
+	for _, f := range feeds {
+		f.expect(m)
+	}
 	if err := w.nc.PublishMsg(m); err != nil {
-		w.local.forget(w.id, m)
+		for _, f := range feeds {
+			f.forget(m)
+		}
 		return err
 	}
-	w.local.deliver(w.id, m)
+	for _, f := range feeds {
+		f.deliver(m)
+	}
 	return nil
 }
 

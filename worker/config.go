@@ -79,6 +79,10 @@ type Config struct {
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.
 	beforeStart func(jobID string)
+	// onIdle, when set (tests only), is told each time the loop begins to wait for a
+	// wake-up, with the longest it waits unless one comes: the short rechecks after a job
+	// (while its message is still queued) or the long idle wait.
+	onIdle func(wait time.Duration)
 	// maxAttempts is how many times a job may start: the store's MaxAttempts (which also
 	// sets its queue's MaxDeliver), so the limit is configured in one place. Tests may
 	// set it apart from the store's (see export_test.go).

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -39,19 +40,22 @@ type earlyCall struct {
 var errDropped = errors.New("early call dropped: the job did not run from it")
 
 // callEarly begins the call of the job published in u, if the worker may: EarlyCall is
-// set, the message carries its body, the target is not stalled, and the job's runner is
-// loaded (an early call must never be the one that swaps a model in: that costs seconds,
-// and a dropped call would have cost them for nothing). It returns nil otherwise.
+// set, the wake-up is fresh (it came while the loop was idle: one left over from while a
+// job ran may name a job canceled or run since), the message carries its body, the
+// target is not stalled, and the job's runner is loaded by what the worker knows now
+// (an early call must never be the one that swaps a model in: that costs seconds, and a
+// dropped call would have cost them for nothing; nor does it wait for /api/ps, which the
+// read-ahead reads beside the fetch). It returns nil otherwise.
 //
 // The choice of the next job is the one the loop makes without it: a woken worker fetches
 // the woken job's queue whatever else waits. Should that queue deliver another message
 // first (one published just before, whose wake-up this one replaced), the call is dropped
 // before that job runs.
 func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
-	if !w.cfg.EarlyCall || u.body == nil || !u.kind.Valid() || broker.ValidateID(u.jobID) != nil {
+	if !w.cfg.EarlyCall || !u.fresh || u.body == nil || !u.kind.Valid() || broker.ValidateID(u.jobID) != nil {
 		return nil
 	}
-	if w.TargetStall() != nil || !w.isLoaded(ctx, u.token) {
+	if w.TargetStall() != nil || !w.loadedNow(u.token) {
 		return nil
 	}
 	jctx, abort := context.WithCancelCause(ctx)
@@ -74,6 +78,14 @@ func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
 		}, opts...)
 	}()
 	return ec
+}
+
+// loadedNow reports whether the runner of queue token is loaded by what the worker knows
+// without asking the target (loadedLocked).
+func (w *Worker) loadedNow(token string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Contains(w.loadedLocked(), runnerOf(token))
 }
 
 // matches reports whether lease d is the message ec was begun for: the same job, kind

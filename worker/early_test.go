@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,7 +85,7 @@ func (eb *earlyBundle) publish(t *testing.T) (*broker.Job, wakeup) {
 	t.Helper()
 	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
 	eb.b.PublishBare(t, j, chatBodyOf("tiny-a"))
-	return j, wakeup{token: eb.token(t, "tiny-a"), jobID: j.ID, kind: broker.KindChat, body: []byte(chatBodyOf("tiny-a"))}
+	return j, wakeup{token: eb.token(t, "tiny-a"), jobID: j.ID, kind: broker.KindChat, body: []byte(chatBodyOf("tiny-a")), fresh: true}
 }
 
 func (eb *earlyBundle) chatCalls() []ollamatest.Call {
@@ -137,8 +139,9 @@ func subscribeStream(t *testing.T, nc *nats.Conn, id string) *nats.Subscription 
 }
 
 // An idle worker calls the target as it sees a job published, before the job has a
-// record or the worker its lease; the job's run adopts that call: one call, its frames
-// published only after the attempt's start is stored, the job done.
+// record or the worker its lease; the job's run adopts that call: one call, no frame
+// published before the run adopted it (after that the frames wait for the stored start
+// like any call's: TestStartWriteOverlapsCallNoFrameBeforeIt), the job done.
 func TestEarlyCallIsAdoptedByItsRun(t *testing.T) {
 	eb := newEarlyBundle(t)
 	j, u := eb.publish(t)
@@ -263,7 +266,7 @@ func TestEarlyCallOfAnotherJobIsDroppedBeforeTheDeliveredOneRuns(t *testing.T) {
 }
 
 // No early call where it may not be made: EarlyCall off, a model not loaded (the call
-// would swap it in), a body stored apart.
+// would swap it in), a body stored apart, a wake-up left over from while a job ran.
 func TestNoEarlyCallWhereItMayNotBeMade(t *testing.T) {
 	eb := newEarlyBundle(t)
 	_, u := eb.publish(t)
@@ -271,10 +274,12 @@ func TestNoEarlyCallWhereItMayNotBeMade(t *testing.T) {
 	other.token = eb.token(t, "tiny-b")
 	bare := u
 	bare.body = nil
+	stale := u
+	stale.fresh = false
 	for name, c := range map[string]struct {
 		early bool
 		u     wakeup
-	}{"off": {false, u}, "not loaded": {true, other}, "body apart": {true, bare}} {
+	}{"off": {false, u}, "not loaded": {true, other}, "body apart": {true, bare}, "stale": {true, stale}} {
 		eb.w.cfg.EarlyCall = c.early
 		if ec := eb.w.callEarly(eb.ctx, c.u); ec != nil {
 			eb.w.drop(ec)
@@ -344,5 +349,144 @@ func TestAdoptedEarlyCallLeavesNoContextBehind(t *testing.T) {
 	}
 	if n := parent.children(); n != 0 {
 		t.Fatalf("%d contexts still registered with the worker's after 3 jobs", n)
+	}
+}
+
+// runLoop runs w until the test ends.
+func runLoop(t *testing.T, w *Worker) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("worker Run: %v", err)
+		}
+	})
+}
+
+// idleWatch tells, through Config.onIdle, how long the loop's latest wait may last.
+type idleWatch struct{ last atomic.Int64 }
+
+func watchIdle(w *Worker) *idleWatch {
+	iw := &idleWatch{}
+	w.cfg.onIdle = func(d time.Duration) { iw.last.Store(int64(d)) }
+	return iw
+}
+
+// waitIdle waits until the loop waits for a wake-up in its long idle wait (IdlePoll), not
+// in one of the short rechecks after a job, which end by themselves and look at the queue.
+func (iw *idleWatch) waitIdle(t *testing.T, w *Worker) {
+	t.Helper()
+	until(t, 10*time.Second, "the worker idle", func() bool {
+		return w.idling.Load() && time.Duration(iw.last.Load()) >= time.Second
+	})
+}
+
+// waitDone waits until job id's record is done.
+func (eb *earlyBundle) waitDone(t *testing.T, id string) {
+	t.Helper()
+	until(t, 10*time.Second, "job "+id+" done", func() bool {
+		rec, _, err := eb.b.Store.Get(eb.ctx, id)
+		return err == nil && rec.State == broker.StateDone
+	})
+}
+
+// The Run loop: a job submitted to an idle worker of a loaded model is called before the
+// worker holds its queue message (ADR-0034), and runs once.
+func TestIdleWorkerCallsTheTargetBeforeItHoldsTheJob(t *testing.T) {
+	eb := newEarlyBundle(t)
+	var mu sync.Mutex
+	order := map[string][]string{}
+	eb.w.cfg.Trace = func(id, stage string) {
+		mu.Lock()
+		order[id] = append(order[id], stage)
+		mu.Unlock()
+	}
+	eb.w.cfg.IdlePoll = time.Hour
+	iw := watchIdle(eb.w)
+	runLoop(t, eb.w)
+	const jobs = 4
+	for i := range jobs {
+		iw.waitIdle(t, eb.w)
+		j, err := eb.b.Store.Submit(eb.ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat, Sync: i%2 == 0}, []byte(chatBodyOf("tiny-a")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		eb.waitDone(t, j.ID)
+		mu.Lock()
+		stages := order[j.ID]
+		mu.Unlock()
+		called, fetched := slices.Index(stages, StageCalled), slices.Index(stages, StageFetched)
+		if called < 0 || fetched < 0 || called > fetched {
+			t.Fatalf("job %d: stages %v, want the call before the fetch", i, stages)
+		}
+	}
+	answered := 0
+	for _, c := range eb.chatCalls() {
+		if !c.Canceled {
+			answered++
+		}
+	}
+	if answered != jobs {
+		t.Fatalf("%d target calls answered for %d jobs", answered, jobs)
+	}
+}
+
+// A wake-up left in the channel while a job ran is no reason for an early call: here its
+// job was canceled while it waited (its client left), and the target never sees it.
+func TestNoEarlyCallForAJobCanceledWhileAnotherRan(t *testing.T) {
+	eb := newEarlyBundle(t)
+	eb.fake.FailNext(1, ollamatest.Hang) // the first job runs until it is canceled
+	var mu sync.Mutex
+	woken := map[string]int{}
+	eb.w.cfg.Trace = func(id, stage string) {
+		if stage == StageWoken {
+			mu.Lock()
+			woken[id]++
+			mu.Unlock()
+		}
+	}
+	eb.w.cfg.IdlePoll = time.Hour
+	iw := watchIdle(eb.w)
+	runLoop(t, eb.w)
+	iw.waitIdle(t, eb.w)
+	first, err := eb.b.Store.Submit(eb.ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat, Sync: true}, []byte(chatBodyOf("tiny-a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	until(t, 10*time.Second, "the first job called", func() bool { return len(eb.chatCalls()) == 1 })
+	gone := `{"model":"tiny-a","messages":[{"role":"user","content":"nobody waits for me"}],"stream":true}`
+	second, err := eb.b.Store.Submit(eb.ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat, Sync: true}, []byte(gone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := eb.b.Store.Cancel(eb.ctx, second.ID, "client disconnected"); err != nil {
+		t.Fatal(err)
+	}
+	// Both its wake-ups (from the submit, from NATS) reached the worker while it ran the
+	// first job.
+	until(t, 10*time.Second, "the canceled job's two wake-ups", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return woken[second.ID] == 2
+	})
+	if _, err := eb.b.Store.Cancel(eb.ctx, first.ID, "test"); err != nil {
+		t.Fatal(err) // the worker aborts the hung call and goes idle
+	}
+	until(t, 10*time.Second, "the first job canceled", func() bool {
+		rec, _, err := eb.b.Store.Get(eb.ctx, first.ID)
+		return err == nil && rec.State == broker.StateCanceled
+	})
+	third, err := eb.b.Store.Submit(eb.ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat, Sync: true}, []byte(chatBodyOf("tiny-a")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eb.waitDone(t, third.ID)
+	for _, c := range eb.chatCalls() {
+		if string(c.Body) == gone {
+			t.Fatalf("the target was called for the canceled job (canceled %v)", c.Canceled)
+		}
 	}
 }

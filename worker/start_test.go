@@ -2,7 +2,6 @@ package worker_test
 
 import (
 	"context"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -257,42 +256,5 @@ func TestCrashBeforeStartStoredRunsAgain(t *testing.T) {
 	}
 	if finished != 1 {
 		t.Errorf("fake finished the job %d times, want 1 (calls %+v)", finished, tb.fake.Calls())
-	}
-}
-
-// An idle worker with EarlyCall calls the target for a job it sees published before it
-// holds the job's queue message (ADR-0034), and the job still runs once. Each job is
-// submitted after the one before it is done; the first loads the model (no early call
-// for a model that may need a swap), so some of the others find the worker idle.
-func TestIdleWorkerCallsTheTargetBeforeItHoldsTheJob(t *testing.T) {
-	tb := setupFake(t, nil)
-	var mu sync.Mutex
-	order := map[string][]string{}
-	tb.start(t, worker.Config{EarlyCall: true, Trace: func(id, stage string) {
-		mu.Lock()
-		order[id] = append(order[id], stage)
-		mu.Unlock()
-	}})
-	early := 0
-	const jobs = 6
-	for i := range jobs {
-		j := tb.chat(t, "tiny-a", i)
-		tb.waitState(t, j.ID, broker.StateDone)
-		mu.Lock()
-		stages := order[j.ID]
-		mu.Unlock()
-		called, fetched := slices.Index(stages, worker.StageCalled), slices.Index(stages, worker.StageFetched)
-		if called < 0 || fetched < 0 {
-			t.Fatalf("job %d: stages %v", i, stages)
-		}
-		if called < fetched {
-			early++
-		}
-	}
-	if early == 0 {
-		t.Fatalf("no job of %d was called before its lease was held", jobs)
-	}
-	if n := len(inferenceCalls(tb.fake)); n != jobs {
-		t.Fatalf("%d target calls for %d jobs", n, jobs)
 	}
 }

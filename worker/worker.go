@@ -118,8 +118,9 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	stopWake, err := w.store.OnQueued(func(p broker.Published) {
 		w.trace(p.JobID, StageWoken)
-		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body})
-		if p.Sync && w.idling.Load() {
+		idle := w.idling.Load()
+		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body, fresh: idle})
+		if p.Sync && idle {
 			// A sync submit of this process calls here, before its writes: let the woken
 			// loop run (and call the target) first; the writes only wait for the disk,
 			// and would queue it behind them (ADR-0034). An async submit's caller waits
@@ -277,6 +278,9 @@ type wakeup struct {
 	token, jobID string
 	kind         broker.Kind
 	body         []byte
+	// fresh says the loop was idle when it came: it is the news it seems, not one left
+	// in the channel while a job ran (whose job may have been canceled or taken since).
+	fresh bool
 }
 
 // poke hands an idle loop the newest job published, replacing an older one not yet taken:
@@ -307,6 +311,9 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 	defer t.Stop()
 	w.idling.Store(true)
 	defer w.idling.Store(false)
+	if hook := w.cfg.onIdle; hook != nil {
+		hook(d)
+	}
 	for {
 		select {
 		case u := <-w.wake:
