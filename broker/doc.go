@@ -8,8 +8,11 @@
 //     larger than a message in pieces, the final marker Foreman-Final done|failed|canceled
 //     with Foreman-Error and Foreman-Status); JobFeed reads it together with the job's
 //     state events as typed Events (frame, final with nil or a *JobError, state, gap);
+//     a StreamWriter hands its messages to the JobFeeds of its own Store directly, ahead
+//     of NATS (ADR-0035);
 //   - the queue: Lease is a queue message the worker took; OnQueued wakes an idle
-//     worker; OnDeliveryLimit reports the messages JetStream gives up on;
+//     worker with the published message (a submit of the same Store announces it before
+//     it publishes, ADR-0034); OnDeliveryLimit reports the messages JetStream gives up on;
 //   - a job's state changes: OnJobChange, WatchJob;
 //   - NATS clients' submits (ServeSubmit, answering inboxes only) and the webhook
 //     dispatcher's change consumer (ConsumeChanges) and redelivery (Redeliver,

@@ -2,7 +2,9 @@ package broker
 
 import (
 	"context"
+	"sync"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -75,4 +77,32 @@ func (kv *lostCreateKV) Create(ctx context.Context, key string, value []byte, op
 		return 0, kv.err
 	}
 	return n, err
+}
+
+// RemoteStreamWriter is the writer of job id's answer as a worker of another process has
+// it: its messages reach this Store's feeds through NATS only.
+func (s *Store) RemoteStreamWriter(id string) *StreamWriter { return newStreamWriter(s.nc, id) }
+
+// HoldNATS makes the feed's NATS callback run hold before it takes its first message;
+// undo stops it for later messages.
+func (f *JobFeed) HoldNATS(hold func()) (undo func()) {
+	var once sync.Once
+	h := func() { once.Do(hold) }
+	f.beforeReceive.Store(&h)
+	return func() { f.beforeReceive.Store(nil) }
+}
+
+// StreamWriterOn is the writer of job id's answer of this Store (its feeds get the
+// messages directly) that publishes on nc instead of the Store's connection.
+func (s *Store) StreamWriterOn(nc *nats.Conn, id string) *StreamWriter {
+	w := s.StreamWriter(id)
+	w.nc = nc
+	return w
+}
+
+// Echoes is how many messages handed over directly still wait for their copy from NATS.
+func (f *JobFeed) Echoes() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.echoes)
 }

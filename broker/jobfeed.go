@@ -1,7 +1,11 @@
 package broker
 
 import (
+	"bytes"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/nats-io/nats.go"
 )
@@ -38,16 +42,33 @@ type JobFeed struct {
 	cfg    FeedConfig
 	dec    EventDecoder
 
+	id    string
+	local *localFeeds // where it is registered for local delivery; nil if not
+
 	mu         sync.Mutex
 	queue      []*nats.Msg
 	buffered   int64
 	overflowed bool
+	// echoes are the messages handed over locally whose copy from NATS is still to come,
+	// in the order they were published.
+	echoes []*nats.Msg
+
+	beforeReceive atomic.Pointer[func()] // tests only (export_test.go)
 }
 
 // Feed subscribes to job id's stream and state subjects. Subscribe before the job is
 // submitted: a frame published before the subscription exists is lost.
+//
+// A StreamWriter of the same Store hands the feed its messages directly, ahead of NATS
+// (ADR-0035): the copy that comes from NATS after is dropped as an echo.
 func (s *Store) Feed(id string, cfg FeedConfig) (*JobFeed, error) {
-	return subscribeFeed(s.nc, id, cfg)
+	f, err := subscribeFeed(s.nc, id, cfg)
+	if err != nil {
+		return nil, err
+	}
+	f.id, f.local = id, &s.feeds
+	s.feeds.add(id, f)
+	return f, nil
 }
 
 // subscribeFeed takes job id's stream and state subjects with ONE wildcard subscription:
@@ -82,14 +103,66 @@ func msgSize(m *nats.Msg) int64 {
 	return int64(n)
 }
 
-// receive is the subscription's callback; it never blocks.
+// receive is the subscription's callback; it never blocks. A message handed over
+// locally before comes a second time from NATS: that echo is dropped.
 func (f *JobFeed) receive(m *nats.Msg) {
-	n := msgSize(m)
+	if hold := f.beforeReceive.Load(); hold != nil {
+		(*hold)()
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if i := f.echoOfLocked(m); i >= 0 {
+		// Echoes come in publish order; any before it were lost on the way (a gap NATS
+		// counts in Dropped), and are not waited for any longer.
+		clear(f.echoes[:i+1])
+		f.echoes = f.echoes[i+1:]
+		return
+	}
+	f.enqueueLocked(m)
+}
+
+// expect tells the feed that m, published by a StreamWriter of this process, will be
+// handed over directly: its copy from NATS is an echo, whether it comes before or after.
+func (f *JobFeed) expect(m *nats.Msg) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.echoes = append(f.echoes, m)
+}
+
+// forget takes back expect(m): m was not published.
+func (f *JobFeed) forget(m *nats.Msg) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.echoes = slices.DeleteFunc(f.echoes, func(e *nats.Msg) bool { return e == m })
+}
+
+// deliver takes m, published by a StreamWriter of this process; it never blocks.
+func (f *JobFeed) deliver(m *nats.Msg) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.enqueueLocked(m)
+}
+
+// echoOfLocked is the index in echoes of the message m is the NATS copy of, or -1.
+func (f *JobFeed) echoOfLocked(m *nats.Msg) int {
+	if len(f.echoes) == 0 || strings.HasSuffix(m.Subject, ".state") {
+		return -1
+	}
+	for i, e := range f.echoes {
+		if e.Subject == m.Subject && e.Header.Get(HeaderSeq) == m.Header.Get(HeaderSeq) &&
+			e.Header.Get(HeaderFinal) == m.Header.Get(HeaderFinal) && bytes.Equal(e.Data, m.Data) {
+			return i
+		}
+	}
+	return -1
+}
+
+// enqueueLocked queues m for the reader, or overflows the feed. f.mu must be held.
+func (f *JobFeed) enqueueLocked(m *nats.Msg) {
 	if f.overflowed {
 		return
 	}
+	n := msgSize(m)
 	if f.buffered > 0 && f.buffered+n > f.cfg.Buffer {
 		f.overflowed = true
 		close(f.over)
@@ -172,6 +245,9 @@ func (f *JobFeed) Buffered() int64 {
 // Close unsubscribes and stops the pump. Safe to call twice.
 func (f *JobFeed) Close() {
 	f.once.Do(func() {
+		if f.local != nil {
+			f.local.remove(f.id, f)
+		}
 		_ = f.sub.Unsubscribe()
 		close(f.done)
 		<-f.pumped
@@ -181,3 +257,40 @@ func (f *JobFeed) Close() {
 // jobWildcard matches both StreamSubject(id) and StateSubject(id): they differ only in
 // their last token.
 func jobWildcard(id string) string { return jobPrefix + id + ".*" }
+
+// localFeeds are the JobFeeds open on one Store, by job id.
+type localFeeds struct {
+	mu sync.Mutex
+	m  map[string][]*JobFeed
+}
+
+func (l *localFeeds) add(id string, f *JobFeed) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string][]*JobFeed{}
+	}
+	l.m[id] = append(l.m[id], f)
+}
+
+func (l *localFeeds) remove(id string, f *JobFeed) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// A new slice: a publish may be reading the old one.
+	fs := slices.DeleteFunc(slices.Clone(l.m[id]), func(g *JobFeed) bool { return g == f })
+	if len(fs) == 0 {
+		delete(l.m, id)
+		return
+	}
+	l.m[id] = fs
+}
+
+// feedsOf is the feeds of job id open on this Store.
+func (l *localFeeds) feedsOf(id string) []*JobFeed {
+	if l == nil {
+		return nil
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.m[id]
+}

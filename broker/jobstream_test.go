@@ -242,7 +242,7 @@ func TestFeedStateEvents(t *testing.T) {
 	b := brokertest.New(t)
 	id := broker.NewID()
 	feed := feedT(t, b, id, broker.FeedConfig{})
-	w := b.Store.StreamWriter(id)
+	w := b.Store.RemoteStreamWriter(id) // through NATS, as another process writes it
 	for _, m := range []*nats.Msg{stateEvent(t, id, broker.StateLoading), {Subject: broker.StateSubject(id), Data: []byte("{not json")}} {
 		if err := b.Conn.PublishMsg(m); err != nil {
 			t.Fatal(err)
@@ -283,7 +283,7 @@ func TestFeedSlowConsumerIsGap(t *testing.T) {
 		t.Fatal(err)
 	}
 	release := feed.Hold()
-	w := b.Store.StreamWriter(id)
+	w := b.Store.RemoteStreamWriter(id) // through NATS, as another process writes it
 	const frames = 148
 	for range frames {
 		if err := w.Frame([]byte("{}\n")); err != nil {
@@ -393,5 +393,86 @@ func TestJobWildcardMatchesBothSubjects(t *testing.T) {
 		if !strings.HasPrefix(subj, strings.TrimSuffix(w, "*")) || strings.Count(subj, ".") != strings.Count(w, ".") {
 			t.Errorf("%s does not match %s", subj, w)
 		}
+	}
+}
+
+// A writer of the same Store (the worker beside the gateway) hands its messages to the
+// job's feeds directly (ADR-0035): they arrive while NATS holds every copy back, each
+// once (the copies from NATS after are echoes, dropped), and the final marker still comes
+// before the terminal state event written after it.
+func TestFeedTakesALocalWritersMessagesDirectlyAndOnce(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	w := b.Store.StreamWriter(id)
+
+	blocked := make(chan struct{})
+	release := make(chan struct{})
+	// Hold the feed's NATS side: its callback waits on the first message it gets.
+	releaseFeed := feed.HoldNATS(func() { close(blocked); <-release })
+	defer releaseFeed()
+
+	frames := []string{"{\"a\":1}\n", "{\"b\":2}\n", "{\"c\":3}\n"}
+	for _, f := range frames {
+		if err := w.Frame([]byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := w.Final(broker.StateDone, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-blocked:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the feed's NATS callback never got the first copy")
+	}
+	for i, want := range frames {
+		ev := nextEvent(t, feed)
+		if ev.Kind != broker.EventFrame || string(ev.Data) != want {
+			t.Fatalf("event %d: %+v, want frame %q", i, ev, want)
+		}
+	}
+	if ev := nextEvent(t, feed); ev.Kind != broker.EventFinal || ev.Err != nil {
+		t.Fatalf("event: %+v, want the final marker (done)", ev)
+	}
+	close(release) // the NATS copies now come: every one is an echo
+	if err := b.Conn.PublishMsg(stateEvent(t, id, broker.StateDone)); err != nil {
+		t.Fatal(err)
+	}
+	ev := nextEvent(t, feed)
+	if ev.Kind != broker.EventState || ev.Job.State != broker.StateDone {
+		t.Fatalf("event after the final marker: %+v, want the done state (no copy, no gap)", ev)
+	}
+	if n := feed.Dropped(); n != 0 {
+		t.Fatalf("%d dropped", n)
+	}
+}
+
+// A message its writer could not publish reaches no feed of the process either: the
+// attempt retried after it streams from Foreman-Seq 1 again, and the reader sees that
+// stream whole, as it would from NATS.
+func TestFeedGetsNoLocalCopyOfAMessageThatWasNotPublished(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	closed, err := b.Server.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	if err := b.Store.StreamWriterOn(closed, id).Frame([]byte("lost\n")); err == nil {
+		t.Fatal("a frame was published on a closed connection")
+	}
+	if n := feed.Echoes(); n != 0 {
+		t.Fatalf("the feed waits for the NATS copy of %d message(s) never published", n)
+	}
+	w := b.Store.StreamWriter(id) // the retried attempt, from 1
+	if err := w.Frame([]byte("kept\n")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, feed); ev.Kind != broker.EventFrame || string(ev.Data) != "kept\n" {
+		t.Fatalf("first event: %+v, want the retried attempt's frame", ev)
 	}
 }

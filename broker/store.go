@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -121,6 +122,12 @@ type Store struct {
 
 	// states hands the job state events to OnJobEvents and OnJobChange.
 	states stateHub
+	// hooks are this Store's OnQueued callbacks: its submits hand them their queue
+	// messages directly.
+	hooks queuedHooks
+	// feeds are this Store's open JobFeeds: its StreamWriters hand them their messages
+	// directly (ADR-0035).
+	feeds localFeeds
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and
@@ -271,7 +278,9 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		return nil, err
 	}
 	// The queue message goes out on its own goroutine while this one creates the record:
-	// the two streams store (and fsync) them in parallel.
+	// the two streams store (and fsync) them in parallel. A worker of this process is
+	// woken first, from here.
+	s.announce(j, key, body)
 	var (
 		ack  *jetstream.PubAck
 		qerr error
@@ -414,6 +423,7 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 }
 
 func (s *Store) enqueue(ctx context.Context, j *Job, key QueueKey, body []byte) error {
+	s.announce(j, key, body)
 	if _, err := s.publishQueued(ctx, j, key, body); err != nil {
 		return fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(err))
 	}
@@ -449,6 +459,20 @@ func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []
 		return err
 	})
 	return ack, err
+}
+
+// announce wakes this Store's OnQueued callbacks with job j's queue message, ahead of its
+// publish: a worker of this process starts now, not one NATS round trip later. They get
+// a copy of body: the caller's may change once Submit returns, a worker may still read it.
+func (s *Store) announce(j *Job, key QueueKey, body []byte) {
+	if !s.hooks.any() {
+		return
+	}
+	p := Published{Token: key.String(), JobID: j.ID, Kind: j.Kind, Sync: j.Sync}
+	if j.BodyRef == "" {
+		p.Body = bytes.Clone(body)
+	}
+	s.hooks.announce(p)
 }
 
 // discard removes a job that never made it into the queue.

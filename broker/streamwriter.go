@@ -13,7 +13,9 @@ import (
 // for concurrent use.
 type StreamWriter struct {
 	nc          *nats.Conn
+	local       *localFeeds // this process's feeds of the job, served ahead of NATS
 	subject     string
+	id          string
 	seq         int
 	contentType string
 	frames      [][]byte // every frame of the attempt, for the result
@@ -21,7 +23,9 @@ type StreamWriter struct {
 
 // StreamWriter returns the writer of job id's answer, numbering from 1.
 func (s *Store) StreamWriter(id string) *StreamWriter {
-	return newStreamWriter(s.nc, id)
+	w := newStreamWriter(s.nc, id)
+	w.local, w.id = &s.feeds, id
+	return w
 }
 
 func newStreamWriter(nc *nats.Conn, id string) *StreamWriter {
@@ -83,7 +87,24 @@ func (w *StreamWriter) publish(data []byte, hdr func(nats.Header)) error {
 		hdr(m.Header)
 	}
 	m.Data = data
-	return w.nc.PublishMsg(m)
+	// A feed of this process gets the message directly once it is published; told of it
+	// before, it knows the copy from NATS for the echo it is, whichever comes first. A
+	// message that could not be published reaches nobody: an attempt retried after it
+	// streams from 1 again as if it had never begun.
+	feeds := w.local.feedsOf(w.id) // one look: a feed opened meanwhile was not told to expect it
+	for _, f := range feeds {
+		f.expect(m)
+	}
+	if err := w.nc.PublishMsg(m); err != nil {
+		for _, f := range feeds {
+			f.forget(m)
+		}
+		return err
+	}
+	for _, f := range feeds {
+		f.deliver(m)
+	}
+	return nil
 }
 
 // Final publishes the end-of-stream marker: the job ended in state (done, failed or

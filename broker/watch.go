@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 
 	"github.com/nats-io/nats.go"
 )
@@ -16,19 +18,89 @@ const queueAll = queuePrefix + ">"
 // deliver again (MaxDeliver reached). In a work queue such a message would stay forever.
 const maxDeliveriesSubject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + QueueStream + ".*"
 
-// OnQueued calls fn for every message published to a queue subject, with the subject's
-// token and the message's job id: a wake-up for an idle worker. fn runs on the
-// connection's dispatcher and must not block. stop ends the calls.
-func (s *Store) OnQueued(fn func(token, jobID string)) (stop func(), err error) {
+// Published is a message seen published to a queue subject: the job it queues, as its
+// publisher sent it. It is a wake-up for an idle worker, not a lease: it may never be
+// stored (a full queue refuses it), and only the lease's copy is checked.
+type Published struct {
+	Token string // the queue subject's token (ParseQueueKey)
+	JobID string
+	Kind  Kind
+	// Body is the request body the message carries; nil when it is stored apart
+	// (HeaderBodyRef) or the message is a requeue.
+	Body []byte
+	// Sync says a caller waits on the answer: set on a submit's direct announcement only
+	// (the queue message does not carry it).
+	Sync bool
+}
+
+// OnQueued calls fn for every message published to a queue subject. fn runs on the
+// connection's dispatcher, or on the goroutine of a submit of this Store, and must not
+// block. stop ends the calls.
+//
+// A submit of this Store hands fn its message directly, before it publishes it (ADR-0034),
+// and the copy NATS delivers comes after it too: a wake-up is a hint (a worker skips a job
+// it took already), and neither copy may be dropped. Only the NATS copies come in the
+// order the stream stores the messages: a message announced first may be stored after a
+// later one, and its NATS copy is then the wake-up for it.
+func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
+	h := &queuedHook{fn: fn}
 	sub, err := s.nc.Subscribe(queueAll, func(m *nats.Msg) {
-		if token, ok := TokenFromSubject(m.Subject); ok {
-			fn(token, m.Header.Get(HeaderJobID))
+		token, ok := TokenFromSubject(m.Subject)
+		if !ok {
+			return
 		}
+		p := Published{Token: token, JobID: m.Header.Get(HeaderJobID), Kind: Kind(m.Header.Get(HeaderKind))}
+		if m.Header.Get(HeaderBodyRef) == "" && m.Header.Get(HeaderRequeued) == "" {
+			p.Body = m.Data
+		}
+		fn(p)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("subscribe to queue: %w", err)
 	}
-	return func() { _ = sub.Unsubscribe() }, nil
+	s.hooks.add(h)
+	return func() {
+		s.hooks.remove(h)
+		_ = sub.Unsubscribe()
+	}, nil
+}
+
+// queuedHook is one OnQueued callback.
+type queuedHook struct{ fn func(Published) }
+
+// queuedHooks are the OnQueued callbacks of one Store.
+type queuedHooks struct {
+	mu   sync.Mutex
+	list []*queuedHook
+}
+
+func (q *queuedHooks) add(h *queuedHook) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.list = append(q.list, h)
+}
+
+func (q *queuedHooks) remove(h *queuedHook) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.list = slices.DeleteFunc(slices.Clone(q.list), func(g *queuedHook) bool { return g == h })
+}
+
+// any reports whether the Store has OnQueued callbacks.
+func (q *queuedHooks) any() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.list) > 0
+}
+
+// announce hands p to this Store's OnQueued callbacks, ahead of its publish.
+func (q *queuedHooks) announce(p Published) {
+	q.mu.Lock()
+	list := q.list
+	q.mu.Unlock()
+	for _, h := range list {
+		h.fn(p)
+	}
 }
 
 // OnJobChange calls fn with every state event of job id, in order. Events that do not

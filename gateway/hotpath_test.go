@@ -11,7 +11,8 @@ import (
 
 // A sync chat passes every stage of the hot path's trace, in causal order: the start
 // write is stored before the first frame is published (ADR-0032), the client is answered
-// from the final marker, and the worker was woken by the publish of the job it ran.
+// from the final marker, and the worker was woken by the publish of the job it ran (and
+// may have called the target then, ADR-0034).
 func TestSyncChatTraceStages(t *testing.T) {
 	t.Parallel()
 	st := &stageTrace{at: map[string]map[string]time.Time{}}
@@ -42,7 +43,8 @@ func TestSyncChatTraceStages(t *testing.T) {
 			{traceIn, worker.StageWoken},
 			{worker.StageWoken, worker.StageFetched},
 			{worker.StageFetched, worker.StageRecord},
-			{worker.StageRecord, worker.StageCalled},
+			{worker.StageWoken, worker.StageCalled}, // with EarlyCall maybe before the fetch (ADR-0034)
+			{worker.StageRecord, worker.StageStarted},
 			{worker.StageStarted, worker.StageFirstFrame},
 			{worker.StageFirstFrame, traceRelayed},
 			{worker.StageFirstFrame, worker.StageFinal},

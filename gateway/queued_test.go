@@ -34,6 +34,7 @@ func newQueuedBundle(t testing.TB, wcfg func(*worker.Config), opts ...bundleOpti
 	cfg := worker.Config{
 		Store: b.Broker.Store, Target: b.Target, Inventory: b.Inv,
 		RetryDelay: 10 * time.Millisecond, IdlePoll: 50 * time.Millisecond,
+		EarlyCall: true, // as foreman serve runs it on its embedded server
 	}
 	if wcfg != nil {
 		wcfg(&cfg)

@@ -58,6 +58,14 @@ type Config struct {
 	// twice, a model maybe loaded for nothing). foreman serve sets it when it does not
 	// run the embedded server.
 	StartBeforeCall bool
+	// EarlyCall lets an idle worker begin a job's target call the moment it sees the
+	// job's queue message published, before the message is stored and leased, when
+	// nothing else is queued and the job's model is loaded (ADR-0034). The frames still
+	// wait for the lease and the stored start; a job that is not to run drops the call
+	// unseen. Only for a worker that is its store's one taker (the embedded server):
+	// elsewhere another foreman may take the message, and the target would be called
+	// for a job run on another. foreman serve sets it with the embedded server.
+	EarlyCall bool
 	// Trace, when set, is told each stage a job's run reaches (the Stage* constants) the
 	// moment it does, for benchmarks and debugging. It runs on the hot path, from several
 	// goroutines (the connection's dispatcher among them): it must be safe for concurrent
@@ -71,6 +79,10 @@ type Config struct {
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.
 	beforeStart func(jobID string)
+	// onIdle, when set (tests only), is told each time the loop begins to wait for a
+	// wake-up, with the longest it waits unless one comes: the short rechecks after a job
+	// (while its message is still queued) or the long idle wait.
+	onIdle func(wait time.Duration)
 	// maxAttempts is how many times a job may start: the store's MaxAttempts (which also
 	// sets its queue's MaxDeliver), so the limit is configured in one place. Tests may
 	// set it apart from the store's (see export_test.go).
@@ -133,6 +145,9 @@ func (c *Config) validate() error {
 	}
 	if c.Target == nil {
 		errs = append(errs, errors.New("worker: Config.Target is required"))
+	}
+	if c.EarlyCall && c.StartBeforeCall {
+		errs = append(errs, errors.New("worker: Config.EarlyCall calls the target before the start is stored; it cannot go with StartBeforeCall"))
 	}
 	if c.MaxJobTime < 0 {
 		errs = append(errs, errors.New("worker: Config.MaxJobTime must not be negative"))

@@ -13,8 +13,15 @@ import (
 )
 
 // handle runs one delivered job to its end, or hands it back. ahead, when not nil, is a
-// read of the record begun before the lease was held (see readAhead).
-func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead) {
+// read of the record begun before the lease was held (see readAhead); early, when not
+// nil, a target call begun before it (callEarly): the run adopts it if it is this job's,
+// any other way out drops it.
+func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead, early *earlyCall) {
+	if !early.matches(d) {
+		w.drop(early) // another message came first: its job must not overlap the call
+		early = nil
+	}
+	defer w.drop(early) // unless run adopted it
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
@@ -82,16 +89,23 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead)
 		w.fail(bctx, d, w.store.StreamWriter(d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
 	}
-	w.run(ctx, d, j, rev, log)
+	w.run(ctx, d, j, rev, early, log)
 }
 
 // run starts the next attempt of job j, read at revision rev, and concludes it. The start
 // write (the attempt and its loading or working state) and the target call go out
 // together (ADR-0032): no frame is published before the start write is stored, and a
 // start write that fails aborts the call, which then ends as a failed start write always
-// did.
-func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, log *slog.Logger) {
-	jctx, abort := context.WithCancelCause(ctx)
+// did. early, when not nil, is the job's call begun already: the run adopts it instead
+// of calling the target.
+func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, early *earlyCall, log *slog.Logger) {
+	var jctx context.Context
+	var abort context.CancelCauseFunc
+	if early != nil {
+		jctx, abort = early.ctx, early.abort // its context already derives from ctx
+	} else {
+		jctx, abort = context.WithCancelCause(ctx)
+	}
 	defer abort(nil)
 	// Watch the record before the start write: a cancel request after that write is then
 	// never missed, and the start write refuses a job with one already pending.
@@ -133,21 +147,22 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	}
 	stopProgress := w.keepInProgress(jctx, d, log)
 	r := w.store.StreamWriter(d.JobID)
+	if early != nil {
+		r = early.r
+	}
 	working := state == broker.StateWorking
-	opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
-	w.trace(d.JobID, StageCalled)
-	ct, err := w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, func(f []byte) error {
+	frame := func(f []byte) error {
 		// Nothing reaches a client before the attempt is on disk. The watchdog does not
 		// count this wait: the callback runs.
 		if _, err := start.wait(); err != nil {
 			return errNotStarted
 		}
+		if len(r.Frames()) == 0 {
+			w.trace(d.JobID, StageFirstFrame) // before: a reader of this process may have it at once (ADR-0035)
+		}
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
 			return &publishError{err}
-		}
-		if len(r.Frames()) == 1 {
-			w.trace(d.JobID, StageFirstFrame)
 		}
 		if !working {
 			working = true
@@ -155,7 +170,15 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 			w.markWorking(jctx, d.JobID, log)
 		}
 		return nil
-	}, opts...)
+	}
+	var ct string
+	if early != nil {
+		ct, err = early.adopt(frame)
+	} else {
+		w.trace(d.JobID, StageCalled)
+		opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
+		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, frame, opts...)
+	}
 	stopProgress()
 	started, serr := start.wait()
 	if serr != nil {
@@ -243,8 +266,8 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 		w.fail(ctx, d, r, msg, 0, log)
 		return
 	}
+	w.trace(d.JobID, StageFinal) // before: a reader of this process may have it at once (ADR-0035)
 	w.publishFinal(r, broker.StateDone, "", 0, log)
-	w.trace(d.JobID, StageFinal)
 	frames := r.Frames()
 	w.setFinishing(d.JobID, true) // its message stays queued until storeDone acks it
 	w.afterwards(func(ctx context.Context) {

@@ -7,10 +7,12 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -98,5 +100,31 @@ func TestUnusableQueueMessagesAreRemoved(t *testing.T) {
 	}
 	if n := logs.count("queue messages of no model removed"); n != 1 {
 		t.Errorf("%d purges logged, want 1: %s", n, strings.Join(logs.msgs, "; "))
+	}
+}
+
+// An idle worker woken by a message that is no job (here an unknown kind) removes it at
+// once too: it is not left taken until the queue's AckWait brings it back.
+func TestUnusableMessageWakingAnIdleWorkerIsRemovedAtOnce(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = time.Hour }))
+	logs := &warnings{}
+	tb.start(t, worker.Config{Logger: slog.New(logs), IdlePoll: time.Hour})
+	first := tb.chat(t, "tiny-a", 1) // the worker ran it, and is idle after it
+	tb.waitState(t, first.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+
+	tokenA, _ := broker.ModelToken("tiny-a")
+	m := nats.NewMsg(broker.QueueSubject(tokenA))
+	m.Data = []byte(chatBody("tiny-a", 2))
+	m.Header.Set(broker.HeaderJobID, broker.NewID())
+	m.Header.Set(broker.HeaderModel, "tiny-a")
+	m.Header.Set(broker.HeaderKind, "bogus")
+	if _, err := tb.b.JetStream(t).PublishMsg(ctxT(t), m); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitQueueEmpty(t) // an hour, were it left taken
+	if n := logs.count("unusable queue message removed"); n != 1 {
+		t.Fatalf("%d removals logged, want 1: %s", n, strings.Join(logs.msgs, "; "))
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -21,6 +23,7 @@ type Worker struct {
 	index *queueIndex
 
 	wake     chan wakeup   // the newest job published (capacity 1)
+	idling   atomic.Bool   // the loop waits in idle for a wake-up
 	stopping chan struct{} // closed by Stop: take no new job
 	stopOnce sync.Once
 	runOnce  sync.Once
@@ -113,9 +116,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer close(w.done)
 	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
 
-	stopWake, err := w.store.OnQueued(func(token, jobID string) {
-		w.trace(jobID, StageWoken)
-		w.poke(wakeup{token: token, jobID: jobID})
+	stopWake, err := w.store.OnQueued(func(p broker.Published) {
+		w.trace(p.JobID, StageWoken)
+		idle := w.idling.Load()
+		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body, fresh: idle})
+		if p.Sync && idle {
+			// A sync submit of this process calls here, before its writes: let the woken
+			// loop run (and call the target) first; the writes only wait for the disk,
+			// and would queue it behind them (ADR-0034). An async submit's caller waits
+			// for its 202 instead, not for the answer: it keeps its turn.
+			runtime.Gosched()
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("worker: %w", err)
@@ -134,6 +145,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	woken := false // a publish was seen and its job not yet fetched
 	for !w.isStopping(ctx) {
 		var ahead *recordRead // the record of a job woken for, read while it is fetched
+		var early *earlyCall  // the call of a job woken for, begun while it is fetched
 		d, queued, err := w.next(ctx)
 		if err != nil {
 			if w.isStopping(ctx) {
@@ -162,14 +174,21 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			// A job was published while nothing could run: wait for it on its model's
 			// consumer, which answers the moment the stream has stored it, and read its
-			// record (and, for another runner, the loaded models) meanwhile. Should the fetch fail, the short rechecks above still
-			// look for it.
+			// record (and, for another runner, the loaded models) meanwhile; its target call
+			// may begin meanwhile too (callEarly). Should the fetch fail, the short rechecks
+			// above still look for it.
+			early = w.callEarly(ctx, u)
 			misses, woken = 0, true
 			ahead = w.readAhead(ctx, u.jobID, u.token)
-			if d, err = w.store.NextWait(ctx, u.token, wakeWait); err != nil || d == nil {
+			if d, err = w.store.NextWait(ctx, u.token, wakeWait); d != nil && err != nil {
+				w.unusable(ctx, d, err) // a delivery no job can run from: removed or retried now
+				d, err = nil, nil
+			}
+			if err != nil || d == nil {
 				if err != nil {
 					w.log.Warn("fetch a just-published job", "err", err)
 				}
+				w.drop(early)
 				ahead.wait()
 				continue
 			}
@@ -178,7 +197,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.trace(d.JobID, StageFetched)
 		w.took(d.Token)
 		w.fetched(d.JobID)
-		w.handle(ctx, d, ahead)
+		w.handle(ctx, d, ahead, early)
 		ahead.wait()
 	}
 	return nil
@@ -254,8 +273,15 @@ func (w *Worker) isStopping(ctx context.Context) bool {
 	}
 }
 
-// wakeup is a job seen published on the queue's subjects.
-type wakeup struct{ token, jobID string }
+// wakeup is a job seen published on the queue's subjects (broker.Published).
+type wakeup struct {
+	token, jobID string
+	kind         broker.Kind
+	body         []byte
+	// fresh says the loop was idle when it came: it is the news it seems, not one left
+	// in the channel while a job ran (whose job may have been canceled or taken since).
+	fresh bool
+}
 
 // poke hands an idle loop the newest job published, replacing an older one not yet taken:
 // anything published before it is stored by now, where the selection finds it.
@@ -283,6 +309,11 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 	}
 	t := time.NewTimer(d)
 	defer t.Stop()
+	w.idling.Store(true)
+	defer w.idling.Store(false)
+	if hook := w.cfg.onIdle; hook != nil {
+		hook(d)
+	}
 	for {
 		select {
 		case u := <-w.wake:
@@ -381,13 +412,8 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 		d, err := w.store.Next(ctx, token)
 		if d != nil {
-			if errors.Is(err, broker.ErrUnusable) {
-				w.discard(d, err)
-				continue
-			}
 			if err != nil {
-				// The delivery is real but its stored body could not be read.
-				w.bodyLost(ctx, d, err)
+				w.unusable(ctx, d, err)
 				continue
 			}
 			return d, true, nil
@@ -398,6 +424,17 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 	}
 	return nil, true, firstErr
+}
+
+// unusable settles a delivery that came with an error: a message that is no job is
+// removed (ErrUnusable); for a real one whose stored body could not be read, bodyLost
+// decides.
+func (w *Worker) unusable(ctx context.Context, d *broker.Lease, err error) {
+	if errors.Is(err, broker.ErrUnusable) {
+		w.discard(d, err)
+		return
+	}
+	w.bodyLost(ctx, d, err)
 }
 
 // runnable keeps the heads whose model this worker runs (Config.Runs). The queue view

@@ -105,6 +105,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		NonStreamTimeout: cfg.NonStreamTimeout, Runs: a.runsModel,
 		// On a shared cluster the start write is stored before the call (ADR-0032).
 		StartBeforeCall: a.natsSrv == nil,
+		// With the embedded server this worker is the queue's one taker: an idle worker
+		// calls the target as it sees a job published (ADR-0034).
+		EarlyCall: a.natsSrv != nil,
 	}
 	if adjust := cfg.Components.Worker; adjust != nil {
 		adjust(&wcfg)

@@ -1,0 +1,120 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"slices"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// earlyCall is a target call begun when an idle worker sees a job's queue message
+// published, before the message is stored and its lease held (Config.EarlyCall,
+// ADR-0034): the call and the job's durable writes (record, queue message, start) take
+// one stretch of time instead of following each other. Its frames wait in the call until
+// the job's run adopts it, which it does only once it holds the message's lease and
+// has stored the attempt's start, as for any other call; a job that is not to run (its
+// message never stored, canceled meanwhile, another message delivered first) drops it:
+// the call is aborted before anything of it was published.
+type earlyCall struct {
+	jobID string
+	kind  broker.Kind
+	body  []byte
+
+	ctx   context.Context
+	abort context.CancelCauseFunc
+	r     *broker.StreamWriter
+
+	frame    func([]byte) error // the run's frame callback, set before adopted is closed
+	adopted  chan struct{}
+	adopting bool // only the worker's loop reads and writes it
+	done     chan struct{}
+	ct       string
+	err      error
+}
+
+// errDropped aborts an early call no run adopted.
+var errDropped = errors.New("early call dropped: the job did not run from it")
+
+// callEarly begins the call of the job published in u, if the worker may: EarlyCall is
+// set, the wake-up is fresh (it came while the loop was idle: one left over from while a
+// job ran may name a job canceled or run since), the message carries its body, the
+// target is not stalled, and the job's runner is loaded by what the worker knows now
+// (an early call must never be the one that swaps a model in: that costs seconds, and a
+// dropped call would have cost them for nothing; nor does it wait for /api/ps, which the
+// read-ahead reads beside the fetch). It returns nil otherwise.
+//
+// The choice of the next job is the one the loop makes without it: a woken worker fetches
+// the woken job's queue whatever else waits. Should that queue deliver another message
+// first (one published just before, whose wake-up this one replaced), the call is dropped
+// before that job runs.
+func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
+	if !w.cfg.EarlyCall || !u.fresh || u.body == nil || !u.kind.Valid() || broker.ValidateID(u.jobID) != nil {
+		return nil
+	}
+	if w.TargetStall() != nil || !w.loadedNow(u.token) {
+		return nil
+	}
+	jctx, abort := context.WithCancelCause(ctx)
+	ec := &earlyCall{
+		jobID: u.jobID, kind: u.kind, body: u.body,
+		ctx: jctx, abort: abort, r: w.store.StreamWriter(u.jobID),
+		adopted: make(chan struct{}), done: make(chan struct{}),
+	}
+	opts := append(w.cfg.streamOptions(ollama.StreamsBody(u.kind.Path(), u.body)), ollama.OnResponse(ec.r.SetContentType))
+	w.trace(u.jobID, StageCalled)
+	go func() {
+		defer close(ec.done)
+		ec.ct, ec.err = w.cfg.Target.Stream(jctx, u.kind.Path(), u.body, func(f []byte) error {
+			select {
+			case <-ec.adopted:
+				return ec.frame(f)
+			case <-jctx.Done():
+				return context.Cause(jctx)
+			}
+		}, opts...)
+	}()
+	return ec
+}
+
+// loadedNow reports whether the runner of queue token is loaded by what the worker knows
+// without asking the target (loadedLocked).
+func (w *Worker) loadedNow(token string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return slices.Contains(w.loadedLocked(), runnerOf(token))
+}
+
+// matches reports whether lease d is the message ec was begun for: the same job, kind
+// and body. A nil call matches nothing.
+func (ec *earlyCall) matches(d *broker.Lease) bool {
+	return ec != nil && d.JobID == ec.jobID && d.Kind == ec.kind && bytes.Equal(d.Body, ec.body)
+}
+
+// adopt makes ec the run's target call: frame gets its frames from now on. It returns
+// the call's end as Target.Stream would.
+func (ec *earlyCall) adopt(frame func([]byte) error) (string, error) {
+	ec.adopting = true
+	ec.frame = frame
+	close(ec.adopted)
+	<-ec.done
+	return ec.ct, ec.err
+}
+
+// drop aborts a call no run adopted and waits for it to end, so that the next call
+// does not overlap it; it tells w the target may have changed meanwhile. A nil or
+// adopted call is left alone.
+func (w *Worker) drop(ec *earlyCall) {
+	if ec == nil || ec.adopting {
+		return
+	}
+	ec.adopting = true // once
+	ec.abort(errDropped)
+	<-ec.done
+	w.mu.Lock()
+	w.lastEnd = time.Now() // the call reached the target: read /api/ps before trusting it
+	w.mu.Unlock()
+}
