@@ -61,7 +61,7 @@ func (eb *earlyBundle) token(t *testing.T, model string) string {
 }
 
 // until polls cond until it holds, failing the test after within.
-func until(t *testing.T, within time.Duration, what string, cond func() bool) {
+func until(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()

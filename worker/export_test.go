@@ -22,3 +22,7 @@ func WithBeforeStart(cfg Config, fn func(jobID string)) Config {
 	cfg.beforeStart = fn
 	return cfg
 }
+
+// Until polls cond until it holds, failing the test after within (the package's one
+// polling helper, for its external tests too).
+var Until = until

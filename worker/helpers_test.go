@@ -244,18 +244,9 @@ func contains[T comparable](s []T, v T) bool { return slices.Contains(s, v) }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 
-// eventually checks cond at once and then every 10ms until it holds; it fails t with
+// eventually checks cond at once and then every 5ms until it holds; it fails t with
 // what if within passes first. cond runs on the test's goroutine and may call t.Fatal.
 func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	timeout := time.After(within)
-	for !cond() {
-		select {
-		case <-tick.C:
-		case <-timeout:
-			t.Fatalf("%s: not within %v", what, within)
-		}
-	}
+	worker.Until(t, within, what, cond)
 }
