@@ -15,10 +15,11 @@ import (
 // published, before the message is stored and its lease held (Config.EarlyCall,
 // ADR-0034): the call and the job's durable writes (record, queue message, start) take
 // one stretch of time instead of following each other. Its frames wait in the call until
-// the job's run adopts it, which it does only once it holds the message's lease and
-// has stored the attempt's start, as for any other call; a job that is not to run (its
-// message never stored, canceled meanwhile, another message delivered first) drops it:
-// the call is aborted before anything of it was published.
+// the job's run adopts it, which it does only once it holds the message's lease and the
+// job passed every check a delivered job passes; the frames then wait for the stored
+// start, as any call's do. A job that is not to run (its message never stored, canceled
+// meanwhile, another message delivered first) drops it: the call is aborted before
+// anything of it was published.
 type earlyCall struct {
 	jobID string
 	kind  broker.Kind

@@ -146,9 +146,11 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		defer t.Stop()
 	}
 	stopProgress := w.keepInProgress(jctx, d, log)
-	r := w.store.StreamWriter(d.JobID)
+	var r *broker.StreamWriter
 	if early != nil {
-		r = early.r
+		r = early.r // the writer the call's content type went to
+	} else {
+		r = w.store.StreamWriter(d.JobID)
 	}
 	working := state == broker.StateWorking
 	frame := func(f []byte) error {

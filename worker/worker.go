@@ -284,7 +284,9 @@ type wakeup struct {
 }
 
 // poke hands an idle loop the newest job published, replacing an older one not yet taken:
-// anything published before it is stored by now, where the selection finds it.
+// anything published before it is stored by now, where the selection finds it. (A
+// submit's own announcement may come before an earlier message is stored; that message's
+// copy from NATS comes after it, and wakes the loop for it.)
 func (w *Worker) poke(u wakeup) {
 	for {
 		select {
