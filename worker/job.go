@@ -154,9 +154,17 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	}
 	working := state == broker.StateWorking
 	frame := func(f []byte) error {
-		// Nothing reaches a client before the attempt is on disk. The watchdog does not
-		// count this wait: the callback runs.
-		if _, err := start.wait(); err != nil {
+		// Nothing reaches a client before the job is on disk: its record and queue message
+		// (the lease and the record read say so) and, but for a sync job's answer, the
+		// attempt's start (ADR-0032). A sync job's caller gets its frames while the start
+		// is stored (ADR-0036): should it fail, the call stops at the next frame. The first
+		// frame of a job that was loading waits all the same: it marks the job working,
+		// which must follow the start. The watchdog does not count this wait.
+		if !j.Sync || !working {
+			if _, err := start.wait(); err != nil {
+				return errNotStarted
+			}
+		} else if start.failed() {
 			return errNotStarted
 		}
 		if len(r.Frames()) == 0 {

@@ -20,6 +20,16 @@ type startWrite struct {
 	err  error
 }
 
+// failed reports, without waiting, whether the start write has failed.
+func (sw *startWrite) failed() bool {
+	select {
+	case <-sw.done:
+		return sw.err != nil
+	default:
+		return false
+	}
+}
+
 // wait waits for the start write to be stored and returns the record written.
 func (sw *startWrite) wait() (*broker.Job, error) {
 	<-sw.done
