@@ -312,3 +312,67 @@ func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
 		t.Fatalf("done at attempt %d, want 1", rec.Attempt)
 	}
 }
+
+// A sync job whose start write fails after its caller got frames (here its record is
+// gone by then) is not handed back for another attempt, which would stream from frame 1
+// again into the same answer: it fails, and its caller gets the final failed marker.
+func TestSyncJobWhoseStartFailsAfterFramesFails(t *testing.T) {
+	tb := setup(t)
+	holding, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
+		if id != j.ID {
+			return
+		}
+		once.Do(func() { close(holding) })
+		<-release
+	})
+	tb.start(t, cfg)
+	first := tb.chat(t, "tiny-a", 0) // loads the model
+	tb.waitState(t, first.ID, broker.StateDone)
+	watch := watchStream(t, tb.b.Conn, j.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	ctx := waitCtx(t)
+	select {
+	case <-holding:
+	case <-ctx.Done():
+		t.Fatal("the start write never began")
+	}
+	select {
+	case m := <-watch.ch:
+		if m.Header.Get(broker.HeaderFinal) != "" {
+			t.Fatalf("final marker before any frame: %v", m.Header)
+		}
+	case <-ctx.Done():
+		t.Fatal("no frame while the start write was held")
+	}
+	if err := tb.b.JobRecords(t).Purge(ctx, "job."+j.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	for {
+		select {
+		case m := <-watch.ch:
+			final := m.Header.Get(broker.HeaderFinal)
+			if final == "" {
+				continue // the rest of the answer
+			}
+			if final != string(broker.StateFailed) {
+				t.Fatalf("final marker %q, want failed", final)
+			}
+			return
+		case <-ctx.Done():
+			t.Fatal("no final marker: the job was handed back to stream again")
+		}
+	}
+}
