@@ -9,10 +9,10 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
-// A sync chat passes every stage of the hot path's trace, in causal order: the start
-// write is stored before the first frame is published (ADR-0032), the client is answered
-// from the final marker, and the worker was woken by the publish of the job it ran (and
-// may have called the target then, ADR-0034).
+// A sync chat passes every stage of the hot path's trace, in causal order: the job is on
+// disk (its record read) before the first frame is published (ADR-0032, ADR-0036), the
+// client is answered from the final marker, and the worker was woken by the publish of
+// the job it ran (and may have called the target then, ADR-0034).
 func TestSyncChatTraceStages(t *testing.T) {
 	t.Parallel()
 	st := &stageTrace{at: map[string]map[string]time.Time{}}
@@ -45,7 +45,7 @@ func TestSyncChatTraceStages(t *testing.T) {
 			{worker.StageFetched, worker.StageRecord},
 			{worker.StageWoken, worker.StageCalled}, // with EarlyCall maybe before the fetch (ADR-0034)
 			{worker.StageRecord, worker.StageStarted},
-			{worker.StageStarted, worker.StageFirstFrame},
+			{worker.StageRecord, worker.StageFirstFrame}, // a sync job's frames need not wait for the start (ADR-0036)
 			{worker.StageFirstFrame, traceRelayed},
 			{worker.StageFirstFrame, worker.StageFinal},
 			{worker.StageFinal, traceFinalSeen},

@@ -10,7 +10,8 @@
 //   - an idle worker with EarlyCall (the embedded server) calls the target as it sees a job
 //     published, before the job is stored and leased; the run adopts that call once it
 //     holds the lease, any other way out aborts it unseen (ADR-0034). No frame is
-//     published before the attempt's start is stored (ADR-0032);
+//     published before the job is stored, nor, but for a sync job's, before the attempt's
+//     start is (ADR-0032, ADR-0036);
 //   - every job moves queued → loading|working → done|failed|canceled in its KV record,
 //     with retrying between attempts; the record write is the state event;
 //   - the target's response frames are published byte-exact through a broker.StreamWriter

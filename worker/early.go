@@ -16,8 +16,8 @@ import (
 // ADR-0034): the call and the job's durable writes (record, queue message, start) take
 // one stretch of time instead of following each other. Its frames wait in the call until
 // the job's run adopts it, which it does only once it holds the message's lease and the
-// job passed every check a delivered job passes; the frames then wait for the stored
-// start, as any call's do. A job that is not to run (its message never stored, canceled
+// job passed every check a delivered job passes; the frames then wait as any call's do
+// (for the stored start, but for a sync job's, ADR-0036). A job that is not to run (its message never stored, canceled
 // meanwhile, another message delivered first) drops it: the call is aborted before
 // anything of it was published.
 type earlyCall struct {

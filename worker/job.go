@@ -94,9 +94,9 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 
 // run starts the next attempt of job j, read at revision rev, and concludes it. The start
 // write (the attempt and its loading or working state) and the target call go out
-// together (ADR-0032): no frame is published before the start write is stored, and a
-// start write that fails aborts the call, which then ends as a failed start write always
-// did. early, when not nil, is the job's call begun already: the run adopts it instead
+// together (ADR-0032): no frame is published before the start write is stored (but for a
+// sync job's, which wait only for the job to be stored, ADR-0036), and a start write that
+// fails aborts the call, which then ends as a failed start write always did. early, when not nil, is the job's call begun already: the run adopts it instead
 // of calling the target.
 func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, early *earlyCall, log *slog.Logger) {
 	var jctx context.Context
@@ -128,7 +128,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
 	if w.cfg.StartBeforeCall {
 		if _, err := start.wait(); err != nil {
-			w.startFailed(ctx, d, err, log)
+			w.startFailed(ctx, d, j.Sync, nil, err, log)
 			return
 		}
 	}
@@ -154,9 +154,17 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	}
 	working := state == broker.StateWorking
 	frame := func(f []byte) error {
-		// Nothing reaches a client before the attempt is on disk. The watchdog does not
-		// count this wait: the callback runs.
-		if _, err := start.wait(); err != nil {
+		// Nothing reaches a client before the job is on disk: its record and queue message
+		// (the lease and the record read say so) and, but for a sync job's answer, the
+		// attempt's start (ADR-0032). A sync job's caller gets its frames while the start
+		// is stored (ADR-0036): should it fail, the call stops at the next frame. The first
+		// frame of a job that was loading waits all the same: it marks the job working,
+		// which must follow the start. The watchdog does not count this wait.
+		if !j.Sync || !working {
+			if _, err := start.wait(); err != nil {
+				return errNotStarted
+			}
+		} else if start.failed() {
 			return errNotStarted
 		}
 		if len(r.Frames()) == 0 {
@@ -184,7 +192,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	stopProgress()
 	started, serr := start.wait()
 	if serr != nil {
-		w.startFailed(ctx, d, serr, log)
+		w.startFailed(ctx, d, j.Sync, r, serr, log)
 		return
 	}
 	log = log.With("attempt", started.Attempt)

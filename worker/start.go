@@ -20,6 +20,16 @@ type startWrite struct {
 	err  error
 }
 
+// failed reports, without waiting, whether the start write has failed.
+func (sw *startWrite) failed() bool {
+	select {
+	case <-sw.done:
+		return sw.err != nil
+	default:
+		return false
+	}
+}
+
 // wait waits for the start write to be stored and returns the record written.
 func (sw *startWrite) wait() (*broker.Job, error) {
 	<-sw.done
@@ -55,8 +65,10 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 
 // startFailed ends an attempt whose start write failed, its target call aborted: a job
 // that ended meanwhile is acked, one whose cancellation was requested ends canceled, and
-// on any other failure the job is handed back for a later try.
-func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, err error, log *slog.Logger) {
+// on any other failure the job is handed back for a later try, unless it is a sync job
+// whose caller already has frames of it (r, nil before any call, says; ADR-0036): a
+// second attempt cannot be spliced into that answer, so the job fails.
+func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, sync bool, r *broker.StreamWriter, err error, log *slog.Logger) {
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	switch {
@@ -64,6 +76,8 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, err error, lo
 		w.finish(bctx, d, log)
 	case errors.Is(err, errCancelRequested):
 		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
+	case sync && r != nil && r.Published():
+		w.fail(bctx, d, r, "store the attempt's start: "+err.Error(), 0, log)
 	default:
 		log.Warn("start job; will retry", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)

@@ -258,3 +258,121 @@ func TestCrashBeforeStartStoredRunsAgain(t *testing.T) {
 		t.Errorf("fake finished the job %d times, want 1 (calls %+v)", finished, tb.fake.Calls())
 	}
 }
+
+// A sync job's caller gets its frames once the job is on disk (record and queue message),
+// while the attempt's start is still being stored (ADR-0036): here the start write is
+// held, and the frames come all the same; the job then ends done at attempt 1. (A job
+// whose model must be loaded first waits for its start before its first frame, which
+// marks it working: so a first job loads the model here.)
+func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
+	tb := setup(t)
+	holding, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
+		if id != j.ID {
+			return
+		}
+		once.Do(func() { close(holding) })
+		<-release
+	})
+	tb.start(t, cfg)
+	first := tb.chat(t, "tiny-a", 0)
+	tb.waitState(t, first.ID, broker.StateDone)
+	watch := watchStream(t, tb.b.Conn, j.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // before the worker stops, should the test end early
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	ctx := waitCtx(t)
+	select {
+	case <-holding:
+	case <-ctx.Done():
+		t.Fatal("the start write never began")
+	}
+	select {
+	case m := <-watch.ch:
+		if m.Header.Get(broker.HeaderFinal) != "" {
+			t.Fatalf("final marker before any frame: %v", m.Header)
+		}
+	case <-ctx.Done():
+		t.Fatal("no frame while the start write was held")
+	}
+	if rec, _, err := tb.b.Store.Get(ctx, j.ID); err != nil || rec.Attempt != 0 {
+		t.Fatalf("record at the first frame: %+v, %v; want the start not yet stored", rec, err)
+	}
+	close(release)
+	if rec := tb.waitState(t, j.ID, broker.StateDone); rec.Attempt != 1 {
+		t.Fatalf("done at attempt %d, want 1", rec.Attempt)
+	}
+}
+
+// A sync job whose start write fails after its caller got frames (here its record is
+// gone by then) is not handed back for another attempt, which would stream from frame 1
+// again into the same answer: it fails, and its caller gets the final failed marker.
+func TestSyncJobWhoseStartFailsAfterFramesFails(t *testing.T) {
+	tb := setup(t)
+	holding, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
+		if id != j.ID {
+			return
+		}
+		once.Do(func() { close(holding) })
+		<-release
+	})
+	tb.start(t, cfg)
+	first := tb.chat(t, "tiny-a", 0) // loads the model
+	tb.waitState(t, first.ID, broker.StateDone)
+	watch := watchStream(t, tb.b.Conn, j.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	})
+	ctx := waitCtx(t)
+	select {
+	case <-holding:
+	case <-ctx.Done():
+		t.Fatal("the start write never began")
+	}
+	select {
+	case m := <-watch.ch:
+		if m.Header.Get(broker.HeaderFinal) != "" {
+			t.Fatalf("final marker before any frame: %v", m.Header)
+		}
+	case <-ctx.Done():
+		t.Fatal("no frame while the start write was held")
+	}
+	if err := tb.b.JobRecords(t).Purge(ctx, "job."+j.ID); err != nil {
+		t.Fatal(err)
+	}
+	close(release)
+	for {
+		select {
+		case m := <-watch.ch:
+			final := m.Header.Get(broker.HeaderFinal)
+			if final == "" {
+				continue // the rest of the answer
+			}
+			if final != string(broker.StateFailed) {
+				t.Fatalf("final marker %q, want failed", final)
+			}
+			return
+		case <-ctx.Done():
+			t.Fatal("no final marker: the job was handed back to stream again")
+		}
+	}
+}

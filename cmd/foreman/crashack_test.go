@@ -325,8 +325,10 @@ func TestSyncChatKilledAtItsFirstTokenEndsCallerGone(t *testing.T) {
 	if err != nil {
 		t.Fatalf("sync job %s lost: %v", id, err)
 	}
-	if rec.Attempt != 1 {
-		t.Errorf("sync job %s started %d times, want once", id, rec.Attempt)
+	// Its start may not be stored yet at its first token (a sync answer waits for the job,
+	// not for the start, ADR-0036): started once, or not counted; never twice.
+	if rec.Attempt > 1 {
+		t.Errorf("sync job %s started %d times, want once at most", id, rec.Attempt)
 	}
 	if n := terminalRevisions(t, ctx, nc, id); n != 1 {
 		t.Errorf("sync job %s: %d terminal revisions, want 1", id, n)
