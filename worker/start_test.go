@@ -259,56 +259,66 @@ func TestCrashBeforeStartStoredRunsAgain(t *testing.T) {
 	}
 }
 
-// A sync job's caller gets its frames once the job is on disk (record and queue message),
-// while the attempt's start is still being stored (ADR-0036): here the start write is
-// held, and the frames come all the same; the job then ends done at attempt 1. (A job
-// whose model must be loaded first waits for its start before its first frame, which
-// marks it working: so a first job loads the model here.)
-func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
+// heldSyncStart runs a sync chat job whose model is loaded (a first job loaded it: a
+// loading job's first frame waits for its start) with its start write held, and returns
+// once the job's first frame was published while the start write is held. release lets
+// the start write go on.
+type heldSyncStart struct {
+	tb      *testBundle
+	job     *broker.Job
+	watch   *streamWatch
+	ctx     context.Context
+	release func()
+}
+
+func holdSyncStart(t *testing.T) *heldSyncStart {
+	t.Helper()
 	tb := setup(t)
 	holding, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	var holdOnce, releaseOnce sync.Once
+	h := &heldSyncStart{tb: tb, ctx: waitCtx(t), release: func() { releaseOnce.Do(func() { close(release) }) }}
+	h.job = &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
 	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
-		if id != j.ID {
+		if id != h.job.ID {
 			return
 		}
-		once.Do(func() { close(holding) })
+		holdOnce.Do(func() { close(holding) })
 		<-release
 	})
 	tb.start(t, cfg)
-	first := tb.chat(t, "tiny-a", 0)
+	t.Cleanup(h.release)             // before the worker stops, should the test end early
+	first := tb.chat(t, "tiny-a", 0) // loads the model
 	tb.waitState(t, first.ID, broker.StateDone)
-	watch := watchStream(t, tb.b.Conn, j.ID)
-	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+	h.watch = watchStream(t, tb.b.Conn, h.job.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), h.job, []byte(chatBody("tiny-a", 1))); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { // before the worker stops, should the test end early
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	})
-	ctx := waitCtx(t)
 	select {
 	case <-holding:
-	case <-ctx.Done():
+	case <-h.ctx.Done():
 		t.Fatal("the start write never began")
 	}
 	select {
-	case m := <-watch.ch:
+	case m := <-h.watch.ch:
 		if m.Header.Get(broker.HeaderFinal) != "" {
 			t.Fatalf("final marker before any frame: %v", m.Header)
 		}
-	case <-ctx.Done():
+	case <-h.ctx.Done():
 		t.Fatal("no frame while the start write was held")
 	}
-	if rec, _, err := tb.b.Store.Get(ctx, j.ID); err != nil || rec.Attempt != 0 {
+	return h
+}
+
+// A sync job's caller gets its frames once the job is on disk (record and queue message),
+// while the attempt's start is still being stored (ADR-0036): here the start write is
+// held, and the frames come all the same; the job then ends done at attempt 1.
+func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
+	h := holdSyncStart(t)
+	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.Attempt != 0 {
 		t.Fatalf("record at the first frame: %+v, %v; want the start not yet stored", rec, err)
 	}
-	close(release)
-	if rec := tb.waitState(t, j.ID, broker.StateDone); rec.Attempt != 1 {
+	h.release()
+	if rec := h.tb.waitState(t, h.job.ID, broker.StateDone); rec.Attempt != 1 {
 		t.Fatalf("done at attempt %d, want 1", rec.Attempt)
 	}
 }
@@ -317,52 +327,14 @@ func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
 // gone by then) is not handed back for another attempt, which would stream from frame 1
 // again into the same answer: it fails, and its caller gets the final failed marker.
 func TestSyncJobWhoseStartFailsAfterFramesFails(t *testing.T) {
-	tb := setup(t)
-	holding, release := make(chan struct{}), make(chan struct{})
-	var once sync.Once
-	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
-	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
-		if id != j.ID {
-			return
-		}
-		once.Do(func() { close(holding) })
-		<-release
-	})
-	tb.start(t, cfg)
-	first := tb.chat(t, "tiny-a", 0) // loads the model
-	tb.waitState(t, first.ID, broker.StateDone)
-	watch := watchStream(t, tb.b.Conn, j.ID)
-	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+	h := holdSyncStart(t)
+	if err := h.tb.b.JobRecords(t).Purge(h.ctx, "job."+h.job.ID); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		select {
-		case <-release:
-		default:
-			close(release)
-		}
-	})
-	ctx := waitCtx(t)
-	select {
-	case <-holding:
-	case <-ctx.Done():
-		t.Fatal("the start write never began")
-	}
-	select {
-	case m := <-watch.ch:
-		if m.Header.Get(broker.HeaderFinal) != "" {
-			t.Fatalf("final marker before any frame: %v", m.Header)
-		}
-	case <-ctx.Done():
-		t.Fatal("no frame while the start write was held")
-	}
-	if err := tb.b.JobRecords(t).Purge(ctx, "job."+j.ID); err != nil {
-		t.Fatal(err)
-	}
-	close(release)
+	h.release()
 	for {
 		select {
-		case m := <-watch.ch:
+		case m := <-h.watch.ch:
 			final := m.Header.Get(broker.HeaderFinal)
 			if final == "" {
 				continue // the rest of the answer
@@ -371,7 +343,7 @@ func TestSyncJobWhoseStartFailsAfterFramesFails(t *testing.T) {
 				t.Fatalf("final marker %q, want failed", final)
 			}
 			return
-		case <-ctx.Done():
+		case <-h.ctx.Done():
 			t.Fatal("no final marker: the job was handed back to stream again")
 		}
 	}
