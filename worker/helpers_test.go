@@ -240,6 +240,17 @@ func (s *stateWatch) until(t *testing.T) []broker.State {
 	}
 }
 
+// finishedCalls counts the fake's model calls that ran to their end, not canceled.
+func finishedCalls(fake *ollamatest.Server) int {
+	n := 0
+	for _, c := range fake.Calls() {
+		if c.Model != "" && c.Finished && !c.Canceled {
+			n++
+		}
+	}
+	return n
+}
+
 func contains[T comparable](s []T, v T) bool { return slices.Contains(s, v) }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }

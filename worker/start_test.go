@@ -248,13 +248,7 @@ func TestCrashBeforeStartStoredRunsAgain(t *testing.T) {
 		t.Errorf("attempt %d, want 1: the crashed attempt never started", got.Attempt)
 	}
 	tb.waitQueueEmpty(t)
-	finished := 0
-	for _, c := range tb.fake.Calls() {
-		if c.Model != "" && c.Finished && !c.Canceled {
-			finished++
-		}
-	}
-	if finished != 1 {
+	if finished := finishedCalls(tb.fake); finished != 1 {
 		t.Errorf("fake finished the job %d times, want 1 (calls %+v)", finished, tb.fake.Calls())
 	}
 }

@@ -242,13 +242,7 @@ func TestCrashMidJobCompletesOnce(t *testing.T) {
 	if dones != 1 {
 		t.Errorf("%d done records, want 1", dones)
 	}
-	finished := 0
-	for _, c := range tb.fake.Calls() {
-		if c.Model != "" && c.Finished && !c.Canceled {
-			finished++
-		}
-	}
-	if finished != 1 {
+	if finished := finishedCalls(tb.fake); finished != 1 {
 		t.Errorf("fake finished the job %d times, want 1 (calls %+v)", finished, tb.fake.Calls())
 	}
 }
