@@ -96,8 +96,9 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 // write (the attempt and its loading or working state) and the target call go out
 // together (ADR-0032): no frame is published before the start write is stored (but for a
 // sync job's, which wait only for the job to be stored, ADR-0036), and a start write that
-// fails aborts the call, which then ends as a failed start write always did. early, when not nil, is the job's call begun already: the run adopts it instead
-// of calling the target.
+// fails aborts the call, which then ends as a failed start write always did. early, when
+// not nil, is the job's call begun already: the run adopts it instead of calling the
+// target.
 func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, early *earlyCall, log *slog.Logger) {
 	var jctx context.Context
 	var abort context.CancelCauseFunc
