@@ -77,28 +77,32 @@ func TestStartWriteOverlapsCallNoFrameBeforeIt(t *testing.T) {
 
 	started := false
 	for {
-		select {
-		case ev := <-feed.Events():
-			switch ev.Kind {
-			case broker.EventState:
-				if ev.Job.State == broker.StateWorking || ev.Job.State == broker.StateLoading {
-					started = true
-				}
-			case broker.EventFrame:
-				if !started {
-					t.Fatal("a frame reached the job's reader before the start write was stored")
-				}
-				rec, _, err := tb.b.Store.Get(ctx, j.ID)
-				if err != nil || rec.Attempt != 1 {
-					t.Fatalf("record at the first frame: %+v, %v; want attempt 1", rec, err)
-				}
-				tb.waitState(t, j.ID, broker.StateDone)
-				return
-			case broker.EventFinal, broker.EventGap:
-				t.Fatalf("stream ended before any frame: %+v", ev)
+		ev, ok := feed.Next()
+		if !ok {
+			select {
+			case <-feed.Ready():
+				continue
+			case <-ctx.Done():
+				t.Fatal("no frame")
 			}
-		case <-ctx.Done():
-			t.Fatal("no frame")
+		}
+		switch ev.Kind {
+		case broker.EventState:
+			if ev.Job.State == broker.StateWorking || ev.Job.State == broker.StateLoading {
+				started = true
+			}
+		case broker.EventFrame:
+			if !started {
+				t.Fatal("a frame reached the job's reader before the start write was stored")
+			}
+			rec, _, err := tb.b.Store.Get(ctx, j.ID)
+			if err != nil || rec.Attempt != 1 {
+				t.Fatalf("record at the first frame: %+v, %v; want attempt 1", rec, err)
+			}
+			tb.waitState(t, j.ID, broker.StateDone)
+			return
+		case broker.EventFinal, broker.EventGap:
+			t.Fatalf("stream ended before any frame: %+v", ev)
 		}
 	}
 }
