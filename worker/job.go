@@ -191,6 +191,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, frame, opts...)
 	}
 	stopProgress()
+	if err == nil && j.Sync && !start.failed() && w.answerBeforeStart(d, j, r, ct, start, run, log) {
+		return
+	}
 	started, serr := start.wait()
 	if serr != nil {
 		w.startFailed(ctx, d, j.Sync, r, serr, log)
@@ -201,6 +204,47 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		w.learn(run, time.Now())
 	}
 	w.conclude(ctx, d, started, r, ct, err, context.Cause(jctx), log)
+}
+
+// answerBeforeStart ends a sync job whose call succeeded without waiting for its start
+// write, which may still be on its way (ADR-0038): the final marker answers the caller at
+// once, and the start, then the result and the terminal state, are stored afterwards. It
+// reports false, having done nothing, when the answer is an error in the stream: that is
+// decided once the start is stored, as before.
+func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.StreamWriter, ct string, start *startWrite, run *runningJob, log *slog.Logger) bool {
+	if streamError(ct, r.Frames()) != "" {
+		return false
+	}
+	w.targetAnswered()
+	w.learn(run, time.Now())
+	w.trace(d.JobID, StageFinal) // before: a reader of this process may have it at once (ADR-0035)
+	w.publishFinal(r, broker.StateDone, "", 0, log)
+	frames := r.Frames()
+	w.setFinishing(d.JobID, true) // its message stays queued until it is acked below
+	w.afterwards(func(ctx context.Context) {
+		defer w.setFinishing(d.JobID, false)
+		started, err := start.wait()
+		switch {
+		case err == nil:
+			log = log.With("attempt", started.Attempt)
+		case errors.Is(err, errEnded):
+			// Another writer ended it before its start was stored (a cancel while it was
+			// still queued): the record stays as that writer left it.
+			log.Info("job ended elsewhere while its answer went out", "err", err)
+			w.finish(ctx, d, log)
+			return
+		default:
+			// A cancel requested once the answer was out is moot, as in storeDone; after
+			// any other failure the terminal write still tries, and hands the job back
+			// only if the record cannot be written at all.
+			log.Warn("store the attempt's start after its answer", "err", err)
+		}
+		if hook := w.cfg.beforeStoreDone; hook != nil {
+			hook(d.JobID)
+		}
+		w.storeDone(ctx, d, j.Kind, ct, frames, log)
+	})
+	return true
 }
 
 // publishError is a failure to publish a frame (NATS, not the target).

@@ -260,21 +260,39 @@ func TestCrashBeforeStartStoredRunsAgain(t *testing.T) {
 // heldSyncStart runs a sync chat job whose model is loaded (a first job loaded it: a
 // loading job's first frame waits for its start) with its start write held, and returns
 // once the job's first frame was published while the start write is held. release lets
-// the start write go on.
+// the start write go on. With holdRest the fake holds the rest of the answer after its
+// first token until releaseRest (or the call is aborted).
 type heldSyncStart struct {
-	tb      *testBundle
-	job     *broker.Job
-	watch   *streamWatch
-	ctx     context.Context
-	release func()
+	tb          *testBundle
+	job         *broker.Job
+	watch       *streamWatch
+	ctx         context.Context
+	release     func()
+	releaseRest func()
 }
 
-func holdSyncStart(t *testing.T) *heldSyncStart {
+func holdSyncStart(t *testing.T, holdRest bool) *heldSyncStart {
 	t.Helper()
-	tb := setup(t)
+	var armed atomic.Bool
+	rest := make(chan struct{})
+	var restOnce sync.Once
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
+		if i == 0 || !armed.Load() {
+			return nil
+		}
+		select {
+		case <-rest:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})})
 	holding, release := make(chan struct{}), make(chan struct{})
 	var holdOnce, releaseOnce sync.Once
-	h := &heldSyncStart{tb: tb, ctx: waitCtx(t), release: func() { releaseOnce.Do(func() { close(release) }) }}
+	h := &heldSyncStart{tb: tb, ctx: waitCtx(t),
+		release:     func() { releaseOnce.Do(func() { close(release) }) },
+		releaseRest: func() { restOnce.Do(func() { close(rest) }) },
+	}
 	h.job = &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
 	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
 		if id != h.job.ID {
@@ -284,9 +302,11 @@ func holdSyncStart(t *testing.T) *heldSyncStart {
 		<-release
 	})
 	tb.start(t, cfg)
-	t.Cleanup(h.release)             // before the worker stops, should the test end early
+	t.Cleanup(h.release) // before the worker stops, should the test end early
+	t.Cleanup(h.releaseRest)
 	first := tb.chat(t, "tiny-a", 0) // loads the model
 	tb.waitState(t, first.ID, broker.StateDone)
+	armed.Store(holdRest)
 	h.watch = watchStream(t, tb.b.Conn, h.job.ID)
 	if _, err := tb.b.Store.Submit(ctxT(t), h.job, []byte(chatBody("tiny-a", 1))); err != nil {
 		t.Fatal(err)
@@ -307,17 +327,76 @@ func holdSyncStart(t *testing.T) *heldSyncStart {
 	return h
 }
 
+// finalMarker reads the job's stream up to its final marker and returns its state.
+func (h *heldSyncStart) finalMarker(t *testing.T) string {
+	t.Helper()
+	for {
+		select {
+		case m := <-h.watch.ch:
+			if final := m.Header.Get(broker.HeaderFinal); final != "" {
+				return final
+			}
+		case <-h.ctx.Done():
+			t.Fatal("no final marker")
+		}
+	}
+}
+
 // A sync job's caller gets its frames once the job is on disk (record and queue message),
 // while the attempt's start is still being stored (ADR-0036): here the start write is
 // held, and the frames come all the same; the job then ends done at attempt 1.
 func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
-	h := holdSyncStart(t)
+	h := holdSyncStart(t, true)
 	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.Attempt != 0 {
 		t.Fatalf("record at the first frame: %+v, %v; want the start not yet stored", rec, err)
 	}
 	h.release()
+	h.releaseRest()
 	if rec := h.tb.waitState(t, h.job.ID, broker.StateDone); rec.Attempt != 1 {
 		t.Fatalf("done at attempt %d, want 1", rec.Attempt)
+	}
+}
+
+// A sync job's whole answer, its final marker included, goes out while its start is
+// still being stored (ADR-0038); the start, the result and the terminal state follow,
+// and the job ends done at attempt 1, called once.
+func TestSyncJobAnswerDoesNotWaitForTheStartWrite(t *testing.T) {
+	h := holdSyncStart(t, false)
+	if final := h.finalMarker(t); final != string(broker.StateDone) {
+		t.Fatalf("final marker %q, want done", final)
+	}
+	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.State != broker.StateQueued || rec.Attempt != 0 {
+		t.Fatalf("record at the final marker: %+v, %v; want queued at attempt 0 (the start held)", rec, err)
+	}
+	h.release()
+	rec := h.tb.waitState(t, h.job.ID, broker.StateDone)
+	if rec.Attempt != 1 || len(rec.Result) == 0 {
+		t.Fatalf("done at attempt %d with result %q, want attempt 1 and the answer", rec.Attempt, rec.Result)
+	}
+	h.tb.waitQueueEmpty(t)
+	if finished := finishedCalls(h.tb.fake); finished != 2 { // the loading job and this one
+		t.Errorf("fake finished %d calls, want 2", finished)
+	}
+}
+
+// A sync job canceled while still queued, its start write on the way, after its answer
+// went out: the start finds it ended, its message goes, and it is not run again; the
+// record stays canceled, as the cancel left it (ADR-0038).
+func TestSyncJobCanceledAfterItsAnswerBeforeItsStartIsNotRunAgain(t *testing.T) {
+	h := holdSyncStart(t, false)
+	if final := h.finalMarker(t); final != string(broker.StateDone) {
+		t.Fatalf("final marker %q, want done", final)
+	}
+	if _, err := h.tb.b.Store.Cancel(h.ctx, h.job.ID, "client disconnected"); err != nil {
+		t.Fatal(err)
+	}
+	h.release()
+	h.tb.waitQueueEmpty(t)
+	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.State != broker.StateCanceled {
+		t.Fatalf("record: %+v, %v; want canceled", rec, err)
+	}
+	if finished := finishedCalls(h.tb.fake); finished != 2 {
+		t.Errorf("fake finished %d calls, want 2 (the loading job and this one, once)", finished)
 	}
 }
 
@@ -325,7 +404,7 @@ func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
 // gone by then) is not handed back for another attempt, which would stream from frame 1
 // again into the same answer: it fails, and its caller gets the final failed marker.
 func TestSyncJobWhoseStartFailsAfterFramesFails(t *testing.T) {
-	h := holdSyncStart(t)
+	h := holdSyncStart(t, true) // the call still runs when the start fails
 	if err := h.tb.b.JobRecords(t).Purge(h.ctx, "job."+h.job.ID); err != nil {
 		t.Fatal(err)
 	}
