@@ -23,6 +23,13 @@ func WithBeforeStart(cfg Config, fn func(jobID string)) Config {
 	return cfg
 }
 
+// WithStartFault sets Config.startFault: fn's error, if any, fails an attempt's start
+// write as a store failure would.
+func WithStartFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.startFault = fn
+	return cfg
+}
+
 // Until polls cond until it holds, failing the test after within (the package's one
 // polling helper, for its external tests too).
 var Until = until

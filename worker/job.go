@@ -191,7 +191,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, frame, opts...)
 	}
 	stopProgress()
-	if err == nil && j.Sync && !start.failed() && w.answerBeforeStart(d, j, r, ct, start, run, log) {
+	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {
 		return
 	}
 	started, serr := start.wait()
@@ -224,9 +224,18 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 	w.afterwards(func(ctx context.Context) {
 		defer w.setFinishing(d.JobID, false)
 		started, err := start.wait()
+		if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, errCancelRequested) {
+			// A store failure: the job cannot go from queued to done without its start,
+			// so the start is stored again, a cancel request no longer stopping it.
+			log.Warn("store the attempt's start after its answer; trying again", "err", err)
+			started, err = w.storeLateStart(ctx, d)
+		}
 		switch {
 		case err == nil:
 			log = log.With("attempt", started.Attempt)
+		case errors.Is(err, errCancelRequested):
+			// Requested on a record that was running already (a delivery after a crash):
+			// moot once the answer is out, as in storeDone, which ends it done.
 		case errors.Is(err, errEnded):
 			// Another writer ended it before its start was stored (a cancel while it was
 			// still queued): the record stays as that writer left it.
@@ -234,10 +243,11 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 			w.finish(ctx, d, log)
 			return
 		default:
-			// A cancel requested once the answer was out is moot, as in storeDone; after
-			// any other failure the terminal write still tries, and hands the job back
-			// only if the record cannot be written at all.
-			log.Warn("store the attempt's start after its answer", "err", err)
+			// The record cannot be written. Its caller has the answer: the message goes
+			// rather than run the job again, and the record stays as it was.
+			log.Error("store the attempt's start after its answer; its queue message is removed", "err", err)
+			w.finish(ctx, d, log)
+			return
 		}
 		if hook := w.cfg.beforeStoreDone; hook != nil {
 			hook(d.JobID)
@@ -245,6 +255,19 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 		w.storeDone(ctx, d, j.Kind, ct, frames, log)
 	})
 	return true
+}
+
+// storeLateStart stores the start of a sync job's attempt whose answer went out while
+// its own start write failed (ADR-0038): working, the attempt counted, the message that
+// ran it named, unless the record shows a start already (a write whose answer was lost).
+// Only a job that ended stops it; it tries as long as a terminal write does.
+func (w *Worker) storeLateStart(ctx context.Context, d *broker.Lease) (*broker.Job, error) {
+	return w.retryWrite(ctx, d.JobID, false, func(j *broker.Job) {
+		if j.State == broker.StateQueued || j.State == broker.StateRetrying {
+			j.State, j.Error, j.QueueSeq = broker.StateWorking, "", d.Seq
+			j.Attempt++
+		}
+	})
 }
 
 // publishError is a failure to publish a frame (NATS, not the target).
@@ -399,18 +422,25 @@ func (w *Worker) afterwards(fn func(ctx context.Context)) {
 // returns errEnded when the job reached another terminal state first (or when a try
 // that landed unseen wrote it).
 func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.Job)) error {
-	// Its own time: storing the result artifact before may have used up ctx's.
+	_, err := w.retryWrite(ctx, id, true, set)
+	return err
+}
+
+// retryWrite applies set to job id's record unless the job ended (errEnded), trying for
+// up to terminalWait (its own time: what came before may have used up ctx's); last says
+// it is the attempt's last write (transitionLast).
+func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(*broker.Job)) (*broker.Job, error) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
 	defer cancel()
 	pause := terminalPause
 	for try := 1; ; try++ {
-		_, err := w.transitionLast(tctx, id, true, fromUnended, set)
+		j, err := w.transitionLast(tctx, id, last, fromUnended, set)
 		if err == nil || errors.Is(err, errEnded) || tctx.Err() != nil {
-			return err
+			return j, err
 		}
-		w.log.Warn("store terminal state; trying again", "job_id", id, "try", try, "retry_in", pause, "err", err)
+		w.log.Warn("store job record; trying again", "job_id", id, "try", try, "retry_in", pause, "err", err)
 		if !sleepCtx(tctx, pause) {
-			return err
+			return j, err
 		}
 		pause = min(2*pause, 2*time.Second)
 	}

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -269,6 +270,8 @@ type heldSyncStart struct {
 	ctx         context.Context
 	release     func()
 	releaseRest func()
+	failStart   atomic.Bool  // the held start write then fails, as a store failure would
+	fetched     atomic.Int32 // leases of the job's message the worker took
 }
 
 func holdSyncStart(t *testing.T, holdRest bool) *heldSyncStart {
@@ -294,12 +297,22 @@ func holdSyncStart(t *testing.T, holdRest bool) *heldSyncStart {
 		releaseRest: func() { restOnce.Do(func() { close(rest) }) },
 	}
 	h.job = &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
-	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
+	cfg := worker.WithBeforeStart(worker.Config{Trace: func(id, stage string) {
+		if id == h.job.ID && stage == worker.StageFetched {
+			h.fetched.Add(1)
+		}
+	}}, func(id string) {
 		if id != h.job.ID {
 			return
 		}
 		holdOnce.Do(func() { close(holding) })
 		<-release
+	})
+	cfg = worker.WithStartFault(cfg, func(id string) error {
+		if id == h.job.ID && h.failStart.CompareAndSwap(true, false) {
+			return errors.New("injected store failure")
+		}
+		return nil
 	})
 	tb.start(t, cfg)
 	t.Cleanup(h.release) // before the worker stops, should the test end early
@@ -379,24 +392,59 @@ func TestSyncJobAnswerDoesNotWaitForTheStartWrite(t *testing.T) {
 	}
 }
 
-// A sync job canceled while still queued, its start write on the way, after its answer
-// went out: the start finds it ended, its message goes, and it is not run again; the
-// record stays canceled, as the cancel left it (ADR-0038).
-func TestSyncJobCanceledAfterItsAnswerBeforeItsStartIsNotRunAgain(t *testing.T) {
+// A sync job ended by another writer while still queued (here failed, as the delivery
+// limit's advisory ends one; a cancel does the same and also deletes the message), its
+// start write on the way, after its answer went out: the start finds it ended, and its
+// message is acked at once, not handed back to be delivered again (ADR-0038).
+func TestSyncJobEndedElsewhereAfterItsAnswerIsAckedOnce(t *testing.T) {
 	h := holdSyncStart(t, false)
 	if final := h.finalMarker(t); final != string(broker.StateDone) {
 		t.Fatalf("final marker %q, want done", final)
 	}
-	if _, err := h.tb.b.Store.Cancel(h.ctx, h.job.ID, "client disconnected"); err != nil {
+	if _, _, err := h.tb.b.Store.Modify(h.ctx, h.job.ID, func(j *broker.Job) error {
+		j.State, j.Error = broker.StateFailed, "ended elsewhere"
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	h.release()
 	h.tb.waitQueueEmpty(t)
-	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.State != broker.StateCanceled {
-		t.Fatalf("record: %+v, %v; want canceled", rec, err)
+	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.State != broker.StateFailed {
+		t.Fatalf("record: %+v, %v; want failed as the other writer left it", rec, err)
+	}
+	if n := h.fetched.Load(); n != 1 {
+		t.Errorf("the job's message was delivered %d times, want 1", n)
 	}
 	if finished := finishedCalls(h.tb.fake); finished != 2 {
 		t.Errorf("fake finished %d calls, want 2 (the loading job and this one, once)", finished)
+	}
+}
+
+// A sync job whose start write fails (a store failure) after its answer went out cannot
+// go from queued to done: its start is stored again, then its result, and it ends done at
+// attempt 1, delivered and called once, its stream ended once (ADR-0038).
+func TestSyncJobWhoseStartFailsAfterItsAnswerEndsDone(t *testing.T) {
+	h := holdSyncStart(t, false)
+	h.failStart.Store(true)
+	if final := h.finalMarker(t); final != string(broker.StateDone) {
+		t.Fatalf("final marker %q, want done", final)
+	}
+	h.release()
+	rec := h.tb.waitState(t, h.job.ID, broker.StateDone)
+	if rec.Attempt != 1 || len(rec.Result) == 0 {
+		t.Fatalf("done at attempt %d with result %q, want attempt 1 and the answer", rec.Attempt, rec.Result)
+	}
+	h.tb.waitQueueEmpty(t)
+	if n := h.fetched.Load(); n != 1 {
+		t.Errorf("the job's message was delivered %d times, want 1", n)
+	}
+	if finished := finishedCalls(h.tb.fake); finished != 2 {
+		t.Errorf("fake finished %d calls, want 2 (the loading job and this one, once)", finished)
+	}
+	select {
+	case m := <-h.watch.ch:
+		t.Errorf("a message after the final marker: %v %q", m.Header, m.Data)
+	default:
 	}
 }
 
