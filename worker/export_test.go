@@ -30,6 +30,13 @@ func WithStartFault(cfg Config, fn func(jobID string) error) Config {
 	return cfg
 }
 
+// WithStartAnswerLost sets Config.startAnswerLost: when fn says so, a start write that
+// was stored reports a failure, as one whose answer was lost.
+func WithStartAnswerLost(cfg Config, fn func(jobID string) bool) Config {
+	cfg.startAnswerLost = fn
+	return cfg
+}
+
 // Until polls cond until it holds, failing the test after within (the package's one
 // polling helper, for its external tests too).
 var Until = until

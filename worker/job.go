@@ -228,7 +228,7 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 			// A store failure: the job cannot go from queued to done without its start,
 			// so the start is stored again, a cancel request no longer stopping it.
 			log.Warn("store the attempt's start after its answer; trying again", "err", err)
-			started, err = w.storeLateStart(ctx, d)
+			started, err = w.storeLateStart(ctx, d, j.Attempt)
 		}
 		switch {
 		case err == nil:
@@ -259,11 +259,12 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 
 // storeLateStart stores the start of a sync job's attempt whose answer went out while
 // its own start write failed (ADR-0038): working, the attempt counted, the message that
-// ran it named, unless the record shows a start already (a write whose answer was lost).
-// Only a job that ended stops it; it tries as long as a terminal write does.
-func (w *Worker) storeLateStart(ctx context.Context, d *broker.Lease) (*broker.Job, error) {
+// ran it named, unless the record's attempt is no longer read, the one the run started
+// from (the failed write was stored after all, its answer lost). Only a job that ended
+// stops it; it tries as long as a terminal write does.
+func (w *Worker) storeLateStart(ctx context.Context, d *broker.Lease, read int) (*broker.Job, error) {
 	return w.retryWrite(ctx, d.JobID, false, func(j *broker.Job) {
-		if j.State == broker.StateQueued || j.State == broker.StateRetrying {
+		if j.Attempt == read {
 			j.State, j.Error, j.QueueSeq = broker.StateWorking, "", d.Seq
 			j.Attempt++
 		}

@@ -58,6 +58,9 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 			j.State, j.Error, j.QueueSeq = state, "", d.Seq
 			j.Attempt++
 		})
+		if lost := w.cfg.startAnswerLost; sw.err == nil && lost != nil && lost(d.JobID) {
+			sw.job, sw.err = nil, errors.New("start stored, its answer lost (test)")
+		}
 		if sw.err != nil {
 			abort(errNotStarted)
 			return

@@ -271,6 +271,7 @@ type heldSyncStart struct {
 	release     func()
 	releaseRest func()
 	failStart   atomic.Bool  // the held start write then fails, as a store failure would
+	loseStart   atomic.Bool  // the held start write is stored, then reports a failure
 	fetched     atomic.Int32 // leases of the job's message the worker took
 }
 
@@ -313,6 +314,9 @@ func holdSyncStart(t *testing.T, holdRest bool) *heldSyncStart {
 			return errors.New("injected store failure")
 		}
 		return nil
+	})
+	cfg = worker.WithStartAnswerLost(cfg, func(id string) bool {
+		return id == h.job.ID && h.loseStart.CompareAndSwap(true, false)
 	})
 	tb.start(t, cfg)
 	t.Cleanup(h.release) // before the worker stops, should the test end early
@@ -445,6 +449,24 @@ func TestSyncJobWhoseStartFailsAfterItsAnswerEndsDone(t *testing.T) {
 	case m := <-h.watch.ch:
 		t.Errorf("a message after the final marker: %v %q", m.Header, m.Data)
 	default:
+	}
+}
+
+// A start write stored but answered with a failure (its answer lost) after the job's
+// answer went out: the start is not counted twice; the job ends done at attempt 1.
+func TestSyncJobWhoseStartAnswerIsLostCountsOneAttempt(t *testing.T) {
+	h := holdSyncStart(t, false)
+	h.loseStart.Store(true)
+	if final := h.finalMarker(t); final != string(broker.StateDone) {
+		t.Fatalf("final marker %q, want done", final)
+	}
+	h.release()
+	if rec := h.tb.waitState(t, h.job.ID, broker.StateDone); rec.Attempt != 1 {
+		t.Fatalf("done at attempt %d, want 1", rec.Attempt)
+	}
+	h.tb.waitQueueEmpty(t)
+	if n := h.fetched.Load(); n != 1 {
+		t.Errorf("the job's message was delivered %d times, want 1", n)
 	}
 }
 
