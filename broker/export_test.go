@@ -24,6 +24,12 @@ var InboxReply = inboxReply
 // SetPendingLimits sets the limits of the feed's subscription, to make NATS drop.
 func (f *JobFeed) SetPendingLimits(msgs, bytes int) error { return f.sub.SetPendingLimits(msgs, bytes) }
 
+// Pending is how many messages wait in the feed's subscription for its callback.
+func (f *JobFeed) Pending() int {
+	n, _, _ := f.sub.Pending()
+	return n
+}
+
 // Hold stalls the feed's callback until release, so messages pile up in NATS.
 func (f *JobFeed) Hold() (release func()) {
 	f.mu.Lock()

@@ -29,18 +29,16 @@ type FeedConfig struct {
 
 // JobFeed yields one job's answer and state changes as Events, in the order NATS
 // delivered them: its frames, its final marker, its state changes, and a gap when the
-// stream broke. Its callback queues each message and a pump hands them on as fast as
-// the reader takes them, so what waits for a slow reader is counted in one place.
+// stream broke. Its callback (or a local StreamWriter) queues each message, and the
+// reader takes them from the queue itself (Ready, Next), so what waits for a slow reader
+// is counted in one place and a message reaches the reader in one hand-off (ADR-0037).
 type JobFeed struct {
-	sub    *nats.Subscription
-	ch     chan Event
-	wake   chan struct{}
-	over   chan struct{}
-	done   chan struct{}
-	pumped chan struct{}
-	once   sync.Once
-	cfg    FeedConfig
-	dec    EventDecoder
+	sub  *nats.Subscription
+	wake chan struct{}
+	over chan struct{}
+	once sync.Once
+	cfg  FeedConfig
+	dec  EventDecoder // the reader's only
 
 	id    string
 	local *localFeeds // where it is registered for local delivery; nil if not
@@ -75,10 +73,7 @@ func (s *Store) Feed(id string, cfg FeedConfig) (*JobFeed, error) {
 // a single subscription keeps the connection's order between the two, and the worker
 // contract relies on it (the final stream marker comes before the terminal state event).
 func subscribeFeed(nc *nats.Conn, id string, cfg FeedConfig) (*JobFeed, error) {
-	f := &JobFeed{
-		ch: make(chan Event), wake: make(chan struct{}, 1), over: make(chan struct{}),
-		done: make(chan struct{}), pumped: make(chan struct{}), cfg: cfg,
-	}
+	f := &JobFeed{wake: make(chan struct{}, 1), over: make(chan struct{}), cfg: cfg}
 	sub, err := nc.Subscribe(jobWildcard(id), f.receive)
 	if err != nil {
 		return nil, err
@@ -88,7 +83,6 @@ func subscribeFeed(nc *nats.Conn, id string, cfg FeedConfig) (*JobFeed, error) {
 		return nil, err
 	}
 	f.sub = sub
-	go f.pump()
 	return f, nil
 }
 
@@ -179,48 +173,30 @@ func (f *JobFeed) enqueueLocked(m *nats.Msg) {
 	}
 }
 
-// pump hands queued messages, decoded, to the reader in order until Close.
-func (f *JobFeed) pump() {
-	defer close(f.pumped)
+// Ready receives a signal when events may be waiting: take them with Next until it
+// reports none, then wait on Ready again. A message queued after that last Next signals
+// Ready anew, so none is missed.
+func (f *JobFeed) Ready() <-chan struct{} { return f.wake }
+
+// Next returns the job's next event in order, or false when none is waiting now. It is
+// the reader's: call it from one goroutine at a time.
+func (f *JobFeed) Next() (Event, bool) {
 	for {
 		f.mu.Lock()
-		var m *nats.Msg
-		if len(f.queue) > 0 {
-			m = f.queue[0]
-			f.queue[0] = nil
-			f.queue = f.queue[1:]
+		if len(f.queue) == 0 {
+			f.mu.Unlock()
+			return Event{}, false
 		}
+		m := f.queue[0]
+		f.queue[0] = nil
+		f.queue = f.queue[1:]
+		f.buffered -= msgSize(m)
 		f.mu.Unlock()
-		if m == nil {
-			select {
-			case <-f.wake:
-				continue
-			case <-f.done:
-				return
-			}
-		}
-		ev, ok := f.dec.Decode(m, f.Dropped)
-		if !ok {
-			f.release(m)
-			continue
-		}
-		select {
-		case f.ch <- ev:
-			f.release(m)
-		case <-f.done:
-			return
+		if ev, ok := f.dec.Decode(m, f.Dropped); ok {
+			return ev, true
 		}
 	}
 }
-
-func (f *JobFeed) release(m *nats.Msg) {
-	f.mu.Lock()
-	f.buffered -= msgSize(m)
-	f.mu.Unlock()
-}
-
-// Events yields the job's events in order.
-func (f *JobFeed) Events() <-chan Event { return f.ch }
 
 // Overflow is closed once more than FeedConfig.Buffer waits for the reader: it reads
 // slower than the stream comes and is to be cut off. Events after it are lost.
@@ -242,15 +218,13 @@ func (f *JobFeed) Buffered() int64 {
 	return f.buffered
 }
 
-// Close unsubscribes and stops the pump. Safe to call twice.
+// Close unsubscribes; what is still queued stays for Next. Safe to call twice.
 func (f *JobFeed) Close() {
 	f.once.Do(func() {
 		if f.local != nil {
 			f.local.remove(f.id, f)
 		}
 		_ = f.sub.Unsubscribe()
-		close(f.done)
-		<-f.pumped
 	})
 }
 

@@ -35,13 +35,17 @@ func feedT(t *testing.T, b *brokertest.Bundle, id string, cfg broker.FeedConfig)
 // nextEvent waits for the feed's next event.
 func nextEvent(t *testing.T, f *broker.JobFeed) broker.Event {
 	t.Helper()
-	select {
-	case ev := <-f.Events():
-		return ev
-	case <-time.After(10 * time.Second):
-		t.Fatal("no event")
+	timeout := time.After(10 * time.Second)
+	for {
+		if ev, ok := f.Next(); ok {
+			return ev
+		}
+		select {
+		case <-f.Ready():
+		case <-timeout:
+			t.Fatal("no event")
+		}
 	}
-	return broker.Event{}
 }
 
 func TestStreamRoundTripByteExact(t *testing.T) {
@@ -303,6 +307,15 @@ func TestFeedSlowConsumerIsGap(t *testing.T) {
 		}
 	}
 	release()
+	// The terminal state goes out once what piled up was taken: into a full pending list
+	// it would be dropped too, and nothing would come after it.
+	for feed.Pending() > 0 {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%d messages still pending", feed.Pending())
+		case <-time.After(time.Millisecond):
+		}
+	}
 	if err := b.Conn.PublishMsg(stateEvent(t, id, broker.StateDone)); err != nil {
 		t.Fatal(err)
 	}
@@ -446,6 +459,38 @@ func TestFeedTakesALocalWritersMessagesDirectlyAndOnce(t *testing.T) {
 	}
 	if n := feed.Dropped(); n != 0 {
 		t.Fatalf("%d dropped", n)
+	}
+}
+
+// A local writer's message is the reader's as soon as the write returns, with Ready
+// signalled: nothing stands between them but the queue (ADR-0037). Through a goroutine
+// of the feed's own it would be there only once that goroutine had run.
+func TestFeedHasALocalWritersMessageAtOnce(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	stop := make(chan struct{})
+	defer close(stop)
+	releaseFeed := feed.HoldNATS(func() { <-stop }) // no copy from NATS: only the local hand-over
+	defer releaseFeed()
+	w := b.Store.StreamWriter(id)
+	for i, f := range []string{"{\"a\":1}\n", "{\"b\":2}\n"} {
+		if err := w.Frame([]byte(f)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-feed.Ready():
+		default:
+			t.Fatalf("frame %d: Ready not signalled when its write returned", i)
+		}
+		ev, ok := feed.Next()
+		if !ok || ev.Kind != broker.EventFrame || string(ev.Data) != f {
+			t.Fatalf("frame %d: Next = %+v, %v; want the frame at once", i, ev, ok)
+		}
+		if ev, ok := feed.Next(); ok {
+			t.Fatalf("frame %d: a second event %+v", i, ev)
+		}
 	}
 }
 

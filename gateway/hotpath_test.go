@@ -11,8 +11,9 @@ import (
 
 // A sync chat passes every stage of the hot path's trace, in causal order: the job is on
 // disk (its record read) before the first frame is published (ADR-0032, ADR-0036), the
-// client is answered from the final marker, and the worker was woken by the publish of
-// the job it ran (and may have called the target then, ADR-0034).
+// client is answered from the final marker (which need not wait for the start either,
+// ADR-0038), and the worker was woken by the publish of the job it ran (and may have
+// called the target then, ADR-0034).
 func TestSyncChatTraceStages(t *testing.T) {
 	t.Parallel()
 	st := &stageTrace{at: map[string]map[string]time.Time{}}
@@ -28,12 +29,14 @@ func TestSyncChatTraceStages(t *testing.T) {
 			t.Fatalf("stream %s: %d %s", stream, resp.Status, resp.Body)
 		}
 		id := resp.Header.Get(HeaderJobID)
-		// The handler traces the response written as it returns, after the client has it.
-		eventually(t, 10*time.Second, "stage "+traceWritten, func() bool {
+		// The handler traces the response written as it returns, after the client has it;
+		// the start may be stored after the answer too (ADR-0038).
+		eventually(t, 10*time.Second, "stages "+traceWritten+" and "+worker.StageStarted, func() bool {
 			st.mu.Lock()
 			defer st.mu.Unlock()
 			_, done := st.at[id][traceWritten]
-			return done
+			_, started := st.at[id][worker.StageStarted]
+			return done && started
 		})
 		st.mu.Lock()
 		at := st.at[id]

@@ -35,7 +35,10 @@ const (
 
 // jobEvents is what a sync response reads: a broker.JobFeed, or a test's hand-filled one.
 type jobEvents interface {
-	Events() <-chan broker.Event
+	// Ready receives a signal when events may be waiting for Next.
+	Ready() <-chan struct{}
+	// Next returns the next event, or false when none is waiting now.
+	Next() (broker.Event, bool)
 	// Dropped counts messages lost because the response fell too far behind.
 	Dropped() int
 	// Overflow is closed once more than the feed's buffer waits for the client.
@@ -79,15 +82,21 @@ func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
 			return outcomeShutdown
 		case <-feed.Overflow():
 			return sr.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", sr.s.cfg.StreamBuffer))
-		case ev := <-feed.Events():
-			select {
-			case <-feed.Overflow():
-				// Messages after the overflow are gone: cut off rather than report a gap.
-				return sr.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", sr.s.cfg.StreamBuffer))
-			default:
-			}
-			if o, end := sr.handle(ev); end {
-				return o
+		case <-feed.Ready():
+			for {
+				select {
+				case <-feed.Overflow():
+					// Messages after the overflow are gone: cut off rather than report a gap.
+					return sr.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", sr.s.cfg.StreamBuffer))
+				default:
+				}
+				ev, ok := feed.Next()
+				if !ok {
+					break
+				}
+				if o, end := sr.handle(ev); end {
+					return o
+				}
 			}
 		case <-tick.C:
 			if o, end := sr.watchdog(ctx, feed); end {

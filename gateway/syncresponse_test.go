@@ -18,26 +18,39 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// chanFeed is a jobEvents the test fills by hand.
-type chanFeed struct {
-	ch      chan broker.Event
+// listFeed is a jobEvents the test fills by hand.
+type listFeed struct {
+	events  []broker.Event
+	ready   chan struct{}
 	dropped atomic.Int64
 }
 
-func (f *chanFeed) Events() <-chan broker.Event { return f.ch }
-func (f *chanFeed) Dropped() int                { return int(f.dropped.Load()) }
-func (f *chanFeed) Overflow() <-chan struct{}   { return nil }
+func (f *listFeed) Ready() <-chan struct{}    { return f.ready }
+func (f *listFeed) Dropped() int              { return int(f.dropped.Load()) }
+func (f *listFeed) Overflow() <-chan struct{} { return nil }
+
+func (f *listFeed) Next() (broker.Event, bool) {
+	if len(f.events) == 0 {
+		return broker.Event{}, false
+	}
+	ev := f.events[0]
+	f.events = f.events[1:]
+	return ev, true
+}
 
 // feedOf is a feed of msgs decoded as a broker.JobFeed decodes them, with dropped
 // messages lost on the way.
-func feedOf(dropped int, msgs ...*nats.Msg) *chanFeed {
-	f := &chanFeed{ch: make(chan broker.Event, len(msgs))}
+func feedOf(dropped int, msgs ...*nats.Msg) *listFeed {
+	f := &listFeed{ready: make(chan struct{}, 1)}
 	f.dropped.Store(int64(dropped))
 	var dec broker.EventDecoder
 	for _, m := range msgs {
 		if ev, ok := dec.Decode(m, func() int { return dropped }); ok {
-			f.ch <- ev
+			f.events = append(f.events, ev)
 		}
+	}
+	if len(f.events) > 0 {
+		f.ready <- struct{}{}
 	}
 	return f
 }

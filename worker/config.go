@@ -79,6 +79,12 @@ type Config struct {
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.
 	beforeStart func(jobID string)
+	// startFault, when set (tests only), runs after beforeStart; an error it returns is
+	// the start write's own, as a store failure would be, and nothing is written.
+	startFault func(jobID string) error
+	// startAnswerLost, when set (tests only), runs after a start write was stored; true
+	// makes it report a failure all the same, as a write whose answer was lost.
+	startAnswerLost func(jobID string) bool
 	// onIdle, when set (tests only), is told each time the loop begins to wait for a
 	// wake-up, with the longest it waits unless one comes: the short rechecks after a job
 	// (while its message is still queued) or the long idle wait.

@@ -23,6 +23,20 @@ func WithBeforeStart(cfg Config, fn func(jobID string)) Config {
 	return cfg
 }
 
+// WithStartFault sets Config.startFault: fn's error, if any, fails an attempt's start
+// write as a store failure would.
+func WithStartFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.startFault = fn
+	return cfg
+}
+
+// WithStartAnswerLost sets Config.startAnswerLost: when fn says so, a start write that
+// was stored reports a failure, as one whose answer was lost.
+func WithStartAnswerLost(cfg Config, fn func(jobID string) bool) Config {
+	cfg.startAnswerLost = fn
+	return cfg
+}
+
 // Until polls cond until it holds, failing the test after within (the package's one
 // polling helper, for its external tests too).
 var Until = until

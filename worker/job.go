@@ -191,6 +191,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, frame, opts...)
 	}
 	stopProgress()
+	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {
+		return
+	}
 	started, serr := start.wait()
 	if serr != nil {
 		w.startFailed(ctx, d, j.Sync, r, serr, log)
@@ -201,6 +204,71 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		w.learn(run, time.Now())
 	}
 	w.conclude(ctx, d, started, r, ct, err, context.Cause(jctx), log)
+}
+
+// answerBeforeStart ends a sync job whose call succeeded without waiting for its start
+// write, which may still be on its way (ADR-0038): the final marker answers the caller at
+// once, and the start, then the result and the terminal state, are stored afterwards. It
+// reports false, having done nothing, when the answer is an error in the stream: that is
+// decided once the start is stored, as before.
+func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.StreamWriter, ct string, start *startWrite, run *runningJob, log *slog.Logger) bool {
+	if streamError(ct, r.Frames()) != "" {
+		return false
+	}
+	w.targetAnswered()
+	w.learn(run, time.Now())
+	w.trace(d.JobID, StageFinal) // before: a reader of this process may have it at once (ADR-0035)
+	w.publishFinal(r, broker.StateDone, "", 0, log)
+	frames := r.Frames()
+	w.setFinishing(d.JobID, true) // its message stays queued until it is acked below
+	w.afterwards(func(ctx context.Context) {
+		defer w.setFinishing(d.JobID, false)
+		started, err := start.wait()
+		if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, errCancelRequested) {
+			// A store failure: the job cannot go from queued to done without its start,
+			// so the start is stored again, a cancel request no longer stopping it.
+			log.Warn("store the attempt's start after its answer; trying again", "err", err)
+			started, err = w.storeLateStart(ctx, d, j.Attempt)
+		}
+		switch {
+		case err == nil:
+			log = log.With("attempt", started.Attempt)
+		case errors.Is(err, errCancelRequested):
+			// Requested on a record that was running already (a delivery after a crash):
+			// moot once the answer is out, as in storeDone, which ends it done.
+		case errors.Is(err, errEnded):
+			// Another writer ended it before its start was stored (a cancel while it was
+			// still queued): the record stays as that writer left it.
+			log.Info("job ended elsewhere while its answer went out", "err", err)
+			w.finish(ctx, d, log)
+			return
+		default:
+			// The record cannot be written. Its caller has the answer: the message goes
+			// rather than run the job again, and the record stays as it was.
+			log.Error("store the attempt's start after its answer; its queue message is removed", "err", err)
+			w.finish(ctx, d, log)
+			return
+		}
+		if hook := w.cfg.beforeStoreDone; hook != nil {
+			hook(d.JobID)
+		}
+		w.storeDone(ctx, d, j.Kind, ct, frames, log)
+	})
+	return true
+}
+
+// storeLateStart stores the start of a sync job's attempt whose answer went out while
+// its own start write failed (ADR-0038): working, the attempt counted, the message that
+// ran it named, unless the record's attempt is no longer read, the one the run started
+// from (the failed write was stored after all, its answer lost). Only a job that ended
+// stops it; it tries as long as a terminal write does.
+func (w *Worker) storeLateStart(ctx context.Context, d *broker.Lease, read int) (*broker.Job, error) {
+	return w.retryWrite(ctx, d.JobID, false, func(j *broker.Job) {
+		if j.Attempt == read {
+			j.State, j.Error, j.QueueSeq = broker.StateWorking, "", d.Seq
+			j.Attempt++
+		}
+	})
 }
 
 // publishError is a failure to publish a frame (NATS, not the target).
@@ -355,18 +423,25 @@ func (w *Worker) afterwards(fn func(ctx context.Context)) {
 // returns errEnded when the job reached another terminal state first (or when a try
 // that landed unseen wrote it).
 func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.Job)) error {
-	// Its own time: storing the result artifact before may have used up ctx's.
+	_, err := w.retryWrite(ctx, id, true, set)
+	return err
+}
+
+// retryWrite applies set to job id's record unless the job ended (errEnded), trying for
+// up to terminalWait (its own time: what came before may have used up ctx's); last says
+// it is the attempt's last write (transitionLast).
+func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(*broker.Job)) (*broker.Job, error) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
 	defer cancel()
 	pause := terminalPause
 	for try := 1; ; try++ {
-		_, err := w.transitionLast(tctx, id, true, fromUnended, set)
+		j, err := w.transitionLast(tctx, id, last, fromUnended, set)
 		if err == nil || errors.Is(err, errEnded) || tctx.Err() != nil {
-			return err
+			return j, err
 		}
-		w.log.Warn("store terminal state; trying again", "job_id", id, "try", try, "retry_in", pause, "err", err)
+		w.log.Warn("store job record; trying again", "job_id", id, "try", try, "retry_in", pause, "err", err)
 		if !sleepCtx(tctx, pause) {
-			return err
+			return j, err
 		}
 		pause = min(2*pause, 2*time.Second)
 	}

@@ -47,11 +47,20 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 		if hook := w.cfg.beforeStart; hook != nil {
 			hook(d.JobID)
 		}
+		if fault := w.cfg.startFault; fault != nil {
+			if sw.err = fault(d.JobID); sw.err != nil {
+				abort(errNotStarted)
+				return
+			}
+		}
 		var newRev uint64
 		sw.job, newRev, sw.err = w.transitionFrom(ctx, j, rev, fromLive, func(j *broker.Job) {
 			j.State, j.Error, j.QueueSeq = state, "", d.Seq
 			j.Attempt++
 		})
+		if lost := w.cfg.startAnswerLost; sw.err == nil && lost != nil && lost(d.JobID) {
+			sw.job, sw.err = nil, errors.New("start stored, its answer lost (test)")
+		}
 		if sw.err != nil {
 			abort(errNotStarted)
 			return

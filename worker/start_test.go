@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -77,28 +78,32 @@ func TestStartWriteOverlapsCallNoFrameBeforeIt(t *testing.T) {
 
 	started := false
 	for {
-		select {
-		case ev := <-feed.Events():
-			switch ev.Kind {
-			case broker.EventState:
-				if ev.Job.State == broker.StateWorking || ev.Job.State == broker.StateLoading {
-					started = true
-				}
-			case broker.EventFrame:
-				if !started {
-					t.Fatal("a frame reached the job's reader before the start write was stored")
-				}
-				rec, _, err := tb.b.Store.Get(ctx, j.ID)
-				if err != nil || rec.Attempt != 1 {
-					t.Fatalf("record at the first frame: %+v, %v; want attempt 1", rec, err)
-				}
-				tb.waitState(t, j.ID, broker.StateDone)
-				return
-			case broker.EventFinal, broker.EventGap:
-				t.Fatalf("stream ended before any frame: %+v", ev)
+		ev, ok := feed.Next()
+		if !ok {
+			select {
+			case <-feed.Ready():
+				continue
+			case <-ctx.Done():
+				t.Fatal("no frame")
 			}
-		case <-ctx.Done():
-			t.Fatal("no frame")
+		}
+		switch ev.Kind {
+		case broker.EventState:
+			if ev.Job.State == broker.StateWorking || ev.Job.State == broker.StateLoading {
+				started = true
+			}
+		case broker.EventFrame:
+			if !started {
+				t.Fatal("a frame reached the job's reader before the start write was stored")
+			}
+			rec, _, err := tb.b.Store.Get(ctx, j.ID)
+			if err != nil || rec.Attempt != 1 {
+				t.Fatalf("record at the first frame: %+v, %v; want attempt 1", rec, err)
+			}
+			tb.waitState(t, j.ID, broker.StateDone)
+			return
+		case broker.EventFinal, broker.EventGap:
+			t.Fatalf("stream ended before any frame: %+v", ev)
 		}
 	}
 }
@@ -256,33 +261,69 @@ func TestCrashBeforeStartStoredRunsAgain(t *testing.T) {
 // heldSyncStart runs a sync chat job whose model is loaded (a first job loaded it: a
 // loading job's first frame waits for its start) with its start write held, and returns
 // once the job's first frame was published while the start write is held. release lets
-// the start write go on.
+// the start write go on. With holdRest the fake holds the rest of the answer after its
+// first token until releaseRest (or the call is aborted).
 type heldSyncStart struct {
-	tb      *testBundle
-	job     *broker.Job
-	watch   *streamWatch
-	ctx     context.Context
-	release func()
+	tb          *testBundle
+	job         *broker.Job
+	watch       *streamWatch
+	ctx         context.Context
+	release     func()
+	releaseRest func()
+	failStart   atomic.Bool  // the held start write then fails, as a store failure would
+	loseStart   atomic.Bool  // the held start write is stored, then reports a failure
+	fetched     atomic.Int32 // leases of the job's message the worker took
 }
 
-func holdSyncStart(t *testing.T) *heldSyncStart {
+func holdSyncStart(t *testing.T, holdRest bool) *heldSyncStart {
 	t.Helper()
-	tb := setup(t)
+	var armed atomic.Bool
+	rest := make(chan struct{})
+	var restOnce sync.Once
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
+		if i == 0 || !armed.Load() {
+			return nil
+		}
+		select {
+		case <-rest:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	})})
 	holding, release := make(chan struct{}), make(chan struct{})
 	var holdOnce, releaseOnce sync.Once
-	h := &heldSyncStart{tb: tb, ctx: waitCtx(t), release: func() { releaseOnce.Do(func() { close(release) }) }}
+	h := &heldSyncStart{tb: tb, ctx: waitCtx(t),
+		release:     func() { releaseOnce.Do(func() { close(release) }) },
+		releaseRest: func() { restOnce.Do(func() { close(rest) }) },
+	}
 	h.job = &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
-	cfg := worker.WithBeforeStart(worker.Config{}, func(id string) {
+	cfg := worker.WithBeforeStart(worker.Config{Trace: func(id, stage string) {
+		if id == h.job.ID && stage == worker.StageFetched {
+			h.fetched.Add(1)
+		}
+	}}, func(id string) {
 		if id != h.job.ID {
 			return
 		}
 		holdOnce.Do(func() { close(holding) })
 		<-release
 	})
+	cfg = worker.WithStartFault(cfg, func(id string) error {
+		if id == h.job.ID && h.failStart.CompareAndSwap(true, false) {
+			return errors.New("injected store failure")
+		}
+		return nil
+	})
+	cfg = worker.WithStartAnswerLost(cfg, func(id string) bool {
+		return id == h.job.ID && h.loseStart.CompareAndSwap(true, false)
+	})
 	tb.start(t, cfg)
-	t.Cleanup(h.release)             // before the worker stops, should the test end early
+	t.Cleanup(h.release) // before the worker stops, should the test end early
+	t.Cleanup(h.releaseRest)
 	first := tb.chat(t, "tiny-a", 0) // loads the model
 	tb.waitState(t, first.ID, broker.StateDone)
+	armed.Store(holdRest)
 	h.watch = watchStream(t, tb.b.Conn, h.job.ID)
 	if _, err := tb.b.Store.Submit(ctxT(t), h.job, []byte(chatBody("tiny-a", 1))); err != nil {
 		t.Fatal(err)
@@ -303,17 +344,129 @@ func holdSyncStart(t *testing.T) *heldSyncStart {
 	return h
 }
 
+// finalMarker reads the job's stream up to its final marker and returns its state.
+func (h *heldSyncStart) finalMarker(t *testing.T) string {
+	t.Helper()
+	for {
+		select {
+		case m := <-h.watch.ch:
+			if final := m.Header.Get(broker.HeaderFinal); final != "" {
+				return final
+			}
+		case <-h.ctx.Done():
+			t.Fatal("no final marker")
+		}
+	}
+}
+
 // A sync job's caller gets its frames once the job is on disk (record and queue message),
 // while the attempt's start is still being stored (ADR-0036): here the start write is
 // held, and the frames come all the same; the job then ends done at attempt 1.
 func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
-	h := holdSyncStart(t)
+	h := holdSyncStart(t, true)
 	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.Attempt != 0 {
 		t.Fatalf("record at the first frame: %+v, %v; want the start not yet stored", rec, err)
 	}
 	h.release()
+	h.releaseRest()
 	if rec := h.tb.waitState(t, h.job.ID, broker.StateDone); rec.Attempt != 1 {
 		t.Fatalf("done at attempt %d, want 1", rec.Attempt)
+	}
+}
+
+// A sync job's whole answer, its final marker included, goes out while its start is
+// still being stored (ADR-0038); the start, the result and the terminal state follow,
+// and the job ends done at attempt 1, called once.
+func TestSyncJobAnswerDoesNotWaitForTheStartWrite(t *testing.T) {
+	h := holdSyncStart(t, false)
+	if final := h.finalMarker(t); final != string(broker.StateDone) {
+		t.Fatalf("final marker %q, want done", final)
+	}
+	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.State != broker.StateQueued || rec.Attempt != 0 {
+		t.Fatalf("record at the final marker: %+v, %v; want queued at attempt 0 (the start held)", rec, err)
+	}
+	h.release()
+	rec := h.tb.waitState(t, h.job.ID, broker.StateDone)
+	if rec.Attempt != 1 || len(rec.Result) == 0 {
+		t.Fatalf("done at attempt %d with result %q, want attempt 1 and the answer", rec.Attempt, rec.Result)
+	}
+	h.tb.waitQueueEmpty(t)
+	if finished := finishedCalls(h.tb.fake); finished != 2 { // the loading job and this one
+		t.Errorf("fake finished %d calls, want 2", finished)
+	}
+}
+
+// A sync job ended by another writer while still queued (here failed, as the delivery
+// limit's advisory ends one; a cancel does the same and also deletes the message), its
+// start write on the way, after its answer went out: the start finds it ended, and its
+// message is acked at once, not handed back to be delivered again (ADR-0038).
+func TestSyncJobEndedElsewhereAfterItsAnswerIsAckedOnce(t *testing.T) {
+	h := holdSyncStart(t, false)
+	if final := h.finalMarker(t); final != string(broker.StateDone) {
+		t.Fatalf("final marker %q, want done", final)
+	}
+	if _, _, err := h.tb.b.Store.Modify(h.ctx, h.job.ID, func(j *broker.Job) error {
+		j.State, j.Error = broker.StateFailed, "ended elsewhere"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	h.release()
+	h.tb.waitQueueEmpty(t)
+	if rec, _, err := h.tb.b.Store.Get(h.ctx, h.job.ID); err != nil || rec.State != broker.StateFailed {
+		t.Fatalf("record: %+v, %v; want failed as the other writer left it", rec, err)
+	}
+	if n := h.fetched.Load(); n != 1 {
+		t.Errorf("the job's message was delivered %d times, want 1", n)
+	}
+	if finished := finishedCalls(h.tb.fake); finished != 2 {
+		t.Errorf("fake finished %d calls, want 2 (the loading job and this one, once)", finished)
+	}
+}
+
+// A sync job whose start write fails (a store failure) after its answer went out cannot
+// go from queued to done: its start is stored again, then its result, and it ends done at
+// attempt 1, delivered and called once, its stream ended once (ADR-0038).
+func TestSyncJobWhoseStartFailsAfterItsAnswerEndsDone(t *testing.T) {
+	h := holdSyncStart(t, false)
+	h.failStart.Store(true)
+	if final := h.finalMarker(t); final != string(broker.StateDone) {
+		t.Fatalf("final marker %q, want done", final)
+	}
+	h.release()
+	rec := h.tb.waitState(t, h.job.ID, broker.StateDone)
+	if rec.Attempt != 1 || len(rec.Result) == 0 {
+		t.Fatalf("done at attempt %d with result %q, want attempt 1 and the answer", rec.Attempt, rec.Result)
+	}
+	h.tb.waitQueueEmpty(t)
+	if n := h.fetched.Load(); n != 1 {
+		t.Errorf("the job's message was delivered %d times, want 1", n)
+	}
+	if finished := finishedCalls(h.tb.fake); finished != 2 {
+		t.Errorf("fake finished %d calls, want 2 (the loading job and this one, once)", finished)
+	}
+	select {
+	case m := <-h.watch.ch:
+		t.Errorf("a message after the final marker: %v %q", m.Header, m.Data)
+	default:
+	}
+}
+
+// A start write stored but answered with a failure (its answer lost) after the job's
+// answer went out: the start is not counted twice; the job ends done at attempt 1.
+func TestSyncJobWhoseStartAnswerIsLostCountsOneAttempt(t *testing.T) {
+	h := holdSyncStart(t, false)
+	h.loseStart.Store(true)
+	if final := h.finalMarker(t); final != string(broker.StateDone) {
+		t.Fatalf("final marker %q, want done", final)
+	}
+	h.release()
+	if rec := h.tb.waitState(t, h.job.ID, broker.StateDone); rec.Attempt != 1 {
+		t.Fatalf("done at attempt %d, want 1", rec.Attempt)
+	}
+	h.tb.waitQueueEmpty(t)
+	if n := h.fetched.Load(); n != 1 {
+		t.Errorf("the job's message was delivered %d times, want 1", n)
 	}
 }
 
@@ -321,7 +474,7 @@ func TestSyncJobFramesDoNotWaitForTheStartWrite(t *testing.T) {
 // gone by then) is not handed back for another attempt, which would stream from frame 1
 // again into the same answer: it fails, and its caller gets the final failed marker.
 func TestSyncJobWhoseStartFailsAfterFramesFails(t *testing.T) {
-	h := holdSyncStart(t)
+	h := holdSyncStart(t, true) // the call still runs when the start fails
 	if err := h.tb.b.JobRecords(t).Purge(h.ctx, "job."+h.job.ID); err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 type chatBench struct {
 	f                  *clientFlags
 	direct, model      string
+	also               []string
 	prompt             string
 	n, warmup, predict int
 	stream             bool
@@ -40,6 +41,19 @@ type chatReport struct {
 	AddedP99 float64 `json:"added_p99_ms"`
 	// PairedP50 is the median of each pair's difference (foreman − direct).
 	PairedP50 float64 `json:"paired_added_p50_ms"`
+	// Also are the other foremen (--also), timed in the same rounds.
+	Also []alsoReport `json:"also,omitempty"`
+}
+
+// alsoReport is one --also foreman's side of a chatReport.
+type alsoReport struct {
+	URL       string  `json:"url"`
+	Times     summary `json:"times"`
+	AddedP50  float64 `json:"added_p50_ms"`
+	AddedP99  float64 `json:"added_p99_ms"`
+	PairedP50 float64 `json:"paired_added_p50_ms"`
+	// VsForemanP50 is the median of each round's difference from --url's time.
+	VsForemanP50 float64 `json:"paired_vs_foreman_p50_ms"`
 }
 
 func newBenchChatCmd(e *env) *cobra.Command {
@@ -51,13 +65,17 @@ func newBenchChatCmd(e *env) *cobra.Command {
 			"foreman, Ollama, ...), after a few unmeasured warm-up pairs, each on a kept-alive connection.\n" +
 			"Without --stream it times the whole non-streamed answer; with --stream the first byte of the\n" +
 			"streamed answer. --idle pauses before every request of a pair, so each chat finds foreman's\n" +
-			"worker idle. It prints p50 and p99 of both and what foreman adds.",
+			"worker idle. It prints p50 and p99 of both and what foreman adds.\n\n" +
+			"--also URL (repeatable) times another foreman (another build, other settings) in the same\n" +
+			"rounds, so that a before/after comparison meets the same moments of the machine; the order\n" +
+			"within a round then rotates from one round to the next.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return b.run(cmd, e) },
 	}
 	b.f = addClientFlags(cmd, false)
 	fs := cmd.Flags()
 	fs.StringVar(&b.direct, "direct", "", "Ollama's URL, to compare with (required)")
+	fs.StringArrayVar(&b.also, "also", nil, "another foreman's URL to time in the same rounds (repeatable)")
 	fs.StringVarP(&b.model, "model", "m", "", "model to chat with (required)")
 	fs.StringVar(&b.prompt, "prompt", "Say hello.", "the user message")
 	fs.IntVarP(&b.n, "n", "n", 50, "measured chats per side")
@@ -81,13 +99,24 @@ func (b *chatBench) run(cmd *cobra.Command, e *env) error {
 	if err != nil {
 		return err
 	}
-	sides := []*chatSide{
-		{name: "foreman", url: strings.TrimRight(b.f.baseURL(e), "/") + "/api/chat", token: pick(b.f.token, e, "FOREMAN_TOKEN", ""), hc: keepAliveClient(1)},
-		{name: "direct", url: strings.TrimRight(b.direct, "/") + "/api/chat", hc: keepAliveClient(1)},
+	token := pick(b.f.token, e, "FOREMAN_TOKEN", "")
+	direct := &chatSide{name: "direct", url: strings.TrimRight(b.direct, "/") + "/api/chat", hc: keepAliveClient(1)}
+	sides := []*chatSide{{name: "foreman", url: strings.TrimRight(b.f.baseURL(e), "/") + "/api/chat", token: token, hc: keepAliveClient(1)}}
+	for _, u := range b.also {
+		var base string
+		if err := httpURL(&base)(u); err != nil {
+			return fmt.Errorf("--also %q: %w", u, err)
+		}
+		sides = append(sides, &chatSide{name: base, url: base + "/api/chat", token: token, hc: keepAliveClient(1)})
 	}
+	sides = append(sides, direct)
 	ctx := cmd.Context()
 	for i := range b.warmup + b.n {
-		for _, s := range sides {
+		for k := range sides {
+			s := sides[k]
+			if len(b.also) > 0 {
+				s = sides[(i+k)%len(sides)] // rotated: no side always comes first after the pause
+			}
 			if err := pauseCtx(ctx, b.idle); err != nil {
 				return err
 			}
@@ -100,23 +129,35 @@ func (b *chatBench) run(cmd *cobra.Command, e *env) error {
 			}
 		}
 	}
-	paired := make([]time.Duration, b.n)
-	for i := range paired {
-		paired[i] = sides[0].took[i] - sides[1].took[i]
-	}
 	r := chatReport{
 		Model: b.model, Stream: b.stream, Measure: "answer", IdleMS: ms(b.idle),
-		Foreman: summarize(sides[0].took), Direct: summarize(sides[1].took),
+		Foreman: summarize(sides[0].took), Direct: summarize(direct.took),
 	}
 	if b.stream {
 		r.Measure = "first_byte"
 	}
 	r.AddedP50, r.AddedP99 = round3(r.Foreman.P50-r.Direct.P50), round3(r.Foreman.P99-r.Direct.P99)
-	r.PairedP50 = ms(percentile(slices.Sorted(slices.Values(paired)), 0.5))
+	r.PairedP50 = pairedP50(sides[0].took, direct.took)
+	for _, s := range sides[1 : len(sides)-1] {
+		t := summarize(s.took)
+		r.Also = append(r.Also, alsoReport{
+			URL: s.name, Times: t, AddedP50: round3(t.P50 - r.Direct.P50), AddedP99: round3(t.P99 - r.Direct.P99),
+			PairedP50: pairedP50(s.took, direct.took), VsForemanP50: pairedP50(s.took, sides[0].took),
+		})
+	}
 	if b.f.json {
 		return printJSON(cmd.OutOrStdout(), r)
 	}
 	return r.print(cmd.OutOrStdout())
+}
+
+// pairedP50 is the median of the differences a[i] − b[i] (ms): times of the same rounds.
+func pairedP50(a, b []time.Duration) float64 {
+	d := make([]time.Duration, len(a))
+	for i := range d {
+		d[i] = a[i] - b[i]
+	}
+	return ms(percentile(slices.Sorted(slices.Values(d)), 0.5))
 }
 
 // body is the chat request both sides get.
@@ -146,8 +187,17 @@ func (r chatReport) print(w io.Writer) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	_, err := fmt.Fprintf(w, "median of the pairs' differences: %s\n", fmtAdded(r.PairedP50))
-	return err
+	if _, err := fmt.Fprintf(w, "median of the pairs' differences: %s\n", fmtAdded(r.PairedP50)); err != nil {
+		return err
+	}
+	for _, a := range r.Also {
+		if _, err := fmt.Fprintf(w, "also %s: p50 %s p99 %s, added %s / %s, median difference %s from direct, %s from --url\n",
+			a.URL, fmtMS(a.Times.P50), fmtMS(a.Times.P99), fmtAdded(a.AddedP50), fmtAdded(a.AddedP99),
+			fmtAdded(a.PairedP50), fmtAdded(a.VsForemanP50)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // chatSide is one end of the comparison and the times taken there.

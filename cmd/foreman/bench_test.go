@@ -54,6 +54,33 @@ func TestBench(t *testing.T) {
 			t.Errorf("report %+v", rep)
 		}
 	})
+	t.Run("chat also", func(t *testing.T) {
+		t.Parallel()
+		b := testApp(t, fake.URL, map[string]string{"FOREMAN_AUTH_TOKEN": "bench-token"})
+		r := runCLI(t, vars, nil, nil, "bench", "chat", "--direct", fake.URL, "--also", "http://"+b.Addr(), "-m", "tiny-a",
+			"--prompt", "Also hello.", "-n", "3", "--warmup", "1", "--json")
+		if r.code != 0 {
+			t.Fatalf("exit %d: %s", r.code, r.stderr)
+		}
+		var rep chatReport
+		if err := json.Unmarshal([]byte(r.stdout), &rep); err != nil {
+			t.Fatalf("%v in %s", err, r.stdout)
+		}
+		if rep.Foreman.N != 3 || rep.Direct.N != 3 || len(rep.Also) != 1 || rep.Also[0].URL != "http://"+b.Addr() ||
+			rep.Also[0].Times.N != 3 || rep.Also[0].Times.P50 <= 0 {
+			t.Errorf("report %+v", rep)
+		}
+		// Three sides, each with the warm-up round and the measured ones.
+		chats := 0
+		for _, c := range fake.Calls() {
+			if c.Path == "/api/chat" && strings.Contains(string(c.Body), "Also hello.") {
+				chats++
+			}
+		}
+		if chats != 12 {
+			t.Errorf("the target got %d chats, want 12 (4 direct, 4 through each foreman)", chats)
+		}
+	})
 	t.Run("submit", func(t *testing.T) {
 		t.Parallel()
 		r := runCLI(t, vars, nil, nil, "bench", "submit", "--callers", "4", "-n", "20", "--json")
@@ -87,6 +114,7 @@ func TestBench(t *testing.T) {
 	for _, bad := range [][]string{
 		{"chat", "-m", "tiny-a"},
 		{"chat", "--direct", "http://127.0.0.1:1"},
+		{"chat", "--direct", "http://127.0.0.1:1", "-m", "tiny-a", "--also", "127.0.0.1:2"},
 		{"submit", "-n", "5", "--duration", "1s"},
 		{"fsync"},
 	} {

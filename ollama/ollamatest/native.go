@@ -38,9 +38,14 @@ func (s *Server) prepare(w http.ResponseWriter, r *http.Request, m Model) (time.
 // generate produces the reply tokens, sleeping TokenDelay before each and
 // calling emit per token. It stops early if the client leaves.
 func (s *Server) generate(ctx context.Context, toks []string, emit func(tok string) error) error {
-	for _, t := range toks {
+	for i, t := range toks {
 		if err := sleepCtx(ctx, s.cfg.TokenDelay); err != nil {
 			return err
+		}
+		if s.cfg.BeforeToken != nil {
+			if err := s.cfg.BeforeToken(ctx, i); err != nil {
+				return err
+			}
 		}
 		if emit != nil {
 			if err := emit(t); err != nil {

@@ -42,6 +42,9 @@ type Config struct {
 	// BeforeChat, if set, runs for every chat/generate/completion request after the
 	// model is loaded and before any byte is written; an error becomes a 500.
 	BeforeChat func(ctx context.Context, model string) error
+	// BeforeToken, if set, runs before token i (from 0) of every generated reply, after
+	// TokenDelay; an error ends the reply there, as a client leaving does.
+	BeforeToken func(ctx context.Context, i int) error
 }
 
 // Option changes a Config; used with New.
@@ -74,6 +77,11 @@ func WithClock(f func() time.Time) Option { return func(c *Config) { c.Clock = f
 // WithBeforeChat sets Config.BeforeChat.
 func WithBeforeChat(f func(ctx context.Context, model string) error) Option {
 	return func(c *Config) { c.BeforeChat = f }
+}
+
+// WithBeforeToken sets Config.BeforeToken.
+func WithBeforeToken(f func(ctx context.Context, i int) error) Option {
+	return func(c *Config) { c.BeforeToken = f }
 }
 
 // FixedTime is the default Clock's instant.
