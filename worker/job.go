@@ -223,6 +223,8 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 	w.setFinishing(d.JobID, true) // its message stays queued until it is acked below
 	w.afterwards(func(ctx context.Context) {
 		defer w.setFinishing(d.JobID, false)
+		// Held until it is acked: the writes below may take longer than the ack wait.
+		defer w.keepInProgress(context.WithoutCancel(ctx), d, log)()
 		started, err := start.wait()
 		if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, errCancelRequested) {
 			// A store failure: the job cannot go from queued to done without its start,
@@ -351,6 +353,7 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 	w.setFinishing(d.JobID, true) // its message stays queued until storeDone acks it
 	w.afterwards(func(ctx context.Context) {
 		defer w.setFinishing(d.JobID, false)
+		defer w.keepInProgress(context.WithoutCancel(ctx), d, log)()
 		if hook := w.cfg.beforeStoreDone; hook != nil {
 			hook(d.JobID)
 		}

@@ -1,6 +1,9 @@
 package worker_test
 
 import (
+	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -90,4 +93,60 @@ func TestRetryAfterQueueMessageExpired(t *testing.T) {
 		t.Errorf("attempt %d, want 2", got.Attempt)
 	}
 	tb.waitQueueEmpty(t)
+}
+
+// A finished job whose result and terminal state take longer to store than the queue's
+// ack wait (a slow or failing store) is kept in progress until it is acked: JetStream
+// does not hand its message out again meanwhile, and the job runs once. Async and sync
+// jobs store their end in the background after their answer went out.
+func TestFinishingJobIsKeptInProgress(t *testing.T) {
+	t.Parallel()
+	const ackWait = time.Second
+	for _, isSync := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sync=%v", isSync), func(t *testing.T) {
+			t.Parallel()
+			tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = ackWait }))
+			j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: isSync}
+			var fetched atomic.Int32
+			held, release := make(chan time.Time, 1), make(chan struct{})
+			cfg := worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
+				if id == j.ID && stage == worker.StageFetched {
+					fetched.Add(1)
+				}
+			}}, func(id string) {
+				if id == j.ID {
+					held <- time.Now()
+					<-release
+				}
+			})
+			tb.start(t, cfg)
+			var once sync.Once
+			t.Cleanup(func() { once.Do(func() { close(release) }) })
+			if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(chatBody("tiny-a", 1))); err != nil {
+				t.Fatal(err)
+			}
+			var since time.Time
+			select {
+			case since = <-held:
+			case <-waitCtx(t).Done():
+				t.Fatal("the job's end was never stored")
+			}
+			// Held three ack waits: unkept, the message comes back after one.
+			eventually(t, 30*time.Second, "three ack waits with the end held", func() bool {
+				if n := fetched.Load(); n != 1 {
+					t.Fatalf("the job's message was delivered %d times while its end was stored", n)
+				}
+				return time.Since(since) > 3*ackWait
+			})
+			once.Do(func() { close(release) })
+			tb.waitState(t, j.ID, broker.StateDone)
+			tb.waitQueueEmpty(t)
+			if n := fetched.Load(); n != 1 {
+				t.Errorf("delivered %d times, want 1", n)
+			}
+			if finished := finishedCalls(tb.fake); finished != 1 {
+				t.Errorf("fake finished %d calls, want 1", finished)
+			}
+		})
+	}
 }
