@@ -217,14 +217,7 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 	}
 	w.targetAnswered()
 	w.learn(run, time.Now())
-	w.trace(d.JobID, StageFinal) // before: a reader of this process may have it at once (ADR-0035)
-	w.publishFinal(r, broker.StateDone, "", 0, log)
-	frames := r.Frames()
-	w.setFinishing(d.JobID, true) // its message stays queued until it is acked below
-	w.afterwards(func(ctx context.Context) {
-		defer w.setFinishing(d.JobID, false)
-		// Held until it is acked: the writes below may take longer than the ack wait.
-		defer w.keepInProgress(context.WithoutCancel(ctx), d, log)()
+	w.endDone(d, j.Kind, r, ct, log, func(ctx context.Context) (*slog.Logger, bool) {
 		started, err := start.wait()
 		if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, errCancelRequested) {
 			// A store failure: the job cannot go from queued to done without its start,
@@ -234,27 +227,22 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 		}
 		switch {
 		case err == nil:
-			log = log.With("attempt", started.Attempt)
+			return log.With("attempt", started.Attempt), true
 		case errors.Is(err, errCancelRequested):
 			// Requested on a record that was running already (a delivery after a crash):
 			// moot once the answer is out, as in storeDone, which ends it done.
+			return log, true
 		case errors.Is(err, errEnded):
 			// Another writer ended it before its start was stored (a cancel while it was
 			// still queued): the record stays as that writer left it.
 			log.Info("job ended elsewhere while its answer went out", "err", err)
-			w.finish(ctx, d, log)
-			return
 		default:
 			// The record cannot be written. Its caller has the answer: the message goes
 			// rather than run the job again, and the record stays as it was.
 			log.Error("store the attempt's start after its answer; its queue message is removed", "err", err)
-			w.finish(ctx, d, log)
-			return
 		}
-		if hook := w.cfg.beforeStoreDone; hook != nil {
-			hook(d.JobID)
-		}
-		w.storeDone(ctx, d, j.Kind, ct, frames, log)
+		w.finish(ctx, d, log)
+		return log, false
 	})
 	return true
 }
@@ -347,17 +335,32 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 		w.fail(ctx, d, r, msg, 0, log)
 		return
 	}
+	w.endDone(d, j.Kind, r, ct, log, nil)
+}
+
+// endDone publishes a finished job's done marker (a waiting client is answered at once)
+// and stores its result and terminal state in the background, keeping its message in
+// progress until it is acked: those writes may take longer than the ack wait. settle,
+// when not nil, runs there first; it gives the logger to go on with, or false when it
+// ended the job itself.
+func (w *Worker) endDone(d *broker.Lease, kind broker.Kind, r *broker.StreamWriter, ct string, log *slog.Logger, settle func(ctx context.Context) (*slog.Logger, bool)) {
 	w.trace(d.JobID, StageFinal) // before: a reader of this process may have it at once (ADR-0035)
 	w.publishFinal(r, broker.StateDone, "", 0, log)
 	frames := r.Frames()
-	w.setFinishing(d.JobID, true) // its message stays queued until storeDone acks it
+	w.setFinishing(d.JobID, true) // its message stays queued until it is acked
 	w.afterwards(func(ctx context.Context) {
 		defer w.setFinishing(d.JobID, false)
 		defer w.keepInProgress(context.WithoutCancel(ctx), d, log)()
+		if settle != nil {
+			var ok bool
+			if log, ok = settle(ctx); !ok {
+				return
+			}
+		}
 		if hook := w.cfg.beforeStoreDone; hook != nil {
 			hook(d.JobID)
 		}
-		w.storeDone(ctx, d, j.Kind, ct, frames, log)
+		w.storeDone(ctx, d, kind, ct, frames, log)
 	})
 }
 
