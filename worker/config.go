@@ -115,6 +115,11 @@ const (
 	terminalWait = 20 * time.Second
 	// terminalPause is the first pause between terminal-write tries; it doubles up to 2s.
 	terminalPause = 100 * time.Millisecond
+	// goneWait is how long a record write keeps trying when the record is missing or
+	// refuses the transition: a cluster replica that has not applied a write yet answers
+	// so for a moment, while a record that was purged stays gone, and terminalWait spent
+	// on it would hold the worker's next background end behind a write no try can store.
+	goneWait = 2 * time.Second
 )
 
 func (c *Config) setDefaults() {

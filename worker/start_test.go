@@ -495,3 +495,22 @@ func TestSyncJobWhoseStartFailsAfterFramesFails(t *testing.T) {
 		}
 	}
 }
+
+// A record write that finds the job's record gone stops trying after goneWait, not the
+// terminalWait an unavailable store gets: the job's message is handed back at once (the
+// worker then drops it for want of a record) instead of the worker's end trying for 20 s
+// to store a record that no try brings back.
+func TestWriteToAPurgedRecordGivesUpSoon(t *testing.T) {
+	h := holdSyncStart(t, true)
+	if err := h.tb.b.JobRecords(t).Purge(h.ctx, "job."+h.job.ID); err != nil {
+		t.Fatal(err)
+	}
+	h.release()
+	if final := h.finalMarker(t); final != string(broker.StateFailed) {
+		t.Fatalf("final marker %q, want failed", final)
+	}
+	// Without the shorter wait the message comes back after terminalWait (20 s).
+	eventually(t, 10*time.Second, "the message handed back after the write found no record", func() bool {
+		return h.fetched.Load() >= 2
+	})
+}
