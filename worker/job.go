@@ -434,20 +434,25 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 }
 
 // retryWrite applies set to job id's record unless the job ended (errEnded), trying for
-// up to terminalWait (its own time: what came before may have used up ctx's), or goneWait
-// while the record is missing or refuses the transition; last says it is the attempt's
-// last write (transitionLast).
+// up to terminalWait (its own time: what came before may have used up ctx's); last says
+// it is the attempt's last write (transitionLast). On a store of its own a record not
+// found for goneWait in a row is gone, and the write gives up then.
 func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(*broker.Job)) (*broker.Job, error) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
 	defer cancel()
-	began := time.Now()
+	var missingSince time.Time // since when the tries have found no record; zero until then
 	pause := terminalPause
 	for try := 1; ; try++ {
 		j, err := w.transitionLast(tctx, id, last, fromUnended, set)
 		if err == nil || errors.Is(err, errEnded) || tctx.Err() != nil {
 			return j, err
 		}
-		if gone(err) && time.Since(began) >= goneWait {
+		switch {
+		case !errors.Is(err, broker.ErrNotFound) || !w.store.Config().Exclusive:
+			missingSince = time.Time{}
+		case missingSince.IsZero():
+			missingSince = time.Now()
+		case time.Since(missingSince) >= goneWait:
 			return j, err
 		}
 		w.log.Warn("store job record; trying again", "job_id", id, "try", try, "retry_in", pause, "err", err)
@@ -456,12 +461,6 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 		}
 		pause = min(2*pause, 2*time.Second)
 	}
-}
-
-// gone reports a record write refused for the record itself, not for the store: the
-// record is missing, or its state may not go where the write takes it.
-func gone(err error) bool {
-	return errors.Is(err, broker.ErrNotFound) || errors.Is(err, broker.ErrIllegalTransition)
 }
 
 // sleepCtx waits d, or less when ctx ends first (then false). Unlike Worker.sleep it
