@@ -2,10 +2,15 @@ package broker_test
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -122,5 +127,71 @@ func BenchmarkSubmitAndTake(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "jobs/s")
+	lat.report(b)
+}
+
+// BenchmarkSubmitFloor sets a submit beside the least any durable submit can cost on
+// this store: one record-sized SyncAlways write to the jobs bucket and nothing else, as
+// a layout with a single write per submit would make. Run in one go, the two show how
+// much of a submit is the second write and how much is the disk (ADR-0039).
+func BenchmarkSubmitFloor(b *testing.B) {
+	for _, callers := range []int{1, 16} {
+		b.Run(fmt.Sprintf("one-write/callers=%d", callers), func(b *testing.B) {
+			bb := benchStore(b)
+			kv, err := jetstream.New(bb.Conn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			bucket, err := kv.KeyValue(context.Background(), broker.JobsBucket)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rec, err := json.Marshal(&broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, State: broker.StateQueued})
+			if err != nil {
+				b.Fatal(err)
+			}
+			runCallers(b, callers, func(ctx context.Context) error {
+				// A job key, so the write is republished as every record write is.
+				_, err := bucket.Create(ctx, "job."+broker.NewID(), rec)
+				return err
+			})
+		})
+		b.Run(fmt.Sprintf("submit/callers=%d", callers), func(b *testing.B) {
+			bb := benchStore(b)
+			runCallers(b, callers, func(ctx context.Context) error {
+				_, err := bb.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, benchBody)
+				return err
+			})
+		})
+	}
+}
+
+// runCallers runs op b.N times in all from callers goroutines and reports ops/s, p50
+// and p99.
+func runCallers(b *testing.B, callers int, op func(ctx context.Context) error) {
+	ctx := context.Background()
+	var (
+		lat  latencies
+		next atomic.Int64
+		wg   sync.WaitGroup
+		once sync.Once
+	)
+	b.ResetTimer()
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for next.Add(1) <= int64(b.N) {
+				start := time.Now()
+				if err := op(ctx); err != nil {
+					once.Do(func() { b.Error(err) })
+					return
+				}
+				lat.add(time.Since(start))
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "writes/s")
 	lat.report(b)
 }

@@ -435,14 +435,24 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 
 // retryWrite applies set to job id's record unless the job ended (errEnded), trying for
 // up to terminalWait (its own time: what came before may have used up ctx's); last says
-// it is the attempt's last write (transitionLast).
+// it is the attempt's last write (transitionLast). On a store of its own a record not
+// found for goneWait in a row is gone, and the write gives up then.
 func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(*broker.Job)) (*broker.Job, error) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
 	defer cancel()
+	var missingSince time.Time // since when the tries have found no record; zero until then
 	pause := terminalPause
 	for try := 1; ; try++ {
 		j, err := w.transitionLast(tctx, id, last, fromUnended, set)
 		if err == nil || errors.Is(err, errEnded) || tctx.Err() != nil {
+			return j, err
+		}
+		switch {
+		case !errors.Is(err, broker.ErrNotFound) || !w.store.Config().Exclusive:
+			missingSince = time.Time{}
+		case missingSince.IsZero():
+			missingSince = time.Now()
+		case time.Since(missingSince) >= goneWait:
 			return j, err
 		}
 		w.log.Warn("store job record; trying again", "job_id", id, "try", try, "retry_in", pause, "err", err)

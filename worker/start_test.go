@@ -275,7 +275,7 @@ type heldSyncStart struct {
 	fetched     atomic.Int32 // leases of the job's message the worker took
 }
 
-func holdSyncStart(t *testing.T, holdRest bool) *heldSyncStart {
+func holdSyncStart(t *testing.T, holdRest bool, opts ...brokertest.Option) *heldSyncStart {
 	t.Helper()
 	var armed atomic.Bool
 	rest := make(chan struct{})
@@ -290,7 +290,7 @@ func holdSyncStart(t *testing.T, holdRest bool) *heldSyncStart {
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-	})})
+	})}, opts...)
 	holding, release := make(chan struct{}), make(chan struct{})
 	var holdOnce, releaseOnce sync.Once
 	h := &heldSyncStart{tb: tb, ctx: waitCtx(t),
@@ -473,25 +473,24 @@ func TestSyncJobWhoseStartAnswerIsLostCountsOneAttempt(t *testing.T) {
 // A sync job whose start write fails after its caller got frames (here its record is
 // gone by then) is not handed back for another attempt, which would stream from frame 1
 // again into the same answer: it fails, and its caller gets the final failed marker.
+//
+// The failed state finds no record either: on a store of its own (the embedded server)
+// the worker stops trying after goneWait, not terminalWait, and hands the message back,
+// to be dropped for want of a record.
 func TestSyncJobWhoseStartFailsAfterFramesFails(t *testing.T) {
-	h := holdSyncStart(t, true) // the call still runs when the start fails
+	h := holdSyncStart(t, true, exclusive) // the call still runs when the start fails
 	if err := h.tb.b.JobRecords(t).Purge(h.ctx, "job."+h.job.ID); err != nil {
 		t.Fatal(err)
 	}
 	h.release()
-	for {
-		select {
-		case m := <-h.watch.ch:
-			final := m.Header.Get(broker.HeaderFinal)
-			if final == "" {
-				continue // the rest of the answer
-			}
-			if final != string(broker.StateFailed) {
-				t.Fatalf("final marker %q, want failed", final)
-			}
-			return
-		case <-h.ctx.Done():
-			t.Fatal("no final marker: the job was handed back to stream again")
-		}
+	if final := h.finalMarker(t); final != string(broker.StateFailed) {
+		t.Fatalf("final marker %q, want failed", final)
 	}
+	// Trying for terminalWait, the worker would hand it back after 20 s.
+	eventually(t, 10*time.Second, "the message handed back once the write found no record for goneWait", func() bool {
+		return h.fetched.Load() >= 2
+	})
 }
+
+// exclusive makes a test store one no other foreman shares, as the embedded server's is.
+var exclusive = brokertest.WithStore(func(c *broker.Config) { c.Exclusive = true })
