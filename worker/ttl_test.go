@@ -1,6 +1,8 @@
 package worker_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -148,5 +150,89 @@ func TestFinishingJobIsKeptInProgress(t *testing.T) {
 				t.Errorf("fake finished %d calls, want 1", finished)
 			}
 		})
+	}
+}
+
+// When a finished job's result cannot be stored for longer than a terminal write tries,
+// an async job runs again (its result would be lost otherwise), while a sync job, whose
+// caller already has the answer, is not run again: its write goes on, its message kept,
+// until the store takes it.
+func TestJobWhoseResultCannotBeStored(t *testing.T) {
+	for _, isSync := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sync", false: "async"}[isSync], func(t *testing.T) {
+			var failing atomic.Bool
+			failing.Store(true)
+			var tries, fetched atomic.Int32
+			tb := setupFake(t, nil)
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: isSync}
+			cfg := worker.WithDoneFault(worker.Config{Trace: func(id, stage string) {
+				if id == job.ID && stage == worker.StageFetched {
+					fetched.Add(1)
+				}
+			}}, func(id string) error {
+				// An async job's first run fails to store its result; the next one may.
+				if id != job.ID || !failing.Load() || (!isSync && fetched.Load() > 1) {
+					return nil
+				}
+				tries.Add(1)
+				return errors.New("injected store failure")
+			})
+			tb.start(t, cfg)
+			watch := watchStream(t, tb.b.Conn, job.ID)
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+				t.Fatal(err)
+			}
+			if _, final := watch.untilFinal(t); final.Header.Get(broker.HeaderFinal) != string(broker.StateDone) {
+				t.Fatalf("final marker %v, want done", final.Header)
+			}
+			if isSync {
+				eventually(t, 10*time.Second, "three tries to store the result", func() bool { return tries.Load() >= 3 })
+				failing.Store(false)
+			}
+			tb.waitState(t, job.ID, broker.StateDone)
+			tb.waitQueueEmpty(t)
+			runs, calls := fetched.Load(), finishedCalls(tb.fake)
+			if isSync && (runs != 1 || calls != 1) {
+				t.Errorf("sync job delivered %d times and answered by the target %d times, want once", runs, calls)
+			}
+			if !isSync && (runs < 2 || calls < 2) {
+				t.Errorf("async job delivered %d times and answered %d times, want it run again", runs, calls)
+			}
+		})
+	}
+}
+
+// A worker stopping while a sync job's result still cannot be stored stops: the write
+// ends and the message goes back (the job's next delivery, in a process without its
+// caller, cancels it unrun).
+func TestStopWhileASyncResultCannotBeStored(t *testing.T) {
+	var tries atomic.Int32
+	tb := setupFake(t, nil)
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	w := tb.start(t, worker.WithDoneFault(worker.Config{}, func(id string) error {
+		if id != job.ID {
+			return nil
+		}
+		tries.Add(1)
+		return errors.New("injected store failure")
+	}))
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "two tries to store the result", func() bool { return tries.Load() >= 2 })
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = w.Stop(ctx)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return while the result could not be stored")
+	}
+	if rec, _, err := tb.b.Store.Get(ctxT(t), job.ID); err != nil || rec.State.Terminal() {
+		t.Fatalf("record after the stop: %+v, %v; want it not ended", rec, err)
 	}
 }
