@@ -410,7 +410,9 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 		})
 	}
 	err := write()
-	for pause := terminalPause; err != nil && !errors.Is(err, errEnded) && sync; pause = min(2*pause, 2*time.Second) {
+	// A record gone (purged) stays gone: no try stores it, and its message goes back to be
+	// dropped for want of a record.
+	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound); pause = min(2*pause, 2*time.Second) {
 		log.Error("store job result; its caller has the answer, so the job does not run again: trying on", "err", err)
 		if !w.pauseUnlessStopping(pause) {
 			break
