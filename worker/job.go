@@ -348,9 +348,12 @@ func (w *Worker) endDone(d *broker.Lease, j *broker.Job, r *broker.StreamWriter,
 	w.publishFinal(r, broker.StateDone, "", 0, log)
 	frames := r.Frames()
 	w.setFinishing(d.JobID, true) // its message stays queued until it is acked
+	// From now: the end may wait for an earlier job's (one at a time), for as long as
+	// that one's result write goes on (storeDone).
+	stopKeeping := w.keepInProgress(context.Background(), d, log)
 	w.afterwards(func(ctx context.Context) {
 		defer w.setFinishing(d.JobID, false)
-		defer w.keepInProgress(context.WithoutCancel(ctx), d, log)()
+		defer stopKeeping()
 		if settle != nil {
 			var ok bool
 			if log, ok = settle(ctx); !ok {
@@ -422,6 +425,11 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 	switch {
 	case errors.Is(err, errEnded):
 		log.Info("job already ended as it finished")
+	case errors.Is(err, broker.ErrNotFound):
+		// Its next delivery drops the message for want of a record.
+		log.Warn("store job result: the job's record is gone; its message goes back", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
 	case err != nil:
 		// Without the terminal record an async job must run again rather than be lost.
 		log.Error("store job result; job will run again", "err", err)
@@ -430,8 +438,7 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 	default:
 		log.Info("job done", "result_bytes", len(res))
 	}
-	// A fresh deadline: the write may have gone on for longer than ctx's.
-	w.finish(context.WithoutCancel(ctx), d, log)
+	w.finish(ctx, d, log)
 }
 
 // afterwards runs fn in the background with its own bounded context, after any earlier

@@ -268,3 +268,94 @@ func TestAnsweredSyncJobWhoseRecordIsGone(t *testing.T) {
 		t.Errorf("target answered %d times, want once", calls)
 	}
 }
+
+// A finished job whose end waits behind another job's (the background ends run one at a
+// time, and a sync job's result write may go on until the store takes it) keeps its
+// message in progress while it waits: otherwise, its ack wait over, another worker runs
+// it again.
+func TestFinishedJobWaitingBehindAnotherEndIsKeptInProgress(t *testing.T) {
+	const ackWait = time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = ackWait }))
+	first := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	second := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	var failing atomic.Bool
+	failing.Store(true)
+	var tries, fetched atomic.Int32 // the first job's tries to store its result; deliveries of the second
+	trace := func(id, stage string) {
+		if id == second.ID && stage == worker.StageFetched {
+			fetched.Add(1)
+		}
+	}
+	tb.start(t, worker.WithDoneFault(worker.Config{Trace: trace}, func(id string) error {
+		if id != first.ID || !failing.Load() {
+			return nil
+		}
+		tries.Add(1)
+		return errors.New("injected store failure")
+	}))
+	t.Cleanup(func() { failing.Store(false) })
+	watch := watchStream(t, tb.b.Conn, second.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), first, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the first job's result write failing", func() bool { return tries.Load() >= 1 })
+	if _, err := tb.b.Store.Submit(ctxT(t), second, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	if _, final := watch.untilFinal(t); final.Header.Get(broker.HeaderFinal) != string(broker.StateDone) {
+		t.Fatalf("second job's final marker %v, want done", final.Header)
+	}
+	// The second job answered, its end waiting behind the first's. Another worker on the
+	// same store would take its message once its ack wait ran out.
+	tb.start(t, worker.Config{Trace: trace})
+	since := time.Now()
+	eventually(t, 30*time.Second, "three ack waits with the second job's end waiting", func() bool {
+		if n := fetched.Load(); n != 1 {
+			t.Fatalf("the second job's message was delivered %d times while its end waited", n)
+		}
+		return time.Since(since) > 3*ackWait
+	})
+	failing.Store(false)
+	tb.waitState(t, first.ID, broker.StateDone)
+	tb.waitState(t, second.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+	if calls := finishedCalls(tb.fake); calls != 2 {
+		t.Errorf("target answered %d calls, want 2 (each job once)", calls)
+	}
+}
+
+// Run returns when its ctx ends, without Stop, while a sync job's result still cannot be
+// stored: the end of Run stops the write as Stop does.
+func TestRunEndsWhileASyncResultCannotBeStored(t *testing.T) {
+	var tries atomic.Int32
+	tb := setupFake(t, nil)
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	w, err := worker.New(worker.WithDoneFault(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger(), RetryDelay: 5 * time.Millisecond},
+		func(id string) error {
+			if id != job.ID {
+				return nil
+			}
+			tries.Add(1)
+			return errors.New("injected store failure")
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(ctx) }()
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "two tries to store the result", func() bool { return tries.Load() >= 2 })
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its ctx ended while the result could not be stored")
+	}
+}
