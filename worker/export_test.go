@@ -30,6 +30,13 @@ func WithStartFault(cfg Config, fn func(jobID string) error) Config {
 	return cfg
 }
 
+// WithDoneFault sets Config.doneFault: fn's error, if any, fails a try to store a
+// finished job's result and done state, its retries included.
+func WithDoneFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.doneFault = fn
+	return cfg
+}
+
 // WithStartAnswerLost sets Config.startAnswerLost: when fn says so, a start write that
 // was stored reports a failure, as one whose answer was lost.
 func WithStartAnswerLost(cfg Config, fn func(jobID string) bool) Config {

@@ -217,7 +217,7 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 	}
 	w.targetAnswered()
 	w.learn(run, time.Now())
-	w.endDone(d, j.Kind, r, ct, log, func(ctx context.Context) (*slog.Logger, bool) {
+	w.endDone(d, j, r, ct, log, func(ctx context.Context) (*slog.Logger, bool) {
 		started, err := start.wait()
 		if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, errCancelRequested) {
 			// A store failure: the job cannot go from queued to done without its start,
@@ -335,7 +335,7 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 		w.fail(ctx, d, r, msg, 0, log)
 		return
 	}
-	w.endDone(d, j.Kind, r, ct, log, nil)
+	w.endDone(d, j, r, ct, log, nil)
 }
 
 // endDone publishes a finished job's done marker (a waiting client is answered at once)
@@ -343,14 +343,17 @@ func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r 
 // progress until it is acked: those writes may take longer than the ack wait. settle,
 // when not nil, runs there first; it gives the logger to go on with, or false when it
 // ended the job itself.
-func (w *Worker) endDone(d *broker.Lease, kind broker.Kind, r *broker.StreamWriter, ct string, log *slog.Logger, settle func(ctx context.Context) (*slog.Logger, bool)) {
+func (w *Worker) endDone(d *broker.Lease, j *broker.Job, r *broker.StreamWriter, ct string, log *slog.Logger, settle func(ctx context.Context) (*slog.Logger, bool)) {
 	w.trace(d.JobID, StageFinal) // before: a reader of this process may have it at once (ADR-0035)
 	w.publishFinal(r, broker.StateDone, "", 0, log)
 	frames := r.Frames()
 	w.setFinishing(d.JobID, true) // its message stays queued until it is acked
+	// From now: the end may wait for an earlier job's (one at a time), for as long as
+	// that one's result write goes on (storeDone).
+	stopKeeping := w.keepInProgress(context.Background(), d, log)
 	w.afterwards(func(ctx context.Context) {
 		defer w.setFinishing(d.JobID, false)
-		defer w.keepInProgress(context.WithoutCancel(ctx), d, log)()
+		defer stopKeeping()
 		if settle != nil {
 			var ok bool
 			if log, ok = settle(ctx); !ok {
@@ -360,13 +363,20 @@ func (w *Worker) endDone(d *broker.Lease, kind broker.Kind, r *broker.StreamWrit
 		if hook := w.cfg.beforeStoreDone; hook != nil {
 			hook(d.JobID)
 		}
-		w.storeDone(ctx, d, kind, ct, frames, log)
+		w.storeDone(ctx, d, j.Kind, j.Sync, ct, frames, log)
 	})
 }
 
 // storeDone stores a finished job's result and terminal state, then acks its message. A
 // cancel request that came after the call ended is moot: the stream already said done.
-func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kind, ct string, frames [][]byte, log *slog.Logger) {
+//
+// When the store refuses for longer than terminalWait an async job runs again, or its
+// result would be lost. A sync job's caller has its answer: running it again would
+// answer nobody and store another result than the one it got, so its write goes on
+// (the message kept in progress) until it is stored or the worker stops. Then the
+// message goes back, and the job's next delivery, in a process without its caller,
+// cancels it without running it.
+func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kind, sync bool, ct string, frames [][]byte, log *slog.Logger) {
 	res, sawDone := result(kind, ct, frames)
 	if !sawDone {
 		log.Warn("target stream ended without done:true; job ends done with the frames it sent")
@@ -389,17 +399,39 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 		// The stream already said done; the job stays done, with the inline result only.
 		log.Error("store result artifact", "err", aerr, "result_bytes", len(res))
 	}
-	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
-		j.State, j.Error, j.Result = broker.StateDone, "", inline
-		if aerr == nil {
-			j.SetArtifact(a)
+	write := func() error {
+		if fault := w.cfg.doneFault; fault != nil {
+			if err := fault(d.JobID); err != nil {
+				return err
+			}
 		}
-	})
+		return w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
+			j.State, j.Error, j.Result = broker.StateDone, "", inline
+			if aerr == nil {
+				j.SetArtifact(a)
+			}
+		})
+	}
+	err := write()
+	// A record gone (purged) stays gone: no try stores it, and its message goes back to be
+	// dropped for want of a record.
+	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound); pause = min(2*pause, 2*time.Second) {
+		log.Error("store job result; its caller has the answer, so the job does not run again: trying on", "err", err)
+		if !w.pauseUnlessStopping(pause) {
+			break
+		}
+		err = write()
+	}
 	switch {
 	case errors.Is(err, errEnded):
 		log.Info("job already ended as it finished")
+	case errors.Is(err, broker.ErrNotFound):
+		// Its next delivery drops the message for want of a record.
+		log.Warn("store job result: the job's record is gone; its message goes back", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
 	case err != nil:
-		// Without the terminal record the job must run again rather than be lost.
+		// Without the terminal record an async job must run again rather than be lost.
 		log.Error("store job result; job will run again", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
 		return
@@ -460,6 +492,18 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 			return j, err
 		}
 		pause = min(2*pause, 2*time.Second)
+	}
+}
+
+// pauseUnlessStopping waits d, or less when the worker stops first (then false).
+func (w *Worker) pauseUnlessStopping(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-w.stopping:
+		return false
 	}
 }
 

@@ -1,6 +1,8 @@
 package worker_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -148,5 +150,212 @@ func TestFinishingJobIsKeptInProgress(t *testing.T) {
 				t.Errorf("fake finished %d calls, want 1", finished)
 			}
 		})
+	}
+}
+
+// When a finished job's result cannot be stored for longer than a terminal write tries,
+// an async job runs again (its result would be lost otherwise), while a sync job, whose
+// caller already has the answer, is not run again: its write goes on, its message kept,
+// until the store takes it.
+func TestJobWhoseResultCannotBeStored(t *testing.T) {
+	for _, isSync := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sync", false: "async"}[isSync], func(t *testing.T) {
+			var failing atomic.Bool
+			failing.Store(true)
+			var tries, fetched atomic.Int32
+			tb := setupFake(t, nil)
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: isSync}
+			cfg := worker.WithDoneFault(worker.Config{Trace: func(id, stage string) {
+				if id == job.ID && stage == worker.StageFetched {
+					fetched.Add(1)
+				}
+			}}, func(id string) error {
+				// An async job's first run fails to store its result; the next one may.
+				if id != job.ID || !failing.Load() || (!isSync && fetched.Load() > 1) {
+					return nil
+				}
+				tries.Add(1)
+				return errors.New("injected store failure")
+			})
+			tb.start(t, cfg)
+			watch := watchStream(t, tb.b.Conn, job.ID)
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+				t.Fatal(err)
+			}
+			if _, final := watch.untilFinal(t); final.Header.Get(broker.HeaderFinal) != string(broker.StateDone) {
+				t.Fatalf("final marker %v, want done", final.Header)
+			}
+			if isSync {
+				eventually(t, 10*time.Second, "three tries to store the result", func() bool { return tries.Load() >= 3 })
+				failing.Store(false)
+			}
+			tb.waitState(t, job.ID, broker.StateDone)
+			tb.waitQueueEmpty(t)
+			runs, calls := fetched.Load(), finishedCalls(tb.fake)
+			if isSync && (runs != 1 || calls != 1) {
+				t.Errorf("sync job delivered %d times and answered by the target %d times, want once", runs, calls)
+			}
+			if !isSync && (runs < 2 || calls < 2) {
+				t.Errorf("async job delivered %d times and answered %d times, want it run again", runs, calls)
+			}
+		})
+	}
+}
+
+// A worker stopping while a sync job's result still cannot be stored stops: the write
+// ends and the message goes back (the job's next delivery, in a process without its
+// caller, cancels it unrun).
+func TestStopWhileASyncResultCannotBeStored(t *testing.T) {
+	var tries atomic.Int32
+	tb := setupFake(t, nil)
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	w := tb.start(t, worker.WithDoneFault(worker.Config{}, func(id string) error {
+		if id != job.ID {
+			return nil
+		}
+		tries.Add(1)
+		return errors.New("injected store failure")
+	}))
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "two tries to store the result", func() bool { return tries.Load() >= 2 })
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_ = w.Stop(ctx)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Stop did not return while the result could not be stored")
+	}
+	if rec, _, err := tb.b.Store.Get(ctxT(t), job.ID); err != nil || rec.State.Terminal() {
+		t.Fatalf("record after the stop: %+v, %v; want it not ended", rec, err)
+	}
+}
+
+// An answered sync job whose record is gone (purged) when its result is stored is not
+// tried on until the worker stops: no try brings the record back, and its message goes
+// back at once, to be dropped for want of a record.
+func TestAnsweredSyncJobWhoseRecordIsGone(t *testing.T) {
+	var fetched atomic.Int32
+	tb := setupFake(t, nil, exclusive)
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	cfg := worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
+		if id == job.ID && stage == worker.StageFetched {
+			fetched.Add(1)
+		}
+	}}, func(id string) {
+		if id == job.ID {
+			if err := tb.b.JobRecords(t).Purge(ctxT(t), "job."+id); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	tb.start(t, cfg)
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	// Trying on, the worker would hold the message until it stops.
+	eventually(t, 10*time.Second, "the message handed back once its record was found gone", func() bool {
+		return fetched.Load() >= 2
+	})
+	tb.waitQueueEmpty(t)
+	if calls := finishedCalls(tb.fake); calls != 1 {
+		t.Errorf("target answered %d times, want once", calls)
+	}
+}
+
+// A finished job whose end waits behind another job's (the background ends run one at a
+// time, and a sync job's result write may go on until the store takes it) keeps its
+// message in progress while it waits: otherwise, its ack wait over, another worker runs
+// it again.
+func TestFinishedJobWaitingBehindAnotherEndIsKeptInProgress(t *testing.T) {
+	const ackWait = time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = ackWait }))
+	first := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	second := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	var failing atomic.Bool
+	failing.Store(true)
+	var tries, fetched atomic.Int32 // the first job's tries to store its result; deliveries of the second
+	trace := func(id, stage string) {
+		if id == second.ID && stage == worker.StageFetched {
+			fetched.Add(1)
+		}
+	}
+	tb.start(t, worker.WithDoneFault(worker.Config{Trace: trace}, func(id string) error {
+		if id != first.ID || !failing.Load() {
+			return nil
+		}
+		tries.Add(1)
+		return errors.New("injected store failure")
+	}))
+	t.Cleanup(func() { failing.Store(false) })
+	watch := watchStream(t, tb.b.Conn, second.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), first, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the first job's result write failing", func() bool { return tries.Load() >= 1 })
+	if _, err := tb.b.Store.Submit(ctxT(t), second, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	if _, final := watch.untilFinal(t); final.Header.Get(broker.HeaderFinal) != string(broker.StateDone) {
+		t.Fatalf("second job's final marker %v, want done", final.Header)
+	}
+	// The second job answered, its end waiting behind the first's. Another worker on the
+	// same store would take its message once its ack wait ran out.
+	tb.start(t, worker.Config{Trace: trace})
+	since := time.Now()
+	eventually(t, 30*time.Second, "three ack waits with the second job's end waiting", func() bool {
+		if n := fetched.Load(); n != 1 {
+			t.Fatalf("the second job's message was delivered %d times while its end waited", n)
+		}
+		return time.Since(since) > 3*ackWait
+	})
+	failing.Store(false)
+	tb.waitState(t, first.ID, broker.StateDone)
+	tb.waitState(t, second.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+	if calls := finishedCalls(tb.fake); calls != 2 {
+		t.Errorf("target answered %d calls, want 2 (each job once)", calls)
+	}
+}
+
+// Run returns when its ctx ends, without Stop, while a sync job's result still cannot be
+// stored: the end of Run stops the write as Stop does.
+func TestRunEndsWhileASyncResultCannotBeStored(t *testing.T) {
+	var tries atomic.Int32
+	tb := setupFake(t, nil)
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	w, err := worker.New(worker.WithDoneFault(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger(), RetryDelay: 5 * time.Millisecond},
+		func(id string) error {
+			if id != job.ID {
+				return nil
+			}
+			tries.Add(1)
+			return errors.New("injected store failure")
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ran := make(chan error, 1)
+	go func() { ran <- w.Run(ctx) }()
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "two tries to store the result", func() bool { return tries.Load() >= 2 })
+	cancel()
+	select {
+	case err := <-ran:
+		if err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its ctx ended while the result could not be stored")
 	}
 }

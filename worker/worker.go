@@ -115,6 +115,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Unlock()
 	defer close(w.done)
 	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
+	// Run ending with its ctx stops the worker as Stop does, before that wait: a result
+	// write that goes on until the worker stops (storeDone) must see it.
+	defer w.stopOnce.Do(func() { close(w.stopping) })
 
 	stopWake, err := w.store.OnQueued(func(p broker.Published) {
 		w.trace(p.JobID, StageWoken)
