@@ -413,9 +413,11 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 		})
 	}
 	err := write()
-	// A record gone (purged) stays gone: no try stores it, and its message goes back to be
-	// dropped for want of a record.
-	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound); pause = min(2*pause, 2*time.Second) {
+	// Only a store that refuses is waited for. A record gone (purged) stays gone, and its
+	// message goes back to be dropped for want of a record; a record whose state may not
+	// become done (no path leads there) is handed back as before rather than hold the
+	// worker until it stops.
+	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) && !errors.Is(err, broker.ErrIllegalTransition); pause = min(2*pause, 2*time.Second) {
 		log.Error("store job result; its caller has the answer, so the job does not run again: trying on", "err", err)
 		if !w.pauseUnlessStopping(pause) {
 			break
