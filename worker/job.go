@@ -413,11 +413,15 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 		})
 	}
 	err := write()
-	// Only a store that refuses is waited for. A record gone (purged) stays gone, and its
-	// message goes back to be dropped for want of a record; a record whose state may not
-	// become done (no path leads there) is handed back as before rather than hold the
-	// worker until it stops.
-	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) && !errors.Is(err, broker.ErrIllegalTransition); pause = min(2*pause, 2*time.Second) {
+	// Only a store that refuses is waited for. A record gone (purged; on a store of its
+	// own, where "not found" is not a replica behind) stays gone, and its message goes back
+	// to be dropped for want of a record; a record whose state may not become done (no
+	// path leads there) is handed back as before rather than hold the worker until it
+	// stops.
+	gone := func(err error) bool {
+		return errors.Is(err, broker.ErrNotFound) && w.store.Config().Exclusive || errors.Is(err, broker.ErrIllegalTransition)
+	}
+	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !gone(err); pause = min(2*pause, 2*time.Second) {
 		log.Error("store job result; its caller has the answer, so the job does not run again: trying on", "err", err)
 		if !w.pauseUnlessStopping(pause) {
 			break

@@ -325,11 +325,13 @@ func TestFinishedJobWaitingBehindAnotherEndIsKeptInProgress(t *testing.T) {
 }
 
 // Run returns when its ctx ends, without Stop, while a sync job's result still cannot be
-// stored: the end of Run stops the write as Stop does.
+// stored and another finished job waits behind its end: the end of Run stops the write as
+// Stop does.
 func TestRunEndsWhileASyncResultCannotBeStored(t *testing.T) {
 	var tries atomic.Int32
 	tb := setupFake(t, nil)
 	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	next := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
 	w, err := worker.New(worker.WithDoneFault(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger(), RetryDelay: 5 * time.Millisecond},
 		func(id string) error {
 			if id != job.ID {
@@ -345,10 +347,15 @@ func TestRunEndsWhileASyncResultCannotBeStored(t *testing.T) {
 	defer cancel()
 	ran := make(chan error, 1)
 	go func() { ran <- w.Run(ctx) }()
+	watch := watchStream(t, tb.b.Conn, next.ID)
 	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, 10*time.Second, "two tries to store the result", func() bool { return tries.Load() >= 2 })
+	if _, err := tb.b.Store.Submit(ctxT(t), next, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	watch.untilFinal(t) // answered; its end waits behind the first job's
 	cancel()
 	select {
 	case err := <-ran:
@@ -356,6 +363,6 @@ func TestRunEndsWhileASyncResultCannotBeStored(t *testing.T) {
 			t.Errorf("Run: %v", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Run did not return after its ctx ended while the result could not be stored")
+		t.Fatal("Run did not return after its ctx ended while a result could not be stored")
 	}
 }

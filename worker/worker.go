@@ -115,9 +115,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Unlock()
 	defer close(w.done)
 	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
-	// Run ending with its ctx stops the worker as Stop does, before that wait: a result
-	// write that goes on until the worker stops (storeDone) must see it.
-	defer w.stopOnce.Do(func() { close(w.stopping) })
+	// ctx ending stops the worker as Stop does (the loop already takes an ended ctx for a
+	// stop): a result write that goes on until the worker stops (storeDone) must see it,
+	// or the loop, waiting for that write's background slot to end the next job, and the
+	// wait above would never end.
+	defer context.AfterFunc(ctx, func() { w.stopOnce.Do(func() { close(w.stopping) }) })()
 
 	stopWake, err := w.store.OnQueued(func(p broker.Published) {
 		w.trace(p.JobID, StageWoken)
