@@ -17,9 +17,9 @@ import (
 // one stretch of time instead of following each other. Its frames wait in the call until
 // the job's run adopts it, which it does only once it holds the message's lease and the
 // job passed every check a delivered job passes; the frames then wait as any call's do
-// (for the stored start, but for a sync job's, ADR-0036). A job that is not to run (its message never stored, canceled
-// meanwhile, another message delivered first) drops it: the call is aborted before
-// anything of it was published.
+// (for the stored start, but for a sync job's, ADR-0036). A job that is not to run (its
+// message never stored, canceled meanwhile, another message delivered first) drops it:
+// the call is aborted before anything of it was published.
 type earlyCall struct {
 	jobID string
 	kind  broker.Kind

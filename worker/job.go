@@ -413,17 +413,13 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 		})
 	}
 	err := write()
-	// Only a store that refuses is waited for. A record gone (purged; on a store of its
-	// own, where "not found" is not a replica behind) stays gone, and its message goes back
-	// to be dropped for want of a record; a record whose state may not become done (no
-	// path leads there) is handed back as before rather than hold the worker until it
-	// stops.
-	gone := func(err error) bool {
-		return errors.Is(err, broker.ErrNotFound) && w.store.Config().Exclusive || errors.Is(err, broker.ErrIllegalTransition)
-	}
-	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !gone(err); pause = min(2*pause, 2*time.Second) {
+	// Only a store that refuses is waited for. A record gone stays gone, and its message
+	// goes back to be dropped for want of a record; a record whose state may not become
+	// done (no path leads there) is handed back as before rather than hold the worker
+	// until it stops.
+	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !w.recordGone(err) && !errors.Is(err, broker.ErrIllegalTransition); pause = min(2*pause, 2*time.Second) {
 		log.Error("store job result; its caller has the answer, so the job does not run again: trying on", "err", err)
-		if !w.pauseUnlessStopping(pause) {
+		if !w.sleep(context.Background(), pause) { // the worker stops
 			break
 		}
 		err = write()
@@ -486,7 +482,7 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 			return j, err
 		}
 		switch {
-		case !errors.Is(err, broker.ErrNotFound) || !w.store.Config().Exclusive:
+		case !w.recordGone(err):
 			missingSince = time.Time{}
 		case missingSince.IsZero():
 			missingSince = time.Now()
@@ -501,16 +497,11 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 	}
 }
 
-// pauseUnlessStopping waits d, or less when the worker stops first (then false).
-func (w *Worker) pauseUnlessStopping(d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-w.stopping:
-		return false
-	}
+// recordGone reports a write that found no record on a store of its own (the embedded
+// server): there the record was purged. On a shared cluster "not found" may be a replica
+// behind by a write, and is a refusal like any other.
+func (w *Worker) recordGone(err error) bool {
+	return errors.Is(err, broker.ErrNotFound) && w.store.Config().Exclusive
 }
 
 // sleepCtx waits d, or less when ctx ends first (then false). Unlike Worker.sleep it

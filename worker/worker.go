@@ -383,15 +383,17 @@ func (w *Worker) idleFor(now time.Time) time.Duration {
 	return max(d, time.Millisecond)
 }
 
-// sleep waits d unless the worker stops first.
-func (w *Worker) sleep(ctx context.Context, d time.Duration) {
+// sleep waits d unless the worker stops (or ctx ends) first; it reports whether d passed.
+func (w *Worker) sleep(ctx context.Context, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
 	case <-w.stopping:
 	case <-ctx.Done():
 	}
+	return false
 }
 
 // next selects and fetches the next job, or returns nil when none is ready; queued tells
