@@ -202,6 +202,56 @@ func TestJobWhoseResultCannotBeStored(t *testing.T) {
 	}
 }
 
+// A sync job that fails after its caller was told (the target refused it) is not run
+// again when its failed state cannot be stored: the worker tries on until the store
+// takes it, as for a result. An async job is handed back and runs again, as before.
+func TestFailedJobWhoseEndCannotBeStored(t *testing.T) {
+	for _, isSync := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sync", false: "async"}[isSync], func(t *testing.T) {
+			var failing atomic.Bool
+			failing.Store(true)
+			var tries, fetched atomic.Int32
+			tb := setupFake(t, nil)
+			tb.fake.FailNext(1, ollamatest.FailStatus(400, "fake: refused"))
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: isSync}
+			cfg := worker.WithEndFault(worker.Config{Trace: func(id, stage string) {
+				if id == job.ID && stage == worker.StageFetched {
+					fetched.Add(1)
+				}
+			}}, func(id string, state broker.State) error {
+				if id != job.ID || state != broker.StateFailed || !failing.Load() {
+					return nil
+				}
+				tries.Add(1)
+				return errors.New("injected store failure")
+			})
+			tb.start(t, cfg)
+			watch := watchStream(t, tb.b.Conn, job.ID)
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+				t.Fatal(err)
+			}
+			if _, final := watch.untilFinal(t); final.Header.Get(broker.HeaderFinal) != string(broker.StateFailed) {
+				t.Fatalf("final marker %v, want failed", final.Header)
+			}
+			want := broker.StateDone // the async job's second run is not refused
+			if isSync {
+				eventually(t, 10*time.Second, "three tries to store the failed state", func() bool { return tries.Load() >= 3 })
+				failing.Store(false)
+				want = broker.StateFailed
+			}
+			tb.waitState(t, job.ID, want)
+			tb.waitQueueEmpty(t)
+			runs, calls := fetched.Load(), len(inferenceCalls(tb.fake))
+			if isSync && (runs != 1 || calls != 1) {
+				t.Errorf("sync job delivered %d times and sent to the target %d times, want once", runs, calls)
+			}
+			if !isSync && (runs < 2 || calls < 2) {
+				t.Errorf("async job delivered %d times and sent to the target %d times, want it run again", runs, calls)
+			}
+		})
+	}
+}
+
 // A worker stopping while a sync job's result still cannot be stored stops: the write
 // ends and the message goes back (the job's next delivery, in a process without its
 // caller, cancels it unrun).
