@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -434,11 +435,10 @@ func (w *Worker) storeAnswered(ctx context.Context, id string, state broker.Stat
 		return w.writeTerminal(ctx, id, set)
 	}
 	err := write()
-	// Only a store that refuses is waited for. A record gone stays gone, and its message
-	// goes back to be dropped for want of a record; a record whose state may not become
-	// this one (no path leads there) is handed back as before rather than hold the
-	// worker until it stops.
-	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !w.recordGone(err) && !errors.Is(err, broker.ErrIllegalTransition); pause = min(2*pause, 2*time.Second) {
+	// Only a store that refuses for now is waited for (refusing). Any other failure (a
+	// record gone, one whose state may not become this one, a write that can never fit)
+	// is handed back as before rather than hold the worker until it stops.
+	for pause := terminalPause; sync && w.refusing(err); pause = min(2*pause, 2*time.Second) {
 		log.Error("store the job's end; its caller has the answer, so the job does not run again: trying on", "state", state, "err", err)
 		if !w.sleep(context.Background(), pause) { // the worker stops
 			break
@@ -524,6 +524,16 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 	}
 }
 
+// refusing reports the error of a store that refuses writes for now, and may take them
+// again: unavailable (broker.Transient), or, on a shared cluster, a replica behind by a
+// write answering "not found".
+func (w *Worker) refusing(err error) bool {
+	if errors.Is(err, broker.ErrNotFound) {
+		return !w.store.Config().Exclusive
+	}
+	return broker.Transient(err)
+}
+
 // recordGone reports a write that found no record on a store of its own (the embedded
 // server): there the record was purged. On a shared cluster "not found" may be a replica
 // behind by a write, and is a refusal like any other.
@@ -590,6 +600,7 @@ func (w *Worker) abandon(ctx context.Context, d *broker.Lease, log *slog.Logger)
 // background, as a done one's result is, and tried on rather than run the job again
 // (storeAnswered).
 func (w *Worker) fail(ctx context.Context, d *broker.Lease, sync bool, r *broker.StreamWriter, msg string, status int, log *slog.Logger) {
+	msg = errorText(msg)
 	w.publishFinal(r, broker.StateFailed, msg, status, log)
 	end := func(ctx context.Context, release func()) {
 		err := w.storeAnswered(ctx, d.JobID, broker.StateFailed, sync, log, func(j *broker.Job) {
@@ -621,7 +632,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		return
 	}
 	_, err := w.transition(bctx, d.JobID, fromLive, func(j *broker.Job) {
-		j.State, j.Error = broker.StateRetrying, cause.Error()
+		j.State, j.Error = broker.StateRetrying, errorText(cause.Error())
 	})
 	if errors.Is(err, errEnded) {
 		w.publishFinal(r, broker.StateCanceled, "", 0, log)
@@ -838,6 +849,23 @@ func (w *Worker) end() {
 // run context has just ended.
 func (w *Worker) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+}
+
+// maxErrorText bounds a job's error as its record and its final marker carry it: a target
+// may answer a failure with a body of up to a megabyte (a proxy's error page, say), which
+// fits neither a record nor a marker, and the job would end nowhere.
+const maxErrorText = 4 << 10
+
+// errorText is msg cut to maxErrorText bytes (at a character's start) and marked so.
+func errorText(msg string) string {
+	if len(msg) <= maxErrorText {
+		return msg
+	}
+	cut := maxErrorText
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + " … (truncated)"
 }
 
 func exhausted(last, fallback string) string {
