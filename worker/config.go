@@ -82,10 +82,10 @@ type Config struct {
 	// startFault, when set (tests only), runs after beforeStart; an error it returns is
 	// the start write's own, as a store failure would be, and nothing is written.
 	startFault func(jobID string) error
-	// doneFault, when set (tests only), runs before each try to store a finished job's
-	// result and done state; an error it returns fails the try (retries included), as a
-	// store down for longer than terminalWait would.
-	doneFault func(jobID string) error
+	// endFault, when set (tests only), runs before each try to store the end (done with
+	// its result, or failed) of a job whose final marker went out; an error it returns
+	// fails the try (retries included), as a store down for longer than terminalWait would.
+	endFault func(jobID string, state broker.State) error
 	// startAnswerLost, when set (tests only), runs after a start write was stored; true
 	// makes it report a failure all the same, as a write whose answer was lost.
 	startAnswerLost func(jobID string) bool

@@ -1,5 +1,7 @@
 package worker
 
+import "gitea.stevedudenhoeffer.com/steve/foreman/broker"
+
 // WithBeforeStoreDone returns cfg with a hook that runs after a job's final done marker
 // is published and before its result and done state are written; it may block to hold
 // that window open.
@@ -30,10 +32,21 @@ func WithStartFault(cfg Config, fn func(jobID string) error) Config {
 	return cfg
 }
 
-// WithDoneFault sets Config.doneFault: fn's error, if any, fails a try to store a
-// finished job's result and done state, its retries included.
+// WithDoneFault sets Config.endFault for done ends: fn's error, if any, fails a try to
+// store a finished job's result and done state, its retries included.
 func WithDoneFault(cfg Config, fn func(jobID string) error) Config {
-	cfg.doneFault = fn
+	return WithEndFault(cfg, func(id string, state broker.State) error {
+		if state != broker.StateDone {
+			return nil
+		}
+		return fn(id)
+	})
+}
+
+// WithEndFault sets Config.endFault: fn's error, if any, fails a try to store the end
+// (state: done or failed) of a job whose final marker went out, its retries included.
+func WithEndFault(cfg Config, fn func(jobID string, state broker.State) error) Config {
+	cfg.endFault = fn
 	return cfg
 }
 

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -86,7 +88,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 		w.abandon(bctx, d, log)
 		return
 	case j.Attempt >= w.cfg.maxAttempts:
-		w.fail(bctx, d, w.store.StreamWriter(d.JobID), exhausted(j.Error, "interrupted"), 0, log)
+		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), exhausted(j.Error, "interrupted"), 0, log)
 		return
 	}
 	w.run(ctx, d, j, rev, early, log)
@@ -217,7 +219,7 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 	}
 	w.targetAnswered()
 	w.learn(run, time.Now())
-	w.endDone(d, j, r, ct, log, func(ctx context.Context) (*slog.Logger, bool) {
+	w.endDone(d, j, r, ct, log, func(ctx context.Context, release func()) (*slog.Logger, bool) {
 		started, err := start.wait()
 		if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, errCancelRequested) {
 			// A store failure: the job cannot go from queued to done without its start,
@@ -241,6 +243,7 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 			// rather than run the job again, and the record stays as it was.
 			log.Error("store the attempt's start after its answer; its queue message is removed", "err", err)
 		}
+		release()
 		w.finish(ctx, d, log)
 		return log, false
 	})
@@ -299,12 +302,12 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 		log.Info("cancel requested while running; upstream request aborted")
 		w.cancelRun(bctx, d, r, log)
 	case errors.As(cause, &timeout):
-		w.fail(bctx, d, r, timeout.Error(), 0, log)
+		w.fail(bctx, d, j.Sync, r, timeout.Error(), 0, log)
 	case cause != nil:
 		w.handBack(bctx, d, j, r, log)
 	case errors.As(err, &httpErr):
 		w.targetAnswered()
-		w.fail(bctx, d, r, httpErr.Message, httpErr.StatusCode, log)
+		w.fail(bctx, d, j.Sync, r, httpErr.Message, httpErr.StatusCode, log)
 	case errors.As(err, &stall):
 		w.targetStalled(d.JobID, stall)
 		w.attemptFailed(ctx, bctx, d, j, r, stall, log)
@@ -313,7 +316,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	case errors.As(err, &pubErr):
 		w.retry(ctx, bctx, d, j, r, err, log)
 	default:
-		w.fail(bctx, d, r, err.Error(), 0, log)
+		w.fail(bctx, d, j.Sync, r, err.Error(), 0, log)
 	}
 }
 
@@ -322,7 +325,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 // has part of the response, where a second attempt cannot be spliced in.
 func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, err error, log *slog.Logger) {
 	if r.Published() && j.Sync {
-		w.fail(bctx, d, r, err.Error(), 0, log)
+		w.fail(bctx, d, true, r, err.Error(), 0, log)
 		return
 	}
 	w.retry(ctx, bctx, d, j, r, err, log)
@@ -332,51 +335,54 @@ func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Lease, j *br
 // the result, then writes the terminal state.
 func (w *Worker) succeed(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, ct string, log *slog.Logger) {
 	if msg := streamError(ct, r.Frames()); msg != "" {
-		w.fail(ctx, d, r, msg, 0, log)
+		w.fail(ctx, d, j.Sync, r, msg, 0, log)
 		return
 	}
 	w.endDone(d, j, r, ct, log, nil)
 }
 
 // endDone publishes a finished job's done marker (a waiting client is answered at once)
-// and stores its result and terminal state in the background, keeping its message in
-// progress until it is acked: those writes may take longer than the ack wait. settle,
-// when not nil, runs there first; it gives the logger to go on with, or false when it
-// ended the job itself.
-func (w *Worker) endDone(d *broker.Lease, j *broker.Job, r *broker.StreamWriter, ct string, log *slog.Logger, settle func(ctx context.Context) (*slog.Logger, bool)) {
+// and stores its result and terminal state in the background (endLater). settle, when
+// not nil, runs there first; it gives the logger to go on with, or false when it ended
+// the job itself (release, the keep-alive's stop, goes just before its ack).
+func (w *Worker) endDone(d *broker.Lease, j *broker.Job, r *broker.StreamWriter, ct string, log *slog.Logger, settle func(ctx context.Context, release func()) (*slog.Logger, bool)) {
 	w.trace(d.JobID, StageFinal) // before: a reader of this process may have it at once (ADR-0035)
 	w.publishFinal(r, broker.StateDone, "", 0, log)
 	frames := r.Frames()
-	w.setFinishing(d.JobID, true) // its message stays queued until it is acked
-	// From now: the end may wait for an earlier job's (one at a time), for as long as
-	// that one's result write goes on (storeDone).
-	stopKeeping := w.keepInProgress(context.Background(), d, log)
-	w.afterwards(func(ctx context.Context) {
-		defer w.setFinishing(d.JobID, false)
-		defer stopKeeping()
+	w.endLater(d, log, func(ctx context.Context, release func()) {
 		if settle != nil {
 			var ok bool
-			if log, ok = settle(ctx); !ok {
+			if log, ok = settle(ctx, release); !ok {
 				return
 			}
 		}
 		if hook := w.cfg.beforeStoreDone; hook != nil {
 			hook(d.JobID)
 		}
-		w.storeDone(ctx, d, j.Kind, j.Sync, ct, frames, log)
+		w.storeDone(ctx, d, release, j.Kind, j.Sync, ct, frames, log)
 	})
 }
 
-// storeDone stores a finished job's result and terminal state, then acks its message. A
-// cancel request that came after the call ended is moot: the stream already said done.
-//
-// When the store refuses for longer than terminalWait an async job runs again, or its
-// result would be lost. A sync job's caller has its answer: running it again would
-// answer nobody and store another result than the one it got, so its write goes on
-// (the message kept in progress) until it is stored or the worker stops. Then the
-// message goes back, and the job's next delivery, in a process without its caller,
-// cancels it without running it.
-func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kind, sync bool, ct string, frames [][]byte, log *slog.Logger) {
+// endLater runs end, the terminal writes and the ack (or NAK) of a job whose final marker
+// went out, in the background, keeping the job's message in progress until then: the
+// writes may take longer than the ack wait. release stops the keep-alive; end calls it
+// just before the ack or NAK, so that no tick follows them.
+func (w *Worker) endLater(d *broker.Lease, log *slog.Logger, end func(ctx context.Context, release func())) {
+	w.setFinishing(d.JobID, true) // its message stays queued until it is acked
+	// From now: the end may wait for an earlier job's (one at a time), for as long as
+	// that one's terminal write goes on (storeAnswered).
+	release := w.keepInProgress(context.Background(), d, log)
+	w.afterwards(func(ctx context.Context) {
+		defer w.setFinishing(d.JobID, false)
+		defer release()
+		end(ctx, release)
+	})
+}
+
+// storeDone stores a finished job's result and terminal state (storeAnswered), then acks
+// its message; release runs just before the ack or NAK. A cancel request that came after
+// the call ended is moot: the stream already said done.
+func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, release func(), kind broker.Kind, sync bool, ct string, frames [][]byte, log *slog.Logger) {
 	res, sawDone := result(kind, ct, frames)
 	if !sawDone {
 		log.Warn("target stream ended without done:true; job ends done with the frames it sent")
@@ -399,48 +405,69 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, kind broker.Kin
 		// The stream already said done; the job stays done, with the inline result only.
 		log.Error("store result artifact", "err", aerr, "result_bytes", len(res))
 	}
+	err := w.storeAnswered(ctx, d.JobID, broker.StateDone, sync, log, func(j *broker.Job) {
+		j.State, j.Error, j.Result = broker.StateDone, "", inline
+		if aerr == nil {
+			j.SetArtifact(a)
+		}
+	})
+	release()
+	if w.settleEnd(ctx, d, err, log) {
+		log.Info("job done", "result_bytes", len(res))
+	}
+}
+
+// storeAnswered writes the terminal state of a job whose final marker went out
+// (writeTerminal, with the test fault for state). When the store refuses for longer
+// than terminalWait an async job is handed back (settleEnd) and runs again, or its end
+// would be lost. A sync job's caller has its answer, done or failed: running it again
+// would answer nobody, and store another end than the one it got (ADR-0040). So its
+// write goes on (the message kept in progress) until it is stored or the worker stops.
+// Then the message goes back, and the job's next delivery, in a process without its
+// caller, cancels it without running it.
+func (w *Worker) storeAnswered(ctx context.Context, id string, state broker.State, sync bool, log *slog.Logger, set func(*broker.Job)) error {
 	write := func() error {
-		if fault := w.cfg.doneFault; fault != nil {
-			if err := fault(d.JobID); err != nil {
+		if fault := w.cfg.endFault; fault != nil {
+			if err := fault(id, state); err != nil {
 				return err
 			}
 		}
-		return w.writeTerminal(ctx, d.JobID, func(j *broker.Job) {
-			j.State, j.Error, j.Result = broker.StateDone, "", inline
-			if aerr == nil {
-				j.SetArtifact(a)
-			}
-		})
+		return w.writeTerminal(ctx, id, set)
 	}
 	err := write()
-	// Only a store that refuses is waited for. A record gone stays gone, and its message
-	// goes back to be dropped for want of a record; a record whose state may not become
-	// done (no path leads there) is handed back as before rather than hold the worker
-	// until it stops.
-	for pause := terminalPause; sync && err != nil && !errors.Is(err, errEnded) && !w.recordGone(err) && !errors.Is(err, broker.ErrIllegalTransition); pause = min(2*pause, 2*time.Second) {
-		log.Error("store job result; its caller has the answer, so the job does not run again: trying on", "err", err)
+	// Only a store that refuses for now is waited for (refusing). Any other failure (a
+	// record gone, one whose state may not become this one, a write that can never fit)
+	// is handed back as before rather than hold the worker until it stops.
+	for pause := terminalPause; sync && w.refusing(err); pause = min(2*pause, 2*time.Second) {
+		log.Error("store the job's end; its caller has the answer, so the job does not run again: trying on", "state", state, "err", err)
 		if !w.sleep(context.Background(), pause) { // the worker stops
 			break
 		}
 		err = write()
 	}
+	return err
+}
+
+// settleEnd acks a job whose terminal write err stored its end (or found it ended:
+// errEnded), and reports true then; a job whose end was not stored goes back to the
+// queue.
+func (w *Worker) settleEnd(ctx context.Context, d *broker.Lease, err error, log *slog.Logger) bool {
 	switch {
 	case errors.Is(err, errEnded):
 		log.Info("job already ended as it finished")
 	case errors.Is(err, broker.ErrNotFound):
 		// Its next delivery drops the message for want of a record.
-		log.Warn("store job result: the job's record is gone; its message goes back", "err", err)
+		log.Warn("store the job's end: the job's record is gone; its message goes back", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
-		return
+		return false
 	case err != nil:
 		// Without the terminal record an async job must run again rather than be lost.
-		log.Error("store job result; job will run again", "err", err)
+		log.Error("store the job's end; job will run again", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
-		return
-	default:
-		log.Info("job done", "result_bytes", len(res))
+		return false
 	}
 	w.finish(ctx, d, log)
+	return err == nil
 }
 
 // afterwards runs fn in the background with its own bounded context, after any earlier
@@ -495,6 +522,16 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 		}
 		pause = min(2*pause, 2*time.Second)
 	}
+}
+
+// refusing reports the error of a store that refuses writes for now, and may take them
+// again: unavailable (broker.Transient), or, on a shared cluster, a replica behind by a
+// write answering "not found".
+func (w *Worker) refusing(err error) bool {
+	if errors.Is(err, broker.ErrNotFound) {
+		return !w.store.Config().Exclusive
+	}
+	return broker.Transient(err)
 }
 
 // recordGone reports a write that found no record on a store of its own (the embedded
@@ -558,17 +595,27 @@ func (w *Worker) abandon(ctx context.Context, d *broker.Lease, log *slog.Logger)
 	w.finish(ctx, d, log)
 }
 
-// fail ends the job as failed; status is the target's HTTP status, 0 if none.
-func (w *Worker) fail(ctx context.Context, d *broker.Lease, r *broker.StreamWriter, msg string, status int, log *slog.Logger) {
+// fail ends the job as failed; status is the target's HTTP status, 0 if none. The final
+// marker tells a waiting caller at once; a sync job's failed state is then stored in the
+// background, as a done one's result is, and tried on rather than run the job again
+// (storeAnswered).
+func (w *Worker) fail(ctx context.Context, d *broker.Lease, sync bool, r *broker.StreamWriter, msg string, status int, log *slog.Logger) {
+	msg = errorText(msg)
 	w.publishFinal(r, broker.StateFailed, msg, status, log)
-	err := w.writeTerminal(ctx, d.JobID, func(j *broker.Job) { j.State, j.Error = broker.StateFailed, msg })
-	if err != nil && !errors.Is(err, errEnded) {
-		log.Error("store failed state; job will run again", "err", err)
-		w.nak(d, w.cfg.RetryDelay, log)
+	end := func(ctx context.Context, release func()) {
+		err := w.storeAnswered(ctx, d.JobID, broker.StateFailed, sync, log, func(j *broker.Job) {
+			j.State, j.Error = broker.StateFailed, msg
+		})
+		release()
+		if w.settleEnd(ctx, d, err, log) {
+			log.Warn("job failed", "err", msg, "status", status)
+		}
+	}
+	if sync {
+		w.endLater(d, log, end)
 		return
 	}
-	log.Warn("job failed", "err", msg, "status", status)
-	w.finish(ctx, d, log)
+	end(ctx, func() {})
 }
 
 // retry records a failed attempt and puts the job back with a delay, or fails it when its
@@ -581,11 +628,11 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	// this count and the server's together; the record's Attempt keeps the real tally.
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxDeliver())
 	if j.Attempt >= w.cfg.maxAttempts || lastDelivery {
-		w.fail(bctx, d, r, exhausted(cause.Error(), ""), 0, log)
+		w.fail(bctx, d, j.Sync, r, exhausted(cause.Error(), ""), 0, log)
 		return
 	}
 	_, err := w.transition(bctx, d.JobID, fromLive, func(j *broker.Job) {
-		j.State, j.Error = broker.StateRetrying, cause.Error()
+		j.State, j.Error = broker.StateRetrying, errorText(cause.Error())
 	})
 	if errors.Is(err, errEnded) {
 		w.publishFinal(r, broker.StateCanceled, "", 0, log)
@@ -639,7 +686,7 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r
 func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
 	if errors.Is(err, broker.ErrBodyLost) {
-		w.fail(ctx, d, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
+		w.fail(ctx, d, false, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
 		return
 	}
 	log.Warn("read request body; will retry", "err", err)
@@ -734,7 +781,7 @@ func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
 }
 
 // keepInProgress tells JetStream the job is alive every AckWait/3, and keeps its record
-// from expiring (Store.Refresh) while it runs, until stopped.
+// from expiring (Store.Refresh) while it runs, until stopped (stop may be called again).
 func (w *Worker) keepInProgress(ctx context.Context, d *broker.Lease, log *slog.Logger) (stop func()) {
 	every := max(w.store.Config().AckWait/3, 10*time.Millisecond)
 	done := make(chan struct{})
@@ -767,7 +814,7 @@ func (w *Worker) keepInProgress(ctx context.Context, d *broker.Lease, log *slog.
 			}
 		}
 	}()
-	return func() { close(done); <-exited }
+	return sync.OnceFunc(func() { close(done); <-exited })
 }
 
 // begin records the start of a job for the selection and for Stop.
@@ -802,6 +849,23 @@ func (w *Worker) end() {
 // run context has just ended.
 func (w *Worker) storeCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), storeTimeout)
+}
+
+// maxErrorText bounds a job's error as its record and its final marker carry it: a target
+// may answer a failure with a body of up to a megabyte (a proxy's error page, say), which
+// fits neither a record nor a marker, and the job would end nowhere.
+const maxErrorText = 4 << 10
+
+// errorText is msg cut to maxErrorText bytes (at a character's start) and marked so.
+func errorText(msg string) string {
+	if len(msg) <= maxErrorText {
+		return msg
+	}
+	cut := maxErrorText
+	for cut > 0 && !utf8.RuneStart(msg[cut]) {
+		cut--
+	}
+	return msg[:cut] + " … (truncated)"
 }
 
 func exhausted(last, fallback string) string {

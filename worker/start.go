@@ -86,7 +86,7 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, sync bool, r 
 	case errors.Is(err, errCancelRequested):
 		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
 	case sync && r != nil && r.Published():
-		w.fail(bctx, d, r, "store the attempt's start: "+err.Error(), 0, log)
+		w.fail(bctx, d, true, r, "store the attempt's start: "+err.Error(), 0, log)
 	default:
 		log.Warn("start job; will retry", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)

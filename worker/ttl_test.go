@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -175,7 +177,7 @@ func TestJobWhoseResultCannotBeStored(t *testing.T) {
 					return nil
 				}
 				tries.Add(1)
-				return errors.New("injected store failure")
+				return errStoreDown
 			})
 			tb.start(t, cfg)
 			watch := watchStream(t, tb.b.Conn, job.ID)
@@ -202,6 +204,119 @@ func TestJobWhoseResultCannotBeStored(t *testing.T) {
 	}
 }
 
+// A sync job that fails after its caller was told (the target refused it) is not run
+// again when its failed state cannot be stored: the worker tries on until the store
+// takes it, as for a result. An async job is handed back and runs again, as before.
+func TestFailedJobWhoseEndCannotBeStored(t *testing.T) {
+	for _, isSync := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sync", false: "async"}[isSync], func(t *testing.T) {
+			var failing atomic.Bool
+			failing.Store(true)
+			var tries, fetched atomic.Int32
+			tb := setupFake(t, nil)
+			tb.fake.FailNext(1, ollamatest.FailStatus(400, "fake: refused"))
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: isSync}
+			cfg := worker.WithEndFault(worker.Config{Trace: func(id, stage string) {
+				if id == job.ID && stage == worker.StageFetched {
+					fetched.Add(1)
+				}
+			}}, func(id string, state broker.State) error {
+				if id != job.ID || state != broker.StateFailed || !failing.Load() {
+					return nil
+				}
+				tries.Add(1)
+				return errStoreDown
+			})
+			tb.start(t, cfg)
+			watch := watchStream(t, tb.b.Conn, job.ID)
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+				t.Fatal(err)
+			}
+			if _, final := watch.untilFinal(t); final.Header.Get(broker.HeaderFinal) != string(broker.StateFailed) {
+				t.Fatalf("final marker %v, want failed", final.Header)
+			}
+			want := broker.StateDone // the async job's second run is not refused
+			if isSync {
+				eventually(t, 10*time.Second, "three tries to store the failed state", func() bool { return tries.Load() >= 3 })
+				failing.Store(false)
+				want = broker.StateFailed
+			}
+			tb.waitState(t, job.ID, want)
+			tb.waitQueueEmpty(t)
+			runs, calls := fetched.Load(), len(inferenceCalls(tb.fake))
+			if isSync && (runs != 1 || calls != 1) {
+				t.Errorf("sync job delivered %d times and sent to the target %d times, want once", runs, calls)
+			}
+			if !isSync && (runs < 2 || calls < 2) {
+				t.Errorf("async job delivered %d times and sent to the target %d times, want it run again", runs, calls)
+			}
+		})
+	}
+}
+
+// errStoreDown is an injected failure of a store that refuses writes for now.
+var errStoreDown = fmt.Errorf("injected store failure: %w", broker.ErrUnavailable)
+
+// A sync job's end that fails to store for good (not a store refusing for now) does not
+// hold the worker until it stops: the job is handed back as before, and the jobs behind
+// it run.
+func TestAnsweredSyncJobWhoseEndCanNeverBeStored(t *testing.T) {
+	var fetched atomic.Int32
+	tb := setupFake(t, nil)
+	tb.fake.FailNext(1, ollamatest.FailStatus(400, "fake: refused"))
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	cfg := worker.WithEndFault(worker.Config{Trace: func(id, stage string) {
+		if id == job.ID && stage == worker.StageFetched {
+			fetched.Add(1)
+		}
+	}}, func(id string, state broker.State) error {
+		if id == job.ID && fetched.Load() == 1 {
+			return errors.New("injected failure that no try gets past")
+		}
+		return nil
+	})
+	tb.start(t, cfg)
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	next := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	if _, err := tb.b.Store.Submit(ctxT(t), next, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitState(t, next.ID, broker.StateDone)
+	tb.waitState(t, job.ID, broker.StateDone) // its second run is not refused
+	if n := fetched.Load(); n != 2 {
+		t.Errorf("sync job delivered %d times, want twice (handed back once)", n)
+	}
+}
+
+// A target that answers a failure with a body of a megabyte fails the job with the start
+// of it: the whole would fit neither the record nor the final marker, and the job would
+// go back to run again.
+func TestFailureWithAHugeMessageEndsTheJob(t *testing.T) {
+	tb := setupFake(t, nil)
+	huge := strings.Repeat("é", 1<<19) // a megabyte, two bytes a character
+	tb.fake.FailNext(1, ollamatest.FailStatus(400, huge))
+	tb.start(t, worker.Config{})
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	watch := watchStream(t, tb.b.Conn, job.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	_, final := watch.untilFinal(t)
+	if final.Header.Get(broker.HeaderFinal) != string(broker.StateFailed) {
+		t.Fatalf("final marker %v, want failed", final.Header)
+	}
+	rec := tb.waitState(t, job.ID, broker.StateFailed)
+	if len(rec.Error) > 5<<10 || !strings.Contains(rec.Error, "éééé") || !utf8.ValidString(rec.Error) || !strings.Contains(rec.Error, "truncated") {
+		t.Errorf("record error of %d bytes (%.20q…), want the start of the message, cut and marked", len(rec.Error), rec.Error)
+	}
+	tb.waitQueueEmpty(t)
+	if n := len(inferenceCalls(tb.fake)); n != 1 {
+		t.Errorf("target called %d times, want once", n)
+	}
+}
+
 // A worker stopping while a sync job's result still cannot be stored stops: the write
 // ends and the message goes back (the job's next delivery, in a process without its
 // caller, cancels it unrun).
@@ -214,7 +329,7 @@ func TestStopWhileASyncResultCannotBeStored(t *testing.T) {
 			return nil
 		}
 		tries.Add(1)
-		return errors.New("injected store failure")
+		return errStoreDown
 	}))
 	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
 		t.Fatal(err)
@@ -291,7 +406,7 @@ func TestFinishedJobWaitingBehindAnotherEndIsKeptInProgress(t *testing.T) {
 			return nil
 		}
 		tries.Add(1)
-		return errors.New("injected store failure")
+		return errStoreDown
 	}))
 	t.Cleanup(func() { failing.Store(false) })
 	watch := watchStream(t, tb.b.Conn, second.ID)
@@ -338,7 +453,7 @@ func TestRunEndsWhileASyncResultCannotBeStored(t *testing.T) {
 				return nil
 			}
 			tries.Add(1)
-			return errors.New("injected store failure")
+			return errStoreDown
 		}))
 	if err != nil {
 		t.Fatal(err)
