@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
@@ -29,6 +30,20 @@ func (s *Store) CallerGone(ctx context.Context, j *Job) bool {
 		return true
 	}
 	return !s.present(ctx, j.Gateway)
+}
+
+// HandBackDelay is how long a job that this process hands back as it stops stays out of
+// the queue. On a shared NATS a sync job whose caller waits on this process must not go
+// to another foreman while this one's presence stands: CallerGone would say its caller
+// lives, and it would run for nobody. Meanwhile this process's shutdown cancels it (its
+// caller is answered 503); should the process die first, its presence lapses within
+// PresenceTTL, and the job's next delivery cancels it unrun. Other jobs, and every job
+// on a store of its own (no other process takes them), go back at once.
+func (s *Store) HandBackDelay(d *Lease) time.Duration {
+	if s.cfg.Exclusive || d.Gateway == "" || d.Gateway != s.cfg.BootID {
+		return 0
+	}
+	return s.cfg.PresenceTTL
 }
 
 // CancelAbandoned cancels every queued sync job whose caller is gone (CallerGone), so

@@ -28,6 +28,9 @@ type Lease struct {
 	Enqueued     time.Time
 	// Requeued is set on a message Requeue published (HeaderRequeued).
 	Requeued bool
+	// Gateway is the boot id of the process whose caller waits for this sync job
+	// (HeaderGateway); "" for an async job.
+	Gateway string
 }
 
 // consumerIdle is how long a queue consumer lives without a fetch.
@@ -137,6 +140,7 @@ func (s *Store) lease(ctx context.Context, token string, msg jetstream.Msg) (*Le
 		NumDelivered: md.NumDelivered,
 		Enqueued:     md.Timestamp,
 		Requeued:     h.Get(HeaderRequeued) != "",
+		Gateway:      h.Get(HeaderGateway),
 	}
 	if err := d.check(h.Get(HeaderBodyRef)); err != nil {
 		return d, err

@@ -1,6 +1,8 @@
 package worker_test
 
 import (
+	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -159,5 +161,60 @@ func TestSharedStoreRunsPresentForemenSyncJobsOnly(t *testing.T) {
 	}
 	if n := callsOf(tb, "tiny-b"); n != 0 {
 		t.Errorf("the target got %d calls for the absent foreman's job, want 0", n)
+	}
+}
+
+// On a shared NATS a sync job that a stopping foreman hands back, its caller waiting on
+// that foreman, goes to no other foreman while the stopping one is still present (it
+// would run for nobody): the stopping one's shutdown cancels it meanwhile, and the target
+// is called for it once.
+func TestStoppingForemansSyncJobGoesToNoOtherForeman(t *testing.T) {
+	t.Parallel()
+	presence := func(c *broker.Config) { c.PresenceTTL = 2 * time.Second }
+	tb := setup(t, brokertest.WithStore(presence))
+	ctx := ctxT(t)
+	actx, stopAnnounce := context.WithCancel(ctx)
+	announced := make(chan error, 1)
+	go func() { announced <- tb.b.Store.Announce(actx) }()
+	t.Cleanup(func() { stopAnnounce(); <-announced })
+	otherCfg := broker.Config{Conn: tb.b.Conn}
+	presence(&otherCfg)
+	other, err := broker.Open(ctx, otherCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	w := tb.start(t, worker.Config{})
+	j := tb.syncJob(t, "tiny-a", tb.b.Store.BootID())
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	// Idle (the only job runs on the first foreman), looking for work every 50 ms.
+	tb.startOn(t, other, worker.Config{IdlePoll: 50 * time.Millisecond})
+
+	// The first foreman stops: its call is cut off and the job handed back; then its
+	// shutdown cancels the job whose caller it answers 503 (Gateway.AnswerWaiting).
+	sctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_ = w.Stop(sctx)
+	cancel()
+	release()
+	// The other foreman would take a job handed back at once within its next look.
+	wctx, wcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	ranAgain := tb.fake.WaitStarted(wctx, "tiny-a", 2) == nil
+	wcancel()
+	if ranAgain {
+		t.Error("another foreman ran the job while the foreman its caller waits on was present")
+	}
+	if _, err := tb.b.Store.Cancel(ctx, j.ID, "foreman shutting down"); err != nil && !errors.Is(err, broker.ErrTerminal) {
+		t.Fatal(err)
+	}
+	tb.waitQueueEmpty(t)
+	if n := callsOf(tb, "tiny-a"); n != 1 {
+		t.Errorf("the target was called %d times for the job, want once (no other foreman ran it)", n)
+	}
+	if got := tb.waitState(t, j.ID, broker.StateCanceled); got.Attempt > 1 {
+		t.Errorf("job ended after %d attempts, want its first only", got.Attempt)
 	}
 }

@@ -60,7 +60,13 @@ func ctxT(t testing.TB) context.Context {
 // start runs a worker on the bundle's current store until the test ends.
 func (tb *testBundle) start(t *testing.T, cfg worker.Config) *worker.Worker {
 	t.Helper()
-	cfg.Store = tb.b.Store
+	return tb.startOn(t, tb.b.Store, cfg)
+}
+
+// startOn runs a worker on store (another foreman's, say) until the test ends.
+func (tb *testBundle) startOn(t *testing.T, store *broker.Store, cfg worker.Config) *worker.Worker {
+	t.Helper()
+	cfg.Store = store
 	if cfg.Target == nil {
 		cfg.Target = tb.target
 	}

@@ -29,7 +29,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 	defer cancel()
 	if w.isStopping(ctx) {
 		// Fetched just as Stop came: give it back untouched.
-		w.nak(d, 0, log)
+		w.nak(d, w.store.HandBackDelay(d), log)
 		return
 	}
 	j, rev, ok := ahead.take(d.JobID)
@@ -46,7 +46,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 	}
 	switch {
 	case err != nil && w.isStopping(ctx):
-		w.nak(d, 0, log)
+		w.nak(d, w.store.HandBackDelay(d), log)
 		return
 	case errors.Is(err, broker.ErrNotFound):
 		log.Warn("queue message without a job record (expired, or its submit failed); dropped")
@@ -461,9 +461,14 @@ func (w *Worker) settleEnd(ctx context.Context, d *broker.Lease, err error, log 
 		w.nak(d, w.cfg.RetryDelay, log)
 		return false
 	case err != nil:
-		// Without the terminal record an async job must run again rather than be lost.
+		// Without the terminal record an async job must run again rather than be lost. A
+		// sync one given up on as the worker stops goes back as any job handed back then.
 		log.Error("store the job's end; job will run again", "err", err)
-		w.nak(d, w.cfg.RetryDelay, log)
+		delay := w.cfg.RetryDelay
+		if w.isStopping(context.Background()) {
+			delay = max(delay, w.store.HandBackDelay(d))
+		}
+		w.nak(d, delay, log)
 		return false
 	}
 	w.finish(ctx, d, log)
@@ -659,7 +664,9 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 
 // handBack returns an aborted job to the queue un-acked (foreman is stopping). The attempt
 // it was on is not counted: the job did nothing wrong. A job whose cancellation was
-// requested ends canceled instead: nobody wants it run again.
+// requested ends canceled instead: nobody wants it run again. A sync job whose caller
+// waits on this process stays out of the queue a while (Store.HandBackDelay): the
+// shutdown cancels it meanwhile.
 func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, log *slog.Logger) {
 	_, err := w.transition(ctx, d.JobID, fromLive, func(rec *broker.Job) {
 		rec.State, rec.Error = broker.StateRetrying, errShutdown.Error()
@@ -679,7 +686,7 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r
 		log.Warn("store handed-back state", "err", err)
 	}
 	log.Info("job handed back to the queue", "reason", errShutdown)
-	w.nak(d, 0, log)
+	w.nak(d, w.store.HandBackDelay(d), log)
 }
 
 // bodyLost deals with a delivery whose large request body could not be read.
