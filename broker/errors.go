@@ -17,6 +17,8 @@ var (
 	ErrBadID             = errors.New("invalid job id")
 	ErrBadArtifactName   = errors.New("invalid artifact name")
 	ErrArtifactNotFound  = errors.New("artifact not found")
+	// ErrJobTooLarge is a submit whose job record would pass maxSubmitRecord.
+	ErrJobTooLarge = errors.New("job too large")
 	// ErrUnusable is a queue message no job can be run from (no valid job id, an unknown
 	// kind, another model's subject): foreman never enqueues one, so it is removed.
 	ErrUnusable = errors.New("unusable queue message")

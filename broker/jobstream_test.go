@@ -98,6 +98,50 @@ func TestStreamRoundTripByteExact(t *testing.T) {
 	}
 }
 
+// A target's Content-Type of any length does not make the first frame unpublishable: a
+// long one goes out as its media type, and one too long even so as an octet stream.
+func TestStreamWriterBoundsTheContentType(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	for _, c := range []struct{ ct, want string }{
+		{"application/x-ndjson; charset=utf-8", "application/x-ndjson; charset=utf-8"},
+		{"application/json; junk=" + strings.Repeat("x", 1<<20), "application/json"},
+		{"application/" + strings.Repeat("x", 1<<20), "application/octet-stream"},
+	} {
+		id := broker.NewID()
+		feed := feedT(t, b, id, broker.FeedConfig{})
+		w := b.Store.StreamWriter(id)
+		_ = w.SetContentType(c.ct)
+		if err := w.Frame([]byte("{}\n")); err != nil {
+			t.Fatalf("frame after a Content-Type of %d bytes: %v", len(c.ct), err)
+		}
+		if ev := nextEvent(t, feed); ev.Kind != broker.EventFrame || ev.ContentType != c.want {
+			t.Fatalf("Content-Type of %d bytes: event %v %q, want a frame with %q", len(c.ct), ev.Kind, ev.ContentType, c.want)
+		}
+	}
+}
+
+// An attempt's answer is bounded (Config.MaxAnswer): a frame that would pass the bound
+// is refused, not published, and not kept.
+func TestStreamWriterBoundsTheAnswer(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAnswer = 100 }))
+	w := b.Store.StreamWriter(broker.NewID())
+	if err := w.Frame(bytes.Repeat([]byte("a"), 60)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Frame(bytes.Repeat([]byte("b"), 41)); !errors.Is(err, broker.ErrAnswerTooLarge) {
+		t.Fatalf("frame passing the bound: %v, want ErrAnswerTooLarge", err)
+	}
+	if len(w.Frames()) != 1 {
+		t.Fatalf("%d frames kept, want the first only", len(w.Frames()))
+	}
+	w.Reset() // a new attempt starts from nothing
+	if err := w.Frame(bytes.Repeat([]byte("c"), 100)); err != nil {
+		t.Fatalf("a new attempt's frame of the bound: %v", err)
+	}
+}
+
 func TestStreamFinalOutcomes(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t)

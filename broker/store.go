@@ -12,6 +12,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Config builds a Store.
@@ -51,7 +53,12 @@ type Config struct {
 	// stream leader during an election, a reconnect) is retried before it fails with
 	// ErrUnavailable. Default 5s.
 	RetryWindow time.Duration
-	Logger      *slog.Logger
+	// MaxAnswer bounds an attempt's answer, streamed or not: the worker keeps its frames
+	// for the result, and a target streaming without end would fill its memory. Frames
+	// beyond it are refused (ErrAnswerTooLarge). Default 64 MiB, the bound of a
+	// non-streamed answer (ollama.MaxFrameSize).
+	MaxAnswer int
+	Logger    *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -80,6 +87,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.TargetTTL <= 0 {
 		c.TargetTTL = defaultTargetTTL
+	}
+	if c.MaxAnswer <= 0 {
+		c.MaxAnswer = ollama.MaxFrameSize
 	}
 	if c.RetryWindow <= 0 {
 		c.RetryWindow = defaultRetryWindow
@@ -277,6 +287,12 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(rec) > maxSubmitRecord {
+		if j.BodyRef != "" {
+			s.dropStoredBody(j)
+		}
+		return nil, fmt.Errorf("%w: its record would hold %d bytes, more than %d", ErrJobTooLarge, len(rec), maxSubmitRecord)
+	}
 	// The queue message goes out on its own goroutine while this one creates the record:
 	// the two streams store (and fsync) them in parallel. A worker of this process is
 	// woken first, from here.
@@ -297,6 +313,12 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	<-done
 	return s.settleSubmit(ctx, j, cerr, ack, qerr)
 }
+
+// maxSubmitRecord bounds a new job's record. Its fields from the caller are bounded one by
+// one (model, webhook URL and events, program); this is the backstop, so that no record
+// comes near a NATS message's limit, which every later write (the start, the result, a
+// webhook's pending delivery) must fit under too.
+const maxSubmitRecord = 16 << 10
 
 // settleSubmit decides a submit from the outcomes of its two writes, taking back the one
 // that stands alone: a record whose queue message was refused (a full queue) is

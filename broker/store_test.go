@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -239,6 +240,28 @@ func TestQueueFull(t *testing.T) {
 	jobs, _, err := b.Store.List(ctx, broker.ListOptions{})
 	if err != nil || len(jobs) != 3 {
 		t.Fatalf("a rejected job must leave no record: %d records (%v)", len(jobs), err)
+	}
+}
+
+// A job whose record would be too large to go on being written (the gateway bounds each
+// field; this is the backstop) is refused, and leaves neither record nor queue message.
+func TestSubmitRefusesATooLargeRecord(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := &broker.Job{Model: "m", Kind: broker.KindChat, Webhook: &broker.Webhook{URL: "http://127.0.0.1:9/" + strings.Repeat("a", 20<<10)}}
+	if _, err := b.Store.Submit(ctx, j, []byte(`{}`)); !errors.Is(err, broker.ErrJobTooLarge) {
+		t.Fatalf("submit: %v, want ErrJobTooLarge", err)
+	}
+	jobs, _, err := b.Store.List(ctx, broker.ListOptions{})
+	if err != nil || len(jobs) != 0 {
+		t.Fatalf("%d records (%v), want none", len(jobs), err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 0 {
+		t.Fatalf("queue holds %d (%v), want none", n, err)
+	}
+	if _, err := broker.ModelToken("m" + strings.Repeat(" ", 1<<10)); !errors.Is(err, broker.ErrBadModel) {
+		t.Fatalf("padded model name: %v, want ErrBadModel", err)
 	}
 }
 

@@ -1,6 +1,9 @@
 package broker
 
 import (
+	"errors"
+	"fmt"
+	"mime"
 	"strconv"
 
 	"github.com/nats-io/nats.go"
@@ -19,12 +22,22 @@ type StreamWriter struct {
 	seq         int
 	contentType string
 	frames      [][]byte // every frame of the attempt, for the result
+	size        int      // their bytes
+	limit       int      // the most size may be (Config.MaxAnswer); 0: no bound
 }
+
+// ErrAnswerTooLarge is (wrapped in) the error of a frame that would make an attempt's
+// answer larger than Config.MaxAnswer; it is not published.
+var ErrAnswerTooLarge = errors.New("answer too large")
+
+// maxContentType bounds the Content-Type a first frame carries: a target's header of any
+// length would make that frame too large to publish.
+const maxContentType = 256
 
 // StreamWriter returns the writer of job id's answer, numbering from 1.
 func (s *Store) StreamWriter(id string) *StreamWriter {
 	w := newStreamWriter(s.nc, id)
-	w.local, w.id = &s.feeds, id
+	w.local, w.id, w.limit = &s.feeds, id, s.cfg.MaxAnswer
 	return w
 }
 
@@ -42,15 +55,31 @@ func (w *StreamWriter) Frames() [][]byte { return w.frames }
 // through ollama.OnResponse); it rides on the first frame. It never fails: its error
 // result fits ollama.OnResponse.
 func (w *StreamWriter) SetContentType(contentType string) error {
-	w.contentType = contentType
+	w.contentType = boundedContentType(contentType)
 	return nil
+}
+
+// boundedContentType is ct, or its media type alone when ct is longer than
+// maxContentType, or application/octet-stream when that is too.
+func boundedContentType(ct string) string {
+	if len(ct) <= maxContentType {
+		return ct
+	}
+	if mt, _, err := mime.ParseMediaType(ct); err == nil && len(mt) <= maxContentType {
+		return mt
+	}
+	return "application/octet-stream"
 }
 
 // Frame publishes one target frame. A frame larger than a NATS message can hold (a big
 // stream:false body or embedding) goes out in consecutive pieces, each with its own
 // Foreman-Seq: a reader that writes the pieces in order writes the frame byte for byte.
 func (w *StreamWriter) Frame(f []byte) error {
+	if w.limit > 0 && w.size+len(f) > w.limit {
+		return fmt.Errorf("%w: the target's answer passed %d bytes", ErrAnswerTooLarge, w.limit)
+	}
 	w.frames = append(w.frames, f)
+	w.size += len(f)
 	limit := max(int(w.nc.MaxPayload())-frameHeadroom, 1024)
 	for _, piece := range framePieces(f, limit) {
 		var hdr func(nats.Header)
@@ -123,5 +152,5 @@ func (w *StreamWriter) Final(state State, errMsg string, status int) error {
 
 // Reset starts a new attempt's numbering (a retried async job streams again from 1).
 func (w *StreamWriter) Reset() {
-	w.seq, w.contentType, w.frames = 0, "", nil
+	w.seq, w.contentType, w.frames, w.size = 0, "", nil, 0
 }

@@ -94,6 +94,10 @@ var ErrBadModel = errors.New("invalid model name")
 // maxModelLen keeps "m-"+token within the 255-byte consumer name limit.
 const maxModelLen = 150
 
+// maxModelPadding is the white space a model name may carry around it beyond maxModelLen:
+// the target trims it, the name as sent is stored.
+const maxModelPadding = 16
+
 var tokenEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // ModelToken encodes a model name for use in subjects, consumer names and file names:
@@ -101,6 +105,10 @@ var tokenEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 // spaces or upper case, so the token is safe everywhere and case-insensitive filesystems
 // cannot collide two models.
 func ModelToken(model string) (string, error) {
+	if len(model) > maxModelLen+maxModelPadding {
+		// The name as sent is what a record and a queue message carry.
+		return "", fmt.Errorf("%w: longer than %d bytes", ErrBadModel, maxModelLen)
+	}
 	n := ollama.NormalizeModel(model)
 	if n == "" {
 		return "", fmt.Errorf("%w: empty", ErrBadModel)

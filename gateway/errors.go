@@ -156,7 +156,7 @@ func statusOf(err error) (int, string) {
 		return http.StatusServiceUnavailable, "storage full"
 	case errors.Is(err, broker.ErrNotFound), errors.Is(err, broker.ErrArtifactNotFound):
 		return http.StatusNotFound, err.Error()
-	case errors.Is(err, broker.ErrBadID), errors.Is(err, broker.ErrBadArtifactName), errors.Is(err, broker.ErrBadModel):
+	case errors.Is(err, broker.ErrBadID), errors.Is(err, broker.ErrBadArtifactName), errors.Is(err, broker.ErrBadModel), errors.Is(err, broker.ErrJobTooLarge):
 		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, broker.ErrTerminal), errors.Is(err, broker.ErrIllegalTransition), errors.Is(err, broker.ErrConflict):
 		return http.StatusConflict, err.Error()

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -170,7 +171,9 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 			if !st.Valid() {
 				return nil, badRequest(fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", e))
 			}
-			sub.webhook.Events = append(sub.webhook.Events, st)
+			if !slices.Contains(sub.webhook.Events, st) {
+				sub.webhook.Events = append(sub.webhook.Events, st)
+			}
 		}
 	} else if hasEvents && len(events) > 0 {
 		return nil, badRequest("webhook_events needs state_webhook_url")

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -145,6 +146,8 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 		{"unknown event", `{"model":"tiny-a","state_webhook_url":"http://x.test/h","webhook_events":["done","exploded"]}`, 400},
 		{"events not strings", `{"model":"tiny-a","state_webhook_url":"http://x.test/h","webhook_events":"done"}`, 400},
 		{"events without url", `{"model":"tiny-a","webhook_events":["done"]}`, 400},
+		// The target trims it, but the name as sent fills the record.
+		{"model padded to a megabyte", `{"model":"tiny-a` + strings.Repeat(" ", 1<<20) + `"}`, 400},
 		{"unknown model", `{"model":"no-such-model","messages":[]}`, 404},
 		// Ollama decodes case-insensitively, the last key winning: it would run the ghost.
 		{"unknown model in another case", `{"model":"tiny-a","Model":"no-such-model","messages":[]}`, 404},
@@ -629,5 +632,26 @@ func TestIdempotencyKeyOfAJobThatNeverCameToBe(t *testing.T) {
 	jobsGet(t, b, id)
 	if again := jobsSubmit(t, b, body, "Idempotency-Key", "crashed"); again != id {
 		t.Fatalf("the key now names %s, want %s", again, id)
+	}
+}
+
+// A webhook_events list repeating a state keeps it once: a client cannot grow the job's
+// record (which every later write and webhook delivery must fit in a NATS message) with
+// repeats.
+func TestSubmitJobWebhookEventsRepeated(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	events := strings.Repeat(`"done",`, 5000) + `"failed"`
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a","messages":[],"state_webhook_url":"http://127.0.0.1:9/a","webhook_events":[`+events+`]}`))
+	var sub submitted
+	if err := json.Unmarshal(out, &sub); err != nil || resp.StatusCode != http.StatusAccepted {
+		t.Fatalf("POST /jobs with 5,001 events: %d %.200s", resp.StatusCode, out)
+	}
+	j, _, err := b.Broker.Store.Get(testCtx(t, 5*time.Second), sub.JobID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []broker.State{broker.StateDone, broker.StateFailed}; !slices.Equal(j.Webhook.Events, want) {
+		t.Fatalf("webhook events %v, want %v", j.Webhook.Events, want)
 	}
 }

@@ -179,6 +179,29 @@ func TestStreamLargeLine(t *testing.T) {
 	}
 }
 
+// A non-streamed answer larger than MaxFrameSize is an error, not an answer cut short
+// (which would go on as a truncated, invalid result); one of MaxFrameSize is whole.
+func TestStreamNonStreamingTooLarge(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{ollama.MaxFrameSize, ollama.MaxFrameSize + 1} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = w.Write(bytes.Repeat([]byte(" "), n))
+		}))
+		frames, _, err := collect(t, newClient(t, srv.URL), "/api/embed", `{}`)
+		srv.Close()
+		if n > ollama.MaxFrameSize {
+			if !errors.Is(err, ollama.ErrFrameTooLarge) {
+				t.Fatalf("answer of %d bytes: %v, want ErrFrameTooLarge", n, err)
+			}
+			continue
+		}
+		if err != nil || len(frames) != 1 || len(frames[0]) != n {
+			t.Fatalf("answer of %d bytes: %d frames, %v", n, len(frames), err)
+		}
+	}
+}
+
 func TestStreamNonStreamingJSON(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)

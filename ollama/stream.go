@@ -117,7 +117,10 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 		readErr, fnErr = splitFrames(resp.Body, isEventEnd, fn)
 	default:
 		var all []byte
-		all, readErr = io.ReadAll(io.LimitReader(resp.Body, MaxFrameSize))
+		all, readErr = io.ReadAll(io.LimitReader(resp.Body, MaxFrameSize+1))
+		if len(all) > MaxFrameSize {
+			readErr = fmt.Errorf("%w: a non-streamed answer of more than %d bytes", ErrFrameTooLarge, MaxFrameSize)
+		}
 		if readErr == nil {
 			fnErr = fn(all)
 		}

@@ -175,6 +175,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		}
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
+			if errors.Is(err, broker.ErrAnswerTooLarge) {
+				return err // the job fails: another attempt would answer the same
+			}
 			return &publishError{err}
 		}
 		if !working {

@@ -481,3 +481,32 @@ func TestRunEndsWhileASyncResultCannotBeStored(t *testing.T) {
 		t.Fatal("Run did not return after its ctx ended while a result could not be stored")
 	}
 }
+
+// A target answering without end (or more than the answer bound) fails the job, once,
+// when the bound is passed: the worker keeps an attempt's frames for its result, and
+// would fill its memory; another attempt would answer the same.
+func TestAnswerPastTheBoundFailsTheJob(t *testing.T) {
+	for _, stream := range []bool{true, false} {
+		t.Run(map[bool]string{true: "streamed", false: "whole"}[stream], func(t *testing.T) {
+			tb := setupFake(t, nil, brokertest.WithStore(func(c *broker.Config) { c.MaxAnswer = 64 << 10 }))
+			tb.start(t, worker.Config{})
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+			watch := watchStream(t, tb.b.Conn, job.ID)
+			body := fmt.Sprintf(`{"model":"tiny-a","messages":[{"role":"user","content":"go on"}],"stream":%v,"options":{"num_predict":40000}}`, stream)
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+			if _, final := watch.untilFinal(t); final.Header.Get(broker.HeaderFinal) != string(broker.StateFailed) {
+				t.Fatalf("final marker %v, want failed", final.Header)
+			}
+			rec := tb.waitState(t, job.ID, broker.StateFailed)
+			if !strings.Contains(rec.Error, "answer too large") || rec.Attempt != 1 {
+				t.Errorf("record: attempt %d, error %q; want the first attempt failed for its answer's size", rec.Attempt, rec.Error)
+			}
+			tb.waitQueueEmpty(t)
+			if n := len(inferenceCalls(tb.fake)); n != 1 {
+				t.Errorf("target called %d times, want once", n)
+			}
+		})
+	}
+}
