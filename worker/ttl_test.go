@@ -553,3 +553,46 @@ func TestAnswerPastTheBoundFailsTheJob(t *testing.T) {
 		})
 	}
 }
+
+// An async job whose result (too large to keep in its record) cannot be stored runs
+// again rather than end done with its answer lost; a sync job, whose caller has the
+// answer, ends done.
+func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
+	for _, isSync := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sync", false: "async"}[isSync], func(t *testing.T) {
+			var fetched, faults atomic.Int32
+			tb := setupFake(t, nil)
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: isSync}
+			cfg := worker.WithResultFault(worker.Config{Trace: func(id, stage string) {
+				if id == job.ID && stage == worker.StageFetched {
+					fetched.Add(1)
+				}
+			}}, func(id string) error {
+				if id != job.ID || fetched.Load() > 1 {
+					return nil
+				}
+				faults.Add(1)
+				return errStoreDown
+			})
+			tb.start(t, cfg)
+			// A result over the record's inline limit goes to the object store.
+			body := `{"model":"tiny-a","messages":[{"role":"user","content":"long"}],"options":{"num_predict":20000}}`
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+			rec := tb.waitState(t, job.ID, broker.StateDone)
+			tb.waitQueueEmpty(t)
+			if faults.Load() != 1 {
+				t.Fatalf("the result write failed %d times, want once (the result kept inline?)", faults.Load())
+			}
+			_, stored := rec.Artifact(broker.ResultArtifact)
+			runs := fetched.Load()
+			if isSync && (runs != 1 || stored) {
+				t.Errorf("sync job: delivered %d times, result stored %v; want once, done without it", runs, stored)
+			}
+			if !isSync && (runs != 2 || !stored) {
+				t.Errorf("async job: delivered %d times, result stored %v; want it run again and its result stored", runs, stored)
+			}
+		})
+	}
+}
