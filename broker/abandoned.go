@@ -36,14 +36,16 @@ func (s *Store) CallerGone(ctx context.Context, j *Job) bool {
 // the queue. On a shared NATS a sync job whose caller waits on this process must not go
 // to another foreman while this one's presence stands: CallerGone would say its caller
 // lives, and it would run for nobody. Meanwhile this process's shutdown cancels it (its
-// caller is answered 503); should the process die first, its presence lapses within
-// PresenceTTL, and the job's next delivery cancels it unrun. Other jobs, and every job
-// on a store of its own (no other process takes them), go back at once.
+// caller is answered); should the process die first, its presence lapses PresenceTTL
+// after its last heartbeat, which the shutdown's last steps (seconds, well within a
+// PresenceTTL) may still send, and the job's next delivery cancels it unrun. Other
+// jobs, and every job on a store of its own (no other process takes them), go back at
+// once.
 func (s *Store) HandBackDelay(d *Lease) time.Duration {
 	if s.cfg.Exclusive || d.Gateway == "" || d.Gateway != s.cfg.BootID {
 		return 0
 	}
-	return s.cfg.PresenceTTL
+	return 2 * s.cfg.PresenceTTL
 }
 
 // CancelAbandoned cancels every queued sync job whose caller is gone (CallerGone), so

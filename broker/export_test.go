@@ -112,3 +112,6 @@ func (f *JobFeed) Echoes() int {
 	defer f.mu.Unlock()
 	return len(f.echoes)
 }
+
+// StorageErr is storageErr, for the mapping's test.
+var StorageErr = storageErr

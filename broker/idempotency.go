@@ -87,7 +87,7 @@ func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, jobID string) er
 	}
 	if err := s.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision())); err != nil &&
 		!errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("broker: release idempotency key: %w", err)
+		return fmt.Errorf("broker: release idempotency key: %w", storageErr(err))
 	}
 	return nil
 }

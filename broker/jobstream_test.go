@@ -106,6 +106,8 @@ func TestStreamWriterBoundsTheContentType(t *testing.T) {
 	for _, c := range []struct{ ct, want string }{
 		{"application/x-ndjson; charset=utf-8", "application/x-ndjson; charset=utf-8"},
 		{"application/json; junk=" + strings.Repeat("x", 1<<20), "application/json"},
+		{"application/json; a=b; a=c; junk=" + strings.Repeat("x", 1<<20), "application/json"}, // bad parameters
+		{"application/json; junk; x=" + strings.Repeat("x", 1<<20), "application/json"},
 		{"application/" + strings.Repeat("x", 1<<20), "application/octet-stream"},
 	} {
 		id := broker.NewID()

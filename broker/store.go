@@ -110,6 +110,7 @@ type Store struct {
 	js        jetstream.JetStream
 	queue     jetstream.Stream
 	kv        jetstream.KeyValue
+	writes    writeHealth
 	artifacts jetstream.ObjectStore
 	presence  jetstream.KeyValue
 	started   time.Time
@@ -310,6 +311,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		_, err := s.kv.Create(ctx, jobKey(j.ID), rec)
 		return err
 	})
+	s.noteWrite(cerr)
 	<-done
 	return s.settleSubmit(ctx, j, cerr, ack, qerr)
 }
@@ -480,6 +482,7 @@ func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []
 		}
 		return err
 	})
+	s.noteWrite(err)
 	return ack, err
 }
 
@@ -520,7 +523,7 @@ func storageErr(err error) error {
 		switch apiErr.ErrorCode {
 		case 10077: // JSStreamStoreFailedF: maximum messages/bytes exceeded under DiscardNew
 			return fmt.Errorf("%w: %s", ErrQueueFull, apiErr.Description)
-		case 10023, 10047: // insufficient resources, storage limit
+		case 10023, 10047, 10028, 10002: // insufficient resources; storage, memory, account limit
 			return fmt.Errorf("%w: %s", ErrStorageFull, apiErr.Description)
 		}
 	}

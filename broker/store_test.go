@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -434,6 +435,26 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		case <-tick.C:
 		case <-timeout:
 			t.Fatalf("%s: not within %v", what, within)
+		}
+	}
+}
+
+// JetStream's answers to a write refused for want of room, from the server's own disk to
+// an account's limit on a shared NATS, are ErrStorageFull (a 503 with Retry-After), and a
+// full queue ErrQueueFull; other errors pass unchanged.
+func TestStorageErrors(t *testing.T) {
+	t.Parallel()
+	for code, want := range map[uint16]error{
+		10023: broker.ErrStorageFull, // insufficient resources
+		10047: broker.ErrStorageFull, // insufficient storage resources available
+		10028: broker.ErrStorageFull, // insufficient memory resources available
+		10002: broker.ErrStorageFull, // resource limits exceeded for account
+		10077: broker.ErrQueueFull,   // maximum messages exceeded
+		10059: nil,                   // stream not found
+	} {
+		err := broker.StorageErr(&jetstream.APIError{ErrorCode: jetstream.ErrorCode(code), Description: "x"})
+		if want != nil && !errors.Is(err, want) || want == nil && (errors.Is(err, broker.ErrStorageFull) || errors.Is(err, broker.ErrQueueFull)) {
+			t.Errorf("code %d: %v, want %v", code, err, want)
 		}
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"mime"
 	"strconv"
+	"strings"
 
 	"github.com/nats-io/nats.go"
 )
@@ -65,7 +66,9 @@ func boundedContentType(ct string) string {
 	if len(ct) <= maxContentType {
 		return ct
 	}
-	if mt, _, err := mime.ParseMediaType(ct); err == nil && len(mt) <= maxContentType {
+	// The media type alone, whatever its parameters are.
+	before, _, _ := strings.Cut(ct, ";")
+	if mt, _, err := mime.ParseMediaType(before); err == nil && len(mt) <= maxContentType {
 		return mt
 	}
 	return "application/octet-stream"

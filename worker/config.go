@@ -86,6 +86,9 @@ type Config struct {
 	// its result, or failed) of a job whose final marker went out; an error it returns
 	// fails the try (retries included), as a store down for longer than terminalWait would.
 	endFault func(jobID string, state broker.State) error
+	// resultFault, when set (tests only), runs before a finished job's result is written
+	// to the object store; an error it returns is the write's own.
+	resultFault func(jobID string) error
 	// startAnswerLost, when set (tests only), runs after a start write was stored; true
 	// makes it report a failure all the same, as a write whose answer was lost.
 	startAnswerLost func(jobID string) bool

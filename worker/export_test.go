@@ -60,3 +60,10 @@ func WithStartAnswerLost(cfg Config, fn func(jobID string) bool) Config {
 // Until polls cond until it holds, failing the test after within (the package's one
 // polling helper, for its external tests too).
 var Until = until
+
+// WithResultFault sets Config.resultFault: fn's error, if any, fails the write of a
+// finished job's result to the object store.
+func WithResultFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.resultFault = fn
+	return cfg
+}

@@ -402,11 +402,25 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, release func(),
 	}
 	var aerr error
 	if !held {
-		a, aerr = w.store.StoreArtifact(ctx, d.JobID, broker.ResultArtifact, "application/json", res)
+		if fault := w.cfg.resultFault; fault != nil {
+			aerr = fault(d.JobID)
+		}
+		if aerr == nil {
+			a, aerr = w.store.StoreArtifact(ctx, d.JobID, broker.ResultArtifact, "application/json", res)
+		}
+	}
+	if aerr != nil && !sync {
+		// The result lives only here: an async job ending done without it would be done
+		// with its answer lost. It runs again (as when its done state cannot be stored).
+		release()
+		log.Error("store result artifact; job will run again", "err", aerr, "result_bytes", len(res))
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
 	}
 	if aerr != nil {
-		// The stream already said done; the job stays done, with the inline result only.
-		log.Error("store result artifact", "err", aerr, "result_bytes", len(res))
+		// A sync job's caller has the answer: the job ends done, with the inline result
+		// only (none when it was too large to keep inline).
+		log.Error("store result artifact; the job ends done without it, its caller has it", "err", aerr, "result_bytes", len(res))
 	}
 	err := w.storeAnswered(ctx, d.JobID, broker.StateDone, sync, log, func(j *broker.Job) {
 		j.State, j.Error, j.Result = broker.StateDone, "", inline
@@ -533,13 +547,13 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 }
 
 // refusing reports the error of a store that refuses writes for now, and may take them
-// again: unavailable (broker.Transient), or, on a shared cluster, a replica behind by a
-// write answering "not found".
+// again: unavailable (broker.Transient), out of room (a disk that filled up), or, on a
+// shared cluster, a replica behind by a write answering "not found".
 func (w *Worker) refusing(err error) bool {
 	if errors.Is(err, broker.ErrNotFound) {
 		return !w.store.Config().Exclusive
 	}
-	return broker.Transient(err)
+	return broker.Transient(err) || errors.Is(err, broker.ErrStorageFull)
 }
 
 // recordGone reports a write that found no record on a store of its own (the embedded

@@ -90,6 +90,9 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, sync bool, r 
 	default:
 		log.Warn("start job; will retry", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
+		if w.refusing(err) {
+			w.waitStore(ctx)
+		}
 	}
 }
 

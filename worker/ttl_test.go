@@ -439,6 +439,49 @@ func TestFinishedJobWaitingBehindAnotherEndIsKeptInProgress(t *testing.T) {
 	}
 }
 
+// A sync job that failed while its failed state cannot be stored is kept in progress as
+// the write goes on: another worker does not take it when its ack wait runs out.
+func TestFailedSyncJobWhoseEndWaitsIsKeptInProgress(t *testing.T) {
+	const ackWait = time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = ackWait }))
+	tb.fake.FailNext(1, ollamatest.FailStatus(400, "fake: refused"))
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	var failing atomic.Bool
+	failing.Store(true)
+	var tries, fetched atomic.Int32
+	trace := func(id, stage string) {
+		if id == job.ID && stage == worker.StageFetched {
+			fetched.Add(1)
+		}
+	}
+	tb.start(t, worker.WithEndFault(worker.Config{Trace: trace}, func(id string, state broker.State) error {
+		if id != job.ID || !failing.Load() {
+			return nil
+		}
+		tries.Add(1)
+		return errStoreDown
+	}))
+	t.Cleanup(func() { failing.Store(false) })
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the failed state's write failing", func() bool { return tries.Load() >= 1 })
+	tb.start(t, worker.Config{Trace: trace})
+	since := time.Now()
+	eventually(t, 30*time.Second, "three ack waits with the failed state unstored", func() bool {
+		if n := fetched.Load(); n != 1 {
+			t.Fatalf("the job's message was delivered %d times while its failed state waited", n)
+		}
+		return time.Since(since) > 3*ackWait
+	})
+	failing.Store(false)
+	tb.waitState(t, job.ID, broker.StateFailed)
+	tb.waitQueueEmpty(t)
+	if n := len(inferenceCalls(tb.fake)); n != 1 {
+		t.Errorf("target called %d times, want once", n)
+	}
+}
+
 // Run returns when its ctx ends, without Stop, while a sync job's result still cannot be
 // stored and another finished job waits behind its end: the end of Run stops the write as
 // Stop does.
@@ -506,6 +549,49 @@ func TestAnswerPastTheBoundFailsTheJob(t *testing.T) {
 			tb.waitQueueEmpty(t)
 			if n := len(inferenceCalls(tb.fake)); n != 1 {
 				t.Errorf("target called %d times, want once", n)
+			}
+		})
+	}
+}
+
+// An async job whose result (too large to keep in its record) cannot be stored runs
+// again rather than end done with its answer lost; a sync job, whose caller has the
+// answer, ends done.
+func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
+	for _, isSync := range []bool{true, false} {
+		t.Run(map[bool]string{true: "sync", false: "async"}[isSync], func(t *testing.T) {
+			var fetched, faults atomic.Int32
+			tb := setupFake(t, nil)
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: isSync}
+			cfg := worker.WithResultFault(worker.Config{Trace: func(id, stage string) {
+				if id == job.ID && stage == worker.StageFetched {
+					fetched.Add(1)
+				}
+			}}, func(id string) error {
+				if id != job.ID || fetched.Load() > 1 {
+					return nil
+				}
+				faults.Add(1)
+				return errStoreDown
+			})
+			tb.start(t, cfg)
+			// A result over the record's inline limit goes to the object store.
+			body := `{"model":"tiny-a","messages":[{"role":"user","content":"long"}],"options":{"num_predict":20000}}`
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+			rec := tb.waitState(t, job.ID, broker.StateDone)
+			tb.waitQueueEmpty(t)
+			if faults.Load() != 1 {
+				t.Fatalf("the result write failed %d times, want once (the result kept inline?)", faults.Load())
+			}
+			_, stored := rec.Artifact(broker.ResultArtifact)
+			runs := fetched.Load()
+			if isSync && (runs != 1 || stored) {
+				t.Errorf("sync job: delivered %d times, result stored %v; want once, done without it", runs, stored)
+			}
+			if !isSync && (runs != 2 || !stored) {
+				t.Errorf("async job: delivered %d times, result stored %v; want it run again and its result stored", runs, stored)
 			}
 		})
 	}

@@ -349,7 +349,7 @@ func (a *App) natsHealth() error {
 	if !a.nc.IsConnected() {
 		return errors.New("not connected to NATS")
 	}
-	return nil
+	return a.store.WriteHealth()
 }
 
 // targetHealth reports a target the worker saw stall (/healthz).

@@ -1,0 +1,74 @@
+package broker_test
+
+import (
+	"bytes"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
+)
+
+// A store that refuses every write for longer than an election (JetStream out of room
+// here) says so in WriteHealth (foreman's /healthz), with what it answers; once a write
+// is taken again, it no longer does.
+func TestWriteHealthReportsAStoreThatRefusesWrites(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	b := brokertest.New(t,
+		brokertest.WithNATS(func(c *natsd.Config) { c.MaxStore = 8 << 20 }),
+		brokertest.WithStore(func(c *broker.Config) { c.Now = clock }))
+	ctx := ctxT(t)
+	js, err := jetstream.New(b.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Another stream takes the room that is left.
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BALLAST", Subjects: []string{"ballast"}, Storage: jetstream.FileStorage}); err != nil {
+		t.Fatal(err)
+	}
+	for _, size := range []int{256 << 10, 16 << 10, 1 << 10, 64} {
+		chunk := bytes.Repeat([]byte("b"), size)
+		for i := 0; ; i++ {
+			if _, err := js.Publish(ctx, "ballast", chunk); err != nil {
+				break
+			}
+			if i > 10000 {
+				t.Fatal("the store never filled up")
+			}
+		}
+	}
+	_, err = b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`))
+	if !errors.Is(err, broker.ErrStorageFull) {
+		t.Fatalf("submit to a full store: %v, want ErrStorageFull", err)
+	}
+	if err := b.Store.WriteHealth(); err != nil {
+		t.Fatalf("write health at the first refusal: %v, want none yet (an election takes seconds)", err)
+	}
+	advance(31 * time.Second)
+	_, err = b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`))
+	if !errors.Is(err, broker.ErrStorageFull) {
+		t.Fatalf("second submit to a full store: %v, want ErrStorageFull", err)
+	}
+	if err := b.Store.WriteHealth(); err == nil || !strings.Contains(err.Error(), "refused every write for 31s") {
+		t.Fatalf("write health after 31s of refusals: %v", err)
+	}
+	if err := js.DeleteStream(ctx, "BALLAST"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`)); err != nil {
+		t.Fatalf("submit once there is room: %v", err)
+	}
+	if err := b.Store.WriteHealth(); err != nil {
+		t.Fatalf("write health once a write was taken: %v", err)
+	}
+}
