@@ -115,3 +115,6 @@ func (f *JobFeed) Echoes() int {
 
 // StorageErr is storageErr, for the mapping's test.
 var StorageErr = storageErr
+
+// BoundedContentType is boundedContentType, for the stream writer's fuzz test.
+var BoundedContentType = boundedContentType
