@@ -263,9 +263,23 @@ func TestSeveralMacsShareBacklog(t *testing.T) {
 			ids = append(ids, j.ID)
 		}
 	}
+	// Each Mac's first job waits until both foremen run: one that started alone would
+	// rightly take the other model's jobs while nobody else can (a slow start-up under a
+	// loaded machine did), and the test is of sharing, not of start-up order.
+	releaseA, releaseB := macA.Hold("alpha"), macB.Hold("beta")
 	start := time.Now()
 	startForeman(t, nurl, "mac-a", macA.URL)
 	startForeman(t, nurl, "mac-b", macB.URL)
+	wctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := macA.WaitStarted(wctx, "alpha", 1); err != nil {
+		t.Fatal(err)
+	}
+	if err := macB.WaitStarted(wctx, "beta", 1); err != nil {
+		t.Fatal(err)
+	}
+	releaseA()
+	releaseB()
 	for _, id := range ids {
 		waitJob(t, s, id)
 	}
