@@ -110,7 +110,7 @@ type Store struct {
 	js        jetstream.JetStream
 	queue     jetstream.Stream
 	kv        jetstream.KeyValue
-	writes    writeHealth
+	writes    storeWrites
 	artifacts jetstream.ObjectStore
 	presence  jetstream.KeyValue
 	started   time.Time
@@ -311,7 +311,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		_, err := s.kv.Create(ctx, jobKey(j.ID), rec)
 		return err
 	})
-	s.noteWrite(cerr)
+	s.writes.records.note(cerr, s.Now())
 	<-done
 	return s.settleSubmit(ctx, j, cerr, ack, qerr)
 }
@@ -482,7 +482,7 @@ func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []
 		}
 		return err
 	})
-	s.noteWrite(err)
+	s.writes.queue.note(err, s.Now())
 	return ack, err
 }
 

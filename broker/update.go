@@ -85,7 +85,7 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 		newRev, err = s.kv.Update(ctx, jobKey(cur.ID), data, rev)
 		return err
 	})
-	s.noteWrite(err)
+	s.writes.records.note(err, s.Now())
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 			if tries > 1 {

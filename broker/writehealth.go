@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,22 +9,24 @@ import (
 	"time"
 )
 
-// writeRefusedFor is how long the store may refuse every write before WriteHealth says
+// writeRefusedFor is how long a stream may refuse every write before WriteHealth says
 // so: far longer than a leader election (a few seconds), which is waited through.
 const writeRefusedFor = 30 * time.Second
 
-// writeHealth follows whether the store takes the writes of jobs: a disk that filled up
-// makes the embedded server refuse them, and one that failed a write may go on refusing
-// after space comes back, until foreman restarts.
+// writeHealth follows whether one stream takes the writes of jobs: a disk that filled up
+// makes the embedded server refuse them, and a stream that failed a write may go on
+// refusing after space comes back, until foreman restarts. The job records and the queue
+// are followed apart: one may take writes while the other refuses them.
 type writeHealth struct {
 	mu      sync.Mutex
-	since   time.Time // the first refusal since the last write the store took; zero then
+	since   time.Time // the first refusal since the last write the stream took; zero then
+	last    time.Time // the latest refusal
 	lastErr error
 }
 
-// note records the outcome of a write of a job record or queue message. Only a store that
-// refuses counts (unavailable, or out of room); any other answer, an existing key or a
-// revision that moved on included, is the store working.
+// note records the outcome of a write. Only a store that refuses counts (unavailable, or
+// out of room); any other answer, an existing key or a revision that moved on included,
+// is the store working.
 func (h *writeHealth) note(err error, now time.Time) {
 	if errors.Is(err, context.Canceled) {
 		return // the caller went: no answer either way
@@ -31,39 +34,52 @@ func (h *writeHealth) note(err error, now time.Time) {
 	refused := Transient(err) || errors.Is(storageErr(err), ErrStorageFull)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	switch {
-	case !refused:
-		h.since, h.lastErr = time.Time{}, nil
-	case h.since.IsZero():
-		h.since, h.lastErr = now, err
-	default:
-		h.lastErr = err
+	if !refused {
+		h.since, h.last, h.lastErr = time.Time{}, time.Time{}, nil
+		return
 	}
+	if h.since.IsZero() {
+		h.since = now
+	}
+	h.last, h.lastErr = now, err
 }
 
-func (s *Store) noteWrite(err error) { s.writes.note(err, s.Now()) }
-
-// WriteHealth reports a store that has refused every write of a job for longer than
-// writeRefusedFor: submits get 503, and the worker can neither start nor end a job.
-func (s *Store) WriteHealth() error {
-	h := &s.writes
+// refusing reports refusals of every write for writeRefusedFor, the latest of them
+// within the last writeRefusedFor: a refusal followed by no write at all is no evidence
+// that the store still refuses.
+func (h *writeHealth) refusing(what string, now time.Time) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.since.IsZero() {
+	if h.since.IsZero() || now.Sub(h.since) < writeRefusedFor || now.Sub(h.last) >= writeRefusedFor {
 		return nil
 	}
-	if d := s.Now().Sub(h.since); d >= writeRefusedFor {
-		return fmt.Errorf("the job store has refused every write for %s (last: %v); is its disk full? once there is room, a store that still refuses needs foreman restarted", d.Round(time.Second), h.lastErr)
-	}
-	return nil
+	return fmt.Errorf("the job store has refused every write of %s for %s (last: %v); is its disk full? once there is room, a store that still refuses needs foreman restarted", what, now.Sub(h.since).Round(time.Second), h.lastErr)
 }
+
+// storeWrites are the writeHealth of the job records and of the queue.
+type storeWrites struct{ records, queue writeHealth }
+
+// WriteHealth reports a store that has refused every write of job records, or every
+// publish to the queue, for longer than writeRefusedFor and still does: submits get
+// 503, and the worker can neither start nor end a job. Writes of artifacts, webhook
+// deliveries and idempotency keys are not followed.
+func (s *Store) WriteHealth() error {
+	now := s.Now()
+	return errors.Join(s.writes.records.refusing("job records", now), s.writes.queue.refusing("the queue", now))
+}
+
+// probeSize is about a job record's size: a write that small may fit where a record does
+// not (an account's storage limit counts the message's bytes), and would then say the
+// store takes writes while the worker's own still fail.
+const probeSize = 2 << 10
 
 // ProbeWrite writes this process's probe key (probe.<boot id>) in the jobs bucket, where
 // job records are written: a worker paused by a store that refused its writes learns
 // from it that the store takes them again.
 func (s *Store) ProbeWrite(ctx context.Context) error {
-	_, err := s.kv.Put(ctx, "probe."+s.cfg.BootID, []byte(s.Now().UTC().Format(time.RFC3339Nano)))
-	s.noteWrite(err)
+	v := append([]byte(s.Now().UTC().Format(time.RFC3339Nano)+" "), bytes.Repeat([]byte{'.'}, probeSize)...)
+	_, err := s.kv.Put(ctx, "probe."+s.cfg.BootID, v)
+	s.writes.records.note(err, s.Now())
 	if err != nil {
 		return fmt.Errorf("broker: probe write: %w", storageErr(err))
 	}

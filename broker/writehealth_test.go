@@ -16,8 +16,8 @@ import (
 )
 
 // A store that refuses every write for longer than an election (JetStream out of room
-// here) says so in WriteHealth (foreman's /healthz), with what it answers; once a write
-// is taken again, it no longer does.
+// here) says so in WriteHealth (foreman's /healthz), with what it answers, while the
+// refusals go on; once a write is taken again, it no longer does.
 func TestWriteHealthReportsAStoreThatRefusesWrites(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
@@ -59,8 +59,19 @@ func TestWriteHealthReportsAStoreThatRefusesWrites(t *testing.T) {
 	if !errors.Is(err, broker.ErrStorageFull) {
 		t.Fatalf("second submit to a full store: %v, want ErrStorageFull", err)
 	}
-	if err := b.Store.WriteHealth(); err == nil || !strings.Contains(err.Error(), "refused every write for 31s") {
+	if err := b.Store.WriteHealth(); err == nil || !strings.Contains(err.Error(), "refused every write of job records for 31s") {
 		t.Fatalf("write health after 31s of refusals: %v", err)
+	}
+	// No write for a while is no evidence either way: nothing is reported then.
+	advance(31 * time.Second)
+	if err := b.Store.WriteHealth(); err != nil {
+		t.Fatalf("write health with no write for 31s: %v, want none", err)
+	}
+	if _, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`)); !errors.Is(err, broker.ErrStorageFull) {
+		t.Fatalf("third submit to a full store: %v, want ErrStorageFull", err)
+	}
+	if err := b.Store.WriteHealth(); err == nil || !strings.Contains(err.Error(), "for 1m2s") {
+		t.Fatalf("write health after a refusal again: %v, want the refusals since the first", err)
 	}
 	if err := js.DeleteStream(ctx, "BALLAST"); err != nil {
 		t.Fatal(err)

@@ -411,10 +411,22 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, release func(),
 	}
 	if aerr != nil && !sync {
 		// The result lives only here: an async job ending done without it would be done
-		// with its answer lost. It runs again (as when its done state cannot be stored).
+		// with its answer lost. While the store refuses it runs again later (as when its
+		// done state cannot be stored); a write no try gets past fails it, saying why.
+		if w.refusing(aerr) {
+			release()
+			log.Error("store result artifact; job will run again", "err", aerr, "result_bytes", len(res))
+			w.nak(d, w.cfg.RetryDelay, log)
+			return
+		}
+		msg := errorText("store the result: " + aerr.Error())
+		err := w.storeAnswered(ctx, d.JobID, broker.StateFailed, false, log, func(j *broker.Job) {
+			j.State, j.Error = broker.StateFailed, msg
+		})
 		release()
-		log.Error("store result artifact; job will run again", "err", aerr, "result_bytes", len(res))
-		w.nak(d, w.cfg.RetryDelay, log)
+		if w.settleEnd(ctx, d, err, log) {
+			log.Error("job failed: its result could not be stored", "err", aerr, "result_bytes", len(res))
+		}
 		return
 	}
 	if aerr != nil {

@@ -555,14 +555,23 @@ func TestAnswerPastTheBoundFailsTheJob(t *testing.T) {
 }
 
 // An async job whose result (too large to keep in its record) cannot be stored runs
-// again rather than end done with its answer lost; a sync job, whose caller has the
+// again while the store refuses, rather than end done with its answer lost, and fails,
+// saying why, when the write can never succeed; a sync job, whose caller has the
 // answer, ends done.
 func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
-	for _, isSync := range []bool{true, false} {
-		t.Run(map[bool]string{true: "sync", false: "async"}[isSync], func(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		sync  bool
+		fault error
+	}{
+		{"sync", true, errStoreDown},
+		{"async store refusing", false, errStoreDown},
+		{"async write failing for good", false, errors.New("injected failure that no try gets past")},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			var fetched, faults atomic.Int32
 			tb := setupFake(t, nil)
-			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: isSync}
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: c.sync}
 			cfg := worker.WithResultFault(worker.Config{Trace: func(id, stage string) {
 				if id == job.ID && stage == worker.StageFetched {
 					fetched.Add(1)
@@ -572,7 +581,7 @@ func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
 					return nil
 				}
 				faults.Add(1)
-				return errStoreDown
+				return c.fault
 			})
 			tb.start(t, cfg)
 			// A result over the record's inline limit goes to the object store.
@@ -580,18 +589,24 @@ func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
 			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(body)); err != nil {
 				t.Fatal(err)
 			}
-			rec := tb.waitState(t, job.ID, broker.StateDone)
+			want := broker.StateDone
+			if c.fault != errStoreDown {
+				want = broker.StateFailed
+			}
+			rec := tb.waitState(t, job.ID, want)
 			tb.waitQueueEmpty(t)
 			if faults.Load() != 1 {
 				t.Fatalf("the result write failed %d times, want once (the result kept inline?)", faults.Load())
 			}
 			_, stored := rec.Artifact(broker.ResultArtifact)
 			runs := fetched.Load()
-			if isSync && (runs != 1 || stored) {
+			switch {
+			case c.sync && (runs != 1 || stored):
 				t.Errorf("sync job: delivered %d times, result stored %v; want once, done without it", runs, stored)
-			}
-			if !isSync && (runs != 2 || !stored) {
+			case !c.sync && want == broker.StateDone && (runs != 2 || !stored):
 				t.Errorf("async job: delivered %d times, result stored %v; want it run again and its result stored", runs, stored)
+			case want == broker.StateFailed && (runs != 1 || !strings.Contains(rec.Error, "store the result: injected failure")):
+				t.Errorf("async job: delivered %d times, error %q; want it failed once, saying why", runs, rec.Error)
 			}
 		})
 	}

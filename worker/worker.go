@@ -607,20 +607,20 @@ func runnerOf(token string) string {
 	return token
 }
 
-// waitTarget pauses the worker after a connection error until the target answers again,
-// so the jobs behind do not each burn an attempt on a target that is down.
 // waitStore pauses the worker while the job store refuses writes (a disk that filled up,
 // say): every job it took meanwhile would fail its start and spend one of its deliveries,
 // and past the delivery limit, with its failed state unstorable too, it would stay in the
-// queue for nobody. It probes the store with a small write (Store.ProbeWrite), pausing
-// from RetryDelay up to 30s between tries, until one is taken, the store answers
-// otherwise, or the worker stops.
+// queue for nobody. It probes the store with a write of a record's size
+// (Store.ProbeWrite), pausing from RetryDelay up to 30s between tries, until one is
+// taken, the store answers otherwise, or the worker stops.
 func (w *Worker) waitStore(ctx context.Context) {
 	delay := w.cfg.RetryDelay
 	for n := 1; !w.isStopping(ctx); n++ {
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sctx, scancel := w.untilStop(ctx)
+		pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
 		err := w.store.ProbeWrite(pctx)
 		cancel()
+		scancel()
 		if err == nil || !w.refusing(err) {
 			if n > 1 {
 				w.log.Info("job store takes writes again; resuming")
@@ -635,6 +635,8 @@ func (w *Worker) waitStore(ctx context.Context) {
 	}
 }
 
+// waitTarget pauses the worker after a connection error until the target answers again,
+// so the jobs behind do not each burn an attempt on a target that is down.
 func (w *Worker) waitTarget(ctx context.Context) {
 	delay := w.cfg.RetryDelay
 	for n := 1; !w.isStopping(ctx); n++ {

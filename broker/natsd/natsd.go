@@ -250,9 +250,11 @@ func (s *Server) ClientURL() string {
 	return s.ns.ClientURL()
 }
 
-// Healthy reports whether the server and JetStream are up.
+// Healthy reports whether the server and JetStream are up, and every stream was recovered
+// and has no write error: a stream whose write failed (a full disk) refuses every later
+// write until the server restarts, though there is room again.
 func (s *Server) Healthy() error {
-	st := s.ns.Healthz(&server.HealthzOptions{JSEnabledOnly: true})
+	st := s.ns.Healthz(&server.HealthzOptions{})
 	if st.Error != "" {
 		return errors.New(st.Error)
 	}
