@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -36,19 +38,61 @@ func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {
 		return
 	}
 	log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
-	_, err = w.transition(ctx, p.JobID, fromUnended, func(j *broker.Job) {
-		j.State = broker.StateFailed
-		j.Error = exhausted(j.Error, fmt.Sprintf("delivered %d times", deliveries))
-	})
-	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) {
-		log.Error("fail job past its delivery limit", "err", err)
-		return
+	fail := func(ctx context.Context) error {
+		if fault := w.cfg.endFault; fault != nil {
+			if err := fault(p.JobID, broker.StateFailed); err != nil {
+				return err
+			}
+		}
+		_, err := w.transition(ctx, p.JobID, fromUnended, func(j *broker.Job) {
+			j.State = broker.StateFailed
+			j.Error = exhausted(j.Error, fmt.Sprintf("delivered %d times", deliveries))
+		})
+		if errors.Is(err, errEnded) || errors.Is(err, broker.ErrNotFound) {
+			return nil
+		}
+		return err
 	}
+	err = fail(ctx)
+	switch {
+	case err == nil:
+		w.removeLimited(ctx, seq, p.Token, deliveries, log)
+	case w.refusing(err) && !w.isStopping(ctx):
+		// JetStream tells of a job past its limit once and delivers it no more: given up
+		// here, it would stay queued for nobody until its TTL. So the write goes on in the
+		// background, pausing up to 30s, until stored or the worker stops.
+		log.Error("fail job past its delivery limit; trying on while the store refuses", "err", err)
+		w.bg.Add(1)
+		go func() {
+			defer w.bg.Done()
+			for pause := w.cfg.RetryDelay; w.sleep(context.Background(), pause); pause = min(2*pause, 30*time.Second) {
+				bctx, cancel := w.storeCtx(context.Background())
+				err := fail(bctx)
+				if err == nil {
+					w.removeLimited(bctx, seq, p.Token, deliveries, log)
+				}
+				cancel()
+				if err == nil || !w.refusing(err) {
+					if err != nil {
+						log.Error("fail job past its delivery limit", "err", err)
+					}
+					return
+				}
+			}
+		}()
+	default:
+		log.Error("fail job past its delivery limit", "err", err)
+	}
+}
+
+// removeLimited removes the queue message seq (on queue token) of a job that ended past
+// its delivery limit.
+func (w *Worker) removeLimited(ctx context.Context, seq uint64, token string, deliveries uint64, log *slog.Logger) {
 	if err := w.store.DeleteQueued(ctx, seq); err != nil {
 		log.Warn("remove job past its delivery limit", "err", err)
 		return
 	}
-	w.index.touch(p.Token)
+	w.index.touch(token)
 	log.Warn("job failed: delivery limit reached", "deliveries", deliveries)
 }
 

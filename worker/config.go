@@ -83,8 +83,9 @@ type Config struct {
 	// the start write's own, as a store failure would be, and nothing is written.
 	startFault func(jobID string) error
 	// endFault, when set (tests only), runs before each try to store the end (done with
-	// its result, or failed) of a job whose final marker went out; an error it returns
-	// fails the try (retries included), as a store down for longer than terminalWait would.
+	// its result, or failed) of a job whose final marker went out, or of one past its
+	// delivery limit; an error it returns fails the try (retries included), as a store
+	// down for longer than terminalWait would.
 	endFault func(jobID string, state broker.State) error
 	// resultFault, when set (tests only), runs before a finished job's result is written
 	// to the object store; an error it returns is the write's own.

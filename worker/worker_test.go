@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -195,6 +196,28 @@ func TestDeliveryLimitFailsJob(t *testing.T) {
 	}
 	if n := len(inferenceCalls(tb.fake)); n != 3 {
 		t.Errorf("%d calls, want 3 (MaxDeliver)", n)
+	}
+	tb.waitQueueEmpty(t)
+}
+
+// A job past its delivery limit whose failed state the store refuses for a while still
+// ends failed and leaves the queue: JetStream tells of it once and delivers it no more,
+// so the worker tries on.
+func TestDeliveryLimitFailsJobOnceTheStoreTakesIt(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
+	tb.fake.FailNext(100, ollamatest.DropConnection)
+	j := tb.chat(t, "tiny-a", 1)
+	var refusals atomic.Int32
+	tb.start(t, worker.WithEndFault(worker.WithMaxAttempts(worker.Config{}, 10), func(id string, state broker.State) error {
+		if id != j.ID || state != broker.StateFailed || refusals.Add(1) > 3 {
+			return nil
+		}
+		return fmt.Errorf("injected: %w", broker.ErrStorageFull)
+	}))
+	got := tb.waitState(t, j.ID, broker.StateFailed)
+	if !strings.HasPrefix(got.Error, "attempts exhausted: ") || refusals.Load() < 4 {
+		t.Errorf("error %q after %d tries, want attempts exhausted after four", got.Error, refusals.Load())
 	}
 	tb.waitQueueEmpty(t)
 }
