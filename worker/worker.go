@@ -58,6 +58,8 @@ type Worker struct {
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob
 	finishing map[string]bool
+	// paused says why the worker waits (waitTarget, waitStore); nil while it runs.
+	paused *broker.Pause
 	// written is what the worker last wrote of each running attempt's record.
 	written writtenRecs
 
@@ -614,6 +616,8 @@ func runnerOf(token string) string {
 // (Store.ProbeWrite), pausing from RetryDelay up to 30s between tries, until one is
 // taken, the store answers otherwise, or the worker stops.
 func (w *Worker) waitStore(ctx context.Context) {
+	w.notRunning()
+	defer w.setPause(nil)
 	delay := w.cfg.RetryDelay
 	for n := 1; !w.isStopping(ctx); n++ {
 		sctx, scancel := w.untilStop(ctx)
@@ -630,14 +634,39 @@ func (w *Worker) waitStore(ctx context.Context) {
 		if n == 1 {
 			w.log.Warn("job store refuses writes; worker paused", "err", err)
 		}
+		w.setPause(&broker.Pause{Reason: broker.PauseStoreRefusesWrites, Error: err.Error()})
 		w.sleep(ctx, delay)
 		delay = min(delay*2, 30*time.Second)
 	}
 }
 
+// notRunning clears the running job of the queue view: a wait (waitTarget, waitStore)
+// comes after the job went back to the queue, where the view shows it waiting.
+func (w *Worker) notRunning() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.running = nil
+}
+
+// setPause records why the worker waits (nil: it runs), for the queue view. A pause
+// keeps the time it began; its error is the latest.
+func (w *Worker) setPause(p *broker.Pause) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if p != nil {
+		p.Since = time.Now().UTC()
+		if w.paused != nil && w.paused.Reason == p.Reason {
+			p.Since = w.paused.Since
+		}
+	}
+	w.paused = p
+}
+
 // waitTarget pauses the worker after a connection error until the target answers again,
 // so the jobs behind do not each burn an attempt on a target that is down.
 func (w *Worker) waitTarget(ctx context.Context) {
+	w.notRunning()
+	defer w.setPause(nil)
 	delay := w.cfg.RetryDelay
 	for n := 1; !w.isStopping(ctx); n++ {
 		var err error
@@ -657,6 +686,7 @@ func (w *Worker) waitTarget(ctx context.Context) {
 		if n == 1 {
 			w.log.Warn("target unreachable; worker paused", "err", err)
 		}
+		w.setPause(&broker.Pause{Reason: broker.PauseTargetUnreachable, Error: err.Error()})
 		w.sleep(ctx, delay)
 		delay = min(delay*2, 30*time.Second)
 	}

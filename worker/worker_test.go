@@ -586,3 +586,45 @@ func TestLargeFrameRelayedInPieces(t *testing.T) {
 		t.Fatalf("result artifact %+v, want %d bytes", a, len(want))
 	}
 }
+
+// While the target is unreachable the worker waits for it, and the queue view says so:
+// the job whose call failed waits in the queue again, nothing runs, and the pause names
+// its reason until the target answers.
+func TestQueueViewShowsTheWorkerPausedForTheTarget(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.SetDown(true)
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.start(t, worker.Config{})
+	ctx := ctxT(t)
+	var v *broker.QueueView
+	eventually(t, 10*time.Second, "the queue view showing the pause", func() bool {
+		var err error
+		v, err = w.QueueView(ctx, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Paused != nil
+	})
+	if v.Paused.Reason != broker.PauseTargetUnreachable || v.Paused.Error == "" || v.Paused.Since.After(time.Now()) {
+		t.Errorf("pause %+v, want reason %s with an error and a start", v.Paused, broker.PauseTargetUnreachable)
+	}
+	if v.Running != "" || len(v.Queued) != 1 || v.Queued[0].JobID != j.ID || v.Queued[0].QueuePosition != 1 {
+		t.Errorf("running %q, queued %+v: want the job waiting at position 1", v.Running, v.Queued)
+	}
+	since := v.Paused.Since
+	eventually(t, 10*time.Second, "a later view of the same pause", func() bool {
+		v, _ = w.QueueView(ctx, time.Now())
+		return v.Paused == nil || v.At.Sub(since) > 50*time.Millisecond
+	})
+	if v.Paused == nil || !v.Paused.Since.Equal(since) {
+		t.Errorf("pause %+v: want it still paused since %s", v.Paused, since)
+	}
+
+	tb.fake.SetDown(false)
+	tb.waitState(t, j.ID, broker.StateDone)
+	eventually(t, 10*time.Second, "the pause to end", func() bool {
+		v, _ = w.QueueView(ctx, time.Now())
+		return v.Paused == nil
+	})
+}
