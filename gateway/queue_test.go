@@ -138,3 +138,36 @@ func TestQueueWithoutWorker(t *testing.T) {
 	resp, out := b.request(t, http.MethodGet, "/queue", nil)
 	wantError(t, resp, out, http.StatusServiceUnavailable, "no worker")
 }
+
+// While the worker waits for an unreachable target, GET /queue says so ("paused", null
+// while it runs) and shows the job whose call failed waiting, not running.
+func TestQueueShowsTheWorkerPaused(t *testing.T) {
+	t.Parallel()
+	opt, start := withWorker(t)
+	b := newTestBundle(t, opt)
+	b.Fake.SetDown(true)
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"patience"}]}`)
+	start()
+	var q queueBody
+	eventually(t, 20*time.Second, "queue shows the pause", func() bool {
+		q = getQueue(t, b, "")
+		return q.Paused != nil
+	})
+	if q.Paused.Reason != broker.PauseTargetUnreachable || q.Paused.Error == "" || q.Paused.Since.IsZero() {
+		t.Errorf("paused %+v", q.Paused)
+	}
+	if q.Running != nil || q.Total != 1 || q.Queued[0].JobID != id {
+		t.Errorf("running %v, queued %+v: want the job waiting", q.Running, q.Queued)
+	}
+	_, raw := b.request(t, http.MethodGet, "/queue", nil)
+	if !strings.Contains(string(raw), `"paused":{"reason":"target_unreachable","since":"`) {
+		t.Errorf("body %s", raw)
+	}
+
+	b.Fake.SetDown(false)
+	waitJobState(t, b, id, broker.StateDone)
+	eventually(t, 20*time.Second, "the pause to end", func() bool {
+		_, raw = b.request(t, http.MethodGet, "/queue", nil)
+		return strings.Contains(string(raw), `"paused":null`)
+	})
+}
