@@ -140,11 +140,13 @@ func TestQueueWithoutWorker(t *testing.T) {
 }
 
 // While the worker waits for an unreachable target, GET /queue says so ("paused", null
-// while it runs) and shows the job whose call failed waiting, not running.
+// while it runs) and shows the job whose call failed waiting, not running. The pause's
+// error names the target without the password of its URL.
 func TestQueueShowsTheWorkerPaused(t *testing.T) {
 	t.Parallel()
+	const password = "s3cret"
 	opt, start := withWorker(t)
-	b := newTestBundle(t, opt)
+	b := newTestBundle(t, opt, withTargetUserinfo("user:"+password))
 	b.Fake.SetDown(true)
 	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"patience"}]}`)
 	start()
@@ -160,8 +162,9 @@ func TestQueueShowsTheWorkerPaused(t *testing.T) {
 		t.Errorf("running %v, queued %+v: want the job waiting", q.Running, q.Queued)
 	}
 	_, raw := b.request(t, http.MethodGet, "/queue", nil)
-	if !strings.Contains(string(raw), `"paused":{"reason":"target_unreachable","since":"`) {
-		t.Errorf("body %s", raw)
+	if !strings.Contains(string(raw), `"paused":{"reason":"target_unreachable","since":"`) ||
+		strings.Contains(string(raw), password) || !strings.Contains(q.Paused.Error, "xxxxx") {
+		t.Errorf("body %s: want the pause, its error with the target's URL redacted", raw)
 	}
 
 	b.Fake.SetDown(false)
