@@ -167,10 +167,28 @@ func TestQueueShowsTheWorkerPaused(t *testing.T) {
 		t.Errorf("body %s: want the pause, its error with the target's URL redacted", raw)
 	}
 
+	pausedMetrics := func() string {
+		_, m := b.request(t, http.MethodGet, "/metrics", nil)
+		var lines []string
+		for _, l := range strings.Split(string(m), "\n") {
+			if strings.HasPrefix(l, "foreman_worker_paused{") {
+				lines = append(lines, l)
+			}
+		}
+		return strings.Join(lines, "\n")
+	}
+	if got, want := pausedMetrics(), `foreman_worker_paused{reason="store_refuses_writes"} 0`+"\n"+
+		`foreman_worker_paused{reason="target_unreachable"} 1`; got != want {
+		t.Errorf("metrics while paused:\n%s\nwant\n%s", got, want)
+	}
+
 	b.Fake.SetDown(false)
 	waitJobState(t, b, id, broker.StateDone)
 	eventually(t, 20*time.Second, "the pause to end", func() bool {
 		_, raw = b.request(t, http.MethodGet, "/queue", nil)
 		return strings.Contains(string(raw), `"paused":null`)
 	})
+	if got := pausedMetrics(); strings.Contains(got, " 1") || strings.Count(got, " 0") != 2 {
+		t.Errorf("metrics after the pause:\n%s", got)
+	}
 }
