@@ -47,6 +47,9 @@ func newMetricsHandler(s *Server) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 
+// pauser is a queue view (the worker) that says cheaply whether it is paused.
+type pauser interface{ Paused() *broker.Pause }
+
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.queueDepth
 	ch <- m.targetUp
@@ -90,15 +93,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.targetUp, prometheus.GaugeValue, up)
 	ch <- prometheus.MustNewConstMetric(m.cutOff, prometheus.CounterValue, float64(m.s.syncs.cutOff.Load()))
 	ch <- prometheus.MustNewConstMetric(m.peak, prometheus.GaugeValue, float64(m.s.syncs.peak.Load()))
-	if q := m.s.cfg.Queue; q != nil {
-		if v, err := q.QueueView(ctx, time.Time{}); err == nil {
-			for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseStoreRefusesWrites} {
-				on := 0.0
-				if v.Paused != nil && v.Paused.Reason == reason {
-					on = 1
-				}
-				ch <- prometheus.MustNewConstMetric(m.paused, prometheus.GaugeValue, on, reason)
+	if q, ok := m.s.cfg.Queue.(pauser); ok {
+		p := q.Paused()
+		for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseStoreRefusesWrites} {
+			on := 0.0
+			if p != nil && p.Reason == reason {
+				on = 1
 			}
+			ch <- prometheus.MustNewConstMetric(m.paused, prometheus.GaugeValue, on, reason)
 		}
 	}
 	for _, model := range m.s.inv.Loaded() {
