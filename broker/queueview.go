@@ -12,8 +12,29 @@ type QueueView struct {
 	Loaded []string
 	// Queued are the waiting jobs (queued or retrying), position 1 first.
 	Queued []QueuedJob
+	// Paused says why the worker takes no job now (the target is unreachable, the job
+	// store refuses writes); nil while it runs. The ETAs then assume it resumes at once.
+	Paused *Pause
 	// At is when the view was computed.
 	At time.Time
+}
+
+// Why a worker pauses (Pause.Reason).
+const (
+	// PauseTargetUnreachable: a job's call could not reach the target; the worker waits
+	// until it answers again.
+	PauseTargetUnreachable = "target_unreachable"
+	// PauseStoreRefusesWrites: the job store refused a job's start write (a full disk, a
+	// cluster without a quorum); the worker probes it until it takes writes again.
+	PauseStoreRefusesWrites = "store_refuses_writes"
+)
+
+// Pause is a worker waiting, jobs or not, for what it needs to run them.
+type Pause struct {
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+	// Error is the failure that started the pause, or the latest probe's.
+	Error string `json:"error"`
 }
 
 // QueuedJob is one waiting job in a QueueView.

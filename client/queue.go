@@ -21,8 +21,28 @@ type Queue struct {
 	Queued []QueuedJob `json:"queued"`
 	// Total is the number of waiting jobs, shown or not.
 	Total int `json:"total"`
+	// Paused says why foreman's worker takes no job now; nil while it runs.
+	Paused *Pause `json:"paused"`
 	// Raw is the response body as foreman sent it.
 	Raw json.RawMessage `json:"-"`
+}
+
+// Why foreman's worker pauses (Pause.Reason).
+const (
+	// PauseTargetUnreachable: a job's call could not reach the Ollama server; the
+	// worker waits until it answers again.
+	PauseTargetUnreachable = "target_unreachable"
+	// PauseStoreRefusesWrites: the job store refused a job's start write (a full disk, a
+	// NATS cluster without a quorum); the worker waits until it takes writes again.
+	PauseStoreRefusesWrites = "store_refuses_writes"
+)
+
+// Pause is foreman's worker waiting for what it needs to run jobs.
+type Pause struct {
+	Reason string    `json:"reason"`
+	Since  time.Time `json:"since"`
+	// Error is the failure that started the pause, or the latest check's.
+	Error string `json:"error"`
 }
 
 // QueuedJob is one waiting job of a Queue.

@@ -23,6 +23,7 @@ type metrics struct {
 	loaded     *prometheus.Desc
 	cutOff     *prometheus.Desc
 	peak       *prometheus.Desc
+	paused     *prometheus.Desc
 }
 
 func newMetricsHandler(s *Server) http.Handler {
@@ -40,10 +41,14 @@ func newMetricsHandler(s *Server) http.Handler {
 			loaded:     prometheus.NewDesc("foreman_target_loaded_model", "1 for each model loaded on the target (last poll).", []string{"model"}, nil),
 			cutOff:     prometheus.NewDesc("foreman_slow_clients_cut_off_total", "Sync clients cut off for reading their answer too slowly (their jobs ran on).", nil, nil),
 			peak:       prometheus.NewDesc("foreman_stream_buffer_peak_bytes", "Most bytes of an answer ever held for one slow client.", nil, nil),
+			paused:     prometheus.NewDesc("foreman_worker_paused", "1 while the worker takes no job for this reason (the target unreachable, the job store refusing writes), else 0.", []string{"reason"}, nil),
 		},
 	)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
+
+// pauser is a queue view (the worker) that says cheaply whether it is paused.
+type pauser interface{ Paused() *broker.Pause }
 
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.queueDepth
@@ -53,6 +58,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.loaded
 	ch <- m.cutOff
 	ch <- m.peak
+	ch <- m.paused
 }
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
@@ -87,6 +93,16 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.targetUp, prometheus.GaugeValue, up)
 	ch <- prometheus.MustNewConstMetric(m.cutOff, prometheus.CounterValue, float64(m.s.syncs.cutOff.Load()))
 	ch <- prometheus.MustNewConstMetric(m.peak, prometheus.GaugeValue, float64(m.s.syncs.peak.Load()))
+	if q, ok := m.s.cfg.Queue.(pauser); ok {
+		p := q.Paused()
+		for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseStoreRefusesWrites} {
+			on := 0.0
+			if p != nil && p.Reason == reason {
+				on = 1
+			}
+			ch <- prometheus.MustNewConstMetric(m.paused, prometheus.GaugeValue, on, reason)
+		}
+	}
 	for _, model := range m.s.inv.Loaded() {
 		ch <- prometheus.MustNewConstMetric(m.loaded, prometheus.GaugeValue, 1, model)
 	}

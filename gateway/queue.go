@@ -28,6 +28,8 @@ type queueBody struct {
 	Running *jobView           `json:"running"`
 	Loaded  []string           `json:"loaded"`
 	Queued  []broker.QueuedJob `json:"queued"`
+	// Paused says why the worker takes no job now; null while it runs.
+	Paused *broker.Pause `json:"paused"`
 	// Total is the number of waiting jobs, of which Queued shows the first ?limit=.
 	Total int `json:"total"`
 	// Targets are this foreman's target and those of the other live foremen (ADR-0029).
@@ -55,7 +57,7 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Targets: s.targetViews(r.Context())}
+	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Paused: v.Paused, Targets: s.targetViews(r.Context())}
 	if body.Loaded == nil {
 		body.Loaded = []string{}
 	}

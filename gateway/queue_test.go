@@ -138,3 +138,57 @@ func TestQueueWithoutWorker(t *testing.T) {
 	resp, out := b.request(t, http.MethodGet, "/queue", nil)
 	wantError(t, resp, out, http.StatusServiceUnavailable, "no worker")
 }
+
+// While the worker waits for an unreachable target, GET /queue says so ("paused", null
+// while it runs) and shows the job whose call failed waiting, not running. The pause's
+// error names the target without the password of its URL.
+func TestQueueShowsTheWorkerPaused(t *testing.T) {
+	t.Parallel()
+	const password = "s3cret"
+	opt, start := withWorker(t)
+	b := newTestBundle(t, opt, withTargetUserinfo("user:"+password))
+	b.Fake.SetDown(true)
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"patience"}]}`)
+	start()
+	var q queueBody
+	eventually(t, 20*time.Second, "queue shows the pause", func() bool {
+		q = getQueue(t, b, "")
+		return q.Paused != nil
+	})
+	if q.Paused.Reason != broker.PauseTargetUnreachable || q.Paused.Error == "" || q.Paused.Since.IsZero() {
+		t.Errorf("paused %+v", q.Paused)
+	}
+	if q.Running != nil || q.Total != 1 || q.Queued[0].JobID != id {
+		t.Errorf("running %v, queued %+v: want the job waiting", q.Running, q.Queued)
+	}
+	_, raw := b.request(t, http.MethodGet, "/queue", nil)
+	if !strings.Contains(string(raw), `"paused":{"reason":"target_unreachable","since":"`) ||
+		strings.Contains(string(raw), password) || !strings.Contains(q.Paused.Error, "xxxxx") {
+		t.Errorf("body %s: want the pause, its error with the target's URL redacted", raw)
+	}
+
+	pausedMetrics := func() string {
+		_, m := b.request(t, http.MethodGet, "/metrics", nil)
+		var lines []string
+		for _, l := range strings.Split(string(m), "\n") {
+			if strings.HasPrefix(l, "foreman_worker_paused{") {
+				lines = append(lines, l)
+			}
+		}
+		return strings.Join(lines, "\n")
+	}
+	if got, want := pausedMetrics(), `foreman_worker_paused{reason="store_refuses_writes"} 0`+"\n"+
+		`foreman_worker_paused{reason="target_unreachable"} 1`; got != want {
+		t.Errorf("metrics while paused:\n%s\nwant\n%s", got, want)
+	}
+
+	b.Fake.SetDown(false)
+	waitJobState(t, b, id, broker.StateDone)
+	eventually(t, 20*time.Second, "the pause to end", func() bool {
+		_, raw = b.request(t, http.MethodGet, "/queue", nil)
+		return strings.Contains(string(raw), `"paused":null`)
+	})
+	if got := pausedMetrics(); strings.Contains(got, " 1") || strings.Count(got, " 0") != 2 {
+		t.Errorf("metrics after the pause:\n%s", got)
+	}
+}

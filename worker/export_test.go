@@ -67,3 +67,6 @@ func WithResultFault(cfg Config, fn func(jobID string) error) Config {
 	cfg.resultFault = fn
 	return cfg
 }
+
+// PauseError is pauseError: a pause's error as the queue view carries it.
+func PauseError(err error) string { return pauseError(err) }

@@ -687,7 +687,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	var connErr *ollama.ConnectionError
 	var stall *ollama.StallError
 	if errors.As(cause, &connErr) || errors.As(cause, &stall) {
-		w.waitTarget(ctx)
+		w.waitTarget(ctx, cause)
 	}
 }
 

@@ -91,7 +91,7 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, sync bool, r 
 		log.Warn("start job; will retry", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
 		if w.refusing(err) {
-			w.waitStore(ctx)
+			w.waitStore(ctx, err)
 		}
 	}
 }

@@ -55,7 +55,7 @@ func TestStoreOutOfRoomPausesTheWorker(t *testing.T) {
 	var fetched atomic.Int32
 	jobs := []*broker.Job{tb.chat(t, "tiny-a", 1), tb.chat(t, "tiny-a", 2)}
 	giveBack := fillStore(t, tb.b.Conn)
-	tb.start(t, worker.Config{Trace: func(id, stage string) {
+	w := tb.start(t, worker.Config{Trace: func(id, stage string) {
 		if stage == worker.StageFetched {
 			fetched.Add(1)
 		}
@@ -71,11 +71,26 @@ func TestStoreOutOfRoomPausesTheWorker(t *testing.T) {
 		return time.Since(since) > time.Second
 	})
 	outage := int(fetched.Load()) // deliveries while the store was full, each with its call
+	// The queue view shows the pause, and both jobs waiting: the one whose start was
+	// refused went back to the queue.
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Paused == nil || v.Paused.Reason != broker.PauseStoreRefusesWrites || v.Paused.Error == "" {
+		t.Errorf("pause %+v, want %s with its error", v.Paused, broker.PauseStoreRefusesWrites)
+	}
+	if v.Running != "" || len(v.Queued) != len(jobs) {
+		t.Errorf("running %q and %d queued, want none running and %d queued", v.Running, len(v.Queued), len(jobs))
+	}
 	giveBack()
 	for _, j := range jobs {
 		tb.waitState(t, j.ID, broker.StateDone)
 	}
 	tb.waitQueueEmpty(t)
+	if v, err := w.QueueView(ctxT(t), time.Now()); err != nil || v.Paused != nil {
+		t.Errorf("pause %+v (%v) after the store took writes again", v.Paused, err)
+	}
 	// A call goes out with its start write (ADR-0032): one whose start was refused is cut
 	// off, unless the target answered first. So the calls are the jobs' own, and one for
 	// each delivery during the outage at most.

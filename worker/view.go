@@ -64,7 +64,8 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker
 	c.Loaded = w.viewLoadedLocked() // what the next pick will see once it read /api/ps
 	c.Served = cloneServed(c.Served)
 	picks := w.picks
-	run := w.running // its fields are set before it is shared, but for working (atomic)
+	run := w.running   // its fields are set before it is shared, but for working (atomic)
+	paused := w.paused // replaced, never changed, once shared
 	gone := make(map[string]bool, len(w.finishing)+1)
 	maps.Copy(gone, w.finishing)
 	w.mu.Unlock()
@@ -80,7 +81,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker
 		// used one when it was not.
 		c.Loaded = withLoaded(c.Loaded, run.runner)
 	}
-	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs))}
+	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs)), Paused: paused}
 	for _, r := range c.Loaded {
 		if name := runnerModel(r); name != "" && !slices.Contains(v.Loaded, name) {
 			v.Loaded = append(v.Loaded, name)

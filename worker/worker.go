@@ -7,9 +7,12 @@ import (
 	"log/slog"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -58,6 +61,8 @@ type Worker struct {
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob
 	finishing map[string]bool
+	// paused says why the worker waits (waitTarget, waitStore); nil while it runs.
+	paused *broker.Pause
 	// written is what the worker last wrote of each running attempt's record.
 	written writtenRecs
 
@@ -613,7 +618,9 @@ func runnerOf(token string) string {
 // queue for nobody. It probes the store with a write of a record's size
 // (Store.ProbeWrite), pausing from RetryDelay up to 30s between tries, until one is
 // taken, the store answers otherwise, or the worker stops.
-func (w *Worker) waitStore(ctx context.Context) {
+func (w *Worker) waitStore(ctx context.Context, cause error) {
+	w.pause(broker.PauseStoreRefusesWrites, cause)
+	defer w.resume()
 	delay := w.cfg.RetryDelay
 	for n := 1; !w.isStopping(ctx); n++ {
 		sctx, scancel := w.untilStop(ctx)
@@ -630,24 +637,88 @@ func (w *Worker) waitStore(ctx context.Context) {
 		if n == 1 {
 			w.log.Warn("job store refuses writes; worker paused", "err", err)
 		}
+		w.pause(broker.PauseStoreRefusesWrites, err)
 		w.sleep(ctx, delay)
 		delay = min(delay*2, 30*time.Second)
 	}
 }
 
+// pause records why the worker waits (waitTarget, waitStore), for the queue view, with
+// the failure that began the wait and then each probe's. A pause keeps the time it began.
+// The wait comes after the job went back to the queue: the view shows it waiting there,
+// not running.
+func (w *Worker) pause(reason string, err error) {
+	p := &broker.Pause{Reason: reason, Since: time.Now().UTC(), Error: pauseError(err)}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.paused != nil && w.paused.Reason == reason {
+		p.Since = w.paused.Since
+	}
+	w.paused = p // replaced, never changed: a cached view may hold the one before
+	w.running = nil
+}
+
+// resume ends a pause.
+func (w *Worker) resume() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.paused = nil
+}
+
+// Paused says why the worker takes no job now (the target unreachable, the job store
+// refusing writes); nil while it runs. The Pause must not be modified.
+func (w *Worker) Paused() *broker.Pause {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.paused
+}
+
+// maxPauseError bounds a pause's error: each poll of the queue view carries it, and a
+// terminal shows it on one line.
+const maxPauseError = 300
+
+// pauseError is err's text on one line (whitespace and control characters as single
+// spaces: a proxy's HTML error page, say) and at most maxPauseError bytes.
+func pauseError(err error) string {
+	if err == nil {
+		return ""
+	}
+	var b strings.Builder
+	space := false
+	for _, r := range err.Error() {
+		if unicode.IsSpace(r) || unicode.IsControl(r) || r == utf8.RuneError {
+			space = b.Len() > 0
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		if b.Len()+utf8.RuneLen(r) > maxPauseError {
+			return b.String() + " …"
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
+}
+
 // waitTarget pauses the worker after a connection error until the target answers again,
 // so the jobs behind do not each burn an attempt on a target that is down.
-func (w *Worker) waitTarget(ctx context.Context) {
+func (w *Worker) waitTarget(ctx context.Context, cause error) {
+	w.pause(broker.PauseTargetUnreachable, cause)
+	defer w.resume()
 	delay := w.cfg.RetryDelay
 	for n := 1; !w.isStopping(ctx); n++ {
 		var err error
-		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		sctx, scancel := w.untilStop(ctx)
+		pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
 		if w.cfg.Inventory != nil {
 			err = w.cfg.Inventory.Refresh(pctx)
 		} else {
 			_, err = w.cfg.Target.Version(pctx)
 		}
 		cancel()
+		scancel()
 		if err == nil {
 			if n > 1 {
 				w.log.Info("target is back; resuming")
@@ -657,6 +728,7 @@ func (w *Worker) waitTarget(ctx context.Context) {
 		if n == 1 {
 			w.log.Warn("target unreachable; worker paused", "err", err)
 		}
+		w.pause(broker.PauseTargetUnreachable, err)
 		w.sleep(ctx, delay)
 		delay = min(delay*2, 30*time.Second)
 	}

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -584,5 +586,125 @@ func TestLargeFrameRelayedInPieces(t *testing.T) {
 	rec := tb.waitState(t, j.ID, broker.StateDone)
 	if a, ok := rec.Artifact("result.json"); !ok || a.Size != int64(len(want)) {
 		t.Fatalf("result artifact %+v, want %d bytes", a, len(want))
+	}
+}
+
+// While the target is unreachable the worker waits for it, and the queue view says so:
+// the job whose call failed waits in the queue again, nothing runs, and the pause names
+// its reason until the target answers.
+func TestQueueViewShowsTheWorkerPausedForTheTarget(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.SetDown(true)
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.start(t, worker.Config{})
+	ctx := ctxT(t)
+	var v *broker.QueueView
+	eventually(t, 10*time.Second, "the queue view showing the pause", func() bool {
+		var err error
+		v, err = w.QueueView(ctx, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Paused != nil
+	})
+	if v.Paused.Reason != broker.PauseTargetUnreachable || v.Paused.Error == "" || v.Paused.Since.After(time.Now()) {
+		t.Errorf("pause %+v, want reason %s with an error and a start", v.Paused, broker.PauseTargetUnreachable)
+	}
+	if v.Running != "" || len(v.Queued) != 1 || v.Queued[0].JobID != j.ID || v.Queued[0].QueuePosition != 1 {
+		t.Errorf("running %q, queued %+v: want the job waiting at position 1", v.Running, v.Queued)
+	}
+	since := v.Paused.Since
+	eventually(t, 10*time.Second, "a later view of the same pause", func() bool {
+		v, _ = w.QueueView(ctx, time.Now())
+		return v.Paused == nil || v.At.Sub(since) > 50*time.Millisecond
+	})
+	if v.Paused == nil || !v.Paused.Since.Equal(since) {
+		t.Errorf("pause %+v: want it still paused since %s", v.Paused, since)
+	}
+
+	tb.fake.SetDown(false)
+	tb.waitState(t, j.ID, broker.StateDone)
+	eventually(t, 10*time.Second, "the pause to end", func() bool {
+		v, _ = w.QueueView(ctx, time.Now())
+		return v.Paused == nil
+	})
+}
+
+// gatedVersion is a target whose /api/version (the worker's probe of a target it could
+// not reach) waits for its gate, or for its context to end, which it reports.
+type gatedVersion struct {
+	ollama.Client
+	calls  chan struct{}
+	gate   chan struct{}
+	ctxEnd chan error
+}
+
+func (g *gatedVersion) Version(ctx context.Context) (*ollama.VersionResponse, error) {
+	g.calls <- struct{}{}
+	select {
+	case <-g.gate:
+		return g.Client.Version(ctx)
+	case <-ctx.Done():
+		g.ctxEnd <- ctx.Err()
+		return nil, ctx.Err()
+	}
+}
+
+// A pause shows from the failed call on, with that call's error, not from its first
+// probe's answer (which may take the probe's whole timeout); a stop ends a probe at once.
+func TestPauseShowsAtOnceAndAStopEndsItsProbe(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	target := &gatedVersion{Client: tb.target, calls: make(chan struct{}, 8), gate: make(chan struct{}), ctxEnd: make(chan error, 8)}
+	tb.fake.FailNext(1, ollamatest.DropConnection)
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.start(t, worker.Config{Target: target})
+	ctx := ctxT(t)
+	select {
+	case <-target.calls:
+	case <-ctx.Done():
+		t.Fatal("the worker never probed the target")
+	}
+	v, err := w.QueueView(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Paused == nil || v.Paused.Reason != broker.PauseTargetUnreachable || !strings.Contains(v.Paused.Error, "/api/chat") {
+		t.Fatalf("pause %+v during the first probe: want %s with the chat call's error", v.Paused, broker.PauseTargetUnreachable)
+	}
+	if p := w.Paused(); p != v.Paused {
+		t.Errorf("Paused() = %+v, the view's %+v", p, v.Paused)
+	}
+	if v.Running != "" || len(v.Queued) != 1 || v.Queued[0].JobID != j.ID {
+		t.Errorf("running %q, queued %+v: want the job waiting", v.Running, v.Queued)
+	}
+
+	// The probe waits for its gate: a stop ends it, well before its own 10 s timeout.
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := w.Stop(sctx); err != nil || sctx.Err() != nil {
+		t.Fatalf("Stop: %v, its deadline %v: the probe held the stop", err, sctx.Err())
+	}
+	if err := <-target.ctxEnd; !errors.Is(err, context.Canceled) {
+		t.Errorf("probe ended with %v, want canceled", err)
+	}
+	if w.Paused() != nil {
+		t.Errorf("still paused after the stop: %+v", w.Paused())
+	}
+}
+
+// A pause's error is one line of bounded length, whatever the target answered.
+func TestPauseErrorIsOneBoundedLine(t *testing.T) {
+	html := "<html>\r\n<head><title>502 Bad Gateway</title></head>\n\t<body>\x1b[31m" + strings.Repeat("é", 400) + "</body></html>"
+	got := worker.PauseError(errors.New("ollama GET /api/version: 502: " + html))
+	if strings.ContainsAny(got, "\r\n\t\x1b") || len(got) > 310 || !utf8.ValidString(got) {
+		t.Errorf("pause error %q (%d bytes): want one valid line of at most 300 bytes and a mark", got, len(got))
+	}
+	if !strings.HasPrefix(got, "ollama GET /api/version: 502: <html> <head><title>502 Bad Gateway</title></head> <body> [31mé") || !strings.HasSuffix(got, " …") {
+		t.Errorf("pause error %q", got)
+	}
+	if got := worker.PauseError(errors.New("  short\n")); got != "short" {
+		t.Errorf("pause error %q, want %q", got, "short")
 	}
 }

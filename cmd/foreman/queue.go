@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
 )
 
 func newQueueCmd(e *env) *cobra.Command {
@@ -50,7 +52,11 @@ func newQueueCmd(e *env) *cobra.Command {
 			if loaded == "" {
 				loaded = "none"
 			}
-			fmt.Fprintf(out, "Running: %s\nLoaded:  %s\nWaiting: %d\n\n", running, loaded, q.Total)
+			fmt.Fprintf(out, "Running: %s\nLoaded:  %s\nWaiting: %d\n", running, loaded, q.Total)
+			if p := q.Paused; p != nil {
+				fmt.Fprintf(out, "Paused:  %s for %s: %s\n", pauseText(p.Reason), shortAge(now.Sub(p.Since)), p.Error)
+			}
+			fmt.Fprintln(out)
 			tw := tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
 			fmt.Fprintln(tw, "POS\tID\tMODEL\tKIND\tPRIORITY\tPROGRAM\tAGE\tETA")
 			for _, j := range q.Queued {
@@ -77,4 +83,15 @@ func newQueueCmd(e *env) *cobra.Command {
 	f = addClientFlags(cmd, false)
 	cmd.Flags().IntVar(&limit, "limit", 0, "waiting jobs to list (server default 100)")
 	return cmd
+}
+
+// pauseText says a worker's pause reason in words.
+func pauseText(reason string) string {
+	switch reason {
+	case client.PauseTargetUnreachable:
+		return "Ollama unreachable"
+	case client.PauseStoreRefusesWrites:
+		return "job store refuses writes"
+	}
+	return reason
 }

@@ -15,6 +15,11 @@ const queueBody = `{"running":{"id":"01JGJ4Q2R0000000000000000B","kind":"generat
 
 // queueForeman serves queueBody on GET /queue and records the query asked.
 func queueForeman(t *testing.T) (url string, queries chan string) {
+	return queueForemanOf(t, queueBody)
+}
+
+// queueForemanOf serves body on GET /queue and records the query asked.
+func queueForemanOf(t *testing.T, body string) (url string, queries chan string) {
 	t.Helper()
 	queries = make(chan string, 10)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -24,7 +29,7 @@ func queueForeman(t *testing.T) (url string, queries chan string) {
 		}
 		queries <- r.URL.RawQuery
 		w.Header().Set("Content-Type", "application/json")
-		_, _ = io.WriteString(w, queueBody)
+		_, _ = io.WriteString(w, body)
 	}))
 	t.Cleanup(srv.Close)
 	return srv.URL, queries
@@ -61,4 +66,18 @@ func TestQueueCommand(t *testing.T) {
 	if q := <-queries; q != "limit=2" {
 		t.Fatalf("query %q, want limit=2", q)
 	}
+}
+
+// A paused worker shows under the counts: why, for how long, and the error.
+func TestQueueCommandPaused(t *testing.T) {
+	t.Parallel()
+	body := `{"running":null,"loaded":[],"queued":[` +
+		`{"job_id":"01JGJ4Q2R0000000000000000C","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:00:00Z","queue_position":1,"eta":"2025-01-02T03:04:05Z"}],"total":1,` +
+		`"paused":{"reason":"target_unreachable","since":"2025-01-02T03:01:05Z","error":"Get \"http://mac:11434/api/ps\": connection refused"}}`
+	url, _ := queueForemanOf(t, body)
+	r := runCLI(t, map[string]string{"FOREMAN_URL": url}, nil, nil, "queue")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	golden(t, "queue_paused.golden", r.stdout)
 }

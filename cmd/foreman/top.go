@@ -23,6 +23,7 @@ type topSnapshot struct {
 	Queued  []client.QueuedJob `json:"queued"`
 	Total   int                `json:"total"`
 	Recent  []client.Job       `json:"recent"`
+	Paused  *client.Pause      `json:"paused,omitempty"`
 }
 
 // topRows caps the queue rows and recent jobs a frame lists.
@@ -79,7 +80,7 @@ func fetchTop(ctx context.Context, c *client.Client) (*topSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total}
+	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total, Paused: q.Paused}
 	l, err := c.Jobs(ctx, client.JobFilter{Limit: 30})
 	if err != nil {
 		return nil, err
@@ -105,6 +106,9 @@ func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int
 		fmt.Fprintf(&b, "RUNNING  %s  %s  %s  %s  %s\n", r.Model, programName(r.Program), r.State, topDuration(now.Sub(since)), r.ID)
 	} else {
 		b.WriteString("RUNNING  -\n")
+	}
+	if p := s.Paused; p != nil {
+		fmt.Fprintf(&b, "PAUSED   %s for %s: %s\n", pauseText(p.Reason), topDuration(now.Sub(p.Since)), p.Error)
 	}
 	loaded := "-"
 	if len(s.Loaded) > 0 {

@@ -149,3 +149,32 @@ func TestQueueStatusShowsPositionUntilTheJobRuns(t *testing.T) {
 	st.Stop()
 	st.Stop()
 }
+
+// While Ollama is unreachable top says the worker waits for it, and the job whose call
+// failed waits in the queue; the line goes once Ollama is back.
+func TestTopShowsAPausedWorker(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	fake.SetDown(true)
+	id := postJob(t, a.Addr(), "tiny-a")
+	vars := map[string]string{"FOREMAN_URL": "http://" + a.Addr()}
+	var r cliResult
+	waitFor(t, "top to show the pause", func() bool {
+		r = runTop(t, vars, "--once")
+		return strings.Contains(r.stdout, "PAUSED")
+	})
+	if !regexp.MustCompile(`(?m)^RUNNING  -\nPAUSED   Ollama unreachable for \S+: .+$`).MatchString(r.stdout) {
+		t.Errorf("no PAUSED line under RUNNING:\n%s", r.stdout)
+	}
+	if !strings.Contains(r.stdout, "QUEUE (1)\n") || !strings.Contains(r.stdout, id) {
+		t.Errorf("job %s not waiting in the queue:\n%s", id, r.stdout)
+	}
+	fake.SetDown(false)
+	waitFor(t, "job "+id+" to finish", func() bool { return getJob(t, a.Addr(), id).State == "done" })
+	waitFor(t, "the pause to end", func() bool {
+		r = runTop(t, vars, "--once")
+		return !strings.Contains(r.stdout, "PAUSED")
+	})
+}

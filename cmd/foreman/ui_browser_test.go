@@ -127,6 +127,9 @@ func TestStatusPageInBrowser(t *testing.T) {
 	if run := section(dom, "running", "</dl>"); !strings.Contains(run, running) || !strings.Contains(run, "tiny-a") {
 		t.Errorf("the running job %s is not shown as running:\n%s", running, run)
 	}
+	if !regexp.MustCompile(`<div id="paused"[^>]* hidden[^>]*></div>`).MatchString(dom) {
+		t.Errorf("a running worker shows a pause:\n%s", section(dom, "paused", "</div>"))
+	}
 	if !regexp.MustCompile(`id="queue-total"[^>]*>3<`).MatchString(dom) {
 		t.Errorf("the queue total is not 3:\n%s", section(dom, "queue-total", "</div>"))
 	}
@@ -166,6 +169,46 @@ func TestStatusPageInBrowser(t *testing.T) {
 			t.Errorf("finished job %s is not among the recent jobs:\n%s", id, recent)
 		}
 	}
+}
+
+// While Ollama is unreachable the page says the worker is paused, why and with what
+// error, above a queue holding the job whose call failed.
+func TestStatusPageShowsAPausedWorkerInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	base := "http://" + a.Addr()
+	fake.SetDown(true)
+	id := postJob(t, a.Addr(), "tiny-a")
+	waitFor(t, "GET /queue to show the pause", func() bool {
+		resp, err := http.Get(base + "/queue")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var q struct {
+			Paused *struct{ Reason string } `json:"paused"`
+		}
+		return json.NewDecoder(resp.Body).Decode(&q) == nil && q.Paused != nil
+	})
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	box := section(dom, "paused", "</div>")
+	if strings.Contains(box, "hidden") || !strings.Contains(box, "Worker paused: Ollama is unreachable") ||
+		!regexp.MustCompile(`class="err">[^<]+<`).MatchString(box) {
+		t.Errorf("the page does not show the pause with its error:\n%s", box)
+	}
+	if rows := section(dom, "queue-rows", "</tbody>"); !strings.Contains(rows, `data-job-id="`+id+`"`) {
+		t.Errorf("job %s is not in the page's queue:\n%s", id, rows)
+	}
+	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
+		abs, _ := filepath.Abs(strings.TrimSuffix(path, ".png") + "-paused.png")
+		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs)
+		t.Logf("screenshot of the pause in %s", abs)
+	}
+	fake.SetDown(false)
+	waitFor(t, "job "+id+" to finish", func() bool { return getJob(t, a.Addr(), id).State == "done" })
 }
 
 // With auth on the page itself loads without a token, asks for one when the API answers

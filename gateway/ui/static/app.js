@@ -204,6 +204,26 @@ function renderRunning(job) {
   replaceChildren(box, [dl]);
 }
 
+const PAUSE_REASONS = {
+  target_unreachable: "Ollama is unreachable",
+  store_refuses_writes: "the job store refuses writes",
+};
+
+// A paused worker: why, for how long, and the error; hidden while it runs.
+function renderPaused(p) {
+  const box = $("paused");
+  box.hidden = !p;
+  if (!p) {
+    replaceChildren(box, []);
+    return;
+  }
+  replaceChildren(box, [
+    el("span", { class: "why" }, "Worker paused: " + (PAUSE_REASONS[p.reason] || p.reason)),
+    " for " + fmtDur(Date.now() - ms(p.since)) + "; jobs wait until it resumes. ",
+    el("span", { class: "err" }, p.error || ""),
+  ]);
+}
+
 function renderLoaded(models) {
   replaceChildren($("loaded"), (models && models.length)
     ? models.map((m) => el("li", {}, m))
@@ -386,6 +406,7 @@ async function poll() {
     const jobs = (list && list.jobs) || [];
     record(q, jobs, loads);
     renderRunning(q.running);
+    renderPaused(q.paused);
     renderLoaded(q.loaded);
     renderQueue(q);
     renderRecent(jobs);
