@@ -58,7 +58,13 @@ type Config struct {
 	// beyond it are refused (ErrAnswerTooLarge). Default 64 MiB, the bound of a
 	// non-streamed answer (ollama.MaxFrameSize).
 	MaxAnswer int
-	Logger    *slog.Logger
+	// WriteFault, when set, reports a fault of the store's own server that keeps it from
+	// storing any write until it is restarted (the embedded server: a stream whose write
+	// failed, as on a full disk, answers no publish again). It is asked only after a
+	// write went unanswered, and then at most once a second while the fault stands: a
+	// write then fails at once with ErrStoreFailed instead of retrying for RetryWindow.
+	WriteFault func() error
+	Logger     *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -111,6 +117,7 @@ type Store struct {
 	queue     jetstream.Stream
 	kv        jetstream.KeyValue
 	writes    storeWrites
+	fault     writeFault
 	artifacts jetstream.ObjectStore
 	presence  jetstream.KeyValue
 	started   time.Time
@@ -307,7 +314,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		defer close(done)
 		ack, qerr = s.publishQueued(ctx, j, key, body)
 	}()
-	cerr := s.retry(ctx, func(ctx context.Context) error {
+	cerr := s.retryWrite(ctx, func(ctx context.Context) error {
 		_, err := s.kv.Create(ctx, jobKey(j.ID), rec)
 		return err
 	})
@@ -475,7 +482,7 @@ func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []
 		msg.Data = body
 	}
 	var ack *jetstream.PubAck
-	err := s.retry(ctx, func(ctx context.Context) error {
+	err := s.retryWrite(ctx, func(ctx context.Context) error {
 		a, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(j.ID))
 		if err == nil {
 			ack = a
@@ -558,6 +565,23 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
 // retrying); fn must be safe to repeat.
 func (s *Store) retry(ctx context.Context, fn func(context.Context) error) error {
 	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, fn)
+}
+
+// retryWrite is retry for a write of a job record or a queue message: it fails at once
+// with ErrStoreFailed while Config.WriteFault reports a fault that no retry outlasts.
+func (s *Store) retryWrite(ctx context.Context, fn func(context.Context) error) error {
+	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+		return err
+	}
+	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, func(ctx context.Context) error {
+		err := fn(ctx)
+		if Transient(err) {
+			if ferr := s.fault.check(s.cfg.WriteFault, s.Now()); ferr != nil {
+				return ferr
+			}
+		}
+		return err
+	})
 }
 
 // DecodeJob parses a job record (a KV value or a state event).

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,7 +32,7 @@ func (h *writeHealth) note(err error, now time.Time) {
 	if errors.Is(err, context.Canceled) {
 		return // the caller went: no answer either way
 	}
-	refused := Transient(err) || errors.Is(storageErr(err), ErrStorageFull)
+	refused := Transient(err) || errors.Is(storageErr(err), ErrStorageFull) || errors.Is(err, ErrStoreFailed)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !refused {
@@ -77,11 +78,70 @@ const probeSize = 2 << 10
 // job records are written: a worker paused by a store that refused its writes learns
 // from it that the store takes them again.
 func (s *Store) ProbeWrite(ctx context.Context) error {
+	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+		return fmt.Errorf("broker: probe write: %w", err)
+	}
 	v := append([]byte(s.Now().UTC().Format(time.RFC3339Nano)+" "), bytes.Repeat([]byte{'.'}, probeSize)...)
 	_, err := s.kv.Put(ctx, "probe."+s.cfg.BootID, v)
+	if Transient(err) {
+		if ferr := s.fault.check(s.cfg.WriteFault, s.Now()); ferr != nil {
+			err = ferr
+		}
+	}
 	s.writes.records.note(err, s.Now())
 	if err != nil {
 		return fmt.Errorf("broker: probe write: %w", storageErr(err))
 	}
 	return nil
+}
+
+// writeFault remembers a fault reported by Config.WriteFault, so that while it stands
+// each write fails at once (ErrStoreFailed) instead of waiting out RetryWindow for
+// answers that never come. A store without a fault pays one atomic load per write.
+type writeFault struct {
+	known atomic.Bool // a fault was reported and not yet seen gone
+	mu    sync.Mutex
+	err   error     // the fault, wrapped in ErrStoreFailed; nil when none
+	at    time.Time // when report was last asked
+}
+
+// faultRecheck is how often a standing fault is asked about again.
+const faultRecheck = time.Second
+
+// check asks report (when set) whether the store has a fault, after a write went
+// unanswered; it returns the fault wrapped in ErrStoreFailed, or nil.
+func (f *writeFault) check(report func() error, now time.Time) error {
+	if report == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.at.IsZero() && now.Sub(f.at) < faultRecheck {
+		return f.err // many writes failing at once ask once
+	}
+	return f.askLocked(report, now)
+}
+
+// standing returns the fault reported last, asking report again once it is
+// faultRecheck old; nil when there is none.
+func (f *writeFault) standing(report func() error, now time.Time) error {
+	if report == nil || !f.known.Load() {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil && now.Sub(f.at) < faultRecheck {
+		return f.err
+	}
+	return f.askLocked(report, now)
+}
+
+func (f *writeFault) askLocked(report func() error, now time.Time) error {
+	f.at = now
+	f.err = nil
+	if err := report(); err != nil {
+		f.err = fmt.Errorf("%w: %v", ErrStoreFailed, err)
+	}
+	f.known.Store(f.err != nil)
+	return f.err
 }

@@ -565,7 +565,7 @@ func (w *Worker) refusing(err error) bool {
 	if errors.Is(err, broker.ErrNotFound) {
 		return !w.store.Config().Exclusive
 	}
-	return broker.Transient(err) || errors.Is(err, broker.ErrStorageFull)
+	return broker.Transient(err) || errors.Is(err, broker.ErrStorageFull) || errors.Is(err, broker.ErrStoreFailed)
 }
 
 // recordGone reports a write that found no record on a store of its own (the embedded

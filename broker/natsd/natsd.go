@@ -261,6 +261,20 @@ func (s *Server) Healthy() error {
 	return nil
 }
 
+// WriteError reports a stream or consumer of the server that failed a write (a disk that
+// filled up): nats-server stores nothing more in it, and answers none of its publishes,
+// until it is restarted. nil when there is none.
+func (s *Server) WriteError() error {
+	st := s.ns.Healthz(&server.HealthzOptions{Details: true})
+	var errs []error
+	for _, e := range st.Errors {
+		if strings.Contains(e.Error, " write error: ") {
+			errs = append(errs, errors.New(e.Error))
+		}
+	}
+	return errors.Join(errs...)
+}
+
 // Shutdown stops the server, waits for it and releases the data directory. Safe to call twice.
 func (s *Server) Shutdown() {
 	s.stopOnce.Do(func() {
