@@ -59,10 +59,12 @@ type Config struct {
 	// non-streamed answer (ollama.MaxFrameSize).
 	MaxAnswer int
 	// WriteFault, when set, reports a fault of the store's own server that keeps it from
-	// storing any write until it is restarted (the embedded server: a stream whose write
-	// failed, as on a full disk, answers no publish again). It is asked only after a
-	// write went unanswered, and then at most once a second while the fault stands: a
-	// write then fails at once with ErrStoreFailed instead of retrying for RetryWindow.
+	// storing the job records or the queue until it is restarted (the embedded server: a
+	// stream whose write failed, as on a full disk, stores nothing more and answers none
+	// of the publishes it fails). JobStreams names the streams it is to look at. It is
+	// asked only after a write went unanswered, and then at most once a second while the
+	// fault stands: a write then fails at once with ErrStoreFailed instead of retrying
+	// for RetryWindow.
 	WriteFault func() error
 	Logger     *slog.Logger
 	// Now is the clock; tests may replace it.
@@ -346,7 +348,7 @@ func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetst
 		s.discard(j)
 		return nil, fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(qerr))
 	case !errors.Is(cerr, jetstream.ErrKeyExists):
-		if Transient(cerr) || errors.Is(cerr, context.Canceled) {
+		if Transient(cerr) || errors.Is(cerr, context.Canceled) || errors.Is(cerr, ErrStoreFailed) {
 			// A try may have been stored though no answer came: then the job is whole
 			// (or, with its message refused, must go), not a message to take back.
 			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

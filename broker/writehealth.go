@@ -105,21 +105,22 @@ type writeFault struct {
 	at    time.Time // when report was last asked
 }
 
-// faultRecheck is how often a standing fault is asked about again.
-const faultRecheck = time.Second
+// faultRecheck is how often a fault is asked about again; faultAsk bounds the wait for
+// an answer (the server's health check reads the disk, which may hang): none counts as
+// no fault, and the write goes on as before.
+const (
+	faultRecheck = time.Second
+	faultAsk     = time.Second
+)
 
 // check asks report (when set) whether the store has a fault, after a write went
-// unanswered; it returns the fault wrapped in ErrStoreFailed, or nil.
+// unanswered, unless it was asked within faultRecheck; it returns the fault wrapped in
+// ErrStoreFailed, or nil.
 func (f *writeFault) check(report func() error, now time.Time) error {
 	if report == nil {
 		return nil
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if !f.at.IsZero() && now.Sub(f.at) < faultRecheck {
-		return f.err // many writes failing at once ask once
-	}
-	return f.askLocked(report, now)
+	return f.ask(report, now)
 }
 
 // standing returns the fault reported last, asking report again once it is
@@ -128,20 +129,31 @@ func (f *writeFault) standing(report func() error, now time.Time) error {
 	if report == nil || !f.known.Load() {
 		return nil
 	}
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.err != nil && now.Sub(f.at) < faultRecheck {
-		return f.err
-	}
-	return f.askLocked(report, now)
+	return f.ask(report, now)
 }
 
-func (f *writeFault) askLocked(report func() error, now time.Time) error {
-	f.at = now
-	f.err = nil
-	if err := report(); err != nil {
-		f.err = fmt.Errorf("%w: %v", ErrStoreFailed, err)
+func (f *writeFault) ask(report func() error, now time.Time) error {
+	f.mu.Lock()
+	if !f.at.IsZero() && now.Sub(f.at) < faultRecheck {
+		defer f.mu.Unlock()
+		return f.err // many writes failing at once ask once
 	}
-	f.known.Store(f.err != nil)
-	return f.err
+	f.at = now
+	f.mu.Unlock()
+
+	answer := make(chan error, 1)
+	go func() { answer <- report() }()
+	var ferr error
+	select {
+	case err := <-answer:
+		if err != nil {
+			ferr = fmt.Errorf("%w: %v", ErrStoreFailed, err)
+		}
+	case <-time.After(faultAsk):
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = ferr
+	f.known.Store(ferr != nil)
+	return ferr
 }

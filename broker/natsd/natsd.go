@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -293,14 +294,15 @@ func (s *Server) Healthy() error {
 // reports it: far longer than creating one takes.
 var recoverGrace = 5 * time.Second
 
-// WriteError reports a stream or consumer of the server that failed a write (a disk that
-// filled up): nats-server stores nothing more in it, and answers none of its publishes,
-// until it is restarted. nil when there is none.
-func (s *Server) WriteError() error {
+// WriteError reports the streams among streams (all when none are named) that failed a
+// write (a disk that filled up): nats-server stores nothing more in such a stream, and
+// answers none of the publishes it fails, until it is restarted. nil when there is none.
+func (s *Server) WriteError(streams ...string) error {
 	st := s.ns.Healthz(&server.HealthzOptions{Details: true})
 	var errs []error
 	for _, e := range st.Errors {
-		if strings.Contains(e.Error, " write error: ") {
+		if e.Type == server.HealthzErrorStream && strings.Contains(e.Error, " write error: ") &&
+			(len(streams) == 0 || slices.Contains(streams, e.Stream)) {
 			errs = append(errs, errors.New(e.Error))
 		}
 	}

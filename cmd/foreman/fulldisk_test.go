@@ -63,10 +63,19 @@ type submitAnswer struct {
 	err    string
 }
 
-func submit(t *testing.T, addr string) submitAnswer {
+// submit posts a job, with an Idempotency-Key when key is not "".
+func submit(t *testing.T, addr, key string) submitAnswer {
 	t.Helper()
 	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
-	resp, err := http.Post("http://"+addr+"/jobs", "application/json", strings.NewReader(body))
+	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/jobs", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +120,7 @@ func TestRealFullDisk(t *testing.T) {
 	fill(t, ballast)
 	var refused submitAnswer
 	for i := 0; i < 20 && refused.status == 0; i++ {
-		switch got := submit(t, addr); got.status {
+		switch got := submit(t, addr, ""); got.status {
 		case http.StatusAccepted:
 			accepted = append(accepted, got.id)
 		case http.StatusServiceUnavailable:
@@ -125,9 +134,13 @@ func TestRealFullDisk(t *testing.T) {
 	}
 	t.Logf("%v: refused %+v after %d accepted", time.Since(start), refused, len(accepted))
 	// Later submits are refused too, saying why.
-	for range 3 {
-		if got := submit(t, addr); got.status != http.StatusServiceUnavailable || !strings.Contains(got.err, "job store cannot write") {
-			t.Errorf("submit with a stream that failed a write: %d %q, want 503 job store cannot write", got.status, got.err)
+	for i := range 4 {
+		key := "" // and with an Idempotency-Key, whose claim is a write too
+		if i%2 == 1 {
+			key = "full-disk-" + strconv.Itoa(i)
+		}
+		if got := submit(t, addr, key); got.status != http.StatusServiceUnavailable || !strings.Contains(got.err, "job store cannot write") {
+			t.Errorf("submit (key %q) with a stream that failed a write: %d %q, want 503 job store cannot write", key, got.status, got.err)
 		}
 	}
 	var health struct {

@@ -70,7 +70,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.bootID = broker.NewID()
 	var writeFault func() error
 	if a.natsSrv != nil {
-		writeFault = a.natsSrv.WriteError
+		writeFault = func() error { return a.natsSrv.WriteError(broker.JobStreams()...) }
 	}
 	a.store, err = broker.Open(ctx, broker.Config{
 		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait,
