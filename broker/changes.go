@@ -179,3 +179,7 @@ func (s *Store) GetRaw(ctx context.Context, id string) ([]byte, uint64, error) {
 	}
 	return e.Value(), e.Revision(), nil
 }
+
+// JobStreams are the streams a submit and a job's run write: the job records (the jobs
+// bucket's stream) and the queue. See Config.WriteFault.
+func JobStreams() []string { return []string{jobsStream, QueueStream} }

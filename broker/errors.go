@@ -8,9 +8,13 @@ import (
 
 // Errors callers map to behaviour (and the gateway to HTTP status).
 var (
-	ErrNotFound          = errors.New("job not found")
-	ErrQueueFull         = errors.New("queue full")
-	ErrStorageFull       = errors.New("storage full")
+	ErrNotFound    = errors.New("job not found")
+	ErrQueueFull   = errors.New("queue full")
+	ErrStorageFull = errors.New("storage full")
+	// ErrStoreFailed is a write refused by a store that will take none until it is
+	// restarted (Config.WriteFault: the embedded server's stream that failed a write, on a
+	// disk that filled up).
+	ErrStoreFailed       = errors.New("job store cannot write")
 	ErrConflict          = errors.New("job was changed concurrently (revision mismatch)")
 	ErrIllegalTransition = errors.New("illegal state transition")
 	ErrTerminal          = errors.New("job already finished")

@@ -45,10 +45,18 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 		return IdempotencyClaim{}, false, err
 	}
 	k := idemKey(key)
+	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+		return IdempotencyClaim{}, false, fmt.Errorf("broker: claim idempotency key: %w", err)
+	}
 	for range 5 {
 		_, err := s.kv.Create(ctx, k, data)
 		if err == nil {
 			return claim, true, nil
+		}
+		if Transient(err) {
+			if ferr := s.fault.check(s.cfg.WriteFault, s.Now()); ferr != nil {
+				err = ferr
+			}
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return IdempotencyClaim{}, false, fmt.Errorf("broker: claim idempotency key: %w", storageErr(err))
@@ -84,6 +92,9 @@ func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, jobID string) er
 	var got IdempotencyClaim
 	if json.Unmarshal(e.Value(), &got) != nil || got.JobID != jobID {
 		return nil
+	}
+	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+		return fmt.Errorf("broker: release idempotency key: %w", err)
 	}
 	if err := s.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision())); err != nil &&
 		!errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {

@@ -58,7 +58,15 @@ type Config struct {
 	// beyond it are refused (ErrAnswerTooLarge). Default 64 MiB, the bound of a
 	// non-streamed answer (ollama.MaxFrameSize).
 	MaxAnswer int
-	Logger    *slog.Logger
+	// WriteFault, when set, reports a fault of the store's own server that keeps it from
+	// storing the job records or the queue until it is restarted (the embedded server: a
+	// stream whose write failed, as on a full disk, stores nothing more and answers none
+	// of the publishes it fails). JobStreams names the streams it is to look at. It is
+	// asked only after a write went unanswered, and then at most once a second while the
+	// fault stands: a write then fails at once with ErrStoreFailed instead of retrying
+	// for RetryWindow.
+	WriteFault func() error
+	Logger     *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
@@ -111,6 +119,7 @@ type Store struct {
 	queue     jetstream.Stream
 	kv        jetstream.KeyValue
 	writes    storeWrites
+	fault     writeFault
 	artifacts jetstream.ObjectStore
 	presence  jetstream.KeyValue
 	started   time.Time
@@ -307,7 +316,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		defer close(done)
 		ack, qerr = s.publishQueued(ctx, j, key, body)
 	}()
-	cerr := s.retry(ctx, func(ctx context.Context) error {
+	cerr := s.retryWrite(ctx, func(ctx context.Context) error {
 		_, err := s.kv.Create(ctx, jobKey(j.ID), rec)
 		return err
 	})
@@ -339,7 +348,7 @@ func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetst
 		s.discard(j)
 		return nil, fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(qerr))
 	case !errors.Is(cerr, jetstream.ErrKeyExists):
-		if Transient(cerr) || errors.Is(cerr, context.Canceled) {
+		if Transient(cerr) || errors.Is(cerr, context.Canceled) || errors.Is(cerr, ErrStoreFailed) {
 			// A try may have been stored though no answer came: then the job is whole
 			// (or, with its message refused, must go), not a message to take back.
 			rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -475,7 +484,7 @@ func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []
 		msg.Data = body
 	}
 	var ack *jetstream.PubAck
-	err := s.retry(ctx, func(ctx context.Context) error {
+	err := s.retryWrite(ctx, func(ctx context.Context) error {
 		a, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(j.ID))
 		if err == nil {
 			ack = a
@@ -558,6 +567,23 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
 // retrying); fn must be safe to repeat.
 func (s *Store) retry(ctx context.Context, fn func(context.Context) error) error {
 	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, fn)
+}
+
+// retryWrite is retry for a write of a job record or a queue message: it fails at once
+// with ErrStoreFailed while Config.WriteFault reports a fault that no retry outlasts.
+func (s *Store) retryWrite(ctx context.Context, fn func(context.Context) error) error {
+	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+		return err
+	}
+	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, func(ctx context.Context) error {
+		err := fn(ctx)
+		if Transient(err) {
+			if ferr := s.fault.check(s.cfg.WriteFault, s.Now()); ferr != nil {
+				return ferr
+			}
+		}
+		return err
+	})
 }
 
 // DecodeJob parses a job record (a KV value or a state event).

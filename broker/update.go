@@ -79,7 +79,7 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 	}
 	var newRev uint64
 	tries := 0
-	err = s.retry(ctx, func(ctx context.Context) error {
+	err = s.retryWrite(ctx, func(ctx context.Context) error {
 		var err error
 		tries++
 		newRev, err = s.kv.Update(ctx, jobKey(cur.ID), data, rev)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,7 +32,7 @@ func (h *writeHealth) note(err error, now time.Time) {
 	if errors.Is(err, context.Canceled) {
 		return // the caller went: no answer either way
 	}
-	refused := Transient(err) || errors.Is(storageErr(err), ErrStorageFull)
+	refused := Transient(err) || errors.Is(storageErr(err), ErrStorageFull) || errors.Is(err, ErrStoreFailed)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if !refused {
@@ -77,11 +78,82 @@ const probeSize = 2 << 10
 // job records are written: a worker paused by a store that refused its writes learns
 // from it that the store takes them again.
 func (s *Store) ProbeWrite(ctx context.Context) error {
+	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+		return fmt.Errorf("broker: probe write: %w", err)
+	}
 	v := append([]byte(s.Now().UTC().Format(time.RFC3339Nano)+" "), bytes.Repeat([]byte{'.'}, probeSize)...)
 	_, err := s.kv.Put(ctx, "probe."+s.cfg.BootID, v)
+	if Transient(err) {
+		if ferr := s.fault.check(s.cfg.WriteFault, s.Now()); ferr != nil {
+			err = ferr
+		}
+	}
 	s.writes.records.note(err, s.Now())
 	if err != nil {
 		return fmt.Errorf("broker: probe write: %w", storageErr(err))
 	}
 	return nil
+}
+
+// writeFault remembers a fault reported by Config.WriteFault, so that while it stands
+// each write fails at once (ErrStoreFailed) instead of waiting out RetryWindow for
+// answers that never come. A store without a fault pays one atomic load per write.
+type writeFault struct {
+	known atomic.Bool // a fault was reported and not yet seen gone
+	mu    sync.Mutex
+	err   error     // the fault, wrapped in ErrStoreFailed; nil when none
+	at    time.Time // when report was last asked
+}
+
+// faultRecheck is how often a fault is asked about again; faultAsk bounds the wait for
+// an answer (the server's health check reads the disk, which may hang): none counts as
+// no fault, and the write goes on as before.
+const (
+	faultRecheck = time.Second
+	faultAsk     = time.Second
+)
+
+// check asks report (when set) whether the store has a fault, after a write went
+// unanswered, unless it was asked within faultRecheck; it returns the fault wrapped in
+// ErrStoreFailed, or nil.
+func (f *writeFault) check(report func() error, now time.Time) error {
+	if report == nil {
+		return nil
+	}
+	return f.ask(report, now)
+}
+
+// standing returns the fault reported last, asking report again once it is
+// faultRecheck old; nil when there is none.
+func (f *writeFault) standing(report func() error, now time.Time) error {
+	if report == nil || !f.known.Load() {
+		return nil
+	}
+	return f.ask(report, now)
+}
+
+func (f *writeFault) ask(report func() error, now time.Time) error {
+	f.mu.Lock()
+	if !f.at.IsZero() && now.Sub(f.at) < faultRecheck {
+		defer f.mu.Unlock()
+		return f.err // many writes failing at once ask once
+	}
+	f.at = now
+	f.mu.Unlock()
+
+	answer := make(chan error, 1)
+	go func() { answer <- report() }()
+	var ferr error
+	select {
+	case err := <-answer:
+		if err != nil {
+			ferr = fmt.Errorf("%w: %v", ErrStoreFailed, err)
+		}
+	case <-time.After(faultAsk):
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.err = ferr
+	f.known.Store(ferr != nil)
+	return ferr
 }

@@ -154,6 +154,9 @@ func statusOf(err error) (int, string) {
 		return http.StatusServiceUnavailable, "queue full"
 	case errors.Is(err, broker.ErrStorageFull):
 		return http.StatusServiceUnavailable, "storage full"
+	case errors.Is(err, broker.ErrStoreFailed):
+		// A stream that failed a write (a full disk) takes none until foreman restarts.
+		return http.StatusServiceUnavailable, "job store cannot write (see GET /healthz): foreman needs a restart once its disk has room"
 	case errors.Is(err, broker.ErrNotFound), errors.Is(err, broker.ErrArtifactNotFound):
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, broker.ErrBadID), errors.Is(err, broker.ErrBadArtifactName), errors.Is(err, broker.ErrBadModel), errors.Is(err, broker.ErrJobTooLarge):

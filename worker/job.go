@@ -542,6 +542,9 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 		if err == nil || errors.Is(err, errEnded) || tctx.Err() != nil {
 			return j, err
 		}
+		if errors.Is(err, broker.ErrStoreFailed) && w.isStopping(tctx) {
+			return j, err // no try outlasts it but a restart, and this stop is one
+		}
 		switch {
 		case !w.recordGone(err):
 			missingSince = time.Time{}
@@ -565,7 +568,7 @@ func (w *Worker) refusing(err error) bool {
 	if errors.Is(err, broker.ErrNotFound) {
 		return !w.store.Config().Exclusive
 	}
-	return broker.Transient(err) || errors.Is(err, broker.ErrStorageFull)
+	return broker.Transient(err) || errors.Is(err, broker.ErrStorageFull) || errors.Is(err, broker.ErrStoreFailed)
 }
 
 // recordGone reports a write that found no record on a store of its own (the embedded

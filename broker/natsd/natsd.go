@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,6 +62,11 @@ type Server struct {
 	secret   string
 	log      *slog.Logger
 	stopOnce sync.Once
+
+	// unrecovered is when Healthy first saw each "could not be recovered" error, which a
+	// stream being created shows for a moment (its directory is there before it is).
+	healthMu    sync.Mutex
+	unrecovered map[string]time.Time
 }
 
 func (c *Config) validate() error {
@@ -253,12 +259,54 @@ func (s *Server) ClientURL() string {
 // Healthy reports whether the server and JetStream are up, and every stream was recovered
 // and has no write error: a stream whose write failed (a full disk) refuses every later
 // write until the server restarts, though there is room again.
+//
+// A stream that "could not be recovered" counts only once it has been so for
+// recoverGrace: single-server Healthz lists the stream directories on disk and looks each
+// up, so a stream being created (a bucket opened on first use) shows so for a moment.
 func (s *Server) Healthy() error {
-	st := s.ns.Healthz(&server.HealthzOptions{})
-	if st.Error != "" {
-		return errors.New(st.Error)
+	st := s.ns.Healthz(&server.HealthzOptions{Details: true})
+	now := time.Now()
+	s.healthMu.Lock()
+	defer s.healthMu.Unlock()
+	seen := map[string]time.Time{}
+	var errs []error
+	for _, e := range st.Errors {
+		if e.Type == server.HealthzErrorStream && strings.HasSuffix(e.Error, "could not be recovered") {
+			first, ok := s.unrecovered[e.Error]
+			if !ok {
+				first = now
+			}
+			seen[e.Error] = first
+			if now.Sub(first) < recoverGrace {
+				continue
+			}
+		}
+		errs = append(errs, errors.New(e.Error))
 	}
-	return nil
+	s.unrecovered = seen
+	if len(st.Errors) == 0 && st.Error != "" {
+		errs = append(errs, errors.New(st.Error))
+	}
+	return errors.Join(errs...)
+}
+
+// recoverGrace is how long a stream may show "could not be recovered" before Healthy
+// reports it: far longer than creating one takes.
+var recoverGrace = 5 * time.Second
+
+// WriteError reports the streams among streams (all when none are named) that failed a
+// write (a disk that filled up): nats-server stores nothing more in such a stream, and
+// answers none of the publishes it fails, until it is restarted. nil when there is none.
+func (s *Server) WriteError(streams ...string) error {
+	st := s.ns.Healthz(&server.HealthzOptions{Details: true})
+	var errs []error
+	for _, e := range st.Errors {
+		if e.Type == server.HealthzErrorStream && strings.Contains(e.Error, " write error: ") &&
+			(len(streams) == 0 || slices.Contains(streams, e.Stream)) {
+			errs = append(errs, errors.New(e.Error))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Shutdown stops the server, waits for it and releases the data directory. Safe to call twice.

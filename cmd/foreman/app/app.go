@@ -68,10 +68,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	// A new boot id at every start tells this process's sync callers from those of a
 	// crashed one; the embedded server's data-dir lock makes the store ours alone.
 	a.bootID = broker.NewID()
+	var writeFault func() error
+	if a.natsSrv != nil {
+		writeFault = func() error { return a.natsSrv.WriteError(broker.JobStreams()...) }
+	}
 	a.store, err = broker.Open(ctx, broker.Config{
 		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait,
 		Replicas: cfg.NATSReplicas, BootID: a.bootID, Exclusive: a.natsSrv != nil, Logger: log,
-		TargetTTL: targetTTL(cfg.PollInterval),
+		TargetTTL: targetTTL(cfg.PollInterval), WriteFault: writeFault,
 	})
 	if err != nil {
 		return nil, err

@@ -1,0 +1,47 @@
+package natsd_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
+)
+
+// A stream directory with no stream behind it is what single-server Healthz sees of a
+// stream being created: Healthy lets it pass for a grace, and reports it once it lasts.
+func TestHealthyToleratesAStreamBeingCreated(t *testing.T) {
+	defer natsd.SetRecoverGrace(200 * time.Millisecond)()
+	dir := t.TempDir()
+	srv, err := natsd.Start(natsd.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	if err := srv.Healthy(); err != nil {
+		t.Fatalf("a fresh server: %v", err)
+	}
+	// Where the file store keeps foreman's account's streams.
+	if err := os.MkdirAll(filepath.Join(dir, "jetstream", "FOREMAN", "streams", "BEING_MADE"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Healthy(); err != nil {
+		t.Fatalf("a stream seen for the first time unrecovered: %v, want healthy for the grace", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		err := srv.Healthy()
+		if err != nil {
+			if !strings.Contains(err.Error(), "BEING_MADE' could not be recovered") {
+				t.Fatalf("Healthy: %v, want the stream that could not be recovered", err)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a stream unrecovered for 10 s still counts as healthy")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
