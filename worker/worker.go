@@ -616,28 +616,51 @@ func runnerOf(token string) string {
 // say): every job it took meanwhile would fail its start and spend one of its deliveries,
 // and past the delivery limit, with its failed state unstorable too, it would stay in the
 // queue for nobody. It probes the store with a write of a record's size
-// (Store.ProbeWrite), pausing from RetryDelay up to 30s between tries, until one is
-// taken, the store answers otherwise, or the worker stops.
+// (Store.ProbeWrite) until one is taken, the store answers otherwise, or the worker stops.
 func (w *Worker) waitStore(ctx context.Context, cause error) {
-	w.pause(broker.PauseStoreRefusesWrites, cause)
+	w.waitUntil(ctx, broker.PauseStoreRefusesWrites, cause, w.store.ProbeWrite, w.refusing,
+		"job store refuses writes; worker paused", "job store takes writes again; resuming")
+}
+
+// waitTarget pauses the worker after a connection error until the target answers again,
+// so the jobs behind do not each burn an attempt on a target that is down.
+func (w *Worker) waitTarget(ctx context.Context, cause error) {
+	probe := func(ctx context.Context) error {
+		if w.cfg.Inventory != nil {
+			return w.cfg.Inventory.Refresh(ctx)
+		}
+		_, err := w.cfg.Target.Version(ctx)
+		return err
+	}
+	isDown := func(err error) bool { return err != nil }
+	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, probe, isDown,
+		"target unreachable; worker paused", "target is back; resuming")
+}
+
+// waitUntil pauses the worker for reason, begun by cause: it calls probe (each call
+// bounded to 10s and ended by a stop), pausing from RetryDelay up to 30s between calls,
+// until probe's error is not one down says the worker must wait out, or the worker stops.
+func (w *Worker) waitUntil(ctx context.Context, reason string, cause error, probe func(context.Context) error,
+	down func(error) bool, pausedMsg, resumedMsg string) {
+	w.pause(reason, cause)
 	defer w.resume()
 	delay := w.cfg.RetryDelay
 	for n := 1; !w.isStopping(ctx); n++ {
 		sctx, scancel := w.untilStop(ctx)
 		pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
-		err := w.store.ProbeWrite(pctx)
+		err := probe(pctx)
 		cancel()
 		scancel()
-		if err == nil || !w.refusing(err) {
+		if err == nil || !down(err) {
 			if n > 1 {
-				w.log.Info("job store takes writes again; resuming")
+				w.log.Info(resumedMsg)
 			}
 			return
 		}
 		if n == 1 {
-			w.log.Warn("job store refuses writes; worker paused", "err", err)
+			w.log.Warn(pausedMsg, "err", err)
 		}
-		w.pause(broker.PauseStoreRefusesWrites, err)
+		w.pause(reason, err)
 		w.sleep(ctx, delay)
 		delay = min(delay*2, 30*time.Second)
 	}
@@ -700,36 +723,4 @@ func pauseError(err error) string {
 		b.WriteRune(r)
 	}
 	return b.String()
-}
-
-// waitTarget pauses the worker after a connection error until the target answers again,
-// so the jobs behind do not each burn an attempt on a target that is down.
-func (w *Worker) waitTarget(ctx context.Context, cause error) {
-	w.pause(broker.PauseTargetUnreachable, cause)
-	defer w.resume()
-	delay := w.cfg.RetryDelay
-	for n := 1; !w.isStopping(ctx); n++ {
-		var err error
-		sctx, scancel := w.untilStop(ctx)
-		pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
-		if w.cfg.Inventory != nil {
-			err = w.cfg.Inventory.Refresh(pctx)
-		} else {
-			_, err = w.cfg.Target.Version(pctx)
-		}
-		cancel()
-		scancel()
-		if err == nil {
-			if n > 1 {
-				w.log.Info("target is back; resuming")
-			}
-			return
-		}
-		if n == 1 {
-			w.log.Warn("target unreachable; worker paused", "err", err)
-		}
-		w.pause(broker.PauseTargetUnreachable, err)
-		w.sleep(ctx, delay)
-		delay = min(delay*2, 30*time.Second)
-	}
 }
