@@ -1,14 +1,11 @@
 package broker_test
 
 import (
-	"bytes"
 	"errors"
 	"strings"
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -28,26 +25,8 @@ func TestWriteHealthReportsAStoreThatRefusesWrites(t *testing.T) {
 		brokertest.WithNATS(func(c *natsd.Config) { c.MaxStore = 8 << 20 }),
 		brokertest.WithStore(func(c *broker.Config) { c.Now = clock }))
 	ctx := ctxT(t)
-	js, err := jetstream.New(b.Conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Another stream takes the room that is left.
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BALLAST", Subjects: []string{"ballast"}, Storage: jetstream.FileStorage}); err != nil {
-		t.Fatal(err)
-	}
-	for _, size := range []int{256 << 10, 16 << 10, 1 << 10, 64} {
-		chunk := bytes.Repeat([]byte("b"), size)
-		for i := 0; ; i++ {
-			if _, err := js.Publish(ctx, "ballast", chunk); err != nil {
-				break
-			}
-			if i > 10000 {
-				t.Fatal("the store never filled up")
-			}
-		}
-	}
-	_, err = b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`))
+	giveBack := brokertest.FillStore(t, b.Conn)
+	_, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`))
 	if !errors.Is(err, broker.ErrStorageFull) {
 		t.Fatalf("submit to a full store: %v, want ErrStorageFull", err)
 	}
@@ -73,9 +52,7 @@ func TestWriteHealthReportsAStoreThatRefusesWrites(t *testing.T) {
 	if err := b.Store.WriteHealth(); err == nil || !strings.Contains(err.Error(), "for 1m2s") {
 		t.Fatalf("write health after a refusal again: %v, want the refusals since the first", err)
 	}
-	if err := js.DeleteStream(ctx, "BALLAST"); err != nil {
-		t.Fatal(err)
-	}
+	giveBack()
 	if _, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`)); err != nil {
 		t.Fatalf("submit once there is room: %v", err)
 	}

@@ -1,50 +1,15 @@
 package worker_test
 
 import (
-	"bytes"
-	"context"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
-
-// fillStore takes every byte JetStream has left with a stream of its own, and returns a
-// func that gives the room back.
-func fillStore(t *testing.T, nc *nats.Conn) func() {
-	t.Helper()
-	ctx := ctxT(t)
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "BALLAST", Subjects: []string{"ballast"}, Storage: jetstream.FileStorage}); err != nil {
-		t.Fatal(err)
-	}
-	for _, size := range []int{256 << 10, 16 << 10, 1 << 10, 64} {
-		chunk := bytes.Repeat([]byte("b"), size)
-		for i := 0; ; i++ {
-			if _, err := js.Publish(ctx, "ballast", chunk); err != nil {
-				break
-			}
-			if i > 10000 {
-				t.Fatal("the store never filled up")
-			}
-		}
-	}
-	return func() {
-		if err := js.DeleteStream(context.Background(), "BALLAST"); err != nil {
-			t.Error(err)
-		}
-	}
-}
 
 // A disk that fills up under queued jobs pauses the worker rather than spend the jobs'
 // deliveries on start writes that cannot be stored (past the delivery limit, with their
@@ -54,7 +19,7 @@ func TestStoreOutOfRoomPausesTheWorker(t *testing.T) {
 	tb := setup(t, brokertest.WithNATS(func(c *natsd.Config) { c.MaxStore = 8 << 20 }))
 	var fetched atomic.Int32
 	jobs := []*broker.Job{tb.chat(t, "tiny-a", 1), tb.chat(t, "tiny-a", 2)}
-	giveBack := fillStore(t, tb.b.Conn)
+	giveBack := brokertest.FillStore(t, tb.b.Conn)
 	w := tb.start(t, worker.Config{Trace: func(id, stage string) {
 		if stage == worker.StageFetched {
 			fetched.Add(1)
