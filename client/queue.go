@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
 // Queue is foreman's queue as GET /queue shows it: the running job, the models loaded,
@@ -27,23 +29,19 @@ type Queue struct {
 	Raw json.RawMessage `json:"-"`
 }
 
+// Pause is foreman's worker waiting for what it needs to run jobs: Reason, Since, and
+// Error (the failure that began it, then each probe's).
+type Pause = broker.Pause
+
 // Why foreman's worker pauses (Pause.Reason).
 const (
 	// PauseTargetUnreachable: a job's call could not reach the Ollama server; the
 	// worker waits until it answers again.
-	PauseTargetUnreachable = "target_unreachable"
+	PauseTargetUnreachable = broker.PauseTargetUnreachable
 	// PauseStoreRefusesWrites: the job store refused a job's start write (a full disk, a
 	// NATS cluster without a quorum); the worker waits until it takes writes again.
-	PauseStoreRefusesWrites = "store_refuses_writes"
+	PauseStoreRefusesWrites = broker.PauseStoreRefusesWrites
 )
-
-// Pause is foreman's worker waiting for what it needs to run jobs.
-type Pause struct {
-	Reason string    `json:"reason"`
-	Since  time.Time `json:"since"`
-	// Error is the failure that started the pause, or the latest check's.
-	Error string `json:"error"`
-}
 
 // QueuedJob is one waiting job of a Queue.
 type QueuedJob struct {
