@@ -147,6 +147,11 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopAdv()
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		w.expireLoop(ctx)
+	}()
 
 	w.log.Info("worker started", "max_attempts", w.cfg.maxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
 	defer w.log.Info("worker stopped")

@@ -1,0 +1,52 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A job that waits in the queue for a job TTL (behind a job that runs longer) ends failed,
+// saying why, and leaves the queue, instead of vanishing without a state, an event or a
+// webhook when JetStream drops its queue message and record at the TTL. The job that
+// runs meanwhile is left alone and ends done.
+func TestJobWaitingAJobTTLEndsFailed(t *testing.T) {
+	t.Parallel()
+	const ttl = 2 * time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.JobTTL = ttl
+		c.AckWait = time.Second
+	}))
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	running := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	waiting := tb.chat(t, "tiny-a", 1)
+
+	got := tb.waitState(t, waiting.ID, broker.StateFailed)
+	if got.Error != broker.ExpiredError(ttl) {
+		t.Errorf("error %q, want %q", got.Error, broker.ExpiredError(ttl))
+	}
+	if got.Attempt != 0 || got.StartedAt != nil {
+		t.Errorf("expired job shows a start: attempt %d, started %v", got.Attempt, got.StartedAt)
+	}
+	if waited := got.FinishedAt.Sub(got.CreatedAt); waited < ttl/2 || waited >= ttl {
+		t.Errorf("ended after %v in the queue, want within the TTL %v and not before half of it", waited, ttl)
+	}
+	rec, _, err := tb.b.Store.Get(ctxT(t), running.ID)
+	if err != nil || rec.State.Terminal() {
+		t.Fatalf("running job: %+v, %v; want it still running", rec, err)
+	}
+	release()
+	tb.waitState(t, running.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+	if n := len(inferenceCalls(tb.fake)); n != 1 {
+		t.Errorf("target called %d times, want once (the expired job never runs)", n)
+	}
+}
