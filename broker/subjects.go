@@ -94,8 +94,9 @@ var ErrBadModel = errors.New("invalid model name")
 // maxModelLen keeps "m-"+token within the 255-byte consumer name limit.
 const maxModelLen = 150
 
-// maxModelPadding is the white space a model name may carry around it beyond maxModelLen:
-// the target trims it, the name as sent is stored.
+// maxModelPadding is the white space a model name may carry around it beyond maxModelLen.
+// The gateway refuses such names (Ollama does); the broker still takes them, as records
+// of earlier versions may carry them.
 const maxModelPadding = 16
 
 var tokenEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)

@@ -155,6 +155,9 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	if strings.TrimSpace(sub.model) == "" {
 		return nil, badRequest("model is required")
 	}
+	if err := checkModelName(sub.model); err != nil {
+		return nil, err
+	}
 	if _, err := broker.ModelToken(sub.model); err != nil {
 		return nil, badRequest(err.Error())
 	}

@@ -146,8 +146,12 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 		{"unknown event", `{"model":"tiny-a","state_webhook_url":"http://x.test/h","webhook_events":["done","exploded"]}`, 400},
 		{"events not strings", `{"model":"tiny-a","state_webhook_url":"http://x.test/h","webhook_events":"done"}`, 400},
 		{"events without url", `{"model":"tiny-a","webhook_events":["done"]}`, 400},
-		// The target trims it, but the name as sent fills the record.
 		{"model padded to a megabyte", `{"model":"tiny-a` + strings.Repeat(" ", 1<<20) + `"}`, 400},
+		// Ollama answers such names "model is required"; shown in a terminal they rewrite it.
+		{"model padded", `{"model":" tiny-a","messages":[]}`, 400},
+		{"model with a carriage return", `{"model":"tiny-a\r","messages":[]}`, 400},
+		{"model with an escape sequence", `{"model":"tiny-a\u001b[2J","messages":[]}`, 400},
+		{"model with a C1 control", `{"model":"tiny-a\u0085","messages":[]}`, 400},
 		{"unknown model", `{"model":"no-such-model","messages":[]}`, 404},
 		// Ollama decodes case-insensitively, the last key winning: it would run the ghost.
 		{"unknown model in another case", `{"model":"tiny-a","Model":"no-such-model","messages":[]}`, 404},

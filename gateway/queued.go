@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -71,11 +72,27 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if strings.TrimSpace(req.Model) == "" {
 		return inference{}, badRequest("model is required")
 	}
+	if err := checkModelName(req.Model); err != nil {
+		return inference{}, err
+	}
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
 	}
 	return in, nil
+}
+
+// checkModelName refuses a model name with white space around it or a control character
+// in it. Ollama refuses such a name ("model is required": a name's parts are letters,
+// digits and "_-.:/"), so a job queued under it could only fail; and a name is shown
+// wherever its job is (the CLI's tables, the status page), where a carriage return or an
+// escape sequence would rewrite the screen.
+func checkModelName(model string) error {
+	bad := strings.TrimSpace(model) != model || strings.IndexFunc(model, unicode.IsControl) >= 0
+	if bad {
+		return badRequest(fmt.Sprintf("invalid model name %q: no white space around it, no control characters in it", model))
+	}
+	return nil
 }
 
 // Stages of a sync job's response that Server.trace is told of (with the worker's

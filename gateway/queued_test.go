@@ -266,6 +266,8 @@ func TestQueuedBadRequests(t *testing.T) {
 		{"/api/generate", `{"prompt":"hi"}`, 400, "model is required"},
 		{"/api/chat", `{"name":"tiny-a","messages":[]}`, 400, "model is required"},
 		{"/v1/chat/completions", ``, 400, "missing request body"},
+		{"/api/chat", `{"model":"tiny-a\r","messages":[]}`, 400, "invalid model name"},
+		{"/v1/chat/completions", `{"model":" tiny-a","messages":[]}`, 400, "invalid model name"},
 		{"/v1/completions", `"tiny-a"`, 400, "invalid JSON body"},
 		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"` + strings.Repeat("x", 2000) + `"}]}`, 413, "request body too large"},
 	}
