@@ -49,6 +49,10 @@ type Config struct {
 	// TargetTTL is how long a target's entry in TargetsBucket lives after its last
 	// refresh (see PublishTarget). Default 90s.
 	TargetTTL time.Duration
+	// DuplicateWindow is the queue's duplicate window: a job's queue message published
+	// again within it (a retried write, an idempotent retry) is dropped. Default 10
+	// minutes, at most JobTTL.
+	DuplicateWindow time.Duration
 	// RetryWindow is how long a read or write that meets an unavailable cluster (no
 	// stream leader during an election, a reconnect) is retried before it fails with
 	// ErrUnavailable. Default 5s.
@@ -128,6 +132,9 @@ type Store struct {
 	// inlineLimit is the largest request body carried in a queue message; larger ones go
 	// to the object store.
 	inlineLimit int
+	// dup is the queue's duplicate window: a job's message published again within it is
+	// dropped by its Nats-Msg-Id.
+	dup time.Duration
 
 	mu        sync.Mutex
 	consumers map[string]jetstream.Consumer
@@ -168,10 +175,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.inlineLimit = 900 * 1024
 	}
 
-	dup := 10 * time.Minute
+	dup := cfg.DuplicateWindow
+	if dup <= 0 {
+		dup = 10 * time.Minute
+	}
 	if dup > cfg.JobTTL {
 		dup = cfg.JobTTL
 	}
+	s.dup = dup
 	err = s.untilReady(ctx, "stream "+QueueStream, func(ctx context.Context) (err error) {
 		s.queue, err = js.CreateOrUpdateStream(ctx, s.queueConfig(dup))
 		return err
@@ -424,8 +435,9 @@ func (s *Store) dropStoredBody(j *Job) {
 // idempotent retry calls it: a crash between Submit's record write and its publish leaves
 // a queued record that no worker would ever see. The publish carries the job id as
 // Nats-Msg-Id, so within the queue's duplicate window it is dropped when the first one
-// made it; after the window a spare copy may be queued, which the worker drops (the job
-// has ended, or another delivery runs it). body is the request body, the same as the
+// made it; from half the window on, the queue is searched for the job's message first and
+// the job is published again only without one (a copy stored beside the first one would
+// hold a second place in the queue). body is the request body, the same as the
 // first request's (the idempotency key's digest says so); a large one is stored again
 // only when its object is gone. It returns the job as found.
 func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, error) {
@@ -447,6 +459,18 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 		}
 		if err != nil {
 			return nil, fmt.Errorf("broker: resubmit %s: request body: %w", id, storageErr(err))
+		}
+	}
+	if s.Now().Sub(j.CreatedAt) >= s.dup/2 {
+		// Its first message may be past the queue's duplicate window, where a second one
+		// would be stored beside it: a second place in the queue, counted twice against
+		// its bounds and left behind by a cancel. Look for it first.
+		_, ok, err := s.queuedSeq(ctx, j)
+		if err != nil {
+			return nil, fmt.Errorf("broker: resubmit %s: %w", id, storageErr(err))
+		}
+		if ok {
+			return j, nil
 		}
 	}
 	if err := s.enqueue(ctx, j, key, body); err != nil {

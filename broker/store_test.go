@@ -458,3 +458,55 @@ func TestStorageErrors(t *testing.T) {
 		}
 	}
 }
+
+// An idempotent retry of a job still queued after the queue's duplicate window publishes
+// no second message: the server would store it (the window dropped the first one's id),
+// and the job would hold two places in the queue, counted twice against its bounds.
+func TestResubmitAfterDuplicateWindowKeepsOneMessage(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.DuplicateWindow = time.Second }))
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "m", `{"model":"m"}`)
+	// A probe published after the job, with an id of its own, is stored again only once the
+	// server's window has dropped its id, and so the job's.
+	probe := nats.NewMsg(broker.QueueSubject(token(t, "probe")))
+	js := b.JetStream(t)
+	first, err := js.PublishMsg(ctx, probe, jetstream.WithMsgID("probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var again *jetstream.PubAck
+	eventually(t, 30*time.Second, "duplicate window passed", func() bool {
+		again, err = js.PublishMsg(ctx, probe, jetstream.WithMsgID("probe"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return !again.Duplicate
+	})
+	for _, seq := range []uint64{first.Sequence, again.Sequence} {
+		if err := b.Store.DeleteQueued(ctx, seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := b.Store.Resubmit(ctx, j.ID, []byte(`{"model":"m"}`))
+	if err != nil || got.ID != j.ID {
+		t.Fatalf("resubmit: %+v, %v", got, err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
+	}
+	// A job whose message is gone (a crash between its two writes) is published again.
+	d, err := b.Store.Next(ctx, token(t, "m"))
+	if err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("next: %+v, %v", d, err)
+	}
+	if err := b.Store.DeleteQueued(ctx, d.Seq); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.Resubmit(ctx, j.ID, []byte(`{"model":"m"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want the job's new one", n, err)
+	}
+}

@@ -195,44 +195,48 @@ const DefaultCancelReason = "canceled"
 // errUnchanged stops a Modify that has nothing to write.
 var errUnchanged = errors.New("broker: record unchanged")
 
-// removeQueued deletes the queue message of job j. The queue holds only pending jobs, so
-// the scan is bounded by the depth of the job's queues (one per load options).
+// removeQueued deletes the queue message of job j.
 func (s *Store) removeQueued(ctx context.Context, j *Job) error {
+	seq, ok, err := s.queuedSeq(ctx, j)
+	if err != nil || !ok {
+		return err
+	}
+	err = s.queue.DeleteMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil
+	}
+	s.dropBody(ctx, j)
+	return err
+}
+
+// queuedSeq finds the queue message of job j: its sequence, and whether there is one. The
+// queue holds only pending jobs, so the scan is bounded by the depth of the job's queues
+// (one per load options).
+func (s *Store) queuedSeq(ctx context.Context, j *Job) (uint64, bool, error) {
 	key, err := KeyOf(j, nil)
 	if err != nil {
-		return err
+		return 0, false, err
 	}
 	subjects := []string{queuePrefix + key.Model + ".*." + string(key.Class) + "." + key.Program}
 	if key.String() == key.Model {
 		subjects = append(subjects, QueueSubject(key.Model))
 	}
 	for _, subj := range subjects {
-		if err := s.removeQueuedOn(ctx, j, subj); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (s *Store) removeQueuedOn(ctx context.Context, j *Job, subj string) error {
-	for seq := uint64(0); ; seq++ {
-		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		seq = m.Sequence
-		if m.Header.Get(HeaderJobID) == j.ID {
-			err := s.queue.DeleteMsg(ctx, seq)
+		for seq := uint64(0); ; seq++ {
+			m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
 			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				return nil
+				break
 			}
-			s.dropBody(ctx, j)
-			return err
+			if err != nil {
+				return 0, false, err
+			}
+			seq = m.Sequence
+			if m.Header.Get(HeaderJobID) == j.ID {
+				return seq, true, nil
+			}
 		}
 	}
+	return 0, false, nil
 }
 
 func (s *Store) dropBody(ctx context.Context, j *Job) {

@@ -24,7 +24,7 @@ func TestIdempotentRetryRequeuesAJobLeftWithoutQueueMessage(t *testing.T) {
 	// claimed, the job record queued, no queue message.
 	id := broker.NewID()
 	sum := sha256.Sum256([]byte("chat\n" + body))
-	if _, created, err := b.Broker.Store.ClaimIdempotencyKey(ctx, "crash-after-record", broker.IdempotencyClaim{JobID: id, BodySHA256: hex.EncodeToString(sum[:]), Until: time.Now()}); err != nil || !created {
+	if _, created, err := b.Broker.Store.ClaimIdempotencyKey(ctx, scopedIdempotencyKey("", "crash-after-record"), broker.IdempotencyClaim{JobID: id, BodySHA256: hex.EncodeToString(sum[:]), Until: time.Now()}); err != nil || !created {
 		t.Fatalf("claim: %v %v", created, err)
 	}
 	now := time.Now().UTC()
@@ -95,5 +95,34 @@ func TestIdempotencyKeyOfASlowFirstRequestIsNotTakenOver(t *testing.T) {
 	}
 	if jobs := jobsList(t, b, ""); len(jobs) != 1 {
 		t.Fatalf("%d job records, want 1", len(jobs))
+	}
+}
+
+// An Idempotency-Key is one caller's: with named tokens, bob's request with alice's key
+// neither gets alice's job back nor is refused for another body; it makes bob's own job,
+// and his retry gets that one.
+func TestIdempotencyKeysArePerProgram(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		c.AuthTokens = []NamedToken{{"alice", "tokenA"}, {"bob", "tokenB"}}
+	}))
+	as := func(tok string) []string { return []string{"Authorization", "Bearer " + tok, "Idempotency-Key", "k1"} }
+	body := `{"model":"tiny-a","messages":[]}`
+	b.Token = "tokenA"
+	alices := jobsSubmit(t, b, body, as("tokenA")...)
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(body), as("tokenB")...)
+	var bobs submitted
+	_ = json.Unmarshal(out, &bobs)
+	if resp.StatusCode != http.StatusAccepted || bobs.JobID == "" || bobs.JobID == alices || resp.Header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("bob with alice's key: %d %s (replayed %q), want a job of his own, not %s",
+			resp.StatusCode, out, resp.Header.Get("Idempotent-Replayed"), alices)
+	}
+	resp, out = b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-b"}`), as("tokenB")...)
+	wantJobError(t, "bob's key with another body", resp, out, http.StatusUnprocessableEntity)
+	resp, out = b.request(t, http.MethodPost, "/jobs", []byte(body), as("tokenA")...)
+	var again submitted
+	_ = json.Unmarshal(out, &again)
+	if resp.StatusCode != http.StatusAccepted || again.JobID != alices || resp.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("alice's retry: %d %s, want her job %s replayed", resp.StatusCode, out, alices)
 	}
 }

@@ -320,6 +320,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	}
 	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
 		LoadOptions: sub.opts}
+	idemKey = scopedIdempotencyKey(who.program, idemKey)
 	if idemKey != "" {
 		// The key protects the job itself: its kind and the body sent to the target, not
 		// the webhook fields (a client's own receiver URL changes between retries).
@@ -377,6 +378,17 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	s.log.Info("job submitted", "job_id", j.ID, "model", j.Model, "kind", j.Kind, "webhook", j.Webhook != nil,
 		"program", j.Program, "priority", string(j.Priority))
 	return j.ID, false, nil
+}
+
+// scopedIdempotencyKey is the key a request's Idempotency-Key is claimed under: one per
+// program, so that one caller's key neither replays another caller's job nor is refused
+// for another's body (with named tokens a program is an authenticated caller). Program
+// names never hold a newline. An empty key stays empty: no key.
+func scopedIdempotencyKey(program, key string) string {
+	if key == "" {
+		return ""
+	}
+	return program + "\n" + key
 }
 
 // claimGrace is how long after its submit's deadline a claim still counts as live: a

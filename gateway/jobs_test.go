@@ -626,7 +626,7 @@ func TestIdempotencyKeyOfAJobThatNeverCameToBe(t *testing.T) {
 	body := `{"model":"tiny-a","messages":[]}`
 	sum := sha256.Sum256([]byte("chat\n" + body))
 	ghost := broker.NewID()
-	if _, created, err := b.Broker.Store.ClaimIdempotencyKey(ctx, "crashed", broker.IdempotencyClaim{JobID: ghost, BodySHA256: hex.EncodeToString(sum[:]), Until: time.Now().Add(-claimGrace)}); err != nil || !created {
+	if _, created, err := b.Broker.Store.ClaimIdempotencyKey(ctx, scopedIdempotencyKey("", "crashed"), broker.IdempotencyClaim{JobID: ghost, BodySHA256: hex.EncodeToString(sum[:]), Until: time.Now().Add(-claimGrace)}); err != nil || !created {
 		t.Fatalf("claim: %v %v", created, err)
 	}
 	id := jobsSubmit(t, b, body, "Idempotency-Key", "crashed")
