@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -118,3 +119,18 @@ var StorageErr = storageErr
 
 // BoundedContentType is boundedContentType, for the stream writer's fuzz test.
 var BoundedContentType = boundedContentType
+
+// LogLimitAllow runs a fresh logLimit over the given times, each with interval every, and
+// returns what allow answered for each: -1 held back, else the count of held lines.
+func LogLimitAllow(every time.Duration, at ...time.Time) []int {
+	var l logLimit
+	out := make([]int, len(at))
+	for i, now := range at {
+		ok, held := l.allow(now, every)
+		out[i] = -1
+		if ok {
+			out[i] = held
+		}
+	}
+	return out
+}

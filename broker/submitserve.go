@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -38,6 +39,47 @@ type SubmitServer struct {
 	Concurrency int
 	// Logger gets the requests refused for their reply subject. Default: the store's.
 	Logger *slog.Logger
+
+	// refusals keeps a flood of refused requests (any client may send them) from
+	// flooding the log too.
+	refusals *logLimit
+}
+
+// refusalLogEvery is how often a kind of refused submit is logged at most; the line says
+// how many were refused since the last one.
+const refusalLogEvery = 10 * time.Second
+
+// logLimit lets one log line through per interval and counts the ones it holds back.
+type logLimit struct {
+	mu   sync.Mutex
+	last time.Time
+	held int
+}
+
+// allow reports whether a line may be logged at now, and how many were held back since
+// the last one that was.
+func (l *logLimit) allow(now time.Time, every time.Duration) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < every {
+		l.held++
+		return false, 0
+	}
+	held := l.held
+	l.last, l.held = now, 0
+	return true, held
+}
+
+// refused logs a request refused for its reply subject, at most once per refusalLogEvery.
+func (srv *SubmitServer) refused(msg string, args ...any) {
+	ok, held := srv.refusals.allow(time.Now(), refusalLogEvery)
+	if !ok {
+		return
+	}
+	if held > 0 {
+		args = append(args, "more_refused_since_last_logged", held)
+	}
+	srv.Logger.Warn(msg, args...)
 }
 
 // ServeSubmit answers job submissions on SubmitSubject until ctx ends, in a queue group
@@ -45,6 +87,7 @@ type SubmitServer struct {
 // inbox gets no answer: answering it would publish, with foreman's rights, wherever the
 // sender pointed. It returns once every answer started has gone out.
 func (s *Store) ServeSubmit(ctx context.Context, srv SubmitServer) error {
+	srv.refusals = &logLimit{}
 	if srv.Concurrency <= 0 {
 		srv.Concurrency = 16
 	}
@@ -95,11 +138,11 @@ func (s *Store) ServeSubmit(ctx context.Context, srv SubmitServer) error {
 
 func (srv *SubmitServer) answer(ctx context.Context, m *nats.Msg) {
 	if m.Reply == "" {
-		srv.Logger.Warn("job submit without a reply subject ignored", "subject", m.Subject)
+		srv.refused("job submit without a reply subject ignored", "subject", m.Subject)
 		return
 	}
 	if !inboxReply(m.Reply) {
-		srv.Logger.Warn("job submit with a reply subject that is not an inbox refused", "reply", m.Reply)
+		srv.refused("job submit with a reply subject that is not an inbox refused", "reply", m.Reply)
 		return
 	}
 	var key string

@@ -138,8 +138,9 @@ func TestNATSSubmitRefusesForgedReplySubjects(t *testing.T) {
 	if _, _, err := st.Get(ctx, last); err != nil {
 		t.Fatalf("the last submit: %v", err)
 	}
-	if n := logs.count("not an inbox refused"); n != len(forged) {
-		t.Fatalf("%d refusals logged, want %d: %q", n, len(forged), logs.msgs)
+	// Logged, but not once each: any client may send a flood of them (TestRefusalLogLimit).
+	if n := logs.count("not an inbox refused"); n < 1 || n >= len(forged) {
+		t.Fatalf("%d refusals logged for %d forged replies, want at least one and fewer: %q", n, len(forged), logs.msgs)
 	}
 }
 

@@ -383,7 +383,8 @@ func (a *App) warmEmbedder(ctx context.Context) {
 
 // Shutdown stops foreman in order under ctx's deadline:
 //  1. stop accepting HTTP (in-flight responses go on) and stop the worker taking jobs; the
-//     running job may finish until the deadline, else it goes back to the queue un-acked;
+//     running job may finish until shortly before the deadline (workerDeadline), else it
+//     goes back to the queue un-acked;
 //  2. end the responses still waiting for a job that will not run now (503, job canceled)
 //     and let the HTTP server finish;
 //  3. stop the background components, drain the NATS connection, shut the embedded
@@ -403,17 +404,16 @@ func (a *App) Shutdown(ctx context.Context) error {
 			httpDone <- nil
 		}
 		if a.worker != nil {
-			if err := a.worker.Stop(ctx); err != nil {
+			wctx, cancel := workerDeadline(ctx)
+			if err := a.worker.Stop(wctx); err != nil {
 				errs = append(errs, fmt.Errorf("worker stop: %w", err))
 			}
+			cancel()
 		}
 		if a.gw != nil {
-			// A little time of its own: the answers are short, and the deadline may be gone.
-			ectx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-			if err := a.gw.AnswerWaiting(ectx); err != nil {
+			if err := a.gw.AnswerWaiting(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("end waiting responses: %w", err))
 			}
-			cancel()
 		}
 		if err := <-httpDone; err != nil {
 			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
@@ -438,6 +438,19 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr
+}
+
+// workerDeadline is the part of a shutdown's deadline the running job may use: a quarter
+// of what is left, at most 5s, stays for what follows it (the cut job's answer written,
+// the waiting answers ended, the HTTP server closed), so that all of it ends within the
+// deadline.
+func workerDeadline(ctx context.Context) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok {
+		return context.WithCancel(ctx)
+	}
+	reserve := min(time.Until(dl)/4, 5*time.Second)
+	return context.WithDeadline(ctx, dl.Add(-reserve))
 }
 
 // waitClosed waits for a draining connection to close, or for ctx.
