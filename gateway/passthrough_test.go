@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -571,4 +572,78 @@ func TestWrongMethodIs405(t *testing.T) {
 	}
 	resp, out := b.request(t, http.MethodGet, "/api/nothing-here", nil)
 	wantError(t, resp, out, http.StatusNotFound, "404")
+}
+
+// foreman guards origins itself (ADR-0023): a page it allows reaches the target's routes
+// without the page's Origin, Cookie or Referer, which Ollama would judge by its own
+// OLLAMA_ORIGINS (403) or should never see.
+func TestPassThroughDropsBrowserHeaders(t *testing.T) {
+	t.Parallel()
+	const origin = "https://app.example.com"
+	b := newTestBundle(t, withGateway(func(c *Config) { c.Origins = []string{origin} }))
+	for _, tc := range []struct{ method, path, body string }{
+		{http.MethodPost, "/api/show", `{"model":"tiny-a"}`},
+		{http.MethodPost, "/api/embed", `{"model":"tiny-embed","input":"x"}`},
+		{http.MethodPost, "/api/embeddings", `{"model":"tiny-embed","prompt":"x"}`},
+		{http.MethodPost, "/v1/embeddings", `{"model":"tiny-embed","input":"x"}`},
+		{http.MethodGet, "/v1/models", ""},
+		{http.MethodGet, "/api/version", ""},
+		{http.MethodPost, "/api/pull", `{"model":"tiny-a","stream":false}`},
+	} {
+		var body []byte
+		if tc.body != "" {
+			body = []byte(tc.body)
+		}
+		resp, out := b.request(t, tc.method, tc.path, body,
+			"Origin", origin, "Cookie", "session=secret", "Referer", origin+"/chat")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %s: %d %s", tc.method, tc.path, resp.StatusCode, out)
+		}
+		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != origin {
+			t.Errorf("%s %s: Access-Control-Allow-Origin %q, want foreman's %q", tc.method, tc.path, got, origin)
+		}
+		calls := b.Fake.Calls()
+		i := slices.IndexFunc(calls, func(c ollamatest.Call) bool { return c.Path == tc.path })
+		if i < 0 {
+			t.Fatalf("%s %s never reached the target", tc.method, tc.path)
+		}
+		last := calls[i]
+		for _, h := range []string{"Origin", "Cookie", "Referer"} {
+			if v := last.Header.Get(h); v != "" {
+				t.Errorf("%s %s: the target got %s: %q", tc.method, tc.path, h, v)
+			}
+		}
+	}
+}
+
+// The target's CORS headers say what the target allows, not what foreman does: they never
+// replace foreman's.
+func TestPassThroughKeepsForemanCORS(t *testing.T) {
+	t.Parallel()
+	const origin = "https://app.example.com"
+	b := newTestBundle(t, withGateway(func(c *Config) { c.Origins = []string{origin} }),
+		withTarget(func(c ollama.Client) ollama.Client {
+			return &hookClient{Client: c, do: func(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error) {
+				resp, err := c.Do(ctx, method, path, header, body)
+				if err == nil {
+					resp.Header.Set("Access-Control-Allow-Origin", "*")
+					resp.Header.Set("Access-Control-Allow-Credentials", "true")
+					resp.Header.Set("Access-Control-Expose-Headers", "X-Target-Secret")
+				}
+				return resp, err
+			}}
+		}))
+	resp, out := b.request(t, http.MethodGet, "/api/version", nil, "Origin", origin)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%d %s", resp.StatusCode, out)
+	}
+	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != origin {
+		t.Errorf("Access-Control-Allow-Origin %q, want foreman's %q", got, origin)
+	}
+	if got := resp.Header.Get("Access-Control-Allow-Credentials"); got != "" {
+		t.Errorf("the target's Access-Control-Allow-Credentials %q reached the client", got)
+	}
+	if got := resp.Header.Get("Access-Control-Expose-Headers"); !strings.Contains(got, HeaderJobID) || strings.Contains(got, "X-Target-Secret") {
+		t.Errorf("Access-Control-Expose-Headers %q, want foreman's", got)
+	}
 }
