@@ -101,10 +101,10 @@ func TestPassThroughMatchesTarget(t *testing.T) {
 		{"POST", "/api/embed", `{"model":"tiny-embed","input":42}`}, // the target's 400
 		{"POST", "/api/embeddings", `{"model":"tiny-embed","prompt":"hello"}`},
 		{"POST", "/v1/embeddings", `{"model":"tiny-embed","input":"hello"}`},
-		{"POST", "/api/copy", `{"source":"nope","destination":"x"}`}, // the target's 404
-		{"DELETE", "/api/delete", `{"model":"nope"}`},                // the target's 404
-		{"POST", "/api/push", `{"model":"nope","stream":false}`},     // the target's 404
-		{"HEAD", "/api/blobs/sha256:abc", ""},                        // the target's 404
+		{"POST", "/api/copy", `{"source":"nope","destination":"x"}`},  // the target's 404
+		{"DELETE", "/api/delete", `{"model":"nope"}`},                 // the target's 404
+		{"POST", "/api/push", `{"model":"nope","stream":false}`},      // the target's 404
+		{"HEAD", "/api/blobs/sha256:" + strings.Repeat("ab", 32), ""}, // the target's 404
 	}
 	for _, c := range cases {
 		t.Run(c.method+" "+c.path+" "+c.body, func(t *testing.T) {
@@ -469,7 +469,7 @@ func TestBlobUploadStreams(t *testing.T) {
 				return c.Do(ctx, method, path, h, body)
 			}}
 		}))
-	const digest = "sha256:0123456789abcdef"
+	digest := "sha256:" + strings.Repeat("0123456789abcdef", 4)
 	resp, _ := b.request(t, http.MethodHead, "/api/blobs/"+digest, nil)
 	if resp.StatusCode != 404 {
 		t.Fatalf("HEAD before upload: %d", resp.StatusCode)
@@ -645,5 +645,38 @@ func TestPassThroughKeepsForemanCORS(t *testing.T) {
 	}
 	if got := resp.Header.Get("Access-Control-Expose-Headers"); !strings.Contains(got, HeaderJobID) || strings.Contains(got, "X-Target-Secret") {
 		t.Errorf("Access-Control-Expose-Headers %q, want foreman's", got)
+	}
+}
+
+// A blob digest is Ollama's sha256:<64 hex> (or sha256-<64 hex>), else 400 before anything
+// reaches the target: an escaped "../" in it must never become a path on the target.
+func TestBlobDigestRefused(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	hex64 := strings.Repeat("0123456789abcdef", 4)
+	for _, digest := range []string{
+		"..%2F..%2Fapi%2Fchat", "..%2F..%2Fapi%2Ftags", "sha256:" + hex64 + "%2F..%2F..%2Fapi%2Fchat",
+		"sha256:0123", "sha256:" + hex64 + "0", "sha512:" + hex64, "sha256:" + strings.Repeat("g", 64), "%2e%2e",
+	} {
+		for _, method := range []string{http.MethodPost, http.MethodHead} {
+			resp, out := b.request(t, method, "/api/blobs/"+digest, []byte("x"))
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("%s %s: %d %s", method, digest, resp.StatusCode, out)
+			}
+			if method == http.MethodPost {
+				wantError(t, resp, out, http.StatusBadRequest, "invalid digest format")
+			}
+		}
+	}
+	for _, c := range b.Fake.Calls() {
+		if c.Path != "/api/tags" && c.Path != "/api/ps" { // the inventory's first poll
+			t.Errorf("the target got %s %s", c.Method, c.RawPath)
+		}
+	}
+	for _, digest := range []string{"sha256:" + hex64, "sha256-" + strings.ToUpper(hex64)} {
+		resp, out := b.request(t, http.MethodPost, "/api/blobs/"+digest, []byte("x"))
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST %s: %d %s", digest, resp.StatusCode, out)
+		}
 	}
 }
