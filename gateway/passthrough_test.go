@@ -680,3 +680,15 @@ func TestBlobDigestRefused(t *testing.T) {
 		}
 	}
 }
+
+// A target that answers, but not as Ollama does (another server on its port), is a bad
+// gateway with a message that says so, not an internal error.
+func TestTargetAnswerNotOllama(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withoutInitialPoll())
+	for _, path := range []string{"/api/tags", "/api/ps"} {
+		b.Fake.FailNextOn(path, 1, ollamatest.NotOllama)
+		resp, out := b.request(t, http.MethodGet, path, nil)
+		wantError(t, resp, out, http.StatusBadGateway, "ollama: the target's answer could not be read: GET "+path+": not JSON")
+	}
+}

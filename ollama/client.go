@@ -217,6 +217,10 @@ func (c *HTTPClient) getJSON(ctx context.Context, path string, v any) ([]byte, e
 		return nil, c.transportError(ctx, "GET "+path, req, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode/100 == 3 {
+		// Ollama never redirects these routes: whatever answers is not Ollama.
+		return nil, badAnswer("GET "+path, fmt.Errorf("redirect %d to %q", resp.StatusCode, resp.Header.Get("Location")))
+	}
 	if resp.StatusCode/100 != 2 {
 		return nil, readHTTPError(resp)
 	}
@@ -225,7 +229,7 @@ func (c *HTTPClient) getJSON(ctx context.Context, path string, v any) ([]byte, e
 		return nil, c.transportError(ctx, "read "+path, req, err)
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
-		return nil, fmt.Errorf("ollama: decode %s: %w", path, err)
+		return nil, badAnswer("GET "+path, fmt.Errorf("not JSON (Content-Type %q): %w", resp.Header.Get("Content-Type"), err))
 	}
 	return raw, nil
 }

@@ -489,3 +489,32 @@ func TestDoDoesNotFollowRedirects(t *testing.T) {
 	default:
 	}
 }
+
+// An answer that is not Ollama's (an HTML page, a redirect) is ErrBadAnswer, apart from
+// the target being unreachable or refusing.
+func TestMetadataBadAnswer(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/version" {
+			http.Redirect(w, r, "/login", http.StatusFound)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = io.WriteString(w, "<html></html>")
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL)
+	ctx := testCtx(t)
+	_, _, err := c.Tags(ctx)
+	if !errors.Is(err, ollama.ErrBadAnswer) || !strings.Contains(err.Error(), "GET /api/tags") {
+		t.Errorf("Tags: %v", err)
+	}
+	_, _, err = c.Ps(ctx)
+	if !errors.Is(err, ollama.ErrBadAnswer) {
+		t.Errorf("Ps: %v", err)
+	}
+	_, err = c.Version(ctx)
+	if !errors.Is(err, ollama.ErrBadAnswer) || !strings.Contains(err.Error(), "302") {
+		t.Errorf("Version: %v", err)
+	}
+}

@@ -104,6 +104,10 @@ func (s *Server) wrap(fn handler) http.Handler {
 			case kindDrop:
 				dropConn(w)
 				return
+			case kindNotOllama:
+				w.Header().Set("Content-Type", "text/html; charset=utf-8")
+				_, _ = io.WriteString(w, "<!doctype html><html><body>It works!</body></html>\n")
+				return
 			case kindHang:
 				<-f.gone
 				canceled = true
