@@ -145,6 +145,8 @@ func statusOf(err error) (int, string) {
 		return httpErr.StatusCode, httpErr.Message
 	case errors.As(err, &connErr):
 		return http.StatusBadGateway, "ollama is unreachable: " + connErr.Error()
+	case errors.Is(err, ollama.ErrBadAnswer):
+		return http.StatusBadGateway, err.Error()
 	case errors.Is(err, ErrModelNotFound):
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, broker.ErrUnavailable):

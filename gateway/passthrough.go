@@ -126,21 +126,39 @@ func removeHopHeaders(h http.Header) {
 	}
 }
 
+// browserHeaders are what a browser says about the page that sends a request. foreman
+// judges the page itself (browserPolicy); the target would judge it again by its own
+// OLLAMA_ORIGINS (Ollama answers 403 to an Origin outside it) and has no use for the
+// page's cookies or address.
+var browserHeaders = []string{"Origin", "Referer", "Cookie"}
+
 // forwardHeader is the client's header as the target should see it: without hop-by-hop
-// headers and without foreman's own bearer token (the target's token, if any, is added
-// by the ollama client).
+// headers, without the browser's page headers, and without foreman's own bearer token
+// (the target's token, if any, is added by the ollama client).
 func forwardHeader(in http.Header) http.Header {
 	h := in.Clone()
 	removeHopHeaders(h)
+	for _, name := range browserHeaders {
+		h.Del(name)
+	}
 	h.Del("Authorization")
 	return h
 }
 
-// copyHeader copies the target's response header to dst, minus hop-by-hop headers.
+// copyHeader copies the target's response header to dst, minus hop-by-hop headers and
+// the target's CORS headers: which pages may read the answer is foreman's to say
+// (browserPolicy has set its own), not what the target allows.
 func copyHeader(dst, src http.Header) {
 	h := src.Clone()
 	removeHopHeaders(h)
 	for k, vs := range h {
+		switch {
+		case strings.HasPrefix(k, "Access-Control-"):
+			continue
+		case k == "Vary":
+			dst[k] = append(dst[k], vs...) // foreman's "Vary: Origin" stays
+			continue
+		}
 		dst[k] = vs
 	}
 }

@@ -3,8 +3,10 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
+	"regexp"
 	"time"
 )
 
@@ -34,14 +36,26 @@ func (s *Server) handleManage(w http.ResponseWriter, r *http.Request) {
 
 // handleBlob relays HEAD and POST /api/blobs/{digest}. An upload is streamed to the
 // target as it arrives, never buffered, and has no body limit: model layers are GBs.
+//
+// The digest must be Ollama's own form, checked before anything is sent: a digest is a
+// file name on the target, and anything else ("..%2F..%2Fapi%2Fchat") is at best refused
+// there and at worst a path of its own to a proxy in front of it.
 func (s *Server) handleBlob(w http.ResponseWriter, r *http.Request) {
-	path := targetPath("/api/blobs/"+url.PathEscape(r.PathValue("digest")), r.URL.RawQuery)
+	digest := r.PathValue("digest")
+	if !blobDigest.MatchString(digest) {
+		s.writeError(w, r, badRequest(fmt.Sprintf("invalid digest format %q: want sha256:<64 hex digits>", digest)))
+		return
+	}
+	path := targetPath("/api/blobs/"+url.PathEscape(digest), r.URL.RawQuery)
 	body := r.Body
 	if r.Method == http.MethodHead {
 		body = http.NoBody
 	}
 	s.relay(w, r, r.Method, path, body)
 }
+
+// blobDigest is what Ollama 0.17 takes as a blob digest (manifest.BlobsPath).
+var blobDigest = regexp.MustCompile(`^sha256[:-][0-9a-fA-F]{64}$`)
 
 // refreshAfterChange re-polls the inventory, even if the client has already gone: the
 // change happened on the target regardless.

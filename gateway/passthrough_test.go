@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -100,10 +101,10 @@ func TestPassThroughMatchesTarget(t *testing.T) {
 		{"POST", "/api/embed", `{"model":"tiny-embed","input":42}`}, // the target's 400
 		{"POST", "/api/embeddings", `{"model":"tiny-embed","prompt":"hello"}`},
 		{"POST", "/v1/embeddings", `{"model":"tiny-embed","input":"hello"}`},
-		{"POST", "/api/copy", `{"source":"nope","destination":"x"}`}, // the target's 404
-		{"DELETE", "/api/delete", `{"model":"nope"}`},                // the target's 404
-		{"POST", "/api/push", `{"model":"nope","stream":false}`},     // the target's 404
-		{"HEAD", "/api/blobs/sha256:abc", ""},                        // the target's 404
+		{"POST", "/api/copy", `{"source":"nope","destination":"x"}`},  // the target's 404
+		{"DELETE", "/api/delete", `{"model":"nope"}`},                 // the target's 404
+		{"POST", "/api/push", `{"model":"nope","stream":false}`},      // the target's 404
+		{"HEAD", "/api/blobs/sha256:" + strings.Repeat("ab", 32), ""}, // the target's 404
 	}
 	for _, c := range cases {
 		t.Run(c.method+" "+c.path+" "+c.body, func(t *testing.T) {
@@ -468,7 +469,7 @@ func TestBlobUploadStreams(t *testing.T) {
 				return c.Do(ctx, method, path, h, body)
 			}}
 		}))
-	const digest = "sha256:0123456789abcdef"
+	digest := "sha256:" + strings.Repeat("0123456789abcdef", 4)
 	resp, _ := b.request(t, http.MethodHead, "/api/blobs/"+digest, nil)
 	if resp.StatusCode != 404 {
 		t.Fatalf("HEAD before upload: %d", resp.StatusCode)
@@ -571,4 +572,123 @@ func TestWrongMethodIs405(t *testing.T) {
 	}
 	resp, out := b.request(t, http.MethodGet, "/api/nothing-here", nil)
 	wantError(t, resp, out, http.StatusNotFound, "404")
+}
+
+// foreman guards origins itself (ADR-0023): a page it allows reaches the target's routes
+// without the page's Origin, Cookie or Referer, which Ollama would judge by its own
+// OLLAMA_ORIGINS (403) or should never see.
+func TestPassThroughDropsBrowserHeaders(t *testing.T) {
+	t.Parallel()
+	const origin = "https://app.example.com"
+	b := newTestBundle(t, withGateway(func(c *Config) { c.Origins = []string{origin} }))
+	for _, tc := range []struct{ method, path, body string }{
+		{http.MethodPost, "/api/show", `{"model":"tiny-a"}`},
+		{http.MethodPost, "/api/embed", `{"model":"tiny-embed","input":"x"}`},
+		{http.MethodPost, "/api/embeddings", `{"model":"tiny-embed","prompt":"x"}`},
+		{http.MethodPost, "/v1/embeddings", `{"model":"tiny-embed","input":"x"}`},
+		{http.MethodGet, "/v1/models", ""},
+		{http.MethodGet, "/api/version", ""},
+		{http.MethodPost, "/api/pull", `{"model":"tiny-a","stream":false}`},
+	} {
+		var body []byte
+		if tc.body != "" {
+			body = []byte(tc.body)
+		}
+		resp, out := b.request(t, tc.method, tc.path, body,
+			"Origin", origin, "Cookie", "session=secret", "Referer", origin+"/chat")
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s %s: %d %s", tc.method, tc.path, resp.StatusCode, out)
+		}
+		if got := resp.Header.Get("Access-Control-Allow-Origin"); got != origin {
+			t.Errorf("%s %s: Access-Control-Allow-Origin %q, want foreman's %q", tc.method, tc.path, got, origin)
+		}
+		calls := b.Fake.Calls()
+		i := slices.IndexFunc(calls, func(c ollamatest.Call) bool { return c.Path == tc.path })
+		if i < 0 {
+			t.Fatalf("%s %s never reached the target", tc.method, tc.path)
+		}
+		last := calls[i]
+		for _, h := range []string{"Origin", "Cookie", "Referer"} {
+			if v := last.Header.Get(h); v != "" {
+				t.Errorf("%s %s: the target got %s: %q", tc.method, tc.path, h, v)
+			}
+		}
+	}
+}
+
+// The target's CORS headers say what the target allows, not what foreman does: they never
+// replace foreman's.
+func TestPassThroughKeepsForemanCORS(t *testing.T) {
+	t.Parallel()
+	const origin = "https://app.example.com"
+	b := newTestBundle(t, withGateway(func(c *Config) { c.Origins = []string{origin} }),
+		withTarget(func(c ollama.Client) ollama.Client {
+			return &hookClient{Client: c, do: func(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error) {
+				resp, err := c.Do(ctx, method, path, header, body)
+				if err == nil {
+					resp.Header.Set("Access-Control-Allow-Origin", "*")
+					resp.Header.Set("Access-Control-Allow-Credentials", "true")
+					resp.Header.Set("Access-Control-Expose-Headers", "X-Target-Secret")
+				}
+				return resp, err
+			}}
+		}))
+	resp, out := b.request(t, http.MethodGet, "/api/version", nil, "Origin", origin)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("%d %s", resp.StatusCode, out)
+	}
+	if got := resp.Header.Get("Access-Control-Allow-Origin"); got != origin {
+		t.Errorf("Access-Control-Allow-Origin %q, want foreman's %q", got, origin)
+	}
+	if got := resp.Header.Get("Access-Control-Allow-Credentials"); got != "" {
+		t.Errorf("the target's Access-Control-Allow-Credentials %q reached the client", got)
+	}
+	if got := resp.Header.Get("Access-Control-Expose-Headers"); !strings.Contains(got, HeaderJobID) || strings.Contains(got, "X-Target-Secret") {
+		t.Errorf("Access-Control-Expose-Headers %q, want foreman's", got)
+	}
+}
+
+// A blob digest is Ollama's sha256:<64 hex> (or sha256-<64 hex>), else 400 before anything
+// reaches the target: an escaped "../" in it must never become a path on the target.
+func TestBlobDigestRefused(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	hex64 := strings.Repeat("0123456789abcdef", 4)
+	for _, digest := range []string{
+		"..%2F..%2Fapi%2Fchat", "..%2F..%2Fapi%2Ftags", "sha256:" + hex64 + "%2F..%2F..%2Fapi%2Fchat",
+		"sha256:0123", "sha256:" + hex64 + "0", "sha512:" + hex64, "sha256:" + strings.Repeat("g", 64), "%2e%2e",
+	} {
+		for _, method := range []string{http.MethodPost, http.MethodHead} {
+			resp, out := b.request(t, method, "/api/blobs/"+digest, []byte("x"))
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("%s %s: %d %s", method, digest, resp.StatusCode, out)
+			}
+			if method == http.MethodPost {
+				wantError(t, resp, out, http.StatusBadRequest, "invalid digest format")
+			}
+		}
+	}
+	for _, c := range b.Fake.Calls() {
+		if c.Path != "/api/tags" && c.Path != "/api/ps" { // the inventory's first poll
+			t.Errorf("the target got %s %s", c.Method, c.RawPath)
+		}
+	}
+	for _, digest := range []string{"sha256:" + hex64, "sha256-" + strings.ToUpper(hex64)} {
+		resp, out := b.request(t, http.MethodPost, "/api/blobs/"+digest, []byte("x"))
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("POST %s: %d %s", digest, resp.StatusCode, out)
+		}
+	}
+}
+
+// A target that answers, but not as Ollama does (another server on its port), is a bad
+// gateway with a message that says so, not an internal error.
+func TestTargetAnswerNotOllama(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withoutInitialPoll())
+	for _, path := range []string{"/api/tags", "/api/ps"} {
+		b.Fake.FailNextOn(path, 1, ollamatest.NotOllama)
+		resp, out := b.request(t, http.MethodGet, path, nil)
+		wantError(t, resp, out, http.StatusBadGateway, "ollama: the target's answer could not be read: GET "+path+": not JSON")
+	}
 }

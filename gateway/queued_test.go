@@ -540,6 +540,32 @@ func TestQueuedStreamWithoutDoneWrittenAsIs(t *testing.T) {
 	}
 }
 
+// An error the target sends inside a 200 stream reaches the client once, as the target
+// sent it, and the job fails.
+func TestQueuedStreamErrorWrittenOnce(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	for _, path := range []string{"/api/chat", "/api/generate", "/v1/chat/completions", "/v1/completions"} {
+		stream := ""
+		if strings.HasPrefix(path, "/v1") {
+			stream = "true"
+		}
+		body := routeBody(path, "tiny-a", "boom", stream)
+		b.Fake.FailNext(1, ollamatest.StreamError("boom"))
+		got := post(t, ctx, b.URL, path, body)
+		b.Fake.FailNext(1, ollamatest.StreamError("boom"))
+		want := post(t, ctx, b.Fake.URL, path, body)
+		if got.Status != 200 || !bytes.Equal(got.Body, want.Body) {
+			t.Errorf("%s: got %d\n%s\nwant\n%s", path, got.Status, got.Body, want.Body)
+		}
+		j := waitRecord(t, ctx, b.Broker.Store, got.Header.Get(HeaderJobID), func(j *broker.Job) bool { return j.State.Terminal() })
+		if j.State != broker.StateFailed || j.Error != "boom" {
+			t.Errorf("%s: job %s %q, want failed \"boom\"", path, j.State, j.Error)
+		}
+	}
+}
+
 // At shutdown, once the worker has stopped, a sync client whose job never ran gets 503
 // and its job is canceled (nobody would wait for it after a restart); AnswerWaiting returns
 // when every such response has ended.

@@ -65,6 +65,7 @@ type syncResponse struct {
 	ctype    string // the response's Content-Type once known
 	pending  []byte // a non-streamed body, held until the final marker confirms it
 	tail     []byte // the last bytes of the stream written so far (up to 3)
+	last     []byte // the last streamed frame written
 	terminal bool   // the watchdog saw the record terminal once already
 }
 
@@ -195,6 +196,7 @@ func (sr *syncResponse) frame(ev broker.Event) error {
 	if !sr.started {
 		sr.begin(http.StatusOK)
 	}
+	sr.last = ev.Data
 	return sr.write(ev.Data)
 }
 
@@ -319,10 +321,14 @@ func (sr *syncResponse) gap(detail string) outcome {
 
 // fail ends the response with err: its status and {"error": msg} when nothing was
 // written yet (writeError), else an error frame with its message in the stream's own
-// format, as Ollama and OpenAI servers send them mid-stream.
+// format, as Ollama and OpenAI servers send them mid-stream, unless the client has the
+// target's own error frame already.
 func (sr *syncResponse) fail(err error) outcome {
 	if !sr.started {
 		sr.s.writeError(sr.w, sr.r, err)
+		return outcomeError
+	}
+	if sr.relayedFailure(err) {
 		return outcomeError
 	}
 	_, msg := statusOf(err)
@@ -342,6 +348,17 @@ func (sr *syncResponse) fail(err error) outcome {
 		return outcomeClientGone
 	}
 	return outcomeError
+}
+
+// relayedFailure reports whether err is the job's failure and the client already has it:
+// the target ended its stream with an error frame, relayed as it came, and the worker
+// failed the job with that error. A second error frame would tell the client twice.
+func (sr *syncResponse) relayedFailure(err error) bool {
+	var je *broker.JobError
+	if !errors.As(err, &je) || je.State != broker.StateFailed {
+		return false
+	}
+	return ollama.FrameError(sr.ctype, sr.last) != ""
 }
 
 func (sr *syncResponse) begin(status int) {

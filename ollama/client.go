@@ -47,7 +47,8 @@ type ClientConfig struct {
 	// (replacing any Authorization header a pass-through caller supplies).
 	Token string
 	// HTTPClient overrides the default client. It should have no overall
-	// Timeout: streams last as long as a generation does.
+	// Timeout: streams last as long as a generation does. Its redirect policy is
+	// replaced: the client never follows a redirect from the target.
 	HTTPClient *http.Client
 	// ResponseHeaderTimeout bounds the wait for response headers with the
 	// default HTTPClient. Ollama sends headers only after loading the model
@@ -109,8 +110,17 @@ func NewClient(cfg ClientConfig) (*HTTPClient, error) {
 		}
 		c.hc = &http.Client{Transport: newTransport(rht)}
 	}
+	hc := *c.hc
+	hc.CheckRedirect = noRedirects
+	c.hc = &hc
 	return c, nil
 }
+
+// noRedirects makes a redirect from the target its answer. foreman is a proxy: following
+// one would send the target (or wherever it points) a request the client never made, on
+// a path foreman did not route (a HEAD on a blob became GET /api/tags); the client gets
+// the redirect as the target sent it and decides.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 func newTransport(responseHeaderTimeout time.Duration) *http.Transport {
 	d := &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}
@@ -141,8 +151,11 @@ func (c *HTTPClient) newRequest(ctx context.Context, method, path string, header
 	if err != nil {
 		return nil, fmt.Errorf("ollama: bad path %q: %w", path, err)
 	}
+	// The escaped form goes too: rebuilt from the decoded path alone, an escaped "/" in
+	// a segment ("..%2F") would reach the target as a real one ("../").
 	u := *c.base
 	u.Path = c.base.Path + "/" + strings.TrimLeft(ref.Path, "/")
+	u.RawPath = c.base.EscapedPath() + "/" + strings.TrimLeft(ref.EscapedPath(), "/")
 	u.RawQuery = ref.RawQuery
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
@@ -204,6 +217,10 @@ func (c *HTTPClient) getJSON(ctx context.Context, path string, v any) ([]byte, e
 		return nil, c.transportError(ctx, "GET "+path, req, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode/100 == 3 {
+		// Ollama never redirects these routes: whatever answers is not Ollama.
+		return nil, badAnswer("GET "+path, fmt.Errorf("redirect %d to %q", resp.StatusCode, resp.Header.Get("Location")))
+	}
 	if resp.StatusCode/100 != 2 {
 		return nil, readHTTPError(resp)
 	}
@@ -212,7 +229,7 @@ func (c *HTTPClient) getJSON(ctx context.Context, path string, v any) ([]byte, e
 		return nil, c.transportError(ctx, "read "+path, req, err)
 	}
 	if err := json.Unmarshal(raw, v); err != nil {
-		return nil, fmt.Errorf("ollama: decode %s: %w", path, err)
+		return nil, badAnswer("GET "+path, fmt.Errorf("not JSON (Content-Type %q): %w", resp.Header.Get("Content-Type"), err))
 	}
 	return raw, nil
 }

@@ -438,3 +438,83 @@ func TestMetadata(t *testing.T) {
 		t.Errorf("version %+v %v", v, err)
 	}
 }
+
+// An escaped slash in a path segment stays escaped on the target: decoded, "..%2F" would
+// become a real "../" that a proxy in front of the target may resolve.
+func TestDoKeepsEscapes(t *testing.T) {
+	t.Parallel()
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Method + " " + r.RequestURI
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL+"/base")
+	resp, err := c.Do(testCtx(t), http.MethodPost, "/api/blobs/..%2F..%2Fapi%2Fchat?x=%2F", nil, strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if g, want := <-got, "POST /base/api/blobs/..%2F..%2Fapi%2Fchat?x=%2F"; g != want {
+		t.Errorf("the target got %q, want %q", g, want)
+	}
+}
+
+// A redirect from the target is the target's answer, relayed as it is: following it
+// would send a request the client never made (a HEAD on a blob became GET /api/tags).
+func TestDoDoesNotFollowRedirects(t *testing.T) {
+	t.Parallel()
+	got := make(chan string, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- r.Method + " " + r.URL.Path
+		if r.URL.Path != "/api/tags" {
+			http.Redirect(w, r, "/api/tags", http.StatusMovedPermanently)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL)
+	resp, err := c.Do(testCtx(t), http.MethodHead, "/api/blobs/x", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/api/tags" {
+		t.Errorf("got %d Location %q, want the target's 301", resp.StatusCode, resp.Header.Get("Location"))
+	}
+	if g := <-got; g != "HEAD /api/blobs/x" {
+		t.Errorf("the target got %q", g)
+	}
+	select {
+	case g := <-got:
+		t.Errorf("the redirect was followed: %q", g)
+	default:
+	}
+}
+
+// An answer that is not Ollama's (an HTML page, a redirect) is ErrBadAnswer, apart from
+// the target being unreachable or refusing.
+func TestMetadataBadAnswer(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/api/version" {
+			http.Redirect(w, r, "/login", http.StatusFound)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html")
+		_, _ = io.WriteString(w, "<html></html>")
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL)
+	ctx := testCtx(t)
+	_, _, err := c.Tags(ctx)
+	if !errors.Is(err, ollama.ErrBadAnswer) || !strings.Contains(err.Error(), "GET /api/tags") {
+		t.Errorf("Tags: %v", err)
+	}
+	_, _, err = c.Ps(ctx)
+	if !errors.Is(err, ollama.ErrBadAnswer) {
+		t.Errorf("Ps: %v", err)
+	}
+	_, err = c.Version(ctx)
+	if !errors.Is(err, ollama.ErrBadAnswer) || !strings.Contains(err.Error(), "302") {
+		t.Errorf("Version: %v", err)
+	}
+}

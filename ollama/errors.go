@@ -1,6 +1,7 @@
 package ollama
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -55,3 +56,14 @@ func (e *StallError) Reason() string {
 }
 
 func (e *StallError) Error() string { return "target stalled: " + e.Reason() }
+
+// ErrBadAnswer means the target answered, but not as Ollama does: a body that is not the
+// JSON due (another server on Ollama's port, a proxy's HTML page), or a redirect. Unlike
+// a *ConnectionError, trying again will not help; the target is the wrong one or
+// misconfigured.
+var ErrBadAnswer = errors.New("ollama: the target's answer could not be read")
+
+// badAnswer is ErrBadAnswer for the answer to op ("GET /api/tags"), saying why.
+func badAnswer(op string, why error) error {
+	return fmt.Errorf("%w: %s: %w", ErrBadAnswer, op, why)
+}

@@ -1,6 +1,10 @@
 package ollama
 
-import "mime"
+import (
+	"bytes"
+	"encoding/json"
+	"mime"
+)
 
 // Content types of Ollama's streamed answers: NDJSON on its own routes (/api/chat,
 // /api/generate), server-sent events on its OpenAI-compatible ones (/v1/...).
@@ -39,3 +43,38 @@ func FramingOf(contentType string) Framing {
 
 // Streamed reports whether frames of this framing are relayed as they come.
 func (f Framing) Streamed() bool { return f != NotStreamed }
+
+// FrameError returns the error message of a stream's error frame, "" if frame is not one.
+// Ollama ends a stream whose runner failed with a line {"error":"..."} (on its OpenAI
+// routes an SSE event data: {"error":{"message":"..."}}) instead of its last frame. The
+// worker fails such a job by it, and the gateway knows its client has the error already.
+func FrameError(contentType string, frame []byte) string {
+	last := bytes.TrimSpace(frame)
+	switch FramingOf(contentType) {
+	case SSE:
+		for _, line := range bytes.Split(last, []byte("\n")) {
+			if data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:")); ok {
+				last = bytes.TrimSpace(data)
+			}
+		}
+	case NotStreamed:
+		return ""
+	}
+	var v struct {
+		Error json.RawMessage `json:"error"`
+	}
+	if json.Unmarshal(last, &v) != nil || len(v.Error) == 0 || string(v.Error) == "null" {
+		return ""
+	}
+	var msg string
+	if json.Unmarshal(v.Error, &msg) == nil {
+		return msg
+	}
+	var obj struct {
+		Message string `json:"message"`
+	}
+	if json.Unmarshal(v.Error, &obj) == nil && obj.Message != "" {
+		return obj.Message
+	}
+	return string(v.Error)
+}

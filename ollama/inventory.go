@@ -45,6 +45,12 @@ type Snapshot struct {
 type Inventory struct {
 	cfg InventoryConfig
 
+	// life is what a shared poll runs on: not the context of the caller who started it,
+	// who may hang up while others wait for the same poll. It ends with Run.
+	life  context.Context
+	end   context.CancelFunc
+	polls sync.WaitGroup // the shared polls in flight; Add only under mu while life lasts
+
 	mu       sync.Mutex
 	snap     Snapshot
 	inflight *pollCall
@@ -67,12 +73,15 @@ func NewInventory(cfg InventoryConfig) *Inventory {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Inventory{cfg: cfg}
+	life, end := context.WithCancel(context.Background())
+	return &Inventory{cfg: cfg, life: life, end: end}
 }
 
-// Run polls at once and then every Interval until ctx ends; it returns nil then.
+// Run polls at once and then every Interval until ctx ends; it returns nil then, once
+// no shared poll is in flight, and the inventory polls no more.
 // Poll failures are recorded in the snapshot, not returned.
 func (i *Inventory) Run(ctx context.Context) error {
+	defer i.stop()
 	t := time.NewTicker(i.cfg.Interval)
 	defer t.Stop()
 	for {
@@ -87,28 +96,47 @@ func (i *Inventory) Run(ctx context.Context) error {
 
 // Refresh polls the target now and returns the poll's error. A caller
 // arriving while a poll is in flight waits for that poll instead of starting another.
+// The poll runs on the inventory's own context, bounded by PollTimeout: a caller whose
+// ctx ends gets ctx.Err() at once, and the poll goes on for the others.
 func (i *Inventory) Refresh(ctx context.Context) error {
 	i.mu.Lock()
-	if c := i.inflight; c != nil {
-		i.mu.Unlock()
-		select {
-		case <-c.done:
-			return c.err
-		case <-ctx.Done():
-			return ctx.Err()
+	c := i.inflight
+	if c == nil {
+		if i.life.Err() != nil {
+			i.mu.Unlock()
+			return errStopped
 		}
+		c = &pollCall{done: make(chan struct{})}
+		i.inflight = c
+		i.polls.Add(1)
+		go i.share(c)
 	}
-	c := &pollCall{done: make(chan struct{})}
-	i.inflight = c
 	i.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
 
-	c.err = i.poll(ctx)
-
+// share runs the poll c stands for and hands its error to every caller waiting on it.
+func (i *Inventory) share(c *pollCall) {
+	defer i.polls.Done()
+	c.err = i.poll(i.life)
 	i.mu.Lock()
 	i.inflight = nil
 	i.mu.Unlock()
 	close(c.done)
-	return c.err
+}
+
+// stop ends the polls in flight and waits for them, so none outlives Run. life ends
+// under mu: a Refresh then either added its poll before, or sees life over and adds none.
+func (i *Inventory) stop() {
+	i.mu.Lock()
+	i.end()
+	i.mu.Unlock()
+	i.polls.Wait()
 }
 
 func (i *Inventory) poll(ctx context.Context) error {
@@ -244,6 +272,9 @@ func (i *Inventory) SetPs(ps *ProcessResponse, raw []byte) {
 	defer i.mu.Unlock()
 	i.snap.Ps, i.snap.PsRaw = ps, raw
 }
+
+// errStopped answers a Refresh after Run has ended.
+var errStopped = errors.New("ollama: inventory stopped")
 
 // errNoClient guards against a zero InventoryConfig.
 var errNoClient = errors.New("ollama: InventoryConfig.Client is nil")

@@ -175,7 +175,8 @@ func TestInventoryRun(t *testing.T) {
 	}
 }
 
-// blockingClient counts Tags calls and blocks them until released.
+// blockingClient counts Tags calls and blocks them until released or until the call's
+// context ends, as an HTTP request does.
 type blockingClient struct {
 	ollama.Client // nil: only Tags and Ps are called
 	calls         atomic.Int32
@@ -184,7 +185,11 @@ type blockingClient struct {
 
 func (b *blockingClient) Tags(ctx context.Context) (*ollama.ListResponse, []byte, error) {
 	b.calls.Add(1)
-	<-b.release
+	select {
+	case <-b.release:
+	case <-ctx.Done():
+		return nil, nil, ctx.Err()
+	}
 	return &ollama.ListResponse{}, []byte(`{"models":[]}`), nil
 }
 
@@ -216,6 +221,62 @@ func TestInventoryRefreshSharesInFlightPoll(t *testing.T) {
 		}
 		if !inv.Snapshot().Polled {
 			t.Error("not polled")
+		}
+	})
+}
+
+// The caller that starts a shared poll may hang up: the poll goes on for the callers
+// waiting on it, and only the one who left gets its context's error.
+func TestInventoryRefreshOutlivesFirstCaller(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		bc := &blockingClient{release: make(chan struct{})}
+		inv := ollama.NewInventory(ollama.InventoryConfig{Client: bc})
+		first, hangUp := context.WithCancel(context.Background())
+		firstErr := make(chan error, 1)
+		go func() { firstErr <- inv.Refresh(first) }()
+		synctest.Wait() // the first caller's poll is blocked in Tags
+		otherErr := make(chan error, 1)
+		go func() { otherErr <- inv.Refresh(context.Background()) }()
+		synctest.Wait() // the other caller waits on that poll
+
+		hangUp()
+		if err := <-firstErr; !errors.Is(err, context.Canceled) {
+			t.Fatalf("the caller who hung up: %v, want context.Canceled", err)
+		}
+		close(bc.release)
+		if err := <-otherErr; err != nil {
+			t.Fatalf("the caller still waiting: %v", err)
+		}
+		if snap := inv.Snapshot(); !snap.Polled || snap.Degraded {
+			t.Errorf("snapshot after the shared poll: %+v", snap)
+		}
+		if n := bc.calls.Load(); n != 1 {
+			t.Errorf("Tags calls = %d, want 1 shared poll", n)
+		}
+	})
+}
+
+// Run's end stops a shared poll still in flight and waits for it; a later Refresh
+// starts none.
+func TestInventoryRunEndStopsSharedPoll(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		bc := &blockingClient{release: make(chan struct{})}
+		inv := ollama.NewInventory(ollama.InventoryConfig{Client: bc})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- inv.Run(ctx) }()
+		synctest.Wait() // Run's first poll is blocked in Tags
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if err := inv.Refresh(context.Background()); err == nil {
+			t.Fatal("Refresh after Run ended polled")
+		}
+		if n := bc.calls.Load(); n != 1 {
+			t.Errorf("Tags calls = %d, want 1", n)
 		}
 	})
 }

@@ -131,39 +131,12 @@ func sseResult(frames [][]byte) []byte {
 	return last
 }
 
-// streamError returns the error a target reported inside a 2xx stream, "" if none. Ollama
-// ends a stream whose runner failed with a line {"error":"..."} (an SSE data event on its
-// OpenAI routes) instead of done:true; such a job failed, whatever the status said.
+// streamError returns the error a target reported inside a 2xx stream, "" if none:
+// Ollama ends a stream whose runner failed with an error frame (ollama.FrameError)
+// instead of done:true; such a job failed, whatever the status said.
 func streamError(contentType string, frames [][]byte) string {
 	if len(frames) == 0 {
 		return ""
 	}
-	last := bytes.TrimSpace(frames[len(frames)-1])
-	switch ollama.FramingOf(contentType) {
-	case ollama.SSE:
-		for _, line := range bytes.Split(last, []byte("\n")) {
-			if data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:")); ok {
-				last = bytes.TrimSpace(data)
-			}
-		}
-	case ollama.NotStreamed:
-		return ""
-	}
-	var v struct {
-		Error json.RawMessage `json:"error"`
-	}
-	if json.Unmarshal(last, &v) != nil || len(v.Error) == 0 || string(v.Error) == "null" {
-		return ""
-	}
-	var msg string
-	if json.Unmarshal(v.Error, &msg) == nil {
-		return msg
-	}
-	var obj struct {
-		Message string `json:"message"`
-	}
-	if json.Unmarshal(v.Error, &obj) == nil && obj.Message != "" {
-		return obj.Message
-	}
-	return string(v.Error)
+	return ollama.FrameError(contentType, frames[len(frames)-1])
 }

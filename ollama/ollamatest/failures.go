@@ -16,6 +16,7 @@ const (
 	kindStreamErr
 	kindHang
 	kindStallMid
+	kindNotOllama
 )
 
 // Failure is a fault the fake injects into a response; see FailNext.
@@ -42,6 +43,9 @@ var (
 	// a JSON body) and then sends nothing more, keeping the connection open, until the
 	// client goes away.
 	StallMidStream = Failure{kind: kindStallMid}
+	// NotOllama answers 200 with an HTML page, as another server on Ollama's port (or a
+	// proxy's error page) does.
+	NotOllama = Failure{kind: kindNotOllama}
 	// StreamNoDone streams the tokens and ends the response cleanly without
 	// the final done:true frame, as real Ollama sometimes does.
 	StreamNoDone = Failure{kind: kindNoDone}
@@ -76,6 +80,8 @@ func (f Failure) String() string {
 		return "hang"
 	case kindStallMid:
 		return "stall mid-stream"
+	case kindNotOllama:
+		return "not ollama"
 	}
 	return "none"
 }

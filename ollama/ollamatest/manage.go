@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -245,7 +246,14 @@ func (s *Server) handleDelete(w http.ResponseWriter, _ *http.Request, body []byt
 	w.WriteHeader(http.StatusOK)
 }
 
+// blobDigest is the digest form Ollama 0.17 takes (manifest.BlobsPath); others are a 400.
+var blobDigest = regexp.MustCompile(`^sha256[:-][0-9a-fA-F]{64}$`)
+
 func (s *Server) handleBlobHead(w http.ResponseWriter, r *http.Request, _ []byte, _ *Failure) {
+	if !blobDigest.MatchString(r.PathValue("digest")) {
+		writeError(w, http.StatusBadRequest, "invalid digest format")
+		return
+	}
 	s.mu.Lock()
 	ok := s.blobs[r.PathValue("digest")]
 	s.mu.Unlock()
@@ -257,6 +265,10 @@ func (s *Server) handleBlobHead(w http.ResponseWriter, r *http.Request, _ []byte
 }
 
 func (s *Server) handleBlobPost(w http.ResponseWriter, r *http.Request, _ []byte, _ *Failure) {
+	if !blobDigest.MatchString(r.PathValue("digest")) {
+		writeError(w, http.StatusBadRequest, "invalid digest format")
+		return
+	}
 	s.mu.Lock()
 	s.blobs[r.PathValue("digest")] = true
 	s.mu.Unlock()

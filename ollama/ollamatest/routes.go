@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -67,7 +68,8 @@ func (s *Server) wrap(fn handler) http.Handler {
 		}
 		s.mu.Lock()
 		idx := len(s.calls)
-		s.calls = append(s.calls, Call{Method: r.Method, Path: r.URL.Path, Model: model, Started: time.Now(), Body: body})
+		s.calls = append(s.calls, Call{Method: r.Method, Path: r.URL.Path, Model: model, Started: time.Now(), Body: body,
+			RawPath: r.URL.EscapedPath(), Header: r.Header.Clone()})
 		var f *Failure
 		if s.down {
 			f = &Failure{kind: kindDrop}
@@ -91,6 +93,9 @@ func (s *Server) wrap(fn handler) http.Handler {
 			s.mu.Unlock()
 		}()
 
+		if !corsAllowed(w, r) {
+			return
+		}
 		if f != nil {
 			switch f.kind {
 			case kindStatus:
@@ -98,6 +103,10 @@ func (s *Server) wrap(fn handler) http.Handler {
 				return
 			case kindDrop:
 				dropConn(w)
+				return
+			case kindNotOllama:
+				w.Header().Set("Content-Type", "text/html; charset=utf-8")
+				_, _ = io.WriteString(w, "<!doctype html><html><body>It works!</body></html>\n")
 				return
 			case kindHang:
 				<-f.gone
@@ -114,6 +123,40 @@ func (s *Server) wrap(fn handler) http.Handler {
 		fn(w, r, body, f)
 		canceled = r.Context().Err() != nil
 	})
+}
+
+// corsAllowed is Ollama's CORS check (gin-contrib/cors with the default OLLAMA_ORIGINS): a
+// foreign Origin is answered 403 with no body, an allowed one gets its CORS headers.
+func corsAllowed(w http.ResponseWriter, r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" || origin == "http://"+r.Host || origin == "https://"+r.Host {
+		return true
+	}
+	if !defaultOrigin(origin) {
+		w.WriteHeader(http.StatusForbidden)
+		return false
+	}
+	w.Header().Set("Access-Control-Allow-Origin", origin)
+	w.Header().Add("Vary", "Origin")
+	return true
+}
+
+// defaultOrigin reports whether Ollama allows origin when OLLAMA_ORIGINS is not set.
+func defaultOrigin(origin string) bool {
+	scheme, host, ok := strings.Cut(origin, "://")
+	if !ok {
+		return false
+	}
+	switch scheme {
+	case "app", "file", "tauri", "vscode-webview", "vscode-file":
+		return true
+	case "http", "https":
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		return host == "localhost" || host == "127.0.0.1" || host == "0.0.0.0"
+	}
+	return false
 }
 
 // dropConn closes the client's TCP connection without a (further) response.

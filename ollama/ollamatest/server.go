@@ -2,6 +2,7 @@ package ollamatest
 
 import (
 	"context"
+	"net/http"
 	"net/http/httptest"
 	"slices"
 	"sync"
@@ -107,6 +108,8 @@ type Call struct {
 	Canceled bool   // the client's request context ended before the response was complete
 	Failure  string // the injected failure applied, if any
 	Body     []byte // the request body as received
+	RawPath  string // the request path as sent, escapes included
+	Header   http.Header
 }
 
 // Server is a fake Ollama. All methods are safe for concurrent use.

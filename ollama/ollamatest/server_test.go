@@ -376,6 +376,7 @@ func TestPullGateFlushesLineByLine(t *testing.T) {
 func TestOpenAIAndMetadataRoutes(t *testing.T) {
 	t.Parallel()
 	_, c, ctx := setup(t, ollamatest.WithTokens(3))
+	blob := "sha256:" + strings.Repeat("ab", 32)
 	checks := []struct {
 		method, path, body string
 		code               int
@@ -399,9 +400,10 @@ func TestOpenAIAndMetadataRoutes(t *testing.T) {
 		{"POST", "/api/show", `{"model":"tiny-c"}`, 200, "model_info"},
 		{"DELETE", "/api/delete", `{"model":"tiny-c"}`, 200, ""},
 		{"DELETE", "/api/delete", `{"model":"tiny-c"}`, 404, "not found"},
-		{"HEAD", "/api/blobs/sha256:abc", "", 404, ""},
-		{"POST", "/api/blobs/sha256:abc", "data", 201, ""},
-		{"HEAD", "/api/blobs/sha256:abc", "", 200, ""},
+		{"HEAD", "/api/blobs/" + blob, "", 404, ""},
+		{"POST", "/api/blobs/" + blob, "data", 201, ""},
+		{"HEAD", "/api/blobs/" + blob, "", 200, ""},
+		{"POST", "/api/blobs/sha256:abc", "data", 400, `{"error":"invalid digest format"}`},
 		{"POST", "/api/create", `{"model":"mine","from":"tiny-a","stream":false}`, 200, `{"status":"success"}`},
 		{"POST", "/api/push", `{"model":"mine"}`, 200, `{"status":"success"}`},
 	}
