@@ -275,6 +275,12 @@ func checkWebhookURL(raw string, policy *webhook.Policy) error {
 	if len(raw) > 2048 {
 		return badRequest("state_webhook_url: longer than 2048 bytes")
 	}
+	if u.User != nil {
+		// The URL is part of the job's record, which every caller who reads jobs sees. The
+		// URL is not quoted back: it holds the password.
+		return badRequest("state_webhook_url: a user or password in it would show to every caller that reads the job (GET /jobs, its events); " +
+			"let the receiver check foreman's signature (FOREMAN_WEBHOOK_SECRET) instead")
+	}
 	if err := policy.CheckURL(u); err != nil {
 		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", raw, err))
 	}

@@ -146,6 +146,9 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 		{"unknown event", `{"model":"tiny-a","state_webhook_url":"http://x.test/h","webhook_events":["done","exploded"]}`, 400},
 		{"events not strings", `{"model":"tiny-a","state_webhook_url":"http://x.test/h","webhook_events":"done"}`, 400},
 		{"events without url", `{"model":"tiny-a","webhook_events":["done"]}`, 400},
+		// The record, shown to every caller, holds the URL.
+		{"webhook with credentials", `{"model":"tiny-a","state_webhook_url":"https://user:pa55word@x.test/h"}`, 400},
+		{"webhook with a user", `{"model":"tiny-a","state_webhook_url":"https://user@x.test/h"}`, 400},
 		{"model padded to a megabyte", `{"model":"tiny-a` + strings.Repeat(" ", 1<<20) + `"}`, 400},
 		// Ollama answers such names "model is required"; shown in a terminal they rewrite it.
 		{"model padded", `{"model":" tiny-a","messages":[]}`, 400},
@@ -159,6 +162,9 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 	for _, c := range cases {
 		resp, out := b.request(t, http.MethodPost, "/jobs", []byte(c.body))
 		wantJobError(t, c.name, resp, out, c.status)
+		if strings.Contains(string(out), "pa55word") {
+			t.Errorf("%s: the answer quotes the password: %s", c.name, out)
+		}
 	}
 	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a"}`), "Idempotency-Key", strings.Repeat("k", 300))
 	wantJobError(t, "long idempotency key", resp, out, 400)
