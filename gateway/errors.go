@@ -180,9 +180,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &notFound) {
 		msg = notFound.messageFor(r.URL.Path)
 	}
-	if status >= 500 {
-		s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "status", status, "err", err)
-	}
+	s.logFailure("request failed", status, err, "method", r.Method, "path", r.URL.Path)
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter.Seconds()+0.5)))
 	}
@@ -191,6 +189,33 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// logFailure logs a request that failed with status: an error for a 5xx, but for a
+// refusal by design (refusalReason), which is counted in foreman_requests_refused_total
+// and logged at debug only: under load a full queue refuses request after request, and
+// the operator's log would drown in them.
+func (s *Server) logFailure(msg string, status int, err error, args ...any) {
+	if reason := refusalReason(err); reason != "" {
+		s.jobMetrics.refused.WithLabelValues(reason).Inc()
+		s.log.Debug("request refused", append(args, "reason", reason, "status", status, "err", err)...)
+		return
+	}
+	if status >= 500 {
+		s.log.Error(msg, append(args, "status", status, "err", err)...)
+	}
+}
+
+// refusalReason names the refusals foreman makes by design: a full queue, a program over
+// its limit. Anything else is "".
+func refusalReason(err error) string {
+	switch {
+	case errors.Is(err, broker.ErrQueueFull):
+		return "queue_full"
+	case errors.Is(err, ErrProgramLimit):
+		return "program_limit"
+	}
+	return ""
 }
 
 // openAIError is the error body of Ollama's OpenAI-compatible routes, which OpenAI SDKs

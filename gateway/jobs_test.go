@@ -230,6 +230,9 @@ func TestSubmitJobQueueFull(t *testing.T) {
 	if resp.Header.Get("Retry-After") == "" {
 		t.Error("503 without Retry-After")
 	}
+	if n := metricValue(scrape(t, b), "foreman_requests_refused_total", "reason", "queue_full"); n != 1 {
+		t.Errorf("refusals counted: %v, want 1", n)
+	}
 	// The failed submit released its key: after room frees up, the same key works.
 	if _, err := b.Broker.Store.Cancel(testCtx(t, 5*time.Second), jobsList(t, b, "")[0].ID, ""); err != nil {
 		t.Fatal(err)

@@ -51,6 +51,7 @@ type jobMetrics struct {
 	jobs     *prometheus.CounterVec
 	loads    *prometheus.CounterVec
 	webhooks *prometheus.CounterVec
+	refused  *prometheus.CounterVec
 
 	mu   sync.Mutex
 	seen map[string]jobSeen // per job, what was counted already
@@ -93,12 +94,16 @@ func newJobMetrics(models *modelLabels) *jobMetrics {
 			Name: "foreman_webhook_deliveries_total",
 			Help: "Webhook delivery attempts by outcome: ok, retry, gave_up.",
 		}, []string{"outcome"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "foreman_requests_refused_total",
+			Help: "Requests refused by design, per reason: queue_full (FOREMAN_MAX_QUEUE), program_limit (FOREMAN_MAX_QUEUE_PER_PROGRAM).",
+		}, []string{"reason"}),
 		seen: map[string]jobSeen{},
 	}
 }
 
 func (m *jobMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.wait, m.run, m.jobs, m.loads, m.webhooks}
+	return []prometheus.Collector{m.wait, m.run, m.jobs, m.loads, m.webhooks, m.refused}
 }
 
 // observe counts what job event j tells for the first time.

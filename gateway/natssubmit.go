@@ -35,9 +35,7 @@ func (s *Server) answerSubmit(ctx context.Context, req broker.SubmitRequest) bro
 	id, err := s.natsSubmit(ctx, req)
 	if err != nil {
 		status, msg := statusOf(err)
-		if status >= 500 {
-			s.log.Error("nats submit failed", "status", status, "err", err)
-		}
+		s.logFailure("nats submit failed", status, err)
 		return broker.SubmitReply{Error: msg, Status: status}
 	}
 	return broker.SubmitReply{JobID: id}

@@ -391,6 +391,9 @@ func TestPerProgramLimit(t *testing.T) {
 	}
 	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a"}`))
 	wantJobError(t, "anonymous over its limit", resp, out, http.StatusTooManyRequests)
+	if n, want := metricValue(scrape(t, b), "foreman_requests_refused_total", "reason", "program_limit"), float64(len(syncRoutes)+3); n != want {
+		t.Errorf("refusals counted: %v, want %v (HTTP, NATS, anonymous)", n, want)
+	}
 	// A job leaving the queue makes room.
 	first := jobsList(t, b, "?program=alice")[1]
 	if _, err := b.Broker.Store.Cancel(testCtx(t, 5*time.Second), first.ID, ""); err != nil {
