@@ -187,13 +187,19 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		}
 		return nil
 	}
+	// Nothing of a 2xx answer goes out before a frame of it is one Ollama sends: a target
+	// answering something else fails the job before any caller got a byte of it.
+	check := &answerCheck{contentType: r.ContentType, pass: frame}
 	var ct string
 	if early != nil {
-		ct, err = early.adopt(frame)
+		ct, err = early.adopt(check.frame)
 	} else {
 		w.trace(d.JobID, StageCalled)
 		opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
-		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, frame, opts...)
+		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, check.frame, opts...)
+	}
+	if err == nil {
+		err = check.end()
 	}
 	stopProgress()
 	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {
