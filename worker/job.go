@@ -701,14 +701,16 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 }
 
 // handBack returns an aborted job to the queue un-acked (foreman is stopping). The attempt
-// it was on is not counted: the job did nothing wrong. A job whose cancellation was
-// requested ends canceled instead: nobody wants it run again. A sync job whose caller
-// waits on this process stays out of the queue a while (Store.HandBackDelay): the
-// shutdown cancels it meanwhile.
+// it was on is not counted: the job did nothing wrong, and runs again. A job whose
+// cancellation was requested ends canceled instead: nobody wants it run again. A sync job
+// whose caller waits on this process stays out of the queue a while
+// (Store.HandBackDelay): the shutdown cancels it meanwhile. It never runs again, so the
+// attempt cut off was its last and counts.
 func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, log *slog.Logger) {
+	last := w.store.CallerHere(j)
 	_, err := w.transition(ctx, d.JobID, fromLive, func(rec *broker.Job) {
 		rec.State, rec.Error = broker.StateRetrying, errShutdown.Error()
-		if rec.Attempt == j.Attempt && rec.Attempt > 0 {
+		if rec.Attempt == j.Attempt && rec.Attempt > 0 && !last {
 			rec.Attempt--
 		}
 	})
