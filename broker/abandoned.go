@@ -32,6 +32,13 @@ func (s *Store) CallerGone(ctx context.Context, j *Job) bool {
 	return !s.present(ctx, j.Gateway)
 }
 
+// CallerHere reports whether sync job j's caller waits on this process's gateway. Such a
+// job does not run again once this process stops: its shutdown cancels it, and a later
+// delivery finds its caller gone (CallerGone).
+func (s *Store) CallerHere(j *Job) bool {
+	return j.Sync && j.Gateway != "" && j.Gateway == s.cfg.BootID
+}
+
 // HandBackDelay is how long a job that this process hands back as it stops stays out of
 // the queue. On a shared NATS a sync job whose caller waits on this process must not go
 // to another foreman while this one's presence stands: CallerGone would say its caller

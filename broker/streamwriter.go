@@ -60,6 +60,9 @@ func (w *StreamWriter) SetContentType(contentType string) error {
 	return nil
 }
 
+// ContentType is the Content-Type SetContentType recorded (bounded), "" before it.
+func (w *StreamWriter) ContentType() string { return w.contentType }
+
 // boundedContentType is ct, or its media type alone when ct is longer than
 // maxContentType, or application/octet-stream when that is too.
 func boundedContentType(ct string) string {

@@ -213,8 +213,21 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 		s.cancelAbandoned(job, "client disconnected", log)
 	case outcomeShutdown:
 		// Nobody will be waiting for it after the restart.
-		s.cancelAbandoned(job, "foreman shut down before the job ran", log)
+		s.cancelAbandoned(job, s.shutdownReason(job.ID), log)
 	}
+}
+
+// shutdownReason is the error of a sync job the shutdown cancels, saying whether it had
+// started: one the stopping worker cut off was handed back to be canceled here, its
+// attempt counted (the worker's handBack), and must not read as never run. The worker
+// has stopped by now, so the record read is the one the cancel finds.
+func (s *Server) shutdownReason(id string) string {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if j, _, err := s.store.Get(ctx, id); err == nil && j.StartedAt != nil {
+		return "foreman shut down while the job ran"
+	}
+	return "foreman shut down before the job ran"
 }
 
 // cancelAbandoned cancels a job whose client went away: a queued job leaves the queue,

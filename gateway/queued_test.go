@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -594,8 +595,51 @@ func TestAnswerWaitingAnswersWaitingClients(t *testing.T) {
 	if err != nil || j.State != broker.StateCanceled {
 		t.Fatalf("job after shutdown: %+v %v, want canceled", j, err)
 	}
+	if j.Error != "foreman shut down before the job ran" || j.Attempt != 0 {
+		t.Errorf("job canceled with %q after %d attempts, want it to say it never ran", j.Error, j.Attempt)
+	}
 	if n, _ := b.Broker.Store.QueueLen(ctx); n != 0 {
 		t.Fatalf("queue still holds %d jobs", n)
+	}
+}
+
+// At shutdown, a sync job the stopping worker cut off mid-stream is canceled as one that
+// ran: its reason says so and its attempt counts. Its client, which had part of the
+// answer, gets an error line.
+func TestAnswerWaitingCancelsACutOffJobAsRun(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	b.Fake.FailNext(1, ollamatest.StallMidStream) // two tokens, then nothing until the call ends
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, b.URL+"/api/chat", bytes.NewReader(chatBody("tiny-a", "cut off", "")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	if line, err := br.ReadString('\n'); err != nil || !strings.Contains(line, `"done":false`) {
+		t.Fatalf("first line %q %v, want a token", line, err)
+	}
+	expired, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := b.Worker.Stop(expired); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.GW.AnswerWaiting(ctx); err != nil {
+		t.Fatalf("AnswerWaiting: %v", err)
+	}
+	rest, _ := io.ReadAll(br)
+	if !strings.Contains(string(rest), `{"error":"foreman is shutting down`) {
+		t.Errorf("client's stream ended with %q, want the shutdown's error line", rest)
+	}
+	id := resp.Header.Get(HeaderJobID)
+	j := waitRecord(t, ctx, b.Broker.Store, id, func(j *broker.Job) bool { return j.State.Terminal() })
+	if j.State != broker.StateCanceled || j.Error != "foreman shut down while the job ran" || j.Attempt != 1 || j.StartedAt == nil {
+		t.Errorf("job ended %s %q after %d attempts (started %v), want canceled as cut off while it ran, its attempt counted", j.State, j.Error, j.Attempt, j.StartedAt)
 	}
 }
 

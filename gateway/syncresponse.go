@@ -29,7 +29,7 @@ const (
 	outcomeDone       outcome = iota // the answer was written completely
 	outcomeError                     // the client got an error (status or in-stream)
 	outcomeClientGone                // the client left; the job is to be canceled
-	outcomeShutdown                  // foreman is stopping before the job ran; the job is to be canceled
+	outcomeShutdown                  // foreman is stopping before the job ended; the job is to be canceled
 	outcomeCutOff                    // the client read too slowly and was cut off; the job runs on
 )
 

@@ -187,13 +187,19 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		}
 		return nil
 	}
+	// Nothing of a 2xx answer goes out before a frame of it is one Ollama sends: a target
+	// answering something else fails the job before any caller got a byte of it.
+	check := &answerCheck{contentType: r.ContentType, pass: frame}
 	var ct string
 	if early != nil {
-		ct, err = early.adopt(frame)
+		ct, err = early.adopt(check.frame)
 	} else {
 		w.trace(d.JobID, StageCalled)
 		opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
-		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, frame, opts...)
+		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, check.frame, opts...)
+	}
+	if err == nil {
+		err = check.end()
 	}
 	stopProgress()
 	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {
@@ -695,14 +701,16 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 }
 
 // handBack returns an aborted job to the queue un-acked (foreman is stopping). The attempt
-// it was on is not counted: the job did nothing wrong. A job whose cancellation was
-// requested ends canceled instead: nobody wants it run again. A sync job whose caller
-// waits on this process stays out of the queue a while (Store.HandBackDelay): the
-// shutdown cancels it meanwhile.
+// it was on is not counted: the job did nothing wrong, and runs again. A job whose
+// cancellation was requested ends canceled instead: nobody wants it run again. A sync job
+// whose caller waits on this process stays out of the queue a while
+// (Store.HandBackDelay): the shutdown cancels it meanwhile. It never runs again, so the
+// attempt cut off was its last and counts.
 func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, log *slog.Logger) {
+	last := w.store.CallerHere(j)
 	_, err := w.transition(ctx, d.JobID, fromLive, func(rec *broker.Job) {
 		rec.State, rec.Error = broker.StateRetrying, errShutdown.Error()
-		if rec.Attempt == j.Attempt && rec.Attempt > 0 {
+		if rec.Attempt == j.Attempt && rec.Attempt > 0 && !last {
 			rec.Attempt--
 		}
 	})

@@ -117,15 +117,24 @@ func joinCalls(calls []json.RawMessage) json.RawMessage {
 func sseResult(frames [][]byte) []byte {
 	var last []byte
 	for _, f := range frames {
-		for line := range bytes.Lines(f) {
-			data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
-			if !ok {
-				continue
-			}
-			data = bytes.TrimSpace(data)
-			if json.Valid(data) {
-				last = data
-			}
+		if data := sseJSON(f); data != nil {
+			last = data
+		}
+	}
+	return last
+}
+
+// sseJSON returns the last data payload of SSE frame f that is JSON, nil if none.
+func sseJSON(f []byte) []byte {
+	var last []byte
+	for line := range bytes.Lines(f) {
+		data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
+		if !ok {
+			continue
+		}
+		data = bytes.TrimSpace(data)
+		if json.Valid(data) {
+			last = data
 		}
 	}
 	return last

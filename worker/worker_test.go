@@ -386,6 +386,34 @@ func TestStopHandsBackRunningJob(t *testing.T) {
 	}
 }
 
+// A sync job whose caller waits on this process does not run again once the worker
+// stopping cut it off (the shutdown cancels it, or a restart finds its caller gone): the
+// attempt it was on is its last, and counts.
+func TestStopCountsTheCutOffAttemptOfASyncJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	j := tb.syncJob(t, "tiny-a", tb.b.Store.BootID())
+	w := tb.start(t, worker.Config{})
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitState(t, j.ID, broker.StateLoading)
+	expired, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := w.Stop(expired); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := tb.b.Store.Get(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != broker.StateRetrying || got.Attempt != 1 || got.StartedAt == nil {
+		t.Fatalf("after Stop: %s %q attempt %d started %v, want retrying, the attempt counted", got.State, got.Error, got.Attempt, got.StartedAt)
+	}
+}
+
 func TestStopLetsRunningJobFinish(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)

@@ -17,6 +17,7 @@ const (
 	kindHang
 	kindStallMid
 	kindNotOllama
+	kindAnswer
 )
 
 // Failure is a fault the fake injects into a response; see FailNext.
@@ -24,6 +25,7 @@ type Failure struct {
 	kind  failureKind
 	code  int
 	msg   string
+	ctype string // the Content-Type of BadAnswer
 	delay time.Duration
 	gone  <-chan struct{} // the request's context ended (set per request by wrap)
 }
@@ -59,6 +61,13 @@ func FailStatus(code int, msg string) Failure { return Failure{kind: kindStatus,
 // status 200, as real Ollama does when its runner fails mid-generation.
 func StreamError(msg string) Failure { return Failure{kind: kindStreamErr, msg: msg} }
 
+// BadAnswer answers 200 with body as contentType in place of the route's answer: what a
+// proxy routed to the wrong port, or another service on Ollama's, sends (say "text/plain",
+// "Ollama is running"), or a stream of garbage (ollama.ContentTypeNDJSON, "garbage\n").
+func BadAnswer(contentType, body string) Failure {
+	return Failure{kind: kindAnswer, code: 200, ctype: contentType, msg: body}
+}
+
 // SlowFirstByte waits d (or until the client leaves) before serving normally.
 func SlowFirstByte(d time.Duration) Failure { return Failure{kind: kindSlow, delay: d} }
 
@@ -82,6 +91,8 @@ func (f Failure) String() string {
 		return "stall mid-stream"
 	case kindNotOllama:
 		return "not ollama"
+	case kindAnswer:
+		return fmt.Sprintf("bad answer %s", f.ctype)
 	}
 	return "none"
 }

@@ -101,6 +101,11 @@ func (s *Server) wrap(fn handler) http.Handler {
 			case kindStatus:
 				writeError(w, f.code, f.msg)
 				return
+			case kindAnswer:
+				w.Header().Set("Content-Type", f.ctype)
+				w.WriteHeader(f.code)
+				_, _ = w.Write([]byte(f.msg))
+				return
 			case kindDrop:
 				dropConn(w)
 				return

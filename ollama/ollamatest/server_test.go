@@ -237,6 +237,12 @@ func TestFailures(t *testing.T) {
 		t.Fatalf("StreamNoDone: %v %q", err, got)
 	}
 
+	s.FailNext(1, ollamatest.BadAnswer("text/plain; charset=utf-8", "Ollama is running"))
+	got, err = frames(t, ctx, c, "/api/chat", body)
+	if err != nil || strings.Join(got, "") != "Ollama is running" {
+		t.Fatalf("BadAnswer: %v %q", err, got)
+	}
+
 	s.FailNext(1, ollamatest.SlowFirstByte(50*time.Millisecond))
 	if _, err := frames(t, ctx, c, "/api/chat", body); err != nil {
 		t.Fatalf("SlowFirstByte: %v", err)
