@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -71,9 +70,14 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
+	// The answer lists at most the waiting jobs asked for (foreman's default is 100).
+	shown := limit
+	if shown <= 0 {
+		shown = 100
+	}
+	raw, err := readAnswer(resp.Body, http.MethodGet, path, maxListBase+shown*maxQueueEntry)
 	if err != nil {
-		return nil, fmt.Errorf("client: read GET %s: %w", path, err)
+		return nil, err
 	}
 	var q Queue
 	if err := json.Unmarshal(raw, &q); err != nil {
