@@ -179,6 +179,15 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any, l
 	if err != nil {
 		return err
 	}
+	return decodeObject(data, out, method, path)
+}
+
+// decodeObject decodes an answer that must be a JSON object: null, which would leave out
+// as it was, is no answer foreman gives.
+func decodeObject(data []byte, out any, method, path string) error {
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
+		return fmt.Errorf("client: decode %s %s: the answer is not a JSON object", method, path)
+	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("client: decode %s %s: %w", method, path, err)
 	}

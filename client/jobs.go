@@ -220,8 +220,12 @@ func decodeSubmitReply(data []byte) (string, error) {
 
 // Job reads a job's record (GET /jobs/{id}).
 func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
+	path := "/jobs/" + url.PathEscape(id)
 	var j Job
-	if err := c.doJSON(ctx, http.MethodGet, "/jobs/"+url.PathEscape(id), nil, &j, maxJobAnswer); err != nil {
+	if err := c.doJSON(ctx, http.MethodGet, path, nil, &j, maxJobAnswer); err != nil {
+		return nil, err
+	}
+	if err := j.check(http.MethodGet, path); err != nil {
 		return nil, err
 	}
 	j.normalize()
@@ -260,6 +264,9 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 		return nil, err
 	}
 	for i := range out.Jobs {
+		if err := out.Jobs[i].check(http.MethodGet, path); err != nil {
+			return nil, err
+		}
 		out.Jobs[i].normalize()
 	}
 	return &out, nil
@@ -270,8 +277,12 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 // CancelRequested set (it ends canceled soon after). A job that already ended is an
 // *APIError 409.
 func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
+	path := "/jobs/" + url.PathEscape(id)
 	var j Job
-	if err := c.doJSON(ctx, http.MethodDelete, "/jobs/"+url.PathEscape(id), nil, &j, maxJobAnswer); err != nil {
+	if err := c.doJSON(ctx, http.MethodDelete, path, nil, &j, maxJobAnswer); err != nil {
+		return nil, err
+	}
+	if err := j.check(http.MethodDelete, path); err != nil {
 		return nil, err
 	}
 	j.normalize()

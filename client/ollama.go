@@ -44,6 +44,9 @@ func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatRespons
 	if err != nil {
 		return nil, err
 	}
+	if !final.Done {
+		return nil, errCutShort("/api/chat")
+	}
 	final.Message.Content, final.Message.Thinking = content.String(), thinking.String()
 	return &final, nil
 }
@@ -71,8 +74,17 @@ func (c *Client) Generate(ctx context.Context, req GenerateRequest, fn func(*Gen
 	if err != nil {
 		return nil, err
 	}
+	if !final.Done {
+		return nil, errCutShort("/api/generate")
+	}
 	final.Response, final.Thinking = response.String(), thinking.String()
 	return &final, nil
+}
+
+// errCutShort is the error of an answer to path that ended before its last chunk (the one
+// with done true; a stream:false answer is that chunk alone): empty, or cut off.
+func errCutShort(path string) error {
+	return fmt.Errorf("client: POST %s: the answer ended before its last chunk (\"done\": true)", path)
 }
 
 // Embed computes embeddings (POST /api/embed; foreman passes embeddings straight through).

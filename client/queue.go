@@ -80,11 +80,19 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 		return nil, err
 	}
 	var q Queue
-	if err := json.Unmarshal(raw, &q); err != nil {
-		return nil, fmt.Errorf("client: decode GET %s: %w", path, err)
+	if err := decodeObject(raw, &q, http.MethodGet, path); err != nil {
+		return nil, err
 	}
 	if q.Running != nil {
+		if err := q.Running.check(http.MethodGet, path); err != nil {
+			return nil, err
+		}
 		q.Running.normalize()
+	}
+	for _, j := range q.Queued {
+		if j.JobID == "" {
+			return nil, fmt.Errorf("client: GET %s: a waiting job without id", path)
+		}
 	}
 	q.Raw = raw
 	return &q, nil

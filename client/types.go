@@ -86,6 +86,15 @@ func (j *Job) normalize() {
 	}
 }
 
+// check rejects an answer that is no job record: every record has an id and one of the
+// states. Without the check a watch would wait forever for a state that never comes.
+func (j *Job) check(method, path string) error {
+	if j.ID == "" || !j.State.Valid() {
+		return fmt.Errorf("client: %s %s: the answer is no job record (id %q, state %q)", method, path, j.ID, j.State)
+	}
+	return nil
+}
+
 // Artifact describes one stored output of a job. GET /jobs/{id} embeds small artifacts in
 // Data (text as is, anything else base64 with Encoding "base64"); others have a URL and are
 // read with Client.Artifact.

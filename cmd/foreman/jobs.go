@@ -202,7 +202,9 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			enc := json.NewEncoder(out)
+			var last client.Event
 			for ev := range events {
+				last = ev
 				if f.json {
 					if err := enc.Encode(ev); err != nil {
 						return err
@@ -219,6 +221,13 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 				if _, err := fmt.Fprintln(out, line); err != nil {
 					return err
 				}
+			}
+			if id != "" && !last.State.Terminal() && cmd.Context().Err() == nil {
+				// The watch gave up on the job (see client.Watch): say why.
+				if _, err := c.Job(cmd.Context(), id); err != nil {
+					return f.explain(e, err)
+				}
+				return fmt.Errorf("the watch of job %s ended before the job did", termSafe(id))
 			}
 			return nil
 		},
