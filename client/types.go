@@ -153,11 +153,15 @@ func eventOfJob(j *Job) Event {
 	return Event{JobID: j.ID, State: j.State, Model: j.Model, Attempt: j.Attempts, At: at, Error: j.Error}
 }
 
-// eventOfRecord decodes a state event (the broker's job record JSON).
+// eventOfRecord decodes a state event (the broker's job record JSON); one without a job
+// id or a known state is no record.
 func eventOfRecord(data []byte) (Event, error) {
 	r, err := broker.DecodeJob(data)
 	if err != nil {
 		return Event{}, err
+	}
+	if r.ID == "" || !r.State.Valid() {
+		return Event{}, fmt.Errorf("client: not a job record (id %q, state %q)", r.ID, r.State)
 	}
 	return Event{JobID: r.ID, State: r.State, Model: r.Model, Attempt: r.Attempt, At: r.At, Error: r.Error}, nil
 }
