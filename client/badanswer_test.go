@@ -10,8 +10,8 @@ import (
 )
 
 // TestAnswersAreChecked: an answer that is valid JSON but not what foreman answers (null,
-// an empty object, a job without id or with an unknown state, a stream without its last
-// chunk) is an error, not an empty success.
+// an empty object, a job without id or with an unknown state, a stream without a chunk
+// of Ollama's) is an error, not an empty success.
 func TestAnswersAreChecked(t *testing.T) {
 	t.Parallel()
 	const id = "01JGJ4Q2R0000000000000000A"
@@ -56,12 +56,6 @@ func TestAnswersAreChecked(t *testing.T) {
 				"Queue":  func() (any, error) { return c.Queue(testCtx(t), 0) },
 				"Wait":   func() (any, error) { return c.Wait(testCtx(t), id) },
 				"Watch":  func() (any, error) { return c.Watch(testCtx(t), id) },
-				"Chat": func() (any, error) {
-					return c.Chat(testCtx(t), client.ChatRequest{Model: "m"}, nil)
-				},
-				"Generate": func() (any, error) {
-					return c.Generate(testCtx(t), client.GenerateRequest{Model: "m"}, nil)
-				},
 			} {
 				if v, err := f(); err == nil {
 					t.Errorf("%s = %+v, nil; want an error", call, v)
@@ -69,11 +63,31 @@ func TestAnswersAreChecked(t *testing.T) {
 			}
 		})
 	}
-	// An empty answer to a stream.
-	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	// A chat or generate answer without a chunk of Ollama's (each names its model).
+	for name, body := range map[string]string{"empty": ``, "null": `null`, "empty object": `{}`, "null lines": "null\nnull\n"} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, body) }))
+		t.Cleanup(srv.Close)
+		c := newClient(t, srv.URL)
+		if r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "m"}, nil); err == nil {
+			t.Errorf("Chat of a %s answer = %+v, nil; want an error", name, r)
+		}
+		if r, err := c.Generate(testCtx(t), client.GenerateRequest{Model: "m"}, nil); err == nil {
+			t.Errorf("Generate of a %s answer = %+v, nil; want an error", name, r)
+		}
+	}
+}
+
+// A stream that ends without its last chunk ("done": true), as Ollama's may when it stops
+// a generation that repeats itself, is returned as it came, Done false.
+func TestChatCutShortReturnsWhatCame(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, `{"model":"m","message":{"role":"assistant","content":"he"},"done":false}`+"\n"+
+			`{"model":"m","message":{"role":"assistant","content":"llo"},"done":false}`+"\n")
+	}))
 	t.Cleanup(srv.Close)
-	c := newClient(t, srv.URL)
-	if r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "m"}, nil); err == nil {
-		t.Errorf("Chat of an empty answer = %+v, nil; want an error", r)
+	r, err := newClient(t, srv.URL).Chat(testCtx(t), client.ChatRequest{Model: "m"}, nil)
+	if err != nil || r.Message.Content != "hello" || r.Done {
+		t.Fatalf("Chat = %+v, %v; want the content so far, not done", r, err)
 	}
 }

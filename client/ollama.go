@@ -26,11 +26,13 @@ const (
 func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatResponse) error) (*ChatResponse, error) {
 	var final ChatResponse
 	var content, thinking bytes.Buffer
+	chunks := 0
 	err := c.stream(ctx, "/api/chat", req, func(line []byte) error {
 		var r ChatResponse
-		if err := json.Unmarshal(line, &r); err != nil {
+		if err := decodeChunk(line, &r); err != nil {
 			return fmt.Errorf("client: decode chat chunk: %w", err)
 		}
+		chunks++
 		if fn != nil {
 			if err := fn(&r); err != nil {
 				return err
@@ -44,8 +46,8 @@ func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatRespons
 	if err != nil {
 		return nil, err
 	}
-	if !final.Done {
-		return nil, errCutShort("/api/chat")
+	if chunks == 0 || final.Model == "" {
+		return nil, errNoChunk("/api/chat")
 	}
 	final.Message.Content, final.Message.Thinking = content.String(), thinking.String()
 	return &final, nil
@@ -56,11 +58,13 @@ func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatRespons
 func (c *Client) Generate(ctx context.Context, req GenerateRequest, fn func(*GenerateResponse) error) (*GenerateResponse, error) {
 	var final GenerateResponse
 	var response, thinking bytes.Buffer
+	chunks := 0
 	err := c.stream(ctx, "/api/generate", req, func(line []byte) error {
 		var r GenerateResponse
-		if err := json.Unmarshal(line, &r); err != nil {
+		if err := decodeChunk(line, &r); err != nil {
 			return fmt.Errorf("client: decode generate chunk: %w", err)
 		}
+		chunks++
 		if fn != nil {
 			if err := fn(&r); err != nil {
 				return err
@@ -74,17 +78,28 @@ func (c *Client) Generate(ctx context.Context, req GenerateRequest, fn func(*Gen
 	if err != nil {
 		return nil, err
 	}
-	if !final.Done {
-		return nil, errCutShort("/api/generate")
+	if chunks == 0 || final.Model == "" {
+		return nil, errNoChunk("/api/generate")
 	}
 	final.Response, final.Thinking = response.String(), thinking.String()
 	return &final, nil
 }
 
-// errCutShort is the error of an answer to path that ended before its last chunk (the one
-// with done true; a stream:false answer is that chunk alone): empty, or cut off.
-func errCutShort(path string) error {
-	return fmt.Errorf("client: POST %s: the answer ended before its last chunk (\"done\": true)", path)
+// errNoChunk is the error of an answer to path without a chunk of Ollama's (each names
+// its model). An answer cut short after some chunks is returned as it came, its Done
+// false: Ollama itself may end a stream without its last chunk (it stops a generation
+// that keeps repeating itself).
+func errNoChunk(path string) error {
+	return fmt.Errorf("client: POST %s: the answer holds no chunk of Ollama's", path)
+}
+
+// decodeChunk decodes one chunk of a chat or generate answer, which must be a JSON object
+// (json.Unmarshal takes a null as a zero chunk).
+func decodeChunk(line []byte, v any) error {
+	if len(line) == 0 || line[0] != '{' {
+		return fmt.Errorf("not a JSON object: %.40q", line)
+	}
+	return json.Unmarshal(line, v)
 }
 
 // Embed computes embeddings (POST /api/embed; foreman passes embeddings straight through).

@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-// TestBadAnswersFail: an answer that is no job record, or a chat answer without its last
-// chunk, makes the command fail instead of printing empty fields or waiting forever.
+// TestBadAnswersFail: an answer that is no job record, or a chat answer without a chunk of
+// Ollama's, makes the command fail instead of printing empty fields or waiting forever.
 func TestBadAnswersFail(t *testing.T) {
 	t.Parallel()
 	var reads atomic.Int32
