@@ -156,8 +156,9 @@ func apiError(resp *http.Response) error {
 	return &APIError{Status: resp.StatusCode, Message: msg}
 }
 
-// doJSON sends in (when non-nil) as JSON and decodes the answer into out (when non-nil).
-func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) error {
+// doJSON sends in (when non-nil) as JSON and decodes the answer, of at most limit bytes,
+// into out (when non-nil).
+func (c *Client) doJSON(ctx context.Context, method, path string, in, out any, limit int) error {
 	var body []byte
 	if in != nil {
 		var err error
@@ -171,13 +172,44 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) e
 	}
 	defer resp.Body.Close()
 	if out == nil {
-		_, _ = io.Copy(io.Discard, resp.Body)
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, int64(limit)))
 		return nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	data, err := readAnswer(resp.Body, method, path, limit)
+	if err != nil {
+		return err
+	}
+	return decodeObject(data, out, method, path)
+}
+
+// decodeObject decodes an answer that must be a JSON object: null, which would leave out
+// as it was, is no answer foreman gives.
+func decodeObject(data []byte, out any, method, path string) error {
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
+		return fmt.Errorf("client: decode %s %s: the answer is not a JSON object", method, path)
+	}
+	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("client: decode %s %s: %w", method, path, err)
 	}
 	return nil
+}
+
+// readAnswer reads a whole answer of at most limit bytes; a larger one is an error
+// matching ErrAnswerTooLarge, read no further than the limit.
+func readAnswer(r io.Reader, method, path string, limit int) ([]byte, error) {
+	data, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
+	if err != nil {
+		return nil, fmt.Errorf("client: read %s %s: %w", method, path, err)
+	}
+	if len(data) > limit {
+		return nil, tooLarge(method, path, limit)
+	}
+	return data, nil
+}
+
+// tooLarge is the error of an answer to method path that passed limit bytes.
+func tooLarge(method, path string, limit int) error {
+	return fmt.Errorf("client: %s %s: %w (more than %d bytes)", method, path, ErrAnswerTooLarge, limit)
 }
 
 // loopback reports whether the base URL names this machine, where a receiver on

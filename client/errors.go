@@ -62,3 +62,7 @@ func (e *ConnectionError) Unwrap() error { return e.Err }
 
 // Is makes errors.Is(err, ErrUnreachable) true.
 func (e *ConnectionError) Is(target error) bool { return target == ErrUnreachable }
+
+// ErrAnswerTooLarge matches the error of an answer larger than any foreman sends (a
+// server gone wrong, or not foreman at all): the client stops reading it.
+var ErrAnswerTooLarge = errors.New("the server's answer is too large")

@@ -16,3 +16,15 @@ func SetNATSSubmitTimeout(c *Client, d time.Duration) { c.natsSubmitTimeout = d 
 
 // SetStatePendingLimit caps the messages buffered per NATS state subscription.
 func SetStatePendingLimit(c *Client, n int) { c.statePendingLimit = n }
+
+// The bounds on a server's answers.
+const (
+	MaxJobAnswer    = maxJobAnswer
+	MaxListBase     = maxListBase
+	MaxListEntry    = maxListEntry
+	MaxQueueEntry   = maxQueueEntry
+	MaxTargetAnswer = maxTargetAnswer
+	MaxSmallAnswer  = maxSmallAnswer
+	MaxStreamLine   = maxStreamLine
+	MaxStream       = maxStream
+)

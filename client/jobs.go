@@ -143,7 +143,11 @@ func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (strin
 		return "", err
 	}
 	defer resp.Body.Close()
-	return decodeSubmitReply(resp.Body)
+	data, err := readAnswer(resp.Body, http.MethodPost, "/jobs", maxSmallAnswer)
+	if err != nil {
+		return "", err
+	}
+	return decodeSubmitReply(data)
 }
 
 // natsFits reports whether a submit goes by NATS: the client has it and the request fits
@@ -204,11 +208,11 @@ func (c *Client) submitNATS(ctx context.Context, body []byte, idemKey string) (s
 	return r.JobID, nil
 }
 
-func decodeSubmitReply(r io.Reader) (string, error) {
+func decodeSubmitReply(data []byte) (string, error) {
 	var out struct {
 		JobID string `json:"job_id"`
 	}
-	if err := json.NewDecoder(r).Decode(&out); err != nil || out.JobID == "" {
+	if err := json.Unmarshal(data, &out); err != nil || out.JobID == "" {
 		return "", fmt.Errorf("client: submit: reply without a job_id (%v)", err)
 	}
 	return out.JobID, nil
@@ -216,8 +220,12 @@ func decodeSubmitReply(r io.Reader) (string, error) {
 
 // Job reads a job's record (GET /jobs/{id}).
 func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
+	path := "/jobs/" + url.PathEscape(id)
 	var j Job
-	if err := c.doJSON(ctx, http.MethodGet, "/jobs/"+url.PathEscape(id), nil, &j); err != nil {
+	if err := c.doJSON(ctx, http.MethodGet, path, nil, &j, maxJobAnswer); err != nil {
+		return nil, err
+	}
+	if err := j.check(http.MethodGet, path); err != nil {
 		return nil, err
 	}
 	j.normalize()
@@ -246,11 +254,19 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
+	// A page holds at most the jobs asked for (foreman's default page is 50).
+	page := f.Limit
+	if page <= 0 {
+		page = 50
+	}
 	var out JobList
-	if err := c.doJSON(ctx, http.MethodGet, path, nil, &out); err != nil {
+	if err := c.doJSON(ctx, http.MethodGet, path, nil, &out, maxListBase+page*maxListEntry); err != nil {
 		return nil, err
 	}
 	for i := range out.Jobs {
+		if err := out.Jobs[i].check(http.MethodGet, path); err != nil {
+			return nil, err
+		}
 		out.Jobs[i].normalize()
 	}
 	return &out, nil
@@ -261,8 +277,12 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 // CancelRequested set (it ends canceled soon after). A job that already ended is an
 // *APIError 409.
 func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
+	path := "/jobs/" + url.PathEscape(id)
 	var j Job
-	if err := c.doJSON(ctx, http.MethodDelete, "/jobs/"+url.PathEscape(id), nil, &j); err != nil {
+	if err := c.doJSON(ctx, http.MethodDelete, path, nil, &j, maxJobAnswer); err != nil {
+		return nil, err
+	}
+	if err := j.check(http.MethodDelete, path); err != nil {
 		return nil, err
 	}
 	j.normalize()
@@ -276,9 +296,12 @@ func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) 
 		return nil, err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
+	data, err := io.ReadAll(io.LimitReader(resp.Body, maxTargetAnswer+1))
 	if err != nil {
 		return nil, &ConnectionError{URL: c.shown, Err: err}
+	}
+	if len(data) > maxTargetAnswer {
+		return nil, tooLarge(http.MethodGet, "/jobs/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(name), maxTargetAnswer)
 	}
 	return data, nil
 }

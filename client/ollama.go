@@ -26,11 +26,13 @@ const (
 func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatResponse) error) (*ChatResponse, error) {
 	var final ChatResponse
 	var content, thinking bytes.Buffer
+	chunks := 0
 	err := c.stream(ctx, "/api/chat", req, func(line []byte) error {
 		var r ChatResponse
-		if err := json.Unmarshal(line, &r); err != nil {
+		if err := decodeChunk(line, &r); err != nil {
 			return fmt.Errorf("client: decode chat chunk: %w", err)
 		}
+		chunks++
 		if fn != nil {
 			if err := fn(&r); err != nil {
 				return err
@@ -44,6 +46,9 @@ func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatRespons
 	if err != nil {
 		return nil, err
 	}
+	if chunks == 0 || final.Model == "" {
+		return nil, errNoChunk("/api/chat")
+	}
 	final.Message.Content, final.Message.Thinking = content.String(), thinking.String()
 	return &final, nil
 }
@@ -53,11 +58,13 @@ func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatRespons
 func (c *Client) Generate(ctx context.Context, req GenerateRequest, fn func(*GenerateResponse) error) (*GenerateResponse, error) {
 	var final GenerateResponse
 	var response, thinking bytes.Buffer
+	chunks := 0
 	err := c.stream(ctx, "/api/generate", req, func(line []byte) error {
 		var r GenerateResponse
-		if err := json.Unmarshal(line, &r); err != nil {
+		if err := decodeChunk(line, &r); err != nil {
 			return fmt.Errorf("client: decode generate chunk: %w", err)
 		}
+		chunks++
 		if fn != nil {
 			if err := fn(&r); err != nil {
 				return err
@@ -71,14 +78,34 @@ func (c *Client) Generate(ctx context.Context, req GenerateRequest, fn func(*Gen
 	if err != nil {
 		return nil, err
 	}
+	if chunks == 0 || final.Model == "" {
+		return nil, errNoChunk("/api/generate")
+	}
 	final.Response, final.Thinking = response.String(), thinking.String()
 	return &final, nil
+}
+
+// errNoChunk is the error of an answer to path without a chunk of Ollama's (each names
+// its model). An answer cut short after some chunks is returned as it came, its Done
+// false: Ollama itself may end a stream without its last chunk (it stops a generation
+// that keeps repeating itself).
+func errNoChunk(path string) error {
+	return fmt.Errorf("client: POST %s: the answer holds no chunk of Ollama's", path)
+}
+
+// decodeChunk decodes one chunk of a chat or generate answer, which must be a JSON object
+// (json.Unmarshal takes a null as a zero chunk).
+func decodeChunk(line []byte, v any) error {
+	if len(line) == 0 || line[0] != '{' {
+		return fmt.Errorf("not a JSON object: %.40q", line)
+	}
+	return json.Unmarshal(line, v)
 }
 
 // Embed computes embeddings (POST /api/embed; foreman passes embeddings straight through).
 func (c *Client) Embed(ctx context.Context, req EmbedRequest) (*EmbedResponse, error) {
 	var out EmbedResponse
-	if err := c.doJSON(ctx, http.MethodPost, "/api/embed", req, &out); err != nil {
+	if err := c.doJSON(ctx, http.MethodPost, "/api/embed", req, &out, maxTargetAnswer); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -87,7 +114,7 @@ func (c *Client) Embed(ctx context.Context, req EmbedRequest) (*EmbedResponse, e
 // Tags lists the models installed on the Ollama server (GET /api/tags).
 func (c *Client) Tags(ctx context.Context) (*ListResponse, error) {
 	var out ListResponse
-	if err := c.doJSON(ctx, http.MethodGet, "/api/tags", nil, &out); err != nil {
+	if err := c.doJSON(ctx, http.MethodGet, "/api/tags", nil, &out, maxTargetAnswer); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -96,7 +123,7 @@ func (c *Client) Tags(ctx context.Context) (*ListResponse, error) {
 // Ps lists the models loaded in memory (GET /api/ps).
 func (c *Client) Ps(ctx context.Context) (*ProcessResponse, error) {
 	var out ProcessResponse
-	if err := c.doJSON(ctx, http.MethodGet, "/api/ps", nil, &out); err != nil {
+	if err := c.doJSON(ctx, http.MethodGet, "/api/ps", nil, &out, maxTargetAnswer); err != nil {
 		return nil, err
 	}
 	return &out, nil
@@ -126,28 +153,65 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 		return err
 	}
 	defer resp.Body.Close()
-	rd := bufio.NewReaderSize(resp.Body, 64<<10)
-	for {
-		l, err := rd.ReadBytes('\n')
-		if l = bytes.TrimSpace(l); len(l) > 0 {
-			var e struct {
-				Error string `json:"error"`
-			}
-			if json.Unmarshal(l, &e) == nil && e.Error != "" {
-				return &APIError{Status: resp.StatusCode, Message: e.Error}
-			}
-			if lerr := line(l); lerr != nil {
-				return lerr
-			}
+	// A line, and the whole answer, have bounds: Chat and Generate keep the answer.
+	rd := &boundedReader{r: resp.Body, left: maxStream}
+	sc := bufio.NewScanner(rd)
+	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)
+	for sc.Scan() {
+		if rd.left < 0 {
+			// The scanner hands out what it holds after a read error: a cut line.
+			break
 		}
-		if errors.Is(err, io.EOF) {
-			return nil
+		l := bytes.TrimSpace(sc.Bytes())
+		if len(l) == 0 {
+			continue
 		}
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return &ConnectionError{URL: c.shown, Err: err}
+		var e struct {
+			Error string `json:"error"`
+		}
+		if json.Unmarshal(l, &e) == nil && e.Error != "" {
+			return &APIError{Status: resp.StatusCode, Message: e.Error}
+		}
+		if err := line(l); err != nil {
+			return err
 		}
 	}
+	switch err := sc.Err(); {
+	case err == nil:
+		return nil
+	case errors.Is(err, bufio.ErrTooLong):
+		return fmt.Errorf("client: POST %s: %w (a line of more than %d bytes)", path, ErrAnswerTooLarge, maxStreamLine)
+	case errors.Is(err, errStreamTooLarge):
+		return tooLarge(http.MethodPost, path, maxStream)
+	case ctx.Err() != nil:
+		return ctx.Err()
+	default:
+		return &ConnectionError{URL: c.shown, Err: err}
+	}
+}
+
+// errStreamTooLarge is a boundedReader's error once its bound is passed.
+var errStreamTooLarge = errors.New("stream too large")
+
+// boundedReader reads r until left bytes have been read, then fails with
+// errStreamTooLarge should r go on.
+type boundedReader struct {
+	r    io.Reader
+	left int64
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, errStreamTooLarge
+	}
+	// One byte past the bound tells a longer answer from one of exactly the bound.
+	if int64(len(p)) > b.left+1 {
+		p = p[:b.left+1]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	if b.left < 0 {
+		return n, errStreamTooLarge
+	}
+	return n, err
 }

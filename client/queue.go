@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -71,16 +70,29 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
+	// The answer lists at most the waiting jobs asked for (foreman's default is 100).
+	shown := limit
+	if shown <= 0 {
+		shown = 100
+	}
+	raw, err := readAnswer(resp.Body, http.MethodGet, path, maxListBase+shown*maxQueueEntry)
 	if err != nil {
-		return nil, fmt.Errorf("client: read GET %s: %w", path, err)
+		return nil, err
 	}
 	var q Queue
-	if err := json.Unmarshal(raw, &q); err != nil {
-		return nil, fmt.Errorf("client: decode GET %s: %w", path, err)
+	if err := decodeObject(raw, &q, http.MethodGet, path); err != nil {
+		return nil, err
 	}
 	if q.Running != nil {
+		if err := q.Running.check(http.MethodGet, path); err != nil {
+			return nil, err
+		}
 		q.Running.normalize()
+	}
+	for _, j := range q.Queued {
+		if j.JobID == "" {
+			return nil, fmt.Errorf("client: GET %s: a waiting job without id", path)
+		}
 	}
 	q.Raw = raw
 	return &q, nil

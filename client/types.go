@@ -86,6 +86,15 @@ func (j *Job) normalize() {
 	}
 }
 
+// check rejects an answer that is no job record: every record has an id and one of the
+// states. Without the check a watch would wait forever for a state that never comes.
+func (j *Job) check(method, path string) error {
+	if j.ID == "" || !j.State.Valid() {
+		return fmt.Errorf("client: %s %s: the answer is no job record (id %q, state %q)", method, path, j.ID, j.State)
+	}
+	return nil
+}
+
 // Artifact describes one stored output of a job. GET /jobs/{id} embeds small artifacts in
 // Data (text as is, anything else base64 with Encoding "base64"); others have a URL and are
 // read with Client.Artifact.
@@ -144,11 +153,15 @@ func eventOfJob(j *Job) Event {
 	return Event{JobID: j.ID, State: j.State, Model: j.Model, Attempt: j.Attempts, At: at, Error: j.Error}
 }
 
-// eventOfRecord decodes a state event (the broker's job record JSON).
+// eventOfRecord decodes a state event (the broker's job record JSON); one without a job
+// id or a known state is no record.
 func eventOfRecord(data []byte) (Event, error) {
 	r, err := broker.DecodeJob(data)
 	if err != nil {
 		return Event{}, err
+	}
+	if r.ID == "" || !r.State.Valid() {
+		return Event{}, fmt.Errorf("client: not a job record (id %q, state %q)", r.ID, r.State)
 	}
 	return Event{JobID: r.ID, State: r.State, Model: r.Model, Attempt: r.Attempt, At: r.At, Error: r.Error}, nil
 }

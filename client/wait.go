@@ -246,11 +246,9 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 				return
 			}
 		}
-		e, err := eventOfRecord(m.Data)
-		if err != nil {
-			return
+		if e, ok := stateEvent(m); ok {
+			send(e)
 		}
-		send(e)
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
@@ -270,4 +268,21 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
 	}
 	return ch, unsub, nil
+}
+
+// jobsStream is the stream behind broker.JobsBucket (a KV bucket's stream is KV_<bucket>):
+// the state events are its republishes of the job records.
+const jobsStream = "KV_" + broker.JobsBucket
+
+// stateEvent is the event a message on a state subject carries, if it is one: a
+// JetStream republish of a job record (headers Nats-Stream and Nats-Sequence) with a job
+// id and a state. Anything else on the subject is ignored: foreman's submit service
+// answers a NATS client on whatever reply subject it named, a job's state subject
+// included, and such a reply carries no headers.
+func stateEvent(m *nats.Msg) (Event, bool) {
+	if m.Header.Get(nats.JSStream) != jobsStream || m.Header.Get(nats.JSSequence) == "" {
+		return Event{}, false
+	}
+	e, err := eventOfRecord(m.Data)
+	return e, err == nil
 }

@@ -9,7 +9,9 @@ import (
 
 // Watch follows a job's state changes: the channel gets the job's current state first,
 // then every change, and closes after a terminal state or when ctx ends. It uses NATS
-// when the client has it, else polling. An unknown job is an error at once.
+// when the client has it, else polling. An unknown job is an error at once. Should a
+// later read of the job fail for good (an error answer other than 5xx or 429, an answer
+// that is no job record), the channel closes before a terminal state; Job tells why.
 //
 // Over NATS no event is dropped by the client, terminal ones included: a reader that falls
 // behind slows delivery down (back-pressure), and nats.go buffers the events meanwhile.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 )
 
 // publishStates publishes n state events on job id's state subject (id "" gives each its
-// own made-up job), working, attempts 1..n, from foreman's side of NATS, and flushes.
+// own made-up job), working, attempts 1..n, from foreman's side of NATS with the headers
+// of JetStream's republish, and flushes.
 func publishStates(t *testing.T, f *foreman, id string, n int) []string {
 	t.Helper()
 	conn := f.Conn
@@ -28,7 +30,12 @@ func publishStates(t *testing.T, f *foreman, id string, n int) []string {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := conn.Publish(broker.StateSubject(jid), data); err != nil {
+		// As JetStream republishes a job record: only such messages are state events.
+		m := nats.NewMsg(broker.StateSubject(jid))
+		m.Data = data
+		m.Header.Set(nats.JSStream, "KV_"+broker.JobsBucket)
+		m.Header.Set(nats.JSSequence, strconv.Itoa(i))
+		if err := conn.PublishMsg(m); err != nil {
 			t.Fatal(err)
 		}
 		ids = append(ids, jid)

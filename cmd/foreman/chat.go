@@ -110,7 +110,7 @@ func (s *chatSession) turn(prompt string) error {
 		if s.f.json {
 			return nil
 		}
-		_, err := io.WriteString(out, r.Message.Content)
+		_, err := io.WriteString(out, termText(r.Message.Content))
 		return err
 	}
 	reply, err := s.c.Chat(s.cmd.Context(), client.ChatRequest{Model: s.model, Messages: msgs}, fn)

@@ -78,7 +78,8 @@ func (f *clientFlags) client(cmd *cobra.Command, e *env, opts ...client.Option) 
 	return c, nil
 }
 
-// explain turns a client error into the one line a person needs.
+// explain turns a client error into the one line a person needs, the server's text in it
+// made safe for a terminal (termSafe).
 func (f *clientFlags) explain(e *env, err error) error {
 	if err == nil {
 		return nil
@@ -91,9 +92,13 @@ func (f *clientFlags) explain(e *env, err error) error {
 	case errors.As(err, &ce):
 		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", ce.URL, rootCause(ce.Err))
 	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
-		return fmt.Errorf("unauthorized: %s (set FOREMAN_TOKEN or --token)", ae.Message)
+		return fmt.Errorf("unauthorized: %s (set FOREMAN_TOKEN or --token)", termSafe(ae.Message))
 	case errors.As(err, &ae):
-		return errors.New(ae.Message)
+		return errors.New(termSafe(ae.Message))
+	}
+	if msg := err.Error(); termSafe(msg) != msg {
+		// A job's error, a message from the server quoted in a decode error.
+		return errors.New(termSafe(msg))
 	}
 	return err
 }

@@ -48,13 +48,13 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
 			fmt.Fprintln(tw, "ID\tMODEL\tSTATE\tAGE\tATTEMPTS")
 			for _, j := range l.Jobs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", j.ID, j.Model, j.State, shortAge(now.Sub(j.CreatedAt)), j.Attempts)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", termSafe(j.ID), termSafe(j.Model), termSafe(string(j.State)), shortAge(now.Sub(j.CreatedAt)), j.Attempts)
 			}
 			if err := tw.Flush(); err != nil {
 				return err
 			}
 			if l.NextCursor != "" {
-				fmt.Fprintf(cmd.ErrOrStderr(), "more: --cursor %s\n", l.NextCursor)
+				fmt.Fprintf(cmd.ErrOrStderr(), "more: --cursor %s\n", termSafe(l.NextCursor))
 			}
 			return nil
 		},
@@ -104,23 +104,23 @@ func printJob(w io.Writer, j *client.Job, now time.Time) error {
 		}
 		return t.UTC().Format(time.RFC3339) + " (" + humanTime(now, *t, "") + ")"
 	}
-	fmt.Fprintf(tw, "ID:\t%s\n", j.ID)
-	fmt.Fprintf(tw, "Kind:\t%s\n", j.Kind)
-	fmt.Fprintf(tw, "Model:\t%s\n", j.Model)
-	fmt.Fprintf(tw, "State:\t%s\n", j.State)
+	fmt.Fprintf(tw, "ID:\t%s\n", termSafe(j.ID))
+	fmt.Fprintf(tw, "Kind:\t%s\n", termSafe(string(j.Kind)))
+	fmt.Fprintf(tw, "Model:\t%s\n", termSafe(j.Model))
+	fmt.Fprintf(tw, "State:\t%s\n", termSafe(string(j.State)))
 	fmt.Fprintf(tw, "Attempts:\t%d\n", j.Attempts)
 	fmt.Fprintf(tw, "Created:\t%s\n", at(&j.CreatedAt))
 	fmt.Fprintf(tw, "Started:\t%s\n", at(j.StartedAt))
 	fmt.Fprintf(tw, "Finished:\t%s\n", at(j.FinishedAt))
 	if j.Error != "" {
-		fmt.Fprintf(tw, "Error:\t%s\n", j.Error)
+		fmt.Fprintf(tw, "Error:\t%s\n", termSafe(j.Error))
 	}
 	for i, a := range j.Artifacts {
 		label := ""
 		if i == 0 {
 			label = "Artifacts:"
 		}
-		fmt.Fprintf(tw, "%s\t%s (%s, %s)\n", label, a.Name, a.ContentType, humanBytes(a.Size))
+		fmt.Fprintf(tw, "%s\t%s (%s, %s)\n", label, termSafe(a.Name), termSafe(a.ContentType), humanBytes(a.Size))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -130,7 +130,7 @@ func printJob(w io.Writer, j *client.Job, now time.Time) error {
 		if text == "" {
 			text = compactJSON(j.Result)
 		}
-		_, err := fmt.Fprintf(w, "\n%s\n", text)
+		_, err := fmt.Fprintf(w, "\n%s\n", termText(text))
 		return err
 	}
 	return nil
@@ -167,10 +167,10 @@ func newJobsCancelCmd(e *env) *cobra.Command {
 			}
 			if j.State != client.StateCanceled {
 				// Running and not stopped yet: the worker ends it shortly.
-				_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %s is %s; cancel requested\n", j.ID, j.State)
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %s is %s; cancel requested\n", termSafe(j.ID), termSafe(string(j.State)))
 				return err
 			}
-			_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %s canceled\n", j.ID)
+			_, err = fmt.Fprintf(cmd.OutOrStdout(), "job %s canceled\n", termSafe(j.ID))
 			return err
 		},
 	}
@@ -202,23 +202,32 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			enc := json.NewEncoder(out)
+			var last client.Event
 			for ev := range events {
+				last = ev
 				if f.json {
 					if err := enc.Encode(ev); err != nil {
 						return err
 					}
 					continue
 				}
-				line := fmt.Sprintf("%s  %s  %-8s  %s", ev.At.Local().Format("15:04:05"), ev.JobID, ev.State, ev.Model)
+				line := fmt.Sprintf("%s  %s  %-8s  %s", ev.At.Local().Format("15:04:05"), termSafe(ev.JobID), termSafe(string(ev.State)), termSafe(ev.Model))
 				if ev.Attempt > 1 {
 					line += fmt.Sprintf("  attempt %d", ev.Attempt)
 				}
 				if ev.Error != "" {
-					line += "  " + ev.Error
+					line += "  " + termSafe(ev.Error)
 				}
 				if _, err := fmt.Fprintln(out, line); err != nil {
 					return err
 				}
+			}
+			if id != "" && !last.State.Terminal() && cmd.Context().Err() == nil {
+				// The watch gave up on the job (see client.Watch): say why.
+				if _, err := c.Job(cmd.Context(), id); err != nil {
+					return f.explain(e, err)
+				}
+				return fmt.Errorf("the watch of job %s ended before the job did", termSafe(id))
 			}
 			return nil
 		},

@@ -36,7 +36,7 @@ func newPsCmd(e *env) *cobra.Command {
 				if !m.ExpiresAt.IsZero() && m.ExpiresAt.Before(now) {
 					until = "Stopping..."
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", m.Name, shortDigest(m.Digest), humanBytes(m.Size), processor(m), until)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", termSafe(m.Name), termSafe(shortDigest(m.Digest)), humanBytes(m.Size), processor(m), until)
 			}
 			return tw.Flush()
 		},

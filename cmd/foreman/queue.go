@@ -42,19 +42,19 @@ func newQueueCmd(e *env) *cobra.Command {
 			now := e.clock()
 			running := "none"
 			if j := q.Running; j != nil {
-				running = fmt.Sprintf("%s %s (%s", j.ID, j.Model, j.State)
+				running = fmt.Sprintf("%s %s (%s", termSafe(j.ID), termSafe(j.Model), termSafe(string(j.State)))
 				if j.StartedAt != nil {
 					running += ", " + shortAge(now.Sub(*j.StartedAt))
 				}
 				running += ")"
 			}
-			loaded := strings.Join(q.Loaded, ", ")
+			loaded := strings.Join(termSafeAll(q.Loaded), ", ")
 			if loaded == "" {
 				loaded = "none"
 			}
 			fmt.Fprintf(out, "Running: %s\nLoaded:  %s\nWaiting: %d\n", running, loaded, q.Total)
 			if p := q.Paused; p != nil {
-				fmt.Fprintf(out, "Paused:  %s for %s: %s\n", pauseText(p.Reason), shortAge(now.Sub(p.Since)), p.Error)
+				fmt.Fprintf(out, "Paused:  %s for %s: %s\n", pauseText(p.Reason), shortAge(now.Sub(p.Since)), termSafe(p.Error))
 			}
 			fmt.Fprintln(out)
 			tw := tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
@@ -64,11 +64,11 @@ func newQueueCmd(e *env) *cobra.Command {
 				if d := j.ETA.Sub(now); d >= time.Second {
 					eta = "in " + shortAge(d)
 				}
-				program := j.Program
+				program := termSafe(j.Program)
 				if program == "" {
 					program = "-"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, j.JobID, j.Model, j.Kind, j.Priority, program,
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
 					shortAge(now.Sub(j.CreatedAt)), eta)
 			}
 			if err := tw.Flush(); err != nil {
@@ -85,7 +85,7 @@ func newQueueCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// pauseText says a worker's pause reason in words.
+// pauseText says a worker's pause reason in words, fit for a terminal.
 func pauseText(reason string) string {
 	switch reason {
 	case client.PauseTargetUnreachable:
@@ -93,5 +93,5 @@ func pauseText(reason string) string {
 	case client.PauseStoreRefusesWrites:
 		return "job store refuses writes"
 	}
-	return reason
+	return termSafe(reason)
 }

@@ -56,7 +56,7 @@ func newSubmitCmd(e *env) *cobra.Command {
 				if f.json {
 					return printJSON(out, map[string]string{"job_id": id})
 				}
-				_, err = fmt.Fprintln(out, id)
+				_, err = fmt.Fprintln(out, termSafe(id))
 				return err
 			}
 			return submitAndWait(cmd, c, f, e, req)
@@ -146,15 +146,15 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 	defer func() { status.Stop() }()
 	req.OnState = func(ev client.Event) {
 		if !announced {
-			status.Println(errOut, "job "+ev.JobID)
+			status.Println(errOut, "job "+termSafe(ev.JobID))
 			announced = true
 		}
-		line := string(ev.State)
+		line := termSafe(string(ev.State))
 		if ev.Attempt > 1 {
 			line += fmt.Sprintf(" (attempt %d)", ev.Attempt)
 		}
 		if ev.Error != "" {
-			line += ": " + ev.Error
+			line += ": " + termSafe(ev.Error)
 		}
 		status.Println(errOut, line)
 		if status == nil && isTTY(errOut) && (ev.State == client.StateQueued || ev.State == client.StateRetrying) {
@@ -175,9 +175,9 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 		return printJSON(out, res.Job)
 	}
 	if text := res.Text(); text != "" {
-		_, err = fmt.Fprintln(out, text)
+		_, err = fmt.Fprintln(out, termText(text))
 		return err
 	}
-	_, err = fmt.Fprintln(out, strings.TrimSpace(string(res.Body)))
+	_, err = fmt.Fprintln(out, termText(strings.TrimSpace(string(res.Body))))
 	return err
 }

@@ -31,7 +31,7 @@ func newTagsCmd(e *env) *cobra.Command {
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
 			fmt.Fprintln(tw, "NAME\tID\tSIZE\tMODIFIED")
 			for _, m := range tags.Models {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", m.Name, shortDigest(m.Digest), humanBytes(m.Size), humanTime(now, m.ModifiedAt, "Never"))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", termSafe(m.Name), termSafe(shortDigest(m.Digest)), humanBytes(m.Size), humanTime(now, m.ModifiedAt, "Never"))
 			}
 			return tw.Flush()
 		},

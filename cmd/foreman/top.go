@@ -103,16 +103,16 @@ func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int
 		if r.StartedAt != nil {
 			since = *r.StartedAt
 		}
-		fmt.Fprintf(&b, "RUNNING  %s  %s  %s  %s  %s\n", r.Model, programName(r.Program), r.State, topDuration(now.Sub(since)), r.ID)
+		fmt.Fprintf(&b, "RUNNING  %s  %s  %s  %s  %s\n", termSafe(r.Model), programName(r.Program), termSafe(string(r.State)), topDuration(now.Sub(since)), termSafe(r.ID))
 	} else {
 		b.WriteString("RUNNING  -\n")
 	}
 	if p := s.Paused; p != nil {
-		fmt.Fprintf(&b, "PAUSED   %s for %s: %s\n", pauseText(p.Reason), topDuration(now.Sub(p.Since)), p.Error)
+		fmt.Fprintf(&b, "PAUSED   %s for %s: %s\n", pauseText(p.Reason), topDuration(now.Sub(p.Since)), termSafe(p.Error))
 	}
 	loaded := "-"
 	if len(s.Loaded) > 0 {
-		loaded = strings.Join(s.Loaded, ", ")
+		loaded = strings.Join(termSafeAll(s.Loaded), ", ")
 	}
 	fmt.Fprintf(&b, "LOADED   %s\n\n", loaded)
 
@@ -120,8 +120,8 @@ func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "POS\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
 	for _, j := range s.Queued {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, topETA(now, j.ETA), j.Model, j.Priority,
-			programName(j.Program), j.Kind, topDuration(now.Sub(j.CreatedAt)), j.JobID)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, topETA(now, j.ETA), termSafe(j.Model), termSafe(j.Priority),
+			programName(j.Program), termSafe(string(j.Kind)), topDuration(now.Sub(j.CreatedAt)), termSafe(j.JobID))
 	}
 	_ = tw.Flush()
 	if more := s.Total - len(s.Queued); more > 0 {
@@ -142,7 +142,7 @@ func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int
 				run = topDuration(j.FinishedAt.Sub(*j.StartedAt))
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", finished, j.State, j.Model, programName(j.Program), wait, run, j.ID)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", finished, termSafe(string(j.State)), termSafe(j.Model), programName(j.Program), wait, run, termSafe(j.ID))
 	}
 	_ = tw.Flush()
 
@@ -158,7 +158,7 @@ func programName(p string) string {
 	if p == "" {
 		return "(anonymous)"
 	}
-	return p
+	return termSafe(p)
 }
 
 // topDuration is a compact duration: 850ms, 12s, 3m05s, 1h02m.

@@ -1,0 +1,53 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestBadAnswersFail: an answer that is no job record, or a chat answer without a chunk of
+// Ollama's, makes the command fail instead of printing empty fields or waiting forever.
+func TestBadAnswersFail(t *testing.T) {
+	t.Parallel()
+	var reads atomic.Int32
+	mux := http.NewServeMux()
+	null := func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "null") }
+	mux.HandleFunc("DELETE /jobs/{id}", null)
+	mux.HandleFunc("POST /api/chat", null)
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("id") == "later" && reads.Add(1) == 1 {
+			// A job that waits, then a record that is none.
+			_, _ = io.WriteString(w, `{"id":"later","model":"m","state":"queued"}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"id":"`+r.PathValue("id")+`","model":"m","state":""}`)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	vars := map[string]string{"FOREMAN_URL": srv.URL}
+	for _, args := range [][]string{
+		{"jobs", "cancel", "x"},
+		{"chat", "-m", "m", "hi"},
+		{"jobs", "watch", "x"},
+		{"jobs", "watch", "later"},
+	} {
+		t.Run(strings.Join(args, "_"), func(t *testing.T) {
+			done := make(chan cliResult, 1)
+			go func() { done <- runCLI(t, vars, nil, nil, args...) }()
+			var r cliResult
+			select {
+			case r = <-done:
+			case <-time.After(20 * time.Second):
+				t.Fatal("the command still waits on a record without a state")
+			}
+			if r.code == 0 || !strings.Contains(r.stderr, "foreman: ") {
+				t.Fatalf("exit %d, stdout %q, stderr %q; want an error", r.code, r.stdout, r.stderr)
+			}
+		})
+	}
+}
