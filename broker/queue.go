@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -204,12 +205,44 @@ func (s *Store) DropSpare(ctx context.Context, d *Lease) error {
 // ack acks a delivery and waits for the server to confirm, retrying through a leader
 // election: an ack lost there would hand the job out again after AckWait. Should it fail
 // anyway, the job's record is terminal already and its next delivery is dropped.
+//
+// A consumer idle past its InactiveThreshold (no fetch on its queue key while a long job
+// ran) is gone, and an ack to it finds no responder, which is no leader election: the ack
+// is moot then. The message stays in the stream; the key's next consumer delivers it,
+// and the worker drops it, its job having ended.
 func (s *Store) ack(ctx context.Context, d *Lease) error {
-	err := s.retry(ctx, d.Msg.DoubleAck)
-	if errors.Is(err, jetstream.ErrMsgAlreadyAckd) {
+	err := s.retry(ctx, func(ctx context.Context) error {
+		err := d.Msg.DoubleAck(ctx)
+		if errors.Is(err, nats.ErrNoResponders) && s.consumerGone(ctx, d.Token) {
+			return errConsumerGone
+		}
+		return err
+	})
+	switch {
+	case errors.Is(err, jetstream.ErrMsgAlreadyAckd):
+		return nil
+	case errors.Is(err, errConsumerGone):
+		s.log.Info("queue consumer went idle while its job ran; the job's message is dropped at its next delivery",
+			"job_id", d.JobID, "consumer", ConsumerName(d.Token))
 		return nil
 	}
 	return err
+}
+
+// errConsumerGone ends the retries of an ack to a consumer that no longer exists.
+var errConsumerGone = errors.New("broker: queue consumer gone")
+
+// consumerGone reports whether the consumer of queue key token no longer exists, and
+// forgets it then, so that the next fetch makes it anew.
+func (s *Store) consumerGone(ctx context.Context, token string) bool {
+	_, err := s.queue.Consumer(ctx, ConsumerName(token))
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return false
+	}
+	s.mu.Lock()
+	delete(s.consumers, token)
+	s.mu.Unlock()
+	return true
 }
 
 // Pending is one queued job, as the selection logic sees it.

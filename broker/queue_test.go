@@ -55,3 +55,30 @@ func TestNextWaitTakesAJobOnArrival(t *testing.T) {
 		t.Fatalf("NextWait gave %+v, want job %s", d, j.ID)
 	}
 }
+
+// A job that ran longer than its queue consumer's InactiveThreshold (no fetch on its key
+// meanwhile) lost its consumer: its ack finds no responder. Finish takes that as the ack
+// it is moot, not as a leader election retried into an error; the key's next consumer
+// delivers the message again (the worker drops it, its job having ended).
+func TestFinishAfterTheConsumerWentIdle(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "m", `{"model":"m"}`)
+	tok := token(t, "m")
+	d, err := b.Store.Next(ctx, tok)
+	if err != nil || d == nil {
+		t.Fatalf("next: %v %v", d, err)
+	}
+	// What the server does to a pull consumer idle past its InactiveThreshold.
+	if err := b.JetStream(t).DeleteConsumer(ctx, broker.QueueStream, broker.ConsumerName(tok)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Store.Finish(ctx, d); err != nil {
+		t.Fatalf("finish: %v", err)
+	}
+	again, err := b.Store.Next(ctx, tok)
+	if err != nil || again == nil || again.JobID != j.ID {
+		t.Fatalf("next after the consumer went: %+v, %v; want the job's message again", again, err)
+	}
+}
