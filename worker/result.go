@@ -11,14 +11,15 @@ import (
 
 // result builds a finished job's Result: the response in the shape a non-streamed request
 // gets. For an NDJSON chat/generate stream that is the last line with the text fields
-// replaced by their concatenation over all lines; for SSE the last data JSON; otherwise the
-// body itself. sawDone reports whether an NDJSON stream ended with done:true.
+// replaced by their concatenation over all lines; for SSE the completion its chunks make
+// (sseResult); otherwise the body itself. sawDone reports whether an NDJSON stream ended
+// with done:true.
 func result(kind broker.Kind, contentType string, frames [][]byte) (res []byte, sawDone bool) {
 	switch ollama.FramingOf(contentType) {
 	case ollama.NDJSON:
 		return ndjsonResult(kind, frames)
 	case ollama.SSE:
-		return sseResult(frames), true
+		return sseResult(kind, frames), true
 	}
 	return bytes.Join(frames, nil), true
 }
@@ -111,33 +112,6 @@ func joinCalls(calls []json.RawMessage) json.RawMessage {
 	}
 	b, _ := json.Marshal(calls)
 	return b
-}
-
-// sseResult returns the last data payload that is JSON (skipping "[DONE]").
-func sseResult(frames [][]byte) []byte {
-	var last []byte
-	for _, f := range frames {
-		if data := sseJSON(f); data != nil {
-			last = data
-		}
-	}
-	return last
-}
-
-// sseJSON returns the last data payload of SSE frame f that is JSON, nil if none.
-func sseJSON(f []byte) []byte {
-	var last []byte
-	for line := range bytes.Lines(f) {
-		data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
-		if !ok {
-			continue
-		}
-		data = bytes.TrimSpace(data)
-		if json.Valid(data) {
-			last = data
-		}
-	}
-	return last
 }
 
 // streamError returns the error a target reported inside a 2xx stream, "" if none:

@@ -35,9 +35,6 @@ func TestResult(t *testing.T) {
 			map[string]any{"response": "ab", "done": false}, false},
 		{"whole body", broker.KindEmbed, "application/json; charset=utf-8", lines(`{"embeddings":[[1,2]]}`),
 			map[string]any{"raw": `{"embeddings":[[1,2]]}`}, true},
-		{"sse: last data json", broker.KindOpenAIChat, "text/event-stream", lines(
-			"data: {\"id\":\"1\",\"n\":1}\n\n", "data: {\"id\":\"1\",\"n\":2}\n\n", "data: [DONE]\n\n"),
-			map[string]any{"raw": `{"id":"1","n":2}`}, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -99,5 +96,73 @@ func TestStreamError(t *testing.T) {
 		if got := streamError(c.ct, frames); got != c.want {
 			t.Errorf("%s %q: %q, want %q", c.ct, c.frames, got, c.want)
 		}
+	}
+}
+
+// The result of an OpenAI-compatible stream is the chat.completion or text_completion a
+// non-streamed request gets (the shapes of Ollama's openai package): deltas joined per
+// choice, tool calls merged by index (a call with another id is another call, as Ollama
+// sends each whole, all at index 0 for most models), the last finish_reason, logprobs
+// joined, the usage when the stream carried it.
+func TestSSEResult(t *testing.T) {
+	t.Parallel()
+	events := func(ss ...string) [][]byte {
+		var out [][]byte
+		for _, s := range ss {
+			out = append(out, []byte("data: "+s+"\n\n"))
+		}
+		return append(out, []byte("data: [DONE]\n\n"))
+	}
+	const head = `"id":"chatcmpl-7","object":"chat.completion.chunk","created":1700000000,"model":"m","system_fingerprint":"fp_ollama"`
+	tests := []struct {
+		name   string
+		kind   broker.Kind
+		frames [][]byte
+		want   string
+	}{
+		{"ollama chat: reasoning, whole tool calls, logprobs, usage", broker.KindOpenAIChat, events(
+			`{`+head+`,"choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning":"Let me"},"finish_reason":null}]}`,
+			`{`+head+`,"choices":[{"index":0,"delta":{"role":"assistant","content":"","reasoning":" see."},"finish_reason":null}]}`,
+			`{`+head+`,"choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"finish_reason":null,"logprobs":{"content":[{"token":"Hi","logprob":-0.5,"bytes":[72,105]}]}}]}`,
+			`{`+head+`,"choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":[{"id":"call_a","index":0,"type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}}]},"finish_reason":null}]}`,
+			`{`+head+`,"choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":[{"id":"call_b","index":0,"type":"function","function":{"name":"get_time","arguments":"{}"}}]},"finish_reason":null}]}`,
+			`{`+head+`,"choices":[{"index":0,"delta":{"role":"assistant","content":"!"},"finish_reason":"tool_calls","logprobs":{"content":[{"token":"!","logprob":-0.25,"bytes":[33]}]}}]}`,
+			`{`+head+`,"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}`),
+			`{"id":"chatcmpl-7","object":"chat.completion","created":1700000000,"model":"m","system_fingerprint":"fp_ollama","choices":[{"index":0,` +
+				`"message":{"role":"assistant","content":"Hi!","reasoning":"Let me see.","tool_calls":[` +
+				`{"id":"call_a","index":0,"type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Oslo\"}"}},` +
+				`{"id":"call_b","index":0,"type":"function","function":{"name":"get_time","arguments":"{}"}}]},` +
+				`"finish_reason":"tool_calls","logprobs":{"content":[{"token":"Hi","logprob":-0.5,"bytes":[72,105]},{"token":"!","logprob":-0.25,"bytes":[33]}]}}],` +
+				`"usage":{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12}}`},
+		{"tool call arguments in pieces, two choices", broker.KindOpenAIChat, events(
+			`{`+head+`,"choices":[{"index":1,"delta":{"role":"assistant","content":"B"},"finish_reason":null},{"index":0,"delta":{"role":"assistant","content":null,"tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}`,
+			`{`+head+`,"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\""}}]},"finish_reason":null}]}`,
+			`{`+head+`,"choices":[{"index":0,"delta":{"tool_calls":[{"index":1,"id":"call_2","type":"function","function":{"name":"g","arguments":"{}"}}]},"finish_reason":null}]}`,
+			`{`+head+`,"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":":1}"}}]},"finish_reason":null}]}`,
+			`{`+head+`,"choices":[{"index":1,"delta":{"content":"ye"},"finish_reason":"stop"},{"index":0,"delta":{},"finish_reason":"tool_calls"}]}`),
+			`{"id":"chatcmpl-7","object":"chat.completion","created":1700000000,"model":"m","system_fingerprint":"fp_ollama","choices":[` +
+				`{"index":0,"message":{"role":"assistant","content":"","tool_calls":[` +
+				`{"id":"call_1","index":0,"type":"function","function":{"name":"f","arguments":"{\"a\":1}"}},` +
+				`{"id":"call_2","index":1,"type":"function","function":{"name":"g","arguments":"{}"}}]},"finish_reason":"tool_calls"},` +
+				`{"index":1,"message":{"role":"assistant","content":"Bye"},"finish_reason":"stop"}]}`},
+		{"ollama completion with usage", broker.KindOpenAICompletion, events(
+			`{"id":"cmpl-3","object":"text_completion","created":1700000000,"choices":[{"text":"Once","index":0,"finish_reason":null}],"model":"m","system_fingerprint":"fp_ollama","usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}`,
+			`{"id":"cmpl-3","object":"text_completion","created":1700000001,"choices":[{"text":" upon","index":0,"finish_reason":null}],"model":"m","system_fingerprint":"fp_ollama","usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}`,
+			`{"id":"cmpl-3","object":"text_completion","created":1700000001,"choices":[{"text":"","index":0,"finish_reason":"length"}],"model":"m","system_fingerprint":"fp_ollama","usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}`,
+			`{"id":"cmpl-3","object":"text_completion","created":1700000001,"choices":[],"model":"m","system_fingerprint":"fp_ollama","usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}`),
+			`{"id":"cmpl-3","object":"text_completion","created":1700000001,"model":"m","system_fingerprint":"fp_ollama",` +
+				`"choices":[{"text":"Once upon","index":0,"finish_reason":"length"}],"usage":{"prompt_tokens":4,"completion_tokens":2,"total_tokens":6}}`},
+		{"cut short: no finish_reason, no usage, no fingerprint", broker.KindOpenAIChat, events(
+			`{"id":"x","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"a<b"}}]}`),
+			`{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"a\u003cb"},"finish_reason":null}]}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			res, done := result(tt.kind, "text/event-stream", tt.frames)
+			if string(res) != tt.want || !done {
+				t.Errorf("result (done %v)\n%s\nwant\n%s", done, res, tt.want)
+			}
+		})
 	}
 }
