@@ -15,8 +15,9 @@ import (
 // Run one with: go test -run '^$' -fuzz '^FuzzResult$' -fuzztime 30s ./worker
 
 // FuzzResult builds a result from fuzzed target frames: it must not panic, an SSE
-// stream's is JSON if any, and for an NDJSON chat or generate stream with at least one decodable line it is valid JSON whose
-// text is the concatenation of the lines' texts.
+// stream's is JSON if any, and for an NDJSON chat or generate stream with at least one
+// decodable line (and no JSON line of another shape) it is valid JSON whose text is the
+// concatenation of the lines' texts.
 func FuzzResult(f *testing.F) {
 	f.Add(uint8(0), "application/x-ndjson", []byte("{\"message\":{\"role\":\"assistant\",\"content\":\"he\"},\"done\":false}\n\x00{\"message\":{\"content\":\"llo\"},\"done\":true}\n"))
 	f.Add(uint8(1), "application/x-ndjson; charset=utf-8", []byte("{\"response\":\"a\",\"tool_calls\":[{}]}\n\x00garbage\n\x00{\"response\":\"b\",\"done\":true}"))
@@ -43,18 +44,20 @@ func FuzzResult(f *testing.F) {
 			if len(l) == 0 {
 				continue
 			}
+			var chat ollama.ChatResponse
+			var gen ollama.GenerateResponse
+			var err error
 			if kind == broker.KindChat {
-				var r ollama.ChatResponse
-				if json.Unmarshal(l, &r) == nil {
-					decoded = true
-					text.WriteString(r.Message.Content)
-				}
+				err = json.Unmarshal(l, &chat)
 			} else {
-				var r ollama.GenerateResponse
-				if json.Unmarshal(l, &r) == nil {
-					decoded = true
-					text.WriteString(r.Response)
-				}
+				err = json.Unmarshal(l, &gen)
+			}
+			switch {
+			case err == nil:
+				decoded = true
+				text.WriteString(chat.Message.Content + gen.Response)
+			case json.Valid(l):
+				return // JSON of another shape: whether it counts is the result's to say
 			}
 		}
 		if !decoded {

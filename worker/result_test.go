@@ -166,3 +166,60 @@ func TestSSEResult(t *testing.T) {
 		})
 	}
 }
+
+// A streamed chat or generate result is the final frame as Ollama sent it, every member
+// kept in its order (those foreman's types do not know too: the image generation's
+// image, completed and total), with only what Ollama's non-streamed answer joins over
+// the frames replaced: the message's content, thinking and tool calls (the response and
+// thinking for generate) and the logprobs, in the place Ollama's own answer has them.
+func TestNDJSONResultKeepsEveryMember(t *testing.T) {
+	t.Parallel()
+	lines := func(ss ...string) [][]byte {
+		var out [][]byte
+		for _, s := range ss {
+			out = append(out, []byte(s+"\n"))
+		}
+		return out
+	}
+	const at = `"created_at":"2026-02-27T10:00:00.123456789Z"`
+	tests := []struct {
+		name   string
+		kind   broker.Kind
+		frames [][]byte
+		want   string
+	}{
+		{"image generation", broker.KindGenerate, lines(
+			`{"model":"flux","`+at[1:]+`,"response":"","done":false,"completed":1,"total":2}`,
+			`{"model":"flux","`+at[1:]+`,"response":"","done":false,"completed":2,"total":2}`,
+			`{"model":"flux","`+at[1:]+`,"response":"","done":true,"done_reason":"stop","total_duration":900,"load_duration":100,"image":"iVBORw0KGgo=","completed":2,"total":2}`),
+			`{"model":"flux",` + at + `,"response":"","done":true,"done_reason":"stop","total_duration":900,"load_duration":100,"image":"iVBORw0KGgo=","completed":2,"total":2}`},
+		{"generate: thinking and logprobs", broker.KindGenerate, lines(
+			`{"model":"m",`+at+`,"response":"","thinking":"hm","done":false}`,
+			`{"model":"m",`+at+`,"response":"A","done":false,"logprobs":[{"token":"A","logprob":-0.1}]}`,
+			`{"model":"m",`+at+`,"response":"<b>","done":false,"logprobs":[{"token":"<b>","logprob":-0.2,"top_logprobs":[{"token":"<b>","logprob":-0.2}]}]}`,
+			`{"model":"m",`+at+`,"response":"","done":true,"done_reason":"stop","context":[1,2],"total_duration":5,"eval_count":2,"tool_calls":[{"function":{"name":"f","arguments":{}}}],"future":{"x":1}}`),
+			`{"model":"m",` + at + `,"response":"A\u003cb\u003e","thinking":"hm","done":true,"done_reason":"stop","context":[1,2],"total_duration":5,"eval_count":2,` +
+				`"tool_calls":[{"function":{"name":"f","arguments":{}}}],"logprobs":[{"token":"A","logprob":-0.1},{"token":"\u003cb\u003e","logprob":-0.2,"top_logprobs":[{"token":"\u003cb\u003e","logprob":-0.2}]}],"future":{"x":1}}`},
+		{"chat: thinking, tool calls, logprobs, remote members", broker.KindChat, lines(
+			`{"model":"m","remote_model":"big","remote_host":"https://ollama.com",`+at+`,"message":{"role":"assistant","content":"","thinking":"Let me"},"done":false}`,
+			`{"model":"m","remote_model":"big","remote_host":"https://ollama.com",`+at+`,"message":{"role":"assistant","content":"Hi","tool_calls":[{"id":"call_a","function":{"index":0,"name":"f","arguments":{"a":1}}}]},"done":false,"logprobs":[{"token":"Hi","logprob":-0.3}]}`,
+			`{"model":"m","remote_model":"big","remote_host":"https://ollama.com",`+at+`,"message":{"role":"assistant","content":"!","tool_calls":[{"id":"call_b","function":{"index":1,"name":"g","arguments":{}}}]},"done":false,"logprobs":[{"token":"!","logprob":-0.4}]}`,
+			`{"model":"m","remote_model":"big","remote_host":"https://ollama.com",`+at+`,"message":{"role":"assistant","content":""},"done":true,"done_reason":"stop","total_duration":7,"eval_count":3}`),
+			`{"model":"m","remote_model":"big","remote_host":"https://ollama.com",` + at + `,"message":{"role":"assistant","content":"Hi!","thinking":"Let me",` +
+				`"tool_calls":[{"id":"call_a","function":{"index":0,"name":"f","arguments":{"a":1}}},{"id":"call_b","function":{"index":1,"name":"g","arguments":{}}}]},` +
+				`"done":true,"done_reason":"stop","logprobs":[{"token":"Hi","logprob":-0.3},{"token":"!","logprob":-0.4}],"total_duration":7,"eval_count":3}`},
+		{"chat: an empty logprobs and thinking go, as in Ollama's answer", broker.KindChat, lines(
+			`{"model":"m",`+at+`,"message":{"role":"assistant","content":"a","thinking":""},"done":false,"logprobs":[]}`,
+			`{"model":"m",`+at+`,"message":{"role":"assistant","content":"b","thinking":""},"done":true,"logprobs":null}`),
+			`{"model":"m",` + at + `,"message":{"role":"assistant","content":"ab"},"done":true}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			res, done := result(tt.kind, "application/x-ndjson", tt.frames)
+			if string(res) != tt.want || !done {
+				t.Errorf("result (done %v)\n%s\nwant\n%s", done, res, tt.want)
+			}
+		})
+	}
+}

@@ -81,3 +81,40 @@ func TestStreamedOpenAIResultIsTheNonStreamedAnswer(t *testing.T) {
 		})
 	}
 }
+
+// A streamed chat or generate job keeps as its result the answer the same request with
+// stream:false gets, logprobs included: Ollama joins every frame's.
+func TestStreamedNativeResultIsTheNonStreamedAnswer(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		kind broker.Kind
+		path string
+		body string
+	}{
+		{"chat", broker.KindChat, "/api/chat",
+			`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"logprobs":true}`},
+		{"generate", broker.KindGenerate, "/api/generate",
+			`{"model":"tiny-a","prompt":"hi","logprobs":true}`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			tb := setup(t)
+			tb.start(t, worker.Config{})
+			j := tb.submit(t, "tiny-a", c.kind, c.body)
+			rec := tb.waitState(t, j.ID, broker.StateDone)
+			var got map[string]any
+			if err := json.Unmarshal(rec.Result, &got); err != nil {
+				t.Fatalf("result %s: %v", rec.Result, err)
+			}
+			want := tb.nonStreamed(t, c.path, c.body)
+			if lp, _ := want["logprobs"].([]any); len(lp) < 2 {
+				t.Fatalf("the non-streamed answer has logprobs %v, want one a token", want["logprobs"])
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("result\n%s\nwant the non-streamed answer\n%v", rec.Result, want)
+			}
+		})
+	}
+}

@@ -465,3 +465,20 @@ func TestOpenAIStreamIncludeUsage(t *testing.T) {
 		}
 	}
 }
+
+// Asked for logprobs, the native routes send, as Ollama does, each token's with its
+// frame and all of them with a non-streamed answer.
+func TestNativeLogprobs(t *testing.T) {
+	t.Parallel()
+	_, c, ctx := setup(t)
+	got, err := frames(t, ctx, c, "/api/generate", []byte(`{"model":"tiny-a","prompt":"x","logprobs":true,"options":{"num_predict":2}}`))
+	if err != nil || len(got) != 3 || !strings.Contains(got[0], `"logprobs":[{"token":`) || strings.Contains(got[2], "logprobs") {
+		t.Fatalf("%v %q", err, got)
+	}
+	_, body, _ := do(t, ctx, c, "POST", "/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"logprobs":true,"stream":false,"options":{"num_predict":2}}`)
+	var r ollama.ChatResponse
+	var lp []map[string]any
+	if json.Unmarshal(body, &r) != nil || json.Unmarshal(r.Logprobs, &lp) != nil || len(lp) != 2 {
+		t.Errorf("non-streamed chat %s", body)
+	}
+}
