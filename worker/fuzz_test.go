@@ -14,13 +14,15 @@ import (
 // result from it (cutting and publishing it is broker.StreamWriter's: see broker).
 // Run one with: go test -run '^$' -fuzz '^FuzzResult$' -fuzztime 30s ./worker
 
-// FuzzResult builds a result from fuzzed target frames: it must not panic, and for an
-// NDJSON chat or generate stream with at least one decodable line it is valid JSON whose
-// text is the concatenation of the lines' texts.
+// FuzzResult builds a result from fuzzed target frames: it must not panic, an SSE
+// stream's is JSON if any, and for an NDJSON chat or generate stream with at least one
+// decodable line (and no JSON line of another shape) it is valid JSON whose text is the
+// concatenation of the lines' texts.
 func FuzzResult(f *testing.F) {
 	f.Add(uint8(0), "application/x-ndjson", []byte("{\"message\":{\"role\":\"assistant\",\"content\":\"he\"},\"done\":false}\n\x00{\"message\":{\"content\":\"llo\"},\"done\":true}\n"))
 	f.Add(uint8(1), "application/x-ndjson; charset=utf-8", []byte("{\"response\":\"a\",\"tool_calls\":[{}]}\n\x00garbage\n\x00{\"response\":\"b\",\"done\":true}"))
 	f.Add(uint8(2), "text/event-stream", []byte("data: {\"id\":1}\n\n\x00data: [DONE]\n\n"))
+	f.Add(uint8(2), "text/event-stream", []byte("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\",\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"{\"}}]}}]}\n\n\x00data: {\"choices\":[],\"usage\":{}}\n\n"))
 	f.Add(uint8(3), "application/json", []byte("{\"embeddings\":[[1]]}"))
 	f.Add(uint8(0), "application/x-ndjson", []byte("{\"error\":\"boom\"}\n"))
 	kinds := []broker.Kind{broker.KindChat, broker.KindGenerate, broker.KindOpenAIChat, broker.KindEmbed, broker.KindOpenAICompletion}
@@ -29,6 +31,9 @@ func FuzzResult(f *testing.F) {
 		frames := bytes.Split(data, []byte{0})
 		res, _ := result(kind, ctype, frames)
 		_ = streamError(ctype, frames)
+		if ollama.FramingOf(ctype) == ollama.SSE && res != nil && !json.Valid(res) {
+			t.Fatalf("SSE result %q is not JSON", res)
+		}
 		if kind != broker.KindChat && kind != broker.KindGenerate || ollama.FramingOf(ctype) != ollama.NDJSON {
 			return
 		}
@@ -39,18 +44,20 @@ func FuzzResult(f *testing.F) {
 			if len(l) == 0 {
 				continue
 			}
+			var chat ollama.ChatResponse
+			var gen ollama.GenerateResponse
+			var err error
 			if kind == broker.KindChat {
-				var r ollama.ChatResponse
-				if json.Unmarshal(l, &r) == nil {
-					decoded = true
-					text.WriteString(r.Message.Content)
-				}
+				err = json.Unmarshal(l, &chat)
 			} else {
-				var r ollama.GenerateResponse
-				if json.Unmarshal(l, &r) == nil {
-					decoded = true
-					text.WriteString(r.Response)
-				}
+				err = json.Unmarshal(l, &gen)
+			}
+			switch {
+			case err == nil:
+				decoded = true
+				text.WriteString(chat.Message.Content + gen.Response)
+			case json.Valid(l):
+				return // JSON of another shape: whether it counts is the result's to say
 			}
 		}
 		if !decoded {

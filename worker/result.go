@@ -3,6 +3,7 @@ package worker
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"strings"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -10,15 +11,16 @@ import (
 )
 
 // result builds a finished job's Result: the response in the shape a non-streamed request
-// gets. For an NDJSON chat/generate stream that is the last line with the text fields
-// replaced by their concatenation over all lines; for SSE the last data JSON; otherwise the
-// body itself. sawDone reports whether an NDJSON stream ended with done:true.
+// gets. For an NDJSON chat/generate stream that is the last line with the members Ollama
+// joins replaced by their concatenation over all lines (chatResult, generateResult); for SSE the completion its chunks make
+// (sseResult); otherwise the body itself. sawDone reports whether an NDJSON stream ended
+// with done:true.
 func result(kind broker.Kind, contentType string, frames [][]byte) (res []byte, sawDone bool) {
 	switch ollama.FramingOf(contentType) {
 	case ollama.NDJSON:
 		return ndjsonResult(kind, frames)
 	case ollama.SSE:
-		return sseResult(frames), true
+		return sseResult(kind, frames), true
 	}
 	return bytes.Join(frames, nil), true
 }
@@ -47,97 +49,130 @@ func ndjsonResult(kind broker.Kind, frames [][]byte) ([]byte, bool) {
 	return last, done.Done
 }
 
+// The members of Ollama v0.17.4's ChatResponse, Message and GenerateResponse in the order
+// it writes them, for the members a result adds to the final frame (object.put).
+var (
+	metricMembers   = []string{"total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count", "eval_duration"}
+	chatMembers     = slices.Concat([]string{"model", "remote_model", "remote_host", "created_at", "message", "done", "done_reason", "_debug_info", "logprobs"}, metricMembers)
+	messageMembers  = []string{"role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"}
+	generateMembers = slices.Concat([]string{"model", "remote_model", "remote_host", "created_at", "response", "thinking", "done", "done_reason", "context"},
+		metricMembers, []string{"tool_calls", "_debug_info", "logprobs", "image", "completed", "total"})
+)
+
+// chatResult is what Ollama's ChatHandler answers a non-streamed request: the final
+// frame, with the message's content and thinking the concatenation over all frames, its
+// tool calls all the frames' (the final frame's when none) and the logprobs all the
+// frames' (none when empty).
 func chatResult(lines [][]byte) []byte {
 	var content, thinking strings.Builder
-	var calls []json.RawMessage
-	var final ollama.ChatResponse
+	var calls, logprobs []json.RawMessage
+	var final *object
 	for _, l := range lines {
-		var r ollama.ChatResponse
-		if json.Unmarshal(l, &r) != nil {
+		var r struct {
+			Message struct {
+				Content   string          `json:"content"`
+				Thinking  string          `json:"thinking"`
+				ToolCalls json.RawMessage `json:"tool_calls"`
+			} `json:"message"`
+			Logprobs json.RawMessage `json:"logprobs"`
+		}
+		o := parseObject(l)
+		if o == nil || json.Unmarshal(l, &r) != nil {
 			continue
 		}
 		content.WriteString(r.Message.Content)
 		thinking.WriteString(r.Message.Thinking)
-		calls = appendCalls(calls, r.Message.ToolCalls)
-		final = r
+		calls = appendElems(calls, r.Message.ToolCalls)
+		logprobs = appendElems(logprobs, r.Logprobs)
+		final = o
 	}
-	final.Message.Content, final.Message.Thinking = content.String(), thinking.String()
-	final.Message.ToolCalls = joinCalls(calls)
-	b, err := json.Marshal(final)
-	if err != nil {
+	if final == nil {
 		return lines[len(lines)-1]
 	}
-	return b
+	msg := parseObject(final.vals["message"])
+	if msg == nil {
+		msg = &object{vals: map[string]json.RawMessage{}}
+	}
+	msg.put("content", content.String(), messageMembers)
+	putText(msg, "thinking", thinking.String(), messageMembers)
+	if len(calls) > 0 {
+		msg.put("tool_calls", calls, messageMembers)
+	}
+	final.put("message", msg, chatMembers)
+	putList(final, "logprobs", logprobs, chatMembers)
+	return marshalResult(final, lines)
 }
 
+// generateResult is what Ollama's GenerateHandler answers a non-streamed request: the
+// final frame, with the response and thinking the concatenation over all frames and the
+// logprobs all the frames' (none when empty). Its tool calls are the final frame's, the
+// only one Ollama puts them in.
 func generateResult(lines [][]byte) []byte {
 	var response, thinking strings.Builder
-	var calls []json.RawMessage
-	var final ollama.GenerateResponse
+	var logprobs []json.RawMessage
+	var final *object
 	for _, l := range lines {
-		var r ollama.GenerateResponse
-		if json.Unmarshal(l, &r) != nil {
+		var r struct {
+			Response string          `json:"response"`
+			Thinking string          `json:"thinking"`
+			Logprobs json.RawMessage `json:"logprobs"`
+		}
+		o := parseObject(l)
+		if o == nil || json.Unmarshal(l, &r) != nil {
 			continue
 		}
 		response.WriteString(r.Response)
 		thinking.WriteString(r.Thinking)
-		calls = appendCalls(calls, r.ToolCalls)
-		final = r
+		logprobs = appendElems(logprobs, r.Logprobs)
+		final = o
 	}
-	final.Response, final.Thinking = response.String(), thinking.String()
-	final.ToolCalls = joinCalls(calls)
-	b, err := json.Marshal(final)
+	if final == nil {
+		return lines[len(lines)-1]
+	}
+	final.put("response", response.String(), generateMembers)
+	putText(final, "thinking", thinking.String(), generateMembers)
+	putList(final, "logprobs", logprobs, generateMembers)
+	return marshalResult(final, lines)
+}
+
+// putText sets a text member Ollama omits when empty.
+func putText(o *object, k, v string, order []string) {
+	if v == "" {
+		o.del(k)
+		return
+	}
+	o.put(k, v, order)
+}
+
+// putList sets a list member Ollama omits when empty.
+func putList(o *object, k string, v []json.RawMessage, order []string) {
+	if len(v) == 0 {
+		o.del(k)
+		return
+	}
+	o.put(k, v, order)
+}
+
+// marshalResult encodes a result as json.Marshal does (compact, HTML-escaped), the form a
+// record keeps unchanged (broker.HoldResult).
+func marshalResult(o *object, lines [][]byte) []byte {
+	b, err := json.Marshal(o)
 	if err != nil {
 		return lines[len(lines)-1]
 	}
 	return b
 }
 
-// appendCalls adds the elements of one frame's tool_calls array.
-func appendCalls(calls []json.RawMessage, raw json.RawMessage) []json.RawMessage {
+// appendElems adds the elements of one frame's array member.
+func appendElems(elems []json.RawMessage, raw json.RawMessage) []json.RawMessage {
 	if len(raw) == 0 {
-		return calls
+		return elems
 	}
 	var arr []json.RawMessage
 	if json.Unmarshal(raw, &arr) == nil {
-		return append(calls, arr...)
+		return append(elems, arr...)
 	}
-	return calls
-}
-
-func joinCalls(calls []json.RawMessage) json.RawMessage {
-	if len(calls) == 0 {
-		return nil
-	}
-	b, _ := json.Marshal(calls)
-	return b
-}
-
-// sseResult returns the last data payload that is JSON (skipping "[DONE]").
-func sseResult(frames [][]byte) []byte {
-	var last []byte
-	for _, f := range frames {
-		if data := sseJSON(f); data != nil {
-			last = data
-		}
-	}
-	return last
-}
-
-// sseJSON returns the last data payload of SSE frame f that is JSON, nil if none.
-func sseJSON(f []byte) []byte {
-	var last []byte
-	for line := range bytes.Lines(f) {
-		data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
-		if !ok {
-			continue
-		}
-		data = bytes.TrimSpace(data)
-		if json.Valid(data) {
-			last = data
-		}
-	}
-	return last
+	return elems
 }
 
 // streamError returns the error a target reported inside a 2xx stream, "" if none:

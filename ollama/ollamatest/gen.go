@@ -47,6 +47,29 @@ func Vector(model, input string) []float64 {
 	return v
 }
 
+// logprobs returns, when asked (the request's "logprobs"), Ollama's logprobs of toks: one
+// entry a token, as each stream frame carries its own and a non-streamed answer all.
+func logprobs(asked bool, toks ...string) json.RawMessage {
+	if !asked || len(toks) == 0 {
+		return nil
+	}
+	type logprob struct {
+		Token   string  `json:"token"`
+		Logprob float64 `json:"logprob"`
+		Bytes   []int   `json:"bytes,omitempty"`
+	}
+	out := make([]logprob, 0, len(toks))
+	for _, t := range toks {
+		lp := logprob{Token: t, Logprob: -float64(hash64(t)%1000) / 1000}
+		for _, c := range []byte(t) {
+			lp.Bytes = append(lp.Bytes, int(c))
+		}
+		out = append(out, lp)
+	}
+	b, _ := json.Marshal(out)
+	return b
+}
+
 // numPredict reads options.num_predict, or returns def.
 func numPredict(options json.RawMessage, def int) int {
 	var o struct {

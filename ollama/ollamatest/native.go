@@ -106,12 +106,13 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 			return
 		}
 		final.Message.Content = join(toks)
+		final.Logprobs = logprobs(req.Logprobs, toks...)
 		writeJSON(w, http.StatusOK, final, f)
 		return
 	}
 	sw := newStreamWriter(w, f, false)
 	err := s.generate(r.Context(), toks, func(tok string) error {
-		return sw.frame(ollama.ChatResponse{Model: req.Model, CreatedAt: now, Message: ollama.Message{Role: "assistant", Content: tok}})
+		return sw.frame(ollama.ChatResponse{Model: req.Model, CreatedAt: now, Message: ollama.Message{Role: "assistant", Content: tok}, Logprobs: logprobs(req.Logprobs, tok)})
 	})
 	if err == nil && !sw.noDone() {
 		_ = sw.frame(final)
@@ -155,12 +156,13 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 			return
 		}
 		final.Response = join(toks)
+		final.Logprobs = logprobs(req.Logprobs, toks...)
 		writeJSON(w, http.StatusOK, final, f)
 		return
 	}
 	sw := newStreamWriter(w, f, false)
 	err := s.generate(r.Context(), toks, func(tok string) error {
-		return sw.frame(ollama.GenerateResponse{Model: req.Model, CreatedAt: now, Response: tok})
+		return sw.frame(ollama.GenerateResponse{Model: req.Model, CreatedAt: now, Response: tok, Logprobs: logprobs(req.Logprobs, tok)})
 	})
 	if err == nil && !sw.noDone() {
 		_ = sw.frame(final)

@@ -44,9 +44,12 @@ type oaiRequest struct {
 		Role    string          `json:"role"`
 		Content json.RawMessage `json:"content"`
 	} `json:"messages"`
-	Prompt    json.RawMessage `json:"prompt"`
-	Stream    bool            `json:"stream"`
-	MaxTokens *int            `json:"max_tokens"`
+	Prompt        json.RawMessage `json:"prompt"`
+	Stream        bool            `json:"stream"`
+	StreamOptions *struct {
+		IncludeUsage bool `json:"include_usage"`
+	} `json:"stream_options"`
+	MaxTokens *int `json:"max_tokens"`
 }
 
 // writeOAIError writes OpenAI's error shape, as Ollama's middleware does.
@@ -143,8 +146,12 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 		writeJSON(w, http.StatusOK, resp, f)
 		return
 	}
-	if chat {
+	includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
+	switch {
+	case chat:
 		base.Object = "chat.completion.chunk"
+	case includeUsage:
+		base.Usage = &oaiUsage{} // Ollama's completion chunks carry a zero usage until the last
 	}
 	sw := newStreamWriter(w, f, true)
 	err := s.generate(r.Context(), toks, func(tok string) error {
@@ -160,9 +167,17 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 	}
 	c := base
 	c.Choices = []oaiChoice{choice("", true)}
-	if sw.frame(c) == nil {
-		_ = sw.raw([]byte("[DONE]"))
+	if sw.frame(c) != nil {
+		return
 	}
+	if includeUsage {
+		// As Ollama: the last chunk again, with the usage and no choices.
+		c.Usage, c.Choices = usage, []oaiChoice{}
+		if sw.frame(c) != nil {
+			return
+		}
+	}
+	_ = sw.raw([]byte("[DONE]"))
 }
 
 func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {

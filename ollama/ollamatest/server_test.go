@@ -445,3 +445,40 @@ func BenchmarkChatStream(b *testing.B) {
 		}
 	}
 }
+
+// With stream_options.include_usage the OpenAI routes end, as Ollama's do, with a chunk
+// that carries the usage and no choices; completion chunks carry a zero usage before it.
+func TestOpenAIStreamIncludeUsage(t *testing.T) {
+	t.Parallel()
+	_, c, ctx := setup(t)
+	for _, path := range []string{"/v1/chat/completions", "/v1/completions"} {
+		got, err := frames(t, ctx, c, path, []byte(`{"model":"tiny-a","prompt":"x","messages":[{"role":"user","content":"x"}],"stream":true,"max_tokens":2,"stream_options":{"include_usage":true}}`))
+		if err != nil || len(got) != 5 || got[4] != "data: [DONE]\n\n" {
+			t.Fatalf("%s: %v %q", path, err, got)
+		}
+		if !strings.Contains(got[3], `"choices":[],"usage":{"prompt_tokens":`) || strings.Contains(got[3], `"completion_tokens":0`) {
+			t.Errorf("%s: usage chunk %q", path, got[3])
+		}
+		zero := strings.Contains(got[0], `"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}`)
+		if chat := path == "/v1/chat/completions"; zero == chat {
+			t.Errorf("%s: first chunk %q", path, got[0])
+		}
+	}
+}
+
+// Asked for logprobs, the native routes send, as Ollama does, each token's with its
+// frame and all of them with a non-streamed answer.
+func TestNativeLogprobs(t *testing.T) {
+	t.Parallel()
+	_, c, ctx := setup(t)
+	got, err := frames(t, ctx, c, "/api/generate", []byte(`{"model":"tiny-a","prompt":"x","logprobs":true,"options":{"num_predict":2}}`))
+	if err != nil || len(got) != 3 || !strings.Contains(got[0], `"logprobs":[{"token":`) || strings.Contains(got[2], "logprobs") {
+		t.Fatalf("%v %q", err, got)
+	}
+	_, body, _ := do(t, ctx, c, "POST", "/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"logprobs":true,"stream":false,"options":{"num_predict":2}}`)
+	var r ollama.ChatResponse
+	var lp []map[string]any
+	if json.Unmarshal(body, &r) != nil || json.Unmarshal(r.Logprobs, &lp) != nil || len(lp) != 2 {
+		t.Errorf("non-streamed chat %s", body)
+	}
+}

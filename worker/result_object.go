@@ -1,0 +1,83 @@
+package worker
+
+import (
+	"bytes"
+	"encoding/json"
+	"slices"
+)
+
+// object is a JSON object that keeps its members in order: a result built from Ollama's
+// final frame lists them as Ollama sent them, those foreman does not know included.
+type object struct {
+	keys []string
+	vals map[string]json.RawMessage
+}
+
+// parseObject reads a JSON object, nil if b is not one.
+func parseObject(b []byte) *object {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil
+	}
+	o := &object{vals: map[string]json.RawMessage{}}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil
+		}
+		k := t.(string) // a member's name, as the decoder has checked
+		if _, ok := o.vals[k]; !ok {
+			o.keys = append(o.keys, k)
+		}
+		o.vals[k] = v // the last of a duplicated name counts, as for encoding/json
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil
+	}
+	return o
+}
+
+// put sets member k to v. A new member goes where Ollama's type has it: after the last
+// member present that order (the type's member order) puts before it.
+func (o *object) put(k string, v any, order []string) {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return
+	}
+	if _, ok := o.vals[k]; !ok {
+		at, pos := 0, slices.Index(order, k)
+		for i, have := range o.keys {
+			if p := slices.Index(order, have); p >= 0 && p < pos {
+				at = i + 1
+			}
+		}
+		o.keys = slices.Insert(o.keys, at, k)
+	}
+	o.vals[k] = raw
+}
+
+func (o *object) del(k string) {
+	if _, ok := o.vals[k]; ok {
+		delete(o.vals, k)
+		o.keys = slices.DeleteFunc(o.keys, func(s string) bool { return s == k })
+	}
+}
+
+func (o *object) MarshalJSON() ([]byte, error) {
+	b := []byte{'{'}
+	for i, k := range o.keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		name, err := json.Marshal(k)
+		if err != nil {
+			return nil, err
+		}
+		b = append(append(append(b, name...), ':'), o.vals[k]...)
+	}
+	return append(b, '}'), nil
+}
