@@ -120,12 +120,15 @@ var (
 	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215 local-use prefix
 	v4Compat   = netip.MustParsePrefix("::/96")          // IPv4-compatible (deprecated)
 	sixToFour  = netip.MustParsePrefix("2002::/16")      // 6to4 (RFC 3056)
+	// v4Translated is ::ffff:0:a.b.c.d (RFC 2765, SIIT); not the IPv4-mapped
+	// ::ffff:a.b.c.d, which is unmapped before the check.
+	v4Translated = netip.MustParsePrefix("::ffff:0:0:0/96")
 )
 
 // embeddedV4 returns the IPv4 addresses an IPv6 address carries: NAT64 (the well-known
 // prefix, and the local-use one, read as a /48 and as a /96 prefix since its length is
-// the operator's choice), IPv4-compatible and 6to4 addresses. IPv4-mapped ones are
-// unmapped before they get here.
+// the operator's choice), IPv4-compatible, IPv4-translated and 6to4 addresses.
+// IPv4-mapped ones are unmapped before they get here.
 func embeddedV4(ip netip.Addr) []netip.Addr {
 	if !ip.Is6() {
 		return nil
@@ -145,7 +148,7 @@ func embeddedV4(ip netip.Addr) []netip.Addr {
 			}
 		}
 		return out
-	case v4Compat.Contains(ip):
+	case v4Compat.Contains(ip), v4Translated.Contains(ip):
 		return []netip.Addr{last}
 	case sixToFour.Contains(ip):
 		return []netip.Addr{netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})}

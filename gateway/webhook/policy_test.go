@@ -312,6 +312,10 @@ func TestPolicyEmbeddedAndExtraRanges(t *testing.T) {
 		{Policy{}, "2002:7f00:1::1", false},                        // 6to4 of 127.0.0.1
 		{Policy{}, "2002:a9fe:a9fe::1", false},                     // 6to4 of 169.254.169.254
 		{Policy{}, "2002:c000:221::1", true},                       // 6to4 of a public address
+		{Policy{}, "::ffff:0:7f00:1", false},                       // IPv4-translated 127.0.0.1
+		{Policy{}, "::ffff:0:a9fe:a9fe", false},                    // IPv4-translated 169.254.169.254
+		{Policy{}, "::ffff:0:c000:221", true},                      // IPv4-translated public address
+		{deny, "::ffff:0:c0a8:101", false},                         // IPv4-translated 192.168.1.1
 		{Policy{}, "fec0::1", false},                               // site-local
 		{Policy{}, "2001:db8::1", true},                            // none of these
 		{Policy{}, "100.64.0.1", true},                             // CGNAT: allowed by default
