@@ -57,6 +57,11 @@ type Policy struct {
 	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
 	// InterfaceAddrs lists this machine's addresses; default net.InterfaceAddrs.
 	InterfaceAddrs func() ([]net.Addr, error)
+	// ProtectedSource, when set, lists more protected endpoints (host:port), read at each
+	// connection: the Ollama targets of the other foremen sharing the NATS, which come
+	// and go while foreman runs (ADR-0029). They are refused as Protected's are, names
+	// resolved with LookupNetIP, but only at dial time: the submit check reads no list.
+	ProtectedSource func(ctx context.Context) []string
 
 	// connect makes the connection to a checked ip:port; nil is dialDirect. Tests
 	// replace it to prove a refused address is never connected to.
@@ -195,14 +200,31 @@ func (p *Policy) checkAddr(ctx context.Context, ip netip.Addr, port uint16, reso
 	return nil
 }
 
-// ownEndpoint is the refusal reason of a protected endpoint; which one is not said.
-const ownEndpoint = "foreman's own endpoint (its Ollama target or its HTTP address)"
+// ownEndpoint and sharedTarget are the refusal reasons of a protected endpoint (which
+// one is not said) and of an endpoint from ProtectedSource.
+const (
+	ownEndpoint  = "foreman's own endpoint (its Ollama target or its HTTP address)"
+	sharedTarget = "the Ollama target of another foreman on the same NATS"
+)
 
-// protected reports ownEndpoint when ip:port is a protected endpoint, else "".
+// protected reports why ip:port is a protected endpoint, or "". With resolve (at dial
+// time) it also checks the endpoints ProtectedSource lists.
 func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, resolve bool) string {
+	if p.isEndpoint(ctx, p.Protected, ip, port, resolve) {
+		return ownEndpoint
+	}
+	if resolve && p.ProtectedSource != nil && p.isEndpoint(ctx, p.ProtectedSource(ctx), ip, port, resolve) {
+		return sharedTarget
+	}
+	return ""
+}
+
+// isEndpoint reports whether ip:port is one of endpoints (host:port). An endpoint on a
+// loopback or unspecified host also covers its port on this machine's addresses.
+func (p *Policy) isEndpoint(ctx context.Context, endpoints []string, ip netip.Addr, port uint16, resolve bool) bool {
 	var own []netip.Addr // this machine's addresses, read once when needed
 	ownRead := false
-	for _, hp := range p.Protected {
+	for _, hp := range endpoints {
 		host, pport, ok := splitHostPort(hp)
 		if !ok || pport != port {
 			continue
@@ -215,7 +237,7 @@ func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, reso
 		for _, a := range addrs {
 			a = a.Unmap().WithZone("")
 			if a == ip {
-				return ownEndpoint
+				return true
 			}
 			local = local || a.IsLoopback() || a.IsUnspecified()
 		}
@@ -223,18 +245,18 @@ func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, reso
 			continue
 		}
 		if ip.IsLoopback() || ip.IsUnspecified() {
-			return ownEndpoint
+			return true
 		}
 		if !ownRead {
 			own, ownRead = p.ownAddrs(), true
 		}
 		for _, a := range own {
 			if a == ip {
-				return ownEndpoint
+				return true
 			}
 		}
 	}
-	return ""
+	return false
 }
 
 // CheckURL is the submit-time check of a webhook URL (http or https, already parsed):

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -164,6 +165,64 @@ func TestPolicyDialRefusesBeforeConnecting(t *testing.T) {
 		if !errors.Is(err, ErrRefused) {
 			t.Errorf("dial %s with %+v: %v, want a refusal", c.addr, c.policy, err)
 		}
+	}
+}
+
+// TestPolicyDialRefusesLiveProtected: the endpoints ProtectedSource lists at dial time
+// (the other foremen's Ollama targets) are refused as Protected's are, by address and by
+// any name resolving there, and one that appears while foreman runs is refused from the
+// next dial on. Their other ports stay allowed. The 192.168.x addresses are the resolver
+// seam's answers; the connect seam records the one allowed address and dials nothing.
+func TestPolicyDialRefusesLiveProtected(t *testing.T) {
+	t.Parallel()
+	var (
+		mu   sync.Mutex
+		live = []string{"mac-b.lan:11434"}
+	)
+	p := Policy{
+		LookupNetIP: names(map[string][]string{
+			"mac-b.lan":  {"192.168.1.20"},
+			"alias.test": {"192.168.1.20"},
+			"mac-c.lan":  {"192.168.1.30"},
+		}),
+		ProtectedSource: func(context.Context) []string {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]string(nil), live...)
+		},
+	}
+	var connected []string
+	p.connect = func(_ context.Context, _, addr string) (net.Conn, error) {
+		connected = append(connected, addr)
+		return nil, errors.New("no connection in this test")
+	}
+	dial := func(addr string) error {
+		t.Helper()
+		conn, err := p.DialContext(context.Background(), "tcp", addr)
+		if conn != nil {
+			conn.Close()
+		}
+		return err
+	}
+	for _, addr := range []string{"192.168.1.20:11434", "alias.test:11434", "mac-b.lan:11434"} {
+		if err := dial(addr); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "another foreman on the same NATS") {
+			t.Errorf("dial %s, another foreman's target: %v, want a refusal", addr, err)
+		}
+	}
+	if err := dial("192.168.1.30:11434"); errors.Is(err, ErrRefused) {
+		t.Errorf("dial mac-c before it is a target: %v", err)
+	}
+	if err := dial("192.168.1.20:8080"); errors.Is(err, ErrRefused) {
+		t.Errorf("dial another port of mac-b: %v", err)
+	}
+	mu.Lock()
+	live = append(live, "mac-c.lan:11434")
+	mu.Unlock()
+	if err := dial("192.168.1.30:11434"); !errors.Is(err, ErrRefused) {
+		t.Errorf("dial mac-c once it is a target: %v, want a refusal", err)
+	}
+	if want := []string{"192.168.1.30:11434", "192.168.1.20:8080"}; !slices.Equal(connected, want) {
+		t.Fatalf("connected to %v, want only %v", connected, want)
 	}
 }
 
