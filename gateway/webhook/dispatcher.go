@@ -254,8 +254,10 @@ func (d *Dispatcher) stop() {
 // handle acks events that need no delivery and stores the rest as pending deliveries
 // before acking them, then queues them on their job's lane.
 func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
-	// A refresh (broker.Store.Refresh) writes the same record again: no news to report.
-	if msg.Deleted || msg.Refresh {
+	// A refresh (broker.Store.Refresh) writes the same record again, and a write that
+	// keeps the state (a cancel requested, an artifact added) changes no state: no news
+	// to report. A job's first event is a create, never marked.
+	if msg.Deleted || msg.Refresh || msg.SameState {
 		_ = msg.Ack()
 		return
 	}

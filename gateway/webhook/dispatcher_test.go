@@ -663,3 +663,41 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		}
 	}
 }
+
+// A write that keeps the state (a cancel requested of a running job, an artifact added)
+// is no state change: no webhook reports it. A new attempt in the same state (a run
+// taken over after a crash) is one.
+func TestSameStateWriteSendsNoWebhook(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+	runDispatcher(t, fastConfig(b.Store))
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	if _, err := b.Store.Cancel(ctxT(t), j.ID, "stop"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.PutArtifact(ctxT(t), j.ID, "notes.txt", "text/plain", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Store.Modify(ctxT(t), j.ID, func(j *broker.Job) error { j.Attempt++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	setState(t, b.Store, j.ID, broker.StateCanceled)
+	for i, want := range []broker.State{broker.StateQueued, broker.StateWorking, broker.StateWorking, broker.StateCanceled} {
+		h := rcv.next(t)
+		if h.job.State != want {
+			t.Fatalf("delivery %d: %s, want %s", i+1, h.job.State, want)
+		}
+		if i == 2 && (h.job.Attempt != j.Attempt+1 || h.job.CancelRequested == "") {
+			t.Fatalf("delivery 3 is not the new attempt's: %s", h.body)
+		}
+	}
+	waitConsumerIdle(t, b)
+	waitNoPending(t, b.Store)
+	select {
+	case h := <-rcv.hits:
+		t.Fatalf("unexpected delivery %s", h.body)
+	default:
+	}
+}
