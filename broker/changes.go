@@ -49,7 +49,9 @@ type Change struct {
 	Deleted bool
 	// Refresh is a rewrite of the same record by Store.Refresh (HeaderRefresh): no news.
 	Refresh bool
-	Data    []byte
+	// SameState is a write that kept the state and attempt (HeaderSameState).
+	SameState bool
+	Data      []byte
 	// Rev is the record's revision (the stream sequence); NumDelivered counts the
 	// offers of this change. Both are zero when MetaErr says the server sent none.
 	Rev          uint64
@@ -102,7 +104,7 @@ func (c *ChangeConsumer) Next() (*Change, error) {
 		return nil, err
 	}
 	ch := &Change{JobID: strings.TrimPrefix(msg.Subject(), kvJobPrefix), Data: msg.Data(), msg: msg,
-		Refresh: msg.Headers().Get(HeaderRefresh) != ""}
+		Refresh: msg.Headers().Get(HeaderRefresh) != "", SameState: msg.Headers().Get(HeaderSameState) != ""}
 	if op := msg.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
 		ch.Deleted, ch.Data = true, nil
 		return ch, nil

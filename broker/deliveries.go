@@ -41,8 +41,15 @@ type DeliveryAttempt struct {
 	At        time.Time `json:"at"`
 }
 
-// maxDeliveryLog bounds one job's log; the oldest attempts go first.
-const maxDeliveryLog = 200
+// maxDeliveryLog and maxDeliveryLogBytes bound one job's log, in attempts and in bytes of
+// its JSON; the oldest attempts go first. 256 KiB is a quarter of NATS's default maximum
+// message size (the log is one KV value): an attempt is at most about 25 KiB (a 2 KiB URL
+// whose every character is escaped, in the URL and again in the error), so at least ten
+// of the newest stay, and a write never fails for size.
+const (
+	maxDeliveryLog      = 200
+	maxDeliveryLogBytes = 256 << 10
+)
 
 func deliveryKey(id string) string { return "dlv." + id }
 
@@ -59,11 +66,7 @@ func (s *Store) LogDelivery(ctx context.Context, id string, a DeliveryAttempt) e
 		if err != nil {
 			return err
 		}
-		log = append(log, a)
-		if len(log) > maxDeliveryLog {
-			log = log[len(log)-maxDeliveryLog:]
-		}
-		data, err := json.Marshal(log)
+		data, err := encodeDeliveryLog(append(log, a), s.deliveryLogLimit())
 		if err != nil {
 			return err
 		}
@@ -81,6 +84,43 @@ func (s *Store) LogDelivery(ctx context.Context, id string, a DeliveryAttempt) e
 		return nil
 	}
 	return fmt.Errorf("%w: delivery log of %s kept changing", ErrConflict, id)
+}
+
+// deliveryLogLimit is the delivery log's bound in bytes: maxDeliveryLogBytes, or less
+// on a server whose maximum message size is below 1 MiB.
+func (s *Store) deliveryLogLimit() int {
+	return int(min(maxDeliveryLogBytes, s.nc.MaxPayload()/4))
+}
+
+// encodeDeliveryLog is the JSON of the newest attempts of log that fit in limit bytes
+// and maxDeliveryLog entries; the newest one is always kept.
+func encodeDeliveryLog(log []DeliveryAttempt, limit int) ([]byte, error) {
+	parts := make([][]byte, 0, min(len(log), maxDeliveryLog))
+	size := len("[]")
+	for i := len(log) - 1; i >= 0 && len(parts) < maxDeliveryLog; i-- {
+		b, err := json.Marshal(log[i])
+		if err != nil {
+			return nil, err
+		}
+		if len(parts) > 0 && size+len(",")+len(b) > limit {
+			break
+		}
+		size += len(b)
+		if len(parts) > 0 {
+			size += len(",")
+		}
+		parts = append(parts, b)
+	}
+	slices.Reverse(parts)
+	out := make([]byte, 0, size)
+	out = append(out, '[')
+	for i, b := range parts {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, b...)
+	}
+	return append(out, ']'), nil
 }
 
 // Deliveries returns job id's delivery log, oldest first; empty when nothing was sent.

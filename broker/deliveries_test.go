@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -55,5 +56,44 @@ func TestPendingDeliveries(t *testing.T) {
 	// Finishing removes the body from the bucket's history too.
 	if h, err := b.JobRecords(t).History(ctx, "whq."+a+".3"); err == nil && len(h) > 1 {
 		t.Fatalf("history of a finished delivery keeps %d entries", len(h))
+	}
+}
+
+// TestDeliveryLogBoundedInBytes: attempts whose URL and error are long (each "<" is six
+// bytes in JSON) fill the log past NATS's maximum message size long before its 200
+// entries; the oldest go first, so every attempt is still recorded, the newest last.
+func TestDeliveryLogBoundedInBytes(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	id := broker.NewID()
+	long := "http://hooks.example/h?" + strings.Repeat("<", 2048-len("http://hooks.example/h?"))
+	const n = 100
+	for i := 1; i <= n; i++ {
+		a := broker.DeliveryAttempt{WebhookID: id + "-1", State: broker.StateDone, Attempt: i, URL: long,
+			Error: `Post "` + long + `": context deadline exceeded`, Outcome: broker.OutcomeRetry, Manual: true, At: time.Now().UTC()}
+		if err := b.Store.LogDelivery(ctx, id, a); err != nil {
+			t.Fatalf("attempt %d not recorded: %v", i, err)
+		}
+	}
+	log, err := b.Store.Deliveries(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(log) < 10 || len(log) == n {
+		t.Fatalf("log keeps %d entries, want the newest ones, at least 10", len(log))
+	}
+	for i, a := range log {
+		if want := n - len(log) + 1 + i; a.Attempt != want {
+			t.Fatalf("entry %d is attempt %d, want %d: the newest attempts, in order", i, a.Attempt, want)
+		}
+	}
+	e, err := b.JobRecords(t).Get(ctx, "dlv."+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if size := len(e.Value()); size > broker.MaxDeliveryLogBytes {
+		t.Fatalf("log is %d bytes, above its bound of %d", size, broker.MaxDeliveryLogBytes)
 	}
 }

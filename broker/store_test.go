@@ -142,44 +142,51 @@ func TestIllegalTransitionRejected(t *testing.T) {
 	}
 }
 
+// TestConcurrentConflictingUpdates: writers holding the same revision, exactly one wins;
+// also when the writes keep the state (written marked HeaderSameState).
 func TestConcurrentConflictingUpdates(t *testing.T) {
 	t.Parallel()
-	b := brokertest.New(t)
-	ctx := ctxT(t)
-	j := submit(t, b.Store, "m", `{}`)
-	_, rev, err := b.Store.Get(ctx, j.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Eight writers all hold the same revision; exactly one may win.
-	var wg sync.WaitGroup
-	errs := make(chan error, 8)
-	for i := range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _, err := b.Store.Update(ctx, j.ID, rev, func(j *broker.Job) error {
-				j.State = broker.StateWorking
-				j.Error = fmt.Sprint("writer ", i)
-				return nil
-			})
-			errs <- err
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	wins := 0
-	for err := range errs {
-		switch {
-		case err == nil:
-			wins++
-		case errors.Is(err, broker.ErrConflict):
-		default:
-			t.Fatalf("unexpected error: %v", err)
-		}
-	}
-	if wins != 1 {
-		t.Fatalf("%d writers won, want exactly 1", wins)
+	for _, to := range []broker.State{broker.StateWorking, broker.StateQueued} {
+		t.Run(string(to), func(t *testing.T) {
+			t.Parallel()
+			b := brokertest.New(t)
+			ctx := ctxT(t)
+			j := submit(t, b.Store, "m", `{}`)
+			_, rev, err := b.Store.Get(ctx, j.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Eight writers all hold the same revision; exactly one may win.
+			var wg sync.WaitGroup
+			errs := make(chan error, 8)
+			for i := range 8 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					_, _, err := b.Store.Update(ctx, j.ID, rev, func(j *broker.Job) error {
+						j.State = to
+						j.Error = fmt.Sprint("writer ", i)
+						return nil
+					})
+					errs <- err
+				}()
+			}
+			wg.Wait()
+			close(errs)
+			wins := 0
+			for err := range errs {
+				switch {
+				case err == nil:
+					wins++
+				case errors.Is(err, broker.ErrConflict):
+				default:
+					t.Fatalf("unexpected error: %v", err)
+				}
+			}
+			if wins != 1 {
+				t.Fatalf("%d writers won, want exactly 1", wins)
+			}
+		})
 	}
 }
 

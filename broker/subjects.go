@@ -54,6 +54,10 @@ const (
 	// HeaderRefresh marks a job record revision written by Store.Refresh: the same record
 	// again, re-announced on its state subject, which no webhook should report.
 	HeaderRefresh = "Foreman-Refresh"
+	// HeaderSameState marks a job record revision that keeps the state and attempt of the
+	// one before (a cancel requested of a running job, an artifact added): re-announced
+	// on the state subject like every write, but no state change for webhooks.
+	HeaderSameState = "Foreman-Same-State"
 )
 
 // StateSubject is where every state change of job id is announced.

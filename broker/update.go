@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -79,10 +80,11 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 	}
 	var newRev uint64
 	tries := 0
+	sameState := next.State == cur.State && next.Attempt == cur.Attempt
 	err = s.retryWrite(ctx, func(ctx context.Context) error {
 		var err error
 		tries++
-		newRev, err = s.kv.Update(ctx, jobKey(cur.ID), data, rev)
+		newRev, err = s.updateRecord(ctx, cur.ID, data, rev, sameState)
 		return err
 	})
 	s.writes.records.note(err, s.Now())
@@ -101,6 +103,24 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 		return nil, 0, fmt.Errorf("broker: update %s: %w", cur.ID, storageErr(err))
 	}
 	return next, newRev, nil
+}
+
+// updateRecord writes data as job id's record if its revision is still rev, as
+// kv.Update does. A write that keeps the state and the attempt is marked with
+// HeaderSameState: watchers see the record again, but no state change to report. A
+// stale rev fails as kv.Update's does (errors.Is jetstream.ErrKeyExists).
+func (s *Store) updateRecord(ctx context.Context, id string, data []byte, rev uint64, sameState bool) (uint64, error) {
+	if !sameState {
+		return s.kv.Update(ctx, jobKey(id), data, rev)
+	}
+	msg := nats.NewMsg("$KV." + JobsBucket + "." + jobKey(id))
+	msg.Header.Set(HeaderSameState, "1")
+	msg.Data = data
+	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(rev))
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
 }
 
 // landed reports whether job id's record, written at revision rev, now holds data at

@@ -451,3 +451,44 @@ func comparable(t *testing.T, raw []byte) string {
 	out, _ := json.Marshal(m)
 	return string(out)
 }
+
+// TestRedeliverWhilePendingIs409: while a job's manual redelivery is pending (its
+// receiver hangs on the event before it), another request is a 409 naming it, not
+// another 202 queueing the record again.
+func TestRedeliverWhilePendingIs409(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	arrived, release := make(chan struct{}, 10), make(chan struct{})
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		arrived <- struct{}{}
+		select {
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(rcv.Close)
+	t.Cleanup(func() { close(release) }) // before the receiver closes, which waits for its handlers
+	d, err := webhook.New(webhook.Config{Store: b.Broker.Store, Timeout: time.Minute, Policy: b.GW.cfg.WebhookPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, "webhooks", d.Run)
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"state_webhook_url":"`+rcv.URL+`/hook","webhook_events":["queued"]}`)
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no webhook request arrived")
+	}
+	resp, out := b.request(t, http.MethodPost, "/jobs/"+id+"/deliveries/redeliver", nil)
+	var accepted struct {
+		WebhookID string `json:"webhook_id"`
+	}
+	if resp.StatusCode != http.StatusAccepted || json.Unmarshal(out, &accepted) != nil || accepted.WebhookID == "" {
+		t.Fatalf("first redeliver: %d %s", resp.StatusCode, out)
+	}
+	resp, out = b.request(t, http.MethodPost, "/jobs/"+id+"/deliveries/redeliver", nil)
+	wantJobError(t, "redeliver while one is pending", resp, out, http.StatusConflict)
+	if !strings.Contains(string(out), "already pending") || !strings.Contains(string(out), accepted.WebhookID) {
+		t.Fatalf("redeliver while one is pending: %s", out)
+	}
+}

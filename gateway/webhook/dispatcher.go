@@ -102,6 +102,9 @@ type Dispatcher struct {
 	closed bool
 	lanes  map[string]*lane
 	known  map[string]bool // webhook-ids of the stored pending deliveries in the lanes
+	// manual holds the webhook-id of each job's manual redelivery in its lane: a job has
+	// at most one, so redelivery requests in a loop cannot pile up events in memory.
+	manual map[string]string
 	wg     sync.WaitGroup
 
 	slotsMu sync.Mutex
@@ -144,7 +147,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, errors.New("webhook: Config.Store is required")
 	}
 	cfg.setDefaults()
-	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, slots: map[string]*receiverSlots{}}
+	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, manual: map[string]string{}, slots: map[string]*receiverSlots{}}
 	if cfg.Secret != "" {
 		k, err := Key(cfg.Secret)
 		if err != nil {
@@ -179,7 +182,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		return fmt.Errorf("webhook: %w", err)
 	}
 	for _, p := range pending {
-		d.enqueue(ctx, &event{jobID: p.JobID, rev: p.Rev, attempts: p.Attempts, nextAt: p.NextAt})
+		_ = d.enqueue(ctx, &event{jobID: p.JobID, rev: p.Rev, attempts: p.Attempts, nextAt: p.NextAt})
 	}
 	stopRedeliver, err := d.store.ServeRedeliver(func(id string) broker.RedeliverReply {
 		return d.onRedeliver(ctx, id)
@@ -251,8 +254,10 @@ func (d *Dispatcher) stop() {
 // handle acks events that need no delivery and stores the rest as pending deliveries
 // before acking them, then queues them on their job's lane.
 func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
-	// A refresh (broker.Store.Refresh) writes the same record again: no news to report.
-	if msg.Deleted || msg.Refresh {
+	// A refresh (broker.Store.Refresh) writes the same record again, and a write that
+	// keeps the state (a cancel requested, an artifact added) changes no state: no news
+	// to report. A job's first event is a create, never marked.
+	if msg.Deleted || msg.Refresh || msg.SameState {
 		_ = msg.Ack()
 		return
 	}
@@ -294,20 +299,37 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	if created { // the first attempt needs no read of what was just stored
 		e.body, e.job = p.Body, job
 	}
-	d.enqueue(ctx, e)
+	_ = d.enqueue(ctx, e) // only errStopping: the pending delivery waits for the next start
+}
+
+// errStopping is enqueue after the dispatcher stopped.
+var errStopping = errors.New("webhook dispatcher is stopping")
+
+// redeliveryPendingError is enqueue refusing a manual redelivery: the job has one
+// pending already.
+type redeliveryPendingError struct{ jobID, webhookID string }
+
+func (e *redeliveryPendingError) Error() string {
+	return fmt.Sprintf("a redelivery of job %s is already pending (webhook-id %s); its attempts show in the delivery log", e.jobID, e.webhookID)
 }
 
 // enqueue adds e to its job's lane and starts the lane when it was empty. A stored event
-// already queued (resumed at start and offered again by JetStream) is not added twice.
-func (d *Dispatcher) enqueue(ctx context.Context, e *event) bool {
+// already queued (resumed at start and offered again by JetStream) is not added twice; a
+// manual redelivery is refused (*redeliveryPendingError) while the job has one.
+func (d *Dispatcher) enqueue(ctx context.Context, e *event) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
-		return false
+		return errStopping
 	}
-	if !e.manual {
+	if e.manual {
+		if id, ok := d.manual[e.jobID]; ok {
+			return &redeliveryPendingError{jobID: e.jobID, webhookID: id}
+		}
+		d.manual[e.jobID] = e.webhookID()
+	} else {
 		if d.known[e.webhookID()] {
-			return true
+			return nil
 		}
 		d.known[e.webhookID()] = true
 	}
@@ -320,7 +342,7 @@ func (d *Dispatcher) enqueue(ctx context.Context, e *event) bool {
 	if len(l.queue) == 1 && !l.running {
 		d.startLane(ctx, e.jobID, l)
 	}
-	return true
+	return nil
 }
 
 // startLane runs l; d.mu is held.
@@ -368,7 +390,9 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 		}
 		d.mu.Lock()
 		l.queue = l.queue[1:]
-		if !e.manual {
+		if e.manual {
+			delete(d.manual, jobID)
+		} else {
 			delete(d.known, e.webhookID())
 		}
 		d.mu.Unlock()
@@ -377,10 +401,17 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 
 // onRedeliver answers a redelivery request (broker.Store.Redeliver): the job's latest
 // event is queued again (with its original webhook-id, so receivers can dedupe) and
-// fresh attempts.
+// fresh attempts, unless the job has a manual redelivery pending already (an error
+// naming it). The event carries its record in memory until its last attempt.
 func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.RedeliverReply {
 	if err := broker.ValidateID(id); err != nil {
 		return broker.RedeliverReply{Error: err.Error()}
+	}
+	d.mu.Lock()
+	pending, ok := d.manual[id]
+	d.mu.Unlock()
+	if ok { // refused before the record is read; enqueue checks again
+		return broker.RedeliverReply{Error: (&redeliveryPendingError{jobID: id, webhookID: pending}).Error()}
 	}
 	data, rev, err := d.store.GetRaw(ctx, id)
 	if err != nil {
@@ -394,8 +425,8 @@ func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.Redelive
 		return broker.RedeliverReply{Error: "job has no webhook"}
 	}
 	e := &event{jobID: id, rev: rev, body: data, job: job, manual: true}
-	if !d.enqueue(ctx, e) {
-		return broker.RedeliverReply{Error: "webhook dispatcher is stopping"}
+	if err := d.enqueue(ctx, e); err != nil {
+		return broker.RedeliverReply{Error: err.Error()}
 	}
 	return broker.RedeliverReply{WebhookID: e.webhookID(), State: string(job.State)}
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -450,6 +451,67 @@ func TestRedeliverRequest(t *testing.T) {
 	}
 }
 
+// redeliver asks the dispatcher to send job id's latest event again.
+func redeliver(t *testing.T, b *brokertest.Bundle, id string) broker.RedeliverReply {
+	t.Helper()
+	reply, err := b.Store.Redeliver(ctxT(t), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reply
+}
+
+// TestRedeliverWhilePendingIsRefused: while a job's manual redelivery waits (here behind
+// an attempt its receiver hangs on), a further request is refused, naming the pending
+// one, instead of queueing the record again: requests in a loop cannot pile up events in
+// memory. Once the pending one is delivered, the job may be redelivered again.
+func TestRedeliverWhilePendingIsRefused(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	release := make(chan struct{})
+	var once sync.Once
+	open := func() { once.Do(func() { close(release) }) }
+	rcv := newReceiver(t, func(n int, _ hit) int {
+		if n == 1 {
+			<-release
+		}
+		return http.StatusOK
+	})
+	t.Cleanup(open) // before the receiver closes, which waits for its handlers
+	cfg := fastConfig(b.Store)
+	cfg.Timeout = time.Minute
+	runDispatcher(t, cfg)
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateQueued}}})
+	waitConsumerIdle(t, b) // the queued event is taken: its attempt hangs
+
+	first := redeliver(t, b, j.ID)
+	if first.Error != "" || first.WebhookID == "" {
+		t.Fatalf("first redeliver: %+v", first)
+	}
+	for range 3 {
+		again := redeliver(t, b, j.ID)
+		if again.Error == "" || !strings.Contains(again.Error, "already pending") || !strings.Contains(again.Error, first.WebhookID) {
+			t.Fatalf("redeliver while one is pending: %+v, want it refused", again)
+		}
+	}
+	open()
+	rcv.next(t) // the automatic attempt
+	if h := rcv.next(t); h.header.Get(HeaderID) != first.WebhookID {
+		t.Fatalf("redelivered %s, want %s", h.header.Get(HeaderID), first.WebhookID)
+	}
+	waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) == 2 && l[1].Manual })
+	if r := redeliver(t, b, j.ID); r.Error != "" || r.WebhookID != first.WebhookID {
+		t.Fatalf("redeliver after the pending one was delivered: %+v", r)
+	}
+	if h := rcv.next(t); h.header.Get(HeaderID) != first.WebhookID {
+		t.Fatalf("redelivered %s, want %s", h.header.Get(HeaderID), first.WebhookID)
+	}
+	waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) == 3 })
+	if n := len(rcv.hits); n != 0 {
+		t.Fatalf("%d more requests than the three accepted events", n)
+	}
+}
+
 // TestThrottlingReceiverDoesNotHoldOthers: receiver A answers every event 503 with
 // Retry-After: 300, for more events than the consumer may hold; receiver B's event,
 // written after all of them, is still delivered at once, and no JetStream message waits
@@ -599,5 +661,43 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		case <-timeout:
 			t.Fatalf("%s: not within %v", what, within)
 		}
+	}
+}
+
+// A write that keeps the state (a cancel requested of a running job, an artifact added)
+// is no state change: no webhook reports it. A new attempt in the same state (a run
+// taken over after a crash) is one.
+func TestSameStateWriteSendsNoWebhook(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+	runDispatcher(t, fastConfig(b.Store))
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	if _, err := b.Store.Cancel(ctxT(t), j.ID, "stop"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.PutArtifact(ctxT(t), j.ID, "notes.txt", "text/plain", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Store.Modify(ctxT(t), j.ID, func(j *broker.Job) error { j.Attempt++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	setState(t, b.Store, j.ID, broker.StateCanceled)
+	for i, want := range []broker.State{broker.StateQueued, broker.StateWorking, broker.StateWorking, broker.StateCanceled} {
+		h := rcv.next(t)
+		if h.job.State != want {
+			t.Fatalf("delivery %d: %s, want %s", i+1, h.job.State, want)
+		}
+		if i == 2 && (h.job.Attempt != j.Attempt+1 || h.job.CancelRequested == "") {
+			t.Fatalf("delivery 3 is not the new attempt's: %s", h.body)
+		}
+	}
+	waitConsumerIdle(t, b)
+	waitNoPending(t, b.Store)
+	select {
+	case h := <-rcv.hits:
+		t.Fatalf("unexpected delivery %s", h.body)
+	default:
 	}
 }

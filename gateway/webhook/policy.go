@@ -57,6 +57,11 @@ type Policy struct {
 	LookupNetIP func(ctx context.Context, network, host string) ([]netip.Addr, error)
 	// InterfaceAddrs lists this machine's addresses; default net.InterfaceAddrs.
 	InterfaceAddrs func() ([]net.Addr, error)
+	// ProtectedSource, when set, lists more protected endpoints (host:port), read at each
+	// connection: the Ollama targets of the other foremen sharing the NATS, which come
+	// and go while foreman runs (ADR-0029). They are refused as Protected's are, names
+	// resolved with LookupNetIP, but only at dial time: the submit check reads no list.
+	ProtectedSource func(ctx context.Context) []string
 
 	// connect makes the connection to a checked ip:port; nil is dialDirect. Tests
 	// replace it to prove a refused address is never connected to.
@@ -120,12 +125,15 @@ var (
 	nat64Local = netip.MustParsePrefix("64:ff9b:1::/48") // RFC 8215 local-use prefix
 	v4Compat   = netip.MustParsePrefix("::/96")          // IPv4-compatible (deprecated)
 	sixToFour  = netip.MustParsePrefix("2002::/16")      // 6to4 (RFC 3056)
+	// v4Translated is ::ffff:0:a.b.c.d (RFC 2765, SIIT); not the IPv4-mapped
+	// ::ffff:a.b.c.d, which is unmapped before the check.
+	v4Translated = netip.MustParsePrefix("::ffff:0:0:0/96")
 )
 
 // embeddedV4 returns the IPv4 addresses an IPv6 address carries: NAT64 (the well-known
 // prefix, and the local-use one, read as a /48 and as a /96 prefix since its length is
-// the operator's choice), IPv4-compatible and 6to4 addresses. IPv4-mapped ones are
-// unmapped before they get here.
+// the operator's choice), IPv4-compatible, IPv4-translated and 6to4 addresses.
+// IPv4-mapped ones are unmapped before they get here.
 func embeddedV4(ip netip.Addr) []netip.Addr {
 	if !ip.Is6() {
 		return nil
@@ -145,7 +153,7 @@ func embeddedV4(ip netip.Addr) []netip.Addr {
 			}
 		}
 		return out
-	case v4Compat.Contains(ip):
+	case v4Compat.Contains(ip), v4Translated.Contains(ip):
 		return []netip.Addr{last}
 	case sixToFour.Contains(ip):
 		return []netip.Addr{netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]})}
@@ -192,14 +200,31 @@ func (p *Policy) checkAddr(ctx context.Context, ip netip.Addr, port uint16, reso
 	return nil
 }
 
-// ownEndpoint is the refusal reason of a protected endpoint; which one is not said.
-const ownEndpoint = "foreman's own endpoint (its Ollama target or its HTTP address)"
+// ownEndpoint and sharedTarget are the refusal reasons of a protected endpoint (which
+// one is not said) and of an endpoint from ProtectedSource.
+const (
+	ownEndpoint  = "foreman's own endpoint (its Ollama target or its HTTP address)"
+	sharedTarget = "the Ollama target of another foreman on the same NATS"
+)
 
-// protected reports ownEndpoint when ip:port is a protected endpoint, else "".
+// protected reports why ip:port is a protected endpoint, or "". With resolve (at dial
+// time) it also checks the endpoints ProtectedSource lists.
 func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, resolve bool) string {
+	if p.isEndpoint(ctx, p.Protected, ip, port, resolve) {
+		return ownEndpoint
+	}
+	if resolve && p.ProtectedSource != nil && p.isEndpoint(ctx, p.ProtectedSource(ctx), ip, port, resolve) {
+		return sharedTarget
+	}
+	return ""
+}
+
+// isEndpoint reports whether ip:port is one of endpoints (host:port). An endpoint on a
+// loopback or unspecified host also covers its port on this machine's addresses.
+func (p *Policy) isEndpoint(ctx context.Context, endpoints []string, ip netip.Addr, port uint16, resolve bool) bool {
 	var own []netip.Addr // this machine's addresses, read once when needed
 	ownRead := false
-	for _, hp := range p.Protected {
+	for _, hp := range endpoints {
 		host, pport, ok := splitHostPort(hp)
 		if !ok || pport != port {
 			continue
@@ -212,7 +237,7 @@ func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, reso
 		for _, a := range addrs {
 			a = a.Unmap().WithZone("")
 			if a == ip {
-				return ownEndpoint
+				return true
 			}
 			local = local || a.IsLoopback() || a.IsUnspecified()
 		}
@@ -220,18 +245,18 @@ func (p *Policy) protected(ctx context.Context, ip netip.Addr, port uint16, reso
 			continue
 		}
 		if ip.IsLoopback() || ip.IsUnspecified() {
-			return ownEndpoint
+			return true
 		}
 		if !ownRead {
 			own, ownRead = p.ownAddrs(), true
 		}
 		for _, a := range own {
 			if a == ip {
-				return ownEndpoint
+				return true
 			}
 		}
 	}
-	return ""
+	return false
 }
 
 // CheckURL is the submit-time check of a webhook URL (http or https, already parsed):

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -167,6 +168,64 @@ func TestPolicyDialRefusesBeforeConnecting(t *testing.T) {
 	}
 }
 
+// TestPolicyDialRefusesLiveProtected: the endpoints ProtectedSource lists at dial time
+// (the other foremen's Ollama targets) are refused as Protected's are, by address and by
+// any name resolving there, and one that appears while foreman runs is refused from the
+// next dial on. Their other ports stay allowed. The 192.168.x addresses are the resolver
+// seam's answers; the connect seam records the one allowed address and dials nothing.
+func TestPolicyDialRefusesLiveProtected(t *testing.T) {
+	t.Parallel()
+	var (
+		mu   sync.Mutex
+		live = []string{"mac-b.lan:11434"}
+	)
+	p := Policy{
+		LookupNetIP: names(map[string][]string{
+			"mac-b.lan":  {"192.168.1.20"},
+			"alias.test": {"192.168.1.20"},
+			"mac-c.lan":  {"192.168.1.30"},
+		}),
+		ProtectedSource: func(context.Context) []string {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]string(nil), live...)
+		},
+	}
+	var connected []string
+	p.connect = func(_ context.Context, _, addr string) (net.Conn, error) {
+		connected = append(connected, addr)
+		return nil, errors.New("no connection in this test")
+	}
+	dial := func(addr string) error {
+		t.Helper()
+		conn, err := p.DialContext(context.Background(), "tcp", addr)
+		if conn != nil {
+			conn.Close()
+		}
+		return err
+	}
+	for _, addr := range []string{"192.168.1.20:11434", "alias.test:11434", "mac-b.lan:11434"} {
+		if err := dial(addr); !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "another foreman on the same NATS") {
+			t.Errorf("dial %s, another foreman's target: %v, want a refusal", addr, err)
+		}
+	}
+	if err := dial("192.168.1.30:11434"); errors.Is(err, ErrRefused) {
+		t.Errorf("dial mac-c before it is a target: %v", err)
+	}
+	if err := dial("192.168.1.20:8080"); errors.Is(err, ErrRefused) {
+		t.Errorf("dial another port of mac-b: %v", err)
+	}
+	mu.Lock()
+	live = append(live, "mac-c.lan:11434")
+	mu.Unlock()
+	if err := dial("192.168.1.30:11434"); !errors.Is(err, ErrRefused) {
+		t.Errorf("dial mac-c once it is a target: %v, want a refusal", err)
+	}
+	if want := []string{"192.168.1.30:11434", "192.168.1.20:8080"}; !slices.Equal(connected, want) {
+		t.Fatalf("connected to %v, want only %v", connected, want)
+	}
+}
+
 // TestPolicyDialAllowsOpenedRanges: a name resolving to an opened range is dialled (here
 // a loopback receiver), also when the name resolves to a refused address first (the
 // metadata address, which the policy skips: it is never dialled).
@@ -312,6 +371,10 @@ func TestPolicyEmbeddedAndExtraRanges(t *testing.T) {
 		{Policy{}, "2002:7f00:1::1", false},                        // 6to4 of 127.0.0.1
 		{Policy{}, "2002:a9fe:a9fe::1", false},                     // 6to4 of 169.254.169.254
 		{Policy{}, "2002:c000:221::1", true},                       // 6to4 of a public address
+		{Policy{}, "::ffff:0:7f00:1", false},                       // IPv4-translated 127.0.0.1
+		{Policy{}, "::ffff:0:a9fe:a9fe", false},                    // IPv4-translated 169.254.169.254
+		{Policy{}, "::ffff:0:c000:221", true},                      // IPv4-translated public address
+		{deny, "::ffff:0:c0a8:101", false},                         // IPv4-translated 192.168.1.1
 		{Policy{}, "fec0::1", false},                               // site-local
 		{Policy{}, "2001:db8::1", true},                            // none of these
 		{Policy{}, "100.64.0.1", true},                             // CGNAT: allowed by default

@@ -43,6 +43,10 @@ type App struct {
 	http      *http.Server
 	ln        net.Listener
 
+	// endpoints are the targets' host:ports last read (targetEndpoints).
+	endpointsMu sync.Mutex
+	endpoints   []string
+
 	cancel   context.CancelFunc // stops the background components
 	wg       sync.WaitGroup
 	failed   chan error
@@ -122,6 +126,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 
 	policy := WebhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
+	policy.ProtectedSource = a.targetEndpoints
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
 		TargetName: cfg.TargetName, TargetClient: a.targetClient,

@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -377,6 +378,65 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 		case <-tick.C:
 		case <-timeout:
 			t.Fatalf("%s: not within %v", what, within)
+		}
+	}
+}
+
+// A foreman refuses webhooks to every Mac's Ollama, the other foremen's too: a state
+// event names a model, and POSTed to another Mac's /api/generate it would load that
+// model outside the queue. Loopback is opened (the fake Macs listen there), so only the
+// protection of the targets stands in the way. mac-b's entry is published as its foreman
+// would (kept fresh while the test waits): one dispatcher, so one attempt.
+func TestSeveralMacsWebhookSparesOtherTargets(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	fa, err := app.Start(context.Background(), app.Config{
+		Addr: "127.0.0.1:0", OllamaURL: macA.URL, NATSURL: sharedNATS(t), NATSReplicas: 1,
+		TargetName: "mac-a", PollInterval: 200 * time.Millisecond,
+		WebhookAllowNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = fa.Shutdown(ctx)
+	})
+	publishB := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := fa.Store().PublishTarget(ctx, broker.Target{Name: "mac-b", URL: macB.URL, Reachable: true, Models: []string{"beta:latest"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publishB()
+	waitTargets(t, fa, 2)
+
+	// mac-a's own target is refused at submit; mac-b's when foreman connects.
+	code, b := call(t, fa, http.MethodPost, "/jobs", `{"model":"alpha","messages":[{"role":"user","content":"hi"}],`+
+		`"state_webhook_url":"`+macB.URL+`/api/generate","webhook_events":["queued"]}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("/jobs: %d %s", code, b)
+	}
+	var job struct {
+		ID string `json:"job_id"`
+	}
+	_ = json.Unmarshal(b, &job)
+	var log []broker.DeliveryAttempt
+	eventually(t, 20*time.Second, "the webhook was tried", func() bool {
+		publishB()
+		log, _ = fa.Store().Deliveries(context.Background(), job.ID)
+		return len(log) > 0
+	})
+	if a := log[0]; a.Outcome != broker.OutcomeRefused || !strings.Contains(a.Error, "another foreman") {
+		t.Errorf("webhook to mac-b's /api/generate: %+v, want refused", a)
+	}
+	waitJob(t, fa.Store(), job.ID)
+	for _, c := range macB.Calls() {
+		if c.Path == "/api/generate" {
+			t.Errorf("mac-b got a webhook on /api/generate")
 		}
 	}
 }

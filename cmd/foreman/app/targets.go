@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -50,6 +51,28 @@ func publishedURL(raw string) string {
 	}
 	u.User = nil
 	return u.String()
+}
+
+// targetEndpoints is the webhook policy's ProtectedSource: the host:port of every live
+// target, the other foremen's too. No webhook may reach another Mac's Ollama any more
+// than this one's: a state event names a model, so a POST of it to /api/generate or
+// /api/pull would load or pull that model outside the queue. While the bucket cannot be
+// read, the endpoints read last stand.
+func (a *App) targetEndpoints(ctx context.Context) []string {
+	all, err := a.store.Targets(ctx)
+	a.endpointsMu.Lock()
+	defer a.endpointsMu.Unlock()
+	if err != nil {
+		return a.endpoints
+	}
+	eps := make([]string, 0, len(all))
+	for _, t := range all {
+		if ep, err := webhook.EndpointOf(t.URL); err == nil {
+			eps = append(eps, ep)
+		}
+	}
+	a.endpoints = eps
+	return eps
 }
 
 // withdrawTarget removes this target's entry when foreman stops in order, so the others
