@@ -36,6 +36,19 @@ type Target struct {
 	Ps      json.RawMessage `json:"ps,omitempty"`
 	BootID  string          `json:"boot_id"`
 	Updated time.Time       `json:"updated"`
+	// Expires is when the entry stops counting unless refreshed: Updated plus its own
+	// foreman's TargetTTL (entries of earlier versions lack it; the reader's TTL serves).
+	Expires time.Time `json:"expires,omitzero"`
+}
+
+// live reports whether t counts at now: before its own expiry, or, for an entry without
+// one, within ttl of its update.
+func (t Target) live(now time.Time, ttl time.Duration) bool {
+	exp := t.Expires
+	if exp.IsZero() {
+		exp = t.Updated.Add(ttl)
+	}
+	return now.Before(exp)
 }
 
 // HasModel reports whether the target lists the normalized model name.
@@ -59,6 +72,16 @@ func (s *Store) targetsKV(ctx context.Context) (jetstream.KeyValue, error) {
 	if s.targets != nil {
 		return s.targets, nil
 	}
+	// The bucket's TTL is the longest of its foremen's: each entry says when it expires
+	// (Target.Expires), and a foreman polling more often than another must not cut the
+	// other's entries short by setting a shorter TTL. So it is only ever raised.
+	if kv, err := s.js.KeyValue(ctx, TargetsBucket); err == nil {
+		st, err := kv.Status(ctx)
+		if err == nil && st.TTL() >= s.cfg.TargetTTL {
+			s.targets = kv
+			return kv, nil
+		}
+	}
 	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 		Bucket:      TargetsBucket,
 		Description: "foreman Ollama targets: models, loaded models, reachability, by name",
@@ -81,6 +104,7 @@ func (s *Store) PublishTarget(ctx context.Context, t Target) error {
 		return err
 	}
 	t.BootID, t.Updated = s.cfg.BootID, s.Now()
+	t.Expires = t.Updated.Add(s.cfg.TargetTTL)
 	v, err := json.Marshal(t)
 	if err != nil {
 		return err
@@ -139,8 +163,8 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 			return nil, fmt.Errorf("broker: read target %s: %w", k, err)
 		}
 		var t Target
-		if json.Unmarshal(e.Value(), &t) != nil || now.Sub(t.Updated) > s.cfg.TargetTTL {
-			continue // unreadable, or left by a foreman whose bucket TTL is longer than ours
+		if json.Unmarshal(e.Value(), &t) != nil || !t.live(now, s.cfg.TargetTTL) {
+			continue // unreadable, or past its foreman's TTL (the bucket keeps the longest one)
 		}
 		out = append(out, t)
 	}

@@ -46,3 +46,37 @@ func TestTargetsPublishWithdrawExpire(t *testing.T) {
 		return len(got) == 0
 	})
 }
+
+// Foremen with different poll intervals share the bucket: one with a shorter TargetTTL,
+// starting later, must not cut the others' entries short. Each entry lives its own
+// foreman's TTL, whoever reads it, and the bucket keeps the longest.
+func TestTargetsKeepEachForemansTTL(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.TargetTTL = 90 * time.Second }))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Store.PublishTarget(ctx, broker.Target{Name: "studio", Reachable: true, Models: []string{"tiny-a:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	// A foreman polling every second starts later; its clock reads 10 s on, past its own
+	// TTL of the studio entry's last refresh, well within the studio foreman's.
+	fast, err := broker.Open(ctx, broker.Config{Conn: b.Conn, TargetTTL: 3 * time.Second,
+		Now: func() time.Time { return time.Now().Add(10 * time.Second) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := fast.PublishTarget(ctx, broker.Target{Name: "mini", Reachable: true, Models: []string{"tiny-b:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := fast.Targets(ctx)
+	if err != nil || len(got) != 2 {
+		t.Fatalf("targets read by the fast foreman: %+v, %v; want studio's and its own", got, err)
+	}
+	kv, err := b.JetStream(t).KeyValue(ctx, broker.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := kv.Status(ctx); err != nil || st.TTL() != 90*time.Second {
+		t.Fatalf("bucket TTL after the fast foreman opened it: %v, %v; want 90s", st.TTL(), err)
+	}
+}

@@ -341,6 +341,51 @@ func TestSeveralMacsModelOnDownMacWaits(t *testing.T) {
 	ownModelsOnly(t, "mac-b", macB, "beta:latest")
 }
 
+// A foreman that stops (a restart, an upgrade) takes its Mac's models with it for a
+// while, but not the jobs queued for them: the other foreman, alone now, does not run a
+// model its own Mac lacks (it would fail there), and the job waits until its Mac's
+// foreman is back.
+func TestSeveralMacsStoppedForemanLeavesItsJobsQueued(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macB.SetDown(true) // so that the job waits while mac-b's foreman still runs
+	waitTargets(t, fa, 1)
+	code, b := call(t, fa, http.MethodPost, "/jobs", `{"kind":"chat","model":"beta","messages":[{"role":"user","content":"later"}]}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("/jobs for beta: %d %s", code, b)
+	}
+	var job struct {
+		ID string `json:"job_id"`
+	}
+	_ = json.Unmarshal(b, &job)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := fb.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "mac-b's entry withdrawn", func() bool {
+		all, err := fa.Store().Targets(context.Background())
+		return err == nil && len(all) == 1
+	})
+	// mac-a's worker, alone, picks after the beta job was left: an alpha chat runs.
+	code, b = call(t, fa, http.MethodPost, "/api/chat", `{"model":"alpha","messages":[{"role":"user","content":"now"}],"stream":false}`)
+	if code != http.StatusOK {
+		t.Fatalf("alpha meanwhile: %d %s", code, b)
+	}
+	if j, _, err := fa.Store().Get(context.Background(), job.ID); err != nil || j.State.Terminal() {
+		t.Fatalf("beta's job while its foreman is stopped: %+v, %v", j, err)
+	}
+	macB.SetDown(false)
+	startForeman(t, nurl, "mac-b", macB.URL)
+	waitJob(t, fa.Store(), job.ID)
+	ownModelsOnly(t, "mac-a", macA, "alpha:latest")
+}
+
 // While one Mac is down, the jobs for a model both Macs have run on the other one.
 func TestSeveralMacsDownMacLeavesSharedModels(t *testing.T) {
 	models := ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"})

@@ -85,11 +85,12 @@ func (a *App) withdrawTarget() {
 	}
 }
 
-// runsModel is the worker's Config.Runs: a model its own target has, or, while no other
-// foreman's target is live, any model (one foreman runs every job, as it always has).
-// With others live, a model the own target lacks is left to them, and one no target
-// has waits in the queue; while the own target is down, a model another reachable
-// target has is left to that one.
+// runsModel is the worker's Config.Runs: a model its own target has, or, on a store of
+// its own (the embedded server), any model (one foreman runs every job, as it always
+// has). On a shared NATS a model the own target lacks is left to the others, and one no
+// live target has waits in the queue, even while no other foreman is live: the one whose
+// Mac has it may be restarting, and run here the job could only fail. While the own
+// target is down, a model another reachable target has is left to that one.
 func (a *App) runsModel(ctx context.Context, model string) bool {
 	has := a.inv.HasModel(model)
 	if has && !a.inv.Degraded() {
@@ -97,7 +98,7 @@ func (a *App) runsModel(ctx context.Context, model string) bool {
 	}
 	all, err := a.store.Targets(ctx)
 	if err != nil {
-		return true // as without other foremen: the job runs (or fails) on the own target
+		return has || a.store.Config().Exclusive // as without other foremen
 	}
 	want := ollama.NormalizeModel(model)
 	others, elsewhere := false, false
@@ -110,7 +111,7 @@ func (a *App) runsModel(ctx context.Context, model string) bool {
 	}
 	switch {
 	case !others:
-		return true
+		return has || a.store.Config().Exclusive
 	case has:
 		return !elsewhere
 	}
