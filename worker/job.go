@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -314,6 +315,9 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 		w.fail(bctx, d, j.Sync, r, timeout.Error(), 0, log)
 	case cause != nil:
 		w.handBack(bctx, d, j, r, log)
+	case errors.As(err, &httpErr) && busy(httpErr.StatusCode):
+		w.targetAnswered()
+		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
 	case errors.As(err, &httpErr):
 		w.targetAnswered()
 		w.fail(bctx, d, j.Sync, r, httpErr.Message, httpErr.StatusCode, log)
@@ -327,6 +331,15 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	default:
 		w.fail(bctx, d, j.Sync, r, err.Error(), 0, log)
 	}
+}
+
+// busy reports whether an HTTP status from the target says "not now" rather than "no":
+// Ollama answers 503 when its own queue is full (other clients than foreman use it too)
+// and a proxy in front of it may answer 429. The attempt is retried after the back-off,
+// as one the target did not complete; any other status ends the job, as the target would
+// answer the same again.
+func busy(status int) bool {
+	return status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests
 }
 
 // attemptFailed ends an attempt the target did not complete (unreachable, cut off,
