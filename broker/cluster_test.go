@@ -3,6 +3,8 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -62,5 +64,60 @@ func TestClusterReadUnavailable(t *testing.T) {
 	_, _, err = st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateCanceled; return nil })
 	if !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("write without quorum: %v, want ErrUnavailable", err)
+	}
+}
+
+// On a replicated bucket, writes that keep a job's state (a cancel request on a running
+// job, an artifact) race as any others: the server answers a loser "wrong last sequence"
+// in either of its two codes, and each is a conflict that Modify re-reads and applies
+// again (or, having lost every time, an ErrConflict: a 409), never a raw error (a DELETE
+// of a running job answered 500 so).
+func TestClusterConcurrentSameStateWrites(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	st := c.Open(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the record readable", func() bool {
+		_, _, err := st.Get(ctx, j.ID)
+		return err == nil
+	})
+	if _, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateWorking; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 40)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			for i := range 10 {
+				_, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error {
+					j.CancelRequested = fmt.Sprintf("writer %d, round %d", w, i)
+					return nil
+				})
+				errs <- err
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	won := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			won++
+		case errors.Is(err, broker.ErrConflict): // lost every re-read to the others: a 409
+		default:
+			t.Fatalf("same-state write: %v", err)
+		}
+	}
+	if won == 0 {
+		t.Fatal("no same-state write was stored")
 	}
 }

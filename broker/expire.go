@@ -27,29 +27,47 @@ func (s *Store) StaleBefore() time.Time {
 	return s.Now().Add(-(s.cfg.JobTTL - 2*s.ExpireEvery()))
 }
 
-// ExpiredError is the Error of a job ended because it waited in the queue for ttl.
-func ExpiredError(ttl time.Duration) string {
-	return fmt.Sprintf("expired: waited in the queue for the job TTL (%s) without starting", ttl)
+// ExpiredError is the Error of a job ended because it waited in the queue for ttl, after
+// attempts attempts.
+func ExpiredError(ttl time.Duration, attempts int) string {
+	if attempts == 0 {
+		return fmt.Sprintf("expired: waited in the queue for the job TTL (%s) without starting", ttl)
+	}
+	return fmt.Sprintf("expired: waited in the queue for the job TTL (%s), tried %d times", ttl, attempts)
 }
 
-// Stale returns the queue messages stored before t, oldest first. The queue holds its
-// messages in the order they were stored, so the scan ends at the first one stored at
-// or after t and costs one read when none is stale. A message of a running job is among
-// them while its job runs: the caller decides by the record.
+// Stale returns the queue messages stored before t, oldest first, of jobs that have no
+// message stored at or after t (a requeued job's old message, which its requeue could not
+// take out, is not its wait). The queue holds its messages in the order they were
+// stored, so the scan costs one read when none is stale; with some it reads on to the
+// queue's end for the younger ones (the queue is bounded). A message of a running job is
+// among them while its job runs: the caller decides by the record.
 func (s *Store) Stale(ctx context.Context, t time.Time) ([]Pending, error) {
-	var out []Pending
+	var old []Pending
+	young := map[string]bool{}
 	for seq := uint64(0); ; seq++ {
 		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queuePrefix+">"))
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			return out, nil
+			break
 		}
 		if err != nil {
-			return out, fmt.Errorf("broker: scan queue: %w", storageErr(err))
-		}
-		if !m.Time.Before(t) {
-			return out, nil
+			return nil, fmt.Errorf("broker: scan queue: %w", storageErr(err))
 		}
 		seq = m.Sequence
-		out = append(out, pendingOf(m))
+		if !m.Time.Before(t) {
+			if len(old) == 0 {
+				return nil, nil
+			}
+			young[m.Header.Get(HeaderJobID)] = true
+			continue
+		}
+		old = append(old, pendingOf(m))
 	}
+	out := old[:0]
+	for _, p := range old {
+		if !young[p.JobID] {
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }

@@ -206,10 +206,11 @@ func (s *Store) DropSpare(ctx context.Context, d *Lease) error {
 // election: an ack lost there would hand the job out again after AckWait. Should it fail
 // anyway, the job's record is terminal already and its next delivery is dropped.
 //
-// A consumer idle past its InactiveThreshold (no fetch on its queue key while a long job
-// ran) is gone, and an ack to it finds no responder, which is no leader election: the ack
-// is moot then. The message stays in the stream; the key's next consumer delivers it,
-// and the worker drops it, its job having ended.
+// A run longer than the job TTL outlives its message (JetStream drops it at the queue's
+// MaxAge, in progress or not), and a consumer left with nothing pending goes away after
+// its InactiveThreshold without a fetch: an ack to it then finds no responder, which is
+// no leader election. The ack is moot: the message is gone, or, should one be left, the
+// key's next consumer delivers it and the worker drops it, its job having ended.
 func (s *Store) ack(ctx context.Context, d *Lease) error {
 	err := s.retry(ctx, func(ctx context.Context) error {
 		err := d.Msg.DoubleAck(ctx)

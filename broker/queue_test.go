@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
@@ -80,5 +82,29 @@ func TestFinishAfterTheConsumerWentIdle(t *testing.T) {
 	again, err := b.Store.Next(ctx, tok)
 	if err != nil || again == nil || again.JobID != j.ID {
 		t.Fatalf("next after the consumer went: %+v, %v; want the job's message again", again, err)
+	}
+}
+
+// Stale lists the queue messages stored before a time, oldest first, but none of a job
+// that has a younger message too (requeued, its old message left behind): its wait began
+// anew. With nothing that old it lists nothing.
+func TestStaleSkipsJobsWithAYoungerMessage(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	waiting := submit(t, b.Store, "m", `{"model":"m"}`)
+	requeued := submit(t, b.Store, "m", `{"model":"m"}`)
+	cut := time.Now()
+	msg := nats.NewMsg(broker.QueueSubject(token(t, "m")))
+	msg.Header.Set(broker.HeaderJobID, requeued.ID)
+	if _, err := b.JetStream(t).PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Store.Stale(ctx, cut)
+	if err != nil || len(got) != 1 || got[0].JobID != waiting.ID {
+		t.Fatalf("stale before the requeue: %+v, %v; want only job %s", got, err, waiting.ID)
+	}
+	if got, err := b.Store.Stale(ctx, cut.Add(-time.Hour)); err != nil || len(got) != 0 {
+		t.Fatalf("stale an hour before: %+v, %v; want none", got, err)
 	}
 }

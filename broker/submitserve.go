@@ -45,8 +45,8 @@ type SubmitServer struct {
 	refusals *logLimit
 }
 
-// refusalLogEvery is how often a kind of refused submit is logged at most; the line says
-// how many were refused since the last one.
+// refusalLogEvery is how often a refused submit is logged at most; the next line says how
+// many were refused since the last one.
 const refusalLogEvery = 10 * time.Second
 
 // logLimit lets one log line through per interval and counts the ones it holds back.

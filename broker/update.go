@@ -117,6 +117,13 @@ func (s *Store) updateRecord(ctx context.Context, id string, data []byte, rev ui
 	msg.Header.Set(HeaderSameState, "1")
 	msg.Data = data
 	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(rev))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		// As kv.Update words a stale revision, both ways the server says it: a replicated
+		// stream answers the second while another write to the key is in flight.
+		return 0, fmt.Errorf("%w: %w", jetstream.ErrKeyExists, err)
+	}
 	if err != nil {
 		return 0, err
 	}

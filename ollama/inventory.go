@@ -18,13 +18,14 @@ type InventoryConfig struct {
 	PollTimeout time.Duration
 	// Logger defaults to slog.Default().
 	Logger *slog.Logger
-	// OnRecover is called in the polling goroutine after the first successful
-	// poll and after every degraded → healthy transition (e.g. to re-warm the
-	// embedding model). It should return promptly.
-	OnRecover func(ctx context.Context)
-	// OnPoll, when set, is called in the polling goroutine after every poll, failed or
-	// not, with the snapshot it left (to publish it to the other foremen). It should
+	// OnRecover is called by the poll that saw it (Run's ticks or a Refresh's shared
+	// poll, one poll at a time) after the first successful poll and after every
+	// degraded → healthy transition (e.g. to re-warm the embedding model). It should
 	// return promptly.
+	OnRecover func(ctx context.Context)
+	// OnPoll, when set, is called by every poll, failed or not (one poll at a time),
+	// with the snapshot it left (to publish it to the other foremen). It should return
+	// promptly.
 	OnPoll func(ctx context.Context, snap Snapshot)
 }
 

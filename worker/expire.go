@@ -41,38 +41,47 @@ func (w *Worker) expireLoop(ctx context.Context) {
 
 // expire fails the jobs waiting in the queue since before Store.StaleBefore and removes
 // their queue messages. Several foremen on one NATS may race to end one: the record's
-// revision lets one write win.
+// revision lets one write win. A stop ends it at once: its work waits for the next start.
 func (w *Worker) expire(ctx context.Context) {
-	sctx, cancel := w.storeCtx(ctx)
-	stale, err := w.store.Stale(sctx, w.store.StaleBefore())
+	ctx, stop := w.untilStop(ctx)
+	defer stop()
+	stale := w.store.StaleBefore()
+	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
+	old, err := w.store.Stale(sctx, stale)
 	cancel()
-	if err != nil {
+	if err != nil && ctx.Err() == nil {
 		w.log.Warn("look for jobs that waited a job TTL", "err", err)
 	}
-	reason := broker.ExpiredError(w.store.Config().JobTTL)
-	for _, p := range stale {
-		if w.isStopping(ctx) {
-			return
+	ttl := w.store.Config().JobTTL
+	var ended []string
+	for _, p := range old {
+		if ctx.Err() != nil {
+			break
 		}
 		if broker.ValidateID(p.JobID) != nil {
 			continue // not a message foreman queued: the worker removes it when it meets it
 		}
 		log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
-		jctx, cancel := w.storeCtx(ctx)
+		jctx, cancel := context.WithTimeout(ctx, storeTimeout)
 		_, err := w.transition(jctx, p.JobID, fromWaiting, func(j *broker.Job) {
 			j.State = broker.StateFailed
-			j.Error = reason
+			j.Error = broker.ExpiredError(ttl, j.Attempt)
 		})
 		if err == nil {
+			ended = append(ended, p.JobID)
 			err = w.store.DeleteQueued(jctx, p.Seq)
 			w.index.touch(p.Token)
-			log.Warn("job failed: it waited in the queue for a job TTL without starting", "enqueued", p.Enqueued)
+			log.Info("job failed: it waited in the queue for a job TTL", "enqueued", p.Enqueued)
 			if err != nil {
 				log.Warn("remove expired job from the queue", "err", err)
 			}
-		} else if !errors.Is(err, errNotWaiting) && !errors.Is(err, broker.ErrNotFound) {
+		} else if !errors.Is(err, errNotWaiting) && !errors.Is(err, broker.ErrNotFound) && ctx.Err() == nil {
 			log.Warn("end a job that waited a job TTL", "err", err)
 		}
 		cancel()
+	}
+	if len(ended) > 0 {
+		// One line for the operator, however many a long outage left behind.
+		w.log.Warn("jobs failed: they waited in the queue for a job TTL", "jobs", len(ended), "first_job_id", ended[0], "job_ttl", ttl)
 	}
 }

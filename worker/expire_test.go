@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -15,7 +16,7 @@ import (
 // runs meanwhile is left alone and ends done.
 func TestJobWaitingAJobTTLEndsFailed(t *testing.T) {
 	t.Parallel()
-	const ttl = 2 * time.Second
+	const ttl = 4 * time.Second
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
 		c.JobTTL = ttl
 		c.AckWait = time.Second
@@ -30,8 +31,8 @@ func TestJobWaitingAJobTTLEndsFailed(t *testing.T) {
 	waiting := tb.chat(t, "tiny-a", 1)
 
 	got := tb.waitState(t, waiting.ID, broker.StateFailed)
-	if got.Error != broker.ExpiredError(ttl) {
-		t.Errorf("error %q, want %q", got.Error, broker.ExpiredError(ttl))
+	if got.Error != broker.ExpiredError(ttl, 0) {
+		t.Errorf("error %q, want %q", got.Error, broker.ExpiredError(ttl, 0))
 	}
 	if got.Attempt != 0 || got.StartedAt != nil {
 		t.Errorf("expired job shows a start: attempt %d, started %v", got.Attempt, got.StartedAt)
@@ -48,5 +49,28 @@ func TestJobWaitingAJobTTLEndsFailed(t *testing.T) {
 	tb.waitQueueEmpty(t)
 	if n := len(inferenceCalls(tb.fake)); n != 1 {
 		t.Errorf("target called %d times, want once (the expired job never runs)", n)
+	}
+}
+
+// A stop is not held by the expiry's look at the queue: during a NATS outage (when
+// operators restart foreman) that look waits for its store timeout, and the worker's
+// stop, and with it the shutdown's deadline, waited with it.
+func TestStopDuringOutageIsNotHeldByTheExpiry(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.JobTTL = 800 * time.Millisecond }))
+	w := tb.start(t, worker.Config{})
+	tb.b.Server.Shutdown() // the store's connection now waits to reconnect
+	eventually(t, 10*time.Second, "connection lost", func() bool { return !tb.b.Conn.IsConnected() })
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() {
+		_ = w.Stop(ctx)
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second): // the expiry's store timeout is 30 s
+		t.Fatal("the worker's stop waited for the expiry's look at an unreachable store")
 	}
 }
