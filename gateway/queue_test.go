@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -190,5 +191,22 @@ func TestQueueShowsTheWorkerPaused(t *testing.T) {
 	})
 	if got := pausedMetrics(); strings.Contains(got, " 1") || strings.Count(got, " 0") != 2 {
 		t.Errorf("metrics after the pause:\n%s", got)
+	}
+}
+
+// While NATS does not answer, GET /queue and GET /jobs answer as GET /jobs/{id} does: 503
+// with Retry-After and the store's message, within the retry window; never a 504.
+func TestQueueAndListWhileStoreUnavailable(t *testing.T) {
+	t.Parallel()
+	opt, _ := withWorker(t) // its view, not its runs
+	b := newTestBundle(t, opt, withBroker(brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 300 * time.Millisecond })))
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[]}`)
+	b.Broker.Server.Shutdown() // the store's connection stays, reconnecting
+	for _, path := range []string{"/jobs/" + id, "/queue", "/jobs", "/jobs?state=done", "/jobs?cursor=" + id} {
+		resp, out := b.request(t, http.MethodGet, path, nil)
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+			errorBody(t, out) != "job store temporarily unavailable, retry shortly" {
+			t.Errorf("GET %s: %d %s, Retry-After %q; want 503 with Retry-After", path, resp.StatusCode, out, resp.Header.Get("Retry-After"))
+		}
 	}
 }
