@@ -17,7 +17,8 @@ import (
 
 // ListOptions filters and pages List.
 type ListOptions struct {
-	State State
+	// States matches a job in any of them; none does not filter.
+	States []State
 	// Model matches the normalized model name.
 	Model string
 	// Program matches the job's program exactly; empty does not filter.
@@ -229,7 +230,7 @@ func (p *pager) take(ctx context.Context, s *Store, bound string) (bool, error) 
 		if err != nil {
 			return false, err
 		}
-		if p.opt.State != "" && j.State != p.opt.State {
+		if len(p.opt.States) > 0 && !slices.Contains(p.opt.States, j.State) {
 			continue
 		}
 		if p.model != "" && ollama.NormalizeModel(j.Model) != p.model {

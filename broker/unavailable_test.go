@@ -34,7 +34,7 @@ func TestQueueViewAndListUnavailable(t *testing.T) {
 	if _, err := b.Store.Backlog().Refresh(ctx, 0); !errors.Is(err, broker.ErrUnavailable) {
 		t.Errorf("first backlog refresh: %v, want ErrUnavailable", err)
 	}
-	for _, opt := range []broker.ListOptions{{}, {State: broker.StateDone}, {Cursor: j.ID}} {
+	for _, opt := range []broker.ListOptions{{}, {States: []broker.State{broker.StateDone}}, {Cursor: j.ID}} {
 		if _, _, err := b.Store.List(ctx, opt); !errors.Is(err, broker.ErrUnavailable) {
 			t.Errorf("list %+v: %v, want ErrUnavailable", opt, err)
 		}

@@ -210,3 +210,25 @@ func TestQueueAndListWhileStoreUnavailable(t *testing.T) {
 		}
 	}
 }
+
+// GET /queue's depth counts every waiting job per model, those past ?limit= too, so a
+// status page can chart a queue far longer than the list it shows.
+func TestQueueDepthCoversTheWholeQueue(t *testing.T) {
+	t.Parallel()
+	opt, _ := withWorker(t) // its view, not its runs: every job waits
+	b := newTestBundle(t, opt)
+	for _, m := range []string{"tiny-a", "tiny-b", "tiny-a", "tiny-a", "tiny-b", "tiny-a"} {
+		jobsSubmit(t, b, `{"model":"`+m+`","messages":[]}`)
+	}
+	q := getQueue(t, b, "?limit=2")
+	if len(q.Queued) != 2 || q.Total != 6 {
+		t.Fatalf("%d shown of %d, want 2 of 6", len(q.Queued), q.Total)
+	}
+	if len(q.Depth) != 2 || q.Depth["tiny-a:latest"] != 4 || q.Depth["tiny-b:latest"] != 2 {
+		t.Errorf("depth %v, want tiny-a:latest 4 and tiny-b:latest 2", q.Depth)
+	}
+	_, raw := b.request(t, http.MethodGet, "/queue?limit=1", nil)
+	if !strings.Contains(string(raw), `"depth":{"tiny-a:latest":4,"tiny-b:latest":2}`) {
+		t.Errorf("body %s: want the depth map", raw)
+	}
+}

@@ -227,3 +227,61 @@ func TestStatusPageAsksForATokenInBrowser(t *testing.T) {
 		t.Errorf("status: %q", status)
 	}
 }
+
+// With more jobs waiting than the page lists (130 for one model, the page shows 100),
+// the depth chart counts them all, and the recent jobs are the finished ones although
+// every newer job waits; a long error is clipped in its cell, whole in its title.
+func TestStatusPageWithALongBacklogInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	base := "http://" + a.Addr()
+
+	longErr := "runner failed:" + strings.Repeat(" the model's runner said something long", 100)
+	fake.FailNext(1, ollamatest.FailStatus(http.StatusBadRequest, longErr))
+	failed := postJob(t, a.Addr(), "tiny-a")
+	waitFor(t, "job "+failed+" to fail", func() bool { return getJob(t, a.Addr(), failed).State == "failed" })
+	done := postJob(t, a.Addr(), "tiny-a")
+	waitFor(t, "job "+done+" to finish", func() bool { return getJob(t, a.Addr(), done).State == "done" })
+
+	release := fake.Hold("")
+	t.Cleanup(release)
+	running := postJob(t, a.Addr(), "tiny-a")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("job %s never reached the target: %v", running, err)
+	}
+	const backlog = 130
+	for range backlog {
+		postJob(t, a.Addr(), "tiny-b")
+	}
+	waitFor(t, "the backlog in the queue view", func() bool { return queueTotal(t, base) == backlog })
+
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	if !regexp.MustCompile(`id="queue-total"[^>]*>130<`).MatchString(dom) {
+		t.Errorf("the queue total is not %d:\n%s", backlog, section(dom, "queue-total", "</div>"))
+	}
+	// The chart's scale tops at the deepest model's depth.
+	if chart := section(dom, "chart-depth", "</svg>"); !strings.Contains(chart, ">130</text>") {
+		t.Errorf("the depth chart does not reach %d:\n%s", backlog, chart)
+	}
+	recent := section(dom, "recent-rows", "</tbody>")
+	for _, id := range []string{done, failed} {
+		if !strings.Contains(recent, `data-job-id="`+id+`"`) {
+			t.Errorf("finished job %s is not among the recent jobs:\n%.2000s", id, recent)
+		}
+	}
+	cell := regexp.MustCompile(`<td class="err" title="([^"]*)">([^<]*)</td>`).FindStringSubmatch(recent)
+	if cell == nil || !strings.Contains(cell[1], longErr) || len(cell[2]) > 300 {
+		t.Errorf("the failed job's error is not clipped with its whole text in the title:\n%.2000s", recent)
+	}
+	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
+		abs, _ := filepath.Abs(strings.TrimSuffix(path, ".png") + "-backlog.png")
+		// Tall enough for the recent jobs below the 100 queued rows.
+		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs, "--window-size=1280,4800")
+		t.Logf("screenshot of the backlog in %s", abs)
+	}
+}
