@@ -29,6 +29,8 @@ type queueBody struct {
 	Running *jobView           `json:"running"`
 	Loaded  []string           `json:"loaded"`
 	Queued  []broker.QueuedJob `json:"queued"`
+	// RunningElsewhere are the jobs other foremen's workers run from the shared queue.
+	RunningElsewhere []broker.ElsewhereJob `json:"running_elsewhere"`
 	// Paused says why the worker takes no job now; null while it runs.
 	Paused *broker.Pause `json:"paused"`
 	// Total is the number of waiting jobs, of which Queued shows the first ?limit=.
@@ -68,6 +70,10 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 	}
 	if body.Loaded == nil {
 		body.Loaded = []string{}
+	}
+	body.RunningElsewhere = v.Elsewhere
+	if body.RunningElsewhere == nil {
+		body.RunningElsewhere = []broker.ElsewhereJob{}
 	}
 	if v.Running != "" {
 		if j, _, err := s.store.Get(r.Context(), v.Running); err == nil {

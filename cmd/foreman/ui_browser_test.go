@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -283,5 +285,65 @@ func TestStatusPageWithALongBacklogInBrowser(t *testing.T) {
 		// Tall enough for the recent jobs below the 100 queued rows.
 		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs, "--window-size=1280,4800")
 		t.Logf("screenshot of the backlog in %s", abs)
+	}
+}
+
+// With two foremen on one NATS, the status page of the foreman whose worker is idle
+// shows the job the other Mac runs as running there, not as waiting at position 1, and
+// the job behind it at position 1.
+func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	shared := func(name string) map[string]string {
+		return map[string]string{"FOREMAN_NATS_URL": ns.ClientURL(), "FOREMAN_NATS_REPLICAS": "1", "FOREMAN_TARGET_NAME": name, "FOREMAN_POLL_INTERVAL": "200ms"}
+	}
+	// Mac A has tiny-a alone; mac B has only tiny-b, so only A runs tiny-a jobs.
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "tiny-a:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "tiny-b:latest"}))
+	release := macA.Hold("tiny-a")
+	t.Cleanup(release)
+	a := testApp(t, macA.URL, shared("mac-a"))
+	b := testApp(t, macB.URL, shared("mac-b"))
+	waitFor(t, "both foremen to see each other", func() bool {
+		resp, err := http.Get("http://" + b.Addr() + "/queue")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var q struct{ Targets []struct{ Reachable bool } }
+		return json.NewDecoder(resp.Body).Decode(&q) == nil && len(q.Targets) == 2 && q.Targets[0].Reachable && q.Targets[1].Reachable
+	})
+	running := postJob(t, a.Addr(), "tiny-a")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := macA.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("job %s never reached mac A: %v", running, err)
+	}
+	waiting := postJob(t, b.Addr(), "tiny-a")
+	waitFor(t, "job "+running+" to run", func() bool { s := getJob(t, b.Addr(), running).State; return s == "loading" || s == "working" })
+
+	base := "http://" + b.Addr()
+	waitFor(t, "mac B's queue to hold one waiting job", func() bool { return queueTotal(t, base) == 1 })
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	if box := section(dom, "elsewhere", "</ul>"); !strings.Contains(box, `data-job-id="`+running+`"`) || strings.Contains(box, "hidden") {
+		t.Errorf("job %s is not shown running on another Mac:\n%s", running, box)
+	}
+	rows := section(dom, "queue-rows", "</tbody>")
+	if strings.Contains(rows, running) || !regexp.MustCompile(`data-job-id="`+waiting+`" class="queued-job"><td>1</td>`).MatchString(rows) {
+		t.Errorf("the queue should hold %s alone, at position 1:\n%s", waiting, rows)
+	}
+	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
+		abs, _ := filepath.Abs(strings.TrimSuffix(path, ".png") + "-elsewhere.png")
+		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs)
+		t.Logf("screenshot of a job running elsewhere in %s", abs)
 	}
 }

@@ -206,6 +206,18 @@ function renderRunning(job) {
   replaceChildren(box, [dl]);
 }
 
+// Jobs of the shared queue that other foremen run (several Macs on one NATS).
+function renderElsewhere(jobs) {
+  const box = $("elsewhere");
+  jobs = jobs || [];
+  box.hidden = !jobs.length;
+  replaceChildren(box, jobs.map((j) => el("li", { "data-job-id": jobId(j), class: "elsewhere-job" },
+    el("span", { class: "muted" }, "on another Mac: "),
+    j.model + " · " + j.state + " · " + fmtDur(Date.now() - (ms(j.started_at) || ms(j.created_at))) + " ",
+    el("span", { class: "id" }, jobId(j)),
+  )));
+}
+
 const PAUSE_REASONS = {
   target_unreachable: "Ollama is unreachable",
   store_refuses_writes: "the job store refuses writes",
@@ -294,7 +306,7 @@ function record(q, jobs, metricLoads) {
   history.depth.push({ t: now, byModel: { ...(q.depth || {}) } });
 
   // A wait is known once a job starts; the running job and the finished ones show it.
-  const started = (jobs || []).concat(q.running ? [q.running] : []);
+  const started = (jobs || []).concat(q.running ? [q.running] : [], q.running_elsewhere || []);
   for (const j of started) {
     const id = jobId(j);
     if (!j.started_at || history.seenStarts.has(id)) continue;
@@ -413,6 +425,7 @@ async function poll() {
     const jobs = (list && list.jobs) || [];
     record(q, jobs, loads);
     renderRunning(q.running);
+    renderElsewhere(q.running_elsewhere);
     renderPaused(q.paused);
     renderLoaded(q.loaded);
     renderQueue(q);
