@@ -72,8 +72,16 @@ func (b *Backlog) Refresh(ctx context.Context, maxAge time.Duration) ([]QueuedMe
 	return out, nil
 }
 
+// refresh reads what changed in the queue. Each read is retried as a job record's is,
+// so a store that does not answer fails it with ErrUnavailable (the gateway's 503) within
+// the retry window.
 func (b *Backlog) refresh(ctx context.Context) error {
-	info, err := b.store.queue.Info(ctx, jetstream.WithDeletedDetails(true))
+	var info *jetstream.StreamInfo
+	err := b.store.retry(ctx, func(ctx context.Context) error {
+		var err error
+		info, err = b.store.queue.Info(ctx, jetstream.WithDeletedDetails(true))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("broker: queue info: %w", err)
 	}
@@ -93,7 +101,12 @@ func (b *Backlog) refresh(ctx context.Context) error {
 		}
 	}
 	for seq := max(b.next, st.FirstSeq); seq <= st.LastSeq; seq++ {
-		m, err := b.store.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(QueueWildcard))
+		var m *jetstream.RawStreamMsg
+		err := b.store.retry(ctx, func(ctx context.Context) error {
+			var err error
+			m, err = b.store.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(QueueWildcard))
+			return err
+		})
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}

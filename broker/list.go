@@ -17,7 +17,8 @@ import (
 
 // ListOptions filters and pages List.
 type ListOptions struct {
-	State State
+	// States matches a job in any of them; none does not filter.
+	States []State
 	// Model matches the normalized model name.
 	Model string
 	// Program matches the job's program exactly; empty does not filter.
@@ -47,8 +48,16 @@ const (
 )
 
 // List returns jobs newest first (ULIDs sort by creation time) and the cursor of the next
-// page, empty when there is none.
+// page, empty when there is none. A store that does not answer fails it with
+// ErrUnavailable, as it does every other read.
 func (s *Store) List(ctx context.Context, opt ListOptions) ([]*Job, string, error) {
+	jobs, next, err := s.list(ctx, opt)
+	// A page is many reads, of which the single requests are retried; a stream read (a
+	// consumer's fetch) that met no answer is that too.
+	return jobs, next, unavailable(err)
+}
+
+func (s *Store) list(ctx context.Context, opt ListOptions) ([]*Job, string, error) {
 	if opt.Limit <= 0 {
 		opt.Limit = 50
 	}
@@ -137,14 +146,24 @@ func (s *Store) messagesSince(ctx context.Context, id string, info *jetstream.St
 		return 0, fmt.Errorf("bad cursor: %w", err)
 	}
 	t := ulid.Time(u.Time())
-	stream, err := s.js.Stream(ctx, "KV_"+JobsBucket)
+	var stream jetstream.Stream
+	err = s.retry(ctx, func(ctx context.Context) error {
+		var err error
+		stream, err = s.js.Stream(ctx, "KV_"+JobsBucket)
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("broker: list: %w", err)
 	}
 	lo, hi := info.State.FirstSeq, info.State.LastSeq+1 // the first message at or after t is in [lo, hi]
 	for lo < hi {
 		mid := lo + (hi-lo)/2
-		m, err := stream.GetMsg(ctx, mid, jetstream.WithGetMsgSubject("$KV."+JobsBucket+".>"))
+		var m *jetstream.RawStreamMsg
+		err := s.retry(ctx, func(ctx context.Context) error {
+			var err error
+			m, err = stream.GetMsg(ctx, mid, jetstream.WithGetMsgSubject("$KV."+JobsBucket+".>"))
+			return err
+		})
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			hi = mid // nothing from mid on
 			continue
@@ -211,7 +230,7 @@ func (p *pager) take(ctx context.Context, s *Store, bound string) (bool, error) 
 		if err != nil {
 			return false, err
 		}
-		if p.opt.State != "" && j.State != p.opt.State {
+		if len(p.opt.States) > 0 && !slices.Contains(p.opt.States, j.State) {
 			continue
 		}
 		if p.model != "" && ollama.NormalizeModel(j.Model) != p.model {
@@ -241,11 +260,19 @@ func (p *pager) result(err error) ([]*Job, string, error) {
 
 // kvStream is the state of the job bucket's stream.
 func (s *Store) kvStream(ctx context.Context) (*jetstream.StreamInfo, error) {
-	st, err := s.js.Stream(ctx, "KV_"+JobsBucket)
+	var info *jetstream.StreamInfo
+	err := s.retry(ctx, func(ctx context.Context) error {
+		st, err := s.js.Stream(ctx, "KV_"+JobsBucket)
+		if err != nil {
+			return err
+		}
+		info, err = st.Info(ctx)
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: list: %w", err)
 	}
-	return st.Info(ctx)
+	return info, nil
 }
 
 // scanKeys reads the job keys stored in the bucket's stream between sequences lo and hi
@@ -253,14 +280,18 @@ func (s *Store) kvStream(ctx context.Context) (*jetstream.StreamInfo, error) {
 // value (not a delete or purge marker). It returns when the oldest of them was stored.
 func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string, live bool)) (time.Time, error) {
 	prefix := "$KV." + JobsBucket + ".job."
-	c, err := s.js.CreateConsumer(ctx, "KV_"+JobsBucket, jetstream.ConsumerConfig{
-		FilterSubject:     prefix + "*",
-		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:       lo,
-		AckPolicy:         jetstream.AckNonePolicy,
-		HeadersOnly:       true,
-		MemoryStorage:     true,
-		InactiveThreshold: time.Minute, // should the delete below fail
+	var c jetstream.Consumer
+	err := s.retry(ctx, func(ctx context.Context) (err error) {
+		c, err = s.js.CreateConsumer(ctx, "KV_"+JobsBucket, jetstream.ConsumerConfig{
+			FilterSubject:     prefix + "*",
+			DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+			OptStartSeq:       lo,
+			AckPolicy:         jetstream.AckNonePolicy,
+			HeadersOnly:       true,
+			MemoryStorage:     true,
+			InactiveThreshold: time.Minute, // should the delete below fail, or a try land unseen
+		})
+		return err
 	})
 	if err != nil {
 		return time.Time{}, fmt.Errorf("broker: list: %w", err)

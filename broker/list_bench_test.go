@@ -70,7 +70,7 @@ func BenchmarkList(b *testing.B) {
 			{"newest3", broker.ListOptions{Limit: 3}},
 			{"newest50", broker.ListOptions{Limit: 50}},
 			{"middle50", broker.ListOptions{Limit: 50, Cursor: ids[n/2]}},
-			{"failed50", broker.ListOptions{Limit: 50, State: broker.StateFailed}},
+			{"failed50", broker.ListOptions{Limit: 50, States: []broker.State{broker.StateFailed}}},
 			{"model50", broker.ListOptions{Limit: 50, Model: "bench-3"}},
 		}
 		for _, c := range cases {

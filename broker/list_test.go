@@ -111,11 +111,14 @@ func TestListPagesEveryRecordOnce(t *testing.T) {
 		{"all", broker.ListOptions{Limit: 7}, want(func(int) bool { return true })},
 		{"one page", broker.ListOptions{Limit: 1000}, want(func(int) bool { return true })},
 		{"model", broker.ListOptions{Limit: 9, Model: "m1"}, want(func(i int) bool { return i%3 == 1 })},
-		{"state", broker.ListOptions{Limit: 4, State: broker.StateFailed}, want(failed)},
-		{"working", broker.ListOptions{Limit: 10, State: broker.StateWorking}, want(func(i int) bool {
+		{"state", broker.ListOptions{Limit: 4, States: []broker.State{broker.StateFailed}}, want(failed)},
+		{"working", broker.ListOptions{Limit: 10, States: []broker.State{broker.StateWorking}}, want(func(i int) bool {
 			return !failed(i) && i%4 == 0 && i+8 < n && i+8 >= 8
 		})},
-		{"model and state", broker.ListOptions{Limit: 2, Model: "m2", State: broker.StateFailed}, want(func(i int) bool { return failed(i) && i%3 == 2 })},
+		{"model and state", broker.ListOptions{Limit: 2, Model: "m2", States: []broker.State{broker.StateFailed}}, want(func(i int) bool { return failed(i) && i%3 == 2 })},
+		{"states", broker.ListOptions{Limit: 8, States: []broker.State{broker.StateFailed, broker.StateWorking}}, want(func(i int) bool {
+			return failed(i) || (i%4 == 0 && i+8 < n)
+		})},
 	}
 	for mode, set := range broker.ListModes {
 		set(b.Store)

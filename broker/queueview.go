@@ -12,6 +12,9 @@ type QueueView struct {
 	Loaded []string
 	// Queued are the waiting jobs (queued or retrying), position 1 first.
 	Queued []QueuedJob
+	// Elsewhere are the jobs another foreman's worker runs (their records say loading or
+	// working) while their messages stay in the shared queue, oldest first.
+	Elsewhere []ElsewhereJob
 	// Paused says why the worker takes no job now (the target is unreachable, the job
 	// store refuses writes); nil while it runs. The ETAs then assume it resumes at once.
 	Paused *Pause
@@ -50,4 +53,19 @@ type QueuedJob struct {
 	QueuePosition int `json:"queue_position"`
 	// ETA is when the job is expected to start.
 	ETA time.Time `json:"eta"`
+}
+
+// ElsewhereJob is a job of the queue that another foreman's worker runs.
+type ElsewhereJob struct {
+	JobID    string   `json:"job_id"`
+	Model    string   `json:"model"`
+	Kind     Kind     `json:"kind"`
+	Priority Priority `json:"priority"`
+	Program  string   `json:"program"`
+	// CreatedAt is when the job's message entered the queue.
+	CreatedAt time.Time `json:"created_at"`
+	// State is loading or working, as its record said when the view was computed.
+	State State `json:"state"`
+	// StartedAt is when its current attempt started.
+	StartedAt *time.Time `json:"started_at,omitempty"`
 }

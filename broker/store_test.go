@@ -310,7 +310,7 @@ func TestListNewestFirstFilteredPaged(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("model a newest first = %v, want %v", got, want)
 	}
-	working, _, err := b.Store.List(ctx, broker.ListOptions{State: broker.StateWorking})
+	working, _, err := b.Store.List(ctx, broker.ListOptions{States: []broker.State{broker.StateWorking}})
 	if err != nil || len(working) != 1 || working[0].ID != aIDs[0] {
 		t.Fatalf("state filter: %v %v", working, err)
 	}

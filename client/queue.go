@@ -22,6 +22,8 @@ type Queue struct {
 	Queued []QueuedJob `json:"queued"`
 	// Total is the number of waiting jobs, shown or not.
 	Total int `json:"total"`
+	// Depth is Total per model (normalized names), shown or not.
+	Depth map[string]int `json:"depth"`
 	// Paused says why foreman's worker takes no job now; nil while it runs.
 	Paused *Pause `json:"paused"`
 	// Raw is the response body as foreman sent it.

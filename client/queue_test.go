@@ -39,6 +39,13 @@ func TestQueueAndJobPosition(t *testing.T) {
 		q, err = c.Queue(ctx, 1)
 		return err == nil && q.Running != nil && q.Total == 2
 	})
+	depth := 0
+	for _, n := range q.Depth {
+		depth += n
+	}
+	if depth != q.Total {
+		t.Errorf("Depth %v does not add up to Total %d", q.Depth, q.Total)
+	}
 	if q.Running.ID != held || len(q.Queued) != 1 || q.Queued[0].JobID != next || q.Queued[0].QueuePosition != 1 || q.Queued[0].ETA.IsZero() {
 		t.Fatalf("Queue(1) = running %+v, queued %+v", q.Running, q.Queued)
 	}

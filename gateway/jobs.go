@@ -59,13 +59,21 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, v)
 }
 
-// handleListJobs lists jobs newest first: ?state=&model=&program=&limit=&cursor=.
+// handleListJobs lists jobs newest first: ?state=&model=&program=&limit=&cursor=. state
+// may name several states, comma-separated (state=done,failed,canceled: the finished
+// jobs), so one page is read for them all.
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	opt := broker.ListOptions{State: broker.State(q.Get("state")), Model: q.Get("model"), Program: q.Get("program"), Cursor: q.Get("cursor")}
-	if opt.State != "" && !opt.State.Valid() {
-		s.writeError(w, r, badRequest("state: unknown state "+strconv.Quote(string(opt.State))))
-		return
+	opt := broker.ListOptions{Model: q.Get("model"), Program: q.Get("program"), Cursor: q.Get("cursor")}
+	if v := q.Get("state"); v != "" {
+		for _, name := range strings.Split(v, ",") {
+			st := broker.State(strings.TrimSpace(name))
+			if !st.Valid() {
+				s.writeError(w, r, badRequest("state: unknown state "+strconv.Quote(string(st))))
+				return
+			}
+			opt.States = append(opt.States, st)
+		}
 	}
 	if opt.Program != "" {
 		if err := broker.ValidateProgram(opt.Program); err != nil {

@@ -403,6 +403,15 @@ func TestListJobs(t *testing.T) {
 	if got := jobsList(t, b, "?state=failed"); len(got) != 0 {
 		t.Fatalf("state=failed: %v", ids(got))
 	}
+	// Several states: any of them (the finished jobs, however many wait newer).
+	if resp, out := b.request(t, http.MethodDelete, "/jobs/"+b1, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("cancel %s: %d %s", b1, resp.StatusCode, out)
+	}
+	if got := ids(jobsList(t, b, "?state=done,failed,canceled")); len(got) != 2 || got[0] != b1 || got[1] != a1 {
+		t.Fatalf("finished states: %v, want [%s %s]", got, b1, a1)
+	}
+	resp, out := b.request(t, http.MethodGet, "/jobs?state=done,finished", nil)
+	wantError(t, resp, out, http.StatusBadRequest, `unknown state "finished"`)
 }
 
 func ids(vs []jobView) []string {

@@ -103,7 +103,15 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(m.paused, prometheus.GaugeValue, on, reason)
 		}
 	}
+	// /api/ps may list one model under two names (tiny-a:latest and tiny-a) and past the
+	// cap many models share "other": a label given twice would fail the whole scrape.
+	labels := map[string]bool{}
 	for _, model := range m.s.inv.Loaded() {
-		ch <- prometheus.MustNewConstMetric(m.loaded, prometheus.GaugeValue, 1, model)
+		label := m.s.models.label(model)
+		if labels[label] {
+			continue
+		}
+		labels[label] = true
+		ch <- prometheus.MustNewConstMetric(m.loaded, prometheus.GaugeValue, 1, label)
 	}
 }

@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"bytes"
+	"context"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +17,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -165,5 +168,38 @@ func TestMetricsAfterKnownWorkload(t *testing.T) {
 	})
 	if got := metricValue(fams, "foreman_queue_depth", "model", "tiny-a:latest", "priority", "normal"); got != -1 {
 		t.Errorf("queue depth of an empty queue still shown: %v", got)
+	}
+}
+
+// psClient is the target with /api/ps answered by ps.
+type psClient struct {
+	ollama.Client
+	ps *ollama.ProcessResponse
+}
+
+func (c *psClient) Ps(context.Context) (*ollama.ProcessResponse, []byte, error) {
+	raw, err := json.Marshal(c.ps)
+	return c.ps, raw, err
+}
+
+// A target whose /api/ps lists one model twice (tiny-a:latest and tiny-a, one model once
+// normalized) still gets scraped, with that model's loaded gauge once; and the gauge's
+// model label is capped at 100 models as the others are.
+func TestMetricsLoadedModelsOncePerLabel(t *testing.T) {
+	t.Parallel()
+	ps := &ollama.ProcessResponse{Models: []ollama.ProcessModelResponse{{Name: "tiny-a:latest"}, {Name: "tiny-a"}, {Model: "Tiny-A"}}}
+	for i := range maxModelLabels + 5 {
+		ps.Models = append(ps.Models, ollama.ProcessModelResponse{Name: fmt.Sprintf("many-%03d", i)})
+	}
+	b := newTestBundle(t, withTarget(func(c ollama.Client) ollama.Client { return &psClient{Client: c, ps: ps} }))
+	fams := scrape(t, b)
+	if got := metricValue(fams, "foreman_target_loaded_model", "model", "tiny-a:latest"); got != 1 {
+		t.Errorf("tiny-a loaded: %v, want 1", got)
+	}
+	if got := metricValue(fams, "foreman_target_loaded_model", "model", otherModel); got != 1 {
+		t.Errorf("models past the cap: %v, want 1 under %q", got, otherModel)
+	}
+	if n := len(fams["foreman_target_loaded_model"].GetMetric()); n != maxModelLabels+1 {
+		t.Errorf("%d loaded model series, want %d and %q", n, maxModelLabels, otherModel)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // QueueViewer orders the waiting jobs the way the worker will run them (the worker's
@@ -28,10 +29,15 @@ type queueBody struct {
 	Running *jobView           `json:"running"`
 	Loaded  []string           `json:"loaded"`
 	Queued  []broker.QueuedJob `json:"queued"`
+	// RunningElsewhere are the jobs other foremen's workers run from the shared queue.
+	RunningElsewhere []broker.ElsewhereJob `json:"running_elsewhere"`
 	// Paused says why the worker takes no job now; null while it runs.
 	Paused *broker.Pause `json:"paused"`
 	// Total is the number of waiting jobs, of which Queued shows the first ?limit=.
 	Total int `json:"total"`
+	// Depth is Total per model (normalized: tiny-a and tiny-a:latest are one), over the
+	// whole queue, not only the jobs Queued shows.
+	Depth map[string]int `json:"depth"`
 	// Targets are this foreman's target and those of the other live foremen (ADR-0029).
 	Targets []targetView `json:"targets"`
 }
@@ -57,9 +63,17 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Paused: v.Paused, Targets: s.targetViews(r.Context())}
+	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Depth: map[string]int{},
+		Paused: v.Paused, Targets: s.targetViews(r.Context())}
+	for _, j := range v.Queued {
+		body.Depth[ollama.NormalizeModel(j.Model)]++
+	}
 	if body.Loaded == nil {
 		body.Loaded = []string{}
+	}
+	body.RunningElsewhere = v.Elsewhere
+	if body.RunningElsewhere == nil {
+		body.RunningElsewhere = []broker.ElsewhereJob{}
 	}
 	if v.Running != "" {
 		if j, _, err := s.store.Get(r.Context(), v.Running); err == nil {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -190,5 +191,44 @@ func TestQueueShowsTheWorkerPaused(t *testing.T) {
 	})
 	if got := pausedMetrics(); strings.Contains(got, " 1") || strings.Count(got, " 0") != 2 {
 		t.Errorf("metrics after the pause:\n%s", got)
+	}
+}
+
+// While NATS does not answer, GET /queue and GET /jobs answer as GET /jobs/{id} does: 503
+// with Retry-After and the store's message, within the retry window; never a 504.
+func TestQueueAndListWhileStoreUnavailable(t *testing.T) {
+	t.Parallel()
+	opt, _ := withWorker(t) // its view, not its runs
+	b := newTestBundle(t, opt, withBroker(brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 300 * time.Millisecond })))
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[]}`)
+	b.Broker.Server.Shutdown() // the store's connection stays, reconnecting
+	for _, path := range []string{"/jobs/" + id, "/queue", "/jobs", "/jobs?state=done", "/jobs?cursor=" + id} {
+		resp, out := b.request(t, http.MethodGet, path, nil)
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+			errorBody(t, out) != "job store temporarily unavailable, retry shortly" {
+			t.Errorf("GET %s: %d %s, Retry-After %q; want 503 with Retry-After", path, resp.StatusCode, out, resp.Header.Get("Retry-After"))
+		}
+	}
+}
+
+// GET /queue's depth counts every waiting job per model, those past ?limit= too, so a
+// status page can chart a queue far longer than the list it shows.
+func TestQueueDepthCoversTheWholeQueue(t *testing.T) {
+	t.Parallel()
+	opt, _ := withWorker(t) // its view, not its runs: every job waits
+	b := newTestBundle(t, opt)
+	for _, m := range []string{"tiny-a", "tiny-b", "tiny-a", "tiny-a", "tiny-b", "tiny-a"} {
+		jobsSubmit(t, b, `{"model":"`+m+`","messages":[]}`)
+	}
+	q := getQueue(t, b, "?limit=2")
+	if len(q.Queued) != 2 || q.Total != 6 {
+		t.Fatalf("%d shown of %d, want 2 of 6", len(q.Queued), q.Total)
+	}
+	if len(q.Depth) != 2 || q.Depth["tiny-a:latest"] != 4 || q.Depth["tiny-b:latest"] != 2 {
+		t.Errorf("depth %v, want tiny-a:latest 4 and tiny-b:latest 2", q.Depth)
+	}
+	_, raw := b.request(t, http.MethodGet, "/queue?limit=1", nil)
+	if !strings.Contains(string(raw), `"depth":{"tiny-a:latest":4,"tiny-b:latest":2}`) {
+		t.Errorf("body %s: want the depth map", raw)
 	}
 }

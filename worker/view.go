@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"slices"
 	"strings"
@@ -14,6 +15,17 @@ import (
 // viewMaxAge is how long a computed queue view is served before it is computed again: a
 // status page polling every second and many job lookups then cost one computation.
 const viewMaxAge = 250 * time.Millisecond
+
+// A job another foreman's worker runs keeps its message in the shared queue until it
+// ends, at the head of its queue: a queue's consumer hands out its oldest message not
+// being run (or backing off) already. The view reads the records of each queue's first
+// messages, up to the first one waiting, to tell them apart; at most so many per queue
+// and per view, so that a view of many queues, or of a queue with many jobs backing off,
+// stays a few reads.
+const (
+	headReadsPerQueue = 4
+	headReadsPerView  = 64
+)
 
 // runningJob is the job the worker runs now, as the view needs it.
 type runningJob struct {
@@ -52,13 +64,53 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 	if err != nil {
 		return nil, err
 	}
-	v := w.computeView(msgs, now)
+	heads, err := w.headRecords(ctx, msgs)
+	if err != nil {
+		return nil, err
+	}
+	v := w.computeView(msgs, heads, now)
 	w.view = v
 	return v, nil
 }
 
+// headRecords reads the records of the first messages of each queue in msgs (oldest
+// first) that are not waiting: those running (loading, working: here or on another
+// foreman) or ended (their result being stored), and those backing off (retrying), up
+// to the first waiting one. It returns the records it read by job id.
+func (w *Worker) headRecords(ctx context.Context, msgs []broker.QueuedMessage) (map[string]*broker.Job, error) {
+	out := map[string]*broker.Job{}
+	reads := map[string]int{}
+	done := map[string]bool{} // queues whose first waiting job was met
+	total := 0
+	for _, m := range msgs {
+		if done[m.Token] || reads[m.Token] >= headReadsPerQueue {
+			continue
+		}
+		if total >= headReadsPerView {
+			break
+		}
+		reads[m.Token]++
+		total++
+		j, _, err := w.cfg.Store.Get(ctx, m.JobID)
+		if errors.Is(err, broker.ErrNotFound) || errors.Is(err, broker.ErrBadID) {
+			done[m.Token] = true // a record not written yet (or none): it waits
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out[m.JobID] = j
+		if j.State == broker.StateQueued {
+			done[m.Token] = true
+		}
+	}
+	return out, nil
+}
+
 // computeView orders msgs (the queue's messages, oldest first) from the worker's state.
-func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker.QueueView {
+// heads are records of the queues' first messages (headRecords): those another foreman
+// runs are shown running elsewhere and those that ended are left out, neither waits.
+func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*broker.Job, now time.Time) *broker.QueueView {
 	w.mu.Lock()
 	c := w.choiceLocked(nil, now)
 	c.Loaded = w.viewLoadedLocked() // what the next pick will see once it read /api/ps
@@ -72,6 +124,21 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker
 	if run != nil {
 		gone[run.id] = true
 	}
+	var elsewhere []broker.ElsewhereJob
+	for _, m := range msgs {
+		j := heads[m.JobID]
+		switch {
+		case j == nil || gone[m.JobID]:
+		case j.State == broker.StateLoading || j.State == broker.StateWorking:
+			gone[m.JobID] = true
+			elsewhere = append(elsewhere, broker.ElsewhereJob{
+				JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
+				CreatedAt: m.Enqueued.UTC(), State: j.State, StartedAt: j.StartedAt,
+			})
+		case j.State.Terminal():
+			gone[m.JobID] = true // its result is being stored: it waits no more
+		}
+	}
 	if len(gone) > 0 {
 		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] })
 	}
@@ -81,7 +148,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, now time.Time) *broker
 		// used one when it was not.
 		c.Loaded = withLoaded(c.Loaded, run.runner)
 	}
-	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs)), Paused: paused}
+	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs)), Elsewhere: elsewhere, Paused: paused}
 	for _, r := range c.Loaded {
 		if name := runnerModel(r); name != "" && !slices.Contains(v.Loaded, name) {
 			v.Loaded = append(v.Loaded, name)

@@ -148,3 +148,43 @@ func idleView(t *testing.T, w *worker.Worker) *broker.QueueView {
 	})
 	return v
 }
+
+// With two foremen on one NATS, the job another foreman's worker runs is no waiting job
+// in this one's view (no position 1, no ETA "any moment"): the view shows it running
+// elsewhere, and the jobs behind it wait from position 1.
+func TestQueueViewShowsJobRunningElsewhere(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	ctx := ctxT(t)
+	other, err := broker.Open(ctx, broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	tb.startOn(t, other, worker.Config{}) // the other Mac's worker
+	ours, err := worker.New(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := tb.chat(t, "tiny-a", 1)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	waiting := tb.chat(t, "tiny-a", 2)
+	eventually(t, 10*time.Second, "the other worker's start stored", func() bool {
+		j, _, err := tb.b.Store.Get(ctx, running.ID)
+		return err == nil && (j.State == broker.StateLoading || j.State == broker.StateWorking)
+	})
+	v, err := ours.QueueView(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Queued) != 1 || v.Queued[0].JobID != waiting.ID || v.Queued[0].QueuePosition != 1 {
+		t.Errorf("queued %+v, want only %s at position 1", v.Queued, waiting.ID)
+	}
+	if len(v.Elsewhere) != 1 || v.Elsewhere[0].JobID != running.ID || v.Elsewhere[0].Model != "tiny-a" ||
+		(v.Elsewhere[0].State != broker.StateLoading && v.Elsewhere[0].State != broker.StateWorking) {
+		t.Errorf("running elsewhere %+v, want %s", v.Elsewhere, running.ID)
+	}
+}

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -225,5 +227,123 @@ func TestStatusPageAsksForATokenInBrowser(t *testing.T) {
 	}
 	if status := section(dom, "status", "</span>"); !strings.Contains(status, "a bearer token is needed") {
 		t.Errorf("status: %q", status)
+	}
+}
+
+// With more jobs waiting than the page lists (130 for one model, the page shows 100),
+// the depth chart counts them all, and the recent jobs are the finished ones although
+// every newer job waits; a long error is clipped in its cell, whole in its title.
+func TestStatusPageWithALongBacklogInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	base := "http://" + a.Addr()
+
+	longErr := "runner failed:" + strings.Repeat(" the model's runner said something long", 100)
+	fake.FailNext(1, ollamatest.FailStatus(http.StatusBadRequest, longErr))
+	failed := postJob(t, a.Addr(), "tiny-a")
+	waitFor(t, "job "+failed+" to fail", func() bool { return getJob(t, a.Addr(), failed).State == "failed" })
+	done := postJob(t, a.Addr(), "tiny-a")
+	waitFor(t, "job "+done+" to finish", func() bool { return getJob(t, a.Addr(), done).State == "done" })
+
+	release := fake.Hold("")
+	t.Cleanup(release)
+	running := postJob(t, a.Addr(), "tiny-a")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("job %s never reached the target: %v", running, err)
+	}
+	const backlog = 130
+	for range backlog {
+		postJob(t, a.Addr(), "tiny-b")
+	}
+	waitFor(t, "the backlog in the queue view", func() bool { return queueTotal(t, base) == backlog })
+
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	if !regexp.MustCompile(`id="queue-total"[^>]*>130<`).MatchString(dom) {
+		t.Errorf("the queue total is not %d:\n%s", backlog, section(dom, "queue-total", "</div>"))
+	}
+	// The chart's scale tops at the deepest model's depth.
+	if chart := section(dom, "chart-depth", "</svg>"); !strings.Contains(chart, ">130</text>") {
+		t.Errorf("the depth chart does not reach %d:\n%s", backlog, chart)
+	}
+	recent := section(dom, "recent-rows", "</tbody>")
+	for _, id := range []string{done, failed} {
+		if !strings.Contains(recent, `data-job-id="`+id+`"`) {
+			t.Errorf("finished job %s is not among the recent jobs:\n%.2000s", id, recent)
+		}
+	}
+	cell := regexp.MustCompile(`<td class="err" title="([^"]*)">([^<]*)</td>`).FindStringSubmatch(recent)
+	if cell == nil || !strings.Contains(cell[1], longErr) || len(cell[2]) > 300 {
+		t.Errorf("the failed job's error is not clipped with its whole text in the title:\n%.2000s", recent)
+	}
+	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
+		abs, _ := filepath.Abs(strings.TrimSuffix(path, ".png") + "-backlog.png")
+		// Tall enough for the recent jobs below the 100 queued rows.
+		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs, "--window-size=1280,4800")
+		t.Logf("screenshot of the backlog in %s", abs)
+	}
+}
+
+// With two foremen on one NATS, the status page of the foreman whose worker is idle
+// shows the job the other Mac runs as running there, not as waiting at position 1, and
+// the job behind it at position 1.
+func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	t.Cleanup(ns.Shutdown)
+	shared := func(name string) map[string]string {
+		return map[string]string{"FOREMAN_NATS_URL": ns.ClientURL(), "FOREMAN_NATS_REPLICAS": "1", "FOREMAN_TARGET_NAME": name, "FOREMAN_POLL_INTERVAL": "200ms"}
+	}
+	// Mac A has tiny-a alone; mac B has only tiny-b, so only A runs tiny-a jobs.
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "tiny-a:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "tiny-b:latest"}))
+	release := macA.Hold("tiny-a")
+	t.Cleanup(release)
+	a := testApp(t, macA.URL, shared("mac-a"))
+	b := testApp(t, macB.URL, shared("mac-b"))
+	waitFor(t, "both foremen to see each other", func() bool {
+		resp, err := http.Get("http://" + b.Addr() + "/queue")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var q struct{ Targets []struct{ Reachable bool } }
+		return json.NewDecoder(resp.Body).Decode(&q) == nil && len(q.Targets) == 2 && q.Targets[0].Reachable && q.Targets[1].Reachable
+	})
+	running := postJob(t, a.Addr(), "tiny-a")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := macA.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatalf("job %s never reached mac A: %v", running, err)
+	}
+	waiting := postJob(t, b.Addr(), "tiny-a")
+	waitFor(t, "job "+running+" to run", func() bool { s := getJob(t, b.Addr(), running).State; return s == "loading" || s == "working" })
+
+	base := "http://" + b.Addr()
+	waitFor(t, "mac B's queue to hold one waiting job", func() bool { return queueTotal(t, base) == 1 })
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	if box := section(dom, "elsewhere", "</ul>"); !strings.Contains(box, `data-job-id="`+running+`"`) || strings.Contains(box, "hidden") {
+		t.Errorf("job %s is not shown running on another Mac:\n%s", running, box)
+	}
+	rows := section(dom, "queue-rows", "</tbody>")
+	if strings.Contains(rows, running) || !regexp.MustCompile(`data-job-id="`+waiting+`" class="queued-job"><td>1</td>`).MatchString(rows) {
+		t.Errorf("the queue should hold %s alone, at position 1:\n%s", waiting, rows)
+	}
+	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
+		abs, _ := filepath.Abs(strings.TrimSuffix(path, ".png") + "-elsewhere.png")
+		headless(t, browser, base+"/ui/", 3*time.Second, "--screenshot="+abs)
+		t.Logf("screenshot of a job running elsewhere in %s", abs)
 	}
 }

@@ -7,6 +7,8 @@ const POLL_MS = 1500;
 const HOUR_MS = 3600 * 1000;
 const TOKEN_KEY = "foreman-token";
 const TERMINAL = new Set(["done", "failed", "canceled"]);
+const RECENT = 15;      // finished jobs listed
+const ERROR_CLIP = 200; // characters of a job's error shown in the list (all in its tooltip)
 const COLORS = ["#0a66c2", "#e8710a", "#2e7d32", "#c62828", "#6a1b9a", "#00838f", "#ad1457", "#827717"];
 
 // history of the last hour, gathered while the page is open.
@@ -204,6 +206,18 @@ function renderRunning(job) {
   replaceChildren(box, [dl]);
 }
 
+// Jobs of the shared queue that other foremen run (several Macs on one NATS).
+function renderElsewhere(jobs) {
+  const box = $("elsewhere");
+  jobs = jobs || [];
+  box.hidden = !jobs.length;
+  replaceChildren(box, jobs.map((j) => el("li", { "data-job-id": jobId(j), class: "elsewhere-job" },
+    el("span", { class: "muted" }, "on another Mac: "),
+    j.model + " · " + j.state + " · " + fmtDur(Date.now() - (ms(j.started_at) || ms(j.created_at))) + " ",
+    el("span", { class: "id" }, jobId(j)),
+  )));
+}
+
 const PAUSE_REASONS = {
   target_unreachable: "Ollama is unreachable",
   store_refuses_writes: "the job store refuses writes",
@@ -252,8 +266,13 @@ function renderQueue(q) {
   more.textContent = total > shown ? "… and " + (total - shown) + " more" : "";
 }
 
+// clip shortens text to n characters; the cell's title keeps all of it.
+function clip(text, n) {
+  return text.length > n ? text.slice(0, n) + "…" : text;
+}
+
 function renderRecent(jobs) {
-  const done = jobs.filter((j) => TERMINAL.has(j.state)).slice(0, 15);
+  const done = jobs.filter((j) => TERMINAL.has(j.state)).slice(0, RECENT);
   const rows = done.map((j) => {
     const wait = j.started_at ? ms(j.started_at) - ms(j.created_at) : NaN;
     const run = j.started_at && j.finished_at ? ms(j.finished_at) - ms(j.started_at) : NaN;
@@ -266,7 +285,7 @@ function renderRecent(jobs) {
       el("td", {}, fmtDur(wait)),
       el("td", {}, fmtDur(run)),
       el("td", { class: "id" }, jobId(j)),
-      el("td", { class: "err" }, j.error || ""),
+      el("td", { class: "err", title: j.error || null }, clip(j.error || "", ERROR_CLIP)),
     );
   });
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "no finished jobs yet")));
@@ -283,12 +302,11 @@ function renderLoads() {
 
 function record(q, jobs, metricLoads) {
   const now = Date.now();
-  const byModel = {};
-  for (const j of q.queued || []) byModel[j.model] = (byModel[j.model] || 0) + 1;
-  history.depth.push({ t: now, byModel });
+  // depth counts the whole queue; the list shows only its head.
+  history.depth.push({ t: now, byModel: { ...(q.depth || {}) } });
 
-  // A wait is known once a job starts; the running job and the recent list both show it.
-  const started = (jobs || []).concat(q.running ? [q.running] : []);
+  // A wait is known once a job starts; the running job and the finished ones show it.
+  const started = (jobs || []).concat(q.running ? [q.running] : [], q.running_elsewhere || []);
   for (const j of started) {
     const id = jobId(j);
     if (!j.started_at || history.seenStarts.has(id)) continue;
@@ -400,12 +418,14 @@ async function poll() {
   try {
     const [q, list, loads] = await Promise.all([
       apiJSON("/queue?limit=100"),
-      apiJSON("/jobs?limit=30"),
+      // The finished jobs by state: the newest jobs are all waiting while a backlog lasts.
+      apiJSON("/jobs?state=done,failed,canceled&limit=" + RECENT),
       loadsFromMetrics(),
     ]);
     const jobs = (list && list.jobs) || [];
     record(q, jobs, loads);
     renderRunning(q.running);
+    renderElsewhere(q.running_elsewhere);
     renderPaused(q.paused);
     renderLoaded(q.loaded);
     renderQueue(q);
