@@ -43,7 +43,7 @@ type App struct {
 	http      *http.Server
 	ln        net.Listener
 
-	// endpoints are the targets' host:ports last read (targetEndpoints).
+	// endpoints are the host:ports of every target seen (targetEndpoints).
 	endpointsMu sync.Mutex
 	endpoints   []string
 

@@ -479,6 +479,31 @@ func TestSeveralMacsWebhookSparesOtherTargets(t *testing.T) {
 		t.Errorf("webhook to mac-b's /api/generate: %+v, want refused", a)
 	}
 	waitJob(t, fa.Store(), job.ID)
+
+	// mac-b's foreman restarts: its entry is withdrawn, its Mac's Ollama is there still.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := fa.Store().WithdrawTarget(ctx, "mac-b"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "mac-b's entry withdrawn", func() bool {
+		all, err := fa.Store().Targets(ctx)
+		return err == nil && len(all) == 1
+	})
+	code, b = call(t, fa, http.MethodPost, "/jobs", `{"model":"alpha","messages":[{"role":"user","content":"again"}],`+
+		`"state_webhook_url":"`+macB.URL+`/api/generate","webhook_events":["queued"]}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("/jobs: %d %s", code, b)
+	}
+	_ = json.Unmarshal(b, &job)
+	eventually(t, 20*time.Second, "the second webhook was tried", func() bool {
+		log, _ = fa.Store().Deliveries(context.Background(), job.ID)
+		return len(log) > 0
+	})
+	if a := log[0]; a.Outcome != broker.OutcomeRefused {
+		t.Errorf("webhook to mac-b's /api/generate while its foreman restarts: %+v, want refused", a)
+	}
+	waitJob(t, fa.Store(), job.ID)
 	for _, c := range macB.Calls() {
 		if c.Path == "/api/generate" {
 			t.Errorf("mac-b got a webhook on /api/generate")

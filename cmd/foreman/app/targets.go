@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/url"
 	"os"
+	"slices"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -53,11 +54,14 @@ func publishedURL(raw string) string {
 	return u.String()
 }
 
-// targetEndpoints is the webhook policy's ProtectedSource: the host:port of every live
-// target, the other foremen's too. No webhook may reach another Mac's Ollama any more
-// than this one's: a state event names a model, so a POST of it to /api/generate or
-// /api/pull would load or pull that model outside the queue. While the bucket cannot be
-// read, the endpoints read last stand.
+// targetEndpoints is the webhook policy's ProtectedSource: the host:port of every target
+// this foreman has seen in the bucket, the other foremen's too, live or not. No webhook
+// may reach another Mac's Ollama any more than this one's: a state event names a model,
+// so a POST of it to /api/generate or /api/pull would load or pull that model outside the
+// queue. An entry leaves the bucket while its foreman restarts (withdrawn at once, or
+// expired after a kill), and its Mac's Ollama is no less reachable then: so every target
+// seen stays protected for this process's life (at most maxProtectedTargets of them).
+// While the bucket cannot be read, those seen stand.
 func (a *App) targetEndpoints(ctx context.Context) []string {
 	all, err := a.store.Targets(ctx)
 	a.endpointsMu.Lock()
@@ -65,15 +69,18 @@ func (a *App) targetEndpoints(ctx context.Context) []string {
 	if err != nil {
 		return a.endpoints
 	}
-	eps := make([]string, 0, len(all))
 	for _, t := range all {
-		if ep, err := webhook.EndpointOf(t.URL); err == nil {
-			eps = append(eps, ep)
+		ep, err := webhook.EndpointOf(t.URL)
+		if err == nil && !slices.Contains(a.endpoints, ep) && len(a.endpoints) < maxProtectedTargets {
+			a.endpoints = append(a.endpoints, ep)
 		}
 	}
-	a.endpoints = eps
-	return eps
+	return slices.Clone(a.endpoints)
 }
+
+// maxProtectedTargets bounds the targets targetEndpoints remembers: far more Macs than
+// one NATS serves, and a bound on what a bucket others write to can make it hold.
+const maxProtectedTargets = 256
 
 // withdrawTarget removes this target's entry when foreman stops in order, so the others
 // stop routing to it at once rather than after its TTL.
