@@ -33,6 +33,9 @@ func ExpiredError(ttl time.Duration, attempts int) string {
 	if attempts == 0 {
 		return fmt.Sprintf("expired: waited in the queue for the job TTL (%s) without starting", ttl)
 	}
+	if attempts == 1 {
+		return fmt.Sprintf("expired: waited in the queue for the job TTL (%s), tried once", ttl)
+	}
 	return fmt.Sprintf("expired: waited in the queue for the job TTL (%s), tried %d times", ttl, attempts)
 }
 
@@ -46,7 +49,11 @@ func (s *Store) Stale(ctx context.Context, t time.Time) ([]Pending, error) {
 	var old []Pending
 	young := map[string]bool{}
 	for seq := uint64(0); ; seq++ {
-		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queuePrefix+">"))
+		// Each read has its own time: a long queue read over a slow cluster must not run
+		// the whole look out of time, or nothing would ever expire.
+		rctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		m, err := s.queue.GetMsg(rctx, seq, jetstream.WithGetMsgSubject(queuePrefix+">"))
+		cancel()
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}

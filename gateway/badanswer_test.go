@@ -37,3 +37,17 @@ func TestQueuedBadAnswerIsAnError(t *testing.T) {
 		}
 	}
 }
+
+// A target that answers "not now" to every attempt of a sync call: the call gets that
+// status when the attempts are spent (503 with Retry-After), not a 502.
+func TestQueuedBusyTargetKeepsItsStatus(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	b.Fake.FailNext(10, ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded"))
+	got := post(t, ctx, b.URL, "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream":false}`))
+	if got.Status != http.StatusServiceUnavailable || got.Header.Get("Retry-After") == "" || !strings.Contains(string(got.Body), "server busy") {
+		t.Fatalf("sync call to a target busy at every attempt: %d (Retry-After %q) %s; want 503 with Retry-After",
+			got.Status, got.Header.Get("Retry-After"), got.Body)
+	}
+}

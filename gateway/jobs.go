@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -72,7 +73,9 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 				s.writeError(w, r, badRequest("state: unknown state "+strconv.Quote(string(st))))
 				return
 			}
-			opt.States = append(opt.States, st)
+			if !slices.Contains(opt.States, st) { // each once: a list has at most seven
+				opt.States = append(opt.States, st)
+			}
 		}
 	}
 	if opt.Program != "" {

@@ -46,9 +46,7 @@ func (w *Worker) expire(ctx context.Context) {
 	ctx, stop := w.untilStop(ctx)
 	defer stop()
 	stale := w.store.StaleBefore()
-	sctx, cancel := context.WithTimeout(ctx, storeTimeout)
-	old, err := w.store.Stale(sctx, stale)
-	cancel()
+	old, err := w.store.Stale(ctx, stale) // each read bounded; the whole ends with a stop
 	if err != nil && ctx.Err() == nil {
 		w.log.Warn("look for jobs that waited a job TTL", "err", err)
 	}

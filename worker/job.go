@@ -684,7 +684,14 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	// this count and the server's together; the record's Attempt keeps the real tally.
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxDeliver())
 	if j.Attempt >= w.cfg.maxAttempts || lastDelivery {
-		w.fail(bctx, d, j.Sync, r, exhausted(cause.Error(), ""), 0, log)
+		// A target that answered "not now" to the last attempt too keeps its status: a
+		// sync caller gets its 503 (and Retry-After), not a 502.
+		status := 0
+		var httpErr *ollama.HTTPError
+		if errors.As(cause, &httpErr) {
+			status = httpErr.StatusCode
+		}
+		w.fail(bctx, d, j.Sync, r, exhausted(cause.Error(), ""), status, log)
 		return
 	}
 	_, err := w.transition(bctx, d.JobID, fromLive, func(j *broker.Job) {

@@ -24,7 +24,8 @@ const viewMaxAge = 250 * time.Millisecond
 // stays a few reads.
 const (
 	headReadsPerQueue = 4
-	headReadsPerView  = 64
+	headFirstReads    = 256 // queue heads read per view
+	headMoreReads     = 64  // reads behind the heads per view
 )
 
 // runningJob is the job the worker runs now, as the view needs it.
@@ -64,44 +65,85 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 	if err != nil {
 		return nil, err
 	}
+	// This worker's own jobs, taken before the records are read as well as after (in
+	// computeView): a job of its own that ends while the records are read would else show
+	// as running on another foreman, its record read while it ran.
+	own := w.ownJobs()
 	heads, err := w.headRecords(ctx, msgs)
 	if err != nil {
 		return nil, err
+	}
+	for id := range own {
+		delete(heads, id)
 	}
 	v := w.computeView(msgs, heads, now)
 	w.view = v
 	return v, nil
 }
 
+// ownJobs is the ids of the jobs this worker runs or is finishing.
+func (w *Worker) ownJobs() map[string]bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	own := make(map[string]bool, len(w.finishing)+1)
+	maps.Copy(own, w.finishing)
+	if w.running != nil {
+		own[w.running.id] = true
+	}
+	return own
+}
+
 // headRecords reads the records of the first messages of each queue in msgs (oldest
 // first) that are not waiting: those running (loading, working: here or on another
 // foreman) or ended (their result being stored), and those backing off (retrying), up
-// to the first waiting one. It returns the records it read by job id.
+// to the first waiting one. Every queue's first message is read before any queue's
+// second (a job another foreman runs is at the head of its queue), up to headFirstReads;
+// then the heads behind them, up to headMoreReads. A record that cannot be decoded
+// counts as waiting. It returns the records it read by job id.
 func (w *Worker) headRecords(ctx context.Context, msgs []broker.QueuedMessage) (map[string]*broker.Job, error) {
 	out := map[string]*broker.Job{}
 	reads := map[string]int{}
 	done := map[string]bool{} // queues whose first waiting job was met
-	total := 0
-	for _, m := range msgs {
-		if done[m.Token] || reads[m.Token] >= headReadsPerQueue {
-			continue
-		}
-		if total >= headReadsPerView {
-			break
-		}
+	read := func(m broker.QueuedMessage) error {
 		reads[m.Token]++
-		total++
 		j, _, err := w.cfg.Store.Get(ctx, m.JobID)
-		if errors.Is(err, broker.ErrNotFound) || errors.Is(err, broker.ErrBadID) {
-			done[m.Token] = true // a record not written yet (or none): it waits
+		switch {
+		case err == nil:
+			out[m.JobID] = j
+			if j.State == broker.StateQueued {
+				done[m.Token] = true
+			}
+		case broker.Transient(err) || errors.Is(err, ctx.Err()) && ctx.Err() != nil:
+			return err
+		default: // no record yet (it waits), or one that cannot be read: shown waiting
+			done[m.Token] = true
+		}
+		return nil
+	}
+	firsts := 0
+	for _, m := range msgs {
+		if reads[m.Token] > 0 || firsts >= headFirstReads {
 			continue
 		}
-		if err != nil {
+		firsts++
+		if err := read(m); err != nil {
 			return nil, err
 		}
-		out[m.JobID] = j
-		if j.State == broker.StateQueued {
-			done[m.Token] = true
+	}
+	more := 0
+	for _, m := range msgs {
+		if more >= headMoreReads {
+			break
+		}
+		if done[m.Token] || reads[m.Token] >= headReadsPerQueue || out[m.JobID] != nil {
+			continue
+		}
+		if reads[m.Token] == 0 {
+			continue // past headFirstReads: its head was not read, nor is what is behind it
+		}
+		more++
+		if err := read(m); err != nil {
+			return nil, err
 		}
 	}
 	return out, nil

@@ -43,9 +43,11 @@ type App struct {
 	http      *http.Server
 	ln        net.Listener
 
-	// endpoints are the host:ports of every target seen (targetEndpoints).
-	endpointsMu sync.Mutex
-	endpoints   []string
+	// liveEndpoints and seenEndpoints are the host:ports of the targets live at the last
+	// read and of those seen before and gone since (targetEndpoints).
+	endpointsMu   sync.Mutex
+	liveEndpoints []string
+	seenEndpoints []string
 
 	cancel   context.CancelFunc // stops the background components
 	wg       sync.WaitGroup

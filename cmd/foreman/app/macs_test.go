@@ -510,3 +510,67 @@ func TestSeveralMacsWebhookSparesOtherTargets(t *testing.T) {
 		}
 	}
 }
+
+// A Mac seen only by the inventory polls (no webhook sent while its entry was live) is
+// protected too once its foreman restarts and its entry is gone.
+func TestSeveralMacsWebhookSparesARestartingMacSeenByPolls(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	fa, err := app.Start(context.Background(), app.Config{
+		Addr: "127.0.0.1:0", OllamaURL: macA.URL, NATSURL: sharedNATS(t), NATSReplicas: 1,
+		TargetName: "mac-a", PollInterval: 200 * time.Millisecond,
+		WebhookAllowNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+	}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = fa.Shutdown(ctx)
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := fa.Store().PublishTarget(ctx, broker.Target{Name: "mac-b", URL: macB.URL, Reachable: true, Models: []string{"beta:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	published := time.Now()
+	// mac-a's own entry refreshed after mac-b's was written: a poll has read the bucket
+	// since (each poll publishes, then reads the others; the reads cache for a second).
+	eventually(t, 15*time.Second, "mac-a polled after mac-b was published", func() bool {
+		all, err := fa.Store().Targets(ctx)
+		if err != nil {
+			return false
+		}
+		for _, tg := range all {
+			if tg.Name == "mac-a" && tg.Updated.After(published.Add(1500*time.Millisecond)) {
+				return true
+			}
+		}
+		return false
+	})
+	if err := fa.Store().WithdrawTarget(ctx, "mac-b"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, "mac-b's entry withdrawn", func() bool {
+		all, err := fa.Store().Targets(ctx)
+		return err == nil && len(all) == 1
+	})
+	code, b := call(t, fa, http.MethodPost, "/jobs", `{"model":"alpha","messages":[{"role":"user","content":"hi"}],`+
+		`"state_webhook_url":"`+macB.URL+`/api/generate","webhook_events":["queued"]}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("/jobs: %d %s", code, b)
+	}
+	var job struct {
+		ID string `json:"job_id"`
+	}
+	_ = json.Unmarshal(b, &job)
+	var log []broker.DeliveryAttempt
+	eventually(t, 20*time.Second, "the webhook was tried", func() bool {
+		log, _ = fa.Store().Deliveries(context.Background(), job.ID)
+		return len(log) > 0
+	})
+	if a := log[0]; a.Outcome != broker.OutcomeRefused {
+		t.Errorf("webhook to the restarting mac-b's /api/generate: %+v, want refused", a)
+	}
+}

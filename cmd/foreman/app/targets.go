@@ -41,6 +41,8 @@ func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	if err := a.store.PublishTarget(pctx, t); err != nil && ctx.Err() == nil {
 		a.log.Warn("publish target inventory", "target", t.Name, "err", err)
 	}
+	a.targetEndpoints(pctx) // learn the other targets at each poll, not only when a webhook dials
+
 }
 
 // publishedURL is the target's URL as the other foremen call it: without userinfo (they
@@ -55,32 +57,48 @@ func publishedURL(raw string) string {
 }
 
 // targetEndpoints is the webhook policy's ProtectedSource: the host:port of every target
-// this foreman has seen in the bucket, the other foremen's too, live or not. No webhook
-// may reach another Mac's Ollama any more than this one's: a state event names a model,
-// so a POST of it to /api/generate or /api/pull would load or pull that model outside the
+// live in the bucket, the other foremen's too, and of every target seen there before
+// (learned at each inventory poll as well as at each webhook's dial). No webhook may
+// reach another Mac's Ollama any more than this one's: a state event names a model, so a
+// POST of it to /api/generate or /api/pull would load or pull that model outside the
 // queue. An entry leaves the bucket while its foreman restarts (withdrawn at once, or
-// expired after a kill), and its Mac's Ollama is no less reachable then: so every target
-// seen stays protected for this process's life (at most maxProtectedTargets of them).
-// While the bucket cannot be read, those seen stand.
+// expired after a kill), and its Mac's Ollama is no less reachable then: so a target
+// seen stays protected for this process's life (at most maxRememberedTargets of those no
+// longer live). While the bucket cannot be read, the last live and those seen stand.
 func (a *App) targetEndpoints(ctx context.Context) []string {
 	all, err := a.store.Targets(ctx)
 	a.endpointsMu.Lock()
 	defer a.endpointsMu.Unlock()
-	if err != nil {
-		return a.endpoints
+	if err == nil {
+		live := make([]string, 0, len(all))
+		for _, t := range all {
+			if ep, err := webhook.EndpointOf(t.URL); err == nil && !slices.Contains(live, ep) {
+				live = append(live, ep)
+			}
+		}
+		for _, ep := range a.liveEndpoints {
+			if !slices.Contains(live, ep) && !slices.Contains(a.seenEndpoints, ep) {
+				a.seenEndpoints = append(a.seenEndpoints, ep)
+				if len(a.seenEndpoints) > maxRememberedTargets {
+					a.seenEndpoints = a.seenEndpoints[1:] // the longest gone first
+				}
+			}
+		}
+		a.liveEndpoints = live
 	}
-	for _, t := range all {
-		ep, err := webhook.EndpointOf(t.URL)
-		if err == nil && !slices.Contains(a.endpoints, ep) && len(a.endpoints) < maxProtectedTargets {
-			a.endpoints = append(a.endpoints, ep)
+	out := slices.Clone(a.liveEndpoints)
+	for _, ep := range a.seenEndpoints {
+		if !slices.Contains(out, ep) {
+			out = append(out, ep)
 		}
 	}
-	return slices.Clone(a.endpoints)
+	return out
 }
 
-// maxProtectedTargets bounds the targets targetEndpoints remembers: far more Macs than
-// one NATS serves, and a bound on what a bucket others write to can make it hold.
-const maxProtectedTargets = 256
+// maxRememberedTargets bounds the targets targetEndpoints remembers once they are no
+// longer live: far more Macs than one NATS serves, and a bound on what a bucket others
+// write to can make this process hold.
+const maxRememberedTargets = 256
 
 // withdrawTarget removes this target's entry when foreman stops in order, so the others
 // stop routing to it at once rather than after its TTL.

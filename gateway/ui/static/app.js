@@ -412,17 +412,26 @@ function drawWaits() {
 
 let polling = false;
 
+// The finished jobs are read every RECENT_EVERY polls only: while a backlog lasts, the
+// read walks the records of every job newer than the newest finished one.
+const RECENT_EVERY = 4;
+let polls = 0;
+let recentJobs = null;
+
 async function poll() {
   if (polling) return;
   polling = true;
   try {
+    const wantRecent = recentJobs === null || polls % RECENT_EVERY === 0;
+    polls++;
     const [q, list, loads] = await Promise.all([
       apiJSON("/queue?limit=100"),
       // The finished jobs by state: the newest jobs are all waiting while a backlog lasts.
-      apiJSON("/jobs?state=done,failed,canceled&limit=" + RECENT),
+      wantRecent ? apiJSON("/jobs?state=done,failed,canceled&limit=" + RECENT) : Promise.resolve(null),
       loadsFromMetrics(),
     ]);
-    const jobs = (list && list.jobs) || [];
+    if (list) recentJobs = list.jobs || [];
+    const jobs = recentJobs || [];
     record(q, jobs, loads);
     renderRunning(q.running);
     renderElsewhere(q.running_elsewhere);
