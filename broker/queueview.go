@@ -66,6 +66,6 @@ type ElsewhereJob struct {
 	CreatedAt time.Time `json:"created_at"`
 	// State is loading or working, as its record said when the view was computed.
 	State State `json:"state"`
-	// StartedAt is when its current attempt started.
+	// StartedAt is when the job first started (its record's started_at).
 	StartedAt *time.Time `json:"started_at,omitempty"`
 }

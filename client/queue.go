@@ -24,11 +24,17 @@ type Queue struct {
 	Total int `json:"total"`
 	// Depth is Total per model (normalized names), shown or not.
 	Depth map[string]int `json:"depth"`
+	// RunningElsewhere are the jobs of a queue shared by several foremen that another
+	// foreman's worker runs now; they are neither in Queued nor in Total.
+	RunningElsewhere []ElsewhereJob `json:"running_elsewhere"`
 	// Paused says why foreman's worker takes no job now; nil while it runs.
 	Paused *Pause `json:"paused"`
 	// Raw is the response body as foreman sent it.
 	Raw json.RawMessage `json:"-"`
 }
+
+// ElsewhereJob is a job another foreman's worker runs (Queue.RunningElsewhere).
+type ElsewhereJob = broker.ElsewhereJob
 
 // Pause is foreman's worker waiting for what it needs to run jobs: Reason, Since, and
 // Error (the failure that began it, then each probe's).

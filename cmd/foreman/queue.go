@@ -53,6 +53,13 @@ func newQueueCmd(e *env) *cobra.Command {
 				loaded = "none"
 			}
 			fmt.Fprintf(out, "Running: %s\nLoaded:  %s\nWaiting: %d\n", running, loaded, q.Total)
+			for _, j := range q.RunningElsewhere {
+				age := ""
+				if j.StartedAt != nil {
+					age = ", " + shortAge(now.Sub(*j.StartedAt))
+				}
+				fmt.Fprintf(out, "On another Mac: %s %s (%s%s)\n", termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.State)), age)
+			}
 			if p := q.Paused; p != nil {
 				fmt.Fprintf(out, "Paused:  %s for %s: %s\n", pauseText(p.Reason), shortAge(now.Sub(p.Since)), termSafe(p.Error))
 			}

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 )
 
@@ -80,4 +81,21 @@ func TestQueueCommandPaused(t *testing.T) {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
 	golden(t, "queue_paused.golden", r.stdout)
+}
+
+// A job another foreman runs (several Macs on one NATS) is shown as such: it is neither
+// the running job here nor waiting.
+func TestQueueCommandRunningElsewhere(t *testing.T) {
+	t.Parallel()
+	body := `{"running":null,"loaded":[],"queued":[],"total":0,"paused":null,` +
+		`"running_elsewhere":[{"job_id":"01JGJ4Q2R0000000000000000D","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"",` +
+		`"created_at":"2025-01-02T03:00:00Z","state":"working","started_at":"2025-01-02T03:03:05Z"}]}`
+	url, _ := queueForemanOf(t, body)
+	r := runCLI(t, map[string]string{"FOREMAN_URL": url}, nil, nil, "queue")
+	if r.code != 0 {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stdout, "On another Mac: 01JGJ4Q2R0000000000000000D qwen2.5:0.5b (working, 1m)") {
+		t.Fatalf("foreman queue printed:\n%s", r.stdout)
+	}
 }
