@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -235,8 +236,16 @@ func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
 // Jobs lists jobs, newest first (GET /jobs).
 func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 	q := url.Values{}
+	states := f.States
 	if f.State != "" {
-		q.Set("state", string(f.State))
+		states = append([]State{f.State}, states...)
+	}
+	if len(states) > 0 {
+		names := make([]string, len(states))
+		for i, st := range states {
+			names[i] = string(st)
+		}
+		q.Set("state", strings.Join(names, ","))
 	}
 	if f.Model != "" {
 		q.Set("model", f.Model)

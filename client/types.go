@@ -173,7 +173,10 @@ func (e Event) same(o Event) bool { return e.State == o.State && e.Attempt == o.
 
 // JobFilter selects jobs for Jobs; zero fields do not filter.
 type JobFilter struct {
-	State State
+	// State lists the jobs in one state only; States in any of several (State joins
+	// them): States{StateDone, StateFailed, StateCanceled} lists the finished jobs.
+	State  State
+	States []State
 	Model string
 	// Program lists one program's jobs only.
 	Program string

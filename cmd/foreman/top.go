@@ -24,6 +24,8 @@ type topSnapshot struct {
 	Total   int                `json:"total"`
 	Recent  []client.Job       `json:"recent"`
 	Paused  *client.Pause      `json:"paused,omitempty"`
+	// Elsewhere are the jobs another foreman's worker runs (several Macs on one NATS).
+	Elsewhere []client.ElsewhereJob `json:"running_elsewhere,omitempty"`
 }
 
 // topRows caps the queue rows and recent jobs a frame lists.
@@ -80,16 +82,13 @@ func fetchTop(ctx context.Context, c *client.Client) (*topSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total, Paused: q.Paused}
-	l, err := c.Jobs(ctx, client.JobFilter{Limit: 30})
+	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total, Paused: q.Paused, Elsewhere: q.RunningElsewhere}
+	// The finished jobs by state: while a backlog lasts the newest jobs all wait.
+	l, err := c.Jobs(ctx, client.JobFilter{States: []client.State{client.StateDone, client.StateFailed, client.StateCanceled}, Limit: topRecentRows})
 	if err != nil {
 		return nil, err
 	}
-	for _, j := range l.Jobs {
-		if j.State.Terminal() && len(snap.Recent) < topRecentRows {
-			snap.Recent = append(snap.Recent, j)
-		}
-	}
+	snap.Recent = l.Jobs
 	return snap, nil
 }
 
@@ -106,6 +105,13 @@ func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int
 		fmt.Fprintf(&b, "RUNNING  %s  %s  %s  %s  %s\n", termSafe(r.Model), programName(r.Program), termSafe(string(r.State)), topDuration(now.Sub(since)), termSafe(r.ID))
 	} else {
 		b.WriteString("RUNNING  -\n")
+	}
+	for _, j := range s.Elsewhere {
+		since := j.CreatedAt
+		if j.StartedAt != nil {
+			since = *j.StartedAt
+		}
+		fmt.Fprintf(&b, "ELSEWHERE  %s  %s  %s  %s  %s\n", termSafe(j.Model), programName(j.Program), termSafe(string(j.State)), topDuration(now.Sub(since)), termSafe(j.JobID))
 	}
 	if p := s.Paused; p != nil {
 		fmt.Fprintf(&b, "PAUSED   %s for %s: %s\n", pauseText(p.Reason), topDuration(now.Sub(p.Since)), termSafe(p.Error))

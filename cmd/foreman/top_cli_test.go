@@ -178,3 +178,41 @@ func TestTopShowsAPausedWorker(t *testing.T) {
 		return !strings.Contains(r.stdout, "PAUSED")
 	})
 }
+
+// A job another foreman runs (several Macs on one NATS) shows under RUNNING as running
+// elsewhere, neither running here nor in the queue.
+func TestTopShowsJobsRunningElsewhere(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	started := now.Add(-90 * time.Second)
+	snap := &topSnapshot{Elsewhere: []client.ElsewhereJob{{JobID: "01JGJ4Q2R0000000000000000D", Model: "qwen2.5:0.5b",
+		Kind: "chat", State: "working", CreatedAt: now.Add(-2 * time.Minute), StartedAt: &started}}}
+	var out strings.Builder
+	if err := renderTop(&out, snap, now, "http://foreman", 0); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`(?m)^RUNNING  -\nELSEWHERE  qwen2\.5:0\.5b  \S+  working  1m30s  01JGJ4Q2R0000000000000000D$`).MatchString(out.String()) {
+		t.Errorf("no ELSEWHERE line under RUNNING:\n%s", out.String())
+	}
+}
+
+// The recent jobs are the newest finished ones however long the backlog: with more jobs
+// waiting than the page of newest jobs holds, the one that finished before them shows.
+func TestTopRecentJobsBehindABacklog(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	done := postJob(t, a.Addr(), "tiny-a")
+	waitFor(t, "job "+done+" to finish", func() bool { return getJob(t, a.Addr(), done).State == "done" })
+	release := fake.Hold("")
+	defer release()
+	for range 35 {
+		postJob(t, a.Addr(), "tiny-a")
+	}
+	r := runTop(t, map[string]string{"FOREMAN_URL": "http://" + a.Addr()}, "--once")
+	recent := r.stdout[strings.Index(r.stdout, "RECENT"):]
+	if !strings.Contains(recent, done) {
+		t.Errorf("the finished job %s is not among the recent ones behind 35 newer jobs:\n%s", done, r.stdout)
+	}
+}
