@@ -177,7 +177,7 @@ type JobFilter struct {
 	// them): States{StateDone, StateFailed, StateCanceled} lists the finished jobs.
 	State  State
 	States []State
-	Model string
+	Model  string
 	// Program lists one program's jobs only.
 	Program string
 	// Limit caps the page (server default 50).
