@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -187,4 +188,28 @@ func TestQueueViewShowsJobRunningElsewhere(t *testing.T) {
 		(v.Elsewhere[0].State != broker.StateLoading && v.Elsewhere[0].State != broker.StateWorking) {
 		t.Errorf("running elsewhere %+v, want %s", v.Elsewhere, running.ID)
 	}
+}
+
+// An /api/ps read after the last job ended says what the target has loaded, not that
+// job's model: another client of the target (an embedding passed straight on) may have
+// made it swap since.
+func TestQueueViewLoadedFollowsALaterPs(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	w := tb.start(t, worker.Config{Inventory: inv})
+	j := tb.chat(t, "tiny-b", 1)
+	tb.waitState(t, j.ID, broker.StateDone)
+	tb.fake.SetLoaded("tiny-a")
+	var v *broker.QueueView
+	eventually(t, 10*time.Second, "the view shows what /api/ps lists", func() bool {
+		if err := inv.Refresh(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		return slices.Equal(v.Loaded, []string{"tiny-a:latest"})
+	})
 }

@@ -564,10 +564,12 @@ func (w *Worker) loadedLocked() []string {
 // does not read /api/ps itself: the pick reads it again before choosing another runner
 // (refreshLoaded), so the view takes the inventory's last /api/ps as the target's
 // resident set, with the runner we ran last first (in place of the least recently used
-// one when /api/ps did not list it yet). w.mu must be held.
+// one when /api/ps, read before that run ended, did not list it yet). An /api/ps read
+// after the last run ended stands as it is (loadedLocked): another client of the target
+// may have made it swap since. w.mu must be held.
 func (w *Worker) viewLoadedLocked() []string {
 	ps, ok := w.psRunnersLocked()
-	if !ok || len(ps) == 0 {
+	if !ok || len(ps) == 0 || w.cfg.Inventory.Snapshot().LastPoll.After(w.lastEnd) {
 		return w.loadedLocked()
 	}
 	if w.lastModel == "" {
