@@ -23,16 +23,7 @@ func TestClusterWriteThroughLeaderKill(t *testing.T) {
 	st := c.Open(t, func(cfg *broker.Config) { cfg.RetryWindow = 30 * time.Second })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Direct reads are served by any replica, and one may not have applied the create
-	// yet: the write under test starts from a record every replica has.
-	eventually(t, time.Minute, "the record readable", func() bool {
-		_, _, err := st.Get(ctx, j.ID)
-		return err == nil
-	})
+	j := submitReadable(t, ctx, st)
 	c.Kill(c.StreamLeader("KV_" + broker.JobsBucket))
 	if _, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateCanceled; return nil }); err != nil {
 		t.Fatalf("write after the leader died: %v", err)
@@ -81,14 +72,7 @@ func TestClusterConcurrentSameStateWrites(t *testing.T) {
 	st := c.Open(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, time.Minute, "the record readable", func() bool {
-		_, _, err := st.Get(ctx, j.ID)
-		return err == nil
-	})
+	j := submitReadable(t, ctx, st)
 	if _, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateWorking; return nil }); err != nil {
 		t.Fatal(err)
 	}
@@ -120,4 +104,20 @@ func TestClusterConcurrentSameStateWrites(t *testing.T) {
 	if won == 0 {
 		t.Fatal("no same-state write was stored")
 	}
+}
+
+// submitReadable submits a job on a cluster's store and waits until its record reads
+// back: direct reads are served by any replica, and one may not have applied the create
+// yet, so a write under test starts from a record every replica has.
+func submitReadable(t *testing.T, ctx context.Context, st *broker.Store) *broker.Job {
+	t.Helper()
+	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, time.Minute, "the record readable", func() bool {
+		_, _, err := st.Get(ctx, j.ID)
+		return err == nil
+	})
+	return j
 }

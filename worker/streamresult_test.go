@@ -12,6 +12,20 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
+// streamedResult runs a job of kind with body on a fresh worker and returns its result
+// decoded, its bytes, and the non-streamed answer to the same body on path.
+func streamedResult(t *testing.T, kind broker.Kind, path, body string) (got map[string]any, raw []byte, want map[string]any) {
+	t.Helper()
+	tb := setup(t)
+	tb.start(t, worker.Config{})
+	j := tb.submit(t, "tiny-a", kind, body)
+	rec := tb.waitState(t, j.ID, broker.StateDone)
+	if err := json.Unmarshal(rec.Result, &got); err != nil {
+		t.Fatalf("result %s: %v", rec.Result, err)
+	}
+	return got, rec.Result, tb.nonStreamed(t, path, body)
+}
+
 // nonStreamed asks the fake, directly, for the answer to body on path with stream:false,
 // decoded.
 func (tb *testBundle) nonStreamed(t *testing.T, path, body string) map[string]any {
@@ -63,20 +77,12 @@ func TestStreamedOpenAIResultIsTheNonStreamedAnswer(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			tb := setup(t)
-			tb.start(t, worker.Config{})
-			j := tb.submit(t, "tiny-a", c.kind, c.body)
-			rec := tb.waitState(t, j.ID, broker.StateDone)
-			var got map[string]any
-			if err := json.Unmarshal(rec.Result, &got); err != nil {
-				t.Fatalf("result %s: %v", rec.Result, err)
-			}
-			want := tb.nonStreamed(t, c.path, c.body)
+			got, raw, want := streamedResult(t, c.kind, c.path, c.body)
 			if !c.usage {
 				delete(want, "usage") // a stream without it cannot tell
 			}
 			if !reflect.DeepEqual(got, want) {
-				t.Errorf("result\n%s\nwant the non-streamed answer\n%v", rec.Result, want)
+				t.Errorf("result\n%s\nwant the non-streamed answer\n%v", raw, want)
 			}
 		})
 	}
@@ -100,20 +106,12 @@ func TestStreamedNativeResultIsTheNonStreamedAnswer(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			tb := setup(t)
-			tb.start(t, worker.Config{})
-			j := tb.submit(t, "tiny-a", c.kind, c.body)
-			rec := tb.waitState(t, j.ID, broker.StateDone)
-			var got map[string]any
-			if err := json.Unmarshal(rec.Result, &got); err != nil {
-				t.Fatalf("result %s: %v", rec.Result, err)
-			}
-			want := tb.nonStreamed(t, c.path, c.body)
+			got, raw, want := streamedResult(t, c.kind, c.path, c.body)
 			if lp, _ := want["logprobs"].([]any); len(lp) < 2 {
 				t.Fatalf("the non-streamed answer has logprobs %v, want one a token", want["logprobs"])
 			}
 			if !reflect.DeepEqual(got, want) {
-				t.Errorf("result\n%s\nwant the non-streamed answer\n%v", rec.Result, want)
+				t.Errorf("result\n%s\nwant the non-streamed answer\n%v", raw, want)
 			}
 		})
 	}

@@ -39,13 +39,18 @@ func sharedNATS(t *testing.T) string {
 	return srv.ClientURL()
 }
 
-// startForeman starts a foreman on natsURL in front of the Ollama at ollamaURL, named name.
-func startForeman(t *testing.T, natsURL, name, ollamaURL string) *app.App {
+// startForeman starts a foreman on natsURL in front of the Ollama at ollamaURL, named name,
+// its configuration changed by adjust.
+func startForeman(t *testing.T, natsURL, name, ollamaURL string, adjust ...func(*app.Config)) *app.App {
 	t.Helper()
-	a, err := app.Start(context.Background(), app.Config{
+	cfg := app.Config{
 		Addr: "127.0.0.1:0", OllamaURL: ollamaURL, NATSURL: natsURL, NATSReplicas: 1,
 		TargetName: name, PollInterval: 200 * time.Millisecond,
-	}, slog.New(slog.DiscardHandler))
+	}
+	for _, f := range adjust {
+		f(&cfg)
+	}
+	a, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -427,27 +432,60 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 	}
 }
 
+// allowLoopbackWebhooks opens loopback to webhooks: the fake Macs listen there, so only
+// the protection of the targets stands between a webhook and them.
+func allowLoopbackWebhooks(c *app.Config) {
+	c.WebhookAllowNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+}
+
+// firstDelivery submits a job through a whose state webhook goes to hook, and returns the
+// first attempt its delivery log shows, and the job's id; meanwhile, when set, runs at
+// each look.
+func firstDelivery(t *testing.T, a *app.App, hook string, meanwhile func()) (string, broker.DeliveryAttempt) {
+	t.Helper()
+	code, b := call(t, a, http.MethodPost, "/jobs", `{"model":"alpha","messages":[{"role":"user","content":"hi"}],`+
+		`"state_webhook_url":"`+hook+`","webhook_events":["queued"]}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("/jobs: %d %s", code, b)
+	}
+	var job struct {
+		ID string `json:"job_id"`
+	}
+	_ = json.Unmarshal(b, &job)
+	var log []broker.DeliveryAttempt
+	eventually(t, 20*time.Second, "the webhook was tried", func() bool {
+		if meanwhile != nil {
+			meanwhile()
+		}
+		log, _ = a.Store().Deliveries(context.Background(), job.ID)
+		return len(log) > 0
+	})
+	return job.ID, log[0]
+}
+
+// withdraw removes target name's entry, as its foreman does when it stops in order, and
+// waits until a no longer lists it.
+func withdraw(t *testing.T, a *app.App, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Store().WithdrawTarget(ctx, name); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 15*time.Second, name+"'s entry withdrawn", func() bool {
+		all, err := a.Store().Targets(ctx)
+		return err == nil && !slices.ContainsFunc(all, func(tg broker.Target) bool { return tg.Name == name })
+	})
+}
+
 // A foreman refuses webhooks to every Mac's Ollama, the other foremen's too: a state
 // event names a model, and POSTed to another Mac's /api/generate it would load that
-// model outside the queue. Loopback is opened (the fake Macs listen there), so only the
-// protection of the targets stands in the way. mac-b's entry is published as its foreman
-// would (kept fresh while the test waits): one dispatcher, so one attempt.
+// model outside the queue. mac-b's entry is published as its foreman would (kept fresh
+// while the test waits): one dispatcher, so one attempt.
 func TestSeveralMacsWebhookSparesOtherTargets(t *testing.T) {
 	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
 	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
-	fa, err := app.Start(context.Background(), app.Config{
-		Addr: "127.0.0.1:0", OllamaURL: macA.URL, NATSURL: sharedNATS(t), NATSReplicas: 1,
-		TargetName: "mac-a", PollInterval: 200 * time.Millisecond,
-		WebhookAllowNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = fa.Shutdown(ctx)
-	})
+	fa := startForeman(t, sharedNATS(t), "mac-a", macA.URL, allowLoopbackWebhooks)
 	publishB := func() {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -460,50 +498,19 @@ func TestSeveralMacsWebhookSparesOtherTargets(t *testing.T) {
 	waitTargets(t, fa, 2)
 
 	// mac-a's own target is refused at submit; mac-b's when foreman connects.
-	code, b := call(t, fa, http.MethodPost, "/jobs", `{"model":"alpha","messages":[{"role":"user","content":"hi"}],`+
-		`"state_webhook_url":"`+macB.URL+`/api/generate","webhook_events":["queued"]}`)
-	if code != http.StatusAccepted {
-		t.Fatalf("/jobs: %d %s", code, b)
-	}
-	var job struct {
-		ID string `json:"job_id"`
-	}
-	_ = json.Unmarshal(b, &job)
-	var log []broker.DeliveryAttempt
-	eventually(t, 20*time.Second, "the webhook was tried", func() bool {
-		publishB()
-		log, _ = fa.Store().Deliveries(context.Background(), job.ID)
-		return len(log) > 0
-	})
-	if a := log[0]; a.Outcome != broker.OutcomeRefused || !strings.Contains(a.Error, "another foreman") {
+	id, a := firstDelivery(t, fa, macB.URL+"/api/generate", publishB)
+	if a.Outcome != broker.OutcomeRefused || !strings.Contains(a.Error, "another foreman") {
 		t.Errorf("webhook to mac-b's /api/generate: %+v, want refused", a)
 	}
-	waitJob(t, fa.Store(), job.ID)
+	waitJob(t, fa.Store(), id)
 
 	// mac-b's foreman restarts: its entry is withdrawn, its Mac's Ollama is there still.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := fa.Store().WithdrawTarget(ctx, "mac-b"); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 15*time.Second, "mac-b's entry withdrawn", func() bool {
-		all, err := fa.Store().Targets(ctx)
-		return err == nil && len(all) == 1
-	})
-	code, b = call(t, fa, http.MethodPost, "/jobs", `{"model":"alpha","messages":[{"role":"user","content":"again"}],`+
-		`"state_webhook_url":"`+macB.URL+`/api/generate","webhook_events":["queued"]}`)
-	if code != http.StatusAccepted {
-		t.Fatalf("/jobs: %d %s", code, b)
-	}
-	_ = json.Unmarshal(b, &job)
-	eventually(t, 20*time.Second, "the second webhook was tried", func() bool {
-		log, _ = fa.Store().Deliveries(context.Background(), job.ID)
-		return len(log) > 0
-	})
-	if a := log[0]; a.Outcome != broker.OutcomeRefused {
+	withdraw(t, fa, "mac-b")
+	id, a = firstDelivery(t, fa, macB.URL+"/api/generate", nil)
+	if a.Outcome != broker.OutcomeRefused {
 		t.Errorf("webhook to mac-b's /api/generate while its foreman restarts: %+v, want refused", a)
 	}
-	waitJob(t, fa.Store(), job.ID)
+	waitJob(t, fa.Store(), id)
 	for _, c := range macB.Calls() {
 		if c.Path == "/api/generate" {
 			t.Errorf("mac-b got a webhook on /api/generate")
@@ -516,19 +523,7 @@ func TestSeveralMacsWebhookSparesOtherTargets(t *testing.T) {
 func TestSeveralMacsWebhookSparesARestartingMacSeenByPolls(t *testing.T) {
 	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
 	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
-	fa, err := app.Start(context.Background(), app.Config{
-		Addr: "127.0.0.1:0", OllamaURL: macA.URL, NATSURL: sharedNATS(t), NATSReplicas: 1,
-		TargetName: "mac-a", PollInterval: 200 * time.Millisecond,
-		WebhookAllowNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
-	}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = fa.Shutdown(ctx)
-	})
+	fa := startForeman(t, sharedNATS(t), "mac-a", macA.URL, allowLoopbackWebhooks)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := fa.Store().PublishTarget(ctx, broker.Target{Name: "mac-b", URL: macB.URL, Reachable: true, Models: []string{"beta:latest"}}); err != nil {
@@ -539,38 +534,12 @@ func TestSeveralMacsWebhookSparesARestartingMacSeenByPolls(t *testing.T) {
 	// since (each poll publishes, then reads the others; the reads cache for a second).
 	eventually(t, 15*time.Second, "mac-a polled after mac-b was published", func() bool {
 		all, err := fa.Store().Targets(ctx)
-		if err != nil {
-			return false
-		}
-		for _, tg := range all {
-			if tg.Name == "mac-a" && tg.Updated.After(published.Add(1500*time.Millisecond)) {
-				return true
-			}
-		}
-		return false
+		return err == nil && slices.ContainsFunc(all, func(tg broker.Target) bool {
+			return tg.Name == "mac-a" && tg.Updated.After(published.Add(1500*time.Millisecond))
+		})
 	})
-	if err := fa.Store().WithdrawTarget(ctx, "mac-b"); err != nil {
-		t.Fatal(err)
-	}
-	eventually(t, 15*time.Second, "mac-b's entry withdrawn", func() bool {
-		all, err := fa.Store().Targets(ctx)
-		return err == nil && len(all) == 1
-	})
-	code, b := call(t, fa, http.MethodPost, "/jobs", `{"model":"alpha","messages":[{"role":"user","content":"hi"}],`+
-		`"state_webhook_url":"`+macB.URL+`/api/generate","webhook_events":["queued"]}`)
-	if code != http.StatusAccepted {
-		t.Fatalf("/jobs: %d %s", code, b)
-	}
-	var job struct {
-		ID string `json:"job_id"`
-	}
-	_ = json.Unmarshal(b, &job)
-	var log []broker.DeliveryAttempt
-	eventually(t, 20*time.Second, "the webhook was tried", func() bool {
-		log, _ = fa.Store().Deliveries(context.Background(), job.ID)
-		return len(log) > 0
-	})
-	if a := log[0]; a.Outcome != broker.OutcomeRefused {
+	withdraw(t, fa, "mac-b")
+	if _, a := firstDelivery(t, fa, macB.URL+"/api/generate", nil); a.Outcome != broker.OutcomeRefused {
 		t.Errorf("webhook to the restarting mac-b's /api/generate: %+v, want refused", a)
 	}
 }
