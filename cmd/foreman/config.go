@@ -94,7 +94,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_NATS_CA", flag: "nats-ca", usage: "PEM file of the CA(s) that signed FOREMAN_NATS_URL's TLS certificates", parse: readableFile(&c.NATSCA)},
 		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL)", parse: integer(&c.NATSReplicas)},
 		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: durationDefault(app.DefaultPollInterval), usage: "how often the model inventory polls Ollama", parse: dur(&c.PollInterval)},
-		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on connection errors", parse: integer(&c.MaxAttempts)},
+		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on retried failures (unreachable, stalled, 503/429)", parse: integer(&c.MaxAttempts)},
 		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: durationDefault(app.DefaultAckWait), usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: dur(&c.AckWait)},
 		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: durationDefault(app.DefaultJobTTL), usage: "how long jobs, artifacts and delivery logs are kept", parse: dur(&c.JobTTL)},
 		{env: "FOREMAN_WEBHOOK_SECRET", flag: "webhook-secret", usage: "webhook signing secret (whsec_<base64> or raw)", parse: str(&c.WebhookSecret)},
