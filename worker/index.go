@@ -246,7 +246,7 @@ func (q *queueIndex) list() []head {
 // headOf is the head of queue token; a key foreman does not make keeps its token as its
 // runner, and the worker removes it when it comes up.
 func headOf(token string, p broker.Pending) head {
-	h := head{Token: token, Seq: p.Seq, Enqueued: p.Enqueued}
+	h := head{Token: token, Seq: p.Seq, Enqueued: p.Enqueued, JobID: p.JobID}
 	if k, err := broker.ParseQueueKey(token); err == nil {
 		h.Runner, h.Class = k.Runner(), k.Class
 	}

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"maps"
 	"slices"
 	"time"
 
@@ -52,6 +53,10 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 	}
 	c.Served = cloneServed(c.Served)
 	c.Loaded = slices.Clone(c.Loaded)
+	// The resumed jobs go first while they head their queues (plan's first rule): taken
+	// here from the queues themselves, since plan sees one head per group.
+	resume := maps.Clone(c.Resume)
+	c.Resume = nil
 	groups := map[string]*group{}
 	var order []*group // first seen first, so the heads' order does not depend on map order
 	byToken := map[string]*queue{}
@@ -101,12 +106,27 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 	for _, g := range order {
 		represent(g)
 	}
+	// resumedHead is the queue headed by the oldest resumed job, "" when none is.
+	resumedHead := func() string {
+		tok, seq := "", uint64(0)
+		for t, s := range resume {
+			if q := byToken[t]; q != nil && len(q.msgs) > 0 && q.msgs[0].Seq == s && (tok == "" || s < seq) {
+				tok, seq = t, s
+			}
+		}
+		return tok
+	}
 	heads := make([]head, 0, len(order))
 	out := make([]planned, 0, len(msgs))
 	at := free
 	for len(order) > 0 {
-		tok := order[0].rep.Token // plan of one head is that head
-		if len(order) > 1 {
+		tok := resumedHead()
+		switch {
+		case tok != "":
+			delete(resume, tok)
+		case len(order) == 1:
+			tok = order[0].rep.Token // plan of one head is that head
+		default:
 			heads = heads[:0]
 			for _, g := range order {
 				heads = append(heads, g.rep)

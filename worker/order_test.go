@@ -208,3 +208,40 @@ func TestOrderMatchesPlanOfEveryQueue(t *testing.T) {
 		}
 	}
 }
+
+// A job cut short by the last stop (choice.Resume) goes first in the worker's pick and in
+// the view's order, before the loaded runner's drain and higher classes, only while it
+// heads its queue; then the rule goes on as before.
+func TestResumedJobGoesFirst(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	high, low := queueKey(t, "tiny-a", "", broker.PriorityHigh), queueKey(t, "tiny-b", "bob", broker.PriorityLow)
+	msgs := []broker.QueuedMessage{
+		{Token: high, Seq: 1, Enqueued: now, JobID: "h1", Model: "tiny-a"},
+		{Token: low, Seq: 2, Enqueued: now, JobID: "cut", Model: "tiny-b"},
+		{Token: high, Seq: 3, Enqueued: now, JobID: "h2", Model: "tiny-a"},
+		{Token: low, Seq: 4, Enqueued: now, JobID: "l2", Model: "tiny-b"},
+	}
+	a := runnerKey(t, "tiny-a")
+	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Hour, Resume: map[string]uint64{low: 2}}
+	cost := fixedCosts{"tiny-a": {time.Second, time.Second}, "tiny-b": {time.Second, time.Second}}
+	var ids []string
+	for _, p := range order(c, 1, msgs, now, cost) {
+		ids = append(ids, p.Msg.JobID)
+	}
+	if want := []string{"cut", "h1", "h2", "l2"}; !slices.Equal(ids, want) {
+		t.Errorf("order %v, want %v", ids, want)
+	}
+	if len(c.Resume) != 1 {
+		t.Error("order changed the caller's Resume")
+	}
+
+	c.Heads = []head{{Token: high, Seq: 1, Enqueued: now}, {Token: low, Seq: 2, Enqueued: now}}
+	if got := plan(c); got[0] != low {
+		t.Errorf("plan %v, want the resumed job's queue first", got)
+	}
+	c.Heads[1].Seq = 4 // the cut job left; the queue's next job has no such right
+	if got := plan(c); got[0] != high {
+		t.Errorf("plan %v after the resumed job left, want the high queue first", got)
+	}
+}

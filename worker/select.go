@@ -15,6 +15,7 @@ type head struct {
 	Token    string // queue key
 	Seq      uint64
 	Enqueued time.Time
+	JobID    string // the job of message Seq; "" in the queue view's simulation
 	// Runner is the model runner the queue's jobs need (broker.QueueKey.Runner); "" means
 	// Token. Jobs of one runner run without a reload.
 	Runner string
@@ -46,7 +47,10 @@ type choice struct {
 	Served map[string]uint64
 	// ClassPicked is when each class (by Priority.Rank) last had a pick, zero for never:
 	// an aged class goes before the others at most once per MaxWait.
-	ClassPicked    [3]time.Time
+	ClassPicked [3]time.Time
+	// Resume is, by queue, the message of a job cut short by a previous process of this
+	// foreman (resumed): while it heads its queue, it goes before everything else.
+	Resume         map[string]uint64
 	Now            time.Time
 	MaxConsecutive int
 	MaxWait        time.Duration
@@ -78,6 +82,10 @@ func joinedAt(picks uint64) uint64 { return max(2*picks, 1) - 1 }
 //  3. Within a runner and class, the programs' queues take turns: the one served longest
 //     ago first (a queue that joins the rotation counts as served just before the last
 //     pick), ties by the age of their oldest job. A program's own jobs stay in order.
+//
+// Before all of these, a job cut short by a previous process of this foreman (Resume)
+// goes first while it heads its queue, the oldest first: it had its turn already
+// (ADR-0044).
 //
 // With one class and one program this is exactly the drain-by-model of ADR-0015.
 func plan(c choice) []string {
@@ -145,6 +153,9 @@ func plan(c choice) []string {
 			} else {
 				p.group = 1
 			}
+		}
+		if s, ok := c.Resume[h.Token]; ok && s == h.Seq {
+			p.class, p.group, p.age = -1, 0, h.Seq // before every class, by age
 		}
 		ps[i] = p
 	}

@@ -157,6 +157,10 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	c := w.choiceLocked(nil, now)
 	c.Loaded = w.viewLoadedLocked() // what the next pick will see once it read /api/ps
 	c.Served = cloneServed(c.Served)
+	c.Resume = maps.Clone(c.Resume)
+	// Before the first pick has looked for jobs cut short by the last stop, the view
+	// finds them as that pick will (readResumed): the queues' heads.
+	findCut := !w.resumeRead && w.store.Config().Exclusive
 	picks := w.picks
 	run := w.running   // its fields are set before it is shared, but for working (atomic)
 	paused := w.paused // replaced, never changed, once shared
@@ -166,11 +170,23 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	if run != nil {
 		gone[run.id] = true
 	}
+	if findCut && c.Resume == nil {
+		c.Resume = map[string]uint64{}
+	}
+	exclusive := w.store.Config().Exclusive
 	var elsewhere []broker.ElsewhereJob
+	headed := make(map[string]bool) // queues whose first message was met
 	for _, m := range msgs {
 		j := heads[m.JobID]
+		first := !headed[m.Token]
+		headed[m.Token] = true
 		switch {
 		case j == nil || gone[m.JobID]:
+		case findCut && first && cutShort(j, m.Seq):
+			c.Resume[m.Token] = m.Seq
+		case exclusive && (j.State == broker.StateLoading || j.State == broker.StateWorking):
+			// No other process runs this store's jobs: one whose record says it runs was
+			// cut short by the last stop, and waits.
 		case j.State == broker.StateLoading || j.State == broker.StateWorking:
 			gone[m.JobID] = true
 			elsewhere = append(elsewhere, broker.ElsewhereJob{
@@ -231,7 +247,7 @@ func (w *Worker) remaining(r *runningJob, now time.Time) time.Duration {
 func (w *Worker) choiceLocked(heads []head, now time.Time) choice {
 	return choice{
 		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, Heads: heads, Served: w.served,
-		ClassPicked: w.classPicked, Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
+		ClassPicked: w.classPicked, Resume: w.cutJobs, Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
 	}
 }
 

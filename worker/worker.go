@@ -56,7 +56,11 @@ type Worker struct {
 	picks  uint64
 	// classPicked is when each class last had a pick: see choice.ClassPicked.
 	classPicked [3]time.Time
-	stall       string // why the target counts as stalled (TargetStall); "" when it is not
+	// cutJobs is, by queue, the message of each job cut short by the last stop, until it
+	// is taken (choice.Resume, resume.go); resumeRead is set once the first pick looked.
+	cutJobs    map[string]uint64
+	resumeRead bool
+	stall      string // why the target counts as stalled (TargetStall); "" when it is not
 	// running is the job being run, for the queue view; nil when idle. finishing are the
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob
@@ -412,9 +416,13 @@ func (w *Worker) sleep(ctx context.Context, d time.Duration) bool {
 func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ error) {
 	now := time.Now()
 	heads, err := w.index.refresh(ctx, now)
+	if err == nil && !w.resumeReadNow() {
+		err = w.readResumed(ctx, heads)
+	}
 	if err != nil || len(heads) == 0 {
 		return nil, false, err
 	}
+	w.pruneResume(heads)
 	if heads = w.runnable(ctx, heads); len(heads) == 0 {
 		return nil, false, nil // only other targets' models are queued
 	}
@@ -431,6 +439,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 		d, err := w.store.Next(ctx, token)
 		if d != nil {
+			w.resumed(d)
 			if err != nil {
 				w.unusable(ctx, d, err)
 				continue

@@ -1,0 +1,93 @@
+package worker
+
+import (
+	"context"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// A job cut short when the last process of this foreman stopped (killed mid-run, or
+// handed back by a stop) had its turn already: on an exclusive store, where no other
+// process runs jobs, it runs before every other job when the worker is back, and the
+// queue view shows it first (ADR-0044). On a shared NATS a running record may be another
+// foreman's run, and a dead foreman's job comes back after the ack wait in its turn.
+
+// cutShort reports whether job j, whose queue message seq heads its queue on an exclusive
+// store, was cut short by the last stop: its record says it runs (no process runs it now:
+// the last one died mid-run) unless the message is a spare copy of it, or that a stop
+// handed it back.
+func cutShort(j *broker.Job, seq uint64) bool {
+	switch j.State {
+	case broker.StateLoading, broker.StateWorking:
+		return !j.IsSpare(seq)
+	case broker.StateRetrying:
+		return j.Error == errShutdown.Error()
+	}
+	return false
+}
+
+// readResumed finds, at the worker's first pick, the jobs cut short by the last stop among
+// the queues' heads (choice.Resume). One whose message is not its queue's head (an older
+// job of its queue waits out a retry back-off) is not found, and runs in its turn.
+func (w *Worker) readResumed(ctx context.Context, heads []head) error {
+	found := map[string]uint64{}
+	if w.store.Config().Exclusive {
+		for _, h := range heads {
+			if h.JobID == "" {
+				continue
+			}
+			j, _, err := w.store.Get(ctx, h.JobID)
+			if err != nil {
+				if broker.Transient(err) || ctx.Err() != nil {
+					return err
+				}
+				continue // no record yet, or one the pick deals with
+			}
+			if cutShort(j, h.Seq) {
+				found[h.Token] = h.Seq
+			}
+		}
+	}
+	w.mu.Lock()
+	w.cutJobs, w.resumeRead = found, true
+	w.mu.Unlock()
+	if len(found) > 0 {
+		w.log.Info("jobs cut short by the last stop run first", "jobs", len(found))
+	}
+	return nil
+}
+
+// pruneResume forgets the resumed jobs that head their queue no more: they ran, ended or
+// were canceled.
+func (w *Worker) pruneResume(heads []head) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.cutJobs) == 0 {
+		return
+	}
+	live := make(map[string]uint64, len(heads))
+	for _, h := range heads {
+		live[h.Token] = h.Seq
+	}
+	for tok, seq := range w.cutJobs {
+		if live[tok] != seq {
+			delete(w.cutJobs, tok)
+		}
+	}
+}
+
+// resumed forgets the resumed job that delivery d is: it is taken.
+func (w *Worker) resumed(d *broker.Lease) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if seq, ok := w.cutJobs[d.Token]; ok && seq == d.Seq {
+		delete(w.cutJobs, d.Token)
+	}
+}
+
+// resumeReadNow reports whether the first pick looked for jobs cut short already.
+func (w *Worker) resumeReadNow() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.resumeRead
+}

@@ -1,0 +1,72 @@
+package worker_test
+
+import (
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// On the embedded server, a job cut short by the last stop (a kill mid-run, or a stop that
+// handed it back) runs first when foreman is back, before a job queued ahead of it that it
+// had already gone before; and the queue view, even before the worker's first pick, shows
+// it waiting at position 1, not running elsewhere.
+func TestJobCutShortByTheLastStopRunsFirst(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		cut  func(j *broker.Job, d *broker.Lease)
+	}{
+		{"killed mid-run", func(j *broker.Job, d *broker.Lease) {
+			j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq // as the worker's start write
+		}},
+		{"handed back by a stop", func(j *broker.Job, d *broker.Lease) {
+			j.State, j.Error = broker.StateRetrying, "foreman shutting down" // as handBack writes it
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+				c.Exclusive, c.AckWait = true, 10*time.Minute
+			}))
+			ctx := ctxT(t)
+			ahead := tb.chat(t, "tiny-b", 1) // older: by age alone it would go first
+			cut := tb.chat(t, "tiny-a", 2)
+
+			token, _ := broker.ModelToken("tiny-a")
+			d, err := tb.b.Store.Next(ctx, token)
+			if err != nil || d == nil || d.JobID != cut.ID {
+				t.Fatalf("take the job: %v %v", d, err)
+			}
+			if _, _, err := tb.b.Store.Modify(ctx, cut.ID, func(j *broker.Job) error {
+				tc.cut(j, d)
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			tb.b.Restart(t)
+
+			// The view of a worker that has not picked yet.
+			idle, err := worker.New(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := idle.QueueView(ctx, time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(v.Elsewhere) != 0 || len(v.Queued) != 2 || v.Queued[0].JobID != cut.ID || v.Queued[1].JobID != ahead.ID {
+				t.Errorf("view: queued %+v, elsewhere %+v; want the cut job at 1, the other at 2, none elsewhere", v.Queued, v.Elsewhere)
+			}
+
+			tb.start(t, worker.Config{})
+			tb.waitState(t, cut.ID, broker.StateDone)
+			tb.waitState(t, ahead.ID, broker.StateDone)
+			if calls := inferenceCalls(tb.fake); len(calls) != 2 || calls[0] != "tiny-a:latest" {
+				t.Errorf("calls %v, want the cut tiny-a job first, then tiny-b", calls)
+			}
+		})
+	}
+}
