@@ -122,3 +122,12 @@ func printJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// limitSet checks a --limit the user gave: 0 (the flag's default) would ask for the
+// server's default page silently.
+func limitSet(cmd *cobra.Command, limit int) error {
+	if cmd.Flags().Changed("limit") && limit < 1 {
+		return fmt.Errorf("--limit: must be at least 1, got %d", limit)
+	}
+	return nil
+}

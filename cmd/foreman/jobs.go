@@ -31,6 +31,9 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 		Short: "List jobs, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := limitSet(cmd, filter.Limit); err != nil {
+				return err
+			}
 			filter.State = client.State(state)
 			c, err := f.client(cmd, e)
 			if err != nil {

@@ -24,6 +24,9 @@ func newQueueCmd(e *env) *cobra.Command {
 			"--json prints the GET /queue body as foreman sent it.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := limitSet(cmd, limit); err != nil {
+				return err
+			}
 			c, err := f.client(cmd, e)
 			if err != nil {
 				return err

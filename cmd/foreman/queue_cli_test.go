@@ -99,3 +99,16 @@ func TestQueueCommandRunningElsewhere(t *testing.T) {
 		t.Fatalf("foreman queue printed:\n%s", r.stdout)
 	}
 }
+
+// A --limit below 1 is refused before anything is asked: it would list the server's
+// default page without a word.
+func TestLimitBelowOneIsRefused(t *testing.T) {
+	t.Parallel()
+	vars := map[string]string{"FOREMAN_URL": "http://127.0.0.1:1"} // never reached
+	for _, args := range [][]string{{"queue", "--limit", "0"}, {"queue", "--limit", "-1"}, {"jobs", "list", "--limit", "0"}} {
+		r := runCLI(t, vars, nil, nil, args...)
+		if r.code == 0 || !strings.Contains(r.stderr, "--limit: must be at least 1") {
+			t.Errorf("%v: exit %d, stderr %q", args, r.code, r.stderr)
+		}
+	}
+}

@@ -65,7 +65,7 @@ func newTopCmd(e *env) *cobra.Command {
 				if f.json {
 					return printJSON(out, snap)
 				}
-				return renderTop(out, snap, e.clock(), c.URL(), 0)
+				return renderTop(out, snap, e.clock(), c.URL(), 0, 0)
 			}
 			return liveTop(cmd.Context(), e, out, c, f, interval)
 		},
@@ -92,9 +92,44 @@ func fetchTop(ctx context.Context, c *client.Client) (*topSnapshot, error) {
 	return snap, nil
 }
 
-// renderTop writes one frame. width > 0 cuts lines to it (a terminal), so a frame never
-// wraps and the next one starts where this one did.
-func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int) error {
+// renderTop writes one frame. width > 0 cuts lines to it and height > 0 fits the frame in
+// that many lines (a terminal), so a frame never wraps or scrolls and the next one starts
+// where this one did: the queue and the recent jobs list fewer rows.
+func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width, height int) error {
+	text := topText(fitRows(s, now, url, height), now, url)
+	if height > 0 {
+		if lines := strings.SplitAfter(text, "\n"); len(lines) > height {
+			text = strings.Join(lines[:height], "")
+		}
+	}
+	if width > 0 {
+		text = fitLines(text, width)
+	}
+	_, err := io.WriteString(w, text)
+	return err
+}
+
+// fitRows is s with as many queue rows and recent jobs as fit in height lines together
+// with the rest of the frame (height 0: all of them). The recent jobs get up to a third of
+// the room, the queue the rest; a cut queue says how many more wait.
+func fitRows(s *topSnapshot, now time.Time, url string, height int) *topSnapshot {
+	if height <= 0 {
+		return s
+	}
+	bare := *s
+	bare.Queued, bare.Recent = nil, nil
+	// The bare frame has every other line, "... and N more" included whenever a job waits.
+	room := max(height-strings.Count(topText(&bare, now, url), "\n"), 0)
+	recent := min(len(s.Recent), room/3)
+	queued := min(len(s.Queued), room-recent)
+	recent = min(len(s.Recent), room-queued)
+	fit := *s
+	fit.Queued, fit.Recent = s.Queued[:queued], s.Recent[:recent]
+	return &fit
+}
+
+// topText is the text of one frame.
+func topText(s *topSnapshot, now time.Time, url string) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "foreman %s   %s\n\n", url, now.Format("15:04:05"))
 	if r := s.Running; r != nil {
@@ -151,13 +186,7 @@ func renderTop(w io.Writer, s *topSnapshot, now time.Time, url string, width int
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", finished, termSafe(string(j.State)), termSafe(j.Model), programName(j.Program), wait, run, termSafe(j.ID))
 	}
 	_ = tw.Flush()
-
-	text := b.String()
-	if width > 0 {
-		text = fitLines(text, width)
-	}
-	_, err := io.WriteString(w, text)
-	return err
+	return b.String()
 }
 
 func programName(p string) string {
@@ -191,12 +220,12 @@ func topETA(now, eta time.Time) string {
 	return fmt.Sprintf("in %s (%s)", topDuration(eta.Sub(now)), eta.Local().Format("15:04:05"))
 }
 
-// fitLines cuts every line of text to width runes.
+// fitLines cuts every line of text to width runes, the last one a "…" where it cut.
 func fitLines(text string, width int) string {
 	lines := strings.Split(text, "\n")
 	for i, l := range lines {
 		if utf8.RuneCountInString(l) > width {
-			lines[i] = string([]rune(l)[:width])
+			lines[i] = string([]rune(l)[:width-1]) + "…"
 		}
 	}
 	return strings.Join(lines, "\n")

@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/client"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
@@ -188,7 +191,7 @@ func TestTopShowsJobsRunningElsewhere(t *testing.T) {
 	snap := &topSnapshot{Elsewhere: []client.ElsewhereJob{{JobID: "01JGJ4Q2R0000000000000000D", Model: "qwen2.5:0.5b",
 		Kind: "chat", State: "working", CreatedAt: now.Add(-2 * time.Minute), StartedAt: &started}}}
 	var out strings.Builder
-	if err := renderTop(&out, snap, now, "http://foreman", 0); err != nil {
+	if err := renderTop(&out, snap, now, "http://foreman", 0, 0); err != nil {
 		t.Fatal(err)
 	}
 	if !regexp.MustCompile(`(?m)^RUNNING  -\nELSEWHERE  qwen2\.5:0\.5b  \S+  working  1m30s  01JGJ4Q2R0000000000000000D$`).MatchString(out.String()) {
@@ -215,4 +218,77 @@ func TestTopRecentJobsBehindABacklog(t *testing.T) {
 	if !strings.Contains(recent, done) {
 		t.Errorf("the finished job %s is not among the recent ones behind 35 newer jobs:\n%s", done, r.stdout)
 	}
+}
+
+// In a terminal a frame fits its height and width: with a long backlog the title and the
+// running job stay on screen, the queue and the recent jobs list what fits (the queue
+// saying how many more wait), and a cut line ends in "…".
+func TestTopFrameFitsTheTerminal(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
+	started := now.Add(-time.Second)
+	snap := &topSnapshot{
+		Running: &client.Job{ID: "01JGJ4Q2R0000000000000000R", Model: "tiny-a", State: "working", CreatedAt: now, StartedAt: &started},
+		Loaded:  []string{"tiny-a:latest"}, Total: 300,
+	}
+	for i := range topQueueRows {
+		snap.Queued = append(snap.Queued, client.QueuedJob{JobID: fmt.Sprintf("01JGJ4Q2R00000000000000%03d", i), Model: "tiny-a",
+			Kind: "chat", Priority: "normal", Program: "alice", CreatedAt: now, QueuePosition: i + 1, ETA: now.Add(time.Duration(i) * time.Second)})
+	}
+	for i := range topRecentRows {
+		snap.Recent = append(snap.Recent, client.Job{ID: fmt.Sprintf("01JGJ4Q2R00000000000000F%02d", i), Model: "tiny-a", State: "done",
+			CreatedAt: now, StartedAt: &started, FinishedAt: &now})
+	}
+	for _, size := range []struct{ width, height int }{{100, 28}, {80, 24}, {50, 10}} {
+		var out strings.Builder
+		if err := renderTop(&out, snap, now, "http://foreman", size.width, size.height); err != nil {
+			t.Fatal(err)
+		}
+		text := out.String()
+		lines := strings.Split(strings.TrimSuffix(text, "\n"), "\n")
+		if len(lines) > size.height {
+			t.Errorf("%dx%d: %d lines:\n%s", size.width, size.height, len(lines), text)
+		}
+		if !strings.HasPrefix(lines[0], "foreman http://foreman") || !strings.HasPrefix(lines[2], "RUNNING") {
+			t.Errorf("%dx%d: the title and the running job are not on top:\n%s", size.width, size.height, text)
+		}
+		cut := false
+		for _, l := range lines {
+			if n := utf8.RuneCountInString(l); n > size.width {
+				t.Errorf("%dx%d: line of %d runes: %q", size.width, size.height, n, l)
+			}
+			cut = cut || strings.HasSuffix(l, "…")
+		}
+		if !cut && size.width < 90 { // the queue rows are 90 runes wide
+			t.Errorf("%dx%d: no line marked as cut:\n%s", size.width, size.height, text)
+		}
+		rows := strings.Count(text, "01JGJ4Q2R00000000000000") // queue rows (the IDs may be cut)
+		if size.height >= 24 {
+			m := regexp.MustCompile(`\.\.\. and (\d+) more`).FindStringSubmatch(text)
+			if m == nil || rows == 0 || !strings.Contains(text, "RECENT") {
+				t.Errorf("%dx%d: want queue rows, a count of the rest and recent jobs:\n%s", size.width, size.height, text)
+				continue
+			}
+			if queued := strings.Count(text, "normal"); queued+atoi(t, m[1]) != 300 {
+				t.Errorf("%dx%d: %d rows + %s more != 300 waiting:\n%s", size.width, size.height, queued, m[1], text)
+			}
+		}
+	}
+	// Without a terminal size everything is listed.
+	var out strings.Builder
+	if err := renderTop(&out, snap, now, "http://foreman", 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(out.String(), "normal"); n != topQueueRows || !strings.Contains(out.String(), "... and 280 more") {
+		t.Errorf("unfitted frame lists %d queue rows:\n%s", n, out.String())
+	}
+}
+
+func atoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

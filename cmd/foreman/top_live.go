@@ -44,10 +44,10 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
-		width := 0
+		width, height := 0, 0
 		if fd, ok := out.(*os.File); ok {
-			if w, _, err := term.GetSize(int(fd.Fd())); err == nil {
-				width = w
+			if w, h, err := term.GetSize(int(fd.Fd())); err == nil {
+				width, height = w, max(h-2, 1) // the frame, then a blank line and "(q quits)"
 			}
 		}
 		var frame bytes.Buffer
@@ -60,7 +60,7 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 		if err != nil {
 			frame.WriteString("foreman " + c.URL() + "   " + e.clock().Format("15:04:05") + "\n\n" + f.explain(e, err).Error() + "\n")
 		} else {
-			_ = renderTop(&frame, snap, e.clock(), c.URL(), width)
+			_ = renderTop(&frame, snap, e.clock(), c.URL(), width, height)
 		}
 		frame.WriteString("\n(q quits)")
 		// Raw mode turns off the terminal's \n to \r\n; each line also clears its rest.
