@@ -11,7 +11,10 @@ require (
 	golang.org/x/crypto v0.58.0
 )
 
-require golang.org/x/term v0.47.0
+require (
+	github.com/ollama/ollama v0.17.4
+	golang.org/x/term v0.47.0
+)
 
 require (
 	github.com/antithesishq/antithesis-sdk-go v0.8.0-default-no-op // indirect

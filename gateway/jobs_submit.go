@@ -17,6 +17,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Fields of a POST /jobs body that are foreman's, not the target's: they are removed
@@ -157,6 +158,9 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	}
 	if err := checkModelName(sub.model); err != nil {
 		return nil, err
+	}
+	if !ollama.ValidModelName(sub.model) {
+		return nil, badRequest(fmt.Sprintf("invalid model name %q: Ollama takes [host/][namespace/]model[:tag] of letters, digits and _-.", sub.model))
 	}
 	if _, err := broker.ModelToken(sub.model); err != nil {
 		return nil, badRequest(err.Error())

@@ -155,6 +155,10 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 		{"model with a carriage return", `{"model":"tiny-a\r","messages":[]}`, 400},
 		{"model with an escape sequence", `{"model":"tiny-a\u001b[2J","messages":[]}`, 400},
 		{"model with a C1 control", `{"model":"tiny-a\u0085","messages":[]}`, 400},
+		// Names Ollama cannot parse could only fail on the target.
+		{"model with an empty tag", `{"model":"tiny-a:","messages":[]}`, 400},
+		{"model with two tags", `{"model":"tiny-a:latest:latest","kind":"generate","prompt":"x"}`, 400},
+		{"model with five parts", `{"model":"a/b/c/d/e","messages":[]}`, 400},
 		{"unknown model", `{"model":"no-such-model","messages":[]}`, 404},
 		// Ollama decodes case-insensitively, the last key winning: it would run the ghost.
 		{"unknown model in another case", `{"model":"tiny-a","Model":"no-such-model","messages":[]}`, 404},

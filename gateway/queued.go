@@ -75,6 +75,11 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err := checkModelName(req.Model); err != nil {
 		return inference{}, err
 	}
+	if !ollama.ValidModelName(req.Model) && (kind == broker.KindChat || kind == broker.KindOpenAIChat) {
+		// Ollama's chat handler answers a name it cannot parse so; its generate handler
+		// says not found, as the model check below does.
+		return inference{}, badRequest("model is required")
+	}
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them

@@ -270,6 +270,10 @@ func TestQueuedBadRequests(t *testing.T) {
 		{"/api/chat", `{"model":"tiny-a\r","messages":[]}`, 400, "invalid model name"},
 		{"/v1/chat/completions", `{"model":" tiny-a","messages":[]}`, 400, "invalid model name"},
 		{"/v1/completions", `"tiny-a"`, 400, "invalid JSON body"},
+		// Names Ollama cannot parse: its chat handler answers 400, its generate handler 404.
+		{"/api/chat", `{"model":"tiny-a:","messages":[]}`, 400, "model is required"},
+		{"/v1/chat/completions", `{"model":"tiny-a:latest:latest","messages":[]}`, 400, "model is required"},
+		{"/api/generate", `{"model":":latest","prompt":"hi"}`, 404, "model ':latest' not found"},
 		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"` + strings.Repeat("x", 2000) + `"}]}`, 413, "request body too large"},
 	}
 	for _, c := range cases {
@@ -283,6 +287,43 @@ func TestQueuedBadRequests(t *testing.T) {
 			t.Errorf("a bad request reached the target: %+v", c)
 		}
 	}
+}
+
+// A model named in full, as Ollama resolves it (its default host and namespace, a
+// scheme), is the model /api/tags lists: it is queued and answered as Ollama answers it,
+// on the loaded model's queue.
+func TestQueuedModelNamedInFull(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	for _, name := range []string{"library/tiny-a", "registry.ollama.ai/library/tiny-a:latest", "https://registry.ollama.ai/library/Tiny-A"} {
+		for _, path := range []string{"/api/chat", "/v1/chat/completions"} {
+			body := routeBody(path, name, "hi", "false")
+			got := post(t, ctx, b.URL, path, body)
+			want := post(t, ctx, b.Fake.URL, path, body)
+			if got.Status != 200 || want.Status != 200 || got.Header.Get(HeaderJobID) == "" {
+				t.Errorf("%s %s: %d %s (the target: %d %s)", path, name, got.Status, got.Body, want.Status, want.Body)
+			}
+		}
+		if tok, err := broker.ModelToken(name); err != nil || tok != mustToken(t, "tiny-a") {
+			t.Errorf("%s queues under %q (%v), not tiny-a's queue", name, tok, err)
+		}
+	}
+	for _, path := range []string{"/api/show", "/api/embed"} {
+		got := post(t, ctx, b.URL, path, []byte(`{"model":"registry.ollama.ai/library/tiny-embed","input":"x"}`))
+		if got.Status != 200 {
+			t.Errorf("%s in full: %d %s", path, got.Status, got.Body)
+		}
+	}
+}
+
+func mustToken(t *testing.T, model string) string {
+	t.Helper()
+	tok, err := broker.ModelToken(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
 }
 
 func TestQueuedEmbeddingModelErrorPassedThrough(t *testing.T) {

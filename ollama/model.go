@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
+
+	"github.com/ollama/ollama/types/model"
 )
 
 // StreamRequested reports whether a /api/chat or /api/generate body asks for a
@@ -58,14 +60,20 @@ func ModelOf(body []byte) (string, error) {
 	return v.Model, nil
 }
 
-// NormalizeModel returns the canonical form of a model name: trimmed,
-// lower-cased, with ":latest" appended when the last path element has no tag.
-// Ollama resolves names case-insensitively and defaults the tag to latest, so
-// "Llama3" and "llama3:latest" are the same model.
+// NormalizeModel returns the canonical form of a model name, as Ollama resolves it
+// (its types/model.ParseName): trimmed and lower-cased (Ollama compares names without
+// case), the default host and namespace left out and the tag defaulted, so "Llama3",
+// "llama3:latest", "library/llama3" and "registry.ollama.ai/library/llama3:latest" are
+// the same model, "llama3:latest" as /api/tags lists it. A name Ollama would refuse
+// (ValidModelName) keeps its old form: trimmed, lower-cased, ":latest" added to a last
+// path element without a tag.
 func NormalizeModel(name string) string {
 	n := strings.ToLower(strings.TrimSpace(name))
 	if n == "" {
 		return ""
+	}
+	if p := model.ParseName(n); p.IsValid() {
+		return p.DisplayShortest()
 	}
 	last := n
 	if i := strings.LastIndexByte(n, '/'); i >= 0 {
@@ -76,3 +84,9 @@ func NormalizeModel(name string) string {
 	}
 	return n
 }
+
+// ValidModelName reports whether Ollama takes name as a model name (its
+// types/model.Name.IsValid: letters, digits and "_-." in parts of bounded length,
+// "host/namespace/model:tag" with the host, namespace and tag optional). Ollama answers
+// any other name with 400 "model is required".
+func ValidModelName(name string) bool { return model.ParseName(name).IsValid() }

@@ -19,13 +19,37 @@ func TestNormalizeModel(t *testing.T) {
 		{"hf.co/Org/Model-GGUF:Q4_K_M", "hf.co/org/model-gguf:q4_k_m"},
 		{"hf.co/Org/Model-GGUF", "hf.co/org/model-gguf:latest"},
 		{"localhost:5000/lib/m", "localhost:5000/lib/m:latest"},
-		{"registry.ollama.ai/library/qwen3:0.6b", "registry.ollama.ai/library/qwen3:0.6b"},
+		// Ollama's defaults (registry.ollama.ai, library) are left out, as /api/tags lists
+		// names: these are all one model.
+		{"registry.ollama.ai/library/qwen3:0.6b", "qwen3:0.6b"},
+		{"library/qwen3:0.6b", "qwen3:0.6b"},
+		{"Library/Qwen3", "qwen3:latest"},
+		{"https://registry.ollama.ai/library/qwen3", "qwen3:latest"},
+		{"registry.ollama.ai/jmorgan/m", "jmorgan/m:latest"},
+		// Names Ollama refuses keep the old form (they are refused or not found anyway).
+		{"tiny-a:", "tiny-a:"},
+		{"a/b/c/d", "a/b/c/d:latest"},
 		{"", ""},
 		{"   ", ""},
 	}
 	for _, tt := range tests {
 		if got := ollama.NormalizeModel(tt.in); got != tt.want {
 			t.Errorf("NormalizeModel(%q) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+// ValidModelName is Ollama's own check: what it answers with 400 "model is required".
+func TestValidModelName(t *testing.T) {
+	t.Parallel()
+	for _, n := range []string{"tiny-a", "library/tiny-a", "registry.ollama.ai/library/tiny-a:latest", "hf.co/u/m:Q4_K_M", "qwen2.5:0.5b"} {
+		if !ollama.ValidModelName(n) {
+			t.Errorf("%q refused", n)
+		}
+	}
+	for _, n := range []string{"tiny-a:", ":latest", "tiny-a:latest:latest", "a/b/c/d", "m/", "bad name", ""} {
+		if ollama.ValidModelName(n) {
+			t.Errorf("%q taken", n)
 		}
 	}
 }
