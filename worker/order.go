@@ -60,6 +60,7 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 	groups := map[string]*group{}
 	var order []*group // first seen first, so the heads' order does not depend on map order
 	byToken := map[string]*queue{}
+	groupOf := map[string]*group{} // each queue's group (runner and class)
 	invalid := map[string]bool{}
 	for _, m := range msgs {
 		q, ok := byToken[m.Token]
@@ -82,6 +83,7 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 				order = append(order, g)
 			}
 			g.queues = append(g.queues, q)
+			groupOf[m.Token] = g
 		}
 		q.msgs = append(q.msgs, m)
 	}
@@ -155,7 +157,8 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		c.ClassPicked[q.key.Class.Rank()] = out[len(out)-1].Start
 
 		q.msgs = q.msgs[1:]
-		gi := slices.IndexFunc(order, func(g *group) bool { return g.rep.Token == tok })
+		// The group picked: plan picks a group's first queue, a resumed job may be in any.
+		gi := slices.Index(order, groupOf[tok])
 		g := order[gi]
 		if len(q.msgs) == 0 {
 			// The queue ran empty: its program's turn is forgotten (joinTurns).

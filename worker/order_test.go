@@ -236,6 +236,22 @@ func TestResumedJobGoesFirst(t *testing.T) {
 		t.Error("order changed the caller's Resume")
 	}
 
+	// The cut job's queue is not its group's first: another program's older job of the
+	// same runner and class goes first in their rotation.
+	alice, bob := queueKey(t, "tiny-a", "alice", ""), queueKey(t, "tiny-a", "bob", "")
+	shared := []broker.QueuedMessage{
+		{Token: alice, Seq: 1, Enqueued: now, JobID: "a1", Model: "tiny-a"},
+		{Token: alice, Seq: 2, Enqueued: now, JobID: "a2", Model: "tiny-a"},
+		{Token: bob, Seq: 3, Enqueued: now, JobID: "b1", Model: "tiny-a"},
+	}
+	ids = nil
+	for _, p := range order(choice{MaxConsecutive: 8, MaxWait: time.Hour, Resume: map[string]uint64{bob: 3}}, 0, shared, now, cost) {
+		ids = append(ids, p.Msg.JobID)
+	}
+	if want := []string{"b1", "a1", "a2"}; !slices.Equal(ids, want) {
+		t.Errorf("order in a shared group %v, want %v", ids, want)
+	}
+
 	c.Heads = []head{{Token: high, Seq: 1, Enqueued: now}, {Token: low, Seq: 2, Enqueued: now}}
 	if got := plan(c); got[0] != low {
 		t.Errorf("plan %v, want the resumed job's queue first", got)
