@@ -71,7 +71,14 @@ const (
 	KindEmbed            Kind = "embed"
 	KindOpenAIChat       Kind = "openai_chat"
 	KindOpenAICompletion Kind = "openai_completion"
+	// KindOpenAIResponses is OpenAI's Responses API, KindAnthropicMessages Anthropic's
+	// Messages API: Ollama serves both on top of its chat.
+	KindOpenAIResponses   Kind = "openai_responses"
+	KindAnthropicMessages Kind = "anthropic_messages"
 )
+
+// Kinds lists every kind, in the order POST /jobs names them.
+var Kinds = []Kind{KindChat, KindGenerate, KindEmbed, KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages}
 
 // Path is the target route that runs a job of kind k.
 func (k Kind) Path() string {
@@ -86,14 +93,25 @@ func (k Kind) Path() string {
 		return "/v1/chat/completions"
 	case KindOpenAICompletion:
 		return "/v1/completions"
+	case KindOpenAIResponses:
+		return "/v1/responses"
+	case KindAnthropicMessages:
+		return "/v1/messages"
 	}
 	return ""
 }
 
 // ReadsOptions reports whether the target reads a request's "options" on k's route:
-// Ollama's OpenAI routes (v0.17.4 openai.ChatCompletionRequest, CompletionRequest) have
-// no such member and run with the default load options.
-func (k Kind) ReadsOptions() bool { return k != KindOpenAIChat && k != KindOpenAICompletion }
+// Ollama's OpenAI and Anthropic routes (v0.17.4 openai.ChatCompletionRequest,
+// CompletionRequest, ResponsesRequest, anthropic.MessagesRequest) have no such member and
+// run with the default load options.
+func (k Kind) ReadsOptions() bool {
+	switch k {
+	case KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages:
+		return false
+	}
+	return true
+}
 
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool { return k.Path() != "" }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -184,7 +185,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter.Seconds()+0.5)))
 	}
-	if strings.HasPrefix(r.URL.Path, "/v1/") {
+	switch {
+	case r.URL.Path == "/v1/messages":
+		writeJSON(w, status, anthropicError(status, msg))
+		return
+	case strings.HasPrefix(r.URL.Path, "/v1/"):
 		writeJSON(w, status, openAIError(status, msg))
 		return
 	}
@@ -234,6 +239,35 @@ func openAIError(status int, msg string) any {
 		Code    *string `json:"code"`
 	}
 	return map[string]body{"error": {Message: msg, Type: kind}}
+}
+
+// anthropicError is the error body of Ollama's Anthropic-compatible route (v0.17.4
+// anthropic.NewError), which Anthropic SDKs read as error.type and error.message.
+func anthropicError(status int, msg string) any {
+	kind := "api_error"
+	switch status {
+	case http.StatusBadRequest:
+		kind = "invalid_request_error"
+	case http.StatusUnauthorized:
+		kind = "authentication_error"
+	case http.StatusForbidden:
+		kind = "permission_error"
+	case http.StatusNotFound:
+		kind = "not_found_error"
+	case http.StatusTooManyRequests:
+		kind = "rate_limit_error"
+	case http.StatusServiceUnavailable, 529:
+		kind = "overloaded_error"
+	}
+	type detail struct {
+		Type    string `json:"type"`
+		Message string `json:"message"`
+	}
+	return struct {
+		Type      string `json:"type"`
+		Error     detail `json:"error"`
+		RequestID string `json:"request_id"`
+	}{"error", detail{kind, msg}, "req_" + rand.Text()}
 }
 
 // writeJSON sends v as JSON with the given status.

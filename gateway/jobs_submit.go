@@ -144,7 +144,11 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		}
 	}
 	if !sub.kind.Valid() {
-		return nil, badRequest(fmt.Sprintf("unknown kind %q (chat, generate, embed, openai_chat, openai_completion)", sub.kind))
+		names := make([]string, len(broker.Kinds))
+		for i, k := range broker.Kinds {
+			names[i] = string(k)
+		}
+		return nil, badRequest(fmt.Sprintf("unknown kind %q (%s)", sub.kind, strings.Join(names, ", ")))
 	}
 	// The model the target will use, decoded as Ollama decodes it: the last one wins, a
 	// null leaves the one before.
@@ -253,13 +257,17 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 		return bytes.IndexByte(first, v[0]) >= 0
 	}
 	switch kind {
-	case broker.KindChat, broker.KindOpenAIChat:
+	case broker.KindChat, broker.KindOpenAIChat, broker.KindAnthropicMessages:
 		if !is(f["messages"], '[') {
 			return badRequest(`"messages" must be an array`)
 		}
 	case broker.KindGenerate:
 		if !is(f["prompt"], '"') {
 			return badRequest(`"prompt" must be a string`)
+		}
+	case broker.KindOpenAIResponses:
+		if !is(f["input"], '"', '[') {
+			return badRequest(`"input" must be a string or an array of input items`)
 		}
 	case broker.KindEmbed:
 		if !is(f["input"], '"', '[') {

@@ -29,6 +29,9 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			return
 		}
 		got, ok := bearerToken(r.Header.Get("Authorization"))
+		if key := r.Header.Get("X-Api-Key"); !ok && key != "" && r.URL.Path == "/v1/messages" {
+			got, ok = key, true // Anthropic's SDKs send their key so
+		}
 		sum := sha256.Sum256([]byte(got))
 		match, idx := 0, 0
 		for i, k := range keys {

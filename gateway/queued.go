@@ -44,6 +44,8 @@ func (s *Server) queuedRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/generate", s.handleQueued(broker.KindGenerate))
 	mux.HandleFunc("POST /v1/chat/completions", s.handleQueued(broker.KindOpenAIChat))
 	mux.HandleFunc("POST /v1/completions", s.handleQueued(broker.KindOpenAICompletion))
+	mux.HandleFunc("POST /v1/responses", s.handleQueued(broker.KindOpenAIResponses))
+	mux.HandleFunc("POST /v1/messages", s.handleQueued(broker.KindAnthropicMessages))
 }
 
 // inference is a queued route's request as the gateway reads it, from one decode of the
@@ -75,7 +77,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err := checkModelName(req.Model); err != nil {
 		return inference{}, err
 	}
-	if !ollama.ValidModelName(req.Model) && (kind == broker.KindChat || kind == broker.KindOpenAIChat) {
+	if !ollama.ValidModelName(req.Model) && kind != broker.KindGenerate && kind != broker.KindOpenAICompletion {
 		// Ollama's chat handler answers a name it cannot parse so; its generate handler
 		// says not found, as the model check below does.
 		return inference{}, badRequest("model is required")

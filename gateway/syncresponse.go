@@ -335,8 +335,7 @@ func (sr *syncResponse) fail(err error) outcome {
 	sse := isSSE(sr.ctype)
 	frame := sr.boundary(sse)
 	if sse {
-		b, _ := json.Marshal(map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}})
-		frame = append(append(append(frame, "data: "...), b...), "\n\n"...)
+		frame = append(frame, sseErrorEvent(sr.job.Kind, msg)...)
 	} else {
 		b, _ := json.Marshal(map[string]string{"error": msg})
 		frame = append(append(frame, b...), '\n')
@@ -384,6 +383,27 @@ func (sr *syncResponse) defaultContentType() string {
 		return ollama.ContentTypeNDJSON
 	}
 	return ollama.ContentTypeSSE
+}
+
+// sseErrorEvent is an error event as each SSE dialect has it: Anthropic's error event
+// (Ollama's anthropic.NewError in an "error" event), the Responses API's error event, and
+// for the chat and legacy completions an OpenAI error body as the data.
+func sseErrorEvent(kind broker.Kind, msg string) []byte {
+	switch kind {
+	case broker.KindAnthropicMessages:
+		b, _ := json.Marshal(anthropicError(http.StatusInternalServerError, msg))
+		return fmt.Appendf(nil, "event: error\ndata: %s\n\n", b)
+	case broker.KindOpenAIResponses:
+		b, _ := json.Marshal(struct {
+			Type    string `json:"type"`
+			Code    string `json:"code"`
+			Message string `json:"message"`
+			Param   any    `json:"param"`
+		}{"error", "api_error", msg, nil})
+		return fmt.Appendf(nil, "event: error\ndata: %s\n\n", b)
+	}
+	b, _ := json.Marshal(map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}})
+	return fmt.Appendf(nil, "data: %s\n\n", b)
 }
 
 // isSSE reports whether the answer's frames are server-sent events (ollama.FramingOf,

@@ -20,6 +20,12 @@ func result(kind broker.Kind, contentType string, frames [][]byte) (res []byte, 
 	case ollama.NDJSON:
 		return ndjsonResult(kind, frames)
 	case ollama.SSE:
+		switch kind {
+		case broker.KindOpenAIResponses:
+			return responsesResult(frames), true
+		case broker.KindAnthropicMessages:
+			return messagesResult(frames), true
+		}
 		return sseResult(kind, frames), true
 	}
 	return bytes.Join(frames, nil), true

@@ -1,0 +1,81 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// /v1/messages answers in Anthropic's error shape, a 401 included, and takes the key
+// Anthropic's SDKs send (X-Api-Key) as the bearer token; /v1/responses answers in
+// OpenAI's. Other routes do not take X-Api-Key.
+func TestAnthropicAndResponsesRoutesRefuseInTheirShape(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) { c.AuthToken = "s3cret" }))
+	b.Token = ""
+	anthropic := func(name string, resp *http.Response, out []byte, status int, typ, msg string) {
+		t.Helper()
+		var e struct {
+			Type  string `json:"type"`
+			Error struct {
+				Type    string `json:"type"`
+				Message string `json:"message"`
+			} `json:"error"`
+			RequestID string `json:"request_id"`
+		}
+		if resp.StatusCode != status || json.Unmarshal(out, &e) != nil || e.Type != "error" || e.Error.Type != typ ||
+			!strings.HasPrefix(e.Error.Message, msg) || !strings.HasPrefix(e.RequestID, "req_") {
+			t.Errorf("%s: %d %s, want %d {type:error, error:{type:%s, message:%s...}, request_id:req_...}", name, resp.StatusCode, out, status, typ, msg)
+		}
+	}
+	body := []byte(`{"model":"nope","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`)
+	resp, out := b.request(t, http.MethodPost, "/v1/messages", body)
+	anthropic("no key", resp, out, 401, "authentication_error", "unauthorized")
+	resp, out = b.request(t, http.MethodPost, "/v1/messages", body, "X-Api-Key", "wrong")
+	anthropic("wrong key", resp, out, 401, "authentication_error", "unauthorized")
+	resp, out = b.request(t, http.MethodPost, "/v1/messages", body, "X-Api-Key", "s3cret")
+	anthropic("unknown model", resp, out, 404, "not_found_error", "model 'nope' not found")
+	resp, out = b.request(t, http.MethodPost, "/v1/messages", []byte(`{"model":"tiny-a:","max_tokens":4}`), "Authorization", "Bearer s3cret")
+	anthropic("unparsable model", resp, out, 400, "invalid_request_error", "model is required")
+
+	resp, out = b.request(t, http.MethodPost, "/v1/chat/completions", []byte(`{"model":"nope","messages":[]}`), "X-Api-Key", "s3cret")
+	if resp.StatusCode != 401 {
+		t.Errorf("X-Api-Key on /v1/chat/completions: %d %s, want 401", resp.StatusCode, out)
+	}
+	resp, out = b.request(t, http.MethodPost, "/v1/responses", []byte(`{"model":"nope","input":"hi"}`), "Authorization", "Bearer s3cret")
+	var oe struct {
+		Error struct {
+			Message string `json:"message"`
+			Type    string `json:"type"`
+		} `json:"error"`
+	}
+	if resp.StatusCode != 404 || json.Unmarshal(out, &oe) != nil || oe.Error.Message != "model 'nope' not found" || oe.Error.Type != "api_error" {
+		t.Errorf("/v1/responses unknown model: %d %s", resp.StatusCode, out)
+	}
+}
+
+// A failure after the stream began is an error event in the stream's own dialect, and
+// the Anthropic one is read as an error as any in-stream error is (ollama.FrameError).
+func TestSSEErrorEventPerDialect(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		kind       broker.Kind
+		event, typ string
+	}{
+		{broker.KindAnthropicMessages, "event: error\ndata: ", `"type":"error","error":{"type":"api_error","message":"boom"}`},
+		{broker.KindOpenAIResponses, "event: error\ndata: ", `{"type":"error","code":"api_error","message":"boom","param":null}`},
+		{broker.KindOpenAIChat, "data: ", `{"error":{"message":"boom","type":"api_error"}}`},
+	} {
+		got := string(sseErrorEvent(c.kind, "boom"))
+		if !strings.HasPrefix(got, c.event) || !strings.Contains(got, c.typ) || !strings.HasSuffix(got, "\n\n") {
+			t.Errorf("%s: %q", c.kind, got)
+		}
+		if c.kind != broker.KindOpenAIResponses && ollama.FrameError(ollama.ContentTypeSSE, []byte(got)) != "boom" {
+			t.Errorf("%s: FrameError does not read %q", c.kind, got)
+		}
+	}
+}
