@@ -1,15 +1,19 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"time"
 	"unicode"
+
+	"github.com/klauspost/compress/zstd"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -124,6 +128,9 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		in := time.Now()
 		body, err := s.readBody(w, r)
+		if err == nil && kind == broker.KindOpenAIResponses {
+			body, err = s.decodeZstd(r, body)
+		}
 		if err != nil {
 			s.writeError(w, r, err)
 			return
@@ -287,4 +294,28 @@ func (st *syncStats) notePeak(n int64) {
 			return
 		}
 	}
+}
+
+// decodeZstd decodes a zstd-compressed body ("Content-Encoding: zstd"), as Ollama's
+// Responses route does for the clients that compress theirs; the job stores and sends
+// on the decoded body. The decoded body is bounded like any body (MaxBodyBytes).
+func (s *Server) decodeZstd(r *http.Request, body []byte) ([]byte, error) {
+	if !strings.EqualFold(strings.TrimSpace(r.Header.Get("Content-Encoding")), "zstd") {
+		return body, nil
+	}
+	dec, err := zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderMaxMemory(uint64(s.cfg.MaxBodyBytes)+1), zstd.WithDecoderConcurrency(1))
+	if err != nil {
+		return nil, badRequest("failed to decompress zstd body")
+	}
+	defer dec.Close()
+	out, err := io.ReadAll(io.LimitReader(dec, s.cfg.MaxBodyBytes+1))
+	switch {
+	case errors.Is(err, zstd.ErrDecoderSizeExceeded), errors.Is(err, zstd.ErrWindowSizeExceeded):
+		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
+	case err != nil:
+		return nil, badRequest("failed to decompress zstd body")
+	case int64(len(out)) > s.cfg.MaxBodyBytes:
+		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
+	}
+	return out, nil
 }

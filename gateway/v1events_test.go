@@ -5,6 +5,9 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/klauspost/compress/zstd"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -77,5 +80,40 @@ func TestSSEErrorEventPerDialect(t *testing.T) {
 		if c.kind != broker.KindOpenAIResponses && ollama.FrameError(ollama.ContentTypeSSE, []byte(got)) != "boom" {
 			t.Errorf("%s: FrameError does not read %q", c.kind, got)
 		}
+	}
+}
+
+// A zstd-compressed Responses body ("Content-Encoding: zstd", which Ollama's route takes)
+// is decoded: its model is read, and the job carries the JSON. A body that inflates
+// past the body limit is a 413, one that is not zstd a 400.
+func TestResponsesTakeAZstdBody(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) { c.MaxBodyBytes = 64 << 10 }))
+	compress := func(raw []byte) []byte {
+		enc, err := zstd.NewWriter(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer enc.Close()
+		return enc.EncodeAll(raw, nil)
+	}
+	resp, out := b.request(t, http.MethodPost, "/v1/responses", compress([]byte(`{"model":"nope","input":"hi"}`)), "Content-Encoding", "zstd")
+	if resp.StatusCode != 404 || !strings.Contains(string(out), "model 'nope' not found") {
+		t.Errorf("compressed body: %d %s, want the unknown model's 404", resp.StatusCode, out)
+	}
+	bomb := compress([]byte(`{"model":"tiny-a","input":"` + strings.Repeat("x", 1<<20) + `"}`))
+	if len(bomb) > 64<<10 {
+		t.Fatalf("the bomb is %d bytes compressed", len(bomb))
+	}
+	resp, out = b.request(t, http.MethodPost, "/v1/responses", bomb, "Content-Encoding", "zstd")
+	if resp.StatusCode != 413 {
+		t.Errorf("inflating past the limit: %d %s, want 413", resp.StatusCode, out)
+	}
+	resp, out = b.request(t, http.MethodPost, "/v1/responses", []byte(`{"model":"tiny-a","input":"hi"}`), "Content-Encoding", "zstd")
+	if resp.StatusCode != 400 || !strings.Contains(string(out), "failed to decompress zstd body") {
+		t.Errorf("not zstd: %d %s, want 400", resp.StatusCode, out)
+	}
+	if n, _ := b.Broker.Store.QueueLen(testCtx(t, 5*time.Second)); n != 0 {
+		t.Errorf("refused bodies queued %d jobs", n)
 	}
 }
