@@ -1,9 +1,13 @@
 // Package ollamatest is a fake Ollama server for fast tests and benchmarks.
 //
 // It serves the routes foreman uses (/, /api/version, tags, ps, show, chat,
-// generate, embed, embeddings, model management, blobs and the OpenAI-compatible
-// /v1 routes) with Ollama's JSON shapes, deterministic replies (Reply, Vector)
-// and a fixed clock, so a relayed response can be compared byte for byte.
+// generate, embed, embeddings, model management, blobs, the OpenAI-compatible
+// /v1 routes, the OpenAI Responses API /v1/responses and the Anthropic Messages
+// API /v1/messages) with Ollama's JSON shapes and SSE events, deterministic
+// replies (Reply, Vector) and a fixed clock, so a relayed response can be
+// compared byte for byte. /v1/responses and /v1/messages reply to the chat they
+// stand for (the request's messages as /api/chat reads them), so they give the
+// reply /api/chat gives that chat; their ids are hashed, not random.
 //
 // It models what matters to a scheduler: one chat model loaded at a time
 // (a request for another swaps it, sleeping LoadDelay and counting Loads),

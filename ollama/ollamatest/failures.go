@@ -49,16 +49,21 @@ var (
 	// proxy's error page) does.
 	NotOllama = Failure{kind: kindNotOllama}
 	// StreamNoDone streams the tokens and ends the response cleanly without
-	// the final done:true frame, as real Ollama sometimes does.
+	// the final done:true frame, as real Ollama sometimes does (on /v1/responses and
+	// /v1/messages, without the events that close the stream).
 	StreamNoDone = Failure{kind: kindNoDone}
 )
 
-// FailStatus answers HTTP code with {"error": msg}.
+// FailStatus answers HTTP code with {"error": msg}; on /v1/responses and /v1/messages in
+// the error shape Ollama's middleware gives its chat handler's errors there (OpenAI's,
+// typed api_error; Anthropic's, typed by code).
 func FailStatus(code int, msg string) Failure { return Failure{kind: kindStatus, code: code, msg: msg} }
 
 // StreamError streams the tokens and then, instead of the final done:true frame, an error
 // frame — {"error": msg}, or on the OpenAI routes data: {"error":{"message": msg}} — with
-// status 200, as real Ollama does when its runner fails mid-generation.
+// status 200, as real Ollama does when its runner fails mid-generation. On /v1/responses and
+// /v1/messages, whose Ollama writers drop that error frame, it acts as StreamNoDone: the
+// stream ends after the tokens without its closing events.
 func StreamError(msg string) Failure { return Failure{kind: kindStreamErr, msg: msg} }
 
 // BadAnswer answers 200 with body as contentType in place of the route's answer: what a
@@ -104,7 +109,7 @@ type pendingFailure struct {
 }
 
 // FailNext applies f to the next n inference requests (chat, generate,
-// completions, embeddings). Metadata routes such as /api/tags are not affected;
+// completions, responses, messages, embeddings). Metadata routes such as /api/tags are not affected;
 // use FailNextOn for them.
 func (s *Server) FailNext(n int, f Failure) { s.FailNextOn("", n, f) }
 

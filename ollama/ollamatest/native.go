@@ -16,6 +16,11 @@ const tokenCost = time.Millisecond
 // prepare loads the model, runs BeforeChat and waits for holds. It writes the
 // error reply itself and returns the load duration.
 func (s *Server) prepare(w http.ResponseWriter, r *http.Request, m Model) (time.Duration, bool) {
+	return s.prepareWith(w, r, m, writeError)
+}
+
+// prepareWith is prepare writing its error reply with errw (the route's error shape).
+func (s *Server) prepareWith(w http.ResponseWriter, r *http.Request, m Model, errw func(http.ResponseWriter, int, string)) (time.Duration, bool) {
 	ctx := r.Context()
 	load, err := s.ensureLoaded(ctx, m.Name)
 	if err != nil {
@@ -24,7 +29,7 @@ func (s *Server) prepare(w http.ResponseWriter, r *http.Request, m Model) (time.
 	if s.cfg.BeforeChat != nil {
 		if err := s.cfg.BeforeChat(ctx, m.Name); err != nil {
 			if ctx.Err() == nil {
-				writeError(w, http.StatusInternalServerError, err.Error())
+				errw(w, http.StatusInternalServerError, err.Error())
 			}
 			return 0, false
 		}

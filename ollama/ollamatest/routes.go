@@ -40,6 +40,8 @@ func (s *Server) routes() http.Handler {
 	h("POST /v1/chat/completions", s.handleOpenAIChat)
 	h("POST /v1/completions", s.handleOpenAICompletion)
 	h("POST /v1/embeddings", s.handleOpenAIEmbeddings)
+	h("POST /v1/responses", s.handleResponses)
+	h("POST /v1/messages", s.handleMessages)
 	h("GET /v1/models", s.handleOpenAIModels)
 	h("GET /v1/models/{model...}", s.handleOpenAIModel)
 	return mux
@@ -50,7 +52,8 @@ func (s *Server) routes() http.Handler {
 func isInference(path string) bool {
 	switch path {
 	case "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
-		"/v1/chat/completions", "/v1/completions", "/v1/embeddings":
+		"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+		"/v1/responses", "/v1/messages":
 		return true
 	}
 	return false
@@ -99,7 +102,7 @@ func (s *Server) wrap(fn handler) http.Handler {
 		if f != nil {
 			switch f.kind {
 			case kindStatus:
-				writeError(w, f.code, f.msg)
+				statusWriter(r.URL.Path)(w, f.code, f.msg)
 				return
 			case kindAnswer:
 				w.Header().Set("Content-Type", f.ctype)
@@ -181,7 +184,22 @@ func writeJSON(w http.ResponseWriter, code int, v any, f *Failure) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	writeBody(w, code, "application/json; charset=utf-8", b, f)
+}
+
+// writeEncoded writes v as Ollama's middlewares do with a json.Encoder: "application/json"
+// without a charset, and a trailing newline. DropMidStream and StallMidStream as writeJSON.
+func writeEncoded(w http.ResponseWriter, code int, v any, f *Failure) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeBody(w, code, "application/json", append(b, '\n'), f)
+}
+
+func writeBody(w http.ResponseWriter, code int, ctype string, b []byte, f *Failure) {
+	w.Header().Set("Content-Type", ctype)
 	if f != nil && (f.kind == kindDropMid || f.kind == kindStallMid) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(b)))
 		w.WriteHeader(code)
@@ -243,6 +261,27 @@ func (sw *streamWriter) frame(v any) error {
 }
 
 func (sw *streamWriter) raw(b []byte) error {
+	if sw.sse {
+		return sw.emit(append(append([]byte("data: "), b...), "\n\n"...))
+	}
+	return sw.emit(append(b, '\n'))
+}
+
+// event writes v as one named SSE event, "event: name\ndata: json\n\n", as Ollama's
+// writeSSE does on /v1/responses and /v1/messages.
+func (sw *streamWriter) event(name string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	out := make([]byte, 0, len(name)+len(b)+16)
+	out = append(append(append(out, "event: "...), name...), "\ndata: "...)
+	return sw.emit(append(append(out, b...), "\n\n"...))
+}
+
+// emit writes one framed frame and flushes it, or carries out DropMidStream and
+// StallMidStream once dropAfterFrames frames are out.
+func (sw *streamWriter) emit(out []byte) error {
 	if !sw.started {
 		sw.started = true
 		if sw.sse {
@@ -262,12 +301,6 @@ func (sw *streamWriter) raw(b []byte) error {
 		_ = sw.rc.Flush()
 		<-sw.f.gone
 		return errStalled
-	}
-	var out []byte
-	if sw.sse {
-		out = append(append([]byte("data: "), b...), "\n\n"...)
-	} else {
-		out = append(b, '\n')
 	}
 	if _, err := sw.w.Write(out); err != nil {
 		return err

@@ -296,7 +296,8 @@ func (s *Server) WaitInFlight(ctx context.Context, n int) error {
 }
 
 // WaitStarted blocks until at least n inference calls (chat, generate,
-// completions, embeddings) for model have started; model "" means any model.
+// completions, responses, messages, embeddings) for model have started; model ""
+// means any model.
 func (s *Server) WaitStarted(ctx context.Context, model string, n int) error {
 	want := ollama.NormalizeModel(model)
 	return s.WaitFor(ctx, func(calls []Call) bool {
