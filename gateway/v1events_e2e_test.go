@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
 // OpenAI's Responses API and Anthropic's Messages API, which Ollama serves on its chat:
@@ -49,7 +49,7 @@ func TestE2EResponsesAndMessagesMatchDirect(t *testing.T) {
 			t.Errorf("%s stream: events %v through foreman, %v direct", rt.path, ve, de)
 		}
 		// The streamed job's result is the non-streamed answer.
-		res := jobResult(t, ctx, b.URL, via.Header.Get(HeaderJobID))
+		res := jobResult(t, ctx, b.Store, via.Header.Get(HeaderJobID))
 		if got := rt.text(t, res); got != want {
 			t.Errorf("%s stream: stored result text %q, want %q: %s", rt.path, got, want, res)
 		}
@@ -155,25 +155,13 @@ func errorShape(t *testing.T, body []byte) (typ, msg string) {
 	return e.Type + "/" + e.Error.Type, e.Error.Message
 }
 
-// jobResult reads job id's stored result.
-func jobResult(t *testing.T, ctx context.Context, base, id string) []byte {
+// jobResult waits for job id to end (a sync answer may end before its record does,
+// ADR-0038) and returns its stored result.
+func jobResult(t *testing.T, ctx context.Context, store *broker.Store, id string) []byte {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/jobs/"+id, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var j struct {
-		State  string          `json:"state"`
-		Result json.RawMessage `json:"result"`
-	}
-	if resp.StatusCode != 200 || json.Unmarshal(raw, &j) != nil || j.State != "done" {
-		t.Fatalf("GET /jobs/%s: %d %s", id, resp.StatusCode, raw)
+	j := waitRecord(t, ctx, store, id, func(j *broker.Job) bool { return j.State.Terminal() })
+	if j.State != broker.StateDone {
+		t.Fatalf("job %s ended %s: %s", id, j.State, j.Error)
 	}
 	return j.Result
 }

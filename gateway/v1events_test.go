@@ -1,8 +1,10 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // /v1/messages answers in Anthropic's error shape, a 401 included, and takes the key
@@ -115,5 +118,52 @@ func TestResponsesTakeAZstdBody(t *testing.T) {
 	}
 	if n, _ := b.Broker.Store.QueueLen(testCtx(t, 5*time.Second)); n != 0 {
 		t.Errorf("refused bodies queued %d jobs", n)
+	}
+}
+
+// Through foreman the Responses and Messages routes answer as the target does, streamed
+// or not, and a streamed job's stored result is the non-streamed answer.
+func TestQueuedResponsesAndMessagesRelayed(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	for _, rt := range []struct {
+		path, body string
+		text       func(t *testing.T, answer []byte) string
+	}{
+		{"/v1/responses", `{"model":"tiny-a","input":"tell me","max_output_tokens":6%s}`, responseText},
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":6,"messages":[{"role":"user","content":"tell me"}]%s}`, messageText},
+	} {
+		plain := []byte(strings.Replace(rt.body, "%s", "", 1))
+		streamed := []byte(strings.Replace(rt.body, "%s", `,"stream":true`, 1))
+		for _, body := range [][]byte{plain, streamed} {
+			got, want := post(t, ctx, b.URL, rt.path, body), post(t, ctx, b.Fake.URL, rt.path, body)
+			if got.Status != 200 || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
+				t.Errorf("%s %s: got %d %q\n%s\nwant %d %q\n%s", rt.path, body, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+			}
+			res := jobResult(t, ctx, b.Broker.Store, got.Header.Get(HeaderJobID))
+			direct := post(t, ctx, b.Fake.URL, rt.path, plain).Body
+			if rt.text(t, res) != rt.text(t, direct) || !slices.Equal(topKeys(t, res), topKeys(t, direct)) {
+				t.Errorf("%s %s: stored result %s, the non-streamed answer %s", rt.path, body, res, direct)
+			}
+		}
+	}
+}
+
+// A stream the target cuts off mid-way ends, for an Anthropic client, with an Anthropic
+// error event it can read.
+func TestQueuedMessagesCutOffEndsWithAnErrorEvent(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	b.Fake.FailNext(1, ollamatest.DropMidStream)
+	got := post(t, ctx, b.URL, "/v1/messages", []byte(`{"model":"tiny-a","max_tokens":6,"stream":true,"messages":[{"role":"user","content":"cut"}]}`))
+	events := eventTypes(got.Body)
+	if got.Status != 200 || len(events) < 2 || events[0] != "message_start" || events[len(events)-1] != "error" {
+		t.Fatalf("%d events %v:\n%s", got.Status, events, got.Body)
+	}
+	last := got.Body[bytes.LastIndex(got.Body, []byte("data: "))+len("data: "):]
+	if typ, msg := errorShape(t, bytes.TrimSpace(last)); typ != "error/api_error" || msg == "" {
+		t.Errorf("last event's data %s: (%s, %q)", last, typ, msg)
 	}
 }
