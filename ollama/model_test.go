@@ -1,7 +1,10 @@
 package ollama_test
 
 import (
+	"strings"
 	"testing"
+
+	"github.com/ollama/ollama/types/model"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
@@ -40,6 +43,30 @@ func TestNormalizeModel(t *testing.T) {
 }
 
 // ValidModelName is Ollama's own check: what it answers with 400 "model is required".
+// Without a "/" the short form agrees with Ollama's parser for every name it takes.
+func TestNormalizeModelShortFormIsTheParsers(t *testing.T) {
+	t.Parallel()
+	for _, n := range []string{"tiny-a", "Tiny-A", "qwen2.5:0.5b", "llama3.2:LATEST", "m_1.x-y:q4_K_M", "a", "x:y"} {
+		p := model.ParseName(strings.ToLower(n))
+		if !p.IsValid() {
+			t.Fatalf("%q: the parser refuses it", n)
+		}
+		if got, want := ollama.NormalizeModel(n), p.DisplayShortest(); got != want {
+			t.Errorf("NormalizeModel(%q) = %q, the parser says %q", n, got, want)
+		}
+	}
+}
+
+func BenchmarkNormalizeModel(b *testing.B) {
+	for _, n := range []string{"qwen2.5-coder:7b", "hf.co/bartowski/Qwen2.5-7B-GGUF:Q4_K_M"} {
+		b.Run(n, func(b *testing.B) {
+			for b.Loop() {
+				ollama.NormalizeModel(n)
+			}
+		})
+	}
+}
+
 func TestValidModelName(t *testing.T) {
 	t.Parallel()
 	for _, n := range []string{"tiny-a", "library/tiny-a", "registry.ollama.ai/library/tiny-a:latest", "hf.co/u/m:Q4_K_M", "qwen2.5:0.5b"} {
