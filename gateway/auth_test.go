@@ -10,8 +10,8 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// With FOREMAN_AUTH_TOKEN set every route but /healthz needs the bearer token, and the
-// token is never passed on to the target.
+// With FOREMAN_AUTH_TOKEN set every route but /healthz needs the token (as a bearer token
+// or an X-Api-Key), and the token is never passed on to the target.
 func TestAuthRequired(t *testing.T) {
 	t.Parallel()
 	var (
@@ -65,6 +65,14 @@ func TestAuthRequired(t *testing.T) {
 					t.Fatalf("the right token (%q) was refused: %s", auth, out)
 				}
 			}
+			// The X-Api-Key Anthropic's SDKs send is the token too, beside a wrong bearer
+			// token as well; a wrong one is refused.
+			resp, out := b.request(t, rt.method, rt.path, body, "Authorization", "Bearer wrong", "X-Api-Key", "s3cret")
+			if resp.StatusCode == http.StatusUnauthorized {
+				t.Fatalf("the right X-Api-Key was refused: %s", out)
+			}
+			resp, out = b.request(t, rt.method, rt.path, body, "Authorization", "x", "X-Api-Key", "wrong")
+			wantError(t, resp, out, http.StatusUnauthorized, "unauthorized")
 		})
 	}
 	resp, out := b.request(t, http.MethodGet, "/healthz", nil, "Authorization", "x")
@@ -74,8 +82,8 @@ func TestAuthRequired(t *testing.T) {
 	mu.Lock()
 	defer mu.Unlock()
 	for _, h := range seen {
-		if h.Get("Authorization") != "" {
-			t.Errorf("foreman's bearer token was passed to the target: %q", h.Get("Authorization"))
+		if h.Get("Authorization") != "" || h.Get("X-Api-Key") != "" {
+			t.Errorf("foreman's token was passed to the target: %q %q", h.Get("Authorization"), h.Get("X-Api-Key"))
 		}
 	}
 	if len(seen) == 0 {

@@ -28,18 +28,25 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		got, ok := bearerToken(r.Header.Get("Authorization"))
-		if key := r.Header.Get("X-Api-Key"); !ok && key != "" && r.URL.Path == "/v1/messages" {
-			got, ok = key, true // Anthropic's SDKs send their key so
+		// The bearer token, or the X-Api-Key Anthropic's SDKs send (with both, either may
+		// be the token: an SDK given a key and a token sends both).
+		var sent []string
+		if got, ok := bearerToken(r.Header.Get("Authorization")); ok {
+			sent = append(sent, got)
 		}
-		sum := sha256.Sum256([]byte(got))
+		if key := r.Header.Get("X-Api-Key"); key != "" {
+			sent = append(sent, key)
+		}
 		match, idx := 0, 0
-		for i, k := range keys {
-			eq := subtle.ConstantTimeCompare(sum[:], k.sum[:])
-			idx = subtle.ConstantTimeSelect(eq, i, idx)
-			match |= eq
+		for _, got := range sent {
+			sum := sha256.Sum256([]byte(got))
+			for i, k := range keys {
+				eq := subtle.ConstantTimeCompare(sum[:], k.sum[:])
+				idx = subtle.ConstantTimeSelect(eq&(1-match), i, idx) // the first token that matches names the program
+				match |= eq
+			}
 		}
-		if !ok || match != 1 {
+		if match != 1 {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="foreman"`)
 			s.writeError(w, r, refuse(ErrUnauthorized, "unauthorized: missing or wrong bearer token"))
 			return

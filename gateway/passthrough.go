@@ -133,8 +133,9 @@ func removeHopHeaders(h http.Header) {
 var browserHeaders = []string{"Origin", "Referer", "Cookie"}
 
 // forwardHeader is the client's header as the target should see it: without hop-by-hop
-// headers, without the browser's page headers, and without foreman's own bearer token
-// (the target's token, if any, is added by the ollama client).
+// headers, without the browser's page headers, and without foreman's own token, as a
+// bearer token or an X-Api-Key (the target's token, if any, is added by the ollama
+// client).
 func forwardHeader(in http.Header) http.Header {
 	h := in.Clone()
 	removeHopHeaders(h)
@@ -142,6 +143,7 @@ func forwardHeader(in http.Header) http.Header {
 		h.Del(name)
 	}
 	h.Del("Authorization")
+	h.Del("X-Api-Key")
 	return h
 }
 

@@ -362,6 +362,9 @@ func (sr *syncResponse) relayedFailure(err error) bool {
 
 func (sr *syncResponse) begin(status int) {
 	sr.w.Header().Set("Content-Type", sr.ctype)
+	if k := sr.job.Kind; isSSE(sr.ctype) && (k == broker.KindOpenAIResponses || k == broker.KindAnthropicMessages) {
+		sr.w.Header().Set("Cache-Control", "no-cache") // as Ollama's middleware for these two
+	}
 	sr.w.WriteHeader(status)
 	sr.started = true
 }

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -11,23 +12,129 @@ import (
 // AnthropicWriter). A result is what the same request without stream gets.
 
 // responsesResult is the Response object of a Responses API stream: the one its last
-// terminal event (response.completed, .incomplete, .failed) carries whole, nil if none.
+// terminal event (response.completed, .incomplete, .failed) carries whole. A stream that
+// ended without one (Ollama ends some without), or whose terminal Response has no
+// output, gets the last Response it carried with the output built from the item events
+// (items, their content parts and text, reasoning summaries, call arguments). Nil if no
+// event carried a Response.
 func responsesResult(frames [][]byte) []byte {
-	var out []byte
+	var last, terminal *object
+	var items []*object
+	parts := map[int][]*object{}          // a message item's content parts, by output index
+	summary := map[int]*strings.Builder{} // a reasoning item's summary text
+	args := map[int]*strings.Builder{}    // a function call's arguments
+	at := func(list []*object, i int) ([]*object, bool) {
+		if i < 0 || i > 1<<16 {
+			return list, false
+		}
+		for len(list) <= i {
+			list = append(list, nil)
+		}
+		return list, true
+	}
 	for _, data := range sseData(frames) {
 		var e struct {
-			Type     string          `json:"type"`
-			Response json.RawMessage `json:"response"`
+			Type         string          `json:"type"`
+			Response     json.RawMessage `json:"response"`
+			OutputIndex  int             `json:"output_index"`
+			ContentIndex int             `json:"content_index"`
+			Item         json.RawMessage `json:"item"`
+			Part         json.RawMessage `json:"part"`
+			Delta        string          `json:"delta"`
+			Text         *string         `json:"text"`
+			Arguments    *string         `json:"arguments"`
 		}
-		if json.Unmarshal(data, &e) != nil || len(e.Response) == 0 {
+		if json.Unmarshal(data, &e) != nil {
 			continue
 		}
+		if r := parseObject(e.Response); r != nil {
+			last = r
+			switch e.Type {
+			case "response.completed", "response.incomplete", "response.failed":
+				terminal = r
+			}
+			continue
+		}
+		i := e.OutputIndex
 		switch e.Type {
-		case "response.completed", "response.incomplete", "response.failed":
-			out = e.Response
+		case "response.output_item.added", "response.output_item.done":
+			var ok bool
+			if items, ok = at(items, i); ok {
+				if it := parseObject(e.Item); it != nil {
+					items[i] = it
+				}
+			}
+		case "response.content_part.added", "response.content_part.done":
+			list, ok := at(parts[i], e.ContentIndex)
+			if p := parseObject(e.Part); ok && p != nil {
+				list[e.ContentIndex] = p
+				parts[i] = list
+			}
+		case "response.output_text.delta", "response.output_text.done":
+			list, ok := at(parts[i], e.ContentIndex)
+			if !ok {
+				continue
+			}
+			if list[e.ContentIndex] == nil {
+				list[e.ContentIndex] = parseObject([]byte(`{"type":"output_text","annotations":[]}`))
+			}
+			text := stringMember(list[e.ContentIndex], "text") + e.Delta
+			if e.Text != nil {
+				text = *e.Text
+			}
+			list[e.ContentIndex].put("text", text, []string{"type", "text", "annotations", "logprobs"})
+			parts[i] = list
+		case "response.reasoning_summary_text.delta":
+			if summary[i] == nil {
+				summary[i] = &strings.Builder{}
+			}
+			summary[i].WriteString(e.Delta)
+		case "response.function_call_arguments.delta", "response.function_call_arguments.done":
+			if args[i] == nil {
+				args[i] = &strings.Builder{}
+			}
+			if e.Arguments != nil {
+				args[i].Reset()
+				args[i].WriteString(*e.Arguments)
+			} else {
+				args[i].WriteString(e.Delta)
+			}
 		}
 	}
-	return out
+	switch {
+	case terminal != nil && !nullMember(terminal, "output"):
+		return marshalObject(terminal)
+	case terminal != nil:
+		last = terminal
+	case last == nil:
+		return nil
+	}
+	output := make([]*object, 0, len(items))
+	for i, it := range items {
+		if it == nil {
+			continue
+		}
+		switch stringMember(it, "type") {
+		case "message":
+			if ps := slices.DeleteFunc(parts[i], func(p *object) bool { return p == nil }); len(ps) > 0 && emptyMember(it, "content") {
+				it.put("content", ps, nil)
+			}
+		case "reasoning":
+			if sb := summary[i]; sb != nil && emptyMember(it, "summary") {
+				it.put("summary", []map[string]string{{"type": "summary_text", "text": sb.String()}}, nil)
+			}
+		case "function_call":
+			if sb := args[i]; sb != nil {
+				it.put("arguments", sb.String(), nil)
+			}
+		}
+		output = append(output, it)
+	}
+	if len(output) == 0 && terminal != nil {
+		return marshalObject(terminal) // Ollama's own output: null, with nothing to build
+	}
+	last.put("output", output, nil)
+	return marshalObject(last)
 }
 
 // anthropicBlockMembers is Ollama's anthropic.ContentBlock member order.
@@ -146,4 +253,28 @@ func stringMember(o *object, k string) string {
 	var s string
 	_ = json.Unmarshal(o.vals[k], &s)
 	return s
+}
+
+// nullMember reports whether o's member k is absent or null.
+func nullMember(o *object, k string) bool {
+	v := bytes.TrimSpace(o.vals[k])
+	return len(v) == 0 || string(v) == "null"
+}
+
+// emptyMember reports whether o's member k is absent, null or an empty array.
+func emptyMember(o *object, k string) bool {
+	if nullMember(o, k) {
+		return true
+	}
+	var list []json.RawMessage
+	return json.Unmarshal(o.vals[k], &list) == nil && len(list) == 0
+}
+
+// marshalObject is o's JSON, nil if it cannot be written.
+func marshalObject(o *object) []byte {
+	b, err := json.Marshal(o)
+	if err != nil {
+		return nil
+	}
+	return b
 }

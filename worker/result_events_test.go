@@ -1,7 +1,7 @@
 package worker
 
 import (
-	"encoding/json"
+	"strings"
 	"testing"
 )
 
@@ -57,7 +57,32 @@ func TestResponsesResult(t *testing.T) {
 	if got := string(responsesResult(frames)); got != final {
 		t.Errorf("result %s, want %s", got, final)
 	}
-	if !json.Valid(responsesResult(frames)) || responsesResult(frames[:2]) != nil {
-		t.Error("a stream without its terminal event has no result")
+	if responsesResult(frames[1:2]) != nil {
+		t.Error("a stream without a Response has a result")
+	}
+
+	// A stream that ended without its terminal event (Ollama ends long ones so), or whose
+	// terminal Response has no output: the last Response with the output its items make.
+	items := [][]byte{
+		sse("response.created", `{"type":"response.created","sequence_number":0,"response":{"id":"resp_2","object":"response","status":"in_progress","output":[]}}`),
+		sse("response.output_item.added", `{"type":"response.output_item.added","sequence_number":1,"output_index":0,"item":{"id":"rs_1","type":"reasoning","summary":[]}}`),
+		sse("response.reasoning_summary_text.delta", `{"type":"response.reasoning_summary_text.delta","output_index":0,"summary_index":0,"delta":"think"}`),
+		sse("response.output_item.added", `{"type":"response.output_item.added","sequence_number":2,"output_index":1,"item":{"id":"msg_1","type":"message","status":"in_progress","role":"assistant","content":[]}}`),
+		sse("response.content_part.added", `{"type":"response.content_part.added","sequence_number":3,"output_index":1,"content_index":0,"part":{"type":"output_text","text":"","annotations":[]}}`),
+		sse("response.output_text.delta", `{"type":"response.output_text.delta","sequence_number":4,"output_index":1,"content_index":0,"delta":"Hel"}`),
+		sse("response.output_text.delta", `{"type":"response.output_text.delta","sequence_number":5,"output_index":1,"content_index":0,"delta":"lo"}`),
+	}
+	want := `{"id":"resp_2","object":"response","status":"in_progress","output":[` +
+		`{"id":"rs_1","type":"reasoning","summary":[{"text":"think","type":"summary_text"}]},` +
+		`{"id":"msg_1","type":"message","status":"in_progress","role":"assistant","content":[{"type":"output_text","text":"Hello","annotations":[]}]}]}`
+	if got := string(responsesResult(items)); got != want {
+		t.Errorf("cut stream:\n%s\nwant\n%s", got, want)
+	}
+	nullOutput := append(items, sse("response.completed", `{"type":"response.completed","response":{"id":"resp_2","object":"response","status":"completed","output":null}}`))
+	if got, w := string(responsesResult(nullOutput)), strings.Replace(strings.Replace(want, "in_progress", "completed", 1), `"output":[`, `"output":[`, 1); got != w {
+		t.Errorf("terminal without output:\n%s\nwant\n%s", got, w)
+	}
+	if got := string(responsesResult(nullOutput[:1:1])); got != `{"id":"resp_2","object":"response","status":"in_progress","output":[]}` {
+		t.Errorf("no items: %s", got)
 	}
 }
