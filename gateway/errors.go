@@ -244,21 +244,6 @@ func openAIError(status int, msg string) any {
 // anthropicError is the error body of Ollama's Anthropic-compatible route (v0.17.4
 // anthropic.NewError), which Anthropic SDKs read as error.type and error.message.
 func anthropicError(status int, msg string) any {
-	kind := "api_error"
-	switch status {
-	case http.StatusBadRequest:
-		kind = "invalid_request_error"
-	case http.StatusUnauthorized:
-		kind = "authentication_error"
-	case http.StatusForbidden:
-		kind = "permission_error"
-	case http.StatusNotFound:
-		kind = "not_found_error"
-	case http.StatusTooManyRequests:
-		kind = "rate_limit_error"
-	case http.StatusServiceUnavailable, 529:
-		kind = "overloaded_error"
-	}
 	type detail struct {
 		Type    string `json:"type"`
 		Message string `json:"message"`
@@ -267,7 +252,7 @@ func anthropicError(status int, msg string) any {
 		Type      string `json:"type"`
 		Error     detail `json:"error"`
 		RequestID string `json:"request_id"`
-	}{"error", detail{kind, msg}, "req_" + rand.Text()}
+	}{"error", detail{ollama.AnthropicErrorType(status), msg}, "req_" + rand.Text()}
 }
 
 // writeJSON sends v as JSON with the given status.

@@ -67,3 +67,23 @@ var ErrBadAnswer = errors.New("ollama: the target's answer could not be read")
 func badAnswer(op string, why error) error {
 	return fmt.Errorf("%w: %s: %w", ErrBadAnswer, op, why)
 }
+
+// AnthropicErrorType is the error.type Ollama's Anthropic layer (v0.17.4
+// anthropic.NewError) gives an error of HTTP status code.
+func AnthropicErrorType(code int) string {
+	switch code {
+	case http.StatusBadRequest:
+		return "invalid_request_error"
+	case http.StatusUnauthorized:
+		return "authentication_error"
+	case http.StatusForbidden:
+		return "permission_error"
+	case http.StatusNotFound:
+		return "not_found_error"
+	case http.StatusTooManyRequests:
+		return "rate_limit_error"
+	case http.StatusServiceUnavailable, 529:
+		return "overloaded_error"
+	}
+	return "api_error"
+}

@@ -196,6 +196,13 @@ func TestOrderMatchesPlanOfEveryQueue(t *testing.T) {
 		if rng.IntN(3) == 0 {
 			c.Loaded = append(c.Loaded, runnerKey(t, models[rng.IntN(3)]))
 		}
+		if rng.IntN(2) == 0 { // jobs cut short by the last stop: a queue's head, or a job behind it
+			c.Resume = map[string]uint64{}
+			for range 1 + rng.IntN(3) {
+				m := msgs[rng.IntN(len(msgs))]
+				c.Resume[m.Token] = m.Seq
+			}
+		}
 		cost := fixedCosts{"tiny-a": {7 * time.Second, 3 * time.Second}, "tiny-b": {20 * time.Second, 5 * time.Second}, "tiny-c": {time.Second, 0}}
 		got, want := order(c, 1, msgs, now, cost), orderEachQueue(c, 1, msgs, now, cost)
 		if len(got) != len(want) {

@@ -2,6 +2,7 @@ package worker
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"slices"
 	"strings"
@@ -20,9 +21,10 @@ import (
 func responsesResult(frames [][]byte) []byte {
 	var last, terminal *object
 	var items []*object
-	parts := map[int][]*object{}          // a message item's content parts, by output index
-	summary := map[int]*strings.Builder{} // a reasoning item's summary text
-	args := map[int]*strings.Builder{}    // a function call's arguments
+	parts := map[int][]*object{}           // a message item's content parts, by output index
+	summary := map[int]*strings.Builder{}  // a reasoning item's summary text
+	args := map[int]*strings.Builder{}     // a function call's arguments
+	texts := map[[2]int]*strings.Builder{} // a content part's text, by output and content index
 	at := func(list []*object, i int) ([]*object, bool) {
 		if i < 0 || i > 1<<16 {
 			return list, false
@@ -78,12 +80,12 @@ func responsesResult(frames [][]byte) []byte {
 			if list[e.ContentIndex] == nil {
 				list[e.ContentIndex] = parseObject([]byte(`{"type":"output_text","annotations":[]}`))
 			}
-			text := stringMember(list[e.ContentIndex], "text") + e.Delta
-			if e.Text != nil {
-				text = *e.Text
-			}
-			list[e.ContentIndex].put("text", text, []string{"type", "text", "annotations", "logprobs"})
 			parts[i] = list
+			sb := grow(texts, [2]int{i, e.ContentIndex})
+			if e.Text != nil {
+				sb.Reset() // the whole text
+			}
+			sb.WriteString(cmp.Or(e.Delta, deref(e.Text)))
 		case "response.reasoning_summary_text.delta":
 			if summary[i] == nil {
 				summary[i] = &strings.Builder{}
@@ -113,6 +115,11 @@ func responsesResult(frames [][]byte) []byte {
 	for i, it := range items {
 		if it == nil {
 			continue
+		}
+		for c, p := range parts[i] {
+			if sb := texts[[2]int{i, c}]; sb != nil && p != nil {
+				p.put("text", sb.String(), []string{"type", "text", "annotations", "logprobs"})
+			}
 		}
 		switch stringMember(it, "type") {
 		case "message":
@@ -150,7 +157,9 @@ var anthropicMessageMembers = []string{"id", "type", "role", "model", "content",
 func messagesResult(frames [][]byte) []byte {
 	var msg *object
 	var blocks []*object
-	parts := map[int]*strings.Builder{} // a tool call's input JSON, by block
+	// A block's text, thinking and (a tool call's) input JSON, joined at the end: joining
+	// them delta by delta in the block would cost the square of the answer's length.
+	texts, thinking, parts := map[int]*strings.Builder{}, map[int]*strings.Builder{}, map[int]*strings.Builder{}
 	block := func(i int) *object {
 		if i < 0 || i >= len(blocks) {
 			return nil
@@ -195,16 +204,13 @@ func messagesResult(frames [][]byte) []byte {
 			}
 			switch d.Type {
 			case "text_delta":
-				b.put("text", stringMember(b, "text")+d.Text, anthropicBlockMembers)
+				grow(texts, e.Index).WriteString(d.Text)
 			case "thinking_delta":
-				b.put("thinking", stringMember(b, "thinking")+d.Thinking, anthropicBlockMembers)
+				grow(thinking, e.Index).WriteString(d.Thinking)
 			case "signature_delta":
 				b.put("signature", d.Signature, anthropicBlockMembers)
 			case "input_json_delta":
-				if parts[e.Index] == nil {
-					parts[e.Index] = &strings.Builder{}
-				}
-				parts[e.Index].WriteString(d.PartialJSON)
+				grow(parts, e.Index).WriteString(d.PartialJSON)
 			}
 		case "message_delta":
 			if msg == nil {
@@ -234,6 +240,12 @@ func messagesResult(frames [][]byte) []byte {
 	for i, b := range blocks {
 		if b == nil {
 			continue
+		}
+		if sb := texts[i]; sb != nil {
+			b.put("text", stringMember(b, "text")+sb.String(), anthropicBlockMembers)
+		}
+		if sb := thinking[i]; sb != nil {
+			b.put("thinking", stringMember(b, "thinking")+sb.String(), anthropicBlockMembers)
 		}
 		if p := parts[i]; p != nil && json.Valid([]byte(p.String())) {
 			b.put("input", json.RawMessage(p.String()), anthropicBlockMembers)
@@ -277,4 +289,21 @@ func marshalObject(o *object) []byte {
 		return nil
 	}
 	return b
+}
+
+// grow is the builder of key k in m, made on first use.
+func grow[K comparable](m map[K]*strings.Builder, k K) *strings.Builder {
+	sb := m[k]
+	if sb == nil {
+		sb = &strings.Builder{}
+		m[k] = sb
+	}
+	return sb
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
 }

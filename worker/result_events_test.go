@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"slices"
 	"strings"
 	"testing"
 )
@@ -79,10 +80,46 @@ func TestResponsesResult(t *testing.T) {
 		t.Errorf("cut stream:\n%s\nwant\n%s", got, want)
 	}
 	nullOutput := append(items, sse("response.completed", `{"type":"response.completed","response":{"id":"resp_2","object":"response","status":"completed","output":null}}`))
-	if got, w := string(responsesResult(nullOutput)), strings.Replace(strings.Replace(want, "in_progress", "completed", 1), `"output":[`, `"output":[`, 1); got != w {
+	if got, w := string(responsesResult(nullOutput)), strings.Replace(want, "in_progress", "completed", 1); got != w {
 		t.Errorf("terminal without output:\n%s\nwant\n%s", got, w)
+	}
+	// The done events repeat the whole text and item: taken as they are, not added again.
+	done := append(slices.Clone(items),
+		sse("response.output_text.done", `{"type":"response.output_text.done","output_index":1,"content_index":0,"text":"Hello"}`),
+		sse("response.content_part.done", `{"type":"response.content_part.done","output_index":1,"content_index":0,"part":{"type":"output_text","text":"Hello","annotations":[]}}`))
+	if got := string(responsesResult(done)); got != want {
+		t.Errorf("with the done events:\n%s\nwant\n%s", got, want)
 	}
 	if got := string(responsesResult(nullOutput[:1:1])); got != `{"id":"resp_2","object":"response","status":"in_progress","output":[]}` {
 		t.Errorf("no items: %s", got)
 	}
+}
+
+// BenchmarkStreamedResults builds the results of long Responses and Messages streams
+// (16k text deltas): linear in the answer (16k deltas joined one by one into the block
+// cost seconds).
+func BenchmarkStreamedResults(b *testing.B) {
+	const n = 16 << 10
+	messages := [][]byte{sse("message_start", `{"type":"message_start","message":{"id":"m","type":"message","role":"assistant","model":"x","content":[],"usage":{"input_tokens":1,"output_tokens":0}}}`),
+		sse("content_block_start", `{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}`)}
+	responses := [][]byte{sse("response.created", `{"type":"response.created","response":{"id":"r","object":"response","status":"in_progress","output":[]}}`),
+		sse("response.output_item.added", `{"type":"response.output_item.added","output_index":0,"item":{"id":"msg","type":"message","role":"assistant","content":[]}}`)}
+	for range n {
+		messages = append(messages, sse("content_block_delta", `{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"word "}}`))
+		responses = append(responses, sse("response.output_text.delta", `{"type":"response.output_text.delta","output_index":0,"content_index":0,"delta":"word "}`))
+	}
+	b.Run("messages", func(b *testing.B) {
+		for b.Loop() {
+			if len(messagesResult(messages)) < 5*n {
+				b.Fatal("short result")
+			}
+		}
+	})
+	b.Run("responses", func(b *testing.B) {
+		for b.Loop() {
+			if len(responsesResult(responses)) < 5*n {
+				b.Fatal("short result")
+			}
+		}
+	})
 }

@@ -4,6 +4,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
@@ -16,15 +19,19 @@ import (
 func TestJobCutShortByTheLastStopRunsFirst(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		name string
-		cut  func(j *broker.Job, d *broker.Lease)
+		name  string
+		cut   func(j *broker.Job, d *broker.Lease)
+		spare bool // a spare copy of its message waits too (shown once, never run)
 	}{
 		{"killed mid-run", func(j *broker.Job, d *broker.Lease) {
 			j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq // as the worker's start write
-		}},
+		}, false},
+		{"killed mid-run, with a spare copy", func(j *broker.Job, d *broker.Lease) {
+			j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq
+		}, true},
 		{"handed back by a stop", func(j *broker.Job, d *broker.Lease) {
 			j.State, j.Error = broker.StateRetrying, "foreman shutting down" // as handBack writes it
-		}},
+		}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -45,6 +52,20 @@ func TestJobCutShortByTheLastStopRunsFirst(t *testing.T) {
 				return nil
 			}); err != nil {
 				t.Fatal(err)
+			}
+			if tc.spare {
+				msg := nats.NewMsg(broker.QueueSubject(token))
+				msg.Header.Set(broker.HeaderJobID, cut.ID)
+				msg.Header.Set(broker.HeaderModel, cut.Model)
+				msg.Header.Set(broker.HeaderKind, string(cut.Kind))
+				msg.Data = []byte(chatBody("tiny-a", 2))
+				js, err := jetstream.New(tb.b.Conn)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("spare-"+cut.ID)); err != nil {
+					t.Fatal(err)
+				}
 			}
 			tb.b.Restart(t)
 

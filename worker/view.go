@@ -176,6 +176,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	exclusive := w.store.Config().Exclusive
 	var elsewhere []broker.ElsewhereJob
 	headed := make(map[string]bool) // queues whose first message was met
+	spares := make(map[uint64]bool) // spare copies of jobs cut short
 	for _, m := range msgs {
 		j := heads[m.JobID]
 		first := !headed[m.Token]
@@ -186,7 +187,11 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			c.Resume[m.Token] = m.Seq
 		case exclusive && (j.State == broker.StateLoading || j.State == broker.StateWorking):
 			// No other process runs this store's jobs: one whose record says it runs was
-			// cut short by the last stop, and waits.
+			// cut short by the last stop, and waits, once: a spare copy of its message
+			// is no job of its own (the worker drops it).
+			if j.IsSpare(m.Seq) {
+				spares[m.Seq] = true
+			}
 		case j.State == broker.StateLoading || j.State == broker.StateWorking:
 			gone[m.JobID] = true
 			elsewhere = append(elsewhere, broker.ElsewhereJob{
@@ -197,8 +202,8 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			gone[m.JobID] = true // its result is being stored: it waits no more
 		}
 	}
-	if len(gone) > 0 {
-		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] })
+	if len(gone) > 0 || len(spares) > 0 {
+		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] || spares[m.Seq] })
 	}
 
 	if run != nil {

@@ -215,6 +215,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		misses, woken = 0, false
 		w.trace(d.JobID, StageFetched)
 		w.took(d.Token)
+		w.resumed(d) // taken, by a pick or a wake-up: its precedence ends (ADR-0044)
 		w.fetched(d.JobID)
 		w.handle(ctx, d, ahead, early)
 		ahead.wait()
@@ -439,7 +440,6 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 		d, err := w.store.Next(ctx, token)
 		if d != nil {
-			w.resumed(d)
 			if err != nil {
 				w.unusable(ctx, d, err)
 				continue

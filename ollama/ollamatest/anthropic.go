@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // The Anthropic Messages API (POST /v1/messages), as Ollama 0.17.4 serves it: its
@@ -30,22 +32,7 @@ type antError struct {
 func newAntError(code int, msg string) antError {
 	e := antError{Type: "error", RequestID: "req_" + hex24(strconv.Itoa(code), msg)}
 	e.Error.Message = msg
-	switch code {
-	case http.StatusBadRequest:
-		e.Error.Type = "invalid_request_error"
-	case http.StatusUnauthorized:
-		e.Error.Type = "authentication_error"
-	case http.StatusForbidden:
-		e.Error.Type = "permission_error"
-	case http.StatusNotFound:
-		e.Error.Type = "not_found_error"
-	case http.StatusTooManyRequests:
-		e.Error.Type = "rate_limit_error"
-	case http.StatusServiceUnavailable, 529:
-		e.Error.Type = "overloaded_error"
-	default:
-		e.Error.Type = "api_error"
-	}
+	e.Error.Type = ollama.AnthropicErrorType(code)
 	return e
 }
 

@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,12 +345,12 @@ func TestCompatSteering(t *testing.T) {
 	}
 	s.SetDown(false)
 
-	// Pacing: TokenDelay before each token.
-	slow := ollamatest.New(t, ollamatest.WithTokenDelay(20*time.Millisecond))
-	start := time.Now()
+	// Pacing: the per-token hook (where TokenDelay sleeps) runs before each token.
+	var paced atomic.Int32
+	slow := ollamatest.New(t, ollamatest.WithBeforeToken(func(context.Context, int) error { paced.Add(1); return nil }))
 	mustPost(t, ctx, slow.URL, "/v1/messages", `{"model":"tiny-a","max_tokens":3,"messages":[{"role":"user","content":"x"}]}`)
-	if d := time.Since(start); d < 60*time.Millisecond {
-		t.Errorf("3 tokens at 20ms took %v", d)
+	if n := paced.Load(); n != 3 {
+		t.Errorf("3 tokens paced %d times", n)
 	}
 }
 
