@@ -25,16 +25,12 @@ func TestAnthropicAndResponsesRoutesRefuseInTheirShape(t *testing.T) {
 	b.Token = ""
 	anthropic := func(name string, resp *http.Response, out []byte, status int, typ, msg string) {
 		t.Helper()
-		var e struct {
-			Type  string `json:"type"`
-			Error struct {
-				Type    string `json:"type"`
-				Message string `json:"message"`
-			} `json:"error"`
+		var id struct {
 			RequestID string `json:"request_id"`
 		}
-		if resp.StatusCode != status || json.Unmarshal(out, &e) != nil || e.Type != "error" || e.Error.Type != typ ||
-			!strings.HasPrefix(e.Error.Message, msg) || !strings.HasPrefix(e.RequestID, "req_") {
+		gotType, gotMsg := errorShape(t, out)
+		if resp.StatusCode != status || json.Unmarshal(out, &id) != nil || gotType != "error/"+typ ||
+			!strings.HasPrefix(gotMsg, msg) || !strings.HasPrefix(id.RequestID, "req_") {
 			t.Errorf("%s: %d %s, want %d {type:error, error:{type:%s, message:%s...}, request_id:req_...}", name, resp.StatusCode, out, status, typ, msg)
 		}
 	}

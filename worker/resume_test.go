@@ -4,9 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
@@ -54,18 +51,7 @@ func TestJobCutShortByTheLastStopRunsFirst(t *testing.T) {
 				t.Fatal(err)
 			}
 			if tc.spare {
-				msg := nats.NewMsg(broker.QueueSubject(token))
-				msg.Header.Set(broker.HeaderJobID, cut.ID)
-				msg.Header.Set(broker.HeaderModel, cut.Model)
-				msg.Header.Set(broker.HeaderKind, string(cut.Kind))
-				msg.Data = []byte(chatBody("tiny-a", 2))
-				js, err := jetstream.New(tb.b.Conn)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID("spare-"+cut.ID)); err != nil {
-					t.Fatal(err)
-				}
+				tb.publishSpare(t, cut, chatBody("tiny-a", 2))
 			}
 			tb.b.Restart(t)
 

@@ -29,20 +29,7 @@ func TestSpareQueueMessageOfARunningJobIsDropped(t *testing.T) {
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
 		t.Fatal(err)
 	}
-	// The spare copy: the same job on the same queue subject under another message id.
-	token, _ := broker.ModelToken("tiny-a")
-	msg := nats.NewMsg(broker.QueueSubject(token))
-	msg.Header.Set(broker.HeaderJobID, j.ID)
-	msg.Header.Set(broker.HeaderModel, j.Model)
-	msg.Header.Set(broker.HeaderKind, string(j.Kind))
-	msg.Data = []byte(chatBody("tiny-a", 1))
-	js, err := jetstream.New(tb.b.Conn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := js.PublishMsg(ctxT(t), msg, jetstream.WithMsgID("spare-"+j.ID)); err != nil {
-		t.Fatal(err)
-	}
+	tb.publishSpare(t, j, chatBody("tiny-a", 1))
 	release()
 	select {
 	case <-storing:
@@ -80,5 +67,28 @@ func TestLegacyRunningRecordRunsFromItsMessage(t *testing.T) {
 	got := tb.waitState(t, j.ID, broker.StateDone)
 	if got.Attempt != 2 {
 		t.Fatalf("attempt %d, want 2", got.Attempt)
+	}
+}
+
+// publishSpare stores a spare copy of job j's queue message: the same job on the same
+// queue subject under another message id (an idempotent retry after the duplicate
+// window leaves one).
+func (tb *testBundle) publishSpare(t *testing.T, j *broker.Job, body string) {
+	t.Helper()
+	token, err := broker.ModelToken(j.Model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(broker.QueueSubject(token))
+	msg.Header.Set(broker.HeaderJobID, j.ID)
+	msg.Header.Set(broker.HeaderModel, j.Model)
+	msg.Header.Set(broker.HeaderKind, string(j.Kind))
+	msg.Data = []byte(body)
+	js, err := jetstream.New(tb.b.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.PublishMsg(ctxT(t), msg, jetstream.WithMsgID("spare-"+j.ID)); err != nil {
+		t.Fatal(err)
 	}
 }
