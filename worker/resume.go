@@ -91,3 +91,10 @@ func (w *Worker) resumeReadNow() bool {
 	defer w.mu.Unlock()
 	return w.resumeRead
 }
+
+// cutShortWaiting reports whether jobs cut short by the last stop wait to be taken.
+func (w *Worker) cutShortWaiting() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.cutJobs) > 0
+}

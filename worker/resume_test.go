@@ -77,3 +77,44 @@ func TestJobCutShortByTheLastStopRunsFirst(t *testing.T) {
 		})
 	}
 }
+
+// After a power loss foreman may come back before its Ollama: with a job cut short
+// waiting, the worker waits for the target before taking anything, so that job neither
+// spends an attempt on a target that is down nor loses its place behind an older one.
+func TestJobCutShortWaitsForATargetNotUpYet(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait = true, 10*time.Minute
+	}))
+	ctx := ctxT(t)
+	ahead := tb.chat(t, "tiny-b", 1)
+	cut := tb.chat(t, "tiny-a", 2)
+	token, _ := broker.ModelToken("tiny-a")
+	d, err := tb.b.Store.Next(ctx, token)
+	if err != nil || d == nil || d.JobID != cut.ID {
+		t.Fatalf("take the job: %v %v", d, err)
+	}
+	if _, _, err := tb.b.Store.Modify(ctx, cut.ID, func(j *broker.Job) error {
+		j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tb.b.Restart(t)
+
+	tb.fake.SetDown(true)
+	w := tb.start(t, worker.Config{})
+	eventually(t, 30*time.Second, "the worker paused for the target", func() bool {
+		p := w.Paused()
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
+	})
+	tb.fake.SetDown(false)
+	got := tb.waitState(t, cut.ID, broker.StateDone)
+	tb.waitState(t, ahead.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Errorf("the cut job ended after attempt %d, want 2 (none spent on the down target)", got.Attempt)
+	}
+	if calls := inferenceCalls(tb.fake); len(calls) != 2 || calls[0] != "tiny-a:latest" {
+		t.Errorf("calls %v, want the cut tiny-a job first, then tiny-b", calls)
+	}
+}

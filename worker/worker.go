@@ -418,7 +418,20 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	now := time.Now()
 	heads, err := w.index.refresh(ctx, now)
 	if err == nil && !w.resumeReadNow() {
-		err = w.readResumed(ctx, heads)
+		if err = w.readResumed(ctx, heads); err == nil && w.cutShortWaiting() {
+			// Jobs cut short by the last stop wait (a crash, a power loss): a target not
+			// up yet (foreman quicker than its Ollama) is waited for before they are
+			// taken, or the first would spend an attempt and its precedence on it.
+			sctx, scancel := w.untilStop(ctx)
+			pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
+			perr := w.probeTarget(pctx)
+			cancel()
+			scancel()
+			if perr != nil && !w.isStopping(ctx) {
+				w.waitTarget(ctx, perr)
+				return nil, true, nil // the queue may have changed meanwhile: look again
+			}
+		}
 	}
 	if err != nil || len(heads) == 0 {
 		return nil, false, err
@@ -641,16 +654,19 @@ func (w *Worker) waitStore(ctx context.Context, cause error) {
 // waitTarget pauses the worker after a connection error until the target answers again,
 // so the jobs behind do not each burn an attempt on a target that is down.
 func (w *Worker) waitTarget(ctx context.Context, cause error) {
-	probe := func(ctx context.Context) error {
-		if w.cfg.Inventory != nil {
-			return w.cfg.Inventory.Refresh(ctx)
-		}
-		_, err := w.cfg.Target.Version(ctx)
-		return err
-	}
 	isDown := func(err error) bool { return err != nil }
-	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, probe, isDown,
+	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, isDown,
 		"target unreachable; worker paused", "target is back; resuming")
+}
+
+// probeTarget asks the target for its models (the inventory's poll), or for its version
+// without an inventory.
+func (w *Worker) probeTarget(ctx context.Context) error {
+	if w.cfg.Inventory != nil {
+		return w.cfg.Inventory.Refresh(ctx)
+	}
+	_, err := w.cfg.Target.Version(ctx)
+	return err
 }
 
 // waitUntil pauses the worker for reason, begun by cause: it calls probe (each call
