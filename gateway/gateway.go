@@ -206,11 +206,38 @@ func (s *Server) routes(mux *http.ServeMux) {
 	mux.HandleFunc("/", s.handleNotFound)
 }
 
+// withoutTrailingSlash is r's URL without its path's trailing slash, when a route other
+// than the catch-all takes that path with r's method.
+func (s *Server) withoutTrailingSlash(r *http.Request) (string, bool) {
+	p := r.URL.Path
+	if len(p) < 2 || !strings.HasSuffix(p, "/") {
+		return "", false
+	}
+	probe := r.Clone(r.Context())
+	probe.URL.Path, probe.URL.RawPath = strings.TrimSuffix(p, "/"), ""
+	if _, pattern := s.mux.Handler(probe); pattern == "/" || pattern == "" {
+		return "", false
+	}
+	u := *probe.URL
+	u.Scheme, u.Host = "", ""
+	return u.RequestURI(), true
+}
+
 // handleNotFound answers every path no route claims ("GET /" is handleRoot, passthrough.go).
 // handleNotFound answers what no route matched: 405 with Allow for a known path asked
 // with another method (as Ollama does), else 404. The catch-all route hides the mux's
 // own 405, so the other methods are tried here.
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
+	if target, ok := s.withoutTrailingSlash(r); ok {
+		// As Ollama's router: a known route asked with a trailing slash is redirected,
+		// 301 for a GET, 307 (the method and body kept) for the rest.
+		code := http.StatusTemporaryRedirect
+		if r.Method == http.MethodGet {
+			code = http.StatusMovedPermanently
+		}
+		http.Redirect(w, r, target, code)
+		return
+	}
 	var allow []string
 	for _, m := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete} {
 		if m == r.Method {

@@ -1,0 +1,47 @@
+package gateway
+
+import (
+	"bytes"
+	"net/http"
+	"testing"
+)
+
+// A known route asked with a trailing slash is redirected as Ollama's router does: 301
+// for a GET, 307 (method and body kept) otherwise, the query kept; an unknown path with
+// one is still a 404.
+func TestTrailingSlashRedirects(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	noFollow := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, c := range []struct {
+		method, path string
+		status       int
+		location     string
+	}{
+		{http.MethodGet, "/api/tags/", http.StatusMovedPermanently, "/api/tags"},
+		{http.MethodGet, "/api/version/?x=1", http.StatusMovedPermanently, "/api/version?x=1"},
+		{http.MethodPost, "/api/chat/", http.StatusTemporaryRedirect, "/api/chat"},
+		{http.MethodPost, "/v1/chat/completions/", http.StatusTemporaryRedirect, "/v1/chat/completions"},
+		{http.MethodPost, "/v1/messages/", http.StatusTemporaryRedirect, "/v1/messages"},
+		{http.MethodGet, "/no/such/", http.StatusNotFound, ""},
+		{http.MethodGet, "/api/chat/", http.StatusNotFound, ""}, // as Ollama: no GET route to redirect to
+	} {
+		req, err := http.NewRequest(c.method, b.URL+c.path, bytes.NewReader([]byte(`{}`)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != c.status || resp.Header.Get("Location") != c.location {
+			t.Errorf("%s %s: %d Location %q, want %d %q", c.method, c.path, resp.StatusCode, resp.Header.Get("Location"), c.status, c.location)
+		}
+	}
+	// A client that follows redirects gets the route's answer.
+	resp, out := b.request(t, http.MethodGet, "/api/tags/", nil)
+	if resp.StatusCode != 200 || !bytes.Contains(out, []byte(`"models"`)) {
+		t.Errorf("followed: %d %s", resp.StatusCode, out)
+	}
+}
