@@ -22,8 +22,10 @@ type SubmitRequest struct {
 	Chat     *ChatRequest
 	Generate *GenerateRequest
 	Embed    *EmbedRequest
-	// Body is a raw POST /jobs body: an /api/chat, /api/generate or /api/embed request,
-	// with "kind" when it is not a chat (as `foreman submit --file` sends it).
+	// Body is a raw POST /jobs body: the request of any kind's route (/api/chat,
+	// /api/generate, /api/embed, /v1/chat/completions, /v1/completions, /v1/responses,
+	// /v1/messages), with "kind" when it is not a chat (as `foreman submit --file` sends
+	// it).
 	Body json.RawMessage
 
 	// WebhookURL receives the job's state events (state_webhook_url). Submit then waits by
