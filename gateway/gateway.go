@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"path"
 	"strings"
 	"sync"
 	"time"
@@ -213,8 +214,14 @@ func (s *Server) withoutTrailingSlash(r *http.Request) (string, bool) {
 	if len(p) < 2 || !strings.HasSuffix(p, "/") {
 		return "", false
 	}
+	// Only a clean path: one with "//", ".." or escaped slashes would redirect to a path
+	// the client did not name, or (starting "//") to another host.
+	trimmed := strings.TrimSuffix(p, "/")
+	if path.Clean(trimmed) != trimmed || strings.HasPrefix(trimmed, "//") || r.URL.RawPath != "" {
+		return "", false
+	}
 	probe := r.Clone(r.Context())
-	probe.URL.Path, probe.URL.RawPath = strings.TrimSuffix(p, "/"), ""
+	probe.URL.Path, probe.URL.RawPath = trimmed, ""
 	if _, pattern := s.mux.Handler(probe); pattern == "/" || pattern == "" {
 		return "", false
 	}

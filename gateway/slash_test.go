@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -37,6 +38,23 @@ func TestTrailingSlashRedirects(t *testing.T) {
 		resp.Body.Close()
 		if resp.StatusCode != c.status || resp.Header.Get("Location") != c.location {
 			t.Errorf("%s %s: %d Location %q, want %d %q", c.method, c.path, resp.StatusCode, resp.Header.Get("Location"), c.status, c.location)
+		}
+	}
+	// No redirect leaves the path the client named, or this host: an escaped slash, "//"
+	// or ".." is never turned into a Location starting "//" (another host).
+	for _, raw := range []string{"/%2Fapi%2Ftags/", "//api/tags/", "///api/tags/", "/%2F%2Fevil.com/", "/api/tags//", "/v1/../api/tags/"} {
+		req, err := http.NewRequest(http.MethodGet, b.URL, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.URL.Opaque = raw // sent as written
+		resp, err := noFollow.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if loc := resp.Header.Get("Location"); strings.HasPrefix(loc, "//") || strings.HasPrefix(loc, `/\`) {
+			t.Errorf("GET %s: %d Location %q: another host", raw, resp.StatusCode, loc)
 		}
 	}
 	// A client that follows redirects gets the route's answer.
