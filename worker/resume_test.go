@@ -1,11 +1,13 @@
 package worker_test
 
 import (
+	"net/http"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -116,5 +118,42 @@ func TestJobCutShortWaitsForATargetNotUpYet(t *testing.T) {
 	}
 	if calls := inferenceCalls(tb.fake); len(calls) != 2 || calls[0] != "tiny-a:latest" {
 		t.Errorf("calls %v, want the cut tiny-a job first, then tiny-b", calls)
+	}
+}
+
+// A target that answers the probe, though badly (a proxy passing only the model calls
+// answers the version or model list with an error), is not waited for: the cut job runs.
+func TestJobCutShortRunsWhenTheProbeIsAnsweredBadly(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait = true, 10*time.Minute
+	}))
+	ctx := ctxT(t)
+	cut := tb.chat(t, "tiny-a", 1)
+	token, _ := broker.ModelToken("tiny-a")
+	d, err := tb.b.Store.Next(ctx, token)
+	if err != nil || d == nil || d.JobID != cut.ID {
+		t.Fatalf("take the job: %v %v", d, err)
+	}
+	if _, _, err := tb.b.Store.Modify(ctx, cut.ID, func(j *broker.Job) error {
+		j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tb.b.Restart(t)
+
+	tb.fake.FailNextOn("/api/version", 1<<20, ollamatest.FailStatus(http.StatusNotFound, "not here")) // always
+	w := tb.start(t, worker.Config{})
+	got := tb.waitState(t, cut.ID, broker.StateDone)
+	if got.Attempt != 2 || w.Paused() != nil {
+		t.Errorf("attempt %d, paused %+v; want attempt 2, never paused", got.Attempt, w.Paused())
+	}
+	probed := false
+	for _, c := range tb.fake.Calls() {
+		probed = probed || c.Path == "/api/version"
+	}
+	if !probed {
+		t.Error("the target was not probed; the test proves nothing")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Worker runs queued jobs one at a time. Build it with New, run it with Run, stop it with
@@ -427,7 +428,14 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 			perr := w.probeTarget(pctx)
 			cancel()
 			scancel()
-			if perr != nil && !w.isStopping(ctx) {
+			if w.isStopping(ctx) {
+				return nil, false, nil
+			}
+			// Only a target that is not there (refused, reset, no answer in time) is
+			// waited for: one that answers the poll badly (a proxy passing only the
+			// model calls) may still run jobs, as it did before the stop.
+			var connErr *ollama.ConnectionError
+			if errors.As(perr, &connErr) || errors.Is(perr, context.DeadlineExceeded) {
 				w.waitTarget(ctx, perr)
 				return nil, true, nil // the queue may have changed meanwhile: look again
 			}
