@@ -46,13 +46,20 @@ func (f Framing) Streamed() bool { return f != NotStreamed }
 
 // FrameError returns the error message of a stream's error frame, "" if frame is not one.
 // Ollama ends a stream whose runner failed with a line {"error":"..."} (on its OpenAI
-// routes an SSE event data: {"error":{"message":"..."}}) instead of its last frame. The
-// worker fails such a job by it, and the gateway knows its client has the error already.
+// routes an SSE event data: {"error":{"message":"..."}}, on its Anthropic route an error
+// event of the same shape) instead of its last frame. The worker fails such a job by it,
+// and the gateway knows its client has the error already: so a frame counts only when a
+// client reads it as an error, an NDJSON line whose "error" is a string, an SSE event
+// whose data's "error" has a "message".
 func FrameError(contentType string, frame []byte) string {
 	last := bytes.TrimSpace(frame)
-	switch FramingOf(contentType) {
+	framing := FramingOf(contentType)
+	switch framing {
 	case SSE:
-		for _, line := range bytes.Split(last, []byte("\n")) {
+		// Only an event's data: a frame without a data line is no event a client reads.
+		event := last
+		last = nil
+		for _, line := range bytes.Split(event, []byte("\n")) {
 			if data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:")); ok {
 				last = bytes.TrimSpace(data)
 			}
@@ -63,18 +70,21 @@ func FrameError(contentType string, frame []byte) string {
 	var v struct {
 		Error json.RawMessage `json:"error"`
 	}
-	if json.Unmarshal(last, &v) != nil || len(v.Error) == 0 || string(v.Error) == "null" {
+	if json.Unmarshal(last, &v) != nil || len(v.Error) == 0 {
 		return ""
 	}
+	if framing == SSE {
+		var obj struct {
+			Message *string `json:"message"`
+		}
+		if json.Unmarshal(v.Error, &obj) != nil || obj.Message == nil {
+			return ""
+		}
+		return *obj.Message
+	}
 	var msg string
-	if json.Unmarshal(v.Error, &msg) == nil {
-		return msg
+	if json.Unmarshal(v.Error, &msg) != nil {
+		return ""
 	}
-	var obj struct {
-		Message string `json:"message"`
-	}
-	if json.Unmarshal(v.Error, &obj) == nil && obj.Message != "" {
-		return obj.Message
-	}
-	return string(v.Error)
+	return msg
 }

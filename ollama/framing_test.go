@@ -32,3 +32,30 @@ func TestFramingOf(t *testing.T) {
 		}
 	}
 }
+
+// FrameError reads a stream's error frame in its framing: an NDJSON line, an SSE event's
+// data (an OpenAI or Anthropic error). An SSE frame without a data line is no event a
+// client reads, whatever it holds.
+func TestFrameError(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		ctype, frame, want string
+	}{
+		{ollama.ContentTypeNDJSON, `{"error":"boom"}` + "\n", "boom"},
+		{ollama.ContentTypeNDJSON, `{"message":{"content":"x"}}` + "\n", ""},
+		{ollama.ContentTypeSSE, `data: {"error":{"message":"boom","type":"api_error"}}` + "\n\n", "boom"},
+		{ollama.ContentTypeSSE, "event: error\ndata: " + `{"type":"error","error":{"type":"api_error","message":"boom"}}` + "\n\n", "boom"},
+		{ollama.ContentTypeSSE, `{"error":{"message":"late"}}`, ""},
+		{ollama.ContentTypeSSE, "event: error\n\n", ""},
+		{"application/json", `{"error":"boom"}`, ""},
+		// What no client reads as an error: not Ollama's error frames.
+		{ollama.ContentTypeNDJSON, `{"error":{}}`, ""},
+		{ollama.ContentTypeNDJSON, `{"error":5}`, ""},
+		{ollama.ContentTypeSSE, `data: {"error":"boom"}` + "\n\n", ""},
+		{ollama.ContentTypeSSE, `data: {"error":{"type":"x"}}` + "\n\n", ""},
+	} {
+		if got := ollama.FrameError(c.ctype, []byte(c.frame)); got != c.want {
+			t.Errorf("FrameError(%s, %q) = %q, want %q", c.ctype, c.frame, got, c.want)
+		}
+	}
+}
