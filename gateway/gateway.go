@@ -230,10 +230,10 @@ func (s *Server) withoutTrailingSlash(r *http.Request) (string, bool) {
 	return u.RequestURI(), true
 }
 
-// handleNotFound answers every path no route claims ("GET /" is handleRoot, passthrough.go).
-// handleNotFound answers what no route matched: 405 with Allow for a known path asked
-// with another method (as Ollama does), else 404. The catch-all route hides the mux's
-// own 405, so the other methods are tried here.
+// handleNotFound answers what no route matched ("GET /" is handleRoot, passthrough.go):
+// a redirect for a known route asked with a trailing slash, 405 with Allow for a known
+// path asked with another method (as Ollama does), else 404. The catch-all route hides
+// the mux's own 405, so the other methods are tried here.
 func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	if target, ok := s.withoutTrailingSlash(r); ok {
 		// As Ollama's router: a known route asked with a trailing slash is redirected,

@@ -101,25 +101,12 @@ func TestStartSweepCancelsDeadCallersBeforeTheFirstJob(t *testing.T) {
 // the worker starts, not after AckWait, and before the job queued behind it.
 func TestInterruptedJobRerunsAtOnceOnAnExclusiveStore(t *testing.T) {
 	t.Parallel()
-	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
-		c.Exclusive, c.AckWait = true, 10*time.Minute
-	}))
-	ctx := ctxT(t)
+	tb := setupExclusive(t)
 	j := tb.chat(t, "tiny-a", 1)
 	behind := tb.submit(t, "tiny-b", broker.KindChat, chatBody("tiny-b", 2))
 
 	// A foreman takes the job and starts it, then dies: the delivery is never acked.
-	token, _ := broker.ModelToken("tiny-a")
-	d, err := tb.b.Store.Next(ctx, token)
-	if err != nil || d == nil || d.JobID != j.ID {
-		t.Fatalf("take the job: %v %v", d, err)
-	}
-	if _, _, err := tb.b.Store.Modify(ctx, j.ID, func(j *broker.Job) error {
-		j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq // as the worker's start write
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	tb.cutShort(t, j, killedMidRun)
 	tb.b.Restart(t)
 
 	tb.start(t, worker.Config{})

@@ -22,36 +22,19 @@ func TestJobCutShortByTheLastStopRunsFirst(t *testing.T) {
 		cut   func(j *broker.Job, d *broker.Lease)
 		spare bool // a spare copy of its message waits too (shown once, never run)
 	}{
-		{"killed mid-run", func(j *broker.Job, d *broker.Lease) {
-			j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq // as the worker's start write
-		}, false},
-		{"killed mid-run, with a spare copy", func(j *broker.Job, d *broker.Lease) {
-			j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq
-		}, true},
+		{"killed mid-run", killedMidRun, false},
+		{"killed mid-run, with a spare copy", killedMidRun, true},
 		{"handed back by a stop", func(j *broker.Job, d *broker.Lease) {
 			j.State, j.Error = broker.StateRetrying, "foreman shutting down" // as handBack writes it
 		}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
-				c.Exclusive, c.AckWait = true, 10*time.Minute
-			}))
+			tb := setupExclusive(t)
 			ctx := ctxT(t)
 			ahead := tb.chat(t, "tiny-b", 1) // older: by age alone it would go first
 			cut := tb.chat(t, "tiny-a", 2)
-
-			token, _ := broker.ModelToken("tiny-a")
-			d, err := tb.b.Store.Next(ctx, token)
-			if err != nil || d == nil || d.JobID != cut.ID {
-				t.Fatalf("take the job: %v %v", d, err)
-			}
-			if _, _, err := tb.b.Store.Modify(ctx, cut.ID, func(j *broker.Job) error {
-				tc.cut(j, d)
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
+			tb.cutShort(t, cut, tc.cut)
 			if tc.spare {
 				tb.publishSpare(t, cut, chatBody("tiny-a", 2))
 			}
@@ -85,23 +68,10 @@ func TestJobCutShortByTheLastStopRunsFirst(t *testing.T) {
 // spends an attempt on a target that is down nor loses its place behind an older one.
 func TestJobCutShortWaitsForATargetNotUpYet(t *testing.T) {
 	t.Parallel()
-	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
-		c.Exclusive, c.AckWait = true, 10*time.Minute
-	}))
-	ctx := ctxT(t)
+	tb := setupExclusive(t)
 	ahead := tb.chat(t, "tiny-b", 1)
 	cut := tb.chat(t, "tiny-a", 2)
-	token, _ := broker.ModelToken("tiny-a")
-	d, err := tb.b.Store.Next(ctx, token)
-	if err != nil || d == nil || d.JobID != cut.ID {
-		t.Fatalf("take the job: %v %v", d, err)
-	}
-	if _, _, err := tb.b.Store.Modify(ctx, cut.ID, func(j *broker.Job) error {
-		j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	tb.cutShort(t, cut, killedMidRun)
 	tb.b.Restart(t)
 
 	tb.fake.SetDown(true)
@@ -125,22 +95,9 @@ func TestJobCutShortWaitsForATargetNotUpYet(t *testing.T) {
 // answers the version or model list with an error), is not waited for: the cut job runs.
 func TestJobCutShortRunsWhenTheProbeIsAnsweredBadly(t *testing.T) {
 	t.Parallel()
-	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
-		c.Exclusive, c.AckWait = true, 10*time.Minute
-	}))
-	ctx := ctxT(t)
+	tb := setupExclusive(t)
 	cut := tb.chat(t, "tiny-a", 1)
-	token, _ := broker.ModelToken("tiny-a")
-	d, err := tb.b.Store.Next(ctx, token)
-	if err != nil || d == nil || d.JobID != cut.ID {
-		t.Fatalf("take the job: %v %v", d, err)
-	}
-	if _, _, err := tb.b.Store.Modify(ctx, cut.ID, func(j *broker.Job) error {
-		j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	tb.cutShort(t, cut, killedMidRun)
 	tb.b.Restart(t)
 
 	tb.fake.FailNextOn("/api/version", 1<<20, ollamatest.FailStatus(http.StatusNotFound, "not here")) // always
@@ -155,5 +112,41 @@ func TestJobCutShortRunsWhenTheProbeIsAnsweredBadly(t *testing.T) {
 	}
 	if !probed {
 		t.Error("the target was not probed; the test proves nothing")
+	}
+}
+
+// setupExclusive is a bundle on an exclusive store (the embedded server) whose ack wait
+// is far beyond any test's deadline: a job that runs again did not wait it out.
+func setupExclusive(t *testing.T) *testBundle {
+	t.Helper()
+	return setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait = true, 10*time.Minute
+	}))
+}
+
+// killedMidRun is the record of a job whose foreman died while it ran, as the worker's
+// start write left it.
+func killedMidRun(j *broker.Job, d *broker.Lease) {
+	j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, d.Seq
+}
+
+// cutShort takes job j's queue message (the first of its queue) as a worker would and
+// writes j's record with cut, as the stop that cut it short left it.
+func (tb *testBundle) cutShort(t *testing.T, j *broker.Job, cut func(*broker.Job, *broker.Lease)) {
+	t.Helper()
+	ctx := ctxT(t)
+	token, err := broker.ModelToken(j.Model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := tb.b.Store.Next(ctx, token)
+	if err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("take job %s: %v %v", j.ID, d, err)
+	}
+	if _, _, err := tb.b.Store.Modify(ctx, j.ID, func(rec *broker.Job) error {
+		cut(rec, d)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

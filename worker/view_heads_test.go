@@ -3,7 +3,6 @@ package worker_test
 import (
 	"fmt"
 	"testing"
-	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
@@ -38,14 +37,7 @@ func TestQueueViewReadsEveryQueueHeadFirst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 10*time.Second, "the other worker's start stored", func() bool {
-		j, _, err := tb.b.Store.Get(ctx, running.ID)
-		return err == nil && (j.State == broker.StateLoading || j.State == broker.StateWorking)
-	})
-	v, err := ours.QueueView(ctx, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := tb.viewOnceStarted(t, ours, running.ID)
 	for _, q := range v.Queued {
 		if q.JobID == running.ID {
 			t.Errorf("job %s, running on the other foreman, is listed waiting at position %d (elsewhere: %d, total %d)", running.ID, q.QueuePosition, len(v.Elsewhere), len(v.Queued))

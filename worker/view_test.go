@@ -173,14 +173,7 @@ func TestQueueViewShowsJobRunningElsewhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	waiting := tb.chat(t, "tiny-a", 2)
-	eventually(t, 10*time.Second, "the other worker's start stored", func() bool {
-		j, _, err := tb.b.Store.Get(ctx, running.ID)
-		return err == nil && (j.State == broker.StateLoading || j.State == broker.StateWorking)
-	})
-	v, err := ours.QueueView(ctx, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := tb.viewOnceStarted(t, ours, running.ID)
 	if len(v.Queued) != 1 || v.Queued[0].JobID != waiting.ID || v.Queued[0].QueuePosition != 1 {
 		t.Errorf("queued %+v, want only %s at position 1", v.Queued, waiting.ID)
 	}
@@ -212,4 +205,19 @@ func TestQueueViewLoadedFollowsALaterPs(t *testing.T) {
 		}
 		return slices.Equal(v.Loaded, []string{"tiny-a:latest"})
 	})
+}
+
+// viewOnceStarted is w's queue view once job id's start (by another worker) is stored.
+func (tb *testBundle) viewOnceStarted(t *testing.T, w *worker.Worker, id string) *broker.QueueView {
+	t.Helper()
+	ctx := ctxT(t)
+	eventually(t, 10*time.Second, "the other worker's start stored", func() bool {
+		j, _, err := tb.b.Store.Get(ctx, id)
+		return err == nil && (j.State == broker.StateLoading || j.State == broker.StateWorking)
+	})
+	v, err := w.QueueView(ctx, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }
