@@ -76,6 +76,9 @@ type Config struct {
 	// bookkeeping of a finished job after its final done marker went out and before its
 	// result and terminal state are written.
 	beforeStoreDone func(jobID string)
+	// viewAfterHeads, when set (tests only), runs in QueueView once the queue heads'
+	// records are read, before the view is computed from them.
+	viewAfterHeads func()
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.
 	beforeStart func(jobID string)

@@ -70,3 +70,13 @@ func WithResultFault(cfg Config, fn func(jobID string) error) Config {
 
 // PauseError is pauseError: a pause's error as the queue view carries it.
 func PauseError(err error) string { return pauseError(err) }
+
+// WithViewAfterHeads sets Config.viewAfterHeads: fn runs in each QueueView once the queue
+// heads' records are read, before the view is computed from them.
+func WithViewAfterHeads(cfg Config, fn func()) Config {
+	cfg.viewAfterHeads = fn
+	return cfg
+}
+
+// Own reports whether the job is this worker's own: running or finishing.
+func (w *Worker) Own(id string) bool { return w.ownJobs()[id] }

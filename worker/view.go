@@ -66,8 +66,10 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 		return nil, err
 	}
 	// This worker's own jobs, taken before the records are read as well as after (in
-	// computeView): a job of its own that ends while the records are read would else show
-	// as running on another foreman, its record read while it ran.
+	// computeView): a record read while its job ran here would show it running on another
+	// foreman. One that stops being its own before the view is computed ended: it is done
+	// (its message not yet gone from msgs) or handed back to wait; its record, read again,
+	// says which, written before the job stopped being its own.
 	own := w.ownJobs()
 	heads, err := w.headRecords(ctx, msgs)
 	if err != nil {
@@ -76,9 +78,26 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 	for id := range own {
 		delete(heads, id)
 	}
-	v := w.computeView(msgs, heads, now)
-	w.view = v
-	return v, nil
+	if hook := w.cfg.viewAfterHeads; hook != nil {
+		hook()
+	}
+	for {
+		v, ended := w.computeView(msgs, heads, own, now)
+		if len(ended) == 0 {
+			w.view = v
+			return v, nil
+		}
+		for _, id := range ended {
+			delete(own, id)
+			j, _, err := w.cfg.Store.Get(ctx, id)
+			switch {
+			case err == nil:
+				heads[id] = j
+			case broker.Transient(err) || errors.Is(err, ctx.Err()) && ctx.Err() != nil:
+				return nil, err
+			}
+		}
+	}
 }
 
 // ownJobs is the ids of the jobs this worker runs or is finishing.
@@ -152,7 +171,10 @@ func (w *Worker) headRecords(ctx context.Context, msgs []broker.QueuedMessage) (
 // computeView orders msgs (the queue's messages, oldest first) from the worker's state.
 // heads are records of the queues' first messages (headRecords): those another foreman
 // runs are shown running elsewhere and those that ended are left out, neither waits.
-func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*broker.Job, now time.Time) *broker.QueueView {
+// own are the jobs of this worker's own when heads were read, their records left out:
+// those among msgs that are its own no more ended since, and are returned instead of a
+// view, for their records to be read again.
+func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*broker.Job, own map[string]bool, now time.Time) (*broker.QueueView, []string) {
 	w.mu.Lock()
 	c := w.choiceLocked(nil, now)
 	c.Loaded = w.viewLoadedLocked() // what the next pick will see once it read /api/ps
@@ -169,6 +191,15 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	w.mu.Unlock()
 	if run != nil {
 		gone[run.id] = true
+	}
+	var ended []string
+	for _, m := range msgs {
+		if own[m.JobID] && !gone[m.JobID] && !slices.Contains(ended, m.JobID) {
+			ended = append(ended, m.JobID)
+		}
+	}
+	if len(ended) > 0 {
+		return nil, ended
 	}
 	if findCut && c.Resume == nil {
 		c.Resume = map[string]uint64{}
@@ -229,7 +260,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			CreatedAt: m.Enqueued.UTC(), QueuePosition: p.Position, ETA: ceilSecond(p.Start),
 		})
 	}
-	return v
+	return v, nil
 }
 
 // remaining is how long the running job is expected to take still: its model's mean run

@@ -3,6 +3,7 @@ package worker_test
 import (
 	"fmt"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -132,6 +133,39 @@ func TestQueueViewSkipsFinishingJob(t *testing.T) {
 	v := idleView(t, w)
 	if v.Running != "" || len(v.Queued) != 0 {
 		t.Fatalf("view while %s stores its result: running %q, queued %+v", j.ID, v.Running, v.Queued)
+	}
+}
+
+// A job that ends while the view reads the queue heads' records (its message still
+// listed, its ack made) is done, not waiting: its record, read again, says so.
+func TestQueueViewSkipsJobEndingWhileHeadsAreRead(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	held, release := make(chan string, 1), make(chan struct{})
+	var (
+		w    *worker.Worker
+		once sync.Once
+	)
+	cfg := worker.WithBeforeStoreDone(worker.Config{}, func(id string) {
+		held <- id
+		<-release
+	})
+	cfg = worker.WithViewAfterHeads(cfg, func() {
+		once.Do(func() {
+			id := <-held
+			close(release)
+			eventually(t, 10*time.Second, "the job ends", func() bool { return !w.Own(id) })
+		})
+	})
+	w = tb.start(t, cfg)
+	j := tb.chat(t, "tiny-a", 1)
+	tb.waitState(t, j.ID, broker.StateWorking) // its record, read as it finishes, says it runs
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Running != "" || len(v.Queued) != 0 || len(v.Elsewhere) != 0 {
+		t.Fatalf("view as %s ended: running %q, queued %+v, elsewhere %+v", j.ID, v.Running, v.Queued, v.Elsewhere)
 	}
 }
 

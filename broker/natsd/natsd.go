@@ -62,6 +62,10 @@ type Server struct {
 	secret   string
 	log      *slog.Logger
 	stopOnce sync.Once
+	// readyTimeout bounds an in-process connect's handshake as it bounds start-up: on a
+	// busy machine the server's first answer may take longer than nats.go's 2 s default,
+	// and no network is in between to fail instead.
+	readyTimeout time.Duration
 
 	// unrecovered is when Healthy first saw each "could not be recovered" error, which a
 	// stream being created shows for a moment (its directory is there before it is).
@@ -115,7 +119,7 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{lock: lock, secret: randomSecret(), log: cfg.Logger}
+	s := &Server{lock: lock, secret: randomSecret(), log: cfg.Logger, readyTimeout: cfg.ReadyTimeout}
 	opts, err := s.options(cfg)
 	if err != nil {
 		s.unlock()
@@ -238,6 +242,7 @@ func (s *Server) accountsConfig(cfg Config) (string, error) {
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	all := append([]nats.Option{
 		nats.InProcessServer(s.ns),
+		nats.Timeout(s.readyTimeout),
 		nats.UserInfo(internalUser, s.secret),
 		nats.Name("foreman"),
 	}, opts...)
