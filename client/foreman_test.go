@@ -72,6 +72,9 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 		NATSListen: "127.0.0.1:0", NATSUser: natsUser, NATSPassword: natsPassword,
 		AuthToken: cfg.AuthToken, WebhookSecret: cfg.WebhookSecret,
 		Components: app.Components{
+			// No test here is about the store's retry window: on a machine so loaded that
+			// a write takes seconds (a CI host), a submit waits instead of failing 503.
+			Store: func(c *broker.Config) { c.RetryWindow = 30 * time.Second },
 			Worker: func(c *worker.Config) {
 				c.RetryDelay, c.IdlePoll = 50*time.Millisecond, 100*time.Millisecond
 			},

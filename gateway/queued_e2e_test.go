@@ -205,7 +205,9 @@ func TestE2EStreamWithoutDone(t *testing.T) {
 // A backlog of interleaved tiny-a / tiny-b requests behind a long tiny-a job runs all
 // tiny-a work first: at most 2 loads where Ollama alone may swap up to 6 times.
 func TestE2EBacklogDrainsByModel(t *testing.T) {
-	b := newE2EBundle(t, nil)
+	// The waiting bound is left out of it (TestE2EStarvationBound has it): on a loaded
+	// machine the long job may run past the default, and the bound rightly lets tiny-b go.
+	b := newE2EBundle(t, func(c *worker.Config) { c.MaxWait = time.Hour })
 	ctx := testCtx(t, 3*time.Minute)
 	b.warm(t, ctx, "tiny-a")
 	states := watchStates(t, b.Conn)

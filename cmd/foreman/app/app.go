@@ -78,11 +78,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if a.natsSrv != nil {
 		writeFault = func() error { return a.natsSrv.WriteError(broker.JobStreams()...) }
 	}
-	a.store, err = broker.Open(ctx, broker.Config{
+	scfg := broker.Config{
 		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait,
 		Replicas: cfg.NATSReplicas, BootID: a.bootID, Exclusive: a.natsSrv != nil, Logger: log,
 		TargetTTL: targetTTL(cfg.PollInterval), WriteFault: writeFault,
-	})
+	}
+	if adjust := cfg.Components.Store; adjust != nil {
+		adjust(&scfg)
+	}
+	a.store, err = broker.Open(ctx, scfg)
 	if err != nil {
 		return nil, err
 	}

@@ -80,8 +80,9 @@ type Config struct {
 // Components adjusts what Start builds in ways no setting offers: tests shorten the
 // worker's and the dispatcher's delays, or leave the NATS submit responder out.
 type Components struct {
-	// Worker and Webhooks, when set, adjust the worker's and the webhook dispatcher's
-	// Config after Start filled it in.
+	// Store, Worker and Webhooks, when set, adjust the store's, the worker's and the
+	// webhook dispatcher's Config after Start filled it in.
+	Store    func(*broker.Config)
 	Worker   func(*worker.Config)
 	Webhooks func(*webhook.Config)
 	// NoNATSSubmit leaves foreman.jobs.submit without foreman's responder.
