@@ -81,14 +81,16 @@ func TestCancelAbandonedCancelsOnlyDeadCallersSyncJobs(t *testing.T) {
 // silent for longer than PresenceTTL (a crash).
 func TestCancelAbandonedOnASharedStoreFollowsPresence(t *testing.T) {
 	t.Parallel()
-	ttl := func(c *broker.Config) { c.PresenceTTL = time.Second }
+	// Heartbeats 1.3 s apart: a stall of the machine shorter than 2.6 s drops no one.
+	const presence = 4 * time.Second
+	ttl := func(c *broker.Config) { c.PresenceTTL = presence }
 	b := brokertest.New(t, brokertest.WithStore(ttl))
 	ctx := ctxT(t)
-	other, err := broker.Open(ctx, broker.Config{Conn: b.Conn, PresenceTTL: time.Second})
+	other, err := broker.Open(ctx, broker.Config{Conn: b.Conn, PresenceTTL: presence})
 	if err != nil {
 		t.Fatal(err)
 	}
-	crashed, err := broker.Open(ctx, broker.Config{Conn: b.Conn, PresenceTTL: time.Second})
+	crashed, err := broker.Open(ctx, broker.Config{Conn: b.Conn, PresenceTTL: presence})
 	if err != nil {
 		t.Fatal(err)
 	}

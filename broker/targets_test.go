@@ -13,7 +13,8 @@ import (
 // not refreshed within TargetTTL goes by itself (a foreman that died).
 func TestTargetsPublishWithdrawExpire(t *testing.T) {
 	t.Parallel()
-	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.TargetTTL = time.Second }))
+	// Long enough for the reads below to come before it on a loaded machine.
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.TargetTTL = 4 * time.Second }))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, tg := range []broker.Target{

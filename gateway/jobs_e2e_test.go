@@ -361,7 +361,9 @@ func TestNATSClientSubmitsAndWatches(t *testing.T) {
 
 func TestJobTTLRemovesRecordDeliveriesAndArtifacts(t *testing.T) {
 	t.Parallel()
-	b := newTestBundle(t, withBroker(brokertest.WithStore(func(c *broker.Config) { c.JobTTL = 2 * time.Second })))
+	// Time enough, on a loaded machine, to run the job and deliver its webhook before the
+	// TTL ends both (the worker ends a job still waiting at three quarters of it).
+	b := newTestBundle(t, withBroker(brokertest.WithStore(func(c *broker.Config) { c.JobTTL = 6 * time.Second })))
 	startJobsPipeline(t, b)
 	rcv := newHookReceiver(t, nil)
 	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[],"state_webhook_url":"`+rcv.URL+`","webhook_events":["done"]}`)

@@ -21,10 +21,12 @@ import (
 // ends done with its result, although its queue message expires under it.
 func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
 	t.Parallel()
-	const ttl = 2 * time.Second
+	// A record is rewritten within three quarters of the TTL: the last quarter (1.5 s) is
+	// what a stall of the machine may take without the record expiring.
+	const ttl = 6 * time.Second
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
 		c.JobTTL = ttl
-		c.AckWait = time.Second
+		c.AckWait = 3 * time.Second
 	}))
 	release := tb.fake.Hold("tiny-a")
 	defer release()
@@ -77,10 +79,10 @@ func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
 // attempt when the target drops the connection: the worker requeues it.
 func TestRetryAfterQueueMessageExpired(t *testing.T) {
 	t.Parallel()
-	const ttl = 2 * time.Second
+	const ttl = 6 * time.Second // as in TestJobLongerThanTTLKeepsRecordAndResult
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
 		c.JobTTL = ttl
-		c.AckWait = time.Second
+		c.AckWait = 3 * time.Second
 	}))
 	tb.fake.FailNext(1, ollamatest.DropMidStream)
 	release := tb.fake.Hold("tiny-a")
@@ -105,7 +107,7 @@ func TestRetryAfterQueueMessageExpired(t *testing.T) {
 // jobs store their end in the background after their answer went out.
 func TestFinishingJobIsKeptInProgress(t *testing.T) {
 	t.Parallel()
-	const ackWait = time.Second
+	const ackWait = 3 * time.Second // its in-progress ticks, a second apart, outlast a stall of the machine
 	for _, isSync := range []bool{false, true} {
 		t.Run(fmt.Sprintf("sync=%v", isSync), func(t *testing.T) {
 			t.Parallel()
@@ -135,12 +137,12 @@ func TestFinishingJobIsKeptInProgress(t *testing.T) {
 			case <-waitCtx(t).Done():
 				t.Fatal("the job's end was never stored")
 			}
-			// Held three ack waits: unkept, the message comes back after one.
-			eventually(t, 30*time.Second, "three ack waits with the end held", func() bool {
+			// Held two ack waits: unkept, the message comes back after one.
+			eventually(t, 30*time.Second, "two ack waits with the end held", func() bool {
 				if n := fetched.Load(); n != 1 {
 					t.Fatalf("the job's message was delivered %d times while its end was stored", n)
 				}
-				return time.Since(since) > 3*ackWait
+				return time.Since(since) > 2*ackWait
 			})
 			once.Do(func() { close(release) })
 			tb.waitState(t, j.ID, broker.StateDone)
@@ -389,7 +391,7 @@ func TestAnsweredSyncJobWhoseRecordIsGone(t *testing.T) {
 // message in progress while it waits: otherwise, its ack wait over, another worker runs
 // it again.
 func TestFinishedJobWaitingBehindAnotherEndIsKeptInProgress(t *testing.T) {
-	const ackWait = time.Second
+	const ackWait = 3 * time.Second // its in-progress ticks, a second apart, outlast a stall of the machine
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = ackWait }))
 	first := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
 	second := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
@@ -424,11 +426,11 @@ func TestFinishedJobWaitingBehindAnotherEndIsKeptInProgress(t *testing.T) {
 	// same store would take its message once its ack wait ran out.
 	tb.start(t, worker.Config{Trace: trace})
 	since := time.Now()
-	eventually(t, 30*time.Second, "three ack waits with the second job's end waiting", func() bool {
+	eventually(t, 30*time.Second, "two ack waits with the second job's end waiting", func() bool {
 		if n := fetched.Load(); n != 1 {
 			t.Fatalf("the second job's message was delivered %d times while its end waited", n)
 		}
-		return time.Since(since) > 3*ackWait
+		return time.Since(since) > 2*ackWait
 	})
 	failing.Store(false)
 	tb.waitState(t, first.ID, broker.StateDone)
@@ -442,7 +444,7 @@ func TestFinishedJobWaitingBehindAnotherEndIsKeptInProgress(t *testing.T) {
 // A sync job that failed while its failed state cannot be stored is kept in progress as
 // the write goes on: another worker does not take it when its ack wait runs out.
 func TestFailedSyncJobWhoseEndWaitsIsKeptInProgress(t *testing.T) {
-	const ackWait = time.Second
+	const ackWait = 3 * time.Second // its in-progress ticks, a second apart, outlast a stall of the machine
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.AckWait = ackWait }))
 	tb.fake.FailNext(1, ollamatest.FailStatus(400, "fake: refused"))
 	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
@@ -468,11 +470,11 @@ func TestFailedSyncJobWhoseEndWaitsIsKeptInProgress(t *testing.T) {
 	eventually(t, 10*time.Second, "the failed state's write failing", func() bool { return tries.Load() >= 1 })
 	tb.start(t, worker.Config{Trace: trace})
 	since := time.Now()
-	eventually(t, 30*time.Second, "three ack waits with the failed state unstored", func() bool {
+	eventually(t, 30*time.Second, "two ack waits with the failed state unstored", func() bool {
 		if n := fetched.Load(); n != 1 {
 			t.Fatalf("the job's message was delivered %d times while its failed state waited", n)
 		}
-		return time.Since(since) > 3*ackWait
+		return time.Since(since) > 2*ackWait
 	})
 	failing.Store(false)
 	tb.waitState(t, job.ID, broker.StateFailed)

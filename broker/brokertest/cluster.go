@@ -112,7 +112,7 @@ func (c *Cluster) URLs() string {
 // quickly to another node when its own goes; closed when the test ends.
 func (c *Cluster) Connect(t testing.TB) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond), nats.Timeout(5*time.Second))
 	if err != nil {
 		t.Fatalf("connect to cluster: %v", err)
 	}

@@ -249,7 +249,7 @@ func TestSeveralMacsShareBacklog(t *testing.T) {
 
 	// The backlog is queued before either foreman runs.
 	const perModel = 6
-	nc, err := nats.Connect(nurl)
+	nc, err := nats.Connect(nurl, nats.Timeout(5*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}

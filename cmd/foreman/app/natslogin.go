@@ -33,10 +33,11 @@ func CheckNATSLogin(c Config) error {
 }
 
 // natsOptions are the options foreman connects to FOREMAN_NATS_URL with: reconnect to
-// another node for ever, and log in as the settings say (user and password may also be
-// in the URL itself).
+// another node for ever, give a server's handshake (TLS, a login checked against a
+// bcrypt hash) 5 s where nats.go gives 2 s, a busy server is no dead one, and log in as
+// the settings say (user and password may also be in the URL itself).
 func natsOptions(c Config) ([]nats.Option, error) {
-	opts := []nats.Option{nats.Name("foreman"), nats.MaxReconnects(-1)}
+	opts := []nats.Option{nats.Name("foreman"), nats.MaxReconnects(-1), nats.Timeout(natsConnectTimeout)}
 	if c.NATSCreds != "" {
 		opts = append(opts, nats.UserCredentials(c.NATSCreds))
 	}
@@ -52,6 +53,9 @@ func natsOptions(c Config) ([]nats.Option, error) {
 	}
 	return opts, nil
 }
+
+// natsConnectTimeout bounds the dial and handshake with one server of FOREMAN_NATS_URL.
+const natsConnectTimeout = 5 * time.Second
 
 // connectNATS connects to urls, waiting while no server of them answers yet (a cluster
 // starting beside foreman) until ctx ends; any other failure (a refused login, a bad
