@@ -16,7 +16,9 @@ import (
 // passed on as it came.
 func TestQueueViewAndListUnavailable(t *testing.T) {
 	t.Parallel()
-	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 300 * time.Millisecond }))
+	// Short, as each read below waits it out; long enough for the submit before the
+	// outage on a loaded machine.
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 2 * time.Second }))
 	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a","messages":[]}`)
 	back := b.Store.Backlog()
 	if msgs, err := back.Refresh(ctxT(t), 0); err != nil || len(msgs) != 1 {

@@ -199,7 +199,9 @@ func TestQueueShowsTheWorkerPaused(t *testing.T) {
 func TestQueueAndListWhileStoreUnavailable(t *testing.T) {
 	t.Parallel()
 	opt, _ := withWorker(t) // its view, not its runs
-	b := newTestBundle(t, opt, withBroker(brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 300 * time.Millisecond })))
+	// Short, as each request below waits it out; long enough for the submit before the
+	// outage on a loaded machine.
+	b := newTestBundle(t, opt, withBroker(brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 2 * time.Second })))
 	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[]}`)
 	b.Broker.Server.Shutdown() // the store's connection stays, reconnecting
 	for _, path := range []string{"/jobs/" + id, "/queue", "/jobs", "/jobs?state=done", "/jobs?cursor=" + id} {
