@@ -11,10 +11,11 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
-// Limits small enough for a test, large enough that the fake's answers never hit them.
+// Limits small enough for a test, large enough that the fake's answers never hit them,
+// on a loaded machine too.
 const (
-	testFirstByte = 300 * time.Millisecond
-	testIdle      = 300 * time.Millisecond
+	testFirstByte = time.Second
+	testIdle      = time.Second
 )
 
 // waitAborted waits until n of the fake's inference calls ended with the client gone (the

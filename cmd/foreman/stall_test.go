@@ -55,19 +55,19 @@ func TestHungTargetDegradesHealthzUntilAJobSucceeds(t *testing.T) {
 	fake := ollamatest.New(t)
 	release := fake.Hold("tiny-a")
 	t.Cleanup(release)
-	a := testApp(t, fake.URL, map[string]string{"FOREMAN_FIRST_BYTE_TIMEOUT": "300ms", "FOREMAN_MAX_ATTEMPTS": "2"})
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_FIRST_BYTE_TIMEOUT": "1s", "FOREMAN_MAX_ATTEMPTS": "2"})
 	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
 
 	hung := postJob(t, a.Addr(), "tiny-a")
 	var j jobView
 	waitFor(t, "the hung job to fail", func() bool { j = getJob(t, a.Addr(), hung); return j.State == "failed" })
-	if j.Error != "attempts exhausted: target stalled: no response for 300ms" || j.Attempts != 2 {
+	if j.Error != "attempts exhausted: target stalled: no response for 1s" || j.Attempts != 2 {
 		t.Errorf("hung job: %+v", j)
 	}
 	code, h := getHealthz(t, a.Addr())
 	target, _ := h["target"].(map[string]any)
 	if code != 200 || h["status"] != "degraded" || h["degraded"] != true ||
-		target["error"] != "stalled: no response for 300ms on job "+hung || target["reachable"] != true {
+		target["error"] != "stalled: no response for 1s on job "+hung || target["reachable"] != true {
 		t.Fatalf("/healthz after the stall: %d %v", code, h)
 	}
 
