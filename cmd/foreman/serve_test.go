@@ -95,7 +95,7 @@ func TestStartAppServesHealthzAndShutsDownTwice(t *testing.T) {
 		t.Fatalf("/api/tags: %d %s", resp.StatusCode, body)
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := a.Shutdown(ctx); err != nil {
 		t.Fatalf("shutdown: %v", err)
