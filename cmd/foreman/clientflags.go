@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/spf13/cobra"
@@ -22,6 +24,8 @@ const defaultURL = "http://127.0.0.1:8080"
 type clientFlags struct {
 	url, token string
 	json       bool
+	// timeout bounds a command that asks foreman and prints the answer (addTimeout).
+	timeout time.Duration
 	// NATS, for the commands that follow jobs live.
 	natsURL, natsUser, natsPassword string
 }
@@ -40,6 +44,29 @@ func addClientFlags(cmd *cobra.Command, withNATS bool) *clientFlags {
 		fs.StringVar(&f.natsPassword, "nats-password", "", "NATS client password [FOREMAN_NATS_PASSWORD]")
 	}
 	return f
+}
+
+// defaultTimeout is --timeout's default: far above any answer of a foreman that works.
+const defaultTimeout = 30 * time.Second
+
+// addTimeout registers --timeout on a command that asks foreman and prints its answer: a
+// foreman that takes the connection and never answers (stopped, its store hung) would
+// else hold it for ever. Commands that wait for a job by design do not take it.
+func (f *clientFlags) addTimeout(cmd *cobra.Command) {
+	cmd.Flags().DurationVar(&f.timeout, "timeout", defaultTimeout, "give up when foreman has not answered within this long (0: wait for ever)")
+}
+
+// bounded is cmd's context bounded by --timeout.
+func (f *clientFlags) bounded(cmd *cobra.Command) (context.Context, context.CancelFunc, error) {
+	switch {
+	case f.timeout < 0:
+		return nil, nil, fmt.Errorf("--timeout: must be 0 (no limit) or more, got %s", f.timeout)
+	case f.timeout == 0:
+		ctx, cancel := context.WithCancel(cmd.Context())
+		return ctx, cancel, nil
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
+	return ctx, cancel, nil
 }
 
 // pick returns the flag's value, else the variable's, else def.
@@ -89,6 +116,8 @@ func (f *clientFlags) explain(e *env, err error) error {
 		ae *client.APIError
 	)
 	switch {
+	case f.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz", f.baseURL(e), f.timeout)
 	case errors.As(err, &ce):
 		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", ce.URL, rootCause(ce.Err))
 	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:

@@ -40,7 +40,12 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			l, err := c.Jobs(cmd.Context(), filter)
+			ctx, cancel, err := f.bounded(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			l, err := c.Jobs(ctx, filter)
 			if err != nil {
 				return f.explain(e, err)
 			}
@@ -63,6 +68,7 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
+	f.addTimeout(cmd)
 	fs := cmd.Flags()
 	fs.StringVar(&state, "state", "", "only jobs in this state")
 	fs.StringVarP(&filter.Model, "model", "m", "", "only jobs of this model")
@@ -84,7 +90,12 @@ func newJobsGetCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			j, err := c.Job(cmd.Context(), args[0])
+			ctx, cancel, err := f.bounded(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			j, err := c.Job(ctx, args[0])
 			if err != nil {
 				return f.explain(e, err)
 			}
@@ -95,6 +106,7 @@ func newJobsGetCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
+	f.addTimeout(cmd)
 	return cmd
 }
 
@@ -161,7 +173,12 @@ func newJobsCancelCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			j, err := c.Cancel(cmd.Context(), args[0])
+			ctx, cancel, err := f.bounded(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			j, err := c.Cancel(ctx, args[0])
 			if err != nil {
 				return f.explain(e, err)
 			}
@@ -178,6 +195,7 @@ func newJobsCancelCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
+	f.addTimeout(cmd)
 	return cmd
 }
 

@@ -21,7 +21,12 @@ func newPsCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			ps, err := c.Ps(cmd.Context())
+			ctx, cancel, err := f.bounded(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			ps, err := c.Ps(ctx)
 			if err != nil {
 				return f.explain(e, err)
 			}
@@ -42,6 +47,7 @@ func newPsCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
+	f.addTimeout(cmd)
 	return cmd
 }
 

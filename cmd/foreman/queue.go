@@ -32,7 +32,12 @@ func newQueueCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			q, err := c.Queue(cmd.Context(), limit)
+			ctx, cancel, err := f.bounded(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			q, err := c.Queue(ctx, limit)
 			if err != nil {
 				return f.explain(e, err)
 			}
@@ -91,6 +96,7 @@ func newQueueCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
+	f.addTimeout(cmd)
 	cmd.Flags().IntVar(&limit, "limit", 0, "waiting jobs to list (server default 100)")
 	return cmd
 }

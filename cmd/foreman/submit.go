@@ -49,7 +49,12 @@ func newSubmitCmd(e *env) *cobra.Command {
 			defer c.Close()
 			out := cmd.OutOrStdout()
 			if !wait {
-				id, err := c.SubmitAsync(cmd.Context(), req)
+				ctx, cancel, err := f.bounded(cmd)
+				if err != nil {
+					return err
+				}
+				defer cancel()
+				id, err := c.SubmitAsync(ctx, req)
 				if err != nil {
 					return f.explain(e, err)
 				}
@@ -63,6 +68,7 @@ func newSubmitCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, true)
+	f.addTimeout(cmd) // the submit; --wait waits for the job as long as it takes
 	fs := cmd.Flags()
 	fs.StringVarP(&model, "model", "m", "", "model to run (required unless --file names one)")
 	fs.StringVar(&kind, "kind", "chat", "job kind for PROMPT: chat, generate or embed")

@@ -20,7 +20,12 @@ func newTagsCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			tags, err := c.Tags(cmd.Context())
+			ctx, cancel, err := f.bounded(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			tags, err := c.Tags(ctx)
 			if err != nil {
 				return f.explain(e, err)
 			}
@@ -37,5 +42,6 @@ func newTagsCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
+	f.addTimeout(cmd)
 	return cmd
 }

@@ -58,7 +58,12 @@ func newTopCmd(e *env) *cobra.Command {
 			defer c.Close()
 			out := cmd.OutOrStdout()
 			if once || f.json || !isTTY(out) {
-				snap, err := fetchTop(cmd.Context(), c)
+				ctx, cancel, err := f.bounded(cmd)
+				if err != nil {
+					return err
+				}
+				defer cancel()
+				snap, err := fetchTop(ctx, c)
 				if err != nil {
 					return f.explain(e, err)
 				}
@@ -71,6 +76,7 @@ func newTopCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
+	f.addTimeout(cmd) // --once and --json; live, each refresh has 10 s
 	cmd.Flags().BoolVar(&once, "once", false, "print one snapshot and exit")
 	cmd.Flags().DurationVar(&interval, "interval", time.Second, "time between refreshes")
 	return cmd

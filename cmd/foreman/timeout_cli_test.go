@@ -1,0 +1,45 @@
+package main
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A foreman that takes the connection and never answers (stopped with SIGSTOP, its store
+// hung) does not hold a command that asks it once for ever: --timeout ends the command
+// with a message that says what happened.
+func TestCLITimeoutOnAHungForeman(t *testing.T) {
+	t.Parallel()
+	hung := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hung:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(hung); srv.Close() })
+	vars := map[string]string{"FOREMAN_URL": srv.URL}
+	const id = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
+	for _, args := range [][]string{
+		{"queue"}, {"jobs", "list"}, {"jobs", "get", id}, {"jobs", "cancel", id},
+		{"ps"}, {"tags"}, {"top", "--once"}, {"submit", "-m", "tiny-a", "hi"},
+	} {
+		done := make(chan cliResult, 1)
+		go func() { done <- runCLI(t, vars, nil, nil, append(args, "--timeout", "100ms")...) }()
+		select {
+		case r := <-done:
+			want := "no answer from " + srv.URL + " within 100ms (--timeout)"
+			if r.code == 0 || !strings.Contains(r.stderr, want) {
+				t.Errorf("%v: exit %d, stderr %q; want an error saying %q", args, r.code, r.stderr, want)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%v --timeout 100ms: still waiting for the hung foreman after 30 s", args)
+		}
+	}
+	if r := runCLI(t, vars, nil, nil, "queue", "--timeout", "-1s"); r.code == 0 || !strings.Contains(r.stderr, "--timeout: must be 0 (no limit) or more") {
+		t.Errorf("--timeout -1s: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
