@@ -94,8 +94,13 @@ func NewClient(cfg ClientConfig) (*HTTPClient, error) {
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q must be an absolute http or https URL", RedactURL(cfg.BaseURL))
 	}
+	if u.RawQuery != "" || u.Fragment != "" {
+		// Requests go to the base URL's path plus the route: a query (a proxy's key) would
+		// be dropped without a word.
+		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q has a query or fragment, which no request would carry: remove it", RedactURL(cfg.BaseURL))
+	}
 	u.Path = strings.TrimRight(u.Path, "/")
-	u.RawQuery, u.Fragment = "", ""
+	u.ForceQuery = false
 	c := &HTTPClient{base: u, token: cfg.Token, hc: cfg.HTTPClient, logger: cfg.Logger}
 	if c.logger == nil {
 		c.logger = slog.Default()

@@ -12,8 +12,21 @@ const redactedUserinfo = "xxxxx"
 // userinfo becomes "xxxxx" (as url.URL.Redacted does), and so does a user name without a
 // password, which is how a token rides in a URL (NATS reads "nats://<token>@host" so,
 // and an HTTP client sends it as basic auth). Any other string with an "@" loses
-// everything between "://" (or its start) and its last "@". The rest is returned as is.
+// everything between "://" (or its start) and its last "@". A query or fragment, where a
+// proxy's key may ride ("?key=..."), becomes "?xxxxx" (or "#xxxxx"). The rest is returned
+// as is.
 func RedactURL(raw string) string {
+	shown := redactUserinfo(raw)
+	// Past the userinfo (redacted above, so holding neither), the first "?" or "#" starts
+	// the query or the fragment.
+	if i := strings.IndexAny(shown, "?#"); i >= 0 && i < len(shown)-1 {
+		return shown[:i+1] + redactedUserinfo
+	}
+	return shown
+}
+
+// redactUserinfo is raw with its userinfo redacted (see RedactURL).
+func redactUserinfo(raw string) string {
 	if u, err := url.Parse(raw); err == nil && u.User != nil {
 		return redacted(u)
 	}

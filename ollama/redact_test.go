@@ -29,6 +29,10 @@ func TestRedactURL(t *testing.T) {
 		"not a url":                                 "not a url",
 		"http://user:1234/s3cret@host":              "http://xxxxx@host",
 		"http://user:s3cret@[::1:11434/bad bracket": "http://xxxxx@[::1:11434/bad bracket",
+		"http://[::1]:11434/?token=s3cret":          "http://[::1]:11434/?xxxxx",
+		"http://host/x#s3cret":                      "http://host/x#xxxxx",
+		"http://user:pa?s3cret@host/?k=s3cret":      "http://xxxxx@host/?xxxxx",
+		"http://host:11434/?":                       "http://host:11434/?",
 	} {
 		if got := ollama.RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
@@ -138,5 +142,20 @@ func TestStallNeverShowsThePassword(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), password) {
 		t.Errorf("the log shows the password:\n%s", logs.String())
+	}
+}
+
+// A base URL with a query (a proxy's key, "?token=...") is refused, not dropped without a
+// word from every request, and the refusal does not show the query.
+func TestBaseURLWithQueryRefused(t *testing.T) {
+	t.Parallel()
+	for _, raw := range []string{"http://127.0.0.1:11434/?token=s3cret", "http://127.0.0.1:11434/#s3cret"} {
+		_, err := ollama.NewClient(ollama.ClientConfig{BaseURL: raw})
+		if err == nil || !strings.Contains(err.Error(), "has a query or fragment") || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("NewClient(%q) = %v; want a refusal that does not show the query", raw, err)
+		}
+	}
+	if _, err := ollama.NewClient(ollama.ClientConfig{BaseURL: "http://127.0.0.1:11434/?"}); err != nil {
+		t.Errorf("an empty query: %v", err)
 	}
 }
