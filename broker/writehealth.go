@@ -95,6 +95,12 @@ func (s *Store) ProbeWrite(ctx context.Context) error {
 	return nil
 }
 
+// CheckWriteFault asks Config.WriteFault now, as a write that went unanswered does: a
+// fault it reports fails every write at once from then on (ErrStoreFailed), until it is
+// reported gone. For a fault a watch finds rather than a write (a data directory
+// removed under a server that goes on taking writes). It returns the fault, or nil.
+func (s *Store) CheckWriteFault() error { return s.fault.check(s.cfg.WriteFault, s.Now()) }
+
 // writeFault remembers a fault reported by Config.WriteFault, so that while it stands
 // each write fails at once (ErrStoreFailed) instead of waiting out RetryWindow for
 // answers that never come. A store without a fault pays one atomic load per write.

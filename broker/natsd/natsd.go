@@ -62,6 +62,10 @@ type Server struct {
 	secret   string
 	log      *slog.Logger
 	stopOnce sync.Once
+	// lockPath is the data directory's lock file, lockHeld the file this process locked
+	// there (DataDirError).
+	lockPath string
+	lockHeld os.FileInfo
 	// readyTimeout bounds an in-process connect's handshake as it bounds start-up: on a
 	// busy machine the server's first answer may take longer than nats.go's 2 s default,
 	// and no network is in between to fail instead.
@@ -119,7 +123,13 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{lock: lock, secret: randomSecret(), log: cfg.Logger, readyTimeout: cfg.ReadyTimeout}
+	held, err := lock.Stat()
+	if err != nil {
+		unlockFile(lock)
+		lock.Close()
+		return nil, fmt.Errorf("natsd: lock file: %w", err)
+	}
+	s := &Server{lock: lock, lockPath: lock.Name(), lockHeld: held, secret: randomSecret(), log: cfg.Logger, readyTimeout: cfg.ReadyTimeout}
 	opts, err := s.options(cfg)
 	if err != nil {
 		s.unlock()
@@ -292,7 +302,20 @@ func (s *Server) Healthy() error {
 	if len(st.Errors) == 0 && st.Error != "" {
 		errs = append(errs, errors.New(st.Error))
 	}
+	errs = append(errs, s.DataDirError())
 	return errors.Join(errs...)
+}
+
+// DataDirError reports a data directory removed or replaced while the server runs (a
+// cleaner of /tmp, an rm -rf): its lock file is no longer the one this process locked.
+// nats-server goes on writing into the files it has open, which no start will find
+// again, and another foreman could take the directory anew. nil while it is in place.
+func (s *Server) DataDirError() error {
+	now, err := os.Stat(s.lockPath)
+	if err == nil && os.SameFile(now, s.lockHeld) {
+		return nil
+	}
+	return fmt.Errorf("data directory %s was removed or replaced while foreman ran (its lock file %s is not the one held): what is stored now is lost at the next start; restart foreman", filepath.Dir(s.lockPath), s.lockPath)
 }
 
 // recoverGrace is how long a stream may show "could not be recovered" before Healthy
@@ -301,8 +324,12 @@ var recoverGrace = 5 * time.Second
 
 // WriteError reports the streams among streams (all when none are named) that failed a
 // write (a disk that filled up): nats-server stores nothing more in such a stream, and
-// answers none of the publishes it fails, until it is restarted. nil when there is none.
+// answers none of the publishes it fails, until it is restarted; and a data directory
+// that is gone (DataDirError), where what is written is lost. nil when there is none.
 func (s *Server) WriteError(streams ...string) error {
+	if err := s.DataDirError(); err != nil {
+		return err
+	}
 	st := s.ns.Healthz(&server.HealthzOptions{Details: true})
 	var errs []error
 	for _, e := range st.Errors {

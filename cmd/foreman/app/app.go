@@ -155,6 +155,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.goRun("worker", func() error { return a.worker.Run(bg) })
 	a.goRun("presence", func() error { return a.store.Announce(bg) })
 	a.goRun("metrics", func() error { return a.gw.RunMetrics(bg) })
+	if a.natsSrv != nil {
+		a.goRun("data-dir", func() error { a.watchDataDir(bg); return nil })
+	}
 
 	// Webhook fan-out and job submission over NATS request/reply.
 	hcfg := webhook.Config{
@@ -319,6 +322,35 @@ func (a *App) goRun(name string, fn func() error) {
 			a.failed <- fmt.Errorf("%s: %w", name, err)
 		}
 	}()
+}
+
+// dataDirEvery is how often the embedded server's data directory is looked at.
+const dataDirEvery = 2 * time.Second
+
+// watchDataDir looks, until ctx ends, whether the embedded server's data directory is
+// still in place. Once it is not (natsd.Server.DataDirError), the store refuses every
+// write: submits get 503 instead of a 202 for a job the next start will not find, the
+// worker pauses, and /healthz says why.
+func (a *App) watchDataDir(ctx context.Context) {
+	t := time.NewTicker(dataDirEvery)
+	defer t.Stop()
+	logged := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := a.natsSrv.DataDirError()
+		if err == nil {
+			continue
+		}
+		if !logged {
+			a.log.Error("job store refuses writes", "err", err)
+			logged = true
+		}
+		_ = a.store.CheckWriteFault()
+	}
 }
 
 // Addr is the HTTP listener's address.
