@@ -20,6 +20,10 @@ type Config struct {
 	// refreshed to probe a target that dropped a connection; without it the worker
 	// assumes the model it ran last is loaded and probes with Target.Version.
 	Inventory *ollama.Inventory
+	// TargetBack, when set, tells the worker the target was seen to answer again (the
+	// inventory's poll recovered: its OnRecover): a worker paused for an unreachable
+	// target probes it at once instead of at its next probe, up to 30s away.
+	TargetBack <-chan struct{}
 	// Runs, when set, says whether this worker takes jobs for a model (normalized name):
 	// with several foremen on one NATS, each worker takes only the models its own target
 	// has (ADR-0029). The others' jobs stay queued for them. Nil takes every model.
@@ -76,6 +80,9 @@ type Config struct {
 	// bookkeeping of a finished job after its final done marker went out and before its
 	// result and terminal state are written.
 	beforeStoreDone func(jobID string)
+	// probeDelay, when set (tests only), is the first pause between a paused worker's
+	// probes in place of RetryDelay, which also delays the job handed back.
+	probeDelay time.Duration
 	// viewAfterHeads, when set (tests only), runs in QueueView once the queue heads'
 	// records are read, before the view is computed from them.
 	viewAfterHeads func()

@@ -1,6 +1,10 @@
 package worker
 
-import "gitea.stevedudenhoeffer.com/steve/foreman/broker"
+import (
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
 
 // WithBeforeStoreDone returns cfg with a hook that runs after a job's final done marker
 // is published and before its result and done state are written; it may block to hold
@@ -80,3 +84,9 @@ func WithViewAfterHeads(cfg Config, fn func()) Config {
 
 // Own reports whether the job is this worker's own: running or finishing.
 func (w *Worker) Own(id string) bool { return w.ownJobs()[id] }
+
+// WithProbeDelay sets Config.probeDelay: the first pause between a paused worker's probes.
+func WithProbeDelay(cfg Config, d time.Duration) Config {
+	cfg.probeDelay = d
+	return cfg
+}

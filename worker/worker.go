@@ -412,6 +412,18 @@ func (w *Worker) sleep(ctx context.Context, d time.Duration) bool {
 	return false
 }
 
+// sleepOrWake is sleep, ended early by a receive from wake (nil: never).
+func (w *Worker) sleepOrWake(ctx context.Context, d time.Duration, wake <-chan struct{}) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-wake:
+	case <-w.stopping:
+	case <-ctx.Done():
+	}
+}
+
 // next selects and fetches the next job, or returns nil when none is ready; queued tells
 // whether the queue held jobs all the same (in retry back-off, or not yet visible to their
 // consumer).
@@ -655,7 +667,7 @@ func runnerOf(token string) string {
 // queue for nobody. It probes the store with a write of a record's size
 // (Store.ProbeWrite) until one is taken, the store answers otherwise, or the worker stops.
 func (w *Worker) waitStore(ctx context.Context, cause error) {
-	w.waitUntil(ctx, broker.PauseStoreRefusesWrites, cause, w.store.ProbeWrite, w.refusing,
+	w.waitUntil(ctx, broker.PauseStoreRefusesWrites, cause, w.store.ProbeWrite, w.refusing, nil,
 		"job store refuses writes; worker paused", "job store takes writes again; resuming")
 }
 
@@ -663,7 +675,7 @@ func (w *Worker) waitStore(ctx context.Context, cause error) {
 // so the jobs behind do not each burn an attempt on a target that is down.
 func (w *Worker) waitTarget(ctx context.Context, cause error) {
 	isDown := func(err error) bool { return err != nil }
-	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, isDown,
+	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, isDown, w.cfg.TargetBack,
 		"target unreachable; worker paused", "target is back; resuming")
 }
 
@@ -678,13 +690,17 @@ func (w *Worker) probeTarget(ctx context.Context) error {
 }
 
 // waitUntil pauses the worker for reason, begun by cause: it calls probe (each call
-// bounded to 10s and ended by a stop), pausing from RetryDelay up to 30s between calls,
-// until probe's error is not one down says the worker must wait out, or the worker stops.
+// bounded to 10s and ended by a stop), pausing from RetryDelay up to 30s between calls
+// (a pause ended early by a receive from wake), until probe's error is not one down says
+// the worker must wait out, or the worker stops.
 func (w *Worker) waitUntil(ctx context.Context, reason string, cause error, probe func(context.Context) error,
-	down func(error) bool, pausedMsg, resumedMsg string) {
+	down func(error) bool, wake <-chan struct{}, pausedMsg, resumedMsg string) {
 	w.pause(reason, cause)
 	defer w.resume()
 	delay := w.cfg.RetryDelay
+	if w.cfg.probeDelay > 0 {
+		delay = w.cfg.probeDelay
+	}
 	for n := 1; !w.isStopping(ctx); n++ {
 		sctx, scancel := w.untilStop(ctx)
 		pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
@@ -701,7 +717,7 @@ func (w *Worker) waitUntil(ctx context.Context, reason string, cause error, prob
 			w.log.Warn(pausedMsg, "err", err)
 		}
 		w.pause(reason, err)
-		w.sleep(ctx, delay)
+		w.sleepOrWake(ctx, delay, wake)
 		delay = min(delay*2, 30*time.Second)
 	}
 }

@@ -736,3 +736,40 @@ func TestPauseErrorIsOneBoundedLine(t *testing.T) {
 		t.Errorf("pause error %q, want %q", got, "short")
 	}
 }
+
+// countedVersion is a target that reports each /api/version call (the worker's probe of a
+// target it could not reach) once it was answered.
+type countedVersion struct {
+	ollama.Client
+	answered chan error
+}
+
+func (c *countedVersion) Version(ctx context.Context) (*ollama.VersionResponse, error) {
+	v, err := c.Client.Version(ctx)
+	c.answered <- err
+	return v, err
+}
+
+// A worker paused for an unreachable target runs again as soon as it is told the target
+// answers (Config.TargetBack: the inventory's poll saw it recover), not at its next
+// probe, which may be 30 s away (here an hour).
+func TestPausedWorkerResumesWhenTheTargetIsSeenBack(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.SetDown(true)
+	target := &countedVersion{Client: tb.target, answered: make(chan error, 16)}
+	back := make(chan struct{}, 1)
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.WithProbeDelay(worker.Config{Target: target, TargetBack: back}, time.Hour))
+	select {
+	case err := <-target.answered:
+		if err == nil {
+			t.Fatal("the probe of a target that is down succeeded")
+		}
+	case <-waitCtx(t).Done():
+		t.Fatal("the worker never probed the target")
+	}
+	tb.fake.SetDown(false)
+	back <- struct{}{}
+	tb.waitState(t, j.ID, broker.StateDone)
+}

@@ -94,8 +94,17 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err != nil {
 		return nil, fmt.Errorf("FOREMAN_OLLAMA_URL=%q: %w", ollama.RedactURL(cfg.OllamaURL), err)
 	}
+	// A poll that sees the target back wakes a worker paused for it at once.
+	targetBack := make(chan struct{}, 1)
+	onRecover := func(ctx context.Context) {
+		select {
+		case targetBack <- struct{}{}:
+		default:
+		}
+		a.warmEmbedder(ctx)
+	}
 	a.inv = ollama.NewInventory(ollama.InventoryConfig{
-		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: a.warmEmbedder,
+		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: onRecover,
 		OnPoll: a.publishTarget,
 	})
 	// Bind before anything runs: a taken port then fails start-up with nothing to undo,
@@ -113,7 +122,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	// The worker is built first: the gateway shows its view of the queue.
 	wcfg := worker.Config{
-		Store: a.store, Target: a.target, Inventory: a.inv,
+		Store: a.store, Target: a.target, Inventory: a.inv, TargetBack: targetBack,
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
 		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
 		NonStreamTimeout: cfg.NonStreamTimeout, Runs: a.runsModel,
