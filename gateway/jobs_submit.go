@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
@@ -287,6 +288,12 @@ func checkWebhookURL(raw string, policy *webhook.Policy) error {
 	if len(raw) > 2048 {
 		return badRequest("state_webhook_url: longer than 2048 bytes")
 	}
+	if h := u.Hostname(); !isASCII(h) {
+		// Go's HTTP client maps such a name to ASCII before it dials ("127。0。0。1" to
+		// 127.0.0.1, "ⓛocalhost" to localhost): checked here in its own spelling, it would
+		// pass the address checks below that its ASCII form fails.
+		return badRequest(fmt.Sprintf("state_webhook_url %q: the host name must be ASCII (an international name in its xn-- form)", raw))
+	}
 	if u.User != nil {
 		// The URL is part of the job's record, which every caller who reads jobs sees. The
 		// URL is not quoted back: it holds the password.
@@ -297,6 +304,16 @@ func checkWebhookURL(raw string, policy *webhook.Policy) error {
 		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", raw, err))
 	}
 	return nil
+}
+
+// isASCII reports whether s holds ASCII bytes only.
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			return false
+		}
+	}
+	return true
 }
 
 func encodeMembers(ms []member) []byte {

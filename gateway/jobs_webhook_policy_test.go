@@ -32,7 +32,8 @@ func wantNoDispatcher(t *testing.T, b *testBundle, id string) {
 }
 
 // TestSubmitRefusesWebhookAddresses: with the default policy, a webhook URL naming a
-// loopback, link-local, unspecified or multicast address (or a localhost name) is a 400
+// loopback, link-local, unspecified or multicast address (or a localhost name, or a host
+// name that is not ASCII) is a 400
 // over HTTP and over NATS, and nothing is queued; LAN addresses and names pass.
 // The addresses are what the policy checks at submit; none is contacted: the check does
 // no DNS (noSubmitDNS) and no dispatcher runs in the bundle (wantNoDispatcher).
@@ -53,6 +54,9 @@ func TestSubmitRefusesWebhookAddresses(t *testing.T) {
 		"http://[::]/h":                           "unspecified",
 		"http://224.0.0.1/h":                      "multicast",
 		"https://255.255.255.255/h":               "broadcast",
+		// Names Go's HTTP client maps to loopback before it dials.
+		"http://127。0。0。1/h": "must be ASCII",
+		"http://ⓛocalhost/h": "must be ASCII",
 	}
 	for u, why := range refused {
 		body := `{"model":"tiny-a","messages":[],"state_webhook_url":"` + u + `"}`
