@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -458,9 +459,18 @@ func TestRedeliverRequest(t *testing.T) {
 }
 
 // redeliver asks the dispatcher to send job id's latest event again.
+// A dispatcher just started may not answer yet (it subscribes for redeliveries once its
+// consumer runs): a request it cannot have heard is asked again.
 func redeliver(t *testing.T, b *brokertest.Bundle, id string) broker.RedeliverReply {
 	t.Helper()
-	reply, err := b.Store.Redeliver(ctxT(t), id)
+	var (
+		reply broker.RedeliverReply
+		err   error
+	)
+	eventually(t, 15*time.Second, "the dispatcher answering a redelivery", func() bool {
+		reply, err = b.Store.Redeliver(ctxT(t), id)
+		return !errors.Is(err, broker.ErrNoDispatcher)
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
