@@ -481,7 +481,15 @@ func TestRedeliverWhilePendingIs409(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no webhook request arrived")
 	}
-	resp, out := b.request(t, http.MethodPost, "/jobs/"+id+"/deliveries/redeliver", nil)
+	// The dispatcher takes redeliveries once its consumer runs: a 503 before is asked again.
+	var (
+		resp *http.Response
+		out  []byte
+	)
+	eventually(t, 15*time.Second, "the dispatcher answering a redelivery", func() bool {
+		resp, out = b.request(t, http.MethodPost, "/jobs/"+id+"/deliveries/redeliver", nil)
+		return resp.StatusCode != http.StatusServiceUnavailable
+	})
 	var accepted struct {
 		WebhookID string `json:"webhook_id"`
 	}
