@@ -101,6 +101,17 @@ func (s *Store) ProbeWrite(ctx context.Context) error {
 // removed under a server that goes on taking writes). It returns the fault, or nil.
 func (s *Store) CheckWriteFault() error { return s.fault.check(s.cfg.WriteFault, s.Now()) }
 
+// WriteFault is the fault every write fails with now (ErrStoreFailed, from
+// Config.WriteFault), nil when none is known. It asks nothing.
+func (s *Store) WriteFault() error {
+	if !s.fault.known.Load() {
+		return nil
+	}
+	s.fault.mu.Lock()
+	defer s.fault.mu.Unlock()
+	return s.fault.err
+}
+
 // writeFault remembers a fault reported by Config.WriteFault, so that while it stands
 // each write fails at once (ErrStoreFailed) instead of waiting out RetryWindow for
 // answers that never come. A store without a fault pays one atomic load per write.

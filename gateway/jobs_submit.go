@@ -288,17 +288,17 @@ func checkWebhookURL(raw string, policy *webhook.Policy) error {
 	if len(raw) > 2048 {
 		return badRequest("state_webhook_url: longer than 2048 bytes")
 	}
-	if h := u.Hostname(); !isASCII(h) {
-		// Go's HTTP client maps such a name to ASCII before it dials ("127。0。0。1" to
-		// 127.0.0.1, "ⓛocalhost" to localhost): checked here in its own spelling, it would
-		// pass the address checks below that its ASCII form fails.
-		return badRequest(fmt.Sprintf("state_webhook_url %q: the host name must be ASCII (an international name in its xn-- form)", raw))
-	}
 	if u.User != nil {
 		// The URL is part of the job's record, which every caller who reads jobs sees. The
 		// URL is not quoted back: it holds the password.
 		return badRequest("state_webhook_url: a user or password in it would show to every caller that reads the job (GET /jobs, its events); " +
 			"let the receiver check foreman's signature (FOREMAN_WEBHOOK_SECRET) instead")
+	}
+	if h := u.Hostname(); !isASCII(h) {
+		// Go's HTTP client maps such a name to ASCII before it dials ("127。0。0。1" to
+		// 127.0.0.1, "ⓛocalhost" to localhost): checked here in its own spelling, it would
+		// pass the address checks below that its ASCII form fails.
+		return badRequest(fmt.Sprintf("state_webhook_url %q: the host name must be ASCII (an international name in its xn-- form)", raw))
 	}
 	if err := policy.CheckURL(u); err != nil {
 		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", raw, err))

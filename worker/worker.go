@@ -697,6 +697,10 @@ func (w *Worker) waitUntil(ctx context.Context, reason string, cause error, prob
 	down func(error) bool, wake <-chan struct{}, pausedMsg, resumedMsg string) {
 	w.pause(reason, cause)
 	defer w.resume()
+	select {
+	case <-wake: // a sign from before this pause (the last one's end, the first poll)
+	default:
+	}
 	delay := w.cfg.RetryDelay
 	if w.cfg.probeDelay > 0 {
 		delay = w.cfg.probeDelay

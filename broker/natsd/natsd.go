@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
@@ -312,8 +313,11 @@ func (s *Server) Healthy() error {
 // again, and another foreman could take the directory anew. nil while it is in place.
 func (s *Server) DataDirError() error {
 	now, err := os.Stat(s.lockPath)
-	if err == nil && os.SameFile(now, s.lockHeld) {
+	switch {
+	case err == nil && os.SameFile(now, s.lockHeld):
 		return nil
+	case err != nil && !errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("data directory %s cannot be checked: %w", filepath.Dir(s.lockPath), err)
 	}
 	return fmt.Errorf("data directory %s was removed or replaced while foreman ran (its lock file %s is not the one held): what is stored now is lost at the next start; restart foreman", filepath.Dir(s.lockPath), s.lockPath)
 }

@@ -24,8 +24,10 @@ const defaultURL = "http://127.0.0.1:8080"
 type clientFlags struct {
 	url, token string
 	json       bool
-	// timeout bounds a command that asks foreman and prints the answer (addTimeout).
-	timeout time.Duration
+	// timeout bounds a command that asks foreman and prints the answer (addTimeout);
+	// timeoutHint ends the message of a command that ran out of it.
+	timeout     time.Duration
+	timeoutHint string
 	// NATS, for the commands that follow jobs live.
 	natsURL, natsUser, natsPassword string
 }
@@ -46,22 +48,29 @@ func addClientFlags(cmd *cobra.Command, withNATS bool) *clientFlags {
 	return f
 }
 
-// defaultTimeout is --timeout's default: far above any answer of a foreman that works.
-const defaultTimeout = 30 * time.Second
+// defaultTimeout is --timeout's default: far above any answer of a foreman that works;
+// submitTimeout is submit's, above the 30 s in which foreman answers a NATS submit.
+const (
+	defaultTimeout = 30 * time.Second
+	submitTimeout  = time.Minute
+)
 
 // addTimeout registers --timeout on a command that asks foreman and prints its answer: a
 // foreman that takes the connection and never answers (stopped, its store hung) would
 // else hold it for ever. Commands that wait for a job by design do not take it.
-func (f *clientFlags) addTimeout(cmd *cobra.Command) {
-	cmd.Flags().DurationVar(&f.timeout, "timeout", defaultTimeout, "give up when foreman has not answered within this long (0: wait for ever)")
+func (f *clientFlags) addTimeout(cmd *cobra.Command, def time.Duration) {
+	cmd.Flags().DurationVar(&f.timeout, "timeout", def, "give up when foreman has not answered within this long (0: wait for ever)")
+	cmd.PreRunE = func(*cobra.Command, []string) error {
+		if f.timeout < 0 {
+			return fmt.Errorf("--timeout: must be 0 (no limit) or more, got %s", f.timeout)
+		}
+		return nil
+	}
 }
 
-// bounded is cmd's context bounded by --timeout.
+// bounded is cmd's context bounded by --timeout (checked in addTimeout's PreRunE).
 func (f *clientFlags) bounded(cmd *cobra.Command) (context.Context, context.CancelFunc, error) {
-	switch {
-	case f.timeout < 0:
-		return nil, nil, fmt.Errorf("--timeout: must be 0 (no limit) or more, got %s", f.timeout)
-	case f.timeout == 0:
+	if f.timeout <= 0 {
 		ctx, cancel := context.WithCancel(cmd.Context())
 		return ctx, cancel, nil
 	}
@@ -117,7 +126,7 @@ func (f *clientFlags) explain(e *env, err error) error {
 	)
 	switch {
 	case f.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz", f.baseURL(e), f.timeout)
+		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz%s", f.baseURL(e), f.timeout, f.timeoutHint)
 	case errors.As(err, &ce):
 		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", ce.URL, rootCause(ce.Err))
 	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:

@@ -24,6 +24,8 @@ func TestDataDirRemovedRefusesSubmits(t *testing.T) {
 	postJob(t, a.Addr(), "tiny-a") // taken while the directory is in place
 	// The server may be creating a file in it meanwhile ("directory not empty"): again.
 	waitFor(t, "the data directory removed", func() bool { return os.RemoveAll(dir) == nil })
+	// Found by the watch, before any write meets it.
+	waitFor(t, "the store knowing the fault", func() bool { return a.Store().WriteFault() != nil })
 	var last string
 	waitFor(t, "submits refused", func() bool {
 		resp, err := http.Post("http://"+a.Addr()+"/jobs", "application/json",

@@ -68,7 +68,7 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
-	f.addTimeout(cmd)
+	f.addTimeout(cmd, defaultTimeout)
 	fs := cmd.Flags()
 	fs.StringVar(&state, "state", "", "only jobs in this state")
 	fs.StringVarP(&filter.Model, "model", "m", "", "only jobs of this model")
@@ -106,7 +106,7 @@ func newJobsGetCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
-	f.addTimeout(cmd)
+	f.addTimeout(cmd, defaultTimeout)
 	return cmd
 }
 
@@ -195,7 +195,7 @@ func newJobsCancelCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
-	f.addTimeout(cmd)
+	f.addTimeout(cmd, defaultTimeout)
 	return cmd
 }
 

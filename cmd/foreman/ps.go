@@ -47,7 +47,7 @@ func newPsCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
-	f.addTimeout(cmd)
+	f.addTimeout(cmd, defaultTimeout)
 	return cmd
 }
 

@@ -96,7 +96,7 @@ func newQueueCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
-	f.addTimeout(cmd)
+	f.addTimeout(cmd, defaultTimeout)
 	cmd.Flags().IntVar(&limit, "limit", 0, "waiting jobs to list (server default 100)")
 	return cmd
 }

@@ -68,7 +68,8 @@ func newSubmitCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, true)
-	f.addTimeout(cmd) // the submit; --wait waits for the job as long as it takes
+	f.addTimeout(cmd, submitTimeout) // the submit; --wait waits for the job as long as it takes
+	f.timeoutHint = "; the job may have been queued all the same (foreman jobs list): --idempotency-key makes a retry safe"
 	fs := cmd.Flags()
 	fs.StringVarP(&model, "model", "m", "", "model to run (required unless --file names one)")
 	fs.StringVar(&kind, "kind", "chat", "job kind for PROMPT: chat, generate or embed")

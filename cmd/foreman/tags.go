@@ -42,6 +42,6 @@ func newTagsCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
-	f.addTimeout(cmd)
+	f.addTimeout(cmd, defaultTimeout)
 	return cmd
 }

@@ -35,6 +35,10 @@ func TestCLITimeoutOnAHungForeman(t *testing.T) {
 			if r.code == 0 || !strings.Contains(r.stderr, want) {
 				t.Errorf("%v: exit %d, stderr %q; want an error saying %q", args, r.code, r.stderr, want)
 			}
+			// A submit whose answer did not come may have queued its job all the same.
+			if args[0] == "submit" && !strings.Contains(r.stderr, "--idempotency-key makes a retry safe") {
+				t.Errorf("submit: stderr %q does not say how to retry safely", r.stderr)
+			}
 		case <-time.After(30 * time.Second):
 			t.Fatalf("%v --timeout 100ms: still waiting for the hung foreman after 30 s", args)
 		}

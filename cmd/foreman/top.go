@@ -76,7 +76,7 @@ func newTopCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
-	f.addTimeout(cmd) // --once and --json; live, each refresh has 10 s
+	f.addTimeout(cmd, defaultTimeout) // live, each refresh waits at most 10 s
 	cmd.Flags().BoolVar(&once, "once", false, "print one snapshot and exit")
 	cmd.Flags().DurationVar(&interval, "interval", time.Second, "time between refreshes")
 	return cmd

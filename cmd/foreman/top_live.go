@@ -28,6 +28,12 @@ const (
 // ends. With stdin a terminal it reads keys in raw mode, restored on the way out.
 func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *clientFlags, interval time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
+	// Each refresh waits at most 10 s (--timeout, when shorter): a hung foreman shows as
+	// an error line that the next refresh may clear.
+	refresh := *f
+	if refresh.timeout <= 0 || refresh.timeout > 10*time.Second {
+		refresh.timeout = 10 * time.Second
+	}
 	defer cancel()
 	if in, ok := e.stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
 		old, err := term.MakeRaw(int(in.Fd()))
@@ -51,14 +57,14 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 			}
 		}
 		var frame bytes.Buffer
-		fetchCtx, stop := context.WithTimeout(ctx, 10*time.Second)
+		fetchCtx, stop := context.WithTimeout(ctx, refresh.timeout)
 		snap, err := fetchTop(fetchCtx, c)
 		stop()
 		if ctx.Err() != nil {
 			return nil
 		}
 		if err != nil {
-			frame.WriteString("foreman " + c.URL() + "   " + e.clock().Format("15:04:05") + "\n\n" + f.explain(e, err).Error() + "\n")
+			frame.WriteString("foreman " + c.URL() + "   " + e.clock().Format("15:04:05") + "\n\n" + refresh.explain(e, err).Error() + "\n")
 		} else {
 			_ = renderTop(&frame, snap, e.clock(), c.URL(), width, height)
 		}
