@@ -69,13 +69,11 @@ func (f *clientFlags) addTimeout(cmd *cobra.Command, def time.Duration) {
 }
 
 // bounded is cmd's context bounded by --timeout (checked in addTimeout's PreRunE).
-func (f *clientFlags) bounded(cmd *cobra.Command) (context.Context, context.CancelFunc, error) {
+func (f *clientFlags) bounded(cmd *cobra.Command) (context.Context, context.CancelFunc) {
 	if f.timeout <= 0 {
-		ctx, cancel := context.WithCancel(cmd.Context())
-		return ctx, cancel, nil
+		return context.WithCancel(cmd.Context())
 	}
-	ctx, cancel := context.WithTimeout(cmd.Context(), f.timeout)
-	return ctx, cancel, nil
+	return context.WithTimeout(cmd.Context(), f.timeout)
 }
 
 // pick returns the flag's value, else the variable's, else def.

@@ -40,10 +40,7 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			ctx, cancel, err := f.bounded(cmd)
-			if err != nil {
-				return err
-			}
+			ctx, cancel := f.bounded(cmd)
 			defer cancel()
 			l, err := c.Jobs(ctx, filter)
 			if err != nil {
@@ -90,10 +87,7 @@ func newJobsGetCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			ctx, cancel, err := f.bounded(cmd)
-			if err != nil {
-				return err
-			}
+			ctx, cancel := f.bounded(cmd)
 			defer cancel()
 			j, err := c.Job(ctx, args[0])
 			if err != nil {
@@ -173,10 +167,7 @@ func newJobsCancelCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			ctx, cancel, err := f.bounded(cmd)
-			if err != nil {
-				return err
-			}
+			ctx, cancel := f.bounded(cmd)
 			defer cancel()
 			j, err := c.Cancel(ctx, args[0])
 			if err != nil {

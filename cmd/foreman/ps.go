@@ -21,10 +21,7 @@ func newPsCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			ctx, cancel, err := f.bounded(cmd)
-			if err != nil {
-				return err
-			}
+			ctx, cancel := f.bounded(cmd)
 			defer cancel()
 			ps, err := c.Ps(ctx)
 			if err != nil {

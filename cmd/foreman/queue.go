@@ -32,10 +32,7 @@ func newQueueCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			ctx, cancel, err := f.bounded(cmd)
-			if err != nil {
-				return err
-			}
+			ctx, cancel := f.bounded(cmd)
 			defer cancel()
 			q, err := c.Queue(ctx, limit)
 			if err != nil {

@@ -49,10 +49,7 @@ func newSubmitCmd(e *env) *cobra.Command {
 			defer c.Close()
 			out := cmd.OutOrStdout()
 			if !wait {
-				ctx, cancel, err := f.bounded(cmd)
-				if err != nil {
-					return err
-				}
+				ctx, cancel := f.bounded(cmd)
 				defer cancel()
 				id, err := c.SubmitAsync(ctx, req)
 				if err != nil {

@@ -20,10 +20,7 @@ func newTagsCmd(e *env) *cobra.Command {
 				return err
 			}
 			defer c.Close()
-			ctx, cancel, err := f.bounded(cmd)
-			if err != nil {
-				return err
-			}
+			ctx, cancel := f.bounded(cmd)
 			defer cancel()
 			tags, err := c.Tags(ctx)
 			if err != nil {

@@ -58,10 +58,7 @@ func newTopCmd(e *env) *cobra.Command {
 			defer c.Close()
 			out := cmd.OutOrStdout()
 			if once || f.json || !isTTY(out) {
-				ctx, cancel, err := f.bounded(cmd)
-				if err != nil {
-					return err
-				}
+				ctx, cancel := f.bounded(cmd)
 				defer cancel()
 				snap, err := fetchTop(ctx, c)
 				if err != nil {
