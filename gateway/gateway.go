@@ -89,6 +89,11 @@ type Config struct {
 	// slower than the target writes; past it the client is cut off (the job runs on).
 	// Default 8 MiB; one message is always accepted.
 	StreamBuffer int64
+	// SyncOutageWait is how long a sync call's job waits while no reachable target can
+	// run it (the worker paused for its unreachable target) before it is canceled and the
+	// caller gets 502; a call arriving when such an outage has lasted that long is
+	// refused at once. Default 1m (ADR-0046).
+	SyncOutageWait time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -109,6 +114,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.StreamBuffer <= 0 {
 		c.StreamBuffer = 8 << 20
+	}
+	if c.SyncOutageWait <= 0 {
+		c.SyncOutageWait = DefaultSyncOutageWait
 	}
 	if c.SyncPriority == "" {
 		c.SyncPriority = broker.PriorityHigh

@@ -149,6 +149,10 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
+		if err := s.refuseInOutage(r.Context(), inf.model); err != nil {
+			s.writeError(w, r, err)
+			return
+		}
 		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: inf.model, Sync: true, Gateway: s.store.BootID(),
 			Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
 		s.traced(job.ID, traceIn, in)
@@ -216,11 +220,12 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 	sr := &syncResponse{
 		s: s, w: w, r: r, rc: rc,
 		job: job, stream: stream, log: log,
-		checkEvery: syncCheckInterval,
+		checkEvery: s.syncCheckEvery(),
 		check: func(ctx context.Context) (*broker.Job, error) {
 			j, _, err := s.store.Get(ctx, job.ID)
 			return j, err
 		},
+		outage: &outageWatch{s: s, job: job, wait: s.cfg.SyncOutageWait},
 	}
 	switch sr.run(r.Context(), feed) {
 	case outcomeClientGone:

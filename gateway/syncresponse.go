@@ -59,6 +59,7 @@ type syncResponse struct {
 
 	checkEvery time.Duration
 	check      func(ctx context.Context) (*broker.Job, error)
+	outage     *outageWatch // nil: the response waits out any outage
 
 	frames   int    // frames written or held so far
 	started  bool   // status and headers are written
@@ -170,6 +171,11 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 		return 0, false
 	}
 	if !j.State.Terminal() {
+		if sr.outage != nil {
+			if err := sr.outage.over(ctx, j, sr.log); err != nil {
+				return sr.fail(err), true
+			}
+		}
 		return 0, false
 	}
 	if !sr.terminal {

@@ -149,8 +149,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		TargetHealth: a.targetHealth,
 		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
 		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
-		WebhookPolicy: policy,
-		AuthTokens:    cfg.AuthTokens, MaxQueuePerProgram: cfg.MaxQueuePerProgram,
+		SyncOutageWait: cfg.SyncOutageWait,
+		WebhookPolicy:  policy,
+		AuthTokens:     cfg.AuthTokens, MaxQueuePerProgram: cfg.MaxQueuePerProgram,
 		SyncPriority: cfg.SyncPriority, JobsPriority: cfg.JobsPriority,
 		Queue: a.worker,
 	})

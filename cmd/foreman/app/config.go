@@ -61,6 +61,8 @@ type Config struct {
 	BodyReadTimeout time.Duration
 	WriteTimeout    time.Duration
 	StreamBuffer    int64
+	// SyncOutageWait bounds a sync call's wait for an unreachable target (ADR-0046).
+	SyncOutageWait time.Duration
 	// Webhook network policy (ADR-0021).
 	WebhookAllowNets   []netip.Prefix
 	WebhookDenyPrivate bool
@@ -110,6 +112,7 @@ const (
 	DefaultBodyReadTimeout   = 60 * time.Second
 	DefaultWriteTimeout      = 30 * time.Second
 	DefaultStreamBuffer      = 8 << 20
+	DefaultSyncOutageWait    = gateway.DefaultSyncOutageWait
 	DefaultSyncPriority      = broker.PriorityHigh
 	DefaultJobsPriority      = broker.PriorityNormal
 )
@@ -147,6 +150,7 @@ func (c Config) WithDefaults() Config {
 	setDefault(&c.BodyReadTimeout, DefaultBodyReadTimeout)
 	setDefault(&c.WriteTimeout, DefaultWriteTimeout)
 	setDefault(&c.StreamBuffer, DefaultStreamBuffer)
+	setDefault(&c.SyncOutageWait, DefaultSyncOutageWait)
 	setDefault(&c.SyncPriority, DefaultSyncPriority)
 	setDefault(&c.JobsPriority, DefaultJobsPriority)
 	return c

@@ -543,3 +543,28 @@ func TestSeveralMacsWebhookSparesARestartingMacSeenByPolls(t *testing.T) {
 		t.Errorf("webhook to the restarting mac-b's /api/generate: %+v, want refused", a)
 	}
 }
+
+// A chat for a model whose only Mac is down waits for it through another foreman no
+// longer than FOREMAN_SYNC_OUTAGE_WAIT: then its job is canceled and the caller gets 502.
+// The other foreman's own target is up; its worker is not paused. (A job for it through
+// /jobs waits, TestSeveralMacsModelOnDownMacWaits.)
+func TestSeveralMacsSyncCallGivesUpOnADownMac(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL, func(c *app.Config) { c.SyncOutageWait = time.Second })
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macB.SetDown(true)
+	waitTargets(t, fa, 1) // mac-b's foreman published its Mac unreachable
+
+	code, b := call(t, fa, http.MethodPost, "/api/chat", `{"model":"beta","messages":[{"role":"user","content":"now"}],"stream":false}`)
+	if code != http.StatusBadGateway || !strings.Contains(string(b), `no reachable Ollama has model \"beta\"`) {
+		t.Fatalf("chat for the down Mac's model: %d %s, want 502 naming the model", code, b)
+	}
+	code, b = call(t, fa, http.MethodPost, "/api/chat", `{"model":"alpha","messages":[{"role":"user","content":"meanwhile"}],"stream":false}`)
+	if code != http.StatusOK {
+		t.Fatalf("alpha meanwhile: %d %s", code, b)
+	}
+}

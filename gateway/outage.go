@@ -1,0 +1,157 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// DefaultSyncOutageWait is Config.SyncOutageWait's default: long enough for Ollama to
+// restart, or a Mac to reboot, short of what an interactive caller waits with no word.
+const DefaultSyncOutageWait = time.Minute
+
+// outage is a time when no reachable target can run a model's jobs (ADR-0046).
+type outage struct {
+	// since is when it began, as far as known: the start of the worker's pause for its
+	// unreachable target; zero when only its present is known (the other targets say
+	// just whether they are reachable now).
+	since time.Time
+	cause string // the pause's error, or what the targets say
+	own   bool   // the own target is the one down
+}
+
+// outageProbe bounds the poll that checks an outage's own target before a call is
+// refused or canceled for it.
+const outageProbe = 2 * time.Second
+
+// confirmed reports whether the outage still holds. The worker learns that its target
+// is back at its next probe or the inventory's next poll, up to 30s later; so before a
+// call is refused or its job canceled, the own target is polled once more (a poll in
+// flight is shared), and a poll that gets through wakes the worker (the inventory's
+// OnRecover) and lets the call wait for it.
+func (o outage) confirmed(ctx context.Context, inv *ollama.Inventory) bool {
+	if !o.own {
+		return true
+	}
+	pctx, cancel := context.WithTimeout(ctx, outageProbe)
+	defer cancel()
+	return inv.Refresh(pctx) != nil
+}
+
+// targetOutage reports whether no reachable target can run a job for model now: the
+// own target unreachable (the worker paused for it) and no other live target that lists
+// the model reachable; or, with several foremen, the own target lacking the model and
+// every other that lists it unreachable. A model no target lists is no outage: one
+// foreman runs it anyway (and the target answers), several leave it waiting for the Mac
+// that has it.
+func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) {
+	var p *broker.Pause
+	if q, ok := s.cfg.Queue.(pauser); ok {
+		p = q.Paused()
+	}
+	ownDown := p != nil && p.Reason == broker.PauseTargetUnreachable
+	if !ownDown && (s.cfg.TargetClient == nil || s.inv.HasModel(model)) {
+		return outage{}, false
+	}
+	want := ollama.NormalizeModel(model)
+	listed := false
+	for _, t := range s.otherTargets(ctx) {
+		if !t.HasModel(want) {
+			continue
+		}
+		if t.Reachable {
+			return outage{}, false
+		}
+		listed = true
+	}
+	switch {
+	case ownDown:
+		return outage{since: p.Since, cause: p.Error, own: true}, true
+	case listed:
+		return outage{cause: fmt.Sprintf("no reachable Ollama has model %q", model)}, true
+	}
+	return outage{}, false
+}
+
+// refuseInOutage refuses a sync call for model while the outage its job would wait out
+// has lasted SyncOutageWait already: such a job would only wait, then be canceled.
+func (s *Server) refuseInOutage(ctx context.Context, model string) error {
+	o, out := s.targetOutage(ctx, model)
+	if !out || o.since.IsZero() {
+		return nil
+	}
+	d := time.Since(o.since)
+	if d < s.cfg.SyncOutageWait || !o.confirmed(ctx, s.inv) {
+		return nil
+	}
+	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable (for %s: %s); a sync call waits for it at most %s "+
+		"(FOREMAN_SYNC_OUTAGE_WAIT): retry later, or queue the work with POST /jobs",
+		roundDuration(d), o.cause, s.cfg.SyncOutageWait))
+}
+
+// syncCheckEvery is how often a sync response looks at its job: often enough to end an
+// outage's wait within a quarter of SyncOutageWait.
+func (s *Server) syncCheckEvery() time.Duration {
+	return min(syncCheckInterval, max(s.cfg.SyncOutageWait/4, 10*time.Millisecond))
+}
+
+// outageWatch ends a sync response whose job has waited SyncOutageWait for an
+// unreachable target: the job is canceled and the client told why. A caller on the
+// Ollama or OpenAI API holds a connection for its answer, often with no timeout of its
+// own; work that is to wait out an outage goes to POST /jobs.
+type outageWatch struct {
+	s     *Server
+	job   *broker.Job
+	wait  time.Duration
+	first time.Time // when this response first saw the outage (its since unknown); zero while none
+}
+
+// over checks the outage once the record j says the job is not running; it returns the
+// error to answer with once the job was canceled for it.
+func (ow *outageWatch) over(ctx context.Context, j *broker.Job, log *slog.Logger) error {
+	if j.State != broker.StateQueued && j.State != broker.StateRetrying {
+		ow.first = time.Time{}
+		return nil
+	}
+	o, out := ow.s.targetOutage(ctx, j.Model)
+	now := time.Now()
+	switch {
+	case !out:
+		ow.first = time.Time{}
+		return nil
+	case ow.first.IsZero():
+		ow.first = now
+	}
+	since := o.since
+	if since.IsZero() {
+		since = ow.first
+	}
+	if now.Sub(since) < ow.wait || !o.confirmed(ctx, ow.s.inv) {
+		return nil
+	}
+	reason := fmt.Sprintf("ollama unreachable for %s (FOREMAN_SYNC_OUTAGE_WAIT)", ow.wait)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if _, err := ow.s.store.Cancel(cctx, ow.job.ID, reason); err != nil {
+		if !errors.Is(err, broker.ErrTerminal) {
+			log.Warn("cancel job waiting out an outage", "err", err)
+		}
+		return nil // it ended meanwhile (its end is on its way), or the next check tries again
+	}
+	log.Info("job canceled", "reason", reason, "cause", o.cause)
+	return refuse(ErrBadUpstream, fmt.Sprintf("ollama was unreachable for %s while the call waited (%s); "+
+		"the job was canceled: retry later, or queue the work with POST /jobs", roundDuration(now.Sub(since)), o.cause))
+}
+
+// roundDuration rounds d for a message: to the second, or the millisecond below one.
+func roundDuration(d time.Duration) time.Duration {
+	if d < time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(time.Second)
+}
