@@ -27,6 +27,11 @@
 //	object FOREMAN_ARTIFACTS  <id>/<name>                  large results, artifacts, large request bodies
 //	KV     FOREMAN_PRESENCE   boot.<boot-id>               running foreman processes (heartbeat, TTL)
 //
+// and on first use:
+//
+//	KV     FOREMAN_TARGETS       target.<name>   each target's inventory, for the other foremen (TTL: polls, ADR-0029)
+//	KV     FOREMAN_KNOWN_MODELS  target.<name>   each target's last polled model list, kept across restarts (TTL: job TTL, ADR-0047)
+//
 // Storing a state and announcing it are one operation: the KV bucket re-publishes every
 // write of job.<id> to foreman.job.<id>.state, so an event can never be lost between the two.
 package broker

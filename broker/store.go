@@ -145,6 +145,10 @@ type Store struct {
 	tcache   []Target
 	tcacheAt time.Time
 
+	// known is KnownModelsBucket, opened on first use.
+	kmu   sync.Mutex
+	known jetstream.KeyValue
+
 	listMode listMode // tests only: force List's way of reading
 
 	// states hands the job state events to OnJobEvents and OnJobChange.

@@ -85,9 +85,14 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(m.queueTotal, prometheus.GaugeValue, float64(total))
 	}
-	deg, up := 0.0, 1.0
+	// Up only once the target answered a poll of this run: before that it is not known
+	// to be, whatever models are remembered for it (ADR-0047).
+	deg, up := 0.0, 0.0
 	if m.s.inv.Degraded() {
-		deg, up = 1, 0
+		deg = 1
+	}
+	if m.s.inv.Reachable() {
+		up = 1
 	}
 	ch <- prometheus.MustNewConstMetric(m.degraded, prometheus.GaugeValue, deg)
 	ch <- prometheus.MustNewConstMetric(m.targetUp, prometheus.GaugeValue, up)

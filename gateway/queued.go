@@ -163,8 +163,10 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 
 // queueableModel decides whether a job for model may be queued. A model the target is
 // known to have is queued even while the target is down: it runs when the target is
-// back. With the target unreachable and the model unknown there is nothing to wait for,
-// so the answer is 502 rather than a job that cannot run.
+// back. Known means in the last known list, or, before the target answered a poll of this
+// run, in the list remembered from the run before (ADR-0047). With the target
+// unreachable and the model unknown there is nothing to wait for, so the answer is 502
+// rather than a job that cannot run.
 //
 // With several foremen on one NATS, a model another live target lists is queued too: a
 // worker whose target has it runs it (ADR-0029).

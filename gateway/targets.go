@@ -34,11 +34,14 @@ func (s *Server) otherHas(ctx context.Context, model string) bool {
 	return slices.ContainsFunc(s.otherTargets(ctx), func(t broker.Target) bool { return t.HasModel(want) })
 }
 
-// otherClient returns a client for another target that has model, reachable ones first,
-// or nil.
-func (s *Server) otherClient(ctx context.Context, model string) ollama.Client {
+// otherClient returns a client for another target that has model, reachable ones first
+// (reachable ones only with reachableOnly), or nil.
+func (s *Server) otherClient(ctx context.Context, model string, reachableOnly bool) ollama.Client {
 	want := ollama.NormalizeModel(model)
 	others := s.otherTargets(ctx)
+	if reachableOnly {
+		others = slices.DeleteFunc(others, func(t broker.Target) bool { return !t.Reachable })
+	}
 	slices.SortStableFunc(others, func(a, b broker.Target) int {
 		switch {
 		case a.Reachable == b.Reachable:
@@ -139,8 +142,9 @@ func orEmpty(s []string) []string {
 }
 
 // relayModel relays a request naming model to a target that has it: the own target
-// when its inventory lists it, else another live one, else the own target after
-// requireModel's re-poll (which answers 404 when it lacks the model too).
+// when its inventory lists it and it answers its polls, else another live one (while the
+// own target is down but lists the model, a reachable one only), else the own target
+// after requireModel's re-poll (which answers 404 when it lacks the model too).
 // A nil body is none (GET).
 func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte) {
 	reader := func() io.Reader {
@@ -149,8 +153,10 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 		}
 		return bytes.NewReader(body)
 	}
-	if !s.inv.HasModel(model) {
-		if c := s.otherClient(r.Context(), model); c != nil {
+	// A listing that is only remembered (ADR-0047), or the last known one of a target
+	// that stopped answering, is no reason to pass over a Mac that answers.
+	if has := s.inv.HasModel(model); !has || !s.inv.Reachable() {
+		if c := s.otherClient(r.Context(), model, has); c != nil {
 			s.relayTo(c, w, r, method, path, reader())
 			return
 		}

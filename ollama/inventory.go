@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 )
@@ -27,6 +28,12 @@ type InventoryConfig struct {
 	// with the snapshot it left (to publish it to the other foremen). It should return
 	// promptly.
 	OnPoll func(ctx context.Context, snap Snapshot)
+	// Remembered are the models an earlier run of foreman last polled at this target,
+	// kept across the restart (ADR-0047). Until a poll of this run succeeds, HasModel and
+	// Snapshot.Models answer from them as they answer from the last known list after a
+	// failed poll; nothing else does: they are no /api/tags body, and the target counts as
+	// neither polled nor reachable for them. The first successful poll replaces them.
+	Remembered []string
 }
 
 // Snapshot is the inventory's view of the target at its last poll.
@@ -38,7 +45,11 @@ type Snapshot struct {
 	Degraded bool
 	Err      error // the last poll's error; nil after a successful poll
 	LastPoll time.Time
-	Polled   bool // at least one poll succeeded
+	Polled   bool // at least one poll of this run succeeded
+	// Remembered are InventoryConfig.Remembered (normalized), until a poll succeeds: the
+	// models a job may be queued for while no poll of this run has succeeded. Tags is nil
+	// while they stand.
+	Remembered []string
 }
 
 // Inventory polls /api/tags and /api/ps and caches them. A failed poll keeps
@@ -75,7 +86,13 @@ func NewInventory(cfg InventoryConfig) *Inventory {
 		cfg.Logger = slog.Default()
 	}
 	life, end := context.WithCancel(context.Background())
-	return &Inventory{cfg: cfg, life: life, end: end}
+	i := &Inventory{cfg: cfg, life: life, end: end}
+	for _, m := range cfg.Remembered {
+		if n := NormalizeModel(m); n != "" && !slices.Contains(i.snap.Remembered, n) {
+			i.snap.Remembered = append(i.snap.Remembered, n)
+		}
+	}
+	return i
 }
 
 // Run polls at once and then every Interval until ctx ends; it returns nil then, once
@@ -172,6 +189,7 @@ func (i *Inventory) poll(ctx context.Context) error {
 		i.snap.Ps, i.snap.PsRaw = ps, psRaw
 		i.snap.Degraded = false
 		i.snap.Polled = true
+		i.snap.Remembered = nil // the target's own word from now on
 	}
 	snap := i.snap
 	i.mu.Unlock()
@@ -204,7 +222,8 @@ func (i *Inventory) Snapshot() Snapshot {
 	return i.snap
 }
 
-// HasModel reports whether name, normalized, is in the last known /api/tags.
+// HasModel reports whether name, normalized, is in the last known /api/tags, or, before
+// any poll of this run succeeded, among the remembered models.
 func (i *Inventory) HasModel(name string) bool {
 	want := NormalizeModel(name)
 	if want == "" {
@@ -213,7 +232,7 @@ func (i *Inventory) HasModel(name string) bool {
 	i.mu.Lock()
 	defer i.mu.Unlock()
 	if i.snap.Tags == nil {
-		return false
+		return slices.Contains(i.snap.Remembered, want)
 	}
 	for _, m := range i.snap.Tags.Models {
 		if NormalizeModel(m.Name) == want || NormalizeModel(m.Model) == want {
@@ -223,10 +242,11 @@ func (i *Inventory) HasModel(name string) bool {
 	return false
 }
 
-// Models returns the normalized names in the last known /api/tags.
+// Models returns the normalized names in the last known /api/tags, or, before any poll
+// of this run succeeded, the remembered ones.
 func (s Snapshot) Models() []string {
 	if s.Tags == nil {
-		return nil
+		return slices.Clone(s.Remembered)
 	}
 	out := make([]string, 0, len(s.Tags.Models))
 	for _, m := range s.Tags.Models {
@@ -255,6 +275,14 @@ func (i *Inventory) Loaded() []string {
 		out = append(out, NormalizeModel(n))
 	}
 	return out
+}
+
+// Reachable reports whether the target answered the last poll: a poll of this run
+// succeeded and none has failed since. Remembered models never make it so.
+func (i *Inventory) Reachable() bool {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.snap.Polled && !i.snap.Degraded
 }
 
 // Degraded reports whether the last poll failed.

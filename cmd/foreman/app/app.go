@@ -35,6 +35,8 @@ type App struct {
 	store   *broker.Store
 	target  *ollama.HTTPClient
 	inv     *ollama.Inventory
+	// known is the target's model list as stored in broker.KnownModelsBucket (ADR-0047).
+	known knownModels
 	// clients are the other foremen's targets, by URL (targetClient).
 	clientsMu sync.Mutex
 	clients   map[string]ollama.Client
@@ -105,7 +107,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	a.inv = ollama.NewInventory(ollama.InventoryConfig{
 		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: onRecover,
-		OnPoll: a.publishTarget,
+		OnPoll: a.onPoll,
+		// Until the target answers a poll, the models it had before the restart may be
+		// queued for: a Mac still down when foreman comes back takes its batch work later.
+		Remembered: a.rememberedModels(ctx),
 	})
 	// Bind before anything runs: a taken port then fails start-up with nothing to undo,
 	// and the gateway's Host check needs the address really bound.

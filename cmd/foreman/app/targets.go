@@ -25,8 +25,17 @@ func DefaultTargetName() string {
 // slow or missed poll does not make the target vanish.
 func targetTTL(poll time.Duration) time.Duration { return max(3*poll, 5*time.Second) }
 
-// publishTarget is the inventory's OnPoll: every foreman on the NATS learns what this
-// target has and has loaded (ADR-0029).
+// onPoll is the inventory's OnPoll: the other foremen learn what the target has, and the
+// next start of this one what it had.
+func (a *App) onPoll(ctx context.Context, snap ollama.Snapshot) {
+	a.publishTarget(ctx, snap)
+	a.rememberModels(ctx, snap)
+}
+
+// publishTarget tells every foreman on the NATS what this target has and has loaded
+// (ADR-0029). Before a poll of this run succeeded, its models are the remembered ones,
+// published unreachable as after a failed poll: the other foremen then queue jobs for
+// them, as this one does, and leave them to run here (ADR-0047).
 func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	t := broker.Target{
 		Name: a.cfg.TargetName, URL: publishedURL(a.cfg.OllamaURL),
@@ -115,10 +124,11 @@ func (a *App) withdrawTarget() {
 // has). On a shared NATS a model the own target lacks is left to the others, and one no
 // live target has waits in the queue, even while no other foreman is live: the one whose
 // Mac has it may be restarting, and run here the job could only fail. While the own
-// target is down, a model another reachable target has is left to that one.
+// target is down (or has not answered a poll yet: its models may be remembered ones), a
+// model another reachable target has is left to that one.
 func (a *App) runsModel(ctx context.Context, model string) bool {
 	has := a.inv.HasModel(model)
-	if has && !a.inv.Degraded() {
+	if has && a.inv.Reachable() {
 		return true
 	}
 	all, err := a.store.Targets(ctx)

@@ -1,0 +1,139 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// A target's model list is stored under its name and read back normalized, with the
+// server's time of the write; none stored is no list, and a list a job TTL old is none
+// either, whatever the bucket still holds.
+func TestKnownModelsRoundTripAndAge(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.JobTTL = time.Hour }))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, ok, err := b.Store.RememberedModels(ctx, "studio"); ok || err != nil {
+		t.Fatalf("nothing stored: ok %v, err %v", ok, err)
+	}
+	want := broker.KnownModels{Name: "studio.lan", URL: "http://studio.lan:11434", Models: []string{"alpha:latest", "beta:7b"}}
+	if err := b.Store.RememberModels(ctx, want); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := b.Store.RememberedModels(ctx, "studio.lan")
+	if err != nil || !ok || got.Name != want.Name || got.URL != want.URL || !slices.Equal(got.Models, want.Models) ||
+		time.Since(got.Written) > time.Minute || time.Until(got.Written) > time.Minute {
+		t.Fatalf("read back %+v, ok %v, err %v; want %+v written now", got, ok, err, want)
+	}
+	kv, err := b.JetStream(t).KeyValue(ctx, broker.KnownModelsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil || st.TTL() != time.Hour || st.History() != 1 {
+		t.Fatalf("bucket status %+v, %v: want the job TTL and one revision", st, err)
+	}
+	if si := st.(*jetstream.KeyValueBucketStatus).StreamInfo(); si.Config.Storage != jetstream.FileStorage {
+		t.Errorf("bucket storage %v, want file", si.Config.Storage)
+	}
+
+	// Read by a foreman whose clock is a job TTL on: too old to stand for the target.
+	later, err := broker.Open(ctx, broker.Config{Conn: b.Conn, JobTTL: time.Hour, Now: func() time.Time { return time.Now().Add(time.Hour) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := later.RememberedModels(ctx, "studio.lan"); ok || err != nil {
+		t.Fatalf("a list a job TTL old: ok %v, err %v; want none", ok, err)
+	}
+	// A foreman with a shorter job TTL does not cut the bucket's; a longer one raises it.
+	for _, c := range []struct{ ttl, want time.Duration }{{10 * time.Minute, time.Hour}, {2 * time.Hour, 2 * time.Hour}} {
+		s, err := broker.Open(ctx, broker.Config{Conn: b.Conn, JobTTL: c.ttl})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := s.RememberedModels(ctx, "studio.lan"); err != nil {
+			t.Fatal(err)
+		}
+		if st, err := kv.Status(ctx); err != nil || st.TTL() != c.want {
+			t.Fatalf("after a foreman with job TTL %v: bucket TTL %v (%v), want %v", c.ttl, st.TTL(), err, c.want)
+		}
+	}
+}
+
+// What another process wrote under a target's key is read within bounds and used only
+// when it is a list this version of foreman writes, for that very target: anything else
+// is an error wrapping ErrBadKnownModels, and no list.
+func TestKnownModelsHostileEntriesAreNotUsed(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Store.RememberModels(ctx, broker.KnownModels{Name: "mac", URL: "http://mac:11434"}); err != nil {
+		t.Fatal(err) // creates the bucket
+	}
+	kv, err := b.JetStream(t).KeyValue(ctx, broker.KnownModelsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	many := make([]string, 5000)
+	for i := range many {
+		many[i] = fmt.Sprintf("%q", fmt.Sprintf("m%d", i))
+	}
+	for _, c := range []struct{ name, value string }{
+		{"not JSON", `{"v":1,"name":"mac","models":["a"`},
+		{"not an object", `["a:latest"]`},
+		{"another layout", `{"v":2,"name":"mac","url":"http://mac:11434","models":["a:latest"]}`},
+		{"no layout", `{"name":"mac","url":"http://mac:11434","models":["a:latest"]}`},
+		{"another target's name", `{"v":1,"name":"mac.","url":"http://mac:11434","models":["a:latest"]}`},
+		{"a model that is none", `{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest","  "]}`},
+		{"a model too long", `{"v":1,"name":"mac","url":"http://mac:11434","models":["` + strings.Repeat("a", 300) + `"]}`},
+		{"models not strings", `{"v":1,"name":"mac","url":"http://mac:11434","models":[1,2]}`},
+		{"too many models", `{"v":1,"name":"mac","url":"http://mac:11434","models":[` + strings.Join(many, ",") + `]}`},
+		{"too large", `{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest"],"pad":"` + strings.Repeat("x", 300<<10) + `"}`},
+	} {
+		if _, err := kv.Put(ctx, "target.mac", []byte(c.value)); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		got, ok, err := b.Store.RememberedModels(ctx, "mac")
+		if ok || !errors.Is(err, broker.ErrBadKnownModels) {
+			t.Errorf("%s: got %+v, ok %v, err %v; want ErrBadKnownModels and no list", c.name, got, ok, err)
+		}
+	}
+
+	// Written by a later version with fields this one does not know: the list stands.
+	if _, err := kv.Put(ctx, "target.mac", []byte(`{"v":1,"name":"mac","url":"http://mac:11434","models":["B","a:latest","b:latest"],"digest":"x"}`)); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := b.Store.RememberedModels(ctx, "mac")
+	if err != nil || !ok || !slices.Equal(got.Models, []string{"a:latest", "b:latest"}) {
+		t.Fatalf("extra fields: got %+v, ok %v, err %v", got, ok, err)
+	}
+
+	// Two names that differ only where a key cannot hold them share a key: one is not
+	// taken for the other.
+	if err := b.Store.RememberModels(ctx, broker.KnownModels{Name: "mac_lan", URL: "http://mac:11434", Models: []string{"a:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok, err := b.Store.RememberedModels(ctx, "mac.lan"); ok || !errors.Is(err, broker.ErrBadKnownModels) {
+		t.Fatalf("mac.lan read mac_lan's list: %+v, ok %v, err %v", got, ok, err)
+	}
+
+	// What a reader would refuse is not written either.
+	huge := make([]string, 5000)
+	for i := range huge {
+		huge[i] = fmt.Sprintf("m%d:latest", i)
+	}
+	if err := b.Store.RememberModels(ctx, broker.KnownModels{Name: "mac", URL: "http://mac:11434", Models: huge}); !errors.Is(err, broker.ErrBadKnownModels) {
+		t.Fatalf("storing 5000 models: %v, want ErrBadKnownModels", err)
+	}
+}

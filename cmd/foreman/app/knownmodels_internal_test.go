@@ -1,0 +1,111 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// polledSnap is the snapshot of a successful poll listing models.
+func polledSnap(models ...string) ollama.Snapshot {
+	tags := &ollama.ListResponse{}
+	for _, m := range models {
+		tags.Models = append(tags.Models, ollama.ListModelResponse{Name: m})
+	}
+	return ollama.Snapshot{Polled: true, Tags: tags, LastPoll: time.Now()}
+}
+
+// The list is written when a poll finds it changed, not at every poll; an unchanged list
+// again once it is an eighth of the job TTL old, so that it outlives the bucket's TTL;
+// nothing for a failed poll; and a write that fails is logged, and made by the next poll.
+func TestRememberModelsWritesOnChange(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var logs bytes.Buffer
+	a := &App{cfg: Config{TargetName: "studio", OllamaURL: "http://user:pw@studio.lan:11434", JobTTL: 24 * time.Hour},
+		store: b.Store, log: slog.New(slog.NewTextHandler(&logs, nil))}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	revision := func() uint64 {
+		t.Helper()
+		kv, err := b.JetStream(t).KeyValue(ctx, broker.KnownModelsBucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e, err := kv.Get(ctx, "target.studio")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e.Revision()
+	}
+
+	a.rememberModels(ctx, polledSnap("b", "A:latest", "a"))
+	first := revision()
+	k, ok, err := b.Store.RememberedModels(ctx, "studio")
+	if err != nil || !ok || k.URL != "http://studio.lan:11434" || strings.Join(k.Models, ",") != "a:latest,b:latest" {
+		t.Fatalf("stored %+v, %v, %v", k, ok, err)
+	}
+	a.rememberModels(ctx, polledSnap("a", "b"))
+	failed := polledSnap("c")
+	failed.Err = errors.New("connection refused")
+	a.rememberModels(ctx, failed)
+	if got := revision(); got != first {
+		t.Fatalf("an unchanged list or a failed poll was written: revision %d, then %d", first, got)
+	}
+	a.rememberModels(ctx, polledSnap("a", "b", "c"))
+	changed := revision()
+	if changed == first {
+		t.Fatal("a changed list was not written")
+	}
+	a.known.written = time.Now().Add(-3*time.Hour - time.Minute) // an eighth of 24h ago
+	a.rememberModels(ctx, polledSnap("a", "b", "c"))
+	if got := revision(); got == changed {
+		t.Fatal("an unchanged list an eighth of the job TTL old was not written again")
+	}
+
+	// A write that fails (NATS gone) is logged and not taken for done.
+	before := a.known
+	b.Conn.Close()
+	a.rememberModels(ctx, polledSnap("d"))
+	if !strings.Contains(logs.String(), "remember the target's model list") || a.known.written != before.written {
+		t.Fatalf("failed write: known %+v, log:\n%s", a.known, logs.String())
+	}
+}
+
+// A worker runs a remembered model only as one its own target has: while that target
+// has not answered a poll, a reachable other target that has the model gets it (on a
+// shared NATS, ADR-0029).
+func TestRunsModelLeavesRememberedModelsToAReachableTarget(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t) // not exclusive, as a shared NATS
+	mac := ollamatest.New(t)
+	client, err := ollama.NewClient(ollama.ClientConfig{BaseURL: mac.URL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: client, Remembered: []string{"alpha"}})
+	a := &App{cfg: Config{TargetName: "mac-a"}, store: b.Store, inv: inv, log: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Store.PublishTarget(ctx, broker.Target{Name: "mac-b", URL: "http://127.0.0.1:1", Reachable: true, Models: []string{"alpha:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	if a.runsModel(ctx, "alpha") {
+		t.Error("runs a remembered model that a reachable target has, before its own target answered a poll")
+	}
+	if err := b.Store.WithdrawTarget(ctx, "mac-b"); err != nil {
+		t.Fatal(err)
+	}
+	if !a.runsModel(ctx, "alpha") {
+		t.Error("leaves a remembered model no other target has")
+	}
+}
