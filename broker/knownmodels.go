@@ -71,7 +71,7 @@ func (s *Store) knownModelsKV(ctx context.Context) (jetstream.KeyValue, error) {
 			return kv, nil
 		}
 	}
-	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := ensureKeyValue(ctx, s.js, jetstream.KeyValueConfig{
 		Bucket:      KnownModelsBucket,
 		Description: "foreman Ollama targets: the models last polled, by name, kept across restarts",
 		History:     1,

@@ -28,7 +28,7 @@ type presence struct {
 
 func (s *Store) openPresence(ctx context.Context) error {
 	err := s.untilReady(ctx, "bucket "+PresenceBucket, func(ctx context.Context) (err error) {
-		s.presence, err = s.js.CreateOrUpdateKeyValue(ctx, s.presenceConfig())
+		s.presence, err = ensureKeyValue(ctx, s.js, s.presenceConfig())
 		return err
 	})
 	if err != nil {

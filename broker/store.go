@@ -188,21 +188,21 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s.dup = dup
 	err = s.untilReady(ctx, "stream "+QueueStream, func(ctx context.Context) (err error) {
-		s.queue, err = js.CreateOrUpdateStream(ctx, s.queueConfig(dup))
+		s.queue, err = ensureStream(ctx, js, s.queueConfig(dup))
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: stream %s: %w", QueueStream, err)
 	}
 	err = s.untilReady(ctx, "bucket "+JobsBucket, func(ctx context.Context) (err error) {
-		s.kv, err = js.CreateOrUpdateKeyValue(ctx, s.jobsConfig())
+		s.kv, err = ensureKeyValue(ctx, js, s.jobsConfig())
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: bucket %s: %w", JobsBucket, err)
 	}
 	err = s.untilReady(ctx, "object store "+ArtifactsBucket, func(ctx context.Context) (err error) {
-		s.artifacts, err = js.CreateOrUpdateObjectStore(ctx, s.artifactsConfig())
+		s.artifacts, err = ensureObjectStore(ctx, js, s.artifactsConfig())
 		return err
 	})
 	if err != nil {

@@ -82,7 +82,7 @@ func (s *Store) targetsKV(ctx context.Context) (jetstream.KeyValue, error) {
 			return kv, nil
 		}
 	}
-	kv, err := s.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+	kv, err := ensureKeyValue(ctx, s.js, jetstream.KeyValueConfig{
 		Bucket:      TargetsBucket,
 		Description: "foreman Ollama targets: models, loaded models, reachability, by name",
 		History:     1,
