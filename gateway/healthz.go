@@ -40,6 +40,11 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	if snap.Degraded {
 		h.Degraded = true
 	}
+	if !snap.Polled && snap.Err == nil {
+		// Start-up, or a first poll of a target that hangs (up to its 10 s bound): not
+		// known to be reachable, so not ok.
+		h.Target.Error, h.Degraded = "no poll of ollama has ended yet", true
+	}
 	if s.cfg.TargetHealth != nil {
 		if err := s.cfg.TargetHealth(); err != nil {
 			h.Target.Error = strings.TrimPrefix(h.Target.Error+"; "+err.Error(), "; ")

@@ -96,3 +96,21 @@ func TestHealthzTargetStalled(t *testing.T) {
 		t.Errorf("after the stall cleared: %+v", h)
 	}
 }
+
+// Until a poll of the target has ended, /healthz does not say ok: the target is not known
+// to be reachable (a first poll of a target that hangs takes up to its bound).
+func TestHealthzBeforeTheFirstPoll(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withoutInitialPoll())
+	h := getHealth(t, b)
+	if h.Status != "degraded" || !h.Degraded || h.Target.Reachable || h.Target.Error != "no poll of ollama has ended yet" {
+		t.Errorf("before the first poll: %+v", h)
+	}
+	if err := b.Inv.Refresh(testCtx(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	h = getHealth(t, b)
+	if h.Status != "ok" || h.Degraded || !h.Target.Reachable || h.Target.Error != "" {
+		t.Errorf("after the first poll: %+v", h)
+	}
+}
