@@ -73,10 +73,15 @@ func (rb *realBundle) waitTaken(t *testing.T, id string) {
 }
 
 // ollamaAloneBehind sends n batch chats straight to Ollama, then the interactive one once
-// all n are written, and returns the interactive one's time to answer.
+// all n are written, and returns the interactive one's time to answer. The figure is for
+// the log only: Ollama running n+1 generations on a loaded CPU may take minutes, so the
+// calls get five, and a call that fails is logged, not a failure of the test (-1).
 func ollamaAloneBehind(t *testing.T, base string, n int) time.Duration {
 	t.Helper()
-	ctx := ctxT(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	var failed sync.Once
+	fail := func(err error) { failed.Do(func() { t.Logf("Ollama alone not measured: %v", err) }) }
 	var wrote, all sync.WaitGroup
 	wrote.Add(n)
 	post := func(ctx context.Context, body string) error {
@@ -100,17 +105,19 @@ func ollamaAloneBehind(t *testing.T, base string, n int) time.Duration {
 			defer once()
 			tctx := httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteRequest: func(httptrace.WroteRequestInfo) { once() }})
 			if err := post(tctx, batchChat(100+i)); err != nil {
-				t.Errorf("batch request: %v", err)
+				fail(err)
 			}
 		}()
 	}
 	wrote.Wait()
 	start := time.Now()
-	if err := post(ctx, interactiveChat); err != nil {
-		t.Fatal(err)
-	}
+	err := post(ctx, interactiveChat)
 	took := time.Since(start)
 	all.Wait()
+	if err != nil {
+		fail(err)
+		return -1
+	}
 	return took
 }
 
