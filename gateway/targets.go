@@ -142,7 +142,7 @@ func orEmpty(s []string) []string {
 // when its inventory lists it, else another live one, else the own target after
 // requireModel's re-poll (which answers 404 when it lacks the model too).
 // A nil body is none (GET).
-func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte) {
+func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte, sent func()) {
 	reader := func() io.Reader {
 		if body == nil {
 			return http.NoBody
@@ -151,7 +151,7 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 	}
 	if !s.inv.HasModel(model) {
 		if c := s.otherClient(r.Context(), model); c != nil {
-			s.relayTo(c, w, r, method, path, reader())
+			s.relayTo(c, w, r, method, path, reader(), sent)
 			return
 		}
 	}
@@ -159,7 +159,7 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 		s.writeError(w, r, err)
 		return
 	}
-	s.relay(w, r, method, path, reader())
+	s.relay(w, r, method, path, reader(), sent)
 }
 
 // handleOpenAIModels serves GET /v1/models: the own target's answer, with the models only
