@@ -85,17 +85,23 @@ func (s *Server) budgetRefusal() error {
 		s.cfg.MaxBodyBytesInFlight)))
 }
 
+// firstBodyStep is what a body that declares its length takes from the budget before a
+// byte of it is read; the rest is taken as it arrives.
+const firstBodyStep = 1 << 20
+
 // readBody reads a request body, bounded by the body limit, by BodyReadTimeout and by the
 // budget of bodies in flight. The body's bytes stay taken from the budget until the
 // caller releases the returned hold, which it must do on every path (defer it); on an
 // error nothing is held.
 //
-// A body that declares its length (Content-Length, which net/http holds the client to:
-// it never reads more, and fewer is an error) takes it whole before a byte is read, is
-// refused at once if the budget lacks it (the client has sent nothing more than its
-// head, and with "Expect: 100-continue" sends nothing more), and is read into a buffer of
-// exactly that size. One that does not (chunked) takes each growth of its buffer as it
-// arrives, and may be refused part way.
+// The budget is taken as the body arrives: the buffer grows with it, each growth taken
+// before it is made, so a client that declares much and sends little (or nothing) holds
+// little. A body that declares its length (Content-Length, which net/http holds the
+// client to: it never reads more, and fewer is an error) takes its first step, up to
+// 1 MiB, before a byte is read, and is refused at once when the budget lacks even that
+// (with "Expect: 100-continue" the client then sends nothing); its buffer ends exactly at
+// that length. One that does not (chunked) may be refused part way, as may a declared
+// one past its first step.
 //
 // A client trickling its body (slow loris) gets 408 instead of holding a handler. The
 // deadline must not outlive the read: net/http cancels the request when its watch on the
@@ -106,26 +112,25 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *body
 		w.Header().Set("Connection", "close") // the body stays unread
 		return nil, nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
 	}
+	if r.ContentLength == 0 { // no body: net/http says -1 when it does not know
+		return []byte{}, s.bodies.hold(), nil
+	}
 	hold := s.bodies.hold()
-	if r.ContentLength > 0 && !hold.take(r.ContentLength) {
-		w.Header().Set("Connection", "close")
-		return nil, nil, s.budgetRefusal()
+	var first int64
+	if r.ContentLength > 0 {
+		first = min(r.ContentLength, firstBodyStep)
+		if !hold.take(first) {
+			w.Header().Set("Connection", "close")
+			return nil, nil, s.budgetRefusal()
+		}
 	}
 	rc := http.NewResponseController(w)
 	deadline := s.cfg.BodyReadTimeout > 0 && rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
-	var (
-		body []byte
-		err  error
-	)
-	switch {
-	case r.ContentLength > 0:
-		body = make([]byte, r.ContentLength)
-		_, err = io.ReadFull(r.Body, body)
-	case r.ContentLength == 0: // no body: net/http says -1 when it does not know
-		body = []byte{}
-	default:
-		body, err = readGrowing(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes), s.cfg.MaxBodyBytes, hold)
+	limit, exact := s.cfg.MaxBodyBytes, r.ContentLength > 0
+	if exact {
+		limit = r.ContentLength
 	}
+	body, err := readGrowing(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes), limit, first, exact, hold)
 	if deadline && err == nil {
 		_ = rc.SetReadDeadline(time.Time{})
 	}
@@ -148,16 +153,21 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *body
 	return body, hold, nil
 }
 
-// readGrowing reads r, a body of unknown length of at most limit bytes (r says when it
-// is longer), into a buffer that grows as the body arrives. Each growth is taken from
-// hold before it is made, at its full size: while the old buffer is copied into the new
-// one both are held. The old one is given back after. It stops with errOverBudget when
-// the budget lacks a growth; hold then keeps what it had, for the caller to release.
-func readGrowing(r io.Reader, limit int64, hold *bodyHold) ([]byte, error) {
-	var buf []byte
+// readGrowing reads r, a body of at most limit bytes (r says when it is longer), into a
+// buffer that grows as the body arrives, starting at capacity first, which hold has
+// taken already. Each growth is taken from hold before it is made, at its full size:
+// while the old buffer is copied into the new one both are held. The old one is given
+// back after. It stops with errOverBudget when the budget lacks a growth; hold then keeps
+// what it had, for the caller to release. With exact, r holds exactly limit bytes (a
+// declared length): the buffer ends at that size, and the read there.
+func readGrowing(r io.Reader, limit, first int64, exact bool, hold *bodyHold) ([]byte, error) {
+	buf := make([]byte, 0, first)
 	for {
+		if exact && int64(len(buf)) == limit {
+			return buf, nil
+		}
 		if len(buf) == cap(buf) {
-			next := bodyGrowth(int64(cap(buf)), limit)
+			next := bodyGrowth(int64(cap(buf)), limit, exact)
 			if !hold.take(next) {
 				return nil, errOverBudget
 			}
@@ -168,21 +178,28 @@ func readGrowing(r io.Reader, limit int64, hold *bodyHold) ([]byte, error) {
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if errors.Is(err, io.EOF) {
+		switch {
+		case errors.Is(err, io.EOF) && exact && int64(len(buf)) < limit:
+			return nil, io.ErrUnexpectedEOF
+		case errors.Is(err, io.EOF):
 			return buf, nil
-		}
-		if err != nil {
+		case err != nil:
 			return nil, err
 		}
 	}
 }
 
 // bodyGrowth is the next capacity of a body buffer of capacity c: doubling from 16 KiB
-// (most chat bodies fit at once), then a quarter more from 4 MiB on, so that a large
-// body's buffer holds at most a quarter more than the body. It never passes limit+1 (a
-// reader bounded at limit says so with one byte more) unless c already has.
-func bodyGrowth(c, limit int64) int64 {
+// (most chat bodies fit at once). Of a body of unknown length, a quarter more from 4 MiB
+// on, so that a large body's buffer holds at most a quarter more than the body; it never
+// passes limit+1 (a reader bounded at limit says so with one byte more) unless c already
+// has. Of a declared one (exact; c is below limit then), doubling up to limit, where it
+// ends: its last buffer is exact, and at most half of it is held twice while it grows.
+func bodyGrowth(c, limit int64, exact bool) int64 {
 	next := max(2*c, 16<<10)
+	if exact {
+		return min(next, limit)
+	}
 	if c >= 4<<20 {
 		next = c + c/4
 	}

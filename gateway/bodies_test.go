@@ -370,3 +370,26 @@ func TestBodyBudgetGivenBack(t *testing.T) {
 		waitAllGivenBack(t, b.testBundle, testPart)
 	})
 }
+
+// A body that declares its length takes it from the budget as it arrives, after a first
+// step of at most 1 MiB: a client that declares much and sends little holds little, and
+// the others' bodies are served beside it.
+func TestBodyBudgetTakesADeclaredBodyAsItArrives(t *testing.T) {
+	t.Parallel()
+	const budget = 4 << 20
+	b := newBudgetBundle(t, budget, budget, nil)
+	ctx := testCtx(t, 60*time.Second)
+	finish, aDone := stalledPost(t, ctx, b.testBundle, "/jobs", chatOf(t, 3<<20), 100_000, true)
+	waitHeld(t, b.testBundle, firstBodyStep)
+	if held, _ := bodyGauges(t, b.testBundle); held != firstBodyStep {
+		t.Errorf("a body declaring 3 MiB, 100 KB of it sent, holds %.0f bytes, want the first step of %d", held, firstBodyStep)
+	}
+	if r := post(t, ctx, b.URL, "/jobs", chatOf(t, 2<<20)); r.Status != http.StatusAccepted {
+		t.Fatalf("a 2 MiB body beside it: %d %s", r.Status, r.Body)
+	}
+	finish()
+	if a := <-aDone; a.Status != http.StatusAccepted {
+		t.Fatalf("the body declaring 3 MiB: %d %s", a.Status, a.Body)
+	}
+	waitAllGivenBack(t, b.testBundle, firstBodyStep)
+}

@@ -316,7 +316,7 @@ func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byt
 	}
 	defer dec.Close()
 	compressed := int64(cap(body))
-	out, err := readGrowing(io.LimitReader(dec, s.cfg.MaxBodyBytes+1), s.cfg.MaxBodyBytes, hold)
+	out, err := readGrowing(io.LimitReader(dec, s.cfg.MaxBodyBytes+1), s.cfg.MaxBodyBytes, 0, false, hold)
 	switch {
 	case errors.Is(err, errOverBudget):
 		return nil, s.budgetRefusal()
