@@ -147,7 +147,7 @@ func (s *Store) lease(ctx context.Context, token string, msg jetstream.Msg) (*Le
 		return d, err
 	}
 	if ref := h.Get(HeaderBodyRef); ref != "" {
-		d.Body, err = s.artifacts.GetBytes(ctx, ref)
+		d.Body, err = s.getObject(ctx, ref)
 		if err != nil {
 			return d, fmt.Errorf("broker: request body %s: %w", ref, err)
 		}

@@ -7,10 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"strconv"
 	"strings"
-	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -212,13 +210,15 @@ func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 }
 
 // refusalReason names the refusals foreman makes by design: a full queue, a program over
-// its limit. Anything else is "".
+// its limit, request bodies in flight over their budget. Anything else is "".
 func refusalReason(err error) string {
 	switch {
 	case errors.Is(err, broker.ErrQueueFull):
 		return "queue_full"
 	case errors.Is(err, ErrProgramLimit):
 		return "program_limit"
+	case errors.Is(err, errOverBudget):
+		return "body_budget"
 	}
 	return ""
 }
@@ -260,32 +260,4 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json; charset=utf-8")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
-}
-
-// readBody reads a request body, bounded by the body limit and by BodyReadTimeout: a
-// client trickling its body (slow loris) gets 408 instead of holding a handler. The
-// deadline must not outlive the read: net/http cancels the request when its watch on
-// the connection fails, which would end a long answer. (net/http clears it too when it
-// starts that watch; clearing it here does not depend on that.)
-func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
-	rc := http.NewResponseController(w)
-	deadline := s.cfg.BodyReadTimeout > 0 && rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
-	body, err := readAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
-	if deadline && err == nil {
-		_ = rc.SetReadDeadline(time.Time{})
-	}
-	if err != nil {
-		// The connection is not reused, and the deadline stays: net/http would otherwise
-		// wait for the rest of the body before it sends the answer.
-		w.Header().Set("Connection", "close")
-		var maxErr *http.MaxBytesError
-		if errors.As(err, &maxErr) {
-			return nil, err
-		}
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return nil, refuse(ErrBodyTimeout, fmt.Sprintf("request body not received within %s", s.cfg.BodyReadTimeout))
-		}
-		return nil, badRequest("cannot read request body: " + err.Error())
-	}
-	return body, nil
 }

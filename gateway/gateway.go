@@ -56,7 +56,12 @@ type Config struct {
 	JobsPriority broker.Priority
 	// MaxBodyBytes caps request bodies; default 32 MiB.
 	MaxBodyBytes int64
-	// RetryAfter is the Retry-After sent with "queue full"; default 5s.
+	// MaxBodyBytesInFlight caps the bytes of request bodies held at once, all requests
+	// together (ADR-0048); a body that would pass it gets 503, unless it is the only one
+	// held. Default 4 × MaxBodyBytes.
+	MaxBodyBytesInFlight int64
+	// RetryAfter is the Retry-After sent with a 503 or 429 refusal ("queue full", bodies
+	// in flight over their budget, a program over its limit); default 5s.
 	RetryAfter time.Duration
 	// WebhookPolicy checks state_webhook_url at submit (ADR-0021); the zero value is the
 	// default policy. Give it the dispatcher's policy.
@@ -99,6 +104,9 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.MaxBodyBytes <= 0 {
 		c.MaxBodyBytes = 32 << 20
+	}
+	if c.MaxBodyBytesInFlight <= 0 {
+		c.MaxBodyBytesInFlight = 4 * c.MaxBodyBytes
 	}
 	if c.RetryAfter <= 0 {
 		c.RetryAfter = 5 * time.Second
@@ -155,6 +163,8 @@ type Server struct {
 	origins *originPolicy
 	hosts   *hostPolicy
 	syncs   syncStats
+	// bodies is the budget of request bodies in flight (bodies.go).
+	bodies *bodyBudget
 	// tokens are the accepted bearer tokens' digests; none means no auth.
 	tokens       []tokenKey
 	programLocks programLocks
@@ -184,7 +194,8 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{}}
+	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{},
+		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}}
 	s.jobMetrics = newJobMetrics(s.models)
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {

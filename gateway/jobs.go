@@ -27,7 +27,8 @@ func (s *Server) jobRoutes(mux *http.ServeMux) {
 // handleSubmitJob queues an async job: 202 {"job_id"} with Location /jobs/<id>. Async jobs
 // are not Sync, so their state events go to the webhook they name.
 func (s *Server) handleSubmitJob(w http.ResponseWriter, r *http.Request) {
-	body, err := s.readBody(w, r)
+	body, hold, err := s.readBody(w, r)
+	defer hold.release()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -37,6 +38,7 @@ func (s *Server) handleSubmitJob(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), submitTimeout)
 	defer cancel()
 	id, replayed, err := s.submitJob(ctx, body, r.Header.Get("Idempotency-Key"), r.Header)
+	hold.release() // the store has the body, or the submit failed
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -52,36 +51,101 @@ type member struct {
 	value json.RawMessage
 }
 
-// objectMembers splits a JSON object into its members in order, keeping every value's
-// bytes as sent. Anything but exactly one JSON object is a 400.
+// objectMembers splits a JSON object into its members in order, every value a slice of
+// raw, byte for byte as sent: a body of megabytes is not copied to be split (a
+// json.Decoder would buffer it whole, and each json.RawMessage copy it again). Anything
+// but exactly one JSON object is a 400.
 func objectMembers(raw []byte) ([]member, error) {
 	if len(bytes.TrimSpace(raw)) == 0 {
 		return nil, badRequest("missing request body")
 	}
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+	if !json.Valid(raw) {
+		return nil, invalidObject(raw)
+	}
+	// raw is one valid JSON value: the walk below needs no checks of its own.
+	i := skipSpace(raw, 0)
+	if raw[i] != '{' {
 		return nil, badRequest("invalid JSON body: expected an object")
 	}
 	var out []member
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
+	for i = skipSpace(raw, i+1); raw[i] != '}'; {
+		end := valueEnd(raw, i)
+		var key string
+		if err := json.Unmarshal(raw[i:end], &key); err != nil {
 			return nil, badRequest("invalid JSON body: " + err.Error())
 		}
-		key, _ := tok.(string)
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, badRequest("invalid JSON body: " + err.Error())
+		i = skipSpace(raw, skipSpace(raw, end)+1) // past the colon
+		end = valueEnd(raw, i)
+		out = append(out, member{key: key, value: raw[i:end:end]})
+		if i = skipSpace(raw, end); raw[i] == ',' {
+			i = skipSpace(raw, i+1)
 		}
-		out = append(out, member{key: key, value: v})
-	}
-	if _, err := dec.Token(); err != nil {
-		return nil, badRequest("invalid JSON body: " + err.Error())
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, badRequest("invalid JSON body: data after the object")
 	}
 	return out, nil
+}
+
+// invalidObject says what is wrong with raw, which is not valid JSON, in the words of
+// json.Decoder as it reads the object member by member.
+func invalidObject(raw []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return badRequest("invalid JSON body: expected an object")
+	}
+	for dec.More() {
+		if _, err := dec.Token(); err != nil {
+			return badRequest("invalid JSON body: " + err.Error())
+		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return badRequest("invalid JSON body: " + err.Error())
+		}
+	}
+	if _, err := dec.Token(); err != nil {
+		return badRequest("invalid JSON body: " + err.Error())
+	}
+	return badRequest("invalid JSON body: data after the object")
+}
+
+// skipSpace returns the index of the first byte of raw from i on that is not JSON white
+// space (len(raw) if none).
+func skipSpace(raw []byte, i int) int {
+	for i < len(raw) && (raw[i] == ' ' || raw[i] == '\t' || raw[i] == '\n' || raw[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// valueEnd returns the index just past the JSON value that starts at raw[i]; raw must be
+// valid JSON (json.Valid).
+func valueEnd(raw []byte, i int) int {
+	switch raw[i] {
+	case '"':
+		for i++; raw[i] != '"'; i++ {
+			if raw[i] == '\\' {
+				i++ // the escaped byte, which may be a quote
+			}
+		}
+		return i + 1
+	case '{', '[':
+		depth := 0
+		for ; ; i++ {
+			switch raw[i] {
+			case '"':
+				i = valueEnd(raw, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+	}
+	// A number, true, false or null: up to the next delimiter or white space.
+	for i < len(raw) && strings.IndexByte(",]} \t\n\r", raw[i]) < 0 {
+		i++
+	}
+	return i
 }
 
 // parseSubmission checks a job request and separates foreman's fields from the target's;
@@ -316,20 +380,25 @@ func isASCII(s string) bool {
 	return true
 }
 
+// encodeMembers writes ms as one JSON object, into a buffer made once at its size.
 func encodeMembers(ms []member) []byte {
-	var b bytes.Buffer
-	b.WriteByte('{')
+	keys := make([][]byte, len(ms))
+	size := 2 // the braces
+	for i, m := range ms {
+		keys[i], _ = json.Marshal(m.key)
+		size += len(keys[i]) + 1 + len(m.value) + 1 // key, colon, value, comma
+	}
+	b := make([]byte, 0, size)
+	b = append(b, '{')
 	for i, m := range ms {
 		if i > 0 {
-			b.WriteByte(',')
+			b = append(b, ',')
 		}
-		k, _ := json.Marshal(m.key)
-		b.Write(k)
-		b.WriteByte(':')
-		b.Write(m.value)
+		b = append(b, keys[i]...)
+		b = append(b, ':')
+		b = append(b, m.value...)
 	}
-	b.WriteByte('}')
-	return b.Bytes()
+	return append(b, '}')
 }
 
 // submitJob validates a job request, checks its model with the target and queues it. A
@@ -359,8 +428,10 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	if idemKey != "" {
 		// The key protects the job itself: its kind and the body sent to the target, not
 		// the webhook fields (a client's own receiver URL changes between retries).
-		sum := sha256.Sum256(append([]byte(string(sub.kind)+"\n"), sub.body...))
-		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: hex.EncodeToString(sum[:]), Until: submitDeadline(ctx)}
+		h := sha256.New() // written in two parts: a body of megabytes is not copied for it
+		h.Write([]byte(string(sub.kind) + "\n"))
+		h.Write(sub.body)
+		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: hex.EncodeToString(h.Sum(nil)), Until: submitDeadline(ctx)}
 		for attempt := 0; ; attempt++ {
 			got, created, err := s.store.ClaimIdempotencyKey(ctx, idemKey, claim)
 			if err != nil {

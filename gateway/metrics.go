@@ -24,6 +24,9 @@ type metrics struct {
 	cutOff     *prometheus.Desc
 	peak       *prometheus.Desc
 	paused     *prometheus.Desc
+	bodies     *prometheus.Desc
+	bodyLimit  *prometheus.Desc
+	bodyPeak   *prometheus.Desc
 }
 
 func newMetricsHandler(s *Server) http.Handler {
@@ -42,6 +45,9 @@ func newMetricsHandler(s *Server) http.Handler {
 			cutOff:     prometheus.NewDesc("foreman_slow_clients_cut_off_total", "Sync clients cut off for reading their answer too slowly (their jobs ran on).", nil, nil),
 			peak:       prometheus.NewDesc("foreman_stream_buffer_peak_bytes", "Most bytes of an answer ever held for one slow client.", nil, nil),
 			paused:     prometheus.NewDesc("foreman_worker_paused", "1 while the worker takes no job for this reason (the target unreachable, the job store refusing writes), else 0.", []string{"reason"}, nil),
+			bodies:     prometheus.NewDesc("foreman_request_body_bytes_in_flight", "Bytes of request bodies held now, all requests together (taken from FOREMAN_MAX_BODY_BYTES_IN_FLIGHT).", nil, nil),
+			bodyPeak:   prometheus.NewDesc("foreman_request_body_bytes_in_flight_peak", "The most bytes of request bodies ever held at once.", nil, nil),
+			bodyLimit:  prometheus.NewDesc("foreman_request_body_bytes_in_flight_limit", "FOREMAN_MAX_BODY_BYTES_IN_FLIGHT: the request body bytes held at once past which a body is refused with 503, unless it is the only one held.", nil, nil),
 		},
 	)
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
@@ -59,6 +65,9 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.cutOff
 	ch <- m.peak
 	ch <- m.paused
+	ch <- m.bodies
+	ch <- m.bodyPeak
+	ch <- m.bodyLimit
 }
 
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
@@ -98,6 +107,9 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.targetUp, prometheus.GaugeValue, up)
 	ch <- prometheus.MustNewConstMetric(m.cutOff, prometheus.CounterValue, float64(m.s.syncs.cutOff.Load()))
 	ch <- prometheus.MustNewConstMetric(m.peak, prometheus.GaugeValue, float64(m.s.syncs.peak.Load()))
+	ch <- prometheus.MustNewConstMetric(m.bodies, prometheus.GaugeValue, float64(m.s.bodies.used.Load()))
+	ch <- prometheus.MustNewConstMetric(m.bodyPeak, prometheus.GaugeValue, float64(m.s.bodies.peak.Load()))
+	ch <- prometheus.MustNewConstMetric(m.bodyLimit, prometheus.GaugeValue, float64(m.s.bodies.limit))
 	if q, ok := m.s.cfg.Queue.(pauser); ok {
 		p := q.Paused()
 		for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseStoreRefusesWrites} {

@@ -45,7 +45,7 @@ func (s *Server) ollamaRoutes(mux *http.ServeMux) {
 
 // relayBodyless relays a GET or HEAD to the same path on the target.
 func (s *Server) relayBodyless(w http.ResponseWriter, r *http.Request) {
-	s.relay(w, r, r.Method, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), http.NoBody)
+	s.relay(w, r, r.Method, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), http.NoBody, nil)
 }
 
 // targetPath is the path (and query) a pass-through request takes on the target.
@@ -61,14 +61,20 @@ func targetPath(escapedPath, rawQuery string) string {
 // read so progress streams (pull, push, create) reach the client as Ollama writes them.
 // A target that cannot be reached is a 502 before any byte is written; a body cut short
 // afterwards aborts the client's response so it cannot pass for a complete one. It
-// returns the target's status, or 0 when the request never reached it.
-func (s *Server) relay(w http.ResponseWriter, r *http.Request, method, path string, body io.Reader) int {
-	return s.relayTo(s.target, w, r, method, path, body)
+// returns the target's status, or 0 when the request never reached it. sent, when not
+// nil, is called once the target has answered (or failed) the request, when its body is
+// no longer needed: a body held in memory goes back to the budget then, not after the
+// answer, which may stream for minutes (a pull).
+func (s *Server) relay(w http.ResponseWriter, r *http.Request, method, path string, body io.Reader, sent func()) int {
+	return s.relayTo(s.target, w, r, method, path, body, sent)
 }
 
 // relayTo is relay to target c.
-func (s *Server) relayTo(c ollama.Client, w http.ResponseWriter, r *http.Request, method, path string, body io.Reader) int {
+func (s *Server) relayTo(c ollama.Client, w http.ResponseWriter, r *http.Request, method, path string, body io.Reader, sent func()) int {
 	resp, err := c.Do(r.Context(), method, path, forwardHeader(r.Header), body)
+	if sent != nil {
+		sent()
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return 0

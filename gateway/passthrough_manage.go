@@ -15,7 +15,8 @@ import (
 // installed models the inventory polls at once, so /api/tags and the unknown-model check
 // see the change without waiting for the next poll.
 func (s *Server) handleManage(w http.ResponseWriter, r *http.Request) {
-	body, err := s.readBody(w, r)
+	body, hold, err := s.readBody(w, r)
+	defer hold.release()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -28,7 +29,7 @@ func (s *Server) handleManage(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	status := s.relay(w, r, r.Method, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), bytes.NewReader(body))
+	status := s.relay(w, r, r.Method, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), bytes.NewReader(body), hold.release)
 	if status/100 == 2 && r.URL.Path != "/api/push" {
 		s.refreshAfterChange(r.Context())
 	}
@@ -51,7 +52,7 @@ func (s *Server) handleBlob(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodHead {
 		body = http.NoBody
 	}
-	s.relay(w, r, r.Method, path, body)
+	s.relay(w, r, r.Method, path, body, nil)
 }
 
 // blobDigest is what Ollama 0.17 takes as a blob digest (manifest.BlobsPath).

@@ -16,7 +16,8 @@ import (
 // Embeddings are never queued: they are cheap, the embedding model stays loaded next to
 // the chat model, and many may run at once (ADR-0013).
 func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
-	body, err := s.readBody(w, r)
+	body, hold, err := s.readBody(w, r)
+	defer hold.release()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -26,13 +27,13 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	s.relayModel(w, r, http.MethodPost, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body)
+	s.relayModel(w, r, http.MethodPost, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body, hold.release)
 }
 
 // handleOpenAIModel serves GET /v1/models/{model}.
 func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("model")
-	s.relayModel(w, r, r.Method, model, targetPath("/v1/models/"+url.PathEscape(model), r.URL.RawQuery), nil)
+	s.relayModel(w, r, r.Method, model, targetPath("/v1/models/"+url.PathEscape(model), r.URL.RawQuery), nil, nil)
 }
 
 // requestModel returns the model a JSON body names on path, from one decode of the body,

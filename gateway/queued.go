@@ -127,9 +127,10 @@ func (s *Server) traced(id, stage string, at time.Time) {
 func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		in := time.Now()
-		body, err := s.readBody(w, r)
+		body, hold, err := s.readBody(w, r)
+		defer hold.release()
 		if err == nil && kind == broker.KindOpenAIResponses {
-			body, err = s.decodeZstd(r, body)
+			body, err = s.decodeZstd(r, body, hold)
 		}
 		if err != nil {
 			s.writeError(w, r, err)
@@ -156,7 +157,7 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: inf.model, Sync: true, Gateway: s.store.BootID(),
 			Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
 		s.traced(job.ID, traceIn, in)
-		s.runSync(w, r, job, inf.stream, body)
+		s.runSync(w, r, job, inf.stream, body, hold)
 		s.traced(job.ID, traceWritten, time.Now())
 	}
 }
@@ -187,8 +188,10 @@ func (s *Server) queueableModel(ctx context.Context, model string) error {
 // runSync submits job and writes its answer to the client until the job ends, the
 // stream breaks or the client leaves. Only a client leaving cancels the job: after a
 // stream gap, or a client cut off for reading too slowly, the job runs on, and its
-// result stays under /jobs/{id} (X-Foreman-Job-Id).
-func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job, stream bool, body []byte) {
+// result stays under /jobs/{id} (X-Foreman-Job-Id). The body's bytes go back to the
+// budget once the submit is decided: the store has the body then, and the answer may
+// take minutes.
+func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job, stream bool, body []byte, hold *bodyHold) {
 	s.streams.Add(1)
 	defer s.streams.Done()
 	s.syncs.active.Add(1)
@@ -207,6 +210,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), submitTimeout)
 	_, err = s.submitCounted(sctx, job, body)
 	cancel()
+	hold.release()
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -305,8 +309,11 @@ func (st *syncStats) notePeak(n int64) {
 
 // decodeZstd decodes a zstd-compressed body ("Content-Encoding: zstd"), as Ollama's
 // Responses route does for the clients that compress theirs; the job stores and sends
-// on the decoded body. The decoded body is bounded like any body (MaxBodyBytes).
-func (s *Server) decodeZstd(r *http.Request, body []byte) ([]byte, error) {
+// on the decoded body. The decoded body is bounded like any body (MaxBodyBytes), and its
+// bytes are taken from hold as they come, as a chunked body's are: a small body may
+// inflate to the limit. Once decoded, the compressed body (which the caller drops) goes
+// back to the budget.
+func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byte, error) {
 	if !strings.EqualFold(strings.TrimSpace(r.Header.Get("Content-Encoding")), "zstd") {
 		return body, nil
 	}
@@ -315,8 +322,11 @@ func (s *Server) decodeZstd(r *http.Request, body []byte) ([]byte, error) {
 		return nil, badRequest("failed to decompress zstd body")
 	}
 	defer dec.Close()
-	out, err := io.ReadAll(io.LimitReader(dec, s.cfg.MaxBodyBytes+1))
+	compressed := int64(cap(body))
+	out, err := readGrowing(io.LimitReader(dec, s.cfg.MaxBodyBytes+1), s.cfg.MaxBodyBytes, 0, false, hold)
 	switch {
+	case errors.Is(err, errOverBudget):
+		return nil, s.budgetRefusal()
 	case errors.Is(err, zstd.ErrDecoderSizeExceeded), errors.Is(err, zstd.ErrWindowSizeExceeded):
 		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
 	case err != nil:
@@ -324,5 +334,6 @@ func (s *Server) decodeZstd(r *http.Request, body []byte) ([]byte, error) {
 	case int64(len(out)) > s.cfg.MaxBodyBytes:
 		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
 	}
+	hold.give(compressed)
 	return out, nil
 }

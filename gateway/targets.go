@@ -146,7 +146,7 @@ func orEmpty(s []string) []string {
 // own target is down but lists the model, a reachable one only), else the own target
 // after requireModel's re-poll (which answers 404 when it lacks the model too).
 // A nil body is none (GET).
-func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte) {
+func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte, sent func()) {
 	reader := func() io.Reader {
 		if body == nil {
 			return http.NoBody
@@ -157,7 +157,7 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 	// that stopped answering, is no reason to pass over a Mac that answers.
 	if has := s.inv.HasModel(model); !has || !s.inv.Reachable() {
 		if c := s.otherClient(r.Context(), model, has); c != nil {
-			s.relayTo(c, w, r, method, path, reader())
+			s.relayTo(c, w, r, method, path, reader(), sent)
 			return
 		}
 	}
@@ -165,7 +165,7 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 		s.writeError(w, r, err)
 		return
 	}
-	s.relay(w, r, method, path, reader())
+	s.relay(w, r, method, path, reader(), sent)
 }
 
 // handleOpenAIModels serves GET /v1/models: the own target's answer, with the models only

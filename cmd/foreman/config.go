@@ -126,6 +126,14 @@ func (c *serveConfig) settings() []*setting {
 			c.MaxBodyBytes = n
 			return nil
 		}},
+		{env: "FOREMAN_MAX_BODY_BYTES_IN_FLIGHT", flag: "max-body-bytes-in-flight", usage: "request body bytes held at once, all requests together, before a body gets 503 (default 4 × FOREMAN_MAX_BODY)", parse: func(v string) error {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n <= 0 {
+				return errors.New("not a positive number of bytes")
+			}
+			c.MaxBodyBytesInFlight = n
+			return nil
+		}},
 		{env: "FOREMAN_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: durationDefault(app.DefaultShutdownTimeout), usage: "deadline for a graceful shutdown", parse: dur(&c.ShutdownTimeout)},
 		// A stalled target is a failed attempt (ADR-0026).
 		{env: "FOREMAN_FIRST_BYTE_TIMEOUT", flag: "first-byte-timeout", def: durationDefault(app.DefaultFirstByteTimeout), usage: "longest wait for Ollama's first response byte, a cold model load included; then the attempt fails", parse: dur(&c.FirstByteTimeout)},
@@ -386,6 +394,12 @@ func (c *serveConfig) finish() error {
 	}
 	if c.NATSReplicas == 0 { // unset: a set value is positive
 		c.NATSReplicas = app.DefaultReplicas(c.NATSURL)
+	}
+	if c.MaxBodyBytesInFlight == 0 { // unset: a set value is positive
+		c.MaxBodyBytesInFlight = app.DefaultMaxBodyBytesInFlight(c.MaxBodyBytes)
+	}
+	if c.MaxBodyBytesInFlight < c.MaxBodyBytes {
+		return fmt.Errorf("FOREMAN_MAX_BODY_BYTES_IN_FLIGHT=%d is less than FOREMAN_MAX_BODY=%d: the largest body foreman takes must fit in the bytes it holds at once", c.MaxBodyBytesInFlight, c.MaxBodyBytes)
 	}
 	return nil
 }

@@ -150,7 +150,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
 		TargetName: cfg.TargetName, TargetClient: a.targetClient,
-		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, NATSHealth: a.natsHealth, Logger: log,
+		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, MaxBodyBytesInFlight: cfg.MaxBodyBytesInFlight,
+		NATSHealth: a.natsHealth, Logger: log,
 		TargetHealth: a.targetHealth,
 		ListenAddr:   a.ln.Addr().String(), Origins: cfg.Origins,
 		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,

@@ -47,6 +47,9 @@ type Config struct {
 	MaxConsecutive  int
 	MaxWait         time.Duration
 	MaxBodyBytes    int64
+	// MaxBodyBytesInFlight bounds the request body bytes held at once (ADR-0048);
+	// 0 = DefaultMaxBodyBytesInFlight(MaxBodyBytes).
+	MaxBodyBytesInFlight int64
 	// ShutdownTimeout is the deadline serve gives Shutdown.
 	ShutdownTimeout time.Duration
 
@@ -117,6 +120,13 @@ const (
 	DefaultJobsPriority      = broker.PriorityNormal
 )
 
+// DefaultMaxBodyBytesInFlight is the budget of request bodies in flight when none is
+// set: four of the largest bodies (128 MiB at the default body limit). The embedded
+// server queues at most 128 MiB of writes to one stream, and a large body is written
+// to the object store's stream while its request holds it: a budget at that size keeps
+// concurrent bodies from overflowing that queue at the defaults (ADR-0048).
+func DefaultMaxBodyBytesInFlight(maxBodyBytes int64) int64 { return 4 * maxBodyBytes }
+
 // DefaultReplicas is the replica count of foreman's streams when none is set: 1 on the
 // embedded server, 3 on an external NATS (natsURL set), which is a cluster.
 func DefaultReplicas(natsURL string) int {
@@ -143,6 +153,7 @@ func (c Config) WithDefaults() Config {
 	setDefault(&c.MaxConsecutive, DefaultMaxConsecutive)
 	setDefault(&c.MaxWait, DefaultMaxWait)
 	setDefault(&c.MaxBodyBytes, DefaultMaxBodyBytes)
+	setDefault(&c.MaxBodyBytesInFlight, DefaultMaxBodyBytesInFlight(c.MaxBodyBytes))
 	setDefault(&c.ShutdownTimeout, DefaultShutdownTimeout)
 	setDefault(&c.FirstByteTimeout, DefaultFirstByteTimeout)
 	setDefault(&c.StreamIdleTimeout, DefaultStreamIdleTimeout)

@@ -1,0 +1,207 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"sync/atomic"
+	"time"
+)
+
+// Request bodies in flight (ADR-0048). Each body is bounded by Config.MaxBodyBytes; the
+// bodies held at once are bounded by Config.MaxBodyBytesInFlight, a budget every handler
+// that reads a body takes its bytes from and gives them back to once it no longer holds
+// the body: after the submit stored the job, after a pass-through sent it to the target,
+// and on every error.
+
+// bodyBudget is the process's budget of request body bytes.
+type bodyBudget struct {
+	limit int64
+	used  atomic.Int64 // bytes taken and not yet given back: foreman_request_body_bytes_in_flight
+	peak  atomic.Int64 // the most used has been: foreman_request_body_bytes_in_flight_peak
+}
+
+// hold starts a request's share of the budget, empty.
+func (b *bodyBudget) hold() *bodyHold { return &bodyHold{b: b} }
+
+// bodyHold is one request's share of the budget. Its handler alone uses it.
+type bodyHold struct {
+	b    *bodyBudget
+	held int64
+}
+
+// take adds n bytes to the hold, or reports false (taking nothing) when the budget lacks
+// them. A hold that is the only one holding bytes always gets them: a body larger than
+// the whole budget, but within the body limit, is served when it comes alone, and a zstd
+// body may hold its compressed and its decoded form at once.
+func (h *bodyHold) take(n int64) bool {
+	for {
+		used := h.b.used.Load()
+		if used+n > h.b.limit && used != h.held {
+			return false
+		}
+		if h.b.used.CompareAndSwap(used, used+n) {
+			h.held += n
+			h.b.notePeak(used + n)
+			return true
+		}
+	}
+}
+
+func (b *bodyBudget) notePeak(n int64) {
+	for {
+		p := b.peak.Load()
+		if n <= p || b.peak.CompareAndSwap(p, n) {
+			return
+		}
+	}
+}
+
+// give hands n of the hold's bytes back.
+func (h *bodyHold) give(n int64) {
+	n = min(n, h.held)
+	h.held -= n
+	h.b.used.Add(-n)
+}
+
+// release hands every byte of the hold back. Safe on nil and more than once: handlers
+// defer it, and call it early where they stop holding the body before they return.
+func (h *bodyHold) release() {
+	if h != nil {
+		h.give(h.held)
+	}
+}
+
+// errOverBudget is what a read stops with when the budget lacks the bytes it needs.
+var errOverBudget = errors.New("request bodies in flight over their budget")
+
+// budgetRefusal is the client's 503 for a body the budget has no room for; it is counted
+// as a refusal by design (refusalReason "body_budget").
+func (s *Server) budgetRefusal() error {
+	return fmt.Errorf("%w: %w", errOverBudget, refuse(ErrUnavailable, fmt.Sprintf(
+		"too many request bodies in flight: foreman holds at most %d bytes of them at once (FOREMAN_MAX_BODY_BYTES_IN_FLIGHT); retry shortly",
+		s.cfg.MaxBodyBytesInFlight)))
+}
+
+// firstBodyStep is what a body that declares its length takes from the budget before a
+// byte of it is read; the rest is taken as it arrives.
+const firstBodyStep = 1 << 20
+
+// readBody reads a request body, bounded by the body limit, by BodyReadTimeout and by the
+// budget of bodies in flight. The body's bytes stay taken from the budget until the
+// caller releases the returned hold, which it must do on every path (defer it); on an
+// error nothing is held.
+//
+// The budget is taken as the body arrives: the buffer grows with it, each growth taken
+// before it is made, so a client that declares much and sends little (or nothing) holds
+// little. A body that declares its length (Content-Length, which net/http holds the
+// client to: it never reads more, and fewer is an error) takes its first step, up to
+// 1 MiB, before a byte is read, and is refused at once when the budget lacks even that
+// (with "Expect: 100-continue" the client then sends nothing); its buffer ends exactly at
+// that length. One that does not (chunked) may be refused part way, as may a declared
+// one past its first step.
+//
+// A client trickling its body (slow loris) gets 408 instead of holding a handler. The
+// deadline must not outlive the read: net/http cancels the request when its watch on the
+// connection fails, which would end a long answer. (net/http clears it too when it starts
+// that watch; clearing it here does not depend on that.)
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *bodyHold, error) {
+	if r.ContentLength > s.cfg.MaxBodyBytes {
+		w.Header().Set("Connection", "close") // the body stays unread
+		return nil, nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
+	}
+	if r.ContentLength == 0 { // no body: net/http says -1 when it does not know
+		return []byte{}, s.bodies.hold(), nil
+	}
+	hold := s.bodies.hold()
+	var first int64
+	if r.ContentLength > 0 {
+		first = min(r.ContentLength, firstBodyStep)
+		if !hold.take(first) {
+			w.Header().Set("Connection", "close")
+			return nil, nil, s.budgetRefusal()
+		}
+	}
+	rc := http.NewResponseController(w)
+	deadline := s.cfg.BodyReadTimeout > 0 && rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
+	limit, exact := s.cfg.MaxBodyBytes, r.ContentLength > 0
+	if exact {
+		limit = r.ContentLength
+	}
+	body, err := readGrowing(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes), limit, first, exact, hold)
+	if deadline && err == nil {
+		_ = rc.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		hold.release()
+		// The connection is not reused, and the deadline stays: net/http would otherwise
+		// wait for the rest of the body before it sends the answer.
+		w.Header().Set("Connection", "close")
+		var maxErr *http.MaxBytesError
+		switch {
+		case errors.As(err, &maxErr):
+			return nil, nil, err
+		case errors.Is(err, errOverBudget):
+			return nil, nil, s.budgetRefusal()
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			return nil, nil, refuse(ErrBodyTimeout, fmt.Sprintf("request body not received within %s", s.cfg.BodyReadTimeout))
+		}
+		return nil, nil, badRequest("cannot read request body: " + err.Error())
+	}
+	return body, hold, nil
+}
+
+// readGrowing reads r, a body of at most limit bytes (r says when it is longer), into a
+// buffer that grows as the body arrives, starting at capacity first, which hold has
+// taken already. Each growth is taken from hold before it is made, at its full size:
+// while the old buffer is copied into the new one both are held. The old one is given
+// back after. It stops with errOverBudget when the budget lacks a growth; hold then keeps
+// what it had, for the caller to release. With exact, r holds exactly limit bytes (a
+// declared length): the buffer ends at that size, and the read there.
+func readGrowing(r io.Reader, limit, first int64, exact bool, hold *bodyHold) ([]byte, error) {
+	buf := make([]byte, 0, first)
+	for {
+		if exact && int64(len(buf)) == limit {
+			return buf, nil
+		}
+		if len(buf) == cap(buf) {
+			next := bodyGrowth(int64(cap(buf)), limit, exact)
+			if !hold.take(next) {
+				return nil, errOverBudget
+			}
+			grown := make([]byte, len(buf), next)
+			copy(grown, buf)
+			hold.give(int64(cap(buf)))
+			buf = grown
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		switch {
+		case errors.Is(err, io.EOF) && exact && int64(len(buf)) < limit:
+			return nil, io.ErrUnexpectedEOF
+		case errors.Is(err, io.EOF):
+			return buf, nil
+		case err != nil:
+			return nil, err
+		}
+	}
+}
+
+// bodyGrowth is the next capacity of a body buffer of capacity c: doubling from 16 KiB
+// (most chat bodies fit at once). Of a body of unknown length, a quarter more from 4 MiB
+// on, so that a large body's buffer holds at most a quarter more than the body; it never
+// passes limit+1 (a reader bounded at limit says so with one byte more) unless c already
+// has. Of a declared one (exact; c is below limit then), doubling up to limit, where it
+// ends: its last buffer is exact, and at most half of it is held twice while it grows.
+func bodyGrowth(c, limit int64, exact bool) int64 {
+	next := max(2*c, 16<<10)
+	if exact {
+		return min(next, limit)
+	}
+	if c >= 4<<20 {
+		next = c + c/4
+	}
+	return max(min(next, limit+1), c+1)
+}
