@@ -53,7 +53,8 @@ func Transient(err error) bool {
 			10009, // JetStream cluster can not handle request (not the leader)
 			10007, // JetStream cluster not assigned to this server
 			10004, // incomplete results
-			10118: // stream is offline
+			10118, // stream is offline
+			10167: // too many requests: the stream's queue of pending writes is full (a burst of large bodies)
 			return true
 		}
 	}
