@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -38,4 +39,22 @@ func ensureObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstrea
 		return js.UpdateObjectStore(ctx, cfg)
 	}
 	return os, err
+}
+
+// raisedTTLBucket opens the key-value bucket of cfg, whose TTL is only ever raised: each
+// foreman on a NATS asks for its own, and one asking for less must not cut the others'
+// entries short (each entry, or its reader, says how long it counts). A bucket whose
+// TTL is cfg's or longer is used as it is.
+func raisedTTLBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
+	if kv, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
+		st, err := kv.Status(ctx)
+		if err == nil && st.TTL() >= cfg.TTL {
+			return kv, nil
+		}
+	}
+	kv, err := ensureKeyValue(ctx, js, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("broker: bucket %s: %w", cfg.Bucket, err)
+	}
+	return kv, nil
 }

@@ -64,14 +64,7 @@ func (s *Store) knownModelsKV(ctx context.Context) (jetstream.KeyValue, error) {
 	}
 	// As TargetsBucket's TTL: only ever raised, so that a foreman with a shorter job TTL
 	// does not cut the others' lists short; each reader goes by its own (RememberedModels).
-	if kv, err := s.js.KeyValue(ctx, KnownModelsBucket); err == nil {
-		st, err := kv.Status(ctx)
-		if err == nil && st.TTL() >= s.cfg.JobTTL {
-			s.known = kv
-			return kv, nil
-		}
-	}
-	kv, err := ensureKeyValue(ctx, s.js, jetstream.KeyValueConfig{
+	kv, err := raisedTTLBucket(ctx, s.js, jetstream.KeyValueConfig{
 		Bucket:      KnownModelsBucket,
 		Description: "foreman Ollama targets: the models last polled, by name, kept across restarts",
 		History:     1,
@@ -80,7 +73,7 @@ func (s *Store) knownModelsKV(ctx context.Context) (jetstream.KeyValue, error) {
 		Replicas:    s.cfg.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("broker: bucket %s: %w", KnownModelsBucket, err)
+		return nil, err
 	}
 	s.known = kv
 	return kv, nil

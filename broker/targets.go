@@ -75,14 +75,7 @@ func (s *Store) targetsKV(ctx context.Context) (jetstream.KeyValue, error) {
 	// The bucket's TTL is the longest of its foremen's: each entry says when it expires
 	// (Target.Expires), and a foreman polling more often than another must not cut the
 	// other's entries short by setting a shorter TTL. So it is only ever raised.
-	if kv, err := s.js.KeyValue(ctx, TargetsBucket); err == nil {
-		st, err := kv.Status(ctx)
-		if err == nil && st.TTL() >= s.cfg.TargetTTL {
-			s.targets = kv
-			return kv, nil
-		}
-	}
-	kv, err := ensureKeyValue(ctx, s.js, jetstream.KeyValueConfig{
+	kv, err := raisedTTLBucket(ctx, s.js, jetstream.KeyValueConfig{
 		Bucket:      TargetsBucket,
 		Description: "foreman Ollama targets: models, loaded models, reachability, by name",
 		History:     1,
@@ -91,7 +84,7 @@ func (s *Store) targetsKV(ctx context.Context) (jetstream.KeyValue, error) {
 		Replicas:    s.cfg.Replicas,
 	})
 	if err != nil {
-		return nil, fmt.Errorf("broker: bucket %s: %w", TargetsBucket, err)
+		return nil, err
 	}
 	s.targets = kv
 	return kv, nil

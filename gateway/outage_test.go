@@ -16,17 +16,7 @@ import (
 // withOutageWait runs a worker behind the gateway, as withWorker does, with
 // SyncOutageWait set to wait.
 func withOutageWait(t *testing.T, wait time.Duration) (bundleOption, func()) {
-	var w *worker.Worker
-	opt := withGateway(func(c *Config) {
-		var err error
-		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory, RetryDelay: 10 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.Queue = w
-		c.SyncOutageWait = wait
-	})
-	return opt, func() { runUntilCleanup(t, "worker", w.Run) }
+	return withWorker(t, func(c *Config) { c.SyncOutageWait = wait })
 }
 
 // A chat whose job waits for an unreachable target ends once SyncOutageWait has passed:

@@ -14,7 +14,7 @@ import (
 
 // withWorker builds a worker on the bundle's store as the gateway's queue view; the
 // returned start runs it until the test ends.
-func withWorker(t *testing.T) (bundleOption, func()) {
+func withWorker(t *testing.T, adjust ...func(*Config)) (bundleOption, func()) {
 	var w *worker.Worker
 	opt := withGateway(func(c *Config) {
 		var err error
@@ -23,6 +23,9 @@ func withWorker(t *testing.T) (bundleOption, func()) {
 			t.Fatal(err)
 		}
 		c.Queue = w
+		for _, f := range adjust {
+			f(c)
+		}
 	})
 	return opt, func() { runUntilCleanup(t, "worker", w.Run) }
 }
