@@ -2,6 +2,7 @@ package main
 
 import (
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"testing"
@@ -23,6 +24,9 @@ func TestConfigBodyBytesInFlight(t *testing.T) {
 		{env: map[string]string{"FOREMAN_MAX_BODY_BYTES_IN_FLIGHT": "50000000"}, want: 50_000_000},
 		{args: []string{"--max-body-bytes-in-flight=40000000"}, env: map[string]string{"FOREMAN_MAX_BODY_BYTES_IN_FLIGHT": "50000000"}, want: 40_000_000},
 		{env: map[string]string{"FOREMAN_MAX_BODY": "1000", "FOREMAN_MAX_BODY_BYTES_IN_FLIGHT": "1000"}, want: 1000},
+		// Four times a body limit this large would wrap: the default is as much as there is.
+		{env: map[string]string{"FOREMAN_MAX_BODY": "3000000000000000000"}, want: math.MaxInt64},
+		{env: map[string]string{"FOREMAN_MAX_BODY": "9223372036854775807"}, want: math.MaxInt64},
 	}
 	for _, c := range cases {
 		cfg, err := parseConfig(t, c.args, c.env)

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"math"
 	"net/netip"
 	"time"
 
@@ -125,7 +126,12 @@ const (
 // server queues at most 128 MiB of writes to one stream, and a large body is written
 // to the object store's stream while its request holds it: a budget at that size keeps
 // concurrent bodies from overflowing that queue at the defaults (ADR-0048).
-func DefaultMaxBodyBytesInFlight(maxBodyBytes int64) int64 { return 4 * maxBodyBytes }
+func DefaultMaxBodyBytesInFlight(maxBodyBytes int64) int64 {
+	if maxBodyBytes > math.MaxInt64/4 {
+		return math.MaxInt64 // four times a body limit that large would wrap
+	}
+	return 4 * maxBodyBytes
+}
 
 // DefaultReplicas is the replica count of foreman's streams when none is set: 1 on the
 // embedded server, 3 on an external NATS (natsURL set), which is a cluster.
