@@ -34,11 +34,11 @@ func ensureKeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.K
 
 // ensureObjectStore is ensureStream for an object store.
 func ensureObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstream.ObjectStoreConfig) (jetstream.ObjectStore, error) {
-	os, err := js.CreateObjectStore(ctx, cfg)
+	obs, err := js.CreateObjectStore(ctx, cfg)
 	if errors.Is(err, jetstream.ErrBucketExists) {
 		return js.UpdateObjectStore(ctx, cfg)
 	}
-	return os, err
+	return obs, err
 }
 
 // raisedTTLBucket opens the key-value bucket of cfg, whose TTL is only ever raised: each
