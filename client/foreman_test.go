@@ -92,9 +92,16 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 	if f.app, err = app.Start(ctx, acfg, slog.New(slog.DiscardHandler)); err != nil {
 		return nil, err
 	}
-	// The first poll, done now: tests start with the fake's models known.
-	if err := f.app.Inventory().Refresh(ctx); err != nil {
-		return nil, fmt.Errorf("inventory: %w", err)
+	// The first poll, done now: tests start with the fake's models known. A poll that
+	// ran out its bound on a starved machine (the fake never refuses one) is tried again.
+	for {
+		err := f.app.Inventory().Refresh(ctx)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("inventory: %w", err)
+		}
 	}
 	f.URL, f.NATSURL, f.Store, f.Conn = "http://"+f.app.Addr(), f.app.NATSListen(), f.app.Store(), f.app.Conn()
 	return f, nil
