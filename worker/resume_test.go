@@ -1,12 +1,14 @@
 package worker_test
 
 import (
+	"context"
 	"net/http"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -148,5 +150,38 @@ func (tb *testBundle) cutShort(t *testing.T, j *broker.Job, cut func(*broker.Job
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Restarted while its Ollama is down, foreman takes no queued job before the target has
+// answered a poll: each start would otherwise spend one attempt of the first job on the
+// down target (two restarts in an outage failed a job at the default three attempts).
+func TestQueuedJobWaitsForATargetNotUpYetAtStart(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	job := tb.chat(t, "tiny-a", 1)
+	tb.fake.SetDown(true)
+	for start := 1; start <= 2; start++ {
+		// Each start has a new inventory, as a restarted foreman does: no poll behind it.
+		inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+		w := tb.start(t, worker.Config{Inventory: inv})
+		eventually(t, 30*time.Second, "the worker paused for the target", func() bool {
+			p := w.Paused()
+			return p != nil && p.Reason == broker.PauseTargetUnreachable
+		})
+		if start == 2 {
+			break
+		}
+		ctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
+		err := w.Stop(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("stop the worker: %v", err)
+		}
+	}
+	tb.fake.SetDown(false)
+	got := tb.waitState(t, job.ID, broker.StateDone)
+	if got.Attempt != 1 {
+		t.Errorf("the job ended after attempt %d, want 1 (none spent on the down target)", got.Attempt)
 	}
 }

@@ -431,10 +431,12 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	now := time.Now()
 	heads, err := w.index.refresh(ctx, now)
 	if err == nil && !w.resumeReadNow() {
-		if err = w.readResumed(ctx, heads); err == nil && w.cutShortWaiting() {
-			// Jobs cut short by the last stop wait (a crash, a power loss): a target not
-			// up yet (foreman quicker than its Ollama) is waited for before they are
-			// taken, or the first would spend an attempt and its precedence on it.
+		if err = w.readResumed(ctx, heads); err == nil && (w.cutShortWaiting() || w.targetUnconfirmed(heads)) {
+			// Jobs cut short by the last stop wait (a crash, a power loss), or any job
+			// queued while the target has not answered a poll since the start: a target
+			// not up yet (foreman quicker than its Ollama, or restarted during an
+			// outage) is waited for before they are taken, or the first would spend an
+			// attempt (and a cut job its precedence) on it at every start.
 			sctx, scancel := w.untilStop(ctx)
 			pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
 			perr := w.probeTarget(pctx)
@@ -677,6 +679,17 @@ func (w *Worker) waitTarget(ctx context.Context, cause error) {
 	isDown := func(err error) bool { return err != nil }
 	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, isDown, w.cfg.TargetBack,
 		"target unreachable; worker paused", "target is back; resuming")
+}
+
+// targetUnconfirmed reports whether jobs are queued while the inventory has no
+// successful poll behind it (none has ended since the start, or the last one failed).
+// Without an inventory there is nothing to tell.
+func (w *Worker) targetUnconfirmed(heads []head) bool {
+	if len(heads) == 0 || w.cfg.Inventory == nil {
+		return false
+	}
+	snap := w.cfg.Inventory.Snapshot()
+	return !snap.Polled || snap.Degraded
 }
 
 // probeTarget asks the target for its models (the inventory's poll), or for its version
