@@ -18,8 +18,9 @@ const DefaultSyncOutageWait = time.Minute
 // outage is a time when no reachable target can run a model's jobs (ADR-0046).
 type outage struct {
 	// since is when it began, as far as known: the start of the worker's pause for its
-	// unreachable target; zero when only its present is known (the other targets say
-	// just whether they are reachable now).
+	// unreachable target or of the inventory's first unanswered poll, whichever came
+	// first; zero when only its present is known (the other targets say just whether
+	// they are reachable now).
 	since time.Time
 	cause string // the pause's error, or what the targets say
 	own   bool   // the own target is the one down
@@ -44,17 +45,15 @@ func (o outage) confirmed(ctx context.Context, inv *ollama.Inventory) bool {
 }
 
 // targetOutage reports whether no reachable target can run a job for model now: the
-// own target unreachable (the worker paused for it) and no other live target that lists
-// the model reachable; or, with several foremen, the own target lacking the model and
-// every other that lists it unreachable. A model no target lists is no outage: one
-// foreman runs it anyway (and the target answers), several leave it waiting for the Mac
-// that has it.
+// own target unreachable (the worker paused for it, or its polls go unanswered: refused,
+// or accepted and never answered, an Ollama wedged as a whole) and no other live target
+// that lists the model reachable; or, with several foremen, the own target lacking the
+// model and every other that lists it unreachable. A model no target lists is no
+// outage: one foreman runs it anyway (and the target answers), several leave it waiting
+// for the Mac that has it.
 func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) {
-	var p *broker.Pause
-	if q, ok := s.cfg.Queue.(pauser); ok {
-		p = q.Paused()
-	}
-	ownDown := p != nil && p.Reason == broker.PauseTargetUnreachable
+	own := s.ownOutage()
+	ownDown := !own.since.IsZero()
 	if !ownDown && (s.cfg.TargetClient == nil || s.inv.HasModel(model)) {
 		return outage{}, false
 	}
@@ -71,11 +70,29 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 	}
 	switch {
 	case ownDown:
-		return outage{since: p.Since, cause: p.Error, own: true}, true
+		return own, true
 	case listed:
 		return outage{cause: fmt.Sprintf("no reachable Ollama has model %q", model)}, true
 	}
 	return outage{}, false
+}
+
+// ownOutage is the own target's outage, since.IsZero() when it has none: from the
+// worker's pause for it or the inventory's unanswered polls, whichever began first. A
+// worker waits for its call's first byte up to FOREMAN_FIRST_BYTE_TIMEOUT before it
+// pauses for a target that accepts and never answers; the polls tell sooner.
+func (s *Server) ownOutage() outage {
+	var o outage
+	if q, ok := s.cfg.Queue.(pauser); ok {
+		if p := q.Paused(); p != nil && p.Reason == broker.PauseTargetUnreachable {
+			o = outage{since: p.Since, cause: p.Error, own: true}
+		}
+	}
+	if snap := s.inv.Snapshot(); !snap.DownSince.IsZero() && snap.Err != nil &&
+		(o.since.IsZero() || snap.DownSince.Before(o.since)) {
+		o = outage{since: snap.DownSince, cause: snap.Err.Error(), own: true}
+	}
+	return o
 }
 
 // refuseInOutage refuses a sync call for model while the outage its job would wait out
@@ -111,17 +128,20 @@ type outageWatch struct {
 	first time.Time // when this response first saw the outage (its since unknown); zero while none
 }
 
-// over checks the outage once the record j says the job is not running; it returns the
-// error to answer with once the job was canceled for it.
-func (ow *outageWatch) over(ctx context.Context, j *broker.Job, log *slog.Logger) error {
-	if j.State != broker.StateQueued && j.State != broker.StateRetrying {
+// over checks the outage while the record j says the job waits, or runs with no answer
+// from the target yet (answered: a frame came); it returns the error to answer with
+// once the job was canceled for it. A running job counts only the own target's outage:
+// one that accepted the call and answers nothing, not even the polls.
+func (ow *outageWatch) over(ctx context.Context, j *broker.Job, answered bool, log *slog.Logger) error {
+	waiting := j.State == broker.StateQueued || j.State == broker.StateRetrying
+	if !waiting && answered {
 		ow.first = time.Time{}
 		return nil
 	}
 	o, out := ow.s.targetOutage(ctx, j.Model)
 	now := time.Now()
 	switch {
-	case !out:
+	case !out || !waiting && !o.own:
 		ow.first = time.Time{}
 		return nil
 	case ow.first.IsZero():

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -147,5 +149,133 @@ func TestSyncCallOnceTheTargetIsBackIsNotRefused(t *testing.T) {
 	resp, out = b.request(t, http.MethodPost, "/api/chat", chat)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("chat once the target is back, the worker still paused: %d %s", resp.StatusCode, out)
+	}
+}
+
+// hangAll makes the fake accept every poll and chat and never answer: an Ollama wedged
+// as a whole, or a Mac whose network dropped packets mid-way.
+func hangAll(b *testBundle) {
+	for _, path := range []string{"/api/tags", "/api/ps", "/api/chat"} {
+		b.Fake.FailNextOn(path, 1<<20, ollamatest.Hang)
+	}
+}
+
+// A target that accepts calls and never answers, not even the inventory's polls, is an
+// outage as one that refuses them: the chat whose job runs with no answer, and the one
+// queued behind it, end with 502 once SyncOutageWait has passed since the polls went
+// unanswered, instead of waiting out FOREMAN_FIRST_BYTE_TIMEOUT (5m) each. POST /jobs
+// work waits.
+func TestSyncCallGivesUpOnAHungTarget(t *testing.T) {
+	t.Parallel()
+	opt, start := withOutageWait(t, time.Second)
+	b := newTestBundle(t, opt, withPolling(100*time.Millisecond),
+		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = 300 * time.Millisecond }))
+	eventually(t, 10*time.Second, "the first poll", func() bool { return b.Inv.Snapshot().Polled })
+	hangAll(b)
+	start()
+
+	type answer struct {
+		status int
+		body   []byte
+		job    string
+	}
+	answers := make(chan answer, 2)
+	for _, prompt := range []string{"first", "second"} {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, b.URL+"/api/chat",
+				strings.NewReader(`{"model":"tiny-a","messages":[{"role":"user","content":"`+prompt+`"}],"stream":false}`))
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				answers <- answer{body: []byte(err.Error())}
+				return
+			}
+			defer resp.Body.Close()
+			out, _ := io.ReadAll(resp.Body)
+			answers <- answer{resp.StatusCode, out, resp.Header.Get(HeaderJobID)}
+		}()
+	}
+	for range 2 {
+		a := <-answers
+		if a.status != http.StatusBadGateway || !strings.Contains(string(a.body), "the job was canceled") {
+			t.Fatalf("chat to a hung target: %d %s, want 502 saying the job was canceled", a.status, a.body)
+		}
+		// A running job's cancel is written by the worker, once it has aborted the call.
+		waitJobState(t, b, a.job, broker.StateCanceled)
+		if v := jobsGet(t, b, a.job); !strings.Contains(v.Error, "FOREMAN_SYNC_OUTAGE_WAIT") {
+			t.Errorf("job %s: %s %q, want canceled naming FOREMAN_SYNC_OUTAGE_WAIT", a.job, v.State, v.Error)
+		}
+	}
+	running := false
+	for _, c := range b.Fake.Calls() {
+		running = running || c.Path == "/api/chat"
+	}
+	if !running {
+		t.Error("neither chat reached the target: the test proves nothing about a running job")
+	}
+	batch := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"whenever"}]}`)
+	resp, out := b.request(t, http.MethodPost, "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"again"}]}`))
+	wantError(t, resp, out, http.StatusBadGateway, "FOREMAN_SYNC_OUTAGE_WAIT")
+	if v := jobsGet(t, b, batch); v.State.Terminal() {
+		t.Errorf("the /jobs job: %s %q, want it waiting", v.State, v.Error)
+	}
+}
+
+// Before any poll of a hung target ended, POST /jobs for a model foreman does not know
+// gets the 502 that says why within the submit's time, not 504 "timed out": the re-poll
+// that looks for the model has a bound of its own, shorter than the inventory's.
+func TestJobsSubmitToAHungTargetNeverPolledIs502(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withoutInitialPoll(),
+		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = time.Minute }))
+	hangAll(b)
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`))
+	wantError(t, resp, out, http.StatusBadGateway, "ollama is unreachable")
+}
+
+// A call whose answer has begun is no outage's to end: the target is answering it, and
+// a 502 could not be sent after the 200 anyway. It runs on while the polls go unanswered
+// past SyncOutageWait (long enough that a call arriving then is refused).
+func TestSyncCallAnsweringIsNotEndedByUnansweredPolls(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	opt, start := withOutageWait(t, time.Second)
+	b := newTestBundle(t, opt, withPolling(100*time.Millisecond),
+		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = 300 * time.Millisecond }),
+		withFake(ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
+			if i == 1 {
+				select {
+				case <-gate:
+				case <-ctx.Done():
+					return ctx.Err()
+				}
+			}
+			return nil
+		})))
+	start()
+	resp := b.send(t, http.MethodPost, "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"slow"}]}`))
+	defer resp.Body.Close()
+	rd := bufio.NewReader(resp.Body)
+	first, err := rd.ReadBytes('\n')
+	if resp.StatusCode != http.StatusOK || err != nil {
+		t.Fatalf("first line: %d %q %v", resp.StatusCode, first, err)
+	}
+
+	b.Fake.FailNextOn("/api/tags", 1<<20, ollamatest.Hang)
+	b.Fake.FailNextOn("/api/ps", 1<<20, ollamatest.Hang)
+	// Twice the bound: the first call's response, which checks its job every quarter
+	// second, has seen the outage past the bound several times.
+	eventually(t, 20*time.Second, "the polls unanswered for twice SyncOutageWait", func() bool {
+		down := b.Inv.Snapshot().DownSince
+		return !down.IsZero() && time.Since(down) > 2*time.Second
+	})
+	refused, out := b.request(t, http.MethodPost, "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"now"}]}`))
+	wantError(t, refused, out, http.StatusBadGateway, "FOREMAN_SYNC_OUTAGE_WAIT")
+
+	close(gate)
+	rest, err := io.ReadAll(rd)
+	if err != nil || !strings.Contains(string(rest), `"done":true`) || strings.Contains(string(rest), `"error"`) {
+		t.Fatalf("the answering call after the polls went unanswered: %v %s", err, rest)
 	}
 }

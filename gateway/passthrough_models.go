@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"time"
 )
 
 // handleModelRequest serves /api/show, /api/embed, /api/embeddings and /v1/embeddings:
@@ -98,15 +99,28 @@ func validJSONObject(body []byte) error {
 	return nil
 }
 
+// modelPollWait bounds requireModel's re-poll of a target that answered its last poll;
+// one that did not gets outageProbe. Without a bound of its own the re-poll of a target
+// that accepts and never answers took the inventory's PollTimeout (10s), the whole of a
+// /jobs submit's time: the client got 504 "timed out" instead of the 502 that says why.
+const modelPollWait = 5 * time.Second
+
 // requireModel returns nil when the target is known to have model, after one re-poll
 // if the inventory does not list it (it may have been pulled since the last poll). It
-// claims "not found" only on a fresh, successful poll: with the target unreachable the
-// request goes through, and the connection failure becomes the client's 502.
+// claims "not found" only on a fresh, successful poll: with the target unreachable (or
+// not answering the re-poll in time) the request goes through, and the connection
+// failure becomes the client's 502.
 func (s *Server) requireModel(ctx context.Context, model string) error {
 	if s.inv.HasModel(model) {
 		return nil
 	}
-	if err := s.inv.Refresh(ctx); err != nil {
+	wait := modelPollWait
+	if snap := s.inv.Snapshot(); snap.Degraded || !snap.Polled {
+		wait = outageProbe
+	}
+	pctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := s.inv.Refresh(pctx); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}

@@ -172,7 +172,7 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 	}
 	if !j.State.Terminal() {
 		if sr.outage != nil {
-			if err := sr.outage.over(ctx, j, sr.log); err != nil {
+			if err := sr.outage.over(ctx, j, sr.frames > 0, sr.log); err != nil {
 				return sr.fail(err), true
 			}
 		}

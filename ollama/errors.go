@@ -1,6 +1,7 @@
 package ollama
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -21,6 +22,14 @@ func (e *ConnectionError) Error() string {
 }
 
 func (e *ConnectionError) Unwrap() error { return e.Err }
+
+// Unreachable reports whether err says the target is not there: the connection failed
+// (refused, reset, cut off) or nothing answered in time. An answer with an error status
+// is not: the target, or a proxy in front of it, is up.
+func Unreachable(err error) bool {
+	var ce *ConnectionError
+	return errors.As(err, &ce) || errors.Is(err, context.DeadlineExceeded)
+}
 
 // HTTPError means the target answered with a non-2xx status. Message is the
 // text of Ollama's {"error": ...} body, or the trimmed body if it is not JSON.

@@ -46,6 +46,11 @@ type Snapshot struct {
 	Err      error // the last poll's error; nil after a successful poll
 	LastPoll time.Time
 	Polled   bool // at least one poll of this run succeeded
+	// DownSince is when the target stopped answering, as far as the polls know: the
+	// start of the first of the failed polls in a row whose error says it is not there
+	// (Unreachable: refused, reset, no answer within PollTimeout). Zero while it
+	// answers, even with an error status (a proxy passing only the model calls).
+	DownSince time.Time
 	// Remembered are InventoryConfig.Remembered (normalized), until a poll succeeds: the
 	// models a job may be queued for while no poll of this run has succeeded. Tags is nil
 	// while they stand.
@@ -161,6 +166,7 @@ func (i *Inventory) poll(ctx context.Context) error {
 	if i.cfg.Client == nil {
 		return errNoClient
 	}
+	start := time.Now()
 	pctx, cancel := context.WithTimeout(ctx, i.cfg.PollTimeout)
 	defer cancel()
 	tags, tagsRaw, err := i.cfg.Client.Tags(pctx)
@@ -182,6 +188,14 @@ func (i *Inventory) poll(ctx context.Context) error {
 	wasDegraded, wasPolled := i.snap.Degraded, i.snap.Polled
 	i.snap.LastPoll = time.Now()
 	i.snap.Err = err
+	switch {
+	case err != nil && Unreachable(err):
+		if i.snap.DownSince.IsZero() {
+			i.snap.DownSince = start
+		}
+	default:
+		i.snap.DownSince = time.Time{}
+	}
 	if err != nil {
 		i.snap.Degraded = true
 	} else {

@@ -71,7 +71,12 @@ func TestInventoryDegradedAndRecovery(t *testing.T) {
 		t.Fatalf("a healthy poll must not call OnRecover again (err %v, calls %d)", err, len(recovered))
 	}
 
+	if !inv.Snapshot().DownSince.IsZero() {
+		t.Error("DownSince set while the target answers")
+	}
+
 	fake.SetDown(true)
+	before := time.Now()
 	err := inv.Refresh(ctx)
 	var ce *ollama.ConnectionError
 	if !errors.As(err, &ce) {
@@ -81,6 +86,13 @@ func TestInventoryDegradedAndRecovery(t *testing.T) {
 	if !inv.Degraded() || !snap.Degraded || snap.Err == nil {
 		t.Fatalf("not degraded: %+v", snap)
 	}
+	// The outage began with the first poll that failed, and a second failure keeps it.
+	if down := snap.DownSince; down.Before(before) || down.After(snap.LastPoll) {
+		t.Errorf("DownSince %v, want the start of the failed poll (after %v, before %v)", down, before, snap.LastPoll)
+	}
+	if err := inv.Refresh(ctx); err == nil || !inv.Snapshot().DownSince.Equal(snap.DownSince) {
+		t.Errorf("a second failed poll: err %v, DownSince %v, want %v kept", err, inv.Snapshot().DownSince, snap.DownSince)
+	}
 	if snap.Tags == nil || len(snap.Tags.Models) != 3 || !inv.HasModel("tiny-a") {
 		t.Error("degraded inventory lost the last known tags")
 	}
@@ -89,8 +101,8 @@ func TestInventoryDegradedAndRecovery(t *testing.T) {
 	if err := inv.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if inv.Degraded() || inv.Snapshot().Err != nil {
-		t.Error("still degraded after a good poll")
+	if inv.Degraded() || inv.Snapshot().Err != nil || !inv.Snapshot().DownSince.IsZero() {
+		t.Error("still degraded (or down) after a good poll")
 	}
 	if len(recovered) != 2 {
 		t.Errorf("OnRecover calls = %d, want 2", len(recovered))
@@ -106,6 +118,10 @@ func TestInventoryHTTPErrorDegrades(t *testing.T) {
 	var he *ollama.HTTPError
 	if !errors.As(err, &he) || !inv.Degraded() || inv.Snapshot().Polled {
 		t.Fatalf("err %v degraded %v", err, inv.Degraded())
+	}
+	// A target that answers, though with an error status, is up.
+	if down := inv.Snapshot().DownSince; !down.IsZero() {
+		t.Errorf("DownSince %v after an answer with an error status, want zero", down)
 	}
 }
 
@@ -124,8 +140,8 @@ func TestInventoryHungPollDegrades(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) || err.Error() != "ollama: no answer to the inventory poll within 2s: context deadline exceeded" {
 		t.Fatalf("poll of a hung target: %v", err)
 	}
-	if snap := inv.Snapshot(); !snap.Degraded || snap.Err == nil || !snap.Polled {
-		t.Fatalf("not degraded: %+v", snap)
+	if snap := inv.Snapshot(); !snap.Degraded || snap.Err == nil || !snap.Polled || snap.DownSince.IsZero() {
+		t.Fatalf("not degraded, or not down: %+v", snap)
 	}
 	if err := inv.Refresh(testCtx(t)); err != nil || inv.Degraded() {
 		t.Fatalf("after the hang: err %v degraded %v", err, inv.Degraded())

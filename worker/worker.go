@@ -448,8 +448,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 			// Only a target that is not there (refused, reset, no answer in time) is
 			// waited for: one that answers the poll badly (a proxy passing only the
 			// model calls) may still run jobs, as it did before the stop.
-			var connErr *ollama.ConnectionError
-			if errors.As(perr, &connErr) || errors.Is(perr, context.DeadlineExceeded) {
+			if ollama.Unreachable(perr) {
 				w.waitTarget(ctx, perr)
 				return nil, true, nil // the queue may have changed meanwhile: look again
 			}
