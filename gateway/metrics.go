@@ -40,7 +40,7 @@ func newMetricsHandler(s *Server) http.Handler {
 			queueDepth: prometheus.NewDesc("foreman_queue_depth", "Jobs in the queue (waiting, retrying or running) per model and priority.", []string{"model", "priority"}, nil),
 			targetUp:   prometheus.NewDesc("foreman_target_up", "1 while the Ollama target is reachable, 0 while it is not.", nil, nil),
 			queueTotal: prometheus.NewDesc("foreman_queue_jobs", "Jobs in the queue, all models.", nil, nil),
-			degraded:   prometheus.NewDesc("foreman_target_degraded", "1 while the Ollama target is unreachable.", nil, nil),
+			degraded:   prometheus.NewDesc("foreman_target_degraded", "1 while the Ollama target is unreachable, or no poll of it has ended yet.", nil, nil),
 			loaded:     prometheus.NewDesc("foreman_target_loaded_model", "1 for each model loaded on the target (last poll).", []string{"model"}, nil),
 			cutOff:     prometheus.NewDesc("foreman_slow_clients_cut_off_total", "Sync clients cut off for reading their answer too slowly (their jobs ran on).", nil, nil),
 			peak:       prometheus.NewDesc("foreman_stream_buffer_peak_bytes", "Most bytes of an answer ever held for one slow client.", nil, nil),
@@ -95,9 +95,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.queueTotal, prometheus.GaugeValue, float64(total))
 	}
 	// Up only once the target answered a poll of this run: before that it is not known
-	// to be, whatever models are remembered for it (ADR-0047).
+	// to be, whatever models are remembered for it (ADR-0047). Degraded, as /healthz
+	// says, until a poll has ended.
 	deg, up := 0.0, 0.0
-	if m.s.inv.Degraded() {
+	if snap := m.s.inv.Snapshot(); snap.Degraded || snap.LastPoll.IsZero() {
 		deg = 1
 	}
 	if m.s.inv.Reachable() {

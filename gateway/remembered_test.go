@@ -24,8 +24,12 @@ func TestRememberedModelsQueueButNothingLooksReachable(t *testing.T) {
 	check := func(when string) {
 		t.Helper()
 		// First: the requests below that are refused poll the target again.
-		if up := metricValue(scrape(t, b), "foreman_target_up"); up != 0 {
+		fams := scrape(t, b)
+		if up := metricValue(fams, "foreman_target_up"); up != 0 {
 			t.Errorf("%s: foreman_target_up = %v, want 0", when, up)
+		}
+		if deg := metricValue(fams, "foreman_target_degraded"); deg != 1 {
+			t.Errorf("%s: foreman_target_degraded = %v, want 1 (as /healthz says)", when, deg)
 		}
 		if resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a","prompt":"x","kind":"generate"}`)); resp.StatusCode != http.StatusAccepted {
 			t.Errorf("%s: /jobs for a remembered model: %d %s", when, resp.StatusCode, out)

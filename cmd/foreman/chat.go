@@ -105,18 +105,20 @@ func (s *chatSession) answered() {
 func (s *chatSession) turn(prompt string) error {
 	out := s.cmd.OutOrStdout()
 	msgs := append(s.history, client.Message{Role: "user", Content: prompt})
+	wrote := false // part of an answer is on stdout: an error ends its line first
 	fn := func(r *client.ChatResponse) error {
 		s.answered()
-		if s.f.json {
+		if s.f.json || r.Message.Content == "" {
 			return nil
 		}
+		wrote = true
 		_, err := io.WriteString(out, termText(r.Message.Content))
 		return err
 	}
 	reply, err := s.c.Chat(s.cmd.Context(), client.ChatRequest{Model: s.model, Messages: msgs}, fn)
 	s.answered()
 	if err != nil {
-		if !s.f.json {
+		if wrote {
 			fmt.Fprintln(out)
 		}
 		return s.f.explain(s.e, err)

@@ -1,6 +1,9 @@
 package main
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
 	"sync"
@@ -166,4 +169,35 @@ type signalWriter struct {
 func (w *signalWriter) Write(p []byte) (int, error) {
 	w.once.Do(func() { close(w.c) })
 	return len(p), nil
+}
+
+// A chat that fails before any of its answer came prints nothing on stdout, only the
+// error on stderr; one that fails mid-answer ends the answer's line first.
+func TestChatErrorLeavesStdoutClean(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		if !strings.Contains(string(body), "partly") {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusBadGateway)
+			_, _ = io.WriteString(w, `{"error":"ollama is unreachable"}`)
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"model":"m","message":{"role":"assistant","content":"half an"},"done":false}`+"\n"+
+			`{"error":"stream cut"}`+"\n")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	vars := map[string]string{"FOREMAN_URL": srv.URL}
+
+	r := runCLI(t, vars, nil, nil, "chat", "-m", "m", "hi")
+	if r.code == 0 || r.stdout != "" || !strings.Contains(r.stderr, "ollama is unreachable") {
+		t.Errorf("refused chat: exit %d, stdout %q, stderr %q; want an error and an empty stdout", r.code, r.stdout, r.stderr)
+	}
+	r = runCLI(t, vars, nil, nil, "chat", "-m", "m", "partly")
+	if r.code == 0 || r.stdout != "half an\n" || !strings.Contains(r.stderr, "stream cut") {
+		t.Errorf("chat cut mid-answer: exit %d, stdout %q, stderr %q; want the part and its line ended", r.code, r.stdout, r.stderr)
+	}
 }
