@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -92,7 +93,8 @@ const firstBodyStep = 1 << 20
 // readBody reads a request body, bounded by the body limit, by BodyReadTimeout and by the
 // budget of bodies in flight. The body's bytes stay taken from the budget until the
 // caller releases the returned hold, which it must do on every path (defer it); on an
-// error nothing is held.
+// error nothing is held, and the caller answers the error with writeError, which reads
+// out the rest of a refused body the client is still sending (refuseUnread).
 //
 // The budget is taken as the body arrives: the buffer grows with it, each growth taken
 // before it is made, so a client that declares much and sends little (or nothing) holds
@@ -103,54 +105,101 @@ const firstBodyStep = 1 << 20
 // that length. One that does not (chunked) may be refused part way, as may a declared
 // one past its first step.
 //
-// A client trickling its body (slow loris) gets 408 instead of holding a handler. The
-// deadline must not outlive the read: net/http cancels the request when its watch on the
-// connection fails, which would end a long answer. (net/http clears it too when it starts
-// that watch; clearing it here does not depend on that.)
+// A client trickling its body (slow loris) gets 408 instead of holding a handler; the
+// deadline bounds reading out a refused body too. It must not outlive the read: net/http
+// cancels the request when its watch on the connection fails, which would end a long
+// answer. (net/http clears it too when it starts that watch; clearing it here does not
+// depend on that.)
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *bodyHold, error) {
-	if r.ContentLength > s.cfg.MaxBodyBytes {
-		w.Header().Set("Connection", "close") // the body stays unread
-		return nil, nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
-	}
 	if r.ContentLength == 0 { // no body: net/http says -1 when it does not know
 		return []byte{}, s.bodies.hold(), nil
+	}
+	rc := http.NewResponseController(w)
+	deadline := s.cfg.BodyReadTimeout > 0 && rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
+	if r.ContentLength > s.cfg.MaxBodyBytes {
+		var rest io.Reader // a body over twice the limit is not worth reading for its answer
+		if r.ContentLength-s.cfg.MaxBodyBytes <= s.cfg.MaxBodyBytes {
+			rest = r.Body
+		}
+		return nil, nil, refuseUnread(w, r, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}, rest, false)
 	}
 	hold := s.bodies.hold()
 	var first int64
 	if r.ContentLength > 0 {
 		first = min(r.ContentLength, firstBodyStep)
 		if !hold.take(first) {
-			w.Header().Set("Connection", "close")
-			return nil, nil, s.budgetRefusal()
+			return nil, nil, refuseUnread(w, r, s.budgetRefusal(), r.Body, false)
 		}
 	}
-	rc := http.NewResponseController(w)
-	deadline := s.cfg.BodyReadTimeout > 0 && rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
 	limit, exact := s.cfg.MaxBodyBytes, r.ContentLength > 0
 	if exact {
 		limit = r.ContentLength
 	}
-	body, err := readGrowing(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes), limit, first, exact, hold)
+	bounded := http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes)
+	body, err := readGrowing(bounded, limit, first, exact, hold)
 	if deadline && err == nil {
 		_ = rc.SetReadDeadline(time.Time{})
 	}
 	if err != nil {
 		hold.release()
+		var maxErr *http.MaxBytesError
+		switch {
+		case errors.As(err, &maxErr): // a chunked body: read out as much again
+			return nil, nil, refuseUnread(w, r, err, io.LimitReader(r.Body, s.cfg.MaxBodyBytes), true)
+		case errors.Is(err, errOverBudget):
+			return nil, nil, refuseUnread(w, r, s.budgetRefusal(), bounded, true)
+		}
 		// The connection is not reused, and the deadline stays: net/http would otherwise
 		// wait for the rest of the body before it sends the answer.
 		w.Header().Set("Connection", "close")
-		var maxErr *http.MaxBytesError
-		switch {
-		case errors.As(err, &maxErr):
-			return nil, nil, err
-		case errors.Is(err, errOverBudget):
-			return nil, nil, s.budgetRefusal()
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return nil, nil, refuse(ErrBodyTimeout, fmt.Sprintf("request body not received within %s", s.cfg.BodyReadTimeout))
 		}
 		return nil, nil, badRequest("cannot read request body: " + err.Error())
 	}
 	return body, hold, nil
+}
+
+// unreadBody is a refusal (err) of a body its client is still sending; rest is what is
+// left of it, bounded.
+type unreadBody struct {
+	err  error
+	rest io.Reader
+}
+
+func (u *unreadBody) Error() string { return u.err.Error() }
+
+// Unwrap makes statusOf and refusalReason see the refusal.
+func (u *unreadBody) Unwrap() error { return u.err }
+
+// refuseUnread is err, the refusal of a body not read to its end. The connection closes
+// after the answer, whatever is left of the body: what follows is no next request. When
+// the client sends the rest regardless (it did not ask to wait for "100 Continue", or
+// reading began, which told it to go on), rest, what may be read of it (nil: none), is
+// read out after the answer (writeError).
+//
+// Why read it: net/http reads at most 256 KiB of a body its handler left, then closes
+// the connection on a client still sending, and the kernel answers that client's next
+// bytes with a reset. A client that writes its whole body before it reads the answer
+// (many do) has its write fail, and never sees the 503 or 413 that says why, nor its
+// Retry-After. Reading the rest costs bandwidth, never memory; a body past rest's bound
+// still has the connection closed on it.
+func refuseUnread(w http.ResponseWriter, r *http.Request, err error, rest io.Reader, reading bool) error {
+	w.Header().Set("Connection", "close")
+	waits := strings.EqualFold(r.Header.Get("Expect"), "100-continue") && !reading
+	if rest == nil || waits {
+		return err
+	}
+	return &unreadBody{err: err, rest: rest}
+}
+
+// readOut sends the answer written so far, then reads the rest of the body and throws it
+// away, until it ends, reaches its bound, or the body's read deadline passes.
+func (u *unreadBody) readOut(w http.ResponseWriter) {
+	if http.NewResponseController(w).Flush() != nil {
+		return // the client is gone
+	}
+	_, _ = io.Copy(io.Discard, u.rest)
 }
 
 // readGrowing reads r, a body of at most limit bytes (r says when it is longer), into a

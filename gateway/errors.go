@@ -172,8 +172,14 @@ func statusOf(err error) (int, string) {
 	return http.StatusInternalServerError, "internal error"
 }
 
-// writeError sends err as {"error": "..."}; 5xx errors are logged with their detail.
+// writeError sends err as {"error": "..."}; 5xx errors are logged with their detail. A
+// refused body the client is still sending is read out once the answer is sent
+// (refuseUnread).
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	var unread *unreadBody
+	if errors.As(err, &unread) {
+		defer unread.readOut(w)
+	}
 	status, msg := statusOf(err)
 	var notFound *ModelNotFoundError
 	if errors.As(err, &notFound) {
