@@ -60,6 +60,12 @@ func (b *bodyBudget) notePeak(n int64) {
 	}
 }
 
+// fits reports whether take(n) would succeed now, taking nothing.
+func (h *bodyHold) fits(n int64) bool {
+	used := h.b.used.Load()
+	return used+n <= h.b.limit || used == h.held
+}
+
 // give hands n of the hold's bytes back.
 func (h *bodyHold) give(n int64) {
 	n = min(n, h.held)
@@ -86,9 +92,18 @@ func (s *Server) budgetRefusal() error {
 		s.cfg.MaxBodyBytesInFlight)))
 }
 
-// firstBodyStep is what a body that declares its length takes from the budget before a
-// byte of it is read; the rest is taken as it arrives.
-const firstBodyStep = 1 << 20
+// bodyFirstRead is what a body that declares its length takes from the budget before a
+// byte of it is read (up to its length); the rest is taken as it arrives. It is small:
+// a client that declares a large body and sends nothing holds only this, so it takes
+// thousands of such connections, not a hundred, to hold the default budget.
+const bodyFirstRead = 64 << 10
+
+// bodyRoomAhead is the room a body that declares its length needs in the budget (up to
+// its length) for its reading to begin. The room is looked at, not taken: a body that
+// would be refused within its first MiB is refused before it is uploaded (a client that
+// sends "Expect: 100-continue" never sends it), while one that arrives slowly holds only
+// what it sent.
+const bodyRoomAhead = 1 << 20
 
 // readBody reads a request body, bounded by the body limit, by BodyReadTimeout and by the
 // budget of bodies in flight. The body's bytes stay taken from the budget until the
@@ -99,11 +114,11 @@ const firstBodyStep = 1 << 20
 // The budget is taken as the body arrives: the buffer grows with it, each growth taken
 // before it is made, so a client that declares much and sends little (or nothing) holds
 // little. A body that declares its length (Content-Length, which net/http holds the
-// client to: it never reads more, and fewer is an error) takes its first step, up to
-// 1 MiB, before a byte is read, and is refused at once when the budget lacks even that
-// (with "Expect: 100-continue" the client then sends nothing); its buffer ends exactly at
-// that length. One that does not (chunked) may be refused part way, as may a declared
-// one past its first step.
+// client to: it never reads more, and fewer is an error) is refused at once when the
+// budget lacks room for its first MiB (bodyRoomAhead; with "Expect: 100-continue" the
+// client then sends nothing); else it takes its first read, up to 64 KiB, before a byte
+// is read, and its buffer ends exactly at its length. One that does not (chunked) may be
+// refused part way, as may a declared one past its first MiB.
 //
 // A client trickling its body (slow loris) gets 408 instead of holding a handler; the
 // deadline bounds reading out a refused body too. It must not outlive the read: net/http
@@ -126,8 +141,8 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *body
 	hold := s.bodies.hold()
 	var first int64
 	if r.ContentLength > 0 {
-		first = min(r.ContentLength, firstBodyStep)
-		if !hold.take(first) {
+		first = min(r.ContentLength, bodyFirstRead)
+		if !hold.fits(min(r.ContentLength, bodyRoomAhead)) || !hold.take(first) {
 			return nil, nil, refuseUnread(w, r, s.budgetRefusal(), r.Body, false)
 		}
 	}

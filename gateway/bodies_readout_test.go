@@ -88,8 +88,8 @@ func TestBodyRefusalReachesAClientStillSending(t *testing.T) {
 			ctx := testCtx(t, 60*time.Second)
 			finish, held := func() {}, (<-chan rawResponse)(nil)
 			if c.budget != 0 {
-				finish, held = stalledPost(t, ctx, b.testBundle, "/api/chat", chatOf(t, firstBodyStep), 100, true)
-				waitHeld(t, b.testBundle, firstBodyStep)
+				finish, held = stalledPost(t, ctx, b.testBundle, "/api/chat", chatOf(t, bodyRoomAhead), bodyRoomAhead-100, true)
+				waitHeld(t, b.testBundle, bodyRoomAhead)
 			}
 
 			resp, body, err := b.sendWhole(t, c.path, chatOf(t, c.size), c.chunked)
@@ -140,8 +140,8 @@ func TestBodyRefusalReadOutIsBounded(t *testing.T) {
 		t.Parallel()
 		b := newBudgetBundle(t, limit, limit, nil)
 		ctx := testCtx(t, 60*time.Second)
-		finish, held := stalledPost(t, ctx, b.testBundle, "/api/chat", chatOf(t, firstBodyStep), 100, true)
-		waitHeld(t, b.testBundle, firstBodyStep)
+		finish, held := stalledPost(t, ctx, b.testBundle, "/api/chat", chatOf(t, bodyRoomAhead), bodyRoomAhead-100, true)
+		waitHeld(t, b.testBundle, bodyRoomAhead)
 		conn := b.rawHead(t, http.MethodPost, "/api/chat", fmt.Sprintf("Expect: 100-continue\r\nContent-Length: %d", testPart))
 		_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second)) // a broken build must not hang the test
 		br := bufio.NewReader(conn)
