@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -12,16 +13,20 @@ import (
 // queue view shows it first (ADR-0044). On a shared NATS a running record may be another
 // foreman's run, and a dead foreman's job comes back after the ack wait in its turn.
 
+// errDied is the error a job's record gets when the worker finds that the process before
+// it died while the job ran: the record said it ran, and nothing runs it.
+var errDied = errors.New("foreman stopped while the job ran; it runs again first")
+
 // cutShort reports whether job j, whose queue message seq heads its queue on an exclusive
 // store, was cut short by the last stop: its record says it runs (no process runs it now:
 // the last one died mid-run) unless the message is a spare copy of it, or that a stop
-// handed it back.
+// handed it back, or that a worker found it so already (a restart since).
 func cutShort(j *broker.Job, seq uint64) bool {
 	switch j.State {
 	case broker.StateLoading, broker.StateWorking:
 		return !j.IsSpare(seq)
 	case broker.StateRetrying:
-		return j.Error == errShutdown.Error()
+		return j.Error == errShutdown.Error() || j.Error == errDied.Error()
 	}
 	return false
 }
@@ -43,8 +48,12 @@ func (w *Worker) readResumed(ctx context.Context, heads []head) error {
 				}
 				continue // no record yet, or one the pick deals with
 			}
-			if cutShort(j, h.Seq) {
-				found[h.Token] = h.Seq
+			if !cutShort(j, h.Seq) {
+				continue
+			}
+			found[h.Token] = h.Seq
+			if j.State == broker.StateLoading || j.State == broker.StateWorking {
+				w.markDied(ctx, j.ID)
 			}
 		}
 	}
@@ -97,4 +106,18 @@ func (w *Worker) cutShortWaiting() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return len(w.cutJobs) > 0
+}
+
+// markDied writes the record of job id, cut short by a process that died while it ran,
+// as waiting to run again: it said the job ran (GET /jobs showed it working, while the
+// queue showed it first in line) for as long as the job waited, a whole outage long when
+// the target is down. The attempt cut off keeps its count. A job that ended meanwhile, or
+// whose cancel was asked for, is left to the pick as it is.
+func (w *Worker) markDied(ctx context.Context, id string) {
+	_, err := w.transition(ctx, id, fromLive, func(j *broker.Job) {
+		j.State, j.Error = broker.StateRetrying, errDied.Error()
+	})
+	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, errCancelRequested) {
+		w.log.Warn("store the state of a job cut short", "job", id, "err", err)
+	}
 }

@@ -67,7 +67,8 @@ func TestJobCutShortByTheLastStopRunsFirst(t *testing.T) {
 
 // After a power loss foreman may come back before its Ollama: with a job cut short
 // waiting, the worker waits for the target before taking anything, so that job neither
-// spends an attempt on a target that is down nor loses its place behind an older one.
+// spends an attempt on a target that is down nor loses its place behind an older one,
+// also across another restart; meanwhile its record says it waits.
 func TestJobCutShortWaitsForATargetNotUpYet(t *testing.T) {
 	t.Parallel()
 	tb := setupExclusive(t)
@@ -79,6 +80,22 @@ func TestJobCutShortWaitsForATargetNotUpYet(t *testing.T) {
 	tb.fake.SetDown(true)
 	w := tb.start(t, worker.Config{})
 	eventually(t, 30*time.Second, "the worker paused for the target", func() bool {
+		p := w.Paused()
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
+	})
+	// While it waits, its record says so, not that it runs.
+	if j, _, err := tb.b.Store.Get(ctxT(t), cut.ID); err != nil || j.State != broker.StateRetrying || j.Error != "foreman stopped while the job ran; it runs again first" {
+		t.Errorf("the cut job's record while the target is down: %+v, %v; want retrying, saying foreman stopped while it ran", j, err)
+	}
+	// Restarted again before the target is back, foreman still knows it was cut short.
+	sctx, cancel := context.WithTimeout(ctxT(t), 10*time.Second)
+	err := w.Stop(sctx)
+	cancel()
+	if err != nil {
+		t.Fatalf("stop the worker: %v", err)
+	}
+	w = tb.start(t, worker.Config{})
+	eventually(t, 30*time.Second, "the next worker paused for the target", func() bool {
 		p := w.Paused()
 		return p != nil && p.Reason == broker.PauseTargetUnreachable
 	})
