@@ -327,7 +327,12 @@ func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byt
 	switch {
 	case errors.Is(err, errOverBudget):
 		return nil, s.budgetRefusal()
-	case errors.Is(err, zstd.ErrDecoderSizeExceeded), errors.Is(err, zstd.ErrWindowSizeExceeded):
+	case errors.Is(err, zstd.ErrWindowSizeExceeded):
+		// The frame asks for more history than a body may hold, whatever its own size:
+		// decoding it would take that much memory.
+		return nil, refuse(ErrTooLarge, fmt.Sprintf("zstd body compressed with a window larger than the body limit "+
+			"(%d bytes, FOREMAN_MAX_BODY): compress it with a smaller window (a lower level, no long-distance matching)", s.cfg.MaxBodyBytes))
+	case errors.Is(err, zstd.ErrDecoderSizeExceeded):
 		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
 	case err != nil:
 		return nil, badRequest("failed to decompress zstd body")

@@ -104,6 +104,17 @@ func TestResponsesTakeAZstdBody(t *testing.T) {
 	if resp.StatusCode != 413 {
 		t.Errorf("inflating past the limit: %d %s, want 413", resp.StatusCode, out)
 	}
+	// A small body in a frame that asks for a window (history) past the limit, 1 MiB: a
+	// frame header, then the body as one raw block. The 413 says so rather than calling
+	// the body large.
+	small := []byte(`{"model":"tiny-a","input":"hi"}`)
+	block := 1 | len(small)<<3 // last block, raw, its size
+	wide := bytes.NewBuffer([]byte{0x28, 0xb5, 0x2f, 0xfd, 0x00, (20 - 10) << 3, byte(block), byte(block >> 8), byte(block >> 16)})
+	wide.Write(small)
+	resp, out = b.request(t, http.MethodPost, "/v1/responses", wide.Bytes(), "Content-Encoding", "zstd")
+	if resp.StatusCode != 413 || !strings.Contains(string(out), "compress it with a smaller window") {
+		t.Errorf("a window past the limit: %d %s, want a 413 that names the window", resp.StatusCode, out)
+	}
 	resp, out = b.request(t, http.MethodPost, "/v1/responses", []byte(`{"model":"tiny-a","input":"hi"}`), "Content-Encoding", "zstd")
 	if resp.StatusCode != 400 || !strings.Contains(string(out), "failed to decompress zstd body") {
 		t.Errorf("not zstd: %d %s, want 400", resp.StatusCode, out)
