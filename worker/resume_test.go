@@ -202,3 +202,31 @@ func TestQueuedJobWaitsForATargetNotUpYetAtStart(t *testing.T) {
 		t.Errorf("the job ended after attempt %d, want 1 (none spent on the down target)", got.Attempt)
 	}
 }
+
+// A job queued while the inventory's polls already say the target is not there (an
+// outage the worker has not met itself: it was idle) is not taken before the target
+// answers: it would spend an attempt on it, or, on a hung target, hold the worker for
+// the first-byte timeout first.
+func TestQueuedJobWaitsForATargetThePollsFoundDown(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	w := tb.start(t, worker.Config{Inventory: inv})
+	tb.fake.SetDown(true)
+	if err := inv.Refresh(ctxT(t)); err == nil || inv.Snapshot().DownSince.IsZero() {
+		t.Fatalf("the poll of a down target: %v, down since %v", err, inv.Snapshot().DownSince)
+	}
+	job := tb.chat(t, "tiny-a", 1)
+	eventually(t, 30*time.Second, "the worker paused for the target", func() bool {
+		p := w.Paused()
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
+	})
+	tb.fake.SetDown(false)
+	got := tb.waitState(t, job.ID, broker.StateDone)
+	if got.Attempt != 1 {
+		t.Errorf("the job ended after attempt %d, want 1 (none spent on the down target)", got.Attempt)
+	}
+}

@@ -192,6 +192,11 @@ func (w *Worker) Run(ctx context.Context) error {
 			if u.token == "" || !w.runs(ctx, u.token) {
 				continue
 			}
+			if w.probeFirst(false) {
+				// The polls say the target is not there: the pick probes it first.
+				woken = true
+				continue
+			}
 			// A job was published while nothing could run: wait for it on its model's
 			// consumer, which answers the moment the stream has stored it, and read its
 			// record (and, for another runner, the loaded models) meanwhile; its target call
@@ -430,28 +435,28 @@ func (w *Worker) sleepOrWake(ctx context.Context, d time.Duration, wake <-chan s
 func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ error) {
 	now := time.Now()
 	heads, err := w.index.refresh(ctx, now)
+	first := false
 	if err == nil && !w.resumeReadNow() {
-		if err = w.readResumed(ctx, heads); err == nil && (w.cutShortWaiting() || w.targetUnconfirmed(heads)) {
-			// Jobs cut short by the last stop wait (a crash, a power loss), or any job
-			// queued while the target has not answered a poll since the start: a target
-			// not up yet (foreman quicker than its Ollama, or restarted during an
-			// outage) is waited for before they are taken, or the first would spend an
-			// attempt (and a cut job its precedence) on it at every start.
-			sctx, scancel := w.untilStop(ctx)
-			pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
-			perr := w.probeTarget(pctx)
-			cancel()
-			scancel()
-			if w.isStopping(ctx) {
-				return nil, false, nil
-			}
-			// Only a target that is not there (refused, reset, no answer in time) is
-			// waited for: one that answers the poll badly (a proxy passing only the
-			// model calls) may still run jobs, as it did before the stop.
-			if ollama.Unreachable(perr) {
-				w.waitTarget(ctx, perr)
-				return nil, true, nil // the queue may have changed meanwhile: look again
-			}
+		err, first = w.readResumed(ctx, heads), true
+	}
+	if err == nil && len(heads) > 0 && w.probeFirst(first) {
+		// A target not there is waited for before a job is taken, or the job would
+		// spend an attempt on it (a hung one holds it for the first-byte timeout), and
+		// a job cut short by the last stop its precedence too.
+		sctx, scancel := w.untilStop(ctx)
+		pctx, cancel := context.WithTimeout(sctx, 10*time.Second)
+		perr := w.probeTarget(pctx)
+		cancel()
+		scancel()
+		if w.isStopping(ctx) {
+			return nil, false, nil
+		}
+		// Only a target that is not there (refused, reset, no answer in time) is
+		// waited for: one that answers the poll badly (a proxy passing only the
+		// model calls) may still run jobs, as it did before the stop.
+		if ollama.Unreachable(perr) {
+			w.waitTarget(ctx, perr)
+			return nil, true, nil // the queue may have changed meanwhile: look again
 		}
 	}
 	if err != nil || len(heads) == 0 {
@@ -680,15 +685,22 @@ func (w *Worker) waitTarget(ctx context.Context, cause error) {
 		"target unreachable; worker paused", "target is back; resuming")
 }
 
-// targetUnconfirmed reports whether jobs are queued while the inventory has no
-// successful poll behind it (none has ended since the start, or the last one failed).
-// Without an inventory there is nothing to tell.
-func (w *Worker) targetUnconfirmed(heads []head) bool {
-	if len(heads) == 0 || w.cfg.Inventory == nil {
+// probeFirst reports whether the target is to be probed before a queued job is taken.
+// At the first pick (first) when jobs cut short by the last stop wait (a crash, a power
+// loss), or when the inventory has no successful poll behind it yet (foreman quicker
+// than its Ollama, or restarted during an outage: each start would spend an attempt);
+// at any pick while the inventory's polls say the target is not there (a job queued
+// during an outage the worker has not met itself yet). Without an inventory only cut
+// jobs count.
+func (w *Worker) probeFirst(first bool) bool {
+	if first && w.cutShortWaiting() {
+		return true
+	}
+	if w.cfg.Inventory == nil {
 		return false
 	}
 	snap := w.cfg.Inventory.Snapshot()
-	return !snap.Polled || snap.Degraded
+	return first && (!snap.Polled || snap.Degraded) || !snap.DownSince.IsZero()
 }
 
 // probeTarget asks the target for its models (the inventory's poll), or for its version
