@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"time"
@@ -36,6 +37,10 @@ func (s *Server) handleTags(w http.ResponseWriter, r *http.Request) {
 		err := s.inv.Refresh(r.Context())
 		snap = s.inv.Snapshot()
 		if err != nil && (!snap.Polled || r.Context().Err() != nil) {
+			if r.Context().Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				// The target's failure (the poll's own bound), not a timeout of foreman's.
+				err = refuse(ErrBadUpstream, err.Error())
+			}
 			s.writeError(w, r, err)
 			return
 		}
@@ -61,6 +66,9 @@ func (s *Server) handlePs(w http.ResponseWriter, r *http.Request) {
 		s.log.Debug("serving cached /api/ps", "err", err)
 		writeRawJSON(w, s.withOthers(r.Context(), snap.PsRaw, func(t broker.Target) []byte { return t.Ps }))
 		return
+	}
+	if r.Context().Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+		err = refuse(ErrBadUpstream, fmt.Sprintf("ollama: no answer to GET /api/ps within %s", liveFetchTimeout))
 	}
 	s.writeError(w, r, err)
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -93,6 +94,59 @@ func (s *Server) ownOutage() outage {
 		o = outage{since: snap.DownSince, cause: snap.Err.Error(), own: true}
 	}
 	return o
+}
+
+// ownOutageOver returns the refusal of a call to the own target while its outage has
+// lasted SyncOutageWait (confirmed by a poll), nil otherwise: a pass-through call (model
+// list, show, embed, management) would wait on a target that takes connections and never
+// answers with no bound, or fail after a connect timeout on one gone.
+func (s *Server) ownOutageOver(ctx context.Context) error {
+	o := s.ownOutage()
+	if o.since.IsZero() {
+		return nil
+	}
+	d := time.Since(o.since)
+	if d < s.cfg.SyncOutageWait || !o.confirmed(ctx, s.inv) {
+		return nil
+	}
+	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable (for %s: %s); a call waits for it at most %s "+
+		"(FOREMAN_SYNC_OUTAGE_WAIT): retry later", roundDuration(d), o.cause, s.cfg.SyncOutageWait))
+}
+
+// watchOwnOutage is ctx, canceled once the own target's outage has lasted SyncOutageWait
+// (checked every syncCheckEvery) until stop is called. stop returns the refusal when the
+// watch canceled ctx, nil otherwise; after it returns the watch cancels nothing, so ctx
+// can carry the answer's body. cancel releases ctx.
+func (s *Server) watchOwnOutage(parent context.Context) (ctx context.Context, cancel context.CancelFunc, stop func() error) {
+	ctx, cancelCause := context.WithCancelCause(parent)
+	done, ended := make(chan struct{}), make(chan struct{})
+	var refusal error
+	go func() {
+		defer close(ended)
+		t := time.NewTicker(s.syncCheckEvery())
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-t.C:
+				if err := s.ownOutageOver(ctx); err != nil {
+					refusal = err
+					cancelCause(err)
+					return
+				}
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() error {
+		once.Do(func() { close(done) })
+		<-ended
+		return refusal
+	}
+	return ctx, func() { stop(); cancelCause(nil) }, stop
 }
 
 // refuseInOutage refuses a sync call for model while the outage its job would wait out

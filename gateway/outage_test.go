@@ -279,3 +279,44 @@ func TestSyncCallAnsweringIsNotEndedByUnansweredPolls(t *testing.T) {
 		t.Fatalf("the answering call after the polls went unanswered: %v %s", err, rest)
 	}
 }
+
+// A pass-through call (version, model list, show, embed, management) is bounded by the
+// own target's outage as a sync chat is: one waiting on a target that took it and
+// answers nothing, not even the polls, gets 502 once the polls have gone unanswered for
+// SyncOutageWait, and one arriving after that is refused at once. Before, such a call
+// waited with no bound (GET /api/version over ten minutes).
+func TestPassThroughGivesUpOnAHungTarget(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withPolling(100*time.Millisecond),
+		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = 300 * time.Millisecond }),
+		withGateway(func(c *Config) { c.SyncOutageWait = time.Second }))
+	eventually(t, 10*time.Second, "the first poll", func() bool { return b.Inv.Snapshot().Polled })
+	for _, path := range []string{"/api/tags", "/api/ps", "/api/version", "/api/show"} {
+		b.Fake.FailNextOn(path, 1<<20, ollamatest.Hang)
+	}
+	resp, out := b.request(t, http.MethodGet, "/api/version", nil)
+	wantError(t, resp, out, http.StatusBadGateway, "FOREMAN_SYNC_OUTAGE_WAIT")
+	reached := false
+	for _, c := range b.Fake.Calls() {
+		reached = reached || c.Path == "/api/version"
+	}
+	if !reached {
+		t.Error("the version call never reached the target: the test proves nothing about a call in flight")
+	}
+	resp, out = b.request(t, http.MethodPost, "/api/show", []byte(`{"model":"tiny-a"}`))
+	wantError(t, resp, out, http.StatusBadGateway, "FOREMAN_SYNC_OUTAGE_WAIT")
+}
+
+// Before any poll of a target that takes connections and never answers, /api/tags and
+// /api/ps say the target failed (502), not that foreman timed out (504).
+func TestInventoryRoutesOfAHungTargetAre502(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withoutInitialPoll(),
+		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = 300 * time.Millisecond }))
+	b.Fake.FailNextOn("/api/tags", 1<<20, ollamatest.Hang)
+	b.Fake.FailNextOn("/api/ps", 1<<20, ollamatest.Hang)
+	for _, path := range []string{"/api/tags", "/api/ps"} {
+		resp, out := b.request(t, http.MethodGet, path, nil)
+		wantError(t, resp, out, http.StatusBadGateway, "no answer")
+	}
+}
