@@ -2,6 +2,8 @@ package ollamatest
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -40,6 +42,10 @@ type Config struct {
 	Clock func() time.Time
 	// Version reported by /api/version; default "0.17.0".
 	Version string
+	// Addr is the address NewServer listens on (a fixed port, so a process can be
+	// stopped and started again where its clients expect it); default a random
+	// loopback port. NewServer panics when it cannot listen there.
+	Addr string
 	// BeforeChat, if set, runs for every chat/generate/completion request after the
 	// model is loaded and before any byte is written; an error becomes a 500.
 	BeforeChat func(ctx context.Context, model string) error
@@ -178,7 +184,16 @@ func NewServer(cfg Config) *Server {
 		}
 		s.models = append(s.models, m)
 	}
-	s.hs = httptest.NewServer(s.routes())
+	s.hs = httptest.NewUnstartedServer(s.routes())
+	if cfg.Addr != "" {
+		ln, err := net.Listen("tcp", cfg.Addr)
+		if err != nil {
+			panic(fmt.Sprintf("ollamatest: listen on %s: %v", cfg.Addr, err))
+		}
+		s.hs.Listener.Close()
+		s.hs.Listener = ln
+	}
+	s.hs.Start()
 	s.URL = s.hs.URL
 	return s
 }

@@ -482,3 +482,25 @@ func TestNativeLogprobs(t *testing.T) {
 		t.Errorf("non-streamed chat %s", body)
 	}
 }
+
+// Config.Addr fixes the address: a fake stopped and started again is where its client
+// expects it.
+func TestServerOnAFixedAddress(t *testing.T) {
+	t.Parallel()
+	first := ollamatest.NewServer(ollamatest.Config{Addr: "127.0.0.1:0"})
+	addr := strings.TrimPrefix(first.URL, "http://")
+	first.Close()
+	again := ollamatest.NewServer(ollamatest.Config{Addr: addr})
+	defer again.Close()
+	if again.URL != first.URL {
+		t.Fatalf("started again on %s, want %s", again.URL, first.URL)
+	}
+	resp, err := http.Get(again.URL + "/api/version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /api/version: %d", resp.StatusCode)
+	}
+}

@@ -1,7 +1,8 @@
 // Command fakeollama serves the fake Ollama of package ollamatest on a loopback port, for
 // whole-process measurements (`foreman bench submit`, deploy/bench/fsyncs.sh) that need a
 // target answering at once. It prints its URL on the first line of stdout and serves until
-// SIGINT or SIGTERM. With -hold, chat and generate calls wait, before their first byte,
+// SIGINT or SIGTERM; -addr fixes its address (so it can be stopped and started again where
+// foreman expects it). With -hold, chat and generate calls wait, before their first byte,
 // until the process gets SIGUSR1: foreman's worker then stays on one job while jobs queue.
 package main
 
@@ -19,9 +20,10 @@ func main() {
 	tokens := flag.Int("tokens", 5, "tokens per reply (unless the request asks fewer)")
 	delay := flag.Duration("token-delay", 0, "pause before each token")
 	hold := flag.Bool("hold", false, "hold chat/generate calls until SIGUSR1")
+	addr := flag.String("addr", "", "listen on this address (default a random loopback port)")
 	flag.Parse()
 
-	s := ollamatest.NewServer(ollamatest.Config{Tokens: *tokens, TokenDelay: *delay})
+	s := ollamatest.NewServer(ollamatest.Config{Tokens: *tokens, TokenDelay: *delay, Addr: *addr})
 	defer s.Close()
 	usr1 := make(chan os.Signal, 1)
 	signal.Notify(usr1, syscall.SIGUSR1)
