@@ -3,6 +3,7 @@ package worker_test
 import (
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -228,5 +229,25 @@ func TestQueuedJobWaitsForATargetThePollsFoundDown(t *testing.T) {
 	got := tb.waitState(t, job.ID, broker.StateDone)
 	if got.Attempt != 1 {
 		t.Errorf("the job ended after attempt %d, want 1 (none spent on the down target)", got.Attempt)
+	}
+}
+
+// A probe that a hung target never answers ends the pause's error with what happened,
+// not a bare "context deadline exceeded" (GET /queue shows it).
+func TestProbeOfAHungTargetSaysSo(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.chat(t, "tiny-a", 1)
+	tb.fake.FailNextOn("/api/tags", 1<<20, ollamatest.Hang)
+	// The poll's own bound is past the probe's: the probe's ends the wait.
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, PollTimeout: time.Minute, Logger: testLogger()})
+	w := tb.start(t, worker.Config{Inventory: inv})
+	var p *broker.Pause
+	eventually(t, 30*time.Second, "the worker paused for the target", func() bool {
+		p = w.Paused()
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
+	})
+	if !strings.Contains(p.Error, "no answer to the probe") {
+		t.Errorf("the pause's error %q: want it to say the probe got no answer", p.Error)
 	}
 }

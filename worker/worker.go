@@ -706,10 +706,18 @@ func (w *Worker) probeFirst(first bool) bool {
 // probeTarget asks the target for its models (the inventory's poll), or for its version
 // without an inventory.
 func (w *Worker) probeTarget(ctx context.Context) error {
+	var err error
 	if w.cfg.Inventory != nil {
-		return w.cfg.Inventory.Refresh(ctx)
+		err = w.cfg.Inventory.Refresh(ctx)
+	} else {
+		_, err = w.cfg.Target.Version(ctx)
 	}
-	_, err := w.cfg.Target.Version(ctx)
+	if err != nil && err == ctx.Err() && errors.Is(err, context.DeadlineExceeded) {
+		// The probe's bound ended the wait for a poll (a target that takes connections
+		// and answers nothing): say so, not a bare "context deadline exceeded" (the
+		// pause's error in /queue).
+		err = fmt.Errorf("ollama: no answer to the probe of the target in time: %w", err)
+	}
 	return err
 }
 
