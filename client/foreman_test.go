@@ -99,8 +99,10 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 		if err == nil {
 			break
 		}
-		if ctx.Err() != nil {
+		select {
+		case <-ctx.Done():
 			return nil, fmt.Errorf("inventory: %w", err)
+		case <-time.After(100 * time.Millisecond): // a poll refused at once is not tried in a spin
 		}
 	}
 	f.URL, f.NATSURL, f.Store, f.Conn = "http://"+f.app.Addr(), f.app.NATSListen(), f.app.Store(), f.app.Conn()

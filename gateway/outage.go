@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 
@@ -115,38 +117,73 @@ func (s *Server) ownOutageOver(ctx context.Context) error {
 
 // watchOwnOutage is ctx, canceled once the own target's outage has lasted SyncOutageWait
 // (checked every syncCheckEvery) until stop is called. stop returns the refusal when the
-// watch canceled ctx, nil otherwise; after it returns the watch cancels nothing, so ctx
-// can carry the answer's body. cancel releases ctx.
+// watch canceled ctx, nil otherwise; once it has returned the watch cancels nothing (a
+// check under way is ended, and its verdict dropped), so ctx can carry the answer's body.
+// cancel releases ctx.
 func (s *Server) watchOwnOutage(parent context.Context) (ctx context.Context, cancel context.CancelFunc, stop func() error) {
 	ctx, cancelCause := context.WithCancelCause(parent)
-	done, ended := make(chan struct{}), make(chan struct{})
-	var refusal error
+	checks, endChecks := context.WithCancel(ctx)
+	var (
+		mu      sync.Mutex
+		stopped bool
+		refusal error
+	)
+	ended := make(chan struct{})
 	go func() {
 		defer close(ended)
 		t := time.NewTicker(s.syncCheckEvery())
 		defer t.Stop()
 		for {
 			select {
-			case <-done:
-				return
-			case <-ctx.Done():
+			case <-checks.Done():
 				return
 			case <-t.C:
-				if err := s.ownOutageOver(ctx); err != nil {
-					refusal = err
-					cancelCause(err)
-					return
-				}
 			}
+			err := s.ownOutageOver(checks)
+			if err == nil {
+				continue
+			}
+			mu.Lock()
+			if !stopped && checks.Err() == nil {
+				refusal = err
+				cancelCause(err)
+			}
+			mu.Unlock()
+			return
 		}
 	}()
-	var once sync.Once
 	stop = func() error {
-		once.Do(func() { close(done) })
+		mu.Lock()
+		stopped = true
+		r := refusal
+		mu.Unlock()
+		endChecks()
 		<-ended
-		return refusal
+		return r
 	}
 	return ctx, func() { stop(); cancelCause(nil) }, stop
+}
+
+// doOwn is s.target.Do bounded by the own target's outage: refused at once while it has
+// lasted SyncOutageWait, canceled while the answer's headers are awaited once it has.
+// release ends the call's context: call it once the answer's body is read.
+func (s *Server) doOwn(ctx context.Context, method, path string, header http.Header, body io.Reader) (resp *http.Response, release func(), err error) {
+	if err := s.ownOutageOver(ctx); err != nil {
+		return nil, func() {}, err
+	}
+	wctx, cancel, stop := s.watchOwnOutage(ctx)
+	resp, err = s.target.Do(wctx, method, path, header, body)
+	if outage := stop(); outage != nil {
+		if err == nil {
+			resp.Body.Close()
+		}
+		err = outage
+	}
+	if err != nil {
+		cancel()
+		return nil, func() {}, err
+	}
+	return resp, cancel, nil
 }
 
 // refuseInOutage refuses a sync call for model while the outage its job would wait out

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -72,23 +71,17 @@ func (s *Server) relay(w http.ResponseWriter, r *http.Request, method, path stri
 
 // relayTo is relay to target c.
 func (s *Server) relayTo(c ollama.Client, w http.ResponseWriter, r *http.Request, method, path string, body io.Reader, sent func()) int {
-	ctx, stopWatch := r.Context(), func() error { return nil }
+	var (
+		resp *http.Response
+		err  error
+	)
 	if c == ollama.Client(s.target) {
 		// The own target's outage bounds the wait for its answer, as a sync call's.
-		if err := s.ownOutageOver(ctx); err != nil {
-			if sent != nil {
-				sent()
-			}
-			s.writeError(w, r, err)
-			return 0
-		}
-		var cancel context.CancelFunc
-		ctx, cancel, stopWatch = s.watchOwnOutage(ctx)
-		defer cancel()
-	}
-	resp, err := c.Do(ctx, method, path, forwardHeader(r.Header), body)
-	if outage := stopWatch(); outage != nil && err != nil {
-		err = outage
+		var release func()
+		resp, release, err = s.doOwn(r.Context(), method, path, forwardHeader(r.Header), body)
+		defer release()
+	} else {
+		resp, err = c.Do(r.Context(), method, path, forwardHeader(r.Header), body)
 	}
 	if sent != nil {
 		sent()

@@ -177,7 +177,8 @@ func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 		s.relayBodyless(w, r)
 		return
 	}
-	resp, err := s.target.Do(r.Context(), http.MethodGet, targetPath("/v1/models", r.URL.RawQuery), forwardHeader(r.Header), http.NoBody)
+	resp, release, err := s.doOwn(r.Context(), http.MethodGet, targetPath("/v1/models", r.URL.RawQuery), forwardHeader(r.Header), http.NoBody)
+	defer release()
 	if err != nil {
 		s.writeError(w, r, err)
 		return

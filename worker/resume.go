@@ -15,7 +15,7 @@ import (
 
 // errDied is the error a job's record gets when the worker finds that the process before
 // it died while the job ran: the record said it ran, and nothing runs it.
-var errDied = errors.New("foreman stopped while the job ran; it runs again first")
+var errDied = errors.New("foreman stopped while the job ran")
 
 // cutShort reports whether job j, whose queue message seq heads its queue on an exclusive
 // store, was cut short by the last stop: its record says it runs (no process runs it now:
@@ -26,9 +26,15 @@ func cutShort(j *broker.Job, seq uint64) bool {
 	case broker.StateLoading, broker.StateWorking:
 		return !j.IsSpare(seq)
 	case broker.StateRetrying:
-		return j.Error == errShutdown.Error() || j.Error == errDied.Error()
+		return j.Error == errShutdown.Error() || j.Error == errDied.Error() && !diedSpare(j, seq)
 	}
 	return false
+}
+
+// diedSpare reports whether the message at seq is a spare copy of job j, whose record
+// markDied wrote (IsSpare's rule, for the record it wrote as waiting).
+func diedSpare(j *broker.Job, seq uint64) bool {
+	return j.State == broker.StateRetrying && j.Error == errDied.Error() && j.QueueSeq != 0 && j.QueueSeq != seq
 }
 
 // readResumed finds, at the worker's first pick, the jobs cut short by the last stop among

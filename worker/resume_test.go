@@ -85,7 +85,7 @@ func TestJobCutShortWaitsForATargetNotUpYet(t *testing.T) {
 		return p != nil && p.Reason == broker.PauseTargetUnreachable
 	})
 	// While it waits, its record says so, not that it runs.
-	if j, _, err := tb.b.Store.Get(ctxT(t), cut.ID); err != nil || j.State != broker.StateRetrying || j.Error != "foreman stopped while the job ran; it runs again first" {
+	if j, _, err := tb.b.Store.Get(ctxT(t), cut.ID); err != nil || j.State != broker.StateRetrying || j.Error != "foreman stopped while the job ran" {
 		t.Errorf("the cut job's record while the target is down: %+v, %v; want retrying, saying foreman stopped while it ran", j, err)
 	}
 	// Restarted again before the target is back, foreman still knows it was cut short.

@@ -216,6 +216,9 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		case j == nil || gone[m.JobID]:
 		case findCut && first && cutShort(j, m.Seq):
 			c.Resume[m.Token] = m.Seq
+		case exclusive && diedSpare(j, m.Seq):
+			// The same, written as waiting by the worker that found it cut short.
+			spares[m.Seq] = true
 		case exclusive && (j.State == broker.StateLoading || j.State == broker.StateWorking):
 			// No other process runs this store's jobs: one whose record says it runs was
 			// cut short by the last stop, and waits, once: a spare copy of its message
