@@ -60,9 +60,7 @@ func (s *Server) handlePs(w http.ResponseWriter, r *http.Request) {
 		writeRawJSON(w, s.withOthers(r.Context(), raw, func(t broker.Target) []byte { return t.Ps }))
 		return
 	}
-	var connErr *ollama.ConnectionError
-	unreachable := errors.As(err, &connErr) || errors.Is(err, context.DeadlineExceeded)
-	if snap := s.inv.Snapshot(); unreachable && r.Context().Err() == nil && snap.PsRaw != nil {
+	if snap := s.inv.Snapshot(); ollama.Unreachable(err) && r.Context().Err() == nil && snap.PsRaw != nil {
 		s.log.Debug("serving cached /api/ps", "err", err)
 		writeRawJSON(w, s.withOthers(r.Context(), snap.PsRaw, func(t broker.Target) []byte { return t.Ps }))
 		return
