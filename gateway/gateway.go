@@ -99,6 +99,9 @@ type Config struct {
 	// caller gets 502; a call arriving when such an outage has lasted that long is
 	// refused at once. Default 1m (ADR-0046).
 	SyncOutageWait time.Duration
+
+	// outageProbe and outageFresh replace the outage checks' bounds (outage.go) in tests.
+	outageProbe, outageFresh time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -125,6 +128,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.SyncOutageWait <= 0 {
 		c.SyncOutageWait = DefaultSyncOutageWait
+	}
+	if c.outageProbe <= 0 {
+		c.outageProbe = outageProbe
+	}
+	if c.outageFresh <= 0 {
+		c.outageFresh = outageFresh
 	}
 	if c.SyncPriority == "" {
 		c.SyncPriority = broker.PriorityHigh
@@ -163,6 +172,8 @@ type Server struct {
 	origins *originPolicy
 	hosts   *hostPolicy
 	syncs   syncStats
+	// outageChecks keeps the last check that found the own target down (outage.go).
+	outageChecks outageChecks
 	// bodies is the budget of request bodies in flight (bodies.go).
 	bodies *bodyBudget
 	// tokens are the accepted bearer tokens' digests; none means no auth.
@@ -196,6 +207,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{},
 		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}}
+	s.outageChecks.probe, s.outageChecks.fresh = cfg.outageProbe, cfg.outageFresh
 	s.jobMetrics = newJobMetrics(s.models)
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -30,21 +31,59 @@ type outage struct {
 }
 
 // outageProbe bounds the poll that checks an outage's own target before a call is
-// refused or canceled for it.
-const outageProbe = 2 * time.Second
+// refused or canceled for it; outageFresh is how long a check that got no answer at all
+// stands for the calls after it. A target that refuses connections answers a check at
+// once; one that accepts them and answers nothing costs each check the whole bound, and
+// without the verdict standing every call refused in such an outage waited that long.
+const (
+	outageProbe = 2 * time.Second
+	outageFresh = 5 * time.Second
+)
 
-// confirmed reports whether the outage still holds. The worker learns that its target
+// outageChecks remembers the last check the own target did not answer.
+type outageChecks struct {
+	probe, fresh time.Duration // outageProbe and outageFresh; tests set others
+	downAt       atomic.Int64  // when a check last got no answer (UnixNano); 0 for never
+}
+
+// confirmed reports whether the outage o still holds. The worker learns that its target
 // is back at its next probe or the inventory's next poll, up to 30s later; so before a
 // call is refused or its job canceled, the own target is polled once more (a poll in
 // flight is shared), and a poll that gets through wakes the worker (the inventory's
-// OnRecover) and lets the call wait for it.
-func (o outage) confirmed(ctx context.Context, inv *ollama.Inventory) bool {
+// OnRecover) and lets the call wait for it. A check that got no answer within
+// outageFresh, with no poll answered since, stands instead of a poll of its own: a target
+// back up is found by the first check after that, or by any poll.
+func (s *Server) confirmed(ctx context.Context, o outage) bool {
 	if !o.own {
 		return true
 	}
-	pctx, cancel := context.WithTimeout(ctx, outageProbe)
+	if s.downStands() {
+		return true
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.outageChecks.probe)
 	defer cancel()
-	return inv.Refresh(pctx) != nil
+	err := s.inv.Refresh(pctx)
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
+		// No answer within the probe's bound or the poll's own (not the caller leaving).
+		s.outageChecks.downAt.Store(time.Now().UnixNano())
+	}
+	return true
+}
+
+// downStands reports whether a check got no answer from the own target within
+// outageFresh and no poll has been answered since.
+func (s *Server) downStands() bool {
+	at := s.outageChecks.downAt.Load()
+	if at == 0 {
+		return false
+	}
+	down := time.Unix(0, at)
+	snap := s.inv.Snapshot()
+	answeredSince := snap.Err == nil && snap.LastPoll.After(down)
+	return time.Since(down) < s.outageChecks.fresh && !answeredSince
 }
 
 // targetOutage reports whether no reachable target can run a job for model now: the
@@ -108,7 +147,7 @@ func (s *Server) ownOutageOver(ctx context.Context) error {
 		return nil
 	}
 	d := time.Since(o.since)
-	if d < s.cfg.SyncOutageWait || !o.confirmed(ctx, s.inv) {
+	if d < s.cfg.SyncOutageWait || !s.confirmed(ctx, o) {
 		return nil
 	}
 	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable (for %s: %s); a call waits for it at most %s "+
@@ -194,7 +233,7 @@ func (s *Server) refuseInOutage(ctx context.Context, model string) error {
 		return nil
 	}
 	d := time.Since(o.since)
-	if d < s.cfg.SyncOutageWait || !o.confirmed(ctx, s.inv) {
+	if d < s.cfg.SyncOutageWait || !s.confirmed(ctx, o) {
 		return nil
 	}
 	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable (for %s: %s); a sync call waits for it at most %s "+
@@ -242,7 +281,7 @@ func (ow *outageWatch) over(ctx context.Context, j *broker.Job, answered bool, l
 	if since.IsZero() {
 		since = ow.first
 	}
-	if now.Sub(since) < ow.wait || !o.confirmed(ctx, ow.s.inv) {
+	if now.Sub(since) < ow.wait || !ow.s.confirmed(ctx, o) {
 		return nil
 	}
 	reason := fmt.Sprintf("ollama unreachable for %s (FOREMAN_SYNC_OUTAGE_WAIT)", ow.wait)

@@ -100,7 +100,9 @@ func validJSONObject(body []byte) error {
 }
 
 // modelPollWait bounds requireModel's re-poll of a target that answered its last poll;
-// one that did not gets outageProbe. Without a bound of its own the re-poll of a target
+// one that did not gets outageProbe, and one that left an outage check unanswered just
+// now none.
+// Without a bound of its own the re-poll of a target
 // that accepts and never answers took the inventory's PollTimeout (10s), the whole of a
 // /jobs submit's time: the client got 504 "timed out" instead of the 502 that says why.
 const modelPollWait = 5 * time.Second
@@ -114,9 +116,12 @@ func (s *Server) requireModel(ctx context.Context, model string) error {
 	if s.inv.HasModel(model) {
 		return nil
 	}
+	if s.downStands() {
+		return nil // the re-poll would go unanswered too
+	}
 	wait := modelPollWait
 	if snap := s.inv.Snapshot(); snap.Degraded || !snap.Polled {
-		wait = outageProbe
+		wait = s.outageChecks.probe
 	}
 	pctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()

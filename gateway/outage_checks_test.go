@@ -1,0 +1,72 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// silentPolls makes the inventory's polls of a target get no answer: at once, as a poll
+// whose bound passed (quiet), or never until the poll's context ends (hung).
+type silentPolls struct {
+	ollama.Client
+	quiet, hung atomic.Bool
+}
+
+func (c *silentPolls) Tags(ctx context.Context) (*ollama.ListResponse, []byte, error) {
+	switch {
+	case c.hung.Load():
+		<-ctx.Done()
+		return nil, nil, ctx.Err()
+	case c.quiet.Load():
+		return nil, nil, fmt.Errorf("ollama: no answer to the inventory poll: %w", context.DeadlineExceeded)
+	}
+	return c.Client.Tags(ctx)
+}
+
+// Once a check has got no answer from the own target, the calls refused for the outage
+// just after it are not held for a poll of their own: against a target that takes
+// connections and answers nothing, each such poll lasts its whole bound (2s), and every
+// refused call waited that long. Here the bounds are an hour and the polls hang once the
+// outage is confirmed: a call that waited for one would never be answered.
+func TestRefusalsInAConfirmedOutageAreNotHeld(t *testing.T) {
+	t.Parallel()
+	polls := &silentPolls{}
+	opt, start := withWorker(t, func(c *Config) {
+		c.SyncOutageWait = 200 * time.Millisecond
+		c.outageProbe, c.outageFresh = time.Hour, time.Hour
+	})
+	b := newTestBundle(t, opt, withPolling(50*time.Millisecond),
+		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = time.Hour }),
+		withTarget(func(c ollama.Client) ollama.Client { polls.Client = c; return polls }))
+	eventually(t, 10*time.Second, "the first poll", func() bool { return b.Inv.Snapshot().Polled })
+	start()
+	polls.quiet.Store(true)
+	eventually(t, 10*time.Second, "a call refused for the outage", func() bool {
+		resp, out := b.request(t, http.MethodGet, "/api/version", nil)
+		return resp.StatusCode == http.StatusBadGateway && strings.Contains(string(out), "FOREMAN_SYNC_OUTAGE_WAIT")
+	})
+
+	polls.hung.Store(true)
+	calls := []struct{ method, path, body string }{
+		{http.MethodGet, "/api/version", ""},
+		{http.MethodPost, "/api/show", `{"model":"tiny-a"}`},
+		{http.MethodPost, "/api/show", `{"model":"not-listed"}`},
+		{http.MethodPost, "/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`},
+		{http.MethodGet, "/api/version", ""},
+	}
+	for _, c := range calls {
+		var body []byte
+		if c.body != "" {
+			body = []byte(c.body)
+		}
+		resp, out := b.request(t, c.method, c.path, body)
+		wantError(t, resp, out, http.StatusBadGateway, "FOREMAN_SYNC_OUTAGE_WAIT")
+	}
+}
