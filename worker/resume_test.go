@@ -251,3 +251,30 @@ func TestProbeOfAHungTargetSaysSo(t *testing.T) {
 		t.Errorf("the pause's error %q: want it to say the probe got no answer", p.Error)
 	}
 }
+
+// A target whose polls are answered with an error status (a proxy that passes only the
+// model calls) runs jobs as before; the worker probes it before its first pick and not
+// again at every pick after: a poll answered is a poll that ended.
+func TestTargetAnsweringPollsBadlyIsNotProbedEveryPick(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNextOn("/api/tags", 1<<20, ollamatest.Fail500)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	var jobs []*broker.Job
+	for range 4 {
+		jobs = append(jobs, tb.chat(t, "tiny-a", 1))
+	}
+	tb.start(t, worker.Config{Inventory: inv})
+	for _, j := range jobs {
+		tb.waitState(t, j.ID, broker.StateDone)
+	}
+	polls := 0
+	for _, c := range tb.fake.Calls() {
+		if c.Path == "/api/tags" {
+			polls++
+		}
+	}
+	if polls != 1 {
+		t.Errorf("the target was polled %d times for 4 jobs, want once (before the first pick)", polls)
+	}
+}

@@ -687,10 +687,13 @@ func (w *Worker) waitTarget(ctx context.Context, cause error) {
 
 // probeFirst reports whether the target is to be probed before a queued job is taken.
 // At the first pick (first) when jobs cut short by the last stop wait (a crash, a power
-// loss), or the last poll failed; at any pick while no poll has succeeded yet (foreman
+// loss), or the last poll failed; at any pick while no poll has ended yet (foreman
 // quicker than its Ollama, or restarted during an outage: each start would spend an
 // attempt) or the inventory's polls say the target is not there (a job queued during an
-// outage the worker has not met itself yet). Without an inventory only cut jobs count.
+// outage the worker has not met itself yet). A target whose polls are answered with an
+// error status (a proxy passing only the model calls) is not probed at every pick: it
+// runs jobs as before, and its polls would say should it stop answering. Without an
+// inventory only cut jobs count.
 func (w *Worker) probeFirst(first bool) bool {
 	if first && w.cutShortWaiting() {
 		return true
@@ -699,7 +702,7 @@ func (w *Worker) probeFirst(first bool) bool {
 		return false
 	}
 	snap := w.cfg.Inventory.Snapshot()
-	return first && snap.Degraded || !snap.Polled || !snap.DownSince.IsZero()
+	return first && snap.Degraded || snap.LastPoll.IsZero() || !snap.DownSince.IsZero()
 }
 
 // probeTarget asks the target for its models (the inventory's poll), or for its version
