@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -124,9 +125,14 @@ const (
 	setupMaxPause = 5 * time.Second
 )
 
-// untilReady calls fn until it succeeds, fails for another reason than a cluster that
-// is not ready, or ctx ends.
-func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Context) error) error {
+// UntilReady calls fn until it succeeds, fails for another reason than a cluster that is
+// not ready (Transient, or a fresh cluster short of peers for the replicas asked for), or
+// ctx ends. Each try is bounded to 10 s; each failed one is logged on log at Warn
+// ("waiting for the NATS cluster: " + what), and the pause before the next grows from
+// 250 ms to 5 s. Open sets the store up with it, and the long-running parts on the store
+// start with it, so that a leader election at start delays foreman rather than ending it
+// (ADR-0030). fn must be safe to repeat.
+func UntilReady(ctx context.Context, log *slog.Logger, what string, fn func(context.Context) error) error {
 	pause := setupFirst
 	for attempt := 1; ; attempt++ {
 		actx, cancel := context.WithTimeout(ctx, setupAttempt)
@@ -135,7 +141,7 @@ func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Con
 		if err == nil || !startupTransient(err) || ctx.Err() != nil {
 			return err
 		}
-		s.log.Warn("waiting for the NATS cluster: "+what, "err", err, "attempt", attempt, "retry_in", pause)
+		log.Warn("waiting for the NATS cluster: "+what, "err", err, "attempt", attempt, "retry_in", pause)
 		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
@@ -145,4 +151,8 @@ func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Con
 		}
 		pause = min(2*pause, setupMaxPause)
 	}
+}
+
+func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Context) error) error {
+	return UntilReady(ctx, s.log, what, fn)
 }

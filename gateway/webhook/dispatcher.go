@@ -17,10 +17,27 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
+// Store is what the dispatcher uses of the job store: a *broker.Store. Tests stand a
+// store in front of it that fails as a NATS cluster electing a leader does.
+type Store interface {
+	ConsumeChanges(ctx context.Context, cfg broker.ChangeConsumerConfig) (*broker.ChangeConsumer, error)
+	PendingDeliveries(ctx context.Context) ([]broker.PendingDelivery, error)
+	ServeRedeliver(answer func(id string) broker.RedeliverReply) (stop func(), err error)
+	AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (created bool, err error)
+	PendingDelivery(ctx context.Context, id string, rev uint64) (*broker.PendingDelivery, error)
+	UpdatePendingDelivery(ctx context.Context, p broker.PendingDelivery) error
+	FinishPendingDelivery(ctx context.Context, id string, rev uint64) error
+	Deliveries(ctx context.Context, id string) ([]broker.DeliveryAttempt, error)
+	LogDelivery(ctx context.Context, id string, a broker.DeliveryAttempt) error
+	GetRaw(ctx context.Context, id string) ([]byte, uint64, error)
+}
+
+var _ Store = (*broker.Store)(nil)
+
 // Config builds a Dispatcher.
 type Config struct {
 	// Store is the job store whose bucket stream is consumed. Required.
-	Store *broker.Store
+	Store Store
 	// Secret signs deliveries (FOREMAN_WEBHOOK_SECRET): "whsec_<base64>" or a raw string.
 	// Empty sends unsigned webhooks (webhook-id and webhook-timestamp only).
 	Secret string
@@ -95,7 +112,7 @@ func (c *Config) setDefaults() {
 type Dispatcher struct {
 	cfg   Config
 	key   []byte // nil: unsigned
-	store *broker.Store
+	store Store
 	log   *slog.Logger
 
 	mu     sync.Mutex
@@ -163,22 +180,17 @@ const intakeShards = 8
 
 // Run consumes state events until ctx ends. Each event to deliver is stored as a pending
 // delivery before its message is acked, so retries hold no message (ADR-0022); the
-// pending deliveries stored by an earlier run are resumed first. Attempts in flight when
+// pending deliveries stored by an earlier run are resumed first. A NATS cluster that
+// cannot answer at start (a leader election, a slow server) is waited for, with a
+// warning at each try; any other error at start is returned. Attempts in flight when
 // ctx ends are abandoned unrecorded and made again after the next start. Run returns nil
 // on ctx's end; call it once.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	changes, err := d.store.ConsumeChanges(ctx, broker.ChangeConsumerConfig{
-		Durable:       d.cfg.Consumer,
-		Description:   "foreman webhook deliveries",
-		AckWait:       d.cfg.AckWait,
-		MaxAckPending: d.cfg.MaxPending,
-	})
+	changes, pending, err := d.start(ctx)
 	if err != nil {
-		return fmt.Errorf("webhook: %w", err)
-	}
-	pending, err := d.store.PendingDeliveries(ctx)
-	if err != nil {
-		changes.Stop()
+		if ctx.Err() != nil {
+			return nil
+		}
 		return fmt.Errorf("webhook: %w", err)
 	}
 	for _, p := range pending {
@@ -236,6 +248,35 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 	// drained, or they wait out AckWait after the next start.
 	changes.Flush(2 * time.Second)
 	return nil
+}
+
+// start creates (or updates) the consumer of state events and reads the stored pending
+// deliveries, each step tried again while JetStream cannot answer (ADR-0030): both are
+// safe to repeat.
+func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broker.PendingDelivery, error) {
+	var changes *broker.ChangeConsumer
+	err := broker.UntilReady(ctx, d.log, "webhook consumer", func(ctx context.Context) (err error) {
+		changes, err = d.store.ConsumeChanges(ctx, broker.ChangeConsumerConfig{
+			Durable:       d.cfg.Consumer,
+			Description:   "foreman webhook deliveries",
+			AckWait:       d.cfg.AckWait,
+			MaxAckPending: d.cfg.MaxPending,
+		})
+		return err
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var pending []broker.PendingDelivery
+	err = broker.UntilReady(ctx, d.log, "pending webhook deliveries", func(ctx context.Context) (err error) {
+		pending, err = d.store.PendingDeliveries(ctx)
+		return err
+	})
+	if err != nil {
+		changes.Stop()
+		return nil, nil, err
+	}
+	return changes, pending, nil
 }
 
 // stop ends the lanes: waiting ones at once, running ones when their attempt returns.
