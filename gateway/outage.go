@@ -154,22 +154,36 @@ func (s *Server) ownOutageOver(ctx context.Context) error {
 		"(FOREMAN_SYNC_OUTAGE_WAIT): retry later", roundDuration(d), o.cause, s.cfg.SyncOutageWait))
 }
 
-// watchOwnOutage is ctx, canceled once the own target's outage has lasted SyncOutageWait
-// (checked every syncCheckEvery) until stop is called. stop returns the refusal when the
-// watch canceled ctx, nil otherwise; once it has returned the watch cancels nothing (a
-// check under way is ended, and its verdict dropped), so ctx can carry the answer's body.
-// cancel releases ctx.
-func (s *Server) watchOwnOutage(parent context.Context) (ctx context.Context, cancel context.CancelFunc, stop func() error) {
-	ctx, cancelCause := context.WithCancelCause(parent)
+// ownWatch bounds a call to the own target by its outage (ADR-0046). While the answer's
+// headers are awaited it cancels the call once the outage has lasted SyncOutageWait;
+// once they have come, only when the body has also delivered no byte for SyncOutageWait:
+// a stream that delivers is being answered (a pull's progress through a long download,
+// while a busy Ollama leaves the polls unanswered), one stalled because its target hung
+// as a whole would hold its client forever.
+type ownWatch struct {
+	ctx       context.Context // the call's; canceled with the refusal as its cause
+	cancel    context.CancelCauseFunc
+	endChecks context.CancelFunc
+	ended     chan struct{} // closed once the checks have ended
+	began     time.Time
+	// active is when the answer last showed life, as time since began: its headers, then
+	// each read of its body that delivered bytes; 0 while the headers are awaited. The
+	// body is read on the handler's goroutine, the checks run on the watch's.
+	active atomic.Int64
+
+	mu      sync.Mutex
+	stopped bool
+	refusal error // what the watch canceled ctx with
+}
+
+// watchOwnOutage starts a watch of a call made with its ctx, checked every
+// syncCheckEvery until it cuts the call or is stopped.
+func (s *Server) watchOwnOutage(parent context.Context) *ownWatch {
+	ctx, cancel := context.WithCancelCause(parent)
 	checks, endChecks := context.WithCancel(ctx)
-	var (
-		mu      sync.Mutex
-		stopped bool
-		refusal error
-	)
-	ended := make(chan struct{})
+	w := &ownWatch{ctx: ctx, cancel: cancel, endChecks: endChecks, ended: make(chan struct{}), began: time.Now()}
 	go func() {
-		defer close(ended)
+		defer close(w.ended)
 		t := time.NewTicker(s.syncCheckEvery())
 		defer t.Stop()
 		for {
@@ -178,51 +192,124 @@ func (s *Server) watchOwnOutage(parent context.Context) (ctx context.Context, ca
 				return
 			case <-t.C:
 			}
-			err := s.ownOutageOver(checks)
-			if err == nil {
+			// A body that delivers is answering: no poll is spent on it, however long
+			// the polls fail.
+			if !w.idle(s.cfg.SyncOutageWait) {
 				continue
 			}
-			mu.Lock()
-			if !stopped && checks.Err() == nil {
-				refusal = err
-				cancelCause(err)
+			if err := s.ownOutageOver(checks); err != nil && w.cut(checks, err, s.cfg.SyncOutageWait) {
+				return
 			}
-			mu.Unlock()
-			return
 		}
 	}()
-	stop = func() error {
-		mu.Lock()
-		stopped = true
-		r := refusal
-		mu.Unlock()
-		endChecks()
-		<-ended
-		return r
+	return w
+}
+
+// idle reports whether the call awaits its answer's headers, or its body has delivered
+// nothing for wait.
+func (w *ownWatch) idle(wait time.Duration) bool {
+	a := w.active.Load()
+	return a == 0 || time.Since(w.began)-time.Duration(a) >= wait
+}
+
+// touch records a sign of life of the answer.
+func (w *ownWatch) touch() { w.active.Store(max(int64(time.Since(w.began)), 1)) }
+
+// cut cancels the call with refusal, unless the watch was stopped (or is stopping) or
+// the answer showed life while the outage was confirmed. It reports whether it did.
+func (w *ownWatch) cut(checks context.Context, refusal error, wait time.Duration) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopped || checks.Err() != nil || !w.idle(wait) {
+		return false
 	}
-	return ctx, func() { stop(); cancelCause(nil) }, stop
+	w.refusal = refusal
+	w.cancel(refusal)
+	return true
+}
+
+// answered moves the watch on to resp's body, which it wraps to see the body's bytes.
+// It returns the refusal instead, resp's body closed, when the watch has already cut the
+// call.
+func (w *ownWatch) answered(resp *http.Response) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.refusal != nil {
+		resp.Body.Close()
+		return w.refusal
+	}
+	w.touch()
+	resp.Body = ownBody{ReadCloser: resp.Body, w: w}
+	return nil
+}
+
+// cutWith is the refusal the watch cut the call with, nil if it did not.
+func (w *ownWatch) cutWith() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.refusal
+}
+
+// stop ends the watch and returns the refusal it cut the call with, nil if none. Once it
+// has returned the watch cancels nothing (a check under way is ended, and its verdict
+// dropped), so ctx can carry on.
+func (w *ownWatch) stop() error {
+	w.mu.Lock()
+	w.stopped = true
+	r := w.refusal
+	w.mu.Unlock()
+	w.endChecks()
+	<-w.ended
+	return r
+}
+
+// release stops the watch and ends the call's context.
+func (w *ownWatch) release() {
+	w.stop()
+	w.cancel(nil)
+}
+
+// ownBody is an answer's body as its watch sees it: a read that delivers is a sign of
+// life, and a read the watch's cut ended fails with the refusal, which says why.
+type ownBody struct {
+	io.ReadCloser
+	w *ownWatch
+}
+
+func (b ownBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if n > 0 {
+		b.w.touch()
+	}
+	if err != nil && !errors.Is(err, io.EOF) {
+		if refusal := b.w.cutWith(); refusal != nil {
+			err = refusal
+		}
+	}
+	return n, err
 }
 
 // doOwn is s.target.Do bounded by the own target's outage: refused at once while it has
-// lasted SyncOutageWait, canceled while the answer's headers are awaited once it has.
-// release ends the call's context: call it once the answer's body is read.
+// lasted SyncOutageWait; canceled once it has while the answer's headers are awaited, or
+// while its body, read through resp.Body, has delivered nothing for SyncOutageWait (see
+// ownWatch). release ends the call's context and its watch: call it once the answer's
+// body is read.
 func (s *Server) doOwn(ctx context.Context, method, path string, header http.Header, body io.Reader) (resp *http.Response, release func(), err error) {
 	if err := s.ownOutageOver(ctx); err != nil {
 		return nil, func() {}, err
 	}
-	wctx, cancel, stop := s.watchOwnOutage(ctx)
-	resp, err = s.target.Do(wctx, method, path, header, body)
-	if outage := stop(); outage != nil {
-		if err == nil {
-			resp.Body.Close()
-		}
-		err = outage
+	w := s.watchOwnOutage(ctx)
+	resp, err = s.target.Do(w.ctx, method, path, header, body)
+	if err == nil {
+		err = w.answered(resp)
+	} else if refusal := w.stop(); refusal != nil {
+		err = refusal
 	}
 	if err != nil {
-		cancel()
+		w.release()
 		return nil, func() {}, err
 	}
-	return resp, cancel, nil
+	return resp, w.release, nil
 }
 
 // refuseInOutage refuses a sync call for model while the outage its job would wait out

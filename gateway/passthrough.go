@@ -60,7 +60,8 @@ func targetPath(escapedPath, rawQuery string) string {
 // headers other than hop-by-hop ones, and the body byte for byte, flushed after every
 // read so progress streams (pull, push, create) reach the client as Ollama writes them.
 // A target that cannot be reached is a 502 before any byte is written; a body cut short
-// afterwards aborts the client's response so it cannot pass for a complete one. It
+// afterwards (the target went, or the own one hung as a whole past SyncOutageWait: see
+// doOwn) aborts the client's response so it cannot pass for a complete one. It
 // returns the target's status, or 0 when the request never reached it. sent, when not
 // nil, is called once the target has answered (or failed) the request, when its body is
 // no longer needed: a body held in memory goes back to the budget then, not after the
@@ -76,7 +77,8 @@ func (s *Server) relayTo(c ollama.Client, w http.ResponseWriter, r *http.Request
 		err  error
 	)
 	if c == ollama.Client(s.target) {
-		// The own target's outage bounds the wait for its answer, as a sync call's.
+		// The own target's outage bounds the wait for its answer, as a sync call's, and
+		// a body that stalls in it.
 		var release func()
 		resp, release, err = s.doOwn(r.Context(), method, path, forwardHeader(r.Header), body)
 		defer release()

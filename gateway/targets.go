@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"slices"
@@ -185,6 +186,11 @@ func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
+	var cut *Error
+	if errors.As(err, &cut) {
+		s.writeError(w, r, err) // the outage's bound cut the list: no part of it passes for all
+		return
+	}
 	var list struct {
 		Object string            `json:"object"`
 		Data   []json.RawMessage `json:"data"`

@@ -162,14 +162,16 @@ func (s *Server) handlePull(w http.ResponseWriter, r *http.Request, body []byte,
 		return
 	}
 	d := digestOf(name)
-	lines := []map[string]any{
-		{"status": "pulling manifest"},
-		{"status": "pulling " + d[:12], "digest": "sha256:" + d, "total": 1000, "completed": 500},
-		{"status": "pulling " + d[:12], "digest": "sha256:" + d, "total": 1000, "completed": 1000},
-		{"status": "verifying sha256 digest"},
-		{"status": "writing manifest"},
-		{"status": "success"},
+	lines := []map[string]any{{"status": "pulling manifest"}}
+	for i := 1; i <= s.cfg.PullProgress; i++ {
+		done := 1000 * i / s.cfg.PullProgress
+		lines = append(lines, map[string]any{"status": "pulling " + d[:12], "digest": "sha256:" + d, "total": 1000, "completed": done})
 	}
+	lines = append(lines,
+		map[string]any{"status": "verifying sha256 digest"},
+		map[string]any{"status": "writing manifest"},
+		map[string]any{"status": "success"},
+	)
 	if s.progress(w, r, body, f, lines) {
 		s.AddModel(Model{Name: name, Embedding: strings.Contains(ollama.NormalizeModel(name), "embed")})
 	}

@@ -38,6 +38,9 @@ type Config struct {
 	PullDelay time.Duration
 	// GatePull makes every pull/push/create progress line wait for a PullStep call.
 	GatePull bool
+	// PullProgress is how many lines a pull's layer download sends, completed rising to
+	// total; default 2. A big one streams for as long as a test needs (with GatePull).
+	PullProgress int
 	// Clock gives created_at and modified_at; default a fixed instant so replies are byte-reproducible.
 	Clock func() time.Time
 	// Version reported by /api/version; default "0.17.0".
@@ -77,6 +80,9 @@ func WithPullDelay(d time.Duration) Option { return func(c *Config) { c.PullDela
 
 // WithGatePull sets Config.GatePull.
 func WithGatePull() Option { return func(c *Config) { c.GatePull = true } }
+
+// WithPullProgress sets Config.PullProgress.
+func WithPullProgress(n int) Option { return func(c *Config) { c.PullProgress = n } }
 
 // WithClock sets Config.Clock.
 func WithClock(f func() time.Time) Option { return func(c *Config) { c.Clock = f } }
@@ -163,6 +169,9 @@ func NewServer(cfg Config) *Server {
 	}
 	if cfg.Tokens <= 0 {
 		cfg.Tokens = 5
+	}
+	if cfg.PullProgress <= 0 {
+		cfg.PullProgress = 2
 	}
 	if cfg.Clock == nil {
 		cfg.Clock = func() time.Time { return FixedTime }
