@@ -175,7 +175,7 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any, l
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, int64(limit)))
 		return nil
 	}
-	data, err := readAnswer(resp.Body, method, path, limit)
+	data, err := c.readAnswer(ctx, resp.Body, method, path, limit)
 	if err != nil {
 		return err
 	}
@@ -195,11 +195,15 @@ func decodeObject(data []byte, out any, method, path string) error {
 }
 
 // readAnswer reads a whole answer of at most limit bytes; a larger one is an error
-// matching ErrAnswerTooLarge, read no further than the limit.
-func readAnswer(r io.Reader, method, path string, limit int) ([]byte, error) {
+// matching ErrAnswerTooLarge, read no further than the limit, and one whose connection
+// broke a *CutShortError (ctx.Err() once ctx has ended).
+func (c *Client) readAnswer(ctx context.Context, r io.Reader, method, path string, limit int) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
 	if err != nil {
-		return nil, fmt.Errorf("client: read %s %s: %w", method, path, err)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &CutShortError{URL: c.shown, Err: fmt.Errorf("read %s %s: %w", method, path, err)}
 	}
 	if len(data) > limit {
 		return nil, tooLarge(method, path, limit)

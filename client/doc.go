@@ -41,7 +41,8 @@
 // Errors are typed: an HTTP error answer is an *APIError with the status and foreman's
 // message; a job that ended failed or canceled is a *JobError that matches ErrJobFailed
 // (and ErrJobCanceled) with errors.Is; a server that cannot be reached is a
-// *ConnectionError that matches ErrUnreachable.
+// *ConnectionError that matches ErrUnreachable, and an answer whose connection broke
+// after it began a *CutShortError that matches ErrCutShort.
 //
 // The package depends on the standard library, nats.go and foreman's broker package
 // (subject names and the state event's JSON); it never pulls nats-server into a build.

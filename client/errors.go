@@ -27,6 +27,9 @@ var (
 	ErrJobCanceled = errors.New("job canceled")
 	// ErrUnreachable matches a *ConnectionError: foreman could not be reached at all.
 	ErrUnreachable = errors.New("foreman is unreachable")
+	// ErrCutShort matches a *CutShortError: foreman's answer began, and its connection
+	// broke before the answer ended.
+	ErrCutShort = errors.New("the answer was cut short")
 )
 
 // JobError reports a job that ended without a result.
@@ -62,6 +65,27 @@ func (e *ConnectionError) Unwrap() error { return e.Err }
 
 // Is makes errors.Is(err, ErrUnreachable) true.
 func (e *ConnectionError) Is(target error) bool { return target == ErrUnreachable }
+
+// CutShortError is an answer whose connection broke after it began (foreman stopped or
+// restarted mid-answer, a proxy between cut it). Unlike a *ConnectionError the request
+// reached foreman: its job was made, and may have run in part or whole, so sending the
+// request again is not always harmless (a sync call's job is canceled once its caller is
+// gone, ADR-0024; a /jobs job runs on).
+type CutShortError struct {
+	// URL is the base URL the client talks to, a password or token in it shown as "xxxxx".
+	URL string
+	Err error
+}
+
+func (e *CutShortError) Error() string {
+	return fmt.Sprintf("the answer from %s was cut short: %v", e.URL, e.Err)
+}
+
+// Unwrap returns the transport error.
+func (e *CutShortError) Unwrap() error { return e.Err }
+
+// Is makes errors.Is(err, ErrCutShort) true.
+func (e *CutShortError) Is(target error) bool { return target == ErrCutShort }
 
 // ErrAnswerTooLarge matches the error of an answer larger than any foreman sends (a
 // server gone wrong, or not foreman at all): the client stops reading it.

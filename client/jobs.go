@@ -146,7 +146,7 @@ func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (strin
 		return "", err
 	}
 	defer resp.Body.Close()
-	data, err := readAnswer(resp.Body, http.MethodPost, "/jobs", maxSmallAnswer)
+	data, err := c.readAnswer(ctx, resp.Body, http.MethodPost, "/jobs", maxSmallAnswer)
 	if err != nil {
 		return "", err
 	}
@@ -309,7 +309,10 @@ func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) 
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxTargetAnswer+1))
 	if err != nil {
-		return nil, &ConnectionError{URL: c.shown, Err: err}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, &CutShortError{URL: c.shown, Err: err}
 	}
 	if len(data) > maxTargetAnswer {
 		return nil, tooLarge(http.MethodGet, "/jobs/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(name), maxTargetAnswer)

@@ -186,7 +186,7 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 	case ctx.Err() != nil:
 		return ctx.Err()
 	default:
-		return &ConnectionError{URL: c.shown, Err: err}
+		return &CutShortError{URL: c.shown, Err: err}
 	}
 }
 

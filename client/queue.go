@@ -83,7 +83,7 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 	if shown <= 0 {
 		shown = 100
 	}
-	raw, err := readAnswer(resp.Body, http.MethodGet, path, maxListBase+shown*maxQueueEntry)
+	raw, err := c.readAnswer(ctx, resp.Body, http.MethodGet, path, maxListBase+shown*maxQueueEntry)
 	if err != nil {
 		return nil, err
 	}

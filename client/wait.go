@@ -212,13 +212,14 @@ func (f *follower) run(ctx context.Context, emit func(Event)) (*Job, error) {
 	}
 }
 
-// transient errors are worth another poll: foreman restarting or briefly unreachable.
+// transient errors are worth another poll: foreman restarting (an answer cut short) or
+// briefly unreachable.
 func transient(err error) bool {
 	var ae *APIError
 	if errors.As(err, &ae) {
 		return ae.Status >= 500 || ae.Status == http.StatusTooManyRequests
 	}
-	return errors.Is(err, ErrUnreachable)
+	return errors.Is(err, ErrUnreachable) || errors.Is(err, ErrCutShort)
 }
 
 // subscribe relays the state events on subject, in order, and the client drops none: the

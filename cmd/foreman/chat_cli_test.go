@@ -178,15 +178,20 @@ func TestChatErrorLeavesStdoutClean(t *testing.T) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		if !strings.Contains(string(body), "partly") {
+		if !strings.Contains(string(body), "partly") && !strings.Contains(string(body), "killed") {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusBadGateway)
 			_, _ = io.WriteString(w, `{"error":"ollama is unreachable"}`)
 			return
 		}
 		w.Header().Set("Content-Type", "application/x-ndjson")
-		_, _ = io.WriteString(w, `{"model":"m","message":{"role":"assistant","content":"half an"},"done":false}`+"\n"+
-			`{"error":"stream cut"}`+"\n")
+		_, _ = io.WriteString(w, `{"model":"m","message":{"role":"assistant","content":"half an"},"done":false}`+"\n")
+		if strings.Contains(string(body), "killed") {
+			// foreman killed mid-answer: the connection breaks.
+			w.(http.Flusher).Flush()
+			panic(http.ErrAbortHandler)
+		}
+		_, _ = io.WriteString(w, `{"error":"stream cut"}`+"\n")
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -199,5 +204,10 @@ func TestChatErrorLeavesStdoutClean(t *testing.T) {
 	r = runCLI(t, vars, nil, nil, "chat", "-m", "m", "partly")
 	if r.code == 0 || r.stdout != "half an\n" || !strings.Contains(r.stderr, "stream cut") {
 		t.Errorf("chat cut mid-answer: exit %d, stdout %q, stderr %q; want the part and its line ended", r.code, r.stdout, r.stderr)
+	}
+	// A connection that breaks mid-answer reached foreman: not "cannot reach".
+	r = runCLI(t, vars, nil, nil, "chat", "-m", "m", "killed")
+	if r.code == 0 || r.stdout != "half an\n" || !strings.Contains(r.stderr, "was cut short") || !strings.Contains(r.stderr, "foreman stopped") || strings.Contains(r.stderr, "cannot reach") {
+		t.Errorf("chat whose connection broke: exit %d, stdout %q, stderr %q; want the part, its line ended, and an answer cut short", r.code, r.stdout, r.stderr)
 	}
 }

@@ -119,14 +119,17 @@ func (f *clientFlags) explain(e *env, err error) error {
 		return nil
 	}
 	var (
-		ce *client.ConnectionError
-		ae *client.APIError
+		ce  *client.ConnectionError
+		cut *client.CutShortError
+		ae  *client.APIError
 	)
 	switch {
 	case f.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz%s", f.baseURL(e), f.timeout, f.timeoutHint)
 	case errors.As(err, &ce):
 		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", ce.URL, rootCause(ce.Err))
+	case errors.As(err, &cut):
+		return fmt.Errorf("the answer from %s was cut short (%s): foreman stopped, or the connection to it broke; see its log", cut.URL, rootCause(cut.Err))
 	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
 		return fmt.Errorf("unauthorized: %s (set FOREMAN_TOKEN or --token)", termSafe(ae.Message))
 	case errors.As(err, &ae):

@@ -1,0 +1,120 @@
+package client_test
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+// cutServer answers every route with a beginning, then breaks the connection: foreman
+// killed mid-answer. A stream sends a chunk first; a JSON answer declares more bytes
+// than it sends.
+func cutServer(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		switch r.URL.Path {
+		case "/api/chat":
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			_, _ = io.WriteString(w, `{"model":"m","message":{"role":"assistant","content":"half"},"done":false}`+"\n")
+			w.(http.Flusher).Flush()
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Length", "100")
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = io.WriteString(w, `{"id":"01J`)
+			w.(http.Flusher).Flush()
+		}
+		panic(http.ErrAbortHandler)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// An answer whose connection breaks after it began is a *CutShortError matching
+// ErrCutShort, not a *ConnectionError: the request reached foreman, and a caller that
+// retries ErrUnreachable must not take it for one that never did.
+func TestAnswerCutShortIsNotUnreachable(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, cutServer(t))
+	ctx := testCtx(t)
+	var got []string
+	_, chatErr := c.Chat(ctx, client.ChatRequest{Model: "m", Messages: []client.Message{{Role: "user", Content: "hi"}}},
+		func(r *client.ChatResponse) error { got = append(got, r.Message.Content); return nil })
+	if strings.Join(got, "") != "half" {
+		t.Errorf("chunks before the cut: %q, want \"half\"", got)
+	}
+	_, submitErr := c.SubmitAsync(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "m",
+		Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	_, jobErr := c.Job(ctx, "01JAAAAAAAAAAAAAAAAAAAAAAA")
+	for name, err := range map[string]error{"Chat": chatErr, "SubmitAsync": submitErr, "Job": jobErr} {
+		var cut *client.CutShortError
+		if !errors.As(err, &cut) || !errors.Is(err, client.ErrCutShort) || errors.Is(err, client.ErrUnreachable) {
+			t.Errorf("%s cut mid-answer: %v (%T), want a *CutShortError matching ErrCutShort and not ErrUnreachable", name, err, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), "cut short") {
+			t.Errorf("%s: %q, want it to say the answer was cut short", name, err)
+		}
+	}
+}
+
+// A poll whose answer is cut short (foreman restarting) is polled again, as one that
+// could not reach foreman: a wait does not end on it.
+func TestWaitPollsAgainAfterAnAnswerCutShort(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	target, err := url.Parse(f.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	// The first read of the job (the wait's start) goes through; the two polls after it
+	// are cut, and the job is let go once they were.
+	release := f.Fake.Hold("tiny-a")
+	t.Cleanup(release)
+	var polls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.HasPrefix(r.URL.Path, "/jobs/") {
+			proxy.ServeHTTP(w, r)
+			return
+		}
+		switch polls.Add(1) {
+		case 2:
+		case 3:
+			release()
+		default:
+			proxy.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", "100")
+		_, _ = io.WriteString(w, `{"id":`)
+		w.(http.Flusher).Flush()
+		panic(http.ErrAbortHandler)
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
+	ctx := testCtx(t)
+	id, err := c.SubmitAsync(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "tiny-a",
+		Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Wait(ctx, id)
+	if err != nil {
+		t.Fatalf("Wait past two answers cut short: %v", err)
+	}
+	if res.Job == nil || res.Job.State != client.StateDone || polls.Load() < 4 {
+		t.Errorf("Wait = %+v after %d reads, want the job done after the cut ones", res, polls.Load())
+	}
+}
