@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -100,8 +101,9 @@ func (c *Client) URL() string { return c.base }
 // NATS is the NATS connection the client uses, or nil.
 func (c *Client) NATS() *nats.Conn { return c.nc }
 
-// request sends one HTTP request; a non-2xx answer becomes an *APIError and a transport
-// failure a *ConnectionError. The caller closes the body.
+// request sends one HTTP request; a non-2xx answer becomes an *APIError, a transport
+// failure before the request was sent whole a *ConnectionError, and one after it (the
+// connection broke before the answer began) a *CutShortError. The caller closes the body.
 func (c *Client) request(ctx context.Context, method, path string, body []byte, hdr http.Header) (*http.Response, error) {
 	var rd io.Reader
 	if body != nil {
@@ -120,10 +122,18 @@ func (c *Client) request(ctx context.Context, method, path string, body []byte, 
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
+	var wrote atomic.Bool
+	req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) { wrote.Store(i.Err == nil) },
+	}))
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			return nil, ctx.Err()
+		case wrote.Load() && !isTimeout(err):
+			// foreman had the whole request: its job may have been made.
+			return nil, &CutShortError{URL: c.shown, Err: fmt.Errorf("no answer: %w", transportCause(err))}
 		}
 		return nil, &ConnectionError{URL: c.shown, Err: transportCause(err)}
 	}
@@ -196,19 +206,36 @@ func decodeObject(data []byte, out any, method, path string) error {
 
 // readAnswer reads a whole answer of at most limit bytes; a larger one is an error
 // matching ErrAnswerTooLarge, read no further than the limit, and one whose connection
-// broke a *CutShortError (ctx.Err() once ctx has ended).
+// broke a *CutShortError (ctx.Err() once ctx has ended; the http.Client's own timeout
+// stays a timeout).
 func (c *Client) readAnswer(ctx context.Context, r io.Reader, method, path string, limit int) ([]byte, error) {
 	data, err := io.ReadAll(io.LimitReader(r, int64(limit)+1))
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, &CutShortError{URL: c.shown, Err: fmt.Errorf("read %s %s: %w", method, path, err)}
+		return nil, c.cutShort(ctx, fmt.Errorf("read %s %s: %w", method, path, err))
 	}
 	if len(data) > limit {
 		return nil, tooLarge(method, path, limit)
 	}
 	return data, nil
+}
+
+// cutShort is the error of an answer whose reading failed with err: ctx.Err() once ctx
+// has ended, err itself (prefixed) for the http.Client's own timeout, a *CutShortError
+// otherwise.
+func (c *Client) cutShort(ctx context.Context, err error) error {
+	switch {
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case isTimeout(err):
+		return fmt.Errorf("client: %w", err)
+	}
+	return &CutShortError{URL: c.shown, Err: err}
+}
+
+// isTimeout reports whether err is a network timeout (an http.Client's Timeout, say).
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // tooLarge is the error of an answer to method path that passed limit bytes.

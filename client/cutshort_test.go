@@ -68,6 +68,36 @@ func TestAnswerCutShortIsNotUnreachable(t *testing.T) {
 	}
 }
 
+// A request foreman had whole and never answered (killed as it came) is cut short too;
+// one that never reached it (nothing listens) is unreachable.
+func TestRequestUnansweredIsCutShort(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		conn, _, err := w.(http.Hijacker).Hijack()
+		if err == nil {
+			conn.Close()
+		}
+	}))
+	t.Cleanup(srv.Close)
+	ctx := testCtx(t)
+	_, err := newClient(t, srv.URL).SubmitAsync(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "m",
+		Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	var cut *client.CutShortError
+	if !errors.As(err, &cut) || errors.Is(err, client.ErrUnreachable) {
+		t.Errorf("SubmitAsync that foreman took and never answered: %v (%T), want a *CutShortError", err, err)
+	}
+
+	gone := httptest.NewServer(http.NotFoundHandler())
+	addr := gone.URL
+	gone.Close()
+	_, err = newClient(t, addr).SubmitAsync(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "m",
+		Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	if !errors.Is(err, client.ErrUnreachable) || errors.Is(err, client.ErrCutShort) {
+		t.Errorf("SubmitAsync to nothing listening: %v (%T), want a *ConnectionError", err, err)
+	}
+}
+
 // A poll whose answer is cut short (foreman restarting) is polled again, as one that
 // could not reach foreman: a wait does not end on it.
 func TestWaitPollsAgainAfterAnAnswerCutShort(t *testing.T) {

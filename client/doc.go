@@ -41,8 +41,9 @@
 // Errors are typed: an HTTP error answer is an *APIError with the status and foreman's
 // message; a job that ended failed or canceled is a *JobError that matches ErrJobFailed
 // (and ErrJobCanceled) with errors.Is; a server that cannot be reached is a
-// *ConnectionError that matches ErrUnreachable, and an answer whose connection broke
-// after it began a *CutShortError that matches ErrCutShort.
+// *ConnectionError that matches ErrUnreachable, and a request whose connection broke
+// after foreman had it (before or during the answer) a *CutShortError that matches
+// ErrCutShort.
 //
 // The package depends on the standard library, nats.go and foreman's broker package
 // (subject names and the state event's JSON); it never pulls nats-server into a build.

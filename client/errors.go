@@ -25,10 +25,10 @@ var (
 	ErrJobFailed = errors.New("job failed")
 	// ErrJobCanceled matches a *JobError of a canceled job.
 	ErrJobCanceled = errors.New("job canceled")
-	// ErrUnreachable matches a *ConnectionError: foreman could not be reached at all.
+	// ErrUnreachable matches a *ConnectionError: foreman could not be reached.
 	ErrUnreachable = errors.New("foreman is unreachable")
-	// ErrCutShort matches a *CutShortError: foreman's answer began, and its connection
-	// broke before the answer ended.
+	// ErrCutShort matches a *CutShortError: foreman had the whole request, and the
+	// connection broke before its answer ended.
 	ErrCutShort = errors.New("the answer was cut short")
 )
 
@@ -51,7 +51,8 @@ func (e *JobError) Is(target error) bool {
 	return target == ErrJobFailed || (target == ErrJobCanceled && e.Job.State == StateCanceled)
 }
 
-// ConnectionError is a request that never got an HTTP answer (refused, DNS, reset).
+// ConnectionError is a request that did not reach foreman whole (refused, DNS, a reset
+// while it was sent), or that the http.Client's own Timeout ended before an answer.
 type ConnectionError struct {
 	// URL is the base URL the client talks to, a password or token in it shown as "xxxxx".
 	URL string
@@ -66,11 +67,12 @@ func (e *ConnectionError) Unwrap() error { return e.Err }
 // Is makes errors.Is(err, ErrUnreachable) true.
 func (e *ConnectionError) Is(target error) bool { return target == ErrUnreachable }
 
-// CutShortError is an answer whose connection broke after it began (foreman stopped or
-// restarted mid-answer, a proxy between cut it). Unlike a *ConnectionError the request
-// reached foreman: its job was made, and may have run in part or whole, so sending the
-// request again is not always harmless (a sync call's job is canceled once its caller is
-// gone, ADR-0024; a /jobs job runs on).
+// CutShortError is a request whose connection broke after foreman had it whole, before
+// or during its answer (foreman stopped or restarted, a proxy between cut it). Unlike a
+// *ConnectionError the request reached foreman: a job it asked for may have been made,
+// and may have run in part or whole, so sending the request again is not always harmless
+// (a sync call's job is canceled once its caller is gone, ADR-0024; a /jobs job runs on;
+// a submit with an IdempotencyKey is safe to send again).
 type CutShortError struct {
 	// URL is the base URL the client talks to, a password or token in it shown as "xxxxx".
 	URL string

@@ -309,10 +309,7 @@ func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) 
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxTargetAnswer+1))
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		return nil, &CutShortError{URL: c.shown, Err: err}
+		return nil, c.cutShort(ctx, err)
 	}
 	if len(data) > maxTargetAnswer {
 		return nil, tooLarge(http.MethodGet, "/jobs/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(name), maxTargetAnswer)

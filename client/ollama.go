@@ -183,10 +183,8 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 		return fmt.Errorf("client: POST %s: %w (a line of more than %d bytes)", path, ErrAnswerTooLarge, maxStreamLine)
 	case errors.Is(err, errStreamTooLarge):
 		return tooLarge(http.MethodPost, path, maxStream)
-	case ctx.Err() != nil:
-		return ctx.Err()
 	default:
-		return &CutShortError{URL: c.shown, Err: err}
+		return c.cutShort(ctx, err)
 	}
 }
 

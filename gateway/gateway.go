@@ -100,8 +100,10 @@ type Config struct {
 	// refused at once. Default 1m (ADR-0046).
 	SyncOutageWait time.Duration
 
-	// outageProbe and outageFresh replace the outage checks' bounds (outage.go) in tests.
-	outageProbe, outageFresh time.Duration
+	// outageProbe and outageFresh replace the outage checks' bounds (outage.go) in tests;
+	// bodyWait, the longest one read of a pass-through answer's body waits in an outage
+	// (SyncOutageWait).
+	outageProbe, outageFresh, bodyWait time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -134,6 +136,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.outageFresh <= 0 {
 		c.outageFresh = outageFresh
+	}
+	if c.bodyWait <= 0 {
+		c.bodyWait = c.SyncOutageWait
 	}
 	if c.SyncPriority == "" {
 		c.SyncPriority = broker.PriorityHigh
@@ -207,7 +212,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{},
 		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}}
-	s.outageChecks.probe, s.outageChecks.fresh = cfg.outageProbe, cfg.outageFresh
+	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
 	s.jobMetrics = newJobMetrics(s.models)
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {

@@ -30,11 +30,22 @@ func (s *Server) handleRoot(w http.ResponseWriter, _ *http.Request) {
 
 // handleTags serves /api/tags from the inventory, re-polling when the cached list is
 // older than tagsMaxAge. While the target is down the last known list is served; with
-// no list at all the poll's error is.
+// no list at all the poll's error is. A target whose polls go unanswered is not waited
+// for long: the re-poll is bounded as an outage's check is, and skipped while a check
+// that got no answer stands (clients list the models often).
 func (s *Server) handleTags(w http.ResponseWriter, r *http.Request) {
 	snap := s.inv.Snapshot()
-	if !snap.Polled || time.Since(snap.LastPoll) > tagsMaxAge {
-		err := s.inv.Refresh(r.Context())
+	if (!snap.Polled || time.Since(snap.LastPoll) > tagsMaxAge) && !(snap.Polled && s.downStands()) {
+		ctx := r.Context()
+		if !snap.DownSince.IsZero() {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, s.outageChecks.probe)
+			defer cancel()
+		}
+		err := s.inv.Refresh(ctx)
+		if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+			s.outageChecks.noAnswer()
+		}
 		snap = s.inv.Snapshot()
 		if err != nil && (!snap.Polled || r.Context().Err() != nil) {
 			if r.Context().Err() == nil && errors.Is(err, context.DeadlineExceeded) {

@@ -43,7 +43,19 @@ const (
 // outageChecks remembers the last check the own target did not answer.
 type outageChecks struct {
 	probe, fresh time.Duration // outageProbe and outageFresh; tests set others
-	downAt       atomic.Int64  // when a check last got no answer (UnixNano); 0 for never
+	// downAt is when a check last got no answer, as time since base plus one (on the
+	// monotonic clock: a step of the wall clock moves no window); 0 for never.
+	base   time.Time
+	downAt atomic.Int64
+}
+
+// noAnswer records a check that got no answer, now.
+func (c *outageChecks) noAnswer() { c.downAt.Store(int64(time.Since(c.base)) + 1) }
+
+// lastNoAnswer is when a check last got no answer; false for never.
+func (c *outageChecks) lastNoAnswer() (time.Time, bool) {
+	at := c.downAt.Load()
+	return c.base.Add(time.Duration(at - 1)), at != 0
 }
 
 // confirmed reports whether the outage o still holds. The worker learns that its target
@@ -63,26 +75,27 @@ func (s *Server) confirmed(ctx context.Context, o outage) bool {
 	pctx, cancel := context.WithTimeout(ctx, s.outageChecks.probe)
 	defer cancel()
 	err := s.inv.Refresh(pctx)
-	if err == nil {
+	if !ollama.Unreachable(err) {
+		// Answered, even with an error status (a proxy passing only the model calls):
+		// the target is there, and the worker's next probe finds it so too.
 		return false
 	}
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		// No answer within the probe's bound or the poll's own (not the caller leaving).
-		s.outageChecks.downAt.Store(time.Now().UnixNano())
+		s.outageChecks.noAnswer()
 	}
 	return true
 }
 
 // downStands reports whether a check got no answer from the own target within
-// outageFresh and no poll has been answered since.
+// outageFresh and no poll has been answered since (even with an error status).
 func (s *Server) downStands() bool {
-	at := s.outageChecks.downAt.Load()
-	if at == 0 {
+	down, ok := s.outageChecks.lastNoAnswer()
+	if !ok {
 		return false
 	}
-	down := time.Unix(0, at)
 	snap := s.inv.Snapshot()
-	answeredSince := snap.Err == nil && snap.LastPoll.After(down)
+	answeredSince := !ollama.Unreachable(snap.Err) && snap.LastPoll.After(down)
 	return time.Since(down) < s.outageChecks.fresh && !answeredSince
 }
 
@@ -154,22 +167,28 @@ func (s *Server) ownOutageOver(ctx context.Context) error {
 		"(FOREMAN_SYNC_OUTAGE_WAIT): retry later", roundDuration(d), o.cause, s.cfg.SyncOutageWait))
 }
 
-// ownWatch bounds a call to the own target by its outage (ADR-0046). While the answer's
-// headers are awaited it cancels the call once the outage has lasted SyncOutageWait;
-// once they have come, only when the body has also delivered no byte for SyncOutageWait:
-// a stream that delivers is being answered (a pull's progress through a long download,
-// while a busy Ollama leaves the polls unanswered), one stalled because its target hung
-// as a whole would hold its client forever.
+// ownWatch bounds a call to the own target by its outage (ADR-0046). It cancels the call
+// once the outage has lasted SyncOutageWait while the call has been waiting on the target
+// as long: for the answer's headers, or inside one read of its body. A stream that
+// delivers is being answered (a pull's progress through a long download, while a busy
+// Ollama leaves the polls unanswered), and time the relay spends writing to a slow client
+// is not the target's; one stalled because its target hung as a whole would hold its
+// client forever.
 type ownWatch struct {
 	ctx       context.Context // the call's; canceled with the refusal as its cause
 	cancel    context.CancelCauseFunc
 	endChecks context.CancelFunc
 	ended     chan struct{} // closed once the checks have ended
 	began     time.Time
-	// active is when the answer last showed life, as time since began: its headers, then
-	// each read of its body that delivered bytes; 0 while the headers are awaited. The
-	// body is read on the handler's goroutine, the checks run on the watch's.
-	active atomic.Int64
+	// waiting is since when the call has been waiting on the target, as time since began
+	// plus one: from began for the headers, then from the start of each read of the body
+	// until it returns; 0 while it does not wait (between reads). The body is read on the
+	// handler's goroutine, the checks run on the watch's.
+	waiting atomic.Int64
+	inBody  atomic.Bool // the headers have come
+	// headersWait and bodyWait bound the wait for the headers and for one read of the
+	// body: SyncOutageWait, and Config.bodyWait (SyncOutageWait unless a test sets it).
+	headersWait, bodyWait time.Duration
 
 	mu      sync.Mutex
 	stopped bool
@@ -181,7 +200,9 @@ type ownWatch struct {
 func (s *Server) watchOwnOutage(parent context.Context) *ownWatch {
 	ctx, cancel := context.WithCancelCause(parent)
 	checks, endChecks := context.WithCancel(ctx)
-	w := &ownWatch{ctx: ctx, cancel: cancel, endChecks: endChecks, ended: make(chan struct{}), began: time.Now()}
+	w := &ownWatch{ctx: ctx, cancel: cancel, endChecks: endChecks, ended: make(chan struct{}), began: time.Now(),
+		headersWait: s.cfg.SyncOutageWait, bodyWait: s.cfg.bodyWait}
+	w.waitFrom() // for the headers
 	go func() {
 		defer close(w.ended)
 		t := time.NewTicker(s.syncCheckEvery())
@@ -192,12 +213,12 @@ func (s *Server) watchOwnOutage(parent context.Context) *ownWatch {
 				return
 			case <-t.C:
 			}
-			// A body that delivers is answering: no poll is spent on it, however long
-			// the polls fail.
-			if !w.idle(s.cfg.SyncOutageWait) {
+			// A call not waiting on the target that long is being answered: no poll is
+			// spent on it, however long the polls fail.
+			if !w.idle() {
 				continue
 			}
-			if err := s.ownOutageOver(checks); err != nil && w.cut(checks, err, s.cfg.SyncOutageWait) {
+			if err := s.ownOutageOver(checks); err != nil && w.cut(checks, err) {
 				return
 			}
 		}
@@ -205,22 +226,27 @@ func (s *Server) watchOwnOutage(parent context.Context) *ownWatch {
 	return w
 }
 
-// idle reports whether the call awaits its answer's headers, or its body has delivered
-// nothing for wait.
-func (w *ownWatch) idle(wait time.Duration) bool {
-	a := w.active.Load()
-	return a == 0 || time.Since(w.began)-time.Duration(a) >= wait
+// idle reports whether the call has been waiting on the target for as long as it may in
+// an outage: SyncOutageWait for the headers, one read of the body bodyWait.
+func (w *ownWatch) idle() bool {
+	at := w.waiting.Load()
+	wait := w.headersWait
+	if w.inBody.Load() {
+		wait = w.bodyWait
+	}
+	return at != 0 && time.Since(w.began)-time.Duration(at-1) >= wait
 }
 
-// touch records a sign of life of the answer.
-func (w *ownWatch) touch() { w.active.Store(max(int64(time.Since(w.began)), 1)) }
+// waitFrom marks the call waiting on the target from now; stopWaiting ends that.
+func (w *ownWatch) waitFrom()    { w.waiting.Store(int64(time.Since(w.began)) + 1) }
+func (w *ownWatch) stopWaiting() { w.waiting.Store(0) }
 
 // cut cancels the call with refusal, unless the watch was stopped (or is stopping) or
 // the answer showed life while the outage was confirmed. It reports whether it did.
-func (w *ownWatch) cut(checks context.Context, refusal error, wait time.Duration) bool {
+func (w *ownWatch) cut(checks context.Context, refusal error) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.stopped || checks.Err() != nil || !w.idle(wait) {
+	if w.stopped || checks.Err() != nil || !w.idle() {
 		return false
 	}
 	w.refusal = refusal
@@ -228,8 +254,8 @@ func (w *ownWatch) cut(checks context.Context, refusal error, wait time.Duration
 	return true
 }
 
-// answered moves the watch on to resp's body, which it wraps to see the body's bytes.
-// It returns the refusal instead, resp's body closed, when the watch has already cut the
+// answered moves the watch on to resp's body, which it wraps to see its reads. It
+// returns the refusal instead, resp's body closed, when the watch has already cut the
 // call.
 func (w *ownWatch) answered(resp *http.Response) error {
 	w.mu.Lock()
@@ -238,7 +264,8 @@ func (w *ownWatch) answered(resp *http.Response) error {
 		resp.Body.Close()
 		return w.refusal
 	}
-	w.touch()
+	w.stopWaiting()
+	w.inBody.Store(true)
 	resp.Body = ownBody{ReadCloser: resp.Body, w: w}
 	return nil
 }
@@ -269,18 +296,17 @@ func (w *ownWatch) release() {
 	w.cancel(nil)
 }
 
-// ownBody is an answer's body as its watch sees it: a read that delivers is a sign of
-// life, and a read the watch's cut ended fails with the refusal, which says why.
+// ownBody is an answer's body as its watch sees it: a read waits on the target while it
+// lasts, and a read the watch's cut ended fails with the refusal, which says why.
 type ownBody struct {
 	io.ReadCloser
 	w *ownWatch
 }
 
 func (b ownBody) Read(p []byte) (int, error) {
+	b.w.waitFrom()
 	n, err := b.ReadCloser.Read(p)
-	if n > 0 {
-		b.w.touch()
-	}
+	b.w.stopWaiting()
 	if err != nil && !errors.Is(err, io.EOF) {
 		if refusal := b.w.cutWith(); refusal != nil {
 			err = refusal

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
 // silentPolls makes the inventory's polls of a target get no answer: at once, as a poll
@@ -68,5 +70,45 @@ func TestRefusalsInAConfirmedOutageAreNotHeld(t *testing.T) {
 		}
 		resp, out := b.request(t, c.method, c.path, body)
 		wantError(t, resp, out, http.StatusBadGateway, "FOREMAN_SYNC_OUTAGE_WAIT")
+	}
+	// A model list older than its cache's age is not polled for again either: the last
+	// known one is served at once.
+	eventually(t, 10*time.Second, "the last list older than its cache's age", func() bool {
+		return time.Since(b.Inv.Snapshot().LastPoll) > tagsMaxAge
+	})
+	resp, out := b.request(t, http.MethodGet, "/api/tags", nil)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(out), "tiny-a") {
+		t.Fatalf("GET /api/tags while the check's verdict stands: %d %s, want the last known list", resp.StatusCode, out)
+	}
+}
+
+// A check answered with an error status finds the target there: behind a proxy that
+// answers the polls so for good, a call passed straight to it once the worker's pause
+// has lasted SyncOutageWait goes through, not refused for an outage that has ended.
+func TestCheckAnsweredWithAnErrorStatusEndsTheOutage(t *testing.T) {
+	t.Parallel()
+	var w *worker.Worker
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		var err error
+		// The worker's own probes come an hour apart: its pause outlasts the wait.
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory, RetryDelay: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Queue = w
+		c.SyncOutageWait = 100 * time.Millisecond
+	}))
+	b.Fake.SetDown(true)
+	jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"whenever"}]}`)
+	runUntilCleanup(t, "worker", w.Run)
+	eventually(t, 20*time.Second, "the worker paused for SyncOutageWait", func() bool {
+		p := w.Paused()
+		return p != nil && time.Since(p.Since) > 100*time.Millisecond
+	})
+	b.Fake.FailNextOn("/api/tags", 1<<20, ollamatest.Fail500)
+	b.Fake.SetDown(false)
+	resp, out := b.request(t, http.MethodGet, "/api/version", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /api/version once the target answers (its polls with 500): %d %s", resp.StatusCode, out)
 	}
 }

@@ -15,15 +15,15 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
-// hungPollsBundle is a gateway with SyncOutageWait set to wait (and its logger to log,
-// when not nil) whose inventory polls every 100ms, each given up after 300ms: a target
-// that stops answering is an outage within a poll or two.
-func hungPollsBundle(t *testing.T, wait time.Duration, log *slog.Logger, fake ...ollamatest.Option) *testBundle {
+// hungPollsBundle is a gateway with SyncOutageWait set to wait (its logger to log and
+// its body wait to bodyWait, when set) whose inventory polls every 100ms, each given up
+// after 300ms: a target that stops answering is an outage within a poll or two.
+func hungPollsBundle(t *testing.T, wait time.Duration, log *slog.Logger, bodyWait time.Duration, fake ...ollamatest.Option) *testBundle {
 	t.Helper()
 	b := newTestBundle(t, withFake(fake...), withPolling(100*time.Millisecond),
 		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = 300 * time.Millisecond }),
 		withGateway(func(c *Config) {
-			c.SyncOutageWait = wait
+			c.SyncOutageWait, c.bodyWait = wait, bodyWait
 			if log != nil {
 				c.Logger = log
 			}
@@ -46,7 +46,7 @@ func hangPolls(b *testBundle) {
 func TestPassThroughStreamStalledInAnOutageIsCut(t *testing.T) {
 	t.Parallel()
 	logs := &logRecorder{}
-	b := hungPollsBundle(t, time.Second, slog.New(logs))
+	b := hungPollsBundle(t, time.Second, slog.New(logs), 0)
 	b.Fake.FailNextOn("/api/pull", 1, ollamatest.StallMidStream) // two lines, then nothing
 	resp := b.send(t, http.MethodPost, "/api/pull", []byte(`{"model":"new-model"}`))
 	defer resp.Body.Close()
@@ -72,11 +72,12 @@ func TestPassThroughStreamStalledInAnOutageIsCut(t *testing.T) {
 // A pass-through stream that delivers is answering, however long the polls go
 // unanswered (a big pull's progress while a busy Ollama leaves /api/tags waiting): it
 // runs on to its end, though the outage has lasted SyncOutageWait three times over and a
-// call arriving then is refused. Its lines come a twentieth of the bound apart.
+// call arriving then is refused. Its lines come a twentieth of the outage's bound apart;
+// one read may wait a minute (a loaded machine may hold the fake's writes for seconds).
 func TestPassThroughStreamDeliveringInAnOutageRunsOn(t *testing.T) {
 	t.Parallel()
 	const wait = time.Second
-	b := hungPollsBundle(t, wait, nil, ollamatest.WithGatePull(), ollamatest.WithPullProgress(1000))
+	b := hungPollsBundle(t, wait, nil, time.Minute, ollamatest.WithGatePull(), ollamatest.WithPullProgress(1000))
 	ctx := testCtx(t, 30*time.Second)
 	// The answer's headers come with its first line.
 	first := make(chan error, 1)

@@ -101,10 +101,9 @@ func validJSONObject(body []byte) error {
 
 // modelPollWait bounds requireModel's re-poll of a target that answered its last poll;
 // one that did not gets outageProbe, and one that left an outage check unanswered just
-// now none.
-// Without a bound of its own the re-poll of a target
-// that accepts and never answers took the inventory's PollTimeout (10s), the whole of a
-// /jobs submit's time: the client got 504 "timed out" instead of the 502 that says why.
+// now none. Without a bound of its own the re-poll of a target that accepts and never
+// answers took the inventory's PollTimeout (10s), the whole of a /jobs submit's time:
+// the client got 504 "timed out" instead of the 502 that says why.
 const modelPollWait = 5 * time.Second
 
 // requireModel returns nil when the target is known to have model, after one re-poll

@@ -186,16 +186,20 @@ func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
-	var cut *Error
-	if errors.As(err, &cut) {
-		s.writeError(w, r, err) // the outage's bound cut the list: no part of it passes for all
+	if err != nil {
+		// Cut short (by the outage's bound, or the target): no part of it passes for all.
+		var cut *Error
+		if !errors.As(err, &cut) {
+			err = refuse(ErrBadUpstream, "ollama's model list was cut short: "+err.Error())
+		}
+		s.writeError(w, r, err)
 		return
 	}
 	var list struct {
 		Object string            `json:"object"`
 		Data   []json.RawMessage `json:"data"`
 	}
-	if err != nil || resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &list) != nil {
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &list) != nil {
 		copyHeader(w.Header(), resp.Header)
 		w.Header().Del("Content-Length")
 		w.WriteHeader(resp.StatusCode)

@@ -278,3 +278,20 @@ func TestTargetAnsweringPollsBadlyIsNotProbedEveryPick(t *testing.T) {
 		t.Errorf("the target was polled %d times for 4 jobs, want once (before the first pick)", polls)
 	}
 }
+
+// A pause for a connection error ends once the target answers a probe, even with an
+// error status: behind a proxy that answers the polls with one for good, the worker
+// paused for a dropped chat never ran again.
+func TestPauseEndsOnAProbeAnsweredWithAnErrorStatus(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNextOn("/api/tags", 1<<20, ollamatest.Fail500)
+	tb.fake.FailNextOn("/api/chat", 1, ollamatest.DropConnection)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	job := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{Inventory: inv})
+	got := tb.waitState(t, job.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Errorf("the job ended after attempt %d, want 2 (the dropped call, then the run after the pause)", got.Attempt)
+	}
+}

@@ -678,10 +678,12 @@ func (w *Worker) waitStore(ctx context.Context, cause error) {
 }
 
 // waitTarget pauses the worker after a connection error until the target answers again,
-// so the jobs behind do not each burn an attempt on a target that is down.
+// so the jobs behind do not each burn an attempt on a target that is down. A probe
+// answered with an error status is an answer (a proxy passing only the model calls
+// answers the polls so for good): only one the target is not there for (refused, reset,
+// no answer in time) keeps the pause.
 func (w *Worker) waitTarget(ctx context.Context, cause error) {
-	isDown := func(err error) bool { return err != nil }
-	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, isDown, w.cfg.TargetBack,
+	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, ollama.Unreachable, w.cfg.TargetBack,
 		"target unreachable; worker paused", "target is back; resuming")
 }
 
@@ -692,8 +694,8 @@ func (w *Worker) waitTarget(ctx context.Context, cause error) {
 // attempt) or the inventory's polls say the target is not there (a job queued during an
 // outage the worker has not met itself yet). A target whose polls are answered with an
 // error status (a proxy passing only the model calls) is not probed at every pick: it
-// runs jobs as before, and its polls would say should it stop answering. Without an
-// inventory only cut jobs count.
+// runs jobs as before, and its polls tell when it stops answering. Without an inventory
+// only cut jobs count.
 func (w *Worker) probeFirst(first bool) bool {
 	if first && w.cutShortWaiting() {
 		return true

@@ -194,6 +194,13 @@ func TestSeveralMacsRouteByModel(t *testing.T) {
 		if want := []string{"alpha:latest", "beta:latest", "embed-a:latest", "embed-b:latest"}; !slices.Equal(ids, want) {
 			t.Errorf("/v1/models: %v, want %v (%s)", ids, want, b)
 		}
+		if a == fa {
+			// The own Mac's list cut short is no list: not a part passed for the whole.
+			macA.FailNextOn("/v1/models", 1, ollamatest.DropMidStream)
+			if code, b := call(t, a, http.MethodGet, "/v1/models", ""); code != http.StatusBadGateway || !bytes.Contains(b, []byte("cut short")) {
+				t.Errorf("/v1/models with the own list cut short: %d %s, want 502", code, b)
+			}
+		}
 		_, b = call(t, a, http.MethodGet, "/queue", "")
 		var q targetsBody
 		_ = json.Unmarshal(b, &q)
