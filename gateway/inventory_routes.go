@@ -61,11 +61,24 @@ func (s *Server) handleTags(w http.ResponseWriter, r *http.Request) {
 
 // handlePs serves /api/ps fetched live, since which model is loaded changes with every
 // swap, and updates the inventory with it. When the target cannot be reached the last
-// known list is served.
+// known list is served: at once while a check that got no answer stands, after a
+// check's bound while the polls go unanswered.
 func (s *Server) handlePs(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), liveFetchTimeout)
+	snap := s.inv.Snapshot()
+	if snap.PsRaw != nil && s.downStands() {
+		writeRawJSON(w, s.withOthers(r.Context(), snap.PsRaw, func(t broker.Target) []byte { return t.Ps }))
+		return
+	}
+	bound := liveFetchTimeout
+	if !snap.DownSince.IsZero() {
+		bound = s.outageChecks.probe
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), bound)
 	defer cancel()
 	ps, raw, err := s.target.Ps(ctx)
+	if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
+		s.outageChecks.noAnswer()
+	}
 	if err == nil {
 		s.inv.SetPs(ps, raw)
 		writeRawJSON(w, s.withOthers(r.Context(), raw, func(t broker.Target) []byte { return t.Ps }))
@@ -77,7 +90,7 @@ func (s *Server) handlePs(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.Context().Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-		err = refuse(ErrBadUpstream, fmt.Sprintf("ollama: no answer to GET /api/ps within %s", liveFetchTimeout))
+		err = refuse(ErrBadUpstream, fmt.Sprintf("ollama: no answer to GET /api/ps within %s", bound))
 	}
 	s.writeError(w, r, err)
 }

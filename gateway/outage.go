@@ -87,14 +87,18 @@ func (s *Server) confirmed(ctx context.Context, o outage) bool {
 	return true
 }
 
-// downStands reports whether a check got no answer from the own target within
-// outageFresh and no poll has been answered since (even with an error status).
+// downStands reports whether a check, or the inventory's last poll, got no answer from
+// the own target within outageFresh, and no poll has been answered since (even with an
+// error status).
 func (s *Server) downStands() bool {
+	snap := s.inv.Snapshot()
+	if errors.Is(snap.Err, context.DeadlineExceeded) && time.Since(snap.LastPoll) < s.outageChecks.fresh {
+		return true // the last poll ended just now, unanswered
+	}
 	down, ok := s.outageChecks.lastNoAnswer()
 	if !ok {
 		return false
 	}
-	snap := s.inv.Snapshot()
 	answeredSince := !ollama.Unreachable(snap.Err) && snap.LastPoll.After(down)
 	return time.Since(down) < s.outageChecks.fresh && !answeredSince
 }

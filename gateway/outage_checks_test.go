@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
@@ -22,14 +23,100 @@ type silentPolls struct {
 }
 
 func (c *silentPolls) Tags(ctx context.Context) (*ollama.ListResponse, []byte, error) {
+	if err := c.silence(ctx); err != nil {
+		return nil, nil, err
+	}
+	return c.Client.Tags(ctx)
+}
+
+func (c *silentPolls) Ps(ctx context.Context) (*ollama.ProcessResponse, []byte, error) {
+	if err := c.silence(ctx); err != nil {
+		return nil, nil, err
+	}
+	return c.Client.Ps(ctx)
+}
+
+// silence is the error of a call that gets no answer now, nil when it would get one.
+func (c *silentPolls) silence(ctx context.Context) error {
 	switch {
 	case c.hung.Load():
 		<-ctx.Done()
-		return nil, nil, ctx.Err()
+		return ctx.Err()
 	case c.quiet.Load():
-		return nil, nil, fmt.Errorf("ollama: no answer to the inventory poll: %w", context.DeadlineExceeded)
+		return fmt.Errorf("ollama: no answer to the inventory poll: %w", context.DeadlineExceeded)
 	}
-	return c.Client.Tags(ctx)
+	return nil
+}
+
+// silencedBundle is a gateway whose inventory polls every 50ms through polls, with an
+// outage check's bound a minute, its verdict standing an hour, and SyncOutageWait wait:
+// once the polls have gone unanswered (quiet) for the wait, they hang, and a call that
+// waited for a check would not be answered within the test's 30s.
+func silencedBundle(t *testing.T, polls *silentPolls, wait time.Duration) *testBundle {
+	t.Helper()
+	opt, start := withWorker(t, func(c *Config) {
+		c.SyncOutageWait = wait
+		c.outageProbe, c.outageFresh = time.Minute, time.Hour
+	})
+	b := newTestBundle(t, opt, withPolling(50*time.Millisecond),
+		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = time.Hour }),
+		withTarget(func(c ollama.Client) ollama.Client { polls.Client = c; return polls }))
+	eventually(t, 10*time.Second, "the first poll", func() bool { return b.Inv.Snapshot().Polled })
+	start()
+	polls.quiet.Store(true)
+	eventually(t, 10*time.Second, "the polls unanswered for the wait", func() bool {
+		down := b.Inv.Snapshot().DownSince
+		return !down.IsZero() && time.Since(down) > min(wait, time.Second)
+	})
+	polls.hung.Store(true)
+	return b
+}
+
+// The inventory's own poll that got no answer just now stands as a check would: a call
+// refused for the outage, the model lists, are answered at once, not after a check of
+// their own.
+func TestUnansweredPollStandsAsACheck(t *testing.T) {
+	t.Parallel()
+	polls := &silentPolls{}
+	b := silencedBundle(t, polls, 200*time.Millisecond)
+	resp, out := b.request(t, http.MethodGet, "/api/version", nil)
+	wantError(t, resp, out, http.StatusBadGateway, "FOREMAN_SYNC_OUTAGE_WAIT")
+	for _, path := range []string{"/api/ps", "/api/tags"} {
+		resp, out := b.request(t, http.MethodGet, path, nil)
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(out), `"models"`) {
+			t.Errorf("GET %s while the polls go unanswered: %d %s, want the last known list", path, resp.StatusCode, out)
+		}
+	}
+}
+
+// A pull's answer ends without waiting for a re-poll the target would leave unanswered:
+// the inventory's next poll sees the new model.
+func TestModelChangeEndsWithoutAnUnansweredPoll(t *testing.T) {
+	t.Parallel()
+	polls := &silentPolls{}
+	b := silencedBundle(t, polls, time.Hour)
+	resp, out := b.request(t, http.MethodPost, "/api/pull", []byte(`{"model":"new-model","stream":false}`))
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(out), "success") {
+		t.Fatalf("pull while the polls go unanswered: %d %s", resp.StatusCode, out)
+	}
+}
+
+// A target that answers its polls with an error status from the start (a proxy passing
+// only the model calls, so foreman never learns the model list) still runs chats and
+// jobs: it is there, and says itself whether it has the model. Before, every call was
+// refused as if it were unreachable.
+func TestTargetAnsweringPollsBadlyFromTheStartRunsJobs(t *testing.T) {
+	t.Parallel()
+	opt, start := withWorker(t)
+	b := newTestBundle(t, opt, withoutInitialPoll())
+	b.Fake.FailNextOn("/api/tags", 1<<20, ollamatest.Fail500)
+	start()
+	resp, out := b.request(t, http.MethodPost, "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream":false}`))
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(out), `"done":true`) {
+		t.Fatalf("chat behind polls answered with 500: %d %s", resp.StatusCode, out)
+	}
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"later"}]}`)
+	waitJobState(t, b, id, broker.StateDone)
 }
 
 // Once a check has got no answer from the own target, the calls refused for the outage

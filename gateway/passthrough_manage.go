@@ -59,9 +59,18 @@ func (s *Server) handleBlob(w http.ResponseWriter, r *http.Request) {
 var blobDigest = regexp.MustCompile(`^sha256[:-][0-9a-fA-F]{64}$`)
 
 // refreshAfterChange re-polls the inventory, even if the client has already gone: the
-// change happened on the target regardless.
+// change happened on the target regardless. The answer's end waits for it, so a target
+// that leaves its checks unanswered just now is not polled (the inventory's next poll
+// sees the change), and one whose polls go unanswered is waited for a check's bound.
 func (s *Server) refreshAfterChange(ctx context.Context) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	if s.downStands() {
+		return
+	}
+	bound := 10 * time.Second
+	if !s.inv.Snapshot().DownSince.IsZero() {
+		bound = s.outageChecks.probe
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
 	defer cancel()
 	if err := s.inv.Refresh(ctx); err != nil {
 		s.log.Warn("inventory refresh after a model change", "err", err)

@@ -181,7 +181,12 @@ func (s *Server) queueableModel(ctx context.Context, model string) error {
 	if s.inv.HasModel(model) {
 		return nil
 	}
-	// requireModel let it through only because the target could not be polled.
+	// requireModel let it through only because the target could not be polled. One that
+	// answers its polls with an error status (a proxy passing only the model calls) is
+	// there to run the job, or to say it lacks the model; one not there cannot.
+	if snap := s.inv.Snapshot(); snap.Err != nil && !ollama.Unreachable(snap.Err) {
+		return nil
+	}
 	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", model))
 }
 
