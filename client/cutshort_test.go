@@ -99,7 +99,7 @@ func TestRequestUnansweredIsCutShort(t *testing.T) {
 }
 
 // A poll whose answer is cut short (foreman restarting) is polled again, as one that
-// could not reach foreman: a wait does not end on it.
+// could not reach foreman: a wait does not end on it, and OnWaitError hears of it.
 func TestWaitPollsAgainAfterAnAnswerCutShort(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{})
@@ -134,17 +134,19 @@ func TestWaitPollsAgainAfterAnAnswerCutShort(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
-	ctx := testCtx(t)
-	id, err := c.SubmitAsync(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "tiny-a",
-		Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	var waitErrs []error
+	res, err := c.Submit(testCtx(t), client.SubmitRequest{
+		Chat:        &client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}},
+		OnWaitError: func(err error) { waitErrs = append(waitErrs, err) },
+	})
 	if err != nil {
-		t.Fatal(err)
-	}
-	res, err := c.Wait(ctx, id)
-	if err != nil {
-		t.Fatalf("Wait past two answers cut short: %v", err)
+		t.Fatalf("Submit past two polls cut short: %v", err)
 	}
 	if res.Job == nil || res.Job.State != client.StateDone || polls.Load() < 4 {
-		t.Errorf("Wait = %+v after %d reads, want the job done after the cut ones", res, polls.Load())
+		t.Errorf("Submit = %+v after %d reads, want the job done after the cut ones", res, polls.Load())
+	}
+	// The caller hears of each failed read (the CLI says it still waits).
+	if len(waitErrs) != 2 || !errors.Is(waitErrs[0], client.ErrCutShort) || !errors.Is(waitErrs[1], client.ErrCutShort) {
+		t.Errorf("OnWaitError got %v, want the two reads cut short", waitErrs)
 	}
 }

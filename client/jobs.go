@@ -46,6 +46,10 @@ type SubmitRequest struct {
 	// OnState, if set, is called by Submit with every state change it observes, in order
 	// (the first is usually queued). It runs on Submit's goroutine; keep it short.
 	OnState func(Event)
+	// OnWaitError, if set, is called by Submit with each read of the job that failed
+	// while it waits, when the wait goes on anyway (foreman restarting or unreachable: it
+	// reads again at the next poll). Same goroutine as OnState.
+	OnWaitError func(error)
 }
 
 // body is the POST /jobs JSON: the request plus kind and webhook fields.

@@ -71,7 +71,7 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 	if err != nil {
 		return nil, err
 	}
-	return c.wait(ctx, id, hook, req.OnState)
+	return c.wait(ctx, id, hook, req.OnState, req.OnWaitError)
 }
 
 // refusedWebhook: foreman answered 400 about state_webhook_url, the receiver's URL.
@@ -82,19 +82,19 @@ func refusedWebhook(err error) bool {
 
 // Wait waits until an existing job has finished, like Submit, by NATS or polling.
 func (c *Client) Wait(ctx context.Context, id string) (*Result, error) {
-	return c.wait(ctx, id, nil, nil)
+	return c.wait(ctx, id, nil, nil, nil)
 }
 
 func (c *Client) useWebhook() bool {
 	return !c.pollingOnly && c.nc == nil && !c.webhookRefused.Load() && (c.webhookAddrSet || c.loopback())
 }
 
-func (c *Client) wait(ctx context.Context, id string, hook *receiver, onState func(Event)) (*Result, error) {
+func (c *Client) wait(ctx context.Context, id string, hook *receiver, onState func(Event), onErr func(error)) (*Result, error) {
 	f, err := c.follow(ctx, id, hook)
 	if err == nil {
 		defer f.stop()
 		var j *Job
-		if j, err = f.run(ctx, onState); err == nil {
+		if j, err = f.run(ctx, onState, onErr); err == nil {
 			if j.State != StateDone {
 				return nil, &JobError{Job: j}
 			}
@@ -156,8 +156,9 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver) (*follow
 
 func (f *follower) stop() { f.unsub() }
 
-// run reports every new state to emit (optional) and returns the job's final record.
-func (f *follower) run(ctx context.Context, emit func(Event)) (*Job, error) {
+// run reports every new state to emit, and every failed read of the job it waits on to
+// onErr (both optional), and returns the job's final record.
+func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error)) (*Job, error) {
 	show := func(e Event) {
 		if f.seen && e.same(f.last) {
 			return
@@ -199,6 +200,9 @@ func (f *follower) run(ctx context.Context, emit func(Event)) (*Job, error) {
 			j, err := f.c.Job(ctx, f.id)
 			switch {
 			case err != nil && transient(err) && ctx.Err() == nil:
+				if onErr != nil {
+					onErr(err)
+				}
 			case err != nil:
 				return nil, err
 			default:

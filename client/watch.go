@@ -38,7 +38,7 @@ func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 			case ch <- e:
 			case <-ctx.Done():
 			}
-		})
+		}, nil)
 	}()
 	return ch, nil
 }

@@ -148,7 +148,17 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 	// On a terminal a waiting job's position and ETA show on a line rewritten in place.
 	var status *queueStatus
 	defer func() { status.Stop() }()
+	// A read of the job that fails (foreman restarting, or gone) is said once, until the
+	// next state: the wait goes on, and should not look hung.
+	failing := false
+	req.OnWaitError = func(err error) {
+		if !failing {
+			failing = true
+			status.Println(errOut, "foreman: "+f.explain(e, err).Error()+"; still waiting")
+		}
+	}
 	req.OnState = func(ev client.Event) {
+		failing = false
 		if !announced {
 			status.Println(errOut, "job "+termSafe(ev.JobID))
 			announced = true
