@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"slices"
@@ -35,23 +36,11 @@ func (s *Server) otherHas(ctx context.Context, model string) bool {
 	return slices.ContainsFunc(s.otherTargets(ctx), func(t broker.Target) bool { return t.HasModel(want) })
 }
 
-// otherClient returns a client for another target that has model, reachable ones first
-// (reachable ones only with reachableOnly), or nil.
-func (s *Server) otherClient(ctx context.Context, model string, reachableOnly bool) ollama.Client {
+// otherClient returns a client for another target that has model and answers its
+// foreman's polls, or nil.
+func (s *Server) otherClient(ctx context.Context, model string) ollama.Client {
 	want := ollama.NormalizeModel(model)
-	others := s.otherTargets(ctx)
-	if reachableOnly {
-		others = slices.DeleteFunc(others, func(t broker.Target) bool { return !t.Reachable })
-	}
-	slices.SortStableFunc(others, func(a, b broker.Target) int {
-		switch {
-		case a.Reachable == b.Reachable:
-			return 0
-		case a.Reachable:
-			return -1
-		}
-		return 1
-	})
+	others := slices.DeleteFunc(s.otherTargets(ctx), func(t broker.Target) bool { return !t.Reachable })
 	for _, t := range others {
 		if !t.HasModel(want) || ollama.RedactURL(t.URL) == ollama.RedactURL(s.cfg.TargetURL) {
 			continue // a foreman that published a loopback URL from another host reads as ours
@@ -155,10 +144,18 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 		return bytes.NewReader(body)
 	}
 	// A listing that is only remembered (ADR-0047), or the last known one of a target
-	// that stopped answering, is no reason to pass over a Mac that answers.
+	// that stopped answering, is no reason to pass over a Mac that answers. Another Mac
+	// whose foreman says its Ollama is unreachable is not called: one that takes
+	// connections and answers nothing would hold the call with no bound (its own foreman
+	// bounds only its own callers, ADR-0046).
 	if has := s.inv.HasModel(model); !has || !s.inv.Reachable() {
-		if c := s.otherClient(r.Context(), model, has); c != nil {
+		if c := s.otherClient(r.Context(), model); c != nil {
 			s.relayTo(c, w, r, method, path, reader(), sent)
+			return
+		}
+		if !has && s.otherHas(r.Context(), model) {
+			s.writeError(w, r, refuse(ErrBadUpstream, fmt.Sprintf(
+				"the Ollama that has model %q is unreachable (its foreman says so): retry later", model)))
 			return
 		}
 	}

@@ -57,6 +57,9 @@ type Snapshot struct {
 	Remembered []string
 }
 
+// DefaultPollTimeout is InventoryConfig.PollTimeout's default.
+const DefaultPollTimeout = 10 * time.Second
+
 // Inventory polls /api/tags and /api/ps and caches them. A failed poll keeps
 // the last known lists and marks the target degraded until a poll succeeds.
 type Inventory struct {
@@ -85,7 +88,7 @@ func NewInventory(cfg InventoryConfig) *Inventory {
 		cfg.Interval = 30 * time.Second
 	}
 	if cfg.PollTimeout <= 0 {
-		cfg.PollTimeout = 10 * time.Second
+		cfg.PollTimeout = DefaultPollTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

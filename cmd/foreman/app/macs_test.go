@@ -575,3 +575,38 @@ func TestSeveralMacsSyncCallGivesUpOnADownMac(t *testing.T) {
 		t.Fatalf("alpha meanwhile: %d %s", code, b)
 	}
 }
+
+// A call for a model only another Mac has is not relayed to it while its foreman says its
+// Ollama is unreachable: one that takes connections and answers nothing held the call
+// with no bound (its own foreman bounds only its own callers). It is refused at once.
+func TestSeveralMacsNoRelayToAnUnreachableMac(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macC := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "gamma:latest"}))
+	for _, path := range []string{"/api/show", "/api/embed", "/v1/models/gamma"} {
+		macC.FailNextOn(path, 1<<20, ollamatest.Hang)
+	}
+	fa := startForeman(t, sharedNATS(t), "mac-a", macA.URL)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := fa.Store().PublishTarget(ctx, broker.Target{Name: "mac-c", URL: macC.URL, Reachable: false, Models: []string{"gamma:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "mac-c listed, not reachable", func() bool {
+		_, b := call(t, fa, http.MethodGet, "/healthz", "")
+		return bytes.Contains(b, []byte(`"name":"mac-c"`))
+	})
+	for _, c := range []struct{ method, path, body string }{
+		{http.MethodPost, "/api/show", `{"model":"gamma"}`},
+		{http.MethodPost, "/api/embed", `{"model":"gamma","input":"x"}`},
+		{http.MethodGet, "/v1/models/gamma", ""},
+	} {
+		if code, b := call(t, fa, c.method, c.path, c.body); code != http.StatusBadGateway || !bytes.Contains(b, []byte("unreachable")) {
+			t.Errorf("%s %s for the unreachable Mac's model: %d %s, want 502", c.method, c.path, code, b)
+		}
+	}
+	for _, c := range macC.Calls() {
+		if c.Path != "/api/tags" && c.Path != "/api/ps" {
+			t.Errorf("the unreachable Mac got %s %s", c.Method, c.Path)
+		}
+	}
+}

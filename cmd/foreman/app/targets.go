@@ -22,8 +22,12 @@ func DefaultTargetName() string {
 }
 
 // targetTTL is how long a target's entry outlives its last poll: three polls, so one
-// slow or missed poll does not make the target vanish.
-func targetTTL(poll time.Duration) time.Duration { return max(3*poll, 5*time.Second) }
+// slow or missed poll does not make the target vanish, and at least one poll of a hung
+// target (it ends only at the poll's timeout) and two intervals: with a short interval a
+// hung Mac's entry came and went, and its models were "not found" in the gaps.
+func targetTTL(poll time.Duration) time.Duration {
+	return max(3*poll, ollama.DefaultPollTimeout+2*poll, 5*time.Second)
+}
 
 // onPoll is the inventory's OnPoll: the other foremen learn what the target has, and the
 // next start of this one what it had.
