@@ -41,6 +41,9 @@ type Config struct {
 	// submits for a model only another target has are accepted (ADR-0029). Nil keeps
 	// every route on the own target.
 	TargetClient func(url string) (ollama.Client, error)
+	// OwnModelsOnly says the worker runs only models the own target lists (a shared NATS,
+	// ADR-0029): a job for a model no target lists would never run here.
+	OwnModelsOnly bool
 	// AuthToken, when set, is the bearer token every route but /healthz requires.
 	AuthToken string
 	// AuthTokens are named bearer tokens (excluding AuthToken): each is accepted, and its

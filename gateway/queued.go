@@ -183,9 +183,15 @@ func (s *Server) queueableModel(ctx context.Context, model string) error {
 	}
 	// requireModel let it through only because the target could not be polled. One that
 	// answers its polls with an error status (a proxy passing only the model calls) is
-	// there to run the job, or to say it lacks the model; one not there cannot.
+	// there to run the job, or to say it lacks the model; one not there cannot. On a
+	// shared NATS the worker runs only models its target lists: such a job would wait
+	// for nothing.
 	if snap := s.inv.Snapshot(); snap.Err != nil && !ollama.Unreachable(snap.Err) {
-		return nil
+		if !s.cfg.OwnModelsOnly {
+			return nil
+		}
+		return refuse(ErrBadUpstream, fmt.Sprintf("ollama answers its model list with an error (%v), and with "+
+			"several foremen a job runs only on a Mac that lists its model: model %q is in no list", snap.Err, model))
 	}
 	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", model))
 }

@@ -149,7 +149,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	policy.ProtectedSource = a.targetEndpoints
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
-		TargetName: cfg.TargetName, TargetClient: a.targetClient,
+		TargetName: cfg.TargetName, TargetClient: a.targetClient, OwnModelsOnly: a.natsSrv == nil,
 		AuthToken: cfg.AuthToken, MaxBodyBytes: cfg.MaxBodyBytes, MaxBodyBytesInFlight: cfg.MaxBodyBytesInFlight,
 		NATSHealth: a.natsHealth, Logger: log,
 		TargetHealth: a.targetHealth,

@@ -610,3 +610,21 @@ func TestSeveralMacsNoRelayToAnUnreachableMac(t *testing.T) {
 		}
 	}
 }
+
+// A Mac whose Ollama answers its model list with an error status (a proxy passing only
+// the model calls) lists no model, and on a shared NATS its worker runs only models its
+// list has: a job for one of its models is refused saying why, not accepted to wait for
+// nothing (it stayed queued to its TTL).
+func TestSeveralMacsListAnsweredWithAnErrorIsRefused(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macA.FailNextOn("/api/tags", 1<<20, ollamatest.Fail500)
+	fa := startForeman(t, sharedNATS(t), "mac-a", macA.URL)
+	eventually(t, 10*time.Second, "a poll answered with an error", func() bool {
+		_, b := call(t, fa, http.MethodGet, "/healthz", "")
+		return bytes.Contains(b, []byte("500"))
+	})
+	code, b := call(t, fa, http.MethodPost, "/jobs", `{"model":"alpha","messages":[{"role":"user","content":"hi"}]}`)
+	if code != http.StatusBadGateway || !bytes.Contains(b, []byte("answers its model list with an error")) {
+		t.Errorf("POST /jobs for a model of a Mac whose list is an error: %d %s, want 502 saying why", code, b)
+	}
+}
