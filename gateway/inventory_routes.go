@@ -36,16 +36,7 @@ func (s *Server) handleRoot(w http.ResponseWriter, _ *http.Request) {
 func (s *Server) handleTags(w http.ResponseWriter, r *http.Request) {
 	snap := s.inv.Snapshot()
 	if (!snap.Polled || time.Since(snap.LastPoll) > tagsMaxAge) && !(snap.Polled && s.downStands()) {
-		ctx := r.Context()
-		if !snap.DownSince.IsZero() {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, s.outageChecks.probe)
-			defer cancel()
-		}
-		err := s.inv.Refresh(ctx)
-		if errors.Is(err, context.DeadlineExceeded) && r.Context().Err() == nil {
-			s.outageChecks.noAnswer()
-		}
+		err := s.refreshOwn(r.Context(), 0)
 		snap = s.inv.Snapshot()
 		if err != nil && (!snap.Polled || r.Context().Err() != nil) {
 			if r.Context().Err() == nil && errors.Is(err, context.DeadlineExceeded) {

@@ -72,19 +72,30 @@ func (s *Server) confirmed(ctx context.Context, o outage) bool {
 	if s.downStands() {
 		return true
 	}
-	pctx, cancel := context.WithTimeout(ctx, s.outageChecks.probe)
-	defer cancel()
-	err := s.inv.Refresh(pctx)
-	if !ollama.Unreachable(err) {
-		// Answered, even with an error status (a proxy passing only the model calls):
-		// the target is there, and the worker's next probe finds it so too.
-		return false
+	// Answered, even with an error status (a proxy passing only the model calls): the
+	// target is there, and the worker's next probe finds it so too.
+	return ollama.Unreachable(s.refreshOwn(ctx, s.outageChecks.probe))
+}
+
+// refreshOwn polls the own target (sharing a poll in flight) within bound (none for 0),
+// or within a check's bound while its polls go unanswered, and returns the poll's error.
+// A poll that got no answer in time (not the caller leaving) stands as a check's verdict
+// (downStands).
+func (s *Server) refreshOwn(ctx context.Context, bound time.Duration) error {
+	if !s.inv.Snapshot().DownSince.IsZero() && (bound == 0 || bound > s.outageChecks.probe) {
+		bound = s.outageChecks.probe
 	}
+	pctx := ctx
+	if bound > 0 {
+		var cancel context.CancelFunc
+		pctx, cancel = context.WithTimeout(ctx, bound)
+		defer cancel()
+	}
+	err := s.inv.Refresh(pctx)
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
-		// No answer within the probe's bound or the poll's own (not the caller leaving).
 		s.outageChecks.noAnswer()
 	}
-	return true
+	return err
 }
 
 // downStands reports whether a check, or the inventory's last poll, got no answer from

@@ -48,11 +48,11 @@ func (c *silentPolls) silence(ctx context.Context) error {
 	return nil
 }
 
-// silencedBundle is a gateway whose inventory polls every 50ms through polls, with an
-// outage check's bound a minute, its verdict standing an hour, and SyncOutageWait wait:
-// once the polls have gone unanswered (quiet) for the wait, they hang, and a call that
-// waited for a check would not be answered within the test's 30s.
-func silencedBundle(t *testing.T, polls *silentPolls, wait time.Duration) *testBundle {
+// silentPollsBundle is a gateway and its worker, running, whose inventory polls every
+// 50ms through polls, with an outage check's bound a minute, its verdict standing an
+// hour, and SyncOutageWait wait: once the polls hang, a call that waited for a check
+// would not be answered within the test's 30s.
+func silentPollsBundle(t *testing.T, polls *silentPolls, wait time.Duration) *testBundle {
 	t.Helper()
 	opt, start := withWorker(t, func(c *Config) {
 		c.SyncOutageWait = wait
@@ -63,6 +63,14 @@ func silencedBundle(t *testing.T, polls *silentPolls, wait time.Duration) *testB
 		withTarget(func(c ollama.Client) ollama.Client { polls.Client = c; return polls }))
 	eventually(t, 10*time.Second, "the first poll", func() bool { return b.Inv.Snapshot().Polled })
 	start()
+	return b
+}
+
+// silencedBundle is silentPollsBundle whose polls have gone unanswered (quiet) for the
+// wait, and hang from then on.
+func silencedBundle(t *testing.T, polls *silentPolls, wait time.Duration) *testBundle {
+	t.Helper()
+	b := silentPollsBundle(t, polls, wait)
 	polls.quiet.Store(true)
 	eventually(t, 10*time.Second, "the polls unanswered for the wait", func() bool {
 		down := b.Inv.Snapshot().DownSince
@@ -122,20 +130,12 @@ func TestTargetAnsweringPollsBadlyFromTheStartRunsJobs(t *testing.T) {
 // Once a check has got no answer from the own target, the calls refused for the outage
 // just after it are not held for a poll of their own: against a target that takes
 // connections and answers nothing, each such poll lasts its whole bound (2s), and every
-// refused call waited that long. Here the bounds are an hour and the polls hang once the
-// outage is confirmed: a call that waited for one would never be answered.
+// refused call waited that long. Here a check's bound is a minute and the polls hang once
+// the outage is confirmed: a call that waited for one would not be answered in time.
 func TestRefusalsInAConfirmedOutageAreNotHeld(t *testing.T) {
 	t.Parallel()
 	polls := &silentPolls{}
-	opt, start := withWorker(t, func(c *Config) {
-		c.SyncOutageWait = 200 * time.Millisecond
-		c.outageProbe, c.outageFresh = time.Hour, time.Hour
-	})
-	b := newTestBundle(t, opt, withPolling(50*time.Millisecond),
-		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = time.Hour }),
-		withTarget(func(c ollama.Client) ollama.Client { polls.Client = c; return polls }))
-	eventually(t, 10*time.Second, "the first poll", func() bool { return b.Inv.Snapshot().Polled })
-	start()
+	b := silentPollsBundle(t, polls, 200*time.Millisecond)
 	polls.quiet.Store(true)
 	eventually(t, 10*time.Second, "a call refused for the outage", func() bool {
 		resp, out := b.request(t, http.MethodGet, "/api/version", nil)

@@ -66,13 +66,7 @@ func (s *Server) refreshAfterChange(ctx context.Context) {
 	if s.downStands() {
 		return
 	}
-	bound := 10 * time.Second
-	if !s.inv.Snapshot().DownSince.IsZero() {
-		bound = s.outageChecks.probe
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), bound)
-	defer cancel()
-	if err := s.inv.Refresh(ctx); err != nil {
+	if err := s.refreshOwn(context.WithoutCancel(ctx), 10*time.Second); err != nil {
 		s.log.Warn("inventory refresh after a model change", "err", err)
 	}
 }
