@@ -172,7 +172,7 @@ func (s *Store) GetRaw(ctx context.Context, id string) ([]byte, uint64, error) {
 	if err := ValidateID(id); err != nil {
 		return nil, 0, err
 	}
-	e, err := s.kv.Get(ctx, jobKey(id))
+	e, err := s.kvGet(ctx, jobKey(id))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
@@ -106,18 +108,72 @@ func TestClusterConcurrentSameStateWrites(t *testing.T) {
 	}
 }
 
-// submitReadable submits a job on a cluster's store and waits until its record reads
-// back: direct reads are served by any replica, and one may not have applied the create
-// yet, so a write under test starts from a record every replica has.
+// submitReadable submits a job on a cluster's store and reads it back at once: a replica
+// that has not applied the create yet answers a direct read "not found", and the store
+// then asks the stream's leader, so the read finds the job.
 func submitReadable(t *testing.T, ctx context.Context, st *broker.Store) *broker.Job {
 	t.Helper()
 	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, time.Minute, "the record readable", func() bool {
-		_, _, err := st.Get(ctx, j.ID)
-		return err == nil
-	})
+	if _, _, err := st.Get(ctx, j.ID); err != nil {
+		t.Fatalf("read right after the submit: %v", err)
+	}
 	return j
+}
+
+// A replica that lags the job bucket's leader answers direct reads "not found" for a
+// job that exists (here a responder that always says so stands for it, racing the
+// replicas to answer each read). Every read and write of the job still finds it: a 404
+// would tell a caller its submitted job does not exist, a cancel that it cannot be
+// cancelled, an Idempotency-Key that it was never used.
+func TestClusterReadPastALaggingReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	st := c.Open(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lagging := c.Connect(t)
+	stale := 0
+	var mu sync.Mutex
+	sub, err := lagging.Subscribe("$JS.API.DIRECT.GET.KV_"+broker.JobsBucket+".>", func(m *nats.Msg) {
+		mu.Lock()
+		stale++
+		mu.Unlock()
+		_ = m.RespondMsg(&nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := lagging.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		if _, _, err := st.Get(ctx, j.ID); err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if _, _, err := st.GetRaw(ctx, j.ID); err != nil {
+			t.Fatalf("raw read %d: %v", i, err)
+		}
+	}
+	if _, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateCanceled; return nil }); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+	if _, _, err := st.Get(ctx, "01ARZ3NDEKTSV4RRFFQ69G5FAV"); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("read of a job that never was: %v, want ErrNotFound", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if stale == 0 {
+		t.Fatal("the lagging responder was never asked: the test shows nothing")
+	}
 }

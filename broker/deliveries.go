@@ -133,7 +133,7 @@ func (s *Store) Deliveries(ctx context.Context, id string) ([]DeliveryAttempt, e
 }
 
 func (s *Store) deliveries(ctx context.Context, id string) ([]DeliveryAttempt, uint64, error) {
-	e, err := s.kv.Get(ctx, deliveryKey(id))
+	e, err := s.kvGet(ctx, deliveryKey(id))
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return nil, 0, nil
 	}
@@ -208,7 +208,7 @@ func (s *Store) PendingDelivery(ctx context.Context, id string, rev uint64) (*Pe
 	if err := ValidateID(id); err != nil {
 		return nil, err
 	}
-	e, err := s.kv.Get(ctx, pendingKey(id, rev))
+	e, err := s.kvGet(ctx, pendingKey(id, rev))
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return nil, fmt.Errorf("%w: pending delivery %s-%d", ErrNotFound, id, rev)
 	}
@@ -249,7 +249,7 @@ func (s *Store) PendingDeliveries(ctx context.Context) ([]PendingDelivery, error
 	}
 	var out []PendingDelivery
 	for _, k := range keys {
-		e, err := s.kv.Get(ctx, k)
+		e, err := s.kvGet(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			continue // finished meanwhile
 		}

@@ -61,7 +61,7 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return IdempotencyClaim{}, false, fmt.Errorf("broker: claim idempotency key: %w", storageErr(err))
 		}
-		e, err := s.kv.Get(ctx, k)
+		e, err := s.kvGet(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			continue // released between our Create and Get: try again
 		}
@@ -82,7 +82,7 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 // may retry with the same key. It only removes the binding to jobID.
 func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, jobID string) error {
 	k := idemKey(key)
-	e, err := s.kv.Get(ctx, k)
+	e, err := s.kvGet(ctx, k)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return nil
 	}

@@ -23,7 +23,7 @@ func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
 	if err := ValidateID(id); err != nil {
 		return false, err
 	}
-	e, err := s.kv.Get(ctx, jobKey(id))
+	e, err := s.kvGet(ctx, jobKey(id))
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return false, fmt.Errorf("%w: %s", ErrNotFound, id)

@@ -575,7 +575,7 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
 	var e jetstream.KeyValueEntry
 	err := s.retry(ctx, func(ctx context.Context) error {
 		var err error
-		e, err = s.kv.Get(ctx, jobKey(id))
+		e, err = s.kvGet(ctx, jobKey(id))
 		return err
 	})
 	if err != nil {

@@ -137,7 +137,7 @@ func (s *Store) landed(ctx context.Context, id string, rev uint64, data []byte) 
 	var e jetstream.KeyValueEntry
 	err := s.retry(ctx, func(ctx context.Context) error {
 		var err error
-		e, err = s.kv.Get(ctx, jobKey(id))
+		e, err = s.kvGet(ctx, jobKey(id))
 		return err
 	})
 	if err != nil || e.Revision() <= rev || !bytes.Equal(e.Value(), data) {

@@ -1,10 +1,71 @@
 package natsd
 
-import "time"
+import (
+	"bytes"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+)
 
 // SetRecoverGrace sets recoverGrace until the test ends (by the returned restore).
 func SetRecoverGrace(d time.Duration) (restore func()) {
 	old := recoverGrace
 	recoverGrace = d
 	return func() { recoverGrace = old }
+}
+
+// PingFirst makes the server's next n in-process connections send a PING ahead of
+// whatever the server says after its INFO, as a server too busy to answer the CONNECT
+// within its first ping interval does. It returns how many connections were opened.
+func (s *Server) PingFirst(n int) (opened func() int) {
+	p := &pingFirst{ns: s.ns, left: n}
+	s.conns = p
+	return func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.opened
+	}
+}
+
+type pingFirst struct {
+	ns     nats.InProcessConnProvider
+	mu     sync.Mutex
+	left   int
+	opened int
+}
+
+func (p *pingFirst) InProcessConn() (net.Conn, error) {
+	c, err := p.ns.InProcessConn()
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.opened++
+	if p.left == 0 {
+		return c, nil
+	}
+	p.left--
+	return &pingingConn{Conn: c}, nil
+}
+
+// pingingConn passes the server's INFO line, then reads a PING before the rest.
+type pingingConn struct {
+	net.Conn
+	info   bool // the INFO line has been read
+	pinged bool
+}
+
+func (c *pingingConn) Read(b []byte) (int, error) {
+	if c.info && !c.pinged {
+		c.pinged = true
+		return copy(b, "PING\r\n"), nil
+	}
+	n, err := c.Conn.Read(b)
+	if bytes.Contains(b[:n], []byte("\r\n")) {
+		c.info = true
+	}
+	return n, err
 }

@@ -71,6 +71,9 @@ type Server struct {
 	// busy machine the server's first answer may take longer than nats.go's 2 s default,
 	// and no network is in between to fail instead.
 	readyTimeout time.Duration
+	// conns hands Connect its in-process connections: the server itself, or in tests a
+	// provider that can misbehave.
+	conns nats.InProcessConnProvider
 
 	// unrecovered is when Healthy first saw each "could not be recovered" error, which a
 	// stream being created shows for a moment (its directory is there before it is).
@@ -150,6 +153,7 @@ func Start(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("natsd: server not ready after %s", cfg.ReadyTimeout)
 	}
 	s.ns = ns
+	s.conns = ns
 	return s, nil
 }
 
@@ -250,18 +254,40 @@ func (s *Server) accountsConfig(cfg Config) (string, error) {
 }
 
 // Connect opens an in-process connection as foreman's internal user.
+//
+// The server sends a client its first PING a moment after the connection opens (2 s) to
+// measure its round trip; on a machine so busy that the server takes longer than that to
+// answer the CONNECT, that PING comes before the PONG that ends the handshake, and
+// nats.go gives up on the connection ("expected 'PONG', got 'PING'", nats-server #1174).
+// Nothing is wrong with the server then: Connect tries again, a few times.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	all := append([]nats.Option{
-		nats.InProcessServer(s.ns),
+		nats.InProcessServer(s.conns),
 		nats.Timeout(s.readyTimeout),
 		nats.UserInfo(internalUser, s.secret),
 		nats.Name("foreman"),
 	}, opts...)
-	nc, err := nats.Connect("", all...)
-	if err != nil {
-		return nil, fmt.Errorf("natsd: in-process connect: %w", err)
+	var err error
+	for range connectTries {
+		var nc *nats.Conn
+		nc, err = nats.Connect("", all...)
+		if err == nil {
+			return nc, nil
+		}
+		if !pingBeforePong(err) {
+			break
+		}
+		s.log.Warn("in-process NATS connection: the server pinged before it answered; trying again", "err", err)
 	}
-	return nc, nil
+	return nil, fmt.Errorf("natsd: in-process connect: %w", err)
+}
+
+// connectTries bounds Connect's tries.
+const connectTries = 3
+
+// pingBeforePong reports whether err is nats.go's refusal of a PING in the handshake.
+func pingBeforePong(err error) bool {
+	return strings.Contains(err.Error(), "expected 'PONG', got 'PING'")
 }
 
 // ClientURL is the nats:// (or tls://) URL of the TCP listener, or "" when there is none.

@@ -389,3 +389,31 @@ func TestClientNkey(t *testing.T) {
 		t.Fatalf("malformed nkey: %v, want an error naming FOREMAN_NATS_NKEY", err)
 	}
 }
+
+// When the server's first PING comes ahead of the PONG that ends the handshake (a server
+// too busy to answer the CONNECT within its first ping interval), the in-process connect
+// tries again instead of failing foreman's start.
+func TestConnectTriesAgainAfterAnEarlyPing(t *testing.T) {
+	srv, err := natsd.Start(natsd.Config{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	opened := srv.PingFirst(2)
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatalf("connect after two early PINGs: %v", err)
+	}
+	defer nc.Close()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := opened(); n != 3 {
+		t.Fatalf("connections opened = %d; want 3 (two refused, one kept)", n)
+	}
+
+	srv.PingFirst(3)
+	if _, err := srv.Connect(); err == nil || !strings.Contains(err.Error(), "expected 'PONG', got 'PING'") {
+		t.Fatalf("connect after three early PINGs: %v; want nats.go's handshake error", err)
+	}
+}

@@ -1,0 +1,95 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// A key-value bucket answers reads with direct gets, which any replica serves, including
+// one that has not caught up with the last writes yet (nats-server has no read-after-write
+// for them). On a replicated store such a replica says "not found" for a job submitted a
+// moment ago, or for a cancel right after the bucket's leader died: a 404 for a job that
+// exists. So a read that finds nothing there asks the stream's leader, through the
+// stream's own message-get request, before it says so. A read that finds a record may
+// still find an older revision; every write is checked against the revision it read, so
+// that costs a retry, never a lost write.
+
+// kvGet is key's value in the jobs bucket, from the stream's leader when the bucket is
+// replicated and the direct get found nothing.
+func (s *Store) kvGet(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	e, err := s.kv.Get(ctx, key)
+	if s.cfg.Replicas <= 1 || !(errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)) {
+		return e, err
+	}
+	return s.leaderGet(ctx, JobsBucket, key)
+}
+
+// leaderGet reads key's last value in bucket from the stream's leader.
+func (s *Store) leaderGet(ctx context.Context, bucket, key string) (jetstream.KeyValueEntry, error) {
+	req, err := json.Marshal(struct {
+		LastFor string `json:"last_by_subj"`
+	}{"$KV." + bucket + "." + key})
+	if err != nil {
+		return nil, err
+	}
+	msg, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucket, req)
+	if err != nil {
+		return nil, err
+	}
+	var resp struct {
+		Error   *jetstream.APIError `json:"error"`
+		Message *struct {
+			Seq    uint64    `json:"seq"`
+			Header []byte    `json:"hdrs"`
+			Data   []byte    `json:"data"`
+			Time   time.Time `json:"time"`
+		} `json:"message"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return nil, fmt.Errorf("broker: decode leader get of %s: %w", key, err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+			return nil, jetstream.ErrKeyNotFound
+		}
+		return nil, resp.Error
+	}
+	if resp.Message == nil {
+		return nil, fmt.Errorf("broker: leader get of %s: no message in the answer", key)
+	}
+	m := resp.Message
+	e := &leaderEntry{bucket: bucket, key: key, value: m.Data, rev: m.Seq, created: m.Time, op: jetstream.KeyValuePut}
+	switch {
+	case bytes.Contains(m.Header, []byte("KV-Operation: DEL")):
+		e.op = jetstream.KeyValueDelete
+	case bytes.Contains(m.Header, []byte("KV-Operation: PURGE")):
+		e.op = jetstream.KeyValuePurge
+	}
+	if e.op != jetstream.KeyValuePut {
+		return nil, jetstream.ErrKeyDeleted
+	}
+	return e, nil
+}
+
+// leaderEntry is a key's value as the stream's leader answered it.
+type leaderEntry struct {
+	bucket, key string
+	value       []byte
+	rev         uint64
+	created     time.Time
+	op          jetstream.KeyValueOp
+}
+
+func (e *leaderEntry) Bucket() string                  { return e.bucket }
+func (e *leaderEntry) Key() string                     { return e.key }
+func (e *leaderEntry) Value() []byte                   { return e.value }
+func (e *leaderEntry) Revision() uint64                { return e.rev }
+func (e *leaderEntry) Created() time.Time              { return e.created }
+func (e *leaderEntry) Delta() uint64                   { return 0 }
+func (e *leaderEntry) Operation() jetstream.KeyValueOp { return e.op }
