@@ -46,6 +46,14 @@ type Config struct {
 	// StreamIdleTimeout bounds the target's silence once its answer started; default 2m,
 	// negative means no limit. See ollama.IdleTimeout.
 	StreamIdleTimeout time.Duration
+	// TargetSilence gives up an attempt that has had no byte of answer while the
+	// Inventory's polls went unanswered (refused, reset, no answer: not an error status)
+	// for this long: Ollama hangs as a whole, and the first-byte limit (or, for a call
+	// that does not stream, NonStreamTimeout) would hold the job for minutes. The attempt
+	// counts as a stall: the job is retried (another Mac with its model may take it) and
+	// the worker pauses until its target answers (ADR-0049). Zero, or no Inventory: no
+	// such limit. foreman serve sets FOREMAN_SYNC_OUTAGE_WAIT.
+	TargetSilence time.Duration
 	// MaxJobTime bounds one attempt as a whole, however steadily the target streams;
 	// 0 (the default) means no limit.
 	MaxJobTime time.Duration
@@ -181,6 +189,9 @@ func (c *Config) validate() error {
 	}
 	if c.MaxJobTime < 0 {
 		errs = append(errs, errors.New("worker: Config.MaxJobTime must not be negative"))
+	}
+	if c.TargetSilence < 0 {
+		errs = append(errs, errors.New("worker: Config.TargetSilence must not be negative"))
 	}
 	return errors.Join(errs...)
 }

@@ -24,7 +24,8 @@
 //   - a target that stalls (no first byte within FirstByteTimeout, silence beyond
 //     StreamIdleTimeout) or an attempt longer than MaxJobTime is a failed attempt, retried
 //     like a connection error; a stall is reported by TargetStall for /healthz until a
-//     later attempt gets an answer (ADR-0026);
+//     later attempt gets an answer (ADR-0026); so is an attempt with no byte of answer
+//     while the inventory's polls go unanswered for TargetSilence (ADR-0049);
 //   - every record write goes through one transition helper, whose guard says which
 //     records it may start from (not ended; no cancellation requested; still loading);
 //   - the worker is the one writer of a running job's terminal state: Store.Cancel only

@@ -1,9 +1,10 @@
 package worker
 
 import (
+	"context"
 	"errors"
-
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"fmt"
+	"time"
 )
 
 // TargetStall reports a stalled target for /healthz: the last job attempt that ended was
@@ -20,7 +21,7 @@ func (w *Worker) TargetStall() error {
 	return errors.New(w.stall)
 }
 
-func (w *Worker) targetStalled(jobID string, se *ollama.StallError) {
+func (w *Worker) targetStalled(jobID string, se interface{ Reason() string }) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.stall = "stalled: " + se.Reason() + " on job " + jobID
@@ -33,4 +34,73 @@ func (w *Worker) targetAnswered() {
 		w.log.Info("target answers again", "after", w.stall)
 	}
 	w.stall = ""
+}
+
+// silentTargetError aborts an attempt that has had no byte of answer while the target
+// answered none of the inventory's polls for Config.TargetSilence: Ollama hangs as a
+// whole (ADR-0049). The attempt counts as a stall: the job is retried, on another Mac
+// when one has its model, and the worker pauses until its target answers.
+type silentTargetError struct {
+	since time.Time // the start of the first unanswered poll in a row
+	limit time.Duration
+}
+
+func (e *silentTargetError) Error() string {
+	return "ollama stalled: " + e.Reason()
+}
+
+// Reason is the error without its prefix, as the worker's /healthz stall says it.
+func (e *silentTargetError) Reason() string {
+	return fmt.Sprintf("no answer byte, and no answer to the target's polls since %s (for %s: the limit FOREMAN_SYNC_OUTAGE_WAIT)",
+		e.since.UTC().Format(time.RFC3339), e.limit)
+}
+
+// silenceLoop gives up the running attempt when silentAttempt says so, looking at every
+// tick until the worker stops.
+func (w *Worker) silenceLoop(ctx context.Context) {
+	t := time.NewTicker(silenceTick(w.cfg.TargetSilence))
+	defer t.Stop()
+	for {
+		select {
+		case <-w.stopping:
+			return
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			if abort, err := w.silentAttempt(now); err != nil {
+				w.log.Warn("target silent; attempt given up", "err", err)
+				abort(err)
+			}
+		}
+	}
+}
+
+// silenceTick is how often silenceLoop looks: a quarter of the limit, at most 5 s.
+func silenceTick(limit time.Duration) time.Duration {
+	return min(max(limit/4, time.Millisecond), 5*time.Second)
+}
+
+// silentAttempt reports the running attempt to give up at now, and why: it has had no
+// byte of answer, and the inventory's polls have gone unanswered (refused, reset or no
+// answer, not an error status) for TargetSilence, counted from the attempt's start at
+// the earliest.
+func (w *Worker) silentAttempt(now time.Time) (context.CancelCauseFunc, error) {
+	w.mu.Lock()
+	run, abort := w.running, w.abort
+	w.mu.Unlock()
+	if run == nil || abort == nil || !run.answeredAt().IsZero() {
+		return nil, nil
+	}
+	down := w.cfg.Inventory.Snapshot().DownSince
+	if down.IsZero() || now.Sub(later(down, run.started)) < w.cfg.TargetSilence {
+		return nil, nil
+	}
+	return abort, &silentTargetError{since: down, limit: w.cfg.TargetSilence}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

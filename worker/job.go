@@ -173,6 +173,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		}
 		if len(r.Frames()) == 0 {
 			w.trace(d.JobID, StageFirstFrame) // before: a reader of this process may have it at once (ADR-0035)
+			run.answered(time.Now())
 		}
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
@@ -183,7 +184,6 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		}
 		if !working {
 			working = true
-			run.answered(time.Now())
 			w.markWorking(jctx, d.JobID, log)
 		}
 		return nil
@@ -303,6 +303,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	var connErr *ollama.ConnectionError
 	var stall *ollama.StallError
 	var timeout *jobTimeError
+	var silent *silentTargetError
 	var pubErr *publishError
 	switch {
 	case err == nil:
@@ -313,6 +314,9 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 		w.cancelRun(bctx, d, r, log)
 	case errors.As(cause, &timeout):
 		w.fail(bctx, d, j.Sync, r, timeout.Error(), 0, log)
+	case errors.As(cause, &silent):
+		w.targetStalled(d.JobID, silent)
+		w.attemptFailed(ctx, bctx, d, j, r, silent, log)
 	case cause != nil:
 		w.handBack(bctx, d, j, r, log)
 	case errors.As(err, &httpErr) && busy(httpErr.StatusCode):
@@ -715,7 +719,8 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	w.nak(d, delay, log)
 	var connErr *ollama.ConnectionError
 	var stall *ollama.StallError
-	if errors.As(cause, &connErr) || errors.As(cause, &stall) {
+	var silent *silentTargetError
+	if errors.As(cause, &connErr) || errors.As(cause, &stall) || errors.As(cause, &silent) {
 		w.waitTarget(ctx, cause)
 	}
 }

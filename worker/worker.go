@@ -157,6 +157,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer w.bg.Done()
 		w.expireLoop(ctx)
 	}()
+	if w.cfg.Inventory != nil && w.cfg.TargetSilence > 0 {
+		w.bg.Add(1)
+		go func() {
+			defer w.bg.Done()
+			w.silenceLoop(ctx)
+		}()
+	}
 
 	w.log.Info("worker started", "max_attempts", w.cfg.maxAttempts, "max_consecutive", w.cfg.MaxConsecutive, "max_wait", w.cfg.MaxWait)
 	defer w.log.Info("worker stopped")

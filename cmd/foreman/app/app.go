@@ -131,6 +131,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
 		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
 		NonStreamTimeout: cfg.NonStreamTimeout, Runs: a.runsModel,
+		// An attempt with no answer while Ollama answers no poll is given up as a sync
+		// call would be (ADR-0049): another Mac may run it meanwhile.
+		TargetSilence: cfg.SyncOutageWait,
 		// On a shared cluster the start write is stored before the call (ADR-0032).
 		StartBeforeCall: a.natsSrv == nil,
 		// With the embedded server this worker is the queue's one taker: an idle worker

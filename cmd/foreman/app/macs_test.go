@@ -628,3 +628,59 @@ func TestSeveralMacsListAnsweredWithAnErrorIsRefused(t *testing.T) {
 		t.Errorf("POST /jobs for a model of a Mac whose list is an error: %d %s, want 502 saying why", code, b)
 	}
 }
+
+// A chat whose job one Mac's Ollama holds with no answer while it answers none of its
+// polls (hung as a whole) is given up there after FOREMAN_SYNC_OUTAGE_WAIT and answered
+// by another Mac that has the model: the caller neither waits out the first-byte limit
+// (5m; for a call that does not stream, the non-stream limit, 30m) nor gets a 502 while
+// a Mac can answer it.
+func TestSeveralMacsSyncCallMovesOffASilentMac(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	nurl := sharedNATS(t)
+	quick := func(c *app.Config) { c.SyncOutageWait = time.Second }
+	fa := startForeman(t, nurl, "mac-a", macA.URL, quick)
+	waitTargets(t, fa, 1)
+	release := macA.Hold("alpha")
+	defer release()
+	type answer struct {
+		code int
+		body []byte
+		err  error
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	answered := make(chan answer, 1)
+	go func() {
+		var a answer
+		defer func() { answered <- a }()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+fa.Addr()+"/api/chat",
+			strings.NewReader(`{"model":"alpha","messages":[{"role":"user","content":"hi"}],"stream":false}`))
+		if err != nil {
+			a.err = err
+			return
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			a.err = err
+			return
+		}
+		defer resp.Body.Close()
+		a.code = resp.StatusCode
+		a.body, a.err = io.ReadAll(resp.Body)
+	}()
+	if err := macA.WaitStarted(ctx, "alpha", 1); err != nil {
+		t.Fatal(err)
+	}
+	fb := startForeman(t, nurl, "mac-b", macB.URL, quick)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macA.SetDown(true) // its polls go unanswered from now on; the chat stays held
+	a := <-answered    // within ctx's 30 s: the call has no other bound short of the limits above
+	if a.err != nil || a.code != http.StatusOK || !bytes.Contains(a.body, []byte(`"done":true`)) {
+		t.Fatalf("chat held by the silent mac-a: %d %s %v, want mac-b's answer", a.code, a.body, a.err)
+	}
+	if n := len(macB.Calls()); n == 0 || !slices.ContainsFunc(macB.Calls(), func(c ollamatest.Call) bool { return c.Path == "/api/chat" && c.Finished }) {
+		t.Errorf("mac-b finished no chat (%d calls)", n)
+	}
+}

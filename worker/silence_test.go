@@ -1,0 +1,132 @@
+package worker_test
+
+import (
+	"context"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// An attempt that has had no byte of answer while its target answered none of the
+// polls for TargetSilence (Ollama hung as a whole) is given up long before the
+// first-byte limit: the job is retried, the worker pauses until the target answers, and
+// the job then runs to its end.
+func TestSilentTargetAttemptIsGivenUp(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	w := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, FirstByteTimeout: time.Hour})
+	job := tb.chat(t, "tiny-a", 1)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.fake.SetDown(true)
+	if err := inv.Refresh(ctxT(t)); err == nil || inv.Snapshot().DownSince.IsZero() {
+		t.Fatalf("the poll of a down target: %v, down since %v", err, inv.Snapshot().DownSince)
+	}
+	got := tb.waitState(t, job.ID, broker.StateRetrying)
+	if got.Attempt != 1 || !strings.Contains(got.Error, "no answer to the target's polls") {
+		t.Fatalf("retrying after attempt %d with error %q; want attempt 1 given up for the target's silence", got.Attempt, got.Error)
+	}
+	eventually(t, 30*time.Second, "the worker paused for the target", func() bool {
+		p := w.Paused()
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
+	})
+	if err := w.TargetStall(); err == nil || !strings.Contains(err.Error(), job.ID) {
+		t.Errorf("TargetStall = %v; want the silent attempt of job %s", err, job.ID)
+	}
+	release()
+	tb.fake.SetDown(false)
+	got = tb.waitState(t, job.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Errorf("the job ended after attempt %d, want 2", got.Attempt)
+	}
+}
+
+// A target that answers its polls is not silent, however long the answer takes (a cold
+// load of a big model): the attempt runs on to its end.
+func TestSlowAnswerOfAnAnsweringTargetRunsOn(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	var polls atomic.Int64
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger(), Interval: 20 * time.Millisecond,
+		OnPoll: func(context.Context, ollama.Snapshot) { polls.Add(1) }})
+	ictx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = inv.Run(ictx) }()
+	defer func() { stop(); <-done }()
+	w := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 50 * time.Millisecond, FirstByteTimeout: time.Hour})
+	job := tb.chat(t, "tiny-a", 1)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	// Polls 20 ms apart: 15 more of them span six times the limit.
+	from := polls.Load()
+	eventually(t, 30*time.Second, "15 answered polls while the call waits", func() bool { return polls.Load() >= from+15 })
+	if err := w.TargetStall(); err != nil {
+		t.Fatalf("TargetStall = %v while the target answers its polls", err)
+	}
+	release()
+	got := tb.waitState(t, job.ID, broker.StateDone)
+	if got.Attempt != 1 {
+		t.Errorf("the job ended after attempt %d, want 1: its one attempt ran on", got.Attempt)
+	}
+}
+
+// With several foremen on one NATS, the job whose attempt one Mac's silent Ollama held
+// is given up there and run by another Mac that has its model, while the first stays
+// paused: it does not wait out the first-byte limit on the hung Mac.
+func TestSilentTargetsJobRunsOnAnotherMac(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	wa := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, FirstByteTimeout: time.Hour})
+	job := tb.chat(t, "tiny-a", 1)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+
+	macB := ollamatest.New(t)
+	targetB, err := ollama.NewClient(ollama.ClientConfig{BaseURL: macB.URL, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.startOn(t, other, worker.Config{Target: targetB, IdlePoll: 20 * time.Millisecond})
+
+	tb.fake.SetDown(true)
+	if err := inv.Refresh(ctxT(t)); err == nil {
+		t.Fatal("the poll of a down target succeeded")
+	}
+	got := tb.waitState(t, job.ID, broker.StateDone)
+	if got.Attempt != 2 {
+		t.Errorf("the job ended after attempt %d, want 2 (the first given up on the silent Mac)", got.Attempt)
+	}
+	if finishedCalls(macB) != 1 {
+		t.Errorf("the other Mac finished %d calls, want the job's one", finishedCalls(macB))
+	}
+	if p := wa.Paused(); p == nil || p.Reason != broker.PauseTargetUnreachable {
+		t.Errorf("the silent Mac's worker: paused %+v, want paused for its target", p)
+	}
+}
