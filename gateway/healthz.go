@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net/http"
 	"strings"
 	"time"
@@ -23,6 +24,9 @@ type health struct {
 	// Targets are this foreman's target and those of the other live foremen (ADR-0029).
 	Targets []targetView `json:"targets"`
 }
+
+// healthTargetsWait bounds /healthz's read of the other foremen's targets.
+const healthTargetsWait = time.Second
 
 // handleHealthz answers 200 while the process is alive; "degraded" tells whether the
 // target (its inventory poll fails, or the worker saw it stall) or NATS is in trouble.
@@ -59,7 +63,19 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 	if h.Degraded {
 		h.Status = "degraded"
 	}
-	h.Targets = s.targetViews(r.Context())
+	// The other foremen's targets are read from NATS: one that holds the read (frozen,
+	// or being reconnected to) must not hold /healthz past a probe's timeout (a second,
+	// Kubernetes' default), and says so.
+	tctx, cancel := context.WithTimeout(r.Context(), healthTargetsWait)
+	defer cancel()
+	var err error
+	h.Targets, err = s.targetViews(tctx)
+	if err != nil {
+		if h.NATS == "ok" {
+			h.NATS = "the other foremen's targets could not be read: " + err.Error()
+		}
+		h.Degraded, h.Status = true, "degraded"
+	}
 	for i := range h.Targets {
 		h.Targets[i].Models = nil // /healthz is unauthenticated: loaded models and reachability only
 	}

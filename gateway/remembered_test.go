@@ -49,7 +49,7 @@ func TestRememberedModelsQueueButNothingLooksReachable(t *testing.T) {
 			t.Errorf("%s: /healthz %s", when, out)
 		}
 		// GET /queue's targets (it needs a worker, which this bundle has none of).
-		if v := b.GW.targetViews(testCtx(t, 10*time.Second)); len(v) != 1 || v[0].Reachable || !slices.Equal(v[0].Models, []string{"tiny-a:latest"}) {
+		if v, _ := b.GW.targetViews(testCtx(t, 10*time.Second)); len(v) != 1 || v[0].Reachable || !slices.Equal(v[0].Models, []string{"tiny-a:latest"}) {
 			t.Errorf("%s: targets %+v", when, v)
 		}
 	}

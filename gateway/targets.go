@@ -18,15 +18,23 @@ import (
 // otherTargets are the live targets of the other foremen on this NATS (ADR-0029); none
 // without Config.TargetClient or when the bucket cannot be read.
 func (s *Server) otherTargets(ctx context.Context) []broker.Target {
+	others, err := s.readOtherTargets(ctx)
+	if err != nil {
+		s.log.Debug("read targets", "err", err)
+	}
+	return others
+}
+
+// readOtherTargets is otherTargets with the error of a read that failed.
+func (s *Server) readOtherTargets(ctx context.Context) ([]broker.Target, error) {
 	if s.cfg.TargetClient == nil {
-		return nil
+		return nil, nil
 	}
 	all, err := s.store.Targets(ctx)
 	if err != nil {
-		s.log.Debug("read targets", "err", err)
-		return nil
+		return nil, err
 	}
-	return slices.DeleteFunc(slices.Clone(all), func(t broker.Target) bool { return t.Name == s.cfg.TargetName })
+	return slices.DeleteFunc(slices.Clone(all), func(t broker.Target) bool { return t.Name == s.cfg.TargetName }), nil
 }
 
 // otherHas reports whether another live foreman's target lists model, reachable or not:
@@ -112,16 +120,18 @@ type targetView struct {
 	Own       bool     `json:"own,omitempty"`
 }
 
-// targetViews lists the own target (from the inventory) and the other live ones.
-func (s *Server) targetViews(ctx context.Context) []targetView {
+// targetViews lists the own target (from the inventory) and the other live ones; only
+// the own one when the others could not be read (the error says why).
+func (s *Server) targetViews(ctx context.Context) ([]targetView, error) {
 	snap := s.inv.Snapshot()
 	own := targetView{Name: s.cfg.TargetName, URL: ollama.RedactURL(s.cfg.TargetURL), Reachable: snap.Polled && !snap.Degraded,
 		Loaded: orEmpty(s.inv.Loaded()), Models: orEmpty(snap.Models()), Own: true}
 	out := []targetView{own}
-	for _, t := range s.otherTargets(ctx) {
+	others, err := s.readOtherTargets(ctx)
+	for _, t := range others {
 		out = append(out, targetView{Name: t.Name, URL: ollama.RedactURL(t.URL), Reachable: t.Reachable, Loaded: orEmpty(t.Loaded), Models: orEmpty(t.Models)})
 	}
-	return out
+	return out, err
 }
 
 func orEmpty(s []string) []string {
