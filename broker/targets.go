@@ -28,6 +28,11 @@ type Target struct {
 	// URL is the target's address without credentials.
 	URL       string `json:"url"`
 	Reachable bool   `json:"reachable"`
+	// DownSince is when the target stopped answering its foreman's polls (refused,
+	// reset, unanswered: ollama.Snapshot.DownSince), by that foreman's clock; zero while
+	// it answers, and when not known (a foreman that has not polled yet, or an earlier
+	// version).
+	DownSince time.Time `json:"down_since,omitzero"`
 	// Models and Loaded are normalized model names (/api/tags, /api/ps).
 	Models []string `json:"models"`
 	Loaded []string `json:"loaded"`

@@ -23,8 +23,9 @@ const DefaultSyncOutageWait = time.Minute
 type outage struct {
 	// since is when it began, as far as known: the start of the worker's pause for its
 	// unreachable target or of the inventory's first unanswered poll, whichever came
-	// first; zero when only its present is known (the other targets say just whether
-	// they are reachable now).
+	// first; for the other targets, when the last of those that list the model stopped
+	// answering their foremen's polls (broker.Target.DownSince); zero when only its
+	// present is known (a target whose foreman does not say since when).
 	since time.Time
 	cause string // the pause's error, or what the targets say
 	own   bool   // the own target is the one down
@@ -128,7 +129,8 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 		return outage{}, false
 	}
 	want := ollama.NormalizeModel(model)
-	listed := false
+	listed, known := false, true
+	var since time.Time // when the last of the targets that list the model went down
 	for _, t := range s.otherTargets(ctx) {
 		if !t.HasModel(want) {
 			continue
@@ -137,12 +139,25 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 			return outage{}, false
 		}
 		listed = true
+		switch {
+		case t.DownSince.IsZero():
+			known = false
+		case t.DownSince.After(since):
+			since = t.DownSince
+		}
 	}
 	switch {
 	case ownDown:
 		return own, true
 	case listed:
-		return outage{cause: fmt.Sprintf("no reachable Ollama has model %q", model)}, true
+		o := outage{cause: fmt.Sprintf("no reachable Ollama has model %q", model)}
+		if known {
+			o.since = since
+			if now := time.Now(); since.After(now) {
+				o.since = now // another foreman's clock: never ahead of ours
+			}
+		}
+		return o, true
 	}
 	return outage{}, false
 }

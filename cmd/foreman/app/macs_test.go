@@ -576,6 +576,40 @@ func TestSeveralMacsSyncCallGivesUpOnADownMac(t *testing.T) {
 	}
 }
 
+// A chat for a model whose only Mac has been down longer than FOREMAN_SYNC_OUTAGE_WAIT is
+// refused at once, with no job, as one for the own Mac in such an outage is: that Mac's
+// foreman publishes since when its Ollama has not answered, so the call need not wait the
+// bound again for what is already known (each call did, a minute by default, all night).
+func TestSeveralMacsSyncCallRefusedAtOnceInALongOutage(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL, func(c *app.Config) { c.SyncOutageWait = time.Second })
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macB.SetDown(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	eventually(t, 15*time.Second, "mac-b published down for longer than the bound", func() bool {
+		all, err := fa.Store().Targets(ctx)
+		return err == nil && slices.ContainsFunc(all, func(tg broker.Target) bool {
+			return tg.Name == "mac-b" && !tg.Reachable && !tg.DownSince.IsZero() && time.Since(tg.DownSince) > 1500*time.Millisecond
+		})
+	})
+	code, b := call(t, fa, http.MethodPost, "/api/chat", `{"model":"beta","messages":[{"role":"user","content":"now"}],"stream":false}`)
+	if code != http.StatusBadGateway || !bytes.Contains(b, []byte("a sync call waits for it at most")) || !bytes.Contains(b, []byte(`no reachable Ollama has model \"beta\"`)) {
+		t.Fatalf("chat for the long-down Mac's model: %d %s, want a 502 refusal naming the model, with no job", code, b)
+	}
+	jobs, _, err := fa.Store().List(ctx, broker.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(jobs) != 0 {
+		t.Errorf("the refused call left %d jobs, want none", len(jobs))
+	}
+}
+
 // A call for a model only another Mac has is not relayed to it while its foreman says its
 // Ollama is unreachable: one that takes connections and answers nothing held the call
 // with no bound (its own foreman bounds only its own callers). It is refused at once.

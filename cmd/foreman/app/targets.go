@@ -43,7 +43,7 @@ func (a *App) onPoll(ctx context.Context, snap ollama.Snapshot) {
 func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	t := broker.Target{
 		Name: a.cfg.TargetName, URL: publishedURL(a.cfg.OllamaURL),
-		Reachable: snap.Polled && !snap.Degraded, Models: snap.Models(),
+		Reachable: snap.Polled && !snap.Degraded, DownSince: snap.DownSince, Models: snap.Models(),
 		Tags: snap.TagsRaw, Ps: snap.PsRaw,
 	}
 	if snap.Ps != nil {
