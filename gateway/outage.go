@@ -403,8 +403,9 @@ type outageWatch struct {
 
 // over checks the outage while the record j says the job waits, or runs with no answer
 // from the target yet (answered: a frame came); it returns the error to answer with
-// once the job was canceled for it. A running job counts only the own target's outage:
-// one that accepted the call and answers nothing, not even the polls.
+// once the job was canceled for it. A running job counts only an outage of the target
+// it runs on: the own target's (one that accepted the call and answers nothing, not even
+// the polls), or that of every other that has its model, as their foremen publish it.
 func (ow *outageWatch) over(ctx context.Context, j *broker.Job, answered bool, log *slog.Logger) error {
 	waiting := j.State == broker.StateQueued || j.State == broker.StateRetrying
 	if !waiting && answered {
@@ -414,7 +415,9 @@ func (ow *outageWatch) over(ctx context.Context, j *broker.Job, answered bool, l
 	o, out := ow.s.targetOutage(ctx, j.Model)
 	now := time.Now()
 	switch {
-	case !out || !waiting && !o.own:
+	// A running job counts when its target is the own one, or when every Mac that has
+	// its model is down by its foreman's word (since known): it runs on one of them.
+	case !out || !waiting && !o.own && o.since.IsZero():
 		ow.first = time.Time{}
 		return nil
 	case ow.first.IsZero():
@@ -427,7 +430,7 @@ func (ow *outageWatch) over(ctx context.Context, j *broker.Job, answered bool, l
 	if now.Sub(since) < ow.wait || !ow.s.confirmed(ctx, o) {
 		return nil
 	}
-	reason := fmt.Sprintf("ollama unreachable for %s (FOREMAN_SYNC_OUTAGE_WAIT)", ow.wait)
+	reason := fmt.Sprintf("ollama unreachable for %s (FOREMAN_SYNC_OUTAGE_WAIT is %s)", roundDuration(now.Sub(since)), ow.wait)
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if _, err := ow.s.store.Cancel(cctx, ow.job.ID, reason); err != nil {

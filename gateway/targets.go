@@ -178,16 +178,29 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 
 // handleOpenAIModels serves GET /v1/models: the own target's answer, with the models only
 // other live targets have appended in Ollama's shape (id, "model", modified time, owner
-// namespace).
+// namespace). While the own target does not answer (its polls go unanswered, or this call
+// got no answer), its last known list stands for its answer, as on /api/tags: the other
+// Macs still serve, and a client listing models on load keeps working.
 func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 	others := s.otherTargets(r.Context())
 	if len(others) == 0 || r.Method != http.MethodGet {
 		s.relayBodyless(w, r)
 		return
 	}
+	snap := s.inv.Snapshot()
+	known := snap.TagsRaw != nil
+	if known && (s.downStands() || !snap.DownSince.IsZero()) {
+		writeJSON(w, http.StatusOK, openAIModels(nil, append([][]byte{snap.TagsRaw}, tagsOf(others)...)))
+		return
+	}
 	resp, release, err := s.doOwn(r.Context(), http.MethodGet, targetPath("/v1/models", r.URL.RawQuery), forwardHeader(r.Header), http.NoBody)
 	defer release()
 	if err != nil {
+		if known && r.Context().Err() == nil && (ollama.Unreachable(err) || errors.Is(err, ErrBadUpstream)) {
+			s.log.Debug("serving /v1/models from the last known list", "err", err)
+			writeJSON(w, http.StatusOK, openAIModels(nil, append([][]byte{snap.TagsRaw}, tagsOf(others)...)))
+			return
+		}
 		s.writeError(w, r, err)
 		return
 	}
@@ -202,10 +215,7 @@ func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	var list struct {
-		Object string            `json:"object"`
-		Data   []json.RawMessage `json:"data"`
-	}
+	var list openAIModelList
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(raw, &list) != nil {
 		copyHeader(w.Header(), resp.Header)
 		w.Header().Del("Content-Length")
@@ -213,18 +223,41 @@ func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 		_, _ = w.Write(raw)
 		return
 	}
+	writeJSON(w, http.StatusOK, openAIModels(list.Data, tagsOf(others)))
+}
+
+// openAIModelList is the body of GET /v1/models.
+type openAIModelList struct {
+	Object string            `json:"object"`
+	Data   []json.RawMessage `json:"data"`
+}
+
+// tagsOf is the /api/tags body of each target.
+func tagsOf(targets []broker.Target) [][]byte {
+	out := make([][]byte, 0, len(targets))
+	for _, t := range targets {
+		out = append(out, t.Tags)
+	}
+	return out
+}
+
+// openAIModels is the /v1/models list of the entries own (as the own target answered
+// them) and, after them, each model of the /api/tags bodies tags not listed yet, in the
+// shape Ollama gives it there. Bodies that do not parse are skipped.
+func openAIModels(own []json.RawMessage, tags [][]byte) openAIModelList {
+	list := openAIModelList{Object: "list", Data: own}
 	seen := map[string]bool{}
-	for _, m := range list.Data {
+	for _, m := range own {
 		var id struct{ ID string }
 		_ = json.Unmarshal(m, &id)
 		seen[ollama.NormalizeModel(id.ID)] = true
 	}
-	for _, t := range others {
-		var tags ollama.ListResponse
-		if json.Unmarshal(t.Tags, &tags) != nil {
+	for _, raw := range tags {
+		var tl ollama.ListResponse
+		if json.Unmarshal(raw, &tl) != nil {
 			continue
 		}
-		for _, m := range tags.Models {
+		for _, m := range tl.Models {
 			if n := ollama.NormalizeModel(m.Name); n != "" && !seen[n] {
 				seen[n] = true
 				entry, _ := json.Marshal(map[string]any{"id": m.Name, "object": "model", "created": m.ModifiedAt.Unix(), "owned_by": ownerOf(m.Name)})
@@ -232,7 +265,10 @@ func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
-	writeJSON(w, http.StatusOK, list)
+	if list.Data == nil {
+		list.Data = []json.RawMessage{}
+	}
+	return list
 }
 
 // ownerOf is the namespace of a model name as Ollama's /v1/models reports it: "library"

@@ -25,6 +25,19 @@ func (w *Worker) targetStalled(jobID string, se interface{ Reason() string }) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.stall = "stalled: " + se.Reason() + " on job " + jobID
+	_, w.stallSilent = se.(*silentTargetError)
+}
+
+// silenceOver clears a stall of a silent target (its polls went unanswered) once the
+// target answers again: what it reported is over. A stall while the polls were answered
+// (a runner that hangs) waits for a job's answer.
+func (w *Worker) silenceOver() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stallSilent {
+		w.log.Info("target answers again", "after", w.stall)
+		w.stall, w.stallSilent = "", false
+	}
 }
 
 func (w *Worker) targetAnswered() {
@@ -33,16 +46,17 @@ func (w *Worker) targetAnswered() {
 	if w.stall != "" {
 		w.log.Info("target answers again", "after", w.stall)
 	}
-	w.stall = ""
+	w.stall, w.stallSilent = "", false
 }
 
-// silentTargetError aborts an attempt that has had no byte of answer while the target
-// answered none of the inventory's polls for Config.TargetSilence: Ollama hangs as a
-// whole (ADR-0049). The attempt counts as a stall: the job is retried, on another Mac
+// silentTargetError aborts an attempt that has had no byte of answer (or no more of it)
+// while the target answered none of the inventory's polls for Config.TargetSilence:
+// Ollama hangs as a whole (ADR-0049). The attempt counts as a stall: the job is retried, on another Mac
 // when one has its model, and the worker pauses until its target answers.
 type silentTargetError struct {
 	since time.Time // the start of the first unanswered poll in a row
 	limit time.Duration
+	began bool // the answer had begun
 }
 
 func (e *silentTargetError) Error() string {
@@ -51,18 +65,23 @@ func (e *silentTargetError) Error() string {
 
 // Reason is the error without its prefix, as the worker's /healthz stall says it.
 func (e *silentTargetError) Reason() string {
-	return fmt.Sprintf("no answer byte, and no answer to the target's polls since %s (for %s: the limit FOREMAN_SYNC_OUTAGE_WAIT)",
-		e.since.UTC().Format(time.RFC3339), e.limit)
+	what := "no answer byte"
+	if e.began {
+		what = "no more of the answer"
+	}
+	return fmt.Sprintf("%s for %s, and no answer to the target's polls since %s (the limit is FOREMAN_SYNC_OUTAGE_WAIT)",
+		what, e.limit, e.since.UTC().Format(time.RFC3339))
 }
 
 // silenceLoop gives up the running attempt when silentAttempt says so, looking at every
-// tick until the worker stops.
-func (w *Worker) silenceLoop(ctx context.Context) {
+// tick until done is closed (the worker's loop has ended: through a stop, the job it
+// lets finish is watched too) or ctx ends (which aborts a running job anyway).
+func (w *Worker) silenceLoop(ctx context.Context, done <-chan struct{}) {
 	t := time.NewTicker(silenceTick(w.cfg.TargetSilence))
 	defer t.Stop()
 	for {
 		select {
-		case <-w.stopping:
+		case <-done:
 			return
 		case <-ctx.Done():
 			return
@@ -81,21 +100,21 @@ func silenceTick(limit time.Duration) time.Duration {
 }
 
 // silentAttempt reports the running attempt to give up at now, and why: it has had no
-// byte of answer, and the inventory's polls have gone unanswered (refused, reset or no
-// answer, not an error status) for TargetSilence, counted from the attempt's start at
-// the earliest.
+// byte of answer for TargetSilence (since its start, or its last byte), and the
+// inventory's polls have gone unanswered (refused, reset or no answer, not an error
+// status) as long.
 func (w *Worker) silentAttempt(now time.Time) (context.CancelCauseFunc, error) {
 	w.mu.Lock()
 	run, abort := w.running, w.abort
 	w.mu.Unlock()
-	if run == nil || abort == nil || !run.answeredAt().IsZero() {
+	if run == nil || abort == nil {
 		return nil, nil
 	}
 	down := w.cfg.Inventory.Snapshot().DownSince
-	if down.IsZero() || now.Sub(later(down, run.started)) < w.cfg.TargetSilence {
+	if down.IsZero() || now.Sub(later(down, later(run.started, run.lastByteAt()))) < w.cfg.TargetSilence {
 		return nil, nil
 	}
-	return abort, &silentTargetError{since: down, limit: w.cfg.TargetSilence}
+	return abort, &silentTargetError{since: down, limit: w.cfg.TargetSilence, began: !run.answeredAt().IsZero()}
 }
 
 func later(a, b time.Time) time.Time {

@@ -171,10 +171,12 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		} else if start.failed() {
 			return errNotStarted
 		}
+		now := time.Now()
 		if len(r.Frames()) == 0 {
 			w.trace(d.JobID, StageFirstFrame) // before: a reader of this process may have it at once (ADR-0035)
-			run.answered(time.Now())
+			run.answered(now)
 		}
+		run.gotBytes(now)
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
 			if errors.Is(err, broker.ErrAnswerTooLarge) {
@@ -722,6 +724,9 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	var silent *silentTargetError
 	if errors.As(cause, &connErr) || errors.As(cause, &stall) || errors.As(cause, &silent) {
 		w.waitTarget(ctx, cause)
+		if silent != nil && !w.isStopping(ctx) {
+			w.silenceOver() // the pause ended: the target answers its probe
+		}
 	}
 }
 

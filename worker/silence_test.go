@@ -46,11 +46,84 @@ func TestSilentTargetAttemptIsGivenUp(t *testing.T) {
 	if err := w.TargetStall(); err == nil || !strings.Contains(err.Error(), job.ID) {
 		t.Errorf("TargetStall = %v; want the silent attempt of job %s", err, job.ID)
 	}
-	release()
+	// Back: the stall it reported is over once the target answers, though the next
+	// attempt has no answer yet.
 	tb.fake.SetDown(false)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 2); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "the silent stall cleared", func() bool { return w.TargetStall() == nil })
+	release()
 	got = tb.waitState(t, job.ID, broker.StateDone)
 	if got.Attempt != 2 {
 		t.Errorf("the job ended after attempt %d, want 2", got.Attempt)
+	}
+}
+
+// An answer that stops mid-way while the target answers no poll either is given up
+// after TargetSilence too, not after the stream idle limit: Ollama hung as a whole.
+func TestSilentTargetMidAnswerIsGivenUp(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.StallMidStream)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	job := tb.chat(t, "tiny-a", 1)
+	stream := watchStream(t, tb.b.Conn, job.ID)
+	tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, StreamIdleTimeout: time.Hour})
+	select {
+	case <-stream.ch: // the answer began
+	case <-waitCtx(t).Done():
+		t.Fatal("no frame of the answer")
+	}
+	tb.fake.SetDown(true)
+	if err := inv.Refresh(ctxT(t)); err == nil {
+		t.Fatal("the poll of a down target succeeded")
+	}
+	got := tb.waitState(t, job.ID, broker.StateRetrying)
+	if got.Attempt != 1 || !strings.Contains(got.Error, "no more of the answer") {
+		t.Fatalf("retrying after attempt %d with error %q; want attempt 1 given up for the target's silence mid-answer", got.Attempt, got.Error)
+	}
+	tb.fake.SetDown(false)
+	if got := tb.waitState(t, job.ID, broker.StateDone); got.Attempt != 2 {
+		t.Errorf("the job ended after attempt %d, want 2", got.Attempt)
+	}
+}
+
+// A stop lets the running job finish until its deadline; a job a silent target holds is
+// given up as it would be without the stop, not held to the deadline and handed back as
+// one the stop cut short.
+func TestSilentTargetAttemptIsGivenUpDuringAStop(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	w := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, FirstByteTimeout: time.Hour})
+	job := tb.chat(t, "tiny-a", 1)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.fake.SetDown(true)
+	if err := inv.Refresh(ctxT(t)); err == nil {
+		t.Fatal("the poll of a down target succeeded")
+	}
+	ctx, cancel := context.WithTimeout(ctxT(t), 20*time.Second)
+	defer cancel()
+	if err := w.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := tb.b.Store.Get(ctxT(t), job.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != broker.StateRetrying || got.Attempt != 1 || !strings.Contains(got.Error, "no answer to the target's polls") {
+		t.Fatalf("after the stop: %s, attempt %d, error %q; want retrying after the silent attempt 1", got.State, got.Attempt, got.Error)
 	}
 }
 

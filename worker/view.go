@@ -36,6 +36,19 @@ type runningJob struct {
 	loading bool
 	// working is when the first answer byte came (UnixNano; 0 before).
 	working atomic.Int64
+	// lastByte is when the last answer frame came (UnixNano; 0 before the first).
+	lastByte atomic.Int64
+}
+
+// gotBytes records an answer frame's arrival at now.
+func (r *runningJob) gotBytes(now time.Time) { r.lastByte.Store(now.UnixNano()) }
+
+// lastByteAt is when the last answer frame came, zero before the first.
+func (r *runningJob) lastByteAt() time.Time {
+	if n := r.lastByte.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
 }
 
 // answeredAt is when the first answer byte came, zero before.

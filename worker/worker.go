@@ -62,6 +62,9 @@ type Worker struct {
 	cutJobs    map[string]uint64
 	resumeRead bool
 	stall      string // why the target counts as stalled (TargetStall); "" when it is not
+	// stallSilent marks a stall of a target that answered no poll (ADR-0049): it ends when
+	// the target answers again.
+	stallSilent bool
 	// running is the job being run, for the queue view; nil when idle. finishing are the
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob
@@ -158,10 +161,14 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.expireLoop(ctx)
 	}()
 	if w.cfg.Inventory != nil && w.cfg.TargetSilence > 0 {
+		// Until the loop below has ended, a stop included: the job a stop lets finish
+		// may be the one a silent target holds.
+		loopDone := make(chan struct{})
+		defer close(loopDone) // before the wait for bg above
 		w.bg.Add(1)
 		go func() {
 			defer w.bg.Done()
-			w.silenceLoop(ctx)
+			w.silenceLoop(ctx, loopDone)
 		}()
 	}
 

@@ -164,7 +164,7 @@ func (c *serveConfig) settings() []*setting {
 			c.StreamBuffer = n
 			return nil
 		}},
-		{env: "FOREMAN_SYNC_OUTAGE_WAIT", flag: "sync-outage-wait", def: durationDefault(app.DefaultSyncOutageWait), usage: "longest a chat or generate call waits while Ollama is unreachable; then its job is canceled (502)", parse: dur(&c.SyncOutageWait)},
+		{env: "FOREMAN_SYNC_OUTAGE_WAIT", flag: "sync-outage-wait", def: durationDefault(app.DefaultSyncOutageWait), usage: "longest a chat or generate call waits while Ollama is unreachable; then its job is canceled (502). Also how long the worker keeps an attempt Ollama leaves silent while it answers no poll, before retrying it (on another Mac with the model)", parse: dur(&c.SyncOutageWait)},
 		// Priority classes and programs.
 		{env: "FOREMAN_AUTH_TOKENS", flag: "auth-tokens", usage: "named bearer tokens, name:token,...: each is accepted and its name is the caller's program (excludes FOREMAN_AUTH_TOKEN)", parse: func(v string) error {
 			ts, err := gateway.ParseAuthTokens(v)

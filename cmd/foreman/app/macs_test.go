@@ -718,3 +718,62 @@ func TestSeveralMacsSyncCallMovesOffASilentMac(t *testing.T) {
 		t.Errorf("mac-b finished no chat (%d calls)", n)
 	}
 }
+
+// GET /v1/models on the foreman of a Mac whose Ollama does not answer still lists every
+// Mac's models, its own from the last known list, as /api/tags does: an OpenAI client
+// that lists models on load keeps working against it while another Mac serves.
+func TestSeveralMacsOpenAIModelsWhileTheOwnMacIsDown(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL)
+	fb := startForeman(t, nurl, "mac-b", macB.URL)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	macA.SetDown(true)
+	waitTargets(t, fa, 1) // mac-a's own poll failed
+	code, b := call(t, fa, http.MethodGet, "/v1/models", "")
+	var list struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if code != http.StatusOK || json.Unmarshal(b, &list) != nil {
+		t.Fatalf("GET /v1/models on the down Mac's foreman: %d %s, want 200", code, b)
+	}
+	var ids []string
+	for _, m := range list.Data {
+		ids = append(ids, m.ID)
+	}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []string{"alpha:latest", "beta:latest"}) {
+		t.Errorf("models %v, want both Macs' (alpha from the last known list)", ids)
+	}
+}
+
+// A chat whose job runs, with no answer yet, on the only Mac that has its model is
+// canceled by the foreman it entered through once that Mac's foreman has said for
+// FOREMAN_SYNC_OUTAGE_WAIT that its Ollama answers nothing: the caller does not wait for
+// that Mac's worker to give the attempt up (its own bound, here a minute), nor, should
+// the job then go to another Mac that hangs too, for that one's.
+func TestSeveralMacsSyncCallOnAnotherSilentMacEnds(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL, func(c *app.Config) { c.SyncOutageWait = time.Second })
+	fb := startForeman(t, nurl, "mac-b", macB.URL, func(c *app.Config) { c.SyncOutageWait = time.Minute })
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	release := macB.Hold("beta")
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	go func() {
+		_ = macB.WaitStarted(ctx, "beta", 1)
+		macB.SetDown(true) // its polls fail from now on; the chat stays held
+	}()
+	code, b := call(t, fa, http.MethodPost, "/api/chat", `{"model":"beta","messages":[{"role":"user","content":"hi"}],"stream":false}`)
+	if code != http.StatusBadGateway || !bytes.Contains(b, []byte("the job was canceled")) || !bytes.Contains(b, []byte(`no reachable Ollama has model \"beta\"`)) {
+		t.Fatalf("chat held by the silent mac-b: %d %s, want 502 once mac-b was down for the bound", code, b)
+	}
+}
