@@ -1,6 +1,11 @@
 package broker
 
-import "time"
+import (
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+)
 
 // QueueView is the queue as foreman expects to run it (GET /queue): what runs, what the
 // target has loaded, and the waiting jobs in the order the worker's pick rule will take
@@ -68,4 +73,33 @@ type ElsewhereJob struct {
 	State State `json:"state"`
 	// StartedAt is when the job first started (its record's started_at).
 	StartedAt *time.Time `json:"started_at,omitempty"`
+}
+
+// maxPauseText bounds a pause's error: each poll of the queue view carries it, and a
+// terminal shows it on one line.
+const maxPauseText = 300
+
+// PauseText is err's text on one line (whitespace and control characters as single
+// spaces: a proxy's HTML error page, say) and at most maxPauseText bytes.
+func PauseText(err error) string {
+	if err == nil {
+		return ""
+	}
+	var b strings.Builder
+	space := false
+	for _, r := range err.Error() {
+		if unicode.IsSpace(r) || unicode.IsControl(r) || r == utf8.RuneError {
+			space = b.Len() > 0
+			continue
+		}
+		if space {
+			b.WriteByte(' ')
+			space = false
+		}
+		if b.Len()+utf8.RuneLen(r) > maxPauseText {
+			return b.String() + " …"
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }

@@ -112,7 +112,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.bodyPeak, prometheus.GaugeValue, float64(m.s.bodies.peak.Load()))
 	ch <- prometheus.MustNewConstMetric(m.bodyLimit, prometheus.GaugeValue, float64(m.s.bodies.limit))
 	if q, ok := m.s.cfg.Queue.(pauser); ok {
-		p := q.Paused()
+		p := m.s.shownPause(q.Paused())
 		for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseStoreRefusesWrites} {
 			on := 0.0
 			if p != nil && p.Reason == reason {

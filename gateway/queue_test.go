@@ -197,6 +197,39 @@ func TestQueueShowsTheWorkerPaused(t *testing.T) {
 	}
 }
 
+// An idle worker whose target stopped answering its polls takes no job (it probes
+// first), so GET /queue and the metrics show it paused, since the first unanswered poll,
+// though it met the outage with no job of its own; and no longer once a poll is answered.
+func TestQueueShowsAnIdleWorkerPausedForADownTarget(t *testing.T) {
+	t.Parallel()
+	opt, start := withWorker(t)
+	b := newTestBundle(t, opt)
+	start()
+	if q := getQueue(t, b, ""); q.Paused != nil {
+		t.Fatalf("paused %+v with the target up", q.Paused)
+	}
+	b.Fake.SetDown(true)
+	if err := b.Inv.Refresh(testCtx(t, 10*time.Second)); err == nil {
+		t.Fatal("the poll of a down target succeeded")
+	}
+	down := b.Inv.Snapshot().DownSince
+	q := getQueue(t, b, "")
+	if q.Paused == nil || q.Paused.Reason != broker.PauseTargetUnreachable || !q.Paused.Since.Equal(down) || q.Paused.Error == "" {
+		t.Fatalf("paused %+v; want target_unreachable since the first unanswered poll (%v)", q.Paused, down)
+	}
+	_, m := b.request(t, http.MethodGet, "/metrics", nil)
+	if !strings.Contains(string(m), `foreman_worker_paused{reason="target_unreachable"} 1`) {
+		t.Errorf("metrics do not show the pause")
+	}
+	b.Fake.SetDown(false)
+	if err := b.Inv.Refresh(testCtx(t, 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if q := getQueue(t, b, ""); q.Paused != nil {
+		t.Errorf("paused %+v once the target answers", q.Paused)
+	}
+}
+
 // While NATS does not answer, GET /queue and GET /jobs answer as GET /jobs/{id} does: 503
 // with Retry-After and the store's message, within the retry window; never a 504.
 func TestQueueAndListWhileStoreUnavailable(t *testing.T) {

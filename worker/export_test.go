@@ -72,8 +72,8 @@ func WithResultFault(cfg Config, fn func(jobID string) error) Config {
 	return cfg
 }
 
-// PauseError is pauseError: a pause's error as the queue view carries it.
-func PauseError(err error) string { return pauseError(err) }
+// PauseError is broker.PauseText: a pause's error as the queue view carries it.
+func PauseError(err error) string { return broker.PauseText(err) }
 
 // WithViewAfterHeads sets Config.viewAfterHeads: fn runs in each QueueView once the queue
 // heads' records are read, before the view is computed from them.

@@ -7,12 +7,9 @@ import (
 	"log/slog"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -781,7 +778,7 @@ func (w *Worker) waitUntil(ctx context.Context, reason string, cause error, prob
 // The wait comes after the job went back to the queue: the view shows it waiting there,
 // not running.
 func (w *Worker) pause(reason string, err error) {
-	p := &broker.Pause{Reason: reason, Since: time.Now().UTC(), Error: pauseError(err)}
+	p := &broker.Pause{Reason: reason, Since: time.Now().UTC(), Error: broker.PauseText(err)}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.paused != nil && w.paused.Reason == reason {
@@ -804,33 +801,4 @@ func (w *Worker) Paused() *broker.Pause {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.paused
-}
-
-// maxPauseError bounds a pause's error: each poll of the queue view carries it, and a
-// terminal shows it on one line.
-const maxPauseError = 300
-
-// pauseError is err's text on one line (whitespace and control characters as single
-// spaces: a proxy's HTML error page, say) and at most maxPauseError bytes.
-func pauseError(err error) string {
-	if err == nil {
-		return ""
-	}
-	var b strings.Builder
-	space := false
-	for _, r := range err.Error() {
-		if unicode.IsSpace(r) || unicode.IsControl(r) || r == utf8.RuneError {
-			space = b.Len() > 0
-			continue
-		}
-		if space {
-			b.WriteByte(' ')
-			space = false
-		}
-		if b.Len()+utf8.RuneLen(r) > maxPauseError {
-			return b.String() + " …"
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
 }
