@@ -56,6 +56,9 @@ func newMetricsHandler(s *Server) http.Handler {
 // pauser is a queue view (the worker) that says cheaply whether it is paused.
 type pauser interface{ Paused() *broker.Pause }
 
+// pauseShower is a QueueViewer that tells its pause as GET /queue shows it.
+type pauseShower interface{ PauseShown() *broker.Pause }
+
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.queueDepth
 	ch <- m.targetUp
@@ -111,8 +114,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.bodies, prometheus.GaugeValue, float64(m.s.bodies.used.Load()))
 	ch <- prometheus.MustNewConstMetric(m.bodyPeak, prometheus.GaugeValue, float64(m.s.bodies.peak.Load()))
 	ch <- prometheus.MustNewConstMetric(m.bodyLimit, prometheus.GaugeValue, float64(m.s.bodies.limit))
-	if q, ok := m.s.cfg.Queue.(pauser); ok {
-		p := m.s.shownPause(q.Paused())
+	if q, ok := m.s.cfg.Queue.(pauseShower); ok {
+		p := q.PauseShown()
 		for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseStoreRefusesWrites} {
 			on := 0.0
 			if p != nil && p.Reason == reason {

@@ -180,25 +180,6 @@ func (s *Server) ownOutage() outage {
 	return o
 }
 
-// shownPause is the worker's pause p as /queue and the metrics show it: an idle worker
-// pauses for an unreachable target only at its next job, yet takes none while the polls
-// say the target is not there (it probes first), so then it counts as paused, since the
-// first unanswered poll in a row when that is earlier than the pause.
-func (s *Server) shownPause(p *broker.Pause) *broker.Pause {
-	snap := s.inv.Snapshot()
-	switch {
-	case snap.DownSince.IsZero() || snap.Err == nil:
-		return p
-	case p == nil:
-		return &broker.Pause{Reason: broker.PauseTargetUnreachable, Since: snap.DownSince.UTC(), Error: broker.PauseText(snap.Err)}
-	case p.Reason == broker.PauseTargetUnreachable && snap.DownSince.Before(p.Since):
-		c := *p
-		c.Since = snap.DownSince.UTC()
-		return &c
-	}
-	return p
-}
-
 // ownOutageOver returns the refusal of a call to the own target while its outage has
 // lasted SyncOutageWait (confirmed by a poll), nil otherwise: a pass-through call (model
 // list, show, embed, management) would wait on a target that takes connections and never

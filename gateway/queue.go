@@ -65,7 +65,7 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 	}
 	targets, _ := s.targetViews(r.Context()) // the own target at least, should the read of the others fail
 	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Depth: map[string]int{},
-		Paused: s.shownPause(v.Paused), Targets: targets}
+		Paused: v.Paused, Targets: targets}
 	for _, j := range v.Queued {
 		body.Depth[ollama.NormalizeModel(j.Model)]++
 	}

@@ -208,16 +208,24 @@ func TestQueueShowsAnIdleWorkerPausedForADownTarget(t *testing.T) {
 	if q := getQueue(t, b, ""); q.Paused != nil {
 		t.Fatalf("paused %+v with the target up", q.Paused)
 	}
+	_, m := b.request(t, http.MethodGet, "/metrics", nil)
+	if !strings.Contains(string(m), `foreman_worker_paused{reason="target_unreachable"} 0`) {
+		t.Errorf("metrics show a pause with the target up")
+	}
 	b.Fake.SetDown(true)
 	if err := b.Inv.Refresh(testCtx(t, 10*time.Second)); err == nil {
 		t.Fatal("the poll of a down target succeeded")
 	}
 	down := b.Inv.Snapshot().DownSince
-	q := getQueue(t, b, "")
-	if q.Paused == nil || q.Paused.Reason != broker.PauseTargetUnreachable || !q.Paused.Since.Equal(down) || q.Paused.Error == "" {
+	var q queueBody
+	eventually(t, 10*time.Second, "the pause shown (past the view's short cache)", func() bool {
+		q = getQueue(t, b, "")
+		return q.Paused != nil
+	})
+	if q.Paused.Reason != broker.PauseTargetUnreachable || !q.Paused.Since.Equal(down) || q.Paused.Error == "" {
 		t.Fatalf("paused %+v; want target_unreachable since the first unanswered poll (%v)", q.Paused, down)
 	}
-	_, m := b.request(t, http.MethodGet, "/metrics", nil)
+	_, m = b.request(t, http.MethodGet, "/metrics", nil)
 	if !strings.Contains(string(m), `foreman_worker_paused{reason="target_unreachable"} 1`) {
 		t.Errorf("metrics do not show the pause")
 	}
@@ -225,9 +233,7 @@ func TestQueueShowsAnIdleWorkerPausedForADownTarget(t *testing.T) {
 	if err := b.Inv.Refresh(testCtx(t, 10*time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	if q := getQueue(t, b, ""); q.Paused != nil {
-		t.Errorf("paused %+v once the target answers", q.Paused)
-	}
+	eventually(t, 10*time.Second, "the pause gone once the target answers", func() bool { return getQueue(t, b, "").Paused == nil })
 }
 
 // While NATS does not answer, GET /queue and GET /jobs answer as GET /jobs/{id} does: 503

@@ -197,8 +197,8 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	// finds them as that pick will (readResumed): the queues' heads.
 	findCut := !w.resumeRead && w.store.Config().Exclusive
 	picks := w.picks
-	run := w.running   // its fields are set before it is shared, but for working (atomic)
-	paused := w.paused // replaced, never changed, once shared
+	run := w.running // its fields are set before it is shared, but for working (atomic)
+	paused := w.pauseShownLocked()
 	gone := make(map[string]bool, len(w.finishing)+1)
 	maps.Copy(gone, w.finishing)
 	w.mu.Unlock()

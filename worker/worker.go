@@ -802,3 +802,32 @@ func (w *Worker) Paused() *broker.Pause {
 	defer w.mu.Unlock()
 	return w.paused
 }
+
+// PauseShown is the pause as GET /queue and the metrics show it: Paused, and also, while
+// the worker is idle and the inventory's polls go unanswered, a pause for the target
+// since the first of them: an idle worker pauses only at its next job, yet takes none
+// before the target answers a probe. A pause for the target begins no later than that.
+func (w *Worker) PauseShown() *broker.Pause {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.pauseShownLocked()
+}
+
+func (w *Worker) pauseShownLocked() *broker.Pause {
+	p := w.paused // replaced, never changed, once shared
+	if w.cfg.Inventory == nil {
+		return p
+	}
+	snap := w.cfg.Inventory.Snapshot()
+	switch {
+	case snap.DownSince.IsZero() || snap.Err == nil:
+		return p
+	case p == nil && w.running == nil:
+		return &broker.Pause{Reason: broker.PauseTargetUnreachable, Since: snap.DownSince.UTC(), Error: broker.PauseText(snap.Err)}
+	case p != nil && p.Reason == broker.PauseTargetUnreachable && snap.DownSince.Before(p.Since):
+		c := *p
+		c.Since = snap.DownSince.UTC()
+		return &c
+	}
+	return p
+}
