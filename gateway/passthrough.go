@@ -7,6 +7,7 @@ import (
 	"net/textproto"
 	"strings"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -22,7 +23,7 @@ func (s *Server) ollamaRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("GET /api/ps", s.handlePs)
 
 	// Raw relays with nothing to check.
-	mux.HandleFunc("GET /api/version", s.relayBodyless)
+	mux.HandleFunc("GET /api/version", s.handleVersion)
 	mux.HandleFunc("GET /api/status", s.relayBodyless)
 	mux.HandleFunc("GET /v1/models", s.handleOpenAIModels)
 	mux.HandleFunc("GET /v1/models/{model...}", s.handleOpenAIModel)
@@ -46,6 +47,20 @@ func (s *Server) ollamaRoutes(mux *http.ServeMux) {
 // relayBodyless relays a GET or HEAD to the same path on the target.
 func (s *Server) relayBodyless(w http.ResponseWriter, r *http.Request) {
 	s.relay(w, r, r.Method, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), http.NoBody, nil)
+}
+
+// handleVersion relays GET /api/version to the own target, or, while it does not answer
+// (its polls go unanswered, or a check's verdict stands), to another Mac that does:
+// clients ask it to see whether "Ollama" is there (Open WebUI checks its connection so),
+// and through this foreman the other Macs serve.
+func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
+	if !s.inv.Snapshot().DownSince.IsZero() || s.downStands() {
+		if c := s.otherClientWhere(r.Context(), func(broker.Target) bool { return true }); c != nil {
+			s.relayTo(c, w, r, r.Method, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), http.NoBody, nil)
+			return
+		}
+	}
+	s.relayBodyless(w, r)
 }
 
 // targetPath is the path (and query) a pass-through request takes on the target.

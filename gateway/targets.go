@@ -48,9 +48,15 @@ func (s *Server) otherHas(ctx context.Context, model string) bool {
 // foreman's polls, or nil.
 func (s *Server) otherClient(ctx context.Context, model string) ollama.Client {
 	want := ollama.NormalizeModel(model)
+	return s.otherClientWhere(ctx, func(t broker.Target) bool { return t.HasModel(want) })
+}
+
+// otherClientWhere returns a client for another target that answers its foreman's polls
+// and that keep accepts, or nil.
+func (s *Server) otherClientWhere(ctx context.Context, keep func(broker.Target) bool) ollama.Client {
 	others := slices.DeleteFunc(s.otherTargets(ctx), func(t broker.Target) bool { return !t.Reachable })
 	for _, t := range others {
-		if !t.HasModel(want) || ollama.RedactURL(t.URL) == ollama.RedactURL(s.cfg.TargetURL) {
+		if !keep(t) || ollama.RedactURL(t.URL) == ollama.RedactURL(s.cfg.TargetURL) {
 			continue // a foreman that published a loopback URL from another host reads as ours
 		}
 		c, err := s.cfg.TargetClient(t.URL)

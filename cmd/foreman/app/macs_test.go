@@ -721,7 +721,8 @@ func TestSeveralMacsSyncCallMovesOffASilentMac(t *testing.T) {
 
 // GET /v1/models on the foreman of a Mac whose Ollama does not answer still lists every
 // Mac's models, its own from the last known list, as /api/tags does: an OpenAI client
-// that lists models on load keeps working against it while another Mac serves.
+// that lists models on load keeps working against it while another Mac serves; and
+// GET /api/version is another Mac's answer.
 func TestSeveralMacsOpenAIModelsWhileTheOwnMacIsDown(t *testing.T) {
 	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
 	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
@@ -748,6 +749,10 @@ func TestSeveralMacsOpenAIModelsWhileTheOwnMacIsDown(t *testing.T) {
 	slices.Sort(ids)
 	if !slices.Equal(ids, []string{"alpha:latest", "beta:latest"}) {
 		t.Errorf("models %v, want both Macs' (alpha from the last known list)", ids)
+	}
+	// The connection check of a client (Open WebUI asks /api/version) finds an Ollama.
+	if code, b := call(t, fa, http.MethodGet, "/api/version", ""); code != http.StatusOK || !bytes.Contains(b, []byte(`"version"`)) {
+		t.Errorf("GET /api/version on the down Mac's foreman: %d %s, want another Mac's answer", code, b)
 	}
 }
 
