@@ -30,13 +30,21 @@ func (s *Store) kvGet(ctx context.Context, key string) (jetstream.KeyValueEntry,
 	return s.leaderGet(ctx, JobsBucket, key)
 }
 
-// leaderGet reads key's last value in bucket from the stream's leader.
+// leaderGet reads key's last value in bucket from the stream's leader; a key whose last
+// write deleted or purged it is not found, as kv.Get says.
 func (s *Store) leaderGet(ctx context.Context, bucket, key string) (jetstream.KeyValueEntry, error) {
 	req, err := json.Marshal(struct {
 		LastFor string `json:"last_by_subj"`
 	}{"$KV." + bucket + "." + key})
 	if err != nil {
 		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		// Only the leader answers: with none elected yet, nobody does (kv.Get has the
+		// same bound by default).
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, attemptTimeout)
+		defer cancel()
 	}
 	msg, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucket, req)
 	if err != nil {
@@ -72,7 +80,7 @@ func (s *Store) leaderGet(ctx context.Context, bucket, key string) (jetstream.Ke
 		e.op = jetstream.KeyValuePurge
 	}
 	if e.op != jetstream.KeyValuePut {
-		return nil, jetstream.ErrKeyDeleted
+		return nil, jetstream.ErrKeyNotFound // as kv.Get says of a deleted or purged key
 	}
 	return e, nil
 }

@@ -166,6 +166,10 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		}
 		out = append(out, t)
 	}
+	if err := ctx.Err(); err != nil {
+		// The lister ends its keys quietly when ctx does: the list may be short.
+		return nil, fmt.Errorf("broker: list targets: %w", err)
+	}
 	slices.SortFunc(out, func(a, b Target) int {
 		switch {
 		case a.Name < b.Name:

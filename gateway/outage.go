@@ -24,8 +24,9 @@ type outage struct {
 	// since is when it began, as far as known: the start of the worker's pause for its
 	// unreachable target or of the inventory's first unanswered poll, whichever came
 	// first; for the other targets, when the last of those that list the model stopped
-	// answering their foremen's polls (broker.Target.DownSince); zero when only its
-	// present is known (a target whose foreman does not say since when).
+	// answering their foremen's polls (broker.Target.DownSince, as long before now as it
+	// was before their entry's publication); zero when only its present is known (a
+	// target whose foreman does not say since when).
 	since time.Time
 	cause string // the pause's error, or what the targets say
 	own   bool   // the own target is the one down
@@ -130,6 +131,7 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 	}
 	want := ollama.NormalizeModel(model)
 	listed, known := false, true
+	now := time.Now()
 	var since time.Time // when the last of the targets that list the model went down
 	for _, t := range s.otherTargets(ctx) {
 		if !t.HasModel(want) {
@@ -139,11 +141,15 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 			return outage{}, false
 		}
 		listed = true
-		switch {
-		case t.DownSince.IsZero():
+		if t.DownSince.IsZero() || t.Updated.IsZero() {
 			known = false
-		case t.DownSince.After(since):
-			since = t.DownSince
+			continue
+		}
+		// Another foreman's clock may be off from ours: only a length taken on it counts,
+		// the time from its target's first unanswered poll to its entry's publication.
+		// The outage counted so is up to a poll interval short of the real one.
+		if at := now.Add(-max(t.Updated.Sub(t.DownSince), 0)); at.After(since) {
+			since = at
 		}
 	}
 	switch {
@@ -153,9 +159,6 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 		o := outage{cause: fmt.Sprintf("no reachable Ollama has model %q", model)}
 		if known {
 			o.since = since
-			if now := time.Now(); since.After(now) {
-				o.since = now // another foreman's clock: never ahead of ours
-			}
 		}
 		return o, true
 	}

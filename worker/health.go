@@ -10,13 +10,21 @@ import (
 // TargetStall reports a stalled target for /healthz: the last job attempt that ended was
 // aborted because the target fell silent, e.g. "stalled: no response for 5m0s on job <id>".
 // It is nil again once a later attempt gets a complete answer (or an HTTP error) from the
-// target. The inventory's polls cannot tell: Ollama's /api/tags and /api/ps answer while
-// one of its runners hangs.
+// target: the inventory's polls cannot tell, as Ollama's /api/tags and /api/ps answer
+// while one of its runners hangs. A stall of a target that answered no poll either
+// (ADR-0049) is over, too, once a poll is answered after it.
 func (w *Worker) TargetStall() error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.stall == "" {
 		return nil
+	}
+	if w.stallSilent && w.cfg.Inventory != nil {
+		if snap := w.cfg.Inventory.Snapshot(); snap.DownSince.IsZero() && snap.LastPoll.After(w.stallAt) {
+			w.log.Info("target answers again", "after", w.stall)
+			w.stall, w.stallSilent = "", false
+			return nil
+		}
 	}
 	return errors.New(w.stall)
 }
@@ -24,20 +32,8 @@ func (w *Worker) TargetStall() error {
 func (w *Worker) targetStalled(jobID string, se interface{ Reason() string }) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.stall = "stalled: " + se.Reason() + " on job " + jobID
+	w.stall, w.stallAt = "stalled: "+se.Reason()+" on job "+jobID, time.Now()
 	_, w.stallSilent = se.(*silentTargetError)
-}
-
-// silenceOver clears a stall of a silent target (its polls went unanswered) once the
-// target answers again: what it reported is over. A stall while the polls were answered
-// (a runner that hangs) waits for a job's answer.
-func (w *Worker) silenceOver() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.stallSilent {
-		w.log.Info("target answers again", "after", w.stall)
-		w.stall, w.stallSilent = "", false
-	}
 }
 
 func (w *Worker) targetAnswered() {
@@ -51,8 +47,8 @@ func (w *Worker) targetAnswered() {
 
 // silentTargetError aborts an attempt that has had no byte of answer (or no more of it)
 // while the target answered none of the inventory's polls for Config.TargetSilence:
-// Ollama hangs as a whole (ADR-0049). The attempt counts as a stall: the job is retried, on another Mac
-// when one has its model, and the worker pauses until its target answers.
+// Ollama hangs as a whole (ADR-0049). The attempt counts as a stall: the job is retried,
+// on another Mac when one has its model, and the worker pauses until its target answers.
 type silentTargetError struct {
 	since time.Time // the start of the first unanswered poll in a row
 	limit time.Duration
@@ -107,8 +103,8 @@ func (w *Worker) silentAttempt(now time.Time) (context.CancelCauseFunc, error) {
 	w.mu.Lock()
 	run, abort := w.running, w.abort
 	w.mu.Unlock()
-	if run == nil || abort == nil {
-		return nil, nil
+	if run == nil || abort == nil || run.called.Load() {
+		return nil, nil // idle, or the call has returned and the attempt is being concluded
 	}
 	down := w.cfg.Inventory.Snapshot().DownSince
 	if down.IsZero() || now.Sub(later(down, later(run.started, run.lastByteAt()))) < w.cfg.TargetSilence {

@@ -201,6 +201,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
 		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, check.frame, opts...)
 	}
+	run.called.Store(true)
 	if err == nil {
 		err = check.end()
 	}
@@ -724,9 +725,6 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	var silent *silentTargetError
 	if errors.As(cause, &connErr) || errors.As(cause, &stall) || errors.As(cause, &silent) {
 		w.waitTarget(ctx, cause)
-		if silent != nil && !w.isStopping(ctx) {
-			w.silenceOver() // the pause ended: the target answers its probe
-		}
 	}
 }
 

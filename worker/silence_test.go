@@ -203,3 +203,44 @@ func TestSilentTargetsJobRunsOnAnotherMac(t *testing.T) {
 		t.Errorf("the silent Mac's worker: paused %+v, want paused for its target", p)
 	}
 }
+
+// A sync job whose answer had begun when its target fell silent fails (a second attempt
+// cannot be spliced in): no pause follows, and the stall it reported is over all the same
+// once a poll of the target is answered.
+func TestSilentStallOfAFailedSyncJobEndsWhenThePollsAnswer(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.StallMidStream)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}, []byte(chatBody("tiny-a", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	w := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, StreamIdleTimeout: time.Hour})
+	select {
+	case <-stream.ch:
+	case <-waitCtx(t).Done():
+		t.Fatal("no frame of the answer")
+	}
+	tb.fake.SetDown(true)
+	if err := inv.Refresh(ctxT(t)); err == nil {
+		t.Fatal("the poll of a down target succeeded")
+	}
+	if got := tb.waitState(t, j.ID, broker.StateFailed); !strings.Contains(got.Error, "no more of the answer") {
+		t.Fatalf("failed with %q; want the silence mid-answer", got.Error)
+	}
+	if err := w.TargetStall(); err == nil {
+		t.Fatal("TargetStall() = nil right after the silent attempt")
+	}
+	tb.fake.SetDown(false)
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.TargetStall(); err != nil {
+		t.Errorf("TargetStall() = %v once a poll is answered", err)
+	}
+}

@@ -36,17 +36,20 @@ type runningJob struct {
 	loading bool
 	// working is when the first answer byte came (UnixNano; 0 before).
 	working atomic.Int64
-	// lastByte is when the last answer frame came (UnixNano; 0 before the first).
+	// lastByte is when the last answer frame came, as time since started plus one (on the
+	// monotonic clock: a step of the wall clock moves no limit); 0 before the first.
 	lastByte atomic.Int64
+	// called is set once the target call has returned: the attempt is being concluded.
+	called atomic.Bool
 }
 
 // gotBytes records an answer frame's arrival at now.
-func (r *runningJob) gotBytes(now time.Time) { r.lastByte.Store(now.UnixNano()) }
+func (r *runningJob) gotBytes(now time.Time) { r.lastByte.Store(int64(now.Sub(r.started)) + 1) }
 
 // lastByteAt is when the last answer frame came, zero before the first.
 func (r *runningJob) lastByteAt() time.Time {
 	if n := r.lastByte.Load(); n != 0 {
-		return time.Unix(0, n)
+		return r.started.Add(time.Duration(n - 1))
 	}
 	return time.Time{}
 }

@@ -60,8 +60,9 @@ type Worker struct {
 	resumeRead bool
 	stall      string // why the target counts as stalled (TargetStall); "" when it is not
 	// stallSilent marks a stall of a target that answered no poll (ADR-0049): it ends when
-	// the target answers again.
+	// a poll after stallAt, when it was recorded, is answered.
 	stallSilent bool
+	stallAt     time.Time
 	// running is the job being run, for the queue view; nil when idle. finishing are the
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob

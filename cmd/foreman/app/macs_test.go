@@ -610,6 +610,59 @@ func TestSeveralMacsSyncCallRefusedAtOnceInALongOutage(t *testing.T) {
 	}
 }
 
+// Another foreman's clock may be off: its Mac's outage counts as long as that foreman
+// measured it, not from its down_since read on this foreman's clock. A Mac that went down
+// just now, by a clock 5 s behind, does not get a call refused at once as if it had been
+// down for 5 s, past the bound (1 s here): the call waits the bound first. (A clock off
+// by more than the entries' TTL makes them look expired, or live too long, anyway.)
+func TestSeveralMacsOutageOfAnotherClockCountsItsLength(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "mac-a", macA.URL, func(c *app.Config) { c.SyncOutageWait = time.Second })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	nc, err := nats.Connect(nurl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	behind := func() time.Time { return time.Now().Add(-5 * time.Second) }
+	slow, err := broker.Open(ctx, broker.Config{Conn: nc, Now: behind})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Published again at each "poll", as a foreman does, its outage growing.
+	down := behind()
+	entry := broker.Target{Name: "mac-c", URL: "http://127.0.0.1:9", Reachable: false, DownSince: down, Models: []string{"gamma:latest"}}
+	if err := slow.PublishTarget(ctx, entry); err != nil {
+		t.Fatal(err)
+	}
+	pctx, stopPolls := context.WithCancel(ctx)
+	polls := make(chan struct{})
+	go func() {
+		defer close(polls)
+		tick := time.NewTicker(200 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-pctx.Done():
+				return
+			case <-tick.C:
+				_ = slow.PublishTarget(pctx, entry)
+			}
+		}
+	}()
+	defer func() { stopPolls(); <-polls }()
+	eventually(t, 10*time.Second, "mac-c listed, not reachable", func() bool {
+		_, b := call(t, fa, http.MethodGet, "/healthz", "")
+		return bytes.Contains(b, []byte(`"name":"mac-c"`))
+	})
+	code, b := call(t, fa, http.MethodPost, "/api/chat", `{"model":"gamma","messages":[{"role":"user","content":"hi"}],"stream":false}`)
+	if code != http.StatusBadGateway || !bytes.Contains(b, []byte("the job was canceled")) {
+		t.Fatalf("chat for the model of a Mac down just now by a slow clock: %d %s, want its job canceled after the bound, not refused at once", code, b)
+	}
+}
+
 // A call for a model only another Mac has is not relayed to it while its foreman says its
 // Ollama is unreachable: one that takes connections and answers nothing held the call
 // with no bound (its own foreman bounds only its own callers). It is refused at once.
