@@ -46,13 +46,14 @@ type Config struct {
 	// StreamIdleTimeout bounds the target's silence once its answer started; default 2m,
 	// negative means no limit. See ollama.IdleTimeout.
 	StreamIdleTimeout time.Duration
-	// TargetSilence gives up an attempt that has had no byte of answer while the
-	// Inventory's polls went unanswered (refused, reset, no answer: not an error status)
-	// for this long: Ollama hangs as a whole, and the first-byte limit (or, for a call
-	// that does not stream, NonStreamTimeout) would hold the job for minutes. The attempt
-	// counts as a stall: the job is retried (another Mac with its model may take it) and
-	// the worker pauses until its target answers (ADR-0049). Zero, or no Inventory: no
-	// such limit. foreman serve sets FOREMAN_SYNC_OUTAGE_WAIT.
+	// TargetSilence gives up an attempt that has had no byte of answer (since its start,
+	// or its last byte) for this long while the Inventory's polls went unanswered as long
+	// (refused, reset, no answer: not an error status): Ollama hangs as a whole, and the
+	// first-byte limit (for a call that does not stream, NonStreamTimeout), or mid-answer
+	// the idle limit, would hold the job for minutes. The attempt counts as a stall: the
+	// job is retried (another Mac with its model may take it; a sync job with part of its
+	// answer sent fails) and the worker pauses until its target answers (ADR-0049). Zero,
+	// or no Inventory: no such limit. foreman serve sets FOREMAN_SYNC_OUTAGE_WAIT.
 	TargetSilence time.Duration
 	// MaxJobTime bounds one attempt as a whole, however steadily the target streams;
 	// 0 (the default) means no limit.

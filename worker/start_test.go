@@ -31,8 +31,9 @@ func (e *enteredTarget) Stream(ctx context.Context, path string, body []byte, fn
 }
 
 // The start write and the target call go out together, but no frame is published before
-// the start write is stored: a reader of the job's subjects sees the attempt start before
-// the first frame, and the job's record says so when that frame comes.
+// the start write is stored: a reader of the job's subjects (in another process) sees the
+// attempt start before the first frame, and the job's record says so when that frame
+// comes.
 func TestStartWriteOverlapsCallNoFrameBeforeIt(t *testing.T) {
 	tb := setup(t)
 	target := &enteredTarget{Client: tb.target, entered: make(chan struct{})}
@@ -43,7 +44,13 @@ func TestStartWriteOverlapsCallNoFrameBeforeIt(t *testing.T) {
 		<-release
 	})
 	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
-	feed, err := tb.b.Store.Feed(j.ID, broker.FeedConfig{Buffer: 1 << 20})
+	// A reader of another process: this one's feeds get the frames handed over ahead of
+	// NATS, and a state event may then come after a frame (ADR-0035).
+	reader, err := broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	feed, err := reader.Feed(j.ID, broker.FeedConfig{Buffer: 1 << 20})
 	if err != nil {
 		t.Fatal(err)
 	}
