@@ -267,3 +267,23 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 	t.Helper()
 	worker.Until(t, within, what, cond)
 }
+
+// polledInventory is an inventory of the bundle's fake, polled once.
+func (tb *testBundle) polledInventory(t *testing.T) *ollama.Inventory {
+	t.Helper()
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	return inv
+}
+
+// goSilent takes the fake down and has inv poll it: from then on the inventory says the
+// target has answered no poll (Snapshot.DownSince).
+func (tb *testBundle) goSilent(t *testing.T, inv *ollama.Inventory) {
+	t.Helper()
+	tb.fake.SetDown(true)
+	if err := inv.Refresh(ctxT(t)); err == nil || inv.Snapshot().DownSince.IsZero() {
+		t.Fatalf("the poll of a down target: %v, down since %v", err, inv.Snapshot().DownSince)
+	}
+}

@@ -211,15 +211,9 @@ func TestQueuedJobWaitsForATargetNotUpYetAtStart(t *testing.T) {
 func TestQueuedJobWaitsForATargetThePollsFoundDown(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
-	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
-	if err := inv.Refresh(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	inv := tb.polledInventory(t)
 	w := tb.start(t, worker.Config{Inventory: inv})
-	tb.fake.SetDown(true)
-	if err := inv.Refresh(ctxT(t)); err == nil || inv.Snapshot().DownSince.IsZero() {
-		t.Fatalf("the poll of a down target: %v, down since %v", err, inv.Snapshot().DownSince)
-	}
+	tb.goSilent(t, inv)
 	job := tb.chat(t, "tiny-a", 1)
 	eventually(t, 30*time.Second, "the worker paused for the target", func() bool {
 		p := w.Paused()

@@ -22,19 +22,13 @@ func TestSilentTargetAttemptIsGivenUp(t *testing.T) {
 	tb := setup(t)
 	release := tb.fake.Hold("tiny-a")
 	defer release()
-	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
-	if err := inv.Refresh(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	inv := tb.polledInventory(t)
 	w := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, FirstByteTimeout: time.Hour})
 	job := tb.chat(t, "tiny-a", 1)
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
 		t.Fatal(err)
 	}
-	tb.fake.SetDown(true)
-	if err := inv.Refresh(ctxT(t)); err == nil || inv.Snapshot().DownSince.IsZero() {
-		t.Fatalf("the poll of a down target: %v, down since %v", err, inv.Snapshot().DownSince)
-	}
+	tb.goSilent(t, inv)
 	got := tb.waitState(t, job.ID, broker.StateRetrying)
 	if got.Attempt != 1 || !strings.Contains(got.Error, "no answer to the target's polls") {
 		t.Fatalf("retrying after attempt %d with error %q; want attempt 1 given up for the target's silence", got.Attempt, got.Error)
@@ -66,10 +60,7 @@ func TestSilentTargetMidAnswerIsGivenUp(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
 	tb.fake.FailNext(1, ollamatest.StallMidStream)
-	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
-	if err := inv.Refresh(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	inv := tb.polledInventory(t)
 	job := tb.chat(t, "tiny-a", 1)
 	stream := watchStream(t, tb.b.Conn, job.ID)
 	tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, StreamIdleTimeout: time.Hour})
@@ -78,10 +69,7 @@ func TestSilentTargetMidAnswerIsGivenUp(t *testing.T) {
 	case <-waitCtx(t).Done():
 		t.Fatal("no frame of the answer")
 	}
-	tb.fake.SetDown(true)
-	if err := inv.Refresh(ctxT(t)); err == nil {
-		t.Fatal("the poll of a down target succeeded")
-	}
+	tb.goSilent(t, inv)
 	got := tb.waitState(t, job.ID, broker.StateRetrying)
 	if got.Attempt != 1 || !strings.Contains(got.Error, "no more of the answer") {
 		t.Fatalf("retrying after attempt %d with error %q; want attempt 1 given up for the target's silence mid-answer", got.Attempt, got.Error)
@@ -100,19 +88,13 @@ func TestSilentTargetAttemptIsGivenUpDuringAStop(t *testing.T) {
 	tb := setup(t)
 	release := tb.fake.Hold("tiny-a")
 	defer release()
-	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
-	if err := inv.Refresh(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	inv := tb.polledInventory(t)
 	w := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, FirstByteTimeout: time.Hour})
 	job := tb.chat(t, "tiny-a", 1)
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
 		t.Fatal(err)
 	}
-	tb.fake.SetDown(true)
-	if err := inv.Refresh(ctxT(t)); err == nil {
-		t.Fatal("the poll of a down target succeeded")
-	}
+	tb.goSilent(t, inv)
 	ctx, cancel := context.WithTimeout(ctxT(t), 20*time.Second)
 	defer cancel()
 	if err := w.Stop(ctx); err != nil {
@@ -167,10 +149,7 @@ func TestSilentTargetsJobRunsOnAnotherMac(t *testing.T) {
 	tb := setup(t)
 	release := tb.fake.Hold("tiny-a")
 	defer release()
-	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
-	if err := inv.Refresh(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	inv := tb.polledInventory(t)
 	wa := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, FirstByteTimeout: time.Hour})
 	job := tb.chat(t, "tiny-a", 1)
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
@@ -188,10 +167,7 @@ func TestSilentTargetsJobRunsOnAnotherMac(t *testing.T) {
 	}
 	tb.startOn(t, other, worker.Config{Target: targetB, IdlePoll: 20 * time.Millisecond})
 
-	tb.fake.SetDown(true)
-	if err := inv.Refresh(ctxT(t)); err == nil {
-		t.Fatal("the poll of a down target succeeded")
-	}
+	tb.goSilent(t, inv)
 	got := tb.waitState(t, job.ID, broker.StateDone)
 	if got.Attempt != 2 {
 		t.Errorf("the job ended after attempt %d, want 2 (the first given up on the silent Mac)", got.Attempt)
@@ -211,10 +187,7 @@ func TestSilentStallOfAFailedSyncJobEndsWhenThePollsAnswer(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
 	tb.fake.FailNext(1, ollamatest.StallMidStream)
-	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
-	if err := inv.Refresh(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	inv := tb.polledInventory(t)
 	j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}, []byte(chatBody("tiny-a", 1)))
 	if err != nil {
 		t.Fatal(err)
@@ -226,10 +199,7 @@ func TestSilentStallOfAFailedSyncJobEndsWhenThePollsAnswer(t *testing.T) {
 	case <-waitCtx(t).Done():
 		t.Fatal("no frame of the answer")
 	}
-	tb.fake.SetDown(true)
-	if err := inv.Refresh(ctxT(t)); err == nil {
-		t.Fatal("the poll of a down target succeeded")
-	}
+	tb.goSilent(t, inv)
 	if got := tb.waitState(t, j.ID, broker.StateFailed); !strings.Contains(got.Error, "no more of the answer") {
 		t.Fatalf("failed with %q; want the silence mid-answer", got.Error)
 	}

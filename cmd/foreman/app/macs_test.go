@@ -105,6 +105,28 @@ func waitTargets(t *testing.T, a *app.App, n int) {
 	})
 }
 
+// alphaBeta starts two foremen on one NATS, mac-a in front of an Ollama with alpha and
+// mac-b in front of one with beta, each configuration changed by its adjust (nil for
+// none), and waits until each sees both Macs reachable.
+func alphaBeta(t *testing.T, adjustA, adjustB func(*app.Config)) (macA, macB *ollamatest.Server, fa, fb *app.App) {
+	t.Helper()
+	macA = ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB = ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	var adjA, adjB []func(*app.Config)
+	if adjustA != nil {
+		adjA = append(adjA, adjustA)
+	}
+	if adjustB != nil {
+		adjB = append(adjB, adjustB)
+	}
+	fa = startForeman(t, nurl, "mac-a", macA.URL, adjA...)
+	fb = startForeman(t, nurl, "mac-b", macB.URL, adjB...)
+	waitTargets(t, fa, 2)
+	waitTargets(t, fb, 2)
+	return macA, macB, fa, fb
+}
+
 // ownModelsOnly fails t if target saw a request naming a model outside own.
 func ownModelsOnly(t *testing.T, name string, target *ollamatest.Server, own ...string) {
 	t.Helper()
@@ -320,13 +342,7 @@ func TestSeveralMacsShareBacklog(t *testing.T) {
 // A job for a model whose only Mac is down is accepted through the other foreman and
 // waits; it runs on its Mac when that Mac is back, never on the other.
 func TestSeveralMacsModelOnDownMacWaits(t *testing.T) {
-	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
-	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
-	nurl := sharedNATS(t)
-	fa := startForeman(t, nurl, "mac-a", macA.URL)
-	fb := startForeman(t, nurl, "mac-b", macB.URL)
-	waitTargets(t, fa, 2)
-	waitTargets(t, fb, 2)
+	macA, macB, fa, _ := alphaBeta(t, nil, nil)
 	macB.SetDown(true)
 	waitTargets(t, fa, 1) // mac-b's foreman published its Mac unreachable
 
@@ -556,13 +572,7 @@ func TestSeveralMacsWebhookSparesARestartingMacSeenByPolls(t *testing.T) {
 // The other foreman's own target is up; its worker is not paused. (A job for it through
 // /jobs waits, TestSeveralMacsModelOnDownMacWaits.)
 func TestSeveralMacsSyncCallGivesUpOnADownMac(t *testing.T) {
-	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
-	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
-	nurl := sharedNATS(t)
-	fa := startForeman(t, nurl, "mac-a", macA.URL, func(c *app.Config) { c.SyncOutageWait = time.Second })
-	fb := startForeman(t, nurl, "mac-b", macB.URL)
-	waitTargets(t, fa, 2)
-	waitTargets(t, fb, 2)
+	_, macB, fa, _ := alphaBeta(t, func(c *app.Config) { c.SyncOutageWait = time.Second }, nil)
 	macB.SetDown(true)
 	waitTargets(t, fa, 1) // mac-b's foreman published its Mac unreachable
 
@@ -581,13 +591,7 @@ func TestSeveralMacsSyncCallGivesUpOnADownMac(t *testing.T) {
 // foreman publishes since when its Ollama has not answered, so the call need not wait the
 // bound again for what is already known (each call did, a minute by default, all night).
 func TestSeveralMacsSyncCallRefusedAtOnceInALongOutage(t *testing.T) {
-	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
-	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
-	nurl := sharedNATS(t)
-	fa := startForeman(t, nurl, "mac-a", macA.URL, func(c *app.Config) { c.SyncOutageWait = time.Second })
-	fb := startForeman(t, nurl, "mac-b", macB.URL)
-	waitTargets(t, fa, 2)
-	waitTargets(t, fb, 2)
+	_, macB, fa, _ := alphaBeta(t, func(c *app.Config) { c.SyncOutageWait = time.Second }, nil)
 	macB.SetDown(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -777,13 +781,7 @@ func TestSeveralMacsSyncCallMovesOffASilentMac(t *testing.T) {
 // that lists models on load keeps working against it while another Mac serves; and
 // GET /api/version is another Mac's answer.
 func TestSeveralMacsOpenAIModelsWhileTheOwnMacIsDown(t *testing.T) {
-	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
-	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
-	nurl := sharedNATS(t)
-	fa := startForeman(t, nurl, "mac-a", macA.URL)
-	fb := startForeman(t, nurl, "mac-b", macB.URL)
-	waitTargets(t, fa, 2)
-	waitTargets(t, fb, 2)
+	macA, _, fa, _ := alphaBeta(t, nil, nil)
 	macA.SetDown(true)
 	waitTargets(t, fa, 1) // mac-a's own poll failed
 	code, b := call(t, fa, http.MethodGet, "/v1/models", "")
@@ -815,13 +813,7 @@ func TestSeveralMacsOpenAIModelsWhileTheOwnMacIsDown(t *testing.T) {
 // that Mac's worker to give the attempt up (its own bound, here a minute), nor, should
 // the job then go to another Mac that hangs too, for that one's.
 func TestSeveralMacsSyncCallOnAnotherSilentMacEnds(t *testing.T) {
-	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
-	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
-	nurl := sharedNATS(t)
-	fa := startForeman(t, nurl, "mac-a", macA.URL, func(c *app.Config) { c.SyncOutageWait = time.Second })
-	fb := startForeman(t, nurl, "mac-b", macB.URL, func(c *app.Config) { c.SyncOutageWait = time.Minute })
-	waitTargets(t, fa, 2)
-	waitTargets(t, fb, 2)
+	_, macB, fa, _ := alphaBeta(t, func(c *app.Config) { c.SyncOutageWait = time.Second }, func(c *app.Config) { c.SyncOutageWait = time.Minute })
 	release := macB.Hold("beta")
 	defer release()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
