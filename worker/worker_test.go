@@ -464,11 +464,13 @@ func TestStreamFramesByteExact(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: direct: %v", tt.name, err)
 		}
-		j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: tt.model, Kind: tt.kind}, []byte(tt.body))
-		if err != nil {
+		// Watched before it is submitted: the running worker may finish it before a
+		// later subscription, and frames are not kept.
+		j := &broker.Job{ID: broker.NewID(), Model: tt.model, Kind: tt.kind}
+		stream := watchStream(t, tb.b.Conn, j.ID)
+		if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(tt.body)); err != nil {
 			t.Fatal(err)
 		}
-		stream := watchStream(t, tb.b.Conn, j.ID)
 		frames, final := stream.untilFinal(t)
 		if final.Header.Get(broker.HeaderFinal) != "done" || len(final.Data) != 0 {
 			t.Errorf("%s: final marker %v %q", tt.name, final.Header, final.Data)
