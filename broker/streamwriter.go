@@ -46,6 +46,9 @@ func newStreamWriter(nc *nats.Conn, id string) *StreamWriter {
 	return &StreamWriter{nc: nc, subject: StreamSubject(id)}
 }
 
+// Limit is the most bytes an attempt's answer may have (Config.MaxAnswer); 0: no bound.
+func (w *StreamWriter) Limit() int { return w.limit }
+
 // Published reports whether any frame of this attempt went out.
 func (w *StreamWriter) Published() bool { return w.seq > 0 }
 

@@ -1,7 +1,9 @@
 package ollama
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -42,6 +44,32 @@ func StreamsBody(path string, body []byte) bool {
 		v.Stream = nil
 	}
 	return Streams(path, v.Stream)
+}
+
+// StreamedBody returns body, a JSON object, asking for a streamed answer: its "stream"
+// member (every member whose name encoding/json would read as it, which ignores case)
+// replaced by "stream":true. The other members keep their values; their order may change.
+func StreamedBody(body []byte) ([]byte, error) {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(body, &members); err != nil {
+		return nil, err
+	}
+	if members == nil {
+		return nil, errors.New("ollama: the body is null, not an object")
+	}
+	for k := range members {
+		if strings.EqualFold(k, "stream") {
+			delete(members, k)
+		}
+	}
+	members["stream"] = json.RawMessage("true")
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(members); err != nil {
+		return nil, err
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
 }
 
 // ModelOf returns the "model" field of a request body (falling back to the

@@ -1,6 +1,7 @@
 package ollama_test
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -142,6 +143,56 @@ func TestModelOf(t *testing.T) {
 		got, err := ollama.ModelOf([]byte(tt.body))
 		if (err != nil) != tt.wantErr || got != tt.want {
 			t.Errorf("ModelOf(%s) = %q, %v; want %q, err %v", tt.body, got, err, tt.want, tt.wantErr)
+		}
+	}
+}
+
+// StreamedBody asks for a stream whatever the body said, under any name encoding/json
+// (and so Ollama) reads as "stream", and keeps every other member's value as it was.
+func TestStreamedBody(t *testing.T) {
+	tests := []struct{ name, in string }{
+		{"false", `{"model":"m","stream":false}`},
+		{"absent", `{"model":"m"}`},
+		{"null", `{"model":"m","stream":null}`},
+		{"other case", `{"model":"m","Stream":false}`},
+		{"folded s", `{"model":"m","ſtream":false}`},
+		{"escaped", `{"model":"m","str\u0065am":false}`},
+		{"twice", `{"model":"m","stream":true,"STREAM":false}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := ollama.StreamedBody([]byte(tt.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !ollama.StreamsBody("/api/generate", out) {
+				t.Errorf("%s: reads as not streamed", out)
+			}
+			var members map[string]json.RawMessage
+			if err := json.Unmarshal(out, &members); err != nil {
+				t.Fatal(err)
+			}
+			if len(members) != 2 || string(members["stream"]) != "true" || string(members["model"]) != `"m"` {
+				t.Errorf("%s: want the model and stream:true alone", out)
+			}
+		})
+	}
+	// Values are kept as sent: numbers beyond float64, HTML characters, nested objects.
+	in := `{"model":"m","stream":false,"options":{"seed":123456789012345678901234567890,"stop":["<a>&"]},"prompt":"x\u2028y"}`
+	out, err := ollama.StreamedBody([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(out, &members); err != nil {
+		t.Fatal(err)
+	}
+	if got := string(members["options"]); got != `{"seed":123456789012345678901234567890,"stop":["<a>&"]}` {
+		t.Errorf("options became %s", got)
+	}
+	for _, bad := range []string{``, `null`, `[]`, `"s"`, `{"model":`} {
+		if out, err := ollama.StreamedBody([]byte(bad)); err == nil {
+			t.Errorf("%q: got %s, want an error", bad, out)
 		}
 	}
 }

@@ -58,10 +58,12 @@ type Config struct {
 	// MaxJobTime bounds one attempt as a whole, however steadily the target streams;
 	// 0 (the default) means no limit.
 	MaxJobTime time.Duration
-	// NonStreamTimeout bounds an attempt that does not stream ("stream":false, the
-	// default on /v1): its first byte comes only with the whole answer, so the first-byte
-	// limit does not apply to it; this one covers the load plus the whole answer. When it
-	// runs out the job fails without a retry. Default 30m, negative means no limit.
+	// NonStreamTimeout bounds an attempt that does not stream ("stream":false on /v1,
+	// the default there; embeddings): its first byte comes only with the whole answer, so
+	// the first-byte limit does not apply to it; this one covers the load plus the whole
+	// answer. A native chat or generate is called streamed and its answer assembled
+	// (ADR-0050): the first-byte and idle limits bound it instead. When it runs out the
+	// job fails without a retry. Default 30m, negative means no limit.
 	NonStreamTimeout time.Duration
 	Logger           *slog.Logger
 	// StartBeforeCall makes each attempt's start write be stored before the target is
@@ -199,7 +201,7 @@ func (c *Config) validate() error {
 
 // streamOptions are the limits of one attempt's target call. A call that does not
 // stream gets its first byte only with the whole answer: NonStreamTimeout bounds it
-// instead of the first-byte limit.
+// instead of the first-byte limit (an assembled answer's call streams: targetCall).
 func (c *Config) streamOptions(streams bool) []ollama.StreamOption {
 	firstByte := max(c.FirstByteTimeout, 0)
 	if !streams {

@@ -5,10 +5,10 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"sync"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // earlyCall is a target call begun when an idle worker sees a job's queue message
@@ -30,6 +30,9 @@ type earlyCall struct {
 	r     *broker.StreamWriter
 
 	frame    func([]byte) error // the run's frame callback, set before adopted is closed
+	mu       sync.Mutex         // guards seen and sawEarly
+	seen     func(time.Time)    // the run's record of an assembled answer's lines
+	sawEarly bool               // a line came before the call was adopted
 	adopted  chan struct{}
 	adopting bool // only the worker's loop reads and writes it
 	done     chan struct{}
@@ -65,20 +68,32 @@ func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
 		ctx: jctx, abort: abort, r: w.store.StreamWriter(u.jobID),
 		adopted: make(chan struct{}), done: make(chan struct{}),
 	}
-	opts := append(w.cfg.streamOptions(ollama.StreamsBody(u.kind.Path(), u.body)), ollama.OnResponse(ec.r.SetContentType))
+	call := newTargetCall(u.kind, u.body)
 	w.trace(u.jobID, StageCalled)
 	go func() {
 		defer close(ec.done)
-		ec.ct, ec.err = w.cfg.Target.Stream(jctx, u.kind.Path(), u.body, func(f []byte) error {
+		ec.ct, ec.err = w.callTarget(jctx, call, ec.r.SetContentType, func(f []byte) error {
 			select {
 			case <-ec.adopted:
 				return ec.frame(f)
 			case <-jctx.Done():
 				return context.Cause(jctx)
 			}
-		}, opts...)
+		}, ec.sawLine, ec.r.Limit())
 	}()
 	return ec
+}
+
+// sawLine hears of a line of an assembled answer (callTarget): the run that adopted the
+// call records it; before that, the adoption does.
+func (ec *earlyCall) sawLine(now time.Time) {
+	ec.mu.Lock()
+	defer ec.mu.Unlock()
+	if ec.seen != nil {
+		ec.seen(now)
+		return
+	}
+	ec.sawEarly = true
 }
 
 // loadedNow reports whether the runner of queue token is loaded by what the worker knows
@@ -95,11 +110,18 @@ func (ec *earlyCall) matches(d *broker.Lease) bool {
 	return ec != nil && d.JobID == ec.jobID && d.Kind == ec.kind && bytes.Equal(d.Body, ec.body)
 }
 
-// adopt makes ec the run's target call: frame gets its frames from now on. It returns
+// adopt makes ec the run's target call: frame gets its frames from now on, and seen
+// hears of the lines of an assembled answer (those that came before, now). It returns
 // the call's end as Target.Stream would.
-func (ec *earlyCall) adopt(frame func([]byte) error) (string, error) {
+func (ec *earlyCall) adopt(frame func([]byte) error, seen func(time.Time)) (string, error) {
 	ec.adopting = true
 	ec.frame = frame
+	ec.mu.Lock()
+	ec.seen = seen
+	if ec.sawEarly {
+		seen(time.Now())
+	}
+	ec.mu.Unlock()
 	close(ec.adopted)
 	<-ec.done
 	return ec.ct, ec.err

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -487,6 +488,77 @@ func TestNoEarlyCallForAJobCanceledWhileAnotherRan(t *testing.T) {
 	for _, c := range eb.chatCalls() {
 		if string(c.Body) == gone {
 			t.Fatalf("the target was called for the canceled job (canceled %v)", c.Canceled)
+		}
+	}
+}
+
+// An early call of a chat its caller asked not to stream is assembled as any call of it
+// is (ADR-0050): the target streams, and the job's answer is the one Ollama gives the
+// non-streamed call.
+func TestEarlyCallOfANonStreamedChatIsAssembled(t *testing.T) {
+	eb := newEarlyBundle(t)
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream":false}`
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	eb.b.PublishBare(t, j, body)
+	u := wakeup{token: eb.token(t, "tiny-a"), jobID: j.ID, kind: broker.KindChat, body: []byte(body), fresh: true}
+	ec := eb.w.callEarly(eb.ctx, u)
+	if ec == nil {
+		t.Fatal("no early call for a published job of the loaded model")
+	}
+	// The whole answer came before the run adopts the call.
+	until(t, 10*time.Second, "the target's answer ended", func() bool {
+		calls := eb.chatCalls()
+		return len(calls) == 1 && calls[0].Finished
+	})
+	eb.b.CreateRecord(t, j)
+	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
+	if err != nil || d == nil {
+		t.Fatalf("lease: %v, %v", d, err)
+	}
+	eb.w.handle(eb.ctx, d, nil, ec)
+	eb.w.bg.Wait()
+
+	rec, _, err := eb.b.Store.Get(eb.ctx, j.ID)
+	if err != nil || rec.State != broker.StateDone || rec.Attempt != 1 {
+		t.Fatalf("record: %+v, %v; want done at attempt 1", rec, err)
+	}
+	calls := eb.chatCalls()
+	if len(calls) != 1 || !ollama.StreamsBody("/api/chat", calls[0].Body) {
+		t.Fatalf("%d calls; want the one early call, streamed", len(calls))
+	}
+	var want []byte
+	if _, err := eb.target.Client.Stream(eb.ctx, "/api/chat", []byte(body), func(f []byte) error {
+		want = append(want, f...)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(rec.Result, want) {
+		t.Errorf("result %s, want %s", rec.Result, want)
+	}
+}
+
+// The lines of an assembled answer that come before a run adopts the early call are
+// told to the run as it adopts it; those after, as they come.
+func TestEarlyCallTellsItsRunOfLinesSeen(t *testing.T) {
+	for _, before := range []bool{false, true} {
+		ec := &earlyCall{adopted: make(chan struct{}), done: make(chan struct{})}
+		close(ec.done)
+		if before {
+			ec.sawLine(time.Now())
+		}
+		var told []time.Time
+		seen := func(at time.Time) { told = append(told, at) }
+		if _, err := ec.adopt(func([]byte) error { return nil }, seen); err != nil {
+			t.Fatal(err)
+		}
+		if want := map[bool]int{false: 0, true: 1}[before]; len(told) != want {
+			t.Fatalf("a line before adoption %v: the run was told %d times at adoption, want %d", before, len(told), want)
+		}
+		at := time.Now()
+		ec.sawLine(at)
+		if len(told) == 0 || !told[len(told)-1].Equal(at) {
+			t.Errorf("a line after adoption: told %v, want %v last", told, at)
 		}
 	}
 }

@@ -144,8 +144,8 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit}) })
 		defer t.Stop()
 	}
-	streams := ollama.StreamsBody(j.Kind.Path(), d.Body)
-	if limit := w.cfg.NonStreamTimeout; !streams && limit > 0 {
+	call := newTargetCall(j.Kind, d.Body)
+	if limit := w.cfg.NonStreamTimeout; !call.streams && limit > 0 {
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit, nonStream: true}) })
 		defer t.Stop()
 	}
@@ -171,12 +171,10 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		} else if start.failed() {
 			return errNotStarted
 		}
-		now := time.Now()
 		if len(r.Frames()) == 0 {
 			w.trace(d.JobID, StageFirstFrame) // before: a reader of this process may have it at once (ADR-0035)
-			run.answered(now)
 		}
-		run.gotBytes(now)
+		run.gotFrame(time.Now())
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
 			if errors.Is(err, broker.ErrAnswerTooLarge) {
@@ -195,11 +193,10 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	check := &answerCheck{contentType: r.ContentType, pass: frame}
 	var ct string
 	if early != nil {
-		ct, err = early.adopt(check.frame)
+		ct, err = early.adopt(check.frame, run.gotFrame)
 	} else {
 		w.trace(d.JobID, StageCalled)
-		opts := append(w.cfg.streamOptions(streams), ollama.OnResponse(r.SetContentType))
-		ct, err = w.cfg.Target.Stream(jctx, j.Kind.Path(), d.Body, check.frame, opts...)
+		ct, err = w.callTarget(jctx, call, r.SetContentType, check.frame, run.gotFrame, r.Limit())
 	}
 	run.called.Store(true)
 	if err == nil {

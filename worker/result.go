@@ -12,8 +12,8 @@ import (
 
 // result builds a finished job's Result: the response in the shape a non-streamed request
 // gets. For an NDJSON chat/generate stream that is the last line with the members Ollama
-// joins replaced by their concatenation over all lines (chatResult, generateResult); for SSE the completion its chunks make
-// (sseResult); otherwise the body itself. sawDone reports whether an NDJSON stream ended
+// joins replaced by their concatenation over all lines (ndjsonAnswer); for SSE the
+// completion its chunks make (sseResult); otherwise the body itself. sawDone reports whether an NDJSON stream ended
 // with done:true.
 func result(kind broker.Kind, contentType string, frames [][]byte) (res []byte, sawDone bool) {
 	switch ollama.FramingOf(contentType) {
@@ -32,27 +32,11 @@ func result(kind broker.Kind, contentType string, frames [][]byte) (res []byte, 
 }
 
 func ndjsonResult(kind broker.Kind, frames [][]byte) ([]byte, bool) {
-	var lines [][]byte
+	a := ndjsonAnswer{kind: kind}
 	for _, f := range frames {
-		if l := bytes.TrimSpace(f); len(l) > 0 {
-			lines = append(lines, l)
-		}
+		a.add(f)
 	}
-	if len(lines) == 0 {
-		return nil, false
-	}
-	last := lines[len(lines)-1]
-	var done struct {
-		Done bool `json:"done"`
-	}
-	_ = json.Unmarshal(last, &done)
-	switch kind {
-	case broker.KindChat:
-		return chatResult(lines), done.Done
-	case broker.KindGenerate:
-		return generateResult(lines), done.Done
-	}
-	return last, done.Done
+	return a.result()
 }
 
 // The members of Ollama v0.17.4's ChatResponse, Message and GenerateResponse in the order
@@ -65,80 +49,105 @@ var (
 		metricMembers, []string{"tool_calls", "_debug_info", "logprobs", "image", "completed", "total"})
 )
 
-// chatResult is what Ollama's ChatHandler answers a non-streamed request: the final
-// frame, with the message's content and thinking the concatenation over all frames, its
-// tool calls all the frames' (the final frame's when none) and the logprobs all the
-// frames' (none when empty).
-func chatResult(lines [][]byte) []byte {
-	var content, thinking strings.Builder
-	var calls, logprobs []json.RawMessage
-	var final *object
-	for _, l := range lines {
-		var r struct {
-			Message struct {
-				Content   string          `json:"content"`
-				Thinking  string          `json:"thinking"`
-				ToolCalls json.RawMessage `json:"tool_calls"`
-			} `json:"message"`
-			Logprobs json.RawMessage `json:"logprobs"`
-		}
-		o := parseObject(l)
-		if o == nil || json.Unmarshal(l, &r) != nil {
-			continue
-		}
-		content.WriteString(r.Message.Content)
-		thinking.WriteString(r.Message.Thinking)
-		calls = appendElems(calls, r.Message.ToolCalls)
-		logprobs = appendElems(logprobs, r.Logprobs)
-		final = o
-	}
-	if final == nil {
-		return lines[len(lines)-1]
-	}
-	msg := parseObject(final.vals["message"])
-	if msg == nil {
-		msg = &object{vals: map[string]json.RawMessage{}}
-	}
-	msg.put("content", content.String(), messageMembers)
-	putText(msg, "thinking", thinking.String(), messageMembers)
-	if len(calls) > 0 {
-		msg.put("tool_calls", calls, messageMembers)
-	}
-	final.put("message", msg, chatMembers)
-	putList(final, "logprobs", logprobs, chatMembers)
-	return marshalResult(final, lines)
+// ndjsonAnswer builds, line by line, what Ollama answers a non-streamed request from the
+// lines of the streamed one, as Ollama's handlers build it from their runner's responses.
+// For a chat (ChatHandler) that is the final line, with the message's content and
+// thinking the concatenation over all lines, its tool calls all the lines' (the final
+// line's when none) and the logprobs all the lines' (none when empty); for a generate
+// (GenerateHandler) the final line with the response and thinking the concatenation and
+// the logprobs all the lines' (its tool calls are the final line's, the only one Ollama
+// puts them in). For another kind it is the last line. It keeps the texts and lists, not
+// the lines.
+type ndjsonAnswer struct {
+	kind            broker.Kind
+	text, thinking  strings.Builder
+	calls, logprobs []json.RawMessage
+	final           []byte // the last line that is a JSON object
+	last            []byte // the last line that is not blank
+	size            int    // the bytes held: texts, lists, final and last line
 }
 
-// generateResult is what Ollama's GenerateHandler answers a non-streamed request: the
-// final frame, with the response and thinking the concatenation over all frames and the
-// logprobs all the frames' (none when empty). Its tool calls are the final frame's, the
-// only one Ollama puts them in.
-func generateResult(lines [][]byte) []byte {
-	var response, thinking strings.Builder
-	var logprobs []json.RawMessage
+// add takes one line of the stream.
+func (a *ndjsonAnswer) add(f []byte) {
+	l := bytes.TrimSpace(f)
+	if len(l) == 0 {
+		return
+	}
+	a.size += len(l) - len(a.last)
+	a.last = l
+	if a.kind != broker.KindChat && a.kind != broker.KindGenerate {
+		return
+	}
+	var r struct {
+		Message struct {
+			Content   string          `json:"content"`
+			Thinking  string          `json:"thinking"`
+			ToolCalls json.RawMessage `json:"tool_calls"`
+		} `json:"message"`
+		Response string          `json:"response"`
+		Thinking string          `json:"thinking"`
+		Logprobs json.RawMessage `json:"logprobs"`
+	}
+	if l[0] != '{' || json.Unmarshal(l, &r) != nil {
+		return
+	}
+	text, thinking := r.Response, r.Thinking
+	if a.kind == broker.KindChat {
+		text, thinking = r.Message.Content, r.Message.Thinking
+		a.calls = a.appendElems(a.calls, r.Message.ToolCalls)
+	}
+	a.text.WriteString(text)
+	a.thinking.WriteString(thinking)
+	a.logprobs = a.appendElems(a.logprobs, r.Logprobs)
+	a.size += len(text) + len(thinking) + len(l) - len(a.final)
+	a.final = l
+}
+
+// appendElems adds the elements of one line's array member, counting their size.
+func (a *ndjsonAnswer) appendElems(elems []json.RawMessage, raw json.RawMessage) []json.RawMessage {
+	n := len(elems)
+	elems = appendElems(elems, raw)
+	for _, e := range elems[n:] {
+		a.size += len(e)
+	}
+	return elems
+}
+
+// result is the answer built from the lines so far, nil before any; done reports whether
+// the last line said done:true.
+func (a *ndjsonAnswer) result() (res []byte, done bool) {
+	if a.last == nil {
+		return nil, false
+	}
+	var d struct {
+		Done bool `json:"done"`
+	}
+	_ = json.Unmarshal(a.last, &d)
 	var final *object
-	for _, l := range lines {
-		var r struct {
-			Response string          `json:"response"`
-			Thinking string          `json:"thinking"`
-			Logprobs json.RawMessage `json:"logprobs"`
-		}
-		o := parseObject(l)
-		if o == nil || json.Unmarshal(l, &r) != nil {
-			continue
-		}
-		response.WriteString(r.Response)
-		thinking.WriteString(r.Thinking)
-		logprobs = appendElems(logprobs, r.Logprobs)
-		final = o
+	if a.kind == broker.KindChat || a.kind == broker.KindGenerate {
+		final = parseObject(a.final)
 	}
 	if final == nil {
-		return lines[len(lines)-1]
+		return a.last, d.Done
 	}
-	final.put("response", response.String(), generateMembers)
-	putText(final, "thinking", thinking.String(), generateMembers)
-	putList(final, "logprobs", logprobs, generateMembers)
-	return marshalResult(final, lines)
+	if a.kind == broker.KindChat {
+		msg := parseObject(final.vals["message"])
+		if msg == nil {
+			msg = &object{vals: map[string]json.RawMessage{}}
+		}
+		msg.put("content", a.text.String(), messageMembers)
+		putText(msg, "thinking", a.thinking.String(), messageMembers)
+		if len(a.calls) > 0 {
+			msg.put("tool_calls", a.calls, messageMembers)
+		}
+		final.put("message", msg, chatMembers)
+		putList(final, "logprobs", a.logprobs, chatMembers)
+	} else {
+		final.put("response", a.text.String(), generateMembers)
+		putText(final, "thinking", a.thinking.String(), generateMembers)
+		putList(final, "logprobs", a.logprobs, generateMembers)
+	}
+	return marshalResult(final, a.last), d.Done
 }
 
 // putText sets a text member Ollama omits when empty.
@@ -160,11 +169,11 @@ func putList(o *object, k string, v []json.RawMessage, order []string) {
 }
 
 // marshalResult encodes a result as json.Marshal does (compact, HTML-escaped), the form a
-// record keeps unchanged (broker.HoldResult).
-func marshalResult(o *object, lines [][]byte) []byte {
+// record keeps unchanged (broker.HoldResult); last serves should it fail.
+func marshalResult(o *object, last []byte) []byte {
 	b, err := json.Marshal(o)
 	if err != nil {
-		return lines[len(lines)-1]
+		return last
 	}
 	return b
 }

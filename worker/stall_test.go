@@ -169,16 +169,14 @@ func TestMaxJobTimeAbortsSteadyStream(t *testing.T) {
 	tb.waitQueueEmpty(t)
 }
 
-// nonStreamChat asks for a chat answer in one piece.
-const nonStreamChat = `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"long"}]}`
-
 // A call that does not stream gets its first byte only with the whole answer: a
 // generation longer than the first-byte limit is not a stall and finishes on its first
-// attempt.
+// attempt. (A native chat or generate is called streamed, ADR-0050; the OpenAI routes'
+// non-streamed answers are not.)
 func TestNonStreamedAnswerIsNotBoundByFirstByte(t *testing.T) {
 	t.Parallel()
 	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(40), ollamatest.WithTokenDelay(10 * time.Millisecond)})
-	j := tb.submit(t, "tiny-a", broker.KindChat, nonStreamChat)
+	j := tb.submit(t, "tiny-a", broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"long"}]}`)
 	w := tb.start(t, worker.Config{FirstByteTimeout: 50 * time.Millisecond, StreamIdleTimeout: 50 * time.Millisecond})
 	got := tb.waitState(t, j.ID, broker.StateDone)
 	if got.Attempt != 1 {

@@ -43,8 +43,14 @@ type runningJob struct {
 	called atomic.Bool
 }
 
-// gotBytes records an answer frame's arrival at now.
-func (r *runningJob) gotBytes(now time.Time) { r.lastByte.Store(int64(now.Sub(r.started)) + 1) }
+// gotFrame records the arrival of a frame of the target's answer at now (the first one's
+// too, as the answer's start).
+func (r *runningJob) gotFrame(now time.Time) {
+	if r.working.Load() == 0 {
+		r.answered(now)
+	}
+	r.lastByte.Store(int64(now.Sub(r.started)) + 1)
+}
 
 // lastByteAt is when the last answer frame came, zero before the first.
 func (r *runningJob) lastByteAt() time.Time {

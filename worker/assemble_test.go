@@ -1,0 +1,156 @@
+package worker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// direct is the fake's own answer to body on path, straight, and its Content-Type.
+func (tb *testBundle) direct(t *testing.T, path, body string) ([]byte, string) {
+	t.Helper()
+	var got [][]byte
+	ct, err := tb.target.Stream(ctxT(t), path, []byte(body), func(f []byte) error {
+		got = append(got, f)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("direct %s: %v", path, err)
+	}
+	return bytes.Join(got, nil), ct
+}
+
+// streamedCalls counts the fake's calls on path whose body asked for a stream.
+func streamedCalls(t *testing.T, fake *ollamatest.Server, path string) (streamed, all int) {
+	t.Helper()
+	for _, c := range fake.Calls() {
+		if c.Path != path {
+			continue
+		}
+		var v struct {
+			Stream *bool `json:"stream"`
+		}
+		if err := json.Unmarshal(c.Body, &v); err != nil {
+			t.Fatalf("call body %s: %v", c.Body, err)
+		}
+		all++
+		if v.Stream != nil && *v.Stream {
+			streamed++
+		}
+	}
+	return streamed, all
+}
+
+// A chat or generate its caller asked not to stream is called streamed (ADR-0050), and
+// the answer the caller gets, and the job keeps, is the one Ollama answers the
+// non-streamed call: byte for byte, with its Content-Type, logprobs included.
+func TestNonStreamedAnswerIsAssembledFromAStream(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		kind broker.Kind
+		body string
+	}{
+		{"chat", broker.KindChat, `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"say <a> & \"b\""}]}`},
+		{"chat with logprobs", broker.KindChat, `{"model":"tiny-a","stream":false,"logprobs":true,"messages":[{"role":"user","content":"hi"}]}`},
+		{"generate", broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","Stream":false}`},
+		{"generate with logprobs", broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","stream":false,"logprobs":true}`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(5)})
+			want, wantCT := tb.direct(t, tt.kind.Path(), tt.body)
+			tb.start(t, worker.Config{})
+			j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: tt.kind, Sync: true}
+			stream := watchStream(t, tb.b.Conn, j.ID)
+			if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(tt.body)); err != nil {
+				t.Fatal(err)
+			}
+			frames, final := stream.untilFinal(t)
+			if final.Header.Get(broker.HeaderFinal) != "done" {
+				t.Fatalf("final marker %v", final.Header)
+			}
+			var got []byte
+			for _, f := range frames {
+				got = append(got, f.Data...)
+			}
+			if !bytes.Equal(got, want) {
+				t.Errorf("answer\n %s\nwant Ollama's non-streamed one\n %s", got, want)
+			}
+			if ct := frames[0].Header.Get(broker.HeaderContentType); ct != wantCT {
+				t.Errorf("content type %q, want %q", ct, wantCT)
+			}
+			if rec := tb.waitState(t, j.ID, broker.StateDone); !bytes.Equal(rec.Result, want) {
+				t.Errorf("result %s, want %s", rec.Result, want)
+			}
+			// The direct call did not stream; the job's did.
+			if streamed, all := streamedCalls(t, tb.fake, tt.kind.Path()); streamed != 1 || all != 2 {
+				t.Errorf("%d of %d calls streamed, want the job's 1 of 2", streamed, all)
+			}
+		})
+	}
+}
+
+// A runner that hangs mid-answer sends nothing more while Ollama's API answers on. A
+// non-streamed call would wait for it the whole non-stream limit; assembled from a
+// stream, the call is given up at the stream's idle limit, and the next attempt answers.
+func TestRunnerHungMidNonStreamedAnswerIsGivenUpAtTheIdleLimit(t *testing.T) {
+	t.Parallel()
+	var hung atomic.Bool
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(6), ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
+		if i == 3 && hung.CompareAndSwap(false, true) {
+			<-ctx.Done() // the first call's runner stops at its fourth token for good
+			return ctx.Err()
+		}
+		return nil
+	})})
+	body := `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`
+	j := tb.submit(t, "tiny-a", broker.KindChat, body)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: 200 * time.Millisecond, NonStreamTimeout: time.Hour})
+	rec := tb.waitState(t, j.ID, broker.StateDone)
+	if rec.Attempt != 2 {
+		t.Errorf("done at attempt %d, want 2", rec.Attempt)
+	}
+	if seen := states.until(t); !contains(seen, broker.StateRetrying) {
+		t.Errorf("states %v: the hung attempt was not retried", seen)
+	}
+	want, _ := tb.direct(t, "/api/chat", body)
+	if !bytes.Equal(rec.Result, want) {
+		t.Errorf("result %s, want %s", rec.Result, want)
+	}
+}
+
+// A runner that fails mid-answer ends Ollama's stream with an error line; a non-streamed
+// call gets the error as a status. So does the assembled one: the job fails with the
+// message and status 500, and no part of the answer reaches the caller.
+func TestErrorLineOfAnAssembledAnswerFailsTheJob(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
+	tb.fake.FailNext(1, ollamatest.StreamError("llama runner process has terminated"))
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	tb.start(t, worker.Config{})
+	frames, final := stream.untilFinal(t)
+	if len(frames) != 0 {
+		t.Errorf("%d frames reached the caller before the error, want none", len(frames))
+	}
+	h := final.Header
+	if h.Get(broker.HeaderFinal) != "failed" || h.Get(broker.HeaderError) != "llama runner process has terminated" || h.Get(broker.HeaderStatus) != "500" {
+		t.Errorf("final marker %v, want failed with the runner's message and status 500", h)
+	}
+	if rec := tb.waitState(t, j.ID, broker.StateFailed); rec.Error != "llama runner process has terminated" {
+		t.Errorf("record error %q", rec.Error)
+	}
+}
