@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
 	"github.com/ollama/ollama/types/model"
@@ -47,29 +48,44 @@ func StreamsBody(path string, body []byte) bool {
 }
 
 // StreamedBody returns body, a JSON object, asking for a streamed answer: its "stream"
-// member (every member whose name encoding/json would read as it, which ignores case)
-// replaced by "stream":true. The other members keep their values; their order may change.
+// members (every member whose name encoding/json would read as it: it ignores case)
+// left out and "stream":true added last. The other members stay as they were, in their
+// order: a decoder takes the last of the members it reads as one ("model" and "Model"),
+// so their order is part of the request.
 func StreamedBody(body []byte) ([]byte, error) {
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(body, &members); err != nil {
-		return nil, err
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return nil, errors.New("ollama: the body is not a JSON object")
 	}
-	if members == nil {
-		return nil, errors.New("ollama: the body is null, not an object")
-	}
-	for k := range members {
-		if strings.EqualFold(k, "stream") {
-			delete(members, k)
+	out := make([]byte, 0, len(body)+16)
+	out = append(out, '{')
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return nil, err
 		}
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			return nil, err
+		}
+		name := t.(string) // a member's name, as the decoder has checked
+		if strings.EqualFold(name, "stream") {
+			continue
+		}
+		key, err := json.Marshal(name)
+		if err != nil {
+			return nil, err
+		}
+		out = append(append(append(out, key...), ':'), v...)
+		out = append(out, ',')
 	}
-	members["stream"] = json.RawMessage("true")
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(members); err != nil {
+	if _, err := dec.Token(); err != nil {
 		return nil, err
 	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n")), nil
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, errors.New("ollama: data after the body's JSON object")
+	}
+	return append(out, `"stream":true}`...), nil
 }
 
 // ModelOf returns the "model" field of a request body (falling back to the

@@ -190,9 +190,30 @@ func TestStreamedBody(t *testing.T) {
 	if got := string(members["options"]); got != `{"seed":123456789012345678901234567890,"stop":["<a>&"]}` {
 		t.Errorf("options became %s", got)
 	}
-	for _, bad := range []string{``, `null`, `[]`, `"s"`, `{"model":`} {
+	// Members read as one keep their order, so the last still counts: the same model.
+	in = `{"model":"tiny-a","Model":"big-b","stream":false,"OPTIONS":{"num_ctx":1},"options":{"num_ctx":2}}`
+	out, err = ollama.StreamedBody([]byte(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before, after := modelOf(t, in), modelOf(t, string(out)); before != "big-b" || after != before {
+		t.Errorf("%s: model %q, want %q as before", out, after, before)
+	}
+	if want := `{"model":"tiny-a","Model":"big-b","OPTIONS":{"num_ctx":1},"options":{"num_ctx":2},"stream":true}`; string(out) != want {
+		t.Errorf("got %s, want %s", out, want)
+	}
+	for _, bad := range []string{``, `null`, `[]`, `"s"`, `{"model":`, `{"model":"m"} {}`} {
 		if out, err := ollama.StreamedBody([]byte(bad)); err == nil {
 			t.Errorf("%q: got %s, want an error", bad, out)
 		}
 	}
+}
+
+func modelOf(t *testing.T, body string) string {
+	t.Helper()
+	m, err := ollama.ModelOf([]byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
 }

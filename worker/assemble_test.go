@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -152,5 +155,69 @@ func TestErrorLineOfAnAssembledAnswerFailsTheJob(t *testing.T) {
 	}
 	if rec := tb.waitState(t, j.ID, broker.StateFailed); rec.Error != "llama runner process has terminated" {
 		t.Errorf("record error %q", rec.Error)
+	}
+}
+
+// What the target does to a non-streamed call, the assembled call gets from its stream
+// and answers the same: a stream that ends without done:true (the last line, done:false,
+// texts joined), an error line (status 500 with the message).
+func TestAssembledAnswerOfAnEndedStreamIsOllamas(t *testing.T) {
+	t.Parallel()
+	body := `{"model":"tiny-a","stream":false,"logprobs":true,"messages":[{"role":"user","content":"hi"}]}`
+	for _, f := range []ollamatest.Failure{ollamatest.StreamNoDone, ollamatest.StreamError("llama runner process has terminated")} {
+		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(4)})
+		tb.fake.FailNext(1, f)
+		var want []byte
+		_, derr := tb.target.Stream(ctxT(t), "/api/chat", []byte(body), func(b []byte) error {
+			want = append(want, b...)
+			return nil
+		})
+		tb.fake.FailNext(1, f)
+		tb.start(t, worker.Config{})
+		j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+		stream := watchStream(t, tb.b.Conn, j.ID)
+		if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(body)); err != nil {
+			t.Fatal(err)
+		}
+		frames, final := stream.untilFinal(t)
+		var got []byte
+		for _, m := range frames {
+			got = append(got, m.Data...)
+		}
+		if derr != nil {
+			// Ollama's status and message, and nothing of the answer.
+			var he *ollama.HTTPError
+			if !errors.As(derr, &he) {
+				t.Fatalf("%s: direct: %v", f, derr)
+			}
+			h := final.Header
+			if len(got) != 0 || h.Get(broker.HeaderFinal) != "failed" || h.Get(broker.HeaderError) != he.Message || h.Get(broker.HeaderStatus) != strconv.Itoa(he.StatusCode) {
+				t.Errorf("%s: answer %q, final %v; want no answer, failed with %d %q", f, got, h, he.StatusCode, he.Message)
+			}
+			continue
+		}
+		if final.Header.Get(broker.HeaderFinal) != "done" || !bytes.Equal(got, want) {
+			t.Errorf("%s: final %v, answer\n %s\nwant Ollama's\n %s", f, final.Header, got, want)
+		}
+	}
+}
+
+// A target that is not Ollama fails a non-streamed call's job with what it sent, its own
+// Content-Type and first bytes, as it would have failed the call made as asked; nothing
+// of it reaches the caller.
+func TestAssembledCallOfANonOllamaTargetFailsWithItsAnswer(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.BadAnswer(ollama.ContentTypeNDJSON, "<html>not ollama</html>\n"))
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	tb.start(t, worker.Config{})
+	frames, final := stream.untilFinal(t)
+	want := `bad answer from the target (Content-Type "application/x-ndjson"): a stream with no JSON frame: "<html>not ollama</html>\n"`
+	if len(frames) != 0 || final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderError) != want {
+		t.Errorf("%d frames, final %v; want none, failed with %q", len(frames), final.Header, want)
 	}
 }

@@ -24,6 +24,7 @@ type earlyCall struct {
 	jobID string
 	kind  broker.Kind
 	body  []byte
+	call  targetCall // how the target is called for it
 
 	ctx   context.Context
 	abort context.CancelCauseFunc
@@ -64,28 +65,27 @@ func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
 	}
 	jctx, abort := context.WithCancelCause(ctx)
 	ec := &earlyCall{
-		jobID: u.jobID, kind: u.kind, body: u.body,
+		jobID: u.jobID, kind: u.kind, body: u.body, call: newTargetCall(u.kind, u.body),
 		ctx: jctx, abort: abort, r: w.store.StreamWriter(u.jobID),
 		adopted: make(chan struct{}), done: make(chan struct{}),
 	}
-	call := newTargetCall(u.kind, u.body)
 	w.trace(u.jobID, StageCalled)
 	go func() {
 		defer close(ec.done)
-		ec.ct, ec.err = w.callTarget(jctx, call, ec.r.SetContentType, func(f []byte) error {
+		ec.ct, ec.err = w.callTarget(jctx, ec.call, ec.r.SetContentType, func(f []byte) error {
 			select {
 			case <-ec.adopted:
 				return ec.frame(f)
 			case <-jctx.Done():
 				return context.Cause(jctx)
 			}
-		}, ec.sawLine, ec.r.Limit())
+		}, ec.sawLine, ec.r.Limit(), w.log.With("job_id", u.jobID))
 	}()
 	return ec
 }
 
 // sawLine hears of a line of an assembled answer (callTarget): the run that adopted the
-// call records it; before that, the adoption does.
+// call records it; before that, the adoption records that lines came, at its own time.
 func (ec *earlyCall) sawLine(now time.Time) {
 	ec.mu.Lock()
 	defer ec.mu.Unlock()

@@ -144,7 +144,12 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit}) })
 		defer t.Stop()
 	}
-	call := newTargetCall(j.Kind, d.Body)
+	var call targetCall
+	if early != nil {
+		call = early.call // the same body: a match
+	} else {
+		call = newTargetCall(j.Kind, d.Body)
+	}
 	if limit := w.cfg.NonStreamTimeout; !call.streams && limit > 0 {
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit, nonStream: true}) })
 		defer t.Stop()
@@ -196,7 +201,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		ct, err = early.adopt(check.frame, run.gotFrame)
 	} else {
 		w.trace(d.JobID, StageCalled)
-		ct, err = w.callTarget(jctx, call, r.SetContentType, check.frame, run.gotFrame, r.Limit())
+		ct, err = w.callTarget(jctx, call, r.SetContentType, check.frame, run.gotFrame, r.Limit(), log)
 	}
 	run.called.Store(true)
 	if err == nil {

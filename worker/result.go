@@ -53,13 +53,17 @@ var (
 // lines of the streamed one, as Ollama's handlers build it from their runner's responses.
 // For a chat (ChatHandler) that is the final line, with the message's content and
 // thinking the concatenation over all lines, its tool calls all the lines' (the final
-// line's when none) and the logprobs all the lines' (none when empty); for a generate
+// line's when none, or when the request offers no tools: finalCalls) and the logprobs
+// all the lines' (none when empty); for a generate
 // (GenerateHandler) the final line with the response and thinking the concatenation and
 // the logprobs all the lines' (its tool calls are the final line's, the only one Ollama
 // puts them in). For another kind it is the last line. It keeps the texts and lists, not
 // the lines.
 type ndjsonAnswer struct {
-	kind            broker.Kind
+	kind broker.Kind
+	// finalCalls keeps a chat's tool calls the final line's, as Ollama does for a
+	// request that offers no tools.
+	finalCalls      bool
 	text, thinking  strings.Builder
 	calls, logprobs []json.RawMessage
 	final           []byte // the last line that is a JSON object
@@ -89,12 +93,15 @@ func (a *ndjsonAnswer) add(f []byte) {
 		Logprobs json.RawMessage `json:"logprobs"`
 	}
 	if l[0] != '{' || json.Unmarshal(l, &r) != nil {
+		a.size += len(l) // not kept, but read: an endless stream of them is bounded too
 		return
 	}
 	text, thinking := r.Response, r.Thinking
 	if a.kind == broker.KindChat {
 		text, thinking = r.Message.Content, r.Message.Thinking
-		a.calls = a.appendElems(a.calls, r.Message.ToolCalls)
+		if !a.finalCalls {
+			a.calls = a.appendElems(a.calls, r.Message.ToolCalls)
+		}
 	}
 	a.text.WriteString(text)
 	a.thinking.WriteString(thinking)

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 
@@ -221,5 +222,58 @@ func TestNDJSONResultKeepsEveryMember(t *testing.T) {
 				t.Errorf("result (done %v)\n%s\nwant\n%s", done, res, tt.want)
 			}
 		})
+	}
+}
+
+// A chat's tool calls are all the lines' when the request offers tools, and the final
+// line's as it is when it offers none: Ollama joins them only then (v0.17.4 ChatHandler).
+func TestAssembledToolCallsFollowTheRequest(t *testing.T) {
+	lines := []string{
+		`{"model":"m","message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"a","arguments":{}}}]},"done":false}`,
+		`{"model":"m","message":{"role":"assistant","content":"","tool_calls":[{"function":{"name":"b","arguments":{}}}]},"done":true}`,
+	}
+	for _, tt := range []struct {
+		finalCalls bool
+		want       string
+	}{
+		{false, `[{"function":{"name":"a","arguments":{}}},{"function":{"name":"b","arguments":{}}}]`},
+		{true, `[{"function":{"name":"b","arguments":{}}}]`},
+	} {
+		a := ndjsonAnswer{kind: broker.KindChat, finalCalls: tt.finalCalls}
+		for _, l := range lines {
+			a.add([]byte(l))
+		}
+		res, done := a.result()
+		var got struct {
+			Message struct {
+				ToolCalls json.RawMessage `json:"tool_calls"`
+			} `json:"message"`
+		}
+		if err := json.Unmarshal(res, &got); err != nil || !done || string(got.Message.ToolCalls) != tt.want {
+			t.Errorf("finalCalls %v: %s (done %v); want tool calls %s", tt.finalCalls, res, done, tt.want)
+		}
+	}
+}
+
+func TestTargetCallOfANonStreamedChat(t *testing.T) {
+	for _, tt := range []struct {
+		kind                      broker.Kind
+		body                      string
+		streams, assembled, tools bool
+	}{
+		{broker.KindChat, `{"model":"m","stream":false,"tools":[{"type":"function"}]}`, true, true, true},
+		{broker.KindChat, `{"model":"m","stream":false,"tools":[]}`, true, true, false},
+		{broker.KindGenerate, `{"model":"m","stream":false}`, true, true, false},
+		{broker.KindChat, `{"model":"m"}`, true, false, false},
+		{broker.KindOpenAIChat, `{"model":"m","stream":false}`, false, false, false},
+		{broker.KindEmbed, `{"model":"m","input":"x"}`, false, false, false},
+	} {
+		c := newTargetCall(tt.kind, []byte(tt.body))
+		if c.streams != tt.streams || c.assembled != tt.assembled || c.tools != tt.tools {
+			t.Errorf("%s %s: streams %v assembled %v tools %v, want %v %v %v", tt.kind, tt.body, c.streams, c.assembled, c.tools, tt.streams, tt.assembled, tt.tools)
+		}
+		if c.assembled == bytes.Equal(c.body, []byte(tt.body)) {
+			t.Errorf("%s %s: sent %s", tt.kind, tt.body, c.body)
+		}
 	}
 }

@@ -50,7 +50,9 @@ var (
 	NotOllama = Failure{kind: kindNotOllama}
 	// StreamNoDone streams the tokens and ends the response cleanly without
 	// the final done:true frame, as real Ollama sometimes does (on /v1/responses and
-	// /v1/messages, without the events that close the stream).
+	// /v1/messages, without the events that close the stream). A non-streamed native chat
+	// or generate gets what Ollama answers then: the last line, done:false, with the
+	// texts joined.
 	StreamNoDone = Failure{kind: kindNoDone}
 )
 
@@ -63,7 +65,8 @@ func FailStatus(code int, msg string) Failure { return Failure{kind: kindStatus,
 // frame — {"error": msg}, or on the OpenAI routes data: {"error":{"message": msg}} — with
 // status 200, as real Ollama does when its runner fails mid-generation. On /v1/responses and
 // /v1/messages, whose Ollama writers drop that error frame, it acts as StreamNoDone: the
-// stream ends after the tokens without its closing events.
+// stream ends after the tokens without its closing events. A non-streamed native chat or
+// generate gets status 500 with {"error": msg} instead, as from Ollama.
 func StreamError(msg string) Failure { return Failure{kind: kindStreamErr, msg: msg} }
 
 // BadAnswer answers 200 with body as contentType in place of the route's answer: what a

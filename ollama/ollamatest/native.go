@@ -107,8 +107,12 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 		Metrics: metrics(load, len(strings.Fields(prompt.String())), len(toks)),
 	}
 	if req.Stream != nil && !*req.Stream {
-		if s.generate(r.Context(), toks, nil) != nil {
+		if s.generate(r.Context(), toks, nil) != nil || nonStreamedFailure(w, f) {
 			return
+		}
+		if f != nil && f.kind == kindNoDone {
+			// Ollama answers the last line it got, with the texts joined.
+			final = ollama.ChatResponse{Model: req.Model, CreatedAt: now, Message: ollama.Message{Role: "assistant"}}
 		}
 		final.Message.Content = join(toks)
 		final.Logprobs = logprobs(req.Logprobs, toks...)
@@ -157,8 +161,11 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 		Metrics: metrics(load, len(strings.Fields(prompt)), len(toks)),
 	}
 	if req.Stream != nil && !*req.Stream {
-		if s.generate(r.Context(), toks, nil) != nil {
+		if s.generate(r.Context(), toks, nil) != nil || nonStreamedFailure(w, f) {
 			return
+		}
+		if f != nil && f.kind == kindNoDone {
+			final = ollama.GenerateResponse{Model: req.Model, CreatedAt: now}
 		}
 		final.Response = join(toks)
 		final.Logprobs = logprobs(req.Logprobs, toks...)
@@ -175,6 +182,17 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 	if err == nil {
 		sw.streamErr(nativeError)
 	}
+}
+
+// nonStreamedFailure answers a non-streamed chat or generate whose stream would have
+// ended with StreamError as Ollama does, with the error and status 500, and reports
+// whether it did.
+func nonStreamedFailure(w http.ResponseWriter, f *Failure) bool {
+	if f == nil || f.kind != kindStreamErr {
+		return false
+	}
+	writeError(w, http.StatusInternalServerError, f.msg)
+	return true
 }
 
 // loadOnly answers an empty chat/generate, which Ollama treats as "load the
