@@ -49,10 +49,12 @@ func StreamsBody(path string, body []byte) bool {
 
 // StreamedBody returns body, a JSON object, asking for a streamed answer: its "stream"
 // members (every member whose name encoding/json would read as it: it ignores case)
-// left out and "stream":true added last. The other members stay as they were, in their
-// order: a decoder takes the last of the members it reads as one ("model" and "Model"),
-// so their order is part of the request.
-func StreamedBody(body []byte) ([]byte, error) {
+// left out and "stream":true added last; withUsage does the same with
+// "stream_options":{"include_usage":true}, which has an OpenAI-compatible stream end with
+// the usage a non-streamed answer carries. The other members stay as they were, in
+// their order: a decoder takes the last of the members it reads as one ("model" and
+// "Model"), so their order is part of the request.
+func StreamedBody(body []byte, withUsage bool) ([]byte, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
 		return nil, errors.New("ollama: the body is not a JSON object")
@@ -69,7 +71,7 @@ func StreamedBody(body []byte) ([]byte, error) {
 			return nil, err
 		}
 		name := t.(string) // a member's name, as the decoder has checked
-		if strings.EqualFold(name, "stream") {
+		if strings.EqualFold(name, "stream") || withUsage && strings.EqualFold(name, "stream_options") {
 			continue
 		}
 		key, err := json.Marshal(name)
@@ -84,6 +86,9 @@ func StreamedBody(body []byte) ([]byte, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("ollama: data after the body's JSON object")
+	}
+	if withUsage {
+		out = append(out, `"stream_options":{"include_usage":true},`...)
 	}
 	return append(out, `"stream":true}`...), nil
 }

@@ -161,7 +161,7 @@ func TestStreamedBody(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := ollama.StreamedBody([]byte(tt.in))
+			out, err := ollama.StreamedBody([]byte(tt.in), false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -179,7 +179,7 @@ func TestStreamedBody(t *testing.T) {
 	}
 	// Values are kept as sent: numbers beyond float64, HTML characters, nested objects.
 	in := `{"model":"m","stream":false,"options":{"seed":123456789012345678901234567890,"stop":["<a>&"]},"prompt":"x\u2028y"}`
-	out, err := ollama.StreamedBody([]byte(in))
+	out, err := ollama.StreamedBody([]byte(in), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +192,7 @@ func TestStreamedBody(t *testing.T) {
 	}
 	// Members read as one keep their order, so the last still counts: the same model.
 	in = `{"model":"tiny-a","Model":"big-b","stream":false,"OPTIONS":{"num_ctx":1},"options":{"num_ctx":2}}`
-	out, err = ollama.StreamedBody([]byte(in))
+	out, err = ollama.StreamedBody([]byte(in), false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,8 +202,13 @@ func TestStreamedBody(t *testing.T) {
 	if want := `{"model":"tiny-a","Model":"big-b","OPTIONS":{"num_ctx":1},"options":{"num_ctx":2},"stream":true}`; string(out) != want {
 		t.Errorf("got %s, want %s", out, want)
 	}
+	// An OpenAI-compatible body asks for the usage too, whatever stream options it had.
+	out, err = ollama.StreamedBody([]byte(`{"model":"m","Stream_Options":{"include_usage":false},"messages":[]}`), true)
+	if want := `{"model":"m","messages":[],"stream_options":{"include_usage":true},"stream":true}`; err != nil || string(out) != want {
+		t.Errorf("got %s (%v), want %s", out, err, want)
+	}
 	for _, bad := range []string{``, `null`, `[]`, `"s"`, `{"model":`, `{"model":"m"} {}`} {
-		if out, err := ollama.StreamedBody([]byte(bad)); err == nil {
+		if out, err := ollama.StreamedBody([]byte(bad), false); err == nil {
 			t.Errorf("%q: got %s, want an error", bad, out)
 		}
 	}

@@ -12,120 +12,165 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// assembledContentType is the Content-Type of an assembled answer, Ollama's for a
-// non-streamed chat or generate answer.
-const assembledContentType = "application/json; charset=utf-8"
-
-// targetCall is how an attempt calls the target for a job: a chat or generate its caller
-// asked not to stream is called streamed, and the worker assembles the non-streamed
-// answer from the lines as Ollama does (ADR-0050). Ollama sends a non-streamed answer
-// only once it is whole, so a runner that hangs mid-answer would be seen only at the
-// non-stream limit (30m by default); streamed, the idle limit (2m) catches it, and the
-// first line tells when the answer began.
+// targetCall is how an attempt calls the target for a job: a chat or completion its
+// caller asked not to stream is called streamed, and the worker assembles the
+// non-streamed answer from the stream as Ollama does (ADR-0050). Ollama sends a
+// non-streamed answer only once it is whole, so a runner that hangs mid-answer would be
+// seen only at the non-stream limit (30m by default); streamed, the idle limit (2m)
+// catches it, and the first line tells when the answer began.
 type targetCall struct {
 	kind      broker.Kind
 	body      []byte // what is sent: the job's body, or its streamed form
 	streams   bool   // the target streams its answer
 	assembled bool   // the answer is assembled from a stream the caller did not ask for
-	tools     bool   // the request offers tools: the answer's tool calls are all the lines'
+	tools     bool   // the request offers tools: a native chat's tool calls are all the lines'
 }
 
 // newTargetCall is the call of a job of kind with body.
 func newTargetCall(kind broker.Kind, body []byte) targetCall {
 	c := targetCall{kind: kind, body: body, streams: ollama.StreamsBody(kind.Path(), body)}
-	if !c.streams && (kind == broker.KindChat || kind == broker.KindGenerate) {
-		if streamed, err := ollama.StreamedBody(body); err == nil {
-			c.body, c.streams, c.assembled = streamed, true, true
-			var req struct {
-				Tools []json.RawMessage `json:"tools"`
-			}
-			c.tools = json.Unmarshal(body, &req) == nil && len(req.Tools) > 0
-		}
+	if c.streams {
+		return c
 	}
+	var (
+		streamed []byte
+		err      error
+	)
+	switch kind {
+	case broker.KindChat, broker.KindGenerate:
+		streamed, err = ollama.StreamedBody(body, false)
+	case broker.KindOpenAIChat, broker.KindOpenAICompletion:
+		// The usage ends the stream only when asked for; the non-streamed answer has it.
+		streamed, err = ollama.StreamedBody(body, true)
+	default:
+		return c
+	}
+	if err != nil {
+		return c // not an object: sent as it is, for Ollama to refuse
+	}
+	c.body, c.streams, c.assembled = streamed, true, true
+	var req struct {
+		Tools []json.RawMessage `json:"tools"`
+	}
+	c.tools = json.Unmarshal(body, &req) == nil && len(req.Tools) > 0
 	return c
+}
+
+// assembledFraming is the framing of the stream an assembled answer of kind is built
+// from, and the Content-Type Ollama gives the non-streamed answer: its native handlers'
+// (gin's JSON), its OpenAI middleware's (a json.Encoder's).
+func assembledFraming(kind broker.Kind) (ollama.Framing, string) {
+	if kind == broker.KindChat || kind == broker.KindGenerate {
+		return ollama.NDJSON, "application/json; charset=utf-8"
+	}
+	return ollama.SSE, "application/json"
 }
 
 // callTarget makes call c. The answer's Content-Type goes to setCT before its first
 // frame, its frames to relay. An assembled answer reaches relay only at its end, as one
-// frame: seen, when not nil, hears of each of the target's lines as it comes, and limit
+// frame: seen, when not nil, hears of each of the target's frames as it comes, and limit
 // bounds what the assembly holds (0: no bound). It returns as Target.Stream does.
 func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string) error, relay func([]byte) error, seen func(time.Time), limit int, log *slog.Logger) (string, error) {
 	if !c.assembled {
 		return w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, relay, append(w.cfg.streamOptions(c.streams), ollama.OnResponse(setCT))...)
 	}
-	a := &assembly{answer: ndjsonAnswer{kind: c.kind, finalCalls: !c.tools}, limit: limit, setCT: setCT, relay: relay, seen: seen}
-	// The target's lines pass the answer check themselves: one that is not Ollama fails
+	a := &assembly{kind: c.kind, answer: ndjsonAnswer{kind: c.kind, finalCalls: !c.tools}, limit: limit, setCT: setCT, relay: relay, seen: seen}
+	a.framing, a.outCT = assembledFraming(c.kind)
+	// The target's frames pass the answer check themselves: one that is not Ollama fails
 	// with what it sent, not with the assembly of it.
-	a.check = answerCheck{contentType: func() string { return a.ct }, pass: a.line}
+	a.check = answerCheck{contentType: func() string { return a.ct }, pass: a.take}
 	ct, err := w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, a.frame, append(w.cfg.streamOptions(true), ollama.OnResponse(a.contentType))...)
 	return a.end(ct, err, log)
 }
 
-// assembly builds a non-streamed answer from the target's NDJSON stream. An answer in
-// another framing (a target that is not Ollama, or one that answers JSON all the same)
-// is relayed as it comes, for the run's answer check to judge.
+// assembly builds a non-streamed answer from the target's stream: NDJSON lines for a
+// native chat or generate (ndjsonAnswer), SSE events for an OpenAI-compatible one
+// (sseResult). An answer in another framing (a target that is not Ollama, or one that
+// answers JSON all the same) is relayed as it comes, for the run's answer check to judge.
 type assembly struct {
-	answer ndjsonAnswer
-	check  answerCheck // the target's lines, before they are assembled
-	limit  int
-	setCT  func(string) error
-	relay  func([]byte) error
-	seen   func(time.Time)
-	ct     string // the target's Content-Type
-	ndjson bool   // the target streams NDJSON: its lines are assembled
-	failed string // the error a line of the stream reported
+	kind       broker.Kind
+	framing    ollama.Framing // what the stream is to be
+	outCT      string         // the assembled answer's Content-Type
+	answer     ndjsonAnswer   // NDJSON: the answer so far
+	events     [][]byte       // SSE: the events so far
+	check      answerCheck    // the target's frames, before they are assembled
+	limit      int
+	size       int // SSE: the events' bytes
+	setCT      func(string) error
+	relay      func([]byte) error
+	seen       func(time.Time)
+	ct         string // the target's Content-Type
+	assembling bool   // the target streams as asked: its frames are assembled
+	failed     string // the error a frame of the stream reported
 }
 
 func (a *assembly) contentType(ct string) error {
 	a.ct = ct
-	if ollama.FramingOf(ct) != ollama.NDJSON {
+	if ollama.FramingOf(ct) != a.framing {
 		return a.setCT(ct)
 	}
-	a.ndjson = true
-	return a.setCT(assembledContentType)
+	a.assembling = true
+	return a.setCT(a.outCT)
 }
 
 func (a *assembly) frame(f []byte) error {
 	if a.seen != nil {
 		a.seen(time.Now())
 	}
-	if !a.ndjson {
+	if !a.assembling {
 		return a.relay(f)
 	}
 	return a.check.frame(f)
 }
 
-// line takes a line of the target's stream once the answer check has seen a valid one.
-func (a *assembly) line(f []byte) error {
-	if msg := ollama.FrameError(ollama.ContentTypeNDJSON, f); msg != "" {
-		// Ollama ends a stream whose runner failed with this line; the non-streamed
+// take takes a frame of the target's stream once the answer check has seen a valid one.
+func (a *assembly) take(f []byte) error {
+	if msg := ollama.FrameError(a.ct, f); msg != "" {
+		// Ollama ends a stream whose runner failed with this frame; the non-streamed
 		// call gets it as an error status instead.
 		a.failed = msg
 		return nil
 	}
-	a.answer.add(f)
-	if a.limit > 0 && a.answer.size > a.limit {
+	size := a.size
+	if a.framing == ollama.NDJSON {
+		a.answer.add(f)
+		size = a.answer.size
+	} else {
+		a.events = append(a.events, f)
+		a.size += len(f)
+		size = a.size
+	}
+	if a.limit > 0 && size > a.limit {
 		return fmt.Errorf("%w: the target's answer passed %d bytes", broker.ErrAnswerTooLarge, a.limit)
 	}
 	return nil
 }
 
 // end ends the call that returned ct and err: an assembled answer goes to relay as one
-// frame, and an error line of the stream becomes the error status Ollama answers a
+// frame, and an error frame of the stream becomes the error status Ollama answers a
 // non-streamed call with (500: the stream no longer carries the status).
 func (a *assembly) end(ct string, err error, log *slog.Logger) (string, error) {
-	if err != nil || !a.ndjson {
+	if err != nil || !a.assembling {
 		return ct, err
 	}
 	if err := a.check.end(); err != nil {
 		return ct, err
 	}
 	if a.failed != "" {
-		return assembledContentType, &ollama.HTTPError{StatusCode: http.StatusInternalServerError, Message: a.failed}
+		return a.outCT, &ollama.HTTPError{StatusCode: http.StatusInternalServerError, Message: a.failed}
 	}
-	res, done := a.answer.result()
-	if !done {
-		log.Warn("target stream ended without done:true; the assembled answer says done:false, as Ollama's would")
+	var res []byte
+	if a.framing == ollama.NDJSON {
+		var done bool
+		res, done = a.answer.result()
+		if !done {
+			log.Warn("target stream ended without done:true; the assembled answer says done:false, as Ollama's would")
+		}
+	} else if res = sseResult(a.kind, a.events); res != nil {
+		res = append(res, '\n') // Ollama's OpenAI middleware writes it with a json.Encoder
 	}
-	return assembledContentType, a.relay(res)
+	if res == nil {
+		return a.outCT, nil // no event parsed as a chunk: the run's answer check fails it
+	}
+	return a.outCT, a.relay(res)
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -107,28 +108,36 @@ func TestNonStreamedAnswerIsAssembledFromAStream(t *testing.T) {
 // stream, the call is given up at the stream's idle limit, and the next attempt answers.
 func TestRunnerHungMidNonStreamedAnswerIsGivenUpAtTheIdleLimit(t *testing.T) {
 	t.Parallel()
-	var hung atomic.Bool
-	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(6), ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
-		if i == 3 && hung.CompareAndSwap(false, true) {
-			<-ctx.Done() // the first call's runner stops at its fourth token for good
-			return ctx.Err()
+	for _, tt := range []struct {
+		kind broker.Kind
+		body string
+	}{
+		{broker.KindChat, `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`},
+		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`},
+	} {
+		var hung atomic.Bool
+		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(6), ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
+			if i == 3 && hung.CompareAndSwap(false, true) {
+				<-ctx.Done() // the first call's runner stops at its fourth token for good
+				return ctx.Err()
+			}
+			return nil
+		})})
+		j := tb.submit(t, "tiny-a", tt.kind, tt.body)
+		states := watchStates(t, tb.b.Conn, j.ID)
+		tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: 200 * time.Millisecond, NonStreamTimeout: time.Hour})
+		rec := tb.waitState(t, j.ID, broker.StateDone)
+		if rec.Attempt != 2 {
+			t.Errorf("%s: done at attempt %d, want 2", tt.kind, rec.Attempt)
 		}
-		return nil
-	})})
-	body := `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`
-	j := tb.submit(t, "tiny-a", broker.KindChat, body)
-	states := watchStates(t, tb.b.Conn, j.ID)
-	tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: 200 * time.Millisecond, NonStreamTimeout: time.Hour})
-	rec := tb.waitState(t, j.ID, broker.StateDone)
-	if rec.Attempt != 2 {
-		t.Errorf("done at attempt %d, want 2", rec.Attempt)
-	}
-	if seen := states.until(t); !contains(seen, broker.StateRetrying) {
-		t.Errorf("states %v: the hung attempt was not retried", seen)
-	}
-	want, _ := tb.direct(t, "/api/chat", body)
-	if !bytes.Equal(rec.Result, want) {
-		t.Errorf("result %s, want %s", rec.Result, want)
+		if seen := states.until(t); !contains(seen, broker.StateRetrying) {
+			t.Errorf("%s: states %v: the hung attempt was not retried", tt.kind, seen)
+		}
+		want, _ := tb.direct(t, tt.kind.Path(), tt.body)
+		var g, w any
+		if json.Unmarshal(rec.Result, &g) != nil || json.Unmarshal(want, &w) != nil || fmt.Sprint(g) != fmt.Sprint(w) {
+			t.Errorf("%s: result %s, want %s", tt.kind, rec.Result, want)
+		}
 	}
 }
 
@@ -219,5 +228,65 @@ func TestAssembledCallOfANonOllamaTargetFailsWithItsAnswer(t *testing.T) {
 	want := `bad answer from the target (Content-Type "application/x-ndjson"): a stream with no JSON frame: "<html>not ollama</html>\n"`
 	if len(frames) != 0 || final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderError) != want {
 		t.Errorf("%d frames, final %v; want none, failed with %q", len(frames), final.Header, want)
+	}
+}
+
+// The OpenAI-compatible chat and completion, asked not to stream (their default), are
+// called streamed with the usage asked for, and answered as Ollama answers the
+// non-streamed call: the same completion, usage included, as application/json ended by a
+// newline (Ollama's middleware writes it with a json.Encoder).
+func TestNonStreamedOpenAIAnswerIsAssembledFromAStream(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		kind broker.Kind
+		body string
+	}{
+		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":false}}`},
+		{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","stream":false}`},
+	} {
+		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(5)})
+		want, wantCT := tb.direct(t, tt.kind.Path(), tt.body)
+		tb.start(t, worker.Config{})
+		j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: tt.kind, Sync: true}
+		stream := watchStream(t, tb.b.Conn, j.ID)
+		if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(tt.body)); err != nil {
+			t.Fatal(err)
+		}
+		frames, final := stream.untilFinal(t)
+		var got []byte
+		for _, f := range frames {
+			got = append(got, f.Data...)
+		}
+		if final.Header.Get(broker.HeaderFinal) != "done" || len(frames) == 0 {
+			t.Fatalf("%s: final %v after %d frames", tt.kind, final.Header, len(frames))
+		}
+		if ct := frames[0].Header.Get(broker.HeaderContentType); ct != wantCT || wantCT != "application/json" {
+			t.Errorf("%s: content type %q, want Ollama's %q", tt.kind, ct, wantCT)
+		}
+		if !bytes.HasSuffix(got, []byte("}\n")) {
+			t.Errorf("%s: answer %q does not end as Ollama's does", tt.kind, got)
+		}
+		var g, w map[string]any
+		if json.Unmarshal(got, &g) != nil || json.Unmarshal(want, &w) != nil {
+			t.Fatalf("%s: answer %s, want %s", tt.kind, got, want)
+		}
+		if gs, ws := fmt.Sprint(g), fmt.Sprint(w); gs != ws || w["usage"] == nil {
+			t.Errorf("%s: answer\n %s\nwant Ollama's non-streamed one, usage included\n %s", tt.kind, got, want)
+		}
+		var calls []ollamatest.Call
+		for _, c := range tb.fake.Calls() {
+			if c.Path == tt.kind.Path() {
+				calls = append(calls, c)
+			}
+		}
+		var sent struct {
+			Stream  bool `json:"stream"`
+			Options struct {
+				IncludeUsage bool `json:"include_usage"`
+			} `json:"stream_options"`
+		}
+		if len(calls) != 2 || json.Unmarshal(calls[1].Body, &sent) != nil || !sent.Stream || !sent.Options.IncludeUsage {
+			t.Errorf("%s: the job's call sent %s, want a stream with its usage", tt.kind, calls[len(calls)-1].Body)
+		}
 	}
 }

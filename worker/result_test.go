@@ -265,7 +265,11 @@ func TestTargetCallOfANonStreamedChat(t *testing.T) {
 		{broker.KindChat, `{"model":"m","stream":false,"tools":[]}`, true, true, false},
 		{broker.KindGenerate, `{"model":"m","stream":false}`, true, true, false},
 		{broker.KindChat, `{"model":"m"}`, true, false, false},
-		{broker.KindOpenAIChat, `{"model":"m","stream":false}`, false, false, false},
+		{broker.KindOpenAIChat, `{"model":"m","stream":false,"tools":[{"type":"function"}]}`, true, true, true},
+		{broker.KindOpenAICompletion, `{"model":"m","prompt":"x"}`, true, true, false},
+		{broker.KindOpenAIChat, `{"model":"m","stream":true}`, true, false, false},
+		{broker.KindOpenAIResponses, `{"model":"m","input":"x"}`, false, false, false},
+		{broker.KindAnthropicMessages, `{"model":"m","messages":[]}`, false, false, false},
 		{broker.KindEmbed, `{"model":"m","input":"x"}`, false, false, false},
 	} {
 		c := newTargetCall(tt.kind, []byte(tt.body))

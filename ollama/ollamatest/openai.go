@@ -20,11 +20,13 @@ type oaiMessage struct {
 	Content string `json:"content"`
 }
 
+// oaiChoice is a choice of Ollama's shapes: a completion's (text, index, finish_reason:
+// its CompleteChunkChoice), a chat's (index, message or delta, finish_reason).
 type oaiChoice struct {
+	Text         *string     `json:"text,omitempty"`
 	Index        int         `json:"index"`
 	Message      *oaiMessage `json:"message,omitempty"`
 	Delta        *oaiMessage `json:"delta,omitempty"`
-	Text         *string     `json:"text,omitempty"`
 	FinishReason *string     `json:"finish_reason"`
 }
 
@@ -143,7 +145,7 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 		resp := base
 		resp.Choices = []oaiChoice{choice(join(toks), true)}
 		resp.Usage = usage
-		writeJSON(w, http.StatusOK, resp, f)
+		writeEncoded(w, http.StatusOK, resp, f) // as Ollama's middleware: a json.Encoder
 		return
 	}
 	includeUsage := req.StreamOptions != nil && req.StreamOptions.IncludeUsage
