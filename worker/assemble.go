@@ -17,7 +17,7 @@ import (
 // non-streamed answer from the stream as Ollama does (ADR-0050). Ollama sends a
 // non-streamed answer only once it is whole, so a runner that hangs mid-answer would be
 // seen only at the non-stream limit (30m by default); streamed, the idle limit (2m)
-// catches it, and the first line tells when the answer began.
+// catches it, and the first line tells when the answer began (the job turns working).
 type targetCall struct {
 	kind      broker.Kind
 	body      []byte // what is sent: the job's body, or its streamed form

@@ -290,3 +290,29 @@ func TestNonStreamedOpenAIAnswerIsAssembledFromAStream(t *testing.T) {
 		}
 	}
 }
+
+// A loading job whose answer is assembled turns working when the answer begins, as a
+// streamed one does at its first frame, not when it ends.
+func TestAssembledAnswerMarksTheJobWorkingAsItBegins(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(6), ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
+		if i == 3 {
+			select { // the answer is under way and goes on once the test saw the job working
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return nil
+	})})
+	j := tb.submit(t, "tiny-a", broker.KindChat, `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.Config{})
+	tb.waitState(t, j.ID, broker.StateWorking)
+	close(release)
+	tb.waitState(t, j.ID, broker.StateDone)
+	if seen := states.until(t); !contains(seen, broker.StateLoading) {
+		t.Errorf("states %v: the job did not load its model first", seen)
+	}
+}

@@ -193,15 +193,28 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		}
 		return nil
 	}
+	// The lines of an assembled answer (ADR-0050) come before its one frame: the first
+	// marks the job working, as a first frame does.
+	seen := func(now time.Time) {
+		run.gotFrame(now)
+		if working {
+			return
+		}
+		if _, err := start.wait(); err != nil {
+			return // the answer's frame, or the call's end, meets the failure
+		}
+		working = true
+		w.markWorking(jctx, d.JobID, log)
+	}
 	// Nothing of a 2xx answer goes out before a frame of it is one Ollama sends: a target
 	// answering something else fails the job before any caller got a byte of it.
 	check := &answerCheck{contentType: r.ContentType, pass: frame}
 	var ct string
 	if early != nil {
-		ct, err = early.adopt(check.frame, run.gotFrame)
+		ct, err = early.adopt(check.frame, seen)
 	} else {
 		w.trace(d.JobID, StageCalled)
-		ct, err = w.callTarget(jctx, call, r.SetContentType, check.frame, run.gotFrame, r.Limit(), log)
+		ct, err = w.callTarget(jctx, call, r.SetContentType, check.frame, seen, r.Limit(), log)
 	}
 	run.called.Store(true)
 	if err == nil {
