@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"io"
 	"io/fs"
 	"net/http"
@@ -86,6 +87,24 @@ func TestUIStaticFilesNeedNoToken(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusForbidden {
 		t.Errorf("GET /ui/ from a foreign origin: %d, want 403", resp.StatusCode)
+	}
+}
+
+// A path under /ui/ that is no file of the page gets the JSON 404 of any unknown path.
+func TestUIUnknownFileIsAJSON404(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	for _, path := range []string{"/ui/nope.js", "/ui/app.js/x", "/ui/static/", "/ui/%2e%2e/gateway.go"} {
+		resp, body := getNoRedirect(t, b, "GET", path, "")
+		var e struct {
+			Error string `json:"error"`
+		}
+		if resp.StatusCode != http.StatusNotFound || !strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") || json.Unmarshal([]byte(body), &e) != nil || e.Error == "" {
+			t.Errorf("GET %s: %d %q %q, want a JSON 404", path, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		}
+	}
+	if resp, body := getNoRedirect(t, b, "GET", "/ui/", ""); resp.StatusCode != http.StatusOK || !strings.Contains(body, `<script src="app.js"`) {
+		t.Errorf("GET /ui/: %d %.80q", resp.StatusCode, body)
 	}
 }
 
