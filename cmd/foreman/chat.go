@@ -147,6 +147,10 @@ func (s *chatSession) repl() error {
 		case "":
 			continue
 		case "/bye", "/exit", "/quit":
+			if !isTerminal(s.e.stdin) {
+				// A terminal echoed the line's end; piped input did not: end the prompt's line.
+				fmt.Fprintln(out)
+			}
 			return nil
 		}
 		if err := s.turn(line); err != nil {

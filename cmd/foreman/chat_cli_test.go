@@ -74,7 +74,7 @@ func TestChatStdinAndInteractive(t *testing.T) {
 	r = runCLI(t, vars, strings.NewReader("hello\n\nagain\n/bye\n"), nil, "chat", "-m", "tiny-a", "-i", "--system", "be brief")
 	first := reply("tiny-a:latest", "system: be brief\nuser: hello\n")
 	second := reply("tiny-a:latest", "system: be brief\nuser: hello\nassistant: "+first+"\nuser: again\n")
-	if want := ">>> " + first + "\n>>> >>> " + second + "\n>>> "; r.code != 0 || r.stdout != want {
+	if want := ">>> " + first + "\n>>> >>> " + second + "\n>>> \n"; r.code != 0 || r.stdout != want {
 		t.Fatalf("interactive: exit %d, stdout %q, want %q (stderr %s)", r.code, r.stdout, want, r.stderr)
 	}
 }
