@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -123,15 +124,22 @@ func (a *assembly) frame(f []byte) error {
 	return a.check.frame(f)
 }
 
+// errorMember is how the member an error frame has begins.
+var errorMember = []byte(`"error"`)
+
 // take takes a frame of the target's stream once the answer check has seen a valid one.
 func (a *assembly) take(f []byte) error {
-	if msg := ollama.FrameError(a.ct, f); msg != "" {
-		// Ollama ends a stream whose runner failed with this frame; the non-streamed
-		// call gets it as an error status instead.
-		a.failed = msg
-		return nil
+	// Only a frame with an "error" member can be an error frame: the others, nearly all,
+	// are not parsed for it (a text holding "error" has its quotes escaped).
+	if bytes.Contains(f, errorMember) {
+		if msg := ollama.FrameError(a.ct, f); msg != "" {
+			// Ollama ends a stream whose runner failed with this frame; the non-streamed
+			// call gets it as an error status instead.
+			a.failed = msg
+			return nil
+		}
 	}
-	size := a.size
+	var size int
 	if a.framing == ollama.NDJSON {
 		a.answer.add(f)
 		size = a.answer.size
