@@ -2,6 +2,8 @@ package worker_test
 
 import (
 	"context"
+	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,5 +76,30 @@ func TestStopDuringOutageIsNotHeldByTheExpiry(t *testing.T) {
 	case <-stopped:
 	case <-time.After(20 * time.Second): // the expiry's store timeout is 30 s
 		t.Fatal("the worker's stop waited for the expiry's look at an unreachable store")
+	}
+}
+
+// Nor by the sweep a worker makes as it starts (the sync jobs of dead callers): with
+// NATS down its read of the records waited for its store timeout (30 s), and a stop with
+// it.
+func TestStopDuringOutageIsNotHeldByTheStartSweep(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.b.Server.Shutdown()
+	eventually(t, 10*time.Second, "connection lost", func() bool { return !tb.b.Conn.IsConnected() })
+	var logs lockedBuffer
+	w := tb.start(t, worker.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	eventually(t, 10*time.Second, "worker started", func() bool { return strings.Contains(logs.String(), "worker started") })
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	stopped := make(chan struct{})
+	go func() {
+		_ = w.Stop(ctx)
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+	case <-time.After(20 * time.Second): // the sweep's store timeout is 30 s
+		t.Fatal("the worker's stop waited for the start-up sweep's look at an unreachable store")
 	}
 }

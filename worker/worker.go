@@ -247,6 +247,10 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) sweep(ctx context.Context) {
 	sctx, cancel := w.storeCtx(ctx)
 	defer cancel()
+	// A stop ends it: with the store unreachable it would wait its whole timeout, and the
+	// stop (a shutdown's deadline) with it. The next start sweeps again.
+	sctx, unstop := w.untilStop(sctx)
+	defer unstop()
 	n, err := w.store.CancelAbandoned(sctx)
 	if err != nil {
 		w.log.Warn("cancel sync jobs of dead callers", "err", err, "canceled", n)
