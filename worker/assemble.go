@@ -13,8 +13,8 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// targetCall is how an attempt calls the target for a job: a chat or completion its
-// caller asked not to stream is called streamed, and the worker assembles the
+// targetCall is how an attempt calls the target for a job: a chat, completion or
+// Anthropic message its caller asked not to stream is called streamed, and the worker assembles the
 // non-streamed answer from the stream as Ollama does (ADR-0050). Ollama sends a
 // non-streamed answer only once it is whole, so a runner that hangs mid-answer would be
 // seen only at the non-stream limit (30m by default); streamed, the idle limit (2m)
@@ -38,7 +38,7 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 		err      error
 	)
 	switch kind {
-	case broker.KindChat, broker.KindGenerate:
+	case broker.KindChat, broker.KindGenerate, broker.KindAnthropicMessages:
 		streamed, err = ollama.StreamedBody(body, false)
 	case broker.KindOpenAIChat, broker.KindOpenAICompletion:
 		// The usage ends the stream only when asked for; the non-streamed answer has it.
@@ -59,7 +59,7 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 
 // assembledFraming is the framing of the stream an assembled answer of kind is built
 // from, and the Content-Type Ollama gives the non-streamed answer: its native handlers'
-// (gin's JSON), its OpenAI middleware's (a json.Encoder's).
+// (gin's JSON), its OpenAI and Anthropic middlewares' (a json.Encoder's).
 func assembledFraming(kind broker.Kind) (ollama.Framing, string) {
 	if kind == broker.KindChat || kind == broker.KindGenerate {
 		return ollama.NDJSON, "application/json; charset=utf-8"
@@ -85,8 +85,8 @@ func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string
 }
 
 // assembly builds a non-streamed answer from the target's stream: NDJSON lines for a
-// native chat or generate (ndjsonAnswer), SSE events for an OpenAI-compatible one
-// (sseResult). An answer in another framing (a target that is not Ollama, or one that
+// native chat or generate (ndjsonAnswer), SSE events for an OpenAI-compatible chat or
+// completion (sseResult) and an Anthropic message (messagesResult). An answer in another framing (a target that is not Ollama, or one that
 // answers JSON all the same) is relayed as it comes, for the run's answer check to judge.
 type assembly struct {
 	kind       broker.Kind
@@ -174,8 +174,8 @@ func (a *assembly) end(ct string, err error, log *slog.Logger) (string, error) {
 		if !done {
 			log.Warn("target stream ended without done:true; the assembled answer says done:false, as Ollama's would")
 		}
-	} else if res = sseResult(a.kind, a.events); res != nil {
-		res = append(res, '\n') // Ollama's OpenAI middleware writes it with a json.Encoder
+	} else if res, _ = result(a.kind, a.ct, a.events); res != nil {
+		res = append(res, '\n') // Ollama's middlewares write it with a json.Encoder
 	}
 	if res == nil {
 		return a.outCT, nil // no event parsed as a chunk: the run's answer check fails it

@@ -231,11 +231,12 @@ func TestAssembledCallOfANonOllamaTargetFailsWithItsAnswer(t *testing.T) {
 	}
 }
 
-// The OpenAI-compatible chat and completion, asked not to stream (their default), are
-// called streamed with the usage asked for, and answered as Ollama answers the
-// non-streamed call: the same completion, usage included, as application/json ended by a
-// newline (Ollama's middleware writes it with a json.Encoder).
-func TestNonStreamedOpenAIAnswerIsAssembledFromAStream(t *testing.T) {
+// The OpenAI-compatible chat and completion and the Anthropic message, asked not to
+// stream (their default), are called streamed (the OpenAI ones with the usage asked
+// for), and answered as Ollama answers the non-streamed call: the same completion or
+// message, usage included, as application/json ended by a newline (Ollama's middlewares
+// write it with a json.Encoder).
+func TestNonStreamedSSEAnswerIsAssembledFromAStream(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
 		kind broker.Kind
@@ -243,6 +244,7 @@ func TestNonStreamedOpenAIAnswerIsAssembledFromAStream(t *testing.T) {
 	}{
 		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":false}}`},
 		{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","stream":false}`},
+		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`},
 	} {
 		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(5)})
 		want, wantCT := tb.direct(t, tt.kind.Path(), tt.body)
@@ -285,7 +287,8 @@ func TestNonStreamedOpenAIAnswerIsAssembledFromAStream(t *testing.T) {
 				IncludeUsage bool `json:"include_usage"`
 			} `json:"stream_options"`
 		}
-		if len(calls) != 2 || json.Unmarshal(calls[1].Body, &sent) != nil || !sent.Stream || !sent.Options.IncludeUsage {
+		openAI := tt.kind != broker.KindAnthropicMessages
+		if len(calls) != 2 || json.Unmarshal(calls[1].Body, &sent) != nil || !sent.Stream || sent.Options.IncludeUsage != openAI {
 			t.Errorf("%s: the job's call sent %s, want a stream with its usage", tt.kind, calls[len(calls)-1].Body)
 		}
 	}

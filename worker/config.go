@@ -58,8 +58,8 @@ type Config struct {
 	// MaxJobTime bounds one attempt as a whole, however steadily the target streams;
 	// 0 (the default) means no limit.
 	MaxJobTime time.Duration
-	// NonStreamTimeout bounds an attempt that does not stream (the Responses and Messages
-	// APIs without stream; embeddings): its first byte comes only with the whole answer,
+	// NonStreamTimeout bounds an attempt that does not stream (the Responses API without
+	// stream; embeddings): its first byte comes only with the whole answer,
 	// so the first-byte limit does not apply to it; this one covers the load plus the
 	// whole answer. A chat or completion is called streamed and its answer assembled
 	// (ADR-0050): the first-byte and idle limits bound it instead. When it runs out the

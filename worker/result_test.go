@@ -269,7 +269,7 @@ func TestTargetCallOfANonStreamedChat(t *testing.T) {
 		{broker.KindOpenAICompletion, `{"model":"m","prompt":"x"}`, true, true, false},
 		{broker.KindOpenAIChat, `{"model":"m","stream":true}`, true, false, false},
 		{broker.KindOpenAIResponses, `{"model":"m","input":"x"}`, false, false, false},
-		{broker.KindAnthropicMessages, `{"model":"m","messages":[]}`, false, false, false},
+		{broker.KindAnthropicMessages, `{"model":"m","messages":[]}`, true, true, false},
 		{broker.KindEmbed, `{"model":"m","input":"x"}`, false, false, false},
 	} {
 		c := newTargetCall(tt.kind, []byte(tt.body))

@@ -207,9 +207,8 @@ func TestSilentStallOfAFailedSyncJobEndsWhenThePollsAnswer(t *testing.T) {
 		t.Fatal("TargetStall() = nil right after the silent attempt")
 	}
 	tb.fake.SetDown(false)
-	if err := inv.Refresh(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
+	// A poll the worker began while the fake was down may be in flight: a check joins it.
+	eventually(t, 10*time.Second, "a poll answered", func() bool { return inv.Refresh(ctxT(t)) == nil })
 	if err := w.TargetStall(); err != nil {
 		t.Errorf("TargetStall() = %v once a poll is answered", err)
 	}
