@@ -45,9 +45,10 @@ func FramingOf(contentType string) Framing {
 func (f Framing) Streamed() bool { return f != NotStreamed }
 
 // FrameError returns the error message of a stream's error frame, "" if frame is not one.
-// Ollama ends a stream whose runner failed with a line {"error":"..."} (on its OpenAI
-// routes an SSE event data: {"error":{"message":"..."}}, on its Anthropic route an error
-// event of the same shape) instead of its last frame. The worker fails such a job by it,
+// Ollama ends a stream whose runner failed with a line {"error":"..."} instead of its last
+// frame (its OpenAI and Anthropic writers, v0.17.4, drop that line once the stream has
+// begun: their stream just stops; a proxy or another server may send an SSE event data:
+// {"error":{"message":"..."}}, or an Anthropic error event of the same shape). The worker fails such a job by it,
 // and the gateway knows its client has the error already: so a frame counts only when a
 // client reads it as an error, an NDJSON line whose "error" is a string, an SSE event
 // whose data's "error" has a "message".

@@ -49,11 +49,17 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 	if err != nil {
 		return c // not an object: sent as it is, for Ollama to refuse
 	}
-	c.body, c.streams, c.assembled = streamed, true, true
 	var req struct {
-		Tools []json.RawMessage `json:"tools"`
+		Tools     []json.RawMessage `json:"tools"`
+		DebugOnly bool              `json:"_debug_render_only"`
 	}
-	c.tools = json.Unmarshal(body, &req) == nil && len(req.Tools) > 0
+	if json.Unmarshal(body, &req) == nil && req.DebugOnly {
+		// Ollama answers with the rendered prompt, not a generation: nothing to watch,
+		// and its OpenAI stream of it carries neither the debug info nor an end.
+		return c
+	}
+	c.body, c.streams, c.assembled = streamed, true, true
+	c.tools = len(req.Tools) > 0
 	return c
 }
 
@@ -124,13 +130,40 @@ func (a *assembly) frame(f []byte) error {
 	return a.check.frame(f)
 }
 
+// errStreamCut is the error of an assembled SSE answer whose stream stopped before its
+// end.
+const errStreamCut = "the target's stream ended before its answer was complete (its runner may have failed)"
+
+// sseEnded reports whether an SSE stream of kind reached its end: OpenAI's "data: [DONE]"
+// (Ollama writes it after the last chunk, the usage's included), Anthropic's
+// message_stop event.
+func sseEnded(kind broker.Kind, events [][]byte) bool {
+	if len(events) == 0 {
+		return false
+	}
+	last := events[len(events)-1]
+	if kind == broker.KindAnthropicMessages {
+		data := sseJSON(last)
+		var e struct {
+			Type string `json:"type"`
+		}
+		return data != nil && json.Unmarshal(data, &e) == nil && e.Type == "message_stop"
+	}
+	for line := range bytes.Lines(last) {
+		if data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:")); ok && string(bytes.TrimSpace(data)) == "[DONE]" {
+			return true
+		}
+	}
+	return false
+}
+
 // errorMember is how the member an error frame has begins.
 var errorMember = []byte(`"error"`)
 
 // take takes a frame of the target's stream once the answer check has seen a valid one.
 func (a *assembly) take(f []byte) error {
-	// Only a frame with an "error" member can be an error frame: the others, nearly all,
-	// are not parsed for it (a text holding "error" has its quotes escaped).
+	// Only a frame holding "error" (quotes included) can be an error frame: the others,
+	// nearly all, are not parsed for it.
 	if bytes.Contains(f, errorMember) {
 		if msg := ollama.FrameError(a.ct, f); msg != "" {
 			// Ollama ends a stream whose runner failed with this frame; the non-streamed
@@ -174,8 +207,16 @@ func (a *assembly) end(ct string, err error, log *slog.Logger) (string, error) {
 		if !done {
 			log.Warn("target stream ended without done:true; the assembled answer says done:false, as Ollama's would")
 		}
-	} else if res, _ = result(a.kind, a.ct, a.events); res != nil {
-		res = append(res, '\n') // Ollama's middlewares write it with a json.Encoder
+	} else {
+		if !sseEnded(a.kind, a.events) {
+			// Ollama's OpenAI and Anthropic writers drop the error line of a runner that
+			// failed mid-answer: the stream just stops before its end. The non-streamed
+			// call would have got the error as a 500; a cut answer must not pass as whole.
+			return a.outCT, &ollama.HTTPError{StatusCode: http.StatusInternalServerError, Message: errStreamCut}
+		}
+		if res, _ = result(a.kind, a.ct, a.events); res != nil {
+			res = append(res, '\n') // Ollama's middlewares write it with a json.Encoder
+		}
 	}
 	if res == nil {
 		return a.outCT, nil // no event parsed as a chunk: the run's answer check fails it

@@ -270,6 +270,8 @@ func TestTargetCallOfANonStreamedChat(t *testing.T) {
 		{broker.KindOpenAIChat, `{"model":"m","stream":true}`, true, false, false},
 		{broker.KindOpenAIResponses, `{"model":"m","input":"x"}`, false, false, false},
 		{broker.KindAnthropicMessages, `{"model":"m","messages":[]}`, true, true, false},
+		{broker.KindOpenAIChat, `{"model":"m","_debug_render_only":true}`, false, false, false},
+		{broker.KindChat, `{"model":"m","stream":false,"_debug_render_only":true}`, false, false, false},
 		{broker.KindEmbed, `{"model":"m","input":"x"}`, false, false, false},
 	} {
 		c := newTargetCall(tt.kind, []byte(tt.body))

@@ -252,6 +252,9 @@ func (w *Worker) sweep(ctx context.Context) {
 	sctx, unstop := w.untilStop(sctx)
 	defer unstop()
 	n, err := w.store.CancelAbandoned(sctx)
+	if err != nil && w.isStopping(ctx) {
+		return
+	}
 	if err != nil {
 		w.log.Warn("cancel sync jobs of dead callers", "err", err, "canceled", n)
 		return
