@@ -14,11 +14,12 @@ import (
 )
 
 // targetCall is how an attempt calls the target for a job: a chat, completion or
-// Anthropic message its caller asked not to stream is called streamed, and the worker assembles the
-// non-streamed answer from the stream as Ollama does (ADR-0050). Ollama sends a
-// non-streamed answer only once it is whole, so a runner that hangs mid-answer would be
-// seen only at the non-stream limit (30m by default); streamed, the idle limit (2m)
-// catches it, and the first line tells when the answer began (the job turns working).
+// Anthropic message its caller asked not to stream is called streamed, and the worker
+// assembles the non-streamed answer from the stream as Ollama does (ADR-0050). Ollama
+// sends a non-streamed answer only once it is whole, so a runner that hangs mid-answer
+// would be seen only at the non-stream limit (30m by default); streamed, the idle limit
+// (2m) catches it, and the first line tells when the answer began (the job turns
+// working).
 type targetCall struct {
 	kind      broker.Kind
 	body      []byte // what is sent: the job's body, or its streamed form
@@ -92,8 +93,9 @@ func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string
 
 // assembly builds a non-streamed answer from the target's stream: NDJSON lines for a
 // native chat or generate (ndjsonAnswer), SSE events for an OpenAI-compatible chat or
-// completion (sseResult) and an Anthropic message (messagesResult). An answer in another framing (a target that is not Ollama, or one that
-// answers JSON all the same) is relayed as it comes, for the run's answer check to judge.
+// completion (sseResult) and an Anthropic message (messagesResult). An answer in another
+// framing (a target that is not Ollama, or one that answers JSON all the same) is relayed
+// as it comes, for the run's answer check to judge.
 type assembly struct {
 	kind       broker.Kind
 	framing    ollama.Framing // what the stream is to be
