@@ -30,8 +30,20 @@ type targetCall struct {
 
 // newTargetCall is the call of a job of kind with body.
 func newTargetCall(kind broker.Kind, body []byte) targetCall {
-	c := targetCall{kind: kind, body: body, streams: ollama.StreamsBody(kind.Path(), body)}
-	if c.streams {
+	// One read of the body for what decides the call (ollama.StreamsBody's rule: a body
+	// it cannot read gets the route's default).
+	var req struct {
+		Stream    *bool             `json:"stream"`
+		Tools     []json.RawMessage `json:"tools"`
+		DebugOnly bool              `json:"_debug_render_only"`
+	}
+	if json.Unmarshal(body, &req) != nil {
+		req.Stream, req.Tools, req.DebugOnly = nil, nil, false
+	}
+	c := targetCall{kind: kind, body: body, streams: ollama.Streams(kind.Path(), req.Stream)}
+	if c.streams || req.DebugOnly {
+		// A debug render is answered with the rendered prompt, not a generation: nothing
+		// to watch, and its OpenAI stream carries neither the debug info nor an end.
 		return c
 	}
 	var (
@@ -50,17 +62,7 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 	if err != nil {
 		return c // not an object: sent as it is, for Ollama to refuse
 	}
-	var req struct {
-		Tools     []json.RawMessage `json:"tools"`
-		DebugOnly bool              `json:"_debug_render_only"`
-	}
-	if json.Unmarshal(body, &req) == nil && req.DebugOnly {
-		// Ollama answers with the rendered prompt, not a generation: nothing to watch,
-		// and its OpenAI stream of it carries neither the debug info nor an end.
-		return c
-	}
-	c.body, c.streams, c.assembled = streamed, true, true
-	c.tools = len(req.Tools) > 0
+	c.body, c.streams, c.assembled, c.tools = streamed, true, true, len(req.Tools) > 0
 	return c
 }
 

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
@@ -74,19 +76,12 @@ func TestNonStreamedAnswerIsAssembledFromAStream(t *testing.T) {
 			tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(5)})
 			want, wantCT := tb.direct(t, tt.kind.Path(), tt.body)
 			tb.start(t, worker.Config{})
-			j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: tt.kind, Sync: true}
-			stream := watchStream(t, tb.b.Conn, j.ID)
-			if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(tt.body)); err != nil {
-				t.Fatal(err)
-			}
+			j, stream := tb.submitSync(t, tt.kind, tt.body)
 			frames, final := stream.untilFinal(t)
 			if final.Header.Get(broker.HeaderFinal) != "done" {
 				t.Fatalf("final marker %v", final.Header)
 			}
-			var got []byte
-			for _, f := range frames {
-				got = append(got, f.Data...)
-			}
+			got := joined(frames)
 			if !bytes.Equal(got, want) {
 				t.Errorf("answer\n %s\nwant Ollama's non-streamed one\n %s", got, want)
 			}
@@ -149,11 +144,7 @@ func TestErrorLineOfAnAssembledAnswerFailsTheJob(t *testing.T) {
 	t.Parallel()
 	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
 	tb.fake.FailNext(1, ollamatest.StreamError("llama runner process has terminated"))
-	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
-	stream := watchStream(t, tb.b.Conn, j.ID)
-	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`)); err != nil {
-		t.Fatal(err)
-	}
+	j, stream := tb.submitSync(t, broker.KindChat, `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`)
 	tb.start(t, worker.Config{})
 	frames, final := stream.untilFinal(t)
 	if len(frames) != 0 {
@@ -184,16 +175,9 @@ func TestAssembledAnswerOfAnEndedStreamIsOllamas(t *testing.T) {
 		})
 		tb.fake.FailNext(1, f)
 		tb.start(t, worker.Config{})
-		j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
-		stream := watchStream(t, tb.b.Conn, j.ID)
-		if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(body)); err != nil {
-			t.Fatal(err)
-		}
+		_, stream := tb.submitSync(t, broker.KindChat, body)
 		frames, final := stream.untilFinal(t)
-		var got []byte
-		for _, m := range frames {
-			got = append(got, m.Data...)
-		}
+		got := joined(frames)
 		if derr != nil {
 			// Ollama's status and message, and nothing of the answer.
 			var he *ollama.HTTPError
@@ -219,11 +203,7 @@ func TestAssembledCallOfANonOllamaTargetFailsWithItsAnswer(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
 	tb.fake.FailNext(1, ollamatest.BadAnswer(ollama.ContentTypeNDJSON, "<html>not ollama</html>\n"))
-	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
-	stream := watchStream(t, tb.b.Conn, j.ID)
-	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`)); err != nil {
-		t.Fatal(err)
-	}
+	_, stream := tb.submitSync(t, broker.KindChat, `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`)
 	tb.start(t, worker.Config{})
 	frames, final := stream.untilFinal(t)
 	want := `bad answer from the target (Content-Type "application/x-ndjson"): a stream with no JSON frame: "<html>not ollama</html>\n"`
@@ -250,16 +230,9 @@ func TestNonStreamedSSEAnswerIsAssembledFromAStream(t *testing.T) {
 		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(5)})
 		want, wantCT := tb.direct(t, tt.kind.Path(), tt.body)
 		tb.start(t, worker.Config{})
-		j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: tt.kind, Sync: true}
-		stream := watchStream(t, tb.b.Conn, j.ID)
-		if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(tt.body)); err != nil {
-			t.Fatal(err)
-		}
+		_, stream := tb.submitSync(t, tt.kind, tt.body)
 		frames, final := stream.untilFinal(t)
-		var got []byte
-		for _, f := range frames {
-			got = append(got, f.Data...)
-		}
+		got := joined(frames)
 		if final.Header.Get(broker.HeaderFinal) != "done" || len(frames) == 0 {
 			t.Fatalf("%s: final %v after %d frames", tt.kind, final.Header, len(frames))
 		}
@@ -333,11 +306,7 @@ func TestAssembledSSEAnswerCutShortFailsTheJob(t *testing.T) {
 	} {
 		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(4)})
 		tb.fake.FailNext(1, ollamatest.StreamNoDone)
-		j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: tt.kind, Sync: true}
-		stream := watchStream(t, tb.b.Conn, j.ID)
-		if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(tt.body)); err != nil {
-			t.Fatal(err)
-		}
+		_, stream := tb.submitSync(t, tt.kind, tt.body)
 		tb.start(t, worker.Config{})
 		frames, final := stream.untilFinal(t)
 		h := final.Header
@@ -345,4 +314,25 @@ func TestAssembledSSEAnswerCutShortFailsTheJob(t *testing.T) {
 			t.Errorf("%s: %d frames, final %v; want none, failed with 500 for the cut stream", tt.kind, len(frames), h)
 		}
 	}
+}
+
+// submitSync submits a sync job of kind with body for tiny-a, watching its answer from
+// before it is submitted (a running worker may end it before a later subscription).
+func (tb *testBundle) submitSync(t *testing.T, kind broker.Kind, body string) (*broker.Job, *streamWatch) {
+	t.Helper()
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: kind, Sync: true}
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	return j, stream
+}
+
+// joined is the answer the frames carry, their data one after the other.
+func joined(frames []*nats.Msg) []byte {
+	var out []byte
+	for _, f := range frames {
+		out = append(out, f.Data...)
+	}
+	return out
 }

@@ -606,11 +606,7 @@ func TestLargeFrameRelayedInPieces(t *testing.T) {
 	if final.Header.Get(broker.HeaderFinal) != "done" || len(frames) < 2 {
 		t.Fatalf("%d frames, final %v", len(frames), final.Header)
 	}
-	var got []byte
-	for _, f := range frames {
-		got = append(got, f.Data...)
-	}
-	if !bytes.Equal(got, want) {
+	if got := joined(frames); !bytes.Equal(got, want) {
 		t.Fatalf("pieces add up to %d bytes, want the target's %d", len(got), len(want))
 	}
 	rec := tb.waitState(t, j.ID, broker.StateDone)
