@@ -186,20 +186,25 @@ func TestE2EQueuedMatchesDirect(t *testing.T) {
 	}
 }
 
-// The OpenAI-compatible chat and completion and the Anthropic message without stream
-// (their default), which the worker calls streamed and assembles (ADR-0050), answer what
-// Ollama answers: the same bytes but for the id (a random one per request) and the
-// second of "created", with Ollama's Content-Type.
+// The OpenAI-compatible chat and completion, the Responses API and the Anthropic message
+// without stream (their default), which the worker calls streamed and assembles
+// (ADR-0050), answer what Ollama answers: the same bytes but for the ids (random ones per
+// request) and the seconds of "created" ("created_at", "completed_at"), with Ollama's
+// Content-Type.
 func TestE2EOpenAINonStreamedMatchesDirect(t *testing.T) {
 	b := newE2EBundle(t, nil)
 	ctx := testCtx(t, 2*time.Minute)
 	b.warm(t, ctx, "tiny-a")
 	id := regexp.MustCompile(`"id":"[^"]*","object":"([^"]*)","created":\d+,`)
 	msgID := regexp.MustCompile(`^\{"id":"msg_[0-9a-f]*",`)
+	responseVars := regexp.MustCompile(`"(id|created_at|completed_at)":("(resp|msg)_\d+"|\d+)`) // random ids, times
 	for _, tt := range []struct{ path, body string }{
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"<tell> me & the sea"}],"max_tokens":12,"temperature":0,"logprobs":true,"top_logprobs":2}`},
 		{"/v1/completions", `{"model":"tiny-a","prompt":"tell me about the sea","max_tokens":12,"temperature":0}`},
 		{"/v1/messages", `{"model":"tiny-a","max_tokens":12,"temperature":0,"messages":[{"role":"user","content":"<tell> me & the sea"}]}`},
+		{"/v1/responses", `{"model":"tiny-a","instructions":"be brief","input":[{"role":"user","content":[{"type":"input_text","text":"<tell> me & the sea"}]}],"max_output_tokens":12,"temperature":0,"top_p":0.5,"reasoning":{"effort":"low"},"text":{"format":{"type":"json_schema","name":"x","schema":{"type":"object","required":["b","a"]}}}}`},
+		{"/v1/responses", `{"model":"tiny-a","input":"tell me about the sea","max_output_tokens":12,"temperature":0}`},
+		{"/v1/responses", `{"model":"tiny-a"}`}, // no input: an empty answer
 	} {
 		via := post(t, ctx, b.URL, tt.path, []byte(tt.body))
 		direct := post(t, ctx, b.Target, tt.path, []byte(tt.body))
@@ -207,8 +212,11 @@ func TestE2EOpenAINonStreamedMatchesDirect(t *testing.T) {
 			t.Fatalf("%s: foreman %d %q %s, direct %d %q %s", tt.path, via.Status, via.CType, via.Body, direct.Status, direct.CType, direct.Body)
 		}
 		v, d := id.ReplaceAll(via.Body, []byte(`"object":"$1",`)), id.ReplaceAll(direct.Body, []byte(`"object":"$1",`))
-		if tt.path == "/v1/messages" {
+		switch tt.path {
+		case "/v1/messages":
 			v, d = msgID.ReplaceAll(via.Body, nil), msgID.ReplaceAll(direct.Body, nil)
+		case "/v1/responses":
+			v, d = responseVars.ReplaceAll(via.Body, []byte(`"$1":`)), responseVars.ReplaceAll(direct.Body, []byte(`"$1":`))
 		}
 		if !bytes.Equal(v, d) || bytes.Equal(v, via.Body) {
 			t.Errorf("%s: through foreman\n %s\ndirect\n %s", tt.path, via.Body, direct.Body)

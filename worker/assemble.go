@@ -13,8 +13,8 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// targetCall is how an attempt calls the target for a job: a chat, completion or
-// Anthropic message its caller asked not to stream is called streamed, and the worker
+// targetCall is how an attempt calls the target for a job: a chat, completion, response
+// or Anthropic message its caller asked not to stream is called streamed, and the worker
 // assembles the non-streamed answer from the stream as Ollama does (ADR-0050). Ollama
 // sends a non-streamed answer only once it is whole, so a runner that hangs mid-answer
 // would be seen only at the non-stream limit (30m by default); streamed, the idle limit
@@ -51,7 +51,7 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 		err      error
 	)
 	switch kind {
-	case broker.KindChat, broker.KindGenerate, broker.KindAnthropicMessages:
+	case broker.KindChat, broker.KindGenerate, broker.KindOpenAIResponses, broker.KindAnthropicMessages:
 		streamed, err = ollama.StreamedBody(body, false)
 	case broker.KindOpenAIChat, broker.KindOpenAICompletion:
 		// The usage ends the stream only when asked for; the non-streamed answer has it.
@@ -95,7 +95,8 @@ func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string
 
 // assembly builds a non-streamed answer from the target's stream: NDJSON lines for a
 // native chat or generate (ndjsonAnswer), SSE events for an OpenAI-compatible chat or
-// completion (sseResult) and an Anthropic message (messagesResult). An answer in another
+// completion (sseResult), a response (responsesResult) and an Anthropic message
+// (messagesResult). An answer in another
 // framing (a target that is not Ollama, or one that answers JSON all the same) is relayed
 // as it comes, for the run's answer check to judge.
 type assembly struct {
@@ -140,18 +141,28 @@ const errStreamCut = "the target's stream ended before its answer was complete (
 
 // sseEnded reports whether an SSE stream of kind reached its end: OpenAI's "data: [DONE]"
 // (Ollama writes it after the last chunk, the usage's included), Anthropic's
-// message_stop event.
+// message_stop event, the Responses API's terminal event (Ollama writes
+// response.completed; response.incomplete and response.failed end a stream too).
 func sseEnded(kind broker.Kind, events [][]byte) bool {
 	if len(events) == 0 {
 		return false
 	}
 	last := events[len(events)-1]
-	if kind == broker.KindAnthropicMessages {
+	if kind == broker.KindAnthropicMessages || kind == broker.KindOpenAIResponses {
 		data := sseJSON(last)
 		var e struct {
 			Type string `json:"type"`
 		}
-		return data != nil && json.Unmarshal(data, &e) == nil && e.Type == "message_stop"
+		if data == nil || json.Unmarshal(data, &e) != nil {
+			return false
+		}
+		switch e.Type {
+		case "message_stop":
+			return kind == broker.KindAnthropicMessages
+		case "response.completed", "response.incomplete", "response.failed":
+			return kind == broker.KindOpenAIResponses
+		}
+		return false
 	}
 	for line := range bytes.Lines(last) {
 		if data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:")); ok && string(bytes.TrimSpace(data)) == "[DONE]" {

@@ -110,6 +110,7 @@ func TestRunnerHungMidNonStreamedAnswerIsGivenUpAtTheIdleLimit(t *testing.T) {
 	}{
 		{broker.KindChat, `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`},
 		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`},
+		{broker.KindOpenAIResponses, `{"model":"tiny-a","input":"hi"}`},
 	} {
 		var hung atomic.Bool
 		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(6), ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
@@ -212,11 +213,12 @@ func TestAssembledCallOfANonOllamaTargetFailsWithItsAnswer(t *testing.T) {
 	}
 }
 
-// The OpenAI-compatible chat and completion and the Anthropic message, asked not to
-// stream (their default), are called streamed (the OpenAI ones with the usage asked
-// for), and answered as Ollama answers the non-streamed call: the same completion or
-// message, usage included, as application/json ended by a newline (Ollama's middlewares
-// write it with a json.Encoder).
+// The OpenAI-compatible chat and completion, the Responses API and the Anthropic message,
+// asked not to stream (their default), are called streamed (the chat and completion with
+// the usage asked for), and answered as Ollama answers the non-streamed call: the same
+// completion, response or message, usage included, as application/json ended by a
+// newline (Ollama's middlewares write it with a json.Encoder). A response's members come
+// in the non-streamed answer's order, not in the stream's.
 func TestNonStreamedSSEAnswerIsAssembledFromAStream(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -226,6 +228,7 @@ func TestNonStreamedSSEAnswerIsAssembledFromAStream(t *testing.T) {
 		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream_options":{"include_usage":false}}`},
 		{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","stream":false}`},
 		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`},
+		{broker.KindOpenAIResponses, `{"model":"tiny-a","input":[{"role":"user","content":[{"type":"input_text","text":"<hi> & bye"}]}],"instructions":"be brief","temperature":0.5,"reasoning":{"effort":"low"},"text":{"format":{"type":"json_schema","name":"x","schema":{"type":"object","required":["b","a"]},"strict":true}},"tools":[{"type":"function","name":"f","description":"d","parameters":{"type":"object"}}]}`},
 	} {
 		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(5)})
 		want, wantCT := tb.direct(t, tt.kind.Path(), tt.body)
@@ -257,7 +260,7 @@ func TestNonStreamedSSEAnswerIsAssembledFromAStream(t *testing.T) {
 				IncludeUsage bool `json:"include_usage"`
 			} `json:"stream_options"`
 		}
-		openAI := tt.kind != broker.KindAnthropicMessages
+		openAI := tt.kind == broker.KindOpenAIChat || tt.kind == broker.KindOpenAICompletion
 		if len(calls) != 2 || json.Unmarshal(calls[1].Body, &sent) != nil || !sent.Stream || sent.Options.IncludeUsage != openAI {
 			t.Errorf("%s: the job's call sent %s, want a stream with its usage", tt.kind, calls[len(calls)-1].Body)
 		}
@@ -290,10 +293,11 @@ func TestAssembledAnswerMarksTheJobWorkingAsItBegins(t *testing.T) {
 	}
 }
 
-// Ollama's OpenAI and Anthropic writers drop the error line of a runner that fails
-// mid-answer: their stream just stops before its end ([DONE], message_stop), where the
-// non-streamed call gets a 500. An assembled answer cut so fails the job with a 500; it
-// does not pass as whole, and nothing of it reaches the caller.
+// Ollama's OpenAI, Responses and Anthropic writers drop the error line of a runner that
+// fails mid-answer: their stream just stops before its end ([DONE], response.completed,
+// message_stop), where the non-streamed call gets a 500. An assembled answer cut so
+// fails the job with a 500; it does not pass as whole, and nothing of it reaches the
+// caller.
 func TestAssembledSSEAnswerCutShortFailsTheJob(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -303,6 +307,7 @@ func TestAssembledSSEAnswerCutShortFailsTheJob(t *testing.T) {
 		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`},
 		{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi"}`},
 		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`},
+		{broker.KindOpenAIResponses, `{"model":"tiny-a","input":"hi"}`},
 	} {
 		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(4)})
 		tb.fake.FailNext(1, ollamatest.StreamNoDone)

@@ -58,11 +58,11 @@ type Config struct {
 	// MaxJobTime bounds one attempt as a whole, however steadily the target streams;
 	// 0 (the default) means no limit.
 	MaxJobTime time.Duration
-	// NonStreamTimeout bounds an attempt that does not stream (the Responses API without
-	// stream; embeddings): its first byte comes only with the whole answer,
-	// so the first-byte limit does not apply to it; this one covers the load plus the
-	// whole answer. A chat or completion is called streamed and its answer assembled
-	// (ADR-0050): the first-byte and idle limits bound it instead. When it runs out the
+	// NonStreamTimeout bounds an attempt that does not stream (embeddings, a debug
+	// render): its first byte comes only with the whole answer, so the first-byte limit
+	// does not apply to it; this one covers the load plus the whole answer. A chat,
+	// completion, response or message its caller asked not to stream is called streamed
+	// and its answer assembled (ADR-0050): the first-byte and idle limits bound it instead. When it runs out the
 	// job fails without a retry. Default 30m, negative means no limit.
 	NonStreamTimeout time.Duration
 	Logger           *slog.Logger

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"cmp"
 	"encoding/json"
+	"fmt"
+	"math/rand/v2"
 	"slices"
 	"strings"
 )
@@ -105,7 +107,7 @@ func responsesResult(frames [][]byte) []byte {
 	}
 	switch {
 	case terminal != nil && !nullMember(terminal, "output"):
-		return marshalObject(terminal)
+		return marshalObject(shapeResponse(terminal))
 	case terminal != nil:
 		last = terminal
 	case last == nil:
@@ -138,10 +140,85 @@ func responsesResult(frames [][]byte) []byte {
 		output = append(output, it)
 	}
 	if len(output) == 0 && terminal != nil {
-		return marshalObject(terminal) // Ollama's own output: null, with nothing to build
+		return marshalObject(shapeResponse(terminal)) // Ollama's own output: null, with nothing to build
 	}
 	last.put("output", output, nil)
-	return marshalObject(last)
+	return marshalObject(shapeResponse(last))
+}
+
+// The member orders of Ollama's openai.ResponsesResponse and the types in it: the
+// non-streamed answer is that struct, while the stream's Response is a map (members
+// sorted).
+var (
+	responseMembers = []string{"id", "object", "created_at", "completed_at", "status", "incomplete_details", "model",
+		"previous_response_id", "instructions", "output", "error", "tools", "tool_choice", "truncation",
+		"parallel_tool_calls", "text", "top_p", "presence_penalty", "frequency_penalty", "top_logprobs", "temperature",
+		"reasoning", "usage", "max_output_tokens", "max_tool_calls", "store", "background", "service_tier", "metadata",
+		"safety_identifier", "prompt_cache_key"}
+	responseItemMembers    = []string{"id", "type", "status", "role", "content", "call_id", "name", "arguments", "summary", "encrypted_content"}
+	responseContentMembers = []string{"type", "text", "annotations", "logprobs"}
+	responseToolMembers    = []string{"type", "name", "description", "strict", "parameters"}
+	responseFormatMembers  = []string{"type", "name", "schema", "strict"}
+	responseUsageMembers   = []string{"input_tokens", "output_tokens", "total_tokens", "input_tokens_details", "output_tokens_details"}
+	summaryMembers         = []string{"type", "text"}
+	reasoningMembers       = []string{"effort", "summary"}
+)
+
+// shapeResponse gives a Response the stream carried the form of the non-streamed answer
+// (openai.ToResponse, written by Ollama's ResponsesWriter): members in the struct's
+// order; an output item without the members its struct omits when empty (a call's empty
+// arguments); the reasoning settings without their null members (the struct omits them);
+// and a completed response that lists neither a message nor a function call gets the
+// message ToResponse always makes, with an empty text (the stream makes none when the
+// model said nothing). Members Ollama's struct does not have keep their place after
+// those it has.
+func shapeResponse(r *object) *object {
+	r.reorder(responseMembers)
+	hasAnswer := false
+	r.shapeList("output", func(it *object) {
+		switch stringMember(it, "type") {
+		case "message", "function_call":
+			hasAnswer = true
+		}
+		for _, k := range responseItemMembers[2:] {
+			if v := string(bytes.TrimSpace(it.vals[k])); v == `""` || v == "null" || v == "[]" {
+				it.del(k)
+			}
+		}
+		it.reorder(responseItemMembers)
+		it.shapeList("content", func(c *object) { c.reorder(responseContentMembers) })
+		it.shapeList("summary", func(s *object) { s.reorder(summaryMembers) })
+	})
+	if !hasAnswer && stringMember(r, "status") == "completed" {
+		var output []json.RawMessage
+		_ = json.Unmarshal(r.vals["output"], &output)
+		type text struct {
+			Type        string `json:"type"`
+			Text        string `json:"text"`
+			Annotations []any  `json:"annotations"`
+			Logprobs    []any  `json:"logprobs"`
+		}
+		msg, _ := json.Marshal(struct {
+			ID      string `json:"id"`
+			Type    string `json:"type"`
+			Status  string `json:"status"`
+			Role    string `json:"role"`
+			Content []text `json:"content"`
+		}{fmt.Sprintf("msg_%d", rand.IntN(999999)), "message", "completed", "assistant", []text{{"output_text", "", []any{}, []any{}}}})
+		r.put("output", append(output, msg), responseMembers)
+	}
+	r.shapeList("tools", func(t *object) { t.reorder(responseToolMembers) })
+	r.shapeMember("text", func(t *object) { t.shapeMember("format", func(f *object) { f.reorder(responseFormatMembers) }) })
+	r.shapeMember("reasoning", func(s *object) {
+		for _, k := range slices.Clone(s.keys) {
+			if nullMember(s, k) {
+				s.del(k)
+			}
+		}
+		s.reorder(reasoningMembers)
+	})
+	r.shapeMember("usage", func(u *object) { u.reorder(responseUsageMembers) })
+	return r
 }
 
 // anthropicBlockMembers is Ollama's anthropic.ContentBlock member order.

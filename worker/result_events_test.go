@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -74,7 +75,7 @@ func TestResponsesResult(t *testing.T) {
 		sse("response.output_text.delta", `{"type":"response.output_text.delta","sequence_number":5,"output_index":1,"content_index":0,"delta":"lo"}`),
 	}
 	want := `{"id":"resp_2","object":"response","status":"in_progress","output":[` +
-		`{"id":"rs_1","type":"reasoning","summary":[{"text":"think","type":"summary_text"}]},` +
+		`{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"think"}]},` +
 		`{"id":"msg_1","type":"message","status":"in_progress","role":"assistant","content":[{"type":"output_text","text":"Hello","annotations":[]}]}]}`
 	if got := string(responsesResult(items)); got != want {
 		t.Errorf("cut stream:\n%s\nwant\n%s", got, want)
@@ -92,6 +93,39 @@ func TestResponsesResult(t *testing.T) {
 	}
 	if got := string(responsesResult(nullOutput[:1:1])); got != `{"id":"resp_2","object":"response","status":"in_progress","output":[]}` {
 		t.Errorf("no items: %s", got)
+	}
+}
+
+// A Responses stream's Response is a map in Ollama's stream converter (members sorted);
+// the result has the non-streamed answer's form (openai.ToResponse): members in its
+// struct's order, empty members its struct omits left out, null reasoning settings
+// dropped, and the message ToResponse always makes when the model said nothing.
+func TestResponsesResultHasTheNonStreamedShape(t *testing.T) {
+	t.Parallel()
+	completed := func(output string) [][]byte {
+		return [][]byte{sse("response.completed", `{"type":"response.completed","response":{"completed_at":2,"created_at":1,"id":"resp_1",`+
+			`"metadata":{},"object":"response","output":`+output+`,"reasoning":{"effort":null,"summary":"auto"},"status":"completed",`+
+			`"text":{"format":{"name":"x","schema":{"z":1,"a":2},"type":"json_schema"}},"tools":[{"description":null,"name":"f","parameters":{"type":"object"},"strict":null,"type":"function"}],`+
+			`"usage":{"input_tokens":3,"input_tokens_details":{"cached_tokens":0},"output_tokens":4,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":7},"x_new":true}}`)}
+	}
+	const head = `{"id":"resp_1","object":"response","created_at":1,"completed_at":2,"status":"completed","output":`
+	const tail = `,"tools":[{"type":"function","name":"f","description":null,"strict":null,"parameters":{"type":"object"}}],` +
+		`"text":{"format":{"type":"json_schema","name":"x","schema":{"z":1,"a":2}}},"reasoning":{"summary":"auto"},` +
+		`"usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7,"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}},` +
+		`"metadata":{},"x_new":true}`
+	calls := `[{"encrypted_content":"hm","id":"rs_1","summary":[{"text":"hm","type":"summary_text"}],"type":"reasoning"},` +
+		`{"arguments":"","call_id":"call_1","id":"fc_1_0","name":"f","status":"completed","type":"function_call"}]`
+	want := head + `[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"hm"}],"encrypted_content":"hm"},` +
+		`{"id":"fc_1_0","type":"function_call","status":"completed","call_id":"call_1","name":"f"}]` + tail
+	if got := string(responsesResult(completed(calls))); got != want {
+		t.Errorf("tool call:\n%s\nwant\n%s", got, want)
+	}
+	// A model that said nothing: the stream's output is null, the answer's one empty message.
+	got := string(responsesResult(completed("null")))
+	msg := regexp.MustCompile(`"id":"msg_\d+"`)
+	want = head + `[{"id":"msg_","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"","annotations":[],"logprobs":[]}]}]` + tail
+	if msg.FindString(got) == "" || msg.ReplaceAllString(got, `"id":"msg_"`) != want {
+		t.Errorf("empty answer:\n%s\nwant\n%s", got, want)
 	}
 }
 

@@ -81,3 +81,39 @@ func (o *object) MarshalJSON() ([]byte, error) {
 	}
 	return append(b, '}'), nil
 }
+
+// reorder puts the members order names first, in its order; the others follow in theirs.
+func (o *object) reorder(order []string) {
+	rank := func(k string) int {
+		if i := slices.Index(order, k); i >= 0 {
+			return i
+		}
+		return len(order)
+	}
+	slices.SortStableFunc(o.keys, func(a, b string) int { return rank(a) - rank(b) })
+}
+
+// shapeMember calls shape on member k when it is an object, and keeps what it made.
+func (o *object) shapeMember(k string, shape func(*object)) {
+	if m := parseObject(o.vals[k]); m != nil {
+		shape(m)
+		o.put(k, m, nil)
+	}
+}
+
+// shapeList calls shape on each element of member k when it is an array of objects, and
+// keeps what it made.
+func (o *object) shapeList(k string, shape func(*object)) {
+	var list []json.RawMessage
+	if json.Unmarshal(o.vals[k], &list) != nil || list == nil {
+		return
+	}
+	out := make([]*object, len(list))
+	for i, raw := range list {
+		if out[i] = parseObject(raw); out[i] == nil {
+			return
+		}
+		shape(out[i])
+	}
+	o.put(k, out, nil)
+}

@@ -171,12 +171,12 @@ func TestMaxJobTimeAbortsSteadyStream(t *testing.T) {
 
 // A call that does not stream gets its first byte only with the whole answer: a
 // generation longer than the first-byte limit is not a stall and finishes on its first
-// attempt. (A chat or completion is called streamed, ADR-0050; a Responses API call
-// is not.)
+// attempt. (A generation its caller asked not to stream is called streamed, ADR-0050;
+// a debug render is not.)
 func TestNonStreamedAnswerIsNotBoundByFirstByte(t *testing.T) {
 	t.Parallel()
 	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(40), ollamatest.WithTokenDelay(10 * time.Millisecond)})
-	j := tb.submit(t, "tiny-a", broker.KindOpenAIResponses, `{"model":"tiny-a","input":"long"}`)
+	j := tb.submit(t, "tiny-a", broker.KindChat, nonStreamedBody)
 	w := tb.start(t, worker.Config{FirstByteTimeout: 50 * time.Millisecond, StreamIdleTimeout: 50 * time.Millisecond})
 	got := tb.waitState(t, j.ID, broker.StateDone)
 	if got.Attempt != 1 {
@@ -187,6 +187,10 @@ func TestNonStreamedAnswerIsNotBoundByFirstByte(t *testing.T) {
 	}
 }
 
+// nonStreamedBody is a chat the worker calls without a stream: a debug render (the fake
+// answers it as a chat).
+const nonStreamedBody = `{"model":"tiny-a","stream":false,"_debug_render_only":true,"messages":[{"role":"user","content":"long"}]}`
+
 // NonStreamTimeout bounds a call that does not stream: the job fails without a retry,
 // and the target is not reported stalled.
 func TestNonStreamTimeoutFailsJob(t *testing.T) {
@@ -194,7 +198,7 @@ func TestNonStreamTimeoutFailsJob(t *testing.T) {
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 3 }))
 	release := tb.fake.Hold("tiny-a")
 	t.Cleanup(release)
-	j := tb.submit(t, "tiny-a", broker.KindOpenAIResponses, `{"model":"tiny-a","input":"long"}`)
+	j := tb.submit(t, "tiny-a", broker.KindChat, nonStreamedBody)
 	states := watchStates(t, tb.b.Conn, j.ID)
 	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, NonStreamTimeout: 100 * time.Millisecond})
 	want := "target too slow: the non-streamed answer took longer than the non-stream timeout of 100ms"
