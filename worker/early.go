@@ -96,6 +96,9 @@ func (ec *earlyCall) sawLine(now time.Time) {
 	ec.sawEarly = true
 }
 
+// forJob reports whether ec is the call of job id. A nil call is no job's.
+func (ec *earlyCall) forJob(id string) bool { return ec != nil && ec.jobID == id }
+
 // loadedNow reports whether the runner of queue token is loaded by what the worker knows
 // without asking the target (loadedLocked).
 func (w *Worker) loadedNow(token string) bool {

@@ -562,3 +562,58 @@ func TestEarlyCallTellsItsRunOfLinesSeen(t *testing.T) {
 		}
 	}
 }
+
+// A job's message can reach its consumer later than the wait of the wake-up's fetch (a
+// slow disk): the rechecks after it deliver the job, and the early call begun for it is
+// kept for that delivery, not aborted and made again (on a Mac, a generation under way
+// begun anew).
+func TestEarlyCallOutlivesALateMessage(t *testing.T) {
+	eb := newEarlyBundle(t)
+	eb.w.cfg.IdlePoll = time.Hour
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	var mu sync.Mutex
+	var stages []string
+	eb.w.cfg.Trace = func(id, stage string) {
+		if id == j.ID {
+			mu.Lock()
+			stages = append(stages, stage)
+			mu.Unlock()
+		}
+	}
+	var armed, submitted atomic.Bool
+	var last atomic.Int64
+	submit := make(chan error, 1)
+	eb.w.cfg.onIdle = func(d time.Duration) {
+		last.Store(int64(d))
+		// The first short recheck after the wake-up's fetch came up empty: the job's
+		// message is stored only now.
+		if armed.Load() && d < time.Second && submitted.CompareAndSwap(false, true) {
+			_, err := eb.b.Store.Submit(eb.ctx, j, []byte(chatBodyOf("tiny-a")))
+			submit <- err
+		}
+	}
+	runLoop(t, eb.w)
+	until(t, 10*time.Second, "the worker idle", func() bool {
+		return eb.w.idling.Load() && time.Duration(last.Load()) >= time.Second
+	})
+	armed.Store(true)
+	// The wake-up of a publish whose message is not yet stored.
+	eb.w.poke(wakeup{token: eb.token(t, "tiny-a"), jobID: j.ID, kind: broker.KindChat, body: []byte(chatBodyOf("tiny-a")), fresh: true})
+	select {
+	case err := <-submit:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the loop never rechecked after the wake-up's fetch")
+	}
+	eb.waitDone(t, j.ID)
+	mu.Lock()
+	defer mu.Unlock()
+	if called, fetched := slices.Index(stages, StageCalled), slices.Index(stages, StageFetched); called < 0 || called > fetched {
+		t.Fatalf("stages %v: no call before the fetch", stages)
+	}
+	if calls := eb.chatCalls(); len(calls) != 1 || calls[0].Canceled {
+		t.Fatalf("%d target calls (the first canceled: %v), want the one early call, answered", len(calls), calls[0].Canceled)
+	}
+}

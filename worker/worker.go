@@ -175,11 +175,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.sweep(ctx)
 	fails, misses := 0, 0
 	woken := false // a publish was seen and its job not yet fetched
+	// held is the early call of a job woken for whose fetch came up empty: its message
+	// may reach the consumer later than wakeWait (a slow disk), and the short rechecks
+	// may still deliver it. Dropping the call would abort a generation under way, and the
+	// run would make it again.
+	var held *earlyCall
+	defer func() { w.drop(held) }()
 	for !w.isStopping(ctx) {
 		var ahead *recordRead // the record of a job woken for, read while it is fetched
-		var early *earlyCall  // the call of a job woken for, begun while it is fetched
+		early := held         // the call of a job woken for, begun while it is fetched
+		held = nil
 		d, queued, err := w.next(ctx)
 		if err != nil {
+			w.drop(early)
 			if w.isStopping(ctx) {
 				return nil
 			}
@@ -199,11 +207,16 @@ func (w *Worker) Run(ctx context.Context) error {
 				misses++
 			} else {
 				misses, woken = 0, false
+				w.drop(early) // the rechecks are over: its job did not come
+				early = nil
 			}
 			u := w.idle(ctx, wait)
-			if u.token == "" || !w.runs(ctx, u.token) {
+			if u.token == "" || !w.runs(ctx, u.token) || early.forJob(u.jobID) {
+				held = early // the next recheck may deliver its job
 				continue
 			}
+			w.drop(early) // another job's wake-up: its call must not overlap that one's
+			early = nil
 			if w.probeFirst(false) {
 				// The polls say the target is not there: the pick probes it first.
 				woken = true
@@ -220,12 +233,16 @@ func (w *Worker) Run(ctx context.Context) error {
 			if d, err = w.store.NextWait(ctx, u.token, wakeWait); d != nil && err != nil {
 				w.unusable(ctx, d, err) // a delivery no job can run from: removed or retried now
 				d, err = nil, nil
+				w.drop(early)
+				early = nil
 			}
 			if err != nil || d == nil {
 				if err != nil {
 					w.log.Warn("fetch a just-published job", "err", err)
+					w.drop(early)
+				} else {
+					held = early // not there yet: the rechecks may deliver it
 				}
-				w.drop(early)
 				ahead.wait()
 				continue
 			}
