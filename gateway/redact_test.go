@@ -31,15 +31,15 @@ func (b *syncBuffer) String() string {
 	return b.buf.String()
 }
 
-// TestTargetPasswordNeverShown: a password in the target's URL (FOREMAN_OLLAMA_URL) shows
-// neither on the unauthenticated /healthz, healthy or not, nor in a 502 of a
-// pass-through route, nor in the log.
+// TestTargetPasswordNeverShown: the login in the target's URL (FOREMAN_OLLAMA_URL), its
+// password and its user name, shows neither on the unauthenticated /healthz, healthy or
+// not, nor in a 502 of a pass-through route, nor in the log.
 func TestTargetPasswordNeverShown(t *testing.T) {
 	t.Parallel()
-	const password = "s3cret"
+	const user, password = "opsadmin", "s3cret"
 	var logs syncBuffer
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	b := newTestBundle(t, withTargetUserinfo("user:"+password),
+	b := newTestBundle(t, withTargetUserinfo(user+":"+password),
 		withGateway(func(c *Config) { c.Logger = log }),
 		withInventory(func(c *ollama.InventoryConfig) { c.Logger = log }))
 	if !strings.Contains(b.GW.cfg.TargetURL, password) {
@@ -47,8 +47,8 @@ func TestTargetPasswordNeverShown(t *testing.T) {
 	}
 	noPassword := func(what string, body []byte) {
 		t.Helper()
-		if bytes.Contains(body, []byte(password)) {
-			t.Errorf("%s shows the password: %s", what, body)
+		if bytes.Contains(body, []byte(password)) || bytes.Contains(body, []byte(user)) {
+			t.Errorf("%s shows the login: %s", what, body)
 		}
 	}
 
@@ -58,7 +58,7 @@ func TestTargetPasswordNeverShown(t *testing.T) {
 	if err := json.Unmarshal(body, &h); err != nil || resp.StatusCode != 200 {
 		t.Fatalf("/healthz: %d %s", resp.StatusCode, body)
 	}
-	if want := strings.Replace(b.Fake.URL, "://", "://user:xxxxx@", 1); h.Target.URL != want {
+	if want := strings.Replace(b.Fake.URL, "://", "://xxxxx@", 1); h.Target.URL != want {
 		t.Errorf("/healthz target url %q, want %q", h.Target.URL, want)
 	}
 

@@ -8,11 +8,12 @@ import (
 // redactedUserinfo replaces secrets in a shown URL, as url.URL.Redacted does.
 const redactedUserinfo = "xxxxx"
 
-// RedactURL returns raw fit to show in logs, errors and /healthz: a password in its
-// userinfo becomes "xxxxx" (as url.URL.Redacted does), and so does a user name without a
-// password, which is how a token rides in a URL (NATS reads "nats://<token>@host" so,
-// and an HTTP client sends it as basic auth). Any other string with an "@" loses
-// everything between "://" (or its start) and its last "@". A query or fragment, where a
+// RedactURL returns raw fit to show in logs, errors and /healthz: its userinfo, user
+// name and password alike, becomes "xxxxx". A user name alone is how a token rides in a
+// URL (NATS reads "nats://<token>@host" so, and an HTTP client sends it as basic auth),
+// and a user name beside a password is half a login, not for the unauthenticated
+// /healthz. Any other string with an "@" loses everything between "://" (or its start)
+// and its last "@". A query or fragment, where a
 // proxy's key may ride ("?key=..."), becomes "?xxxxx" (or "#xxxxx"). The rest is returned
 // as is.
 func RedactURL(raw string) string {
@@ -51,11 +52,7 @@ func redacted(u *url.URL) string {
 		return u.String()
 	}
 	v := *u
-	if _, ok := u.User.Password(); ok {
-		v.User = url.UserPassword(u.User.Username(), redactedUserinfo)
-	} else {
-		v.User = url.User(redactedUserinfo)
-	}
+	v.User = url.User(redactedUserinfo)
 	return v.String()
 }
 

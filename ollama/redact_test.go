@@ -19,10 +19,10 @@ func TestRedactURL(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
 		"http://127.0.0.1:11434":                    "http://127.0.0.1:11434",
-		"http://user:s3cret@mac.local:11434/x":      "http://user:xxxxx@mac.local:11434/x",
+		"http://user:s3cret@mac.local:11434/x":      "http://xxxxx@mac.local:11434/x",
 		"https://s3cret@mac.local":                  "https://xxxxx@mac.local",
 		"nats://s3cret@127.0.0.1:4222":              "nats://xxxxx@127.0.0.1:4222",
-		"nats://app:s3cret@127.0.0.1:4222":          "nats://app:xxxxx@127.0.0.1:4222",
+		"nats://app:s3cret@127.0.0.1:4222":          "nats://xxxxx@127.0.0.1:4222",
 		"nats://app:s3cret@127.0.0.1:bad":           "nats://xxxxx@127.0.0.1:bad",
 		"http://user:s3/cr@et@host:x":               "http://xxxxx@host:x",
 		"app:s3cret@127.0.0.1:4222":                 "xxxxx@127.0.0.1:4222",

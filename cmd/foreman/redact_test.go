@@ -59,7 +59,7 @@ func TestConfigErrorsHideURLCredentials(t *testing.T) {
 		env  map[string]string
 		want string
 	}{
-		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://user:s3cret@mac:11434"}, want: `FOREMAN_OLLAMA_URL="ftp://user:xxxxx@mac:11434": not an absolute http(s) URL`},
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://user:s3cret@mac:11434"}, want: `FOREMAN_OLLAMA_URL="ftp://xxxxx@mac:11434": not an absolute http(s) URL`},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://user:s3cret@mac:bad port"}, want: `FOREMAN_OLLAMA_URL="http://xxxxx@mac:bad port"`},
 		{args: []string{"--ollama-url=ftp://s3cret@mac"}, want: `--ollama-url="ftp://xxxxx@mac"`},
 		{env: map[string]string{"FOREMAN_NATS_URL": "nats://app:s3cret@127.0.0.1:bad"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:bad": entry 1 is not a NATS URL`},
