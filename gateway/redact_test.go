@@ -84,3 +84,24 @@ func TestTargetPasswordNeverShown(t *testing.T) {
 	}
 	noPassword("the log", []byte(logs.String()))
 }
+
+// The own target is recognized among the published ones whatever userinfo its URL has: a
+// foreman publishes its URL without it (ADR-0029), and a pass-through call must not take
+// the own Ollama, reached under another foreman's name, for another Mac.
+func TestSameTargetURLIgnoresUserinfo(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		a, b string
+		same bool
+	}{
+		{"http://127.0.0.1:11434", "http://user:s3cret@127.0.0.1:11434", true},
+		{"http://127.0.0.1:11434", "http://s3cret@127.0.0.1:11434", true},
+		{"http://127.0.0.1:11434", "http://127.0.0.1:11434", true},
+		{"http://127.0.0.1:11434", "http://user:s3cret@127.0.0.1:11435", false},
+		{"http://mac-a:11434", "http://mac-b:11434", false},
+	} {
+		if got := sameTargetURL(tt.a, tt.b); got != tt.same {
+			t.Errorf("sameTargetURL(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.same)
+		}
+	}
+}

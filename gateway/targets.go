@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"slices"
 	"strings"
 
@@ -56,7 +57,7 @@ func (s *Server) otherClient(ctx context.Context, model string) ollama.Client {
 func (s *Server) otherClientWhere(ctx context.Context, keep func(broker.Target) bool) ollama.Client {
 	others := slices.DeleteFunc(s.otherTargets(ctx), func(t broker.Target) bool { return !t.Reachable })
 	for _, t := range others {
-		if !keep(t) || ollama.RedactURL(t.URL) == ollama.RedactURL(s.cfg.TargetURL) {
+		if !keep(t) || sameTargetURL(t.URL, s.cfg.TargetURL) {
 			continue // a foreman that published a loopback URL from another host reads as ours
 		}
 		c, err := s.cfg.TargetClient(t.URL)
@@ -67,6 +68,20 @@ func (s *Server) otherClientWhere(ctx context.Context, keep func(broker.Target) 
 		return c
 	}
 	return nil
+}
+
+// sameTargetURL reports whether two target URLs name the same target. A published URL
+// has no userinfo (each foreman uses its own token), while the own one may have it: it is
+// left out of both, with the rest compared as shown.
+func sameTargetURL(a, b string) bool {
+	strip := func(raw string) string {
+		if u, err := url.Parse(raw); err == nil && u.Host != "" {
+			u.User = nil
+			raw = u.String()
+		}
+		return ollama.RedactURL(raw)
+	}
+	return strip(a) == strip(b)
 }
 
 // unionList merges the "models" arrays of /api/tags or /api/ps bodies, own first, each

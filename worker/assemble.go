@@ -141,8 +141,9 @@ const errStreamCut = "the target's stream ended before its answer was complete (
 
 // sseEnded reports whether an SSE stream of kind reached its end: OpenAI's "data: [DONE]"
 // (Ollama writes it after the last chunk, the usage's included), Anthropic's
-// message_stop event, the Responses API's terminal event (Ollama writes
-// response.completed; response.incomplete and response.failed end a stream too).
+// message_stop event, the Responses API's response.completed (the one terminal event
+// Ollama writes: a stream that ends in response.failed or .incomplete is not an answer
+// its non-streamed call would give with a 200).
 func sseEnded(kind broker.Kind, events [][]byte) bool {
 	if len(events) == 0 {
 		return false
@@ -159,7 +160,7 @@ func sseEnded(kind broker.Kind, events [][]byte) bool {
 		switch e.Type {
 		case "message_stop":
 			return kind == broker.KindAnthropicMessages
-		case "response.completed", "response.incomplete", "response.failed":
+		case "response.completed":
 			return kind == broker.KindOpenAIResponses
 		}
 		return false

@@ -22,6 +22,7 @@ import (
 // the call is aborted before anything of it was published.
 type earlyCall struct {
 	jobID string
+	token string // the job's queue
 	kind  broker.Kind
 	body  []byte
 	call  targetCall // how the target is called for it
@@ -65,7 +66,7 @@ func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
 	}
 	jctx, abort := context.WithCancelCause(ctx)
 	ec := &earlyCall{
-		jobID: u.jobID, kind: u.kind, body: u.body, call: newTargetCall(u.kind, u.body),
+		jobID: u.jobID, token: u.token, kind: u.kind, body: u.body, call: newTargetCall(u.kind, u.body),
 		ctx: jctx, abort: abort, r: w.store.StreamWriter(u.jobID),
 		adopted: make(chan struct{}), done: make(chan struct{}),
 	}
@@ -98,6 +99,20 @@ func (ec *earlyCall) sawLine(now time.Time) {
 
 // forJob reports whether ec is the call of job id. A nil call is no job's.
 func (ec *earlyCall) forJob(id string) bool { return ec != nil && ec.jobID == id }
+
+// onQueue reports whether ec's job is in the queue of token. A nil call is in none.
+func (ec *earlyCall) onQueue(token string) bool { return ec != nil && ec.token == token }
+
+// failed reports whether ec's call has ended with an error before a run adopted it (its
+// frames wait for the adoption, so an unadopted call that ended had no answer).
+func (ec *earlyCall) failed() bool {
+	select {
+	case <-ec.done:
+		return ec.err != nil
+	default:
+		return false
+	}
+}
 
 // loadedNow reports whether the runner of queue token is loaded by what the worker knows
 // without asking the target (loadedLocked).

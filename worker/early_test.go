@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -566,54 +567,111 @@ func TestEarlyCallTellsItsRunOfLinesSeen(t *testing.T) {
 // A job's message can reach its consumer later than the wait of the wake-up's fetch (a
 // slow disk): the rechecks after it deliver the job, and the early call begun for it is
 // kept for that delivery, not aborted and made again (on a Mac, a generation under way
-// begun anew).
+// begun anew). So it is when a wake-up for a later job of the same queue comes
+// meanwhile: it does not replace the held call, since the queue delivers the older job
+// first.
 func TestEarlyCallOutlivesALateMessage(t *testing.T) {
-	eb := newEarlyBundle(t)
-	eb.w.cfg.IdlePoll = time.Hour
-	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
-	var mu sync.Mutex
-	var stages []string
-	eb.w.cfg.Trace = func(id, stage string) {
-		if id == j.ID {
+	laterBody := `{"model":"tiny-a","messages":[{"role":"user","content":"later"}],"stream":true}`
+	for _, later := range []bool{false, true} {
+		eb := newEarlyBundle(t)
+		eb.w.cfg.IdlePoll = time.Hour
+		j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+		var mu sync.Mutex
+		var stages []string
+		eb.w.cfg.Trace = func(id, stage string) {
+			if id == j.ID {
+				mu.Lock()
+				stages = append(stages, stage)
+				mu.Unlock()
+			}
+		}
+		woken := func() int { // the job's wake-ups so far: the Store's own and NATS's copy
 			mu.Lock()
-			stages = append(stages, stage)
-			mu.Unlock()
+			defer mu.Unlock()
+			n := 0
+			for _, s := range stages {
+				if s == StageWoken {
+					n++
+				}
+			}
+			return n
+		}
+		var armed, submitted atomic.Bool
+		var last atomic.Int64
+		submit := make(chan error, 1)
+		eb.w.cfg.onIdle = func(d time.Duration) {
+			last.Store(int64(d))
+			// The first short recheck after the wake-up's fetch came up empty: the job's
+			// message is stored only now.
+			if armed.Load() && d < time.Second && submitted.CompareAndSwap(false, true) {
+				_, err := eb.b.Store.Submit(eb.ctx, j, []byte(chatBodyOf("tiny-a")))
+				if err == nil && later {
+					// Once both wake-ups of the job came, the newest is another job's.
+					for deadline := time.Now().Add(10 * time.Second); woken() < 2 && err == nil; time.Sleep(time.Millisecond) {
+						if time.Now().After(deadline) {
+							err = errors.New("the job's wake-ups did not come")
+						}
+					}
+					eb.w.poke(wakeup{token: eb.token(t, "tiny-a"), jobID: broker.NewID(), kind: broker.KindChat, body: []byte(laterBody), fresh: true})
+				}
+				submit <- err
+			}
+		}
+		runLoop(t, eb.w)
+		until(t, 10*time.Second, "the worker idle", func() bool {
+			return eb.w.idling.Load() && time.Duration(last.Load()) >= time.Second
+		})
+		armed.Store(true)
+		// The wake-up of a publish whose message is not yet stored.
+		eb.w.poke(wakeup{token: eb.token(t, "tiny-a"), jobID: j.ID, kind: broker.KindChat, body: []byte(chatBodyOf("tiny-a")), fresh: true})
+		select {
+		case err := <-submit:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the loop never rechecked after the wake-up's fetch")
+		}
+		eb.waitDone(t, j.ID)
+		mu.Lock()
+		if called, fetched := slices.Index(stages, StageCalled), slices.Index(stages, StageFetched); called < 0 || called > fetched {
+			t.Errorf("later job %v: stages %v: no call before the fetch", later, stages)
+		}
+		mu.Unlock()
+		// The job's calls (a wake-up for a job never stored may make one of its own).
+		calls := slices.DeleteFunc(eb.chatCalls(), func(c ollamatest.Call) bool { return string(c.Body) == laterBody })
+		canceled := slices.ContainsFunc(calls, func(c ollamatest.Call) bool { return c.Canceled })
+		if len(calls) != 1 || canceled {
+			t.Errorf("later job %v: %d target calls (one canceled: %v), want the one early call, answered", later, len(calls), canceled)
 		}
 	}
-	var armed, submitted atomic.Bool
-	var last atomic.Int64
-	submit := make(chan error, 1)
-	eb.w.cfg.onIdle = func(d time.Duration) {
-		last.Store(int64(d))
-		// The first short recheck after the wake-up's fetch came up empty: the job's
-		// message is stored only now.
-		if armed.Load() && d < time.Second && submitted.CompareAndSwap(false, true) {
-			_, err := eb.b.Store.Submit(eb.ctx, j, []byte(chatBodyOf("tiny-a")))
-			submit <- err
-		}
+}
+
+// An early call that failed before its run adopted it (held while the fetches went on,
+// its target gone meanwhile) is not adopted: the run calls afresh, and the attempt is
+// not spent on the dead call.
+func TestFailedEarlyCallIsNotAdopted(t *testing.T) {
+	eb := newEarlyBundle(t)
+	j, u := eb.publish(t)
+	eb.fake.SetDown(true)
+	ec := eb.w.callEarly(eb.ctx, u)
+	if ec == nil {
+		t.Fatal("no early call for a published job of the loaded model")
 	}
-	runLoop(t, eb.w)
-	until(t, 10*time.Second, "the worker idle", func() bool {
-		return eb.w.idling.Load() && time.Duration(last.Load()) >= time.Second
-	})
-	armed.Store(true)
-	// The wake-up of a publish whose message is not yet stored.
-	eb.w.poke(wakeup{token: eb.token(t, "tiny-a"), jobID: j.ID, kind: broker.KindChat, body: []byte(chatBodyOf("tiny-a")), fresh: true})
-	select {
-	case err := <-submit:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the loop never rechecked after the wake-up's fetch")
+	<-ec.done
+	if !ec.failed() {
+		t.Fatalf("the call to a down target ended with %v", ec.err)
 	}
-	eb.waitDone(t, j.ID)
-	mu.Lock()
-	defer mu.Unlock()
-	if called, fetched := slices.Index(stages, StageCalled), slices.Index(stages, StageFetched); called < 0 || called > fetched {
-		t.Fatalf("stages %v: no call before the fetch", stages)
+	eb.fake.SetDown(false)
+	eb.b.CreateRecord(t, j)
+	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
+	if err != nil || d == nil {
+		t.Fatalf("lease: %v, %v", d, err)
 	}
-	if calls := eb.chatCalls(); len(calls) != 1 || calls[0].Canceled {
-		t.Fatalf("%d target calls (the first canceled: %v), want the one early call, answered", len(calls), calls[0].Canceled)
+	eb.w.handle(eb.ctx, d, nil, ec)
+	eb.w.bg.Wait()
+	rec, _, err := eb.b.Store.Get(eb.ctx, j.ID)
+	if err != nil || rec.State != broker.StateDone || rec.Attempt != 1 {
+		t.Fatalf("record: %+v, %v; want done at attempt 1", rec, err)
 	}
 }

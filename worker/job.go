@@ -20,8 +20,11 @@ import (
 // nil, a target call begun before it (callEarly): the run adopts it if it is this job's,
 // any other way out drops it.
 func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead, early *earlyCall) {
-	if !early.matches(d) {
-		w.drop(early) // another message came first: its job must not overlap the call
+	if !early.matches(d) || early.failed() {
+		// Another message came first: its job must not overlap the call. Or the call
+		// failed before its run (a call held while the fetches went on, whose target went
+		// away meanwhile): the run calls afresh rather than spend an attempt on it.
+		w.drop(early)
 		early = nil
 	}
 	defer w.drop(early) // unless run adopted it

@@ -170,15 +170,30 @@ var (
 // arguments); the reasoning settings without their null members (the struct omits them);
 // and a completed response that lists neither a message nor a function call gets the
 // message ToResponse always makes, with an empty text (the stream makes none when the
-// model said nothing). Members Ollama's struct does not have keep their place after
-// those it has.
+// model said nothing). In a completed response a reasoning item and the function calls
+// get the ids ToResponse gives them, made from the response's ("rs_<id>", "fc_<id>_<n>";
+// the stream's are random). Members Ollama's struct does not have keep their place after those it has.
 func shapeResponse(r *object) *object {
 	r.reorder(responseMembers)
-	hasAnswer := false
+	id := stringMember(r, "id")
+	if stringMember(r, "status") != "completed" {
+		id = "" // a cut stream's items keep their ids: no answer of Ollama's has them
+	}
+	hasAnswer, calls := false, 0
 	r.shapeList("output", func(it *object) {
 		switch stringMember(it, "type") {
-		case "message", "function_call":
+		case "message":
 			hasAnswer = true
+		case "function_call":
+			hasAnswer = true
+			if id != "" {
+				it.put("id", fmt.Sprintf("fc_%s_%d", id, calls), nil)
+			}
+			calls++
+		case "reasoning":
+			if id != "" {
+				it.put("id", "rs_"+id, nil)
+			}
 		}
 		for _, k := range responseItemMembers[2:] {
 			if v := string(bytes.TrimSpace(it.vals[k])); v == `""` || v == "null" || v == "[]" {

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
 // sse makes one SSE frame of an event and its JSON data.
@@ -81,7 +83,7 @@ func TestResponsesResult(t *testing.T) {
 		t.Errorf("cut stream:\n%s\nwant\n%s", got, want)
 	}
 	nullOutput := append(items, sse("response.completed", `{"type":"response.completed","response":{"id":"resp_2","object":"response","status":"completed","output":null}}`))
-	if got, w := string(responsesResult(nullOutput)), strings.Replace(want, "in_progress", "completed", 1); got != w {
+	if got, w := string(responsesResult(nullOutput)), strings.NewReplacer(`"in_progress","output"`, `"completed","output"`, `"rs_1"`, `"rs_resp_2"`).Replace(want); got != w {
 		t.Errorf("terminal without output:\n%s\nwant\n%s", got, w)
 	}
 	// The done events repeat the whole text and item: taken as they are, not added again.
@@ -99,7 +101,9 @@ func TestResponsesResult(t *testing.T) {
 // A Responses stream's Response is a map in Ollama's stream converter (members sorted);
 // the result has the non-streamed answer's form (openai.ToResponse): members in its
 // struct's order, empty members its struct omits left out, null reasoning settings
-// dropped, and the message ToResponse always makes when the model said nothing.
+// dropped, the ids ToResponse makes from the response's for a reasoning item and the
+// function calls (the stream's are random, and count calls per chunk), and the message
+// ToResponse always makes when the model said nothing.
 func TestResponsesResultHasTheNonStreamedShape(t *testing.T) {
 	t.Parallel()
 	completed := func(output string) [][]byte {
@@ -114,9 +118,11 @@ func TestResponsesResultHasTheNonStreamedShape(t *testing.T) {
 		`"usage":{"input_tokens":3,"output_tokens":4,"total_tokens":7,"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}},` +
 		`"metadata":{},"x_new":true}`
 	calls := `[{"encrypted_content":"hm","id":"rs_1","summary":[{"text":"hm","type":"summary_text"}],"type":"reasoning"},` +
-		`{"arguments":"","call_id":"call_1","id":"fc_1_0","name":"f","status":"completed","type":"function_call"}]`
-	want := head + `[{"id":"rs_1","type":"reasoning","summary":[{"type":"summary_text","text":"hm"}],"encrypted_content":"hm"},` +
-		`{"id":"fc_1_0","type":"function_call","status":"completed","call_id":"call_1","name":"f"}]` + tail
+		`{"arguments":"","call_id":"call_1","id":"fc_7_0","name":"f","status":"completed","type":"function_call"},` +
+		`{"arguments":"{}","call_id":"call_2","id":"fc_8_0","name":"f","status":"completed","type":"function_call"}]`
+	want := head + `[{"id":"rs_resp_1","type":"reasoning","summary":[{"type":"summary_text","text":"hm"}],"encrypted_content":"hm"},` +
+		`{"id":"fc_resp_1_0","type":"function_call","status":"completed","call_id":"call_1","name":"f"},` +
+		`{"id":"fc_resp_1_1","type":"function_call","status":"completed","call_id":"call_2","name":"f","arguments":"{}"}]` + tail
 	if got := string(responsesResult(completed(calls))); got != want {
 		t.Errorf("tool call:\n%s\nwant\n%s", got, want)
 	}
@@ -126,6 +132,30 @@ func TestResponsesResultHasTheNonStreamedShape(t *testing.T) {
 	want = head + `[{"id":"msg_","type":"message","status":"completed","role":"assistant","content":[{"type":"output_text","text":"","annotations":[],"logprobs":[]}]}]` + tail
 	if msg.FindString(got) == "" || msg.ReplaceAllString(got, `"id":"msg_"`) != want {
 		t.Errorf("empty answer:\n%s\nwant\n%s", got, want)
+	}
+}
+
+// An assembled Responses answer needs its stream's response.completed, the one terminal
+// event Ollama writes: a stream that ends failed or incomplete is no answer its
+// non-streamed call gives with a 200. Each dialect ends with its own event.
+func TestResponsesStreamEndsAtCompleted(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		kind  broker.Kind
+		event string
+		ended bool
+	}{
+		{broker.KindOpenAIResponses, "response.completed", true},
+		{broker.KindOpenAIResponses, "response.failed", false},
+		{broker.KindOpenAIResponses, "response.incomplete", false},
+		{broker.KindOpenAIResponses, "response.output_text.delta", false},
+		{broker.KindOpenAIResponses, "message_stop", false},
+		{broker.KindAnthropicMessages, "message_stop", true},
+		{broker.KindAnthropicMessages, "response.completed", false},
+	} {
+		if got := sseEnded(tt.kind, [][]byte{sse(tt.event, `{"type":"`+tt.event+`"}`)}); got != tt.ended {
+			t.Errorf("%s ending with %s: ended %v, want %v", tt.kind, tt.event, got, tt.ended)
+		}
 	}
 }
 

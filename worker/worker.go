@@ -211,8 +211,10 @@ func (w *Worker) Run(ctx context.Context) error {
 				early = nil
 			}
 			u := w.idle(ctx, wait)
-			if u.token == "" || !w.runs(ctx, u.token) || early.forJob(u.jobID) {
-				held = early // the next recheck may deliver its job
+			// The held call stays for the next recheck, which may deliver its job: also on
+			// a wake-up for a later job of its queue, which delivers the oldest first.
+			if u.token == "" || !w.runs(ctx, u.token) || early.forJob(u.jobID) || early.onQueue(u.token) {
+				held = early
 				continue
 			}
 			w.drop(early) // another job's wake-up: its call must not overlap that one's
