@@ -115,12 +115,12 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 // can be between those writes now, and only for records older than this store. Async
 // ones stay queued: a submit retried with the same id (an idempotency key) queues them.
 func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (int, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, "job.*")
+	keys, err := s.bucketKeys(ctx, JobsBucket, "job.*")
 	if err != nil {
 		return 0, fmt.Errorf("broker: list jobs: %w", err)
 	}
 	var ids []string
-	for k := range lister.Keys() {
+	for _, k := range keys {
 		id := strings.TrimPrefix(k, "job.")
 		u, err := ulid.ParseStrict(id)
 		if err != nil || inQueue[id] || !ulid.Time(u.Time()).Before(s.started) {

@@ -235,17 +235,9 @@ func (s *Store) FinishPendingDelivery(ctx context.Context, id string, rev uint64
 
 // PendingDeliveries lists every pending delivery, ordered by job and revision.
 func (s *Store) PendingDeliveries(ctx context.Context) ([]PendingDelivery, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, pendingPrefix+">")
+	keys, err := s.bucketKeys(ctx, JobsBucket, pendingPrefix+">")
 	if err != nil {
 		return nil, fmt.Errorf("broker: list pending deliveries: %w", err)
-	}
-	var keys []string
-	seen := map[string]bool{}
-	for k := range lister.Keys() {
-		if !seen[k] { // the lister may repeat a key written meanwhile
-			seen[k] = true
-			keys = append(keys, k)
-		}
 	}
 	var out []PendingDelivery
 	for _, k := range keys {

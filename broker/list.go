@@ -127,11 +127,11 @@ func (s *Store) list(ctx context.Context, opt ListOptions) ([]*Job, string, erro
 
 // listByKeys reads every job key of the bucket and pages through them.
 func (s *Store) listByKeys(ctx context.Context, p *pager) ([]*Job, string, error) {
-	lister, err := s.kv.ListKeysFiltered(ctx, "job.*")
+	keys, err := s.bucketKeys(ctx, JobsBucket, "job.*")
 	if err != nil {
 		return nil, "", fmt.Errorf("broker: list: %w", err)
 	}
-	for k := range lister.Keys() {
+	for _, k := range keys {
 		p.meet(strings.TrimPrefix(k, "job."), true)
 	}
 	_, err = p.take(ctx, s, "")

@@ -145,14 +145,13 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := kv.ListKeys(ctx)
+	keys, err := s.bucketKeys(ctx, TargetsBucket, ">")
 	if err != nil {
 		return nil, fmt.Errorf("broker: list targets: %w", err)
 	}
-	defer keys.Stop()
 	now := s.Now()
 	out := []Target{}
-	for k := range keys.Keys() {
+	for _, k := range keys {
 		e, err := kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
@@ -165,10 +164,6 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 			continue // unreadable, or past its foreman's TTL (the bucket keeps the longest one)
 		}
 		out = append(out, t)
-	}
-	if err := ctx.Err(); err != nil {
-		// The lister ends its keys quietly when ctx does: the list may be short.
-		return nil, fmt.Errorf("broker: list targets: %w", err)
 	}
 	slices.SortFunc(out, func(a, b Target) int {
 		switch {
