@@ -96,26 +96,50 @@ func (s *Store) NextWait(ctx context.Context, token string, wait time.Duration) 
 }
 
 func (s *Store) fetch(ctx context.Context, token string, fetch func(jetstream.Consumer) (jetstream.MessageBatch, error)) (*Lease, error) {
+	for attempt := 0; ; attempt++ {
+		d, err := s.fetchOnce(ctx, token, fetch)
+		// A consumer the server deleted (idle past its InactiveThreshold, ADR-0027) is
+		// forgotten by fetchOnce; made again at once, it delivers what its queue holds.
+		if attempt == 0 && errors.Is(err, errFetchGone) {
+			continue
+		}
+		return d, err
+	}
+}
+
+// errFetchGone marks a fetch that found its cached consumer gone from the server.
+var errFetchGone = errors.New("its consumer is gone")
+
+func (s *Store) fetchOnce(ctx context.Context, token string, fetch func(jetstream.Consumer) (jetstream.MessageBatch, error)) (*Lease, error) {
 	c, err := s.consumer(ctx, token)
 	if err != nil {
 		return nil, err
 	}
 	batch, err := fetch(c)
-	if err != nil {
-		// On a cluster a consumer may lose its leader (a node died) or never get one: the
-		// next fetch creates or updates it again, which places it anew.
-		if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) || Transient(err) {
-			s.forget(token)
+	if err == nil {
+		for msg := range batch.Messages() {
+			return s.lease(ctx, token, msg)
 		}
-		return nil, fmt.Errorf("broker: fetch %s: %w", token, unavailable(err))
+		if err = batch.Error(); errors.Is(err, jetstream.ErrNoMessages) {
+			err = nil
+		}
 	}
-	for msg := range batch.Messages() {
-		return s.lease(ctx, token, msg)
+	if err == nil {
+		return nil, nil
 	}
-	if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
-		return nil, fmt.Errorf("broker: fetch %s: %w", token, err)
+	// A consumer the server deleted answers no fetch: its pull requests find no
+	// responder (the server's API does not take them for a gone consumer). On a cluster
+	// a consumer may also lose its leader (a node died) or never get one. Either way the
+	// next fetch creates or updates it again, which places it anew; an error of the
+	// batch (the server's answer) counts as much as one of the request.
+	switch {
+	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrConsumerNotFound), errors.Is(err, jetstream.ErrConsumerDeleted):
+		s.forget(token)
+		return nil, fmt.Errorf("broker: fetch %s: %w: %w", token, errFetchGone, unavailable(err))
+	case Transient(err):
+		s.forget(token)
 	}
-	return nil, nil
+	return nil, fmt.Errorf("broker: fetch %s: %w", token, unavailable(err))
 }
 
 func (s *Store) forget(token string) {

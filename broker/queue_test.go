@@ -85,6 +85,37 @@ func TestFinishAfterTheConsumerWentIdle(t *testing.T) {
 	}
 }
 
+// A queue whose consumer went idle past its InactiveThreshold, and which the server
+// deleted, delivers the next job submitted to it at the first pick: the fetch that finds
+// the consumer gone makes it again, rather than failing on the gone one at every pick
+// (its queue would never run again until a restart).
+func TestNextAfterTheConsumerWentIdle(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	tok := token(t, "m")
+	for _, next := range []func() (*broker.Lease, error){
+		func() (*broker.Lease, error) { return b.Store.Next(ctx, tok) },
+		func() (*broker.Lease, error) { return b.Store.NextWait(ctx, tok, 2*time.Second) },
+	} {
+		if d, err := next(); err != nil || d != nil {
+			t.Fatalf("next of an empty queue: %v %v", d, err)
+		}
+		// What the server does to a pull consumer idle past its InactiveThreshold.
+		if err := b.JetStream(t).DeleteConsumer(ctx, broker.QueueStream, broker.ConsumerName(tok)); err != nil {
+			t.Fatal(err)
+		}
+		j := submit(t, b.Store, "m", `{"model":"m"}`)
+		d, err := next()
+		if d == nil || d.JobID != j.ID {
+			t.Fatalf("next after the consumer went: %+v, %v; want the new job", d, err)
+		}
+		if err := b.Store.Finish(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // Stale lists the queue messages stored before a time, oldest first, but none of a job
 // that has a younger message too (requeued, its old message left behind): its wait began
 // anew. With nothing that old it lists nothing.
