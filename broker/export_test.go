@@ -16,6 +16,9 @@ var ListModes = map[string]func(*Store){
 	"by keys": func(s *Store) { s.listMode = listByKeys },
 }
 
+// SetTargetsRead sets a hook called between a Targets read of the bucket and its caching.
+func (s *Store) SetTargetsRead(fn func()) { s.targetsRead = fn }
+
 // FramePieces is framePieces, for the fuzz target.
 var FramePieces = framePieces
 

@@ -144,6 +144,9 @@ type Store struct {
 	targets  jetstream.KeyValue
 	tcache   []Target
 	tcacheAt time.Time
+	tgen     uint64 // bumped when the bucket changed under tcache: a read begun before stays uncached
+	// targetsRead, when set (tests), is called between a read of the bucket and its caching.
+	targetsRead func()
 
 	// known is KnownModelsBucket, opened on first use.
 	kmu   sync.Mutex

@@ -110,9 +110,7 @@ func (s *Store) PublishTarget(ctx context.Context, t Target) error {
 	if _, err := kv.Put(ctx, targetKey(t.Name), v); err != nil {
 		return fmt.Errorf("broker: publish target %s: %w", t.Name, err)
 	}
-	s.tmu.Lock()
-	s.tcache = nil // read our own write
-	s.tmu.Unlock()
+	s.dropTargetsCache() // read our own write
 	return nil
 }
 
@@ -125,10 +123,17 @@ func (s *Store) WithdrawTarget(ctx context.Context, name string) error {
 	if err := kv.Delete(ctx, targetKey(name)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return fmt.Errorf("broker: withdraw target %s: %w", name, err)
 	}
+	s.dropTargetsCache()
+	return nil
+}
+
+// dropTargetsCache makes the next Targets read the bucket, and keeps a read begun before
+// from caching what it read (it may predate this change).
+func (s *Store) dropTargetsCache() {
 	s.tmu.Lock()
 	s.tcache = nil
+	s.tgen++
 	s.tmu.Unlock()
-	return nil
 }
 
 // Targets returns the live targets, sorted by name. It reads the bucket at most once a
@@ -140,6 +145,7 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		s.tmu.Unlock()
 		return out, nil
 	}
+	gen := s.tgen
 	s.tmu.Unlock()
 	kv, err := s.targetsKV(ctx)
 	if err != nil {
@@ -174,8 +180,13 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		}
 		return 0
 	})
+	if s.targetsRead != nil {
+		s.targetsRead()
+	}
 	s.tmu.Lock()
-	s.tcache, s.tcacheAt = out, now
+	if s.tgen == gen {
+		s.tcache, s.tcacheAt = out, now
+	}
 	s.tmu.Unlock()
 	return out, nil
 }

@@ -128,3 +128,30 @@ func TestTargetsListEveryTargetWhileTheyArePublished(t *testing.T) {
 		t.Fatalf("%d of %d reads of the targets missed one of the %d published", short, reads, len(names))
 	}
 }
+
+// A Targets read that began before a publish of this process does not cache what it
+// read over the publish: the next read sees the published entry ("read our own write"),
+// not the older list for the cache's second.
+func TestTargetsReadBeforeAPublishIsNotCached(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Store.PublishTarget(ctx, broker.Target{Name: "mac-a", Reachable: true}); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	b.Store.SetTargetsRead(func() {
+		once.Do(func() { // the bucket read is done; mac-b is published before it is cached
+			if err := b.Store.PublishTarget(ctx, broker.Target{Name: "mac-b", Reachable: true}); err != nil {
+				t.Error(err)
+			}
+		})
+	})
+	if got, err := b.Store.Targets(ctx); err != nil || len(got) != 1 {
+		t.Fatalf("the read before the publish: %+v, %v; want mac-a alone", got, err)
+	}
+	if got, err := b.Store.Targets(ctx); err != nil || len(got) != 2 {
+		t.Fatalf("the read after the publish: %+v, %v; want mac-a and mac-b", got, err)
+	}
+}
