@@ -1,10 +1,12 @@
 package broker_test
 
 import (
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -113,6 +115,35 @@ func TestNextAfterTheConsumerWentIdle(t *testing.T) {
 		if err := b.Store.Finish(ctx, d); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// The same with the server's own deletion: a consumer idle past its InactiveThreshold
+// (the job TTL here, a few seconds) goes, and the queue runs the next job all the same.
+func TestNextAfterTheServerDeletedAnIdleConsumer(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.JobTTL = 3 * time.Second }))
+	ctx := ctxT(t)
+	tok := token(t, "m")
+	if d, err := b.Store.Next(ctx, tok); err != nil || d != nil {
+		t.Fatalf("next of an empty queue: %v %v", d, err)
+	}
+	js := b.JetStream(t)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := js.Consumer(ctx, broker.QueueStream, broker.ConsumerName(tok))
+		if errors.Is(err, jetstream.ErrConsumerNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the idle consumer is still there (%v)", err)
+		}
+		time.Sleep(50 * time.Millisecond) // polling the server's state, not a guess at it
+	}
+	j := submit(t, b.Store, "m", `{"model":"m"}`)
+	d, err := b.Store.Next(ctx, tok)
+	if d == nil || d.JobID != j.ID {
+		t.Fatalf("next after the server deleted the idle consumer: %+v, %v; want the new job", d, err)
 	}
 }
 
