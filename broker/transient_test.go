@@ -23,6 +23,8 @@ func TestTransient(t *testing.T) {
 		{&jetstream.APIError{Code: 429, ErrorCode: 10167, Description: "too many requests"}, true},
 		{fmt.Errorf("publish: %w", &jetstream.APIError{Code: 503, ErrorCode: 10008}), true},
 		{context.DeadlineExceeded, true},
+		{fmt.Errorf("broker: fetch x: %w", jetstream.ErrConsumerLeadershipChanged), true},
+		{jetstream.ErrServerShutdown, true},
 		{&jetstream.APIError{Code: 503, ErrorCode: 10077, Description: "maximum messages exceeded"}, false},
 		{&jetstream.APIError{Code: 400, ErrorCode: 10071, Description: "wrong last sequence"}, false},
 		{errors.New("something else"), false},

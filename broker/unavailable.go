@@ -44,7 +44,10 @@ func Transient(err error) bool {
 	switch {
 	case errors.Is(err, nats.ErrNoResponders), errors.Is(err, jetstream.ErrNoStreamResponse),
 		errors.Is(err, nats.ErrTimeout), errors.Is(err, context.DeadlineExceeded),
-		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, jetstream.ErrNoHeartbeat):
+		errors.Is(err, nats.ErrConnectionReconnecting), errors.Is(err, jetstream.ErrNoHeartbeat),
+		// A pull request cut by a consumer's leader election or its server's shutdown
+		// (a 409 of the batch): the next pick asks the new leader.
+		errors.Is(err, jetstream.ErrConsumerLeadershipChanged), errors.Is(err, jetstream.ErrServerShutdown):
 		return true
 	}
 	var apiErr *jetstream.APIError
