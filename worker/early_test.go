@@ -62,6 +62,30 @@ func (eb *earlyBundle) token(t *testing.T, model string) string {
 	return k.String()
 }
 
+// runFrom stores job j's record (its queue message published with wake-up u), leases
+// the message and runs the job from early call ec, in ctx, to its end.
+func (eb *earlyBundle) runFrom(t *testing.T, ctx context.Context, j *broker.Job, u wakeup, ec *earlyCall) {
+	t.Helper()
+	eb.b.CreateRecord(t, j)
+	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
+	if err != nil || d == nil {
+		t.Fatalf("lease: %v, %v", d, err)
+	}
+	eb.w.handle(ctx, d, nil, ec)
+	eb.w.bg.Wait()
+}
+
+// wantDoneAtFirstAttempt returns job id's record, failing the test unless the job is
+// done at its first attempt.
+func (eb *earlyBundle) wantDoneAtFirstAttempt(t *testing.T, id string) *broker.Job {
+	t.Helper()
+	rec, _, err := eb.b.Store.Get(eb.ctx, id)
+	if err != nil || rec.State != broker.StateDone || rec.Attempt != 1 {
+		t.Fatalf("record: %+v, %v; want done at attempt 1", rec, err)
+	}
+	return rec
+}
+
 // until polls cond until it holds, failing the test after within.
 func until(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
@@ -161,18 +185,8 @@ func TestEarlyCallIsAdoptedByItsRun(t *testing.T) {
 		t.Fatalf("a frame went out before the job's run adopted the call: %q", m.Data)
 	}
 
-	eb.b.CreateRecord(t, j)
-	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
-	if err != nil || d == nil {
-		t.Fatalf("lease: %v, %v", d, err)
-	}
-	eb.w.handle(eb.ctx, d, nil, ec)
-	eb.w.bg.Wait()
-
-	rec, _, err := eb.b.Store.Get(eb.ctx, j.ID)
-	if err != nil || rec.State != broker.StateDone || rec.Attempt != 1 {
-		t.Fatalf("record: %+v, %v; want done at attempt 1", rec, err)
-	}
+	eb.runFrom(t, eb.ctx, j, u, ec)
+	eb.wantDoneAtFirstAttempt(t, j.ID)
 	if n := len(eb.chatCalls()); n != 1 {
 		t.Fatalf("%d target calls, want the one early call", n)
 	}
@@ -338,13 +352,7 @@ func TestAdoptedEarlyCallLeavesNoContextBehind(t *testing.T) {
 		if ec == nil {
 			t.Fatal("no early call")
 		}
-		eb.b.CreateRecord(t, j)
-		d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
-		if err != nil || d == nil {
-			t.Fatalf("lease: %v, %v", d, err)
-		}
-		eb.w.handle(parent, d, nil, ec)
-		eb.w.bg.Wait()
+		eb.runFrom(t, parent, j, u, ec)
 		if rec, _, err := eb.b.Store.Get(eb.ctx, j.ID); err != nil || rec.State != broker.StateDone {
 			t.Fatalf("record: %+v, %v; want done", rec, err)
 		}
@@ -511,18 +519,8 @@ func TestEarlyCallOfANonStreamedChatIsAssembled(t *testing.T) {
 		calls := eb.chatCalls()
 		return len(calls) == 1 && calls[0].Finished
 	})
-	eb.b.CreateRecord(t, j)
-	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
-	if err != nil || d == nil {
-		t.Fatalf("lease: %v, %v", d, err)
-	}
-	eb.w.handle(eb.ctx, d, nil, ec)
-	eb.w.bg.Wait()
-
-	rec, _, err := eb.b.Store.Get(eb.ctx, j.ID)
-	if err != nil || rec.State != broker.StateDone || rec.Attempt != 1 {
-		t.Fatalf("record: %+v, %v; want done at attempt 1", rec, err)
-	}
+	eb.runFrom(t, eb.ctx, j, u, ec)
+	rec := eb.wantDoneAtFirstAttempt(t, j.ID)
 	calls := eb.chatCalls()
 	if len(calls) != 1 || !ollama.StreamsBody("/api/chat", calls[0].Body) {
 		t.Fatalf("%d calls; want the one early call, streamed", len(calls))
@@ -663,15 +661,6 @@ func TestFailedEarlyCallIsNotAdopted(t *testing.T) {
 		t.Fatalf("the call to a down target ended with %v", ec.err)
 	}
 	eb.fake.SetDown(false)
-	eb.b.CreateRecord(t, j)
-	d, err := eb.b.Store.NextWait(eb.ctx, u.token, 15*time.Second)
-	if err != nil || d == nil {
-		t.Fatalf("lease: %v, %v", d, err)
-	}
-	eb.w.handle(eb.ctx, d, nil, ec)
-	eb.w.bg.Wait()
-	rec, _, err := eb.b.Store.Get(eb.ctx, j.ID)
-	if err != nil || rec.State != broker.StateDone || rec.Attempt != 1 {
-		t.Fatalf("record: %+v, %v; want done at attempt 1", rec, err)
-	}
+	eb.runFrom(t, eb.ctx, j, u, ec)
+	eb.wantDoneAtFirstAttempt(t, j.ID)
 }
