@@ -172,7 +172,8 @@ var (
 // message ToResponse always makes, with an empty text (the stream makes none when the
 // model said nothing). In a completed response a reasoning item and the function calls
 // get the ids ToResponse gives them, made from the response's ("rs_<id>", "fc_<id>_<n>";
-// the stream's are random). Members Ollama's struct does not have keep their place after those it has.
+// the stream's are random). Members Ollama's struct does not have keep their place after
+// those it has.
 func shapeResponse(r *object) *object {
 	r.reorder(responseMembers)
 	id := stringMember(r, "id")
