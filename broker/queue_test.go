@@ -129,17 +129,10 @@ func TestNextAfterTheServerDeletedAnIdleConsumer(t *testing.T) {
 		t.Fatalf("next of an empty queue: %v %v", d, err)
 	}
 	js := b.JetStream(t)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually(t, 20*time.Second, "the server deletes the idle consumer", func() bool {
 		_, err := js.Consumer(ctx, broker.QueueStream, broker.ConsumerName(tok))
-		if errors.Is(err, jetstream.ErrConsumerNotFound) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the idle consumer is still there (%v)", err)
-		}
-		time.Sleep(50 * time.Millisecond) // polling the server's state, not a guess at it
-	}
+		return errors.Is(err, jetstream.ErrConsumerNotFound)
+	})
 	j := submit(t, b.Store, "m", `{"model":"m"}`)
 	d, err := b.Store.Next(ctx, tok)
 	if d == nil || d.JobID != j.ID {

@@ -576,23 +576,20 @@ func TestEarlyCallOutlivesALateMessage(t *testing.T) {
 		j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
 		var mu sync.Mutex
 		var stages []string
+		bothWoken := make(chan struct{}) // the job's two wake-ups came: the Store's own and NATS's copy
+		wakes := 0
 		eb.w.cfg.Trace = func(id, stage string) {
-			if id == j.ID {
-				mu.Lock()
-				stages = append(stages, stage)
-				mu.Unlock()
+			if id != j.ID {
+				return
 			}
-		}
-		woken := func() int { // the job's wake-ups so far: the Store's own and NATS's copy
 			mu.Lock()
 			defer mu.Unlock()
-			n := 0
-			for _, s := range stages {
-				if s == StageWoken {
-					n++
+			stages = append(stages, stage)
+			if stage == StageWoken {
+				if wakes++; wakes == 2 {
+					close(bothWoken)
 				}
 			}
-			return n
 		}
 		var armed, submitted atomic.Bool
 		var last atomic.Int64
@@ -605,10 +602,10 @@ func TestEarlyCallOutlivesALateMessage(t *testing.T) {
 				_, err := eb.b.Store.Submit(eb.ctx, j, []byte(chatBodyOf("tiny-a")))
 				if err == nil && later {
 					// Once both wake-ups of the job came, the newest is another job's.
-					for deadline := time.Now().Add(10 * time.Second); woken() < 2 && err == nil; time.Sleep(time.Millisecond) {
-						if time.Now().After(deadline) {
-							err = errors.New("the job's wake-ups did not come")
-						}
+					select {
+					case <-bothWoken:
+					case <-time.After(10 * time.Second):
+						err = errors.New("the job's wake-ups did not come")
 					}
 					eb.w.poke(wakeup{token: eb.token(t, "tiny-a"), jobID: broker.NewID(), kind: broker.KindChat, body: []byte(laterBody), fresh: true})
 				}
