@@ -30,59 +30,68 @@ func (w *Worker) watchDeliveryLimit(ctx context.Context) (stop func(), err error
 }
 
 func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {
-	p, ok, err := w.store.Queued(ctx, seq)
-	if err != nil || !ok {
-		if err != nil {
-			w.log.Warn("delivery-limit advisory: read queue message", "seq", seq, "err", err)
-		}
+	log := w.log.With("seq", seq)
+	err := w.endLimited(ctx, seq, deliveries, log)
+	if err == nil {
 		return
 	}
-	log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
-	fail := func(ctx context.Context) error {
-		if fault := w.cfg.endFault; fault != nil {
-			if err := fault(p.JobID, broker.StateFailed); err != nil {
-				return err
+	if !w.refusing(err) || w.isStopping(ctx) {
+		log.Error("fail job past its delivery limit", "err", err)
+		return
+	}
+	// JetStream tells of a job past its limit once and delivers it no more: given up here,
+	// it would stay queued for nobody until its TTL. So the read and the write go on in the
+	// background, pausing up to 30s, until stored or the worker stops.
+	log.Error("fail job past its delivery limit; trying on while the store refuses", "err", err)
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		for pause := w.cfg.RetryDelay; w.sleep(context.Background(), pause); pause = min(2*pause, 30*time.Second) {
+			bctx, cancel := w.storeCtx(context.Background())
+			err := w.endLimited(bctx, seq, deliveries, log)
+			cancel()
+			if err == nil || !w.refusing(err) {
+				if err != nil {
+					log.Error("fail job past its delivery limit", "err", err)
+				}
+				return
 			}
 		}
-		_, err := w.transition(ctx, p.JobID, fromUnended, func(j *broker.Job) {
-			j.State = broker.StateFailed
-			j.Error = exhausted(j.Error, fmt.Sprintf("delivered %d times", deliveries))
-		})
-		if errors.Is(err, errEnded) || errors.Is(err, broker.ErrNotFound) {
-			return nil
-		}
+	}()
+}
+
+// endLimited fails the job whose queue message seq reached its delivery limit and removes
+// the message. A message already gone (the job ended meanwhile) is no error.
+func (w *Worker) endLimited(ctx context.Context, seq, deliveries uint64, log *slog.Logger) error {
+	var (
+		p   broker.Pending
+		ok  bool
+		err error
+	)
+	if fault := w.cfg.limitReadFault; fault != nil {
+		err = fault(seq)
+	}
+	if err == nil {
+		p, ok, err = w.store.Queued(ctx, seq)
+	}
+	if err != nil || !ok {
 		return err
 	}
-	err = fail(ctx)
-	switch {
-	case err == nil:
-		w.removeLimited(ctx, seq, p.Token, deliveries, log)
-	case w.refusing(err) && !w.isStopping(ctx):
-		// JetStream tells of a job past its limit once and delivers it no more: given up
-		// here, it would stay queued for nobody until its TTL. So the write goes on in the
-		// background, pausing up to 30s, until stored or the worker stops.
-		log.Error("fail job past its delivery limit; trying on while the store refuses", "err", err)
-		w.bg.Add(1)
-		go func() {
-			defer w.bg.Done()
-			for pause := w.cfg.RetryDelay; w.sleep(context.Background(), pause); pause = min(2*pause, 30*time.Second) {
-				bctx, cancel := w.storeCtx(context.Background())
-				err := fail(bctx)
-				if err == nil {
-					w.removeLimited(bctx, seq, p.Token, deliveries, log)
-				}
-				cancel()
-				if err == nil || !w.refusing(err) {
-					if err != nil {
-						log.Error("fail job past its delivery limit", "err", err)
-					}
-					return
-				}
-			}
-		}()
-	default:
-		log.Error("fail job past its delivery limit", "err", err)
+	log = log.With("job_id", p.JobID, "model", modelOf(p.Token))
+	if fault := w.cfg.endFault; fault != nil {
+		if err := fault(p.JobID, broker.StateFailed); err != nil {
+			return err
+		}
 	}
+	_, err = w.transition(ctx, p.JobID, fromUnended, func(j *broker.Job) {
+		j.State = broker.StateFailed
+		j.Error = exhausted(j.Error, fmt.Sprintf("delivered %d times", deliveries))
+	})
+	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) {
+		return err
+	}
+	w.removeLimited(ctx, seq, p.Token, deliveries, log)
+	return nil
 }
 
 // removeLimited removes the queue message seq (on queue token) of a job that ended past

@@ -108,6 +108,9 @@ type Config struct {
 	// delivery limit; an error it returns fails the try (retries included), as a store
 	// down for longer than terminalWait would.
 	endFault func(jobID string, state broker.State) error
+	// limitReadFault, when set (tests only), runs before each try to read the queue
+	// message of a job past its delivery limit; an error it returns is the read's own.
+	limitReadFault func(seq uint64) error
 	// resultFault, when set (tests only), runs before a finished job's result is written
 	// to the object store; an error it returns is the write's own.
 	resultFault func(jobID string) error

@@ -90,3 +90,10 @@ func WithProbeDelay(cfg Config, d time.Duration) Config {
 	cfg.probeDelay = d
 	return cfg
 }
+
+// WithLimitReadFault sets Config.limitReadFault: fn's error, if any, fails a try to read
+// the queue message of a job past its delivery limit, its retries included.
+func WithLimitReadFault(cfg Config, fn func(seq uint64) error) Config {
+	cfg.limitReadFault = fn
+	return cfg
+}

@@ -187,7 +187,8 @@ func TestAttemptsExhausted(t *testing.T) {
 func TestDeliveryLimitFailsJob(t *testing.T) {
 	t.Parallel()
 	// The store's MaxDeliver (its MaxAttempts+2 = 3) is below the worker's attempt limit,
-	// as after repeated crashes: JetStream gives up and the advisory must end the job.
+	// as after repeated crashes: the worker fails the job on its last delivery, where a
+	// hand-back would leave it to JetStream's advisory.
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
 	tb.fake.FailNext(100, ollamatest.DropConnection)
 	j := tb.chat(t, "tiny-a", 1)
@@ -202,9 +203,8 @@ func TestDeliveryLimitFailsJob(t *testing.T) {
 	tb.waitQueueEmpty(t)
 }
 
-// A job past its delivery limit whose failed state the store refuses for a while still
-// ends failed and leaves the queue: JetStream tells of it once and delivers it no more,
-// so the worker tries on.
+// A job on its last delivery whose failed state the store refuses for a while still ends
+// failed and leaves the queue: JetStream delivers it no more, so the worker tries on.
 func TestDeliveryLimitFailsJobOnceTheStoreTakesIt(t *testing.T) {
 	t.Parallel()
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
@@ -222,6 +222,51 @@ func TestDeliveryLimitFailsJobOnceTheStoreTakesIt(t *testing.T) {
 		t.Errorf("error %q after %d tries, want attempts exhausted after four", got.Error, refusals.Load())
 	}
 	tb.waitQueueEmpty(t)
+}
+
+// JetStream's advisory of a queued job past its delivery limit (sent once, when a crash
+// took its last delivery) ends the job failed and removes its message, even when the
+// message cannot be read for a while (a timeout, a leader election): the read is tried
+// on as the write is.
+func TestDeliveryLimitAdvisoryFailsJob(t *testing.T) {
+	t.Parallel()
+	for _, refused := range []int32{0, 3} {
+		t.Run(fmt.Sprintf("%d refused reads", refused), func(t *testing.T) {
+			t.Parallel()
+			tb := setup(t)
+			release := tb.fake.Hold("tiny-a")
+			running := tb.chat(t, "tiny-a", 1)
+			limited := tb.chat(t, "tiny-a", 2)
+			info, err := tb.b.JetStream(t).Stream(ctxT(t), broker.QueueStream)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seq := info.CachedInfo().State.LastSeq // limited's message
+			var reads atomic.Int32
+			tb.start(t, worker.WithLimitReadFault(worker.Config{}, func(uint64) error {
+				if reads.Add(1) > refused {
+					return nil
+				}
+				return fmt.Errorf("injected: %w", broker.ErrUnavailable)
+			}))
+			if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+				t.Fatal(err)
+			}
+			// The worker runs one job; limited waits behind it, as one whose last delivery
+			// went to a foreman that crashed.
+			adv := fmt.Sprintf(`{"type":"io.nats.jetstream.advisory.v1.max_deliver","stream":%q,"consumer":"c","stream_seq":%d,"deliveries":3}`, broker.QueueStream, seq)
+			if err := tb.b.Conn.Publish("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES."+broker.QueueStream+".c", []byte(adv)); err != nil {
+				t.Fatal(err)
+			}
+			got := tb.waitState(t, limited.ID, broker.StateFailed)
+			if !strings.Contains(got.Error, "delivered 3 times") || reads.Load() != refused+1 {
+				t.Errorf("error %q after %d reads, want delivered 3 times after %d", got.Error, reads.Load(), refused+1)
+			}
+			release()
+			tb.waitState(t, running.ID, broker.StateDone)
+			tb.waitQueueEmpty(t)
+		})
+	}
 }
 
 func TestCrashMidJobCompletesOnce(t *testing.T) {
