@@ -3,6 +3,7 @@ package brokertest
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"strings"
 	"testing"
@@ -89,15 +90,21 @@ func NewCluster(t testing.TB, n int) *Cluster {
 }
 
 // freePort is a loopback TCP port nobody listened on a moment ago: route ports must be
-// known before the servers start, as each names the others'.
+// known before the servers start, as each names the others'. It lies below the ephemeral
+// ranges of Linux (32768 on) and macOS (49152 on), so a port asked for with ":0" by a
+// test running alongside cannot take it before its server starts.
 func freePort(t testing.TB) int {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("free port: %v", err)
+	for port := 20000 + rand.IntN(10000); ; port++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			ln.Close()
+			return port
+		}
+		if port >= 32000 {
+			t.Fatalf("no free port below the ephemeral range: %v", err)
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
 }
 
 // URLs is the client URL of every node, comma-separated (FOREMAN_NATS_URL).

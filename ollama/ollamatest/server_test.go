@@ -5,7 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -487,7 +490,7 @@ func TestNativeLogprobs(t *testing.T) {
 // expects it.
 func TestServerOnAFixedAddress(t *testing.T) {
 	t.Parallel()
-	first := ollamatest.NewServer(ollamatest.Config{Addr: "127.0.0.1:0"})
+	first := ollamatest.NewServer(ollamatest.Config{Addr: unclaimedAddr(t)})
 	addr := strings.TrimPrefix(first.URL, "http://")
 	first.Close()
 	again := ollamatest.NewServer(ollamatest.Config{Addr: addr})
@@ -502,5 +505,23 @@ func TestServerOnAFixedAddress(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /api/version: %d", resp.StatusCode)
+	}
+}
+
+// unclaimedAddr returns a free loopback address whose port lies below the ephemeral
+// ranges of Linux (32768 on) and macOS (49152 on): a port asked for with ":0" by a test
+// running alongside cannot take it between a server's close and its start again.
+func unclaimedAddr(t *testing.T) string {
+	t.Helper()
+	for port := 20000 + rand.IntN(10000); ; port++ {
+		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err == nil {
+			addr := ln.Addr().String()
+			ln.Close()
+			return addr
+		}
+		if port >= 32000 {
+			t.Fatalf("no free port below the ephemeral range: %v", err)
+		}
 	}
 }
