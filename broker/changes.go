@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -78,7 +79,8 @@ func (c *Change) InProgress() error { return c.msg.InProgress() }
 func (c *Change) NakWithDelay(delay time.Duration) error { return c.msg.NakWithDelay(delay) }
 
 // ConsumeChanges creates or updates the durable consumer cfg.Durable of job record changes
-// and starts taking them. Stop it when done.
+// and starts taking them. Of several processes consuming it, one at a time takes the
+// changes (a pinned client, on nats-server 2.11 and later). Stop it when done.
 func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*ChangeConsumer, error) {
 	c := &ChangeConsumer{nc: s.nc, stopped: make(chan struct{})}
 	c.open = func(ctx context.Context) (jetstream.MessagesContext, error) {
@@ -96,11 +98,22 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*
 			MaxDeliver:    -1,
 			MaxAckPending: cfg.MaxAckPending,
 			Replicas:      s.cfg.Replicas,
+			// One process at a time takes the changes, the others' pulls wait: a job's
+			// changes split between foremen would go out of order (ADR-0052). A pinned
+			// process that stops pulling for PinnedTTL (2m) gives way to another.
+			PriorityPolicy: jetstream.PriorityPolicyPinned,
+			PriorityGroups: []string{changesGroup},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
 		}
-		it, err := cons.Messages(jetstream.PullMaxMessages(min(64, cfg.MaxAckPending)))
+		opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(min(64, cfg.MaxAckPending))}
+		// A server before 2.11 knows no priority groups and drops them from the config:
+		// there every process takes changes, as before ADR-0052.
+		if slices.Contains(cons.CachedInfo().Config.PriorityGroups, changesGroup) {
+			opts = append(opts, jetstream.PullPriorityGroup(changesGroup))
+		}
+		it, err := cons.Messages(opts...)
 		if err != nil {
 			return nil, fmt.Errorf("consume: %w", err)
 		}
@@ -113,6 +126,9 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*
 	c.it = it
 	return c, nil
 }
+
+// changesGroup is the priority group of change consumers: one process is pinned to it.
+const changesGroup = "foreman"
 
 // reopenPause is the wait between tries to make the consumer again.
 const reopenPause = time.Second

@@ -3,7 +3,9 @@ package webhook
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -86,6 +88,57 @@ func TestEventNotStoredAtOnceKeepsItsPlace(t *testing.T) {
 	}
 	if want := []broker.State{broker.StateQueued, broker.StateWorking, broker.StateDone}; !slices.Equal(got, want) || st.n.Load() >= 0 {
 		t.Fatalf("events delivered as %v (failures left %d), want %v", got, st.n.Load(), want)
+	}
+	noMoreDeliveries(t, b, rcv)
+}
+
+// Two foremen on one NATS run a dispatcher each on the one durable consumer; one at a
+// time takes the events (ADR-0052), so a job's event waiting for a retry is not
+// overtaken by its later events sent by the other foreman.
+func TestTwoForemenKeepAJobsEventsInOrder(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var mu sync.Mutex
+	refused := map[string]bool{}
+	rcv := newReceiver(t, func(_ int, h hit) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if h.job != nil && h.job.State == broker.StateQueued && !refused[h.job.ID] {
+			refused[h.job.ID] = true // each job's first event is refused once
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	nc2, err := b.Server.Connect() // a second foreman process's connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc2.Close)
+	st2, err := broker.Open(ctxT(t), broker.Config{Conn: nc2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*broker.Store{b.Store, st2} {
+		cfg := fastConfig(st)
+		cfg.BaseDelay, cfg.MaxDelay = 300*time.Millisecond, time.Second
+		runDispatcher(t, cfg)
+	}
+	const jobs = 6
+	for range jobs {
+		j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+		setState(t, b.Store, j.ID, broker.StateWorking)
+		setState(t, b.Store, j.ID, broker.StateDone)
+	}
+	got := map[string][]broker.State{}
+	for range jobs * 4 { // three events each, each queued event twice
+		h := rcv.next(t)
+		got[h.job.ID] = append(got[h.job.ID], h.job.State)
+	}
+	want := []broker.State{broker.StateQueued, broker.StateQueued, broker.StateWorking, broker.StateDone}
+	for id, states := range got {
+		if !slices.Equal(states, want) {
+			t.Errorf("job %s: events arrived as %v, want %v", id, states, want)
+		}
 	}
 	noMoreDeliveries(t, b, rcv)
 }
