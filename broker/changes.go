@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -38,8 +40,14 @@ type ChangeConsumerConfig struct {
 // ChangeConsumer takes every write of every job record, from the first one kept, each
 // until acked (at least once, in order per job). See Store.ConsumeChanges.
 type ChangeConsumer struct {
-	nc *nats.Conn
-	it jetstream.MessagesContext
+	nc   *nats.Conn
+	open func(ctx context.Context) (jetstream.MessagesContext, error)
+	// stopped is closed by Stop.
+	stopped  chan struct{}
+	stopOnce sync.Once
+
+	mu sync.Mutex
+	it jetstream.MessagesContext // nil while it must be made again
 }
 
 // Change is one write of a job record.
@@ -63,63 +71,170 @@ type Change struct {
 // Ack marks the change handled.
 func (c *Change) Ack() error { return c.msg.Ack() }
 
+// InProgress tells the server the change is still being handled: its AckWait starts
+// again.
+func (c *Change) InProgress() error { return c.msg.InProgress() }
+
 // NakWithDelay offers the change again after delay.
 func (c *Change) NakWithDelay(delay time.Duration) error { return c.msg.NakWithDelay(delay) }
 
 // ConsumeChanges creates or updates the durable consumer cfg.Durable of job record changes
-// and starts taking them. Stop it when done.
+// and starts taking them. Of several processes consuming it, one at a time takes the
+// changes (a pinned client, on nats-server 2.11 and later). Stop it when done.
 func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*ChangeConsumer, error) {
-	stream, err := s.js.Stream(ctx, jobsStream)
-	if err != nil {
-		return nil, fmt.Errorf("stream of %s: %w", JobsBucket, err)
+	c := &ChangeConsumer{nc: s.nc, stopped: make(chan struct{})}
+	c.open = func(ctx context.Context) (jetstream.MessagesContext, error) {
+		stream, err := s.js.Stream(ctx, jobsStream)
+		if err != nil {
+			return nil, fmt.Errorf("stream of %s: %w", JobsBucket, err)
+		}
+		cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+			Durable:       cfg.Durable,
+			Description:   cfg.Description,
+			FilterSubject: kvJobPrefix + "*",
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       cfg.AckWait,
+			MaxDeliver:    -1,
+			MaxAckPending: cfg.MaxAckPending,
+			Replicas:      s.cfg.Replicas,
+			// One process at a time takes the changes, the others' pulls wait: a job's
+			// changes split between foremen would go out of order (ADR-0052). A pinned
+			// process that stops pulling for PinnedTTL (2m) gives way to another.
+			PriorityPolicy: jetstream.PriorityPolicyPinned,
+			PriorityGroups: []string{changesGroup},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
+		}
+		opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(min(64, cfg.MaxAckPending))}
+		// A server before 2.11 knows no priority groups and drops them from the config:
+		// there every process takes changes, as before ADR-0052.
+		if slices.Contains(cons.CachedInfo().Config.PriorityGroups, changesGroup) {
+			opts = append(opts, jetstream.PullPriorityGroup(changesGroup))
+		}
+		it, err := cons.Messages(opts...)
+		if err != nil {
+			return nil, fmt.Errorf("consume: %w", err)
+		}
+		return it, nil
 	}
-	cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
-		Durable:       cfg.Durable,
-		Description:   cfg.Description,
-		FilterSubject: kvJobPrefix + "*",
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       cfg.AckWait,
-		MaxDeliver:    -1,
-		MaxAckPending: cfg.MaxAckPending,
-		Replicas:      s.cfg.Replicas,
-	})
+	it, err := c.open(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
+		return nil, err
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(64, cfg.MaxAckPending)))
-	if err != nil {
-		return nil, fmt.Errorf("consume: %w", err)
-	}
-	return &ChangeConsumer{nc: s.nc, it: it}, nil
+	c.it = it
+	return c, nil
 }
 
-// Next waits for the next change; after Stop it returns ErrChangesStopped.
+// changesGroup is the priority group of change consumers: one process is pinned to it.
+const changesGroup = "foreman"
+
+// reopenPause is the wait between tries to make the consumer again.
+const reopenPause = time.Second
+
+// Next waits for the next change; after Stop it returns ErrChangesStopped. A consumer
+// that went away (deleted by an operator, lost by a cluster) is made again, from where
+// the deleted one stood for a durable one kept elsewhere or from the oldest change kept:
+// its changes come at least once. An error making it is returned after a pause, and the
+// next call tries again.
 func (c *ChangeConsumer) Next() (*Change, error) {
-	msg, err := c.it.Next()
-	if err != nil {
-		if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+	for {
+		it, err := c.iterator()
+		if err != nil {
+			return nil, err
+		}
+		msg, err := it.Next()
+		if err == nil {
+			return change(msg), nil
+		}
+		select {
+		case <-c.stopped:
 			return nil, ErrChangesStopped
+		default:
+		}
+		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
+			errors.Is(err, jetstream.ErrConsumerNotFound) {
+			it.Stop()
+			c.mu.Lock()
+			if c.it == it {
+				c.it = nil
+			}
+			c.mu.Unlock()
+			continue
 		}
 		return nil, err
 	}
+}
+
+// iterator is the current message iterator, made again when it went away.
+func (c *ChangeConsumer) iterator() (jetstream.MessagesContext, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.it != nil {
+		return c.it, nil
+	}
+	select {
+	case <-c.stopped:
+		return nil, ErrChangesStopped
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-c.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	it, err := c.open(ctx)
+	if err == nil {
+		select {
+		case <-c.stopped:
+			it.Stop()
+			return nil, ErrChangesStopped
+		default:
+		}
+	}
+	if err != nil {
+		select {
+		case <-c.stopped:
+			return nil, ErrChangesStopped
+		case <-time.After(reopenPause):
+		}
+		return nil, fmt.Errorf("broker: make the change consumer again: %w", err)
+	}
+	c.it = it
+	return it, nil
+}
+
+func change(msg jetstream.Msg) *Change {
 	ch := &Change{JobID: strings.TrimPrefix(msg.Subject(), kvJobPrefix), Data: msg.Data(), msg: msg,
 		Refresh: msg.Headers().Get(HeaderRefresh) != "", SameState: msg.Headers().Get(HeaderSameState) != ""}
 	if op := msg.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
 		ch.Deleted, ch.Data = true, nil
-		return ch, nil
+		return ch
 	}
 	md, err := msg.Metadata()
 	if err != nil {
 		ch.MetaErr = err
-		return ch, nil
+		return ch
 	}
 	ch.Rev, ch.NumDelivered = md.Sequence.Stream, md.NumDelivered
-	return ch, nil
+	return ch
 }
 
 // Stop ends Next; safe to call from another goroutine and twice.
-func (c *ChangeConsumer) Stop() { c.it.Stop() }
+func (c *ChangeConsumer) Stop() {
+	c.stopOnce.Do(func() { close(c.stopped) })
+	c.mu.Lock()
+	it := c.it
+	c.mu.Unlock()
+	if it != nil {
+		it.Stop()
+	}
+}
 
 // Flush waits, up to timeout, until the server has the acks and NAKs sent so far: NAKs
 // lost in a stop wait out AckWait after the next start.

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -223,15 +224,22 @@ func (s *Store) PendingDelivery(ctx context.Context, id string, rev uint64) (*Pe
 }
 
 // FinishPendingDelivery removes a pending delivery and its history (the event's body).
+// Its messages are purged from the bucket's stream, leaving no delete marker: a marker
+// would be listed, and read, by every dispatcher's start until the job TTL, one or two
+// round trips per event delivered that day.
 func (s *Store) FinishPendingDelivery(ctx context.Context, id string, rev uint64) error {
 	if err := ValidateID(id); err != nil {
 		return err
 	}
-	if err := s.kv.Purge(ctx, pendingKey(id, rev)); err != nil {
+	subject := "$KV." + JobsBucket + "." + pendingKey(id, rev)
+	if err := s.jobs.Purge(ctx, jetstream.WithPurgeSubject(subject)); err != nil {
 		return fmt.Errorf("broker: finish pending delivery of %s: %w", id, storageErr(err))
 	}
 	return nil
 }
+
+// pendingReads is how many pending deliveries PendingDeliveries reads at once.
+const pendingReads = 32
 
 // PendingDeliveries lists every pending delivery, ordered by job and revision.
 func (s *Store) PendingDeliveries(ctx context.Context) ([]PendingDelivery, error) {
@@ -239,20 +247,28 @@ func (s *Store) PendingDeliveries(ctx context.Context) ([]PendingDelivery, error
 	if err != nil {
 		return nil, fmt.Errorf("broker: list pending deliveries: %w", err)
 	}
+	// One read per key, several at once: on a cluster a read is a round trip to the
+	// stream's leader, and a key deleted before ADR-0052 (a marker) costs two.
+	found := make([]*PendingDelivery, len(keys))
+	errs := make([]error, len(keys))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, pendingReads)
+	for i, k := range keys {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			found[i], errs[i] = s.pendingDelivery(ctx, k)
+		})
+	}
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
 	var out []PendingDelivery
-	for _, k := range keys {
-		e, err := s.kvGet(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-			continue // finished meanwhile
+	for _, p := range found {
+		if p != nil {
+			out = append(out, *p)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("broker: read pending delivery %s: %w", k, err)
-		}
-		var p PendingDelivery
-		if err := json.Unmarshal(e.Value(), &p); err != nil || ValidateID(p.JobID) != nil {
-			continue // not one of ours: ignored rather than blocking the others
-		}
-		out = append(out, p)
 	}
 	slices.SortFunc(out, func(a, b PendingDelivery) int {
 		if c := strings.Compare(a.JobID, b.JobID); c != 0 {
@@ -261,4 +277,21 @@ func (s *Store) PendingDeliveries(ctx context.Context) ([]PendingDelivery, error
 		return cmp.Compare(a.Rev, b.Rev)
 	})
 	return out, nil
+}
+
+// pendingDelivery reads the pending delivery under key k: nil when it finished meanwhile
+// or is not one of ours (ignored rather than blocking the others).
+func (s *Store) pendingDelivery(ctx context.Context, k string) (*PendingDelivery, error) {
+	e, err := s.kvGet(ctx, k)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("broker: read pending delivery %s: %w", k, err)
+	}
+	var p PendingDelivery
+	if err := json.Unmarshal(e.Value(), &p); err != nil || ValidateID(p.JobID) != nil {
+		return nil, nil
+	}
+	return &p, nil
 }

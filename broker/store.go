@@ -122,6 +122,7 @@ type Store struct {
 	js        jetstream.JetStream
 	queue     jetstream.Stream
 	kv        jetstream.KeyValue
+	jobs      jetstream.Stream // kv's stream
 	writes    storeWrites
 	fault     writeFault
 	artifacts jetstream.ObjectStore
@@ -198,7 +199,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("broker: stream %s: %w", QueueStream, err)
 	}
 	err = s.untilReady(ctx, "bucket "+JobsBucket, func(ctx context.Context) (err error) {
-		s.kv, err = ensureKeyValue(ctx, js, s.jobsConfig())
+		if s.kv, err = ensureKeyValue(ctx, js, s.jobsConfig()); err != nil {
+			return err
+		}
+		s.jobs, err = js.Stream(ctx, jobsStream)
 		return err
 	})
 	if err != nil {

@@ -303,6 +303,11 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 		return
 	}
 	jobID := msg.JobID
+	if err := broker.ValidateID(jobID); err != nil {
+		d.log.Warn("webhook event of a key that names no job", "key", jobID, "err", err)
+		_ = msg.Ack()
+		return
+	}
 	if msg.MetaErr != nil {
 		d.log.Warn("webhook event without metadata", "job_id", jobID, "err", msg.MetaErr)
 		_ = msg.Ack()
@@ -322,14 +327,23 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	d.log.Debug("webhook event", "job_id", jobID, "state", job.State, "num_delivered", msg.NumDelivered)
 	now := time.Now().UTC()
 	p := broker.PendingDelivery{JobID: jobID, Rev: msg.Rev, NextAt: now, Body: msg.Data}
+	// Not stored, the event is tried again here, holding its shard: handed back to
+	// JetStream, it would come again after the job's later events, which its shard
+	// would meanwhile store and send.
 	created, err := d.store.AddPendingDelivery(ctx, p)
-	if err != nil {
-		// Not stored: the message stays with JetStream, which offers it again.
-		d.log.Warn("store pending webhook delivery; the event will come again", "job_id", jobID, "err", err)
-		if err := msg.NakWithDelay(d.cfg.BaseDelay); err != nil && !errors.Is(err, broker.ErrConnClosed) {
-			d.log.Warn("webhook nak", "job_id", jobID, "err", err)
+	for pause := d.cfg.BaseDelay; err != nil; pause = min(2*pause, 30*time.Second) {
+		d.log.Warn("store pending webhook delivery; trying again", "job_id", jobID, "err", err, "retry_in", pause)
+		_ = msg.InProgress() // the message stays this dispatcher's meanwhile
+		select {
+		case <-ctx.Done():
+			// The message stays with JetStream, which offers it again after the next start.
+			if err := msg.NakWithDelay(d.cfg.BaseDelay); err != nil && !errors.Is(err, broker.ErrConnClosed) {
+				d.log.Warn("webhook nak", "job_id", jobID, "err", err)
+			}
+			return
+		case <-time.After(pause):
 		}
-		return
+		created, err = d.store.AddPendingDelivery(ctx, p)
 	}
 	// A pending delivery that existed already (the ack of an earlier try was lost) keeps
 	// its progress; the lane has it, or gets it from the store at the next start.

@@ -1,0 +1,144 @@
+package webhook
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// A consumer removed while foreman runs (`nats consumer rm`, a cluster that lost it) is
+// made again: the dispatcher goes on delivering rather than ending its Run, which foreman
+// would take for a clean stop while its /healthz stayed green.
+func TestDeliversAfterItsConsumerWasDeleted(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+	d, err := New(fastConfig(b.Store))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+	if h := rcv.next(t); h.job.State != broker.StateQueued {
+		t.Fatalf("got %s", h.body)
+	}
+	if err := b.JetStream(t).DeleteConsumer(ctxT(t), "KV_"+broker.JobsBucket, "webhooks"); err != nil {
+		t.Fatal(err)
+	}
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	if h := rcv.next(t); h.job.State != broker.StateWorking {
+		t.Fatalf("after the consumer was deleted, got %s", h.body)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Run returned %v while its context lives", err)
+	default:
+	}
+	noMoreDeliveries(t, b, rcv) // the queued event, delivered before, is not sent again
+}
+
+// failingAdds fails the first n stores of pending deliveries of one state, as writes do
+// that time out in a leader election.
+type failingAdds struct {
+	Store
+	state broker.State
+	n     atomic.Int32
+}
+
+func (s *failingAdds) AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (bool, error) {
+	if j, err := broker.DecodeJob(p.Body); err == nil && j.State == s.state && s.n.Add(-1) >= 0 {
+		return false, fmt.Errorf("injected: %w", broker.ErrUnavailable)
+	}
+	return s.Store.AddPendingDelivery(ctx, p)
+}
+
+// An event whose pending delivery could not be stored for a while still goes out before
+// its job's later events (ADR-0005: a job's events in order).
+func TestEventNotStoredAtOnceKeepsItsPlace(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	setState(t, b.Store, j.ID, broker.StateDone)
+	st := &failingAdds{Store: b.Store, state: broker.StateWorking}
+	st.n.Store(2)
+	cfg := fastConfig(b.Store)
+	cfg.Store = st
+	cfg.BaseDelay = 100 * time.Millisecond
+	runDispatcher(t, cfg)
+	var got []broker.State
+	for range 3 {
+		got = append(got, rcv.next(t).job.State)
+	}
+	if want := []broker.State{broker.StateQueued, broker.StateWorking, broker.StateDone}; !slices.Equal(got, want) || st.n.Load() >= 0 {
+		t.Fatalf("events delivered as %v (failures left %d), want %v", got, st.n.Load(), want)
+	}
+	noMoreDeliveries(t, b, rcv)
+}
+
+// Two foremen on one NATS run a dispatcher each on the one durable consumer; one at a
+// time takes the events (ADR-0052), so a job's event waiting for a retry is not
+// overtaken by its later events sent by the other foreman.
+func TestTwoForemenKeepAJobsEventsInOrder(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var mu sync.Mutex
+	refused := map[string]bool{}
+	rcv := newReceiver(t, func(_ int, h hit) int {
+		mu.Lock()
+		defer mu.Unlock()
+		if h.job != nil && h.job.State == broker.StateQueued && !refused[h.job.ID] {
+			refused[h.job.ID] = true // each job's first event is refused once
+			return http.StatusServiceUnavailable
+		}
+		return http.StatusOK
+	})
+	nc2, err := b.Server.Connect() // a second foreman process's connection
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc2.Close)
+	st2, err := broker.Open(ctxT(t), broker.Config{Conn: nc2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range []*broker.Store{b.Store, st2} {
+		cfg := fastConfig(st)
+		cfg.BaseDelay, cfg.MaxDelay = 300*time.Millisecond, time.Second
+		runDispatcher(t, cfg)
+	}
+	const jobs = 6
+	for range jobs {
+		j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+		setState(t, b.Store, j.ID, broker.StateWorking)
+		setState(t, b.Store, j.ID, broker.StateDone)
+	}
+	got := map[string][]broker.State{}
+	for range jobs * 4 { // three events each, each queued event twice
+		h := rcv.next(t)
+		got[h.job.ID] = append(got[h.job.ID], h.job.State)
+	}
+	want := []broker.State{broker.StateQueued, broker.StateQueued, broker.StateWorking, broker.StateDone}
+	for id, states := range got {
+		if !slices.Equal(states, want) {
+			t.Errorf("job %s: events arrived as %v, want %v", id, states, want)
+		}
+	}
+	noMoreDeliveries(t, b, rcv)
+}
