@@ -20,6 +20,11 @@ import (
 // marked with HeaderRefresh so that they can tell. It reports whether it wrote; a finished
 // job is never rewritten.
 func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
+	return s.refresh(ctx, id, s.cfg.JobTTL/2)
+}
+
+// refresh is Refresh of a record whose last write is older than age.
+func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool, error) {
 	if err := ValidateID(id); err != nil {
 		return false, err
 	}
@@ -30,7 +35,7 @@ func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
 		}
 		return false, fmt.Errorf("broker: refresh %s: %w", id, err)
 	}
-	if s.Now().Sub(e.Created()) < s.cfg.JobTTL/2 {
+	if s.Now().Sub(e.Created()) < age {
 		return false, nil
 	}
 	j, err := DecodeJob(e.Value())
@@ -56,10 +61,18 @@ func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
 }
 
 // RefreshEvery is how often a running job's record should be offered to Refresh: often
-// enough that a record is rewritten well before it is a TTL old.
+// enough that a record is rewritten well before it is a TTL old. A live run's record is
+// then never older than 5/8 of the TTL (DeadRunAge).
 func (s *Store) RefreshEvery() time.Duration {
-	return max(s.cfg.JobTTL/4, 10*time.Millisecond)
+	return max(s.cfg.JobTTL/8, 10*time.Millisecond)
 }
+
+// DeadRunAge is the age past which a running record (loading, working) is no live run's:
+// a live run offers its record to Refresh every RefreshEvery, which rewrites it once half
+// a TTL old, so it is never older than 5/8 of the TTL and a store's delays. Three
+// quarters of the TTL, which a job's queue message reaches before the worker's expiry
+// (StaleBefore) gives up on it.
+func (s *Store) DeadRunAge() time.Duration { return s.cfg.JobTTL * 3 / 4 }
 
 // OutlivesQueue reports whether the queue message of lease d may be gone before it
 // could be delivered again after delay: the queue's MaxAge is the job TTL, and JetStream
@@ -73,8 +86,14 @@ func (s *Store) OutlivesQueue(d *Lease, delay time.Duration) bool {
 
 // Requeue puts a delivered job back into the queue as a new message, available at once,
 // and acks the old one (if JetStream still has it). The request body travels again; a
-// large one is stored again, since its object ages like the message did.
+// large one is stored again, since its object ages like the message did. The job's record
+// is rewritten first (as Refresh does), to age from now like its new message: left as
+// old as the first one, it would expire while the job waits at the queue's end, and the
+// job end in no state.
 func (s *Store) Requeue(ctx context.Context, d *Lease) error {
+	if _, err := s.refresh(ctx, d.JobID, 0); err != nil {
+		return fmt.Errorf("broker: requeue %s: %w", d.JobID, err)
+	}
 	msg := nats.NewMsg(QueueSubject(d.Token))
 	for k, v := range d.Msg.Headers() {
 		if !strings.HasPrefix(k, "Nats-") {

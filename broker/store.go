@@ -576,8 +576,15 @@ func storageErr(err error) error {
 
 // Get returns job id and the revision of its record.
 func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
+	j, rev, _, err := s.GetWritten(ctx, id)
+	return j, rev, err
+}
+
+// GetWritten is Get, with the time its record was written last (by the server's clock; a
+// Refresh counts as a write).
+func (s *Store) GetWritten(ctx context.Context, id string) (*Job, uint64, time.Time, error) {
 	if err := ValidateID(id); err != nil {
-		return nil, 0, err
+		return nil, 0, time.Time{}, err
 	}
 	var e jetstream.KeyValueEntry
 	err := s.retry(ctx, func(ctx context.Context) error {
@@ -587,15 +594,15 @@ func (s *Store) Get(ctx context.Context, id string) (*Job, uint64, error) {
 	})
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
-			return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+			return nil, 0, time.Time{}, fmt.Errorf("%w: %s", ErrNotFound, id)
 		}
-		return nil, 0, fmt.Errorf("broker: get %s: %w", id, err)
+		return nil, 0, time.Time{}, fmt.Errorf("broker: get %s: %w", id, err)
 	}
 	j, err := DecodeJob(e.Value())
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, time.Time{}, err
 	}
-	return j, e.Revision(), nil
+	return j, e.Revision(), e.Created(), nil
 }
 
 // retry runs fn until the cluster answers it, for up to Config.RetryWindow (see

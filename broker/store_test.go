@@ -517,3 +517,34 @@ func TestResubmitAfterDuplicateWindowKeepsOneMessage(t *testing.T) {
 		t.Fatalf("queue holds %d messages (%v), want the job's new one", n, err)
 	}
 }
+
+// A requeued job's record is rewritten with its new queue message, so that both age
+// from the requeue: the record left as old as the first message would expire while the
+// job waits at the queue's end, and the job end in no state.
+func TestRequeueRewritesTheRecord(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	d, err := b.Store.Next(ctxT(t), token(t, "tiny-a"))
+	if err != nil || d == nil {
+		t.Fatalf("delivery: %v %v", d, err)
+	}
+	_, rev, before, err := b.Store.GetWritten(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Store.Requeue(ctxT(t), d); err != nil {
+		t.Fatal(err)
+	}
+	got, newRev, after, err := b.Store.GetWritten(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if newRev <= rev || !after.After(before) || got.State != broker.StateQueued {
+		t.Fatalf("record after the requeue: %s at revision %d written %v, before: revision %d written %v", got.State, newRev, after, rev, before)
+	}
+	again, err := b.Store.Next(ctxT(t), token(t, "tiny-a"))
+	if err != nil || again == nil || again.JobID != j.ID || again.Seq == d.Seq {
+		t.Fatalf("requeued message: %+v %v", again, err)
+	}
+}

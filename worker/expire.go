@@ -20,6 +20,30 @@ func fromWaiting(j *broker.Job) error {
 	return nil
 }
 
+// holds reports whether this worker holds job id: its message taken, its run under way,
+// or its result being stored.
+func (w *Worker) holds(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.leased == id || w.finishing[id] || w.running != nil && w.running.id == id
+}
+
+// deadRun reports whether running record j (loading, working), written last at written,
+// is no live run's: on a store of its own (the embedded server) one this worker does not
+// hold; on a shared one, one older than a live run lets its record be (DeadRunAge). Such
+// a record is left by a foreman killed mid-run whose job did not run again: on a store of
+// its own behind an older job of its queue (ADR-0044 finds a cut job at its queue's
+// head), on a shared one when no live foreman runs its model.
+func (w *Worker) deadRun(j *broker.Job, written time.Time) bool {
+	if j.State != broker.StateLoading && j.State != broker.StateWorking {
+		return false
+	}
+	if w.store.Config().Exclusive {
+		return !w.holds(j.ID)
+	}
+	return w.store.Now().Sub(written) > w.store.DeadRunAge() && !w.holds(j.ID)
+}
+
 // expireLoop ends, every ExpireEvery until the worker stops, the jobs that have waited in
 // the queue for about a job TTL (Store.StaleBefore): left alone, JetStream would drop
 // their queue messages and records at the TTL and they would end nowhere. It runs beside
@@ -61,10 +85,7 @@ func (w *Worker) expire(ctx context.Context) {
 		}
 		log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
 		jctx, cancel := context.WithTimeout(ctx, storeTimeout)
-		_, err := w.transition(jctx, p.JobID, fromWaiting, func(j *broker.Job) {
-			j.State = broker.StateFailed
-			j.Error = broker.ExpiredError(ttl, j.Attempt)
-		})
+		_, err := w.expireJob(jctx, p.JobID, ttl)
 		if err == nil {
 			ended = append(ended, p.JobID)
 			err = w.store.DeleteQueued(jctx, p.Seq)
@@ -82,4 +103,28 @@ func (w *Worker) expire(ctx context.Context) {
 		// One line for the operator, however many a long outage left behind.
 		w.log.Warn("jobs failed: they waited in the queue for a job TTL", "jobs", len(ended), "first_job_id", ended[0], "job_ttl", ttl)
 	}
+}
+
+// expireJob ends job id failed, its message having waited about a job TTL, if it waits
+// in the queue or its record is a dead run's (deadRun): with its message gone at the TTL,
+// nothing would end it, and it would vanish with its record.
+func (w *Worker) expireJob(ctx context.Context, id string, ttl time.Duration) (*broker.Job, error) {
+	cur, rev, written, err := w.store.GetWritten(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	dead := w.deadRun(cur, written)
+	first := true
+	j, _, err := w.store.ModifyFrom(ctx, cur, rev, func(j *broker.Job) error {
+		// Only the record judged dead may be ended running; written again since, it is
+		// judged anew at the next look.
+		if err := fromWaiting(j); err != nil && !(first && dead) {
+			return err
+		}
+		first = false
+		j.State = broker.StateFailed
+		j.Error = broker.ExpiredError(ttl, j.Attempt)
+		return nil
+	})
+	return j, err
 }

@@ -28,6 +28,8 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 		early = nil
 	}
 	defer w.drop(early) // unless run adopted it
+	w.setLeased(d.JobID)
+	defer w.setLeased("")
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
@@ -928,6 +930,13 @@ func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
 	if w.hardStop {
 		abort(errShutdown)
 	}
+}
+
+// setLeased records the job whose message handle holds (see Worker.leased).
+func (w *Worker) setLeased(id string) {
+	w.mu.Lock()
+	w.leased = id
+	w.mu.Unlock()
 }
 
 func (w *Worker) end() {

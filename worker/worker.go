@@ -67,6 +67,9 @@ type Worker struct {
 	// jobs whose result is being stored in the background: they wait no more.
 	running   *runningJob
 	finishing map[string]bool
+	// leased is the job whose queue message handle holds, from its first look at it to
+	// its last write; "" between jobs.
+	leased string
 	// paused says why the worker waits (waitTarget, waitStore); nil while it runs.
 	paused *broker.Pause
 	// written is what the worker last wrote of each running attempt's record.
