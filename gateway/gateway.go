@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -179,7 +181,11 @@ type Server struct {
 	handler http.Handler
 	origins *originPolicy
 	hosts   *hostPolicy
-	syncs   syncStats
+	// hostRefusals and originRefusals let a browser-policy refusal's warning through
+	// once per refusalLogEvery: a page may send thousands a second, each counted in
+	// foreman_requests_refused_total.
+	hostRefusals, originRefusals rate.Sometimes
+	syncs                        syncStats
 	// outageChecks keeps the last check that found the own target down (outage.go).
 	outageChecks outageChecks
 	// bodies is the budget of request bodies in flight (bodies.go).
@@ -217,6 +223,7 @@ func New(cfg Config) (*Server, error) {
 		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}}
 	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
 	s.jobMetrics = newJobMetrics(s.models)
+	s.hostRefusals.Interval, s.originRefusals.Interval = refusalLogEvery, refusalLogEvery
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {
 		return nil, err
