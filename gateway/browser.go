@@ -121,6 +121,9 @@ var (
 	corsMaxAge  = strconv.Itoa(int((12 * time.Hour).Seconds()))
 )
 
+// refusalLogEvery is how often a browser-policy refusal is logged at most.
+const refusalLogEvery = 10 * time.Second
+
 // browserPolicy refuses what a web page must not do: reach a loopback foreman under a
 // foreign host name (DNS rebinding), or call it from an origin not in the list. It
 // answers CORS preflights itself and adds CORS headers for allowed origins. It runs
@@ -128,7 +131,10 @@ var (
 func (s *Server) browserPolicy(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !s.hostAllowed(r.Host) {
-			s.log.Warn("request refused: host not allowed on a loopback listener", "host", r.Host, "path", r.URL.Path)
+			s.jobMetrics.refused.WithLabelValues("host_not_allowed").Inc()
+			s.hostRefusals.Do(func() {
+				s.log.Warn("request refused: host not allowed on a loopback listener (the next in 10s are counted in foreman_requests_refused_total only)", "host", r.Host, "path", r.URL.Path)
+			})
 			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: host %q is not allowed", r.Host)))
 			return
 		}
@@ -139,7 +145,10 @@ func (s *Server) browserPolicy(next http.Handler) http.Handler {
 			return
 		}
 		if !s.origins.allows(origin) {
-			s.log.Warn("request refused: origin not allowed", "origin", origin, "path", r.URL.Path)
+			s.jobMetrics.refused.WithLabelValues("origin_not_allowed").Inc()
+			s.originRefusals.Do(func() {
+				s.log.Warn("request refused: origin not allowed (the next in 10s are counted in foreman_requests_refused_total only)", "origin", origin, "path", r.URL.Path)
+			})
 			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: origin %q is not allowed (FOREMAN_ORIGINS)", origin)))
 			return
 		}

@@ -2,11 +2,15 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"io"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
@@ -282,6 +286,54 @@ func TestE2EBrowserPolicyMatchesOllama(t *testing.T) {
 			if got.Header.Get(h) != want.Header.Get(h) {
 				t.Errorf("%s: %s foreman %q, Ollama %q", c.name, h, got.Header.Get(h), want.Header.Get(h))
 			}
+		}
+	}
+}
+
+// warnCounter counts the log records at Warn and above.
+type warnCounter struct{ warns *atomic.Int64 }
+
+func (h warnCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h warnCounter) Handle(_ context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn {
+		h.warns.Add(1)
+	}
+	return nil
+}
+func (h warnCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h warnCounter) WithGroup(string) slog.Handler      { return h }
+
+// A page looping requests from a foreign origin or under a rebound name (before any
+// token is checked) costs a warning per ten seconds, not a log line per request: each
+// refusal is counted in foreman_requests_refused_total.
+func TestBrowserRefusalsAreLoggedAtABoundedRate(t *testing.T) {
+	t.Parallel()
+	var warns atomic.Int64
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		c.Logger = slog.New(warnCounter{&warns})
+		c.ListenAddr = "127.0.0.1:8080"
+	}))
+	const n = 200
+	for i := range n {
+		req := httptest.NewRequest(http.MethodPost, "/api/chat", strings.NewReader("x"))
+		req.Host = "127.0.0.1:8080"
+		req.Header.Set("Origin", "https://evil.example")
+		if i%2 == 1 {
+			req.Host = "rebind.evil.example:8080"
+		}
+		w := httptest.NewRecorder()
+		b.GW.ServeHTTP(w, req)
+		if w.Code != http.StatusForbidden {
+			t.Fatalf("request %d: %d %s, want 403", i, w.Code, w.Body)
+		}
+	}
+	if got := warns.Load(); got != 2 {
+		t.Errorf("%d refused requests wrote %d warnings, want one per kind", n, got)
+	}
+	fams := scrape(t, b)
+	for _, reason := range []string{"host_not_allowed", "origin_not_allowed"} {
+		if got := metricValue(fams, "foreman_requests_refused_total", "reason", reason); got != n/2 {
+			t.Errorf("foreman_requests_refused_total{reason=%s} = %v, want %d", reason, got, n/2)
 		}
 	}
 }

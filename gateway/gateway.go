@@ -19,6 +19,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -90,8 +92,8 @@ type Config struct {
 	// BodyReadTimeout bounds reading a request body once the handler asks for it; a
 	// client that sends it slower gets 408. Default 60s.
 	BodyReadTimeout time.Duration
-	// WriteTimeout is how long one write of a queued answer may make no progress before
-	// the client is cut off (the job runs on). Default 30s.
+	// WriteTimeout is how long one write of an answer may make no progress before the
+	// client is cut off (a queued answer's job runs on). Default 30s.
 	WriteTimeout time.Duration
 	// StreamBuffer caps the bytes of one queued answer held for a client that reads
 	// slower than the target writes; past it the client is cut off (the job runs on).
@@ -107,6 +109,9 @@ type Config struct {
 	// bodyWait, the longest one read of a pass-through answer's body waits in an outage
 	// (SyncOutageWait).
 	outageProbe, outageFresh, bodyWait time.Duration
+	// writeCut, when set (tests only), is told of an answer's first failed write or
+	// flush (its client cut off by WriteTimeout, or gone).
+	writeCut func(err error)
 }
 
 func (c *Config) setDefaults() {
@@ -179,7 +184,11 @@ type Server struct {
 	handler http.Handler
 	origins *originPolicy
 	hosts   *hostPolicy
-	syncs   syncStats
+	// hostRefusals and originRefusals let a browser-policy refusal's warning through
+	// once per refusalLogEvery: a page may send thousands a second, each counted in
+	// foreman_requests_refused_total.
+	hostRefusals, originRefusals rate.Sometimes
+	syncs                        syncStats
 	// outageChecks keeps the last check that found the own target down (outage.go).
 	outageChecks outageChecks
 	// bodies is the budget of request bodies in flight (bodies.go).
@@ -217,6 +226,7 @@ func New(cfg Config) (*Server, error) {
 		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}}
 	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
 	s.jobMetrics = newJobMetrics(s.models)
+	s.hostRefusals.Interval, s.originRefusals.Interval = refusalLogEvery, refusalLogEvery
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {
 		return nil, err
@@ -227,7 +237,7 @@ func New(cfg Config) (*Server, error) {
 	s.hosts = newHostPolicy(cfg.ListenAddr)
 	s.mux = http.NewServeMux()
 	s.routes(s.mux)
-	s.handler = s.recoverPanics(s.logRequests(s.browserPolicy(s.authenticate(s.mux))))
+	s.handler = s.recoverPanics(s.boundWrites(s.logRequests(s.browserPolicy(s.authenticate(s.mux)))))
 	return s, nil
 }
 

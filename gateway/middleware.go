@@ -111,6 +111,81 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 	})
 }
 
+// boundWrites gives every answer's writes Config.WriteTimeout to make progress: a client
+// that stops reading (a stalled or hostile one) is cut off then, and what its answer
+// held is freed, where it would hold the handler, and a whole artifact or job list, for
+// as long as it kept its connection. The deadline is set before each write, flush and
+// 1xx of the answer, so it measures a lack of progress, not the time a long stream or a
+// big answer takes; the queued answers set their own (syncResponse) through Unwrap.
+func (s *Server) boundWrites(next http.Handler) http.Handler {
+	if s.cfg.WriteTimeout <= 0 {
+		return next
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pw := &progressWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: s.cfg.WriteTimeout, cut: s.cfg.writeCut}
+		// No deadline left from the connection's last answer while this one waits, as
+		// it may before it reads a body (a 100-continue goes out then).
+		_ = pw.rc.SetWriteDeadline(time.Time{})
+		next.ServeHTTP(pw, r)
+		pw.deadline() // the server's last flush of the answer
+	})
+}
+
+// progressWriter sets a write deadline before each write (see boundWrites).
+type progressWriter struct {
+	http.ResponseWriter
+	rc      *http.ResponseController
+	timeout time.Duration
+	cut     func(err error) // Config.writeCut
+	failed  bool
+}
+
+func (p *progressWriter) deadline() { _ = p.rc.SetWriteDeadline(time.Now().Add(p.timeout)) }
+
+func (p *progressWriter) failure(err error) {
+	if err != nil && !p.failed {
+		p.failed = true
+		if p.cut != nil {
+			p.cut(err)
+		}
+	}
+}
+
+func (p *progressWriter) WriteHeader(code int) {
+	p.deadline() // a 1xx goes out at once
+	p.ResponseWriter.WriteHeader(code)
+}
+
+// Write writes b in chunks of writeChunk, each with its deadline.
+func (p *progressWriter) Write(b []byte) (int, error) {
+	n := 0
+	for first := true; first || len(b) > 0; first = false {
+		c := min(len(b), writeChunk)
+		p.deadline()
+		m, err := p.ResponseWriter.Write(b[:c])
+		n += m
+		if err != nil {
+			p.failure(err)
+			return n, err
+		}
+		b = b[c:]
+	}
+	return n, nil
+}
+
+func (p *progressWriter) FlushError() error {
+	p.deadline()
+	err := p.rc.Flush()
+	p.failure(err)
+	return err
+}
+
+// Flush serves callers that type-assert http.Flusher.
+func (p *progressWriter) Flush() { _ = p.FlushError() }
+
+// Unwrap lets http.ResponseController reach the real writer's deadlines.
+func (p *progressWriter) Unwrap() http.ResponseWriter { return p.ResponseWriter }
+
 func (s *Server) recoverPanics(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
