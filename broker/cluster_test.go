@@ -186,3 +186,25 @@ func TestClusterReadPastALaggingReplica(t *testing.T) {
 		t.Fatal("the store never asked the leader: the test shows nothing")
 	}
 }
+
+// A replica behind the presence bucket's leader says "not found" of a foreman that has
+// announced itself; its sync callers are not given up for gone on that word (the store
+// asks the leader), or another foreman would cancel their jobs while they wait.
+func TestClusterPresencePastALaggingReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	caller := c.Open(t, nil)
+	other := c.Open(t, nil)
+	other.LagPresenceReads()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if other.CallerGone(ctx, &broker.Job{ID: broker.NewID(), Sync: true, Gateway: caller.BootID()}) {
+		t.Fatal("the caller of a live foreman taken for gone")
+	}
+	if !other.CallerGone(ctx, &broker.Job{ID: broker.NewID(), Sync: true, Gateway: broker.NewID()}) {
+		t.Fatal("the caller of a foreman that never announced itself taken for present")
+	}
+}

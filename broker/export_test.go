@@ -137,3 +137,13 @@ func LogLimitAllow(every time.Duration, at ...time.Time) []int {
 	}
 	return out
 }
+
+// LagPresenceReads makes the store's direct reads of the presence bucket find nothing, as
+// a replica behind its leader answers for a foreman that announced itself a moment ago.
+func (s *Store) LagPresenceReads() { s.presence = laggingKV{s.presence} }
+
+type laggingKV struct{ jetstream.KeyValue }
+
+func (laggingKV) Get(context.Context, string) (jetstream.KeyValueEntry, error) {
+	return nil, jetstream.ErrKeyNotFound
+}

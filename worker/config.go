@@ -147,11 +147,11 @@ const (
 	terminalWait = 20 * time.Second
 	// terminalPause is the first pause between terminal-write tries; it doubles up to 2s.
 	terminalPause = 100 * time.Millisecond
-	// goneWait is how long a record write keeps trying, on a store of its own (the
-	// embedded server), once the record is not found: there a missing record is one that
-	// was purged and stays gone, and terminalWait spent on it would hold the worker
-	// (whichever step writes it) behind a write no try can store. On a shared cluster a
-	// replica behind by a write answers "not found" too, so there it is terminalWait.
+	// goneWait is how long a record write keeps trying once the record is not found: a
+	// missing record is one that was purged and stays gone (on a cluster the stream's
+	// leader answers a read a replica behind found nothing for, broker/leaderget.go), and
+	// terminalWait spent on it would hold the worker (whichever step writes it) behind a
+	// write no try can store.
 	goneWait = 2 * time.Second
 )
 

@@ -576,8 +576,8 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 
 // retryWrite applies set to job id's record unless the job ended (errEnded), trying for
 // up to terminalWait (its own time: what came before may have used up ctx's); last says
-// it is the attempt's last write (transitionLast). On a store of its own a record not
-// found for goneWait in a row is gone, and the write gives up then.
+// it is the attempt's last write (transitionLast). A record not found for goneWait in a
+// row is gone, and the write gives up then.
 func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(*broker.Job)) (*broker.Job, error) {
 	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
 	defer cancel()
@@ -608,20 +608,16 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 }
 
 // refusing reports the error of a store that refuses writes for now, and may take them
-// again: unavailable (broker.Transient), out of room (a disk that filled up), or, on a
-// shared cluster, a replica behind by a write answering "not found".
+// again: unavailable (broker.Transient) or out of room (a disk that filled up).
 func (w *Worker) refusing(err error) bool {
-	if errors.Is(err, broker.ErrNotFound) {
-		return !w.store.Config().Exclusive
-	}
 	return broker.Transient(err) || errors.Is(err, broker.ErrStorageFull) || errors.Is(err, broker.ErrStoreFailed)
 }
 
-// recordGone reports a write that found no record on a store of its own (the embedded
-// server): there the record was purged. On a shared cluster "not found" may be a replica
-// behind by a write, and is a refusal like any other.
+// recordGone reports a write that found no record: it was purged (or expired). On a
+// cluster too: a replica behind by a write that says "not found" is asked past (the
+// stream's leader answers, broker/leaderget.go), so "not found" is the leader's word.
 func (w *Worker) recordGone(err error) bool {
-	return errors.Is(err, broker.ErrNotFound) && w.store.Config().Exclusive
+	return errors.Is(err, broker.ErrNotFound)
 }
 
 // sleepCtx waits d, or less when ctx ends first (then false). Unlike Worker.sleep it
