@@ -75,10 +75,15 @@ const (
 	// Messages API: Ollama serves both on top of its chat.
 	KindOpenAIResponses   Kind = "openai_responses"
 	KindAnthropicMessages Kind = "anthropic_messages"
+	// KindEmbeddings is Ollama's older embedding route, KindOpenAIEmbeddings the
+	// OpenAI-compatible one (ADR-0053).
+	KindEmbeddings       Kind = "embeddings"
+	KindOpenAIEmbeddings Kind = "openai_embeddings"
 )
 
 // Kinds lists every kind, in the order POST /jobs names them.
-var Kinds = []Kind{KindChat, KindGenerate, KindEmbed, KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages}
+var Kinds = []Kind{KindChat, KindGenerate, KindEmbed, KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages,
+	KindEmbeddings, KindOpenAIEmbeddings}
 
 // Path is the target route that runs a job of kind k.
 func (k Kind) Path() string {
@@ -89,6 +94,10 @@ func (k Kind) Path() string {
 		return "/api/generate"
 	case KindEmbed:
 		return "/api/embed"
+	case KindEmbeddings:
+		return "/api/embeddings"
+	case KindOpenAIEmbeddings:
+		return "/v1/embeddings"
 	case KindOpenAIChat:
 		return "/v1/chat/completions"
 	case KindOpenAICompletion:
@@ -103,14 +112,19 @@ func (k Kind) Path() string {
 
 // ReadsOptions reports whether the target reads a request's "options" on k's route:
 // Ollama's OpenAI and Anthropic routes (v0.17.4 openai.ChatCompletionRequest,
-// CompletionRequest, ResponsesRequest, anthropic.MessagesRequest) have no such member and
-// run with the default load options.
+// CompletionRequest, ResponsesRequest, EmbedRequest, anthropic.MessagesRequest) have no
+// such member and run with the default load options.
 func (k Kind) ReadsOptions() bool {
 	switch k {
-	case KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages:
+	case KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages, KindOpenAIEmbeddings:
 		return false
 	}
 	return true
+}
+
+// Embeds reports whether k is an embedding route's.
+func (k Kind) Embeds() bool {
+	return k == KindEmbed || k == KindEmbeddings || k == KindOpenAIEmbeddings
 }
 
 // Valid reports whether k is a known kind.

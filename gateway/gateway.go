@@ -184,6 +184,7 @@ type Server struct {
 	handler http.Handler
 	origins *originPolicy
 	hosts   *hostPolicy
+	caps    modelCaps // which models are embedding models (embeddings.go)
 	// hostRefusals and originRefusals let a browser-policy refusal's warning through
 	// once per refusalLogEvery: a page may send thousands a second, each counted in
 	// foreman_requests_refused_total.

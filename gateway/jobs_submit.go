@@ -334,9 +334,13 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 		if !is(f["input"], '"', '[') {
 			return badRequest(`"input" must be a string or an array of input items`)
 		}
-	case broker.KindEmbed:
+	case broker.KindEmbed, broker.KindOpenAIEmbeddings:
 		if !is(f["input"], '"', '[') {
 			return badRequest(`"input" must be a string or an array of strings`)
+		}
+	case broker.KindEmbeddings:
+		if !is(f["prompt"], '"') {
+			return badRequest(`"prompt" must be a string`)
 		}
 	}
 	return nil

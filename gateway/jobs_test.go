@@ -110,10 +110,13 @@ func TestSubmitJobStripsForemanFieldsOnly(t *testing.T) {
 		t.Fatalf("record %+v webhook %+v", j, j.Webhook)
 	}
 
-	// The Responses and Anthropic Messages APIs are kinds too.
+	// The Responses and Anthropic Messages APIs are kinds too, as are the other two
+	// embedding routes.
 	for _, k := range []struct{ kind, body string }{
 		{"openai_responses", `{"model":"tiny-a","kind":"openai_responses","input":"hi"}`},
 		{"anthropic_messages", `{"model":"tiny-a","kind":"anthropic_messages","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`},
+		{"embeddings", `{"model":"tiny-embed","kind":"embeddings","prompt":"hi"}`},
+		{"openai_embeddings", `{"model":"tiny-embed","kind":"openai_embeddings","input":["hi"]}`},
 	} {
 		if v := jobsGet(t, b, jobsSubmit(t, b, k.body)); string(v.Kind) != k.kind {
 			t.Errorf("kind %s: record has %q", k.kind, v.Kind)
@@ -149,6 +152,8 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 		{"messages not an array", `{"model":"tiny-a","messages":"hi"}`, 400},
 		{"prompt not a string", `{"model":"tiny-a","kind":"generate","prompt":[1]}`, 400},
 		{"input not text", `{"model":"tiny-embed","kind":"embed","input":5}`, 400},
+		{"openai input not text", `{"model":"tiny-embed","kind":"openai_embeddings","input":{}}`, 400},
+		{"embeddings prompt not a string", `{"model":"tiny-embed","kind":"embeddings","prompt":["x"]}`, 400},
 		{"responses input not text", `{"model":"tiny-a","kind":"openai_responses","input":5}`, 400},
 		{"anthropic messages not an array", `{"model":"tiny-a","kind":"anthropic_messages","max_tokens":4,"messages":"hi"}`, 400},
 		{"relative webhook", `{"model":"tiny-a","state_webhook_url":"/hook"}`, 400},

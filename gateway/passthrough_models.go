@@ -14,9 +14,11 @@ import (
 // handleModelRequest serves /api/show, /api/embed, /api/embeddings and /v1/embeddings:
 // the body must name a model a target has, then it goes straight to that target (the
 // own one first, ADR-0029).
-// Embeddings are never queued: they are cheap, the embedding model stays loaded next to
-// the chat model, and many may run at once (ADR-0013).
+// Embeddings on an embedding model are not queued: they are cheap, the embedding model
+// stays loaded next to the chat model, and many may run at once (ADR-0013). On any other
+// model they would load it beside the worker's jobs, so they run as jobs (ADR-0053).
 func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
+	in := time.Now()
 	body, hold, err := s.readBody(w, r)
 	defer hold.release()
 	if err != nil {
@@ -26,6 +28,10 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 	model, err := requestModel(r.URL.Path, body)
 	if err != nil {
 		s.writeError(w, r, err)
+		return
+	}
+	if kind, ok := embedKind(r.URL.Path); ok && s.queuesEmbedding(r.Context(), model) {
+		s.serveQueued(w, r, kind, body, hold, in)
 		return
 	}
 	s.relayModel(w, r, http.MethodPost, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body, hold.release)

@@ -136,30 +136,36 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 			s.writeError(w, r, err)
 			return
 		}
-		inf, err := parseInference(kind, body)
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		who, err := callerOf(r.Context(), r.Header, "", "", s.cfg.SyncPriority)
-		if err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		if err := s.queueableModel(r.Context(), inf.model); err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		if err := s.refuseInOutage(r.Context(), inf.model); err != nil {
-			s.writeError(w, r, err)
-			return
-		}
-		job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: inf.model, Sync: true, Gateway: s.store.BootID(),
-			Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
-		s.traced(job.ID, traceIn, in)
-		s.runSync(w, r, job, inf.stream, body, hold)
-		s.traced(job.ID, traceWritten, time.Now())
+		s.serveQueued(w, r, kind, body, hold, in)
 	}
+}
+
+// serveQueued runs the call body (read by then, holding hold) as a sync job of kind and
+// writes its answer; in is when the request reached its handler.
+func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker.Kind, body []byte, hold *bodyHold, in time.Time) {
+	inf, err := parseInference(kind, body)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	who, err := callerOf(r.Context(), r.Header, "", "", s.cfg.SyncPriority)
+	if err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.queueableModel(r.Context(), inf.model); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	if err := s.refuseInOutage(r.Context(), inf.model); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: inf.model, Sync: true, Gateway: s.store.BootID(),
+		Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
+	s.traced(job.ID, traceIn, in)
+	s.runSync(w, r, job, inf.stream, body, hold)
+	s.traced(job.ID, traceWritten, time.Now())
 }
 
 // queueableModel decides whether a job for model may be queued. A model the target is

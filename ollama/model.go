@@ -25,12 +25,14 @@ func StreamRequested(body []byte) (bool, error) {
 
 // Streams reports whether a call to route path streams its answer, given the body's
 // "stream" member (nil when absent or null): the native /api/chat and /api/generate
-// stream unless told not to, as Ollama does; every other route (/v1, /api/embed) answers
-// in one piece unless told to stream.
+// stream unless told not to, as Ollama does; the embedding routes never stream; every
+// other route (/v1) answers in one piece unless told to stream.
 func Streams(path string, stream *bool) bool {
 	switch path {
 	case "/api/chat", "/api/generate":
 		return stream == nil || *stream
+	case "/api/embed", "/api/embeddings", "/v1/embeddings":
+		return false // the embedding routes answer whole, whatever "stream" says
 	}
 	return stream != nil && *stream
 }

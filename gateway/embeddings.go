@@ -1,0 +1,133 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"slices"
+	"sync"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// embedKind is the kind of a queued job for an embedding route (ADR-0053).
+func embedKind(path string) (broker.Kind, bool) {
+	switch path {
+	case "/api/embed":
+		return broker.KindEmbed, true
+	case "/api/embeddings":
+		return broker.KindEmbeddings, true
+	case "/v1/embeddings":
+		return broker.KindOpenAIEmbeddings, true
+	}
+	return "", false
+}
+
+// capsTTL is how long a model's capabilities are remembered: a model pulled again under
+// its name may have changed, which a look now and then finds.
+const capsTTL = 10 * time.Minute
+
+// showTimeout bounds the /api/show call that reads a model's capabilities.
+const showTimeout = 5 * time.Second
+
+// modelCaps remembers which models are embedding models, by normalized name; calls that
+// find a look-up under way wait for it. Only models the target lists are looked up, so
+// it holds at most one entry per installed model.
+type modelCaps struct {
+	mu sync.Mutex
+	m  map[string]*capsEntry
+}
+
+type capsEntry struct {
+	ready  chan struct{} // closed once embeds and err are set
+	embeds bool
+	err    error
+	at     time.Time
+}
+
+// queuesEmbedding reports whether an embedding call for model runs as a job of model's
+// queue rather than straight at the target (ADR-0053): the own target has the model, and
+// it is no embedding model (its /api/show lists no "embedding" capability). Ollama runs
+// such a call on a chat model too, loading it (or reloading it with the call's options,
+// or unloading it with keep_alive 0) beside the worker's jobs: the swaps the queue keeps
+// apart. A model whose capabilities cannot be read is called straight, as before.
+func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
+	if !s.inv.HasModel(model) {
+		return false // another Mac's, or none: relayModel says which
+	}
+	name := ollama.NormalizeModel(model)
+	s.caps.mu.Lock()
+	e := s.caps.m[name]
+	if e == nil || e.stale() {
+		e = &capsEntry{ready: make(chan struct{})}
+		if s.caps.m == nil {
+			s.caps.m = map[string]*capsEntry{}
+		}
+		s.caps.m[name] = e
+		s.caps.mu.Unlock()
+		e.embeds, e.err = s.embeddingModel(ctx, model)
+		e.at = time.Now()
+		close(e.ready)
+		if e.err != nil {
+			s.caps.mu.Lock()
+			if s.caps.m[name] == e {
+				delete(s.caps.m, name) // the next call looks again
+			}
+			s.caps.mu.Unlock()
+		}
+	} else {
+		s.caps.mu.Unlock()
+	}
+	select {
+	case <-e.ready:
+	case <-ctx.Done():
+		return false // the caller left; the relay meets its context
+	}
+	if e.err != nil {
+		s.log.Debug("read a model's capabilities; its embedding call goes straight to the target", "model", model, "err", e.err)
+		return false
+	}
+	return !e.embeds
+}
+
+// stale reports an entry looked up longer than capsTTL ago; s.caps.mu is held.
+func (e *capsEntry) stale() bool {
+	select {
+	case <-e.ready:
+		return time.Since(e.at) >= capsTTL
+	default:
+		return false // under way
+	}
+}
+
+// embeddingModel asks the own target whether model is an embedding model.
+func (s *Server) embeddingModel(ctx context.Context, model string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, showTimeout)
+	defer cancel()
+	body, err := json.Marshal(struct {
+		Model string `json:"model"`
+	}{model})
+	if err != nil {
+		return false, err
+	}
+	h := http.Header{"Content-Type": {"application/json"}}
+	resp, err := s.target.Do(ctx, http.MethodPost, "/api/show", h, bytes.NewReader(body))
+	if err != nil {
+		return false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return false, &ollama.HTTPError{StatusCode: resp.StatusCode}
+	}
+	var show struct {
+		Capabilities []string `json:"capabilities"`
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&show); err != nil {
+		return false, err
+	}
+	return slices.Contains(show.Capabilities, "embedding"), nil
+}
