@@ -161,6 +161,13 @@ type PendingDelivery struct {
 	NextAt   time.Time `json:"next_at"`
 	// Body is the state event exactly as published.
 	Body json.RawMessage `json:"body"`
+	// Owner is the boot id of the foreman whose dispatcher delivers it: the one that
+	// stored it, or one that adopted it when that foreman was gone (ADR-0052). Empty in
+	// deliveries stored before owners were.
+	Owner string `json:"owner,omitempty"`
+	// Revision is the entry's revision in the bucket as read or written last; a write
+	// of the entry's progress is made at it (UpdatePendingDelivery).
+	Revision uint64 `json:"-"`
 }
 
 const pendingPrefix = "whq."
@@ -169,39 +176,48 @@ func pendingKey(id string, rev uint64) string {
 	return pendingPrefix + id + "." + strconv.FormatUint(rev, 10)
 }
 
-// AddPendingDelivery stores a new pending delivery; created is false when one for the
-// same event exists already (its stored progress is kept).
-func (s *Store) AddPendingDelivery(ctx context.Context, p PendingDelivery) (created bool, err error) {
+// AddPendingDelivery stores a new pending delivery, owned by this process, and returns
+// its revision; created is false when one for the same event exists already (its stored
+// progress and owner are kept).
+func (s *Store) AddPendingDelivery(ctx context.Context, p PendingDelivery) (rev uint64, created bool, err error) {
 	if err := ValidateID(p.JobID); err != nil {
-		return false, err
+		return 0, false, err
 	}
+	p.Owner = s.cfg.BootID
 	data, err := json.Marshal(p)
 	if err != nil {
-		return false, err
+		return 0, false, err
 	}
-	_, err = s.kv.Create(ctx, pendingKey(p.JobID, p.Rev), data)
+	rev, err = s.kv.Create(ctx, pendingKey(p.JobID, p.Rev), data)
 	if errors.Is(err, jetstream.ErrKeyExists) {
-		return false, nil
+		return 0, false, nil
 	}
 	if err != nil {
-		return false, fmt.Errorf("broker: store pending delivery of %s: %w", p.JobID, storageErr(err))
+		return 0, false, fmt.Errorf("broker: store pending delivery of %s: %w", p.JobID, storageErr(err))
 	}
-	return true, nil
+	return rev, true, nil
 }
 
-// UpdatePendingDelivery stores a pending delivery's progress (attempts, next attempt).
-func (s *Store) UpdatePendingDelivery(ctx context.Context, p PendingDelivery) error {
+// UpdatePendingDelivery stores a pending delivery's progress (attempts, next attempt),
+// owned by this process, at p.Revision, and returns the new revision: ErrConflict when
+// the entry was written since (another foreman adopted it) or is gone.
+func (s *Store) UpdatePendingDelivery(ctx context.Context, p PendingDelivery) (uint64, error) {
 	if err := ValidateID(p.JobID); err != nil {
-		return err
+		return 0, err
 	}
+	p.Owner = s.cfg.BootID
 	data, err := json.Marshal(p)
 	if err != nil {
-		return err
+		return 0, err
 	}
-	if _, err := s.kv.Put(ctx, pendingKey(p.JobID, p.Rev), data); err != nil {
-		return fmt.Errorf("broker: update pending delivery of %s: %w", p.JobID, storageErr(err))
+	rev, err := s.kv.Update(ctx, pendingKey(p.JobID, p.Rev), data, p.Revision)
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			return 0, fmt.Errorf("%w: pending delivery %s-%d written since (adopted, or finished)", ErrConflict, p.JobID, p.Rev)
+		}
+		return 0, fmt.Errorf("broker: update pending delivery of %s: %w", p.JobID, storageErr(err))
 	}
-	return nil
+	return rev, nil
 }
 
 // PendingDelivery reads one pending delivery; ErrNotFound when it is finished or expired.
@@ -220,6 +236,7 @@ func (s *Store) PendingDelivery(ctx context.Context, id string, rev uint64) (*Pe
 	if err := json.Unmarshal(e.Value(), &p); err != nil {
 		return nil, fmt.Errorf("broker: decode pending delivery of %s: %w", id, err)
 	}
+	p.Revision = e.Revision()
 	return &p, nil
 }
 
@@ -293,5 +310,87 @@ func (s *Store) pendingDelivery(ctx context.Context, k string) (*PendingDelivery
 	if err := json.Unmarshal(e.Value(), &p); err != nil || ValidateID(p.JobID) != nil {
 		return nil, nil
 	}
+	p.Revision = e.Revision()
 	return &p, nil
+}
+
+// ClaimPendingDeliveries returns the pending deliveries this process is to deliver,
+// ordered by job and revision: its own, and those whose owner is gone, each adopted
+// first by a write of this owner at the revision read, so that of several foremen
+// claiming one, one has it (ADR-0052). An owner is gone when its presence is (on a
+// store of its own, any owner but this process is: no other runs). skip, when set,
+// names the entries not to read (those the caller holds already), by job id and event
+// revision. An entry that cannot be read or adopted now is left for a later claim.
+func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID string, rev uint64) bool) ([]PendingDelivery, error) {
+	keys, err := s.bucketKeys(ctx, JobsBucket, pendingPrefix+">")
+	if err != nil {
+		return nil, fmt.Errorf("broker: list pending deliveries: %w", err)
+	}
+	if skip != nil {
+		keys = slices.DeleteFunc(keys, func(k string) bool {
+			id, rev, ok := parsePendingKey(k)
+			return ok && skip(id, rev)
+		})
+	}
+	found := make([]*PendingDelivery, len(keys))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, pendingReads)
+	for i, k := range keys {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			var err error
+			if found[i], err = s.pendingDelivery(ctx, k); err != nil {
+				s.log.Warn("read pending webhook delivery; a later claim reads it again", "key", k, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+	gone := map[string]bool{} // owners looked up, by boot id
+	var out []PendingDelivery
+	for _, p := range found {
+		if p == nil {
+			continue
+		}
+		if p.Owner != s.cfg.BootID {
+			g, seen := gone[p.Owner]
+			if !seen {
+				g = p.Owner == "" || s.cfg.Exclusive || !s.present(ctx, p.Owner)
+				gone[p.Owner] = g
+			}
+			if !g {
+				continue // its owner delivers it
+			}
+			rev, err := s.UpdatePendingDelivery(ctx, *p)
+			if err != nil {
+				if !errors.Is(err, ErrConflict) {
+					s.log.Warn("adopt pending webhook delivery; a later claim tries again", "job_id", p.JobID, "rev", p.Rev, "err", err)
+				}
+				continue // another foreman adopted it first, or it finished
+			}
+			p.Owner, p.Revision = s.cfg.BootID, rev
+		}
+		out = append(out, *p)
+	}
+	slices.SortFunc(out, func(a, b PendingDelivery) int {
+		if c := strings.Compare(a.JobID, b.JobID); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Rev, b.Rev)
+	})
+	return out, nil
+}
+
+// parsePendingKey reads whq.<id>.<rev>.
+func parsePendingKey(k string) (id string, rev uint64, ok bool) {
+	rest, ok := strings.CutPrefix(k, pendingPrefix)
+	if !ok {
+		return "", 0, false
+	}
+	id, r, ok := strings.Cut(rest, ".")
+	if !ok {
+		return "", 0, false
+	}
+	rev, err := strconv.ParseUint(r, 10, 64)
+	return id, rev, err == nil
 }

@@ -14,8 +14,9 @@ import (
 )
 
 // TestPendingDeliveries: a pending delivery is created once (a second add keeps the
-// stored progress), updated, listed in job and revision order, survives a restart, and
-// is gone once finished.
+// stored progress), updated at the revision read (a write at an older one is a
+// conflict), listed in job and revision order, survives a restart, and is gone once
+// finished.
 func TestPendingDeliveries(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t)
@@ -23,16 +24,24 @@ func TestPendingDeliveries(t *testing.T) {
 	defer cancel()
 	a, z := broker.NewID(), broker.NewID()
 	body := []byte(`{"job_id":"x","state":"done"}`)
+	var revA3 uint64
 	for _, p := range []broker.PendingDelivery{{JobID: z, Rev: 9, Body: body}, {JobID: a, Rev: 12, Body: body}, {JobID: a, Rev: 3, Body: body}} {
-		if created, err := b.Store.AddPendingDelivery(ctx, p); err != nil || !created {
-			t.Fatalf("add %+v: %v %v", p, created, err)
+		rev, created, err := b.Store.AddPendingDelivery(ctx, p)
+		if err != nil || !created || rev == 0 {
+			t.Fatalf("add %+v: %v %v %v", p, rev, created, err)
+		}
+		if p.JobID == a && p.Rev == 3 {
+			revA3 = rev
 		}
 	}
 	next := time.Now().Add(time.Hour).UTC().Truncate(time.Millisecond)
-	if err := b.Store.UpdatePendingDelivery(ctx, broker.PendingDelivery{JobID: a, Rev: 3, Attempts: 2, NextAt: next, Body: body}); err != nil {
+	if _, err := b.Store.UpdatePendingDelivery(ctx, broker.PendingDelivery{JobID: a, Rev: 3, Attempts: 2, NextAt: next, Body: body, Revision: revA3}); err != nil {
 		t.Fatal(err)
 	}
-	if created, err := b.Store.AddPendingDelivery(ctx, broker.PendingDelivery{JobID: a, Rev: 3, Body: body}); err != nil || created {
+	if _, err := b.Store.UpdatePendingDelivery(ctx, broker.PendingDelivery{JobID: a, Rev: 3, Attempts: 9, Body: body, Revision: revA3}); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("update at a revision written since: %v, want a conflict", err)
+	}
+	if _, created, err := b.Store.AddPendingDelivery(ctx, broker.PendingDelivery{JobID: a, Rev: 3, Body: body}); err != nil || created {
 		t.Fatalf("second add: created %v, %v", created, err)
 	}
 	b.Restart(t)

@@ -137,6 +137,13 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 		e.nextAt = time.Now().Add(d.cfg.BaseDelay)
 		return false
 	}
+	if p.Owner != "" && p.Owner != d.store.BootID() {
+		// Adopted by another foreman, which took this one for gone (its presence lapsed):
+		// that one delivers it now.
+		log.Info("pending webhook delivery adopted by another foreman; left to it", "owner", p.Owner)
+		e.nextAt = time.Time{}
+		return false
+	}
 	job, err := broker.DecodeJob(p.Body)
 	if err != nil || job.Webhook == nil {
 		log.Warn("undecodable pending webhook delivery dropped", "err", err)
@@ -144,7 +151,7 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 		e.nextAt = time.Time{}
 		return false
 	}
-	e.body, e.job, e.attempts = p.Body, job, max(e.attempts, p.Attempts)
+	e.body, e.job, e.attempts, e.srev = p.Body, job, max(e.attempts, p.Attempts), p.Revision
 	return true
 }
 
@@ -152,8 +159,15 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 func (d *Dispatcher) save(ctx context.Context, e *event, log *slog.Logger) {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	p := broker.PendingDelivery{JobID: e.jobID, Rev: e.rev, Attempts: e.attempts, NextAt: e.nextAt.UTC(), Body: e.body}
-	if err := d.store.UpdatePendingDelivery(sctx, p); err != nil {
+	p := broker.PendingDelivery{JobID: e.jobID, Rev: e.rev, Attempts: e.attempts, NextAt: e.nextAt.UTC(), Body: e.body, Revision: e.srev}
+	rev, err := d.store.UpdatePendingDelivery(sctx, p)
+	switch {
+	case err == nil:
+		e.srev = rev
+	case errors.Is(err, broker.ErrConflict):
+		// Adopted by another foreman meanwhile: the next attempt's read finds it so.
+		log.Info("store webhook retry: the pending delivery was written by another foreman", "err", err)
+	default:
 		log.Warn("store webhook retry", "err", err)
 	}
 }

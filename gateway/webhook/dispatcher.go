@@ -21,11 +21,12 @@ import (
 // store in front of it that fails as a NATS cluster electing a leader does.
 type Store interface {
 	ConsumeChanges(ctx context.Context, cfg broker.ChangeConsumerConfig) (*broker.ChangeConsumer, error)
-	PendingDeliveries(ctx context.Context) ([]broker.PendingDelivery, error)
+	ClaimPendingDeliveries(ctx context.Context, skip func(jobID string, rev uint64) bool) ([]broker.PendingDelivery, error)
 	ServeRedeliver(answer func(id string) broker.RedeliverReply) (stop func(), err error)
-	AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (created bool, err error)
+	AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (rev uint64, created bool, err error)
 	PendingDelivery(ctx context.Context, id string, rev uint64) (*broker.PendingDelivery, error)
-	UpdatePendingDelivery(ctx context.Context, p broker.PendingDelivery) error
+	UpdatePendingDelivery(ctx context.Context, p broker.PendingDelivery) (uint64, error)
+	BootID() string
 	FinishPendingDelivery(ctx context.Context, id string, rev uint64) error
 	Deliveries(ctx context.Context, id string) ([]broker.DeliveryAttempt, error)
 	LogDelivery(ctx context.Context, id string, a broker.DeliveryAttempt) error
@@ -61,6 +62,9 @@ type Config struct {
 	PerReceiver int
 	// Consumer is the durable consumer name; default "webhooks".
 	Consumer string
+	// ClaimEvery is how often the dispatcher looks for pending deliveries whose foreman
+	// is gone (on a NATS shared by several foremen) and adopts them; default 30s.
+	ClaimEvery time.Duration
 	// Policy decides which addresses webhooks may reach (ADR-0021); the zero value
 	// refuses loopback, link-local, unspecified and multicast addresses.
 	Policy Policy
@@ -99,6 +103,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Consumer == "" {
 		c.Consumer = "webhooks"
+	}
+	if c.ClaimEvery <= 0 {
+		c.ClaimEvery = 30 * time.Second
 	}
 	if c.Client == nil {
 		c.Client = c.Policy.Client()
@@ -139,6 +146,7 @@ type receiverSlots struct {
 type event struct {
 	jobID    string
 	rev      uint64 // the record revision = the stream sequence: part of webhook-id
+	srev     uint64 // the pending delivery's revision as this dispatcher read or wrote it last
 	attempts int    // attempts made so far
 	nextAt   time.Time
 	manual   bool // a manual redelivery: in memory only, with fresh attempts
@@ -193,9 +201,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("webhook: %w", err)
 	}
-	for _, p := range pending {
-		_ = d.enqueue(ctx, &event{jobID: p.JobID, rev: p.Rev, attempts: p.Attempts, nextAt: p.NextAt})
-	}
+	d.resume(ctx, pending)
 	stopRedeliver, err := d.store.ServeRedeliver(func(id string) broker.RedeliverReply {
 		return d.onRedeliver(ctx, id)
 	})
@@ -208,6 +214,12 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		<-ctx.Done()
 		changes.Stop()
 	}()
+	claims := make(chan struct{})
+	go func() {
+		defer close(claims)
+		d.claimLoop(ctx)
+	}()
+	defer func() { <-claims }()
 	d.log.Info("webhook dispatcher running", "consumer", d.cfg.Consumer, "signed", d.key != nil, "resumed", len(pending))
 
 	// Storing an event is a round trip to JetStream: several run at once, a job's events
@@ -269,7 +281,7 @@ func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broke
 	}
 	var pending []broker.PendingDelivery
 	err = broker.UntilReady(ctx, d.log, "pending webhook deliveries", func(ctx context.Context) (err error) {
-		pending, err = d.store.PendingDeliveries(ctx)
+		pending, err = d.store.ClaimPendingDeliveries(ctx, nil)
 		return err
 	})
 	if err != nil {
@@ -277,6 +289,46 @@ func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broke
 		return nil, nil, err
 	}
 	return changes, pending, nil
+}
+
+// resume queues stored pending deliveries this dispatcher claimed.
+func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDelivery) {
+	for _, p := range pending {
+		_ = d.enqueue(ctx, &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt})
+	}
+}
+
+// claimLoop adopts, every ClaimEvery until ctx ends, the pending deliveries whose
+// foreman is gone (ADR-0052): stored by a foreman that died for good, they would wait
+// for some dispatcher's start.
+func (d *Dispatcher) claimLoop(ctx context.Context) {
+	t := time.NewTicker(d.cfg.ClaimEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		claimed, err := d.store.ClaimPendingDeliveries(ctx, d.holds)
+		if err != nil {
+			if ctx.Err() == nil {
+				d.log.Warn("look for pending webhook deliveries of foremen that are gone", "err", err)
+			}
+			continue
+		}
+		if len(claimed) > 0 {
+			d.log.Info("pending webhook deliveries adopted", "deliveries", len(claimed))
+		}
+		d.resume(ctx, claimed)
+	}
+}
+
+// holds reports whether a lane holds the stored event of job id at revision rev.
+func (d *Dispatcher) holds(jobID string, rev uint64) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.known[(&event{jobID: jobID, rev: rev}).webhookID()]
 }
 
 // stop ends the lanes: waiting ones at once, running ones when their attempt returns.
@@ -330,7 +382,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	// Not stored, the event is tried again here, holding its shard: handed back to
 	// JetStream, it would come again after the job's later events, which its shard
 	// would meanwhile store and send.
-	created, err := d.store.AddPendingDelivery(ctx, p)
+	srev, created, err := d.store.AddPendingDelivery(ctx, p)
 	for pause := d.cfg.BaseDelay; err != nil; pause = min(2*pause, 30*time.Second) {
 		d.log.Warn("store pending webhook delivery; trying again", "job_id", jobID, "err", err, "retry_in", pause)
 		_ = msg.InProgress() // the message stays this dispatcher's meanwhile
@@ -343,7 +395,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 			return
 		case <-time.After(pause):
 		}
-		created, err = d.store.AddPendingDelivery(ctx, p)
+		srev, created, err = d.store.AddPendingDelivery(ctx, p)
 	}
 	// A pending delivery that existed already (the ack of an earlier try was lost) keeps
 	// its progress; the lane has it, or gets it from the store at the next start.
@@ -352,7 +404,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	}
 	e := &event{jobID: jobID, rev: p.Rev, nextAt: now}
 	if created { // the first attempt needs no read of what was just stored
-		e.body, e.job = p.Body, job
+		e.body, e.job, e.srev = p.Body, job, srev
 	}
 	_ = d.enqueue(ctx, e) // only errStopping: the pending delivery waits for the next start
 }

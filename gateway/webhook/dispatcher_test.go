@@ -376,7 +376,9 @@ func TestSlowReceiverDoesNotBlockOtherJobs(t *testing.T) {
 
 func TestDoneEventSurvivesRestart(t *testing.T) {
 	t.Parallel()
-	b := brokertest.New(t)
+	// The embedded server's store: the restarted foreman takes every pending delivery
+	// at once (on a shared NATS, once the stopped one's presence lapsed).
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.Exclusive = true }))
 	var mu sync.Mutex
 	down := true
 	rcv := newReceiver(t, func(_ int, h hit) int {

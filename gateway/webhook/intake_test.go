@@ -60,9 +60,9 @@ type failingAdds struct {
 	n     atomic.Int32
 }
 
-func (s *failingAdds) AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (bool, error) {
+func (s *failingAdds) AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (uint64, bool, error) {
 	if j, err := broker.DecodeJob(p.Body); err == nil && j.State == s.state && s.n.Add(-1) >= 0 {
-		return false, fmt.Errorf("injected: %w", broker.ErrUnavailable)
+		return 0, false, fmt.Errorf("injected: %w", broker.ErrUnavailable)
 	}
 	return s.Store.AddPendingDelivery(ctx, p)
 }

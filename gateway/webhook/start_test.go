@@ -43,11 +43,11 @@ func (s *unavailableStore) ConsumeChanges(ctx context.Context, cfg broker.Change
 	return s.Store.ConsumeChanges(ctx, cfg)
 }
 
-func (s *unavailableStore) PendingDeliveries(ctx context.Context) ([]broker.PendingDelivery, error) {
+func (s *unavailableStore) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, error) {
 	if s.pendingFails.Add(-1) >= 0 {
 		return nil, s.fail(fmt.Errorf("broker: list pending deliveries: %w", nats.ErrNoResponders))
 	}
-	return s.Store.PendingDeliveries(ctx)
+	return s.Store.ClaimPendingDeliveries(ctx, skip)
 }
 
 func (s *unavailableStore) fail(err error) error {
