@@ -91,6 +91,9 @@ type Config struct {
 	// bookkeeping of a finished job after its final done marker went out and before its
 	// result and terminal state are written.
 	beforeStoreDone func(jobID string)
+	// beforeRetry, when set (tests only), runs before a failed attempt's retrying state
+	// is written.
+	beforeRetry func(jobID string)
 	// probeDelay, when set (tests only), is the first pause between a paused worker's
 	// probes in place of RetryDelay, which also delays the job handed back.
 	probeDelay time.Duration

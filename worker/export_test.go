@@ -97,3 +97,10 @@ func WithLimitReadFault(cfg Config, fn func(seq uint64) error) Config {
 	cfg.limitReadFault = fn
 	return cfg
 }
+
+// WithBeforeRetry sets Config.beforeRetry: fn runs before a failed attempt's retrying
+// state is written.
+func WithBeforeRetry(cfg Config, fn func(jobID string)) Config {
+	cfg.beforeRetry = fn
+	return cfg
+}

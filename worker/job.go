@@ -658,6 +658,18 @@ func (w *Worker) cancelRun(ctx context.Context, d *broker.Lease, r *broker.Strea
 	w.finish(ctx, d, log)
 }
 
+// publishEnded publishes the final marker of job id, which another writer ended while
+// its attempt ran (a cancel, the expiry, the delivery-limit advisory): the state and
+// error its record holds, so a waiting caller hears what GET /jobs/{id} says. A record
+// that cannot be read is taken for a cancel's, the common case.
+func (w *Worker) publishEnded(ctx context.Context, id string, r *broker.StreamWriter, log *slog.Logger) {
+	state, msg := broker.StateCanceled, ""
+	if rec, _, err := w.store.Get(ctx, id); err == nil && rec.State.Terminal() {
+		state, msg = rec.State, rec.Error
+	}
+	w.publishFinal(r, state, msg, 0, log)
+}
+
 // abandon ends a sync job whose caller is gone (its foreman died) canceled, without
 // running it: nobody would read the answer, and callers that retry wait behind it.
 func (w *Worker) abandon(ctx context.Context, d *broker.Lease, log *slog.Logger) {
@@ -717,11 +729,14 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		w.fail(bctx, d, j.Sync, r, exhausted(cause.Error(), ""), status, log)
 		return
 	}
+	if hook := w.cfg.beforeRetry; hook != nil {
+		hook(d.JobID)
+	}
 	_, err := w.transition(bctx, d.JobID, fromLive, func(j *broker.Job) {
 		j.State, j.Error = broker.StateRetrying, errorText(cause.Error())
 	})
 	if errors.Is(err, errEnded) {
-		w.publishFinal(r, broker.StateCanceled, "", 0, log)
+		w.publishEnded(bctx, d.JobID, r, log)
 		w.finish(bctx, d, log)
 		return
 	}

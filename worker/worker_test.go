@@ -816,3 +816,30 @@ func TestPausedWorkerResumesWhenTheTargetIsSeenBack(t *testing.T) {
 	back <- struct{}{}
 	tb.waitState(t, j.ID, broker.StateDone)
 }
+
+// A job ended by another writer while its attempt ran (here failed, as the expiry or the
+// delivery-limit advisory ends one) gets the final marker its record says, not a
+// cancel's: a waiting caller hears what GET /jobs/{id} says.
+func TestJobEndedElsewhereWhileItRanEndsItsStreamAsItsRecord(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.DropConnection) // the attempt fails: the worker would retry
+	j := tb.chat(t, "tiny-a", 1)
+	stream := watchStream(t, tb.b.Conn, j.ID)
+	tb.start(t, worker.WithBeforeRetry(worker.Config{}, func(id string) {
+		if id != j.ID {
+			return
+		}
+		if _, _, err := tb.b.Store.Modify(context.Background(), id, func(rec *broker.Job) error {
+			rec.State, rec.Error = broker.StateFailed, "expired: ended elsewhere"
+			return nil
+		}); err != nil {
+			t.Error(err)
+		}
+	}))
+	_, final := stream.untilFinal(t)
+	if final.Header.Get(broker.HeaderFinal) != string(broker.StateFailed) || final.Header.Get(broker.HeaderError) != "expired: ended elsewhere" {
+		t.Fatalf("final marker %v, want the record's failed state and error", final.Header)
+	}
+	tb.waitQueueEmpty(t)
+}
