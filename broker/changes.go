@@ -35,19 +35,22 @@ type ChangeConsumerConfig struct {
 	AckWait time.Duration
 	// MaxAckPending caps the changes taken but not yet acked.
 	MaxAckPending int
+	// PullExpiry is how long one pull request waits for changes; default nats.go's, 30s.
+	PullExpiry time.Duration
 }
 
 // ChangeConsumer takes every write of every job record, from the first one kept, each
 // until acked (at least once, in order per job). See Store.ConsumeChanges.
 type ChangeConsumer struct {
 	nc   *nats.Conn
-	open func(ctx context.Context) (jetstream.MessagesContext, error)
+	open func(ctx context.Context) (jetstream.MessagesContext, jetstream.Consumer, error)
 	// stopped is closed by Stop.
 	stopped  chan struct{}
 	stopOnce sync.Once
 
-	mu sync.Mutex
-	it jetstream.MessagesContext // nil while it must be made again
+	mu   sync.Mutex
+	it   jetstream.MessagesContext // nil while it must be made again
+	cons jetstream.Consumer        // it's consumer
 }
 
 // Change is one write of a job record.
@@ -83,10 +86,10 @@ func (c *Change) NakWithDelay(delay time.Duration) error { return c.msg.NakWithD
 // changes (a pinned client, on nats-server 2.11 and later). Stop it when done.
 func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*ChangeConsumer, error) {
 	c := &ChangeConsumer{nc: s.nc, stopped: make(chan struct{})}
-	c.open = func(ctx context.Context) (jetstream.MessagesContext, error) {
+	c.open = func(ctx context.Context) (jetstream.MessagesContext, jetstream.Consumer, error) {
 		stream, err := s.js.Stream(ctx, jobsStream)
 		if err != nil {
-			return nil, fmt.Errorf("stream of %s: %w", JobsBucket, err)
+			return nil, nil, fmt.Errorf("stream of %s: %w", JobsBucket, err)
 		}
 		cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 			Durable:       cfg.Durable,
@@ -105,9 +108,12 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*
 			PriorityGroups: []string{changesGroup},
 		})
 		if err != nil {
-			return nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
+			return nil, nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
 		}
 		opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(min(64, cfg.MaxAckPending))}
+		if cfg.PullExpiry > 0 {
+			opts = append(opts, jetstream.PullExpiry(cfg.PullExpiry))
+		}
 		// A server before 2.11 knows no priority groups and drops them from the config:
 		// there every process takes changes, as before ADR-0052.
 		if slices.Contains(cons.CachedInfo().Config.PriorityGroups, changesGroup) {
@@ -115,15 +121,15 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*
 		}
 		it, err := cons.Messages(opts...)
 		if err != nil {
-			return nil, fmt.Errorf("consume: %w", err)
+			return nil, nil, fmt.Errorf("consume: %w", err)
 		}
-		return it, nil
+		return it, cons, nil
 	}
-	it, err := c.open(ctx)
+	it, cons, err := c.open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c.it = it
+	c.it, c.cons = it, cons
 	return c, nil
 }
 
@@ -153,8 +159,11 @@ func (c *ChangeConsumer) Next() (*Change, error) {
 			return nil, ErrChangesStopped
 		default:
 		}
+		// The server tells of a deleted consumer only the pulls waiting then: with none
+		// waiting (the caller away longer than a pull's expiry), the iterator only misses
+		// its heartbeats from then on, and a look at the consumer finds it gone.
 		if errors.Is(err, jetstream.ErrMsgIteratorClosed) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
-			errors.Is(err, jetstream.ErrConsumerNotFound) {
+			errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrNoHeartbeat) && c.gone() {
 			it.Stop()
 			c.mu.Lock()
 			if c.it == it {
@@ -165,6 +174,20 @@ func (c *ChangeConsumer) Next() (*Change, error) {
 		}
 		return nil, err
 	}
+}
+
+// gone reports whether the current consumer no longer exists on the server.
+func (c *ChangeConsumer) gone() bool {
+	c.mu.Lock()
+	cons := c.cons
+	c.mu.Unlock()
+	if cons == nil {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := cons.Info(ctx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound)
 }
 
 // iterator is the current message iterator, made again when it went away.
@@ -188,7 +211,7 @@ func (c *ChangeConsumer) iterator() (jetstream.MessagesContext, error) {
 		case <-ctx.Done():
 		}
 	}()
-	it, err := c.open(ctx)
+	it, cons, err := c.open(ctx)
 	if err == nil {
 		select {
 		case <-c.stopped:
@@ -205,7 +228,7 @@ func (c *ChangeConsumer) iterator() (jetstream.MessagesContext, error) {
 		}
 		return nil, fmt.Errorf("broker: make the change consumer again: %w", err)
 	}
-	c.it = it
+	c.it, c.cons = it, cons
 	return it, nil
 }
 

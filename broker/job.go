@@ -122,11 +122,6 @@ func (k Kind) ReadsOptions() bool {
 	return true
 }
 
-// Embeds reports whether k is an embedding route's.
-func (k Kind) Embeds() bool {
-	return k == KindEmbed || k == KindEmbeddings || k == KindOpenAIEmbeddings
-}
-
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool { return k.Path() != "" }
 

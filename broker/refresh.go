@@ -12,7 +12,7 @@ import (
 )
 
 // Refresh rewrites the record of running job id, unchanged, when its last write is older
-// than half the job TTL. The bucket's TTL is its stream's MaxAge, which ages every
+// than 3/8 of the job TTL (refreshAge). The bucket's TTL is its stream's MaxAge, which ages every
 // revision from its own write: a job that runs longer than the TTL would otherwise lose
 // its record, and with it its result. The rewrite is byte-for-byte the record it replaces
 // (same state, same "at"), written only at the revision read, so it can never undo a
@@ -20,8 +20,14 @@ import (
 // marked with HeaderRefresh so that they can tell. It reports whether it wrote; a finished
 // job is never rewritten.
 func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
-	return s.refresh(ctx, id, s.cfg.JobTTL/2)
+	return s.refresh(ctx, id, s.refreshAge())
 }
+
+// refreshAge is the age past which Refresh rewrites a record: 3/8 of the job TTL, so
+// that with a refresh offered every RefreshEvery (an eighth) a live run's record is never
+// older than half the TTL, and a refresh that fails (a leader election) leaves it a
+// quarter short of DeadRunAge, not at it.
+func (s *Store) refreshAge() time.Duration { return s.cfg.JobTTL * 3 / 8 }
 
 // refresh is Refresh of a record whose last write is older than age.
 func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool, error) {
@@ -62,16 +68,16 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 
 // RefreshEvery is how often a running job's record should be offered to Refresh: often
 // enough that a record is rewritten well before it is a TTL old. A live run's record is
-// then never older than 5/8 of the TTL (DeadRunAge).
+// then never older than half the TTL, or 5/8 after a failed refresh (DeadRunAge).
 func (s *Store) RefreshEvery() time.Duration {
 	return max(s.cfg.JobTTL/8, 10*time.Millisecond)
 }
 
 // DeadRunAge is the age past which a running record (loading, working) is no live run's:
-// a live run offers its record to Refresh every RefreshEvery, which rewrites it once half
-// a TTL old, so it is never older than 5/8 of the TTL and a store's delays. Three
-// quarters of the TTL, which a job's queue message reaches before the worker's expiry
-// (StaleBefore) gives up on it.
+// a live run offers its record to Refresh every RefreshEvery, which rewrites it once 3/8
+// of a TTL old, so it is never older than half the TTL (5/8 with one failed refresh) and
+// a store's delays. Three quarters of the TTL, which a job's queue message reaches
+// before the worker's expiry (StaleBefore) gives up on it.
 func (s *Store) DeadRunAge() time.Duration { return s.cfg.JobTTL * 3 / 4 }
 
 // OutlivesQueue reports whether the queue message of lease d may be gone before it

@@ -290,12 +290,12 @@ func TestE2EBrowserPolicyMatchesOllama(t *testing.T) {
 	}
 }
 
-// warnCounter counts the log records at Warn and above.
+// warnCounter counts the browser policy's refusals logged at Warn and above.
 type warnCounter struct{ warns *atomic.Int64 }
 
 func (h warnCounter) Enabled(context.Context, slog.Level) bool { return true }
 func (h warnCounter) Handle(_ context.Context, r slog.Record) error {
-	if r.Level >= slog.LevelWarn {
+	if r.Level >= slog.LevelWarn && strings.HasPrefix(r.Message, "request refused") {
 		h.warns.Add(1)
 	}
 	return nil

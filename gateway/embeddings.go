@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"slices"
@@ -56,8 +57,13 @@ type capsEntry struct {
 // or unloading it with keep_alive 0) beside the worker's jobs: the swaps the queue keeps
 // apart. A model whose capabilities cannot be read is called straight, as before.
 func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
+	target := s.target
 	if !s.inv.HasModel(model) {
-		return false // another Mac's, or none: relayModel says which
+		// Another Mac's: its Ollama is asked, and the job runs on a worker whose Mac
+		// has the model (ADR-0029). None's: relayModel says so.
+		if target = s.otherClient(ctx, model); target == nil {
+			return false
+		}
 	}
 	name := ollama.NormalizeModel(model)
 	s.caps.mu.Lock()
@@ -69,7 +75,9 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 		}
 		s.caps.m[name] = e
 		s.caps.mu.Unlock()
-		e.embeds, e.err = s.embeddingModel(ctx, model)
+		// Not on the caller's context: callers waiting for this look-up must not meet
+		// the first caller's hang-up.
+		e.embeds, e.err = embeddingModel(context.WithoutCancel(ctx), target, model)
 		e.at = time.Now()
 		close(e.ready)
 		if e.err != nil {
@@ -104,8 +112,11 @@ func (e *capsEntry) stale() bool {
 	}
 }
 
-// embeddingModel asks the own target whether model is an embedding model.
-func (s *Server) embeddingModel(ctx context.Context, model string) (bool, error) {
+// errNoCapabilities is an /api/show answer without capabilities (an Ollama before 0.6).
+var errNoCapabilities = errors.New("the model's /api/show lists no capabilities")
+
+// embeddingModel asks target whether model is an embedding model.
+func embeddingModel(ctx context.Context, target ollama.Client, model string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, showTimeout)
 	defer cancel()
 	body, err := json.Marshal(struct {
@@ -115,7 +126,7 @@ func (s *Server) embeddingModel(ctx context.Context, model string) (bool, error)
 		return false, err
 	}
 	h := http.Header{"Content-Type": {"application/json"}}
-	resp, err := s.target.Do(ctx, http.MethodPost, "/api/show", h, bytes.NewReader(body))
+	resp, err := target.Do(ctx, http.MethodPost, "/api/show", h, bytes.NewReader(body))
 	if err != nil {
 		return false, err
 	}
@@ -124,10 +135,13 @@ func (s *Server) embeddingModel(ctx context.Context, model string) (bool, error)
 		return false, &ollama.HTTPError{StatusCode: resp.StatusCode}
 	}
 	var show struct {
-		Capabilities []string `json:"capabilities"`
+		Capabilities *[]string `json:"capabilities"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&show); err != nil {
 		return false, err
 	}
-	return slices.Contains(show.Capabilities, "embedding"), nil
+	if show.Capabilities == nil {
+		return false, errNoCapabilities
+	}
+	return slices.Contains(*show.Capabilities, "embedding"), nil
 }

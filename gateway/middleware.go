@@ -117,15 +117,14 @@ func (s *Server) logRequests(next http.Handler) http.Handler {
 // as long as it kept its connection. The deadline is set before each write, flush and
 // 1xx of the answer, so it measures a lack of progress, not the time a long stream or a
 // big answer takes; the queued answers set their own (syncResponse) through Unwrap.
+// net/http clears the deadline once the answer is out, so none outlives its answer on a
+// kept-alive connection.
 func (s *Server) boundWrites(next http.Handler) http.Handler {
 	if s.cfg.WriteTimeout <= 0 {
 		return next
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		pw := &progressWriter{ResponseWriter: w, rc: http.NewResponseController(w), timeout: s.cfg.WriteTimeout, cut: s.cfg.writeCut}
-		// No deadline left from the connection's last answer while this one waits, as
-		// it may before it reads a body (a 100-continue goes out then).
-		_ = pw.rc.SetWriteDeadline(time.Time{})
 		next.ServeHTTP(pw, r)
 		pw.deadline() // the server's last flush of the answer
 	})

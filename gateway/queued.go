@@ -238,8 +238,6 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 		w.WriteHeader(http.StatusEarlyHints) // sent at once; the answer's status comes later
 	}
 	rc := http.NewResponseController(w)
-	// The response's per-write deadline must not outlive it on a kept-alive connection.
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	sr := &syncResponse{
 		s: s, w: w, r: r, rc: rc,
 		job: job, stream: stream, log: log,

@@ -155,7 +155,7 @@ func (c *serveConfig) settings() []*setting {
 			return nil
 		}},
 		{env: "FOREMAN_BODY_READ_TIMEOUT", flag: "body-read-timeout", def: durationDefault(app.DefaultBodyReadTimeout), usage: "longest a client may take to send a request body (408 beyond)", parse: dur(&c.BodyReadTimeout)},
-		{env: "FOREMAN_WRITE_TIMEOUT", flag: "write-timeout", def: durationDefault(app.DefaultWriteTimeout), usage: "longest a write of a queued answer may make no progress before the client is cut off", parse: dur(&c.WriteTimeout)},
+		{env: "FOREMAN_WRITE_TIMEOUT", flag: "write-timeout", def: durationDefault(app.DefaultWriteTimeout), usage: "longest a write of an answer may make no progress before the client is cut off", parse: dur(&c.WriteTimeout)},
 		{env: "FOREMAN_STREAM_BUFFER", flag: "stream-buffer", def: strconv.Itoa(app.DefaultStreamBuffer), usage: "bytes of a queued answer held for a slow client before it is cut off", parse: func(v string) error {
 			n, err := strconv.ParseInt(v, 10, 64)
 			if err != nil || n <= 0 {

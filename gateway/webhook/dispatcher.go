@@ -383,8 +383,11 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	// JetStream, it would come again after the job's later events, which its shard
 	// would meanwhile store and send.
 	srev, created, err := d.store.AddPendingDelivery(ctx, p)
-	for pause := d.cfg.BaseDelay; err != nil; pause = min(2*pause, 30*time.Second) {
-		d.log.Warn("store pending webhook delivery; trying again", "job_id", jobID, "err", err, "retry_in", pause)
+	// The pause stays under AckWait, so the message kept in progress is not offered again.
+	for pause := d.cfg.BaseDelay; err != nil; pause = min(2*pause, 30*time.Second, d.cfg.AckWait/2) {
+		if ctx.Err() == nil {
+			d.log.Warn("store pending webhook delivery; trying again", "job_id", jobID, "err", err, "retry_in", pause)
+		}
 		_ = msg.InProgress() // the message stays this dispatcher's meanwhile
 		select {
 		case <-ctx.Done():

@@ -827,3 +827,60 @@ func TestSeveralMacsSyncCallOnAnotherSilentMacEnds(t *testing.T) {
 		t.Fatalf("chat held by the silent mac-b: %d %s, want 502 once mac-b was down for the bound", code, b)
 	}
 }
+
+// An embedding call through one foreman on a chat model only another Mac has is queued
+// (ADR-0053): it runs on that Mac's worker in its turn, not straight at its Ollama
+// beside the job running there.
+func TestSeveralMacsEmbeddingOnAnotherMacsChatModelIsQueued(t *testing.T) {
+	_, macB, fa, fb := alphaBeta(t, nil, nil)
+	release := macB.Hold("beta")
+	defer release()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	post := func(a *app.App, path, body string) (*http.Response, error) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a.Addr()+path, strings.NewReader(body))
+		if err != nil {
+			return nil, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+		return resp, err
+	}
+	chat := make(chan error, 1)
+	go func() {
+		_, err := post(fb, "/api/chat", `{"model":"beta","messages":[{"role":"user","content":"hi"}],"stream":false}`)
+		chat <- err
+	}()
+	if err := macB.WaitStarted(ctx, "beta", 1); err != nil {
+		t.Fatal(err)
+	}
+	type answer struct {
+		resp *http.Response
+		err  error
+	}
+	embed := make(chan answer, 1)
+	go func() {
+		resp, err := post(fa, "/api/embed", `{"model":"beta","input":"x"}`)
+		embed <- answer{resp, err}
+	}()
+	eventually(t, 15*time.Second, "the embedding call queued beside the running chat", func() bool {
+		n, err := fa.Store().QueueLen(ctx)
+		return err == nil && n == 2
+	})
+	for _, c := range macB.Calls() {
+		if c.Path == "/api/embed" {
+			t.Fatal("the embedding call reached mac-b's Ollama while its job ran")
+		}
+	}
+	release()
+	a := <-embed
+	if a.err != nil || a.resp.StatusCode != http.StatusOK || a.resp.Header.Get("X-Foreman-Job-Id") == "" {
+		t.Fatalf("embedding call: %v %+v", a.err, a.resp)
+	}
+	if err := <-chat; err != nil {
+		t.Fatal(err)
+	}
+}
