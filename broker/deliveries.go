@@ -255,7 +255,7 @@ func (s *Store) FinishPendingDelivery(ctx context.Context, id string, rev uint64
 	return nil
 }
 
-// pendingReads is how many pending deliveries PendingDeliveries reads at once.
+// pendingReads is how many pending deliveries are read at once (readPending).
 const pendingReads = 32
 
 // PendingDeliveries lists every pending delivery, ordered by job and revision.
@@ -264,10 +264,26 @@ func (s *Store) PendingDeliveries(ctx context.Context) ([]PendingDelivery, error
 	if err != nil {
 		return nil, fmt.Errorf("broker: list pending deliveries: %w", err)
 	}
-	// One read per key, several at once: on a cluster a read is a round trip to the
-	// stream's leader, and a key deleted before ADR-0052 (a marker) costs two.
-	found := make([]*PendingDelivery, len(keys))
-	errs := make([]error, len(keys))
+	found, errs := s.readPending(ctx, keys)
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	var out []PendingDelivery
+	for _, p := range found {
+		if p != nil {
+			out = append(out, *p)
+		}
+	}
+	sortPending(out)
+	return out, nil
+}
+
+// readPending reads the pending deliveries under keys, pendingReads at once: on a
+// cluster a read is a round trip to the stream's leader, and a key deleted before
+// ADR-0052 (a marker) costs two. An entry is nil where nothing was found or the read
+// failed (its error in errs).
+func (s *Store) readPending(ctx context.Context, keys []string) (found []*PendingDelivery, errs []error) {
+	found, errs = make([]*PendingDelivery, len(keys)), make([]error, len(keys))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, pendingReads)
 	for i, k := range keys {
@@ -278,22 +294,18 @@ func (s *Store) PendingDeliveries(ctx context.Context) ([]PendingDelivery, error
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
-	}
-	var out []PendingDelivery
-	for _, p := range found {
-		if p != nil {
-			out = append(out, *p)
-		}
-	}
+	return found, errs
+}
+
+// sortPending orders pending deliveries by job and revision: a job's in the order of its
+// events.
+func sortPending(out []PendingDelivery) {
 	slices.SortFunc(out, func(a, b PendingDelivery) int {
 		if c := strings.Compare(a.JobID, b.JobID); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.Rev, b.Rev)
 	})
-	return out, nil
 }
 
 // pendingDelivery reads the pending delivery under key k: nil when it finished meanwhile
@@ -332,20 +344,12 @@ func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID stri
 			return ok && skip(id, rev)
 		})
 	}
-	found := make([]*PendingDelivery, len(keys))
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, pendingReads)
-	for i, k := range keys {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			var err error
-			if found[i], err = s.pendingDelivery(ctx, k); err != nil {
-				s.log.Warn("read pending webhook delivery; a later claim reads it again", "key", k, "err", err)
-			}
-		})
+	found, errs := s.readPending(ctx, keys)
+	for i, err := range errs {
+		if err != nil {
+			s.log.Warn("read pending webhook delivery; a later claim reads it again", "key", keys[i], "err", err)
+		}
 	}
-	wg.Wait()
 	gone := map[string]bool{} // owners looked up, by boot id
 	var out []PendingDelivery
 	for _, p := range found {
@@ -372,12 +376,7 @@ func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID stri
 		}
 		out = append(out, *p)
 	}
-	slices.SortFunc(out, func(a, b PendingDelivery) int {
-		if c := strings.Compare(a.JobID, b.JobID); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.Rev, b.Rev)
-	})
+	sortPending(out)
 	return out, nil
 }
 
