@@ -172,11 +172,17 @@ func (c *ChangeConsumer) Next() (*Change, error) {
 			c.mu.Unlock()
 			continue
 		}
+		select {
+		case <-c.stopped: // a Stop during the look at the consumer
+			return nil, ErrChangesStopped
+		default:
+		}
 		return nil, err
 	}
 }
 
-// gone reports whether the current consumer no longer exists on the server.
+// gone reports whether the current consumer no longer exists on the server; a Stop ends
+// the look.
 func (c *ChangeConsumer) gone() bool {
 	c.mu.Lock()
 	cons := c.cons
@@ -184,10 +190,23 @@ func (c *ChangeConsumer) gone() bool {
 	if cons == nil {
 		return false
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := c.untilStop(10 * time.Second)
 	defer cancel()
 	_, err := cons.Info(ctx)
 	return errors.Is(err, jetstream.ErrConsumerNotFound)
+}
+
+// untilStop is a context that ends after limit or at Stop.
+func (c *ChangeConsumer) untilStop(limit time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	go func() {
+		select {
+		case <-c.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // iterator is the current message iterator, made again when it went away.
@@ -202,15 +221,8 @@ func (c *ChangeConsumer) iterator() (jetstream.MessagesContext, error) {
 		return nil, ErrChangesStopped
 	default:
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := c.untilStop(10 * time.Second)
 	defer cancel()
-	go func() {
-		select {
-		case <-c.stopped:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	it, cons, err := c.open(ctx)
 	if err == nil {
 		select {

@@ -205,6 +205,10 @@ func (s *Store) UpdatePendingDelivery(ctx context.Context, p PendingDelivery) (u
 	if err := ValidateID(p.JobID); err != nil {
 		return 0, err
 	}
+	if p.Revision == 0 {
+		// At revision 0 an update is a create: it could bring back a finished entry.
+		return 0, fmt.Errorf("%w: pending delivery %s-%d written at no revision", ErrConflict, p.JobID, p.Rev)
+	}
 	p.Owner = s.cfg.BootID
 	data, err := json.Marshal(p)
 	if err != nil {
@@ -332,7 +336,11 @@ func (s *Store) pendingDelivery(ctx context.Context, k string) (*PendingDelivery
 // claiming one, one has it (ADR-0052). An owner is gone when its presence is (on a
 // store of its own, any owner but this process is: no other runs). skip, when set,
 // names the entries not to read (those the caller holds already), by job id and event
-// revision. An entry that cannot be read or adopted now is left for a later claim.
+// revision. An entry with no owner (stored by a foreman from before owners were) is
+// adopted only by a claim without skip, a dispatcher's start: a foreman of that version
+// still running clears the owner at each retry it stores, and a periodic claim would
+// take it again each time (upgrade every foreman together). An entry that cannot be read
+// or adopted now is left for a later claim.
 func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID string, rev uint64) bool) ([]PendingDelivery, error) {
 	keys, err := s.bucketKeys(ctx, JobsBucket, pendingPrefix+">")
 	if err != nil {
@@ -345,6 +353,9 @@ func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID stri
 		})
 	}
 	found, errs := s.readPending(ctx, keys)
+	if err := ctx.Err(); err != nil {
+		return nil, err // a stop: nothing to warn of
+	}
 	for i, err := range errs {
 		if err != nil {
 			s.log.Warn("read pending webhook delivery; a later claim reads it again", "key", keys[i], "err", err)
@@ -355,6 +366,9 @@ func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID stri
 	for _, p := range found {
 		if p == nil {
 			continue
+		}
+		if p.Owner == "" && skip != nil {
+			continue // see above
 		}
 		if p.Owner != s.cfg.BootID {
 			g, seen := gone[p.Owner]

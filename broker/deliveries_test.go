@@ -109,3 +109,31 @@ func TestDeliveryLogBoundedInBytes(t *testing.T) {
 		t.Fatalf("log is %d bytes, above its bound of %d", size, broker.MaxDeliveryLogBytes)
 	}
 }
+
+// A pending delivery with no owner (stored by a foreman from before owners were) is
+// adopted by a dispatcher's start, not by its periodic claims: such a foreman, still
+// running, clears the owner at each retry, and both would send it again and again. And
+// a progress write needs the revision it read.
+func TestClaimPendingDeliveryWithoutOwner(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	id := broker.NewID()
+	if _, err := b.JobRecords(t).Put(ctx, "whq."+id+".7", []byte(`{"job_id":"`+id+`","rev":7,"attempts":1,"body":{"state":"done"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	periodic, err := b.Store.ClaimPendingDeliveries(ctx, func(string, uint64) bool { return false })
+	if err != nil || len(periodic) != 0 {
+		t.Fatalf("periodic claim: %+v %v, want none", periodic, err)
+	}
+	start, err := b.Store.ClaimPendingDeliveries(ctx, nil)
+	if err != nil || len(start) != 1 || start[0].Owner != b.Store.BootID() || start[0].Attempts != 1 {
+		t.Fatalf("start's claim: %+v %v, want the entry adopted", start, err)
+	}
+	p := start[0]
+	p.Revision = 0
+	if _, err := b.Store.UpdatePendingDelivery(ctx, p); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("update at no revision: %v, want a conflict", err)
+	}
+}

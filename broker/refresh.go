@@ -25,8 +25,8 @@ func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
 
 // refreshAge is the age past which Refresh rewrites a record: 3/8 of the job TTL, so
 // that with a refresh offered every RefreshEvery (an eighth) a live run's record is never
-// older than half the TTL, and a refresh that fails (a leader election) leaves it a
-// quarter short of DeadRunAge, not at it.
+// older than half the TTL, and one refresh that fails (a leader election) leaves it at
+// 5/8, an eighth short of DeadRunAge, not at it.
 func (s *Store) refreshAge() time.Duration { return s.cfg.JobTTL * 3 / 8 }
 
 // refresh is Refresh of a record whose last write is older than age.
@@ -68,7 +68,7 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 
 // RefreshEvery is how often a running job's record should be offered to Refresh: often
 // enough that a record is rewritten well before it is a TTL old. A live run's record is
-// then never older than half the TTL, or 5/8 after a failed refresh (DeadRunAge).
+// then never older than half the TTL, or 5/8 after a failed refresh (see DeadRunAge).
 func (s *Store) RefreshEvery() time.Duration {
 	return max(s.cfg.JobTTL/8, 10*time.Millisecond)
 }

@@ -36,8 +36,8 @@ const capsTTL = 10 * time.Minute
 const showTimeout = 5 * time.Second
 
 // modelCaps remembers which models are embedding models, by normalized name; calls that
-// find a look-up under way wait for it. Only models the target lists are looked up, so
-// it holds at most one entry per installed model.
+// find a look-up under way wait for it. Only models a target lists are looked up, so it
+// holds at most one entry per model the Macs have.
 type modelCaps struct {
 	mu sync.Mutex
 	m  map[string]*capsEntry
@@ -51,8 +51,9 @@ type capsEntry struct {
 }
 
 // queuesEmbedding reports whether an embedding call for model runs as a job of model's
-// queue rather than straight at the target (ADR-0053): the own target has the model, and
-// it is no embedding model (its /api/show lists no "embedding" capability). Ollama runs
+// queue rather than straight at the target (ADR-0053): a reachable target has the model
+// (the own one first, else another Mac's), and it is no embedding model there (its
+// /api/show lists no "embedding" capability). Ollama runs
 // such a call on a chat model too, loading it (or reloading it with the call's options,
 // or unloading it with keep_alive 0) beside the worker's jobs: the swaps the queue keeps
 // apart. A model whose capabilities cannot be read is called straight, as before.
@@ -75,24 +76,15 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 		}
 		s.caps.m[name] = e
 		s.caps.mu.Unlock()
-		// Not on the caller's context: callers waiting for this look-up must not meet
-		// the first caller's hang-up.
-		e.embeds, e.err = embeddingModel(context.WithoutCancel(ctx), target, model)
-		e.at = time.Now()
-		close(e.ready)
-		if e.err != nil {
-			s.caps.mu.Lock()
-			if s.caps.m[name] == e {
-				delete(s.caps.m, name) // the next call looks again
-			}
-			s.caps.mu.Unlock()
-		}
+		s.lookUpCaps(ctx, name, e, target, model)
 	} else {
 		s.caps.mu.Unlock()
 	}
 	select {
 	case <-e.ready:
 	case <-ctx.Done():
+	}
+	if ctx.Err() != nil {
 		return false // the caller left; the relay meets its context
 	}
 	if e.err != nil {
@@ -100,6 +92,25 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 		return false
 	}
 	return !e.embeds
+}
+
+// lookUpCaps fills e (the entry of model's normalized name) from target's /api/show and
+// marks it ready, whatever happens. It runs on no caller's context: callers waiting for
+// this look-up must not meet the first caller's hang-up. A failed look-up is forgotten,
+// for the next call to look again, but for an answer without capabilities (an Ollama
+// before 0.6), which a look again would only repeat.
+func (s *Server) lookUpCaps(ctx context.Context, name string, e *capsEntry, target ollama.Client, model string) {
+	defer close(e.ready)
+	defer func() { e.at = time.Now() }()
+	e.embeds, e.err = embeddingModel(context.WithoutCancel(ctx), target, model)
+	if e.err == nil || errors.Is(e.err, errNoCapabilities) {
+		return
+	}
+	s.caps.mu.Lock()
+	if s.caps.m[name] == e {
+		delete(s.caps.m, name)
+	}
+	s.caps.mu.Unlock()
 }
 
 // stale reports an entry looked up longer than capsTTL ago; s.caps.mu is held.

@@ -138,9 +138,9 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 		return false
 	}
 	if p.Owner != "" && p.Owner != d.store.BootID() {
-		// Adopted by another foreman, which took this one for gone (its presence lapsed):
-		// that one delivers it now.
-		log.Info("pending webhook delivery adopted by another foreman; left to it", "owner", p.Owner)
+		// Another foreman's: one that adopted it (this one taken for gone, its presence
+		// lapsed), or the one that stored it (an event this dispatcher got again).
+		log.Info("pending webhook delivery held by another foreman; left to it", "owner", p.Owner)
 		e.nextAt = time.Time{}
 		return false
 	}

@@ -188,11 +188,12 @@ const intakeShards = 8
 
 // Run consumes state events until ctx ends. Each event to deliver is stored as a pending
 // delivery before its message is acked, so retries hold no message (ADR-0022); the
-// pending deliveries stored by an earlier run are resumed first. A NATS cluster that
-// cannot answer at start (a leader election, a slow server) is waited for, with a
-// warning at each try; any other error at start is returned. Attempts in flight when
-// ctx ends are abandoned unrecorded and made again after the next start. Run returns nil
-// on ctx's end; call it once.
+// pending deliveries whose owner is gone (an earlier run of this foreman, or another
+// foreman that died) are resumed first, and adopted every ClaimEvery after (ADR-0052).
+// A NATS cluster that cannot answer at start (a leader election, a slow server) is
+// waited for, with a warning at each try; any other error at start is returned.
+// Attempts in flight when ctx ends are abandoned unrecorded and made again by whoever
+// holds their pending delivery next. Run returns nil on ctx's end; call it once.
 func (d *Dispatcher) Run(ctx context.Context) error {
 	changes, pending, err := d.start(ctx)
 	if err != nil {
@@ -318,7 +319,7 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 			continue
 		}
 		if len(claimed) > 0 {
-			d.log.Info("pending webhook deliveries adopted", "deliveries", len(claimed))
+			d.log.Info("pending webhook deliveries taken up (adopted, or this foreman's own held by no lane)", "deliveries", len(claimed))
 		}
 		d.resume(ctx, claimed)
 	}
@@ -401,7 +402,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 		srev, created, err = d.store.AddPendingDelivery(ctx, p)
 	}
 	// A pending delivery that existed already (the ack of an earlier try was lost) keeps
-	// its progress; the lane has it, or gets it from the store at the next start.
+	// its progress; a lane has it, or its owner's next claim (or an adopter's) finds it.
 	if err := msg.Ack(); err != nil && !errors.Is(err, broker.ErrConnClosed) {
 		d.log.Warn("webhook ack", "job_id", jobID, "err", err)
 	}
@@ -409,7 +410,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	if created { // the first attempt needs no read of what was just stored
 		e.body, e.job, e.srev = p.Body, job, srev
 	}
-	_ = d.enqueue(ctx, e) // only errStopping: the pending delivery waits for the next start
+	_ = d.enqueue(ctx, e) // only errStopping: the pending delivery waits for its next claim
 }
 
 // errStopping is enqueue after the dispatcher stopped.
