@@ -37,10 +37,13 @@ type Target struct {
 	Models []string `json:"models"`
 	Loaded []string `json:"loaded"`
 	// Tags and Ps are the target's /api/tags and /api/ps bodies, for the union lists.
-	Tags    json.RawMessage `json:"tags,omitempty"`
-	Ps      json.RawMessage `json:"ps,omitempty"`
-	BootID  string          `json:"boot_id"`
-	Updated time.Time       `json:"updated"`
+	Tags   json.RawMessage `json:"tags,omitempty"`
+	Ps     json.RawMessage `json:"ps,omitempty"`
+	BootID string          `json:"boot_id"`
+	// Addrs are the publishing foreman's machine addresses, published when URL's host is
+	// a loopback one: the others' webhook policy protects the target's port on them.
+	Addrs   []string  `json:"addrs,omitempty"`
+	Updated time.Time `json:"updated"`
 	// Expires is when the entry stops counting unless refreshed: Updated plus its own
 	// foreman's TargetTTL (entries of earlier versions lack it; the reader's TTL serves).
 	Expires time.Time `json:"expires,omitzero"`

@@ -19,6 +19,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
@@ -883,4 +884,30 @@ func TestSeveralMacsEmbeddingOnAnotherMacsChatModelIsQueued(t *testing.T) {
 	if err := <-chat; err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A foreman whose Ollama it reaches at a loopback URL publishes its machine's addresses
+// beside it, for the other foremen's webhook policy to protect that Ollama's port there
+// too (an Ollama on OLLAMA_HOST=0.0.0.0 answers on them).
+func TestSeveralMacsLoopbackTargetPublishesItsMachineAddrs(t *testing.T) {
+	machine := webhook.MachineAddrs()
+	if len(machine) == 0 {
+		t.Skip("this machine has no address but loopback ones")
+	}
+	mac := ollamatest.New(t) // at http://127.0.0.1:<port>
+	fa := startForeman(t, sharedNATS(t), "mac-a", mac.URL)
+	eventually(t, 15*time.Second, "mac-a's entry with its machine's addresses", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		all, err := fa.Store().Targets(ctx)
+		if err != nil {
+			return false
+		}
+		for _, tg := range all {
+			if tg.Name == "mac-a" {
+				return slices.Equal(tg.Addrs, machine)
+			}
+		}
+		return false
+	})
 }

@@ -46,6 +46,9 @@ func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 		Reachable: snap.Polled && !snap.Degraded, DownSince: snap.DownSince, Models: snap.Models(),
 		Tags: snap.TagsRaw, Ps: snap.PsRaw,
 	}
+	if webhook.LocalURL(t.URL) {
+		t.Addrs = webhook.MachineAddrs() // see webhook.EndpointsOf
+	}
 	if snap.Ps != nil {
 		t.Loaded = a.inv.Loaded()
 	}
@@ -83,12 +86,7 @@ func (a *App) targetEndpoints(ctx context.Context) []string {
 	a.endpointsMu.Lock()
 	defer a.endpointsMu.Unlock()
 	if err == nil {
-		live := make([]string, 0, len(all))
-		for _, t := range all {
-			if ep, err := webhook.EndpointOf(t.URL); err == nil && !slices.Contains(live, ep) {
-				live = append(live, ep)
-			}
-		}
+		live := endpointsOf(all)
 		for _, ep := range a.liveEndpoints {
 			if !slices.Contains(live, ep) && !slices.Contains(a.seenEndpoints, ep) {
 				a.seenEndpoints = append(a.seenEndpoints, ep)
@@ -103,6 +101,21 @@ func (a *App) targetEndpoints(ctx context.Context) []string {
 	for _, ep := range a.seenEndpoints {
 		if !slices.Contains(out, ep) {
 			out = append(out, ep)
+		}
+	}
+	return out
+}
+
+// endpointsOf is the endpoints of targets, each once: a target published at a loopback
+// URL also on its machine's published addresses (webhook.EndpointsOf).
+func endpointsOf(targets []broker.Target) []string {
+	out := make([]string, 0, len(targets))
+	for _, t := range targets {
+		eps, _ := webhook.EndpointsOf(t.URL, t.Addrs)
+		for _, ep := range eps {
+			if !slices.Contains(out, ep) {
+				out = append(out, ep)
+			}
 		}
 	}
 	return out

@@ -1,9 +1,11 @@
 package app
 
 import (
+	"slices"
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -34,5 +36,19 @@ func TestTargetEntryOutlivesAHungPoll(t *testing.T) {
 	}
 	if ttl := targetTTL(30 * time.Second); ttl != 90*time.Second {
 		t.Errorf("default poll interval: entry lives %s, want 90s as before", ttl)
+	}
+}
+
+// The protected endpoints of the published targets: a target at a loopback URL counts on
+// the machine addresses its foreman published beside it; each endpoint once.
+func TestEndpointsOfTargets(t *testing.T) {
+	t.Parallel()
+	got := endpointsOf([]broker.Target{
+		{Name: "mac-a", URL: "http://127.0.0.1:11434", Addrs: []string{"192.168.1.20"}},
+		{Name: "mac-b", URL: "http://mac-b.lan:11434", Addrs: []string{"192.168.1.30"}},
+		{Name: "mac-c", URL: "http://192.168.1.20:11434"},
+	})
+	if want := []string{"127.0.0.1:11434", "192.168.1.20:11434", "mac-b.lan:11434"}; !slices.Equal(got, want) {
+		t.Fatalf("endpoints %v, want %v", got, want)
 	}
 }
