@@ -98,6 +98,9 @@ func (c *Client) Close() error {
 // URL is the foreman base URL the client talks to.
 func (c *Client) URL() string { return c.base }
 
+// ShownURL is URL with any credentials in it redacted, for showing.
+func (c *Client) ShownURL() string { return c.shown }
+
 // NATS is the NATS connection the client uses, or nil.
 func (c *Client) NATS() *nats.Conn { return c.nc }
 

@@ -50,6 +50,9 @@ type SubmitRequest struct {
 	// while it waits, when the wait goes on anyway (foreman restarting or unreachable: it
 	// reads again at the next poll). Same goroutine as OnState.
 	OnWaitError func(error)
+	// SubmitTimeout, when positive, bounds Submit's submit of the job (not its wait for
+	// the job), as a context deadline would bound SubmitAsync.
+	SubmitTimeout time.Duration
 }
 
 // body is the POST /jobs JSON: the request plus kind and webhook fields.
@@ -111,7 +114,8 @@ func (c *Client) SubmitAsync(ctx context.Context, req SubmitRequest) (string, er
 	if err != nil {
 		return "", err
 	}
-	return c.submit(ctx, body, req.IdempotencyKey)
+	id, _, err := c.submit(ctx, body, req.IdempotencyKey)
+	return id, err
 }
 
 // natsSubmitTimeout bounds the wait for foreman's reply to a NATS submit when the context
@@ -124,12 +128,14 @@ const natsSubmitTimeout = 40 * time.Second
 // Idempotency-Key line without the key, CRLFs) adds to the body.
 const natsHeaderRoom = 64
 
-func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (string, error) {
+// submit submits body and returns the job's id; replayed says, over HTTP, that an
+// Idempotency-Key returned the job an earlier submit made (Idempotent-Replayed).
+func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (id string, replayed bool, err error) {
 	if c.natsFits(body, idemKey) {
 		id, err := c.submitNATS(ctx, body, idemKey)
 		switch {
 		case err == nil:
-			return id, nil
+			return id, false, nil
 		case errors.Is(err, nats.ErrNoResponders), errors.Is(err, nats.ErrMaxPayload):
 			// Nobody answers on the submit subject (an older foreman, or another NATS
 			// deployment), or the server refused the size before anything was sent:
@@ -138,7 +144,7 @@ func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (strin
 			// foreman may have taken the job, but the key makes a second submit
 			// return that same job.
 		default:
-			return "", err
+			return "", false, err
 		}
 	}
 	hdr := http.Header{}
@@ -147,25 +153,30 @@ func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (strin
 	}
 	resp, err := c.request(ctx, http.MethodPost, "/jobs", body, hdr)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
 	defer resp.Body.Close()
 	data, err := c.readAnswer(ctx, resp.Body, http.MethodPost, "/jobs", maxSmallAnswer)
 	if err != nil {
-		return "", err
+		return "", false, err
 	}
-	return decodeSubmitReply(data)
+	id, err = decodeSubmitReply(data)
+	return id, resp.Header.Get("Idempotent-Replayed") == "true", err
 }
 
 // natsFits reports whether a submit goes by NATS: the client has it and the request fits
 // in one NATS message (the connection's max payload, 1 MiB by default, against the 32 MiB
 // POST /jobs takes).
 func (c *Client) natsFits(body []byte, idemKey string) bool {
-	if c.nc == nil || c.pollingOnly {
+	if !c.natsUp() || c.pollingOnly {
 		return false
 	}
 	return int64(len(body)+len(idemKey)+natsHeaderRoom) <= c.nc.MaxPayload()
 }
+
+// natsUp reports whether the client has a NATS connection that may still carry
+// messages: one closed for good (its reconnects spent) does not, and HTTP serves.
+func (c *Client) natsUp() bool { return c.nc != nil && !c.nc.IsClosed() }
 
 // errNoSubmitReply is a NATS submit that got no reply in time.
 var errNoSubmitReply = errors.New("no reply from foreman")

@@ -54,7 +54,12 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
 		defer cancel()
 	}
-	id, err := c.submit(sctx, body, req.IdempotencyKey)
+	if req.SubmitTimeout > 0 {
+		var cancel context.CancelFunc
+		sctx, cancel = context.WithTimeout(sctx, req.SubmitTimeout)
+		defer cancel()
+	}
+	id, replayed, err := c.submit(sctx, body, req.IdempotencyKey)
 	if err != nil && hook != nil && refusedWebhook(err) {
 		// foreman's webhook network policy refuses the receiver's address (a loopback
 		// receiver is refused by default): wait without it, by polling, and offer no
@@ -66,10 +71,16 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		if body, err = req.body(); err != nil {
 			return nil, err
 		}
-		id, err = c.submit(sctx, body, req.IdempotencyKey)
+		id, replayed, err = c.submit(sctx, body, req.IdempotencyKey)
 	}
 	if err != nil {
 		return nil, err
+	}
+	if replayed && hook != nil {
+		// The key returned an earlier submit's job, whose events go to that submit's
+		// receiver, not this one's: wait by polling.
+		hook.close()
+		hook = nil
 	}
 	return c.wait(ctx, id, hook, req.OnState, req.OnWaitError)
 }
@@ -90,7 +101,7 @@ func (c *Client) useWebhook() bool {
 }
 
 func (c *Client) wait(ctx context.Context, id string, hook *receiver, onState func(Event), onErr func(error)) (*Result, error) {
-	f, err := c.follow(ctx, id, hook)
+	f, err := c.follow(ctx, id, hook, onErr)
 	if err == nil {
 		defer f.stop()
 		var j *Job
@@ -130,13 +141,16 @@ type follower struct {
 }
 
 // follow subscribes to the job's events first and reads the job second, so a state reached
-// before the subscription existed is still seen.
-func (c *Client) follow(ctx context.Context, id string, hook *receiver) (*follower, error) {
+// before the subscription existed is still seen. A read that fails for now (foreman
+// restarting, its store electing a leader: transient) is told to onErr and made again
+// after a poll interval, as the wait's later reads are: the job exists, and a submit
+// failing there would have its caller submit it again.
+func (c *Client) follow(ctx context.Context, id string, hook *receiver, onErr func(error)) (*follower, error) {
 	f := &follower{c: c, id: id, interval: c.pollInterval, unsub: func() {}}
 	switch {
 	case hook != nil:
 		f.events = hook.events
-	case c.nc != nil && !c.pollingOnly:
+	case c.natsUp() && !c.pollingOnly:
 		// If the subscription fails (e.g. a closed connection), polling still works.
 		if ch, unsub, err := c.subscribe(broker.StateSubject(id)); err == nil {
 			f.events, f.unsub = ch, unsub
@@ -145,13 +159,24 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver) (*follow
 	if f.events != nil {
 		f.interval *= backstopFactor
 	}
-	j, err := c.Job(ctx, id)
-	if err != nil {
-		f.unsub()
-		return nil, err
+	for {
+		j, err := c.Job(ctx, id)
+		if err == nil {
+			f.first = j
+			return f, nil
+		}
+		if !transient(err) || ctx.Err() != nil {
+			f.unsub()
+			return nil, err
+		}
+		if onErr != nil {
+			onErr(err)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(c.pollInterval):
+		}
 	}
-	f.first = j
-	return f, nil
 }
 
 func (f *follower) stop() { f.unsub() }

@@ -25,7 +25,7 @@ func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 	if id == "" {
 		return c.watchAll(ctx)
 	}
-	f, err := c.follow(ctx, id, nil)
+	f, err := c.follow(ctx, id, nil, nil)
 	if err != nil {
 		return nil, err
 	}

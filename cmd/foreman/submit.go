@@ -175,6 +175,7 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 			status = startQueueStatus(cmd.Context(), errOut, c, ev.JobID)
 		}
 	}
+	req.SubmitTimeout = f.timeout // the submit only: the wait takes as long as the job
 	res, err := c.Submit(cmd.Context(), req)
 	status.Stop()
 	var je *client.JobError
@@ -186,6 +187,11 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 	}
 	out := cmd.OutOrStdout()
 	if f.json {
+		if res.Job.Result == nil && json.Valid(res.Body) {
+			// A result too large for the record (and for GET /jobs/{id} to embed) came
+			// as its artifact: the record printed carries it all the same.
+			res.Job.Result = json.RawMessage(res.Body)
+		}
 		return printJSON(out, res.Job)
 	}
 	if text := res.Text(); text != "" {

@@ -67,7 +67,7 @@ func newTopCmd(e *env) *cobra.Command {
 				if f.json {
 					return printJSON(out, snap)
 				}
-				return renderTop(out, snap, e.clock(), c.URL(), 0, 0)
+				return renderTop(out, snap, e.clock(), c.ShownURL(), 0, 0)
 			}
 			return liveTop(cmd.Context(), e, out, c, f, interval)
 		},

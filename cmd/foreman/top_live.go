@@ -64,9 +64,9 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 			return nil
 		}
 		if err != nil {
-			frame.WriteString("foreman " + c.URL() + "   " + e.clock().Format("15:04:05") + "\n\n" + refresh.explain(e, err).Error() + "\n")
+			frame.WriteString("foreman " + c.ShownURL() + "   " + e.clock().Format("15:04:05") + "\n\n" + refresh.explain(e, err).Error() + "\n")
 		} else {
-			_ = renderTop(&frame, snap, e.clock(), c.URL(), width, height)
+			_ = renderTop(&frame, snap, e.clock(), c.ShownURL(), width, height)
 		}
 		frame.WriteString("\n(q quits)")
 		// Raw mode turns off the terminal's \n to \r\n; each line also clears its rest.

@@ -1,0 +1,181 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+// A job store electing a leader answers GET /jobs/{id} 503 for a few seconds (ADR-0030).
+// The read Submit and Wait make before waiting takes that in its stride as the wait's
+// polls do (OnWaitError, read again): failing there, Submit would have its caller submit
+// again a job that was created and runs on.
+func TestSubmitFirstReadFailingForNowIsMadeAgain(t *testing.T) {
+	t.Parallel()
+	for _, status := range []int{http.StatusServiceUnavailable, http.StatusTooManyRequests} {
+		t.Run(http.StatusText(status), func(t *testing.T) {
+			t.Parallel()
+			var posts, gets atomic.Int32
+			mux := http.NewServeMux()
+			mux.HandleFunc("POST /jobs", func(w http.ResponseWriter, r *http.Request) {
+				posts.Add(1)
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusAccepted)
+				_, _ = io.WriteString(w, `{"job_id":"01JFAULT000000000000000001"}`)
+			})
+			mux.HandleFunc("GET /jobs/01JFAULT000000000000000001", func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				if gets.Add(1) == 1 {
+					w.Header().Set("Retry-After", "1")
+					w.WriteHeader(status)
+					_, _ = io.WriteString(w, `{"error":"job store temporarily unavailable, retry shortly"}`)
+					return
+				}
+				_, _ = io.WriteString(w, `{"id":"01JFAULT000000000000000001","kind":"chat","model":"m","state":"done","attempts":1,`+
+					`"created_at":"2025-01-02T03:04:05Z","result":{"model":"m","message":{"role":"assistant","content":"hello"},"done":true}}`)
+			})
+			srv := httptest.NewServer(mux)
+			t.Cleanup(srv.Close)
+			c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
+			var waitErrs []error
+			req := chatJob("m", "x")
+			req.OnWaitError = func(err error) { waitErrs = append(waitErrs, err) }
+			res, err := c.Submit(testCtx(t), req)
+			if err != nil {
+				t.Fatalf("Submit: %v (POSTs %d: the job was created; the first read of it got %d once, OnWaitError saw %v)",
+					err, posts.Load(), status, waitErrs)
+			}
+			if res.Text() != "hello" {
+				t.Errorf("Text() = %q", res.Text())
+			}
+		})
+	}
+}
+
+// natsCut is a TCP proxy to a NATS server whose connections can be cut and which then
+// refuses new ones: the NATS path is gone while foreman's HTTP still answers.
+type natsCut struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func newNATSCut(t *testing.T, target string) *natsCut {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &natsCut{ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { _, _ = io.Copy(s, c); s.Close() }()
+			go func() { _, _ = io.Copy(c, s); c.Close() }()
+		}
+	}()
+	t.Cleanup(p.cut)
+	return p
+}
+
+func (p *natsCut) cut() {
+	p.ln.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+}
+
+// A client made with WithNATSURL keeps nats.go's reconnect defaults (60 tries, 2 s
+// apart). Once an outage of the NATS listener outlasts them the connection is closed for
+// good; submits then go by POST /jobs, which answers, rather than fail with "nats:
+// connection closed" for the client's life. The test shortens the reconnect budget.
+func TestSubmitAfterTheNATSConnectionClosedGoesByHTTP(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	p := newNATSCut(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	closed := make(chan struct{})
+	c := newClient(t, f.URL, client.WithNATSURL("nats://"+p.ln.Addr().String(),
+		append(natsAuth, nats.MaxReconnects(2), nats.ReconnectWait(20*time.Millisecond),
+			nats.ClosedHandler(func(*nats.Conn) { close(closed) }))...))
+	if _, err := c.SubmitAsync(testCtx(t), chatJob("tiny-a", "before")); err != nil {
+		t.Fatalf("SubmitAsync over NATS: %v", err)
+	}
+	p.cut()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the NATS connection did not close")
+	}
+	// HTTP works.
+	if _, err := c.Jobs(testCtx(t), client.JobFilter{}); err != nil {
+		t.Fatalf("Jobs over HTTP: %v", err)
+	}
+	if _, err := c.SubmitAsync(testCtx(t), chatJob("tiny-a", "after")); err != nil {
+		t.Errorf("SubmitAsync with the NATS connection closed (HTTP fine): %v", err)
+	}
+}
+
+// Submit with an IdempotencyKey is safe to retry (a CutShortError, a wait given up). A
+// retry waiting by webhook registers a new receiver, but foreman replays the first job,
+// whose events go to the first submit's receiver: the retry waits by polling instead of
+// on the backstop poll (15 poll intervals, past this test's deadline).
+func TestIdempotentRetryWaitsByPollingNotForAWebhook(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	release := f.Fake.Hold("tiny-a")
+	defer release()
+	const interval = 300 * time.Millisecond
+	c := newClient(t, f.URL, client.WithPollInterval(interval))
+	var mu sync.Mutex
+	var hooks []string
+	client.SetOnWebhookListen(c, func(u string) { mu.Lock(); hooks = append(hooks, u); mu.Unlock() })
+
+	req := chatJob("tiny-a", "retry me")
+	req.IdempotencyKey = "retry-1"
+	ctx1, cancel1 := context.WithCancel(testCtx(t))
+	var id string
+	req.OnState = func(e client.Event) { id = e.JobID; cancel1() } // the caller gives up
+	if _, err := c.Submit(ctx1, req); !errors.Is(err, context.Canceled) {
+		t.Fatalf("first Submit = %v, want context.Canceled", err)
+	}
+	// The retry: the job is let go once the retry waits for it.
+	req.OnState = func(client.Event) { release() }
+	ctx2, cancel2 := context.WithTimeout(testCtx(t), 10*interval)
+	defer cancel2()
+	res, err := c.Submit(ctx2, req)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(hooks) != 2 {
+		t.Fatalf("receivers %v, want one per submit (the test shows nothing)", hooks)
+	}
+	if err != nil {
+		t.Fatalf("retried Submit of job %s: %v", id, err)
+	}
+	if res.Job.ID != id {
+		t.Errorf("retry got job %s, want the replayed %s", res.Job.ID, id)
+	}
+}
