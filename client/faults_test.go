@@ -179,3 +179,20 @@ func TestIdempotentRetryWaitsByPollingNotForAWebhook(t *testing.T) {
 		t.Errorf("retry got job %s, want the replayed %s", res.Job.ID, id)
 	}
 }
+
+// Wait and Watch on a foreman that cannot be reached say so at once, as before: only
+// Submit, whose job exists, reads its job again (a wrong URL would otherwise hold them).
+func TestWaitOnAnUnreachableForemanSaysSo(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.NotFoundHandler())
+	srv.Close() // nothing listens there now
+	c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	if _, err := c.Wait(ctx, "01JFAULT000000000000000003"); !errors.Is(err, client.ErrUnreachable) {
+		t.Errorf("Wait: %v, want ErrUnreachable", err)
+	}
+	if _, err := c.Watch(ctx, "01JFAULT000000000000000003"); !errors.Is(err, client.ErrUnreachable) {
+		t.Errorf("Watch: %v, want ErrUnreachable", err)
+	}
+}

@@ -51,7 +51,10 @@ type SubmitRequest struct {
 	// reads again at the next poll). Same goroutine as OnState.
 	OnWaitError func(error)
 	// SubmitTimeout, when positive, bounds Submit's submit of the job (not its wait for
-	// the job), as a context deadline would bound SubmitAsync.
+	// the job), as a context deadline would bound SubmitAsync: past it Submit returns
+	// context.DeadlineExceeded, and the job may have been queued all the same (an
+	// IdempotencyKey makes the retry safe). With WithCancelOnContextDone the submit is
+	// bounded by 45s too.
 	SubmitTimeout time.Duration
 }
 

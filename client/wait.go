@@ -82,7 +82,7 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		hook.close()
 		hook = nil
 	}
-	return c.wait(ctx, id, hook, req.OnState, req.OnWaitError)
+	return c.wait(ctx, id, hook, true, req.OnState, req.OnWaitError)
 }
 
 // refusedWebhook: foreman answered 400 about state_webhook_url, the receiver's URL.
@@ -93,15 +93,16 @@ func refusedWebhook(err error) bool {
 
 // Wait waits until an existing job has finished, like Submit, by NATS or polling.
 func (c *Client) Wait(ctx context.Context, id string) (*Result, error) {
-	return c.wait(ctx, id, nil, nil, nil)
+	return c.wait(ctx, id, nil, false, nil, nil)
 }
 
 func (c *Client) useWebhook() bool {
 	return !c.pollingOnly && c.nc == nil && !c.webhookRefused.Load() && (c.webhookAddrSet || c.loopback())
 }
 
-func (c *Client) wait(ctx context.Context, id string, hook *receiver, onState func(Event), onErr func(error)) (*Result, error) {
-	f, err := c.follow(ctx, id, hook, onErr)
+// wait waits for job id; submitted says Submit just made it (see follow).
+func (c *Client) wait(ctx context.Context, id string, hook *receiver, submitted bool, onState func(Event), onErr func(error)) (*Result, error) {
+	f, err := c.follow(ctx, id, hook, submitted, onErr)
 	if err == nil {
 		defer f.stop()
 		var j *Job
@@ -141,11 +142,13 @@ type follower struct {
 }
 
 // follow subscribes to the job's events first and reads the job second, so a state reached
-// before the subscription existed is still seen. A read that fails for now (foreman
-// restarting, its store electing a leader: transient) is told to onErr and made again
-// after a poll interval, as the wait's later reads are: the job exists, and a submit
-// failing there would have its caller submit it again.
-func (c *Client) follow(ctx context.Context, id string, hook *receiver, onErr func(error)) (*follower, error) {
+// before the subscription existed is still seen. For a job Submit just made (submitted),
+// a read that fails for now (foreman restarting, its store electing a leader: transient)
+// is told to onErr and made again after a poll interval, as the wait's later reads are:
+// the job exists, and a Submit failing there would have its caller submit it again. For
+// Wait and Watch the first read's failure is the caller's answer (a wrong URL, a foreman
+// down), as before.
+func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitted bool, onErr func(error)) (*follower, error) {
 	f := &follower{c: c, id: id, interval: c.pollInterval, unsub: func() {}}
 	switch {
 	case hook != nil:
@@ -165,7 +168,7 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, onErr fu
 			f.first = j
 			return f, nil
 		}
-		if !transient(err) || ctx.Err() != nil {
+		if !submitted || !transient(err) || ctx.Err() != nil {
 			f.unsub()
 			return nil, err
 		}

@@ -25,7 +25,7 @@ func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 	if id == "" {
 		return c.watchAll(ctx)
 	}
-	f, err := c.follow(ctx, id, nil, nil)
+	f, err := c.follow(ctx, id, nil, false, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -45,7 +45,7 @@ func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 
 func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 	out := make(chan Event)
-	if c.nc != nil && !c.pollingOnly {
+	if c.natsUp() && !c.pollingOnly {
 		events, unsub, err := c.subscribe(broker.StateWildcard)
 		if err != nil {
 			return nil, err

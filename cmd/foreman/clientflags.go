@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // defaultURL is where `foreman serve` listens by default (FOREMAN_ADDR).
@@ -125,7 +126,7 @@ func (f *clientFlags) explain(e *env, err error) error {
 	)
 	switch {
 	case f.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz%s", f.baseURL(e), f.timeout, f.timeoutHint)
+		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz%s", ollama.RedactURL(f.baseURL(e)), f.timeout, f.timeoutHint)
 	case errors.As(err, &ce):
 		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", ce.URL, rootCause(ce.Err))
 	case errors.As(err, &cut):

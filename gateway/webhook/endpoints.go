@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -12,7 +13,7 @@ import (
 // those read from another's entry.
 const maxPublishedAddrs = 64
 
-// MachineAddrs lists this machine's own addresses but loopback ones (up to
+// MachineAddrs lists this machine's own addresses but loopback and link-local ones (up to
 // maxPublishedAddrs), for a foreman whose Ollama is published at a loopback URL to
 // publish beside it: another foreman's policy protects that Ollama's port on them
 // (EndpointsOf). A machine whose addresses cannot be read publishes none.
@@ -28,7 +29,10 @@ func MachineAddrs() []string {
 			continue
 		}
 		ip := pn.Addr().Unmap().WithZone("")
-		if ip.IsLoopback() || ip.IsUnspecified() || ip.IsMulticast() || len(out) == maxPublishedAddrs {
+		// Link-local addresses are refused by default anyway, and many (one per tunnel
+		// or bridge interface) would crowd out the LAN's.
+		if ip.IsLoopback() || ip.IsUnspecified() || ip.IsMulticast() || ip.IsLinkLocalUnicast() ||
+			len(out) == maxPublishedAddrs || slices.Contains(out, ip.String()) {
 			continue
 		}
 		out = append(out, ip.String())

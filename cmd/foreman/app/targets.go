@@ -72,8 +72,8 @@ func publishedURL(raw string) string {
 	return u.String()
 }
 
-// targetEndpoints is the webhook policy's ProtectedSource: the host:port of every target
-// live in the bucket, the other foremen's too, and of every target seen there before
+// targetEndpoints is the webhook policy's ProtectedSource: the endpoints (host:port) of
+// every target live in the bucket (endpointsOf), the other foremen's too, and of every target seen there before
 // (learned at each inventory poll as well as at each webhook's dial). No webhook may
 // reach another Mac's Ollama any more than this one's: a state event names a model, so a
 // POST of it to /api/generate or /api/pull would load or pull that model outside the
@@ -121,10 +121,11 @@ func endpointsOf(targets []broker.Target) []string {
 	return out
 }
 
-// maxRememberedTargets bounds the targets targetEndpoints remembers once they are no
-// longer live: far more Macs than one NATS serves, and a bound on what a bucket others
-// write to can make this process hold.
-const maxRememberedTargets = 256
+// maxRememberedTargets bounds the endpoints targetEndpoints remembers once they are no
+// longer live: far more than one NATS's Macs have (a target at a loopback URL brings its
+// machine's addresses, up to 64), and a bound on what a bucket others write to can make
+// this process hold.
+const maxRememberedTargets = 4096
 
 // withdrawTarget removes this target's entry when foreman stops in order, so the others
 // stop routing to it at once rather than after its TTL.
