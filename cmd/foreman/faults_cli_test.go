@@ -6,37 +6,9 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
-	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
-
-// `submit --wait --timeout` bounds the submit (the wait takes as long as the job): a hung
-// foreman does not hold the command for ever.
-func TestSubmitWaitHonoursTimeout(t *testing.T) {
-	t.Parallel()
-	hung := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hung:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(func() { close(hung); srv.Close() })
-	done := make(chan cliResult, 1)
-	go func() {
-		done <- runCLI(t, map[string]string{"FOREMAN_URL": srv.URL}, nil, nil,
-			"submit", "-m", "tiny-a", "--wait", "hi", "--timeout", "100ms")
-	}()
-	select {
-	case r := <-done:
-		if r.code == 0 || !strings.Contains(r.stderr, "within 100ms") {
-			t.Errorf("exit %d, stderr %q", r.code, r.stderr)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("submit --wait --timeout 100ms: still waiting for the hung foreman after 10 s")
-	}
-}
 
 // `top` shows foreman's URL with its credentials redacted, as every other message does.
 func TestTopHidesTheURLsPassword(t *testing.T) {

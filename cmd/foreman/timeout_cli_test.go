@@ -26,6 +26,7 @@ func TestCLITimeoutOnAHungForeman(t *testing.T) {
 	for _, args := range [][]string{
 		{"queue"}, {"jobs", "list"}, {"jobs", "get", id}, {"jobs", "cancel", id},
 		{"ps"}, {"tags"}, {"top", "--once"}, {"submit", "-m", "tiny-a", "hi"},
+		{"submit", "-m", "tiny-a", "--wait", "hi"}, // the submit is bounded, not the wait
 	} {
 		done := make(chan cliResult, 1)
 		go func() { done <- runCLI(t, vars, nil, nil, append(args, "--timeout", "100ms")...) }()
