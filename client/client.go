@@ -17,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook/signature"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -66,6 +67,13 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	}
 	for _, o := range opts {
 		o(c)
+	}
+	if c.webhookSecret != "" {
+		// A secret that does not decode would fail every delivery's check (401), and the
+		// waits would fall back to the backstop poll without a word.
+		if _, err := signature.Key(c.webhookSecret); err != nil {
+			return nil, fmt.Errorf("client: WithWebhookSecret: %w", err)
+		}
 	}
 	if c.webhookURL != "" {
 		w, err := url.Parse(c.webhookURL)

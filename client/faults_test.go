@@ -196,3 +196,18 @@ func TestWaitOnAnUnreachableForemanSaysSo(t *testing.T) {
 		t.Errorf("Watch: %v, want ErrUnreachable", err)
 	}
 }
+
+// A webhook secret that does not decode is refused when the client is made: every
+// delivery's check would fail (401) and the waits would fall back to the backstop poll
+// without a word.
+func TestNewRefusesAWebhookSecretThatDoesNotDecode(t *testing.T) {
+	t.Parallel()
+	if _, err := client.New("http://127.0.0.1:8080", client.WithWebhookSecret("whsec_not base64!")); err == nil || !strings.Contains(err.Error(), "WithWebhookSecret") {
+		t.Fatalf("New with a bad secret: %v, want an error naming WithWebhookSecret", err)
+	}
+	for _, secret := range []string{"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "a raw secret"} {
+		if _, err := client.New("http://127.0.0.1:8080", client.WithWebhookSecret(secret)); err != nil {
+			t.Errorf("New with secret %q: %v", secret, err)
+		}
+	}
+}
