@@ -31,9 +31,16 @@ func TestChangeConsumerDeletedWhileNoPullWaits(t *testing.T) {
 	if err := ch.Ack(); err != nil {
 		t.Fatal(err)
 	}
-	// The reader is away for longer than a pull waits: the deliberate pause that leaves
-	// no pull waiting when the consumer goes.
-	time.Sleep(3 * expiry)
+	// The reader is away for longer than a pull waits: once its last pull expired, none
+	// waits when the consumer goes.
+	cons, err := b.JetStream(t).Consumer(ctx, "KV_"+broker.JobsBucket, "changes")
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 30*time.Second, "no pull waiting", func() bool {
+		info, err := cons.Info(ctx)
+		return err == nil && info.NumWaiting == 0
+	})
 	if err := b.JetStream(t).DeleteConsumer(ctx, "KV_"+broker.JobsBucket, "changes"); err != nil {
 		t.Fatal(err)
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/client"
 )
 
@@ -64,51 +64,6 @@ func TestSubmitFirstReadFailingForNowIsMadeAgain(t *testing.T) {
 	}
 }
 
-// natsCut is a TCP proxy to a NATS server whose connections can be cut and which then
-// refuses new ones: the NATS path is gone while foreman's HTTP still answers.
-type natsCut struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func newNATSCut(t *testing.T, target string) *natsCut {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &natsCut{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { _, _ = io.Copy(s, c); s.Close() }()
-			go func() { _, _ = io.Copy(c, s); c.Close() }()
-		}
-	}()
-	t.Cleanup(p.cut)
-	return p
-}
-
-func (p *natsCut) cut() {
-	p.ln.Close()
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.conns {
-		c.Close()
-	}
-}
-
 // A client made with WithNATSURL keeps nats.go's reconnect defaults (60 tries, 2 s
 // apart). Once an outage of the NATS listener outlasts them the connection is closed for
 // good; submits then go by POST /jobs, which answers, rather than fail with "nats:
@@ -116,15 +71,16 @@ func (p *natsCut) cut() {
 func TestSubmitAfterTheNATSConnectionClosedGoesByHTTP(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{})
-	p := newNATSCut(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	t.Cleanup(p.Close)
 	closed := make(chan struct{})
-	c := newClient(t, f.URL, client.WithNATSURL("nats://"+p.ln.Addr().String(),
+	c := newClient(t, f.URL, client.WithNATSURL("nats://"+p.Addr(),
 		append(natsAuth, nats.MaxReconnects(2), nats.ReconnectWait(20*time.Millisecond),
 			nats.ClosedHandler(func(*nats.Conn) { close(closed) }))...))
 	if _, err := c.SubmitAsync(testCtx(t), chatJob("tiny-a", "before")); err != nil {
 		t.Fatalf("SubmitAsync over NATS: %v", err)
 	}
-	p.cut()
+	p.Close() // the NATS path gone for good, foreman's HTTP still there
 	select {
 	case <-closed:
 	case <-time.After(20 * time.Second):

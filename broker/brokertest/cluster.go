@@ -26,8 +26,8 @@ import (
 type Cluster struct {
 	Nodes   []*server.Server
 	t       testing.TB
-	clients []*proxy   // clients[i]: clients to node i
-	routes  [][]*proxy // routes[i][j]: node i's route to node j
+	clients []*Proxy   // clients[i]: clients to node i
+	routes  [][]*Proxy // routes[i][j]: node i's route to node j
 }
 
 // NewCluster starts n clustered nats-servers, each on its own store directory under
@@ -38,14 +38,14 @@ func NewCluster(t testing.TB, n int) *Cluster {
 	for i := range routes {
 		routes[i] = freePort(t)
 	}
-	c := &Cluster{t: t, routes: make([][]*proxy, n)}
+	c := &Cluster{t: t, routes: make([][]*Proxy, n)}
 	for i := range n {
-		c.routes[i] = make([]*proxy, n)
+		c.routes[i] = make([]*Proxy, n)
 		var peers []string
 		for j, port := range routes {
 			if j != i {
-				c.routes[i][j] = newProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
-				peers = append(peers, "nats://"+c.routes[i][j].addr())
+				c.routes[i][j] = NewProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
+				peers = append(peers, "nats://"+c.routes[i][j].Addr())
 			}
 		}
 		opts := &server.Options{
@@ -71,7 +71,7 @@ func NewCluster(t testing.TB, n int) *Cluster {
 		}
 		c.Nodes = append(c.Nodes, ns)
 		addr := ns.Addr().(*net.TCPAddr)
-		c.clients = append(c.clients, newProxy(t, addr.String()))
+		c.clients = append(c.clients, NewProxy(t, addr.String()))
 	}
 	t.Cleanup(func() {
 		for i := range c.Nodes {
@@ -111,7 +111,7 @@ func freePort(t testing.TB) int {
 func (c *Cluster) URLs() string {
 	var urls []string
 	for _, p := range c.clients {
-		urls = append(urls, "nats://"+p.addr())
+		urls = append(urls, "nats://"+p.Addr())
 	}
 	return strings.Join(urls, ",")
 }
@@ -147,11 +147,11 @@ func (c *Cluster) Open(t testing.TB, adjust func(*broker.Config)) *broker.Store 
 // Kill cuts every connection of node i, then shuts it down: to its clients and peers it
 // dies as in a crash. Safe to call twice.
 func (c *Cluster) Kill(i int) {
-	c.clients[i].close()
+	c.clients[i].Close()
 	for j := range c.Nodes {
 		if j != i {
-			c.routes[i][j].close()
-			c.routes[j][i].close()
+			c.routes[i][j].Close()
+			c.routes[j][i].Close()
 		}
 	}
 	c.Nodes[i].Shutdown()

@@ -7,10 +7,10 @@ import (
 	"testing"
 )
 
-// proxy forwards loopback TCP connections to a target address until closed; closing it
+// Proxy forwards loopback TCP connections to a target address until closed; closing it
 // cuts every connection through it at once, as a node that dies does to its peers (no
-// goodbye, no leader hand-over).
-type proxy struct {
+// goodbye, no leader hand-over), and refuses new ones.
+type Proxy struct {
 	ln     net.Listener
 	target string
 
@@ -20,21 +20,23 @@ type proxy struct {
 	wg     sync.WaitGroup
 }
 
-func newProxy(t testing.TB, target string) *proxy {
+// NewProxy starts a proxy to target; the caller closes it.
+func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("proxy listen: %v", err)
 	}
-	p := &proxy{ln: ln, target: target}
+	p := &Proxy{ln: ln, target: target}
 	p.wg.Add(1)
 	go p.accept()
 	return p
 }
 
-func (p *proxy) addr() string { return p.ln.Addr().String() }
+// Addr is the proxy's loopback address (host:port).
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-func (p *proxy) accept() {
+func (p *Proxy) accept() {
 	defer p.wg.Done()
 	for {
 		in, err := p.ln.Accept()
@@ -55,7 +57,7 @@ func (p *proxy) accept() {
 	}
 }
 
-func (p *proxy) track(conns ...net.Conn) bool {
+func (p *Proxy) track(conns ...net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
@@ -68,15 +70,15 @@ func (p *proxy) track(conns ...net.Conn) bool {
 	return true
 }
 
-func (p *proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	_, _ = io.Copy(dst, src)
 	dst.Close()
 	src.Close()
 }
 
-// close cuts every connection and stops listening; safe to call twice.
-func (p *proxy) close() {
+// Close cuts every connection and stops listening; safe to call twice.
+func (p *Proxy) Close() {
 	p.mu.Lock()
 	p.closed = true
 	conns := p.conns
