@@ -43,6 +43,8 @@ type Client struct {
 	// statePendingLimit, when > 0, caps the messages nats.go buffers per state
 	// subscription (tests; nats.go's default is 512Ki messages / 64 MiB).
 	statePendingLimit int
+	// natsCheckEvery: how often Watch("") over NATS looks for a closed connection.
+	natsCheckEvery time.Duration
 	// onWebhookListen lets tests see the receiver URL and the address it listens on.
 	onWebhookListen func(url, listenAddr string)
 	// onQueued gets the job id of a Chat or Generate once it is queued (WithOnQueued).
@@ -64,6 +66,8 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		hc:           &http.Client{},
 		webhookAddr:  "127.0.0.1:0",
 		pollInterval: time.Second,
+
+		natsCheckEvery: natsCheckEvery,
 	}
 	for _, o := range opts {
 		o(c)

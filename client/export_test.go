@@ -17,6 +17,9 @@ func SetNATSSubmitTimeout(c *Client, d time.Duration) { c.natsSubmitTimeout = d 
 // SetStatePendingLimit caps the messages buffered per NATS state subscription.
 func SetStatePendingLimit(c *Client, n int) { c.statePendingLimit = n }
 
+// SetNATSCheckEvery shortens how often Watch("") over NATS looks for a closed connection.
+func SetNATSCheckEvery(c *Client, d time.Duration) { c.natsCheckEvery = d }
+
 // The bounds on a server's answers.
 const (
 	MaxJobAnswer    = maxJobAnswer

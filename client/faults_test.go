@@ -167,3 +167,66 @@ func TestNewRefusesAWebhookSecretThatDoesNotDecode(t *testing.T) {
 		}
 	}
 }
+
+// Watch("") over NATS gets no event once its connection is closed for good (nats.go gave
+// up reconnecting); it went quiet for the rest of the watch. It goes on by polling, and
+// tells a job that ran after the close.
+func TestWatchAllAfterTheNATSConnectionClosedPolls(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	t.Cleanup(p.Close)
+	closed := make(chan struct{})
+	c := newClient(t, f.URL, client.WithPollInterval(20*time.Millisecond),
+		client.WithNATSURL("nats://"+p.Addr(),
+			append(natsAuth, nats.MaxReconnects(2), nats.ReconnectWait(20*time.Millisecond),
+				nats.ClosedHandler(func(*nats.Conn) { close(closed) }))...))
+	client.SetNATSCheckEvery(c, 20*time.Millisecond)
+	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
+	defer cancel()
+	events, err := c.Watch(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := c.SubmitAsync(ctx, chatJob("tiny-a", "before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForEvent(ctx, t, events, before, client.StateDone)
+
+	p.Close()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		t.Fatal("the NATS connection did not close")
+	}
+	after, err := c.SubmitAsync(ctx, chatJob("tiny-a", "after")) // by HTTP now
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range waitForEvent(ctx, t, events, after, client.StateDone) {
+		if e.JobID == before && e.State == client.StateDone {
+			t.Errorf("job %s's state told again after the switch to polling: %+v", before, e)
+		}
+	}
+}
+
+// waitForEvent reads events until job id reaches state, and returns what it read before.
+func waitForEvent(ctx context.Context, t *testing.T, events <-chan client.Event, id string, state client.State) []client.Event {
+	t.Helper()
+	var read []client.Event
+	for {
+		select {
+		case e, ok := <-events:
+			if !ok {
+				t.Fatalf("the watch ended before job %s was %s", id, state)
+			}
+			if e.JobID == id && e.State == state {
+				return read
+			}
+			read = append(read, e)
+		case <-ctx.Done():
+			t.Fatalf("job %s: no %s event (the watch went quiet)", id, state)
+		}
+	}
+}

@@ -21,6 +21,9 @@ import (
 // nats.go's buffer (by default 512Ki messages or 64 MiB) overflows, the events it drops
 // are reported as a lost event (Event.Lost > 0, without JobID) ahead of the next event;
 // re-read the jobs with Jobs then. A single-job watch reads its job again instead.
+// Should the NATS connection close for good (nats.go gave up reconnecting), Watch("")
+// goes on by polling within a second; what changed while the connection was down is told
+// as the newest jobs' states at the first poll.
 func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 	if id == "" {
 		return c.watchAll(ctx)
@@ -43,8 +46,21 @@ func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 	return ch, nil
 }
 
+// natsCheckEvery is how often Watch("") over NATS looks whether its connection has
+// closed for good (nats.go gave up reconnecting, or its owner closed it): no event comes
+// on a closed connection, so the watch goes on by polling.
+const natsCheckEvery = time.Second
+
 func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 	out := make(chan Event)
+	send := func(e Event) bool {
+		select {
+		case out <- e:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
 	if c.natsUp() && !c.pollingOnly {
 		events, unsub, err := c.subscribe(broker.StateWildcard)
 		if err != nil {
@@ -52,55 +68,87 @@ func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 		}
 		go func() {
 			defer close(out)
-			defer unsub()
+			// last holds the latest state seen of recent jobs, so that polling, should the
+			// connection close, does not tell them again.
+			last := map[string]Event{}
+			check := time.NewTicker(c.natsCheckEvery)
+			defer check.Stop()
 			for {
 				select {
 				case <-ctx.Done():
+					unsub()
 					return
 				case e := <-events:
-					select {
-					case out <- e:
-					case <-ctx.Done():
+					if e.JobID != "" {
+						if len(last) >= maxRemembered {
+							clear(last)
+						}
+						last[e.JobID] = e
+					}
+					if !send(e) {
+						unsub()
 						return
 					}
+				case <-check.C:
+					if c.natsUp() {
+						continue
+					}
+					unsub()
+					c.pollAll(ctx, send, last, nil)
+					return
 				}
 			}
 		}()
 		return out, nil
 	}
-	first, err := c.Jobs(ctx, JobFilter{Limit: 100})
+	first, err := c.Jobs(ctx, JobFilter{Limit: watchAllLimit})
 	if err != nil {
 		return nil, err
 	}
 	go func() {
 		defer close(out)
-		last := map[string]Event{}
-		list := first
-		t := time.NewTicker(c.pollInterval)
-		defer t.Stop()
-		for {
+		c.pollAll(ctx, send, map[string]Event{}, first)
+	}()
+	return out, nil
+}
+
+// watchAllLimit is how many of the newest jobs Watch("") reads a poll.
+const watchAllLimit = 100
+
+// maxRemembered bounds the states Watch("") over NATS remembers for a switch to polling.
+const maxRemembered = 4096
+
+// pollAll tells the changes among the newest jobs, a list every poll interval, until ctx
+// ends; list is the first list, if read already. last holds the states already told.
+func (c *Client) pollAll(ctx context.Context, send func(Event) bool, last map[string]Event, list *JobList) {
+	t := time.NewTicker(c.pollInterval)
+	defer t.Stop()
+	for {
+		if list != nil {
+			seen := make(map[string]Event, len(list.Jobs))
 			// Oldest first, so events come in the order they happened.
 			for i := len(list.Jobs) - 1; i >= 0; i-- {
 				e := eventOfJob(&list.Jobs[i])
+				seen[e.JobID] = e
 				if prev, ok := last[e.JobID]; ok && prev.same(e) {
 					continue
 				}
-				last[e.JobID] = e
-				select {
-				case out <- e:
-				case <-ctx.Done():
+				if !send(e) {
 					return
 				}
 			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-			if l, err := c.Jobs(ctx, JobFilter{Limit: 100}); err == nil {
-				list = l
-			}
+			// A job that left the newest jobs does not come back: forget it.
+			last = seen
 		}
-	}()
-	return out, nil
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if l, err := c.Jobs(ctx, JobFilter{Limit: watchAllLimit}); err == nil {
+			list = l
+		} else {
+			list = nil
+		}
+	}
 }
