@@ -208,3 +208,49 @@ func TestClusterPresencePastALaggingReplica(t *testing.T) {
 		t.Fatal("the caller of a foreman that never announced itself taken for present")
 	}
 }
+
+// The foremen on one NATS each create the buckets with their own FOREMAN_REPLICAS, so a
+// bucket has the replicas of the last one started: a foreman started with 1 before
+// others started with 3 reads replicated buckets. It asks their leader too: its own
+// setting does not tell it that its reads may lag.
+func TestClusterSingleReplicaForemanReadsPastALaggingReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	single := c.Open(t, func(cfg *broker.Config) { cfg.Replicas = 1 })
+	caller := c.Open(t, nil) // raises the buckets to 3 replicas
+	single.LagPresenceReads()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if single.CallerGone(ctx, &broker.Job{ID: broker.NewID(), Sync: true, Gateway: caller.BootID()}) {
+		t.Fatal("a foreman started with one replica took the caller of a live foreman for gone")
+	}
+	if !single.CallerGone(ctx, &broker.Job{ID: broker.NewID(), Sync: true, Gateway: broker.NewID()}) {
+		t.Fatal("the caller of a foreman that never announced itself taken for present")
+	}
+
+	// The job records: a replica's "not found" (a responder racing the replicas) is
+	// checked with the leader.
+	j, err := caller.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lagging := c.Connect(t)
+	sub, err := lagging.Subscribe("$JS.API.DIRECT.GET.KV_"+broker.JobsBucket+".>", func(m *nats.Msg) {
+		_ = m.RespondMsg(&nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := lagging.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		if _, _, err := single.Get(ctx, j.ID); err != nil {
+			t.Fatalf("read %d by the foreman started with one replica: %v", i, err)
+		}
+	}
+}

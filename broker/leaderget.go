@@ -20,15 +20,21 @@ import (
 // still find an older revision; every write is checked against the revision it read, so
 // that costs a retry, never a lost write.
 
-// kvGet is key's value in the jobs bucket, from the stream's leader when the bucket is
-// replicated and the direct get found nothing.
+// kvGet is key's value in the jobs bucket, from the stream's leader when the bucket may
+// be replicated and the direct get found nothing.
 func (s *Store) kvGet(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
 	e, err := s.kv.Get(ctx, key)
-	if s.cfg.Replicas <= 1 || !(errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)) {
+	if !s.mayBeReplicated() || !(errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)) {
 		return e, err
 	}
 	return s.leaderGet(ctx, JobsBucket, key)
 }
+
+// mayBeReplicated says whether the store's buckets may have replicas: whenever it is not
+// the embedded server's. This foreman's own Replicas does not tell: on a shared NATS the
+// foremen each create the buckets with theirs, and one started with 1 may read a bucket
+// another raised to 3 (or the operator did).
+func (s *Store) mayBeReplicated() bool { return s.cfg.Replicas > 1 || !s.cfg.Exclusive }
 
 // leaderGet reads key's last value in bucket from the stream's leader; a key whose last
 // write deleted or purged it is not found, as kv.Get says.

@@ -90,7 +90,7 @@ func (s *Store) Announce(ctx context.Context) error {
 // gone on evidence.
 func (s *Store) present(ctx context.Context, bootID string) bool {
 	_, err := s.presence.Get(ctx, presenceKey(bootID))
-	if s.cfg.Replicas > 1 && (errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)) {
+	if s.mayBeReplicated() && (errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)) {
 		// A replica behind the bucket's leader (leaderget.go) says "not found" of a
 		// foreman that announced itself: its sync callers would be given up for gone.
 		_, err = s.leaderGet(ctx, PresenceBucket, presenceKey(bootID))
