@@ -163,6 +163,8 @@ type Store struct {
 	// feeds are this Store's open JobFeeds: its StreamWriters hand them their messages
 	// directly (ADR-0035).
 	feeds localFeeds
+	// own is the state changes this Store wrote (see WroteState).
+	own ownWrites
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and

@@ -226,7 +226,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{},
 		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}}
 	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
-	s.jobMetrics = newJobMetrics(s.models)
+	s.jobMetrics = newJobMetrics(s.models, cfg.Store.WroteState)
 	s.hostRefusals.Interval, s.originRefusals.Interval = refusalLogEvery, refusalLogEvery
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {

@@ -42,9 +42,12 @@ func (l *modelLabels) label(model string) string {
 }
 
 // jobMetrics are the counters and histograms of the jobs' lives, fed by the jobs' state
-// events (every writer's: the worker's starts and ends, a cancel of a queued job) and by
-// the webhook dispatcher.
+// events (the worker's starts and ends, a cancel of a queued job, an expiry) and by the
+// webhook dispatcher. Only the changes this foreman wrote count (mine): on a shared NATS
+// every foreman sees every job's events, and summed over the foremen each job would
+// count once per foreman.
 type jobMetrics struct {
+	mine     func(*broker.Job) bool
 	models   *modelLabels
 	wait     *prometheus.HistogramVec
 	run      *prometheus.HistogramVec
@@ -69,8 +72,9 @@ type jobSeen struct {
 // rewritten after that could count twice, which only a very busy foreman meets).
 const maxSeenJobs = 50_000
 
-func newJobMetrics(models *modelLabels) *jobMetrics {
+func newJobMetrics(models *modelLabels, mine func(*broker.Job) bool) *jobMetrics {
 	return &jobMetrics{
+		mine:   mine,
 		models: models,
 		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "foreman_job_wait_seconds",
@@ -84,11 +88,11 @@ func newJobMetrics(models *modelLabels) *jobMetrics {
 		}, []string{"model"}),
 		jobs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "foreman_jobs_total",
-			Help: "Jobs that ended, per model and end state (done, failed, canceled).",
+			Help: "Jobs this foreman ended (its worker, a cancel or an expiry it wrote), per model and end state (done, failed, canceled).",
 		}, []string{"model", "state"}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "foreman_model_loads_total",
-			Help: "Model loads the worker caused: attempts that started with their model not loaded (a swap).",
+			Help: "Model loads this foreman's worker caused: attempts that started with their model not loaded (a swap).",
 		}, []string{"model"}),
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "foreman_webhook_deliveries_total",
@@ -106,8 +110,11 @@ func (m *jobMetrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.wait, m.run, m.jobs, m.loads, m.webhooks, m.refused}
 }
 
-// observe counts what job event j tells for the first time.
+// observe counts what job event j tells for the first time, if this foreman wrote it.
 func (m *jobMetrics) observe(j *broker.Job) {
+	if !m.mine(j) {
+		return
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.seen[j.ID]

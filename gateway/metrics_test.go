@@ -203,3 +203,38 @@ func TestMetricsLoadedModelsOncePerLabel(t *testing.T) {
 		t.Errorf("%d loaded model series, want %d and %q", n, maxModelLabels, otherModel)
 	}
 }
+
+// On a shared NATS each foreman sees every job's events; its job metrics count only what
+// it did. A job another foreman canceled is that foreman's to count: summed over the
+// foremen, each job counts once.
+func TestMetricsCountOnlyThisForemansChanges(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	runUntilCleanup(t, "metrics", b.GW.RunMetrics)
+	nc, err := b.Broker.Server.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	other, err := broker.Open(testCtx(t, 30*time.Second), broker.Config{Conn: nc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"theirs"}]}`)
+	ours := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"ours"}]}`)
+	if _, err := other.Cancel(testCtx(t, 10*time.Second), theirs, "canceled by another foreman"); err != nil {
+		t.Fatal(err)
+	}
+	if resp, out := b.request(t, http.MethodDelete, "/jobs/"+ours, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("cancel: %d %s", resp.StatusCode, out)
+	}
+	// The events come in the order the records were written: once ours is counted, the
+	// other foreman's was seen.
+	canceled := func() float64 {
+		return metricValue(scrape(t, b), "foreman_jobs_total", "model", "tiny-a:latest", "state", "canceled")
+	}
+	eventually(t, 10*time.Second, "this foreman's cancel counted", func() bool { return canceled() >= 1 })
+	if got := canceled(); got != 1 {
+		t.Fatalf("foreman_jobs_total{state=canceled} = %v, want 1: another foreman's cancel counted here too", got)
+	}
+}

@@ -276,11 +276,13 @@ func (s Snapshot) Models() []string {
 	return out
 }
 
-// Loaded returns the normalized names of the models in the last known /api/ps.
+// Loaded returns the normalized names of the models in the last known /api/ps; none
+// while the target is degraded: one down or restarting has unloaded its models, or
+// says nothing of them (the last /api/ps stays in the Snapshot).
 func (i *Inventory) Loaded() []string {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if i.snap.Ps == nil {
+	if i.snap.Ps == nil || i.snap.Degraded {
 		return nil
 	}
 	out := make([]string, 0, len(i.snap.Ps.Models))

@@ -61,8 +61,12 @@ func TestInventoryDegradedAndRecovery(t *testing.T) {
 		OnRecover: func(context.Context) { recovered <- struct{}{} },
 	})
 	ctx := testCtx(t)
+	fake.SetLoaded("tiny-a")
 	if err := inv.Refresh(ctx); err != nil {
 		t.Fatal(err)
+	}
+	if l := inv.Loaded(); !slices.Equal(l, []string{"tiny-a:latest"}) {
+		t.Fatalf("Loaded = %v, want [tiny-a:latest]", l)
 	}
 	if len(recovered) != 1 {
 		t.Fatalf("OnRecover calls after first poll = %d, want 1", len(recovered))
@@ -96,6 +100,11 @@ func TestInventoryDegradedAndRecovery(t *testing.T) {
 	if snap.Tags == nil || len(snap.Tags.Models) != 3 || !inv.HasModel("tiny-a") {
 		t.Error("degraded inventory lost the last known tags")
 	}
+	// Not its loaded models: a target down or restarting has none loaded (/healthz,
+	// /metrics and /queue said tiny-a was loaded for the whole outage).
+	if l := inv.Loaded(); len(l) != 0 {
+		t.Errorf("Loaded while degraded = %v, want none", l)
+	}
 
 	fake.SetDown(false)
 	if err := inv.Refresh(ctx); err != nil {
@@ -103,6 +112,9 @@ func TestInventoryDegradedAndRecovery(t *testing.T) {
 	}
 	if inv.Degraded() || inv.Snapshot().Err != nil || !inv.Snapshot().DownSince.IsZero() {
 		t.Error("still degraded (or down) after a good poll")
+	}
+	if l := inv.Loaded(); !slices.Equal(l, []string{"tiny-a:latest"}) {
+		t.Errorf("Loaded after the recovery = %v, want [tiny-a:latest]", l)
 	}
 	if len(recovered) != 2 {
 		t.Errorf("OnRecover calls = %d, want 2", len(recovered))

@@ -104,3 +104,6 @@ func WithBeforeRetry(cfg Config, fn func(jobID string)) Config {
 	cfg.beforeRetry = fn
 	return cfg
 }
+
+// Estimate is the worker's expected run and load time of a job of model.
+func Estimate(w *Worker, model string) (run, load time.Duration) { return w.times.estimate(model) }

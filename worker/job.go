@@ -235,7 +235,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		return
 	}
 	log = log.With("attempt", started.Attempt)
-	if err == nil {
+	if err == nil && streamError(ct, r.Frames()) == "" {
+		// An answer that ends in an error (a runner that died at once) is no run of the
+		// model's: it would teach the ETAs that its jobs take no time.
 		w.learn(run, time.Now())
 	}
 	w.conclude(ctx, d, started, r, ct, err, context.Cause(jctx), log)

@@ -34,7 +34,8 @@ type runningJob struct {
 	started           time.Time
 	// loading is set when the job had to load its runner (a swap).
 	loading bool
-	// working is when the first answer byte came (UnixNano; 0 before).
+	// working is when the first answer byte came, as time since started plus one (on the
+	// monotonic clock, as lastByte: a step of the wall clock is no load time); 0 before.
 	working atomic.Int64
 	// lastByte is when the last answer frame came, as time since started plus one (on the
 	// monotonic clock: a step of the wall clock moves no limit); 0 before the first.
@@ -63,7 +64,7 @@ func (r *runningJob) lastByteAt() time.Time {
 // answeredAt is when the first answer byte came, zero before.
 func (r *runningJob) answeredAt() time.Time {
 	if n := r.working.Load(); n != 0 {
-		return time.Unix(0, n)
+		return r.started.Add(time.Duration(n - 1))
 	}
 	return time.Time{}
 }
@@ -333,7 +334,7 @@ func (w *Worker) startRunning(id, model, token string, state broker.State) *runn
 }
 
 // answered records when the target's first answer byte came.
-func (r *runningJob) answered(at time.Time) { r.working.Store(at.UnixNano()) }
+func (r *runningJob) answered(at time.Time) { r.working.Store(int64(at.Sub(r.started)) + 1) }
 
 // learn feeds a job that ran to its end into its model's durations: the time to its
 // first answer byte as the load time of a job that had to load its runner, the rest as

@@ -16,8 +16,8 @@ const history = {
   depth: [],        // {t, byModel: {model: n}}
   waits: [],        // {t, ms, model}
   loads: [],        // t of each observed model load
-  seenStarts: new Set(),
-  loadSeen: new Set(),
+  seenStarts: new Map(), // job id -> when first seen started, forgotten after the hour
+  loadSeen: new Map(),   // job id -> when first seen loading, forgotten after the hour
   metricLoads: null, // foreman_model_loads_total at the last poll, when served
 };
 const modelColors = new Map();
@@ -310,7 +310,7 @@ function record(q, jobs, metricLoads) {
   for (const j of started) {
     const id = jobId(j);
     if (!j.started_at || history.seenStarts.has(id)) continue;
-    history.seenStarts.add(id);
+    history.seenStarts.set(id, now);
     const t = ms(j.started_at);
     if (now - t <= HOUR_MS) history.waits.push({ t, ms: t - ms(j.created_at), model: j.model });
   }
@@ -320,7 +320,7 @@ function record(q, jobs, metricLoads) {
     for (let i = history.metricLoads; i < metricLoads; i++) history.loads.push(now);
   }
   if (metricLoads === null && q.running && q.running.state === "loading" && !history.loadSeen.has(jobId(q.running))) {
-    history.loadSeen.add(jobId(q.running));
+    history.loadSeen.set(jobId(q.running), now);
     history.loads.push(now);
   }
   history.metricLoads = metricLoads;
@@ -329,6 +329,11 @@ function record(q, jobs, metricLoads) {
   while (history.depth.length && history.depth[0].t < cut) history.depth.shift();
   history.waits = history.waits.filter((w) => w.t >= cut); // found out of order
   while (history.loads.length && history.loads[0] < cut) history.loads.shift();
+  // A job seen an hour ago and listed still started before the cut: seen again, it adds
+  // no wait. So the page open for days keeps an hour of ids, not every id it ever saw.
+  for (const seen of [history.seenStarts, history.loadSeen]) {
+    for (const [id, t] of seen) if (t < cut) seen.delete(id);
+  }
 }
 
 // ---- charts (inline SVG) ---------------------------------------------------------------

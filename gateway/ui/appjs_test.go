@@ -1,0 +1,79 @@
+package ui
+
+import (
+	"fmt"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// runScript runs app.js under Node, in a context with just enough of a browser for it to
+// load (a document whose elements take anything, no network), then probe; it returns
+// what probe prints. Without node the test skips.
+func runScript(t *testing.T, probe string) string {
+	t.Helper()
+	node, err := exec.LookPath("node")
+	if err != nil {
+		t.Skip("node not installed: the status page's script is not run")
+	}
+	app, err := files.ReadFile("static/app.js")
+	if err != nil {
+		t.Fatal(err)
+	}
+	harness := `
+const vm = require("vm");
+const fs = require("fs");
+const anything = () => new Proxy(function () {}, {
+  get: (_, k) => (k === Symbol.toPrimitive ? () => "" : anything()),
+  set: () => true,
+  apply: () => anything(),
+});
+const ctx = {
+  console, Date, Map, Set, Promise, JSON, Math, Number, String, Object, Array, NaN, Infinity,
+  document: { getElementById: () => anything(), createElement: () => anything(), createTextNode: () => anything(), createElementNS: () => anything() },
+  sessionStorage: { getItem: () => null, setItem: () => {} },
+  fetch: () => new Promise(() => {}),
+  setInterval: () => 0, setTimeout: () => 0,
+  Node: function () {},
+};
+vm.createContext(ctx);
+vm.runInContext(fs.readFileSync(0, "utf8"), ctx);
+vm.runInContext(process.argv[1], ctx);
+`
+	cmd := exec.Command(node, "-e", harness, probe)
+	cmd.Stdin = strings.NewReader(string(app))
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("node: %v\n%s", err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// A page left open (a wall display) keeps an hour of history: the ids of the jobs it saw
+// start or load are forgotten with the rest of the hour, or its memory grows for as long
+// as it stays open.
+func TestStatusPageForgetsJobsAfterTheHour(t *testing.T) {
+	t.Parallel()
+	got := runScript(t, `
+let now = Date.parse("2026-12-01T10:00:00Z");
+Date.now = () => now;
+for (let i = 0; i < 500; i++) {
+  const started = new Date(now).toISOString();
+  const job = { id: "job" + i, model: "tiny-a", created_at: started, started_at: started, state: "loading" };
+  record({ depth: {}, running: job }, [job], null);
+  now += 60 * 1000; // a job a minute
+}
+console.log(history.seenStarts.size, history.loadSeen.size, history.waits.length);
+`)
+	var starts, loads, waits int
+	if _, err := fmt.Sscan(got, &starts, &loads, &waits); err != nil {
+		t.Fatalf("probe printed %q: %v", got, err)
+	}
+	// An hour of a job a minute: about 60 each (the oldest minute's edge either way).
+	if starts > 62 || loads > 62 {
+		t.Fatalf("after 500 minutes the page remembers %d started and %d loading jobs, want the last hour's (~60)", starts, loads)
+	}
+	if starts < 58 || waits < 58 {
+		t.Fatalf("the last hour forgotten too: %d started jobs remembered, %d waits", starts, waits)
+	}
+}
