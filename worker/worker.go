@@ -35,16 +35,18 @@ type Worker struct {
 	bg     sync.WaitGroup
 	bgSlot chan struct{}
 
-	mu        sync.Mutex
-	recent    map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
-	started   bool
-	hardStop  bool                    // Stop's deadline passed: abort any job at once
-	abort     context.CancelCauseFunc // aborts the running job; nil when idle
-	retries   []time.Time             // ends of the retry back-offs we caused
-	current   string                  // runner (model and load options) of the job run last
-	consec    int                     // jobs of current in a row
-	lastEnd   time.Time               // when the last job run against the target ended
-	lastModel string                  // runner of the job run last
+	mu       sync.Mutex
+	recent   map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
+	started  bool
+	hardStop bool                    // Stop's deadline passed: abort any job at once
+	abort    context.CancelCauseFunc // aborts the running job; nil when idle
+	retries  []time.Time             // ends of the retry back-offs we caused
+	current  string                  // runner (model and load options) of the job run last
+	consec   int                     // jobs of current in a row
+	// currentClass is the class of the job run last: current's streak is that class's.
+	currentClass broker.Priority
+	lastEnd      time.Time // when the last job run against the target ended
+	lastModel    string    // runner of the job run last
 	// runnerOpts is the load options each model (token) last ran with: the options its
 	// runner has while /api/ps lists it.
 	runnerOpts map[string]string
