@@ -147,3 +147,10 @@ type laggingKV struct{ jetstream.KeyValue }
 func (laggingKV) Get(context.Context, string) (jetstream.KeyValueEntry, error) {
 	return nil, jetstream.ErrKeyNotFound
 }
+
+// CachedConsumers is how many queue consumers the store keeps.
+func (s *Store) CachedConsumers() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.consumers)
+}

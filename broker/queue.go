@@ -41,18 +41,23 @@ const consumerIdle = time.Hour
 // it on first use. Each key has its own so the worker can choose what to run next; one
 // consumer with a changing filter would skip older jobs.
 func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer, error) {
+	now := s.cfg.Now()
 	s.mu.Lock()
-	c, ok := s.consumers[token]
+	cc, ok := s.consumers[token]
+	if ok {
+		cc.used = now
+		s.consumers[token] = cc
+	}
 	s.mu.Unlock()
 	if ok {
-		return c, nil
+		return cc.Consumer, nil
 	}
 	key, err := ParseQueueKey(token)
 	if err != nil {
 		return nil, err
 	}
 	model, _ := ModelFromToken(key.Model)
-	c, err = s.queue.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	c, err := s.queue.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable:       ConsumerName(token),
 		Description:   "foreman queue of " + model + " (" + string(key.Class) + ")",
 		FilterSubject: QueueSubject(token),
@@ -73,10 +78,33 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
 	}
 	s.mu.Lock()
-	s.consumers[token] = c
+	if len(s.consumers) >= maxCachedConsumers {
+		// Queue keys come from callers (a program name, load options): a new one per job
+		// would grow the cache for the process's life. One not fetched from for a while is
+		// looked up again when it is (the server keeps it for consumerIdle).
+		for t, cc := range s.consumers {
+			if now.Sub(cc.used) > cachedConsumerIdle {
+				delete(s.consumers, t)
+			}
+		}
+	}
+	s.consumers[token] = cachedConsumer{Consumer: c, used: now}
 	s.mu.Unlock()
 	return c, nil
 }
+
+// cachedConsumer is a queue's consumer and when it was last fetched from.
+type cachedConsumer struct {
+	jetstream.Consumer
+	used time.Time
+}
+
+// maxCachedConsumers is how many queue consumers the Store keeps before it forgets those
+// not used for cachedConsumerIdle.
+const (
+	maxCachedConsumers = 256
+	cachedConsumerIdle = time.Minute
+)
 
 // Next fetches the next available job of one model without waiting. It returns
 // (nil, nil) when that model has nothing ready (empty, or only jobs in retry back-off).

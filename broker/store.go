@@ -138,7 +138,7 @@ type Store struct {
 	dup time.Duration
 
 	mu        sync.Mutex
-	consumers map[string]jetstream.Consumer
+	consumers map[string]cachedConsumer
 
 	// targets is TargetsBucket, opened on first use; tcache is Targets' last read.
 	tmu      sync.Mutex
@@ -178,7 +178,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: jetstream: %w", err)
 	}
-	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: cfg.Now().UTC(), consumers: map[string]jetstream.Consumer{}}
+	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: cfg.Now().UTC(), consumers: map[string]cachedConsumer{}}
 	// Leave room for headers under the server's max payload (1 MiB by default).
 	s.inlineLimit = int(cfg.Conn.MaxPayload()) - 64*1024
 	if s.inlineLimit <= 0 {

@@ -79,3 +79,81 @@ func TestTookRecordsClassPick(t *testing.T) {
 		}
 	}
 }
+
+// A high flood of one runner keeps it current; the low class still gets its aged pick
+// every MaxWait, and the oldest low job, of that very runner, runs at one of the first
+// of them. It went last in its class (the starvation bound demoted Current in every
+// class), behind another runner's low jobs arriving once a minute: it never ran while
+// the flood lasted (3 simulated hours here).
+func TestLowJobOfAFloodedRunnerRuns(t *testing.T) {
+	t.Parallel()
+	start := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	const maxWait, jobTime = 2 * time.Minute, 10 * time.Second
+	type queue struct {
+		runner string
+		class  broker.Priority
+		jobs   []head
+	}
+	queues := map[string]*queue{
+		"a-hi": {runner: "a", class: broker.PriorityHigh},
+		"a-lo": {runner: "a", class: broker.PriorityLow},
+		"b-lo": {runner: "b", class: broker.PriorityLow},
+	}
+	now, seq := start, uint64(0)
+	add := func(tok string) {
+		seq++
+		q := queues[tok]
+		q.jobs = append(q.jobs, head{Token: tok, Runner: q.runner, Class: q.class, Seq: seq, Enqueued: now})
+	}
+	add("a-lo")
+	firstLow := seq
+	add("b-lo")
+	lastB := now
+	c := choice{Served: map[string]uint64{}, MaxConsecutive: 8, MaxWait: maxWait}
+	var picks uint64
+	for now.Sub(start) < 3*time.Hour {
+		for len(queues["a-hi"].jobs) < 3 {
+			add("a-hi")
+		}
+		if now.Sub(lastB) >= time.Minute {
+			add("b-lo")
+			lastB = now
+		}
+		c.Heads = c.Heads[:0]
+		for tok, q := range queues {
+			if len(q.jobs) == 0 {
+				continue
+			}
+			c.Heads = append(c.Heads, q.jobs[0])
+			if _, ok := c.Served[tok]; !ok {
+				c.Served[tok] = joinedAt(picks)
+			}
+		}
+		c.Now = now
+		tok := plan(c)[0]
+		q := queues[tok]
+		picked := q.jobs[0]
+		if q.jobs = q.jobs[1:]; len(q.jobs) == 0 {
+			delete(c.Served, tok)
+		}
+		picks++
+		c.Served[tok] = turnAt(picks)
+		c.ClassPicked[q.class.Rank()] = now
+		if q.runner == c.Current {
+			c.Consecutive++
+		} else {
+			c.Current, c.Consecutive = q.runner, 1
+		}
+		c.CurrentClass, c.Loaded = q.class, []string{q.runner}
+		if picked.Seq == firstLow {
+			// The low class's first aged pick comes once the job waited MaxWait; the
+			// next one MaxWait later at the latest.
+			if waited := now.Sub(picked.Enqueued); waited > 2*maxWait+jobTime {
+				t.Fatalf("the oldest low job ran after %v; want within two aged picks (%v)", waited, 2*maxWait+jobTime)
+			}
+			return
+		}
+		now = now.Add(jobTime)
+	}
+	t.Fatalf("the oldest low job, of the runner the high flood keeps current, never ran in %v", now.Sub(start))
+}

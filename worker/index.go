@@ -111,6 +111,16 @@ func (q *queueIndex) epochNow() uint64 {
 	return q.epoch
 }
 
+// hasOther reports whether the last look found jobs in a queue besides token's.
+func (q *queueIndex) hasOther(token string) bool {
+	for t := range q.heads {
+		if t != token {
+			return true
+		}
+	}
+	return false
+}
+
 // refresh brings the heads up to date and returns them.
 func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error) {
 	full := !q.known || now.Sub(q.lastFull) > fullRefresh

@@ -938,6 +938,7 @@ func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
 	w.lastModel = runner
 	if k, err := broker.ParseQueueKey(token); err == nil {
 		w.runnerOpts[k.Model] = k.Opts
+		w.currentClass = k.Class
 	}
 	w.abort = abort
 	if w.hardStop {

@@ -152,6 +152,7 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		} else {
 			c.Current, c.Consecutive = r, 1
 		}
+		c.CurrentClass = q.key.Class
 		picks++
 		c.Served[tok] = turnAt(picks)
 		c.ClassPicked[q.key.Class.Rank()] = out[len(out)-1].Start

@@ -157,6 +157,7 @@ func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free ti
 		} else {
 			c.Current, c.Consecutive = r, 1
 		}
+		c.CurrentClass = queueHead(tok, m).Class
 		picks++
 		c.Served[tok] = turnAt(picks)
 		if queues[tok] = queues[tok][1:]; len(queues[tok]) == 0 {
@@ -191,7 +192,7 @@ func TestOrderMatchesPlanOfEveryQueue(t *testing.T) {
 				Enqueued: now.Add(time.Duration(i-n) * time.Duration(rng.IntN(20)) * time.Second)})
 		}
 		cur := runnerKey(t, models[rng.IntN(3)])
-		c := choice{Loaded: []string{cur}, Current: cur, Consecutive: rng.IntN(4), MaxConsecutive: 1 + rng.IntN(5),
+		c := choice{Loaded: []string{cur}, Current: cur, Consecutive: rng.IntN(4), CurrentClass: classes[rng.IntN(3)], MaxConsecutive: 1 + rng.IntN(5),
 			MaxWait: time.Duration(1+rng.IntN(300)) * time.Second, Served: map[string]uint64{msgs[0].Token: turnAt(1)}}
 		if rng.IntN(3) == 0 {
 			c.Loaded = append(c.Loaded, runnerKey(t, models[rng.IntN(3)]))

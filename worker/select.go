@@ -36,9 +36,11 @@ type choice struct {
 	// when it is fresher than our last job, else the runner we ran last). A job for any of
 	// them costs no reload.
 	Loaded []string
-	// Current is the runner of the jobs run most recently, Consecutive how many in a row.
-	Current     string
-	Consecutive int
+	// Current is the runner of the jobs run most recently, Consecutive how many in a row,
+	// CurrentClass the class of the last of them: the streak is that class's.
+	Current      string
+	Consecutive  int
+	CurrentClass broker.Priority
 	// Heads has one entry per queue with pending jobs.
 	Heads []head
 	// Served is when each queue last had its turn (turnAt of the pick count), or when it
@@ -75,10 +77,14 @@ func joinedAt(picks uint64) uint64 { return max(2*picks, 1) - 1 }
 //     yields, so an old backlog does not hold up a fresh high job until it is old too.
 //  2. Within a class, runners (model and load options) as before classes: the loaded
 //     runners first (no swap), then every runner by the age of its oldest job. The
-//     starvation bound overrides the loaded preference: once Current ran MaxConsecutive
-//     jobs in a row while another runner waits in the class, or another runner's job of
-//     the class has waited longer than MaxWait, the other runners go first by age, and
-//     Current comes last (it still runs if they have nothing ready).
+//     starvation bound overrides the loaded preference: in the class of the streak
+//     (CurrentClass), once Current ran MaxConsecutive jobs in a row while another runner
+//     waits in the class, or another runner's job of the class has waited longer than
+//     MaxWait, the other runners go first by age, and Current comes last (it still runs
+//     if they have nothing ready). In another class Current has no streak to break, and a
+//     job of it that waited longer than MaxWait must not go last (a high flood keeping
+//     Current would starve the class's job of it for good): once any job of such a
+//     class has waited longer than MaxWait, its runners go by age alone.
 //  3. Within a runner and class, the programs' queues take turns: the one served longest
 //     ago first (a queue that joins the rotation counts as served just before the last
 //     pick), ties by the age of their oldest job. A program's own jobs stay in order.
@@ -90,19 +96,21 @@ func joinedAt(picks uint64) uint64 { return max(2*picks, 1) - 1 }
 // With one class and one program this is exactly the drain-by-model of ADR-0015.
 func plan(c choice) []string {
 	type classInfo struct {
-		overdue, others, othersOverdue bool // others: a runner besides Current waits
+		overdue, late, others, othersOverdue bool // others: a runner besides Current waits
 	}
 	type runnerClass struct {
 		runner string
 		rank   int
 	}
 	var classes [3]classInfo
+	streak := c.CurrentClass.Rank()
 	oldest := make(map[runnerClass]uint64, len(c.Heads))
 	for _, h := range c.Heads {
 		k, r := h.Class.Rank(), h.runner()
 		late := c.MaxWait > 0 && c.Now.Sub(h.Enqueued) > c.MaxWait
 		classes[k].overdue = classes[k].overdue || late
-		if c.Current != "" && r != c.Current {
+		classes[k].late = classes[k].late || late
+		if k == streak && c.Current != "" && r != c.Current {
 			classes[k].others = true
 			classes[k].othersOverdue = classes[k].othersOverdue || late
 		}
@@ -147,6 +155,7 @@ func plan(c choice) []string {
 			if r == c.Current {
 				p.group = 1
 			}
+		case k != streak && ci.late: // no streak here, a late job: by age alone
 		default: // drain: the loaded runners first, in order, then by age
 			if i, ok := loaded[r]; ok {
 				p.group, p.age = 0, uint64(i)

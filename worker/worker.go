@@ -35,16 +35,18 @@ type Worker struct {
 	bg     sync.WaitGroup
 	bgSlot chan struct{}
 
-	mu        sync.Mutex
-	recent    map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
-	started   bool
-	hardStop  bool                    // Stop's deadline passed: abort any job at once
-	abort     context.CancelCauseFunc // aborts the running job; nil when idle
-	retries   []time.Time             // ends of the retry back-offs we caused
-	current   string                  // runner (model and load options) of the job run last
-	consec    int                     // jobs of current in a row
-	lastEnd   time.Time               // when the last job run against the target ended
-	lastModel string                  // runner of the job run last
+	mu       sync.Mutex
+	recent   map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
+	started  bool
+	hardStop bool                    // Stop's deadline passed: abort any job at once
+	abort    context.CancelCauseFunc // aborts the running job; nil when idle
+	retries  []time.Time             // ends of the retry back-offs we caused
+	current  string                  // runner (model and load options) of the job run last
+	consec   int                     // jobs of current in a row
+	// currentClass is the class of the job run last: current's streak is that class's.
+	currentClass broker.Priority
+	lastEnd      time.Time // when the last job run against the target ended
+	lastModel    string    // runner of the job run last
 	// runnerOpts is the load options each model (token) last ran with: the options its
 	// runner has while /api/ps lists it.
 	runnerOpts map[string]string
@@ -227,6 +229,14 @@ func (w *Worker) Run(ctx context.Context) error {
 				woken = true
 				continue
 			}
+			if u.replaced || !u.fresh && w.index.hasOther(u.token) {
+				// Other jobs wait besides the woken one: one whose wake-up this one replaced,
+				// or, for a wake-up left over from while the loop was busy or paused (an
+				// outage), the queues the last look found. The pick rule orders them; a
+				// fetch of the woken job's queue would run the newest publish first.
+				woken = true
+				continue
+			}
 			// A job was published while nothing could run: wait for it on its model's
 			// consumer, which answers the moment the stream has stored it, and read its
 			// record (and, for another runner, the loaded models) meanwhile; its target call
@@ -348,6 +358,9 @@ type wakeup struct {
 	// fresh says the loop was idle when it came: it is the news it seems, not one left
 	// in the channel while a job ran (whose job may have been canceled or taken since).
 	fresh bool
+	// replaced says it took the place of an older wake-up not yet taken: that job waits
+	// too, and the pick rule, not the order of the publishes, says which runs first.
+	replaced bool
 }
 
 // poke hands an idle loop the newest job published, replacing an older one not yet taken:
@@ -363,6 +376,7 @@ func (w *Worker) poke(u wakeup) {
 		}
 		select {
 		case <-w.wake:
+			u.fresh, u.replaced = false, true
 		default:
 		}
 	}

@@ -1,0 +1,80 @@
+package worker
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// Two publishes reach the idle loop as one wake-up, the newer replacing the older: the
+// pick rule then chooses between their jobs (the high one, published first), where the
+// loop used to fetch the newest publish's queue.
+func TestAReplacedWakeUpGoesByThePickRule(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := brokertest.New(t)
+	fake := ollamatest.New(t)
+	target, err := ollama.NewClient(ollama.ClientConfig{BaseURL: fake.URL, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Config{Store: b.Store, Target: target, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fired atomic.Bool
+	ids := make(chan [2]string, 1)
+	errc := make(chan error, 1)
+	w.cfg.onIdle = func(d time.Duration) {
+		// The loop's first long wait, before it waits: both submits hand their wake-ups
+		// over as they publish, the second replacing the first.
+		if d < time.Second || !fired.CompareAndSwap(false, true) {
+			return
+		}
+		var got [2]string
+		for i, j := range []*broker.Job{
+			{ID: broker.NewID(), Model: "tiny-b", Kind: broker.KindChat, Priority: broker.PriorityHigh},
+			{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Priority: broker.PriorityLow},
+		} {
+			if _, err := b.Store.Submit(ctx, j, []byte(`{"model":"`+j.Model+`","messages":[{"role":"user","content":"x"}]}`)); err != nil {
+				errc <- err
+				return
+			}
+			got[i] = j.ID
+		}
+		ids <- got
+	}
+	runLoop(t, w)
+	var both [2]string
+	select {
+	case both = <-ids:
+	case err := <-errc:
+		t.Fatal(err)
+	case <-ctx.Done():
+		t.Fatal("the loop never waited")
+	}
+	until(t, 10*time.Second, "both jobs done", func() bool {
+		for _, id := range both {
+			if j, _, err := b.Store.Get(ctx, id); err != nil || j.State != broker.StateDone {
+				return false
+			}
+		}
+		return true
+	})
+	var ran []string
+	for _, c := range fake.Calls() {
+		ran = append(ran, c.Model)
+	}
+	if ran = slices.DeleteFunc(ran, func(m string) bool { return m == "" }); !slices.Equal(ran, []string{"tiny-b:latest", "tiny-a:latest"}) {
+		t.Fatalf("target calls for %v, want the high tiny-b job's first", ran)
+	}
+}
