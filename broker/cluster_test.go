@@ -254,3 +254,52 @@ func TestClusterSingleReplicaForemanReadsPastALaggingReplica(t *testing.T) {
 		}
 	}
 }
+
+// A foreman restarted with more replicas raises the targets' and the known models'
+// buckets too, not only the job streams: with them left at one replica, the node holding
+// them down left every foreman unable to read the other Macs' targets.
+func TestClusterMoreReplicasRaiseEveryBucket(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// As a foreman publishes at every poll, a write lost while the bucket gains its
+	// replicas is made again.
+	publish := func(st *broker.Store) {
+		for _, write := range []func(context.Context) error{
+			func(ctx context.Context) error {
+				return st.PublishTarget(ctx, broker.Target{Name: "mac", URL: "http://127.0.0.1:11434", Reachable: true})
+			},
+			func(ctx context.Context) error {
+				return st.RememberModels(ctx, broker.KnownModels{Name: "mac", Models: []string{"tiny-a:latest"}})
+			},
+		} {
+			for {
+				wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+				err := write(wctx)
+				wcancel()
+				if err == nil {
+					break
+				}
+				if ctx.Err() != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	publish(c.Open(t, func(cfg *broker.Config) { cfg.Replicas = 1 }))
+	publish(c.Open(t, nil)) // 3 replicas
+	js := brokertest.JetStream(t, c.Connect(t))
+	for _, bucket := range []string{broker.TargetsBucket, broker.KnownModelsBucket} {
+		st, err := js.Stream(ctx, "KV_"+bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := st.CachedInfo().Config.Replicas; r != 3 {
+			t.Errorf("bucket %s: %d replicas, want 3", bucket, r)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -41,15 +42,23 @@ func ensureObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstrea
 	return obs, err
 }
 
-// raisedTTLBucket opens the key-value bucket of cfg, whose TTL is only ever raised: each
-// foreman on a NATS asks for its own, and one asking for less must not cut the others'
-// entries short (each entry, or its reader, says how long it counts). A bucket whose
-// TTL is cfg's or longer is used as it is.
+// raisedTTLBucket opens the key-value bucket of cfg, whose TTL and replicas are only
+// ever raised: each foreman on a NATS asks for its own, and one asking for less must not
+// cut the others' entries short (each entry, or its reader, says how long it counts), nor
+// take replicas away that the others start with. A bucket whose TTL and replicas are
+// cfg's or more is used as it is.
 func raisedTTLBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValueConfig) (jetstream.KeyValue, error) {
 	if kv, err := js.KeyValue(ctx, cfg.Bucket); err == nil {
 		st, err := kv.Status(ctx)
-		if err == nil && st.TTL() >= cfg.TTL {
-			return kv, nil
+		if err == nil {
+			replicas := cfg.Replicas
+			if b, ok := st.(*jetstream.KeyValueBucketStatus); ok {
+				replicas = b.StreamInfo().Config.Replicas
+			}
+			if st.TTL() >= cfg.TTL && replicas >= cfg.Replicas {
+				return kv, nil
+			}
+			cfg.TTL, cfg.Replicas = max(cfg.TTL, st.TTL()), max(cfg.Replicas, replicas)
 		}
 	}
 	kv, err := ensureKeyValue(ctx, js, cfg)
@@ -57,4 +66,109 @@ func raisedTTLBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 		return nil, fmt.Errorf("broker: bucket %s: %w", cfg.Bucket, err)
 	}
 	return kv, nil
+}
+
+// On a shared NATS the foremen each create the streams, buckets and queue consumers with
+// their own settings, and the one started last used to set them for all: a shorter ack
+// wait than another foreman's keep-alive had its running jobs delivered again (run twice),
+// a smaller FOREMAN_MAX_QUEUE or job TTL cut the others' queue and records short. So a
+// store that is not Exclusive only ever raises what it finds: the job TTL, the queue
+// bound, the duplicate window, the replicas, a consumer's ack wait and delivery limit,
+// and says so when its own setting is lower. The embedded server's foreman is alone and
+// sets them as configured (a lower queue bound after a restart applies).
+
+// raiseToExisting raises cfg's limits to those of the stream of the same name, when the
+// store shares its NATS and the stream exists. It reports what it kept.
+func (s *Store) raiseToExisting(ctx context.Context, cfg *jetstream.StreamConfig) {
+	if s.cfg.Exclusive {
+		return
+	}
+	st, err := s.js.Stream(ctx, cfg.Name)
+	if err != nil {
+		return // none yet (or unreadable: the create or update says why)
+	}
+	cur := st.CachedInfo().Config
+	s.raiseAge(cfg.Name, "job TTL", &cfg.MaxAge, cur.MaxAge)
+	if cur.MaxMsgs < 0 && cfg.MaxMsgs > 0 || cur.MaxMsgs > cfg.MaxMsgs && cfg.MaxMsgs > 0 {
+		s.keptHigher(cfg.Name, "queue bound (FOREMAN_MAX_QUEUE)", cfg.MaxMsgs, cur.MaxMsgs)
+		cfg.MaxMsgs = cur.MaxMsgs
+	}
+	if cur.Duplicates > cfg.Duplicates {
+		cfg.Duplicates = cur.Duplicates
+		if cfg.MaxAge > 0 {
+			cfg.Duplicates = min(cfg.Duplicates, cfg.MaxAge)
+		}
+	}
+	if cur.Replicas > cfg.Replicas {
+		s.keptHigher(cfg.Name, "replicas (FOREMAN_NATS_REPLICAS)", cfg.Replicas, cur.Replicas)
+		cfg.Replicas = cur.Replicas
+	}
+}
+
+// raiseAge raises *ours to theirs, 0 (no limit) being the highest.
+func (s *Store) raiseAge(stream, what string, ours *time.Duration, theirs time.Duration) {
+	if *ours == 0 || theirs != 0 && theirs <= *ours {
+		return
+	}
+	s.keptHigher(stream, what, *ours, theirs)
+	*ours = theirs
+}
+
+func (s *Store) keptHigher(stream, what string, ours, theirs any) {
+	s.log.Warn("shared NATS: this foreman's setting is below what the other foremen set; kept theirs (lower it on the stream itself to lower it for all)",
+		"stream", stream, "setting", what, "this_foreman", ours, "kept", theirs)
+}
+
+// raisedConsumer raises cfg's ack wait, delivery limit and inactivity limit to those of the
+// existing queue consumer of the same name, when the store shares its NATS.
+func (s *Store) raisedConsumer(ctx context.Context, cfg *jetstream.ConsumerConfig) {
+	if s.cfg.Exclusive {
+		return
+	}
+	c, err := s.queue.Consumer(ctx, cfg.Durable)
+	if err != nil {
+		return
+	}
+	cur := c.CachedInfo().Config
+	if cur.AckWait > cfg.AckWait {
+		s.keptHigher(QueueStream+" > "+cfg.Durable, "ack wait (FOREMAN_ACK_WAIT)", cfg.AckWait, cur.AckWait)
+		cfg.AckWait = cur.AckWait
+	}
+	if cur.MaxDeliver < 0 || cur.MaxDeliver > cfg.MaxDeliver && cfg.MaxDeliver > 0 {
+		cfg.MaxDeliver = cur.MaxDeliver
+	}
+	if cur.InactiveThreshold > cfg.InactiveThreshold {
+		cfg.InactiveThreshold = cur.InactiveThreshold
+	}
+}
+
+// raiseBucket is raiseToExisting for the stream of a key-value bucket or an object store:
+// its TTL and replicas.
+func (s *Store) raiseBucket(ctx context.Context, stream string, ttl *time.Duration, replicas *int) {
+	cfg := jetstream.StreamConfig{Name: stream, MaxAge: *ttl, Replicas: *replicas}
+	s.raiseToExisting(ctx, &cfg)
+	*ttl, *replicas = cfg.MaxAge, cfg.Replicas
+}
+
+// JobTTL is the job TTL in force: this foreman's (Config.JobTTL), or on a shared NATS the
+// longer one another foreman set on the queue, as last seen (at Open, and by
+// RefreshLimits). Records are kept, refreshed, expired and judged dead by it: judged by a
+// shorter one of its own, a foreman would end the jobs of the others early, and their
+// live runs for dead ones.
+func (s *Store) JobTTL() time.Duration {
+	return max(s.cfg.JobTTL, time.Duration(s.sharedTTL.Load()))
+}
+
+// RefreshLimits reads the job TTL another foreman may have raised on the shared queue
+// since (JobTTL). A store of its own has nothing to read.
+func (s *Store) RefreshLimits(ctx context.Context) error {
+	if s.cfg.Exclusive {
+		return nil
+	}
+	info, err := s.queue.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("broker: read the queue's limits: %w", err)
+	}
+	s.sharedTTL.Store(int64(info.Config.MaxAge))
+	return nil
 }

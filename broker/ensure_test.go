@@ -11,7 +11,7 @@ import (
 // A store opened where its streams and buckets already exist as it would make them (a
 // restart, a second foreman on one NATS) updates none of them: an update rewrites a
 // stream's configuration while other foremen create consumers on it. A configuration
-// that differs is updated.
+// that asks for more is updated (on a shared NATS no less: ADR-0054).
 func TestOpenUpdatesOnlyAChangedStream(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t)
@@ -41,13 +41,13 @@ func TestOpenUpdatesOnlyAChangedStream(t *testing.T) {
 		}
 		return s
 	}
-	open(100)
+	open(2000)
 	updates() // whatever the bundle's own store left differently
-	open(100)
+	open(2000)
 	if got := updates(); len(got) != 0 {
 		t.Errorf("a second open with the same configuration updated %v", got)
 	}
-	open(200)
+	open(3000)
 	if got := updates(); len(got) != 1 || got[0] != broker.QueueStream {
 		t.Errorf("an open with another queue bound updated %v, want %s alone", got, broker.QueueStream)
 	}

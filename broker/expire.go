@@ -17,14 +17,14 @@ import (
 // ExpireEvery is how often the worker looks for jobs that have waited too long: an
 // eighth of the job TTL, at most a minute.
 func (s *Store) ExpireEvery() time.Duration {
-	return min(max(s.cfg.JobTTL/8, 10*time.Millisecond), time.Minute)
+	return min(max(s.JobTTL()/8, 10*time.Millisecond), time.Minute)
 }
 
 // StaleBefore is the time before which a job still waiting in the queue has waited too
 // long: two ExpireEvery short of a job TTL ago, so that a look made every ExpireEvery
 // ends it before JetStream drops it at the TTL.
 func (s *Store) StaleBefore() time.Time {
-	return s.Now().Add(-(s.cfg.JobTTL - 2*s.ExpireEvery()))
+	return s.Now().Add(-(s.JobTTL() - 2*s.ExpireEvery()))
 }
 
 // ExpiredError is the Error of a job ended because it waited in the queue for ttl, after

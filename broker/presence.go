@@ -28,7 +28,9 @@ type presence struct {
 
 func (s *Store) openPresence(ctx context.Context) error {
 	err := s.untilReady(ctx, "bucket "+PresenceBucket, func(ctx context.Context) (err error) {
-		s.presence, err = ensureKeyValue(ctx, s.js, s.presenceConfig())
+		pcfg := s.presenceConfig()
+		s.raiseBucket(ctx, "KV_"+PresenceBucket, &pcfg.TTL, &pcfg.Replicas)
+		s.presence, err = ensureKeyValue(ctx, s.js, pcfg)
 		return err
 	})
 	if err != nil {

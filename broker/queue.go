@@ -57,7 +57,7 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 		return nil, err
 	}
 	model, _ := ModelFromToken(key.Model)
-	c, err := s.queue.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
+	ccfg := jetstream.ConsumerConfig{
 		Durable:       ConsumerName(token),
 		Description:   "foreman queue of " + model + " (" + string(key.Class) + ")",
 		FilterSubject: QueueSubject(token),
@@ -73,7 +73,9 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 		InactiveThreshold: min(s.cfg.JobTTL, consumerIdle),
 		Metadata:          map[string]string{"model": model, "class": string(key.Class), "program": key.ProgramName(), "load_opts": key.Opts},
 		Replicas:          s.cfg.Replicas,
-	})
+	}
+	s.raisedConsumer(ctx, &ccfg)
+	c, err := s.queue.CreateOrUpdateConsumer(ctx, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
 	}

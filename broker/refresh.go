@@ -27,7 +27,7 @@ func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
 // that with a refresh offered every RefreshEvery (an eighth) a live run's record is never
 // older than half the TTL, and one refresh that fails (a leader election) leaves it at
 // 5/8, an eighth short of DeadRunAge, not at it.
-func (s *Store) refreshAge() time.Duration { return s.cfg.JobTTL * 3 / 8 }
+func (s *Store) refreshAge() time.Duration { return s.JobTTL() * 3 / 8 }
 
 // refresh is Refresh of a record whose last write is older than age.
 func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool, error) {
@@ -70,7 +70,7 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 // enough that a record is rewritten well before it is a TTL old. A live run's record is
 // then never older than half the TTL, or 5/8 after a failed refresh (see DeadRunAge).
 func (s *Store) RefreshEvery() time.Duration {
-	return max(s.cfg.JobTTL/8, 10*time.Millisecond)
+	return max(s.JobTTL()/8, 10*time.Millisecond)
 }
 
 // DeadRunAge is the age past which a running record (loading, working) is no live run's:
@@ -78,7 +78,7 @@ func (s *Store) RefreshEvery() time.Duration {
 // of a TTL old, so it is never older than half the TTL (5/8 with one failed refresh) and
 // a store's delays. Three quarters of the TTL, which a job's queue message reaches
 // before the worker's expiry (StaleBefore) gives up on it.
-func (s *Store) DeadRunAge() time.Duration { return s.cfg.JobTTL * 3 / 4 }
+func (s *Store) DeadRunAge() time.Duration { return s.JobTTL() * 3 / 4 }
 
 // OutlivesQueue reports whether the queue message of lease d may be gone before it
 // could be delivered again after delay: the queue's MaxAge is the job TTL, and JetStream
@@ -86,7 +86,7 @@ func (s *Store) DeadRunAge() time.Duration { return s.cfg.JobTTL * 3 / 4 }
 // terminated). A run that outlived the TTL has already lost its message, so a NAK could
 // not bring the job back; Requeue must.
 func (s *Store) OutlivesQueue(d *Lease, delay time.Duration) bool {
-	ttl := s.cfg.JobTTL
+	ttl := s.JobTTL()
 	return !d.Enqueued.Add(ttl).After(s.Now().Add(delay + ttl/4))
 }
 

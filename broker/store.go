@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -165,6 +166,8 @@ type Store struct {
 	feeds localFeeds
 	// own is the state changes this Store wrote (see WroteState).
 	own ownWrites
+	// sharedTTL is the queue's MaxAge as last seen on a shared NATS (see JobTTL).
+	sharedTTL atomic.Int64
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and
@@ -194,14 +197,21 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s.dup = dup
 	err = s.untilReady(ctx, "stream "+QueueStream, func(ctx context.Context) (err error) {
-		s.queue, err = ensureStream(ctx, js, s.queueConfig(dup))
+		qcfg := s.queueConfig(dup)
+		s.raiseToExisting(ctx, &qcfg)
+		if !cfg.Exclusive {
+			s.sharedTTL.Store(int64(qcfg.MaxAge))
+		}
+		s.queue, err = ensureStream(ctx, js, qcfg)
 		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: stream %s: %w", QueueStream, err)
 	}
 	err = s.untilReady(ctx, "bucket "+JobsBucket, func(ctx context.Context) (err error) {
-		if s.kv, err = ensureKeyValue(ctx, js, s.jobsConfig()); err != nil {
+		jcfg := s.jobsConfig()
+		s.raiseBucket(ctx, jobsStream, &jcfg.TTL, &jcfg.Replicas)
+		if s.kv, err = ensureKeyValue(ctx, js, jcfg); err != nil {
 			return err
 		}
 		s.jobs, err = js.Stream(ctx, jobsStream)
@@ -211,7 +221,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("broker: bucket %s: %w", JobsBucket, err)
 	}
 	err = s.untilReady(ctx, "object store "+ArtifactsBucket, func(ctx context.Context) (err error) {
-		s.artifacts, err = ensureObjectStore(ctx, js, s.artifactsConfig())
+		acfg := s.artifactsConfig()
+		s.raiseBucket(ctx, "OBJ_"+ArtifactsBucket, &acfg.TTL, &acfg.Replicas)
+		s.artifacts, err = ensureObjectStore(ctx, js, acfg)
 		return err
 	})
 	if err != nil {

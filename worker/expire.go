@@ -69,12 +69,17 @@ func (w *Worker) expireLoop(ctx context.Context) {
 func (w *Worker) expire(ctx context.Context) {
 	ctx, stop := w.untilStop(ctx)
 	defer stop()
+	// Another foreman on a shared NATS may have raised the job TTL: judged by a shorter
+	// one, its jobs would be ended early.
+	if err := w.store.RefreshLimits(ctx); err != nil && ctx.Err() == nil {
+		w.log.Warn("read the job TTL in force", "err", err)
+	}
 	stale := w.store.StaleBefore()
 	old, err := w.store.Stale(ctx, stale) // each read bounded; the whole ends with a stop
 	if err != nil && ctx.Err() == nil {
 		w.log.Warn("look for jobs that waited a job TTL", "err", err)
 	}
-	ttl := w.store.Config().JobTTL
+	ttl := w.store.JobTTL()
 	var ended []string
 	for _, p := range old {
 		if ctx.Err() != nil {
