@@ -109,6 +109,9 @@ type Config struct {
 	// bodyWait, the longest one read of a pass-through answer's body waits in an outage
 	// (SyncOutageWait).
 	outageProbe, outageFresh, bodyWait time.Duration
+	// metadataMax replaces ollama.MaxMetadataBody, the most of a model list read whole
+	// from the target (/v1/models), in tests.
+	metadataMax int64
 	// writeCut, when set (tests only), is told of an answer's first failed write or
 	// flush (its client cut off by WriteTimeout, or gone).
 	writeCut func(err error)
@@ -147,6 +150,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.bodyWait <= 0 {
 		c.bodyWait = c.SyncOutageWait
+	}
+	if c.metadataMax <= 0 {
+		c.metadataMax = ollama.MaxMetadataBody
 	}
 	if c.SyncPriority == "" {
 		c.SyncPriority = broker.PriorityHigh

@@ -63,9 +63,11 @@ const (
 	defaultResponseHeaderTimeout = 10 * time.Minute
 	// maxErrorBody bounds how much of a non-2xx body is read for its message.
 	maxErrorBody = 1 << 20
-	// maxMetadataBody bounds tags/ps/version bodies.
-	maxMetadataBody = 64 << 20
 )
+
+// MaxMetadataBody bounds the metadata answers read whole from the target: tags, ps and
+// version here, the model list of /v1/models in the gateway.
+const MaxMetadataBody = 64 << 20
 
 // HTTPClient is the Client for a real Ollama over HTTP.
 type HTTPClient struct {
@@ -229,7 +231,7 @@ func (c *HTTPClient) getJSON(ctx context.Context, path string, v any) ([]byte, e
 	if resp.StatusCode/100 != 2 {
 		return nil, readHTTPError(resp)
 	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBody))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxMetadataBody))
 	if err != nil {
 		return nil, c.transportError(ctx, "read "+path, req, err)
 	}
