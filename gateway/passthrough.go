@@ -63,7 +63,9 @@ func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
 	s.relayBodyless(w, r)
 }
 
-// targetPath is the path (and query) a pass-through request takes on the target.
+// targetPath is the path (and query) a pass-through request takes on the target. The
+// query is the client's as it came, a "#" in it included: the ollama client sends it
+// unparsed.
 func targetPath(escapedPath, rawQuery string) string {
 	if rawQuery == "" {
 		return escapedPath

@@ -18,7 +18,9 @@ import (
 type Client interface {
 	// Do performs a raw pass-through request and returns the upstream response
 	// unmodified (any status); the caller relays status, headers and body and
-	// closes the body. A transport failure is a *ConnectionError.
+	// closes the body. path is the escaped path, with after a "?" the raw query, which
+	// goes to the target as given. A transport failure is a *ConnectionError; a path no
+	// request may carry is ErrBadPath.
 	Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error)
 	// Stream POSTs body to path and calls fn once per frame as the target
 	// produces it: one NDJSON line (with its "\n") for application/x-ndjson,
@@ -153,21 +155,29 @@ var hopHeaders = []string{
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
+// newRequest builds a request for path, an escaped path with, after a "?", a raw query.
+// The query is sent as given, never parsed: Go's server leaves a "#" in a request's query
+// (a request has no fragment), and parsed, it would start one, cutting the query there,
+// or failing on a bad escape after it.
 func (c *HTTPClient) newRequest(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Request, error) {
-	ref, err := url.Parse(path)
+	escaped, rawQuery, _ := strings.Cut(path, "?")
+	ref, err := url.Parse(escaped)
 	if err != nil {
-		return nil, fmt.Errorf("ollama: bad path %q: %w", path, err)
+		return nil, fmt.Errorf("%w %q: %w", ErrBadPath, path, err)
+	}
+	if strings.Contains(escaped, "#") || strings.ContainsFunc(rawQuery, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, fmt.Errorf("%w %q: a fragment, a space or a control character", ErrBadPath, path)
 	}
 	// The escaped form goes too: rebuilt from the decoded path alone, an escaped "/" in
 	// a segment ("..%2F") would reach the target as a real one ("../").
 	u := *c.base
 	u.Path = c.base.Path + "/" + strings.TrimLeft(ref.Path, "/")
 	u.RawPath = c.base.EscapedPath() + "/" + strings.TrimLeft(ref.EscapedPath(), "/")
-	u.RawQuery = ref.RawQuery
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("ollama: new request: %w", err)
 	}
+	req.URL.RawQuery = rawQuery
 	if header != nil {
 		req.Header = header.Clone()
 		for _, h := range hopHeaders {
