@@ -90,7 +90,8 @@ type Config struct {
 	// friends); a request with another Origin gets 403. "*" allows every origin.
 	Origins []string
 	// BodyReadTimeout bounds reading a request body once the handler asks for it; a
-	// client that sends it slower gets 408. Default 60s.
+	// client that sends it slower gets 408. A blob upload, which may take as long as it
+	// needs, gets 408 once none of it has come for that long. Default 60s.
 	BodyReadTimeout time.Duration
 	// WriteTimeout is how long one write of an answer may make no progress before the
 	// client is cut off (a queued answer's job runs on). Default 30s.
