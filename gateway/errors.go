@@ -146,6 +146,8 @@ func statusOf(err error) (int, string) {
 		return http.StatusBadGateway, "ollama is unreachable: " + connErr.Error()
 	case errors.Is(err, ollama.ErrBadAnswer):
 		return http.StatusBadGateway, err.Error()
+	case errors.Is(err, ollama.ErrBadPath):
+		return http.StatusBadRequest, err.Error()
 	case errors.Is(err, ErrModelNotFound):
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, broker.ErrUnavailable):

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Every refusal the gateway makes is a sentinel that statusOf, the one mapping, turns
@@ -58,5 +59,14 @@ func TestStatusOfJobOutcome(t *testing.T) {
 		if status, msg := statusOf(c.err); status != c.status || msg != c.msg {
 			t.Errorf("%+v: %d %q, want %d %q", c.err, status, msg, c.status, c.msg)
 		}
+	}
+}
+
+// A path the ollama client cannot send is the request's fault: 400, not a 500.
+func TestStatusOfBadPath(t *testing.T) {
+	t.Parallel()
+	err := fmt.Errorf("relay: %w", fmt.Errorf("%w %q", ollama.ErrBadPath, "/x?a b"))
+	if status, _ := statusOf(err); status != http.StatusBadRequest {
+		t.Errorf("status %d, want 400", status)
 	}
 }

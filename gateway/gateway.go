@@ -90,7 +90,8 @@ type Config struct {
 	// friends); a request with another Origin gets 403. "*" allows every origin.
 	Origins []string
 	// BodyReadTimeout bounds reading a request body once the handler asks for it; a
-	// client that sends it slower gets 408. Default 60s.
+	// client that sends it slower gets 408. A blob upload, which may take as long as it
+	// needs, gets 408 once none of it has come for that long. Default 60s.
 	BodyReadTimeout time.Duration
 	// WriteTimeout is how long one write of an answer may make no progress before the
 	// client is cut off (a queued answer's job runs on). Default 30s.
@@ -109,6 +110,9 @@ type Config struct {
 	// bodyWait, the longest one read of a pass-through answer's body waits in an outage
 	// (SyncOutageWait).
 	outageProbe, outageFresh, bodyWait time.Duration
+	// metadataMax replaces ollama.MaxMetadataBody, the most of a model list read whole
+	// from the target (/v1/models), in tests.
+	metadataMax int64
 	// writeCut, when set (tests only), is told of an answer's first failed write or
 	// flush (its client cut off by WriteTimeout, or gone).
 	writeCut func(err error)
@@ -147,6 +151,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.bodyWait <= 0 {
 		c.bodyWait = c.SyncOutageWait
+	}
+	if c.metadataMax <= 0 {
+		c.metadataMax = ollama.MaxMetadataBody
 	}
 	if c.SyncPriority == "" {
 		c.SyncPriority = broker.PriorityHigh

@@ -63,7 +63,9 @@ func (s *Server) handleVersion(w http.ResponseWriter, r *http.Request) {
 	s.relayBodyless(w, r)
 }
 
-// targetPath is the path (and query) a pass-through request takes on the target.
+// targetPath is the path (and query) a pass-through request takes on the target. The
+// query is the client's as it came, a "#" in it included: the ollama client sends it
+// unparsed.
 func targetPath(escapedPath, rawQuery string) string {
 	if rawQuery == "" {
 		return escapedPath
@@ -104,6 +106,11 @@ func (s *Server) relayTo(c ollama.Client, w http.ResponseWriter, r *http.Request
 		sent()
 	}
 	if err != nil {
+		// A body whose own read failed says why: net/http cancels the request as that
+		// read fails, so the call's error says only that it was canceled.
+		if f, ok := body.(failingBody); ok && f.failure() != nil {
+			err = f.failure()
+		}
 		s.writeError(w, r, err)
 		return 0
 	}
@@ -139,6 +146,10 @@ func (s *Server) relayTo(c ollama.Client, w http.ResponseWriter, r *http.Request
 		}
 	}
 }
+
+// failingBody is a request body that can fail the call it feeds (progressBody), with the
+// error to answer then; nil while it has not.
+type failingBody interface{ failure() error }
 
 // hopHeaders belong to one connection and are never relayed (RFC 9110 §7.6.1).
 var hopHeaders = []string{

@@ -226,7 +226,7 @@ func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, s.cfg.metadataMax+1))
 	if err != nil {
 		// Cut short (by the outage's bound, or the target): no part of it passes for all.
 		var cut *Error
@@ -234,6 +234,12 @@ func (s *Server) handleOpenAIModels(w http.ResponseWriter, r *http.Request) {
 			err = refuse(ErrBadUpstream, "ollama's model list was cut short: "+err.Error())
 		}
 		s.writeError(w, r, err)
+		return
+	}
+	if int64(len(raw)) > s.cfg.metadataMax {
+		// A list that does not end (a broken target, a gzip bomb) would grow the heap
+		// without bound; the inventory reads /api/tags no further.
+		s.writeError(w, r, refuse(ErrBadUpstream, fmt.Sprintf("ollama's model list is over %d bytes", s.cfg.metadataMax)))
 		return
 	}
 	var list openAIModelList

@@ -18,7 +18,9 @@ import (
 type Client interface {
 	// Do performs a raw pass-through request and returns the upstream response
 	// unmodified (any status); the caller relays status, headers and body and
-	// closes the body. A transport failure is a *ConnectionError.
+	// closes the body. path is the escaped path, with after a "?" the raw query, which
+	// goes to the target as given. A transport failure is a *ConnectionError; a path no
+	// request may carry is ErrBadPath.
 	Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error)
 	// Stream POSTs body to path and calls fn once per frame as the target
 	// produces it: one NDJSON line (with its "\n") for application/x-ndjson,
@@ -63,9 +65,11 @@ const (
 	defaultResponseHeaderTimeout = 10 * time.Minute
 	// maxErrorBody bounds how much of a non-2xx body is read for its message.
 	maxErrorBody = 1 << 20
-	// maxMetadataBody bounds tags/ps/version bodies.
-	maxMetadataBody = 64 << 20
 )
+
+// MaxMetadataBody bounds the metadata answers read whole from the target: tags, ps and
+// version here, the model list of /v1/models in the gateway.
+const MaxMetadataBody = 64 << 20
 
 // HTTPClient is the Client for a real Ollama over HTTP.
 type HTTPClient struct {
@@ -151,21 +155,29 @@ var hopHeaders = []string{
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade",
 }
 
+// newRequest builds a request for path, an escaped path with, after a "?", a raw query.
+// The query is sent as given, never parsed: Go's server leaves a "#" in a request's query
+// (a request has no fragment), and parsed, it would start one, cutting the query there,
+// or failing on a bad escape after it.
 func (c *HTTPClient) newRequest(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Request, error) {
-	ref, err := url.Parse(path)
+	escaped, rawQuery, _ := strings.Cut(path, "?")
+	ref, err := url.Parse(escaped)
 	if err != nil {
-		return nil, fmt.Errorf("ollama: bad path %q: %w", path, err)
+		return nil, fmt.Errorf("%w %q: %w", ErrBadPath, path, err)
+	}
+	if strings.Contains(escaped, "#") || strings.ContainsFunc(rawQuery, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return nil, fmt.Errorf("%w %q: a fragment, a space or a control character", ErrBadPath, path)
 	}
 	// The escaped form goes too: rebuilt from the decoded path alone, an escaped "/" in
 	// a segment ("..%2F") would reach the target as a real one ("../").
 	u := *c.base
 	u.Path = c.base.Path + "/" + strings.TrimLeft(ref.Path, "/")
 	u.RawPath = c.base.EscapedPath() + "/" + strings.TrimLeft(ref.EscapedPath(), "/")
-	u.RawQuery = ref.RawQuery
 	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return nil, fmt.Errorf("ollama: new request: %w", err)
 	}
+	req.URL.RawQuery = rawQuery
 	if header != nil {
 		req.Header = header.Clone()
 		for _, h := range hopHeaders {
@@ -229,7 +241,7 @@ func (c *HTTPClient) getJSON(ctx context.Context, path string, v any) ([]byte, e
 	if resp.StatusCode/100 != 2 {
 		return nil, readHTTPError(resp)
 	}
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxMetadataBody))
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, MaxMetadataBody))
 	if err != nil {
 		return nil, c.transportError(ctx, "read "+path, req, err)
 	}

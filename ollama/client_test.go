@@ -518,3 +518,33 @@ func TestMetadataBadAnswer(t *testing.T) {
 		t.Errorf("Version: %v", err)
 	}
 }
+
+// Do sends a query as given, a "#" in it included, and refuses, without a call, a path
+// no request line may hold: ErrBadPath, the caller's fault.
+func TestDoQueryAsGiven(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+	ctx := testCtx(t)
+	resp, err := c.Do(ctx, http.MethodGet, "/api/version?a#%zz&b", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	calls := fake.Calls()
+	if len(calls) != 1 || calls[0].Path != "/api/version" || calls[0].RawQuery != "a#%zz&b" {
+		t.Fatalf("the target got %+v", calls)
+	}
+	for _, path := range []string{"/api/%zz", "/api/version#top", "/api/version?a b", "/api/version?a\x01"} {
+		resp, err := c.Do(ctx, http.MethodGet, path, nil, nil)
+		if resp != nil {
+			resp.Body.Close()
+		}
+		if !errors.Is(err, ollama.ErrBadPath) {
+			t.Errorf("%q: err = %v, want ErrBadPath", path, err)
+		}
+	}
+	if n := len(fake.Calls()); n != 1 {
+		t.Errorf("%d calls, want 1: a bad path reaches no target", n)
+	}
+}

@@ -72,6 +72,10 @@ func (e *StallError) Error() string { return "target stalled: " + e.Reason() }
 // misconfigured.
 var ErrBadAnswer = errors.New("ollama: the target's answer could not be read")
 
+// ErrBadPath means a request's path (and query) cannot be sent to the target: it does not
+// parse, or it holds what no request line may. The request is at fault, not the target.
+var ErrBadPath = errors.New("ollama: bad request path")
+
 // badAnswer is ErrBadAnswer for the answer to op ("GET /api/tags"), saying why.
 func badAnswer(op string, why error) error {
 	return fmt.Errorf("%w: %s: %w", ErrBadAnswer, op, why)

@@ -226,9 +226,16 @@ func newWatchdog(clk clock, firstByte, idle time.Duration, template *StallError,
 }
 
 // fire aborts the call with the limit that ran out, unless progress raced the timer (the
-// limit was re-armed meanwhile and fires again later) or the caller's callback runs.
+// limit was re-armed meanwhile and fires again later, or, with no idle limit, stopped
+// for good) or the caller's callback runs.
 func (w *watchdog) fire() {
 	w.mu.Lock()
+	if w.started && w.idle <= 0 {
+		// The first-byte timer fired as the first byte came: no limit applies any more, and
+		// "no data for 0s" would end a healthy stream.
+		w.mu.Unlock()
+		return
+	}
 	se := w.template
 	se.FirstByte = !w.started
 	se.After = w.idle

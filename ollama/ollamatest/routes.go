@@ -72,7 +72,7 @@ func (s *Server) wrap(fn handler) http.Handler {
 		s.mu.Lock()
 		idx := len(s.calls)
 		s.calls = append(s.calls, Call{Method: r.Method, Path: r.URL.Path, Model: model, Started: time.Now(), Body: body,
-			RawPath: r.URL.EscapedPath(), Header: r.Header.Clone()})
+			RawPath: r.URL.EscapedPath(), RawQuery: r.URL.RawQuery, Header: r.Header.Clone()})
 		var f *Failure
 		if s.down {
 			f = &Failure{kind: kindDrop}

@@ -121,6 +121,7 @@ type Call struct {
 	Failure  string // the injected failure applied, if any
 	Body     []byte // the request body as received
 	RawPath  string // the request path as sent, escapes included
+	RawQuery string // the query as sent, after the "?"
 	Header   http.Header
 }
 
