@@ -92,7 +92,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_NATS_CREDS", flag: "nats-creds", usage: "credentials file (.creds: user JWT and nkey seed) to log in to FOREMAN_NATS_URL", parse: readableFile(&c.NATSCreds)},
 		{env: "FOREMAN_NATS_NKEY_SEED", flag: "nats-nkey-seed", usage: "file holding a user nkey seed (SU…) to log in to FOREMAN_NATS_URL", parse: readableFile(&c.NATSNkeySeed)},
 		{env: "FOREMAN_NATS_CA", flag: "nats-ca", usage: "PEM file of the CA(s) that signed FOREMAN_NATS_URL's TLS certificates", parse: readableFile(&c.NATSCA)},
-		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL)", parse: integer(&c.NATSReplicas)},
+		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL; 1 on a single NATS server)", parse: integer(&c.NATSReplicas)},
 		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: durationDefault(app.DefaultPollInterval), usage: "how often the model inventory polls Ollama", parse: dur(&c.PollInterval)},
 		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on retried failures (unreachable, stalled, 503/429)", parse: integer(&c.MaxAttempts)},
 		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: durationDefault(app.DefaultAckWait), usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: dur(&c.AckWait)},
@@ -394,6 +394,10 @@ func (c *serveConfig) finish() error {
 	}
 	if c.NATSReplicas == 0 { // unset: a set value is positive
 		c.NATSReplicas = app.DefaultReplicas(c.NATSURL)
+	}
+	if c.NATSURL == "" && c.NATSReplicas > 1 {
+		return fmt.Errorf("FOREMAN_NATS_REPLICAS=%d: the embedded NATS server is a single node, whose streams have 1 replica; "+
+			"more need a NATS cluster (FOREMAN_NATS_URL)", c.NATSReplicas)
 	}
 	if c.MaxBodyBytesInFlight == 0 { // unset: a set value is positive
 		c.MaxBodyBytesInFlight = app.DefaultMaxBodyBytesInFlight(c.MaxBodyBytes)

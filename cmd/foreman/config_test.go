@@ -139,6 +139,10 @@ func TestConfigNATSCombinations(t *testing.T) {
 		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_URL": "nats://x:4222"}, "exclude each other"},
 		{map[string]string{"FOREMAN_NATS_TLS_CERT": "c.pem"}, "must be set together"},
 		{map[string]string{"FOREMAN_NATS_LISTEN": "nope"}, `FOREMAN_NATS_LISTEN="nope": not host:port`},
+		// The embedded server is one node: its streams cannot have more than 1 replica.
+		{map[string]string{"FOREMAN_NATS_REPLICAS": "3"}, `FOREMAN_NATS_REPLICAS=3: the embedded NATS server is a single node`},
+		{map[string]string{"FOREMAN_NATS_REPLICAS": "1"}, ""},
+		{map[string]string{"FOREMAN_NATS_REPLICAS": "3", "FOREMAN_NATS_URL": "nats://x:4222"}, ""},
 		// Logging in to an external cluster.
 		{map[string]string{"FOREMAN_NATS_CREDS": "/no/such.creds", "FOREMAN_NATS_URL": "nats://x:4222"}, `FOREMAN_NATS_CREDS="/no/such.creds": cannot read the file`},
 		{map[string]string{"FOREMAN_NATS_NKEY_SEED": "/no/such.nk", "FOREMAN_NATS_URL": "nats://x:4222"}, `FOREMAN_NATS_NKEY_SEED="/no/such.nk": cannot read the file`},
