@@ -238,10 +238,16 @@ func durationDefault(d time.Duration) string {
 	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
 }
 
+// hostPort accepts host:port with a port number from 0 to 65535 (0 picks a free port),
+// so that a port no listener can open is refused here, with its setting named.
 func hostPort(p *string) func(string) error {
 	return func(v string) error {
-		if _, _, err := net.SplitHostPort(v); err != nil {
+		_, port, err := net.SplitHostPort(v)
+		if err != nil {
 			return errors.New("not host:port")
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return errors.New("the port is not a number from 0 to 65535")
 		}
 		*p = v
 		return nil
