@@ -52,6 +52,21 @@ func (c *serveConfig) settings() []*setting {
 			return nil
 		}
 	}
+	// atLeast is dur with a floor, for the durations that fail later, or make foreman busy
+	// for nothing, when they are tiny.
+	atLeast := func(p *time.Duration, floor time.Duration, why string) func(string) error {
+		return func(v string) error {
+			var d time.Duration
+			if err := dur(&d)(v); err != nil {
+				return err
+			}
+			if d < floor {
+				return fmt.Errorf("must be at least %s: %s", floor, why)
+			}
+			*p = d
+			return nil
+		}
+	}
 	integer := func(p *int) func(string) error {
 		return func(v string) error {
 			n, err := strconv.Atoi(v)
@@ -60,6 +75,19 @@ func (c *serveConfig) settings() []*setting {
 			}
 			if n <= 0 {
 				return errors.New("must be positive")
+			}
+			*p = n
+			return nil
+		}
+	}
+	atMost := func(p *int, ceiling int) func(string) error {
+		return func(v string) error {
+			var n int
+			if err := integer(&n)(v); err != nil {
+				return err
+			}
+			if n > ceiling {
+				return fmt.Errorf("must be at most %d", ceiling)
 			}
 			*p = n
 			return nil
@@ -93,10 +121,10 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_NATS_NKEY_SEED", flag: "nats-nkey-seed", usage: "file holding a user nkey seed (SU…) to log in to FOREMAN_NATS_URL", parse: readableFile(&c.NATSNkeySeed)},
 		{env: "FOREMAN_NATS_CA", flag: "nats-ca", usage: "PEM file of the CA(s) that signed FOREMAN_NATS_URL's TLS certificates", parse: readableFile(&c.NATSCA)},
 		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL; 1 on a single NATS server)", parse: integer(&c.NATSReplicas)},
-		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: durationDefault(app.DefaultPollInterval), usage: "how often the model inventory polls Ollama", parse: dur(&c.PollInterval)},
-		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on retried failures (unreachable, stalled, 503/429)", parse: integer(&c.MaxAttempts)},
-		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: durationDefault(app.DefaultAckWait), usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: dur(&c.AckWait)},
-		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: durationDefault(app.DefaultJobTTL), usage: "how long jobs, artifacts and delivery logs are kept", parse: dur(&c.JobTTL)},
+		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: durationDefault(app.DefaultPollInterval), usage: "how often the model inventory polls Ollama", parse: atLeast(&c.PollInterval, minPollInterval, "every poll asks Ollama twice and writes to NATS")},
+		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on retried failures (unreachable, stalled, 503/429)", parse: atMost(&c.MaxAttempts, maxAttempts)},
+		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: durationDefault(app.DefaultAckWait), usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: atLeast(&c.AckWait, minAckWait, "a running job renews it every third of it")},
+		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: durationDefault(app.DefaultJobTTL), usage: "how long jobs, artifacts and delivery logs are kept", parse: atLeast(&c.JobTTL, minJobTTL, "shorter, jobs could expire before they run")},
 		{env: "FOREMAN_WEBHOOK_SECRET", flag: "webhook-secret", usage: "webhook signing secret (whsec_<base64> or raw)", parse: str(&c.WebhookSecret)},
 		{env: "FOREMAN_WEBHOOK_ATTEMPTS", flag: "webhook-attempts", def: strconv.Itoa(app.DefaultWebhookAttempts), usage: "delivery attempts per webhook event", parse: integer(&c.WebhookAttempts)},
 		// Webhook network policy (ADR-0021).
@@ -179,6 +207,19 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_TARGET_NAME", flag: "target-name", def: app.DefaultTargetName(), usage: "name of this foreman's Ollama among those sharing the NATS (default: the host name)", parse: targetName(&c.TargetName)},
 	}
 }
+
+// Bounds of the settings whose extremes fail later or make no sense: a job TTL under
+// JetStream's floor of a stream's max age (100ms) fails the store's set-up, and one barely
+// above it expires jobs before they run; an ack wait so short that a running job's
+// keep-alive (every third of it, at least 10ms) comes late lets JetStream hand the job out
+// again while it runs; a poll every millisecond keeps Ollama and NATS busy for nothing;
+// and the queue's delivery limit, two above the attempts, would wrap around.
+const (
+	minJobTTL       = time.Second
+	minAckWait      = time.Second
+	minPollInterval = 100 * time.Millisecond
+	maxAttempts     = 100
+)
 
 // targetName parses FOREMAN_TARGET_NAME: 1 to 64 letters, digits, '.', '-' or '_' (a
 // host name fits), so it reads well in /healthz and makes a NATS KV key.

@@ -86,6 +86,20 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 }
 
+// The bounds themselves are taken.
+func TestConfigBoundsAccepted(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseConfig(t, nil, map[string]string{
+		"FOREMAN_JOB_TTL": "1s", "FOREMAN_ACK_WAIT": "1s", "FOREMAN_POLL_INTERVAL": "100ms", "FOREMAN_MAX_ATTEMPTS": "100",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.JobTTL != time.Second || cfg.AckWait != time.Second || cfg.PollInterval != 100*time.Millisecond || cfg.MaxAttempts != 100 {
+		t.Errorf("bounds: job TTL %s, ack wait %s, poll interval %s, max attempts %d", cfg.JobTTL, cfg.AckWait, cfg.PollInterval, cfg.MaxAttempts)
+	}
+}
+
 // Bad values are refused with the variable (or flag) and the value in the message.
 func TestConfigBadValues(t *testing.T) {
 	t.Parallel()
@@ -99,6 +113,12 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_POLL_INTERVAL": "-5s"}, want: []string{`FOREMAN_POLL_INTERVAL="-5s": must be positive`}},
 		{env: map[string]string{"FOREMAN_MAX_QUEUE": "lots"}, want: []string{`FOREMAN_MAX_QUEUE="lots": not an integer`}},
 		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "0"}, want: []string{`FOREMAN_MAX_ATTEMPTS="0": must be positive`}},
+		// Values that would fail later, or make no sense, are refused with their bound.
+		{env: map[string]string{"FOREMAN_JOB_TTL": "50ms"}, want: []string{`FOREMAN_JOB_TTL="50ms": must be at least 1s`}},
+		{env: map[string]string{"FOREMAN_ACK_WAIT": "10ms"}, want: []string{`FOREMAN_ACK_WAIT="10ms": must be at least 1s`}},
+		{args: []string{"--poll-interval=1ms"}, want: []string{`--poll-interval="1ms": must be at least 100ms`}},
+		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "9223372036854775807"}, want: []string{`FOREMAN_MAX_ATTEMPTS="9223372036854775807": must be at most 100`}},
+		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "101"}, want: []string{`FOREMAN_MAX_ATTEMPTS="101": must be at most 100`}},
 		{env: map[string]string{"FOREMAN_ADDR": "8080"}, want: []string{`FOREMAN_ADDR="8080": not host:port`}},
 		{env: map[string]string{"FOREMAN_ADDR": "127.0.0.1:65536"}, want: []string{`FOREMAN_ADDR="127.0.0.1:65536": the port is not a number from 0 to 65535`}},
 		{args: []string{"--nats-listen", "127.0.0.1:99999"}, want: []string{`--nats-listen="127.0.0.1:99999": the port is not a number from 0 to 65535`}},
