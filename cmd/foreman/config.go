@@ -413,6 +413,9 @@ func (c *serveConfig) finish() error {
 	if c.NATSListen != "" && c.NATSURL != "" {
 		return errors.New("FOREMAN_NATS_LISTEN and FOREMAN_NATS_URL exclude each other: an external NATS has its own listeners")
 	}
+	if err := app.CheckNATSListener(c.Config); err != nil {
+		return err
+	}
 	if (c.NATSUser == "") != (c.NATSPassword == "") {
 		return errors.New("FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD must be set together")
 	}

@@ -274,6 +274,9 @@ func (a *App) startNATS(ctx context.Context) error {
 	if err := CheckNATSLogin(a.cfg); err != nil {
 		return err
 	}
+	if err := CheckNATSListener(a.cfg); err != nil {
+		return err
+	}
 	if a.cfg.NATSURL != "" {
 		opts, err := natsOptions(a.cfg)
 		if err != nil {
