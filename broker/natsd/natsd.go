@@ -48,6 +48,9 @@ type Config struct {
 	TLSKey  string
 	// MaxStore caps JetStream file storage in bytes; 0 lets the server choose.
 	MaxStore int64
+	// MaxPayload caps a message in bytes; 0 keeps the server's default, 1 MiB. Tests set
+	// it small, as an external NATS may.
+	MaxPayload int32
 	// ReadyTimeout bounds start-up; default 10s.
 	ReadyTimeout time.Duration
 	Logger       *slog.Logger
@@ -207,6 +210,7 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 	opts.JetStream = true
 	opts.StoreDir = cfg.DataDir
 	opts.JetStreamMaxStore = cfg.MaxStore
+	opts.MaxPayload = cfg.MaxPayload
 	opts.SyncAlways = true // an acknowledged job is on disk
 	opts.NoSigs = true     // else the server os.Exit()s on SIGTERM
 	opts.DontListen = cfg.Listen == ""
