@@ -45,7 +45,8 @@ func CheckNATSListener(c Config) error {
 		name, v string
 		tls     bool
 	}{
-		{"FOREMAN_NATS_USER", c.NATSUser, false}, {"FOREMAN_NATS_PASSWORD", c.NATSPassword, false},
+		// Not FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD: the CLI logs in with them too
+		// (jobs watch, submit --wait), and a shell that sets them for it runs serve too.
 		{"FOREMAN_NATS_NKEY", c.NATSNkey, false},
 		{"FOREMAN_NATS_TLS_CERT", c.NATSTLSCert, true}, {"FOREMAN_NATS_TLS_KEY", c.NATSTLSKey, true},
 	} {
@@ -58,8 +59,8 @@ func CheckNATSListener(c Config) error {
 				"to reach FOREMAN_NATS_URL over TLS, give it tls:// URLs (and FOREMAN_NATS_CA for a private CA)", s.name)
 		default:
 			return fmt.Errorf("%s is a setting of the embedded server's NATS listener, and with FOREMAN_NATS_URL none runs: "+
-				"to log in to FOREMAN_NATS_URL, put the user and password in its URL (nats://user:password@host:4222), "+
-				"or use FOREMAN_NATS_CREDS or FOREMAN_NATS_NKEY_SEED", s.name)
+				"to log in to FOREMAN_NATS_URL with an nkey, use FOREMAN_NATS_NKEY_SEED (or FOREMAN_NATS_CREDS, "+
+				"or a user and password in its URL: nats://user:password@host:4222)", s.name)
 		}
 	}
 	return nil

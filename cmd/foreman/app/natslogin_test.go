@@ -202,9 +202,9 @@ func TestNATSListenerSettingsChecked(t *testing.T) {
 		cfg  Config
 		want string
 	}{
-		{Config{NATSUser: "u", NATSPassword: "p"}, "FOREMAN_NATS_USER needs FOREMAN_NATS_LISTEN"},
+		{Config{NATSUser: "u", NATSPassword: "p"}, ""}, // the CLI's login too
 		{Config{NATSTLSKey: "k.pem"}, "FOREMAN_NATS_TLS_KEY needs FOREMAN_NATS_LISTEN"},
-		{Config{NATSURL: "nats://h:4222", NATSPassword: "p"}, "FOREMAN_NATS_PASSWORD is a setting of the embedded server's NATS listener"},
+		{Config{NATSURL: "nats://h:4222", NATSNkey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}, "use FOREMAN_NATS_NKEY_SEED"},
 		{Config{NATSListen: "127.0.0.1:0", NATSUser: "u", NATSPassword: "p", NATSTLSCert: "c", NATSTLSKey: "k"}, ""},
 		{Config{NATSURL: "nats://h:4222"}, ""},
 	} {
