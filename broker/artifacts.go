@@ -76,8 +76,7 @@ func (s *Store) StoreArtifact(ctx context.Context, id, name, contentType string,
 	// A put that meets a leader election is tried again (a repeat replaces the object):
 	// the result of a job that ran must not be lost to it.
 	err := retrying(ctx, 2*s.cfg.RetryWindow, artifactAttempt, func(ctx context.Context) error {
-		_, err := s.artifacts.PutBytes(ctx, meta.Name, data)
-		return err
+		return s.putObject(ctx, meta.Name, data)
 	})
 	if err != nil {
 		return Artifact{}, fmt.Errorf("broker: put artifact %s: %w", meta.Name, storageErr(err))

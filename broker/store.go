@@ -132,8 +132,9 @@ type Store struct {
 	log       *slog.Logger
 
 	// inlineLimit is the largest request body carried in a queue message; larger ones go
-	// to the object store.
+	// to the object store, in chunks of chunkSize (putObject).
 	inlineLimit int
+	chunkSize   uint32
 	// dup is the queue's duplicate window: a job's message published again within it is
 	// dropped by its Nats-Msg-Id.
 	dup time.Duration
@@ -182,11 +183,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("broker: jetstream: %w", err)
 	}
 	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: cfg.Now().UTC(), consumers: map[string]cachedConsumer{}}
-	// Leave room for headers under the server's max payload (1 MiB by default).
-	s.inlineLimit = int(cfg.Conn.MaxPayload()) - 64*1024
-	if s.inlineLimit <= 0 {
-		s.inlineLimit = 900 * 1024
-	}
+	s.inlineLimit, s.chunkSize = bodyLimits(cfg.Conn.MaxPayload())
 
 	dup := cfg.DuplicateWindow
 	if dup <= 0 {
@@ -238,6 +235,26 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		}
 	}
 	return s, nil
+}
+
+// bodyLimits are the largest request body carried inline in a queue message and the
+// chunk size of the objects stored, under a server's max payload (1 MiB by default):
+// 64 KiB is left for a message's headers, or half of it on a server whose max payload
+// is so small that that would leave less; and nats.go's chunks of 128 KiB would not fit
+// in a message of a server whose max payload is 128 KiB or less.
+func bodyLimits(maxPayload int64) (inline int, chunk uint32) {
+	if maxPayload <= 0 {
+		maxPayload = 1 << 20 // not told: nats-server's default
+	}
+	inline = int(max(maxPayload-64<<10, maxPayload/2))
+	return inline, uint32(min(inline, 128<<10))
+}
+
+// putObject stores data as the object name in chunks that fit the server's max payload.
+func (s *Store) putObject(ctx context.Context, name string, data []byte) error {
+	meta := jetstream.ObjectMeta{Name: name, Opts: &jetstream.ObjectMetaOptions{ChunkSize: s.chunkSize}}
+	_, err := s.artifacts.Put(ctx, meta, bytes.NewReader(data))
+	return err
 }
 
 func (s *Store) queueConfig(dup time.Duration) jetstream.StreamConfig {
@@ -325,7 +342,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 
 	if len(body) > s.inlineLimit {
 		j.BodyRef = bodyRefOf(j.ID)
-		if _, err := s.artifacts.PutBytes(ctx, j.BodyRef, body); err != nil {
+		if err := s.putObject(ctx, j.BodyRef, body); err != nil {
 			return nil, fmt.Errorf("broker: store request body: %w", storageErr(err))
 		}
 	}
@@ -480,7 +497,7 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 	if j.BodyRef != "" {
 		_, err := s.artifacts.GetInfo(ctx, j.BodyRef)
 		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			_, err = s.artifacts.PutBytes(ctx, j.BodyRef, body)
+			err = s.putObject(ctx, j.BodyRef, body)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("broker: resubmit %s: request body: %w", id, storageErr(err))

@@ -234,6 +234,48 @@ func TestLargePayloadGoesToObjectStore(t *testing.T) {
 	}
 }
 
+// On a server whose max payload is small (64 KiB, less than the room left for headers
+// under the default 1 MiB), a body too large for a message goes to the object store, in
+// chunks that fit a message, and so does an artifact; a small one still rides inline.
+func TestSmallMaxPayloadBodiesGoToObjectStore(t *testing.T) {
+	t.Parallel()
+	const maxPayload = 64 << 10
+	b := brokertest.New(t, brokertest.WithNATS(func(c *natsd.Config) { c.MaxPayload = maxPayload }))
+	if got := b.Conn.MaxPayload(); got != maxPayload {
+		t.Fatalf("server max payload %d, want %d", got, maxPayload)
+	}
+	ctx := ctxT(t)
+	large := bytes.Repeat([]byte("0123456789abcdef"), 200<<10/16) // 200 KiB: several chunks
+	small := bytes.Repeat([]byte("x"), 1<<10)
+	for _, body := range [][]byte{large, small} {
+		j, err := b.Store.Submit(ctx, &broker.Job{Model: "vision", Kind: broker.KindChat}, body)
+		if err != nil {
+			t.Fatalf("submit %d bytes: %v", len(body), err)
+		}
+		if byRef := len(body) > maxPayload; (j.BodyRef != "") != byRef {
+			t.Errorf("a body of %d bytes stored by reference: %v, want %v", len(body), j.BodyRef != "", byRef)
+		}
+		d, err := b.Store.Next(ctx, token(t, "vision"))
+		if err != nil || d == nil {
+			t.Fatalf("next: %v %v", d, err)
+		}
+		if !bytes.Equal(d.Body, body) {
+			t.Fatalf("body mismatch: %d bytes back, want %d", len(d.Body), len(body))
+		}
+		if err := b.Store.Finish(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+		if len(body) > maxPayload {
+			if _, err := b.Store.PutArtifact(ctx, j.ID, "result.bin", "application/octet-stream", body); err != nil {
+				t.Fatalf("put a %d-byte artifact: %v", len(body), err)
+			}
+			if _, got, err := b.Store.GetArtifact(ctx, j.ID, "result.bin"); err != nil || !bytes.Equal(got, body) {
+				t.Fatalf("get the artifact: %d bytes, %v", len(got), err)
+			}
+		}
+	}
+}
+
 func TestQueueFull(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 3 }))

@@ -48,6 +48,9 @@ type Config struct {
 	TLSKey  string
 	// MaxStore caps JetStream file storage in bytes; 0 lets the server choose.
 	MaxStore int64
+	// MaxPayload caps a message in bytes; 0 keeps the server's default, 1 MiB. Tests set
+	// it small, as an external NATS may.
+	MaxPayload int32
 	// ReadyTimeout bounds start-up; default 10s.
 	ReadyTimeout time.Duration
 	Logger       *slog.Logger
@@ -144,17 +147,52 @@ func Start(cfg Config) (*Server, error) {
 		s.unlock()
 		return nil, fmt.Errorf("natsd: %w", err)
 	}
-	ns.SetLoggerV2(&logAdapter{log: cfg.Logger}, false, false, false)
+	logs := &logAdapter{log: cfg.Logger}
+	ns.SetLoggerV2(logs, false, false, false)
 	ns.Start()
-	if !ns.ReadyForConnections(cfg.ReadyTimeout) {
+	if err := waitReady(ns, logs, cfg); err != nil {
 		ns.Shutdown()
 		ns.WaitForShutdown()
 		s.unlock()
-		return nil, fmt.Errorf("natsd: server not ready after %s", cfg.ReadyTimeout)
+		return nil, err
 	}
 	s.ns = ns
 	s.conns = ns
 	return s, nil
+}
+
+// waitReady waits until ns accepts connections, for up to cfg.ReadyTimeout, or until it
+// logs a fatal error, which it returns naming the setting behind it where there is one.
+func waitReady(ns *server.Server, logs *logAdapter, cfg Config) error {
+	deadline := time.Now().Add(cfg.ReadyTimeout)
+	for {
+		ready := ns.ReadyForConnections(readyPoll)
+		if f := logs.fatalLine(); f != nil {
+			return f.err(cfg)
+		}
+		if ready {
+			return nil
+		}
+		if !time.Now().Before(deadline) {
+			return fmt.Errorf("natsd: server not ready after %s", cfg.ReadyTimeout)
+		}
+	}
+}
+
+// readyPoll is how long waitReady waits for the server at a time before it looks for a
+// fatal error again.
+const readyPoll = 50 * time.Millisecond
+
+// err is the error of a fatal line, naming the setting behind the listener or the store
+// directory when it is about one of them.
+func (f *fatalLine) err(cfg Config) error {
+	switch {
+	case strings.HasPrefix(f.format, "Error listening on port"):
+		return fmt.Errorf("FOREMAN_NATS_LISTEN=%q: nats-server: %s", cfg.Listen, f.msg)
+	case strings.HasPrefix(f.format, "Can't start JetStream"):
+		return fmt.Errorf("FOREMAN_DATA_DIR=%q: nats-server: %s", cfg.DataDir, f.msg)
+	}
+	return fmt.Errorf("natsd: nats-server: %s", f.msg)
 }
 
 func (s *Server) options(cfg Config) (*server.Options, error) {
@@ -172,6 +210,7 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 	opts.JetStream = true
 	opts.StoreDir = cfg.DataDir
 	opts.JetStreamMaxStore = cfg.MaxStore
+	opts.MaxPayload = cfg.MaxPayload
 	opts.SyncAlways = true // an acknowledged job is on disk
 	opts.NoSigs = true     // else the server os.Exit()s on SIGTERM
 	opts.DontListen = cfg.Listen == ""

@@ -52,6 +52,21 @@ func (c *serveConfig) settings() []*setting {
 			return nil
 		}
 	}
+	// atLeast is dur with a floor, for the durations that fail later, or make foreman busy
+	// for nothing, when they are tiny.
+	atLeast := func(p *time.Duration, floor time.Duration, why string) func(string) error {
+		return func(v string) error {
+			var d time.Duration
+			if err := dur(&d)(v); err != nil {
+				return err
+			}
+			if d < floor {
+				return fmt.Errorf("must be at least %s: %s", floor, why)
+			}
+			*p = d
+			return nil
+		}
+	}
 	integer := func(p *int) func(string) error {
 		return func(v string) error {
 			n, err := strconv.Atoi(v)
@@ -60,6 +75,19 @@ func (c *serveConfig) settings() []*setting {
 			}
 			if n <= 0 {
 				return errors.New("must be positive")
+			}
+			*p = n
+			return nil
+		}
+	}
+	atMost := func(p *int, ceiling int) func(string) error {
+		return func(v string) error {
+			var n int
+			if err := integer(&n)(v); err != nil {
+				return err
+			}
+			if n > ceiling {
+				return fmt.Errorf("must be at most %d", ceiling)
 			}
 			*p = n
 			return nil
@@ -92,11 +120,11 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_NATS_CREDS", flag: "nats-creds", usage: "credentials file (.creds: user JWT and nkey seed) to log in to FOREMAN_NATS_URL", parse: readableFile(&c.NATSCreds)},
 		{env: "FOREMAN_NATS_NKEY_SEED", flag: "nats-nkey-seed", usage: "file holding a user nkey seed (SU…) to log in to FOREMAN_NATS_URL", parse: readableFile(&c.NATSNkeySeed)},
 		{env: "FOREMAN_NATS_CA", flag: "nats-ca", usage: "PEM file of the CA(s) that signed FOREMAN_NATS_URL's TLS certificates", parse: readableFile(&c.NATSCA)},
-		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL)", parse: integer(&c.NATSReplicas)},
-		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: durationDefault(app.DefaultPollInterval), usage: "how often the model inventory polls Ollama", parse: dur(&c.PollInterval)},
-		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on retried failures (unreachable, stalled, 503/429)", parse: integer(&c.MaxAttempts)},
-		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: durationDefault(app.DefaultAckWait), usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: dur(&c.AckWait)},
-		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: durationDefault(app.DefaultJobTTL), usage: "how long jobs, artifacts and delivery logs are kept", parse: dur(&c.JobTTL)},
+		{env: "FOREMAN_NATS_REPLICAS", flag: "nats-replicas", usage: "replicas of foreman's streams (default 1 embedded, 3 with FOREMAN_NATS_URL; 1 on a single NATS server)", parse: integer(&c.NATSReplicas)},
+		{env: "FOREMAN_POLL_INTERVAL", flag: "poll-interval", def: durationDefault(app.DefaultPollInterval), usage: "how often the model inventory polls Ollama", parse: atLeast(&c.PollInterval, minPollInterval, "every poll asks Ollama twice and writes to NATS")},
+		{env: "FOREMAN_MAX_ATTEMPTS", flag: "max-attempts", def: strconv.Itoa(app.DefaultMaxAttempts), usage: "attempts per job on retried failures (unreachable, stalled, 503/429)", parse: atMost(&c.MaxAttempts, maxAttempts)},
+		{env: "FOREMAN_ACK_WAIT", flag: "ack-wait", def: durationDefault(app.DefaultAckWait), usage: "how long a job whose foreman died waits before it runs again (with --nats-url; embedded: at once)", parse: atLeast(&c.AckWait, minAckWait, "a running job renews it every third of it")},
+		{env: "FOREMAN_JOB_TTL", flag: "job-ttl", def: durationDefault(app.DefaultJobTTL), usage: "how long jobs, artifacts and delivery logs are kept", parse: atLeast(&c.JobTTL, minJobTTL, "shorter, jobs could expire before they run")},
 		{env: "FOREMAN_WEBHOOK_SECRET", flag: "webhook-secret", usage: "webhook signing secret (whsec_<base64> or raw)", parse: str(&c.WebhookSecret)},
 		{env: "FOREMAN_WEBHOOK_ATTEMPTS", flag: "webhook-attempts", def: strconv.Itoa(app.DefaultWebhookAttempts), usage: "delivery attempts per webhook event", parse: integer(&c.WebhookAttempts)},
 		// Webhook network policy (ADR-0021).
@@ -180,6 +208,19 @@ func (c *serveConfig) settings() []*setting {
 	}
 }
 
+// Bounds of the settings whose extremes fail later or make no sense: a job TTL under
+// JetStream's floor of a stream's max age (100ms) fails the store's set-up, and one barely
+// above it expires jobs before they run; an ack wait so short that a running job's
+// keep-alive (every third of it, at least 10ms) comes late lets JetStream hand the job out
+// again while it runs; a poll every millisecond keeps Ollama and NATS busy for nothing;
+// and the queue's delivery limit, two above the attempts, would wrap around.
+const (
+	minJobTTL       = time.Second
+	minAckWait      = time.Second
+	minPollInterval = 100 * time.Millisecond
+	maxAttempts     = 100
+)
+
 // targetName parses FOREMAN_TARGET_NAME: 1 to 64 letters, digits, '.', '-' or '_' (a
 // host name fits), so it reads well in /healthz and makes a NATS KV key.
 func targetName(p *string) func(string) error {
@@ -238,10 +279,16 @@ func durationDefault(d time.Duration) string {
 	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
 }
 
+// hostPort accepts host:port with a port number from 0 to 65535 (0 picks a free port),
+// so that a port no listener can open is refused here, with its setting named.
 func hostPort(p *string) func(string) error {
 	return func(v string) error {
-		if _, _, err := net.SplitHostPort(v); err != nil {
+		_, port, err := net.SplitHostPort(v)
+		if err != nil {
 			return errors.New("not host:port")
+		}
+		if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+			return errors.New("the port is not a number from 0 to 65535")
 		}
 		*p = v
 		return nil
@@ -366,6 +413,9 @@ func (c *serveConfig) finish() error {
 	if c.NATSListen != "" && c.NATSURL != "" {
 		return errors.New("FOREMAN_NATS_LISTEN and FOREMAN_NATS_URL exclude each other: an external NATS has its own listeners")
 	}
+	if err := app.CheckNATSListener(c.Config); err != nil {
+		return err
+	}
 	if (c.NATSUser == "") != (c.NATSPassword == "") {
 		return errors.New("FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD must be set together")
 	}
@@ -394,6 +444,10 @@ func (c *serveConfig) finish() error {
 	}
 	if c.NATSReplicas == 0 { // unset: a set value is positive
 		c.NATSReplicas = app.DefaultReplicas(c.NATSURL)
+	}
+	if c.NATSURL == "" && c.NATSReplicas > 1 {
+		return fmt.Errorf("FOREMAN_NATS_REPLICAS=%d: the embedded NATS server is a single node, whose streams have 1 replica; "+
+			"more need a NATS cluster (FOREMAN_NATS_URL)", c.NATSReplicas)
 	}
 	if c.MaxBodyBytesInFlight == 0 { // unset: a set value is positive
 		c.MaxBodyBytesInFlight = app.DefaultMaxBodyBytesInFlight(c.MaxBodyBytes)

@@ -86,6 +86,20 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 }
 
+// The bounds themselves are taken.
+func TestConfigBoundsAccepted(t *testing.T) {
+	t.Parallel()
+	cfg, err := parseConfig(t, nil, map[string]string{
+		"FOREMAN_JOB_TTL": "1s", "FOREMAN_ACK_WAIT": "1s", "FOREMAN_POLL_INTERVAL": "100ms", "FOREMAN_MAX_ATTEMPTS": "100",
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.JobTTL != time.Second || cfg.AckWait != time.Second || cfg.PollInterval != 100*time.Millisecond || cfg.MaxAttempts != 100 {
+		t.Errorf("bounds: job TTL %s, ack wait %s, poll interval %s, max attempts %d", cfg.JobTTL, cfg.AckWait, cfg.PollInterval, cfg.MaxAttempts)
+	}
+}
+
 // Bad values are refused with the variable (or flag) and the value in the message.
 func TestConfigBadValues(t *testing.T) {
 	t.Parallel()
@@ -99,7 +113,17 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_POLL_INTERVAL": "-5s"}, want: []string{`FOREMAN_POLL_INTERVAL="-5s": must be positive`}},
 		{env: map[string]string{"FOREMAN_MAX_QUEUE": "lots"}, want: []string{`FOREMAN_MAX_QUEUE="lots": not an integer`}},
 		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "0"}, want: []string{`FOREMAN_MAX_ATTEMPTS="0": must be positive`}},
+		// Values that would fail later, or make no sense, are refused with their bound.
+		{env: map[string]string{"FOREMAN_JOB_TTL": "50ms"}, want: []string{`FOREMAN_JOB_TTL="50ms": must be at least 1s`}},
+		{env: map[string]string{"FOREMAN_ACK_WAIT": "10ms"}, want: []string{`FOREMAN_ACK_WAIT="10ms": must be at least 1s`}},
+		{args: []string{"--poll-interval=1ms"}, want: []string{`--poll-interval="1ms": must be at least 100ms`}},
+		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "9223372036854775807"}, want: []string{`FOREMAN_MAX_ATTEMPTS="9223372036854775807": must be at most 100`}},
+		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "101"}, want: []string{`FOREMAN_MAX_ATTEMPTS="101": must be at most 100`}},
 		{env: map[string]string{"FOREMAN_ADDR": "8080"}, want: []string{`FOREMAN_ADDR="8080": not host:port`}},
+		{env: map[string]string{"FOREMAN_ADDR": "127.0.0.1:65536"}, want: []string{`FOREMAN_ADDR="127.0.0.1:65536": the port is not a number from 0 to 65535`}},
+		{args: []string{"--nats-listen", "127.0.0.1:99999"}, want: []string{`--nats-listen="127.0.0.1:99999": the port is not a number from 0 to 65535`}},
+		{env: map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:-1"}, want: []string{`FOREMAN_NATS_LISTEN="127.0.0.1:-1": the port is not a number`}},
+		{env: map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:nats"}, want: []string{`FOREMAN_NATS_LISTEN="127.0.0.1:nats": the port is not a number`}},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://mac:11434"}, want: []string{`FOREMAN_OLLAMA_URL="ftp://mac:11434": not an absolute http(s) URL`}},
 		{env: map[string]string{"FOREMAN_LOG_LEVEL": "loud"}, want: []string{`FOREMAN_LOG_LEVEL="loud": not a log level`}},
 		{env: map[string]string{"FOREMAN_MAX_BODY": "1e9"}, want: []string{`FOREMAN_MAX_BODY="1e9"`}},
@@ -137,8 +161,19 @@ func TestConfigNATSCombinations(t *testing.T) {
 		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_USER": "u"}, "FOREMAN_NATS_PASSWORD"},
 		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_USER": "u", "FOREMAN_NATS_PASSWORD": "p"}, ""},
 		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_URL": "nats://x:4222"}, "exclude each other"},
-		{map[string]string{"FOREMAN_NATS_TLS_CERT": "c.pem"}, "must be set together"},
+		{map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:4222", "FOREMAN_NATS_USER": "u", "FOREMAN_NATS_PASSWORD": "p", "FOREMAN_NATS_TLS_CERT": "c.pem"}, "must be set together"},
+		// The listener's settings do nothing without the listener, nor with an external NATS.
+		// Not the user and password: the CLI logs in with them, and its shell may run serve.
+		{map[string]string{"FOREMAN_NATS_USER": "u", "FOREMAN_NATS_PASSWORD": "p"}, ""},
+		{map[string]string{"FOREMAN_NATS_NKEY": "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}, "FOREMAN_NATS_NKEY needs FOREMAN_NATS_LISTEN"},
+		{map[string]string{"FOREMAN_NATS_TLS_CERT": "c.pem", "FOREMAN_NATS_TLS_KEY": "k.pem"}, "FOREMAN_NATS_TLS_CERT needs FOREMAN_NATS_LISTEN"},
+		{map[string]string{"FOREMAN_NATS_URL": "nats://x:4222", "FOREMAN_NATS_NKEY": "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}, "FOREMAN_NATS_NKEY is a setting of the embedded server's NATS listener, and with FOREMAN_NATS_URL none runs"},
+		{map[string]string{"FOREMAN_NATS_URL": "nats://x:4222", "FOREMAN_NATS_TLS_KEY": "k.pem"}, "FOREMAN_NATS_TLS_KEY is a setting of the embedded server's NATS listener"},
 		{map[string]string{"FOREMAN_NATS_LISTEN": "nope"}, `FOREMAN_NATS_LISTEN="nope": not host:port`},
+		// The embedded server is one node: its streams cannot have more than 1 replica.
+		{map[string]string{"FOREMAN_NATS_REPLICAS": "3"}, `FOREMAN_NATS_REPLICAS=3: the embedded NATS server is a single node`},
+		{map[string]string{"FOREMAN_NATS_REPLICAS": "1"}, ""},
+		{map[string]string{"FOREMAN_NATS_REPLICAS": "3", "FOREMAN_NATS_URL": "nats://x:4222"}, ""},
 		// Logging in to an external cluster.
 		{map[string]string{"FOREMAN_NATS_CREDS": "/no/such.creds", "FOREMAN_NATS_URL": "nats://x:4222"}, `FOREMAN_NATS_CREDS="/no/such.creds": cannot read the file`},
 		{map[string]string{"FOREMAN_NATS_NKEY_SEED": "/no/such.nk", "FOREMAN_NATS_URL": "nats://x:4222"}, `FOREMAN_NATS_NKEY_SEED="/no/such.nk": cannot read the file`},

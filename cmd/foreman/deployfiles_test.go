@@ -1,7 +1,10 @@
 package main
 
 import (
+	"maps"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -46,5 +49,175 @@ func TestComposeClusterProfile(t *testing.T) {
 		if !strings.Contains(s, want) {
 			t.Errorf("deploy/compose.yaml lacks %q", want)
 		}
+	}
+}
+
+// composeService is what TestComposeForemenKeepTheirSettings reads of a compose service,
+// YAML merge keys (<<: *anchor) resolved.
+type composeService struct {
+	foreman  bool // built from deploy/Dockerfile
+	hostname string
+	env      map[string]string
+}
+
+// composeServices reads the services of a compose file as deploy/compose.yaml writes
+// them: two spaces a level, environment as a map.
+func composeServices(t *testing.T, text string) map[string]*composeService {
+	t.Helper()
+	start, end := strings.Index(text, "\nservices:\n"), strings.Index(text, "\nvolumes:")
+	if start < 0 || end < start {
+		t.Fatal("no services section")
+	}
+	services := map[string]*composeService{}
+	anchors := map[string]*composeService{}
+	envAnchors := map[string]map[string]string{}
+	header := regexp.MustCompile(`^  ([a-z0-9-]+):(?: &(\S+))?$`)
+	field := regexp.MustCompile(`^    ([a-z_<]+):(?: (.*))?$`)
+	entry := regexp.MustCompile(`^      ([A-Za-z_<]+): (.*)$`)
+	var svc *composeService
+	inEnv := false
+	for _, line := range strings.Split(text[start:end], "\n") {
+		if m := header.FindStringSubmatch(line); m != nil {
+			svc = &composeService{env: map[string]string{}}
+			services[m[1]] = svc
+			if m[2] != "" {
+				anchors[m[2]] = svc
+			}
+			inEnv = false
+			continue
+		}
+		if svc == nil {
+			continue
+		}
+		if strings.Contains(line, "dockerfile: deploy/Dockerfile") {
+			svc.foreman = true
+		}
+		if m := field.FindStringSubmatch(line); m != nil {
+			inEnv = false
+			switch m[1] {
+			case "<<":
+				base := anchors[strings.TrimPrefix(m[2], "*")]
+				if base == nil {
+					t.Fatalf("merge of an unknown anchor: %s", line)
+				}
+				svc.foreman, svc.hostname = base.foreman, base.hostname
+				svc.env = maps.Clone(base.env)
+			case "hostname":
+				svc.hostname = m[2]
+			case "environment":
+				inEnv, svc.env = true, map[string]string{}
+				if a, ok := strings.CutPrefix(m[2], "&"); ok {
+					envAnchors[a] = svc.env
+				}
+			}
+			continue
+		}
+		if m := entry.FindStringSubmatch(line); m != nil && inEnv {
+			if m[1] == "<<" {
+				for k, v := range envAnchors[strings.TrimPrefix(m[2], "*")] {
+					if _, set := svc.env[k]; !set {
+						svc.env[k] = v
+					}
+				}
+				continue
+			}
+			svc.env[m[1]] = m[2]
+		}
+	}
+	return services
+}
+
+// The compose file's foremen keep what deploy/.env sets (its environment beats env_file:
+// there FOREMAN_OLLAMA_URL may only be a default of a variable), and each has a target
+// name of its own that outlives its container: foreman remembers its Ollama's model list
+// under it (ADR-0047), and the default, the host name, is in Docker the container id,
+// new at every recreate. The Dockerfile's docker run line gives one too.
+func TestComposeForemenKeepTheirSettings(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../deploy/compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	services := composeServices(t, string(data))
+	names := map[string]string{}
+	for _, svc := range []string{"foreman", "foreman-a", "foreman-b"} {
+		s := services[svc]
+		if s == nil || !s.foreman {
+			t.Fatalf("deploy/compose.yaml has no foreman service %s", svc)
+		}
+		if url := s.env["FOREMAN_OLLAMA_URL"]; !strings.HasPrefix(url, "${FOREMAN_OLLAMA_URL") {
+			t.Errorf("%s: FOREMAN_OLLAMA_URL is %q: it overrides deploy/.env; write ${FOREMAN_OLLAMA_URL...:-default}", svc, url)
+		}
+		name := s.hostname
+		if tn, ok := s.env["FOREMAN_TARGET_NAME"]; ok {
+			name = tn
+			if i := strings.Index(tn, ":-"); strings.HasPrefix(tn, "${") && i > 0 {
+				name = strings.TrimSuffix(tn[i+2:], "}")
+			}
+		}
+		if name == "" {
+			t.Errorf("%s has neither a hostname nor a FOREMAN_TARGET_NAME: its target name would be the container id", svc)
+			continue
+		}
+		if other, dup := names[name]; dup {
+			t.Errorf("%s and %s have the same target name %q", svc, other, name)
+		}
+		names[name] = svc
+	}
+	if s := services["foreman"]; s != nil && s.env["FOREMAN_OLLAMA_URL"] != "${FOREMAN_OLLAMA_URL:-http://host.docker.internal:11434}" {
+		t.Errorf("foreman: FOREMAN_OLLAMA_URL is %q, want deploy/.env's, else the Docker host's Ollama", s.env["FOREMAN_OLLAMA_URL"])
+	}
+	docker, err := os.ReadFile("../../deploy/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := regexp.MustCompile(`(?m)^# Run: +docker run .*(\n#  +.*)*`).FindString(string(docker))
+	if run == "" || !strings.Contains(run, "--hostname") && !strings.Contains(run, "FOREMAN_TARGET_NAME") {
+		t.Errorf("the Dockerfile's docker run line gives no --hostname nor FOREMAN_TARGET_NAME:\n%s", run)
+	}
+}
+
+// The systemd unit runs foreman as a dynamic user, which cannot read root's 0600 files:
+// every setting that names a secret file is passed as a credential (LoadCredential=, the
+// setting pointing at %d/<name>), written in the unit to uncomment. Where systemd-analyze
+// is at hand, the unit with them uncommented is verified.
+func TestSystemdUnitPassesSecretFilesAsCredentials(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../deploy/foreman.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	unit := string(data)
+	if !strings.Contains(unit, "\nDynamicUser=yes\n") {
+		t.Fatal("the unit no longer runs foreman as a dynamic user: this test is to be revised")
+	}
+	for _, env := range []string{"FOREMAN_AUTH_TOKENS_FILE", "FOREMAN_NATS_TLS_KEY", "FOREMAN_NATS_CREDS", "FOREMAN_NATS_NKEY_SEED"} {
+		m := regexp.MustCompile(`(?m)^#?Environment=` + env + `=%d/(\S+)$`).FindStringSubmatch(unit)
+		if m == nil {
+			t.Errorf("the unit does not point %s at a credential (%%d/<name>)", env)
+			continue
+		}
+		if !regexp.MustCompile(`(?m)^#?LoadCredential=` + regexp.QuoteMeta(m[1]) + `:/\S+$`).MatchString(unit) {
+			t.Errorf("%s=%%d/%s: the unit loads no credential %s", env, m[1], m[1])
+		}
+	}
+	analyze, err := exec.LookPath("systemd-analyze")
+	if err != nil {
+		t.Log("no systemd-analyze: the unit is not verified")
+		return
+	}
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	uncommented := regexp.MustCompile(`(?m)^#((?:LoadCredential|Environment)=)`).ReplaceAllString(unit, "$1")
+	uncommented = strings.Replace(uncommented, "ExecStart=/usr/local/bin/foreman ", "ExecStart="+self+" ", 1)
+	path := filepath.Join(t.TempDir(), "foreman.service")
+	if err := os.WriteFile(path, []byte(uncommented), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(analyze, "verify", "--man=no", path).CombinedOutput()
+	if err != nil || strings.Contains(string(out), path+":") {
+		t.Errorf("systemd-analyze verify of the unit with its credentials: %v\n%s", err, out)
 	}
 }

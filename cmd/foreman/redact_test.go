@@ -151,7 +151,7 @@ func TestServeNeverShowsOllamaPassword(t *testing.T) {
 	target := strings.Replace(fake.URL, "://", "://user:"+testPassword+"@", 1)
 	cfg, err := parseConfig(t, nil, map[string]string{
 		"FOREMAN_ADDR": "127.0.0.1:0", "FOREMAN_DATA_DIR": t.TempDir(), "FOREMAN_OLLAMA_URL": target,
-		"FOREMAN_POLL_INTERVAL": "20ms", "FOREMAN_LOG_LEVEL": "debug",
+		"FOREMAN_POLL_INTERVAL": "100ms", "FOREMAN_LOG_LEVEL": "debug",
 	})
 	if err != nil {
 		t.Fatal(err)

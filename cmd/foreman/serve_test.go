@@ -122,7 +122,7 @@ func TestStartAppTargetDown(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	fake.SetDown(true)
-	a := testApp(t, fake.URL, map[string]string{"FOREMAN_POLL_INTERVAL": "20ms"})
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_POLL_INTERVAL": "100ms"})
 	waitFor(t, "a failed poll", func() bool { return a.Inventory().Degraded() })
 	code, h := getHealthz(t, a.Addr())
 	if code != 200 || h["status"] != "degraded" || h["degraded"] != true {
@@ -200,7 +200,7 @@ func TestWarmEmbedderAtStartAndRecovery(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	rec, proxyURL := newEmbedRecorder(t, fake.URL)
-	a := testApp(t, proxyURL, map[string]string{"FOREMAN_EMBED_MODEL": "tiny-embed", "FOREMAN_POLL_INTERVAL": "20ms"})
+	a := testApp(t, proxyURL, map[string]string{"FOREMAN_EMBED_MODEL": "tiny-embed", "FOREMAN_POLL_INTERVAL": "100ms"})
 	waitFor(t, "the warm-up embed at start", func() bool { return rec.warmCalls("tiny-embed") >= 1 })
 
 	fake.SetDown(true)

@@ -86,7 +86,7 @@ func TestHungWarmUpDoesNotStopPolling(t *testing.T) {
 	fake := ollamatest.New(t)
 	fake.FailNextOn("/api/embed", 1, ollamatest.Hang)
 	a := testApp(t, fake.URL, map[string]string{
-		"FOREMAN_EMBED_MODEL": "tiny-embed", "FOREMAN_POLL_INTERVAL": "20ms", "FOREMAN_FIRST_BYTE_TIMEOUT": "200ms",
+		"FOREMAN_EMBED_MODEL": "tiny-embed", "FOREMAN_POLL_INTERVAL": "100ms", "FOREMAN_FIRST_BYTE_TIMEOUT": "200ms",
 	})
 	waitFor(t, "polls after the hung warm-up", func() bool {
 		tags := 0

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
@@ -90,7 +91,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	a.store, err = broker.Open(ctx, scfg)
 	if err != nil {
-		return nil, err
+		return nil, replicasError(err, scfg.Replicas)
 	}
 	a.target, err = ollama.NewClient(ollama.ClientConfig{BaseURL: cfg.OllamaURL, Token: cfg.OllamaToken, ResponseHeaderTimeout: -1, Logger: log})
 	if err != nil {
@@ -211,6 +212,22 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	return a, nil
 }
 
+// replicasNotSupported is nats-server's error code for a stream of more than one replica
+// on a server that is not part of a cluster (JSStreamReplicasNotSupportedErr).
+const replicasNotSupported jetstream.ErrorCode = 10074
+
+// replicasError names the setting behind a store that could not be opened because the
+// NATS server is a single node: FOREMAN_NATS_REPLICAS defaults to 3 with FOREMAN_NATS_URL,
+// which suits a cluster, not one server.
+func replicasError(err error, replicas int) error {
+	var apiErr *jetstream.APIError
+	if !errors.As(err, &apiErr) || apiErr.ErrorCode != replicasNotSupported {
+		return err
+	}
+	return fmt.Errorf("FOREMAN_NATS_REPLICAS=%d: the NATS server is a single node, not a cluster: "+
+		"set FOREMAN_NATS_REPLICAS=1 for a single server (%w)", replicas, err)
+}
+
 // LoopbackAddr reports whether host:port listens on loopback only: a loopback IP or
 // "localhost". An empty host, 0.0.0.0 or any other name may be reachable from elsewhere.
 func LoopbackAddr(hostport string) bool {
@@ -255,6 +272,9 @@ func (a *App) natsListenAddr() string {
 
 func (a *App) startNATS(ctx context.Context) error {
 	if err := CheckNATSLogin(a.cfg); err != nil {
+		return err
+	}
+	if err := CheckNATSListener(a.cfg); err != nil {
 		return err
 	}
 	if a.cfg.NATSURL != "" {

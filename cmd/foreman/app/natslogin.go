@@ -32,6 +32,40 @@ func CheckNATSLogin(c Config) error {
 	return nil
 }
 
+// CheckNATSListener says what is wrong with the settings of the embedded server's NATS
+// listener for clients: without FOREMAN_NATS_LISTEN there is no listener, and with
+// FOREMAN_NATS_URL no embedded server, so they would do nothing. With FOREMAN_NATS_URL
+// they may be meant to log in to it, which its URL and the settings CheckNATSLogin checks
+// do: the message says so.
+func CheckNATSListener(c Config) error {
+	if c.NATSListen != "" {
+		return nil
+	}
+	for _, s := range []struct {
+		name, v string
+		tls     bool
+	}{
+		// Not FOREMAN_NATS_USER and FOREMAN_NATS_PASSWORD: the CLI logs in with them too
+		// (jobs watch, submit --wait), and a shell that sets them for it runs serve too.
+		{"FOREMAN_NATS_NKEY", c.NATSNkey, false},
+		{"FOREMAN_NATS_TLS_CERT", c.NATSTLSCert, true}, {"FOREMAN_NATS_TLS_KEY", c.NATSTLSKey, true},
+	} {
+		switch {
+		case s.v == "":
+		case c.NATSURL == "":
+			return fmt.Errorf("%s needs FOREMAN_NATS_LISTEN: it is a setting of the embedded server's NATS listener for clients, which is off without it", s.name)
+		case s.tls:
+			return fmt.Errorf("%s is a setting of the embedded server's NATS listener, and with FOREMAN_NATS_URL none runs: "+
+				"to reach FOREMAN_NATS_URL over TLS, give it tls:// URLs (and FOREMAN_NATS_CA for a private CA)", s.name)
+		default:
+			return fmt.Errorf("%s is a setting of the embedded server's NATS listener, and with FOREMAN_NATS_URL none runs: "+
+				"to log in to FOREMAN_NATS_URL with an nkey, use FOREMAN_NATS_NKEY_SEED (or FOREMAN_NATS_CREDS, "+
+				"or a user and password in its URL: nats://user:password@host:4222)", s.name)
+		}
+	}
+	return nil
+}
+
 // natsOptions are the options foreman connects to FOREMAN_NATS_URL with: reconnect to
 // another node for ever, give a server's handshake (TLS, a login checked against a
 // bcrypt hash) 5 s where nats.go gives 2 s, a busy server is no dead one, and log in as

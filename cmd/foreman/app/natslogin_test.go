@@ -195,6 +195,35 @@ func TestNATSLoginSettingsChecked(t *testing.T) {
 	}
 }
 
+// The listener's settings need FOREMAN_NATS_LISTEN; Start refuses them as serve does.
+func TestNATSListenerSettingsChecked(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		cfg  Config
+		want string
+	}{
+		{Config{NATSUser: "u", NATSPassword: "p"}, ""}, // the CLI's login too
+		{Config{NATSTLSKey: "k.pem"}, "FOREMAN_NATS_TLS_KEY needs FOREMAN_NATS_LISTEN"},
+		{Config{NATSURL: "nats://h:4222", NATSNkey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}, "use FOREMAN_NATS_NKEY_SEED"},
+		{Config{NATSListen: "127.0.0.1:0", NATSUser: "u", NATSPassword: "p", NATSTLSCert: "c", NATSTLSKey: "k"}, ""},
+		{Config{NATSURL: "nats://h:4222"}, ""},
+	} {
+		err := CheckNATSListener(c.cfg)
+		if (c.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), c.want)) {
+			t.Errorf("%+v: %v, want %q", c.cfg, err, c.want)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, err := Start(ctx, Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), NATSNkey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"}, slog.New(slog.DiscardHandler))
+	if err == nil {
+		_ = a.Shutdown(ctx)
+	}
+	if err == nil || !strings.Contains(err.Error(), "FOREMAN_NATS_NKEY needs FOREMAN_NATS_LISTEN") {
+		t.Errorf("Start with an nkey and no listener: %v", err)
+	}
+}
+
 // logSignal is a slog handler that reports each record's message on a channel.
 type logSignal struct{ msgs chan string }
 
