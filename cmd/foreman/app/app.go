@@ -52,6 +52,11 @@ type App struct {
 	liveEndpoints []string
 	seenEndpoints []string
 
+	// denied ends the start with the NATS server's refusal of a request of foreman's user
+	// (a permissions violation), which nats.go reports apart from the request: the request
+	// itself only times out, and the start would wait for the cluster for ever.
+	denied natsDenial
+
 	cancel   context.CancelFunc // stops the background components
 	wg       sync.WaitGroup
 	failed   chan error
@@ -89,8 +94,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if adjust := cfg.Components.Store; adjust != nil {
 		adjust(&scfg)
 	}
-	a.store, err = broker.Open(ctx, scfg)
+	octx, stopOpen := a.denied.watch(ctx)
+	a.store, err = broker.Open(octx, scfg)
+	stopOpen()
 	if err != nil {
+		if denial := a.denied.err(); denial != nil {
+			return nil, fmt.Errorf("FOREMAN_NATS_URL=%q: the NATS server refused foreman's user a request: %w "+
+				"(foreman's user needs an account with JetStream and no publish or subscribe limits: see deploy/nats-cluster.conf)",
+				ollama.RedactURLs(a.cfg.NATSURL), denial)
+		}
 		return nil, replicasError(err, scfg.Replicas)
 	}
 	a.target, err = ollama.NewClient(ollama.ClientConfig{BaseURL: cfg.OllamaURL, Token: cfg.OllamaToken, ResponseHeaderTimeout: -1, Logger: log})
@@ -282,6 +294,14 @@ func (a *App) startNATS(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		opts = append(opts, nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			if errors.Is(err, nats.ErrPermissionViolation) {
+				a.log.Error("the NATS server refused a request of foreman's user", "err", err)
+				a.denied.report(err)
+				return
+			}
+			a.log.Warn("NATS", "err", err)
+		}))
 		nc, err := connectNATS(ctx, a.cfg.NATSURL, opts, a.log)
 		if err != nil {
 			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", ollama.RedactURLs(a.cfg.NATSURL), hideUserinfo(err, a.cfg.NATSURL))
@@ -556,4 +576,42 @@ func tokenNames(ts []gateway.NamedToken) []string {
 		}
 	}
 	return out
+}
+
+// natsDenial ends a start waiting on the NATS server once it refuses foreman's user.
+type natsDenial struct {
+	mu     sync.Mutex
+	first  error
+	cancel context.CancelCauseFunc
+}
+
+// watch returns ctx, ended by a refusal reported while it is watched; stop ends the watch.
+func (d *natsDenial) watch(ctx context.Context) (_ context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	d.mu.Lock()
+	d.cancel = cancel
+	d.mu.Unlock()
+	return ctx, func() {
+		d.mu.Lock()
+		d.cancel = nil
+		d.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+func (d *natsDenial) report(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.first == nil {
+		d.first = err
+	}
+	if d.cancel != nil {
+		d.cancel(err)
+	}
+}
+
+func (d *natsDenial) err() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.first
 }

@@ -271,3 +271,33 @@ func TestStartWaitsForNATS(t *testing.T) {
 	}
 	_ = a.Shutdown(ctx)
 }
+
+// A user the NATS server denies the JetStream API (another foreman's client user, say)
+// made the start wait for the cluster for ever: the refusal comes apart from the request,
+// which only times out. The start ends with it, saying what foreman's user needs.
+func TestNATSUserWithoutJetStreamIsRefusedAtStart(t *testing.T) {
+	t.Parallel()
+	ns := natsServer(t, func(o *server.Options) {
+		o.Users = []*server.User{{Username: "watcher", Password: "pw", Permissions: &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{"foreman.jobs.submit"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{"foreman.job.>", "_INBOX.>"}},
+		}}}
+	})
+	url := strings.Replace(ns.ClientURL(), "nats://", "nats://watcher:pw@", 1)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := Start(ctx, Config{Addr: "127.0.0.1:0", NATSURL: url, NATSReplicas: 1}, slog.New(slog.DiscardHandler))
+	if err == nil {
+		_ = a.Shutdown(ctx)
+		t.Fatal("started with a user the server denies JetStream")
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("the start waited for the cluster until the test's deadline: %v", err)
+	}
+	if !strings.Contains(err.Error(), "refused foreman's user") || !strings.Contains(err.Error(), "ermissions violation") {
+		t.Fatalf("err %v: want the server's refusal named", err)
+	}
+	if strings.Contains(err.Error(), "pw@") {
+		t.Fatalf("err %v shows the password", err)
+	}
+}
