@@ -209,7 +209,7 @@ func TestClusterPresencePastALaggingReplica(t *testing.T) {
 	}
 }
 
-// The foremen on one NATS each create the buckets with their own FOREMAN_REPLICAS, so a
+// The foremen on one NATS each create the buckets with their own FOREMAN_NATS_REPLICAS, so a
 // bucket has the replicas of the last one started: a foreman started with 1 before
 // others started with 3 reads replicated buckets. It asks their leader too: its own
 // setting does not tell it that its reads may lag.

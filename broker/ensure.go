@@ -78,14 +78,18 @@ func raisedTTLBucket(ctx context.Context, js jetstream.JetStream, cfg jetstream.
 // sets them as configured (a lower queue bound after a restart applies).
 
 // raiseToExisting raises cfg's limits to those of the stream of the same name, when the
-// store shares its NATS and the stream exists. It reports what it kept.
-func (s *Store) raiseToExisting(ctx context.Context, cfg *jetstream.StreamConfig) {
+// store shares its NATS and the stream exists. It reports what it kept. A stream it cannot
+// read (an election) is an error: updated unread, it would be lowered.
+func (s *Store) raiseToExisting(ctx context.Context, cfg *jetstream.StreamConfig) error {
 	if s.cfg.Exclusive {
-		return
+		return nil
 	}
 	st, err := s.js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil // made with cfg
+	}
 	if err != nil {
-		return // none yet (or unreadable: the create or update says why)
+		return err
 	}
 	cur := st.CachedInfo().Config
 	s.raiseAge(cfg.Name, "job TTL", &cfg.MaxAge, cur.MaxAge)
@@ -103,6 +107,7 @@ func (s *Store) raiseToExisting(ctx context.Context, cfg *jetstream.StreamConfig
 		s.keptHigher(cfg.Name, "replicas (FOREMAN_NATS_REPLICAS)", cfg.Replicas, cur.Replicas)
 		cfg.Replicas = cur.Replicas
 	}
+	return nil
 }
 
 // raiseAge raises *ours to theirs, 0 (no limit) being the highest.
@@ -115,19 +120,24 @@ func (s *Store) raiseAge(stream, what string, ours *time.Duration, theirs time.D
 }
 
 func (s *Store) keptHigher(stream, what string, ours, theirs any) {
-	s.log.Warn("shared NATS: this foreman's setting is below what the other foremen set; kept theirs (lower it on the stream itself to lower it for all)",
+	s.log.Warn("shared NATS: this foreman's setting is below what the other foremen set; kept theirs (to lower it for all, lower it in every foreman's settings, then on the stream)",
 		"stream", stream, "setting", what, "this_foreman", ours, "kept", theirs)
 }
 
-// raisedConsumer raises cfg's ack wait, delivery limit and inactivity limit to those of the
-// existing queue consumer of the same name, when the store shares its NATS.
-func (s *Store) raisedConsumer(ctx context.Context, cfg *jetstream.ConsumerConfig) {
+// raisedConsumer raises cfg's ack wait, delivery limit, inactivity limit and replicas to
+// those of the existing queue consumer of the same name, when the store shares its NATS.
+// A consumer it cannot read (an election) is an error: updated unread, it would be
+// lowered, and a shorter ack wait has running jobs delivered again.
+func (s *Store) raisedConsumer(ctx context.Context, cfg *jetstream.ConsumerConfig) error {
 	if s.cfg.Exclusive {
-		return
+		return nil
 	}
 	c, err := s.queue.Consumer(ctx, cfg.Durable)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return nil
+	}
 	if err != nil {
-		return
+		return err
 	}
 	cur := c.CachedInfo().Config
 	if cur.AckWait > cfg.AckWait {
@@ -140,23 +150,35 @@ func (s *Store) raisedConsumer(ctx context.Context, cfg *jetstream.ConsumerConfi
 	if cur.InactiveThreshold > cfg.InactiveThreshold {
 		cfg.InactiveThreshold = cur.InactiveThreshold
 	}
+	if cur.Replicas > cfg.Replicas {
+		cfg.Replicas = cur.Replicas
+	}
+	return nil
 }
 
 // raiseBucket is raiseToExisting for the stream of a key-value bucket or an object store:
 // its TTL and replicas.
-func (s *Store) raiseBucket(ctx context.Context, stream string, ttl *time.Duration, replicas *int) {
+func (s *Store) raiseBucket(ctx context.Context, stream string, ttl *time.Duration, replicas *int) error {
 	cfg := jetstream.StreamConfig{Name: stream, MaxAge: *ttl, Replicas: *replicas}
-	s.raiseToExisting(ctx, &cfg)
+	if err := s.raiseToExisting(ctx, &cfg); err != nil {
+		return err
+	}
 	*ttl, *replicas = cfg.MaxAge, cfg.Replicas
+	return nil
 }
 
 // JobTTL is the job TTL in force: this foreman's (Config.JobTTL), or on a shared NATS the
-// longer one another foreman set on the queue, as last seen (at Open, and by
-// RefreshLimits). Records are kept, refreshed, expired and judged dead by it: judged by a
-// shorter one of its own, a foreman would end the jobs of the others early, and their
-// live runs for dead ones.
+// queue's max age as last read (at Open, and by RefreshLimits), which JetStream holds
+// the messages to: longer when another foreman raised it, shorter when an operator
+// lowered it on the stream. Records are refreshed, waiting jobs expired and running
+// records judged dead by it: by a shorter one of its own, a foreman would end the others'
+// jobs early and their live runs for dead ones; by a longer one, the queue would drop
+// waiting jobs before the expiry ends them.
 func (s *Store) JobTTL() time.Duration {
-	return max(s.cfg.JobTTL, time.Duration(s.sharedTTL.Load()))
+	if ttl := time.Duration(s.sharedTTL.Load()); ttl > 0 {
+		return ttl
+	}
+	return s.cfg.JobTTL
 }
 
 // RefreshLimits reads the job TTL another foreman may have raised on the shared queue

@@ -9,9 +9,10 @@ import (
 // its attempt): on a shared NATS every foreman sees every job's events, and what one
 // foreman did (its worker's starts and ends, its gateway's cancels, its expiries) is
 // told apart from the others' by it. A store of its own (Config.Exclusive) wrote every
-// change there is. A Store remembers its last 50,000 or so changes; a write that failed
-// is remembered too (another writer's identical change of the same job, a rare race,
-// then counts as this Store's).
+// change there is. A Store remembers its last 50,000 or so changes, each from just
+// before its write (the event may come before the write's answer); a write that lost to
+// another writer's is forgotten, though that one's event may have come first (two
+// foremen expiring one job at the same instant may both count it).
 func (s *Store) WroteState(j *Job) bool {
 	return s.cfg.Exclusive || s.own.has(j)
 }
@@ -49,4 +50,12 @@ func (o *ownWrites) has(j *Job) bool {
 		_, in = o.prev[k]
 	}
 	return in
+}
+
+func (o *ownWrites) forget(j *Job) {
+	k := ownKey(j)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	delete(o.cur, k)
+	delete(o.prev, k)
 }

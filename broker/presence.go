@@ -29,7 +29,9 @@ type presence struct {
 func (s *Store) openPresence(ctx context.Context) error {
 	err := s.untilReady(ctx, "bucket "+PresenceBucket, func(ctx context.Context) (err error) {
 		pcfg := s.presenceConfig()
-		s.raiseBucket(ctx, "KV_"+PresenceBucket, &pcfg.TTL, &pcfg.Replicas)
+		if err := s.raiseBucket(ctx, "KV_"+PresenceBucket, &pcfg.TTL, &pcfg.Replicas); err != nil {
+			return err
+		}
 		s.presence, err = ensureKeyValue(ctx, s.js, pcfg)
 		return err
 	})

@@ -74,7 +74,9 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 		Metadata:          map[string]string{"model": model, "class": string(key.Class), "program": key.ProgramName(), "load_opts": key.Opts},
 		Replicas:          s.cfg.Replicas,
 	}
-	s.raisedConsumer(ctx, &ccfg)
+	if err := s.raisedConsumer(ctx, &ccfg); err != nil {
+		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
+	}
 	c, err := s.queue.CreateOrUpdateConsumer(ctx, ccfg)
 	if err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)

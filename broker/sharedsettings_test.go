@@ -110,6 +110,19 @@ func TestSharedNATSSettingsAreOnlyRaised(t *testing.T) {
 	if ttl := low.JobTTL(); ttl != 20*time.Hour {
 		t.Errorf("the job TTL in force after another foreman raised it: %v, want 20h", ttl)
 	}
+	// An operator lowering it on the stream: the foremen expire by the queue's max age,
+	// before JetStream drops the waiting jobs, not by their own longer one.
+	qcfg := q.CachedInfo().Config
+	qcfg.MaxAge = 2 * time.Hour
+	if _, err := js.UpdateStream(ctx, qcfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := high.RefreshLimits(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ttl := high.JobTTL(); ttl != 2*time.Hour {
+		t.Errorf("the job TTL in force after the stream was lowered: %v, want 2h", ttl)
+	}
 }
 
 // The embedded server's foreman is alone on it: its settings apply as configured, a lower

@@ -34,6 +34,7 @@ type Config struct {
 	// redelivers it (after a crash). Default 60s.
 	AckWait time.Duration
 	// Replicas of every stream, bucket and store: 1 embedded, 3 on a cluster. Default 1.
+	// On a shared NATS, those another foreman raised stay raised (ADR-0054).
 	Replicas int
 	// BootID names this start of foreman (a ULID, new at every start). The gateway stamps
 	// it on the sync jobs it takes (Job.Gateway), so a sync job whose caller went down with
@@ -195,7 +196,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	s.dup = dup
 	err = s.untilReady(ctx, "stream "+QueueStream, func(ctx context.Context) (err error) {
 		qcfg := s.queueConfig(dup)
-		s.raiseToExisting(ctx, &qcfg)
+		if err := s.raiseToExisting(ctx, &qcfg); err != nil {
+			return err
+		}
 		if !cfg.Exclusive {
 			s.sharedTTL.Store(int64(qcfg.MaxAge))
 		}
@@ -207,7 +210,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	err = s.untilReady(ctx, "bucket "+JobsBucket, func(ctx context.Context) (err error) {
 		jcfg := s.jobsConfig()
-		s.raiseBucket(ctx, jobsStream, &jcfg.TTL, &jcfg.Replicas)
+		if err := s.raiseBucket(ctx, jobsStream, &jcfg.TTL, &jcfg.Replicas); err != nil {
+			return err
+		}
 		if s.kv, err = ensureKeyValue(ctx, js, jcfg); err != nil {
 			return err
 		}
@@ -219,7 +224,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	err = s.untilReady(ctx, "object store "+ArtifactsBucket, func(ctx context.Context) (err error) {
 		acfg := s.artifactsConfig()
-		s.raiseBucket(ctx, "OBJ_"+ArtifactsBucket, &acfg.TTL, &acfg.Replicas)
+		if err := s.raiseBucket(ctx, "OBJ_"+ArtifactsBucket, &acfg.TTL, &acfg.Replicas); err != nil {
+			return err
+		}
 		s.artifacts, err = ensureObjectStore(ctx, js, acfg)
 		return err
 	})

@@ -102,6 +102,9 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 					return next, landed, nil
 				}
 			}
+			if !sameState {
+				s.own.forget(next) // another writer's, if any
+			}
 			return nil, 0, fmt.Errorf("%w: job %s", ErrConflict, cur.ID)
 		}
 		return nil, 0, fmt.Errorf("broker: update %s: %w", cur.ID, storageErr(err))

@@ -22,8 +22,10 @@ import (
 // are reported as a lost event (Event.Lost > 0, without JobID) ahead of the next event;
 // re-read the jobs with Jobs then. A single-job watch reads its job again instead.
 // Should the NATS connection close for good (nats.go gave up reconnecting), Watch("")
-// goes on by polling within a second; what changed while the connection was down is told
-// as the newest jobs' states at the first poll.
+// notices within a second and goes on by polling, a poll interval later: its first poll
+// tells the newest jobs' current states, but for those already told over NATS (jobs
+// that did not change while the watch ran may be told then), so what changed while the
+// connection was down is not missed.
 func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 	if id == "" {
 		return c.watchAll(ctx)

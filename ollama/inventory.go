@@ -282,11 +282,20 @@ func (s Snapshot) Models() []string {
 func (i *Inventory) Loaded() []string {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if i.snap.Ps == nil || i.snap.Degraded {
+	if i.snap.Degraded {
 		return nil
 	}
-	out := make([]string, 0, len(i.snap.Ps.Models))
-	for _, m := range i.snap.Ps.Models {
+	return i.snap.PsModels()
+}
+
+// PsModels returns the normalized names of the models in the snapshot's /api/ps, however
+// old (see Inventory.Loaded for what is loaded now).
+func (s Snapshot) PsModels() []string {
+	if s.Ps == nil {
+		return nil
+	}
+	out := make([]string, 0, len(s.Ps.Models))
+	for _, m := range s.Ps.Models {
 		n := m.Name
 		if n == "" {
 			n = m.Model

@@ -53,10 +53,12 @@ var errDropped = errors.New("early call dropped: the job did not run from it")
 // dropped call would have cost them for nothing; nor does it wait for /api/ps, which the
 // read-ahead reads beside the fetch). It returns nil otherwise.
 //
-// The choice of the next job is the one the loop makes without it: a woken worker fetches
-// the woken job's queue whatever else waits. Should that queue deliver another message
-// first (one published just before, whose wake-up this one replaced), the call is dropped
-// before that job runs.
+// The choice of the next job is the one the loop makes without it: a fresh wake-up that
+// replaced none fetches the woken job's queue (the loop was idle, so nothing else was
+// ready); one that replaced another job's, or is left over from while the loop was busy
+// with others waiting, goes through the pick instead, without an early call. Should the
+// woken queue deliver another message first (one published just before to that queue),
+// the call is dropped before that job runs.
 func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
 	if !w.cfg.EarlyCall || !u.fresh || u.body == nil || !u.kind.Valid() || broker.ValidateID(u.jobID) != nil {
 		return nil

@@ -111,10 +111,11 @@ func (q *queueIndex) epochNow() uint64 {
 	return q.epoch
 }
 
-// hasOther reports whether the last look found jobs in a queue besides token's.
-func (q *queueIndex) hasOther(token string) bool {
+// hasOther reports whether the last look found jobs in a queue besides token's that runs
+// says this worker runs (not another Mac's model).
+func (q *queueIndex) hasOther(token string, runs func(token string) bool) bool {
 	for t := range q.heads {
-		if t != token {
+		if t != token && runs(t) {
 			return true
 		}
 	}

@@ -78,3 +78,28 @@ func TestAReplacedWakeUpGoesByThePickRule(t *testing.T) {
 		t.Fatalf("target calls for %v, want the high tiny-b job's first", ran)
 	}
 }
+
+// A job's own second wake-up (its submit's announcement, then NATS's copy of the publish)
+// replaces nothing: the wake-up stays fresh, and keeps the early call and the direct
+// fetch of ADR-0034. Another job's does replace, and goes by the pick rule.
+func TestPokeReplacesOnlyAnotherJobsWakeUp(t *testing.T) {
+	t.Parallel()
+	w := &Worker{wake: make(chan wakeup, 1)}
+	w.poke(wakeup{token: "q", jobID: "a", fresh: true})
+	w.poke(wakeup{token: "q", jobID: "a", fresh: true})
+	if u := <-w.wake; !u.fresh || u.replaced {
+		t.Fatalf("the same job's second wake-up: %+v, want fresh and replacing nothing", u)
+	}
+	w.poke(wakeup{token: "q", jobID: "a", fresh: true})
+	w.poke(wakeup{token: "r", jobID: "b", fresh: true})
+	if u := <-w.wake; u.jobID != "b" || u.fresh || !u.replaced {
+		t.Fatalf("another job's wake-up: %+v, want b's, replacing a's", u)
+	}
+	// Once replaced, a later copy of the same job keeps saying so: a's job still waits.
+	w.poke(wakeup{token: "q", jobID: "a", fresh: true})
+	w.poke(wakeup{token: "r", jobID: "b", fresh: true})
+	w.poke(wakeup{token: "r", jobID: "b", fresh: true})
+	if u := <-w.wake; !u.replaced {
+		t.Fatalf("b's copy after it replaced a's: %+v, want replaced still", u)
+	}
+}

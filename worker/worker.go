@@ -229,7 +229,7 @@ func (w *Worker) Run(ctx context.Context) error {
 				woken = true
 				continue
 			}
-			if u.replaced || !u.fresh && w.index.hasOther(u.token) {
+			if u.replaced || !u.fresh && w.index.hasOther(u.token, func(t string) bool { return w.runs(ctx, t) }) {
 				// Other jobs wait besides the woken one: one whose wake-up this one replaced,
 				// or, for a wake-up left over from while the loop was busy or paused (an
 				// outage), the queues the last look found. The pick rule orders them; a
@@ -375,8 +375,12 @@ func (w *Worker) poke(u wakeup) {
 		default:
 		}
 		select {
-		case <-w.wake:
-			u.fresh, u.replaced = false, true
+		case old := <-w.wake:
+			// The same job's second wake-up (its submit's announcement, then NATS's copy)
+			// replaces nothing: it keeps its fast path (ADR-0034).
+			if old.jobID != u.jobID || old.replaced {
+				u.fresh, u.replaced = false, true
+			}
 		default:
 		}
 	}
@@ -689,11 +693,12 @@ func (w *Worker) psRunnersLocked() ([]string, bool) {
 	if inv == nil {
 		return nil, false
 	}
-	if snap := inv.Snapshot(); !snap.Polled || snap.Degraded {
+	snap := inv.Snapshot()
+	if !snap.Polled || snap.Degraded {
 		return nil, false
 	}
 	var out []string
-	for _, m := range inv.Loaded() {
+	for _, m := range snap.PsModels() { // the poll just judged: not degraded since
 		if t, err := broker.ModelToken(m); err == nil {
 			opts, ok := w.runnerOpts[t]
 			if !ok {

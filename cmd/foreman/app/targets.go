@@ -49,8 +49,10 @@ func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	if webhook.LocalURL(t.URL) {
 		t.Addrs = webhook.MachineAddrs() // see webhook.EndpointsOf
 	}
-	if snap.Ps != nil {
-		t.Loaded = a.inv.Loaded()
+	if snap.Degraded {
+		t.Ps = nil // a target down or restarting has nothing loaded (Inventory.Loaded)
+	} else if snap.Ps != nil {
+		t.Loaded = snap.PsModels()
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
