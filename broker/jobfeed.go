@@ -20,8 +20,12 @@ const (
 
 // FeedConfig sizes a JobFeed.
 type FeedConfig struct {
-	// Buffer caps the bytes held for a reader slower than the stream; one message is
-	// always taken. Past it the feed drops what comes next and closes Overflow.
+	// Buffer caps the bytes held for a reader slower than the stream; one frame is
+	// always taken whole (the pieces of a frame larger than a message are published back
+	// to back, faster than any reader takes them: a frame the target sent at once, such as
+	// a non-streamed answer of tens of MiB, is no sign of a slow reader; the answer's
+	// bound, Config.MaxAnswer, holds it). Past it the feed drops what comes next and
+	// closes Overflow.
 	Buffer int64
 	// Peak, if set, is told the bytes held each time a message is queued.
 	Peak func(buffered int64)
@@ -47,6 +51,8 @@ type JobFeed struct {
 	queue      []*nats.Msg
 	buffered   int64
 	overflowed bool
+	// midFrame: the last frame message queued was a piece with more of its frame to come.
+	midFrame bool
 	// echoes are the messages handed over locally whose copy from NATS is still to come,
 	// in the order they were published.
 	echoes []*nats.Msg
@@ -157,10 +163,14 @@ func (f *JobFeed) enqueueLocked(m *nats.Msg) {
 		return
 	}
 	n := msgSize(m)
-	if f.buffered > 0 && f.buffered+n > f.cfg.Buffer {
+	state := strings.HasSuffix(m.Subject, ".state")
+	if f.buffered > 0 && f.buffered+n > f.cfg.Buffer && !f.midFrame {
 		f.overflowed = true
 		close(f.over)
 		return
+	}
+	if !state {
+		f.midFrame = m.Header.Get(HeaderMore) != ""
 	}
 	f.queue = append(f.queue, m)
 	f.buffered += n

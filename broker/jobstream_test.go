@@ -567,3 +567,51 @@ func TestFeedGetsNoLocalCopyOfAMessageThatWasNotPublished(t *testing.T) {
 		t.Fatalf("first event: %+v, want the retried attempt's frame", ev)
 	}
 }
+
+// A frame larger than a message goes out in pieces back to back, faster than any reader
+// takes them: the feed takes the frame whole, however small its buffer, and overflows
+// only at what comes after it. A non-streamed answer of a few MiB (an image, logprobs)
+// was cut off as "client too slow" when its reader lost that race.
+func TestFeedTakesALargeFrameWhole(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	const limit = 4 << 10
+	feed := feedT(t, b, id, broker.FeedConfig{Buffer: limit})
+	w := b.Store.StreamWriter(id)
+	big := bytes.Repeat([]byte("0123456789abcdef"), int(b.Conn.MaxPayload())/16*3) // three messages' worth
+	if err := w.Frame(big); err != nil {
+		t.Fatal(err)
+	}
+	var got []byte
+	for len(got) < len(big) {
+		select {
+		case <-feed.Overflow():
+			t.Fatalf("overflow after %d of the frame's %d bytes (buffer %d)", len(got)+int(feed.Buffered()), len(big), limit)
+		case <-feed.Ready():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("got %d of %d bytes", len(got), len(big))
+		}
+		for {
+			ev, ok := feed.Next()
+			if !ok {
+				break
+			}
+			got = append(got, ev.Data...)
+		}
+	}
+	if !bytes.Equal(got, big) {
+		t.Fatal("the frame's pieces do not make the frame")
+	}
+	// Unread, the buffer still bounds what follows a whole frame.
+	for range 2 {
+		if err := w.Frame(big); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-feed.Overflow():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no overflow with two frames unread; %d bytes buffered", feed.Buffered())
+	}
+}

@@ -90,10 +90,19 @@ func (w *StreamWriter) Frame(f []byte) error {
 	w.frames = append(w.frames, f)
 	w.size += len(f)
 	limit := max(int(w.nc.MaxPayload())-frameHeadroom, 1024)
-	for _, piece := range framePieces(f, limit) {
+	pieces := framePieces(f, limit)
+	for i, piece := range pieces {
+		first, more := w.seq == 0 && w.contentType != "", i < len(pieces)-1
 		var hdr func(nats.Header)
-		if w.seq == 0 && w.contentType != "" {
-			hdr = func(h nats.Header) { h.Set(HeaderContentType, w.contentType) }
+		if first || more {
+			hdr = func(h nats.Header) {
+				if first {
+					h.Set(HeaderContentType, w.contentType)
+				}
+				if more {
+					h.Set(HeaderMore, "1")
+				}
+			}
 		}
 		if err := w.publish(piece, hdr); err != nil {
 			return err

@@ -40,6 +40,9 @@ const (
 	HeaderSeq     = "Foreman-Seq"
 	HeaderFinal   = "Foreman-Final"
 	HeaderError   = "Foreman-Error"
+	// HeaderMore rides on every piece of a frame too large for one message but its last:
+	// more of the frame follows (StreamWriter.Frame).
+	HeaderMore = "Foreman-More"
 	// HeaderContentType rides on a job's first stream frame: the target's Content-Type.
 	HeaderContentType = "Foreman-Content-Type"
 	// HeaderStatus rides on a "failed" final marker when the target answered non-2xx.
