@@ -264,7 +264,6 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		misses, woken = 0, false
 		w.trace(d.JobID, StageFetched)
-		w.took(d.Token)
 		w.resumed(d) // taken, by a pick or a wake-up: its precedence ends (ADR-0044)
 		w.fetched(d.JobID)
 		w.handle(ctx, d, ahead, early)
