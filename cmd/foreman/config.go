@@ -410,6 +410,9 @@ func resolve(fs *pflag.FlagSet, set []*setting, getenv func(string) string) erro
 }
 
 func (c *serveConfig) finish() error {
+	if err := c.finishMaxWait(); err != nil {
+		return err
+	}
 	if c.NATSListen != "" && c.NATSURL != "" {
 		return errors.New("FOREMAN_NATS_LISTEN and FOREMAN_NATS_URL exclude each other: an external NATS has its own listeners")
 	}
@@ -456,4 +459,19 @@ func (c *serveConfig) finish() error {
 		return fmt.Errorf("FOREMAN_MAX_BODY_BYTES_IN_FLIGHT=%d is less than FOREMAN_MAX_BODY=%d: the largest body foreman takes must fit in the bytes it holds at once", c.MaxBodyBytesInFlight, c.MaxBodyBytes)
 	}
 	return nil
+}
+
+// finishMaxWait keeps FOREMAN_MAX_WAIT below FOREMAN_JOB_TTL, or aging would never come: a
+// waiting job would expire (ADR-0043) before it had waited too long, and a starved
+// model's jobs fail instead of running. The default gives way to a short job TTL (half
+// of it); a value set is refused.
+func (c *serveConfig) finishMaxWait() error {
+	if c.MaxWait <= 0 || c.JobTTL <= 0 || c.MaxWait < c.JobTTL {
+		return nil
+	}
+	if c.MaxWait == app.DefaultMaxWait {
+		c.MaxWait = c.JobTTL / 2
+		return nil
+	}
+	return fmt.Errorf("FOREMAN_MAX_WAIT=%s must be below FOREMAN_JOB_TTL=%s: a waiting job would expire before it counts as waiting too long", c.MaxWait, c.JobTTL)
 }
