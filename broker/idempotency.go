@@ -26,11 +26,17 @@ type IdempotencyClaim struct {
 }
 
 // idemKey is the KV key of an idempotency key. It lives in the jobs bucket (so it expires
-// with the job TTL) under a prefix that is neither re-published nor listed as a job; the
-// hash keeps any client string a valid KV key.
-func idemKey(key string) string {
+// a job TTL after its last write, as a record does) under a prefix that is neither
+// re-published nor listed as a job; the hash keeps any client string a valid KV key.
+func idemKey(key string) string { return idemPrefix + IdempotencyRef(key) }
+
+const idemPrefix = "idem."
+
+// IdempotencyRef is what a job's record keeps of the idempotency key it was submitted
+// under (Job.Idempotency): the digest naming its claim, not the key.
+func IdempotencyRef(key string) string {
 	sum := sha256.Sum256([]byte(key))
-	return "idem." + hex.EncodeToString(sum[:])
+	return hex.EncodeToString(sum[:])
 }
 
 // ClaimIdempotencyKey binds key to claim.JobID unless the key is already bound. It returns
@@ -82,23 +88,74 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 // may retry with the same key. It only removes the binding to jobID.
 func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, jobID string) error {
 	k := idemKey(key)
-	e, err := s.kvGet(ctx, k)
+	for range 5 {
+		e, err := s.kvGet(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("broker: read idempotency key: %w", err)
+		}
+		var got IdempotencyClaim
+		if json.Unmarshal(e.Value(), &got) != nil || got.JobID != jobID {
+			return nil
+		}
+		if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+			return fmt.Errorf("broker: release idempotency key: %w", err)
+		}
+		err = s.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision()))
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("broker: release idempotency key: %w", storageErr(err))
+		}
+		// Written since the read: by a release and another claim, or stamped anew for
+		// the same job (keepClaim), which is still to be released. Read it again.
+	}
+	return fmt.Errorf("%w: idempotency key keeps changing", ErrConflict)
+}
+
+// keepClaim stamps anew the idempotency claim of job j, whose record was just written.
+// The claim is written once, at submit, in the jobs bucket, whose TTL ages each revision
+// from its own write; the record is written again at the start, the result, a cancel and
+// by every Refresh of a long run. Left as it was, the claim would age out first, and a
+// retry with its key would make a second job (run twice) while the first one still
+// answers. Stamped after every write of the record, it lives at least as long. The
+// stamp is the claim unchanged, written only at the revision read and only while it
+// names j: a claim released meanwhile (deleted), or taken by another job, stays so. It
+// costs a job with a key a read and a write per record write, the others nothing. A
+// failure is logged and leaves the claim to age out first, as it did before.
+func (s *Store) keepClaim(ctx context.Context, j *Job) {
+	if j.Idempotency == "" {
+		return
+	}
+	k := idemPrefix + j.Idempotency
+	var e jetstream.KeyValueEntry
+	err := s.retry(ctx, func(ctx context.Context) error {
+		var err error
+		e, err = s.kvGet(ctx, k)
+		return err
+	})
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil
+		return // released, or aged out with a write of the record that failed
+	}
+	if err == nil {
+		var c IdempotencyClaim
+		if json.Unmarshal(e.Value(), &c) != nil || c.JobID != j.ID {
+			return
+		}
+		err = s.retryWrite(ctx, func(ctx context.Context) error {
+			_, err := s.kv.Update(ctx, k, e.Value(), e.Revision())
+			return err
+		})
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
+			// Written since the read, so after the record: stamped by another write of
+			// the job's (or by this one, its answer lost), or released. Either way done.
+			return
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("broker: read idempotency key: %w", err)
+		s.log.Warn("keep idempotency key with its job", "job_id", j.ID, "model", j.Model, "err", err)
 	}
-	var got IdempotencyClaim
-	if json.Unmarshal(e.Value(), &got) != nil || got.JobID != jobID {
-		return nil
-	}
-	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
-		return fmt.Errorf("broker: release idempotency key: %w", err)
-	}
-	if err := s.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision())); err != nil &&
-		!errors.Is(err, jetstream.ErrKeyRevisionMismatch) && !errors.Is(err, jetstream.ErrKeyExists) {
-		return fmt.Errorf("broker: release idempotency key: %w", storageErr(err))
-	}
-	return nil
 }

@@ -1,8 +1,14 @@
 package broker_test
 
 import (
+	"encoding/json"
+	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -57,6 +63,67 @@ func TestIdempotencyKeyOneWinner(t *testing.T) {
 	// Keys are not jobs.
 	if jobs, _, err := st.List(ctx, broker.ListOptions{}); err != nil || len(jobs) != 0 {
 		t.Fatalf("List sees %d jobs (%v)", len(jobs), err)
+	}
+}
+
+// Every write of a keyed job's record, a Refresh of a long run's included, stamps its
+// claim anew (a later revision, still naming the job), so the claim lives as long as the
+// record; a claim released meanwhile is never brought back by one.
+func TestIdempotencyClaimIsKeptWithItsRecord(t *testing.T) {
+	t.Parallel()
+	var ahead atomic.Int64 // the store's clock, moved on to make the record due for a refresh
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Now = func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) }
+	}))
+	st, kv, ctx := b.Store, b.JobRecords(t), ctxT(t)
+	const key = "a key"
+	id := broker.NewID()
+	if _, created, err := st.ClaimIdempotencyKey(ctx, key, broker.IdempotencyClaim{JobID: id, BodySHA256: "x"}); err != nil || !created {
+		t.Fatalf("claim: %v %v", created, err)
+	}
+	claimKey := "idem." + broker.IdempotencyRef(key)
+	stamped := func(what string, after uint64) uint64 {
+		t.Helper()
+		e, err := kv.Get(ctx, claimKey)
+		if err != nil {
+			t.Fatalf("after %s: %v", what, err)
+		}
+		var c broker.IdempotencyClaim
+		if err := json.Unmarshal(e.Value(), &c); err != nil || c.JobID != id || c.BodySHA256 != "x" || e.Revision() <= after {
+			t.Fatalf("after %s: claim %s at revision %d (%v), want it naming %s past revision %d", what, e.Value(), e.Revision(), err, id, after)
+		}
+		return e.Revision()
+	}
+	rev := stamped("the claim", 0)
+	if _, err := st.Submit(ctx, &broker.Job{ID: id, Model: "tiny-a", Kind: broker.KindChat, Idempotency: broker.IdempotencyRef(key)}, []byte(`{"model":"tiny-a"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Modify(ctx, id, func(j *broker.Job) error { j.State = broker.StateWorking; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	rev = stamped("the start", rev)
+	if _, err := st.Cancel(ctx, id, "asked"); err != nil { // a write that keeps the state
+		t.Fatal(err)
+	}
+	rev = stamped("a cancel request", rev)
+	ahead.Store(int64(st.Config().JobTTL))
+	if ok, err := st.Refresh(ctx, id); err != nil || !ok {
+		t.Fatalf("refresh: %v %v", ok, err)
+	}
+	stamped("a refresh", rev)
+
+	if err := st.ReleaseIdempotencyKey(ctx, key, id); err != nil {
+		t.Fatal(err)
+	}
+	ahead.Store(2 * int64(st.Config().JobTTL))
+	if ok, err := st.Refresh(ctx, id); err != nil || !ok {
+		t.Fatalf("refresh: %v %v", ok, err)
+	}
+	if _, _, err := st.Modify(ctx, id, func(j *broker.Job) error { j.State = broker.StateDone; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := kv.Get(ctx, claimKey); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Fatalf("released claim after writes of its record: %v (%v), want it gone", e, err)
 	}
 }
 

@@ -199,6 +199,10 @@ type Job struct {
 	Priority Priority `json:"priority,omitempty"`
 	// Program is the program the job was submitted for; "" is the anonymous program.
 	Program string `json:"program,omitempty"`
+	// Idempotency names the Idempotency-Key claim the job was submitted under
+	// (IdempotencyRef of its key): every later write of the record stamps the claim
+	// anew, so that the key lives as long as its job (keepClaim).
+	Idempotency string `json:"idempotency,omitempty"`
 	// LoadOptions is the load-options token of the request body (LoadOptions.Token) when
 	// the submitter decoded the body already; empty: Submit reads it from the body. It is
 	// not stored: the queue subject carries it.

@@ -18,7 +18,7 @@ import (
 // (same state, same "at"), written only at the revision read, so it can never undo a
 // concurrent write. It is re-published like any write: watchers see the same state again,
 // marked with HeaderRefresh so that they can tell. It reports whether it wrote; a finished
-// job is never rewritten.
+// job is never rewritten. A job's idempotency claim is stamped anew with it (keepClaim).
 func (s *Store) Refresh(ctx context.Context, id string) (bool, error) {
 	return s.refresh(ctx, id, s.refreshAge())
 }
@@ -63,6 +63,7 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 		}
 		return false, fmt.Errorf("broker: refresh %s: %w", id, storageErr(err))
 	}
+	s.keepClaim(ctx, j)
 	return true, nil
 }
 

@@ -99,6 +99,7 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 				// been stored all the same: then the conflict is with this very write, and
 				// applying fn again would count it twice (an attempt started twice).
 				if landed, ok := s.landed(ctx, cur.ID, rev, data); ok {
+					s.keepClaim(ctx, next)
 					return next, landed, nil
 				}
 			}
@@ -109,6 +110,7 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 		}
 		return nil, 0, fmt.Errorf("broker: update %s: %w", cur.ID, storageErr(err))
 	}
+	s.keepClaim(ctx, next)
 	return next, newRev, nil
 }
 

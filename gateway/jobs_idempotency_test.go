@@ -4,12 +4,16 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -124,5 +128,64 @@ func TestIdempotencyKeysArePerProgram(t *testing.T) {
 	_ = json.Unmarshal(out, &again)
 	if resp.StatusCode != http.StatusAccepted || again.JobID != alices || resp.Header.Get("Idempotent-Replayed") != "true" {
 		t.Fatalf("alice's retry: %d %s, want her job %s replayed", resp.StatusCode, out, alices)
+	}
+}
+
+// An Idempotency-Key lives as long as its job. Its claim is written at the submit; the
+// job's record is written again later (a cancel here; a start, a result or a refresh of
+// a long run alike), and lives a job TTL past that write. Once the claim as first written
+// has aged out (a TTL after the submit), a retry with the key and the body still gets the
+// job back, as GET /jobs/{id} does, not a second job that runs the request again.
+func TestIdempotencyKeyLivesAsLongAsItsJob(t *testing.T) {
+	t.Parallel()
+	const ttl = 4 * time.Second
+	b := newTestBundle(t, withBroker(brokertest.WithStore(func(c *broker.Config) { c.JobTTL = ttl })))
+	ctx := testCtx(t, 30*time.Second)
+	body := `{"model":"tiny-a","messages":[]}`
+	first := jobsSubmit(t, b, body, "Idempotency-Key", "k1")
+	sum := sha256.Sum256([]byte(scopedIdempotencyKey("", "k1")))
+	claim, err := b.Broker.JobRecords(t).Get(ctx, "idem."+hex.EncodeToString(sum[:]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Halfway through the claim's TTL the record is written again.
+	select {
+	case <-time.After(time.Until(claim.Created().Add(ttl / 2))):
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	if _, err := b.Broker.Store.Cancel(ctx, first, "changed my mind"); err != nil {
+		t.Fatal(err)
+	}
+	// The claim's first revision ages out: without another one, so does the key.
+	records, err := b.Broker.JetStream(t).Stream(ctx, "KV_"+broker.JobsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		_, err := records.GetMsg(ctx, claim.Revision())
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			t.Fatalf("the claim's first revision never aged out: %v", ctx.Err())
+		}
+	}
+	if v := jobsGet(t, b, first); v.State != broker.StateCanceled {
+		t.Fatalf("first job %s is %s, want canceled", first, v.State)
+	}
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(body), "Idempotency-Key", "k1")
+	var again submitted
+	_ = json.Unmarshal(out, &again)
+	if resp.StatusCode != http.StatusAccepted || again.JobID != first || resp.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("retry while job %s stands: %d %s (replayed %q), want that job replayed",
+			first, resp.StatusCode, out, resp.Header.Get("Idempotent-Replayed"))
 	}
 }

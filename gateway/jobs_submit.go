@@ -472,6 +472,8 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 				return "", false, err
 			}
 		}
+		// The record names its claim, which each later write of it keeps alive.
+		job.Idempotency = broker.IdempotencyRef(idemKey)
 		if s.beforeSubmit != nil {
 			s.beforeSubmit(job.ID)
 		}

@@ -191,7 +191,7 @@ func (a *assembly) take(f []byte) error {
 	var size int
 	if a.framing == ollama.NDJSON {
 		a.answer.add(f)
-		size = a.answer.size
+		size = a.answer.size()
 	} else {
 		a.events = append(a.events, f)
 		a.size += len(f)

@@ -68,7 +68,24 @@ type ndjsonAnswer struct {
 	calls, logprobs []json.RawMessage
 	final           []byte // the last line that is a JSON object
 	last            []byte // the last line that is not blank
-	size            int    // the bytes held: texts, lists, final and last line
+	// joined counts the bytes of the texts and list elements taken from the lines, own
+	// the final line's share of them, skipped the lines that were no JSON object.
+	joined, own, skipped int
+}
+
+// size is what the answer so far counts against the bound on an answer
+// (Config.MaxAnswer): the answer as it will be built, that is the final line with the
+// texts and lists of the lines before it joined in, and every line that was no JSON
+// object (not kept, but read: an endless stream of them is bounded too). Each line
+// counts once: the final line's own texts are in it already, and a last line that is
+// not the final one is among the skipped. What is held is at most about twice the
+// size: the final line's texts are also in the joined ones. For a kind that joins
+// nothing it is the last line.
+func (a *ndjsonAnswer) size() int {
+	if a.kind != broker.KindChat && a.kind != broker.KindGenerate {
+		return len(a.last)
+	}
+	return len(a.final) + a.joined - a.own + a.skipped
 }
 
 // add takes one line of the stream.
@@ -77,7 +94,6 @@ func (a *ndjsonAnswer) add(f []byte) {
 	if len(l) == 0 {
 		return
 	}
-	a.size += len(l) - len(a.last)
 	a.last = l
 	if a.kind != broker.KindChat && a.kind != broker.KindGenerate {
 		return
@@ -93,31 +109,36 @@ func (a *ndjsonAnswer) add(f []byte) {
 		Logprobs json.RawMessage `json:"logprobs"`
 	}
 	if l[0] != '{' || json.Unmarshal(l, &r) != nil {
-		a.size += len(l) // not kept, but read: an endless stream of them is bounded too
+		a.skipped += len(l)
 		return
 	}
 	text, thinking := r.Response, r.Thinking
+	own := 0
 	if a.kind == broker.KindChat {
 		text, thinking = r.Message.Content, r.Message.Thinking
 		if !a.finalCalls {
-			a.calls = a.appendElems(a.calls, r.Message.ToolCalls)
+			a.calls, own = countedElems(a.calls, r.Message.ToolCalls)
 		}
 	}
 	a.text.WriteString(text)
 	a.thinking.WriteString(thinking)
-	a.logprobs = a.appendElems(a.logprobs, r.Logprobs)
-	a.size += len(text) + len(thinking) + len(l) - len(a.final)
-	a.final = l
+	var n int
+	a.logprobs, n = countedElems(a.logprobs, r.Logprobs)
+	own += n + len(text) + len(thinking)
+	a.joined += own
+	a.final, a.own = l, own
 }
 
-// appendElems adds the elements of one line's array member, counting their size.
-func (a *ndjsonAnswer) appendElems(elems []json.RawMessage, raw json.RawMessage) []json.RawMessage {
+// countedElems adds the elements of one line's array member, and says how many bytes
+// they have.
+func countedElems(elems []json.RawMessage, raw json.RawMessage) ([]json.RawMessage, int) {
 	n := len(elems)
 	elems = appendElems(elems, raw)
+	size := 0
 	for _, e := range elems[n:] {
-		a.size += len(e)
+		size += len(e)
 	}
-	return elems
+	return elems, size
 }
 
 // result is the answer built from the lines so far, nil before any; done reports whether

@@ -255,6 +255,31 @@ func TestAssembledToolCallsFollowTheRequest(t *testing.T) {
 	}
 }
 
+// An assembled answer's size is the answer as built: each line once, the final line
+// with the texts of the lines before it; lines that are no JSON object add up.
+func TestAssembledAnswerSize(t *testing.T) {
+	t.Parallel()
+	first := `{"model":"m","message":{"role":"assistant","content":"Hello"},"done":false}`
+	final := `{"model":"m","message":{"role":"assistant","content":", world"},"done":true}`
+	for _, tt := range []struct {
+		name  string
+		lines []string
+		want  int
+	}{
+		{"one line", []string{final}, len(final)},
+		{"two lines", []string{first, final}, len(final) + len("Hello")},
+		{"after the final line", []string{first, final, "garbage", "more"}, len(final) + len("Hello") + len("garbage") + len("more")},
+	} {
+		a := ndjsonAnswer{kind: broker.KindChat}
+		for _, l := range tt.lines {
+			a.add([]byte(l))
+		}
+		if got := a.size(); got != tt.want {
+			t.Errorf("%s: size %d, want %d", tt.name, got, tt.want)
+		}
+	}
+}
+
 func TestTargetCallOfANonStreamedChat(t *testing.T) {
 	for _, tt := range []struct {
 		kind                      broker.Kind

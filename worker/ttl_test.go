@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,6 +14,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -559,6 +561,56 @@ func TestAnswerPastTheBoundFailsTheJob(t *testing.T) {
 			tb.waitQueueEmpty(t)
 			if n := len(inferenceCalls(tb.fake)); n != 1 {
 				t.Errorf("target called %d times, want once", n)
+			}
+		})
+	}
+}
+
+// A non-streamed chat or generate whose whole answer comes in one line (the final one)
+// counts that line once against the answer bound: it was counted as the last line, again
+// as the final one and a third time for its text, so an answer of a third of the bound
+// failed as too large.
+func TestAnswerInOneFinalLineIsCountedOnce(t *testing.T) {
+	const limit = 64 << 10
+	text := strings.Repeat("x", limit*5/8) // over a third and half of the bound, with room for the rest of the line
+	for _, c := range []struct {
+		kind broker.Kind
+		body string
+		line string
+		text func(res []byte) string
+	}{
+		{broker.KindChat, `{"model":"tiny-a","messages":[{"role":"user","content":"long"}],"stream":false}`,
+			`{"model":"tiny-a","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"` + text + `"},"done":true,"done_reason":"stop"}`,
+			func(res []byte) string {
+				var r struct{ Message struct{ Content string } }
+				_ = json.Unmarshal(res, &r)
+				return r.Message.Content
+			}},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"long","stream":false}`,
+			`{"model":"tiny-a","created_at":"2026-01-01T00:00:00Z","response":"` + text + `","done":true,"done_reason":"stop"}`,
+			func(res []byte) string {
+				var r struct{ Response string }
+				_ = json.Unmarshal(res, &r)
+				return r.Response
+			}},
+	} {
+		t.Run(string(c.kind), func(t *testing.T) {
+			t.Parallel()
+			tb := setupFake(t, nil, brokertest.WithStore(func(c *broker.Config) { c.MaxAnswer = limit }))
+			// Ollama streams (the worker calls it streamed, ADR-0050) one line: the final one.
+			tb.fake.FailNext(1, ollamatest.BadAnswer(ollama.ContentTypeNDJSON, c.line+"\n"))
+			tb.start(t, worker.Config{})
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: c.kind}
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(c.body)); err != nil {
+				t.Fatal(err)
+			}
+			rec := tb.waitState(t, job.ID, broker.StateDone)
+			_, res, err := tb.b.Store.GetArtifact(ctxT(t), job.ID, broker.ResultArtifact)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := c.text(res); got != text {
+				t.Errorf("result holds %d bytes of text, want the line's %d (attempt %d)", len(got), len(text), rec.Attempt)
 			}
 		})
 	}
