@@ -27,8 +27,12 @@ type SubmitReply struct {
 // SubmitRequest is one request on SubmitSubject: a POST /jobs body and its
 // Idempotency-Key header.
 type SubmitRequest struct {
-	Data           []byte
-	IdempotencyKey string
+	Data []byte
+	// IdempotencyKeys are the values of every Idempotency-Key header of the request, its
+	// name matched in any case as HTTP matches it: NATS keeps a header name as it was sent
+	// and nats.Header.Get matches it exactly, while a client used to HTTP may well send
+	// "idempotency-key". Several spellings keep no order between them.
+	IdempotencyKeys []string
 }
 
 // SubmitServer answers SubmitSubject requests; see Store.ServeSubmit.
@@ -145,14 +149,22 @@ func (srv *SubmitServer) answer(ctx context.Context, m *nats.Msg) {
 		srv.refused("job submit with a reply subject that is not an inbox refused", "reply", m.Reply)
 		return
 	}
-	var key string
-	if m.Header != nil {
-		key = m.Header.Get("Idempotency-Key")
-	}
-	data, _ := json.Marshal(srv.Answer(ctx, SubmitRequest{Data: m.Data, IdempotencyKey: key}))
+	req := SubmitRequest{Data: m.Data, IdempotencyKeys: headerValues(m.Header, "Idempotency-Key")}
+	data, _ := json.Marshal(srv.Answer(ctx, req))
 	if err := m.Respond(data); err != nil {
 		srv.Logger.Warn("nats submit reply", "err", err)
 	}
+}
+
+// headerValues returns the values of the header name in h under any spelling of the name.
+func headerValues(h nats.Header, name string) []string {
+	var vs []string
+	for k, v := range h {
+		if strings.EqualFold(k, name) {
+			vs = append(vs, v...)
+		}
+	}
+	return vs
 }
 
 // replyPrefixes are the reply subjects a submit is answered on: a requester's inbox in

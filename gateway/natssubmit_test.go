@@ -165,3 +165,41 @@ func TestNATSSubmitRefusesNamedProgram(t *testing.T) {
 		t.Fatalf("submit as bob: %+v", got)
 	}
 }
+
+// NATS keeps a header name as it was sent and nats.Header.Get matches it exactly; a client
+// used to HTTP sends "idempotency-key". Any spelling is the Idempotency-Key, as over HTTP.
+func TestNATSSubmitIdempotencyKeyInAnyCase(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	runNATSSubmit(t, b)
+	const body = `{"model":"tiny-a","prompt":"x","kind":"generate"}`
+	// withKey is a request whose header names are kept as given, as a client library that
+	// writes them as it was handed them does.
+	withKey := func(pairs ...string) *nats.Msg {
+		m := &nats.Msg{Data: []byte(body), Header: nats.Header{}}
+		for i := 0; i < len(pairs); i += 2 {
+			m.Header[pairs[i]] = append(m.Header[pairs[i]], pairs[i+1])
+		}
+		return m
+	}
+	first := natsSubmitMsg(t, b, withKey("idempotency-key", "order-7"))
+	if first.JobID == "" {
+		t.Fatalf("first submit: %+v", first)
+	}
+	for _, name := range []string{"idempotency-key", "IDEMPOTENCY-KEY", "Idempotency-Key"} {
+		if got := natsSubmitMsg(t, b, withKey(name, "order-7")); got.JobID != first.JobID {
+			t.Errorf("retry with %q: %+v, want job %s again", name, got, first.JobID)
+		}
+	}
+	// The same key under two spellings is one key; two keys are a 400, not a guess.
+	if got := natsSubmitMsg(t, b, withKey("idempotency-key", "order-7", "Idempotency-Key", "order-7")); got.JobID != first.JobID {
+		t.Errorf("the key under two spellings: %+v, want job %s again", got, first.JobID)
+	}
+	got := natsSubmitMsg(t, b, withKey("idempotency-key", "order-7", "Idempotency-Key", "order-8"))
+	if got.Status != 400 || got.JobID != "" || !strings.Contains(got.Error, "Idempotency-Key") {
+		t.Errorf("two different keys: %+v, want a 400", got)
+	}
+	if n, err := b.Broker.Store.QueueLen(testCtx(t, 10*time.Second)); err != nil || n != 1 {
+		t.Errorf("queue holds %d jobs (%v), want 1", n, err)
+	}
+}
