@@ -213,7 +213,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		for i, k := range broker.Kinds {
 			names[i] = string(k)
 		}
-		return nil, badRequest(fmt.Sprintf("unknown kind %q (%s)", sub.kind, strings.Join(names, ", ")))
+		return nil, badRequest(fmt.Sprintf("unknown kind %q (%s)", clipInput(string(sub.kind)), strings.Join(names, ", ")))
 	}
 	// The model the target will use, decoded as Ollama decodes it: the last one wins, a
 	// null leaves the one before.
@@ -229,7 +229,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		return nil, err
 	}
 	if !ollama.ValidModelName(sub.model) {
-		return nil, badRequest(fmt.Sprintf("invalid model name %q: Ollama takes [host/][namespace/]model[:tag] of letters, digits and _-.", sub.model))
+		return nil, badRequest(fmt.Sprintf("invalid model name %q: Ollama takes [host/][namespace/]model[:tag] of letters, digits and _-.", clipInput(sub.model)))
 	}
 	if _, err := broker.ModelToken(sub.model); err != nil {
 		return nil, badRequest(err.Error())
@@ -245,7 +245,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		for _, e := range events {
 			st := broker.State(e)
 			if !st.Valid() {
-				return nil, badRequest(fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", e))
+				return nil, badRequest(fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", clipInput(e)))
 			}
 			if !slices.Contains(sub.webhook.Events, st) {
 				sub.webhook.Events = append(sub.webhook.Events, st)
@@ -351,7 +351,7 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 func checkWebhookURL(raw string, policy *webhook.Policy) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" {
-		return badRequest(fmt.Sprintf("state_webhook_url %q: must be an absolute http or https URL", raw))
+		return badRequest(fmt.Sprintf("state_webhook_url %q: must be an absolute http or https URL", clipInput(raw)))
 	}
 	if len(raw) > 2048 {
 		return badRequest("state_webhook_url: longer than 2048 bytes")
@@ -366,10 +366,10 @@ func checkWebhookURL(raw string, policy *webhook.Policy) error {
 		// Go's HTTP client maps such a name to ASCII before it dials ("127。0。0。1" to
 		// 127.0.0.1, "ⓛocalhost" to localhost): checked here in its own spelling, it would
 		// pass the address checks below that its ASCII form fails.
-		return badRequest(fmt.Sprintf("state_webhook_url %q: the host name must be ASCII (an international name in its xn-- form)", raw))
+		return badRequest(fmt.Sprintf("state_webhook_url %q: the host name must be ASCII (an international name in its xn-- form)", clipInput(raw)))
 	}
 	if err := policy.CheckURL(u); err != nil {
-		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", raw, err))
+		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", clipInput(raw), err))
 	}
 	return nil
 }

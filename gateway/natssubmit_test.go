@@ -203,3 +203,29 @@ func TestNATSSubmitIdempotencyKeyInAnyCase(t *testing.T) {
 		t.Errorf("queue holds %d jobs (%v), want 1", n, err)
 	}
 }
+
+// A refused NATS submit quotes little of what it was sent. json.Unmarshal turns each
+// invalid UTF-8 byte into U+FFFD (3 bytes), so an error that quoted a value whole could be
+// three times the request and more than a NATS message may hold: the reply was never sent,
+// and the client got a timeout instead of its 400.
+func TestNATSSubmitRefusalQuotesLittleOfTheRequest(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	runNATSSubmit(t, b)
+	junk := strings.Repeat("\xff", 360<<10)
+	for _, c := range []struct{ body, want string }{
+		{`{"model":"tiny-a","kind":"` + junk + `"}`, `unknown kind "`},
+		{`{"model":"` + junk + `"}`, `invalid model name "`},
+		{`{"model":"\u0001` + junk + `"}`, `invalid model name "\x01`},
+		{`{"model":"tiny-a","messages":[],"state_webhook_url":"` + junk + `"}`, `state_webhook_url "`},
+		{`{"model":"tiny-a","messages":[],"state_webhook_url":"http://127.0.0.1:9/","webhook_events":["` + junk + `"]}`, `webhook_events: unknown state "`},
+		{`{"model":"tiny-a","messages":[],"priority":"` + junk + `"}`, `"priority": priority of `},
+		{`{"model":"tiny-a","messages":[],"program":"` + junk + `"}`, `"program": `},
+	} {
+		got := natsSubmitMsg(t, b, &nats.Msg{Data: []byte(c.body)})
+		if got.Status != 400 || got.JobID != "" || !strings.HasPrefix(got.Error, c.want) || len(got.Error) > 1024 {
+			t.Errorf("submit refused for %s: reply status %d, error of %d bytes %.300q; want a 400 that quotes a little of it",
+				c.want, got.Status, len(got.Error), got.Error)
+		}
+	}
+}
