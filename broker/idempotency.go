@@ -15,8 +15,12 @@ import (
 // IdempotencyClaim is what an Idempotency-Key maps to: the job it created and a digest of
 // the request that created it, so a key reused with another request can be refused.
 type IdempotencyClaim struct {
-	JobID      string `json:"job_id"`
-	BodySHA256 string `json:"body_sha256,omitempty"`
+	JobID string `json:"job_id"`
+	// MembersSHA256 is the digest a retry is compared by; BodySHA256 is the one foremen
+	// from before MembersSHA256 compare by, and the only one their claims have. The
+	// gateway says what each is of (digestsOf).
+	MembersSHA256 string `json:"members_sha256,omitempty"`
+	BodySHA256    string `json:"body_sha256,omitempty"`
 	// Until is the deadline of the submit that made the claim: until then its job record
 	// may still be on its way (a large body under SyncAlways takes a while), after it a
 	// claim without a record is orphaned (its request died) and may be taken over.

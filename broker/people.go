@@ -29,8 +29,16 @@ func ParsePriority(s string) (Priority, error) {
 	case PriorityHigh, PriorityNormal, PriorityLow:
 		return p, nil
 	}
+	if len(s) > maxQuoted {
+		return "", fmt.Errorf("%w: priority of %d bytes: must be high, normal or low", ErrBadPriority, len(s))
+	}
 	return "", fmt.Errorf("%w: priority %q: must be high, normal or low", ErrBadPriority, s)
 }
+
+// maxQuoted is the longest value a refusal here quotes back. A longer one, which no valid
+// priority or program is, is only measured: it may be as large as a request body, and a
+// message quoting it could outgrow a NATS reply.
+const maxQuoted = 64
 
 // Rank orders the classes: 0 is the highest. An empty priority (records from before
 // classes) is normal.
@@ -59,6 +67,9 @@ var programRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 
 // ValidateProgram accepts 1 to 64 of [A-Za-z0-9._-].
 func ValidateProgram(name string) error {
+	if len(name) > maxQuoted {
+		return fmt.Errorf("%w: %d bytes: must be 1 to 64 of A-Z a-z 0-9 . _ -", ErrBadProgram, len(name))
+	}
 	if !programRE.MatchString(name) {
 		return fmt.Errorf("%w: %q: must be 1 to 64 of A-Z a-z 0-9 . _ -", ErrBadProgram, name)
 	}

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -27,8 +28,12 @@ type SubmitReply struct {
 // SubmitRequest is one request on SubmitSubject: a POST /jobs body and its
 // Idempotency-Key header.
 type SubmitRequest struct {
-	Data           []byte
-	IdempotencyKey string
+	Data []byte
+	// IdempotencyKeys are the values of every Idempotency-Key header of the request, its
+	// name matched in any case as HTTP matches it: NATS keeps a header name as it was sent
+	// and nats.Header.Get matches it exactly, while a client used to HTTP may well send
+	// "idempotency-key". Several spellings keep no order between them.
+	IdempotencyKeys []string
 }
 
 // SubmitServer answers SubmitSubject requests; see Store.ServeSubmit.
@@ -37,20 +42,25 @@ type SubmitServer struct {
 	Answer func(ctx context.Context, req SubmitRequest) SubmitReply
 	// Concurrency bounds the requests answered at once; default 16.
 	Concurrency int
-	// Logger gets the requests refused for their reply subject. Default: the store's.
+	// Logger gets the requests refused for their reply subject and the replies that could
+	// not be sent. Default: the store's.
 	Logger *slog.Logger
 
-	// refusals keeps a flood of refused requests (any client may send them) from
-	// flooding the log too.
-	refusals *logLimit
+	// refusals and replyFailures keep a flood of requests (any client may send them)
+	// refused for their reply subject, or whose reply could not be sent, from flooding
+	// the log too.
+	refusals, replyFailures *logLimit
 }
 
-// refusalLogEvery is how often a refused submit is logged at most; the next line says how
-// many were refused since the last one.
+// refusalLogEvery is how often a refused submit (or one whose reply failed) is logged at
+// most; the next line says how many were held back since the last one.
 const refusalLogEvery = 10 * time.Second
 
 // logLimit lets one log line through per interval and counts the ones it holds back.
 type logLimit struct {
+	// what names the lines held back in the count's attribute: "more_<what>_since_last_logged".
+	what string
+
 	mu   sync.Mutex
 	last time.Time
 	held int
@@ -70,16 +80,16 @@ func (l *logLimit) allow(now time.Time, every time.Duration) (bool, int) {
 	return true, held
 }
 
-// refused logs a request refused for its reply subject, at most once per refusalLogEvery.
-func (srv *SubmitServer) refused(msg string, args ...any) {
-	ok, held := srv.refusals.allow(time.Now(), refusalLogEvery)
+// warn logs msg at Warn, at most once per refusalLogEvery.
+func (l *logLimit) warn(log *slog.Logger, msg string, args ...any) {
+	ok, held := l.allow(time.Now(), refusalLogEvery)
 	if !ok {
 		return
 	}
 	if held > 0 {
-		args = append(args, "more_refused_since_last_logged", held)
+		args = append(args, "more_"+l.what+"_since_last_logged", held)
 	}
-	srv.Logger.Warn(msg, args...)
+	log.Warn(msg, args...)
 }
 
 // ServeSubmit answers job submissions on SubmitSubject until ctx ends, in a queue group
@@ -87,7 +97,7 @@ func (srv *SubmitServer) refused(msg string, args ...any) {
 // inbox gets no answer: answering it would publish, with foreman's rights, wherever the
 // sender pointed. It returns once every answer started has gone out.
 func (s *Store) ServeSubmit(ctx context.Context, srv SubmitServer) error {
-	srv.refusals = &logLimit{}
+	srv.refusals, srv.replyFailures = &logLimit{what: "refused"}, &logLimit{what: "failed"}
 	if srv.Concurrency <= 0 {
 		srv.Concurrency = 16
 	}
@@ -138,21 +148,44 @@ func (s *Store) ServeSubmit(ctx context.Context, srv SubmitServer) error {
 
 func (srv *SubmitServer) answer(ctx context.Context, m *nats.Msg) {
 	if m.Reply == "" {
-		srv.refused("job submit without a reply subject ignored", "subject", m.Subject)
+		srv.refusals.warn(srv.Logger, "job submit without a reply subject ignored", "subject", m.Subject)
 		return
 	}
 	if !inboxReply(m.Reply) {
-		srv.refused("job submit with a reply subject that is not an inbox refused", "reply", m.Reply)
+		srv.refusals.warn(srv.Logger, "job submit with a reply subject that is not an inbox refused", "reply", m.Reply)
 		return
 	}
-	var key string
-	if m.Header != nil {
-		key = m.Header.Get("Idempotency-Key")
+	req := SubmitRequest{Data: m.Data, IdempotencyKeys: headerValues(m.Header, "Idempotency-Key")}
+	reply := srv.Answer(ctx, req)
+	data, _ := json.Marshal(reply)
+	err := m.Respond(data)
+	if errors.Is(err, nats.ErrMaxPayload) && reply.JobID == "" {
+		// An error that quotes the request at length (the gateway clips what it quotes;
+		// this is the guard behind that): the client gets the status and a short reason,
+		// not a timeout that leaves it guessing whether a job was made.
+		srv.replyFailures.warn(srv.Logger, "nats submit reply too large, sent a short error instead",
+			"status", reply.Status, "reply_bytes", len(data))
+		data, _ = json.Marshal(SubmitReply{Error: errReplyTooLarge, Status: reply.Status})
+		err = m.Respond(data)
 	}
-	data, _ := json.Marshal(srv.Answer(ctx, SubmitRequest{Data: m.Data, IdempotencyKey: key}))
-	if err := m.Respond(data); err != nil {
-		srv.Logger.Warn("nats submit reply", "err", err)
+	if err != nil {
+		srv.replyFailures.warn(srv.Logger, "nats submit reply", "err", err)
 	}
+}
+
+// errReplyTooLarge is the error a submit is answered with when its own does not fit in a
+// NATS message.
+const errReplyTooLarge = "request refused; the reason is too long for a NATS reply"
+
+// headerValues returns the values of the header name in h under any spelling of the name.
+func headerValues(h nats.Header, name string) []string {
+	var vs []string
+	for k, v := range h {
+		if strings.EqualFold(k, name) {
+			vs = append(vs, v...)
+		}
+	}
+	return vs
 }
 
 // replyPrefixes are the reply subjects a submit is answered on: a requester's inbox in

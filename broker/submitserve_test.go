@@ -1,11 +1,21 @@
 package broker_test
 
 import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
 func TestInboxReply(t *testing.T) {
@@ -43,5 +53,51 @@ func TestRefusalLogLimit(t *testing.T) {
 	want := []int{0, -1, -1, 2, -1, 1}
 	if !slices.Equal(got, want) {
 		t.Fatalf("allow = %v, want %v", got, want)
+	}
+}
+
+// A reply too large for a NATS message (an error that quotes the request at length) is
+// replaced by a short error with the same status. Without that the client gets no reply at
+// all, only its timeout, and foreman logs a warning for every such request: this too goes
+// through the log limit.
+func TestSubmitReplyTooLargeGetsAShortError(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	huge := strings.Repeat("x", int(b.Conn.MaxPayload()))
+	var logs bytes.Buffer // read once ServeSubmit has returned: every answer is written then
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- b.Store.ServeSubmit(ctx, broker.SubmitServer{
+			Answer: func(context.Context, broker.SubmitRequest) broker.SubmitReply {
+				return broker.SubmitReply{Error: huge, Status: 400}
+			},
+			Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		})
+	}()
+	stop := sync.OnceValue(func() error { cancel(); return <-done })
+	t.Cleanup(func() { _ = stop() })
+
+	reqCtx, cancelReq := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancelReq()
+	for answered := 0; answered < 3; {
+		m, err := b.Conn.RequestWithContext(reqCtx, broker.SubmitSubject, []byte(`{}`))
+		if errors.Is(err, nats.ErrNoResponders) {
+			continue // the server is still subscribing
+		}
+		if err != nil {
+			t.Fatalf("submit %d: no reply: %v", answered, err)
+		}
+		answered++
+		var r broker.SubmitReply
+		if err := json.Unmarshal(m.Data, &r); err != nil || r.Status != 400 || r.Error == "" || r.JobID != "" || len(m.Data) > 200 {
+			t.Fatalf("submit %d: reply %.300s (%v), want a short error with status 400", answered, m.Data, err)
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("ServeSubmit: %v", err)
+	}
+	if n := strings.Count(logs.String(), "nats submit reply too large"); n != 1 {
+		t.Fatalf("%d warnings for 3 replies too large, want 1 (the log limit holds the rest): %s", n, logs.String())
 	}
 }

@@ -135,7 +135,7 @@ func (s *Server) browserPolicy(next http.Handler) http.Handler {
 			s.hostRefusals.Do(func() {
 				s.log.Warn("request refused: host not allowed on a loopback listener (the next in 10s are counted in foreman_requests_refused_total only)", "host", r.Host, "path", r.URL.Path)
 			})
-			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: host %q is not allowed", r.Host)))
+			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: host %q is not allowed", clipInput(r.Host))))
 			return
 		}
 		origin := r.Header.Get("Origin")
@@ -149,7 +149,7 @@ func (s *Server) browserPolicy(next http.Handler) http.Handler {
 			s.originRefusals.Do(func() {
 				s.log.Warn("request refused: origin not allowed (the next in 10s are counted in foreman_requests_refused_total only)", "origin", origin, "path", r.URL.Path)
 			})
-			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: origin %q is not allowed (FOREMAN_ORIGINS)", origin)))
+			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: origin %q is not allowed (FOREMAN_ORIGINS)", clipInput(origin))))
 			return
 		}
 		h := w.Header()

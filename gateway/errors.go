@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -50,6 +51,25 @@ func refuse(kind error, msg string) error { return &Error{Kind: kind, Message: m
 // badRequest is an ErrInvalid refusal (400) with the given message.
 func badRequest(msg string) error { return refuse(ErrInvalid, msg) }
 
+// maxQuoted bounds the bytes of a client's value that an error message quotes back.
+const maxQuoted = 200
+
+// clipInput is a value the client sent, as an error message quotes it: its first
+// maxQuoted bytes then "…". A value may be as large as the body, and a message that quoted
+// it whole could be larger still (json.Unmarshal turns each invalid UTF-8 byte into U+FFFD,
+// 3 bytes; %q and JSON escape more): larger than a NATS reply may be, so a refused NATS
+// submit got no answer at all.
+func clipInput(s string) string {
+	if len(s) <= maxQuoted {
+		return s
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
 // ErrModelNotFound is returned when the target does not have a model (after a re-poll).
 var ErrModelNotFound = errors.New("model not found")
 
@@ -58,7 +78,7 @@ var ErrModelNotFound = errors.New("model not found")
 type ModelNotFoundError struct{ Model string }
 
 func (e *ModelNotFoundError) Error() string {
-	return fmt.Sprintf("model %q not found, try pulling it first", e.Model)
+	return fmt.Sprintf("model %q not found, try pulling it first", clipInput(e.Model))
 }
 
 // messageFor is what Ollama 0.17 answers on path for a model it does not have: the
@@ -68,7 +88,7 @@ func (e *ModelNotFoundError) messageFor(path string) string {
 	case "/api/embed", "/api/embeddings", "/v1/embeddings":
 		return e.Error()
 	}
-	return fmt.Sprintf("model '%s' not found", e.Model)
+	return fmt.Sprintf("model '%s' not found", clipInput(e.Model))
 }
 
 // Is makes errors.Is(err, ErrModelNotFound) true.

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -68,5 +70,20 @@ func TestStatusOfBadPath(t *testing.T) {
 	err := fmt.Errorf("relay: %w", fmt.Errorf("%w %q", ollama.ErrBadPath, "/x?a b"))
 	if status, _ := statusOf(err); status != http.StatusBadRequest {
 		t.Errorf("status %d, want 400", status)
+	}
+}
+
+// clipInput keeps a short value whole and cuts a long one on a character's first byte.
+func TestClipInput(t *testing.T) {
+	if got := clipInput("tiny-a"); got != "tiny-a" {
+		t.Errorf("short value: %q", got)
+	}
+	long := strings.Repeat("é", maxQuoted) // 2 bytes each: maxQuoted falls on a first byte
+	if got := clipInput(long); got != long[:maxQuoted]+"…" {
+		t.Errorf("long value clipped to %d bytes %q", len(got), got)
+	}
+	odd := "x" + long // maxQuoted falls inside an é
+	if got := clipInput(odd); got != odd[:maxQuoted-1]+"…" || !utf8.ValidString(got) {
+		t.Errorf("long value clipped to %d bytes %q", len(got), got)
 	}
 }

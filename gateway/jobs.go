@@ -72,7 +72,7 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 		for _, name := range strings.Split(v, ",") {
 			st := broker.State(strings.TrimSpace(name))
 			if !st.Valid() {
-				s.writeError(w, r, badRequest("state: unknown state "+strconv.Quote(string(st))))
+				s.writeError(w, r, badRequest("state: unknown state "+strconv.Quote(clipInput(string(st)))))
 				return
 			}
 			if !slices.Contains(opt.States, st) { // each once: a list has at most seven

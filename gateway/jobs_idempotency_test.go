@@ -189,3 +189,90 @@ func TestIdempotencyKeyLivesAsLongAsItsJob(t *testing.T) {
 			first, resp.StatusCode, out, resp.Header.Get("Idempotent-Replayed"))
 	}
 }
+
+// The key covers the job, not how its object was spaced nor the foreman fields around it:
+// a client writing ", " and ": " (Python's json.dumps) that adds or drops its webhook URL
+// on a retry gets its job back. The digest was of the body as sent when it had no foreman
+// field and of its members re-encoded when it had one, so such a retry was a 422.
+func TestIdempotencyKeyIgnoresSpacingAndWebhookFields(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	const (
+		spaced  = `{"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}]}`
+		hooked  = `{"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "state_webhook_url": "http://127.0.0.1:9/a"}`
+		compact = `{"model":"tiny-a","messages":[{"role": "user", "content": "hi"}]}`
+		other   = `{"model": "tiny-a", "messages": [{"role": "user", "content": "bye"}]}`
+	)
+	for _, c := range []struct {
+		key, first string
+		retries    []string
+	}{
+		{"with-hook-first", hooked, []string{spaced, compact, hooked}},
+		{"without-hook-first", spaced, []string{hooked, compact, spaced}},
+	} {
+		first := jobsSubmit(t, b, c.first, "Idempotency-Key", c.key)
+		for _, body := range c.retries {
+			wantReplayed(t, b, c.key, body, first)
+		}
+		resp, out := b.request(t, http.MethodPost, "/jobs", []byte(other), "Idempotency-Key", c.key)
+		wantJobError(t, c.key+": another body", resp, out, http.StatusUnprocessableEntity)
+	}
+	if n, err := b.Broker.Store.QueueLen(testCtx(t, 5*time.Second)); err != nil || n != 2 {
+		t.Fatalf("queue holds %d jobs (%v), want 2", n, err)
+	}
+}
+
+// A claim stored by a foreman from before members_sha256 (restarted within the job TTL,
+// or not yet upgraded on a shared NATS) has only body_sha256: of the body as sent when it
+// had no foreman field, else of its members. A retry matching either is the same job. And
+// a claim stored now keeps body_sha256 as such a foreman computes it.
+func TestIdempotencyClaimsOfOlderForemen(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	ctx := testCtx(t, 30*time.Second)
+	const (
+		spaced  = `{"model": "tiny-a", "messages": []}`
+		members = `{"model":"tiny-a","messages":[]}`
+	)
+	digest := func(body string) string {
+		sum := sha256.Sum256([]byte("chat\n" + body))
+		return hex.EncodeToString(sum[:])
+	}
+	// oldClaim stores what an older foreman's submit left: the claim and the job record.
+	oldClaim := func(key, bodySHA256 string) string {
+		id := broker.NewID()
+		claim := broker.IdempotencyClaim{JobID: id, BodySHA256: bodySHA256, Until: time.Now()}
+		if _, created, err := b.Broker.Store.ClaimIdempotencyKey(ctx, scopedIdempotencyKey("", key), claim); err != nil || !created {
+			t.Fatalf("claim %s: %v %v", key, created, err)
+		}
+		now := time.Now().UTC()
+		rec, _ := json.Marshal(&broker.Job{ID: id, Model: "tiny-a", Kind: broker.KindChat, State: broker.StateQueued, CreatedAt: now, At: now})
+		if _, err := b.Broker.JobRecords(t).Create(ctx, "job."+id, rec); err != nil {
+			t.Fatal(err)
+		}
+		return id
+	}
+	// The first request had no foreman field: the digest of the body as sent.
+	wantReplayed(t, b, "old-as-sent", spaced, oldClaim("old-as-sent", digest(spaced)))
+	// It had a webhook URL: the digest of its members.
+	wantReplayed(t, b, "old-members", spaced, oldClaim("old-members", digest(members)))
+
+	jobsSubmit(t, b, spaced, "Idempotency-Key", "new")
+	got, created, err := b.Broker.Store.ClaimIdempotencyKey(ctx, scopedIdempotencyKey("", "new"), broker.IdempotencyClaim{JobID: broker.NewID()})
+	if err != nil || created || got.BodySHA256 != digest(spaced) || got.MembersSHA256 != digest(members) {
+		t.Fatalf("claim stored now: %+v (created %v, %v), want body_sha256 %s and members_sha256 %s",
+			got, created, err, digest(spaced), digest(members))
+	}
+}
+
+// wantReplayed submits body with key and wants the job id replayed.
+func wantReplayed(t *testing.T, b *testBundle, key, body, id string) {
+	t.Helper()
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(body), "Idempotency-Key", key)
+	var s submitted
+	_ = json.Unmarshal(out, &s)
+	if resp.StatusCode != http.StatusAccepted || s.JobID != id || resp.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("%s: retry %s: %d %s (replayed %q), want job %s replayed",
+			key, body, resp.StatusCode, out, resp.Header.Get("Idempotent-Replayed"), id)
+	}
+}

@@ -3,11 +3,10 @@ package gateway
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -43,6 +42,10 @@ type submission struct {
 	priority broker.Priority
 	program  string
 	opts     string // the load-options token (broker.LoadOptions.Token)
+	// kept are the target's members of the body; reencoded says body was made of them
+	// (encodeMembers), a foreman field having been removed, rather than sent as it is.
+	kept      []member
+	reencoded bool
 }
 
 // member is one top-level member of a JSON object, its value byte-exact.
@@ -213,7 +216,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		for i, k := range broker.Kinds {
 			names[i] = string(k)
 		}
-		return nil, badRequest(fmt.Sprintf("unknown kind %q (%s)", sub.kind, strings.Join(names, ", ")))
+		return nil, badRequest(fmt.Sprintf("unknown kind %q (%s)", clipInput(string(sub.kind)), strings.Join(names, ", ")))
 	}
 	// The model the target will use, decoded as Ollama decodes it: the last one wins, a
 	// null leaves the one before.
@@ -229,7 +232,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		return nil, err
 	}
 	if !ollama.ValidModelName(sub.model) {
-		return nil, badRequest(fmt.Sprintf("invalid model name %q: Ollama takes [host/][namespace/]model[:tag] of letters, digits and _-.", sub.model))
+		return nil, badRequest(fmt.Sprintf("invalid model name %q: Ollama takes [host/][namespace/]model[:tag] of letters, digits and _-.", clipInput(sub.model)))
 	}
 	if _, err := broker.ModelToken(sub.model); err != nil {
 		return nil, badRequest(err.Error())
@@ -245,7 +248,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		for _, e := range events {
 			st := broker.State(e)
 			if !st.Valid() {
-				return nil, badRequest(fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", e))
+				return nil, badRequest(fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", clipInput(e)))
 			}
 			if !slices.Contains(sub.webhook.Events, st) {
 				sub.webhook.Events = append(sub.webhook.Events, st)
@@ -262,7 +265,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	if !sub.kind.ReadsOptions() {
 		sub.opts = broker.DefaultLoadOptions // the target ignores them
 	}
-	sub.body = raw
+	sub.body, sub.kept, sub.reencoded = raw, kept, stripped
 	if stripped {
 		sub.body = encodeMembers(kept)
 	}
@@ -351,7 +354,7 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 func checkWebhookURL(raw string, policy *webhook.Policy) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" {
-		return badRequest(fmt.Sprintf("state_webhook_url %q: must be an absolute http or https URL", raw))
+		return badRequest(fmt.Sprintf("state_webhook_url %q: must be an absolute http or https URL", clipInput(raw)))
 	}
 	if len(raw) > 2048 {
 		return badRequest("state_webhook_url: longer than 2048 bytes")
@@ -366,10 +369,10 @@ func checkWebhookURL(raw string, policy *webhook.Policy) error {
 		// Go's HTTP client maps such a name to ASCII before it dials ("127。0。0。1" to
 		// 127.0.0.1, "ⓛocalhost" to localhost): checked here in its own spelling, it would
 		// pass the address checks below that its ASCII form fails.
-		return badRequest(fmt.Sprintf("state_webhook_url %q: the host name must be ASCII (an international name in its xn-- form)", raw))
+		return badRequest(fmt.Sprintf("state_webhook_url %q: the host name must be ASCII (an international name in its xn-- form)", clipInput(raw)))
 	}
 	if err := policy.CheckURL(u); err != nil {
-		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", raw, err))
+		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", clipInput(raw), err))
 	}
 	return nil
 }
@@ -386,23 +389,30 @@ func isASCII(s string) bool {
 
 // encodeMembers writes ms as one JSON object, into a buffer made once at its size.
 func encodeMembers(ms []member) []byte {
-	keys := make([][]byte, len(ms))
 	size := 2 // the braces
-	for i, m := range ms {
-		keys[i], _ = json.Marshal(m.key)
-		size += len(keys[i]) + 1 + len(m.value) + 1 // key, colon, value, comma
+	for _, m := range ms {
+		// Keys are short: writeMembers marshals them again.
+		key, _ := json.Marshal(m.key)
+		size += len(key) + 1 + len(m.value) + 1 // key, colon, value, comma
 	}
-	b := make([]byte, 0, size)
-	b = append(b, '{')
+	b := bytes.NewBuffer(make([]byte, 0, size))
+	writeMembers(b, ms)
+	return b.Bytes()
+}
+
+// writeMembers writes ms to w as one JSON object, with no white space between members.
+func writeMembers(w io.Writer, ms []member) {
+	_, _ = w.Write([]byte{'{'})
 	for i, m := range ms {
 		if i > 0 {
-			b = append(b, ',')
+			_, _ = w.Write([]byte{','})
 		}
-		b = append(b, keys[i]...)
-		b = append(b, ':')
-		b = append(b, m.value...)
+		key, _ := json.Marshal(m.key)
+		_, _ = w.Write(key)
+		_, _ = w.Write([]byte{':'})
+		_, _ = w.Write(m.value)
 	}
-	return append(b, '}')
+	_, _ = w.Write([]byte{'}'})
 }
 
 // submitJob validates a job request, checks its model with the target and queues it. A
@@ -430,12 +440,8 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 		LoadOptions: sub.opts}
 	idemKey = scopedIdempotencyKey(who.program, idemKey)
 	if idemKey != "" {
-		// The key protects the job itself: its kind and the body sent to the target, not
-		// the webhook fields (a client's own receiver URL changes between retries).
-		h := sha256.New() // written in two parts: a body of megabytes is not copied for it
-		h.Write([]byte(string(sub.kind) + "\n"))
-		h.Write(sub.body)
-		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: hex.EncodeToString(h.Sum(nil)), Until: submitDeadline(ctx)}
+		sums := digestsOf(sub)
+		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: submitDeadline(ctx)}
 		for attempt := 0; ; attempt++ {
 			got, created, err := s.store.ClaimIdempotencyKey(ctx, idemKey, claim)
 			if err != nil {
@@ -444,7 +450,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 			if created {
 				break
 			}
-			if got.BodySHA256 != "" && got.BodySHA256 != claim.BodySHA256 {
+			if !sums.match(got) {
 				return "", false, refuse(ErrKeyReused, "Idempotency-Key was already used with a different request body")
 			}
 			found, err := s.awaitClaimed(ctx, got)

@@ -16,7 +16,7 @@ const natsSubmitConcurrency = 16
 
 // RunNATSSubmit answers job submissions by NATS request/reply on foreman.jobs.submit
 // until ctx ends. The request data is a POST /jobs body, checked exactly as over HTTP;
-// an "Idempotency-Key" header works as the HTTP header does. It listens on the store's
+// an "Idempotency-Key" header (its name in any case) works as the HTTP header does. It listens on the store's
 // in-process connection, so clients reach it through the NATS listener's permissions.
 func (s *Server) RunNATSSubmit(ctx context.Context) error {
 	err := s.store.ServeSubmit(ctx, broker.SubmitServer{
@@ -46,8 +46,28 @@ func (s *Server) natsSubmit(ctx context.Context, req broker.SubmitRequest) (stri
 	if int64(len(req.Data)) > s.cfg.MaxBodyBytes {
 		return "", refuse(ErrTooLarge, "request body too large")
 	}
-	id, _, err := s.submitJob(context.WithValue(ctx, natsCallerKey{}, true), req.Data, req.IdempotencyKey, nil)
+	key, err := natsIdempotencyKey(req.IdempotencyKeys)
+	if err != nil {
+		return "", err
+	}
+	id, _, err := s.submitJob(context.WithValue(ctx, natsCallerKey{}, true), req.Data, key, nil)
 	return id, err
+}
+
+// natsIdempotencyKey is the one key a NATS submit's Idempotency-Key headers give: the
+// same value however often it was sent. Different values are a 400: HTTP would take the
+// first, but the spellings of a header name in a NATS message keep no order between them,
+// so there is no first to take.
+func natsIdempotencyKey(values []string) (string, error) {
+	if len(values) == 0 {
+		return "", nil
+	}
+	for _, v := range values[1:] {
+		if v != values[0] {
+			return "", badRequest("Idempotency-Key: sent more than once with different values")
+		}
+	}
+	return values[0], nil
 }
 
 // natsCallerKey marks the context of a NATS submit: its caller proved no token, so it

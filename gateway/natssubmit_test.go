@@ -165,3 +165,67 @@ func TestNATSSubmitRefusesNamedProgram(t *testing.T) {
 		t.Fatalf("submit as bob: %+v", got)
 	}
 }
+
+// NATS keeps a header name as it was sent and nats.Header.Get matches it exactly; a client
+// used to HTTP sends "idempotency-key". Any spelling is the Idempotency-Key, as over HTTP.
+func TestNATSSubmitIdempotencyKeyInAnyCase(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	runNATSSubmit(t, b)
+	const body = `{"model":"tiny-a","prompt":"x","kind":"generate"}`
+	// withKey is a request whose header names are kept as given, as a client library that
+	// writes them as it was handed them does.
+	withKey := func(pairs ...string) *nats.Msg {
+		m := &nats.Msg{Data: []byte(body), Header: nats.Header{}}
+		for i := 0; i < len(pairs); i += 2 {
+			m.Header[pairs[i]] = append(m.Header[pairs[i]], pairs[i+1])
+		}
+		return m
+	}
+	first := natsSubmitMsg(t, b, withKey("idempotency-key", "order-7"))
+	if first.JobID == "" {
+		t.Fatalf("first submit: %+v", first)
+	}
+	for _, name := range []string{"idempotency-key", "IDEMPOTENCY-KEY", "Idempotency-Key"} {
+		if got := natsSubmitMsg(t, b, withKey(name, "order-7")); got.JobID != first.JobID {
+			t.Errorf("retry with %q: %+v, want job %s again", name, got, first.JobID)
+		}
+	}
+	// The same key under two spellings is one key; two keys are a 400, not a guess.
+	if got := natsSubmitMsg(t, b, withKey("idempotency-key", "order-7", "Idempotency-Key", "order-7")); got.JobID != first.JobID {
+		t.Errorf("the key under two spellings: %+v, want job %s again", got, first.JobID)
+	}
+	got := natsSubmitMsg(t, b, withKey("idempotency-key", "order-7", "Idempotency-Key", "order-8"))
+	if got.Status != 400 || got.JobID != "" || !strings.Contains(got.Error, "Idempotency-Key") {
+		t.Errorf("two different keys: %+v, want a 400", got)
+	}
+	if n, err := b.Broker.Store.QueueLen(testCtx(t, 10*time.Second)); err != nil || n != 1 {
+		t.Errorf("queue holds %d jobs (%v), want 1", n, err)
+	}
+}
+
+// A refused NATS submit quotes little of what it was sent. json.Unmarshal turns each
+// invalid UTF-8 byte into U+FFFD (3 bytes), so an error that quoted a value whole could be
+// three times the request and more than a NATS message may hold: the reply was never sent,
+// and the client got a timeout instead of its 400.
+func TestNATSSubmitRefusalQuotesLittleOfTheRequest(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	runNATSSubmit(t, b)
+	junk := strings.Repeat("\xff", 360<<10)
+	for _, c := range []struct{ body, want string }{
+		{`{"model":"tiny-a","kind":"` + junk + `"}`, `unknown kind "`},
+		{`{"model":"` + junk + `"}`, `invalid model name "`},
+		{`{"model":"\u0001` + junk + `"}`, `invalid model name "\x01`},
+		{`{"model":"tiny-a","messages":[],"state_webhook_url":"` + junk + `"}`, `state_webhook_url "`},
+		{`{"model":"tiny-a","messages":[],"state_webhook_url":"http://127.0.0.1:9/","webhook_events":["` + junk + `"]}`, `webhook_events: unknown state "`},
+		{`{"model":"tiny-a","messages":[],"priority":"` + junk + `"}`, `"priority": priority of `},
+		{`{"model":"tiny-a","messages":[],"program":"` + junk + `"}`, `"program": `},
+	} {
+		got := natsSubmitMsg(t, b, &nats.Msg{Data: []byte(c.body)})
+		if got.Status != 400 || got.JobID != "" || !strings.HasPrefix(got.Error, c.want) || len(got.Error) > 1024 {
+			t.Errorf("submit refused for %s: reply status %d, error of %d bytes %.300q; want a 400 that quotes a little of it",
+				c.want, got.Status, len(got.Error), got.Error)
+		}
+	}
+}

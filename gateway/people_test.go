@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -31,18 +34,26 @@ func syncCall(t *testing.T, b *queuedBundle, path string, hdr ...string) jobView
 // natsSubmit sends data on foreman.jobs.submit (RunNATSSubmit must run) and returns the reply.
 func natsSubmit(t *testing.T, b *testBundle, data string) submitReply {
 	t.Helper()
+	return natsSubmitMsg(t, b, &nats.Msg{Data: []byte(data)})
+}
+
+// natsSubmitMsg sends m (its subject set here) on foreman.jobs.submit (RunNATSSubmit must
+// run) and returns the reply.
+func natsSubmitMsg(t *testing.T, b *testBundle, m *nats.Msg) submitReply {
+	t.Helper()
 	ctx := testCtx(t, 20*time.Second)
+	m.Subject = broker.SubmitSubject
 	for {
-		m, err := b.Broker.Conn.RequestWithContext(ctx, broker.SubmitSubject, []byte(data))
-		if err != nil && strings.Contains(err.Error(), "no responders") {
+		got, err := b.Broker.Conn.RequestMsgWithContext(ctx, m)
+		if errors.Is(err, nats.ErrNoResponders) {
 			continue // the responder is still subscribing
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
 		var r submitReply
-		if err := json.Unmarshal(m.Data, &r); err != nil {
-			t.Fatalf("reply %s", m.Data)
+		if err := json.Unmarshal(got.Data, &r); err != nil {
+			t.Fatalf("reply %.200s", got.Data)
 		}
 		return r
 	}

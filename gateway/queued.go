@@ -101,7 +101,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 func checkModelName(model string) error {
 	bad := strings.TrimSpace(model) != model || strings.IndexFunc(model, unicode.IsControl) >= 0
 	if bad {
-		return badRequest(fmt.Sprintf("invalid model name %q: no white space around it, no control characters in it", model))
+		return badRequest(fmt.Sprintf("invalid model name %q: no white space around it, no control characters in it", clipInput(model)))
 	}
 	return nil
 }
@@ -197,9 +197,9 @@ func (s *Server) queueableModel(ctx context.Context, model string) error {
 			return nil
 		}
 		return refuse(ErrBadUpstream, fmt.Sprintf("ollama answers its model list with an error (%v), and with "+
-			"several foremen a job runs only on a Mac that lists its model: model %q is in no list", snap.Err, model))
+			"several foremen a job runs only on a Mac that lists its model: model %q is in no list", snap.Err, clipInput(model)))
 	}
-	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", model))
+	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", clipInput(model)))
 }
 
 // runSync submits job and writes its answer to the client until the job ends, the

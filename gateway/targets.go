@@ -186,7 +186,7 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 		}
 		if !has && s.otherHas(r.Context(), model) {
 			s.writeError(w, r, refuse(ErrBadUpstream, fmt.Sprintf(
-				"the Ollama that has model %q is unreachable (its foreman says so): retry later", model)))
+				"the Ollama that has model %q is unreachable (its foreman says so): retry later", clipInput(model))))
 			return
 		}
 	}
