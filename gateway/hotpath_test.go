@@ -23,6 +23,11 @@ func TestSyncChatTraceStages(t *testing.T) {
 	qb.GW.trace = st.mark
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// A chat answered first: the worker's loop runs, its wake-up hook is in place (a job
+	// submitted before it was would be found by the loop's first look, never woken for).
+	if resp := post(t, ctx, qb.URL, "/api/chat", chatBody("tiny-a", "warm-up", "false")); resp.Status != http.StatusOK {
+		t.Fatalf("warm-up chat: %d %s", resp.Status, resp.Body)
+	}
 	for _, stream := range []string{"false", "true"} {
 		resp := post(t, ctx, qb.URL, "/api/chat", chatBody("tiny-a", "trace", stream))
 		if resp.Status != http.StatusOK {
