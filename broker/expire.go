@@ -16,16 +16,20 @@ import (
 
 // ExpireEvery is how often the worker looks for jobs that have waited too long: an
 // eighth of the job TTL, at most a minute.
-func (s *Store) ExpireEvery() time.Duration {
-	return min(max(s.JobTTL()/8, 10*time.Millisecond), time.Minute)
+func (s *Store) ExpireEvery() time.Duration { return expireEvery(s.JobTTL()) }
+
+func expireEvery(ttl time.Duration) time.Duration {
+	return min(max(ttl/8, 10*time.Millisecond), time.Minute)
 }
 
 // StaleBefore is the time before which a job still waiting in the queue has waited too
 // long: two ExpireEvery short of a job TTL ago, so that a look made every ExpireEvery
 // ends it before JetStream drops it at the TTL.
-func (s *Store) StaleBefore() time.Time {
-	return s.Now().Add(-(s.JobTTL() - 2*s.ExpireEvery()))
-}
+func (s *Store) StaleBefore() time.Time { return s.Now().Add(-StaleAge(s.JobTTL())) }
+
+// StaleAge is how long a job may wait in the queue, with job TTL ttl, before the worker
+// ends it failed (StaleBefore).
+func StaleAge(ttl time.Duration) time.Duration { return ttl - 2*expireEvery(ttl) }
 
 // ExpiredError is the Error of a job ended because it waited in the queue for ttl, after
 // attempts attempts.

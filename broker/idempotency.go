@@ -135,12 +135,12 @@ func (s *Store) keepClaim(ctx context.Context, j *Job) {
 		return
 	}
 	k := idemPrefix + j.Idempotency
-	var e jetstream.KeyValueEntry
-	err := s.retry(ctx, func(ctx context.Context) error {
-		var err error
-		e, err = s.kvGet(ctx, k)
-		return err
-	})
+	// One try each, bounded: the record's write is done and its caller waits (an async
+	// job's first frame waits for its start write); a missed stamp only leaves the claim
+	// to age as it did before.
+	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	e, err := s.kvGet(ctx, k)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 		return // released, or aged out with a write of the record that failed
 	}
@@ -149,10 +149,7 @@ func (s *Store) keepClaim(ctx context.Context, j *Job) {
 		if json.Unmarshal(e.Value(), &c) != nil || c.JobID != j.ID {
 			return
 		}
-		err = s.retryWrite(ctx, func(ctx context.Context) error {
-			_, err := s.kv.Update(ctx, k, e.Value(), e.Revision())
-			return err
-		})
+		_, err = s.kv.Update(ctx, k, e.Value(), e.Revision())
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 			// Written since the read, so after the record: stamped by another write of
 			// the job's (or by this one, its answer lost), or released. Either way done.

@@ -164,7 +164,11 @@ func (f *JobFeed) enqueueLocked(m *nats.Msg) {
 	}
 	n := msgSize(m)
 	state := strings.HasSuffix(m.Subject, ".state")
-	if f.buffered > 0 && f.buffered+n > f.cfg.Buffer && !f.midFrame {
+	// Only a new frame of the answer is held to the buffer: the rest of a begun frame, a
+	// final marker (no data) and a state event are small or already promised, and the
+	// reader would be cut off with all it needs already queued.
+	newFrame := !state && !f.midFrame && m.Header.Get(HeaderFinal) == ""
+	if newFrame && f.buffered > 0 && f.buffered+n > f.cfg.Buffer {
 		f.overflowed = true
 		close(f.over)
 		return

@@ -46,10 +46,11 @@ type SubmitServer struct {
 	// not be sent. Default: the store's.
 	Logger *slog.Logger
 
-	// refusals and replyFailures keep a flood of requests (any client may send them)
-	// refused for their reply subject, or whose reply could not be sent, from flooding
-	// the log too.
-	refusals, replyFailures *logLimit
+	// refusals, replyFailures and oversized keep a flood of requests (any client may send
+	// them) refused for their reply subject, whose reply could not be sent, or whose reply
+	// was too large for a message, from flooding the log too; each has its own, so a
+	// flood of one kind hides no line of another.
+	refusals, replyFailures, oversized *logLimit
 }
 
 // refusalLogEvery is how often a refused submit (or one whose reply failed) is logged at
@@ -97,7 +98,7 @@ func (l *logLimit) warn(log *slog.Logger, msg string, args ...any) {
 // inbox gets no answer: answering it would publish, with foreman's rights, wherever the
 // sender pointed. It returns once every answer started has gone out.
 func (s *Store) ServeSubmit(ctx context.Context, srv SubmitServer) error {
-	srv.refusals, srv.replyFailures = &logLimit{what: "refused"}, &logLimit{what: "failed"}
+	srv.refusals, srv.replyFailures, srv.oversized = &logLimit{what: "refused"}, &logLimit{what: "failed"}, &logLimit{what: "too large"}
 	if srv.Concurrency <= 0 {
 		srv.Concurrency = 16
 	}
@@ -163,7 +164,7 @@ func (srv *SubmitServer) answer(ctx context.Context, m *nats.Msg) {
 		// An error that quotes the request at length (the gateway clips what it quotes;
 		// this is the guard behind that): the client gets the status and a short reason,
 		// not a timeout that leaves it guessing whether a job was made.
-		srv.replyFailures.warn(srv.Logger, "nats submit reply too large, sent a short error instead",
+		srv.oversized.warn(srv.Logger, "nats submit reply too large, sent a short error instead",
 			"status", reply.Status, "reply_bytes", len(data))
 		data, _ = json.Marshal(SubmitReply{Error: errReplyTooLarge, Status: reply.Status})
 		err = m.Respond(data)

@@ -138,7 +138,7 @@ func TestIdempotencyKeysArePerProgram(t *testing.T) {
 // job back, as GET /jobs/{id} does, not a second job that runs the request again.
 func TestIdempotencyKeyLivesAsLongAsItsJob(t *testing.T) {
 	t.Parallel()
-	const ttl = 4 * time.Second
+	const ttl = 8 * time.Second // the record outlives the claim's first revision by half of it: room on a loaded machine
 	b := newTestBundle(t, withBroker(brokertest.WithStore(func(c *broker.Config) { c.JobTTL = ttl })))
 	ctx := testCtx(t, 30*time.Second)
 	body := `{"model":"tiny-a","messages":[]}`
@@ -201,14 +201,15 @@ func TestIdempotencyKeyIgnoresSpacingAndWebhookFields(t *testing.T) {
 		spaced  = `{"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}]}`
 		hooked  = `{"model": "tiny-a", "messages": [{"role": "user", "content": "hi"}], "state_webhook_url": "http://127.0.0.1:9/a"}`
 		compact = `{"model":"tiny-a","messages":[{"role": "user", "content": "hi"}]}`
+		tight   = `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}` // nested values too
 		other   = `{"model": "tiny-a", "messages": [{"role": "user", "content": "bye"}]}`
 	)
 	for _, c := range []struct {
 		key, first string
 		retries    []string
 	}{
-		{"with-hook-first", hooked, []string{spaced, compact, hooked}},
-		{"without-hook-first", spaced, []string{hooked, compact, spaced}},
+		{"with-hook-first", hooked, []string{spaced, compact, tight, hooked}},
+		{"without-hook-first", spaced, []string{hooked, compact, tight, spaced}},
 	} {
 		first := jobsSubmit(t, b, c.first, "Idempotency-Key", c.key)
 		for _, body := range c.retries {

@@ -108,10 +108,6 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 // not nil, is the job's call begun already: the run adopts it instead of calling the
 // target.
 func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev uint64, early *earlyCall, log *slog.Logger) {
-	// The pick counts once the job runs: a delivery dropped unrun (an ended job's message,
-	// an orphan, a spare copy, a gone caller) leaves its class's once-per-MaxWait pick and
-	// its program's turn to the next job of theirs.
-	w.took(d.Token)
 	var jctx context.Context
 	var abort context.CancelCauseFunc
 	if early != nil {
@@ -133,6 +129,10 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		return
 	}
 	defer stopWatch()
+	// The pick counts once the job runs: a delivery dropped unrun (an ended job's message,
+	// an orphan, a spare copy, a gone caller, a watch that failed) leaves its class's
+	// once-per-MaxWait pick and its program's turn to the next job of theirs.
+	w.took(d.Token)
 
 	state := broker.StateLoading // the target must swap the model in
 	if w.isLoaded(ctx, d.Token) {

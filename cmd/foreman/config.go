@@ -461,17 +461,23 @@ func (c *serveConfig) finish() error {
 	return nil
 }
 
-// finishMaxWait keeps FOREMAN_MAX_WAIT below FOREMAN_JOB_TTL, or aging would never come: a
-// waiting job would expire (ADR-0043) before it had waited too long, and a starved
-// model's jobs fail instead of running. The default gives way to a short job TTL (half
-// of it); a value set is refused.
+// finishMaxWait keeps FOREMAN_MAX_WAIT below the age at which a waiting job is ended
+// (broker.StaleAge of FOREMAN_JOB_TTL: 3/4 of it, at most two minutes short), or aging
+// would never come: a waiting job would expire (ADR-0043) before it had waited too long,
+// and a starved model's jobs fail instead of running. The default value gives way to half
+// that age; another is refused.
 func (c *serveConfig) finishMaxWait() error {
-	if c.MaxWait <= 0 || c.JobTTL <= 0 || c.MaxWait < c.JobTTL {
+	if c.MaxWait <= 0 || c.JobTTL <= 0 {
+		return nil
+	}
+	stale := broker.StaleAge(c.JobTTL)
+	if c.MaxWait < stale {
 		return nil
 	}
 	if c.MaxWait == app.DefaultMaxWait {
-		c.MaxWait = c.JobTTL / 2
+		c.MaxWait = stale / 2
 		return nil
 	}
-	return fmt.Errorf("FOREMAN_MAX_WAIT=%s must be below FOREMAN_JOB_TTL=%s: a waiting job would expire before it counts as waiting too long", c.MaxWait, c.JobTTL)
+	return fmt.Errorf("FOREMAN_MAX_WAIT=%s must be below %s, the age at which a waiting job expires with FOREMAN_JOB_TTL=%s: "+
+		"it would expire before it counts as waiting too long", c.MaxWait, stale, c.JobTTL)
 }

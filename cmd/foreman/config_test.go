@@ -98,9 +98,10 @@ func TestConfigBoundsAccepted(t *testing.T) {
 	if cfg.JobTTL != time.Second || cfg.AckWait != time.Second || cfg.PollInterval != 100*time.Millisecond || cfg.MaxAttempts != 100 {
 		t.Errorf("bounds: job TTL %s, ack wait %s, poll interval %s, max attempts %d", cfg.JobTTL, cfg.AckWait, cfg.PollInterval, cfg.MaxAttempts)
 	}
-	// The default FOREMAN_MAX_WAIT (2m) gives way to so short a job TTL: half of it.
-	if cfg.MaxWait != 500*time.Millisecond {
-		t.Errorf("max wait %s with a job TTL of 1s, want 500ms", cfg.MaxWait)
+	// The default FOREMAN_MAX_WAIT (2m) gives way to so short a job TTL: half the age at
+	// which a waiting job expires (3/4 of 1s).
+	if cfg.MaxWait != 375*time.Millisecond {
+		t.Errorf("max wait %s with a job TTL of 1s, want 375ms", cfg.MaxWait)
 	}
 }
 
@@ -123,9 +124,9 @@ func TestConfigBadValues(t *testing.T) {
 		{args: []string{"--poll-interval=1ms"}, want: []string{`--poll-interval="1ms": must be at least 100ms`}},
 		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "9223372036854775807"}, want: []string{`FOREMAN_MAX_ATTEMPTS="9223372036854775807": must be at most 100`}},
 		{env: map[string]string{"FOREMAN_MAX_ATTEMPTS": "101"}, want: []string{`FOREMAN_MAX_ATTEMPTS="101": must be at most 100`}},
-		{env: map[string]string{"FOREMAN_JOB_TTL": "1h", "FOREMAN_MAX_WAIT": "2h"}, want: []string{`FOREMAN_MAX_WAIT=2h0m0s must be below FOREMAN_JOB_TTL=1h0m0s`}},
-		{args: []string{"--job-ttl=10m", "--max-wait=10m"}, want: []string{`FOREMAN_MAX_WAIT=10m0s must be below FOREMAN_JOB_TTL=10m0s`}},
-		{env: map[string]string{"FOREMAN_JOB_TTL": "1m", "FOREMAN_MAX_WAIT": "3m"}, want: []string{`FOREMAN_MAX_WAIT=3m0s must be below FOREMAN_JOB_TTL=1m0s`}},
+		{env: map[string]string{"FOREMAN_JOB_TTL": "1h", "FOREMAN_MAX_WAIT": "2h"}, want: []string{`FOREMAN_MAX_WAIT=2h0m0s must be below 58m0s, the age at which a waiting job expires with FOREMAN_JOB_TTL=1h0m0s`}},
+		{env: map[string]string{"FOREMAN_JOB_TTL": "1h", "FOREMAN_MAX_WAIT": "59m"}, want: []string{`FOREMAN_MAX_WAIT=59m0s must be below 58m0s`}},
+		{args: []string{"--job-ttl=1m", "--max-wait=50s"}, want: []string{`FOREMAN_MAX_WAIT=50s must be below 45s`}},
 		{env: map[string]string{"FOREMAN_ADDR": "8080"}, want: []string{`FOREMAN_ADDR="8080": not host:port`}},
 		{env: map[string]string{"FOREMAN_ADDR": "127.0.0.1:65536"}, want: []string{`FOREMAN_ADDR="127.0.0.1:65536": the port is not a number from 0 to 65535`}},
 		{args: []string{"--nats-listen", "127.0.0.1:99999"}, want: []string{`--nats-listen="127.0.0.1:99999": the port is not a number from 0 to 65535`}},
