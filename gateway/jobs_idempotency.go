@@ -54,22 +54,13 @@ func digestsOf(sub *submission) bodyDigests {
 // copied for it.
 func writeCompact(w io.Writer, ms []member) {
 	var buf bytes.Buffer
-	_, _ = w.Write([]byte{'{'})
-	for i, m := range ms {
-		if i > 0 {
-			_, _ = w.Write([]byte{','})
-		}
-		key, _ := json.Marshal(m.key)
-		_, _ = w.Write(key)
-		_, _ = w.Write([]byte{':'})
+	writeMembersWith(w, ms, func(v []byte) {
 		buf.Reset()
-		if json.Compact(&buf, m.value) == nil {
-			_, _ = w.Write(buf.Bytes())
-		} else {
-			_, _ = w.Write(m.value)
+		if json.Compact(&buf, v) == nil {
+			v = buf.Bytes()
 		}
-	}
-	_, _ = w.Write([]byte{'}'})
+		_, _ = w.Write(v)
+	})
 }
 
 // match reports whether c was claimed for a request like the one of d. A claim from a

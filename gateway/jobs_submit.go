@@ -402,6 +402,11 @@ func encodeMembers(ms []member) []byte {
 
 // writeMembers writes ms to w as one JSON object, with no white space between members.
 func writeMembers(w io.Writer, ms []member) {
+	writeMembersWith(w, ms, func(v []byte) { _, _ = w.Write(v) })
+}
+
+// writeMembersWith is writeMembers with each value written by value.
+func writeMembersWith(w io.Writer, ms []member, value func([]byte)) {
 	_, _ = w.Write([]byte{'{'})
 	for i, m := range ms {
 		if i > 0 {
@@ -410,7 +415,7 @@ func writeMembers(w io.Writer, ms []member) {
 		key, _ := json.Marshal(m.key)
 		_, _ = w.Write(key)
 		_, _ = w.Write([]byte{':'})
-		_, _ = w.Write(m.value)
+		value(m.value)
 	}
 	_, _ = w.Write([]byte{'}'})
 }

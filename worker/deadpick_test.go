@@ -18,24 +18,16 @@ func TestADroppedDeliveryIsNoPick(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
 	const maxWait = 300 * time.Millisecond
-	submit := func(tag, model string, class broker.Priority) *broker.Job {
-		body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":%q}]}`, model, tag)
-		j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: model, Kind: broker.KindChat, Priority: class}, []byte(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return j
-	}
-	dead := submit("D", "tiny-a", broker.PriorityLow)
+	dead := tb.tagged(t, "D", "tiny-a", broker.PriorityLow)
 	if _, _, err := tb.b.Store.Modify(ctxT(t), dead.ID, func(j *broker.Job) error { j.State = broker.StateCanceled; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	low := submit("L", "tiny-a", broker.PriorityLow)
+	low := tb.tagged(t, "L", "tiny-a", broker.PriorityLow)
 	// The low jobs wait past MaxWait (the condition itself, not a guess at a duration).
 	eventually(t, 10*time.Second, "the low jobs waited MaxWait", func() bool { return time.Since(low.CreatedAt) > maxWait })
 	var highs []*broker.Job
 	for i := range 3 {
-		highs = append(highs, submit(fmt.Sprintf("H%d", i), "tiny-a", broker.PriorityHigh))
+		highs = append(highs, tb.tagged(t, fmt.Sprintf("H%d", i), "tiny-a", broker.PriorityHigh))
 	}
 	tb.start(t, worker.Config{MaxWait: maxWait})
 	for _, j := range append(highs, low) {

@@ -288,3 +288,15 @@ func (tb *testBundle) goSilent(t *testing.T, inv *ollama.Inventory) {
 		return inv.Refresh(ctxT(t)) != nil && !inv.Snapshot().DownSince.IsZero()
 	})
 }
+
+// tagged submits a chat of model in class whose message is tag (tagRE finds it in the
+// target's calls).
+func (tb *testBundle) tagged(t *testing.T, tag, model string, class broker.Priority) *broker.Job {
+	t.Helper()
+	body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":%q}]}`, model, tag)
+	j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: model, Kind: broker.KindChat, Priority: class}, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}

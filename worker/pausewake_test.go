@@ -1,7 +1,6 @@
 package worker_test
 
 import (
-	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -19,18 +18,10 @@ func TestJobsPublishedDuringAPauseRunInPickOrder(t *testing.T) {
 	tb := setup(t)
 	inv := tb.polledInventory(t)
 	tb.goSilent(t, inv)
-	submit := func(tag, model string, class broker.Priority) *broker.Job {
-		body := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":%q}]}`, model, tag)
-		j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: model, Kind: broker.KindChat, Priority: class}, []byte(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return j
-	}
 	w := tb.start(t, worker.Config{Inventory: inv})
-	high := submit("H", "tiny-b", broker.PriorityHigh)
+	high := tb.tagged(t, "H", "tiny-b", broker.PriorityHigh)
 	eventually(t, 10*time.Second, "the worker paused for the outage", func() bool { return w.Paused() != nil })
-	low := submit("L", "tiny-a", broker.PriorityLow) // its wake-up is handed over as Submit publishes it
+	low := tb.tagged(t, "L", "tiny-a", broker.PriorityLow) // its wake-up is handed over as Submit publishes it
 	tb.fake.SetDown(false)
 	tb.waitState(t, high.ID, broker.StateDone)
 	tb.waitState(t, low.ID, broker.StateDone)
