@@ -141,14 +141,7 @@ func TestClusterReadPastALaggingReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lagging := c.Connect(t)
-	sub, err := lagging.Subscribe("$JS.API.DIRECT.GET.KV_"+broker.JobsBucket+".>", func(m *nats.Msg) {
-		_ = m.RespondMsg(&nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
+	lagging := lagDirectReads(t, c)
 	// The leader's reads, counted as they go by: the store must have asked it.
 	leaderReads, err := lagging.SubscribeSync("$JS.API.STREAM.MSG.GET.KV_" + broker.JobsBucket)
 	if err != nil {
@@ -237,17 +230,7 @@ func TestClusterSingleReplicaForemanReadsPastALaggingReplica(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lagging := c.Connect(t)
-	sub, err := lagging.Subscribe("$JS.API.DIRECT.GET.KV_"+broker.JobsBucket+".>", func(m *nats.Msg) {
-		_ = m.RespondMsg(&nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}})
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := lagging.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	lagDirectReads(t, c)
 	for i := range 50 {
 		if _, _, err := single.Get(ctx, j.ID); err != nil {
 			t.Fatalf("read %d by the foreman started with one replica: %v", i, err)
@@ -302,4 +285,23 @@ func TestClusterMoreReplicasRaiseEveryBucket(t *testing.T) {
 			t.Errorf("bucket %s: %d replicas, want 3", bucket, r)
 		}
 	}
+}
+
+// lagDirectReads answers every direct read of the job bucket "not found", as a replica
+// behind its leader does, racing the replicas to answer each read, until the test ends.
+// It returns the responder's connection.
+func lagDirectReads(t *testing.T, c *brokertest.Cluster) *nats.Conn {
+	t.Helper()
+	lagging := c.Connect(t)
+	sub, err := lagging.Subscribe("$JS.API.DIRECT.GET.KV_"+broker.JobsBucket+".>", func(m *nats.Msg) {
+		_ = m.RespondMsg(&nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := lagging.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return lagging
 }
