@@ -20,12 +20,13 @@ const (
 
 // FeedConfig sizes a JobFeed.
 type FeedConfig struct {
-	// Buffer caps the bytes held for a reader slower than the stream; one frame is
-	// always taken whole (the pieces of a frame larger than a message are published back
-	// to back, faster than any reader takes them: a frame the target sent at once, such as
-	// a non-streamed answer of tens of MiB, is no sign of a slow reader; the answer's
-	// bound, Config.MaxAnswer, holds it). Past it the feed drops what comes next and
-	// closes Overflow.
+	// Buffer caps the bytes held for a reader slower than the stream: a new frame that
+	// would pass it (with something held already) drops what comes next and closes
+	// Overflow. The rest of a frame begun is always taken (the pieces of a frame larger
+	// than a message are published back to back, faster than any reader takes them: a
+	// frame the target sent at once, such as a non-streamed answer of tens of MiB, is no
+	// sign of a slow reader; the answer's bound, Config.MaxAnswer, holds it), and so are
+	// the final marker and the state events, small and few.
 	Buffer int64
 	// Peak, if set, is told the bytes held each time a message is queued.
 	Peak func(buffered int64)

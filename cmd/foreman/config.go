@@ -462,7 +462,7 @@ func (c *serveConfig) finish() error {
 }
 
 // finishMaxWait keeps FOREMAN_MAX_WAIT below the age at which a waiting job is ended
-// (broker.StaleAge of FOREMAN_JOB_TTL: 3/4 of it, at most two minutes short), or aging
+// (broker.StaleAge of FOREMAN_JOB_TTL: 3/4 of it up to an 8m TTL, two minutes short of it above), or aging
 // would never come: a waiting job would expire (ADR-0043) before it had waited too long,
 // and a starved model's jobs fail instead of running. The default value gives way to half
 // that age; another is refused.
