@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -228,5 +229,109 @@ func waitForEvent(ctx context.Context, t *testing.T, events <-chan client.Event,
 		case <-ctx.Done():
 			t.Fatalf("job %s: no %s event (the watch went quiet)", id, state)
 		}
+	}
+}
+
+// NATS keeps no state event for a subscriber while its connection is down (foreman
+// restarting, a network cut): Watch("") over NATS missed, without a word, what happened
+// meanwhile. A lost event now tells it as the connection is back, ahead of the events
+// that come after.
+func TestWatchAllReportsAReconnect(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	t.Cleanup(p.Close)
+	down, back := make(chan struct{}, 1), make(chan struct{}, 1)
+	c := newClient(t, f.URL, client.WithPollInterval(20*time.Millisecond),
+		client.WithNATSURL("nats://"+p.Addr(),
+			append(natsAuth, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
+				nats.DisconnectErrHandler(func(*nats.Conn, error) { down <- struct{}{} }),
+				nats.ReconnectHandler(func(*nats.Conn) { back <- struct{}{} }))...))
+	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
+	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
+	defer cancel()
+	events, err := c.Watch(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := c.SubmitAsync(ctx, chatJob("tiny-a", "before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForEvent(ctx, t, events, before, client.StateDone)
+
+	p.Pause()
+	awaitSignal(ctx, t, down, "the NATS connection did not go down")
+	gap, err := byHTTP.Submit(ctx, chatJob("tiny-a", "while the connection is down"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Resume()
+	awaitSignal(ctx, t, back, "the NATS connection did not come back")
+	after, err := c.SubmitAsync(ctx, chatJob("tiny-a", "after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	read := waitForEvent(ctx, t, events, after, client.StateDone)
+	lost := slices.IndexFunc(read, func(e client.Event) bool { return e.Lost > 0 })
+	if lost < 0 {
+		t.Fatalf("no lost event after the reconnect (job %s ran while the connection was down); read %+v", gap.Job.ID, read)
+	}
+	if read[lost].JobID != "" || read[lost].Error == "" {
+		t.Errorf("lost event %+v: want no job id and an error telling why", read[lost])
+	}
+	for _, e := range read[:lost] {
+		if e.JobID == after {
+			t.Errorf("job %s's event %+v came before the report of the reconnect", after, e)
+		}
+	}
+}
+
+// A single-job watch over NATS polls only as a backstop (15 poll intervals): a job that
+// finished while the connection was down was told that much later. The reconnect has it
+// read at once.
+func TestWatchJobReadsItAgainAfterAReconnect(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	release := f.Fake.Hold("tiny-a")
+	defer release()
+	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	t.Cleanup(p.Close)
+	down, back := make(chan struct{}, 1), make(chan struct{}, 1)
+	// The backstop poll comes after 15 × 10 s, long after the test gives up.
+	c := newClient(t, f.URL, client.WithPollInterval(10*time.Second),
+		client.WithNATSURL("nats://"+p.Addr(),
+			append(natsAuth, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
+				nats.DisconnectErrHandler(func(*nats.Conn, error) { down <- struct{}{} }),
+				nats.ReconnectHandler(func(*nats.Conn) { back <- struct{}{} }))...))
+	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
+	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
+	defer cancel()
+	id, err := byHTTP.SubmitAsync(ctx, chatJob("tiny-a", "held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := c.Watch(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p.Pause()
+	awaitSignal(ctx, t, down, "the NATS connection did not go down")
+	release()
+	if _, err := byHTTP.Wait(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	p.Resume()
+	awaitSignal(ctx, t, back, "the NATS connection did not come back")
+	waitForEvent(ctx, t, events, id, client.StateDone)
+}
+
+func awaitSignal(ctx context.Context, t *testing.T, ch <-chan struct{}, fail string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+		t.Fatal(fail)
 	}
 }

@@ -134,13 +134,21 @@ type Event struct {
 	Attempt int       `json:"attempt"`
 	At      time.Time `json:"at"`
 	Error   string    `json:"error,omitempty"`
-	// Lost, when > 0, makes this a lost event: that many state events were dropped.
+	// Lost, when > 0, makes this a lost event: that many state events were dropped, or,
+	// after the NATS connection was down and came back, 1: the events published while it
+	// was down (if any) were missed.
 	Lost int `json:"lost,omitempty"`
 }
 
 // lostEvent reports n dropped state events.
 func lostEvent(n int) Event {
 	return Event{At: time.Now(), Lost: n, Error: fmt.Sprintf("%d state events lost: the reader fell behind", n)}
+}
+
+// reconnectEvent reports that the NATS connection was down and came back: how many state
+// events were published meanwhile (none, maybe) is unknown.
+func reconnectEvent() Event {
+	return Event{At: time.Now(), Lost: 1, Error: "state events may have been lost: the NATS connection was down and is back"}
 }
 
 // eventOfJob is the event a polled record stands for.

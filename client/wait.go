@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -258,7 +259,11 @@ func transient(err error) bool {
 // NATS callback waits until the reader takes each event or the subscription ends, while
 // nats.go buffers the following messages (by default up to 512Ki messages or 64 MiB per
 // subscription). Should that buffer overflow, nats.go drops messages; the loss is then
-// reported as a lost event (Event.Lost > 0, no JobID) ahead of the next event.
+// reported as a lost event (Event.Lost > 0, no JobID) ahead of the next event. So is a
+// reconnect: core NATS keeps nothing for a subscriber while its connection is down (a
+// foreman restarting, a network cut), and the events published meanwhile never come. It
+// is reported as soon as the connection is back, and ahead of any event that came over
+// the new connection.
 func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	ch := make(chan Event)
 	done := make(chan struct{})
@@ -270,8 +275,37 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 			return false
 		}
 	}
+	// reconnected reports, once per reconnect, that the connection came back since the
+	// subscription began or the last report. nats.go counts the reconnect before it
+	// subscribes again on the new connection, so the callback sees it before any message
+	// that connection brings.
+	var reconnects atomic.Uint64
+	reconnects.Store(c.nc.Stats().Reconnects)
+	reconnected := func() bool {
+		now := c.nc.Stats().Reconnects
+		for {
+			seen := reconnects.Load()
+			if now <= seen {
+				return false
+			}
+			if reconnects.CompareAndSwap(seen, now) {
+				return true
+			}
+		}
+	}
+	// tellReconnect sends the report of a reconnect, if one is due; the callback and the
+	// status reader below take turns, so that the report goes ahead of the next event.
+	var telling sync.Mutex
+	tellReconnect := func() bool {
+		telling.Lock()
+		defer telling.Unlock()
+		return !reconnected() || send(reconnectEvent())
+	}
 	reported := 0 // only the callback uses it, and nats.go runs one callback at a time
 	sub, err := c.nc.Subscribe(subject, func(m *nats.Msg) {
+		if !tellReconnect() {
+			return
+		}
 		if n, err := m.Sub.Dropped(); err == nil && n > reported {
 			lost := n - reported
 			reported = n
@@ -286,11 +320,22 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
 	}
+	// A reconnect with no event after it (the job that was watched finished meanwhile)
+	// is told all the same.
+	status := c.nc.StatusChanged(nats.CONNECTED)
+	go func() {
+		for range status {
+			if !tellReconnect() {
+				return
+			}
+		}
+	}()
 	var once sync.Once
 	unsub := func() {
 		once.Do(func() {
-			close(done) // frees a callback waiting for the reader
+			close(done) // frees a callback or the status reader waiting for the reader
 			_ = sub.Unsubscribe()
+			c.nc.RemoveStatusListener(status) // ends the status reader
 		})
 	}
 	if c.statePendingLimit > 0 {

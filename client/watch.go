@@ -20,7 +20,10 @@ import (
 // polling, the changes among the newest 100 jobs. Should a reader fall so far behind that
 // nats.go's buffer (by default 512Ki messages or 64 MiB) overflows, the events it drops
 // are reported as a lost event (Event.Lost > 0, without JobID) ahead of the next event;
-// re-read the jobs with Jobs then. A single-job watch reads its job again instead.
+// re-read the jobs with Jobs then. So is a reconnect (foreman restarted, the network
+// was cut): NATS keeps no events for a subscriber while it is away, and a lost event
+// (Lost 1) comes as soon as the connection is back. A single-job watch reads its job
+// again instead.
 // Should the NATS connection close for good (nats.go gave up reconnecting), Watch("")
 // notices within a second and goes on by polling, a poll interval later: its first poll
 // tells the newest jobs' current states, but for those already told over NATS (jobs

@@ -17,6 +17,7 @@ type Proxy struct {
 	mu     sync.Mutex
 	conns  []net.Conn
 	closed bool
+	paused bool // connections are cut as they come, until Resume
 	wg     sync.WaitGroup
 }
 
@@ -48,8 +49,12 @@ func (p *Proxy) accept() {
 			in.Close()
 			continue
 		}
-		if !p.track(in, out) {
+		through, open := p.track(in, out)
+		if !open {
 			return
+		}
+		if !through {
+			continue
 		}
 		p.wg.Add(2)
 		go p.pipe(in, out)
@@ -57,17 +62,39 @@ func (p *Proxy) accept() {
 	}
 }
 
-func (p *Proxy) track(conns ...net.Conn) bool {
+// track keeps conns to cut them later, or cuts them at once (through false) when the
+// proxy is paused or closed (open false).
+func (p *Proxy) track(conns ...net.Conn) (through, open bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.closed {
+	if p.closed || p.paused {
 		for _, c := range conns {
 			c.Close()
 		}
-		return false
+		return false, !p.closed
 	}
 	p.conns = append(p.conns, conns...)
-	return true
+	return true, true
+}
+
+// Pause cuts every connection and cuts the new ones as they come, as a server that is
+// down does, until Resume.
+func (p *Proxy) Pause() {
+	p.mu.Lock()
+	p.paused = true
+	conns := p.conns
+	p.conns = nil
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+// Resume lets connections through again after Pause.
+func (p *Proxy) Resume() {
+	p.mu.Lock()
+	p.paused = false
+	p.mu.Unlock()
 }
 
 func (p *Proxy) pipe(dst, src net.Conn) {
