@@ -239,9 +239,28 @@ func decodeSubmitReply(data []byte) (string, error) {
 	return out.JobID, nil
 }
 
+// jobPath is the path of job id, and, with more, of a name under it (such as
+// "artifacts", name); "", "." and ".." are no job id or name: as a path segment they
+// would ask for another path (the list, foreman's root), whose answer is no job's.
+func jobPath(id string, more ...string) (string, error) {
+	path := "/jobs/" + url.PathEscape(id)
+	for _, seg := range append([]string{id}, more...) {
+		if seg == "" || seg == "." || seg == ".." {
+			return "", fmt.Errorf("client: %q is no job id or artifact name", seg)
+		}
+	}
+	for _, seg := range more {
+		path += "/" + url.PathEscape(seg)
+	}
+	return path, nil
+}
+
 // Job reads a job's record (GET /jobs/{id}).
 func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
-	path := "/jobs/" + url.PathEscape(id)
+	path, err := jobPath(id)
+	if err != nil {
+		return nil, err
+	}
 	var j Job
 	if err := c.doJSON(ctx, http.MethodGet, path, nil, &j, maxJobAnswer); err != nil {
 		return nil, err
@@ -306,7 +325,10 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 // CancelRequested set (it ends canceled soon after). A job that already ended is an
 // *APIError 409.
 func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
-	path := "/jobs/" + url.PathEscape(id)
+	path, err := jobPath(id)
+	if err != nil {
+		return nil, err
+	}
 	var j Job
 	if err := c.doJSON(ctx, http.MethodDelete, path, nil, &j, maxJobAnswer); err != nil {
 		return nil, err
@@ -320,7 +342,11 @@ func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
 
 // Artifact returns the bytes of a job's artifact (GET /jobs/{id}/artifacts/{name}).
 func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) {
-	resp, err := c.request(ctx, http.MethodGet, "/jobs/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(name), nil, nil)
+	path, err := jobPath(id, "artifacts", name)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.request(ctx, http.MethodGet, path, nil, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -330,7 +356,7 @@ func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) 
 		return nil, c.cutShort(ctx, err)
 	}
 	if len(data) > maxTargetAnswer {
-		return nil, tooLarge(http.MethodGet, "/jobs/"+url.PathEscape(id)+"/artifacts/"+url.PathEscape(name), maxTargetAnswer)
+		return nil, tooLarge(http.MethodGet, path, maxTargetAnswer)
 	}
 	return data, nil
 }

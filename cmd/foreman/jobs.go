@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -80,7 +81,7 @@ func newJobsGetCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get ID",
 		Short: "Show one job",
-		Args:  cobra.ExactArgs(1),
+		Args:  cobra.MatchAll(cobra.ExactArgs(1), jobIDArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.client(cmd, e)
 			if err != nil {
@@ -160,7 +161,7 @@ func newJobsCancelCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cancel ID",
 		Short: "Cancel a job",
-		Args:  cobra.ExactArgs(1),
+		Args:  cobra.MatchAll(cobra.ExactArgs(1), jobIDArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.client(cmd, e)
 			if err != nil {
@@ -197,7 +198,7 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 		Short: "Follow a job's state changes live (all jobs without ID)",
 		Long: "Follow a job's state changes until it ends, or every job's until interrupted. Uses foreman's\n" +
 			"NATS listener when --nats-url (FOREMAN_CLIENT_NATS_URL) reaches it, else polls.",
-		Args: cobra.MaximumNArgs(1),
+		Args: cobra.MatchAll(cobra.MaximumNArgs(1), jobIDArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := ""
 			if len(args) == 1 {
@@ -246,4 +247,15 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 	}
 	f = addClientFlags(cmd, true)
 	return cmd
+}
+
+// jobIDArgs refuses an empty job id: `jobs watch "$ID"` with ID unset would follow every
+// job, and `get`/`cancel` would ask for a path that is no job's.
+func jobIDArgs(_ *cobra.Command, args []string) error {
+	for _, a := range args {
+		if strings.TrimSpace(a) == "" {
+			return errors.New("the job id is empty")
+		}
+	}
+	return nil
 }
