@@ -178,7 +178,7 @@ func apiError(resp *http.Response) error {
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
 		msg = e.Error
 	}
-	return &APIError{Status: resp.StatusCode, Message: msg}
+	return &APIError{Status: resp.StatusCode, Message: msg, RetryAfter: retryAfter(resp.Header, time.Now())}
 }
 
 // doJSON sends in (when non-nil) as JSON and decodes the answer, of at most limit bytes,

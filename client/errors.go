@@ -4,12 +4,19 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strconv"
+	"strings"
+	"time"
 )
 
 // APIError is an error answer from foreman: the HTTP status and the {"error": "..."} text.
 type APIError struct {
 	Status  int
 	Message string
+	// RetryAfter is how long foreman asks to wait before trying again (its Retry-After
+	// header, sent with a 503 or 429: a full queue, a store briefly unavailable, a
+	// program over its share); 0 when it named none.
+	RetryAfter time.Duration
 }
 
 func (e *APIError) Error() string {
@@ -92,3 +99,25 @@ func (e *CutShortError) Is(target error) bool { return target == ErrCutShort }
 // ErrAnswerTooLarge matches the error of an answer larger than any foreman sends (a
 // server gone wrong, or not foreman at all): the client stops reading it.
 var ErrAnswerTooLarge = errors.New("the server's answer is too large")
+
+// retryAfter reads a Retry-After header: seconds, or an HTTP date (how long until then);
+// 0 when absent, malformed or past.
+func retryAfter(h http.Header, now time.Time) time.Duration {
+	v := strings.TrimSpace(h.Get("Retry-After"))
+	if v == "" {
+		return 0
+	}
+	if secs, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if secs <= 0 {
+			return 0
+		}
+		return time.Duration(min(secs, maxRetryAfter)) * time.Second
+	}
+	if at, err := http.ParseTime(v); err == nil && at.After(now) {
+		return min(at.Sub(now), maxRetryAfter*time.Second)
+	}
+	return 0
+}
+
+// maxRetryAfter (seconds) bounds what a Retry-After can ask for: a day.
+const maxRetryAfter = 24 * 60 * 60

@@ -35,6 +35,8 @@ type foremanConfig struct {
 	Fake          ollamatest.Config
 	// NoNATSSubmit leaves foreman.jobs.submit without foreman's responder.
 	NoNATSSubmit bool
+	// MaxQueue bounds the queue (0: foreman's default).
+	MaxQueue int
 	// DefaultWebhookPolicy keeps foreman's default webhook policy, which refuses loopback
 	// receivers; otherwise loopback is opened (FOREMAN_WEBHOOK_ALLOW_NETS=127.0.0.0/8,::1/128)
 	// as a deployment with clients on foreman's machine would.
@@ -70,7 +72,7 @@ func newForeman(cfg foremanConfig) (_ *foreman, err error) {
 	acfg := app.Config{
 		Addr: "127.0.0.1:0", OllamaURL: f.Fake.URL, DataDir: f.dir,
 		NATSListen: "127.0.0.1:0", NATSUser: natsUser, NATSPassword: natsPassword,
-		AuthToken: cfg.AuthToken, WebhookSecret: cfg.WebhookSecret,
+		AuthToken: cfg.AuthToken, WebhookSecret: cfg.WebhookSecret, MaxQueue: cfg.MaxQueue,
 		Components: app.Components{
 			// No test here is about the store's retry window: on a machine so loaded that
 			// a write takes seconds (a CI host), a submit waits instead of failing 503.
