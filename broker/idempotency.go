@@ -78,14 +78,39 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 		if err != nil {
 			return IdempotencyClaim{}, false, fmt.Errorf("broker: read idempotency key: %w", err)
 		}
-		var got IdempotencyClaim
-		if err := json.Unmarshal(e.Value(), &got); err != nil {
-			return IdempotencyClaim{}, false, fmt.Errorf("broker: decode idempotency key: %w", err)
-		}
-		got.Claimed = e.Created()
-		return got, false, nil
+		got, err := decodeClaim(e)
+		return got, false, err
 	}
 	return IdempotencyClaim{}, false, fmt.Errorf("%w: idempotency key keeps changing", ErrConflict)
+}
+
+// IdempotencyKeyClaim is the binding of key in force; ErrNotFound when key is free (never
+// claimed, released or aged out). A request waiting for another one's job under the key
+// reads it to see that the other request gave the key up.
+func (s *Store) IdempotencyKeyClaim(ctx context.Context, key string) (IdempotencyClaim, error) {
+	var e jetstream.KeyValueEntry
+	err := s.retry(ctx, func(ctx context.Context) error {
+		var err error
+		e, err = s.kvGet(ctx, idemKey(key))
+		return err
+	})
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return IdempotencyClaim{}, fmt.Errorf("%w: idempotency key", ErrNotFound)
+	}
+	if err != nil {
+		return IdempotencyClaim{}, fmt.Errorf("broker: read idempotency key: %w", err)
+	}
+	return decodeClaim(e)
+}
+
+// decodeClaim reads a stored claim.
+func decodeClaim(e jetstream.KeyValueEntry) (IdempotencyClaim, error) {
+	var c IdempotencyClaim
+	if err := json.Unmarshal(e.Value(), &c); err != nil {
+		return IdempotencyClaim{}, fmt.Errorf("broker: decode idempotency key: %w", err)
+	}
+	c.Claimed = e.Created()
+	return c, nil
 }
 
 // ReleaseIdempotencyKey removes a binding whose job could not be submitted, so the client

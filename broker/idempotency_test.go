@@ -66,6 +66,32 @@ func TestIdempotencyKeyOneWinner(t *testing.T) {
 	}
 }
 
+// IdempotencyKeyClaim reads the binding in force: none for a free key, the claim as stored
+// while it stands, none again once it is released.
+func TestIdempotencyKeyClaimReadsTheBinding(t *testing.T) {
+	t.Parallel()
+	st := brokertest.New(t).Store
+	ctx := ctxT(t)
+	const key = "a key"
+	if got, err := st.IdempotencyKeyClaim(ctx, key); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("free key: %+v, %v; want ErrNotFound", got, err)
+	}
+	claim := broker.IdempotencyClaim{JobID: broker.NewID(), MembersSHA256: "m", Until: time.Now().Add(time.Minute).UTC()}
+	if _, created, err := st.ClaimIdempotencyKey(ctx, key, claim); err != nil || !created {
+		t.Fatalf("claim: %v %v", created, err)
+	}
+	got, err := st.IdempotencyKeyClaim(ctx, key)
+	if err != nil || got.JobID != claim.JobID || got.MembersSHA256 != "m" || !got.Until.Equal(claim.Until) || got.Claimed.IsZero() {
+		t.Fatalf("claimed key: %+v, %v; want %+v with the time it was stored", got, err, claim)
+	}
+	if err := st.ReleaseIdempotencyKey(ctx, key, claim.JobID); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := st.IdempotencyKeyClaim(ctx, key); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("released key: %+v, %v; want ErrNotFound", got, err)
+	}
+}
+
 // Every write of a keyed job's record, a Refresh of a long run's included, stamps its
 // claim anew (a later revision, still naming the job), so the claim lives as long as the
 // record; a claim released meanwhile is never brought back by one.

@@ -110,6 +110,9 @@ type Config struct {
 	// bodyWait, the longest one read of a pass-through answer's body waits in an outage
 	// (SyncOutageWait).
 	outageProbe, outageFresh, bodyWait time.Duration
+	// submitWait and natsSubmitWait replace submitTimeout and natsSubmitTimeout, the
+	// bounds of one POST /jobs and one NATS submit, in tests.
+	submitWait, natsSubmitWait time.Duration
 	// metadataMax replaces ollama.MaxMetadataBody, the most of a model list read whole
 	// from the target (/v1/models), in tests.
 	metadataMax int64
@@ -151,6 +154,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.bodyWait <= 0 {
 		c.bodyWait = c.SyncOutageWait
+	}
+	if c.submitWait <= 0 {
+		c.submitWait = submitTimeout
+	}
+	if c.natsSubmitWait <= 0 {
+		c.natsSubmitWait = natsSubmitTimeout
 	}
 	if c.metadataMax <= 0 {
 		c.metadataMax = ollama.MaxMetadataBody

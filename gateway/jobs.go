@@ -35,7 +35,7 @@ func (s *Server) handleSubmitJob(w http.ResponseWriter, r *http.Request) {
 	}
 	// Detached from the client: one leaving mid-submit must not leave a record without
 	// its queue message behind.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), submitTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.submitWait)
 	defer cancel()
 	id, replayed, err := s.submitJob(ctx, body, r.Header.Get("Idempotency-Key"), r.Header)
 	hold.release() // the store has the body, or the submit failed

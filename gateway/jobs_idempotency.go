@@ -2,10 +2,13 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -78,3 +81,121 @@ func (d bodyDigests) match(c broker.IdempotencyClaim) bool {
 	}
 	return true
 }
+
+// maxKeyTurns bounds the claims one request makes of its key. Each claim after the first
+// follows the key from a request that gave it up (its submit failed, or it died) to the
+// next: of n requests sent together with one key, each failing as the first did, the
+// last takes it on its n-th claim. Past the bound the request is told to retry (409)
+// rather than claim on until its deadline, as it could with a stream of such requests
+// or a replica's stale reads of the key.
+const maxKeyTurns = 16
+
+// claimKey binds the idempotency key to this request's job (claim.JobID), or finds the
+// job another request made under it: replay names that job, "" when the key is this
+// request's now. A key another request holds is waited for (awaitClaimed). Once that
+// request gives it up, the key is claimed again at once: the request gets what a fresh
+// one would (its own job, or the refusal that failed the other), not a 409 after waiting
+// out its deadline for a job that will never come.
+func (s *Server) claimKey(ctx context.Context, key string, claim broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
+	for range maxKeyTurns {
+		got, created, err := s.store.ClaimIdempotencyKey(ctx, key, claim)
+		if err != nil {
+			return "", err
+		}
+		if created {
+			return "", nil
+		}
+		if !sums.match(got) {
+			return "", refuse(ErrKeyReused, "Idempotency-Key was already used with a different request body")
+		}
+		held, err := s.awaitClaimed(ctx, key, got)
+		if err != nil {
+			return "", err
+		}
+		switch held {
+		case claimRecorded:
+			// A crash between the record and its queue message leaves the job queued
+			// with nothing to run it: publish it again (a duplicate is dropped).
+			_, err := s.store.Resubmit(ctx, got.JobID, body)
+			if errors.Is(err, broker.ErrNotFound) {
+				continue // its submit failed and discarded it just now: claim again
+			}
+			if err != nil {
+				return "", err
+			}
+			return got.JobID, nil
+		case claimOrphaned:
+			// The key names a job that never came to be (its first request died between
+			// the claim and the submit, and its deadline has passed): take it over.
+			if err := s.store.ReleaseIdempotencyKey(ctx, key, got.JobID); err != nil {
+				return "", err
+			}
+		}
+	}
+	return "", errClaimBusy
+}
+
+// claimHeld is what became of a claim another request holds (awaitClaimed).
+type claimHeld int
+
+const (
+	// claimRecorded: its job's record exists.
+	claimRecorded claimHeld = iota
+	// claimGivenUp: the key no longer names its job: released by its failed submit, and
+	// perhaps claimed since by yet another request.
+	claimGivenUp
+	// claimOrphaned: its submit's deadline (plus claimGrace) passed with no record.
+	claimOrphaned
+)
+
+// claimGrace is how long after its submit's deadline a claim still counts as live: a
+// record write sent just before the deadline may land a moment after it.
+const claimGrace = 2 * time.Second
+
+// awaitClaimed waits for the job record of claim c, which another request made under
+// key. It returns once the record exists; once the key no longer names c's job (that
+// request's submit failed and released it), so that the caller claims again at once;
+// or once c is orphaned: its submit's deadline (plus claimGrace) passed with no record,
+// so that request died or gave up, and c may be taken over. A claim is never taken over
+// only because its request is slow. When ctx ends first, the answer is a 409: the other
+// request may still succeed.
+func (s *Server) awaitClaimed(ctx context.Context, key string, c broker.IdempotencyClaim) (claimHeld, error) {
+	until := c.Until
+	if until.IsZero() {
+		// Written without a deadline: allow the longest submit there is.
+		until = c.Claimed.Add(max(submitTimeout, natsSubmitTimeout))
+	}
+	until = until.Add(claimGrace)
+	for {
+		_, _, err := s.store.Get(ctx, c.JobID)
+		switch {
+		case err == nil:
+			return claimRecorded, nil
+		case ctx.Err() != nil:
+			return 0, errClaimBusy
+		case !errors.Is(err, broker.ErrNotFound):
+			return 0, err
+		}
+		// No record yet. One may come only while the key names its job: a submit that
+		// fails takes back its record, then releases the key.
+		now, err := s.store.IdempotencyKeyClaim(ctx, key)
+		switch {
+		case errors.Is(err, broker.ErrNotFound), err == nil && now.JobID != c.JobID:
+			return claimGivenUp, nil
+		case ctx.Err() != nil:
+			return 0, errClaimBusy
+		case err != nil:
+			return 0, err
+		case s.store.Now().After(until):
+			return claimOrphaned, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, errClaimBusy
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// errClaimBusy answers a request whose idempotency key another live request holds.
+var errClaimBusy = refuse(ErrConflict, "Idempotency-Key: another request with this key is still being submitted; retry")

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -447,41 +446,12 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	if idemKey != "" {
 		sums := digestsOf(sub)
 		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: submitDeadline(ctx)}
-		for attempt := 0; ; attempt++ {
-			got, created, err := s.store.ClaimIdempotencyKey(ctx, idemKey, claim)
-			if err != nil {
-				return "", false, err
-			}
-			if created {
-				break
-			}
-			if !sums.match(got) {
-				return "", false, refuse(ErrKeyReused, "Idempotency-Key was already used with a different request body")
-			}
-			found, err := s.awaitClaimed(ctx, got)
-			if err != nil {
-				return "", false, err
-			}
-			if found {
-				// A crash between the record and its queue message leaves the job queued
-				// with nothing to run it: publish it again (a duplicate is dropped).
-				_, err := s.store.Resubmit(ctx, got.JobID, sub.body)
-				if errors.Is(err, broker.ErrNotFound) {
-					continue // its submit failed and discarded it just now: claim again
-				}
-				if err != nil {
-					return "", false, err
-				}
-				return got.JobID, true, nil
-			}
-			if attempt > 0 {
-				return "", false, errClaimBusy
-			}
-			// The key names a job that never came to be (its first request died between
-			// the claim and the submit, and its deadline has passed): take it over.
-			if err := s.store.ReleaseIdempotencyKey(ctx, idemKey, got.JobID); err != nil {
-				return "", false, err
-			}
+		replay, err := s.claimKey(ctx, idemKey, claim, sums, sub.body)
+		if err != nil {
+			return "", false, err
+		}
+		if replay != "" {
+			return replay, true, nil
 		}
 		// The record names its claim, which each later write of it keeps alive.
 		job.Idempotency = broker.IdempotencyRef(idemKey)
@@ -514,10 +484,6 @@ func scopedIdempotencyKey(program, key string) string {
 	return program + "\n" + key
 }
 
-// claimGrace is how long after its submit's deadline a claim still counts as live: a
-// record write sent just before the deadline may land a moment after it.
-const claimGrace = 2 * time.Second
-
 // submitDeadline is the deadline of a submit under ctx (submitTimeout when it has none).
 func submitDeadline(ctx context.Context) time.Time {
 	if dl, ok := ctx.Deadline(); ok {
@@ -525,38 +491,3 @@ func submitDeadline(ctx context.Context) time.Time {
 	}
 	return time.Now().Add(submitTimeout).UTC()
 }
-
-// awaitClaimed waits for the job record of an idempotency claim another request made. It
-// reports true once the record exists, false once the claim is orphaned: its submit's
-// deadline (plus claimGrace) passed with no record, so that request died or gave up, and
-// the claim may be taken over. A claim is never taken over only because its request is
-// slow. When ctx ends first, the answer is a 409: the other request may still succeed.
-func (s *Server) awaitClaimed(ctx context.Context, c broker.IdempotencyClaim) (bool, error) {
-	until := c.Until
-	if until.IsZero() {
-		// Written without a deadline: allow the longest submit there is.
-		until = c.Claimed.Add(max(submitTimeout, natsSubmitTimeout))
-	}
-	until = until.Add(claimGrace)
-	for {
-		_, _, err := s.store.Get(ctx, c.JobID)
-		switch {
-		case err == nil:
-			return true, nil
-		case ctx.Err() != nil:
-			return false, errClaimBusy
-		case !errors.Is(err, broker.ErrNotFound):
-			return false, err
-		case s.store.Now().After(until):
-			return false, nil
-		}
-		select {
-		case <-ctx.Done():
-			return false, errClaimBusy
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
-
-// errClaimBusy answers a request whose idempotency key another live request holds.
-var errClaimBusy = refuse(ErrConflict, "Idempotency-Key: another request with this key is still being submitted; retry")

@@ -30,7 +30,7 @@ func (s *Server) RunNATSSubmit(ctx context.Context) error {
 
 // answerSubmit decides one NATS submit as POST /jobs would.
 func (s *Server) answerSubmit(ctx context.Context, req broker.SubmitRequest) broker.SubmitReply {
-	ctx, cancel := context.WithTimeout(ctx, natsSubmitTimeout)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.natsSubmitWait)
 	defer cancel()
 	id, err := s.natsSubmit(ctx, req)
 	if err != nil {
