@@ -27,6 +27,9 @@ const (
 	OutcomeFailed    = "failed"    // failed, attempts exhausted
 	OutcomeGone      = "gone"      // 410: the receiver wants no more events of this job
 	OutcomeRefused   = "refused"   // the webhook network policy refuses the address; not retried
+	// OutcomeSuperseded is an event not sent: a later event of its job went out first
+	// (ADR-0055). Its Attempt counts the attempts made before.
+	OutcomeSuperseded = "superseded"
 )
 
 // DeliveryAttempt is one webhook delivery attempt in a job's delivery log.

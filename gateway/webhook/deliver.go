@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -106,6 +107,10 @@ func (d *Dispatcher) load(ctx context.Context, e *event, log *slog.Logger) bool 
 		log.Warn("read delivery log", "err", err)
 	}
 	id := e.webhookID()
+	var (
+		newer   uint64 // the latest revision of the job's events attempted, when later than e's
+		settled bool   // e's own attempts ended (failed, refused or superseded)
+	)
 	for _, a := range past {
 		if a.Manual { // manual redeliveries neither stop nor count for the automatic ones
 			continue
@@ -119,9 +124,44 @@ func (d *Dispatcher) load(ctx context.Context, e *event, log *slog.Logger) bool 
 		}
 		if a.WebhookID == id {
 			e.attempts = max(e.attempts, a.Attempt) // attempts logged but not stored (a crash)
+			settled = settled || a.Outcome != broker.OutcomeRetry
+		} else if rev, ok := eventRev(e.jobID, a.WebhookID); ok && rev > e.rev {
+			newer = max(newer, rev)
 		}
 	}
+	if newer > 0 {
+		d.supersede(ctx, e, newer, !settled, log)
+		return false
+	}
 	return true
+}
+
+// supersede finishes a stored event without sending it: a later event of its job was
+// sent (or tried) already, and this one would reach the receiver after it, an old state
+// after a newer one (ADR-0055). An event JetStream offers again after the job's later
+// events (its message left unacked by a dispatcher that stopped) is one. Unless e's own
+// attempts had ended already, the delivery log records it as superseded.
+func (d *Dispatcher) supersede(ctx context.Context, e *event, newer uint64, record bool, log *slog.Logger) {
+	later := (&event{jobID: e.jobID, rev: newer}).webhookID()
+	log.Info("webhook event superseded: a later event of its job went out first; not sent", "later_webhook_id", later, "state", e.job.State)
+	if record {
+		d.record(ctx, e, broker.DeliveryAttempt{
+			WebhookID: e.webhookID(), State: e.job.State, Attempt: e.attempts, URL: e.job.Webhook.URL,
+			Error: "not sent: " + later + " of the job went out first", Outcome: broker.OutcomeSuperseded, At: time.Now().UTC(),
+		})
+	}
+	d.finish(ctx, e)
+	e.nextAt = time.Time{}
+}
+
+// eventRev reads the record revision out of a webhook-id of job jobID ("<job id>-<rev>").
+func eventRev(jobID, webhookID string) (uint64, bool) {
+	s, ok := strings.CutPrefix(webhookID, jobID+"-")
+	if !ok {
+		return 0, false
+	}
+	rev, err := strconv.ParseUint(s, 10, 64)
+	return rev, err == nil
 }
 
 // loadStored reads a stored event's body and progress; see load for what false means.
