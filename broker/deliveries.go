@@ -16,8 +16,9 @@ import (
 )
 
 // RedeliverSubject asks the webhook dispatcher (request/reply, in-process only: NATS
-// clients may not publish here) to send a job's latest state event again. The request
-// data is the job id; the reply is {"webhook_id":"..."} or {"error":"..."}.
+// clients may not publish here) to send a job's latest state event its webhook wants
+// again. The request data is the job id; the reply is {"webhook_id":"..."} or
+// {"error":"..."}.
 const RedeliverSubject = "foreman.internal.webhooks.redeliver"
 
 // Delivery outcomes recorded per attempt.

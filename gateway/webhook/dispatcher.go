@@ -31,6 +31,7 @@ type Store interface {
 	Deliveries(ctx context.Context, id string) ([]broker.DeliveryAttempt, error)
 	LogDelivery(ctx context.Context, id string, a broker.DeliveryAttempt) error
 	GetRaw(ctx context.Context, id string) ([]byte, uint64, error)
+	LatestStateEvent(ctx context.Context, id string, want func(broker.State) bool) ([]byte, uint64, error)
 }
 
 var _ Store = (*broker.Store)(nil)
@@ -511,9 +512,10 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 }
 
 // onRedeliver answers a redelivery request (broker.Store.Redeliver): the job's latest
-// event is queued again (with its original webhook-id, so receivers can dedupe) and
-// fresh attempts, unless the job has a manual redelivery pending already (an error
-// naming it). The event carries its record in memory until its last attempt.
+// state event its webhook_events want is queued again, with its original webhook-id (so
+// receivers can dedupe) and fresh attempts, unless the job has a manual redelivery
+// pending already (an error naming it) or no such event (an error saying so). The event
+// carries its record in memory until its last attempt.
 func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.RedeliverReply {
 	if err := broker.ValidateID(id); err != nil {
 		return broker.RedeliverReply{Error: err.Error()}
@@ -524,7 +526,7 @@ func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.Redelive
 	if ok { // refused before the record is read; enqueue checks again
 		return broker.RedeliverReply{Error: (&redeliveryPendingError{jobID: id, webhookID: pending}).Error()}
 	}
-	data, rev, err := d.store.GetRaw(ctx, id)
+	data, _, err := d.store.GetRaw(ctx, id)
 	if err != nil {
 		return broker.RedeliverReply{Error: fmt.Sprintf("job %s not found", id)}
 	}
@@ -535,11 +537,35 @@ func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.Redelive
 	if job.Sync || job.Webhook == nil || job.Webhook.URL == "" {
 		return broker.RedeliverReply{Error: "job has no webhook"}
 	}
+	// The record as it is now may be a write no webhook reported (a refresh, an artifact
+	// added) or a state the job's webhook_events leave out.
+	data, rev, err := d.store.LatestStateEvent(ctx, id, job.Webhook.Wants)
+	if errors.Is(err, broker.ErrNoStateEvent) {
+		return broker.RedeliverReply{Error: fmt.Sprintf("job %s has no state event its webhook_events want (%s) to send again; it is %s", id, wantedStates(job.Webhook), job.State)}
+	}
+	if err != nil {
+		return broker.RedeliverReply{Error: err.Error()}
+	}
+	if job, err = broker.DecodeJob(data); err != nil {
+		return broker.RedeliverReply{Error: err.Error()}
+	}
 	e := &event{jobID: id, rev: rev, body: data, job: job, manual: true}
 	if err := d.enqueue(ctx, e); err != nil {
 		return broker.RedeliverReply{Error: err.Error()}
 	}
 	return broker.RedeliverReply{WebhookID: e.webhookID(), State: string(job.State)}
+}
+
+// wantedStates names the states a webhook reports, for an error.
+func wantedStates(w *broker.Webhook) string {
+	if len(w.Events) == 0 {
+		return "every state"
+	}
+	names := make([]string, len(w.Events))
+	for i, s := range w.Events {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
 }
 
 // acquire waits for one of the receiver's PerReceiver slots; release gives it back. It
