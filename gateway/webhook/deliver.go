@@ -164,7 +164,8 @@ func eventRev(jobID, webhookID string) (uint64, bool) {
 	return rev, err == nil
 }
 
-// loadStored reads a stored event's body and progress; see load for what false means.
+// loadStored reads a stored event's body and progress; see load for what false means
+// (here also a retry not due yet).
 func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger) bool {
 	p, err := d.store.PendingDelivery(ctx, e.jobID, e.rev)
 	if errors.Is(err, broker.ErrNotFound) {
@@ -192,7 +193,12 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 		return false
 	}
 	e.body, e.job, e.attempts, e.srev = p.Body, job, max(e.attempts, p.Attempts), p.Revision
-	return true
+	// An event JetStream offered again (its ack lost) comes due at once; its stored retry
+	// wait holds.
+	if p.NextAt.After(e.nextAt) {
+		e.nextAt = p.NextAt
+	}
+	return time.Until(e.nextAt) <= 0
 }
 
 // save stores a stored event's progress, so its retry survives a restart.
