@@ -26,25 +26,41 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 	log := d.log.With("job_id", e.jobID, "webhook_id", id)
 	if !e.manual {
 		defer func() { e.body, e.job = nil, nil }() // read again for the next attempt
-		if !d.load(ctx, e, log) {
-			if ctx.Err() != nil {
-				return false
-			}
-			return e.nextAt.IsZero() // zero: nothing left to deliver
+	}
+	// The receiver's slot comes before the body: of the events waiting on a receiver, at
+	// most 2 × PerReceiver have a goroutine and a body in memory (those in flight and
+	// those waiting); the others wait in their lanes and ask again.
+	release, err := d.acquire(ctx, e.receiver)
+	if errors.Is(err, errReceiverBusy) {
+		wait := time.Duration(float64(busyPause) * (0.8 + 0.4*rand.Float64()))
+		e.nextAt = time.Now().Add(wait)
+		log.Debug("webhook receiver busy; the event waits in its lane", "receiver", e.receiver, "retry_in", wait)
+		return false
+	}
+	if err != nil {
+		return false // ctx ended
+	}
+	held := true
+	defer func() {
+		if held {
+			release()
 		}
+	}()
+	if !e.manual && !d.load(ctx, e, log) {
+		if ctx.Err() != nil {
+			return false
+		}
+		return e.nextAt.IsZero() // zero: nothing left to deliver
 	}
 	log = log.With("model", e.job.Model, "state", e.job.State)
 	if e.attempts >= d.cfg.Attempts {
 		d.finish(ctx, e)
 		return true // attempts spent before a restart
 	}
-	release, err := d.acquire(ctx, receiverOf(e.job.Webhook.URL))
-	if err != nil {
-		return false // ctx ended
-	}
 	n := e.attempts + 1
 	status, retryAfter, err := d.post(ctx, e, id)
 	release()
+	held = false
 	if ctx.Err() != nil {
 		return false
 	}

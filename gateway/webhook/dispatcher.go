@@ -8,11 +8,14 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/publicsuffix"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -58,8 +61,10 @@ type Config struct {
 	// MaxPending caps the events taken from the stream but not yet stored as pending
 	// deliveries; default 4096. Events waiting for a retry are acked and do not count.
 	MaxPending int
-	// PerReceiver caps the attempts in flight to one receiver (scheme, host and port),
-	// so a receiver that hangs ties up that many connections, not one per job; default 16.
+	// PerReceiver caps the attempts in flight to one receiver (see receiverOf: a host's
+	// registrable domain or its address, and the port), so a receiver that hangs ties
+	// up that many connections, not one per job; as many more lanes may wait for a
+	// slot, the others' events wait in the store. Default 16.
 	PerReceiver int
 	// Consumer is the durable consumer name; default "webhooks".
 	Consumer string
@@ -136,10 +141,11 @@ type Dispatcher struct {
 	slots   map[string]*receiverSlots // by receiver; removed when unused
 }
 
-// receiverSlots bounds the attempts in flight to one receiver.
+// receiverSlots bounds the attempts in flight to one receiver, and the lanes waiting.
 type receiverSlots struct {
-	ch    chan struct{}
-	users int // lanes holding or waiting for a slot
+	ch      chan struct{} // a token per attempt in flight
+	waiting int           // lanes waiting for a token
+	users   int           // lanes holding or waiting for a token
 }
 
 // event is one state event to deliver. A stored event (a pending delivery in the store)
@@ -150,7 +156,8 @@ type event struct {
 	srev     uint64 // the pending delivery's revision as this dispatcher read or wrote it last
 	attempts int    // attempts made so far
 	nextAt   time.Time
-	manual   bool // a manual redelivery: in memory only, with fresh attempts
+	manual   bool   // a manual redelivery: in memory only, with fresh attempts
+	receiver string // receiverOf its webhook URL: whose slots its attempts take
 
 	// Set for the attempt being made.
 	body []byte
@@ -296,7 +303,11 @@ func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broke
 // resume queues stored pending deliveries this dispatcher claimed.
 func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDelivery) {
 	for _, p := range pending {
-		_ = d.enqueue(ctx, &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt})
+		e := &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt}
+		if job, err := broker.DecodeJob(p.Body); err == nil && job.Webhook != nil {
+			e.receiver = receiverOf(job.Webhook.URL) // one that is not is dropped at its load
+		}
+		_ = d.enqueue(ctx, e)
 	}
 }
 
@@ -407,7 +418,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	if err := msg.Ack(); err != nil && !errors.Is(err, broker.ErrConnClosed) {
 		d.log.Warn("webhook ack", "job_id", jobID, "err", err)
 	}
-	e := &event{jobID: jobID, rev: p.Rev, nextAt: now}
+	e := &event{jobID: jobID, rev: p.Rev, nextAt: now, receiver: receiverOf(job.Webhook.URL)}
 	if created { // the first attempt needs no read of what was just stored
 		e.body, e.job, e.srev = p.Body, job, srev
 	}
@@ -449,6 +460,11 @@ func (d *Dispatcher) enqueue(ctx context.Context, e *event) error {
 	if !ok {
 		l = &lane{}
 		d.lanes[e.jobID] = l
+	}
+	if !e.manual && len(l.queue) > 0 {
+		// Not tried next: its body is read from the store at its turn, so that lanes
+		// waiting on a receiver hold none.
+		e.body, e.job = nil, nil
 	}
 	l.queue = append(l.queue, e)
 	if len(l.queue) == 1 && !l.running {
@@ -549,7 +565,7 @@ func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.Redelive
 	if job, err = broker.DecodeJob(data); err != nil {
 		return broker.RedeliverReply{Error: err.Error()}
 	}
-	e := &event{jobID: id, rev: rev, body: data, job: job, manual: true}
+	e := &event{jobID: id, rev: rev, body: data, job: job, manual: true, receiver: receiverOf(job.Webhook.URL)}
 	if err := d.enqueue(ctx, e); err != nil {
 		return broker.RedeliverReply{Error: err.Error()}
 	}
@@ -568,8 +584,14 @@ func wantedStates(w *broker.Webhook) string {
 	return strings.Join(names, ", ")
 }
 
-// acquire waits for one of the receiver's PerReceiver slots; release gives it back. It
-// fails only when ctx ends.
+// errReceiverBusy is acquire finding every slot of a receiver taken and PerReceiver
+// lanes waiting for one already.
+var errReceiverBusy = errors.New("webhook receiver busy")
+
+// acquire takes one of the receiver's PerReceiver slots; release gives it back. With
+// none free it waits, unless PerReceiver lanes wait for the receiver already: then it
+// returns errReceiverBusy at once, and the event waits in its lane with neither a
+// goroutine nor its body. It fails otherwise only when ctx ends.
 func (d *Dispatcher) acquire(ctx context.Context, receiver string) (release func(), err error) {
 	d.slotsMu.Lock()
 	rs := d.slots[receiver]
@@ -577,29 +599,83 @@ func (d *Dispatcher) acquire(ctx context.Context, receiver string) (release func
 		rs = &receiverSlots{ch: make(chan struct{}, d.cfg.PerReceiver)}
 		d.slots[receiver] = rs
 	}
-	rs.users++
-	d.slotsMu.Unlock()
-	done := func() {
-		d.slotsMu.Lock()
-		if rs.users--; rs.users == 0 {
-			delete(d.slots, receiver)
-		}
-		d.slotsMu.Unlock()
+	release = func() {
+		<-rs.ch
+		d.leave(receiver, rs)
 	}
 	select {
 	case rs.ch <- struct{}{}:
-		return func() { <-rs.ch; done() }, nil
+		rs.users++
+		d.slotsMu.Unlock()
+		return release, nil
+	default:
+	}
+	if rs.waiting >= d.cfg.PerReceiver {
+		d.slotsMu.Unlock()
+		return nil, errReceiverBusy
+	}
+	rs.waiting++
+	rs.users++
+	d.slotsMu.Unlock()
+	select {
+	case rs.ch <- struct{}{}:
+		d.slotsMu.Lock()
+		rs.waiting--
+		d.slotsMu.Unlock()
+		return release, nil
 	case <-ctx.Done():
-		done()
+		d.slotsMu.Lock()
+		rs.waiting--
+		d.slotsMu.Unlock()
+		d.leave(receiver, rs)
 		return nil, ctx.Err()
 	}
 }
 
-// receiverOf is the part of a webhook URL that names its receiver: scheme://host:port.
+// leave counts a lane out of a receiver's users; the last one removes its entry.
+func (d *Dispatcher) leave(receiver string, rs *receiverSlots) {
+	d.slotsMu.Lock()
+	defer d.slotsMu.Unlock()
+	if rs.users--; rs.users == 0 {
+		delete(d.slots, receiver)
+	}
+}
+
+// busyPause is how long an event waits in its lane, ±20%, when its receiver has every
+// slot taken and PerReceiver lanes waiting; then it asks again.
+const busyPause = time.Second
+
+// receiverOf names the receiver whose slots a webhook URL's attempts take: its host's
+// registrable domain (example.com for hooks.eu.example.com; a name right under a public
+// suffix, such as x.github.io, is its own) or its address (an IPv6 one by its /64), with
+// the port. Subdomains, letter case, a trailing dot and the spellings of an address are
+// left out: each is free to multiply (a wildcard DNS name per job), and each spelling had
+// PerReceiver connections of its own to one server. The port stays: services on one
+// machine at different ports are different receivers.
 func receiverOf(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return rawURL
 	}
-	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), strconv.Itoa(int(portOf(u))))
+	return net.JoinHostPort(receiverHost(u.Hostname()), strconv.Itoa(int(portOf(u))))
+}
+
+// receiverHost is receiverOf's host part.
+func receiverHost(host string) string {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		var ok bool
+		if ip, ok = inetAton(host); !ok { // 16843009 and 1.1.1.1 are one address
+			if domain, err := publicsuffix.EffectiveTLDPlusOne(host); err == nil {
+				return domain
+			}
+			return host // a public suffix itself, or a single label
+		}
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		return netip.PrefixFrom(ip, 64).Masked().String()
+	}
+	return ip.String()
 }

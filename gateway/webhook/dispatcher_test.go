@@ -87,6 +87,13 @@ var loopbackNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.Mu
 // runDispatcher runs a dispatcher until the returned stop is called (or the test ends).
 func runDispatcher(t *testing.T, cfg Config) (stop func()) {
 	t.Helper()
+	_, stop = startDispatcher(t, cfg)
+	return stop
+}
+
+// startDispatcher is runDispatcher, with the dispatcher for a test to look into.
+func startDispatcher(t *testing.T, cfg Config) (d *Dispatcher, stop func()) {
+	t.Helper()
 	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +116,7 @@ func runDispatcher(t *testing.T, cfg Config) (stop func()) {
 		})
 	}
 	t.Cleanup(stop)
-	return stop
+	return d, stop
 }
 
 func ctxT(t *testing.T) context.Context {
