@@ -30,10 +30,11 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 	// The receiver's slot comes before the body: of the events waiting on a receiver, at
 	// most 2 × PerReceiver have a goroutine and a body in memory (those in flight and
 	// those waiting); the others wait in their lanes and ask again.
-	release, err := d.acquire(ctx, e.receiver)
+	e.parked = false
+	release, err := d.acquire(ctx, e.receiver, e.jobID)
 	if errors.Is(err, errReceiverBusy) {
-		wait := time.Duration(float64(busyPause) * (0.8 + 0.4*rand.Float64()))
-		e.nextAt = time.Now().Add(wait)
+		wait := time.Duration(float64(d.cfg.busyPause) * (0.8 + 0.4*rand.Float64()))
+		e.nextAt, e.parked = time.Now().Add(wait), true
 		log.Debug("webhook receiver busy; the event waits in its lane", "receiver", e.receiver, "retry_in", wait)
 		return false
 	}

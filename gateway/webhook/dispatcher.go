@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -66,6 +67,9 @@ type Config struct {
 	// up that many connections, not one per job; as many more lanes may wait for a
 	// slot, the others' events wait in the store. Default 16.
 	PerReceiver int
+	// busyPause is how long an event parked on a busy receiver waits at most before it
+	// asks again, should no slot's release wake it first; default busyPause.
+	busyPause time.Duration
 	// Consumer is the durable consumer name; default "webhooks".
 	Consumer string
 	// ClaimEvery is how often the dispatcher looks for pending deliveries whose foreman
@@ -107,6 +111,9 @@ func (c *Config) setDefaults() {
 	if c.PerReceiver <= 0 {
 		c.PerReceiver = 16
 	}
+	if c.busyPause <= 0 {
+		c.busyPause = busyPause
+	}
 	if c.Consumer == "" {
 		c.Consumer = "webhooks"
 	}
@@ -146,6 +153,11 @@ type receiverSlots struct {
 	ch      chan struct{} // a token per attempt in flight
 	waiting int           // lanes waiting for a token
 	users   int           // lanes holding or waiting for a token
+	// parked are the jobs whose lanes found the receiver busy (every token taken,
+	// PerReceiver lanes waiting) and stopped, oldest first; each release of a token
+	// wakes the oldest (parkedSet: each job once).
+	parked    []string
+	parkedSet map[string]bool
 }
 
 // event is one state event to deliver. A stored event (a pending delivery in the store)
@@ -158,6 +170,7 @@ type event struct {
 	nextAt   time.Time
 	manual   bool   // a manual redelivery: in memory only, with fresh attempts
 	receiver string // receiverOf its webhook URL: whose slots its attempts take
+	parked   bool   // it waits for its receiver's slot, not for a retry: a release wakes it
 
 	// Set for the attempt being made.
 	body []byte
@@ -172,6 +185,9 @@ type lane struct {
 	queue   []*event
 	running bool
 	timer   *time.Timer
+	// unparked: a release woke the lane while it was still running on its way to
+	// stopping, parked: it tries again at once instead.
+	unparked bool
 }
 
 // New checks the configuration; nothing runs until Run.
@@ -503,6 +519,12 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 			return
 		}
 		e := l.queue[0]
+		if l.unparked {
+			l.unparked = false
+			if e.parked {
+				e.parked, e.nextAt = false, time.Now()
+			}
+		}
 		if wait := time.Until(e.nextAt); wait > 0 || d.closed || ctx.Err() != nil {
 			l.running = false
 			if !d.closed && ctx.Err() == nil {
@@ -588,34 +610,41 @@ func wantedStates(w *broker.Webhook) string {
 // lanes waiting for one already.
 var errReceiverBusy = errors.New("webhook receiver busy")
 
-// acquire takes one of the receiver's PerReceiver slots; release gives it back. With
-// none free it waits, unless PerReceiver lanes wait for the receiver already: then it
-// returns errReceiverBusy at once, and the event waits in its lane with neither a
-// goroutine nor its body. It fails otherwise only when ctx ends.
-func (d *Dispatcher) acquire(ctx context.Context, receiver string) (release func(), err error) {
+// acquire takes one of the receiver's PerReceiver slots for job jobID's lane; release
+// gives it back. With none free it waits, unless PerReceiver lanes wait for the receiver
+// already: then it returns errReceiverBusy at once, and the event waits in its lane with
+// neither a goroutine nor its body, parked until a release wakes it (unpark). It fails
+// otherwise only when ctx ends.
+func (d *Dispatcher) acquire(ctx context.Context, receiver, jobID string) (release func(), err error) {
 	d.slotsMu.Lock()
 	rs := d.slots[receiver]
 	if rs == nil {
-		rs = &receiverSlots{ch: make(chan struct{}, d.cfg.PerReceiver)}
+		rs = &receiverSlots{ch: make(chan struct{}, d.cfg.PerReceiver), parkedSet: map[string]bool{}}
 		d.slots[receiver] = rs
 	}
 	release = func() {
 		<-rs.ch
-		d.leave(receiver, rs)
+		d.leave(ctx, receiver, rs)
 	}
 	select {
 	case rs.ch <- struct{}{}:
 		rs.users++
+		rs.unpark(jobID) // woken by its backstop instead
 		d.slotsMu.Unlock()
 		return release, nil
 	default:
 	}
 	if rs.waiting >= d.cfg.PerReceiver {
+		if !rs.parkedSet[jobID] {
+			rs.parkedSet[jobID] = true
+			rs.parked = append(rs.parked, jobID)
+		}
 		d.slotsMu.Unlock()
 		return nil, errReceiverBusy
 	}
 	rs.waiting++
 	rs.users++
+	rs.unpark(jobID)
 	d.slotsMu.Unlock()
 	select {
 	case rs.ch <- struct{}{}:
@@ -627,23 +656,76 @@ func (d *Dispatcher) acquire(ctx context.Context, receiver string) (release func
 		d.slotsMu.Lock()
 		rs.waiting--
 		d.slotsMu.Unlock()
-		d.leave(receiver, rs)
+		d.leave(ctx, receiver, rs)
 		return nil, ctx.Err()
 	}
 }
 
-// leave counts a lane out of a receiver's users; the last one removes its entry.
-func (d *Dispatcher) leave(receiver string, rs *receiverSlots) {
+// leave counts a lane out of a receiver's users, and wakes the lane parked longest on
+// the receiver: a token or a place among the waiters is free for it. The last user wakes
+// every parked lane and removes the receiver's entry, so that none is left parked on an
+// entry no release will come to.
+func (d *Dispatcher) leave(ctx context.Context, receiver string, rs *receiverSlots) {
 	d.slotsMu.Lock()
-	defer d.slotsMu.Unlock()
+	last := false
 	if rs.users--; rs.users == 0 {
 		delete(d.slots, receiver)
+		last = true
+	}
+	d.slotsMu.Unlock()
+	for {
+		d.slotsMu.Lock()
+		if len(rs.parked) == 0 {
+			d.slotsMu.Unlock()
+			return
+		}
+		id := rs.parked[0]
+		rs.unpark(id)
+		d.slotsMu.Unlock()
+		if d.unpark(ctx, id) && !last {
+			return
+		}
 	}
 }
 
-// busyPause is how long an event waits in its lane, ±20%, when its receiver has every
-// slot taken and PerReceiver lanes waiting; then it asks again.
-const busyPause = time.Second
+// unpark drops jobID from the parked lanes.
+func (rs *receiverSlots) unpark(jobID string) {
+	if rs.parkedSet[jobID] {
+		delete(rs.parkedSet, jobID)
+		rs.parked = slices.DeleteFunc(rs.parked, func(id string) bool { return id == jobID })
+	}
+}
+
+// unpark starts job jobID's lane at once if its first event is parked on its receiver:
+// it need not wait out its busyPause (a lane still running on its way to stopping is told
+// to try again instead). It reports whether the lane was woken.
+func (d *Dispatcher) unpark(ctx context.Context, jobID string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l := d.lanes[jobID]
+	if d.closed || ctx.Err() != nil || l == nil || len(l.queue) == 0 {
+		return false
+	}
+	if l.running {
+		// Between its acquire, which parked it, and its stop: it tries again instead.
+		l.unparked = true
+		return true
+	}
+	if !l.queue[0].parked {
+		return false
+	}
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.queue[0].parked, l.queue[0].nextAt = false, time.Now()
+	d.startLane(ctx, jobID, l)
+	return true
+}
+
+// busyPause is how long an event parked on a busy receiver (every slot taken and
+// PerReceiver lanes waiting) waits in its lane at most, ±20%, then asks again: a release
+// of the receiver's slot wakes it sooner (leave), this only backs that up.
+const busyPause = 5 * time.Second
 
 // receiverOf names the receiver whose slots a webhook URL's attempts take: its host's
 // registrable domain (example.com for hooks.eu.example.com; a name right under a public

@@ -196,3 +196,48 @@ func TestHangingReceiverHoldsBoundedLanes(t *testing.T) {
 		t.Fatalf("the hanging receiver had %d requests at once, want at most %d", most, cfg.PerReceiver)
 	}
 }
+
+// Events parked on a busy receiver (every slot taken, PerReceiver lanes waiting) go as
+// soon as a slot frees, not when their pause runs out: a batch of jobs naming one fast
+// receiver is delivered at the receiver's pace.
+func TestParkedEventsGoAsSlotsFree(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var mu sync.Mutex
+	got := map[string]bool{}
+	slow := make(chan struct{}) // the first attempts wait here, so that the others park
+	var calls int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		calls++
+		first := calls <= 2
+		mu.Unlock()
+		if first {
+			<-slow
+		}
+		mu.Lock()
+		got[r.Header.Get("Webhook-Id")] = true
+		mu.Unlock()
+	}))
+	t.Cleanup(srv.Close)
+	cfg := fastConfig(b.Store)
+	cfg.PerReceiver = 1
+	cfg.busyPause = time.Hour // only a freed slot can wake a parked event within the test
+	d, _ := startDispatcher(t, cfg)
+
+	const n = 20
+	for range n {
+		submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: srv.URL + "/h", Events: []broker.State{broker.StateQueued}}})
+	}
+	waitConsumerIdle(t, b)
+	c := settledCensus(t, d, n)
+	if c.running > 2*cfg.PerReceiver {
+		t.Fatalf("%d lanes running while the receiver is busy, want at most %d", c.running, 2*cfg.PerReceiver)
+	}
+	close(slow)
+	eventually(t, 30*time.Second, fmt.Sprintf("all %d events delivered", n), func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == n
+	})
+}
