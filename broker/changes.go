@@ -288,7 +288,8 @@ var ErrNoDispatcher = errors.New("the webhook dispatcher is not running")
 // ErrBadReply is a redelivery reply that is not a RedeliverReply.
 var ErrBadReply = errors.New("bad redeliver reply")
 
-// Redeliver asks the webhook dispatcher to send job id's latest state event again.
+// Redeliver asks the webhook dispatcher to send job id's latest state event its webhook
+// wants again (see LatestStateEvent).
 func (s *Store) Redeliver(ctx context.Context, id string) (RedeliverReply, error) {
 	var reply RedeliverReply
 	msg, err := s.nc.RequestWithContext(ctx, RedeliverSubject, []byte(id))
@@ -330,6 +331,48 @@ func (s *Store) GetRaw(ctx context.Context, id string) ([]byte, uint64, error) {
 		return nil, 0, fmt.Errorf("broker: get %s: %w", id, err)
 	}
 	return e.Value(), e.Revision(), nil
+}
+
+// ErrNoStateEvent is LatestStateEvent finding no kept write of a job that is a state
+// event in a state asked for.
+var ErrNoStateEvent = errors.New("no such state event kept")
+
+// LatestStateEvent returns the newest kept write of job id's record that was a state
+// event (its create, or a write that changed its state or attempt: not a refresh, nor a
+// write that kept both) in a state want accepts, as written, and its revision: the write
+// a webhook-id names. The bucket keeps a record's last 16 writes. ErrNoStateEvent when
+// none of them is one; ErrNotFound when the job is not found.
+func (s *Store) LatestStateEvent(ctx context.Context, id string, want func(State) bool) ([]byte, uint64, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, 0, err
+	}
+	history, err := s.kv.History(ctx, jobKey(id))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("broker: history of %s: %w", id, err)
+	}
+	for _, e := range slices.Backward(history) {
+		if e.Operation() != jetstream.KeyValuePut {
+			continue
+		}
+		j, err := DecodeJob(e.Value())
+		if err != nil || !want(j.State) {
+			continue
+		}
+		// Only the write's headers tell a refresh, or a write that kept the state, from
+		// the write that entered it.
+		msg, err := s.jobs.GetMsg(ctx, e.Revision())
+		if err != nil {
+			return nil, 0, fmt.Errorf("broker: read %s at revision %d: %w", id, e.Revision(), err)
+		}
+		if msg.Header.Get(HeaderRefresh) != "" || msg.Header.Get(HeaderSameState) != "" {
+			continue
+		}
+		return e.Value(), e.Revision(), nil
+	}
+	return nil, 0, fmt.Errorf("%w: job %s", ErrNoStateEvent, id)
 }
 
 // JobStreams are the streams a submit and a job's run write: the job records (the jobs

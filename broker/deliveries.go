@@ -16,8 +16,9 @@ import (
 )
 
 // RedeliverSubject asks the webhook dispatcher (request/reply, in-process only: NATS
-// clients may not publish here) to send a job's latest state event again. The request
-// data is the job id; the reply is {"webhook_id":"..."} or {"error":"..."}.
+// clients may not publish here) to send a job's latest state event its webhook wants
+// again. The request data is the job id; the reply is {"webhook_id":"..."} or
+// {"error":"..."}.
 const RedeliverSubject = "foreman.internal.webhooks.redeliver"
 
 // Delivery outcomes recorded per attempt.
@@ -27,6 +28,9 @@ const (
 	OutcomeFailed    = "failed"    // failed, attempts exhausted
 	OutcomeGone      = "gone"      // 410: the receiver wants no more events of this job
 	OutcomeRefused   = "refused"   // the webhook network policy refuses the address; not retried
+	// OutcomeSuperseded is an event not sent: a later event of its job went out first
+	// (ADR-0055). Its Attempt counts the attempts made before.
+	OutcomeSuperseded = "superseded"
 )
 
 // DeliveryAttempt is one webhook delivery attempt in a job's delivery log.

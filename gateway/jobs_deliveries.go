@@ -28,8 +28,9 @@ func (s *Server) handleDeliveries(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{"deliveries": log})
 }
 
-// handleRedeliver asks the webhook dispatcher to send the job's latest state event again
-// (202); the outcome shows up in the delivery log.
+// handleRedeliver asks the webhook dispatcher to send the job's latest state event its
+// webhook_events want again (202; 409 when there is none); the outcome shows up in the
+// delivery log.
 func (s *Server) handleRedeliver(w http.ResponseWriter, r *http.Request) {
 	j, _, err := s.store.Get(r.Context(), r.PathValue("id"))
 	if err != nil {

@@ -502,3 +502,34 @@ func TestRedeliverWhilePendingIs409(t *testing.T) {
 		t.Fatalf("redeliver while one is pending: %s", out)
 	}
 }
+
+// TestRedeliverWithNoWantedEventIs409: a job whose webhook_events want only done, while
+// it waits, has no event to send again: the request is a 409 saying so, and nothing is
+// sent (the job's queued event is no webhook of it).
+func TestRedeliverWithNoWantedEventIs409(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	rcv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("a webhook was sent: %s %s", r.Header.Get("webhook-id"), r.URL)
+	}))
+	t.Cleanup(rcv.Close)
+	d, err := webhook.New(webhook.Config{Store: b.Broker.Store, Policy: b.GW.cfg.WebhookPolicy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runUntilCleanup(t, "webhooks", d.Run)
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"state_webhook_url":"`+rcv.URL+`/hook","webhook_events":["done"]}`)
+	var (
+		resp *http.Response
+		out  []byte
+	)
+	// The dispatcher takes redeliveries once its consumer runs: a 503 before is asked again.
+	eventually(t, 15*time.Second, "the dispatcher answering a redelivery", func() bool {
+		resp, out = b.request(t, http.MethodPost, "/jobs/"+id+"/deliveries/redeliver", nil)
+		return resp.StatusCode != http.StatusServiceUnavailable
+	})
+	wantJobError(t, "redeliver of a job with no event its webhook_events want", resp, out, http.StatusConflict)
+	if !strings.Contains(string(out), "no state event its webhook_events want (done)") || !strings.Contains(string(out), "it is queued") {
+		t.Fatalf("redeliver of a job with no event its webhook_events want: %s", out)
+	}
+}

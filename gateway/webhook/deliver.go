@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -25,25 +26,42 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 	log := d.log.With("job_id", e.jobID, "webhook_id", id)
 	if !e.manual {
 		defer func() { e.body, e.job = nil, nil }() // read again for the next attempt
-		if !d.load(ctx, e, log) {
-			if ctx.Err() != nil {
-				return false
-			}
-			return e.nextAt.IsZero() // zero: nothing left to deliver
+	}
+	// The receiver's slot comes before the body: of the events waiting on a receiver, at
+	// most 2 × PerReceiver have a goroutine and a body in memory (those in flight and
+	// those waiting); the others wait in their lanes and ask again.
+	e.parked = false
+	release, err := d.acquire(ctx, e.receiver, e.jobID)
+	if errors.Is(err, errReceiverBusy) {
+		wait := time.Duration(float64(d.cfg.busyPause) * (0.8 + 0.4*rand.Float64()))
+		e.nextAt, e.parked = time.Now().Add(wait), true
+		log.Debug("webhook receiver busy; the event waits in its lane", "receiver", e.receiver, "retry_in", wait)
+		return false
+	}
+	if err != nil {
+		return false // ctx ended
+	}
+	held := true
+	defer func() {
+		if held {
+			release()
 		}
+	}()
+	if !e.manual && !d.load(ctx, e, log) {
+		if ctx.Err() != nil {
+			return false
+		}
+		return e.nextAt.IsZero() // zero: nothing left to deliver
 	}
 	log = log.With("model", e.job.Model, "state", e.job.State)
 	if e.attempts >= d.cfg.Attempts {
 		d.finish(ctx, e)
 		return true // attempts spent before a restart
 	}
-	release, err := d.acquire(ctx, receiverOf(e.job.Webhook.URL))
-	if err != nil {
-		return false // ctx ended
-	}
 	n := e.attempts + 1
 	status, retryAfter, err := d.post(ctx, e, id)
 	release()
+	held = false
 	if ctx.Err() != nil {
 		return false
 	}
@@ -106,6 +124,10 @@ func (d *Dispatcher) load(ctx context.Context, e *event, log *slog.Logger) bool 
 		log.Warn("read delivery log", "err", err)
 	}
 	id := e.webhookID()
+	var (
+		newer   uint64 // the latest revision of the job's events attempted, when later than e's
+		settled bool   // e's own attempts ended (failed, refused or superseded)
+	)
 	for _, a := range past {
 		if a.Manual { // manual redeliveries neither stop nor count for the automatic ones
 			continue
@@ -119,12 +141,48 @@ func (d *Dispatcher) load(ctx context.Context, e *event, log *slog.Logger) bool 
 		}
 		if a.WebhookID == id {
 			e.attempts = max(e.attempts, a.Attempt) // attempts logged but not stored (a crash)
+			settled = settled || a.Outcome != broker.OutcomeRetry
+		} else if rev, ok := eventRev(e.jobID, a.WebhookID); ok && rev > e.rev {
+			newer = max(newer, rev)
 		}
+	}
+	if newer > 0 {
+		d.supersede(ctx, e, newer, !settled, log)
+		return false
 	}
 	return true
 }
 
-// loadStored reads a stored event's body and progress; see load for what false means.
+// supersede finishes a stored event without sending it: a later event of its job was
+// sent (or tried) already, and this one would reach the receiver after it, an old state
+// after a newer one (ADR-0055). An event JetStream offers again after the job's later
+// events (its message left unacked by a dispatcher that stopped) is one. Unless e's own
+// attempts had ended already, the delivery log records it as superseded.
+func (d *Dispatcher) supersede(ctx context.Context, e *event, newer uint64, record bool, log *slog.Logger) {
+	later := (&event{jobID: e.jobID, rev: newer}).webhookID()
+	log.Info("webhook event superseded: a later event of its job went out first; not sent", "later_webhook_id", later, "state", e.job.State)
+	if record {
+		d.record(ctx, e, broker.DeliveryAttempt{
+			WebhookID: e.webhookID(), State: e.job.State, Attempt: e.attempts, URL: e.job.Webhook.URL,
+			Error: "not sent: " + later + " of the job went out first", Outcome: broker.OutcomeSuperseded, At: time.Now().UTC(),
+		})
+	}
+	d.finish(ctx, e)
+	e.nextAt = time.Time{}
+}
+
+// eventRev reads the record revision out of a webhook-id of job jobID ("<job id>-<rev>").
+func eventRev(jobID, webhookID string) (uint64, bool) {
+	s, ok := strings.CutPrefix(webhookID, jobID+"-")
+	if !ok {
+		return 0, false
+	}
+	rev, err := strconv.ParseUint(s, 10, 64)
+	return rev, err == nil
+}
+
+// loadStored reads a stored event's body and progress; see load for what false means
+// (here also a retry not due yet).
 func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger) bool {
 	p, err := d.store.PendingDelivery(ctx, e.jobID, e.rev)
 	if errors.Is(err, broker.ErrNotFound) {
@@ -152,7 +210,12 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 		return false
 	}
 	e.body, e.job, e.attempts, e.srev = p.Body, job, max(e.attempts, p.Attempts), p.Revision
-	return true
+	// An event JetStream offered again (its ack lost) comes due at once; its stored retry
+	// wait holds.
+	if p.NextAt.After(e.nextAt) {
+		e.nextAt = p.NextAt
+	}
+	return time.Until(e.nextAt) <= 0
 }
 
 // save stores a stored event's progress, so its retry survives a restart.

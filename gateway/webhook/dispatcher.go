@@ -8,11 +8,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
+
+	"golang.org/x/net/publicsuffix"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -31,6 +35,7 @@ type Store interface {
 	Deliveries(ctx context.Context, id string) ([]broker.DeliveryAttempt, error)
 	LogDelivery(ctx context.Context, id string, a broker.DeliveryAttempt) error
 	GetRaw(ctx context.Context, id string) ([]byte, uint64, error)
+	LatestStateEvent(ctx context.Context, id string, want func(broker.State) bool) ([]byte, uint64, error)
 }
 
 var _ Store = (*broker.Store)(nil)
@@ -57,9 +62,14 @@ type Config struct {
 	// MaxPending caps the events taken from the stream but not yet stored as pending
 	// deliveries; default 4096. Events waiting for a retry are acked and do not count.
 	MaxPending int
-	// PerReceiver caps the attempts in flight to one receiver (scheme, host and port),
-	// so a receiver that hangs ties up that many connections, not one per job; default 16.
+	// PerReceiver caps the attempts in flight to one receiver (see receiverOf: a host's
+	// registrable domain or its address, and the port), so a receiver that hangs ties
+	// up that many connections, not one per job; as many more lanes may wait for a
+	// slot, the others' events wait in the store. Default 16.
 	PerReceiver int
+	// busyPause is how long an event parked on a busy receiver waits at most before it
+	// asks again, should no slot's release wake it first; default busyPause.
+	busyPause time.Duration
 	// Consumer is the durable consumer name; default "webhooks".
 	Consumer string
 	// ClaimEvery is how often the dispatcher looks for pending deliveries whose foreman
@@ -101,6 +111,9 @@ func (c *Config) setDefaults() {
 	if c.PerReceiver <= 0 {
 		c.PerReceiver = 16
 	}
+	if c.busyPause <= 0 {
+		c.busyPause = busyPause
+	}
 	if c.Consumer == "" {
 		c.Consumer = "webhooks"
 	}
@@ -135,10 +148,16 @@ type Dispatcher struct {
 	slots   map[string]*receiverSlots // by receiver; removed when unused
 }
 
-// receiverSlots bounds the attempts in flight to one receiver.
+// receiverSlots bounds the attempts in flight to one receiver, and the lanes waiting.
 type receiverSlots struct {
-	ch    chan struct{}
-	users int // lanes holding or waiting for a slot
+	ch      chan struct{} // a token per attempt in flight
+	waiting int           // lanes waiting for a token
+	users   int           // lanes holding or waiting for a token
+	// parked are the jobs whose lanes found the receiver busy (every token taken,
+	// PerReceiver lanes waiting) and stopped, oldest first; each release of a token
+	// wakes the oldest (parkedSet: each job once).
+	parked    []string
+	parkedSet map[string]bool
 }
 
 // event is one state event to deliver. A stored event (a pending delivery in the store)
@@ -149,7 +168,9 @@ type event struct {
 	srev     uint64 // the pending delivery's revision as this dispatcher read or wrote it last
 	attempts int    // attempts made so far
 	nextAt   time.Time
-	manual   bool // a manual redelivery: in memory only, with fresh attempts
+	manual   bool   // a manual redelivery: in memory only, with fresh attempts
+	receiver string // receiverOf its webhook URL: whose slots its attempts take
+	parked   bool   // it waits for its receiver's slot, not for a retry: a release wakes it
 
 	// Set for the attempt being made.
 	body []byte
@@ -164,6 +185,9 @@ type lane struct {
 	queue   []*event
 	running bool
 	timer   *time.Timer
+	// unparked: a release woke the lane while it was still running on its way to
+	// stopping, parked: it tries again at once instead.
+	unparked bool
 }
 
 // New checks the configuration; nothing runs until Run.
@@ -295,7 +319,11 @@ func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broke
 // resume queues stored pending deliveries this dispatcher claimed.
 func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDelivery) {
 	for _, p := range pending {
-		_ = d.enqueue(ctx, &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt})
+		e := &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt}
+		if job, err := broker.DecodeJob(p.Body); err == nil && job.Webhook != nil {
+			e.receiver = receiverOf(job.Webhook.URL) // one that is not is dropped at its load
+		}
+		_ = d.enqueue(ctx, e)
 	}
 }
 
@@ -406,7 +434,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	if err := msg.Ack(); err != nil && !errors.Is(err, broker.ErrConnClosed) {
 		d.log.Warn("webhook ack", "job_id", jobID, "err", err)
 	}
-	e := &event{jobID: jobID, rev: p.Rev, nextAt: now}
+	e := &event{jobID: jobID, rev: p.Rev, nextAt: now, receiver: receiverOf(job.Webhook.URL)}
 	if created { // the first attempt needs no read of what was just stored
 		e.body, e.job, e.srev = p.Body, job, srev
 	}
@@ -449,6 +477,11 @@ func (d *Dispatcher) enqueue(ctx context.Context, e *event) error {
 		l = &lane{}
 		d.lanes[e.jobID] = l
 	}
+	if !e.manual && len(l.queue) > 0 {
+		// Not tried next: its body is read from the store at its turn, so that lanes
+		// waiting on a receiver hold none.
+		e.body, e.job = nil, nil
+	}
 	l.queue = append(l.queue, e)
 	if len(l.queue) == 1 && !l.running {
 		d.startLane(ctx, e.jobID, l)
@@ -486,6 +519,12 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 			return
 		}
 		e := l.queue[0]
+		if l.unparked {
+			l.unparked = false
+			if e.parked {
+				e.parked, e.nextAt = false, time.Now()
+			}
+		}
 		if wait := time.Until(e.nextAt); wait > 0 || d.closed || ctx.Err() != nil {
 			l.running = false
 			if !d.closed && ctx.Err() == nil {
@@ -511,9 +550,10 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 }
 
 // onRedeliver answers a redelivery request (broker.Store.Redeliver): the job's latest
-// event is queued again (with its original webhook-id, so receivers can dedupe) and
-// fresh attempts, unless the job has a manual redelivery pending already (an error
-// naming it). The event carries its record in memory until its last attempt.
+// state event its webhook_events want is queued again, with its original webhook-id (so
+// receivers can dedupe) and fresh attempts, unless the job has a manual redelivery
+// pending already (an error naming it) or no such event (an error saying so). The event
+// carries its record in memory until its last attempt.
 func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.RedeliverReply {
 	if err := broker.ValidateID(id); err != nil {
 		return broker.RedeliverReply{Error: err.Error()}
@@ -524,7 +564,7 @@ func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.Redelive
 	if ok { // refused before the record is read; enqueue checks again
 		return broker.RedeliverReply{Error: (&redeliveryPendingError{jobID: id, webhookID: pending}).Error()}
 	}
-	data, rev, err := d.store.GetRaw(ctx, id)
+	data, _, err := d.store.GetRaw(ctx, id)
 	if err != nil {
 		return broker.RedeliverReply{Error: fmt.Sprintf("job %s not found", id)}
 	}
@@ -535,45 +575,189 @@ func (d *Dispatcher) onRedeliver(ctx context.Context, id string) broker.Redelive
 	if job.Sync || job.Webhook == nil || job.Webhook.URL == "" {
 		return broker.RedeliverReply{Error: "job has no webhook"}
 	}
-	e := &event{jobID: id, rev: rev, body: data, job: job, manual: true}
+	// The record as it is now may be a write no webhook reported (a refresh, an artifact
+	// added) or a state the job's webhook_events leave out.
+	data, rev, err := d.store.LatestStateEvent(ctx, id, job.Webhook.Wants)
+	if errors.Is(err, broker.ErrNoStateEvent) {
+		return broker.RedeliverReply{Error: fmt.Sprintf("job %s has no state event its webhook_events want (%s) to send again; it is %s", id, wantedStates(job.Webhook), job.State)}
+	}
+	if err != nil {
+		return broker.RedeliverReply{Error: err.Error()}
+	}
+	if job, err = broker.DecodeJob(data); err != nil {
+		return broker.RedeliverReply{Error: err.Error()}
+	}
+	e := &event{jobID: id, rev: rev, body: data, job: job, manual: true, receiver: receiverOf(job.Webhook.URL)}
 	if err := d.enqueue(ctx, e); err != nil {
 		return broker.RedeliverReply{Error: err.Error()}
 	}
 	return broker.RedeliverReply{WebhookID: e.webhookID(), State: string(job.State)}
 }
 
-// acquire waits for one of the receiver's PerReceiver slots; release gives it back. It
-// fails only when ctx ends.
-func (d *Dispatcher) acquire(ctx context.Context, receiver string) (release func(), err error) {
+// wantedStates names the states a webhook reports, for an error.
+func wantedStates(w *broker.Webhook) string {
+	if len(w.Events) == 0 {
+		return "every state"
+	}
+	names := make([]string, len(w.Events))
+	for i, s := range w.Events {
+		names[i] = string(s)
+	}
+	return strings.Join(names, ", ")
+}
+
+// errReceiverBusy is acquire finding every slot of a receiver taken and PerReceiver
+// lanes waiting for one already.
+var errReceiverBusy = errors.New("webhook receiver busy")
+
+// acquire takes one of the receiver's PerReceiver slots for job jobID's lane; release
+// gives it back. With none free it waits, unless PerReceiver lanes wait for the receiver
+// already: then it returns errReceiverBusy at once, and the event waits in its lane with
+// neither a goroutine nor its body, parked until a release wakes it (unpark). It fails
+// otherwise only when ctx ends.
+func (d *Dispatcher) acquire(ctx context.Context, receiver, jobID string) (release func(), err error) {
 	d.slotsMu.Lock()
 	rs := d.slots[receiver]
 	if rs == nil {
-		rs = &receiverSlots{ch: make(chan struct{}, d.cfg.PerReceiver)}
+		rs = &receiverSlots{ch: make(chan struct{}, d.cfg.PerReceiver), parkedSet: map[string]bool{}}
 		d.slots[receiver] = rs
 	}
-	rs.users++
-	d.slotsMu.Unlock()
-	done := func() {
-		d.slotsMu.Lock()
-		if rs.users--; rs.users == 0 {
-			delete(d.slots, receiver)
-		}
-		d.slotsMu.Unlock()
+	release = func() {
+		<-rs.ch
+		d.leave(ctx, receiver, rs)
 	}
 	select {
 	case rs.ch <- struct{}{}:
-		return func() { <-rs.ch; done() }, nil
+		rs.users++
+		rs.unpark(jobID) // woken by its backstop instead
+		d.slotsMu.Unlock()
+		return release, nil
+	default:
+	}
+	if rs.waiting >= d.cfg.PerReceiver {
+		if !rs.parkedSet[jobID] {
+			rs.parkedSet[jobID] = true
+			rs.parked = append(rs.parked, jobID)
+		}
+		d.slotsMu.Unlock()
+		return nil, errReceiverBusy
+	}
+	rs.waiting++
+	rs.users++
+	rs.unpark(jobID)
+	d.slotsMu.Unlock()
+	select {
+	case rs.ch <- struct{}{}:
+		d.slotsMu.Lock()
+		rs.waiting--
+		d.slotsMu.Unlock()
+		return release, nil
 	case <-ctx.Done():
-		done()
+		d.slotsMu.Lock()
+		rs.waiting--
+		d.slotsMu.Unlock()
+		d.leave(ctx, receiver, rs)
 		return nil, ctx.Err()
 	}
 }
 
-// receiverOf is the part of a webhook URL that names its receiver: scheme://host:port.
+// leave counts a lane out of a receiver's users, and wakes the lane parked longest on
+// the receiver: a token or a place among the waiters is free for it. The last user wakes
+// every parked lane and removes the receiver's entry, so that none is left parked on an
+// entry no release will come to.
+func (d *Dispatcher) leave(ctx context.Context, receiver string, rs *receiverSlots) {
+	d.slotsMu.Lock()
+	last := false
+	if rs.users--; rs.users == 0 {
+		delete(d.slots, receiver)
+		last = true
+	}
+	d.slotsMu.Unlock()
+	for {
+		d.slotsMu.Lock()
+		if len(rs.parked) == 0 {
+			d.slotsMu.Unlock()
+			return
+		}
+		id := rs.parked[0]
+		rs.unpark(id)
+		d.slotsMu.Unlock()
+		if d.unpark(ctx, id) && !last {
+			return
+		}
+	}
+}
+
+// unpark drops jobID from the parked lanes.
+func (rs *receiverSlots) unpark(jobID string) {
+	if rs.parkedSet[jobID] {
+		delete(rs.parkedSet, jobID)
+		rs.parked = slices.DeleteFunc(rs.parked, func(id string) bool { return id == jobID })
+	}
+}
+
+// unpark starts job jobID's lane at once if its first event is parked on its receiver:
+// it need not wait out its busyPause (a lane still running on its way to stopping is told
+// to try again instead). It reports whether the lane was woken.
+func (d *Dispatcher) unpark(ctx context.Context, jobID string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	l := d.lanes[jobID]
+	if d.closed || ctx.Err() != nil || l == nil || len(l.queue) == 0 {
+		return false
+	}
+	if l.running {
+		// Between its acquire, which parked it, and its stop: it tries again instead.
+		l.unparked = true
+		return true
+	}
+	if !l.queue[0].parked {
+		return false
+	}
+	if l.timer != nil {
+		l.timer.Stop()
+	}
+	l.queue[0].parked, l.queue[0].nextAt = false, time.Now()
+	d.startLane(ctx, jobID, l)
+	return true
+}
+
+// busyPause is how long an event parked on a busy receiver (every slot taken and
+// PerReceiver lanes waiting) waits in its lane at most, ±20%, then asks again: a release
+// of the receiver's slot wakes it sooner (leave), this only backs that up.
+const busyPause = 5 * time.Second
+
+// receiverOf names the receiver whose slots a webhook URL's attempts take: its host's
+// registrable domain (example.com for hooks.eu.example.com; a name right under a public
+// suffix, such as x.github.io, is its own) or its address (an IPv6 one by its /64), with
+// the port. Subdomains, letter case, a trailing dot and the spellings of an address are
+// left out: each is free to multiply (a wildcard DNS name per job), and each spelling had
+// PerReceiver connections of its own to one server. The port stays: services on one
+// machine at different ports are different receivers.
 func receiverOf(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return rawURL
 	}
-	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), strconv.Itoa(int(portOf(u))))
+	return net.JoinHostPort(receiverHost(u.Hostname()), strconv.Itoa(int(portOf(u))))
+}
+
+// receiverHost is receiverOf's host part.
+func receiverHost(host string) string {
+	host = strings.TrimSuffix(strings.ToLower(host), ".")
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		var ok bool
+		if ip, ok = inetAton(host); !ok { // 16843009 and 1.1.1.1 are one address
+			if domain, err := publicsuffix.EffectiveTLDPlusOne(host); err == nil {
+				return domain
+			}
+			return host // a public suffix itself, or a single label
+		}
+	}
+	ip = ip.Unmap().WithZone("")
+	if ip.Is6() {
+		return netip.PrefixFrom(ip, 64).Masked().String()
+	}
+	return ip.String()
 }

@@ -87,6 +87,13 @@ var loopbackNets = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.Mu
 // runDispatcher runs a dispatcher until the returned stop is called (or the test ends).
 func runDispatcher(t *testing.T, cfg Config) (stop func()) {
 	t.Helper()
+	_, stop = startDispatcher(t, cfg)
+	return stop
+}
+
+// startDispatcher is runDispatcher, with the dispatcher for a test to look into.
+func startDispatcher(t *testing.T, cfg Config) (d *Dispatcher, stop func()) {
+	t.Helper()
 	d, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -109,7 +116,7 @@ func runDispatcher(t *testing.T, cfg Config) (stop func()) {
 		})
 	}
 	t.Cleanup(stop)
-	return stop
+	return d, stop
 }
 
 func ctxT(t *testing.T) context.Context {
@@ -704,6 +711,40 @@ func TestSameStateWriteSendsNoWebhook(t *testing.T) {
 		if i == 2 && (h.job.Attempt != j.Attempt+1 || h.job.CancelRequested == "") {
 			t.Fatalf("delivery 3 is not the new attempt's: %s", h.body)
 		}
+	}
+	noMoreDeliveries(t, b, rcv)
+}
+
+// A manual redelivery sends the newest event the job's webhook_events want, with the
+// webhook-id it went out under: not a state the filter leaves out, nor a later write no
+// webhook reported (an artifact added). With no such event there is nothing to send
+// again, and the request is refused saying so.
+func TestRedeliverSendsTheEventTheFilterWants(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	rcv := newReceiver(t, nil)
+	runDispatcher(t, fastConfig(b.Store))
+	onlyDone := &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateDone}}
+
+	j := submit(t, b.Store, &broker.Job{Webhook: onlyDone})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	setState(t, b.Store, j.ID, broker.StateDone)
+	done := rcv.next(t)
+	if _, err := b.Store.PutArtifact(ctxT(t), j.ID, "notes.txt", "text/plain", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if r := redeliver(t, b, j.ID); r.Error != "" || r.WebhookID != done.header.Get(HeaderID) || r.State != string(broker.StateDone) {
+		t.Fatalf("redeliver after an artifact was added: %+v, want the done event %s", r, done.header.Get(HeaderID))
+	}
+	if h := rcv.next(t); h.header.Get(HeaderID) != done.header.Get(HeaderID) || string(h.body) != string(done.body) {
+		t.Fatalf("redelivered %s %s, want the done event %s %s", h.header.Get(HeaderID), h.body, done.header.Get(HeaderID), done.body)
+	}
+
+	working := submit(t, b.Store, &broker.Job{Webhook: onlyDone})
+	setState(t, b.Store, working.ID, broker.StateWorking)
+	r := redeliver(t, b, working.ID)
+	if r.WebhookID != "" || !strings.Contains(r.Error, "no state event its webhook_events want (done)") || !strings.Contains(r.Error, "it is working") {
+		t.Fatalf("redeliver of a job with no event its filter wants: %+v, want it refused", r)
 	}
 	noMoreDeliveries(t, b, rcv)
 }

@@ -19,6 +19,8 @@
 // in package signature, which the public client's VerifyWebhook shares.
 //
 // A failing receiver never blocks or changes its job (ADR-0005), nor other jobs'
-// deliveries: jobs are delivered concurrently, the events of one job in order. Sync jobs
-// (a caller already waits on /api/chat) fire no webhooks (ADR-0014).
+// deliveries: jobs are delivered concurrently, the events of one job in order; an event
+// older than one of its job already sent or tried (offered again after a restart) is not
+// sent but recorded as superseded (ADR-0055). Sync jobs (a caller already waits on
+// /api/chat) fire no webhooks (ADR-0014).
 package webhook

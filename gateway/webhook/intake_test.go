@@ -142,3 +142,52 @@ func TestTwoForemenKeepAJobsEventsInOrder(t *testing.T) {
 	}
 	noMoreDeliveries(t, b, rcv)
 }
+
+// hiddenAtStart hides the pending deliveries from the dispatcher's start, as entries it
+// could not read then: the event's own message, offered again, brings each back.
+type hiddenAtStart struct{ Store }
+
+func (s hiddenAtStart) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, error) {
+	if skip == nil {
+		return nil, nil
+	}
+	return s.Store.ClaimPendingDeliveries(ctx, skip)
+}
+
+// An event JetStream offers again (its ack was lost) whose pending delivery waits for a
+// retry keeps that wait: it is not sent before the stored next attempt.
+func TestEventOfferedAgainKeepsItsRetryWait(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	arrivals := make(chan time.Time, 10)
+	rcv := newReceiver(t, func(int, hit) int {
+		arrivals <- time.Now()
+		return http.StatusOK
+	})
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+	data, rev, err := b.Store.GetRaw(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A first attempt failed and stored its retry, due in 2s; the event's ack was lost.
+	due := time.Now().Add(2 * time.Second)
+	p := broker.PendingDelivery{JobID: j.ID, Rev: rev, Attempts: 1, NextAt: due.UTC(), Body: data}
+	if _, created, err := b.Store.AddPendingDelivery(ctxT(t), p); err != nil || !created {
+		t.Fatalf("store the pending delivery: created %v, %v", created, err)
+	}
+	cfg := fastConfig(b.Store)
+	cfg.Store = hiddenAtStart{b.Store}
+	runDispatcher(t, cfg)
+
+	h := rcv.next(t)
+	if want := (&event{jobID: j.ID, rev: rev}).webhookID(); h.header.Get(HeaderID) != want {
+		t.Fatalf("delivered %s, want %s", h.header.Get(HeaderID), want)
+	}
+	if at := <-arrivals; at.Before(due) {
+		t.Fatalf("the retry went out %v before it was due", due.Sub(at))
+	}
+	log := waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) == 1 })
+	if log[0].Attempt != 2 || log[0].Outcome != broker.OutcomeDelivered {
+		t.Fatalf("delivery log %+v, want attempt 2 delivered", log)
+	}
+}

@@ -419,14 +419,21 @@ func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Con
 	return nil, fmt.Errorf("webhook dial: %s has no address", host)
 }
 
+// maxResponseHeaderBytes bounds the headers a receiver may answer with: a webhook reads
+// only the status and Retry-After, and Go's default (10 MiB) let each attempt in flight
+// to a hostile receiver hold that much.
+const maxResponseHeaderBytes = 16 << 10
+
 // Client is an HTTP client whose every connection goes through the policy. It follows
 // no redirects (Standard Webhooks counts a 3xx as a failure, and following one would
-// send the signed event somewhere the job's owner did not name) and uses no proxy from
-// the environment (the policy must see the receiver's own address).
+// send the signed event somewhere the job's owner did not name), uses no proxy from the
+// environment (the policy must see the receiver's own address) and reads at most 16 KiB
+// of response headers (a larger answer is a failed attempt).
 func (p *Policy) Client() *http.Client {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.Proxy = nil
 	t.DialContext = p.DialContext
+	t.MaxResponseHeaderBytes = maxResponseHeaderBytes
 	return &http.Client{
 		Transport:     t,
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },

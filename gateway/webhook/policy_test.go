@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"net/url"
 	"os"
@@ -435,5 +437,29 @@ func TestPolicyCheckURLInetAtonForms(t *testing.T) {
 		if a, ok := inetAton(in); !ok || a.String() != want {
 			t.Errorf("inetAton(%q) = %v %v, want %s", in, a, ok, want)
 		}
+	}
+}
+
+// A receiver answering with more headers than a webhook needs fails the attempt instead
+// of having them read: each attempt in flight held up to Go's default, 10 MiB.
+func TestClientBoundsResponseHeaders(t *testing.T) {
+	t.Parallel()
+	big := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Filler", strings.Repeat("x", 64<<10))
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(big.Close)
+	p := Policy{AllowNets: loopbackNets}
+	req, err := http.NewRequestWithContext(ctxT(t), http.MethodPost, big.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := p.Client().Do(req)
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("a 64 KiB response header was read (status %d), want the attempt failed", resp.StatusCode)
+	}
+	if !strings.Contains(err.Error(), "headers exceeded") {
+		t.Fatalf("error %v, want the response headers' bound", err)
 	}
 }
