@@ -30,6 +30,10 @@ type outage struct {
 	since time.Time
 	cause string // the pause's error, or what the targets say
 	own   bool   // the own target is the one down
+	// unlisted: no live target lists the model (the own one cannot run it). A job whose
+	// record says it runs can only run on a Mac whose foreman is gone: killed, its entry
+	// expired (one that stops in order hands its job back before it withdraws its entry).
+	unlisted bool
 }
 
 // outageProbe bounds the poll that checks an outage's own target before a call is
@@ -120,9 +124,14 @@ func (s *Server) downStands() bool {
 // own target unreachable (the worker paused for it, or its polls go unanswered: refused,
 // or accepted and never answered, an Ollama wedged as a whole) and no other live target
 // that lists the model reachable; or, with several foremen, the own target lacking the
-// model and every other that lists it unreachable. A model no target lists is no
-// outage: one foreman runs it anyway (and the target answers), several leave it waiting
-// for the Mac that has it.
+// model and every other that lists it unreachable, or none listing it.
+//
+// A model no target lists is an outage from when its call first saw it (since unknown)
+// when the own worker runs only the models its target lists: the Mac that had it is gone
+// (its foreman stopped, or its entry expired) and a job waiting for it waits for that
+// Mac's return. A new call for such a model is Ollama's 404 before it gets here; one
+// already waiting would have waited with no bound. One foreman runs it anyway (and the
+// target answers).
 func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) {
 	own := s.ownOutage()
 	ownDown := !own.since.IsZero()
@@ -161,6 +170,8 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 			o.since = since
 		}
 		return o, true
+	case s.cfg.OwnModelsOnly && !s.inv.HasModel(model):
+		return outage{cause: fmt.Sprintf("no reachable Ollama has model %q: no live foreman lists it", model), unlisted: true}, true
 	}
 	return outage{}, false
 }
@@ -418,9 +429,10 @@ func (ow *outageWatch) over(ctx context.Context, j *broker.Job, answered bool, l
 	o, out := ow.s.targetOutage(ctx, j.Model)
 	now := time.Now()
 	switch {
-	// A running job counts when its target is the own one, or when every Mac that has
-	// its model is down by its foreman's word (since known): it runs on one of them.
-	case !out || !waiting && !o.own && o.since.IsZero():
+	// A running job counts when its target is the own one, when every Mac that has its
+	// model is down by its foreman's word (since known): it runs on one of them, or when
+	// no live Mac has its model: it runs on one whose foreman is gone.
+	case !out || !waiting && !o.own && !o.unlisted && o.since.IsZero():
 		ow.first = time.Time{}
 		return nil
 	case ow.first.IsZero():
