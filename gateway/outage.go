@@ -121,28 +121,44 @@ func (s *Server) downStands() bool {
 }
 
 // targetOutage reports whether no reachable target can run a job for model now: the
-// own target unreachable (the worker paused for it, or its polls go unanswered: refused,
-// or accepted and never answered, an Ollama wedged as a whole) and no other live target
-// that lists the model reachable; or, with several foremen, the own target lacking the
-// model and every other that lists it unreachable, or none listing it.
+// own target, when its worker runs the job, unreachable (the worker paused for it, or its
+// polls go unanswered: refused, or accepted and never answered, an Ollama wedged as a
+// whole) and no other live target that lists the model reachable; or, with several
+// foremen, the own target lacking the model and every other that lists it unreachable,
+// or none listing it. The own target's outage says nothing of a model its worker leaves
+// to the others.
 //
-// A model no target lists is an outage from when its call first saw it (since unknown)
-// when the own worker runs only the models its target lists: the Mac that had it is gone
-// (its foreman stopped, or its entry expired) and a job waiting for it waits for that
-// Mac's return. A new call for such a model is Ollama's 404 before it gets here; one
-// already waiting would have waited with no bound. One foreman runs it anyway (and the
-// target answers).
+// A model no target lists is an outage from when its call first saw it (since unknown):
+// the Mac that had it is gone (its foreman stopped, or its entry expired) and a job
+// waiting for it waits for that Mac's return. A new call for such a model is Ollama's 404
+// before it gets here; one already waiting would have waited with no bound.
 func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) {
 	own := s.ownOutage()
 	ownDown := !own.since.IsZero()
-	if !ownDown && (s.cfg.TargetClient == nil || s.inv.HasModel(model)) {
+	has := s.inv.HasModel(model)
+	if !ownDown && has {
+		return outage{}, false
+	}
+	others, err := s.readOtherTargets(ctx)
+	if err != nil {
+		s.log.Debug("read targets", "err", err)
+		if ownDown && (has || !s.cfg.OwnModelsOnly) {
+			return own, true
+		}
+		return outage{}, false // unknown: the next check reads them again
+	}
+	// The worker runs a model its target does not list only on a store of its own with
+	// no other foreman live (the target answers the call); otherwise it leaves it to
+	// the foreman whose Mac has it (the app's runsModel).
+	ownRuns := has || !s.cfg.OwnModelsOnly && len(others) == 0
+	if !ownDown && ownRuns {
 		return outage{}, false
 	}
 	want := ollama.NormalizeModel(model)
 	listed, known := false, true
 	now := time.Now()
 	var since time.Time // when the last of the targets that list the model went down
-	for _, t := range s.otherTargets(ctx) {
+	for _, t := range others {
 		if !t.HasModel(want) {
 			continue
 		}
@@ -162,7 +178,7 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 		}
 	}
 	switch {
-	case ownDown:
+	case ownRuns:
 		return own, true
 	case listed:
 		o := outage{cause: fmt.Sprintf("no reachable Ollama has model %q", model)}
@@ -170,10 +186,8 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 			o.since = since
 		}
 		return o, true
-	case s.cfg.OwnModelsOnly && !s.inv.HasModel(model):
-		return outage{cause: fmt.Sprintf("no reachable Ollama has model %q: no live foreman lists it", model), unlisted: true}, true
 	}
-	return outage{}, false
+	return outage{cause: fmt.Sprintf("no reachable Ollama has model %q: no live foreman lists it", model), unlisted: true}, true
 }
 
 // ownOutage is the own target's outage, since.IsZero() when it has none: from the

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -97,5 +98,40 @@ func TestSeveralMacsSyncCallRunningOnAMacGoneFromTheTargetsEnds(t *testing.T) {
 	if a.err != nil || a.code != http.StatusBadGateway || !bytes.Contains(a.body, []byte("the job was canceled")) ||
 		!bytes.Contains(a.body, []byte("no live foreman lists it")) {
 		t.Fatalf("chat running on a Mac gone from the targets: %d %s %v, want 502 after the bound", a.code, a.body, a.err)
+	}
+}
+
+// The own Mac's outage says nothing of a model only another Mac has: with mac-a down
+// longer than FOREMAN_SYNC_OUTAGE_WAIT, a chat for beta through mac-a's foreman while
+// mac-b has a short blip is not refused at once blaming mac-a's Ollama; it waits for
+// mac-b, which answers it.
+func TestSeveralMacsOwnOutageSparesAnotherMacsModel(t *testing.T) {
+	const bound = 3 * time.Second
+	macA, macB, fa, _ := alphaBeta(t, func(c *app.Config) { c.SyncOutageWait = bound }, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	macA.SetDown(true)
+	eventually(t, 15*time.Second, "mac-a down for longer than the bound", func() bool {
+		all, err := fa.Store().Targets(ctx)
+		return err == nil && slices.ContainsFunc(all, func(tg broker.Target) bool {
+			return tg.Name == "mac-a" && !tg.Reachable && !tg.DownSince.IsZero() && time.Since(tg.DownSince) > bound+bound/4
+		})
+	})
+	macB.SetDown(true)
+	waitTargets(t, fa, 0)
+	answered := chatInBackground(ctx, fa, "beta")
+	eventually(t, 10*time.Second, "the chat for beta queued", func() bool {
+		select {
+		case a := <-answered:
+			t.Fatalf("chat for beta answered while mac-b was down: %d %s %v, want it to wait for mac-b", a.code, a.body, a.err)
+		default:
+		}
+		jobs, _, err := fa.Store().List(ctx, broker.ListOptions{})
+		return err == nil && len(jobs) == 1
+	})
+	macB.SetDown(false)
+	a := <-answered
+	if a.err != nil || a.code != http.StatusOK || !bytes.Contains(a.body, []byte(`"done":true`)) {
+		t.Fatalf("chat for beta once mac-b was back: %d %s %v, want mac-b's answer", a.code, a.body, a.err)
 	}
 }
