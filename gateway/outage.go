@@ -30,6 +30,10 @@ type outage struct {
 	since time.Time
 	cause string // the pause's error, or what the targets say
 	own   bool   // the own target is the one down
+	// unlisted: no live target lists the model (the own one cannot run it). A job whose
+	// record says it runs can only run on a Mac whose foreman is gone: killed, its entry
+	// expired (one that stops in order hands its job back before it withdraws its entry).
+	unlisted bool
 }
 
 // outageProbe bounds the poll that checks an outage's own target before a call is
@@ -117,23 +121,44 @@ func (s *Server) downStands() bool {
 }
 
 // targetOutage reports whether no reachable target can run a job for model now: the
-// own target unreachable (the worker paused for it, or its polls go unanswered: refused,
-// or accepted and never answered, an Ollama wedged as a whole) and no other live target
-// that lists the model reachable; or, with several foremen, the own target lacking the
-// model and every other that lists it unreachable. A model no target lists is no
-// outage: one foreman runs it anyway (and the target answers), several leave it waiting
-// for the Mac that has it.
+// own target, when its worker runs the job, unreachable (the worker paused for it, or its
+// polls go unanswered: refused, or accepted and never answered, an Ollama wedged as a
+// whole) and no other live target that lists the model reachable; or, with several
+// foremen, the own target lacking the model and every other that lists it unreachable,
+// or none listing it. The own target's outage says nothing of a model its worker leaves
+// to the others.
+//
+// A model no target lists is an outage from when its call first saw it (since unknown):
+// the Mac that had it is gone (its foreman stopped, or its entry expired) and a job
+// waiting for it waits for that Mac's return. A new call for such a model is Ollama's 404
+// before it gets here; one already waiting would have waited with no bound.
 func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) {
 	own := s.ownOutage()
 	ownDown := !own.since.IsZero()
-	if !ownDown && (s.cfg.TargetClient == nil || s.inv.HasModel(model)) {
+	has := s.inv.HasModel(model)
+	if !ownDown && has {
+		return outage{}, false
+	}
+	others, err := s.readOtherTargets(ctx)
+	if err != nil {
+		s.log.Debug("read targets", "err", err)
+		if ownDown && (has || !s.cfg.OwnModelsOnly) {
+			return own, true
+		}
+		return outage{}, false // unknown: the next check reads them again
+	}
+	// The worker runs a model its target does not list only on a store of its own with
+	// no other foreman live (the target answers the call); otherwise it leaves it to
+	// the foreman whose Mac has it (the app's runsModel).
+	ownRuns := has || !s.cfg.OwnModelsOnly && len(others) == 0
+	if !ownDown && ownRuns {
 		return outage{}, false
 	}
 	want := ollama.NormalizeModel(model)
 	listed, known := false, true
 	now := time.Now()
 	var since time.Time // when the last of the targets that list the model went down
-	for _, t := range s.otherTargets(ctx) {
+	for _, t := range others {
 		if !t.HasModel(want) {
 			continue
 		}
@@ -153,7 +178,7 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 		}
 	}
 	switch {
-	case ownDown:
+	case ownRuns:
 		return own, true
 	case listed:
 		o := outage{cause: fmt.Sprintf("no reachable Ollama has model %q", model)}
@@ -162,7 +187,7 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 		}
 		return o, true
 	}
-	return outage{}, false
+	return outage{cause: fmt.Sprintf("no reachable Ollama has model %q: no live foreman lists it", model), unlisted: true}, true
 }
 
 // ownOutage is the own target's outage, since.IsZero() when it has none: from the
@@ -418,9 +443,10 @@ func (ow *outageWatch) over(ctx context.Context, j *broker.Job, answered bool, l
 	o, out := ow.s.targetOutage(ctx, j.Model)
 	now := time.Now()
 	switch {
-	// A running job counts when its target is the own one, or when every Mac that has
-	// its model is down by its foreman's word (since known): it runs on one of them.
-	case !out || !waiting && !o.own && o.since.IsZero():
+	// A running job counts when its target is the own one, when every Mac that has its
+	// model is down by its foreman's word (since known): it runs on one of them, or when
+	// no live Mac has its model: it runs on one whose foreman is gone.
+	case !out || !waiting && !o.own && !o.unlisted && o.since.IsZero():
 		ow.first = time.Time{}
 		return nil
 	case ow.first.IsZero():
