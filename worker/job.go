@@ -348,6 +348,9 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 		w.attemptFailed(ctx, bctx, d, j, r, silent, log)
 	case cause != nil:
 		w.handBack(bctx, d, j, r, log)
+	case errors.As(err, &httpErr) && httpErr.UpstreamDown():
+		// A proxy in front of the target could not reach it: not Ollama's answer.
+		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
 	case errors.As(err, &httpErr) && busy(httpErr.StatusCode):
 		w.targetAnswered()
 		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
@@ -716,8 +719,8 @@ func (w *Worker) fail(ctx context.Context, d *broker.Lease, sync bool, r *broker
 }
 
 // retry records a failed attempt and puts the job back with a delay, or fails it when its
-// attempts are used up; after a connection error or a stall it pauses the worker until
-// the target answers.
+// attempts are used up; after a connection error, a proxy's word that the target is not
+// there, or a stall, it pauses the worker until the target answers.
 func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, cause error, log *slog.Logger) {
 	// On JetStream's last delivery (the consumers' MaxDeliver) a NAK would leave the
 	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
@@ -758,9 +761,11 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	log.Warn("attempt failed; job will retry", "err", cause, "delay", delay)
 	w.nak(d, delay, log)
 	var connErr *ollama.ConnectionError
+	var httpErr *ollama.HTTPError
 	var stall *ollama.StallError
 	var silent *silentTargetError
-	if errors.As(cause, &connErr) || errors.As(cause, &stall) || errors.As(cause, &silent) {
+	if errors.As(cause, &connErr) || errors.As(cause, &httpErr) && httpErr.UpstreamDown() ||
+		errors.As(cause, &stall) || errors.As(cause, &silent) {
 		w.waitTarget(ctx, cause)
 	}
 }
