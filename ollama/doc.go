@@ -6,7 +6,8 @@
 //     loses or rewrites what a client sent;
 //   - the target Client, whose failures are typed: *ConnectionError means the
 //     target could not be reached or dropped the connection (retryable), and
-//     *HTTPError means the target answered with a non-2xx status (terminal);
+//     *HTTPError means the target answered with a non-2xx status (terminal, but
+//     for a proxy's 502 or 504, which says the target is not there: UpstreamDown);
 //   - the Inventory, a poller of /api/tags and /api/ps that keeps the last
 //     known model lists and reports when the target is degraded;
 //   - Ollama's rules the rest of foreman follows: NormalizeModel (how model names

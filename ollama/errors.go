@@ -24,11 +24,13 @@ func (e *ConnectionError) Error() string {
 func (e *ConnectionError) Unwrap() error { return e.Err }
 
 // Unreachable reports whether err says the target is not there: the connection failed
-// (refused, reset, cut off) or nothing answered in time. An answer with an error status
-// is not: the target, or a proxy in front of it, is up.
+// (refused, reset, cut off), nothing answered in time, or a proxy in front of it answered
+// that it could not reach it (HTTPError.UpstreamDown: 502, 504). Any other answer with an
+// error status is not: the target, or a proxy in front of it, is up.
 func Unreachable(err error) bool {
 	var ce *ConnectionError
-	return errors.As(err, &ce) || errors.Is(err, context.DeadlineExceeded)
+	var he *HTTPError
+	return errors.As(err, &ce) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &he) && he.UpstreamDown()
 }
 
 // HTTPError means the target answered with a non-2xx status. Message is the
@@ -36,6 +38,16 @@ func Unreachable(err error) bool {
 type HTTPError struct {
 	StatusCode int
 	Message    string
+}
+
+// UpstreamDown reports whether the status is a proxy's word that the Ollama behind it is
+// not there: 502 Bad Gateway (it refused or reset the proxy's connection) or 504 Gateway
+// Timeout (it did not answer the proxy in time), as nginx, Caddy or `tailscale serve` in
+// front of a Mac answer when the Mac is off, asleep or hung. Ollama's own server answers
+// neither (v0.17.4: only its desktop app's UI proxy does), so the call is retried and the
+// target waited for as after a connection error, not ended as Ollama's own "no".
+func (e *HTTPError) UpstreamDown() bool {
+	return e.StatusCode == http.StatusBadGateway || e.StatusCode == http.StatusGatewayTimeout
 }
 
 func (e *HTTPError) Error() string {

@@ -48,8 +48,9 @@ type Snapshot struct {
 	Polled   bool // at least one poll of this run succeeded
 	// DownSince is when the target stopped answering, as far as the polls know: the
 	// start of the first of the failed polls in a row whose error says it is not there
-	// (Unreachable: refused, reset, no answer within PollTimeout). Zero while it
-	// answers, even with an error status (a proxy passing only the model calls).
+	// (Unreachable: refused, reset, no answer within PollTimeout, a proxy's 502 or 504
+	// for it). Zero while it answers, even with another error status (a proxy passing
+	// only the model calls).
 	DownSince time.Time
 	// Remembered are InventoryConfig.Remembered (normalized), until a poll succeeds: the
 	// models a job may be queued for while no poll of this run has succeeded. Tags is nil

@@ -348,6 +348,9 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 		w.attemptFailed(ctx, bctx, d, j, r, silent, log)
 	case cause != nil:
 		w.handBack(bctx, d, j, r, log)
+	case errors.As(err, &httpErr) && httpErr.UpstreamDown():
+		// A proxy in front of the target could not reach it: not Ollama's answer.
+		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
 	case errors.As(err, &httpErr) && busy(httpErr.StatusCode):
 		w.targetAnswered()
 		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
@@ -377,10 +380,12 @@ func busy(status int) bool {
 
 // attemptFailed ends an attempt the target did not complete (unreachable, cut off,
 // stalled): the job is retried, unless it is a sync job whose caller already
-// has part of the response, where a second attempt cannot be spliced in.
+// has part of the response, where a second attempt cannot be spliced in. Either way a
+// target gone pauses the worker (see retry).
 func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, err error, log *slog.Logger) {
 	if r.Published() && j.Sync {
 		w.fail(bctx, d, true, r, err.Error(), 0, log)
+		w.waitIfGone(ctx, err)
 		return
 	}
 	w.retry(ctx, bctx, d, j, r, err, log)
@@ -716,8 +721,8 @@ func (w *Worker) fail(ctx context.Context, d *broker.Lease, sync bool, r *broker
 }
 
 // retry records a failed attempt and puts the job back with a delay, or fails it when its
-// attempts are used up; after a connection error or a stall it pauses the worker until
-// the target answers.
+// attempts are used up; either way, after a connection error, a proxy's word that the
+// target is not there, or a stall, it pauses the worker until the target answers.
 func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, cause error, log *slog.Logger) {
 	// On JetStream's last delivery (the consumers' MaxDeliver) a NAK would leave the
 	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
@@ -733,6 +738,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 			status = httpErr.StatusCode
 		}
 		w.fail(bctx, d, j.Sync, r, exhausted(cause.Error(), ""), status, log)
+		w.waitIfGone(ctx, cause)
 		return
 	}
 	if hook := w.cfg.beforeRetry; hook != nil {
@@ -757,10 +763,20 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	delay := w.cfg.retryDelay(j.Attempt)
 	log.Warn("attempt failed; job will retry", "err", cause, "delay", delay)
 	w.nak(d, delay, log)
+	w.waitIfGone(ctx, cause)
+}
+
+// waitIfGone pauses the worker (waitTarget) after an attempt that failed for want of its
+// target: not reached (refused, reset, cut off, or a proxy in front of it saying so with
+// a 502 or 504), or stalled. Also after the job's last attempt, or a sync job failed
+// mid-answer: the next job would spend an attempt on the same target.
+func (w *Worker) waitIfGone(ctx context.Context, cause error) {
 	var connErr *ollama.ConnectionError
+	var httpErr *ollama.HTTPError
 	var stall *ollama.StallError
 	var silent *silentTargetError
-	if errors.As(cause, &connErr) || errors.As(cause, &stall) || errors.As(cause, &silent) {
+	if errors.As(cause, &connErr) || errors.As(cause, &httpErr) && httpErr.UpstreamDown() ||
+		errors.As(cause, &stall) || errors.As(cause, &silent) {
 		w.waitTarget(ctx, cause)
 	}
 }

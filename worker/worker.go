@@ -509,9 +509,10 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		if w.isStopping(ctx) {
 			return nil, false, nil
 		}
-		// Only a target that is not there (refused, reset, no answer in time) is
-		// waited for: one that answers the poll badly (a proxy passing only the
-		// model calls) may still run jobs, as it did before the stop.
+		// Only a target that is not there (refused, reset, no answer in time, a
+		// proxy's 502 or 504 for it) is waited for: one that answers the poll badly (a
+		// proxy passing only the model calls) may still run jobs, as it did before the
+		// stop.
 		if ollama.Unreachable(perr) {
 			w.waitTarget(ctx, perr)
 			return nil, true, nil // the queue may have changed meanwhile: look again
@@ -740,7 +741,7 @@ func (w *Worker) waitStore(ctx context.Context, cause error) {
 // so the jobs behind do not each burn an attempt on a target that is down. A probe
 // answered with an error status is an answer (a proxy passing only the model calls
 // answers the polls so for good): only one the target is not there for (refused, reset,
-// no answer in time) keeps the pause.
+// no answer in time, a proxy's 502 or 504 for it: ollama.Unreachable) keeps the pause.
 func (w *Worker) waitTarget(ctx context.Context, cause error) {
 	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, ollama.Unreachable, w.cfg.TargetBack,
 		"target unreachable; worker paused", "target is back; resuming")

@@ -2,6 +2,7 @@ package ollamatest
 
 import (
 	"fmt"
+	"net/http"
 	"time"
 )
 
@@ -76,6 +77,16 @@ func BadAnswer(contentType, body string) Failure {
 	return Failure{kind: kindAnswer, code: 200, ctype: contentType, msg: body}
 }
 
+// ProxyError answers code (502, 504) with nginx's error page for it, as nginx in front
+// of Ollama does when Ollama refuses its connection (502 Bad Gateway) or does not answer
+// it in time (504 Gateway Timeout).
+func ProxyError(code int) Failure {
+	text := fmt.Sprintf("%d %s", code, http.StatusText(code))
+	page := "<html>\r\n<head><title>" + text + "</title></head>\r\n<body>\r\n<center><h1>" + text +
+		"</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+	return Failure{kind: kindAnswer, code: code, ctype: "text/html", msg: page}
+}
+
 // SlowFirstByte waits d (or until the client leaves) before serving normally.
 func SlowFirstByte(d time.Duration) Failure { return Failure{kind: kindSlow, delay: d} }
 
@@ -100,6 +111,9 @@ func (f Failure) String() string {
 	case kindNotOllama:
 		return "not ollama"
 	case kindAnswer:
+		if f.code != http.StatusOK {
+			return fmt.Sprintf("status %d as %s", f.code, f.ctype)
+		}
 		return fmt.Sprintf("bad answer %s", f.ctype)
 	}
 	return "none"

@@ -74,8 +74,9 @@ func (s *Server) wrap(fn handler) http.Handler {
 		s.calls = append(s.calls, Call{Method: r.Method, Path: r.URL.Path, Model: model, Started: time.Now(), Body: body,
 			RawPath: r.URL.EscapedPath(), RawQuery: r.URL.RawQuery, Header: r.Header.Clone()})
 		var f *Failure
-		if s.down {
-			f = &Failure{kind: kindDrop}
+		if s.down != nil {
+			down := *s.down
+			f = &down
 		} else {
 			f = s.takeFailureLocked(r.URL.Path)
 		}

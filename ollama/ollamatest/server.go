@@ -140,7 +140,7 @@ type Server struct {
 	loaded      string
 	resident    []string // listed by /api/ps after the loaded model (SetResident)
 	loads       int
-	down        bool
+	down        *Failure // every request's failure while set (SetDown, SetDownWith)
 	failures    []pendingFailure
 	inFlight    int
 	maxInFlight int
@@ -258,9 +258,23 @@ func (s *Server) SetResident(names ...string) {
 // SetDown(true) drops the connection of every request, as if the target were
 // down, until SetDown(false).
 func (s *Server) SetDown(down bool) {
+	if down {
+		s.SetDownWith(DropConnection)
+		return
+	}
+	s.SetDownWith(Failure{})
+}
+
+// SetDownWith applies f to every request, the metadata routes included, until
+// SetDownWith(Failure{}) (or SetDown(false)): SetDownWith(ProxyError(502)) is a Mac gone
+// behind nginx, whose every answer is the proxy's.
+func (s *Server) SetDownWith(f Failure) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.down = down
+	s.down = nil
+	if f.kind != 0 {
+		s.down = &f
+	}
 }
 
 // InFlight is the number of chat/generate/completion requests being served now.

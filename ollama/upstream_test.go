@@ -1,0 +1,61 @@
+package ollama_test
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// A proxy in front of Ollama (nginx, Caddy, tailscale serve) answers 502 or 504 when the
+// Mac behind it is off or hung: the target is not there, for a call and for a poll
+// alike, and the error keeps the status. Any other status is an answer (Ollama's, or a
+// proxy passing only the model calls).
+func TestProxyGatewayErrorIsUnreachable(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		code int
+		down bool
+	}{
+		{http.StatusBadGateway, true},
+		{http.StatusGatewayTimeout, true},
+		{http.StatusInternalServerError, false},
+		{http.StatusServiceUnavailable, false},
+		{http.StatusNotFound, false},
+	} {
+		t.Run(fmt.Sprint(c.code), func(t *testing.T) {
+			t.Parallel()
+			fake := ollamatest.New(t)
+			client := newClient(t, fake.URL)
+			inv := ollama.NewInventory(ollama.InventoryConfig{Client: client})
+			if err := inv.Refresh(testCtx(t)); err != nil {
+				t.Fatal(err)
+			}
+			fake.SetDownWith(ollamatest.ProxyError(c.code))
+
+			_, err := client.Stream(testCtx(t), "/api/chat", []byte(`{"model":"tiny-a","messages":[]}`), func([]byte) error { return nil })
+			var he *ollama.HTTPError
+			if !errors.As(err, &he) || he.StatusCode != c.code || ollama.Unreachable(err) != c.down {
+				t.Fatalf("chat: %v; want an HTTPError %d, unreachable %v", err, c.code, c.down)
+			}
+			if want := fmt.Sprintf("HTTP %d", c.code); !strings.Contains(err.Error(), want) {
+				t.Errorf("error %q does not say %s", err, want)
+			}
+
+			err = inv.Refresh(testCtx(t))
+			snap := inv.Snapshot()
+			if err == nil || !snap.Degraded || ollama.Unreachable(err) != c.down || snap.DownSince.IsZero() == c.down {
+				t.Fatalf("poll: %v, degraded %v, down since %v; want unreachable %v", err, snap.Degraded, snap.DownSince, c.down)
+			}
+
+			fake.SetDownWith(ollamatest.Failure{})
+			if err := inv.Refresh(testCtx(t)); err != nil || !inv.Snapshot().DownSince.IsZero() {
+				t.Fatalf("poll once the Mac is back: %v, down since %v", err, inv.Snapshot().DownSince)
+			}
+		})
+	}
+}
