@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"html"
 	"io"
 	"log/slog"
 	"net"
@@ -292,5 +293,23 @@ func errorMessage(raw []byte) string {
 	if err := json.Unmarshal(raw, &e); err == nil && e.Error != "" {
 		return e.Error
 	}
-	return strings.TrimSpace(string(raw))
+	text := strings.TrimSpace(string(raw))
+	// A proxy's error page (nginx, Caddy, a load balancer): its title says it, where the
+	// page would carry its markup into the job's error and the logs.
+	if strings.HasPrefix(text, "<") {
+		if _, rest, ok := cutFold(text, "<title>"); ok {
+			if title, _, ok := cutFold(rest, "</title>"); ok && strings.TrimSpace(title) != "" {
+				return strings.Join(strings.Fields(html.UnescapeString(title)), " ")
+			}
+		}
+	}
+	return text
+}
+
+// cutFold is strings.Cut with sep matched in any letter case (sep is lower case ASCII).
+func cutFold(s, sep string) (before, after string, found bool) {
+	if i := strings.Index(strings.ToLower(s), sep); i >= 0 {
+		return s[:i], s[i+len(sep):], true
+	}
+	return s, "", false
 }

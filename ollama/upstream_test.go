@@ -45,6 +45,10 @@ func TestProxyGatewayErrorIsUnreachable(t *testing.T) {
 			if want := fmt.Sprintf("HTTP %d", c.code); !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q does not say %s", err, want)
 			}
+			// The proxy's page is told by its title, not its markup.
+			if want := fmt.Sprintf("%d %s", c.code, http.StatusText(c.code)); he.Message != want {
+				t.Errorf("message %q, want the page's title %q", he.Message, want)
+			}
 
 			err = inv.Refresh(testCtx(t))
 			snap := inv.Snapshot()
