@@ -149,6 +149,7 @@ type Store struct {
 	tcache   []Target
 	tcacheAt time.Time
 	tgen     uint64 // bumped when the bucket changed under tcache: a read begun before stays uncached
+	clockOff bool   // this host's clock is off from the server's (checkClock)
 	// targetsRead, when set (tests), is called between a read of the bucket and its caching.
 	targetsRead func()
 

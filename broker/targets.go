@@ -13,7 +13,9 @@ import (
 
 // TargetsBucket holds one key per foreman's Ollama target (its name): what the target has
 // and has loaded, so every foreman on a shared NATS knows the models of all of them. An
-// entry not refreshed within its TTL goes away by itself with its foreman.
+// entry not refreshed within its TTL goes away by itself with its foreman. Its age is
+// taken on the NATS server's clock, which stamps each write, so a foreman's clock that is
+// off hides or keeps no entry (ADR-0056).
 const TargetsBucket = "FOREMAN_TARGETS"
 
 // defaultTargetTTL is how long a target's entry lives after its last refresh.
@@ -21,6 +23,11 @@ const defaultTargetTTL = 90 * time.Second
 
 // targetsMaxAge is how long Targets serves its last read before it reads the bucket again.
 const targetsMaxAge = time.Second
+
+// clockOffWarn is how far this foreman's clock may be from the NATS server's, as its own
+// entry tells (written at Updated, stamped at Created), before it says so: a publish
+// takes milliseconds, and no longer than its 5 s bound.
+const clockOffWarn = 5 * time.Second
 
 // Target is one foreman's view of its Ollama target, as published to TargetsBucket.
 type Target struct {
@@ -44,19 +51,19 @@ type Target struct {
 	// a loopback one: the others' webhook policy protects the target's port on them.
 	Addrs   []string  `json:"addrs,omitempty"`
 	Updated time.Time `json:"updated"`
-	// Expires is when the entry stops counting unless refreshed: Updated plus its own
-	// foreman's TargetTTL (entries of earlier versions lack it; the reader's TTL serves).
+	// Expires is Updated plus its own foreman's TargetTTL, both by that foreman's clock:
+	// the entry counts for that long after the NATS server stored it (lifetime). Entries
+	// of earlier versions lack it; the reader's TTL serves.
 	Expires time.Time `json:"expires,omitzero"`
 }
 
-// live reports whether t counts at now: before its own expiry, or, for an entry without
-// one, within ttl of its update.
-func (t Target) live(now time.Time, ttl time.Duration) bool {
-	exp := t.Expires
-	if exp.IsZero() {
-		exp = t.Updated.Add(ttl)
+// lifetime is how long t counts after it was written: Expires less Updated, a span on
+// one clock, which that clock's offset does not change; ttl for an entry without it.
+func (t Target) lifetime(ttl time.Duration) time.Duration {
+	if life := t.Expires.Sub(t.Updated); !t.Expires.IsZero() && life > 0 {
+		return life
 	}
-	return now.Before(exp)
+	return ttl
 }
 
 // HasModel reports whether the target lists the normalized model name.
@@ -80,8 +87,8 @@ func (s *Store) targetsKV(ctx context.Context) (jetstream.KeyValue, error) {
 	if s.targets != nil {
 		return s.targets, nil
 	}
-	// The bucket's TTL is the longest of its foremen's: each entry says when it expires
-	// (Target.Expires), and a foreman polling more often than another must not cut the
+	// The bucket's TTL is the longest of its foremen's: each entry says how long it lives
+	// (Target.lifetime), and a foreman polling more often than another must not cut the
 	// other's entries short by setting a shorter TTL. So it is only ever raised.
 	kv, err := raisedTTLBucket(ctx, s.js, jetstream.KeyValueConfig{
 		Bucket:      TargetsBucket,
@@ -154,11 +161,14 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := s.bucketKeys(ctx, TargetsBucket, ">")
+	keys, serverNow, err := s.bucketKeysAt(ctx, TargetsBucket, ">")
 	if err != nil {
 		return nil, fmt.Errorf("broker: list targets: %w", err)
 	}
 	now := s.Now()
+	if serverNow.IsZero() {
+		serverNow = now // a server before 2.10 does not tell its time: this clock stands for it
+	}
 	out := []Target{}
 	for _, k := range keys {
 		e, err := kv.Get(ctx, k)
@@ -169,8 +179,16 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 			return nil, fmt.Errorf("broker: read target %s: %w", k, err)
 		}
 		var t Target
-		if json.Unmarshal(e.Value(), &t) != nil || !t.live(now, s.cfg.TargetTTL) {
-			continue // unreadable, or past its foreman's TTL (the bucket keeps the longest one)
+		if json.Unmarshal(e.Value(), &t) != nil {
+			continue
+		}
+		if t.BootID == s.cfg.BootID {
+			s.checkClock(e.Created().Sub(t.Updated))
+		}
+		// Its age on the server's clock, both ends: no foreman's clock, however far off,
+		// makes an entry dead early or live late.
+		if serverNow.Sub(e.Created()) >= t.lifetime(s.cfg.TargetTTL) {
+			continue // past its foreman's TTL (the bucket keeps the longest one)
 		}
 		out = append(out, t)
 	}
@@ -192,4 +210,26 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	}
 	s.tmu.Unlock()
 	return out, nil
+}
+
+// checkClock warns once while this foreman's clock is off from the NATS server's by more
+// than clockOffWarn (off: the server's time of its own entry's write less the entry's
+// Updated). The targets do not depend on it (Targets); the ages of other records, on a
+// shared NATS, do (ADR-0043, ADR-0025).
+func (s *Store) checkClock(off time.Duration) {
+	far := off > clockOffWarn || off < -clockOffWarn
+	s.tmu.Lock()
+	was := s.clockOff
+	s.clockOff = far
+	s.tmu.Unlock()
+	switch {
+	case far && !was:
+		way := "behind"
+		if off < 0 {
+			way, off = "ahead of", -off
+		}
+		s.log.Warn(fmt.Sprintf("this host's clock is %s the NATS server's by %s: set it right (NTP)", way, off.Round(time.Second)))
+	case !far && was:
+		s.log.Info("this host's clock agrees with the NATS server's again")
+	}
 }

@@ -618,8 +618,8 @@ func TestSeveralMacsSyncCallRefusedAtOnceInALongOutage(t *testing.T) {
 // Another foreman's clock may be off: its Mac's outage counts as long as that foreman
 // measured it, not from its down_since read on this foreman's clock. A Mac that went down
 // just now, by a clock 5 s behind, does not get a call refused at once as if it had been
-// down for 5 s, past the bound (1 s here): the call waits the bound first. (A clock off
-// by more than the entries' TTL makes them look expired, or live too long, anyway.)
+// down for 5 s, past the bound (1 s here): the call waits the bound first. (Whether the
+// entry counts at all is judged on the NATS server's clock, ADR-0056.)
 func TestSeveralMacsOutageOfAnotherClockCountsItsLength(t *testing.T) {
 	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
 	nurl := sharedNATS(t)
