@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // TargetsBucket holds one key per foreman's Ollama target (its name): what the target has
@@ -105,7 +107,10 @@ func (s *Store) targetsKV(ctx context.Context) (jetstream.KeyValue, error) {
 	return kv, nil
 }
 
-// PublishTarget writes t (stamped with this foreman's boot id and the time) under its name.
+// PublishTarget writes t (stamped with this foreman's boot id and the time) under its
+// name. Once this store wrote the entry, it writes it again only over its own last
+// write: a write by another foreman found in between is a name conflict
+// (TargetNameConflict), and is overwritten all the same.
 func (s *Store) PublishTarget(ctx context.Context, t Target) error {
 	kv, err := s.targetsKV(ctx)
 	if err != nil {
@@ -117,24 +122,72 @@ func (s *Store) PublishTarget(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
-	if _, err := kv.Put(ctx, targetKey(t.Name), v); err != nil {
+	key := targetKey(t.Name)
+	s.tmu.Lock()
+	last := s.trev[key]
+	s.tmu.Unlock()
+	var rev uint64
+	if last != 0 {
+		rev, err = kv.Update(ctx, key, v, last)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			s.noteOverwrite(ctx, kv, key)
+		}
+	}
+	if last == 0 || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		rev, err = kv.Put(ctx, key, v)
+	}
+	if err != nil {
 		return fmt.Errorf("broker: publish target %s: %w", t.Name, err)
 	}
+	s.tmu.Lock()
+	if s.trev == nil {
+		s.trev = map[string]uint64{}
+	}
+	s.trev[key] = max(s.trev[key], rev)
+	s.tmu.Unlock()
 	s.dropTargetsCache() // read our own write
 	return nil
 }
 
-// WithdrawTarget removes the entry of target name (a foreman that stops in order).
+// WithdrawTarget removes the entry of target name (a foreman that stops in order) if it
+// is still this store's: one with the same name may have written it since.
 func (s *Store) WithdrawTarget(ctx context.Context, name string) error {
 	kv, err := s.targetsKV(ctx)
 	if err != nil {
 		return err
 	}
-	if err := kv.Delete(ctx, targetKey(name)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	key := targetKey(name)
+	e, err := s.targetEntry(ctx, kv, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("broker: withdraw target %s: %w", name, err)
 	}
+	var t Target
+	if json.Unmarshal(e.Value(), &t) != nil || t.BootID != s.cfg.BootID {
+		s.log.Info("target entry left in place: another foreman wrote it", "target", name, "boot_id", t.BootID)
+		return nil
+	}
+	// Deleted only as read: a write in between is another foreman's.
+	err = kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return fmt.Errorf("broker: withdraw target %s: %w", name, err)
+	}
+	s.tmu.Lock()
+	delete(s.trev, key)
+	s.tmu.Unlock()
 	s.dropTargetsCache()
 	return nil
+}
+
+// targetEntry is key's current entry, from the bucket stream's leader when the bucket
+// may be replicated: a replica behind it may still hold an earlier write (leaderget.go).
+func (s *Store) targetEntry(ctx context.Context, kv jetstream.KeyValue, key string) (jetstream.KeyValueEntry, error) {
+	if s.mayBeReplicated() {
+		return s.leaderGet(ctx, TargetsBucket, key)
+	}
+	return kv.Get(ctx, key)
 }
 
 // dropTargetsCache makes the next Targets read the bucket, and keeps a read begun before
@@ -232,4 +285,58 @@ func (s *Store) checkClock(off time.Duration) {
 	case !far && was:
 		s.log.Info("this host's clock agrees with the NATS server's again")
 	}
+}
+
+// TargetNameConflict is another foreman found writing its target's entry under the same
+// key as this one (the same FOREMAN_TARGET_NAME, or one that differs only where a key
+// cannot hold it): the two overwrite each other's entry, each takes the other's for its
+// own and ignores it, and the other foremen see whichever wrote last.
+type TargetNameConflict struct {
+	// Name, BootID and URL are the other foreman's, as its entry gave them.
+	Name, BootID, URL string
+	// Seen is when this foreman last found its entry overwritten by the other.
+	Seen time.Time
+	// until is when the conflict stops being reported unless seen again: longer than
+	// either foreman takes between two publishes.
+	until time.Time
+}
+
+// noteOverwrite reads the entry under key, which is not this store's last write: another
+// foreman's is a name conflict, logged when first seen. A deleted or expired entry, or
+// this store's own (a write whose answer was lost, or a publish made meanwhile), is none.
+func (s *Store) noteOverwrite(ctx context.Context, kv jetstream.KeyValue, key string) {
+	e, err := s.targetEntry(ctx, kv, key)
+	if err != nil {
+		return
+	}
+	var t Target
+	if json.Unmarshal(e.Value(), &t) != nil || t.BootID == s.cfg.BootID {
+		return
+	}
+	c := TargetNameConflict{Name: t.Name, BootID: t.BootID, URL: ollama.RedactURL(t.URL), Seen: s.Now()}
+	c.until = c.Seen.Add(max(t.lifetime(s.cfg.TargetTTL), s.cfg.TargetTTL))
+	s.tmu.Lock()
+	prev, had := s.tconflict[key]
+	if s.tconflict == nil {
+		s.tconflict = map[string]TargetNameConflict{}
+	}
+	s.tconflict[key] = c
+	s.tmu.Unlock()
+	if !had || prev.BootID != c.BootID || !c.Seen.Before(prev.until) {
+		s.log.Error("another foreman publishes its target under this one's name: the two overwrite each other's entry "+
+			"and the other foremen see one of them at a time; give each foreman its own FOREMAN_TARGET_NAME",
+			"target_key", key, "other_name", c.Name, "other_boot_id", c.BootID, "other_url", c.URL)
+	}
+}
+
+// TargetNameConflict reports another foreman seen writing target name's entry within
+// the last lifetime of either one's entry.
+func (s *Store) TargetNameConflict(name string) (TargetNameConflict, bool) {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	c, ok := s.tconflict[targetKey(name)]
+	if !ok || !s.Now().Before(c.until) {
+		return TargetNameConflict{}, false
+	}
+	return c, true
 }

@@ -1,12 +1,15 @@
 package app_test
 
 import (
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // clockOff sets a foreman's store clock d off from the real one.
@@ -32,6 +35,36 @@ func TestSeveralMacsWithClocksOffSeeEachOther(t *testing.T) {
 	} {
 		if code, b := call(t, c.via, http.MethodPost, c.path, c.body); code != http.StatusOK {
 			t.Errorf("%s %s: %d %s", c.path, c.body, code, b)
+		}
+	}
+}
+
+// Two foremen given the same FOREMAN_TARGET_NAME overwrite each other's entry: each
+// says so on /healthz (degraded, naming the other), where nothing told of it before.
+func TestSeveralMacsSharingATargetNameSayWhy(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	fa := startForeman(t, nurl, "studio", macA.URL)
+	fb := startForeman(t, nurl, "studio", macB.URL)
+	for _, c := range []struct {
+		self, other *app.App
+		otherURL    string
+	}{{fa, fb, macB.URL}, {fb, fa, macA.URL}} {
+		var h struct {
+			Status   string `json:"status"`
+			Conflict string `json:"target_name_conflict"`
+		}
+		eventually(t, 15*time.Second, "/healthz tells of the other foreman named studio", func() bool {
+			_, b := call(t, c.self, http.MethodGet, "/healthz", "")
+			h.Conflict = ""
+			_ = json.Unmarshal(b, &h)
+			return h.Conflict != ""
+		})
+		if h.Status != "degraded" || !strings.Contains(h.Conflict, c.other.BootID()) || !strings.Contains(h.Conflict, c.otherURL) ||
+			!strings.Contains(h.Conflict, "FOREMAN_TARGET_NAME") {
+			t.Errorf("/healthz: status %s, target_name_conflict %q; want degraded, naming the other's boot id and URL %s and the setting",
+				h.Status, h.Conflict, c.otherURL)
 		}
 	}
 }
