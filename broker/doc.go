@@ -29,7 +29,7 @@
 //
 // and on first use:
 //
-//	KV     FOREMAN_TARGETS       target.<name>   each target's inventory, for the other foremen (TTL: polls, ADR-0029)
+//	KV     FOREMAN_TARGETS       target.<name>   each target's inventory, for the other foremen (TTL: polls, aged on the server's clock, ADR-0029, ADR-0056)
 //	KV     FOREMAN_KNOWN_MODELS  target.<name>   each target's last polled model list, kept across restarts (TTL: job TTL, ADR-0047)
 //
 // Storing a state and announcing it are one operation: the KV bucket re-publishes every

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -17,8 +18,16 @@ import (
 // keys that were being written every millisecond; nats.py fixed the same flaw in its
 // watcher, nats-io/nats.py#995).
 func (s *Store) bucketKeys(ctx context.Context, bucket, pattern string) ([]string, error) {
+	keys, _, err := s.bucketKeysAt(ctx, bucket, pattern)
+	return keys, err
+}
+
+// bucketKeysAt is bucketKeys, with the NATS server's time of the listing (zero from a
+// server too old to say it): the clock that stamps each entry's Created.
+func (s *Store) bucketKeysAt(ctx context.Context, bucket, pattern string) ([]string, time.Time, error) {
 	prefix := "$KV." + bucket + "."
 	var subjects map[string]uint64
+	var at time.Time
 	err := s.retry(ctx, func(ctx context.Context) error {
 		st, err := s.js.Stream(ctx, "KV_"+bucket)
 		if err != nil {
@@ -28,15 +37,15 @@ func (s *Store) bucketKeys(ctx context.Context, bucket, pattern string) ([]strin
 		if err != nil {
 			return err
 		}
-		subjects = info.State.Subjects
+		subjects, at = info.State.Subjects, info.TimeStamp
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	keys := make([]string, 0, len(subjects))
 	for subj := range subjects {
 		keys = append(keys, strings.TrimPrefix(subj, prefix))
 	}
-	return keys, nil
+	return keys, at, nil
 }

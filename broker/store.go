@@ -149,6 +149,11 @@ type Store struct {
 	tcache   []Target
 	tcacheAt time.Time
 	tgen     uint64 // bumped when the bucket changed under tcache: a read begun before stays uncached
+	clockOff bool   // this host's clock is off from the server's (checkClock)
+	// trev is the revision of this store's last write of each target key; tconflict, the
+	// other foremen found writing under one of them (TargetNameConflict).
+	trev      map[string]uint64
+	tconflict map[string]TargetNameConflict
 	// targetsRead, when set (tests), is called between a read of the bucket and its caching.
 	targetsRead func()
 

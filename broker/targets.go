@@ -9,11 +9,15 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // TargetsBucket holds one key per foreman's Ollama target (its name): what the target has
 // and has loaded, so every foreman on a shared NATS knows the models of all of them. An
-// entry not refreshed within its TTL goes away by itself with its foreman.
+// entry not refreshed within its TTL goes away by itself with its foreman. Its age is
+// taken on the NATS server's clock, which stamps each write, so a foreman's clock that is
+// off hides or keeps no entry (ADR-0056).
 const TargetsBucket = "FOREMAN_TARGETS"
 
 // defaultTargetTTL is how long a target's entry lives after its last refresh.
@@ -21,6 +25,11 @@ const defaultTargetTTL = 90 * time.Second
 
 // targetsMaxAge is how long Targets serves its last read before it reads the bucket again.
 const targetsMaxAge = time.Second
+
+// clockOffWarn is how far this foreman's clock may be from the NATS server's, as its own
+// entry tells (written at Updated, stamped at Created), before it says so: a publish
+// takes milliseconds, and no longer than its 5 s bound.
+const clockOffWarn = 5 * time.Second
 
 // Target is one foreman's view of its Ollama target, as published to TargetsBucket.
 type Target struct {
@@ -44,19 +53,19 @@ type Target struct {
 	// a loopback one: the others' webhook policy protects the target's port on them.
 	Addrs   []string  `json:"addrs,omitempty"`
 	Updated time.Time `json:"updated"`
-	// Expires is when the entry stops counting unless refreshed: Updated plus its own
-	// foreman's TargetTTL (entries of earlier versions lack it; the reader's TTL serves).
+	// Expires is Updated plus its own foreman's TargetTTL, both by that foreman's clock:
+	// the entry counts for that long after the NATS server stored it (lifetime). Entries
+	// of earlier versions lack it; the reader's TTL serves.
 	Expires time.Time `json:"expires,omitzero"`
 }
 
-// live reports whether t counts at now: before its own expiry, or, for an entry without
-// one, within ttl of its update.
-func (t Target) live(now time.Time, ttl time.Duration) bool {
-	exp := t.Expires
-	if exp.IsZero() {
-		exp = t.Updated.Add(ttl)
+// lifetime is how long t counts after it was written: Expires less Updated, a span on
+// one clock, which that clock's offset does not change; ttl for an entry without it.
+func (t Target) lifetime(ttl time.Duration) time.Duration {
+	if life := t.Expires.Sub(t.Updated); !t.Expires.IsZero() && life > 0 {
+		return life
 	}
-	return now.Before(exp)
+	return ttl
 }
 
 // HasModel reports whether the target lists the normalized model name.
@@ -80,8 +89,8 @@ func (s *Store) targetsKV(ctx context.Context) (jetstream.KeyValue, error) {
 	if s.targets != nil {
 		return s.targets, nil
 	}
-	// The bucket's TTL is the longest of its foremen's: each entry says when it expires
-	// (Target.Expires), and a foreman polling more often than another must not cut the
+	// The bucket's TTL is the longest of its foremen's: each entry says how long it lives
+	// (Target.lifetime), and a foreman polling more often than another must not cut the
 	// other's entries short by setting a shorter TTL. So it is only ever raised.
 	kv, err := raisedTTLBucket(ctx, s.js, jetstream.KeyValueConfig{
 		Bucket:      TargetsBucket,
@@ -98,7 +107,10 @@ func (s *Store) targetsKV(ctx context.Context) (jetstream.KeyValue, error) {
 	return kv, nil
 }
 
-// PublishTarget writes t (stamped with this foreman's boot id and the time) under its name.
+// PublishTarget writes t (stamped with this foreman's boot id and the time) under its
+// name. Once this store wrote the entry, it writes it again only over its own last
+// write: a write by another foreman found in between is a name conflict
+// (TargetNameConflict), and is overwritten all the same.
 func (s *Store) PublishTarget(ctx context.Context, t Target) error {
 	kv, err := s.targetsKV(ctx)
 	if err != nil {
@@ -110,24 +122,72 @@ func (s *Store) PublishTarget(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
-	if _, err := kv.Put(ctx, targetKey(t.Name), v); err != nil {
+	key := targetKey(t.Name)
+	s.tmu.Lock()
+	last := s.trev[key]
+	s.tmu.Unlock()
+	var rev uint64
+	if last != 0 {
+		rev, err = kv.Update(ctx, key, v, last)
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			s.noteOverwrite(ctx, kv, key)
+		}
+	}
+	if last == 0 || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		rev, err = kv.Put(ctx, key, v)
+	}
+	if err != nil {
 		return fmt.Errorf("broker: publish target %s: %w", t.Name, err)
 	}
+	s.tmu.Lock()
+	if s.trev == nil {
+		s.trev = map[string]uint64{}
+	}
+	s.trev[key] = max(s.trev[key], rev)
+	s.tmu.Unlock()
 	s.dropTargetsCache() // read our own write
 	return nil
 }
 
-// WithdrawTarget removes the entry of target name (a foreman that stops in order).
+// WithdrawTarget removes the entry of target name (a foreman that stops in order) if it
+// is still this store's: one with the same name may have written it since.
 func (s *Store) WithdrawTarget(ctx context.Context, name string) error {
 	kv, err := s.targetsKV(ctx)
 	if err != nil {
 		return err
 	}
-	if err := kv.Delete(ctx, targetKey(name)); err != nil && !errors.Is(err, jetstream.ErrKeyNotFound) {
+	key := targetKey(name)
+	e, err := s.targetEntry(ctx, kv, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("broker: withdraw target %s: %w", name, err)
 	}
+	var t Target
+	if json.Unmarshal(e.Value(), &t) != nil || t.BootID != s.cfg.BootID {
+		s.log.Info("target entry left in place: another foreman wrote it", "target", name, "boot_id", t.BootID)
+		return nil
+	}
+	// Deleted only as read: a write in between is another foreman's.
+	err = kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return fmt.Errorf("broker: withdraw target %s: %w", name, err)
+	}
+	s.tmu.Lock()
+	delete(s.trev, key)
+	s.tmu.Unlock()
 	s.dropTargetsCache()
 	return nil
+}
+
+// targetEntry is key's current entry, from the bucket stream's leader when the bucket
+// may be replicated: a replica behind it may still hold an earlier write (leaderget.go).
+func (s *Store) targetEntry(ctx context.Context, kv jetstream.KeyValue, key string) (jetstream.KeyValueEntry, error) {
+	if s.mayBeReplicated() {
+		return s.leaderGet(ctx, TargetsBucket, key)
+	}
+	return kv.Get(ctx, key)
 }
 
 // dropTargetsCache makes the next Targets read the bucket, and keeps a read begun before
@@ -154,11 +214,14 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := s.bucketKeys(ctx, TargetsBucket, ">")
+	keys, serverNow, err := s.bucketKeysAt(ctx, TargetsBucket, ">")
 	if err != nil {
 		return nil, fmt.Errorf("broker: list targets: %w", err)
 	}
 	now := s.Now()
+	if serverNow.IsZero() {
+		serverNow = now // a server before 2.10 does not tell its time: this clock stands for it
+	}
 	out := []Target{}
 	for _, k := range keys {
 		e, err := kv.Get(ctx, k)
@@ -169,8 +232,16 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 			return nil, fmt.Errorf("broker: read target %s: %w", k, err)
 		}
 		var t Target
-		if json.Unmarshal(e.Value(), &t) != nil || !t.live(now, s.cfg.TargetTTL) {
-			continue // unreadable, or past its foreman's TTL (the bucket keeps the longest one)
+		if json.Unmarshal(e.Value(), &t) != nil {
+			continue
+		}
+		if t.BootID == s.cfg.BootID {
+			s.checkClock(e.Created().Sub(t.Updated))
+		}
+		// Its age on the server's clock, both ends: no foreman's clock, however far off,
+		// makes an entry dead early or live late.
+		if serverNow.Sub(e.Created()) >= t.lifetime(s.cfg.TargetTTL) {
+			continue // past its foreman's TTL (the bucket keeps the longest one)
 		}
 		out = append(out, t)
 	}
@@ -192,4 +263,80 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	}
 	s.tmu.Unlock()
 	return out, nil
+}
+
+// checkClock warns once while this foreman's clock is off from the NATS server's by more
+// than clockOffWarn (off: the server's time of its own entry's write less the entry's
+// Updated). The targets do not depend on it (Targets); the ages of other records, on a
+// shared NATS, do (ADR-0043, ADR-0025).
+func (s *Store) checkClock(off time.Duration) {
+	far := off > clockOffWarn || off < -clockOffWarn
+	s.tmu.Lock()
+	was := s.clockOff
+	s.clockOff = far
+	s.tmu.Unlock()
+	switch {
+	case far && !was:
+		way := "behind"
+		if off < 0 {
+			way, off = "ahead of", -off
+		}
+		s.log.Warn(fmt.Sprintf("this host's clock is %s the NATS server's by %s: set it right (NTP)", way, off.Round(time.Second)))
+	case !far && was:
+		s.log.Info("this host's clock agrees with the NATS server's again")
+	}
+}
+
+// TargetNameConflict is another foreman found writing its target's entry under the same
+// key as this one (the same FOREMAN_TARGET_NAME, or one that differs only where a key
+// cannot hold it): the two overwrite each other's entry, each takes the other's for its
+// own and ignores it, and the other foremen see whichever wrote last.
+type TargetNameConflict struct {
+	// Name, BootID and URL are the other foreman's, as its entry gave them.
+	Name, BootID, URL string
+	// Seen is when this foreman last found its entry overwritten by the other.
+	Seen time.Time
+	// until is when the conflict stops being reported unless seen again: longer than
+	// either foreman takes between two publishes.
+	until time.Time
+}
+
+// noteOverwrite reads the entry under key, which is not this store's last write: another
+// foreman's is a name conflict, logged when first seen. A deleted or expired entry, or
+// this store's own (a write whose answer was lost, or a publish made meanwhile), is none.
+func (s *Store) noteOverwrite(ctx context.Context, kv jetstream.KeyValue, key string) {
+	e, err := s.targetEntry(ctx, kv, key)
+	if err != nil {
+		return
+	}
+	var t Target
+	if json.Unmarshal(e.Value(), &t) != nil || t.BootID == s.cfg.BootID {
+		return
+	}
+	c := TargetNameConflict{Name: t.Name, BootID: t.BootID, URL: ollama.RedactURL(t.URL), Seen: s.Now()}
+	c.until = c.Seen.Add(max(t.lifetime(s.cfg.TargetTTL), s.cfg.TargetTTL))
+	s.tmu.Lock()
+	prev, had := s.tconflict[key]
+	if s.tconflict == nil {
+		s.tconflict = map[string]TargetNameConflict{}
+	}
+	s.tconflict[key] = c
+	s.tmu.Unlock()
+	if !had || prev.BootID != c.BootID || !c.Seen.Before(prev.until) {
+		s.log.Error("another foreman publishes its target under this one's name: the two overwrite each other's entry "+
+			"and the other foremen see one of them at a time; give each foreman its own FOREMAN_TARGET_NAME",
+			"target_key", key, "other_name", c.Name, "other_boot_id", c.BootID, "other_url", c.URL)
+	}
+}
+
+// TargetNameConflict reports another foreman seen writing target name's entry within
+// the last lifetime of either one's entry.
+func (s *Store) TargetNameConflict(name string) (TargetNameConflict, bool) {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	c, ok := s.tconflict[targetKey(name)]
+	if !ok || !s.Now().Before(c.until) {
+		return TargetNameConflict{}, false
+	}
+	return c, true
 }

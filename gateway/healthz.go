@@ -2,10 +2,12 @@ package gateway
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -23,6 +25,9 @@ type health struct {
 	NATS     string       `json:"nats"`
 	// Targets are this foreman's target and those of the other live foremen (ADR-0029).
 	Targets []targetView `json:"targets"`
+	// TargetNameConflict says that another foreman publishes its target under this one's
+	// name (ADR-0056): the Macs' shared inventory is split until one is renamed.
+	TargetNameConflict string `json:"target_name_conflict,omitempty"`
 }
 
 // healthTargetsWait bounds /healthz's read of the other foremen's targets.
@@ -60,6 +65,10 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 			h.NATS, h.Degraded = err.Error(), true
 		}
 	}
+	if c, ok := s.store.TargetNameConflict(s.cfg.TargetName); ok {
+		h.TargetNameConflict = nameConflict(s.cfg.TargetName, c)
+		h.Degraded = true
+	}
 	if h.Degraded {
 		h.Status = "degraded"
 	}
@@ -80,4 +89,16 @@ func (s *Server) handleHealthz(w http.ResponseWriter, r *http.Request) {
 		h.Targets[i].Models = nil // /healthz is unauthenticated: loaded models and reachability only
 	}
 	writeJSON(w, http.StatusOK, h)
+}
+
+// nameConflict is /healthz's word on another foreman publishing under the own target
+// name.
+func nameConflict(own string, c broker.TargetNameConflict) string {
+	as := ""
+	if c.Name != own {
+		as = fmt.Sprintf(" (as %q, the same key)", c.Name)
+	}
+	return fmt.Sprintf("another foreman (boot id %s, Ollama at %s) publishes its target under FOREMAN_TARGET_NAME %q too%s, "+
+		"last seen %s: the other foremen see one of the two at a time; give each foreman its own FOREMAN_TARGET_NAME",
+		c.BootID, c.URL, own, as, c.Seen.UTC().Format(time.RFC3339))
 }
