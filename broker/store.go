@@ -149,6 +149,9 @@ type Store struct {
 	tcache   []Target
 	tcacheAt time.Time
 	tgen     uint64 // bumped when the bucket changed under tcache: a read begun before stays uncached
+	// treads numbers the Targets reads of the bucket as they begin; tcacheRead is the
+	// number of the read in tcache: an older read ending later does not replace it.
+	treads, tcacheRead uint64
 	// targetsRead, when set (tests), is called between a read of the bucket and its caching.
 	targetsRead func()
 
