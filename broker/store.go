@@ -154,6 +154,9 @@ type Store struct {
 	// other foremen found writing under one of them (TargetNameConflict).
 	trev      map[string]uint64
 	tconflict map[string]TargetNameConflict
+	// treads numbers the Targets reads of the bucket as they begin; tcacheRead is the
+	// number of the read in tcache: an older read ending later does not replace it.
+	treads, tcacheRead uint64
 	// targetsRead, when set (tests), is called between a read of the bucket and its caching.
 	targetsRead func()
 

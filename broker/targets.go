@@ -200,7 +200,10 @@ func (s *Store) dropTargetsCache() {
 }
 
 // Targets returns the live targets, sorted by name. It reads the bucket at most once a
-// second and serves that read in between: it is called on every pick and submit.
+// second and serves that read in between: it is called on every pick and submit. Reads
+// at once (a pick, a submit, a poll) may end in any order: one is cached only if no read
+// begun after it was cached first, so an older list (without another foreman's entry
+// published meanwhile) never replaces a newer one.
 func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	s.tmu.Lock()
 	if s.tcache != nil && s.Now().Sub(s.tcacheAt) < targetsMaxAge {
@@ -209,6 +212,8 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		return out, nil
 	}
 	gen := s.tgen
+	s.treads++
+	read := s.treads
 	s.tmu.Unlock()
 	kv, err := s.targetsKV(ctx)
 	if err != nil {
@@ -258,8 +263,8 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		s.targetsRead()
 	}
 	s.tmu.Lock()
-	if s.tgen == gen {
-		s.tcache, s.tcacheAt = out, now
+	if s.tgen == gen && read > s.tcacheRead {
+		s.tcache, s.tcacheAt, s.tcacheRead = out, now, read
 	}
 	s.tmu.Unlock()
 	return out, nil

@@ -155,3 +155,56 @@ func TestTargetsReadBeforeAPublishIsNotCached(t *testing.T) {
 		t.Fatalf("the read after the publish: %+v, %v; want mac-a and mac-b", got, err)
 	}
 }
+
+// Of two Targets reads at once, the one that began first and ends last does not cache
+// its older list over the newer one's: another foreman's publish seen by the later read
+// (this process is not told of it, as of its own) stays seen, not taken back for the
+// cache's second. Under load such a read left a target out, and the model only it had
+// was answered "not found".
+func TestTargetsOlderReadIsNotCachedOverANewerOne(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	other, err := broker.Open(ctx, broker.Config{Conn: b.Conn}) // another foreman on the NATS
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Store.PublishTarget(ctx, broker.Target{Name: "mac-a", Reachable: true}); err != nil {
+		t.Fatal(err)
+	}
+	first, resume := make(chan struct{}), make(chan struct{})
+	letGo := sync.OnceFunc(func() { close(resume) })
+	defer letGo() // a failure below does not leave the first read waiting
+	var once sync.Once
+	b.Store.SetTargetsRead(func() {
+		held := false
+		once.Do(func() { held = true })
+		if held { // the first read has read the bucket: it waits before caching
+			close(first)
+			<-resume
+		}
+	})
+	older := make(chan []broker.Target, 1)
+	go func() {
+		got, err := b.Store.Targets(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		older <- got
+	}()
+	<-first
+	if err := other.PublishTarget(ctx, broker.Target{Name: "mac-b", Reachable: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Store.Targets(ctx); err != nil || len(got) != 2 {
+		t.Fatalf("the read after mac-b's publish: %+v, %v; want mac-a and mac-b", got, err)
+	}
+	letGo()
+	if got := <-older; len(got) != 1 {
+		t.Fatalf("the read begun before mac-b's publish: %+v; want mac-a alone", got)
+	}
+	if got, err := b.Store.Targets(ctx); err != nil || len(got) != 2 {
+		t.Fatalf("the read after both: %+v, %v; want mac-a and mac-b, not the older read's list", got, err)
+	}
+}

@@ -125,13 +125,35 @@ func clusterRun(t *testing.T, victim func(*brokertest.Cluster, *app.App) int) {
 	}
 	// Exactly one terminal record each: the record's attempt says how many starts it saw.
 	for i, id := range ids {
-		j, _, err := foremen[i%2].Store().Get(ctx, id)
+		j, err := terminalRecord(ctx, foremen[i%2].Store(), id)
 		if err != nil {
 			t.Errorf("read job %s: %v", id, err)
 			continue
 		}
 		if j.State != broker.StateDone || j.Attempt != 1 {
 			t.Errorf("job %s: state %s attempt %d, want done attempt 1", id, j.State, j.Attempt)
+		}
+	}
+}
+
+// terminalRecord reads job id's record until it is terminal, or ctx ends (then it returns
+// the last one read). A read may be served by a replica still behind the bucket's leader
+// (broker/leaderget.go), as one is for a while after a node died: it finds an older
+// revision of a record another foreman already answered done, "working" say, not a
+// record that went back.
+func terminalRecord(ctx context.Context, s *broker.Store, id string) (*broker.Job, error) {
+	for {
+		j, _, err := s.Get(ctx, id)
+		if err == nil && j.State.Terminal() {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			if err == nil {
+				return j, nil
+			}
+			return nil, err
+		case <-time.After(10 * time.Millisecond): // polling with a deadline
 		}
 	}
 }
