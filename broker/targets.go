@@ -224,9 +224,6 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		return nil, fmt.Errorf("broker: list targets: %w", err)
 	}
 	now := s.Now()
-	if serverNow.IsZero() {
-		serverNow = now // a server before 2.10 does not tell its time: this clock stands for it
-	}
 	out := []Target{}
 	for _, k := range keys {
 		e, err := kv.Get(ctx, k)
@@ -244,8 +241,11 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 			s.checkClock(e.Created().Sub(t.Updated))
 		}
 		// Its age on the server's clock, both ends: no foreman's clock, however far off,
-		// makes an entry dead early or live late.
-		if serverNow.Sub(e.Created()) >= t.lifetime(s.cfg.TargetTTL) {
+		// makes an entry dead early or live late. A server before 2.10 does not tell its
+		// time: then the writer's expiry against this clock, which holds while the
+		// foremen's clocks agree, whatever the server's.
+		if serverNow.IsZero() && !now.Before(t.Updated.Add(t.lifetime(s.cfg.TargetTTL))) ||
+			!serverNow.IsZero() && serverNow.Sub(e.Created()) >= t.lifetime(s.cfg.TargetTTL) {
 			continue // past its foreman's TTL (the bucket keeps the longest one)
 		}
 		out = append(out, t)
@@ -275,9 +275,14 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 // Updated). The targets do not depend on it (Targets); the ages of other records, on a
 // shared NATS, do (ADR-0043, ADR-0025).
 func (s *Store) checkClock(off time.Duration) {
-	far := off > clockOffWarn || off < -clockOffWarn
 	s.tmu.Lock()
 	was := s.clockOff
+	// Told again only once well back within the bound: the offset is measured through a
+	// publish's latency, and a clock near the bound would warn and clear by turns.
+	far := off > clockOffWarn || off < -clockOffWarn
+	if was && !far {
+		far = off > clockOffWarn*3/5 || off < -clockOffWarn*3/5
+	}
 	s.clockOff = far
 	s.tmu.Unlock()
 	switch {

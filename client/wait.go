@@ -279,6 +279,9 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	// subscription began or the last report. nats.go counts the reconnect before it
 	// subscribes again on the new connection, so the callback sees it before any message
 	// that connection brings.
+	// The status listener is registered before the count is read: a reconnect between
+	// the two is then told, not lost.
+	status := c.nc.StatusChanged(nats.CONNECTED)
 	var reconnects atomic.Uint64
 	reconnects.Store(c.nc.Stats().Reconnects)
 	reconnected := func() bool {
@@ -318,11 +321,11 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 		}
 	})
 	if err != nil {
+		c.nc.RemoveStatusListener(status)
 		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
 	}
 	// A reconnect with no event after it (the job that was watched finished meanwhile)
 	// is told all the same.
-	status := c.nc.StatusChanged(nats.CONNECTED)
 	go func() {
 		for range status {
 			if !tellReconnect() {

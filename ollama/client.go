@@ -306,9 +306,17 @@ func errorMessage(raw []byte) string {
 	return text
 }
 
-// cutFold is strings.Cut with sep matched in any letter case (sep is lower case ASCII).
+// cutFold is strings.Cut with sep (lower case ASCII) matched in any letter case. Only
+// ASCII letters are folded, so that positions in the folded string are the same in s:
+// strings.ToLower changes the length of invalid UTF-8 and of letters such as 'İ'.
 func cutFold(s, sep string) (before, after string, found bool) {
-	if i := strings.Index(strings.ToLower(s), sep); i >= 0 {
+	folded := []byte(s)
+	for i, c := range folded {
+		if 'A' <= c && c <= 'Z' {
+			folded[i] = c + 'a' - 'A'
+		}
+	}
+	if i := strings.Index(string(folded), sep); i >= 0 {
 		return s[:i], s[i+len(sep):], true
 	}
 	return s, "", false

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -61,5 +62,26 @@ func TestProxyGatewayErrorIsUnreachable(t *testing.T) {
 				t.Fatalf("poll once the Mac is back: %v, down since %v", err, inv.Snapshot().DownSince)
 			}
 		})
+	}
+}
+
+// A page whose bytes change length when lower-cased (invalid UTF-8 of a Latin-1 page, 'İ',
+// the Kelvin sign) before its title: the title was cut at positions of the lower-cased
+// copy, out of range (a panic in the poll or the worker) or beside the title.
+func TestProxyPageTitleWhateverItsBytes(t *testing.T) {
+	t.Parallel()
+	for _, before := range []string{strings.Repeat("\xff", 10), strings.Repeat("İ", 10), strings.Repeat("\u212a", 10)} {
+		page := "<html><head><meta name=\"x\" content=\"" + before + "\"><TITLE>502 Bad Gateway</TITLE></head><body>" + before + "</body></html>"
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "text/html")
+			w.WriteHeader(http.StatusBadGateway)
+			_, _ = w.Write([]byte(page))
+		}))
+		_, err := newClient(t, srv.URL).Stream(testCtx(t), "/api/chat", []byte(`{"model":"tiny-a","messages":[]}`), func([]byte) error { return nil })
+		srv.Close()
+		var he *ollama.HTTPError
+		if !errors.As(err, &he) || he.Message != "502 Bad Gateway" {
+			t.Errorf("page with %q: %v, want the title", before, err)
+		}
 	}
 }

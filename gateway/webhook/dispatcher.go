@@ -321,7 +321,7 @@ func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDeliver
 	for _, p := range pending {
 		e := &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt}
 		if job, err := broker.DecodeJob(p.Body); err == nil && job.Webhook != nil {
-			e.receiver = receiverOf(job.Webhook.URL) // one that is not is dropped at its load
+			e.receiver = receiverOf(job.Webhook.URL) // one that is not is dropped at its load (having taken a slot of receiver "")
 		}
 		_ = d.enqueue(ctx, e)
 	}
@@ -651,6 +651,7 @@ func (d *Dispatcher) acquire(ctx context.Context, receiver, jobID string) (relea
 		d.slotsMu.Lock()
 		rs.waiting--
 		d.slotsMu.Unlock()
+		d.wakeParked(ctx, rs, false) // for the place among the waiters this lane left
 		return release, nil
 	case <-ctx.Done():
 		d.slotsMu.Lock()
@@ -661,10 +662,11 @@ func (d *Dispatcher) acquire(ctx context.Context, receiver, jobID string) (relea
 	}
 }
 
-// leave counts a lane out of a receiver's users, and wakes the lane parked longest on
-// the receiver: a token or a place among the waiters is free for it. The last user wakes
-// every parked lane and removes the receiver's entry, so that none is left parked on an
-// entry no release will come to.
+// leave counts a lane out of a receiver's users. The token it gave back goes to a lane
+// waiting for one, which then wakes the lane parked longest for its place among the
+// waiters (acquire); with none waiting, leave wakes that lane for the token itself. The
+// last user wakes every parked lane and removes the receiver's entry, so that none is
+// left parked on an entry no release will come to.
 func (d *Dispatcher) leave(ctx context.Context, receiver string, rs *receiverSlots) {
 	d.slotsMu.Lock()
 	last := false
@@ -672,7 +674,15 @@ func (d *Dispatcher) leave(ctx context.Context, receiver string, rs *receiverSlo
 		delete(d.slots, receiver)
 		last = true
 	}
+	wake := last || rs.waiting == 0
 	d.slotsMu.Unlock()
+	if wake {
+		d.wakeParked(ctx, rs, last)
+	}
+}
+
+// wakeParked wakes the lane parked longest on rs (all: every one).
+func (d *Dispatcher) wakeParked(ctx context.Context, rs *receiverSlots, all bool) {
 	for {
 		d.slotsMu.Lock()
 		if len(rs.parked) == 0 {
@@ -682,7 +692,7 @@ func (d *Dispatcher) leave(ctx context.Context, receiver string, rs *receiverSlo
 		id := rs.parked[0]
 		rs.unpark(id)
 		d.slotsMu.Unlock()
-		if d.unpark(ctx, id) && !last {
+		if d.unpark(ctx, id) && !all {
 			return
 		}
 	}
