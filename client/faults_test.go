@@ -241,12 +241,7 @@ func TestWatchAllReportsAReconnect(t *testing.T) {
 	f := startForeman(t, foremanConfig{})
 	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
 	t.Cleanup(p.Close)
-	down, back := make(chan struct{}, 1), make(chan struct{}, 1)
-	c := newClient(t, f.URL, client.WithPollInterval(20*time.Millisecond),
-		client.WithNATSURL("nats://"+p.Addr(),
-			append(natsAuth, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
-				nats.DisconnectErrHandler(func(*nats.Conn, error) { down <- struct{}{} }),
-				nats.ReconnectHandler(func(*nats.Conn) { back <- struct{}{} }))...))
+	c, down, back := reconnectingClient(t, f, p, 20*time.Millisecond)
 	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
 	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
 	defer cancel()
@@ -297,13 +292,8 @@ func TestWatchJobReadsItAgainAfterAReconnect(t *testing.T) {
 	defer release()
 	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
 	t.Cleanup(p.Close)
-	down, back := make(chan struct{}, 1), make(chan struct{}, 1)
 	// The backstop poll comes after 15 × 10 s, long after the test gives up.
-	c := newClient(t, f.URL, client.WithPollInterval(10*time.Second),
-		client.WithNATSURL("nats://"+p.Addr(),
-			append(natsAuth, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
-				nats.DisconnectErrHandler(func(*nats.Conn, error) { down <- struct{}{} }),
-				nats.ReconnectHandler(func(*nats.Conn) { back <- struct{}{} }))...))
+	c, down, back := reconnectingClient(t, f, p, 10*time.Second)
 	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
 	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
 	defer cancel()
@@ -325,6 +315,27 @@ func TestWatchJobReadsItAgainAfterAReconnect(t *testing.T) {
 	p.Resume()
 	awaitSignal(ctx, t, back, "the NATS connection did not come back")
 	waitForEvent(ctx, t, events, id, client.StateDone)
+}
+
+// reconnectingClient is a client over NATS through proxy p that reconnects for ever;
+// down and back signal its disconnects and reconnects.
+func reconnectingClient(t *testing.T, f *foreman, p *brokertest.Proxy, poll time.Duration) (c *client.Client, down, back chan struct{}) {
+	down, back = make(chan struct{}, 1), make(chan struct{}, 1)
+	c = newClient(t, f.URL, client.WithPollInterval(poll),
+		client.WithNATSURL("nats://"+p.Addr(),
+			append(natsAuth, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
+				nats.DisconnectErrHandler(func(*nats.Conn, error) { signal(down) }),
+				nats.ReconnectHandler(func(*nats.Conn) { signal(back) }))...))
+	return c, down, back
+}
+
+// signal notes an event on ch without blocking nats.go's callbacks: a second one before
+// the first is read adds nothing.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
 }
 
 func awaitSignal(ctx context.Context, t *testing.T, ch <-chan struct{}, fail string) {
