@@ -269,9 +269,14 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		c.Loaded = withLoaded(c.Loaded, run.runner)
 	}
 	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs)), Elsewhere: elsewhere, Paused: paused}
-	for _, r := range c.Loaded {
-		if name := runnerModel(r); name != "" && !slices.Contains(v.Loaded, name) {
-			v.Loaded = append(v.Loaded, name)
+	// While the target is not there, what it holds is unknown: the plan still counts on
+	// the model run last (the pick prefers it once the target is back), the view names
+	// none.
+	if inv := w.cfg.Inventory; run != nil || inv == nil || inv.Snapshot().DownSince.IsZero() {
+		for _, r := range c.Loaded {
+			if name := runnerModel(r); name != "" && !slices.Contains(v.Loaded, name) {
+				v.Loaded = append(v.Loaded, name)
+			}
 		}
 	}
 	free := now

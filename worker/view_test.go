@@ -255,3 +255,33 @@ func (tb *testBundle) viewOnceStarted(t *testing.T, w *worker.Worker, id string)
 	}
 	return v
 }
+
+// While the target is not there (refused, unanswered, a proxy's 502), what it has loaded
+// is unknown: the view named the model run last, beside the pause that says the Mac is
+// down, as if it were still loaded there. The pick still prefers that model once the
+// target is back; the view shows nothing loaded until a poll says.
+func TestQueueViewLoadedIsUnknownWhileTheTargetIsDown(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tb.target, Logger: testLogger()})
+	w := tb.start(t, worker.Config{Inventory: inv})
+	j := tb.chat(t, "tiny-b", 1)
+	tb.waitState(t, j.ID, broker.StateDone)
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(v.Loaded, []string{"tiny-b:latest"}) {
+		t.Fatalf("loaded %v after a tiny-b job, want [tiny-b:latest]", v.Loaded)
+	}
+	tb.fake.SetDown(true)
+	if err := inv.Refresh(ctxT(t)); err == nil || !ollama.Unreachable(err) {
+		t.Fatalf("poll of a target that is down: %v", err)
+	}
+	if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Loaded) != 0 {
+		t.Errorf("loaded %v while the target is down, want none known", v.Loaded)
+	}
+}
