@@ -37,12 +37,8 @@ func TestBadAnswersFail(t *testing.T) {
 		{"jobs", "watch", "later"},
 	} {
 		t.Run(strings.Join(args, "_"), func(t *testing.T) {
-			done := make(chan cliResult, 1)
-			go func() { done <- runCLI(t, vars, nil, nil, args...) }()
-			var r cliResult
-			select {
-			case r = <-done:
-			case <-time.After(20 * time.Second):
+			r, ok := runCLIWithin(t, 20*time.Second, vars, args...)
+			if !ok {
 				t.Fatal("the command still waits on a record without a state")
 			}
 			if r.code == 0 || !strings.Contains(r.stderr, "foreman: ") {

@@ -32,12 +32,8 @@ func TestEmptyJobIDRefused(t *testing.T) {
 	} {
 		t.Run(strings.Join(args, "_"), func(t *testing.T) {
 			before := requests.Load()
-			done := make(chan cliResult, 1)
-			go func() { done <- runCLI(t, vars, nil, nil, args...) }()
-			var r cliResult
-			select {
-			case r = <-done:
-			case <-time.After(20 * time.Second):
+			r, ok := runCLIWithin(t, 20*time.Second, vars, args...)
+			if !ok {
 				t.Fatal("the command still runs: it follows every job")
 			}
 			if r.code == 0 || !strings.Contains(r.stderr, "foreman: ") {

@@ -45,6 +45,20 @@ func runCLI(t *testing.T, vars map[string]string, stdin io.Reader, stdout io.Wri
 	return cliResult{stdout: out.String(), stderr: errOut.String(), code: code}
 }
 
+// runCLIWithin is runCLI (no stdin, no observer) for a command that must end within d:
+// ok is false when it still runs then (it is left running).
+func runCLIWithin(t *testing.T, d time.Duration, vars map[string]string, args ...string) (r cliResult, ok bool) {
+	t.Helper()
+	done := make(chan cliResult, 1)
+	go func() { done <- runCLI(t, vars, nil, nil, args...) }()
+	select {
+	case r = <-done:
+		return r, true
+	case <-time.After(d):
+		return cliResult{}, false
+	}
+}
+
 // golden compares got with testdata/name, or rewrites it with -update.
 func golden(t *testing.T, name, got string) {
 	t.Helper()

@@ -28,20 +28,17 @@ func TestCLITimeoutOnAHungForeman(t *testing.T) {
 		{"ps"}, {"tags"}, {"top", "--once"}, {"submit", "-m", "tiny-a", "hi"},
 		{"submit", "-m", "tiny-a", "--wait", "hi"}, // the submit is bounded, not the wait
 	} {
-		done := make(chan cliResult, 1)
-		go func() { done <- runCLI(t, vars, nil, nil, append(args, "--timeout", "100ms")...) }()
-		select {
-		case r := <-done:
-			want := "no answer from " + srv.URL + " within 100ms (--timeout)"
-			if r.code == 0 || !strings.Contains(r.stderr, want) {
-				t.Errorf("%v: exit %d, stderr %q; want an error saying %q", args, r.code, r.stderr, want)
-			}
-			// A submit whose answer did not come may have queued its job all the same.
-			if args[0] == "submit" && !strings.Contains(r.stderr, "--idempotency-key makes a retry safe") {
-				t.Errorf("submit: stderr %q does not say how to retry safely", r.stderr)
-			}
-		case <-time.After(30 * time.Second):
+		r, ok := runCLIWithin(t, 30*time.Second, vars, append(args, "--timeout", "100ms")...)
+		if !ok {
 			t.Fatalf("%v --timeout 100ms: still waiting for the hung foreman after 30 s", args)
+		}
+		want := "no answer from " + srv.URL + " within 100ms (--timeout)"
+		if r.code == 0 || !strings.Contains(r.stderr, want) {
+			t.Errorf("%v: exit %d, stderr %q; want an error saying %q", args, r.code, r.stderr, want)
+		}
+		// A submit whose answer did not come may have queued its job all the same.
+		if args[0] == "submit" && !strings.Contains(r.stderr, "--idempotency-key makes a retry safe") {
+			t.Errorf("submit: stderr %q does not say how to retry safely", r.stderr)
 		}
 	}
 	if r := runCLI(t, vars, nil, nil, "queue", "--timeout", "-1s"); r.code == 0 || !strings.Contains(r.stderr, "--timeout: must be 0 (no limit) or more") {
