@@ -185,15 +185,7 @@ func TestWatchAllAfterTheNATSConnectionClosedPolls(t *testing.T) {
 	client.SetNATSCheckEvery(c, 20*time.Millisecond)
 	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
 	defer cancel()
-	events, err := c.Watch(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	before, err := c.SubmitAsync(ctx, chatJob("tiny-a", "before"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitForEvent(ctx, t, events, before, client.StateDone)
+	events, before := watchAllSeeingAJob(ctx, t, c)
 
 	p.Close()
 	select {
@@ -210,6 +202,22 @@ func TestWatchAllAfterTheNATSConnectionClosedPolls(t *testing.T) {
 			t.Errorf("job %s's state told again after the switch to polling: %+v", before, e)
 		}
 	}
+}
+
+// watchAllSeeingAJob starts c.Watch(ctx, "") and returns it once it told a job run to
+// its end (that job's id): the watch is known to receive.
+func watchAllSeeingAJob(ctx context.Context, t *testing.T, c *client.Client) (<-chan client.Event, string) {
+	t.Helper()
+	events, err := c.Watch(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := c.SubmitAsync(ctx, chatJob("tiny-a", "before"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForEvent(ctx, t, events, before, client.StateDone)
+	return events, before
 }
 
 // waitForEvent reads events until job id reaches state, and returns what it read before.
@@ -245,15 +253,7 @@ func TestWatchAllReportsAReconnect(t *testing.T) {
 	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
 	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
 	defer cancel()
-	events, err := c.Watch(ctx, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	before, err := c.SubmitAsync(ctx, chatJob("tiny-a", "before"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitForEvent(ctx, t, events, before, client.StateDone)
+	events, _ := watchAllSeeingAJob(ctx, t, c)
 
 	p.Pause()
 	awaitSignal(ctx, t, down, "the NATS connection did not go down")
