@@ -105,18 +105,12 @@ func (j *Job) HeldArtifact(a Artifact) (data []byte, ok bool) {
 }
 
 // GetArtifact returns an artifact's metadata (from the job record) and bytes: from the
-// record for one it holds, else from the object store.
+// record for one it holds, else from the object store. It reads the artifact whole, into
+// memory: OpenArtifact serves one in parts, as it is read.
 func (s *Store) GetArtifact(ctx context.Context, id, name string) (Artifact, []byte, error) {
-	if err := ValidateArtifactName(name); err != nil {
-		return Artifact{}, nil, err
-	}
-	j, _, err := s.Get(ctx, id)
+	j, a, err := s.artifactOf(ctx, id, name)
 	if err != nil {
 		return Artifact{}, nil, err
-	}
-	a, ok := j.Artifact(name)
-	if !ok {
-		return Artifact{}, nil, fmt.Errorf("%w: %s/%s", ErrArtifactNotFound, id, name)
 	}
 	if a.Inline {
 		data, held := j.HeldArtifact(a)
@@ -133,6 +127,22 @@ func (s *Store) GetArtifact(ctx context.Context, id, name string) (Artifact, []b
 		return Artifact{}, nil, fmt.Errorf("broker: get artifact: %w", err)
 	}
 	return a, data, nil
+}
+
+// artifactOf returns job id's record and its metadata of artifact name.
+func (s *Store) artifactOf(ctx context.Context, id, name string) (*Job, Artifact, error) {
+	if err := ValidateArtifactName(name); err != nil {
+		return nil, Artifact{}, err
+	}
+	j, _, err := s.Get(ctx, id)
+	if err != nil {
+		return nil, Artifact{}, err
+	}
+	a, ok := j.Artifact(name)
+	if !ok {
+		return nil, Artifact{}, fmt.Errorf("%w: %s/%s", ErrArtifactNotFound, id, name)
+	}
+	return j, a, nil
 }
 
 // getObject reads object name whole, into a buffer of the size its info gives.

@@ -18,19 +18,20 @@ import (
 // The gateway's own refusals. Each *Error wraps one of them (errors.Is works), and
 // statusOf alone says which HTTP status it is.
 var (
-	ErrInvalid          = errors.New("invalid request")               // 400
-	ErrUnauthorized     = errors.New("unauthorized")                  // 401
-	ErrForbidden        = errors.New("forbidden")                     // 403
-	ErrNoRoute          = errors.New("no such route")                 // 404
-	ErrMethodNotAllowed = errors.New("method not allowed")            // 405
-	ErrBodyTimeout      = errors.New("request body too slow")         // 408
-	ErrConflict         = errors.New("conflict")                      // 409
-	ErrTooLarge         = errors.New("request body too large")        // 413
-	ErrKeyReused        = errors.New("idempotency key reused")        // 422
-	ErrProgramLimit     = errors.New("program over its queue limit")  // 429
-	ErrInternal         = errors.New("internal error")                // 500
-	ErrBadUpstream      = errors.New("no valid answer from upstream") // 502
-	ErrUnavailable      = errors.New("unavailable")                   // 503
+	ErrInvalid             = errors.New("invalid request")               // 400
+	ErrUnauthorized        = errors.New("unauthorized")                  // 401
+	ErrForbidden           = errors.New("forbidden")                     // 403
+	ErrNoRoute             = errors.New("no such route")                 // 404
+	ErrMethodNotAllowed    = errors.New("method not allowed")            // 405
+	ErrBodyTimeout         = errors.New("request body too slow")         // 408
+	ErrConflict            = errors.New("conflict")                      // 409
+	ErrTooLarge            = errors.New("request body too large")        // 413
+	ErrRangeNotSatisfiable = errors.New("range not satisfiable")         // 416
+	ErrKeyReused           = errors.New("idempotency key reused")        // 422
+	ErrProgramLimit        = errors.New("program over its queue limit")  // 429
+	ErrInternal            = errors.New("internal error")                // 500
+	ErrBadUpstream         = errors.New("no valid answer from upstream") // 502
+	ErrUnavailable         = errors.New("unavailable")                   // 503
 )
 
 // Error is one of the gateway's refusals (Kind, a sentinel above) with a message safe to
@@ -127,6 +128,8 @@ func statusOf(err error) (int, string) {
 			status = http.StatusConflict
 		case ErrTooLarge:
 			status = http.StatusRequestEntityTooLarge
+		case ErrRangeNotSatisfiable:
+			status = http.StatusRequestedRangeNotSatisfiable
 		case ErrKeyReused:
 			status = http.StatusUnprocessableEntity
 		case ErrProgramLimit:

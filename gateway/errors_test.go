@@ -28,6 +28,7 @@ func TestStatusOfRefusals(t *testing.T) {
 		{ErrBodyTimeout, http.StatusRequestTimeout},
 		{ErrConflict, http.StatusConflict},
 		{ErrTooLarge, http.StatusRequestEntityTooLarge},
+		{ErrRangeNotSatisfiable, http.StatusRequestedRangeNotSatisfiable},
 		{ErrKeyReused, http.StatusUnprocessableEntity},
 		{ErrProgramLimit, http.StatusTooManyRequests},
 		{ErrInternal, http.StatusInternalServerError},

@@ -170,31 +170,3 @@ func (s *Server) awaitEnd(ctx context.Context, j *broker.Job, log *slog.Logger) 
 	}
 	return j
 }
-
-// handleArtifact serves an artifact's bytes with its stored content type.
-func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
-	id, name := r.PathValue("id"), r.PathValue("name")
-	if err := broker.ValidateID(id); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	a, data, err := s.store.GetArtifact(r.Context(), id, name)
-	if err != nil {
-		s.writeError(w, r, err)
-		return
-	}
-	ct := a.ContentType
-	if ct == "" {
-		ct = "application/octet-stream"
-	}
-	h := w.Header()
-	h.Set("Content-Type", ct)
-	h.Set("Content-Length", strconv.Itoa(len(data)))
-	// An artifact is the target's output, not foreman's page: never sniff or run it.
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Security-Policy", "sandbox")
-	w.WriteHeader(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(data)
-	}
-}
