@@ -33,10 +33,23 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
+	j, rev, ok := w.admit(ctx, bctx, d, ahead, log)
+	if !ok {
+		return
+	}
+	w.run(ctx, d, j, rev, early, log)
+}
+
+// admit reads the record of delivered job d (ahead, when not nil, is a read begun before
+// the lease was held) and settles the delivery when the job is not to run: handed back
+// (a stop, a failed read), dropped (an orphan, an ended job, a spare copy), removed (not
+// the job's message), or ended (a cancel requested, a caller gone, its attempts used
+// up). It returns the record, read at rev, of a job to run; false when it settled d.
+func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *recordRead, log *slog.Logger) (*broker.Job, uint64, bool) {
 	if w.isStopping(ctx) {
 		// Fetched just as Stop came: give it back untouched.
 		w.nak(d, w.store.HandBackDelay(d), log)
-		return
+		return nil, 0, false
 	}
 	j, rev, ok := ahead.take(d.JobID)
 	var err error
@@ -53,25 +66,20 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 	switch {
 	case err != nil && w.isStopping(ctx):
 		w.nak(d, w.store.HandBackDelay(d), log)
-		return
 	case errors.Is(err, broker.ErrNotFound):
 		log.Warn("queue message without a job record (expired, or its submit failed); dropped")
 		w.finish(bctx, d, log)
-		return
 	case err != nil:
 		log.Warn("read job record; will retry", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
-		return
 	case j.Kind != d.Kind || !sameModel(j.Model, d.Token):
 		// Not the message foreman queued for this job: running it would run the job with
 		// another body, and ending it would end a job that is still queued.
 		w.discard(d, fmt.Errorf("%w: job %s is a %s job of %s", broker.ErrUnusable, j.ID, j.Kind, j.Model))
-		return
 	case j.State.Terminal():
 		// Canceled while queued, or a crash came between the terminal write and the ack.
 		log.Info("job already ended; dropping its queue message", "state", j.State)
 		w.finish(bctx, d, log)
-		return
 	case !d.Requeued && j.IsSpare(d.Seq):
 		// A job runs only from a message delivered to it, so another message of a running
 		// job is a spare copy (an idempotent retry published the job again after the
@@ -85,19 +93,17 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 		if err != nil {
 			log.Warn("ack spare queue message", "err", err)
 		}
-		return
 	case j.CancelRequested != "":
 		// Canceled while it ran on a foreman that died before it could end it.
 		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
-		return
 	case w.store.CallerGone(ctx, j):
 		w.abandon(bctx, d, log)
-		return
 	case j.Attempt >= w.cfg.maxAttempts:
 		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), exhausted(j.Error, "interrupted"), 0, log)
-		return
+	default:
+		return j, rev, true
 	}
-	w.run(ctx, d, j, rev, early, log)
+	return nil, 0, false
 }
 
 // run starts the next attempt of job j, read at revision rev, and concludes it. The start
@@ -459,17 +465,12 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, release func(),
 	}
 	var aerr error
 	if !held {
-		if fault := w.cfg.resultFault; fault != nil {
-			aerr = fault(d.JobID)
-		}
-		if aerr == nil {
-			a, aerr = w.store.StoreArtifact(ctx, d.JobID, broker.ResultArtifact, "application/json", res)
-		}
+		a, aerr = w.storeResult(ctx, d.JobID, sync, res, log)
 	}
 	if aerr != nil && !sync {
 		// The result lives only here: an async job ending done without it would be done
-		// with its answer lost. While the store refuses it runs again later (as when its
-		// done state cannot be stored); a write no try gets past fails it, saying why.
+		// with its answer lost. A store that still refuses as the worker stops runs it
+		// again after; a write no try gets past fails it, saying why.
 		if w.refusing(aerr) {
 			release()
 			log.Error("store result artifact; job will run again", "err", aerr, "result_bytes", len(res))
@@ -491,7 +492,7 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, release func(),
 		// only (none when it was too large to keep inline).
 		log.Error("store result artifact; the job ends done without it, its caller has it", "err", aerr, "result_bytes", len(res))
 	}
-	err := w.storeAnswered(ctx, d.JobID, broker.StateDone, sync, log, func(j *broker.Job) {
+	err := w.storeAnswered(ctx, d.JobID, broker.StateDone, true, log, func(j *broker.Job) {
 		j.State, j.Error, j.Result = broker.StateDone, "", inline
 		if aerr == nil {
 			j.SetArtifact(a)
@@ -503,15 +504,43 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, release func(),
 	}
 }
 
+// storeResult writes a finished job's result to the object store (with the test fault).
+// An async job's result lives only here: while the store refuses (refusing), the write
+// goes on as its done state's does (storeAnswered), until stored or the worker stops.
+func (w *Worker) storeResult(ctx context.Context, id string, sync bool, res []byte, log *slog.Logger) (broker.Artifact, error) {
+	write := func() (broker.Artifact, error) {
+		if fault := w.cfg.resultFault; fault != nil {
+			if err := fault(id); err != nil {
+				return broker.Artifact{}, err
+			}
+		}
+		wctx, cancel := w.storeCtx(ctx) // each try its own time: the tries may outlast ctx
+		defer cancel()
+		return w.store.StoreArtifact(wctx, id, broker.ResultArtifact, "application/json", res)
+	}
+	a, err := write()
+	for pause := terminalPause; !sync && w.refusing(err); pause = min(2*pause, 2*time.Second) {
+		log.Error("store result artifact; the answer is held here, so the job does not run again: trying on", "err", err, "result_bytes", len(res))
+		if !w.sleep(context.Background(), pause) { // the worker stops
+			break
+		}
+		a, err = write()
+	}
+	return a, err
+}
+
 // storeAnswered writes the terminal state of a job whose final marker went out
 // (writeTerminal, with the test fault for state). When the store refuses for longer
-// than terminalWait an async job is handed back (settleEnd) and runs again, or its end
-// would be lost. A sync job's caller has its answer, done or failed: running it again
-// would answer nobody, and store another end than the one it got (ADR-0040). So its
-// write goes on (the message kept in progress) until it is stored or the worker stops.
-// Then the message goes back, and the job's next delivery, in a process without its
-// caller, cancels it without running it.
-func (w *Worker) storeAnswered(ctx context.Context, id string, state broker.State, sync bool, log *slog.Logger, set func(*broker.Job)) error {
+// than terminalWait, a write held (hold) goes on, its message kept in progress, until it
+// is stored or the worker stops; one not held hands the job back (settleEnd) to run
+// again, or its end would be lost. Held are a done job's end and a sync job's failed
+// one. A sync job's caller has its answer, done or failed: running it again would
+// answer nobody, and store another end than the one it got (ADR-0040). An async job's
+// answer is here: running it again would throw it away and spend an attempt, on its
+// last one ending the job failed, for a fault of foreman's store (ADR-0058). At a stop
+// the message goes back: a sync job's next delivery, in a process without its caller,
+// cancels it without running it; an async one runs again.
+func (w *Worker) storeAnswered(ctx context.Context, id string, state broker.State, hold bool, log *slog.Logger, set func(*broker.Job)) error {
 	write := func() error {
 		if fault := w.cfg.endFault; fault != nil {
 			if err := fault(id, state); err != nil {
@@ -524,8 +553,8 @@ func (w *Worker) storeAnswered(ctx context.Context, id string, state broker.Stat
 	// Only a store that refuses for now is waited for (refusing). Any other failure (a
 	// record gone, one whose state may not become this one, a write that can never fit)
 	// is handed back as before rather than hold the worker until it stops.
-	for pause := terminalPause; sync && w.refusing(err); pause = min(2*pause, 2*time.Second) {
-		log.Error("store the job's end; its caller has the answer, so the job does not run again: trying on", "state", state, "err", err)
+	for pause := terminalPause; hold && w.refusing(err); pause = min(2*pause, 2*time.Second) {
+		log.Error("store the job's end; the job is answered, so it does not run again: trying on", "state", state, "err", err)
 		if !w.sleep(context.Background(), pause) { // the worker stops
 			break
 		}
@@ -810,15 +839,26 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	w.nak(d, w.store.HandBackDelay(d), log)
 }
 
-// bodyLost deals with a delivery whose large request body could not be read.
+// bodyLost deals with a delivery whose large request body could not be read. A body
+// that is gone fails the job, but only one that admit would run: an orphan, an ended
+// job (Finish drops the body even when its ack fails), a spare copy, a canceled job
+// or one whose caller is gone is settled as any delivery of it is.
 func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
-	if errors.Is(err, broker.ErrBodyLost) {
-		w.fail(ctx, d, false, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
+	if !errors.Is(err, broker.ErrBodyLost) {
+		log.Warn("read request body; will retry", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
 		return
 	}
-	log.Warn("read request body; will retry", "err", err)
-	w.nak(d, w.cfg.RetryDelay, log)
+	w.setLeased(d.JobID)
+	defer w.setLeased("")
+	bctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	j, _, ok := w.admit(ctx, bctx, d, nil, log)
+	if !ok {
+		return
+	}
+	w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
 }
 
 // markWorking moves a loading job to working at its first frame: the model is in.

@@ -160,9 +160,9 @@ func TestFinishingJobIsKeptInProgress(t *testing.T) {
 }
 
 // When a finished job's result cannot be stored for longer than a terminal write tries,
-// an async job runs again (its result would be lost otherwise), while a sync job, whose
-// caller already has the answer, is not run again: its write goes on, its message kept,
-// until the store takes it.
+// the job is not run again: a sync job's caller already has the answer, an async job's is
+// held by the worker (ADR-0058). The write goes on, its message kept, until the store
+// takes it.
 func TestJobWhoseResultCannotBeStored(t *testing.T) {
 	for _, isSync := range []bool{true, false} {
 		t.Run(map[bool]string{true: "sync", false: "async"}[isSync], func(t *testing.T) {
@@ -176,8 +176,7 @@ func TestJobWhoseResultCannotBeStored(t *testing.T) {
 					fetched.Add(1)
 				}
 			}}, func(id string) error {
-				// An async job's first run fails to store its result; the next one may.
-				if id != job.ID || !failing.Load() || (!isSync && fetched.Load() > 1) {
+				if id != job.ID || !failing.Load() {
 					return nil
 				}
 				tries.Add(1)
@@ -191,18 +190,12 @@ func TestJobWhoseResultCannotBeStored(t *testing.T) {
 			if _, final := watch.untilFinal(t); final.Header.Get(broker.HeaderFinal) != string(broker.StateDone) {
 				t.Fatalf("final marker %v, want done", final.Header)
 			}
-			if isSync {
-				eventually(t, 10*time.Second, "three tries to store the result", func() bool { return tries.Load() >= 3 })
-				failing.Store(false)
-			}
+			eventually(t, 10*time.Second, "three tries to store the result", func() bool { return tries.Load() >= 3 })
+			failing.Store(false)
 			tb.waitState(t, job.ID, broker.StateDone)
 			tb.waitQueueEmpty(t)
-			runs, calls := fetched.Load(), finishedCalls(tb.fake)
-			if isSync && (runs != 1 || calls != 1) {
-				t.Errorf("sync job delivered %d times and answered by the target %d times, want once", runs, calls)
-			}
-			if !isSync && (runs < 2 || calls < 2) {
-				t.Errorf("async job delivered %d times and answered %d times, want it run again", runs, calls)
+			if runs, calls := fetched.Load(), finishedCalls(tb.fake); runs != 1 || calls != 1 {
+				t.Errorf("job delivered %d times and answered by the target %d times, want once", runs, calls)
 			}
 		})
 	}
@@ -616,19 +609,20 @@ func TestAnswerInOneFinalLineIsCountedOnce(t *testing.T) {
 	}
 }
 
-// An async job whose result (too large to keep in its record) cannot be stored runs
-// again while the store refuses, rather than end done with its answer lost, and fails,
-// saying why, when the write can never succeed; a sync job, whose caller has the
-// answer, ends done.
+// An async job whose result (too large to keep in its record) cannot be stored keeps it
+// while the store refuses, and stores it then, rather than end done with its answer lost
+// or run again (ADR-0058); it fails, saying why, when the write can never succeed; a sync
+// job, whose caller has the answer, ends done without it.
 func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
 	for _, c := range []struct {
-		name  string
-		sync  bool
-		fault error
+		name   string
+		sync   bool
+		fault  error
+		faults int32 // the result writes that fail
 	}{
-		{"sync", true, errStoreDown},
-		{"async store refusing", false, errStoreDown},
-		{"async write failing for good", false, errors.New("injected failure that no try gets past")},
+		{"sync", true, errStoreDown, 1},
+		{"async store refusing", false, errStoreDown, 3},
+		{"async write failing for good", false, errors.New("injected failure that no try gets past"), 1},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var fetched, faults atomic.Int32
@@ -639,7 +633,7 @@ func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
 					fetched.Add(1)
 				}
 			}}, func(id string) error {
-				if id != job.ID || fetched.Load() > 1 {
+				if id != job.ID || faults.Load() >= c.faults {
 					return nil
 				}
 				faults.Add(1)
@@ -657,18 +651,20 @@ func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
 			}
 			rec := tb.waitState(t, job.ID, want)
 			tb.waitQueueEmpty(t)
-			if faults.Load() != 1 {
-				t.Fatalf("the result write failed %d times, want once (the result kept inline?)", faults.Load())
+			if faults.Load() != c.faults {
+				t.Fatalf("the result write failed %d times, want %d (the result kept inline?)", faults.Load(), c.faults)
 			}
 			_, stored := rec.Artifact(broker.ResultArtifact)
-			runs := fetched.Load()
+			runs, calls := fetched.Load(), finishedCalls(tb.fake)
 			switch {
-			case c.sync && (runs != 1 || stored):
-				t.Errorf("sync job: delivered %d times, result stored %v; want once, done without it", runs, stored)
-			case !c.sync && want == broker.StateDone && (runs != 2 || !stored):
-				t.Errorf("async job: delivered %d times, result stored %v; want it run again and its result stored", runs, stored)
-			case want == broker.StateFailed && (runs != 1 || !strings.Contains(rec.Error, "store the result: injected failure")):
-				t.Errorf("async job: delivered %d times, error %q; want it failed once, saying why", runs, rec.Error)
+			case runs != 1 || calls != 1:
+				t.Errorf("delivered %d times and answered by the target %d times, want once", runs, calls)
+			case c.sync && stored:
+				t.Errorf("sync job: result stored; want it done without it")
+			case !c.sync && want == broker.StateDone && !stored:
+				t.Errorf("async job: result not stored")
+			case want == broker.StateFailed && !strings.Contains(rec.Error, "store the result: injected failure"):
+				t.Errorf("async job: error %q; want it failed, saying why", rec.Error)
 			}
 		})
 	}
