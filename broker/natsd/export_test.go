@@ -69,3 +69,9 @@ func (c *pingingConn) Read(b []byte) (int, error) {
 	}
 	return n, err
 }
+
+// The CLIENTS account's limits, which deploy/nats-cluster.conf repeats.
+const (
+	ClientMaxConns = clientMaxConns
+	ClientMaxSubs  = clientMaxSubs
+)

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -123,6 +124,7 @@ func Start(cfg Config) (*Server, error) {
 	if cfg.ReadyTimeout <= 0 {
 		cfg.ReadyTimeout = 10 * time.Second
 	}
+	warnCleartext(cfg)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("natsd: data dir: %w", err)
 	}
@@ -237,6 +239,36 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 	return opts, nil
 }
 
+// warnCleartext warns of a listener others can reach that has no TLS: its logins and every
+// job event (prompts and answers) cross the network in clear, a password included. An
+// nkey login sends no secret, but what the client then reads still travels in clear.
+func warnCleartext(cfg Config) {
+	if cfg.Listen == "" || cfg.TLSCert != "" || loopbackAddr(cfg.Listen) {
+		return
+	}
+	what := "every job's prompts and answers"
+	if cfg.ClientPassword != "" {
+		what = "FOREMAN_NATS_PASSWORD and " + what
+	}
+	cfg.Logger.Warn("INSECURE: the NATS listener FOREMAN_NATS_LISTEN=" + cfg.Listen +
+		" is not loopback and has no TLS (FOREMAN_NATS_TLS_CERT / FOREMAN_NATS_TLS_KEY): " +
+		what + " cross the network in clear")
+}
+
+// loopbackAddr reports whether host:port listens on loopback only: a loopback IP or
+// "localhost". An empty host, 0.0.0.0 or any other name may be reachable from elsewhere.
+func loopbackAddr(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
 // Account names. foreman's own streams, KV and inbox traffic live in FOREMAN; NATS
 // clients live in CLIENTS and see only what FOREMAN exports: the job events and streams
 // (a stream export) and submission (a service export, whose replies the server routes
@@ -245,6 +277,16 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 const (
 	foremanAccount = "FOREMAN"
 	clientsAccount = "CLIENTS"
+)
+
+// Limits of the CLIENTS account. Every subscription that matches a job event is a copy
+// the server makes as the event is stored, and the job's write waits for it: one client
+// with 20,000 subscriptions to foreman.job.> made each submit take 113 ms. A client waits
+// on a job with one subscription, so a connection needs about one per job it watches at
+// once (FOREMAN_MAX_QUEUE, 1000, bounds those) and one for its requests.
+const (
+	clientMaxConns = 64
+	clientMaxSubs  = 1000
 )
 
 var userName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$`)
@@ -284,9 +326,10 @@ func (s *Server) accountsConfig(cfg Config) (string, error) {
 		}
 		fmt.Fprintf(&b, `  %s {
     users: [ %s ]
+    limits: {max_connections: %d, max_subscriptions: %d}
     imports: [ {stream: {account: %s, subject: %q}}, {service: {account: %s, subject: %q}} ]
   }
-`, clientsAccount, strings.Join(users, ", "), foremanAccount, broker.JobSubjects, foremanAccount, broker.SubmitSubject)
+`, clientsAccount, strings.Join(users, ", "), clientMaxConns, clientMaxSubs, foremanAccount, broker.JobSubjects, foremanAccount, broker.SubmitSubject)
 	}
 	b.WriteString("}\n")
 	return b.String(), nil
