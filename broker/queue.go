@@ -309,6 +309,8 @@ type Pending struct {
 	Seq      uint64
 	Enqueued time.Time
 	JobID    string
+
+	bodyRef string // the job's stored request body, when its message names it
 }
 
 // Oldest returns the oldest message in the queue at or after sequence from, of any model.
@@ -335,7 +337,12 @@ func (s *Store) oldest(ctx context.Context, from uint64, subject string) (Pendin
 
 func pendingOf(m *jetstream.RawStreamMsg) Pending {
 	token, _ := TokenFromSubject(m.Subject)
-	return Pending{Token: token, Seq: m.Sequence, Enqueued: m.Time, JobID: m.Header.Get(HeaderJobID)}
+	p := Pending{Token: token, Seq: m.Sequence, Enqueued: m.Time, JobID: m.Header.Get(HeaderJobID)}
+	// Only the job's own body: a message that names another's is no job's (Lease.check).
+	if ref := m.Header.Get(HeaderBodyRef); ref != "" && ref == bodyRefOf(p.JobID) {
+		p.bodyRef = ref
+	}
+	return p
 }
 
 // Queued returns the queue message at sequence seq (e.g. the one a delivery-limit advisory
@@ -390,13 +397,26 @@ func (s *Store) PurgeQueued(ctx context.Context, token string) error {
 	return nil
 }
 
-// DeleteQueued removes one queue message by sequence (a job that exhausted its deliveries).
+// DeleteQueued removes one queue message by sequence, and nothing else.
 func (s *Store) DeleteQueued(ctx context.Context, seq uint64) error {
 	err := s.queue.DeleteMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil
 	}
 	return err
+}
+
+// RemoveEnded removes queue message p of a job that ended without a delivery to finish
+// it (it expired, or passed its delivery limit) and then drops its stored request body,
+// as Finish does for a delivered one: left, the body would stay in the object store for
+// a job TTL. A message that cannot be removed keeps its body; the worker drops both when
+// it meets the message of an ended job.
+func (s *Store) RemoveEnded(ctx context.Context, p Pending) error {
+	if err := s.DeleteQueued(ctx, p.Seq); err != nil {
+		return err
+	}
+	s.dropBody(ctx, &Job{ID: p.JobID, BodyRef: p.bodyRef})
+	return nil
 }
 
 // RecordGrace is how long after its queue message was stored a job's record may still be

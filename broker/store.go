@@ -492,11 +492,17 @@ func (s *Store) dropStoredBody(j *Job) {
 // idempotent retry calls it: a crash between Submit's record write and its publish leaves
 // a queued record that no worker would ever see. The publish carries the job id as
 // Nats-Msg-Id, so within the queue's duplicate window it is dropped when the first one
-// made it; from half the window on, the queue is searched for the job's message first and
-// the job is published again only without one (a copy stored beside the first one would
-// hold a second place in the queue). body is the request body, the same as the
-// first request's (the idempotency key's digest says so); a large one is stored again
-// only when its object is gone. It returns the job as found.
+// made it. From half the window on, and for a job whose body is stored apart, the queue
+// is searched for the job's message first and the job is published again only without
+// one (a copy stored beside the first one would hold a second place in the queue). body
+// is the request body, the same as the first request's (the idempotency key's digest
+// says so); for a message the job has, a large one is stored again only when its object
+// is gone. It returns the job as found.
+//
+// A job queued again ages from now, as Requeue's does: its record is rewritten (as
+// Refresh does) and a large body stored again before the publish. Left as old as the
+// first submit, both would expire a TTL after it while the new message waits, and the
+// job end in no state, or failed for want of its body (ADR-0043).
 func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, error) {
 	j, _, err := s.Get(ctx, id)
 	if err != nil {
@@ -509,31 +515,51 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 	if err != nil {
 		return nil, err
 	}
-	if j.BodyRef != "" {
-		_, err := s.artifacts.GetInfo(ctx, j.BodyRef)
-		if errors.Is(err, jetstream.ErrObjectNotFound) {
-			err = s.putObject(ctx, j.BodyRef, body)
-		}
-		if err != nil {
-			return nil, fmt.Errorf("broker: resubmit %s: request body: %w", id, storageErr(err))
-		}
-	}
-	if s.Now().Sub(j.CreatedAt) >= s.dup/2 {
+	if j.BodyRef != "" || s.Now().Sub(j.CreatedAt) >= s.dup/2 {
 		// Its first message may be past the queue's duplicate window, where a second one
 		// would be stored beside it: a second place in the queue, counted twice against
-		// its bounds and left behind by a cancel. Look for it first.
+		// its bounds and left behind by a cancel. And a body is stored again only for a
+		// job known to have no message: a worker may be reading the one it has. Look for
+		// it first.
 		_, ok, err := s.queuedSeq(ctx, j)
 		if err != nil {
 			return nil, fmt.Errorf("broker: resubmit %s: %w", id, storageErr(err))
 		}
 		if ok {
+			if err := s.restoreBody(ctx, j, body); err != nil {
+				return nil, err
+			}
 			return j, nil
+		}
+	}
+	if _, err := s.refresh(ctx, id, 0); err != nil {
+		return nil, fmt.Errorf("broker: resubmit %s: %w", id, err)
+	}
+	if j.BodyRef != "" {
+		if err := s.putObject(ctx, j.BodyRef, body); err != nil {
+			return nil, fmt.Errorf("broker: resubmit %s: request body: %w", id, storageErr(err))
 		}
 	}
 	if err := s.enqueue(ctx, j, key, body); err != nil {
 		return nil, err
 	}
 	return j, nil
+}
+
+// restoreBody stores job j's large body again should its object be gone (a submit that
+// took back its body and its message, the latter in vain), for the message it still has.
+func (s *Store) restoreBody(ctx context.Context, j *Job, body []byte) error {
+	if j.BodyRef == "" {
+		return nil
+	}
+	_, err := s.artifacts.GetInfo(ctx, j.BodyRef)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		err = s.putObject(ctx, j.BodyRef, body)
+	}
+	if err != nil {
+		return fmt.Errorf("broker: resubmit %s: request body: %w", j.ID, storageErr(err))
+	}
+	return nil
 }
 
 func (s *Store) enqueue(ctx context.Context, j *Job, key QueueKey, body []byte) error {

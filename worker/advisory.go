@@ -90,18 +90,18 @@ func (w *Worker) endLimited(ctx context.Context, seq, deliveries uint64, log *sl
 	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) {
 		return err
 	}
-	w.removeLimited(ctx, seq, p.Token, deliveries, log)
+	w.removeLimited(ctx, p, deliveries, log)
 	return nil
 }
 
-// removeLimited removes the queue message seq (on queue token) of a job that ended past
-// its delivery limit.
-func (w *Worker) removeLimited(ctx context.Context, seq uint64, token string, deliveries uint64, log *slog.Logger) {
-	if err := w.store.DeleteQueued(ctx, seq); err != nil {
+// removeLimited removes the queue message p, and its stored request body, of a job that
+// ended past its delivery limit.
+func (w *Worker) removeLimited(ctx context.Context, p broker.Pending, deliveries uint64, log *slog.Logger) {
+	if err := w.store.RemoveEnded(ctx, p); err != nil {
 		log.Warn("remove job past its delivery limit", "err", err)
 		return
 	}
-	w.index.touch(token)
+	w.index.touch(p.Token)
 	log.Warn("job failed: delivery limit reached", "deliveries", deliveries)
 }
 

@@ -64,8 +64,9 @@ func (w *Worker) expireLoop(ctx context.Context) {
 }
 
 // expire fails the jobs waiting in the queue since before Store.StaleBefore and removes
-// their queue messages. Several foremen on one NATS may race to end one: the record's
-// revision lets one write win. A stop ends it at once: its work waits for the next start.
+// their queue messages and stored request bodies. Several foremen on one NATS may race to
+// end one: the record's revision lets one write win. A stop ends it at once: its work
+// waits for the next start.
 func (w *Worker) expire(ctx context.Context) {
 	ctx, stop := w.untilStop(ctx)
 	defer stop()
@@ -93,7 +94,7 @@ func (w *Worker) expire(ctx context.Context) {
 		_, err := w.expireJob(jctx, p.JobID, ttl)
 		if err == nil {
 			ended = append(ended, p.JobID)
-			err = w.store.DeleteQueued(jctx, p.Seq)
+			err = w.store.RemoveEnded(jctx, p)
 			w.index.touch(p.Token)
 			log.Info("job failed: it waited in the queue for a job TTL", "enqueued", p.Enqueued)
 			if err != nil {
