@@ -156,6 +156,45 @@ func UntilReady(ctx context.Context, log *slog.Logger, what string, fn func(cont
 	}
 }
 
+// ErrNoJetStream is (wrapped in) the error of Open on a NATS server that runs without
+// JetStream (nats-server without -js or a jetstream block): its JetStream API has no
+// responders, as a cluster's has for a moment while it elects, and waiting would never end.
+var ErrNoJetStream = errors.New("the NATS server runs without JetStream")
+
+// noSuitablePeers is nats-server's error code for a stream it found no servers to place
+// the replicas of (JSClusterNoPeersErrF).
+const noSuitablePeers jetstream.ErrorCode = 10005
+
+// untilReady is UntilReady for the store's set-up, which knows its connection and
+// replicas: a server without JetStream fails at once (ErrNoJetStream), and a cluster
+// that places no replicas is waited for with the setting named as the likely cause.
 func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Context) error) error {
-	return UntilReady(ctx, s.log, what, fn)
+	return UntilReady(ctx, s.log, what, func(ctx context.Context) error {
+		err := fn(ctx)
+		if errors.Is(err, nats.ErrNoResponders) && noJetStream(s.nc) {
+			// The answer is kept as text only: wrapped, it would count as transient.
+			return fmt.Errorf("%w (its JetStream API: %v)", ErrNoJetStream, err)
+		}
+		var apiErr *jetstream.APIError
+		if s.cfg.Replicas > 1 && errors.As(err, &apiErr) && apiErr.ErrorCode == noSuitablePeers {
+			// A cluster forming answers so until its servers are known, and one of fewer
+			// servers than the replicas always: the server cannot say which.
+			return fmt.Errorf("%w (FOREMAN_NATS_REPLICAS=%d: more replicas than the cluster has JetStream servers?)",
+				err, s.cfg.Replicas)
+		}
+		return err
+	})
+}
+
+// noJetStream reports whether the server nc is on announced no JetStream (its INFO's
+// "jetstream"). A cluster still electing announces it on every node. Read while
+// reconnecting, the flag is off for any server, so the connection must be up on both
+// sides of it. (A leaf node that uses its hub's JetStream announces none either, and
+// gets here only while the hub is out of reach: its start fails then instead of waiting.)
+func noJetStream(nc *nats.Conn) bool {
+	if !nc.IsConnected() {
+		return false
+	}
+	on, _ := nc.ConnectedServerJetStream()
+	return !on && nc.IsConnected()
 }

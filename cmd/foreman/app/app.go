@@ -103,6 +103,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 				"(foreman's user needs an account with JetStream and no publish or subscribe limits: see deploy/nats-cluster.conf)",
 				ollama.RedactURLs(a.cfg.NATSURL), denial)
 		}
+		if errors.Is(err, broker.ErrNoJetStream) {
+			return nil, fmt.Errorf("FOREMAN_NATS_URL=%q: %w: start nats-server with -js (or a jetstream {} block "+
+				"in its configuration), or point FOREMAN_NATS_URL at one that runs it", ollama.RedactURLs(a.cfg.NATSURL), err)
+		}
 		return nil, replicasError(err, scfg.Replicas)
 	}
 	a.target, err = ollama.NewClient(ollama.ClientConfig{BaseURL: cfg.OllamaURL, Token: cfg.OllamaToken, ResponseHeaderTimeout: -1, Logger: log})
