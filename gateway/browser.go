@@ -113,8 +113,11 @@ var (
 		"X-Stainless-Helper-Method", "X-Stainless-Lang", "X-Stainless-Os", "X-Stainless-Package-Version",
 		"X-Stainless-Poll-Helper", "X-Stainless-Retry-Count", "X-Stainless-Runtime",
 		"X-Stainless-Runtime-Version", "X-Stainless-Timeout",
-		// foreman
-		"Idempotency-Key",
+		// Anthropic SDKs (/v1/messages; X-Api-Key is also foreman's token)
+		"X-Api-Key", "Anthropic-Version", "Anthropic-Beta", "Anthropic-Dangerous-Direct-Browser-Access",
+		// foreman: an idempotent submit, an artifact read again or in part (X-Foreman-*
+		// headers are added as asked for, allowHeaders)
+		"Idempotency-Key", "If-None-Match", "If-Range", "Range",
 	}
 	// corsExposed lets a page read foreman's own answer headers (Ollama exposes none).
 	corsExposed = "X-Foreman-Job-Id,Retry-After,Location"

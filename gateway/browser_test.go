@@ -130,7 +130,7 @@ func TestBrowserPreflight(t *testing.T) {
 	hdr := []string{
 		"Origin", "http://localhost:5173",
 		"Access-Control-Request-Method", "POST",
-		"Access-Control-Request-Headers", "authorization,content-type,idempotency-key,x-foreman-trace",
+		"Access-Control-Request-Headers", "authorization,content-type,idempotency-key,x-foreman-trace,x-foreman-priority,x-foreman-program,x-api-key,anthropic-version,if-none-match",
 	}
 	resp, out := b.request(t, http.MethodOptions, "/jobs", nil, hdr...)
 	if resp.StatusCode != http.StatusNoContent {
@@ -145,7 +145,8 @@ func TestBrowserPreflight(t *testing.T) {
 			t.Errorf("Allow-Methods %q lacks %s", h.Get("Access-Control-Allow-Methods"), m)
 		}
 	}
-	for _, name := range []string{"Authorization", "Content-Type", "Idempotency-Key", "X-Foreman-Trace", "X-Stainless-Os"} {
+	for _, name := range []string{"Authorization", "Content-Type", "Idempotency-Key", "X-Foreman-Trace", "X-Stainless-Os",
+		"X-Foreman-Priority", "X-Foreman-Program", "X-Api-Key", "Anthropic-Version", "If-None-Match", "Range"} {
 		if !strings.Contains(h.Get("Access-Control-Allow-Headers"), name) {
 			t.Errorf("Allow-Headers %q lacks %s", h.Get("Access-Control-Allow-Headers"), name)
 		}
