@@ -150,6 +150,11 @@ func newTransport(responseHeaderTimeout time.Duration) *http.Transport {
 // BaseURL returns the target's base URL with any userinfo redacted (see RedactURL).
 func (c *HTTPClient) BaseURL() string { return redacted(c.base) }
 
+// CloseIdleConnections closes the connections kept open for reuse, as a client no longer
+// used should: each holds a socket (and its transport's goroutines) for up to 90 s.
+// Requests under way keep theirs.
+func (c *HTTPClient) CloseIdleConnections() { c.hc.CloseIdleConnections() }
+
 // hopHeaders are connection-level headers a proxy must not forward (RFC 9110 §7.6.1).
 var hopHeaders = []string{
 	"Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authenticate",

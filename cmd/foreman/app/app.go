@@ -38,9 +38,10 @@ type App struct {
 	inv     *ollama.Inventory
 	// known is the target's model list as stored in broker.KnownModelsBucket (ADR-0047).
 	known knownModels
-	// clients are the other foremen's targets, by URL (targetClient).
+	// clients are the other foremen's targets, by URL (targetClient), those of the
+	// targets live at the last poll (pruneClients).
 	clientsMu sync.Mutex
-	clients   map[string]ollama.Client
+	clients   map[string]*ollama.HTTPClient
 	gw        *gateway.Server
 	worker    *worker.Worker
 	http      *http.Server

@@ -60,7 +60,7 @@ func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 		a.log.Warn("publish target inventory", "target", t.Name, "err", err)
 	}
 	a.targetEndpoints(pctx) // learn the other targets at each poll, not only when a webhook dials
-
+	a.pruneClients(pctx)
 }
 
 // publishedURL is the target's URL as the other foremen call it: without userinfo (they
@@ -186,8 +186,33 @@ func (a *App) targetClient(url string) (ollama.Client, error) {
 		return nil, err
 	}
 	if a.clients == nil {
-		a.clients = map[string]ollama.Client{}
+		a.clients = map[string]*ollama.HTTPClient{}
 	}
 	a.clients[url] = c
 	return c, nil
+}
+
+// pruneClients drops the clients of URLs no live target has any more (an entry withdrawn
+// or expired, a Mac whose address changed), closing their idle connections: each keeps a
+// transport and up to 16 idle sockets, and without this one stayed for every URL ever
+// published. A request under way on a dropped client ends as it would have (only idle
+// connections are closed); one begun after is given a new client. While the bucket
+// cannot be read, every client stays.
+func (a *App) pruneClients(ctx context.Context) {
+	all, err := a.store.Targets(ctx)
+	if err != nil {
+		return
+	}
+	var gone []*ollama.HTTPClient
+	a.clientsMu.Lock()
+	for url, c := range a.clients {
+		if !slices.ContainsFunc(all, func(t broker.Target) bool { return t.URL == url }) {
+			delete(a.clients, url)
+			gone = append(gone, c)
+		}
+	}
+	a.clientsMu.Unlock()
+	for _, c := range gone {
+		c.CloseIdleConnections()
+	}
 }

@@ -1,12 +1,18 @@
 package app
 
 import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
 	"slices"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // The URL published to the other foremen carries no credentials at all (not even
@@ -50,5 +56,77 @@ func TestEndpointsOfTargets(t *testing.T) {
 	})
 	if want := []string{"127.0.0.1:11434", "192.168.1.20:11434", "mac-b.lan:11434"}; !slices.Equal(got, want) {
 		t.Fatalf("endpoints %v, want %v", got, want)
+	}
+}
+
+// The clients of the other targets are those of the targets still live: at a poll, the
+// client of a URL no entry has any more (withdrawn, or its Mac's address changed) is
+// dropped, where each stayed for the process's life with its transport and idle
+// connections. A request under way on a dropped client ends as it would have.
+func TestClientsOfGoneTargetsAreDropped(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	a := &App{cfg: Config{TargetName: "mac-a", OllamaURL: "http://127.0.0.1:1"}, store: b.Store, log: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	publish := func(name, url string) {
+		t.Helper()
+		if err := b.Store.PublishTarget(ctx, broker.Target{Name: name, URL: url, Reachable: true, Models: []string{"beta:latest"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	client := func(url string) ollama.Client {
+		t.Helper()
+		c, err := a.targetClient(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	const n = 8 // targets at loopback URLs never dialed: a client dials only for a request
+	for i := range n {
+		publish(fmt.Sprintf("mac-%d", i), fmt.Sprintf("http://127.0.0.1:%d", 20001+i))
+		client(fmt.Sprintf("http://127.0.0.1:%d", 20001+i))
+	}
+	busy := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	publish("mac-busy", busy.URL)
+	release := busy.Hold("beta")
+	defer release()
+	streamed := make(chan error, 1)
+	go func() {
+		_, err := client(busy.URL).Stream(ctx, "/api/chat", []byte(`{"model":"beta","messages":[{"role":"user","content":"hi"}]}`),
+			func([]byte) error { return nil })
+		streamed <- err
+	}()
+	if err := busy.WaitStarted(ctx, "beta", 1); err != nil {
+		t.Fatal(err)
+	}
+
+	// Half the targets go, mac-0 moves to another port, and the busy one goes mid-request.
+	for i := 1; i < n; i += 2 {
+		if err := b.Store.WithdrawTarget(ctx, fmt.Sprintf("mac-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("mac-0", "http://127.0.0.1:20100")
+	if err := b.Store.WithdrawTarget(ctx, "mac-busy"); err != nil {
+		t.Fatal(err)
+	}
+	kept := client("http://127.0.0.1:20003")
+	a.publishTarget(ctx, polledSnap("alpha")) // a poll
+
+	a.clientsMu.Lock()
+	got := slices.Sorted(maps.Keys(a.clients))
+	same := a.clients["http://127.0.0.1:20003"] == kept
+	a.clientsMu.Unlock()
+	if want := []string{"http://127.0.0.1:20003", "http://127.0.0.1:20005", "http://127.0.0.1:20007"}; !slices.Equal(got, want) {
+		t.Errorf("clients after the poll: %v, want those of the live targets %v", got, want)
+	}
+	if !same {
+		t.Error("the client of a live target was replaced")
+	}
+	release()
+	if err := <-streamed; err != nil {
+		t.Errorf("the request under way on a dropped client: %v", err)
 	}
 }
