@@ -13,6 +13,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"github.com/nats-io/nats.go"
 )
 
 // handle runs one delivered job to its end, or hands it back. ahead, when not nil, is a
@@ -469,8 +470,9 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, release func(),
 	}
 	if aerr != nil && !sync {
 		// The result lives only here: an async job ending done without it would be done
-		// with its answer lost. A store that still refuses as the worker stops runs it
-		// again after; a write no try gets past fails it, saying why.
+		// with its answer lost. A store that still refuses as the worker stops, or a put
+		// that timed out (holdResult), runs it again; a write no try gets past fails it,
+		// saying why.
 		if w.refusing(aerr) {
 			release()
 			log.Error("store result artifact; job will run again", "err", aerr, "result_bytes", len(res))
@@ -505,8 +507,9 @@ func (w *Worker) storeDone(ctx context.Context, d *broker.Lease, release func(),
 }
 
 // storeResult writes a finished job's result to the object store (with the test fault).
-// An async job's result lives only here: while the store refuses (refusing), the write
-// goes on as its done state's does (storeAnswered), until stored or the worker stops.
+// An async job's result lives only here: while the store refuses it (holdResult), the
+// write goes on as its done state's does (storeAnswered), until stored or the worker
+// stops.
 func (w *Worker) storeResult(ctx context.Context, id string, sync bool, res []byte, log *slog.Logger) (broker.Artifact, error) {
 	write := func() (broker.Artifact, error) {
 		if fault := w.cfg.resultFault; fault != nil {
@@ -519,7 +522,7 @@ func (w *Worker) storeResult(ctx context.Context, id string, sync bool, res []by
 		return w.store.StoreArtifact(wctx, id, broker.ResultArtifact, "application/json", res)
 	}
 	a, err := write()
-	for pause := terminalPause; !sync && w.refusing(err); pause = min(2*pause, 2*time.Second) {
+	for pause := terminalPause; !sync && w.holdResult(err); pause = min(2*pause, 2*time.Second) {
 		log.Error("store result artifact; the answer is held here, so the job does not run again: trying on", "err", err, "result_bytes", len(res))
 		if !w.sleep(context.Background(), pause) { // the worker stops
 			break
@@ -527,6 +530,37 @@ func (w *Worker) storeResult(ctx context.Context, id string, sync bool, res []by
 		a, err = write()
 	}
 	return a, err
+}
+
+// holdResult reports whether an async job's result write that failed with err is tried
+// on rather than the job handed back (ADR-0058): only while the store refuses it. A put
+// that ran out of time (a large result on a slow disk or cluster) is no refusal: the
+// next try may be as slow, and each one that times out leaves the chunks it wrote
+// (ADR-0019), tens of megabytes a round. Such a put is tried on only while the job store
+// refuses a probe write too (a full disk leaves failing publishes unanswered, ADR-0041);
+// otherwise the job is handed back, as before ADR-0058, bounded by its attempts.
+func (w *Worker) holdResult(err error) bool {
+	if !w.refusing(err) {
+		return false
+	}
+	if !timedOut(err) {
+		return true
+	}
+	ctx, cancel := w.untilStop(context.Background())
+	defer cancel()
+	ctx, cancelProbe := context.WithTimeout(ctx, 10*time.Second)
+	defer cancelProbe()
+	perr := w.store.ProbeWrite(ctx)
+	return w.refusing(perr) && !timedOut(perr)
+}
+
+// timedOut reports a write that got no answer in time, rather than a store's refusal
+// (out of room, a known write fault, no stream leader).
+func timedOut(err error) bool {
+	if errors.Is(err, broker.ErrStorageFull) || errors.Is(err, broker.ErrStoreFailed) {
+		return false
+	}
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
 }
 
 // storeAnswered writes the terminal state of a job whose final marker went out
