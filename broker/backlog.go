@@ -26,9 +26,10 @@ type QueuedMessage struct {
 
 // Backlog keeps a copy of the queue's message headers in memory, so a view of a queue of
 // thousands of jobs costs no read per job. A refresh reads only what changed: one stream
-// info request (its range and the sequences deleted inside it) and one read per message
-// published since the last refresh. A queue stream accepts no second consumer that
-// overlaps the worker's (work-queue retention), hence reads by sequence.
+// info request (its range and each subject's count of messages), one read per message
+// published since the last refresh, and reads from both ends of a subject that lost
+// known messages until they are found (findGone). A queue stream accepts no second
+// consumer that overlaps the worker's (work-queue retention), hence reads by sequence.
 type Backlog struct {
 	store *Store
 
@@ -75,11 +76,16 @@ func (b *Backlog) Refresh(ctx context.Context, maxAge time.Duration) ([]QueuedMe
 // refresh reads what changed in the queue. Each read is retried as a job record's is,
 // so a store that does not answer fails it with ErrUnavailable (the gateway's 503) within
 // the retry window.
+//
+// What left the queue is told by counts, not by the stream's list of deleted sequences:
+// that list holds every message removed behind the oldest one still queued, so one job
+// waiting for hours behind normal traffic (or a loop of submits and cancels) makes it
+// millions long, sent and read at each refresh. The counts are one per queue subject.
 func (b *Backlog) refresh(ctx context.Context) error {
 	var info *jetstream.StreamInfo
 	err := b.store.retry(ctx, func(ctx context.Context) error {
 		var err error
-		info, err = b.store.queue.Info(ctx, jetstream.WithDeletedDetails(true))
+		info, err = b.store.queue.Info(ctx, jetstream.WithSubjectFilter(QueueWildcard))
 		return err
 	})
 	if err != nil {
@@ -91,22 +97,21 @@ func (b *Backlog) refresh(ctx context.Context) error {
 		b.next = st.LastSeq + 1
 		return nil
 	}
-	deleted := make(map[uint64]bool, len(st.Deleted))
-	for _, seq := range st.Deleted {
-		deleted[seq] = true
-	}
 	for seq := range b.msgs {
-		if seq < st.FirstSeq || deleted[seq] {
+		if seq < st.FirstSeq {
 			delete(b.msgs, seq)
 		}
 	}
-	for seq := max(b.next, st.FirstSeq); seq <= st.LastSeq; seq++ {
-		var m *jetstream.RawStreamMsg
-		err := b.store.retry(ctx, func(ctx context.Context) error {
-			var err error
-			m, err = b.store.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(QueueWildcard))
-			return err
-		})
+	if err := b.readNew(ctx, st.FirstSeq, st.LastSeq); err != nil {
+		return err
+	}
+	return b.dropGone(ctx, st.Subjects)
+}
+
+// readNew reads the messages from b.next (or first) up to last.
+func (b *Backlog) readNew(ctx context.Context, first, last uint64) error {
+	for seq := max(b.next, first); seq <= last; seq++ {
+		m, err := b.get(ctx, seq, QueueWildcard)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			break
 		}
@@ -114,7 +119,7 @@ func (b *Backlog) refresh(ctx context.Context) error {
 			return fmt.Errorf("broker: read queue message %d: %w", seq, err)
 		}
 		seq = m.Sequence
-		if seq > st.LastSeq {
+		if seq > last {
 			break // published after the info: the next refresh reads it with its peers
 		}
 		token, _ := TokenFromSubject(m.Subject)
@@ -130,6 +135,95 @@ func (b *Backlog) refresh(ctx context.Context) error {
 			b.onRead(seq)
 		}
 	}
-	b.next = st.LastSeq + 1
+	b.next = last + 1
 	return nil
+}
+
+// dropGone drops the known messages that left the queue. counts is how many messages
+// each queue subject held at the info: every message then held is known (read now or
+// before), so a subject known with more lost that many, and only its messages are looked
+// at again. A count can come short only by a message removed between the info and its
+// read; a message left known then is dropped by a later refresh, whose count misses it.
+func (b *Backlog) dropGone(ctx context.Context, counts map[string]uint64) error {
+	known := map[string]int{}
+	for _, m := range b.msgs {
+		known[m.Token]++
+	}
+	for token, n := range known {
+		if held := int(min(counts[QueueSubject(token)], uint64(n))); n > held {
+			if err := b.findGone(ctx, token, n-held); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// findGone drops gone of token's known messages, looking from both ends until it found
+// them: the worker takes a queue's oldest job, and a cancel mostly meets a recent one. At
+// the old end, one read of the first message at or after the oldest known one passes over
+// every known one removed before it. The reads are at most the subject's known messages.
+func (b *Backlog) findGone(ctx context.Context, token string, gone int) error {
+	var seqs []uint64
+	for seq, m := range b.msgs {
+		if m.Token == token {
+			seqs = append(seqs, seq)
+		}
+	}
+	if gone >= len(seqs) { // the subject holds none (purged, or each one left)
+		for _, seq := range seqs {
+			delete(b.msgs, seq)
+		}
+		return nil
+	}
+	slices.Sort(seqs)
+	subject := QueueSubject(token)
+	drop := func(seq uint64) { delete(b.msgs, seq); gone-- }
+	lo, hi := 0, len(seqs)-1
+	for gone > 0 && lo <= hi {
+		m, err := b.get(ctx, seqs[lo], subject)
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			for ; lo <= hi; lo++ {
+				drop(seqs[lo])
+			}
+			return nil
+		case err != nil:
+			return fmt.Errorf("broker: read queue message %d: %w", seqs[lo], err)
+		}
+		for ; lo <= hi && seqs[lo] < m.Sequence; lo++ {
+			drop(seqs[lo])
+		}
+		if lo <= hi && seqs[lo] == m.Sequence {
+			lo++
+		}
+		if gone <= 0 || lo > hi {
+			break
+		}
+		_, err = b.get(ctx, seqs[hi], "")
+		switch {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			drop(seqs[hi])
+		case err != nil:
+			return fmt.Errorf("broker: read queue message %d: %w", seqs[hi], err)
+		}
+		hi--
+	}
+	return nil
+}
+
+// get reads the first message at or after seq on subject, or the one at seq when subject
+// is empty, retried as every read of the backlog.
+func (b *Backlog) get(ctx context.Context, seq uint64, subject string) (*jetstream.RawStreamMsg, error) {
+	var opts []jetstream.GetMsgOpt
+	if subject != "" {
+		opts = append(opts, jetstream.WithGetMsgSubject(subject))
+	}
+	var m *jetstream.RawStreamMsg
+	err := b.store.retry(ctx, func(ctx context.Context) error {
+		var err error
+		m, err = b.store.queue.GetMsg(ctx, seq, opts...)
+		return err
+	})
+	return m, err
 }

@@ -182,3 +182,102 @@ func TestBacklogRefreshResumesAfterCut(t *testing.T) {
 		t.Fatalf("after the cut: %d messages with %d reads, want %d with %d", len(msgs), reads, n, n-3)
 	}
 }
+
+// What left the queue does not cost a refresh: a job waiting for hours (its model only on
+// a target that is away) keeps every later job's removal inside the stream's range, and a
+// loop of submits and cancels makes those millions. A refresh after a thousand of them
+// receives from NATS what one after ten does.
+func TestBacklogRefreshCostsNothingForWhatLeft(t *testing.T) {
+	t.Parallel()
+	bb := brokertest.New(t)
+	ctx := ctxT(t)
+	pinned := submit(t, bb.Store, "away", `{"model":"away","messages":[]}`)
+	churn := func(n int) {
+		for range n {
+			j := submit(t, bb.Store, "tiny-a", `{"model":"tiny-a","messages":[]}`)
+			if _, err := bb.Store.Cancel(ctx, j.ID, "test"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	back := bb.Store.Backlog()
+	// received is the bytes NATS sent the store's connection for one refresh; nothing
+	// else runs on it meanwhile (every submit and cancel above was answered).
+	received := func() uint64 {
+		t.Helper()
+		before := bb.Conn.Stats().InBytes
+		msgs, err := back.Refresh(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(msgs) != 1 || msgs[0].JobID != pinned.ID {
+			t.Fatalf("backlog %+v, want only the pinned job", msgs)
+		}
+		return bb.Conn.Stats().InBytes - before
+	}
+	churn(10)
+	few := received()
+	churn(1000)
+	many := received()
+	// The stream's list of a thousand deleted sequences alone is over 4 KB; what may
+	// differ is the digits of the counts and times in the stream info.
+	if many > few+256 {
+		t.Fatalf("a refresh received %d bytes after 1000 submits and cancels, %d after 10", many, few)
+	}
+}
+
+// The backlog drops what left the queue wherever it was in its subject: the oldest (the
+// worker takes it), the newest and some in the middle (canceled), a whole subject
+// (purged), and keeps the rest, as a backlog read afresh has them.
+func TestBacklogDropsWhatLeft(t *testing.T) {
+	t.Parallel()
+	bb := brokertest.New(t)
+	ctx := ctxT(t)
+	models := []string{"tiny-a", "tiny-b", "tiny-c"}
+	for range 6 {
+		for _, m := range models {
+			submit(t, bb.Store, m, `{"model":"`+m+`","messages":[]}`)
+		}
+	}
+	back := bb.Store.Backlog()
+	msgs, err := back.Refresh(ctx, 0)
+	if err != nil || len(msgs) != 18 {
+		t.Fatalf("backlog of %d, %v", len(msgs), err)
+	}
+	// msgs[3i] are tiny-a's, msgs[3i+1] tiny-b's, msgs[3i+2] tiny-c's.
+	if err := bb.Store.DeleteQueued(ctx, msgs[0].Seq); err != nil { // tiny-a's oldest
+		t.Fatal(err)
+	}
+	for _, i := range []int{6, 9, 16} { // tiny-a's 3rd and 4th, tiny-b's newest
+		if _, err := bb.Store.Cancel(ctx, msgs[i].JobID, "test"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := bb.Store.PurgeQueued(ctx, msgs[2].Token); err != nil { // tiny-c
+		t.Fatal(err)
+	}
+	want := []string{}
+	for i, m := range msgs {
+		if i != 0 && i != 6 && i != 9 && i != 16 && i%3 != 2 {
+			want = append(want, m.JobID)
+		}
+	}
+	ids := func(msgs []broker.QueuedMessage) []string {
+		out := []string{}
+		for _, m := range msgs {
+			out = append(out, m.JobID)
+		}
+		return out
+	}
+	got, err := back.Refresh(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := bb.Store.Backlog().Refresh(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(ids(got)) != fmt.Sprint(want) || fmt.Sprint(ids(fresh)) != fmt.Sprint(want) {
+		t.Fatalf("backlog %v, read afresh %v, want %v", ids(got), ids(fresh), want)
+	}
+}

@@ -69,8 +69,8 @@ type Config struct {
 	// stream whose write failed, as on a full disk, stores nothing more and answers none
 	// of the publishes it fails). JobStreams names the streams it is to look at. It is
 	// asked only after a write went unanswered, and then at most once a second while the
-	// fault stands: a write then fails at once with ErrStoreFailed instead of retrying
-	// for RetryWindow.
+	// fault stands, never while an earlier ask still runs (it may hang on the disk): a
+	// write then fails at once with ErrStoreFailed instead of retrying for RetryWindow.
 	WriteFault func() error
 	Logger     *slog.Logger
 	// Now is the clock; tests may replace it.

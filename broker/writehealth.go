@@ -120,6 +120,11 @@ type writeFault struct {
 	mu    sync.Mutex
 	err   error     // the fault, wrapped in ErrStoreFailed; nil when none
 	at    time.Time // when report was last asked
+	// asking is set while a report runs, and closed once it returned and its answer is
+	// kept. No other report starts meanwhile: one that hangs on the disk would otherwise
+	// be joined by another each second, each holding a goroutine (and a thread, in a
+	// system call) for as long as the disk hangs.
+	asking chan struct{}
 }
 
 // faultRecheck is how often a fault is asked about again; faultAsk bounds the wait for
@@ -149,28 +154,47 @@ func (f *writeFault) standing(report func() error, now time.Time) error {
 	return f.ask(report, now)
 }
 
+// ask runs report unless one runs or ran within faultRecheck, and waits faultAsk for
+// its answer. An answer that comes later is kept when it comes; until then the fault
+// counts as gone.
 func (f *writeFault) ask(report func() error, now time.Time) error {
 	f.mu.Lock()
-	if !f.at.IsZero() && now.Sub(f.at) < faultRecheck {
+	if f.asking != nil || !f.at.IsZero() && now.Sub(f.at) < faultRecheck {
 		defer f.mu.Unlock()
 		return f.err // many writes failing at once ask once
 	}
 	f.at = now
+	done := make(chan struct{})
+	f.asking = done
 	f.mu.Unlock()
 
-	answer := make(chan error, 1)
-	go func() { answer <- report() }()
-	var ferr error
+	go func() {
+		err := report()
+		f.mu.Lock()
+		f.asking = nil
+		f.keep(err)
+		f.mu.Unlock()
+		close(done)
+	}()
+	t := time.NewTimer(faultAsk)
+	defer t.Stop()
 	select {
-	case err := <-answer:
-		if err != nil {
-			ferr = fmt.Errorf("%w: %v", ErrStoreFailed, err)
-		}
-	case <-time.After(faultAsk):
+	case <-done:
+	case <-t.C:
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.err = ferr
-	f.known.Store(ferr != nil)
-	return ferr
+	if f.asking == done {
+		f.keep(nil) // no answer yet
+	}
+	return f.err
+}
+
+// keep stores report's answer err. Call with f.mu held.
+func (f *writeFault) keep(err error) {
+	f.err = nil
+	if err != nil {
+		f.err = fmt.Errorf("%w: %v", ErrStoreFailed, err)
+	}
+	f.known.Store(f.err != nil)
 }
