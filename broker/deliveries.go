@@ -263,6 +263,28 @@ func (s *Store) FinishPendingDelivery(ctx context.Context, id string, rev uint64
 	return nil
 }
 
+// PendingDeliveryRevs lists the event revisions of job id's pending deliveries, oldest
+// first, from the bucket's keys alone (a stream info request; no entry is read). The
+// webhook dispatcher asks it before it sends an event of a job whose earlier events may
+// wait in the store held by none of its lanes (ADR-0022).
+func (s *Store) PendingDeliveryRevs(ctx context.Context, id string) ([]uint64, error) {
+	if err := ValidateID(id); err != nil {
+		return nil, err
+	}
+	keys, err := s.bucketKeys(ctx, JobsBucket, pendingPrefix+id+".*")
+	if err != nil {
+		return nil, fmt.Errorf("broker: list pending deliveries of %s: %w", id, err)
+	}
+	revs := make([]uint64, 0, len(keys))
+	for _, k := range keys {
+		if kid, rev, ok := parsePendingKey(k); ok && kid == id {
+			revs = append(revs, rev)
+		}
+	}
+	slices.Sort(revs)
+	return revs, nil
+}
+
 // pendingReads is how many pending deliveries are read at once (readPending).
 const pendingReads = 32
 

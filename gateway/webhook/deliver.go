@@ -33,9 +33,8 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 	e.parked = false
 	release, err := d.acquire(ctx, e.receiver, e.jobID)
 	if errors.Is(err, errReceiverBusy) {
-		wait := time.Duration(float64(d.cfg.busyPause) * (0.8 + 0.4*rand.Float64()))
-		e.nextAt, e.parked = time.Now().Add(wait), true
-		log.Debug("webhook receiver busy; the event waits in its lane", "receiver", e.receiver, "retry_in", wait)
+		e.parked = true // until a release or the receiver's backstop wakes the lane
+		log.Debug("webhook receiver busy; the event waits in its lane", "receiver", e.receiver)
 		return false
 	}
 	if err != nil {

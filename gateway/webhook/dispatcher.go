@@ -32,6 +32,7 @@ type Store interface {
 	UpdatePendingDelivery(ctx context.Context, p broker.PendingDelivery) (uint64, error)
 	BootID() string
 	FinishPendingDelivery(ctx context.Context, id string, rev uint64) error
+	PendingDeliveryRevs(ctx context.Context, id string) ([]uint64, error)
 	Deliveries(ctx context.Context, id string) ([]broker.DeliveryAttempt, error)
 	LogDelivery(ctx context.Context, id string, a broker.DeliveryAttempt) error
 	GetRaw(ctx context.Context, id string) ([]byte, uint64, error)
@@ -65,7 +66,8 @@ type Config struct {
 	// PerReceiver caps the attempts in flight to one receiver (see receiverOf: a host's
 	// registrable domain or its address, and the port), so a receiver that hangs ties
 	// up that many connections, not one per job; as many more lanes may wait for a
-	// slot, the others' events wait in the store. Default 16.
+	// slot. At most 4 × PerReceiver jobs' lanes name a receiver (laneCap); the others'
+	// events wait in the store only, taken up as lanes free. Default 16.
 	PerReceiver int
 	// busyPause is how long an event parked on a busy receiver waits at most before it
 	// asks again, should no slot's release wake it first; default busyPause.
@@ -142,6 +144,11 @@ type Dispatcher struct {
 	// manual holds the webhook-id of each job's manual redelivery in its lane: a job has
 	// at most one, so redelivery requests in a loop cannot pile up events in memory.
 	manual map[string]string
+	// held counts the lanes of each receiver (lane.receiver), at most laneCap; spills
+	// names the receivers with events left in the store beyond that (spill.go).
+	held   map[string]int
+	spills map[string]*spill
+	nudge  chan struct{} // wakes claimLoop: a receiver with spilled events has room
 	wg     sync.WaitGroup
 
 	slotsMu sync.Mutex
@@ -158,6 +165,9 @@ type receiverSlots struct {
 	// wakes the oldest (parkedSet: each job once).
 	parked    []string
 	parkedSet map[string]bool
+	// backstop wakes the lane parked longest should no release do it first: one timer
+	// for the receiver, not one per parked lane (armBackstop).
+	backstop *time.Timer
 }
 
 // event is one state event to deliver. A stored event (a pending delivery in the store)
@@ -170,7 +180,7 @@ type event struct {
 	nextAt   time.Time
 	manual   bool   // a manual redelivery: in memory only, with fresh attempts
 	receiver string // receiverOf its webhook URL: whose slots its attempts take
-	parked   bool   // it waits for its receiver's slot, not for a retry: a release wakes it
+	parked   bool   // it waits for its receiver's slot, not for a retry: a release (or the receiver's backstop) wakes it
 
 	// Set for the attempt being made.
 	body []byte
@@ -182,9 +192,10 @@ func (e *event) webhookID() string { return e.jobID + "-" + strconv.FormatUint(e
 // lane holds one job's events: they are delivered in order, one at a time. While its
 // first event waits for a retry, no goroutine runs for the lane; a timer wakes it.
 type lane struct {
-	queue   []*event
-	running bool
-	timer   *time.Timer
+	queue    []*event
+	receiver string // whose lanes it counts in (Dispatcher.held)
+	running  bool
+	timer    *time.Timer // a retry's wait; none while parked on a busy receiver
 	// unparked: a release woke the lane while it was still running on its way to
 	// stopping, parked: it tries again at once instead.
 	unparked bool
@@ -196,7 +207,8 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, errors.New("webhook: Config.Store is required")
 	}
 	cfg.setDefaults()
-	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, manual: map[string]string{}, slots: map[string]*receiverSlots{}}
+	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, manual: map[string]string{},
+		held: map[string]int{}, spills: map[string]*spill{}, nudge: make(chan struct{}, 1), slots: map[string]*receiverSlots{}}
 	if cfg.Secret != "" {
 		k, err := Key(cfg.Secret)
 		if err != nil {
@@ -316,20 +328,31 @@ func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broke
 	return changes, pending, nil
 }
 
-// resume queues stored pending deliveries this dispatcher claimed.
+// resume queues stored pending deliveries this dispatcher claimed (ordered by job and
+// revision), each a lane's as far as its receiver has room (laneCap); the others stay
+// in the store. Once an event of a job is left there, so are the job's later ones.
 func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDelivery) {
+	spilledJob := ""
 	for _, p := range pending {
 		e := &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt}
 		if job, err := broker.DecodeJob(p.Body); err == nil && job.Webhook != nil {
 			e.receiver = receiverOf(job.Webhook.URL) // one that is not is dropped at its load (having taken a slot of receiver "")
 		}
-		_ = d.enqueue(ctx, e)
+		if p.JobID == spilledJob {
+			d.spill(e)
+			continue
+		}
+		if errors.Is(d.enqueue(ctx, e), errSpilled) {
+			spilledJob = p.JobID
+		}
 	}
 }
 
 // claimLoop adopts, every ClaimEvery until ctx ends, the pending deliveries whose
 // foreman is gone (ADR-0052): stored by a foreman that died for good, they would wait
-// for some dispatcher's start.
+// for some dispatcher's start. It takes up this foreman's own held by no lane (left in
+// the store beyond a receiver's laneCap) then too, and as soon as such a receiver's
+// lanes free (nudge).
 func (d *Dispatcher) claimLoop(ctx context.Context) {
 	t := time.NewTicker(d.cfg.ClaimEvery)
 	defer t.Stop()
@@ -338,18 +361,9 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-d.nudge:
 		}
-		claimed, err := d.store.ClaimPendingDeliveries(ctx, d.holds)
-		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Warn("look for pending webhook deliveries of foremen that are gone", "err", err)
-			}
-			continue
-		}
-		if len(claimed) > 0 {
-			d.log.Info("pending webhook deliveries taken up (adopted, or this foreman's own held by no lane)", "deliveries", len(claimed))
-		}
-		d.resume(ctx, claimed)
+		d.claim(ctx)
 	}
 }
 
@@ -370,6 +384,13 @@ func (d *Dispatcher) stop() {
 		}
 	}
 	d.mu.Unlock()
+	d.slotsMu.Lock()
+	for _, rs := range d.slots {
+		if rs.backstop != nil {
+			rs.backstop.Stop()
+		}
+	}
+	d.slotsMu.Unlock()
 	d.wg.Wait()
 }
 
@@ -438,7 +459,7 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	if created { // the first attempt needs no read of what was just stored
 		e.body, e.job, e.srev = p.Body, job, srev
 	}
-	_ = d.enqueue(ctx, e) // only errStopping: the pending delivery waits for its next claim
+	d.admit(ctx, e)
 }
 
 // errStopping is enqueue after the dispatcher stopped.
@@ -454,7 +475,10 @@ func (e *redeliveryPendingError) Error() string {
 
 // enqueue adds e to its job's lane and starts the lane when it was empty. A stored event
 // already queued (resumed at start and offered again by JetStream) is not added twice; a
-// manual redelivery is refused (*redeliveryPendingError) while the job has one.
+// manual redelivery is refused (*redeliveryPendingError) while the job has one. A job
+// with no lane gets one only while its receiver has fewer than laneCap: beyond, a
+// stored event stays in the store only (errSpilled) and a manual redelivery is refused
+// (*receiverFullError).
 func (d *Dispatcher) enqueue(ctx context.Context, e *event) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -465,17 +489,26 @@ func (d *Dispatcher) enqueue(ctx context.Context, e *event) error {
 		if id, ok := d.manual[e.jobID]; ok {
 			return &redeliveryPendingError{jobID: e.jobID, webhookID: id}
 		}
-		d.manual[e.jobID] = e.webhookID()
-	} else {
-		if d.known[e.webhookID()] {
-			return nil
-		}
-		d.known[e.webhookID()] = true
+	} else if d.known[e.webhookID()] {
+		return nil
 	}
 	l, ok := d.lanes[e.jobID]
+	if !ok && d.held[e.receiver] >= d.laneCap() {
+		if e.manual {
+			return &receiverFullError{jobID: e.jobID, receiver: e.receiver, lanes: d.held[e.receiver]}
+		}
+		d.spillLocked(e)
+		return errSpilled
+	}
+	if e.manual {
+		d.manual[e.jobID] = e.webhookID()
+	} else {
+		d.known[e.webhookID()] = true
+	}
 	if !ok {
-		l = &lane{}
+		l = &lane{receiver: e.receiver}
 		d.lanes[e.jobID] = l
+		d.held[e.receiver]++
 	}
 	if !e.manual && len(l.queue) > 0 {
 		// Not tried next: its body is read from the store at its turn, so that lanes
@@ -514,6 +547,7 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 		d.mu.Lock()
 		if len(l.queue) == 0 {
 			delete(d.lanes, jobID)
+			d.laneGoneLocked(l.receiver)
 			l.running = false
 			d.mu.Unlock()
 			return
@@ -525,9 +559,9 @@ func (d *Dispatcher) runLane(ctx context.Context, jobID string, l *lane) {
 				e.parked, e.nextAt = false, time.Now()
 			}
 		}
-		if wait := time.Until(e.nextAt); wait > 0 || d.closed || ctx.Err() != nil {
+		if wait := time.Until(e.nextAt); e.parked || wait > 0 || d.closed || ctx.Err() != nil {
 			l.running = false
-			if !d.closed && ctx.Err() == nil {
+			if !e.parked && !d.closed && ctx.Err() == nil { // a parked one: its receiver's backstop
 				l.timer = time.AfterFunc(wait, func() { d.wake(ctx, jobID, l) })
 			}
 			d.mu.Unlock()
@@ -639,6 +673,7 @@ func (d *Dispatcher) acquire(ctx context.Context, receiver, jobID string) (relea
 			rs.parkedSet[jobID] = true
 			rs.parked = append(rs.parked, jobID)
 		}
+		d.armBackstop(ctx, rs)
 		d.slotsMu.Unlock()
 		return nil, errReceiverBusy
 	}
@@ -673,6 +708,10 @@ func (d *Dispatcher) leave(ctx context.Context, receiver string, rs *receiverSlo
 	if rs.users--; rs.users == 0 {
 		delete(d.slots, receiver)
 		last = true
+		if rs.backstop != nil {
+			rs.backstop.Stop()
+			rs.backstop = nil
+		}
 	}
 	wake := last || rs.waiting == 0
 	d.slotsMu.Unlock()
@@ -732,9 +771,10 @@ func (d *Dispatcher) unpark(ctx context.Context, jobID string) bool {
 	return true
 }
 
-// busyPause is how long an event parked on a busy receiver (every slot taken and
-// PerReceiver lanes waiting) waits in its lane at most, ±20%, then asks again: a release
-// of the receiver's slot wakes it sooner (leave), this only backs that up.
+// busyPause is how long the events parked on a busy receiver (every slot taken and
+// PerReceiver lanes waiting) wait at most, ±20%, before the one parked longest asks
+// again (armBackstop): a release of the receiver's slot wakes them sooner (leave), this
+// only backs that up.
 const busyPause = 5 * time.Second
 
 // receiverOf names the receiver whose slots a webhook URL's attempts take: its host's
