@@ -51,6 +51,13 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 	if j.State.Terminal() {
 		return false, nil
 	}
+	return s.rewrite(ctx, id, e, j) // false: written meanwhile, so fresh anyway
+}
+
+// rewrite writes record e of job j (id) again, byte for byte, marked with HeaderRefresh,
+// and only at e's revision; it reports whether it wrote (false: the record was written
+// meanwhile). A write stamps the job's idempotency claim anew.
+func (s *Store) rewrite(ctx context.Context, id string, e jetstream.KeyValueEntry, j *Job) (bool, error) {
 	// A KV update as kv.Update makes it, with the mark on it.
 	msg := nats.NewMsg("$KV." + JobsBucket + "." + jobKey(id))
 	msg.Header.Set(HeaderRefresh, "1")
@@ -59,7 +66,7 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 			apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-			return false, nil // written meanwhile: fresh anyway
+			return false, nil
 		}
 		return false, fmt.Errorf("broker: refresh %s: %w", id, storageErr(err))
 	}

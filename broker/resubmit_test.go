@@ -3,9 +3,13 @@ package broker_test
 import (
 	"bytes"
 	"errors"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -13,59 +17,274 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 )
 
-// An idempotent retry that queues a job again (its first message lost to a crash between
-// Submit's two writes) leaves the job as young as its new message, as a requeue does:
-// its record and its stored body kept the first submit's age, expired a TTL after it
-// while the new message waited, and the job ended in no state (or failed for want of its
-// body). A job submitted with it, left alone, tells when that first age is up.
-func TestResubmitRefreshesTheJobsAge(t *testing.T) {
-	t.Parallel()
-	const (
-		ttl        = 6 * time.Second
-		maxPayload = 64 << 10
-	)
-	b := brokertest.New(t,
-		brokertest.WithNATS(func(c *natsd.Config) { c.MaxPayload = maxPayload }),
-		brokertest.WithStore(func(c *broker.Config) { c.JobTTL = ttl; c.DuplicateWindow = time.Second }))
-	ctx := ctxT(t)
-	body := func(model string) []byte { // too large for a message: stored apart
-		return []byte(`{"model":"` + model + `","x":"` + string(bytes.Repeat([]byte("a"), 2*maxPayload)) + `"}`)
-	}
-	lost, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, body("m"))
-	if err != nil || lost.BodyRef == "" {
-		t.Fatalf("submit: %+v, %v; want a body stored apart", lost, err)
-	}
-	control, err := b.Store.Submit(ctx, &broker.Job{Model: "control", Kind: broker.KindChat}, body("control"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := b.Store.Next(ctx, token(t, "m"))
-	if err != nil || d == nil || d.JobID != lost.ID {
-		t.Fatalf("next: %+v, %v", d, err)
-	}
-	if err := b.Store.DeleteQueued(ctx, d.Seq); err != nil { // the publish the crash lost
-		t.Fatal(err)
-	}
-	// The retry comes half a TTL after the submit: the age the job must not keep.
-	<-time.After(time.Until(lost.CreatedAt.Add(ttl / 2)))
-	if _, err := b.Store.Resubmit(ctx, lost.ID, body("m")); err != nil {
-		t.Fatal(err)
-	}
+// resubmitMaxPayload is the server's max payload in these tests: a body twice its size is
+// stored apart (Job.BodyRef).
+const resubmitMaxPayload = 64 << 10
 
+func newResubmitBundle(t *testing.T, opts ...brokertest.Option) *brokertest.Bundle {
+	t.Helper()
+	return brokertest.New(t, append([]brokertest.Option{
+		brokertest.WithNATS(func(c *natsd.Config) { c.MaxPayload = resubmitMaxPayload }),
+	}, opts...)...)
+}
+
+// largeBody is a request body for model too large for a queue message.
+func largeBody(model string) []byte {
+	return []byte(`{"model":"` + model + `","x":"` + strings.Repeat("a", 2*resubmitMaxPayload) + `"}`)
+}
+
+func submitLarge(t *testing.T, b *brokertest.Bundle, model string) *broker.Job {
+	t.Helper()
+	j, err := b.Store.Submit(ctxT(t), &broker.Job{Model: model, Kind: broker.KindChat}, largeBody(model))
+	if err != nil || j.BodyRef == "" {
+		t.Fatalf("submit: %+v, %v; want a body stored apart", j, err)
+	}
+	return j
+}
+
+// halfSubmitted stores what a submit of a job with a large body stores before a crash
+// that loses its queue message: the body, then the record.
+func halfSubmitted(t *testing.T, b *brokertest.Bundle, model string) *broker.Job {
+	t.Helper()
+	ctx := ctxT(t)
+	id := broker.NewID()
+	j := &broker.Job{ID: id, Model: model, Kind: broker.KindChat, BodyRef: id + "/request"}
 	obs, err := b.JetStream(t).ObjectStore(ctx, broker.ArtifactsBucket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*ttl, "the control job's record and body expired", func() bool {
-		_, _, err := b.Store.Get(ctx, control.ID)
-		_, oerr := obs.GetInfo(ctx, control.BodyRef)
-		return errors.Is(err, broker.ErrNotFound) && errors.Is(oerr, jetstream.ErrObjectNotFound)
+	meta := jetstream.ObjectMeta{Name: j.BodyRef, Opts: &jetstream.ObjectMetaOptions{ChunkSize: resubmitMaxPayload / 4}}
+	if _, err := obs.Put(ctx, meta, bytes.NewReader(largeBody(model))); err != nil {
+		t.Fatal(err)
+	}
+	b.CreateRecord(t, j)
+	return j
+}
+
+// bodyInfo reads a stored body's info through a handle of its own, made after any
+// lagStreamReads: from the artifacts' leader. nil: the body is gone.
+func bodyInfo(t *testing.T, b *brokertest.Bundle, ref string) *jetstream.ObjectInfo {
+	t.Helper()
+	ctx := ctxT(t)
+	obs, err := b.JetStream(t).ObjectStore(ctx, broker.ArtifactsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := obs.GetInfo(ctx, ref)
+	if errors.Is(err, jetstream.ErrObjectNotFound) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info
+}
+
+// An idempotent retry that queues a job again (its first message lost to a crash between
+// Submit's two writes) leaves the job as young as its new message, as a requeue does:
+// its record and its stored body kept the first submit's age, expired a TTL after it
+// while the new message waited, and the job ended in no state (or failed for want of its
+// body). Both age from their last write (the streams' MaxAge), so both are written anew.
+func TestResubmitRefreshesTheJobsAge(t *testing.T) {
+	t.Parallel()
+	b := newResubmitBundle(t)
+	ctx := ctxT(t)
+	lost := halfSubmitted(t, b, "m")
+	_, rev, written, err := b.Store.GetWritten(ctx, lost.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stored := bodyInfo(t, b, lost.BodyRef)
+
+	if _, err := b.Store.Resubmit(ctx, lost.ID, largeBody("m")); err != nil {
+		t.Fatal(err)
+	}
+	got, newRev, rewritten, err := b.Store.GetWritten(ctx, lost.ID)
+	if err != nil || got.State != broker.StateQueued || newRev <= rev || !rewritten.After(written) {
+		t.Fatalf("record after the resubmit: %+v (%v) at revision %d written %v; before: revision %d written %v",
+			got, err, newRev, rewritten, rev, written)
+	}
+	restored := bodyInfo(t, b, lost.BodyRef)
+	if restored == nil || restored.NUID == stored.NUID || !restored.ModTime.After(stored.ModTime) {
+		t.Fatalf("body after the resubmit: %+v; before: %+v; want it stored anew", restored, stored)
+	}
+	again, ok, err := b.Store.OldestOf(ctx, token(t, "m"))
+	if err != nil || !ok || again.JobID != lost.ID {
+		t.Fatalf("queue after the resubmit: %+v, %v, %v; want the job's new message", again, ok, err)
+	}
+}
+
+// A retry of a job with a large body looks for its message at every call, inside the
+// HTTP request. It reads the queue from the job's submit on, not the jobs queued before
+// it on its subject, each read a message with its body.
+func TestResubmitReadsTheQueueFromTheJobOn(t *testing.T) {
+	t.Parallel()
+	b := newResubmitBundle(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 100 * time.Millisecond }))
+	ctx := ctxT(t)
+	const ahead = 20
+	for range ahead {
+		submit(t, b.Store, "m", `{"model":"m","x":"`+strings.Repeat("b", 16<<10)+`"}`)
+	}
+	// The look starts a RecordGrace before the job's submit (the server's clock); the
+	// jobs ahead must be older than that to be skipped.
+	queued := time.Now()
+	eventually(t, 10*time.Second, "the jobs ahead older than the record grace", func() bool {
+		return time.Since(queued) > b.Store.RecordGrace()
 	})
-	if j, _, err := b.Store.Get(ctx, lost.ID); err != nil || j.State != broker.StateQueued {
-		t.Fatalf("resubmitted job past its first submit's TTL: %+v, %v; want it queued", j, err)
+	j := submitLarge(t, b, "m")
+
+	var reads atomic.Int64
+	watch := connect(t, b)
+	for _, subj := range []string{
+		"$JS.API.DIRECT.GET." + broker.QueueStream, "$JS.API.DIRECT.GET." + broker.QueueStream + ".>",
+		"$JS.API.STREAM.MSG.GET." + broker.QueueStream,
+	} {
+		if _, err := watch.Subscribe(subj, func(*nats.Msg) { reads.Add(1) }); err != nil {
+			t.Fatal(err)
+		}
 	}
-	again, err := b.Store.Next(ctx, token(t, "m"))
-	if err != nil || again == nil || again.JobID != lost.ID || !bytes.Equal(again.Body, body("m")) {
-		t.Fatalf("resubmitted message past its first submit's TTL: %+v, %v; want the job with its body", again, err)
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
 	}
+	if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Flush(); err != nil { // the reads went by before the flush's answer
+		t.Fatal(err)
+	}
+	if n := reads.Load(); n == 0 || n > 2 {
+		t.Fatalf("the resubmit read %d queue messages with %d jobs ahead; want the job's own (and one past it at most)", n, ahead)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != ahead+1 {
+		t.Fatalf("queue holds %d messages (%v), want %d", n, err, ahead+1)
+	}
+}
+
+// On a replicated store a replica behind the leader answers "no message" of one it has
+// not stored yet. Taken at its word, the resubmit wrote the job's stored body again while
+// a worker holding the job's message might be reading it. Here a responder that always
+// says so stands for the replica, and the streams' own direct reads are off, so every
+// direct read meets it.
+func TestResubmitPastALaggingReplica(t *testing.T) {
+	t.Parallel()
+	for _, stream := range []string{broker.QueueStream, "OBJ_" + broker.ArtifactsBucket} {
+		t.Run(stream, func(t *testing.T) {
+			t.Parallel()
+			b := newResubmitBundle(t)
+			ctx := ctxT(t)
+			j := submitLarge(t, b, "m")
+			stored := bodyInfo(t, b, j.BodyRef)
+			lagStreamReads(t, b, stream, func(*nats.Msg) *nats.Msg { return nil })
+			if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
+				t.Fatal(err)
+			}
+			if got := bodyInfo(t, b, j.BodyRef); got == nil || got.NUID != stored.NUID {
+				t.Fatalf("body after the resubmit: %+v, before: %+v; want it untouched", got, stored)
+			}
+			if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+				t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
+			}
+		})
+	}
+}
+
+// A job that ends between the resubmit's read of its record and its look at the queue
+// (here a replica answering the record as it was, queued, stands for that moment) has no
+// message because it ended: Finish acked it and dropped its body. The body is not stored
+// again for it (it would sit in the object store for a TTL), nor the job queued again.
+func TestResubmitOfAJobThatEndedMeanwhile(t *testing.T) {
+	t.Parallel()
+	b := newResubmitBundle(t)
+	ctx := ctxT(t)
+	j := submitLarge(t, b, "m")
+	queued, err := b.JobRecords(t).Get(ctx, "job."+j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := b.Store.Next(ctx, token(t, "m"))
+	if err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("next: %+v, %v", d, err)
+	}
+	if _, _, err := b.Store.Modify(ctx, j.ID, func(j *broker.Job) error {
+		j.State, j.Error = broker.StateFailed, "ended"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Store.Finish(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if bodyInfo(t, b, j.BodyRef) != nil {
+		t.Fatal("Finish left the body: the test shows nothing")
+	}
+	lagStreamReads(t, b, "KV_"+broker.JobsBucket, func(req *nats.Msg) *nats.Msg {
+		subj := "$KV." + broker.JobsBucket + "." + queued.Key()
+		if !strings.HasSuffix(req.Subject, "."+subj) {
+			return nil
+		}
+		return &nats.Msg{Data: queued.Value(), Header: nats.Header{
+			jetstream.StreamHeader:   []string{"KV_" + broker.JobsBucket},
+			jetstream.SubjectHeader:  []string{subj},
+			jetstream.SequenceHeader: []string{strconv.FormatUint(queued.Revision(), 10)},
+			jetstream.TimeStampHeaer: []string{queued.Created().Format(time.RFC3339Nano)},
+		}}
+	})
+	got, err := b.Store.Resubmit(ctx, j.ID, largeBody("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info := bodyInfo(t, b, j.BodyRef); info != nil {
+		t.Fatalf("the ended job's body stored again: %+v", info)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 0 {
+		t.Fatalf("queue holds %d messages (%v), want none", n, err)
+	}
+	if got.State != broker.StateFailed {
+		t.Fatalf("resubmit of an ended job returned it %s, want it as it ended", got.State)
+	}
+}
+
+// lagStreamReads makes the direct reads of stream meet a replica behind its leader until
+// the test ends: the stream's servers stop answering them (handles opened before keep
+// asking), and a responder answers each with answer's message, or "no message" for nil.
+func lagStreamReads(t *testing.T, b *brokertest.Bundle, stream string, answer func(req *nats.Msg) *nats.Msg) {
+	t.Helper()
+	ctx := ctxT(t)
+	js := b.JetStream(t)
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := st.CachedInfo().Config
+	cfg.AllowDirect = false
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		t.Fatal(err)
+	}
+	lagging := connect(t, b)
+	respond := func(m *nats.Msg) {
+		reply := answer(m)
+		if reply == nil {
+			reply = &nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}}
+		}
+		_ = m.RespondMsg(reply)
+	}
+	for _, subj := range []string{"$JS.API.DIRECT.GET." + stream, "$JS.API.DIRECT.GET." + stream + ".>"} {
+		if _, err := lagging.Subscribe(subj, respond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := lagging.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// connect opens a connection of the test's own to the bundle's server.
+func connect(t *testing.T, b *brokertest.Bundle) *nats.Conn {
+	t.Helper()
+	nc, err := b.Server.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return nc
 }
