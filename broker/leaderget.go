@@ -39,45 +39,13 @@ func (s *Store) mayBeReplicated() bool { return s.cfg.Replicas > 1 || !s.cfg.Exc
 // leaderGet reads key's last value in bucket from the stream's leader; a key whose last
 // write deleted or purged it is not found, as kv.Get says.
 func (s *Store) leaderGet(ctx context.Context, bucket, key string) (jetstream.KeyValueEntry, error) {
-	req, err := json.Marshal(struct {
-		LastFor string `json:"last_by_subj"`
-	}{"$KV." + bucket + "." + key})
+	m, err := s.leaderMsg(ctx, "KV_"+bucket, msgGetRequest{LastFor: "$KV." + bucket + "." + key})
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, jetstream.ErrKeyNotFound
+	}
 	if err != nil {
 		return nil, err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		// Only the leader answers: with none elected yet, nobody does (kv.Get has the
-		// same bound by default).
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, attemptTimeout)
-		defer cancel()
-	}
-	msg, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET.KV_"+bucket, req)
-	if err != nil {
-		return nil, err
-	}
-	var resp struct {
-		Error   *jetstream.APIError `json:"error"`
-		Message *struct {
-			Seq    uint64    `json:"seq"`
-			Header []byte    `json:"hdrs"`
-			Data   []byte    `json:"data"`
-			Time   time.Time `json:"time"`
-		} `json:"message"`
-	}
-	if err := json.Unmarshal(msg.Data, &resp); err != nil {
-		return nil, fmt.Errorf("broker: decode leader get of %s: %w", key, err)
-	}
-	if resp.Error != nil {
-		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
-			return nil, jetstream.ErrKeyNotFound
-		}
-		return nil, resp.Error
-	}
-	if resp.Message == nil {
-		return nil, fmt.Errorf("broker: leader get of %s: no message in the answer", key)
-	}
-	m := resp.Message
 	e := &leaderEntry{bucket: bucket, key: key, value: m.Data, rev: m.Seq, created: m.Time, op: jetstream.KeyValuePut}
 	switch {
 	case bytes.Contains(m.Header, []byte("KV-Operation: DEL")):
@@ -89,6 +57,60 @@ func (s *Store) leaderGet(ctx context.Context, bucket, key string) (jetstream.Ke
 		return nil, jetstream.ErrKeyNotFound // as kv.Get says of a deleted or purged key
 	}
 	return e, nil
+}
+
+// msgGetRequest names a message of a stream: the last one on subject LastFor, or the first
+// at or after sequence Seq on subject NextFor.
+type msgGetRequest struct {
+	Seq     uint64 `json:"seq,omitempty"`
+	LastFor string `json:"last_by_subj,omitempty"`
+	NextFor string `json:"next_by_subj,omitempty"`
+}
+
+// leaderStreamMsg is a stream's message as its leader answered it.
+type leaderStreamMsg struct {
+	Seq    uint64    `json:"seq"`
+	Header []byte    `json:"hdrs"`
+	Data   []byte    `json:"data"`
+	Time   time.Time `json:"time"`
+}
+
+// leaderMsg reads the message req names from stream's leader, through the stream's own
+// message-get request (not a direct get, which any replica answers). One it does not have
+// is jetstream.ErrMsgNotFound.
+func (s *Store) leaderMsg(ctx context.Context, stream string, req msgGetRequest) (*leaderStreamMsg, error) {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		// Only the leader answers: with none elected yet, nobody does (kv.Get has the
+		// same bound by default).
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, attemptTimeout)
+		defer cancel()
+	}
+	msg, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+stream, data)
+	if err != nil {
+		return nil, err
+	}
+	var resp struct {
+		Error   *jetstream.APIError `json:"error"`
+		Message *leaderStreamMsg    `json:"message"`
+	}
+	if err := json.Unmarshal(msg.Data, &resp); err != nil {
+		return nil, fmt.Errorf("broker: decode leader get of %s: %w", stream, err)
+	}
+	if resp.Error != nil {
+		if resp.Error.ErrorCode == jetstream.JSErrCodeMessageNotFound {
+			return nil, jetstream.ErrMsgNotFound
+		}
+		return nil, resp.Error
+	}
+	if resp.Message == nil {
+		return nil, fmt.Errorf("broker: leader get of %s: no message in the answer", stream)
+	}
+	return resp.Message, nil
 }
 
 // leaderEntry is a key's value as the stream's leader answered it.
