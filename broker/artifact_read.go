@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -47,6 +49,11 @@ func (s *Store) OpenArtifact(ctx context.Context, id, name string) (*ArtifactFil
 	var info *jetstream.ObjectInfo
 	err = s.retry(ctx, func(ctx context.Context) (err error) {
 		info, err = s.artifacts.GetInfo(ctx, artifactObject(id, name))
+		if errors.Is(err, jetstream.ErrObjectNotFound) && s.mayBeReplicated() {
+			// A direct get, which a replica behind the one that stored the object may
+			// answer: the record lists it, so the stream's leader has the last word.
+			info, err = s.leaderObjectInfo(ctx, artifactObject(id, name))
+		}
 		return err
 	})
 	if errors.Is(err, jetstream.ErrObjectNotFound) {
@@ -57,6 +64,28 @@ func (s *Store) OpenArtifact(ctx context.Context, id, name string) (*ArtifactFil
 	}
 	a.Size = int64(info.Size)
 	return &ArtifactFile{Artifact: a, Digest: info.Digest, s: s, info: info}, nil
+}
+
+// leaderObjectInfo reads object name's info from the stream's leader, as GetInfo reads it
+// from any replica.
+func (s *Store) leaderObjectInfo(ctx context.Context, name string) (*jetstream.ObjectInfo, error) {
+	meta := "$O." + ArtifactsBucket + ".M." + base64.URLEncoding.EncodeToString([]byte(name))
+	m, err := s.leaderMsg(ctx, "OBJ_"+ArtifactsBucket, msgGet{LastFor: meta})
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, jetstream.ErrObjectNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	var info jetstream.ObjectInfo
+	if err := json.Unmarshal(m.Data, &info); err != nil {
+		return nil, fmt.Errorf("broker: artifact %s: %w", name, jetstream.ErrBadObjectMeta)
+	}
+	if info.Deleted {
+		return nil, jetstream.ErrObjectNotFound
+	}
+	info.ModTime = m.Time
+	return &info, nil
 }
 
 // Reader reads n bytes of the artifact from offset off (both within Size).
@@ -70,6 +99,11 @@ func (s *Store) OpenArtifact(ctx context.Context, id, name string) (*ArtifactFil
 // read and dropped: the object store keeps no index of them. Each chunk's read is bounded
 // by ctx and Config.RetryWindow, so a reader whose object cannot be read fails, never
 // waits.
+//
+// A direct get may be answered by any replica of a replicated store, each chunk by
+// another, and one behind the object's writer has not got its last chunks yet: a chunk
+// not found there is asked of the stream's leader (as the old read through a consumer
+// did for every chunk), and so are the ones after it, younger still.
 //
 // A reader of the whole object checks its digest when it has read the last chunk and
 // before it gives any byte of it: bytes that are not the object's end the read short of
@@ -93,6 +127,7 @@ type chunkReader struct {
 	info   *jetstream.ObjectInfo
 	subj   string // the object's chunks
 	stream jetstream.Stream
+	leader bool      // a replica was found behind: the chunks left are read from the leader
 	next   uint64    // the stream sequence the next chunk is looked for from
 	got    int64     // the object's bytes read so far
 	skip   int64     // bytes still to drop before the first one given
@@ -132,9 +167,10 @@ func (r *chunkReader) fetch() error {
 			return fmt.Errorf("broker: read artifact %s: %w", name, err)
 		}
 	}
-	var m *jetstream.RawStreamMsg
+	var seq uint64
+	var data []byte
 	err := r.s.retry(r.ctx, func(ctx context.Context) (err error) {
-		m, err = r.stream.GetMsg(ctx, r.next, jetstream.WithGetMsgSubject(r.subj))
+		seq, data, err = r.get(ctx)
 		return err
 	})
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
@@ -143,8 +179,7 @@ func (r *chunkReader) fetch() error {
 	if err != nil {
 		return fmt.Errorf("broker: read artifact %s: %w", name, err)
 	}
-	r.next = m.Sequence + 1
-	data := m.Data
+	r.next = seq + 1
 	if int64(len(data)) > int64(r.info.Size)-r.got {
 		return fmt.Errorf("broker: read artifact %s: its chunks run past its %d bytes", name, r.info.Size)
 	}
@@ -158,4 +193,24 @@ func (r *chunkReader) fetch() error {
 	drop := min(r.skip, int64(len(data)))
 	r.chunk, r.skip = data[drop:], r.skip-drop
 	return nil
+}
+
+// get reads the object's first chunk from sequence r.next on, with a direct get until a
+// replica is found behind, then from the stream's leader.
+func (r *chunkReader) get(ctx context.Context) (seq uint64, data []byte, err error) {
+	if !r.leader {
+		m, err := r.stream.GetMsg(ctx, r.next, jetstream.WithGetMsgSubject(r.subj))
+		if err == nil {
+			return m.Sequence, m.Data, nil
+		}
+		if !errors.Is(err, jetstream.ErrMsgNotFound) || !r.s.mayBeReplicated() {
+			return 0, nil, err
+		}
+		r.leader = true
+	}
+	m, err := r.s.leaderMsg(ctx, "OBJ_"+ArtifactsBucket, msgGet{Seq: r.next, NextFor: r.subj})
+	if err != nil {
+		return 0, nil, err
+	}
+	return m.Seq, m.Data, nil
 }

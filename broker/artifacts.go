@@ -139,10 +139,34 @@ func (s *Store) artifactOf(ctx context.Context, id, name string) (*Job, Artifact
 		return nil, Artifact{}, err
 	}
 	a, ok := j.Artifact(name)
+	if !ok && s.mayBeReplicated() {
+		// The record may be a replica's that has not got the write listing the artifact
+		// yet (the one that ended the job, for its result): the leader's has it.
+		if j, err = s.leaderRecord(ctx, id); err != nil {
+			return nil, Artifact{}, err
+		}
+		a, ok = j.Artifact(name)
+	}
 	if !ok {
 		return nil, Artifact{}, fmt.Errorf("%w: %s/%s", ErrArtifactNotFound, id, name)
 	}
 	return j, a, nil
+}
+
+// leaderRecord is job id's record as the jobs bucket's leader has it.
+func (s *Store) leaderRecord(ctx context.Context, id string) (*Job, error) {
+	var e jetstream.KeyValueEntry
+	err := s.retry(ctx, func(ctx context.Context) (err error) {
+		e, err = s.leaderGet(ctx, JobsBucket, jobKey(id))
+		return err
+	})
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("broker: get %s: %w", id, err)
+	}
+	return DecodeJob(e.Value())
 }
 
 // getObject reads object name whole, into a buffer of the size its info gives.

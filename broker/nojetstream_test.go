@@ -18,18 +18,11 @@ import (
 
 // On a nats-server started without JetStream, every JetStream request has no
 // responders, as on a cluster electing; Open used to wait for it until its context
-// ended. It fails at once, saying what is missing.
+// ended. It fails within seconds (a leaf node's hub may be out of reach only for a
+// moment), saying what is missing.
 func TestOpenWithoutJetStream(t *testing.T) {
 	t.Parallel()
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
+	ns := startServer(t, &server.Options{Host: "127.0.0.1", Port: -1})
 	nc, err := nats.Connect(ns.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -43,8 +36,75 @@ func TestOpenWithoutJetStream(t *testing.T) {
 		t.Fatalf("opened a store on a server without JetStream: %v", st)
 	}
 	if !errors.Is(err, broker.ErrNoJetStream) || errors.Is(err, context.DeadlineExceeded) || broker.Transient(err) {
-		t.Fatalf("open: %v, want ErrNoJetStream at once", err)
+		t.Fatalf("open: %v, want ErrNoJetStream before the context ends", err)
 	}
+}
+
+// A server without JetStream in a cluster whose other servers run it hands its JetStream
+// API to them: "no responders" there says they are not reached yet (or are electing a
+// leader), not that there is no JetStream. Open waits for them, as on a cluster electing,
+// and opens once one has joined.
+func TestOpenOnAClusterServerWithoutJetStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-server cluster; skipped with -short")
+	}
+	t.Parallel()
+	cluster := server.ClusterOpts{Name: "mixed", Host: "127.0.0.1", Port: -1}
+	plain := startServer(t, &server.Options{ServerName: "plain", Host: "127.0.0.1", Port: -1, Cluster: cluster})
+	nc, err := nats.Connect(plain.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	waited := make(chan string, 1)
+	log := slogFunc(func(msg string, attrs map[string]string) {
+		if strings.HasPrefix(msg, "waiting for the NATS cluster") {
+			select {
+			case waited <- attrs["err"]:
+			default:
+			}
+		}
+	})
+	opened := make(chan error, 1)
+	go func() {
+		_, err := broker.Open(ctx, broker.Config{Conn: nc, Logger: log})
+		opened <- err
+	}()
+	select {
+	case why := <-waited:
+		if !strings.Contains(why, `runs without JetStream: waiting for those of its cluster "mixed"`) {
+			t.Errorf("the wait's log line says %q, not what it waits for", why)
+		}
+	case err := <-opened:
+		t.Fatalf("open ended without waiting for the cluster: %v", err)
+	}
+	// Two servers that run JetStream join the cluster (each expects one peer, so that
+	// together they elect a meta leader): their answers reach Open.
+	for _, name := range []string{"js1", "js2"} {
+		startServer(t, &server.Options{ServerName: name, Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(),
+			Cluster: cluster, Routes: server.RoutesFromStr("nats://" + plain.ClusterAddr().String())})
+	}
+	if err := <-opened; err != nil {
+		t.Fatalf("open once JetStream servers joined: %v", err)
+	}
+}
+
+// startServer starts an in-process nats-server of opts, shut down when the test ends.
+func startServer(t *testing.T, opts *server.Options) *server.Server {
+	t.Helper()
+	opts.NoSigs, opts.NoLog = true, true
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	if !ns.ReadyForConnections(30 * time.Second) {
+		t.Fatalf("nats-server %s not ready", opts.ServerName)
+	}
+	return ns
 }
 
 // Three replicas on a cluster of two: the server answers "no suitable peers", as a

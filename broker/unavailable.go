@@ -157,23 +157,42 @@ func UntilReady(ctx context.Context, log *slog.Logger, what string, fn func(cont
 }
 
 // ErrNoJetStream is (wrapped in) the error of Open on a NATS server that runs without
-// JetStream (nats-server without -js or a jetstream block): its JetStream API has no
-// responders, as a cluster's has for a moment while it elects, and waiting would never end.
+// JetStream (nats-server without -js or a jetstream block) and has no cluster whose
+// servers could answer for it: its JetStream API has no responders, as a cluster's has for
+// a moment while it elects, and waiting would never end.
 var ErrNoJetStream = errors.New("the NATS server runs without JetStream")
+
+// noJetStreamFor is how long a server without JetStream of its own must have no JetStream
+// API in reach before Open gives up on it: a leaf node that uses its hub's JetStream, and
+// announces no cluster (it has no server_name), looks the same, and its hub may be out of
+// reach only for a moment.
+const noJetStreamFor = 3 * time.Second
 
 // noSuitablePeers is nats-server's error code for a stream it found no servers to place
 // the replicas of (JSClusterNoPeersErrF).
 const noSuitablePeers jetstream.ErrorCode = 10005
 
 // untilReady is UntilReady for the store's set-up, which knows its connection and
-// replicas: a server without JetStream fails at once (ErrNoJetStream), and a cluster
-// that places no replicas is waited for with the setting named as the likely cause.
+// replicas: a server without JetStream fails (ErrNoJetStream) once it has gone without a
+// JetStream API for noJetStreamFor, and a cluster that places no replicas is waited for
+// with the setting named as the likely cause.
 func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Context) error) error {
+	var without time.Time // since when the server has had no JetStream in reach, in a row
 	return UntilReady(ctx, s.log, what, func(ctx context.Context) error {
 		err := fn(ctx)
-		if errors.Is(err, nats.ErrNoResponders) && noJetStream(s.nc) {
+		if !errors.Is(err, nats.ErrNoResponders) || !noJetStream(s.nc) {
+			without = time.Time{}
+		} else if cluster := s.nc.ConnectedClusterName(); cluster != "" {
+			// Its JetStream API is its cluster's: the servers that run it answer for it
+			// once they are reached, or once they have elected a leader. (A leaf node with
+			// a server_name announces a cluster of that name: it waits for its hub so.)
+			return fmt.Errorf("%w (this NATS server runs without JetStream: waiting for those of its cluster %q that run it)", err, cluster)
+		} else if without.IsZero() {
+			without = time.Now()
+		} else if time.Since(without) >= noJetStreamFor {
 			// The answer is kept as text only: wrapped, it would count as transient.
-			return fmt.Errorf("%w (its JetStream API: %v)", ErrNoJetStream, err)
+			return fmt.Errorf("%w (no JetStream answered it for %s: %v; a leaf node gets here too while its hub is out of reach)",
+				ErrNoJetStream, noJetStreamFor, err)
 		}
 		var apiErr *jetstream.APIError
 		if s.cfg.Replicas > 1 && errors.As(err, &apiErr) && apiErr.ErrorCode == noSuitablePeers {
@@ -187,10 +206,10 @@ func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Con
 }
 
 // noJetStream reports whether the server nc is on announced no JetStream (its INFO's
-// "jetstream"). A cluster still electing announces it on every node. Read while
-// reconnecting, the flag is off for any server, so the connection must be up on both
-// sides of it. (A leaf node that uses its hub's JetStream announces none either, and
-// gets here only while the hub is out of reach: its start fails then instead of waiting.)
+// "jetstream"). A cluster still electing announces it on every server that runs it; one
+// that does not may still forward requests to those, and a leaf node to its hub's. Read
+// while reconnecting, the flag is off for any server, so the connection must be up on
+// both sides of it.
 func noJetStream(nc *nats.Conn) bool {
 	if !nc.IsConnected() {
 		return false

@@ -4,7 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -72,55 +73,83 @@ func wantClientLimits(t *testing.T, url, user, pass string, conns bool) {
 }
 
 // A listener others can reach without TLS is warned of: the password and every job
-// event cross the network in clear.
+// event cross the network in clear. The listeners off loopback are checked without being
+// bound (a host may bind any address: net.ipv4.ip_nonlocal_bind).
 func TestCleartextListenerWarns(t *testing.T) {
 	t.Parallel()
-	certFile, keyFile, _ := selfSigned(t, t.TempDir())
-	// The listener must not come up anywhere but on loopback: the other address is one
-	// this host does not have, so that Start fails to listen there (after its warning).
-	const elsewhere = "192.0.2.1" // TEST-NET-1
-	addrs, err := net.InterfaceAddrs()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, a := range addrs {
-		if n, ok := a.(*net.IPNet); ok && n.IP.Equal(net.ParseIP(elsewhere)) {
-			t.Skipf("this host has %s", elsewhere)
-		}
-	}
+	const clear = "every job's prompts and answers cross the network in clear"
 	for _, c := range []struct {
 		name   string
 		listen string
 		tls    bool
+		nkey   bool
 		want   string // in the warning; "" for none
 	}{
-		{"not loopback, no TLS", elsewhere + ":0", false, "FOREMAN_NATS_PASSWORD and every job's prompts and answers cross the network in clear"},
-		{"not loopback, TLS", elsewhere + ":0", true, ""},
-		{"loopback, no TLS", "127.0.0.1:0", false, ""},
+		{"not loopback, no TLS", "192.0.2.1:4222", false, false, "FOREMAN_NATS_PASSWORD and " + clear},
+		{"every interface, no TLS", "0.0.0.0:4222", false, false, "FOREMAN_NATS_PASSWORD and " + clear},
+		{"no host, no TLS", ":4222", false, false, "FOREMAN_NATS_PASSWORD and " + clear},
+		{"a host name, no TLS", "nats.example.com:4222", false, false, "FOREMAN_NATS_PASSWORD and " + clear},
+		{"not loopback, nkey, no TLS", "192.0.2.1:4222", false, true, "FOREMAN_NATS_TLS_KEY): " + clear}, // no password to cross
+		{"not loopback, TLS", "192.0.2.1:4222", true, false, ""},
+		{"loopback", "127.0.0.1:4222", false, false, ""},
+		{"loopback IPv6", "[::1]:4222", false, false, ""},
+		{"localhost", "localhost:4222", false, false, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			logs := &warnings{}
-			cfg := natsd.Config{DataDir: t.TempDir(), Listen: c.listen, ClientUser: clientUser, ClientPassword: clientPass,
-				Logger: slog.New(logs)}
+			cfg := natsd.Config{Listen: c.listen, ClientUser: clientUser, ClientPassword: clientPass, Logger: slog.New(logs)}
 			if c.tls {
-				cfg.TLSCert, cfg.TLSKey = certFile, keyFile
+				cfg.TLSCert, cfg.TLSKey = "cert.pem", "key.pem"
 			}
-			srv, err := natsd.Start(cfg)
-			if err == nil {
-				srv.Shutdown()
+			if c.nkey {
+				cfg.ClientUser, cfg.ClientPassword, cfg.ClientNkey = "", "", "UNKEY"
 			}
-			if err == nil && c.listen != "127.0.0.1:0" {
-				t.Fatalf("listened on %s", c.listen)
-			}
-			got := logs.with("INSECURE")
-			switch {
-			case c.want == "" && len(got) > 0:
-				t.Fatalf("warned: %q", got)
-			case c.want != "" && (len(got) != 1 || !strings.Contains(got[0], c.want) || !strings.Contains(got[0], c.listen)):
-				t.Fatalf("warnings %q, want one naming %s and saying %q", got, c.listen, c.want)
-			}
+			natsd.WarnCleartext(cfg)
+			wantWarning(t, logs, c.listen, c.want)
 		})
+	}
+
+	// Start gives the warning, before it touches anything: a start that then fails on
+	// its data directory warns, and listens nowhere.
+	t.Run("start off loopback", func(t *testing.T) {
+		t.Parallel()
+		file := filepath.Join(t.TempDir(), "file")
+		if err := os.WriteFile(file, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		logs := &warnings{}
+		srv, err := natsd.Start(natsd.Config{DataDir: filepath.Join(file, "data"), Listen: "192.0.2.1:0",
+			ClientUser: clientUser, ClientPassword: clientPass, Logger: slog.New(logs)})
+		if err == nil {
+			srv.Shutdown()
+			t.Fatal("started on a data directory under a file")
+		}
+		wantWarning(t, logs, "192.0.2.1:0", "FOREMAN_NATS_PASSWORD and "+clear)
+	})
+	t.Run("start on loopback", func(t *testing.T) {
+		t.Parallel()
+		logs := &warnings{}
+		srv, err := natsd.Start(natsd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1:0",
+			ClientUser: clientUser, ClientPassword: clientPass, Logger: slog.New(logs)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Shutdown()
+		wantWarning(t, logs, "127.0.0.1:0", "")
+	})
+}
+
+// wantWarning checks that logs hold one INSECURE warning naming listen and saying want,
+// or none when want is "".
+func wantWarning(t *testing.T, logs *warnings, listen, want string) {
+	t.Helper()
+	got := logs.with("INSECURE")
+	switch {
+	case want == "" && len(got) > 0:
+		t.Fatalf("warned: %q", got)
+	case want != "" && (len(got) != 1 || !strings.Contains(got[0], want) || !strings.Contains(got[0], "="+listen+" ")):
+		t.Fatalf("warnings %q, want one naming %s and saying %q", got, listen, want)
 	}
 }
 

@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 )
 
-// FOREMAN_NATS_URL at a nats-server started without JetStream: the start fails at once
+// FOREMAN_NATS_URL at a nats-server started without JetStream: the start fails in seconds
 // naming the setting and how to turn JetStream on, instead of waiting for a cluster
 // "electing" until Ctrl-C.
 func TestNATSWithoutJetStream(t *testing.T) {
