@@ -65,6 +65,16 @@ func Transient(err error) bool {
 	return false
 }
 
+// TimedOut reports a write that got no answer in time (NATS's timeout or a context's
+// deadline), rather than a store's refusal: out of room (ErrStorageFull), a known write
+// fault (ErrStoreFailed) or no stream leader.
+func TimedOut(err error) bool {
+	if errors.Is(err, ErrStorageFull) || errors.Is(err, ErrStoreFailed) {
+		return false
+	}
+	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
+}
+
 // startupTransient reports whether a set-up call failed because the cluster is not
 // ready yet: the transient errors, and a fresh cluster without enough peers (or their
 // resources) known for the replicas asked for.

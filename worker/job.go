@@ -13,7 +13,6 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
-	"github.com/nats-io/nats.go"
 )
 
 // handle runs one delivered job to its end, or hands it back. ahead, when not nil, is a
@@ -543,7 +542,7 @@ func (w *Worker) holdResult(err error) bool {
 	if !w.refusing(err) {
 		return false
 	}
-	if !timedOut(err) {
+	if !broker.TimedOut(err) {
 		return true
 	}
 	ctx, cancel := w.untilStop(context.Background())
@@ -551,16 +550,7 @@ func (w *Worker) holdResult(err error) bool {
 	ctx, cancelProbe := context.WithTimeout(ctx, 10*time.Second)
 	defer cancelProbe()
 	perr := w.store.ProbeWrite(ctx)
-	return w.refusing(perr) && !timedOut(perr)
-}
-
-// timedOut reports a write that got no answer in time, rather than a store's refusal
-// (out of room, a known write fault, no stream leader).
-func timedOut(err error) bool {
-	if errors.Is(err, broker.ErrStorageFull) || errors.Is(err, broker.ErrStoreFailed) {
-		return false
-	}
-	return errors.Is(err, nats.ErrTimeout) || errors.Is(err, context.DeadlineExceeded)
+	return w.refusing(perr) && !broker.TimedOut(perr)
 }
 
 // storeAnswered writes the terminal state of a job whose final marker went out
