@@ -16,6 +16,10 @@ var ListModes = map[string]func(*Store){
 	"by keys": func(s *Store) { s.listMode = listByKeys },
 }
 
+// ShiftQueueLook moves the start of Resubmit's look in the queue by d, as a skew of the
+// queue leader's clock behind the jobs bucket leader's by d would.
+func (s *Store) ShiftQueueLook(d time.Duration) { s.lookShift = d }
+
 // SetTargetsRead sets a hook called between a Targets read of the bucket and its caching.
 func (s *Store) SetTargetsRead(fn func()) { s.targetsRead = fn }
 

@@ -88,8 +88,9 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 // first record write, less RecordGrace (Submit writes both at once and may retry the
 // record's for that long), and a subject keeps its messages in the order stored. The
 // jobs queued before it, most of a deep queue, are skipped; the job's own message is
-// among the first read, and only a job without one (a crash's) reads its subject to the
-// end.
+// among the first read. Only a job without one (a crash's), or one whose message the
+// queue leader's clock dates before that start, reads its subjects to the end, and then
+// again from their start.
 func (s *Store) queuedMessage(ctx context.Context, j *Job) (uint64, bool, error) {
 	key, err := KeyOf(j, nil)
 	if err != nil {
@@ -104,7 +105,25 @@ func (s *Store) queuedMessage(ctx context.Context, j *Job) (uint64, bool, error)
 	if err != nil {
 		return 0, false, err
 	}
-	from := first.Add(-s.RecordGrace())
+	if !found {
+		return s.walkQueue(ctx, j.ID, subjects, nil)
+	}
+	from := first.Add(-s.RecordGrace() + s.lookShift)
+	seq, ok, err := s.walkQueue(ctx, j.ID, subjects, &from)
+	if err != nil || ok {
+		return seq, ok, err
+	}
+	// from is by the jobs bucket leader's clock, the messages' times by the queue
+	// leader's: on a cluster two servers, whose clocks may be apart by more than
+	// RecordGrace, and the job's message stored "before" from. Before the caller publishes
+	// a second copy, the subjects are read from their start: only a job that truly lost
+	// its message (a crash between Submit's two writes) pays for it.
+	return s.walkQueue(ctx, j.ID, subjects, nil)
+}
+
+// walkQueue reads subjects in turn, each from its first message stored at or after from
+// (nil: from its start), for job id's message: its sequence, and whether there is one.
+func (s *Store) walkQueue(ctx context.Context, id string, subjects []string, from *time.Time) (uint64, bool, error) {
 	// A subject filling as fast as it is read would keep the look going: past the most
 	// messages the queue holds it gives up, and the caller tries again.
 	limit := s.cfg.MaxQueue
@@ -112,13 +131,10 @@ func (s *Store) queuedMessage(ctx context.Context, j *Job) (uint64, bool, error)
 		limit = max(limit, info.Config.MaxMsgs)
 	}
 	for _, subj := range subjects {
-		get := msgGet{NextFor: subj}
-		if found {
-			get.StartTime = &from
-		}
+		get := msgGet{NextFor: subj, StartTime: from}
 		for n := int64(0); ; n++ {
 			if n > limit {
-				return 0, false, fmt.Errorf("%w: the queue of %s changes faster than it is read", ErrUnavailable, j.ID)
+				return 0, false, fmt.Errorf("%w: the queue of %s changes faster than it is read", ErrUnavailable, id)
 			}
 			var m *storedMsg
 			err := s.retry(ctx, func(ctx context.Context) (err error) {
@@ -131,7 +147,7 @@ func (s *Store) queuedMessage(ctx context.Context, j *Job) (uint64, bool, error)
 			if err != nil {
 				return 0, false, err
 			}
-			if h, herr := nats.DecodeHeadersMsg(m.Header); herr == nil && h.Get(HeaderJobID) == j.ID {
+			if h, herr := nats.DecodeHeadersMsg(m.Header); herr == nil && h.Get(HeaderJobID) == id {
 				return m.Seq, true, nil
 			}
 			get = msgGet{NextFor: subj, Seq: m.Seq + 1}

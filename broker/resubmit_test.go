@@ -288,3 +288,41 @@ func connect(t *testing.T, b *brokertest.Bundle) *nats.Conn {
 	t.Cleanup(nc.Close)
 	return nc
 }
+
+// The look in the queue starts at the job's first record write, by the jobs bucket
+// leader's clock, while its message is dated by the queue leader's: on a cluster two
+// servers, whose clocks may be apart by more than RecordGrace. Here the look's start is
+// moved past the message's time, as such a skew would; the job's message is still found,
+// and neither a second copy published (the first one past the duplicate window, as its
+// missing message id has it) nor its body stored again under a worker that may read it.
+func TestResubmitPastAQueueLeaderClockBehind(t *testing.T) {
+	t.Parallel()
+	b := newResubmitBundle(t)
+	ctx := ctxT(t)
+	j := halfSubmitted(t, b, "m")
+	key, err := broker.KeyOf(j, largeBody("m"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := nats.NewMsg(broker.QueueSubject(key.String()))
+	msg.Header.Set(broker.HeaderJobID, j.ID)
+	msg.Header.Set(broker.HeaderPriority, string(key.Class))
+	msg.Header.Set(broker.HeaderModel, j.Model)
+	msg.Header.Set(broker.HeaderKind, string(j.Kind))
+	msg.Header.Set(broker.HeaderBodyRef, j.BodyRef)
+	if _, err := b.JetStream(t).PublishMsg(ctx, msg); err != nil {
+		t.Fatal(err)
+	}
+	stored := bodyInfo(t, b, j.BodyRef)
+
+	b.Store.ShiftQueueLook(time.Hour)
+	if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
+	}
+	if got := bodyInfo(t, b, j.BodyRef); got == nil || got.NUID != stored.NUID {
+		t.Fatalf("body after the resubmit: %+v, before: %+v; want it untouched", got, stored)
+	}
+}

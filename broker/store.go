@@ -165,6 +165,9 @@ type Store struct {
 	known jetstream.KeyValue
 
 	listMode listMode // tests only: force List's way of reading
+	// lookShift (tests only) moves the start of Resubmit's look in the queue, as a queue
+	// leader's clock behind the jobs bucket leader's would.
+	lookShift time.Duration
 
 	// states hands the job state events to OnJobEvents and OnJobChange.
 	states stateHub
