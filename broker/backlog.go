@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -27,9 +28,11 @@ type QueuedMessage struct {
 // Backlog keeps a copy of the queue's message headers in memory, so a view of a queue of
 // thousands of jobs costs no read per job. A refresh reads only what changed: one stream
 // info request (its range and each subject's count of messages), one read per message
-// published since the last refresh, and reads from both ends of a subject that lost
-// known messages until they are found (findGone). A queue stream accepts no second
-// consumer that overlaps the worker's (work-queue retention), hence reads by sequence.
+// published since the last refresh, and, when a subject lost known messages, either one
+// more info request with the stream's deleted sequences (when that list is short) or at
+// most readsPerRefresh reads from both ends of the subject (findGone), carried on by the
+// next refresh. A queue stream accepts no second consumer that overlaps the worker's
+// (work-queue retention), hence reads by sequence.
 type Backlog struct {
 	store *Store
 
@@ -37,13 +40,32 @@ type Backlog struct {
 	msgs  map[uint64]QueuedMessage
 	next  uint64 // the lowest sequence not read yet
 	stamp time.Time
+	// scans are the searches (findGone) a refresh left unfinished, by queue token.
+	scans map[string]scan
+	// maxDeleted is the most deleted sequences a refresh asks NATS to list.
+	maxDeleted int
 	// onRead, when set (tests), is called after each message read.
 	onRead func(seq uint64)
 }
 
+// scan is how far findGone got in a subject: its known messages at or below lo and at or
+// above hi were held when read.
+type scan struct{ lo, hi uint64 }
+
+const (
+	// maxDeletedList is the longest list of deleted sequences a refresh asks for: about
+	// 20 KB of JSON. A longer one (one job waiting for hours behind normal traffic makes
+	// it millions long) is not asked for: the known messages are read again instead.
+	maxDeletedList = 2048
+	// readsPerRefresh bounds the reads a refresh makes to find what left (findGone), so
+	// a cancel in the middle of a deep subject costs a few refreshes, not one long one
+	// under the lock every view waits on.
+	readsPerRefresh = 32
+)
+
 // Backlog returns an empty backlog of the store's queue; Refresh fills it.
 func (s *Store) Backlog() *Backlog {
-	return &Backlog{store: s, msgs: map[uint64]QueuedMessage{}, next: 1}
+	return &Backlog{store: s, msgs: map[uint64]QueuedMessage{}, next: 1, scans: map[string]scan{}, maxDeleted: maxDeletedList}
 }
 
 // Refresh brings the copy up to date unless it is younger than maxAge, and returns the
@@ -77,23 +99,22 @@ func (b *Backlog) Refresh(ctx context.Context, maxAge time.Duration) ([]QueuedMe
 // so a store that does not answer fails it with ErrUnavailable (the gateway's 503) within
 // the retry window.
 //
-// What left the queue is told by counts, not by the stream's list of deleted sequences:
-// that list holds every message removed behind the oldest one still queued, so one job
-// waiting for hours behind normal traffic (or a loop of submits and cancels) makes it
-// millions long, sent and read at each refresh. The counts are one per queue subject.
+// What left the queue is told by counts first, not by the stream's list of deleted
+// sequences: that list holds every message removed behind the oldest one still queued,
+// so one job waiting for hours behind normal traffic (or a loop of submits and cancels)
+// makes it millions long. The counts are one per queue subject. The list is asked for
+// only when a count says a known message left and the list is short (dropDeleted);
+// otherwise the subject's known messages are read again, a bounded number per refresh
+// (findGone), so what left may be shown a few refreshes longer.
 func (b *Backlog) refresh(ctx context.Context) error {
-	var info *jetstream.StreamInfo
-	err := b.store.retry(ctx, func(ctx context.Context) error {
-		var err error
-		info, err = b.store.queue.Info(ctx, jetstream.WithSubjectFilter(QueueWildcard))
-		return err
-	})
+	info, err := b.info(ctx, jetstream.WithSubjectFilter(QueueWildcard))
 	if err != nil {
-		return fmt.Errorf("broker: queue info: %w", err)
+		return err
 	}
 	st := info.State
 	if st.Msgs == 0 {
 		clear(b.msgs)
+		clear(b.scans)
 		b.next = st.LastSeq + 1
 		return nil
 	}
@@ -105,7 +126,39 @@ func (b *Backlog) refresh(ctx context.Context) error {
 	if err := b.readNew(ctx, st.FirstSeq, st.LastSeq); err != nil {
 		return err
 	}
-	return b.dropGone(ctx, st.Subjects)
+	over := b.over(st.Subjects)
+	for token := range b.scans {
+		if _, ok := over[token]; !ok {
+			delete(b.scans, token)
+		}
+	}
+	switch {
+	case len(over) == 0:
+		return nil
+	case st.NumDeleted <= b.maxDeleted:
+		return b.dropDeleted(ctx)
+	}
+	budget := readsPerRefresh
+	for token, gone := range over {
+		if err := b.findGone(ctx, token, gone, &budget); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// info reads the queue stream's info, retried as every read of the backlog.
+func (b *Backlog) info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*jetstream.StreamInfo, error) {
+	var info *jetstream.StreamInfo
+	err := b.store.retry(ctx, func(ctx context.Context) error {
+		var err error
+		info, err = b.store.queue.Info(ctx, opts...)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: queue info: %w", err)
+	}
+	return info, nil
 }
 
 // readNew reads the messages from b.next (or first) up to last.
@@ -139,31 +192,55 @@ func (b *Backlog) readNew(ctx context.Context, first, last uint64) error {
 	return nil
 }
 
-// dropGone drops the known messages that left the queue. counts is how many messages
-// each queue subject held at the info: every message then held is known (read now or
-// before), so a subject known with more lost that many, and only its messages are looked
-// at again. A count can come short only by a message removed between the info and its
-// read; a message left known then is dropped by a later refresh, whose count misses it.
-func (b *Backlog) dropGone(ctx context.Context, counts map[string]uint64) error {
+// over says how many known messages each subject lost. counts is how many messages each
+// queue subject held at the info: every message then held is known (read now or before),
+// so a subject known with more lost that many. A count can come short only by a message
+// removed between the info and its read; a message left known then is dropped by a later
+// refresh, whose count misses it.
+func (b *Backlog) over(counts map[string]uint64) map[string]int {
 	known := map[string]int{}
 	for _, m := range b.msgs {
 		known[m.Token]++
 	}
+	over := map[string]int{}
 	for token, n := range known {
 		if held := int(min(counts[QueueSubject(token)], uint64(n))); n > held {
-			if err := b.findGone(ctx, token, n-held); err != nil {
-				return err
-			}
+			over[token] = n - held
 		}
 	}
+	return over
+}
+
+// dropDeleted drops the known messages the stream lists as deleted or that are older than
+// its first one: one request, the list short (the info before it said so; only what was
+// removed in between adds to it). Every search is done with.
+func (b *Backlog) dropDeleted(ctx context.Context) error {
+	info, err := b.info(ctx, jetstream.WithDeletedDetails(true))
+	if err != nil {
+		return err
+	}
+	st := info.State
+	deleted := make(map[uint64]struct{}, len(st.Deleted))
+	for _, seq := range st.Deleted {
+		deleted[seq] = struct{}{}
+	}
+	for seq := range b.msgs {
+		if _, ok := deleted[seq]; ok || seq < st.FirstSeq {
+			delete(b.msgs, seq)
+		}
+	}
+	clear(b.scans)
 	return nil
 }
 
 // findGone drops gone of token's known messages, looking from both ends until it found
 // them: the worker takes a queue's oldest job, and a cancel mostly meets a recent one. At
 // the old end, one read of the first message at or after the oldest known one passes over
-// every known one removed before it. The reads are at most the subject's known messages.
-func (b *Backlog) findGone(ctx context.Context, token string, gone int) error {
+// every known one removed before it. It makes at most *budget reads (and takes them off):
+// a search not done is kept in b.scans and goes on from where it stopped next refresh. A
+// search that met in the middle with messages still to find (one left behind it since)
+// starts again from both ends.
+func (b *Backlog) findGone(ctx context.Context, token string, gone int, budget *int) error {
 	var seqs []uint64
 	for seq, m := range b.msgs {
 		if m.Token == token {
@@ -174,13 +251,38 @@ func (b *Backlog) findGone(ctx context.Context, token string, gone int) error {
 		for _, seq := range seqs {
 			delete(b.msgs, seq)
 		}
+		delete(b.scans, token)
 		return nil
 	}
 	slices.Sort(seqs)
+	lo, hi := 0, len(seqs)-1
+	if s, ok := b.scans[token]; ok {
+		lo, _ = slices.BinarySearch(seqs, s.lo+1)
+		hi, _ = slices.BinarySearch(seqs, s.hi)
+		if hi--; lo > hi {
+			lo, hi = 0, len(seqs)-1
+		}
+	}
+	// keep records where the search stopped: seqs[:lo] and seqs[hi+1:] were found held.
+	keep := func() {
+		if gone <= 0 {
+			delete(b.scans, token)
+			return
+		}
+		s := scan{hi: math.MaxUint64}
+		if lo > 0 {
+			s.lo = seqs[lo-1]
+		}
+		if hi+1 < len(seqs) {
+			s.hi = seqs[hi+1]
+		}
+		b.scans[token] = s
+	}
+	defer keep()
 	subject := QueueSubject(token)
 	drop := func(seq uint64) { delete(b.msgs, seq); gone-- }
-	lo, hi := 0, len(seqs)-1
-	for gone > 0 && lo <= hi {
+	for gone > 0 && lo <= hi && *budget > 0 {
+		*budget--
 		m, err := b.get(ctx, seqs[lo], subject)
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):
@@ -197,9 +299,10 @@ func (b *Backlog) findGone(ctx context.Context, token string, gone int) error {
 		if lo <= hi && seqs[lo] == m.Sequence {
 			lo++
 		}
-		if gone <= 0 || lo > hi {
+		if gone <= 0 || lo > hi || *budget <= 0 {
 			break
 		}
+		*budget--
 		_, err = b.get(ctx, seqs[hi], "")
 		switch {
 		case errors.Is(err, jetstream.ErrMsgNotFound):

@@ -228,9 +228,19 @@ func TestBacklogRefreshCostsNothingForWhatLeft(t *testing.T) {
 
 // The backlog drops what left the queue wherever it was in its subject: the oldest (the
 // worker takes it), the newest and some in the middle (canceled), a whole subject
-// (purged), and keeps the rest, as a backlog read afresh has them.
+// (purged), and keeps the rest, as a backlog read afresh has them; told by the stream's
+// list of deleted sequences (short here) or, when the list is long, by reads.
 func TestBacklogDropsWhatLeft(t *testing.T) {
 	t.Parallel()
+	for name, maxDeleted := range map[string]int{"by the deleted list": -1, "by reads": 0} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			testBacklogDropsWhatLeft(t, maxDeleted)
+		})
+	}
+}
+
+func testBacklogDropsWhatLeft(t *testing.T, maxDeleted int) {
 	bb := brokertest.New(t)
 	ctx := ctxT(t)
 	models := []string{"tiny-a", "tiny-b", "tiny-c"}
@@ -240,6 +250,9 @@ func TestBacklogDropsWhatLeft(t *testing.T) {
 		}
 	}
 	back := bb.Store.Backlog()
+	if maxDeleted >= 0 {
+		back.SetMaxDeleted(maxDeleted)
+	}
 	msgs, err := back.Refresh(ctx, 0)
 	if err != nil || len(msgs) != 18 {
 		t.Fatalf("backlog of %d, %v", len(msgs), err)
@@ -279,5 +292,87 @@ func TestBacklogDropsWhatLeft(t *testing.T) {
 	}
 	if fmt.Sprint(ids(got)) != fmt.Sprint(want) || fmt.Sprint(ids(fresh)) != fmt.Sprint(want) {
 		t.Fatalf("backlog %v, read afresh %v, want %v", ids(got), ids(fresh), want)
+	}
+}
+
+// A cancel in the middle of a deep subject costs a refresh a bounded number of requests:
+// one more info request when the stream's list of deleted sequences is short, else at
+// most BacklogReadsPerRefresh reads, the search going on over the next refreshes (which
+// show the canceled job meanwhile) until the backlog is what a read afresh has, also when
+// a message the search had passed leaves meanwhile.
+func TestBacklogFindsACancelInADeepSubjectInBoundedRequests(t *testing.T) {
+	t.Parallel()
+	bb := brokertest.New(t)
+	ctx := ctxT(t)
+	const n = 200
+	for range n {
+		submit(t, bb.Store, "tiny-a", `{"model":"tiny-a","messages":[]}`)
+	}
+	back := bb.Store.Backlog()
+	msgs, err := back.Refresh(ctx, 0)
+	if err != nil || len(msgs) != n {
+		t.Fatalf("backlog of %d, %v", len(msgs), err)
+	}
+	ids := func(msgs []broker.QueuedMessage) string {
+		var out []string
+		for _, m := range msgs {
+			out = append(out, m.JobID)
+		}
+		return fmt.Sprint(out)
+	}
+	// refresh returns the backlog and the requests one refresh sent NATS; nothing else
+	// runs on the store's connection meanwhile.
+	refresh := func() ([]broker.QueuedMessage, uint64) {
+		t.Helper()
+		before := bb.Conn.Stats().OutMsgs
+		msgs, err := back.Refresh(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msgs, bb.Conn.Stats().OutMsgs - before
+	}
+	fresh := func() string {
+		t.Helper()
+		msgs, err := bb.Store.Backlog().Refresh(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ids(msgs)
+	}
+
+	// The list of deleted sequences is short: one info request more.
+	if _, err := bb.Store.Cancel(ctx, msgs[n/2].JobID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	got, reqs := refresh()
+	if want := fresh(); ids(got) != want || reqs > 2 {
+		t.Fatalf("with the deleted list: %d requests, backlog right %v; want at most 2", reqs, ids(got) == want)
+	}
+
+	// The list is too long to ask for: reads, at most BacklogReadsPerRefresh a refresh.
+	back.SetMaxDeleted(0)
+	if _, err := bb.Store.Cancel(ctx, msgs[3*n/4].JobID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	limit := uint64(1 + broker.BacklogReadsPerRefresh) // the info and the reads
+	got, reqs = refresh()
+	if reqs > limit {
+		t.Fatalf("a refresh after a cancel in the middle of %d sent %d requests, want at most %d", n, reqs, limit)
+	}
+	// One the search had passed leaves: the search starts again once it met in the middle.
+	if _, err := bb.Store.Cancel(ctx, msgs[1].JobID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	want := fresh()
+	for i := 0; ids(got) != want; i++ {
+		if i > 2*n/broker.BacklogReadsPerRefresh+4 {
+			t.Fatalf("after %d refreshes the backlog holds %d, a read afresh %d", i, len(got), n-3)
+		}
+		if got, reqs = refresh(); reqs > limit {
+			t.Fatalf("refresh %d sent %d requests, want at most %d", i+2, reqs, limit)
+		}
+	}
+	if got, reqs = refresh(); ids(got) != want || reqs != 1 {
+		t.Fatalf("once found, a refresh sent %d requests (want 1), backlog right %v", reqs, ids(got) == want)
 	}
 }

@@ -50,6 +50,13 @@ var JobWildcard = jobWildcard
 // OnRead calls f after each message the backlog reads.
 func (b *Backlog) OnRead(f func(seq uint64)) { b.onRead = f }
 
+// SetMaxDeleted sets the longest list of deleted sequences the backlog asks for (0: it
+// never does, and reads the known messages again instead).
+func (b *Backlog) SetMaxDeleted(n int) { b.maxDeleted = n }
+
+// BacklogReadsPerRefresh is readsPerRefresh, for the test that counts them.
+const BacklogReadsPerRefresh = readsPerRefresh
+
 // LoseUpdateAnswer makes the store's next record update be stored but answered with a
 // timeout, as a write whose answer was lost during a leader election.
 func (s *Store) LoseUpdateAnswer() { s.kv = &lostAnswerKV{KeyValue: s.kv} }
