@@ -263,28 +263,6 @@ func (s *Store) FinishPendingDelivery(ctx context.Context, id string, rev uint64
 	return nil
 }
 
-// PendingDeliveryRevs lists the event revisions of job id's pending deliveries, oldest
-// first, from the bucket's keys alone (a stream info request; no entry is read). The
-// webhook dispatcher asks it before it sends an event of a job whose earlier events may
-// wait in the store held by none of its lanes (ADR-0022).
-func (s *Store) PendingDeliveryRevs(ctx context.Context, id string) ([]uint64, error) {
-	if err := ValidateID(id); err != nil {
-		return nil, err
-	}
-	keys, err := s.bucketKeys(ctx, JobsBucket, pendingPrefix+id+".*")
-	if err != nil {
-		return nil, fmt.Errorf("broker: list pending deliveries of %s: %w", id, err)
-	}
-	revs := make([]uint64, 0, len(keys))
-	for _, k := range keys {
-		if kid, rev, ok := parsePendingKey(k); ok && kid == id {
-			revs = append(revs, rev)
-		}
-	}
-	slices.Sort(revs)
-	return revs, nil
-}
-
 // pendingReads is how many pending deliveries are read at once (readPending).
 const pendingReads = 32
 
@@ -366,11 +344,13 @@ func (s *Store) pendingDelivery(ctx context.Context, k string) (*PendingDelivery
 // adopted only by a claim without skip, a dispatcher's start: a foreman of that version
 // still running clears the owner at each retry it stores, and a periodic claim would
 // take it again each time (upgrade every foreman together). An entry that cannot be read
-// or adopted now is left for a later claim.
-func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID string, rev uint64) bool) ([]PendingDelivery, error) {
+// or adopted now for an error is left for a later claim, and named in failed (the
+// caller keeps a job's later entries back, so that they do not go out before it); one
+// that finished meanwhile, or whose owner is alive, is neither returned nor named.
+func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID string, rev uint64) bool) (claimed []PendingDelivery, failed []PendingRef, err error) {
 	keys, err := s.bucketKeys(ctx, JobsBucket, pendingPrefix+">")
 	if err != nil {
-		return nil, fmt.Errorf("broker: list pending deliveries: %w", err)
+		return nil, nil, fmt.Errorf("broker: list pending deliveries: %w", err)
 	}
 	if skip != nil {
 		keys = slices.DeleteFunc(keys, func(k string) bool {
@@ -380,15 +360,17 @@ func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID stri
 	}
 	found, errs := s.readPending(ctx, keys)
 	if err := ctx.Err(); err != nil {
-		return nil, err // a stop: nothing to warn of
+		return nil, nil, err // a stop: nothing to warn of
 	}
 	for i, err := range errs {
 		if err != nil {
 			s.log.Warn("read pending webhook delivery; a later claim reads it again", "key", keys[i], "err", err)
+			if id, rev, ok := parsePendingKey(keys[i]); ok {
+				failed = append(failed, PendingRef{JobID: id, Rev: rev})
+			}
 		}
 	}
 	gone := map[string]bool{} // owners looked up, by boot id
-	var out []PendingDelivery
 	for _, p := range found {
 		if p == nil {
 			continue
@@ -409,15 +391,22 @@ func (s *Store) ClaimPendingDeliveries(ctx context.Context, skip func(jobID stri
 			if err != nil {
 				if !errors.Is(err, ErrConflict) {
 					s.log.Warn("adopt pending webhook delivery; a later claim tries again", "job_id", p.JobID, "rev", p.Rev, "err", err)
+					failed = append(failed, PendingRef{JobID: p.JobID, Rev: p.Rev})
 				}
 				continue // another foreman adopted it first, or it finished
 			}
 			p.Owner, p.Revision = s.cfg.BootID, rev
 		}
-		out = append(out, *p)
+		claimed = append(claimed, *p)
 	}
-	sortPending(out)
-	return out, nil
+	sortPending(claimed)
+	return claimed, failed, nil
+}
+
+// PendingRef names a pending delivery: its job and the event's record revision.
+type PendingRef struct {
+	JobID string
+	Rev   uint64
 }
 
 // parsePendingKey reads whq.<id>.<rev>.

@@ -123,12 +123,12 @@ func TestClaimPendingDeliveryWithoutOwner(t *testing.T) {
 	if _, err := b.JobRecords(t).Put(ctx, "whq."+id+".7", []byte(`{"job_id":"`+id+`","rev":7,"attempts":1,"body":{"state":"done"}}`)); err != nil {
 		t.Fatal(err)
 	}
-	periodic, err := b.Store.ClaimPendingDeliveries(ctx, func(string, uint64) bool { return false })
-	if err != nil || len(periodic) != 0 {
-		t.Fatalf("periodic claim: %+v %v, want none", periodic, err)
+	periodic, failed, err := b.Store.ClaimPendingDeliveries(ctx, func(string, uint64) bool { return false })
+	if err != nil || len(periodic) != 0 || len(failed) != 0 {
+		t.Fatalf("periodic claim: %+v (failed %+v) %v, want none", periodic, failed, err)
 	}
-	start, err := b.Store.ClaimPendingDeliveries(ctx, nil)
-	if err != nil || len(start) != 1 || start[0].Owner != b.Store.BootID() || start[0].Attempts != 1 {
+	start, failed, err := b.Store.ClaimPendingDeliveries(ctx, nil)
+	if err != nil || len(failed) != 0 || len(start) != 1 || start[0].Owner != b.Store.BootID() || start[0].Attempts != 1 {
 		t.Fatalf("start's claim: %+v %v, want the entry adopted", start, err)
 	}
 	p := start[0]

@@ -25,14 +25,13 @@ import (
 // store in front of it that fails as a NATS cluster electing a leader does.
 type Store interface {
 	ConsumeChanges(ctx context.Context, cfg broker.ChangeConsumerConfig) (*broker.ChangeConsumer, error)
-	ClaimPendingDeliveries(ctx context.Context, skip func(jobID string, rev uint64) bool) ([]broker.PendingDelivery, error)
+	ClaimPendingDeliveries(ctx context.Context, skip func(jobID string, rev uint64) bool) (claimed []broker.PendingDelivery, failed []broker.PendingRef, err error)
 	ServeRedeliver(answer func(id string) broker.RedeliverReply) (stop func(), err error)
 	AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (rev uint64, created bool, err error)
 	PendingDelivery(ctx context.Context, id string, rev uint64) (*broker.PendingDelivery, error)
 	UpdatePendingDelivery(ctx context.Context, p broker.PendingDelivery) (uint64, error)
 	BootID() string
 	FinishPendingDelivery(ctx context.Context, id string, rev uint64) error
-	PendingDeliveryRevs(ctx context.Context, id string) ([]uint64, error)
 	Deliveries(ctx context.Context, id string) ([]broker.DeliveryAttempt, error)
 	LogDelivery(ctx context.Context, id string, a broker.DeliveryAttempt) error
 	GetRaw(ctx context.Context, id string) ([]byte, uint64, error)
@@ -141,18 +140,25 @@ type Dispatcher struct {
 	closed bool
 	lanes  map[string]*lane
 	known  map[string]bool // webhook-ids of the stored pending deliveries in the lanes
+	// intake holds the webhook-ids of the events being stored and queued (handle): a
+	// claim leaves them to it, or it would queue one a second time.
+	intake map[string]bool
 	// manual holds the webhook-id of each job's manual redelivery in its lane: a job has
 	// at most one, so redelivery requests in a loop cannot pile up events in memory.
 	manual map[string]string
 	// held counts the lanes of each receiver (lane.receiver), at most laneCap; spills
-	// names the receivers with events left in the store beyond that (spill.go).
-	held   map[string]int
-	spills map[string]*spill
-	nudge  chan struct{} // wakes claimLoop: a receiver with spilled events has room
-	wg     sync.WaitGroup
+	// names the receivers with events left in the store beyond that, spilled the jobs
+	// (spill.go); spillSeq counts the spills.
+	held     map[string]int
+	spills   map[string]*spill
+	spilled  map[string]spilledJob
+	spillSeq uint64
+	nudge    chan struct{} // wakes claimLoop: a receiver with spilled events has room
+	wg       sync.WaitGroup
 
-	slotsMu sync.Mutex
-	slots   map[string]*receiverSlots // by receiver; removed when unused
+	slotsMu     sync.Mutex
+	slots       map[string]*receiverSlots // by receiver; removed when unused
+	slotsClosed bool                      // stopped: no backstop is armed
 }
 
 // receiverSlots bounds the attempts in flight to one receiver, and the lanes waiting.
@@ -207,8 +213,8 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, errors.New("webhook: Config.Store is required")
 	}
 	cfg.setDefaults()
-	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, manual: map[string]string{},
-		held: map[string]int{}, spills: map[string]*spill{}, nudge: make(chan struct{}, 1), slots: map[string]*receiverSlots{}}
+	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, intake: map[string]bool{}, manual: map[string]string{},
+		held: map[string]int{}, spills: map[string]*spill{}, spilled: map[string]spilledJob{}, nudge: make(chan struct{}, 1), slots: map[string]*receiverSlots{}}
 	if cfg.Secret != "" {
 		k, err := Key(cfg.Secret)
 		if err != nil {
@@ -231,14 +237,14 @@ const intakeShards = 8
 // Attempts in flight when ctx ends are abandoned unrecorded and made again by whoever
 // holds their pending delivery next. Run returns nil on ctx's end; call it once.
 func (d *Dispatcher) Run(ctx context.Context) error {
-	changes, pending, err := d.start(ctx)
+	changes, pending, failed, err := d.start(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return fmt.Errorf("webhook: %w", err)
 	}
-	d.resume(ctx, pending)
+	d.resume(ctx, pending, failed)
 	stopRedeliver, err := d.store.ServeRedeliver(func(id string) broker.RedeliverReply {
 		return d.onRedeliver(ctx, id)
 	})
@@ -302,7 +308,7 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 // start creates (or updates) the consumer of state events and reads the stored pending
 // deliveries, each step tried again while JetStream cannot answer (ADR-0030): both are
 // safe to repeat.
-func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broker.PendingDelivery, error) {
+func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broker.PendingDelivery, []broker.PendingRef, error) {
 	var changes *broker.ChangeConsumer
 	err := broker.UntilReady(ctx, d.log, "webhook consumer", func(ctx context.Context) (err error) {
 		changes, err = d.store.ConsumeChanges(ctx, broker.ChangeConsumerConfig{
@@ -314,38 +320,50 @@ func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broke
 		return err
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	var pending []broker.PendingDelivery
+	var (
+		pending []broker.PendingDelivery
+		failed  []broker.PendingRef
+	)
 	err = broker.UntilReady(ctx, d.log, "pending webhook deliveries", func(ctx context.Context) (err error) {
-		pending, err = d.store.ClaimPendingDeliveries(ctx, nil)
+		pending, failed, err = d.store.ClaimPendingDeliveries(ctx, nil)
 		return err
 	})
 	if err != nil {
 		changes.Stop()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return changes, pending, nil
+	return changes, pending, failed, nil
 }
 
 // resume queues stored pending deliveries this dispatcher claimed (ordered by job and
 // revision), each a lane's as far as its receiver has room (laneCap); the others stay
-// in the store. Once an event of a job is left there, so are the job's later ones.
-func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDelivery) {
+// in the store (spilled). Once an event of a job is left there, so are the job's later
+// ones; so are those after an entry of the job the claim failed to read or adopt
+// (failed). It returns the jobs of failed, by their earliest revision failed.
+func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDelivery, failed []broker.PendingRef) map[string]uint64 {
+	kept := make(map[string]uint64, len(failed))
+	for _, f := range failed {
+		if rev, ok := kept[f.JobID]; !ok || f.Rev < rev {
+			kept[f.JobID] = f.Rev
+		}
+	}
 	spilledJob := ""
 	for _, p := range pending {
 		e := &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt}
 		if job, err := broker.DecodeJob(p.Body); err == nil && job.Webhook != nil {
 			e.receiver = receiverOf(job.Webhook.URL) // one that is not is dropped at its load (having taken a slot of receiver "")
 		}
-		if p.JobID == spilledJob {
+		if rev, ok := kept[p.JobID]; p.JobID == spilledJob || (ok && p.Rev > rev) {
 			d.spill(e)
 			continue
 		}
-		if errors.Is(d.enqueue(ctx, e), errSpilled) {
+		if errors.Is(d.enqueueClaimed(ctx, e, true), errSpilled) {
 			spilledJob = p.JobID
 		}
 	}
+	return kept
 }
 
 // claimLoop adopts, every ClaimEvery until ctx ends, the pending deliveries whose
@@ -367,11 +385,13 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 	}
 }
 
-// holds reports whether a lane holds the stored event of job id at revision rev.
+// holds reports whether a lane holds the stored event of job id at revision rev, or
+// handle is storing and queuing it.
 func (d *Dispatcher) holds(jobID string, rev uint64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.known[(&event{jobID: jobID, rev: rev}).webhookID()]
+	id := (&event{jobID: jobID, rev: rev}).webhookID()
+	return d.known[id] || d.intake[id]
 }
 
 // stop ends the lanes: waiting ones at once, running ones when their attempt returns.
@@ -385,13 +405,12 @@ func (d *Dispatcher) stop() {
 	}
 	d.mu.Unlock()
 	d.slotsMu.Lock()
+	d.slotsClosed = true
 	for _, rs := range d.slots {
-		if rs.backstop != nil {
-			rs.backstop.Stop()
-		}
+		d.stopBackstop(rs)
 	}
 	d.slotsMu.Unlock()
-	d.wg.Wait()
+	d.wg.Wait() // the lanes, and the backstops' callbacks running
 }
 
 // handle acks events that need no delivery and stores the rest as pending deliveries
@@ -429,6 +448,12 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	d.log.Debug("webhook event", "job_id", jobID, "state", job.State, "num_delivered", msg.NumDelivered)
 	now := time.Now().UTC()
 	p := broker.PendingDelivery{JobID: jobID, Rev: msg.Rev, NextAt: now, Body: msg.Data}
+	e := &event{jobID: jobID, rev: p.Rev, nextAt: now, receiver: receiverOf(job.Webhook.URL)}
+	// From its store until it is queued (or spilled), claims leave the event to this
+	// intake: one reading it meanwhile would queue it too, and the event be sent twice.
+	d.mu.Lock()
+	d.intake[e.webhookID()] = true
+	d.mu.Unlock()
 	// Not stored, the event is tried again here, holding its shard: handed back to
 	// JetStream, it would come again after the job's later events, which its shard
 	// would meanwhile store and send.
@@ -441,6 +466,9 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 		_ = msg.InProgress() // the message stays this dispatcher's meanwhile
 		select {
 		case <-ctx.Done():
+			d.mu.Lock()
+			delete(d.intake, e.webhookID())
+			d.mu.Unlock()
 			// The message stays with JetStream, which offers it again after the next start.
 			if err := msg.NakWithDelay(d.cfg.BaseDelay); err != nil && !errors.Is(err, broker.ErrConnClosed) {
 				d.log.Warn("webhook nak", "job_id", jobID, "err", err)
@@ -455,11 +483,10 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 	if err := msg.Ack(); err != nil && !errors.Is(err, broker.ErrConnClosed) {
 		d.log.Warn("webhook ack", "job_id", jobID, "err", err)
 	}
-	e := &event{jobID: jobID, rev: p.Rev, nextAt: now, receiver: receiverOf(job.Webhook.URL)}
 	if created { // the first attempt needs no read of what was just stored
 		e.body, e.job, e.srev = p.Body, job, srev
 	}
-	d.admit(ctx, e)
+	_ = d.enqueue(ctx, e) // errStopping or errSpilled: the pending delivery waits for a claim
 }
 
 // errStopping is enqueue after the dispatcher stopped.
@@ -478,10 +505,21 @@ func (e *redeliveryPendingError) Error() string {
 // manual redelivery is refused (*redeliveryPendingError) while the job has one. A job
 // with no lane gets one only while its receiver has fewer than laneCap: beyond, a
 // stored event stays in the store only (errSpilled) and a manual redelivery is refused
-// (*receiverFullError).
+// (*receiverFullError). A stored event of a job with events spilled spills too, lane or
+// not (spill.go).
 func (d *Dispatcher) enqueue(ctx context.Context, e *event) error {
+	return d.enqueueClaimed(ctx, e, false)
+}
+
+// enqueueClaimed is enqueue; claimed is a claim's resume queuing e, a job's events in
+// order: a job's event spilled earlier does not make e spill, and the job's spill ends
+// with its latest event spilled queued.
+func (d *Dispatcher) enqueueClaimed(ctx context.Context, e *event, claimed bool) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !e.manual {
+		delete(d.intake, e.webhookID()) // queued or spilled from here on
+	}
 	if d.closed {
 		return errStopping
 	}
@@ -491,6 +529,9 @@ func (d *Dispatcher) enqueue(ctx context.Context, e *event) error {
 		}
 	} else if d.known[e.webhookID()] {
 		return nil
+	} else if _, ok := d.spilled[e.jobID]; ok && !claimed {
+		d.spillLocked(e)
+		return errSpilled
 	}
 	l, ok := d.lanes[e.jobID]
 	if !ok && d.held[e.receiver] >= d.laneCap() {
@@ -516,6 +557,9 @@ func (d *Dispatcher) enqueue(ctx context.Context, e *event) error {
 		e.body, e.job = nil, nil
 	}
 	l.queue = append(l.queue, e)
+	if j, ok := d.spilled[e.jobID]; ok && claimed && e.rev >= j.rev {
+		d.takenUpLocked(e.jobID)
+	}
 	if len(l.queue) == 1 && !l.running {
 		d.startLane(ctx, e.jobID, l)
 	}
@@ -708,10 +752,7 @@ func (d *Dispatcher) leave(ctx context.Context, receiver string, rs *receiverSlo
 	if rs.users--; rs.users == 0 {
 		delete(d.slots, receiver)
 		last = true
-		if rs.backstop != nil {
-			rs.backstop.Stop()
-			rs.backstop = nil
-		}
+		d.stopBackstop(rs)
 	}
 	wake := last || rs.waiting == 0
 	d.slotsMu.Unlock()

@@ -147,9 +147,9 @@ func TestTwoForemenKeepAJobsEventsInOrder(t *testing.T) {
 // could not read then: the event's own message, offered again, brings each back.
 type hiddenAtStart struct{ Store }
 
-func (s hiddenAtStart) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, error) {
+func (s hiddenAtStart) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, []broker.PendingRef, error) {
 	if skip == nil {
-		return nil, nil
+		return nil, nil, nil
 	}
 	return s.Store.ClaimPendingDeliveries(ctx, skip)
 }

@@ -325,12 +325,12 @@ type claimsHeld struct {
 	open chan struct{}
 }
 
-func (s claimsHeld) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, error) {
+func (s claimsHeld) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, []broker.PendingRef, error) {
 	if skip != nil {
 		select {
 		case <-s.open:
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, nil, ctx.Err()
 		}
 	}
 	return s.Store.ClaimPendingDeliveries(ctx, skip)
@@ -381,7 +381,8 @@ func TestStoredEventGoesBeforeItsJobsLaterOne(t *testing.T) {
 	eventually(t, 15*time.Second, "the working event taken", func() bool {
 		d.mu.Lock()
 		defer d.mu.Unlock()
-		return d.lanes[j.ID] != nil || d.spills[rcv].gen > before || len(hang.answered()) > d.laneCap()
+		s := d.spills[rcv]
+		return d.lanes[j.ID] != nil || (s != nil && s.gen > before) || len(hang.answered()) > d.laneCap()
 	})
 	close(claims)
 	waitNoPending(t, b.Store)

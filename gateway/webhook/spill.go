@@ -13,6 +13,7 @@ import (
 // the receiver hung (1,500 jobs, 1,500 lanes). Now a receiver holds at most laneCap
 // lanes; a stored event of a job with no lane beyond that stays in the store only (it
 // is spilled), and a claim takes it up again once the receiver's lanes free (ADR-0022).
+// So do the job's later events meanwhile, lane or not, so that they keep their order.
 
 // laneCap is the number of jobs' lanes a receiver may hold: 2 × PerReceiver running
 // (attempts in flight, lanes waiting for a slot) and as many parked, ready for a slot
@@ -36,9 +37,25 @@ func (e *receiverFullError) Error() string {
 
 // spill is a receiver with events spilled: stored, held by no lane.
 type spill struct {
-	gen     uint64 // events spilled so far
-	claimed uint64 // gen when the last claim that read the store began
+	jobs    int    // jobs with events spilled (Dispatcher.spilled)
+	gen     uint64 // Dispatcher.spillSeq at the receiver's last spill
+	claimed uint64 // Dispatcher.spillSeq when the last claim that read the store began
 }
+
+// spilledJob is a job with events spilled, held by no lane.
+type spilledJob struct {
+	receiver string
+	rev      uint64 // the latest event of the job spilled
+	seq      uint64 // Dispatcher.spillSeq at its last spill
+}
+
+// The order of a job's events holds across a spill by one invariant: once a job has an
+// event spilled, its later stored events spill too (whether or not the job has a lane)
+// until a claim takes them up, in order (ADR-0022). Sent at once, a later one would go
+// out first and the earlier one be superseded (ADR-0055), a state lost to the receiver
+// for a fault of foreman's. Dispatcher.spilled names those jobs; enqueue spills their
+// events, and a claim's resume, which queues a job's events in order, lets the job go
+// once it queued its latest event spilled.
 
 // spill leaves stored event e in the store.
 func (d *Dispatcher) spill(e *event) {
@@ -47,17 +64,39 @@ func (d *Dispatcher) spill(e *event) {
 	d.spillLocked(e)
 }
 
-// spillLocked is spill; d.mu is held. The receiver is marked as having events in the
-// store until a claim takes all of them up: meanwhile a job's event finds out from the
-// store whether an earlier one of its job waits there (admit).
+// spillLocked is spill; d.mu is held. e's job and receiver are marked as having events
+// in the store until a claim takes them up.
 func (d *Dispatcher) spillLocked(e *event) {
 	s := d.spills[e.receiver]
 	if s == nil {
 		s = &spill{}
 		d.spills[e.receiver] = s
 	}
-	s.gen++
+	j, ok := d.spilled[e.jobID]
+	if !ok {
+		j.receiver = e.receiver
+		s.jobs++
+	}
+	d.spillSeq++
+	j.rev, j.seq = max(j.rev, e.rev), d.spillSeq
+	d.spilled[e.jobID] = j
+	s.gen = d.spillSeq
 	d.nudgeLocked(e.receiver)
+}
+
+// takenUpLocked clears job jobID's spill: a claim queued its latest event spilled, or
+// found its spilled events gone. d.mu is held.
+func (d *Dispatcher) takenUpLocked(jobID string) {
+	j, ok := d.spilled[jobID]
+	if !ok {
+		return
+	}
+	delete(d.spilled, jobID)
+	if s := d.spills[j.receiver]; s != nil {
+		if s.jobs--; s.jobs <= 0 {
+			delete(d.spills, j.receiver)
+		}
+	}
 }
 
 // laneGoneLocked counts a lane of receiver out; d.mu is held.
@@ -74,7 +113,7 @@ func (d *Dispatcher) laneGoneLocked(receiver string) {
 // d.mu is held.
 func (d *Dispatcher) nudgeLocked(receiver string) {
 	s := d.spills[receiver]
-	if s == nil || s.gen == s.claimed || d.held[receiver] > d.laneCap()/2 {
+	if s == nil || s.gen <= s.claimed || d.held[receiver] > d.laneCap()/2 {
 		return
 	}
 	select {
@@ -83,65 +122,17 @@ func (d *Dispatcher) nudgeLocked(receiver string) {
 	}
 }
 
-// admit queues an event intake stored. While its receiver has events spilled, one of a
-// job with no lane may have an earlier event of its job among them: it is spilled too
-// (a claim takes both up, in order), or it would go out first and the earlier one be
-// superseded (ADR-0055), a state lost to the receiver for a fault of foreman's.
-func (d *Dispatcher) admit(ctx context.Context, e *event) {
-	d.mu.Lock()
-	check := d.lanes[e.jobID] == nil && d.spills[e.receiver] != nil
-	d.mu.Unlock()
-	if check {
-		revs, err := d.store.PendingDeliveryRevs(ctx, e.jobID)
-		if err != nil {
-			if ctx.Err() == nil {
-				d.log.Warn("list a job's pending webhook deliveries; the event waits for a claim", "job_id", e.jobID, "err", err)
-			}
-			d.spill(e)
-			return
-		}
-		if d.earlierUnheld(e, revs) {
-			d.spill(e)
-			return
-		}
-	}
-	_ = d.enqueue(ctx, e) // errStopping or errSpilled: the pending delivery waits for a claim
-}
-
-// earlierUnheld reports whether revs (of e's job's pending deliveries) name an event
-// earlier than e that no lane holds.
-func (d *Dispatcher) earlierUnheld(e *event, revs []uint64) bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, rev := range revs {
-		if rev < e.rev && !d.known[(&event{jobID: e.jobID, rev: rev}).webhookID()] {
-			return true
-		}
-	}
-	return false
-}
-
 // claim takes up the pending deliveries no lane holds: adopted from foremen that are
 // gone, and this one's own spilled ones (resume leaves those beyond laneCap in the
-// store again). A receiver stops counting as having events spilled once a claim took
-// up every one: none spilled since it began, and it read every entry it listed (one
-// it could not read, or of another foreman alive, may be a spilled one; the receiver
-// stays marked, and costs admit a listing per new lane, until a later claim).
+// store again). A job stops counting as having events spilled once a claim queued its
+// latest one spilled, or once a claim that began after its last spill did not find
+// them (finished meanwhile: expired with the job; or adopted by another foreman), unless
+// the claim failed to read or adopt one of the job's entries.
 func (d *Dispatcher) claim(ctx context.Context) {
 	d.mu.Lock()
-	began := make(map[string]uint64, len(d.spills))
-	for r, s := range d.spills {
-		began[r] = s.gen
-	}
+	began := d.spillSeq
 	d.mu.Unlock()
-	unheld := 0
-	claimed, err := d.store.ClaimPendingDeliveries(ctx, func(jobID string, rev uint64) bool {
-		if d.holds(jobID, rev) {
-			return true
-		}
-		unheld++
-		return false
-	})
+	claimed, failed, err := d.store.ClaimPendingDeliveries(ctx, d.holds)
 	if err != nil {
 		if ctx.Err() == nil {
 			d.log.Warn("look for pending webhook deliveries of foremen that are gone", "err", err)
@@ -151,17 +142,15 @@ func (d *Dispatcher) claim(ctx context.Context) {
 	if len(claimed) > 0 {
 		d.log.Info("pending webhook deliveries taken up (adopted, or this foreman's own held by no lane)", "deliveries", len(claimed))
 	}
-	d.resume(ctx, claimed)
+	kept := d.resume(ctx, claimed, failed)
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	for r, gen := range began {
-		s := d.spills[r]
-		if s == nil {
-			continue
-		}
-		s.claimed = max(s.claimed, gen)
-		if s.gen == gen && unheld == len(claimed) {
-			delete(d.spills, r)
+	for _, s := range d.spills {
+		s.claimed = max(s.claimed, began)
+	}
+	for id, j := range d.spilled {
+		if _, ok := kept[id]; !ok && j.seq <= began {
+			d.takenUpLocked(id)
 		}
 	}
 }
@@ -170,12 +159,16 @@ func (d *Dispatcher) claim(ctx context.Context) {
 // lane parked longest, and so on while any is parked (a lane woken that finds the
 // receiver busy parks again, last). slotsMu is held.
 func (d *Dispatcher) armBackstop(ctx context.Context, rs *receiverSlots) {
-	if rs.backstop != nil {
+	if rs.backstop != nil || d.slotsClosed {
 		return
 	}
 	wait := time.Duration(float64(d.cfg.busyPause) * (0.8 + 0.4*rand.Float64()))
 	var t *time.Timer
+	// The callback is the dispatcher's (d.wg): stop waits for one running. Armed from a
+	// lane or from the callback itself, the count is above zero here.
+	d.wg.Add(1)
 	t = time.AfterFunc(wait, func() {
+		defer d.wg.Done()
 		d.slotsMu.Lock()
 		if rs.backstop != t { // stopped: the receiver's last user left
 			d.slotsMu.Unlock()
@@ -191,4 +184,16 @@ func (d *Dispatcher) armBackstop(ctx context.Context, rs *receiverSlots) {
 		d.slotsMu.Unlock()
 	})
 	rs.backstop = t
+}
+
+// stopBackstop stops rs's backstop; slotsMu is held. A callback stopped before it ran
+// is counted out of d.wg here; one running already counts itself out.
+func (d *Dispatcher) stopBackstop(rs *receiverSlots) {
+	if rs.backstop == nil {
+		return
+	}
+	if rs.backstop.Stop() {
+		d.wg.Done()
+	}
+	rs.backstop = nil
 }

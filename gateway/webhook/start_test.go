@@ -43,9 +43,9 @@ func (s *unavailableStore) ConsumeChanges(ctx context.Context, cfg broker.Change
 	return s.Store.ConsumeChanges(ctx, cfg)
 }
 
-func (s *unavailableStore) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, error) {
+func (s *unavailableStore) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, []broker.PendingRef, error) {
 	if s.pendingFails.Add(-1) >= 0 {
-		return nil, s.fail(fmt.Errorf("broker: list pending deliveries: %w", nats.ErrNoResponders))
+		return nil, nil, s.fail(fmt.Errorf("broker: list pending deliveries: %w", nats.ErrNoResponders))
 	}
 	return s.Store.ClaimPendingDeliveries(ctx, skip)
 }
