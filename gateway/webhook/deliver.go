@@ -236,14 +236,24 @@ func (d *Dispatcher) save(ctx context.Context, e *event, log *slog.Logger) {
 
 // finish removes a stored event's pending delivery. The event stops being known first:
 // a redelivery of it arriving once the pending delivery is gone is then queued again
-// (and meets the delivery log) rather than skipped as one the lane still holds.
+// (and meets the delivery log) rather than skipped as one the lane still holds. Claims
+// leave it alone until the removal returned (finishing): one reading the entry meanwhile
+// would queue it again, and send it twice were its delivery log write lost. A removal
+// that failed leaves the entry to a later claim.
 func (d *Dispatcher) finish(ctx context.Context, e *event) {
 	if e.manual {
 		return
 	}
+	id := e.webhookID()
 	d.mu.Lock()
-	delete(d.known, e.webhookID())
+	delete(d.known, id)
+	d.finishing[id] = true
 	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		delete(d.finishing, id)
+		d.mu.Unlock()
+	}()
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
 	if err := d.store.FinishPendingDelivery(fctx, e.jobID, e.rev); err != nil {

@@ -143,6 +143,10 @@ type Dispatcher struct {
 	// intake holds the webhook-ids of the events being stored and queued (handle): a
 	// claim leaves them to it, or it would queue one a second time.
 	intake map[string]bool
+	// finishing holds the webhook-ids of the events finish is removing from the store:
+	// no longer known (a redelivery is queued again), but a claim reading the entry
+	// before it is gone would queue it a second time.
+	finishing map[string]bool
 	// manual holds the webhook-id of each job's manual redelivery in its lane: a job has
 	// at most one, so redelivery requests in a loop cannot pile up events in memory.
 	manual map[string]string
@@ -213,7 +217,7 @@ func New(cfg Config) (*Dispatcher, error) {
 		return nil, errors.New("webhook: Config.Store is required")
 	}
 	cfg.setDefaults()
-	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, intake: map[string]bool{}, manual: map[string]string{},
+	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, intake: map[string]bool{}, finishing: map[string]bool{}, manual: map[string]string{},
 		held: map[string]int{}, spills: map[string]*spill{}, spilled: map[string]spilledJob{}, nudge: make(chan struct{}, 1), slots: map[string]*receiverSlots{}}
 	if cfg.Secret != "" {
 		k, err := Key(cfg.Secret)
@@ -341,22 +345,32 @@ func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broke
 // revision), each a lane's as far as its receiver has room (laneCap); the others stay
 // in the store (spilled). Once an event of a job is left there, so are the job's later
 // ones; so are those after an entry of the job the claim failed to read or adopt
-// (failed). It returns the jobs of failed, by their earliest revision failed.
+// (failed), read by the claim or not: such a job counts as having events spilled up to
+// its latest revision failed, so that an event of it handle stores meanwhile spills too
+// rather than go out first and get the failed one superseded at its load (ADR-0055).
+// It returns the jobs of failed, by their earliest revision failed.
 func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDelivery, failed []broker.PendingRef) map[string]uint64 {
 	kept := make(map[string]uint64, len(failed))
+	d.mu.Lock()
 	for _, f := range failed {
 		if rev, ok := kept[f.JobID]; !ok || f.Rev < rev {
 			kept[f.JobID] = f.Rev
 		}
+		d.holdFailedLocked(f.JobID, f.Rev)
 	}
+	d.mu.Unlock()
 	spilledJob := ""
 	for _, p := range pending {
 		e := &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt}
 		if job, err := broker.DecodeJob(p.Body); err == nil && job.Webhook != nil {
 			e.receiver = receiverOf(job.Webhook.URL) // one that is not is dropped at its load (having taken a slot of receiver "")
 		}
-		if rev, ok := kept[p.JobID]; p.JobID == spilledJob || (ok && p.Rev > rev) {
-			d.spill(e)
+		if p.JobID == spilledJob {
+			d.spill(e, true)
+			continue
+		}
+		if rev, ok := kept[p.JobID]; ok && p.Rev > rev {
+			d.spill(e, false)
 			continue
 		}
 		if errors.Is(d.enqueueClaimed(ctx, e, true), errSpilled) {
@@ -385,13 +399,13 @@ func (d *Dispatcher) claimLoop(ctx context.Context) {
 	}
 }
 
-// holds reports whether a lane holds the stored event of job id at revision rev, or
-// handle is storing and queuing it.
+// holds reports whether a lane holds the stored event of job id at revision rev, handle
+// is storing and queuing it, or finish is removing it.
 func (d *Dispatcher) holds(jobID string, rev uint64) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	id := (&event{jobID: jobID, rev: rev}).webhookID()
-	return d.known[id] || d.intake[id]
+	return d.known[id] || d.intake[id] || d.finishing[id]
 }
 
 // stop ends the lanes: waiting ones at once, running ones when their attempt returns.
@@ -530,7 +544,7 @@ func (d *Dispatcher) enqueueClaimed(ctx context.Context, e *event, claimed bool)
 	} else if d.known[e.webhookID()] {
 		return nil
 	} else if _, ok := d.spilled[e.jobID]; ok && !claimed {
-		d.spillLocked(e)
+		d.spillLocked(e, true, true)
 		return errSpilled
 	}
 	l, ok := d.lanes[e.jobID]
@@ -538,7 +552,7 @@ func (d *Dispatcher) enqueueClaimed(ctx context.Context, e *event, claimed bool)
 		if e.manual {
 			return &receiverFullError{jobID: e.jobID, receiver: e.receiver, lanes: d.held[e.receiver]}
 		}
-		d.spillLocked(e)
+		d.spillLocked(e, !claimed, true) // a claim's resume wakes no claim (spill)
 		return errSpilled
 	}
 	if e.manual {

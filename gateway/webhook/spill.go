@@ -44,8 +44,9 @@ type spill struct {
 
 // spilledJob is a job with events spilled, held by no lane.
 type spilledJob struct {
-	receiver string
-	rev      uint64 // the latest event of the job spilled
+	receiver string // whose spill counts the job (counted), its first spilled event's
+	counted  bool   // counted in spills[receiver]; not while only a failed entry holds it (holdFailedLocked)
+	rev      uint64 // the latest event of the job spilled, or failed to read or adopt
 	seq      uint64 // Dispatcher.spillSeq at its last spill
 }
 
@@ -57,31 +58,56 @@ type spilledJob struct {
 // events, and a claim's resume, which queues a job's events in order, lets the job go
 // once it queued its latest event spilled.
 
-// spill leaves stored event e in the store.
-func (d *Dispatcher) spill(e *event) {
+// spill leaves stored event e in the store; a claim's resume does. It wakes no claim:
+// the claim running is the one that would, and it would find the store as it is.
+// retake: e spilled for want of a lane (its job's earlier event did), and the next
+// lane of its receiver freed may take it up; otherwise e waits behind its job's entry
+// the claim failed to read or adopt, which only a later periodic claim can read.
+func (d *Dispatcher) spill(e *event, retake bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.spillLocked(e)
+	d.spillLocked(e, false, retake)
 }
 
 // spillLocked is spill; d.mu is held. e's job and receiver are marked as having events
-// in the store until a claim takes them up.
-func (d *Dispatcher) spillLocked(e *event) {
-	s := d.spills[e.receiver]
-	if s == nil {
-		s = &spill{}
-		d.spills[e.receiver] = s
-	}
-	j, ok := d.spilled[e.jobID]
-	if !ok {
-		j.receiver = e.receiver
+// in the store until a claim takes them up. The job counts under the receiver of its
+// first event spilled (resume gives "" to an entry it cannot decode); nudge wakes a claim
+// if that receiver has room, retake lets a lane freed later do so (spill.gen).
+func (d *Dispatcher) spillLocked(e *event, nudge, retake bool) {
+	j := d.spilled[e.jobID]
+	if !j.counted {
+		j.receiver, j.counted = e.receiver, true
+		s := d.spills[j.receiver]
+		if s == nil {
+			s = &spill{}
+			d.spills[j.receiver] = s
+		}
 		s.jobs++
 	}
 	d.spillSeq++
 	j.rev, j.seq = max(j.rev, e.rev), d.spillSeq
 	d.spilled[e.jobID] = j
-	s.gen = d.spillSeq
-	d.nudgeLocked(e.receiver)
+	if !retake {
+		return
+	}
+	if s := d.spills[j.receiver]; s != nil {
+		s.gen = d.spillSeq
+	}
+	if nudge {
+		d.nudgeLocked(j.receiver)
+	}
+}
+
+// holdFailedLocked marks job jobID as having events in the store up to revision rev: a
+// claim failed to read or adopt its entry of rev (a transient error, or another foreman
+// adopting it first). Its later events spill behind it until a claim queues it (or, no
+// longer failing to, finds it gone), wherever they come from. It wakes no claim: one
+// now would likely fail alike; the next periodic claim tries again. d.mu is held.
+func (d *Dispatcher) holdFailedLocked(jobID string, rev uint64) {
+	j := d.spilled[jobID]
+	d.spillSeq++
+	j.rev, j.seq = max(j.rev, rev), d.spillSeq
+	d.spilled[jobID] = j
 }
 
 // takenUpLocked clears job jobID's spill: a claim queued its latest event spilled, or
@@ -92,6 +118,9 @@ func (d *Dispatcher) takenUpLocked(jobID string) {
 		return
 	}
 	delete(d.spilled, jobID)
+	if !j.counted {
+		return
+	}
 	if s := d.spills[j.receiver]; s != nil {
 		if s.jobs--; s.jobs <= 0 {
 			delete(d.spills, j.receiver)
