@@ -48,9 +48,12 @@ type Backlog struct {
 	onRead func(seq uint64)
 }
 
-// scan is how far findGone got in a subject: its known messages at or below lo and at or
-// above hi were held when read.
-type scan struct{ lo, hi uint64 }
+// scan is how far findGone got in a subject: its known messages at or below lo, and those
+// from hi up to top (the newest known when the search started), were held when read. The
+// next refresh reads the old end again from the oldest known message (one read passes
+// over what the worker took since) and, at the new end, every message known above top
+// (one submitted since may have been canceled since) before going on past hi.
+type scan struct{ lo, hi, top uint64 }
 
 const (
 	// maxDeletedList is the longest list of deleted sequences a refresh asks for: about
@@ -237,9 +240,12 @@ func (b *Backlog) dropDeleted(ctx context.Context) error {
 // them: the worker takes a queue's oldest job, and a cancel mostly meets a recent one. At
 // the old end, one read of the first message at or after the oldest known one passes over
 // every known one removed before it. It makes at most *budget reads (and takes them off):
-// a search not done is kept in b.scans and goes on from where it stopped next refresh. A
-// search that met in the middle with messages still to find (one left behind it since)
-// starts again from both ends.
+// a search not done is kept in b.scans and goes on from where it stopped next refresh,
+// first reading the old end again from the oldest known message (one read passes over
+// what the worker took meanwhile, the stream's first sequence held by another subject)
+// and, at the new end, the messages known since (one canceled meanwhile). A search that
+// met in the middle with messages still to find (one it passed left since) starts again
+// from both ends.
 func (b *Backlog) findGone(ctx context.Context, token string, gone int, budget *int) error {
 	var seqs []uint64
 	for seq, m := range b.msgs {
@@ -255,25 +261,47 @@ func (b *Backlog) findGone(ctx context.Context, token string, gone int, budget *
 		return nil
 	}
 	slices.Sort(seqs)
+	// The search reads seqs[lo] (the first at or after it on the subject) and seqs[hi],
+	// moving them toward each other, except seqs[skipLo:lo] (found held, passed over
+	// after the first read at the old end) and seqs[blockLo:blockHi+1] (found held, up to
+	// top: passed over at the new end once it read what came after).
 	lo, hi := 0, len(seqs)-1
+	skipLo, blockLo, blockHi, top := 0, -1, -1, seqs[len(seqs)-1]
 	if s, ok := b.scans[token]; ok {
-		lo, _ = slices.BinarySearch(seqs, s.lo+1)
-		hi, _ = slices.BinarySearch(seqs, s.hi)
-		if hi--; lo > hi {
-			lo, hi = 0, len(seqs)-1
+		if *budget <= 0 {
+			return nil // no read left this refresh: the search goes on at the next
+		}
+		midLo, _ := slices.BinarySearch(seqs, s.lo+1)
+		midHi, _ := slices.BinarySearch(seqs, s.hi)
+		if midLo < midHi { // a middle still to search; else start again from both ends
+			skipLo, top = midLo, s.top
+			after := len(seqs) // the first known above top
+			if top != math.MaxUint64 {
+				after, _ = slices.BinarySearch(seqs, top+1)
+			}
+			switch {
+			case after == len(seqs):
+				hi = midHi - 1
+			case midHi < after:
+				blockLo, blockHi = midHi, after-1
+			}
 		}
 	}
-	// keep records where the search stopped: seqs[:lo] and seqs[hi+1:] were found held.
+	// keep records where the search stopped: seqs[:lo] and seqs[hi+1:] up to top were
+	// found held (seqs[blockLo:] up to top, when the new end did not pass the block).
 	keep := func() {
 		if gone <= 0 {
 			delete(b.scans, token)
 			return
 		}
-		s := scan{hi: math.MaxUint64}
+		s := scan{hi: math.MaxUint64, top: top}
 		if lo > 0 {
 			s.lo = seqs[lo-1]
 		}
-		if hi+1 < len(seqs) {
+		switch {
+		case blockLo >= 0:
+			s.hi = seqs[blockLo]
+		case hi+1 < len(seqs):
 			s.hi = seqs[hi+1]
 		}
 		b.scans[token] = s
@@ -285,8 +313,8 @@ func (b *Backlog) findGone(ctx context.Context, token string, gone int, budget *
 		*budget--
 		m, err := b.get(ctx, seqs[lo], subject)
 		switch {
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			for ; lo <= hi; lo++ {
+		case errors.Is(err, jetstream.ErrMsgNotFound): // none left at or after seqs[lo]
+			for ; lo < len(seqs); lo++ {
 				drop(seqs[lo])
 			}
 			return nil
@@ -299,6 +327,10 @@ func (b *Backlog) findGone(ctx context.Context, token string, gone int, budget *
 		if lo <= hi && seqs[lo] == m.Sequence {
 			lo++
 		}
+		lo, skipLo = max(lo, skipLo), 0
+		if blockLo >= 0 && lo >= blockLo { // the old end passed into what the new end found held
+			lo, blockLo = max(lo, blockHi+1), -1
+		}
 		if gone <= 0 || lo > hi || *budget <= 0 {
 			break
 		}
@@ -310,7 +342,9 @@ func (b *Backlog) findGone(ctx context.Context, token string, gone int, budget *
 		case err != nil:
 			return fmt.Errorf("broker: read queue message %d: %w", seqs[hi], err)
 		}
-		hi--
+		if hi--; blockLo >= 0 && hi <= blockHi { // what came after read: on past the block
+			hi, blockLo = blockLo-1, -1
+		}
 	}
 	return nil
 }

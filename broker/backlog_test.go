@@ -376,3 +376,91 @@ func TestBacklogFindsACancelInADeepSubjectInBoundedRequests(t *testing.T) {
 		t.Fatalf("once found, a refresh sent %d requests (want 1), backlog right %v", reqs, ids(got) == want)
 	}
 }
+
+// A search carried over refreshes notices what leaves at either end meanwhile: the
+// subject's oldest job taken by the worker (another subject's older job keeping the
+// stream's first sequence where it was) and a job submitted after the search started
+// then canceled are each dropped within a refresh or two, not once the search swept the
+// rest of the middle; the search still ends with the backlog a read afresh has.
+func TestBacklogSearchNoticesWhatLeavesAtEitherEnd(t *testing.T) {
+	t.Parallel()
+	bb := brokertest.New(t)
+	ctx := ctxT(t)
+	submit(t, bb.Store, "tiny-b", `{"model":"tiny-b","messages":[]}`) // keeps FirstSeq
+	const n = 300
+	for range n {
+		submit(t, bb.Store, "tiny-a", `{"model":"tiny-a","messages":[]}`)
+	}
+	back := bb.Store.Backlog()
+	back.SetMaxDeleted(0) // the list is too long to ask for: reads
+	msgs, err := back.Refresh(ctx, 0)
+	if err != nil || len(msgs) != n+1 {
+		t.Fatalf("backlog of %d, %v", len(msgs), err)
+	}
+	refresh := func() []broker.QueuedMessage {
+		t.Helper()
+		msgs, err := back.Refresh(ctx, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return msgs
+	}
+	holds := func(msgs []broker.QueuedMessage, seq uint64) bool {
+		for _, m := range msgs {
+			if m.Seq == seq {
+				return true
+			}
+		}
+		return false
+	}
+	// gone refreshes until seq is dropped, at most limit times, and says how many it took.
+	gone := func(what string, seq uint64, limit int) {
+		t.Helper()
+		for i := 1; ; i++ {
+			if !holds(refresh(), seq) {
+				return
+			}
+			if i >= limit {
+				t.Fatalf("%s: still held after %d refreshes", what, i)
+			}
+		}
+	}
+	// A cancel in the middle starts a search of several refreshes.
+	mid := msgs[1+n/2]
+	if _, err := bb.Store.Cancel(ctx, mid.JobID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	if !holds(refresh(), mid.Seq) {
+		t.Fatal("the middle of a deep subject found in one refresh; the test needs a longer search")
+	}
+	// The subject's oldest is taken.
+	oldest := msgs[1]
+	if err := bb.Store.DeleteQueued(ctx, oldest.Seq); err != nil {
+		t.Fatal(err)
+	}
+	gone("the subject's oldest taken", oldest.Seq, 2)
+	// A job submitted after the search started is canceled.
+	late := submit(t, bb.Store, "tiny-a", `{"model":"tiny-a","messages":[]}`)
+	var lateSeq uint64
+	for _, m := range refresh() {
+		if m.JobID == late.ID {
+			lateSeq = m.Seq
+		}
+	}
+	if lateSeq == 0 || !holds(refresh(), mid.Seq) {
+		t.Fatalf("late job read %v; the search still on %v", lateSeq != 0, holds(refresh(), mid.Seq))
+	}
+	if _, err := bb.Store.Cancel(ctx, late.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	gone("a job submitted after the search started, canceled", lateSeq, 2)
+	// The search goes on to find the middle one.
+	gone("the middle one", mid.Seq, n/broker.BacklogReadsPerRefresh+4)
+	fresh, err := bb.Store.Backlog().Refresh(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := refresh(); fmt.Sprint(got) != fmt.Sprint(fresh) {
+		t.Fatalf("backlog of %d, a read afresh %d", len(got), len(fresh))
+	}
+}
