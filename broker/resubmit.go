@@ -92,14 +92,9 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 // queue leader's clock dates before that start, reads its subjects to the end, and then
 // again from their start.
 func (s *Store) queuedMessage(ctx context.Context, j *Job) (uint64, bool, error) {
-	key, err := KeyOf(j, nil)
+	subjects, err := queueSubjectsOf(j)
 	if err != nil {
 		return 0, false, err
-	}
-	// The load options are not in the record: every runner of the job's class and program.
-	subjects := []string{queuePrefix + key.Model + ".*." + string(key.Class) + "." + key.Program}
-	if key.String() == key.Model {
-		subjects = append(subjects, QueueSubject(key.Model))
 	}
 	first, found, err := s.firstWritten(ctx, j.ID)
 	if err != nil {

@@ -245,17 +245,27 @@ func (s *Store) removeQueued(ctx context.Context, j *Job) error {
 	return err
 }
 
-// queuedSeq finds the queue message of job j: its sequence, and whether there is one. The
-// queue holds only pending jobs, so the scan is bounded by the depth of the job's queues
-// (one per load options).
-func (s *Store) queuedSeq(ctx context.Context, j *Job) (uint64, bool, error) {
+// queueSubjectsOf names the queue subjects job j's message may be on: the load options
+// are not in the record, so every runner of the job's class and program.
+func queueSubjectsOf(j *Job) ([]string, error) {
 	key, err := KeyOf(j, nil)
 	if err != nil {
-		return 0, false, err
+		return nil, err
 	}
 	subjects := []string{queuePrefix + key.Model + ".*." + string(key.Class) + "." + key.Program}
 	if key.String() == key.Model {
 		subjects = append(subjects, QueueSubject(key.Model))
+	}
+	return subjects, nil
+}
+
+// queuedSeq finds the queue message of job j: its sequence, and whether there is one. The
+// queue holds only pending jobs, so the scan is bounded by the depth of the job's queues
+// (one per load options).
+func (s *Store) queuedSeq(ctx context.Context, j *Job) (uint64, bool, error) {
+	subjects, err := queueSubjectsOf(j)
+	if err != nil {
+		return 0, false, err
 	}
 	for _, subj := range subjects {
 		for seq := uint64(0); ; seq++ {

@@ -243,7 +243,7 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 // job event (prompts and answers) cross the network in clear, a password included. An
 // nkey login sends no secret, but what the client then reads still travels in clear.
 func warnCleartext(cfg Config) {
-	if cfg.Listen == "" || cfg.TLSCert != "" || loopbackAddr(cfg.Listen) {
+	if cfg.Listen == "" || cfg.TLSCert != "" || LoopbackAddr(cfg.Listen) {
 		return
 	}
 	what := "every job's prompts and answers"
@@ -255,9 +255,10 @@ func warnCleartext(cfg Config) {
 		what + " cross the network in clear")
 }
 
-// loopbackAddr reports whether host:port listens on loopback only: a loopback IP or
+// LoopbackAddr reports whether host:port listens on loopback only: a loopback IP or
 // "localhost". An empty host, 0.0.0.0 or any other name may be reachable from elsewhere.
-func loopbackAddr(hostport string) bool {
+// The HTTP listener is judged by it too (app.LoopbackAddr).
+func LoopbackAddr(hostport string) bool {
 	host, _, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return false

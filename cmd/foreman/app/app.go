@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"slices"
 	"strings"
@@ -246,18 +245,8 @@ func replicasError(err error, replicas int) error {
 }
 
 // LoopbackAddr reports whether host:port listens on loopback only: a loopback IP or
-// "localhost". An empty host, 0.0.0.0 or any other name may be reachable from elsewhere.
-func LoopbackAddr(hostport string) bool {
-	host, _, err := net.SplitHostPort(hostport)
-	if err != nil {
-		return false
-	}
-	if strings.EqualFold(host, "localhost") {
-		return true
-	}
-	ip, err := netip.ParseAddr(host)
-	return err == nil && ip.Unmap().IsLoopback()
-}
+// "localhost" (natsd.LoopbackAddr, which judges the NATS listener the same way).
+func LoopbackAddr(hostport string) bool { return natsd.LoopbackAddr(hostport) }
 
 // WebhookPolicy is the webhook network policy (ADR-0021): the configured ranges, and
 // foreman's target and its own listeners (own, as really bound) protected.
