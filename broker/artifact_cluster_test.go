@@ -51,7 +51,9 @@ func TestClusterArtifactPastALaggingReplica(t *testing.T) {
 	if err := lagging.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 20 {
+	// The stand-in wins some races and not others: the artifact is read until the store
+	// has asked the leader at least once (each read whole and right), 20 times at least.
+	for i := 0; ; i++ {
 		f, err := st.OpenArtifact(ctx, j.ID, "out.bin")
 		if err != nil {
 			t.Fatalf("open %d: %v", i, err)
@@ -60,9 +62,17 @@ func TestClusterArtifactPastALaggingReplica(t *testing.T) {
 		if err != nil || !bytes.Equal(got, data) {
 			t.Fatalf("read %d: %d bytes of %d, %v", i, len(got), len(data), err)
 		}
-	}
-	if n, _, _ := leaderReads.Pending(); n == 0 {
-		t.Fatal("the store never asked the leader: the test shows nothing")
+		if n, _, _ := leaderReads.Pending(); n > 0 && i >= 20 {
+			break
+		}
+		if i == 500 {
+			// The copies of the leader's reads reach this connection by another route
+			// than the reads themselves: give the last of them time to come.
+			if _, err := leaderReads.NextMsg(5 * time.Second); err != nil {
+				t.Fatal("the store never asked the leader in 500 reads: the test shows nothing")
+			}
+			break
+		}
 	}
 }
 

@@ -326,3 +326,47 @@ func TestResubmitPastAQueueLeaderClockBehind(t *testing.T) {
 		t.Fatalf("body after the resubmit: %+v, before: %+v; want it untouched", got, stored)
 	}
 }
+
+// A cancel of a queued job removed its message after reading every message queued before
+// it on its subject, each with its body: it looks from the job's submit on, as a resubmit
+// does.
+func TestCancelReadsTheQueueFromTheJobOn(t *testing.T) {
+	t.Parallel()
+	b := newResubmitBundle(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 100 * time.Millisecond }))
+	ctx := ctxT(t)
+	const ahead = 20
+	for range ahead {
+		submit(t, b.Store, "m", `{"model":"m","x":"`+strings.Repeat("b", 16<<10)+`"}`)
+	}
+	queued := time.Now()
+	eventually(t, 10*time.Second, "the jobs ahead older than the record grace", func() bool {
+		return time.Since(queued) > b.Store.RecordGrace()
+	})
+	j := submitLarge(t, b, "m")
+
+	var reads atomic.Int64
+	watch := connect(t, b)
+	for _, subj := range []string{
+		"$JS.API.DIRECT.GET." + broker.QueueStream, "$JS.API.DIRECT.GET." + broker.QueueStream + ".>",
+		"$JS.API.STREAM.MSG.GET." + broker.QueueStream,
+	} {
+		if _, err := watch.Subscribe(subj, func(*nats.Msg) { reads.Add(1) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.Cancel(ctx, j.ID, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n := reads.Load(); n == 0 || n > 2 {
+		t.Fatalf("the cancel read %d queue messages with %d jobs ahead; want the job's own (and one past it at most)", n, ahead)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != ahead {
+		t.Fatalf("queue holds %d messages (%v), want %d: the canceled job's message removed", n, err, ahead)
+	}
+}

@@ -231,9 +231,10 @@ const DefaultCancelReason = "canceled"
 // errUnchanged stops a Modify that has nothing to write.
 var errUnchanged = errors.New("broker: record unchanged")
 
-// removeQueued deletes the queue message of job j.
+// removeQueued deletes the queue message of job j, looked for from the job's submit on
+// (queuedMessage), not through the jobs queued before it.
 func (s *Store) removeQueued(ctx context.Context, j *Job) error {
-	seq, ok, err := s.queuedSeq(ctx, j)
+	seq, ok, err := s.queuedMessage(ctx, j)
 	if err != nil || !ok {
 		return err
 	}
@@ -257,32 +258,6 @@ func queueSubjectsOf(j *Job) ([]string, error) {
 		subjects = append(subjects, QueueSubject(key.Model))
 	}
 	return subjects, nil
-}
-
-// queuedSeq finds the queue message of job j: its sequence, and whether there is one. The
-// queue holds only pending jobs, so the scan is bounded by the depth of the job's queues
-// (one per load options).
-func (s *Store) queuedSeq(ctx context.Context, j *Job) (uint64, bool, error) {
-	subjects, err := queueSubjectsOf(j)
-	if err != nil {
-		return 0, false, err
-	}
-	for _, subj := range subjects {
-		for seq := uint64(0); ; seq++ {
-			m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subj))
-			if errors.Is(err, jetstream.ErrMsgNotFound) {
-				break
-			}
-			if err != nil {
-				return 0, false, err
-			}
-			seq = m.Sequence
-			if m.Header.Get(HeaderJobID) == j.ID {
-				return seq, true, nil
-			}
-		}
-	}
-	return 0, false, nil
 }
 
 func (s *Store) dropBody(ctx context.Context, j *Job) {
