@@ -119,40 +119,15 @@ func TestResubmitRefreshesTheJobsAge(t *testing.T) {
 // it on its subject, each read a message with its body.
 func TestResubmitReadsTheQueueFromTheJobOn(t *testing.T) {
 	t.Parallel()
-	b := newResubmitBundle(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 100 * time.Millisecond }))
-	ctx := ctxT(t)
 	const ahead = 20
-	for range ahead {
-		submit(t, b.Store, "m", `{"model":"m","x":"`+strings.Repeat("b", 16<<10)+`"}`)
-	}
-	// The look starts a RecordGrace before the job's submit (the server's clock); the
-	// jobs ahead must be older than that to be skipped.
-	queued := time.Now()
-	eventually(t, 10*time.Second, "the jobs ahead older than the record grace", func() bool {
-		return time.Since(queued) > b.Store.RecordGrace()
-	})
-	j := submitLarge(t, b, "m")
-
-	var reads atomic.Int64
-	watch := connect(t, b)
-	for _, subj := range []string{
-		"$JS.API.DIRECT.GET." + broker.QueueStream, "$JS.API.DIRECT.GET." + broker.QueueStream + ".>",
-		"$JS.API.STREAM.MSG.GET." + broker.QueueStream,
-	} {
-		if _, err := watch.Subscribe(subj, func(*nats.Msg) { reads.Add(1) }); err != nil {
+	b, j := newJobBehind(t, ahead)
+	ctx := ctxT(t)
+	n := queueReads(t, b, func() {
+		if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if err := watch.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
-		t.Fatal(err)
-	}
-	if err := watch.Flush(); err != nil { // the reads went by before the flush's answer
-		t.Fatal(err)
-	}
-	if n := reads.Load(); n == 0 || n > 2 {
+	})
+	if n == 0 || n > 2 {
 		t.Fatalf("the resubmit read %d queue messages with %d jobs ahead; want the job's own (and one past it at most)", n, ahead)
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != ahead+1 {
@@ -332,9 +307,29 @@ func TestResubmitPastAQueueLeaderClockBehind(t *testing.T) {
 // does.
 func TestCancelReadsTheQueueFromTheJobOn(t *testing.T) {
 	t.Parallel()
-	b := newResubmitBundle(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 100 * time.Millisecond }))
-	ctx := ctxT(t)
 	const ahead = 20
+	b, j := newJobBehind(t, ahead)
+	ctx := ctxT(t)
+	n := queueReads(t, b, func() {
+		if _, err := b.Store.Cancel(ctx, j.ID, ""); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if n == 0 || n > 2 {
+		t.Fatalf("the cancel read %d queue messages with %d jobs ahead; want the job's own (and one past it at most)", n, ahead)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != ahead {
+		t.Fatalf("queue holds %d messages (%v), want %d: the canceled job's message removed", n, err, ahead)
+	}
+}
+
+// newJobBehind makes a store with ahead jobs queued on model m, each with a 16 KiB body,
+// then, once they are older than the record grace (a look for a job's message starts a
+// RecordGrace before its submit, by the server's clock), a job with a large body behind
+// them.
+func newJobBehind(t *testing.T, ahead int) (*brokertest.Bundle, *broker.Job) {
+	t.Helper()
+	b := newResubmitBundle(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 100 * time.Millisecond }))
 	for range ahead {
 		submit(t, b.Store, "m", `{"model":"m","x":"`+strings.Repeat("b", 16<<10)+`"}`)
 	}
@@ -342,8 +337,13 @@ func TestCancelReadsTheQueueFromTheJobOn(t *testing.T) {
 	eventually(t, 10*time.Second, "the jobs ahead older than the record grace", func() bool {
 		return time.Since(queued) > b.Store.RecordGrace()
 	})
-	j := submitLarge(t, b, "m")
+	return b, submitLarge(t, b, "m")
+}
 
+// queueReads counts the reads of the queue stream's messages (direct or at the leader)
+// that do makes.
+func queueReads(t *testing.T, b *brokertest.Bundle, do func()) int64 {
+	t.Helper()
 	var reads atomic.Int64
 	watch := connect(t, b)
 	for _, subj := range []string{
@@ -357,16 +357,9 @@ func TestCancelReadsTheQueueFromTheJobOn(t *testing.T) {
 	if err := watch.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Store.Cancel(ctx, j.ID, ""); err != nil {
+	do()
+	if err := watch.Flush(); err != nil { // the reads went by before the flush's answer
 		t.Fatal(err)
 	}
-	if err := watch.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if n := reads.Load(); n == 0 || n > 2 {
-		t.Fatalf("the cancel read %d queue messages with %d jobs ahead; want the job's own (and one past it at most)", n, ahead)
-	}
-	if n, err := b.Store.QueueLen(ctx); err != nil || n != ahead {
-		t.Fatalf("queue holds %d messages (%v), want %d: the canceled job's message removed", n, err, ahead)
-	}
+	return reads.Load()
 }

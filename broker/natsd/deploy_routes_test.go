@@ -37,7 +37,7 @@ func TestShippedClusterRoutes(t *testing.T) {
 	n2 := startShippedNode(t, "n2", ports, nil)
 	n3 := startShippedNode(t, "n3", ports, nil)
 	nodes := []*server.Server{n1, n2, n3}
-	waitUntil(t, 30*time.Second, "the three nodes routed to each other", func() bool {
+	eventually(t, 30*time.Second, "the three nodes routed to each other", func() bool {
 		for _, n := range nodes {
 			if n.NumRemotes() != 2 {
 				return false
@@ -45,7 +45,7 @@ func TestShippedClusterRoutes(t *testing.T) {
 		}
 		return true
 	})
-	waitUntil(t, 30*time.Second, "a JetStream meta leader", func() bool {
+	eventually(t, 30*time.Second, "a JetStream meta leader", func() bool {
 		for _, n := range nodes {
 			if n.JetStreamIsLeader() {
 				return true
@@ -82,7 +82,7 @@ func TestShippedClusterRoutes(t *testing.T) {
 	opts.Cluster = server.ClusterOpts{Name: n1.ClusterName(), Host: "127.0.0.1", Port: server.RANDOM_PORT}
 	opts.Routes = []*url.URL{{Scheme: "nats", Host: n1.ClusterAddr().String()}}
 	rogue := startServer(t, opts, nil)
-	waitUntil(t, 30*time.Second, "n1 to refuse the stranger or route to it", func() bool {
+	eventually(t, 30*time.Second, "n1 to refuse the stranger or route to it", func() bool {
 		return refused.n.Load() > 0 || rogue.NumRemotes() > 0
 	})
 	if n := rogue.NumRemotes(); n != 0 {
@@ -180,15 +180,18 @@ func (l *routeAuthLog) Fatalf(string, ...any)  {}
 func (l *routeAuthLog) Debugf(string, ...any)  {}
 func (l *routeAuthLog) Tracef(string, ...any)  {}
 
-// waitUntil polls cond until it holds, failing the test after limit.
-func waitUntil(t *testing.T, limit time.Duration, what string, cond func() bool) {
+// eventually polls cond until it holds, failing the test after within.
+func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	timeout := time.After(within)
 	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s", limit, what)
+		select {
+		case <-tick.C:
+		case <-timeout:
+			t.Fatalf("waited %s for %s", within, what)
 		}
-		time.Sleep(20 * time.Millisecond) // polling the servers' state, with a deadline
 	}
 }
 
