@@ -172,8 +172,10 @@ func (s *Store) firstWritten(ctx context.Context, id string) (first time.Time, f
 // waits (queued or retrying), and says whether it did, with the record as it stands. The
 // record is read from the bucket's leader and written only at the revision read, so a
 // yes means the job waited when the write landed; a record written meanwhile is read
-// again.
+// again, and if the job still waits, that write renewed it as well as this one would
+// have (retries of one key racing each other: one writes, the others find its write).
 func (s *Store) renewWaiting(ctx context.Context, id string) (*Job, bool, error) {
+	var first uint64 // the revision first read
 	for range 5 {
 		var e jetstream.KeyValueEntry
 		err := s.retry(ctx, func(ctx context.Context) (err error) {
@@ -193,6 +195,10 @@ func (s *Store) renewWaiting(ctx context.Context, id string) (*Job, bool, error)
 		if j.State != StateQueued && j.State != StateRetrying {
 			return j, false, nil
 		}
+		if first != 0 && e.Revision() > first {
+			return j, true, nil
+		}
+		first = e.Revision()
 		wrote, err := s.rewrite(ctx, id, e, j)
 		if err != nil || wrote {
 			return j, wrote, err

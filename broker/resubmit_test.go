@@ -363,3 +363,45 @@ func queueReads(t *testing.T, b *brokertest.Bundle, do func()) int64 {
 	}
 	return reads.Load()
 }
+
+// Retries of one Idempotency-Key racing each other each renew the job's record at the
+// revision they read: all but one find it written meanwhile. That write renewed the job
+// as theirs would have, so each of them succeeds (a retry answered "unavailable" after
+// five such losses was a 503 to a client of a healthy store), and the job keeps one
+// message.
+func TestResubmitsRacingEachOther(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "m", `{}`)
+	_, rev, err := b.Store.Get(ctx, j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const racers = 16
+	errs := make(chan error, racers)
+	start := make(chan struct{})
+	for range racers {
+		go func() {
+			<-start
+			got, err := b.Store.Resubmit(ctx, j.ID, []byte(`{}`))
+			if err == nil && got.State != broker.StateQueued {
+				err = errors.New("job not queued: " + string(got.State))
+			}
+			errs <- err
+		}()
+	}
+	close(start)
+	for range racers {
+		if err := <-errs; err != nil {
+			t.Errorf("racing resubmit: %v", err)
+		}
+	}
+	_, now, err := b.Store.Get(ctx, j.ID)
+	if err != nil || now <= rev {
+		t.Fatalf("record after the resubmits at revision %d (%v), before %d: want it renewed", now, err, rev)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
+	}
+}
