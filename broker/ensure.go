@@ -191,6 +191,7 @@ func (s *Store) RefreshLimits(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("broker: read the queue's limits: %w", err)
 	}
+	s.noteServerTime(info.TimeStamp)
 	s.sharedTTL.Store(int64(info.Config.MaxAge))
 	return nil
 }

@@ -25,7 +25,7 @@ func expireEvery(ttl time.Duration) time.Duration {
 // StaleBefore is the time before which a job still waiting in the queue has waited too
 // long: two ExpireEvery short of a job TTL ago, so that a look made every ExpireEvery
 // ends it before JetStream drops it at the TTL.
-func (s *Store) StaleBefore() time.Time { return s.Now().Add(-StaleAge(s.JobTTL())) }
+func (s *Store) StaleBefore() time.Time { return s.ServerNow().Add(-StaleAge(s.JobTTL())) }
 
 // StaleAge is how long a job may wait in the queue, with job TTL ttl, before the worker
 // ends it failed (StaleBefore).

@@ -165,3 +165,19 @@ func (s *Store) CachedConsumers() int {
 	defer s.mu.Unlock()
 	return len(s.consumers)
 }
+
+// SpanMarks are the times the store measures spans within the process from: its targets
+// cache's read and the first refusal of a job record's write (zero for none).
+func (s *Store) SpanMarks() (targetsCached, recordsRefused time.Time) {
+	s.tmu.Lock()
+	targetsCached = s.tcacheAt
+	s.tmu.Unlock()
+	s.writes.records.mu.Lock()
+	defer s.writes.records.mu.Unlock()
+	return targetsCached, s.writes.records.since
+}
+
+// ShiftServerClock moves the store's reading of the NATS server's clock (ServerNow) on
+// by d, as if d had passed on the server since every stamp it stored. Call it before the
+// store is used.
+func (s *Store) ShiftServerClock(d time.Duration) { s.serverShift = d }

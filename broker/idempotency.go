@@ -24,7 +24,13 @@ type IdempotencyClaim struct {
 	// Until is the deadline of the submit that made the claim: until then its job record
 	// may still be on its way (a large body under SyncAlways takes a while), after it a
 	// claim without a record is orphaned (its request died) and may be taken over.
+	// It is on the claimant's clock: foremen from before Within compare it with theirs.
 	Until time.Time `json:"until,omitzero"`
+	// Within is what was left of that submit's time when the claim was made: the claim
+	// is live until Claimed plus Within, all on the NATS server's clock, so that no
+	// foreman's clock, however far off, takes over a claim whose request is merely slow
+	// (ADR-0060).
+	Within time.Duration `json:"within_ns,omitzero"`
 	// Claimed is when the claim was stored (the server's time); filled in on read.
 	Claimed time.Time `json:"-"`
 }
@@ -55,7 +61,7 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 		return IdempotencyClaim{}, false, err
 	}
 	k := idemKey(key)
-	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+	if err := s.fault.standing(s.cfg.WriteFault, s.clock()); err != nil {
 		return IdempotencyClaim{}, false, fmt.Errorf("broker: claim idempotency key: %w", err)
 	}
 	for range 5 {
@@ -64,7 +70,7 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 			return claim, true, nil
 		}
 		if Transient(err) {
-			if ferr := s.fault.check(s.cfg.WriteFault, s.Now()); ferr != nil {
+			if ferr := s.fault.check(s.cfg.WriteFault, s.clock()); ferr != nil {
 				err = ferr
 			}
 		}
@@ -129,7 +135,7 @@ func (s *Store) ReleaseIdempotencyKey(ctx context.Context, key, jobID string) er
 		if json.Unmarshal(e.Value(), &got) != nil || got.JobID != jobID {
 			return nil
 		}
-		if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+		if err := s.fault.standing(s.cfg.WriteFault, s.clock()); err != nil {
 			return fmt.Errorf("broker: release idempotency key: %w", err)
 		}
 		err = s.kv.Delete(ctx, k, jetstream.LastRevision(e.Revision()))

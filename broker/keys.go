@@ -38,6 +38,7 @@ func (s *Store) bucketKeysAt(ctx context.Context, bucket, pattern string) ([]str
 			return err
 		}
 		subjects, at = info.State.Subjects, info.TimeStamp
+		s.noteServerTime(at)
 		return nil
 	})
 	if err != nil {

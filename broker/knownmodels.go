@@ -118,7 +118,7 @@ func (s *Store) RememberedModels(ctx context.Context, name string) (k KnownModel
 	if err != nil {
 		return KnownModels{}, false, fmt.Errorf("broker: read known models of %s: %w", name, err)
 	}
-	if s.Now().Sub(e.Created()) >= s.cfg.JobTTL {
+	if s.ServerNow().Sub(e.Created()) >= s.cfg.JobTTL {
 		return KnownModels{}, false, nil // the bucket keeps the longest TTL of its foremen
 	}
 	k, err = parseKnownModels(e.Value(), name)

@@ -435,7 +435,7 @@ func (s *Store) JobOf(ctx context.Context, d *Lease) (*Job, uint64, error) {
 	if !errors.Is(err, ErrNotFound) {
 		return j, rev, err
 	}
-	wait := s.RecordGrace() - s.Now().Sub(d.Enqueued)
+	wait := s.RecordGrace() - s.ServerNow().Sub(d.Enqueued)
 	if wait <= 0 {
 		return nil, 0, err
 	}

@@ -22,6 +22,7 @@ func (s *Store) QueueState(ctx context.Context) (QueueState, error) {
 	if err != nil {
 		return QueueState{}, fmt.Errorf("broker: queue info: %w", err)
 	}
+	s.noteServerTime(info.TimeStamp)
 	return QueueState{Msgs: info.State.Msgs, LastSeq: info.State.LastSeq}, nil
 }
 
@@ -32,6 +33,7 @@ func (s *Store) DepthState(ctx context.Context) (map[string]uint64, QueueState, 
 	if err != nil {
 		return nil, QueueState{}, fmt.Errorf("broker: queue info: %w", err)
 	}
+	s.noteServerTime(info.TimeStamp)
 	out := make(map[string]uint64, len(info.State.Subjects))
 	for subj, n := range info.State.Subjects {
 		if token, ok := TokenFromSubject(subj); ok {

@@ -58,13 +58,11 @@ func TestJobOfWaitsForALateRecord(t *testing.T) {
 }
 
 // A message older than RecordGrace without a record is an orphan at once: JobOf does not
-// wait (here the grace is an hour, and the message two hours old by the store's clock).
+// wait (here the grace is an hour, and the message two hours old by the server's clock).
 func TestJobOfOldOrphanNotFound(t *testing.T) {
 	t.Parallel()
-	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
-		c.RetryWindow = time.Hour
-		c.Now = func() time.Time { return time.Now().Add(2 * time.Hour) }
-	}))
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = time.Hour }))
+	b.Store.ShiftServerClock(2 * time.Hour)
 	ctx := ctxT(t)
 	j := &broker.Job{ID: broker.NewID(), Model: "m", Kind: broker.KindChat}
 	b.PublishBare(t, j, `{}`)

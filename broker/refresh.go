@@ -41,7 +41,7 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 		}
 		return false, fmt.Errorf("broker: refresh %s: %w", id, err)
 	}
-	if s.Now().Sub(e.Created()) < age {
+	if s.ServerNow().Sub(e.Created()) < age {
 		return false, nil
 	}
 	j, err := DecodeJob(e.Value())
@@ -95,7 +95,7 @@ func (s *Store) DeadRunAge() time.Duration { return s.JobTTL() * 3 / 4 }
 // not bring the job back; Requeue must.
 func (s *Store) OutlivesQueue(d *Lease, delay time.Duration) bool {
 	ttl := s.JobTTL()
-	return !d.Enqueued.Add(ttl).After(s.Now().Add(delay + ttl/4))
+	return !d.Enqueued.Add(ttl).After(s.ServerNow().Add(delay + ttl/4))
 }
 
 // Requeue puts a delivered job back into the queue as a new message, available at once,

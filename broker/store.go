@@ -181,6 +181,10 @@ type Store struct {
 	own ownWrites
 	// sharedTTL is the queue's MaxAge as last seen on a shared NATS (see JobTTL).
 	sharedTTL atomic.Int64
+	// sclock is the last reading of the NATS server's clock (ServerNow); serverShift
+	// (tests only) moves it on, as time passing on the server would.
+	sclock      atomic.Pointer[serverClock]
+	serverShift time.Duration
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and
@@ -213,8 +217,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		if !cfg.Exclusive {
 			s.sharedTTL.Store(int64(qcfg.MaxAge))
 		}
-		s.queue, err = ensureStream(ctx, js, qcfg)
-		return err
+		if s.queue, err = ensureStream(ctx, js, qcfg); err != nil {
+			return err
+		}
+		s.noteServerTime(s.queue.CachedInfo().TimeStamp)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("broker: stream %s: %w", QueueStream, err)
@@ -391,7 +398,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		_, err := s.kv.Create(ctx, jobKey(j.ID), rec)
 		return err
 	})
-	s.writes.records.note(cerr, s.Now())
+	s.writes.records.note(cerr, s.clock())
 	<-done
 	return s.settleSubmit(ctx, j, cerr, ack, qerr)
 }
@@ -527,7 +534,7 @@ func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []
 		}
 		return err
 	})
-	s.writes.queue.note(err, s.Now())
+	s.writes.queue.note(err, s.clock())
 	return ack, err
 }
 
@@ -615,13 +622,13 @@ func (s *Store) retry(ctx context.Context, fn func(context.Context) error) error
 // retryWrite is retry for a write of a job record or a queue message: it fails at once
 // with ErrStoreFailed while Config.WriteFault reports a fault that no retry outlasts.
 func (s *Store) retryWrite(ctx context.Context, fn func(context.Context) error) error {
-	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+	if err := s.fault.standing(s.cfg.WriteFault, s.clock()); err != nil {
 		return err
 	}
 	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, func(ctx context.Context) error {
 		err := fn(ctx)
 		if Transient(err) {
-			if ferr := s.fault.check(s.cfg.WriteFault, s.Now()); ferr != nil {
+			if ferr := s.fault.check(s.cfg.WriteFault, s.clock()); ferr != nil {
 				return ferr
 			}
 		}

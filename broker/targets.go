@@ -206,7 +206,7 @@ func (s *Store) dropTargetsCache() {
 // published meanwhile) never replaces a newer one.
 func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	s.tmu.Lock()
-	if s.tcache != nil && s.Now().Sub(s.tcacheAt) < targetsMaxAge {
+	if s.tcache != nil && s.clock().Sub(s.tcacheAt) < targetsMaxAge {
 		out := s.tcache
 		s.tmu.Unlock()
 		return out, nil
@@ -223,7 +223,7 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: list targets: %w", err)
 	}
-	now := s.Now()
+	now, readAt := s.Now(), s.clock()
 	out := []Target{}
 	for _, k := range keys {
 		e, err := kv.Get(ctx, k)
@@ -264,7 +264,7 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	}
 	s.tmu.Lock()
 	if s.tgen == gen && read > s.tcacheRead {
-		s.tcache, s.tcacheAt, s.tcacheRead = out, now, read
+		s.tcache, s.tcacheAt, s.tcacheRead = out, readAt, read
 	}
 	s.tmu.Unlock()
 	return out, nil
@@ -306,9 +306,9 @@ type TargetNameConflict struct {
 	Name, BootID, URL string
 	// Seen is when this foreman last found its entry overwritten by the other.
 	Seen time.Time
-	// until is when the conflict stops being reported unless seen again: longer than
-	// either foreman takes between two publishes.
-	until time.Time
+	// until is when the conflict stops being reported unless seen again (by Store.clock):
+	// longer than either foreman takes between two publishes.
+	seen, until time.Time
 }
 
 // noteOverwrite reads the entry under key, which is not this store's last write: another
@@ -323,8 +323,8 @@ func (s *Store) noteOverwrite(ctx context.Context, kv jetstream.KeyValue, key st
 	if json.Unmarshal(e.Value(), &t) != nil || t.BootID == s.cfg.BootID {
 		return
 	}
-	c := TargetNameConflict{Name: t.Name, BootID: t.BootID, URL: ollama.RedactURL(t.URL), Seen: s.Now()}
-	c.until = c.Seen.Add(max(t.lifetime(s.cfg.TargetTTL), s.cfg.TargetTTL))
+	c := TargetNameConflict{Name: t.Name, BootID: t.BootID, URL: ollama.RedactURL(t.URL), Seen: s.Now(), seen: s.clock()}
+	c.until = c.seen.Add(max(t.lifetime(s.cfg.TargetTTL), s.cfg.TargetTTL))
 	s.tmu.Lock()
 	prev, had := s.tconflict[key]
 	if s.tconflict == nil {
@@ -332,7 +332,7 @@ func (s *Store) noteOverwrite(ctx context.Context, kv jetstream.KeyValue, key st
 	}
 	s.tconflict[key] = c
 	s.tmu.Unlock()
-	if !had || prev.BootID != c.BootID || !c.Seen.Before(prev.until) {
+	if !had || prev.BootID != c.BootID || !c.seen.Before(prev.until) {
 		s.log.Error("another foreman publishes its target under this one's name: the two overwrite each other's entry "+
 			"and the other foremen see one of them at a time; give each foreman its own FOREMAN_TARGET_NAME",
 			"target_key", key, "other_name", c.Name, "other_boot_id", c.BootID, "other_url", c.URL)
@@ -345,7 +345,7 @@ func (s *Store) TargetNameConflict(name string) (TargetNameConflict, bool) {
 	s.tmu.Lock()
 	defer s.tmu.Unlock()
 	c, ok := s.tconflict[targetKey(name)]
-	if !ok || !s.Now().Before(c.until) {
+	if !ok || !s.clock().Before(c.until) {
 		return TargetNameConflict{}, false
 	}
 	return c, true

@@ -91,7 +91,7 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 		newRev, err = s.updateRecord(ctx, cur.ID, data, rev, sameState)
 		return err
 	})
-	s.writes.records.note(err, s.Now())
+	s.writes.records.note(err, s.clock())
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 			if tries > 1 {

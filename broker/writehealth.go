@@ -65,7 +65,7 @@ type storeWrites struct{ records, queue writeHealth }
 // 503, and the worker can neither start nor end a job. Writes of artifacts, webhook
 // deliveries and idempotency keys are not followed.
 func (s *Store) WriteHealth() error {
-	now := s.Now()
+	now := s.clock()
 	return errors.Join(s.writes.records.refusing("job records", now), s.writes.queue.refusing("the queue", now))
 }
 
@@ -78,17 +78,17 @@ const probeSize = 2 << 10
 // job records are written: a worker paused by a store that refused its writes learns
 // from it that the store takes them again.
 func (s *Store) ProbeWrite(ctx context.Context) error {
-	if err := s.fault.standing(s.cfg.WriteFault, s.Now()); err != nil {
+	if err := s.fault.standing(s.cfg.WriteFault, s.clock()); err != nil {
 		return fmt.Errorf("broker: probe write: %w", err)
 	}
 	v := append([]byte(s.Now().UTC().Format(time.RFC3339Nano)+" "), bytes.Repeat([]byte{'.'}, probeSize)...)
 	_, err := s.kv.Put(ctx, "probe."+s.cfg.BootID, v)
 	if Transient(err) {
-		if ferr := s.fault.check(s.cfg.WriteFault, s.Now()); ferr != nil {
+		if ferr := s.fault.check(s.cfg.WriteFault, s.clock()); ferr != nil {
 			err = ferr
 		}
 	}
-	s.writes.records.note(err, s.Now())
+	s.writes.records.note(err, s.clock())
 	if err != nil {
 		return fmt.Errorf("broker: probe write: %w", storageErr(err))
 	}
@@ -99,7 +99,7 @@ func (s *Store) ProbeWrite(ctx context.Context) error {
 // fault it reports fails every write at once from then on (ErrStoreFailed), until it is
 // reported gone. For a fault a watch finds rather than a write (a data directory
 // removed under a server that goes on taking writes). It returns the fault, or nil.
-func (s *Store) CheckWriteFault() error { return s.fault.check(s.cfg.WriteFault, s.Now()) }
+func (s *Store) CheckWriteFault() error { return s.fault.check(s.cfg.WriteFault, s.clock()) }
 
 // WriteFault is the fault every write fails with now (ErrStoreFailed, from
 // Config.WriteFault), nil when none is known. It asks nothing.

@@ -160,9 +160,16 @@ const claimGrace = 2 * time.Second
 // only because its request is slow. When ctx ends first, the answer is a 409: the other
 // request may still succeed.
 func (s *Server) awaitClaimed(ctx context.Context, key string, c broker.IdempotencyClaim) (claimHeld, error) {
-	until := c.Until
-	if until.IsZero() {
-		// Written without a deadline: allow the longest submit there is.
+	// The claim's end on the NATS server's clock (ADR-0060): its store's time plus what
+	// its submit had left. A claim of a foreman from before has only its deadline on
+	// that foreman's clock, taken against this one's; one written without either is
+	// allowed the longest submit there is.
+	until, clock := c.Claimed.Add(c.Within), s.store.ServerNow
+	switch {
+	case c.Within > 0 && !c.Claimed.IsZero():
+	case !c.Until.IsZero():
+		until, clock = c.Until, s.store.Now
+	default:
 		until = c.Claimed.Add(max(submitTimeout, natsSubmitTimeout))
 	}
 	until = until.Add(claimGrace)
@@ -186,7 +193,7 @@ func (s *Server) awaitClaimed(ctx context.Context, key string, c broker.Idempote
 			return 0, errClaimBusy
 		case err != nil:
 			return 0, err
-		case s.store.Now().After(until):
+		case clock().After(until):
 			return claimOrphaned, nil
 		}
 		select {

@@ -445,7 +445,8 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	idemKey = scopedIdempotencyKey(who.program, idemKey)
 	if idemKey != "" {
 		sums := digestsOf(sub)
-		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: submitDeadline(ctx)}
+		until, within := submitDeadline(ctx)
+		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: until, Within: within}
 		replay, err := s.claimKey(ctx, idemKey, claim, sums, sub.body)
 		if err != nil {
 			return "", false, err
@@ -484,10 +485,11 @@ func scopedIdempotencyKey(program, key string) string {
 	return program + "\n" + key
 }
 
-// submitDeadline is the deadline of a submit under ctx (submitTimeout when it has none).
-func submitDeadline(ctx context.Context) time.Time {
+// submitDeadline is the deadline of a submit under ctx (submitTimeout when it has none),
+// and the time left until it.
+func submitDeadline(ctx context.Context) (time.Time, time.Duration) {
 	if dl, ok := ctx.Deadline(); ok {
-		return dl.UTC()
+		return dl.UTC(), time.Until(dl)
 	}
-	return time.Now().Add(submitTimeout).UTC()
+	return time.Now().Add(submitTimeout).UTC(), submitTimeout
 }

@@ -123,7 +123,7 @@ func (m *jobMetrics) observe(j *broker.Job) {
 	case j.State == broker.StateLoading || j.State == broker.StateWorking:
 		if !s.waited && j.StartedAt != nil && j.Attempt == 1 {
 			s.waited = true
-			m.wait.WithLabelValues(model, string(j.Priority.OrNormal())).Observe(j.StartedAt.Sub(j.CreatedAt).Seconds())
+			m.wait.WithLabelValues(model, string(j.Priority.OrNormal())).Observe(max(j.StartedAt.Sub(j.CreatedAt), 0).Seconds()) // two foremen's clocks
 		}
 		if j.State == broker.StateLoading && s.loadFor != j.Attempt {
 			s.loadFor = j.Attempt
@@ -136,7 +136,7 @@ func (m *jobMetrics) observe(j *broker.Job) {
 		s.ended = true
 		m.jobs.WithLabelValues(model, string(j.State)).Inc()
 		if j.StartedAt != nil && j.FinishedAt != nil {
-			m.run.WithLabelValues(model).Observe(j.FinishedAt.Sub(*j.StartedAt).Seconds())
+			m.run.WithLabelValues(model).Observe(max(j.FinishedAt.Sub(*j.StartedAt), 0).Seconds())
 		}
 	default:
 		return

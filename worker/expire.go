@@ -41,7 +41,7 @@ func (w *Worker) deadRun(j *broker.Job, written time.Time) bool {
 	if w.store.Config().Exclusive {
 		return !w.holds(j.ID)
 	}
-	return w.store.Now().Sub(written) > w.store.DeadRunAge() && !w.holds(j.ID)
+	return w.store.ServerNow().Sub(written) > w.store.DeadRunAge() && !w.holds(j.ID)
 }
 
 // expireLoop ends, every ExpireEvery until the worker stops, the jobs that have waited in

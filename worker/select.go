@@ -52,7 +52,10 @@ type choice struct {
 	ClassPicked [3]time.Time
 	// Resume is, by queue, the message of a job cut short by a previous process of this
 	// foreman (resumed): while it heads its queue, it goes before everything else.
-	Resume         map[string]uint64
+	Resume map[string]uint64
+	// Now is the NATS server's time (Store.ServerNow), the clock of Heads' Enqueued and
+	// of ClassPicked: a host clock off from the server's, or stepped, would make every
+	// head late (drain-by-model gone) or none.
 	Now            time.Time
 	MaxConsecutive int
 	MaxWait        time.Duration

@@ -198,8 +198,11 @@ func (w *Worker) headRecords(ctx context.Context, msgs []broker.QueuedMessage) (
 // those among msgs that are its own no more ended since, and are returned instead of a
 // view, for their records to be read again.
 func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*broker.Job, own map[string]bool, now time.Time) (*broker.QueueView, []string) {
+	// The plan runs on the NATS server's clock, which stamped the messages' Enqueued;
+	// now (this host's) measures the running job and the view's age.
+	snow := w.serverNow()
 	w.mu.Lock()
-	c := w.choiceLocked(nil, now)
+	c := w.choiceLocked(nil, snow)
 	c.Loaded = w.viewLoadedLocked() // what the next pick will see once it read /api/ps
 	c.Served = cloneServed(c.Served)
 	c.Resume = maps.Clone(c.Resume)
@@ -279,10 +282,10 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			}
 		}
 	}
-	free := now
+	free := snow
 	if run != nil {
 		v.Running = run.id
-		free = now.Add(w.remaining(run, now))
+		free = snow.Add(w.remaining(run, now))
 	}
 	for _, p := range order(c, picks, msgs, free, w.times) {
 		m := p.Msg
@@ -310,7 +313,8 @@ func (w *Worker) remaining(r *runningJob, now time.Time) time.Duration {
 }
 
 // choiceLocked is the selection's input from the worker's state: the same for the
-// worker's own pick and for the view. w.mu must be held.
+// worker's own pick and for the view, now on the NATS server's clock (choice.Now). w.mu
+// must be held.
 func (w *Worker) choiceLocked(heads []head, now time.Time) choice {
 	return choice{
 		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, CurrentClass: w.currentClass, Heads: heads, Served: w.served,

@@ -528,7 +528,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	w.joinTurns(heads)
 	w.refreshLoaded(ctx, heads)
 	w.mu.Lock()
-	c := w.choiceLocked(heads, now) // the queue view's simulation starts from the same state
+	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
 	var firstErr error
 	for _, token := range plan(c) {
@@ -594,6 +594,16 @@ func (w *Worker) runs(ctx context.Context, token string) bool {
 	return w.cfg.Runs(ctx, model)
 }
 
+// serverNow is the NATS server's time (Store.ServerNow), the clock of the queue's
+// stamps, on which the picks run; the host's clock for a Worker made without a store
+// (the selection's unit tests).
+func (w *Worker) serverNow() time.Time {
+	if w.store == nil {
+		return time.Now()
+	}
+	return w.store.ServerNow()
+}
+
 // took gives queue token its turn: its program goes behind the others of its runner and
 // class.
 func (w *Worker) took(token string) {
@@ -601,7 +611,7 @@ func (w *Worker) took(token string) {
 	defer w.mu.Unlock()
 	w.picks++
 	w.served[token] = turnAt(w.picks)
-	w.classPicked[queueHead(token, broker.QueuedMessage{}).Class.Rank()] = time.Now()
+	w.classPicked[queueHead(token, broker.QueuedMessage{}).Class.Rank()] = w.serverNow()
 }
 
 // joinTurns drops the turns of queues that ran empty and gives a queue seen first (or

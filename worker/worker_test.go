@@ -77,7 +77,12 @@ func TestManyJobsOneAtATime(t *testing.T) {
 // returns the order the fake served them in.
 func runBacklog(t *testing.T, cfg worker.Config, behind ...string) []string {
 	t.Helper()
-	tb := setup(t)
+	return runBacklogOn(t, setup(t), cfg, behind...)
+}
+
+// runBacklogOn is runBacklog on bundle tb.
+func runBacklogOn(t *testing.T, tb *testBundle, cfg worker.Config, behind ...string) []string {
+	t.Helper()
 	release := tb.fake.Hold("tiny-a")
 	first := tb.chat(t, "tiny-a", 0)
 	tb.start(t, cfg)
@@ -99,6 +104,20 @@ func runBacklog(t *testing.T, cfg worker.Config, behind ...string) []string {
 func TestDrainByModel(t *testing.T) {
 	t.Parallel()
 	got := runBacklog(t, worker.Config{}, "tiny-b", "tiny-a", "tiny-b", "tiny-a")
+	want := []string{"tiny-a:latest", "tiny-a:latest", "tiny-a:latest", "tiny-b:latest", "tiny-b:latest"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("served %v, want %v (A2 and A4 before B1 and B3)", got, want)
+	}
+}
+
+// A worker whose host clock is ahead of the NATS server's by more than MaxWait still
+// drains by model: the queue messages are stamped by the server's clock, and their ages
+// are taken on it (ADR-0060). Taken on the host's clock, every job was past MaxWait the
+// moment it was queued, and the worker ran them oldest first, swapping at each.
+func TestDrainByModelOnAHostClockAhead(t *testing.T) {
+	t.Parallel()
+	ahead := brokertest.WithStore(func(c *broker.Config) { c.Now = func() time.Time { return time.Now().Add(3 * time.Minute) } })
+	got := runBacklogOn(t, setup(t, ahead), worker.Config{MaxWait: time.Minute}, "tiny-b", "tiny-a", "tiny-b", "tiny-a")
 	want := []string{"tiny-a:latest", "tiny-a:latest", "tiny-a:latest", "tiny-b:latest", "tiny-b:latest"}
 	if !slices.Equal(got, want) {
 		t.Fatalf("served %v, want %v (A2 and A4 before B1 and B3)", got, want)

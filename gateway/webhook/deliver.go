@@ -211,10 +211,21 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 	e.body, e.job, e.attempts, e.srev = p.Body, job, max(e.attempts, p.Attempts), p.Revision
 	// An event JetStream offered again (its ack lost) comes due at once; its stored retry
 	// wait holds.
-	if p.NextAt.After(e.nextAt) {
-		e.nextAt = p.NextAt
+	if next := d.storedNextAt(p.NextAt); !e.waitRead && next.After(e.nextAt) {
+		e.nextAt = next
 	}
+	e.waitRead = true
 	return time.Until(e.nextAt) <= 0
+}
+
+// storedNextAt is when a stored retry comes due here: its NextAt, by the clock of the
+// foreman that stored it, never more than MaxDelay from now (no wait is longer), so a
+// clock that was ahead, or this one stepped back, holds no delivery for longer.
+func (d *Dispatcher) storedNextAt(next time.Time) time.Time {
+	if limit := time.Now().Add(d.cfg.MaxDelay); next.After(limit) {
+		return limit
+	}
+	return next
 }
 
 // save stores a stored event's progress, so its retry survives a restart.

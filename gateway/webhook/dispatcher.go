@@ -188,6 +188,9 @@ type event struct {
 	srev     uint64 // the pending delivery's revision as this dispatcher read or wrote it last
 	attempts int    // attempts made so far
 	nextAt   time.Time
+	// waitRead: nextAt has taken the stored delivery's retry wait (storedNextAt), which
+	// is not taken again: a wait cut to MaxDelay would be cut from a later now each time.
+	waitRead bool
 	manual   bool   // a manual redelivery: in memory only, with fresh attempts
 	receiver string // receiverOf its webhook URL: whose slots its attempts take
 	parked   bool   // it waits for its receiver's slot, not for a retry: a release (or the receiver's backstop) wakes it
@@ -361,7 +364,7 @@ func (d *Dispatcher) resume(ctx context.Context, pending []broker.PendingDeliver
 	d.mu.Unlock()
 	spilledJob := ""
 	for _, p := range pending {
-		e := &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: p.NextAt}
+		e := &event{jobID: p.JobID, rev: p.Rev, srev: p.Revision, attempts: p.Attempts, nextAt: d.storedNextAt(p.NextAt), waitRead: true}
 		if job, err := broker.DecodeJob(p.Body); err == nil && job.Webhook != nil {
 			e.receiver = receiverOf(job.Webhook.URL) // one that is not is dropped at its load (having taken a slot of receiver "")
 		}

@@ -177,6 +177,7 @@ func TestEventOfferedAgainKeepsItsRetryWait(t *testing.T) {
 	}
 	cfg := fastConfig(b.Store)
 	cfg.Store = hiddenAtStart{b.Store}
+	cfg.MaxDelay = 3 * time.Second // a wait of 2s is one it can have stored
 	runDispatcher(t, cfg)
 
 	h := rcv.next(t)
@@ -189,5 +190,36 @@ func TestEventOfferedAgainKeepsItsRetryWait(t *testing.T) {
 	log := waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) == 1 })
 	if log[0].Attempt != 2 || log[0].Outcome != broker.OutcomeDelivered {
 		t.Fatalf("delivery log %+v, want attempt 2 delivered", log)
+	}
+}
+
+// A stored retry dated an hour ahead (by a foreman whose clock was ahead, or before this
+// host's clock stepped back) comes due within MaxDelay, the longest wait there is: taken
+// as stored it held the delivery for an hour, past its receiver's patience or the job's
+// TTL. Both ways a stored delivery is taken up: read at the dispatcher's start, and
+// brought back by its event offered again.
+func TestStoredRetryDatedAheadWaitsAtMostMaxDelay(t *testing.T) {
+	t.Parallel()
+	for _, hidden := range []bool{false, true} {
+		b := brokertest.New(t)
+		rcv := newReceiver(t, func(int, hit) int { return http.StatusOK })
+		j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+		data, rev, err := b.Store.GetRaw(ctxT(t), j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := broker.PendingDelivery{JobID: j.ID, Rev: rev, Attempts: 1, NextAt: time.Now().Add(time.Hour).UTC(), Body: data}
+		if _, created, err := b.Store.AddPendingDelivery(ctxT(t), p); err != nil || !created {
+			t.Fatalf("store the pending delivery: created %v, %v", created, err)
+		}
+		cfg := fastConfig(b.Store)
+		if hidden {
+			cfg.Store = hiddenAtStart{b.Store}
+		}
+		stop := runDispatcher(t, cfg)
+		if h := rcv.next(t); h.header.Get(HeaderID) != (&event{jobID: j.ID, rev: rev}).webhookID() {
+			t.Fatalf("hidden at start %v: delivered %s", hidden, h.header.Get(HeaderID))
+		}
+		stop()
 	}
 }
