@@ -3,6 +3,11 @@ package broker
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -207,6 +212,63 @@ type Job struct {
 	// the submitter decoded the body already; empty: Submit reads it from the body. It is
 	// not stored: the queue subject carries it.
 	LoadOptions string `json:"-"`
+
+	// raw is the record as read (DecodeJob); later, once read from it, the members of it
+	// this foreman does not know: a later foreman's fields, which a rewrite carries on
+	// (laterFields) so that this foreman, running beside a later one or rolled back to,
+	// does not drop what that one stored (its claims, its marks).
+	raw       []byte
+	later     map[string]json.RawMessage
+	laterRead bool
+}
+
+// jobMembers are the JSON members Job has.
+var jobMembers = sync.OnceValue(func() map[string]bool {
+	known := map[string]bool{}
+	t := reflect.TypeFor[Job]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		if name != "" && name != "-" {
+			known[name] = true
+		}
+	}
+	return known
+})
+
+// laterFields returns the members of j's record as read that Job does not have.
+func (j *Job) laterFields() map[string]json.RawMessage {
+	if j.laterRead || len(j.raw) == 0 {
+		return j.later
+	}
+	var all map[string]json.RawMessage
+	if json.Unmarshal(j.raw, &all) == nil {
+		for name, v := range all {
+			if !jobMembers()[name] {
+				if j.later == nil {
+					j.later = map[string]json.RawMessage{}
+				}
+				j.later[name] = v
+			}
+		}
+	}
+	j.laterRead = true
+	return j.later
+}
+
+// encodeRecord is j's JSON with the later foreman's members it carries (laterFields)
+// after its own.
+func encodeRecord(j *Job, later map[string]json.RawMessage) ([]byte, error) {
+	data, err := json.Marshal(j)
+	if err != nil || len(later) == 0 {
+		return data, err
+	}
+	names := slices.Sorted(maps.Keys(later))
+	data = data[:len(data)-1] // the closing brace
+	for _, name := range names {
+		key, _ := json.Marshal(name)
+		data = append(append(append(append(data, ','), key...), ':'), later[name]...)
+	}
+	return append(data, '}'), nil
 }
 
 // IsSpare reports whether a message at stream sequence seq is a spare copy of running

@@ -636,11 +636,13 @@ func (s *Store) retryWrite(ctx context.Context, fn func(context.Context) error) 
 	})
 }
 
-// DecodeJob parses a job record (a KV value or a state event).
+// DecodeJob parses a job record (a KV value or a state event). The job keeps data (its
+// rewrites carry what it holds that Job does not, laterFields): do not change it after.
 func DecodeJob(data []byte) (*Job, error) {
 	var j Job
 	if err := json.Unmarshal(data, &j); err != nil {
 		return nil, fmt.Errorf("broker: decode job: %w", err)
 	}
+	j.raw = data
 	return &j, nil
 }

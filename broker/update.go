@@ -74,7 +74,10 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 			next.FinishedAt = &now
 		}
 	}
-	data, err := json.Marshal(next)
+	// What a later foreman stored in the record is carried on, also by next's own
+	// rewrites (ModifyFrom).
+	next.raw, next.later, next.laterRead = nil, cur.laterFields(), true
+	data, err := encodeRecord(next, next.later)
 	if err != nil {
 		return nil, 0, err
 	}
