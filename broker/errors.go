@@ -23,9 +23,13 @@ var (
 	ErrArtifactNotFound  = errors.New("artifact not found")
 	// ErrJobTooLarge is a submit whose job record would pass maxSubmitRecord.
 	ErrJobTooLarge = errors.New("job too large")
-	// ErrUnusable is a queue message no job can be run from (no valid job id, an unknown
-	// kind, another model's subject): foreman never enqueues one, so it is removed.
+	// ErrUnusable is a queue message no job can be run from (no valid job id, another
+	// model's subject, another job's body): foreman never enqueues one, so it is removed.
 	ErrUnusable = errors.New("unusable queue message")
+	// ErrUnknownKind is a job's queue message whose kind this foreman does not know
+	// (Store.Knows): a newer foreman on the same NATS queued it. It is that foreman's to
+	// run, not a message to remove (ADR-0061).
+	ErrUnknownKind = errors.New("job kind unknown to this foreman")
 )
 
 // ErrBodyLost is (wrapped in) the error of a Lease whose large request body is gone from

@@ -202,6 +202,10 @@ func (s *Store) lease(ctx context.Context, token string, msg jetstream.Msg) (*Le
 	if err := d.check(h.Get(HeaderBodyRef)); err != nil {
 		return d, err
 	}
+	if !s.Knows(d.Kind) {
+		// Checked last: a message that is no job's is removed whatever its kind.
+		return d, fmt.Errorf("%w: %q", ErrUnknownKind, d.Kind)
+	}
 	if ref := h.Get(HeaderBodyRef); ref != "" {
 		d.Body, err = s.getObject(ctx, ref)
 		if err != nil {
@@ -212,13 +216,11 @@ func (s *Store) lease(ctx context.Context, token string, msg jetstream.Msg) (*Le
 }
 
 // check tells whether a lease can be a job foreman enqueued (Store.enqueue): a job id,
-// a known kind, a model whose queue subject it came on, and no body but the job's own.
+// a model whose queue subject it came on, and no body but the job's own. Its kind is not
+// checked: a foreman newer than this one may have added it (Store.Knows).
 func (d *Lease) check(bodyRef string) error {
 	if err := ValidateID(d.JobID); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnusable, err)
-	}
-	if !d.Kind.Valid() {
-		return fmt.Errorf("%w: unknown job kind %q", ErrUnusable, d.Kind)
 	}
 	key, _ := ParseQueueKey(d.Token)
 	if t, err := ModelToken(d.Model); err != nil || t != key.Model {

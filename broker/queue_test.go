@@ -163,3 +163,46 @@ func TestStaleSkipsJobsWithAYoungerMessage(t *testing.T) {
 		t.Fatalf("stale an hour before: %+v, %v; want none", got, err)
 	}
 }
+
+// A job's message of a kind this store does not know (Config.Kinds) comes as
+// ErrUnknownKind, its lease whole, for the worker to leave to a foreman that knows it; one
+// that is no job's (here no valid id) is ErrUnusable whatever its kind.
+func TestLeaseOfAnUnknownKind(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.Kinds = []broker.Kind{broker.KindChat} }))
+	ctx := ctxT(t)
+	tok := token(t, "tiny-a")
+	publish := func(id string, kind broker.Kind) {
+		t.Helper()
+		m := nats.NewMsg(broker.QueueSubject(tok))
+		m.Data = []byte(`{"model":"tiny-a","prompt":"x"}`)
+		m.Header.Set(broker.HeaderJobID, id)
+		m.Header.Set(broker.HeaderModel, "tiny-a")
+		m.Header.Set(broker.HeaderKind, string(kind))
+		if _, err := b.JetStream(t).PublishMsg(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b.Store.Knows(broker.KindGenerate) || !b.Store.Knows(broker.KindChat) || b.Store.Knows("summarize") {
+		t.Fatal("Knows does not follow Config.Kinds")
+	}
+	id := broker.NewID()
+	publish(id, broker.KindGenerate) // a kind this build has, but not this store
+	publish(broker.NewID(), "summarize")
+	publish("not-a-ulid", "summarize")
+	for i, want := range []string{string(broker.KindGenerate), "summarize"} {
+		d, err := b.Store.Next(ctx, tok)
+		if !errors.Is(err, broker.ErrUnknownKind) || errors.Is(err, broker.ErrUnusable) || d == nil || string(d.Kind) != want {
+			t.Fatalf("lease %d: %+v, %v; want a lease of kind %q with ErrUnknownKind", i, d, err, want)
+		}
+		if i == 0 && (d.JobID != id || d.NumDelivered != 1) {
+			t.Errorf("lease: job %s delivered %d times, want %s once", d.JobID, d.NumDelivered, id)
+		}
+		if err := d.Msg.Term(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if d, err := b.Store.Next(ctx, tok); !errors.Is(err, broker.ErrUnusable) || d == nil {
+		t.Fatalf("lease without a valid id: %+v, %v; want ErrUnusable", d, err)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -72,12 +73,20 @@ type Config struct {
 	// fault stands, never while an earlier ask still runs (it may hang on the disk): a
 	// write then fails at once with ErrStoreFailed instead of retrying for RetryWindow.
 	WriteFault func() error
-	Logger     *slog.Logger
+	// Kinds are the job kinds this foreman runs; a queue message of another is a newer
+	// foreman's (ErrUnknownKind, ADR-0061). Default Kinds, every kind this build knows;
+	// tests set fewer to play a foreman from before a kind was added. Submit is not
+	// bound by it.
+	Kinds  []Kind
+	Logger *slog.Logger
 	// Now is the clock; tests may replace it.
 	Now func() time.Time
 }
 
 func (c *Config) setDefaults() {
+	if c.Kinds == nil {
+		c.Kinds = Kinds
+	}
 	if c.JobTTL <= 0 {
 		c.JobTTL = 24 * time.Hour
 	}
@@ -332,6 +341,9 @@ func (s *Store) BootID() string { return s.cfg.BootID }
 // MaxDeliver is how many times JetStream delivers a queue message before it gives up: a
 // safety net two above MaxAttempts, so the worker ends a job before JetStream would.
 func (c Config) MaxDeliver() int { return c.MaxAttempts + 2 }
+
+// Knows reports whether this foreman runs jobs of kind k (Config.Kinds).
+func (s *Store) Knows(k Kind) bool { return k.Valid() && slices.Contains(s.cfg.Kinds, k) }
 
 // Now is the store's clock.
 func (s *Store) Now() time.Time { return s.cfg.Now().UTC() }

@@ -60,7 +60,7 @@ var errDropped = errors.New("early call dropped: the job did not run from it")
 // woken queue deliver another message first (one published just before to that queue),
 // the call is dropped before that job runs.
 func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
-	if !w.cfg.EarlyCall || !u.fresh || u.body == nil || !u.kind.Valid() || broker.ValidateID(u.jobID) != nil {
+	if !w.cfg.EarlyCall || !u.fresh || u.body == nil || !w.store.Knows(u.kind) || broker.ValidateID(u.jobID) != nil {
 		return nil
 	}
 	if w.TargetStall() != nil || !w.loadedNow(u.token) {

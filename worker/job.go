@@ -944,32 +944,41 @@ func (w *Worker) finish(ctx context.Context, d *broker.Lease, log *slog.Logger) 
 	}
 }
 
-// nak puts a job back in the queue, available again after delay. A job whose message
-// JetStream drops (or may drop) at the queue's MaxAge before then is requeued instead,
-// available at once: a NAK of a dropped message would leave the job nowhere.
+// nak puts a job back in the queue, available again after delay, and has the idle loop
+// look for it when the delay ends.
 func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
+	if w.putBack(d, delay, log) && delay > 0 {
+		w.mu.Lock()
+		w.retries = append(w.retries, time.Now().Add(delay))
+		w.mu.Unlock()
+	}
+}
+
+// putBack puts a job back in the queue, available again after delay, and reports whether
+// it was NAKed (with that delay). A job whose message JetStream drops (or may drop) at
+// the queue's MaxAge before then is requeued instead, available at once: a NAK of a
+// dropped message would leave the job nowhere.
+func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger) bool {
 	if w.store.OutlivesQueue(d, delay) {
 		ctx, cancel := w.storeCtx(context.Background())
 		err := w.store.Requeue(ctx, d)
 		cancel()
 		if err == nil {
 			log.Info("job requeued: its queue message reached the job TTL")
-			return
+			return false
 		}
 		log.Warn("requeue job; trying a NAK", "err", err)
 	}
 	var err error
 	if delay > 0 {
 		err = d.Msg.NakWithDelay(delay)
-		w.mu.Lock()
-		w.retries = append(w.retries, time.Now().Add(delay))
-		w.mu.Unlock()
 	} else {
 		err = d.Msg.Nak()
 	}
 	if err != nil {
 		log.Warn("nak job", "err", err)
 	}
+	return true
 }
 
 // keepInProgress tells JetStream the job is alive every AckWait/3, and keeps its record

@@ -553,11 +553,16 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 }
 
 // unusable settles a delivery that came with an error: a message that is no job is
-// removed (ErrUnusable); for a real one whose stored body could not be read, bodyLost
+// removed (ErrUnusable); a job of a kind this foreman does not know is left to one that
+// does (unknownKind); for a real one whose stored body could not be read, bodyLost
 // decides.
 func (w *Worker) unusable(ctx context.Context, d *broker.Lease, err error) {
 	if errors.Is(err, broker.ErrUnusable) {
 		w.discard(d, err)
+		return
+	}
+	if errors.Is(err, broker.ErrUnknownKind) {
+		w.unknownKind(ctx, d)
 		return
 	}
 	w.bodyLost(ctx, d, err)
