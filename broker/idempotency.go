@@ -49,6 +49,17 @@ func IdempotencyRef(key string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+// ForeignEntriesMayLive reports whether the jobs bucket may still hold an entry this
+// foreman never writes but one of another version did (an idempotency claim under a form
+// of key it no longer uses). On a shared NATS it may: another foreman, not yet upgraded,
+// may write one now. On a store of its own (Config.Exclusive) only during the first job
+// TTL after this process opened it: such an entry was written before, by an earlier run,
+// and the bucket drops every entry a job TTL after its last write (the TTL this process
+// set on it). The span is on this host's monotonic clock.
+func (s *Store) ForeignEntriesMayLive() bool {
+	return !s.cfg.Exclusive || s.clock().Sub(s.opened) < s.JobTTL()
+}
+
 // ClaimIdempotencyKey binds key to claim.JobID unless the key is already bound. It returns
 // the binding in force and whether this call created it. kv.Create makes the claim atomic:
 // of two racing requests with the same key exactly one wins, the other gets the winner's job.

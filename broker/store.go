@@ -140,6 +140,9 @@ type Store struct {
 	presence  jetstream.KeyValue
 	started   time.Time
 	log       *slog.Logger
+	// opened is started with this host's monotonic reading (Store.clock), for how long
+	// this process has had the store (ForeignEntriesMayLive).
+	opened time.Time
 
 	// inlineLimit is the largest request body carried in a queue message; larger ones go
 	// to the object store, in chunks of chunkSize (putObject).
@@ -207,7 +210,8 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: jetstream: %w", err)
 	}
-	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: cfg.Now().UTC(), consumers: map[string]cachedConsumer{}}
+	now := cfg.Now()
+	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: now.UTC(), opened: now, consumers: map[string]cachedConsumer{}}
 	s.inlineLimit, s.chunkSize = bodyLimits(cfg.Conn.MaxPayload())
 
 	dup := cfg.DuplicateWindow

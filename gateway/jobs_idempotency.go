@@ -95,10 +95,12 @@ const maxKeyTurns = 16
 // request's now. A key another request holds is waited for (awaitClaimed). Once that
 // request gives it up, the key is claimed again at once: the request gets what a fresh
 // one would (its own job, or the refusal that failed the other), not a 409 after waiting
-// out its deadline for a job that will never come.
-func (s *Server) claimKey(ctx context.Context, key string, claim broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
+// out its deadline for a job that will never come. legacy is the key as a foreman from
+// before keys were per program claimed it ("" when no such claim can be stored,
+// legacyIdempotencyKey): a claim under it is the key's, and is never written anew.
+func (s *Server) claimKey(ctx context.Context, key, legacy string, claim broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
 	for range maxKeyTurns {
-		got, created, err := s.store.ClaimIdempotencyKey(ctx, key, claim)
+		under, got, created, err := s.claimOrFind(ctx, key, legacy, claim)
 		if err != nil {
 			return "", err
 		}
@@ -108,7 +110,7 @@ func (s *Server) claimKey(ctx context.Context, key string, claim broker.Idempote
 		if !sums.match(got) {
 			return "", refuse(ErrKeyReused, "Idempotency-Key was already used with a different request body")
 		}
-		held, err := s.awaitClaimed(ctx, key, got)
+		held, err := s.awaitClaimed(ctx, under, got)
 		if err != nil {
 			return "", err
 		}
@@ -127,12 +129,45 @@ func (s *Server) claimKey(ctx context.Context, key string, claim broker.Idempote
 		case claimOrphaned:
 			// The key names a job that never came to be (its first request died between
 			// the claim and the submit, and its deadline has passed): take it over.
-			if err := s.store.ReleaseIdempotencyKey(ctx, key, got.JobID); err != nil {
+			if err := s.store.ReleaseIdempotencyKey(ctx, under, got.JobID); err != nil {
 				return "", err
 			}
 		}
 	}
 	return "", errClaimBusy
+}
+
+// claimOrFind is a claim of key for claim, unless legacy (when not "") holds one: then
+// that one, found, is the key's. It returns the key of the claim it returns. A claim
+// under legacy is only read: this foreman's own claims go under key.
+func (s *Server) claimOrFind(ctx context.Context, key, legacy string, claim broker.IdempotencyClaim) (string, broker.IdempotencyClaim, bool, error) {
+	if legacy != "" {
+		got, err := s.store.IdempotencyKeyClaim(ctx, legacy)
+		if err == nil {
+			return legacy, got, false, nil
+		}
+		if !errors.Is(err, broker.ErrNotFound) {
+			return "", broker.IdempotencyClaim{}, false, err
+		}
+	}
+	got, created, err := s.store.ClaimIdempotencyKey(ctx, key, claim)
+	return key, got, created, err
+}
+
+// legacyIdempotencyKey is the key a request's Idempotency-Key (key) was claimed under by
+// foremen from before keys were per program (d87989e): the key itself, without the
+// program and newline scopedIdempotencyKey puts before it. It is "" when such a claim
+// cannot be there, and no read is spent on it: for a request with a program (those
+// foremen put every program's keys in one namespace: one found could be another
+// program's), and on a store of this foreman's own once a job TTL has passed since it
+// opened it, as those claims were written before and are never stamped anew (their
+// records name no claim), so they age out a job TTL after their submit. On a shared
+// NATS a foreman not yet upgraded may claim one now: there it is always read (ADR-0062).
+func (s *Server) legacyIdempotencyKey(program, key string) string {
+	if key == "" || program != "" || !s.store.ForeignEntriesMayLive() {
+		return ""
+	}
+	return key
 }
 
 // claimHeld is what became of a claim another request holds (awaitClaimed).
