@@ -5,8 +5,10 @@ import "time"
 // serverClock is a reading of the NATS server's clock: the time in a stream info answer
 // (the clock that stamps every message the server stores) and this host's clock when
 // the answer came. The server's time later is that time plus what this host's monotonic
-// clock counted since, so neither a step of this host's wall clock (NTP, a VM resumed, a
-// laptop waking) nor its offset from the server's moves it.
+// clock counted since, so neither a step of this host's wall clock (NTP, a VM resumed)
+// nor its offset from the server's moves it. The monotonic clock stands still while the
+// host sleeps: after a sleep it is behind by the sleep until the next answer, which the
+// worker's next look at the queue brings.
 type serverClock struct {
 	server time.Time // as the server said it (no monotonic reading)
 	local  time.Time // Config.Now when the answer came (with its monotonic reading)

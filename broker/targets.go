@@ -272,8 +272,9 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 
 // checkClock warns once while this foreman's clock is off from the NATS server's by more
 // than clockOffWarn (off: the server's time of its own entry's write less the entry's
-// Updated). The targets do not depend on it (Targets); the ages of other records, on a
-// shared NATS, do (ADR-0043, ADR-0025).
+// Updated). The targets do not depend on it (Targets), nor any age of what the server
+// stamped (ServerNow, ADR-0060); what still does: the job ids' times, by which the list
+// pages (ADR-0025), and a webhook's webhook-timestamp, which its receiver checks.
 func (s *Store) checkClock(off time.Duration) {
 	s.tmu.Lock()
 	was := s.clockOff
@@ -306,8 +307,9 @@ type TargetNameConflict struct {
 	Name, BootID, URL string
 	// Seen is when this foreman last found its entry overwritten by the other.
 	Seen time.Time
-	// until is when the conflict stops being reported unless seen again (by Store.clock):
-	// longer than either foreman takes between two publishes.
+	// seen is when it was last found (by Store.clock, Seen's twin with the monotonic
+	// reading); until, when it stops being reported unless seen again: longer than either
+	// foreman takes between two publishes.
 	seen, until time.Time
 }
 

@@ -107,3 +107,9 @@ func WithBeforeRetry(cfg Config, fn func(jobID string)) Config {
 
 // Estimate is the worker's expected run and load time of a job of model.
 func Estimate(w *Worker, model string) (run, load time.Duration) { return w.times.estimate(model) }
+
+// WithServerClock sets Config.serverNow: fn is the NATS server's clock for the picks.
+func WithServerClock(cfg Config, fn func() time.Time) Config {
+	cfg.serverNow = fn
+	return cfg
+}

@@ -603,7 +603,10 @@ func (w *Worker) runs(ctx context.Context, token string) bool {
 // stamps, on which the picks run; the host's clock for a Worker made without a store
 // (the selection's unit tests).
 func (w *Worker) serverNow() time.Time {
-	if w.store == nil {
+	switch {
+	case w.cfg.serverNow != nil:
+		return w.cfg.serverNow()
+	case w.store == nil:
 		return time.Now()
 	}
 	return w.store.ServerNow()

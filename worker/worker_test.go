@@ -124,6 +124,20 @@ func TestDrainByModelOnAHostClockAhead(t *testing.T) {
 	}
 }
 
+// The picks run on the NATS server's clock, which stamped the queue messages: with it
+// three minutes on (jobs queued three minutes ago by the server's clock, the host's
+// clock notwithstanding), every job is past MaxWait and runs oldest first. On the host's
+// clock they were all new, and drained by model.
+func TestPicksRunOnTheServersClock(t *testing.T) {
+	t.Parallel()
+	later := worker.WithServerClock(worker.Config{MaxWait: time.Minute}, func() time.Time { return time.Now().Add(3 * time.Minute) })
+	got := runBacklog(t, later, "tiny-b", "tiny-a", "tiny-b", "tiny-a")
+	want := []string{"tiny-a:latest", "tiny-b:latest", "tiny-a:latest", "tiny-b:latest", "tiny-a:latest"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("served %v, want %v (oldest first: every job waited past MaxWait)", got, want)
+	}
+}
+
 func TestMaxConsecutiveBoundsStarvation(t *testing.T) {
 	t.Parallel()
 	got := runBacklog(t, worker.Config{MaxConsecutive: 2}, "tiny-b", "tiny-a", "tiny-a", "tiny-a", "tiny-a")

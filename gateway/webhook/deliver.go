@@ -210,7 +210,7 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 	}
 	e.body, e.job, e.attempts, e.srev = p.Body, job, max(e.attempts, p.Attempts), p.Revision
 	// An event JetStream offered again (its ack lost) comes due at once; its stored retry
-	// wait holds.
+	// wait holds, up to MaxDelay from when it is first read (storedNextAt).
 	if next := d.storedNextAt(p.NextAt); !e.waitRead && next.After(e.nextAt) {
 		e.nextAt = next
 	}
@@ -222,10 +222,8 @@ func (d *Dispatcher) loadStored(ctx context.Context, e *event, log *slog.Logger)
 // foreman that stored it, never more than MaxDelay from now (no wait is longer), so a
 // clock that was ahead, or this one stepped back, holds no delivery for longer.
 func (d *Dispatcher) storedNextAt(next time.Time) time.Time {
-	if limit := time.Now().Add(d.cfg.MaxDelay); next.After(limit) {
-		return limit
-	}
-	return next
+	now := time.Now()
+	return now.Add(min(next.Sub(now), d.cfg.MaxDelay)) // with the monotonic reading
 }
 
 // save stores a stored event's progress, so its retry survives a restart.

@@ -50,7 +50,9 @@ func (a *App) rememberedModels(ctx context.Context) []string {
 			"url", url, "remembered_url", shorten(ollama.RedactURL(k.URL), 200))
 		return nil
 	}
-	a.known = knownModels{url: k.URL, models: k.Models, written: k.Written}
+	// Its age is on the server's clock, which stamped it; kept as a time of this host's
+	// (with its monotonic reading), as a list this foreman stores is (rememberModels).
+	a.known = knownModels{url: k.URL, models: k.Models, written: time.Now().Add(-a.store.ServerNow().Sub(k.Written))}
 	a.log.Info("remembered model list stands until the target answers a poll", "target", a.cfg.TargetName,
 		"models", len(k.Models), "written", k.Written)
 	return k.Models
