@@ -99,7 +99,11 @@ const maxKeyTurns = 16
 // before keys were per program claimed it ("" when no such claim can be stored,
 // legacyIdempotencyKey): a claim under it is the key's, and is never written anew.
 func (s *Server) claimKey(ctx context.Context, key, legacy string, claim broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
+	end := time.Now().Add(claim.Within) // the submit's deadline, on the monotonic clock
 	for range maxKeyTurns {
+		// A claim made again, after waiting for another request's, has that much less
+		// time left: its claim is live for no longer than this request.
+		claim.Within = time.Until(end)
 		under, got, created, err := s.claimOrFind(ctx, key, legacy, claim)
 		if err != nil {
 			return "", err

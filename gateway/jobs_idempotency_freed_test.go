@@ -47,6 +47,7 @@ func TestIdempotencyKeyFreedByAFailedSubmitIsTakenAtOnce(t *testing.T) {
 			case <-ctx.Done():
 				t.Fatal("the second request never waited for the first one's job")
 			}
+			<-time.After(50 * time.Millisecond) // the second request waits a while
 			hold.proceed()
 			if a := <-firstC; a.status != http.StatusTooManyRequests {
 				t.Fatalf("first request over its program's limit: %s, want 429", a)
@@ -61,6 +62,15 @@ func TestIdempotencyKeyFreedByAFailedSubmitIsTakenAtOnce(t *testing.T) {
 			}
 			if second == first {
 				t.Fatalf("the second request submits the first one's job %s", first)
+			}
+			// Its claim is live for the time its request has left, less what it waited:
+			// not the whole of it again (ADR-0060).
+			c, err := b.Broker.Store.IdempotencyKeyClaim(ctx, scopedIdempotencyKey("", "k1"))
+			if err != nil || c.JobID != second {
+				t.Fatalf("the second request's claim: %+v, %v", c, err)
+			}
+			if left := 5*time.Second - 50*time.Millisecond; c.Within <= 0 || c.Within >= left {
+				t.Fatalf("the second request's claim, made after it waited %v or more, is live for %v more: want less than %v", 50*time.Millisecond, c.Within, left)
 			}
 			// Room appears before the second request writes its job.
 			if _, err := b.Broker.Store.Cancel(ctx, filler, ""); err != nil {
