@@ -222,14 +222,15 @@ type Job struct {
 	laterRead bool
 }
 
-// jobMembers are the JSON members Job has.
+// jobMembers are the JSON members Job has, in lower case: encoding/json fills a field
+// from a member of its name in any case, so a member known in any case is Job's.
 var jobMembers = sync.OnceValue(func() map[string]bool {
 	known := map[string]bool{}
 	t := reflect.TypeFor[Job]()
 	for i := range t.NumField() {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
 		if name != "" && name != "-" {
-			known[name] = true
+			known[strings.ToLower(name)] = true
 		}
 	}
 	return known
@@ -243,7 +244,7 @@ func (j *Job) laterFields() map[string]json.RawMessage {
 	var all map[string]json.RawMessage
 	if json.Unmarshal(j.raw, &all) == nil {
 		for name, v := range all {
-			if !jobMembers()[name] {
+			if !jobMembers()[strings.ToLower(name)] {
 				if j.later == nil {
 					j.later = map[string]json.RawMessage{}
 				}
