@@ -222,38 +222,45 @@ type Job struct {
 	laterRead bool
 }
 
-// jobMembers are the JSON members Job has, in lower case: encoding/json fills a field
-// from a member of its name in any case, so a member known in any case is Job's.
-var jobMembers = sync.OnceValue(func() map[string]bool {
-	known := map[string]bool{}
+// jobMembers are the JSON members Job has.
+var jobMembers = sync.OnceValue(func() []string {
+	var known []string
 	t := reflect.TypeFor[Job]()
 	for i := range t.NumField() {
 		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
 		if name != "" && name != "-" {
-			known[strings.ToLower(name)] = true
+			known = append(known, name)
 		}
 	}
 	return known
 })
 
-// laterFields returns the members of j's record as read that Job does not have.
+// isJobMember reports whether member name fills a field of Job: encoding/json matches a
+// member to a field's name in any case (simple folding, as strings.EqualFold).
+func isJobMember(name string) bool {
+	return slices.ContainsFunc(jobMembers(), func(known string) bool { return strings.EqualFold(name, known) })
+}
+
+// laterFields returns the members of j's record as read that Job does not have. It does
+// not change j (a run may read it meanwhile): the caller keeps them on the job it writes.
 func (j *Job) laterFields() map[string]json.RawMessage {
 	if j.laterRead || len(j.raw) == 0 {
 		return j.later
 	}
 	var all map[string]json.RawMessage
-	if json.Unmarshal(j.raw, &all) == nil {
-		for name, v := range all {
-			if !jobMembers()[strings.ToLower(name)] {
-				if j.later == nil {
-					j.later = map[string]json.RawMessage{}
-				}
-				j.later[name] = v
+	if json.Unmarshal(j.raw, &all) != nil {
+		return nil
+	}
+	var later map[string]json.RawMessage
+	for name, v := range all {
+		if !isJobMember(name) {
+			if later == nil {
+				later = map[string]json.RawMessage{}
 			}
+			later[name] = v
 		}
 	}
-	j.laterRead = true
-	return j.later
+	return later
 }
 
 // encodeRecord is j's JSON with the later foreman's members it carries (laterFields)

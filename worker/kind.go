@@ -36,6 +36,13 @@ func (w *Worker) unknownKind(ctx context.Context, d *broker.Lease) {
 		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), fmt.Sprintf(
 			"job kind %q is unknown to this foreman: a foreman on this NATS is older than the one that queued the job, and none that knows the kind took it in %d deliveries",
 			d.Kind, d.NumDelivered), 0, log)
+	case w.store.OutlivesQueue(d, w.cfg.retryDelay(int(d.NumDelivered))):
+		// Its message may be gone before it comes back: put back, it would be queued
+		// anew (Requeue), from this delivery, whose stored body was never read, and its
+		// delivery count would start again.
+		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), fmt.Sprintf(
+			"job kind %q is unknown to this foreman: a foreman on this NATS is older than the one that queued the job, and none that knows the kind took it before the job TTL",
+			d.Kind), 0, log)
 	default:
 		delay := w.cfg.retryDelay(int(d.NumDelivered))
 		log.Warn("job of a kind this foreman does not know handed back for a newer foreman",

@@ -137,3 +137,34 @@ func TestJobOfAKindAnOlderForemanDoesNotKnowRunsOnANewerOne(t *testing.T) {
 		t.Errorf("%d calls of /api/embeddings, want 1: %+v", embeddings, tb.fake.Calls())
 	}
 }
+
+// A job of a kind this foreman does not know whose queue message may reach the job TTL
+// before it comes back ends failed at once: put back, it would be queued anew
+// (Requeue) from a delivery whose stored body was never read, emptying a large body,
+// and its delivery count would start again.
+func TestUnknownKindNearTheJobTTLFails(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.JobTTL = 8 * time.Second }))
+	j := tb.queueUnknownKind(t, "summarize")
+	// With a hand-back of 3 s, a message 3 s old may be gone (past 8 s, less a quarter)
+	// before it is delivered again.
+	token, _ := broker.ModelToken("tiny-a")
+	oldest, ok, err := tb.b.Store.OldestOf(ctxT(t), token)
+	if err != nil || !ok {
+		t.Fatalf("the job's message: %v %v", ok, err)
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for tb.b.Store.ServerNow().Sub(oldest.Enqueued) < 3200*time.Millisecond {
+		<-tick.C
+	}
+	logs := &warnings{}
+	tb.start(t, worker.Config{Logger: slog.New(logs), RetryDelay: 3 * time.Second})
+	got := tb.waitState(t, j.ID, broker.StateFailed)
+	if !strings.Contains(got.Error, `job kind "summarize" is unknown to this foreman`) || !strings.Contains(got.Error, "before the job TTL") {
+		t.Fatalf("error %q, want the unknown kind, ended before the job TTL", got.Error)
+	}
+	if n := logs.count(handedBack); n != 0 {
+		t.Errorf("handed back %d times, want none", n)
+	}
+}
