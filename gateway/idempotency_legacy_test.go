@@ -30,6 +30,13 @@ func legacyClaimKey(key string) string {
 // and, when queued, the job's record and queue message. It returns the job's id.
 func writeLegacyClaim(t *testing.T, ctx context.Context, b *testBundle, key, body string, until time.Time, queued bool) string {
 	t.Helper()
+	return writeLegacyClaimOf(t, ctx, b, "", key, body, until, queued)
+}
+
+// writeLegacyClaimOf is writeLegacyClaim of a request of program (named by its token or
+// header: the body is the same).
+func writeLegacyClaimOf(t *testing.T, ctx context.Context, b *testBundle, program, key, body string, until time.Time, queued bool) string {
+	t.Helper()
 	id := broker.NewID()
 	sum := sha256.Sum256([]byte("chat\n" + body))
 	claim := fmt.Sprintf(`{"job_id":%q,"body_sha256":%q,"until":%q}`, id, hex.EncodeToString(sum[:]), until.UTC().Format(time.RFC3339Nano))
@@ -37,7 +44,7 @@ func writeLegacyClaim(t *testing.T, ctx context.Context, b *testBundle, key, bod
 		t.Fatal(err)
 	}
 	if queued {
-		if _, err := b.Broker.Store.Submit(ctx, &broker.Job{ID: id, Model: "tiny-a", Kind: broker.KindChat}, []byte(body)); err != nil {
+		if _, err := b.Broker.Store.Submit(ctx, &broker.Job{ID: id, Model: "tiny-a", Kind: broker.KindChat, Program: program}, []byte(body)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -158,5 +165,27 @@ func TestIdempotencyKeyClaimedBeforeProgramsIsLookedForWhileItCanLive(t *testing
 				t.Fatalf("shared NATS, a TTL after the start: %d job %q replayed %v, want job %s replayed", status, got, replayed, past)
 			}
 		})
+	}
+}
+
+// An old foreman put every program's keys in one namespace: its claim of a program's
+// request (the program named by a token or header, the body the same) is not the claim
+// of a request without a program, which gets a job of its own, not the program's.
+func TestIdempotencyKeyClaimedBeforeProgramsByAProgramIsNotAnothers(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	ctx := testCtx(t, 30*time.Second)
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
+	theirs := writeLegacyClaimOf(t, ctx, b, "batch", "shared-key", body, time.Now().Add(10*time.Second), true)
+
+	status, got, replayed := postKeyed(t, b, "shared-key", body)
+	if status != http.StatusAccepted || got == theirs || replayed {
+		t.Fatalf("a request without a program: %d job %q replayed %v, want a job of its own (not %s)", status, got, replayed, theirs)
+	}
+	if status, again, replayed := postKeyed(t, b, "shared-key", body); status != http.StatusAccepted || again != got || !replayed {
+		t.Fatalf("its retry: %d job %q replayed %v, want its job %s", status, again, replayed, got)
+	}
+	if n := queueLen(t, ctx, b); n != 2 {
+		t.Fatalf("%d jobs queued, want 2: the program's and this request's", n)
 	}
 }

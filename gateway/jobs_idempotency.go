@@ -122,12 +122,19 @@ func (s *Server) claimKey(ctx context.Context, key, legacy string, claim broker.
 		case claimRecorded:
 			// A crash between the record and its queue message leaves the job queued
 			// with nothing to run it: publish it again (a duplicate is dropped).
-			_, err := s.store.Resubmit(ctx, got.JobID, body)
+			j, err := s.store.Resubmit(ctx, got.JobID, body)
 			if errors.Is(err, broker.ErrNotFound) {
 				continue // its submit failed and discarded it just now: claim again
 			}
 			if err != nil {
 				return "", err
+			}
+			if under == legacy && j.Program != "" {
+				// An old foreman's claim of a program's request (a named token's, or
+				// its header's, with the same body): its keys shared one namespace
+				// then, and this request has no program. Not this request's job.
+				legacy = ""
+				continue
 			}
 			return got.JobID, nil
 		case claimOrphaned:
