@@ -874,6 +874,16 @@ func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) {
 		w.nak(d, w.cfg.RetryDelay, log)
 		return
 	}
+	w.settleAdmitted(ctx, d, log, func(bctx context.Context, j *broker.Job) {
+		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
+	})
+}
+
+// settleAdmitted settles a delivery that cannot run here (bodyLost, unknownKind): as any
+// delivery of a job that is not to run when admit says so (an orphan, an ended or
+// canceled job, a spare copy, a gone caller), else with settle, given the job's record
+// and a context for the store's writes.
+func (w *Worker) settleAdmitted(ctx context.Context, d *broker.Lease, log *slog.Logger, settle func(bctx context.Context, j *broker.Job)) {
 	w.setLeased(d.JobID)
 	defer w.setLeased("")
 	bctx, cancel := w.storeCtx(ctx)
@@ -882,7 +892,7 @@ func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) {
 	if !ok {
 		return
 	}
-	w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
+	settle(bctx, j)
 }
 
 // markWorking moves a loading job to working at its first frame: the model is in.

@@ -19,36 +19,27 @@ import (
 // ended or canceled job, a gone caller) is settled as any delivery of it is (admit).
 func (w *Worker) unknownKind(ctx context.Context, d *broker.Lease) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model, "kind", d.Kind)
-	w.setLeased(d.JobID)
-	defer w.setLeased("")
-	bctx, cancel := w.storeCtx(ctx)
-	defer cancel()
-	j, _, ok := w.admit(ctx, bctx, d, nil, log)
-	if !ok {
-		return
-	}
-	cfg := w.store.Config()
-	switch {
-	case cfg.Exclusive:
-		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), fmt.Sprintf(
-			"job kind %q is unknown to this foreman: it is older than the foreman that queued the job (a downgrade)", d.Kind), 0, log)
-	case d.NumDelivered >= uint64(cfg.MaxDeliver()):
-		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), fmt.Sprintf(
-			"job kind %q is unknown to this foreman: a foreman on this NATS is older than the one that queued the job, and none that knows the kind took it in %d deliveries",
-			d.Kind, d.NumDelivered), 0, log)
-	case w.store.OutlivesQueue(d, w.cfg.retryDelay(int(d.NumDelivered))):
-		// Its message may be gone before it comes back: put back, it would be queued
-		// anew (Requeue), from this delivery, whose stored body was never read, and its
-		// delivery count would start again.
-		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), fmt.Sprintf(
-			"job kind %q is unknown to this foreman: a foreman on this NATS is older than the one that queued the job, and none that knows the kind took it before the job TTL",
-			d.Kind), 0, log)
-	default:
+	w.settleAdmitted(ctx, d, log, func(bctx context.Context, j *broker.Job) {
+		fail := func(why string) {
+			w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), fmt.Sprintf("job kind %q is unknown to this foreman: ", d.Kind)+why, 0, log)
+		}
 		delay := w.cfg.retryDelay(int(d.NumDelivered))
-		log.Warn("job of a kind this foreman does not know handed back for a newer foreman",
-			"delivered", d.NumDelivered, "delay", delay)
-		// Not nak: this foreman's loop is not to look for it when the delay ends, or it
-		// would take it again before the others, which look at their IdlePoll.
-		w.putBack(d, delay, log)
-	}
+		switch {
+		case w.store.Config().Exclusive:
+			fail("it is older than the foreman that queued the job (a downgrade)")
+		case d.NumDelivered >= uint64(w.store.Config().MaxDeliver()):
+			fail(fmt.Sprintf("a foreman on this NATS is older than the one that queued the job, and none that knows the kind took it in %d deliveries", d.NumDelivered))
+		case w.store.OutlivesQueue(d, delay):
+			// Its message may be gone before it comes back: put back, it would be queued
+			// anew (Requeue), from this delivery, whose stored body was never read, and
+			// its delivery count would start again.
+			fail("a foreman on this NATS is older than the one that queued the job, and none that knows the kind took it before the job TTL")
+		default:
+			log.Warn("job of a kind this foreman does not know handed back for a newer foreman",
+				"delivered", d.NumDelivered, "delay", delay)
+			// Not nak: this foreman's loop is not to look for it when the delay ends, or
+			// it would take it again before the others, which look at their IdlePoll.
+			w.putBack(d, delay, log)
+		}
+	})
 }
