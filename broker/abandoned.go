@@ -85,7 +85,7 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 		}
 		at := seq
 		_, err = s.cancel(ctx, id, CallerGoneReason, func(ctx context.Context, j *Job) error {
-			err := s.queue.DeleteMsg(ctx, at)
+			err := s.deleteQueueMsg(ctx, at)
 			if err == nil {
 				s.dropBody(ctx, j)
 			}

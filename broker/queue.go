@@ -399,9 +399,21 @@ func (s *Store) PurgeQueued(ctx context.Context, token string) error {
 	return nil
 }
 
+// deleteQueueMsg deletes queue message seq. One that is gone already (taken and acked,
+// deleted by another) is jetstream.ErrMsgNotFound: nats.go reports it as
+// ErrMsgDeleteUnsuccessful with the server's words (JSStreamMsgDeleteFailedF, its
+// store's "no message found"), which no errors.Is of ErrMsgNotFound matched.
+func (s *Store) deleteQueueMsg(ctx context.Context, seq uint64) error {
+	err := s.queue.DeleteMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) && strings.Contains(err.Error(), "no message found") {
+		return fmt.Errorf("%w: %w", jetstream.ErrMsgNotFound, err)
+	}
+	return err
+}
+
 // DeleteQueued removes one queue message by sequence, and nothing else.
 func (s *Store) DeleteQueued(ctx context.Context, seq uint64) error {
-	err := s.queue.DeleteMsg(ctx, seq)
+	err := s.deleteQueueMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil
 	}

@@ -206,3 +206,25 @@ func TestLeaseOfAnUnknownKind(t *testing.T) {
 		t.Fatalf("lease without a valid id: %+v, %v; want ErrUnusable", d, err)
 	}
 }
+
+// A queue message deleted already (taken and acked by the worker, removed by a cancel)
+// is gone, not an error, for every deletion of foreman's: the server answers "no message
+// found" as a failed deletion, which nats.go does not map to ErrMsgNotFound, and each
+// caller's check for that let it through (a cancel racing the worker's take logged a
+// warning; the abandoned-sync sweep failed its cancel).
+func TestDeletingAGoneQueueMessageIsNoError(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	submit(t, b.Store, "m", `{}`)
+	m, ok, err := b.Store.OldestOf(ctx, token(t, "m"))
+	if err != nil || !ok {
+		t.Fatalf("the job's message: %v %v", ok, err)
+	}
+	if err := b.Store.DeleteQueued(ctx, m.Seq); err != nil {
+		t.Fatalf("delete: %v", err)
+	}
+	if err := b.Store.DeleteQueued(ctx, m.Seq); err != nil {
+		t.Fatalf("delete of a message deleted already: %v, want none", err)
+	}
+}

@@ -502,7 +502,7 @@ func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetst
 func (s *Store) unqueue(j *Job, seq uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := s.queue.DeleteMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+	if err := s.deleteQueueMsg(ctx, seq); err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
 		s.log.Warn("delete queue message of a job without a record", "job_id", j.ID, "model", j.Model, "seq", seq, "err", err)
 	}
 }

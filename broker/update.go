@@ -241,7 +241,7 @@ func (s *Store) removeQueued(ctx context.Context, j *Job) error {
 	if err != nil || !ok {
 		return err
 	}
-	err = s.queue.DeleteMsg(ctx, seq)
+	err = s.deleteQueueMsg(ctx, seq)
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return nil
 	}
