@@ -57,7 +57,7 @@ func IdempotencyRef(key string) string {
 // and the bucket drops every entry a job TTL after its last write (the TTL this process
 // set on it). The span is on this host's monotonic clock.
 func (s *Store) ForeignEntriesMayLive() bool {
-	return !s.cfg.Exclusive || s.clock().Sub(s.opened) < s.JobTTL()
+	return !s.cfg.Exclusive || s.clock().Sub(s.started) < s.JobTTL()
 }
 
 // ClaimIdempotencyKey binds key to claim.JobID unless the key is already bound. It returns

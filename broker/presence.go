@@ -54,7 +54,7 @@ func (s *Store) presenceConfig() jetstream.KeyValueConfig {
 }
 
 func (s *Store) heartbeat(ctx context.Context) error {
-	v, err := json.Marshal(presence{BootID: s.cfg.BootID, StartedAt: s.started})
+	v, err := json.Marshal(presence{BootID: s.cfg.BootID, StartedAt: s.started.UTC()})
 	if err != nil {
 		return err
 	}

@@ -138,11 +138,8 @@ type Store struct {
 	fault     writeFault
 	artifacts jetstream.ObjectStore
 	presence  jetstream.KeyValue
-	started   time.Time
+	started   time.Time // by Store.clock: with the monotonic reading
 	log       *slog.Logger
-	// opened is started with this host's monotonic reading (Store.clock), for how long
-	// this process has had the store (ForeignEntriesMayLive).
-	opened time.Time
 
 	// inlineLimit is the largest request body carried in a queue message; larger ones go
 	// to the object store, in chunks of chunkSize (putObject).
@@ -210,8 +207,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("broker: jetstream: %w", err)
 	}
-	now := cfg.Now()
-	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: now.UTC(), opened: now, consumers: map[string]cachedConsumer{}}
+	s := &Store{cfg: cfg, nc: cfg.Conn, js: js, log: cfg.Logger, started: cfg.Now(), consumers: map[string]cachedConsumer{}}
 	s.inlineLimit, s.chunkSize = bodyLimits(cfg.Conn.MaxPayload())
 
 	dup := cfg.DuplicateWindow

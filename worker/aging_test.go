@@ -67,7 +67,7 @@ func TestPlanAgedClassOncePerMaxWait(t *testing.T) {
 // reads it.
 func TestTookRecordsClassPick(t *testing.T) {
 	t.Parallel()
-	w := &Worker{served: map[string]uint64{}}
+	w := &Worker{cfg: Config{serverNow: time.Now}, served: map[string]uint64{}}
 	before := time.Now()
 	w.took(queueKey(t, "tiny-a", "", broker.PriorityLow))
 	if got := w.classPicked[broker.PriorityLow.Rank()]; got.Before(before) {

@@ -100,8 +100,9 @@ type Config struct {
 	// viewAfterHeads, when set (tests only), runs in QueueView once the queue heads'
 	// records are read, before the view is computed from them.
 	viewAfterHeads func()
-	// serverNow, when set (tests only), is the NATS server's clock in place of the
-	// store's reading of it (Store.ServerNow): the clock the picks run on.
+	// serverNow, when set (tests only: one that moves it, or a Worker made without a
+	// store), is the NATS server's clock in place of the store's reading of it
+	// (Store.ServerNow): the clock the picks run on.
 	serverNow func() time.Time
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.

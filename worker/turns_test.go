@@ -12,7 +12,7 @@ import (
 func TestRotatingProgramNamesDoNotJump(t *testing.T) {
 	t.Parallel()
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
-	w := &Worker{cfg: Config{MaxConsecutive: 8, MaxWait: time.Hour}, served: map[string]uint64{}}
+	w := &Worker{cfg: Config{MaxConsecutive: 8, MaxWait: time.Hour, serverNow: time.Now}, served: map[string]uint64{}}
 	seq := uint64(1)
 	victim := head{Token: "victim", Runner: "a", Seq: seq, Enqueued: now}
 	var attacker []head

@@ -6,12 +6,14 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
 // BenchmarkQueueView measures computing the queue view (the order of every waiting job
 // by the pick rule, with ETAs) for 10k queued jobs over 4 models, 3 classes and 5
 // programs (60 queues), from a backlog already in memory.
 func BenchmarkQueueView(b *testing.B) {
+	store := brokertest.New(b).Store // its settings only: the backlog is in memory
 	for _, programs := range []int{1, 5, 50} {
 		b.Run(fmt.Sprintf("programs=%d", programs), func(b *testing.B) {
 			now := time.Now()
@@ -28,7 +30,7 @@ func BenchmarkQueueView(b *testing.B) {
 					JobID: broker.NewID(), Model: model, Kind: broker.KindChat, Priority: class, Program: prog,
 				})
 			}
-			w := &Worker{cfg: Config{MaxConsecutive: 8, MaxWait: 2 * time.Minute}, served: map[string]uint64{}, times: newDurations()}
+			w := &Worker{cfg: Config{MaxConsecutive: 8, MaxWait: 2 * time.Minute}, store: store, served: map[string]uint64{}, times: newDurations()}
 			w.lastModel = runnerKey(b, "m1")
 			b.ReportAllocs()
 			b.ResetTimer()

@@ -600,14 +600,10 @@ func (w *Worker) runs(ctx context.Context, token string) bool {
 }
 
 // serverNow is the NATS server's time (Store.ServerNow), the clock of the queue's
-// stamps, on which the picks run; the host's clock for a Worker made without a store
-// (the selection's unit tests).
+// stamps, on which the picks run.
 func (w *Worker) serverNow() time.Time {
-	switch {
-	case w.cfg.serverNow != nil:
+	if w.cfg.serverNow != nil {
 		return w.cfg.serverNow()
-	case w.store == nil:
-		return time.Now()
 	}
 	return w.store.ServerNow()
 }
