@@ -105,7 +105,10 @@ func TestIdempotentRetryWaitsByPollingNotForAWebhook(t *testing.T) {
 	f := startForeman(t, foremanConfig{})
 	release := f.Fake.Hold("tiny-a")
 	defer release()
-	const interval = 300 * time.Millisecond
+	// The retry's path, a poll or two and the job's run, takes a few intervals; the
+	// backstop poll 15: a deadline of 10 tells them apart with room for a loaded machine
+	// (at 300 ms, a CI run's load once took the 3 s).
+	const interval = time.Second
 	c := newClient(t, f.URL, client.WithPollInterval(interval))
 	var mu sync.Mutex
 	var hooks []string
