@@ -200,6 +200,13 @@ type Job struct {
 	// set by the start write. Another message of a running job is a spare copy; the same
 	// one coming back is the run itself, redelivered after a crash.
 	QueueSeq uint64 `json:"queue_seq,omitempty"`
+	// Runner is the target name (FOREMAN_TARGET_NAME) of the foreman whose worker runs the
+	// current attempt, or ran the last one; RunnerBoot is that foreman's boot id, which
+	// its presence (CallerGone's bucket) is kept under: a running record whose runner is
+	// no longer present was cut short by that foreman's death (ADR-0064). Both are set
+	// by the start write; empty on records from before them.
+	Runner     string `json:"runner,omitempty"`
+	RunnerBoot string `json:"runner_boot,omitempty"`
 	// Priority is the job's class; empty on records from before classes: read as normal.
 	Priority Priority `json:"priority,omitempty"`
 	// Program is the program the job was submitted for; "" is the anonymous program.

@@ -73,6 +73,14 @@ type ElsewhereJob struct {
 	State State `json:"state"`
 	// StartedAt is when the job first started (its record's started_at).
 	StartedAt *time.Time `json:"started_at,omitempty"`
+	// Runner is the target name of the foreman whose worker runs it (ADR-0064); empty
+	// for a record from before runners were named.
+	Runner string `json:"runner,omitempty"`
+	// RunnerGone says that foreman is gone (its presence lapsed): the job was cut short
+	// and runs again once its message comes back (FOREMAN_ACK_WAIT after its last
+	// renewal) to a worker whose Mac has its model. Its record still says loading or
+	// working until then.
+	RunnerGone bool `json:"runner_gone,omitempty"`
 }
 
 // maxPauseText bounds a pause's error: each poll of the queue view carries it, and a

@@ -73,6 +73,12 @@ type Job struct {
 	// Program is the program the job belongs to: the name of the token that submitted
 	// it, else the program the submit named; empty for the anonymous program.
 	Program string `json:"program,omitempty"`
+	// Runner is the name of the Mac (its foreman's FOREMAN_TARGET_NAME) that runs the
+	// job's attempt, or ran its last one; empty before the first. RunnerGone, set by Job
+	// for a running job, says that Mac's foreman is gone: the job runs again once its
+	// queue message comes back (after FOREMAN_ACK_WAIT), on a Mac that has its model.
+	Runner     string `json:"runner,omitempty"`
+	RunnerGone bool   `json:"runner_gone,omitempty"`
 	// QueuePosition (1 runs next) and ETA (the expected start) are set by Job for a job
 	// that waits (queued or retrying); 0 and nil otherwise.
 	QueuePosition int        `json:"queue_position,omitempty"`

@@ -37,6 +37,11 @@ type jobView struct {
 	Program  string          `json:"program"`
 	// CancelRequested is the reason of a cancel the running job has not yet acted on.
 	CancelRequested string `json:"cancel_requested,omitempty"`
+	// Runner is the target name of the foreman whose worker runs the job's attempt, or
+	// ran its last one (ADR-0064). RunnerGone, shown by GET /jobs/{id} for a running job,
+	// says that foreman is gone: the job runs again once its queue message comes back.
+	Runner     string `json:"runner,omitempty"`
+	RunnerGone bool   `json:"runner_gone,omitempty"`
 	// QueuePosition (1 runs next) and ETA (the expected start) are shown by
 	// GET /jobs/{id} for a waiting job only (queue.go).
 	QueuePosition *int       `json:"queue_position,omitempty"`
@@ -62,6 +67,10 @@ func (s *Server) jobView(ctx context.Context, j *broker.Job, inline bool) jobVie
 		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt,
 		Error: j.Error, Result: j.Result, Artifacts: []artifactView{}, Webhook: j.Webhook,
 		CancelRequested: j.CancelRequested, Priority: j.Priority, Program: j.Program,
+		Runner: j.Runner,
+	}
+	if inline {
+		v.RunnerGone = s.store.RunnerGone(ctx, j)
 	}
 	if v.Priority == "" {
 		v.Priority = broker.PriorityNormal

@@ -24,6 +24,9 @@ type Config struct {
 	// inventory's poll recovered: its OnRecover): a worker paused for an unreachable
 	// target probes it at once instead of at its next probe, up to 30s away.
 	TargetBack <-chan struct{}
+	// TargetName is the name this foreman publishes its target under (FOREMAN_TARGET_NAME):
+	// each start write names it, with the store's boot id, as the job's runner (ADR-0064).
+	TargetName string
 	// Runs, when set, says whether this worker takes jobs for a model (normalized name):
 	// with several foremen on one NATS, each worker takes only the models its own target
 	// has (ADR-0029). The others' jobs stay queued for them. Nil takes every model.

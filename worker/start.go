@@ -56,6 +56,7 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 		var newRev uint64
 		sw.job, newRev, sw.err = w.transitionFrom(ctx, j, rev, fromLive, func(j *broker.Job) {
 			j.State, j.Error, j.QueueSeq = state, "", d.Seq
+			w.nameRunner(j)
 			j.Attempt++
 		})
 		if lost := w.cfg.startAnswerLost; sw.err == nil && lost != nil && lost(d.JobID) {
@@ -70,6 +71,11 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 		log.Info("job started", "state", state, "kind", sw.job.Kind, "delivered", d.NumDelivered, "attempt", sw.job.Attempt)
 	}()
 	return sw
+}
+
+// nameRunner names this foreman as the runner of j's attempt being started (ADR-0064).
+func (w *Worker) nameRunner(j *broker.Job) {
+	j.Runner, j.RunnerBoot = w.cfg.TargetName, w.store.BootID()
 }
 
 // startFailed ends an attempt whose start write failed, its target call aborted: a job

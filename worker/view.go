@@ -107,6 +107,7 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 	for {
 		v, ended := w.computeView(msgs, heads, own, now)
 		if len(ended) == 0 {
+			w.markRunnersGone(ctx, v.Elsewhere, heads)
 			w.view = v
 			return v, nil
 		}
@@ -120,6 +121,24 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 				return nil, err
 			}
 		}
+	}
+}
+
+// markRunnersGone marks the jobs running elsewhere whose runner is gone (ADR-0064): a
+// read of each runner's presence, once per runner.
+func (w *Worker) markRunnersGone(ctx context.Context, jobs []broker.ElsewhereJob, heads map[string]*broker.Job) {
+	gone := map[string]bool{}
+	for i := range jobs {
+		j := heads[jobs[i].JobID]
+		if j == nil || j.RunnerBoot == "" {
+			continue
+		}
+		g, ok := gone[j.RunnerBoot]
+		if !ok {
+			g = w.store.RunnerGone(ctx, j)
+			gone[j.RunnerBoot] = g
+		}
+		jobs[i].RunnerGone = g
 	}
 }
 
@@ -256,7 +275,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			gone[m.JobID] = true
 			elsewhere = append(elsewhere, broker.ElsewhereJob{
 				JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
-				CreatedAt: m.Enqueued.UTC(), State: j.State, StartedAt: j.StartedAt,
+				CreatedAt: m.Enqueued.UTC(), State: j.State, StartedAt: j.StartedAt, Runner: j.Runner,
 			})
 		case j.State.Terminal():
 			gone[m.JobID] = true // its result is being stored: it waits no more

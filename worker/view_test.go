@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"context"
 	"fmt"
 	"slices"
 	"sync"
@@ -283,5 +284,60 @@ func TestQueueViewLoadedIsUnknownWhileTheTargetIsDown(t *testing.T) {
 	}
 	if len(v.Loaded) != 0 {
 		t.Errorf("loaded %v while the target is down, want none known", v.Loaded)
+	}
+}
+
+// A job running on another Mac names that Mac (its foreman's target name) in its record
+// and in the view; once that foreman is gone (its presence withdrawn or lapsed), the view
+// says so: the job's record still says working, but no one runs it until its message
+// comes back (ADR-0064).
+func TestQueueViewNamesTheRunnerAndSaysWhenItIsGone(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	ctx := ctxT(t)
+	other, err := broker.Open(ctx, broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	tb.startOn(t, other, worker.Config{TargetName: "studio"})
+	ours, err := worker.New(worker.Config{Store: tb.b.Store, Target: tb.target, TargetName: "mini", Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := tb.chat(t, "tiny-a", 1)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	v := tb.viewOnceStarted(t, ours, running.ID)
+	if len(v.Elsewhere) != 1 || v.Elsewhere[0].Runner != "studio" || v.Elsewhere[0].RunnerGone {
+		t.Fatalf("running elsewhere %+v, want %s on studio, its foreman there", v.Elsewhere, running.ID)
+	}
+	rec, _, err := tb.b.Store.Get(ctx, running.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Runner != "studio" || rec.RunnerBoot != other.BootID() {
+		t.Errorf("record's runner %q (boot %q), want studio (boot %q)", rec.Runner, rec.RunnerBoot, other.BootID())
+	}
+	if tb.b.Store.RunnerGone(ctx, rec) {
+		t.Error("the runner of a job whose foreman is present is gone")
+	}
+
+	// The other foreman's presence goes, as at its death once its heartbeats lapse.
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := other.Announce(gone); err != nil {
+		t.Fatal(err)
+	}
+	if !tb.b.Store.RunnerGone(ctx, rec) {
+		t.Error("the runner of a job whose foreman's presence is gone is not gone")
+	}
+	if v, err = ours.QueueView(ctx, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Elsewhere) != 1 || v.Elsewhere[0].Runner != "studio" || !v.Elsewhere[0].RunnerGone {
+		t.Errorf("running elsewhere %+v once studio's foreman is gone, want %s marked runner_gone", v.Elsewhere, running.ID)
 	}
 }

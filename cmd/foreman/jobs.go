@@ -119,6 +119,9 @@ func printJob(w io.Writer, j *client.Job, now time.Time) error {
 	fmt.Fprintf(tw, "Model:\t%s\n", termSafe(j.Model))
 	fmt.Fprintf(tw, "State:\t%s\n", termSafe(string(j.State)))
 	fmt.Fprintf(tw, "Attempts:\t%d\n", j.Attempts)
+	if j.Runner != "" {
+		fmt.Fprintf(tw, "Runner:\t%s\n", runnerText(j.Runner, j.RunnerGone))
+	}
 	fmt.Fprintf(tw, "Created:\t%s\n", at(&j.CreatedAt))
 	fmt.Fprintf(tw, "Started:\t%s\n", at(j.StartedAt))
 	fmt.Fprintf(tw, "Finished:\t%s\n", at(j.FinishedAt))
@@ -144,6 +147,14 @@ func printJob(w io.Writer, j *client.Job, now time.Time) error {
 		return err
 	}
 	return nil
+}
+
+// runnerText names the Mac that runs a job, and says so when its foreman is gone.
+func runnerText(runner string, gone bool) string {
+	if !gone {
+		return termSafe(runner)
+	}
+	return termSafe(runner) + " (its foreman is gone: the job runs again once its ack wait ends)"
 }
 
 func compactJSON(raw json.RawMessage) string {

@@ -63,7 +63,11 @@ func newQueueCmd(e *env) *cobra.Command {
 				if j.StartedAt != nil {
 					age = ", " + shortAge(now.Sub(*j.StartedAt))
 				}
-				fmt.Fprintf(out, "On another Mac: %s %s (%s%s)\n", termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.State)), age)
+				on := ""
+				if j.Runner != "" {
+					on = ", on " + runnerText(j.Runner, j.RunnerGone)
+				}
+				fmt.Fprintf(out, "On another Mac: %s %s (%s%s%s)\n", termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.State)), age, on)
 			}
 			if p := q.Paused; p != nil {
 				fmt.Fprintf(out, "Paused:  %s for %s: %s\n", pauseText(p.Reason), shortAge(now.Sub(p.Since)), termSafe(p.Error))

@@ -89,14 +89,25 @@ func TestQueueCommandRunningElsewhere(t *testing.T) {
 	t.Parallel()
 	body := `{"running":null,"loaded":[],"queued":[],"total":0,"paused":null,` +
 		`"running_elsewhere":[{"job_id":"01JGJ4Q2R0000000000000000D","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"",` +
-		`"created_at":"2025-01-02T03:00:00Z","state":"working","started_at":"2025-01-02T03:03:05Z"}]}`
+		`"created_at":"2025-01-02T03:00:00Z","state":"working","started_at":"2025-01-02T03:03:05Z"},` +
+		`{"job_id":"01JGJ4Q2R0000000000000000E","model":"tiny-b","kind":"chat","priority":"normal","program":"",` +
+		`"created_at":"2025-01-02T03:00:00Z","state":"working","started_at":"2025-01-02T03:03:05Z","runner":"studio"},` +
+		`{"job_id":"01JGJ4Q2R0000000000000000F","model":"tiny-c","kind":"chat","priority":"normal","program":"",` +
+		`"created_at":"2025-01-02T03:00:00Z","state":"loading","started_at":"2025-01-02T03:03:05Z","runner":"mini\u001b[2J","runner_gone":true}]}`
 	url, _ := queueForemanOf(t, body)
 	r := runCLI(t, map[string]string{"FOREMAN_URL": url}, nil, nil, "queue")
 	if r.code != 0 {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
 	}
-	if !strings.Contains(r.stdout, "On another Mac: 01JGJ4Q2R0000000000000000D qwen2.5:0.5b (working, 1m)") {
-		t.Fatalf("foreman queue printed:\n%s", r.stdout)
+	for _, line := range []string{
+		"On another Mac: 01JGJ4Q2R0000000000000000D qwen2.5:0.5b (working, 1m)\n",
+		"On another Mac: 01JGJ4Q2R0000000000000000E tiny-b (working, 1m, on studio)\n",
+		// A runner's name is the other foreman's to choose: no terminal control goes out.
+		"On another Mac: 01JGJ4Q2R0000000000000000F tiny-c (loading, 1m, on mini\\x1b[2J (its foreman is gone: the job runs again once its ack wait ends))\n",
+	} {
+		if !strings.Contains(r.stdout, line) {
+			t.Errorf("foreman queue printed no line %q:\n%s", line, r.stdout)
+		}
 	}
 }
 

@@ -149,7 +149,14 @@ func topText(s *topSnapshot, now time.Time, url string) string {
 		if j.StartedAt != nil {
 			since = *j.StartedAt
 		}
-		fmt.Fprintf(&b, "ELSEWHERE  %s  %s  %s  %s  %s\n", termSafe(j.Model), programName(j.Program), termSafe(string(j.State)), topDuration(now.Sub(since)), termSafe(j.JobID))
+		on := ""
+		switch {
+		case j.RunnerGone:
+			on = "  on " + termSafe(j.Runner) + " (foreman gone)"
+		case j.Runner != "":
+			on = "  on " + termSafe(j.Runner)
+		}
+		fmt.Fprintf(&b, "ELSEWHERE  %s  %s  %s  %s  %s%s\n", termSafe(j.Model), programName(j.Program), termSafe(string(j.State)), topDuration(now.Sub(since)), termSafe(j.JobID), on)
 	}
 	if p := s.Paused; p != nil {
 		fmt.Fprintf(&b, "PAUSED   %s for %s: %s\n", pauseText(p.Reason), topDuration(now.Sub(p.Since)), termSafe(p.Error))

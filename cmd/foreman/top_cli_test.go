@@ -190,13 +190,19 @@ func TestTopShowsJobsRunningElsewhere(t *testing.T) {
 	now := time.Date(2025, 1, 2, 3, 4, 5, 0, time.UTC)
 	started := now.Add(-90 * time.Second)
 	snap := &topSnapshot{Elsewhere: []client.ElsewhereJob{{JobID: "01JGJ4Q2R0000000000000000D", Model: "qwen2.5:0.5b",
-		Kind: "chat", State: "working", CreatedAt: now.Add(-2 * time.Minute), StartedAt: &started}}}
+		Kind: "chat", State: "working", CreatedAt: now.Add(-2 * time.Minute), StartedAt: &started},
+		{JobID: "01JGJ4Q2R0000000000000000E", Model: "tiny-b", Kind: "chat", State: "working", CreatedAt: now.Add(-2 * time.Minute),
+			StartedAt: &started, Runner: "studio"},
+		{JobID: "01JGJ4Q2R0000000000000000F", Model: "tiny-c", Kind: "chat", State: "loading", CreatedAt: now.Add(-2 * time.Minute),
+			StartedAt: &started, Runner: "mini", RunnerGone: true}}}
 	var out strings.Builder
 	if err := renderTop(&out, snap, now, "http://foreman", 0, 0); err != nil {
 		t.Fatal(err)
 	}
-	if !regexp.MustCompile(`(?m)^RUNNING  -\nELSEWHERE  qwen2\.5:0\.5b  \S+  working  1m30s  01JGJ4Q2R0000000000000000D$`).MatchString(out.String()) {
-		t.Errorf("no ELSEWHERE line under RUNNING:\n%s", out.String())
+	if !regexp.MustCompile(`(?m)^RUNNING  -\nELSEWHERE  qwen2\.5:0\.5b  \S+  working  1m30s  01JGJ4Q2R0000000000000000D\n` +
+		`ELSEWHERE  tiny-b  \S+  working  1m30s  01JGJ4Q2R0000000000000000E  on studio\n` +
+		`ELSEWHERE  tiny-c  \S+  loading  1m30s  01JGJ4Q2R0000000000000000F  on mini \(foreman gone\)$`).MatchString(out.String()) {
+		t.Errorf("no ELSEWHERE lines under RUNNING naming their Macs:\n%s", out.String())
 	}
 }
 

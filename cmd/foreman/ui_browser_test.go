@@ -342,6 +342,8 @@ func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
 	dom := headless(t, browser, base+"/ui/", 3*time.Second)
 	if box := section(dom, "elsewhere", "</ul>"); !strings.Contains(box, `data-job-id="`+running+`"`) || strings.Contains(box, "hidden") {
 		t.Errorf("job %s is not shown running on another Mac:\n%s", running, box)
+	} else if !strings.Contains(box, "on mac-a: ") || strings.Contains(box, "runner-gone") {
+		t.Errorf("job %s is not shown running on mac-a, its foreman there:\n%s", running, box)
 	}
 	rows := section(dom, "queue-rows", "</tbody>")
 	if strings.Contains(rows, running) || !regexp.MustCompile(`data-job-id="`+waiting+`" class="queued-job"><td>1</td>`).MatchString(rows) {

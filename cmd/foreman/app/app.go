@@ -144,7 +144,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	}
 	// The worker is built first: the gateway shows its view of the queue.
 	wcfg := worker.Config{
-		Store: a.store, Target: a.target, Inventory: a.inv, TargetBack: targetBack,
+		Store: a.store, Target: a.target, Inventory: a.inv, TargetBack: targetBack, TargetName: cfg.TargetName,
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
 		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
 		NonStreamTimeout: cfg.NonStreamTimeout, Runs: a.runsModel,

@@ -212,9 +212,10 @@ function renderElsewhere(jobs) {
   jobs = jobs || [];
   box.hidden = !jobs.length;
   replaceChildren(box, jobs.map((j) => el("li", { "data-job-id": jobId(j), class: "elsewhere-job" },
-    el("span", { class: "muted" }, "on another Mac: "),
+    el("span", { class: "muted" }, j.runner ? "on " + j.runner + ": " : "on another Mac: "),
     j.model + " · " + j.state + " · " + fmtDur(Date.now() - (ms(j.started_at) || ms(j.created_at))) + " ",
     el("span", { class: "id" }, jobId(j)),
+    j.runner_gone ? el("span", { class: "warn", "data-field": "runner-gone" }, " its foreman is gone: runs again once its ack wait ends") : null,
   )));
 }
 
