@@ -241,7 +241,8 @@ func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 }
 
 // refusalReason names the refusals foreman makes by design: a full queue, a program over
-// its limit, request bodies in flight over their budget. Anything else is "".
+// its limit, request bodies in flight over their budget, artifact downloads over their
+// cap. Anything else is "".
 func refusalReason(err error) string {
 	switch {
 	case errors.Is(err, broker.ErrQueueFull):
@@ -250,6 +251,8 @@ func refusalReason(err error) string {
 		return "program_limit"
 	case errors.Is(err, errOverBudget):
 		return "body_budget"
+	case errors.Is(err, errArtifactReadsFull):
+		return "artifact_downloads"
 	}
 	return ""
 }

@@ -116,6 +116,8 @@ type Config struct {
 	// metadataMax replaces ollama.MaxMetadataBody, the most of a model list read whole
 	// from the target (/v1/models), in tests.
 	metadataMax int64
+	// artifactReads replaces maxArtifactReads, the artifact bodies sent at once, in tests.
+	artifactReads int
 	// writeCut, when set (tests only), is told of an answer's first failed write or
 	// flush (its client cut off by WriteTimeout, or gone).
 	writeCut func(err error)
@@ -164,6 +166,9 @@ func (c *Config) setDefaults() {
 	if c.metadataMax <= 0 {
 		c.metadataMax = ollama.MaxMetadataBody
 	}
+	if c.artifactReads <= 0 {
+		c.artifactReads = maxArtifactReads
+	}
 	if c.SyncPriority == "" {
 		c.SyncPriority = broker.PriorityHigh
 	}
@@ -210,6 +215,8 @@ type Server struct {
 	outageChecks outageChecks
 	// bodies is the budget of request bodies in flight (bodies.go).
 	bodies *bodyBudget
+	// artifactReads holds a token per artifact body being sent (jobs_artifacts.go).
+	artifactReads chan struct{}
 	// tokens are the accepted bearer tokens' digests; none means no auth.
 	tokens       []tokenKey
 	programLocks programLocks
@@ -240,7 +247,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{},
-		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}}
+		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}, artifactReads: make(chan struct{}, cfg.artifactReads)}
 	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
 	s.jobMetrics = newJobMetrics(s.models, cfg.Store.WroteState)
 	s.hostRefusals.Interval, s.originRefusals.Interval = refusalLogEvery, refusalLogEvery

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,7 +17,8 @@ import (
 // answered with the whole artifact (200), as a server may, and each part read from the
 // object's start would cost a read of it. The ETag is the bytes' digest, so
 // If-None-Match (304) and If-Range hold across the record's copy of a result and its
-// object alike.
+// object alike. At most Config.artifactReads bodies are sent at once (ADR-0065): past
+// that a GET is refused with 503; HEAD, 304 and 416 send none and are always answered.
 func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 	id, name := r.PathValue("id"), r.PathValue("name")
 	if err := broker.ValidateID(id); err != nil {
@@ -28,22 +30,13 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	ct := f.ContentType
-	if ct == "" {
-		ct = "application/octet-stream"
-	}
-	h := w.Header()
-	h.Set("Content-Type", ct)
-	// An artifact is the target's output, not foreman's page: never sniff or run it.
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Content-Security-Policy", "sandbox")
-	h.Set("Accept-Ranges", "bytes")
 	etag := ""
 	if f.Digest != "" {
 		etag = `"` + f.Digest + `"`
-		h.Set("ETag", etag)
 	}
+	h := w.Header()
 	if etag != "" && etagListed(r.Header.Get("If-None-Match"), etag) {
+		artifactHeaders(h, f, etag)
 		w.WriteHeader(http.StatusNotModified)
 		return
 	}
@@ -54,12 +47,25 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 		switch o, l, kind := byteRange(rng, f.Size); kind {
 		case rangeOne:
 			off, n, status = o, l, http.StatusPartialContent
-			h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, f.Size))
 		case rangeBeyond:
+			artifactHeaders(h, f, etag)
 			h.Set("Content-Range", fmt.Sprintf("bytes */%d", f.Size))
 			s.writeError(w, r, refuse(ErrRangeNotSatisfiable, fmt.Sprintf("range not satisfiable: %s has %d bytes", name, f.Size)))
 			return
 		}
+	}
+	if r.Method != http.MethodHead {
+		select {
+		case s.artifactReads <- struct{}{}:
+			defer func() { <-s.artifactReads }()
+		default:
+			s.writeError(w, r, s.artifactReadsRefusal())
+			return
+		}
+	}
+	artifactHeaders(h, f, etag)
+	if status == http.StatusPartialContent {
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", off, off+n-1, f.Size))
 	}
 	h.Set("Content-Length", strconv.FormatInt(n, 10))
 	w.WriteHeader(status)
@@ -72,6 +78,39 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 		// answer that ends short of it, so the client sees a cut answer, not a hang.
 		s.log.Warn("artifact read failed while served", "job_id", id, "artifact", name, "sent", rd.n, "of", n, "err", err)
 	}
+}
+
+// artifactHeaders sets the headers that describe artifact f, whatever part of it is sent.
+func artifactHeaders(h http.Header, f *broker.ArtifactFile, etag string) {
+	ct := f.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h.Set("Content-Type", ct)
+	// An artifact is the target's output, not foreman's page: never sniff or run it.
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "sandbox")
+	h.Set("Accept-Ranges", "bytes")
+	if etag != "" {
+		h.Set("ETag", etag)
+	}
+}
+
+// maxArtifactReads is how many artifact bodies are sent at once, all clients together
+// (ADR-0065). Each holds a chunk of its object (up to 128 KiB), a goroutine and a
+// connection for as long as its client reads, which a client decides: 64 hold 8 MiB of
+// chunks at most.
+const maxArtifactReads = 64
+
+// errArtifactReadsFull is an artifact download refused as maxArtifactReads are being sent.
+var errArtifactReadsFull = errors.New("artifact downloads over their cap")
+
+// artifactReadsRefusal is the client's 503 for an artifact body past the cap; it is
+// counted as a refusal by design (refusalReason "artifact_downloads").
+func (s *Server) artifactReadsRefusal() error {
+	return fmt.Errorf("%w: %w", errArtifactReadsFull, refuse(ErrUnavailable, fmt.Sprintf(
+		"too many artifact downloads: foreman sends at most %d artifact bodies at once; retry shortly",
+		cap(s.artifactReads))))
 }
 
 // readFailure remembers the error of its reader other than io.EOF: what io.Copy returns

@@ -2,11 +2,15 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -198,5 +202,102 @@ func TestArtifactServedAsRead(t *testing.T) {
 	}
 	if !errors.Is(err, io.ErrUnexpectedEOF) || !bytes.Equal(out, data[:sent]) {
 		t.Fatalf("GET: %d bytes, %v; want the %d before the missing chunk, then the answer cut", len(out), err, sent)
+	}
+}
+
+// heldWriter is a client that reads nothing of its answer until the test lets it: the
+// first Write of the body blocks until release is closed, and writing is closed then.
+type heldWriter struct {
+	header  http.Header
+	status  int
+	body    bytes.Buffer
+	writing chan struct{}
+	release chan struct{}
+	once    sync.Once
+}
+
+func newHeldWriter() *heldWriter {
+	return &heldWriter{header: http.Header{}, writing: make(chan struct{}), release: make(chan struct{})}
+}
+
+func (w *heldWriter) Header() http.Header  { return w.header }
+func (w *heldWriter) WriteHeader(code int) { w.status = code }
+
+func (w *heldWriter) Write(p []byte) (int, error) {
+	w.once.Do(func() { close(w.writing) })
+	<-w.release
+	return w.body.Write(p)
+}
+
+// Artifact bodies sent at once are capped: with the cap's downloads held open by clients
+// that read nothing, the next GET is refused at once with 503, Retry-After and a JSON
+// error (counted as a refusal), while HEAD, 304 and 416, which send no body, are still
+// answered; once a held download ends, its slot serves the next GET whole.
+func TestArtifactDownloadsAreCapped(t *testing.T) {
+	t.Parallel()
+	const held = 2
+	b := newTestBundle(t, withGateway(func(c *Config) { c.artifactReads = held }))
+	ctx := testCtx(t, 30*time.Second)
+	data := largeArtifact(300_000)
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[]}`)
+	finishJob(t, b.Broker.Store, id, nil, map[string][2]string{"big.bin": {"application/octet-stream", string(data)}})
+	path := "/jobs/" + id + "/artifacts/big.bin"
+
+	writers := make([]*heldWriter, held)
+	dones := make([]chan struct{}, held)
+	for i := range held {
+		w, done := newHeldWriter(), make(chan struct{})
+		writers[i], dones[i] = w, done
+		go func() {
+			defer close(done)
+			b.GW.ServeHTTP(w, httptest.NewRequestWithContext(ctx, http.MethodGet, path, nil))
+		}()
+		t.Cleanup(func() {
+			select {
+			case <-w.release:
+			default:
+				close(w.release)
+			}
+			<-done
+		})
+		select {
+		case <-w.writing:
+		case <-done:
+			t.Fatalf("download %d ended before its body was held: %d %v", i, w.status, w.header)
+		case <-ctx.Done():
+			t.Fatalf("download %d: no body began", i)
+		}
+	}
+
+	resp, out := b.request(t, http.MethodGet, path, nil)
+	var refusal struct{ Error string }
+	if err := json.Unmarshal(out, &refusal); err != nil || resp.StatusCode != http.StatusServiceUnavailable ||
+		!strings.Contains(refusal.Error, "too many artifact downloads") || resp.Header.Get("Retry-After") != "5" ||
+		!strings.HasPrefix(resp.Header.Get("Content-Type"), "application/json") || resp.Header.Get("ETag") != "" {
+		t.Fatalf("GET past the cap: %d %v %.200q; want 503 with Retry-After and a JSON error", resp.StatusCode, resp.Header, out)
+	}
+	if got := metricValue(scrape(t, b), "foreman_requests_refused_total", "reason", "artifact_downloads"); got != 1 {
+		t.Errorf("foreman_requests_refused_total{reason=artifact_downloads} = %v, want 1", got)
+	}
+	resp, _ = b.request(t, http.MethodHead, path, nil)
+	etag := resp.Header.Get("ETag")
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Length") != strconv.Itoa(len(data)) || etag == "" {
+		t.Errorf("HEAD at the cap: %d %v; want 200", resp.StatusCode, resp.Header)
+	}
+	if resp, _ = b.request(t, http.MethodGet, path, nil, "If-None-Match", etag); resp.StatusCode != http.StatusNotModified {
+		t.Errorf("GET If-None-Match at the cap: %d; want 304", resp.StatusCode)
+	}
+	if resp, _ = b.request(t, http.MethodGet, path, nil, "Range", "bytes=999999-"); resp.StatusCode != http.StatusRequestedRangeNotSatisfiable {
+		t.Errorf("GET past the end at the cap: %d; want 416", resp.StatusCode)
+	}
+
+	close(writers[0].release)
+	<-dones[0]
+	if w := writers[0]; w.status != http.StatusOK || !bytes.Equal(w.body.Bytes(), data) {
+		t.Fatalf("held download: %d, %d of %d bytes", w.status, w.body.Len(), len(data))
+	}
+	resp, out = b.request(t, http.MethodGet, path, nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Equal(out, data) {
+		t.Fatalf("GET after a download ended: %d, %d of %d bytes; want the artifact", resp.StatusCode, len(out), len(data))
 	}
 }
