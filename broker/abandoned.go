@@ -35,17 +35,18 @@ func (s *Store) CallerGone(ctx context.Context, j *Job) bool {
 // RunnerGone reports whether running job j (loading or working) was cut short by the
 // death of the foreman whose worker ran it: that foreman's presence lapsed (ADR-0064).
 // Its queue message comes back after the ack wait, to a worker whose target has its
-// model. A record that names no runner (from before runners were named), this process's
-// own, one on a store of this process's own (whatever runs there is this process's), or
+// model. A record that names no runner for its attempt (from before runners were named,
+// or started by such a foreman), this process's own, one on a store of this process's own (whatever runs there is this process's), or
 // one whose runner's presence cannot be read is not gone: only evidence says so.
 func (s *Store) RunnerGone(ctx context.Context, j *Job) bool {
 	if j.State != StateLoading && j.State != StateWorking {
 		return false
 	}
-	if j.RunnerBoot == "" || j.RunnerBoot == s.cfg.BootID || s.cfg.Exclusive {
+	_, boot := j.CurrentRunner()
+	if boot == "" || boot == s.cfg.BootID || s.cfg.Exclusive {
 		return false
 	}
-	return !s.present(ctx, j.RunnerBoot)
+	return !s.present(ctx, boot)
 }
 
 // CallerHere reports whether sync job j's caller waits on this process's gateway. Such a

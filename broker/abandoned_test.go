@@ -264,3 +264,58 @@ func TestExclusiveStoreRedeliversJobOfAConsumerTheServerSkipped(t *testing.T) {
 		})
 	}
 }
+
+// A running record's runner is gone only on evidence (ADR-0064): the presence of the
+// foreman that started its current attempt lapsed. Not when the runner fields name an
+// earlier attempt (a foreman from before them started this one, carrying them), not for
+// this process's own runs, not on a store of this process's own, not for a record
+// without a runner or one that no longer runs.
+func TestRunnerGoneOnlyOnEvidence(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	excl, err := broker.Open(ctx, broker.Config{Conn: b.Conn, Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := broker.NewID() // never present
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	if b.Store.RunnerGone(ctx, j) {
+		t.Error("a queued job's runner is gone")
+	}
+	running := *j
+	running.State, running.Attempt = broker.StateWorking, 1
+	if b.Store.RunnerGone(ctx, &running) {
+		t.Error("the runner of a record that names none is gone")
+	}
+	running.Runner, running.RunnerBoot, running.RunnerAttempt = "studio", dead, 1
+	if name, boot := running.CurrentRunner(); name != "studio" || boot != dead {
+		t.Errorf("current runner %q %q, want studio %q", name, boot, dead)
+	}
+	if !b.Store.RunnerGone(ctx, &running) {
+		t.Error("a runner whose foreman has no presence is not gone")
+	}
+	if excl.RunnerGone(ctx, &running) {
+		t.Error("a runner is gone on a store of this process's own")
+	}
+	later := running
+	later.Attempt = 2 // started by a foreman that names no runner
+	if name, boot := later.CurrentRunner(); name != "" || boot != "" || b.Store.RunnerGone(ctx, &later) {
+		t.Errorf("runner %q %q (gone %v) of attempt 2 named by attempt 1's start, want none", name, boot, b.Store.RunnerGone(ctx, &later))
+	}
+	own := running
+	own.RunnerBoot = b.Store.BootID()
+	if b.Store.RunnerGone(ctx, &own) {
+		t.Error("this process's own run is gone")
+	}
+	ended := running
+	ended.State = broker.StateDone
+	if b.Store.RunnerGone(ctx, &ended) {
+		t.Error("an ended job's runner is gone")
+	}
+	bad := running
+	bad.RunnerBoot = "not a key!"
+	if b.Store.RunnerGone(ctx, &bad) {
+		t.Error("a runner boot id that is no presence key counts as gone")
+	}
+}

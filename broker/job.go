@@ -200,13 +200,15 @@ type Job struct {
 	// set by the start write. Another message of a running job is a spare copy; the same
 	// one coming back is the run itself, redelivered after a crash.
 	QueueSeq uint64 `json:"queue_seq,omitempty"`
-	// Runner is the target name (FOREMAN_TARGET_NAME) of the foreman whose worker runs the
-	// current attempt, or ran the last one; RunnerBoot is that foreman's boot id, which
-	// its presence (CallerGone's bucket) is kept under: a running record whose runner is
-	// no longer present was cut short by that foreman's death (ADR-0064). Both are set
-	// by the start write; empty on records from before them.
-	Runner     string `json:"runner,omitempty"`
-	RunnerBoot string `json:"runner_boot,omitempty"`
+	// Runner is the target name (FOREMAN_TARGET_NAME) of the foreman whose worker started
+	// attempt RunnerAttempt; RunnerBoot is that foreman's boot id, which its presence
+	// (CallerGone's bucket) is kept under: a running record whose runner is no longer
+	// present was cut short by that foreman's death (ADR-0064). The start write sets all
+	// three; a foreman from before them carries them through its own start write
+	// (ADR-0063) with the attempt they name behind the record's: use CurrentRunner.
+	Runner        string `json:"runner,omitempty"`
+	RunnerBoot    string `json:"runner_boot,omitempty"`
+	RunnerAttempt int    `json:"runner_attempt,omitempty"`
 	// Priority is the job's class; empty on records from before classes: read as normal.
 	Priority Priority `json:"priority,omitempty"`
 	// Program is the program the job was submitted for; "" is the anonymous program.
@@ -227,6 +229,17 @@ type Job struct {
 	raw       []byte
 	later     map[string]json.RawMessage
 	laterRead bool
+}
+
+// CurrentRunner is the target name and boot id of the foreman that started the record's
+// attempt (its last one, for an ended job); empty when that foreman did not say (one
+// from before runners were named, or no attempt yet). Runner fields naming an earlier
+// attempt are not the current one's.
+func (j *Job) CurrentRunner() (name, boot string) {
+	if j.Attempt == 0 || j.RunnerAttempt != j.Attempt {
+		return "", ""
+	}
+	return j.Runner, j.RunnerBoot
 }
 
 // jobMembers are the JSON members Job has.

@@ -361,6 +361,29 @@ func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) 
 	return data, nil
 }
 
+// awaitArtifact reads an artifact of a finished job as Artifact does, waiting out each
+// 503 that says when to try again (foreman sending as many artifact bodies as it sends at
+// once, ADR-0065) until ctx ends: the job is done, and its caller asked for its result.
+func (c *Client) awaitArtifact(ctx context.Context, id, name string) ([]byte, error) {
+	for {
+		data, err := c.Artifact(ctx, id, name)
+		var ae *APIError
+		if err == nil || !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.RetryAfter <= 0 {
+			return data, err
+		}
+		t := time.NewTimer(min(ae.RetryAfter, maxArtifactRetryWait))
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		case <-t.C:
+		}
+	}
+}
+
+// maxArtifactRetryWait bounds one wait of awaitArtifact, whatever Retry-After asks.
+const maxArtifactRetryWait = 30 * time.Second
+
 // Result is a finished job.
 type Result struct {
 	// Job is the job's final record.
@@ -422,7 +445,7 @@ func (c *Client) result(ctx context.Context, j *Job) (*Result, error) {
 		if data, ok := a.Bytes(); ok {
 			return &Result{Job: j, Body: data}, nil
 		}
-		body, err := c.Artifact(ctx, j.ID, a.Name)
+		body, err := c.awaitArtifact(ctx, j.ID, a.Name)
 		if err != nil {
 			return nil, err
 		}

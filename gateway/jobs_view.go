@@ -67,8 +67,8 @@ func (s *Server) jobView(ctx context.Context, j *broker.Job, inline bool) jobVie
 		CreatedAt: j.CreatedAt, StartedAt: j.StartedAt, FinishedAt: j.FinishedAt,
 		Error: j.Error, Result: j.Result, Artifacts: []artifactView{}, Webhook: j.Webhook,
 		CancelRequested: j.CancelRequested, Priority: j.Priority, Program: j.Program,
-		Runner: j.Runner,
 	}
+	v.Runner, _ = j.CurrentRunner()
 	if inline {
 		v.RunnerGone = s.store.RunnerGone(ctx, j)
 	}

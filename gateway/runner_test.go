@@ -29,7 +29,7 @@ func TestJobViewNamesItsRunnerAndSaysWhenItIsGone(t *testing.T) {
 	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
 	// The other foreman's worker starts it, as its start write does.
 	if _, _, err := other.Modify(ctx, id, func(j *broker.Job) error {
-		j.State, j.Attempt, j.Runner, j.RunnerBoot = broker.StateWorking, 1, "studio", other.BootID()
+		j.State, j.Attempt, j.Runner, j.RunnerBoot, j.RunnerAttempt = broker.StateWorking, 1, "studio", other.BootID(), 1
 		return nil
 	}); err != nil {
 		t.Fatal(err)

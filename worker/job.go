@@ -304,8 +304,8 @@ func (w *Worker) storeLateStart(ctx context.Context, d *broker.Lease, read int) 
 	return w.retryWrite(ctx, d.JobID, false, func(j *broker.Job) {
 		if j.Attempt == read {
 			j.State, j.Error, j.QueueSeq = broker.StateWorking, "", d.Seq
-			w.nameRunner(j)
 			j.Attempt++
+			w.nameRunner(j)
 		}
 	})
 }

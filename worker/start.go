@@ -56,8 +56,8 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 		var newRev uint64
 		sw.job, newRev, sw.err = w.transitionFrom(ctx, j, rev, fromLive, func(j *broker.Job) {
 			j.State, j.Error, j.QueueSeq = state, "", d.Seq
-			w.nameRunner(j)
 			j.Attempt++
+			w.nameRunner(j)
 		})
 		if lost := w.cfg.startAnswerLost; sw.err == nil && lost != nil && lost(d.JobID) {
 			sw.job, sw.err = nil, errors.New("start stored, its answer lost (test)")
@@ -73,9 +73,10 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 	return sw
 }
 
-// nameRunner names this foreman as the runner of j's attempt being started (ADR-0064).
+// nameRunner names this foreman as the runner of j's attempt being started, counted
+// already (ADR-0064).
 func (w *Worker) nameRunner(j *broker.Job) {
-	j.Runner, j.RunnerBoot = w.cfg.TargetName, w.store.BootID()
+	j.Runner, j.RunnerBoot, j.RunnerAttempt = w.cfg.TargetName, w.store.BootID(), j.Attempt
 }
 
 // startFailed ends an attempt whose start write failed, its target call aborted: a job

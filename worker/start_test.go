@@ -397,6 +397,11 @@ func TestSyncJobAnswerDoesNotWaitForTheStartWrite(t *testing.T) {
 	if rec.Attempt != 1 || len(rec.Result) == 0 {
 		t.Fatalf("done at attempt %d with result %q, want attempt 1 and the answer", rec.Attempt, rec.Result)
 	}
+	// The start stored again names its runner as the first one would have (ADR-0064).
+	if _, boot := rec.CurrentRunner(); boot != h.tb.b.Store.BootID() {
+		t.Errorf("runner boot %q of attempt %d (record %q, attempt %d), want this foreman's %q",
+			boot, rec.Attempt, rec.RunnerBoot, rec.RunnerAttempt, h.tb.b.Store.BootID())
+	}
 	h.tb.waitQueueEmpty(t)
 	if finished := finishedCalls(h.tb.fake); finished != 2 { // the loading job and this one
 		t.Errorf("fake finished %d calls, want 2", finished)

@@ -108,7 +108,11 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 		v, ended := w.computeView(msgs, heads, own, now)
 		if len(ended) == 0 {
 			w.markRunnersGone(ctx, v.Elsewhere, heads)
-			w.view = v
+			if ctx.Err() == nil {
+				// A presence read cut short by the caller's end says present: the view
+				// is this caller's, not one to serve others.
+				w.view = v
+			}
 			return v, nil
 		}
 		for _, id := range ended {
@@ -130,16 +134,26 @@ func (w *Worker) markRunnersGone(ctx context.Context, jobs []broker.ElsewhereJob
 	gone := map[string]bool{}
 	for i := range jobs {
 		j := heads[jobs[i].JobID]
-		if j == nil || j.RunnerBoot == "" {
+		if j == nil {
 			continue
 		}
-		g, ok := gone[j.RunnerBoot]
+		_, boot := j.CurrentRunner()
+		if boot == "" {
+			continue
+		}
+		g, ok := gone[boot]
 		if !ok {
 			g = w.store.RunnerGone(ctx, j)
-			gone[j.RunnerBoot] = g
+			gone[boot] = g
 		}
 		jobs[i].RunnerGone = g
 	}
+}
+
+// runnerName is the target name of the foreman that started j's attempt (ADR-0064).
+func runnerName(j *broker.Job) string {
+	name, _ := j.CurrentRunner()
+	return name
 }
 
 // ownJobs is the ids of the jobs this worker runs or is finishing.
@@ -275,7 +289,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			gone[m.JobID] = true
 			elsewhere = append(elsewhere, broker.ElsewhereJob{
 				JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
-				CreatedAt: m.Enqueued.UTC(), State: j.State, StartedAt: j.StartedAt, Runner: j.Runner,
+				CreatedAt: m.Enqueued.UTC(), State: j.State, StartedAt: j.StartedAt, Runner: runnerName(j),
 			})
 		case j.State.Terminal():
 			gone[m.JobID] = true // its result is being stored: it waits no more

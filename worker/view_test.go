@@ -318,8 +318,8 @@ func TestQueueViewNamesTheRunnerAndSaysWhenItIsGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Runner != "studio" || rec.RunnerBoot != other.BootID() {
-		t.Errorf("record's runner %q (boot %q), want studio (boot %q)", rec.Runner, rec.RunnerBoot, other.BootID())
+	if name, boot := rec.CurrentRunner(); name != "studio" || boot != other.BootID() || rec.RunnerAttempt != 1 {
+		t.Errorf("record's runner %q (boot %q, attempt %d), want studio (boot %q, attempt 1)", name, boot, rec.RunnerAttempt, other.BootID())
 	}
 	if tb.b.Store.RunnerGone(ctx, rec) {
 		t.Error("the runner of a job whose foreman is present is gone")

@@ -119,7 +119,7 @@ func printJob(w io.Writer, j *client.Job, now time.Time) error {
 	fmt.Fprintf(tw, "Model:\t%s\n", termSafe(j.Model))
 	fmt.Fprintf(tw, "State:\t%s\n", termSafe(string(j.State)))
 	fmt.Fprintf(tw, "Attempts:\t%d\n", j.Attempts)
-	if j.Runner != "" {
+	if j.Runner != "" || j.RunnerGone {
 		fmt.Fprintf(tw, "Runner:\t%s\n", runnerText(j.Runner, j.RunnerGone))
 	}
 	fmt.Fprintf(tw, "Created:\t%s\n", at(&j.CreatedAt))
@@ -151,10 +151,14 @@ func printJob(w io.Writer, j *client.Job, now time.Time) error {
 
 // runnerText names the Mac that runs a job, and says so when its foreman is gone.
 func runnerText(runner string, gone bool) string {
-	if !gone {
-		return termSafe(runner)
+	name := termSafe(runner)
+	if name == "" {
+		name = "an unnamed Mac" // a worker embedded without a target name
 	}
-	return termSafe(runner) + " (its foreman is gone: the job runs again once its ack wait ends)"
+	if !gone {
+		return name
+	}
+	return name + " (its foreman is gone: the job runs again once its ack wait ends)"
 }
 
 func compactJSON(raw json.RawMessage) string {

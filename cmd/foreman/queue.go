@@ -64,7 +64,7 @@ func newQueueCmd(e *env) *cobra.Command {
 					age = ", " + shortAge(now.Sub(*j.StartedAt))
 				}
 				on := ""
-				if j.Runner != "" {
+				if j.Runner != "" || j.RunnerGone {
 					on = ", on " + runnerText(j.Runner, j.RunnerGone)
 				}
 				fmt.Fprintf(out, "On another Mac: %s %s (%s%s%s)\n", termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.State)), age, on)

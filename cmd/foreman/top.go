@@ -150,11 +150,11 @@ func topText(s *topSnapshot, now time.Time, url string) string {
 			since = *j.StartedAt
 		}
 		on := ""
-		switch {
-		case j.RunnerGone:
-			on = "  on " + termSafe(j.Runner) + " (foreman gone)"
-		case j.Runner != "":
-			on = "  on " + termSafe(j.Runner)
+		if j.Runner != "" || j.RunnerGone {
+			on = "  on " + runnerText(j.Runner, false)
+		}
+		if j.RunnerGone {
+			on += " (foreman gone)"
 		}
 		fmt.Fprintf(&b, "ELSEWHERE  %s  %s  %s  %s  %s%s\n", termSafe(j.Model), programName(j.Program), termSafe(string(j.State)), topDuration(now.Sub(since)), termSafe(j.JobID), on)
 	}

@@ -14,7 +14,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -348,6 +350,30 @@ func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
 	rows := section(dom, "queue-rows", "</tbody>")
 	if strings.Contains(rows, running) || !regexp.MustCompile(`data-job-id="`+waiting+`" class="queued-job"><td>1</td>`).MatchString(rows) {
 		t.Errorf("the queue should hold %s alone, at position 1:\n%s", waiting, rows)
+	}
+
+	// The waiting job's record made to say a third foreman runs it, one whose presence is
+	// gone (it died): the page says so (ADR-0064).
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	st, err := broker.Open(ctx, broker.Config{Conn: nc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := st.Modify(ctx, waiting, func(j *broker.Job) error {
+		j.State, j.Attempt = broker.StateWorking, 1
+		j.Runner, j.RunnerBoot, j.RunnerAttempt = "mac-c", broker.NewID(), 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "mac B's queue to show "+waiting+" on a Mac whose foreman is gone", func() bool { return queueTotal(t, base) == 0 })
+	dom = headless(t, browser, base+"/ui/", 3*time.Second)
+	if box := section(dom, "elsewhere", "</ul>"); !regexp.MustCompile(`data-job-id="` + waiting + `"[^>]*><span class="muted">on mac-c: </span>.*?<span class="warn" data-field="runner-gone">`).MatchString(box) {
+		t.Errorf("job %s is not shown on mac-c with its foreman gone:\n%s", waiting, box)
 	}
 	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {
 		abs, _ := filepath.Abs(strings.TrimSuffix(path, ".png") + "-elsewhere.png")
