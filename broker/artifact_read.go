@@ -88,6 +88,22 @@ func (s *Store) leaderObjectInfo(ctx context.Context, name string) (*jetstream.O
 	return &info, nil
 }
 
+// leaderObject reads object name whole as the stream's leader has it: its info from the
+// leader, its chunks one at a time as ArtifactFile.Reader reads them (from the leader
+// once a replica is found behind), its digest checked at the end.
+func (s *Store) leaderObject(ctx context.Context, name string) ([]byte, error) {
+	var info *jetstream.ObjectInfo
+	err := s.retry(ctx, func(ctx context.Context) (err error) {
+		info, err = s.leaderObjectInfo(ctx, name)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	f := &ArtifactFile{Artifact: Artifact{Size: int64(info.Size)}, Digest: info.Digest, s: s, info: info}
+	return readSized(f.Reader(ctx, 0, f.Size), info.Size)
+}
+
 // Reader reads n bytes of the artifact from offset off (both within Size).
 //
 // An object is read one chunk at a time, as its bytes are asked for, with the stream's

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -173,7 +174,23 @@ func (s *Store) leaderRecord(ctx context.Context, id string) (*Job, error) {
 // jetstream's GetBytes grows one from nothing instead: for a body of 30 MB that is 64 MB
 // of buffers made (the last one half empty), on the worker's way to each large job. The
 // read goes on to the object's end, where its digest is checked.
+//
+// The object's info is a direct get, which a replica behind the one that stored the
+// object may answer "not found" (leaderget.go), and its chunks come from a consumer on a
+// replica that may not have the last of them yet: the read ends short, and its digest
+// does not match. On a store that may be replicated either is the stream's leader's to
+// settle before the object counts as gone (a job's request body, which fails the job) or
+// corrupt (which costs the job an attempt).
 func (s *Store) getObject(ctx context.Context, name string) ([]byte, error) {
+	data, err := s.readObject(ctx, name)
+	if s.mayBeReplicated() && (errors.Is(err, jetstream.ErrObjectNotFound) || errors.Is(err, jetstream.ErrDigestMismatch)) {
+		return s.leaderObject(ctx, name)
+	}
+	return data, err
+}
+
+// readObject reads object name whole through the object store, any replica answering.
+func (s *Store) readObject(ctx context.Context, name string) ([]byte, error) {
 	res, err := s.artifacts.Get(ctx, name)
 	if err != nil {
 		return nil, err
@@ -183,11 +200,16 @@ func (s *Store) getObject(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	return readSized(res, info.Size)
+}
+
+// readSized reads r to its end into a buffer made for size bytes.
+func readSized(r io.Reader, size uint64) ([]byte, error) {
 	// MinRead more: bytes.Buffer grows its buffer (doubling it) when less than that is
 	// free before a read, the last one (which finds the end) included. The size only
 	// sizes the buffer, which grows past it if the object is larger.
-	buf := bytes.NewBuffer(make([]byte, 0, min(info.Size, maxObjectPrealloc)+bytes.MinRead))
-	if _, err := buf.ReadFrom(res); err != nil {
+	buf := bytes.NewBuffer(make([]byte, 0, min(size, maxObjectPrealloc)+bytes.MinRead))
+	if _, err := buf.ReadFrom(r); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil

@@ -1,0 +1,82 @@
+package broker_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// A request body too large for its queue message is read on delivery from the object
+// store, whose object info is a direct get that any replica answers: one behind the
+// submit's writes says "not found" of the body (a responder stands for it, racing the
+// replicas to answer each get). The body is still read, whole, on every delivery: the
+// worker fails a job whose body it is told is gone (ADR-0019).
+func TestClusterBodyPastALaggingReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	// Each delivery is handed back at once to be read again: the consumer must not give
+	// the job up first.
+	st := c.Open(t, func(cfg *broker.Config) { cfg.MaxAttempts = 1000 })
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	// An image of 900 KB, base64: past a 1 MiB max payload's inline limit, so stored.
+	body, err := json.Marshal(map[string]any{"model": "tiny-a", "stream": false, "messages": []map[string]any{
+		{"role": "user", "content": "what is this?", "images": []string{base64.StdEncoding.EncodeToString(artifactBytes(900_000))}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.BodyRef == "" {
+		t.Fatal("the body rides in the queue message: the test shows nothing")
+	}
+	lagging := c.Connect(t)
+	lagArtifactReads(t, lagging)
+	// The leader's reads, counted as they go by: the store must have asked it.
+	leaderReads, err := lagging.SubscribeSync("$JS.API.STREAM.MSG.GET.OBJ_" + broker.ArtifactsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lagging.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	// The stand-in wins some races and not others: the job is leased (and handed back)
+	// until the store has asked the leader at least once, 20 times at least, each time
+	// with its whole body.
+	tok := token(t, "tiny-a")
+	for i := 0; ; i++ {
+		d, err := st.NextWait(ctx, tok, 10*time.Second)
+		if err != nil || d == nil {
+			t.Fatalf("lease %d: %v", i, err)
+		}
+		if !bytes.Equal(d.Body, body) {
+			t.Fatalf("lease %d: a body of %d bytes, not the %d submitted", i, len(d.Body), len(body))
+		}
+		if err := d.Msg.Nak(); err != nil {
+			t.Fatalf("hand back lease %d: %v", i, err)
+		}
+		if n, _, _ := leaderReads.Pending(); n > 0 && i >= 20 {
+			break
+		}
+		if i == 200 {
+			// The copies of the leader's reads reach this connection by another route
+			// than the reads themselves: give the last of them time to come.
+			if _, err := leaderReads.NextMsg(5 * time.Second); err != nil {
+				t.Fatal("the store never asked the leader in 200 leases: the test shows nothing")
+			}
+			break
+		}
+	}
+}
