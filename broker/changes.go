@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -43,14 +44,20 @@ type ChangeConsumerConfig struct {
 // until acked (at least once, in order per job). See Store.ConsumeChanges.
 type ChangeConsumer struct {
 	nc   *nats.Conn
-	open func(ctx context.Context) (jetstream.MessagesContext, jetstream.Consumer, error)
+	open func(ctx context.Context) (jetstream.MessagesContext, jetstream.Consumer, jetstream.Stream, error)
 	// stopped is closed by Stop.
 	stopped  chan struct{}
 	stopOnce sync.Once
 
-	mu   sync.Mutex
-	it   jetstream.MessagesContext // nil while it must be made again
-	cons jetstream.Consumer        // it's consumer
+	mu     sync.Mutex
+	it     jetstream.MessagesContext // nil while it must be made again
+	cons   jetstream.Consumer        // it's consumer
+	stream jetstream.Stream          // cons's stream
+	// pin is the pin id (Nats-Pin-Id) of the last change the server sent this process:
+	// Release gives the pin up only while it is still this one.
+	pin string
+	// given are the changes handed back (Change.GiveBack), for Release to offer again.
+	given []jetstream.Msg
 }
 
 // Change is one write of a job record.
@@ -69,6 +76,7 @@ type Change struct {
 	NumDelivered uint64
 	MetaErr      error
 	msg          jetstream.Msg
+	from         *ChangeConsumer
 }
 
 // Ack marks the change handled.
@@ -81,15 +89,25 @@ func (c *Change) InProgress() error { return c.msg.InProgress() }
 // NakWithDelay offers the change again after delay.
 func (c *Change) NakWithDelay(delay time.Duration) error { return c.msg.NakWithDelay(delay) }
 
+// GiveBack leaves the change, not handled, to its consumer's Release, which offers it
+// again at once, in stream order with the others this process still holds, before it
+// gives the consumer up: for a change Next returned that a stop leaves unhandled.
+func (c *Change) GiveBack() {
+	c.from.mu.Lock()
+	defer c.from.mu.Unlock()
+	c.from.given = append(c.from.given, c.msg)
+}
+
 // ConsumeChanges creates or updates the durable consumer cfg.Durable of job record changes
 // and starts taking them. Of several processes consuming it, one at a time takes the
-// changes (a pinned client, on nats-server 2.11 and later). Stop it when done.
+// changes (a pinned client, on nats-server 2.11 and later). Stop it when done, and
+// Release it at a stop in order.
 func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*ChangeConsumer, error) {
 	c := &ChangeConsumer{nc: s.nc, stopped: make(chan struct{})}
-	c.open = func(ctx context.Context) (jetstream.MessagesContext, jetstream.Consumer, error) {
+	c.open = func(ctx context.Context) (jetstream.MessagesContext, jetstream.Consumer, jetstream.Stream, error) {
 		stream, err := s.js.Stream(ctx, jobsStream)
 		if err != nil {
-			return nil, nil, fmt.Errorf("stream of %s: %w", JobsBucket, err)
+			return nil, nil, nil, fmt.Errorf("stream of %s: %w", JobsBucket, err)
 		}
 		cons, err := stream.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 			Durable:       cfg.Durable,
@@ -103,12 +121,13 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*
 			Replicas:      s.cfg.Replicas,
 			// One process at a time takes the changes, the others' pulls wait: a job's
 			// changes split between foremen would go out of order (ADR-0052). A pinned
-			// process that stops pulling for PinnedTTL (2m) gives way to another.
+			// process that stops pulling for PinnedTTL (2m) gives way to another; one that
+			// stops in order gives the pin up at once (Release).
 			PriorityPolicy: jetstream.PriorityPolicyPinned,
 			PriorityGroups: []string{changesGroup},
 		})
 		if err != nil {
-			return nil, nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
+			return nil, nil, nil, fmt.Errorf("consumer %s: %w", cfg.Durable, err)
 		}
 		opts := []jetstream.PullMessagesOpt{jetstream.PullMaxMessages(min(64, cfg.MaxAckPending))}
 		if cfg.PullExpiry > 0 {
@@ -121,15 +140,15 @@ func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*
 		}
 		it, err := cons.Messages(opts...)
 		if err != nil {
-			return nil, nil, fmt.Errorf("consume: %w", err)
+			return nil, nil, nil, fmt.Errorf("consume: %w", err)
 		}
-		return it, cons, nil
+		return it, cons, stream, nil
 	}
-	it, cons, err := c.open(ctx)
+	it, cons, stream, err := c.open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c.it, c.cons = it, cons
+	c.it, c.cons, c.stream = it, cons, stream
 	return c, nil
 }
 
@@ -152,7 +171,16 @@ func (c *ChangeConsumer) Next() (*Change, error) {
 		}
 		msg, err := it.Next()
 		if err == nil {
-			return change(msg), nil
+			c.notePin(msg)
+			select {
+			case <-c.stopped: // come in after Stop: Release offers it again
+				c.mu.Lock()
+				c.given = append(c.given, msg)
+				c.mu.Unlock()
+				return nil, ErrChangesStopped
+			default:
+			}
+			return c.change(msg), nil
 		}
 		select {
 		case <-c.stopped:
@@ -223,11 +251,14 @@ func (c *ChangeConsumer) iterator() (jetstream.MessagesContext, error) {
 	}
 	ctx, cancel := c.untilStop(10 * time.Second)
 	defer cancel()
-	it, cons, err := c.open(ctx)
+	it, cons, stream, err := c.open(ctx)
 	if err == nil {
 		select {
 		case <-c.stopped:
-			it.Stop()
+			// Its pulls may have been answered already (and pinned it): Release takes
+			// what they brought.
+			c.it, c.cons, c.stream = it, cons, stream
+			it.Drain()
 			return nil, ErrChangesStopped
 		default:
 		}
@@ -240,12 +271,25 @@ func (c *ChangeConsumer) iterator() (jetstream.MessagesContext, error) {
 		}
 		return nil, fmt.Errorf("broker: make the change consumer again: %w", err)
 	}
-	c.it, c.cons = it, cons
+	c.it, c.cons, c.stream = it, cons, stream
 	return it, nil
 }
 
-func change(msg jetstream.Msg) *Change {
-	ch := &Change{JobID: strings.TrimPrefix(msg.Subject(), kvJobPrefix), Data: msg.Data(), msg: msg,
+// notePin keeps the pin id msg came with.
+func (c *ChangeConsumer) notePin(msg jetstream.Msg) {
+	if pin := msg.Headers().Get(pinHeader); pin != "" {
+		c.mu.Lock()
+		c.pin = pin
+		c.mu.Unlock()
+	}
+}
+
+// pinHeader carries, on each message of a pinned consumer, the pin id of the client the
+// server sent it to.
+const pinHeader = "Nats-Pin-Id"
+
+func (c *ChangeConsumer) change(msg jetstream.Msg) *Change {
+	ch := &Change{JobID: strings.TrimPrefix(msg.Subject(), kvJobPrefix), Data: msg.Data(), msg: msg, from: c,
 		Refresh: msg.Headers().Get(HeaderRefresh) != "", SameState: msg.Headers().Get(HeaderSameState) != ""}
 	if op := msg.Headers().Get("KV-Operation"); op == "DEL" || op == "PURGE" {
 		ch.Deleted, ch.Data = true, nil
@@ -260,20 +304,112 @@ func change(msg jetstream.Msg) *Change {
 	return ch
 }
 
-// Stop ends Next; safe to call from another goroutine and twice.
+// Stop ends Next and the pulls; safe to call from another goroutine and twice. The
+// changes pulled but not yet returned stay for Release (after a Stop without one they
+// come again after AckWait, and the pin stays until its TTL).
 func (c *ChangeConsumer) Stop() {
 	c.stopOnce.Do(func() { close(c.stopped) })
 	c.mu.Lock()
 	it := c.it
 	c.mu.Unlock()
 	if it != nil {
-		it.Stop()
+		it.Drain()
 	}
 }
 
-// Flush waits, up to timeout, until the server has the acks and NAKs sent so far: NAKs
-// lost in a stop wait out AckWait after the next start.
-func (c *ChangeConsumer) Flush(timeout time.Duration) { _ = c.nc.FlushTimeout(timeout) }
+// Release gives the consumer up at a stop in order, so that another process (or this
+// one's next start) takes the changes at once rather than after the pin's TTL (2m,
+// ADR-0052). Call it after Stop, once every change Next returned is acked, NAKed or
+// handed back (Change.GiveBack), and before the connection is drained. In order:
+//  1. it waits for the pulls to end (the server sends this process nothing more) and
+//     takes the changes they brought that Next did not return;
+//  2. it looks at the consumer, which drops this process's pull requests at the server;
+//  3. it NAKs those changes and the ones handed back, in stream order, the last waiting
+//     for the server's answer (the consumer applies acks and NAKs from a queue, later
+//     than a flush returns): they are then offered before any later change;
+//  4. it unpins the consumer if this process still holds the pin (the server unpins
+//     whichever client holds it: a process that is not pinned leaves the pin alone).
+//
+// ctx bounds it all; changes left then come again after AckWait, and the pin is left to
+// its TTL.
+func (c *ChangeConsumer) Release(ctx context.Context) error {
+	c.Stop()
+	c.mu.Lock()
+	it, cons, stream := c.it, c.cons, c.stream
+	c.mu.Unlock()
+	var held []jetstream.Msg
+	if it != nil {
+		for {
+			// Drained, the iterator returns what is buffered, then ends once the server
+			// has the unsubscription.
+			msg, err := it.Next(jetstream.NextContext(ctx))
+			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+				break
+			}
+			if err != nil {
+				continue // a status (a deleted consumer) ends the iterator at the next call
+			}
+			c.notePin(msg)
+			held = append(held, msg)
+		}
+	}
+	c.mu.Lock()
+	held = append(held, c.given...)
+	c.given = nil
+	pin := c.pin
+	c.mu.Unlock()
+	var errs []error
+	// A look at the consumer also makes the server drop this process's pull requests,
+	// now without interest: one still listed when a NAKed event is up, with no other
+	// pull that may take it, sends the event to the back of the redelivery queue.
+	var info *jetstream.ConsumerInfo
+	if cons != nil {
+		var err error
+		if info, err = cons.Info(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("consumer info: %w", err))
+		}
+	}
+	slices.SortFunc(held, func(a, b jetstream.Msg) int { return cmp.Compare(streamSeq(a), streamSeq(b)) })
+	for i, msg := range held {
+		if i < len(held)-1 {
+			if err := msg.Nak(); err != nil {
+				errs = append(errs, err)
+			}
+			continue
+		}
+		// The server applies acks and NAKs from a queue of the consumer's, in order, after
+		// a flush has returned: the last NAK waits for its answer, so that all of them are
+		// applied (the events on the redelivery queue) before the pin goes.
+		if _, err := c.nc.RequestWithContext(ctx, msg.Reply(), []byte("-NAK")); err != nil {
+			errs = append(errs, fmt.Errorf("nak: %w", err))
+		}
+	}
+	if err := c.nc.FlushWithContext(ctx); err != nil {
+		return errors.Join(append(errs, fmt.Errorf("flush: %w", err))...)
+	}
+	if pin == "" || info == nil {
+		return errors.Join(errs...) // never pinned (or a server before 2.11)
+	}
+	for _, g := range info.PriorityGroups {
+		if g.Group == changesGroup && g.PinnedClientID == pin {
+			// Between the look and the unpin the pin changes hands only at its TTL
+			// (this process pulls no more) or by an operator's unpin.
+			if err := stream.UnpinConsumer(ctx, info.Name, changesGroup); err != nil {
+				errs = append(errs, fmt.Errorf("unpin: %w", err))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// streamSeq is msg's stream sequence; 0 when the server sent none.
+func streamSeq(msg jetstream.Msg) uint64 {
+	md, err := msg.Metadata()
+	if err != nil {
+		return 0
+	}
+	return md.Sequence.Stream
+}
 
 // RedeliverReply is the webhook dispatcher's answer on RedeliverSubject.
 type RedeliverReply struct {

@@ -256,8 +256,8 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 		return d.onRedeliver(ctx, id)
 	})
 	if err != nil {
-		changes.Stop()
 		d.stop()
+		d.release(changes)
 		return fmt.Errorf("webhook: %w", err)
 	}
 	go func() {
@@ -306,10 +306,25 @@ func (d *Dispatcher) Run(ctx context.Context) error {
 
 	stopRedeliver()
 	d.stop()
-	// NAKs of events not yet stored must reach the server before the connection is
-	// drained, or they wait out AckWait after the next start.
-	changes.Flush(2 * time.Second)
+	d.release(changes)
 	return nil
+}
+
+// releaseTimeout bounds the hand-over of the change consumer at a stop.
+const releaseTimeout = 5 * time.Second
+
+// release hands the change consumer over at a stop (ADR-0052, amended): the events this
+// dispatcher took and did not store (handed back by handle, or left in the client's
+// buffer) are offered again, in order and ahead of any later event, and then the pin is
+// given up, so that another foreman's dispatcher (or this one's next start) takes the
+// events at once, not after the pin's 2-minute TTL. All of it reaches the server before
+// the connection is drained. Call it once the intake is done.
+func (d *Dispatcher) release(changes *broker.ChangeConsumer) {
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+	defer cancel()
+	if err := changes.Release(ctx); err != nil {
+		d.log.Warn("webhook consumer release; its events wait for AckWait, its pin for its TTL", "err", err)
+	}
 }
 
 // start creates (or updates) the consumer of state events and reads the stored pending
@@ -338,7 +353,7 @@ func (d *Dispatcher) start(ctx context.Context) (*broker.ChangeConsumer, []broke
 		return err
 	})
 	if err != nil {
-		changes.Stop()
+		d.release(changes)
 		return nil, nil, nil, err
 	}
 	return changes, pending, failed, nil
@@ -486,10 +501,9 @@ func (d *Dispatcher) handle(ctx context.Context, msg *broker.Change) {
 			d.mu.Lock()
 			delete(d.intake, e.webhookID())
 			d.mu.Unlock()
-			// The message stays with JetStream, which offers it again after the next start.
-			if err := msg.NakWithDelay(d.cfg.BaseDelay); err != nil && !errors.Is(err, broker.ErrConnClosed) {
-				d.log.Warn("webhook nak", "job_id", jobID, "err", err)
-			}
+			// Release offers it again, ahead of the job's later events, before the
+			// consumer is given up.
+			msg.GiveBack()
 			return
 		case <-time.After(pause):
 		}
