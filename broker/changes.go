@@ -45,9 +45,12 @@ type ChangeConsumerConfig struct {
 type ChangeConsumer struct {
 	nc   *nats.Conn
 	open func(ctx context.Context) (jetstream.MessagesContext, jetstream.Consumer, jetstream.Stream, error)
-	// stopped is closed by Stop.
+	// stopped is closed by Stop; halt is canceled with it, to end a Next waiting for the
+	// iterator (a drained one waits for its flush, up to 10 s while disconnected).
 	stopped  chan struct{}
 	stopOnce sync.Once
+	halt     context.Context
+	unhalt   context.CancelFunc
 
 	mu     sync.Mutex
 	it     jetstream.MessagesContext // nil while it must be made again
@@ -104,6 +107,7 @@ func (c *Change) GiveBack() {
 // Release it at a stop in order.
 func (s *Store) ConsumeChanges(ctx context.Context, cfg ChangeConsumerConfig) (*ChangeConsumer, error) {
 	c := &ChangeConsumer{nc: s.nc, stopped: make(chan struct{})}
+	c.halt, c.unhalt = context.WithCancel(context.Background())
 	c.open = func(ctx context.Context) (jetstream.MessagesContext, jetstream.Consumer, jetstream.Stream, error) {
 		stream, err := s.js.Stream(ctx, jobsStream)
 		if err != nil {
@@ -169,7 +173,7 @@ func (c *ChangeConsumer) Next() (*Change, error) {
 		if err != nil {
 			return nil, err
 		}
-		msg, err := it.Next()
+		msg, err := it.Next(jetstream.NextContext(c.halt))
 		if err == nil {
 			c.notePin(msg)
 			select {
@@ -308,19 +312,29 @@ func (c *ChangeConsumer) change(msg jetstream.Msg) *Change {
 // changes pulled but not yet returned stay for Release (after a Stop without one they
 // come again after AckWait, and the pin stays until its TTL).
 func (c *ChangeConsumer) Stop() {
-	c.stopOnce.Do(func() { close(c.stopped) })
+	c.stopOnce.Do(func() {
+		close(c.stopped)
+		c.unhalt()
+	})
 	c.mu.Lock()
 	it := c.it
 	c.mu.Unlock()
-	if it != nil {
+	switch {
+	case it == nil:
+	case c.nc.IsConnected():
 		it.Drain()
+	default:
+		// Nothing reaches the server now, and a drain would wait out its flush: what
+		// the iterator holds comes again after AckWait.
+		it.Stop()
 	}
 }
 
 // Release gives the consumer up at a stop in order, so that another process (or this
 // one's next start) takes the changes at once rather than after the pin's TTL (2m,
-// ADR-0052). Call it after Stop, once every change Next returned is acked, NAKed or
-// handed back (Change.GiveBack), and before the connection is drained. In order:
+// ADR-0052). Call it after Stop, once every call of Next has returned and every change
+// it returned is acked, NAKed or handed back (Change.GiveBack), and before the
+// connection is drained. While the connection is down it does nothing but say so. In order:
 //  1. it waits for the pulls to end (the server sends this process nothing more) and
 //     takes the changes they brought that Next did not return;
 //  2. it looks at the consumer, which drops this process's pull requests at the server;
@@ -334,6 +348,11 @@ func (c *ChangeConsumer) Stop() {
 // its TTL.
 func (c *ChangeConsumer) Release(ctx context.Context) error {
 	c.Stop()
+	if !c.nc.IsConnected() {
+		// Neither the NAKs nor the unpin would reach the server: the changes come again
+		// after AckWait and the pin goes at its TTL, as after a crash.
+		return errors.New("not connected to NATS: the changes held come again after AckWait, the pin goes at its TTL")
+	}
 	c.mu.Lock()
 	it, cons, stream := c.it, c.cons, c.stream
 	c.mu.Unlock()

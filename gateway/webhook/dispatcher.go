@@ -315,7 +315,7 @@ const releaseTimeout = 5 * time.Second
 
 // release hands the change consumer over at a stop (ADR-0052, amended): the events this
 // dispatcher took and did not store (handed back by handle, or left in the client's
-// buffer) are offered again, in order and ahead of any later event, and then the pin is
+// buffer) are offered again, ahead of their jobs' later events, and then the pin is
 // given up, so that another foreman's dispatcher (or this one's next start) takes the
 // events at once, not after the pin's 2-minute TTL. All of it reaches the server before
 // the connection is drained. Call it once the intake is done.
