@@ -299,9 +299,10 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] || spares[m.Seq] })
 	}
 
-	if run != nil {
+	if run != nil && (!run.called.Load() || !run.answeredAt().IsZero()) {
 		// The running job's runner is loaded when it ends, in place of the least recently
-		// used one when it was not.
+		// used one when it was not; not once its call ended unanswered (a model the
+		// target lacks loads nothing).
 		c.Loaded = withLoaded(c.Loaded, run.runner)
 	}
 	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs)), Elsewhere: elsewhere, Paused: paused}
