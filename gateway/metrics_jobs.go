@@ -64,6 +64,7 @@ type jobMetrics struct {
 // written while it loads), and a job starts once per attempt.
 type jobSeen struct {
 	waited  bool
+	loading int // the attempt seen loading: its load counts once its model answers
 	loadFor int // the attempt whose load was counted
 	ended   bool
 }
@@ -92,7 +93,7 @@ func newJobMetrics(models *modelLabels, mine func(*broker.Job) bool) *jobMetrics
 		}, []string{"model", "state"}),
 		loads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "foreman_model_loads_total",
-			Help: "Model loads this foreman's worker caused: attempts that started with their model not loaded (a swap).",
+			Help: "Model loads this foreman's worker caused: attempts that started with their model not loaded (a swap) and got its answer (working, or done).",
 		}, []string{"model"}),
 		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "foreman_webhook_deliveries_total",
@@ -125,15 +126,19 @@ func (m *jobMetrics) observe(j *broker.Job) {
 			s.waited = true
 			m.wait.WithLabelValues(model, string(j.Priority.OrNormal())).Observe(max(j.StartedAt.Sub(j.CreatedAt), 0).Seconds()) // two foremen's clocks
 		}
-		if j.State == broker.StateLoading && s.loadFor != j.Attempt {
-			s.loadFor = j.Attempt
-			m.loads.WithLabelValues(model).Inc()
+		if j.State == broker.StateLoading {
+			s.loading = j.Attempt
+		} else {
+			m.loadedLocked(&s, j, model)
 		}
 	case j.State.Terminal():
 		if s.ended {
 			return
 		}
 		s.ended = true
+		if j.State == broker.StateDone {
+			m.loadedLocked(&s, j, model)
+		}
 		m.jobs.WithLabelValues(model, string(j.State)).Inc()
 		if j.StartedAt != nil && j.FinishedAt != nil {
 			m.run.WithLabelValues(model).Observe(max(j.FinishedAt.Sub(*j.StartedAt), 0).Seconds())
@@ -145,6 +150,16 @@ func (m *jobMetrics) observe(j *broker.Job) {
 		clear(m.seen)
 	}
 	m.seen[j.ID] = s
+}
+
+// loadedLocked counts the load of j's attempt, seen loading, once its model answered:
+// an attempt the target failed before any answer (a model it lacks, a load that failed,
+// a target gone) loaded nothing. m.mu must be held.
+func (m *jobMetrics) loadedLocked(s *jobSeen, j *broker.Job, model string) {
+	if s.loading == j.Attempt && j.Attempt > 0 && s.loadFor != j.Attempt {
+		s.loadFor = j.Attempt
+		m.loads.WithLabelValues(model).Inc()
+	}
 }
 
 // WebhookAttempt counts a webhook delivery attempt's outcome ("ok", "retry", "gave_up");

@@ -47,7 +47,9 @@ func newEarlyBundle(t *testing.T) *earlyBundle {
 		t.Fatal(err)
 	}
 	eb := &earlyBundle{b: b, fake: fake, target: target, w: w, ctx: ctx}
-	w.begin(eb.token(t, "tiny-a"), func(error) {}) // tiny-a ran last: it is loaded
+	tokenA := eb.token(t, "tiny-a")
+	w.begin(tokenA, func(error) {}) // tiny-a ran last, answered: it is loaded
+	w.called(tokenA, true)
 	w.end()
 	return eb
 }

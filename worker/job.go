@@ -235,6 +235,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	if err == nil {
 		err = check.end()
 	}
+	w.called(d.Token, !run.answeredAt().IsZero() && streamError(ct, r.Frames()) == "")
 	stopProgress()
 	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {
 		return
@@ -1039,7 +1040,6 @@ func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
 	} else {
 		w.current, w.consec = runner, 1
 	}
-	w.lastModel = runner
 	if k, err := broker.ParseQueueKey(token); err == nil {
 		w.runnerOpts[k.Model] = k.Opts
 		w.currentClass = k.Class

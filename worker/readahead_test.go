@@ -52,9 +52,10 @@ func TestReadAheadRecordAndLoadedModels(t *testing.T) {
 		}
 		return j, k.String()
 	}
-	// A job of tiny-a ran last and ended after the inventory's last poll.
+	// A job of tiny-a ran last, answered, and ended after the inventory's last poll.
 	_, tokenA := submit("tiny-a")
 	w.begin(tokenA, func(error) {})
+	w.called(tokenA, true)
 	w.end()
 
 	for _, c := range []struct {

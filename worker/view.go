@@ -299,16 +299,18 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] || spares[m.Seq] })
 	}
 
-	if run != nil {
+	if run != nil && (!run.called.Load() || !run.answeredAt().IsZero()) {
 		// The running job's runner is loaded when it ends, in place of the least recently
-		// used one when it was not.
+		// used one when it was not; not once its call ended unanswered (a model the
+		// target lacks loads nothing).
 		c.Loaded = withLoaded(c.Loaded, run.runner)
 	}
 	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs)), Elsewhere: elsewhere, Paused: paused}
 	// While the target is not there, what it holds is unknown: the plan still counts on
 	// the model run last (the pick prefers it once the target is back), the view names
-	// none.
-	if inv := w.cfg.Inventory; run != nil || inv == nil || inv.Snapshot().DownSince.IsZero() {
+	// none. A running job does not say otherwise: a target hung as a whole holds its call
+	// open until the attempt is given up.
+	if inv := w.cfg.Inventory; inv == nil || inv.Snapshot().DownSince.IsZero() {
 		for _, r := range c.Loaded {
 			if name := runnerModel(r); name != "" && !slices.Contains(v.Loaded, name) {
 				v.Loaded = append(v.Loaded, name)

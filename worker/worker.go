@@ -46,7 +46,15 @@ type Worker struct {
 	// currentClass is the class of the job run last: current's streak is that class's.
 	currentClass broker.Priority
 	lastEnd      time.Time // when the last job run against the target ended
-	lastModel    string    // runner of the job run last
+	// lastModel is the runner the target last answered a job with (its model then
+	// loaded); "" once an attempt got no answer of its model or the target went away,
+	// until /api/ps is read again (psDue).
+	lastModel string
+	// psDue is set when what the target has loaded must be read again before a pick
+	// counts on it, even for the runner run last: an attempt got no answer of its model
+	// (its model may be absent, or the target restarted empty), or the target was not
+	// there. Only then does a drain of one runner read /api/ps.
+	psDue bool
 	// runnerOpts is the load options each model (token) last ran with: the options its
 	// runner has while /api/ps lists it.
 	runnerOpts map[string]string
@@ -641,24 +649,49 @@ func (w *Worker) joinTurns(heads []head) {
 // refreshLoaded reads /api/ps again when a job ended since the last poll and a job of
 // another runner than the last one may run next: that job may have loaded its model and
 // unloaded another, or (with several models resident) found its model loaded, and only
-// /api/ps tells. Draining one runner costs no reads.
+// /api/ps tells. Draining one runner costs no reads, unless something went wrong since
+// (psDue): a target restarted meanwhile has unloaded the runner run last.
 func (w *Worker) refreshLoaded(ctx context.Context, heads []head) {
 	inv := w.cfg.Inventory
 	if inv == nil {
 		return
 	}
 	w.mu.Lock()
-	last := w.lastModel
+	last, due := w.lastModel, w.psDue
 	stale := !inv.Snapshot().LastPoll.After(w.lastEnd)
 	w.mu.Unlock()
-	if !stale || !slices.ContainsFunc(heads, func(h head) bool { return h.runner() != last }) {
+	if !due && (!stale || !slices.ContainsFunc(heads, func(h head) bool { return h.runner() != last })) {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, psTimeout)
 	defer cancel()
 	if err := inv.Refresh(pctx); err != nil {
 		w.log.Debug("refresh loaded models", "err", err)
+		return
 	}
+	w.mu.Lock()
+	w.psDue = false
+	w.mu.Unlock()
+}
+
+// called records how a job's target call of token's runner went: answered by its model
+// (the runner is loaded now), or not (answered reports false: a model the target lacks,
+// a load that failed, a target gone or restarted). Then nothing is counted loaded before
+// /api/ps is read again.
+func (w *Worker) called(token string, answered bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if answered {
+		w.lastModel = runnerOf(token)
+		return
+	}
+	w.forgetLoadedLocked()
+}
+
+// forgetLoadedLocked drops what the worker counted on the target holding: the next pick
+// reads /api/ps first. w.mu must be held.
+func (w *Worker) forgetLoadedLocked() {
+	w.lastModel, w.psDue = "", true
 }
 
 // psTimeout bounds the /api/ps read before a pick; without it the pick trusts the last job.
@@ -757,6 +790,9 @@ func (w *Worker) waitStore(ctx context.Context, cause error) {
 // answers the polls so for good): only one the target is not there for (refused, reset,
 // no answer in time, a proxy's 502 or 504 for it: ollama.Unreachable) keeps the pause.
 func (w *Worker) waitTarget(ctx context.Context, cause error) {
+	w.mu.Lock()
+	w.forgetLoadedLocked() // a target that comes back may have restarted empty
+	w.mu.Unlock()
 	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, ollama.Unreachable, w.cfg.TargetBack,
 		"target unreachable; worker paused", "target is back; resuming")
 }

@@ -1,0 +1,112 @@
+package worker_test
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A target that hangs as a whole (SIGSTOP) while a job runs answers neither that job nor
+// the polls: what it holds is unknown. The view named the running job's model loaded
+// until the attempt was given up, beside /healthz's empty loaded list and the polls
+// saying the target is not there.
+func TestQueueViewLoadedIsUnknownWhileTheTargetHangsUnderAJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	release := tb.fake.Hold("tiny-a")
+	defer release()
+	j := tb.chat(t, "tiny-a", 1)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Running != j.ID || !slices.Equal(v.Loaded, []string{"tiny-a:latest"}) {
+		t.Fatalf("running %q loaded %v while the target answers, want %s and [tiny-a:latest]", v.Running, v.Loaded, j.ID)
+	}
+	tb.goSilent(t, inv) // the held call stays open: the job still runs
+	if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if v.Running != j.ID {
+		t.Fatalf("running %q, want the job still running, %s", v.Running, j.ID)
+	}
+	if len(v.Loaded) != 0 {
+		t.Errorf("loaded %v while the target answers no poll, want none known", v.Loaded)
+	}
+}
+
+// A job whose model the target does not have (deleted since the last poll: 404) loads
+// nothing: the worker counted its model loaded as soon as the job began, so the view
+// named it loaded (in place of the model really loaded) until the next poll, and the
+// next job of that model was recorded working, no load counted, though it would load.
+func TestAJobOfAModelTheTargetLacksLoadsNothing(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+
+	tb.fake.FailNext(2, ollamatest.FailStatus(404, `model "tiny-b" not found, try pulling it first`))
+	gone := tb.chat(t, "tiny-b", 2)
+	tb.waitState(t, gone.ID, broker.StateFailed)
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(v.Loaded, []string{"tiny-a:latest"}) {
+		t.Errorf("loaded %v after a tiny-b job the target answered 404, want [tiny-a:latest] (the target's: %q)", v.Loaded, tb.fake.LoadedModel())
+	}
+
+	again := tb.chat(t, "tiny-b", 3)
+	states := watchStates(t, tb.b.Conn, again.ID)
+	if got := states.until(t); slices.Contains(got, broker.StateWorking) || !slices.Contains(got, broker.StateLoading) {
+		t.Errorf("second tiny-b job's states %v, want loading (the target has tiny-a loaded), never working", got)
+	}
+}
+
+// After the target went away and came back empty (Ollama restarted: nothing loaded),
+// the next job of the model run last loads it. The worker re-read /api/ps only before a
+// job of another model, so the job retried after the outage was recorded working, no
+// load counted, its ETA without the load.
+func TestAJobAfterTheTargetRestartedLoadsItsModel(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+	if got := tb.fake.LoadedModel(); got != "tiny-a:latest" {
+		t.Fatalf("fake has %q loaded after a tiny-a job", got)
+	}
+	loads := tb.fake.Loads()
+
+	tb.fake.SetDown(true)
+	j := tb.chat(t, "tiny-a", 2)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	eventually(t, 30*time.Second, "the worker paused for the target", func() bool {
+		p := w.Paused()
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
+	})
+	tb.fake.SetLoaded("") // restarted: nothing loaded
+	tb.fake.SetDown(false)
+
+	got := states.until(t)
+	if got[len(got)-1] != broker.StateDone {
+		t.Fatalf("states %v, want the job done after the outage", got)
+	}
+	i := slices.IndexFunc(got, func(s broker.State) bool { return s == broker.StateRetrying || s == broker.StateQueued })
+	if i < 0 || !slices.Contains(got[i:], broker.StateLoading) {
+		t.Errorf("states %v, want the attempt after the outage loading (the target came back empty)", got)
+	}
+	if n := tb.fake.Loads(); n != loads+1 {
+		t.Errorf("fake loads %d, want %d: the retried job loads tiny-a", n, loads+1)
+	}
+}
