@@ -15,11 +15,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// jobsStream is the stream behind the JobsBucket KV bucket, and kvJobPrefix the subject
-// of a job record's writes in it.
+// jobsStream is the stream behind the JobsBucket KV bucket, artifactsStream the one
+// behind the ArtifactsBucket object store, and kvJobPrefix the subject of a job record's
+// writes in jobsStream.
 const (
-	jobsStream  = "KV_" + JobsBucket
-	kvJobPrefix = "$KV." + JobsBucket + ".job."
+	jobsStream      = "KV_" + JobsBucket
+	artifactsStream = "OBJ_" + ArtifactsBucket
+	kvJobPrefix     = "$KV." + JobsBucket + ".job."
 )
 
 // ErrConnClosed is the error of an ack or NAK on a closed connection (a stop under way).
@@ -531,5 +533,6 @@ func (s *Store) LatestStateEvent(ctx context.Context, id string, want func(State
 }
 
 // JobStreams are the streams a submit and a job's run write: the job records (the jobs
-// bucket's stream) and the queue. See Config.WriteFault.
-func JobStreams() []string { return []string{jobsStream, QueueStream} }
+// bucket's stream), the queue, and the artifacts (a large submit's body, every job's
+// result.json). See Config.WriteFault.
+func JobStreams() []string { return []string{jobsStream, QueueStream, artifactsStream} }

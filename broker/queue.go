@@ -242,13 +242,13 @@ func (s *Store) Discard(d *Lease, reason string) error {
 }
 
 // Finish removes a delivered job from the queue for good (after its terminal state is
-// stored) and drops its stored request body.
+// stored) and drops its stored request body: at most for bodyDeleteWait, and not at all
+// while the store cannot write (deleteBody), so that a store that takes no writes does
+// not hold the worker at every job with a stored body.
 func (s *Store) Finish(ctx context.Context, d *Lease) error {
 	err := s.ack(ctx, d)
 	if ref := d.Msg.Headers().Get(HeaderBodyRef); ref != "" {
-		if derr := s.artifacts.Delete(ctx, ref); derr != nil && !errors.Is(derr, jetstream.ErrObjectNotFound) {
-			s.log.Warn("delete request body", "job_id", d.JobID, "err", derr)
-		}
+		s.deleteBody(ctx, d.JobID, ref)
 	}
 	return err
 }

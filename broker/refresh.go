@@ -115,7 +115,7 @@ func (s *Store) Requeue(ctx context.Context, d *Lease) error {
 		}
 	}
 	if ref := msg.Header.Get(HeaderBodyRef); ref != "" {
-		if err := s.putObject(ctx, ref, d.Body); err != nil {
+		if err := s.putBody(ctx, ref, d.Body); err != nil {
 			return fmt.Errorf("broker: requeue %s: store request body: %w", d.JobID, storageErr(err))
 		}
 	} else {

@@ -67,7 +67,7 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 		return cur, nil
 	}
 	if j.BodyRef != "" {
-		if err := s.putObject(ctx, j.BodyRef, body); err != nil {
+		if err := s.putBody(ctx, j.BodyRef, body); err != nil {
 			return nil, fmt.Errorf("broker: resubmit %s: request body: %w", id, storageErr(err))
 		}
 	}
@@ -215,7 +215,7 @@ func (s *Store) restoreBody(ctx context.Context, j *Job, body []byte) error {
 	}
 	gone, err := s.bodyGone(ctx, j.BodyRef)
 	if err == nil && gone {
-		err = s.putObject(ctx, j.BodyRef, body)
+		err = s.putBody(ctx, j.BodyRef, body)
 	}
 	if err != nil {
 		return fmt.Errorf("broker: resubmit %s: request body: %w", j.ID, storageErr(err))

@@ -66,9 +66,9 @@ type Config struct {
 	// non-streamed answer (ollama.MaxFrameSize).
 	MaxAnswer int
 	// WriteFault, when set, reports a fault of the store's own server that keeps it from
-	// storing the job records or the queue until it is restarted (the embedded server: a
-	// stream whose write failed, as on a full disk, stores nothing more and answers none
-	// of the publishes it fails). JobStreams names the streams it is to look at. It is
+	// storing the job records, the queue or the artifacts until it is restarted (the
+	// embedded server: a stream whose write failed, as on a full disk, stores nothing
+	// more and answers none of the publishes it fails). JobStreams names the streams it is to look at. It is
 	// asked only after a write went unanswered, and then at most once a second while the
 	// fault stands, never while an earlier ask still runs (it may hang on the disk): a
 	// write then fails at once with ErrStoreFailed instead of retrying for RetryWindow.
@@ -379,7 +379,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 
 	if len(body) > s.inlineLimit {
 		j.BodyRef = bodyRefOf(j.ID)
-		if err := s.putObject(ctx, j.BodyRef, body); err != nil {
+		if err := s.putBody(ctx, j.BodyRef, body); err != nil {
 			return nil, fmt.Errorf("broker: store request body: %w", storageErr(err))
 		}
 	}
@@ -505,9 +505,7 @@ func (s *Store) unqueue(j *Job, seq uint64) {
 
 // dropStoredBody deletes the stored request body of a job that was never created.
 func (s *Store) dropStoredBody(j *Job) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = s.artifacts.Delete(ctx, j.BodyRef)
+	s.deleteBody(context.Background(), j.ID, j.BodyRef)
 }
 
 func (s *Store) enqueue(ctx context.Context, j *Job, key QueueKey, body []byte) error {

@@ -265,8 +265,6 @@ func queueSubjectsOf(j *Job) ([]string, error) {
 
 func (s *Store) dropBody(ctx context.Context, j *Job) {
 	if j.BodyRef != "" {
-		if err := s.artifacts.Delete(ctx, j.BodyRef); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
-			s.log.Warn("delete request body", "job_id", j.ID, "err", err)
-		}
+		s.deleteBody(ctx, j.ID, j.BodyRef)
 	}
 }
