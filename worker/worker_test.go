@@ -16,6 +16,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
@@ -666,8 +667,11 @@ func TestErrorInsideStreamFailsJob(t *testing.T) {
 // add up to the target's bytes, and the job ends done with the whole result.
 func TestLargeFrameRelayedInPieces(t *testing.T) {
 	t.Parallel()
-	tb := setup(t)
-	body := `{"model":"tiny-a","prompt":"big","stream":false,"options":{"num_predict":300000}}`
+	// A server with small messages: a frame larger than one takes a few thousand tokens,
+	// not the 300,000 lines a 1 MiB message would (each parsed as the answer is joined,
+	// ADR-0050: a loaded machine took longer than the test's wait).
+	tb := setup(t, brokertest.WithNATS(func(c *natsd.Config) { c.MaxPayload = 64 << 10 }))
+	body := `{"model":"tiny-a","prompt":"big","stream":false,"options":{"num_predict":20000}}`
 	resp, err := http.Post(tb.fake.URL+"/api/generate", "application/json", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
