@@ -43,6 +43,10 @@ type Pause struct {
 	Since  time.Time `json:"since"`
 	// Error is the failure that started the pause, or the latest probe's.
 	Error string `json:"error"`
+	// RestartNeeded says the pause lasts until foreman restarts: the job store has a
+	// fault no write outlasts (Store.WriteFault: the embedded server's stream that failed
+	// a write on a full disk, its data directory removed), not one it recovers from.
+	RestartNeeded bool `json:"restart_needed,omitempty"`
 }
 
 // QueuedJob is one waiting job in a QueueView.
