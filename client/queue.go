@@ -94,6 +94,12 @@ type QueuedJob struct {
 	// ETA is when the job is expected to start, from the mean run and load times foreman
 	// measured per model.
 	ETA time.Time `json:"eta"`
+	// State is StateRetrying for a job backing off after a failed attempt, with that
+	// attempt's number (Attempts) and error; empty for one waiting its first turn (or
+	// whose record foreman did not read for the view).
+	State    State  `json:"state,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // Queue reads the queue (GET /queue). limit caps the waiting jobs listed (1 to

@@ -11,6 +11,8 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
 // A worker paused by a store fault that only a restart ends (the embedded server's stream
@@ -94,5 +96,41 @@ func TestQueueShowsTheOwnTargetDownWhileAJobRuns(t *testing.T) {
 	}
 	if own := getQueue(t, b, "").Targets[0]; !own.Reachable || own.DownSince != nil || own.Error != "" {
 		t.Errorf("own target %+v once a poll is answered: want reachable, no down_since or error", own)
+	}
+}
+
+// A job backing off after a failed attempt shows in GET /queue as retrying, with the
+// attempt's number and error, unlike one waiting its first turn.
+func TestQueueShowsARetryingJob(t *testing.T) {
+	t.Parallel()
+	var w *worker.Worker
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		var err error
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory, RetryDelay: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Queue = w
+	}))
+	b.Fake.FailNextOn("/api/chat", 1, ollamatest.DropConnection)
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+	waiting := jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"hi"}],"priority":"low"}`)
+	release := b.Fake.Hold("tiny-b") // the other job, should it run, stays in sight
+	defer release()
+	runUntilCleanup(t, "worker", w.Run)
+	waitJobState(t, b, id, broker.StateRetrying)
+	var q queueBody
+	eventually(t, 10*time.Second, "queue shows the retry", func() bool {
+		q = getQueue(t, b, "")
+		return len(q.Queued) > 0 && q.Queued[0].State != ""
+	})
+	r := q.Queued[0]
+	if r.JobID != id || r.State != broker.StateRetrying || r.Attempts != 1 || r.Error == "" {
+		t.Errorf("queued %+v: want job %s retrying after attempt 1 with its error", r, id)
+	}
+	for _, j := range q.Queued[1:] {
+		if j.JobID == waiting && (j.State != "" || j.Attempts != 0 || j.Error != "") {
+			t.Errorf("queued %+v: a job waiting its first turn shows as retrying", j)
+		}
 	}
 }

@@ -77,7 +77,7 @@ func newQueueCmd(e *env) *cobra.Command {
 			}
 			fmt.Fprintln(out)
 			tw := tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
-			fmt.Fprintln(tw, "POS\tID\tMODEL\tKIND\tPRIORITY\tPROGRAM\tAGE\tETA")
+			fmt.Fprintln(tw, "POS\tID\tMODEL\tKIND\tPRIORITY\tPROGRAM\tAGE\tETA\tSTATE")
 			for _, j := range q.Queued {
 				eta := "now"
 				if d := j.ETA.Sub(now); d >= time.Second {
@@ -87,11 +87,16 @@ func newQueueCmd(e *env) *cobra.Command {
 				if program == "" {
 					program = "-"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
-					shortAge(now.Sub(j.CreatedAt)), eta)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
+					shortAge(now.Sub(j.CreatedAt)), eta, waitState(j))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			for _, j := range q.Queued {
+				if j.State == client.StateRetrying {
+					fmt.Fprintf(out, "Retrying: %s: attempt %d failed: %s\n", termSafe(j.JobID), j.Attempts, termSafe(j.Error))
+				}
 			}
 			if more := q.Total - len(q.Queued); more > 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "%d more waiting; see them with --limit %d\n", more, q.Total)
@@ -103,6 +108,15 @@ func newQueueCmd(e *env) *cobra.Command {
 	f.addTimeout(cmd, defaultTimeout)
 	cmd.Flags().IntVar(&limit, "limit", 0, "waiting jobs to list (server default 100)")
 	return cmd
+}
+
+// waitState is a waiting job's state for a table: "retrying (2)" for one backing off
+// after its second attempt, "waiting" for one waiting its first turn.
+func waitState(j client.QueuedJob) string {
+	if j.State == client.StateRetrying {
+		return fmt.Sprintf("retrying (%d)", j.Attempts)
+	}
+	return "waiting"
 }
 
 // pauseText says why a worker pauses in words, fit for a terminal.

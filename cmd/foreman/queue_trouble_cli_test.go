@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -93,5 +94,39 @@ func TestQueueAndTopShowAHungOllamaWhileAJobRuns(t *testing.T) {
 		if r.code != 0 || !strings.Contains(strings.ToLower(r.stdout), "paused") || strings.Contains(r.stdout, "no answer to foreman's polls") {
 			t.Errorf("foreman %s with the worker paused for Ollama: exit %d, want the pause alone:\n%s", cmd[0], r.code, r.stdout)
 		}
+	}
+}
+
+// A job backing off after a failed attempt is told from one waiting its first turn in
+// `foreman queue` (its state, and a line with the attempt's error made safe for a
+// terminal) and in `foreman top` (its state).
+func TestQueueAndTopShowARetryingJob(t *testing.T) {
+	t.Parallel()
+	body := `{"running":null,"loaded":[],"queued":[` +
+		`{"job_id":"01JGJ4Q2R0000000000000000C","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:00:00Z","queue_position":1,"eta":"2025-01-02T03:04:05Z",` +
+		`"state":"retrying","attempts":2,"error":"ollama: POST /api/chat: EOF\u001b[2J"},` +
+		`{"job_id":"01JGJ4Q2R0000000000000000D","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:01:00Z","queue_position":2,"eta":"2025-01-02T03:04:45Z"}],` +
+		`"total":2,"paused":null}`
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, body)}
+	r := runCLI(t, vars, nil, nil, "queue")
+	if r.code != 0 {
+		t.Fatalf("queue: exit %d, stderr %q", r.code, r.stderr)
+	}
+	for _, re := range []string{
+		`(?m)^1 +01JGJ4Q2R0000000000000000C .* retrying \(2\)$`,
+		`(?m)^2 +01JGJ4Q2R0000000000000000D .* waiting$`,
+		`(?m)^Retrying: 01JGJ4Q2R0000000000000000C: attempt 2 failed: ollama: POST /api/chat: EOF\\x1b\[2J$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) || strings.Contains(r.stdout, "\x1b") {
+			t.Errorf("foreman queue: no line matching %s:\n%s", re, r.stdout)
+		}
+	}
+	r = runCLI(t, vars, nil, nil, "top", "--once")
+	if r.code != 0 {
+		t.Fatalf("top: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !regexp.MustCompile(`(?m)^1 +retrying \(2\) .*01JGJ4Q2R0000000000000000C$`).MatchString(r.stdout) ||
+		!regexp.MustCompile(`(?m)^2 +waiting .*01JGJ4Q2R0000000000000000D$`).MatchString(r.stdout) {
+		t.Errorf("foreman top does not tell the retrying job from the waiting one:\n%s", r.stdout)
 	}
 }

@@ -176,9 +176,9 @@ func topText(s *topSnapshot, now time.Time, url string) string {
 
 	fmt.Fprintf(&b, "QUEUE (%d)\n", s.Total)
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "POS\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
+	fmt.Fprintln(tw, "POS\tSTATE\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
 	for _, j := range s.Queued {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, topETA(now, j.ETA), termSafe(j.Model), termSafe(j.Priority),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, waitState(j), topETA(now, j.ETA), termSafe(j.Model), termSafe(j.Priority),
 			programName(j.Program), termSafe(string(j.Kind)), topDuration(now.Sub(j.CreatedAt)), termSafe(j.JobID))
 	}
 	_ = tw.Flush()

@@ -145,3 +145,28 @@ func TestStatusPageWarnsOfAHungOllamaWhileAJobRunsInBrowser(t *testing.T) {
 	release()
 	waitFor(t, "job "+id+" to finish", func() bool { return getJob(t, a.Addr(), id).State == "done" })
 }
+
+// A job backing off after a failed attempt is told from one waiting its first turn in the
+// page's queue: its state cell says after which attempt, with the error as text.
+func TestStatusPageShowsARetryingJobInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	at := func(d time.Duration) string { return time.Now().Add(d).UTC().Format(time.RFC3339) }
+	queue := `{"running":null,"loaded":[],"total":2,"depth":{"tiny-a:latest":2},"running_elsewhere":[],"paused":null,"queued":[` +
+		`{"job_id":"01JGJ4Q2R000000000000000CC","model":"tiny-a","kind":"chat","priority":"normal","program":"","created_at":"` + at(-2*time.Minute) +
+		`","queue_position":1,"eta":"` + at(20*time.Second) + `","state":"retrying","attempts":2,"error":"ollama: POST /api/chat: <i>EOF</i>"},` +
+		`{"job_id":"01JGJ4Q2R000000000000000DD","model":"tiny-a","kind":"chat","priority":"normal","program":"","created_at":"` + at(-time.Minute) +
+		`","queue_position":2,"eta":"` + at(50*time.Second) + `"}],` +
+		`"targets":[{"name":"mac","reachable":true,"loaded":[],"own":true}]}`
+	base := cannedPage(t, queue, `{"jobs":[]}`)
+
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	rows := section(dom, "queue-rows", "</tbody>")
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job">.*?<td class="retrying" data-field="state" title="ollama: POST /api/chat: &lt;i&gt;EOF&lt;/i&gt;">retrying after attempt 2<div class="err">ollama: POST /api/chat: &lt;i&gt;EOF&lt;/i&gt;</div></td>`).MatchString(rows) {
+		t.Errorf("job CC is not shown retrying after attempt 2 with its error as text:\n%s", rows)
+	}
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000DD" class="queued-job">.*?<td class="muted" data-field="state">waiting</td>`).MatchString(rows) {
+		t.Errorf("job DD is not shown waiting:\n%s", rows)
+	}
+	screenshot(t, browser, base+"/ui/", "retrying")
+}

@@ -273,6 +273,15 @@ function renderLoaded(models) {
     : [el("li", { class: "muted" }, "none")]);
 }
 
+// waitState is a waiting job's state cell: a job backing off after a failed attempt
+// says so, with the attempt and its error (cut short, whole in the tooltip).
+function waitState(j) {
+  if (j.state !== "retrying") return el("td", { class: "muted", "data-field": "state" }, "waiting");
+  return el("td", { class: "retrying", "data-field": "state", title: j.error || null },
+    "retrying after attempt " + (j.attempts || "?"),
+    j.error ? el("div", { class: "err" }, clip(j.error, ERROR_CLIP)) : null);
+}
+
 function renderQueue(q) {
   const now = Date.now();
   const rows = (q.queued || []).map((j) => el("tr", { "data-job-id": jobId(j), class: "queued-job" },
@@ -283,10 +292,11 @@ function renderQueue(q) {
     el("td", {}, j.program || "(anonymous)"),
     el("td", {}, j.kind),
     el("td", {}, fmtDur(now - ms(j.created_at))),
+    waitState(j),
     el("td", { class: "id" }, jobId(j)),
     el("td", {}, cancelButton(jobId(j))),
   ));
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "the queue is empty")));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "the queue is empty")));
   replaceChildren($("queue-rows"), rows);
   const total = q.total || 0, shown = (q.queued || []).length;
   $("queue-total").textContent = String(total);
