@@ -43,6 +43,10 @@ type Pause struct {
 	Since  time.Time `json:"since"`
 	// Error is the failure that started the pause, or the latest probe's.
 	Error string `json:"error"`
+	// RestartNeeded says the pause lasts until foreman restarts: the job store has a
+	// fault no write outlasts (Store.WriteFault: the embedded server's stream that failed
+	// a write on a full disk, its data directory removed), not one it recovers from.
+	RestartNeeded bool `json:"restart_needed,omitempty"`
 }
 
 // QueuedJob is one waiting job in a QueueView.
@@ -58,6 +62,13 @@ type QueuedJob struct {
 	QueuePosition int `json:"queue_position"`
 	// ETA is when the job is expected to start.
 	ETA time.Time `json:"eta"`
+	// State is StateRetrying for a job backing off after a failed attempt, with that
+	// attempt's number and error (one line, at most 300 bytes), as its record says: the
+	// view reads the records at the head of each queue, where such a job stays. Empty for
+	// one waiting its first turn, or whose record the view did not read.
+	State    State  `json:"state,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // ElsewhereJob is a job of the queue that another foreman's worker runs.

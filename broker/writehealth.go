@@ -194,7 +194,9 @@ func (f *writeFault) ask(report func() error, now time.Time) error {
 func (f *writeFault) keep(err error) {
 	f.err = nil
 	if err != nil {
-		f.err = fmt.Errorf("%w: %v", ErrStoreFailed, err)
+		// The fault is the store's, not the failed write's own: a record write fails for
+		// the queue stream's write error too, since a job needs both.
+		f.err = fmt.Errorf("%w until foreman restarts (the store's fault: %v)", ErrStoreFailed, err)
 	}
 	f.known.Store(f.err != nil)
 }

@@ -29,8 +29,38 @@ type Queue struct {
 	RunningElsewhere []ElsewhereJob `json:"running_elsewhere"`
 	// Paused says why foreman's worker takes no job now; nil while it runs.
 	Paused *Pause `json:"paused"`
+	// Targets are the Ollama servers: this foreman's (Own) and those of the other live
+	// foremen on its NATS.
+	Targets []QueueTarget `json:"targets"`
 	// Raw is the response body as foreman sent it.
 	Raw json.RawMessage `json:"-"`
+}
+
+// QueueTarget is an Ollama server of Queue.Targets.
+type QueueTarget struct {
+	// Name is its foreman's FOREMAN_TARGET_NAME.
+	Name string `json:"name"`
+	// Reachable says it answered its foreman's last poll.
+	Reachable bool     `json:"reachable"`
+	Loaded    []string `json:"loaded"`
+	// Own marks this foreman's own target.
+	Own bool `json:"own,omitempty"`
+	// DownSince (own target only) is when its polls stopped being answered; nil while
+	// they are, or when the last poll got an answer that was an error.
+	DownSince *time.Time `json:"down_since,omitempty"`
+	// Error (own target only) is the last poll's failure; empty after one that succeeded.
+	Error string `json:"error,omitempty"`
+}
+
+// OwnTarget is this foreman's own target of q.Targets; nil when foreman named none
+// (one from before targets were listed).
+func (q *Queue) OwnTarget() *QueueTarget {
+	for i := range q.Targets {
+		if q.Targets[i].Own {
+			return &q.Targets[i]
+		}
+	}
+	return nil
 }
 
 // ElsewhereJob is a job another foreman's worker runs (Queue.RunningElsewhere).
@@ -64,6 +94,12 @@ type QueuedJob struct {
 	// ETA is when the job is expected to start, from the mean run and load times foreman
 	// measured per model.
 	ETA time.Time `json:"eta"`
+	// State is StateRetrying for a job backing off after a failed attempt, with that
+	// attempt's number (Attempts) and error; empty for one waiting its first turn (or
+	// whose record foreman did not read for the view).
+	State    State  `json:"state,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // Queue reads the queue (GET /queue). limit caps the waiting jobs listed (1 to

@@ -65,7 +65,7 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 	}
 	targets, _ := s.targetViews(r.Context()) // the own target at least, should the read of the others fail
 	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Depth: map[string]int{},
-		Paused: v.Paused, Targets: targets}
+		Paused: s.pauseShown(v.Paused), Targets: targets}
 	for _, j := range v.Queued {
 		body.Depth[ollama.NormalizeModel(j.Model)]++
 	}
@@ -83,6 +83,18 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, body)
+}
+
+// pauseShown is p as GET /queue shows it: a pause for a store with a fault that only a
+// restart ends says so, since it would not end by itself. p itself is shared (a cached
+// view holds it) and stays as it is.
+func (s *Server) pauseShown(p *broker.Pause) *broker.Pause {
+	if p == nil || p.Reason != broker.PauseStoreRefusesWrites || s.store.WriteFault() == nil {
+		return p
+	}
+	shown := *p
+	shown.RestartNeeded = true
+	return &shown
 }
 
 // waits reports whether a job in state st waits for its turn: queued, or retrying (in a

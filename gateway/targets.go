@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -139,6 +140,12 @@ type targetView struct {
 	Loaded    []string `json:"loaded"`
 	Models    []string `json:"models,omitempty"` // not on the unauthenticated /healthz
 	Own       bool     `json:"own,omitempty"`
+	// DownSince (own target only) is when its polls stopped being answered (refused,
+	// reset, no answer in time), so a page shows a hung Ollama while a job still runs.
+	DownSince *time.Time `json:"down_since,omitempty"`
+	// Error (own target only) is the last poll's failure, on one line; none after a poll
+	// that succeeded.
+	Error string `json:"error,omitempty"`
 }
 
 // targetViews lists the own target (from the inventory) and the other live ones; only
@@ -147,6 +154,13 @@ func (s *Server) targetViews(ctx context.Context) ([]targetView, error) {
 	snap := s.inv.Snapshot()
 	own := targetView{Name: s.cfg.TargetName, URL: ollama.RedactURL(s.cfg.TargetURL), Reachable: snap.Polled && !snap.Degraded,
 		Loaded: orEmpty(s.inv.Loaded()), Models: orEmpty(snap.Models()), Own: true}
+	if !snap.DownSince.IsZero() {
+		t := snap.DownSince.UTC()
+		own.DownSince = &t
+	}
+	if snap.Err != nil {
+		own.Error = broker.PauseText(snap.Err)
+	}
 	out := []targetView{own}
 	others, err := s.readOtherTargets(ctx)
 	for _, t := range others {

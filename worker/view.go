@@ -324,10 +324,14 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	}
 	for _, p := range order(c, picks, msgs, free, w.times) {
 		m := p.Msg
-		v.Queued = append(v.Queued, broker.QueuedJob{
+		q := broker.QueuedJob{
 			JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
 			CreatedAt: m.Enqueued.UTC(), QueuePosition: p.Position, ETA: ceilSecond(p.Start),
-		})
+		}
+		if j := heads[m.JobID]; j != nil && j.State == broker.StateRetrying {
+			q.State, q.Attempts, q.Error = j.State, j.Attempt, broker.PauseText(errors.New(j.Error))
+		}
+		v.Queued = append(v.Queued, q)
 	}
 	return v, nil
 }

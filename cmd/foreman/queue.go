@@ -70,11 +70,14 @@ func newQueueCmd(e *env) *cobra.Command {
 				fmt.Fprintf(out, "On another Mac: %s %s (%s%s%s)\n", termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.State)), age, on)
 			}
 			if p := q.Paused; p != nil {
-				fmt.Fprintf(out, "Paused:  %s for %s: %s\n", pauseText(p.Reason), shortAge(now.Sub(p.Since)), termSafe(p.Error))
+				fmt.Fprintf(out, "Paused:  %s for %s%s: %s\n", pauseText(p), shortAge(now.Sub(p.Since)), restartText(p), termSafe(p.Error))
+			}
+			if t := silentTarget(q); t != nil {
+				fmt.Fprintf(out, "Ollama:  %s\n", silentText(t, now, shortAge))
 			}
 			fmt.Fprintln(out)
 			tw := tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
-			fmt.Fprintln(tw, "POS\tID\tMODEL\tKIND\tPRIORITY\tPROGRAM\tAGE\tETA")
+			fmt.Fprintln(tw, "POS\tID\tMODEL\tKIND\tPRIORITY\tPROGRAM\tAGE\tETA\tSTATE")
 			for _, j := range q.Queued {
 				eta := "now"
 				if d := j.ETA.Sub(now); d >= time.Second {
@@ -84,11 +87,16 @@ func newQueueCmd(e *env) *cobra.Command {
 				if program == "" {
 					program = "-"
 				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
-					shortAge(now.Sub(j.CreatedAt)), eta)
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
+					shortAge(now.Sub(j.CreatedAt)), eta, waitState(j))
 			}
 			if err := tw.Flush(); err != nil {
 				return err
+			}
+			for _, j := range q.Queued {
+				if j.State == client.StateRetrying {
+					fmt.Fprintf(out, "Retrying: %s: attempt %d failed: %s\n", termSafe(j.JobID), j.Attempts, termSafe(j.Error))
+				}
 			}
 			if more := q.Total - len(q.Queued); more > 0 {
 				fmt.Fprintf(cmd.ErrOrStderr(), "%d more waiting; see them with --limit %d\n", more, q.Total)
@@ -102,13 +110,59 @@ func newQueueCmd(e *env) *cobra.Command {
 	return cmd
 }
 
-// pauseText says a worker's pause reason in words, fit for a terminal.
-func pauseText(reason string) string {
-	switch reason {
-	case client.PauseTargetUnreachable:
+// waitState is a waiting job's state for a table: "retrying (2)" for one backing off
+// after its second attempt, "waiting" for one waiting its first turn.
+func waitState(j client.QueuedJob) string {
+	if j.State == client.StateRetrying {
+		return fmt.Sprintf("retrying (%d)", j.Attempts)
+	}
+	return "waiting"
+}
+
+// pauseText says why a worker pauses in words, fit for a terminal.
+func pauseText(p *client.Pause) string {
+	switch {
+	case p.RestartNeeded:
+		return "job store cannot write"
+	case p.Reason == client.PauseTargetUnreachable:
 		return "Ollama unreachable"
-	case client.PauseStoreRefusesWrites:
+	case p.Reason == client.PauseStoreRefusesWrites:
 		return "job store refuses writes"
 	}
-	return termSafe(reason)
+	return termSafe(p.Reason)
+}
+
+// restartText tells a pause that ends only with a restart of foreman: it does not end
+// by itself, however long one waits.
+func restartText(p *client.Pause) string {
+	if p.RestartNeeded {
+		return "; foreman needs a restart (once its disk has room)"
+	}
+	return ""
+}
+
+// silentTarget is foreman's own Ollama when its polls fail and the worker is not paused
+// for it already (a job runs, and waits for an answer that may never come); else nil.
+func silentTarget(q *client.Queue) *client.QueueTarget {
+	t := q.OwnTarget()
+	if t == nil || t.Reachable || t.DownSince == nil && t.Error == "" {
+		return nil
+	}
+	if q.Paused != nil && q.Paused.Reason == client.PauseTargetUnreachable {
+		return nil
+	}
+	return t
+}
+
+// silentText says how long foreman's Ollama has left its polls unanswered, and why; age
+// formats the duration.
+func silentText(t *client.QueueTarget, now time.Time, age func(time.Duration) string) string {
+	what := "its last poll failed"
+	if t.DownSince != nil {
+		what = "no answer to foreman's polls for " + age(now.Sub(*t.DownSince))
+	}
+	if t.Error != "" {
+		what += ": " + termSafe(t.Error)
+	}
+	return what
 }

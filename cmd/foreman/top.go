@@ -26,6 +26,9 @@ type topSnapshot struct {
 	Paused  *client.Pause      `json:"paused,omitempty"`
 	// Elsewhere are the jobs another foreman's worker runs (several Macs on one NATS).
 	Elsewhere []client.ElsewhereJob `json:"running_elsewhere,omitempty"`
+	// OwnTargetDown is foreman's own Ollama while its polls fail and the worker is not
+	// paused for it (a job runs, waiting on it).
+	OwnTargetDown *client.QueueTarget `json:"own_target_down,omitempty"`
 }
 
 // topRows caps the queue rows and recent jobs a frame lists.
@@ -85,7 +88,8 @@ func fetchTop(ctx context.Context, c *client.Client) (*topSnapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total, Paused: q.Paused, Elsewhere: q.RunningElsewhere}
+	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total, Paused: q.Paused, Elsewhere: q.RunningElsewhere,
+		OwnTargetDown: silentTarget(q)}
 	// The finished jobs by state: while a backlog lasts the newest jobs all wait.
 	l, err := c.Jobs(ctx, client.JobFilter{States: []client.State{client.StateDone, client.StateFailed, client.StateCanceled}, Limit: topRecentRows})
 	if err != nil {
@@ -159,7 +163,10 @@ func topText(s *topSnapshot, now time.Time, url string) string {
 		fmt.Fprintf(&b, "ELSEWHERE  %s  %s  %s  %s  %s%s\n", termSafe(j.Model), programName(j.Program), termSafe(string(j.State)), topDuration(now.Sub(since)), termSafe(j.JobID), on)
 	}
 	if p := s.Paused; p != nil {
-		fmt.Fprintf(&b, "PAUSED   %s for %s: %s\n", pauseText(p.Reason), topDuration(now.Sub(p.Since)), termSafe(p.Error))
+		fmt.Fprintf(&b, "PAUSED   %s for %s%s: %s\n", pauseText(p), topDuration(now.Sub(p.Since)), restartText(p), termSafe(p.Error))
+	}
+	if t := s.OwnTargetDown; t != nil {
+		fmt.Fprintf(&b, "OLLAMA   %s\n", silentText(t, now, topDuration))
 	}
 	loaded := "-"
 	if len(s.Loaded) > 0 {
@@ -169,9 +176,9 @@ func topText(s *topSnapshot, now time.Time, url string) string {
 
 	fmt.Fprintf(&b, "QUEUE (%d)\n", s.Total)
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "POS\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
+	fmt.Fprintln(tw, "POS\tSTATE\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
 	for _, j := range s.Queued {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, topETA(now, j.ETA), termSafe(j.Model), termSafe(j.Priority),
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, waitState(j), topETA(now, j.ETA), termSafe(j.Model), termSafe(j.Priority),
 			programName(j.Program), termSafe(string(j.Kind)), topDuration(now.Sub(j.CreatedAt)), termSafe(j.JobID))
 	}
 	_ = tw.Flush()

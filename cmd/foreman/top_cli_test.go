@@ -90,7 +90,7 @@ func TestTopPrintsOnePlainSnapshotUnderAPipe(t *testing.T) {
 	for _, line := range strings.Split(r.stdout, "\n") {
 		for i, id := range h.queued {
 			if strings.HasSuffix(line, id) {
-				if !regexp.MustCompile(`^\d+\s+(in \S+ \(\d\d:\d\d:\d\d\)|-)\s+tiny-[ab]\s+normal\s+\(anonymous\)\s+chat\s+\S+\s+`).MatchString(line) {
+				if !regexp.MustCompile(`^\d+\s+waiting\s+(in \S+ \(\d\d:\d\d:\d\d\)|-)\s+tiny-[ab]\s+normal\s+\(anonymous\)\s+chat\s+\S+\s+`).MatchString(line) {
 					t.Errorf("queue line of job %d: %q", i, line)
 				}
 				pos = append(pos, strings.Fields(line)[0])

@@ -224,25 +224,62 @@ const PAUSE_REASONS = {
   store_refuses_writes: "the job store refuses writes",
 };
 
-// A paused worker: why, for how long, and the error; hidden while it runs.
+// A paused worker: why, for how long, and the error; hidden while it runs. A pause that
+// only a restart of foreman ends (restart_needed) says so: it never resumes by itself.
 function renderPaused(p) {
   const box = $("paused");
   box.hidden = !p;
+  box.classList.toggle("restart", !!(p && p.restart_needed));
   if (!p) {
     replaceChildren(box, []);
     return;
   }
-  replaceChildren(box, [
+  const since = " for " + fmtDur(Date.now() - ms(p.since));
+  replaceChildren(box, p.restart_needed ? [
+    el("span", { class: "why" }, "Worker stopped: the job store cannot write until foreman is restarted"),
+    since + "; it does not resume by itself. Restart foreman, once its disk has room if it is full. ",
+    el("span", { class: "err" }, p.error || ""),
+  ] : [
     el("span", { class: "why" }, "Worker paused: " + (PAUSE_REASONS[p.reason] || p.reason)),
-    " for " + fmtDur(Date.now() - ms(p.since)) + "; jobs wait until it resumes. ",
+    since + "; jobs wait until it resumes. ",
     el("span", { class: "err" }, p.error || ""),
   ]);
+}
+
+// This foreman's own Ollama while its polls fail and the worker is not paused for it
+// already: a job may be running, waiting on an Ollama that does not answer.
+function renderTargetDown(q) {
+  const box = $("target-down");
+  const own = (q.targets || []).find((t) => t.own);
+  const pausedForIt = q.paused && q.paused.reason === "target_unreachable";
+  const show = own && !own.reachable && (own.down_since || own.error) && !pausedForIt;
+  box.hidden = !show;
+  if (!show) {
+    replaceChildren(box, []);
+    return;
+  }
+  const what = own.down_since
+    ? "Ollama has not answered foreman's polls since " + fmtClock(ms(own.down_since)) + " (" + fmtDur(Date.now() - ms(own.down_since)) + ")"
+    : "Ollama's last poll failed";
+  const then = q.running
+    ? "; the running job gets no answer from it until it is back or its attempt is given up. "
+    : "; jobs wait until it answers. ";
+  replaceChildren(box, [el("span", { class: "why" }, what), then, el("span", { class: "err" }, own.error || "")]);
 }
 
 function renderLoaded(models) {
   replaceChildren($("loaded"), (models && models.length)
     ? models.map((m) => el("li", {}, m))
     : [el("li", { class: "muted" }, "none")]);
+}
+
+// waitState is a waiting job's state cell: a job backing off after a failed attempt
+// says so, with the attempt and its error (cut short, whole in the tooltip).
+function waitState(j) {
+  if (j.state !== "retrying") return el("td", { class: "muted", "data-field": "state" }, "waiting");
+  return el("td", { class: "retrying", "data-field": "state", title: j.error || null },
+    "retrying after attempt " + (j.attempts || "?"),
+    j.error ? el("div", { class: "err" }, clip(j.error, ERROR_CLIP)) : null);
 }
 
 function renderQueue(q) {
@@ -255,10 +292,11 @@ function renderQueue(q) {
     el("td", {}, j.program || "(anonymous)"),
     el("td", {}, j.kind),
     el("td", {}, fmtDur(now - ms(j.created_at))),
+    waitState(j),
     el("td", { class: "id" }, jobId(j)),
     el("td", {}, cancelButton(jobId(j))),
   ));
-  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "the queue is empty")));
+  if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "the queue is empty")));
   replaceChildren($("queue-rows"), rows);
   const total = q.total || 0, shown = (q.queued || []).length;
   $("queue-total").textContent = String(total);
@@ -273,7 +311,9 @@ function clip(text, n) {
 }
 
 function renderRecent(jobs) {
-  const done = jobs.filter((j) => TERMINAL.has(j.state)).slice(0, RECENT);
+  // Newest end first, as the Finished column reads (the list comes newest created first).
+  const done = jobs.filter((j) => TERMINAL.has(j.state))
+    .sort((a, b) => (ms(b.finished_at) || 0) - (ms(a.finished_at) || 0)).slice(0, RECENT);
   const rows = done.map((j) => {
     const wait = j.started_at ? ms(j.started_at) - ms(j.created_at) : NaN;
     const run = j.started_at && j.finished_at ? ms(j.finished_at) - ms(j.started_at) : NaN;
@@ -442,6 +482,7 @@ async function poll() {
     renderRunning(q.running);
     renderElsewhere(q.running_elsewhere);
     renderPaused(q.paused);
+    renderTargetDown(q);
     renderLoaded(q.loaded);
     renderQueue(q);
     renderRecent(jobs);

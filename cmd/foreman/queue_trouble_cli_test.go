@@ -1,0 +1,132 @@
+package main
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// troubleRunning is a GET /queue "running" field relative to fixedNow (2025-01-02T03:04:05Z).
+const troubleRunning = `"running":{"id":"01JGJ4Q2R0000000000000000B","kind":"chat","model":"qwen2.5:0.5b","state":"working","attempts":1,"created_at":"2025-01-02T02:58:05Z","started_at":"2025-01-02T03:01:05Z","finished_at":null,"error":"","result":null,"artifacts":[],"priority":"normal","program":""}`
+
+// restartBody: the worker paused by a store fault only a restart ends (ADR-0041).
+const restartBody = `{"running":null,"loaded":[],"queued":[],"total":0,` +
+	`"paused":{"reason":"store_refuses_writes","since":"2025-01-02T03:01:05Z","error":"broker: probe write: job store cannot write until foreman restarts (the store's fault: write error: no space left on device)","restart_needed":true},` +
+	`"targets":[{"name":"mac","reachable":true,"loaded":[],"own":true}]}`
+
+// hungBody: a job runs while the own Ollama leaves its polls unanswered; the worker is not
+// paused, it waits on the job's call. The error carries a terminal control sequence.
+const hungBody = `{` + troubleRunning + `,"loaded":[],"queued":[],"total":0,"paused":null,` +
+	`"targets":[{"name":"mac","reachable":false,"loaded":[],"own":true,"down_since":"2025-01-02T03:03:00Z","error":"ollama: poll: no answer within 10s\u001b[2J"},` +
+	`{"name":"studio","reachable":true,"loaded":[]}]}`
+
+// troubleForeman serves body on GET /queue and no finished jobs on GET /jobs (top reads both).
+func troubleForeman(t *testing.T, body string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch r.URL.Path {
+		case "/queue":
+			_, _ = io.WriteString(w, body)
+		case "/jobs":
+			_, _ = io.WriteString(w, `{"jobs":[]}`)
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// A pause that only a restart of foreman ends says so in `foreman queue` and `foreman
+// top`: "refuses writes" alone reads as if it would pass by itself.
+func TestQueueAndTopSayARestartIsNeeded(t *testing.T) {
+	t.Parallel()
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, restartBody)}
+	for _, c := range []struct{ cmd, line string }{
+		{"queue", "Paused:  job store cannot write for 3m; foreman needs a restart (once its disk has room): broker: probe write: job store cannot write until foreman restarts"},
+		{"top", "PAUSED   job store cannot write for 3m00s; foreman needs a restart (once its disk has room): broker: probe write:"},
+	} {
+		args := []string{c.cmd}
+		if c.cmd == "top" {
+			args = append(args, "--once")
+		}
+		r := runCLI(t, vars, nil, nil, args...)
+		if r.code != 0 {
+			t.Fatalf("%s: exit %d, stderr %q", c.cmd, r.code, r.stderr)
+		}
+		if !strings.Contains(r.stdout, c.line) || strings.Contains(r.stdout, "refuses writes") {
+			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
+		}
+	}
+}
+
+// While a job runs on an Ollama that leaves foreman's polls unanswered (hung), `foreman
+// queue` and `foreman top` say so under the running job, with the poll's error made safe
+// for a terminal; a worker paused for Ollama already says it, and no line repeats it.
+func TestQueueAndTopShowAHungOllamaWhileAJobRuns(t *testing.T) {
+	t.Parallel()
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, hungBody)}
+	for _, c := range []struct{ cmd, line string }{
+		{"queue", "Ollama:  no answer to foreman's polls for 1m: ollama: poll: no answer within 10s\\x1b[2J\n"},
+		{"top", "OLLAMA   no answer to foreman's polls for 1m05s: ollama: poll: no answer within 10s\\x1b[2J\n"},
+	} {
+		args := []string{c.cmd}
+		if c.cmd == "top" {
+			args = append(args, "--once")
+		}
+		r := runCLI(t, vars, nil, nil, args...)
+		if r.code != 0 {
+			t.Fatalf("%s: exit %d, stderr %q", c.cmd, r.code, r.stderr)
+		}
+		if !strings.Contains(r.stdout, c.line) || strings.Contains(r.stdout, "\x1b") {
+			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
+		}
+	}
+
+	paused := strings.Replace(hungBody, `"paused":null`, `"paused":{"reason":"target_unreachable","since":"2025-01-02T03:03:00Z","error":"refused"}`, 1)
+	vars = map[string]string{"FOREMAN_URL": troubleForeman(t, paused)}
+	for _, cmd := range [][]string{{"queue"}, {"top", "--once"}} {
+		r := runCLI(t, vars, nil, nil, cmd...)
+		if r.code != 0 || !strings.Contains(strings.ToLower(r.stdout), "paused") || strings.Contains(r.stdout, "no answer to foreman's polls") {
+			t.Errorf("foreman %s with the worker paused for Ollama: exit %d, want the pause alone:\n%s", cmd[0], r.code, r.stdout)
+		}
+	}
+}
+
+// A job backing off after a failed attempt is told from one waiting its first turn in
+// `foreman queue` (its state, and a line with the attempt's error made safe for a
+// terminal) and in `foreman top` (its state).
+func TestQueueAndTopShowARetryingJob(t *testing.T) {
+	t.Parallel()
+	body := `{"running":null,"loaded":[],"queued":[` +
+		`{"job_id":"01JGJ4Q2R0000000000000000C","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:00:00Z","queue_position":1,"eta":"2025-01-02T03:04:05Z",` +
+		`"state":"retrying","attempts":2,"error":"ollama: POST /api/chat: EOF\u001b[2J"},` +
+		`{"job_id":"01JGJ4Q2R0000000000000000D","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:01:00Z","queue_position":2,"eta":"2025-01-02T03:04:45Z"}],` +
+		`"total":2,"paused":null}`
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, body)}
+	r := runCLI(t, vars, nil, nil, "queue")
+	if r.code != 0 {
+		t.Fatalf("queue: exit %d, stderr %q", r.code, r.stderr)
+	}
+	for _, re := range []string{
+		`(?m)^1 +01JGJ4Q2R0000000000000000C .* retrying \(2\)$`,
+		`(?m)^2 +01JGJ4Q2R0000000000000000D .* waiting$`,
+		`(?m)^Retrying: 01JGJ4Q2R0000000000000000C: attempt 2 failed: ollama: POST /api/chat: EOF\\x1b\[2J$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) || strings.Contains(r.stdout, "\x1b") {
+			t.Errorf("foreman queue: no line matching %s:\n%s", re, r.stdout)
+		}
+	}
+	r = runCLI(t, vars, nil, nil, "top", "--once")
+	if r.code != 0 {
+		t.Fatalf("top: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !regexp.MustCompile(`(?m)^1 +retrying \(2\) .*01JGJ4Q2R0000000000000000C$`).MatchString(r.stdout) ||
+		!regexp.MustCompile(`(?m)^2 +waiting .*01JGJ4Q2R0000000000000000D$`).MatchString(r.stdout) {
+		t.Errorf("foreman top does not tell the retrying job from the waiting one:\n%s", r.stdout)
+	}
+}

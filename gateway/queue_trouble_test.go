@@ -1,0 +1,136 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A worker paused by a store fault that only a restart ends (the embedded server's stream
+// that failed a write on a full disk, ADR-0041) says so in GET /queue: "restart_needed"
+// true, as it will not resume by itself. Once the fault is gone (in this test; a real
+// one needs the restart) the pause ends and the job runs.
+func TestQueueSaysAStoreFaultNeedsARestart(t *testing.T) {
+	t.Parallel()
+	var fault atomic.Bool
+	opt, start := withWorker(t)
+	b := newTestBundle(t, opt, withBroker(brokertest.WithStore(func(c *broker.Config) {
+		c.WriteFault = func() error {
+			if fault.Load() {
+				return errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
+			}
+			return nil
+		}
+	})))
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+	fault.Store(true)
+	if b.Broker.Store.CheckWriteFault() == nil {
+		t.Fatal("the injected write fault does not stand")
+	}
+	start()
+	var q queueBody
+	eventually(t, 20*time.Second, "queue shows the pause", func() bool {
+		q = getQueue(t, b, "")
+		return q.Paused != nil
+	})
+	if q.Paused.Reason != broker.PauseStoreRefusesWrites || !q.Paused.RestartNeeded {
+		t.Errorf("paused %+v: want store_refuses_writes with restart_needed", q.Paused)
+	}
+	// The error says the write failed for the store's fault, not for a stream of its own.
+	if !strings.Contains(q.Paused.Error, "until foreman restarts (the store's fault: JetStream stream") {
+		t.Errorf("pause error %q: want the store's fault named as such", q.Paused.Error)
+	}
+	if _, raw := b.request(t, http.MethodGet, "/queue", nil); !strings.Contains(string(raw), `"restart_needed":true`) {
+		t.Errorf("body %s: want restart_needed in paused", raw)
+	}
+
+	fault.Store(false)
+	waitJobState(t, b, id, broker.StateDone)
+	eventually(t, 20*time.Second, "the pause to end", func() bool { return getQueue(t, b, "").Paused == nil })
+	if _, raw := b.request(t, http.MethodGet, "/queue", nil); strings.Contains(string(raw), "restart_needed") {
+		t.Errorf("body %s: restart_needed with no pause", raw)
+	}
+}
+
+// While the own Ollama leaves its polls unanswered with a job running (a hung Mac), the
+// worker is not paused (it waits on the job's call), yet GET /queue shows the target
+// unreachable, since when, and why: the page warns from that. Once a poll is answered
+// both go.
+func TestQueueShowsTheOwnTargetDownWhileAJobRuns(t *testing.T) {
+	t.Parallel()
+	opt, start := withWorker(t)
+	b := newTestBundle(t, opt)
+	release := b.Fake.Hold("tiny-a")
+	defer release()
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+	start()
+	eventually(t, 20*time.Second, "the job to run", func() bool { return getQueue(t, b, "").Running != nil })
+	b.Fake.SetDown(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	before := time.Now()
+	if err := b.Inv.Refresh(ctx); err == nil {
+		t.Fatal("a poll of a target that is down succeeded")
+	}
+	q := getQueue(t, b, "")
+	if q.Running == nil || q.Running.ID != id || q.Paused != nil {
+		t.Fatalf("running %v, paused %+v: want job %s running, no pause", q.Running, q.Paused, id)
+	}
+	own := q.Targets[0]
+	if !own.Own || own.Reachable || own.DownSince == nil || own.DownSince.Before(before.Add(-time.Second)) || own.Error == "" {
+		t.Errorf("own target %+v: want unreachable, down since the poll, with its error", own)
+	}
+
+	b.Fake.SetDown(false)
+	if err := b.Inv.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if own := getQueue(t, b, "").Targets[0]; !own.Reachable || own.DownSince != nil || own.Error != "" {
+		t.Errorf("own target %+v once a poll is answered: want reachable, no down_since or error", own)
+	}
+}
+
+// A job backing off after a failed attempt shows in GET /queue as retrying, with the
+// attempt's number and error, unlike one waiting its first turn.
+func TestQueueShowsARetryingJob(t *testing.T) {
+	t.Parallel()
+	var w *worker.Worker
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		var err error
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory, RetryDelay: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Queue = w
+	}))
+	b.Fake.FailNextOn("/api/chat", 1, ollamatest.DropConnection)
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+	waiting := jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"hi"}],"priority":"low"}`)
+	release := b.Fake.Hold("tiny-b") // the other job, should it run, stays in sight
+	defer release()
+	runUntilCleanup(t, "worker", w.Run)
+	waitJobState(t, b, id, broker.StateRetrying)
+	var q queueBody
+	eventually(t, 10*time.Second, "queue shows the retry", func() bool {
+		q = getQueue(t, b, "")
+		return len(q.Queued) > 0 && q.Queued[0].State != ""
+	})
+	r := q.Queued[0]
+	if r.JobID != id || r.State != broker.StateRetrying || r.Attempts != 1 || r.Error == "" {
+		t.Errorf("queued %+v: want job %s retrying after attempt 1 with its error", r, id)
+	}
+	for _, j := range q.Queued[1:] {
+		if j.JobID == waiting && (j.State != "" || j.Attempts != 0 || j.Error != "") {
+			t.Errorf("queued %+v: a job waiting its first turn shows as retrying", j)
+		}
+	}
+}
