@@ -1,11 +1,15 @@
 package worker_test
 
 import (
+	"net/http"
+	"net/http/httptest"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -108,5 +112,69 @@ func TestAJobAfterTheTargetRestartedLoadsItsModel(t *testing.T) {
 	}
 	if n := tb.fake.Loads(); n != loads+1 {
 		t.Errorf("fake loads %d, want %d: the retried job loads tiny-a", n, loads+1)
+	}
+}
+
+// While the target is not there (its calls refused), the plan counts on the runner it
+// ran last, as the pick will once it is back as it was: the view's positions follow the
+// pick rule (ADR-0028). A worker that forgot that runner for the pause put an older job of
+// another model first, and ran the other order.
+func TestQueueViewKeepsTheLastRunnerWhileTheTargetIsDown(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+	tb.goSilent(t, inv)
+	b := tb.chat(t, "tiny-b", 1) // taken at once, refused: the worker pauses
+	var v *broker.QueueView
+	eventually(t, 10*time.Second, "the worker paused for the target", func() bool {
+		var err error
+		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		return v.Paused != nil && v.Paused.Reason == broker.PauseTargetUnreachable
+	})
+	a := tb.chat(t, "tiny-a", 2)
+	eventually(t, 10*time.Second, "the view to hold both jobs", func() bool {
+		var err error
+		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		return len(v.Queued) == 2
+	})
+	if v.Queued[0].JobID != a.ID || v.Queued[1].JobID != b.ID {
+		t.Errorf("queued %s then %s while the target is down, want the later tiny-a job %s first (the runner run last, drained first)",
+			v.Queued[0].Model, v.Queued[1].Model, a.ID)
+	}
+}
+
+// A target whose polls are answered with an error for good (a proxy that passes only the
+// model calls) while its model calls work: after one failed job the next pick reads
+// /api/ps once, not at every pick from then on.
+func TestAFailedJobCostsOnePsReadWhenThePollsFail(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	var polls atomic.Int32
+	proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		polls.Add(1)
+		http.Error(w, `{"error":"not passed on"}`, http.StatusNotFound)
+	}))
+	t.Cleanup(proxy.Close)
+	pc, err := ollama.NewClient(ollama.ClientConfig{BaseURL: proxy.URL, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: pc, Logger: testLogger()})
+	tb.start(t, worker.Config{Inventory: inv})
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+	tb.fake.FailNext(1, ollamatest.FailStatus(500, "runner crashed"))
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateFailed)
+	before := polls.Load()
+	for i := range 4 {
+		tb.waitState(t, tb.chat(t, "tiny-a", i+2).ID, broker.StateDone)
+	}
+	if n := polls.Load() - before; n > 2 {
+		t.Errorf("%d reads of the failing polls over 4 jobs after one failed, want at most the one that follows it", n)
 	}
 }

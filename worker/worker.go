@@ -665,10 +665,15 @@ func (w *Worker) refreshLoaded(ctx context.Context, heads []head) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, psTimeout)
 	defer cancel()
-	if err := inv.Refresh(pctx); err != nil {
+	err := inv.Refresh(pctx)
+	if err != nil {
 		w.log.Debug("refresh loaded models", "err", err)
-		return
+		if ollama.Unreachable(err) {
+			return // read again at the next pick: the target is not there (yet)
+		}
 	}
+	// Read, or answered with an error (a proxy that passes only the model calls): a
+	// drain reads no more, or it would read at every pick for good.
 	w.mu.Lock()
 	w.psDue = false
 	w.mu.Unlock()
@@ -676,22 +681,21 @@ func (w *Worker) refreshLoaded(ctx context.Context, heads []head) {
 
 // called records how a job's target call of token's runner went: answered by its model
 // (the runner is loaded now), or not (answered reports false: a model the target lacks,
-// a load that failed, a target gone or restarted). Then nothing is counted loaded before
-// /api/ps is read again.
-func (w *Worker) called(token string, answered bool) {
+// a load that failed, a target restarted), when nothing is counted loaded before /api/ps
+// is read again. A target not there (unreachable) leaves the runner run last as it was
+// for the plan (the view's positions, ADR-0028), and the next pick reads /api/ps first:
+// the target may come back having restarted empty.
+func (w *Worker) called(token string, answered, unreachable bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if answered {
+	switch {
+	case answered:
 		w.lastModel = runnerOf(token)
-		return
+	case unreachable:
+		w.psDue = true
+	default:
+		w.lastModel, w.psDue = "", true
 	}
-	w.forgetLoadedLocked()
-}
-
-// forgetLoadedLocked drops what the worker counted on the target holding: the next pick
-// reads /api/ps first. w.mu must be held.
-func (w *Worker) forgetLoadedLocked() {
-	w.lastModel, w.psDue = "", true
 }
 
 // psTimeout bounds the /api/ps read before a pick; without it the pick trusts the last job.
@@ -791,7 +795,10 @@ func (w *Worker) waitStore(ctx context.Context, cause error) {
 // no answer in time, a proxy's 502 or 504 for it: ollama.Unreachable) keeps the pause.
 func (w *Worker) waitTarget(ctx context.Context, cause error) {
 	w.mu.Lock()
-	w.forgetLoadedLocked() // a target that comes back may have restarted empty
+	// A target that comes back may have restarted empty: the next pick reads /api/ps
+	// (a poll after the last job's end stands over the runner run last); meanwhile the
+	// plan counts on that runner, as the pick will if the target comes back as it was.
+	w.psDue = true
 	w.mu.Unlock()
 	w.waitUntil(ctx, broker.PauseTargetUnreachable, cause, w.probeTarget, ollama.Unreachable, w.cfg.TargetBack,
 		"target unreachable; worker paused", "target is back; resuming")
