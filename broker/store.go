@@ -570,7 +570,7 @@ func (s *Store) discard(j *Job) {
 		s.log.Warn("discard job record", "job_id", j.ID, "err", err)
 	}
 	if j.BodyRef != "" {
-		_ = s.artifacts.Delete(ctx, j.BodyRef)
+		s.deleteBody(ctx, j.ID, j.BodyRef)
 	}
 }
 

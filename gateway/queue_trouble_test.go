@@ -119,18 +119,22 @@ func TestQueueShowsARetryingJob(t *testing.T) {
 	defer release()
 	runUntilCleanup(t, "worker", w.Run)
 	waitJobState(t, b, id, broker.StateRetrying)
+	// The tiny-b job runs (held) while tiny-a backs off; a second one waits behind it,
+	// its first turn to come.
+	if err := b.Fake.WaitStarted(testCtx(t, 10*time.Second), "tiny-b", 1); err != nil {
+		t.Fatal(err)
+	}
+	next := jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"next"}],"priority":"low"}`)
 	var q queueBody
-	eventually(t, 10*time.Second, "queue shows the retry", func() bool {
+	eventually(t, 10*time.Second, "queue shows the retry and the job behind the running one", func() bool {
 		q = getQueue(t, b, "")
-		return len(q.Queued) > 0 && q.Queued[0].State != ""
+		return len(q.Queued) == 2 && q.Queued[0].State != ""
 	})
 	r := q.Queued[0]
 	if r.JobID != id || r.State != broker.StateRetrying || r.Attempts != 1 || r.Error == "" {
 		t.Errorf("queued %+v: want job %s retrying after attempt 1 with its error", r, id)
 	}
-	for _, j := range q.Queued[1:] {
-		if j.JobID == waiting && (j.State != "" || j.Attempts != 0 || j.Error != "") {
-			t.Errorf("queued %+v: a job waiting its first turn shows as retrying", j)
-		}
+	if j := q.Queued[1]; j.JobID != next || j.State != "" || j.Attempts != 0 || j.Error != "" {
+		t.Errorf("queued %+v: want job %s waiting its first turn, not shown as retrying (%s runs)", j, next, waiting)
 	}
 }
