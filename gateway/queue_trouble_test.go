@@ -126,9 +126,9 @@ func TestQueueShowsARetryingJob(t *testing.T) {
 	}
 	next := jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"next"}],"priority":"low"}`)
 	var q queueBody
-	eventually(t, 10*time.Second, "queue shows the retry and the job behind the running one", func() bool {
+	eventually(t, 10*time.Second, "queue shows the tiny-b job running, the retry and the job behind", func() bool {
 		q = getQueue(t, b, "")
-		return len(q.Queued) == 2 && q.Queued[0].State != ""
+		return q.Running != nil && q.Running.ID == waiting && len(q.Queued) == 2 && q.Queued[0].State != ""
 	})
 	r := q.Queued[0]
 	if r.JobID != id || r.State != broker.StateRetrying || r.Attempts != 1 || r.Error == "" {
