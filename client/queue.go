@@ -45,8 +45,9 @@ type QueueTarget struct {
 	Loaded    []string `json:"loaded"`
 	// Own marks this foreman's own target.
 	Own bool `json:"own,omitempty"`
-	// DownSince (own target only) is when its polls stopped being answered; nil while
-	// they are, or when the last poll got an answer that was an error.
+	// DownSince (own target only) is when its polls stopped being answered (refused,
+	// unanswered, or a proxy's 502/504); nil while they are answered, an error status
+	// other than those included.
 	DownSince *time.Time `json:"down_since,omitempty"`
 	// Error (own target only) is the last poll's failure; empty after one that succeeded.
 	Error string `json:"error,omitempty"`
