@@ -42,6 +42,7 @@ func diedSpare(j *broker.Job, seq uint64) bool {
 // job of its queue waits out a retry back-off) is not found, and runs in its turn.
 func (w *Worker) readResumed(ctx context.Context, heads []head) error {
 	found := map[string]uint64{}
+	ending := 0 // found, but to be canceled when taken, not run
 	if w.store.Config().Exclusive {
 		for _, h := range heads {
 			if h.JobID == "" {
@@ -58,6 +59,10 @@ func (w *Worker) readResumed(ctx context.Context, heads []head) error {
 				continue
 			}
 			found[h.Token] = h.Seq
+			if j.CancelRequested != "" {
+				ending++ // a sync job of the process that died (sweep), or one canceled meanwhile
+				continue
+			}
 			if j.State == broker.StateLoading || j.State == broker.StateWorking {
 				w.markDied(ctx, j.ID)
 			}
@@ -66,8 +71,13 @@ func (w *Worker) readResumed(ctx context.Context, heads []head) error {
 	w.mu.Lock()
 	w.cutJobs, w.resumeRead = found, true
 	w.mu.Unlock()
-	if len(found) > 0 {
-		w.log.Info("jobs cut short by the last stop run first", "jobs", len(found))
+	// A job whose cancel is asked for goes first too, and ends without running: the log
+	// does not count it among those that run.
+	if run := len(found) - ending; run > 0 {
+		w.log.Info("jobs cut short by the last stop run first", "jobs", run)
+	}
+	if ending > 0 {
+		w.log.Info("jobs cut short by the last stop end canceled, unrun", "jobs", ending)
 	}
 	return nil
 }

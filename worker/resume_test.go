@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -287,5 +288,33 @@ func TestPauseEndsOnAProbeAnsweredWithAnErrorStatus(t *testing.T) {
 	got := tb.waitState(t, job.ID, broker.StateDone)
 	if got.Attempt != 2 {
 		t.Errorf("the job ended after attempt %d, want 2 (the dropped call, then the run after the pause)", got.Attempt)
+	}
+}
+
+// After a crash, the sync job that was running dies with its caller: the start's sweep
+// asks for its cancel, and it ends canceled without running. The worker's log counts it
+// apart from the jobs cut short that do run first, not as one of them.
+func TestCutShortSyncJobOfTheDeadProcessIsNotLoggedAsRunning(t *testing.T) {
+	t.Parallel()
+	tb := setupExclusive(t)
+	dead := tb.syncJob(t, "tiny-a", broker.NewID()) // the gateway of the process that died
+	async := tb.chat(t, "tiny-b", 1)
+	tb.cutShort(t, dead, killedMidRun)
+	tb.cutShort(t, async, killedMidRun)
+	tb.b.Restart(t)
+
+	var logs lockedBuffer
+	tb.start(t, worker.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if got := tb.waitState(t, dead.ID, broker.StateCanceled); got.Error != broker.CallerGoneReason {
+		t.Errorf("the dead process's sync job ended %q, want %q", got.Error, broker.CallerGoneReason)
+	}
+	tb.waitState(t, async.ID, broker.StateDone)
+	if n := callsOf(tb, "tiny-a"); n != 0 {
+		t.Errorf("the target got %d calls for the dead process's sync job, want 0", n)
+	}
+	out := logs.String()
+	if !strings.Contains(out, `msg="jobs cut short by the last stop run first" jobs=1`) ||
+		!strings.Contains(out, `msg="jobs cut short by the last stop end canceled, unrun" jobs=1`) {
+		t.Errorf("log:\n%s\nwant one job cut short running first and one ending canceled", out)
 	}
 }
