@@ -247,3 +247,33 @@ func TestAFailedJobCostsOnePsReadWhenThePollsFail(t *testing.T) {
 		t.Errorf("%d reads of the failing polls over 4 jobs after one failed, want at most the one that follows it", n)
 	}
 }
+
+// Ollama restarted (empty) with no failure the worker met: no job's call failed, so
+// nothing marks /api/ps due and a drain of one runner reads none. A poll after the last
+// job's end that no longer lists the runner run last stands over it (loadedLocked): the
+// view names nothing loaded, and the next job of that runner is recorded loading, not
+// working. Before any poll sees the restart the worker cannot know without a read before
+// every job, which a drain does not make.
+func TestAPollThatMissesTheRunnerRunLastStandsOverIt(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+	tb.fake.SetLoaded("") // restarted between two polls: nothing loaded
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Loaded) != 0 {
+		t.Errorf("loaded %v after a poll listed none, want none", v.Loaded)
+	}
+	j := tb.chat(t, "tiny-a", 2)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	if got := states.until(t); !slices.Contains(got, broker.StateLoading) {
+		t.Errorf("states %v of the tiny-a job after a poll saw the target empty, want loading", got)
+	}
+}
