@@ -117,25 +117,30 @@ func TestAJobAfterTheTargetRestartedLoadsItsModel(t *testing.T) {
 
 // While the target is not there (its calls refused), the plan counts on the runner it
 // ran last, as the pick will once it is back as it was: the view's positions follow the
-// pick rule (ADR-0028). A worker that forgot that runner for the pause put an older job of
-// another model first, and ran the other order.
+// pick rule (ADR-0028). A worker that forgot that runner when a job's call was refused
+// and it paused put an older job of another model first, and then ran the other order.
+//
+// The tiny-b job must reach the target and be refused: with the polls already saying
+// the target is down, the worker probes before it takes a job and never calls with one
+// (TestQueueViewKeepsTheLastRunnerWhilePausedBeforeAJob).
 func TestQueueViewKeepsTheLastRunnerWhileTheTargetIsDown(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
 	inv := tb.polledInventory(t)
 	w := tb.start(t, worker.Config{Inventory: inv})
 	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
-	tb.goSilent(t, inv)
-	b := tb.chat(t, "tiny-b", 1) // taken at once, refused: the worker pauses
-	var v *broker.QueueView
+	tb.fake.SetDown(true) // the polls have not seen it: the worker takes the next job
+	b := tb.chat(t, "tiny-b", 1)
+	tb.waitState(t, b.ID, broker.StateRetrying)
 	eventually(t, 10*time.Second, "the worker paused for the target", func() bool {
-		var err error
-		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		return v.Paused != nil && v.Paused.Reason == broker.PauseTargetUnreachable
+		p := w.Paused()
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
 	})
+	if refused := refusedCalls(tb.fake); !slices.Equal(refused, []string{"tiny-b:latest"}) {
+		t.Fatalf("refused inference calls %v, want the tiny-b job's", refused)
+	}
 	a := tb.chat(t, "tiny-a", 2)
+	var v *broker.QueueView
 	eventually(t, 10*time.Second, "the view to hold both jobs", func() bool {
 		var err error
 		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
@@ -147,6 +152,70 @@ func TestQueueViewKeepsTheLastRunnerWhileTheTargetIsDown(t *testing.T) {
 		t.Errorf("queued %s then %s while the target is down, want the later tiny-a job %s first (the runner run last, drained first)",
 			v.Queued[0].Model, v.Queued[1].Model, a.ID)
 	}
+
+	// Back as it was (tiny-a still loaded): the pick runs them in that order.
+	tb.fake.SetDown(false)
+	tb.waitState(t, a.ID, broker.StateDone)
+	tb.waitState(t, b.ID, broker.StateDone)
+	if got := answeredCalls(tb.fake); !slices.Equal(got[len(got)-2:], []string{"tiny-a:latest", "tiny-b:latest"}) {
+		t.Errorf("answered inference calls %v, want tiny-a then tiny-b after the outage, as the view placed them", got)
+	}
+}
+
+// TestQueueViewKeepsTheLastRunnerWhilePausedBeforeAJob: a worker that pauses at its
+// probe before a pick (the polls say the target is down), having called nothing, also
+// keeps the runner run last for the plan.
+func TestQueueViewKeepsTheLastRunnerWhilePausedBeforeAJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+	tb.goSilent(t, inv)
+	b := tb.chat(t, "tiny-b", 1)
+	eventually(t, 10*time.Second, "the worker paused for the target", func() bool {
+		p := w.Paused() // its own pause: the view shows one as soon as the polls fail
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
+	})
+	a := tb.chat(t, "tiny-a", 2)
+	var v *broker.QueueView
+	eventually(t, 10*time.Second, "the view to hold both jobs", func() bool {
+		var err error
+		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		return len(v.Queued) == 2
+	})
+	if v.Queued[0].JobID != a.ID || v.Queued[1].JobID != b.ID {
+		t.Errorf("queued %s then %s while paused, want the later tiny-a job %s first (the runner run last, drained first)",
+			v.Queued[0].Model, v.Queued[1].Model, a.ID)
+	}
+	if n := len(refusedCalls(tb.fake)); n != 0 {
+		t.Errorf("%d inference calls refused, want none: the worker probes before it takes a job", n)
+	}
+}
+
+// refusedCalls is the model of every inference call the fake failed, in arrival order.
+func refusedCalls(fake *ollamatest.Server) []string {
+	var out []string
+	for _, c := range fake.Calls() {
+		if c.Model != "" && c.Path != "/api/show" && c.Failure != "" {
+			out = append(out, c.Model)
+		}
+	}
+	return out
+}
+
+// answeredCalls is the model of every inference call the fake did not fail, in arrival
+// order.
+func answeredCalls(fake *ollamatest.Server) []string {
+	var out []string
+	for _, c := range fake.Calls() {
+		if c.Model != "" && c.Path != "/api/show" && c.Failure == "" {
+			out = append(out, c.Model)
+		}
+	}
+	return out
 }
 
 // A target whose polls are answered with an error for good (a proxy that passes only the
@@ -176,5 +245,35 @@ func TestAFailedJobCostsOnePsReadWhenThePollsFail(t *testing.T) {
 	}
 	if n := polls.Load() - before; n > 2 {
 		t.Errorf("%d reads of the failing polls over 4 jobs after one failed, want at most the one that follows it", n)
+	}
+}
+
+// Ollama restarted (empty) with no failure the worker met: no job's call failed, so
+// nothing marks /api/ps due and a drain of one runner reads none. A poll after the last
+// job's end that no longer lists the runner run last stands over it (loadedLocked): the
+// view names nothing loaded, and the next job of that runner is recorded loading, not
+// working. Before any poll sees the restart the worker cannot know without a read before
+// every job, which a drain does not make.
+func TestAPollThatMissesTheRunnerRunLastStandsOverIt(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+	tb.fake.SetLoaded("") // restarted between two polls: nothing loaded
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(v.Loaded) != 0 {
+		t.Errorf("loaded %v after a poll listed none, want none", v.Loaded)
+	}
+	j := tb.chat(t, "tiny-a", 2)
+	states := watchStates(t, tb.b.Conn, j.ID)
+	if got := states.until(t); !slices.Contains(got, broker.StateLoading) {
+		t.Errorf("states %v of the tiny-a job after a poll saw the target empty, want loading", got)
 	}
 }
