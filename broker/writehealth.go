@@ -112,6 +112,11 @@ func (s *Store) WriteFault() error {
 	return s.fault.err
 }
 
+// NeedsRestart reports whether err is a write refused for a store fault that only a
+// restart of foreman ends (ErrStoreFailed: a stream that failed a write, a data directory
+// removed).
+func NeedsRestart(err error) bool { return errors.Is(err, ErrStoreFailed) }
+
 // writeFault remembers a fault reported by Config.WriteFault, so that while it stands
 // each write fails at once (ErrStoreFailed) instead of waiting out RetryWindow for
 // answers that never come. A store without a fault pays one atomic load per write.
