@@ -2,19 +2,29 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
 // A pause for a store fault that only a restart ends keeps saying so through probes that
 // got no answer in time (a stream with a write error answers none of its failing
 // writes, and a fault check that hangs leaves the fault unknown meanwhile); an answer
-// that is another refusal ends it, and a pause for the target never says it.
+// that is another refusal ends it (so does a fault that may pass: a data directory that
+// could not be checked), and a pause for the target never says it.
 func TestPauseRestartNeededFollowsItsCause(t *testing.T) {
 	t.Parallel()
-	fault := fmt.Errorf("broker: probe write: %w until foreman restarts (the store's fault: write error)", broker.ErrStoreFailed)
+	storeFault := func(report error) error {
+		b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+			c.WriteFault = func() error { return report }
+		}))
+		return fmt.Errorf("broker: probe write: %w", b.Store.CheckWriteFault())
+	}
+	fault := storeFault(errors.New("stream KV_FOREMAN_JOBS write error: no space left on device"))
+	passing := storeFault(broker.FaultMayPass(errors.New("data directory /data cannot be checked: input/output error")))
 	timedOut := fmt.Errorf("broker: probe write: %w", context.DeadlineExceeded)
 	full := fmt.Errorf("broker: probe write: %w: insufficient storage", broker.ErrStorageFull)
 	steps := []struct {
@@ -29,6 +39,8 @@ func TestPauseRestartNeededFollowsItsCause(t *testing.T) {
 		{broker.PauseStoreRefusesWrites, full, false},
 		{broker.PauseStoreRefusesWrites, timedOut, false},
 		{broker.PauseStoreRefusesWrites, fault, true},
+		{broker.PauseStoreRefusesWrites, passing, false},
+		{broker.PauseStoreRefusesWrites, timedOut, false},
 		{broker.PauseTargetUnreachable, timedOut, false},
 	}
 	var w Worker
