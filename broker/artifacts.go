@@ -63,6 +63,12 @@ func (s *Store) PutArtifact(ctx context.Context, id, name, contentType string, d
 
 // StoreArtifact stores the bytes of an artifact without touching the job record; callers
 // that finish a job put the returned metadata in the same write as the final state.
+//
+// It obeys the fault rules of the record and queue writes (retryWrite, ADR-0041), as a
+// large submit's body put does: while a fault stands it fails at once with
+// ErrStoreFailed, and a put that went unanswered is that fault when Config.WriteFault
+// reports one. Else each try of the worker's held result (ADR-0058) would wait out its
+// puts, 10 s each, and end ErrUnavailable rather than say the store cannot write.
 func (s *Store) StoreArtifact(ctx context.Context, id, name, contentType string, data []byte) (Artifact, error) {
 	if err := ValidateID(id); err != nil {
 		return Artifact{}, err
@@ -74,10 +80,19 @@ func (s *Store) StoreArtifact(ctx context.Context, id, name, contentType string,
 		Name:    artifactObject(id, name),
 		Headers: map[string][]string{"Content-Type": {contentType}},
 	}
+	if err := s.fault.standing(s.cfg.WriteFault, s.clock()); err != nil {
+		return Artifact{}, fmt.Errorf("broker: put artifact %s: %w", meta.Name, err)
+	}
 	// A put that meets a leader election is tried again (a repeat replaces the object):
 	// the result of a job that ran must not be lost to it.
 	err := retrying(ctx, 2*s.cfg.RetryWindow, artifactAttempt, func(ctx context.Context) error {
-		return s.putObject(ctx, meta.Name, data)
+		err := s.putObject(ctx, meta.Name, data)
+		if Transient(err) || errors.Is(err, jetstream.ErrAsyncPublishTimeout) {
+			if ferr := s.fault.check(s.cfg.WriteFault, s.clock()); ferr != nil {
+				return ferr
+			}
+		}
+		return err
 	})
 	if err != nil {
 		return Artifact{}, fmt.Errorf("broker: put artifact %s: %w", meta.Name, storageErr(err))

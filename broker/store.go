@@ -72,6 +72,9 @@ type Config struct {
 	// asked only after a write went unanswered, and then at most once a second while the
 	// fault stands, never while an earlier ask still runs (it may hang on the disk): a
 	// write then fails at once with ErrStoreFailed instead of retrying for RetryWindow.
+	// A fault that may pass without a restart (a data directory that could not be
+	// checked) is marked so with FaultMayPass: it is not worded, nor shown in a pause, as
+	// one that lasts until foreman restarts (NeedsRestart).
 	WriteFault func() error
 	// Kinds are the job kinds this foreman runs; a queue message of another is a newer
 	// foreman's (ErrUnknownKind, ADR-0061). Default Kinds, every kind this build knows;

@@ -112,6 +112,29 @@ func (s *Store) WriteFault() error {
 	return s.fault.err
 }
 
+// errNeedsRestart marks a fault (ErrStoreFailed) that only a restart of foreman ends.
+var errNeedsRestart = errors.New("until foreman restarts")
+
+// NeedsRestart reports whether err is a write refused for a store fault that only a
+// restart of foreman ends (ErrStoreFailed: a stream that failed a write, a data directory
+// removed), not one marked FaultMayPass.
+func NeedsRestart(err error) bool { return errors.Is(err, errNeedsRestart) }
+
+// FaultMayPass marks a fault Config.WriteFault reports as one that may pass without a
+// restart (a data directory that could not be checked, which a later check may find in
+// place): writes fail while it stands, as for any fault, but nothing says that only a
+// restart ends it. nil stays nil.
+func FaultMayPass(err error) error {
+	if err == nil {
+		return nil
+	}
+	return passingFault{err}
+}
+
+type passingFault struct{ error }
+
+func (p passingFault) Unwrap() error { return p.error }
+
 // writeFault remembers a fault reported by Config.WriteFault, so that while it stands
 // each write fails at once (ErrStoreFailed) instead of waiting out RetryWindow for
 // answers that never come. A store without a fault pays one atomic load per write.
@@ -192,11 +215,18 @@ func (f *writeFault) ask(report func() error, now time.Time) error {
 
 // keep stores report's answer err. Call with f.mu held.
 func (f *writeFault) keep(err error) {
-	f.err = nil
-	if err != nil {
-		// The fault is the store's, not the failed write's own: a record write fails for
-		// the queue stream's write error too, since a job needs both.
-		f.err = fmt.Errorf("%w until foreman restarts (the store's fault: %v)", ErrStoreFailed, err)
+	// The fault is the store's, not the failed write's own: a record write fails for the
+	// queue stream's write error too, since a job needs both. Only a fault that lasts
+	// until a restart is worded so: one that may pass (a data directory that could not
+	// be checked) is said to hold for now.
+	var passing passingFault
+	switch {
+	case err == nil:
+		f.err = nil
+	case errors.As(err, &passing):
+		f.err = fmt.Errorf("%w for now (the store's fault, which may pass: %v)", ErrStoreFailed, err)
+	default:
+		f.err = fmt.Errorf("%w %w (the store's fault: %v)", ErrStoreFailed, errNeedsRestart, err)
 	}
 	f.known.Store(f.err != nil)
 }

@@ -180,9 +180,12 @@ func statusOf(err error) (int, string) {
 		return http.StatusServiceUnavailable, "queue full"
 	case errors.Is(err, broker.ErrStorageFull):
 		return http.StatusServiceUnavailable, "storage full"
-	case errors.Is(err, broker.ErrStoreFailed):
+	case broker.NeedsRestart(err):
 		// A stream that failed a write (a full disk) takes none until foreman restarts.
 		return http.StatusServiceUnavailable, "job store cannot write (see GET /healthz): foreman needs a restart (once its disk has room, if it is full)"
+	case errors.Is(err, broker.ErrStoreFailed):
+		// A fault that may pass (a data directory that could not be checked).
+		return http.StatusServiceUnavailable, "job store cannot write for now (see GET /healthz)"
 	case errors.Is(err, broker.ErrNotFound), errors.Is(err, broker.ErrArtifactNotFound):
 		return http.StatusNotFound, err.Error()
 	case errors.Is(err, broker.ErrBadID), errors.Is(err, broker.ErrBadArtifactName), errors.Is(err, broker.ErrBadModel), errors.Is(err, broker.ErrJobTooLarge):

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -86,5 +87,28 @@ func TestClipInput(t *testing.T) {
 	odd := "x" + long // maxQuoted falls inside an é
 	if got := clipInput(odd); got != odd[:maxQuoted-1]+"…" || !utf8.ValidString(got) {
 		t.Errorf("long value clipped to %d bytes %q", len(got), got)
+	}
+}
+
+// A submit refused for a store fault says foreman needs a restart only for a fault that
+// lasts until one (a stream's write error), not for one that may pass (a data directory
+// that could not be checked).
+func TestStatusOfAStoreFaultSaysARestartOnlyWhenNeeded(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		fault   error
+		restart bool
+	}{
+		{errors.New("stream KV_FOREMAN_JOBS write error: no space left on device"), true},
+		{broker.FaultMayPass(errors.New("data directory /data cannot be checked: input/output error")), false},
+	} {
+		b := brokertest.New(t, brokertest.WithStore(func(cfg *broker.Config) {
+			cfg.WriteFault = func() error { return c.fault }
+		}))
+		err := b.Store.CheckWriteFault()
+		status, msg := statusOf(fmt.Errorf("submit: %w", err))
+		if status != http.StatusServiceUnavailable || strings.Contains(msg, "restart") != c.restart {
+			t.Errorf("%v: %d %q, want 503 that speaks of a restart: %v", c.fault, status, msg, c.restart)
+		}
 	}
 }

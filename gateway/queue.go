@@ -86,10 +86,13 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 }
 
 // pauseShown is p as GET /queue shows it: a pause for a store with a fault that only a
-// restart ends says so, since it would not end by itself. p itself is shared (a cached
-// view holds it) and stays as it is.
+// restart ends says so, since it would not end by itself. The worker marks its pause so
+// from the writes and probes it failed (steady while a fault check hangs, which leaves
+// the store's flag unset); the flag read here says so at once for a fault found since
+// the worker's last probe. p itself is shared (a cached view holds it) and stays as it
+// is.
 func (s *Server) pauseShown(p *broker.Pause) *broker.Pause {
-	if p == nil || p.Reason != broker.PauseStoreRefusesWrites || s.store.WriteFault() == nil {
+	if p == nil || p.RestartNeeded || p.Reason != broker.PauseStoreRefusesWrites || !broker.NeedsRestart(s.store.WriteFault()) {
 		return p
 	}
 	shown := *p

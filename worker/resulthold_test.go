@@ -88,7 +88,9 @@ func TestAsyncResultWhosePutTimesOutOnAFullStoreIsKept(t *testing.T) {
 		case 2, 3:
 			return errPutTimedOut
 		}
-		full.Store(false) // the fault is asked again within a second: the done write waits for it
+		// The fault is asked again within a second: the put (which obeys a standing fault)
+		// and the done write wait for it.
+		full.Store(false)
 		return nil
 	})
 	tb.start(t, worker.WithMaxAttempts(cfg, 1))
@@ -97,8 +99,8 @@ func TestAsyncResultWhosePutTimesOutOnAFullStoreIsKept(t *testing.T) {
 	}
 	rec := tb.waitState(t, job.ID, broker.StateDone)
 	tb.waitQueueEmpty(t)
-	if n := puts.Load(); n != 4 {
-		t.Errorf("the result put was tried %d times, want 4", n)
+	if n := puts.Load(); n < 4 {
+		t.Errorf("the result put was tried %d times, want it held past its timeouts (4 or more)", n)
 	}
 	if runs, calls := fetched.Load(), finishedCalls(tb.fake); runs != 1 || calls != 1 {
 		t.Errorf("delivered %d times, answered by the target %d times; want once", runs, calls)

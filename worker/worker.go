@@ -883,12 +883,23 @@ func (w *Worker) waitUntil(ctx context.Context, reason string, cause error, prob
 // the failure that began the wait and then each probe's. A pause keeps the time it began.
 // The wait comes after the job went back to the queue: the view shows it waiting there,
 // not running.
+//
+// A pause for a store fault that only a restart ends (broker.NeedsRestart) says so
+// (RestartNeeded), and goes on saying so through probes that got no answer in time: a
+// stream with a write error answers none of its failing writes, and a fault check that
+// hangs on the disk leaves the store's own fault flag unset meanwhile, so neither says
+// the fault went. Only an answer does: a probe that is taken ends the pause, one refused
+// otherwise (out of room, say) replaces the cause.
 func (w *Worker) pause(reason string, err error) {
 	p := &broker.Pause{Reason: reason, Since: time.Now().UTC(), Error: broker.PauseText(err)}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.paused != nil && w.paused.Reason == reason {
 		p.Since = w.paused.Since
+		p.RestartNeeded = w.paused.RestartNeeded && broker.TimedOut(err)
+	}
+	if reason == broker.PauseStoreRefusesWrites && broker.NeedsRestart(err) {
+		p.RestartNeeded = true
 	}
 	w.paused = p // replaced, never changed: a cached view may hold the one before
 	w.running = nil

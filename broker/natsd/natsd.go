@@ -60,6 +60,11 @@ type Config struct {
 // ErrLocked is returned when another foreman holds the data directory.
 var ErrLocked = errors.New("data directory is in use by another foreman")
 
+// ErrDataDirUnchecked is (wrapped in) a DataDirError that could not look at the data
+// directory (a stat that failed for another reason than its absence): the directory may
+// well be in place, and a later look may find it so.
+var ErrDataDirUnchecked = errors.New("cannot be checked")
+
 // Server is a running embedded nats-server.
 type Server struct {
 	ns       *server.Server
@@ -426,7 +431,7 @@ func (s *Server) DataDirError() error {
 	case err == nil && os.SameFile(now, s.lockHeld):
 		return nil
 	case err != nil && !errors.Is(err, fs.ErrNotExist):
-		return fmt.Errorf("data directory %s cannot be checked: %w", filepath.Dir(s.lockPath), err)
+		return fmt.Errorf("data directory %s %w: %w", filepath.Dir(s.lockPath), ErrDataDirUnchecked, err)
 	}
 	return fmt.Errorf("data directory %s was removed or replaced while foreman ran (its lock file %s is not the one held): what is stored now is lost at the next start; restart foreman", filepath.Dir(s.lockPath), s.lockPath)
 }

@@ -84,7 +84,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a.bootID = broker.NewID()
 	var writeFault func() error
 	if a.natsSrv != nil {
-		writeFault = func() error { return a.natsSrv.WriteError(broker.JobStreams()...) }
+		writeFault = func() error {
+			err := a.natsSrv.WriteError(broker.JobStreams()...)
+			if errors.Is(err, natsd.ErrDataDirUnchecked) {
+				return broker.FaultMayPass(err) // not known to last until a restart
+			}
+			return err
+		}
 	}
 	scfg := broker.Config{
 		Conn: a.nc, JobTTL: cfg.JobTTL, MaxQueue: int64(cfg.MaxQueue), MaxAttempts: cfg.MaxAttempts, AckWait: cfg.AckWait,

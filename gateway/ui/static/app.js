@@ -247,7 +247,10 @@ function renderPaused(p) {
 }
 
 // This foreman's own Ollama while its polls fail and the worker is not paused for it
-// already: a job may be running, waiting on an Ollama that does not answer.
+// already: a job may be running, waiting on an Ollama that does not answer. A poll
+// answered with an error status (no down_since: a proxy passing only the model calls
+// answers 401 or 404 for the list, ADR-0057) is an answer: Ollama counts as there, and
+// the worker runs jobs on it, so nothing is said to wait for it.
 function renderTargetDown(q) {
   const box = $("target-down");
   const own = (q.targets || []).find((t) => t.own);
@@ -258,12 +261,16 @@ function renderTargetDown(q) {
     replaceChildren(box, []);
     return;
   }
-  const what = own.down_since
-    ? "Ollama has not answered foreman's polls since " + fmtClock(ms(own.down_since)) + " (" + fmtDur(Date.now() - ms(own.down_since)) + ")"
-    : "Ollama's last poll failed";
-  const then = q.running
-    ? "; the running job gets no answer from it until it is back or its attempt is given up. "
-    : "; jobs wait until it answers. ";
+  let what, then;
+  if (own.down_since) {
+    what = "Ollama has not answered foreman's polls since " + fmtClock(ms(own.down_since)) + " (" + fmtDur(Date.now() - ms(own.down_since)) + ")";
+    then = q.running
+      ? "; the running job gets no answer from it until it is back or its attempt is given up. "
+      : "; jobs wait until it answers. ";
+  } else {
+    what = "Ollama answered foreman's last poll with an error";
+    then = "; it counts as there, so the worker does not wait for it. ";
+  }
   replaceChildren(box, [el("span", { class: "why" }, what), then, el("span", { class: "err" }, own.error || "")]);
 }
 

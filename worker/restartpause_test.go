@@ -1,0 +1,69 @@
+package worker_test
+
+import (
+	"errors"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A worker paused on a store fault that only a restart ends says so in its own pause,
+// and goes on saying so when the store's fault flag drops because a fault check hung (a
+// disk that hangs: the check's answer does not come within a second, which counts as no
+// fault for now). GET /queue, foreman queue and the status page read the pause: they no
+// longer flicker back to "jobs wait until it resumes" while the worker is still paused
+// on the same fault.
+func TestPauseForAStoreFaultStaysRestartNeeded(t *testing.T) {
+	t.Parallel()
+	const (
+		healthy = iota
+		faulted
+		hanging
+	)
+	var mode atomic.Int32
+	hang := make(chan struct{})
+	defer close(hang)
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.WriteFault = func() error {
+			switch mode.Load() {
+			case faulted:
+				return errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
+			case hanging:
+				<-hang
+			}
+			return nil
+		}
+	}))
+	tb.chat(t, "tiny-a", 1)
+	mode.Store(faulted)
+	if tb.b.Store.CheckWriteFault() == nil {
+		t.Fatal("the injected write fault does not stand")
+	}
+	// One probe after the pause begins, then none for the test's length: the pause shown
+	// is the one the start write's fault began.
+	w := tb.start(t, worker.WithProbeDelay(worker.Config{}, time.Hour))
+	eventually(t, 10*time.Second, "the paused worker's probe", func() bool {
+		p := w.Paused()
+		return p != nil && strings.Contains(p.Error, "probe write")
+	})
+	if p := w.Paused(); p.Reason != broker.PauseStoreRefusesWrites || !p.RestartNeeded {
+		t.Fatalf("pause %+v: want %s with restart needed", p, broker.PauseStoreRefusesWrites)
+	}
+
+	mode.Store(hanging)
+	eventually(t, 10*time.Second, "the fault flag to drop on a check that hangs", func() bool {
+		return tb.b.Store.CheckWriteFault() == nil && tb.b.Store.WriteFault() == nil
+	})
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Paused == nil || !v.Paused.RestartNeeded {
+		t.Errorf("queue view's pause %+v once the fault check hung: want restart still needed", v.Paused)
+	}
+}
