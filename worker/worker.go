@@ -41,6 +41,7 @@ type Worker struct {
 	hardStop bool                    // Stop's deadline passed: abort any job at once
 	abort    context.CancelCauseFunc // aborts the running job; nil when idle
 	retries  []time.Time             // ends of the retry back-offs we caused
+	held     map[string]heldOff      // jobs left to another Mac, by id (elsewhere.go)
 	current  string                  // runner (model and load options) of the job run last
 	consec   int                     // jobs of current in a row
 	// currentClass is the class of the job run last: current's streak is that class's.
@@ -591,8 +592,12 @@ func (w *Worker) runnable(ctx context.Context, heads []head) []head {
 	return out
 }
 
-// runs reports whether this worker runs the jobs of queue token (Config.Runs).
+// runs reports whether this worker runs the jobs of queue token (Config.Runs), and runs
+// them now: not while the queue holds a job left to another Mac (leftElsewhere).
 func (w *Worker) runs(ctx context.Context, token string) bool {
+	if w.leftElsewhere(ctx, token) {
+		return false
+	}
 	if w.cfg.Runs == nil {
 		return true
 	}
