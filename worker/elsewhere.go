@@ -47,6 +47,14 @@ func (w *Worker) holdOff(ctx context.Context, d *broker.Lease, j *broker.Job, ca
 	return true
 }
 
+// holding reports whether the worker leaves any job to another Mac now or did lately
+// (an entry not yet dropped).
+func (w *Worker) holding() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.held) > 0
+}
+
 // leftElsewhere reports whether queue token holds a job this worker left to another Mac
 // (holdOff) that still waits for one: its hold-off has not run out, another Mac still
 // offers the model, and the job's record says it is queued or retrying after the attempt

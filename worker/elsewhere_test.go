@@ -70,7 +70,7 @@ func TestJobGivenUpForAStallRunsOnAnotherMac(t *testing.T) {
 	idle := make(chan struct{}, 1)
 	cfgA := worker.WithOnIdle(worker.Config{
 		StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour,
-		Runs: func(_ context.Context, model string) bool { return model != "tiny-b:latest" },
+		// No Runs: Mac B has taken its tiny-b job already, and none other comes.
 		// Mac B's entry: live, reachable, with tiny-a.
 		Elsewhere: func(_ context.Context, model string) bool { return model == "tiny-a:latest" },
 	}, func(time.Duration) {

@@ -577,10 +577,11 @@ func (w *Worker) unusable(ctx context.Context, d *broker.Lease, err error) {
 	w.bodyLost(ctx, d, err)
 }
 
-// runnable keeps the heads whose model this worker runs (Config.Runs). The queue view
-// simulates from all heads; a pick starts from these.
+// runnable keeps the heads whose model this worker runs (Config.Runs), and not those of
+// a queue left to another Mac now (leftElsewhere). The queue view simulates from all
+// heads; a pick starts from these.
 func (w *Worker) runnable(ctx context.Context, heads []head) []head {
-	if w.cfg.Runs == nil {
+	if w.cfg.Runs == nil && !w.holding() {
 		return heads
 	}
 	out := heads[:0:0]
