@@ -166,14 +166,25 @@ func (a *App) runsModel(ctx context.Context, model string) bool {
 }
 
 // offeredElsewhere is the worker's Config.Elsewhere: another live foreman's target,
-// reachable, lists model (ADR-0066). Never on a store of its own, nor when the targets
-// cannot be read: a job is then run here as before.
+// reachable, lists model (ADR-0066); live also by its presence (ADR-0024), which lapses
+// sooner after a kill than its entry does (an entry of a foreman from before boot ids
+// counts as it is). Never on a store of its own, nor when the targets cannot be read: a
+// job is then run here as before.
 func (a *App) offeredElsewhere(ctx context.Context, model string) bool {
 	if a.store.Config().Exclusive {
 		return false
 	}
 	all, err := a.store.Targets(ctx)
-	return err == nil && a.offeredIn(all, model)
+	if err != nil {
+		return false
+	}
+	want := ollama.NormalizeModel(model)
+	for _, t := range a.others(all) {
+		if t.Reachable && t.HasModel(want) && (t.BootID == "" || a.store.Present(ctx, t.BootID)) {
+			return true
+		}
+	}
+	return false
 }
 
 // others are the live targets of other foremen among all.

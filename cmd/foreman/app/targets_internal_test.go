@@ -149,6 +149,20 @@ func TestOfferedElsewhere(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// mac-d's foreman withdrew its presence (as at a stop; a kill lets it lapse) while
+	// its entry lives on.
+	gone, err := broker.Open(ctx, broker.Config{Conn: b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gone.PublishTarget(ctx, broker.Target{Name: "mac-d", Reachable: true, Models: []string{"delta:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	actx, stop := context.WithCancel(ctx)
+	stop()
+	if err := gone.Announce(actx); err != nil { // ended at once: withdraws its presence
+		t.Fatal(err)
+	}
 	for model, want := range map[string]bool{"beta": true, "BETA:latest": true, "own": false, "gamma": false, "delta": false} {
 		if got := a.offeredElsewhere(ctx, model); got != want {
 			t.Errorf("offeredElsewhere(%q) = %v, want %v", model, got, want)
