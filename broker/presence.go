@@ -89,6 +89,10 @@ func (s *Store) Announce(ctx context.Context) error {
 	}
 }
 
+// Present reports whether foreman process bootID is running, as present does: a bucket
+// that cannot be read says it is.
+func (s *Store) Present(ctx context.Context, bootID string) bool { return s.present(ctx, bootID) }
+
 // present reports whether foreman process bootID is running: its key is in the presence
 // bucket. When the bucket cannot be read it answers true: a caller is only given up for
 // gone on evidence.

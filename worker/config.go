@@ -31,6 +31,12 @@ type Config struct {
 	// with several foremen on one NATS, each worker takes only the models its own target
 	// has (ADR-0029). The others' jobs stay queued for them. Nil takes every model.
 	Runs func(ctx context.Context, model string) bool
+	// Elsewhere, when set, says whether another live foreman's reachable target has a
+	// model (normalized name). A job whose attempt here was given up for the target's
+	// silence (a stall, or no answer to the polls) is then left to that one for MaxWait:
+	// this worker takes no job of its queue meanwhile, rather than take it back first at
+	// the end of its back-off (ADR-0066). Nil, or a store of its own: never.
+	Elsewhere func(ctx context.Context, model string) bool
 	// MaxConsecutive is how many jobs of one runner (model and load options) may run in a
 	// row while other runners wait in the same class; default 8.
 	MaxConsecutive int

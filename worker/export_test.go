@@ -105,6 +105,13 @@ func WithBeforeRetry(cfg Config, fn func(jobID string)) Config {
 	return cfg
 }
 
+// WithOnIdle sets Config.onIdle: fn is told each time the loop begins to wait for a
+// wake-up (after a pick that took no job), with the longest it waits.
+func WithOnIdle(cfg Config, fn func(wait time.Duration)) Config {
+	cfg.onIdle = fn
+	return cfg
+}
+
 // Estimate is the worker's expected run and load time of a job of model.
 func Estimate(w *Worker, model string) (run, load time.Duration) { return w.times.estimate(model) }
 

@@ -816,8 +816,14 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	}
 	r.Reset()
 	delay := w.cfg.retryDelay(j.Attempt)
-	log.Warn("attempt failed; job will retry", "err", cause, "delay", delay)
-	w.nak(d, delay, log)
+	if w.holdOff(bctx, d, j, cause) {
+		// Not nak: this worker is not to look for it when the back-off ends (ADR-0066).
+		log.Warn("attempt failed; job will retry, left to another Mac that has its model", "err", cause, "delay", delay, "hold_off", w.cfg.MaxWait)
+		w.putBack(d, delay, log)
+	} else {
+		log.Warn("attempt failed; job will retry", "err", cause, "delay", delay)
+		w.nak(d, delay, log)
+	}
 	w.waitIfGone(ctx, cause)
 }
 

@@ -41,6 +41,7 @@ type Worker struct {
 	hardStop bool                    // Stop's deadline passed: abort any job at once
 	abort    context.CancelCauseFunc // aborts the running job; nil when idle
 	retries  []time.Time             // ends of the retry back-offs we caused
+	held     map[string]heldOff      // jobs left to another Mac, by id (elsewhere.go)
 	current  string                  // runner (model and load options) of the job run last
 	consec   int                     // jobs of current in a row
 	// currentClass is the class of the job run last: current's streak is that class's.
@@ -576,10 +577,11 @@ func (w *Worker) unusable(ctx context.Context, d *broker.Lease, err error) {
 	w.bodyLost(ctx, d, err)
 }
 
-// runnable keeps the heads whose model this worker runs (Config.Runs). The queue view
-// simulates from all heads; a pick starts from these.
+// runnable keeps the heads whose model this worker runs (Config.Runs), and not those of
+// a queue left to another Mac now (leftElsewhere). The queue view simulates from all
+// heads; a pick starts from these.
 func (w *Worker) runnable(ctx context.Context, heads []head) []head {
-	if w.cfg.Runs == nil {
+	if w.cfg.Runs == nil && !w.holding() {
 		return heads
 	}
 	out := heads[:0:0]
@@ -591,8 +593,12 @@ func (w *Worker) runnable(ctx context.Context, heads []head) []head {
 	return out
 }
 
-// runs reports whether this worker runs the jobs of queue token (Config.Runs).
+// runs reports whether this worker runs the jobs of queue token (Config.Runs), and runs
+// them now: not while the queue holds a job left to another Mac (leftElsewhere).
 func (w *Worker) runs(ctx context.Context, token string) bool {
+	if w.leftElsewhere(ctx, token) {
+		return false
+	}
 	if w.cfg.Runs == nil {
 		return true
 	}

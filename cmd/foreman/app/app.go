@@ -154,6 +154,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		MaxConsecutive: cfg.MaxConsecutive, MaxWait: cfg.MaxWait, Logger: log,
 		FirstByteTimeout: cfg.FirstByteTimeout, StreamIdleTimeout: cfg.StreamIdleTimeout, MaxJobTime: cfg.MaxJobTime,
 		NonStreamTimeout: cfg.NonStreamTimeout, Runs: a.runsModel,
+		// A job given up here for a silent target goes to another Mac that has its model
+		// (ADR-0066).
+		Elsewhere: a.offeredElsewhere,
 		// An attempt with no answer while Ollama answers no poll is given up as a sync
 		// call would be (ADR-0049): another Mac may run it meanwhile.
 		TargetSilence: cfg.SyncOutageWait,

@@ -155,20 +155,56 @@ func (a *App) runsModel(ctx context.Context, model string) bool {
 	if err != nil {
 		return has || a.store.Config().Exclusive // as without other foremen
 	}
-	want := ollama.NormalizeModel(model)
-	others, elsewhere := false, false
-	for _, t := range all {
-		if t.Name == a.cfg.TargetName {
-			continue
-		}
-		others = true
-		elsewhere = elsewhere || (t.Reachable && t.HasModel(want))
-	}
+	others, elsewhere := len(a.others(all)) > 0, a.offeredIn(all, model)
 	switch {
 	case !others:
 		return has || a.store.Config().Exclusive
 	case has:
 		return !elsewhere
+	}
+	return false
+}
+
+// offeredElsewhere is the worker's Config.Elsewhere: another live foreman's target,
+// reachable, lists model (ADR-0066); live also by its presence (ADR-0024), which lapses
+// sooner after a kill than its entry does (an entry of a foreman from before boot ids
+// counts as it is). Never on a store of its own, nor when the targets cannot be read: a
+// job is then run here as before.
+func (a *App) offeredElsewhere(ctx context.Context, model string) bool {
+	if a.store.Config().Exclusive {
+		return false
+	}
+	all, err := a.store.Targets(ctx)
+	if err != nil {
+		return false
+	}
+	want := ollama.NormalizeModel(model)
+	for _, t := range a.others(all) {
+		if t.Reachable && t.HasModel(want) && (t.BootID == "" || a.store.Present(ctx, t.BootID)) {
+			return true
+		}
+	}
+	return false
+}
+
+// others are the live targets of other foremen among all.
+func (a *App) others(all []broker.Target) []broker.Target {
+	var out []broker.Target
+	for _, t := range all {
+		if t.Name != a.cfg.TargetName {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+// offeredIn reports whether another foreman's reachable target among all lists model.
+func (a *App) offeredIn(all []broker.Target, model string) bool {
+	want := ollama.NormalizeModel(model)
+	for _, t := range a.others(all) {
+		if t.Reachable && t.HasModel(want) {
+			return true
+		}
 	}
 	return false
 }

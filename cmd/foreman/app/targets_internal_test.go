@@ -130,3 +130,50 @@ func TestClientsOfGoneTargetsAreDropped(t *testing.T) {
 		t.Errorf("the request under way on a dropped client: %v", err)
 	}
 }
+
+// The worker's Config.Elsewhere counts only another foreman's reachable target that lists
+// the model (ADR-0066): not the own entry, not an unreachable one, and never on a store
+// of its own.
+func TestOfferedElsewhere(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	a := &App{cfg: Config{TargetName: "mac-a"}, store: b.Store, log: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, tg := range []broker.Target{
+		{Name: "mac-a", Reachable: true, Models: []string{"own:latest"}},
+		{Name: "mac-b", Reachable: true, Models: []string{"beta:latest"}},
+		{Name: "mac-c", Reachable: false, Models: []string{"gamma:latest"}},
+	} {
+		if err := b.Store.PublishTarget(ctx, tg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// mac-d's foreman withdrew its presence (as at a stop; a kill lets it lapse) while
+	// its entry lives on.
+	gone, err := broker.Open(ctx, broker.Config{Conn: b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := gone.PublishTarget(ctx, broker.Target{Name: "mac-d", Reachable: true, Models: []string{"delta:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	actx, stop := context.WithCancel(ctx)
+	stop()
+	if err := gone.Announce(actx); err != nil { // ended at once: withdraws its presence
+		t.Fatal(err)
+	}
+	for model, want := range map[string]bool{"beta": true, "BETA:latest": true, "own": false, "gamma": false, "delta": false} {
+		if got := a.offeredElsewhere(ctx, model); got != want {
+			t.Errorf("offeredElsewhere(%q) = %v, want %v", model, got, want)
+		}
+	}
+	own := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.Exclusive = true }))
+	if err := own.Store.PublishTarget(ctx, broker.Target{Name: "mac-b", Reachable: true, Models: []string{"beta:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	a.store = own.Store
+	if a.offeredElsewhere(ctx, "beta") {
+		t.Error("offeredElsewhere on a store of its own: true, want false")
+	}
+}

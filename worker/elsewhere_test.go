@@ -1,0 +1,157 @@
+package worker_test
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// tinyC is a model only the first Mac of these tests has.
+var tinyC = ollamatest.Model{Name: "tiny-c:latest"}
+
+// startedOn counts the inference calls fake received for model (normalized).
+func startedOn(fake *ollamatest.Server, model string) int {
+	n := 0
+	for _, c := range fake.Calls() {
+		if c.Model == model {
+			n++
+		}
+	}
+	return n
+}
+
+// queueKeyOf is the queue (key) job j waits on.
+func queueKeyOf(t *testing.T, j *broker.Job, body string) string {
+	t.Helper()
+	k, err := broker.KeyOf(j, []byte(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.String()
+}
+
+// With two Macs on one NATS, a job whose answer one Mac's runner stopped (its Ollama
+// answering all else) is given up there and goes to the other Mac, which has its model:
+// the hung Mac does not take it back, though it is idle and the job is there to take
+// while the other Mac is still busy (ADR-0066).
+func TestJobGivenUpForAStallRunsOnAnotherMac(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithModels(ollamatest.Model{Name: "tiny-a:latest"}, tinyC)})
+	macA := tb.fake
+	// Mac A's runner hangs in every chat after a few frames; its other routes answer.
+	macA.FailNextOn("/api/chat", 10, ollamatest.StallMidStream)
+	releaseK := macA.Hold("tiny-c")
+	defer releaseK()
+
+	macB := ollamatest.New(t) // tiny-a and tiny-b
+	releaseG := macB.Hold("tiny-b")
+	defer releaseG()
+	targetB, err := ollama.NewClient(ollama.ClientConfig{BaseURL: macB.URL, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	storeB, err := broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Mac B is busy first with a job only it runs.
+	tb.startOn(t, storeB, worker.Config{Target: targetB, IdlePoll: 20 * time.Millisecond})
+	g := tb.chat(t, "tiny-b", 0)
+	if err := macB.WaitStarted(waitCtx(t), "tiny-b", 1); err != nil {
+		t.Fatal(err)
+	}
+
+	idle := make(chan struct{}, 1)
+	cfgA := worker.WithOnIdle(worker.Config{
+		StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour,
+		// No Runs: Mac B has taken its tiny-b job already, and none other comes.
+		// Mac B's entry: live, reachable, with tiny-a.
+		Elsewhere: func(_ context.Context, model string) bool { return model == "tiny-a:latest" },
+	}, func(time.Duration) {
+		select {
+		case idle <- struct{}{}:
+		default:
+		}
+	})
+	tb.start(t, cfgA)
+	body := chatBody("tiny-a", 1)
+	j := tb.submit(t, "tiny-a", broker.KindChat, body)
+	if err := macA.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	// A job only Mac A runs keeps it busy while the given-up one is looked at.
+	k := tb.submit(t, "tiny-c", broker.KindGenerate, `{"model":"tiny-c","prompt":"hold"}`)
+	if got := tb.waitState(t, j.ID, broker.StateRetrying); got.Attempt != 1 {
+		t.Fatalf("retrying after attempt %d, want 1 (%s)", got.Attempt, got.Error)
+	}
+	if err := macA.WaitStarted(waitCtx(t), "tiny-c", 1); err != nil {
+		t.Fatal(err)
+	}
+	if n := startedOn(macA, "tiny-a:latest"); n != 1 {
+		t.Fatalf("the hung Mac was called %d times for the job, want once: it took the job back", n)
+	}
+	// The job is there to take (its back-off over), and at once again: a third party
+	// takes it from the queue and hands it straight back.
+	probe, err := broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := probe.NextWait(ctxT(t), queueKeyOf(t, j, body), 20*time.Second)
+	if err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("the given-up job's message: %+v, %v; want it back in the queue", d, err)
+	}
+	if err := d.Msg.Nak(); err != nil {
+		t.Fatal(err)
+	}
+	select { // drained: Mac A is in K's call, and idles only after it
+	case <-idle:
+	default:
+	}
+	releaseK()
+	tb.waitState(t, k.ID, broker.StateDone)
+	select {
+	case <-idle: // Mac A looked at the queue after K and took nothing
+	case <-waitCtx(t).Done():
+		t.Fatal("Mac A never idled after its job")
+	}
+	if n := startedOn(macA, "tiny-a:latest"); n != 1 {
+		t.Fatalf("the hung Mac was called %d times for the job, want once: it took the job back", n)
+	}
+
+	releaseG()
+	tb.waitState(t, g.ID, broker.StateDone)
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	if got.Attempt != 2 || got.Runner != "" && got.RunnerBoot != storeB.BootID() {
+		t.Errorf("done after attempt %d run by boot %q; want attempt 2 on Mac B (%s)", got.Attempt, got.RunnerBoot, storeB.BootID())
+	}
+	if n := startedOn(macB, "tiny-a:latest"); n != 1 {
+		t.Errorf("Mac B was called %d times for the job, want once", n)
+	}
+	if n := startedOn(macA, "tiny-a:latest"); n != 1 {
+		t.Errorf("the hung Mac was called %d times for the job, want once", n)
+	}
+}
+
+// A job left to another Mac is taken back once no other Mac offers its model: the hold
+// lasts only while one does.
+func TestJobLeftElsewhereRunsHereOnceNoOtherMacOffersIt(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream)
+	var offered atomic.Bool
+	offered.Store(true)
+	tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
+		Elsewhere: func(context.Context, string) bool { return offered.Load() }})
+	j := tb.chat(t, "tiny-a", 1)
+	tb.waitState(t, j.ID, broker.StateRetrying)
+	offered.Store(false)
+	if got := tb.waitState(t, j.ID, broker.StateDone); got.Attempt != 2 {
+		t.Errorf("done after attempt %d, want 2", got.Attempt)
+	}
+}
