@@ -181,3 +181,59 @@ func (s *Store) SpanMarks() (targetsCached, recordsRefused time.Time) {
 // by d, as if d had passed on the server since every stamp it stored. Call it before the
 // store is used.
 func (s *Store) ShiftServerClock(d time.Duration) { s.serverShift = d }
+
+// AttemptTimeout is attemptTimeout, the bound of one try on a store that may be replicated.
+const AttemptTimeout = attemptTimeout
+
+// AnswerWritesAfter makes the store's record writes and queue publishes be applied at
+// once and answered only after latency, as a server busy with other work answers: a try
+// bounded to less than latency gets its context's error when the bound runs out, though
+// its write is stored; a try bounded to more gets the answer (at once: no test waits
+// latency out).
+func (s *Store) AnswerWritesAfter(latency time.Duration) {
+	s.kv = &lateAnswerKV{KeyValue: s.kv, latency: latency}
+	s.js = &lateAnswerJS{JetStream: s.js, latency: latency}
+}
+
+type lateAnswerKV struct {
+	jetstream.KeyValue
+	latency time.Duration
+}
+
+func (kv *lateAnswerKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	return answerAfter(ctx, kv.latency, func(ctx context.Context) (uint64, error) {
+		return kv.KeyValue.Create(ctx, key, value, opts...)
+	})
+}
+
+func (kv *lateAnswerKV) Update(ctx context.Context, key string, value []byte, rev uint64) (uint64, error) {
+	return answerAfter(ctx, kv.latency, func(ctx context.Context) (uint64, error) {
+		return kv.KeyValue.Update(ctx, key, value, rev)
+	})
+}
+
+type lateAnswerJS struct {
+	jetstream.JetStream
+	latency time.Duration
+}
+
+func (js *lateAnswerJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	return answerAfter(ctx, js.latency, func(ctx context.Context) (*jetstream.PubAck, error) {
+		return js.JetStream.PublishMsg(ctx, msg, opts...)
+	})
+}
+
+// answerAfter runs write, whatever ctx's deadline (the server stores it), and returns its
+// answer as a caller bounded by ctx hears an answer that takes latency: when ctx ends
+// sooner, it gets ctx's error at its deadline instead.
+func answerAfter[T any](ctx context.Context, latency time.Duration, write func(context.Context) (T, error)) (T, error) {
+	dl, bounded := ctx.Deadline()
+	late := bounded && time.Until(dl) < latency
+	v, err := write(context.WithoutCancel(ctx))
+	if late {
+		<-ctx.Done()
+		var zero T
+		return zero, ctx.Err()
+	}
+	return v, err
+}

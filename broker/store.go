@@ -629,7 +629,20 @@ func (s *Store) GetWritten(ctx context.Context, id string) (*Job, uint64, time.T
 // retry runs fn until the cluster answers it, for up to Config.RetryWindow (see
 // retrying); fn must be safe to repeat.
 func (s *Store) retry(ctx context.Context, fn func(context.Context) error) error {
-	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, fn)
+	return retrying(ctx, s.cfg.RetryWindow, s.tryBound(), fn)
+}
+
+// tryBound bounds each try of a retried call. A try cut at attemptTimeout leaves time in
+// the window for the next, which a cluster needs: a request lost to a node that died, or
+// sent while a stream has no leader, is never answered. The embedded server loses none (it
+// runs in this process and elects no leader), so a try without an answer there has met a
+// server busy with other work (a loaded CPU, a slow disk): it will answer, and a new try
+// would only queue behind the first. There a try has the whole window.
+func (s *Store) tryBound() time.Duration {
+	if s.mayBeReplicated() {
+		return attemptTimeout
+	}
+	return s.cfg.RetryWindow
 }
 
 // retryWrite is retry for a write of a job record or a queue message: it fails at once
@@ -638,7 +651,7 @@ func (s *Store) retryWrite(ctx context.Context, fn func(context.Context) error) 
 	if err := s.fault.standing(s.cfg.WriteFault, s.clock()); err != nil {
 		return err
 	}
-	return retrying(ctx, s.cfg.RetryWindow, attemptTimeout, func(ctx context.Context) error {
+	return retrying(ctx, s.cfg.RetryWindow, s.tryBound(), func(ctx context.Context) error {
 		err := fn(ctx)
 		if Transient(err) {
 			if ferr := s.fault.check(s.cfg.WriteFault, s.clock()); ferr != nil {

@@ -24,9 +24,10 @@ const (
 	defaultRetryWindow = 5 * time.Second
 	retryFirst         = 50 * time.Millisecond
 	retryMax           = time.Second
-	// attemptTimeout bounds each try, so one request lost to a dying node leaves time
-	// for the next within the window; artifactAttempt bounds each try of an object put,
-	// whose chunks are many publishes.
+	// attemptTimeout bounds each try on a store that may be replicated, so one request
+	// lost to a dying node leaves time for the next within the window (on the embedded
+	// server a try has the whole window: Store.tryBound); artifactAttempt bounds each try
+	// of an object put, whose chunks are many publishes.
 	attemptTimeout  = 2 * time.Second
 	artifactAttempt = 10 * time.Second
 )
