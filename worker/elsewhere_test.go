@@ -146,10 +146,28 @@ func TestJobLeftElsewhereRunsHereOnceNoOtherMacOffersIt(t *testing.T) {
 	tb.fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream)
 	var offered atomic.Bool
 	offered.Store(true)
+	// Each answer of Elsewhere, in order: the first is the give-up's (holdOff), which
+	// must have found another Mac for the hold to stand at all; only then does the other
+	// Mac go. Flipped earlier, nothing would be held and the test could not fail.
+	asked := make(chan bool, 1)
 	tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
-		Elsewhere: func(context.Context, string) bool { return offered.Load() }})
+		Elsewhere: func(context.Context, string) bool {
+			v := offered.Load()
+			select {
+			case asked <- v:
+			default:
+			}
+			return v
+		}})
 	j := tb.chat(t, "tiny-a", 1)
-	tb.waitState(t, j.ID, broker.StateRetrying)
+	select {
+	case v := <-asked:
+		if !v {
+			t.Fatal("the give-up found no other Mac offering the model")
+		}
+	case <-waitCtx(t).Done():
+		t.Fatal("the give-up never asked whether another Mac offers the model")
+	}
 	offered.Store(false)
 	if got := tb.waitState(t, j.ID, broker.StateDone); got.Attempt != 2 {
 		t.Errorf("done after attempt %d, want 2", got.Attempt)

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -430,7 +431,8 @@ func (s *Server) DataDirError() error {
 	switch {
 	case err == nil && os.SameFile(now, s.lockHeld):
 		return nil
-	case err != nil && !errors.Is(err, fs.ErrNotExist):
+	case err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR):
+		// ENOTDIR: a file stands where the directory was, which is it replaced, for good.
 		return fmt.Errorf("data directory %s %w: %w", filepath.Dir(s.lockPath), ErrDataDirUnchecked, err)
 	}
 	return fmt.Errorf("data directory %s was removed or replaced while foreman ran (its lock file %s is not the one held): what is stored now is lost at the next start; restart foreman", filepath.Dir(s.lockPath), s.lockPath)
@@ -444,9 +446,13 @@ var recoverGrace = 5 * time.Second
 // write (a disk that filled up): nats-server stores nothing more in such a stream, and
 // answers none of the publishes it fails, until it is restarted; and a data directory
 // that is gone (DataDirError), where what is written is lost. nil when there is none.
+// A data directory that could not be checked (ErrDataDirUnchecked, a fault that may
+// pass) is reported only when no stream has a write error: one that does needs a
+// restart whatever the look at the directory found.
 func (s *Server) WriteError(streams ...string) error {
-	if err := s.DataDirError(); err != nil {
-		return err
+	dirErr := s.DataDirError()
+	if dirErr != nil && !errors.Is(dirErr, ErrDataDirUnchecked) {
+		return dirErr
 	}
 	st := s.ns.Healthz(&server.HealthzOptions{Details: true})
 	var errs []error
@@ -455,6 +461,9 @@ func (s *Server) WriteError(streams ...string) error {
 			(len(streams) == 0 || slices.Contains(streams, e.Stream)) {
 			errs = append(errs, errors.New(e.Error))
 		}
+	}
+	if len(errs) == 0 {
+		return dirErr
 	}
 	return errors.Join(errs...)
 }
