@@ -17,7 +17,8 @@ type heldOff struct {
 	until   time.Time // the hold-off's end: the Mac takes the job again after it
 }
 
-// holdReadTimeout bounds a pick's read of a held job's record.
+// holdReadTimeout bounds each look a pick takes at a held job: whether another Mac still
+// offers its model (Config.Elsewhere), and its record.
 const holdReadTimeout = 5 * time.Second
 
 // targetFault reports a failed attempt that says the Mac, not the job, is at fault: no
@@ -35,7 +36,7 @@ func targetFault(cause error) bool {
 // does: only for a target's fault, on a shared NATS (never on a store of its own), and
 // while another live foreman's reachable target lists the model (Config.Elsewhere).
 func (w *Worker) holdOff(ctx context.Context, d *broker.Lease, j *broker.Job, cause error) bool {
-	if w.cfg.Elsewhere == nil || w.store.Config().Exclusive || !targetFault(cause) || !w.cfg.Elsewhere(ctx, ollama.NormalizeModel(j.Model)) {
+	if w.cfg.Elsewhere == nil || w.store.Config().Exclusive || !targetFault(cause) || !w.offered(ctx, ollama.NormalizeModel(j.Model)) {
 		return false
 	}
 	w.mu.Lock()
@@ -99,12 +100,14 @@ func (w *Worker) stillHeld(ctx context.Context, token, id string) bool {
 		return false
 	}
 	model, err := broker.ModelFromToken(k.Model)
-	if err != nil || !w.cfg.Elsewhere(ctx, model) {
+	if err != nil || !w.offered(ctx, model) {
 		return false
 	}
-	// A pick waits for this read: bounded, and ended by a stop as the pick is.
+	// A pick waits for this read: bounded, and ended by a stop.
 	rctx, cancel := context.WithTimeout(ctx, holdReadTimeout)
 	defer cancel()
+	rctx, unstop := w.untilStop(rctx)
+	defer unstop()
 	j, _, err := w.store.Get(rctx, id)
 	switch {
 	case errors.Is(err, broker.ErrNotFound):
@@ -114,4 +117,17 @@ func (w *Worker) stillHeld(ctx context.Context, token, id string) bool {
 	}
 	waiting := j.State == broker.StateQueued || j.State == broker.StateRetrying
 	return waiting && j.Attempt == h.attempt
+}
+
+// offered asks Config.Elsewhere whether another Mac offers model, for at most
+// holdReadTimeout and until a stop: a pick (or a give-up) waits for the answer, which
+// reads the targets and their foremen's presence, and a sick cluster would hold it for
+// as long as those reads take. No answer in time is no: the job runs here, as it does
+// when the targets cannot be read.
+func (w *Worker) offered(ctx context.Context, model string) bool {
+	ctx, cancel := context.WithTimeout(ctx, holdReadTimeout)
+	defer cancel()
+	ctx, unstop := w.untilStop(ctx)
+	defer unstop()
+	return w.cfg.Elsewhere(ctx, model) && ctx.Err() == nil
 }

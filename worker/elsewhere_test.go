@@ -173,3 +173,33 @@ func TestJobLeftElsewhereRunsHereOnceNoOtherMacOffersIt(t *testing.T) {
 		t.Errorf("done after attempt %d, want 2", got.Attempt)
 	}
 }
+
+// A pick that asks whether another Mac still offers a held job's model waits a bounded
+// time for the answer (a sick cluster's targets and presence reads can take tens of
+// seconds): no answer counts as no, and the job runs here.
+func TestHeldJobRunsHereWhenNoOtherMacAnswers(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream)
+	var asks atomic.Int32
+	over := make(chan struct{}) // the test's end: a worker that waits unbounded can stop
+	tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
+		Elsewhere: func(ctx context.Context, _ string) bool {
+			if asks.Add(1) == 1 {
+				return true // the give-up's ask: another Mac offers the model
+			}
+			select { // then the targets go unanswered
+			case <-ctx.Done():
+			case <-over:
+			}
+			return true
+		}})
+	t.Cleanup(func() { close(over) }) // before the worker's stop, registered earlier
+	j := tb.chat(t, "tiny-a", 1)
+	if got := tb.waitState(t, j.ID, broker.StateDone); got.Attempt != 2 {
+		t.Errorf("done after attempt %d, want 2", got.Attempt)
+	}
+	if n := asks.Load(); n < 2 {
+		t.Errorf("Elsewhere asked %d times, want the give-up's ask and a pick's", n)
+	}
+}
