@@ -144,7 +144,8 @@ func statusOf(err error) (int, string) {
 		// A sync job that ended without its answer, before any byte reached the client. A
 		// job canceled by someone else (DELETE /jobs/{id}) is a 409: the request conflicts
 		// with the job's state, and unlike a 503 it does not invite an automatic retry
-		// that would undo the cancel. A failed job answers the target's status, or 502
+		// that would undo the cancel (the OpenAI and Anthropic SDKs, which do retry a 409,
+		// are told not to by writeError). A failed job answers the target's status, or 502
 		// when the target gave none (attempts exhausted on connection errors): the
 		// gateway could not get a valid answer from upstream.
 		if jobErr.State == broker.StateCanceled {
@@ -217,6 +218,11 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter.Seconds()+0.5)))
 	}
+	if jobCanceled(err) {
+		// The OpenAI and Anthropic SDKs retry a 409 on their own (twice by default), each
+		// retry a new job: the cancel would not stick. They all heed this header.
+		w.Header().Set("X-Should-Retry", "false")
+	}
 	switch {
 	case r.URL.Path == "/v1/messages":
 		writeJSON(w, status, anthropicError(status, msg))
@@ -226,6 +232,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		return
 	}
 	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// jobCanceled reports whether err is a sync job's end by a cancel (DELETE /jobs/{id}).
+func jobCanceled(err error) bool {
+	var jobErr *broker.JobError
+	return errors.As(err, &jobErr) && jobErr.State == broker.StateCanceled
 }
 
 // logFailure logs a request that failed with status: an error for a 5xx, but for a

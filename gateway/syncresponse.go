@@ -341,7 +341,7 @@ func (sr *syncResponse) fail(err error) outcome {
 	sse := isSSE(sr.ctype)
 	frame := sr.boundary(sse)
 	if sse {
-		frame = append(frame, sseErrorEvent(sr.job.Kind, msg)...)
+		frame = append(frame, sseErrorEvent(sr.job.Kind, msg, nextSequenceNumber(sr.last))...)
 	} else {
 		b, _ := json.Marshal(map[string]string{"error": msg})
 		frame = append(append(frame, b...), '\n')
@@ -395,20 +395,22 @@ func (sr *syncResponse) defaultContentType() string {
 }
 
 // sseErrorEvent is an error event as each SSE dialect has it: Anthropic's error event
-// (Ollama's anthropic.NewError in an "error" event), the Responses API's error event, and
-// for the chat and legacy completions an OpenAI error body as the data.
-func sseErrorEvent(kind broker.Kind, msg string) []byte {
+// (Ollama's anthropic.NewError in an "error" event), the Responses API's error event
+// (numbered seq, as every event of that stream is), and for the chat and legacy
+// completions an OpenAI error body as the data.
+func sseErrorEvent(kind broker.Kind, msg string, seq int64) []byte {
 	switch kind {
 	case broker.KindAnthropicMessages:
 		b, _ := json.Marshal(anthropicError(http.StatusInternalServerError, msg))
 		return fmt.Appendf(nil, "event: error\ndata: %s\n\n", b)
 	case broker.KindOpenAIResponses:
 		b, _ := json.Marshal(struct {
-			Type    string `json:"type"`
-			Code    string `json:"code"`
-			Message string `json:"message"`
-			Param   any    `json:"param"`
-		}{"error", "api_error", msg, nil})
+			Type           string `json:"type"`
+			Code           string `json:"code"`
+			Message        string `json:"message"`
+			Param          any    `json:"param"`
+			SequenceNumber int64  `json:"sequence_number"`
+		}{"error", "api_error", msg, nil, seq})
 		return fmt.Appendf(nil, "event: error\ndata: %s\n\n", b)
 	}
 	b, _ := json.Marshal(map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}})
@@ -418,3 +420,23 @@ func sseErrorEvent(kind broker.Kind, msg string) []byte {
 // isSSE reports whether the answer's frames are server-sent events (ollama.FramingOf,
 // the one rule the client and the worker follow too).
 func isSSE(ctype string) bool { return ollama.FramingOf(ctype) == ollama.SSE }
+
+// nextSequenceNumber is the sequence_number that follows the last one in frame, the last
+// events written of a Responses stream (0 when it has none): OpenAI's error event carries
+// one like every other event, and its SDKs' types require it.
+func nextSequenceNumber(frame []byte) int64 {
+	next := int64(0)
+	for line := range bytes.Lines(frame) {
+		data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
+		if !ok {
+			continue
+		}
+		var ev struct {
+			SequenceNumber *int64 `json:"sequence_number"`
+		}
+		if json.Unmarshal(bytes.TrimSpace(data), &ev) == nil && ev.SequenceNumber != nil {
+			next = *ev.SequenceNumber + 1
+		}
+	}
+	return next
+}

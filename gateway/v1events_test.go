@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/klauspost/compress/zstd"
+	"github.com/nats-io/nats.go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -65,10 +66,10 @@ func TestSSEErrorEventPerDialect(t *testing.T) {
 		event, typ string
 	}{
 		{broker.KindAnthropicMessages, "event: error\ndata: ", `"type":"error","error":{"type":"api_error","message":"boom"}`},
-		{broker.KindOpenAIResponses, "event: error\ndata: ", `{"type":"error","code":"api_error","message":"boom","param":null}`},
+		{broker.KindOpenAIResponses, "event: error\ndata: ", `{"type":"error","code":"api_error","message":"boom","param":null,"sequence_number":7}`},
 		{broker.KindOpenAIChat, "data: ", `{"error":{"message":"boom","type":"api_error"}}`},
 	} {
-		got := string(sseErrorEvent(c.kind, "boom"))
+		got := string(sseErrorEvent(c.kind, "boom", 7))
 		if !strings.HasPrefix(got, c.event) || !strings.Contains(got, c.typ) || !strings.HasSuffix(got, "\n\n") {
 			t.Errorf("%s: %q", c.kind, got)
 		}
@@ -171,5 +172,36 @@ func TestQueuedMessagesCutOffEndsWithAnErrorEvent(t *testing.T) {
 	last := got.Body[bytes.LastIndex(got.Body, []byte("data: "))+len("data: "):]
 	if typ, msg := errorShape(t, bytes.TrimSpace(last)); typ != "error/api_error" || msg == "" {
 		t.Errorf("last event's data %s: (%s, %q)", last, typ, msg)
+	}
+}
+
+// The error event that ends a Responses stream cut short is numbered after the events
+// before it: OpenAI's error event has a sequence_number as every event of the stream
+// does, and its SDKs' event types require one.
+func TestResponsesStreamErrorEventIsNumbered(t *testing.T) {
+	t.Parallel()
+	sse := []string{broker.HeaderContentType, "text/event-stream"}
+	o, w := runSyncCase(t, syncCase{kind: broker.KindOpenAIResponses, stream: true, msgs: []*nats.Msg{
+		streamMsg(1, "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\n", sse...),
+		streamMsg(2, "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"a\",\"sequence_number\":4}\n\n"+
+			"event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"b\",\"sequence_number\":5}\n\n", sse...),
+		finalMsg(3, "failed", broker.HeaderError, "runner died"),
+	}})
+	if o != outcomeError {
+		t.Fatalf("outcome %v, body %q", o, w.Body)
+	}
+	events := strings.Split(strings.TrimSpace(w.Body.String()), "\n\n")
+	last := events[len(events)-1]
+	data, ok := strings.CutPrefix(last, "event: error\ndata: ")
+	var ev struct {
+		Type           string `json:"type"`
+		Message        string `json:"message"`
+		SequenceNumber *int64 `json:"sequence_number"`
+	}
+	if !ok || json.Unmarshal([]byte(data), &ev) != nil || ev.Type != "error" || ev.Message != "runner died" {
+		t.Fatalf("last event %q, want an error event saying runner died", last)
+	}
+	if ev.SequenceNumber == nil || *ev.SequenceNumber != 6 {
+		t.Errorf("error event %s: want sequence_number 6, after the delta numbered 5", data)
 	}
 }
