@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -316,12 +317,13 @@ func TestFailureWithAHugeMessageEndsTheJob(t *testing.T) {
 
 // A worker stopping while a sync job's result still cannot be stored stops: the write
 // ends and the message goes back (the job's next delivery, in a process without its
-// caller, cancels it unrun).
+// caller, cancels it unrun), and the log says so, not that the job runs again.
 func TestStopWhileASyncResultCannotBeStored(t *testing.T) {
 	var tries atomic.Int32
 	tb := setupFake(t, nil)
-	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}
-	w := tb.start(t, worker.WithDoneFault(worker.Config{}, func(id string) error {
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true, Gateway: tb.b.Store.BootID()}
+	var logs lockedBuffer
+	w := tb.start(t, worker.WithDoneFault(worker.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))}, func(id string) error {
 		if id != job.ID {
 			return nil
 		}
@@ -346,6 +348,9 @@ func TestStopWhileASyncResultCannotBeStored(t *testing.T) {
 	}
 	if rec, _, err := tb.b.Store.Get(ctxT(t), job.ID); err != nil || rec.State.Terminal() {
 		t.Fatalf("record after the stop: %+v, %v; want it not ended", rec, err)
+	}
+	if out := logs.String(); strings.Contains(out, "job will run again") || !strings.Contains(out, "canceled unrun") {
+		t.Errorf("log:\n%s\nwant the job's message said to go back to be canceled unrun, not to run again", out)
 	}
 }
 
