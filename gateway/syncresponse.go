@@ -67,6 +67,7 @@ type syncResponse struct {
 	pending  []byte // a non-streamed body, held until the final marker confirms it
 	tail     []byte // the last bytes of the stream written so far (up to 3)
 	last     []byte // the last streamed frame written
+	nextSeq  int64  // a Responses stream's sequence_number after the last one written
 	terminal bool   // the watchdog saw the record terminal once already
 }
 
@@ -203,6 +204,13 @@ func (sr *syncResponse) frame(ev broker.Event) error {
 		sr.begin(http.StatusOK)
 	}
 	sr.last = ev.Data
+	if sr.job.Kind == broker.KindOpenAIResponses {
+		// Kept across frames: the last one may hold no number (a comment, or the end of
+		// a large event sent in pieces).
+		if n, ok := lastSequenceNumber(ev.Data); ok {
+			sr.nextSeq = n + 1
+		}
+	}
 	return sr.write(ev.Data)
 }
 
@@ -341,7 +349,7 @@ func (sr *syncResponse) fail(err error) outcome {
 	sse := isSSE(sr.ctype)
 	frame := sr.boundary(sse)
 	if sse {
-		frame = append(frame, sseErrorEvent(sr.job.Kind, msg, nextSequenceNumber(sr.last))...)
+		frame = append(frame, sseErrorEvent(sr.job.Kind, msg, sr.nextSeq)...)
 	} else {
 		b, _ := json.Marshal(map[string]string{"error": msg})
 		frame = append(append(frame, b...), '\n')
@@ -421,22 +429,36 @@ func sseErrorEvent(kind broker.Kind, msg string, seq int64) []byte {
 // the one rule the client and the worker follow too).
 func isSSE(ctype string) bool { return ollama.FramingOf(ctype) == ollama.SSE }
 
-// nextSequenceNumber is the sequence_number that follows the last one in frame, the last
-// events written of a Responses stream (0 when it has none): OpenAI's error event carries
-// one like every other event, and its SDKs' types require it.
-func nextSequenceNumber(frame []byte) int64 {
-	next := int64(0)
-	for line := range bytes.Lines(frame) {
-		data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
+// sequenceKey is the key of an event's number in a Responses stream. Quoted and followed
+// by a colon it is a key: inside a JSON string its quotes would be escaped, and a string
+// value is not followed by a colon.
+var sequenceKey = []byte(`"sequence_number"`)
+
+// lastSequenceNumber finds the last sequence_number in b: one or more events of a
+// Responses stream, or a piece of a large one, whose data line need not be whole (the
+// number, near the start of Ollama's events, is in their first piece). A number cut off
+// at b's end is not taken.
+func lastSequenceNumber(b []byte) (int64, bool) {
+	for end := len(b); ; {
+		i := bytes.LastIndex(b[:end], sequenceKey)
+		if i < 0 {
+			return 0, false
+		}
+		end = i
+		v, ok := bytes.CutPrefix(bytes.TrimLeft(b[i+len(sequenceKey):], " \t"), []byte(":"))
 		if !ok {
 			continue
 		}
-		var ev struct {
-			SequenceNumber *int64 `json:"sequence_number"`
+		v = bytes.TrimLeft(v, " \t")
+		n := 0
+		for n < len(v) && '0' <= v[n] && v[n] <= '9' {
+			n++
 		}
-		if json.Unmarshal(bytes.TrimSpace(data), &ev) == nil && ev.SequenceNumber != nil {
-			next = *ev.SequenceNumber + 1
+		if n == 0 || n == len(v) {
+			continue
+		}
+		if seq, err := strconv.ParseInt(string(v[:n]), 10, 64); err == nil {
+			return seq, true
 		}
 	}
-	return next
 }

@@ -205,3 +205,40 @@ func TestResponsesStreamErrorEventIsNumbered(t *testing.T) {
 		t.Errorf("error event %s: want sequence_number 6, after the delta numbered 5", data)
 	}
 }
+
+// The error event's number follows the last one written, wherever that was: a large event
+// that went out in pieces (its data line begins in the first, the last holds only its
+// end), or an event followed by a frame without data (a comment) both end the stream
+// written so far without a number in its last message.
+func TestResponsesStreamErrorEventIsNumberedAfterPiecesAndComments(t *testing.T) {
+	t.Parallel()
+	sse := []string{broker.HeaderContentType, "text/event-stream"}
+	created := "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0}\n\n"
+	for name, msgs := range map[string][]*nats.Msg{
+		"pieces": {
+			streamMsg(1, created, sse...),
+			streamMsg(2, "event: response.output_text.done\ndata: {\"content_index\":0,\"sequence_number\":7,\"text\":\"aaaa", broker.HeaderMore, "1"),
+			streamMsg(3, "aaaa\",\"type\":\"response.output_text.done\"}\n\n"),
+			finalMsg(4, "failed", broker.HeaderError, "runner died"),
+		},
+		"comment": {
+			streamMsg(1, created, sse...),
+			streamMsg(2, "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"a\",\"sequence_number\":7}\n\n"),
+			streamMsg(3, ": keep-alive\n\n"),
+			finalMsg(4, "failed", broker.HeaderError, "runner died"),
+		},
+	} {
+		o, w := runSyncCase(t, syncCase{kind: broker.KindOpenAIResponses, stream: true, msgs: msgs})
+		if o != outcomeError {
+			t.Fatalf("%s: outcome %v, body %q", name, o, w.Body)
+		}
+		events := strings.Split(strings.TrimSpace(w.Body.String()), "\n\n")
+		data, ok := strings.CutPrefix(events[len(events)-1], "event: error\ndata: ")
+		var ev struct {
+			SequenceNumber *int64 `json:"sequence_number"`
+		}
+		if !ok || json.Unmarshal([]byte(data), &ev) != nil || ev.SequenceNumber == nil || *ev.SequenceNumber != 8 {
+			t.Errorf("%s: last event %q, want an error event numbered 8, after the event numbered 7", name, events[len(events)-1])
+		}
+	}
+}
