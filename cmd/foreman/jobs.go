@@ -250,7 +250,16 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 					return err
 				}
 			}
-			if id != "" && !last.State.Terminal() && cmd.Context().Err() == nil {
+			if id != "" && !last.State.Terminal() && cmd.Context().Err() != nil {
+				// Interrupted (Ctrl-C) before the job ended: not a success, for a script that
+				// goes on when the watch of its job does (`jobs watch "$ID" && ...`).
+				seen := "no state seen yet"
+				if last.State != "" {
+					seen = "last seen " + termSafe(string(last.State))
+				}
+				return fmt.Errorf("interrupted before job %s ended (%s)", termSafe(id), seen)
+			}
+			if id != "" && !last.State.Terminal() {
 				// The watch gave up on the job (see client.Watch): say why.
 				if _, err := c.Job(cmd.Context(), id); err != nil {
 					return f.explain(e, err)

@@ -20,6 +20,9 @@ type env struct {
 	getenv func(string) string
 	// now is the clock for ages in tables; nil means time.Now. Tests fix it.
 	now func() time.Time
+	// ctx is the context a command runs in, ended also by SIGINT and SIGTERM; nil means
+	// context.Background. Tests end it as an interrupt would.
+	ctx context.Context
 }
 
 func (e *env) clock() time.Time {
@@ -38,7 +41,11 @@ func execute(args []string, stdin io.Reader, stdout, stderr io.Writer, getenv fu
 func run(e *env, args []string) int {
 	root := newRootCmd(e)
 	root.SetArgs(args)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	base := e.ctx
+	if base == nil {
+		base = context.Background()
+	}
+	ctx, stop := signal.NotifyContext(base, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(e.stderr, "foreman: "+strings.TrimSpace(err.Error()))
