@@ -604,19 +604,16 @@ func (w *Worker) settleEnd(ctx context.Context, d *broker.Lease, err error, log 
 	case err != nil:
 		// Without the terminal record an async job must run again rather than be lost. A
 		// sync one given up on as the worker stops goes back as any job handed back then.
-		delay := w.cfg.RetryDelay
-		switch stopping := w.isStopping(context.Background()); {
-		case stopping && d.Gateway != "" && d.Gateway == w.store.BootID():
-			// Its caller, answered or not, leaves with this process: the job's next
-			// delivery cancels it unrun (CallerGone), it does not run again.
-			log.Error("store the job's end; its message goes back as the worker stops, to be canceled unrun once this foreman is gone", "err", err)
+		delay, what := w.cfg.RetryDelay, "store the job's end; job will run again"
+		if w.isStopping(context.Background()) {
 			delay = max(delay, w.store.HandBackDelay(d))
-		case stopping:
-			log.Error("store the job's end; job will run again", "err", err)
-			delay = max(delay, w.store.HandBackDelay(d))
-		default:
-			log.Error("store the job's end; job will run again", "err", err)
+			if d.Gateway != "" && d.Gateway == w.store.BootID() {
+				// Its caller, answered or not, leaves with this process: the job's next
+				// delivery cancels it unrun (CallerGone), it does not run again.
+				what = "store the job's end; its message goes back as the worker stops, to be canceled unrun once this foreman is gone"
+			}
 		}
+		log.Error(what, "err", err)
 		w.nak(d, delay, log)
 		return false
 	}
