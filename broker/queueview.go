@@ -69,6 +69,13 @@ type QueuedJob struct {
 	State    State  `json:"state,omitempty"`
 	Attempts int    `json:"attempts,omitempty"`
 	Error    string `json:"error,omitempty"`
+	// LeftElsewhere says the worker leaves the job's queue to another Mac that has its
+	// model (ADR-0066): it gave up an attempt of the queue's first job for its Mac's
+	// silence (a stall), and takes none of the queue's jobs until another Mac starts that
+	// one, none offers the model any more, or FOREMAN_MAX_WAIT passed since. Its
+	// QueuePosition and ETA are then for running here after that wait, should no other
+	// Mac take it first.
+	LeftElsewhere bool `json:"left_elsewhere,omitempty"`
 }
 
 // ElsewhereJob is a job of the queue that another foreman's worker runs.

@@ -46,6 +46,9 @@ type jobView struct {
 	// GET /jobs/{id} for a waiting job only (queue.go).
 	QueuePosition *int       `json:"queue_position,omitempty"`
 	ETA           *time.Time `json:"eta,omitempty"`
+	// LeftElsewhere, with them, says this foreman's worker leaves the job to another Mac
+	// that has its model for now (broker.QueuedJob.LeftElsewhere, ADR-0066).
+	LeftElsewhere bool `json:"left_elsewhere,omitempty"`
 }
 
 // artifactView carries either the data (small artifacts) or the URL to fetch it.

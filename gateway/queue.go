@@ -125,7 +125,7 @@ func (s *Server) addPosition(ctx context.Context, v *jobView, asked time.Time) {
 		for _, q := range qv.Queued {
 			if q.JobID == v.ID {
 				pos, eta := q.QueuePosition, q.ETA
-				v.QueuePosition, v.ETA = &pos, &eta
+				v.QueuePosition, v.ETA, v.LeftElsewhere = &pos, &eta, q.LeftElsewhere
 				return
 			}
 		}

@@ -138,3 +138,41 @@ func TestQueueShowsARetryingJob(t *testing.T) {
 		t.Errorf("queued %+v: want job %s waiting its first turn, not shown as retrying (%s runs)", j, next, waiting)
 	}
 }
+
+// A job whose attempt the worker gave up for its Mac's stall and left to another Mac
+// that has its model (ADR-0066) says so in GET /queue and GET /jobs/{id}
+// ("left_elsewhere"), with the ETA of running here once the hold runs out, not next.
+func TestQueueShowsAJobLeftToAnotherMac(t *testing.T) {
+	t.Parallel()
+	var w *worker.Worker
+	const maxWait = time.Hour
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		var err error
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory,
+			StreamIdleTimeout: 200 * time.Millisecond, MaxWait: maxWait, RetryDelay: 5 * time.Millisecond, IdlePoll: 20 * time.Millisecond,
+			Elsewhere: func(_ context.Context, model string) bool { return model == "tiny-a:latest" }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Queue = w
+	}))
+	b.Fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream)
+	gaveUp := time.Now()
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+	runUntilCleanup(t, "worker", w.Run)
+	waitJobState(t, b, id, broker.StateRetrying)
+	var q queueBody
+	eventually(t, 10*time.Second, "queue shows the job retrying", func() bool {
+		q = getQueue(t, b, "")
+		return len(q.Queued) == 1 && q.Queued[0].State == broker.StateRetrying
+	})
+	if r := q.Queued[0]; r.JobID != id || !r.LeftElsewhere || r.ETA.Before(gaveUp.Add(maxWait)) {
+		t.Errorf("queued %+v: want job %s left to another Mac, expected here once the hold ends", r, id)
+	}
+	if _, raw := b.request(t, http.MethodGet, "/queue", nil); !strings.Contains(string(raw), `"left_elsewhere":true`) {
+		t.Errorf("GET /queue %s: want left_elsewhere", raw)
+	}
+	if _, raw := b.request(t, http.MethodGet, "/jobs/"+id, nil); !strings.Contains(string(raw), `"left_elsewhere":true`) || !strings.Contains(string(raw), `"queue_position":1`) {
+		t.Errorf("GET /jobs/%s %s: want left_elsewhere with its position", id, raw)
+	}
+}

@@ -23,7 +23,7 @@ func TestOrderOldBacklogYieldsToHigh(t *testing.T) {
 	a := runnerKey(t, "tiny-a")
 	cost := fixedCosts{"tiny-a": {20 * time.Second, time.Second}}
 	position := func(c choice) int {
-		for _, p := range order(c, 1, msgs, now, cost) {
+		for _, p := range order(c, 1, msgs, now, cost, nil) {
 			if p.Msg.JobID == "high" {
 				return p.Position
 			}

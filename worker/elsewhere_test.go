@@ -203,3 +203,67 @@ func TestHeldJobRunsHereWhenNoOtherMacAnswers(t *testing.T) {
 		t.Errorf("Elsewhere asked %d times, want the give-up's ask and a pick's", n)
 	}
 }
+
+// The queue view tells a job left to another Mac (ADR-0066) from one this worker runs
+// next: the job given up here for a stall, and the job behind it in its queue, say
+// left_elsewhere and are expected here only once the hold has run out (FOREMAN_MAX_WAIT
+// after the give-up), after the jobs the worker does run meanwhile; before, they were
+// shown as the worker's next runs.
+func TestQueueViewShowsAJobLeftToAnotherMac(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream)
+	releaseB := tb.fake.Hold("tiny-b")
+	defer releaseB()
+	const maxWait = time.Hour
+	w := tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: maxWait, IdlePoll: 20 * time.Millisecond,
+		// Another Mac, live and reachable, has tiny-a.
+		Elsewhere: func(_ context.Context, model string) bool { return model == "tiny-a:latest" }})
+	gaveUp := time.Now()
+	j := tb.chat(t, "tiny-a", 1)
+	if got := tb.waitState(t, j.ID, broker.StateRetrying); got.Attempt != 1 {
+		t.Fatalf("retrying after attempt %d, want 1 (%s)", got.Attempt, got.Error)
+	}
+	k := tb.chat(t, "tiny-a", 2) // behind j in its queue
+	// The worker runs a tiny-b job (held in its call) and has another one waiting.
+	b0 := tb.submit(t, "tiny-b", broker.KindGenerate, `{"model":"tiny-b","prompt":"first"}`)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-b", 1); err != nil {
+		t.Fatal(err)
+	}
+	b1 := tb.submit(t, "tiny-b", broker.KindGenerate, `{"model":"tiny-b","prompt":"second"}`)
+	if n := startedOn(tb.fake, "tiny-a:latest"); n != 1 {
+		t.Fatalf("the job was called %d times, want once: the worker took it back", n)
+	}
+
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Running != b0.ID {
+		t.Fatalf("view runs %q, want the first tiny-b job %s", v.Running, b0.ID)
+	}
+	holdEnd := gaveUp.Add(maxWait)
+	byID := map[string]broker.QueuedJob{}
+	for _, q := range v.Queued {
+		byID[q.JobID] = q
+	}
+	if len(v.Queued) != 3 {
+		t.Fatalf("view queues %+v, want b1, j and k", v.Queued)
+	}
+	if q := v.Queued[0]; q.JobID != b1.ID || q.LeftElsewhere || !q.ETA.Before(holdEnd) {
+		t.Errorf("first waiting %+v: want %s, run here before the hold ends (%v)", q, b1.ID, holdEnd)
+	}
+	for _, id := range []string{j.ID, k.ID} {
+		q, ok := byID[id]
+		if !ok {
+			t.Fatalf("job %s not in the view's queue: %+v", id, v.Queued)
+		}
+		if !q.LeftElsewhere || q.QueuePosition < 2 || q.ETA.Before(holdEnd) {
+			t.Errorf("job %s in the view: position %d, eta %v, left_elsewhere %v; want left to another Mac, after %s, not before the hold ends (%v)",
+				id, q.QueuePosition, q.ETA, q.LeftElsewhere, b1.ID, holdEnd)
+		}
+	}
+	if q := byID[j.ID]; q.State != broker.StateRetrying || q.Attempts != 1 {
+		t.Errorf("job %s in the view: state %q attempts %d, want retrying after attempt 1", j.ID, q.State, q.Attempts)
+	}
+}

@@ -34,6 +34,12 @@ type costs interface {
 // Jobs in a retry back-off are ordered as if ready: they are waiting too. Messages on a
 // queue subject foreman does not make are left out (the worker removes them).
 //
+// held are the queues the worker leaves to another Mac (ADR-0066), by when it takes them
+// again (on c's clock): each joins the picks, at the back of the rotation as the worker
+// would (joinTurns), only once the simulated clock reaches that time; with nothing else
+// to run before, the clock goes on to it. Nil for none: the only cost then is a lookup
+// in the nil map per queue and a length check per pick.
+//
 // Cost: plan sees one head per runner and class (a group), not one per queue. Within a
 // group plan's order is the programs' turns (served, then the head's age), so only the
 // group's first queue can come first, and plan's choice between groups reads only
@@ -41,11 +47,12 @@ type costs interface {
 // of a few heads plus a pass over the picked group's queues, and 10k jobs order in
 // milliseconds (BenchmarkQueueView); orderEachQueue, which gives plan every queue,
 // must agree (TestOrderMatchesPlanOfEveryQueue).
-func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs) []planned {
+func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs, held map[string]time.Time) []planned {
 	type queue struct {
 		token string
 		msgs  []broker.QueuedMessage
-		key   head // the queue's Token, Runner and Class
+		key   head      // the queue's Token, Runner and Class
+		from  time.Time // when a held queue joins the picks
 	}
 	type group struct {
 		queues []*queue
@@ -62,6 +69,19 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 	byToken := map[string]*queue{}
 	groupOf := map[string]*group{} // each queue's group (runner and class)
 	invalid := map[string]bool{}
+	var later []*queue // held queues not yet in the picks
+	attach := func(q *queue) *group {
+		gk := q.key.Runner + " " + string(q.key.Class.OrNormal())
+		g, ok := groups[gk]
+		if !ok {
+			g = &group{}
+			groups[gk] = g
+			order = append(order, g)
+		}
+		g.queues = append(g.queues, q)
+		groupOf[q.token] = g
+		return g
+	}
 	for _, m := range msgs {
 		q, ok := byToken[m.Token]
 		if !ok {
@@ -72,18 +92,17 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 			h := queueHead(m.Token, m)
 			q = &queue{token: m.Token, key: head{Token: h.Token, Runner: h.runner(), Class: h.Class}}
 			byToken[m.Token] = q
-			if _, ok := c.Served[m.Token]; !ok {
-				c.Served[m.Token] = joinedAt(picks) // as the worker's next pick will (joinTurns)
+			if from, ok := held[m.Token]; ok && from.After(free) {
+				// Not among the worker's heads while held: its turn is forgotten.
+				q.from = from
+				delete(c.Served, m.Token)
+				later = append(later, q)
+			} else {
+				if _, ok := c.Served[m.Token]; !ok {
+					c.Served[m.Token] = joinedAt(picks) // as the worker's next pick will (joinTurns)
+				}
+				attach(q)
 			}
-			gk := h.runner() + " " + string(h.Class.OrNormal())
-			g, ok := groups[gk]
-			if !ok {
-				g = &group{}
-				groups[gk] = g
-				order = append(order, g)
-			}
-			g.queues = append(g.queues, q)
-			groupOf[m.Token] = g
 		}
 		q.msgs = append(q.msgs, m)
 	}
@@ -112,16 +131,45 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 	resumedHead := func() string {
 		tok, seq := "", uint64(0)
 		for t, s := range resume {
-			if q := byToken[t]; q != nil && len(q.msgs) > 0 && q.msgs[0].Seq == s && (tok == "" || s < seq) {
+			if q := byToken[t]; q != nil && groupOf[t] != nil && len(q.msgs) > 0 && q.msgs[0].Seq == s && (tok == "" || s < seq) {
 				tok, seq = t, s
 			}
 		}
 		return tok
 	}
+	// join adds the held queues whose hold ended by at to the picks, going on to the
+	// first hold's end when nothing else is left to run before it.
+	join := func(at time.Time) time.Time {
+		if len(order) == 0 {
+			first := later[0].from
+			for _, q := range later[1:] {
+				if q.from.Before(first) {
+					first = q.from
+				}
+			}
+			if first.After(at) {
+				at = first
+			}
+		}
+		keep := later[:0]
+		for _, q := range later {
+			if q.from.After(at) {
+				keep = append(keep, q)
+				continue
+			}
+			c.Served[q.token] = joinedAt(picks)
+			represent(attach(q))
+		}
+		later = keep
+		return at
+	}
 	heads := make([]head, 0, len(order))
 	out := make([]planned, 0, len(msgs))
 	at := free
-	for len(order) > 0 {
+	for len(order) > 0 || len(later) > 0 {
+		if len(later) > 0 {
+			at = join(at)
+		}
 		tok := resumedHead()
 		switch {
 		case tok != "":

@@ -49,7 +49,7 @@ func TestOrderETAs(t *testing.T) {
 	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Hour}
 	cost := fixedCosts{"tiny-a": {10 * time.Second, 3 * time.Second}, "tiny-b": {20 * time.Second, 5 * time.Second}}
 	free := now.Add(4 * time.Second) // the running job's remainder
-	got := order(c, 1, msgs, free, cost)
+	got := order(c, 1, msgs, free, cost, nil)
 	want := []struct {
 		id    string
 		start time.Duration
@@ -86,12 +86,53 @@ func TestOrderAgesByExpectedClock(t *testing.T) {
 	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 100, MaxWait: 25 * time.Second}
 	cost := fixedCosts{"tiny-a": {10 * time.Second, 0}, "tiny-b": {10 * time.Second, 0}}
 	var ids []string
-	for _, p := range order(c, 1, msgs, now, cost) {
+	for _, p := range order(c, 1, msgs, now, cost, nil) {
 		ids = append(ids, p.Msg.JobID)
 	}
 	// a0 starts at 0s, a1 at 10s, a2 at 20s; at 30s b has waited 30s > 25s.
 	if got, want := fmt.Sprint(ids), "[a0 a1 a2 b a3 a4]"; got != want {
 		t.Fatalf("order %s, want %s", got, want)
+	}
+}
+
+// A queue the worker leaves to another Mac (ADR-0066) joins the simulated picks only
+// once its hold ends: the jobs the worker runs meanwhile go first, even though the held
+// queue's runner is loaded and its jobs are older, and with nothing else to run the
+// clock goes on to the hold's end. A hold that ends before the target is free changes
+// nothing.
+func TestOrderHeldQueueJoinsAtItsHoldsEnd(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	var msgs []broker.QueuedMessage
+	add := func(id, model string) {
+		msgs = append(msgs, broker.QueuedMessage{Token: queueKey(t, model, "", ""), Seq: uint64(len(msgs) + 1), Enqueued: now, JobID: id, Model: model})
+	}
+	add("a0", "tiny-a")
+	add("a1", "tiny-a")
+	add("b0", "tiny-b")
+	a := runnerKey(t, "tiny-a")
+	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 100, MaxWait: time.Hour}
+	cost := fixedCosts{"tiny-a": {10 * time.Second, 0}, "tiny-b": {10 * time.Second, 0}}
+	heldA := func(d time.Duration) map[string]time.Time {
+		return map[string]time.Time{queueKey(t, "tiny-a", "", ""): now.Add(d)}
+	}
+	for _, tc := range []struct {
+		name string
+		held map[string]time.Time
+		want string
+	}{
+		{"none", nil, "[a0@0s a1@10s b0@20s]"},
+		{"ended before the target is free", heldA(0), "[a0@0s a1@10s b0@20s]"},
+		{"ends while another queue runs", heldA(5 * time.Second), "[b0@0s a0@10s a1@20s]"},
+		{"ends after the rest ran", heldA(45 * time.Second), "[b0@0s a0@45s a1@55s]"},
+	} {
+		var got []string
+		for _, p := range order(c, 1, msgs, now, cost, tc.held) {
+			got = append(got, fmt.Sprintf("%s@%v", p.Msg.JobID, p.Start.Sub(now)))
+		}
+		if fmt.Sprint(got) != tc.want {
+			t.Errorf("%s: order %v, want %s", tc.name, got, tc.want)
+		}
 	}
 }
 
@@ -205,7 +246,7 @@ func TestOrderMatchesPlanOfEveryQueue(t *testing.T) {
 			}
 		}
 		cost := fixedCosts{"tiny-a": {7 * time.Second, 3 * time.Second}, "tiny-b": {20 * time.Second, 5 * time.Second}, "tiny-c": {time.Second, 0}}
-		got, want := order(c, 1, msgs, now, cost), orderEachQueue(c, 1, msgs, now, cost)
+		got, want := order(c, 1, msgs, now, cost, nil), orderEachQueue(c, 1, msgs, now, cost)
 		if len(got) != len(want) {
 			t.Fatalf("seed %d: %d jobs, want %d", seed, len(got), len(want))
 		}
@@ -234,7 +275,7 @@ func TestResumedJobGoesFirst(t *testing.T) {
 	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Hour, Resume: map[string]uint64{low: 2}}
 	cost := fixedCosts{"tiny-a": {time.Second, time.Second}, "tiny-b": {time.Second, time.Second}}
 	var ids []string
-	for _, p := range order(c, 1, msgs, now, cost) {
+	for _, p := range order(c, 1, msgs, now, cost, nil) {
 		ids = append(ids, p.Msg.JobID)
 	}
 	if want := []string{"cut", "h1", "h2", "l2"}; !slices.Equal(ids, want) {
@@ -253,7 +294,7 @@ func TestResumedJobGoesFirst(t *testing.T) {
 		{Token: bob, Seq: 3, Enqueued: now, JobID: "b1", Model: "tiny-a"},
 	}
 	ids = nil
-	for _, p := range order(choice{MaxConsecutive: 8, MaxWait: time.Hour, Resume: map[string]uint64{bob: 3}}, 0, shared, now, cost) {
+	for _, p := range order(choice{MaxConsecutive: 8, MaxWait: time.Hour, Resume: map[string]uint64{bob: 3}}, 0, shared, now, cost, nil) {
 		ids = append(ids, p.Msg.JobID)
 	}
 	if want := []string{"b1", "a1", "a2"}; !slices.Equal(ids, want) {

@@ -247,6 +247,10 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	paused := w.pauseShownLocked()
 	gone := make(map[string]bool, len(w.finishing)+1)
 	maps.Copy(gone, w.finishing)
+	var holds map[string]heldOff
+	if len(w.held) > 0 {
+		holds = maps.Clone(w.held)
+	}
 	w.mu.Unlock()
 	if run != nil {
 		gone[run.id] = true
@@ -322,11 +326,18 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		v.Running = run.id
 		free = snow.Add(w.remaining(run, now))
 	}
-	for _, p := range order(c, picks, msgs, free, w.times) {
+	var held map[string]time.Time
+	if len(holds) > 0 {
+		held = heldQueues(holds, msgs, heads, now, snow)
+	}
+	for _, p := range order(c, picks, msgs, free, w.times, held) {
 		m := p.Msg
 		q := broker.QueuedJob{
 			JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
 			CreatedAt: m.Enqueued.UTC(), QueuePosition: p.Position, ETA: ceilSecond(p.Start),
+		}
+		if held != nil {
+			_, q.LeftElsewhere = held[m.Token]
 		}
 		if j := heads[m.JobID]; j != nil && j.State == broker.StateRetrying {
 			q.State, q.Attempts, q.Error = j.State, j.Attempt, broker.PauseText(errors.New(j.Error))
@@ -334,6 +345,33 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		v.Queued = append(v.Queued, q)
 	}
 	return v, nil
+}
+
+// heldQueues is, by queue, when the worker takes the jobs it leaves to another Mac
+// (holds, by job id: elsewhere.go) again, on the server's clock (snow at now), for the
+// holds that stand as the view sees them: not run out, their job still waiting in msgs
+// (neither run nor ended since), and its record, when the view read it (the queue's
+// head, where a job backing off stays), still at the attempt given up here. Whether
+// another Mac still offers the model is not asked again: the worker's next pick does.
+func heldQueues(holds map[string]heldOff, msgs []broker.QueuedMessage, heads map[string]*broker.Job, now, snow time.Time) map[string]time.Time {
+	var held map[string]time.Time
+	for _, m := range msgs {
+		h, ok := holds[m.JobID]
+		if !ok || !now.Before(h.until) {
+			continue
+		}
+		if j := heads[m.JobID]; j != nil && (j.State != broker.StateQueued && j.State != broker.StateRetrying || j.Attempt != h.attempt) {
+			continue
+		}
+		until := snow.Add(h.until.Sub(now))
+		if held == nil {
+			held = map[string]time.Time{}
+		}
+		if until.After(held[h.token]) {
+			held[h.token] = until
+		}
+	}
+	return held
 }
 
 // remaining is how long the running job is expected to take still: its model's mean run

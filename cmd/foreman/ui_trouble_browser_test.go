@@ -170,3 +170,28 @@ func TestStatusPageShowsARetryingJobInBrowser(t *testing.T) {
 	}
 	screenshot(t, browser, base+"/ui/", "retrying")
 }
+
+// A job this foreman's worker leaves to another Mac (left_elsewhere, ADR-0066) says so in
+// its state cell, beside its retry; a job without the field says nothing of it.
+func TestStatusPageShowsAJobLeftToAnotherMacInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	at := func(d time.Duration) string { return time.Now().Add(d).UTC().Format(time.RFC3339) }
+	queue := `{"running":null,"loaded":[],"total":2,"depth":{"tiny-a:latest":1,"tiny-b:latest":1},"running_elsewhere":[],"paused":null,"queued":[` +
+		`{"job_id":"01JGJ4Q2R000000000000000DD","model":"tiny-b","kind":"chat","priority":"normal","program":"","created_at":"` + at(-time.Minute) +
+		`","queue_position":1,"eta":"` + at(0) + `"},` +
+		`{"job_id":"01JGJ4Q2R000000000000000CC","model":"tiny-a","kind":"chat","priority":"normal","program":"","created_at":"` + at(-2*time.Minute) +
+		`","queue_position":2,"eta":"` + at(2*time.Minute) + `","state":"retrying","attempts":1,"error":"target stalled: no data for 2m0s","left_elsewhere":true}],` +
+		`"targets":[{"name":"mac","reachable":true,"loaded":[],"own":true}]}`
+	base := cannedPage(t, queue, `{"jobs":[]}`)
+
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	rows := section(dom, "queue-rows", "</tbody>")
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job">.*?<td class="retrying" data-field="state"[^>]*>retrying after attempt 1<div class="err">[^<]*</div><div class="left-elsewhere" data-field="left-elsewhere">left to another Mac that has its model</div></td>`).MatchString(rows) {
+		t.Errorf("job CC is not shown left to another Mac:\n%s", rows)
+	}
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000DD" class="queued-job">.*?<td class="muted" data-field="state">waiting</td>`).MatchString(rows) {
+		t.Errorf("job DD is not shown waiting, and only that:\n%s", rows)
+	}
+	screenshot(t, browser, base+"/ui/", "left-elsewhere")
+}

@@ -281,12 +281,17 @@ function renderLoaded(models) {
 }
 
 // waitState is a waiting job's state cell: a job backing off after a failed attempt
-// says so, with the attempt and its error (cut short, whole in the tooltip).
+// says so, with the attempt and its error (cut short, whole in the tooltip); one this
+// foreman's worker leaves to another Mac for now (left_elsewhere, ADR-0066) says that
+// too: its ETA is for running here only once that wait is over.
 function waitState(j) {
-  if (j.state !== "retrying") return el("td", { class: "muted", "data-field": "state" }, "waiting");
+  const left = j.left_elsewhere
+    ? el("div", { class: "left-elsewhere", "data-field": "left-elsewhere" }, "left to another Mac that has its model")
+    : null;
+  if (j.state !== "retrying") return el("td", { class: "muted", "data-field": "state" }, "waiting", left);
   return el("td", { class: "retrying", "data-field": "state", title: j.error || null },
     "retrying after attempt " + (j.attempts || "?"),
-    j.error ? el("div", { class: "err" }, clip(j.error, ERROR_CLIP)) : null);
+    j.error ? el("div", { class: "err" }, clip(j.error, ERROR_CLIP)) : null, left);
 }
 
 function renderQueue(q) {
