@@ -101,6 +101,11 @@ type QueuedJob struct {
 	State    State  `json:"state,omitempty"`
 	Attempts int    `json:"attempts,omitempty"`
 	Error    string `json:"error,omitempty"`
+	// LeftElsewhere says foreman's worker leaves the job to another Mac that has its
+	// model: it gave up an attempt of the job's queue for its own Mac's silence (a stall),
+	// and takes none of the queue's jobs meanwhile. QueuePosition and ETA are then for a
+	// run on this foreman's Mac after that wait, should no other Mac take the job first.
+	LeftElsewhere bool `json:"left_elsewhere,omitempty"`
 }
 
 // Queue reads the queue (GET /queue). limit caps the waiting jobs listed (1 to

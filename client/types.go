@@ -83,6 +83,9 @@ type Job struct {
 	// that waits (queued or retrying); 0 and nil otherwise.
 	QueuePosition int        `json:"queue_position,omitempty"`
 	ETA           *time.Time `json:"eta,omitempty"`
+	// LeftElsewhere, with them, says the foreman asked leaves the job to another Mac that
+	// has its model for now (QueuedJob.LeftElsewhere).
+	LeftElsewhere bool `json:"left_elsewhere,omitempty"`
 }
 
 // normalize drops a "result": null, so an absent result is always a nil Result.

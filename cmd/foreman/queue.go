@@ -111,12 +111,17 @@ func newQueueCmd(e *env) *cobra.Command {
 }
 
 // waitState is a waiting job's state for a table: "retrying (2)" for one backing off
-// after its second attempt, "waiting" for one waiting its first turn.
+// after its second attempt, "waiting" for one waiting its first turn, either followed by
+// ", elsewhere" while the worker leaves the job to another Mac (ADR-0066).
 func waitState(j client.QueuedJob) string {
+	s := "waiting"
 	if j.State == client.StateRetrying {
-		return fmt.Sprintf("retrying (%d)", j.Attempts)
+		s = fmt.Sprintf("retrying (%d)", j.Attempts)
 	}
-	return "waiting"
+	if j.LeftElsewhere {
+		s += ", elsewhere"
+	}
+	return s
 }
 
 // pauseText says why a worker pauses in words, fit for a terminal.

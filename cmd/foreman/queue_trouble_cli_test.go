@@ -7,6 +7,9 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
 )
 
 // troubleRunning is a GET /queue "running" field relative to fixedNow (2025-01-02T03:04:05Z).
@@ -128,5 +131,47 @@ func TestQueueAndTopShowARetryingJob(t *testing.T) {
 	if !regexp.MustCompile(`(?m)^1 +retrying \(2\) .*01JGJ4Q2R0000000000000000C$`).MatchString(r.stdout) ||
 		!regexp.MustCompile(`(?m)^2 +waiting .*01JGJ4Q2R0000000000000000D$`).MatchString(r.stdout) {
 		t.Errorf("foreman top does not tell the retrying job from the waiting one:\n%s", r.stdout)
+	}
+}
+
+// A job its worker leaves to another Mac after its own Mac hung (ADR-0066) says so in
+// `foreman queue` and `foreman top`, beside its state, and in the status line of a
+// command waiting on it: its position is for a run on this Mac after the wait.
+func TestQueueAndTopShowAJobLeftToAnotherMac(t *testing.T) {
+	t.Parallel()
+	body := `{"running":null,"loaded":[],"queued":[` +
+		`{"job_id":"01JGJ4Q2R0000000000000000E","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:00:00Z","queue_position":1,"eta":"2025-01-02T03:04:05Z"},` +
+		`{"job_id":"01JGJ4Q2R0000000000000000C","model":"llama3.2","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:00:00Z","queue_position":2,"eta":"2025-01-02T03:06:05Z",` +
+		`"state":"retrying","attempts":1,"error":"ollama: no answer for 10s","left_elsewhere":true},` +
+		`{"job_id":"01JGJ4Q2R0000000000000000D","model":"llama3.2","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:01:00Z","queue_position":3,"eta":"2025-01-02T03:06:45Z","left_elsewhere":true}],` +
+		`"total":3,"paused":null}`
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, body)}
+	r := runCLI(t, vars, nil, nil, "queue")
+	if r.code != 0 {
+		t.Fatalf("queue: exit %d, stderr %q", r.code, r.stderr)
+	}
+	for _, re := range []string{
+		`(?m)^1 +01JGJ4Q2R0000000000000000E .* waiting$`,
+		`(?m)^2 +01JGJ4Q2R0000000000000000C .* retrying \(1\), elsewhere$`,
+		`(?m)^3 +01JGJ4Q2R0000000000000000D .* waiting, elsewhere$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("foreman queue: no line matching %s:\n%s", re, r.stdout)
+		}
+	}
+	r = runCLI(t, vars, nil, nil, "top", "--once")
+	if r.code != 0 {
+		t.Fatalf("top: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !regexp.MustCompile(`(?m)^2 +retrying \(1\), elsewhere .*01JGJ4Q2R0000000000000000C$`).MatchString(r.stdout) ||
+		!regexp.MustCompile(`(?m)^1 +waiting .*01JGJ4Q2R0000000000000000E$`).MatchString(r.stdout) {
+		t.Errorf("foreman top does not tell the job left to another Mac:\n%s", r.stdout)
+	}
+	eta := fixedNow.Add(time.Minute)
+	if got := queueLine(&client.Job{QueuePosition: 2, ETA: &eta, LeftElsewhere: true}); !regexp.MustCompile(`^queued: position 2, eta \d\d:\d\d:\d\d, left to another Mac$`).MatchString(got) {
+		t.Errorf("status line of a job left to another Mac: %q", got)
+	}
+	if got := queueLine(&client.Job{QueuePosition: 1}); got != "queued: position 1" {
+		t.Errorf("status line of a waiting job: %q", got)
 	}
 }

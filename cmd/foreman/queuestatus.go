@@ -50,7 +50,7 @@ func (q *queueStatus) run(ctx context.Context, c *client.Client, id string) {
 			q.Clear()
 			return
 		case j.QueuePosition > 0:
-			q.show(queueLine(j.QueuePosition, j.ETA))
+			q.show(queueLine(j))
 		}
 		select {
 		case <-ctx.Done():
@@ -61,10 +61,13 @@ func (q *queueStatus) run(ctx context.Context, c *client.Client, id string) {
 }
 
 // queueLine is the status text of a waiting job.
-func queueLine(pos int, eta *time.Time) string {
-	line := fmt.Sprintf("queued: position %d", pos)
-	if eta != nil && !eta.IsZero() {
-		line += ", eta " + eta.Local().Format("15:04:05")
+func queueLine(j *client.Job) string {
+	line := fmt.Sprintf("queued: position %d", j.QueuePosition)
+	if j.ETA != nil && !j.ETA.IsZero() {
+		line += ", eta " + j.ETA.Local().Format("15:04:05")
+	}
+	if j.LeftElsewhere {
+		line += ", left to another Mac"
 	}
 	return line
 }
