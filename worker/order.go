@@ -76,6 +76,10 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		if !ok {
 			g = &group{}
 			groups[gk] = g
+		}
+		if len(g.queues) == 0 {
+			// New, or left the picks when its queues ran empty and a held queue of its
+			// runner and class joins now.
 			order = append(order, g)
 		}
 		g.queues = append(g.queues, q)

@@ -136,6 +136,41 @@ func TestOrderHeldQueueJoinsAtItsHoldsEnd(t *testing.T) {
 	}
 }
 
+// A held queue (ADR-0066) whose runner and class are those of a queue that ran empty
+// before the hold's end joins that runner's picks all the same: its jobs are in the
+// order, not dropped with the group the other queue left.
+func TestOrderHeldQueueJoinsAGroupThatRanEmpty(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	alice, bob := queueKey(t, "tiny-a", "alice", ""), queueKey(t, "tiny-a", "bob", "")
+	msgs := []broker.QueuedMessage{
+		{Token: alice, Seq: 1, Enqueued: now, JobID: "alice0", Model: "tiny-a"},
+		{Token: bob, Seq: 2, Enqueued: now, JobID: "bob0", Model: "tiny-a"},
+		{Token: alice, Seq: 3, Enqueued: now, JobID: "alice1", Model: "tiny-a"},
+		{Token: queueKey(t, "tiny-b", "", ""), Seq: 4, Enqueued: now, JobID: "b0", Model: "tiny-b"},
+	}
+	a := runnerKey(t, "tiny-a")
+	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 100, MaxWait: time.Hour}
+	cost := fixedCosts{"tiny-a": {10 * time.Second, 0}, "tiny-b": {10 * time.Second, 0}}
+	for _, tc := range []struct {
+		name string
+		end  time.Duration
+		want string
+	}{
+		{"after the rest ran", 45 * time.Second, "[bob0@0s b0@10s alice0@45s alice1@55s]"},
+		{"while another runner's job runs", 15 * time.Second, "[bob0@0s b0@10s alice0@20s alice1@30s]"},
+		{"before another runner's job", 5 * time.Second, "[bob0@0s alice0@10s alice1@20s b0@30s]"},
+	} {
+		var got []string
+		for _, p := range order(c, 1, msgs, now, cost, map[string]time.Time{alice: now.Add(tc.end)}) {
+			got = append(got, fmt.Sprintf("%s@%v", p.Msg.JobID, p.Start.Sub(now)))
+		}
+		if fmt.Sprint(got) != tc.want {
+			t.Errorf("%s: order %v, want %s", tc.name, got, tc.want)
+		}
+	}
+}
+
 // Durations start from the priors, take the first sample as it is, then move by a
 // fraction of each new one.
 func TestDurationsLearn(t *testing.T) {
@@ -160,14 +195,22 @@ func TestDurationsLearn(t *testing.T) {
 
 // orderEachQueue is order as plainly as it reads: plan sees every queue's head at each
 // pick. order must agree with it.
-func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs) []planned {
+func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs, held map[string]time.Time) []planned {
 	queues := map[string][]broker.QueuedMessage{}
+	later := map[string][]broker.QueuedMessage{} // held queues, until their hold's end
 	for _, m := range msgs {
-		if broker.TokenValid(m.Token) {
+		switch {
+		case !broker.TokenValid(m.Token):
+		case held[m.Token].After(free):
+			later[m.Token] = append(later[m.Token], m)
+		default:
 			queues[m.Token] = append(queues[m.Token], m)
 		}
 	}
 	c.Served = cloneServed(c.Served)
+	for t := range later {
+		delete(c.Served, t)
+	}
 	for t := range queues {
 		if _, ok := c.Served[t]; !ok {
 			c.Served[t] = joinedAt(picks)
@@ -176,7 +219,24 @@ func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free ti
 	c.Loaded = slices.Clone(c.Loaded)
 	var out []planned
 	at := free
-	for len(queues) > 0 {
+	for len(queues) > 0 || len(later) > 0 {
+		if len(queues) == 0 {
+			first := time.Time{}
+			for t := range later {
+				if first.IsZero() || held[t].Before(first) {
+					first = held[t]
+				}
+			}
+			if first.After(at) {
+				at = first
+			}
+		}
+		for t, q := range later {
+			if !held[t].After(at) {
+				queues[t], c.Served[t] = q, joinedAt(picks)
+				delete(later, t)
+			}
+		}
 		var heads []head
 		for t, q := range queues {
 			heads = append(heads, queueHead(t, q[0]))
@@ -245,8 +305,15 @@ func TestOrderMatchesPlanOfEveryQueue(t *testing.T) {
 				c.Resume[m.Token] = m.Seq
 			}
 		}
+		var held map[string]time.Time
+		if rng.IntN(2) == 0 { // queues left to another Mac (ADR-0066), some until before now
+			held = map[string]time.Time{}
+			for range 1 + rng.IntN(3) {
+				held[msgs[rng.IntN(len(msgs))].Token] = now.Add(time.Duration(rng.IntN(600)-60) * time.Second)
+			}
+		}
 		cost := fixedCosts{"tiny-a": {7 * time.Second, 3 * time.Second}, "tiny-b": {20 * time.Second, 5 * time.Second}, "tiny-c": {time.Second, 0}}
-		got, want := order(c, 1, msgs, now, cost, nil), orderEachQueue(c, 1, msgs, now, cost)
+		got, want := order(c, 1, msgs, now, cost, held), orderEachQueue(c, 1, msgs, now, cost, held)
 		if len(got) != len(want) {
 			t.Fatalf("seed %d: %d jobs, want %d", seed, len(got), len(want))
 		}
