@@ -187,15 +187,17 @@ func TestBacklogRefreshResumesAfterCut(t *testing.T) {
 // a target that is away) keeps every later job's removal inside the stream's range, and a
 // loop of submits and cancels makes those millions. A refresh after a thousand of them
 // receives from NATS what one after ten does.
+//
+// Each call has its own ctxT: the thousand submits and cancels together take longer than
+// one ctxT allows on a loaded machine under -race.
 func TestBacklogRefreshCostsNothingForWhatLeft(t *testing.T) {
 	t.Parallel()
 	bb := brokertest.New(t)
-	ctx := ctxT(t)
 	pinned := submit(t, bb.Store, "away", `{"model":"away","messages":[]}`)
 	churn := func(n int) {
 		for range n {
 			j := submit(t, bb.Store, "tiny-a", `{"model":"tiny-a","messages":[]}`)
-			if _, err := bb.Store.Cancel(ctx, j.ID, "test"); err != nil {
+			if _, err := bb.Store.Cancel(ctxT(t), j.ID, "test"); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -206,7 +208,7 @@ func TestBacklogRefreshCostsNothingForWhatLeft(t *testing.T) {
 	received := func() uint64 {
 		t.Helper()
 		before := bb.Conn.Stats().InBytes
-		msgs, err := back.Refresh(ctx, 0)
+		msgs, err := back.Refresh(ctxT(t), 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -84,25 +84,30 @@ func TestAnswerTooLarge(t *testing.T) {
 	t.Parallel()
 	c := newClient(t, hugeServer(t), client.WithPollingOnly())
 	const id = "01JGJ4Q2R0000000000000000A"
+	// Not testCtx: reading an answer of up to 256 MiB takes longer than its 30 s on a
+	// loaded machine under -race, and the bound tested is one of size, not time (a call
+	// cut by its deadline fails with the context's error). A call that hangs is stopped
+	// by go test's -timeout.
+	ctx := t.Context()
 	for name, call := range map[string]func() error{
-		"Job":    func() error { _, err := c.Job(testCtx(t), id); return err },
-		"Cancel": func() error { _, err := c.Cancel(testCtx(t), id); return err },
-		"Jobs":   func() error { _, err := c.Jobs(testCtx(t), client.JobFilter{Limit: 1}); return err },
-		"Queue":  func() error { _, err := c.Queue(testCtx(t), 1); return err },
-		"Tags":   func() error { _, err := c.Tags(testCtx(t)); return err },
-		"Ps":     func() error { _, err := c.Ps(testCtx(t)); return err },
+		"Job":    func() error { _, err := c.Job(ctx, id); return err },
+		"Cancel": func() error { _, err := c.Cancel(ctx, id); return err },
+		"Jobs":   func() error { _, err := c.Jobs(ctx, client.JobFilter{Limit: 1}); return err },
+		"Queue":  func() error { _, err := c.Queue(ctx, 1); return err },
+		"Tags":   func() error { _, err := c.Tags(ctx); return err },
+		"Ps":     func() error { _, err := c.Ps(ctx); return err },
 		"Embed": func() error {
-			_, err := c.Embed(testCtx(t), client.EmbedRequest{Model: "m"})
+			_, err := c.Embed(ctx, client.EmbedRequest{Model: "m"})
 			return err
 		},
-		"Artifact":    func() error { _, err := c.Artifact(testCtx(t), id, "result.json"); return err },
-		"SubmitAsync": func() error { _, err := c.SubmitAsync(testCtx(t), chatJob("m", "hi")); return err },
+		"Artifact":    func() error { _, err := c.Artifact(ctx, id, "result.json"); return err },
+		"SubmitAsync": func() error { _, err := c.SubmitAsync(ctx, chatJob("m", "hi")); return err },
 		"Chat line": func() error {
-			_, err := c.Chat(testCtx(t), client.ChatRequest{Model: "m"}, nil)
+			_, err := c.Chat(ctx, client.ChatRequest{Model: "m"}, nil)
 			return err
 		},
 		"Generate whole": func() error {
-			_, err := c.Generate(testCtx(t), client.GenerateRequest{Model: "m"}, nil)
+			_, err := c.Generate(ctx, client.GenerateRequest{Model: "m"}, nil)
 			return err
 		},
 	} {

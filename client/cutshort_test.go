@@ -16,8 +16,8 @@ import (
 )
 
 // cutServer answers every route with a beginning, then breaks the connection: foreman
-// killed mid-answer. A stream sends a chunk first; a JSON answer declares more bytes
-// than it sends.
+// killed mid-answer. A stream sends a chunk first (generate's then half of the next); a
+// JSON answer declares more bytes than it sends.
 func cutServer(t *testing.T) string {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -26,6 +26,10 @@ func cutServer(t *testing.T) string {
 		case "/api/chat":
 			w.Header().Set("Content-Type", "application/x-ndjson")
 			_, _ = io.WriteString(w, `{"model":"m","message":{"role":"assistant","content":"half"},"done":false}`+"\n")
+			w.(http.Flusher).Flush()
+		case "/api/generate":
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			_, _ = io.WriteString(w, `{"model":"m","response":"half","done":false}`+"\n"+`{"model":"m","respon`)
 			w.(http.Flusher).Flush()
 		default:
 			w.Header().Set("Content-Type", "application/json")
@@ -53,10 +57,12 @@ func TestAnswerCutShortIsNotUnreachable(t *testing.T) {
 	if strings.Join(got, "") != "half" {
 		t.Errorf("chunks before the cut: %q, want \"half\"", got)
 	}
+	// Cut in the middle of a line: the line is not a chunk that fails to decode.
+	_, generateErr := c.Generate(ctx, client.GenerateRequest{Model: "m"}, nil)
 	_, submitErr := c.SubmitAsync(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "m",
 		Messages: []client.Message{{Role: "user", Content: "hi"}}}})
 	_, jobErr := c.Job(ctx, "01JAAAAAAAAAAAAAAAAAAAAAAA")
-	for name, err := range map[string]error{"Chat": chatErr, "SubmitAsync": submitErr, "Job": jobErr} {
+	for name, err := range map[string]error{"Chat": chatErr, "Generate": generateErr, "SubmitAsync": submitErr, "Job": jobErr} {
 		var cut *client.CutShortError
 		if !errors.As(err, &cut) || !errors.Is(err, client.ErrCutShort) || errors.Is(err, client.ErrUnreachable) {
 			t.Errorf("%s cut mid-answer: %v (%T), want a *CutShortError matching ErrCutShort and not ErrUnreachable", name, err, err)

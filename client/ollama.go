@@ -157,9 +157,18 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 	rd := &boundedReader{r: resp.Body, left: maxStream}
 	sc := bufio.NewScanner(rd)
 	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)
+	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+		// After a read error the scanner would hand out the line it holds, cut where the
+		// answer broke off (the connection cut, ctx ended): the answer is cut short, not
+		// a chunk that does not decode.
+		if atEOF && rd.err != nil && len(data) > 0 && bytes.IndexByte(data, '\n') < 0 {
+			return 0, nil, rd.err
+		}
+		return bufio.ScanLines(data, atEOF)
+	})
 	for sc.Scan() {
 		if rd.left < 0 {
-			// The scanner hands out what it holds after a read error: a cut line.
+			// A line that came past the whole answer's bound is not handed on.
 			break
 		}
 		l := bytes.TrimSpace(sc.Bytes())
@@ -192,10 +201,11 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 var errStreamTooLarge = errors.New("stream too large")
 
 // boundedReader reads r until left bytes have been read, then fails with
-// errStreamTooLarge should r go on.
+// errStreamTooLarge should r go on. err is the first error it returned other than io.EOF.
 type boundedReader struct {
 	r    io.Reader
 	left int64
+	err  error
 }
 
 func (b *boundedReader) Read(p []byte) (int, error) {
@@ -209,7 +219,10 @@ func (b *boundedReader) Read(p []byte) (int, error) {
 	n, err := b.r.Read(p)
 	b.left -= int64(n)
 	if b.left < 0 {
-		return n, errStreamTooLarge
+		err = errStreamTooLarge
+	}
+	if err != nil && err != io.EOF && b.err == nil {
+		b.err = err
 	}
 	return n, err
 }
