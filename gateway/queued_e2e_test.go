@@ -224,6 +224,32 @@ func TestE2EOpenAINonStreamedMatchesDirect(t *testing.T) {
 	}
 }
 
+// A greedy generation on the tiny models soon repeats one token, and Ollama stops it after
+// 31 of them: its stream just stops, without the usage and [DONE], and its non-streamed
+// OpenAI-compatible answer is a 200 with the text so far, no finish_reason and a usage of
+// zeros. The worker calls such a chat streamed and answers what Ollama answers (not a 500
+// for a cut stream, which the openai SDKs would retry twice, generating it three times).
+func TestE2EOpenAIRepeatStopMatchesDirect(t *testing.T) {
+	b := newE2EBundle(t, nil)
+	ctx := testCtx(t, 2*time.Minute)
+	b.warm(t, ctx, "tiny-a")
+	id := regexp.MustCompile(`"id":"[^"]*","object":"([^"]*)","created":\d+,`)
+	for _, tt := range []struct{ path, body string }{
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"a b c"}],"max_tokens":100,"temperature":0}`},
+		{"/v1/completions", `{"model":"tiny-a","prompt":"a b c","max_tokens":100,"temperature":0}`},
+	} {
+		direct := post(t, ctx, b.Target, tt.path, []byte(tt.body))
+		if direct.Status != 200 || !bytes.Contains(direct.Body, []byte(`"finish_reason":null`)) {
+			t.Fatalf("%s: Ollama's answer %d %s is not one of a generation stopped for a repeated token", tt.path, direct.Status, direct.Body)
+		}
+		via := post(t, ctx, b.URL, tt.path, []byte(tt.body))
+		v, d := id.ReplaceAll(via.Body, []byte(`"object":"$1",`)), id.ReplaceAll(direct.Body, []byte(`"object":"$1",`))
+		if via.Status != 200 || via.CType != direct.CType || !bytes.Equal(v, d) {
+			t.Errorf("%s: through foreman %d %q\n %s\ndirect %q\n %s", tt.path, via.Status, via.CType, via.Body, direct.CType, direct.Body)
+		}
+	}
+}
+
 // A stream that ends without done:true (long greedy outputs on the tiny models) is
 // relayed as it is and the request ends.
 func TestE2EStreamWithoutDone(t *testing.T) {

@@ -97,8 +97,11 @@ type choiceAcc struct {
 // last chunk's id, created, model and fingerprint; per choice the text joined, tool calls
 // merged, the last finish_reason and the logprobs joined; the usage if a chunk carried
 // one (stream_options.include_usage). Nil if no chunk parsed.
-func sseResult(kind broker.Kind, frames [][]byte) []byte {
-	var out oaiCompletion
+func sseResult(kind broker.Kind, frames [][]byte) []byte { return sseAnswer(kind, frames, nil) }
+
+// sseAnswer is sseResult with usage as the usage when no chunk carried one.
+func sseAnswer(kind broker.Kind, frames [][]byte, usage json.RawMessage) []byte {
+	out := oaiCompletion{Usage: usage}
 	var choices []*choiceAcc
 	seen := false
 	for _, data := range sseData(frames) {
