@@ -286,7 +286,7 @@ func (a *assembly) end(ct string, err error, log *slog.Logger) (string, error) {
 			res, _ = result(a.kind, a.ct, a.events)
 		} else {
 			log.Warn("target stream stopped after one token repeated; the assembled answer is the text so far, as Ollama's is", "repeats", repeatLimit)
-			res = sseAnswer(a.kind, a.events, zeroUsage)
+			res = sseAnswer(a.kind, a.events, &notDone{tools: !a.answer.finalCalls})
 		}
 		if res != nil {
 			res = append(res, '\n') // Ollama's middlewares write it with a json.Encoder
