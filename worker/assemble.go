@@ -199,6 +199,11 @@ func repeatStopped(kind broker.Kind, events [][]byte) bool {
 		if json.Unmarshal(data[i], &c) != nil || len(c.Choices) != 1 {
 			return false
 		}
+		if c.Model == "" {
+			// Ollama's OpenAI writers decode a failed runner's error line as a response
+			// and write it as a chunk without a model (nor text): a failure, not a stop.
+			return false
+		}
 		ch := c.Choices[0]
 		if ch.Index != 0 || ch.FinishReason != nil || len(ch.Delta.ToolCalls) > 0 {
 			return false

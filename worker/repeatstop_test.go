@@ -88,6 +88,12 @@ func TestAssembledOpenAIAnswerStoppedForARepeatedToken(t *testing.T) {
 			`{"id":"cmpl-9","object":"text_completion","created":1796399825,"model":"tiny-a","system_fingerprint":"fp_ollama","choices":[{"text":"` + zs + `","index":0,"finish_reason":null}],"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}` + "\n"},
 		{"spaces around the token count as the token", broker.KindOpenAIChat, chatChunks(append(repeated(" Z", 15), repeated("Z\n", 15)...)...),
 			`{"id":"chatcmpl-7","object":"chat.completion","created":1796399825,"model":"tiny-a","system_fingerprint":"fp_ollama","choices":[{"index":0,"message":{"role":"assistant","content":"` + strings.Repeat(" Z", 15) + strings.Repeat(`Z\n`, 15) + `"},"finish_reason":null}],"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}` + "\n"},
+		// A runner that failed after the repeats: Ollama's writer decodes its error line
+		// {"error":...} as a response and writes it as a chunk without a model.
+		{"a runner that failed after the repeats", broker.KindOpenAIChat, append(chatChunks(repeated("Z", 31)...),
+			`{"id":"chatcmpl-7","object":"chat.completion.chunk","created":1796399825,"model":"","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}`), ""},
+		{"a completion's runner that failed after the repeats", broker.KindOpenAICompletion, append(completion(repeated("Z", 31)...),
+			`{"id":"cmpl-9","object":"text_completion","created":1796399825,"choices":[{"text":"","index":0,"finish_reason":null}],"model":"","system_fingerprint":"fp_ollama","usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}`), ""},
 		{"fewer repeats than Ollama's limit", broker.KindOpenAIChat, chatChunks(append([]string{"a"}, repeated("Z", 29)...)...), ""},
 		{"a different last token", broker.KindOpenAIChat, chatChunks(append(repeated("Z", 31), "y")...), ""},
 		{"a tool call among the repeats", broker.KindOpenAIChat, append(chatChunks(repeated("Z", 31)...)[:30],
