@@ -82,9 +82,6 @@ type oaiCompletion struct {
 	Usage             json.RawMessage `json:"usage,omitempty"`
 }
 
-// finishToolCalls is the finish_reason of Ollama's chat answer that has tool calls.
-var finishToolCalls = "tool_calls"
-
 // choiceAcc gathers one choice's deltas.
 type choiceAcc struct {
 	index             int
@@ -156,7 +153,8 @@ func sseAnswer(kind broker.Kind, frames [][]byte, nd *notDone) []byte {
 			if nd != nil && !nd.tools {
 				msg.ToolCalls = nil
 			} else if nd != nil && len(msg.ToolCalls) > 0 {
-				finish = &finishToolCalls
+				toolCalls := "tool_calls"
+				finish = &toolCalls
 			}
 			cs = append(cs, oaiChoice{Index: a.index, Message: msg, FinishReason: finish, Logprobs: a.joinedLogprobs()})
 		}
