@@ -199,6 +199,11 @@ func repeatStopped(kind broker.Kind, events [][]byte) bool {
 		if json.Unmarshal(data[i], &c) != nil || len(c.Choices) != 1 {
 			return false
 		}
+		if c.Model == "" {
+			// Ollama's OpenAI writers decode a failed runner's error line as a response
+			// and write it as a chunk without a model (nor text): a failure, not a stop.
+			return false
+		}
 		ch := c.Choices[0]
 		if ch.Index != 0 || ch.FinishReason != nil || len(ch.Delta.ToolCalls) > 0 {
 			return false
@@ -286,7 +291,7 @@ func (a *assembly) end(ct string, err error, log *slog.Logger) (string, error) {
 			res, _ = result(a.kind, a.ct, a.events)
 		} else {
 			log.Warn("target stream stopped after one token repeated; the assembled answer is the text so far, as Ollama's is", "repeats", repeatLimit)
-			res = sseAnswer(a.kind, a.events, zeroUsage)
+			res = sseAnswer(a.kind, a.events, &notDone{tools: !a.answer.finalCalls})
 		}
 		if res != nil {
 			res = append(res, '\n') // Ollama's middlewares write it with a json.Encoder

@@ -16,8 +16,14 @@ import (
 // with the target's stream, and returns what it relayed and its error.
 func assembleEvents(t *testing.T, kind broker.Kind, data []string) ([]byte, error) {
 	t.Helper()
+	return assembleToolEvents(t, kind, data, false)
+}
+
+// assembleToolEvents is assembleEvents for a request that offers tools or not.
+func assembleToolEvents(t *testing.T, kind broker.Kind, data []string, tools bool) ([]byte, error) {
+	t.Helper()
 	var got []byte
-	a := &assembly{kind: kind, answer: ndjsonAnswer{kind: kind, finalCalls: true},
+	a := &assembly{kind: kind, answer: ndjsonAnswer{kind: kind, finalCalls: !tools},
 		setCT: func(string) error { return nil }, relay: func(b []byte) error { got = b; return nil }}
 	a.framing, a.outCT = assembledFraming(kind)
 	a.check = answerCheck{contentType: func() string { return a.ct }, pass: a.take}
@@ -82,6 +88,12 @@ func TestAssembledOpenAIAnswerStoppedForARepeatedToken(t *testing.T) {
 			`{"id":"cmpl-9","object":"text_completion","created":1796399825,"model":"tiny-a","system_fingerprint":"fp_ollama","choices":[{"text":"` + zs + `","index":0,"finish_reason":null}],"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}` + "\n"},
 		{"spaces around the token count as the token", broker.KindOpenAIChat, chatChunks(append(repeated(" Z", 15), repeated("Z\n", 15)...)...),
 			`{"id":"chatcmpl-7","object":"chat.completion","created":1796399825,"model":"tiny-a","system_fingerprint":"fp_ollama","choices":[{"index":0,"message":{"role":"assistant","content":"` + strings.Repeat(" Z", 15) + strings.Repeat(`Z\n`, 15) + `"},"finish_reason":null}],"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}` + "\n"},
+		// A runner that failed after the repeats: Ollama's writer decodes its error line
+		// {"error":...} as a response and writes it as a chunk without a model.
+		{"a runner that failed after the repeats", broker.KindOpenAIChat, append(chatChunks(repeated("Z", 31)...),
+			`{"id":"chatcmpl-7","object":"chat.completion.chunk","created":1796399825,"model":"","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}`), ""},
+		{"a completion's runner that failed after the repeats", broker.KindOpenAICompletion, append(completion(repeated("Z", 31)...),
+			`{"id":"cmpl-9","object":"text_completion","created":1796399825,"choices":[{"text":"","index":0,"finish_reason":null}],"model":"","system_fingerprint":"fp_ollama","usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}`), ""},
 		{"fewer repeats than Ollama's limit", broker.KindOpenAIChat, chatChunks(append([]string{"a"}, repeated("Z", 29)...)...), ""},
 		{"a different last token", broker.KindOpenAIChat, chatChunks(append(repeated("Z", 31), "y")...), ""},
 		{"a tool call among the repeats", broker.KindOpenAIChat, append(chatChunks(repeated("Z", 31)...)[:30],
@@ -119,5 +131,28 @@ func TestAssembledRepeatStopOfOtherKindsStillFails(t *testing.T) {
 	}
 	if repeatStopped(broker.KindChat, nil) {
 		t.Error("a native chat (assembled from NDJSON lines, done:false as Ollama's) is not asked")
+	}
+}
+
+// A tool call before the repeats: Ollama's non-streamed chat keeps every chunk's calls when
+// the request offers tools, and ToChatCompletion then says "tool_calls" though the
+// generation never ended; without tools it keeps the last chunk's, none here.
+func TestAssembledRepeatStopAfterAToolCall(t *testing.T) {
+	t.Parallel()
+	call := `{"id":"chatcmpl-7","object":"chat.completion.chunk","created":1796399825,"model":"tiny-a","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":"","tool_calls":[{"id":"call_1","index":0,"type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":null}]}`
+	data := append([]string{call}, chatChunks(repeated("Z", 31)...)...)
+	head := `{"id":"chatcmpl-7","object":"chat.completion","created":1796399825,"model":"tiny-a","system_fingerprint":"fp_ollama","choices":[{"index":0,"message":{"role":"assistant","content":"` + strings.Repeat("Z", 31) + `"`
+	tail := `,"usage":{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}}` + "\n"
+	for _, tt := range []struct {
+		tools bool
+		want  string
+	}{
+		{true, head + `,"tool_calls":[{"id":"call_1","index":0,"type":"function","function":{"name":"f","arguments":"{}"}}]},"finish_reason":"tool_calls"}]` + tail},
+		{false, head + `},"finish_reason":null}]` + tail},
+	} {
+		got, err := assembleToolEvents(t, broker.KindOpenAIChat, data, tt.tools)
+		if err != nil || string(got) != tt.want {
+			t.Errorf("tools %v: %v\n got %s\nwant %s", tt.tools, err, got, tt.want)
+		}
 	}
 }

@@ -99,9 +99,21 @@ type choiceAcc struct {
 // one (stream_options.include_usage). Nil if no chunk parsed.
 func sseResult(kind broker.Kind, frames [][]byte) []byte { return sseAnswer(kind, frames, nil) }
 
-// sseAnswer is sseResult with usage as the usage when no chunk carried one.
-func sseAnswer(kind broker.Kind, frames [][]byte, usage json.RawMessage) []byte {
-	out := oaiCompletion{Usage: usage}
+// notDone is what sseAnswer needs of a stream Ollama stopped without its end (a token
+// repeated): the answer is then openai.ToChatCompletion of a response that is not done.
+type notDone struct {
+	tools bool // the request offers tools: ChatHandler keeps every chunk's tool calls
+}
+
+// sseAnswer is sseResult, or with nd Ollama's answer to a generation stopped without its
+// end: a usage of zeros unless a chunk carried one, and a chat's tool calls those
+// ChatHandler keeps (all the chunks' with tools offered, else the last chunk's: none, as
+// repeatStopped saw), their choice's finish_reason "tool_calls" as ToChatCompletion says.
+func sseAnswer(kind broker.Kind, frames [][]byte, nd *notDone) []byte {
+	var out oaiCompletion
+	if nd != nil {
+		out.Usage = zeroUsage
+	}
 	var choices []*choiceAcc
 	seen := false
 	for _, data := range sseData(frames) {
@@ -137,7 +149,14 @@ func sseAnswer(kind broker.Kind, frames [][]byte, usage json.RawMessage) []byte 
 		cs := make([]oaiChoice, 0, len(choices))
 		for _, a := range choices {
 			msg := oaiMessage{Role: cmp.Or(a.role, "assistant"), Content: a.content.String(), Reasoning: a.thinking.String(), ToolCalls: a.calls}
-			cs = append(cs, oaiChoice{Index: a.index, Message: msg, FinishReason: a.finish, Logprobs: a.joinedLogprobs()})
+			finish := a.finish
+			if nd != nil && !nd.tools {
+				msg.ToolCalls = nil
+			} else if nd != nil && len(msg.ToolCalls) > 0 {
+				toolCalls := "tool_calls"
+				finish = &toolCalls
+			}
+			cs = append(cs, oaiChoice{Index: a.index, Message: msg, FinishReason: finish, Logprobs: a.joinedLogprobs()})
 		}
 		out.Choices = cs
 	}
