@@ -225,26 +225,45 @@ func TestE2EOpenAINonStreamedMatchesDirect(t *testing.T) {
 }
 
 // A greedy generation on the tiny models soon repeats one token, and Ollama stops it after
-// 31 of them: its stream just stops, without the usage and [DONE], and its non-streamed
-// OpenAI-compatible answer is a 200 with the text so far, no finish_reason and a usage of
-// zeros. The worker calls such a chat streamed and answers what Ollama answers (not a 500
-// for a cut stream, which the openai SDKs would retry twice, generating it three times).
+// 31 of them: its stream just stops, without its end, and its non-streamed answer is a 200
+// with the text so far as a response that is not done: on the OpenAI-compatible routes no
+// finish_reason and a usage of zeros, a message without stop_reason and with zero usage,
+// a "completed" Response with zero usage. The worker calls such a chat streamed and
+// answers what Ollama answers (not a 500 for a cut stream, which the openai and Anthropic
+// SDKs would retry twice, generating it three times), the same bytes but for the random
+// ids and the seconds of "created_at" and "completed_at".
 func TestE2EOpenAIRepeatStopMatchesDirect(t *testing.T) {
 	b := newE2EBundle(t, nil)
 	ctx := testCtx(t, 2*time.Minute)
 	b.warm(t, ctx, "tiny-a")
 	id := regexp.MustCompile(`"id":"[^"]*","object":"([^"]*)","created":\d+,`)
-	for _, tt := range []struct{ path, body string }{
-		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"a b c"}],"max_tokens":100,"temperature":0}`},
-		{"/v1/completions", `{"model":"tiny-a","prompt":"a b c","max_tokens":100,"temperature":0}`},
+	msgID := regexp.MustCompile(`^\{"id":"msg_[0-9a-f]*",`)
+	responseVars := regexp.MustCompile(`"(id|created_at|completed_at)":("(resp|msg)_\d+"|\d+)`)
+	for _, tt := range []struct{ path, body, stopped string }{
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"a b c"}],"max_tokens":100,"temperature":0}`, `"finish_reason":null`},
+		{"/v1/completions", `{"model":"tiny-a","prompt":"a b c","max_tokens":100,"temperature":0}`, `"finish_reason":null`},
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":100,"temperature":0,"messages":[{"role":"user","content":"a b c"}]}`, `"usage":{"input_tokens":0,"output_tokens":0}}`},
+		{"/v1/responses", `{"model":"tiny-a","input":"a b c","max_output_tokens":100,"temperature":0}`, `"usage":{"input_tokens":0,"output_tokens":0,`},
+		// Other text before the repeats (control characters among it), and the settings a
+		// Response echoes.
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":100,"temperature":0,"system":"x","messages":[{"role":"user","content":"a b c"}]}`, `"usage":{"input_tokens":0,"output_tokens":0}}`},
+		{"/v1/responses", `{"model":"tiny-a","instructions":"x","input":"a b c","max_output_tokens":100,"temperature":0,"top_p":0.5,"reasoning":{"effort":"low"}}`, `"usage":{"input_tokens":0,"output_tokens":0,`},
 	} {
 		direct := post(t, ctx, b.Target, tt.path, []byte(tt.body))
-		if direct.Status != 200 || !bytes.Contains(direct.Body, []byte(`"finish_reason":null`)) {
+		if direct.Status != 200 || !bytes.Contains(direct.Body, []byte(tt.stopped)) {
 			t.Fatalf("%s: Ollama's answer %d %s is not one of a generation stopped for a repeated token", tt.path, direct.Status, direct.Body)
 		}
 		via := post(t, ctx, b.URL, tt.path, []byte(tt.body))
-		v, d := id.ReplaceAll(via.Body, []byte(`"object":"$1",`)), id.ReplaceAll(direct.Body, []byte(`"object":"$1",`))
-		if via.Status != 200 || via.CType != direct.CType || !bytes.Equal(v, d) {
+		var v, d []byte
+		switch tt.path {
+		case "/v1/messages":
+			v, d = msgID.ReplaceAll(via.Body, nil), msgID.ReplaceAll(direct.Body, nil)
+		case "/v1/responses":
+			v, d = responseVars.ReplaceAll(via.Body, []byte(`"$1":`)), responseVars.ReplaceAll(direct.Body, []byte(`"$1":`))
+		default:
+			v, d = id.ReplaceAll(via.Body, []byte(`"object":"$1",`)), id.ReplaceAll(direct.Body, []byte(`"object":"$1",`))
+		}
+		if via.Status != 200 || via.CType != direct.CType || !bytes.Equal(v, d) || bytes.Equal(v, via.Body) {
 			t.Errorf("%s: through foreman %d %q\n %s\ndirect %q\n %s", tt.path, via.Status, via.CType, via.Body, direct.CType, direct.Body)
 		}
 	}

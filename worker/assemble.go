@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -174,61 +173,6 @@ func sseEnded(kind broker.Kind, events [][]byte) bool {
 	return false
 }
 
-// repeatLimit is how many times in a row Ollama lets a token's text (spaces trimmed) come
-// again after its first before it stops the generation (llm/server.go of v0.17.4,
-// "token repeat limit reached"): the stream then just stops, without its end, and the
-// non-streamed call answers 200 with the text so far, no finish_reason and a usage of
-// zeros. On the OpenAI-compatible chat and completion the run of the last chunks tells
-// such a stop from a runner that failed (whose error line Ollama's writers drop too):
-// the first and then at least repeatLimit-1 more of the same text (a chunk held back by
-// a parser may be missing from the 31 Ollama sends).
-const repeatLimit = 30
-
-// repeatStopped reports whether the OpenAI-compatible chat or completion stream of events,
-// which stopped before its end, is one Ollama stopped for a token repeated repeatLimit
-// times: its last repeatLimit chunks with text have the same text, spaces trimmed, and
-// carry nothing else (a tool call, a finish reason, a second choice).
-func repeatStopped(kind broker.Kind, events [][]byte) bool {
-	if kind != broker.KindOpenAIChat && kind != broker.KindOpenAICompletion {
-		return false
-	}
-	data := sseData(events)
-	run, last := 0, ""
-	for i := len(data) - 1; i >= 0 && run < repeatLimit; i-- {
-		var c oaiChunk
-		if json.Unmarshal(data[i], &c) != nil || len(c.Choices) != 1 {
-			return false
-		}
-		if c.Model == "" {
-			// Ollama's OpenAI writers decode a failed runner's error line as a response
-			// and write it as a chunk without a model (nor text): a failure, not a stop.
-			return false
-		}
-		ch := c.Choices[0]
-		if ch.Index != 0 || ch.FinishReason != nil || len(ch.Delta.ToolCalls) > 0 {
-			return false
-		}
-		text := ch.Text
-		if ch.Delta.Content != nil {
-			text = *ch.Delta.Content
-		}
-		text += ch.Delta.Reasoning
-		if text == "" {
-			continue // a chunk without text (a role alone, one a parser emptied)
-		}
-		text = strings.TrimSpace(text)
-		if run > 0 && text != last {
-			return false
-		}
-		run, last = run+1, text
-	}
-	return run >= repeatLimit
-}
-
-// zeroUsage is the usage Ollama's non-streamed OpenAI-compatible answer carries when its
-// generation stopped without an end: the counts come with the end only.
-var zeroUsage = json.RawMessage(`{"prompt_tokens":0,"completion_tokens":0,"total_tokens":0}`)
-
 // errorMember is how the member an error frame has begins.
 var errorMember = []byte(`"error"`)
 
@@ -282,16 +226,18 @@ func (a *assembly) end(ct string, err error, log *slog.Logger) (string, error) {
 	} else {
 		ended := sseEnded(a.kind, a.events)
 		if !ended && !repeatStopped(a.kind, a.events) {
-			// Ollama's OpenAI and Anthropic writers drop the error line of a runner that
-			// failed mid-answer: the stream just stops before its end. The non-streamed
-			// call would have got the error as a 500; a cut answer must not pass as whole.
+			// Ollama's /v1 writers do not pass on the error line of a runner that failed
+			// mid-answer (the OpenAI ones make it a chunk without a model, the Responses
+			// and Anthropic ones write nothing): the stream just stops before its end. The
+			// non-streamed call would have got the error as a 500; a cut answer must not
+			// pass as whole.
 			return a.outCT, &ollama.HTTPError{StatusCode: http.StatusInternalServerError, Message: errStreamCut}
 		}
 		if ended {
 			res, _ = result(a.kind, a.ct, a.events)
 		} else {
 			log.Warn("target stream stopped after one token repeated; the assembled answer is the text so far, as Ollama's is", "repeats", repeatLimit)
-			res = sseAnswer(a.kind, a.events, &notDone{tools: !a.answer.finalCalls})
+			res = repeatStoppedAnswer(a.kind, a.events, !a.answer.finalCalls, time.Now())
 		}
 		if res != nil {
 			res = append(res, '\n') // Ollama's middlewares write it with a json.Encoder
