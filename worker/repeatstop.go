@@ -2,8 +2,6 @@ package worker
 
 import (
 	"encoding/json"
-	"fmt"
-	"math/rand/v2"
 	"strings"
 	"time"
 
@@ -278,10 +276,11 @@ var responseNotDoneUsage = json.RawMessage(`{"input_tokens":0,"output_tokens":0,
 // responsesNotDone is openai.ToResponse of a chat response that is not done, made from its
 // Responses stream (which has no function call: repeatStopped), as Ollama's
 // ResponsesWriter writes it at now: the stream's last Response (the request's settings,
-// as ToResponse echoes them) "completed" at now, with a usage of zeros and the output
-// ToResponse makes: a reasoning item with all the reasoning, then the message with all
-// the text (its id the stream's, or one made as Ollama makes it when no text came). Nil if
-// no event carried a Response.
+// as ToResponse echoes them) "completed", created (its last chunk's time) and completed
+// at now, with a usage of zeros and the output ToResponse makes: a reasoning item with
+// all the reasoning, then the message with all the text (its id the stream's;
+// shapeResponse makes one as Ollama does when no text came). Nil if no event carried a
+// Response.
 func responsesNotDone(frames [][]byte, now time.Time) []byte {
 	var last *object
 	var itemID string
@@ -341,12 +340,14 @@ func responsesNotDone(frames [][]byte, now time.Time) []byte {
 		// Its id is made from the response's by shapeResponse, as ToResponse makes it.
 		output = append(output, item{Type: "reasoning", Summary: []summary{{"summary_text", s}}, EncryptedContent: s})
 	}
-	if itemID == "" {
-		itemID = fmt.Sprintf("msg_%d", rand.IntN(999999))
+	if itemID != "" {
+		// Without one (no text came) shapeResponse adds the empty message ToResponse makes.
+		output = append(output, item{ID: itemID, Type: "message", Status: "completed", Role: "assistant",
+			Content: []content{{"output_text", text.String(), []any{}, []any{}}}})
 	}
-	output = append(output, item{ID: itemID, Type: "message", Status: "completed", Role: "assistant",
-		Content: []content{{"output_text", text.String(), []any{}, []any{}}}})
 	last.put("status", "completed", responseMembers)
+	// ToResponse's created_at is the last chunk's time, not the stream's start: now too.
+	last.put("created_at", now.Unix(), responseMembers)
 	last.put("completed_at", now.Unix(), responseMembers)
 	last.put("output", output, responseMembers)
 	last.put("usage", responseNotDoneUsage, responseMembers)

@@ -276,10 +276,10 @@ func eventType(format string) string {
 	return strings.TrimPrefix(eventTypeMark.FindString(format), "#")
 }
 
-// responseNotDone is Ollama's non-streamed answer (openai.ToResponse, written at
-// completedAt) for the request responsesEvents answers, with output.
-func responseNotDone(completedAt, output string) string {
-	return `{"id":"resp_588352","object":"response","created_at":1796400868,"completed_at":` + completedAt + `,"status":"completed","incomplete_details":null,"model":"tiny-a","previous_response_id":null,"instructions":null,"output":` + output + `,"error":null,"tools":[],"tool_choice":"auto","truncation":"disabled","parallel_tool_calls":true,"text":{"format":{"type":"text"}},"top_p":1,"presence_penalty":0,"frequency_penalty":0,"top_logprobs":0,"temperature":0,"reasoning":null,"usage":{"input_tokens":0,"output_tokens":0,"total_tokens":0,"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}},"max_output_tokens":100,"max_tool_calls":null,"store":false,"background":false,"service_tier":"default","metadata":{},"safety_identifier":null,"prompt_cache_key":null}` + "\n"
+// responseNotDone is Ollama's non-streamed answer (openai.ToResponse, created and written
+// at "T") for the request responsesEvents answers, with output.
+func responseNotDone(output string) string {
+	return `{"id":"resp_588352","object":"response","created_at":T,"completed_at":T,"status":"completed","incomplete_details":null,"model":"tiny-a","previous_response_id":null,"instructions":null,"output":` + output + `,"error":null,"tools":[],"tool_choice":"auto","truncation":"disabled","parallel_tool_calls":true,"text":{"format":{"type":"text"}},"top_p":1,"presence_penalty":0,"frequency_penalty":0,"top_logprobs":0,"temperature":0,"reasoning":null,"usage":{"input_tokens":0,"output_tokens":0,"total_tokens":0,"input_tokens_details":{"cached_tokens":0},"output_tokens_details":{"reasoning_tokens":0}},"max_output_tokens":100,"max_tool_calls":null,"store":false,"background":false,"service_tier":"default","metadata":{},"safety_identifier":null,"prompt_cache_key":null}` + "\n"
 }
 
 // Ollama answers the non-streamed /v1/responses of a generation it stopped for a repeated
@@ -298,13 +298,13 @@ func TestAssembledResponsesStoppedForARepeatedToken(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		data []string
-		want string // the answer, its completed_at "T"; "" for a 500
+		want string // the answer, its created_at and completed_at "T"; "" for a 500
 	}{
-		{"text", responsesEvents(prefixed("text:", repeated("Z", 31))...), responseNotDone("T", `[`+message("msg_53633", zs)+`]`)},
+		{"text", responsesEvents(prefixed("text:", repeated("Z", 31))...), responseNotDone(`[` + message("msg_53633", zs) + `]`)},
 		{"reasoning then text", responsesEvents(append([]string{"reasoning:hm", "text:a "}, prefixed("text:", repeated(" Z", 31))...)...),
-			responseNotDone("T", `[{"id":"rs_resp_588352","type":"reasoning","summary":[{"type":"summary_text","text":"hm"}],"encrypted_content":"hm"},`+message("msg_53633", "a "+strings.Repeat(" Z", 31))+`]`)},
+			responseNotDone(`[{"id":"rs_resp_588352","type":"reasoning","summary":[{"type":"summary_text","text":"hm"}],"encrypted_content":"hm"},` + message("msg_53633", "a "+strings.Repeat(" Z", 31)) + `]`)},
 		{"reasoning repeated", responsesEvents(prefixed("reasoning:", repeated("Z", 31))...),
-			responseNotDone("T", `[{"id":"rs_resp_588352","type":"reasoning","summary":[{"type":"summary_text","text":"`+zs+`"}],"encrypted_content":"`+zs+`"},`+message("msg_N", "")+`]`)},
+			responseNotDone(`[{"id":"rs_resp_588352","type":"reasoning","summary":[{"type":"summary_text","text":"` + zs + `"}],"encrypted_content":"` + zs + `"},` + message("msg_N", "") + `]`)},
 		{"fewer repeats than Ollama's limit", responsesEvents(prefixed("text:", append([]string{"a"}, repeated("Z", 29)...))...), ""},
 		{"a different last token", responsesEvents(prefixed("text:", append(repeated("Z", 31), "y"))...), ""},
 		{"an item that starts among the repeats", responsesEvents(append(prefixed("reasoning:", repeated("Z", 15)), prefixed("text:", repeated("Z", 16))...)...), ""},
@@ -320,10 +320,10 @@ func TestAssembledResponsesStoppedForARepeatedToken(t *testing.T) {
 			}
 			continue
 		}
-		g := completedAt.ReplaceAll(got, []byte(`"completed_at":T`))
-		g = regexp.MustCompile(`"id":"msg_\d+"`).ReplaceAll(g, []byte(`"id":"msg_N"`))
-		if !strings.Contains(tt.want, "msg_N") {
-			g = bytes.ReplaceAll(g, []byte("msg_N"), []byte("msg_53633"))
+		g := answerTimes.ReplaceAll(got, []byte(`"$1":T`))
+		if strings.Contains(tt.want, "msg_N") {
+			// No text came, so no message item: its id is made at random, as Ollama's is.
+			g = regexp.MustCompile(`"id":"msg_\d+"`).ReplaceAll(g, []byte(`"id":"msg_N"`))
 		}
 		if err != nil || string(g) != tt.want || bytes.Equal(g, got) {
 			t.Errorf("%s: %v\n got %s\nwant %s", tt.name, err, got, tt.want)
@@ -331,16 +331,17 @@ func TestAssembledResponsesStoppedForARepeatedToken(t *testing.T) {
 	}
 }
 
-// completedAt is the member a Responses answer gets when written: now, in seconds.
-var completedAt = regexp.MustCompile(`"completed_at":\d+`)
+// answerTimes are the members a Responses answer gets when assembled: now, in seconds.
+var answerTimes = regexp.MustCompile(`"(created_at|completed_at)":\d+`)
 
-// ResponsesWriter sets completed_at when it writes the answer: the assembled one is
-// completed when it is assembled, created when the stream says.
+// ResponsesWriter sets completed_at when it writes the answer, and ToResponse's created_at
+// is the last chunk's time, not the stream's start (its response.created): the assembled
+// one is created and completed when it is assembled, however long the generation took.
 func TestResponsesNotDoneIsCompletedNow(t *testing.T) {
 	t.Parallel()
 	now := time.Unix(1796400900, 0)
 	got := responsesNotDone(sseFrames(responsesEvents(prefixed("text:", repeated("Z", 31))...)), now)
-	if !bytes.Contains(got, []byte(`"created_at":1796400868,"completed_at":1796400900,"status":"completed"`)) {
+	if !bytes.Contains(got, []byte(`"created_at":1796400900,"completed_at":1796400900,"status":"completed"`)) {
 		t.Errorf("got %s", got)
 	}
 	if got := responsesNotDone(sseFrames(responsesEvents("text:a")[2:]), now); got != nil {
