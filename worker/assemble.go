@@ -84,7 +84,7 @@ func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string
 	if !c.assembled {
 		return w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, relay, append(w.cfg.streamOptions(c.streams), ollama.OnResponse(setCT))...)
 	}
-	a := &assembly{kind: c.kind, answer: ndjsonAnswer{kind: c.kind, finalCalls: !c.tools}, limit: limit, setCT: setCT, relay: relay, seen: seen}
+	a := &assembly{kind: c.kind, tools: c.tools, answer: ndjsonAnswer{kind: c.kind, finalCalls: !c.tools}, limit: limit, setCT: setCT, relay: relay, seen: seen}
 	a.framing, a.outCT = assembledFraming(c.kind)
 	// The target's frames pass the answer check themselves: one that is not Ollama fails
 	// with what it sent, not with the assembly of it.
@@ -101,6 +101,7 @@ func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string
 // as it comes, for the run's answer check to judge.
 type assembly struct {
 	kind       broker.Kind
+	tools      bool           // the request offers tools
 	framing    ollama.Framing // what the stream is to be
 	outCT      string         // the assembled answer's Content-Type
 	answer     ndjsonAnswer   // NDJSON: the answer so far
@@ -237,7 +238,7 @@ func (a *assembly) end(ct string, err error, log *slog.Logger) (string, error) {
 			res, _ = result(a.kind, a.ct, a.events)
 		} else {
 			log.Warn("target stream stopped after one token repeated; the assembled answer is the text so far, as Ollama's is", "repeats", repeatLimit)
-			res = repeatStoppedAnswer(a.kind, a.events, !a.answer.finalCalls, time.Now())
+			res = repeatStoppedAnswer(a.kind, a.events, a.tools, time.Now())
 		}
 		if res != nil {
 			res = append(res, '\n') // Ollama's middlewares write it with a json.Encoder

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"bytes"
 	"encoding/json"
 	"strings"
 	"time"
@@ -29,11 +30,17 @@ func repeatStopped(kind broker.Kind, events [][]byte) bool {
 	case broker.KindAnthropicMessages:
 		return eventsRepeatStopped(data, messagesDeltaText)
 	case broker.KindOpenAIResponses:
+		if !eventsRepeatStopped(data, responsesDeltaText) {
+			return false
+		}
 		// With a function call sent, Ollama's stream drops the text that follows while its
-		// non-streamed answer may hold it: not an answer the stream can make.
+		// non-streamed answer may hold it: not an answer the stream can make. Only events
+		// naming one are read for it.
 		for _, d := range data {
+			if !bytes.Contains(d, []byte(`"function_call"`)) {
+				continue
+			}
 			var e struct {
-				Type string `json:"type"`
 				Item struct {
 					Type string `json:"type"`
 				} `json:"item"`
@@ -42,7 +49,7 @@ func repeatStopped(kind broker.Kind, events [][]byte) bool {
 				return false
 			}
 		}
-		return eventsRepeatStopped(data, responsesDeltaText)
+		return true
 	}
 	return false
 }
