@@ -27,7 +27,7 @@ func assembleEvents(t *testing.T, kind broker.Kind, data []string) ([]byte, erro
 func assembleToolEvents(t *testing.T, kind broker.Kind, data []string, tools bool) ([]byte, error) {
 	t.Helper()
 	var got []byte
-	a := &assembly{kind: kind, answer: ndjsonAnswer{kind: kind, finalCalls: !tools},
+	a := &assembly{kind: kind, tools: tools, answer: ndjsonAnswer{kind: kind, finalCalls: !tools},
 		setCT: func(string) error { return nil }, relay: func(b []byte) error { got = b; return nil }}
 	a.framing, a.outCT = assembledFraming(kind)
 	a.check = answerCheck{contentType: func() string { return a.ct }, pass: a.take}
