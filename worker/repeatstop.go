@@ -13,9 +13,11 @@ import (
 // again after its first before it stops the generation (llm/server.go of v0.17.4,
 // "token repeat limit reached"): the stream then just stops, without its end, and the
 // non-streamed call answers 200 with the text so far, as a response that is not done.
-// The run of the stream's last deltas tells such a stop from a runner that failed (whose
-// error line Ollama's writers drop too): the first and then at least repeatLimit-1 more of
-// the same text (a chunk held back by a parser may be missing from the 31 Ollama sends).
+// The run of the stream's last deltas tells such a stop from a stream cut otherwise: the
+// first and then at least repeatLimit-1 more of the same text (a chunk held back by a
+// parser may be missing from the 31 Ollama sends). A runner that failed after such a run
+// is told from the stop only on the OpenAI routes, by the chunk without a model their
+// writers make of its error line; the Messages and Responses writers write nothing for it.
 const repeatLimit = 30
 
 // repeatStopped reports whether the assembled SSE stream of events, which stopped before

@@ -67,8 +67,8 @@ func repeated(s string, n int) []string {
 // (llm/server.go: "token repeat limit reached"): the stream just stops, without its
 // usage and [DONE], and Ollama answers the non-streamed call 200 with the text so far, no
 // finish_reason and a usage of zeros (measured on 0.17.4 with tiny-a: 31 "Z"). The
-// assembled answer is that one, where a stream cut otherwise (a runner that failed,
-// whose error line Ollama's OpenAI writer drops) still fails with a 500.
+// assembled answer is that one, where a stream cut otherwise (a runner that failed, whose
+// error line Ollama's OpenAI writer makes a chunk without a model) still fails with a 500.
 func TestAssembledOpenAIAnswerStoppedForARepeatedToken(t *testing.T) {
 	t.Parallel()
 	zs := strings.Repeat("Z", 31)
@@ -347,8 +347,21 @@ func TestResponsesNotDoneIsCompletedNow(t *testing.T) {
 	if got := responsesNotDone(sseFrames(responsesEvents("text:a")[2:]), now); got != nil {
 		t.Errorf("a stream without a Response: %s, want nil", got)
 	}
-	if repeatStopped(broker.KindChat, nil) {
-		t.Error("a native chat (assembled from NDJSON lines, done:false as Ollama's) is not asked")
+}
+
+// A native chat or generate is assembled from NDJSON lines, and one that stops without
+// done:true is answered done:false as Ollama's is: the repeat stop is asked only of the
+// SSE kinds, whatever the events.
+func TestRepeatStoppedIsNotAskedOfNativeKinds(t *testing.T) {
+	t.Parallel()
+	events := sseFrames(chatChunks(repeated("Z", 31)...))
+	if !repeatStopped(broker.KindOpenAIChat, events) {
+		t.Fatal("the OpenAI chat's events are not a repeat stop")
+	}
+	for _, kind := range []broker.Kind{broker.KindChat, broker.KindGenerate} {
+		if repeatStopped(kind, events) {
+			t.Errorf("%s: taken for a repeat stop", kind)
+		}
 	}
 }
 
