@@ -82,7 +82,7 @@ func (w *Worker) callEarly(ctx context.Context, u wakeup) *earlyCall {
 			case <-jctx.Done():
 				return context.Cause(jctx)
 			}
-		}, ec.sawLine, ec.r.Limit(), w.log.With("job_id", u.jobID))
+		}, ec.sawLine, ec.r.Limit(), w.log.With("job_id", u.jobID, "model", modelOf(u.token)))
 	}()
 	return ec
 }
