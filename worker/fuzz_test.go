@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -78,6 +79,34 @@ func FuzzResult(f *testing.F) {
 		}
 		if got != text.String() {
 			t.Fatalf("result text %q, want %q", got, text.String())
+		}
+	})
+}
+
+// FuzzRepeatStop judges fuzzed SSE streams, cut before their end, for Ollama's repeat
+// stop and builds the answer it would give (ADR-0050): a target that is not Ollama, or a
+// hostile one, may send anything. It must not panic, an answer must be JSON, and a
+// stream that is judged a repeat stop must yield an answer for the OpenAI-compatible chat
+// and completion (whose chunks it read to judge).
+func FuzzRepeatStop(f *testing.F) {
+	z := strings.Repeat("data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Z\"}}]}\n\n\x00", 31)
+	f.Add(uint8(0), false, []byte(z))
+	f.Add(uint8(1), false, []byte(strings.Repeat("data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"text\":\" Z \",\"index\":0}]}\n\n\x00", 31)))
+	f.Add(uint8(2), true, []byte("data: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[]}}\n\n\x00data: {\"type\":\"content_block_start\",\"index\":1,\"content_block\":{\"type\":\"tool_use\",\"id\":\"t\",\"name\":\"f\"}}\n\n\x00data: {\"type\":\"content_block_delta\",\"index\":1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{}\"}}\n\n\x00"+
+		strings.Repeat("data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Z\"}}\n\n\x00", 30)))
+	f.Add(uint8(3), false, []byte("data: {\"type\":\"response.in_progress\",\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"output\":[]}}\n\n\x00data: {\"type\":\"response.output_item.added\",\"item\":{\"id\":\"msg_1\",\"type\":\"message\"}}\n\n\x00"+
+		strings.Repeat("data: {\"type\":\"response.output_text.delta\",\"delta\":\"Z\"}\n\n\x00", 30)))
+	kinds := []broker.Kind{broker.KindOpenAIChat, broker.KindOpenAICompletion, broker.KindAnthropicMessages, broker.KindOpenAIResponses}
+	f.Fuzz(func(t *testing.T, k uint8, tools bool, data []byte) {
+		kind := kinds[int(k)%len(kinds)]
+		frames := bytes.Split(data, []byte{0})
+		stopped := repeatStopped(kind, frames)
+		res := repeatStoppedAnswer(kind, frames, tools, time.Unix(1796399825, 0))
+		if res != nil && !json.Valid(res) {
+			t.Fatalf("%s: answer %q is not JSON", kind, res)
+		}
+		if stopped && res == nil && (kind == broker.KindOpenAIChat || kind == broker.KindOpenAICompletion) {
+			t.Fatalf("%s: judged a repeat stop, but no answer", kind)
 		}
 	})
 }
