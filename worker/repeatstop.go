@@ -329,20 +329,14 @@ func responsesNotDone(frames [][]byte, now time.Time) []byte {
 		Type string `json:"type"`
 		Text string `json:"text"`
 	}
-	type content struct {
-		Type        string `json:"type"`
-		Text        string `json:"text"`
-		Annotations []any  `json:"annotations"`
-		Logprobs    []any  `json:"logprobs"`
-	}
 	type item struct {
-		ID               string    `json:"id"`
-		Type             string    `json:"type"`
-		Status           string    `json:"status,omitempty"`
-		Role             string    `json:"role,omitempty"`
-		Content          []content `json:"content,omitempty"`
-		Summary          []summary `json:"summary,omitempty"`
-		EncryptedContent string    `json:"encrypted_content,omitempty"`
+		ID               string               `json:"id"`
+		Type             string               `json:"type"`
+		Status           string               `json:"status,omitempty"`
+		Role             string               `json:"role,omitempty"`
+		Content          []responseOutputText `json:"content,omitempty"`
+		Summary          []summary            `json:"summary,omitempty"`
+		EncryptedContent string               `json:"encrypted_content,omitempty"`
 	}
 	var output []item
 	if s := thinking.String(); s != "" {
@@ -352,7 +346,7 @@ func responsesNotDone(frames [][]byte, now time.Time) []byte {
 	if itemID != "" {
 		// Without one (no text came) shapeResponse adds the empty message ToResponse makes.
 		output = append(output, item{ID: itemID, Type: "message", Status: "completed", Role: "assistant",
-			Content: []content{{"output_text", text.String(), []any{}, []any{}}}})
+			Content: []responseOutputText{outputText(text.String())}})
 	}
 	last.put("status", "completed", responseMembers)
 	// ToResponse's created_at is the last chunk's time, not the stream's start: now too.

@@ -208,19 +208,13 @@ func shapeResponse(r *object) *object {
 	if !hasAnswer && stringMember(r, "status") == "completed" {
 		var output []json.RawMessage
 		_ = json.Unmarshal(r.vals["output"], &output)
-		type text struct {
-			Type        string `json:"type"`
-			Text        string `json:"text"`
-			Annotations []any  `json:"annotations"`
-			Logprobs    []any  `json:"logprobs"`
-		}
 		msg, _ := json.Marshal(struct {
-			ID      string `json:"id"`
-			Type    string `json:"type"`
-			Status  string `json:"status"`
-			Role    string `json:"role"`
-			Content []text `json:"content"`
-		}{fmt.Sprintf("msg_%d", rand.IntN(999999)), "message", "completed", "assistant", []text{{"output_text", "", []any{}, []any{}}}})
+			ID      string               `json:"id"`
+			Type    string               `json:"type"`
+			Status  string               `json:"status"`
+			Role    string               `json:"role"`
+			Content []responseOutputText `json:"content"`
+		}{fmt.Sprintf("msg_%d", rand.IntN(999999)), "message", "completed", "assistant", []responseOutputText{outputText("")}})
 		r.put("output", append(output, msg), responseMembers)
 	}
 	r.shapeList("tools", func(t *object) { t.reorder(responseToolMembers) })
@@ -235,6 +229,19 @@ func shapeResponse(r *object) *object {
 	})
 	r.shapeMember("usage", func(u *object) { u.reorder(responseUsageMembers) })
 	return r
+}
+
+// responseOutputText is an output_text part of a Responses message item, as Ollama's
+// ToResponse writes it (no annotations, no logprobs).
+type responseOutputText struct {
+	Type        string `json:"type"`
+	Text        string `json:"text"`
+	Annotations []any  `json:"annotations"`
+	Logprobs    []any  `json:"logprobs"`
+}
+
+func outputText(s string) responseOutputText {
+	return responseOutputText{Type: "output_text", Text: s, Annotations: []any{}, Logprobs: []any{}}
 }
 
 // anthropicBlockMembers is Ollama's anthropic.ContentBlock member order.
