@@ -156,3 +156,47 @@ func TestWaitPollsAgainAfterAnAnswerCutShort(t *testing.T) {
 		t.Errorf("OnWaitError got %v, want the two reads cut short", waitErrs)
 	}
 }
+
+// closingServer answers every request with body as an HTTP/1.1 answer whose end is the
+// connection's close (no Content-Length, not chunked), then closes it cleanly.
+func closingServer(t *testing.T, body string) string {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		conn, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nConnection: close\r\n\r\n" + body)
+		_ = buf.Flush()
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// An answer delimited by the connection's close ends cleanly wherever it was cut: a last
+// line that is not whole JSON is the answer cut short, not a chunk that fails to decode,
+// while a whole last line without its newline (a stream:false answer) is read.
+func TestAnswerClosedInsideALineIsCutShort(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	req := client.ChatRequest{Model: "m", Messages: []client.Message{{Role: "user", Content: "hi"}}}
+
+	cut := closingServer(t, `{"model":"m","message":{"role":"assistant","content":"half"},"done":false}`+"\n"+`{"model":"m","mess`)
+	var got []string
+	_, err := newClient(t, cut).Chat(ctx, req, func(r *client.ChatResponse) error { got = append(got, r.Message.Content); return nil })
+	var cutErr *client.CutShortError
+	if !errors.As(err, &cutErr) || !errors.Is(err, client.ErrCutShort) {
+		t.Errorf("Chat closed inside a line: %v (%T), want a *CutShortError", err, err)
+	}
+	if strings.Join(got, "") != "half" {
+		t.Errorf("chunks before the cut: %q, want \"half\"", got)
+	}
+
+	whole := closingServer(t, `{"model":"m","message":{"role":"assistant","content":"all"},"done":true}`)
+	res, err := newClient(t, whole).Chat(ctx, req, nil)
+	if err != nil || res.Message.Content != "all" || !res.Done {
+		t.Errorf("Chat of a whole last line without its newline = %+v, %v; want its content, done", res, err)
+	}
+}

@@ -161,8 +161,16 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 		// After a read error the scanner would hand out the line it holds, cut where the
 		// answer broke off (the connection cut, ctx ended): the answer is cut short, not
 		// a chunk that does not decode.
-		if atEOF && rd.err != nil && len(data) > 0 && bytes.IndexByte(data, '\n') < 0 {
-			return 0, nil, rd.err
+		if atEOF && len(data) > 0 && bytes.IndexByte(data, '\n') < 0 {
+			if rd.err != nil {
+				return 0, nil, rd.err
+			}
+			// An answer that ends without its length told (HTTP/1.0, Connection: close)
+			// ends cleanly wherever the connection closed: a last line without its newline
+			// is whole (a stream:false answer) only if it is whole JSON.
+			if !json.Valid(data) {
+				return 0, nil, errEndsInsideALine
+			}
 		}
 		return bufio.ScanLines(data, atEOF)
 	})
@@ -196,6 +204,9 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 		return c.cutShort(ctx, err)
 	}
 }
+
+// errEndsInsideALine is the error of an answer whose connection closed inside a line.
+var errEndsInsideALine = fmt.Errorf("the answer ends inside a line: %w", io.ErrUnexpectedEOF)
 
 // errStreamTooLarge is a boundedReader's error once its bound is passed.
 var errStreamTooLarge = errors.New("stream too large")
