@@ -770,7 +770,14 @@ func (w *Worker) fail(ctx context.Context, d *broker.Lease, sync bool, r *broker
 		})
 		release()
 		if w.settleEnd(ctx, d, err, log) {
-			log.Warn("job failed", "err", msg, "status", status)
+			// A request the target refused (a model without tools, one not found) is
+			// the caller's to mend, not the operator's: a warning is for the rest. A 429
+			// is the target's being busy, not the request.
+			level := slog.LevelWarn
+			if status/100 == 4 && status != http.StatusTooManyRequests {
+				level = slog.LevelInfo
+			}
+			log.Log(ctx, level, "job failed", "err", msg, "status", status)
 		}
 	}
 	if sync {

@@ -97,3 +97,33 @@ func TestRetryingRecordHidesTargetPassword(t *testing.T) {
 		t.Errorf("the log shows the password:\n%s", logs.String())
 	}
 }
+
+// A job the target refused as a bad request (4xx: a model without tools, one not found)
+// is the caller's to mend and logged at info; one the target failed on its side is
+// logged at warn, where an operator watching warnings looks.
+func TestFailedJobIsAWarningOnlyWhenNotTheCallersMistake(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
+	tb.fake.FailNext(1, ollamatest.FailStatus(400, "tiny-a does not support tools"))
+	tb.fake.FailNext(1, ollamatest.StreamError("llama runner process has terminated"))
+	refused := tb.chat(t, "tiny-a", 1)
+	broken := tb.chat(t, "tiny-a", 2)
+	var logs lockedBuffer
+	tb.start(t, worker.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	tb.waitState(t, refused.ID, broker.StateFailed)
+	tb.waitState(t, broken.ID, broker.StateFailed)
+	failedLine := func(id string) string {
+		for _, line := range strings.Split(logs.String(), "\n") {
+			if strings.Contains(line, `msg="job failed"`) && strings.Contains(line, "job_id="+id) {
+				return line
+			}
+		}
+		return ""
+	}
+	for id, level := range map[string]string{refused.ID: "level=INFO", broken.ID: "level=WARN"} {
+		eventually(t, 10*time.Second, "job "+id+"'s failure logged", func() bool { return failedLine(id) != "" })
+		if line := failedLine(id); !strings.Contains(line, " "+level+" ") {
+			t.Errorf("job %s's failure logged as %q, want %s", id, line, level)
+		}
+	}
+}
