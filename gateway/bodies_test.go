@@ -404,3 +404,42 @@ func TestBodyBudgetTakesADeclaredBodyAsItArrives(t *testing.T) {
 	}
 	waitAllGivenBack(t, b.testBundle, heads*bodyFirstRead)
 }
+
+// The budget is a bound on the bytes held at once: holds that fill it exactly fit, a
+// byte more does not, unless it goes to the only hold holding bytes (a body larger than
+// the budget, served alone). What fits says, take does.
+func TestBodyBudgetBounds(t *testing.T) {
+	t.Parallel()
+	b := &bodyBudget{limit: 100}
+	h1, h2 := b.hold(), b.hold()
+	if !h1.take(60) {
+		t.Fatal("60 of 100 refused")
+	}
+	if !h2.fits(40) || h2.fits(41) {
+		t.Errorf("beside 60 held: fits(40) %v, fits(41) %v; want true, false", h2.fits(40), h2.fits(41))
+	}
+	if h2.take(41) || b.used.Load() != 60 {
+		t.Fatalf("41 more than 60 of 100 taken: %d used", b.used.Load())
+	}
+	if !h2.take(40) || b.used.Load() != 100 || b.peak.Load() != 100 {
+		t.Fatalf("the 40 that fill the budget refused: %d used, peak %d", b.used.Load(), b.peak.Load())
+	}
+	if h1.fits(1) || h1.take(1) {
+		t.Error("a byte past a full budget fits a hold that is not alone")
+	}
+	h2.release()
+	h2.release() // safe twice
+	if b.used.Load() != 60 {
+		t.Fatalf("after a release: %d used, want 60", b.used.Load())
+	}
+	if !h1.fits(1000) || !h1.take(1000) {
+		t.Error("the only hold holding bytes was refused more")
+	}
+	if h2.fits(1) || h2.take(1) {
+		t.Error("a second hold got bytes past the budget")
+	}
+	h1.release()
+	if b.used.Load() != 0 || b.peak.Load() != 1060 {
+		t.Errorf("all released: %d used, peak %d; want 0 and 1060", b.used.Load(), b.peak.Load())
+	}
+}
