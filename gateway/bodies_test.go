@@ -443,3 +443,21 @@ func TestBodyBudgetBounds(t *testing.T) {
 		t.Errorf("all released: %d used, peak %d; want 0 and 1060", b.used.Load(), b.peak.Load())
 	}
 }
+
+// Unset, a body may be 32 MiB and the bodies in flight four times that (ADR-0048): a body
+// declared one byte longer is refused before it is sent, one of 32 MiB is read.
+func TestBodyLimitsDefaults(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	const limit = 32 << 20
+	if got := metricValue(scrape(t, b), "foreman_request_body_bytes_in_flight_limit"); got != 4*limit {
+		t.Errorf("foreman_request_body_bytes_in_flight_limit = %v, want %d", got, 4*limit)
+	}
+	conn := b.rawHead(t, http.MethodPost, "/jobs", fmt.Sprintf("Expect: 100-continue\r\nContent-Length: %d", limit+1))
+	resp, body := readResponse(t, conn)
+	wantError(t, resp, body, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body too large (limit %d bytes)", limit))
+	// Its client sends nothing: the first read taken from the budget says it is read.
+	conn = b.rawRequest(t, http.MethodPost, "/jobs", limit, "")
+	waitHeld(t, b, bodyFirstRead)
+	conn.Close()
+}
