@@ -176,6 +176,9 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 		{"model with an empty tag", `{"model":"tiny-a:","messages":[]}`, 400},
 		{"model with two tags", `{"model":"tiny-a:latest:latest","kind":"generate","prompt":"x"}`, 400},
 		{"model with five parts", `{"model":"a/b/c/d/e","messages":[]}`, 400},
+		// A name Ollama takes (an 80-byte model and tag) that no queue subject can carry.
+		{"model longer than foreman queues", `{"model":"` + strings.Repeat("m", 80) + ":" + strings.Repeat("t", 80) + `","messages":[]}`, 400},
+		{"webhook URL over 2048 bytes", `{"model":"tiny-a","state_webhook_url":"` + longHook(2049) + `"}`, 400},
 		{"unknown model", `{"model":"no-such-model","messages":[]}`, 404},
 		// Ollama decodes case-insensitively, the last key winning: it would run the ghost.
 		{"unknown model in another case", `{"model":"tiny-a","Model":"no-such-model","messages":[]}`, 404},
@@ -187,11 +190,20 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 			t.Errorf("%s: the answer quotes the password: %s", c.name, out)
 		}
 	}
-	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a"}`), "Idempotency-Key", strings.Repeat("k", 300))
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a"}`), "Idempotency-Key", strings.Repeat("k", maxIdempotencyKey+1))
 	wantJobError(t, "long idempotency key", resp, out, 400)
 	if n, _ := b.Broker.Store.QueueLen(testCtx(t, 5*time.Second)); n != 0 {
 		t.Fatalf("rejected submits queued %d jobs", n)
 	}
+	// At their bounds, a key and a URL are taken.
+	jobsSubmit(t, b, `{"model":"tiny-a"}`, "Idempotency-Key", strings.Repeat("k", maxIdempotencyKey))
+	jobsSubmit(t, b, `{"model":"tiny-a","state_webhook_url":"`+longHook(2048)+`"}`)
+}
+
+// longHook is a webhook URL of n bytes.
+func longHook(n int) string {
+	const head = "http://hooks.test/"
+	return head + strings.Repeat("p", n-len(head))
 }
 
 func TestSubmitJobIdempotencyKey(t *testing.T) {
