@@ -313,6 +313,9 @@ func TestGetJobWithArtifacts(t *testing.T) {
 		"notes.txt":   {"text/plain; charset=utf-8", "héllo"},
 		"blob.bin":    {"application/octet-stream", binary},
 		"big.txt":     {"text/plain", big},
+		// At the bound an artifact is embedded, a byte past it linked.
+		"edge.txt": {"text/plain", strings.Repeat("e", inlineArtifactLimit)},
+		"past.txt": {"text/plain", strings.Repeat("p", inlineArtifactLimit+1)},
 	})
 	v := jobsGet(t, b, id)
 	if v.State != broker.StateDone || string(v.Result) != `{"done":true}` || v.StartedAt == nil || v.FinishedAt == nil || v.Error != "" {
@@ -330,6 +333,12 @@ func TestGetJobWithArtifacts(t *testing.T) {
 	}
 	if a := arts["blob.bin"]; a.Data == nil || a.Encoding != "base64" || *a.Data != base64.StdEncoding.EncodeToString([]byte(binary)) {
 		t.Errorf("binary artifact %+v", a)
+	}
+	if a := arts["edge.txt"]; a.Data == nil || len(*a.Data) != inlineArtifactLimit || a.URL != "" {
+		t.Errorf("artifact of %d bytes: embedded %v, URL %q; want it embedded", inlineArtifactLimit, a.Data != nil, a.URL)
+	}
+	if a := arts["past.txt"]; a.Data != nil || a.URL != "/jobs/"+id+"/artifacts/past.txt" {
+		t.Errorf("artifact of %d bytes: URL %q; want it linked", inlineArtifactLimit+1, a.URL)
 	}
 	a := arts["big.txt"]
 	if a.Data != nil || a.URL != "/jobs/"+id+"/artifacts/big.txt" || a.Size != int64(len(big)) {
