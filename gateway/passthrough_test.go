@@ -576,7 +576,8 @@ func TestWrongMethodIs405(t *testing.T) {
 
 // foreman guards origins itself (ADR-0023): a page it allows reaches the target's routes
 // without the page's Origin, Cookie or Referer, which Ollama would judge by its own
-// OLLAMA_ORIGINS (403) or should never see.
+// OLLAMA_ORIGINS (403) or should never see. Hop-by-hop headers, and those the
+// Connection header names, stay on the client's connection too.
 func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 	t.Parallel()
 	const origin = "https://app.example.com"
@@ -595,7 +596,8 @@ func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 			body = []byte(tc.body)
 		}
 		resp, out := b.request(t, tc.method, tc.path, body,
-			"Origin", origin, "Cookie", "session=secret", "Referer", origin+"/chat")
+			"Origin", origin, "Cookie", "session=secret", "Referer", origin+"/chat",
+			"Proxy-Authorization", "Basic cHJveHk6c2VjcmV0", "Connection", "X-Hop-Secret", "X-Hop-Secret", "1")
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("%s %s: %d %s", tc.method, tc.path, resp.StatusCode, out)
 		}
@@ -608,7 +610,7 @@ func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 			t.Fatalf("%s %s never reached the target", tc.method, tc.path)
 		}
 		last := calls[i]
-		for _, h := range []string{"Origin", "Cookie", "Referer"} {
+		for _, h := range []string{"Origin", "Cookie", "Referer", "Proxy-Authorization", "X-Hop-Secret"} {
 			if v := last.Header.Get(h); v != "" {
 				t.Errorf("%s %s: the target got %s: %q", tc.method, tc.path, h, v)
 			}
