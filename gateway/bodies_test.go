@@ -461,3 +461,31 @@ func TestBodyLimitsDefaults(t *testing.T) {
 	waitHeld(t, b, bodyFirstRead)
 	conn.Close()
 }
+
+// A body buffer grows as bodyGrowth says: doubling from 16 KiB, a quarter more from
+// 4 MiB for a body of unknown length, never past the limit and the one byte that shows a
+// body longer (unless it is already there); a declared body's last buffer is its length.
+func TestBodyGrowth(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	for _, c := range []struct {
+		c, limit int64
+		exact    bool
+		want     int64
+	}{
+		{0, mib, false, 16 << 10},
+		{16 << 10, mib, false, 32 << 10},
+		{512 << 10, mib, false, mib},
+		{mib, mib, false, mib + 1},
+		{4 * mib, 32 * mib, false, 5 * mib},
+		{30 * mib, 32 * mib, false, 32*mib + 1},
+		{32*mib + 1, 32 * mib, false, 32*mib + 2},
+		{0, 100_000, true, 16 << 10},
+		{64 << 10, 100_000, true, 100_000},
+		{8 * mib, 32 * mib, true, 16 * mib},
+	} {
+		if got := bodyGrowth(c.c, c.limit, c.exact); got != c.want {
+			t.Errorf("bodyGrowth(%d, %d, %v) = %d, want %d", c.c, c.limit, c.exact, got, c.want)
+		}
+	}
+}
