@@ -619,7 +619,8 @@ func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 }
 
 // The target's CORS headers say what the target allows, not what foreman does: they never
-// replace foreman's.
+// replace foreman's. Its Vary joins foreman's; its hop-by-hop headers, and those its
+// Connection header names, stay on its connection.
 func TestPassThroughKeepsForemanCORS(t *testing.T) {
 	t.Parallel()
 	const origin = "https://app.example.com"
@@ -631,6 +632,10 @@ func TestPassThroughKeepsForemanCORS(t *testing.T) {
 					resp.Header.Set("Access-Control-Allow-Origin", "*")
 					resp.Header.Set("Access-Control-Allow-Credentials", "true")
 					resp.Header.Set("Access-Control-Expose-Headers", "X-Target-Secret")
+					resp.Header.Set("Vary", "Accept-Encoding")
+					resp.Header.Set("Connection", "X-Target-Hop")
+					resp.Header.Set("X-Target-Hop", "1")
+					resp.Header.Set("Keep-Alive", "timeout=5")
 				}
 				return resp, err
 			}}
@@ -647,6 +652,14 @@ func TestPassThroughKeepsForemanCORS(t *testing.T) {
 	}
 	if got := resp.Header.Get("Access-Control-Expose-Headers"); !strings.Contains(got, HeaderJobID) || strings.Contains(got, "X-Target-Secret") {
 		t.Errorf("Access-Control-Expose-Headers %q, want foreman's", got)
+	}
+	if got := resp.Header.Values("Vary"); !slices.Contains(got, "Origin") || !slices.Contains(got, "Accept-Encoding") {
+		t.Errorf("Vary %q, want foreman's Origin and the target's Accept-Encoding", got)
+	}
+	for _, h := range []string{"X-Target-Hop", "Keep-Alive"} {
+		if got := resp.Header.Get(h); got != "" {
+			t.Errorf("the target's hop-by-hop %s %q reached the client", h, got)
+		}
 	}
 }
 
