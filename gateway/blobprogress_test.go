@@ -13,14 +13,27 @@ import (
 )
 
 // A blob upload has no size limit but must make progress: one that sends part of its
-// body and then nothing ends with 408 once a read has waited BodyReadTimeout, and the
-// call to the target it fed is aborted, instead of holding both for ever.
+// body, or none of it, and then nothing ends with 408 once a read has waited
+// BodyReadTimeout, and the call to the target it fed is aborted, instead of holding both
+// for ever.
 func TestBlobUploadStalledEnds(t *testing.T) {
 	t.Parallel()
+	for name, part := range map[string]string{"part sent": "hello", "nothing sent": ""} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			blobUploadStalls(t, part)
+		})
+	}
+}
+
+// blobUploadStalls checks that an upload declaring 1 MiB that sends part and stalls
+// ends with 408, its call to the target aborted.
+func blobUploadStalls(t *testing.T, part string) {
+	t.Helper()
 	const timeout = 200 * time.Millisecond
 	b := newTestBundle(t, withGateway(func(c *Config) { c.BodyReadTimeout = timeout }))
 	path := "/api/blobs/sha256:" + strings.Repeat("0123456789abcdef", 4)
-	conn := b.rawRequest(t, http.MethodPost, path, 1<<20, "hello")
+	conn := b.rawRequest(t, http.MethodPost, path, 1<<20, part)
 	// The bound only keeps a broken build from hanging the test: the answer is due after
 	// one BodyReadTimeout.
 	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))

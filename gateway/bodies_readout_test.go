@@ -136,27 +136,47 @@ func TestBodyRefusalReadOutIsBounded(t *testing.T) {
 			}
 		})
 	}
-	t.Run("waiting to send", func(t *testing.T) {
-		t.Parallel()
-		b := newBudgetBundle(t, limit, limit, nil)
-		ctx := testCtx(t, 60*time.Second)
-		finish, held := stalledPost(t, ctx, b.testBundle, "/api/chat", chatOf(t, bodyRoomAhead), bodyRoomAhead-100, true)
-		waitHeld(t, b.testBundle, bodyRoomAhead)
-		conn := b.rawHead(t, http.MethodPost, "/api/chat", fmt.Sprintf("Expect: 100-continue\r\nContent-Length: %d", testPart))
-		_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second)) // a broken build must not hang the test
-		br := bufio.NewReader(conn)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatalf("no answer: %v", err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		wantBudgetRefusal(t, resp, body, true)
-		if n, err := br.Read(make([]byte, 1)); err != io.EOF {
-			t.Errorf("after the answer, the connection gave %d bytes, %v; want it closed (EOF)", n, err)
-		}
-		finish()
-		if a := <-held; a.Status != http.StatusOK {
-			t.Fatalf("the body that held the budget: %d %s", a.Status, a.Body)
-		}
+	for _, c := range []struct {
+		name                  string
+		maxBody, budget, held int64
+	}{
+		{"waiting to send", limit, limit, bodyRoomAhead},
+		// The budget has room for the body's first read, not for its first MiB.
+		{"waiting to send, room for a first read only", 4 << 20, 2 << 20, 3 << 19},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			waitToSend(t, c.maxBody, c.budget, c.held)
+		})
+	}
+}
+
+// waitToSend checks that a body sent with "Expect: 100-continue" is refused before any
+// of it is sent while another body holds held bytes of budget.
+func waitToSend(t *testing.T, maxBody, budget, held int64) {
+	t.Helper()
+	b := newBudgetBundle(t, maxBody, budget, nil)
+	ctx := testCtx(t, 60*time.Second)
+	finish, holder := stalledPost(t, ctx, b.testBundle, "/api/chat", chatOf(t, int(held)), int(held)-100, true)
+	// Exactly held: while its buffer grows the holder holds more for a moment.
+	eventually(t, 30*time.Second, fmt.Sprintf("the gateway holds %d body bytes", held), func() bool {
+		n, _ := bodyGauges(t, b.testBundle)
+		return n == float64(held)
 	})
+	conn := b.rawHead(t, http.MethodPost, "/api/chat", fmt.Sprintf("Expect: 100-continue\r\nContent-Length: %d", testPart))
+	_ = conn.SetReadDeadline(time.Now().Add(30 * time.Second)) // a broken build must not hang the test
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("no answer: %v", err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	wantBudgetRefusal(t, resp, body, true)
+	if n, err := br.Read(make([]byte, 1)); err != io.EOF {
+		t.Errorf("after the answer, the connection gave %d bytes, %v; want it closed (EOF)", n, err)
+	}
+	finish()
+	if a := <-holder; a.Status != http.StatusOK {
+		t.Fatalf("the body that held the budget: %d %s", a.Status, a.Body)
+	}
 }

@@ -404,3 +404,88 @@ func TestBodyBudgetTakesADeclaredBodyAsItArrives(t *testing.T) {
 	}
 	waitAllGivenBack(t, b.testBundle, heads*bodyFirstRead)
 }
+
+// The budget is a bound on the bytes held at once: holds that fill it exactly fit, a
+// byte more does not, unless it goes to the only hold holding bytes (a body larger than
+// the budget, served alone). What fits says, take does.
+func TestBodyBudgetBounds(t *testing.T) {
+	t.Parallel()
+	b := &bodyBudget{limit: 100}
+	h1, h2 := b.hold(), b.hold()
+	if !h1.take(60) {
+		t.Fatal("60 of 100 refused")
+	}
+	if !h2.fits(40) || h2.fits(41) {
+		t.Errorf("beside 60 held: fits(40) %v, fits(41) %v; want true, false", h2.fits(40), h2.fits(41))
+	}
+	if h2.take(41) || b.used.Load() != 60 {
+		t.Fatalf("41 more than 60 of 100 taken: %d used", b.used.Load())
+	}
+	if !h2.take(40) || b.used.Load() != 100 || b.peak.Load() != 100 {
+		t.Fatalf("the 40 that fill the budget refused: %d used, peak %d", b.used.Load(), b.peak.Load())
+	}
+	if h1.fits(1) || h1.take(1) {
+		t.Error("a byte past a full budget fits a hold that is not alone")
+	}
+	h2.release()
+	h2.release() // safe twice
+	if b.used.Load() != 60 {
+		t.Fatalf("after a release: %d used, want 60", b.used.Load())
+	}
+	if !h1.fits(1000) || !h1.take(1000) {
+		t.Error("the only hold holding bytes was refused more")
+	}
+	if h2.fits(1) || h2.take(1) {
+		t.Error("a second hold got bytes past the budget")
+	}
+	h1.release()
+	if b.used.Load() != 0 || b.peak.Load() != 1060 {
+		t.Errorf("all released: %d used, peak %d; want 0 and 1060", b.used.Load(), b.peak.Load())
+	}
+}
+
+// Unset, a body may be 32 MiB and the bodies in flight four times that (ADR-0048): a body
+// declared one byte longer is refused before it is sent, one of 32 MiB is read.
+func TestBodyLimitsDefaults(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	const limit = 32 << 20
+	if got := metricValue(scrape(t, b), "foreman_request_body_bytes_in_flight_limit"); got != 4*limit {
+		t.Errorf("foreman_request_body_bytes_in_flight_limit = %v, want %d", got, 4*limit)
+	}
+	conn := b.rawHead(t, http.MethodPost, "/jobs", fmt.Sprintf("Expect: 100-continue\r\nContent-Length: %d", limit+1))
+	resp, body := readResponse(t, conn)
+	wantError(t, resp, body, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body too large (limit %d bytes)", limit))
+	// Its client sends nothing: the first read taken from the budget says it is read.
+	conn = b.rawRequest(t, http.MethodPost, "/jobs", limit, "")
+	waitHeld(t, b, bodyFirstRead)
+	conn.Close()
+}
+
+// A body buffer grows as bodyGrowth says: doubling from 16 KiB, a quarter more from
+// 4 MiB for a body of unknown length, never past the limit and the one byte that shows a
+// body longer (unless it is already there); a declared body's last buffer is its length.
+func TestBodyGrowth(t *testing.T) {
+	t.Parallel()
+	const mib = 1 << 20
+	for _, c := range []struct {
+		c, limit int64
+		exact    bool
+		want     int64
+	}{
+		{0, mib, false, 16 << 10},
+		{16 << 10, mib, false, 32 << 10},
+		{512 << 10, mib, false, mib},
+		{mib, mib, false, mib + 1},
+		{4 * mib, 32 * mib, false, 5 * mib},
+		{30 * mib, 32 * mib, false, 32*mib + 1},
+		{32*mib + 1, 32 * mib, false, 32*mib + 2},
+		{0, 100_000, true, 16 << 10},
+		{64 << 10, 100_000, true, 100_000},
+		{8 * mib, 32 * mib, true, 16 * mib},
+	} {
+		if got := bodyGrowth(c.c, c.limit, c.exact); got != c.want {
+			t.Errorf("bodyGrowth(%d, %d, %v) = %d, want %d", c.c, c.limit, c.exact, got, c.want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"net/url"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -79,12 +80,13 @@ func TestBrowserForeignOriginRefused(t *testing.T) {
 func TestBrowserAllowedOrigins(t *testing.T) {
 	t.Parallel()
 	b := newQueuedBundle(t, nil, withGateway(func(c *Config) {
-		c.Origins = []string{"https://app.example.com", "https://*.example.org"}
+		c.Origins = []string{"https://app.example.com", "https://*.example.org", "https://a*a.example.net"}
 	}))
 	for _, origin := range []string{
 		"http://localhost", "http://localhost:3000", "https://127.0.0.1:8443", "http://0.0.0.0:80",
 		"app://obsidian.md", "file://", "tauri://localhost", "vscode-webview://abc",
-		"https://app.example.com", "https://chat.example.org",
+		"https://app.example.com", "https://chat.example.org", "https://ana.example.net", "https://aa.example.net",
+		"HTTPS://App.Example.COM", // an origin's scheme and host are case-insensitive
 	} {
 		resp, out := b.request(t, http.MethodPost, "/api/chat", chatBody("tiny-a", "hi", "false"), "Origin", origin)
 		if resp.StatusCode != 200 {
@@ -100,7 +102,9 @@ func TestBrowserAllowedOrigins(t *testing.T) {
 			t.Errorf("origin %s: %s not exposed: %q", origin, HeaderJobID, resp.Header.Get("Access-Control-Expose-Headers"))
 		}
 	}
-	for _, origin := range []string{"https://example.com", "https://app.example.com.evil", "http://app.example.com"} {
+	// The * stands for what lies between its two sides, which never overlap: "https://a"
+	// and "a.example.net" do not make "https://a.example.net" match "https://a*a.example.net".
+	for _, origin := range []string{"https://example.com", "https://app.example.com.evil", "http://app.example.com", "https://a.example.net"} {
 		resp, out := b.request(t, http.MethodGet, "/api/tags", nil, "Origin", origin)
 		wantError(t, resp, out, http.StatusForbidden, "origin")
 	}
@@ -109,6 +113,16 @@ func TestBrowserAllowedOrigins(t *testing.T) {
 	if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "" {
 		t.Errorf("same origin: %d %q %s", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"), out)
 	}
+	// Same-origin is the Host itself, over http or https (a foreman behind a TLS proxy,
+	// its status page on a LAN name); an origin that only ends with that name is foreign.
+	for _, origin := range []string{"http://foreman.lan:8080", "https://foreman.lan:8080"} {
+		resp, out := b.withHost(t, http.MethodGet, "/api/tags", "foreman.lan:8080", nil, "Origin", origin)
+		if resp.StatusCode != 200 || resp.Header.Get("Access-Control-Allow-Origin") != "" {
+			t.Errorf("same origin %s: %d %q %s", origin, resp.StatusCode, resp.Header.Get("Access-Control-Allow-Origin"), out)
+		}
+	}
+	resp, out = b.withHost(t, http.MethodGet, "/api/tags", "foreman.lan:8080", nil, "Origin", "http://evil-foreman.lan:8080")
+	wantError(t, resp, out, http.StatusForbidden, "origin")
 }
 
 // "*" allows every origin, as OLLAMA_ORIGINS=* does.
@@ -130,7 +144,7 @@ func TestBrowserPreflight(t *testing.T) {
 	hdr := []string{
 		"Origin", "http://localhost:5173",
 		"Access-Control-Request-Method", "POST",
-		"Access-Control-Request-Headers", "authorization,content-type,idempotency-key,x-foreman-trace,x-foreman-priority,x-foreman-program,x-api-key,anthropic-version,if-none-match",
+		"Access-Control-Request-Headers", "authorization,content-type,idempotency-key,x-foreman-trace,x-foreman-priority,x-foreman-program,x-api-key,anthropic-version,if-none-match,x-evil,cookie2",
 	}
 	resp, out := b.request(t, http.MethodOptions, "/jobs", nil, hdr...)
 	if resp.StatusCode != http.StatusNoContent {
@@ -149,6 +163,12 @@ func TestBrowserPreflight(t *testing.T) {
 		"X-Foreman-Priority", "X-Foreman-Program", "X-Api-Key", "Anthropic-Version", "If-None-Match", "Range"} {
 		if !strings.Contains(h.Get("Access-Control-Allow-Headers"), name) {
 			t.Errorf("Allow-Headers %q lacks %s", h.Get("Access-Control-Allow-Headers"), name)
+		}
+	}
+	// Only foreman's own X-Foreman-* headers are added as asked for.
+	for _, name := range []string{"X-Evil", "Cookie2"} {
+		if strings.Contains(h.Get("Access-Control-Allow-Headers"), name) {
+			t.Errorf("Allow-Headers %q allows %s, which the page asked for", h.Get("Access-Control-Allow-Headers"), name)
 		}
 	}
 	resp, out = b.request(t, http.MethodOptions, "/jobs", nil, "Origin", "https://evil.example", "Access-Control-Request-Method", "POST")
@@ -188,11 +208,27 @@ func TestBrowserHostCheckOnLoopback(t *testing.T) {
 	for _, host := range []string{
 		"localhost:" + port, "LOCALHOST", "127.0.0.1:" + port, "[::1]:" + port, "0.0.0.0:" + port,
 		"192.168.1.5:" + port, "10.0.0.2", "app.localhost:" + port, "mac.local", "foreman.internal:" + port,
+		"[::ffff:0.0.0.0]:" + port, // the unspecified address in its IPv4-mapped form
 	} {
 		resp, out := b.withHost(t, http.MethodGet, "/api/tags", host, nil)
 		if resp.StatusCode != 200 {
 			t.Errorf("Host %s: %d %s", host, resp.StatusCode, out)
 		}
+	}
+	// This machine's name, in any case, as Ollama takes it.
+	if name, err := os.Hostname(); err == nil && name != "" {
+		resp, out := b.withHost(t, http.MethodGet, "/api/tags", strings.ToUpper(name)+":"+port, nil)
+		if resp.StatusCode != 200 {
+			t.Errorf("Host %s (os.Hostname): %d %s", name, resp.StatusCode, out)
+		}
+	}
+	// An HTTP/1.0 request may carry no Host at all: it names no foreign site.
+	req := httptest.NewRequest(http.MethodGet, "/api/tags", nil)
+	req.Proto, req.ProtoMajor, req.ProtoMinor, req.Host = "HTTP/1.0", 1, 0, ""
+	rec := httptest.NewRecorder()
+	b.GW.ServeHTTP(rec, req)
+	if rec.Code != 200 {
+		t.Errorf("no Host: %d %s", rec.Code, rec.Body)
 	}
 }
 
@@ -216,7 +252,7 @@ func TestBrowserHostLocalIP(t *testing.T) {
 	p := newHostPolicy("127.0.0.1:8080")
 	p.localIP = func(ip netip.Addr) bool { return ip == local }
 	s := &Server{hosts: p}
-	if !s.hostAllowed("203.0.113.7:8080") || s.hostAllowed("203.0.113.8:8080") {
+	if !s.hostAllowed("203.0.113.7:8080") || !s.hostAllowed("[::ffff:203.0.113.7]:8080") || s.hostAllowed("203.0.113.8:8080") {
 		t.Error("local IP policy")
 	}
 }

@@ -46,6 +46,18 @@ func TestStatusOfRefusals(t *testing.T) {
 	}
 }
 
+// The store's refusals of what a request asked for are the client's 400, not foreman's
+// 500: a model name no queue subject can carry, a bad job id or artifact name, a job too
+// large to store.
+func TestStatusOfStoreRefusals(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []error{broker.ErrBadModel, broker.ErrBadID, broker.ErrBadArtifactName, broker.ErrJobTooLarge} {
+		if status, _ := statusOf(fmt.Errorf("submit: %w", kind)); status != http.StatusBadRequest {
+			t.Errorf("%v: %d, want 400", kind, status)
+		}
+	}
+}
+
 // A sync job's outcome maps through the same function: the target's status (the worker's
 // Foreman-Status) is data it carries.
 func TestStatusOfJobOutcome(t *testing.T) {

@@ -116,6 +116,9 @@ func TestArtifactRanges(t *testing.T) {
 		for _, hdr := range [][]string{
 			{"Range", "bytes=0-1,5-6"},
 			{"Range", "bytes=9-2"},
+			{"Range", "bytes=+1-2"}, // a position is digits alone, no sign
+			{"Range", "bytes=1-+2"},
+			{"Range", "bytes=-+5"},
 			{"Range", "items=0-1"},
 			{"Range", "bytes=0-1", "If-Range", `"SHA-256=stale"`},
 		} {

@@ -176,6 +176,9 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 		{"model with an empty tag", `{"model":"tiny-a:","messages":[]}`, 400},
 		{"model with two tags", `{"model":"tiny-a:latest:latest","kind":"generate","prompt":"x"}`, 400},
 		{"model with five parts", `{"model":"a/b/c/d/e","messages":[]}`, 400},
+		// A name Ollama takes (an 80-byte model and tag) that no queue subject can carry.
+		{"model longer than foreman queues", `{"model":"` + strings.Repeat("m", 80) + ":" + strings.Repeat("t", 80) + `","messages":[]}`, 400},
+		{"webhook URL over 2048 bytes", `{"model":"tiny-a","state_webhook_url":"` + longHook(2049) + `"}`, 400},
 		{"unknown model", `{"model":"no-such-model","messages":[]}`, 404},
 		// Ollama decodes case-insensitively, the last key winning: it would run the ghost.
 		{"unknown model in another case", `{"model":"tiny-a","Model":"no-such-model","messages":[]}`, 404},
@@ -187,11 +190,20 @@ func TestSubmitJobRejectsBadInput(t *testing.T) {
 			t.Errorf("%s: the answer quotes the password: %s", c.name, out)
 		}
 	}
-	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a"}`), "Idempotency-Key", strings.Repeat("k", 300))
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a"}`), "Idempotency-Key", strings.Repeat("k", maxIdempotencyKey+1))
 	wantJobError(t, "long idempotency key", resp, out, 400)
 	if n, _ := b.Broker.Store.QueueLen(testCtx(t, 5*time.Second)); n != 0 {
 		t.Fatalf("rejected submits queued %d jobs", n)
 	}
+	// At their bounds, a key and a URL are taken.
+	jobsSubmit(t, b, `{"model":"tiny-a"}`, "Idempotency-Key", strings.Repeat("k", maxIdempotencyKey))
+	jobsSubmit(t, b, `{"model":"tiny-a","state_webhook_url":"`+longHook(2048)+`"}`)
+}
+
+// longHook is a webhook URL of n bytes.
+func longHook(n int) string {
+	const head = "http://hooks.test/"
+	return head + strings.Repeat("p", n-len(head))
 }
 
 func TestSubmitJobIdempotencyKey(t *testing.T) {
@@ -301,6 +313,9 @@ func TestGetJobWithArtifacts(t *testing.T) {
 		"notes.txt":   {"text/plain; charset=utf-8", "héllo"},
 		"blob.bin":    {"application/octet-stream", binary},
 		"big.txt":     {"text/plain", big},
+		// At the bound an artifact is embedded, a byte past it linked.
+		"edge.txt": {"text/plain", strings.Repeat("e", inlineArtifactLimit)},
+		"past.txt": {"text/plain", strings.Repeat("p", inlineArtifactLimit+1)},
 	})
 	v := jobsGet(t, b, id)
 	if v.State != broker.StateDone || string(v.Result) != `{"done":true}` || v.StartedAt == nil || v.FinishedAt == nil || v.Error != "" {
@@ -318,6 +333,12 @@ func TestGetJobWithArtifacts(t *testing.T) {
 	}
 	if a := arts["blob.bin"]; a.Data == nil || a.Encoding != "base64" || *a.Data != base64.StdEncoding.EncodeToString([]byte(binary)) {
 		t.Errorf("binary artifact %+v", a)
+	}
+	if a := arts["edge.txt"]; a.Data == nil || len(*a.Data) != inlineArtifactLimit || a.URL != "" {
+		t.Errorf("artifact of %d bytes: embedded %v, URL %q; want it embedded", inlineArtifactLimit, a.Data != nil, a.URL)
+	}
+	if a := arts["past.txt"]; a.Data != nil || a.URL != "/jobs/"+id+"/artifacts/past.txt" {
+		t.Errorf("artifact of %d bytes: URL %q; want it linked", inlineArtifactLimit+1, a.URL)
 	}
 	a := arts["big.txt"]
 	if a.Data != nil || a.URL != "/jobs/"+id+"/artifacts/big.txt" || a.Size != int64(len(big)) {

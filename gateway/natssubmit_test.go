@@ -166,6 +166,21 @@ func TestNATSSubmitRefusesNamedProgram(t *testing.T) {
 	}
 }
 
+// A NATS submit is bounded by the body limit as a POST /jobs is: a body at the limit is
+// queued, one a byte longer is a 413.
+func TestNATSSubmitBodyLimit(t *testing.T) {
+	t.Parallel()
+	const limit = 1024
+	b := newTestBundle(t, withGateway(func(c *Config) { c.MaxBodyBytes = limit }))
+	runNATSSubmit(t, b)
+	if r := natsSubmit(t, b, string(paddedBody(t, `{"model":"tiny-a",`, limit))); r.JobID == "" {
+		t.Fatalf("a body of %d bytes: %+v", limit, r)
+	}
+	if r := natsSubmit(t, b, string(paddedBody(t, `{"model":"tiny-a",`, limit+1))); r.Status != 413 || r.JobID != "" {
+		t.Fatalf("a body of %d bytes: %+v, want 413", limit+1, r)
+	}
+}
+
 // NATS keeps a header name as it was sent and nats.Header.Get matches it exactly; a client
 // used to HTTP sends "idempotency-key". Any spelling is the Idempotency-Key, as over HTTP.
 func TestNATSSubmitIdempotencyKeyInAnyCase(t *testing.T) {

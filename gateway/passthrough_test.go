@@ -576,7 +576,8 @@ func TestWrongMethodIs405(t *testing.T) {
 
 // foreman guards origins itself (ADR-0023): a page it allows reaches the target's routes
 // without the page's Origin, Cookie or Referer, which Ollama would judge by its own
-// OLLAMA_ORIGINS (403) or should never see.
+// OLLAMA_ORIGINS (403) or should never see. Hop-by-hop headers, and those the
+// Connection header names, stay on the client's connection too.
 func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 	t.Parallel()
 	const origin = "https://app.example.com"
@@ -595,7 +596,8 @@ func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 			body = []byte(tc.body)
 		}
 		resp, out := b.request(t, tc.method, tc.path, body,
-			"Origin", origin, "Cookie", "session=secret", "Referer", origin+"/chat")
+			"Origin", origin, "Cookie", "session=secret", "Referer", origin+"/chat",
+			"Proxy-Authorization", "Basic cHJveHk6c2VjcmV0", "Connection", "X-Hop-Secret", "X-Hop-Secret", "1")
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("%s %s: %d %s", tc.method, tc.path, resp.StatusCode, out)
 		}
@@ -608,7 +610,7 @@ func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 			t.Fatalf("%s %s never reached the target", tc.method, tc.path)
 		}
 		last := calls[i]
-		for _, h := range []string{"Origin", "Cookie", "Referer"} {
+		for _, h := range []string{"Origin", "Cookie", "Referer", "Proxy-Authorization", "X-Hop-Secret"} {
 			if v := last.Header.Get(h); v != "" {
 				t.Errorf("%s %s: the target got %s: %q", tc.method, tc.path, h, v)
 			}
@@ -617,7 +619,8 @@ func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 }
 
 // The target's CORS headers say what the target allows, not what foreman does: they never
-// replace foreman's.
+// replace foreman's. Its Vary joins foreman's; its hop-by-hop headers, and those its
+// Connection header names, stay on its connection.
 func TestPassThroughKeepsForemanCORS(t *testing.T) {
 	t.Parallel()
 	const origin = "https://app.example.com"
@@ -629,6 +632,10 @@ func TestPassThroughKeepsForemanCORS(t *testing.T) {
 					resp.Header.Set("Access-Control-Allow-Origin", "*")
 					resp.Header.Set("Access-Control-Allow-Credentials", "true")
 					resp.Header.Set("Access-Control-Expose-Headers", "X-Target-Secret")
+					resp.Header.Set("Vary", "Accept-Encoding")
+					resp.Header.Set("Connection", "X-Target-Hop")
+					resp.Header.Set("X-Target-Hop", "1")
+					resp.Header.Set("Keep-Alive", "timeout=5")
 				}
 				return resp, err
 			}}
@@ -645,6 +652,14 @@ func TestPassThroughKeepsForemanCORS(t *testing.T) {
 	}
 	if got := resp.Header.Get("Access-Control-Expose-Headers"); !strings.Contains(got, HeaderJobID) || strings.Contains(got, "X-Target-Secret") {
 		t.Errorf("Access-Control-Expose-Headers %q, want foreman's", got)
+	}
+	if got := resp.Header.Values("Vary"); !slices.Contains(got, "Origin") || !slices.Contains(got, "Accept-Encoding") {
+		t.Errorf("Vary %q, want foreman's Origin and the target's Accept-Encoding", got)
+	}
+	for _, h := range []string{"X-Target-Hop", "Keep-Alive"} {
+		if got := resp.Header.Get(h); got != "" {
+			t.Errorf("the target's hop-by-hop %s %q reached the client", h, got)
+		}
 	}
 }
 

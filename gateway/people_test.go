@@ -284,6 +284,20 @@ func TestNamedTokens(t *testing.T) {
 			t.Errorf("/jobs with %s's token claiming mallory: program %q", want, v.Program)
 		}
 	}
+	// Sent both ways, the first token that matches names the program: the bearer token,
+	// else the X-Api-Key.
+	for _, c := range []struct {
+		hdr  []string
+		want string
+	}{
+		{[]string{"Authorization", "Bearer tokenA-secret", "X-Api-Key", "tokenB-secret"}, "alice"},
+		{[]string{"Authorization", "Bearer tokenB-secret", "X-Api-Key", "tokenA-secret"}, "bob"},
+		{[]string{"Authorization", "Bearer wrong", "X-Api-Key", "tokenA2-secret"}, "alice"},
+	} {
+		if v := jobsGet(t, b.testBundle, jobsSubmit(t, b.testBundle, `{"model":"tiny-a"}`, c.hdr...)); v.Program != c.want {
+			t.Errorf("/jobs with %q: program %q, want %q", c.hdr, v.Program, c.want)
+		}
+	}
 	for _, tok := range []string{"", "tokenA", "tokenA-secret2", "tokenB-secreT", "alice", "alice:tokenA-secret"} {
 		resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a"}`), auth(tok)...)
 		wantError(t, resp, out, http.StatusUnauthorized, "unauthorized")

@@ -89,7 +89,10 @@ func TestQueueShowsOrderPositionAndETA(t *testing.T) {
 	if lim := getQueue(t, b, "?limit=1"); len(lim.Queued) != 1 || lim.Total != 3 || lim.Queued[0].JobID != a1 {
 		t.Fatalf("?limit=1: %+v", lim)
 	}
-	for _, bad := range []string{"?limit=0", "?limit=x", "?limit=-3"} {
+	if lim := getQueue(t, b, "?limit=100000"); len(lim.Queued) != 3 {
+		t.Fatalf("?limit=100000: %+v", lim)
+	}
+	for _, bad := range []string{"?limit=0", "?limit=x", "?limit=-3", "?limit=100001"} {
 		resp, out := b.request(t, http.MethodGet, "/queue"+bad, nil)
 		wantError(t, resp, out, http.StatusBadRequest, "limit")
 	}

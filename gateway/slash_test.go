@@ -57,6 +57,21 @@ func TestTrailingSlashRedirects(t *testing.T) {
 			t.Errorf("GET %s: %d Location %q: another host", raw, resp.StatusCode, loc)
 		}
 	}
+	// An escaped slash is part of its segment: "/api%2Ftags/" names no route, and is not
+	// sent to /api/tags.
+	req, err := http.NewRequest(http.MethodGet, b.URL, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.URL.Opaque = "/api%2Ftags/"
+	resp, err := noFollow.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound || resp.Header.Get("Location") != "" {
+		t.Errorf("GET /api%%2Ftags/: %d Location %q, want 404", resp.StatusCode, resp.Header.Get("Location"))
+	}
 	// A client that follows redirects gets the route's answer.
 	resp, out := b.request(t, http.MethodGet, "/api/tags/", nil)
 	if resp.StatusCode != 200 || !bytes.Contains(out, []byte(`"models"`)) {

@@ -61,6 +61,9 @@ func TestUIStaticFilesNeedNoToken(t *testing.T) {
 			t.Errorf("GET %s: no X-Content-Type-Options: nosniff", f.path)
 		}
 	}
+	if resp, _ := getNoRedirect(t, b, "HEAD", "/ui/app.js", ""); resp.StatusCode != http.StatusOK {
+		t.Errorf("HEAD /ui/app.js without a token: %d, want 200", resp.StatusCode)
+	}
 	if resp, _ := getNoRedirect(t, b, "GET", "/ui", ""); resp.StatusCode != http.StatusMovedPermanently || resp.Header.Get("Location") != "/ui/" {
 		t.Errorf("GET /ui: %d Location %q, want a redirect to /ui/", resp.StatusCode, resp.Header.Get("Location"))
 	}

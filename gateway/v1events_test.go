@@ -105,6 +105,14 @@ func TestResponsesTakeAZstdBody(t *testing.T) {
 	if resp.StatusCode != 413 {
 		t.Errorf("inflating past the limit: %d %s, want 413", resp.StatusCode, out)
 	}
+	// Two frames, each within the limit, inflating past it together: what is bounded is
+	// the body, not a frame.
+	twoFrames := append(compress([]byte(`{"model":"tiny-a","input":"`+strings.Repeat("x", 40<<10))),
+		compress([]byte(strings.Repeat("y", 40<<10)+`"}`))...)
+	resp, out = b.request(t, http.MethodPost, "/v1/responses", twoFrames, "Content-Encoding", "zstd")
+	if resp.StatusCode != 413 || !strings.Contains(string(out), "request body too large") {
+		t.Errorf("two frames inflating past the limit: %d %s, want 413", resp.StatusCode, out)
+	}
 	// A small body in a frame that asks for a window (history) past the limit, 1 MiB: a
 	// frame header, then the body as one raw block. The 413 says so rather than calling
 	// the body large.
