@@ -97,6 +97,7 @@ func TestHTTPErrorMessageOfItsBody(t *testing.T) {
 		{"<title>502 Bad Gateway</title>", "502 Bad Gateway"},
 		{"<html><title> </title><body>down</body></html>", "<html><title> </title><body>down</body></html>"},
 		{"<html><title>half a title", "<html><title>half a title"},
+		{"", ""}, // told by its status text
 	} {
 		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 			w.WriteHeader(http.StatusInternalServerError)
@@ -107,6 +108,9 @@ func TestHTTPErrorMessageOfItsBody(t *testing.T) {
 		var he *ollama.HTTPError
 		if !errors.As(err, &he) || he.Message != c.want {
 			t.Errorf("body %q: %v, want the message %q", c.body, err, c.want)
+		}
+		if c.body == "" && (err == nil || err.Error() != "ollama: HTTP 500 Internal Server Error") {
+			t.Errorf("empty body: %q, want the status text", err)
 		}
 	}
 }
