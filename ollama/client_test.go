@@ -598,3 +598,26 @@ func TestStreamOnResponse(t *testing.T) {
 		}
 	}
 }
+
+// The frame callback's error ends the call with it, on the last frame too: one the
+// target ended the body in without its line end.
+func TestStreamCallbackErrorOnTheLastFrame(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, "{\"n\":1}\n{\"done\":true}")
+	}))
+	t.Cleanup(srv.Close)
+	stop := errors.New("frame refused")
+	for _, refuse := range []string{`{"n":1}`, `{"done":true}`} {
+		_, err := newClient(t, srv.URL).Stream(testCtx(t), "/api/chat", []byte(`{}`), func(f []byte) error {
+			if strings.TrimSpace(string(f)) == refuse {
+				return stop
+			}
+			return nil
+		})
+		if !errors.Is(err, stop) {
+			t.Errorf("callback refusing %s: %v, want its error", refuse, err)
+		}
+	}
+}
