@@ -509,3 +509,29 @@ func TestClientBoundsResponseHeaders(t *testing.T) {
 		t.Fatalf("error %v, want the response headers' bound", err)
 	}
 }
+
+// A receiver answering with a redirect is not followed (the signed event would go where
+// the job's owner did not say): the redirect is the attempt's answer, a failed one.
+func TestRedirectIsNotFollowed(t *testing.T) {
+	t.Parallel()
+	elsewhere := newReceiver(t, nil)
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+"/h", http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(redirecting.Close)
+
+	b := brokertest.New(t)
+	cfg := fastConfig(b.Store)
+	cfg.Attempts = 1
+	runDispatcher(t, cfg)
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: redirecting.URL + "/h", Events: []broker.State{broker.StateQueued}}})
+	log := waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
+	if log[0].Status != http.StatusTemporaryRedirect || log[0].Outcome != broker.OutcomeFailed {
+		t.Errorf("delivery log %+v, want one failed attempt answered 307", log)
+	}
+	select {
+	case h := <-elsewhere.hits:
+		t.Fatalf("the redirect was followed: %s", h.body)
+	default:
+	}
+}
