@@ -188,7 +188,13 @@ func TestWatchAllAfterTheNATSConnectionClosedPolls(t *testing.T) {
 	client.SetNATSCheckEvery(c, 20*time.Millisecond)
 	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
 	defer cancel()
-	events, before := watchAllSeeingAJob(ctx, t, c)
+	events, first := watchAllSeeingAJob(ctx, t, c)
+	// A second job: every job told, not only the latest, is remembered for the switch.
+	second, err := c.SubmitAsync(ctx, chatJob("tiny-a", "second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForEvent(ctx, t, events, second, client.StateDone)
 
 	p.Close()
 	select {
@@ -201,8 +207,8 @@ func TestWatchAllAfterTheNATSConnectionClosedPolls(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range waitForEvent(ctx, t, events, after, client.StateDone) {
-		if e.JobID == before && e.State == client.StateDone {
-			t.Errorf("job %s's state told again after the switch to polling: %+v", before, e)
+		if (e.JobID == first || e.JobID == second) && e.State == client.StateDone {
+			t.Errorf("job %s's state told again after the switch to polling: %+v", e.JobID, e)
 		}
 	}
 }
