@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -188,7 +189,13 @@ func TestWatchAllAfterTheNATSConnectionClosedPolls(t *testing.T) {
 	client.SetNATSCheckEvery(c, 20*time.Millisecond)
 	ctx, cancel := context.WithTimeout(testCtx(t), 20*time.Second)
 	defer cancel()
-	events, before := watchAllSeeingAJob(ctx, t, c)
+	events, first := watchAllSeeingAJob(ctx, t, c)
+	// A second job: every job told, not only the latest, is remembered for the switch.
+	second, err := c.SubmitAsync(ctx, chatJob("tiny-a", "second"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitForEvent(ctx, t, events, second, client.StateDone)
 
 	p.Close()
 	select {
@@ -201,8 +208,8 @@ func TestWatchAllAfterTheNATSConnectionClosedPolls(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, e := range waitForEvent(ctx, t, events, after, client.StateDone) {
-		if e.JobID == before && e.State == client.StateDone {
-			t.Errorf("job %s's state told again after the switch to polling: %+v", before, e)
+		if (e.JobID == first || e.JobID == second) && e.State == client.StateDone {
+			t.Errorf("job %s's state told again after the switch to polling: %+v", e.JobID, e)
 		}
 	}
 }
@@ -347,5 +354,38 @@ func awaitSignal(ctx context.Context, t *testing.T, ch <-chan struct{}, fail str
 	case <-ch:
 	case <-ctx.Done():
 		t.Fatal(fail)
+	}
+}
+
+// Watch("") by polling tells a job's later state: a job listed queued by one poll and
+// done by the next is told twice, queued then done.
+func TestWatchAllByPollingTellsALaterState(t *testing.T) {
+	t.Parallel()
+	var polls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		state := "queued"
+		if polls.Add(1) > 1 {
+			state = "done"
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = fmt.Fprintf(w, `{"jobs":[{"id":"01JWATCH000000000000000001","model":"tiny-a","state":%q,"created_at":"2026-01-01T00:00:00Z"}]}`, state)
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
+	ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+	defer cancel()
+	events, err := c.Watch(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []client.State{client.StateQueued, client.StateDone} {
+		select {
+		case e := <-events:
+			if e.JobID != "01JWATCH000000000000000001" || e.State != want {
+				t.Fatalf("event %+v, want the job %s", e, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("no %s event", want)
+		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -546,5 +547,77 @@ func TestDoQueryAsGiven(t *testing.T) {
 	}
 	if n := len(fake.Calls()); n != 1 {
 		t.Errorf("%d calls, want 1: a bad path reaches no target", n)
+	}
+}
+
+// OnResponse is told the Content-Type of a 2xx answer once, before its first frame; an
+// error from it ends the call with that error and no frame. An error status is no
+// answer to tell.
+func TestStreamOnResponse(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		if r.URL.Path == "/api/missing" {
+			w.WriteHeader(http.StatusNotFound)
+		}
+		_, _ = io.WriteString(w, "{\"n\":1}\n{\"n\":2}\n")
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL)
+	stop := errors.New("relay gone")
+	for _, tc := range []struct {
+		path   string
+		answer error
+	}{{"/api/chat", nil}, {"/api/chat", stop}, {"/api/missing", nil}} {
+		var told []string
+		frames := 0
+		_, err := c.Stream(testCtx(t), tc.path, []byte(`{}`), func([]byte) error {
+			if len(told) != 1 {
+				t.Errorf("a frame with OnResponse told %d times", len(told))
+			}
+			frames++
+			return nil
+		}, ollama.OnResponse(func(ct string) error {
+			told = append(told, ct)
+			return tc.answer
+		}))
+		switch {
+		case tc.path == "/api/missing":
+			var he *ollama.HTTPError
+			if !errors.As(err, &he) || len(told) != 0 || frames != 0 {
+				t.Errorf("status 404: %v, told %v, %d frames; want the HTTPError alone", err, told, frames)
+			}
+		case tc.answer != nil:
+			if !errors.Is(err, stop) || frames != 0 {
+				t.Errorf("OnResponse failing: %v, %d frames; want its error and no frame", err, frames)
+			}
+		default:
+			if err != nil || frames != 2 || !slices.Equal(told, []string{"application/x-ndjson"}) {
+				t.Errorf("OnResponse told %v: %v, %d frames", told, err, frames)
+			}
+		}
+	}
+}
+
+// The frame callback's error ends the call with it, on the last frame too: one the
+// target ended the body in without its line end.
+func TestStreamCallbackErrorOnTheLastFrame(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, "{\"n\":1}\n{\"done\":true}")
+	}))
+	t.Cleanup(srv.Close)
+	stop := errors.New("frame refused")
+	for _, refuse := range []string{`{"n":1}`, `{"done":true}`} {
+		_, err := newClient(t, srv.URL).Stream(testCtx(t), "/api/chat", []byte(`{}`), func(f []byte) error {
+			if strings.TrimSpace(string(f)) == refuse {
+				return stop
+			}
+			return nil
+		})
+		if !errors.Is(err, stop) {
+			t.Errorf("callback refusing %s: %v, want its error", refuse, err)
+		}
 	}
 }

@@ -301,6 +301,10 @@ func TestInventoryRunEndStopsSharedPoll(t *testing.T) {
 		if err := <-done; err != nil {
 			t.Fatalf("Run: %v", err)
 		}
+		// Foreman's own stop says nothing of the target's health.
+		if snap := inv.Snapshot(); snap.Degraded || snap.Err != nil {
+			t.Errorf("snapshot after the poll was stopped: degraded %v, %v", snap.Degraded, snap.Err)
+		}
 		if err := inv.Refresh(context.Background()); err == nil {
 			t.Fatal("Refresh after Run ended polled")
 		}
@@ -308,4 +312,39 @@ func TestInventoryRunEndStopsSharedPoll(t *testing.T) {
 			t.Errorf("Tags calls = %d, want 1", n)
 		}
 	})
+}
+
+// tagsClient answers /api/tags with fixed models (and /api/ps with none).
+type tagsClient struct {
+	ollama.Client // nil: only Tags and Ps are called
+	models        []ollama.ListModelResponse
+}
+
+func (c tagsClient) Tags(context.Context) (*ollama.ListResponse, []byte, error) {
+	return &ollama.ListResponse{Models: c.models}, []byte(`{}`), nil
+}
+
+func (c tagsClient) Ps(context.Context) (*ollama.ProcessResponse, []byte, error) {
+	return &ollama.ProcessResponse{}, []byte(`{"models":[]}`), nil
+}
+
+// A /api/tags entry is known by its name and by its model field alike; the list of
+// models names each entry by its name, by its model field when it has no name.
+func TestInventoryKnowsAModelByNameOrModel(t *testing.T) {
+	t.Parallel()
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: tagsClient{models: []ollama.ListModelResponse{
+		{Name: "alias:latest", Model: "tiny-a:latest"},
+		{Model: "tiny-b:latest"},
+	}}})
+	if err := inv.Refresh(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"alias", "tiny-a", "tiny-b"} {
+		if !inv.HasModel(name) {
+			t.Errorf("HasModel(%q) = false, want true", name)
+		}
+	}
+	if got, want := inv.Snapshot().Models(), []string{"alias:latest", "tiny-b:latest"}; !slices.Equal(got, want) {
+		t.Errorf("Models() = %v, want %v", got, want)
+	}
 }

@@ -33,6 +33,7 @@ func TestNormalizeModel(t *testing.T) {
 		// Names Ollama refuses keep the old form (they are refused or not found anyway).
 		{"tiny-a:", "tiny-a:"},
 		{"a/b/c/d", "a/b/c/d:latest"},
+		{"a/b/c:/d", "a/b/c:/d:latest"}, // a tag is looked for in the last part only
 		{"", ""},
 		{"   ", ""},
 	}

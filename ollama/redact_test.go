@@ -33,6 +33,7 @@ func TestRedactURL(t *testing.T) {
 		"http://host/x#s3cret":                      "http://host/x#xxxxx",
 		"http://user:pa?s3cret@host/?k=s3cret":      "http://xxxxx@host/?xxxxx",
 		"http://host:11434/?":                       "http://host:11434/?",
+		"?token=s3cret":                             "?xxxxx",
 	} {
 		if got := ollama.RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)

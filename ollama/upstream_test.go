@@ -85,3 +85,32 @@ func TestProxyPageTitleWhateverItsBytes(t *testing.T) {
 		}
 	}
 }
+
+// A non-2xx answer's message is Ollama's {"error": "..."} text; any other body is told
+// as it came, trimmed, except a proxy's page, which is told by a title it has.
+func TestHTTPErrorMessageOfItsBody(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ body, want string }{
+		{`{"error":"model \"x\" not found"}`, `model "x" not found`},
+		{`{"detail":"no such route"}`, `{"detail":"no such route"}`},
+		{"  upstream went away\n", "upstream went away"},
+		{"<title>502 Bad Gateway</title>", "502 Bad Gateway"},
+		{"<html><title> </title><body>down</body></html>", "<html><title> </title><body>down</body></html>"},
+		{"<html><title>half a title", "<html><title>half a title"},
+		{"", ""}, // told by its status text
+	} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = w.Write([]byte(c.body))
+		}))
+		_, err := newClient(t, srv.URL).Stream(testCtx(t), "/api/chat", []byte(`{"model":"tiny-a","messages":[]}`), func([]byte) error { return nil })
+		srv.Close()
+		var he *ollama.HTTPError
+		if !errors.As(err, &he) || he.Message != c.want {
+			t.Errorf("body %q: %v, want the message %q", c.body, err, c.want)
+		}
+		if c.body == "" && (err == nil || err.Error() != "ollama: HTTP 500 Internal Server Error") {
+			t.Errorf("empty body: %q, want the status text", err)
+		}
+	}
+}

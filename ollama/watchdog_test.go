@@ -1,6 +1,8 @@
 package ollama
 
 import (
+	"io"
+	"strings"
 	"testing"
 	"time"
 )
@@ -18,5 +20,68 @@ func TestWatchdogFirstByteRaceWithoutIdleLimit(t *testing.T) {
 	w.fire() // the timer's callback, already running when progress stopped it
 	if aborted != nil {
 		t.Fatalf("a stream whose first byte came in time was aborted: %v", aborted)
+	}
+}
+
+// watched is a watchdog on a fake clock with the given limits, and the abort it made.
+func watched(t *testing.T, firstByte, idle time.Duration) (*watchdog, *FakeClock, *error) {
+	t.Helper()
+	clk := NewFakeClock()
+	aborted := new(error)
+	w := newWatchdog(clk, firstByte, idle, &StallError{Op: "POST /api/chat"}, func(err error) { *aborted = err })
+	t.Cleanup(w.stop)
+	return w, clk, aborted
+}
+
+// The idle limit runs out after exactly its length of silence, and not before.
+func TestWatchdogIdleLimitRunsOutAtItsLength(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
+	w.progress()
+	clk.Advance(50*time.Millisecond - time.Nanosecond)
+	if *aborted != nil {
+		t.Fatalf("aborted before the limit: %v", *aborted)
+	}
+	clk.Advance(time.Nanosecond)
+	if *aborted == nil {
+		t.Fatal("not aborted after 50ms of silence")
+	}
+}
+
+// A timer callback that comes late ends nothing: not one that raced progress (the limit
+// started over since), nor one that runs while the caller's callback does.
+func TestWatchdogLateFireEndsNothing(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
+	w.progress()
+	clk.Advance(40 * time.Millisecond)
+	w.progress()
+	clk.Advance(20 * time.Millisecond)
+	w.fire() // the first arming's callback, already running when progress re-armed it
+	if *aborted != nil {
+		t.Fatalf("a fire that raced progress aborted: %v", *aborted)
+	}
+	held := w.hold(func([]byte) error {
+		clk.Advance(time.Second)
+		w.fire() // a callback already running when hold stopped the timer
+		return nil
+	})
+	if err := held(nil); err != nil || *aborted != nil {
+		t.Fatalf("a fire during the caller's callback: %v, aborted %v", err, *aborted)
+	}
+}
+
+// With a first-byte limit and no idle one, a body that has started is not cut off by
+// the first-byte limit, however long it runs.
+func TestWatchdogFirstByteLimitAloneEndsWithTheFirstByte(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, 10*time.Second, 0)
+	body := w.watch(io.NopCloser(strings.NewReader("x")))
+	if _, err := body.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Hour)
+	if *aborted != nil {
+		t.Fatalf("a started body was aborted: %v", *aborted)
 	}
 }

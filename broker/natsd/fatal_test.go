@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nkeys"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 )
 
@@ -58,5 +60,49 @@ func TestStartReturnsTheServersFatalError(t *testing.T) {
 				srv.Shutdown()
 			}
 		})
+	}
+}
+
+// A configuration Start cannot honour safely is refused before anything starts, with an
+// error naming the setting: above all a listener that would let a client in without
+// both halves of a login.
+func TestStartRefusesBadConfig(t *testing.T) {
+	t.Parallel()
+	listen := func(c natsd.Config) natsd.Config {
+		c.DataDir, c.Listen = t.TempDir(), "127.0.0.1:0"
+		return c
+	}
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nkey, err := kp.PublicKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		cfg  natsd.Config
+		want string
+	}{
+		{"no data dir", natsd.Config{}, "DataDir is required"},
+		{"listen not host:port", natsd.Config{DataDir: t.TempDir(), Listen: "127.0.0.1", ClientUser: "watcher", ClientPassword: "s3cret"}, "not host:port"},
+		{"user without password", listen(natsd.Config{ClientUser: "watcher"}), "must be set together"},
+		{"password without user", listen(natsd.Config{ClientPassword: "s3cret"}), "must be set together"},
+		{"user without password beside an nkey", listen(natsd.Config{ClientUser: "watcher", ClientNkey: nkey}), "must be set together"},
+		{"listener without a login", listen(natsd.Config{}), "needs FOREMAN_NATS_USER"},
+		{"foreman's own user name", listen(natsd.Config{ClientUser: "foreman", ClientPassword: "s3cret"}), "reserved"},
+		{"TLS cert without key", natsd.Config{DataDir: t.TempDir(), TLSCert: "cert.pem"}, "must be set together"},
+		{"TLS key without cert", natsd.Config{DataDir: t.TempDir(), TLSKey: "key.pem"}, "must be set together"},
+	} {
+		srv, err := natsd.Start(c.cfg)
+		if err == nil {
+			srv.Shutdown()
+			t.Errorf("%s: started", c.name)
+			continue
+		}
+		if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want an error containing %q", c.name, err, c.want)
+		}
 	}
 }

@@ -36,3 +36,33 @@ func TestHealthyToleratesAStreamBeingCreated(t *testing.T) {
 		t.Fatalf("Healthy: %v, want the stream that could not be recovered", err)
 	}
 }
+
+// A stream still in its grace does not hide the others Healthz lists after it: one seen
+// on an earlier call (past a grace of 1ns) is reported beside one seen for the first
+// time.
+func TestHealthyReportsPastGraceBesideANewStream(t *testing.T) {
+	defer natsd.SetRecoverGrace(time.Nanosecond)()
+	dir := t.TempDir()
+	srv, err := natsd.Start(natsd.Config{DataDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	streams := filepath.Join(dir, "jetstream", "FOREMAN", "streams")
+	if err := os.MkdirAll(filepath.Join(streams, "ZZ_OLDER"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Healthy(); err != nil {
+		t.Fatalf("a stream seen for the first time unrecovered: %v, want healthy for the grace", err)
+	}
+	if err := os.MkdirAll(filepath.Join(streams, "AA_NEWER"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	err = srv.Healthy()
+	if err == nil || !strings.Contains(err.Error(), "ZZ_OLDER' could not be recovered") {
+		t.Fatalf("Healthy: %v, want the stream past its grace", err)
+	}
+	if strings.Contains(err.Error(), "AA_NEWER") {
+		t.Fatalf("Healthy: %v, want the new stream in its grace", err)
+	}
+}

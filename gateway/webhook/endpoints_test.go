@@ -28,6 +28,11 @@ func TestEndpointsOf(t *testing.T) {
 			t.Errorf("EndpointsOf(%s) = %v, %v; want %v", c.url, got, err, c.want)
 		}
 	}
+	for _, bad := range []string{"localhost:11434", "/api", "http://"} { // no host to protect
+		if got, err := EndpointsOf(bad, addrs); err == nil {
+			t.Errorf("EndpointsOf(%q) = %v, want an error", bad, got)
+		}
+	}
 	many := make([]string, 2*maxPublishedAddrs)
 	for i := range many {
 		many[i] = "10.0.0.1"

@@ -223,3 +223,43 @@ func TestStoredRetryDatedAheadWaitsAtMostMaxDelay(t *testing.T) {
 		stop()
 	}
 }
+
+// An event whose last attempt is in the delivery log, but whose pending delivery is
+// still stored (foreman stopped after logging the attempt, before it removed the entry),
+// is removed without another attempt, whether it is read at the dispatcher's start or
+// brought back by its event offered again.
+func TestEventWithAttemptsSpentIsNotSentAgain(t *testing.T) {
+	t.Parallel()
+	for _, hidden := range []bool{false, true} {
+		b := brokertest.New(t)
+		rcv := newReceiver(t, func(int, hit) int { return http.StatusOK })
+		j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
+		data, rev, err := b.Store.GetRaw(ctxT(t), j.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := fastConfig(b.Store)
+		cfg.Attempts = 3
+		id := (&event{jobID: j.ID, rev: rev}).webhookID()
+		for n := 1; n <= cfg.Attempts; n++ {
+			outcome := broker.OutcomeRetry
+			if n == cfg.Attempts {
+				outcome = broker.OutcomeFailed
+			}
+			a := broker.DeliveryAttempt{WebhookID: id, State: j.State, Attempt: n, URL: rcv.URL, Status: http.StatusInternalServerError, Outcome: outcome, At: time.Now().UTC()}
+			if err := b.Store.LogDelivery(ctxT(t), j.ID, a); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p := broker.PendingDelivery{JobID: j.ID, Rev: rev, Attempts: cfg.Attempts - 1, NextAt: time.Now().UTC(), Body: data}
+		if _, created, err := b.Store.AddPendingDelivery(ctxT(t), p); err != nil || !created {
+			t.Fatalf("store the pending delivery: created %v, %v", created, err)
+		}
+		if hidden {
+			cfg.Store = hiddenAtStart{b.Store}
+		}
+		stop := runDispatcher(t, cfg)
+		noMoreDeliveries(t, b, rcv)
+		stop()
+	}
+}

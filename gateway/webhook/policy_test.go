@@ -155,6 +155,10 @@ func TestPolicyDialRefusesBeforeConnecting(t *testing.T) {
 			InterfaceAddrs: func() ([]net.Addr, error) {
 				return []net.Addr{&net.IPNet{IP: net.ParseIP("10.20.30.40"), Mask: net.CIDRMask(24, 32)}}, nil
 			}}, "lan.test:11434"},
+		// Every protected endpoint counts, not only the first: here the second, on a
+		// loopback address of its own (this machine's addresses are not asked).
+		{Policy{LookupNetIP: lookup, AllowNets: loopbackNets, Protected: []string{"127.0.0.1:11434", "127.0.0.1:8080"},
+			InterfaceAddrs: func() ([]net.Addr, error) { return nil, nil }}, "127.0.0.2:8080"},
 		// The target by name: its resolved address is refused on its port.
 		{Policy{LookupNetIP: lookup, Protected: []string{"lan.test:11434"}}, "10.20.30.40:11434"},
 	}
@@ -254,6 +258,43 @@ func TestPolicyDialAllowsOpenedRanges(t *testing.T) {
 	}
 }
 
+// TestPolicyDialTriesTheNextAddress: a name's addresses are tried in order, the next one
+// after a connection that failed, but none after the call's context ended. The
+// 192.0.2.x (TEST-NET-1) addresses are the resolver seam's answers; the connect seam
+// hands back one end of a pipe and dials nothing.
+func TestPolicyDialTriesTheNextAddress(t *testing.T) {
+	t.Parallel()
+	for _, cancelled := range []bool{false, true} {
+		ctx, cancel := context.WithCancel(context.Background())
+		p := Policy{LookupNetIP: names(map[string][]string{"two.test": {"192.0.2.1", "192.0.2.2"}})}
+		var connected []string
+		p.connect = func(_ context.Context, _, addr string) (net.Conn, error) {
+			connected = append(connected, addr)
+			if addr == "192.0.2.1:80" {
+				if cancelled {
+					cancel()
+				}
+				return nil, errors.New("connection refused")
+			}
+			c, other := net.Pipe()
+			other.Close()
+			return c, nil
+		}
+		conn, err := p.DialContext(ctx, "tcp", "two.test:80")
+		cancel()
+		if conn != nil {
+			conn.Close()
+		}
+		want := []string{"192.0.2.1:80", "192.0.2.2:80"}
+		if cancelled {
+			want = want[:1]
+		}
+		if !slices.Equal(connected, want) || (err == nil) == cancelled {
+			t.Errorf("context ended by the first connect %v: connected to %v (%v), want %v", cancelled, connected, err, want)
+		}
+	}
+}
+
 // TestPolicyCheckURL: the submit-time check reads the URL only (no DNS, no connection),
 // so the addresses below are inputs, never contacted.
 func TestPolicyCheckURL(t *testing.T) {
@@ -291,7 +332,7 @@ func TestPolicyCheckURL(t *testing.T) {
 
 func TestParseNets(t *testing.T) {
 	t.Parallel()
-	got, err := ParseNets(" 127.0.0.0/8, ::1/128,10.1.2.3 ,192.168.1.7/24,")
+	got, err := ParseNets(" 127.0.0.0/8, ::1/128,,10.1.2.3 ,192.168.1.7/24,")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,8 +457,13 @@ func TestPolicyCheckURLInetAtonForms(t *testing.T) {
 		"http://3221226017/h":     true,  // 192.0.2.33
 		"http://127.0.0.1.5/h":    true,  // five parts: a name
 		"http://0x1ffffffff/h":    true,  // too large: a name
+		"http://4294967296/h":     true,  // 2^32, one too large: a name
+		"http://127.16777216/h":   true,  // the last of two parts fills 3 bytes: 2^24 is a name
+		"http://255.255.65535/h":  false, // 255.255.255.255, broadcast
 		"http://127.0.256/h":      false, // 127.0.1.0 (the last part fills two bytes)
 		"http://08.0.0.1/h":       true,  // not octal: a name
+		"http://127.0.0.09/h":     true,  // nor is "09" (loopback were it read as decimal)
+		"http://0x/h":             false, // "0x" alone reads as 0: 0.0.0.0
 		"http://example.123/h":    true,
 		"http://1e3.example/h":    true,
 	} {
@@ -461,5 +507,31 @@ func TestClientBoundsResponseHeaders(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "headers exceeded") {
 		t.Fatalf("error %v, want the response headers' bound", err)
+	}
+}
+
+// A receiver answering with a redirect is not followed (the signed event would go where
+// the job's owner did not say): the redirect is the attempt's answer, a failed one.
+func TestRedirectIsNotFollowed(t *testing.T) {
+	t.Parallel()
+	elsewhere := newReceiver(t, nil)
+	redirecting := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, elsewhere.URL+"/h", http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(redirecting.Close)
+
+	b := brokertest.New(t)
+	cfg := fastConfig(b.Store)
+	cfg.Attempts = 1
+	runDispatcher(t, cfg)
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: redirecting.URL + "/h", Events: []broker.State{broker.StateQueued}}})
+	log := waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) > 0 })
+	if log[0].Status != http.StatusTemporaryRedirect || log[0].Outcome != broker.OutcomeFailed {
+		t.Errorf("delivery log %+v, want one failed attempt answered 307", log)
+	}
+	select {
+	case h := <-elsewhere.hits:
+		t.Fatalf("the redirect was followed: %s", h.body)
+	default:
 	}
 }

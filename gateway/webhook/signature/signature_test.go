@@ -79,3 +79,55 @@ func TestStandardLibraryOnly(t *testing.T) {
 		t.Errorf("non-standard dependencies: %v", deps)
 	}
 }
+
+// TestVerifyHeaders: each header Verify needs, the timestamp window (DefaultTolerance
+// when given 0, either side of now) and the "v1," label are checked on their own.
+func TestVerifyHeaders(t *testing.T) {
+	t.Parallel()
+	const secret, id = "raw secret", "id-1"
+	key, err := signature.Key(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"state":"done"}`)
+	now := time.Now()
+	mac := strings.TrimPrefix(signature.Standard(key, id, now, body), "v1,")
+	header := func(id string, ts time.Time, sig, foreman string) http.Header {
+		h := http.Header{}
+		for name, v := range map[string]string{
+			signature.HeaderID:        id,
+			signature.HeaderTimestamp: strconv.FormatInt(ts.Unix(), 10),
+			signature.HeaderSignature: sig,
+			signature.HeaderForeman:   foreman,
+		} {
+			if v != "" {
+				h.Set(name, v)
+			}
+		}
+		return h
+	}
+	signedAt := func(ts time.Time) string { return signature.Standard(key, id, ts, body) }
+	noTimestamp := header(id, now, "v1,"+mac, "")
+	noTimestamp.Del(signature.HeaderTimestamp)
+	for _, tc := range []struct {
+		name   string
+		header http.Header
+		want   error
+	}{
+		{"all there", header(id, now, "v1,"+mac, ""), nil},
+		{"no id", header("", now, "v1,"+mac, ""), signature.ErrMissingHeaders},
+		{"no timestamp", noTimestamp, signature.ErrMissingHeaders},
+		{"no signature", header(id, now, "", ""), signature.ErrMissingHeaders},
+		{"a later v1 value matches", header(id, now, "v2,"+mac+" v1,bm9wZQ== bogus v1,"+mac, ""), nil},
+		{"only a v2 value", header(id, now, "v2,"+mac, ""), signature.ErrNoMatch},
+		{"only an unlabelled value", header(id, now, mac, ""), signature.ErrNoMatch},
+		{"4 minutes old", header(id, now.Add(-4*time.Minute), signedAt(now.Add(-4*time.Minute)), ""), nil},
+		{"6 minutes old", header(id, now.Add(-6*time.Minute), signedAt(now.Add(-6*time.Minute)), ""), signature.ErrBadTimestamp},
+		{"4 minutes ahead", header(id, now.Add(4*time.Minute), signedAt(now.Add(4*time.Minute)), ""), nil},
+		{"6 minutes ahead", header(id, now.Add(6*time.Minute), signedAt(now.Add(6*time.Minute)), ""), signature.ErrBadTimestamp},
+	} {
+		if err := signature.Verify(secret, tc.header, body, 0); !errors.Is(err, tc.want) {
+			t.Errorf("%s: Verify = %v, want %v", tc.name, err, tc.want)
+		}
+	}
+}
