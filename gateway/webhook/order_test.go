@@ -20,7 +20,9 @@ func TestEventOfferedAgainAfterLaterOnesIsSuperseded(t *testing.T) {
 	rcv := newReceiver(t, nil)
 	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL}})
 
-	const ackWait = 2 * time.Second
+	// Long enough to outlast the restart and the two writes below on a loaded machine:
+	// offered again sooner, the queued event would come before the later ones.
+	const ackWait = 6 * time.Second
 	standIn, err := b.Store.ConsumeChanges(ctxT(t), broker.ChangeConsumerConfig{
 		Durable: "webhooks", AckWait: ackWait, MaxAckPending: 4096,
 	})
