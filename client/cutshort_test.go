@@ -194,9 +194,17 @@ func TestAnswerClosedInsideALineIsCutShort(t *testing.T) {
 		t.Errorf("chunks before the cut: %q, want \"half\"", got)
 	}
 
-	whole := closingServer(t, `{"model":"m","message":{"role":"assistant","content":"all"},"done":true}`)
-	res, err := newClient(t, whole).Chat(ctx, req, nil)
-	if err != nil || res.Message.Content != "all" || !res.Done {
-		t.Errorf("Chat of a whole last line without its newline = %+v, %v; want its content, done", res, err)
+	for _, end := range []string{"", " ", "\n ", "\r\n\r", "\n\t"} {
+		whole := closingServer(t, `{"model":"m","message":{"role":"assistant","content":"all"},"done":true}`+end)
+		res, err := newClient(t, whole).Chat(ctx, req, nil)
+		if err != nil || res.Message.Content != "all" || !res.Done {
+			t.Errorf("Chat of a whole last line ending %q = %+v, %v; want its content, done", end, res, err)
+		}
+	}
+
+	// What is no chunk at all (a page some other server answered) is no answer cut short.
+	_, err = newClient(t, closingServer(t, "Ollama is running")).Chat(ctx, req, nil)
+	if err == nil || errors.Is(err, client.ErrCutShort) {
+		t.Errorf("Chat answered a plain text: %v, want an error that is not ErrCutShort", err)
 	}
 }

@@ -165,10 +165,12 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 			if rd.err != nil {
 				return 0, nil, rd.err
 			}
-			// An answer that ends without its length told (HTTP/1.0, Connection: close)
-			// ends cleanly wherever the connection closed: a last line without its newline
-			// is whole (a stream:false answer) only if it is whole JSON.
-			if !json.Valid(data) {
+			// A body can end cleanly inside a line: one delimited by the connection's
+			// close (HTTP/1.0, Connection: close) wherever it closed, any body where the
+			// server ended it mid-line. A last line without its newline that begins an
+			// object is whole (a stream:false answer) only if it is whole JSON; white
+			// space, or what is no object at all, is left to the reading of lines.
+			if t := bytes.TrimSpace(data); len(t) > 0 && t[0] == '{' && !json.Valid(t) {
 				return 0, nil, errEndsInsideALine
 			}
 		}

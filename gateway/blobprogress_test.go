@@ -26,8 +26,8 @@ func TestBlobUploadStalledEnds(t *testing.T) {
 	}
 }
 
-// blobUploadStalls checks that an upload declaring 1 MiB that sends part and stalls
-// ends with 408, its call to the target aborted.
+// blobUploadStalls checks that an upload declaring 1 MiB that sends part (which may be
+// nothing) and stalls ends with 408, its call to the target aborted.
 func blobUploadStalls(t *testing.T, part string) {
 	t.Helper()
 	const timeout = 200 * time.Millisecond

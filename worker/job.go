@@ -770,11 +770,12 @@ func (w *Worker) fail(ctx context.Context, d *broker.Lease, sync bool, r *broker
 		})
 		release()
 		if w.settleEnd(ctx, d, err, log) {
-			// A request the target refused (a model without tools, one not found) is
-			// the caller's to mend, not the operator's: a warning is for the rest. A 429
-			// is the target's being busy, not the request.
+			// What Ollama answers a caller's mistake with (400: a model without tools or
+			// chat, a bad option; 404: no such model) is the caller's to mend, not the
+			// operator's. Every other status stays a warning: a 429 is the target busy,
+			// and a proxy in front of it answers 401, 403, 413... for the operator to mend.
 			level := slog.LevelWarn
-			if status/100 == 4 && status != http.StatusTooManyRequests {
+			if status == http.StatusBadRequest || status == http.StatusNotFound {
 				level = slog.LevelInfo
 			}
 			log.Log(ctx, level, "job failed", "err", msg, "status", status)

@@ -98,20 +98,32 @@ func TestRetryingRecordHidesTargetPassword(t *testing.T) {
 	}
 }
 
-// A job the target refused as a bad request (4xx: a model without tools, one not found)
-// is the caller's to mend and logged at info; one the target failed on its side is
-// logged at warn, where an operator watching warnings looks.
+// A job Ollama refused as a caller's mistake (400: a model without tools; 404: no such
+// model) is the caller's to mend and logged at info; one the target failed on its side,
+// or a proxy in front of it refused (413), is logged at warn, where an operator watching
+// warnings looks.
 func TestFailedJobIsAWarningOnlyWhenNotTheCallersMistake(t *testing.T) {
 	t.Parallel()
 	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
-	tb.fake.FailNext(1, ollamatest.FailStatus(400, "tiny-a does not support tools"))
-	tb.fake.FailNext(1, ollamatest.StreamError("llama runner process has terminated"))
-	refused := tb.chat(t, "tiny-a", 1)
-	broken := tb.chat(t, "tiny-a", 2)
+	want := map[string]string{}
+	for _, f := range []struct {
+		fail  ollamatest.Failure
+		level string
+	}{
+		{ollamatest.FailStatus(400, "tiny-a does not support tools"), "level=INFO"},
+		{ollamatest.FailStatus(404, `model "tiny-a" not found, try pulling it first`), "level=INFO"},
+		{ollamatest.StreamError("llama runner process has terminated"), "level=WARN"},
+		{ollamatest.FailStatus(500, "llama runner process has terminated"), "level=WARN"},
+		{ollamatest.FailStatus(413, "Request Entity Too Large"), "level=WARN"},
+	} {
+		tb.fake.FailNext(1, f.fail)
+		want[tb.chat(t, "tiny-a", 1).ID] = f.level
+	}
 	var logs lockedBuffer
 	tb.start(t, worker.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	tb.waitState(t, refused.ID, broker.StateFailed)
-	tb.waitState(t, broken.ID, broker.StateFailed)
+	for id := range want {
+		tb.waitState(t, id, broker.StateFailed)
+	}
 	failedLine := func(id string) string {
 		for _, line := range strings.Split(logs.String(), "\n") {
 			if strings.Contains(line, `msg="job failed"`) && strings.Contains(line, "job_id="+id) {
@@ -120,7 +132,7 @@ func TestFailedJobIsAWarningOnlyWhenNotTheCallersMistake(t *testing.T) {
 		}
 		return ""
 	}
-	for id, level := range map[string]string{refused.ID: "level=INFO", broken.ID: "level=WARN"} {
+	for id, level := range want {
 		eventually(t, 10*time.Second, "job "+id+"'s failure logged", func() bool { return failedLine(id) != "" })
 		if line := failedLine(id); !strings.Contains(line, " "+level+" ") {
 			t.Errorf("job %s's failure logged as %q, want %s", id, line, level)
