@@ -207,7 +207,7 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 	}
 }
 
-// errEndsInsideALine is the error of an answer whose connection closed inside a line.
+// errEndsInsideALine is the error of an answer that ended inside a line.
 var errEndsInsideALine = fmt.Errorf("the answer ends inside a line: %w", io.ErrUnexpectedEOF)
 
 // errStreamTooLarge is a boundedReader's error once its bound is passed.
