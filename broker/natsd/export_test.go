@@ -2,6 +2,7 @@ package natsd
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"sync"
 	"time"
@@ -75,3 +76,14 @@ const (
 	ClientMaxConns = clientMaxConns
 	ClientMaxSubs  = clientMaxSubs
 )
+
+// DefaultDataDirOn is DefaultDataDir as it is on goos, with env for the environment and
+// home for the home directory ("" makes finding it fail).
+func DefaultDataDirOn(goos string, env map[string]string, home string) (string, error) {
+	return defaultDataDir(goos, func(k string) string { return env[k] }, func() (string, error) {
+		if home == "" {
+			return "", errors.New("no home")
+		}
+		return home, nil
+	})
+}

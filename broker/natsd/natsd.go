@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -509,18 +510,28 @@ func randomSecret() string {
 }
 
 // DefaultDataDir is a "foreman" folder in the user's data directory:
-// ~/Library/Application Support/foreman on macOS, $XDG_DATA_HOME/foreman or
-// ~/.local/share/foreman elsewhere.
+// $XDG_DATA_HOME/foreman when that is set, else ~/Library/Application Support/foreman on
+// macOS, %LocalAppData%\foreman on Windows and ~/.local/share/foreman elsewhere.
 func DefaultDataDir() (string, error) {
-	if d := os.Getenv("XDG_DATA_HOME"); d != "" {
+	return defaultDataDir(runtime.GOOS, os.Getenv, os.UserHomeDir)
+}
+
+func defaultDataDir(goos string, getenv func(string) string, home func() (string, error)) (string, error) {
+	if d := getenv("XDG_DATA_HOME"); d != "" {
 		return filepath.Join(d, "foreman"), nil
 	}
-	home, err := os.UserHomeDir()
+	if d := getenv("LocalAppData"); goos == "windows" && d != "" {
+		return filepath.Join(d, "foreman"), nil
+	}
+	h, err := home()
 	if err != nil {
 		return "", err
 	}
-	if isDarwin {
-		return filepath.Join(home, "Library", "Application Support", "foreman"), nil
+	switch goos {
+	case "darwin":
+		return filepath.Join(h, "Library", "Application Support", "foreman"), nil
+	case "windows":
+		return filepath.Join(h, "AppData", "Local", "foreman"), nil
 	}
-	return filepath.Join(home, ".local", "share", "foreman"), nil
+	return filepath.Join(h, ".local", "share", "foreman"), nil
 }

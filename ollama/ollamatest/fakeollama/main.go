@@ -25,15 +25,19 @@ func main() {
 
 	s := ollamatest.NewServer(ollamatest.Config{Tokens: *tokens, TokenDelay: *delay, Addr: *addr})
 	defer s.Close()
-	usr1 := make(chan os.Signal, 1)
-	signal.Notify(usr1, syscall.SIGUSR1)
 	release := func() {}
+	var usr1 <-chan os.Signal
 	if *hold {
+		var err error
+		if usr1, err = releaseSignal(); err != nil {
+			fmt.Fprintln(os.Stderr, "fakeollama: -hold:", err)
+			os.Exit(2)
+		}
 		release = s.Hold("")
 	}
 	fmt.Println(s.URL)
 	stop := make(chan os.Signal, 1)
-	signal.Notify(stop, syscall.SIGINT, syscall.SIGTERM)
+	signal.Notify(stop, os.Interrupt, syscall.SIGTERM)
 	for {
 		select {
 		case <-usr1:
