@@ -84,11 +84,15 @@ const (
 	// OpenAI-compatible one (ADR-0053).
 	KindEmbeddings       Kind = "embeddings"
 	KindOpenAIEmbeddings Kind = "openai_embeddings"
+	// KindOpenAIImages and KindOpenAIImageEdits are OpenAI's image generation and edit
+	// routes: Ollama runs them on its generate with an image model (ADR-0067).
+	KindOpenAIImages     Kind = "openai_images"
+	KindOpenAIImageEdits Kind = "openai_image_edits"
 )
 
 // Kinds lists every kind, in the order POST /jobs names them.
 var Kinds = []Kind{KindChat, KindGenerate, KindEmbed, KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages,
-	KindEmbeddings, KindOpenAIEmbeddings}
+	KindEmbeddings, KindOpenAIEmbeddings, KindOpenAIImages, KindOpenAIImageEdits}
 
 // Path is the target route that runs a job of kind k.
 func (k Kind) Path() string {
@@ -111,6 +115,10 @@ func (k Kind) Path() string {
 		return "/v1/responses"
 	case KindAnthropicMessages:
 		return "/v1/messages"
+	case KindOpenAIImages:
+		return "/v1/images/generations"
+	case KindOpenAIImageEdits:
+		return "/v1/images/edits"
 	}
 	return ""
 }
@@ -118,10 +126,12 @@ func (k Kind) Path() string {
 // ReadsOptions reports whether the target reads a request's "options" on k's route:
 // Ollama's OpenAI and Anthropic routes (v0.17.4 openai.ChatCompletionRequest,
 // CompletionRequest, ResponsesRequest, EmbedRequest, anthropic.MessagesRequest) have no
-// such member and run with the default load options.
+// such member and run with the default load options; nor have its image requests
+// (ImageGenerationRequest, ImageEditRequest: their seed is the only option it sets).
 func (k Kind) ReadsOptions() bool {
 	switch k {
-	case KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages, KindOpenAIEmbeddings:
+	case KindOpenAIChat, KindOpenAICompletion, KindOpenAIResponses, KindAnthropicMessages, KindOpenAIEmbeddings,
+		KindOpenAIImages, KindOpenAIImageEdits:
 		return false
 	}
 	return true

@@ -340,9 +340,16 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 		if !is(f["input"], '"', '[') {
 			return badRequest(`"input" must be a string or an array of strings`)
 		}
-	case broker.KindEmbeddings:
+	case broker.KindEmbeddings, broker.KindOpenAIImages:
 		if !is(f["prompt"], '"') {
 			return badRequest(`"prompt" must be a string`)
+		}
+	case broker.KindOpenAIImageEdits:
+		if !is(f["prompt"], '"') {
+			return badRequest(`"prompt" must be a string`)
+		}
+		if !is(f["image"], '"') {
+			return badRequest(`"image" must be a string: the image, base64 or a data URL`)
 		}
 	}
 	return nil

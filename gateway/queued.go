@@ -50,6 +50,8 @@ func (s *Server) queuedRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /v1/completions", s.handleQueued(broker.KindOpenAICompletion))
 	mux.HandleFunc("POST /v1/responses", s.handleQueued(broker.KindOpenAIResponses))
 	mux.HandleFunc("POST /v1/messages", s.handleQueued(broker.KindAnthropicMessages))
+	mux.HandleFunc("POST /v1/images/generations", s.handleQueued(broker.KindOpenAIImages))
+	mux.HandleFunc("POST /v1/images/edits", s.handleQueued(broker.KindOpenAIImageEdits))
 }
 
 // inference is a queued route's request as the gateway reads it, from one decode of the
@@ -81,7 +83,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err := checkModelName(req.Model); err != nil {
 		return inference{}, err
 	}
-	if !ollama.ValidModelName(req.Model) && kind != broker.KindGenerate && kind != broker.KindOpenAICompletion {
+	if !ollama.ValidModelName(req.Model) && !onGenerate(kind) {
 		// Ollama's chat handler answers a name it cannot parse so; its generate handler
 		// says not found, as the model check below does.
 		return inference{}, badRequest("model is required")
@@ -91,6 +93,16 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
 	}
 	return in, nil
+}
+
+// onGenerate reports whether Ollama runs kind's route on its generate handler: the
+// legacy completions and the image routes do.
+func onGenerate(kind broker.Kind) bool {
+	switch kind {
+	case broker.KindGenerate, broker.KindOpenAICompletion, broker.KindOpenAIImages, broker.KindOpenAIImageEdits:
+		return true
+	}
+	return false
 }
 
 // checkModelName refuses a model name with white space around it or a control character

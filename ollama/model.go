@@ -31,8 +31,8 @@ func Streams(path string, stream *bool) bool {
 	switch path {
 	case "/api/chat", "/api/generate":
 		return stream == nil || *stream
-	case "/api/embed", "/api/embeddings", "/v1/embeddings":
-		return false // the embedding routes answer whole, whatever "stream" says
+	case "/api/embed", "/api/embeddings", "/v1/embeddings", "/v1/images/generations", "/v1/images/edits":
+		return false // the embedding and image routes answer whole, whatever "stream" says
 	}
 	return stream != nil && *stream
 }

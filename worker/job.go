@@ -233,7 +233,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	}
 	run.called.Store(true)
 	if err == nil {
-		err = check.end()
+		err = noImage(d.Kind, j.Model, check.end())
 	}
 	w.called(d.Token, !run.answeredAt().IsZero() && streamError(ct, r.Frames()) == "", ollama.Unreachable(err))
 	stopProgress()

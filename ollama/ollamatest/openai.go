@@ -60,6 +60,11 @@ func writeOAIError(w http.ResponseWriter, code int, msg string) {
 	if code < 500 {
 		typ = "invalid_request_error"
 	}
+	writeOAIErrorTyped(w, code, typ, msg)
+}
+
+// writeOAIErrorTyped is writeOAIError with the error's type given.
+func writeOAIErrorTyped(w http.ResponseWriter, code int, typ, msg string) {
 	body := map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": nil}}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)

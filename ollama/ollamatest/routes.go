@@ -42,6 +42,8 @@ func (s *Server) routes() http.Handler {
 	h("POST /v1/embeddings", s.handleOpenAIEmbeddings)
 	h("POST /v1/responses", s.handleResponses)
 	h("POST /v1/messages", s.handleMessages)
+	h("POST /v1/images/generations", s.handleImages)
+	h("POST /v1/images/edits", s.handleImageEdits)
 	h("GET /v1/models", s.handleOpenAIModels)
 	h("GET /v1/models/{model...}", s.handleOpenAIModel)
 	return mux
@@ -53,7 +55,7 @@ func isInference(path string) bool {
 	switch path {
 	case "/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
 		"/v1/chat/completions", "/v1/completions", "/v1/embeddings",
-		"/v1/responses", "/v1/messages":
+		"/v1/responses", "/v1/messages", "/v1/images/generations", "/v1/images/edits":
 		return true
 	}
 	return false

@@ -18,6 +18,7 @@ import (
 type Model struct {
 	Name      string // e.g. "tiny-a:latest"; normalized by the server
 	Embedding bool   // embedding-only: chat and generate are refused with 400
+	Image     bool   // an image generation model: /v1/images answers it with an image
 	Size      int64  // bytes; default 100 MB
 }
 

@@ -1,0 +1,191 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// imageModels is a fake Ollama with a text model and an image generation model.
+func imageModels() bundleOption {
+	return withFake(ollamatest.WithModels(ollamatest.Model{Name: "tiny-a"}, ollamatest.Model{Name: "pic", Image: true}))
+}
+
+// pngData is a data URL of a picture, as an edit sends it.
+var pngData = "data:image/png;base64," + base64.StdEncoding.EncodeToString([]byte("\x89PNG a picture"))
+
+// OpenAI's image routes are queued jobs like the chats (ADR-0067): answered as Ollama
+// answers them, one at a time with the chats on the one worker, each a sync job of its
+// own kind that ends done.
+func TestImageRoutesAreQueuedJobs(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, imageModels())
+	ctx := testCtx(t, 60*time.Second)
+	cases := []struct {
+		path string
+		kind broker.Kind
+		body string
+	}{
+		{"/v1/images/generations", broker.KindOpenAIImages, `{"model":"pic","prompt":"a lighthouse","size":"512x512","seed":7}`},
+		// Ollama's image routes answer whole, whatever "stream" says.
+		{"/v1/images/generations", broker.KindOpenAIImages, `{"model":"pic","prompt":"a lighthouse","stream":true}`},
+		{"/v1/images/edits", broker.KindOpenAIImageEdits, fmt.Sprintf(`{"model":"pic","prompt":"make it blue","image":%q}`, pngData)},
+	}
+	for _, c := range cases {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		want := post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
+		if got.Status != http.StatusOK || got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
+			t.Errorf("%s %s: got %d %q %s, want %d %q %s", c.path, c.body, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+		}
+		var answer struct {
+			Data []struct {
+				B64JSON string `json:"b64_json"`
+			} `json:"data"`
+		}
+		if err := json.Unmarshal(got.Body, &answer); err != nil || len(answer.Data) != 1 || answer.Data[0].B64JSON == "" {
+			t.Errorf("%s: answer %s has no picture (%v)", c.path, got.Body, err)
+		}
+		id := got.Header.Get(HeaderJobID)
+		if err := broker.ValidateID(id); err != nil {
+			t.Errorf("%s: %s %q: %v", c.path, HeaderJobID, id, err)
+			continue
+		}
+		j := waitRecord(t, ctx, b.Broker.Store, id, func(j *broker.Job) bool { return j.State.Terminal() })
+		if j.State != broker.StateDone || !j.Sync || j.Kind != c.kind || j.Model != "pic" {
+			t.Errorf("%s: job %+v, want a done sync %s job of pic", c.path, j, c.kind)
+		}
+	}
+
+	// Pictures and chats at once: the target runs one at a time.
+	var wg sync.WaitGroup
+	for i := range 6 {
+		wg.Go(func() {
+			path, body := "/api/chat", chatBody("tiny-a", fmt.Sprintf("question %d", i), "false")
+			if i%2 == 0 {
+				path, body = "/v1/images/generations", fmt.Appendf(nil, `{"model":"pic","prompt":"picture %d"}`, i)
+			}
+			if got := post(t, ctx, b.URL, path, body); got.Status != http.StatusOK {
+				t.Errorf("%s %s: %d %s", path, body, got.Status, got.Body)
+			}
+		})
+	}
+	wg.Wait()
+	if m := b.Fake.MaxInFlight(); m != 1 {
+		t.Errorf("the fake ran %d requests at once, want 1", m)
+	}
+}
+
+// What Ollama refuses on an image route reaches the caller as Ollama's OpenAI-shaped
+// error; what foreman can tell itself (no model, an unknown one) is refused before a job
+// is made. A model that makes no images is the caller's mistake: Ollama answers such a
+// call with an empty 200, foreman with a 400 saying so, and the job fails with it.
+func TestImageRouteErrors(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, imageModels())
+	ctx := testCtx(t, 60*time.Second)
+
+	// Refused by the target, relayed as it answers.
+	for _, c := range []struct{ path, body, msg string }{
+		{"/v1/images/generations", `{"model":"pic"}`, "prompt is required"},
+		{"/v1/images/edits", `{"model":"pic","prompt":"x"}`, "image is required"},
+		{"/v1/images/edits", `{"model":"pic","prompt":"x","image":"not a data URL"}`, "invalid image: invalid image input"},
+	} {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		want := post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
+		// The body is the target's, but for its last newline (the job's error keeps its text).
+		if got.Status != http.StatusBadRequest || !bytes.Equal(got.Body, bytes.TrimSpace(want.Body)) || errorBody(t, got.Body) != c.msg {
+			t.Errorf("%s %s: got %d %s, want %d %s", c.path, c.body, got.Status, got.Body, want.Status, want.Body)
+		}
+	}
+
+	// Refused by foreman: no job.
+	for _, c := range []struct {
+		body   string
+		status int
+		msg    string
+	}{
+		{`{"prompt":"x"}`, http.StatusBadRequest, "model is required"},
+		{`{"model":"nope","prompt":"x"}`, http.StatusNotFound, "model 'nope' not found"},
+		// A name Ollama cannot parse is its generate's 404, not the chat's 400.
+		{`{"model":"pic:","prompt":"x"}`, http.StatusNotFound, "model 'pic:' not found"},
+		{`{"model":"pic","prompt":"x"`, http.StatusBadRequest, "invalid JSON body"},
+	} {
+		got := post(t, ctx, b.URL, "/v1/images/generations", []byte(c.body))
+		if got.Status != c.status || !strings.HasPrefix(errorBody(t, got.Body), c.msg) || got.Header.Get(HeaderJobID) != "" {
+			t.Errorf("%s: %d %s (job %q), want %d %q and no job", c.body, got.Status, got.Body, got.Header.Get(HeaderJobID), c.status, c.msg)
+		}
+	}
+
+	// A text model: Ollama's empty 200 becomes a 400 that says why.
+	body := []byte(`{"model":"tiny-a","prompt":"a lighthouse"}`)
+	if direct := post(t, ctx, b.Fake.URL, "/v1/images/generations", body); direct.Status != http.StatusOK || len(direct.Body) != 0 {
+		t.Fatalf("the fake answers a text model's picture with %d %q, not Ollama's empty 200", direct.Status, direct.Body)
+	}
+	got := post(t, ctx, b.URL, "/v1/images/generations", body)
+	const noImage = `model "tiny-a" made no image: it is not an image generation model`
+	if got.Status != http.StatusBadRequest || errorBody(t, got.Body) != noImage {
+		t.Errorf("a text model's picture: %d %s, want 400 %q", got.Status, got.Body, noImage)
+	}
+	var typed struct {
+		Error struct {
+			Type string `json:"type"`
+		} `json:"error"`
+	}
+	if err := json.Unmarshal(got.Body, &typed); err != nil || typed.Error.Type != "invalid_request_error" {
+		t.Errorf("a text model's picture: %s, want an OpenAI invalid_request_error", got.Body)
+	}
+	j := waitRecord(t, ctx, b.Broker.Store, got.Header.Get(HeaderJobID), func(j *broker.Job) bool { return j.State.Terminal() })
+	if j.State != broker.StateFailed || j.Error != noImage || j.Attempt != 1 {
+		t.Errorf("the text model's job: %+v, want failed after one attempt with %q", j, noImage)
+	}
+}
+
+// POST /jobs takes the image routes' bodies as kinds of their own: the picture is the
+// job's result, and fields of the wrong type are refused before the job waits its turn.
+func TestImageJobsSubmitted(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, imageModels())
+	ctx := testCtx(t, 60*time.Second)
+	for _, c := range []struct {
+		kind, path, body string
+	}{
+		{"openai_images", "/v1/images/generations", `{"model":"pic","prompt":"a lighthouse"}`},
+		{"openai_image_edits", "/v1/images/edits", fmt.Sprintf(`{"model":"pic","prompt":"blue","image":%q}`, pngData)},
+	} {
+		id := jobsSubmit(t, b.testBundle, `{"kind":"`+c.kind+`",`+strings.TrimPrefix(c.body, "{"))
+		waitRecord(t, ctx, b.Broker.Store, id, func(j *broker.Job) bool { return j.State.Terminal() })
+		v := jobsGet(t, b.testBundle, id)
+		want := post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
+		if v.State != broker.StateDone || string(v.Kind) != c.kind || !bytes.Equal(bytes.TrimSpace(v.Result), bytes.TrimSpace(want.Body)) {
+			t.Errorf("%s job: %s %s result %s, want done with %s", c.kind, v.State, v.Kind, v.Result, want.Body)
+		}
+		var calls int
+		for _, call := range b.Fake.Calls() {
+			if call.Path == c.path && bytes.Equal(call.Body, []byte(c.body)) {
+				calls++
+			}
+		}
+		if calls != 2 { // the job's, and the test's own
+			t.Errorf("%s: the target saw the body %d times, want the job's call and the test's", c.kind, calls)
+		}
+	}
+	for _, c := range []struct{ body, msg string }{
+		{`{"kind":"openai_images","model":"pic","prompt":5}`, `"prompt" must be a string`},
+		{`{"kind":"openai_image_edits","model":"pic","prompt":"x","image":["a"]}`, `"image" must be a string`},
+		{`{"kind":"openai_image_edits","model":"pic","prompt":{},"image":"a"}`, `"prompt" must be a string`},
+	} {
+		resp, out := b.request(t, http.MethodPost, "/jobs", []byte(c.body))
+		if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(errorBody(t, out), c.msg) {
+			t.Errorf("%s: %d %s, want 400 %q", c.body, resp.StatusCode, out, c.msg)
+		}
+	}
+}

@@ -1,0 +1,115 @@
+package ollamatest
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+)
+
+// imageRequest is the body of Ollama's OpenAI-compatible image routes (v0.17.4
+// openai.ImageGenerationRequest and ImageEditRequest).
+type imageRequest struct {
+	Model  string `json:"model"`
+	Prompt string `json:"prompt"`
+	Size   string `json:"size"`
+	Seed   *int64 `json:"seed"`
+	Image  string `json:"image"` // edits only
+}
+
+func (s *Server) handleImages(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	s.image(w, r, body, f, false)
+}
+
+func (s *Server) handleImageEdits(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
+	s.image(w, r, body, f, true)
+}
+
+// image answers as Ollama's image middlewares over its generate handler do: the
+// request's checks in their order (prompt, model, for an edit the image), a model not
+// found, and then, for an image model, one JSON object with the picture once it is whole
+// (the generation's progress is not sent on this route); for a model that makes no
+// images, Ollama's generate runs it as text and the middleware drops every line, so
+// the answer is a 200 with an NDJSON type and no body. The picture is base64 of a text
+// naming the model, prompt, size, seed and edited image: each request its own answer.
+func (s *Server) image(w http.ResponseWriter, r *http.Request, body []byte, f *Failure, edit bool) {
+	var req imageRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		writeOAIError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	switch {
+	case req.Prompt == "":
+		writeOAIError(w, http.StatusBadRequest, "prompt is required")
+		return
+	case req.Model == "":
+		writeOAIError(w, http.StatusBadRequest, "model is required")
+		return
+	case edit && req.Image == "":
+		writeOAIError(w, http.StatusBadRequest, "image is required")
+		return
+	}
+	if edit {
+		if err := decodeImageURL(req.Image); err != nil {
+			writeOAIError(w, http.StatusBadRequest, "invalid image: "+err.Error())
+			return
+		}
+	}
+	m, ok := s.findModel(req.Model)
+	if !ok {
+		// Ollama's generate says so, and the middleware wraps it as a 500's error, typed
+		// api_error, under the 404.
+		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", fmt.Sprintf("model '%s' not found", req.Model))
+		return
+	}
+	if m.Embedding {
+		writeOAIError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support generate", req.Model))
+		return
+	}
+	defer s.enter(false)()
+	if _, ok := s.prepareWith(w, r, m, writeOAIError); !ok {
+		return
+	}
+	// The steps of the generation, paced as tokens are.
+	if err := s.generate(r.Context(), Reply(m.Name, req.Prompt, s.capTokens(s.cfg.Tokens)), nil); err != nil {
+		return
+	}
+	if !m.Image {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	seed := "none"
+	if req.Seed != nil {
+		seed = fmt.Sprint(*req.Seed)
+	}
+	picture := fmt.Sprintf("image of %s: %q size=%s seed=%s edited=%d bytes", m.Name, req.Prompt, req.Size, seed, len(req.Image))
+	writeEncoded(w, http.StatusOK, map[string]any{
+		"created": s.cfg.Clock().Unix(),
+		"data":    []map[string]string{{"b64_json": base64.StdEncoding.EncodeToString([]byte(picture))}},
+	}, f)
+}
+
+// decodeImageURL checks an edit's image as Ollama's openai.decodeImageURL does: a data
+// URL of a JPEG, PNG or WebP (or of no type) holding standard base64.
+func decodeImageURL(url string) error {
+	if strings.HasPrefix(url, "http://") || strings.HasPrefix(url, "https://") {
+		return errors.New("image URLs are not currently supported, please use base64 encoded data instead")
+	}
+	data, ok := strings.CutPrefix(url, "data:;base64,")
+	for _, t := range []string{"jpeg", "jpg", "png", "webp"} {
+		if ok {
+			break
+		}
+		data, ok = strings.CutPrefix(url, "data:image/"+t+";base64,")
+	}
+	if !ok {
+		return errors.New("invalid image input")
+	}
+	if _, err := base64.StdEncoding.DecodeString(data); err != nil {
+		return errors.New("invalid image input")
+	}
+	return nil
+}
