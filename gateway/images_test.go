@@ -189,3 +189,35 @@ func TestImageJobsSubmitted(t *testing.T) {
 		}
 	}
 }
+
+// An image model on Ollama's own generate: streamed, its progress lines and the picture
+// in the last come as Ollama sends them; not streamed, the answer foreman assembles from
+// the stream it asks for (ADR-0050) is Ollama's non-streamed answer, the picture with it.
+func TestImageOnNativeGenerate(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, imageModels())
+	ctx := testCtx(t, 60*time.Second)
+	for _, stream := range []string{"", `,"stream":true`, `,"stream":false`} {
+		body := []byte(`{"model":"pic","prompt":"a lighthouse"` + stream + `}`)
+		got := post(t, ctx, b.URL, "/api/generate", body)
+		want := post(t, ctx, b.Fake.URL, "/api/generate", body)
+		if got.Status != http.StatusOK || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
+			t.Errorf("%s: got %d %q\n%s\nwant %d %q\n%s", body, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+		}
+		if !bytes.Contains(got.Body, []byte(`"image":"`)) {
+			t.Errorf("%s: no picture in %s", body, got.Body)
+		}
+	}
+	// The non-streamed one was assembled: the worker asked for the stream. Each body went
+	// to the fake twice (from the worker and from the test) but the non-streamed one,
+	// which only the test sent, its stream the worker's third.
+	counts := map[string]int{}
+	for _, c := range b.Fake.Calls() {
+		if c.Path == "/api/generate" {
+			counts[string(c.Body)]++
+		}
+	}
+	if n, m := counts[`{"model":"pic","prompt":"a lighthouse","stream":false}`], counts[`{"model":"pic","prompt":"a lighthouse","stream":true}`]; n != 1 || m != 3 {
+		t.Errorf("the target got the non-streamed body %d times and the streamed %d, want 1 and 3 (%v)", n, m, counts)
+	}
+}

@@ -7,6 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // imageRequest is the body of Ollama's OpenAI-compatible image routes (v0.17.4
@@ -112,4 +115,50 @@ func decodeImageURL(url string) error {
 		return errors.New("invalid image input")
 	}
 	return nil
+}
+
+// imageLine is a line of Ollama's generate for an image model: its GenerateResponse
+// with the image generation members (v0.17.4 api.GenerateResponse, in its order).
+type imageLine struct {
+	Model         string    `json:"model"`
+	CreatedAt     time.Time `json:"created_at"`
+	Response      string    `json:"response"`
+	Done          bool      `json:"done"`
+	DoneReason    string    `json:"done_reason,omitempty"`
+	TotalDuration int64     `json:"total_duration,omitempty"`
+	LoadDuration  int64     `json:"load_duration,omitempty"`
+	Image         string    `json:"image,omitempty"`
+	Completed     int64     `json:"completed,omitempty"`
+	Total         int64     `json:"total,omitempty"`
+}
+
+// generateImage answers /api/generate for an image model as Ollama's
+// handleImageGenerate does: streamed, a line per step (completed of total) and the
+// picture in the last; not streamed, the last line alone.
+func (s *Server) generateImage(w http.ResponseWriter, r *http.Request, req ollama.GenerateRequest, load time.Duration, now time.Time, f *Failure) {
+	steps := s.capTokens(s.cfg.Tokens)
+	picture := base64.StdEncoding.EncodeToString(fmt.Appendf(nil, "image of %s: %q", req.Model, req.Prompt))
+	final := imageLine{Model: req.Model, CreatedAt: now, Done: true, DoneReason: "stop",
+		TotalDuration: int64(load) + int64(steps)*int64(tokenCost), LoadDuration: int64(load),
+		Image: picture, Completed: int64(steps), Total: int64(steps)}
+	toks := make([]string, steps)
+	if req.Stream != nil && !*req.Stream {
+		if s.generate(r.Context(), toks, nil) != nil || nonStreamedFailure(w, f) {
+			return
+		}
+		writeJSON(w, http.StatusOK, final, f)
+		return
+	}
+	sw := newStreamWriter(w, f, false)
+	step := 0
+	err := s.generate(r.Context(), toks, func(string) error {
+		step++
+		return sw.frame(imageLine{Model: req.Model, CreatedAt: now, Completed: int64(step), Total: int64(steps)})
+	})
+	if err == nil && !sw.noDone() {
+		_ = sw.frame(final)
+	}
+	if err == nil {
+		sw.streamErr(nativeError)
+	}
 }

@@ -153,6 +153,10 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 	if !ok {
 		return
 	}
+	if m.Image {
+		s.generateImage(w, r, req, load, now, f)
+		return
+	}
 	prompt := req.System + "\n" + req.Prompt + "\n" + req.Suffix
 	toks := Reply(m.Name, prompt, s.capTokens(numPredict(req.Options, s.cfg.Tokens)))
 	final := ollama.GenerateResponse{
