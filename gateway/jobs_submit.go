@@ -444,10 +444,11 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	if len(idemKey) > maxIdempotencyKey {
 		return "", false, badRequest(fmt.Sprintf("Idempotency-Key: longer than %d bytes", maxIdempotencyKey))
 	}
-	if err := s.queueableModel(ctx, sub.model); err != nil {
+	model, err := s.queueableModel(ctx, sub.kind, sub.model)
+	if err != nil {
 		return "", false, err
 	}
-	job := &broker.Job{ID: broker.NewID(), Model: sub.model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
+	job := &broker.Job{ID: broker.NewID(), Model: model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
 		LoadOptions: sub.opts}
 	legacyKey := s.legacyIdempotencyKey(who.program, idemKey)
 	idemKey = scopedIdempotencyKey(who.program, idemKey)

@@ -3,6 +3,8 @@ package gateway
 import (
 	"net/http"
 	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Each body is decoded once, and the answers to bad ones are worded exactly as before:
@@ -47,7 +49,7 @@ func TestModelMemberPerRoute(t *testing.T) {
 		wantError(t, resp, body, http.StatusBadRequest, "model is required")
 	}
 	for _, c := range b.Fake.Calls() {
-		if c.Path != "/api/tags" && c.Path != "/api/ps" {
+		if c.Path != "/api/tags" && c.Path != "/api/ps" && c.Path != ollama.AliasesPath {
 			t.Errorf("a body without a model reached the target: %s %s", c.Method, c.Path)
 		}
 	}

@@ -34,12 +34,15 @@ func (s *Server) ollamaRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/embeddings", s.handleModelRequest)
 	mux.HandleFunc("POST /v1/embeddings", s.handleModelRequest)
 
-	// passthrough_manage.go: model management.
+	// passthrough_manage.go: model management, and the model aliases (ADR-0068).
 	mux.HandleFunc("POST /api/pull", s.handleManage)
 	mux.HandleFunc("POST /api/push", s.handleManage)
 	mux.HandleFunc("POST /api/create", s.handleManage)
 	mux.HandleFunc("POST /api/copy", s.handleManage)
 	mux.HandleFunc("DELETE /api/delete", s.handleManage)
+	mux.HandleFunc("GET /api/experimental/aliases", s.relayBodyless)
+	mux.HandleFunc("POST /api/experimental/aliases", s.handleManage)
+	mux.HandleFunc("DELETE /api/experimental/aliases", s.handleManage)
 	mux.HandleFunc("HEAD /api/blobs/{digest}", s.handleBlob)
 	mux.HandleFunc("POST /api/blobs/{digest}", s.handleBlob)
 }

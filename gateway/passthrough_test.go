@@ -291,7 +291,7 @@ func TestBadRequests(t *testing.T) {
 	resp, body := b.request(t, http.MethodDelete, "/api/delete", []byte(`nope`))
 	wantError(t, resp, body, http.StatusBadRequest, "invalid JSON")
 	for _, c := range b.Fake.Calls() {
-		if c.Path != "/api/tags" && c.Path != "/api/ps" {
+		if c.Path != "/api/tags" && c.Path != "/api/ps" && c.Path != ollama.AliasesPath {
 			t.Errorf("a bad request reached the target: %s %s", c.Method, c.Path)
 		}
 	}
@@ -684,7 +684,7 @@ func TestBlobDigestRefused(t *testing.T) {
 		}
 	}
 	for _, c := range b.Fake.Calls() {
-		if c.Path != "/api/tags" && c.Path != "/api/ps" { // the inventory's first poll
+		if c.Path != "/api/tags" && c.Path != "/api/ps" && c.Path != ollama.AliasesPath { // the inventory's first poll
 			t.Errorf("the target got %s %s", c.Method, c.RawPath)
 		}
 	}

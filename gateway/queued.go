@@ -165,22 +165,66 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.queueableModel(r.Context(), inf.model); err != nil {
+	model, err := s.queueableModel(r.Context(), kind, inf.model)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if err := s.refuseInOutage(r.Context(), inf.model); err != nil {
+	if err := s.refuseInOutage(r.Context(), model); err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: inf.model, Sync: true, Gateway: s.store.BootID(),
+	job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID(),
 		Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
 	s.traced(job.ID, traceIn, in)
 	s.runSync(w, r, job, inf.stream, body, hold)
 	s.traced(job.ID, traceWritten, time.Now())
 }
 
-// queueableModel decides whether a job for model may be queued. A model the target is
+// queueableModel decides whether a job of kind naming model may be queued, and returns
+// the model it runs: model itself, or, on the routes where Ollama reads its aliases
+// (chat and generate, and the routes on top of them), the model an alias of the target's
+// names (ollama.ResolveAlias, ADR-0068). The job is queued under that model, so it takes
+// its turn with the model's other jobs, and its body goes to the target as it came, for
+// Ollama to resolve the same alias. The aliases are the target's at the last poll; a
+// name found neither among the models nor the aliases is looked for once more after the
+// poll requireModel makes, which catches an alias made since.
+func (s *Server) queueableModel(ctx context.Context, kind broker.Kind, model string) (string, error) {
+	if !readsAliases(kind) {
+		return model, s.queueable(ctx, model)
+	}
+	target, aliased := s.inv.ResolveAlias(model)
+	if !aliased {
+		err := s.queueable(ctx, model)
+		if !errors.Is(err, ErrModelNotFound) {
+			return model, err
+		}
+		if target, aliased = s.inv.ResolveAlias(model); !aliased {
+			return model, err
+		}
+	}
+	if err := s.queueable(ctx, target); err != nil {
+		if errors.Is(err, ErrModelNotFound) {
+			// Ollama names the model the call asked for.
+			return "", &ModelNotFoundError{Model: model}
+		}
+		return "", err
+	}
+	return target, nil
+}
+
+// readsAliases reports whether Ollama resolves a model alias on kind's route: its chat
+// and generate handlers do (v0.17.4), and so every route on top of them; its embedding
+// handlers do not.
+func readsAliases(kind broker.Kind) bool {
+	switch kind {
+	case broker.KindEmbed, broker.KindEmbeddings, broker.KindOpenAIEmbeddings:
+		return false
+	}
+	return true
+}
+
+// queueable decides whether a job for model may be queued. A model the target is
 // known to have is queued even while the target is down: it runs when the target is
 // back. Known means in the last known list, or, before the target answered a poll of this
 // run, in the list remembered from the run before (ADR-0047). With the target
@@ -189,7 +233,7 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 //
 // With several foremen on one NATS, a model another live target lists is queued too: a
 // worker whose target has it runs it (ADR-0029).
-func (s *Server) queueableModel(ctx context.Context, model string) error {
+func (s *Server) queueable(ctx context.Context, model string) error {
 	if !s.inv.HasModel(model) && s.otherHas(ctx, model) {
 		return nil
 	}

@@ -56,6 +56,9 @@ type Snapshot struct {
 	// models a job may be queued for while no poll of this run has succeeded. Tags is nil
 	// while they stand.
 	Remembered []string
+	// Aliases are the target's model aliases (AliasReader) at the last poll that read
+	// them; a poll that could not keeps the ones before.
+	Aliases []Alias
 }
 
 // DefaultPollTimeout is InventoryConfig.PollTimeout's default.
@@ -179,6 +182,15 @@ func (i *Inventory) poll(ctx context.Context) error {
 	if err == nil {
 		ps, psRaw, err = i.cfg.Client.Ps(pctx)
 	}
+	var aliases []Alias
+	aliasErr := err
+	if ar, ok := i.cfg.Client.(AliasReader); ok && err == nil {
+		// Not a condition of the target's health: an Ollama without aliases answers 404
+		// (none), and one that fails to read its router config still runs models.
+		aliases, aliasErr = ar.Aliases(pctx)
+	} else if err == nil {
+		aliasErr = errors.ErrUnsupported // keeps none
+	}
 	if err != nil && ctx.Err() != nil {
 		// Our own shutdown says nothing about the target's health.
 		return ctx.Err()
@@ -208,6 +220,9 @@ func (i *Inventory) poll(ctx context.Context) error {
 		i.snap.Degraded = false
 		i.snap.Polled = true
 		i.snap.Remembered = nil // the target's own word from now on
+		if aliasErr == nil {
+			i.snap.Aliases = aliases
+		}
 	}
 	snap := i.snap
 	i.mu.Unlock()
@@ -258,6 +273,16 @@ func (i *Inventory) HasModel(name string) bool {
 		}
 	}
 	return false
+}
+
+// ResolveAlias returns the model a chat or generate call naming name runs, by the
+// target's aliases at the last poll (ResolveAlias), and whether an alias applies.
+func (i *Inventory) ResolveAlias(name string) (string, bool) {
+	snap := i.Snapshot()
+	if len(snap.Aliases) == 0 {
+		return "", false
+	}
+	return ResolveAlias(snap.Aliases, snap.Models(), name)
 }
 
 // Models returns the normalized names in the last known /api/tags, or, before any poll

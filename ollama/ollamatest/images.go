@@ -60,7 +60,7 @@ func (s *Server) image(w http.ResponseWriter, r *http.Request, body []byte, f *F
 			return
 		}
 	}
-	m, ok := s.findModel(req.Model)
+	m, ok := s.findModel(s.resolveAlias(req.Model))
 	if !ok {
 		// Ollama's generate says so, and the middleware wraps it as a 500's error, typed
 		// api_error, under the 404.

@@ -73,7 +73,11 @@ func writeOAIErrorTyped(w http.ResponseWriter, code int, typ, msg string) {
 
 // oaiModel resolves the request model with OpenAI-shaped errors.
 func (s *Server) oaiModel(w http.ResponseWriter, name string, chat bool) (Model, bool) {
-	m, ok := s.findModel(name)
+	lookup := name
+	if chat {
+		lookup = s.resolveAlias(name) // Ollama's chat and generate read aliases, its embed not
+	}
+	m, ok := s.findModel(lookup)
 	switch {
 	case strings.TrimSpace(name) == "":
 		writeOAIError(w, http.StatusBadRequest, "model is required")

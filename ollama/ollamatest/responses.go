@@ -64,7 +64,7 @@ func (s *Server) chatModel(w http.ResponseWriter, name string, errw func(http.Re
 		errw(w, http.StatusBadRequest, "model is required")
 		return Model{}, false
 	}
-	m, ok := s.findModel(name)
+	m, ok := s.findModel(s.resolveAlias(name))
 	switch {
 	case !ok:
 		errw(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", name))

@@ -46,6 +46,9 @@ func (s *Server) routes() http.Handler {
 	h("POST /v1/images/edits", s.handleImageEdits)
 	h("GET /v1/models", s.handleOpenAIModels)
 	h("GET /v1/models/{model...}", s.handleOpenAIModel)
+	h("GET /api/experimental/aliases", s.handleAliasesList)
+	h("POST /api/experimental/aliases", s.handleAliasCreate)
+	h("DELETE /api/experimental/aliases", s.handleAliasDelete)
 	return mux
 }
 
@@ -336,7 +339,11 @@ func (s *Server) modelFor(w http.ResponseWriter, name, capability string) (Model
 		writeError(w, http.StatusBadRequest, "model is required")
 		return Model{}, false
 	}
-	m, ok := s.findModel(name)
+	lookup := name
+	if capability == "chat" || capability == "generate" {
+		lookup = s.resolveAlias(name) // Ollama's chat and generate read aliases, the others not
+	}
+	m, ok := s.findModel(lookup)
 	if !ok {
 		writeError(w, http.StatusNotFound, notFound(name))
 		return Model{}, false

@@ -137,6 +137,7 @@ type Server struct {
 
 	mu          sync.Mutex
 	models      []Model // normalized names, install order
+	aliases     []ollama.Alias
 	blobs       map[string]bool
 	loaded      string
 	resident    []string // listed by /api/ps after the loaded model (SetResident)

@@ -1,0 +1,92 @@
+package gateway
+
+import (
+	"bytes"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// A model alias of the target's (Ollama's /api/experimental/aliases) is resolved as
+// Ollama resolves it, on the routes where Ollama does (ADR-0068): Claude Code's model
+// names through `ollama launch claude`'s prefix aliases, an exact alias made through
+// foreman's relay of the aliases route, one made on the target since the last poll.
+// The job runs on, and is queued under, the model the alias names; its body goes on as
+// it came.
+func TestAliasedModelsAreQueuedUnderTheirTarget(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 60*time.Second)
+	b.Fake.SetAlias(ollama.Alias{Alias: "claude-sonnet-", Target: "tiny-b", PrefixMatching: true})
+	if err := b.Inv.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Made through foreman: relayed, and known at once (the inventory polls after a change).
+	resp, out := b.request(t, http.MethodPost, "/api/experimental/aliases", []byte(`{"alias":"fast","target":"tiny-a"}`))
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /api/experimental/aliases: %d %s", resp.StatusCode, out)
+	}
+	resp, out = b.request(t, http.MethodGet, "/api/experimental/aliases", nil)
+	if resp.StatusCode != http.StatusOK || !bytes.Contains(out, []byte(`"alias":"fast"`)) || !bytes.Contains(out, []byte(`"claude-sonnet-"`)) {
+		t.Fatalf("GET /api/experimental/aliases: %d %s", resp.StatusCode, out)
+	}
+
+	cases := []struct{ path, body, target string }{
+		{"/v1/messages", `{"model":"claude-sonnet-4-5-20250929","max_tokens":64,"messages":[{"role":"user","content":"hi"}]}`, "tiny-b:latest"},
+		{"/api/chat", string(chatBody("FAST", "hi", "false")), "tiny-a:latest"},
+		{"/api/generate", `{"model":"fast","prompt":"hi","stream":false}`, "tiny-a:latest"},
+		{"/v1/chat/completions", string(chatBody("library/fast:latest", "hi", "")), "tiny-a:latest"},
+	}
+	for _, c := range cases {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		want := post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
+		if got.Status != http.StatusOK || got.Status != want.Status || !bytes.Equal(got.Body, want.Body) {
+			t.Errorf("%s %s: got %d %s, want %d %s", c.path, c.body, got.Status, got.Body, want.Status, want.Body)
+			continue
+		}
+		j := waitRecord(t, ctx, b.Broker.Store, got.Header.Get(HeaderJobID), func(j *broker.Job) bool { return j.State.Terminal() })
+		if j.State != broker.StateDone || j.Model != c.target {
+			t.Errorf("%s %s: job %s of %q, want done on %q", c.path, c.body, j.State, j.Model, c.target)
+		}
+	}
+	// The worker sent each body as it came: the target resolved the alias itself.
+	for _, c := range b.Fake.Calls() {
+		if c.Path == "/v1/messages" && !bytes.Contains(c.Body, []byte(`"claude-sonnet-4-5-20250929"`)) {
+			t.Errorf("the target got %s", c.Body)
+		}
+	}
+
+	// POST /jobs too.
+	id := jobsSubmit(t, b.testBundle, `{"model":"claude-sonnet-4","messages":[{"role":"user","content":"hi"}]}`)
+	if j := waitRecord(t, ctx, b.Broker.Store, id, func(j *broker.Job) bool { return j.State.Terminal() }); j.State != broker.StateDone || j.Model != "tiny-b:latest" {
+		t.Errorf("submitted under an alias: %s of %q", j.State, j.Model)
+	}
+
+	// Made on the target since the last poll: found by the poll an unknown name makes.
+	b.Fake.SetAlias(ollama.Alias{Alias: "late", Target: "tiny-b"})
+	if got := post(t, ctx, b.URL, "/api/chat", chatBody("late", "hi", "false")); got.Status != http.StatusOK {
+		t.Errorf("an alias made since the last poll: %d %s", got.Status, got.Body)
+	}
+
+	// An alias to a model the target lacks is Ollama's 404 for the name asked, with no job.
+	b.Fake.SetAlias(ollama.Alias{Alias: "gone", Target: "not-installed"})
+	got := post(t, ctx, b.URL, "/api/chat", chatBody("gone", "hi", "false"))
+	if got.Status != http.StatusNotFound || errorBody(t, got.Body) != "model 'gone' not found" || got.Header.Get(HeaderJobID) != "" {
+		t.Errorf("an alias to a missing model: %d %s (job %q)", got.Status, got.Body, got.Header.Get(HeaderJobID))
+	}
+
+	// Ollama's embedding routes read no aliases: an embedding under an alias name is
+	// its 404, and POST /jobs refuses it as it refuses an unknown model.
+	b.Fake.SetAlias(ollama.Alias{Alias: "vectors", Target: "tiny-embed"})
+	if got := post(t, ctx, b.URL, "/api/embed", []byte(`{"model":"vectors","input":"x"}`)); got.Status != http.StatusNotFound {
+		t.Errorf("an embedding under an alias: %d %s, want 404", got.Status, got.Body)
+	}
+	resp, out = b.request(t, http.MethodPost, "/jobs", []byte(`{"kind":"embed","model":"vectors","input":"x"}`))
+	if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(out), "vectors") {
+		t.Errorf("an embed job under an alias: %d %s, want 404", resp.StatusCode, out)
+	}
+}
