@@ -44,10 +44,10 @@ type modelCaps struct {
 }
 
 type capsEntry struct {
-	ready  chan struct{} // closed once embeds and err are set
-	embeds bool
-	err    error
-	at     time.Time
+	ready chan struct{} // closed once caps and err are set
+	caps  []string      // the model's capabilities, as /api/show lists them
+	err   error
+	at    time.Time
 }
 
 // queuesEmbedding reports whether an embedding call for model runs as a job of model's
@@ -58,12 +58,26 @@ type capsEntry struct {
 // or unloading it with keep_alive 0) beside the worker's jobs: the swaps the queue keeps
 // apart. A model whose capabilities cannot be read is called straight, as before.
 func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
+	caps, err := s.capabilities(ctx, model)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Debug("read a model's capabilities; its embedding call goes straight to the target", "model", model, "err", err)
+		}
+		return false // the caller left (the relay meets its context), or unknown
+	}
+	return !slices.Contains(caps, "embedding")
+}
+
+// capabilities are model's capabilities as a reachable target that has it (the own one
+// first, else another Mac's) lists them in /api/show, remembered for capsTTL; err says
+// why they are not known (no target has the model, the look-up failed, the caller left).
+func (s *Server) capabilities(ctx context.Context, model string) ([]string, error) {
 	target := s.target
 	if !s.inv.HasModel(model) {
 		// Another Mac's: its Ollama is asked, and the job runs on a worker whose Mac
-		// has the model (ADR-0029). None's: relayModel says so.
+		// has the model (ADR-0029).
 		if target = s.otherClient(ctx, model); target == nil {
-			return false
+			return nil, errNoTargetHasIt
 		}
 	}
 	name := ollama.NormalizeModel(model)
@@ -83,16 +97,13 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 	select {
 	case <-e.ready:
 	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	if ctx.Err() != nil {
-		return false // the caller left; the relay meets its context
-	}
-	if e.err != nil {
-		s.log.Debug("read a model's capabilities; its embedding call goes straight to the target", "model", model, "err", e.err)
-		return false
-	}
-	return !e.embeds
+	return e.caps, e.err
 }
+
+// errNoTargetHasIt is capabilities' error for a model no reachable target lists.
+var errNoTargetHasIt = errors.New("no reachable target lists the model")
 
 // lookUpCaps fills e (the entry of model's normalized name) from target's /api/show and
 // marks it ready, whatever happens. It runs on no caller's context: callers waiting for
@@ -102,7 +113,7 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 func (s *Server) lookUpCaps(ctx context.Context, name string, e *capsEntry, target ollama.Client, model string) {
 	defer close(e.ready)
 	defer func() { e.at = time.Now() }()
-	e.embeds, e.err = embeddingModel(context.WithoutCancel(ctx), target, model)
+	e.caps, e.err = showCapabilities(context.WithoutCancel(ctx), target, model)
 	if e.err == nil || errors.Is(e.err, errNoCapabilities) {
 		return
 	}
@@ -126,33 +137,33 @@ func (e *capsEntry) stale() bool {
 // errNoCapabilities is an /api/show answer without capabilities (an Ollama before 0.6).
 var errNoCapabilities = errors.New("the model's /api/show lists no capabilities")
 
-// embeddingModel asks target whether model is an embedding model.
-func embeddingModel(ctx context.Context, target ollama.Client, model string) (bool, error) {
+// showCapabilities asks target for model's capabilities.
+func showCapabilities(ctx context.Context, target ollama.Client, model string) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, showTimeout)
 	defer cancel()
 	body, err := json.Marshal(struct {
 		Model string `json:"model"`
 	}{model})
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	h := http.Header{"Content-Type": {"application/json"}}
 	resp, err := target.Do(ctx, http.MethodPost, "/api/show", h, bytes.NewReader(body))
 	if err != nil {
-		return false, err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return false, &ollama.HTTPError{StatusCode: resp.StatusCode}
+		return nil, &ollama.HTTPError{StatusCode: resp.StatusCode}
 	}
 	var show struct {
 		Capabilities *[]string `json:"capabilities"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&show); err != nil {
-		return false, err
+		return nil, err
 	}
 	if show.Capabilities == nil {
-		return false, errNoCapabilities
+		return nil, errNoCapabilities
 	}
-	return slices.Contains(*show.Capabilities, "embedding"), nil
+	return *show.Capabilities, nil
 }

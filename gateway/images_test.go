@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -12,6 +15,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -84,56 +88,62 @@ func TestImageRoutesAreQueuedJobs(t *testing.T) {
 	}
 }
 
-// What Ollama refuses on an image route reaches the caller as Ollama's OpenAI-shaped
-// error; what foreman can tell itself (no model, an unknown one) is refused before a job
-// is made. A model that makes no images is the caller's mistake: Ollama answers such a
-// call with an empty 200, foreman with a 400 saying so, and the job fails with it.
+// What Ollama's image middlewares refuse before they look at the model is refused so by
+// foreman, in their order and words, with no job; an unknown model is Ollama's 404; a
+// model whose capabilities say it makes no images (which Ollama would run as text, to
+// answer an empty 200) is a 400 saying so, with no job (ADR-0067).
 func TestImageRouteErrors(t *testing.T) {
 	t.Parallel()
 	b := newQueuedBundle(t, nil, imageModels())
 	ctx := testCtx(t, 60*time.Second)
-
-	// Refused by the target, relayed as it answers.
-	for _, c := range []struct{ path, body, msg string }{
-		{"/v1/images/generations", `{"model":"pic"}`, "prompt is required"},
-		{"/v1/images/edits", `{"model":"pic","prompt":"x"}`, "image is required"},
-		{"/v1/images/edits", `{"model":"pic","prompt":"x","image":"not a data URL"}`, "invalid image: invalid image input"},
+	for _, c := range []struct {
+		path, body string
+		status     int
+		msg        string
+	}{
+		{"/v1/images/generations", `{}`, 400, "prompt is required"},
+		{"/v1/images/generations", `{"model":"pic"}`, 400, "prompt is required"},
+		{"/v1/images/generations", `{"model":"nope"}`, 400, "prompt is required"},
+		{"/v1/images/generations", `{"prompt":"x"}`, 400, "model is required"},
+		{"/v1/images/edits", `{"model":"pic","prompt":"x"}`, 400, "image is required"},
+		{"/v1/images/edits", `{"model":"nope","prompt":"x"}`, 400, "image is required"},
+		{"/v1/images/edits", `{"model":"nope","prompt":"x","image":"not a data URL"}`, 400, "invalid image: invalid image input"},
+		{"/v1/images/edits", `{"model":"pic","prompt":"x","image":"https://example.com/cat.png"}`, 400,
+			"invalid image: image URLs are not currently supported, please use base64 encoded data instead"},
+		{"/v1/images/generations", `{"model":"nope","prompt":"x"}`, 404, "model 'nope' not found"},
+		// A name Ollama cannot parse is its generate's 404, not the chat's 400.
+		{"/v1/images/generations", `{"model":"pic:","prompt":"x"}`, 404, "model 'pic:' not found"},
+		{"/v1/images/generations", `{"model":"pic","prompt":"x"`, 400, "invalid JSON body"},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))
-		want := post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
-		// The body is the target's, but for its last newline (the job's error keeps its text).
-		if got.Status != http.StatusBadRequest || !bytes.Equal(got.Body, bytes.TrimSpace(want.Body)) || errorBody(t, got.Body) != c.msg {
-			t.Errorf("%s %s: got %d %s, want %d %s", c.path, c.body, got.Status, got.Body, want.Status, want.Body)
-		}
-	}
-
-	// Refused by foreman: no job.
-	for _, c := range []struct {
-		body   string
-		status int
-		msg    string
-	}{
-		{`{"prompt":"x"}`, http.StatusBadRequest, "model is required"},
-		{`{"model":"nope","prompt":"x"}`, http.StatusNotFound, "model 'nope' not found"},
-		// A name Ollama cannot parse is its generate's 404, not the chat's 400.
-		{`{"model":"pic:","prompt":"x"}`, http.StatusNotFound, "model 'pic:' not found"},
-		{`{"model":"pic","prompt":"x"`, http.StatusBadRequest, "invalid JSON body"},
-	} {
-		got := post(t, ctx, b.URL, "/v1/images/generations", []byte(c.body))
 		if got.Status != c.status || !strings.HasPrefix(errorBody(t, got.Body), c.msg) || got.Header.Get(HeaderJobID) != "" {
-			t.Errorf("%s: %d %s (job %q), want %d %q and no job", c.body, got.Status, got.Body, got.Header.Get(HeaderJobID), c.status, c.msg)
+			t.Errorf("%s %s: %d %s (job %q), want %d %q and no job", c.path, c.body, got.Status, got.Body, got.Header.Get(HeaderJobID), c.status, c.msg)
+		}
+		// Where the fake (as Ollama) says the same, foreman's answer is its, byte for byte
+		// but for the last newline.
+		if want := post(t, ctx, b.Fake.URL, c.path, []byte(c.body)); want.Status == c.status && errorBody(t, want.Body) == c.msg && !bytes.Equal(bytes.TrimSpace(got.Body), bytes.TrimSpace(want.Body)) {
+			t.Errorf("%s %s: foreman %s, Ollama %s", c.path, c.body, got.Body, want.Body)
 		}
 	}
-
-	// A text model: Ollama's empty 200 becomes a 400 that says why.
+	// A text model: refused before it is queued, where Ollama would answer an empty 200.
 	body := []byte(`{"model":"tiny-a","prompt":"a lighthouse"}`)
 	if direct := post(t, ctx, b.Fake.URL, "/v1/images/generations", body); direct.Status != http.StatusOK || len(direct.Body) != 0 {
 		t.Fatalf("the fake answers a text model's picture with %d %q, not Ollama's empty 200", direct.Status, direct.Body)
 	}
 	got := post(t, ctx, b.URL, "/v1/images/generations", body)
-	const noImage = `model "tiny-a" made no image: it is not an image generation model`
-	if got.Status != http.StatusBadRequest || errorBody(t, got.Body) != noImage {
-		t.Errorf("a text model's picture: %d %s, want 400 %q", got.Status, got.Body, noImage)
+	// Only the test's own calls reached the target's image routes: one a case, and the
+	// text model's.
+	calls := 0
+	for _, c := range b.Fake.Calls() {
+		if strings.HasPrefix(c.Path, "/v1/images/") {
+			calls++
+		}
+	}
+	if calls != 12 {
+		t.Errorf("the target's image routes got %d calls, want the test's 12: foreman sent some on", calls)
+	}
+	if got.Status != http.StatusBadRequest || !strings.HasPrefix(errorBody(t, got.Body), `model "tiny-a" makes no images`) || got.Header.Get(HeaderJobID) != "" {
+		t.Errorf("a text model's picture: %d %s (job %q), want a 400 and no job", got.Status, got.Body, got.Header.Get(HeaderJobID))
 	}
 	var typed struct {
 		Error struct {
@@ -143,10 +153,35 @@ func TestImageRouteErrors(t *testing.T) {
 	if err := json.Unmarshal(got.Body, &typed); err != nil || typed.Error.Type != "invalid_request_error" {
 		t.Errorf("a text model's picture: %s, want an OpenAI invalid_request_error", got.Body)
 	}
-	j := waitRecord(t, ctx, b.Broker.Store, got.Header.Get(HeaderJobID), func(j *broker.Job) bool { return j.State.Terminal() })
-	if j.State != broker.StateFailed || j.Error != noImage || j.Attempt != 1 {
-		t.Errorf("the text model's job: %+v, want failed after one attempt with %q", j, noImage)
+}
+
+// An empty answer to an image route that got past the capability check (capabilities
+// that could not be read; an image model whose generation failed after its first step,
+// which Ollama answers the same way) fails the job as the target's failure, saying what
+// came, not as the caller's mistake.
+func TestImageEmptyAnswerIsTheTargetsFailure(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, imageModels(), withTarget(func(c ollama.Client) ollama.Client { return noShow{c} }))
+	ctx := testCtx(t, 60*time.Second)
+	got := post(t, ctx, b.URL, "/v1/images/generations", []byte(`{"model":"tiny-a","prompt":"a lighthouse"}`))
+	const msg = `the target answered no image for model "tiny-a" (an empty answer: its image generation failed, or the model makes no images)`
+	if got.Status != http.StatusBadGateway || errorBody(t, got.Body) != msg {
+		t.Errorf("an empty answer: %d %s, want 502 %q", got.Status, got.Body, msg)
 	}
+	j := waitRecord(t, ctx, b.Broker.Store, got.Header.Get(HeaderJobID), func(j *broker.Job) bool { return j.State.Terminal() })
+	if j.State != broker.StateFailed || j.Error != msg || j.Attempt != 1 {
+		t.Errorf("its job: %+v, want failed after one attempt with %q", j, msg)
+	}
+}
+
+// noShow is a target whose /api/show fails: no model's capabilities can be read.
+type noShow struct{ ollama.Client }
+
+func (n noShow) Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error) {
+	if path == "/api/show" {
+		return nil, &ollama.ConnectionError{Op: "POST /api/show", URL: path, Err: errors.New("refused")}
+	}
+	return n.Client.Do(ctx, method, path, header, body)
 }
 
 // POST /jobs takes the image routes' bodies as kinds of their own: the picture is the
@@ -182,6 +217,12 @@ func TestImageJobsSubmitted(t *testing.T) {
 		{`{"kind":"openai_images","model":"pic","prompt":5}`, `"prompt" must be a string`},
 		{`{"kind":"openai_image_edits","model":"pic","prompt":"x","image":["a"]}`, `"image" must be a string`},
 		{`{"kind":"openai_image_edits","model":"pic","prompt":{},"image":"a"}`, `"prompt" must be a string`},
+		// Refused at submit as Ollama refuses them, not in their turn.
+		{`{"kind":"openai_images","model":"pic"}`, `prompt is required`},
+		{`{"kind":"openai_images","model":"pic","prompt":""}`, `prompt is required`},
+		{`{"kind":"openai_image_edits","model":"pic","prompt":"x"}`, `image is required`},
+		{`{"kind":"openai_image_edits","model":"pic","prompt":"x","image":"not a data URL"}`, `invalid image: invalid image input`},
+		{`{"kind":"openai_images","model":"tiny-a","prompt":"x"}`, `model "tiny-a" makes no images`},
 	} {
 		resp, out := b.request(t, http.MethodPost, "/jobs", []byte(c.body))
 		if resp.StatusCode != http.StatusBadRequest || !strings.HasPrefix(errorBody(t, out), c.msg) {

@@ -340,17 +340,23 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 		if !is(f["input"], '"', '[') {
 			return badRequest(`"input" must be a string or an array of strings`)
 		}
-	case broker.KindEmbeddings, broker.KindOpenAIImages:
+	case broker.KindEmbeddings:
 		if !is(f["prompt"], '"') {
 			return badRequest(`"prompt" must be a string`)
 		}
-	case broker.KindOpenAIImageEdits:
+	case broker.KindOpenAIImages, broker.KindOpenAIImageEdits:
 		if !is(f["prompt"], '"') {
 			return badRequest(`"prompt" must be a string`)
 		}
 		if !is(f["image"], '"') {
-			return badRequest(`"image" must be a string: the image, base64 or a data URL`)
+			return badRequest(`"image" must be a string: a base64 data URL`)
 		}
+		// What Ollama refuses at once, refused before the job waits its turn.
+		b, err := json.Marshal(f)
+		if err != nil {
+			return nil // not reached: f's values are JSON
+		}
+		return checkImageRequest(kind, b)
 	}
 	return nil
 }
@@ -445,6 +451,9 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 		return "", false, badRequest(fmt.Sprintf("Idempotency-Key: longer than %d bytes", maxIdempotencyKey))
 	}
 	model, err := s.queueableModel(ctx, sub.kind, sub.model)
+	if err == nil {
+		err = s.refuseNoImages(ctx, sub.kind, model)
+	}
 	if err != nil {
 		return "", false, err
 	}

@@ -155,6 +155,10 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 // serveQueued runs the call body (read by then, holding hold) as a sync job of kind and
 // writes its answer; in is when the request reached its handler.
 func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker.Kind, body []byte, hold *bodyHold, in time.Time) {
+	if err := checkImageRequest(kind, body); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
 	inf, err := parseInference(kind, body)
 	if err != nil {
 		s.writeError(w, r, err)
@@ -166,6 +170,9 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 		return
 	}
 	model, err := s.queueableModel(r.Context(), kind, inf.model)
+	if err == nil {
+		err = s.refuseNoImages(r.Context(), kind, model)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -3,23 +3,32 @@ package worker
 import (
 	"errors"
 	"fmt"
-	"net/http"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// noImage is err, the answer check's verdict on an answer of kind, unless the job asks
-// an OpenAI image route for a picture and the answer is empty: that is how Ollama
-// (v0.17.4) answers such a call with a model that makes no images (its generate runs the
-// model as text, and the route's writer drops every line it writes but one with an
-// image: a 200 with no body). The caller named the wrong model, so the job fails as
-// Ollama's own 400 would, saying why, rather than as the target's bad answer.
+// imageKind reports whether kind is one of OpenAI's image routes (ADR-0067).
+func imageKind(kind broker.Kind) bool {
+	return kind == broker.KindOpenAIImages || kind == broker.KindOpenAIImageEdits
+}
+
+// noImage is err, the answer check's verdict on an answer of kind, but for an empty
+// answer to an image route, which says what it means: Ollama (v0.17.4) sends its headers
+// with the generation's first step and drops every line but the one with the picture,
+// so a generation that fails after its first step, or a model that makes no images (its
+// generate then runs it as text), ends in a 200 with no body. The gateway refuses the
+// second when it can tell (ADR-0067); what is left is the target's failure.
 func noImage(kind broker.Kind, model string, err error) error {
 	var bad *badAnswerError
-	if kind != broker.KindOpenAIImages && kind != broker.KindOpenAIImageEdits || !errors.As(err, &bad) || len(bad.start) > 0 {
+	if !imageKind(kind) || !errors.As(err, &bad) || len(bad.start) > 0 {
 		return err
 	}
-	return &ollama.HTTPError{StatusCode: http.StatusBadRequest,
-		Message: fmt.Sprintf("model %q made no image: it is not an image generation model", model)}
+	return &noImageError{model: model}
+}
+
+// noImageError is an empty answer to an image route: failed as a bad answer is, at once.
+type noImageError struct{ model string }
+
+func (e *noImageError) Error() string {
+	return fmt.Sprintf("the target answered no image for model %q (an empty answer: its image generation failed, or the model makes no images)", e.model)
 }

@@ -165,6 +165,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	} else {
 		call = newTargetCall(j.Kind, d.Body)
 	}
+	run.whole = !call.streams
 	if limit := w.cfg.NonStreamTimeout; !call.streams && limit > 0 {
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit, nonStream: true}) })
 		defer t.Stop()

@@ -34,6 +34,10 @@ type runningJob struct {
 	started           time.Time
 	// loading is set when the job had to load its runner (a swap).
 	loading bool
+	// whole is set when the call answers whole (it does not stream): its first byte comes
+	// with its end, so no load time can be told from it. Set before the call, read by
+	// the job's own goroutine only.
+	whole bool
 	// working is when the first answer byte came, as time since started plus one (on the
 	// monotonic clock, as lastByte: a step of the wall clock is no load time); 0 before.
 	working atomic.Int64
@@ -424,9 +428,13 @@ func (r *runningJob) answered(at time.Time) { r.working.Store(int64(at.Sub(r.sta
 
 // learn feeds a job that ran to its end into its model's durations: the time to its
 // first answer byte as the load time of a job that had to load its runner, the rest as
-// its run time.
+// its run time. A call that answers whole and had to load teaches nothing: its first
+// byte is its end.
 func (w *Worker) learn(r *runningJob, end time.Time) {
 	working := r.answeredAt()
+	if r.whole && r.loading {
+		return // the load and the run in one: neither is known
+	}
 	if !r.loading || working.IsZero() {
 		w.times.observeRun(r.model, end.Sub(r.started))
 		return

@@ -3,10 +3,8 @@ package ollamatest
 import (
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -32,11 +30,12 @@ func (s *Server) handleImageEdits(w http.ResponseWriter, r *http.Request, body [
 
 // image answers as Ollama's image middlewares over its generate handler do: the
 // request's checks in their order (prompt, model, for an edit the image), a model not
-// found, and then, for an image model, one JSON object with the picture once it is whole
-// (the generation's progress is not sent on this route); for a model that makes no
-// images, Ollama's generate runs it as text and the middleware drops every line, so
-// the answer is a 200 with an NDJSON type and no body. The picture is base64 of a text
-// naming the model, prompt, size, seed and edited image: each request its own answer.
+// found, and then, for an image model, the picture as one JSON object once it is whole
+// (the generation's progress is not sent on this route) under the NDJSON type generate
+// sent its headers with; for a model that makes no images, Ollama's generate runs it as
+// text and the middleware drops every line, so the answer is a 200 with an NDJSON type
+// and no body. The picture is base64 of a text naming the model, prompt, size, seed and
+// edited image: each request its own answer.
 func (s *Server) image(w http.ResponseWriter, r *http.Request, body []byte, f *Failure, edit bool) {
 	var req imageRequest
 	if err := json.Unmarshal(body, &req); err != nil {
@@ -55,7 +54,7 @@ func (s *Server) image(w http.ResponseWriter, r *http.Request, body []byte, f *F
 		return
 	}
 	if edit {
-		if err := decodeImageURL(req.Image); err != nil {
+		if err := ollama.CheckImageURL(req.Image); err != nil {
 			writeOAIError(w, http.StatusBadRequest, "invalid image: "+err.Error())
 			return
 		}
@@ -68,7 +67,8 @@ func (s *Server) image(w http.ResponseWriter, r *http.Request, body []byte, f *F
 		return
 	}
 	if m.Embedding {
-		writeOAIError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support generate", req.Model))
+		// Generate's error, wrapped by the middleware's writer as an api_error.
+		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", fmt.Sprintf("%q does not support generate", req.Model))
 		return
 	}
 	defer s.enter(false)()
@@ -79,9 +79,11 @@ func (s *Server) image(w http.ResponseWriter, r *http.Request, body []byte, f *F
 	if err := s.generate(r.Context(), Reply(m.Name, req.Prompt, s.capTokens(s.cfg.Tokens)), nil); err != nil {
 		return
 	}
+	// Ollama's generate has sent its headers (200, NDJSON) with the first step it
+	// flushed, before the route's writer sets its own type: the answer keeps the NDJSON
+	// type. For a model that makes no images the writer drops every line: no body.
 	if !m.Image {
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		w.WriteHeader(http.StatusOK)
+		writeBody(w, http.StatusOK, "application/x-ndjson", nil, f)
 		return
 	}
 	seed := "none"
@@ -89,32 +91,11 @@ func (s *Server) image(w http.ResponseWriter, r *http.Request, body []byte, f *F
 		seed = fmt.Sprint(*req.Seed)
 	}
 	picture := fmt.Sprintf("image of %s: %q size=%s seed=%s edited=%d bytes", m.Name, req.Prompt, req.Size, seed, len(req.Image))
-	writeEncoded(w, http.StatusOK, map[string]any{
+	b, _ := json.Marshal(map[string]any{
 		"created": s.cfg.Clock().Unix(),
 		"data":    []map[string]string{{"b64_json": base64.StdEncoding.EncodeToString([]byte(picture))}},
-	}, f)
-}
-
-// decodeImageURL checks an edit's image as Ollama's openai.decodeImageURL does: a data
-// URL of a JPEG, PNG or WebP (or of no type) holding standard base64.
-func decodeImageURL(url string) error {
-	if strings.HasPrefix(url, "http://") || strings.HasPrefix(url, "https://") {
-		return errors.New("image URLs are not currently supported, please use base64 encoded data instead")
-	}
-	data, ok := strings.CutPrefix(url, "data:;base64,")
-	for _, t := range []string{"jpeg", "jpg", "png", "webp"} {
-		if ok {
-			break
-		}
-		data, ok = strings.CutPrefix(url, "data:image/"+t+";base64,")
-	}
-	if !ok {
-		return errors.New("invalid image input")
-	}
-	if _, err := base64.StdEncoding.DecodeString(data); err != nil {
-		return errors.New("invalid image input")
-	}
-	return nil
+	})
+	writeBody(w, http.StatusOK, "application/x-ndjson", append(b, '\n'), f)
 }
 
 // imageLine is a line of Ollama's generate for an image model: its GenerateResponse

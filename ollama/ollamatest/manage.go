@@ -104,8 +104,11 @@ func (s *Server) handleShow(w http.ResponseWriter, _ *http.Request, body []byte,
 	}
 	caps := []string{"completion"}
 	arch := "llama"
-	if m.Embedding {
+	switch {
+	case m.Embedding:
 		caps, arch = []string{"embedding"}, "bert"
+	case m.Image:
+		caps, arch = []string{"image"}, "ZImagePipeline"
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"license":    "MIT",

@@ -65,7 +65,16 @@ func writeOAIError(w http.ResponseWriter, code int, msg string) {
 
 // writeOAIErrorTyped is writeOAIError with the error's type given.
 func writeOAIErrorTyped(w http.ResponseWriter, code int, typ, msg string) {
-	body := map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": nil}}
+	// In the members' order of Ollama's openai.Error.
+	type oaiError struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Param   any     `json:"param"`
+		Code    *string `json:"code"`
+	}
+	body := struct {
+		Error oaiError `json:"error"`
+	}{oaiError{Message: msg, Type: typ}}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(body)
