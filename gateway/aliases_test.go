@@ -90,3 +90,42 @@ func TestAliasedModelsAreQueuedUnderTheirTarget(t *testing.T) {
 		t.Errorf("an embed job under an alias: %d %s, want 404", resp.StatusCode, out)
 	}
 }
+
+// On a shared NATS a job under an alias may run on another Mac that has the model but
+// not the alias: its body then names the model too, last, where Ollama reads it
+// (ADR-0068). Here the Mac forgets the alias after foreman's last poll, as the other Mac
+// never had it: the call still runs, on the model.
+func TestAliasedBodyOnASharedNATSNamesTheModel(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, withGateway(func(c *Config) { c.OwnModelsOnly = true }))
+	ctx := testCtx(t, 60*time.Second)
+	b.Fake.SetAlias(ollama.Alias{Alias: "fast", Target: "tiny-b"})
+	if err := b.Inv.Refresh(ctx); err != nil {
+		t.Fatal(err)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, b.Fake.URL+ollama.AliasesPath, strings.NewReader(`{"alias":"fast"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("delete the alias on the fake: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	body := chatBody("fast", "hi", "false")
+	got := post(t, ctx, b.URL, "/api/chat", body)
+	want := post(t, ctx, b.Fake.URL, "/api/chat", chatBody("tiny-b:latest", "hi", "false"))
+	if got.Status != http.StatusOK || !bytes.Equal(got.Body, want.Body) {
+		t.Fatalf("an aliased call on a shared NATS: %d %s, want tiny-b's answer %s", got.Status, got.Body, want.Body)
+	}
+	sent := 0
+	for _, c := range b.Fake.Calls() {
+		if c.Path == "/api/chat" && bytes.Contains(c.Body, []byte(`,"model":"tiny-b:latest"`)) && bytes.HasPrefix(c.Body, []byte(`{"model":"fast"`)) {
+			sent++
+		}
+	}
+	if sent != 1 {
+		t.Errorf("the worker's call did not add the model to the body as it came")
+	}
+}

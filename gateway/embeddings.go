@@ -60,10 +60,12 @@ type capsEntry struct {
 func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 	caps, err := s.capabilities(ctx, model)
 	if err != nil {
-		if ctx.Err() == nil {
+		// No target has it: relayModel answers so. The caller left: the relay meets its
+		// context. A failed look-up: called straight, as before capabilities were read.
+		if ctx.Err() == nil && !errors.Is(err, errNoTargetHasIt) {
 			s.log.Debug("read a model's capabilities; its embedding call goes straight to the target", "model", model, "err", err)
 		}
-		return false // the caller left (the relay meets its context), or unknown
+		return false
 	}
 	return !slices.Contains(caps, "embedding")
 }

@@ -348,7 +348,8 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 		if !is(f["prompt"], '"') {
 			return badRequest(`"prompt" must be a string`)
 		}
-		if !is(f["image"], '"') {
+		// A generation's "image" Ollama does not read.
+		if kind == broker.KindOpenAIImageEdits && !is(f["image"], '"') {
 			return badRequest(`"image" must be a string: a base64 data URL`)
 		}
 		// What Ollama refuses at once, refused before the job waits its turn.
@@ -478,7 +479,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 			s.beforeSubmit(job.ID)
 		}
 	}
-	j, err := s.submitCounted(ctx, job, sub.body)
+	j, err := s.submitCounted(ctx, job, s.bodyFor(sub.body, sub.model, model))
 	if err != nil {
 		if idemKey != "" {
 			if rerr := s.store.ReleaseIdempotencyKey(context.WithoutCancel(ctx), idemKey, job.ID); rerr != nil {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -183,6 +184,7 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	}
 	job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID(),
 		Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
+	body = s.bodyFor(body, inf.model, model)
 	s.traced(job.ID, traceIn, in)
 	s.runSync(w, r, job, inf.stream, body, hold)
 	s.traced(job.ID, traceWritten, time.Now())
@@ -218,6 +220,27 @@ func (s *Server) queueableModel(ctx context.Context, kind broker.Kind, model str
 		return "", err
 	}
 	return target, nil
+}
+
+// bodyFor is the body a job goes to the target with, for a call that named asked and is
+// queued under model. On one foreman that is the body as it came: its Mac resolves the
+// alias itself. On a shared NATS the job may run on another Mac that has the model but
+// not the alias, which would answer 404: there the body names the model too, as its last
+// "model" member, the one Ollama reads (ADR-0068), and the answer names the model.
+func (s *Server) bodyFor(body []byte, asked, model string) []byte {
+	if asked == model || !s.cfg.OwnModelsOnly {
+		return body
+	}
+	end := bytes.LastIndexByte(body, '}')
+	if end < 0 {
+		return body // not reached: the body decoded as an object naming asked
+	}
+	name, _ := json.Marshal(model)
+	out := make([]byte, 0, len(body)+len(name)+len(`,"model":`))
+	out = append(out, body[:end]...)
+	out = append(out, `,"model":`...)
+	out = append(out, name...)
+	return append(out, body[end:]...)
 }
 
 // readsAliases reports whether Ollama resolves a model alias on kind's route: its chat

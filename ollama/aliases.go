@@ -52,35 +52,57 @@ func (c *HTTPClient) Aliases(ctx context.Context) ([]Alias, error) {
 // ok is false when no alias applies (a name Ollama would refuse, one it has a model
 // of, none matching, a target Ollama would refuse, a loop).
 func ResolveAlias(aliases []Alias, models []string, name string) (target string, ok bool) {
+	return NewAliasTable(aliases, models).Resolve(name)
+}
+
+// AliasTable is a target's aliases and models made ready for ResolveAlias, once for
+// many calls (the inventory makes one per poll). Nil resolves nothing.
+type AliasTable struct {
+	models   map[string]bool   // normalized
+	exact    map[string]string // aliasKey -> target as listed
+	prefixes []Alias           // lower-cased, longest first (of equal lengths, as listed)
+}
+
+// NewAliasTable makes the table of aliases and models; nil when there are no aliases.
+func NewAliasTable(aliases []Alias, models []string) *AliasTable {
 	if len(aliases) == 0 {
-		return "", false
+		return nil
 	}
-	n := model.ParseName(name)
-	if !n.IsValid() || slices.Contains(models, NormalizeModel(name)) {
-		return "", false
+	t := &AliasTable{models: make(map[string]bool, len(models)), exact: make(map[string]string, len(aliases))}
+	for _, m := range models {
+		t.models[NormalizeModel(m)] = true
 	}
-	exact := make(map[string]string, len(aliases))
-	var prefixes []Alias
 	for _, a := range aliases {
 		if a.PrefixMatching {
 			if p := strings.TrimSpace(a.Alias); p != "" {
-				prefixes = append(prefixes, Alias{Alias: strings.ToLower(p), Target: a.Target})
+				t.prefixes = append(t.prefixes, Alias{Alias: strings.ToLower(p), Target: a.Target})
 			}
 			continue
 		}
 		if an := model.ParseName(a.Alias); an.IsValid() {
-			exact[aliasKey(an)] = a.Target
+			t.exact[aliasKey(an)] = a.Target
 		}
 	}
+	slices.SortStableFunc(t.prefixes, func(a, b Alias) int { return len(b.Alias) - len(a.Alias) })
+	return t
+}
+
+// Resolve is ResolveAlias by the table.
+func (t *AliasTable) Resolve(name string) (target string, ok bool) {
+	if t == nil {
+		return "", false
+	}
+	n := model.ParseName(name)
+	if !n.IsValid() || t.models[NormalizeModel(name)] {
+		return "", false
+	}
 	key := aliasKey(n)
-	current, found := exact[key]
+	current, found := t.exact[key]
 	visited := map[string]bool{}
 	if found {
 		visited[key] = true
 	} else {
-		// Longest first; of equal lengths, the first listed.
-		slices.SortStableFunc(prefixes, func(a, b Alias) int { return len(b.Alias) - len(a.Alias) })
-		for _, p := range prefixes {
+		for _, p := range t.prefixes {
 			if strings.HasPrefix(key, p.Alias) {
 				current, found = p.Target, true
 				break
@@ -91,19 +113,19 @@ func ResolveAlias(aliases []Alias, models []string, name string) (target string,
 		return "", false
 	}
 	for {
-		t := model.ParseName(current)
-		if !t.IsValid() {
+		tn := model.ParseName(current)
+		if !tn.IsValid() {
 			return "", false
 		}
-		k := aliasKey(t)
+		k := aliasKey(tn)
 		if visited[k] {
-			// A loop: Ollama answers the call with a 500, which the job then gets.
+			// A loop: Ollama answers the call with a 500.
 			return "", false
 		}
 		visited[k] = true
-		next, ok := exact[k]
+		next, ok := t.exact[k]
 		if !ok {
-			return NormalizeModel(t.String()), true
+			return NormalizeModel(tn.String()), true
 		}
 		current = next
 	}

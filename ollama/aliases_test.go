@@ -1,6 +1,13 @@
 package ollama_test
 
 import (
+	"context"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -63,5 +70,115 @@ func TestResolveAlias(t *testing.T) {
 	}
 	if got, ok := ollama.ResolveAlias(nil, models, "fast"); ok {
 		t.Errorf("no aliases: %q resolved to %q", "fast", got)
+	}
+}
+
+// The HTTP client reads Ollama's list of aliases; a target without the route (an Ollama
+// before aliases: 404; a proxy passing only some methods: 405) has none, and any other
+// error status is an error.
+func TestHTTPClientReadsAliases(t *testing.T) {
+	t.Parallel()
+	status := map[string]int{"/list": 200, "/none": 404, "/method": 405, "/broken": 500}
+	for prefix, code := range status {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path != ollama.AliasesPath || r.Method != http.MethodGet {
+				http.NotFound(w, r)
+				return
+			}
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.WriteHeader(code)
+			if code == 200 {
+				_, _ = w.Write([]byte(`{"aliases":[{"alias":"claude-sonnet-","target":"qwen3:8b","prefix_matching":true},{"alias":"fast","target":"tiny-a"}]}`))
+			} else {
+				_, _ = w.Write([]byte(`{"error":"unsupported router config version 2"}`))
+			}
+		}))
+		t.Cleanup(srv.Close)
+		c, err := ollama.NewClient(ollama.ClientConfig{BaseURL: srv.URL})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := c.Aliases(t.Context())
+		switch prefix {
+		case "/list":
+			want := []ollama.Alias{{Alias: "claude-sonnet-", Target: "qwen3:8b", PrefixMatching: true}, {Alias: "fast", Target: "tiny-a"}}
+			if err != nil || !slices.Equal(got, want) {
+				t.Errorf("200: %v, %v; want %v", got, err, want)
+			}
+		case "/none", "/method":
+			if err != nil || got != nil {
+				t.Errorf("%d: %v, %v; want no aliases and no error", code, got, err)
+			}
+		case "/broken":
+			if err == nil {
+				t.Errorf("500: %v, want an error", got)
+			}
+		}
+	}
+}
+
+// scriptedAliases is a target whose polls answer its models and, in turn, one of reads.
+type scriptedAliases struct {
+	ollama.Client // nil: only Tags, Ps and Aliases are called
+	mu            sync.Mutex
+	reads         []func() ([]ollama.Alias, error)
+}
+
+func (c *scriptedAliases) Tags(context.Context) (*ollama.ListResponse, []byte, error) {
+	return &ollama.ListResponse{Models: []ollama.ListModelResponse{{Name: "tiny-a:latest"}, {Name: "tiny-b:latest"}}}, []byte(`{}`), nil
+}
+
+func (c *scriptedAliases) Ps(context.Context) (*ollama.ProcessResponse, []byte, error) {
+	return &ollama.ProcessResponse{}, []byte(`{"models":[]}`), nil
+}
+
+func (c *scriptedAliases) Aliases(context.Context) ([]ollama.Alias, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	read := c.reads[0]
+	c.reads = c.reads[1:]
+	return read()
+}
+
+// Each poll reads the aliases: a failed read keeps the last ones (and leaves the target
+// healthy: it answers its polls), warned once a streak; a target with none has none.
+func TestInventoryReadsAliasesEachPoll(t *testing.T) {
+	t.Parallel()
+	list := func(as ...ollama.Alias) func() ([]ollama.Alias, error) {
+		return func() ([]ollama.Alias, error) { return as, nil }
+	}
+	fail := func() ([]ollama.Alias, error) {
+		return nil, &ollama.HTTPError{StatusCode: 500, Message: "unsupported router config version 2"}
+	}
+	c := &scriptedAliases{reads: []func() ([]ollama.Alias, error){
+		list(ollama.Alias{Alias: "fast", Target: "tiny-b"}),
+		fail, fail,
+		list(ollama.Alias{Alias: "fast", Target: "tiny-a"}),
+		fail,
+		list(),
+	}}
+	var logs lockedBuffer
+	inv := ollama.NewInventory(ollama.InventoryConfig{Client: c, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	for i, want := range []string{"tiny-b:latest", "tiny-b:latest", "tiny-b:latest", "tiny-a:latest", "tiny-a:latest", ""} {
+		if err := inv.Refresh(t.Context()); err != nil {
+			t.Fatalf("poll %d: %v", i, err)
+		}
+		if snap := inv.Snapshot(); snap.Degraded || snap.Err != nil {
+			t.Fatalf("poll %d: degraded %v, %v: an alias read is no health check", i, snap.Degraded, snap.Err)
+		}
+		if got, _ := inv.ResolveAlias("fast"); got != want {
+			t.Errorf("poll %d: fast resolves to %q, want %q", i, got, want)
+		}
+	}
+	if n := strings.Count(logs.String(), "model aliases"); n != 2 {
+		t.Errorf("%d warnings of failed alias reads, want one for each of the two streaks:\n%s", n, logs.String())
+	}
+	// A client that reads no aliases resolves none.
+	plain := ollama.NewInventory(ollama.InventoryConfig{Client: tagsClient{}})
+	if err := plain.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok := plain.ResolveAlias("fast"); ok {
+		t.Errorf("without an alias reader fast resolved to %q", got)
 	}
 }

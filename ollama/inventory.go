@@ -59,6 +59,8 @@ type Snapshot struct {
 	// Aliases are the target's model aliases (AliasReader) at the last poll that read
 	// them; a poll that could not keeps the ones before.
 	Aliases []Alias
+	// aliases is Aliases with the models, ready to resolve (nil without aliases).
+	aliases *AliasTable
 }
 
 // DefaultPollTimeout is InventoryConfig.PollTimeout's default.
@@ -78,6 +80,8 @@ type Inventory struct {
 	mu       sync.Mutex
 	snap     Snapshot
 	inflight *pollCall
+	// aliasFailing is set while the polls fail to read the aliases (warned once).
+	aliasFailing bool
 }
 
 // pollCall lets concurrent Refresh callers share one poll.
@@ -183,13 +187,14 @@ func (i *Inventory) poll(ctx context.Context) error {
 		ps, psRaw, err = i.cfg.Client.Ps(pctx)
 	}
 	var aliases []Alias
-	aliasErr := err
-	if ar, ok := i.cfg.Client.(AliasReader); ok && err == nil {
+	var aliasErr error
+	ar, readsAliases := i.cfg.Client.(AliasReader)
+	if readsAliases && err == nil {
 		// Not a condition of the target's health: an Ollama without aliases answers 404
-		// (none), and one that fails to read its router config still runs models.
+		// (none); one whose router config cannot be read fails its chats and generates
+		// with a 500 too (v0.17.4 resolveAlias), but answers its polls, lists its models
+		// and serves its embeddings: it is no target that is not there.
 		aliases, aliasErr = ar.Aliases(pctx)
-	} else if err == nil {
-		aliasErr = errors.ErrUnsupported // keeps none
 	}
 	if err != nil && ctx.Err() != nil {
 		// Our own shutdown says nothing about the target's health.
@@ -220,9 +225,15 @@ func (i *Inventory) poll(ctx context.Context) error {
 		i.snap.Degraded = false
 		i.snap.Polled = true
 		i.snap.Remembered = nil // the target's own word from now on
-		if aliasErr == nil {
+		if readsAliases && aliasErr == nil {
 			i.snap.Aliases = aliases
 		}
+		i.snap.aliases = NewAliasTable(i.snap.Aliases, i.snap.Models())
+	}
+	aliasFailed := readsAliases && err == nil && aliasErr != nil
+	warnAliases := aliasFailed && !i.aliasFailing
+	if err == nil {
+		i.aliasFailing = aliasFailed
 	}
 	snap := i.snap
 	i.mu.Unlock()
@@ -230,6 +241,9 @@ func (i *Inventory) poll(ctx context.Context) error {
 		i.cfg.OnPoll(ctx, snap)
 	}
 
+	if warnAliases {
+		i.cfg.Logger.WarnContext(ctx, "read the target's model aliases; the last ones read stand", slog.Any("err", aliasErr))
+	}
 	switch {
 	case err != nil:
 		if !wasDegraded {
@@ -278,11 +292,10 @@ func (i *Inventory) HasModel(name string) bool {
 // ResolveAlias returns the model a chat or generate call naming name runs, by the
 // target's aliases at the last poll (ResolveAlias), and whether an alias applies.
 func (i *Inventory) ResolveAlias(name string) (string, bool) {
-	snap := i.Snapshot()
-	if len(snap.Aliases) == 0 {
-		return "", false
-	}
-	return ResolveAlias(snap.Aliases, snap.Models(), name)
+	i.mu.Lock()
+	t := i.snap.aliases
+	i.mu.Unlock()
+	return t.Resolve(name)
 }
 
 // Models returns the normalized names in the last known /api/tags, or, before any poll
