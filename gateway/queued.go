@@ -194,8 +194,8 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 // the model it runs: model itself, or, on the routes where Ollama reads its aliases
 // (chat and generate, and the routes on top of them), the model an alias of the target's
 // names (ollama.ResolveAlias, ADR-0068). The job is queued under that model, so it takes
-// its turn with the model's other jobs, and its body goes to the target as it came, for
-// Ollama to resolve the same alias. The aliases are the target's at the last poll; a
+// its turn with the model's other jobs, and its body goes to the target as bodyFor makes
+// it, for Ollama to resolve the same alias. The aliases are the target's at the last poll; a
 // name found neither among the models nor the aliases is looked for once more after the
 // poll requireModel makes, which catches an alias made since.
 func (s *Server) queueableModel(ctx context.Context, kind broker.Kind, model string) (string, error) {
