@@ -2,8 +2,9 @@
 //
 // It serves the routes foreman uses (/, /api/version, tags, ps, show, chat,
 // generate, embed, embeddings, model management, blobs, the OpenAI-compatible
-// /v1 routes, the OpenAI Responses API /v1/responses and the Anthropic Messages
-// API /v1/messages) with Ollama's JSON shapes and SSE events, deterministic
+// /v1 routes, the OpenAI Responses API /v1/responses, the Anthropic Messages
+// API /v1/messages, OpenAI's image routes and the model aliases of
+// /api/experimental/aliases) with Ollama's JSON shapes and SSE events, deterministic
 // replies (Reply, Vector) and a fixed clock, so a relayed response can be
 // compared byte for byte. /v1/responses and /v1/messages reply to the chat they
 // stand for (the request's messages as /api/chat reads them), so they give the
@@ -30,6 +31,9 @@
 //	}
 //
 // Models default to tiny-a:latest and tiny-b:latest (chat) and
-// tiny-embed:latest (embedding only; chat or generate on it answers 400).
+// tiny-embed:latest (embedding only; chat or generate on it answers 400); a Model
+// with Image set is an image generation model (its generate answers steps and a
+// picture, as Ollama's does). Chat and generate routes resolve SetAlias's aliases
+// as Ollama does (ollama.ResolveAlias).
 // Embedding requests never swap the loaded chat model.
 package ollamatest
