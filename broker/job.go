@@ -137,6 +137,10 @@ func (k Kind) ReadsOptions() bool {
 	return true
 }
 
+// Image reports whether k is one of OpenAI's image routes (ADR-0067): answered whole,
+// one picture, whatever the request says of streams.
+func (k Kind) Image() bool { return k == KindOpenAIImages || k == KindOpenAIImageEdits }
+
 // Valid reports whether k is a known kind.
 func (k Kind) Valid() bool { return k.Path() != "" }
 

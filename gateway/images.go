@@ -10,11 +10,6 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// imageKind reports whether kind is one of OpenAI's image routes (ADR-0067).
-func imageKind(kind broker.Kind) bool {
-	return kind == broker.KindOpenAIImages || kind == broker.KindOpenAIImageEdits
-}
-
 // checkImageRequest refuses an image route's body as Ollama's image middlewares do,
 // before anything else is looked at (v0.17.4 ImageGenerationsMiddleware,
 // ImageEditsMiddleware): no prompt, then no model, then an edit without an image or with
@@ -27,7 +22,7 @@ func checkImageRequest(kind broker.Kind, body []byte) error {
 		Prompt any `json:"prompt"`
 		Image  any `json:"image"`
 	}
-	if !imageKind(kind) || json.Unmarshal(body, &req) != nil {
+	if !kind.Image() || json.Unmarshal(body, &req) != nil {
 		return nil
 	}
 	empty := func(v any) bool { return v == nil || v == "" }
@@ -53,7 +48,7 @@ func checkImageRequest(kind broker.Kind, body []byte) error {
 // makes no images: Ollama would run it as text and answer an empty 200 (ADR-0067). A
 // model whose capabilities cannot be read is let through.
 func (s *Server) refuseNoImages(ctx context.Context, kind broker.Kind, model string) error {
-	if !imageKind(kind) {
+	if !kind.Image() {
 		return nil
 	}
 	caps, err := s.capabilities(ctx, model)

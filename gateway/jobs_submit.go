@@ -239,6 +239,10 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	if err := checkKindFields(sub.kind, fieldsSeen); err != nil {
 		return nil, err
 	}
+	// What Ollama refuses at once, refused before the job waits its turn.
+	if err := checkImageRequest(sub.kind, raw); err != nil {
+		return nil, err
+	}
 	if hookURL != "" {
 		if err := checkWebhookURL(hookURL, policy); err != nil {
 			return nil, err
@@ -352,12 +356,6 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 		if kind == broker.KindOpenAIImageEdits && !is(f["image"], '"') {
 			return badRequest(`"image" must be a string: a base64 data URL`)
 		}
-		// What Ollama refuses at once, refused before the job waits its turn.
-		b, err := json.Marshal(f)
-		if err != nil {
-			return nil // not reached: f's values are JSON
-		}
-		return checkImageRequest(kind, b)
 	}
 	return nil
 }

@@ -230,10 +230,10 @@ func (i *Inventory) poll(ctx context.Context) error {
 		}
 		i.snap.aliases = NewAliasTable(i.snap.Aliases, i.snap.Models())
 	}
-	aliasFailed := readsAliases && err == nil && aliasErr != nil
-	warnAliases := aliasFailed && !i.aliasFailing
+	// aliasErr is set only by a read, made only after a poll that answered.
+	warnAliases := aliasErr != nil && !i.aliasFailing
 	if err == nil {
-		i.aliasFailing = aliasFailed
+		i.aliasFailing = aliasErr != nil
 	}
 	snap := i.snap
 	i.mu.Unlock()

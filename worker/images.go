@@ -7,11 +7,6 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// imageKind reports whether kind is one of OpenAI's image routes (ADR-0067).
-func imageKind(kind broker.Kind) bool {
-	return kind == broker.KindOpenAIImages || kind == broker.KindOpenAIImageEdits
-}
-
 // noImage is err, the answer check's verdict on an answer of kind, but for an empty
 // answer to an image route, which says what it means: Ollama (v0.17.4) sends its headers
 // with the generation's first step and drops every line but the one with the picture,
@@ -20,7 +15,7 @@ func imageKind(kind broker.Kind) bool {
 // second when it can tell (ADR-0067); what is left is the target's failure.
 func noImage(kind broker.Kind, model string, err error) error {
 	var bad *badAnswerError
-	if !imageKind(kind) || !errors.As(err, &bad) || len(bad.start) > 0 {
+	if !kind.Image() || !errors.As(err, &bad) || len(bad.start) > 0 {
 		return err
 	}
 	return &noImageError{model: model}

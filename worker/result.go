@@ -16,7 +16,7 @@ import (
 // completion its chunks make (sseResult); otherwise the body itself. sawDone reports whether an NDJSON stream ended
 // with done:true.
 func result(kind broker.Kind, contentType string, frames [][]byte) (res []byte, sawDone bool) {
-	if imageKind(kind) {
+	if kind.Image() {
 		// One JSON object, whatever the type says: Ollama's image routes keep the NDJSON
 		// type of the generate they run on (ADR-0067).
 		return bytes.Join(frames, nil), true
