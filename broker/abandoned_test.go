@@ -241,7 +241,7 @@ func TestExclusiveStoreRedeliversJobOfAConsumerTheServerSkipped(t *testing.T) {
 				b.Restart(t)
 			}
 			j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
-			if d, err := b.Store.Next(ctxT(t), tok); err != nil || d == nil || d.JobID != j.ID {
+			if d, err := b.Store.NextWait(ctxT(t), tok, arrival); err != nil || d == nil || d.JobID != j.ID {
 				t.Fatalf("first delivery: %v %v", d, err)
 			}
 			b.Stop() // the crash: no ack

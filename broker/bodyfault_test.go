@@ -119,7 +119,7 @@ func TestFinishLeavesTheBodyWhileTheStoreCannotWrite(t *testing.T) {
 		if err != nil || j.BodyRef == "" {
 			t.Fatalf("submit: %v (body ref %q)", err, j.BodyRef)
 		}
-		d, err := b.Store.Next(ctx, token(t, "vision"))
+		d, err := b.Store.NextWait(ctx, token(t, "vision"), arrival)
 		if err != nil || d == nil || d.JobID != j.ID {
 			t.Fatalf("next: %+v %v", d, err)
 		}

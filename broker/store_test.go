@@ -33,6 +33,12 @@ func submit(t *testing.T, st *broker.Store, model, body string) *broker.Job {
 	return j
 }
 
+// arrival bounds the wait of a fetch for a job the test has just queued. The server
+// acknowledges a publish before it tells the stream's consumers of it, so a no-wait Next
+// on a consumer made before the publish may come up empty for a moment (the worker's
+// rechecks cover that); a waiting fetch is answered the moment the consumer has it.
+const arrival = 20 * time.Second
+
 func token(t *testing.T, model string) string {
 	t.Helper()
 	tok, err := broker.ModelToken(model)
@@ -255,7 +261,7 @@ func TestSmallMaxPayloadBodiesGoToObjectStore(t *testing.T) {
 		if byRef := len(body) > maxPayload; (j.BodyRef != "") != byRef {
 			t.Errorf("a body of %d bytes stored by reference: %v, want %v", len(body), j.BodyRef != "", byRef)
 		}
-		d, err := b.Store.Next(ctx, token(t, "vision"))
+		d, err := b.Store.NextWait(ctx, token(t, "vision"), arrival)
 		if err != nil || d == nil {
 			t.Fatalf("next: %v %v", d, err)
 		}
@@ -585,7 +591,7 @@ func TestRequeueRewritesTheRecord(t *testing.T) {
 	if newRev <= rev || !after.After(before) || got.State != broker.StateQueued {
 		t.Fatalf("record after the requeue: %s at revision %d written %v, before: revision %d written %v", got.State, newRev, after, rev, before)
 	}
-	again, err := b.Store.Next(ctxT(t), token(t, "tiny-a"))
+	again, err := b.Store.NextWait(ctxT(t), token(t, "tiny-a"), arrival)
 	if err != nil || again == nil || again.JobID != j.ID || again.Seq == d.Seq {
 		t.Fatalf("requeued message: %+v %v", again, err)
 	}

@@ -81,7 +81,9 @@ func queuedBody(t *testing.T, st *broker.Store, model string) []byte {
 		if k, err := broker.ParseQueueKey(key); err != nil || k.Model != token {
 			continue
 		}
-		if d, err := st.Next(ctx, key); err == nil && d != nil {
+		// A waiting fetch: a no-wait one may come up empty for a moment on a consumer made
+		// before the publish (the server tells consumers after it acknowledges).
+		if d, err := st.NextWait(ctx, key, 5*time.Second); err == nil && d != nil {
 			return d.Body
 		}
 	}

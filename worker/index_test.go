@@ -76,7 +76,7 @@ func byToken(hs []head) map[string]uint64 {
 // finish takes the next job of queue token and removes it as the worker does.
 func (ib *indexBundle) finish(token string) {
 	ib.t.Helper()
-	d, err := ib.b.Store.Next(ib.ctx, token)
+	d, err := ib.b.Store.NextWait(ib.ctx, token, 15*time.Second) // a no-wait fetch may miss a just-told job
 	if err != nil || d == nil {
 		ib.t.Fatalf("next %s: %v %v", token, d, err)
 	}

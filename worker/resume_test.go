@@ -160,7 +160,9 @@ func (tb *testBundle) cutShort(t *testing.T, j *broker.Job, cut func(*broker.Job
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := tb.b.Store.Next(ctx, token)
+	// A waiting fetch: a no-wait one may come up empty for a moment on a consumer made
+	// before the publish (the server tells consumers after it acknowledges).
+	d, err := tb.b.Store.NextWait(ctx, token, 15*time.Second)
 	if err != nil || d == nil || d.JobID != j.ID {
 		t.Fatalf("take job %s: %v %v", j.ID, d, err)
 	}
