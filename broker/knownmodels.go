@@ -39,7 +39,8 @@ type KnownModels struct {
 	// Models are normalized model names, sorted, each once.
 	Models []string
 	// Aliases are the target's model aliases, as listed (the order of prefixes of one
-	// length decides between them). A list stored by a foreman before aliases has none.
+	// length decides between them). A list stored by a foreman from before aliases were
+	// remembered has none.
 	Aliases []ollama.Alias
 	// Written is when the list was stored (the server's time of the write); set by
 	// RememberedModels.
@@ -52,8 +53,8 @@ type knownModelsValue struct {
 	Name   string   `json:"name"`
 	URL    string   `json:"url"`
 	Models []string `json:"models"`
-	// Aliases is a member a foreman before aliases neither writes nor reads: the layout
-	// version stays.
+	// Aliases is a member a foreman from before aliases were remembered neither writes
+	// nor reads: the layout version stays.
 	Aliases []ollama.Alias `json:"aliases,omitempty"`
 	// Written is for people reading the bucket; readers go by the server's time.
 	Written time.Time `json:"written"`
@@ -94,14 +95,26 @@ func rememberableAlias(a ollama.Alias) bool {
 }
 
 // RememberModels stores k as the models last polled at target k.Name. A list past the
-// bounds a reader keeps to is refused with ErrBadKnownModels rather than stored unread;
-// an alias past them is left out (it stays in use while the target is polled).
+// bounds a reader keeps to is refused with ErrBadKnownModels rather than stored unread.
+// The models are what the list is for: an alias past those bounds is left out, and so
+// are all of them when they are too many or would not fit beside the models (they stay
+// in use while the target is polled).
 func (s *Store) RememberModels(ctx context.Context, k KnownModels) error {
-	k.Aliases = slices.DeleteFunc(slices.Clone(k.Aliases), func(a ollama.Alias) bool { return !rememberableAlias(a) })
-	if len(k.Models) > maxKnownModels || len(k.Aliases) > maxKnownModels {
-		return fmt.Errorf("broker: remember models of %s: %w: %d models and %d aliases, more than %d", k.Name, ErrBadKnownModels, len(k.Models), len(k.Aliases), maxKnownModels)
+	if len(k.Models) > maxKnownModels {
+		return fmt.Errorf("broker: remember models of %s: %w: %d models, more than %d", k.Name, ErrBadKnownModels, len(k.Models), maxKnownModels)
 	}
-	v, err := json.Marshal(knownModelsValue{V: knownModelsVersion, Name: k.Name, URL: k.URL, Models: k.Models, Aliases: k.Aliases, Written: s.Now()})
+	k.Aliases = slices.DeleteFunc(slices.Clone(k.Aliases), func(a ollama.Alias) bool { return !rememberableAlias(a) })
+	if len(k.Aliases) > maxKnownModels {
+		k.Aliases = nil
+	}
+	value := func() ([]byte, error) {
+		return json.Marshal(knownModelsValue{V: knownModelsVersion, Name: k.Name, URL: k.URL, Models: k.Models, Aliases: k.Aliases, Written: s.Now()})
+	}
+	v, err := value()
+	if err == nil && len(v) > maxKnownModelsBytes && len(k.Aliases) > 0 {
+		k.Aliases = nil
+		v, err = value()
+	}
 	if err != nil {
 		return err
 	}
@@ -118,10 +131,10 @@ func (s *Store) RememberModels(ctx context.Context, k KnownModels) error {
 	return nil
 }
 
-// RememberedModels returns the models last stored for target name; ok is false when
-// there is no list, or it is a job TTL old. A value that cannot be used (too large, not
-// JSON, another layout's, another name's, a model name that is none) is an error
-// wrapping ErrBadKnownModels.
+// RememberedModels returns the models last stored for target name, with its aliases; ok
+// is false when there is no list, or it is a job TTL old. A value that cannot be used (too
+// large, not JSON, another layout's, another name's, a model name that is none, an alias
+// past the bounds) is an error wrapping ErrBadKnownModels.
 func (s *Store) RememberedModels(ctx context.Context, name string) (k KnownModels, ok bool, err error) {
 	kv, err := s.knownModelsKV(ctx)
 	if err != nil {

@@ -155,7 +155,8 @@ func TestKnownModelsHostileEntriesAreNotUsed(t *testing.T) {
 
 // A target's aliases are stored with its models and read back as listed (the order of
 // equal prefixes decides between them); one a reader would refuse is left out, and the
-// rest of the list stands.
+// rest of the list stands; aliases too many, or too large to fit beside the models, are
+// all left out, and the models stored.
 func TestKnownModelsKeepTheAliases(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t)
@@ -178,5 +179,23 @@ func TestKnownModelsKeepTheAliases(t *testing.T) {
 	got, ok, err := b.Store.RememberedModels(ctx, "mac")
 	if err != nil || !ok || !slices.Equal(got.Aliases, aliases) || !slices.Equal(got.Models, in.Models) {
 		t.Fatalf("read back %+v, ok %v, err %v; want the aliases %+v without the long one", got, ok, err, aliases)
+	}
+
+	many := make([]ollama.Alias, 5000)
+	for i := range many {
+		many[i] = ollama.Alias{Alias: fmt.Sprintf("a%d", i), Target: "tiny-a"}
+	}
+	large := make([]ollama.Alias, 1000) // 150-byte names: over 256 KiB in all
+	for i := range large {
+		large[i] = ollama.Alias{Alias: fmt.Sprintf("%0150d", i), Target: strings.Repeat("t", 150)}
+	}
+	for name, as := range map[string][]ollama.Alias{"too many": many, "too large": large} {
+		if err := b.Store.RememberModels(ctx, broker.KnownModels{Name: "mac", URL: "http://mac:11434", Models: []string{"tiny-a:latest"}, Aliases: as}); err != nil {
+			t.Fatalf("%s aliases: %v", name, err)
+		}
+		got, ok, err := b.Store.RememberedModels(ctx, "mac")
+		if err != nil || !ok || len(got.Aliases) != 0 || !slices.Equal(got.Models, []string{"tiny-a:latest"}) {
+			t.Fatalf("%s aliases: read back %d aliases, models %v, ok %v, err %v; want the models without aliases", name, len(got.Aliases), got.Models, ok, err)
+		}
 	}
 }

@@ -35,8 +35,9 @@ type InventoryConfig struct {
 	// neither polled nor reachable for them. The first successful poll replaces them.
 	Remembered []string
 	// RememberedAliases are the aliases an earlier run last read at this target (ADR-0068):
-	// ResolveAlias and Snapshot.Aliases answer from them, with the remembered models,
-	// until a poll of this run reads the target's own.
+	// ResolveAlias and Snapshot.Aliases answer from them until a poll of this run reads
+	// the target's own (a poll that lists the models but fails to read the aliases keeps
+	// them, as it keeps the ones it read before).
 	RememberedAliases []Alias
 }
 

@@ -2,6 +2,7 @@ package ollama_test
 
 import (
 	"errors"
+	"net/http"
 	"slices"
 	"testing"
 
@@ -68,9 +69,10 @@ func TestInventoryRememberedModelsUntilAPollSucceeds(t *testing.T) {
 	}
 }
 
-// Aliases remembered from an earlier run resolve, by the remembered models, until a poll
-// of this run reads the target's own: a call naming one is queued under its model while
-// the target is down after a restart.
+// Aliases remembered from an earlier run resolve, by the remembered models (a model of
+// the name wins over an alias), until a poll of this run reads the target's own: a call
+// naming one is queued under its model while the target is down after a restart. A poll
+// that lists the models but fails to read the aliases keeps them.
 func TestInventoryRememberedAliasesUntilAPollReadsThem(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "tiny-a"}, ollamatest.Model{Name: "tiny-b"}))
@@ -79,6 +81,7 @@ func TestInventoryRememberedAliasesUntilAPollReadsThem(t *testing.T) {
 	remembered := []ollama.Alias{
 		{Alias: "fast", Target: "tiny-b"},
 		{Alias: "claude-sonnet-", Target: "tiny-a", PrefixMatching: true},
+		{Alias: "tiny-", Target: "tiny-b", PrefixMatching: true},
 	}
 	inv := ollama.NewInventory(ollama.InventoryConfig{
 		Client: newClient(t, fake.URL), Remembered: []string{"tiny-a", "tiny-b"}, RememberedAliases: remembered,
@@ -91,7 +94,7 @@ func TestInventoryRememberedAliasesUntilAPollReadsThem(t *testing.T) {
 			}
 		}
 	}
-	before := map[string]string{"fast": "tiny-b:latest", "claude-sonnet-4-5": "tiny-a:latest", "tiny-a": "", "slow": ""}
+	before := map[string]string{"fast": "tiny-b:latest", "claude-sonnet-4-5": "tiny-a:latest", "tiny-c": "tiny-b:latest", "tiny-a": "", "slow": ""}
 	resolves("before any poll", before)
 	if got := inv.Snapshot().Aliases; !slices.Equal(got, remembered) {
 		t.Errorf("before any poll: Snapshot.Aliases = %+v, want the remembered ones", got)
@@ -102,10 +105,15 @@ func TestInventoryRememberedAliasesUntilAPollReadsThem(t *testing.T) {
 	resolves("after a failed poll", before)
 
 	fake.SetDown(false)
+	fake.FailNextOn(ollama.AliasesPath, 1, ollamatest.FailStatus(http.StatusInternalServerError, "unsupported router config version 2"))
 	if err := inv.Refresh(testCtx(t)); err != nil {
 		t.Fatal(err)
 	}
-	resolves("after a good poll", map[string]string{"fast": "tiny-a:latest", "claude-sonnet-4-5": ""})
+	resolves("after a poll that could not read the aliases", before)
+	if err := inv.Refresh(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	resolves("after a good poll", map[string]string{"fast": "tiny-a:latest", "claude-sonnet-4-5": "", "tiny-c": ""})
 	if got := inv.Snapshot().Aliases; !slices.Equal(got, []ollama.Alias{{Alias: "fast", Target: "tiny-a"}}) {
 		t.Errorf("after a good poll: Snapshot.Aliases = %+v, want the target's", got)
 	}

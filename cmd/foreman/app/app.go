@@ -129,8 +129,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		a.warmEmbedder(ctx)
 	}
 	// Until the target answers a poll, the models it had before the restart may be
-	// queued for, also by its aliases: a Mac still down when foreman comes back takes its
-	// batch work later.
+	// queued for, also by its aliases (until a poll reads its own): a Mac still down when
+	// foreman comes back takes its batch work later.
 	remembered, rememberedAliases := a.rememberedModels(ctx)
 	a.inv = ollama.NewInventory(ollama.InventoryConfig{
 		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: onRecover,
