@@ -14,7 +14,8 @@ import (
 )
 
 // KnownModelsBucket keeps, per target name, the models its foreman last polled there, so
-// that a foreman started while its Ollama is down still queues jobs for them (ADR-0047).
+// that a foreman started while its Ollama is down still queues jobs for them (ADR-0047),
+// and the aliases it last read there, which name them (ADR-0068).
 // An entry lives a job TTL after its last write: no job older than that waits for it.
 const KnownModelsBucket = "FOREMAN_KNOWN_MODELS"
 
@@ -37,6 +38,10 @@ type KnownModels struct {
 	URL string
 	// Models are normalized model names, sorted, each once.
 	Models []string
+	// Aliases are the target's model aliases, as listed (the order of prefixes of one
+	// length decides between them). A list stored by a foreman from before aliases were
+	// remembered has none.
+	Aliases []ollama.Alias
 	// Written is when the list was stored (the server's time of the write); set by
 	// RememberedModels.
 	Written time.Time
@@ -48,6 +53,9 @@ type knownModelsValue struct {
 	Name   string   `json:"name"`
 	URL    string   `json:"url"`
 	Models []string `json:"models"`
+	// Aliases is a member a foreman from before aliases were remembered neither writes
+	// nor reads: the layout version stays.
+	Aliases []ollama.Alias `json:"aliases,omitempty"`
 	// Written is for people reading the bucket; readers go by the server's time.
 	Written time.Time `json:"written"`
 }
@@ -79,13 +87,34 @@ func (s *Store) knownModelsKV(ctx context.Context) (jetstream.KeyValue, error) {
 	return kv, nil
 }
 
+// rememberableAlias reports whether a is within the bounds a reader keeps to. Its names
+// are only bounded: a prefix need not be a model name ("claude-sonnet-"), and each is
+// resolved as Ollama does when a call names a model (ollama.NewAliasTable).
+func rememberableAlias(a ollama.Alias) bool {
+	return a.Alias != "" && a.Target != "" && len(a.Alias) <= maxModelLen && len(a.Target) <= maxModelLen
+}
+
 // RememberModels stores k as the models last polled at target k.Name. A list past the
 // bounds a reader keeps to is refused with ErrBadKnownModels rather than stored unread.
+// The models are what the list is for: an alias past those bounds is left out, and so
+// are all of them when they are too many or would not fit beside the models (they stay
+// in use while the target is polled).
 func (s *Store) RememberModels(ctx context.Context, k KnownModels) error {
 	if len(k.Models) > maxKnownModels {
 		return fmt.Errorf("broker: remember models of %s: %w: %d models, more than %d", k.Name, ErrBadKnownModels, len(k.Models), maxKnownModels)
 	}
-	v, err := json.Marshal(knownModelsValue{V: knownModelsVersion, Name: k.Name, URL: k.URL, Models: k.Models, Written: s.Now()})
+	k.Aliases = slices.DeleteFunc(slices.Clone(k.Aliases), func(a ollama.Alias) bool { return !rememberableAlias(a) })
+	if len(k.Aliases) > maxKnownModels {
+		k.Aliases = nil
+	}
+	value := func() ([]byte, error) {
+		return json.Marshal(knownModelsValue{V: knownModelsVersion, Name: k.Name, URL: k.URL, Models: k.Models, Aliases: k.Aliases, Written: s.Now()})
+	}
+	v, err := value()
+	if err == nil && len(v) > maxKnownModelsBytes && len(k.Aliases) > 0 {
+		k.Aliases = nil
+		v, err = value()
+	}
 	if err != nil {
 		return err
 	}
@@ -102,10 +131,10 @@ func (s *Store) RememberModels(ctx context.Context, k KnownModels) error {
 	return nil
 }
 
-// RememberedModels returns the models last stored for target name; ok is false when
-// there is no list, or it is a job TTL old. A value that cannot be used (too large, not
-// JSON, another layout's, another name's, a model name that is none) is an error
-// wrapping ErrBadKnownModels.
+// RememberedModels returns the models last stored for target name, with its aliases; ok
+// is false when there is no list, or it is a job TTL old. A value that cannot be used (too
+// large, not JSON, another layout's, another name's, a model name that is none, an alias
+// past the bounds) is an error wrapping ErrBadKnownModels.
 func (s *Store) RememberedModels(ctx context.Context, name string) (k KnownModels, ok bool, err error) {
 	kv, err := s.knownModelsKV(ctx)
 	if err != nil {
@@ -147,6 +176,13 @@ func parseKnownModels(raw []byte, name string) (KnownModels, error) {
 		return KnownModels{}, fmt.Errorf("stored for target %q", v.Name)
 	case len(v.Models) > maxKnownModels:
 		return KnownModels{}, fmt.Errorf("%d models, more than %d", len(v.Models), maxKnownModels)
+	case len(v.Aliases) > maxKnownModels:
+		return KnownModels{}, fmt.Errorf("%d aliases, more than %d", len(v.Aliases), maxKnownModels)
+	}
+	for _, a := range v.Aliases {
+		if !rememberableAlias(a) {
+			return KnownModels{}, fmt.Errorf("alias %.40q to %.40q", a.Alias, a.Target)
+		}
 	}
 	models := make([]string, 0, len(v.Models))
 	for _, m := range v.Models {
@@ -157,5 +193,5 @@ func parseKnownModels(raw []byte, name string) (KnownModels, error) {
 		models = append(models, n)
 	}
 	slices.Sort(models)
-	return KnownModels{Name: v.Name, URL: v.URL, Models: slices.Compact(models)}, nil
+	return KnownModels{Name: v.Name, URL: v.URL, Models: slices.Compact(models), Aliases: v.Aliases}, nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // A target's model list is stored under its name and read back normalized, with the
@@ -101,6 +102,11 @@ func TestKnownModelsHostileEntriesAreNotUsed(t *testing.T) {
 		{"models not strings", `{"v":1,"name":"mac","url":"http://mac:11434","models":[1,2]}`},
 		{"too many models", `{"v":1,"name":"mac","url":"http://mac:11434","models":[` + strings.Join(many, ",") + `]}`},
 		{"too large", `{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest"],"pad":"` + strings.Repeat("x", 300<<10) + `"}`},
+		{"an alias without a target", `{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest"],"aliases":[{"alias":"x"}]}`},
+		{"an alias without a name", `{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest"],"aliases":[{"target":"a"}]}`},
+		{"an alias too long", `{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest"],"aliases":[{"alias":"` + strings.Repeat("a", 300) + `","target":"a"}]}`},
+		{"aliases not objects", `{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest"],"aliases":["x"]}`},
+		{"too many aliases", `{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest"],"aliases":[` + strings.Repeat(`{"alias":"x","target":"a"},`, 5000) + `{"alias":"x","target":"a"}]}`},
 	} {
 		if _, err := kv.Put(ctx, "target.mac", []byte(c.value)); err != nil {
 			t.Fatalf("%s: %v", c.name, err)
@@ -109,6 +115,14 @@ func TestKnownModelsHostileEntriesAreNotUsed(t *testing.T) {
 		if ok || !errors.Is(err, broker.ErrBadKnownModels) {
 			t.Errorf("%s: got %+v, ok %v, err %v; want ErrBadKnownModels and no list", c.name, got, ok, err)
 		}
+	}
+
+	// Written by a version before aliases: no aliases, the list stands.
+	if _, err := kv.Put(ctx, "target.mac", []byte(`{"v":1,"name":"mac","url":"http://mac:11434","models":["a:latest"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got, ok, err := b.Store.RememberedModels(ctx, "mac"); err != nil || !ok || len(got.Aliases) != 0 || !slices.Equal(got.Models, []string{"a:latest"}) {
+		t.Fatalf("a list without aliases: got %+v, ok %v, err %v", got, ok, err)
 	}
 
 	// Written by a later version with fields this one does not know: the list stands.
@@ -136,5 +150,52 @@ func TestKnownModelsHostileEntriesAreNotUsed(t *testing.T) {
 	}
 	if err := b.Store.RememberModels(ctx, broker.KnownModels{Name: "mac", URL: "http://mac:11434", Models: huge}); !errors.Is(err, broker.ErrBadKnownModels) {
 		t.Fatalf("storing 5000 models: %v, want ErrBadKnownModels", err)
+	}
+}
+
+// A target's aliases are stored with its models and read back as listed (the order of
+// equal prefixes decides between them); one a reader would refuse is left out, and the
+// rest of the list stands; aliases too many, or too large to fit beside the models, are
+// all left out, and the models stored.
+func TestKnownModelsKeepTheAliases(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	aliases := []ollama.Alias{
+		{Alias: "claude-sonnet-", Target: "tiny-b", PrefixMatching: true},
+		{Alias: "fast", Target: "tiny-a:latest"},
+		{Alias: "claude-haiku-", Target: "tiny-a", PrefixMatching: true},
+	}
+	long := ollama.Alias{Alias: strings.Repeat("a", 300), Target: "tiny-a"}
+	in := broker.KnownModels{Name: "mac", URL: "http://mac:11434", Models: []string{"tiny-a:latest", "tiny-b:latest"},
+		Aliases: slices.Insert(slices.Clone(aliases), 1, long)}
+	if err := b.Store.RememberModels(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	if in.Aliases[1] != long {
+		t.Fatal("RememberModels changed its caller's aliases")
+	}
+	got, ok, err := b.Store.RememberedModels(ctx, "mac")
+	if err != nil || !ok || !slices.Equal(got.Aliases, aliases) || !slices.Equal(got.Models, in.Models) {
+		t.Fatalf("read back %+v, ok %v, err %v; want the aliases %+v without the long one", got, ok, err, aliases)
+	}
+
+	many := make([]ollama.Alias, 5000)
+	for i := range many {
+		many[i] = ollama.Alias{Alias: fmt.Sprintf("a%d", i), Target: "tiny-a"}
+	}
+	large := make([]ollama.Alias, 1000) // 150-byte names: over 256 KiB in all
+	for i := range large {
+		large[i] = ollama.Alias{Alias: fmt.Sprintf("%0150d", i), Target: strings.Repeat("t", 150)}
+	}
+	for name, as := range map[string][]ollama.Alias{"too many": many, "too large": large} {
+		if err := b.Store.RememberModels(ctx, broker.KnownModels{Name: "mac", URL: "http://mac:11434", Models: []string{"tiny-a:latest"}, Aliases: as}); err != nil {
+			t.Fatalf("%s aliases: %v", name, err)
+		}
+		got, ok, err := b.Store.RememberedModels(ctx, "mac")
+		if err != nil || !ok || len(got.Aliases) != 0 || !slices.Equal(got.Models, []string{"tiny-a:latest"}) {
+			t.Fatalf("%s aliases: read back %d aliases, models %v, ok %v, err %v; want the models without aliases", name, len(got.Aliases), got.Models, ok, err)
+		}
 	}
 }

@@ -200,11 +200,11 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 // poll requireModel makes, which catches an alias made since.
 func (s *Server) queueableModel(ctx context.Context, kind broker.Kind, model string) (string, error) {
 	if !readsAliases(kind) {
-		return model, s.queueable(ctx, model)
+		return model, s.queueable(ctx, model, model)
 	}
 	target, aliased := s.inv.ResolveAlias(model)
 	if !aliased {
-		err := s.queueable(ctx, model)
+		err := s.queueable(ctx, model, model)
 		if !errors.Is(err, ErrModelNotFound) {
 			return model, err
 		}
@@ -212,7 +212,7 @@ func (s *Server) queueableModel(ctx context.Context, kind broker.Kind, model str
 			return model, err
 		}
 	}
-	if err := s.queueable(ctx, target); err != nil {
+	if err := s.queueable(ctx, target, model); err != nil {
 		if errors.Is(err, ErrModelNotFound) {
 			// Ollama names the model the call asked for.
 			return "", &ModelNotFoundError{Model: model}
@@ -263,7 +263,10 @@ func readsAliases(kind broker.Kind) bool {
 //
 // With several foremen on one NATS, a model another live target lists is queued too: a
 // worker whose target has it runs it (ADR-0029).
-func (s *Server) queueable(ctx context.Context, model string) error {
+//
+// asked is the name the call gave (an alias of model's, or model itself): a refusal
+// names it, as Ollama's errors name the model asked for.
+func (s *Server) queueable(ctx context.Context, model, asked string) error {
 	if !s.inv.HasModel(model) && s.otherHas(ctx, model) {
 		return nil
 	}
@@ -283,9 +286,18 @@ func (s *Server) queueable(ctx context.Context, model string) error {
 			return nil
 		}
 		return refuse(ErrBadUpstream, fmt.Sprintf("ollama answers its model list with an error (%v), and with "+
-			"several foremen a job runs only on a Mac that lists its model: model %q is in no list", snap.Err, clipInput(model)))
+			"several foremen a job runs only on a Mac that lists its model: model %s is in no list", snap.Err, modelNamed(asked, model)))
 	}
-	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable and model %q is not in its last known model list", clipInput(model)))
+	return refuse(ErrBadUpstream, fmt.Sprintf("ollama is unreachable and model %s is not in its last known model list", modelNamed(asked, model)))
+}
+
+// modelNamed quotes the model a call asked for, and the model it names when it asked by
+// an alias.
+func modelNamed(asked, model string) string {
+	if asked == model {
+		return fmt.Sprintf("%q", clipInput(model))
+	}
+	return fmt.Sprintf("%q (an alias of %q)", clipInput(asked), clipInput(model))
 }
 
 // runSync submits job and writes its answer to the client until the job ends, the

@@ -34,6 +34,11 @@ type InventoryConfig struct {
 	// failed poll; nothing else does: they are no /api/tags body, and the target counts as
 	// neither polled nor reachable for them. The first successful poll replaces them.
 	Remembered []string
+	// RememberedAliases are the aliases an earlier run last read at this target (ADR-0068):
+	// ResolveAlias and Snapshot.Aliases answer from them until a poll of this run reads
+	// the target's own (a poll that lists the models but fails to read the aliases keeps
+	// them, as it keeps the ones it read before).
+	RememberedAliases []Alias
 }
 
 // Snapshot is the inventory's view of the target at its last poll.
@@ -57,7 +62,7 @@ type Snapshot struct {
 	// while they stand.
 	Remembered []string
 	// Aliases are the target's model aliases (AliasReader) at the last poll that read
-	// them; a poll that could not keeps the ones before.
+	// them; a poll that could not keeps the ones before (before any, the remembered ones).
 	Aliases []Alias
 	// aliases is Aliases with the models, ready to resolve (nil without aliases).
 	aliases *AliasTable
@@ -108,6 +113,8 @@ func NewInventory(cfg InventoryConfig) *Inventory {
 			i.snap.Remembered = append(i.snap.Remembered, n)
 		}
 	}
+	i.snap.Aliases = slices.Clone(cfg.RememberedAliases)
+	i.snap.aliases = NewAliasTable(i.snap.Aliases, i.snap.Remembered)
 	return i
 }
 

@@ -2,6 +2,7 @@ package ollama_test
 
 import (
 	"errors"
+	"net/http"
 	"slices"
 	"testing"
 
@@ -65,5 +66,55 @@ func TestInventoryRememberedModelsUntilAPollSucceeds(t *testing.T) {
 	_ = inv.Refresh(testCtx(t))
 	if inv.Reachable() || !inv.HasModel("tiny-a") || inv.HasModel("gone:7b") {
 		t.Error("a failed poll after a good one brought the remembered list back")
+	}
+}
+
+// Aliases remembered from an earlier run resolve, by the remembered models (a model of
+// the name wins over an alias), until a poll of this run reads the target's own: a call
+// naming one is queued under its model while the target is down after a restart. A poll
+// that lists the models but fails to read the aliases keeps them.
+func TestInventoryRememberedAliasesUntilAPollReadsThem(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "tiny-a"}, ollamatest.Model{Name: "tiny-b"}))
+	fake.SetAlias(ollama.Alias{Alias: "fast", Target: "tiny-a"})
+	fake.SetDown(true)
+	remembered := []ollama.Alias{
+		{Alias: "fast", Target: "tiny-b"},
+		{Alias: "claude-sonnet-", Target: "tiny-a", PrefixMatching: true},
+		{Alias: "tiny-", Target: "tiny-b", PrefixMatching: true},
+	}
+	inv := ollama.NewInventory(ollama.InventoryConfig{
+		Client: newClient(t, fake.URL), Remembered: []string{"tiny-a", "tiny-b"}, RememberedAliases: remembered,
+	})
+	resolves := func(when string, want map[string]string) {
+		t.Helper()
+		for name, target := range want {
+			if got, ok := inv.ResolveAlias(name); got != target || ok != (target != "") {
+				t.Errorf("%s: ResolveAlias(%q) = %q, %v; want %q", when, name, got, ok, target)
+			}
+		}
+	}
+	before := map[string]string{"fast": "tiny-b:latest", "claude-sonnet-4-5": "tiny-a:latest", "tiny-c": "tiny-b:latest", "tiny-a": "", "slow": ""}
+	resolves("before any poll", before)
+	if got := inv.Snapshot().Aliases; !slices.Equal(got, remembered) {
+		t.Errorf("before any poll: Snapshot.Aliases = %+v, want the remembered ones", got)
+	}
+	if err := inv.Refresh(testCtx(t)); err == nil {
+		t.Fatal("a poll of a down target succeeded")
+	}
+	resolves("after a failed poll", before)
+
+	fake.SetDown(false)
+	fake.FailNextOn(ollama.AliasesPath, 1, ollamatest.FailStatus(http.StatusInternalServerError, "unsupported router config version 2"))
+	if err := inv.Refresh(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	resolves("after a poll that could not read the aliases", before)
+	if err := inv.Refresh(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	resolves("after a good poll", map[string]string{"fast": "tiny-a:latest", "claude-sonnet-4-5": "", "tiny-c": ""})
+	if got := inv.Snapshot().Aliases; !slices.Equal(got, []ollama.Alias{{Alias: "fast", Target: "tiny-a"}}) {
+		t.Errorf("after a good poll: Snapshot.Aliases = %+v, want the target's", got)
 	}
 }

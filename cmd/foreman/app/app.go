@@ -128,12 +128,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		}
 		a.warmEmbedder(ctx)
 	}
+	// Until the target answers a poll, the models it had before the restart may be
+	// queued for, also by its aliases (until a poll reads its own): a Mac still down when
+	// foreman comes back takes its batch work later.
+	remembered, rememberedAliases := a.rememberedModels(ctx)
 	a.inv = ollama.NewInventory(ollama.InventoryConfig{
 		Client: a.target, Interval: cfg.PollInterval, Logger: log, OnRecover: onRecover,
-		OnPoll: a.onPoll,
-		// Until the target answers a poll, the models it had before the restart may be
-		// queued for: a Mac still down when foreman comes back takes its batch work later.
-		Remembered: a.rememberedModels(ctx),
+		OnPoll: a.onPoll, Remembered: remembered, RememberedAliases: rememberedAliases,
 	})
 	// Bind before anything runs: a taken port then fails start-up with nothing to undo,
 	// and the gateway's Host check needs the address really bound.

@@ -25,43 +25,44 @@ func knownModelsRefresh(jobTTL time.Duration) time.Duration { return jobTTL / 8 
 type knownModels struct {
 	url     string
 	models  []string
+	aliases []ollama.Alias
 	written time.Time
 }
 
-// rememberedModels reads the model list an earlier run stored for this target, for the
-// inventory to answer from until its first successful poll (ADR-0047). A list stored for
-// another URL (FOREMAN_OLLAMA_URL changed), past its job TTL, or unreadable is not used;
-// nothing here stops foreman from starting.
-func (a *App) rememberedModels(ctx context.Context) []string {
+// rememberedModels reads the model list an earlier run stored for this target, and the
+// aliases with it, for the inventory to answer from until its first successful poll (the
+// aliases: until a poll reads the target's own; ADR-0047, ADR-0068). A list stored for another URL (FOREMAN_OLLAMA_URL changed), past
+// its job TTL, or unreadable is not used; nothing here stops foreman from starting.
+func (a *App) rememberedModels(ctx context.Context) ([]string, []ollama.Alias) {
 	rctx, cancel := context.WithTimeout(ctx, knownModelsTimeout)
 	defer cancel()
 	k, ok, err := a.store.RememberedModels(rctx, a.cfg.TargetName)
 	if err != nil {
 		a.log.Warn("remembered model list not used", "target", a.cfg.TargetName, "err", err)
-		return nil
+		return nil, nil
 	}
 	if !ok {
-		return nil
+		return nil, nil
 	}
 	if url := publishedURL(a.cfg.OllamaURL); k.URL != url {
 		// Another Ollama's models say nothing about this one's; the first poll that
 		// succeeds stores this one's over them.
 		a.log.Info("remembered model list is of another target URL; not used", "target", a.cfg.TargetName,
 			"url", url, "remembered_url", shorten(ollama.RedactURL(k.URL), 200))
-		return nil
+		return nil, nil
 	}
 	// Its age is on the server's clock, which stamped it; kept as a time of this host's
 	// (with its monotonic reading), as a list this foreman stores is (rememberModels).
-	a.known = knownModels{url: k.URL, models: k.Models, written: time.Now().Add(-a.store.ServerNow().Sub(k.Written))}
+	a.known = knownModels{url: k.URL, models: k.Models, aliases: k.Aliases, written: time.Now().Add(-a.store.ServerNow().Sub(k.Written))}
 	a.log.Info("remembered model list stands until the target answers a poll", "target", a.cfg.TargetName,
-		"models", len(k.Models), "written", k.Written)
-	return k.Models
+		"models", len(k.Models), "aliases", len(k.Aliases), "written", k.Written)
+	return k.Models, k.Aliases
 }
 
 // rememberModels is part of the inventory's OnPoll: it stores the model list of a
-// successful poll when it differs from the one stored (or the URL does), or when the
-// stored one is knownModelsRefresh old, bounded by knownModelsTimeout. A failed write is
-// logged, and the next successful poll tries again.
+// successful poll, with the aliases, when either differs from the ones stored (or the URL
+// does), or when the stored one is knownModelsRefresh old, bounded by
+// knownModelsTimeout. A failed write is logged, and the next successful poll tries again.
 func (a *App) rememberModels(ctx context.Context, snap ollama.Snapshot) {
 	if snap.Err != nil || !snap.Polled {
 		return
@@ -72,18 +73,19 @@ func (a *App) rememberModels(ctx context.Context, snap ollama.Snapshot) {
 	url := publishedURL(a.cfg.OllamaURL)
 	now := time.Now()
 	k := a.known
-	if !k.written.IsZero() && k.url == url && slices.Equal(k.models, models) && now.Sub(k.written) < knownModelsRefresh(a.cfg.JobTTL) {
+	if !k.written.IsZero() && k.url == url && slices.Equal(k.models, models) && slices.Equal(k.aliases, snap.Aliases) &&
+		now.Sub(k.written) < knownModelsRefresh(a.cfg.JobTTL) {
 		return
 	}
 	wctx, cancel := context.WithTimeout(ctx, knownModelsTimeout)
 	defer cancel()
-	if err := a.store.RememberModels(wctx, broker.KnownModels{Name: a.cfg.TargetName, URL: url, Models: models}); err != nil {
+	if err := a.store.RememberModels(wctx, broker.KnownModels{Name: a.cfg.TargetName, URL: url, Models: models, Aliases: snap.Aliases}); err != nil {
 		if ctx.Err() == nil {
 			a.log.Warn("remember the target's model list", "target", a.cfg.TargetName, "err", err)
 		}
 		return
 	}
-	a.known = knownModels{url: url, models: models, written: now}
+	a.known = knownModels{url: url, models: models, aliases: snap.Aliases, written: now}
 }
 
 // shorten cuts s to at most n bytes, for a log line quoting what another process wrote.

@@ -71,6 +71,19 @@ func TestRememberModelsWritesOnChange(t *testing.T) {
 	if got := revision(); got == changed {
 		t.Fatal("an unchanged list an eighth of the job TTL old was not written again")
 	}
+	// Changed aliases are written with the models, unchanged ones are not written again.
+	aliased := polledSnap("a", "b", "c")
+	aliased.Aliases = []ollama.Alias{{Alias: "fast", Target: "a"}}
+	unaliased := revision()
+	a.rememberModels(ctx, aliased)
+	withAlias := revision()
+	if k, _, err := b.Store.RememberedModels(ctx, "studio"); withAlias == unaliased || err != nil || len(k.Aliases) != 1 || k.Aliases[0] != aliased.Aliases[0] {
+		t.Fatalf("changed aliases: revision %d, then %d; stored %+v, %v", unaliased, withAlias, k, err)
+	}
+	a.rememberModels(ctx, aliased)
+	if got := revision(); got != withAlias {
+		t.Fatal("unchanged aliases were written again")
+	}
 
 	// A write that fails (NATS gone) is logged and not taken for done.
 	before := a.known

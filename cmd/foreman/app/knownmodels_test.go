@@ -18,6 +18,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -189,6 +190,51 @@ func TestRestartWhileTargetDownQueuesItsModels(t *testing.T) {
 		}
 	case <-time.After(60 * time.Second):
 		t.Fatal("the sync call was not answered once the Mac was back")
+	}
+}
+
+// The Mac's aliases are remembered with its models (ADR-0068): after a restart while it
+// is down, a call naming an alias (Claude Code's model names, by the prefix alias
+// `ollama launch claude` sets) is queued under the alias's model and runs once the Mac is
+// back, as a call naming the model is; a name no alias covers is still refused, and an
+// alias of a model the Mac no longer listed is refused naming both.
+func TestRestartWhileTargetDownQueuesByItsAliases(t *testing.T) {
+	t.Parallel()
+	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	mac.SetAlias(ollama.Alias{Alias: "claude-sonnet-", Target: "alpha", PrefixMatching: true})
+	mac.SetAlias(ollama.Alias{Alias: "fast", Target: "beta"}) // beta deleted since
+	dir := t.TempDir()
+	first := startOnDir(t, dir, mac.URL, nil)
+	eventually(t, 20*time.Second, "the aliases stored", func() bool {
+		k, ok, err := first.Store().RememberedModels(context.Background(), "studio")
+		return err == nil && ok && len(k.Aliases) == 2
+	})
+	stopForeman(t, first)
+
+	mac.SetDown(true)
+	a := startOnDir(t, dir, mac.URL, nil)
+	eventually(t, 20*time.Second, "a failed poll", func() bool { return a.Inventory().Degraded() })
+	code, body, id := submitJob(t, a, "claude-sonnet-4-5")
+	if code != http.StatusAccepted || id == "" {
+		t.Fatalf("/jobs naming an alias the Mac had, after a restart while it is down: %d %s", code, body)
+	}
+	if j, _, err := a.Store().Get(context.Background(), id); err != nil || j.Model != "alpha:latest" {
+		t.Fatalf("the aliased job: %+v, %v; want it queued under alpha:latest", j, err)
+	}
+	if code, body, _ := submitJob(t, a, "claude-opus-4"); code != http.StatusBadGateway || !strings.Contains(body, unknownWhileDown) {
+		t.Errorf("/jobs for a name no alias covers: %d %s, want 502", code, body)
+	}
+	code, body, _ = submitJob(t, a, "fast")
+	var refusal struct {
+		Error string `json:"error"`
+	}
+	if err := json.Unmarshal([]byte(body), &refusal); code != http.StatusBadGateway || err != nil ||
+		!strings.Contains(refusal.Error, `model "fast" (an alias of "beta:latest") `+unknownWhileDown) {
+		t.Errorf("/jobs for an alias of a model not listed: %d %s, want 502 naming the alias and its model", code, body)
+	}
+	mac.SetDown(false)
+	if j := waitJob(t, a.Store(), id); j.State != broker.StateDone {
+		t.Fatalf("the aliased job once the Mac is back: %s %q", j.State, j.Error)
 	}
 }
 
