@@ -92,7 +92,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if c.natsURL != "" && c.nc == nil {
 		nc, err := nats.Connect(c.natsURL, append([]nats.Option{nats.Name("foreman-client")}, c.natsOpts...)...)
 		if err != nil {
-			return nil, fmt.Errorf("client: connect to NATS %s: %w", ollama.RedactURLs(c.natsURL), err)
+			return nil, fmt.Errorf("client: connect to NATS %s: %w", ollama.RedactURLs(c.natsURL), ollama.RedactError(err, c.natsURL))
 		}
 		c.nc, c.ownNC = nc, true
 	}

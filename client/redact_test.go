@@ -41,6 +41,11 @@ func TestErrorsHideURLCredentials(t *testing.T) {
 	errs = append(errs, err)
 	_, err = client.New("http://127.0.0.1:8080", client.WithNATSURL("nats://"+password+"@"+closed))
 	errs = append(errs, err)
+	// A URL nats.go cannot parse: its error quotes the URL given, a bad escape's text too.
+	_, err = client.New("http://127.0.0.1:8080", client.WithNATSURL("nats://app:s3c%zzret@"+closed))
+	if err == nil || strings.Contains(err.Error(), "s3c") || strings.Contains(err.Error(), "zzret") {
+		t.Errorf("a NATS URL with a bad escape in the password: %v", err)
+	}
 	for _, err := range errs {
 		if err == nil {
 			t.Fatal("a call that cannot succeed did")

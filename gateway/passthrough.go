@@ -195,12 +195,15 @@ func forwardHeader(in http.Header) http.Header {
 	return h
 }
 
-// copyHeader copies the target's response header to dst, minus hop-by-hop headers and
-// the target's CORS headers: which pages may read the answer is foreman's to say
-// (browserPolicy has set its own), not what the target allows.
+// copyHeader copies the target's response header to dst, minus hop-by-hop headers, the
+// target's CORS headers (which pages may read the answer is foreman's to say,
+// browserPolicy has set its own, not what the target allows) and its cookies: a proxy in
+// front of the Mac may hand foreman a session for the credentials foreman sends it
+// (FOREMAN_OLLAMA_URL's, FOREMAN_OLLAMA_TOKEN), which is no caller's to have.
 func copyHeader(dst, src http.Header) {
 	h := src.Clone()
 	removeHopHeaders(h)
+	h.Del("Set-Cookie")
 	for k, vs := range h {
 		switch {
 		case strings.HasPrefix(k, "Access-Control-"):

@@ -620,7 +620,8 @@ func TestPassThroughDropsBrowserHeaders(t *testing.T) {
 
 // The target's CORS headers say what the target allows, not what foreman does: they never
 // replace foreman's. Its Vary joins foreman's; its hop-by-hop headers, and those its
-// Connection header names, stay on its connection.
+// Connection header names, stay on its connection, as does a cookie it sets (a session
+// of foreman's with a proxy in front of the Mac, not the caller's).
 func TestPassThroughKeepsForemanCORS(t *testing.T) {
 	t.Parallel()
 	const origin = "https://app.example.com"
@@ -636,6 +637,7 @@ func TestPassThroughKeepsForemanCORS(t *testing.T) {
 					resp.Header.Set("Connection", "X-Target-Hop")
 					resp.Header.Set("X-Target-Hop", "1")
 					resp.Header.Set("Keep-Alive", "timeout=5")
+					resp.Header.Add("Set-Cookie", "proxy_session=s3cret; HttpOnly")
 				}
 				return resp, err
 			}}
@@ -660,6 +662,9 @@ func TestPassThroughKeepsForemanCORS(t *testing.T) {
 		if got := resp.Header.Get(h); got != "" {
 			t.Errorf("the target's hop-by-hop %s %q reached the client", h, got)
 		}
+	}
+	if got := resp.Header.Values("Set-Cookie"); len(got) != 0 {
+		t.Errorf("the target's cookie reached the client: %q", got)
 	}
 }
 

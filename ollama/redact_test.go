@@ -3,9 +3,11 @@ package ollama_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -38,6 +40,76 @@ func TestRedactURL(t *testing.T) {
 		if got := ollama.RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
 		}
+	}
+}
+
+// A list of NATS URLs is redacted URL by URL; a comma in a password (which NATS would
+// split there, so the setting is refused, quoted redacted) shows no part of it.
+func TestRedactURLs(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		"nats://a:4222,nats://b:4222":                       "nats://a:4222,nats://b:4222",
+		"nats://u:s3cret@a:4222,nats://b:4222":              "nats://xxxxx@a:4222,nats://b:4222",
+		"nats://a:4222,nats://u:s3cret@b:4222":              "nats://a:4222,nats://xxxxx@b:4222",
+		"a:4222,b:4222":                                     "a:4222,b:4222",
+		"u:s3cret@a:4222,b:4222":                            "xxxxx@a:4222,b:4222",
+		"nats://alice:hun,ter2@127.0.0.1:4222":              "nats://xxxxx@127.0.0.1:4222",
+		"nats://alice:123,456@127.0.0.1:4222,nats://b:4222": "nats://xxxxx@127.0.0.1:4222,nats://b:4222",
+		"nats://u:p@x,y@h:4222":                             "nats://xxxxx@h:4222",
+		"nats://u:a,b,c@h:4222":                             "nats://xxxxx@h:4222",
+		"alice:123,456@127.0.0.1:4222":                      "xxxxx@127.0.0.1:4222",
+		"u:p@x,y@h:4222":                                    "xxxxx@h:4222",
+		"a:4222,nats://u:s3cret@b:4222":                     "a:4222,nats://xxxxx@b:4222",
+	} {
+		got := ollama.RedactURLs(in)
+		if got != want {
+			t.Errorf("RedactURLs(%q) = %q, want %q", in, got, want)
+		}
+		for _, secret := range []string{"s3cret", "hun", "ter2", "123", "456", "p@x", "y@", "a,b"} {
+			if strings.Contains(in, secret) && strings.Contains(got, secret) {
+				t.Errorf("RedactURLs(%q) = %q shows %q", in, got, secret)
+			}
+		}
+	}
+}
+
+// RedactError takes the credentials out of an error that quotes the URL, as url.Parse's
+// errors do (and nats.Connect passes them on), also when a comma in the password cut the
+// URL where a library split the list, and keeps the error's chain.
+func TestRedactError(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		list, quoted string
+		secrets      []string
+	}{
+		{"nats://a:4222,nats://app:s3cret@h:bad", "nats://app:s3cret@h:bad", []string{"s3cret"}},
+		{"nats://a:4222,nats://s3cret@h:bad", "nats://s3cret@h:bad", []string{"s3cret"}},
+		{"nats://a:4222,nats://app:s3cret@h:4222/%zz", "nats://app:s3cret@h:4222/%zz", []string{"s3cret"}},
+		// The escape's own quote, "%zz", is part of the password.
+		{"nats://app:s3c%zzret@h:4222", "nats://app:s3c%zzret@h:4222", []string{"s3c", "%zz", "ret"}},
+		// Quoted as cut at the comma, as a library splitting the list would.
+		{"nats://app:s3cr,et@h:4222", "nats://app:s3cr", []string{"s3cr"}},
+		{"nats://app:123,s3cret@h:4222", "nats://app:123", []string{"123"}},
+		{"nats://app:123,s3cret@h:4222", "s3cret@h:4222", []string{"s3cret"}},
+	} {
+		_, perr := url.Parse(c.quoted)
+		if perr == nil {
+			perr = &url.Error{Op: "parse", URL: c.quoted, Err: errors.New("invalid port")}
+		}
+		err := ollama.RedactError(fmt.Errorf("connect: %w", perr), c.list)
+		var ue *url.Error
+		for _, secret := range c.secrets {
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("%s: %q shows %q", c.list, err, secret)
+			}
+		}
+		if !errors.As(err, &ue) {
+			t.Errorf("%s: %q lost the url.Error of its chain", c.list, err)
+		}
+	}
+	plain := errors.New("nats: no servers available for connection")
+	if got := ollama.RedactError(plain, "nats://app:s3cret@h:4222"); got != plain {
+		t.Errorf("an error without credentials was changed: %v", got)
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // chatBench is `foreman bench chat`'s settings.
@@ -105,9 +107,10 @@ func (b *chatBench) run(cmd *cobra.Command, e *env) error {
 	for _, u := range b.also {
 		var base string
 		if err := httpURL(&base)(u); err != nil {
-			return fmt.Errorf("--also %q: %w", u, err)
+			return fmt.Errorf("--also %q: %w", ollama.RedactURL(u), err)
 		}
-		sides = append(sides, &chatSide{name: base, url: base + "/api/chat", token: token, hc: keepAliveClient(1)})
+		// Named, in errors and the report, without the credentials its URL may carry.
+		sides = append(sides, &chatSide{name: ollama.RedactURL(base), url: base + "/api/chat", token: token, hc: keepAliveClient(1)})
 	}
 	sides = append(sides, direct)
 	ctx := cmd.Context()
@@ -221,12 +224,13 @@ func (s *chatSide) time(ctx context.Context, body []byte, stream bool) (time.Dur
 	start := time.Now()
 	resp, err := s.hc.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, ollama.RedactError(err, s.url)
 	}
 	defer resp.Body.Close()
+	shown := ollama.RedactURL(s.url)
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return 0, fmt.Errorf("%s: %d %s", s.url, resp.StatusCode, bytes.TrimSpace(msg))
+		return 0, fmt.Errorf("%s: %d %s", shown, resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	var took time.Duration
 	if stream {
@@ -236,12 +240,12 @@ func (s *chatSide) time(ctx context.Context, body []byte, stream bool) (time.Dur
 			if n > 0 {
 				took = time.Since(start)
 			} else if err != nil {
-				return 0, fmt.Errorf("%s: empty answer: %w", s.url, err)
+				return 0, fmt.Errorf("%s: empty answer: %w", shown, err)
 			}
 		}
 	}
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return 0, fmt.Errorf("%s: read answer: %w", s.url, err)
+		return 0, fmt.Errorf("%s: read answer: %w", shown, err)
 	}
 	if !stream {
 		took = time.Since(start)

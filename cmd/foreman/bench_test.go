@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 	"testing"
@@ -79,6 +80,23 @@ func TestBench(t *testing.T) {
 		}
 		if chats != 12 {
 			t.Errorf("the target got %d chats, want 12 (4 direct, 4 through each foreman)", chats)
+		}
+	})
+	t.Run("chat hides credentials", func(t *testing.T) {
+		t.Parallel()
+		refusing := ollamatest.New(t)
+		refusing.FailNext(100, ollamatest.FailStatus(http.StatusUnauthorized, "no"))
+		for _, args := range [][]string{
+			{"--direct", strings.Replace(refusing.URL, "://", "://user:s3cret@", 1)},
+			{"--direct", "http://s3cret@" + closedPort(t)},
+			{"--direct", "http://user:s3cret@" + closedPort(t)},
+			{"--direct", fake.URL, "--also", "ftp://user:s3cret@127.0.0.1:1"},
+			{"--direct", fake.URL, "--also", "http://s3cret@" + closedPort(t)},
+		} {
+			r := runCLI(t, vars, nil, nil, append([]string{"bench", "chat", "-m", "tiny-a", "--prompt", "Hidden hello.", "-n", "1", "--warmup", "0"}, args...)...)
+			if r.code == 0 || r.stderr == "" || strings.Contains(r.stderr+r.stdout, "s3cret") {
+				t.Errorf("bench chat %v: exit %d\nstdout: %s\nstderr: %s", args, r.code, r.stdout, r.stderr)
+			}
 		}
 	})
 	t.Run("submit", func(t *testing.T) {

@@ -343,7 +343,7 @@ func natsURLs(p *string) func(string) error {
 				entry = "nats://" + entry
 			}
 			if u, err := url.Parse(entry); err != nil || u.Host == "" {
-				return fmt.Errorf("entry %d is not a NATS URL (nats://[user:password@]host:port)", i+1)
+				return fmt.Errorf("entry %d is not a NATS URL (nats://[user:password@]host:port; a comma in a user or password is written %%2C)", i+1)
 			}
 			n++
 		}

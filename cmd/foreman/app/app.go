@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -308,7 +307,7 @@ func (a *App) startNATS(ctx context.Context) error {
 		}))
 		nc, err := connectNATS(ctx, a.cfg.NATSURL, opts, a.log)
 		if err != nil {
-			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", ollama.RedactURLs(a.cfg.NATSURL), hideUserinfo(err, a.cfg.NATSURL))
+			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", ollama.RedactURLs(a.cfg.NATSURL), ollama.RedactError(err, a.cfg.NATSURL))
 		}
 		a.nc = nc
 		return nil
@@ -334,47 +333,6 @@ func (a *App) startNATS(ctx context.Context) error {
 	a.nc, err = srv.Connect()
 	return err
 }
-
-// hideUserinfo returns err with the credentials of every URL in list (comma-separated)
-// replaced by "xxxxx" in its message, for errors of libraries that might quote the URL
-// they were given (url.Parse's do). errors.Is and errors.As still see err.
-func hideUserinfo(err error, list string) error {
-	msg := err.Error()
-	for _, raw := range strings.Split(list, ",") {
-		raw = strings.TrimSpace(raw)
-		if shown := ollama.RedactURL(raw); shown != raw {
-			msg = strings.ReplaceAll(msg, raw, shown)
-		}
-		if !strings.Contains(raw, "://") {
-			raw = "nats://" + raw
-		}
-		u, perr := url.Parse(raw)
-		if perr != nil || u.User == nil {
-			continue
-		}
-		secret, ok := u.User.Password()
-		if !ok {
-			secret = u.User.Username() // a token
-		}
-		for _, s := range []string{u.User.String(), secret} {
-			if s != "" {
-				msg = strings.ReplaceAll(msg, s, "xxxxx")
-			}
-		}
-	}
-	if msg == err.Error() {
-		return err
-	}
-	return &redactedError{msg: msg, err: err}
-}
-
-type redactedError struct {
-	msg string
-	err error
-}
-
-func (e *redactedError) Error() string { return e.msg }
-func (e *redactedError) Unwrap() error { return e.err }
 
 // goRun runs a long-lived component; an early error from it stops foreman.
 func (a *App) goRun(name string, fn func() error) {

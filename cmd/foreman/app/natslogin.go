@@ -101,7 +101,7 @@ func connectNATS(ctx context.Context, urls string, opts []nats.Option, log *slog
 		if err == nil || !errors.Is(err, nats.ErrNoServers) {
 			return nc, err
 		}
-		log.Warn("waiting for the NATS cluster: no server answers yet", "nats_url", ollama.RedactURLs(urls), "attempt", attempt, "retry_in", pause, "err", hideUserinfo(err, urls))
+		log.Warn("waiting for the NATS cluster: no server answers yet", "nats_url", ollama.RedactURLs(urls), "attempt", attempt, "retry_in", pause, "err", ollama.RedactError(err, urls))
 		t := time.NewTimer(pause)
 		select {
 		case <-ctx.Done():
