@@ -39,12 +39,12 @@ func addClientFlags(cmd *cobra.Command, withNATS bool) *clientFlags {
 	f := &clientFlags{}
 	fs := cmd.Flags()
 	fs.StringVar(&f.url, "url", "", "foreman's URL [FOREMAN_URL] (default "+defaultURL+")")
-	fs.StringVar(&f.token, "token", "", "bearer token: foreman's FOREMAN_AUTH_TOKEN or one of its FOREMAN_AUTH_TOKENS [FOREMAN_TOKEN]")
+	fs.StringVar(&f.token, "token", "", "bearer token: foreman's FOREMAN_AUTH_TOKEN or one of its FOREMAN_AUTH_TOKENS [FOREMAN_TOKEN]"+secretFlagNote)
 	fs.BoolVar(&f.json, "json", false, "print JSON for scripts")
 	if withNATS {
 		fs.StringVar(&f.natsURL, "nats-url", "", "foreman's NATS listener, to follow jobs live (polling without it) [FOREMAN_CLIENT_NATS_URL]")
 		fs.StringVar(&f.natsUser, "nats-user", "", "NATS client user [FOREMAN_NATS_USER]")
-		fs.StringVar(&f.natsPassword, "nats-password", "", "NATS client password [FOREMAN_NATS_PASSWORD]")
+		fs.StringVar(&f.natsPassword, "nats-password", "", "NATS client password [FOREMAN_NATS_PASSWORD]"+secretFlagNote)
 	}
 	return f
 }

@@ -376,10 +376,17 @@ func shownValue(env, val string) string {
 	return strconv.Quote(val)
 }
 
+// secretFlagNote ends the usage of a flag that takes a secret: a command line is any
+// local user's to read (ps, /proc/<pid>/cmdline), the environment is not.
+const secretFlagNote = " (other users of the machine can read a flag; prefer the variable)"
+
 // bindFlags registers every setting as a flag on fs.
 func bindFlags(fs *pflag.FlagSet, set []*setting) {
 	for _, s := range set {
 		usage := s.usage + " [" + s.env + "]"
+		if secretSettings[s.env] {
+			usage += secretFlagNote
+		}
 		fs.StringVar(&s.raw, s.flag, s.def, usage)
 		if s.noOpt != "" {
 			fs.Lookup(s.flag).NoOptDefVal = s.noOpt

@@ -209,3 +209,30 @@ func TestServeNeverShowsOllamaPassword(t *testing.T) {
 		}
 	}
 }
+
+// Every flag that takes a secret says that a command line is readable by the machine's
+// other users, and points to the variable.
+func TestSecretFlagsPointToTheVariable(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		args  []string
+		flags []string
+	}{
+		{[]string{"serve", "--help"}, []string{"--auth-token ", "--auth-tokens ", "--ollama-token ", "--nats-password ", "--webhook-secret "}},
+		{[]string{"jobs", "list", "--help"}, []string{"--token "}},
+		{[]string{"submit", "--help"}, []string{"--token ", "--nats-password "}},
+	} {
+		r := runCLI(t, nil, nil, nil, c.args...)
+		for _, flag := range c.flags {
+			i := strings.Index(r.stdout, flag)
+			if i < 0 {
+				t.Errorf("%v: no %s in\n%s", c.args, flag, r.stdout)
+				continue
+			}
+			line, _, _ := strings.Cut(r.stdout[i:], "\n")
+			if !strings.Contains(line, secretFlagNote) {
+				t.Errorf("%v: %q does not point to the variable", c.args, line)
+			}
+		}
+	}
+}
