@@ -82,7 +82,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if c.webhookURL != "" {
 		w, err := url.Parse(c.webhookURL)
 		if err != nil || (w.Scheme != "http" && w.Scheme != "https") || w.Host == "" || w.RawQuery != "" || w.Fragment != "" {
-			return nil, fmt.Errorf("client: webhook URL %q is not an absolute http(s) URL without query", c.webhookURL)
+			return nil, fmt.Errorf("client: webhook URL %q is not an absolute http(s) URL without query", ollama.RedactURL(c.webhookURL))
 		}
 		if !c.webhookAddrSet {
 			return nil, errors.New("client: WithWebhookURL needs WithWebhookListenAddr: the port foreman's calls arrive on")
@@ -90,6 +90,9 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		c.webhookURL = strings.TrimRight(c.webhookURL, "/")
 	}
 	if c.natsURL != "" && c.nc == nil {
+		if err := ollama.CheckURLList(c.natsURL); err != nil {
+			return nil, fmt.Errorf("client: NATS URL %s: %w", ollama.RedactURLs(c.natsURL), err)
+		}
 		nc, err := nats.Connect(c.natsURL, append([]nats.Option{nats.Name("foreman-client")}, c.natsOpts...)...)
 		if err != nil {
 			return nil, fmt.Errorf("client: connect to NATS %s: %w", ollama.RedactURLs(c.natsURL), ollama.RedactError(err, c.natsURL))

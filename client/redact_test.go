@@ -46,6 +46,13 @@ func TestErrorsHideURLCredentials(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "s3c") || strings.Contains(err.Error(), "zzret") {
 		t.Errorf("a NATS URL with a bad escape in the password: %v", err)
 	}
+	// A comma in the password: refused before NATS would split the URL there (and look up
+	// "app" as a host, or send "s3cret" as a token).
+	_, err = client.New("http://127.0.0.1:8080", client.WithNATSURL("nats://app:f1rst,"+password+"@"+closed))
+	if err == nil || !strings.Contains(err.Error(), "%2C") || strings.Contains(err.Error(), "f1rst") {
+		t.Errorf("a NATS URL with a comma in the password: %v", err)
+	}
+	errs = append(errs, err)
 	for _, err := range errs {
 		if err == nil {
 			t.Fatal("a call that cannot succeed did")

@@ -2,8 +2,9 @@ package ollama
 
 import (
 	"errors"
+	"fmt"
 	"net/url"
-	"strconv"
+	"regexp"
 	"strings"
 )
 
@@ -60,10 +61,11 @@ func redacted(u *url.URL) string {
 
 // RedactURLs redacts each URL of a comma-separated list, as NATS URLs are given
 // (FOREMAN_NATS_URL, the client's NATS URL). A comma may also stand in a password (NATS
-// splits the list there too, so such a setting is refused, but the refusal quotes it):
-// in a list of URLs with schemes, a piece without one is taken for the rest of the URL
-// before it; in a list without, a piece past the first holding an "@" makes the whole
-// list one to redact. Either way a secret is never shown, at worst a host with it.
+// splits the list there too; CheckURLList refuses the lists that may hold one, but the
+// refusal quotes them): in a list of URLs with schemes, a piece without one, or any piece
+// after one that is no URL with a host, is taken for the rest of the URL before it; in a
+// list without, a piece past the first holding an "@" makes the whole list one to redact.
+// Either way a secret is never shown, at worst a host with it.
 func RedactURLs(list string) string {
 	urls := urlList(list)
 	for i, u := range urls {
@@ -79,8 +81,8 @@ func urlList(list string) []string {
 	case strings.Contains(pieces[0], "://"):
 		var urls []string
 		for _, p := range pieces {
-			if len(urls) > 0 && !strings.Contains(p, "://") {
-				urls[len(urls)-1] += "," + p
+			if n := len(urls); n > 0 && (!strings.Contains(p, "://") || !hasHost(urls[n-1])) {
+				urls[n-1] += "," + p
 				continue
 			}
 			urls = append(urls, p)
@@ -92,20 +94,55 @@ func urlList(list string) []string {
 	return pieces
 }
 
+// hasHost reports whether raw parses as a URL with a host.
+func hasHost(raw string) bool {
+	u, err := url.Parse(strings.TrimSpace(raw))
+	return err == nil && u.Host != ""
+}
+
+// CheckURLList refuses a comma-separated list of NATS URLs whose entries cannot be told
+// from the parts of a URL with a comma in its user or password: an entry past the first
+// with a user but no scheme of its own ("nats://alice:pa,ss@host" or "u:p@a,u:p@b"). NATS
+// would split such a URL at the comma and send a part of the secret as a credential, or
+// look up a part of it as a host name.
+func CheckURLList(list string) error {
+	for i, p := range strings.Split(list, ",") {
+		if at := strings.IndexByte(p, '@'); i > 0 && at >= 0 && !strings.Contains(p[:at], "://") {
+			return fmt.Errorf("entry %d has a user but no scheme: give each URL its own (nats://user:password@host:port), and write a comma in a user or password as %%2C", i+1)
+		}
+	}
+	return nil
+}
+
+// quotedText matches a Go-quoted string in an error message.
+var quotedText = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// minBareSecret is the shortest secret RedactError replaces wherever it stands in a
+// message, not only inside its URL: a shorter one ("nats", "1234") would be replaced in
+// words and numbers that are not it, making the message unreadable and telling by the
+// holes what the secret is.
+const minBareSecret = 8
+
 // RedactError returns err with the credentials of every URL in list (comma-separated,
-// as RedactURLs takes it) replaced by "xxxxx" in its message, for errors of libraries
-// that may quote the URL they were given (url.Parse's do, and nats.Connect passes them
-// on): the URL, its userinfo, its secret (the password, or a user name alone: a token),
-// and each comma-separated part of that secret (a library splitting the list may quote
-// a URL cut there). A bad escape's quoted text, part of the URL, goes too. errors.Is and
-// errors.As still see err.
+// as RedactURLs takes it) taken out of its message, for errors of libraries that may
+// quote the URL they were given (url.Parse's do, and nats.Connect passes them on): each
+// URL is shown redacted, and a secret of minBareSecret bytes or more (the password, or a
+// user name alone: a token) is replaced wherever it stands. A parse error of a URL of the
+// list (or of a piece of it: NATS cuts a list at a comma in a password) shows the list
+// redacted, and its fault without the parts of the URL it quotes (a port, an escape).
+// errors.Is and errors.As still see err.
 func RedactError(err error, list string) error {
 	msg := err.Error()
-	var esc url.EscapeError
-	if errors.As(err, &esc) {
-		msg = strings.ReplaceAll(msg, strconv.Quote(string(esc)), `"xxxxx"`)
+	var ue *url.Error
+	if errors.As(err, &ue) && ue.Op == "parse" && ue.URL != "" &&
+		(strings.Contains(list, ue.URL) || strings.Contains(list, strings.TrimPrefix(ue.URL, "nats://"))) {
+		fault := "invalid URL"
+		if ue.Err != nil {
+			fault = quotedText.ReplaceAllString(ue.Err.Error(), `"…"`)
+		}
+		msg = strings.ReplaceAll(msg, ue.Error(), fmt.Sprintf("parse %q: %s", RedactURLs(list), fault))
 	}
-	// The whole URLs first: a part's replacement would leave them unmatched.
+	// The whole URLs first: a piece's replacement would leave them unmatched.
 	for _, raw := range append(urlList(list), strings.Split(list, ",")...) {
 		raw = strings.TrimSpace(raw)
 		if shown := RedactURL(raw); shown != raw {
@@ -122,8 +159,8 @@ func RedactError(err error, list string) error {
 		if !ok {
 			secret = u.User.Username() // a token
 		}
-		for _, s := range append([]string{u.User.String(), secret}, strings.Split(secret, ",")...) {
-			if s != "" {
+		for _, s := range []string{u.User.String(), secret} {
+			if len(s) >= minBareSecret {
 				msg = strings.ReplaceAll(msg, s, redactedUserinfo)
 			}
 		}

@@ -60,6 +60,8 @@ func TestRedactURLs(t *testing.T) {
 		"alice:123,456@127.0.0.1:4222":                      "xxxxx@127.0.0.1:4222",
 		"u:p@x,y@h:4222":                                    "xxxxx@h:4222",
 		"a:4222,nats://u:s3cret@b:4222":                     "a:4222,nats://xxxxx@b:4222",
+		"nats://u:pa,ss://s3cret@h:4222":                    "nats://xxxxx@h:4222",
+		"nats://a:4222, nats://b:4222":                      "nats://a:4222, nats://b:4222",
 	} {
 		got := ollama.RedactURLs(in)
 		if got != want {
@@ -75,7 +77,8 @@ func TestRedactURLs(t *testing.T) {
 
 // RedactError takes the credentials out of an error that quotes the URL, as url.Parse's
 // errors do (and nats.Connect passes them on), also when a comma in the password cut the
-// URL where a library split the list, and keeps the error's chain.
+// URL where a library split the list, and keeps the error's chain; a message without
+// them, or with only a word a short secret happens to equal, is left as it is.
 func TestRedactError(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
@@ -89,7 +92,9 @@ func TestRedactError(t *testing.T) {
 		{"nats://app:s3c%zzret@h:4222", "nats://app:s3c%zzret@h:4222", []string{"s3c", "%zz", "ret"}},
 		// Quoted as cut at the comma, as a library splitting the list would.
 		{"nats://app:s3cr,et@h:4222", "nats://app:s3cr", []string{"s3cr"}},
-		{"nats://app:123,s3cret@h:4222", "nats://app:123", []string{"123"}},
+		{"nats://app:s3cr,et@127.0.0.1:bad", "nats://app:s3cr", []string{"s3cr", "et@"}},
+		{"app:s3cr,et@127.0.0.1:bad", "nats://app:s3cr", []string{"s3cr", "et@"}},
+		{"nats://app:123,s3cret@h:4222", "nats://app:123", []string{"123", "s3cret"}},
 		{"nats://app:123,s3cret@h:4222", "s3cret@h:4222", []string{"s3cret"}},
 	} {
 		_, perr := url.Parse(c.quoted)
@@ -103,13 +108,51 @@ func TestRedactError(t *testing.T) {
 				t.Errorf("%s: %q shows %q", c.list, err, secret)
 			}
 		}
-		if !errors.As(err, &ue) {
-			t.Errorf("%s: %q lost the url.Error of its chain", c.list, err)
+		if !errors.As(err, &ue) || !strings.HasPrefix(err.Error(), "connect: parse ") {
+			t.Errorf("%s: %q lost the url.Error of its chain, or its words", c.list, err)
 		}
 	}
-	plain := errors.New("nats: no servers available for connection")
-	if got := ollama.RedactError(plain, "nats://app:s3cret@h:4222"); got != plain {
-		t.Errorf("an error without credentials was changed: %v", got)
+
+	// Through an HTTP client's error, which quotes the URL asked.
+	req := &url.Error{Op: "Post", URL: "http://tok3n-s3cret@127.0.0.1:1/jobs", Err: errors.New("connection refused")}
+	if got := ollama.RedactError(req, "http://tok3n-s3cret@127.0.0.1:1").Error(); got != `Post "http://xxxxx@127.0.0.1:1/jobs": connection refused` {
+		t.Errorf("HTTP client error: %q", got)
+	}
+	// A long secret is taken out wherever it stands.
+	if got := ollama.RedactError(errors.New("auth failed for longs3cret99"), "nats://app:longs3cret99@h:1").Error(); strings.Contains(got, "longs3cret99") {
+		t.Errorf("a bare long secret shows: %q", got)
+	}
+	for _, list := range []string{
+		"nats://app:s3cret@h:4222",
+		"nats://u:Xy9q%2Cc@127.0.0.1:1", // an escaped comma: NATS does not cut there
+		"nats://u:nats@h:1",             // a secret that is a word of the message
+	} {
+		plain := errors.New("nats: no servers available for connection")
+		if got := ollama.RedactError(plain, list); got != plain {
+			t.Errorf("%s: an error without credentials was changed: %v", list, got)
+		}
+	}
+}
+
+// URL lists whose entries could be the parts of one URL with a comma in its user or
+// password are refused; the lists NATS reads as several URLs are not.
+func TestCheckURLList(t *testing.T) {
+	t.Parallel()
+	for list, ok := range map[string]bool{
+		"nats://a:4222":                              true,
+		"nats://a:4222,nats://b:4222":                true,
+		"nats://u:p@a:4222, nats://u:p@b:4222":       true,
+		"a:4222,b:4222":                              true,
+		"u:p@a:4222,b:4222":                          true,
+		"nats://u:p%2Cq@a:4222":                      true,
+		"nats://alice:123,456@127.0.0.1:4222":        false,
+		"nats://127.0.0.1:1, app:s3cret@127.0.0.1:2": false,
+		"u:p@a:4222,u:p@b:4222":                      false,
+		"to,ken@127.0.0.1:4222":                      false,
+	} {
+		if err := ollama.CheckURLList(list); (err == nil) != ok {
+			t.Errorf("CheckURLList(%q) = %v, want ok %v", list, err, ok)
+		}
 	}
 }
 

@@ -215,7 +215,7 @@ type chatSide struct {
 func (s *chatSide) time(ctx context.Context, body []byte, stream bool) (time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
 	if err != nil {
-		return 0, err
+		return 0, ollama.RedactError(err, s.url)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if s.token != "" {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // submitBench is `foreman bench submit`'s settings.
@@ -118,7 +120,7 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 				mu.Lock()
 				refused[key]++
 				if first == "" && err != nil {
-					first = err.Error()
+					first = ollama.RedactError(err, url).Error() // the report may be shared
 				}
 				mu.Unlock()
 			}

@@ -89,7 +89,7 @@ func TestBench(t *testing.T) {
 		for _, args := range [][]string{
 			{"--direct", strings.Replace(refusing.URL, "://", "://user:s3cret@", 1)},
 			{"--direct", "http://s3cret@" + closedPort(t)},
-			{"--direct", "http://user:s3cret@" + closedPort(t)},
+			{"--direct", fake.URL, "--url", "http://user:s3cret@127.0.0.1:bad"},
 			{"--direct", fake.URL, "--also", "ftp://user:s3cret@127.0.0.1:1"},
 			{"--direct", fake.URL, "--also", "http://s3cret@" + closedPort(t)},
 		} {
@@ -111,6 +111,15 @@ func TestBench(t *testing.T) {
 		}
 		if rep.Accepted != 20 || rep.Callers != 4 || len(rep.Refused) != 0 || rep.PerSec <= 0 || rep.Latency.N != 20 {
 			t.Errorf("report %+v", rep)
+		}
+	})
+	t.Run("submit hides credentials", func(t *testing.T) {
+		t.Parallel()
+		for _, u := range []string{"http://s3cret@" + closedPort(t), "http://user:s3cret@127.0.0.1:bad"} {
+			r := runCLI(t, nil, nil, nil, "bench", "submit", "--url", u, "-n", "1", "--json")
+			if r.code == 0 || !strings.Contains(r.stdout, `"first_error"`) || strings.Contains(r.stderr+r.stdout, "s3cret") {
+				t.Errorf("bench submit --url %s: exit %d\nstdout: %s\nstderr: %s", u, r.code, r.stdout, r.stderr)
+			}
 		}
 	})
 	t.Run("submit refused", func(t *testing.T) {

@@ -333,6 +333,9 @@ func readableFile(p *string) func(string) error {
 // (nats://) optional. The message never repeats the value: it may hold a password.
 func natsURLs(p *string) func(string) error {
 	return func(v string) error {
+		if err := ollama.CheckURLList(v); err != nil {
+			return err
+		}
 		n := 0
 		for i, entry := range strings.Split(v, ",") {
 			entry = strings.TrimSpace(entry)

@@ -66,8 +66,9 @@ func TestConfigErrorsHideURLCredentials(t *testing.T) {
 		{env: map[string]string{"FOREMAN_NATS_URL": "nats://a:4222, nats://app:s3cret@b:x:y"}, want: `entry 2 is not a NATS URL`},
 		{args: []string{"--nats-url=nats://s3cret@[::1"}, want: `--nats-url="nats://xxxxx@[::1"`},
 		// A comma in a password: NATS splits the list there.
-		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,tail@127.0.0.1:4222"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:4222": entry 1 is not a NATS URL`},
-		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,x@127.0.0.1:bad"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:bad": entry 1 is not a NATS URL (nats://[user:password@]host:port; a comma in a user or password is written %2C)`},
+		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,tail@127.0.0.1:4222"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:4222": entry 2 has a user but no scheme`},
+		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,x@127.0.0.1:bad"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:bad": entry 2 has a user but no scheme`},
+		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:123,s3cret@127.0.0.1:4222"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:4222": entry 2 has a user but no scheme: give each URL its own (nats://user:password@host:port), and write a comma in a user or password as %2C`},
 	}
 	for _, c := range cases {
 		_, err := parseConfig(t, c.args, c.env)
@@ -106,7 +107,7 @@ func TestShownValueHidesSecrets(t *testing.T) {
 func TestStartErrorsHideNATSCredentials(t *testing.T) {
 	t.Parallel()
 	addr := closedPort(t)
-	for _, nu := range []string{"nats://app:" + testPassword + "@" + addr, "nats://" + testPassword + "@" + addr, "nats://127.0.0.1:1, app:" + testPassword + "@" + addr} {
+	for _, nu := range []string{"nats://app:" + testPassword + "@" + addr, "nats://" + testPassword + "@" + addr, "nats://127.0.0.1:1, nats://app:" + testPassword + "@" + addr} {
 		cfg, err := parseConfig(t, nil, map[string]string{"FOREMAN_ADDR": "127.0.0.1:0", "FOREMAN_NATS_URL": nu})
 		if err != nil {
 			t.Fatal(err)
