@@ -60,6 +60,9 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("client: base URL %q is not an absolute http(s) URL", ollama.RedactURL(baseURL))
 	}
+	if err := ollama.CheckUserinfo(u, baseURL); err != nil {
+		return nil, fmt.Errorf("client: base URL %q: %w", ollama.RedactURL(baseURL), err)
+	}
 	c := &Client{
 		base:         strings.TrimRight(baseURL, "/"),
 		shown:        ollama.RedactURL(strings.TrimRight(baseURL, "/")),

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/client"
 )
 
@@ -52,6 +54,15 @@ func TestErrorsHideURLCredentials(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "%2C") || strings.Contains(err.Error(), "f1rst") {
 		t.Errorf("a NATS URL with a comma in the password: %v", err)
 	}
+	errs = append(errs, err)
+	// A quote in the password, with TLS on (nats.go gives an entry without a scheme tls://),
+	// and a "/" in a token, which url.Parse takes for a host and a path (localhost here:
+	// a regression must not send a lookup off the machine).
+	_, err = client.New("http://127.0.0.1:8080", client.WithNATSURL(`app:pa"`+password+"@"+closed, nats.Secure()))
+	errs = append(errs, err)
+	_, err = client.New("http://localhost/" + password + "@" + closed)
+	errs = append(errs, err)
+	_, err = client.New("http://127.0.0.1:8080", client.WithNATSURL("nats://localhost/"+password+"@"+closed))
 	errs = append(errs, err)
 	for _, err := range errs {
 		if err == nil {

@@ -99,6 +99,9 @@ func NewClient(cfg ClientConfig) (*HTTPClient, error) {
 	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q must be an absolute http or https URL", RedactURL(cfg.BaseURL))
 	}
+	if err := CheckUserinfo(u, cfg.BaseURL); err != nil {
+		return nil, fmt.Errorf("ollama: ClientConfig.BaseURL %q: %w", RedactURL(cfg.BaseURL), err)
+	}
 	if u.RawQuery != "" || u.Fragment != "" {
 		// Requests go to the base URL's path plus the route: a query (a proxy's key) would
 		// be dropped without a word.

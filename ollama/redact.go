@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -52,7 +53,7 @@ func redactUserinfo(raw string) string {
 // redacted is u as a string with its userinfo redacted (see RedactURL).
 func redacted(u *url.URL) string {
 	if u.User == nil {
-		return u.String()
+		return RedactURL(u.String()) // an "@" in its path may end a user with a "/" in it
 	}
 	v := *u
 	v.User = url.User(redactedUserinfo)
@@ -100,15 +101,46 @@ func hasHost(raw string) bool {
 	return err == nil && u.Host != ""
 }
 
-// CheckURLList refuses a comma-separated list of NATS URLs whose entries cannot be told
-// from the parts of a URL with a comma in its user or password: an entry past the first
-// with a user but no scheme of its own ("nats://alice:pa,ss@host" or "u:p@a,u:p@b"). NATS
-// would split such a URL at the comma and send a part of the secret as a credential, or
-// look up a part of it as a host name.
+// CheckUserinfo refuses a URL with an "@" that url.Parse does not read as the end of
+// its userinfo: a user or password holding a "/", "?" or "#" ("http://tok/en@host" is
+// host "tok" and path "/en@host"). The secret would be taken for a host name, looked up
+// and shown as one.
+func CheckUserinfo(u *url.URL, raw string) error {
+	if u.User == nil && strings.Contains(raw, "@") {
+		return errors.New(`an "@" past the user: write "/", "?" and "#" in a user or password as %2F, %3F and %23`)
+	}
+	return nil
+}
+
+// natsSchemes are the schemes of a NATS URL.
+var natsSchemes = []string{"nats", "tls", "ws", "wss"}
+
+// CheckURLList refuses a comma-separated list of NATS URLs that is not one NATS reads
+// as it was meant: an entry that is no URL with a host (the scheme, nats://, optional),
+// one whose user holds a "/", "?" or "#" (CheckUserinfo), and one that cannot be told from
+// the part of a URL with a comma in its user or password, past the first with a user
+// but not a NATS scheme of its own ("nats://alice:pa,ss@host", "u:p@a,u:p@b"). NATS would
+// split such a URL at the comma and send a part of the secret as a credential, or look
+// up a part of it as a host name. Its errors never quote the list.
 func CheckURLList(list string) error {
 	for i, p := range strings.Split(list, ",") {
-		if at := strings.IndexByte(p, '@'); i > 0 && at >= 0 && !strings.Contains(p[:at], "://") {
-			return fmt.Errorf("entry %d has a user but no scheme: give each URL its own (nats://user:password@host:port), and write a comma in a user or password as %%2C", i+1)
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		scheme, _, schemed := strings.Cut(p, "://")
+		if at := strings.IndexByte(p, '@'); i > 0 && at >= 0 && (!strings.Contains(p[:at], "://") || !slices.Contains(natsSchemes, strings.ToLower(scheme))) {
+			return fmt.Errorf("entry %d has a user but no NATS scheme: give each URL its own (nats://user:password@host:port), and write a comma in a user or password as %%2C", i+1)
+		}
+		if !schemed {
+			p = "nats://" + p
+		}
+		u, err := url.Parse(p)
+		if err != nil || u.Host == "" {
+			return fmt.Errorf("entry %d is not a NATS URL (nats://[user:password@]host:port; a comma in a user or password is written %%2C)", i+1)
+		}
+		if err := CheckUserinfo(u, p); err != nil {
+			return fmt.Errorf("entry %d: %w", i+1, err)
 		}
 	}
 	return nil
@@ -133,14 +165,14 @@ const minBareSecret = 8
 // errors.Is and errors.As still see err.
 func RedactError(err error, list string) error {
 	msg := err.Error()
-	var ue *url.Error
-	if errors.As(err, &ue) && ue.Op == "parse" && ue.URL != "" &&
-		(strings.Contains(list, ue.URL) || strings.Contains(list, strings.TrimPrefix(ue.URL, "nats://"))) {
-		fault := "invalid URL"
-		if ue.Err != nil {
-			fault = quotedText.ReplaceAllString(ue.Err.Error(), `"…"`)
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if ue, ok := e.(*url.Error); ok && ue.Op == "parse" && ofList(ue.URL, list) {
+			fault := "invalid URL"
+			if ue.Err != nil {
+				fault = quotedText.ReplaceAllString(ue.Err.Error(), `"…"`)
+			}
+			msg = strings.ReplaceAll(msg, ue.Error(), fmt.Sprintf("parse %q: %s", RedactURLs(list), fault))
 		}
-		msg = strings.ReplaceAll(msg, ue.Error(), fmt.Sprintf("parse %q: %s", RedactURLs(list), fault))
 	}
 	// The whole URLs first: a piece's replacement would leave them unmatched.
 	for _, raw := range append(urlList(list), strings.Split(list, ",")...) {
@@ -164,11 +196,33 @@ func RedactError(err error, list string) error {
 				msg = strings.ReplaceAll(msg, s, redactedUserinfo)
 			}
 		}
+		// Go's HTTP client quotes a URL with its password as "***", its user left.
+		msg = strings.ReplaceAll(msg, "//"+u.User.Username()+":***@", "//"+redactedUserinfo+"@")
 	}
 	if msg == err.Error() {
 		return err
 	}
 	return &redactedError{msg: msg, err: err}
+}
+
+// ofList reports whether raw is a URL of list or a piece of it (cut at a comma), with or
+// without the scheme a library gave an entry without one: NATS gives nats://, tls:// or
+// ws(s)://.
+func ofList(raw, list string) bool {
+	if raw == "" {
+		return false
+	}
+	_, rest, ok := strings.Cut(raw, "://")
+	for _, p := range append(urlList(list), strings.Split(list, ",")...) {
+		p = strings.TrimSpace(p)
+		if p == raw || (ok && p == rest) {
+			return true
+		}
+		if _, prest, pok := strings.Cut(p, "://"); pok && ok && prest == rest {
+			return true
+		}
+	}
+	return false
 }
 
 // redactedError is an error shown with another message.

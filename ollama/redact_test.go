@@ -36,6 +36,7 @@ func TestRedactURL(t *testing.T) {
 		"http://user:pa?s3cret@host/?k=s3cret":      "http://xxxxx@host/?xxxxx",
 		"http://host:11434/?":                       "http://host:11434/?",
 		"?token=s3cret":                             "?xxxxx",
+		"http://Tok3n/s3cret@127.0.0.1:1":           "http://xxxxx@127.0.0.1:1",
 	} {
 		if got := ollama.RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
@@ -113,6 +114,24 @@ func TestRedactError(t *testing.T) {
 		}
 	}
 
+	// A parse error of an entry nats.go gave another scheme (tls:// with TLS on) whose
+	// password holds a quote: the URL is quoted with it escaped.
+	entry := `app:pa"ss123@127.0.0.1:4222`
+	_, perr := url.Parse("tls://" + entry)
+	if got := ollama.RedactError(fmt.Errorf("nats: %w", perr), entry).Error(); perr == nil || strings.Contains(got, "ss123") {
+		t.Errorf("tls:// entry: %q", got)
+	}
+	// An HTTP client's error shows a password as "***", its user left.
+	stars := &url.Error{Op: "Post", URL: "http://admin:***@127.0.0.1:1/api/chat", Err: errors.New("EOF")}
+	if got := ollama.RedactError(stars, "http://admin:s3cret@127.0.0.1:1/api/chat").Error(); got != `Post "http://xxxxx@127.0.0.1:1/api/chat": EOF` {
+		t.Errorf("HTTP client error with the password starred: %q", got)
+	}
+	// A parse error of an unrelated URL is left as it is.
+	other := &url.Error{Op: "parse", URL: "h", Err: errors.New("boom")}
+	if got := ollama.RedactError(other, "nats://u:s3cret@h:4222"); got != error(other) {
+		t.Errorf("an unrelated parse error was rewritten: %v", got)
+	}
+
 	// Through an HTTP client's error, which quotes the URL asked.
 	req := &url.Error{Op: "Post", URL: "http://tok3n-s3cret@127.0.0.1:1/jobs", Err: errors.New("connection refused")}
 	if got := ollama.RedactError(req, "http://tok3n-s3cret@127.0.0.1:1").Error(); got != `Post "http://xxxxx@127.0.0.1:1/jobs": connection refused` {
@@ -149,6 +168,14 @@ func TestCheckURLList(t *testing.T) {
 		"nats://127.0.0.1:1, app:s3cret@127.0.0.1:2": false,
 		"u:p@a:4222,u:p@b:4222":                      false,
 		"to,ken@127.0.0.1:4222":                      false,
+		"nats://u:1234,ss://s3cret@h:4222":           false,
+		"nats://tok/en@127.0.0.1:4222":               false,
+		"nats://u:p?q@127.0.0.1:4222":                false,
+		"nats://a:bad":                               false,
+		"ws://a:80,b:80":                             true,
+		"nats://[::1]:4222,nats://[::1]:4223":        true,
+		"[::1]:4222, [::1]:4223":                     true,
+		"nats://u:p@a:4222,tls://u:p@b:4222":         true,
 	} {
 		if err := ollama.CheckURLList(list); (err == nil) != ok {
 			t.Errorf("CheckURLList(%q) = %v, want ok %v", list, err, ok)

@@ -311,6 +311,9 @@ func httpURL(p *string) func(string) error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return errors.New("not an absolute http(s) URL")
 		}
+		if err := ollama.CheckUserinfo(u, v); err != nil {
+			return err
+		}
 		*p = strings.TrimRight(v, "/")
 		return nil
 	}
@@ -336,21 +339,7 @@ func natsURLs(p *string) func(string) error {
 		if err := ollama.CheckURLList(v); err != nil {
 			return err
 		}
-		n := 0
-		for i, entry := range strings.Split(v, ",") {
-			entry = strings.TrimSpace(entry)
-			if entry == "" {
-				continue
-			}
-			if !strings.Contains(entry, "://") {
-				entry = "nats://" + entry
-			}
-			if u, err := url.Parse(entry); err != nil || u.Host == "" {
-				return fmt.Errorf("entry %d is not a NATS URL (nats://[user:password@]host:port; a comma in a user or password is written %%2C)", i+1)
-			}
-			n++
-		}
-		if n == 0 {
+		if strings.Trim(v, ", \t") == "" {
 			return errors.New("no NATS URL")
 		}
 		*p = v

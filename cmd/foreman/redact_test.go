@@ -62,13 +62,15 @@ func TestConfigErrorsHideURLCredentials(t *testing.T) {
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://user:s3cret@mac:11434"}, want: `FOREMAN_OLLAMA_URL="ftp://xxxxx@mac:11434": not an absolute http(s) URL`},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://user:s3cret@mac:bad port"}, want: `FOREMAN_OLLAMA_URL="http://xxxxx@mac:bad port"`},
 		{args: []string{"--ollama-url=ftp://s3cret@mac"}, want: `--ollama-url="ftp://xxxxx@mac"`},
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://tok/s3cret@127.0.0.1:1"}, want: `FOREMAN_OLLAMA_URL="http://xxxxx@127.0.0.1:1": an "@" past the user`},
+		{env: map[string]string{"FOREMAN_NATS_URL": "nats://tok/s3cret@127.0.0.1:1"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:1": entry 1: an "@" past the user`},
 		{env: map[string]string{"FOREMAN_NATS_URL": "nats://app:s3cret@127.0.0.1:bad"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:bad": entry 1 is not a NATS URL`},
 		{env: map[string]string{"FOREMAN_NATS_URL": "nats://a:4222, nats://app:s3cret@b:x:y"}, want: `entry 2 is not a NATS URL`},
 		{args: []string{"--nats-url=nats://s3cret@[::1"}, want: `--nats-url="nats://xxxxx@[::1"`},
 		// A comma in a password: NATS splits the list there.
-		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,tail@127.0.0.1:4222"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:4222": entry 2 has a user but no scheme`},
-		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,x@127.0.0.1:bad"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:bad": entry 2 has a user but no scheme`},
-		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:123,s3cret@127.0.0.1:4222"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:4222": entry 2 has a user but no scheme: give each URL its own (nats://user:password@host:port), and write a comma in a user or password as %2C`},
+		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,tail@127.0.0.1:4222"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:4222": entry 1 is not a NATS URL`},
+		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,x@127.0.0.1:bad"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:bad": entry 1 is not a NATS URL (nats://[user:password@]host:port; a comma in a user or password is written %2C)`},
+		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:123,s3cret@127.0.0.1:4222"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:4222": entry 2 has a user but no NATS scheme: give each URL its own (nats://user:password@host:port), and write a comma in a user or password as %2C`},
 	}
 	for _, c := range cases {
 		_, err := parseConfig(t, c.args, c.env)
