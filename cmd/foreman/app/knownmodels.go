@@ -31,8 +31,9 @@ type knownModels struct {
 
 // rememberedModels reads the model list an earlier run stored for this target, and the
 // aliases with it, for the inventory to answer from until its first successful poll (the
-// aliases: until a poll reads the target's own; ADR-0047, ADR-0068). A list stored for another URL (FOREMAN_OLLAMA_URL changed), past
-// its job TTL, or unreadable is not used; nothing here stops foreman from starting.
+// aliases: until a poll reads the target's own; ADR-0047, ADR-0068). A list stored for
+// another URL (FOREMAN_OLLAMA_URL changed), past its job TTL, or unreadable is not used;
+// nothing here stops foreman from starting.
 func (a *App) rememberedModels(ctx context.Context) ([]string, []ollama.Alias) {
 	rctx, cancel := context.WithTimeout(ctx, knownModelsTimeout)
 	defer cancel()
