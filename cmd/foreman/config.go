@@ -332,8 +332,10 @@ func readableFile(p *string) func(string) error {
 	}
 }
 
-// natsURLs accepts what nats.Connect does: a comma-separated list of URLs, the scheme
-// (nats://) optional. The message never repeats the value: it may hold a password.
+// natsURLs accepts what nats.Connect does, a comma-separated list of URLs, the scheme
+// (nats://) optional, less the lists ollama.CheckURLList refuses (those NATS would split
+// inside a user or password). The message never repeats the value: it may hold a
+// password.
 func natsURLs(p *string) func(string) error {
 	return func(v string) error {
 		if err := ollama.CheckURLList(v); err != nil {
