@@ -174,8 +174,7 @@ func RedactError(err error, list string) error {
 			msg = strings.ReplaceAll(msg, ue.Error(), fmt.Sprintf("parse %q: %s", RedactURLs(list), fault))
 		}
 	}
-	// The whole URLs first: a piece's replacement would leave them unmatched.
-	for _, raw := range append(urlList(list), strings.Split(list, ",")...) {
+	for _, raw := range urlsAndPieces(list) {
 		raw = strings.TrimSpace(raw)
 		if shown := RedactURL(raw); shown != raw {
 			msg = strings.ReplaceAll(msg, raw, shown)
@@ -205,6 +204,13 @@ func RedactError(err error, list string) error {
 	return &redactedError{msg: msg, err: err}
 }
 
+// urlsAndPieces is list's URLs as urlList groups them, then its comma-separated pieces
+// (a library may quote a URL cut at a comma): the whole URLs first, as a piece's
+// replacement in a message would leave them unmatched.
+func urlsAndPieces(list string) []string {
+	return append(urlList(list), strings.Split(list, ",")...)
+}
+
 // ofList reports whether raw is a URL of list or a piece of it (cut at a comma), with or
 // without the scheme a library gave an entry without one: NATS gives nats://, tls:// or
 // ws(s)://.
@@ -213,7 +219,7 @@ func ofList(raw, list string) bool {
 		return false
 	}
 	_, rest, ok := strings.Cut(raw, "://")
-	for _, p := range append(urlList(list), strings.Split(list, ",")...) {
+	for _, p := range urlsAndPieces(list) {
 		p = strings.TrimSpace(p)
 		if p == raw || (ok && p == rest) {
 			return true

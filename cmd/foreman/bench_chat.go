@@ -227,10 +227,9 @@ func (s *chatSide) time(ctx context.Context, body []byte, stream bool) (time.Dur
 		return 0, ollama.RedactError(err, s.url)
 	}
 	defer resp.Body.Close()
-	shown := ollama.RedactURL(s.url)
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return 0, fmt.Errorf("%s: %d %s", shown, resp.StatusCode, bytes.TrimSpace(msg))
+		return 0, fmt.Errorf("%s: %d %s", ollama.RedactURL(s.url), resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	var took time.Duration
 	if stream {
@@ -240,12 +239,12 @@ func (s *chatSide) time(ctx context.Context, body []byte, stream bool) (time.Dur
 			if n > 0 {
 				took = time.Since(start)
 			} else if err != nil {
-				return 0, fmt.Errorf("%s: empty answer: %w", shown, err)
+				return 0, fmt.Errorf("%s: empty answer: %w", ollama.RedactURL(s.url), err)
 			}
 		}
 	}
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return 0, fmt.Errorf("%s: read answer: %w", shown, err)
+		return 0, fmt.Errorf("%s: read answer: %w", ollama.RedactURL(s.url), err)
 	}
 	if !stream {
 		took = time.Since(start)
