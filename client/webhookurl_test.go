@@ -51,6 +51,53 @@ func TestWebhookUnspecifiedListenHost(t *testing.T) {
 	}
 }
 
+// TestWebhookUnspecifiedListenHostIPv6: a receiver listening dual-stack (on "" or "::")
+// for a foreman reached at [::1] is advertised at [::1], the family foreman's URL uses,
+// not at 127.0.0.1; one listening on "0.0.0.0" (IPv4 only) stays at 127.0.0.1. The
+// client reaches foreman through a dialer to its test listener, so only the receiver's
+// own address is IPv6.
+func TestWebhookUnspecifiedListenHostIPv6(t *testing.T) {
+	t.Parallel()
+	if ln, err := net.Listen("tcp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback here: %v", err)
+	} else {
+		ln.Close()
+	}
+	f := startForeman(t, foremanConfig{WebhookSecret: testSecret})
+	u, err := url.Parse(f.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", u.Host)
+		},
+	}}
+	t.Cleanup(hc.CloseIdleConnections)
+	base := "http://[::1]:" + u.Port()
+	for addr, want := range map[string]string{":0": "::1", "[::]:0": "::1", "0.0.0.0:0": "127.0.0.1"} {
+		t.Run(addr, func(t *testing.T) {
+			t.Parallel()
+			c := newClient(t, base, client.WithHTTPClient(hc), client.WithWebhookListenAddr(addr),
+				client.WithWebhookSecret(testSecret), client.WithPollInterval(never))
+			var hookURL string
+			client.SetOnWebhookListen(c, func(u string) { hookURL = u })
+			res, err := c.Submit(testCtx(t), chatJob("tiny-a", "dual stack "+addr))
+			if err != nil {
+				t.Fatalf("Submit: %v", err)
+			}
+			hu, err := url.Parse(hookURL)
+			if err != nil || hu.Hostname() != want {
+				t.Fatalf("receiver advertised as %q (%v); want host %s", hookURL, err, want)
+			}
+			rec, _, err := f.Store.Get(testCtx(t), res.Job.ID)
+			if err != nil || rec.Webhook == nil || rec.Webhook.URL != hookURL {
+				t.Fatalf("job webhook = %+v, %v; want %s", rec.Webhook, err, hookURL)
+			}
+		})
+	}
+}
+
 // remoteBase makes foreman look remote: the client talks to a non-loopback host name that
 // its HTTP client dials to the test foreman. The name is a private-network one (.internal),
 // which foreman's DNS-rebinding check on a loopback listener lets through, as it would a

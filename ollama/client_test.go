@@ -296,6 +296,53 @@ func TestConnectionRefused(t *testing.T) {
 	}
 }
 
+// TestResponseHeaderTimeout: a target that takes the request and never answers is given
+// up after ClientConfig.ResponseHeaderTimeout with a *ConnectionError naming the wait,
+// long before the caller's own deadline; with a negative one the transport sets no
+// bound and only the caller's deadline ends the call.
+func TestResponseHeaderTimeout(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		var held []net.Conn // read nothing, answer nothing, until the test ends
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			held = append(held, c)
+		}
+	}()
+	c, err := ollama.NewClient(ollama.ClientConfig{BaseURL: "http://" + ln.Addr().String(), ResponseHeaderTimeout: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = c.Tags(testCtx(t)) // a 10 s deadline
+	var ce *ollama.ConnectionError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "timeout awaiting response headers") {
+		t.Fatalf("Tags against a silent target: %v; want a *ConnectionError for the header wait", err)
+	}
+
+	unbounded, err := ollama.NewClient(ollama.ClientConfig{BaseURL: "http://" + ln.Addr().String(), ResponseHeaderTimeout: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, _, err := unbounded.Tags(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Tags without a header bound: %v; want the caller's deadline", err)
+	}
+}
+
 func TestDroppedConnections(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t, ollamatest.WithTokens(5))

@@ -71,6 +71,43 @@ func (c *pingingConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// SlowFirstAnswer makes the server's next in-process connection hand over its first
+// bytes (the INFO line) only after d, as a server too busy to answer at once does.
+func (s *Server) SlowFirstAnswer(d time.Duration) {
+	s.conns = &slowFirst{ns: s.ns, delay: d}
+}
+
+type slowFirst struct {
+	ns    nats.InProcessConnProvider
+	delay time.Duration
+	used  bool
+}
+
+func (p *slowFirst) InProcessConn() (net.Conn, error) {
+	c, err := p.ns.InProcessConn()
+	if err != nil || p.used {
+		return c, err
+	}
+	p.used = true
+	return &slowConn{Conn: c, delay: p.delay}, nil
+}
+
+// slowConn's first Read waits out delay before it reads: the server's answer is late, and
+// a read deadline the client set before it has passed by then.
+type slowConn struct {
+	net.Conn
+	delay time.Duration
+	late  bool
+}
+
+func (c *slowConn) Read(b []byte) (int, error) {
+	if !c.late {
+		c.late = true
+		<-time.After(c.delay) // the simulated slow server, not a wait for a condition
+	}
+	return c.Conn.Read(b)
+}
+
 // The CLIENTS account's limits, which deploy/nats-cluster.conf repeats.
 const (
 	ClientMaxConns = clientMaxConns

@@ -417,3 +417,24 @@ func TestConnectTriesAgainAfterAnEarlyPing(t *testing.T) {
 		t.Fatalf("connect after three early PINGs: %v; want nats.go's handshake error", err)
 	}
 }
+
+// An in-process connect waits for the server's first answer as long as start-up waits
+// for the server (Config.ReadyTimeout), not nats.go's 2 s default: on a machine so busy
+// that the answer takes longer, foreman still starts.
+func TestConnectWaitsReadyTimeoutForTheFirstAnswer(t *testing.T) {
+	t.Parallel()
+	srv, err := natsd.Start(natsd.Config{DataDir: t.TempDir(), ReadyTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Shutdown)
+	srv.SlowFirstAnswer(2500 * time.Millisecond) // past nats.go's default of 2 s
+	nc, err := srv.Connect()
+	if err != nil {
+		t.Fatalf("connect to a server answering after 2.5 s, ReadyTimeout 30 s: %v", err)
+	}
+	defer nc.Close()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+}
