@@ -302,3 +302,69 @@ func TestBaseURLWithQueryRefused(t *testing.T) {
 		t.Errorf("an empty query: %v", err)
 	}
 }
+
+// TestRedactionKeepsEverySecretOut: inputs found by mutating the redaction code, each a
+// way its secret reached the output before a check here caught the change.
+func TestRedactionKeepsEverySecretOut(t *testing.T) {
+	t.Parallel()
+	if got := ollama.RedactURL("http://127.0.0.1:1/?key=s3cret#top"); strings.Contains(got, "s3cret") || strings.Contains(got, "top") {
+		t.Errorf("RedactURL with a query and a fragment: %q", got)
+	}
+	if got, want := ollama.RedactURLs("u:s3cret@127.0.0.1:4222,nats://127.0.0.2:4222"), "xxxxx@127.0.0.1:4222,nats://127.0.0.2:4222"; got != want {
+		t.Errorf("RedactURLs of a scheme-less first entry: %q, want %q", got, want)
+	}
+	parseErr := func(raw string) error {
+		_, err := url.Parse(raw)
+		if err == nil {
+			t.Fatalf("%q parsed", raw)
+		}
+		return err
+	}
+	for _, c := range []struct {
+		name, secret, list string
+		err                error
+	}{
+		{"an 8-byte bare token", "abcdefgh", "nats://abcdefgh@127.0.0.1:1", errors.New("auth failed for abcdefgh")},
+		{"an entry after a space", "longs3cret99", "nats://127.0.0.1:1, nats://app:longs3cret99@127.0.0.1:2",
+			errors.New(`dial "nats://app:longs3cret99@127.0.0.1:2": refused`)},
+		{"a scheme-less entry", "longs3cret99", "app:longs3cret99@127.0.0.1:1", errors.New("auth failed for longs3cret99")},
+		{"an escaped token", "tok/en-s3cret", "nats://tok%2Fen-s3cret@127.0.0.1:1", errors.New("bad token tok/en-s3cret")},
+		{"a short password beside its user", "short1", "nats://alice:short1@127.0.0.1:1", errors.New("login alice:short1 refused")},
+		{"a password with a comma, whole", "123", "nats://alice:123,456@127.0.0.1:4222",
+			errors.New(`dial "nats://alice:123,456@127.0.0.1:4222" failed`)},
+		{"a library's other scheme", "ss123", `nats://app:pa"ss123@127.0.0.1:4222`, parseErr(`tls://app:pa"ss123@127.0.0.1:4222`)},
+	} {
+		if got := ollama.RedactError(c.err, c.list).Error(); strings.Contains(got, c.secret) {
+			t.Errorf("%s: RedactError = %q, shows %q", c.name, got, c.secret)
+		}
+	}
+	// Below minBareSecret a bare word is left alone; a URL's own error keeps its cause.
+	short := errors.New("auth failed for abcdefg")
+	if got := ollama.RedactError(short, "nats://abcdefg@127.0.0.1:1"); got.Error() != short.Error() {
+		t.Errorf("a 7-byte bare word: %q, want it unchanged", got)
+	}
+	post := &url.Error{Op: "Post", URL: "http://tok3n-s3cret@127.0.0.1:1/api/chat", Err: errors.New("connection refused")}
+	if got, want := ollama.RedactError(post, post.URL).Error(), `Post "http://xxxxx@127.0.0.1:1/api/chat": connection refused`; got != want {
+		t.Errorf("a request's error: %q, want %q", got, want)
+	}
+}
+
+// TestCheckURLListAcceptsWhatNATSReads: lists NATS takes as meant pass, however spelled.
+func TestCheckURLListAcceptsWhatNATSReads(t *testing.T) {
+	t.Parallel()
+	for _, ok := range []string{
+		"nats://127.0.0.1:4222,",
+		"nats://127.0.0.1:4222, ,nats://127.0.0.1:4223",
+		"nats://u:p@127.0.0.1:4222,NATS://u:p@127.0.0.1:4223",
+		"wss://u:p@127.0.0.1:443,wss://u:p@127.0.0.1:444",
+	} {
+		if err := ollama.CheckURLList(ok); err != nil {
+			t.Errorf("CheckURLList(%q) = %v, want nil", ok, err)
+		}
+	}
+	for _, bad := range []string{"nats://u:p@", "nats:///x"} {
+		if err := ollama.CheckURLList(bad); err == nil {
+			t.Errorf("CheckURLList(%q) = nil, want an entry without a host refused", bad)
+		}
+	}
+}
