@@ -226,7 +226,10 @@ func (c *HTTPClient) Do(ctx context.Context, method, path string, header http.He
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return nil, c.transportError(ctx, method+" "+path, req, err)
+		// The path's query may hold a key, as the base URL's may: the error names the
+		// route only.
+		route, _, _ := strings.Cut(path, "?")
+		return nil, c.transportError(ctx, method+" "+route, req, err)
 	}
 	return resp, nil
 }

@@ -674,3 +674,27 @@ func TestStreamCallbackErrorOnTheLastFrame(t *testing.T) {
 		}
 	}
 }
+
+// A failed call's error names its route without the query, which may hold a key, as
+// its URL hides the query.
+func TestConnectionErrorHidesTheQuery(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	c := newClient(t, "http://"+addr)
+	resp, err := c.Do(testCtx(t), http.MethodGet, "/api/version?key=s3cret", nil, nil)
+	if resp != nil {
+		resp.Body.Close()
+	}
+	var ce *ollama.ConnectionError
+	if !errors.As(err, &ce) {
+		t.Fatalf("Do against a closed port: %v; want a *ConnectionError", err)
+	}
+	if strings.Contains(err.Error(), "s3cret") || ce.Op != "GET /api/version" {
+		t.Fatalf("Do against a closed port: %v (op %q); want the route without its query", err, ce.Op)
+	}
+}
