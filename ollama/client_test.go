@@ -262,15 +262,21 @@ func TestHTTPErrorPlainBody(t *testing.T) {
 	}
 }
 
-func TestConnectionRefused(t *testing.T) {
-	t.Parallel()
+// closedAddr is a loopback address nothing listens on: a call to it is refused.
+func closedAddr(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	c := newClient(t, "http://"+addr)
+	return addr
+}
+
+func TestConnectionRefused(t *testing.T) {
+	t.Parallel()
+	c := newClient(t, "http://"+closedAddr(t))
 	ctx := testCtx(t)
 
 	checks := map[string]error{}
@@ -679,13 +685,7 @@ func TestStreamCallbackErrorOnTheLastFrame(t *testing.T) {
 // its URL hides the query.
 func TestConnectionErrorHidesTheQuery(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	c := newClient(t, "http://"+addr)
+	c := newClient(t, "http://"+closedAddr(t))
 	resp, err := c.Do(testCtx(t), http.MethodGet, "/api/version?key=s3cret", nil, nil)
 	if resp != nil {
 		resp.Body.Close()
