@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -196,6 +197,67 @@ func TestKnownModelsKeepTheAliases(t *testing.T) {
 		got, ok, err := b.Store.RememberedModels(ctx, "mac")
 		if err != nil || !ok || len(got.Aliases) != 0 || !slices.Equal(got.Models, []string{"tiny-a:latest"}) {
 			t.Fatalf("%s aliases: read back %d aliases, models %v, ok %v, err %v; want the models without aliases", name, len(got.Aliases), got.Models, ok, err)
+		}
+	}
+}
+
+// The bounds on aliases are inclusive, for the writer and the reader alike: names of
+// maxModelLen bytes and maxKnownModels aliases are kept, one byte or one alias more is not.
+func TestKnownModelsAliasBounds(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	const maxLen, maxAliases = 150, 4096
+	atMax := ollama.Alias{Alias: strings.Repeat("a", maxLen), Target: strings.Repeat("t", maxLen)}
+	longTarget := ollama.Alias{Alias: "b", Target: strings.Repeat("t", maxLen+1)}
+	longAlias := ollama.Alias{Alias: strings.Repeat("c", maxLen+1), Target: "t"}
+	in := broker.KnownModels{Name: "mac", URL: "http://mac:11434", Models: []string{"t:latest"}, Aliases: []ollama.Alias{atMax, longTarget, longAlias}}
+	if err := b.Store.RememberModels(ctx, in); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := b.Store.RememberedModels(ctx, "mac")
+	if err != nil || !ok || !slices.Equal(got.Aliases, []ollama.Alias{atMax}) {
+		t.Fatalf("names at and past the bound: read back %+v, ok %v, err %v; want the %d-byte one only", got.Aliases, ok, err, maxLen)
+	}
+
+	aliases := func(n int) []ollama.Alias {
+		as := make([]ollama.Alias, n)
+		for i := range as {
+			as[i] = ollama.Alias{Alias: fmt.Sprintf("a%d", i), Target: "t"}
+		}
+		return as
+	}
+	for n, want := range map[int]int{maxAliases: maxAliases, maxAliases + 1: 0} {
+		in.Aliases = aliases(n)
+		if err := b.Store.RememberModels(ctx, in); err != nil {
+			t.Fatalf("%d aliases: %v", n, err)
+		}
+		got, ok, err := b.Store.RememberedModels(ctx, "mac")
+		if err != nil || !ok || len(got.Aliases) != want {
+			t.Fatalf("%d aliases: read back %d, ok %v, err %v; want %d", n, len(got.Aliases), ok, err, want)
+		}
+	}
+
+	// What another writer stored past the bounds is refused by the reader.
+	kv, err := b.JetStream(t).KeyValue(ctx, broker.KnownModelsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, as := range map[string][]ollama.Alias{
+		"a target one byte too long": {atMax, longTarget},
+		"an alias one byte too long": {longAlias},
+		"one alias too many":         aliases(maxAliases + 1),
+	} {
+		v, err := json.Marshal(map[string]any{"v": 1, "name": "mac", "url": "http://mac:11434", "models": []string{"t:latest"}, "aliases": as})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := kv.Put(ctx, "target.mac", v); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if got, ok, err := b.Store.RememberedModels(ctx, "mac"); ok || !errors.Is(err, broker.ErrBadKnownModels) {
+			t.Errorf("%s: read back %d aliases, ok %v, err %v; want ErrBadKnownModels", name, len(got.Aliases), ok, err)
 		}
 	}
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"bytes"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // A model alias of the target's (Ollama's /api/experimental/aliases) is resolved as
@@ -82,12 +84,28 @@ func TestAliasedModelsAreQueuedUnderTheirTarget(t *testing.T) {
 	// Ollama's embedding routes read no aliases: an embedding under an alias name is
 	// its 404, and POST /jobs refuses it as it refuses an unknown model.
 	b.Fake.SetAlias(ollama.Alias{Alias: "vectors", Target: "tiny-embed"})
-	if got := post(t, ctx, b.URL, "/api/embed", []byte(`{"model":"vectors","input":"x"}`)); got.Status != http.StatusNotFound {
-		t.Errorf("an embedding under an alias: %d %s, want 404", got.Status, got.Body)
+	for _, c := range []struct{ path, body string }{
+		{"/api/embed", `{"model":"vectors","input":"x"}`},
+		{"/api/embeddings", `{"model":"vectors","prompt":"x"}`},
+		{"/v1/embeddings", `{"model":"vectors","input":"x"}`},
+	} {
+		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusNotFound || got.Header.Get(HeaderJobID) != "" {
+			t.Errorf("%s under an alias: %d %s (job %q), want 404 and no job", c.path, got.Status, got.Body, got.Header.Get(HeaderJobID))
+		}
 	}
-	resp, out = b.request(t, http.MethodPost, "/jobs", []byte(`{"kind":"embed","model":"vectors","input":"x"}`))
-	if resp.StatusCode != http.StatusNotFound || !strings.Contains(string(out), "vectors") {
-		t.Errorf("an embed job under an alias: %d %s, want 404", resp.StatusCode, out)
+	// An embedding job runs on a chat model too (ADR-0053): nor is an alias of one read.
+	b.Fake.SetAlias(ollama.Alias{Alias: "chatty", Target: "tiny-a"})
+	for _, c := range []struct{ kind, alias, input string }{
+		{"embed", "vectors", "input"},
+		{"embed", "chatty", "input"},
+		{"embeddings", "chatty", "prompt"},
+		{"openai_embeddings", "chatty", "input"},
+	} {
+		body := fmt.Sprintf(`{"kind":%q,"model":%q,%q:"x"}`, c.kind, c.alias, c.input)
+		resp, out = b.request(t, http.MethodPost, "/jobs", []byte(body))
+		if resp.StatusCode != http.StatusNotFound || errorBody(t, out) != fmt.Sprintf("model '%s' not found", c.alias) {
+			t.Errorf("an embedding job under an alias, %s: %d %s, want 404", body, resp.StatusCode, out)
+		}
 	}
 }
 
@@ -127,5 +145,38 @@ func TestAliasedBodyOnASharedNATSNamesTheModel(t *testing.T) {
 	}
 	if sent != 1 {
 		t.Errorf("the worker's call did not add the model to the body as it came")
+	}
+
+	// A call naming the model itself names it once (streamed, ADR-0050, and no more).
+	if got := post(t, ctx, b.URL, "/api/chat", chatBody("tiny-b", "plain", "false")); got.Status != http.StatusOK {
+		t.Fatalf("a call naming the model: %d %s", got.Status, got.Body)
+	}
+	plain, calls := chatBody("tiny-b", "plain", "true"), 0
+	for _, c := range b.Fake.Calls() {
+		if c.Path == "/api/chat" && bytes.Contains(c.Body, []byte("plain")) {
+			if calls++; !bytes.Equal(c.Body, plain) {
+				t.Errorf("a call naming the model went to the target as %s, want %s", c.Body, plain)
+			}
+		}
+	}
+	if calls != 1 {
+		t.Errorf("a call naming the model reached the target %d times, want once", calls)
+	}
+}
+
+// A refusal names the alias the call asked by, and the model it stands for: here a
+// shared NATS's foreman whose Mac answers its polls with an error status, the alias
+// remembered from the run before.
+func TestRefusalNamesTheAliasAsked(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withoutInitialPoll(), withGateway(func(c *Config) { c.OwnModelsOnly = true }),
+		withInventory(func(c *ollama.InventoryConfig) {
+			c.RememberedAliases = []ollama.Alias{{Alias: "fast", Target: "beta"}}
+		}))
+	b.Fake.FailNextOn("/api/tags", 1<<20, ollamatest.Fail500)
+	resp, out := b.request(t, http.MethodPost, "/api/chat", chatBody("fast", "hi", "false"))
+	wantError(t, resp, out, http.StatusBadGateway, `model "fast" (an alias of "beta:latest") is in no list`)
+	if id := resp.Header.Get(HeaderJobID); id != "" {
+		t.Errorf("refused, yet job %s", id)
 	}
 }

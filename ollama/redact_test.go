@@ -349,6 +349,44 @@ func TestRedactionKeepsEverySecretOut(t *testing.T) {
 	}
 }
 
+// TestRedactionKeepsWhatIsNoSecret: redaction hides the secret and nothing else a reader
+// needs (the host, a parse error's cause), and leaves alone errors of other URLs.
+func TestRedactionKeepsWhatIsNoSecret(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct{ name, got, want string }{
+		// url.Parse reads the userinfo up to the first "@" after "//"; a later one is the path's.
+		{"an @ in the path", ollama.RedactURL("http://u:s3cret@127.0.0.1:1/a@b"), "http://xxxxx@127.0.0.1:1/a@b"},
+		// An entry without a host is the start of the next one's URL, as NATS cuts a list.
+		{"an entry without a host", ollama.RedactURLs("nats://,nats://u:s3cret@127.0.0.1:1"), "nats://xxxxx@127.0.0.1:1"},
+	} {
+		if c.got != c.want {
+			t.Errorf("%s: %q, want %q", c.name, c.got, c.want)
+		}
+	}
+	_, perr := url.Parse("nats://app:s3cret@127.0.0.1:bad")
+	if perr == nil {
+		t.Fatal("a bad port parsed")
+	}
+	got := ollama.RedactError(perr, "nats://app:s3cret@127.0.0.1:bad").Error()
+	if want := `parse "nats://xxxxx@127.0.0.1:bad": invalid port "…" after host`; got != want {
+		t.Errorf("a parse error of the list: %q, want %q", got, want)
+	}
+	// A parse error of an empty URL is no entry's, even of a list ending in a comma.
+	empty := &url.Error{Op: "parse", URL: "", Err: errors.New("empty url")}
+	if got := ollama.RedactError(empty, "nats://127.0.0.1:1,"); got != error(empty) {
+		t.Errorf("a parse error of an empty URL: %q, want it unchanged", got)
+	}
+	// NATS trims the space after a comma before it parses an entry: the error quotes it trimmed.
+	list := "nats://127.0.0.1:1, app:s3cr,et@127.0.0.1:bad"
+	_, perr = url.Parse("nats://app:s3cr")
+	if perr == nil {
+		t.Fatal("a port of letters parsed")
+	}
+	if got := ollama.RedactError(perr, list).Error(); strings.Contains(got, "s3cr") {
+		t.Errorf("a parse error of a trimmed piece: %q shows the password", got)
+	}
+}
+
 // TestCheckURLListAcceptsWhatNATSReads: lists NATS takes as meant pass, however spelled.
 func TestCheckURLListAcceptsWhatNATSReads(t *testing.T) {
 	t.Parallel()

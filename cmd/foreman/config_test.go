@@ -142,6 +142,9 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_STREAM_BUFFER": "8MiB"}, want: []string{`FOREMAN_STREAM_BUFFER="8MiB": not a positive number of bytes`}},
 		{env: map[string]string{"FOREMAN_WEBHOOK_ALLOW_NETS": "127.0.0.0/8,localhost"}, want: []string{`FOREMAN_WEBHOOK_ALLOW_NETS="127.0.0.0/8,localhost": "localhost" is not a CIDR`}},
 		{args: []string{"--webhook-deny-private=yes"}, want: []string{`--webhook-deny-private="yes": not true or false`}},
+		// A list of nothing is no NATS to connect to (unset is the embedded one).
+		{env: map[string]string{"FOREMAN_NATS_URL": ","}, want: []string{`FOREMAN_NATS_URL=",": no NATS URL`}},
+		{env: map[string]string{"FOREMAN_NATS_URL": " , "}, want: []string{`FOREMAN_NATS_URL=" , ": no NATS URL`}},
 		// Every bad value is reported, not only the first.
 		{env: map[string]string{"FOREMAN_JOB_TTL": "abc", "FOREMAN_MAX_WAIT": "soon"}, want: []string{`FOREMAN_JOB_TTL="abc"`, `FOREMAN_MAX_WAIT="soon"`}},
 	}

@@ -66,6 +66,8 @@ func TestConfigErrorsHideURLCredentials(t *testing.T) {
 		{env: map[string]string{"FOREMAN_NATS_URL": "nats://tok/s3cret@127.0.0.1:1"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:1": entry 1: an "@" past the user`},
 		{env: map[string]string{"FOREMAN_NATS_URL": "nats://app:s3cret@127.0.0.1:bad"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:bad": entry 1 is not a NATS URL`},
 		{env: map[string]string{"FOREMAN_NATS_URL": "nats://a:4222, nats://app:s3cret@b:x:y"}, want: `entry 2 is not a NATS URL`},
+		// Each entry of a list is shown, each redacted on its own.
+		{env: map[string]string{"FOREMAN_NATS_URL": "nats://127.0.0.1:1,nats://app:s3cret@127.0.0.1:bad"}, want: `FOREMAN_NATS_URL="nats://127.0.0.1:1,nats://xxxxx@127.0.0.1:bad": entry 2 is not a NATS URL`},
 		{args: []string{"--nats-url=nats://s3cret@[::1"}, want: `--nats-url="nats://xxxxx@[::1"`},
 		// A comma in a password: NATS splits the list there.
 		{env: map[string]string{"FOREMAN_NATS_URL": "nats://alice:s3cret,tail@127.0.0.1:4222"}, want: `FOREMAN_NATS_URL="nats://xxxxx@127.0.0.1:4222": entry 1 is not a NATS URL`},

@@ -85,6 +85,17 @@ func TestRememberModelsWritesOnChange(t *testing.T) {
 		t.Fatal("unchanged aliases were written again")
 	}
 
+	// A restart reads the list with its aliases: a first poll finding them unchanged
+	// writes nothing.
+	restarted := &App{cfg: a.cfg, store: b.Store, log: a.log}
+	if models, aliases := restarted.rememberedModels(ctx); len(models) != 3 || len(aliases) != 1 {
+		t.Fatalf("after a restart: remembered %v, %v", models, aliases)
+	}
+	restarted.rememberModels(ctx, aliased)
+	if got := revision(); got != withAlias {
+		t.Fatal("a restart's first poll wrote unchanged aliases again")
+	}
+
 	// A write that fails (NATS gone) is logged and not taken for done.
 	before := a.known
 	b.Conn.Close()
