@@ -74,6 +74,14 @@ func TestQueueShowsTheOwnTargetDownWhileAJobRuns(t *testing.T) {
 	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
 	start()
 	eventually(t, 20*time.Second, "the job to run", func() bool { return getQueue(t, b, "").Running != nil })
+	// The view shows the job running from before its call goes out: the call must have
+	// reached the fake (and wait on the hold) before the target goes down. A call that
+	// came after would be dropped, and the worker, pausing for the target, would probe
+	// it while down; the poll below, once the target is back, could share that probe's
+	// poll (Refresh joins one in flight) and fail with its EOF.
+	if err := b.Fake.WaitStarted(testCtx(t, 20*time.Second), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
 	b.Fake.SetDown(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
