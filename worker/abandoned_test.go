@@ -8,6 +8,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
@@ -203,5 +204,41 @@ func TestStoppingForemansSyncJobGoesToNoOtherForeman(t *testing.T) {
 	}
 	if got := tb.waitState(t, j.ID, broker.StateCanceled); got.Attempt > 1 {
 		t.Errorf("job ended after %d attempts, want its first only", got.Attempt)
+	}
+}
+
+// On a shared NATS a sync job whose caller waits on another foreman, cut off mid-answer
+// by this foreman's stop, ends failed: its caller has part of the answer, into which
+// another run could not be spliced (its frames would start again), so a run elsewhere
+// would be for nobody.
+func TestStopMidAnswerFailsAnotherForemansSyncJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	ctx := ctxT(t)
+	other, err := broker.Open(ctx, broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	actx, stopAnnounce := context.WithCancel(ctx)
+	announced := make(chan error, 1)
+	go func() { announced <- other.Announce(actx) }()
+	t.Cleanup(func() { stopAnnounce(); <-announced })
+
+	tb.fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream) // frames, then nothing
+	w := tb.start(t, worker.Config{})
+	j := tb.syncJob(t, "tiny-a", other.BootID())
+	tb.waitState(t, j.ID, broker.StateWorking) // its first frame went out
+	expired, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := w.Stop(expired); err != nil {
+		t.Fatal(err)
+	}
+	got := tb.waitState(t, j.ID, broker.StateFailed)
+	if got.Error != "foreman shutting down" {
+		t.Errorf("failed with %q, want the stop named", got.Error)
+	}
+	tb.waitQueueEmpty(t)
+	if n := callsOf(tb, "tiny-a"); n != 1 {
+		t.Errorf("the target was called %d times for the job, want once", n)
 	}
 }

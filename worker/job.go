@@ -861,9 +861,16 @@ func (w *Worker) waitIfGone(ctx context.Context, cause error) {
 // cancellation was requested ends canceled instead: nobody wants it run again. A sync job
 // whose caller waits on this process stays out of the queue a while
 // (Store.HandBackDelay): the shutdown cancels it meanwhile. It never runs again, so the
-// attempt cut off was its last and counts.
+// attempt cut off was its last and counts. A sync job whose caller waits on another
+// foreman (a shared NATS) and has part of the answer ends failed, as after a target cut
+// off mid-answer (attemptFailed): another run could not be spliced into that answer, and
+// would run for nobody.
 func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, log *slog.Logger) {
 	last := w.store.CallerHere(j)
+	if j.Sync && !last && r.Published() {
+		w.fail(ctx, d, true, r, errShutdown.Error(), 0, log)
+		return
+	}
 	_, err := w.transition(ctx, d.JobID, fromLive, func(rec *broker.Job) {
 		rec.State, rec.Error = broker.StateRetrying, errShutdown.Error()
 		if rec.Attempt == j.Attempt && rec.Attempt > 0 && !last {
