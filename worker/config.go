@@ -116,6 +116,10 @@ type Config struct {
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.
 	beforeStart func(jobID string)
+	// frameFault, when set (tests only), runs before each frame of an attempt is
+	// published, with the count published before it; an error it returns is the
+	// publish's own, as NATS failing it would be, and the frame is not published.
+	frameFault func(jobID string, published int) error
 	// startFault, when set (tests only), runs after beforeStart; an error it returns is
 	// the start write's own, as a store failure would be, and nothing is written.
 	startFault func(jobID string) error

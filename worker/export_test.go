@@ -120,3 +120,10 @@ func WithServerClock(cfg Config, fn func() time.Time) Config {
 	cfg.serverNow = fn
 	return cfg
 }
+
+// WithFrameFault sets Config.frameFault: fn's error, if any, fails the publish of an
+// attempt's frame (published: how many went out before it), as NATS failing it would.
+func WithFrameFault(cfg Config, fn func(jobID string, published int) error) Config {
+	cfg.frameFault = fn
+	return cfg
+}

@@ -197,6 +197,11 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		}
 		run.gotFrame(time.Now())
 		// The frame goes out first: the state write costs an fsync the client need not wait for.
+		if fault := w.cfg.frameFault; fault != nil {
+			if err := fault(d.JobID, len(r.Frames())); err != nil {
+				return &publishError{err}
+			}
+		}
 		if err := r.Frame(f); err != nil {
 			if errors.Is(err, broker.ErrAnswerTooLarge) {
 				return err // the job fails: another attempt would answer the same
@@ -372,7 +377,9 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	case errors.As(err, &connErr):
 		w.attemptFailed(ctx, bctx, d, j, r, connErr, log)
 	case errors.As(err, &pubErr):
-		w.retry(ctx, bctx, d, j, r, err, log)
+		// Not the target's failure, but as for one cut off: a sync job's caller with part
+		// of the answer cannot have another attempt spliced in.
+		w.attemptFailed(ctx, bctx, d, j, r, err, log)
 	default:
 		w.fail(bctx, d, j.Sync, r, err.Error(), 0, log)
 	}
@@ -388,7 +395,7 @@ func busy(status int) bool {
 }
 
 // attemptFailed ends an attempt the target did not complete (unreachable, cut off,
-// stalled): the job is retried, unless it is a sync job whose caller already
+// stalled) or whose frames could not be published: the job is retried, unless it is a sync job whose caller already
 // has part of the response, where a second attempt cannot be spliced in. Either way a
 // target gone pauses the worker (see retry).
 func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, err error, log *slog.Logger) {
