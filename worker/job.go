@@ -48,7 +48,7 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *recordRead, log *slog.Logger) (*broker.Job, uint64, bool) {
 	if w.isStopping(ctx) {
 		// Fetched just as Stop came: give it back untouched.
-		w.nak(d, w.store.HandBackDelay(d), log)
+		w.giveBack(bctx, d, log)
 		return nil, 0, false
 	}
 	j, rev, ok := ahead.take(d.JobID)
@@ -65,7 +65,7 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 	}
 	switch {
 	case err != nil && w.isStopping(ctx):
-		w.nak(d, w.store.HandBackDelay(d), log)
+		w.giveBack(bctx, d, log)
 	case errors.Is(err, broker.ErrNotFound):
 		log.Warn("queue message without a job record (expired, or its submit failed); dropped")
 		w.finish(bctx, d, log)
@@ -896,6 +896,25 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r
 		log.Warn("store handed-back state", "err", err)
 	}
 	log.Info("job handed back to the queue", "reason", errShutdown)
+	w.giveBack(ctx, d, log)
+}
+
+// giveBack returns delivered job d to the queue un-run as this process stops: NAKed,
+// out of the queue for Store.HandBackDelay. A stop is no fault of the job's, but a NAK of
+// JetStream's last delivery (the consumers' MaxDeliver, every foreman's deliveries
+// counted) would leave its message undelivered and the MAX_DELIVERIES advisory would fail
+// it unrun: a long job cut off by a shared NATS's rolling restarts. That one is requeued
+// (a new message, its deliveries counted anew, at its queue's end) unless its caller
+// waits on this process, which the shutdown cancels.
+func (w *Worker) giveBack(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	if d.NumDelivered >= uint64(w.store.Config().MaxDeliver()) && w.store.HandBackDelay(d) == 0 {
+		err := w.store.Requeue(ctx, d)
+		if err == nil {
+			log.Info("job requeued: a stop cut off its last delivery")
+			return
+		}
+		log.Warn("requeue a job a stop cut off on its last delivery; trying a NAK", "err", err)
+	}
 	w.nak(d, w.store.HandBackDelay(d), log)
 }
 

@@ -465,6 +465,36 @@ func TestStopHandsBackRunningJob(t *testing.T) {
 	}
 }
 
+// A stop's hand-back is no attempt, and on a shared NATS every foreman's deliveries count
+// toward the queue's MaxDeliver: a long job cut off by one stop after another (rolling
+// restarts) is requeued when a stop cuts off its last delivery, not left undelivered for
+// the delivery limit to fail it unrun. Here MaxDeliver is 3 (one attempt, two spare).
+func TestStopsCuttingOffEveryDeliveryDoNotFailTheJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
+	release := tb.fake.Hold("tiny-a")
+	j := tb.chat(t, "tiny-a", 1)
+	for stop := 1; stop <= tb.b.Store.Config().MaxDeliver(); stop++ {
+		w := tb.start(t, worker.Config{})
+		if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", stop); err != nil {
+			t.Fatal(err)
+		}
+		expired, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := w.Stop(expired); err != nil {
+			t.Fatal(err)
+		}
+		if got, _, err := tb.b.Store.Get(ctxT(t), j.ID); err != nil || got.State != broker.StateRetrying || got.Attempt != 0 {
+			t.Fatalf("after stop %d: %+v, %v; want retrying, no attempt counted", stop, got, err)
+		}
+	}
+	release()
+	tb.start(t, worker.Config{})
+	if got := tb.waitState(t, j.ID, broker.StateDone); got.Attempt != 1 {
+		t.Errorf("done after %d attempts, want 1", got.Attempt)
+	}
+}
+
 // A sync job whose caller waits on this process does not run again once the worker
 // stopping cut it off (the shutdown cancels it, or a restart finds its caller gone): the
 // attempt it was on is its last, and counts.
