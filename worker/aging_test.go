@@ -57,6 +57,12 @@ func TestPlanAgedClassOncePerMaxWait(t *testing.T) {
 	if got := plan(c)[0]; got != "a" {
 		t.Fatalf("low picked %v ago: first %q, want the normal queue", 30*time.Second, got)
 	}
+	// At most once per MaxWait: a pick now, exactly MaxWait after the last one, would
+	// be a second within MaxWait (as a job that waited exactly MaxWait is not late).
+	c.ClassPicked[broker.PriorityLow.Rank()] = now.Add(-time.Minute)
+	if got := plan(c)[0]; got != "a" {
+		t.Fatalf("low picked %v ago: first %q, want the normal queue", time.Minute, got)
+	}
 	c.ClassPicked[broker.PriorityLow.Rank()] = now.Add(-2 * time.Minute)
 	if got := plan(c)[0]; got != "a-lo" {
 		t.Fatalf("low not picked for 2m: first %q, want the low queue", got)

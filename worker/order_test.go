@@ -377,3 +377,61 @@ func TestResumedJobGoesFirst(t *testing.T) {
 		t.Errorf("plan %v after the resumed job left, want the high queue first", got)
 	}
 }
+
+// withLoaded keeps the loaded runners most recently used first: the runner that ran goes
+// first, and one that was not loaded takes the place of the least recently used one once
+// as many are loaded as before (one, with none).
+func TestWithLoaded(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		loaded []string
+		r      string
+		want   []string
+	}{
+		{nil, "a", []string{"a"}},
+		{[]string{"a"}, "a", []string{"a"}},
+		{[]string{"a"}, "b", []string{"b"}},
+		{[]string{"a", "b"}, "a", []string{"a", "b"}},
+		{[]string{"a", "b"}, "b", []string{"b", "a"}},
+		{[]string{"a", "b", "c"}, "b", []string{"b", "a", "c"}},
+		{[]string{"a", "b"}, "c", []string{"c", "a"}},
+	} {
+		if got := withLoaded(slices.Clone(tc.loaded), tc.r); !slices.Equal(got, tc.want) {
+			t.Errorf("withLoaded(%v, %s) = %v, want %v", tc.loaded, tc.r, got, tc.want)
+		}
+	}
+}
+
+// A queue whose hold (ADR-0066) ended by the time the target is free is the worker's
+// from the first pick: it keeps its turn as the worker does (joinTurns keeps a turn it
+// has), rather than rejoining the rotation as a queue whose hold ends later does. Here
+// alice had the last pick, so bob's turn comes first.
+func TestOrderQueueWhoseHoldEndedKeepsItsTurn(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	alice, bob := queueKey(t, "tiny-a", "alice", ""), queueKey(t, "tiny-a", "bob", "")
+	msgs := []broker.QueuedMessage{
+		{Token: alice, Seq: 1, Enqueued: now, JobID: "alice0", Model: "tiny-a"},
+		{Token: bob, Seq: 2, Enqueued: now, JobID: "bob0", Model: "tiny-a"},
+	}
+	a := runnerKey(t, "tiny-a")
+	const picks = 1
+	c := choice{Loaded: []string{a}, Current: a, Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Hour,
+		Served: map[string]uint64{alice: turnAt(picks)}}
+	cost := fixedCosts{"tiny-a": {10 * time.Second, 0}}
+	for _, tc := range []struct {
+		name string
+		end  time.Time
+	}{
+		{"ended before the target is free", now.Add(-10 * time.Second)},
+		{"ends as the target is free", now},
+	} {
+		var got []string
+		for _, p := range order(c, picks, msgs, now, cost, map[string]time.Time{alice: tc.end}) {
+			got = append(got, p.Msg.JobID)
+		}
+		if want := []string{"bob0", "alice0"}; !slices.Equal(got, want) {
+			t.Errorf("%s: order %v, want %v", tc.name, got, want)
+		}
+	}
+}

@@ -16,6 +16,11 @@ func TestPlanClassesAndTurns(t *testing.T) {
 		return head{Token: token, Runner: runner, Class: class, Seq: seq, Enqueued: now.Add(-age)}
 	}
 	const hi, lo = broker.PriorityHigh, broker.PriorityLow
+	// picked is ClassPicked with class's last pick ago.
+	picked := func(class broker.Priority, ago time.Duration) (p [3]time.Time) {
+		p[class.Rank()] = now.Add(-ago)
+		return p
+	}
 	tests := []struct {
 		name string
 		in   choice
@@ -40,6 +45,11 @@ func TestPlanClassesAndTurns(t *testing.T) {
 			Heads: []head{q("a-hi", "a", hi, 1, 0), q("b", "b", "", 0, 0)}}, []string{"a-hi", "b"}},
 		{"a low job past MaxWait goes before high", choice{Loaded: []string{"a"}, Current: "a", MaxWait: time.Minute,
 			Heads: []head{q("a-hi", "a", hi, 9, 0), q("b-lo", "b", lo, 1, 2*time.Minute), q("c", "c", "", 5, 0)}}, []string{"b-lo", "a-hi", "c"}},
+		// The class had its aged pick within MaxWait, so it no longer goes before normal;
+		// within it, a job past MaxWait still sends its runners by age alone.
+		{"a late job sends its class by age even after the class's aged pick", choice{Loaded: []string{"a"}, Current: "a", MaxWait: time.Minute,
+			ClassPicked: picked(hi, 30*time.Second),
+			Heads:       []head{q("a-hi", "a", hi, 5, 0), q("b-hi", "b", hi, 1, 2*time.Minute), q("c", "c", "", 3, 0)}}, []string{"b-hi", "a-hi", "c"}},
 		{"the loaded runner's own low job past MaxWait goes first too", choice{Loaded: []string{"a"}, Current: "a", MaxWait: time.Minute,
 			Heads: []head{q("a-hi", "a", hi, 9, 0), q("a-lo", "a", lo, 1, 2*time.Minute)}}, []string{"a-lo", "a-hi"}},
 		{"load options: another runner of the loaded model is a swap", choice{Loaded: []string{"m.d"}, Current: "m.d", MaxWait: time.Minute,

@@ -39,6 +39,12 @@ func TestPlan(t *testing.T) {
 			Heads: []head{a(1, 0), b(3, 0)}}, []string{"b", "a"}},
 		{"forced switch ignores the loaded preference", choice{Loaded: []string{"a", "c"}, Current: "a", Consecutive: 2, MaxConsecutive: 2, MaxWait: time.Minute,
 			Heads: []head{a(1, 0), b(3, 0), c(5, 0)}}, []string{"b", "c", "a"}},
+		// Only another runner's late job breaks the drain: with Current's own job late, the
+		// loaded runners still go first, in their order, not every runner by age.
+		{"current's own old job keeps the loaded order", choice{Loaded: []string{"a", "c"}, Current: "a", Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Minute,
+			Heads: []head{a(1, time.Hour), b(3, 0), c(5, 0)}}, []string{"a", "c", "b"}},
+		// Loaded is most trusted first: a runner listed again further down keeps its first place.
+		{"a runner listed twice keeps its first place", choice{Loaded: []string{"b", "a", "b"}, Heads: []head{a(3, 0), b(5, 0)}}, []string{"b", "a"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
