@@ -465,6 +465,12 @@ func TestRedeliverRequest(t *testing.T) {
 	if err := json.Unmarshal(msg.Data, &reply); err != nil || reply["error"] == "" {
 		t.Fatalf("redeliver of a job without webhook: %s", msg.Data)
 	}
+	// A sync job's webhook is never sent (ADR-0014), nor sent again.
+	syncJob := submit(t, b.Store, &broker.Job{Sync: true, Webhook: &broker.Webhook{URL: rcv.URL}})
+	if r := redeliver(t, b, syncJob.ID); r.Error != "job has no webhook" || r.WebhookID != "" {
+		t.Fatalf("redeliver of a sync job: %+v, want it refused", r)
+	}
+	noMoreDeliveries(t, b, rcv)
 }
 
 // redeliver asks the dispatcher to send job id's latest event again.
