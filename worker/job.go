@@ -395,9 +395,9 @@ func busy(status int) bool {
 }
 
 // attemptFailed ends an attempt the target did not complete (unreachable, cut off,
-// stalled) or whose frames could not be published: the job is retried, unless it is a sync job whose caller already
-// has part of the response, where a second attempt cannot be spliced in. Either way a
-// target gone pauses the worker (see retry).
+// stalled) or whose frames could not be published: the job is retried, unless it is a
+// sync job whose caller already has part of the response, where a second attempt cannot
+// be spliced in. Either way a target gone pauses the worker (see retry).
 func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, err error, log *slog.Logger) {
 	if r.Published() && j.Sync {
 		w.fail(bctx, d, true, r, err.Error(), 0, log)
