@@ -39,6 +39,7 @@ type receiver struct {
 	mu    sync.Mutex
 	reply func(n int, h hit) int
 	n     int
+	lost  int // requests beyond the unread hits the channel holds: a flood
 }
 
 func newReceiver(t *testing.T, reply func(n int, h hit) int) *receiver {
@@ -57,9 +58,24 @@ func newReceiver(t *testing.T, reply func(n int, h hit) int) *receiver {
 			status = fn(n, h)
 		}
 		w.WriteHeader(status)
-		r.hits <- h
+		select {
+		case r.hits <- h:
+		default:
+			// A flood (a dispatcher sending again and again) fails the test instead of
+			// blocking this handler, which would hang the server's Close to the timeout.
+			r.mu.Lock()
+			r.lost++
+			r.mu.Unlock()
+		}
 	}))
-	t.Cleanup(r.Close)
+	t.Cleanup(func() {
+		r.Close()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.lost > 0 {
+			t.Errorf("webhook receiver flooded: %d requests past %d unread", r.lost, cap(r.hits))
+		}
+	})
 	return r
 }
 
