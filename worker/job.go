@@ -196,12 +196,12 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 			w.trace(d.JobID, StageFirstFrame) // before: a reader of this process may have it at once (ADR-0035)
 		}
 		run.gotFrame(time.Now())
-		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if fault := w.cfg.frameFault; fault != nil {
 			if err := fault(d.JobID, len(r.Frames())); err != nil {
 				return &publishError{err}
 			}
 		}
+		// The frame goes out first: the state write costs an fsync the client need not wait for.
 		if err := r.Frame(f); err != nil {
 			if errors.Is(err, broker.ErrAnswerTooLarge) {
 				return err // the job fails: another attempt would answer the same
