@@ -27,6 +27,10 @@ type ListOptions struct {
 	Limit int
 	// Cursor is the last id of the previous page; the next page starts after it.
 	Cursor string
+	// MaxResultBytes, when > 0, ends a page before the job whose result (Job.Result, up
+	// to 64 KiB each) would take its jobs' results past it; a page always holds one job.
+	// The page's cursor goes on from there.
+	MaxResultBytes int
 }
 
 // Paging newest first without reading every record (ADR-0025). Job ids are ULIDs, made
@@ -196,6 +200,7 @@ type pager struct {
 	seen    map[string]bool // job ids met in the stream
 	pending []string        // live ids met, not yet final
 	out     []*Job
+	results int  // the bytes of the results of out
 	more    bool // a match beyond the page exists
 }
 
@@ -239,11 +244,12 @@ func (p *pager) take(ctx context.Context, s *Store, bound string) (bool, error) 
 		if p.opt.Program != "" && j.Program != p.opt.Program {
 			continue
 		}
-		if len(p.out) == p.opt.Limit {
+		if len(p.out) == p.opt.Limit || (p.opt.MaxResultBytes > 0 && len(p.out) > 0 && p.results+len(j.Result) > p.opt.MaxResultBytes) {
 			p.more = true
 			return true, nil
 		}
 		p.out = append(p.out, j)
+		p.results += len(j.Result)
 	}
 	return false, nil
 }

@@ -118,6 +118,9 @@ type Config struct {
 	metadataMax int64
 	// artifactReads replaces maxArtifactReads, the artifact bodies sent at once, in tests.
 	artifactReads int
+	// listResults replaces maxListResults, the bytes of results one GET /jobs page
+	// holds, in tests.
+	listResults int
 	// writeCut, when set (tests only), is told of an answer's first failed write or
 	// flush (its client cut off by WriteTimeout, or gone).
 	writeCut func(err error)
@@ -168,6 +171,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.artifactReads <= 0 {
 		c.artifactReads = maxArtifactReads
+	}
+	if c.listResults <= 0 {
+		c.listResults = maxListResults
 	}
 	if c.SyncPriority == "" {
 		c.SyncPriority = broker.PriorityHigh

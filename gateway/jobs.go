@@ -62,12 +62,19 @@ func (s *Server) handleGetJob(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, v)
 }
 
+// maxListResults bounds the bytes of job results one GET /jobs page holds: a record
+// holds a result of up to 64 KiB, so a page of 1000 finished jobs could otherwise hold
+// 64 MB, read into memory and built into one answer, for each such request at once and
+// for as long as its client takes to read it. A page it cuts short has a next_cursor.
+const maxListResults = 8 << 20
+
 // handleListJobs lists jobs newest first: ?state=&model=&program=&limit=&cursor=. state
 // may name several states, comma-separated (state=done,failed,canceled: the finished
-// jobs), so one page is read for them all.
+// jobs), so one page is read for them all. A page holds at most limit jobs and
+// maxListResults bytes of their results (and always one job).
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
-	opt := broker.ListOptions{Model: q.Get("model"), Program: q.Get("program"), Cursor: q.Get("cursor")}
+	opt := broker.ListOptions{Model: q.Get("model"), Program: q.Get("program"), Cursor: q.Get("cursor"), MaxResultBytes: s.cfg.listResults}
 	if v := q.Get("state"); v != "" {
 		for _, name := range strings.Split(v, ",") {
 			st := broker.State(strings.TrimSpace(name))

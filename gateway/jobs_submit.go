@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -369,6 +370,13 @@ func checkWebhookURL(raw string, policy *webhook.Policy) error {
 	}
 	if len(raw) > 2048 {
 		return badRequest("state_webhook_url: longer than 2048 bytes")
+	}
+	if p := u.Port(); p != "" {
+		// Go's URL parser takes any digits as a port; the dialer refuses 0 and past
+		// 65535, so every delivery of such a job would fail.
+		if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
+			return badRequest(fmt.Sprintf("state_webhook_url %q: port %s is not a TCP port (1 to 65535)", clipInput(raw), clipInput(p)))
+		}
 	}
 	if u.User != nil {
 		// The URL is part of the job's record, which every caller who reads jobs sees. The

@@ -458,6 +458,70 @@ func TestListJobs(t *testing.T) {
 	wantError(t, resp, out, http.StatusBadRequest, `unknown state "finished"`)
 }
 
+// TestListJobsPageBoundedByResultBytes: a GET /jobs page holds at most listResults bytes
+// of its jobs' results (a record holds up to 64 KiB of one, so a page of 1000 could hold
+// 64 MB), whatever its limit, and always one job, however large its result; a page cut
+// short has a next_cursor, and the pages together list every job once, newest first.
+func TestListJobsPageBoundedByResultBytes(t *testing.T) {
+	t.Parallel()
+	const bound = 1000
+	b := newTestBundle(t, withGateway(func(c *Config) { c.listResults = bound }))
+	result := func(n int) []byte { return []byte(`{"text":"` + strings.Repeat("r", n-len(`{"text":""}`)) + `"}`) }
+	var want []string // newest first
+	for _, size := range []int{400, 1500, 400, 400, 300, 300} {
+		id := jobsSubmit(t, b, `{"model":"tiny-a"}`)
+		finishJob(t, b.Broker.Store, id, result(size), nil)
+		want = append([]string{id}, want...)
+	}
+	queued := jobsSubmit(t, b, `{"model":"tiny-b"}`) // no result
+	want = append([]string{queued}, want...)
+
+	var got []string
+	pages, cursor := 0, ""
+	for {
+		query := "?limit=1000"
+		if cursor != "" {
+			query += "&cursor=" + cursor
+		}
+		page, next := jobsListPage(t, b, query)
+		pages++
+		size := 0
+		for _, v := range page {
+			if string(v.Result) != "null" {
+				size += len(v.Result)
+			}
+		}
+		if len(page) == 0 || (len(page) > 1 && size > bound) {
+			t.Fatalf("page %d: %d jobs with %d bytes of results, want at least one and at most %d bytes unless one job", pages, len(page), size, bound)
+		}
+		got = append(got, ids(page)...)
+		if next == "" {
+			break
+		}
+		if next != page[len(page)-1].ID || pages > len(want) {
+			t.Fatalf("page %d: next_cursor %q after %v", pages, next, ids(page))
+		}
+		cursor = next
+	}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("paged through %v, want %v", got, want)
+	}
+	// queued+300+300 | 400+400 | 1500 alone | 400
+	if pages != 4 {
+		t.Fatalf("%d pages, want 4", pages)
+	}
+
+	// The default bound (8 MiB) takes them all at once.
+	d := newTestBundle(t)
+	id := jobsSubmit(t, d, `{"model":"tiny-a"}`)
+	finishJob(t, d.Broker.Store, id, result(60<<10), nil)
+	id2 := jobsSubmit(t, d, `{"model":"tiny-a"}`)
+	finishJob(t, d.Broker.Store, id2, result(60<<10), nil)
+	if page, next := jobsListPage(t, d, "?limit=1000"); len(page) != 2 || next != "" {
+		t.Fatalf("default bound: %v next %q", ids(page), next)
+	}
+}
+
 func ids(vs []jobView) []string {
 	out := make([]string, len(vs))
 	for i, v := range vs {

@@ -127,3 +127,47 @@ func TestSubmitWebhookPolicyOptions(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmitRefusesWebhookURLPortOutOfRange: a webhook URL whose port is no TCP port (0,
+// or past 65535, which Go's URL parser takes as digits) is a 400 at submit, over HTTP
+// and NATS alike: no dial could ever reach it, so a 202 would leave a job whose every
+// delivery fails until its attempts are spent. Ports written with leading zeros are
+// ports (the dialer reads them so) and pass. Nothing is resolved or contacted.
+func TestSubmitRefusesWebhookURLPortOutOfRange(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) { c.WebhookPolicy = webhook.Policy{LookupNetIP: noSubmitDNS(t)} }))
+	for _, u := range []string{
+		"https://hooks.example:0/h", "https://hooks.example:65536/h", "http://hooks.example:99999/h",
+		"http://10.1.2.3:76970/h", "http://hooks.example:000/h", "http://hooks.example:18446744073709551617/h",
+	} {
+		resp, out := b.request(t, http.MethodPost, "/jobs", []byte(`{"model":"tiny-a","messages":[],"state_webhook_url":"`+u+`"}`))
+		wantJobError(t, u, resp, out, http.StatusBadRequest)
+		if !strings.Contains(string(out), "port") {
+			t.Errorf("%s: error %s does not name the port", u, out)
+		}
+	}
+	for _, u := range []string{"https://hooks.example:8443/h", "http://hooks.example:00080/h", "http://hooks.example:65535/h", "http://hooks.example:/h"} {
+		wantNoDispatcher(t, b, jobsSubmit(t, b, `{"model":"tiny-a","messages":[],"state_webhook_url":"`+u+`"}`))
+	}
+
+	runUntilCleanup(t, "nats submit", b.GW.RunNATSSubmit)
+	ctx := testCtx(t, 20*time.Second)
+	for {
+		m, err := b.Broker.Conn.RequestWithContext(ctx, broker.SubmitSubject,
+			[]byte(`{"model":"tiny-a","messages":[],"state_webhook_url":"https://hooks.example:65536/h"}`))
+		if err != nil && strings.Contains(err.Error(), "no responders") {
+			continue // the responder is still subscribing
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		var reply submitReply
+		if err := json.Unmarshal(m.Data, &reply); err != nil || reply.Status != http.StatusBadRequest || reply.JobID != "" {
+			t.Fatalf("NATS submit with port 65536: %s", m.Data)
+		}
+		break
+	}
+	if n, _ := b.Broker.Store.QueueLen(ctx); n != 4 {
+		t.Fatalf("queued %d jobs, want only the 4 with a real port", n)
+	}
+}
