@@ -45,6 +45,10 @@ func TestPlan(t *testing.T) {
 			Heads: []head{a(1, time.Hour), b(3, 0), c(5, 0)}}, []string{"a", "c", "b"}},
 		// Loaded is most trusted first: a runner listed again further down keeps its first place.
 		{"a runner listed twice keeps its first place", choice{Loaded: []string{"b", "a", "b"}, Heads: []head{a(3, 0), b(5, 0)}}, []string{"b", "a"}},
+		// Before this process's first job there is no streak to break (ADR-0027, amended):
+		// the loaded runner goes first even past another runner's late normal job.
+		{"before the first job a late job does not break the loaded order", choice{Loaded: []string{"a"}, MaxConsecutive: 8, MaxWait: time.Minute,
+			Heads: []head{b(1, time.Hour), a(3, 0)}}, []string{"a", "b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
