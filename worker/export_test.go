@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -127,3 +128,6 @@ func WithFrameFault(cfg Config, fn func(jobID string, published int) error) Conf
 	cfg.frameFault = fn
 	return cfg
 }
+
+// Stopping reports whether Stop was called.
+func (w *Worker) Stopping() bool { return w.isStopping(context.Background()) }
