@@ -197,7 +197,8 @@ type JobFilter struct {
 	Model  string
 	// Program lists one program's jobs only.
 	Program string
-	// Limit caps the page (server default 50).
+	// Limit caps the page (server default 50). A page may hold fewer jobs while more
+	// match (at most 8 MiB of results a page): page on while NextCursor is set.
 	Limit int
 	// Cursor is the NextCursor of the previous page.
 	Cursor string
