@@ -40,7 +40,7 @@ var artifactName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // start with a dot, so a name can never climb out of its job's folder.
 func ValidateArtifactName(name string) error {
 	if !artifactName.MatchString(name) {
-		return fmt.Errorf("%w: %q", ErrBadArtifactName, name)
+		return fmt.Errorf("%w: %s", ErrBadArtifactName, quoteClipped(name))
 	}
 	return nil
 }

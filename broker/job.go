@@ -6,9 +6,11 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/oklog/ulid/v2"
 )
@@ -342,9 +344,25 @@ func NewID() string { return ulid.Make().String() }
 func ValidateID(id string) error {
 	u, err := ulid.ParseStrict(id)
 	if err != nil || u.String() != id {
-		return fmt.Errorf("%w: %q", ErrBadID, id)
+		return fmt.Errorf("%w: %s", ErrBadID, quoteClipped(id))
 	}
 	return nil
+}
+
+// maxQuotedName is how much of a refused id or name an error quotes: enough to know it
+// again, not the megabyte a request line or header may carry back into its answer.
+const maxQuotedName = 64
+
+// quoteClipped quotes s, cut to maxQuotedName bytes (at a rune's start) and marked so.
+func quoteClipped(s string) string {
+	if len(s) <= maxQuotedName {
+		return strconv.Quote(s)
+	}
+	cut := maxQuotedName
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "…"
 }
 
 func jobKey(id string) string { return "job." + id }

@@ -9,6 +9,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -594,5 +595,23 @@ func TestRequeueRewritesTheRecord(t *testing.T) {
 	again, err := b.Store.NextWait(ctxT(t), token(t, "tiny-a"), arrival)
 	if err != nil || again == nil || again.JobID != j.ID || again.Seq == d.Seq {
 		t.Fatalf("requeued message: %+v %v", again, err)
+	}
+}
+
+// A refused id or artifact name is quoted in its error cut short at a rune's start: a
+// request line can carry a megabyte of it, and the error goes back in a 400.
+func TestRefusedNamesAreQuotedShort(t *testing.T) {
+	t.Parallel()
+	for _, err := range []error{
+		broker.ValidateID(strings.Repeat("€", 100)),
+		broker.ValidateArtifactName(strings.Repeat("€", 100)),
+	} {
+		msg := err.Error()
+		if len(msg) > 120 || !utf8.ValidString(msg) || strings.Contains(msg, `\x`) || !strings.HasSuffix(msg, `"…`) || !strings.Contains(msg, "€€") {
+			t.Errorf("error %q (%d bytes): want whole runes of the name's start quoted (no byte escapes) and marked cut", msg, len(msg))
+		}
+	}
+	if err := broker.ValidateID("nope"); err.Error() != `invalid job id: "nope"` {
+		t.Errorf("short id: %q, want it quoted whole", err)
 	}
 }

@@ -400,6 +400,31 @@ func TestJobsBadPaths(t *testing.T) {
 	}
 }
 
+// A refused id, artifact name or cursor is quoted back cut short: a request line may
+// carry a megabyte, and its 400 should not carry it back.
+func TestJobsBadPathsQuoteLongInputShort(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	id := jobsSubmit(t, b, `{"model":"tiny-a"}`)
+	long := strings.Repeat("Z", 64<<10)
+	for _, c := range []struct{ method, path string }{
+		{"GET", "/jobs/" + long},
+		{"DELETE", "/jobs/" + long},
+		{"GET", "/jobs/" + long + "/artifacts/result.json"},
+		{"GET", "/jobs/" + long + "/deliveries"},
+		{"POST", "/jobs/" + long + "/deliveries/redeliver"},
+		{"GET", "/jobs/" + id + "/artifacts/" + long},
+		{"GET", "/jobs?cursor=" + long},
+	} {
+		resp, out := b.request(t, c.method, c.path, nil)
+		what := c.method + " " + c.path[:min(len(c.path), 40)] + "…"
+		wantJobError(t, what, resp, out, http.StatusBadRequest)
+		if len(out) > 512 || !strings.Contains(string(out), "ZZZZ") {
+			t.Errorf("%s: %d-byte error, want the input quoted cut short: %.300s", what, len(out), out)
+		}
+	}
+}
+
 func jobsList(t *testing.T, b *testBundle, query string) []jobView {
 	t.Helper()
 	views, _ := jobsListPage(t, b, query)
