@@ -1,10 +1,14 @@
 package gateway
 
 import (
+	"bufio"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -94,5 +98,43 @@ func TestWantsEarlyJobID(t *testing.T) {
 		if got := wantsEarlyJobID(h); got != want {
 			t.Errorf("%s: %q: asks %v, want %v", HeaderEarlyJobID, v, got, want)
 		}
+	}
+}
+
+// An HTTP/1.0 client gets no 103 even when it asks: a server must not send a 1xx to one
+// (RFC 9110, 15.2). Its answer still names the job.
+func TestEarlyJobIDNotForHTTP10(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	u, err := url.Parse(b.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream":false}`
+	fmt.Fprintf(conn, "POST /api/chat HTTP/1.0\r\nHost: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s: 1\r\n\r\n%s",
+		u.Host, len(body), HeaderEarlyJobID, body)
+	br := bufio.NewReader(conn)
+	line, err := br.ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(line, " 200 ") {
+		t.Fatalf("first status line %q, want the 200 answer (no 1xx to an HTTP/1.0 client)", line)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(io.MultiReader(strings.NewReader(line), br)), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.Header.Get(HeaderJobID) == "" {
+		t.Errorf("answer %d without %s", resp.StatusCode, HeaderJobID)
 	}
 }

@@ -332,7 +332,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 	}
 	s.traced(job.ID, traceSubmitted, time.Now())
 	w.Header().Set(HeaderJobID, job.ID)
-	if wantsEarlyJobID(r.Header) {
+	if wantsEarlyJobID(r.Header) && r.ProtoAtLeast(1, 1) { // no 1xx to HTTP/1.0 (RFC 9110, 15.2)
 		w.WriteHeader(http.StatusEarlyHints) // sent at once; the answer's status comes later
 	}
 	rc := http.NewResponseController(w)
