@@ -355,14 +355,23 @@ const maxQuotedName = 64
 
 // quoteClipped quotes s, cut to maxQuotedName bytes (at a rune's start) and marked so.
 func quoteClipped(s string) string {
-	if len(s) <= maxQuotedName {
-		return strconv.Quote(s)
+	if c, cut := Clip(s, maxQuotedName); cut {
+		return strconv.Quote(c) + "…"
 	}
-	cut := maxQuotedName
+	return strconv.Quote(s)
+}
+
+// Clip returns s cut to at most n bytes at a character's start, and whether it cut: for
+// quoting a caller's or a target's text back in an error, a record or a log.
+func Clip(s string, n int) (string, bool) {
+	if len(s) <= n {
+		return s, false
+	}
+	cut := n
 	for cut > 0 && !utf8.RuneStart(s[cut]) {
 		cut--
 	}
-	return strconv.Quote(s[:cut]) + "…"
+	return s[:cut], true
 }
 
 func jobKey(id string) string { return "job." + id }

@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -61,14 +60,10 @@ const maxQuoted = 200
 // 3 bytes; %q and JSON escape more): larger than a NATS reply may be, so a refused NATS
 // submit got no answer at all.
 func clipInput(s string) string {
-	if len(s) <= maxQuoted {
-		return s
+	if c, cut := broker.Clip(s, maxQuoted); cut {
+		return c + "…"
 	}
-	cut := maxQuoted
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
+	return s
 }
 
 // ErrModelNotFound is returned when the target does not have a model (after a re-poll).

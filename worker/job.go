@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -1131,14 +1130,10 @@ const maxErrorText = 4 << 10
 
 // errorText is msg cut to maxErrorText bytes (at a character's start) and marked so.
 func errorText(msg string) string {
-	if len(msg) <= maxErrorText {
-		return msg
+	if c, cut := broker.Clip(msg, maxErrorText); cut {
+		return c + " … (truncated)"
 	}
-	cut := maxErrorText
-	for cut > 0 && !utf8.RuneStart(msg[cut]) {
-		cut--
-	}
-	return msg[:cut] + " … (truncated)"
+	return msg
 }
 
 func exhausted(last, fallback string) string {
