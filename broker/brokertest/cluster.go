@@ -175,6 +175,24 @@ func (c *Cluster) StreamLeader(stream string) int {
 	return leader
 }
 
+// MapSubject sends percent of the messages clients publish on src (in the default
+// account) to dest instead, the rest on to src, on every node: a weighted subject mapping,
+// which a node applies to its own clients' messages. A test has a responder on dest stand
+// for the servers on part of their requests (a replica behind its leader, say) without
+// racing them: which requests it gets is the nodes' draw, however loaded the machine.
+func (c *Cluster) MapSubject(t testing.TB, src, dest string, percent uint8) {
+	t.Helper()
+	for i, ns := range c.Nodes {
+		acc := ns.GlobalAccount()
+		if acc == nil {
+			t.Fatalf("cluster node %d: no default account", i+1)
+		}
+		if err := acc.AddWeightedMappings(src, server.NewMapDest(dest, percent)); err != nil {
+			t.Fatalf("cluster node %d: map %s to %s: %v", i+1, src, dest, err)
+		}
+	}
+}
+
 func (c *Cluster) waitFor(limit time.Duration, what string, cond func() bool) {
 	c.t.Helper()
 	deadline := time.Now().Add(limit)
