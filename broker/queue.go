@@ -1,9 +1,11 @@
 package broker
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -78,6 +80,9 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
 	}
 	c, err := s.queue.CreateOrUpdateConsumer(ctx, ccfg)
+	if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && s.reapConsumers(ctx) > 0 {
+		c, err = s.queue.CreateOrUpdateConsumer(ctx, ccfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
 	}
@@ -95,6 +100,75 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 	s.consumers[token] = cachedConsumer{Consumer: c, used: now}
 	s.mu.Unlock()
 	return c, nil
+}
+
+// reapBatch is how many idle queue consumers reapConsumers deletes at most: room for as
+// many new queues before the next look, without holding up the fetch that found the limit
+// for long (a delete is one request to the server, and the look lists every consumer).
+const reapBatch = 64
+
+// reapConsumers deletes up to reapBatch queue consumers that hold nothing for a worker,
+// those with queued jobs last, the longest idle first, and reports how many it deleted.
+//
+// nats-server caps the consumers of a stream (1,000 by default since 2.12, or the limit
+// an operator set), and each queue key that ran a job keeps its consumer for
+// consumerIdle: a thousand programs in an hour, or a caller naming a new program or new
+// load options for each request, would leave every new queue without one. A consumer
+// with a delivery awaiting its ack (a running job, one in its retry back-off) or a fetch
+// waiting is kept: deleting it would hand its job out again. Any other holds only what
+// the stream holds: its jobs stay queued, and the key's next fetch makes it again (on a
+// shared NATS, another foreman's fetch from one deleted under it does the same).
+func (s *Store) reapConsumers(ctx context.Context) int {
+	var idle []*jetstream.ConsumerInfo
+	list := s.queue.ListConsumers(ctx)
+	for info := range list.Info() {
+		if isQueueConsumer(info.Name) && info.NumAckPending == 0 && info.NumWaiting == 0 {
+			idle = append(idle, info)
+		}
+	}
+	if err := list.Err(); err != nil && len(idle) == 0 {
+		s.log.Warn("queue consumers at the server's limit; list them to delete idle ones", "err", err)
+		return 0
+	}
+	slices.SortFunc(idle, func(a, b *jetstream.ConsumerInfo) int {
+		if c := cmp.Compare(min(a.NumPending, 1), min(b.NumPending, 1)); c != 0 {
+			return c
+		}
+		return lastActive(a).Compare(lastActive(b))
+	})
+	deleted := make(map[string]bool)
+	for _, info := range idle[:min(len(idle), reapBatch)] {
+		err := s.queue.DeleteConsumer(ctx, info.Name)
+		if err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			deleted[info.Name] = true
+		}
+	}
+	s.mu.Lock()
+	for token := range s.consumers {
+		if deleted[ConsumerName(token)] {
+			delete(s.consumers, token)
+		}
+	}
+	s.mu.Unlock()
+	s.log.Warn("queue consumers at the server's limit: deleted idle ones (many programs or load options in the last hour; see README, Priorities and programs)",
+		"stream", QueueStream, "deleted", len(deleted), "idle", len(idle))
+	return len(deleted)
+}
+
+// isQueueConsumer reports whether name is one of ConsumerName's.
+func isQueueConsumer(name string) bool {
+	return strings.HasPrefix(name, "m-") || strings.HasPrefix(name, "q-")
+}
+
+// lastActive is when consumer info was last seen to work: made, or a delivery or ack.
+func lastActive(info *jetstream.ConsumerInfo) time.Time {
+	t := info.Created
+	for _, at := range []*time.Time{info.Delivered.Last, info.AckFloor.Last} {
+		if at != nil && at.After(t) {
+			t = *at
+		}
+	}
+	return t
 }
 
 // cachedConsumer is a queue's consumer and when it was last fetched from.
