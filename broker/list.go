@@ -299,6 +299,11 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 		})
 		return err
 	})
+	if errors.Is(err, jetstream.ErrMaximumConsumersLimit) {
+		// As many listings at once as the server lets the stream have consumers (1,000
+		// by default): the store is busy, and the listing may be asked again shortly.
+		err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
 	if err != nil {
 		return time.Time{}, fmt.Errorf("broker: list: %w", err)
 	}

@@ -233,3 +233,33 @@ func TestListFindsJobOfAClockAhead(t *testing.T) {
 		t.Fatalf("newest page does not start with the job of the clock ahead (%d jobs)", len(jobs))
 	}
 }
+
+// A listing reads the records' keys through a consumer of its own, which the NATS
+// server's cap on a stream's consumers (1,000 by default) may refuse while as many
+// listings run at once: that is the store being busy (a 503 that invites a retry), not
+// an internal error.
+func TestListAtTheServersConsumerLimit(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	submit(t, b.Store, "m", `{"model":"m"}`)
+	js := b.JetStream(t)
+	for i := 0; ; i++ {
+		_, err := js.CreateConsumer(ctx, "KV_"+broker.JobsBucket, jetstream.ConsumerConfig{
+			Name: fmt.Sprintf("listing-%d", i), AckPolicy: jetstream.AckNonePolicy, MemoryStorage: true,
+			InactiveThreshold: time.Hour,
+		})
+		if errors.Is(err, jetstream.ErrMaximumConsumersLimit) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 5000 {
+			t.Fatal("the server took 5,000 consumers: no limit, the test shows nothing")
+		}
+	}
+	if _, _, err := b.Store.List(ctx, broker.ListOptions{}); !errors.Is(err, broker.ErrUnavailable) {
+		t.Fatalf("list at the consumer limit: %v, want ErrUnavailable", err)
+	}
+}
