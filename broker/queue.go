@@ -280,13 +280,23 @@ func (s *Store) lease(ctx context.Context, token string, msg jetstream.Msg) (*Le
 		// Checked last: a message that is no job's is removed whatever its kind.
 		return d, fmt.Errorf("%w: %q", ErrUnknownKind, d.Kind)
 	}
-	if ref := h.Get(HeaderBodyRef); ref != "" {
-		d.Body, err = s.getObject(ctx, ref)
-		if err != nil {
-			return d, fmt.Errorf("broker: request body %s: %w", ref, err)
-		}
+	return d, s.ReadBody(ctx, d)
+}
+
+// ReadBody reads the request body of lease d stored apart from its queue message (too
+// large for one, ADR-0019) into d.Body; a lease without one keeps the message's. A lease
+// that Next returned with its body unread (the store did not answer) is read again by it.
+func (s *Store) ReadBody(ctx context.Context, d *Lease) error {
+	ref := d.Msg.Headers().Get(HeaderBodyRef)
+	if ref == "" {
+		return nil
 	}
-	return d, nil
+	body, err := s.getObject(ctx, ref)
+	if err != nil {
+		return fmt.Errorf("broker: request body %s: %w", ref, err)
+	}
+	d.Body = body
+	return nil
 }
 
 // check tells whether a lease can be a job foreman enqueued (Store.enqueue): a job id,

@@ -128,6 +128,13 @@ type Config struct {
 	// delivery limit; an error it returns fails the try (retries included), as a store
 	// down for longer than terminalWait would.
 	endFault func(jobID string, state broker.State) error
+	// recordFault, when set (tests only), runs before each read of a delivered job's
+	// record (the one read ahead included); an error it returns is the read's own.
+	recordFault func(jobID string) error
+	// bodyFault, when set (tests only), runs for each job leased with its request body
+	// read, and before each read of it again (Store.ReadBody); an error it returns is the
+	// read's own, as the store failing it would be.
+	bodyFault func(jobID string) error
 	// limitReadFault, when set (tests only), runs before each try to read the queue
 	// message of a job past its delivery limit; an error it returns is the read's own.
 	limitReadFault func(seq uint64) error

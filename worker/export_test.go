@@ -131,3 +131,17 @@ func WithFrameFault(cfg Config, fn func(jobID string, published int) error) Conf
 
 // Stopping reports whether Stop was called.
 func (w *Worker) Stopping() bool { return w.isStopping(context.Background()) }
+
+// WithRecordFault sets Config.recordFault: fn's error, if any, fails a read of a
+// delivered job's record, as the store failing it would.
+func WithRecordFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.recordFault = fn
+	return cfg
+}
+
+// WithBodyFault sets Config.bodyFault: fn's error, if any, fails a read of a leased job's
+// request body, as the store failing it would.
+func WithBodyFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.bodyFault = fn
+	return cfg
+}

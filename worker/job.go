@@ -55,8 +55,13 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 	if !ok {
 		// A message delivered a moment before its record (Submit writes both at once)
 		// waits for the record; only an orphan comes back ErrNotFound. Stop ends the wait.
+		// A store that does not answer holds the delivery until it does (holdRead).
+		read := func(ctx context.Context) (err error) {
+			j, rev, err = w.jobOf(ctx, d)
+			return err
+		}
 		rctx, rcancel := w.untilStop(ctx)
-		j, rev, err = w.store.JobOf(rctx, d)
+		err = w.holdRead(ctx, d, read(rctx), "read job record", log, read)
 		rcancel()
 	}
 	if err == nil {
@@ -69,6 +74,8 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 		log.Warn("queue message without a job record (expired, or its submit failed); dropped")
 		w.finish(bctx, d, log)
 	case err != nil:
+		// The store answered, with an error (a record that does not decode): a wait would
+		// not mend it. Each delivery tries once more, and JetStream's last one fails it.
 		log.Warn("read job record; will retry", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
 	case j.Kind != d.Kind || !sameModel(j.Model, d.Token):
@@ -917,20 +924,36 @@ func (w *Worker) giveBack(ctx context.Context, d *broker.Lease, log *slog.Logger
 	w.nak(d, w.store.HandBackDelay(d), log)
 }
 
-// bodyLost deals with a delivery whose large request body could not be read. A body
-// that is gone fails the job, but only one that admit would run: an orphan, an ended
-// job (Finish drops the body even when its ack fails), a spare copy, a canceled job
-// or one whose caller is gone is settled as any delivery of it is.
-func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) {
+// bodyLost deals with a delivery whose large request body could not be read (err), and
+// reports whether it settled it. A read the store did not answer is tried again, the
+// delivery held, until it does (holdRead): a body read then leaves the delivery to run
+// (false). A body that is gone fails the job, but only one that admit would run: an
+// orphan, an ended job (Finish drops the body even when its ack fails), a spare copy, a
+// canceled job or one whose caller is gone is settled as any delivery of it is.
+func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) bool {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
-	if !errors.Is(err, broker.ErrBodyLost) {
+	if broker.Transient(err) {
+		w.setLeased(d.JobID)
+		err = w.holdRead(ctx, d, err, "read request body", log, func(ctx context.Context) error { return w.readBody(ctx, d) })
+		w.setLeased("")
+	}
+	switch {
+	case err == nil:
+		return false
+	case w.isStopping(ctx):
+		bctx, cancel := w.storeCtx(ctx)
+		defer cancel()
+		w.giveBack(bctx, d, log)
+	case !errors.Is(err, broker.ErrBodyLost):
+		// The store answered, with an error (a body whose digest does not match).
 		log.Warn("read request body; will retry", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
-		return
+	default:
+		w.settleAdmitted(ctx, d, log, func(bctx context.Context, j *broker.Job) {
+			w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
+		})
 	}
-	w.settleAdmitted(ctx, d, log, func(bctx context.Context, j *broker.Job) {
-		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), "request body lost: "+err.Error(), 0, log)
-	})
+	return true
 }
 
 // settleAdmitted settles a delivery that cannot run here (bodyLost, unknownKind): as any
@@ -1048,6 +1071,13 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 // keepInProgress tells JetStream the job is alive every AckWait/3, and keeps its record
 // from expiring (Store.Refresh) while it runs, until stopped (stop may be called again).
 func (w *Worker) keepInProgress(ctx context.Context, d *broker.Lease, log *slog.Logger) (stop func()) {
+	return w.keepAlive(ctx, d, w.store.RefreshEvery(), log)
+}
+
+// keepAlive tells JetStream delivery d is alive every AckWait/3, and offers its job's
+// record to Store.Refresh every refresh (0: never; a delivery held unrun leaves its
+// record as a queued job's), until stopped (stop may be called again).
+func (w *Worker) keepAlive(ctx context.Context, d *broker.Lease, refresh time.Duration, log *slog.Logger) (stop func()) {
 	every := max(w.store.Config().AckWait/3, 10*time.Millisecond)
 	done := make(chan struct{})
 	exited := make(chan struct{})
@@ -1055,18 +1085,22 @@ func (w *Worker) keepInProgress(ctx context.Context, d *broker.Lease, log *slog.
 		defer close(exited)
 		t := time.NewTicker(every)
 		defer t.Stop()
-		rt := time.NewTicker(w.store.RefreshEvery())
-		defer rt.Stop()
+		var refreshes <-chan time.Time // nil: never
+		if refresh > 0 {
+			rt := time.NewTicker(refresh)
+			defer rt.Stop()
+			refreshes = rt.C
+		}
 		warned := false
 		for {
 			select {
 			case <-t.C:
-				// Once per run: a failure here (the connection closed) repeats every tick.
+				// Once per delivery: a failure here (the connection closed) repeats every tick.
 				if err := d.Msg.InProgress(); err != nil && !warned {
 					warned = true
-					log.Warn("extend job ack deadline; further failures of this run not logged", "err", err)
+					log.Warn("extend job ack deadline; further failures of this delivery not logged", "err", err)
 				}
-			case <-rt.C:
+			case <-refreshes:
 				if ok, err := w.store.Refresh(ctx, d.JobID); err != nil {
 					log.Warn("refresh running job record", "err", err)
 				} else if ok {

@@ -129,7 +129,11 @@ func (w *Worker) readAhead(ctx context.Context, id, token string) *recordRead {
 	r := &recordRead{id: id, done: make(chan struct{})}
 	var wg sync.WaitGroup
 	wg.Go(func() { w.refreshLoaded(ctx, []head{{Token: token, Runner: runnerOf(token)}}) })
-	wg.Go(func() { r.job, r.rev, r.err = w.store.Get(ctx, id) })
+	wg.Go(func() {
+		if r.err = w.recordFaulted(id); r.err == nil {
+			r.job, r.rev, r.err = w.store.Get(ctx, id)
+		}
+	})
 	go func() {
 		wg.Wait()
 		close(r.done)

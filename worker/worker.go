@@ -254,11 +254,18 @@ func (w *Worker) Run(ctx context.Context) error {
 			early = w.callEarly(ctx, u)
 			misses, woken = 0, true
 			ahead = w.readAhead(ctx, u.jobID, u.token)
-			if d, err = w.store.NextWait(ctx, u.token, wakeWait); d != nil && err != nil {
-				w.unusable(ctx, d, err) // a delivery no job can run from: removed or retried now
-				d, err = nil, nil
+			d, err = w.store.NextWait(ctx, u.token, wakeWait)
+			if err = w.fetchFaulted(d, err); d != nil && err != nil {
+				// A delivery no job can run from: removed or retried now. Or one whose body
+				// was read once the store answered: it runs, its record read afresh.
+				if w.unusable(ctx, d, err) {
+					d = nil
+				}
+				err = nil
 				w.drop(early)
 				early = nil
+				ahead.wait()
+				ahead = nil
 			}
 			if err != nil || d == nil {
 				if err != nil {
@@ -546,9 +553,9 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 			continue
 		}
 		d, err := w.store.Next(ctx, token)
+		err = w.fetchFaulted(d, err)
 		if d != nil {
-			if err != nil {
-				w.unusable(ctx, d, err)
+			if err != nil && w.unusable(ctx, d, err) {
 				continue
 			}
 			return d, true, nil
@@ -561,20 +568,20 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	return nil, true, firstErr
 }
 
-// unusable settles a delivery that came with an error: a message that is no job is
-// removed (ErrUnusable); a job of a kind this foreman does not know is left to one that
-// does (unknownKind); for a real one whose stored body could not be read, bodyLost
-// decides.
-func (w *Worker) unusable(ctx context.Context, d *broker.Lease, err error) {
+// unusable settles a delivery that came with an error, and reports whether it did: a
+// message that is no job is removed (ErrUnusable); a job of a kind this foreman does not
+// know is left to one that does (unknownKind); for a real one whose stored body could not
+// be read, bodyLost decides, and may find the body after all (false: the delivery runs).
+func (w *Worker) unusable(ctx context.Context, d *broker.Lease, err error) bool {
 	if errors.Is(err, broker.ErrUnusable) {
 		w.discard(d, err)
-		return
+		return true
 	}
 	if errors.Is(err, broker.ErrUnknownKind) {
 		w.unknownKind(ctx, d)
-		return
+		return true
 	}
-	w.bodyLost(ctx, d, err)
+	return w.bodyLost(ctx, d, err)
 }
 
 // runnable keeps the heads whose model this worker runs (Config.Runs), and not those of
