@@ -48,7 +48,7 @@ func TestQueueConsumerCacheIsBounded(t *testing.T) {
 	}
 }
 
-// nats-server caps a stream's consumers (1,000 by default since 2.12, or an operator's
+// nats-server caps a stream's consumers (1,000 by default since 2.15, or an operator's
 // limit), and every queue key that ran a job in the last hour keeps its consumer: a
 // thousand programs, or a caller that names a new one (or new load options) for every
 // request, used to leave every later queue unable to get one, its jobs stuck at the head

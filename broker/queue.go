@@ -110,7 +110,7 @@ const reapBatch = 64
 // reapConsumers deletes up to reapBatch queue consumers that hold nothing for a worker,
 // those with queued jobs last, the longest idle first, and reports how many it deleted.
 //
-// nats-server caps the consumers of a stream (1,000 by default since 2.12, or the limit
+// nats-server caps the consumers of a stream (1,000 by default since 2.15, or the limit
 // an operator set), and each queue key that ran a job keeps its consumer for
 // consumerIdle: a thousand programs in an hour, or a caller naming a new program or new
 // load options for each request, would leave every new queue without one. A consumer
