@@ -178,8 +178,20 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 // state left in its directory, taken jobs included, and keeps lacking the checksum. So
 // the consumer of every queue key with jobs that the server did not list is made afresh
 // (renew), before the worker can create it with that state.
+//
+// A queue message may also sit below its consumer's ack floor: a stream that failed a
+// write (a full disk) removes nothing more until the server restarts, so a job finished
+// and acked meanwhile moved the ack floor past a message that stayed. No consumer would
+// deliver it again, while it counts as waiting (the queue view, its depth, the queue
+// bound) until the job TTL. A consumer whose key holds more messages than it has pending
+// is made afresh too, delivering them again; the worker drops those of ended jobs.
 func (s *Store) reclaim(ctx context.Context) error {
+	depth, _, err := s.DepthState(ctx)
+	if err != nil {
+		return err
+	}
 	recovered := map[string]bool{}
+	var stranded []string
 	names := s.queue.ConsumerNames(ctx)
 	for name := range names.Name() {
 		recovered[name] = true
@@ -191,6 +203,13 @@ func (s *Store) reclaim(ctx context.Context) error {
 			return fmt.Errorf("broker: consumer %s: %w", name, err)
 		}
 		ci := info.CachedInfo()
+		if token, ok := TokenFromSubject(ci.Config.FilterSubject); ok && TokenValid(token) && ConsumerName(token) == name &&
+			depth[token] > ci.NumPending+uint64(max(ci.NumAckPending, 0)) {
+			s.log.Warn("queue messages left below their consumer's ack floor (a write the store failed); delivered again",
+				"consumer", name, "messages", depth[token]-ci.NumPending-uint64(max(ci.NumAckPending, 0)))
+			stranded = append(stranded, token)
+			continue
+		}
 		if ci.NumAckPending == 0 {
 			continue
 		}
@@ -202,9 +221,10 @@ func (s *Store) reclaim(ctx context.Context) error {
 	if err := names.Err(); err != nil {
 		return fmt.Errorf("broker: list queue consumers: %w", err)
 	}
-	depth, _, err := s.DepthState(ctx)
-	if err != nil {
-		return err
+	for _, token := range stranded {
+		if err := s.renew(ctx, token); err != nil {
+			return err
+		}
 	}
 	for token := range depth {
 		if !TokenValid(token) || recovered[ConsumerName(token)] {

@@ -319,3 +319,50 @@ func TestRunnerGoneOnlyOnEvidence(t *testing.T) {
 		t.Error("a runner boot id that is no presence key counts as gone")
 	}
 }
+
+// A queue message can outlive its ack: with the disk full, the queue stream fails a write
+// and from then on removes nothing, so a job the worker finishes and acks moves its
+// consumer's ack floor past a message that stays in the stream. Nothing delivers it again
+// (the ack floor is past it), yet it counts as waiting in the queue view and its depth,
+// and against FOREMAN_MAX_QUEUE, until the job TTL. On an exclusive store the next start
+// makes such a consumer deliver it again, so the worker drops the message of the ended job.
+// The state is made here by moving the ack floor past the messages, as that ack does.
+func TestExclusiveStoreRedeliversMessagesLeftBelowTheAckFloor(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait = true, 10*time.Minute
+	}))
+	tok := token(t, "tiny-a")
+	if d, err := b.Store.Next(ctxT(t), tok); err != nil || d != nil { // creates the consumer
+		t.Fatalf("empty queue: %v %v", d, err)
+	}
+	first := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	second := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	js := b.JetStream(t)
+	q, err := js.Stream(ctxT(t), broker.QueueStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := q.Info(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.ResetConsumerToSequence(ctxT(t), broker.QueueStream, broker.ConsumerName(tok), info.State.LastSeq+1); err != nil {
+		t.Fatalf("move the ack floor past the messages: %v", err)
+	}
+	if d, err := b.Store.Next(ctxT(t), tok); err != nil || d != nil {
+		t.Fatalf("a message below the ack floor was delivered before the restart: %v %v", d, err)
+	}
+	b.Restart(t)
+	got := map[string]bool{}
+	for range 2 {
+		d, err := b.Store.NextWait(ctxT(t), tok, 10*time.Second)
+		if err != nil || d == nil {
+			t.Fatalf("after the restart the messages below the ack floor were not delivered (got %v): %v %v", got, d, err)
+		}
+		got[d.JobID] = true
+	}
+	if !got[first.ID] || !got[second.ID] {
+		t.Fatalf("delivered %v, want %s and %s", got, first.ID, second.ID)
+	}
+}

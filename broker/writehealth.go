@@ -112,6 +112,17 @@ func (s *Store) WriteFault() error {
 	return s.fault.err
 }
 
+// WriteFaultSince is when the fault WriteFault returns was first reported (the time of
+// the check that found it); zero when none is known.
+func (s *Store) WriteFaultSince() time.Time {
+	if !s.fault.known.Load() {
+		return time.Time{}
+	}
+	s.fault.mu.Lock()
+	defer s.fault.mu.Unlock()
+	return s.fault.since
+}
+
 // errNeedsRestart marks a fault (ErrStoreFailed) that only a restart of foreman ends.
 var errNeedsRestart = errors.New("until foreman restarts")
 
@@ -143,6 +154,7 @@ type writeFault struct {
 	mu    sync.Mutex
 	err   error     // the fault, wrapped in ErrStoreFailed; nil when none
 	at    time.Time // when report was last asked
+	since time.Time // when the standing fault was first reported; zero without one
 	// asking is set while a report runs, and closed once it returned and its answer is
 	// kept. No other report starts meanwhile: one that hangs on the disk would otherwise
 	// be joined by another each second, each holding a goroutine (and a thread, in a
@@ -220,9 +232,12 @@ func (f *writeFault) keep(err error) {
 	// until a restart is worded so: one that may pass (a data directory that could not
 	// be checked) is said to hold for now.
 	var passing passingFault
+	if err != nil && f.err == nil {
+		f.since = f.at
+	}
 	switch {
 	case err == nil:
-		f.err = nil
+		f.err, f.since = nil, time.Time{}
 	case errors.As(err, &passing):
 		f.err = fmt.Errorf("%w for now (the store's fault, which may pass: %v)", ErrStoreFailed, err)
 	default:

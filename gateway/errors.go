@@ -196,9 +196,9 @@ func statusOf(err error) (int, string) {
 	return http.StatusInternalServerError, "internal error"
 }
 
-// writeError sends err as {"error": "..."}; 5xx errors are logged with their detail. A
-// refused body the client is still sending is read out once the answer is sent
-// (refuseUnread).
+// writeError sends err as {"error": "..."}; 5xx errors are logged with their detail, and
+// with the job a queued call made when its answer names one. A refused body the client
+// is still sending is read out once the answer is sent (refuseUnread).
 func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	var unread *unreadBody
 	if errors.As(err, &unread) {
@@ -209,7 +209,12 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &notFound) {
 		msg = notFound.messageFor(r.URL.Path)
 	}
-	s.logFailure("request failed", status, err, "method", r.Method, "path", r.URL.Path)
+	args := []any{"method", r.Method, "path", r.URL.Path}
+	if id := w.Header().Get(HeaderJobID); id != "" {
+		// A queued call's job, which its answer names: the worker's lines say what it met.
+		args = append(args, "job_id", id)
+	}
+	s.logFailure("request failed", status, err, args...)
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
 		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter.Seconds()+0.5)))
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // syncBuffer is a log sink the handlers and the test may use at once.
@@ -103,5 +104,33 @@ func TestSameTargetURLIgnoresUserinfo(t *testing.T) {
 		if got := sameTargetURL(tt.a, tt.b); got != tt.same {
 			t.Errorf("sameTargetURL(%q, %q) = %v, want %v", tt.a, tt.b, got, tt.same)
 		}
+	}
+}
+
+// A queued call that fails is logged with the job it made, the id its answer carries in
+// X-Foreman-Job-Id: an operator reading "request failed" finds the job (GET /jobs/{id},
+// the worker's lines about it) without matching times.
+func TestFailedQueuedCallLogsItsJob(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b := newQueuedBundle(t, nil, withGateway(func(c *Config) { c.Logger = log }))
+	b.Fake.FailNextOn("/api/chat", 1, ollamatest.Fail500)
+	resp, body := b.request(t, http.MethodPost, "/api/chat", chatBody("tiny-a", "hi", "false"))
+	id := resp.Header.Get(HeaderJobID)
+	if resp.StatusCode != http.StatusInternalServerError || id == "" {
+		t.Fatalf("chat with the target failing: %d %s (job %q), want 500 naming its job", resp.StatusCode, body, id)
+	}
+	var line string
+	for l := range strings.Lines(logs.String()) {
+		if strings.Contains(l, `msg="request failed"`) {
+			line = l
+		}
+	}
+	if line == "" {
+		t.Fatalf("the 500 was not logged:\n%s", logs.String())
+	}
+	if !strings.Contains(line, "job_id="+id) {
+		t.Errorf("the failed call's log line does not name its job %s: %s", id, line)
 	}
 }

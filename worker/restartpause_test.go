@@ -67,3 +67,43 @@ func TestPauseForAStoreFaultStaysRestartNeeded(t *testing.T) {
 		t.Errorf("queue view's pause %+v once the fault check hung: want restart still needed", v.Paused)
 	}
 }
+
+// A store fault that only a restart ends, found while the worker is idle (the queue is
+// empty, or holds only messages of jobs that ended), shows as the worker's pause with
+// restart needed all the same: it will take no job until foreman restarts (every start
+// write fails), and GET /queue, foreman queue, the status page and foreman_worker_paused
+// read that pause. Without it they said nothing while submits got 503 "needs a restart".
+func TestIdleWorkerShowsAStoreFaultThatNeedsARestart(t *testing.T) {
+	t.Parallel()
+	var faulted atomic.Bool
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.WriteFault = func() error {
+			if faulted.Load() {
+				return errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
+			}
+			return nil
+		}
+	}))
+	w := tb.start(t, worker.Config{})
+	if p := w.PauseShown(); p != nil {
+		t.Fatalf("pause %+v with a healthy store", p)
+	}
+	faulted.Store(true)
+	if tb.b.Store.CheckWriteFault() == nil {
+		t.Fatal("the injected write fault does not stand")
+	}
+	p := w.PauseShown()
+	if p == nil || p.Reason != broker.PauseStoreRefusesWrites || !p.RestartNeeded || !strings.Contains(p.Error, "no space left on device") {
+		t.Fatalf("idle worker's pause %+v with a store fault that needs a restart: want %s, restart needed, the fault", p, broker.PauseStoreRefusesWrites)
+	}
+	if p.Since.IsZero() {
+		t.Errorf("pause %+v: no since", p)
+	}
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v.Paused == nil || !v.Paused.RestartNeeded {
+		t.Errorf("queue view's pause %+v: want restart needed", v.Paused)
+	}
+}

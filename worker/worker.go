@@ -937,6 +937,9 @@ func (w *Worker) Paused() *broker.Pause {
 // the worker is idle and the inventory's polls go unanswered, a pause for the target
 // since the first of them: an idle worker pauses only at its next job, yet takes none
 // before the target answers a probe. A pause for the target begins no later than that.
+// So does an idle worker's store with a fault that only a restart ends (a stream that
+// failed a write): no job's start could be stored until foreman restarts, and submits
+// are refused for it, so no job may come to pause on; its pause is shown from the fault.
 func (w *Worker) PauseShown() *broker.Pause {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -945,6 +948,12 @@ func (w *Worker) PauseShown() *broker.Pause {
 
 func (w *Worker) pauseShownLocked() *broker.Pause {
 	p := w.paused // replaced, never changed, once shared
+	if p == nil && w.running == nil {
+		if fault := w.store.WriteFault(); broker.NeedsRestart(fault) {
+			p = &broker.Pause{Reason: broker.PauseStoreRefusesWrites, Since: w.store.WriteFaultSince().UTC(),
+				Error: broker.PauseText(fault), RestartNeeded: true}
+		}
+	}
 	if w.cfg.Inventory == nil {
 		return p
 	}

@@ -107,7 +107,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_ADDR", flag: "addr", def: app.DefaultAddr, usage: "HTTP listen address", parse: hostPort(&c.Addr)},
 		{env: "FOREMAN_OLLAMA_URL", flag: "ollama-url", def: app.DefaultOllamaURL, usage: "URL of the Ollama server foreman fronts", parse: httpURL(&c.OllamaURL)},
 		{env: "FOREMAN_OLLAMA_TOKEN", flag: "ollama-token", usage: "bearer token sent to Ollama", parse: str(&c.OllamaToken)},
-		{env: "FOREMAN_AUTH_TOKEN", flag: "auth-token", usage: "bearer token HTTP clients must send (off when empty)", parse: str(&c.AuthToken)},
+		{env: "FOREMAN_AUTH_TOKEN", flag: "auth-token", usage: "bearer token HTTP clients must send (off when empty)", parse: headerToken(&c.AuthToken)},
 		{env: "FOREMAN_DATA_DIR", flag: "data-dir", usage: "JetStream store directory (default: foreman in the user's data dir)", parse: str(&c.DataDir)},
 		{env: "FOREMAN_NATS_LISTEN", flag: "nats-listen", usage: "host:port of a NATS listener for clients (off when empty)", parse: optionalHostPort(&c.NATSListen)},
 		{env: "FOREMAN_NATS_URL", flag: "nats-url", usage: "external NATS URL(s); no embedded server when set", parse: natsURLs(&c.NATSURL)},
@@ -311,10 +311,34 @@ func httpURL(p *string) func(string) error {
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			return errors.New("not an absolute http(s) URL")
 		}
+		// url.Parse takes any digits for a port: one no connection can reach would only
+		// make every poll of the target fail, the setting unnamed.
+		if port := u.Port(); port != "" {
+			if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+				return errors.New("the port is not a number from 1 to 65535")
+			}
+		}
 		if err := ollama.CheckUserinfo(u, v); err != nil {
 			return err
 		}
 		*p = strings.TrimRight(v, "/")
+		return nil
+	}
+}
+
+// headerToken accepts a token clients send in an HTTP header. A header's value reaches
+// foreman without the white space around it, and cannot hold control characters: a token
+// with either (a line end or a blank carried over from the file or line it was copied
+// from) would match no request, and every call would get 401.
+func headerToken(p *string) func(string) error {
+	return func(v string) error {
+		if strings.TrimSpace(v) != v {
+			return errors.New("has white space at its start or end, which no HTTP header carries: no client could send it")
+		}
+		if strings.ContainsFunc(v, func(r rune) bool { return (r < ' ' && r != '\t') || r == 0x7f }) {
+			return errors.New("has a control character, which no HTTP header carries: no client could send it")
+		}
+		*p = v
 		return nil
 	}
 }

@@ -133,6 +133,15 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:-1"}, want: []string{`FOREMAN_NATS_LISTEN="127.0.0.1:-1": the port is not a number`}},
 		{env: map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:nats"}, want: []string{`FOREMAN_NATS_LISTEN="127.0.0.1:nats": the port is not a number`}},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://mac:11434"}, want: []string{`FOREMAN_OLLAMA_URL="ftp://mac:11434": not an absolute http(s) URL`}},
+		// A port no connection can reach: refused at start, not a poll that fails for ever.
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:99999"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:99999": the port is not a number from 1 to 65535`}},
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:0"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:0": the port is not a number from 1 to 65535`}},
+		// A token no HTTP header can carry (a header's value loses the white space around
+		// it) would answer every request 401: refused, never quoted.
+		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "s3cret "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
+		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "\ts3cret"}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
+		{env: map[string]string{"FOREMAN_AUTH_TOKEN": " "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
+		{args: []string{"--auth-token", "s3c\x01ret"}, want: []string{`--auth-token=(hidden): has a control character`}},
 		{env: map[string]string{"FOREMAN_LOG_LEVEL": "loud"}, want: []string{`FOREMAN_LOG_LEVEL="loud": not a log level`}},
 		{env: map[string]string{"FOREMAN_MAX_BODY": "1e9"}, want: []string{`FOREMAN_MAX_BODY="1e9"`}},
 		{env: map[string]string{"FOREMAN_ORIGINS": "https://a.example,b.example"}, want: []string{`FOREMAN_ORIGINS="https://a.example,b.example": "b.example": not an origin`}},
@@ -153,6 +162,9 @@ func TestConfigBadValues(t *testing.T) {
 		if err == nil {
 			t.Errorf("args %q env %v: accepted", c.args, c.env)
 			continue
+		}
+		if strings.Contains(err.Error(), "s3c") {
+			t.Errorf("args %q env %v: error %q quotes a secret", c.args, c.env, err)
 		}
 		for _, w := range c.want {
 			if !strings.Contains(err.Error(), w) {
