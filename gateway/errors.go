@@ -243,16 +243,28 @@ func jobCanceled(err error) bool {
 // logFailure logs a request that failed with status: an error for a 5xx, but for a
 // refusal by design (refusalReason), which is counted in foreman_requests_refused_total
 // and logged at debug only: under load a full queue refuses request after request, and
-// the operator's log would drown in them.
+// the operator's log would drown in them. The same 5xx failure again within
+// failureLogEvery is logged at debug too, and counted in the next error line of it
+// ("repeats").
 func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 	if reason := refusalReason(err); reason != "" {
 		s.jobMetrics.refused.WithLabelValues(reason).Inc()
 		s.log.Debug("request refused", append(args, "reason", reason, "status", status, "err", err)...)
 		return
 	}
-	if status >= 500 {
-		s.log.Error(msg, append(args, "status", status, "err", err)...)
+	if status < 500 {
+		return
 	}
+	args = append(args, "status", status, "err", err)
+	ok, repeats := s.failures.admit(failureKey(status, err))
+	if !ok {
+		s.log.Debug(msg, args...)
+		return
+	}
+	if repeats > 0 {
+		args = append(args, "repeats", repeats)
+	}
+	s.log.Error(msg, args...)
 }
 
 // refusalReason names the refusals foreman makes by design: a full queue, a program over

@@ -216,6 +216,8 @@ type Server struct {
 	// once per refusalLogEvery: a page may send thousands a second, each counted in
 	// foreman_requests_refused_total.
 	hostRefusals, originRefusals rate.Sometimes
+	// failures lets a 5xx failure's error line through once per failureLogEvery.
+	failures failureLog
 	syncs                        syncStats
 	// outageChecks keeps the last check that found the own target down (outage.go).
 	outageChecks outageChecks
