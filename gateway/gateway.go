@@ -218,7 +218,7 @@ type Server struct {
 	hostRefusals, originRefusals rate.Sometimes
 	// failures lets a 5xx failure's error line through once per failureLogEvery.
 	failures failureLog
-	syncs                        syncStats
+	syncs    syncStats
 	// outageChecks keeps the last check that found the own target down (outage.go).
 	outageChecks outageChecks
 	// bodies is the budget of request bodies in flight (bodies.go).
