@@ -116,7 +116,8 @@ func CheckUserinfo(u *url.URL, raw string) error {
 var natsSchemes = []string{"nats", "tls", "ws", "wss"}
 
 // CheckURLList refuses a comma-separated list of NATS URLs that is not one NATS reads
-// as it was meant: an entry that is no URL with a host (the scheme, nats://, optional),
+// as it was meant: an entry that is no URL with a host (the scheme, nats://, tls://,
+// ws:// or wss://, optional),
 // one whose user holds a "/", "?" or "#" (CheckUserinfo), and one that cannot be told from
 // the part of a URL with a comma in its user or password, past the first with a user
 // but not a NATS scheme of its own ("nats://alice:pa,ss@host", "u:p@a,u:p@b"). NATS would
@@ -134,6 +135,10 @@ func CheckURLList(list string) error {
 		}
 		if !schemed {
 			p = "nats://" + p
+		} else if !slices.Contains(natsSchemes, strings.ToLower(scheme)) {
+			// NATS would dial any other scheme's host as a NATS server: an http:// URL
+			// given by mistake would be tried for ever, its setting never named.
+			return fmt.Errorf("entry %d is not a NATS URL: its scheme is none of nats://, tls://, ws:// and wss://", i+1)
 		}
 		u, err := url.Parse(p)
 		if err != nil || u.Host == "" {

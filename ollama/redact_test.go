@@ -176,6 +176,9 @@ func TestCheckURLList(t *testing.T) {
 		"nats://[::1]:4222,nats://[::1]:4223":        true,
 		"[::1]:4222, [::1]:4223":                     true,
 		"nats://u:p@a:4222,tls://u:p@b:4222":         true,
+		"http://127.0.0.1:4222":                      false,
+		"nats://a:4222,https://b:4222":               false,
+		"TLS://a:4222,WSS://b:443":                   true,
 	} {
 		if err := ollama.CheckURLList(list); (err == nil) != ok {
 			t.Errorf("CheckURLList(%q) = %v, want ok %v", list, err, ok)

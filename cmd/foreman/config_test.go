@@ -154,6 +154,7 @@ func TestConfigBadValues(t *testing.T) {
 		// A list of nothing is no NATS to connect to (unset is the embedded one).
 		{env: map[string]string{"FOREMAN_NATS_URL": ","}, want: []string{`FOREMAN_NATS_URL=",": no NATS URL`}},
 		{env: map[string]string{"FOREMAN_NATS_URL": " , "}, want: []string{`FOREMAN_NATS_URL=" , ": no NATS URL`}},
+		{env: map[string]string{"FOREMAN_NATS_URL": "http://127.0.0.1:4222"}, want: []string{`FOREMAN_NATS_URL="http://127.0.0.1:4222": entry 1 is not a NATS URL: its scheme is none of`}},
 		// Every bad value is reported, not only the first.
 		{env: map[string]string{"FOREMAN_JOB_TTL": "abc", "FOREMAN_MAX_WAIT": "soon"}, want: []string{`FOREMAN_JOB_TTL="abc"`, `FOREMAN_MAX_WAIT="soon"`}},
 	}
