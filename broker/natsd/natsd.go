@@ -62,6 +62,11 @@ type Config struct {
 // ErrLocked is returned when another foreman holds the data directory.
 var ErrLocked = errors.New("data directory is in use by another foreman")
 
+// ErrDataDir is (wrapped in) the error of a start that could not create the data
+// directory or its lock file: a path that cannot be one, a read-only file system, no
+// permission.
+var ErrDataDir = errors.New("the data directory cannot be used")
+
 // ErrDataDirUnchecked is (wrapped in) a DataDirError that could not look at the data
 // directory (a stat that failed for another reason than its absence): the directory may
 // well be in place, and a later look may find it so.
@@ -133,7 +138,7 @@ func Start(cfg Config) (*Server, error) {
 	}
 	warnCleartext(cfg)
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
-		return nil, fmt.Errorf("natsd: data dir: %w", err)
+		return nil, fmt.Errorf("natsd: %w: %w", ErrDataDir, err)
 	}
 	lock, err := lockDir(cfg.DataDir)
 	if err != nil {
@@ -143,7 +148,7 @@ func Start(cfg Config) (*Server, error) {
 	if err != nil {
 		unlockFile(lock)
 		lock.Close()
-		return nil, fmt.Errorf("natsd: lock file: %w", err)
+		return nil, fmt.Errorf("natsd: %w: lock file: %w", ErrDataDir, err)
 	}
 	s := &Server{lock: lock, lockPath: lock.Name(), lockHeld: held, secret: randomSecret(), log: cfg.Logger, readyTimeout: cfg.ReadyTimeout}
 	opts, err := s.options(cfg)
@@ -490,7 +495,7 @@ func lockDir(dir string) (*os.File, error) {
 	path := filepath.Join(dir, "foreman.lock")
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
-		return nil, fmt.Errorf("natsd: lock file: %w", err)
+		return nil, fmt.Errorf("natsd: %w: lock file: %w", ErrDataDir, err)
 	}
 	if err := lockFile(f); err != nil {
 		f.Close()

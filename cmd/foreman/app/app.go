@@ -326,6 +326,13 @@ func (a *App) startNATS(ctx context.Context) error {
 		ClientUser: a.cfg.NATSUser, ClientPassword: a.cfg.NATSPassword, ClientNkey: a.cfg.NATSNkey,
 		TLSCert: a.cfg.NATSTLSCert, TLSKey: a.cfg.NATSTLSKey, Logger: a.log,
 	})
+	if errors.Is(err, natsd.ErrDataDir) || errors.Is(err, natsd.ErrLocked) {
+		// Named as the operator gave it, or said to be the default.
+		if a.cfg.DataDir == "" {
+			return fmt.Errorf("the default data directory %q (FOREMAN_DATA_DIR is unset): %w", dir, err)
+		}
+		return fmt.Errorf("FOREMAN_DATA_DIR=%q: %w", dir, err)
+	}
 	if err != nil {
 		return err
 	}
