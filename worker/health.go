@@ -82,8 +82,8 @@ func (w *Worker) silenceLoop(ctx context.Context, done <-chan struct{}) {
 		case <-ctx.Done():
 			return
 		case now := <-t.C:
-			if abort, err := w.silentAttempt(now); err != nil {
-				w.log.Warn("target silent; attempt given up", "err", err)
+			if run, abort, err := w.silentAttempt(now); err != nil {
+				w.log.Warn("target silent; attempt given up", "job_id", run.id, "model", run.model, "err", err)
 				abort(err)
 			}
 		}
@@ -95,22 +95,23 @@ func silenceTick(limit time.Duration) time.Duration {
 	return min(max(limit/4, time.Millisecond), 5*time.Second)
 }
 
-// silentAttempt reports the running attempt to give up at now, and why: it has had no
+// silentAttempt reports the running attempt to give up at now (its job, and what aborts
+// it), and why: it has had no
 // byte of answer for TargetSilence (since its start, or its last byte), and the
 // inventory's polls have gone unanswered (refused, reset or no answer, not an error
 // status) as long.
-func (w *Worker) silentAttempt(now time.Time) (context.CancelCauseFunc, error) {
+func (w *Worker) silentAttempt(now time.Time) (*runningJob, context.CancelCauseFunc, error) {
 	w.mu.Lock()
 	run, abort := w.running, w.abort
 	w.mu.Unlock()
 	if run == nil || abort == nil || run.called.Load() {
-		return nil, nil // idle, or the call has returned and the attempt is being concluded
+		return nil, nil, nil // idle, or the call has returned and the attempt is being concluded
 	}
 	down := w.cfg.Inventory.Snapshot().DownSince
 	if down.IsZero() || now.Sub(later(down, later(run.started, run.lastByteAt()))) < w.cfg.TargetSilence {
-		return nil, nil
+		return nil, nil, nil
 	}
-	return abort, &silentTargetError{since: down, limit: w.cfg.TargetSilence, began: !run.answeredAt().IsZero()}
+	return run, abort, &silentTargetError{since: down, limit: w.cfg.TargetSilence, began: !run.answeredAt().IsZero()}
 }
 
 func later(a, b time.Time) time.Time {

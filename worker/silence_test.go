@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -23,7 +24,9 @@ func TestSilentTargetAttemptIsGivenUp(t *testing.T) {
 	release := tb.fake.Hold("tiny-a")
 	defer release()
 	inv := tb.polledInventory(t)
-	w := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, FirstByteTimeout: time.Hour})
+	var logs lockedBuffer
+	w := tb.start(t, worker.Config{Inventory: inv, TargetSilence: 200 * time.Millisecond, FirstByteTimeout: time.Hour,
+		Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	job := tb.chat(t, "tiny-a", 1)
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
 		t.Fatal(err)
@@ -39,6 +42,10 @@ func TestSilentTargetAttemptIsGivenUp(t *testing.T) {
 	})
 	if err := w.TargetStall(); err == nil || !strings.Contains(err.Error(), job.ID) {
 		t.Errorf("TargetStall = %v; want the silent attempt of job %s", err, job.ID)
+	}
+	// The operator's line names the job and its model, as the worker's other lines do.
+	if line := lineWith(logs.String(), "target silent; attempt given up"); !strings.Contains(line, "job_id="+job.ID) || !strings.Contains(line, "model=tiny-a") {
+		t.Errorf("the attempt given up is logged as %q; want its job and model named", line)
 	}
 	// Back: the stall it reported is over once the target answers, though the next
 	// attempt has no answer yet.
@@ -212,4 +219,14 @@ func TestSilentStallOfAFailedSyncJobEndsWhenThePollsAnswer(t *testing.T) {
 	if err := w.TargetStall(); err != nil {
 		t.Errorf("TargetStall() = %v once a poll is answered", err)
 	}
+}
+
+// lineWith is the first line of logs holding text, "" for none.
+func lineWith(logs, text string) string {
+	for l := range strings.Lines(logs) {
+		if strings.Contains(l, text) {
+			return l
+		}
+	}
+	return ""
 }
