@@ -333,3 +333,54 @@ func askedLeader(t *testing.T, leaderReads *nats.Subscription) {
 		t.Fatal("the store never asked the stream's leader")
 	}
 }
+
+// A replica behind the queue stream's leader answers the head reads of the worker's
+// queue index "not found" for a job just queued (a direct get, which any replica
+// serves). The index then records the queue as empty against a stream state that counts
+// the job, and no later quick look reads that queue again: the job stayed hidden from
+// an idle worker until the index's full refresh, 30 s later (seen on a 3-node cluster: a
+// sync chat queued as the worker finished the job before it waited 30 s and its caller
+// gave up, the Mac idle). A head read that finds nothing asks the stream's leader.
+func TestClusterQueueHeadPastALaggingReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	st := c.Open(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, ok, err := st.Oldest(ctx, 0)
+	if err != nil || !ok || p.JobID != j.ID {
+		t.Fatalf("head before any lag: %+v %v %v", p, ok, err)
+	}
+	lagging := c.Connect(t)
+	notFound := &nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}}
+	lagReads(t, c, lagging, "$JS.API.DIRECT.GET."+broker.QueueStream, notFound)
+	leaderReads, err := lagging.SubscribeSync("$JS.API.STREAM.MSG.GET." + broker.QueueStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lagging.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		got, ok, err := st.Oldest(ctx, 0)
+		if err != nil || !ok || got.JobID != j.ID || got.Seq != p.Seq || got.Token != p.Token {
+			t.Fatalf("read %d of the oldest job: %+v %v %v, want %+v", i, got, ok, err, p)
+		}
+		got, ok, err = st.OldestOf(ctx, p.Token)
+		if err != nil || !ok || got.JobID != j.ID || !got.Enqueued.Equal(p.Enqueued) {
+			t.Fatalf("read %d of the queue's head: %+v %v %v, want %+v", i, got, ok, err, p)
+		}
+	}
+	// A queue that is empty is still found empty.
+	if _, ok, err := st.OldestOf(ctx, p.Token+"-none"); err != nil || ok {
+		t.Fatalf("head of an empty queue: %v %v", ok, err)
+	}
+	askedLeader(t, leaderReads)
+}

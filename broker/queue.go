@@ -412,6 +412,13 @@ func (s *Store) OldestOf(ctx context.Context, token string) (Pending, bool, erro
 
 func (s *Store) oldest(ctx context.Context, from uint64, subject string) (Pending, bool, error) {
 	m, err := s.queue.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
+	if errors.Is(err, jetstream.ErrMsgNotFound) && s.mayBeReplicated() {
+		// A direct get, which a replica behind the leader answers too: "not found" of a
+		// job just queued. The worker's index would take its queue for empty against a
+		// stream state that counts the job, and look again only at its full refresh
+		// (30 s) while the worker idles. Only the leader's word says none.
+		m, err = s.leaderOldest(ctx, from, subject)
+	}
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return Pending{}, false, nil
 	}
@@ -419,6 +426,22 @@ func (s *Store) oldest(ctx context.Context, from uint64, subject string) (Pendin
 		return Pending{}, false, fmt.Errorf("broker: oldest in %s: %w", subject, err)
 	}
 	return pendingOf(m), true, nil
+}
+
+// leaderOldest is the first message of subject at or after sequence from, as the queue
+// stream's leader answers it.
+func (s *Store) leaderOldest(ctx context.Context, from uint64, subject string) (*jetstream.RawStreamMsg, error) {
+	m, err := s.leaderMsg(ctx, QueueStream, msgGet{Seq: from, NextFor: subject})
+	if err != nil {
+		return nil, err
+	}
+	raw := &jetstream.RawStreamMsg{Subject: m.Subject, Sequence: m.Seq, Data: m.Data, Time: m.Time}
+	if len(m.Header) > 0 {
+		if raw.Header, err = nats.DecodeHeadersMsg(m.Header); err != nil {
+			return nil, fmt.Errorf("broker: decode the headers of queue message %d: %w", m.Seq, err)
+		}
+	}
+	return raw, nil
 }
 
 func pendingOf(m *jetstream.RawStreamMsg) Pending {

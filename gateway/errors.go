@@ -143,6 +143,10 @@ func statusOf(err error) (int, string) {
 		// are told not to by writeError). A failed job answers the target's status, or 502
 		// when the target gave none (attempts exhausted on connection errors): the
 		// gateway could not get a valid answer from upstream.
+		if callerTakenForGone(err) {
+			return http.StatusServiceUnavailable, "job canceled: this foreman was out of touch with NATS for so long " +
+				"that the other foremen took it for gone and gave up its waiting calls; retry"
+		}
 		if jobErr.State == broker.StateCanceled {
 			if jobErr.Message == "" {
 				return http.StatusConflict, "job canceled"
@@ -237,7 +241,17 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 // jobCanceled reports whether err is a sync job's end by a cancel (DELETE /jobs/{id}).
 func jobCanceled(err error) bool {
 	var jobErr *broker.JobError
-	return errors.As(err, &jobErr) && jobErr.State == broker.StateCanceled
+	return errors.As(err, &jobErr) && jobErr.State == broker.StateCanceled && !callerTakenForGone(err)
+}
+
+// callerTakenForGone reports whether err is a sync job canceled as abandoned
+// (broker.CallerGoneReason) while its caller still waits here for it: another foreman
+// found this one's presence lapsed (this foreman cut off from NATS for a presence TTL, a
+// frozen node) and took it for dead. Nobody asked for that cancel, and nothing
+// restarted: the caller is told to retry (503), not that its job was canceled for good.
+func callerTakenForGone(err error) bool {
+	var jobErr *broker.JobError
+	return errors.As(err, &jobErr) && jobErr.State == broker.StateCanceled && jobErr.Message == broker.CallerGoneReason
 }
 
 // logFailure logs a request that failed with status: an error for a 5xx, but for a

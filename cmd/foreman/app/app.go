@@ -305,6 +305,20 @@ func (a *App) startNATS(ctx context.Context) error {
 			}
 			a.log.Warn("NATS", "err", err)
 		}))
+		// Say when the connection to a node is lost and where it is taken up again: the
+		// store's errors meanwhile ("electing a leader?") do not tell a dead or frozen
+		// node from a leader election.
+		opts = append(opts,
+			nats.DisconnectErrHandler(func(nc *nats.Conn, err error) {
+				if err == nil || nc.IsClosed() {
+					return // a close of foreman's own (Shutdown)
+				}
+				a.log.Warn("lost the connection to a NATS server; reconnecting to a node of FOREMAN_NATS_URL",
+					"err", ollama.RedactError(err, a.cfg.NATSURL))
+			}),
+			nats.ReconnectHandler(func(nc *nats.Conn) {
+				a.log.Info("reconnected to NATS", "server", nc.ConnectedAddr())
+			}))
 		nc, err := connectNATS(ctx, a.cfg.NATSURL, opts, a.log)
 		if err != nil {
 			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", ollama.RedactURLs(a.cfg.NATSURL), ollama.RedactError(err, a.cfg.NATSURL))

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -80,6 +82,13 @@ func (f *freezer) pipe(dst, src net.Conn) {
 	}
 }
 
+// connected says whether a client's connection passes through f.
+func (f *freezer) connected() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.conns) > 0
+}
+
 func (f *freezer) freeze(on bool) {
 	f.mu.Lock()
 	f.frozen = on
@@ -118,5 +127,43 @@ func TestHealthzOnAFrozenNATS(t *testing.T) {
 			t.Fatalf("/healthz: %d %s", code, b)
 		}
 		return h.Status == "degraded" && strings.Contains(h.NATS, "targets could not be read")
+	})
+}
+
+// A foreman whose node of a NATS cluster froze (a paused VM, a wedged process: its
+// connections stay open, nothing answers) moves to another node within seconds: nats.go's
+// default pings (every 2 minutes, two unanswered) kept it on the frozen node for 4 to 6
+// minutes, all its submits answered 503, its worker idle and its running job's lease left
+// to lapse (the job then ran again on another Mac), while the other two nodes served.
+func TestClusterNodeThatFreezesIsLeft(t *testing.T) {
+	cl := brokertest.NewCluster(t, 3)
+	var frs []*freezer
+	var urls []string
+	for _, ns := range cl.Nodes {
+		f := newFreezer(t, ns.ClientURL())
+		frs = append(frs, f)
+		urls = append(urls, f.url())
+	}
+	mac := ollamatest.New(t)
+	fa := startForeman(t, strings.Join(urls, ","), "mac-a", mac.URL, func(c *app.Config) { c.NATSReplicas = 3 })
+	waitTargets(t, fa, 1)
+	var frozen *freezer
+	for _, f := range frs {
+		if f.connected() {
+			if frozen != nil {
+				t.Fatal("foreman has connections to two nodes")
+			}
+			frozen = f
+		}
+	}
+	if frozen == nil {
+		t.Fatal("foreman's connection passes through no node's freezer")
+	}
+	frozen.freeze(true)
+	defer frozen.freeze(false) // before the foreman's shutdown, registered earlier, runs
+	const body = `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
+	eventually(t, 60*time.Second, "a submit through the foreman is taken again", func() bool {
+		code, _ := call(t, fa, http.MethodPost, "/jobs", body)
+		return code == http.StatusAccepted
 	})
 }

@@ -68,10 +68,14 @@ func CheckNATSListener(c Config) error {
 
 // natsOptions are the options foreman connects to FOREMAN_NATS_URL with: reconnect to
 // another node for ever, give a server's handshake (TLS, a login checked against a
-// bcrypt hash) 5 s where nats.go gives 2 s, a busy server is no dead one, and log in as
+// bcrypt hash) 5 s where nats.go gives 2 s, a busy server is no dead one, leave a node
+// that answers no ping for natsPingInterval × (natsMaxPingsOut+1) at most, and log in as
 // the settings say (user and password may also be in the URL itself).
 func natsOptions(c Config) ([]nats.Option, error) {
-	opts := []nats.Option{nats.Name("foreman"), nats.MaxReconnects(-1), nats.Timeout(natsConnectTimeout)}
+	opts := []nats.Option{
+		nats.Name("foreman"), nats.MaxReconnects(-1), nats.Timeout(natsConnectTimeout),
+		nats.PingInterval(natsPingInterval), nats.MaxPingsOutstanding(natsMaxPingsOut),
+	}
 	if c.NATSCreds != "" {
 		opts = append(opts, nats.UserCredentials(c.NATSCreds))
 	}
@@ -90,6 +94,22 @@ func natsOptions(c Config) ([]nats.Option, error) {
 
 // natsConnectTimeout bounds the dial and handshake with one server of FOREMAN_NATS_URL.
 const natsConnectTimeout = 5 * time.Second
+
+// A node that froze (a paused VM, a wedged process, a cable pulled with no reset) keeps
+// foreman's connection open and answers nothing: only unanswered pings tell. nats.go's
+// defaults (a ping every 2 minutes, two unanswered) held foreman there for 4 to 6 minutes
+// while the cluster's other nodes had elected new leaders within seconds: its submits got
+// 503, its worker took nothing, the running job's lease (FOREMAN_ACK_WAIT) lapsed, so
+// another Mac ran the job again, and its presence (30 s) lapsed, so the other foremen
+// canceled its waiting callers' jobs as those of a dead foreman. A ping every 5 s, two
+// unanswered, leaves such a node within 10 to 15 s, which with the presence heartbeat's
+// 10 s renews the presence before it lapses, at the cost of one ping and pong each 5 s.
+// A server answers a ping after what the connection sent before it: a 10 s wait means a
+// link too slow to be foreman's (a 32 MiB body over less than about 26 Mbit/s).
+const (
+	natsPingInterval = 5 * time.Second
+	natsMaxPingsOut  = 2
+)
 
 // connectNATS connects to urls, waiting while no server of them answers yet (a cluster
 // starting beside foreman) until ctx ends; any other failure (a refused login, a bad
