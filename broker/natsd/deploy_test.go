@@ -42,6 +42,13 @@ func startShippedCluster(t *testing.T) *shippedCluster {
 		t.Fatalf("the shipped config is not one node of a three-node cluster: cluster %q, %d routes, server %q",
 			opts.Cluster.Name, len(opts.Routes), opts.ServerName)
 	}
+	// Routes to a node that froze are dropped within 15 s: with the defaults (a ping each
+	// 2 minutes) the foremen on the healthy nodes stalled about 80 s in a run of three
+	// real nodes, one frozen (SIGSTOP).
+	if opts.Cluster.PingInterval <= 0 || opts.Cluster.PingInterval*time.Duration(opts.Cluster.MaxPingsOut+1) > 15*time.Second {
+		t.Fatalf("the shipped config's routes notice a frozen node after %s × %d pings, want within 15s",
+			opts.Cluster.PingInterval, opts.Cluster.MaxPingsOut+1)
+	}
 	opts.Host, opts.Port = "127.0.0.1", server.RANDOM_PORT
 	opts.StoreDir = t.TempDir()
 	opts.JetStreamMaxStore = 1 << 30
