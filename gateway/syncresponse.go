@@ -319,10 +319,21 @@ func openAIErrorMessage(s string) (string, bool) {
 	return *e.Error.Message, true
 }
 
-// ended handles a terminal job seen without its final marker.
+// ended handles a terminal job seen without its final marker. A done job whose every
+// frame was lost on the way (on a NATS cluster, the runner's node may not know of this
+// feed's subscription yet: interest crosses a route asynchronously) still has its answer
+// in the record when the caller asked for no stream and got nothing yet: the stored
+// result is that answer byte for byte.
 func (sr *syncResponse) ended(j *broker.Job) outcome {
 	if err := broker.Outcome(j); err != nil {
 		return sr.fail(err)
+	}
+	if !sr.stream && !sr.started && sr.frames == 0 {
+		if res, ct, ok := sr.s.storedAnswer(sr.r.Context(), j, sr.log); ok {
+			sr.log.Warn("frames lost in transit; answered from the stored result", "job_id", j.ID, "result_bytes", len(res))
+			sr.ctype, sr.pending = ct, res
+			return sr.final(nil)
+		}
 	}
 	return sr.gap("the job finished but its final frame never arrived")
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -201,5 +202,124 @@ func (c *Cluster) waitFor(limit time.Duration, what string, cond func() bool) {
 			c.t.Fatalf("cluster: no %s within %s", what, limit)
 		}
 		time.Sleep(20 * time.Millisecond) // polling the servers' state, with a deadline
+	}
+}
+
+// URL is the client URL of node i alone: a client that must stay on that node.
+func (c *Cluster) URL(i int) string { return "nats://" + c.clients[i].Addr() }
+
+// OpenOn opens a store with 3 replicas on a new connection to node i alone.
+func (c *Cluster) OpenOn(t testing.TB, i int, adjust func(*broker.Config)) *broker.Store {
+	t.Helper()
+	nc, err := nats.Connect(c.URL(i), nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatalf("connect to cluster node %d: %v", i+1, err)
+	}
+	t.Cleanup(nc.Close)
+	cfg := broker.Config{Conn: nc, Replicas: 3}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	st, err := broker.Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("open store on cluster node %d: %v", i+1, err)
+	}
+	return st
+}
+
+// CutRoute cuts the route between nodes i and j, both ways, and keeps it cut until
+// HealRoute: neither learns the other's subscriptions meanwhile, so a message published
+// on one for a client of the other is dropped there. The other routes stay up.
+func (c *Cluster) CutRoute(i, j int) {
+	c.t.Helper()
+	c.routes[i][j].Pause()
+	c.routes[j][i].Pause()
+	c.waitFor(30*time.Second, fmt.Sprintf("cut of the route between nodes %d and %d", i+1, j+1), func() bool {
+		return !c.routed(i, j) && !c.routed(j, i)
+	})
+}
+
+// HealRoute lets the route between nodes i and j connect again after CutRoute.
+func (c *Cluster) HealRoute(i, j int) {
+	c.t.Helper()
+	c.routes[i][j].Resume()
+	c.routes[j][i].Resume()
+	c.waitFor(30*time.Second, fmt.Sprintf("route between nodes %d and %d", i+1, j+1), func() bool {
+		return c.routed(i, j) && c.routed(j, i)
+	})
+}
+
+// routed reports whether node i has a route to node j.
+func (c *Cluster) routed(i, j int) bool {
+	rz, err := c.Nodes[i].Routez(nil)
+	if err != nil {
+		return false
+	}
+	for _, r := range rz.Routes {
+		if r.RemoteName == c.Nodes[j].Name() {
+			return true
+		}
+	}
+	return false
+}
+
+// LeadTo moves the leadership of every stream and consumer of the default account to
+// node i, and waits until node i leads them all: a test that cuts a route between the
+// other two nodes keeps a job's JetStream reads and writes within reach of both.
+func (c *Cluster) LeadTo(t testing.TB, i int) {
+	t.Helper()
+	nc, err := nats.Connect(c.URL(i), nats.Timeout(5*time.Second))
+	if err != nil {
+		t.Fatalf("connect to cluster node %d: %v", i+1, err)
+	}
+	defer nc.Close()
+	ns := c.Nodes[i]
+	body := fmt.Appendf(nil, `{"placement":{"preferred":%q}}`, ns.Name())
+	// Asked again only after an election had time to end: a stepdown asked while one runs
+	// would start another.
+	stepdown := func(subject string, leads func() bool) {
+		deadline := time.Now().Add(60 * time.Second)
+		for !leads() {
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster: no leader %s for %s within 60s", ns.Name(), subject)
+			}
+			_, _ = nc.Request(subject, body, 5*time.Second)
+			asked := time.Now()
+			for !leads() && time.Since(asked) < 5*time.Second {
+				time.Sleep(20 * time.Millisecond) // polling the servers' state, with a deadline
+			}
+		}
+	}
+	// The meta leader stays where it is: the streams' and consumers' own leaders serve
+	// the reads and writes of a running job.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	streams := js.StreamNames(ctx)
+	for name := range streams.Name() {
+		stepdown("$JS.API.STREAM.LEADER.STEPDOWN."+name, func() bool {
+			return ns.JetStreamIsStreamLeader(server.DEFAULT_GLOBAL_ACCOUNT, name)
+		})
+		st, err := js.Stream(ctx, name)
+		if err != nil {
+			t.Fatalf("stream %s: %v", name, err)
+		}
+		consumers := st.ConsumerNames(ctx)
+		for cons := range consumers.Name() {
+			stepdown("$JS.API.CONSUMER.LEADER.STEPDOWN."+name+"."+cons, func() bool {
+				return ns.JetStreamIsConsumerLeader(server.DEFAULT_GLOBAL_ACCOUNT, name, cons)
+			})
+		}
+		if err := consumers.Err(); err != nil {
+			t.Fatalf("consumers of %s: %v", name, err)
+		}
+	}
+	if err := streams.Err(); err != nil {
+		t.Fatalf("streams: %v", err)
 	}
 }
