@@ -2,8 +2,10 @@ package broker_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -364,5 +366,34 @@ func TestExclusiveStoreRedeliversMessagesLeftBelowTheAckFloor(t *testing.T) {
 	}
 	if !got[first.ID] || !got[second.ID] {
 		t.Fatalf("delivered %v, want %s and %s", got, first.ID, second.ID)
+	}
+}
+
+// At an exclusive start, a queue whose job was running when the last process ended, and
+// one that is empty, hold no message below their consumers' ack floors: the running job
+// is made deliverable again, and nothing is reported stranded (a write the store
+// failed), which would send the operator looking for a full disk that never was.
+func TestExclusiveStoreReportsNoStrandedMessagesWithoutThem(t *testing.T) {
+	t.Parallel()
+	var logs lockedLog
+	log := slog.New(slog.NewTextHandler(&logs, nil))
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait, c.Logger = true, 10*time.Minute, log
+	}))
+	empty := token(t, "tiny-b")
+	if d, err := b.Store.Next(ctxT(t), empty); err != nil || d != nil { // creates the consumer
+		t.Fatalf("empty queue: %v %v", d, err)
+	}
+	tok := token(t, "tiny-a")
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	if d, err := b.Store.NextWait(ctxT(t), tok, arrival); err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("lease the job: %v %v", d, err)
+	}
+	b.Restart(t)
+	if d, err := b.Store.NextWait(ctxT(t), tok, 10*time.Second); err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("the job running at the restart was not delivered again: %v %v", d, err)
+	}
+	if strings.Contains(logs.String(), "below their consumer's ack floor") {
+		t.Errorf("messages reported stranded where none were:\n%s", logs.String())
 	}
 }

@@ -83,3 +83,45 @@ func TestRepeatedFailureLoggedOnce(t *testing.T) {
 		t.Fatalf("%d error lines for 20 calls failing alike, want one (two if the outage's refusal took over):\n%s", n, logs.String())
 	}
 }
+
+// Two faults at once (Ollama down, and the store refusing writes) each get their error
+// line once per window: remembering one failure does not leave the other logged on every
+// request.
+func TestFailureLogTwoFailuresAtOnce(t *testing.T) {
+	now := time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC)
+	l := failureLog{now: func() time.Time { return now }}
+	down := failureKey(502, errors.New("ollama is unreachable: connection refused"))
+	full := failureKey(503, errors.New("job store cannot write: a stream failed a write"))
+	for i := range 3 {
+		for _, key := range []string{down, full} {
+			if ok, _ := l.admit(key); ok != (i == 0) {
+				t.Fatalf("round %d, %s: logged %v, want only the first of each logged", i, key, ok)
+			}
+			now = now.Add(time.Second)
+		}
+	}
+}
+
+// The error line of a failure that came again within the window counts the repeats not
+// logged, so the operator sees how often it failed.
+func TestRepeatedFailureLineCountsTheRepeats(t *testing.T) {
+	var logs syncBuffer
+	s := &Server{log: slog.New(slog.NewTextHandler(&logs, nil))}
+	now := time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC)
+	s.failures.now = func() time.Time { return now }
+	down := errors.New("ollama is unreachable: connection refused")
+	for range 4 {
+		s.logFailure("request failed", http.StatusBadGateway, down)
+	}
+	now = now.Add(failureLogEvery)
+	s.logFailure("request failed", http.StatusBadGateway, down)
+	var errs []string
+	for l := range strings.Lines(logs.String()) {
+		if strings.Contains(l, "level=ERROR") {
+			errs = append(errs, l)
+		}
+	}
+	if len(errs) != 2 || strings.Contains(errs[0], "repeats=") || !strings.Contains(errs[1], "repeats=3") {
+		t.Fatalf("error lines %q, want two, the second with repeats=3", errs)
+	}
+}

@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -231,5 +232,33 @@ func TestStopEndsAReadOutageHold(t *testing.T) {
 	tb.waitState(t, j.ID, broker.StateDone)
 	if n := len(inferenceCalls(tb.fake)); n != 1 {
 		t.Errorf("target called %d times, want once", n)
+	}
+}
+
+// A held delivery whose record read, once the store answers, ends in an error of the
+// store's (a record that does not decode) is held no longer: waiting would not mend it.
+// The delivery is handed back as any such read's is, and the job ends failed at its last
+// delivery instead of staying held, unrun, for good.
+func TestReadOutageEndingInAnErrorEndsTheHold(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(outageStore))
+	var reads atomic.Int32
+	logs := &logged{}
+	tb.start(t, worker.WithRecordFault(worker.Config{Logger: slog.New(logs)}, func(string) error {
+		if reads.Add(1) <= 2 {
+			return fmt.Errorf("injected: %w", broker.ErrUnavailable)
+		}
+		return errors.New("injected: the record does not decode")
+	}))
+	j := tb.chat(t, "tiny-a", 1)
+	eventually(t, 30*time.Second, "the delivery handed back", func() bool {
+		return logs.count("WARN read job record; will retry") > 0
+	})
+	tb.waitState(t, j.ID, broker.StateFailed)
+	if w, i := logs.count("WARN read job record: the store does not answer"), logs.count("INFO read job record: the store answers again"); w != 1 || i != 1 {
+		t.Errorf("%d warnings of the outage and %d notes of its end, want one each: %s", w, i, logs)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 0 {
+		t.Errorf("target called %d times for a job whose record could not be read", n)
 	}
 }

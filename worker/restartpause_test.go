@@ -107,3 +107,48 @@ func TestIdleWorkerShowsAStoreFaultThatNeedsARestart(t *testing.T) {
 		t.Errorf("queue view's pause %+v: want restart needed", v.Paused)
 	}
 }
+
+// An idle worker's store pause is shown from when the fault was first found: later
+// checks that find it still there do not move its since. A fault that may pass (a data
+// directory that could not be checked) is no pause of an idle worker: nothing says only
+// a restart ends it.
+func TestIdleWorkerStoreFaultPauseKeepsItsSince(t *testing.T) {
+	t.Parallel()
+	var fault atomic.Pointer[error]
+	var checks atomic.Int32
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.WriteFault = func() error {
+			checks.Add(1)
+			if err := fault.Load(); err != nil {
+				return *err
+			}
+			return nil
+		}
+	}))
+	w := tb.start(t, worker.Config{})
+	mayPass := broker.FaultMayPass(errors.New("data directory: stat: permission denied"))
+	fault.Store(&mayPass)
+	if tb.b.Store.CheckWriteFault() == nil {
+		t.Fatal("the injected write fault does not stand")
+	}
+	if p := w.PauseShown(); p != nil {
+		t.Fatalf("idle worker's pause %+v with a store fault that may pass: want none", p)
+	}
+
+	full := errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
+	fault.Store(&full)
+	eventually(t, 10*time.Second, "a check to find the fault that needs a restart", func() bool {
+		return broker.NeedsRestart(tb.b.Store.CheckWriteFault())
+	})
+	first := w.PauseShown()
+	if first == nil || !first.RestartNeeded {
+		t.Fatalf("idle worker's pause %+v: want restart needed", first)
+	}
+	found := checks.Load()
+	eventually(t, 10*time.Second, "another check of the standing fault", func() bool {
+		return tb.b.Store.CheckWriteFault() != nil && checks.Load() > found
+	})
+	if p := w.PauseShown(); p == nil || !p.Since.Equal(first.Since) {
+		t.Errorf("pause %+v after another check, want it since %s as before", p, first.Since)
+	}
+}

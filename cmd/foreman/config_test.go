@@ -91,9 +91,15 @@ func TestConfigBoundsAccepted(t *testing.T) {
 	t.Parallel()
 	cfg, err := parseConfig(t, nil, map[string]string{
 		"FOREMAN_JOB_TTL": "1s", "FOREMAN_ACK_WAIT": "1s", "FOREMAN_POLL_INTERVAL": "100ms", "FOREMAN_MAX_ATTEMPTS": "100",
+		"FOREMAN_OLLAMA_URL": "http://127.0.0.1:65535",
+		// A tab within a header's value is carried, as it is sent.
+		"FOREMAN_AUTH_TOKEN": "s3c\tret",
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if cfg.OllamaURL != "http://127.0.0.1:65535" || cfg.AuthToken != "s3c\tret" {
+		t.Errorf("Ollama URL %q, auth token %q", cfg.OllamaURL, cfg.AuthToken)
 	}
 	if cfg.JobTTL != time.Second || cfg.AckWait != time.Second || cfg.PollInterval != 100*time.Millisecond || cfg.MaxAttempts != 100 {
 		t.Errorf("bounds: job TTL %s, ack wait %s, poll interval %s, max attempts %d", cfg.JobTTL, cfg.AckWait, cfg.PollInterval, cfg.MaxAttempts)
@@ -136,12 +142,14 @@ func TestConfigBadValues(t *testing.T) {
 		// A port no connection can reach: refused at start, not a poll that fails for ever.
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:99999"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:99999": the port is not a number from 1 to 65535`}},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:0"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:0": the port is not a number from 1 to 65535`}},
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:65536"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:65536": the port is not a number from 1 to 65535`}},
 		// A token no HTTP header can carry (a header's value loses the white space around
 		// it) would answer every request 401: refused, never quoted.
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "s3cret "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "\ts3cret"}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": " "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
 		{args: []string{"--auth-token", "s3c\x01ret"}, want: []string{`--auth-token=(hidden): has a control character`}},
+		{args: []string{"--auth-token", "s3c\x7fret"}, want: []string{`--auth-token=(hidden): has a control character`}},
 		{env: map[string]string{"FOREMAN_LOG_LEVEL": "loud"}, want: []string{`FOREMAN_LOG_LEVEL="loud": not a log level`}},
 		{env: map[string]string{"FOREMAN_MAX_BODY": "1e9"}, want: []string{`FOREMAN_MAX_BODY="1e9"`}},
 		{env: map[string]string{"FOREMAN_ORIGINS": "https://a.example,b.example"}, want: []string{`FOREMAN_ORIGINS="https://a.example,b.example": "b.example": not an origin`}},

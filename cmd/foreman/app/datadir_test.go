@@ -42,3 +42,24 @@ func TestStartNamesTheDataDirItCannotUse(t *testing.T) {
 		}
 	}
 }
+
+// With FOREMAN_DATA_DIR unset, the directory foreman cannot make is said to be the
+// default one, and FOREMAN_DATA_DIR named as the setting that chooses another.
+func TestStartNamesTheDefaultDataDirItCannotUse(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(file, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("XDG_DATA_HOME", file) // the default directory would be made under a file
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := Start(ctx, Config{Addr: "127.0.0.1:0"}, slog.New(slog.DiscardHandler))
+	if err == nil {
+		_ = a.Shutdown(context.Background())
+		t.Fatal("started on a default data directory under a file")
+	}
+	want := "the default data directory " + strconv.Quote(filepath.Join(file, "foreman")) + " (FOREMAN_DATA_DIR is unset)"
+	if !errors.Is(err, natsd.ErrDataDir) || !strings.Contains(err.Error(), want) {
+		t.Errorf("start: %v; want %v, containing %q", err, natsd.ErrDataDir, want)
+	}
+}
