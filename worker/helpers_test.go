@@ -139,6 +139,26 @@ func (tb *testBundle) waitState(t *testing.T, id string, want broker.State) *bro
 	return nil
 }
 
+// waitEnded waits, as waitState does, until job id has ended, whichever way.
+func (tb *testBundle) waitEnded(t *testing.T, id string) *broker.Job {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w, err := tb.b.Store.WatchJob(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Stop()
+	j, _, err := tb.b.Store.Get(ctx, id)
+	for ; err == nil; j, err = w.Next(ctx) {
+		if j.State.Terminal() {
+			return j
+		}
+	}
+	t.Fatalf("job %s: never ended: %v", id, err)
+	return nil
+}
+
 func (tb *testBundle) waitQueueEmpty(t *testing.T) {
 	t.Helper()
 	eventually(t, 30*time.Second, "queue empty", func() bool {
@@ -222,6 +242,24 @@ func watchStates(t *testing.T, nc *nats.Conn, id string) *stateWatch {
 	}
 	t.Cleanup(func() { _ = sub.Unsubscribe() })
 	return &stateWatch{ch: ch}
+}
+
+// statesOf is every state job id's record went through, oldest first, read from the job
+// bucket's history (16 revisions): read once the job has ended, it has the states a watch
+// begun after the submit may miss (an idle worker takes a job as it is published).
+func statesOf(t *testing.T, tb *testBundle, id string) []broker.State {
+	t.Helper()
+	hist, err := tb.b.JobRecords(t).History(ctxT(t), "job."+id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []broker.State
+	for _, e := range hist {
+		if rec, err := broker.DecodeJob(e.Value()); err == nil {
+			out = append(out, rec.State)
+		}
+	}
+	return out
 }
 
 // until returns the states seen up to and including the first terminal one.

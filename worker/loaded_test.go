@@ -71,8 +71,8 @@ func TestAJobOfAModelTheTargetLacksLoadsNothing(t *testing.T) {
 	}
 
 	again := tb.chat(t, "tiny-b", 3)
-	states := watchStates(t, tb.b.Conn, again.ID)
-	if got := states.until(t); slices.Contains(got, broker.StateWorking) || !slices.Contains(got, broker.StateLoading) {
+	tb.waitEnded(t, again.ID)
+	if got := statesOf(t, tb, again.ID); slices.Contains(got, broker.StateWorking) || !slices.Contains(got, broker.StateLoading) {
 		t.Errorf("second tiny-b job's states %v, want loading (the target has tiny-a loaded), never working", got)
 	}
 }
@@ -272,8 +272,8 @@ func TestAPollThatMissesTheRunnerRunLastStandsOverIt(t *testing.T) {
 		t.Errorf("loaded %v after a poll listed none, want none", v.Loaded)
 	}
 	j := tb.chat(t, "tiny-a", 2)
-	states := watchStates(t, tb.b.Conn, j.ID)
-	if got := states.until(t); !slices.Contains(got, broker.StateLoading) {
+	tb.waitState(t, j.ID, broker.StateDone)
+	if got := statesOf(t, tb, j.ID); !slices.Contains(got, broker.StateLoading) {
 		t.Errorf("states %v of the tiny-a job after a poll saw the target empty, want loading", got)
 	}
 }

@@ -132,7 +132,13 @@ func (c *Cluster) Connect(t testing.TB) *nats.Conn {
 // Open opens a store with 3 replicas on a new connection to the cluster.
 func (c *Cluster) Open(t testing.TB, adjust func(*broker.Config)) *broker.Store {
 	t.Helper()
-	cfg := broker.Config{Conn: c.Connect(t), Replicas: 3}
+	return openStore(t, c.Connect(t), adjust, "the cluster")
+}
+
+// openStore opens a store with 3 replicas on nc (on where, for its failure), adjusted.
+func openStore(t testing.TB, nc *nats.Conn, adjust func(*broker.Config), where string) *broker.Store {
+	t.Helper()
+	cfg := broker.Config{Conn: nc, Replicas: 3}
 	if adjust != nil {
 		adjust(&cfg)
 	}
@@ -140,7 +146,7 @@ func (c *Cluster) Open(t testing.TB, adjust func(*broker.Config)) *broker.Store 
 	defer cancel()
 	st, err := broker.Open(ctx, cfg)
 	if err != nil {
-		t.Fatalf("open store on the cluster: %v", err)
+		t.Fatalf("open store on %s: %v", where, err)
 	}
 	return st
 }
@@ -216,17 +222,7 @@ func (c *Cluster) OpenOn(t testing.TB, i int, adjust func(*broker.Config)) *brok
 		t.Fatalf("connect to cluster node %d: %v", i+1, err)
 	}
 	t.Cleanup(nc.Close)
-	cfg := broker.Config{Conn: nc, Replicas: 3}
-	if adjust != nil {
-		adjust(&cfg)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	st, err := broker.Open(ctx, cfg)
-	if err != nil {
-		t.Fatalf("open store on cluster node %d: %v", i+1, err)
-	}
-	return st
+	return openStore(t, nc, adjust, fmt.Sprintf("cluster node %d", i+1))
 }
 
 // CutRoute cuts the route between nodes i and j, both ways, and keeps it cut until
