@@ -52,10 +52,14 @@ func TestSyncCrossNodeFramesLostAnsweredFromResult(t *testing.T) {
 	if id == "" {
 		t.Fatalf("no job id: %d %s", r.Status, r.Body)
 	}
-	j, _, err := stA.Get(ctx, id)
-	if err != nil {
-		t.Fatalf("read job %s: %v", id, err)
-	}
+	// A read may be answered by a replica a write or two behind (direct gets): the record
+	// is read until it says the job ended.
+	var j *broker.Job
+	eventually(t, 30*time.Second, "job "+id+" ended, read from the store", func() bool {
+		var err error
+		j, _, err = stA.Get(ctx, id)
+		return err == nil && j.State.Terminal()
+	})
 	if _, boot := j.CurrentRunner(); j.State != broker.StateDone || boot != stA.BootID() {
 		t.Fatalf("job %s: state %s, run by %q: want done on foreman A (%s)", id, j.State, boot, stA.BootID())
 	}
