@@ -119,44 +119,43 @@ func (tb *testBundle) chat(t *testing.T, model string, n int) *broker.Job {
 // however briefly held.
 func (tb *testBundle) waitState(t *testing.T, id string, want broker.State) *broker.Job {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	w, err := tb.b.Store.WatchJob(ctx, id)
+	j, err := tb.watchUntil(id, func(j *broker.Job) bool { return j.State == want || j.State.Terminal() })
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("job %s: never %s: %v", id, want, err)
 	}
-	defer w.Stop()
-	j, _, err := tb.b.Store.Get(ctx, id)
-	for ; err == nil; j, err = w.Next(ctx) {
-		if j.State == want {
-			return j
-		}
-		if j.State.Terminal() {
-			t.Fatalf("job %s ended %s (%s), want %s", id, j.State, j.Error, want)
-		}
+	if j.State != want {
+		t.Fatalf("job %s ended %s (%s), want %s", id, j.State, j.Error, want)
 	}
-	t.Fatalf("job %s: never %s: %v", id, want, err)
-	return nil
+	return j
 }
 
 // waitEnded waits, as waitState does, until job id has ended, whichever way.
 func (tb *testBundle) waitEnded(t *testing.T, id string) *broker.Job {
 	t.Helper()
+	j, err := tb.watchUntil(id, func(j *broker.Job) bool { return j.State.Terminal() })
+	if err != nil {
+		t.Fatalf("job %s: never ended: %v", id, err)
+	}
+	return j
+}
+
+// watchUntil reads job id, then its state events, until stop says so of one (its record
+// then), for up to 30 s.
+func (tb *testBundle) watchUntil(id string, stop func(*broker.Job) bool) (*broker.Job, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	w, err := tb.b.Store.WatchJob(ctx, id)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	defer w.Stop()
 	j, _, err := tb.b.Store.Get(ctx, id)
 	for ; err == nil; j, err = w.Next(ctx) {
-		if j.State.Terminal() {
-			return j
+		if stop(j) {
+			return j, nil
 		}
 	}
-	t.Fatalf("job %s: never ended: %v", id, err)
-	return nil
+	return nil, err
 }
 
 func (tb *testBundle) waitQueueEmpty(t *testing.T) {
