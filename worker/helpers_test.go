@@ -305,6 +305,19 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 	worker.Until(t, within, what, cond)
 }
 
+// waitBetweenJobs waits until w runs no job: the last attempt's end is booked, which a
+// job's done record comes before (the worker acknowledges its message after it).
+func waitBetweenJobs(t *testing.T, w *worker.Worker) {
+	t.Helper()
+	eventually(t, 10*time.Second, "the worker between jobs", func() bool {
+		v, err := w.QueueView(ctxT(t), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v.Running == ""
+	})
+}
+
 // polledInventory is an inventory of the bundle's fake, polled once.
 func (tb *testBundle) polledInventory(t *testing.T) *ollama.Inventory {
 	t.Helper()

@@ -260,6 +260,7 @@ func TestAPollThatMissesTheRunnerRunLastStandsOverIt(t *testing.T) {
 	inv := tb.polledInventory(t)
 	w := tb.start(t, worker.Config{Inventory: inv})
 	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+	waitBetweenJobs(t, w) // the poll below comes after the run's end is booked
 	tb.fake.SetLoaded("") // restarted between two polls: nothing loaded
 	if err := inv.Refresh(ctxT(t)); err != nil {
 		t.Fatal(err)
