@@ -152,3 +152,47 @@ func TestIdleWorkerStoreFaultPauseKeepsItsSince(t *testing.T) {
 		t.Errorf("pause %+v after another check, want it since %s as before", p, first.Since)
 	}
 }
+
+// A store fault that only a restart ends, found while a job runs, is not shown as the
+// worker's pause: the worker is running that job (GET /queue names it), and pauses on
+// the fault when the job's end cannot be stored.
+func TestRunningWorkerShowsNoStorePauseUntilItsJobEnds(t *testing.T) {
+	t.Parallel()
+	var faulted atomic.Bool
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.WriteFault = func() error {
+			if faulted.Load() {
+				return errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
+			}
+			return nil
+		}
+	}))
+	w := tb.start(t, worker.Config{})
+	release := tb.fake.Hold("tiny-a")
+	j := tb.chat(t, "tiny-a", 1)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		release()
+		t.Fatal(err)
+	}
+	faulted.Store(true)
+	if tb.b.Store.CheckWriteFault() == nil {
+		release()
+		t.Fatal("the injected write fault does not stand")
+	}
+	p := w.PauseShown()
+	v, err := w.QueueView(ctxT(t), time.Now())
+	release()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p != nil || v.Paused != nil {
+		t.Errorf("pause %+v, view's pause %+v while job %s runs: want none", p, v.Paused, j.ID)
+	}
+	if v.Running != j.ID {
+		t.Errorf("view runs %q, want %s", v.Running, j.ID)
+	}
+	eventually(t, 10*time.Second, "the worker paused on the store fault once its job ended", func() bool {
+		p := w.PauseShown()
+		return p != nil && p.Reason == broker.PauseStoreRefusesWrites && p.RestartNeeded
+	})
+}
