@@ -15,8 +15,14 @@ type QueueView struct {
 	Running string
 	// Loaded are the models the worker counts as loaded on the target.
 	Loaded []string
-	// Queued are the waiting jobs (queued or retrying), position 1 first.
+	// Queued are the waiting jobs (queued or retrying) this worker runs, position 1
+	// first.
 	Queued []QueuedJob
+	// WaitingElsewhere are the waiting jobs whose model this worker does not run now
+	// (several foremen on one NATS: only other Macs have it, or this Mac is down and
+	// another has it), oldest first, with no QueuePosition or ETA: this worker's plan
+	// leaves them to the others, and counts none of their time before its own jobs.
+	WaitingElsewhere []QueuedJob
 	// Elsewhere are the jobs another foreman's worker runs (their records say loading or
 	// working) while their messages stay in the shared queue, oldest first.
 	Elsewhere []ElsewhereJob
@@ -58,10 +64,11 @@ type QueuedJob struct {
 	Program  string   `json:"program"`
 	// CreatedAt is when the job's message entered the queue.
 	CreatedAt time.Time `json:"created_at"`
-	// QueuePosition is 1 for the job that runs next.
-	QueuePosition int `json:"queue_position"`
-	// ETA is when the job is expected to start.
-	ETA time.Time `json:"eta"`
+	// QueuePosition is 1 for the job that runs next; 0 (left out) for a job waiting for
+	// another Mac (QueueView.WaitingElsewhere).
+	QueuePosition int `json:"queue_position,omitempty"`
+	// ETA is when the job is expected to start; zero (left out) as QueuePosition.
+	ETA time.Time `json:"eta,omitzero"`
 	// State is StateRetrying for a job backing off after a failed attempt, with that
 	// attempt's number and error (one line, at most 300 bytes), as its record says: the
 	// view reads the records at the head of each queue, where such a job stays. Empty for

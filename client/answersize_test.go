@@ -47,8 +47,8 @@ func hugeServer(t *testing.T, over int) string {
 		writePadded(w, `{"jobs":[`, client.MaxListBase+client.MaxListEntry+over-len(`{"jobs":[]}`), `]}`)
 	})
 	mux.HandleFunc("GET /queue", func(w http.ResponseWriter, _ *http.Request) {
-		// Queue asks for 1 waiting job.
-		writePadded(w, `{"queued":[`, client.MaxListBase+client.MaxQueueEntry+over-len(`{"queued":[]}`), `]}`)
+		// Queue asks for 1 waiting job: one of queued, one of waiting_elsewhere.
+		writePadded(w, `{"queued":[`, client.MaxListBase+2*client.MaxQueueEntry+over-len(`{"queued":[]}`), `]}`)
 	})
 	for _, p := range []string{"GET /api/tags", "GET /api/ps", "POST /api/embed"} {
 		mux.HandleFunc(p, func(w http.ResponseWriter, _ *http.Request) {

@@ -20,13 +20,19 @@ type Queue struct {
 	Loaded []string `json:"loaded"`
 	// Queued are the first waiting jobs (as many as the limit asked), position 1 first.
 	Queued []QueuedJob `json:"queued"`
-	// Total is the number of waiting jobs, shown or not.
+	// Total is the number of waiting jobs this foreman's worker runs, shown or not.
 	Total int `json:"total"`
-	// Depth is Total per model (normalized names), shown or not.
+	// Depth is the waiting jobs per model (normalized names), shown or not, those of
+	// WaitingElsewhere included.
 	Depth map[string]int `json:"depth"`
 	// RunningElsewhere are the jobs of a queue shared by several foremen that another
 	// foreman's worker runs now; they are neither in Queued nor in Total.
 	RunningElsewhere []ElsewhereJob `json:"running_elsewhere"`
+	// WaitingElsewhere are the waiting jobs of a queue shared by several foremen that
+	// this foreman's worker leaves to the others (the first ones, as many as the limit
+	// asked, oldest first): its Mac lacks their model, or is down while another has it.
+	// They have no QueuePosition or ETA, and are not in Total.
+	WaitingElsewhere []QueuedJob `json:"waiting_elsewhere"`
 	// Paused says why foreman's worker takes no job now; nil while it runs.
 	Paused *Pause `json:"paused"`
 	// Targets are the Ollama servers: this foreman's (Own) and those of the other live
@@ -90,11 +96,12 @@ type QueuedJob struct {
 	Program  string `json:"program"`
 	// CreatedAt is when the job entered the queue.
 	CreatedAt time.Time `json:"created_at"`
-	// QueuePosition is 1 for the job that runs next.
-	QueuePosition int `json:"queue_position"`
+	// QueuePosition is 1 for the job that runs next; 0 for a job of
+	// Queue.WaitingElsewhere.
+	QueuePosition int `json:"queue_position,omitempty"`
 	// ETA is when the job is expected to start, from the mean run and load times foreman
-	// measured per model.
-	ETA time.Time `json:"eta"`
+	// measured per model; zero for a job of Queue.WaitingElsewhere.
+	ETA time.Time `json:"eta,omitzero"`
 	// State is StateRetrying for a job backing off after a failed attempt, with that
 	// attempt's number (Attempts) and error; empty for one waiting its first turn (or
 	// whose record foreman did not read for the view).
@@ -125,7 +132,8 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 	if shown <= 0 {
 		shown = 100
 	}
-	raw, err := c.readAnswer(ctx, resp.Body, http.MethodGet, path, maxListBase+shown*maxQueueEntry)
+	// Two lists of them: queued and waiting_elsewhere.
+	raw, err := c.readAnswer(ctx, resp.Body, http.MethodGet, path, maxListBase+2*shown*maxQueueEntry)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +147,7 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 		}
 		q.Running.normalize()
 	}
-	for _, j := range q.Queued {
+	for _, j := range append(q.Queued[:len(q.Queued):len(q.Queued)], q.WaitingElsewhere...) {
 		if j.JobID == "" {
 			return nil, fmt.Errorf("client: GET %s: a waiting job without id", path)
 		}

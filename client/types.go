@@ -86,6 +86,10 @@ type Job struct {
 	// LeftElsewhere, with them, says the foreman asked leaves the job to another Mac that
 	// has its model for now (QueuedJob.LeftElsewhere).
 	LeftElsewhere bool `json:"left_elsewhere,omitempty"`
+	// WaitingElsewhere, set by Job instead of them, says the foreman asked leaves the
+	// waiting job to other Macs: its own Mac lacks the model, or is down while another
+	// has it (Queue.WaitingElsewhere).
+	WaitingElsewhere bool `json:"waiting_elsewhere,omitempty"`
 }
 
 // normalize drops a "result": null, so an absent result is always a nil Result.

@@ -49,6 +49,10 @@ type jobView struct {
 	// LeftElsewhere, with them, says this foreman's worker leaves the job to another Mac
 	// that has its model for now (broker.QueuedJob.LeftElsewhere, ADR-0066).
 	LeftElsewhere bool `json:"left_elsewhere,omitempty"`
+	// WaitingElsewhere, shown instead of them, says this foreman's worker leaves the
+	// waiting job to other Macs: its model is not on this foreman's Mac, or that Mac is
+	// down and another has it (broker.QueueView.WaitingElsewhere).
+	WaitingElsewhere bool `json:"waiting_elsewhere,omitempty"`
 }
 
 // artifactView carries either the data (small artifacts) or the URL to fetch it.

@@ -31,12 +31,17 @@ type queueBody struct {
 	Queued  []broker.QueuedJob `json:"queued"`
 	// RunningElsewhere are the jobs other foremen's workers run from the shared queue.
 	RunningElsewhere []broker.ElsewhereJob `json:"running_elsewhere"`
+	// WaitingElsewhere are the waiting jobs this foreman's worker leaves to other Macs
+	// (their model is not on its Mac, or its Mac is down and another has it), oldest
+	// first, the first ?limit=, with no position or ETA: not counted in Total.
+	WaitingElsewhere []broker.QueuedJob `json:"waiting_elsewhere"`
 	// Paused says why the worker takes no job now; null while it runs.
 	Paused *broker.Pause `json:"paused"`
-	// Total is the number of waiting jobs, of which Queued shows the first ?limit=.
+	// Total is the number of waiting jobs this foreman's worker runs, of which Queued
+	// shows the first ?limit=.
 	Total int `json:"total"`
-	// Depth is Total per model (normalized: tiny-a and tiny-a:latest are one), over the
-	// whole queue, not only the jobs Queued shows.
+	// Depth is the waiting jobs per model (normalized: tiny-a and tiny-a:latest are one),
+	// over the whole queue: those of Queued and WaitingElsewhere, not only those shown.
 	Depth map[string]int `json:"depth"`
 	// Targets are this foreman's target and those of the other live foremen (ADR-0029).
 	Targets []targetView `json:"targets"`
@@ -68,6 +73,13 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 		Paused: s.pauseShown(v.Paused), Targets: targets}
 	for _, j := range v.Queued {
 		body.Depth[ollama.NormalizeModel(j.Model)]++
+	}
+	for _, j := range v.WaitingElsewhere {
+		body.Depth[ollama.NormalizeModel(j.Model)]++
+	}
+	body.WaitingElsewhere = v.WaitingElsewhere[:min(limit, len(v.WaitingElsewhere))]
+	if body.WaitingElsewhere == nil {
+		body.WaitingElsewhere = []broker.QueuedJob{}
 	}
 	if body.Loaded == nil {
 		body.Loaded = []string{}
@@ -108,7 +120,8 @@ func waits(st broker.State) bool { return st == broker.StateQueued || st == brok
 // for it: its queue message may have been published after the cached view.
 const freshFor = time.Second
 
-// addPosition fills in the queue position and ETA of a waiting job. A young job the view
+// addPosition fills in the queue position and ETA of a waiting job, or marks one this
+// foreman's worker leaves to other Macs (no position here). A young job the view
 // does not hold yet (published after it) gets a view computed now; one it still does
 // not hold (just picked, or its worker runs elsewhere) gets neither. Only young jobs
 // force a view, so polling old ones costs no computation beyond the cached one.
@@ -126,6 +139,12 @@ func (s *Server) addPosition(ctx context.Context, v *jobView, asked time.Time) {
 			if q.JobID == v.ID {
 				pos, eta := q.QueuePosition, q.ETA
 				v.QueuePosition, v.ETA, v.LeftElsewhere = &pos, &eta, q.LeftElsewhere
+				return
+			}
+		}
+		for _, q := range qv.WaitingElsewhere {
+			if q.JobID == v.ID {
+				v.WaitingElsewhere = true
 				return
 			}
 		}

@@ -184,3 +184,60 @@ func TestQueueShowsAJobLeftToAnotherMac(t *testing.T) {
 		t.Errorf("GET /jobs/%s %s: want left_elsewhere with its position", id, raw)
 	}
 }
+
+// Several Macs on one NATS: a waiting job whose model this foreman's Mac lacks is left
+// to the others (Config.Runs). GET /queue lists it under waiting_elsewhere, with no
+// position or ETA, and this worker's plan counts none of its time: a high-priority job of
+// that model does not push the own jobs back. GET /jobs/{id} says waiting_elsewhere.
+func TestQueueShowsJobsWaitingForAnotherMac(t *testing.T) {
+	t.Parallel()
+	var w *worker.Worker
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		var err error
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory, MaxWait: time.Hour,
+			Runs: func(_ context.Context, model string) bool { return model != "tiny-b:latest" }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Queue = w
+	}))
+	release := b.Fake.Hold("tiny-a")
+	defer release()
+	running := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"0"}]}`)
+	runUntilCleanup(t, "worker", w.Run)
+	if err := b.Fake.WaitStarted(testCtx(t, 10*time.Second), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	urgent := jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"1"}],"priority":"high"}`)
+	own := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"2"}]}`)
+	later := jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"3"}]}`)
+	var q queueBody
+	eventually(t, 10*time.Second, "queue shows the three waiting jobs", func() bool {
+		q = getQueue(t, b, "")
+		return q.Running != nil && q.Running.ID == running && len(q.Queued)+len(q.WaitingElsewhere) == 3
+	})
+	if len(q.Queued) != 1 || q.Queued[0].JobID != own || q.Queued[0].QueuePosition != 1 || q.Total != 1 {
+		t.Errorf("queued %+v total %d: want only the tiny-a job %s, at position 1", q.Queued, q.Total, own)
+	}
+	if len(q.WaitingElsewhere) != 2 || q.WaitingElsewhere[0].JobID != urgent || q.WaitingElsewhere[1].JobID != later {
+		t.Fatalf("waiting elsewhere %+v: want the tiny-b jobs %s and %s, oldest first", q.WaitingElsewhere, urgent, later)
+	}
+	for _, j := range q.WaitingElsewhere {
+		if j.QueuePosition != 0 || !j.ETA.IsZero() {
+			t.Errorf("job waiting elsewhere %+v: want no position or ETA", j)
+		}
+	}
+	if q.Depth["tiny-b:latest"] != 2 || q.Depth["tiny-a:latest"] != 1 {
+		t.Errorf("depth %v: want the whole queue, tiny-b 2 and tiny-a 1", q.Depth)
+	}
+	_, raw := b.request(t, http.MethodGet, "/queue", nil)
+	if i := strings.Index(string(raw), `"waiting_elsewhere"`); i < 0 || strings.Contains(string(raw[i:]), `"queue_position"`) || strings.Contains(string(raw[i:]), `"eta"`) {
+		t.Errorf("GET /queue %s: want waiting_elsewhere without positions or ETAs", raw)
+	}
+	if _, raw := b.request(t, http.MethodGet, "/jobs/"+urgent, nil); !strings.Contains(string(raw), `"waiting_elsewhere":true`) || strings.Contains(string(raw), `"queue_position"`) {
+		t.Errorf("GET /jobs/%s %s: want waiting_elsewhere and no position", urgent, raw)
+	}
+	if _, raw := b.request(t, http.MethodGet, "/jobs/"+own, nil); !strings.Contains(string(raw), `"queue_position":1`) || strings.Contains(string(raw), `"waiting_elsewhere"`) {
+		t.Errorf("GET /jobs/%s %s: want position 1", own, raw)
+	}
+}

@@ -108,8 +108,9 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 	if hook := w.cfg.viewAfterHeads; hook != nil {
 		hook()
 	}
+	others := w.othersRun(ctx, msgs)
 	for {
-		v, ended := w.computeView(msgs, heads, own, now)
+		v, ended := w.computeView(msgs, heads, own, others, now)
 		if len(ended) == 0 {
 			w.markRunnersGone(ctx, v.Elsewhere, heads)
 			if ctx.Err() == nil {
@@ -152,6 +153,32 @@ func (w *Worker) markRunnersGone(ctx context.Context, jobs []broker.ElsewhereJob
 		}
 		jobs[i].RunnerGone = g
 	}
+}
+
+// othersRun is the queues among msgs whose model this worker does not run now
+// (Config.Runs: only other Macs have it, or this Mac is down and another has it). The
+// view shows their jobs waiting elsewhere, outside its plan: the worker takes none of
+// them, and its own jobs' ETAs count none of their time. A queue it leaves to another
+// Mac for a while (ADR-0066) stays in the plan, expected here after that wait.
+func (w *Worker) othersRun(ctx context.Context, msgs []broker.QueuedMessage) map[string]bool {
+	if w.cfg.Runs == nil {
+		return nil
+	}
+	var out map[string]bool
+	asked := map[string]bool{}
+	for _, m := range msgs {
+		if asked[m.Token] {
+			continue
+		}
+		asked[m.Token] = true
+		if !w.runsModelOf(ctx, m.Token) {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[m.Token] = true
+		}
+	}
+	return out
 }
 
 // runnerName is the target name of the foreman that started j's attempt (ADR-0064).
@@ -234,7 +261,7 @@ func (w *Worker) headRecords(ctx context.Context, msgs []broker.QueuedMessage) (
 // own are the jobs of this worker's own when heads were read, their records left out:
 // those among msgs that are its own no more ended since, and are returned instead of a
 // view, for their records to be read again.
-func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*broker.Job, own map[string]bool, now time.Time) (*broker.QueueView, []string) {
+func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*broker.Job, own, others map[string]bool, now time.Time) (*broker.QueueView, []string) {
 	// The plan runs on the NATS server's clock, which stamped the messages' Enqueued;
 	// now (this host's) measures the running job and the view's age.
 	snow := w.serverNow()
@@ -306,6 +333,16 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	if len(gone) > 0 || len(spares) > 0 {
 		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] || spares[m.Seq] })
 	}
+	var waitingElsewhere []broker.QueuedJob
+	if len(others) > 0 {
+		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool {
+			if !others[m.Token] {
+				return false
+			}
+			waitingElsewhere = append(waitingElsewhere, waitingJob(m, heads[m.JobID]))
+			return true
+		})
+	}
 
 	if run != nil && (!run.called.Load() || !run.answeredAt().IsZero()) {
 		// The running job's runner is loaded when it ends, in place of the least recently
@@ -313,7 +350,8 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		// target lacks loads nothing).
 		c.Loaded = withLoaded(c.Loaded, run.runner)
 	}
-	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs)), Elsewhere: elsewhere, Paused: paused}
+	v := &broker.QueueView{At: now, Loaded: []string{}, Queued: make([]broker.QueuedJob, 0, len(msgs)), Elsewhere: elsewhere,
+		WaitingElsewhere: waitingElsewhere, Paused: paused}
 	// While the target is not there, what it holds is unknown: the plan still counts on
 	// the model run last (the pick prefers it once the target is back), the view names
 	// none. A running job does not say otherwise: a target hung as a whole holds its call
@@ -336,19 +374,25 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	}
 	for _, p := range order(c, picks, msgs, free, w.times, held) {
 		m := p.Msg
-		q := broker.QueuedJob{
-			JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
-			CreatedAt: m.Enqueued.UTC(), QueuePosition: p.Position, ETA: ceilSecond(p.Start),
-		}
+		q := waitingJob(m, heads[m.JobID])
+		q.QueuePosition, q.ETA = p.Position, ceilSecond(p.Start)
 		if held != nil {
 			_, q.LeftElsewhere = held[m.Token]
-		}
-		if j := heads[m.JobID]; j != nil && j.State == broker.StateRetrying {
-			q.State, q.Attempts, q.Error = j.State, j.Attempt, broker.PauseText(errors.New(j.Error))
 		}
 		v.Queued = append(v.Queued, q)
 	}
 	return v, nil
+}
+
+// waitingJob is queue message m's job as the view shows it waiting, with no position
+// yet; j is its record when the view read it (a queue's head), which says whether it
+// backs off after a failed attempt.
+func waitingJob(m broker.QueuedMessage, j *broker.Job) broker.QueuedJob {
+	q := broker.QueuedJob{JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program, CreatedAt: m.Enqueued.UTC()}
+	if j != nil && j.State == broker.StateRetrying {
+		q.State, q.Attempts, q.Error = j.State, j.Attempt, broker.PauseText(errors.New(j.Error))
+	}
+	return q
 }
 
 // heldQueues is, by queue, when the worker takes the jobs it leaves to another Mac

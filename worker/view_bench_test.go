@@ -35,7 +35,7 @@ func BenchmarkQueueView(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if v, _ := w.computeView(msgs, nil, nil, now); len(v.Queued) != 10_000 {
+				if v, _ := w.computeView(msgs, nil, nil, nil, now); len(v.Queued) != 10_000 {
 					b.Fatalf("%d queued", len(v.Queued))
 				}
 			}

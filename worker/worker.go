@@ -603,9 +603,12 @@ func (w *Worker) runnable(ctx context.Context, heads []head) []head {
 // runs reports whether this worker runs the jobs of queue token (Config.Runs), and runs
 // them now: not while the queue holds a job left to another Mac (leftElsewhere).
 func (w *Worker) runs(ctx context.Context, token string) bool {
-	if w.leftElsewhere(ctx, token) {
-		return false
-	}
+	return !w.leftElsewhere(ctx, token) && w.runsModelOf(ctx, token)
+}
+
+// runsModelOf reports whether this worker runs the model of queue token's jobs now
+// (Config.Runs).
+func (w *Worker) runsModelOf(ctx context.Context, token string) bool {
 	if w.cfg.Runs == nil {
 		return true
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -57,7 +58,11 @@ func newQueueCmd(e *env) *cobra.Command {
 			if loaded == "" {
 				loaded = "none"
 			}
-			fmt.Fprintf(out, "Running: %s\nLoaded:  %s\nWaiting: %d\n", running, loaded, q.Total)
+			waiting := strconv.Itoa(q.Total)
+			if n := elsewhereCount(q); n > 0 {
+				waiting += fmt.Sprintf(" (and %d for another Mac)", n)
+			}
+			fmt.Fprintf(out, "Running: %s\nLoaded:  %s\nWaiting: %s\n", running, loaded, waiting)
 			for _, j := range q.RunningElsewhere {
 				age := ""
 				if j.StartedAt != nil {
@@ -90,10 +95,18 @@ func newQueueCmd(e *env) *cobra.Command {
 				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
 					shortAge(now.Sub(j.CreatedAt)), eta, waitState(j))
 			}
+			for _, j := range q.WaitingElsewhere {
+				program := termSafe(j.Program)
+				if program == "" {
+					program = "-"
+				}
+				fmt.Fprintf(tw, "-\t%s\t%s\t%s\t%s\t%s\t%s\t-\t%s\n", termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
+					shortAge(now.Sub(j.CreatedAt)), waitState(j))
+			}
 			if err := tw.Flush(); err != nil {
 				return err
 			}
-			for _, j := range q.Queued {
+			for _, j := range append(q.Queued[:len(q.Queued):len(q.Queued)], q.WaitingElsewhere...) {
 				if j.State == client.StateRetrying {
 					fmt.Fprintf(out, "Retrying: %s: attempt %d failed: %s\n", termSafe(j.JobID), j.Attempts, termSafe(j.Error))
 				}
@@ -112,16 +125,31 @@ func newQueueCmd(e *env) *cobra.Command {
 
 // waitState is a waiting job's state for a table: "retrying (2)" for one backing off
 // after its second attempt, "waiting" for one waiting its first turn, either followed by
-// ", elsewhere" while the worker leaves the job to another Mac (ADR-0066).
+// ", elsewhere" while the worker leaves the job to another Mac (ADR-0066), or by
+// ", another Mac" for one it leaves to the others for good (Queue.WaitingElsewhere: no
+// position).
 func waitState(j client.QueuedJob) string {
 	s := "waiting"
 	if j.State == client.StateRetrying {
 		s = fmt.Sprintf("retrying (%d)", j.Attempts)
 	}
-	if j.LeftElsewhere {
+	switch {
+	case j.LeftElsewhere:
 		s += ", elsewhere"
+	case j.QueuePosition == 0:
+		s += ", another Mac"
 	}
 	return s
+}
+
+// elsewhereCount is how many jobs wait for another Mac than this foreman's, shown or
+// not: the whole queue (Depth) less this foreman's worker's jobs (Total).
+func elsewhereCount(q *client.Queue) int {
+	n := -q.Total
+	for _, d := range q.Depth {
+		n += d
+	}
+	return max(n, 0)
 }
 
 // pauseText says why a worker pauses in words, fit for a terminal.

@@ -175,3 +175,43 @@ func TestQueueAndTopShowAJobLeftToAnotherMac(t *testing.T) {
 		t.Errorf("status line of a waiting job: %q", got)
 	}
 }
+
+// Jobs this foreman's worker leaves to other Macs (waiting_elsewhere: its Mac lacks their
+// model) are listed by `foreman queue` after its own, with no position or ETA, counted
+// apart; `foreman top` counts them; a command waiting on one says it waits for another
+// Mac.
+func TestQueueAndTopShowJobsWaitingForAnotherMac(t *testing.T) {
+	t.Parallel()
+	body := `{"running":null,"loaded":[],"queued":[` +
+		`{"job_id":"01JGJ4Q2R0000000000000000E","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:00:00Z","queue_position":1,"eta":"2025-01-02T03:04:05Z"}],` +
+		`"waiting_elsewhere":[` +
+		`{"job_id":"01JGJ4Q2R0000000000000000F","model":"llama3.2","kind":"chat","priority":"high","program":"","created_at":"2025-01-02T02:59:00Z"},` +
+		`{"job_id":"01JGJ4Q2R0000000000000000G","model":"llama3.2","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:01:00Z","state":"retrying","attempts":1,"error":"ollama: no answer for 10s"}],` +
+		`"total":1,"depth":{"qwen2.5:0.5b":1,"llama3.2:latest":2},"paused":null}`
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, body)}
+	r := runCLI(t, vars, nil, nil, "queue")
+	if r.code != 0 {
+		t.Fatalf("queue: exit %d, stderr %q", r.code, r.stderr)
+	}
+	for _, re := range []string{
+		`(?m)^Waiting: 1 \(and 2 for another Mac\)$`,
+		`(?m)^1 +01JGJ4Q2R0000000000000000E .* waiting$`,
+		`(?m)^- +01JGJ4Q2R0000000000000000F +llama3.2 +chat +high +- +5m +- +waiting, another Mac$`,
+		`(?m)^- +01JGJ4Q2R0000000000000000G .* retrying \(1\), another Mac$`,
+		`(?m)^Retrying: 01JGJ4Q2R0000000000000000G: attempt 1 failed: ollama: no answer for 10s$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("foreman queue: no line matching %s:\n%s", re, r.stdout)
+		}
+	}
+	r = runCLI(t, vars, nil, nil, "top", "--once")
+	if r.code != 0 {
+		t.Fatalf("top: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !regexp.MustCompile(`(?m)^QUEUE \(1\)  and 2 waiting for another Mac$`).MatchString(r.stdout) {
+		t.Errorf("foreman top does not count the jobs waiting for another Mac:\n%s", r.stdout)
+	}
+	if got := queueLine(&client.Job{WaitingElsewhere: true}); got != "queued: waiting for another Mac" {
+		t.Errorf("status line of a job waiting for another Mac: %q", got)
+	}
+}

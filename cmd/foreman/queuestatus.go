@@ -49,7 +49,7 @@ func (q *queueStatus) run(ctx context.Context, c *client.Client, id string) {
 		case j.State != client.StateQueued && j.State != client.StateRetrying:
 			q.Clear()
 			return
-		case j.QueuePosition > 0:
+		case j.QueuePosition > 0 || j.WaitingElsewhere:
 			q.show(queueLine(j))
 		}
 		select {
@@ -62,6 +62,9 @@ func (q *queueStatus) run(ctx context.Context, c *client.Client, id string) {
 
 // queueLine is the status text of a waiting job.
 func queueLine(j *client.Job) string {
+	if j.WaitingElsewhere {
+		return "queued: waiting for another Mac"
+	}
 	line := fmt.Sprintf("queued: position %d", j.QueuePosition)
 	if j.ETA != nil && !j.ETA.IsZero() {
 		line += ", eta " + j.ETA.Local().Format("15:04:05")

@@ -26,6 +26,8 @@ type topSnapshot struct {
 	Paused  *client.Pause      `json:"paused,omitempty"`
 	// Elsewhere are the jobs another foreman's worker runs (several Macs on one NATS).
 	Elsewhere []client.ElsewhereJob `json:"running_elsewhere,omitempty"`
+	// WaitingElsewhere counts the waiting jobs this foreman's worker leaves to other Macs.
+	WaitingElsewhere int `json:"waiting_elsewhere,omitempty"`
 	// OwnTargetDown is foreman's own Ollama while its polls fail and the worker is not
 	// paused for it (a job runs, waiting on it).
 	OwnTargetDown *client.QueueTarget `json:"own_target_down,omitempty"`
@@ -89,7 +91,7 @@ func fetchTop(ctx context.Context, c *client.Client) (*topSnapshot, error) {
 		return nil, err
 	}
 	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total, Paused: q.Paused, Elsewhere: q.RunningElsewhere,
-		OwnTargetDown: silentTarget(q)}
+		OwnTargetDown: silentTarget(q), WaitingElsewhere: elsewhereCount(q)}
 	// The finished jobs by state: while a backlog lasts the newest jobs all wait.
 	l, err := c.Jobs(ctx, client.JobFilter{States: []client.State{client.StateDone, client.StateFailed, client.StateCanceled}, Limit: topRecentRows})
 	if err != nil {
@@ -174,7 +176,11 @@ func topText(s *topSnapshot, now time.Time, url string) string {
 	}
 	fmt.Fprintf(&b, "LOADED   %s\n\n", loaded)
 
-	fmt.Fprintf(&b, "QUEUE (%d)\n", s.Total)
+	fmt.Fprintf(&b, "QUEUE (%d)", s.Total)
+	if s.WaitingElsewhere > 0 {
+		fmt.Fprintf(&b, "  and %d waiting for another Mac", s.WaitingElsewhere)
+	}
+	b.WriteString("\n")
 	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "POS\tSTATE\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
 	for _, j := range s.Queued {

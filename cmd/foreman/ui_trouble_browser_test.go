@@ -195,3 +195,39 @@ func TestStatusPageShowsAJobLeftToAnotherMacInBrowser(t *testing.T) {
 	}
 	screenshot(t, browser, base+"/ui/", "left-elsewhere")
 }
+
+// Jobs this foreman's worker leaves to other Macs (waiting_elsewhere: its Mac lacks
+// their model) are listed after its own, with no position or ETA, said to wait for
+// another Mac; the Queued count adds them apart.
+func TestStatusPageShowsJobsWaitingForAnotherMacInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	at := func(d time.Duration) string { return time.Now().Add(d).UTC().Format(time.RFC3339) }
+	queue := `{"running":null,"loaded":[],"total":1,"depth":{"tiny-a:latest":1,"tiny-b:latest":2},"running_elsewhere":[],"paused":null,"queued":[` +
+		`{"job_id":"01JGJ4Q2R000000000000000AA","model":"tiny-a","kind":"chat","priority":"normal","program":"","created_at":"` + at(-time.Minute) +
+		`","queue_position":1,"eta":"` + at(time.Minute) + `"}],"waiting_elsewhere":[` +
+		`{"job_id":"01JGJ4Q2R000000000000000BB","model":"tiny-b","kind":"chat","priority":"high","program":"","created_at":"` + at(-2*time.Minute) + `"},` +
+		`{"job_id":"01JGJ4Q2R000000000000000CC","model":"tiny-b","kind":"chat","priority":"normal","program":"","created_at":"` + at(-3*time.Minute) +
+		`","state":"retrying","attempts":1,"error":"target stalled"}],` +
+		`"targets":[{"name":"mac","reachable":true,"loaded":[],"own":true}]}`
+	base := cannedPage(t, queue, `{"jobs":[]}`)
+
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	rows := section(dom, "queue-rows", "</tbody>")
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000AA" class="queued-job"><td>1</td><td>in `).MatchString(rows) {
+		t.Errorf("job AA is not shown at position 1 with its ETA:\n%s", rows)
+	}
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000BB" class="queued-job"><td>–</td><td>–</td>.*?<td class="muted" data-field="state">waiting<div class="left-elsewhere" data-field="waiting-elsewhere">for another Mac: not run here</div></td>`).MatchString(rows) {
+		t.Errorf("job BB is not shown waiting for another Mac, without position or ETA:\n%s", rows)
+	}
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job"><td>–</td>.*?retrying after attempt 1<div class="err">[^<]*</div><div class="left-elsewhere" data-field="waiting-elsewhere">`).MatchString(rows) {
+		t.Errorf("job CC is not shown retrying for another Mac:\n%s", rows)
+	}
+	if i, j := strings.Index(rows, "000000000AA"), strings.Index(rows, "000000000BB"); i < 0 || j < i {
+		t.Errorf("the own job is not listed before those for other Macs:\n%s", rows)
+	}
+	if total, others := section(dom, "queue-total", "</div>"), section(dom, "queue-others", "</div>"); !strings.HasSuffix(total, ">1") || !strings.HasSuffix(others, ">and 2 for other Macs") {
+		t.Errorf("queued count %q, %q: want 1, and 2 for other Macs", total, others)
+	}
+	screenshot(t, browser, base+"/ui/", "waiting-elsewhere")
+}

@@ -365,6 +365,11 @@ func TestSeveralMacsModelOnDownMacWaits(t *testing.T) {
 	if j, _, err := fa.Store().Get(context.Background(), job.ID); err != nil || j.State.Terminal() {
 		t.Fatalf("beta's job while its Mac is down: %+v, %v", j, err)
 	}
+	// mac-a's foreman gives it no place in its own plan (ADR-0073).
+	if code, b := call(t, fa, http.MethodGet, "/jobs/"+job.ID, ""); code != http.StatusOK ||
+		!strings.Contains(string(b), `"waiting_elsewhere":true`) || strings.Contains(string(b), `"queue_position"`) {
+		t.Errorf("GET /jobs/%s through mac-a's foreman: %d %s; want waiting_elsewhere, no position", job.ID, code, b)
+	}
 	macB.SetDown(false)
 	waitJob(t, fa.Store(), job.ID)
 	ownModelsOnly(t, "mac-a", macA, "alpha:latest")

@@ -283,22 +283,31 @@ function renderLoaded(models) {
 // waitState is a waiting job's state cell: a job backing off after a failed attempt
 // says so, with the attempt and its error (cut short, whole in the tooltip); one this
 // foreman's worker leaves to another Mac for now (left_elsewhere, ADR-0066) says that
-// too: its ETA is for running here only once that wait is over.
+// too: its ETA is for running here only once that wait is over. One of
+// waiting_elsewhere (no position: this foreman's Mac lacks its model, or is down while
+// another has it) says it waits for another Mac.
 function waitState(j) {
-  const left = j.left_elsewhere
-    ? el("div", { class: "left-elsewhere", "data-field": "left-elsewhere" }, "left to another Mac that has its model")
-    : null;
+  let left = null;
+  if (j.left_elsewhere) {
+    left = el("div", { class: "left-elsewhere", "data-field": "left-elsewhere" }, "left to another Mac that has its model");
+  } else if (!j.queue_position) {
+    left = el("div", { class: "left-elsewhere", "data-field": "waiting-elsewhere" }, "for another Mac: not run here");
+  }
   if (j.state !== "retrying") return el("td", { class: "muted", "data-field": "state" }, "waiting", left);
   return el("td", { class: "retrying", "data-field": "state", title: j.error || null },
     "retrying after attempt " + (j.attempts || "?"),
     j.error ? el("div", { class: "err" }, clip(j.error, ERROR_CLIP)) : null, left);
 }
 
+// renderQueue lists this foreman's worker's waiting jobs in its order, then those it
+// leaves to other Macs (waiting_elsewhere: several Macs on one NATS), with no position
+// or ETA.
 function renderQueue(q) {
   const now = Date.now();
-  const rows = (q.queued || []).map((j) => el("tr", { "data-job-id": jobId(j), class: "queued-job" },
-    el("td", {}, j.queue_position),
-    el("td", {}, fmtEta(j.eta)),
+  const waiting = (q.queued || []).concat(q.waiting_elsewhere || []);
+  const rows = waiting.map((j) => el("tr", { "data-job-id": jobId(j), class: "queued-job" },
+    el("td", {}, j.queue_position || "–"),
+    el("td", {}, j.queue_position ? fmtEta(j.eta) : "–"),
     el("td", {}, j.model),
     el("td", { class: "prio-" + j.priority }, j.priority),
     el("td", {}, j.program || "(anonymous)"),
@@ -311,7 +320,11 @@ function renderQueue(q) {
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "the queue is empty")));
   replaceChildren($("queue-rows"), rows);
   const total = q.total || 0, shown = (q.queued || []).length;
+  // depth counts the whole queue, total this foreman's worker's jobs.
+  const others = Object.values(q.depth || {}).reduce((a, n) => a + n, 0) - total;
   $("queue-total").textContent = String(total);
+  $("queue-others").hidden = others <= 0;
+  $("queue-others").textContent = others > 0 ? "and " + others + " for other Macs" : "";
   const more = $("queue-more");
   more.hidden = total <= shown;
   more.textContent = total > shown ? "… and " + (total - shown) + " more" : "";
