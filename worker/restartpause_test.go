@@ -75,15 +75,7 @@ func TestPauseForAStoreFaultStaysRestartNeeded(t *testing.T) {
 // read that pause. Without it they said nothing while submits got 503 "needs a restart".
 func TestIdleWorkerShowsAStoreFaultThatNeedsARestart(t *testing.T) {
 	t.Parallel()
-	var faulted atomic.Bool
-	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
-		c.WriteFault = func() error {
-			if faulted.Load() {
-				return errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
-			}
-			return nil
-		}
-	}))
+	tb, faulted := setupFullDisk(t)
 	w := tb.start(t, worker.Config{})
 	if p := w.PauseShown(); p != nil {
 		t.Fatalf("pause %+v with a healthy store", p)
@@ -158,15 +150,7 @@ func TestIdleWorkerStoreFaultPauseKeepsItsSince(t *testing.T) {
 // the fault when the job's end cannot be stored.
 func TestRunningWorkerShowsNoStorePauseUntilItsJobEnds(t *testing.T) {
 	t.Parallel()
-	var faulted atomic.Bool
-	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
-		c.WriteFault = func() error {
-			if faulted.Load() {
-				return errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
-			}
-			return nil
-		}
-	}))
+	tb, faulted := setupFullDisk(t)
 	w := tb.start(t, worker.Config{})
 	release := tb.fake.Hold("tiny-a")
 	j := tb.chat(t, "tiny-a", 1)
@@ -195,4 +179,20 @@ func TestRunningWorkerShowsNoStorePauseUntilItsJobEnds(t *testing.T) {
 		p := w.PauseShown()
 		return p != nil && p.Reason == broker.PauseStoreRefusesWrites && p.RestartNeeded
 	})
+}
+
+// setupFullDisk is a bundle whose store finds a full disk's write fault, one that only
+// a restart ends, once faulted is set.
+func setupFullDisk(t *testing.T) (*testBundle, *atomic.Bool) {
+	t.Helper()
+	faulted := &atomic.Bool{}
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.WriteFault = func() error {
+			if faulted.Load() {
+				return errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
+			}
+			return nil
+		}
+	}))
+	return tb, faulted
 }
