@@ -17,6 +17,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
+	"gitea.stevedudenhoeffer.com/steve/foreman/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -45,6 +46,10 @@ type App struct {
 	http      *http.Server
 	conns     httpConns // the HTTP server's connections by state
 	ln        net.Listener
+
+	// publishFails and rememberFails log the failures of the inventory poll's writes
+	// (onPoll): during a NATS outage, once per failurelog.Every, not at every poll.
+	publishFails, rememberFails failurelog.Loop
 
 	// liveEndpoints and seenEndpoints are the host:ports of the targets live at the last
 	// read and of those seen before and gone since (targetEndpoints).
