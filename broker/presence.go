@@ -9,7 +9,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
-	"gitea.stevedudenhoeffer.com/steve/foreman/failurelog"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 )
 
 // PresenceBucket holds one key per running foreman process (its boot id), kept alive by

@@ -11,7 +11,7 @@ import (
 	"strings"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
-	"gitea.stevedudenhoeffer.com/steve/foreman/failurelog"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 

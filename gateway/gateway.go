@@ -22,7 +22,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
-	"gitea.stevedudenhoeffer.com/steve/foreman/failurelog"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"gitea.stevedudenhoeffer.com/steve/foreman/failurelog"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 )
 
 // An Ollama that is down fails every pass-through call with a 502: a client polling it

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
-	"gitea.stevedudenhoeffer.com/steve/foreman/failurelog"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 

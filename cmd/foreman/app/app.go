@@ -17,7 +17,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
-	"gitea.stevedudenhoeffer.com/steve/foreman/failurelog"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
