@@ -16,8 +16,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
-	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
