@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 )
 
 // PresenceBucket holds one key per running foreman process (its boot id), kept alive by
@@ -64,12 +66,29 @@ func (s *Store) heartbeat(ctx context.Context) error {
 	return nil
 }
 
+// presenceRetry is how long Announce waits to try a failed heartbeat again, the first
+// time: twice as long each time after, up to the heartbeat interval. A foreman whose
+// presence lapsed while NATS could not be reached is present again moments after NATS
+// is back, not at its next heartbeat, up to 10 s later, meanwhile taken for gone.
+const presenceRetry = 250 * time.Millisecond
+
 // Announce keeps this process present (see CallerGone) until ctx ends, then withdraws it:
 // a foreman that stops in order has ended its sync callers' jobs already. Run it for as
-// long as the gateway takes calls.
+// long as the gateway takes calls. A heartbeat is sent every PresenceTTL/3; one that
+// failed is tried again sooner (presenceRetry).
 func (s *Store) Announce(ctx context.Context) error {
-	t := time.NewTicker(s.cfg.PresenceTTL / 3)
+	every := s.cfg.PresenceTTL / 3
+	t := time.NewTicker(every)
 	defer t.Stop()
+	ticks := t.C
+	if s.presenceTicks != nil {
+		ticks = s.presenceTicks
+	}
+	retry := time.NewTimer(every)
+	retry.Stop()
+	defer retry.Stop()
+	var fails failurelog.Loop
+	backoff := presenceRetry
 	for {
 		select {
 		case <-ctx.Done():
@@ -79,12 +98,21 @@ func (s *Store) Announce(ctx context.Context) error {
 				s.log.Warn("withdraw presence", "boot_id", s.cfg.BootID, "err", err)
 			}
 			return nil
-		case <-t.C:
-			hctx, cancel := context.WithTimeout(ctx, s.cfg.PresenceTTL/3)
-			if err := s.heartbeat(hctx); err != nil && ctx.Err() == nil {
-				s.log.Warn("presence heartbeat", "err", err)
-			}
-			cancel()
+		case <-ticks:
+		case <-retry.C:
+		}
+		hctx, cancel := context.WithTimeout(ctx, every)
+		err := s.heartbeat(hctx)
+		cancel()
+		switch {
+		case err == nil:
+			fails.Worked(s.log, "presence heartbeat")
+			retry.Stop()
+			backoff = presenceRetry
+		case ctx.Err() == nil:
+			fails.Failed(s.log, "presence heartbeat", err)
+			retry.Reset(backoff)
+			backoff = min(2*backoff, every)
 		}
 	}
 }

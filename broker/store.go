@@ -180,6 +180,8 @@ type Store struct {
 	// lookShift (tests only) moves the start of Resubmit's look in the queue, as a queue
 	// leader's clock behind the jobs bucket leader's would.
 	lookShift time.Duration
+	// presenceTicks (tests only) replaces Announce's ticker of heartbeats.
+	presenceTicks <-chan time.Time
 
 	// states hands the job state events to OnJobEvents and OnJobChange.
 	states stateHub

@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -257,9 +258,12 @@ func callerTakenForGone(err error) bool {
 // logFailure logs a request that failed with status: an error for a 5xx, but for a
 // refusal by design (refusalReason), which is counted in foreman_requests_refused_total
 // and logged at debug only: under load a full queue refuses request after request, and
-// the operator's log would drown in them. The same 5xx failure again within
-// failureLogEvery is logged at debug too, and counted in the next error line of it
-// ("repeats").
+// the operator's log would drown in them. The same 5xx failure (its status and error
+// text, failurelog.Key) again within failurelog.Every is logged at debug too, and counted
+// in the next error line of it ("repeats"): a fault that fails every request alike (a
+// full disk refusing every submit, an Ollama down answering every pass-through call) is
+// one line every 10 s, not one per request written as fast as clients retry, maybe onto
+// the full disk.
 func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 	if reason := refusalReason(err); reason != "" {
 		s.jobMetrics.refused.WithLabelValues(reason).Inc()
@@ -270,7 +274,7 @@ func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 		return
 	}
 	args = append(args, "status", status, "err", err)
-	ok, repeats := s.failures.admit(failureKey(status, err))
+	ok, repeats := s.failures.Admit(failurelog.Key(strconv.Itoa(status), err))
 	if !ok {
 		s.log.Debug(msg, args...)
 		return

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
@@ -216,8 +217,8 @@ type Server struct {
 	// once per refusalLogEvery: a page may send thousands a second, each counted in
 	// foreman_requests_refused_total.
 	hostRefusals, originRefusals rate.Sometimes
-	// failures lets a 5xx failure's error line through once per failureLogEvery.
-	failures failureLog
+	// failures lets a 5xx failure's error line through once per failurelog.Every.
+	failures failurelog.Window
 	syncs    syncStats
 	// outageChecks keeps the last check that found the own target down (outage.go).
 	outageChecks outageChecks

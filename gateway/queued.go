@@ -374,8 +374,12 @@ func (s *Server) shutdownReason(id string) string {
 func (s *Server) cancelAbandoned(job *broker.Job, reason string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err := s.store.Cancel(ctx, job.ID, reason)
+	j, err := s.store.Cancel(ctx, job.ID, reason)
 	switch {
+	case err == nil && j.State != broker.StateCanceled:
+		// Running: the worker ends it and logs "job canceled" then, with its attempt
+		// (ADR-0020); it may yet end done.
+		log.Debug("job cancel requested", "reason", reason)
 	case err == nil:
 		log.Info("job canceled", "reason", reason)
 	case errors.Is(err, broker.ErrTerminal), errors.Is(err, broker.ErrNotFound):

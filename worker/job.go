@@ -792,7 +792,11 @@ func (w *Worker) fail(ctx context.Context, d *broker.Lease, sync bool, r *broker
 			if status == http.StatusBadRequest || status == http.StatusNotFound {
 				level = slog.LevelInfo
 			}
-			log.Log(ctx, level, "job failed", "err", msg, "status", status)
+			attrs := []any{"err", msg}
+			if status != 0 { // none when the target gave no HTTP status (unreachable, an error line)
+				attrs = append(attrs, "status", status)
+			}
+			log.Log(ctx, level, "job failed", attrs...)
 		}
 	}
 	if sync {

@@ -101,23 +101,25 @@ func TestRetryingRecordHidesTargetPassword(t *testing.T) {
 // A job Ollama refused as a caller's mistake (400: a model without tools; 404: no such
 // model) is the caller's to mend and logged at info; one the target failed on its side,
 // or a proxy in front of it refused (413), is logged at warn, where an operator watching
-// warnings looks.
+// warnings looks. The line names the target's HTTP status, and none where there was none
+// (an error line in a 200 stream), rather than status=0.
 func TestFailedJobIsAWarningOnlyWhenNotTheCallersMistake(t *testing.T) {
 	t.Parallel()
 	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
-	want := map[string]string{}
+	type logged struct{ level, status string }
+	want := map[string]logged{}
 	for _, f := range []struct {
-		fail  ollamatest.Failure
-		level string
+		fail ollamatest.Failure
+		want logged
 	}{
-		{ollamatest.FailStatus(400, "tiny-a does not support tools"), "level=INFO"},
-		{ollamatest.FailStatus(404, `model "tiny-a" not found, try pulling it first`), "level=INFO"},
-		{ollamatest.StreamError("llama runner process has terminated"), "level=WARN"},
-		{ollamatest.FailStatus(500, "llama runner process has terminated"), "level=WARN"},
-		{ollamatest.FailStatus(413, "Request Entity Too Large"), "level=WARN"},
+		{ollamatest.FailStatus(400, "tiny-a does not support tools"), logged{"level=INFO", "status=400"}},
+		{ollamatest.FailStatus(404, `model "tiny-a" not found, try pulling it first`), logged{"level=INFO", "status=404"}},
+		{ollamatest.StreamError("llama runner process has terminated"), logged{"level=WARN", ""}},
+		{ollamatest.FailStatus(500, "llama runner process has terminated"), logged{"level=WARN", "status=500"}},
+		{ollamatest.FailStatus(413, "Request Entity Too Large"), logged{"level=WARN", "status=413"}},
 	} {
 		tb.fake.FailNext(1, f.fail)
-		want[tb.chat(t, "tiny-a", 1).ID] = f.level
+		want[tb.chat(t, "tiny-a", 1).ID] = f.want
 	}
 	var logs lockedBuffer
 	tb.start(t, worker.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
@@ -132,10 +134,17 @@ func TestFailedJobIsAWarningOnlyWhenNotTheCallersMistake(t *testing.T) {
 		}
 		return ""
 	}
-	for id, level := range want {
+	for id, w := range want {
 		eventually(t, 10*time.Second, "job "+id+"'s failure logged", func() bool { return failedLine(id) != "" })
-		if line := failedLine(id); !strings.Contains(line, " "+level+" ") {
-			t.Errorf("job %s's failure logged as %q, want %s", id, line, level)
+		line := failedLine(id)
+		if !strings.Contains(line, " "+w.level+" ") {
+			t.Errorf("job %s's failure logged as %q, want %s", id, line, w.level)
+		}
+		if w.status == "" && strings.Contains(line, "status=") {
+			t.Errorf("job %s's failure logged as %q, want no status: there was none", id, line)
+		}
+		if w.status != "" && !strings.Contains(line, " "+w.status) {
+			t.Errorf("job %s's failure logged as %q, want %s", id, line, w.status)
 		}
 	}
 }

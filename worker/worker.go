@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -188,6 +189,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer w.log.Info("worker stopped")
 	w.sweep(ctx)
 	fails, misses := 0, 0
+	// A NATS outage fails every pick: warned of once, then once per failurelog.Every.
+	var picks failurelog.Loop
 	woken := false // a publish was seen and its job not yet fetched
 	// held is the early call of a job woken for whose fetch came up empty: its message
 	// may reach the consumer later than wakeWait (a slow disk), and the short rechecks
@@ -206,11 +209,12 @@ func (w *Worker) Run(ctx context.Context) error {
 				return nil
 			}
 			fails++
-			w.log.Warn("select next job", "err", err)
+			picks.Failed(w.log, "select next job", err)
 			w.sleep(ctx, w.cfg.retryDelay(fails))
 			continue
 		}
 		fails = 0
+		picks.Worked(w.log, "select next job")
 		if d == nil {
 			// A message the stream has stored can reach its consumer a moment later, so a
 			// fetch that comes up empty while jobs are queued is tried again shortly

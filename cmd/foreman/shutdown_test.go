@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -50,5 +51,75 @@ func TestShutdownCutsARunningStreamWithinItsDeadline(t *testing.T) {
 	rest, _ := io.ReadAll(r)
 	if !strings.Contains(string(rest), "shutting down") {
 		t.Fatalf("the cut stream ended %q, want foreman's shutdown error", rest)
+	}
+}
+
+// A short shutdown deadline run out only by connections that hold no request (one opened
+// and silent, as a browser opens ahead of its requests; one that sent part of a request's
+// header; an idle keep-alive) is no failure: they are closed and serve exits 0. Go's
+// HTTP server waits up to 5 s for a new connection's first request.
+func TestShutdownClosesConnectionsHoldingNoRequest(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	silent, err := net.Dial("tcp", a.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	partial, err := net.Dial("tcp", a.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer partial.Close()
+	if _, err := io.WriteString(partial, "GET /healthz HTTP/1.1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	if code, _ := getHealthz(t, a.Addr()); code != http.StatusOK {
+		t.Fatalf("healthz: %d", code)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown with no request unanswered: %v", err)
+	}
+	if _, err := silent.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the silent connection is still open after the shutdown")
+	}
+}
+
+// A request still being answered when the deadline comes (here a body that stopped
+// arriving halfway) makes the shutdown fail, naming it.
+func TestShutdownFailsForARequestStillBeingAnswered(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	c, err := net.Dial("tcp", a.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	head := "POST /jobs HTTP/1.1\r\nHost: " + a.Addr() + "\r\nContent-Type: application/json\r\n" +
+		"Content-Length: 100\r\nExpect: 100-continue\r\n\r\n"
+	if _, err := io.WriteString(c, head); err != nil {
+		t.Fatal(err)
+	}
+	// The server says "100 Continue" once the handler reads the body: the request is in.
+	r := bufio.NewReader(c)
+	if line, err := r.ReadString('\n'); err != nil || !strings.Contains(line, "100 Continue") {
+		t.Fatalf("first line %q, %v; want 100 Continue", line, err)
+	}
+	if _, err := io.WriteString(c, `{"model":`); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err = a.Shutdown(ctx)
+	if err == nil || !strings.Contains(err.Error(), "requests still being answered (1)") {
+		t.Fatalf("shutdown with a request unanswered: %v, want it named", err)
 	}
 }

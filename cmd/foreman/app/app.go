@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
@@ -43,7 +44,12 @@ type App struct {
 	gw        *gateway.Server
 	worker    *worker.Worker
 	http      *http.Server
+	conns     httpConns // the HTTP server's connections by state
 	ln        net.Listener
+
+	// publishFails and rememberFails log the failures of the inventory poll's writes
+	// (onPoll): during a NATS outage, once per failurelog.Every, not at every poll.
+	publishFails, rememberFails failurelog.Loop
 
 	// liveEndpoints and seenEndpoints are the host:ports of the targets live at the last
 	// read and of those seen before and gone since (targetEndpoints).
@@ -226,7 +232,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		// No ReadTimeout/WriteTimeout: a streamed generation may last many minutes.
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ConnState: a.conns.track,
 	}
 	a.goRun("http", func() error {
 		if err := a.http.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
@@ -471,7 +478,8 @@ func (a *App) warmEmbedder(ctx context.Context) {
 //     running job may finish until shortly before the deadline (workerDeadline), else it
 //     goes back to the queue un-acked;
 //  2. end the responses still waiting for a job that will not run now (503, job canceled)
-//     and let the HTTP server finish;
+//     and let the HTTP server finish; at the deadline it is closed, a failure only if a
+//     request was still being answered (httpShutdownError);
 //  3. stop the background components, drain the NATS connection, shut the embedded
 //     server down.
 //
@@ -501,7 +509,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 			}
 		}
 		if err := <-httpDone; err != nil {
-			errs = append(errs, fmt.Errorf("http shutdown: %w", err))
+			if err := a.httpShutdownError(err); err != nil {
+				errs = append(errs, err)
+			}
 			_ = a.http.Close()
 		}
 		if a.cancel != nil {
@@ -523,6 +533,21 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr
+}
+
+// httpShutdownError is the error of an HTTP server's shutdown that ended with err, nil
+// when it ran out of time only for connections holding no request: idle ones, or new ones
+// that have sent no whole request yet (httpConns). Those are closed without a request
+// lost; a request still being answered at the deadline makes the shutdown fail.
+func (a *App) httpShutdownError(err error) error {
+	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("http shutdown: %w", err)
+	}
+	if n := a.conns.active(); n > 0 {
+		return fmt.Errorf("http shutdown: requests still being answered (%d): %w", n, err)
+	}
+	a.log.Info("http shutdown: closing connections that hold no request")
+	return nil
 }
 
 // workerDeadline is the part of a shutdown's deadline the running job may use: a quarter

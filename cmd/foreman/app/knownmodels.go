@@ -82,10 +82,11 @@ func (a *App) rememberModels(ctx context.Context, snap ollama.Snapshot) {
 	defer cancel()
 	if err := a.store.RememberModels(wctx, broker.KnownModels{Name: a.cfg.TargetName, URL: url, Models: models, Aliases: snap.Aliases}); err != nil {
 		if ctx.Err() == nil {
-			a.log.Warn("remember the target's model list", "target", a.cfg.TargetName, "err", err)
+			a.rememberFails.Failed(a.log, "remember the target's model list", err, "target", a.cfg.TargetName)
 		}
 		return
 	}
+	a.rememberFails.Worked(a.log, "remember the target's model list")
 	a.known = knownModels{url: url, models: models, aliases: snap.Aliases, written: now}
 }
 

@@ -56,8 +56,10 @@ func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := a.store.PublishTarget(pctx, t); err != nil && ctx.Err() == nil {
-		a.log.Warn("publish target inventory", "target", t.Name, "err", err)
+	if err := a.store.PublishTarget(pctx, t); err == nil {
+		a.publishFails.Worked(a.log, "publish target inventory")
+	} else if ctx.Err() == nil {
+		a.publishFails.Failed(a.log, "publish target inventory", err, "target", t.Name)
 	}
 	a.targetEndpoints(pctx) // learn the other targets at each poll, not only when a webhook dials
 	a.pruneClients(pctx)

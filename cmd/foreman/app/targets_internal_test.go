@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -175,5 +177,68 @@ func TestOfferedElsewhere(t *testing.T) {
 	a.store = own.Store
 	if a.offeredElsewhere(ctx, "beta") {
 		t.Error("offeredElsewhere on a store of its own: true, want false")
+	}
+}
+
+// syncLog is a log's text, written from several goroutines.
+type syncLog struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+// count is the number of lines with all of parts.
+func (l *syncLog) count(parts ...string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for line := range strings.Lines(l.buf.String()) {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(line, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+// During a NATS outage every poll's writes fail (the target's entry, its model list):
+// each is warned of once (the rest at debug, counted in the next warning 10 s on), and
+// said once to work again when NATS is back.
+func TestPollWritesWarnOncePerWindowDuringAnOutage(t *testing.T) {
+	t.Parallel()
+	o := brokertest.NewOutage(t, nil)
+	var logs syncLog
+	a := &App{cfg: Config{TargetName: "mac-a", OllamaURL: "http://127.0.0.1:1", JobTTL: time.Hour}, store: o.Store,
+		log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	o.Cut(t)
+	for i := range 5 {
+		a.onPoll(ctx, polledSnap(fmt.Sprintf("model-%d", i))) // a new list each time: it is written
+	}
+	for _, msg := range []string{`msg="publish target inventory"`, `msg="remember the target's model list"`} {
+		if n, all := logs.count("level=WARN", msg), logs.count(msg); n != 1 || all != 5 {
+			t.Errorf("%s: %d warnings of %d lines, want 1 of 5", msg, n, all)
+		}
+	}
+	o.Heal(t)
+	for i := 0; logs.count("works again") < 2; i++ {
+		if ctx.Err() != nil {
+			t.Fatalf("no poll's writes worked again after the outage:\n%s", logs.buf.String())
+		}
+		a.onPoll(ctx, polledSnap(fmt.Sprintf("back-%d", i)))
+	}
+	for _, msg := range []string{`msg="publish target inventory: works again"`, `msg="remember the target's model list: works again"`} {
+		if n := logs.count("level=INFO", msg, "failures="); n != 1 {
+			t.Errorf("%s: %d lines, want 1:\n%s", msg, n, logs.buf.String())
+		}
 	}
 }

@@ -1,0 +1,79 @@
+package worker_test
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// countLines counts the lines of logs with all of parts.
+func countLines(logs string, parts ...string) int {
+	n := 0
+	for l := range strings.Lines(logs) {
+		all := true
+		for _, p := range parts {
+			all = all && strings.Contains(l, p)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+// During a NATS outage every pick of the next job fails, retried within the second: the
+// worker warns of each failure once (the same again at debug, counted in the next warning
+// 10 s on), and says once that it picks again when NATS is back.
+func TestNATSOutageWarnsOncePerWindow(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	o := brokertest.NewOutage(t, nil)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tb.startOn(t, o.Store, worker.Config{Logger: log, IdlePoll: 5 * time.Millisecond})
+	defer func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	}()
+	// A job done: the worker is past its start-up sweep, in its loop of picks.
+	ctx := ctxT(t)
+	j, err := o.Store.Submit(ctx, &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}, []byte(chatBody("tiny-a", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 20*time.Second, "the job done", func() bool {
+		got, _, err := o.Store.Get(ctx, j.ID)
+		return err == nil && got.State == broker.StateDone
+	})
+
+	o.Cut(t)
+	eventually(t, 20*time.Second, "five failed picks", func() bool {
+		return countLines(logs.String(), `msg="select next job"`) >= 5
+	})
+	// One warning for each failure: a pick under way as the connection went ends on its
+	// timeout, the later ones at once on the connection cut off.
+	warned := map[string]bool{}
+	for l := range strings.Lines(logs.String()) {
+		if !strings.Contains(l, "level=WARN") || !strings.Contains(l, `msg="select next job"`) {
+			continue
+		}
+		_, failure, _ := strings.Cut(l, " err=")
+		if warned[failure] {
+			t.Fatalf("failure warned of twice within 10 s: %s", failure)
+		}
+		warned[failure] = true
+	}
+	if countLines(logs.String(), "level=DEBUG", `msg="select next job"`) == 0 {
+		t.Fatal("no failed pick left to debug")
+	}
+	o.Heal(t)
+	eventually(t, 20*time.Second, "the picks working again", func() bool {
+		return countLines(logs.String(), "level=INFO", `msg="select next job: works again"`) == 1
+	})
+}
