@@ -105,8 +105,17 @@ func msgSize(m *nats.Msg) int64 {
 }
 
 // receive is the subscription's callback; it never blocks. A message handed over
-// locally before comes a second time from NATS: that echo is dropped.
+// locally before comes a second time from NATS: that echo is dropped. A runner's ping
+// is answered, and is no event.
 func (f *JobFeed) receive(m *nats.Msg) {
+	if isPing(m) {
+		// A runner on another node asks whether this subscription reached its server
+		// (ADR-0072): that it came here says so.
+		if m.Reply != "" {
+			_ = m.Respond(nil)
+		}
+		return
+	}
 	if hold := f.beforeReceive.Load(); hold != nil {
 		(*hold)()
 	}
