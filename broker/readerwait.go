@@ -63,12 +63,14 @@ type readerWait struct {
 // are held for at most Config.ReaderWait from the first one held, then go out all the
 // same (the caller may be gone); a final marker waits for them (Final).
 //
+// gateway is the boot id of the caller's foreman (Job.Gateway): only its feeds answer,
+// a watcher of the job on another foreman proves nothing of the caller's subscription.
 // Call it before the attempt's first message, only for a job whose caller's feed answers
 // pings (Job.FeedPing): a reader that does not would take the ping for a broken stream.
 // It does nothing when a feed of the job is open on this Store: the hand-over of
 // ADR-0035 needs no NATS, and the embedded server's sync calls pay nothing. Close ends
 // the wait.
-func (w *StreamWriter) AwaitReader() {
+func (w *StreamWriter) AwaitReader(gateway string) {
 	if w.wait != nil || w.seq > 0 || len(w.local.feedsOf(w.id)) > 0 {
 		return
 	}
@@ -78,7 +80,7 @@ func (w *StreamWriter) AwaitReader() {
 	w.wait = rw
 	go func() {
 		defer close(rw.done)
-		rw.ping(ctx, w.nc, PingSubject(w.id))
+		rw.ping(ctx, w.nc, PingSubject(w.id), gateway)
 		rw.flush(w.send)
 	}()
 }
@@ -93,13 +95,17 @@ func (w *StreamWriter) Close() {
 	}
 }
 
-// ping asks for a reader on subject until one answers, the wait is given up (past its
-// bound since the first message held) or ctx ends.
-func (rw *readerWait) ping(ctx context.Context, nc *nats.Conn, subject string) {
+// ping asks for a reader on subject, a feed of foreman gateway, until one answers, the
+// wait is given up (past its bound since the first message held) or ctx ends.
+func (rw *readerWait) ping(ctx context.Context, nc *nats.Conn, subject, gateway string) {
 	pause := pingPause
 	for {
+		m := nats.NewMsg(subject)
+		if gateway != "" {
+			m.Header.Set(HeaderGateway, gateway)
+		}
 		tctx, cancel := context.WithTimeout(ctx, pingTry)
-		_, err := nc.RequestMsgWithContext(tctx, nats.NewMsg(subject))
+		_, err := nc.RequestMsgWithContext(tctx, m)
 		cancel()
 		if err == nil || ctx.Err() != nil || rw.expired() {
 			return

@@ -1,8 +1,11 @@
 package broker_test
 
 import (
+	"errors"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -17,7 +20,7 @@ func TestStreamWriterHoldsItsAnswerUntilAReaderIsHeard(t *testing.T) {
 	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ReaderWait = time.Hour }))
 	id := broker.NewID()
 	w := b.Store.RemoteStreamWriter(id) // through NATS, as another process writes it
-	w.AwaitReader()
+	w.AwaitReader(b.Store.BootID())
 	t.Cleanup(w.Close)
 	_ = w.SetContentType("application/x-ndjson")
 	for _, f := range []string{"a\n", "b\n"} {
@@ -69,7 +72,7 @@ func TestStreamWriterGivesUpWaitingForAReader(t *testing.T) {
 			t.Fatal(err)
 		}
 		w := b.Store.RemoteStreamWriter(id)
-		w.AwaitReader()
+		w.AwaitReader(b.Store.BootID())
 		if err := w.Frame([]byte("a")); err != nil {
 			t.Fatal(err)
 		}
@@ -100,7 +103,7 @@ func TestStreamWriterWithALocalFeedDoesNotPing(t *testing.T) {
 	}
 	feed := feedT(t, b, id, broker.FeedConfig{})
 	w := b.Store.StreamWriter(id)
-	w.AwaitReader()
+	w.AwaitReader(b.Store.BootID())
 	t.Cleanup(w.Close)
 	if err := w.Frame([]byte("a")); err != nil {
 		t.Fatal(err)
@@ -117,5 +120,34 @@ func TestStreamWriterWithALocalFeedDoesNotPing(t *testing.T) {
 	}
 	if n, _, _ := pings.Pending(); n != 0 {
 		t.Errorf("%d pings, want none", n)
+	}
+}
+
+// A feed answers the pings for its own foreman's callers, or naming none, and takes none
+// for an event: a watcher of the job on another foreman proves nothing of the caller's
+// subscription.
+func TestFeedAnswersItsForemansPings(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	ping := func(gateway string) error {
+		m := nats.NewMsg(broker.PingSubject(id))
+		if gateway != "" {
+			m.Header.Set(broker.HeaderGateway, gateway)
+		}
+		_, err := b.Conn.RequestMsg(m, 200*time.Millisecond)
+		return err
+	}
+	for _, gw := range []string{b.Store.BootID(), ""} {
+		if err := ping(gw); err != nil {
+			t.Errorf("ping for %q: %v, want an answer", gw, err)
+		}
+	}
+	if err := ping(broker.NewID()); !errors.Is(err, nats.ErrTimeout) {
+		t.Errorf("ping for another foreman's caller: %v, want no answer", err)
+	}
+	if ev, ok := feed.Next(); ok {
+		t.Errorf("event %+v from pings, want none", ev)
 	}
 }

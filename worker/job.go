@@ -186,7 +186,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	if j.Sync && j.FeedPing {
 		// A caller on another foreman: its subscription may not have reached this
 		// foreman's NATS server yet (ADR-0072). Nothing is done for one of this process.
-		r.AwaitReader()
+		r.AwaitReader(j.Gateway)
 	}
 	defer r.Close()
 	working := state == broker.StateWorking
