@@ -43,17 +43,21 @@ func TestSyncCrossNodeAnswerHeldUntilTheCallerIsHeard(t *testing.T) {
 		RetryDelay: 10 * time.Millisecond, IdlePoll: 50 * time.Millisecond})
 
 	ctx := testCtx(t, 4*time.Minute)
-	// A first call makes the queue's consumer, whose leader moves with the others.
-	if r := post(t, ctx, gwC, "/api/chat", chatBody("tiny-a", "hello", "false")); r.Status != http.StatusOK {
-		t.Fatalf("first call: %d %s", r.Status, r.Body)
-	}
-	cl.LeadTo(t, leader)
-
-	for _, c := range []struct{ path, body string }{
+	cases := []struct{ path, body string }{
 		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"tell me"}],"stream":true}`},
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"tell me"}],"stream":true}`},
 		{"/v1/images/generations", `{"model":"pic","prompt":"a lighthouse","size":"512x512"}`},
-	} {
+	}
+	// A first call of each makes its queue's consumer, whose leader moves with the
+	// others: made with the route cut, it might need the meta leader on the caller's node.
+	for _, c := range cases {
+		if r := post(t, ctx, gwC, c.path, []byte(c.body)); r.Status != http.StatusOK {
+			t.Fatalf("first call of %s: %d %s", c.path, r.Status, r.Body)
+		}
+	}
+	cl.LeadTo(t, leader)
+
+	for _, c := range cases {
 		cl.CutRoute(caller, runner)
 		healed := false
 		heal := func() {
@@ -63,15 +67,29 @@ func TestSyncCrossNodeAnswerHeldUntilTheCallerIsHeard(t *testing.T) {
 			}
 		}
 		t.Cleanup(heal)
-		before := len(sent.answers(c.path))
+		before := 0 // the target's calls on the path so far
+		for _, call := range fakeA.Calls() {
+			if call.Path == c.path {
+				before++
+			}
+		}
 		got := make(chan rawResponse, 1)
 		go func() { got <- post(t, ctx, gwC, c.path, []byte(c.body)) }()
-		// The target answered in full while the route was down.
-		if err := fakeA.WaitFinished(ctx, c.path, before+1); err != nil {
-			t.Fatalf("%s: the target's answer: %v", c.path, err)
+		// The target answered in full while the route was down; a call answered before
+		// that is no held answer.
+		finished := make(chan error, 1)
+		go func() { finished <- fakeA.WaitFinished(ctx, c.path, before+1) }()
+		var r rawResponse
+		select {
+		case r = <-got:
+			t.Fatalf("%s: answered before the target finished: %d %s", c.path, r.Status, r.Body)
+		case err := <-finished:
+			if err != nil {
+				t.Fatalf("%s: the target's answer: %v", c.path, err)
+			}
 		}
 		heal()
-		r := <-got
+		r = <-got
 		// The proxy's copy may end a moment after the worker read the answer's last byte.
 		eventually(t, 10*time.Second, c.path+": the recorded answer", func() bool { return len(sent.answers(c.path)) > before })
 		want := sent.answers(c.path)[before]
