@@ -23,11 +23,11 @@ type StreamWriter struct {
 	id          string
 	seq         int
 	contentType string
-	frames      [][]byte // every frame of the attempt, for the result
-	size        int      // their bytes
-	limit       int      // the most size may be (Config.MaxAnswer); 0: no bound
-	readerWait  time.Duration
-	wait        *readerWait // holds the messages until a reader is heard (AwaitReader); nil if not
+	frames      [][]byte      // every frame of the attempt, for the result
+	size        int           // their bytes
+	limit       int           // the most size may be (Config.MaxAnswer); 0: no bound
+	readerWait  time.Duration // the longest messages are held for a reader (Config.ReaderWait)
+	wait        *readerWait   // holds the messages until a reader is heard (AwaitReader); nil if not
 }
 
 // ErrAnswerTooLarge is (wrapped in) the error of a frame that would make an attempt's
@@ -52,7 +52,8 @@ func newStreamWriter(nc *nats.Conn, id string) *StreamWriter {
 // Limit is the most bytes an attempt's answer may have (Config.MaxAnswer); 0: no bound.
 func (w *StreamWriter) Limit() int { return w.limit }
 
-// Published reports whether any frame of this attempt went out.
+// Published reports whether any frame of this attempt went out, or is held to go out
+// once its reader is heard (AwaitReader).
 func (w *StreamWriter) Published() bool { return w.seq > 0 }
 
 // Frames are the frames of this attempt as Frame got them.
