@@ -101,8 +101,13 @@ func (kv *lostCreateKV) Create(ctx context.Context, key string, value []byte, op
 }
 
 // RemoteStreamWriter is the writer of job id's answer as a worker of another process has
-// it: its messages reach this Store's feeds through NATS only.
-func (s *Store) RemoteStreamWriter(id string) *StreamWriter { return newStreamWriter(s.nc, id) }
+// it: its messages reach this Store's feeds through NATS only. It waits for a reader
+// (AwaitReader) as long as this Store's Config.ReaderWait.
+func (s *Store) RemoteStreamWriter(id string) *StreamWriter {
+	w := newStreamWriter(s.nc, id)
+	w.readerWait = s.cfg.ReaderWait
+	return w
+}
 
 // HoldNATS makes the feed's NATS callback run hold before it takes its first message;
 // undo stops it for later messages.

@@ -202,8 +202,13 @@ type Job struct {
 	Sync bool `json:"sync,omitempty"`
 	// Gateway is the boot id (Config.BootID) of the foreman whose gateway took a sync
 	// job's call: the caller's connection lives and dies with that process.
-	Gateway string   `json:"gateway,omitempty"`
-	Webhook *Webhook `json:"webhook,omitempty"`
+	Gateway string `json:"gateway,omitempty"`
+	// FeedPing marks a sync job whose caller's feed answers a ping on
+	// foreman.job.<id>.ping: a runner on another foreman holds the answer until its NATS
+	// server knows of that feed (StreamWriter.AwaitReader, ADR-0072). A record from a
+	// foreman before it lacks it: its feed would take the ping for a broken stream.
+	FeedPing bool     `json:"feed_ping,omitempty"`
+	Webhook  *Webhook `json:"webhook,omitempty"`
 	// BodyRef names the object holding a request body too large for a queue message.
 	BodyRef string `json:"body_ref,omitempty"`
 	// CancelRequested is the reason given to Store.Cancel for a job that was running

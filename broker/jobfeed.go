@@ -47,6 +47,7 @@ type JobFeed struct {
 
 	id    string
 	local *localFeeds // where it is registered for local delivery; nil if not
+	boot  string      // the boot id of its Store's foreman: the pings it answers (ADR-0072)
 
 	mu         sync.Mutex
 	queue      []*nats.Msg
@@ -67,7 +68,7 @@ type JobFeed struct {
 // A StreamWriter of the same Store hands the feed its messages directly, ahead of NATS
 // (ADR-0035): the copy that comes from NATS after is dropped as an echo.
 func (s *Store) Feed(id string, cfg FeedConfig) (*JobFeed, error) {
-	f, err := subscribeFeed(s.nc, id, cfg)
+	f, err := subscribeFeed(s.nc, id, s.cfg.BootID, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -79,8 +80,8 @@ func (s *Store) Feed(id string, cfg FeedConfig) (*JobFeed, error) {
 // subscribeFeed takes job id's stream and state subjects with ONE wildcard subscription:
 // a single subscription keeps the connection's order between the two, and the worker
 // contract relies on it (the final stream marker comes before the terminal state event).
-func subscribeFeed(nc *nats.Conn, id string, cfg FeedConfig) (*JobFeed, error) {
-	f := &JobFeed{wake: make(chan struct{}, 1), over: make(chan struct{}), cfg: cfg}
+func subscribeFeed(nc *nats.Conn, id, boot string, cfg FeedConfig) (*JobFeed, error) {
+	f := &JobFeed{wake: make(chan struct{}, 1), over: make(chan struct{}), cfg: cfg, boot: boot}
 	sub, err := nc.Subscribe(jobWildcard(id), f.receive)
 	if err != nil {
 		return nil, err
@@ -105,8 +106,18 @@ func msgSize(m *nats.Msg) int64 {
 }
 
 // receive is the subscription's callback; it never blocks. A message handed over
-// locally before comes a second time from NATS: that echo is dropped.
+// locally before comes a second time from NATS: that echo is dropped. A runner's ping
+// is answered, and is no event.
 func (f *JobFeed) receive(m *nats.Msg) {
+	if isPing(m) {
+		// A runner on another node asks whether this subscription reached its server
+		// (ADR-0072): that it came here says so. Only the caller's foreman answers: a
+		// watcher elsewhere proves nothing of the caller's subscription.
+		if gw := m.Header.Get(HeaderGateway); m.Reply != "" && (gw == "" || gw == f.boot) {
+			_ = m.Respond(nil)
+		}
+		return
+	}
 	if hold := f.beforeReceive.Load(); hold != nil {
 		(*hold)()
 	}

@@ -65,6 +65,11 @@ type Config struct {
 	// beyond it are refused (ErrAnswerTooLarge). Default 64 MiB, the bound of a
 	// non-streamed answer (ollama.MaxFrameSize).
 	MaxAnswer int
+	// ReaderWait bounds how long the answer of a sync job whose caller waits on another
+	// foreman is held, from its first message, for want of word that the caller's
+	// subscription reached this foreman's NATS server (StreamWriter.AwaitReader,
+	// ADR-0072); past it the answer goes out all the same. Default 5s.
+	ReaderWait time.Duration
 	// WriteFault, when set, reports a fault of the store's own server that keeps it from
 	// storing the job records, the queue or the artifacts until it is restarted (the
 	// embedded server: a stream whose write failed, as on a full disk, stores nothing
@@ -119,6 +124,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetryWindow <= 0 {
 		c.RetryWindow = defaultRetryWindow
+	}
+	if c.ReaderWait <= 0 {
+		c.ReaderWait = defaultReaderWait
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -6,6 +6,7 @@ import (
 	"mime"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -22,9 +23,11 @@ type StreamWriter struct {
 	id          string
 	seq         int
 	contentType string
-	frames      [][]byte // every frame of the attempt, for the result
-	size        int      // their bytes
-	limit       int      // the most size may be (Config.MaxAnswer); 0: no bound
+	frames      [][]byte      // every frame of the attempt, for the result
+	size        int           // their bytes
+	limit       int           // the most size may be (Config.MaxAnswer); 0: no bound
+	readerWait  time.Duration // the longest messages are held for a reader (Config.ReaderWait)
+	wait        *readerWait   // holds the messages until a reader is heard (AwaitReader); nil if not
 }
 
 // ErrAnswerTooLarge is (wrapped in) the error of a frame that would make an attempt's
@@ -38,18 +41,19 @@ const maxContentType = 256
 // StreamWriter returns the writer of job id's answer, numbering from 1.
 func (s *Store) StreamWriter(id string) *StreamWriter {
 	w := newStreamWriter(s.nc, id)
-	w.local, w.id, w.limit = &s.feeds, id, s.cfg.MaxAnswer
+	w.local, w.limit, w.readerWait = &s.feeds, s.cfg.MaxAnswer, s.cfg.ReaderWait
 	return w
 }
 
 func newStreamWriter(nc *nats.Conn, id string) *StreamWriter {
-	return &StreamWriter{nc: nc, subject: StreamSubject(id)}
+	return &StreamWriter{nc: nc, subject: StreamSubject(id), id: id}
 }
 
 // Limit is the most bytes an attempt's answer may have (Config.MaxAnswer); 0: no bound.
 func (w *StreamWriter) Limit() int { return w.limit }
 
-// Published reports whether any frame of this attempt went out.
+// Published reports whether any frame of this attempt went out, or is held to go out
+// once its reader is heard (AwaitReader).
 func (w *StreamWriter) Published() bool { return w.seq > 0 }
 
 // Frames are the frames of this attempt as Frame got them.
@@ -127,6 +131,13 @@ func framePieces(f []byte, limit int) [][]byte {
 const frameHeadroom = 16 << 10
 
 func (w *StreamWriter) publish(data []byte, hdr func(nats.Header)) error {
+	_, err := w.publishMsg(data, hdr)
+	return err
+}
+
+// publishMsg numbers and publishes one message, or has it held while the writer waits
+// for a reader (AwaitReader): held reports that.
+func (w *StreamWriter) publishMsg(data []byte, hdr func(nats.Header)) (held bool, err error) {
 	w.seq++
 	m := nats.NewMsg(w.subject)
 	m.Header.Set(HeaderSeq, strconv.Itoa(w.seq))
@@ -134,6 +145,16 @@ func (w *StreamWriter) publish(data []byte, hdr func(nats.Header)) error {
 		hdr(m.Header)
 	}
 	m.Data = data
+	if w.wait != nil {
+		if held, err := w.wait.hold(m); held || err != nil {
+			return held, err
+		}
+	}
+	return false, w.send(m)
+}
+
+// send publishes m, numbered, and hands it to this process's feeds of the job.
+func (w *StreamWriter) send(m *nats.Msg) error {
 	// A feed of this process gets the message directly once it is published; told of it
 	// before, it knows the copy from NATS for the echo it is, whichever comes first. A
 	// message that could not be published reaches nobody: an attempt retried after it
@@ -155,9 +176,13 @@ func (w *StreamWriter) publish(data []byte, hdr func(nats.Header)) error {
 }
 
 // Final publishes the end-of-stream marker: the job ended in state (done, failed or
-// canceled) with errMsg; status is the target's HTTP status, 0 if none.
+// canceled) with errMsg; status is the target's HTTP status, 0 if none. While the writer
+// waits for a reader (AwaitReader), the marker waits with the messages before it, up to
+// Config.ReaderWait: the terminal state written after it must not reach the caller ahead
+// of them. A canceled job's does not wait: its caller is most often the one that left,
+// and one still there learns of the cancel from the record.
 func (w *StreamWriter) Final(state State, errMsg string, status int) error {
-	return w.publish(nil, func(h nats.Header) {
+	held, err := w.publishMsg(nil, func(h nats.Header) {
 		h.Set(HeaderFinal, string(state))
 		if errMsg != "" {
 			h.Set(HeaderError, errMsg)
@@ -166,6 +191,13 @@ func (w *StreamWriter) Final(state State, errMsg string, status int) error {
 			h.Set(HeaderStatus, strconv.Itoa(status))
 		}
 	})
+	if !held {
+		return err
+	}
+	if state == StateCanceled {
+		w.wait.cancel()
+	}
+	return w.wait.outcome()
 }
 
 // Reset starts a new attempt's numbering (a retried async job streams again from 1).

@@ -74,11 +74,11 @@ func TestSyncCrossNodeFramesLostAnsweredFromResult(t *testing.T) {
 	}
 }
 
-// startClusterGateway serves a gateway on st in front of a fake Ollama of its own, with
-// no worker: its jobs run elsewhere. It returns the gateway's base URL.
-func startClusterGateway(t *testing.T, st *broker.Store) string {
+// startClusterGateway serves a gateway on st in front of a fake Ollama of its own (made
+// with opts), with no worker: its jobs run elsewhere. It returns the gateway's base URL.
+func startClusterGateway(t *testing.T, st *broker.Store, opts ...ollamatest.Option) string {
 	t.Helper()
-	fake := ollamatest.New(t)
+	fake := ollamatest.New(t, opts...)
 	client, inv := clusterTarget(t, fake.URL)
 	gw, err := New(Config{Store: st, Target: client, TargetURL: fake.URL, Inventory: inv,
 		WebhookPolicy: loopbackWebhooks(t, fake.URL), SyncOutageWait: 400 * time.Millisecond})

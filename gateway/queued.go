@@ -183,6 +183,7 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 		return
 	}
 	job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID(),
+		FeedPing: true, // runSync opens the job's feed before it submits the job (ADR-0072)
 		Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
 	body = s.bodyFor(body, inf.model, model)
 	s.traced(job.ID, traceIn, in)

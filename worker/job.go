@@ -183,6 +183,12 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	} else {
 		r = w.store.StreamWriter(d.JobID)
 	}
+	if j.Sync && j.FeedPing {
+		// A caller on another foreman: its subscription may not have reached this
+		// foreman's NATS server yet (ADR-0072). Nothing is done for one of this process.
+		r.AwaitReader(j.Gateway)
+	}
+	defer r.Close()
 	working := state == broker.StateWorking
 	frame := func(f []byte) error {
 		// Nothing reaches a client before the job is on disk: its record and queue message
