@@ -72,6 +72,24 @@ func section(dom, id, end string) string {
 	return rest
 }
 
+// queueLists is GET /queue's total and its lists of other Macs' jobs.
+func queueLists(t *testing.T, base string) (q struct {
+	Total            int               `json:"total"`
+	WaitingElsewhere []json.RawMessage `json:"waiting_elsewhere"`
+	RunningElsewhere []json.RawMessage `json:"running_elsewhere"`
+}) {
+	t.Helper()
+	resp, err := http.Get(base + "/queue")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(resp.Body).Decode(&q); err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
 // queueTotal is GET /queue's total.
 func queueTotal(t *testing.T, base string) int {
 	t.Helper()
@@ -298,7 +316,8 @@ func TestStatusPageWithALongBacklogInBrowser(t *testing.T) {
 
 // With two foremen on one NATS, the status page of the foreman whose worker is idle
 // shows the job the other Mac runs as running there, not as waiting at position 1, and
-// the job behind it at position 1.
+// the job behind it, of a model its own Mac lacks, as waiting for another Mac, with no
+// position (ADR-0073).
 func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
 	browser := findBrowser(t)
 	t.Parallel()
@@ -340,7 +359,10 @@ func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
 	waitFor(t, "job "+running+" to run", func() bool { s := getJob(t, b.Addr(), running).State; return s == "loading" || s == "working" })
 
 	base := "http://" + b.Addr()
-	waitFor(t, "mac B's queue to hold one waiting job", func() bool { return queueTotal(t, base) == 1 })
+	waitFor(t, "mac B's queue to hold one job waiting for another Mac", func() bool {
+		q := queueLists(t, base)
+		return q.Total == 0 && len(q.WaitingElsewhere) == 1 && len(q.RunningElsewhere) == 1
+	})
 	dom := headless(t, browser, base+"/ui/", 3*time.Second)
 	if box := section(dom, "elsewhere", "</ul>"); !strings.Contains(box, `data-job-id="`+running+`"`) || strings.Contains(box, "hidden") {
 		t.Errorf("job %s is not shown running on another Mac:\n%s", running, box)
@@ -348,8 +370,8 @@ func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
 		t.Errorf("job %s is not shown running on mac-a, its foreman there:\n%s", running, box)
 	}
 	rows := section(dom, "queue-rows", "</tbody>")
-	if strings.Contains(rows, running) || !regexp.MustCompile(`data-job-id="`+waiting+`" class="queued-job"><td>1</td>`).MatchString(rows) {
-		t.Errorf("the queue should hold %s alone, at position 1:\n%s", waiting, rows)
+	if strings.Contains(rows, running) || !regexp.MustCompile(`data-job-id="`+waiting+`" class="queued-job"><td>–</td><td>–</td>.*?for another Mac: not run here`).MatchString(rows) {
+		t.Errorf("the queue should hold %s alone, waiting for another Mac:\n%s", waiting, rows)
 	}
 
 	// The waiting job's record made to say a third foreman runs it, one whose presence is
@@ -370,7 +392,10 @@ func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "mac B's queue to show "+waiting+" on a Mac whose foreman is gone", func() bool { return queueTotal(t, base) == 0 })
+	waitFor(t, "mac B's queue to show "+waiting+" on a Mac whose foreman is gone", func() bool {
+		q := queueLists(t, base)
+		return len(q.WaitingElsewhere) == 0 && len(q.RunningElsewhere) == 2
+	})
 	dom = headless(t, browser, base+"/ui/", 3*time.Second)
 	if box := section(dom, "elsewhere", "</ul>"); !regexp.MustCompile(`data-job-id="` + waiting + `"[^>]*><span class="muted">on mac-c: </span>.*?<span class="warn" data-field="runner-gone">`).MatchString(box) {
 		t.Errorf("job %s is not shown on mac-c with its foreman gone:\n%s", waiting, box)
