@@ -41,7 +41,9 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 		}
 		return false, fmt.Errorf("broker: refresh %s: %w", id, err)
 	}
-	if s.ServerNow().Sub(e.Created()) < age {
+	// Age 0 (Requeue) always rewrites: ServerNow, the server's clock as last read and
+	// carried on by this host's, may trail a stamp the server made a moment ago.
+	if age > 0 && s.ServerNow().Sub(e.Created()) < age {
 		return false, nil
 	}
 	j, err := DecodeJob(e.Value())
