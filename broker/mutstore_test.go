@@ -752,3 +752,36 @@ func TestResubmitOfAQueuedJobIntoAFullQueueFails(t *testing.T) {
 		t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
 	}
 }
+
+// CancelQueued cancels a waiting job (queued or retrying) and leaves one that started to
+// run: its record unchanged, no cancel requested.
+func TestCancelQueuedOnlyCancelsAWaitingJob(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	queued := submit(t, b.Store, "m", `{}`)
+	if got, err := b.Store.CancelQueued(ctx, queued.ID, "stopping"); err != nil || got.State != broker.StateCanceled || got.Error != "stopping" {
+		t.Fatalf("queued job: %+v %v, want canceled", got, err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 0 {
+		t.Fatalf("queue holds %d messages (%v) after the cancel, want none", n, err)
+	}
+	running := submit(t, b.Store, "m", `{}`)
+	_, rev, err := b.Store.Modify(ctx, running.ID, func(j *broker.Job) error {
+		j.State, j.Attempt = broker.StateWorking, 1
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.CancelQueued(ctx, running.ID, "stopping"); !errors.Is(err, broker.ErrStarted) {
+		t.Fatalf("running job: %v, want ErrStarted", err)
+	}
+	got, after, err := b.Store.Get(ctx, running.ID)
+	if err != nil || after != rev || got.State != broker.StateWorking || got.CancelRequested != "" {
+		t.Fatalf("running job after CancelQueued: %+v at revision %d (was %d), %v: want it untouched", got, after, rev, err)
+	}
+	if _, err := b.Store.CancelQueued(ctx, queued.ID, "again"); !errors.Is(err, broker.ErrTerminal) {
+		t.Fatalf("canceled job: %v, want ErrTerminal", err)
+	}
+}

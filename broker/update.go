@@ -186,8 +186,25 @@ func (s *Store) Cancel(ctx context.Context, id, reason string) (*Job, error) {
 	return s.cancel(ctx, id, reason, s.removeQueued)
 }
 
+// ErrStarted is the error of CancelQueued for a job that has started (loading or
+// working): it is left to run.
+var ErrStarted = errors.New("broker: job started")
+
+// CancelQueued cancels job id as Cancel does, but only while it waits (queued, or
+// retrying between attempts): one that has started gives ErrStarted and runs on, one
+// that ended ErrTerminal. The record's revision decides a race with a worker's start
+// write: the one written second fails.
+func (s *Store) CancelQueued(ctx context.Context, id, reason string) (*Job, error) {
+	return s.cancelIf(ctx, id, reason, true, s.removeQueued)
+}
+
 // cancel is Cancel with the way a queued job's message leaves the queue.
 func (s *Store) cancel(ctx context.Context, id, reason string, remove func(context.Context, *Job) error) (*Job, error) {
+	return s.cancelIf(ctx, id, reason, false, remove)
+}
+
+// cancelIf is cancel, of a job that waits only when queuedOnly.
+func (s *Store) cancelIf(ctx context.Context, id, reason string, queuedOnly bool, remove func(context.Context, *Job) error) (*Job, error) {
 	var prev State
 	var unchanged *Job
 	j, _, err := s.Modify(ctx, id, func(j *Job) error {
@@ -196,6 +213,9 @@ func (s *Store) cancel(ctx context.Context, id, reason string, remove func(conte
 		case StateDone, StateFailed, StateCanceled:
 			return fmt.Errorf("%w: job %s is %s", ErrTerminal, j.ID, j.State)
 		case StateLoading, StateWorking:
+			if queuedOnly {
+				return fmt.Errorf("%w: job %s is %s", ErrStarted, j.ID, j.State)
+			}
 			if j.CancelRequested != "" {
 				unchanged = j
 				return errUnchanged

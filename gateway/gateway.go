@@ -235,6 +235,10 @@ type Server struct {
 	// ending is closed by AnswerWaiting: responses still waiting for a job end then.
 	ending    chan struct{}
 	endingOne sync.Once
+	// stopping is closed by Stopping, as foreman begins to stop: on a store of its own,
+	// responses whose job has not started end then (syncResponse.stopping).
+	stopping    chan struct{}
+	stoppingOne sync.Once
 
 	// models bounds the model labels of the metrics; jobMetrics are the job counters
 	// (metrics_jobs.go).
@@ -255,7 +259,7 @@ func New(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), models: &modelLabels{},
+	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), stopping: make(chan struct{}), models: &modelLabels{},
 		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}, artifactReads: make(chan struct{}, cfg.artifactReads)}
 	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
 	s.jobMetrics = newJobMetrics(s.models, cfg.Store.WroteState)

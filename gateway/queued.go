@@ -348,6 +348,8 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 		outage: &outageWatch{s: s, job: job, wait: s.cfg.SyncOutageWait},
 	}
 	switch sr.run(r.Context(), feed) {
+	case outcomeCanceled:
+		// Canceled already (syncResponse.stopping).
 	case outcomeClientGone:
 		s.cancelAbandoned(job, "client disconnected", log)
 	case outcomeShutdown:
@@ -388,6 +390,16 @@ func (s *Server) cancelAbandoned(job *broker.Job, reason string, log *slog.Logge
 	default:
 		log.Warn("cancel abandoned job", "err", err)
 	}
+}
+
+// Stopping tells the gateway that foreman begins to stop, before its worker stops. On a
+// store of its own (the embedded NATS server) no other foreman's worker could run a sync
+// job that has not started, and this one takes no job any more: its client is answered
+// 503 at once and the job canceled, instead of waiting for the running job to finish
+// and AnswerWaiting. On a shared NATS another Mac may still run it before this foreman
+// has stopped, and it waits for AnswerWaiting. Safe to call twice.
+func (s *Server) Stopping() {
+	s.stoppingOne.Do(func() { close(s.stopping) })
 }
 
 // AnswerWaiting answers every client still waiting for its sync job: call it once the

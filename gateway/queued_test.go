@@ -651,6 +651,66 @@ func TestAnswerWaitingAnswersWaitingClients(t *testing.T) {
 	}
 }
 
+// On a store of its own (the embedded server), a sync client whose job has not started
+// is answered 503 as soon as foreman begins to stop (Stopping), before its worker has
+// stopped: no other worker could run the job. Its job is canceled as never run.
+func TestStoppingAnswersAWaitingClientOnAStoreOfItsOwn(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withBroker(brokertest.WithStore(func(c *broker.Config) { c.Exclusive = true }))) // no worker: the job stays queued
+	ctx := testCtx(t, 30*time.Second)
+	states := watchStates(t, b.Broker.Conn)
+	res := make(chan rawResponse, 1)
+	go func() { res <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "waiting", "")) }()
+	var id string
+	for j := range states {
+		if j.State == broker.StateQueued {
+			id = j.ID
+			break
+		}
+	}
+	b.GW.Stopping()
+	got := <-res
+	if got.Status != http.StatusServiceUnavailable || !strings.Contains(errorBody(t, got.Body), "shutting down") {
+		t.Fatalf("waiting client got %d %s, want 503 shutting down", got.Status, got.Body)
+	}
+	j, _, err := b.Broker.Store.Get(ctx, id)
+	if err != nil || j.State != broker.StateCanceled || j.Error != "foreman shut down before the job ran" || j.Attempt != 0 {
+		t.Fatalf("job after Stopping: %+v %v, want canceled as never run", j, err)
+	}
+	if n, _ := b.Broker.Store.QueueLen(ctx); n != 0 {
+		t.Fatalf("queue still holds %d jobs", n)
+	}
+}
+
+// On a shared NATS, Stopping leaves a waiting sync client be: another foreman's worker
+// may run its job before this foreman has stopped, and the client then gets its answer.
+func TestStoppingLeavesAWaitingClientOnASharedNATS(t *testing.T) {
+	t.Parallel()
+	var w *worker.Worker
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		var err error
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}))
+	ctx := testCtx(t, 30*time.Second)
+	states := watchStates(t, b.Broker.Conn)
+	res := make(chan rawResponse, 1)
+	go func() { res <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "waiting", "false")) }()
+	for j := range states {
+		if j.State == broker.StateQueued {
+			break
+		}
+	}
+	b.GW.Stopping()
+	runUntilCleanup(t, "worker", w.Run) // the other foreman's worker, say
+	got := <-res
+	if got.Status != http.StatusOK || !strings.Contains(string(got.Body), `"done":true`) {
+		t.Fatalf("waiting client got %d %s, want its answer", got.Status, got.Body)
+	}
+}
+
 // At shutdown, a sync job the stopping worker cut off mid-stream is canceled as one that
 // ran: its reason says so and its attempt counts. Its client, which had part of the
 // answer, gets an error line.

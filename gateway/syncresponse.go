@@ -30,6 +30,7 @@ const (
 	outcomeError                     // the client got an error (status or in-stream)
 	outcomeClientGone                // the client left; the job is to be canceled
 	outcomeShutdown                  // foreman is stopping before the job ended; the job is to be canceled
+	outcomeCanceled                  // foreman is stopping before the job started, and canceled it
 	outcomeCutOff                    // the client read too slowly and was cut off; the job runs on
 )
 
@@ -76,6 +77,10 @@ type syncResponse struct {
 func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
 	tick := time.NewTicker(sr.checkEvery)
 	defer tick.Stop()
+	stopping := sr.s.stopping
+	if !sr.s.store.Config().Exclusive {
+		stopping = nil // another Mac may run the job before this foreman has stopped
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -83,6 +88,12 @@ func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
 		case <-sr.s.ending:
 			sr.fail(refuse(ErrUnavailable, "foreman is shutting down; the job was canceled, retry later"))
 			return outcomeShutdown
+		case <-stopping:
+			stopping = nil
+			if sr.stopping() {
+				sr.fail(refuse(ErrUnavailable, "foreman is shutting down; the job was canceled, retry later"))
+				return outcomeCanceled
+			}
 		case <-feed.Overflow():
 			return sr.cutOff(fmt.Sprintf("more than %d bytes of the answer waited for the client", sr.s.cfg.StreamBuffer))
 		case <-feed.Ready():
@@ -107,6 +118,29 @@ func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
 			}
 		}
 	}
+}
+
+// stopping cancels the job as foreman begins to stop, if nothing of it reached the
+// client and it has not started (Store.CancelQueued), and reports whether it did: the
+// stopping worker takes no job, and no other does on a store of its own. A job that
+// started (or was called early, ADR-0034, and so sent a frame) runs on, and the response
+// with it, until the job ends or AnswerWaiting.
+func (sr *syncResponse) stopping() bool {
+	if sr.frames > 0 || sr.started {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := sr.s.store.CancelQueued(ctx, sr.job.ID, "foreman shut down before the job ran")
+	switch {
+	case err == nil:
+		sr.log.Info("job canceled", "reason", "foreman shut down before the job ran")
+		return true
+	case errors.Is(err, broker.ErrStarted), errors.Is(err, broker.ErrTerminal):
+	default:
+		sr.log.Warn("cancel a waiting job at shutdown", "err", err)
+	}
+	return false
 }
 
 // handle processes one event; end reports that the response is over.

@@ -123,3 +123,68 @@ func TestShutdownFailsForARequestStillBeingAnswered(t *testing.T) {
 		t.Fatalf("shutdown with a request unanswered: %v, want it named", err)
 	}
 }
+
+// On the embedded NATS server a sync caller whose job has not started is answered 503 as
+// soon as a shutdown begins, its job canceled as never run: no other foreman could run
+// it, and the stopping worker takes no job. It waited for the running job to finish (up
+// to the deadline less a quarter) before. The running job's caller gets its answer.
+func TestShutdownAnswersAWaitingSyncCallerAtOnce(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, nil)
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+	release := fake.Hold("tiny-a")
+	defer release()
+	type answer struct {
+		status int
+		id     string
+		body   string
+		err    error
+	}
+	call := func(content string) <-chan answer {
+		ch := make(chan answer, 1)
+		go func() {
+			resp, err := http.Post("http://"+a.Addr()+"/api/chat", "application/json",
+				strings.NewReader(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"`+content+`"}]}`))
+			if err != nil {
+				ch <- answer{err: err}
+				return
+			}
+			defer resp.Body.Close()
+			b, err := io.ReadAll(resp.Body)
+			ch <- answer{status: resp.StatusCode, id: resp.Header.Get("X-Foreman-Job-Id"), body: string(b), err: err}
+		}()
+		return ch
+	}
+	running := call("first")
+	if err := fake.WaitStarted(context.Background(), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	waiting := call("second")
+	waitFor(t, "the second job queued", func() bool { return queueTotal(t, "http://"+a.Addr()) == 1 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.Shutdown(ctx) }()
+	var got answer
+	select {
+	case got = <-waiting:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the waiting caller got no answer while the running job ran")
+	}
+	if got.err != nil || got.status != http.StatusServiceUnavailable || !strings.Contains(got.body, "shutting down") {
+		t.Fatalf("waiting caller: %d %q %v, want 503 shutting down", got.status, got.body, got.err)
+	}
+	j, _, err := a.Store().Get(context.Background(), got.id)
+	if err != nil || j.State != "canceled" || j.Error != "foreman shut down before the job ran" || j.Attempt != 0 {
+		t.Errorf("waiting caller's job %s: %+v %v, want canceled as never run", got.id, j, err)
+	}
+	release()
+	if r := <-running; r.err != nil || r.status != http.StatusOK || !strings.Contains(r.body, `"done":true`) {
+		t.Errorf("running caller: %d %q %v, want its answer", r.status, r.body, r.err)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("shutdown: %v", err)
+	}
+}

@@ -496,6 +496,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 			}
 			httpDone <- nil
 		}
+		if a.gw != nil {
+			a.gw.Stopping() // on a store of its own, sync callers whose job waits are answered now
+		}
 		if a.worker != nil {
 			wctx, cancel := workerDeadline(ctx)
 			if err := a.worker.Stop(wctx); err != nil {
