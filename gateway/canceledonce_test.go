@@ -66,3 +66,44 @@ func TestClientGoneRunningJobCanceledLoggedOnce(t *testing.T) {
 		t.Fatalf("job canceled lines %q, want one, the worker's, with its attempt and reason\n%s", canceled, logs.String())
 	}
 }
+
+// DELETE /jobs/{id} of a running job logs "job canceled" once too: the worker's line, with
+// its attempt and the reason; the handler logs only that it asked.
+func TestDeleteRunningJobCanceledLoggedOnce(t *testing.T) {
+	t.Parallel()
+	var logs syncBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	b := newQueuedBundle(t, func(c *worker.Config) { c.Logger = log }, withGateway(func(c *Config) { c.Logger = log }))
+	ctx := testCtx(t, 30*time.Second)
+	release := b.Fake.Hold("tiny-a")
+	defer release()
+	id := jobsSubmit(t, b.testBundle, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+	if err := b.Fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	waitRecord(t, ctx, b.Broker.Store, id, func(j *broker.Job) bool {
+		return j.State == broker.StateLoading || j.State == broker.StateWorking
+	})
+	if resp, raw := b.request(t, http.MethodDelete, "/jobs/"+id, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("DELETE /jobs/%s: %d %s", id, resp.StatusCode, raw)
+	}
+	lines := func() (out []string) {
+		for l := range strings.Lines(logs.String()) {
+			if strings.Contains(l, `msg="job canceled"`) && strings.Contains(l, "job_id="+id) {
+				out = append(out, l)
+			}
+		}
+		return out
+	}
+	eventually(t, 10*time.Second, "the worker's job canceled line", func() bool {
+		for _, l := range lines() {
+			if strings.Contains(l, "attempt=1") {
+				return true
+			}
+		}
+		return false
+	})
+	if got := lines(); len(got) != 1 || !strings.Contains(got[0], `reason="canceled by DELETE /jobs"`) {
+		t.Fatalf("job canceled lines %q, want one, the worker's, with its reason\n%s", got, logs.String())
+	}
+}

@@ -129,13 +129,16 @@ func (s *Server) handleCancelJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	log := s.log.With("job_id", j.ID, "model", j.Model)
-	if !j.State.Terminal() {
+	running := !j.State.Terminal()
+	if running {
 		log.Info("job cancel requested; waiting for the worker to end it")
 		j = s.awaitEnd(r.Context(), j, log)
 	}
 	switch j.State {
 	case broker.StateCanceled:
-		log.Info("job canceled")
+		if !running { // a running job's end is the worker's line, with its attempt
+			log.Info("job canceled")
+		}
 		writeJSON(w, http.StatusOK, s.jobView(r.Context(), j, false))
 	case broker.StateDone, broker.StateFailed:
 		s.writeError(w, r, fmt.Errorf("%w: job %s ended %s before the cancel took effect", broker.ErrTerminal, j.ID, j.State))

@@ -462,13 +462,19 @@ func (ow *outageWatch) over(ctx context.Context, j *broker.Job, answered bool, l
 	reason := fmt.Sprintf("ollama unreachable for %s (FOREMAN_SYNC_OUTAGE_WAIT is %s)", roundDuration(now.Sub(since)), ow.wait)
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	if _, err := ow.s.store.Cancel(cctx, ow.job.ID, reason); err != nil {
+	j, err := ow.s.store.Cancel(cctx, ow.job.ID, reason)
+	if err != nil {
 		if !errors.Is(err, broker.ErrTerminal) {
 			log.Warn("cancel job waiting out an outage", "err", err)
 		}
 		return nil // it ended meanwhile (its end is on its way), or the next check tries again
 	}
-	log.Info("job canceled", "reason", reason, "cause", o.cause)
+	if j.State == broker.StateCanceled {
+		log.Info("job canceled", "reason", reason, "cause", o.cause)
+	} else {
+		// Running: the worker ends it and logs "job canceled" then, with its attempt.
+		log.Info("job cancel requested", "reason", reason, "cause", o.cause)
+	}
 	return refuse(ErrBadUpstream, fmt.Sprintf("ollama was unreachable for %s while the call waited (%s); "+
 		"the job was canceled: retry later, or queue the work with POST /jobs", roundDuration(now.Sub(since)), o.cause))
 }

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -167,7 +168,11 @@ func hangAll(b *testBundle) {
 // work waits.
 func TestSyncCallGivesUpOnAHungTarget(t *testing.T) {
 	t.Parallel()
-	opt, start := withOutageWait(t, time.Second)
+	var logs syncBuffer // the gateway's lines
+	opt, start := withWorker(t, func(c *Config) {
+		c.SyncOutageWait = time.Second
+		c.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
 	b := newTestBundle(t, opt, withPolling(100*time.Millisecond),
 		withInventory(func(c *ollama.InventoryConfig) { c.PollTimeout = 300 * time.Millisecond }))
 	eventually(t, 10*time.Second, "the first poll", func() bool { return b.Inv.Snapshot().Polled })
@@ -221,6 +226,11 @@ func TestSyncCallGivesUpOnAHungTarget(t *testing.T) {
 		if v := jobsGet(t, b, a.job); !strings.Contains(v.Error, "FOREMAN_SYNC_OUTAGE_WAIT") {
 			t.Errorf("job %s: %s %q, want canceled naming FOREMAN_SYNC_OUTAGE_WAIT", a.job, v.State, v.Error)
 		}
+	}
+	// The queued job's cancel ended it: the gateway says so. The running one's only asked
+	// the worker to end it, which logs "job canceled" itself, with its attempt.
+	if n, m := strings.Count(logs.String(), `msg="job canceled"`), strings.Count(logs.String(), `msg="job cancel requested"`); n != 1 || m != 1 {
+		t.Errorf("gateway logged job canceled %d times and job cancel requested %d times, want once each:\n%s", n, m, logs.String())
 	}
 	batch := jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"whenever"}]}`)
 	resp, out := b.request(t, http.MethodPost, "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"again"}]}`))
