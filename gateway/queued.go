@@ -340,7 +340,7 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 	sr := &syncResponse{
 		s: s, w: w, r: r, rc: rc,
 		job: job, stream: stream, log: log,
-		checkEvery: s.syncCheckEvery(),
+		checkEvery: s.syncCheckEvery(), finalGrace: finalGrace,
 		check: func(ctx context.Context) (*broker.Job, error) {
 			j, _, err := s.store.Get(ctx, job.ID)
 			return j, err

@@ -61,6 +61,10 @@ type syncResponse struct {
 	checkEvery time.Duration
 	check      func(ctx context.Context) (*broker.Job, error)
 	outage     *outageWatch // nil: the response waits out any outage
+	// finalGrace is how long a terminal state event of a job that ran waits for the
+	// final marker (finalGrace, the constant, unless a test's).
+	finalGrace time.Duration
+	endedJob   *broker.Job // the terminal record that came ahead of the final marker
 
 	frames   int    // frames written or held so far
 	started  bool   // status and headers are written
@@ -78,13 +82,21 @@ func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
 	tick := time.NewTicker(sr.checkEvery)
 	defer tick.Stop()
 	stopping := sr.s.stopping
-	if !sr.s.store.Config().Exclusive {
+	if sr.s.store == nil || !sr.s.store.Config().Exclusive {
 		stopping = nil // another Mac may run the job before this foreman has stopped
 	}
+	var grace <-chan time.Time // set once a terminal state came ahead of the final marker
 	for {
+		if sr.endedJob != nil && grace == nil {
+			t := time.NewTimer(sr.finalGrace)
+			defer t.Stop()
+			grace = t.C
+		}
 		select {
 		case <-ctx.Done():
 			return outcomeClientGone
+		case <-grace:
+			return sr.ended(sr.endedJob)
 		case <-sr.s.ending:
 			sr.fail(refuse(ErrUnavailable, "foreman is shutting down; the job was canceled, retry later"))
 			return outcomeShutdown
@@ -143,11 +155,26 @@ func (sr *syncResponse) stopping() bool {
 	return false
 }
 
+// finalGrace is how long a sync response that saw its job's terminal state, the job
+// having run, waits for the final marker and the frames before it (handle).
+const finalGrace = 2 * time.Second
+
 // handle processes one event; end reports that the response is over.
 func (sr *syncResponse) handle(ev broker.Event) (o outcome, end bool) {
 	switch ev.Kind {
 	case broker.EventState:
 		if !ev.Job.State.Terminal() {
+			return 0, false
+		}
+		if ev.Job.StartedAt != nil && sr.finalGrace > 0 {
+			// The job ran, so its worker published a final marker before this state. On
+			// one NATS server it came first (one subscription keeps the connection's
+			// order); on a cluster the state, republished by the jobs stream's leader on
+			// another node, may overtake the runner's last frames and marker. They are
+			// waited for a moment (run) before the answer is taken for broken.
+			if sr.endedJob == nil {
+				sr.endedJob = ev.Job
+			}
 			return 0, false
 		}
 		return sr.ended(ev.Job), true

@@ -85,8 +85,9 @@ type syncCase struct {
 	stream  bool
 	msgs    []*nats.Msg
 	dropped int
-	record  *broker.Job // what the watchdog's check returns; nil = still queued
-	gone    bool        // the watchdog's check finds no record at all
+	record  *broker.Job   // what the watchdog's check returns; nil = still queued
+	grace   time.Duration // the response's finalGrace; 0: none
+	gone    bool          // the watchdog's check finds no record at all
 	ctx     context.Context
 }
 
@@ -106,7 +107,7 @@ func runSyncCase(t *testing.T, c syncCase) (outcome, *httptest.ResponseRecorder)
 	sr := &syncResponse{
 		s: gw, w: w, r: r, rc: http.NewResponseController(w),
 		job: &broker.Job{ID: syncTestID, Kind: c.kind}, stream: c.stream, log: gw.log,
-		checkEvery: time.Hour,
+		checkEvery: time.Hour, finalGrace: c.grace,
 		check: func(context.Context) (*broker.Job, error) {
 			if c.gone {
 				return nil, broker.ErrNotFound
@@ -153,6 +154,51 @@ func errorText(body []byte) (string, bool) {
 		return obj.Message, obj.Message != ""
 	}
 	return "", false
+}
+
+// ranStateMsg is a state event of a job that ran: it started before it ended.
+func ranStateMsg(t *testing.T, state broker.State) *nats.Msg {
+	t.Helper()
+	started := time.Now()
+	b, err := json.Marshal(&broker.Job{ID: syncTestID, State: state, StartedAt: &started, Attempt: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &nats.Msg{Subject: broker.StateSubject(syncTestID), Data: b}
+}
+
+// On a NATS cluster a job's terminal state, republished by the jobs stream's leader on
+// another node, may reach the caller's feed ahead of the runner's last frames and final
+// marker. The response waits a moment for them: the client gets the whole answer, not a
+// "stream gap" after the frames it had.
+func TestSyncResponseStateAheadOfTheLastFrames(t *testing.T) {
+	t.Parallel()
+	o, w := runSyncCase(t, syncCase{stream: true, grace: time.Minute, msgs: []*nats.Msg{
+		streamMsg(1, "{\"a\":1}\n", broker.HeaderContentType, "application/x-ndjson"),
+		ranStateMsg(t, broker.StateDone),
+		streamMsg(2, "{\"a\":2}\n"),
+		finalMsg(3, "done"),
+	}})
+	if o != outcomeDone || w.Code != 200 || w.Body.String() != "{\"a\":1}\n{\"a\":2}\n" {
+		t.Fatalf("outcome %v, status %d, body %q: want the whole answer", o, w.Code, w.Body)
+	}
+}
+
+// A terminal state of a job that ran, with no final marker within the grace, is a gap
+// still; one of a job that never ran (canceled while queued) ends the answer at once.
+func TestSyncResponseStateWithoutItsFinalMarker(t *testing.T) {
+	t.Parallel()
+	o, w := runSyncCase(t, syncCase{stream: true, grace: 10 * time.Millisecond, msgs: []*nats.Msg{
+		streamMsg(1, "{\"a\":1}\n", broker.HeaderContentType, "application/x-ndjson"),
+		ranStateMsg(t, broker.StateDone),
+	}})
+	if o != outcomeError || !strings.Contains(w.Body.String(), `{"error":"stream gap: the job finished but its final frame never arrived"}`) {
+		t.Fatalf("outcome %v, body %q: want the gap once the grace is over", o, w.Body)
+	}
+	o, w = runSyncCase(t, syncCase{stream: true, grace: time.Hour, msgs: []*nats.Msg{stateMsg(t, broker.StateCanceled, "asked")}})
+	if o != outcomeError || w.Code != http.StatusConflict {
+		t.Fatalf("outcome %v, status %d (%q): want the cancel at once", o, w.Code, w.Body)
+	}
 }
 
 func TestSyncResponseNDJSONInOrder(t *testing.T) {
