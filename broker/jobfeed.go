@@ -80,6 +80,9 @@ func (s *Store) Feed(id string, cfg FeedConfig) (*JobFeed, error) {
 // subscribeFeed takes job id's stream and state subjects with ONE wildcard subscription:
 // a single subscription keeps the connection's order between the two, and the worker
 // contract relies on it (the final stream marker comes before the terminal state event).
+// That holds on one NATS server; on a cluster the state event is republished by the jobs
+// stream's leader, possibly on another node than the runner's, and may overtake the last
+// frames: a reader waits a moment for them (the gateway's finalGrace).
 func subscribeFeed(nc *nats.Conn, id, boot string, cfg FeedConfig) (*JobFeed, error) {
 	f := &JobFeed{wake: make(chan struct{}, 1), over: make(chan struct{}), cfg: cfg, boot: boot}
 	sub, err := nc.Subscribe(jobWildcard(id), f.receive)
