@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -268,10 +269,23 @@ func readsAliases(kind broker.Kind) bool {
 // asked is the name the call gave (an alias of model's, or model itself): a refusal
 // names it, as Ollama's errors name the model asked for.
 func (s *Server) queueable(ctx context.Context, model, asked string) error {
-	if !s.inv.HasModel(model) && s.otherHas(ctx, model) {
-		return nil
+	var targetsErr error // the other Macs' lists could not be read
+	if !s.inv.HasModel(model) {
+		others, err := s.readOtherTargets(ctx)
+		want := ollama.NormalizeModel(model)
+		if slices.ContainsFunc(others, func(t broker.Target) bool { return t.HasModel(want) }) {
+			return nil
+		}
+		targetsErr = err
 	}
 	if err := s.requireModel(ctx, model); err != nil {
+		var nf *ModelNotFoundError
+		if targetsErr != nil && errors.As(err, &nf) {
+			// Not this Mac's; whether another Mac has it is unknown: not Ollama's 404,
+			// on which a client pulls the model or takes it for gone.
+			return refuse(ErrUnavailable, fmt.Sprintf("model %s is not on this foreman's Ollama, and the other Macs' "+
+				"model lists cannot be read now (%v); retry shortly", modelNamed(asked, model), targetsErr))
+		}
 		return err
 	}
 	if s.inv.HasModel(model) {

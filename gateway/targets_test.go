@@ -55,3 +55,23 @@ func TestOpenAIModelsOverLimitIsBadUpstream(t *testing.T) {
 		t.Fatalf("over the bound: %d %.300s", resp.StatusCode, body)
 	}
 }
+
+// With several Macs, a call for a model this foreman's Ollama lacks while the other Macs'
+// lists cannot be read (NATS gone) is 503, to retry: not Ollama's 404, on which the
+// ollama CLI pulls the model and a UI shows it missing, when another Mac may well have it.
+func TestModelElsewhereWhileTheTargetsCannotBeReadIs503(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		c.TargetName = "own"
+		c.TargetClient = func(u string) (ollama.Client, error) { return ollama.NewClient(ollama.ClientConfig{BaseURL: u}) }
+	}))
+	b.Broker.Stop()
+	resp, body := b.request(t, http.MethodPost, "/api/chat", []byte(`{"model":"elsewhere","messages":[{"role":"user","content":"hi"}]}`))
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "model lists cannot be read") {
+		t.Fatalf("call for another Mac's model with NATS gone: %d %s (Retry-After %q), want 503 to retry", resp.StatusCode, body, resp.Header.Get("Retry-After"))
+	}
+	// The own Ollama's model still queues and gets the store's own answer.
+	if resp, body := b.request(t, http.MethodPost, "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)); resp.StatusCode == http.StatusNotFound {
+		t.Fatalf("call for the own model with NATS gone: %d %s", resp.StatusCode, body)
+	}
+}
