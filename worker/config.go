@@ -163,6 +163,11 @@ const (
 
 const (
 	maxRetryDelay = time.Minute
+	// maxPickRetry bounds the wait after a failed pick of the next job (the store not
+	// answering: NATS unreachable, a leader election): the worker is back to work within
+	// it once NATS is, not after a back-off grown to a minute over a long outage. A pick
+	// that fails costs one request, and its failures are logged once per 10 s.
+	maxPickRetry = 5 * time.Second
 	// resultInlineLimit is the largest result kept in the job record itself.
 	resultInlineLimit = 64 << 10
 	// storeTimeout bounds the record writes that end an attempt or hand a job back after

@@ -77,3 +77,36 @@ func TestNATSOutageWarnsOncePerWindow(t *testing.T) {
 		return countLines(logs.String(), "level=INFO", `msg="select next job: works again"`) == 1
 	})
 }
+
+// After a NATS outage the worker is back to picking jobs within a few seconds of NATS,
+// whatever its back-off grew to: a pick's failures wait at most maxPickRetry. With its
+// retry back-off set to an hour, the first failed pick waited that hour.
+func TestPicksResumeSoonAfterANATSOutage(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	o := brokertest.NewOutage(t, nil)
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tb.startOn(t, o.Store, worker.Config{Logger: log, IdlePoll: 5 * time.Millisecond, RetryDelay: time.Hour})
+	ctx := ctxT(t)
+	submit := func() string {
+		j, err := o.Store.Submit(ctx, &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}, []byte(chatBody("tiny-a", 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return j.ID
+	}
+	done := func(id string) func() bool {
+		return func() bool {
+			got, _, err := o.Store.Get(ctx, id)
+			return err == nil && got.State == broker.StateDone
+		}
+	}
+	eventually(t, 20*time.Second, "the first job done", done(submit()))
+	o.Cut(t)
+	eventually(t, 20*time.Second, "a failed pick", func() bool {
+		return countLines(logs.String(), `msg="select next job"`) >= 1
+	})
+	o.Heal(t)
+	eventually(t, 30*time.Second, "a job submitted after the outage done", done(submit()))
+}

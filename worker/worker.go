@@ -210,7 +210,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			}
 			fails++
 			picks.Failed(w.log, "select next job", err)
-			w.sleep(ctx, w.cfg.retryDelay(fails))
+			w.sleep(ctx, min(w.cfg.retryDelay(fails), maxPickRetry))
 			continue
 		}
 		fails = 0
