@@ -11,10 +11,9 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
-// A foreman that stops in order withdraws its target's entry only while it is its own:
-// another foreman with the same name that wrote it since keeps it. (The stop deleted it,
-// and the other's Mac vanished until its next poll.)
-func TestTargetWithdrawLeavesAnotherForemansEntry(t *testing.T) {
+// A foreman that stops in order marks its target's entry stopped only while it is its
+// own: another foreman with the same name that wrote it since keeps it as it wrote it.
+func TestTargetStopLeavesAnotherForemansEntry(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -29,19 +28,30 @@ func TestTargetWithdrawLeavesAnotherForemansEntry(t *testing.T) {
 	if err := other.PublishTarget(ctx, broker.Target{Name: "studio", URL: "http://b:11434", Reachable: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Store.WithdrawTarget(ctx, "studio"); err != nil {
+	if err := b.Store.StopTarget(ctx, broker.Target{Name: "studio", URL: "http://a:11434"}); err != nil {
 		t.Fatal(err)
 	}
 	got, err := b.Store.Targets(ctx)
-	if err != nil || len(got) != 1 || got[0].BootID != other.BootID() {
-		t.Fatalf("targets after the first foreman withdrew: %+v, %v; want the other's entry", got, err)
+	if err != nil || len(got) != 1 || got[0].BootID != other.BootID() || !got[0].Reachable {
+		t.Fatalf("targets after the first foreman stopped: %+v, %v; want the other's entry as it wrote it", got, err)
 	}
-	// Its own entry it withdraws.
-	if err := other.WithdrawTarget(ctx, "studio"); err != nil {
+	// Its own entry it marks stopped.
+	if err := other.StopTarget(ctx, broker.Target{Name: "studio", URL: "http://b:11434"}); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := other.Targets(ctx); err != nil || len(got) != 0 {
-		t.Fatalf("targets after the other withdrew its own: %+v, %v; want none", got, err)
+	if got, err := other.Targets(ctx); err != nil || len(got) != 1 || got[0].BootID != other.BootID() || got[0].Reachable {
+		t.Fatalf("targets after the other stopped: %+v, %v; want its entry unreachable", got, err)
+	}
+	// A store that never wrote the entry writes nothing.
+	third, err := broker.Open(ctx, broker.Config{Conn: b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := third.StopTarget(ctx, broker.Target{Name: "studio", URL: "http://c:11434"}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := third.Targets(ctx); err != nil || len(got) != 1 || got[0].BootID != other.BootID() {
+		t.Fatalf("targets after a stop by a store that never wrote the entry: %+v, %v", got, err)
 	}
 }
 

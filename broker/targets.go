@@ -149,38 +149,6 @@ func (s *Store) PublishTarget(ctx context.Context, t Target) error {
 	return nil
 }
 
-// WithdrawTarget removes the entry of target name (a foreman that stops in order) if it
-// is still this store's: one with the same name may have written it since.
-func (s *Store) WithdrawTarget(ctx context.Context, name string) error {
-	kv, err := s.targetsKV(ctx)
-	if err != nil {
-		return err
-	}
-	key := targetKey(name)
-	e, err := s.targetEntry(ctx, kv, key)
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("broker: withdraw target %s: %w", name, err)
-	}
-	var t Target
-	if json.Unmarshal(e.Value(), &t) != nil || t.BootID != s.cfg.BootID {
-		s.log.Info("target entry left in place: another foreman wrote it", "target", name, "boot_id", t.BootID)
-		return nil
-	}
-	// Deleted only as read: a write in between is another foreman's.
-	err = kv.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
-	if err != nil && !errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		return fmt.Errorf("broker: withdraw target %s: %w", name, err)
-	}
-	s.tmu.Lock()
-	delete(s.trev, key)
-	s.tmu.Unlock()
-	s.dropTargetsCache()
-	return nil
-}
-
 // targetEntry is key's current entry, from the bucket stream's leader when the bucket
 // may be replicated: a replica behind it may still hold an earlier write (leaderget.go).
 func (s *Store) targetEntry(ctx context.Context, kv jetstream.KeyValue, key string) (jetstream.KeyValueEntry, error) {
@@ -296,6 +264,39 @@ func (s *Store) checkClock(off time.Duration) {
 	case !far && was:
 		s.log.Info("this host's clock agrees with the NATS server's again")
 	}
+}
+
+// StopTarget writes t, this foreman's target as it stops in order, over its own last
+// write of the entry only: one another foreman wrote since (a name conflict) is left as
+// it is, as is an entry this store never wrote. The entry then lapses as a dead
+// foreman's does, unless the next start of this foreman writes it first.
+func (s *Store) StopTarget(ctx context.Context, t Target) error {
+	kv, err := s.targetsKV(ctx)
+	if err != nil {
+		return err
+	}
+	key := targetKey(t.Name)
+	s.tmu.Lock()
+	last := s.trev[key]
+	s.tmu.Unlock()
+	if last == 0 {
+		return nil
+	}
+	t.BootID, t.Updated = s.cfg.BootID, s.Now()
+	t.Expires = t.Updated.Add(s.cfg.TargetTTL)
+	v, err := json.Marshal(t)
+	if err != nil {
+		return err
+	}
+	if _, err := kv.Update(ctx, key, v, last); err != nil {
+		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+			s.log.Info("target entry left in place: another foreman wrote it", "target", t.Name)
+			return nil
+		}
+		return fmt.Errorf("broker: mark target %s stopped: %w", t.Name, err)
+	}
+	s.dropTargetsCache()
+	return nil
 }
 
 // TargetNameConflict is another foreman found writing its target's entry under the same

@@ -10,9 +10,10 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
-// Targets lists what each foreman published, withdrawn entries go at once, and an entry
-// not refreshed within TargetTTL goes by itself (a foreman that died).
-func TestTargetsPublishWithdrawExpire(t *testing.T) {
+// Targets lists what each foreman published, an entry marked stopped says so, and an
+// entry not refreshed within TargetTTL goes by itself (a foreman that died, or one that
+// stopped and did not come back).
+func TestTargetsPublishStopExpire(t *testing.T) {
 	t.Parallel()
 	// Long enough for the reads below to come before it on a loaded machine.
 	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.TargetTTL = 4 * time.Second }))
@@ -34,11 +35,11 @@ func TestTargetsPublishWithdrawExpire(t *testing.T) {
 		got[0].HasModel("tiny-a:latest") || got[0].BootID != b.Store.BootID() || got[0].Updated.IsZero() {
 		t.Fatalf("targets: %+v", got)
 	}
-	if err := b.Store.WithdrawTarget(ctx, "mini"); err != nil {
+	if err := b.Store.StopTarget(ctx, broker.Target{Name: "studio.local", URL: "http://studio:11434", Models: []string{"tiny-a:latest"}}); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := b.Store.Targets(ctx); len(got) != 1 || got[0].Name != "studio.local" {
-		t.Fatalf("after withdraw: %+v", got)
+	if got, _ := b.Store.Targets(ctx); len(got) != 2 || got[1].Name != "studio.local" || got[1].Reachable || !got[1].HasModel("tiny-a:latest") {
+		t.Fatalf("after the stop: %+v, want studio.local unreachable with its models", got)
 	}
 	eventually(t, 30*time.Second, "target entry expired", func() bool {
 		got, err := b.Store.Targets(ctx)

@@ -162,3 +162,18 @@ func (b *Bundle) CreateRecord(t testing.TB, j *broker.Job) {
 		t.Fatalf("create record: %v", err)
 	}
 }
+
+// RemoveTarget deletes the entry of target name (a plain name: letters, digits, '-' and
+// '_') from the targets bucket, as though its foreman's entry had lapsed.
+func (b *Bundle) RemoveTarget(t testing.TB, name string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	kv, err := JetStream(t, b.Conn).KeyValue(ctx, broker.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Delete(ctx, "target."+name); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -522,7 +522,7 @@ func (a *App) Shutdown(ctx context.Context) error {
 		}
 		a.wg.Wait()
 		if a.store != nil && a.inv != nil {
-			a.withdrawTarget()
+			a.stopTarget()
 		}
 		if a.nc != nil {
 			if err := a.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {

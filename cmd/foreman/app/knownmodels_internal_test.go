@@ -126,10 +126,11 @@ func TestRunsModelLeavesRememberedModelsToAReachableTarget(t *testing.T) {
 	if a.runsModel(ctx, "alpha") {
 		t.Error("runs a remembered model that a reachable target has, before its own target answered a poll")
 	}
-	if err := b.Store.WithdrawTarget(ctx, "mac-b"); err != nil {
+	// mac-b's foreman stops: its entry stays, unreachable (ADR-0075).
+	if err := b.Store.StopTarget(ctx, broker.Target{Name: "mac-b", URL: "http://127.0.0.1:1", Models: []string{"alpha:latest"}}); err != nil {
 		t.Fatal(err)
 	}
 	if !a.runsModel(ctx, "alpha") {
-		t.Error("leaves a remembered model no other target has")
+		t.Error("leaves a remembered model no other reachable target has")
 	}
 }

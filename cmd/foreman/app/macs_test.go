@@ -400,10 +400,39 @@ func TestSeveralMacsStoppedForemanLeavesItsJobsQueued(t *testing.T) {
 	_ = json.Unmarshal(b, &job)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
+	stopAt := time.Now()
 	if err := fb.Shutdown(ctx); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 15*time.Second, "mac-b's entry withdrawn", func() bool {
+	// Stopped in order, mac-b's foreman left its entry unreachable (ADR-0075): a job for
+	// its model is still taken, to run once it is back, not Ollama's 404. (mac-a reads
+	// the entries again once its cached read is a second old.)
+	var entry *broker.Target
+	eventually(t, 15*time.Second, "mac-a reading the entries after mac-b's stop", func() bool {
+		all, err := fa.Store().Targets(context.Background())
+		if err != nil {
+			return false
+		}
+		i := slices.IndexFunc(all, func(t broker.Target) bool { return t.Name == "mac-b" })
+		if i < 0 {
+			entry = nil
+			return true // withdrawn
+		}
+		entry = &all[i]
+		return entry.Updated.After(stopAt)
+	})
+	if entry == nil || entry.Reachable || !entry.HasModel("beta:latest") {
+		t.Fatalf("mac-b's entry after its foreman stopped: %+v, want it there, unreachable, with its models", entry)
+	}
+	code, b = call(t, fa, http.MethodPost, "/jobs", `{"kind":"chat","model":"beta","messages":[{"role":"user","content":"during the restart"}]}`)
+	if code != http.StatusAccepted {
+		t.Fatalf("/jobs for beta while mac-b's foreman is stopped: %d %s", code, b)
+	}
+	var second struct {
+		ID string `json:"job_id"`
+	}
+	_ = json.Unmarshal(b, &second)
+	eventually(t, 15*time.Second, "mac-b's entry lapsed", func() bool {
 		all, err := fa.Store().Targets(context.Background())
 		return err == nil && len(all) == 1
 	})
@@ -418,6 +447,7 @@ func TestSeveralMacsStoppedForemanLeavesItsJobsQueued(t *testing.T) {
 	macB.SetDown(false)
 	startForeman(t, nurl, "mac-b", macB.URL)
 	waitJob(t, fa.Store(), job.ID)
+	waitJob(t, fa.Store(), second.ID)
 	ownModelsOnly(t, "mac-a", macA, "alpha:latest")
 }
 

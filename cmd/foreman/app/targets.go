@@ -41,6 +41,20 @@ func (a *App) onPoll(ctx context.Context, snap ollama.Snapshot) {
 // published unreachable as after a failed poll: the other foremen then queue jobs for
 // them, as this one does, and leave them to run here (ADR-0047).
 func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
+	t := a.targetOf(snap)
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := a.store.PublishTarget(pctx, t); err == nil {
+		a.publishFails.Worked(a.log, "publish target inventory")
+	} else if ctx.Err() == nil {
+		a.publishFails.Failed(a.log, "publish target inventory", err, "target", t.Name)
+	}
+	a.targetEndpoints(pctx) // learn the other targets at each poll, not only when a webhook dials
+	a.pruneClients(pctx)
+}
+
+// targetOf is this foreman's target entry as poll snap finds it.
+func (a *App) targetOf(snap ollama.Snapshot) broker.Target {
 	t := broker.Target{
 		Name: a.cfg.TargetName, URL: publishedURL(a.cfg.OllamaURL),
 		Reachable: snap.Polled && !snap.Degraded, DownSince: snap.DownSince, Models: snap.Models(),
@@ -54,15 +68,7 @@ func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	} else if snap.Ps != nil {
 		t.Loaded = snap.PsModels()
 	}
-	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := a.store.PublishTarget(pctx, t); err == nil {
-		a.publishFails.Worked(a.log, "publish target inventory")
-	} else if ctx.Err() == nil {
-		a.publishFails.Failed(a.log, "publish target inventory", err, "target", t.Name)
-	}
-	a.targetEndpoints(pctx) // learn the other targets at each poll, not only when a webhook dials
-	a.pruneClients(pctx)
+	return t
 }
 
 // publishedURL is the target's URL as the other foremen call it: without userinfo (they
@@ -131,13 +137,22 @@ func endpointsOf(targets []broker.Target) []string {
 // this process hold.
 const maxRememberedTargets = 4096
 
-// withdrawTarget removes this target's entry when foreman stops in order, so the others
-// stop routing to it at once rather than after its TTL.
-func (a *App) withdrawTarget() {
+// stopTarget marks this target's entry unreachable, nothing loaded, when foreman stops in
+// order (ADR-0075): the others stop routing calls to its Ollama at once, and go on
+// queueing jobs for the models only it has, which it runs once it is back (a restart, an
+// upgrade), rather than answer them Ollama's 404 meanwhile. A foreman stopped for good
+// leaves an entry that lapses as a dead one's does (FOREMAN_POLL_INTERVAL × 3, at least
+// 10 s and two intervals).
+func (a *App) stopTarget() {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := a.store.WithdrawTarget(ctx, a.cfg.TargetName); err != nil {
-		a.log.Warn("withdraw target inventory", "target", a.cfg.TargetName, "err", err)
+	t := a.targetOf(a.inv.Snapshot())
+	t.Reachable, t.Loaded, t.Ps = false, nil, nil
+	if t.DownSince.IsZero() {
+		t.DownSince = time.Now()
+	}
+	if err := a.store.StopTarget(ctx, t); err != nil {
+		a.log.Warn("mark target inventory stopped", "target", a.cfg.TargetName, "err", err)
 	}
 }
 

@@ -106,14 +106,10 @@ func TestClientsOfGoneTargetsAreDropped(t *testing.T) {
 
 	// Half the targets go, mac-0 moves to another port, and the busy one goes mid-request.
 	for i := 1; i < n; i += 2 {
-		if err := b.Store.WithdrawTarget(ctx, fmt.Sprintf("mac-%d", i)); err != nil {
-			t.Fatal(err)
-		}
+		b.RemoveTarget(t, fmt.Sprintf("mac-%d", i))
 	}
 	publish("mac-0", "http://127.0.0.1:20100")
-	if err := b.Store.WithdrawTarget(ctx, "mac-busy"); err != nil {
-		t.Fatal(err)
-	}
+	b.RemoveTarget(t, "mac-busy")
 	kept := client("http://127.0.0.1:20003")
 	a.publishTarget(ctx, polledSnap("alpha")) // a poll
 
