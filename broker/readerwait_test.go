@@ -151,3 +151,152 @@ func TestFeedAnswersItsForemansPings(t *testing.T) {
 		t.Errorf("event %+v from pings, want none", ev)
 	}
 }
+
+// A writer waits for its reader across pings that go unanswered, from before its first
+// frame (the target is slow to answer) and on while it holds frames: a NATS-native
+// watcher of the job's pings answers none, and the caller's feed is heard only after
+// several. The answer then reaches the feed whole.
+func TestStreamWriterHoldsItsAnswerAcrossUnansweredPings(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ReaderWait = time.Hour }))
+	id := broker.NewID()
+	pings, err := b.Conn.SubscribeSync(broker.PingSubject(id)) // hears the pings, answers none
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := b.Store.RemoteStreamWriter(id)
+	w.AwaitReader(b.Store.BootID())
+	t.Cleanup(w.Close)
+	// A ping follows only the failure of the one before: two heard, one failed.
+	awaitPings := func(when string) {
+		t.Helper()
+		for i := range 2 {
+			if _, err := pings.NextMsg(10 * time.Second); err != nil {
+				t.Fatalf("ping %d %s: %v; want the writer still waiting for its reader", i+1, when, err)
+			}
+		}
+	}
+	awaitPings("before the first frame")
+	for _, f := range []string{"a\n", "b\n"} {
+		if err := w.Frame([]byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	awaitPings("with the frames held")
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	if err := w.Final(broker.StateDone, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for ev := nextEvent(t, feed); ev.Kind != broker.EventFinal; ev = nextEvent(t, feed) {
+		if ev.Kind != broker.EventFrame {
+			t.Fatalf("event %+v, want frames then the final marker", ev)
+		}
+		got += string(ev.Data)
+	}
+	if got != "a\nb\n" {
+		t.Errorf("frames %q, want %q", got, "a\nb\n")
+	}
+}
+
+// Once its reader was heard, a writer publishes each message as it comes: the frames
+// after the wait reach the feed, and so does the final marker.
+func TestStreamWriterPublishesDirectlyOnceItsReaderIsHeard(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ReaderWait = time.Hour }))
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	w := b.Store.RemoteStreamWriter(id)
+	w.AwaitReader(b.Store.BootID())
+	t.Cleanup(w.Close)
+	if err := w.Frame([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	// Frame a reached the feed: the wait is over, held or not.
+	if ev := nextEvent(t, feed); ev.Kind != broker.EventFrame || string(ev.Data) != "a" {
+		t.Fatalf("first event %+v, want frame a", ev)
+	}
+	if err := w.Frame([]byte("b")); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, feed); ev.Kind != broker.EventFrame || string(ev.Data) != "b" {
+		t.Fatalf("second event %+v, want frame b", ev)
+	}
+	if err := w.Final(broker.StateDone, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if ev := nextEvent(t, feed); ev.Kind != broker.EventFinal || ev.Err != nil {
+		t.Fatalf("third event %+v, want the final marker, done", ev)
+	}
+}
+
+// An attempt cut before its final marker (foreman stopping) ends its wait with Close:
+// the frames held go out then, before Close returns, so what the writer's connection
+// publishes after them comes after them.
+func TestStreamWriterClosePublishesWhatItHeld(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ReaderWait = time.Hour }))
+	id := broker.NewID()
+	sub, err := b.Conn.SubscribeSync(broker.StreamSubject(id)) // a watcher: answers no ping
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := b.Store.RemoteStreamWriter(id)
+	w.AwaitReader(b.Store.BootID())
+	if err := w.Frame([]byte("a")); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		w.Close()
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close still waits for a reader")
+	}
+	if err := b.Conn.Publish(broker.StreamSubject(id), []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"a", "after"} {
+		m, err := sub.NextMsg(10 * time.Second)
+		if err != nil || string(m.Data) != want {
+			t.Fatalf("message %v (%v), want %q: the held frame before what follows Close", m, err, want)
+		}
+	}
+	w.Close() // twice: nothing to do
+}
+
+// Config.ReaderWait counts from the first message held, not the last: an answer that
+// streams on while no reader is heard still goes out once the bound has passed.
+func TestStreamWriterReaderWaitCountsFromTheFirstMessageHeld(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ReaderWait = time.Second }))
+	id := broker.NewID()
+	// Hears the pings and the stream, answers no ping: each ping waits its whole try.
+	watch, err := b.Conn.SubscribeSync(broker.JobWildcard(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := b.Store.RemoteStreamWriter(id)
+	w.AwaitReader(b.Store.BootID())
+	t.Cleanup(w.Close)
+	// A frame at each ping: the last one held is always younger than the bound.
+	deadline := time.Now().Add(30 * time.Second)
+	for n := 0; ; n++ {
+		m, err := watch.NextMsg(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("after %d frames: %v; want the held frames out once ReaderWait passed since the first", n, err)
+		}
+		if m.Subject == broker.StreamSubject(id) {
+			if m.Header.Get(broker.HeaderSeq) != "1" {
+				t.Fatalf("first message out: seq %s, want 1", m.Header.Get(broker.HeaderSeq))
+			}
+			break
+		}
+		if err := w.Frame([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

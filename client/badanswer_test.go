@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/client"
@@ -89,5 +90,21 @@ func TestChatCutShortReturnsWhatCame(t *testing.T) {
 	r, err := newClient(t, srv.URL).Chat(testCtx(t), client.ChatRequest{Model: "m"}, nil)
 	if err != nil || r.Message.Content != "hello" || r.Done {
 		t.Fatalf("Chat = %+v, %v; want the content so far, not done", r, err)
+	}
+}
+
+// A waiting job without id is an error in either list of GET /queue: the jobs this
+// foreman runs (queued) and those it leaves to other Macs (waiting_elsewhere).
+func TestQueueWaitingJobWithoutIDIsAnError(t *testing.T) {
+	t.Parallel()
+	for _, list := range []string{"queued", "waiting_elsewhere"} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			_, _ = io.WriteString(w, `{"running":null,"`+list+`":[{"model":"m","kind":"chat"}],"total":0}`)
+		}))
+		t.Cleanup(srv.Close)
+		c := newClient(t, srv.URL, client.WithPollingOnly())
+		if q, err := c.Queue(testCtx(t), 0); err == nil || !strings.Contains(err.Error(), "without id") {
+			t.Errorf("%s with a job without id: %+v, %v; want an error", list, q, err)
+		}
 	}
 }

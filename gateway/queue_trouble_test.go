@@ -241,3 +241,34 @@ func TestQueueShowsJobsWaitingForAnotherMac(t *testing.T) {
 		t.Errorf("GET /jobs/%s %s: want position 1", own, raw)
 	}
 }
+
+// GET /queue?limit= bounds the jobs waiting for another Mac as it bounds the queued
+// ones (the client reads the answer within a bound made of the limit), the oldest first,
+// and Depth counts them all; with none, the list is empty, not null.
+func TestQueueLimitsTheJobsWaitingForAnotherMac(t *testing.T) {
+	t.Parallel()
+	var w *worker.Worker
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		var err error
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory,
+			Runs: func(_ context.Context, model string) bool { return model != "tiny-b:latest" }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Queue = w
+	}))
+	runUntilCleanup(t, "worker", w.Run)
+	if _, raw := b.request(t, http.MethodGet, "/queue", nil); !strings.Contains(string(raw), `"waiting_elsewhere":[]`) {
+		t.Errorf("GET /queue %s: want an empty waiting_elsewhere", raw)
+	}
+	first := jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"1"}]}`)
+	jobsSubmit(t, b, `{"model":"tiny-b","messages":[{"role":"user","content":"2"}]}`)
+	var q queueBody
+	eventually(t, 10*time.Second, "the queue's depth of two tiny-b jobs", func() bool {
+		q = getQueue(t, b, "?limit=1")
+		return q.Depth["tiny-b:latest"] == 2
+	})
+	if len(q.WaitingElsewhere) != 1 || q.WaitingElsewhere[0].JobID != first || q.Total != 0 || len(q.Queued) != 0 {
+		t.Errorf("?limit=1: waiting elsewhere %+v, queued %+v, total %d; want only the older tiny-b job %s", q.WaitingElsewhere, q.Queued, q.Total, first)
+	}
+}

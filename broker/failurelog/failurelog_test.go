@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // The same failure again within Every is not logged, only counted; after it, its next
@@ -114,5 +115,64 @@ func TestLoopWarnsOncePerEveryAndSaysWhenItWorks(t *testing.T) {
 	got := levels(&logs)
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("lines\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// Past maxKeys failures, those whose window has passed make room: a new failure is
+// remembered then, and its repeat within the window is not logged. Failures still
+// within their window are not forgotten for it: their repeats stay unlogged.
+func TestWindowForgetsOnlyFailuresPastTheirWindow(t *testing.T) {
+	now := time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC)
+	w := Window{Now: func() time.Time { return now }}
+	key := func(i int) string { return Key("500", errors.New("failure "+strings.Repeat("x", i))) }
+	for i := range maxKeys / 2 {
+		w.Admit(key(i))
+	}
+	now = now.Add(Every / 2)
+	for i := maxKeys / 2; i < maxKeys; i++ { // the second half, younger
+		w.Admit(key(i))
+	}
+	now = now.Add(Every / 2) // the first half's window has passed, not the second's
+	fresh := Key("503", errors.New("job store cannot write"))
+	if ok, _ := w.Admit(fresh); !ok {
+		t.Fatal("a new failure not logged")
+	}
+	if ok, _ := w.Admit(fresh); ok {
+		t.Error("the new failure's repeat logged: it was not remembered though old failures could make room")
+	}
+	if ok, _ := w.Admit(key(maxKeys - 1)); ok {
+		t.Error("the repeat of a failure within its window logged: it was forgotten to make room")
+	}
+}
+
+// The repeats counted in a failure's line are those since its last line, not since its
+// first.
+func TestWindowCountsRepeatsSinceTheLastLine(t *testing.T) {
+	now := time.Date(2026, 12, 5, 3, 0, 0, 0, time.UTC)
+	w := Window{Now: func() time.Time { return now }}
+	down := Key("502", errors.New("ollama is unreachable"))
+	w.Admit(down)
+	for _, want := range []int{3, 2} {
+		for range want {
+			w.Admit(down)
+		}
+		now = now.Add(Every)
+		if ok, n := w.Admit(down); !ok || n != want {
+			t.Fatalf("after the window: %v with %d repeats, want logged with %d", ok, n, want)
+		}
+	}
+}
+
+// A failure's text is cut at a character boundary at 512 bytes, whatever its length: one
+// of exactly 512 bytes, one whose 512th byte is within a character.
+func TestKeyCutsALongFailureAtACharacter(t *testing.T) {
+	exact := strings.Repeat("x", maxKeyText)
+	if k := Key("", errors.New(exact)); k != " "+exact {
+		t.Errorf("a failure of exactly %d bytes has key %q, want it whole", maxKeyText, k)
+	}
+	odd := "x" + strings.Repeat("é", maxKeyText) // byte 512 is the second of an é
+	k := Key("", errors.New(odd))
+	if !utf8.ValidString(k) || !strings.HasSuffix(k, "é") || len(k) > maxKeyText+1 {
+		t.Errorf("key %q (%d bytes), want the text cut before the character it would split", k[len(k)-4:], len(k))
 	}
 }

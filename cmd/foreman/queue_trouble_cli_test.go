@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -214,4 +215,31 @@ func TestQueueAndTopShowJobsWaitingForAnotherMac(t *testing.T) {
 	if got := queueLine(&client.Job{WaitingElsewhere: true}); got != "queued: waiting for another Mac" {
 		t.Errorf("status line of a job waiting for another Mac: %q", got)
 	}
+}
+
+// The status line of a command waiting on a job this foreman's worker leaves to other
+// Macs (GET /jobs/{id}: waiting_elsewhere, no queue position) says it waits for another
+// Mac: a job without a position is not taken for one whose place is unknown yet.
+func TestQueueStatusSaysAJobWaitsForAnotherMac(t *testing.T) {
+	t.Parallel()
+	const id = "01JGJ4Q2R0000000000000000F"
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/jobs/"+id {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+id+`","kind":"chat","model":"llama3.2","state":"queued","attempts":0,`+
+			`"created_at":"2025-01-02T02:59:00Z","started_at":null,"finished_at":null,"error":"","result":null,"artifacts":[],`+
+			`"priority":"normal","program":"","waiting_elsewhere":true}`)
+	}))
+	t.Cleanup(srv.Close)
+	c, err := client.New(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out lockedBuffer
+	st := startQueueStatus(context.Background(), &out, c, id)
+	defer st.Stop()
+	waitFor(t, "the status line", func() bool { return strings.Contains(out.String(), "queued: waiting for another Mac") })
 }
