@@ -116,9 +116,7 @@ func (s *Store) PublishTarget(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
-	t.BootID, t.Updated = s.cfg.BootID, s.Now()
-	t.Expires = t.Updated.Add(s.cfg.TargetTTL)
-	v, err := json.Marshal(t)
+	v, err := s.stampTarget(t)
 	if err != nil {
 		return err
 	}
@@ -282,9 +280,7 @@ func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	if last == 0 {
 		return nil
 	}
-	t.BootID, t.Updated = s.cfg.BootID, s.Now()
-	t.Expires = t.Updated.Add(s.cfg.TargetTTL)
-	v, err := json.Marshal(t)
+	v, err := s.stampTarget(t)
 	if err != nil {
 		return err
 	}
@@ -297,6 +293,14 @@ func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	}
 	s.dropTargetsCache()
 	return nil
+}
+
+// stampTarget is entry t as this store writes it: stamped with its boot id, the time and
+// the entry's end (TargetTTL on).
+func (s *Store) stampTarget(t Target) ([]byte, error) {
+	t.BootID, t.Updated = s.cfg.BootID, s.Now()
+	t.Expires = t.Updated.Add(s.cfg.TargetTTL)
+	return json.Marshal(t)
 }
 
 // TargetNameConflict is another foreman found writing its target's entry under the same
