@@ -32,7 +32,8 @@ type outage struct {
 	own   bool   // the own target is the one down
 	// unlisted: no live target lists the model (the own one cannot run it). A job whose
 	// record says it runs can only run on a Mac whose foreman is gone: killed, its entry
-	// expired (one that stops in order hands its job back before it withdraws its entry).
+	// expired (one that stops in order hands its job back before it marks its entry
+	// stopped, ADR-0075).
 	unlisted bool
 }
 

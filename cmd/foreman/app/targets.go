@@ -87,8 +87,8 @@ func publishedURL(raw string) string {
 // (learned at each inventory poll as well as at each webhook's dial). No webhook may
 // reach another Mac's Ollama any more than this one's: a state event names a model, so a
 // POST of it to /api/generate or /api/pull would load or pull that model outside the
-// queue. An entry leaves the bucket while its foreman restarts (withdrawn at once, or
-// expired after a kill), and its Mac's Ollama is no less reachable then: so a target
+// queue. An entry leaves the bucket while its foreman is gone (it lapses after a kill,
+// or after a stop that no start followed, ADR-0075), and its Mac's Ollama is no less reachable then: so a target
 // seen stays protected for this process's life (at most maxRememberedTargets of those no
 // longer live). While the bucket cannot be read, the last live and those seen stand.
 func (a *App) targetEndpoints(ctx context.Context) []string {
@@ -245,8 +245,8 @@ func (a *App) targetClient(url string) (ollama.Client, error) {
 	return c, nil
 }
 
-// pruneClients drops the clients of URLs no live target has any more (an entry withdrawn
-// or expired, a Mac whose address changed), closing their idle connections: each keeps a
+// pruneClients drops the clients of URLs no live target has any more (an entry lapsed,
+// a Mac whose address changed), closing their idle connections: each keeps a
 // transport and up to 16 idle sockets, and without this one stayed for every URL ever
 // published. A request under way on a dropped client ends as it would have (only idle
 // connections are closed); one begun after is given a new client. While the bucket
