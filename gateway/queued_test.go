@@ -615,6 +615,22 @@ func TestQueuedStreamErrorWrittenOnce(t *testing.T) {
 	}
 }
 
+// waitingChat posts a chat (stream as chatBody takes it) in the background and returns,
+// once its job is queued, the channel of its answer and the job's id.
+func waitingChat(t *testing.T, ctx context.Context, b *testBundle, stream string) (<-chan rawResponse, string) {
+	t.Helper()
+	states := watchStates(t, b.Broker.Conn)
+	res := make(chan rawResponse, 1)
+	go func() { res <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "waiting", stream)) }()
+	for j := range states {
+		if j.State == broker.StateQueued {
+			return res, j.ID
+		}
+	}
+	t.Fatal("no queued state")
+	return nil, ""
+}
+
 // At shutdown, once the worker has stopped, a sync client whose job never ran gets 503
 // and its job is canceled (nobody would wait for it after a restart); AnswerWaiting returns
 // when every such response has ended.
@@ -622,16 +638,7 @@ func TestAnswerWaitingAnswersWaitingClients(t *testing.T) {
 	t.Parallel()
 	b := newTestBundle(t) // no worker: the job stays queued
 	ctx := testCtx(t, 30*time.Second)
-	states := watchStates(t, b.Broker.Conn)
-	res := make(chan rawResponse, 1)
-	go func() { res <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "waiting", "")) }()
-	var id string
-	for j := range states {
-		if j.State == broker.StateQueued {
-			id = j.ID
-			break
-		}
-	}
+	res, id := waitingChat(t, ctx, b, "")
 	if err := b.GW.AnswerWaiting(ctx); err != nil {
 		t.Fatalf("AnswerWaiting: %v", err)
 	}
@@ -658,16 +665,7 @@ func TestStoppingAnswersAWaitingClientOnAStoreOfItsOwn(t *testing.T) {
 	t.Parallel()
 	b := newTestBundle(t, withBroker(brokertest.WithStore(func(c *broker.Config) { c.Exclusive = true }))) // no worker: the job stays queued
 	ctx := testCtx(t, 30*time.Second)
-	states := watchStates(t, b.Broker.Conn)
-	res := make(chan rawResponse, 1)
-	go func() { res <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "waiting", "")) }()
-	var id string
-	for j := range states {
-		if j.State == broker.StateQueued {
-			id = j.ID
-			break
-		}
-	}
+	res, id := waitingChat(t, ctx, b, "")
 	b.GW.Stopping()
 	got := <-res
 	if got.Status != http.StatusServiceUnavailable || !strings.Contains(errorBody(t, got.Body), "shutting down") {
@@ -695,14 +693,7 @@ func TestStoppingLeavesAWaitingClientOnASharedNATS(t *testing.T) {
 		}
 	}))
 	ctx := testCtx(t, 30*time.Second)
-	states := watchStates(t, b.Broker.Conn)
-	res := make(chan rawResponse, 1)
-	go func() { res <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "waiting", "false")) }()
-	for j := range states {
-		if j.State == broker.StateQueued {
-			break
-		}
-	}
+	res, _ := waitingChat(t, ctx, b, "false")
 	b.GW.Stopping()
 	runUntilCleanup(t, "worker", w.Run) // the other foreman's worker, say
 	got := <-res
