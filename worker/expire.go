@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 )
 
 // errNotWaiting stops the expiry of a job that is no longer waiting in the queue: it
@@ -51,8 +52,11 @@ func (w *Worker) deadRun(j *broker.Job, written time.Time) bool {
 func (w *Worker) expireLoop(ctx context.Context) {
 	t := time.NewTicker(w.store.ExpireEvery())
 	defer t.Stop()
+	// A NATS outage fails every look: warned of once, then once per failurelog.Every, and
+	// told once the look works again.
+	var looks expireLooks
 	for {
-		w.expire(ctx)
+		w.expire(ctx, &looks)
 		select {
 		case <-w.stopping:
 			return
@@ -63,22 +67,37 @@ func (w *Worker) expireLoop(ctx context.Context) {
 	}
 }
 
+// expireLooks logs the failures of expireLoop's two reads, each under its message.
+type expireLooks struct {
+	limits, stale failurelog.Loop
+}
+
+// The messages expireLooks logs under.
+const (
+	msgReadTTL   = "read the job TTL in force"
+	msgLookStale = "look for jobs that waited a job TTL"
+)
+
 // expire fails the jobs waiting in the queue since before Store.StaleBefore and removes
 // their queue messages and stored request bodies. Several foremen on one NATS may race to
 // end one: the record's revision lets one write win. A stop ends it at once: its work
-// waits for the next start.
-func (w *Worker) expire(ctx context.Context) {
+// waits for the next start. The reads' failures go to looks.
+func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 	ctx, stop := w.untilStop(ctx)
 	defer stop()
 	// Another foreman on a shared NATS may have raised the job TTL: judged by a shorter
 	// one, its jobs would be ended early.
-	if err := w.store.RefreshLimits(ctx); err != nil && ctx.Err() == nil {
-		w.log.Warn("read the job TTL in force", "err", err)
+	if err := w.store.RefreshLimits(ctx); err == nil {
+		looks.limits.Worked(w.log, msgReadTTL)
+	} else if ctx.Err() == nil {
+		looks.limits.Failed(w.log, msgReadTTL, err)
 	}
 	stale := w.store.StaleBefore()
 	old, err := w.store.Stale(ctx, stale) // each read bounded; the whole ends with a stop
-	if err != nil && ctx.Err() == nil {
-		w.log.Warn("look for jobs that waited a job TTL", "err", err)
+	if err == nil {
+		looks.stale.Worked(w.log, msgLookStale)
+	} else if ctx.Err() == nil {
+		looks.stale.Failed(w.log, msgLookStale, err)
 	}
 	ttl := w.store.JobTTL()
 	var ended []string

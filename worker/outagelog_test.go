@@ -110,3 +110,44 @@ func TestPicksResumeSoonAfterANATSOutage(t *testing.T) {
 	o.Heal(t)
 	eventually(t, 30*time.Second, "a job submitted after the outage done", done(submit()))
 }
+
+// The look for jobs that waited a job TTL, and the read of the job TTL in force beside
+// it, fail at each turn of their loop during a NATS outage: each is warned of once (the
+// repeats at debug), and once NATS is back each says once that it works again. They
+// warned at every turn, and never told of the outage's end.
+func TestExpiryLooksTellOfAnOutagesEnd(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	o := brokertest.NewOutage(t, func(c *broker.Config) { c.JobTTL = 2 * time.Second }) // a look every 250 ms
+	var logs lockedBuffer
+	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	tb.startOn(t, o.Store, worker.Config{Logger: log, IdlePoll: 5 * time.Millisecond})
+	defer func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	}()
+	const ttlRead, look = `msg="read the job TTL in force"`, `msg="look for jobs that waited a job TTL"`
+	o.Cut(t)
+	eventually(t, 20*time.Second, "three failed looks of each kind", func() bool {
+		l := logs.String()
+		return countLines(l, ttlRead) >= 3 && countLines(l, look) >= 3
+	})
+	o.Heal(t)
+	eventually(t, 20*time.Second, "both looks working again", func() bool {
+		l := logs.String()
+		return countLines(l, "level=INFO", ttlRead[:len(ttlRead)-1]+`: works again"`) == 1 &&
+			countLines(l, "level=INFO", look[:len(look)-1]+`: works again"`) == 1
+	})
+	l := logs.String()
+	for _, msg := range []string{ttlRead, look} {
+		// Within the outage's few seconds, one warning per distinct failure: the
+		// connection's loss and its refusals while cut off.
+		if n := countLines(l, "level=WARN", msg); n > 2 {
+			t.Errorf("%d warnings of %s, want at most 2 in one outage", n, msg)
+		}
+		if countLines(l, "level=DEBUG", msg) == 0 {
+			t.Errorf("no repeat of %s left to debug", msg)
+		}
+	}
+}

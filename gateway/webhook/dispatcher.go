@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/publicsuffix"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 )
 
 // Store is what the dispatcher uses of the job store: a *broker.Store. Tests stand a
@@ -158,7 +159,10 @@ type Dispatcher struct {
 	spilled  map[string]spilledJob
 	spillSeq uint64
 	nudge    chan struct{} // wakes claimLoop: a receiver with spilled events has room
-	wg       sync.WaitGroup
+	// claims logs the claims' failures to read the store: during a NATS outage, once
+	// per failurelog.Every, and once when a claim reads it again.
+	claims failurelog.Loop
+	wg     sync.WaitGroup
 
 	slotsMu     sync.Mutex
 	slots       map[string]*receiverSlots // by receiver; removed when unused

@@ -151,6 +151,9 @@ func (d *Dispatcher) nudgeLocked(receiver string) {
 	}
 }
 
+// msgClaim is what claim's failures are logged under.
+const msgClaim = "look for pending webhook deliveries of foremen that are gone"
+
 // claim takes up the pending deliveries no lane holds: adopted from foremen that are
 // gone, and this one's own spilled ones (resume leaves those beyond laneCap in the
 // store again). A job stops counting as having events spilled once a claim queued its
@@ -164,10 +167,11 @@ func (d *Dispatcher) claim(ctx context.Context) {
 	claimed, failed, err := d.store.ClaimPendingDeliveries(ctx, d.holds)
 	if err != nil {
 		if ctx.Err() == nil {
-			d.log.Warn("look for pending webhook deliveries of foremen that are gone", "err", err)
+			d.claims.Failed(d.log, msgClaim, err)
 		}
 		return
 	}
+	d.claims.Worked(d.log, msgClaim)
 	if len(claimed) > 0 {
 		d.log.Info("pending webhook deliveries taken up (adopted, or this foreman's own held by no lane)", "deliveries", len(claimed))
 	}

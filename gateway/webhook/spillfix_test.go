@@ -3,6 +3,7 @@ package webhook
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -216,5 +217,54 @@ func TestSpillCountsUnderTheJobsReceiver(t *testing.T) {
 	d.takenUpLocked("j")
 	if len(d.spills) != 0 || len(d.spilled) != 0 {
 		t.Fatalf("after the take-up: spills %v, spilled %v; want none", d.spills, d.spilled)
+	}
+}
+
+// claimsFail is a store whose claims fail while fail is set, as during a NATS outage.
+type claimsFail struct {
+	Store
+	fail *atomic.Bool
+}
+
+func (s claimsFail) ClaimPendingDeliveries(ctx context.Context, skip func(string, uint64) bool) ([]broker.PendingDelivery, []broker.PendingRef, error) {
+	if s.fail.Load() {
+		return nil, nil, errors.New("nats: connection closed")
+	}
+	return s.Store.ClaimPendingDeliveries(ctx, skip)
+}
+
+// Claims failing one after the other (a NATS outage fails each periodic look) warn once,
+// the repeats at debug, and the first claim that reads the store again says so once: the
+// operator sees where the outage ended for this loop too. Each failure was warned of,
+// and nothing told of its end.
+func TestFailingClaimsWarnOnceAndTellOfTheirEnd(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	var logs logBuffer
+	var fail atomic.Bool
+	fail.Store(true)
+	cfg := fastConfig(b.Store)
+	cfg.Store = claimsFail{Store: b.Store, fail: &fail}
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	d, err := New(cfg) // not run: the test makes the claims
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		d.claim(ctxT(t))
+	}
+	fail.Store(false)
+	for range 2 {
+		d.claim(ctxT(t))
+	}
+	out := logs.buf.String()
+	if n := logs.count("level=WARN", msgClaim, "connection closed"); n != 1 {
+		t.Errorf("%d warnings of the failing claims, want 1:\n%s", n, out)
+	}
+	if n := logs.count("level=DEBUG", msgClaim, "connection closed"); n != 2 {
+		t.Errorf("%d debug lines of the repeats, want 2:\n%s", n, out)
+	}
+	if n := logs.count("level=INFO", msgClaim+": works again", "failures=3"); n != 1 {
+		t.Errorf("%d lines telling the claims work again (failures=3), want 1:\n%s", n, out)
 	}
 }
