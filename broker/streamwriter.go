@@ -28,6 +28,7 @@ type StreamWriter struct {
 	limit       int           // the most size may be (Config.MaxAnswer); 0: no bound
 	readerWait  time.Duration // the longest messages are held for a reader (Config.ReaderWait)
 	wait        *readerWait   // holds the messages until a reader is heard (AwaitReader); nil if not
+	resend      *resender     // keeps the published messages for the reader's resends (ADR-0076); nil if not
 }
 
 // ErrAnswerTooLarge is (wrapped in) the error of a frame that would make an attempt's
@@ -172,6 +173,9 @@ func (w *StreamWriter) send(m *nats.Msg) error {
 	for _, f := range feeds {
 		f.deliver(m)
 	}
+	if w.resend != nil {
+		w.resend.keep(m)
+	}
 	return nil
 }
 
@@ -203,4 +207,7 @@ func (w *StreamWriter) Final(state State, errMsg string, status int) error {
 // Reset starts a new attempt's numbering (a retried async job streams again from 1).
 func (w *StreamWriter) Reset() {
 	w.seq, w.contentType, w.frames, w.size = 0, "", nil, 0
+	if w.resend != nil {
+		w.resend.reset()
+	}
 }
