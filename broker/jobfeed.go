@@ -50,7 +50,7 @@ type JobFeed struct {
 	id    string
 	local *localFeeds // where it is registered for local delivery; nil if not
 	boot  string      // the boot id of its Store's foreman: the pings it answers (ADR-0072)
-	nc    *nats.Conn  // where it asks the runner for lost messages (ADR-0076)
+	nc    *nats.Conn  // where it asks the runner for lost messages (ADR-0078)
 	// resendWait bounds each ask (Config.ResendWait).
 	resendWait time.Duration
 
@@ -63,10 +63,12 @@ type JobFeed struct {
 	// echoes are the messages handed over locally whose copy from NATS is still to come,
 	// in the order they were published.
 	echoes []*nats.Msg
-	// mending: a resend is under way (ADR-0076); the queue waits for its messages.
-	// resends counts the resends asked for, at most maxResends.
+	// mending: a resend is under way (ADR-0078); the queue waits for its messages.
+	// resends counts the resends asked for, at most maxResends. copies are the
+	// messages sent again, by Foreman-Seq, until their copy from NATS came.
 	mending bool
 	resends int
+	copies  map[uint64]*nats.Msg
 
 	// beforeReceive sees each message from NATS first; true: it is lost on the way.
 	beforeReceive atomic.Pointer[func(*nats.Msg) bool] // tests only (export_test.go)
@@ -123,7 +125,7 @@ func msgSize(m *nats.Msg) int64 {
 // is answered, and is no event.
 func (f *JobFeed) receive(m *nats.Msg) {
 	if isResend(m) {
-		return // a feed's request to the runner (ADR-0076), this one's or another's
+		return // a feed's request to the runner (ADR-0078), this one's or another's
 	}
 	if isPing(m) {
 		// A runner on another node asks whether this subscription reached its server
@@ -225,7 +227,7 @@ func (f *JobFeed) Ready() <-chan struct{} { return f.wake }
 //
 // A stream message past the one expected next (messages lost on the way: on a NATS
 // cluster, a node that died with them, or a reconnect) is not a gap at once: the feed
-// asks the job's runner to send the missing ones again (ADR-0076), and Next reports
+// asks the job's runner to send the missing ones again (ADR-0078), and Next reports
 // none until they came or the runner did not answer (Config.ResendWait, maxResends
 // asks); then it goes on with them, or with the gap.
 func (f *JobFeed) Next() (Event, bool) {
@@ -238,10 +240,11 @@ func (f *JobFeed) Next() (Event, bool) {
 		m := f.queue[0]
 		if seq, ok := frameSeq(m); ok {
 			next := f.dec.Frames() + 1
-			if f.resends > 0 && seq < next {
+			if c := f.copies[seq]; c != nil && seq < next && sameMessage(c, m) {
+				delete(f.copies, seq)
 				f.dropLocked()
 				f.mu.Unlock()
-				continue // a copy of one taken, sent again with those lost
+				continue // the NATS copy of one taken, sent again with those lost
 			}
 			if seq > next && f.mendLocked(next) {
 				f.mu.Unlock()
@@ -274,8 +277,15 @@ func frameSeq(m *nats.Msg) (uint64, bool) {
 	return seq, err == nil
 }
 
+// sameMessage reports whether stream messages a and b, of one Foreman-Seq, are the same
+// message: a runner that numbers from 1 again (another attempt) sends others.
+func sameMessage(a, b *nats.Msg) bool {
+	return bytes.Equal(a.Data, b.Data) && a.Header.Get(HeaderFinal) == b.Header.Get(HeaderFinal) &&
+		a.Header.Get(HeaderMore) == b.Header.Get(HeaderMore)
+}
+
 // Mend asks the job's runner for the stream's messages after the last one the reader
-// took (ADR-0076): for a reader that saw the job end without its final marker, which
+// took (ADR-0078): for a reader that saw the job end without its final marker, which
 // may be lost on the way. It reports whether the runner is being asked (now, or by an
 // ask under way): false once the feed asks no more (maxResends). What the runner sends
 // comes through Next, ahead of what waits.
@@ -306,6 +316,12 @@ func (f *JobFeed) resent(got []*nats.Msg) {
 	f.mending = false
 	for _, m := range got {
 		f.buffered += msgSize(m)
+		if seq, ok := frameSeq(m); ok {
+			if f.copies == nil {
+				f.copies = map[uint64]*nats.Msg{}
+			}
+			f.copies[seq] = m
+		}
 	}
 	f.queue = append(got, f.queue...)
 	select {

@@ -10,13 +10,13 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// resendSuffix ends a job's resend subject, foreman.job.<id>.resend (ADR-0076): the
+// resendSuffix ends a job's resend subject, foreman.job.<id>.resend (ADR-0078): the
 // caller's feed asks the runner there for the messages of the job's stream it lost on
 // the way. Like the ping, it is no event of the job: a feed ignores it.
 const resendSuffix = ".resend"
 
 // ResendSubject is where the runner of job id takes requests to send its stream's
-// messages again (ADR-0076).
+// messages again (ADR-0078).
 func ResendSubject(id string) string { return jobPrefix + id + resendSuffix }
 
 // isResend reports whether a message a feed got is a resend request, no event of the job.
@@ -48,12 +48,12 @@ const (
 const defaultResendWait = 5 * time.Second
 
 // maxResends bounds the asks of one feed: a stream that keeps breaking, or a runner that
-// never answers (one of a foreman before ADR-0076, an async job's), is reported, not
+// never answers (one of a foreman before ADR-0078, an async job's), is reported, not
 // waited on without end.
 const maxResends = 3
 
 // resender keeps what a StreamWriter published and sends it again on request
-// (ADR-0076). Its subscription lives from AwaitReader until resendKeep after Close.
+// (ADR-0078). Its subscription lives from AwaitReader until resendKeep after Close.
 type resender struct {
 	sub *nats.Subscription
 
@@ -63,7 +63,7 @@ type resender struct {
 }
 
 // serveResends makes w keep its published messages and send them again to a feed that
-// asks (ADR-0076). A failed subscription leaves w without it: its reader's gaps stay
+// asks (ADR-0078). A failed subscription leaves w without it: its reader's gaps stay
 // gaps, as before.
 func (w *StreamWriter) serveResends() {
 	rs := &resender{}

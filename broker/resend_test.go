@@ -57,7 +57,7 @@ func remoteWriter(t *testing.T, b *brokertest.Bundle, id string) *broker.StreamW
 }
 
 // Messages of a cross-node answer lost on the way (a NATS node that died with them, a
-// reconnect) are sent again by the runner when the caller's feed sees the gap (ADR-0076):
+// reconnect) are sent again by the runner when the caller's feed sees the gap (ADR-0078):
 // the reader gets every frame in order and the final marker, the pieces of a frame
 // larger than a message included. Before, the answer ended "stream gap: expected frame
 // 2, got 4".
@@ -167,7 +167,7 @@ func TestLostFinalMarkerIsSentAgainOnMend(t *testing.T) {
 }
 
 // A runner that keeps nothing for a resend (an async job's, or one of a foreman before
-// ADR-0076) leaves the gap a gap: reported once the feed's asks went unanswered, not
+// ADR-0078) leaves the gap a gap: reported once the feed's asks went unanswered, not
 // waited on for ever.
 func TestGapStandsWhenNoRunnerResends(t *testing.T) {
 	t.Parallel()
@@ -224,5 +224,42 @@ func TestAResendIsNoEventOfAnotherFeed(t *testing.T) {
 	}
 	if ev := nextEvent(t, other); ev.Kind != broker.EventState {
 		t.Fatalf("other feed's next event %+v, want the state published after the ask", ev)
+	}
+}
+
+// Only the copies of messages sent again are dropped: a runner numbering from 1 again
+// (another attempt, of another foreman) after a resend is a broken stream still, not
+// frames taken already.
+func TestAnotherAttemptAfterAResendIsAGap(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	feed.LoseOnNATS(loseSeqs("2"))
+	w := remoteWriter(t, b, id)
+	for _, f := range []string{"a\n", "b\n", "c\n"} {
+		if err := w.Frame([]byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got string
+	for got != "a\nb\nc\n" {
+		ev := nextEvent(t, feed)
+		if ev.Kind != broker.EventFrame {
+			t.Fatalf("after %q: %+v, want frames", got, ev)
+		}
+		got += string(ev.Data)
+	}
+	// The other attempt's first frame is lost too: its second has a number sent again
+	// before, with other bytes.
+	feed.LoseOnNATS(loseSeqs("1"))
+	again := b.Store.RemoteStreamWriter(id)
+	for _, f := range []string{"x\n", "y\n"} {
+		if err := again.Frame([]byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if ev := nextEvent(t, feed); ev.Kind != broker.EventGap || ev.Gap != "expected frame 4, got 2" {
+		t.Fatalf("after another attempt's frames: %+v, want the gap", ev)
 	}
 }

@@ -71,7 +71,7 @@ type Config struct {
 	// ADR-0072); past it the answer goes out all the same. Default 5s.
 	ReaderWait time.Duration
 	// ResendWait bounds each ask of a sync caller's feed for the messages of its answer
-	// lost on the way (ADR-0076): the runner's node may be restarting, the route to it
+	// lost on the way (ADR-0078): the runner's node may be restarting, the route to it
 	// re-forming. A feed asks at most maxResends times. Default 5s.
 	ResendWait time.Duration
 	// WriteFault, when set, reports a fault of the store's own server that keeps it from

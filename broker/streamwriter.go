@@ -28,7 +28,7 @@ type StreamWriter struct {
 	limit       int           // the most size may be (Config.MaxAnswer); 0: no bound
 	readerWait  time.Duration // the longest messages are held for a reader (Config.ReaderWait)
 	wait        *readerWait   // holds the messages until a reader is heard (AwaitReader); nil if not
-	resend      *resender     // keeps the published messages for the reader's resends (ADR-0076); nil if not
+	resend      *resender     // keeps the published messages for the reader's resends (ADR-0078); nil if not
 }
 
 // ErrAnswerTooLarge is (wrapped in) the error of a frame that would make an attempt's

@@ -23,7 +23,7 @@ import (
 // first three frames reached the caller and comes back three frames later, as when a
 // node restarts or a connection moves. The frames A published meanwhile were dropped by
 // its node. Once the caller's subscription crossed the route again, the next frame shows
-// the gap; the caller's feed asks A for the lost ones (ADR-0076), and the caller gets the
+// the gap; the caller's feed asks A for the lost ones (ADR-0078), and the caller gets the
 // whole answer, byte for byte what the target sent. Before, the answer ended with
 // "stream gap: expected frame 4, got 7".
 func TestSyncCrossNodeFramesLostMidAnswerAreSentAgain(t *testing.T) {

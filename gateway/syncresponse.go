@@ -45,7 +45,7 @@ type jobEvents interface {
 	// Overflow is closed once more than the feed's buffer waits for the client.
 	Overflow() <-chan struct{}
 	// Mend asks the job's runner for the stream's messages after those taken, lost on
-	// the way (ADR-0076); they come through Next. It reports whether the runner is being
+	// the way (ADR-0078); they come through Next. It reports whether the runner is being
 	// asked; false: the feed asks no more.
 	Mend() bool
 }
@@ -261,7 +261,7 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 }
 
 // mend asks the runner of ended job j for the answer's messages after the last one
-// taken (ADR-0076): its final marker, maybe frames before it, were lost on the way (a
+// taken (ADR-0078): its final marker, maybe frames before it, were lost on the way (a
 // NATS node that died with them). It reports whether the runner is being asked; the
 // feed bounds the asks. Only another foreman's run is asked for: this foreman's hands
 // its messages over in process, and one that does not name itself (ADR-0064) is of a

@@ -497,7 +497,7 @@ func TestSyncResponseFramingOfBrokenParameter(t *testing.T) {
 }
 
 // A job that ended without its final marker reaching the response is asked of its
-// runner again (ADR-0076) when that is another foreman: what the feed then yields ends
+// runner again (ADR-0078) when that is another foreman: what the feed then yields ends
 // the answer whole. A job this foreman ran, or one whose runner does not name itself (a
 // version that keeps nothing for a resend), is not asked for: the answer ends with the
 // gap at once.
