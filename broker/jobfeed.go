@@ -226,10 +226,11 @@ func (f *JobFeed) Ready() <-chan struct{} { return f.wake }
 // the reader's: call it from one goroutine at a time.
 //
 // A stream message past the one expected next (messages lost on the way: on a NATS
-// cluster, a node that died with them, or a reconnect) is not a gap at once: the feed
-// asks the job's runner to send the missing ones again (ADR-0078), and Next reports
-// none until they came or the runner did not answer (Config.ResendWait, maxResends
-// asks); then it goes on with them, or with the gap.
+// cluster, a node that died with them, or a reconnect) from a runner that serves resends
+// (HeaderResends) is not a gap at once: the feed asks the runner to send the missing
+// ones again (ADR-0078), and Next reports none until they came or the runner did not
+// answer (Config.ResendWait, maxResends asks); then it goes on with them, or with the
+// gap.
 func (f *JobFeed) Next() (Event, bool) {
 	for {
 		f.mu.Lock()
@@ -246,7 +247,7 @@ func (f *JobFeed) Next() (Event, bool) {
 				f.mu.Unlock()
 				continue // the NATS copy of one taken, sent again with those lost
 			}
-			if seq > next && f.mendLocked(next) {
+			if seq > next && m.Header.Get(HeaderResends) != "" && f.mendLocked(next) {
 				f.mu.Unlock()
 				return Event{}, false
 			}

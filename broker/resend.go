@@ -30,6 +30,11 @@ const (
 	HeaderResendEnd  = "Foreman-Resend-End"
 )
 
+// HeaderResends rides on every stream message of a writer that serves resends: a feed
+// that finds a gap before such a message asks for what it lost, and reports the gap at
+// once after another writer's (an async job's, a foreman's before ADR-0078).
+const HeaderResends = "Foreman-Resends"
+
 // resendKeep is how long a runner keeps an attempt's messages for a resend after the
 // attempt ended (StreamWriter.Close): the caller's feed asks within moments of the job's
 // end reaching it, and goes on asking for up to maxResends × Config.ResendWait.

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"bytes"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -167,11 +168,12 @@ func TestLostFinalMarkerIsSentAgainOnMend(t *testing.T) {
 }
 
 // A runner that keeps nothing for a resend (an async job's, or one of a foreman before
-// ADR-0078) leaves the gap a gap: reported once the feed's asks went unanswered, not
-// waited on for ever.
+// ADR-0078) says so by not marking its messages (HeaderResends): its gap is reported at
+// once, not asked of anyone. A runner that marked them and is gone leaves the gap a gap
+// too, once the feed's asks went unanswered, not waited on for ever.
 func TestGapStandsWhenNoRunnerResends(t *testing.T) {
 	t.Parallel()
-	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ResendWait = 200 * time.Millisecond }))
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ResendWait = time.Hour }))
 	id := broker.NewID()
 	feed := feedT(t, b, id, broker.FeedConfig{})
 	feed.LoseOnNATS(loseSeqs("2"))
@@ -184,6 +186,23 @@ func TestGapStandsWhenNoRunnerResends(t *testing.T) {
 	got, last := readAnswer(t, feed)
 	if got != "a\n" || last.Kind != broker.EventGap || last.Gap != "expected frame 2, got 3" {
 		t.Fatalf("got %q then %+v, want frame a then the gap at frame 2", got, last)
+	}
+
+	b = brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ResendWait = 200 * time.Millisecond }))
+	id = broker.NewID()
+	feed = feedT(t, b, id, broker.FeedConfig{})
+	for seq, data := range []string{"a\n", "c\n"} {
+		m := nats.NewMsg(broker.StreamSubject(id))
+		m.Header.Set(broker.HeaderSeq, strconv.Itoa(2*seq+1))
+		m.Header.Set(broker.HeaderResends, "1")
+		m.Data = []byte(data)
+		if err := b.Conn.PublishMsg(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, last = readAnswer(t, feed)
+	if got != "a\n" || last.Kind != broker.EventGap || last.Gap != "expected frame 2, got 3" {
+		t.Fatalf("runner gone: got %q then %+v, want frame a then the gap at frame 2", got, last)
 	}
 }
 

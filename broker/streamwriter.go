@@ -142,6 +142,9 @@ func (w *StreamWriter) publishMsg(data []byte, hdr func(nats.Header)) (held bool
 	w.seq++
 	m := nats.NewMsg(w.subject)
 	m.Header.Set(HeaderSeq, strconv.Itoa(w.seq))
+	if w.resend != nil {
+		m.Header.Set(HeaderResends, "1")
+	}
 	if hdr != nil {
 		hdr(m.Header)
 	}
