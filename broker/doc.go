@@ -10,7 +10,9 @@
 //     state events as typed Events (frame, final with nil or a *JobError, state, gap);
 //     a StreamWriter hands its messages to the JobFeeds of its own Store directly, ahead
 //     of NATS (ADR-0035); for a sync caller on another foreman it holds them until that
-//     foreman's JobFeed answers a ping on foreman.job.<id>.ping (AwaitReader, ADR-0072);
+//     foreman's JobFeed answers a ping on foreman.job.<id>.ping (AwaitReader, ADR-0072),
+//     and sends its messages again to a feed that lost some and asks on
+//     foreman.job.<id>.resend (ADR-0078);
 //   - the queue: Lease is a queue message the worker took; OnQueued wakes an idle
 //     worker with the published message (a submit of the same Store announces it before
 //     it publishes, ADR-0034); OnDeliveryLimit reports the messages JetStream gives up on;

@@ -113,9 +113,15 @@ func (s *Store) RemoteStreamWriter(id string) *StreamWriter {
 // undo stops it for later messages.
 func (f *JobFeed) HoldNATS(hold func()) (undo func()) {
 	var once sync.Once
-	h := func() { once.Do(hold) }
+	h := func(*nats.Msg) bool { once.Do(hold); return false }
 	f.beforeReceive.Store(&h)
 	return func() { f.beforeReceive.Store(nil) }
+}
+
+// LoseOnNATS makes the feed lose, as NATS can on the way, the messages from NATS lose
+// picks.
+func (f *JobFeed) LoseOnNATS(lose func(*nats.Msg) bool) {
+	f.beforeReceive.Store(&lose)
 }
 
 // StreamWriterOn is the writer of job id's answer of this Store (its feeds get the

@@ -3,9 +3,11 @@ package broker
 import (
 	"bytes"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -48,6 +50,9 @@ type JobFeed struct {
 	id    string
 	local *localFeeds // where it is registered for local delivery; nil if not
 	boot  string      // the boot id of its Store's foreman: the pings it answers (ADR-0072)
+	nc    *nats.Conn  // where it asks the runner for lost messages (ADR-0078)
+	// resendWait bounds each ask (Config.ResendWait).
+	resendWait time.Duration
 
 	mu         sync.Mutex
 	queue      []*nats.Msg
@@ -58,8 +63,15 @@ type JobFeed struct {
 	// echoes are the messages handed over locally whose copy from NATS is still to come,
 	// in the order they were published.
 	echoes []*nats.Msg
+	// mending: a resend is under way (ADR-0078); the queue waits for its messages.
+	// resends counts the resends asked for, at most maxResends. copies are the
+	// messages sent again, by Foreman-Seq, until their copy from NATS came.
+	mending bool
+	resends int
+	copies  map[uint64]*nats.Msg
 
-	beforeReceive atomic.Pointer[func()] // tests only (export_test.go)
+	// beforeReceive sees each message from NATS first; true: it is lost on the way.
+	beforeReceive atomic.Pointer[func(*nats.Msg) bool] // tests only (export_test.go)
 }
 
 // Feed subscribes to job id's stream and state subjects. Subscribe before the job is
@@ -72,7 +84,7 @@ func (s *Store) Feed(id string, cfg FeedConfig) (*JobFeed, error) {
 	if err != nil {
 		return nil, err
 	}
-	f.id, f.local = id, &s.feeds
+	f.id, f.local, f.resendWait = id, &s.feeds, s.cfg.ResendWait
 	s.feeds.add(id, f)
 	return f, nil
 }
@@ -84,7 +96,7 @@ func (s *Store) Feed(id string, cfg FeedConfig) (*JobFeed, error) {
 // stream's leader, possibly on another node than the runner's, and may overtake the last
 // frames: a reader waits a moment for them (the gateway's finalGrace).
 func subscribeFeed(nc *nats.Conn, id, boot string, cfg FeedConfig) (*JobFeed, error) {
-	f := &JobFeed{wake: make(chan struct{}, 1), over: make(chan struct{}), cfg: cfg, boot: boot}
+	f := &JobFeed{wake: make(chan struct{}, 1), over: make(chan struct{}), cfg: cfg, boot: boot, nc: nc}
 	sub, err := nc.Subscribe(jobWildcard(id), f.receive)
 	if err != nil {
 		return nil, err
@@ -112,6 +124,9 @@ func msgSize(m *nats.Msg) int64 {
 // locally before comes a second time from NATS: that echo is dropped. A runner's ping
 // is answered, and is no event.
 func (f *JobFeed) receive(m *nats.Msg) {
+	if isResend(m) {
+		return // a feed's request to the runner (ADR-0078), this one's or another's
+	}
 	if isPing(m) {
 		// A runner on another node asks whether this subscription reached its server
 		// (ADR-0072): that it came here says so. Only the caller's foreman answers: a
@@ -121,8 +136,8 @@ func (f *JobFeed) receive(m *nats.Msg) {
 		}
 		return
 	}
-	if hold := f.beforeReceive.Load(); hold != nil {
-		(*hold)()
+	if before := f.beforeReceive.Load(); before != nil && (*before)(m) {
+		return
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -209,21 +224,110 @@ func (f *JobFeed) Ready() <-chan struct{} { return f.wake }
 
 // Next returns the job's next event in order, or false when none is waiting now. It is
 // the reader's: call it from one goroutine at a time.
+//
+// A stream message past the one expected next (messages lost on the way: on a NATS
+// cluster, a node that died with them, or a reconnect) from a runner that serves resends
+// (HeaderResends) is not a gap at once: the feed asks the runner to send the missing
+// ones again (ADR-0078), and Next reports none until they came or the runner did not
+// answer (Config.ResendWait, maxResends asks); then it goes on with them, or with the
+// gap.
 func (f *JobFeed) Next() (Event, bool) {
 	for {
 		f.mu.Lock()
-		if len(f.queue) == 0 {
+		if len(f.queue) == 0 || f.mending {
 			f.mu.Unlock()
 			return Event{}, false
 		}
 		m := f.queue[0]
-		f.queue[0] = nil
-		f.queue = f.queue[1:]
-		f.buffered -= msgSize(m)
+		if seq, ok := frameSeq(m); ok {
+			next := f.dec.Frames() + 1
+			if c := f.copies[seq]; c != nil && seq < next && sameMessage(c, m) {
+				delete(f.copies, seq)
+				f.dropLocked()
+				f.mu.Unlock()
+				continue // the NATS copy of one taken, sent again with those lost
+			}
+			if seq > next && m.Header.Get(HeaderResends) != "" && f.mendLocked(next) {
+				f.mu.Unlock()
+				return Event{}, false
+			}
+		}
+		f.dropLocked()
 		f.mu.Unlock()
 		if ev, ok := f.dec.Decode(m, f.Dropped); ok {
 			return ev, true
 		}
+	}
+}
+
+// dropLocked takes the queue's first message off it. f.mu is held.
+func (f *JobFeed) dropLocked() {
+	m := f.queue[0]
+	f.queue[0] = nil
+	f.queue = f.queue[1:]
+	f.buffered -= msgSize(m)
+}
+
+// frameSeq is the Foreman-Seq of a stream message (a frame, a piece, a final marker),
+// false for a state event or a message without one.
+func frameSeq(m *nats.Msg) (uint64, bool) {
+	if strings.HasSuffix(m.Subject, ".state") {
+		return 0, false
+	}
+	seq, err := strconv.ParseUint(m.Header.Get(HeaderSeq), 10, 64)
+	return seq, err == nil
+}
+
+// sameMessage reports whether stream messages a and b, of one Foreman-Seq, are the same
+// message: a runner that numbers from 1 again (another attempt) sends others.
+func sameMessage(a, b *nats.Msg) bool {
+	return bytes.Equal(a.Data, b.Data) && a.Header.Get(HeaderFinal) == b.Header.Get(HeaderFinal) &&
+		a.Header.Get(HeaderMore) == b.Header.Get(HeaderMore)
+}
+
+// Mend asks the job's runner for the stream's messages after the last one the reader
+// took (ADR-0078): for a reader that saw the job end without its final marker, which
+// may be lost on the way. It reports whether the runner is being asked (now, or by an
+// ask under way): false once the feed asks no more (maxResends). What the runner sends
+// comes through Next, ahead of what waits.
+func (f *JobFeed) Mend() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.mending || f.mendLocked(f.dec.Frames()+1)
+}
+
+// mendLocked starts a resend of the messages from Foreman-Seq from on, unless the feed
+// asked maxResends times already. f.mu is held.
+func (f *JobFeed) mendLocked(from uint64) bool {
+	if f.nc == nil || f.resends >= maxResends {
+		return false
+	}
+	f.resends++
+	f.mending = true
+	go f.resend(f.nc, from, f.resendWait)
+	return true
+}
+
+// resent takes a resend's messages (none: the runner did not answer) ahead of the
+// queue and lets the reader go on. They are not held to the buffer: the runner's
+// answer bound (Config.MaxAnswer) holds them.
+func (f *JobFeed) resent(got []*nats.Msg) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.mending = false
+	for _, m := range got {
+		f.buffered += msgSize(m)
+		if seq, ok := frameSeq(m); ok {
+			if f.copies == nil {
+				f.copies = map[uint64]*nats.Msg{}
+			}
+			f.copies[seq] = m
+		}
+	}
+	f.queue = append(got, f.queue...)
+	select {
+	case f.wake <- struct{}{}:
+	default:
 	}
 }
 

@@ -78,6 +78,7 @@ func (w *StreamWriter) AwaitReader(gateway string) {
 	rw := &readerWait{bound: w.readerWait, cancel: cancel, done: make(chan struct{}),
 		holding: true, flushed: make(chan struct{})}
 	w.wait = rw
+	w.serveResends()
 	go func() {
 		defer close(rw.done)
 		rw.ping(ctx, w.nc, PingSubject(w.id), gateway)
@@ -92,6 +93,9 @@ func (w *StreamWriter) Close() {
 	if w.wait != nil {
 		w.wait.cancel()
 		<-w.wait.done
+	}
+	if w.resend != nil {
+		w.resend.close()
 	}
 }
 

@@ -70,6 +70,10 @@ type Config struct {
 	// subscription reached this foreman's NATS server (StreamWriter.AwaitReader,
 	// ADR-0072); past it the answer goes out all the same. Default 5s.
 	ReaderWait time.Duration
+	// ResendWait bounds each ask of a sync caller's feed for the messages of its answer
+	// lost on the way (ADR-0078): the runner's node may be restarting, the route to it
+	// re-forming. A feed asks at most maxResends times. Default 5s.
+	ResendWait time.Duration
 	// WriteFault, when set, reports a fault of the store's own server that keeps it from
 	// storing the job records, the queue or the artifacts until it is restarted (the
 	// embedded server: a stream whose write failed, as on a full disk, stores nothing
@@ -124,6 +128,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RetryWindow <= 0 {
 		c.RetryWindow = defaultRetryWindow
+	}
+	if c.ResendWait <= 0 {
+		c.ResendWait = defaultResendWait
 	}
 	if c.ReaderWait <= 0 {
 		c.ReaderWait = defaultReaderWait

@@ -28,6 +28,7 @@ type StreamWriter struct {
 	limit       int           // the most size may be (Config.MaxAnswer); 0: no bound
 	readerWait  time.Duration // the longest messages are held for a reader (Config.ReaderWait)
 	wait        *readerWait   // holds the messages until a reader is heard (AwaitReader); nil if not
+	resend      *resender     // keeps the published messages for the reader's resends (ADR-0078); nil if not
 }
 
 // ErrAnswerTooLarge is (wrapped in) the error of a frame that would make an attempt's
@@ -141,6 +142,9 @@ func (w *StreamWriter) publishMsg(data []byte, hdr func(nats.Header)) (held bool
 	w.seq++
 	m := nats.NewMsg(w.subject)
 	m.Header.Set(HeaderSeq, strconv.Itoa(w.seq))
+	if w.resend != nil {
+		m.Header.Set(HeaderResends, "1")
+	}
 	if hdr != nil {
 		hdr(m.Header)
 	}
@@ -171,6 +175,9 @@ func (w *StreamWriter) send(m *nats.Msg) error {
 	}
 	for _, f := range feeds {
 		f.deliver(m)
+	}
+	if w.resend != nil {
+		w.resend.keep(m)
 	}
 	return nil
 }
@@ -203,4 +210,7 @@ func (w *StreamWriter) Final(state State, errMsg string, status int) error {
 // Reset starts a new attempt's numbering (a retried async job streams again from 1).
 func (w *StreamWriter) Reset() {
 	w.seq, w.contentType, w.frames, w.size = 0, "", nil, 0
+	if w.resend != nil {
+		w.resend.reset()
+	}
 }

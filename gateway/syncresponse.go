@@ -44,6 +44,10 @@ type jobEvents interface {
 	Dropped() int
 	// Overflow is closed once more than the feed's buffer waits for the client.
 	Overflow() <-chan struct{}
+	// Mend asks the job's runner for the stream's messages after those taken, lost on
+	// the way (ADR-0078); they come through Next. It reports whether the runner is being
+	// asked; false: the feed asks no more.
+	Mend() bool
 }
 
 // syncResponse writes one sync job's answer to its HTTP client as the job's events
@@ -65,6 +69,7 @@ type syncResponse struct {
 	// final marker (finalGrace, the constant, unless a test's).
 	finalGrace time.Duration
 	endedJob   *broker.Job // the terminal record that came ahead of the final marker
+	mended     bool        // the runner was asked for the messages after the last taken (logged)
 
 	frames   int    // frames written or held so far
 	started  bool   // status and headers are written
@@ -96,6 +101,10 @@ func (sr *syncResponse) run(ctx context.Context, feed jobEvents) outcome {
 		case <-ctx.Done():
 			return outcomeClientGone
 		case <-grace:
+			if sr.mend(feed, sr.endedJob) {
+				grace = nil // waited for as long again
+				continue
+			}
 			return sr.ended(sr.endedJob)
 		case <-sr.s.ending:
 			sr.fail(refuse(ErrUnavailable, "foreman is shutting down; the job was canceled, retry later"))
@@ -242,9 +251,31 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 	}
 	if !sr.terminal {
 		sr.terminal = true
+		sr.mend(feed, j)
 		return 0, false
 	}
+	if sr.mend(feed, j) {
+		return 0, false // the runner is being asked still, or again
+	}
 	return sr.ended(j), true
+}
+
+// mend asks the runner of ended job j for the answer's messages after the last one
+// taken (ADR-0078): its final marker, maybe frames before it, were lost on the way (a
+// NATS node that died with them). It reports whether the runner is being asked; the
+// feed bounds the asks. Only another foreman's run is asked for: this foreman's hands
+// its messages over in process, and one that does not name itself (ADR-0064) is of a
+// version that keeps none for a resend.
+func (sr *syncResponse) mend(feed jobEvents, j *broker.Job) bool {
+	_, boot := j.CurrentRunner()
+	if boot == "" || (sr.s.store != nil && boot == sr.s.store.BootID()) || !feed.Mend() {
+		return false
+	}
+	if !sr.mended {
+		sr.mended = true
+		sr.log.Info("final frame missing; asked the runner to send the answer's end again", "frames", sr.frames)
+	}
+	return true
 }
 
 // frame writes one target frame. The first one decides the status (200) and the

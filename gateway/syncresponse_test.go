@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
 
 // listFeed is a jobEvents the test fills by hand.
@@ -23,11 +24,13 @@ type listFeed struct {
 	events  []broker.Event
 	ready   chan struct{}
 	dropped atomic.Int64
+	mend    func(f *listFeed) bool // Mend's answer; nil: false
 }
 
 func (f *listFeed) Ready() <-chan struct{}    { return f.ready }
 func (f *listFeed) Dropped() int              { return int(f.dropped.Load()) }
 func (f *listFeed) Overflow() <-chan struct{} { return nil }
+func (f *listFeed) Mend() bool                { return f.mend != nil && f.mend(f) }
 
 func (f *listFeed) Next() (broker.Event, bool) {
 	if len(f.events) == 0 {
@@ -89,6 +92,8 @@ type syncCase struct {
 	grace   time.Duration // the response's finalGrace; 0: none
 	gone    bool          // the watchdog's check finds no record at all
 	ctx     context.Context
+	mend    func(f *listFeed) bool // the feed's Mend
+	store   *broker.Store          // the gateway's; nil: none
 }
 
 // runSyncCase feeds msgs, decoded, to a sync response writing into a recorder and returns the outcome.
@@ -100,8 +105,9 @@ func runSyncCase(t *testing.T, c syncCase) (outcome, *httptest.ResponseRecorder)
 	if c.ctx == nil {
 		c.ctx = testCtx(t, 10*time.Second)
 	}
-	gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{RetryAfter: time.Second}}
+	gw := &Server{log: slog.New(slog.DiscardHandler), cfg: Config{RetryAfter: time.Second}, store: c.store}
 	feed := feedOf(c.dropped, c.msgs...)
+	feed.mend = c.mend
 	w := httptest.NewRecorder()
 	r := httptest.NewRequest(http.MethodPost, "/api/chat", nil)
 	sr := &syncResponse{
@@ -487,5 +493,57 @@ func TestSyncResponseFramingOfBrokenParameter(t *testing.T) {
 	}
 	if got := w.Header().Get("Content-Length"); got != "" {
 		t.Errorf("Content-Length %q on a streamed answer", got)
+	}
+}
+
+// A job that ended without its final marker reaching the response is asked of its
+// runner again (ADR-0078) when that is another foreman: what the feed then yields ends
+// the answer whole. A job this foreman ran, or one whose runner does not name itself (a
+// version that keeps nothing for a resend), is not asked for: the answer ends with the
+// gap at once.
+func TestSyncResponseMendsOnlyAnotherForemansRun(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ended := func(boot string) *nats.Msg {
+		started := time.Now()
+		j := &broker.Job{ID: syncTestID, State: broker.StateDone, StartedAt: &started, Attempt: 1,
+			RunnerAttempt: 1, Runner: "mac", RunnerBoot: boot}
+		data, err := json.Marshal(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &nats.Msg{Subject: broker.StateSubject(syncTestID), Data: data}
+	}
+	for _, c := range []struct {
+		name, boot string
+		mended     bool
+	}{
+		{"another foreman's run", "other-boot", true},
+		{"this foreman's run", b.Store.BootID(), false},
+		{"a run that names no foreman", "", false},
+	} {
+		asked := 0
+		o, w := runSyncCase(t, syncCase{stream: true, grace: 10 * time.Millisecond, store: b.Store,
+			msgs: []*nats.Msg{
+				streamMsg(1, "{\"a\":1}\n", broker.HeaderContentType, "application/x-ndjson"),
+				ended(c.boot),
+			},
+			mend: func(f *listFeed) bool {
+				asked++
+				var dec broker.EventDecoder
+				_, _ = dec.Decode(streamMsg(1, "{\"a\":1}\n"), func() int { return 0 })
+				for _, m := range []*nats.Msg{streamMsg(2, "{\"a\":2}\n"), finalMsg(3, "done")} {
+					ev, _ := dec.Decode(m, func() int { return 0 })
+					f.events = append(f.events, ev)
+				}
+				f.ready <- struct{}{}
+				return true
+			}})
+		switch {
+		case c.mended && (asked != 1 || o != outcomeDone || w.Body.String() != "{\"a\":1}\n{\"a\":2}\n"):
+			t.Errorf("%s: asked %d times, outcome %v, body %q; want one ask and the whole answer", c.name, asked, o, w.Body)
+		case !c.mended && (asked != 0 || o != outcomeError || !strings.Contains(w.Body.String(), "stream gap: the job finished but its final frame never arrived")):
+			t.Errorf("%s: asked %d times, outcome %v, body %q; want no ask and the gap", c.name, asked, o, w.Body)
+		}
 	}
 }
