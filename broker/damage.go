@@ -53,9 +53,11 @@ func (s *Store) checkDamage(ctx context.Context) error {
 			}
 		}
 	}
-	// The queue made after the records' bucket: its directory was removed, or its
-	// metadata could not be read (then its messages may well have been taken up again).
-	if queue.Created.After(jobs.Created) && s.queueSuspect == "" {
+	// The queue made at this start, after the records' bucket: its directory was
+	// removed, or its metadata could not be read (then its messages may well have been
+	// taken up again). At later starts it is a queue like any other: the jobs it lost
+	// ended at this one. (Its creation stamp is the server's clock, this host's.)
+	if queue.Created.After(jobs.Created) && !queue.Created.Before(s.started) && s.queueSuspect == "" {
 		s.queueSuspect = "the queue was made anew at this start (its directory removed, or its metadata unreadable)"
 	}
 	if jobs.State.Msgs == 0 && queue.State.Msgs > 0 {

@@ -89,3 +89,40 @@ func TestStartOnADamagedQueueEndsTheJobsItLost(t *testing.T) {
 		})
 	}
 }
+
+// A queue made anew at one start (its directory removed) is no sign of damage at the
+// next: an async job that waits without a queue message then (its foreman died between
+// the two writes of its submit) stays queued, for a submit retried with its id, as on a
+// data directory that never was damaged. It ended failed as lost at every later start.
+func TestAQueueMadeAnewIsSuspectAtThatStartOnly(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(cfg *broker.Config) { cfg.Exclusive = true }))
+	ctx := ctxT(t)
+	lost := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	b.Stop()
+	if err := os.RemoveAll(queueDir(b)); err != nil {
+		t.Fatal(err)
+	}
+	b.Restart(t)
+	if _, err := b.Store.CancelAbandoned(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if j, _, _ := b.Store.Get(ctx, lost.ID); j.State != broker.StateFailed {
+		t.Fatalf("job of the removed queue: %s, want failed", j.State)
+	}
+	async := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	p, ok, err := b.Store.Oldest(ctx, 0)
+	if err != nil || !ok {
+		t.Fatalf("oldest: %v %v", ok, err)
+	}
+	if err := b.Store.DeleteQueued(ctx, p.Seq); err != nil { // the crash between the writes
+		t.Fatal(err)
+	}
+	b.Restart(t)
+	if _, err := b.Store.CancelAbandoned(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if j, _, _ := b.Store.Get(ctx, async.ID); j.State != broker.StateQueued {
+		t.Errorf("async job never queued, a start later: %s (%q), want queued", j.State, j.Error)
+	}
+}
