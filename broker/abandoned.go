@@ -130,7 +130,10 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 // queue message was never written: their foreman died between the two writes of Submit.
 // Nothing else would ever end them. Only on an exclusive store, where no other process
 // can be between those writes now, and only for records older than this store. Async
-// ones stay queued: a submit retried with the same id (an idempotency key) queues them.
+// ones stay queued: a submit retried with the same id (an idempotency key) queues them;
+// unless the queue may have lost messages to a damaged data directory (queueSuspect):
+// then every job that waits without a queue message (queued, retrying, or running when
+// the last process died) ends failed (failLost), as nothing would ever run it.
 func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (int, error) {
 	keys, err := s.bucketKeys(ctx, JobsBucket, "job.*")
 	if err != nil {
@@ -148,7 +151,15 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 	n := 0
 	for _, id := range ids {
 		j, _, err := s.Get(ctx, id)
-		if err != nil || j.State != StateQueued || !s.CallerGone(ctx, j) {
+		if err != nil || j.State.Terminal() {
+			continue
+		}
+		if j.State != StateQueued || !s.CallerGone(ctx, j) {
+			if s.queueSuspect != "" {
+				if err := s.failLost(ctx, j); err != nil {
+					return n, err
+				}
+			}
 			continue
 		}
 		_, err = s.cancel(ctx, id, CallerGoneReason, func(ctx context.Context, j *Job) error {

@@ -157,7 +157,10 @@ type Store struct {
 	artifacts jetstream.ObjectStore
 	presence  jetstream.KeyValue
 	started   time.Time // by Store.clock: with the monotonic reading
-	log       *slog.Logger
+	// queueSuspect says why the queue may have lost job messages to a damaged data
+	// directory (checkDamage); "" when nothing says so.
+	queueSuspect string
+	log          *slog.Logger
 
 	// inlineLimit is the largest request body carried in a queue message; larger ones go
 	// to the object store, in chunks of chunkSize (putObject).
@@ -284,6 +287,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	if cfg.Exclusive {
+		if err := s.checkDamage(ctx); err != nil {
+			return nil, err
+		}
 		if err := s.reclaim(ctx); err != nil {
 			return nil, err
 		}

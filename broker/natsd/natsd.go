@@ -140,9 +140,14 @@ func Start(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("natsd: %w: %w", ErrDataDir, err)
 	}
+	storeGone := storeMissing(cfg.DataDir)
 	lock, err := lockDir(cfg.DataDir)
 	if err != nil {
 		return nil, err
+	}
+	if storeGone {
+		cfg.Logger.Error("data directory damaged: foreman ran in it before (its lock file is there) but its JetStream store (jetstream/) is missing, "+
+			"removed or never made: whatever jobs it held are gone; starting with an empty store", "data_dir", cfg.DataDir)
 	}
 	held, err := lock.Stat()
 	if err != nil {
@@ -491,8 +496,21 @@ func (s *Server) unlock() {
 	}
 }
 
+// storeMissing reports whether dir holds the lock file of an earlier start but no
+// JetStream store: a start would make an empty one, without a word from nats-server.
+func storeMissing(dir string) bool {
+	if _, err := os.Stat(filepath.Join(dir, lockName)); err != nil {
+		return false
+	}
+	_, err := os.Stat(filepath.Join(dir, "jetstream"))
+	return errors.Is(err, fs.ErrNotExist)
+}
+
+// lockName is the data directory's lock file.
+const lockName = "foreman.lock"
+
 func lockDir(dir string) (*os.File, error) {
-	path := filepath.Join(dir, "foreman.lock")
+	path := filepath.Join(dir, lockName)
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("natsd: %w: lock file: %w", ErrDataDir, err)
