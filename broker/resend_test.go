@@ -47,6 +47,16 @@ func readAnswer(t *testing.T, f *broker.JobFeed) (string, broker.Event) {
 	}
 }
 
+// writeFrames writes frames with w.
+func writeFrames(t *testing.T, w *broker.StreamWriter, frames ...string) {
+	t.Helper()
+	for _, f := range frames {
+		if err := w.Frame([]byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // remoteWriter is the writer of job id's answer on another foreman, serving its caller
 // (b's feeds) as a cross-node sync job's runner does (AwaitReader).
 func remoteWriter(t *testing.T, b *brokertest.Bundle, id string) *broker.StreamWriter {
@@ -101,14 +111,7 @@ func TestAResendMidStreamGoesOnWithTheStream(t *testing.T) {
 	feed := feedT(t, b, id, broker.FeedConfig{})
 	feed.LoseOnNATS(loseSeqs("2"))
 	w := remoteWriter(t, b, id)
-	write := func(frames ...string) {
-		for _, f := range frames {
-			if err := w.Frame([]byte(f)); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	write("a\n", "b\n", "c\n")
+	writeFrames(t, w, "a\n", "b\n", "c\n")
 	var got string
 	for got != "a\nb\nc\n" {
 		ev := nextEvent(t, feed)
@@ -117,7 +120,7 @@ func TestAResendMidStreamGoesOnWithTheStream(t *testing.T) {
 		}
 		got += string(ev.Data)
 	}
-	write("d\n")
+	writeFrames(t, w, "d\n")
 	if err := w.Final(broker.StateDone, "", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -137,11 +140,7 @@ func TestLostFinalMarkerIsSentAgainOnMend(t *testing.T) {
 	feed := feedT(t, b, id, broker.FeedConfig{})
 	feed.LoseOnNATS(loseSeqs("2", "3"))
 	w := remoteWriter(t, b, id)
-	for _, f := range []string{"a\n", "b\n"} {
-		if err := w.Frame([]byte(f)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFrames(t, w, "a\n", "b\n")
 	if err := w.Final(broker.StateFailed, "ollama: boom", 500); err != nil {
 		t.Fatal(err)
 	}
@@ -178,11 +177,7 @@ func TestGapStandsWhenNoRunnerResends(t *testing.T) {
 	feed := feedT(t, b, id, broker.FeedConfig{})
 	feed.LoseOnNATS(loseSeqs("2"))
 	w := b.Store.RemoteStreamWriter(id) // no AwaitReader: no resends served
-	for _, f := range []string{"a\n", "b\n", "c\n"} {
-		if err := w.Frame([]byte(f)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFrames(t, w, "a\n", "b\n", "c\n")
 	got, last := readAnswer(t, feed)
 	if got != "a\n" || last.Kind != broker.EventGap || last.Gap != "expected frame 2, got 3" {
 		t.Fatalf("got %q then %+v, want frame a then the gap at frame 2", got, last)
@@ -218,11 +213,7 @@ func TestAResendIsNoEventOfAnotherFeed(t *testing.T) {
 	lossy.LoseOnNATS(loseSeqs("1"))
 	other := feedT(t, b, id, broker.FeedConfig{})
 	w := remoteWriter(t, b, id)
-	for _, f := range []string{"a\n", "b\n"} {
-		if err := w.Frame([]byte(f)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFrames(t, w, "a\n", "b\n")
 	if err := w.Final(broker.StateDone, "", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -256,11 +247,7 @@ func TestAnotherAttemptAfterAResendIsAGap(t *testing.T) {
 	feed := feedT(t, b, id, broker.FeedConfig{})
 	feed.LoseOnNATS(loseSeqs("2"))
 	w := remoteWriter(t, b, id)
-	for _, f := range []string{"a\n", "b\n", "c\n"} {
-		if err := w.Frame([]byte(f)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFrames(t, w, "a\n", "b\n", "c\n")
 	var got string
 	for got != "a\nb\nc\n" {
 		ev := nextEvent(t, feed)
@@ -273,11 +260,7 @@ func TestAnotherAttemptAfterAResendIsAGap(t *testing.T) {
 	// before, with other bytes.
 	feed.LoseOnNATS(loseSeqs("1"))
 	again := b.Store.RemoteStreamWriter(id)
-	for _, f := range []string{"x\n", "y\n"} {
-		if err := again.Frame([]byte(f)); err != nil {
-			t.Fatal(err)
-		}
-	}
+	writeFrames(t, again, "x\n", "y\n")
 	if ev := nextEvent(t, feed); ev.Kind != broker.EventGap || ev.Gap != "expected frame 4, got 2" {
 		t.Fatalf("after another attempt's frames: %+v, want the gap", ev)
 	}
