@@ -278,6 +278,13 @@ func frameSeq(m *nats.Msg) (uint64, bool) {
 	return seq, err == nil
 }
 
+// Resends is how many times the feed asked the runner for lost messages (ADR-0078).
+func (f *JobFeed) Resends() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.resends
+}
+
 // sameMessage reports whether stream messages a and b, of one Foreman-Seq, are the same
 // message: a runner that numbers from 1 again (another attempt) sends others.
 func sameMessage(a, b *nats.Msg) bool {

@@ -361,7 +361,13 @@ func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job
 		},
 		outage: &outageWatch{s: s, job: job, wait: s.cfg.SyncOutageWait},
 	}
-	switch sr.run(r.Context(), feed) {
+	o := sr.run(r.Context(), feed)
+	if n := feed.Resends(); n > 0 {
+		// Frames of the answer were lost between NATS nodes and asked of the runner
+		// again (ADR-0078): worth an operator's look, as a node or route was down.
+		log.Info("answer's lost frames asked of the runner again", "asks", n, "whole", o == outcomeDone)
+	}
+	switch o {
 	case outcomeCanceled:
 		// Canceled already (syncResponse.stopping).
 	case outcomeClientGone:

@@ -69,7 +69,6 @@ type syncResponse struct {
 	// final marker (finalGrace, the constant, unless a test's).
 	finalGrace time.Duration
 	endedJob   *broker.Job // the terminal record that came ahead of the final marker
-	mended     bool        // the runner was asked for the messages after the last taken (logged)
 
 	frames   int    // frames written or held so far
 	started  bool   // status and headers are written
@@ -268,14 +267,10 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 // version that keeps none for a resend.
 func (sr *syncResponse) mend(feed jobEvents, j *broker.Job) bool {
 	_, boot := j.CurrentRunner()
-	if boot == "" || (sr.s.store != nil && boot == sr.s.store.BootID()) || !feed.Mend() {
+	if boot == "" || (sr.s.store != nil && boot == sr.s.store.BootID()) {
 		return false
 	}
-	if !sr.mended {
-		sr.mended = true
-		sr.log.Info("final frame missing; asked the runner to send the answer's end again", "frames", sr.frames)
-	}
-	return true
+	return feed.Mend()
 }
 
 // frame writes one target frame. The first one decides the status (200) and the
