@@ -39,6 +39,11 @@ var (
 type Error struct {
 	Kind    error
 	Message string
+	// OwnHandler marks a refusal that Ollama gives in its own handler, after its OpenAI
+	// layer has read the body: that layer words every such error an "api_error" on /v1,
+	// whatever its status (v0.17.4 middleware BaseWriter.writeError), while its own checks
+	// of the body are "invalid_request_error"s.
+	OwnHandler bool
 }
 
 func (e *Error) Error() string { return e.Message }
@@ -51,6 +56,12 @@ func refuse(kind error, msg string) error { return &Error{Kind: kind, Message: m
 
 // badRequest is an ErrInvalid refusal (400) with the given message.
 func badRequest(msg string) error { return refuse(ErrInvalid, msg) }
+
+// handlerRefusal is a 400 that Ollama gives in its own handler (a model name it cannot
+// take), which its OpenAI layer passes on as an "api_error".
+func handlerRefusal(msg string) error {
+	return &Error{Kind: ErrInvalid, Message: msg, OwnHandler: true}
+}
 
 // maxQuoted bounds the bytes of a client's value that an error message quotes back.
 const maxQuoted = 200
@@ -233,7 +244,8 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		writeJSON(w, status, anthropicError(status, msg))
 		return
 	case strings.HasPrefix(r.URL.Path, "/v1/"):
-		writeJSON(w, status, openAIError(status, msg))
+		var e *Error
+		writeJSON(w, status, openAIError(status, msg, errors.As(err, &e) && e.OwnHandler))
 		return
 	}
 	writeJSON(w, status, map[string]string{"error": msg})
@@ -304,11 +316,12 @@ func refusalReason(err error) string {
 
 // openAIError is the error body of Ollama's OpenAI-compatible routes, which OpenAI SDKs
 // read as error.message.
-func openAIError(status int, msg string) any {
-	// Ollama 0.17's OpenAI layer answers "invalid_request_error" for a bad request and
-	// "api_error" for the rest, a missing model included.
+func openAIError(status int, msg string, ownHandler bool) any {
+	// Ollama 0.17's OpenAI layer answers "invalid_request_error" for a request its own
+	// checks refuse and "api_error" for the rest: a missing model, and whatever its
+	// handler behind refuses (ownHandler).
 	kind := "api_error"
-	if status == http.StatusBadRequest {
+	if status == http.StatusBadRequest && !ownHandler {
 		kind = "invalid_request_error"
 	}
 	type body struct {

@@ -12,6 +12,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"path"
@@ -344,8 +345,33 @@ func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 	}
 	if len(allow) > 0 {
 		w.Header().Set("Allow", strings.Join(allow, ", "))
+		if ollamaPath(r.URL.Path) {
+			writeRouterMiss(w, http.StatusMethodNotAllowed, "405 method not allowed")
+			return
+		}
 		s.writeError(w, r, refuse(ErrMethodNotAllowed, "method not allowed"))
 		return
 	}
+	if ollamaPath(r.URL.Path) {
+		writeRouterMiss(w, http.StatusNotFound, "404 page not found")
+		return
+	}
 	s.writeError(w, r, refuse(ErrNoRoute, "404 page not found"))
+}
+
+// ollamaPath reports whether path is in Ollama's namespaces, where a client expects
+// Ollama's own answers; the rest (/jobs, /healthz, ...) are foreman's.
+func ollamaPath(path string) bool {
+	return path == "/api" || path == "/v1" || strings.HasPrefix(path, "/api/") || strings.HasPrefix(path, "/v1/")
+}
+
+// writeRouterMiss answers a path or method no route takes as Ollama's router (gin)
+// does: plain text, not an error object. Clients read that text as the message, where
+// they would show an OpenAI-shaped error on a route Ollama does not have (ollama-js's
+// systemone, the Anthropic SDK's count_tokens) as "[object Object]" or with a type
+// Ollama never sent.
+func writeRouterMiss(w http.ResponseWriter, status int, text string) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, text)
 }

@@ -62,7 +62,7 @@ func requestModel(path string, body []byte) (string, error) {
 		model = req.Name
 	}
 	if strings.TrimSpace(model) == "" {
-		return "", badRequest("model is required")
+		return "", handlerRefusal("model is required")
 	}
 	return model, nil
 }

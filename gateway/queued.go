@@ -80,7 +80,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		return inference{}, err
 	}
 	if strings.TrimSpace(req.Model) == "" {
-		return inference{}, badRequest("model is required")
+		return inference{}, handlerRefusal("model is required")
 	}
 	if err := checkModelName(req.Model); err != nil {
 		return inference{}, err
@@ -88,7 +88,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if !ollama.ValidModelName(req.Model) && !onGenerate(kind) {
 		// Ollama's chat handler answers a name it cannot parse so; its generate handler
 		// says not found, as the model check below does.
-		return inference{}, badRequest("model is required")
+		return inference{}, handlerRefusal("model is required")
 	}
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}
 	if !kind.ReadsOptions() {
@@ -115,7 +115,7 @@ func onGenerate(kind broker.Kind) bool {
 func checkModelName(model string) error {
 	bad := strings.TrimSpace(model) != model || strings.IndexFunc(model, unicode.IsControl) >= 0
 	if bad {
-		return badRequest(fmt.Sprintf("invalid model name %q: no white space around it, no control characters in it", clipInput(model)))
+		return handlerRefusal(fmt.Sprintf("invalid model name %q: no white space around it, no control characters in it", clipInput(model)))
 	}
 	return nil
 }

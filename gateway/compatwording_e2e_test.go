@@ -1,0 +1,64 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// What foreman refuses itself, before Ollama sees the call, is what Ollama answers: a
+// path or method its router does not take (plain text), and on /v1 a model Ollama's
+// handler refuses (an "api_error", as the OpenAI layer passes that handler's errors on).
+func TestE2ERefusalsMatchDirect(t *testing.T) {
+	b := newE2EBundle(t, nil)
+	ctx := testCtx(t, time.Minute)
+	for _, c := range []struct{ method, path, body string }{
+		{http.MethodPost, "/v1/systemone", `{}`},
+		{http.MethodGet, "/v1/responses/resp_123", ``},
+		{http.MethodPost, "/v1/messages/count_tokens", `{"model":"tiny-a","messages":[]}`},
+		{http.MethodGet, "/api/nothing-here", ``},
+		{http.MethodGet, "/api/chat", ``},
+		{http.MethodPut, "/v1/models", ``},
+		{http.MethodPost, "/v1/chat/completions", `{"model":"","messages":[{"role":"user","content":"x"}]}`},
+		{http.MethodPost, "/v1/chat/completions", `{"model":"tiny-a:","messages":[{"role":"user","content":"x"}]}`},
+		{http.MethodPost, "/v1/responses", `{"input":"x"}`},
+		{http.MethodPost, "/v1/chat/completions", `{"model": "tiny-a",`},
+	} {
+		send := func(base string) (int, string, []byte) {
+			req, err := http.NewRequestWithContext(ctx, c.method, base+c.path, bytes.NewReader([]byte(c.body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", c.method, c.path, err)
+			}
+			defer resp.Body.Close()
+			out, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, resp.Header.Get("Content-Type"), out
+		}
+		// (Allow may differ: foreman's GET routes all answer HEAD, Ollama's a few.)
+		vs, vct, vbody := send(b.URL)
+		ds, dct, dbody := send(b.Target)
+		name := c.method + " " + c.path + " " + c.body
+		if vs != ds {
+			t.Errorf("%s: foreman %d %s, direct %d %s", name, vs, vbody, ds, dbody)
+			continue
+		}
+		if dct == "text/plain" {
+			if vct != dct || !bytes.Equal(vbody, dbody) {
+				t.Errorf("%s: foreman %q %q, direct %q %q", name, vct, vbody, dct, dbody)
+			}
+			continue
+		}
+		var v, d struct {
+			Error struct{ Message, Type string } `json:"error"`
+		}
+		if json.Unmarshal(vbody, &v) != nil || json.Unmarshal(dbody, &d) != nil || v.Error.Type != d.Error.Type {
+			t.Errorf("%s: foreman %s, direct %s: error types differ", name, vbody, dbody)
+		}
+	}
+}
