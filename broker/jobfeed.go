@@ -64,7 +64,8 @@ type JobFeed struct {
 	// in the order they were published.
 	echoes []*nats.Msg
 	// mending: a resend is under way (ADR-0078); the queue waits for its messages.
-	// resends counts the resends asked for, at most maxResends. copies are the
+	// resends counts the resends that brought nothing, at most maxResends (one under
+	// way counts until it brought the message asked for). copies are the
 	// messages sent again, by Foreman-Seq, until their copy from NATS came.
 	mending bool
 	resends int
@@ -315,13 +316,19 @@ func (f *JobFeed) mendLocked(from uint64) bool {
 	return true
 }
 
-// resent takes a resend's messages (none: the runner did not answer) ahead of the
-// queue and lets the reader go on. They are not held to the buffer: the runner's
-// answer bound (Config.MaxAnswer) holds them.
-func (f *JobFeed) resent(got []*nats.Msg) {
+// resent takes a resend's messages from Foreman-Seq from on (none: the runner did not
+// answer) ahead of the queue and lets the reader go on. They are not held to the
+// buffer: the runner's answer bound (Config.MaxAnswer) holds them. A resend that
+// brought the message asked for is not counted against maxResends.
+func (f *JobFeed) resent(from uint64, got []*nats.Msg) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.mending = false
+	if len(got) > 0 {
+		if seq, ok := frameSeq(got[0]); ok && seq == from {
+			f.resends--
+		}
+	}
 	for _, m := range got {
 		f.buffered += msgSize(m)
 		if seq, ok := frameSeq(m); ok {

@@ -52,9 +52,12 @@ const (
 // defaultResendWait is Config.ResendWait's default.
 const defaultResendWait = 5 * time.Second
 
-// maxResends bounds the asks of one feed: a stream that keeps breaking, or a runner that
-// never answers (one of a foreman before ADR-0078, an async job's), is reported, not
-// waited on without end.
+// maxResends bounds the asks of one feed that brought nothing: a runner that never
+// answers (gone, one of a foreman before ADR-0078, an async job's) is reported, not
+// waited on without end. An ask the runner answered with the message asked for is not
+// counted: a long answer crossing a rolling restart breaks at each node restarted, and
+// each such mend moves the reader on by one message at least, so they are bounded by
+// the answer.
 const maxResends = 3
 
 // resender keeps what a StreamWriter published and sends it again on request
@@ -147,7 +150,7 @@ func (rs *resender) serve(nc *nats.Conn) nats.MsgHandler {
 // it answers or wait passes, and hands what it got to the feed (resent): nil when
 // the runner did not answer, and the gap stands.
 func (f *JobFeed) resend(nc *nats.Conn, from uint64, wait time.Duration) {
-	f.resent(fetchResend(nc, f.id, from, wait))
+	f.resent(from, fetchResend(nc, f.id, from, wait))
 }
 
 func fetchResend(nc *nats.Conn, id string, from uint64, wait time.Duration) []*nats.Msg {
