@@ -69,6 +69,7 @@ type JobFeed struct {
 	// messages sent again, by Foreman-Seq, until their copy from NATS came.
 	mending bool
 	resends int
+	asked   int // every resend asked for (Resends)
 	copies  map[uint64]*nats.Msg
 
 	// beforeReceive sees each message from NATS first; true: it is lost on the way.
@@ -283,7 +284,7 @@ func frameSeq(m *nats.Msg) (uint64, bool) {
 func (f *JobFeed) Resends() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.resends
+	return f.asked
 }
 
 // sameMessage reports whether stream messages a and b, of one Foreman-Seq, are the same
@@ -311,6 +312,7 @@ func (f *JobFeed) mendLocked(from uint64) bool {
 		return false
 	}
 	f.resends++
+	f.asked++
 	f.mending = true
 	go f.resend(f.nc, from, f.resendWait)
 	return true

@@ -176,6 +176,9 @@ func TestEveryMendedGapLeavesTheAsksUnspent(t *testing.T) {
 	if got+rest != want || last.Kind != broker.EventFinal || last.Err != nil {
 		t.Fatalf("got %q then %+v, want %q and the done marker", got+rest, last, want)
 	}
+	if n := feed.Resends(); n != 5 {
+		t.Errorf("Resends() = %d, want the 5 asks made", n)
+	}
 }
 
 // A final marker lost on the way is asked for again (Mend) by a reader that saw the job
@@ -229,6 +232,9 @@ func TestGapStandsWhenNoRunnerResends(t *testing.T) {
 	got, last := readAnswer(t, feed)
 	if got != "a\n" || last.Kind != broker.EventGap || last.Gap != "expected frame 2, got 3" {
 		t.Fatalf("got %q then %+v, want frame a then the gap at frame 2", got, last)
+	}
+	if n := feed.Resends(); n != 0 {
+		t.Errorf("Resends() = %d for a runner that keeps nothing, want 0", n)
 	}
 
 	b = brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.ResendWait = 200 * time.Millisecond }))
