@@ -384,3 +384,54 @@ func TestClusterQueueHeadPastALaggingReplica(t *testing.T) {
 	}
 	askedLeader(t, leaderReads)
 }
+
+// A replica behind the targets bucket's leader (one just back from a freeze) answers a
+// read of another foreman's entry with an earlier write of it, older than its lifetime
+// though that foreman wrote it again since: the entry looked dead, its models unknown,
+// and a call for them got 404 "model not found" (seen in a black-box run on thawing a
+// frozen node). An entry that looks dead is asked of the leader before it is dropped.
+func TestClusterTargetsPastALaggingReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	const life = 500 * time.Millisecond
+	st := c.Open(t, func(cfg *broker.Config) { cfg.TargetTTL = life })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mac := broker.Target{Name: "mac-b", Reachable: true, Models: []string{"tiny-b:latest"}}
+	publish := func() {
+		t.Helper()
+		if err := st.PublishTarget(ctx, mac); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish()
+	lagging := c.Connect(t)
+	entry := "$JS.API.DIRECT.GET.KV_" + broker.TargetsBucket + ".$KV." + broker.TargetsBucket + ".target.mac-b"
+	old, err := lagging.RequestWithContext(ctx, entry, nil)
+	if err != nil || old.Header.Get("Status") != "" {
+		t.Fatalf("the entry's first write: %v %v", old, err)
+	}
+	written, err := time.Parse(time.RFC3339Nano, old.Header.Get("Nats-Time-Stamp"))
+	if err != nil {
+		t.Fatalf("the entry's stamp: %v", err)
+	}
+	// The first write outlives its lifetime; the foreman writes again meanwhile.
+	eventually(t, 30*time.Second, "the first write past its lifetime", func() bool {
+		publish()
+		return time.Since(written) > 2*life
+	})
+	lagReads(t, c, lagging, entry, &nats.Msg{Header: old.Header, Data: old.Data})
+	for i := range 20 {
+		publish() // fresh, and the next read is the bucket's, not a cached one
+		got, err := st.Targets(ctx)
+		if err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if len(got) != 1 || got[0].Name != "mac-b" {
+			t.Fatalf("read %d: targets %+v, want mac-b, written %s ago", i, got, time.Since(written))
+		}
+	}
+}

@@ -165,6 +165,25 @@ func (s *Store) dropTargetsCache() {
 	s.tmu.Unlock()
 }
 
+// liveTarget decodes entry e and reports whether it is live: younger than its lifetime,
+// on the server's clock at both ends (serverNow, the time of the bucket's listing): no
+// foreman's clock, however far off, makes an entry dead early or live late. A server
+// before 2.10 does not tell its time: then the writer's expiry against this clock (now),
+// which holds while the foremen's clocks agree, whatever the server's.
+func (s *Store) liveTarget(e jetstream.KeyValueEntry, serverNow, now time.Time) (Target, bool) {
+	var t Target
+	if json.Unmarshal(e.Value(), &t) != nil {
+		return t, false
+	}
+	if t.BootID == s.cfg.BootID {
+		s.checkClock(e.Created().Sub(t.Updated))
+	}
+	if serverNow.IsZero() {
+		return t, now.Before(t.Updated.Add(t.lifetime(s.cfg.TargetTTL)))
+	}
+	return t, serverNow.Sub(e.Created()) < t.lifetime(s.cfg.TargetTTL)
+}
+
 // Targets returns the live targets, sorted by name. It reads the bucket at most once a
 // second and serves that read in between: it is called on every pick and submit. Reads
 // at once (a pick, a submit, a poll) may end in any order: one is cached only if no read
@@ -199,20 +218,17 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		if err != nil {
 			return nil, fmt.Errorf("broker: read target %s: %w", k, err)
 		}
-		var t Target
-		if json.Unmarshal(e.Value(), &t) != nil {
-			continue
+		t, ok := s.liveTarget(e, serverNow, now)
+		if !ok && s.mayBeReplicated() {
+			// A replica behind the bucket's leader (one just back from a freeze or a
+			// cut) may answer with an earlier write, past its lifetime though the
+			// foreman wrote again since: the leader says whether it is dead.
+			if e, err := s.leaderGet(ctx, TargetsBucket, k); err == nil {
+				t, ok = s.liveTarget(e, serverNow, now)
+			}
 		}
-		if t.BootID == s.cfg.BootID {
-			s.checkClock(e.Created().Sub(t.Updated))
-		}
-		// Its age on the server's clock, both ends: no foreman's clock, however far off,
-		// makes an entry dead early or live late. A server before 2.10 does not tell its
-		// time: then the writer's expiry against this clock, which holds while the
-		// foremen's clocks agree, whatever the server's.
-		if serverNow.IsZero() && !now.Before(t.Updated.Add(t.lifetime(s.cfg.TargetTTL))) ||
-			!serverNow.IsZero() && serverNow.Sub(e.Created()) >= t.lifetime(s.cfg.TargetTTL) {
-			continue // past its foreman's TTL (the bucket keeps the longest one)
+		if !ok {
+			continue // past its foreman's TTL (the bucket keeps the longest one), or unreadable
 		}
 		out = append(out, t)
 	}
