@@ -126,3 +126,59 @@ func TestAQueueMadeAnewIsSuspectAtThatStartOnly(t *testing.T) {
 		t.Errorf("async job never queued, a start later: %s (%q), want queued", j.State, j.Error)
 	}
 }
+
+// A job that was running when its foreman died loses its queue message with a damaged
+// queue as a queued one does: nothing would ever run it again. The start ends it failed
+// as lost too, and drops its request body stored apart, which nothing would read.
+func TestStartOnADamagedQueueEndsARunningJobItLost(t *testing.T) {
+	t.Parallel()
+	b := newResubmitBundle(t, brokertest.WithStore(func(cfg *broker.Config) { cfg.Exclusive = true }))
+	ctx := ctxT(t)
+	j := submitLarge(t, b, "m")
+	if _, _, err := b.Store.Modify(ctx, j.ID, func(j *broker.Job) error {
+		j.State = broker.StateWorking
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b.Stop()
+	if err := os.RemoveAll(queueDir(b)); err != nil {
+		t.Fatal(err)
+	}
+	b.Restart(t)
+	if _, err := b.Store.CancelAbandoned(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, _, err := b.Store.Get(ctx, j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != broker.StateFailed || got.Error != broker.LostReason {
+		t.Errorf("running job, its message lost: %s (%q); want failed (%s)", got.State, got.Error, broker.LostReason)
+	}
+	if info := bodyInfo(t, b, j.BodyRef); info != nil {
+		t.Errorf("the lost job's body is still stored: %+v", info)
+	}
+}
+
+// A start whose job records are gone (their stream's directory removed) while the queue
+// still holds jobs says so: those jobs cannot run, and nothing else names the cause.
+func TestStartWithoutTheJobRecordsSaysSo(t *testing.T) {
+	t.Parallel()
+	var logs lockedLog
+	b := brokertest.New(t, brokertest.WithStore(func(cfg *broker.Config) {
+		cfg.Exclusive, cfg.Logger = true, slog.New(slog.NewTextHandler(&logs, nil))
+	}))
+	submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	b.Stop()
+	if strings.Contains(logs.String(), "job records are gone") {
+		t.Fatalf("records said gone before they were:\n%s", logs.String())
+	}
+	if err := os.RemoveAll(filepath.Join(filepath.Dir(queueDir(b)), "KV_"+broker.JobsBucket)); err != nil {
+		t.Fatal(err)
+	}
+	b.Restart(t)
+	if !strings.Contains(logs.String(), "job records are gone") {
+		t.Errorf("the records' loss not logged:\n%s", logs.String())
+	}
+}

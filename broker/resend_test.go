@@ -253,6 +253,11 @@ func TestGapStandsWhenNoRunnerResends(t *testing.T) {
 	if got != "a\n" || last.Kind != broker.EventGap || last.Gap != "expected frame 2, got 3" {
 		t.Fatalf("runner gone: got %q then %+v, want frame a then the gap at frame 2", got, last)
 	}
+	// Each ask waited ResendWait in vain: a gone runner is asked maxResends times, no more
+	// (the reader waits that long for a gap) and no fewer (a runner's node restarting).
+	if n := feed.Resends(); n != 3 {
+		t.Errorf("runner gone: Resends() = %d, want the feed's 3 asks", n)
+	}
 }
 
 // The ask for a resend is no event of the job for another reader: a second feed of

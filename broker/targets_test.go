@@ -209,3 +209,30 @@ func TestTargetsOlderReadIsNotCachedOverANewerOne(t *testing.T) {
 		t.Fatalf("the read after both: %+v, %v; want mac-a and mac-b, not the older read's list", got, err)
 	}
 }
+
+// An entry of the targets bucket that does not read as a target (written by another
+// program on a shared NATS, or cut short) is no target: it is left out, not listed as a
+// target with no name and no models beside the live ones.
+func TestTargetsLeaveOutAnUnreadableEntry(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Store.PublishTarget(ctx, broker.Target{Name: "mini", Reachable: true, Models: []string{"tiny-a:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := b.JetStream(t).KeyValue(ctx, broker.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "target.junk", []byte(`{"name":`)); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Store.Targets(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0].Name != "mini" {
+		t.Fatalf("targets %+v, want mini alone", got)
+	}
+}
