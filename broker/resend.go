@@ -117,7 +117,8 @@ func (rs *resender) close() {
 }
 
 // serve answers one resend request: the kept messages from its HeaderResendFrom on, in
-// order, then the end marker.
+// order, then the end marker; a request for none of them it leaves to another writer of
+// the job.
 func (rs *resender) serve(nc *nats.Conn) nats.MsgHandler {
 	return func(req *nats.Msg) {
 		from, err := strconv.ParseUint(req.Header.Get(HeaderResendFrom), 10, 64)
@@ -130,6 +131,12 @@ func (rs *resender) serve(nc *nats.Conn) nats.MsgHandler {
 			out = rs.sent[from-1:]
 		}
 		rs.mu.Unlock()
+		if len(out) == 0 {
+			// Nothing from there on: an earlier attempt's writer of the job, done or
+			// reset, still subscribed for its keep, would else answer first, with
+			// nothing, for the one that has the messages (a retried job run again).
+			return
+		}
 		for _, m := range out {
 			c := nats.NewMsg(req.Reply)
 			for k, v := range m.Header {

@@ -285,8 +285,46 @@ func TestAResetWriterResendsNoEarlierAttempt(t *testing.T) {
 		t.Fatalf("before the reset, a resend from 1 brought %d messages, want 2", len(got))
 	}
 	w.Reset()
-	if got := ask(t, b, id, "1"); len(got) != 0 {
-		t.Fatalf("after the reset, a resend from 1 brought %d messages (%q…), want none", len(got), got[0].Data)
+	writeFrames(t, w, "x\n")
+	if got := ask(t, b, id, "1"); len(got) != 1 || string(got[0].Data) != "x\n" {
+		t.Fatalf("after the reset, a resend from 1 brought %d messages, want the later attempt's x alone", len(got))
+	}
+}
+
+// A writer asked for messages it does not have (past its last, or none kept: an earlier
+// attempt's writer of a job run again, still subscribed for its keep) leaves the ask
+// unanswered, for the writer that has them: its answer of nothing came first, and the
+// feed took the gap for unmendable. The runner answers asks in order, on one inbox
+// here: an answer to the first would come before the second's frames.
+func TestAWriterWithNothingToResendLeavesTheAskToAnother(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	w := remoteWriter(t, b, id)
+	writeFrames(t, w, "a\n", "b\n")
+	if got := readFrames(t, feed, 2); got != "a\nb\n" { // the writer heard its reader: sent
+		t.Fatalf("frames %q, want a and b", got)
+	}
+	inbox := b.Conn.NewInbox()
+	sub, err := b.Conn.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, from := range []string{"3", "1"} {
+		req := nats.NewMsg(broker.ResendSubject(id))
+		req.Reply = inbox
+		req.Header.Set(broker.HeaderResendFrom, from)
+		if err := b.Conn.PublishMsg(req); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := sub.NextMsg(10 * time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Header.Get(broker.HeaderResendEnd) != "" || string(m.Data) != "a\n" {
+		t.Fatalf("first answer %q (end %q), want frame a of the second ask: the first left unanswered", m.Data, m.Header.Get(broker.HeaderResendEnd))
 	}
 }
 
