@@ -109,6 +109,9 @@ func (s *Store) RemoteStreamWriter(id string) *StreamWriter {
 	return w
 }
 
+// KeepResendsFor makes w keep its messages for resends d after Close, not resendKeep.
+func (w *StreamWriter) KeepResendsFor(d time.Duration) { w.resendKeep = d }
+
 // HoldNATS makes the feed's NATS callback run hold before it takes its first message;
 // undo stops it for later messages.
 func (f *JobFeed) HoldNATS(hold func()) (undo func()) {

@@ -63,7 +63,8 @@ const maxResends = 3
 // resender keeps what a StreamWriter published and sends it again on request
 // (ADR-0078). Its subscription lives from AwaitReader until resendKeep after Close.
 type resender struct {
-	sub *nats.Subscription
+	sub  *nats.Subscription
+	keep time.Duration // how long after close (resendKeep)
 
 	mu   sync.Mutex
 	sent []*nats.Msg // in order: Foreman-Seq 1, 2, 3…
@@ -74,7 +75,10 @@ type resender struct {
 // asks (ADR-0078). A failed subscription leaves w without it: its reader's gaps stay
 // gaps, as before.
 func (w *StreamWriter) serveResends() {
-	rs := &resender{}
+	rs := &resender{keep: resendKeep}
+	if w.resendKeep > 0 {
+		rs.keep = w.resendKeep
+	}
 	sub, err := w.nc.Subscribe(ResendSubject(w.id), rs.serve(w.nc))
 	if err != nil {
 		return
@@ -83,8 +87,8 @@ func (w *StreamWriter) serveResends() {
 	w.resend = rs
 }
 
-// keep records m, published.
-func (rs *resender) keep(m *nats.Msg) {
+// record keeps m, published.
+func (rs *resender) record(m *nats.Msg) {
 	rs.mu.Lock()
 	defer rs.mu.Unlock()
 	if !rs.done {
@@ -99,7 +103,7 @@ func (rs *resender) reset() {
 	rs.sent = nil
 }
 
-// close lets the subscription go resendKeep from now, and the messages with it.
+// close lets the subscription go rs.keep from now, and the messages with it.
 func (rs *resender) close() {
 	rs.mu.Lock()
 	if rs.done {
@@ -108,7 +112,7 @@ func (rs *resender) close() {
 	}
 	rs.done = true
 	rs.mu.Unlock()
-	time.AfterFunc(resendKeep, func() {
+	time.AfterFunc(rs.keep, func() {
 		_ = rs.sub.Unsubscribe()
 		rs.mu.Lock()
 		rs.sent = nil

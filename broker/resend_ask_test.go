@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"errors"
 	"strconv"
 	"testing"
 	"time"
@@ -373,4 +374,32 @@ func TestAnAskIsRepeatedUntilTheRunnerAnswers(t *testing.T) {
 	if n := feed.Resends(); n != 1 {
 		t.Errorf("Resends() = %d, want the 1 ask the runner answered late", n)
 	}
+}
+
+// A closed writer lets its resend subscription go once its keep is over, and its kept
+// messages with it: a runner that did not would hold one subscription and a whole
+// answer per cross-node sync job for as long as it runs.
+func TestAClosedWriterStopsServingResendsAfterItsKeep(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	w := b.Store.RemoteStreamWriter(id)
+	w.KeepResendsFor(50 * time.Millisecond)
+	w.AwaitReader(b.Store.BootID())
+	writeFrames(t, w, "a\n")
+	if got := readFrames(t, feed, 1); got != "a\n" {
+		t.Fatalf("frames %q, want a", got)
+	}
+	if got := ask(t, b, id, "1"); len(got) != 1 {
+		t.Fatalf("a resend before Close brought %d messages, want 1", len(got))
+	}
+	w.Close()
+	feed.Close() // its subscription takes the subject too (and answers nothing)
+	eventually(t, 10*time.Second, "no runner of the job's resends", func() bool {
+		req := nats.NewMsg(broker.ResendSubject(id))
+		req.Header.Set(broker.HeaderResendFrom, "1")
+		_, err := b.Conn.RequestMsg(req, time.Second)
+		return errors.Is(err, nats.ErrNoResponders)
+	})
 }

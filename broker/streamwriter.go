@@ -29,6 +29,7 @@ type StreamWriter struct {
 	readerWait  time.Duration // the longest messages are held for a reader (Config.ReaderWait)
 	wait        *readerWait   // holds the messages until a reader is heard (AwaitReader); nil if not
 	resend      *resender     // keeps the published messages for the reader's resends (ADR-0078); nil if not
+	resendKeep  time.Duration // how long they are kept after Close; 0: resendKeep (tests set it)
 }
 
 // ErrAnswerTooLarge is (wrapped in) the error of a frame that would make an attempt's
@@ -177,7 +178,7 @@ func (w *StreamWriter) send(m *nats.Msg) error {
 		f.deliver(m)
 	}
 	if w.resend != nil {
-		w.resend.keep(m)
+		w.resend.record(m)
 	}
 	return nil
 }
