@@ -210,6 +210,15 @@ func readFrames(t *testing.T, f *broker.JobFeed, n int) string {
 	return got
 }
 
+// resendRequest is a resend request for job id's messages from Foreman-Seq from, its
+// answer to reply.
+func resendRequest(id, from, reply string) *nats.Msg {
+	req := nats.NewMsg(broker.ResendSubject(id))
+	req.Reply = reply
+	req.Header.Set(broker.HeaderResendFrom, from)
+	return req
+}
+
 // ask sends the runner of job id one resend request, from Foreman-Seq from, and reads its
 // answer: the messages, up to the end marker.
 func ask(t *testing.T, b *brokertest.Bundle, id, from string) []*nats.Msg {
@@ -220,10 +229,7 @@ func ask(t *testing.T, b *brokertest.Bundle, id, from string) []*nats.Msg {
 		t.Fatal(err)
 	}
 	defer func() { _ = sub.Unsubscribe() }()
-	req := nats.NewMsg(broker.ResendSubject(id))
-	req.Reply = inbox
-	req.Header.Set(broker.HeaderResendFrom, from)
-	if err := b.Conn.PublishMsg(req); err != nil {
+	if err := b.Conn.PublishMsg(resendRequest(id, from, inbox)); err != nil {
 		t.Fatal(err)
 	}
 	var got []*nats.Msg
@@ -256,10 +262,7 @@ func TestAMalformedResendRequestIsIgnored(t *testing.T) {
 		t.Fatalf("frames %q, want a and b", got)
 	}
 	for _, from := range []string{"0", "x", ""} {
-		req := nats.NewMsg(broker.ResendSubject(id))
-		req.Reply = b.Conn.NewInbox()
-		req.Header.Set(broker.HeaderResendFrom, from)
-		if err := b.Conn.PublishMsg(req); err != nil {
+		if err := b.Conn.PublishMsg(resendRequest(id, from, b.Conn.NewInbox())); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -313,10 +316,7 @@ func TestAWriterWithNothingToResendLeavesTheAskToAnother(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, from := range []string{"3", "1"} {
-		req := nats.NewMsg(broker.ResendSubject(id))
-		req.Reply = inbox
-		req.Header.Set(broker.HeaderResendFrom, from)
-		if err := b.Conn.PublishMsg(req); err != nil {
+		if err := b.Conn.PublishMsg(resendRequest(id, from, inbox)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -397,9 +397,7 @@ func TestAClosedWriterStopsServingResendsAfterItsKeep(t *testing.T) {
 	w.Close()
 	feed.Close() // its subscription takes the subject too (and answers nothing)
 	eventually(t, 10*time.Second, "no runner of the job's resends", func() bool {
-		req := nats.NewMsg(broker.ResendSubject(id))
-		req.Header.Set(broker.HeaderResendFrom, "1")
-		_, err := b.Conn.RequestMsg(req, time.Second)
+		_, err := b.Conn.RequestMsg(resendRequest(id, "1", ""), time.Second)
 		return errors.Is(err, nats.ErrNoResponders)
 	})
 }

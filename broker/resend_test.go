@@ -112,13 +112,8 @@ func TestAResendMidStreamGoesOnWithTheStream(t *testing.T) {
 	feed.LoseOnNATS(loseSeqs("2"))
 	w := remoteWriter(t, b, id)
 	writeFrames(t, w, "a\n", "b\n", "c\n")
-	var got string
-	for got != "a\nb\nc\n" {
-		ev := nextEvent(t, feed)
-		if ev.Kind != broker.EventFrame {
-			t.Fatalf("after %q: %+v, want frames", got, ev)
-		}
-		got += string(ev.Data)
+	if got := readFrames(t, feed, 3); got != "a\nb\nc\n" {
+		t.Fatalf("frames %q, want a, b and c", got)
 	}
 	writeFrames(t, w, "d\n")
 	if err := w.Final(broker.StateDone, "", 0); err != nil {
@@ -143,31 +138,14 @@ func TestEveryMendedGapLeavesTheAsksUnspent(t *testing.T) {
 	feed := feedT(t, b, id, broker.FeedConfig{})
 	feed.LoseOnNATS(loseSeqs("2", "4", "6", "8", "10"))
 	w := remoteWriter(t, b, id)
-	frame := func(f string) {
-		if err := w.Frame([]byte(f)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var got, want string
-	read := func() {
-		for got != want {
-			ev := nextEvent(t, feed)
-			if ev.Kind != broker.EventFrame {
-				t.Fatalf("after %q: %+v, want frames", got, ev)
-			}
-			got += string(ev.Data)
-		}
-	}
-	frame("a\n")
-	want = "a\n"
-	read()
-	// Each gap is seen, and mended, before the next frame is lost.
-	for _, f := range []string{"b\n", "c\n", "d\n", "e\n", "f\n", "g\n", "h\n", "i\n", "j\n", "k\n"} {
-		frame(f)
-		want += f
-		if len(want)%4 == 2 { // the frame after a lost one: its gap is mended
-			read()
-		}
+	writeFrames(t, w, "a\n")
+	got, want := readFrames(t, feed, 1), "a\n"
+	// Each gap is seen, and mended, before the next frame is lost: frames 2, 4, 6, ...
+	// are lost, and each pair is read before the next is written.
+	for _, pair := range []string{"b\nc\n", "d\ne\n", "f\ng\n", "h\ni\n", "j\nk\n"} {
+		writeFrames(t, w, pair[:2], pair[2:])
+		want += pair
+		got += readFrames(t, feed, 2)
 	}
 	if err := w.Final(broker.StateDone, "", 0); err != nil {
 		t.Fatal(err)
@@ -307,13 +285,8 @@ func TestAnotherAttemptAfterAResendIsAGap(t *testing.T) {
 	feed.LoseOnNATS(loseSeqs("2"))
 	w := remoteWriter(t, b, id)
 	writeFrames(t, w, "a\n", "b\n", "c\n")
-	var got string
-	for got != "a\nb\nc\n" {
-		ev := nextEvent(t, feed)
-		if ev.Kind != broker.EventFrame {
-			t.Fatalf("after %q: %+v, want frames", got, ev)
-		}
-		got += string(ev.Data)
+	if got := readFrames(t, feed, 3); got != "a\nb\nc\n" {
+		t.Fatalf("frames %q, want a, b and c", got)
 	}
 	// The other attempt's first frame is lost too: its second has a number sent again
 	// before, with other bytes.
