@@ -33,9 +33,7 @@ func TestSyncCrossNodeFramesLostAnsweredFromResult(t *testing.T) {
 
 	gwC := startClusterGateway(t, stC)
 	fakeA := ollamatest.New(t)
-	clientA, invA := clusterTarget(t, fakeA.URL)
-	startQueuedWorker(t, worker.Config{Store: stA, Target: clientA, Inventory: invA,
-		RetryDelay: 10 * time.Millisecond, IdlePoll: 50 * time.Millisecond})
+	startClusterWorker(t, stA, fakeA.URL)
 
 	ctx := testCtx(t, 90*time.Second)
 	body := chatBody("tiny-a", "hello", "false")
@@ -88,6 +86,15 @@ func startClusterGateway(t *testing.T, st *broker.Store, opts ...ollamatest.Opti
 	srv := httptest.NewServer(gw)
 	t.Cleanup(srv.Close)
 	return srv.URL
+}
+
+// startClusterWorker runs a worker on st in front of the Ollama at url (polled once), as
+// the foreman of a Mac on a cluster node does.
+func startClusterWorker(t *testing.T, st *broker.Store, url string) {
+	t.Helper()
+	client, inv := clusterTarget(t, url)
+	startQueuedWorker(t, worker.Config{Store: st, Target: client, Inventory: inv,
+		RetryDelay: 10 * time.Millisecond, IdlePoll: 50 * time.Millisecond})
 }
 
 // clusterTarget is a client of the Ollama at url and its inventory, polled once.

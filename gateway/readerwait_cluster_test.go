@@ -14,7 +14,6 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
-	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
 // A streamed call (and an image call) on foreman C whose job runs on foreman A, on
@@ -38,9 +37,7 @@ func TestSyncCrossNodeAnswerHeldUntilTheCallerIsHeard(t *testing.T) {
 	gwC := startClusterGateway(t, stC, models)
 	fakeA := ollamatest.New(t, models)
 	sent := recordAnswers(t, fakeA.URL)
-	clientA, invA := clusterTarget(t, sent.URL)
-	startQueuedWorker(t, worker.Config{Store: stA, Target: clientA, Inventory: invA,
-		RetryDelay: 10 * time.Millisecond, IdlePoll: 50 * time.Millisecond})
+	startClusterWorker(t, stA, sent.URL)
 
 	ctx := testCtx(t, 4*time.Minute)
 	cases := []struct{ path, body string }{

@@ -15,7 +15,6 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
-	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
 // A streamed call on foreman C whose job runs on foreman A, on another node of a NATS
@@ -73,9 +72,7 @@ func lostMidAnswer(t *testing.T, later bool) {
 		}
 	}))
 	sent := recordAnswers(t, fakeA.URL)
-	clientA, invA := clusterTarget(t, sent.URL)
-	startQueuedWorker(t, worker.Config{Store: stA, Target: clientA, Inventory: invA,
-		RetryDelay: 10 * time.Millisecond, IdlePoll: 50 * time.Millisecond})
+	startClusterWorker(t, stA, sent.URL)
 
 	ctx := testCtx(t, 2*time.Minute)
 	body := chatBody("tiny-a", "tell me", "true")
