@@ -17,6 +17,20 @@ func queueDir(b *brokertest.Bundle) string {
 	return filepath.Join(b.Dir, "jetstream", "FOREMAN", "streams", broker.QueueStream)
 }
 
+// restartWithoutQueue stops b's server, removes the queue's directory, starts it again
+// and runs the start's sweep, as foreman's start does.
+func restartWithoutQueue(t *testing.T, b *brokertest.Bundle) {
+	t.Helper()
+	b.Stop()
+	if err := os.RemoveAll(queueDir(b)); err != nil {
+		t.Fatal(err)
+	}
+	b.Restart(t)
+	if _, err := b.Store.CancelAbandoned(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // A power cut or a full disk can leave the queue's files damaged: nats-server cuts a
 // block's unreadable end off as it starts, or makes a queue whose directory is gone
 // anew, and says nothing that names a job. The records of the jobs whose messages went
@@ -99,14 +113,7 @@ func TestAQueueMadeAnewIsSuspectAtThatStartOnly(t *testing.T) {
 	b := brokertest.New(t, brokertest.WithStore(func(cfg *broker.Config) { cfg.Exclusive = true }))
 	ctx := ctxT(t)
 	lost := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
-	b.Stop()
-	if err := os.RemoveAll(queueDir(b)); err != nil {
-		t.Fatal(err)
-	}
-	b.Restart(t)
-	if _, err := b.Store.CancelAbandoned(ctx); err != nil {
-		t.Fatal(err)
-	}
+	restartWithoutQueue(t, b)
 	if j, _, _ := b.Store.Get(ctx, lost.ID); j.State != broker.StateFailed {
 		t.Fatalf("job of the removed queue: %s, want failed", j.State)
 	}
@@ -141,14 +148,7 @@ func TestStartOnADamagedQueueEndsARunningJobItLost(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	b.Stop()
-	if err := os.RemoveAll(queueDir(b)); err != nil {
-		t.Fatal(err)
-	}
-	b.Restart(t)
-	if _, err := b.Store.CancelAbandoned(ctx); err != nil {
-		t.Fatal(err)
-	}
+	restartWithoutQueue(t, b)
 	got, _, err := b.Store.Get(ctx, j.ID)
 	if err != nil {
 		t.Fatal(err)
