@@ -189,3 +189,40 @@ func TestIdempotencyKeyClaimedBeforeProgramsByAProgramIsNotAnothers(t *testing.T
 		t.Fatalf("%d jobs queued, want 2: the program's and this request's", n)
 	}
 }
+
+// Foremen from before keys were per program had programs (X-Foreman-Program, named
+// tokens): a program's retry across the upgrade gets the job its first try made, found
+// under the old key by its record's program (ADR-0080). Before, a request with a program
+// never read the old key: the retry made a second job, and both ran. Another program's
+// request with the key, or the program's with another body (which the old foreman
+// refused; a program's key is its own now), gets a job of its own.
+func TestIdempotencyKeyClaimedBeforeProgramsByAProgramIsReplayedToIt(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	ctx := testCtx(t, 30*time.Second)
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
+	id := writeLegacyClaimOf(t, ctx, b, "batch", "program-key", body, time.Now().Add(10*time.Second), true)
+
+	post := func(program, body string) (int, string, bool) {
+		t.Helper()
+		resp, out := b.request(t, http.MethodPost, "/jobs", []byte(body), "Idempotency-Key", "program-key", "X-Foreman-Program", program)
+		var s submitted
+		_ = json.Unmarshal(out, &s)
+		return resp.StatusCode, s.JobID, resp.Header.Get("Idempotent-Replayed") == "true"
+	}
+	if status, got, replayed := post("batch", body); status != http.StatusAccepted || got != id || !replayed {
+		t.Fatalf("the program's retry after the upgrade: %d job %q replayed %v, want job %s replayed", status, got, replayed, id)
+	}
+	if n := queueLen(t, ctx, b); n != 1 {
+		t.Fatalf("%d jobs queued, want 1", n)
+	}
+	if status, got, replayed := post("other", body); status != http.StatusAccepted || got == id || replayed {
+		t.Fatalf("another program's request: %d job %q replayed %v, want a job of its own", status, got, replayed)
+	}
+	if status, got, replayed := post("batch", `{"model":"tiny-b","messages":[]}`); status != http.StatusAccepted || got == id || replayed {
+		t.Fatalf("the program's request with another body: %d job %q replayed %v, want a job of its own", status, got, replayed)
+	}
+	if n := queueLen(t, ctx, b); n != 3 {
+		t.Fatalf("%d jobs queued, want 3", n)
+	}
+}

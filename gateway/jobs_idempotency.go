@@ -97,8 +97,9 @@ const maxKeyTurns = 16
 // one would (its own job, or the refusal that failed the other), not a 409 after waiting
 // out its deadline for a job that will never come. legacy is the key as a foreman from
 // before keys were per program claimed it ("" when no such claim can be stored,
-// legacyIdempotencyKey): a claim under it is the key's, and is never written anew.
-func (s *Server) claimKey(ctx context.Context, key, legacy string, claim broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
+// legacyIdempotencyKey): a claim under it is the key's when its job is program's (the
+// request's), and is never written anew.
+func (s *Server) claimKey(ctx context.Context, key, legacy, program string, claim broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
 	end := time.Now().Add(claim.Within) // the submit's deadline, on the monotonic clock
 	for range maxKeyTurns {
 		// A claim made again, after waiting for another request's, has that much less
@@ -112,6 +113,12 @@ func (s *Server) claimKey(ctx context.Context, key, legacy string, claim broker.
 			return "", nil
 		}
 		if !sums.match(got) {
+			if under == legacy && program != "" {
+				// Another program's request may have claimed the key in the one
+				// namespace of then: a body of its own is no reuse of this program's key.
+				legacy = ""
+				continue
+			}
 			return "", refuse(ErrKeyReused, "Idempotency-Key was already used with a different request body")
 		}
 		held, err := s.awaitClaimed(ctx, under, got)
@@ -129,10 +136,10 @@ func (s *Server) claimKey(ctx context.Context, key, legacy string, claim broker.
 			if err != nil {
 				return "", err
 			}
-			if under == legacy && j.Program != "" {
-				// An old foreman's claim of a program's request (a named token's, or
-				// its header's, with the same body): its keys shared one namespace
-				// then, and this request has no program. Not this request's job.
+			if under == legacy && j.Program != program {
+				// An old foreman's claim of another program's request (a named token's,
+				// or its header's, or one without a program, with the same body): its
+				// keys shared one namespace then. Not this request's job.
 				legacy = ""
 				continue
 			}
@@ -167,15 +174,17 @@ func (s *Server) claimOrFind(ctx context.Context, key, legacy string, claim brok
 
 // legacyIdempotencyKey is the key a request's Idempotency-Key (key) was claimed under by
 // foremen from before keys were per program (d87989e): the key itself, without the
-// program and newline scopedIdempotencyKey puts before it. It is "" when such a claim
-// cannot be there, and no read is spent on it: for a request with a program (those
-// foremen put every program's keys in one namespace: one found could be another
-// program's), and on a store of this foreman's own once a job TTL has passed since it
-// opened it, as those claims were written before and are never stamped anew (their
-// records name no claim), so they age out a job TTL after their submit. On a shared
-// NATS a foreman not yet upgraded may claim one now: there it is always read (ADR-0062).
-func (s *Server) legacyIdempotencyKey(program, key string) string {
-	if key == "" || program != "" || !s.store.ForeignEntriesMayLive() {
+// program and newline scopedIdempotencyKey puts before it. Those foremen put every
+// program's keys in one namespace, so a claim found there is the request's only when its
+// job's record names the request's program (claimKey; ADR-0080: those foremen had
+// programs, and a program's retry across the upgrade ran its job twice). It is "" when
+// such a claim cannot be there, and no read is spent on it: on a store of this foreman's
+// own once a job TTL has passed since it opened it, as those claims were written before
+// and are never stamped anew (their records name no claim), so they age out a job TTL
+// after their submit. On a shared NATS a foreman not yet upgraded may claim one now:
+// there it is always read (ADR-0062).
+func (s *Server) legacyIdempotencyKey(key string) string {
+	if key == "" || !s.store.ForeignEntriesMayLive() {
 		return ""
 	}
 	return key

@@ -466,13 +466,13 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	}
 	job := &broker.Job{ID: broker.NewID(), Model: model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
 		LoadOptions: sub.opts}
-	legacyKey := s.legacyIdempotencyKey(who.program, idemKey)
+	legacyKey := s.legacyIdempotencyKey(idemKey)
 	idemKey = scopedIdempotencyKey(who.program, idemKey)
 	if idemKey != "" {
 		sums := digestsOf(sub)
 		until, within := submitDeadline(ctx)
 		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: until, Within: within}
-		replay, err := s.claimKey(ctx, idemKey, legacyKey, claim, sums, sub.body)
+		replay, err := s.claimKey(ctx, idemKey, legacyKey, who.program, claim, sums, sub.body)
 		if err != nil {
 			return "", false, err
 		}
