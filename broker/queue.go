@@ -508,14 +508,24 @@ func (s *Store) PurgeQueued(ctx context.Context, token string) error {
 
 // deleteQueueMsg deletes queue message seq. One that is gone already (taken and acked,
 // deleted by another) is jetstream.ErrMsgNotFound: nats.go reports it as
-// ErrMsgDeleteUnsuccessful with the server's words (JSStreamMsgDeleteFailedF, its
-// store's "no message found"), which no errors.Is of ErrMsgNotFound matched.
+// ErrMsgDeleteUnsuccessful with the server's answer as text only, which no errors.Is of
+// ErrMsgNotFound matched. The server answers it two ways, by where the message was:
+// JSStreamMsgDeleteFailedF with its store's "no message found" (10057), and, for a
+// sequence its store finds nothing to remove at (one gone from between others),
+// JSSequenceNotFoundErrF "sequence N not found" (10043).
 func (s *Store) deleteQueueMsg(ctx context.Context, seq uint64) error {
 	err := s.queue.DeleteMsg(ctx, seq)
-	if errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) && strings.Contains(err.Error(), "no message found") {
+	if errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) && deletedAlready(err.Error()) {
 		return fmt.Errorf("%w: %w", jetstream.ErrMsgNotFound, err)
 	}
 	return err
+}
+
+// deletedAlready says whether the text of a failed deletion is one of the server's two
+// answers for a message that is not there.
+func deletedAlready(text string) bool {
+	return strings.Contains(text, "no message found") ||
+		(strings.Contains(text, "err_code=10043") && strings.Contains(text, " not found"))
 }
 
 // DeleteQueued removes one queue message by sequence, and nothing else.
