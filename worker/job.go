@@ -51,6 +51,10 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 		w.giveBack(bctx, d, log)
 		return nil, 0, false
 	}
+	// Whether the job's end was being stored before its record is read: an end stored,
+	// and its mark gone, between the read and the check below would leave a record read
+	// as running for a job that ended.
+	finishing := w.isFinishing(d.JobID)
 	j, rev, ok := ahead.take(d.JobID)
 	var err error
 	if !ok {
@@ -100,7 +104,7 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 		if err != nil {
 			log.Warn("ack spare queue message", "err", err)
 		}
-	case w.isFinishing(d.JobID):
+	case finishing || w.isFinishing(d.JobID):
 		// Its own message again while its end is stored in the background: its ack wait ran
 		// out (foreman frozen for longer than it, a suspended VM: at the thaw the server's
 		// timer beats the keep-alive's tick). The end acks the message, or hands it back, by
