@@ -71,3 +71,7 @@ func (c *FakeClock) Advance(d time.Duration) {
 
 // WithClock makes a Stream call's stall watchdog read clk instead of the wall clock.
 func WithClock(clk *FakeClock) StreamOption { return func(o *streamOptions) { o.clock = clk } }
+
+// ThawGrace is how long a limit whose timer fired late (a freeze) waits on for the bytes
+// that came meanwhile.
+const ThawGrace = thawGrace

@@ -3,6 +3,7 @@ package ollama_test
 import (
 	"context"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -158,5 +159,52 @@ func TestStreamNoLimitsWaits(t *testing.T) {
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+// foreman frozen (SIGSTOP, a suspended VM) past a limit, the target not: at the thaw the
+// limit's timer fires late by far while what the target sent meanwhile waits unread. It
+// is read, and the call goes on; a target still silent a moment after the thaw stalled.
+func TestStreamLimitAfterAFreezeWaitsForWhatCameMeanwhile(t *testing.T) {
+	t.Parallel()
+	for _, sends := range []bool{true, false} {
+		arrived, send := make(chan struct{}), make(chan struct{})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			_, _ = io.Copy(io.Discard, r.Body) // else the server does not see a client gone
+			close(arrived)
+			select {
+			case <-send:
+			case <-r.Context().Done():
+				return
+			}
+			w.Header().Set("Content-Type", "application/x-ndjson")
+			_, _ = w.Write([]byte("{\"done\":false}\n{\"done\":true}\n"))
+		}))
+		t.Cleanup(srv.Close)
+		c := newClient(t, srv.URL)
+		clk := ollama.NewFakeClock()
+		frames := make(chan int, 1)
+		errc := make(chan error, 1)
+		go func() {
+			n := 0
+			_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error { n++; return nil },
+				ollama.FirstByteTimeout(time.Minute), ollama.IdleTimeout(time.Minute), ollama.WithClock(clk))
+			frames <- n
+			errc <- err
+		}()
+		<-arrived
+		clk.Advance(time.Hour) // the freeze: the first-byte timer fires 59 minutes late
+		if !sends {
+			clk.Advance(ollama.ThawGrace)
+			wantStall(t, <-errc, true, time.Minute)
+			continue
+		}
+		close(send)
+		if n := <-frames; n != 2 {
+			t.Errorf("%d frames, want 2", n)
+		}
+		if err := <-errc; err != nil {
+			t.Fatalf("err = %v, want the answer sent during the freeze read", err)
+		}
 	}
 }

@@ -202,6 +202,15 @@ func (c *HTTPClient) stalled(ctx context.Context) *StallError {
 	return se
 }
 
+// A limit's timer that fires more than lateFire after it was due shows that this process
+// itself did not run for that long (frozen by SIGSTOP, a suspended VM or laptop lid): the
+// bytes the target sent meanwhile wait unread, and the limit waits thawGrace more for them
+// (at most the limit) before it blames the target.
+const (
+	lateFire  = time.Second
+	thawGrace = time.Second
+)
+
 // watchdog aborts a call whose target falls silent: before the first body byte for longer
 // than firstByte, after it for longer than idle between bytes (0 = no limit).
 type watchdog struct {
@@ -227,7 +236,8 @@ func newWatchdog(clk clock, firstByte, idle time.Duration, template *StallError,
 
 // fire aborts the call with the limit that ran out, unless progress raced the timer (the
 // limit was re-armed meanwhile and fires again later, or, with no idle limit, stopped
-// for good) or the caller's callback runs.
+// for good) or the caller's callback runs, or it fired late by far (this process was
+// frozen): then the limit runs on for thawGrace.
 func (w *watchdog) fire() {
 	w.mu.Lock()
 	if w.started && w.idle <= 0 {
@@ -242,7 +252,16 @@ func (w *watchdog) fire() {
 	if se.FirstByte {
 		se.After = w.firstByte
 	}
-	live := !w.paused && w.clock.Now().Sub(w.armed) >= se.After
+	now := w.clock.Now()
+	live := !w.paused && now.Sub(w.armed) >= se.After
+	if grace := min(thawGrace, se.After); live && now.Sub(w.armed.Add(se.After)) > lateFire && w.timer != nil {
+		// The timer fired late by far: this process did not run (SIGSTOP, a suspended VM),
+		// and what the target sent meanwhile may wait unread. It gets a moment to be read
+		// before the silence counts as the target's.
+		w.armed = now.Add(grace - se.After)
+		w.timer.Reset(grace)
+		live = false
+	}
 	w.mu.Unlock()
 	if live {
 		w.abort(&se)

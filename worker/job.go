@@ -43,13 +43,18 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 // the lease was held) and settles the delivery when the job is not to run: handed back
 // (a stop, a failed read), dropped (an orphan, an ended job, a spare copy), removed (not
 // the job's message), or ended (a cancel requested, a caller gone, its attempts used
-// up). It returns the record, read at rev, of a job to run; false when it settled d.
+// up). A delivery again of the job whose end is being stored is left to that end. It
+// returns the record, read at rev, of a job to run; false when it settled d or left it.
 func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *recordRead, log *slog.Logger) (*broker.Job, uint64, bool) {
 	if w.isStopping(ctx) {
 		// Fetched just as Stop came: give it back untouched.
 		w.giveBack(bctx, d, log)
 		return nil, 0, false
 	}
+	// Whether the job's end was being stored before its record is read: an end stored,
+	// and its mark gone, between the read and the check below would leave a record read
+	// as running for a job that ended.
+	finishing := w.isFinishing(d.JobID)
 	j, rev, ok := ahead.take(d.JobID)
 	var err error
 	if !ok {
@@ -99,6 +104,13 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 		if err != nil {
 			log.Warn("ack spare queue message", "err", err)
 		}
+	case finishing || w.isFinishing(d.JobID):
+		// Its own message again while its end is stored in the background: its ack wait ran
+		// out (foreman frozen for longer than it, a suspended VM: at the thaw the server's
+		// timer beats the keep-alive's tick). The end acks the message, or hands it back, by
+		// its stream sequence, which settles this delivery too; the record does not say
+		// the job ended yet, and running it again would run it twice.
+		log.Info("queue message of a job whose end is being stored came again (its ack wait ran out: was foreman frozen?); left to that end")
 	case j.CancelRequested != "":
 		// Canceled while it ran on a foreman that died before it could end it.
 		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)

@@ -487,6 +487,13 @@ func (w *Worker) learn(r *runningJob, end time.Time) {
 	w.times.observeRun(r.model, end.Sub(working))
 }
 
+// isFinishing reports whether job id's result is being stored in the background.
+func (w *Worker) isFinishing(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.finishing[id]
+}
+
 // setFinishing marks (or unmarks) a job whose result is stored in the background.
 func (w *Worker) setFinishing(id string, on bool) {
 	w.mu.Lock()

@@ -1,0 +1,90 @@
+package worker_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// A job whose queue message comes again while its end is being stored (foreman was
+// frozen, a VM suspended, for longer than the ack wait: at the thaw the server's timer
+// hands the message out again before the keep-alive's tick reaches it) is not run a
+// second time: its end settles the message.
+func TestRedeliveryOfAFinishingJobDoesNotRunItAgain(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	j := tb.chat(t, "tiny-a", 1)
+	storing := make(chan struct{}, 1)
+	stored := make(chan struct{})
+	fetched := make(chan struct{}, 4)
+	tb.start(t, worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
+		if id == j.ID && stage == worker.StageFetched {
+			fetched <- struct{}{}
+		}
+	}}, func(id string) {
+		if id == j.ID {
+			storing <- struct{}{}
+			<-stored
+		}
+	}))
+	for _, c := range []<-chan struct{}{fetched, storing} {
+		select {
+		case <-c:
+		case <-waitCtx(t).Done():
+			t.Fatal("the job's first run never finished")
+		}
+	}
+	// The thaw, without a freeze: the message is handed out again (a NAK of its
+	// delivery, as the ack wait's end does) while the first run's end waits to be stored.
+	tb.redeliver(t)
+	select {
+	case <-fetched:
+	case <-waitCtx(t).Done():
+		t.Fatal("the job's message was not delivered again")
+	}
+	// A second run, if any, has begun its call or is about to: a later job is fetched
+	// only after the redelivery is settled, so the job behind shows which it was.
+	next := tb.chat(t, "tiny-a", 1)
+	close(stored)
+	got := tb.waitState(t, j.ID, broker.StateDone)
+	tb.waitState(t, next.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+	if calls := inferenceCalls(tb.fake); len(calls) != 2 || got.Attempt != 1 {
+		t.Fatalf("target called %d times for two jobs, the first at attempt %d: want each once", len(calls), got.Attempt)
+	}
+}
+
+// redeliver NAKs the one queue delivery awaiting its ack, through the ack subject the
+// server gave it: the server hands the message out again, as when its ack wait runs out.
+func (tb *testBundle) redeliver(t *testing.T) {
+	t.Helper()
+	js, err := jetstream.New(tb.b.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := js.Stream(ctxT(t), broker.QueueStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	list := s.ListConsumers(ctxT(t))
+	for info := range list.Info() {
+		if info.NumAckPending != 1 {
+			continue
+		}
+		subj := fmt.Sprintf("$JS.ACK.%s.%s.1.%d.%d.%d.0", broker.QueueStream, info.Name,
+			info.Delivered.Stream, info.Delivered.Consumer, time.Now().UnixNano())
+		if err := tb.b.Conn.Publish(subj, []byte("-NAK")); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	if err := list.Err(); err != nil {
+		t.Fatal(err)
+	}
+	t.Fatal("no queue delivery awaits its ack")
+}
