@@ -282,8 +282,11 @@ func (s *Store) checkClock(off time.Duration) {
 
 // StopTarget writes t, this foreman's target as it stops in order, over its own last
 // write of the entry only: one another foreman wrote since (a name conflict) is left as
-// it is, as is an entry this store never wrote. The entry then lapses as a dead
-// foreman's does, unless the next start of this foreman writes it first.
+// it is, as is an entry this store never wrote. One that lapsed since (this foreman did
+// not refresh it within its TTL: it was frozen, or cut off from NATS) is written anew,
+// so that the Mac stays listed while it restarts as after any stop (ADR-0075). The entry
+// then lapses as a dead foreman's does, unless the next start of this foreman writes it
+// first.
 func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	kv, err := s.targetsKV(ctx)
 	if err != nil {
@@ -300,11 +303,20 @@ func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
-	if _, err := kv.Update(ctx, key, v, last); err != nil {
-		if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+	_, err = kv.Update(ctx, key, v, last)
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		// Not this foreman's last write any more: the entry lapsed, or another wrote it.
+		// A create succeeds only on a key with no live entry.
+		_, err = kv.Create(ctx, key, v)
+		if errors.Is(err, jetstream.ErrKeyExists) {
 			s.log.Info("target entry left in place: another foreman wrote it", "target", t.Name)
 			return nil
 		}
+		if err == nil {
+			s.log.Info("target entry had lapsed (not refreshed within its TTL: was foreman frozen, or cut off from NATS?); written again", "target", t.Name)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("broker: mark target %s stopped: %w", t.Name, err)
 	}
 	s.dropTargetsCache()

@@ -2,9 +2,12 @@ package broker_test
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -48,6 +51,40 @@ func TestTargetsPublishStopExpire(t *testing.T) {
 		}
 		return len(got) == 0
 	})
+}
+
+// A foreman whose entry lapsed before it stopped (frozen, or cut off from NATS, for
+// longer than its TTL) still leaves its Mac listed, unreachable, as a stop in order does
+// (ADR-0075): its last write is gone, and no other foreman wrote the key. It said
+// "another foreman wrote it" and left the Mac unlisted.
+func TestStopTargetWritesALapsedEntryAgain(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.TargetTTL = 2 * time.Second }))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tg := broker.Target{Name: "studio", URL: "http://studio:11434", Reachable: true, Models: []string{"tiny-a:latest"}}
+	if err := b.Store.PublishTarget(ctx, tg); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := b.JetStream(t).KeyValue(ctx, broker.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Get(ctx, "target.studio"); err != nil {
+		t.Fatalf("the entry as published: %v", err)
+	}
+	eventually(t, 30*time.Second, "the entry lapsed", func() bool {
+		_, err := kv.Get(ctx, "target.studio")
+		return errors.Is(err, jetstream.ErrKeyNotFound)
+	})
+	tg.Reachable = false
+	if err := b.Store.StopTarget(ctx, tg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Store.Targets(ctx)
+	if err != nil || len(got) != 1 || got[0].Name != "studio" || got[0].Reachable || !got[0].HasModel("tiny-a:latest") {
+		t.Fatalf("after the stop: %+v, %v; want studio listed, unreachable, with its models", got, err)
+	}
 }
 
 // Foremen with different poll intervals share the bucket: one with a shorter TargetTTL,
