@@ -45,9 +45,11 @@ func TestShippedClusterRoutes(t *testing.T) {
 		}
 		return true
 	})
-	eventually(t, 30*time.Second, "a JetStream meta leader", func() bool {
+	// A leader that has not yet heard each node's JetStream stats places no stream of
+	// three replicas ("no suitable peers for placement"): it must know all three.
+	eventually(t, 30*time.Second, "a JetStream meta leader that knows the three nodes", func() bool {
 		for _, n := range nodes {
-			if n.JetStreamIsLeader() {
+			if n.JetStreamIsLeader() && len(n.JetStreamClusterPeers()) == len(nodes) {
 				return true
 			}
 		}
