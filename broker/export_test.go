@@ -20,6 +20,10 @@ var ListModes = map[string]func(*Store){
 // queue leader's clock behind the jobs bucket leader's by d would.
 func (s *Store) ShiftQueueLook(d time.Duration) { s.lookShift = d }
 
+// SetListFetch sets a hook called with the listing consumer's name before each of its
+// pulls.
+func (s *Store) SetListFetch(fn func(consumer string)) { s.listFetch = fn }
+
 // SetTargetsRead sets a hook called between a Targets read of the bucket and its caching.
 func (s *Store) SetTargetsRead(fn func()) { s.targetsRead = fn }
 

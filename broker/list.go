@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
 
@@ -281,6 +282,10 @@ func (s *Store) kvStream(ctx context.Context) (*jetstream.StreamInfo, error) {
 	return info, nil
 }
 
+// noResponderPause is how long a listing waits before it asks again a consumer whose
+// pull reached no one.
+const noResponderPause = 20 * time.Millisecond
+
 // scanKeys reads the job keys stored in the bucket's stream between sequences lo and hi
 // (headers only) and hands them to meet newest first, with whether that revision is a
 // value (not a delete or purge marker). It returns when the oldest of them was stored.
@@ -319,12 +324,19 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 	var (
 		revs   []rev
 		oldest time.Time
+		// A pull that reached no one is asked again until then: on a cluster the consumer
+		// just made lives on one node, and the interest in its pulls reaches the node this
+		// connection is on a moment later ("no responders": nothing was delivered).
+		asking = time.Now().Add(s.cfg.RetryWindow)
 	)
 	for done, wait := false, false; !done; {
 		var (
 			batch jetstream.MessageBatch
 			err   error
 		)
+		if s.listFetch != nil {
+			s.listFetch(c.CachedInfo().Name)
+		}
 		if wait {
 			batch, err = c.Fetch(int(min(hi-lo+1, 4096)), jetstream.FetchMaxWait(time.Second))
 		} else {
@@ -354,6 +366,16 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 			}
 		}
 		if err := batch.Error(); err != nil && !errors.Is(err, jetstream.ErrNoMessages) {
+			if n == 0 && errors.Is(err, nats.ErrNoResponders) && time.Now().Before(asking) {
+				t := time.NewTimer(noResponderPause)
+				select {
+				case <-ctx.Done():
+					t.Stop()
+					return time.Time{}, fmt.Errorf("broker: list: %w", context.Cause(ctx))
+				case <-t.C:
+				}
+				continue
+			}
 			return time.Time{}, fmt.Errorf("broker: list: %w", err)
 		}
 		if n == 0 {

@@ -195,6 +195,9 @@ type Store struct {
 	known jetstream.KeyValue
 
 	listMode listMode // tests only: force List's way of reading
+	// listFetch (tests only) is called with the listing consumer's name before each of
+	// its pulls.
+	listFetch func(consumer string)
 	// lookShift (tests only) moves the start of Resubmit's look in the queue, as a queue
 	// leader's clock behind the jobs bucket leader's would.
 	lookShift time.Duration
