@@ -163,6 +163,7 @@ func (c *serveConfig) settings() []*setting {
 			return nil
 		}},
 		{env: "FOREMAN_SHUTDOWN_TIMEOUT", flag: "shutdown-timeout", def: durationDefault(app.DefaultShutdownTimeout), usage: "deadline for a graceful shutdown", parse: dur(&c.ShutdownTimeout)},
+		{env: "FOREMAN_PPROF_ADDR", flag: "pprof-addr", usage: "loopback host:port serving Go's runtime profiles under /debug/pprof/ (off when empty)", parse: optionalHostPort(&c.PprofAddr)},
 		// A stalled target is a failed attempt (ADR-0026).
 		{env: "FOREMAN_FIRST_BYTE_TIMEOUT", flag: "first-byte-timeout", def: durationDefault(app.DefaultFirstByteTimeout), usage: "longest wait for Ollama's first response byte, a cold model load included; then the attempt fails", parse: dur(&c.FirstByteTimeout)},
 		{env: "FOREMAN_STREAM_IDLE_TIMEOUT", flag: "stream-idle-timeout", def: durationDefault(app.DefaultStreamIdleTimeout), usage: "longest silence of Ollama once its answer started; then the attempt fails", parse: dur(&c.StreamIdleTimeout)},
@@ -454,6 +455,9 @@ func (c *serveConfig) finish() error {
 		return errors.New("FOREMAN_NATS_TLS_CERT and FOREMAN_NATS_TLS_KEY must be set together")
 	}
 	if err := app.CheckNATSLogin(c.Config); err != nil {
+		return err
+	}
+	if err := app.CheckPprofAddr(c.Config); err != nil {
 		return err
 	}
 	if err := c.readAuthTokensFile(); err != nil {

@@ -352,3 +352,20 @@ func TestConfigDefaultsAreApps(t *testing.T) {
 		t.Errorf("serve's defaults\n%+v\napp's defaults\n%+v", cfg.Config, want)
 	}
 }
+
+// FOREMAN_PPROF_ADDR is off unless set, and refused off loopback: no token guards it.
+func TestConfigPprofAddr(t *testing.T) {
+	t.Parallel()
+	if cfg, err := parseConfig(t, nil, nil); err != nil || cfg.PprofAddr != "" {
+		t.Errorf("default: %q %v, want off", cfg.PprofAddr, err)
+	}
+	if cfg, err := parseConfig(t, []string{"--pprof-addr", "127.0.0.1:6060"}, nil); err != nil || cfg.PprofAddr != "127.0.0.1:6060" {
+		t.Errorf("--pprof-addr 127.0.0.1:6060: %q %v", cfg.PprofAddr, err)
+	}
+	for _, v := range []string{"0.0.0.0:6060", "192.168.1.5:6060", "6060"} {
+		_, err := parseConfig(t, nil, map[string]string{"FOREMAN_PPROF_ADDR": v, "FOREMAN_AUTH_TOKEN": "t"})
+		if err == nil || !strings.Contains(err.Error(), "FOREMAN_PPROF_ADDR") {
+			t.Errorf("FOREMAN_PPROF_ADDR=%s: %v, want a refusal naming it", v, err)
+		}
+	}
+}

@@ -46,6 +46,9 @@ type App struct {
 	http      *http.Server
 	conns     httpConns // the HTTP server's connections by state
 	ln        net.Listener
+	// pprof and pprofLn serve the runtime profiles (Config.PprofAddr), nil without.
+	pprof   *http.Server
+	pprofLn net.Listener
 
 	// publishFails and rememberFails log the failures of the inventory poll's writes
 	// (onPoll): during a NATS outage, once per failurelog.Every, not at every poll.
@@ -147,6 +150,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err != nil {
 		return nil, fmt.Errorf("FOREMAN_ADDR=%q: %w", cfg.Addr, err)
 	}
+	if err := CheckPprofAddr(cfg); err != nil {
+		return nil, err
+	}
+	if cfg.PprofAddr != "" {
+		if a.pprofLn, err = net.Listen("tcp", cfg.PprofAddr); err != nil {
+			return nil, fmt.Errorf("FOREMAN_PPROF_ADDR=%q: %w", cfg.PprofAddr, err)
+		}
+	}
 	if cfg.AuthToken == "" && len(cfg.AuthTokens) == 0 && !LoopbackAddr(cfg.Addr) {
 		log.Warn("INSECURE: foreman serves a non-loopback address without FOREMAN_AUTH_TOKEN " +
 			"(FOREMAN_INSECURE_NO_AUTH=true): anyone who reaches " + cfg.Addr + " can queue work and read every job's result")
@@ -180,7 +191,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		return nil, err
 	}
 
-	policy := WebhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr())
+	policy := WebhookPolicy(cfg, a.ln.Addr().String(), a.natsListenAddr(), a.PprofAddr())
 	policy.ProtectedSource = a.targetEndpoints
 	a.gw, err = gateway.New(gateway.Config{
 		Store: a.store, Target: a.target, TargetURL: ollama.RedactURL(cfg.OllamaURL), Inventory: a.inv,
@@ -241,7 +252,25 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		}
 		return nil
 	})
+	if a.pprofLn != nil {
+		a.pprof = newPprofServer()
+		log.Info("runtime profiles served", "url", "http://"+a.pprofLn.Addr().String()+"/debug/pprof/")
+		a.goRun("pprof", func() error {
+			if err := a.pprof.Serve(a.pprofLn); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
 	return a, nil
+}
+
+// PprofAddr is the host:port of the profiles' listener, or "".
+func (a *App) PprofAddr() string {
+	if a.pprofLn == nil {
+		return ""
+	}
+	return a.pprofLn.Addr().String()
 }
 
 // replicasNotSupported is nats-server's error code for a stream of more than one replica
@@ -516,6 +545,12 @@ func (a *App) Shutdown(ctx context.Context) error {
 				errs = append(errs, err)
 			}
 			_ = a.http.Close()
+		}
+		// A profile being taken is cut off: it is of a process that is stopping.
+		if a.pprof != nil {
+			_ = a.pprof.Close()
+		} else if a.pprofLn != nil {
+			_ = a.pprofLn.Close() // bound, but start-up failed before serving
 		}
 		if a.cancel != nil {
 			a.cancel()

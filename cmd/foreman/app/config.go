@@ -51,6 +51,8 @@ type Config struct {
 	// MaxBodyBytesInFlight bounds the request body bytes held at once (ADR-0048);
 	// 0 = DefaultMaxBodyBytesInFlight(MaxBodyBytes).
 	MaxBodyBytesInFlight int64
+	// PprofAddr is the loopback host:port of the runtime profiles' listener ("" = none).
+	PprofAddr string
 	// ShutdownTimeout is the deadline serve gives Shutdown.
 	ShutdownTimeout time.Duration
 

@@ -1,0 +1,150 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// get asks the profiles' listener at addr for path, naming it host in the Host header.
+func get(t *testing.T, addr, host, path string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Host = host
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, string(body)
+}
+
+// With FOREMAN_PPROF_ADDR the runtime's profiles are served there: every goroutine's
+// stack (the worker's loop among them), the heap. Not the command line, which may hold
+// tokens; not to a request naming the listener otherwise than by loopback (a page whose
+// name was rebound to 127.0.0.1); and not after the stop.
+func TestPprofServesTheRuntimesProfiles(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	secret := "pprof-test-token-" + t.Name()
+	a, err := Start(ctx, Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), PprofAddr: "127.0.0.1:0", AuthToken: secret,
+		WebhookAllowNets: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	addr := a.PprofAddr()
+	if addr == "" || addr == a.Addr() {
+		t.Fatalf("profiles' listener %q (HTTP %q), want one of its own", addr, a.Addr())
+	}
+	code, body := get(t, addr, addr, "/debug/pprof/goroutine?debug=2")
+	if code != http.StatusOK || !strings.Contains(body, "goroutine ") || !strings.Contains(body, "foreman/worker.(*Worker).Run") {
+		t.Errorf("goroutine stacks: %d, want 200 with the worker's loop among them:\n%.2000s", code, body)
+	}
+	if code, body := get(t, addr, "localhost", "/debug/pprof/heap?debug=1"); code != http.StatusOK || !strings.Contains(body, "heap profile") {
+		t.Errorf("heap named by localhost: %d %.200q", code, body)
+	}
+	if code, body := get(t, addr, addr, "/debug/pprof/"); code != http.StatusOK || !strings.Contains(body, "goroutine") {
+		t.Errorf("index: %d %.200q", code, body)
+	}
+	code, body = get(t, addr, addr, "/debug/pprof/cmdline")
+	if code != http.StatusNotFound || strings.Contains(body, os.Args[0]) {
+		t.Errorf("cmdline: %d %q, want 404 without the command line", code, body)
+	}
+	for _, host := range []string{"rebound.example", "rebound.example:" + strings.Split(addr, ":")[1], "192.168.1.5"} {
+		if code, body := get(t, addr, host, "/debug/pprof/goroutine?debug=1"); code != http.StatusForbidden || strings.Contains(body, "goroutine profile") {
+			t.Errorf("named %s: %d %.200q, want 403", host, code, body)
+		}
+	}
+	// A webhook may not be pointed at it, even with loopback opened to webhooks: it is
+	// one of foreman's own listeners.
+	req, err := http.NewRequest(http.MethodPost, "http://"+a.Addr()+"/jobs",
+		strings.NewReader(`{"model":"tiny-a","messages":[],"state_webhook_url":"http://`+addr+`/debug/pprof/profile"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(out), "foreman's own endpoint") {
+		t.Errorf("a webhook to the profiles' listener: %d %s, want 400 naming foreman's own endpoint", resp.StatusCode, out)
+	}
+	if err := a.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		c.Close()
+		t.Errorf("profiles' listener %s still open after the stop", addr)
+	}
+}
+
+// Without FOREMAN_PPROF_ADDR no profile is served: no listener is opened.
+func TestPprofIsOffByDefault(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := Start(ctx, Config{Addr: "127.0.0.1:0", DataDir: t.TempDir()}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Shutdown(context.Background())
+	if addr := a.PprofAddr(); addr != "" {
+		t.Errorf("profiles served on %s without FOREMAN_PPROF_ADDR", addr)
+	}
+	if code, _ := get(t, a.Addr(), a.Addr(), "/debug/pprof/goroutine?debug=1"); code != http.StatusNotFound && code != http.StatusUnauthorized {
+		t.Errorf("foreman's own listener answers the profiles' path %d", code)
+	}
+}
+
+// A profiles' address in use stops the start with an error naming FOREMAN_PPROF_ADDR, and
+// nothing is left listening; one off loopback is refused before anything is bound.
+func TestPprofAddrItCannotUse(t *testing.T) {
+	t.Parallel()
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	a, err := Start(ctx, Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), PprofAddr: taken.Addr().String()}, slog.New(slog.DiscardHandler))
+	if err == nil {
+		_ = a.Shutdown(context.Background())
+		t.Fatal("started with its profiles' address in use")
+	}
+	if !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), `FOREMAN_PPROF_ADDR="`+taken.Addr().String()+`"`) {
+		t.Errorf("start: %v; want address in use, naming FOREMAN_PPROF_ADDR", err)
+	}
+	for _, addr := range []string{"0.0.0.0:6060", ":6060", "192.168.1.5:6060", "[::]:6060", "mac.example:6060"} {
+		err := CheckPprofAddr(Config{PprofAddr: addr})
+		if err == nil || !strings.Contains(err.Error(), "FOREMAN_PPROF_ADDR") || !strings.Contains(err.Error(), "loopback") {
+			t.Errorf("%s: %v, want a refusal naming FOREMAN_PPROF_ADDR", addr, err)
+		}
+	}
+	for _, addr := range []string{"", "127.0.0.1:6060", "localhost:6060", "[::1]:6060"} {
+		if err := CheckPprofAddr(Config{PprofAddr: addr}); err != nil {
+			t.Errorf("%q: %v", addr, err)
+		}
+	}
+}
