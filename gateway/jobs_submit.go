@@ -311,13 +311,6 @@ func parseProgramField(v json.RawMessage, p *string) error {
 	return nil
 }
 
-func orNull(v json.RawMessage) json.RawMessage {
-	if v == nil {
-		return json.RawMessage("null")
-	}
-	return v
-}
-
 // checkKindFields rejects bodies the target would refuse anyway, before they wait in the
 // queue: wrong JSON types of the fields each kind is about.
 func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {

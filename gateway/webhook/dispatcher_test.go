@@ -361,9 +361,9 @@ func TestGivesUpAfterAttemptsAndStopsOn410(t *testing.T) {
 	if log[2].Outcome != broker.OutcomeFailed || log[2].Attempt != 3 {
 		t.Fatalf("last attempt %+v, want failed #3", log[2])
 	}
-	glog := waitLog(t, b.Store, gj.ID, func(l []broker.DeliveryAttempt) bool { return len(l) >= 1 })
+	waitLog(t, b.Store, gj.ID, func(l []broker.DeliveryAttempt) bool { return len(l) >= 1 })
 	waitConsumerIdle(t, b)
-	glog, _ = b.Store.Deliveries(ctxT(t), gj.ID)
+	glog, _ := b.Store.Deliveries(ctxT(t), gj.ID)
 	if len(glog) != 1 || glog[0].Outcome != broker.OutcomeGone {
 		t.Fatalf("after a 410 the job's later events were still sent: %+v", glog)
 	}
