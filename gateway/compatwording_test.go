@@ -3,6 +3,8 @@ package gateway
 import (
 	"encoding/json"
 	"net/http"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -68,6 +70,55 @@ func TestV1RefusalTypesAsOllama(t *testing.T) {
 		if got.Status != http.StatusBadRequest || json.Unmarshal(got.Body, &e) != nil || e.Error.Type != c.typ ||
 			len(e.Error.Message) < len(c.msg) || e.Error.Message[:len(c.msg)] != c.msg {
 			t.Errorf("%s %s: %d %s, want 400 with type %s, message %q...", c.path, c.body, got.Status, got.Body, c.typ, c.msg)
+		}
+	}
+}
+
+// An error goes out with the bytes Ollama writes it with, not only its status and words:
+// SDKs hand the raw body to their callers (the AI SDK's APICallError.responseBody). Ollama's
+// router (gin) writes its handlers' errors, and its OpenAI and Anthropic layers' own
+// checks, as "application/json; charset=utf-8" with no newline; those layers' writer
+// encodes the handler's errors behind them as "application/json" ending in a newline.
+// That holds for foreman's own refusals and for a job's failure relayed from the target.
+func TestErrorBytesAsOllama(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	const gin, enc = "application/json; charset=utf-8", "application/json"
+	oai := func(typ, msg string) string {
+		return `{"error":{"message":` + strconv.Quote(msg) + `,"type":"` + typ + `","param":null,"code":null}}`
+	}
+	reqID := regexp.MustCompile(`"req_[0-9A-Za-z]+"`)
+	ant := func(typ, msg string) string {
+		return `{"type":"error","error":{"type":"` + typ + `","message":` + strconv.Quote(msg) + `},"request_id":"req_ID"}`
+	}
+	for _, c := range []struct {
+		path, body string
+		status     int
+		ctype      string
+		want       string
+	}{
+		// foreman's refusals
+		{"/api/chat", `notjson`, 400, gin, `{"error":"invalid JSON body: invalid character 'o' in literal null (expecting 'u')"}`},
+		{"/api/chat", `{"model":"nope","messages":[]}`, 404, gin, `{"error":"model 'nope' not found"}`},
+		{"/api/generate", `{"model":"nope","prompt":"x"}`, 404, gin, `{"error":"model 'nope' not found"}`},
+		{"/api/embed", `{"model":"nope","input":"x"}`, 404, gin, `{"error":"model \"nope\" not found, try pulling it first"}`},
+		{"/v1/chat/completions", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`, 404, enc, oai("api_error", "model 'nope' not found") + "\n"},
+		{"/v1/chat/completions", `{"model":"","messages":[{"role":"user","content":"x"}]}`, 400, enc, oai("api_error", "model is required") + "\n"},
+		{"/v1/chat/completions", `notjson`, 400, gin, oai("invalid_request_error", "invalid JSON body: invalid character 'o' in literal null (expecting 'u')")},
+		{"/v1/messages", `{"max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`, 400, gin, ant("invalid_request_error", "model is required")},
+		{"/v1/messages", `{"model":"nope","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`, 404, enc, ant("not_found_error", "model 'nope' not found") + "\n"},
+		// the target's, relayed from a failed job
+		{"/api/chat", `{"model":"tiny-embed","messages":[{"role":"user","content":"x"}]}`, 400, gin, `{"error":"\"tiny-embed\" does not support chat"}`},
+		{"/v1/chat/completions", `{"model":"tiny-embed","messages":[{"role":"user","content":"x"}]}`, 400, enc, oai("api_error", `"tiny-embed" does not support chat`) + "\n"},
+		{"/v1/responses", `{"model":"tiny-embed","input":"hi"}`, 400, enc, oai("api_error", `"tiny-embed" does not support chat`) + "\n"},
+		{"/v1/responses", `{"model":"tiny-a","input":5}`, 400, gin, oai("invalid_request_error", "input must be a string or array: json: cannot unmarshal number into Go value of type []json.RawMessage")},
+		{"/v1/messages", `{"model":"tiny-embed","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`, 400, enc, ant("invalid_request_error", `"tiny-embed" does not support chat`) + "\n"},
+	} {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		body := reqID.ReplaceAllString(string(got.Body), `"req_ID"`)
+		if got.Status != c.status || got.CType != c.ctype || body != c.want {
+			t.Errorf("%s %s: %d %q %q\nwant %d %q %q", c.path, c.body, got.Status, got.CType, body, c.status, c.ctype, c.want)
 		}
 	}
 }

@@ -239,16 +239,48 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		// retry a new job: the cancel would not stick. They all heed this header.
 		w.Header().Set("X-Should-Retry", "false")
 	}
+	var e *Error
+	ownHandler := errors.As(err, &e) && e.OwnHandler
 	switch {
 	case r.URL.Path == "/v1/messages":
-		writeJSON(w, status, anthropicError(status, msg))
+		writeCompatError(w, status, ownHandler, anthropicError(status, msg))
 		return
 	case strings.HasPrefix(r.URL.Path, "/v1/"):
-		var e *Error
-		writeJSON(w, status, openAIError(status, msg, errors.As(err, &e) && e.OwnHandler))
+		writeCompatError(w, status, ownHandler, openAIError(status, msg, ownHandler))
+		return
+	case strings.HasPrefix(r.URL.Path, "/api/"):
+		writeGinJSON(w, status, map[string]string{"error": msg})
 		return
 	}
 	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// writeCompatError writes an error of Ollama's OpenAI or Anthropic layer with the bytes
+// that layer's source of it writes: a request its own checks refuse (a 400 of no handler,
+// invalid_request_error on /v1) through gin, and the rest through the layer's writer,
+// which encodes its handler's errors with a json.Encoder as plain "application/json".
+// SDKs hand the raw body to their callers (the AI SDK's APICallError.responseBody).
+func writeCompatError(w http.ResponseWriter, status int, ownHandler bool, v any) {
+	if status == http.StatusBadRequest && !ownHandler {
+		writeGinJSON(w, status, v)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+// writeGinJSON writes v as Ollama's router (gin's c.JSON) writes its handlers' JSON:
+// without the newline a json.Encoder ends it with.
+func writeGinJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		writeJSON(w, status, v)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
 }
 
 // jobCanceled reports whether err is a sync job's end by a cancel (DELETE /jobs/{id}).

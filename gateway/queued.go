@@ -79,6 +79,10 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err := decodeObject(body, &req, ""); err != nil {
 		return inference{}, err
 	}
+	if req.Model == "" && kind == broker.KindAnthropicMessages {
+		// Ollama's Anthropic layer checks for a model itself, before its handler.
+		return inference{}, badRequest("model is required")
+	}
 	if strings.TrimSpace(req.Model) == "" {
 		return inference{}, handlerRefusal("model is required")
 	}

@@ -372,14 +372,12 @@ func (sr *syncResponse) final(err error) outcome {
 	}
 	var je *broker.JobError
 	if errors.As(err, &je) && je.State == broker.StateFailed {
-		if text, ok := openAIErrorMessage(je.Message); ok {
+		if text, kind, ok := openAIErrorMessage(je.Message); ok {
 			// The target's OpenAI-shaped error body (the /v1 routes): an OpenAI client
 			// parses error.message, so it gets the body itself when nothing was written yet.
 			if !sr.started && sr.job.Kind != broker.KindChat && sr.job.Kind != broker.KindGenerate {
 				status, _ := statusOf(err)
-				sr.w.Header().Set("Content-Type", "application/json")
-				sr.w.WriteHeader(status)
-				_, _ = sr.w.Write([]byte(je.Message))
+				writeTargetCompatError(sr.w, status, sr.job.Kind, kind, je.Message)
 				return outcomeError
 			}
 			err = &broker.JobError{State: je.State, Message: text, Status: je.Status}
@@ -389,21 +387,42 @@ func (sr *syncResponse) final(err error) outcome {
 }
 
 // openAIErrorMessage recognizes an OpenAI error body, {"error":{"message":...}}, as the
-// target's error text and returns its message. A body without a message string is not
-// one: relayed as it is, it would leave an OpenAI client without error.message.
-func openAIErrorMessage(s string) (string, bool) {
+// target's error text and returns its message and error.type. A body without a message
+// string is not one: relayed as it is, it would leave an OpenAI client without
+// error.message.
+func openAIErrorMessage(s string) (msg, kind string, ok bool) {
 	if !strings.HasPrefix(s, "{") {
-		return "", false
+		return "", "", false
 	}
 	var e struct {
 		Error *struct {
 			Message *string `json:"message"`
+			Type    string  `json:"type"`
 		} `json:"error"`
 	}
 	if err := json.Unmarshal([]byte(s), &e); err != nil || e.Error == nil || e.Error.Message == nil {
-		return "", false
+		return "", "", false
 	}
-	return *e.Error.Message, true
+	return *e.Error.Message, e.Error.Type, true
+}
+
+// writeTargetCompatError relays the target's error body of a /v1 route with the bytes
+// Ollama wrote it with, which the job's error (trimmed) no longer tells: its OpenAI
+// layer's own checks answer an invalid_request_error through gin, and its writer encodes
+// the handler's errors, api_error, with a json.Encoder, its newline included. The
+// Anthropic layer's 400s are invalid_request_error either way; its handler's are taken
+// (a model that cannot chat), as its own checks (max_tokens) pass an Anthropic SDK's
+// calls.
+func writeTargetCompatError(w http.ResponseWriter, status int, jobKind broker.Kind, errType, body string) {
+	if status == http.StatusBadRequest && errType == "invalid_request_error" && jobKind != broker.KindAnthropicMessages {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(status)
+		_, _ = w.Write([]byte(body))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(body + "\n"))
 }
 
 // ended handles a terminal job seen without its final marker. A done job whose every

@@ -87,13 +87,15 @@ func (s *Server) oaiModel(w http.ResponseWriter, name string, chat bool) (Model,
 		lookup = s.resolveAlias(name) // Ollama's chat and generate read aliases, its embed not
 	}
 	m, ok := s.findModel(lookup)
+	// These are the handler's refusals, which Ollama's OpenAI layer passes on as an
+	// api_error whatever their status.
 	switch {
 	case strings.TrimSpace(name) == "":
-		writeOAIError(w, http.StatusBadRequest, "model is required")
+		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", "model is required")
 	case !ok:
-		writeOAIError(w, http.StatusNotFound, notFound(name))
+		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", notFound(name))
 	case chat && m.Embedding:
-		writeOAIError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support chat", name))
+		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", fmt.Sprintf("%q does not support chat", name))
 	default:
 		return m, true
 	}
