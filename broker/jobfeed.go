@@ -111,9 +111,17 @@ func subscribeFeed(nc *nats.Conn, id, boot string, cfg FeedConfig) (*JobFeed, er
 	return f, nil
 }
 
-// msgSize is what a message costs while it waits: its data, subject and headers.
+// msgOverhead is what a queued message costs beyond its bytes: the nats.Msg, its header
+// map and slices. Measured, 20,000 frames of 111 bytes held 589 bytes of heap each (the
+// runner's copy, kept for resends, about 130 of them) where their bytes counted 171: a
+// slow reader of a stream of small tokens held about three times the Buffer (and, with
+// the garbage collector's slack, 57 MB of RSS for one reader under the default 8 MiB).
+const msgOverhead = 320
+
+// msgSize is what a message costs while it waits: its data, subject and headers, and
+// the message itself.
 func msgSize(m *nats.Msg) int64 {
-	n := len(m.Data) + len(m.Subject)
+	n := msgOverhead + len(m.Data) + len(m.Subject)
 	for k, vs := range m.Header {
 		for _, v := range vs {
 			n += len(k) + len(v)

@@ -412,6 +412,29 @@ func TestFeedOverflow(t *testing.T) {
 	}
 }
 
+// A message's own cost counts against the buffer, not only its bytes: a stream of tiny
+// tokens, each a message, took three times the buffer's heap while a slow reader held it.
+func TestFeedBufferCountsEachMessage(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	const limit = 32 << 10
+	feed := feedT(t, b, id, broker.FeedConfig{Buffer: limit})
+	w := b.Store.StreamWriter(id)
+	// 400 one-byte frames: about 60 bytes each of data, subject and headers (24 KiB in
+	// all), and 400 messages of a few hundred bytes of heap each.
+	for range 400 {
+		if err := w.Frame([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-feed.Overflow():
+	case <-time.After(10 * time.Second):
+		t.Fatalf("400 messages held in a %d-byte buffer, counted as %d bytes", limit, feed.Buffered())
+	}
+}
+
 // Reset starts an attempt's numbering again: a retried job streams from 1.
 func TestStreamWriterReset(t *testing.T) {
 	t.Parallel()

@@ -238,16 +238,22 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		a.goRun("nats-submit", func() error { return a.gw.RunNATSSubmit(bg) })
 	}
 
+	maxConns := cfg.MaxQueue + spareConns
+	if cfg.Components.MaxConns > 0 {
+		maxConns = cfg.Components.MaxConns
+	}
+	ln := newConnLimit(a.ln, maxConns, a.gw.ConnectionRefused)
 	a.http = &http.Server{
 		Handler:           a.gw,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		// No ReadTimeout/WriteTimeout: a streamed generation may last many minutes.
 		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnState: a.conns.track,
 	}
 	a.goRun("http", func() error {
-		if err := a.http.Serve(a.ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := a.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
@@ -272,6 +278,14 @@ func (a *App) PprofAddr() string {
 	}
 	return a.pprofLn.Addr().String()
 }
+
+// MaxHeaderBytes bounds a request's line and headers; past it a client gets 431. net/http's
+// default, 1 MiB, is parsed into a map that costs several times the bytes (a MiB of short
+// headers held about 3.5 MB of heap), kept for the whole ReadHeaderTimeout or body read:
+// a few hundred connections sending it grew foreman by gigabytes, before any auth check.
+// Ollama's and OpenAI's clients send a few hundred bytes; 32 KiB is nginx's default
+// (4 buffers of 8 KiB), which browsers' cookies are made to fit.
+const MaxHeaderBytes = 32 << 10
 
 // replicasNotSupported is nats-server's error code for a stream of more than one replica
 // on a server that is not part of a cluster (JSStreamReplicasNotSupportedErr).

@@ -95,6 +95,9 @@ type Components struct {
 	Webhooks func(*webhook.Config)
 	// NoNATSSubmit leaves foreman.jobs.submit without foreman's responder.
 	NoNATSSubmit bool
+	// MaxConns, when set, replaces the cap on HTTP connections at once (MaxQueue +
+	// spareConns).
+	MaxConns int
 }
 
 // Defaults of the settings: serve shows them as its flags' defaults, and Start fills a

@@ -1,0 +1,138 @@
+package app_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// startPlain starts a foreman in front of a fake Ollama with one model.
+func startPlain(t *testing.T) *app.App {
+	t.Helper()
+	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	cfg := app.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), OllamaURL: mac.URL, TargetName: "studio", PollInterval: 200 * time.Millisecond}
+	a, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopForeman(t, a) })
+	return a
+}
+
+// headersOf returns n distinct headers of about 50 bytes each.
+func headersOf(n int) http.Header {
+	h := http.Header{}
+	for i := range n {
+		h.Set(fmt.Sprintf("X-Pad-%06d", i), strings.Repeat("v", 32))
+	}
+	return h
+}
+
+// A request whose headers pass MaxHeaderBytes is refused with 431 before it is parsed
+// further: a MiB of short headers, net/http's own bound, costs several MB of heap per
+// connection. Headers of a browser's size still pass.
+func TestRequestHeadersAreBounded(t *testing.T) {
+	t.Parallel()
+	a := startPlain(t)
+	get := func(h http.Header) int {
+		t.Helper()
+		req, err := http.NewRequest(http.MethodGet, "http://"+a.Addr()+"/api/version", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header = h
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := get(headersOf(app.MaxHeaderBytes / 2 / 50)); code != http.StatusOK {
+		t.Errorf("headers of half the bound: %d, want 200", code)
+	}
+	if code := get(headersOf(2 * app.MaxHeaderBytes / 50)); code != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("headers of twice the bound: %d, want 431", code)
+	}
+}
+
+// HTTP connections past the cap are answered 503 with a JSON error and closed at once,
+// holding no place, goroutine or file; once a connection goes, its place is taken again.
+// Without the cap, idle clients held every file descriptor foreman may open.
+func TestHTTPConnectionsAreCapped(t *testing.T) {
+	t.Parallel()
+	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	cfg := app.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), OllamaURL: mac.URL, TargetName: "studio", PollInterval: 200 * time.Millisecond}
+	cfg.Components.MaxConns = 2
+	a, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopForeman(t, a) })
+
+	// Two clients that connect and send nothing take both places (for ReadHeaderTimeout).
+	var idle []net.Conn
+	for range 2 {
+		c, err := net.Dial("tcp", a.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		idle = append(idle, c)
+	}
+	// The third is answered without sending anything, and closed. Places are taken in
+	// the order the listener accepts, so the third is refused once both are held.
+	eventually(t, 10*time.Second, "a connection past the cap refused", func() bool {
+		c, err := net.Dial("tcp", a.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			return false // a place was still free: served, it waits for a request
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatalf("refusal's body: %v", err)
+		}
+		var e struct{ Error string }
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+			json.Unmarshal(b, &e) != nil || !strings.Contains(e.Error, "too many connections") {
+			t.Fatalf("refusal: %d %q %s", resp.StatusCode, resp.Header, b)
+		}
+		return true
+	})
+
+	// A client that goes gives its place back.
+	idle[0].Close()
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	eventually(t, 10*time.Second, "a place given back", func() bool {
+		resp, err := client.Get("http://" + a.Addr() + "/metrics")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusOK {
+			return false
+		}
+		if !strings.Contains(string(b), `foreman_requests_refused_total{reason="connections"}`) {
+			t.Fatalf("/metrics does not count the refusal:\n%s", b)
+		}
+		return true
+	})
+}
