@@ -255,3 +255,6 @@ func answerAfter[T any](ctx context.Context, latency time.Duration, write func(c
 	}
 	return v, err
 }
+
+// SubmitSeq is the queue message Submit stored for j, as CancelSubmitted reads it.
+func SubmitSeq(j *Job) uint64 { return j.submitSeq }

@@ -250,6 +250,10 @@ type Job struct {
 	raw       []byte
 	later     map[string]json.RawMessage
 	laterRead bool
+
+	// submitSeq is the queue message Submit stored for the job, on the Job it returned:
+	// CancelSubmitted deletes it by that sequence instead of looking for it. Not stored.
+	submitSeq uint64
 }
 
 // CurrentRunner is the target name and boot id of the foreman that started the record's

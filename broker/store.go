@@ -460,6 +460,9 @@ func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetst
 	ours := qerr == nil && ack != nil && !ack.Duplicate
 	switch {
 	case cerr == nil && qerr == nil:
+		if ours {
+			j.submitSeq = ack.Sequence
+		}
 		return j, nil
 	case cerr == nil:
 		// Should the message have been stored after all (an ack lost to a timeout), the

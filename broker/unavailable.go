@@ -13,9 +13,11 @@ import (
 
 // ErrUnavailable is (wrapped in) the error of a store call that failed because JetStream
 // could not answer for a while: a cluster electing a stream leader after a node left, a
-// connection reconnecting to another node. The same call may well succeed a few seconds
-// later; the gateway answers it with 503 and Retry-After.
-var ErrUnavailable = errors.New("NATS cluster unavailable (electing a leader?)")
+// connection reconnecting to another node, a server (the embedded one too) too busy to
+// answer in time. The same call may well succeed a few seconds later; the gateway
+// answers it with 503 and Retry-After. Its words name no cluster alone: on the embedded
+// server "electing a leader" sent an operator looking for a cluster there is none of.
+var ErrUnavailable = errors.New("JetStream unavailable for now (a NATS cluster electing a leader, or a server too busy to answer)")
 
 // Retry windows for calls that meet an unavailable cluster (see ADR-0030): reads and the
 // gateway's writes retry briefly and then give up with ErrUnavailable, so a client is

@@ -186,6 +186,32 @@ func (s *Store) Cancel(ctx context.Context, id, reason string) (*Job, error) {
 	return s.cancel(ctx, id, reason, s.removeQueued)
 }
 
+// CancelSubmitted is Cancel of job j as this process's Submit returned it (the gateway's
+// cancel of a sync job whose caller went away): its queue message is deleted by the
+// sequence the submit stored it at, not looked for. The look reads the job's queue
+// subject from its submit on, one message at a time, so a burst of cancels of jobs
+// submitted together (hundreds of callers hanging up at once) read the queue's messages
+// some hundred thousand times, ran out of time and left their messages in the queue,
+// holding its room until the worker met them. A job the submit did not store a message
+// for (a resubmit's), or whose message is no longer at that sequence (taken and run,
+// and queued again for a retry), is canceled as Cancel does.
+func (s *Store) CancelSubmitted(ctx context.Context, j *Job, reason string) (*Job, error) {
+	seq := j.submitSeq
+	if seq == 0 {
+		return s.Cancel(ctx, j.ID, reason)
+	}
+	return s.cancel(ctx, j.ID, reason, func(ctx context.Context, rec *Job) error {
+		switch err := s.deleteQueueMsg(ctx, seq); {
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return s.removeQueued(ctx, rec)
+		case err != nil:
+			return err
+		}
+		s.dropBody(ctx, rec)
+		return nil
+	})
+}
+
 // ErrStarted is the error of CancelQueued for a job that has started (loading or
 // working): it is left to run.
 var ErrStarted = errors.New("broker: job started")

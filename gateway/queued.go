@@ -401,7 +401,7 @@ func (s *Server) shutdownReason(id string) string {
 func (s *Server) cancelAbandoned(job *broker.Job, reason string, log *slog.Logger) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	j, err := s.store.Cancel(ctx, job.ID, reason)
+	j, err := s.store.CancelSubmitted(ctx, job, reason)
 	switch {
 	case err == nil && j.State != broker.StateCanceled:
 		// Running: the worker ends it and logs "job canceled" then, with its attempt

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -460,11 +461,21 @@ func TestQueuedClientDisconnectCancelsQueuedJob(t *testing.T) {
 	queued := waitState(t, ctx, states, "tiny-b queued", func(j *broker.Job) bool {
 		return j.State == broker.StateQueued && j.Model == "tiny-b"
 	})
+	// The cancel deletes the job's queue message by the sequence its submit stored it at:
+	// no look for it in the queue, which reads the job's subject from its submit on (the
+	// only reads of the queue that start at a time).
+	looks := countRequests(t, b, "$JS.API.STREAM.MSG.GET."+broker.QueueStream, `"start_time"`)
 	leave()
 	<-left
 	j := waitRecord(t, ctx, b.Broker.Store, queued.ID, func(j *broker.Job) bool { return j.State.Terminal() })
 	if j.State != broker.StateCanceled || j.Error != "client disconnected" {
 		t.Errorf("abandoned job: %s %q", j.State, j.Error)
+	}
+	if n, err := b.Broker.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Errorf("queue holds %d messages (%v) once the job is canceled, want the running job's only", n, err)
+	}
+	if n := looks.Load(); n != 0 {
+		t.Errorf("the cancel looked for its job's queue message %d times, want none", n)
 	}
 
 	release()
@@ -759,4 +770,27 @@ func TestQueuedLargeResponseByteExact(t *testing.T) {
 			t.Fatalf("stream %s: %d, %d bytes; want 200, the target's %d bytes", stream, got.Status, len(got.Body), len(want.Body))
 		}
 	}
+}
+
+// countRequests counts the NATS requests to subject, from then on, whose data contains
+// part.
+func countRequests(t *testing.T, b *queuedBundle, subject, part string) *atomic.Int64 {
+	t.Helper()
+	var n atomic.Int64
+	nc, err := b.Broker.Server.Connect()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	if _, err := nc.Subscribe(subject, func(m *nats.Msg) {
+		if bytes.Contains(m.Data, []byte(part)) {
+			n.Add(1)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return &n
 }
