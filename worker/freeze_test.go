@@ -61,6 +61,53 @@ func TestRedeliveryOfAFinishingJobDoesNotRunItAgain(t *testing.T) {
 	}
 }
 
+// A cancel requested once a job's answer went out is moot: its end stores it done. Its
+// queue message delivered again meanwhile (foreman frozen past the ack wait) is left to
+// that end as well, not taken for a job whose runner died with a cancel requested, which
+// would end it canceled after its client had the whole answer.
+func TestRedeliveryOfAFinishingJobCanceledLateEndsItDone(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	j := tb.chat(t, "tiny-a", 1)
+	storing := make(chan struct{}, 1)
+	stored := make(chan struct{})
+	fetched := make(chan struct{}, 4)
+	tb.start(t, worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
+		if id == j.ID && stage == worker.StageFetched {
+			fetched <- struct{}{}
+		}
+	}}, func(id string) {
+		if id == j.ID {
+			storing <- struct{}{}
+			<-stored
+		}
+	}))
+	for _, c := range []<-chan struct{}{fetched, storing} {
+		select {
+		case <-c:
+		case <-waitCtx(t).Done():
+			t.Fatal("the job's first run never finished")
+		}
+	}
+	if _, err := tb.b.Store.Cancel(ctxT(t), j.ID, "too late"); err != nil {
+		t.Fatal(err)
+	}
+	tb.redeliver(t)
+	select {
+	case <-fetched:
+	case <-waitCtx(t).Done():
+		t.Fatal("the job's message was not delivered again")
+	}
+	// A later job is fetched only once the redelivery is settled.
+	next := tb.chat(t, "tiny-a", 1)
+	close(stored)
+	tb.waitState(t, next.ID, broker.StateDone)
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateDone || got.Attempt != 1 {
+		t.Fatalf("job canceled after its answer went out: %s (%q) at attempt %d, want done at 1", got.State, got.Error, got.Attempt)
+	}
+}
+
 // The end of a finishing job may be stored, and its mark gone, between the record read
 // of its redelivered message and the check of the mark: the record read says running,
 // and the job ended. Whether the end was being stored is taken before the read, so that
