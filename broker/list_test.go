@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
 
@@ -306,5 +307,34 @@ func TestListAsksAgainAPullThatReachedNoOne(t *testing.T) {
 	}
 	if len(jobs) != 1 || jobs[0].ID != id || pulls < 2 {
 		t.Fatalf("listed %d jobs after %d pulls, want job %s after a second pull", len(jobs), pulls, id)
+	}
+}
+
+// A listing whose pulls reach no one for longer than the retry window (the consumer
+// gone for good) ends with that error, for the caller to answer as unavailable: it does
+// not ask on until the caller's deadline.
+func TestListGivesUpOnPullsThatReachNoOneAfterTheRetryWindow(t *testing.T) {
+	t.Parallel()
+	const window = 300 * time.Millisecond
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = window }))
+	ctx := ctxT(t)
+	submit(t, b.Store, "m", `{"model":"m"}`)
+	broker.ListModes["by scan"](b.Store)
+	js := b.JetStream(t)
+	pulls := 0
+	b.Store.SetListFetch(func(name string) {
+		pulls++
+		if pulls == 1 {
+			if err := js.DeleteConsumer(ctx, "KV_"+broker.JobsBucket, name); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, _, err := b.Store.List(lctx, broker.ListOptions{})
+	if !errors.Is(err, nats.ErrNoResponders) || lctx.Err() != nil || pulls < 2 {
+		t.Fatalf("list whose consumer is gone: %v after %d pulls (deadline passed: %v), want no responders within the %v window",
+			err, pulls, lctx.Err() != nil, window)
 	}
 }

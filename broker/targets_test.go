@@ -87,6 +87,21 @@ func TestStopTargetWritesALapsedEntryAgain(t *testing.T) {
 	}
 }
 
+// A foreman that stops before any write of its entry went through (its publishes all
+// failed) lists no Mac: a stop marks this foreman's own entry, and it has none.
+func TestStopTargetWithoutAnEntryOfItsOwnWritesNone(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := b.Store.StopTarget(ctx, broker.Target{Name: "studio", URL: "http://studio:11434", Models: []string{"tiny-a:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := b.Store.Targets(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("after a stop with nothing published: %+v, %v; want no Mac listed", got, err)
+	}
+}
+
 // Foremen with different poll intervals share the bucket: one with a shorter TargetTTL,
 // starting later, must not cut the others' entries short. Each entry lives its own
 // foreman's TTL, whoever reads it, and the bucket keeps the longest.

@@ -107,6 +107,8 @@ func TestErrorBytesAsOllama(t *testing.T) {
 		{"/v1/chat/completions", `{"model":"","messages":[{"role":"user","content":"x"}]}`, 400, enc, oai("api_error", "model is required") + "\n"},
 		{"/v1/chat/completions", `notjson`, 400, gin, oai("invalid_request_error", "invalid JSON body: invalid character 'o' in literal null (expecting 'u')")},
 		{"/v1/messages", `{"max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`, 400, gin, ant("invalid_request_error", "model is required")},
+		// a blank name passes the Anthropic layer's check ("" only): its handler refuses it
+		{"/v1/messages", `{"model":" ","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`, 400, enc, ant("invalid_request_error", "model is required") + "\n"},
 		{"/v1/messages", `{"model":"nope","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`, 404, enc, ant("not_found_error", "model 'nope' not found") + "\n"},
 		// the target's, relayed from a failed job
 		{"/api/chat", `{"model":"tiny-embed","messages":[{"role":"user","content":"x"}]}`, 400, gin, `{"error":"\"tiny-embed\" does not support chat"}`},

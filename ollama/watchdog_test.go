@@ -1,6 +1,7 @@
 package ollama
 
 import (
+	"errors"
 	"io"
 	"strings"
 	"testing"
@@ -83,5 +84,57 @@ func TestWatchdogFirstByteLimitAloneEndsWithTheFirstByte(t *testing.T) {
 	clk.Advance(time.Hour)
 	if *aborted != nil {
 		t.Fatalf("a started body was aborted: %v", *aborted)
+	}
+}
+
+// A limit whose timer fires late by far (foreman frozen past it) waits on for thawGrace,
+// no limit shorter than the grace waiting longer than itself, and then ends the call as
+// that limit's stall: what the target sent meanwhile has had its moment to be read.
+func TestWatchdogLateByFarWaitsTheGraceThenEnds(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name            string
+		firstByte, idle time.Duration
+		started         bool
+		grace           time.Duration
+	}{
+		{"first byte", time.Minute, time.Minute, false, thawGrace},
+		{"idle", time.Minute, time.Minute, true, thawGrace},
+		{"idle shorter than the grace", time.Minute, thawGrace / 4, true, thawGrace / 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w, clk, aborted := watched(t, tc.firstByte, tc.idle)
+			limit := tc.firstByte
+			if tc.started {
+				w.progress()
+				limit = tc.idle
+			}
+			clk.Advance(limit + time.Hour) // the freeze: the timer fires an hour late
+			if *aborted != nil {
+				t.Fatalf("aborted as the freeze ended: %v", *aborted)
+			}
+			clk.Advance(tc.grace / 2)
+			if *aborted != nil {
+				t.Fatalf("aborted within the grace of %v: %v", tc.grace, *aborted)
+			}
+			clk.Advance(tc.grace - tc.grace/2)
+			var se *StallError
+			if !errors.As(*aborted, &se) || se.FirstByte == tc.started || se.After != limit {
+				t.Fatalf("after the grace of %v: %v, want the stall of the %v limit", tc.grace, *aborted, limit)
+			}
+		})
+	}
+}
+
+// A timer that fires late, but by no more than lateFire (a busy process, not a frozen
+// one), ends the call at once: only a freeze earns the grace.
+func TestWatchdogLateByLittleEndsAtOnce(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
+	w.progress()
+	clk.Advance(50*time.Millisecond + lateFire)
+	if *aborted == nil {
+		t.Fatalf("a timer %v late did not abort", lateFire)
 	}
 }

@@ -2,6 +2,8 @@ package worker_test
 
 import (
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -56,6 +58,120 @@ func TestRedeliveryOfAFinishingJobDoesNotRunItAgain(t *testing.T) {
 	tb.waitQueueEmpty(t)
 	if calls := inferenceCalls(tb.fake); len(calls) != 2 || got.Attempt != 1 {
 		t.Fatalf("target called %d times for two jobs, the first at attempt %d: want each once", len(calls), got.Attempt)
+	}
+}
+
+// A cancel requested once a job's answer went out is moot: its end stores it done. Its
+// queue message delivered again meanwhile (foreman frozen past the ack wait) is left to
+// that end as well, not taken for a job whose runner died with a cancel requested, which
+// would end it canceled after its client had the whole answer.
+func TestRedeliveryOfAFinishingJobCanceledLateEndsItDone(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	j := tb.chat(t, "tiny-a", 1)
+	storing := make(chan struct{}, 1)
+	stored := make(chan struct{})
+	fetched := make(chan struct{}, 4)
+	tb.start(t, worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
+		if id == j.ID && stage == worker.StageFetched {
+			fetched <- struct{}{}
+		}
+	}}, func(id string) {
+		if id == j.ID {
+			storing <- struct{}{}
+			<-stored
+		}
+	}))
+	for _, c := range []<-chan struct{}{fetched, storing} {
+		select {
+		case <-c:
+		case <-waitCtx(t).Done():
+			t.Fatal("the job's first run never finished")
+		}
+	}
+	if _, err := tb.b.Store.Cancel(ctxT(t), j.ID, "too late"); err != nil {
+		t.Fatal(err)
+	}
+	tb.redeliver(t)
+	select {
+	case <-fetched:
+	case <-waitCtx(t).Done():
+		t.Fatal("the job's message was not delivered again")
+	}
+	// A later job is fetched only once the redelivery is settled.
+	next := tb.chat(t, "tiny-a", 1)
+	close(stored)
+	tb.waitState(t, next.ID, broker.StateDone)
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateDone || got.Attempt != 1 {
+		t.Fatalf("job canceled after its answer went out: %s (%q) at attempt %d, want done at 1", got.State, got.Error, got.Attempt)
+	}
+}
+
+// The end of a finishing job may be stored, and its mark gone, between the record read
+// of its redelivered message and the check of the mark: the record read says running,
+// and the job ended. Whether the end was being stored is taken before the read, so that
+// delivery is left to the end as well, and the job is not run a second time.
+func TestRedeliveryReadAsTheEndIsStoredDoesNotRunItAgain(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	j := tb.chat(t, "tiny-a", 1)
+	storing := make(chan struct{}, 1)
+	stored := make(chan struct{})
+	fetched := make(chan struct{}, 4)
+	// The redelivery's record read holds the worker until the end is stored.
+	reread, proceed := make(chan struct{}, 1), make(chan struct{})
+	var once sync.Once
+	release := func() { once.Do(func() { close(proceed) }) }
+	t.Cleanup(release)
+	var records atomic.Int32
+	w := tb.start(t, worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
+		if id != j.ID {
+			return
+		}
+		switch stage {
+		case worker.StageFetched:
+			fetched <- struct{}{}
+		case worker.StageRecord:
+			if records.Add(1) == 2 {
+				reread <- struct{}{}
+				<-proceed
+			}
+		}
+	}}, func(id string) {
+		if id == j.ID {
+			storing <- struct{}{}
+			<-stored
+		}
+	}))
+	for _, c := range []<-chan struct{}{fetched, storing} {
+		select {
+		case <-c:
+		case <-waitCtx(t).Done():
+			t.Fatal("the job's first run never finished")
+		}
+	}
+	tb.redeliver(t)
+	select {
+	case <-reread:
+	case <-waitCtx(t).Done():
+		t.Fatal("the redelivered message's record was not read")
+	}
+	// The record was read while the end waited: it says the job runs. Now the end is
+	// stored and the job is no longer the worker's before the redelivery is looked at.
+	close(stored)
+	tb.waitState(t, j.ID, broker.StateDone)
+	eventually(t, 10*time.Second, "the job's end stored and its mark gone", func() bool { return !w.Own(j.ID) })
+	release()
+	next := tb.chat(t, "tiny-a", 1)
+	tb.waitState(t, next.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+	got, _, err := tb.b.Store.Get(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls := inferenceCalls(tb.fake); len(calls) != 2 || got.State != broker.StateDone || got.Attempt != 1 {
+		t.Fatalf("target called %d times for two jobs, the first %s at attempt %d: want each once, done at 1", len(calls), got.State, got.Attempt)
 	}
 }
 

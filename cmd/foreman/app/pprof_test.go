@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"os"
 	"strings"
@@ -146,5 +147,53 @@ func TestPprofAddrItCannotUse(t *testing.T) {
 		if err := CheckPprofAddr(Config{PprofAddr: addr}); err != nil {
 			t.Errorf("%q: %v", addr, err)
 		}
+	}
+}
+
+// A request names the profiles' listener by a loopback address or localhost, with its
+// port or without (port 80), IPv6 in brackets; any other name is refused.
+func TestPprofHostNames(t *testing.T) {
+	t.Parallel()
+	for host, want := range map[string]bool{
+		"127.0.0.1:6060": true, "127.0.0.1": true, "127.9.9.9:1": true, "localhost:6060": true, "LocalHost": true,
+		"[::1]:6060": true, "[::1]": true, "[::ffff:127.0.0.1]:6060": true,
+		"": false, "rebound.example": false, "rebound.example:6060": false, "localhost.example:6060": false,
+		"192.168.1.5": false, "[2001:db8::1]:6060": false, "[2001:db8::1]": false,
+	} {
+		if got := loopbackHost(host); got != want {
+			t.Errorf("Host %q: loopback %v, want %v", host, got, want)
+		}
+	}
+}
+
+// Besides the index's named profiles, the CPU profile, the execution trace and symbol
+// lookups are served: `go tool pprof` and `go tool trace` read them.
+func TestPprofServesCPUProfileTraceAndSymbols(t *testing.T) {
+	t.Parallel()
+	h := pprofHandler()
+	for _, path := range []string{"/debug/pprof/profile?seconds=1", "/debug/pprof/trace?seconds=0.01", "/debug/pprof/symbol"} {
+		req := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:6060"+path, nil)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK || rec.Body.Len() == 0 || strings.Contains(rec.Body.String(), "Unknown profile") {
+			t.Errorf("%s: %d %.200q, want it served", path, rec.Code, rec.Body.String())
+		}
+	}
+}
+
+// A Config given to Start with a profiles' address off loopback is refused as serve's
+// settings refuse it, before anything is bound.
+func TestStartRefusesAPprofAddrOffLoopback(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A documentation address no interface has: were it bound, the bind itself would fail.
+	a, err := Start(ctx, Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), PprofAddr: "192.0.2.1:6060"}, slog.New(slog.DiscardHandler))
+	if err == nil {
+		_ = a.Shutdown(context.Background())
+		t.Fatal("started with its profiles' listener off loopback")
+	}
+	if !strings.Contains(err.Error(), "FOREMAN_PPROF_ADDR") || !strings.Contains(err.Error(), "not a loopback address") {
+		t.Errorf("start: %v; want the refusal of an address off loopback", err)
 	}
 }
