@@ -26,6 +26,7 @@ type targetCall struct {
 	streams   bool   // the target streams its answer
 	assembled bool   // the answer is assembled from a stream the caller did not ask for
 	tools     bool   // the request offers tools: a native chat's tool calls are all the lines'
+	debug     bool   // a debug render (_debug_render_only): its OpenAI stream has no end
 }
 
 // newTargetCall is the call of a job of kind with body.
@@ -40,7 +41,7 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 	if json.Unmarshal(body, &req) != nil {
 		req.Stream, req.Tools, req.DebugOnly = nil, nil, false
 	}
-	c := targetCall{kind: kind, body: body, streams: ollama.Streams(kind.Path(), req.Stream)}
+	c := targetCall{kind: kind, body: body, streams: ollama.Streams(kind.Path(), req.Stream), debug: req.DebugOnly}
 	if c.streams || req.DebugOnly {
 		// A debug render is answered with the rendered prompt, not a generation: nothing
 		// to watch, and its OpenAI stream carries neither the debug info nor an end.
@@ -91,6 +92,28 @@ func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string
 	a.check = answerCheck{contentType: func() string { return a.ct }, pass: a.take}
 	ct, err := w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, a.frame, append(w.cfg.streamOptions(true), ollama.OnResponse(a.contentType))...)
 	return a.end(ct, err, log)
+}
+
+// cut returns the error of a streamed answer relayed as it came whose SSE stream stopped
+// before its end (sseEnded) for another reason than Ollama's repeat stop: Ollama's /v1
+// writers drop the error line of a runner that failed mid-answer (the OpenAI ones write a
+// chunk without a model in its place), so the stream just stops, where the native stream
+// ends with the error line (streamError). Its job failed: a cut answer must not be stored
+// as a whole one, and the caller gets an error event after it (its SDK raises an error
+// rather than return part of an answer as all of it). nil for any other answer.
+func (c targetCall) cut(ct string, frames [][]byte) error {
+	if !c.streams || c.assembled || c.debug || ollama.FramingOf(ct) != ollama.SSE || streamError(ct, frames) != "" {
+		return nil
+	}
+	switch c.kind {
+	case broker.KindOpenAIChat, broker.KindOpenAICompletion, broker.KindOpenAIResponses, broker.KindAnthropicMessages:
+	default:
+		return nil
+	}
+	if sseEnded(c.kind, frames) || repeatStopped(c.kind, frames) {
+		return nil
+	}
+	return &ollama.HTTPError{StatusCode: http.StatusInternalServerError, Message: errStreamCut}
 }
 
 // assembly builds a non-streamed answer from the target's stream: NDJSON lines for a

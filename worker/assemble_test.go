@@ -321,6 +321,36 @@ func TestAssembledSSEAnswerCutShortFailsTheJob(t *testing.T) {
 	}
 }
 
+// A streamed /v1 answer relayed as it came that stops before its end (a runner that
+// failed: Ollama's /v1 writers drop its error line) fails its job with the cut stream's
+// 500, as the non-streamed call's: it is not stored as a whole answer, done. The caller
+// has the frames that came, then the failure.
+func TestStreamedSSEAnswerCutShortFailsTheJob(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		kind broker.Kind
+		body string
+	}{
+		{broker.KindOpenAIChat, `{"model":"tiny-a","stream":true,"messages":[{"role":"user","content":"hi"}]}`},
+		{broker.KindOpenAICompletion, `{"model":"tiny-a","stream":true,"prompt":"hi"}`},
+		{broker.KindAnthropicMessages, `{"model":"tiny-a","stream":true,"max_tokens":5,"messages":[{"role":"user","content":"hi"}]}`},
+		{broker.KindOpenAIResponses, `{"model":"tiny-a","stream":true,"input":"hi"}`},
+	} {
+		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(4)})
+		tb.fake.FailNext(1, ollamatest.StreamNoDone)
+		j, stream := tb.submitSync(t, tt.kind, tt.body)
+		tb.start(t, worker.Config{})
+		frames, final := stream.untilFinal(t)
+		h := final.Header
+		if len(frames) == 0 || h.Get(broker.HeaderFinal) != "failed" || h.Get(broker.HeaderStatus) != "500" || !strings.Contains(h.Get(broker.HeaderError), "ended before its answer was complete") {
+			t.Errorf("%s: %d frames, final %v; want the frames, then failed with 500 for the cut stream", tt.kind, len(frames), h)
+		}
+		if rec := tb.waitState(t, j.ID, broker.StateFailed); len(rec.Result) != 0 {
+			t.Errorf("%s: a failed job with a result: %s", tt.kind, rec.Result)
+		}
+	}
+}
+
 // submitSync submits a sync job of kind with body for tiny-a, watching its answer from
 // before it is submitted (a running worker may end it before a later subscription).
 func (tb *testBundle) submitSync(t *testing.T, kind broker.Kind, body string) (*broker.Job, *streamWatch) {

@@ -265,6 +265,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	if err == nil {
 		err = noImage(d.Kind, j.Model, check.end())
 	}
+	if err == nil {
+		err = call.cut(ct, r.Frames())
+	}
 	w.called(d.Token, !run.answeredAt().IsZero() && streamError(ct, r.Frames()) == "", ollama.Unreachable(err))
 	stopProgress()
 	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {

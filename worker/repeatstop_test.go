@@ -396,3 +396,45 @@ func TestAssembledRepeatStopAfterAToolCall(t *testing.T) {
 		}
 	}
 }
+
+// A streamed answer relayed as it came is cut, and its job fails, only when an SSE stream
+// of a /v1 kind stopped before its end for another reason than the repeat stop: a stream
+// that ended, one Ollama stopped for a repeated token, a debug render (no end), a native
+// stream (its runner's failure is an error line) and one with an error event are not.
+func TestStreamedAnswerCut(t *testing.T) {
+	t.Parallel()
+	failed := `{"id":"chatcmpl-7","object":"chat.completion.chunk","created":1796399825,"model":"","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}`
+	frames := func(data ...string) [][]byte {
+		var out [][]byte
+		for _, d := range data {
+			out = append(out, []byte("data: "+d+"\n\n"))
+		}
+		return out
+	}
+	chat := `{"model":"tiny-a","stream":true,"messages":[{"role":"user","content":"hi"}]}`
+	const sse = "text/event-stream"
+	for _, tt := range []struct {
+		name   string
+		kind   broker.Kind
+		body   string
+		ct     string
+		frames [][]byte
+		cut    bool
+	}{
+		{"a runner that failed", broker.KindOpenAIChat, chat, sse, frames(append(chatChunks("a", "b"), failed)...), true},
+		{"a stream that stops", broker.KindOpenAIChat, chat, sse, frames(chatChunks("a", "b")...), true},
+		{"a message that stops", broker.KindAnthropicMessages, `{"model":"tiny-a","stream":true,"max_tokens":5,"messages":[]}`, sse, frames(messagesEvents("text:a", "text:b")...), true},
+		{"a stream that ended", broker.KindOpenAIChat, chat, sse, frames(append(chatChunks("a", "b"), "[DONE]")...), false},
+		{"a repeat stop", broker.KindOpenAIChat, chat, sse, frames(chatChunks(repeated("Z", 31)...)...), false},
+		{"a debug render", broker.KindOpenAIChat, `{"model":"tiny-a","stream":true,"_debug_render_only":true,"messages":[]}`, sse, frames(chatChunks("a")...), false},
+		{"an error event", broker.KindOpenAIChat, chat, sse, frames(append(chatChunks("a"), `{"error":{"message":"boom"}}`)...), false},
+		{"a native stream", broker.KindChat, `{"model":"tiny-a","messages":[]}`, ollama.ContentTypeNDJSON, [][]byte{[]byte(`{"model":"tiny-a","message":{"role":"assistant","content":"a"},"done":false}` + "\n")}, false},
+		{"an assembled answer", broker.KindOpenAIChat, `{"model":"tiny-a","messages":[]}`, "application/json", [][]byte{[]byte(`{"id":"chatcmpl-7"}` + "\n")}, false},
+	} {
+		err := newTargetCall(tt.kind, []byte(tt.body)).cut(tt.ct, tt.frames)
+		var he *ollama.HTTPError
+		if got := errors.As(err, &he) && he.StatusCode == http.StatusInternalServerError && he.Message == errStreamCut; got != tt.cut || (!tt.cut && err != nil) {
+			t.Errorf("%s: %v; want cut %v", tt.name, err, tt.cut)
+		}
+	}
+}
