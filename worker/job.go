@@ -444,9 +444,9 @@ func runnerFailed(msg string) bool {
 // runnerFailures begin the errors Ollama (0.17) reports a dead runner with (llm/server.go).
 var runnerFailures = []string{
 	"an error was encountered while running the model", // its answer broke off (unexpected EOF)
-	"model runner has unexpectedly stopped",             // it took no request
-	"llama runner process has terminated",               // it died while loading
-	"llama runner process no longer running",            // it was found dead while loading
+	"model runner has unexpectedly stopped",            // it took no request
+	"llama runner process has terminated",              // it died while loading
+	"llama runner process no longer running",           // it was found dead while loading
 	errStreamCut,
 }
 
