@@ -138,13 +138,13 @@ func TestRunnerHungMidNonStreamedAnswerIsGivenUpAtTheIdleLimit(t *testing.T) {
 	}
 }
 
-// A runner that fails mid-answer ends Ollama's stream with an error line; a non-streamed
-// call gets the error as a status. So does the assembled one: the job fails with the
-// message and status 500, and no part of the answer reaches the caller.
+// An error Ollama ends its stream with (its template failing, say) is a status to a
+// non-streamed call. So is it to the assembled one: the job fails with the message and
+// status 500, and no part of the answer reaches the caller.
 func TestErrorLineOfAnAssembledAnswerFailsTheJob(t *testing.T) {
 	t.Parallel()
 	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
-	tb.fake.FailNext(1, ollamatest.StreamError("llama runner process has terminated"))
+	tb.fake.FailNext(1, ollamatest.StreamError("template: :1: function \"bad\" not defined"))
 	j, stream := tb.submitSync(t, broker.KindChat, `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`)
 	tb.start(t, worker.Config{})
 	frames, final := stream.untilFinal(t)
@@ -152,10 +152,10 @@ func TestErrorLineOfAnAssembledAnswerFailsTheJob(t *testing.T) {
 		t.Errorf("%d frames reached the caller before the error, want none", len(frames))
 	}
 	h := final.Header
-	if h.Get(broker.HeaderFinal) != "failed" || h.Get(broker.HeaderError) != "llama runner process has terminated" || h.Get(broker.HeaderStatus) != "500" {
-		t.Errorf("final marker %v, want failed with the runner's message and status 500", h)
+	if h.Get(broker.HeaderFinal) != "failed" || h.Get(broker.HeaderError) != "template: :1: function \"bad\" not defined" || h.Get(broker.HeaderStatus) != "500" {
+		t.Errorf("final marker %v, want failed with the stream's error and status 500", h)
 	}
-	if rec := tb.waitState(t, j.ID, broker.StateFailed); rec.Error != "llama runner process has terminated" {
+	if rec := tb.waitState(t, j.ID, broker.StateFailed); rec.Error != "template: :1: function \"bad\" not defined" {
 		t.Errorf("record error %q", rec.Error)
 	}
 }
@@ -166,7 +166,7 @@ func TestErrorLineOfAnAssembledAnswerFailsTheJob(t *testing.T) {
 func TestAssembledAnswerOfAnEndedStreamIsOllamas(t *testing.T) {
 	t.Parallel()
 	body := `{"model":"tiny-a","stream":false,"logprobs":true,"messages":[{"role":"user","content":"hi"}]}`
-	for _, f := range []ollamatest.Failure{ollamatest.StreamNoDone, ollamatest.StreamError("llama runner process has terminated")} {
+	for _, f := range []ollamatest.Failure{ollamatest.StreamNoDone, ollamatest.StreamError("template: :1: function \"bad\" not defined")} {
 		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(4)})
 		tb.fake.FailNext(1, f)
 		var want []byte
@@ -296,8 +296,8 @@ func TestAssembledAnswerMarksTheJobWorkingAsItBegins(t *testing.T) {
 // Ollama's OpenAI, Responses and Anthropic writers drop the error line of a runner that
 // fails mid-answer: their stream just stops before its end ([DONE], response.completed,
 // message_stop), where the non-streamed call gets a 500. An assembled answer cut so
-// fails the job with a 500; it does not pass as whole, and nothing of it reaches the
-// caller.
+// fails its attempt with a 500 (retried as a runner's death, ADR-0085: here the one
+// attempt there is); it does not pass as whole, and nothing of it reaches the caller.
 func TestAssembledSSEAnswerCutShortFailsTheJob(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
@@ -312,7 +312,7 @@ func TestAssembledSSEAnswerCutShortFailsTheJob(t *testing.T) {
 		tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(4)})
 		tb.fake.FailNext(1, ollamatest.StreamNoDone)
 		_, stream := tb.submitSync(t, tt.kind, tt.body)
-		tb.start(t, worker.Config{})
+		tb.start(t, worker.WithMaxAttempts(worker.Config{}, 1))
 		frames, final := stream.untilFinal(t)
 		h := final.Header
 		if len(frames) != 0 || h.Get(broker.HeaderFinal) != "failed" || h.Get(broker.HeaderStatus) != "500" || !strings.Contains(h.Get(broker.HeaderError), "ended before its answer was complete") {

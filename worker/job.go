@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -376,6 +377,9 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	var silent *silentTargetError
 	var pubErr *publishError
 	switch {
+	case err == nil && runnerFailed(streamError(ct, r.Frames())):
+		w.targetAnswered()
+		w.attemptFailed(ctx, bctx, d, j, r, errors.New(streamError(ct, r.Frames())), log)
 	case err == nil:
 		w.targetAnswered()
 		w.succeed(bctx, d, j, r, ct, log)
@@ -392,7 +396,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	case errors.As(err, &httpErr) && httpErr.UpstreamDown():
 		// A proxy in front of the target could not reach it: not Ollama's answer.
 		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
-	case errors.As(err, &httpErr) && busy(httpErr.StatusCode):
+	case errors.As(err, &httpErr) && (busy(httpErr.StatusCode) || runnerFailed(httpErr.Message)):
 		w.targetAnswered()
 		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
 	case errors.As(err, &httpErr):
@@ -421,13 +425,44 @@ func busy(status int) bool {
 	return status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests
 }
 
+// runnerFailed reports whether msg, an error of Ollama's (a status's or a stream's last
+// line), says that the runner of the model died rather than answered the request: the
+// system killed it (on a Mac, for memory), it crashed, or it stopped while loading.
+// Ollama starts a new runner at the next request, so the attempt is retried as one the
+// target did not complete (ADR-0085), where an answer to the request itself ends the job.
+// A stream of /v1 that stopped before its end (errStreamCut) is one too: Ollama's writers
+// there drop that error.
+func runnerFailed(msg string) bool {
+	for _, p := range runnerFailures {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// runnerFailures begin the errors Ollama (0.17) reports a dead runner with (llm/server.go).
+var runnerFailures = []string{
+	"an error was encountered while running the model", // its answer broke off (unexpected EOF)
+	"model runner has unexpectedly stopped",            // it took no request
+	"llama runner process has terminated",              // it died while loading
+	"llama runner process no longer running",           // it was found dead while loading
+	errStreamCut,
+}
+
 // attemptFailed ends an attempt the target did not complete (unreachable, cut off,
 // stalled) or whose frames could not be published: the job is retried, unless it is a
 // sync job whose caller already has part of the response, where a second attempt cannot
 // be spliced in. Either way a target gone pauses the worker (see retry).
 func (w *Worker) attemptFailed(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, err error, log *slog.Logger) {
 	if r.Published() && j.Sync {
-		w.fail(bctx, d, true, r, err.Error(), 0, log)
+		// Ollama's answer (a runner's death told in a status) keeps its words and status.
+		msg, status := err.Error(), 0
+		var httpErr *ollama.HTTPError
+		if errors.As(err, &httpErr) {
+			msg, status = httpErr.Message, httpErr.StatusCode
+		}
+		w.fail(bctx, d, true, r, msg, status, log)
 		w.waitIfGone(ctx, err)
 		return
 	}

@@ -18,7 +18,7 @@ import (
 func TestAStreamErrorTeachesNoDuration(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
-	tb.fake.FailNext(1, ollamatest.StreamError("llama runner process has terminated"))
+	tb.fake.FailNext(1, ollamatest.StreamError("template: :1: function \"bad\" not defined"))
 	w := tb.start(t, worker.Config{})
 	j := tb.chat(t, "tiny-a", 1)
 	tb.waitState(t, j.ID, broker.StateFailed)

@@ -114,8 +114,8 @@ func TestFailedJobIsAWarningOnlyWhenNotTheCallersMistake(t *testing.T) {
 	}{
 		{ollamatest.FailStatus(400, "tiny-a does not support tools"), logged{"level=INFO", "status=400"}},
 		{ollamatest.FailStatus(404, `model "tiny-a" not found, try pulling it first`), logged{"level=INFO", "status=404"}},
-		{ollamatest.StreamError("llama runner process has terminated"), logged{"level=WARN", ""}},
-		{ollamatest.FailStatus(500, "llama runner process has terminated"), logged{"level=WARN", "status=500"}},
+		{ollamatest.StreamError("template: :1: function \"bad\" not defined"), logged{"level=WARN", ""}},
+		{ollamatest.FailStatus(500, "template: :1: function \"bad\" not defined"), logged{"level=WARN", "status=500"}},
 		{ollamatest.FailStatus(413, "Request Entity Too Large"), logged{"level=WARN", "status=413"}},
 	} {
 		tb.fake.FailNext(1, f.fail)

@@ -673,22 +673,22 @@ func TestConnectionErrorAfterFramesFailsSyncJob(t *testing.T) {
 	tb.waitState(t, j.ID, broker.StateFailed)
 }
 
-// Ollama reports a runner that died mid-generation as an error line in a 200 stream; the
-// job failed, whatever the status said.
+// Ollama reports an error met mid-generation as an error line in a 200 stream; the job
+// failed, whatever the status said (a runner that died is retried first: ADR-0085).
 func TestErrorInsideStreamFailsJob(t *testing.T) {
 	t.Parallel()
 	tb := setupFake(t, []ollamatest.Option{ollamatest.WithTokens(3)})
-	tb.fake.FailNext(1, ollamatest.StreamError("llama runner process has terminated"))
+	tb.fake.FailNext(1, ollamatest.StreamError("template: :1: function \"bad\" not defined"))
 	j := tb.chat(t, "tiny-a", 1)
 	stream := watchStream(t, tb.b.Conn, j.ID)
 	tb.start(t, worker.Config{})
 	frames, final := stream.untilFinal(t)
 	if len(frames) != 4 || final.Header.Get(broker.HeaderFinal) != "failed" ||
-		final.Header.Get(broker.HeaderError) != "llama runner process has terminated" {
+		final.Header.Get(broker.HeaderError) != "template: :1: function \"bad\" not defined" {
 		t.Fatalf("%d frames, final %v", len(frames), final.Header)
 	}
 	rec := tb.waitState(t, j.ID, broker.StateFailed)
-	if rec.Error != "llama runner process has terminated" {
+	if rec.Error != "template: :1: function \"bad\" not defined" {
 		t.Fatalf("record error %q", rec.Error)
 	}
 }
