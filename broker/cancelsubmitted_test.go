@@ -76,19 +76,9 @@ func TestCancelSubmittedOfAMovedMessageLooksForIt(t *testing.T) {
 	}
 	// The message it is in the queue by now: a copy under no message id, which the
 	// queue's duplicate window would drop.
-	key, err := broker.KeyOf(moved, []byte(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	msg := nats.NewMsg(broker.QueueSubject(key.String()))
-	msg.Header.Set(broker.HeaderJobID, moved.ID)
-	msg.Header.Set(broker.HeaderPriority, string(key.Class))
-	msg.Header.Set(broker.HeaderModel, moved.Model)
-	msg.Header.Set(broker.HeaderKind, string(moved.Kind))
-	msg.Data = []byte(body)
-	if _, err := b.JetStream(t).PublishMsg(ctx, msg); err != nil {
-		t.Fatal(err)
-	}
+	msg := brokertest.QueueMsg(t, moved, body)
+	msg.Header.Del(nats.MsgIdHdr)
+	b.PublishQueueMsg(t, msg)
 	if n, _ := b.Store.QueueLen(ctx); n != 1 {
 		t.Fatalf("queue holds %d messages, want the job's new one", n)
 	}

@@ -21,26 +21,7 @@ func TestRedeliveryOfAFinishingJobDoesNotRunItAgain(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
 	j := tb.chat(t, "tiny-a", 1)
-	storing := make(chan struct{}, 1)
-	stored := make(chan struct{})
-	fetched := make(chan struct{}, 4)
-	tb.start(t, worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
-		if id == j.ID && stage == worker.StageFetched {
-			fetched <- struct{}{}
-		}
-	}}, func(id string) {
-		if id == j.ID {
-			storing <- struct{}{}
-			<-stored
-		}
-	}))
-	for _, c := range []<-chan struct{}{fetched, storing} {
-		select {
-		case <-c:
-		case <-waitCtx(t).Done():
-			t.Fatal("the job's first run never finished")
-		}
-	}
+	_, fetched, stored := holdEnd(t, tb, j, nil)
 	// The thaw, without a freeze: the message is handed out again (a NAK of its
 	// delivery, as the ack wait's end does) while the first run's end waits to be stored.
 	tb.redeliver(t)
@@ -69,26 +50,7 @@ func TestRedeliveryOfAFinishingJobCanceledLateEndsItDone(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
 	j := tb.chat(t, "tiny-a", 1)
-	storing := make(chan struct{}, 1)
-	stored := make(chan struct{})
-	fetched := make(chan struct{}, 4)
-	tb.start(t, worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
-		if id == j.ID && stage == worker.StageFetched {
-			fetched <- struct{}{}
-		}
-	}}, func(id string) {
-		if id == j.ID {
-			storing <- struct{}{}
-			<-stored
-		}
-	}))
-	for _, c := range []<-chan struct{}{fetched, storing} {
-		select {
-		case <-c:
-		case <-waitCtx(t).Done():
-			t.Fatal("the job's first run never finished")
-		}
-	}
+	_, fetched, stored := holdEnd(t, tb, j, nil)
 	if _, err := tb.b.Store.Cancel(ctxT(t), j.ID, "too late"); err != nil {
 		t.Fatal(err)
 	}
@@ -116,41 +78,18 @@ func TestRedeliveryReadAsTheEndIsStoredDoesNotRunItAgain(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
 	j := tb.chat(t, "tiny-a", 1)
-	storing := make(chan struct{}, 1)
-	stored := make(chan struct{})
-	fetched := make(chan struct{}, 4)
 	// The redelivery's record read holds the worker until the end is stored.
 	reread, proceed := make(chan struct{}, 1), make(chan struct{})
 	var once sync.Once
 	release := func() { once.Do(func() { close(proceed) }) }
 	t.Cleanup(release)
 	var records atomic.Int32
-	w := tb.start(t, worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
-		if id != j.ID {
-			return
+	w, _, stored := holdEnd(t, tb, j, func(stage string) {
+		if stage == worker.StageRecord && records.Add(1) == 2 {
+			reread <- struct{}{}
+			<-proceed
 		}
-		switch stage {
-		case worker.StageFetched:
-			fetched <- struct{}{}
-		case worker.StageRecord:
-			if records.Add(1) == 2 {
-				reread <- struct{}{}
-				<-proceed
-			}
-		}
-	}}, func(id string) {
-		if id == j.ID {
-			storing <- struct{}{}
-			<-stored
-		}
-	}))
-	for _, c := range []<-chan struct{}{fetched, storing} {
-		select {
-		case <-c:
-		case <-waitCtx(t).Done():
-			t.Fatal("the job's first run never finished")
-		}
-	}
+	})
 	tb.redeliver(t)
 	select {
 	case <-reread:
@@ -173,6 +112,39 @@ func TestRedeliveryReadAsTheEndIsStoredDoesNotRunItAgain(t *testing.T) {
 	if calls := inferenceCalls(tb.fake); len(calls) != 2 || got.State != broker.StateDone || got.Attempt != 1 {
 		t.Fatalf("target called %d times for two jobs, the first %s at attempt %d: want each once, done at 1", len(calls), got.State, got.Attempt)
 	}
+}
+
+// holdEnd starts tb's worker with the end of job j's first run held before it is
+// stored, and waits until it is held there. fetched then tells of each later fetch of
+// j's message; closing stored lets the end be stored. onTrace, when set, sees j's other
+// trace stages.
+func holdEnd(t *testing.T, tb *testBundle, j *broker.Job, onTrace func(stage string)) (w *worker.Worker, fetched <-chan struct{}, stored chan struct{}) {
+	t.Helper()
+	storing := make(chan struct{}, 1)
+	stored = make(chan struct{})
+	fetches := make(chan struct{}, 4)
+	w = tb.start(t, worker.WithBeforeStoreDone(worker.Config{Trace: func(id, stage string) {
+		switch {
+		case id != j.ID:
+		case stage == worker.StageFetched:
+			fetches <- struct{}{}
+		case onTrace != nil:
+			onTrace(stage)
+		}
+	}}, func(id string) {
+		if id == j.ID {
+			storing <- struct{}{}
+			<-stored
+		}
+	}))
+	for _, c := range []<-chan struct{}{fetches, storing} {
+		select {
+		case <-c:
+		case <-waitCtx(t).Done():
+			t.Fatal("the job's first run never finished")
+		}
+	}
+	return w, fetches, stored
 }
 
 // redeliver NAKs the one queue delivery awaiting its ack, through the ack subject the

@@ -129,6 +129,14 @@ func (b *Bundle) JobRecords(t testing.TB) jetstream.KeyValue { return JobRecords
 // half of a submit a worker may meet first (ADR-0031).
 func (b *Bundle) PublishBare(t testing.TB, j *broker.Job, body string) {
 	t.Helper()
+	b.PublishQueueMsg(t, QueueMsg(t, j, body))
+}
+
+// QueueMsg is job j's queue message as Store.Submit makes it, for body: its message id
+// makes the queue drop a copy within its duplicate window (delete it for a copy that
+// stays).
+func QueueMsg(t testing.TB, j *broker.Job, body string) *nats.Msg {
+	t.Helper()
 	key, err := broker.KeyOf(j, []byte(body))
 	if err != nil {
 		t.Fatal(err)
@@ -140,6 +148,12 @@ func (b *Bundle) PublishBare(t testing.TB, j *broker.Job, body string) {
 	msg.Header.Set(broker.HeaderKind, string(j.Kind))
 	msg.Header.Set(nats.MsgIdHdr, j.ID)
 	msg.Data = []byte(body)
+	return msg
+}
+
+// PublishQueueMsg publishes msg to the queue stream.
+func (b *Bundle) PublishQueueMsg(t testing.TB, msg *nats.Msg) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := b.JetStream(t).PublishMsg(ctx, msg); err != nil {
