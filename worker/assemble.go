@@ -98,9 +98,10 @@ func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string
 // before its end (sseEnded) for another reason than Ollama's repeat stop: Ollama's /v1
 // writers drop the error line of a runner that failed mid-answer (the OpenAI ones write a
 // chunk without a model in its place), so the stream just stops, where the native stream
-// ends with the error line (streamError). Its job failed: a cut answer must not be stored
-// as a whole one, and the caller gets an error event after it (its SDK raises an error
-// rather than return part of an answer as all of it). nil for any other answer.
+// ends with the error line (streamError). Its attempt failed, as a runner's death does
+// (retried, ADR-0085): a cut answer must not be stored as a whole one, and a sync caller
+// gets an error event after it (its SDK raises an error rather than return part of an
+// answer as all of it). nil for any other answer.
 func (c targetCall) cut(ct string, frames [][]byte) error {
 	if !c.streams || c.assembled || c.debug || ollama.FramingOf(ct) != ollama.SSE || streamError(ct, frames) != "" {
 		return nil
