@@ -25,11 +25,7 @@ func TestRedeliveryOfAFinishingJobDoesNotRunItAgain(t *testing.T) {
 	// The thaw, without a freeze: the message is handed out again (a NAK of its
 	// delivery, as the ack wait's end does) while the first run's end waits to be stored.
 	tb.redeliver(t)
-	select {
-	case <-fetched:
-	case <-waitCtx(t).Done():
-		t.Fatal("the job's message was not delivered again")
-	}
+	waitRefetched(t, fetched)
 	// A second run, if any, has begun its call or is about to: a later job is fetched
 	// only after the redelivery is settled, so the job behind shows which it was.
 	next := tb.chat(t, "tiny-a", 1)
@@ -55,11 +51,7 @@ func TestRedeliveryOfAFinishingJobCanceledLateEndsItDone(t *testing.T) {
 		t.Fatal(err)
 	}
 	tb.redeliver(t)
-	select {
-	case <-fetched:
-	case <-waitCtx(t).Done():
-		t.Fatal("the job's message was not delivered again")
-	}
+	waitRefetched(t, fetched)
 	// A later job is fetched only once the redelivery is settled.
 	next := tb.chat(t, "tiny-a", 1)
 	close(stored)
@@ -145,6 +137,16 @@ func holdEnd(t *testing.T, tb *testBundle, j *broker.Job, onTrace func(stage str
 		}
 	}
 	return w, fetches, stored
+}
+
+// waitRefetched waits until fetched tells of the job's message fetched again.
+func waitRefetched(t *testing.T, fetched <-chan struct{}) {
+	t.Helper()
+	select {
+	case <-fetched:
+	case <-waitCtx(t).Done():
+		t.Fatal("the job's message was not delivered again")
+	}
 }
 
 // redeliver NAKs the one queue delivery awaiting its ack, through the ack subject the
