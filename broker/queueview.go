@@ -41,6 +41,9 @@ const (
 	// PauseStoreRefusesWrites: the job store refused a job's start write (a full disk, a
 	// cluster without a quorum); the worker probes it until it takes writes again.
 	PauseStoreRefusesWrites = "store_refuses_writes"
+	// PauseTargetBusy: the target answered a job's call "not now" (Ollama's 503 with
+	// its own queue full, a proxy's 429); the worker waits a back-off before the next.
+	PauseTargetBusy = "target_busy"
 )
 
 // Pause is a worker waiting, jobs or not, for what it needs to run them.

@@ -85,6 +85,9 @@ const (
 	// PauseStoreRefusesWrites: the job store refused a job's start write (a full disk, a
 	// NATS cluster without a quorum); the worker waits until it takes writes again.
 	PauseStoreRefusesWrites = broker.PauseStoreRefusesWrites
+	// PauseTargetBusy: the Ollama server answered a job's call "not now" (503 with its
+	// own queue full, a proxy's 429); the worker waits a back-off before the next call.
+	PauseTargetBusy = broker.PauseTargetBusy
 )
 
 // QueuedJob is one waiting job of a Queue.

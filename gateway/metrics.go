@@ -116,7 +116,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.bodyLimit, prometheus.GaugeValue, float64(m.s.bodies.limit))
 	if q, ok := m.s.cfg.Queue.(pauseShower); ok {
 		p := q.PauseShown()
-		for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseStoreRefusesWrites} {
+		for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseTargetBusy, broker.PauseStoreRefusesWrites} {
 			on := 0.0
 			if p != nil && p.Reason == reason {
 				on = 1

@@ -185,6 +185,7 @@ func TestQueueShowsTheWorkerPaused(t *testing.T) {
 		return strings.Join(lines, "\n")
 	}
 	if got, want := pausedMetrics(), `foreman_worker_paused{reason="store_refuses_writes"} 0`+"\n"+
+		`foreman_worker_paused{reason="target_busy"} 0`+"\n"+
 		`foreman_worker_paused{reason="target_unreachable"} 1`; got != want {
 		t.Errorf("metrics while paused:\n%s\nwant\n%s", got, want)
 	}
@@ -195,7 +196,7 @@ func TestQueueShowsTheWorkerPaused(t *testing.T) {
 		_, raw = b.request(t, http.MethodGet, "/queue", nil)
 		return strings.Contains(string(raw), `"paused":null`)
 	})
-	if got := pausedMetrics(); strings.Contains(got, " 1") || strings.Count(got, " 0") != 2 {
+	if got := pausedMetrics(); strings.Contains(got, " 1") || strings.Count(got, " 0") != 3 {
 		t.Errorf("metrics after the pause:\n%s", got)
 	}
 }

@@ -3,16 +3,20 @@ package worker_test
 import (
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
 
 // A target that answers "not now" (503: Ollama's own queue is full, as other clients use
 // it too; 429 from a proxy in front of it) gets the job again after the back-off, and the
-// job ends done on its next attempt instead of failing for good.
+// job ends done on its next attempt instead of failing for good. The attempt answered
+// "not now" is not counted (ADR-0086).
 func TestBusyTargetIsRetried(t *testing.T) {
 	t.Parallel()
 	for _, code := range []int{http.StatusServiceUnavailable, http.StatusTooManyRequests} {
@@ -23,12 +27,80 @@ func TestBusyTargetIsRetried(t *testing.T) {
 			j := tb.chat(t, "tiny-a", 1)
 			tb.start(t, worker.Config{})
 			got := tb.waitState(t, j.ID, broker.StateDone)
-			if got.Attempt != 2 {
-				t.Errorf("done after %d attempts, want 2", got.Attempt)
+			if got.Attempt != 1 {
+				t.Errorf("done at attempt %d, want 1: the busy answer is not counted", got.Attempt)
 			}
 			if n := len(inferenceCalls(tb.fake)); n != 2 {
 				t.Errorf("target called %d times, want 2", n)
 			}
 		})
+	}
+}
+
+// Ollama answering "not now" is the target's state, not the jobs': while it lasts the
+// worker waits, and the queue behind the job it tried does not spend its attempts on the
+// same answer. Before, each queued job was tried in turn, every one spent its attempts
+// within the back-off's first seconds, and a busy spell of a few seconds failed the whole
+// backlog.
+func TestBusyTargetDoesNotFailTheQueue(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 2 }))
+	var jobs []*broker.Job
+	for i := range 3 {
+		jobs = append(jobs, tb.chat(t, "tiny-a", i))
+	}
+	// Six busy answers: two for each job, its every attempt, were they spent on them.
+	tb.fake.FailNext(6, ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded"))
+	tb.start(t, worker.Config{})
+	for _, j := range jobs {
+		got := tb.waitEnded(t, j.ID)
+		if got.State != broker.StateDone {
+			t.Errorf("job %s ended %s (%s), want done", j.ID, got.State, got.Error)
+		}
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 6+len(jobs) {
+		t.Errorf("target called %d times, want %d", n, 6+len(jobs))
+	}
+}
+
+// While the target answers "not now" the worker waits out the back-off as a pause the
+// queue view shows (target_busy), and calls it for no other job meanwhile; a stop ends
+// the wait (the test's cleanup stops the worker mid-wait of an hour).
+func TestBusyTargetPausesTheWorker(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	tb.fake.FailNext(1, ollamatest.FailStatus(http.StatusTooManyRequests, "slow down"))
+	first := tb.chat(t, "tiny-a", 1)
+	next := tb.chat(t, "tiny-a", 2)
+	w := tb.start(t, worker.Config{RetryDelay: time.Hour})
+	eventually(t, 10*time.Second, "the worker paused for the busy target", func() bool {
+		p := w.PauseShown()
+		return p != nil && p.Reason == broker.PauseTargetBusy && strings.Contains(p.Error, "slow down")
+	})
+	if n := len(inferenceCalls(tb.fake)); n != 1 {
+		t.Errorf("%d calls during the pause, want the busy one only", n)
+	}
+	for _, j := range []*broker.Job{first, next} {
+		if got := record(t, tb, j.ID); got.Attempt != 0 || got.State.Terminal() {
+			t.Errorf("job %s: %s after %d attempts, want waiting with none spent", j.ID, got.State, got.Attempt)
+		}
+	}
+}
+
+// A job the target keeps answering "not now" reaches JetStream's last delivery (the
+// consumers' MaxDeliver, here 3) without spending an attempt: it is put back as a new
+// message, whose deliveries count anew, not left undelivered or failed.
+func TestBusyTargetOutlastsTheDeliveries(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
+	tb.fake.FailNext(4, ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded"))
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{RetryDelay: time.Millisecond})
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateDone || got.Attempt != 1 {
+		t.Errorf("job ended %s (%s) at attempt %d, want done at 1", got.State, got.Error, got.Attempt)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 5 {
+		t.Errorf("target called %d times, want 5", n)
 	}
 }

@@ -163,6 +163,8 @@ const (
 
 const (
 	maxRetryDelay = time.Minute
+	// maxBusyWait bounds the worker's wait after the target's "not now" (ADR-0086).
+	maxBusyWait = 30 * time.Second
 	// maxPickRetry bounds the wait after a failed pick of the next job (the store not
 	// answering: NATS unreachable, a leader election): the worker is back to work within
 	// it once NATS is, not after a back-off grown to a minute over a long outage. A pick

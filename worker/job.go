@@ -376,6 +376,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	var timeout *jobTimeError
 	var silent *silentTargetError
 	var pubErr *publishError
+	w.countBusy(cause == nil && targetBusy(err))
 	switch {
 	case err == nil && runnerFailed(streamError(ct, r.Frames())):
 		w.targetAnswered()
@@ -423,6 +424,45 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 // answer the same again.
 func busy(status int) bool {
 	return status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests
+}
+
+// targetBusy reports whether err is the target's "not now" (busy).
+func targetBusy(err error) bool {
+	var httpErr *ollama.HTTPError
+	return errors.As(err, &httpErr) && busy(httpErr.StatusCode)
+}
+
+// countBusy keeps the count of the target's "not now" answers in a row (busy: the
+// attempt just ended with one), which sets the worker's wait after each (busyWait).
+func (w *Worker) countBusy(busy bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if busy {
+		w.busyInRow++
+	} else {
+		w.busyInRow = 0
+	}
+}
+
+// busyWait is how long the worker waits after the target's "not now": RetryDelay,
+// doubled at each such answer in a row, at most maxBusyWait.
+func (w *Worker) busyWait() time.Duration {
+	w.mu.Lock()
+	n := w.busyInRow
+	w.mu.Unlock()
+	return min(w.cfg.retryDelay(max(n, 1)), maxBusyWait)
+}
+
+// waitIfBusy pauses the worker for d after the target answered "not now" (ADR-0086):
+// the jobs behind the one it answered would get the same answer, and each spend an
+// attempt on it. Nothing else ends the wait but a stop.
+func (w *Worker) waitIfBusy(ctx context.Context, cause error, d time.Duration) {
+	if !targetBusy(cause) {
+		return
+	}
+	w.pause(broker.PauseTargetBusy, cause)
+	defer w.resume()
+	w.sleepOrWake(ctx, d, nil)
 }
 
 // runnerFailed reports whether msg, an error of Ollama's (a status's or a stream's last
@@ -864,14 +904,19 @@ func (w *Worker) fail(ctx context.Context, d *broker.Lease, sync bool, r *broker
 
 // retry records a failed attempt and puts the job back with a delay, or fails it when its
 // attempts are used up; either way, after a connection error, a proxy's word that the
-// target is not there, or a stall, it pauses the worker until the target answers.
+// target is not there, or a stall, it pauses the worker until the target answers, and
+// after the target's "not now" for a back-off (waitIfBusy). An async job's attempt that
+// the target answered "not now" is not counted (ADR-0086): it waits for the target as it
+// would in the queue; a sync caller gets the target's answer once the attempts are spent.
 func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, cause error, log *slog.Logger) {
 	// On JetStream's last delivery (the consumers' MaxDeliver) a NAK would leave the
 	// message in the queue, never delivered again; the MAX_DELIVERIES advisory covers
 	// that too, but fires only once. A consumer reset at start (Config.Exclusive) restarts
 	// this count and the server's together; the record's Attempt keeps the real tally.
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxDeliver())
-	if j.Attempt >= w.cfg.maxAttempts || lastDelivery {
+	busyTarget := targetBusy(cause)
+	uncounted := busyTarget && !j.Sync
+	if !uncounted && (j.Attempt >= w.cfg.maxAttempts || lastDelivery) {
 		// A target that answered "not now" to the last attempt too keeps its status: a
 		// sync caller gets its 503 (and Retry-After), not a 502.
 		status := 0
@@ -881,13 +926,17 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		}
 		w.fail(bctx, d, j.Sync, r, exhausted(cause.Error(), ""), status, log)
 		w.waitIfGone(ctx, cause)
+		w.waitIfBusy(ctx, cause, w.busyWait())
 		return
 	}
 	if hook := w.cfg.beforeRetry; hook != nil {
 		hook(d.JobID)
 	}
-	_, err := w.transition(bctx, d.JobID, fromLive, func(j *broker.Job) {
-		j.State, j.Error = broker.StateRetrying, errorText(cause.Error())
+	_, err := w.transition(bctx, d.JobID, fromLive, func(rec *broker.Job) {
+		rec.State, rec.Error = broker.StateRetrying, errorText(cause.Error())
+		if uncounted && rec.Attempt == j.Attempt && rec.Attempt > 0 {
+			rec.Attempt--
+		}
 	})
 	if errors.Is(err, errEnded) {
 		w.publishEnded(bctx, d.JobID, r, log)
@@ -903,15 +952,31 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	}
 	r.Reset()
 	delay := w.cfg.retryDelay(j.Attempt)
-	if w.holdOff(bctx, d, j, cause) {
+	if busyTarget {
+		delay = w.busyWait()
+	}
+	switch {
+	case uncounted && lastDelivery:
+		// A NAK would leave it undelivered; a new message counts its deliveries anew.
+		if err := w.store.Requeue(bctx, d); err != nil {
+			log.Warn("requeue a job the target was too busy for on its last delivery; trying a NAK", "err", err)
+			w.nak(d, delay, log)
+		} else {
+			log.Warn("target busy; job requeued, worker waits", "err", cause, "delay", delay)
+		}
+	case w.holdOff(bctx, d, j, cause):
 		// Not nak: this worker is not to look for it when the back-off ends (ADR-0066).
 		log.Warn("attempt failed; job will retry, left to another Mac that has its model", "err", cause, "delay", delay, "hold_off", w.cfg.MaxWait)
 		w.putBack(d, delay, log)
-	} else {
+	case busyTarget:
+		log.Warn("target busy; job will retry, worker waits", "err", cause, "delay", delay, "attempt_counted", !uncounted)
+		w.nak(d, delay, log)
+	default:
 		log.Warn("attempt failed; job will retry", "err", cause, "delay", delay)
 		w.nak(d, delay, log)
 	}
 	w.waitIfGone(ctx, cause)
+	w.waitIfBusy(ctx, cause, delay)
 }
 
 // waitIfGone pauses the worker (waitTarget) after an attempt that failed for want of its

@@ -71,3 +71,27 @@ func TestRetryDelay(t *testing.T) {
 		}
 	}
 }
+
+// The wait after the target's "not now" doubles with each such answer in a row, to at
+// most 30 s, and starts again from RetryDelay once the target answers otherwise.
+func TestBusyWait(t *testing.T) {
+	t.Parallel()
+	w := &Worker{cfg: Config{RetryDelay: time.Second}}
+	if got := w.busyWait(); got != time.Second {
+		t.Errorf("before any busy answer: %v, want 1s", got)
+	}
+	var got []time.Duration
+	for range 7 {
+		w.countBusy(true)
+		got = append(got, w.busyWait())
+	}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second}
+	if !slices.Equal(got, want) {
+		t.Errorf("busy answers in a row: waits %v, want %v", got, want)
+	}
+	w.countBusy(false)
+	w.countBusy(true)
+	if got := w.busyWait(); got != time.Second {
+		t.Errorf("a busy answer after another answer: %v, want 1s", got)
+	}
+}

@@ -70,6 +70,7 @@ type Worker struct {
 	// is taken (choice.Resume, resume.go); resumeRead is set once the first pick looked.
 	cutJobs    map[string]uint64
 	resumeRead bool
+	busyInRow  int    // the target's "not now" answers in a row (countBusy)
 	stall      string // why the target counts as stalled (TargetStall); "" when it is not
 	// stallSilent marks a stall of a target that answered no poll (ADR-0049): it ends when
 	// a poll after stallAt, when it was recorded, is answered.

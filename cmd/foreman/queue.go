@@ -161,6 +161,8 @@ func pauseText(p *client.Pause) string {
 		return "Ollama unreachable"
 	case p.Reason == client.PauseStoreRefusesWrites:
 		return "job store refuses writes"
+	case p.Reason == client.PauseTargetBusy:
+		return "Ollama busy"
 	}
 	return termSafe(p.Reason)
 }

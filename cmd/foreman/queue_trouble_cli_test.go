@@ -27,6 +27,11 @@ const hungBody = `{` + troubleRunning + `,"loaded":[],"queued":[],"total":0,"pau
 	`"targets":[{"name":"mac","reachable":false,"loaded":[],"own":true,"down_since":"2025-01-02T03:03:00Z","error":"ollama: poll: no answer within 10s\u001b[2J"},` +
 	`{"name":"studio","reachable":true,"loaded":[]}]}`
 
+// busyBody: the worker waits after Ollama answered a job's call "not now" (ADR-0086).
+const busyBody = `{"running":null,"loaded":[],"queued":[],"total":0,` +
+	`"paused":{"reason":"target_busy","since":"2025-01-02T03:04:00Z","error":"ollama: HTTP 503: server busy, please try again.  maximum pending requests exceeded"},` +
+	`"targets":[{"name":"mac","reachable":true,"loaded":[],"own":true}]}`
+
 // troubleForeman serves body on GET /queue and no finished jobs on GET /jobs (top reads both).
 func troubleForeman(t *testing.T, body string) string {
 	t.Helper()
@@ -63,6 +68,29 @@ func TestQueueAndTopSayARestartIsNeeded(t *testing.T) {
 			t.Fatalf("%s: exit %d, stderr %q", c.cmd, r.code, r.stderr)
 		}
 		if !strings.Contains(r.stdout, c.line) || strings.Contains(r.stdout, "refuses writes") {
+			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
+		}
+	}
+}
+
+// A worker waiting after Ollama's "not now" says so in words in `foreman queue` and
+// `foreman top`, not as the reason's code.
+func TestQueueAndTopSayOllamaIsBusy(t *testing.T) {
+	t.Parallel()
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, busyBody)}
+	for _, c := range []struct{ cmd, line string }{
+		{"queue", "Paused:  Ollama busy for 5s: ollama: HTTP 503: server busy"},
+		{"top", "PAUSED   Ollama busy for 5s: ollama: HTTP 503: server busy"},
+	} {
+		args := []string{c.cmd}
+		if c.cmd == "top" {
+			args = append(args, "--once")
+		}
+		r := runCLI(t, vars, nil, nil, args...)
+		if r.code != 0 {
+			t.Fatalf("%s: exit %d, stderr %q", c.cmd, r.code, r.stderr)
+		}
+		if !strings.Contains(r.stdout, c.line) {
 			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
 // runScript runs app.js under Node, in a context with just enough of a browser for it to
@@ -75,5 +77,17 @@ console.log(history.seenStarts.size, history.loadSeen.size, history.waits.length
 	}
 	if starts < 58 || waits < 58 {
 		t.Fatalf("the last hour forgotten too: %d started jobs remembered, %d waits", starts, waits)
+	}
+}
+
+// Every reason a worker pauses for (GET /queue's paused.reason) is said in words on the
+// status page, not shown as its code.
+func TestStatusPageNamesEveryPauseReason(t *testing.T) {
+	t.Parallel()
+	for _, reason := range []string{broker.PauseTargetUnreachable, broker.PauseTargetBusy, broker.PauseStoreRefusesWrites} {
+		got := runScript(t, fmt.Sprintf(`console.log(PAUSE_REASONS[%q] || "")`, reason))
+		if got == "" || got == reason {
+			t.Errorf("pause reason %q: words %q, want some", reason, got)
+		}
 	}
 }

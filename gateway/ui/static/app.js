@@ -222,6 +222,7 @@ function renderElsewhere(jobs) {
 const PAUSE_REASONS = {
   target_unreachable: "Ollama is unreachable",
   store_refuses_writes: "the job store refuses writes",
+  target_busy: "Ollama answers that it is busy",
 };
 
 // A paused worker: why, for how long, and the error; hidden while it runs. A pause that
