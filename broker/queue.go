@@ -184,11 +184,28 @@ const (
 	cachedConsumerIdle = time.Minute
 )
 
-// Next fetches the next available job of one model without waiting. It returns
+// Next fetches the next available job of one model, waiting at most nextWait. It returns
 // (nil, nil) when that model has nothing ready (empty, or only jobs in retry back-off).
+//
+// The request waits briefly rather than asking with no_wait: the server answers a no_wait
+// request from the count of pending messages it keeps for the consumer, and that count
+// was seen one short (consumer info: num_pending 0, the job's message in the stream at
+// the consumer's next sequence) after a queued job's message was deleted (a canceled
+// job's) while the worker took another job of that queue; nats-server's
+// consumer.checkNumPending comments on races of that count with deletions, and corrects
+// only a count too high. Every no_wait fetch of the queue then came back empty while its
+// job sat in the stream, until another publish to that queue, which that job then waited
+// behind in turn (TestNoEarlyCallForAJobCanceledWhileAnotherRan, under load). A request
+// that waits is served from the stream itself: at once when a job is there, after
+// nextWait when none is.
 func (s *Store) Next(ctx context.Context, token string) (*Lease, error) {
-	return s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) { return c.FetchNoWait(1) })
+	return s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) {
+		return c.Fetch(1, jetstream.FetchMaxWait(nextWait))
+	})
 }
+
+// nextWait bounds how long Next waits on a queue with nothing ready.
+const nextWait = time.Millisecond
 
 // NextWait is Next that waits up to wait for a job of the model to become available: the
 // server answers as soon as its consumer has one, with no polling.
