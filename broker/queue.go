@@ -184,28 +184,42 @@ const (
 	cachedConsumerIdle = time.Minute
 )
 
-// Next fetches the next available job of one model, waiting at most nextWait. It returns
+// Next fetches the next available job of one model without waiting. It returns
 // (nil, nil) when that model has nothing ready (empty, or only jobs in retry back-off).
+// It is for a queue the caller has seen hold messages (the worker's index of the heads).
 //
-// The request waits briefly rather than asking with no_wait: the server answers a no_wait
-// request from the count of pending messages it keeps for the consumer, and that count
-// was seen one short (consumer info: num_pending 0, the job's message in the stream at
-// the consumer's next sequence) after a queued job's message was deleted (a canceled
-// job's) while the worker took another job of that queue; nats-server's
-// consumer.checkNumPending comments on races of that count with deletions, and corrects
-// only a count too high. Every no_wait fetch of the queue then came back empty while its
-// job sat in the stream, until another publish to that queue, which that job then waited
-// behind in turn (TestNoEarlyCallForAJobCanceledWhileAnotherRan, under load). A request
-// that waits is served from the stream itself: at once when a job is there, after
-// nextWait when none is.
+// A no_wait pull is answered from the count of pending messages the server keeps for the
+// consumer, and that count was seen one short (consumer info: num_pending 0, nothing
+// awaiting an ack, the job's message in the stream at the consumer's next sequence) after
+// a queued job's message was deleted (a canceled job's) while the worker took another job
+// of that queue; nats-server's consumer.checkNumPending comments on races of that count
+// with deletions, and corrects only a count too high. Every no_wait fetch of the queue
+// then came back empty while its job sat in the stream, until another publish to it
+// (TestNoEarlyCallForAJobCanceledWhileAnotherRan, under load). So an empty answer is
+// checked: with nothing awaiting an ack on the consumer (a job in retry back-off does,
+// and so does one running), the messages the queue holds are ready, and a request that
+// waits (up to recountWait) is served from the stream itself rather than from that
+// count. A request that waits is not the first choice: its expiry, short enough not to
+// hold a pick up, can run out before a loaded server delivers a message that is there.
 func (s *Store) Next(ctx context.Context, token string) (*Lease, error) {
-	return s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) {
-		return c.Fetch(1, jetstream.FetchMaxWait(nextWait))
-	})
+	d, err := s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) { return c.FetchNoWait(1) })
+	if d != nil || err != nil {
+		return d, err
+	}
+	c, err := s.consumer(ctx, token)
+	if err != nil {
+		return nil, nil // the no_wait fetch's answer stands
+	}
+	info, err := c.Info(ctx)
+	if err != nil || info.NumAckPending > 0 {
+		return nil, nil
+	}
+	return s.NextWait(ctx, token, recountWait)
 }
 
-// nextWait bounds how long Next waits on a queue with nothing ready.
-const nextWait = time.Millisecond
+// recountWait bounds Next's second look, at a queue whose consumer's count of pending
+// messages may be short.
+const recountWait = 25 * time.Millisecond
 
 // NextWait is Next that waits up to wait for a job of the model to become available: the
 // server answers as soon as its consumer has one, with no polling.

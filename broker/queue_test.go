@@ -255,3 +255,35 @@ func TestDeletingAGoneQueueMessageBetweenOthersIsNoError(t *testing.T) {
 		t.Fatalf("delete of a message deleted already: %v, want none", err)
 	}
 }
+
+// Next finds a job its queue holds even when the server's count of the consumer's pending
+// messages does not have it (yet): a no_wait pull is answered from that count alone, and
+// the count lags a publish (the server signals its consumers after the store) and was
+// seen one short after a deletion (a canceled job's message). With nothing awaiting an
+// ack, Next asks again with a request the server serves from the stream.
+func TestNextFindsAJobTheConsumersCountMisses(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+	k, err := broker.KeyOf(&broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 100 {
+		j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := b.Store.Next(ctx, k.String()) // at once: the server may not have counted it
+		if err != nil || d == nil {
+			t.Fatalf("job %d, just stored: Next = %v, %v", i, d, err)
+		}
+		if d.JobID != j.ID {
+			t.Fatalf("job %d: Next gave %s, want %s", i, d.JobID, j.ID)
+		}
+		if err := b.Store.Finish(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
