@@ -189,18 +189,13 @@ const (
 // It is for a queue the caller has seen hold messages (the worker's index of the heads).
 //
 // A no_wait pull is answered from the count of pending messages the server keeps for the
-// consumer, and that count was seen one short (consumer info: num_pending 0, nothing
-// awaiting an ack, the job's message in the stream at the consumer's next sequence) after
-// a queued job's message was deleted (a canceled job's) while the worker took another job
-// of that queue; nats-server's consumer.checkNumPending comments on races of that count
-// with deletions, and corrects only a count too high. Every no_wait fetch of the queue
-// then came back empty while its job sat in the stream, until another publish to it
-// (TestNoEarlyCallForAJobCanceledWhileAnotherRan, under load). So an empty answer is
-// checked: with nothing awaiting an ack on the consumer (a job in retry back-off does,
-// and so does one running), the messages the queue holds are ready, and a request that
-// waits (up to recountWait) is served from the stream itself rather than from that
-// count. A request that waits is not the first choice: its expiry, short enough not to
-// hold a pick up, can run out before a loaded server delivers a message that is there.
+// consumer, which lags a publish and was seen one short after a deletion (a canceled
+// job's message), every pick then missing a job that sat in the stream (ADR-0087). So an
+// empty answer is looked at again: with nothing awaiting an ack on the consumer (a job in
+// retry back-off does, and so does one running), the messages the queue holds are ready,
+// and a pull that waits (up to recountWait) is served from the stream itself. Not every
+// pull waits: its expiry, short enough not to hold a pick up, can run out before a
+// loaded server delivers a message that is there.
 func (s *Store) Next(ctx context.Context, token string) (*Lease, error) {
 	d, err := s.fetch(ctx, token, func(c jetstream.Consumer) (jetstream.MessageBatch, error) { return c.FetchNoWait(1) })
 	if d != nil || err != nil {
