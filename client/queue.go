@@ -106,8 +106,9 @@ type QueuedJob struct {
 	// measured per model; zero for a job of Queue.WaitingElsewhere.
 	ETA time.Time `json:"eta,omitzero"`
 	// State is StateRetrying for a job backing off after a failed attempt, with that
-	// attempt's number (Attempts) and error; empty for one waiting its first turn (or
-	// whose record foreman did not read for the view).
+	// attempt's number (Attempts: 0 when it was not counted, Ollama having answered
+	// "not now" or a stop having cut it short) and error; empty for one waiting its first
+	// turn (or whose record foreman did not read for the view).
 	State    State  `json:"state,omitempty"`
 	Attempts int    `json:"attempts,omitempty"`
 	Error    string `json:"error,omitempty"`

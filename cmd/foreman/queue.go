@@ -107,7 +107,11 @@ func newQueueCmd(e *env) *cobra.Command {
 				return err
 			}
 			for _, j := range append(q.Queued[:len(q.Queued):len(q.Queued)], q.WaitingElsewhere...) {
-				if j.State == client.StateRetrying {
+				switch {
+				case j.State != client.StateRetrying:
+				case j.Attempts == 0: // not counted: Ollama busy (ADR-0086), a stop's hand-back
+					fmt.Fprintf(out, "Retrying: %s: %s\n", termSafe(j.JobID), termSafe(j.Error))
+				default:
 					fmt.Fprintf(out, "Retrying: %s: attempt %d failed: %s\n", termSafe(j.JobID), j.Attempts, termSafe(j.Error))
 				}
 			}
@@ -124,14 +128,18 @@ func newQueueCmd(e *env) *cobra.Command {
 }
 
 // waitState is a waiting job's state for a table: "retrying (2)" for one backing off
-// after its second attempt, "waiting" for one waiting its first turn, either followed by
+// after its second attempt ("retrying" after one not counted: Ollama busy, ADR-0086),
+// "waiting" for one waiting its first turn, either followed by
 // ", elsewhere" while the worker leaves the job to another Mac (ADR-0066), or by
 // ", another Mac" for one it leaves to the others for good (Queue.WaitingElsewhere: no
 // position).
 func waitState(j client.QueuedJob) string {
 	s := "waiting"
 	if j.State == client.StateRetrying {
-		s = fmt.Sprintf("retrying (%d)", j.Attempts)
+		s = "retrying"
+		if j.Attempts > 0 {
+			s = fmt.Sprintf("retrying (%d)", j.Attempts)
+		}
 	}
 	switch {
 	case j.LeftElsewhere:

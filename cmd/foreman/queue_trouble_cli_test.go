@@ -27,8 +27,11 @@ const hungBody = `{` + troubleRunning + `,"loaded":[],"queued":[],"total":0,"pau
 	`"targets":[{"name":"mac","reachable":false,"loaded":[],"own":true,"down_since":"2025-01-02T03:03:00Z","error":"ollama: poll: no answer within 10s\u001b[2J"},` +
 	`{"name":"studio","reachable":true,"loaded":[]}]}`
 
-// busyBody: the worker waits after Ollama answered a job's call "not now" (ADR-0086).
-const busyBody = `{"running":null,"loaded":[],"queued":[],"total":0,` +
+// busyBody: the worker waits after Ollama answered a job's call "not now" (ADR-0086);
+// the job it answered so waits again, its attempt not counted.
+const busyBody = `{"running":null,"loaded":[],"queued":[` +
+	`{"job_id":"01JGJ4Q2R0000000000000000H","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T03:00:00Z","queue_position":1,"eta":"2025-01-02T03:04:05Z",` +
+	`"state":"retrying","error":"ollama: HTTP 503: server busy, please try again.  maximum pending requests exceeded"}],"total":1,` +
 	`"paused":{"reason":"target_busy","since":"2025-01-02T03:04:00Z","error":"ollama: HTTP 503: server busy, please try again.  maximum pending requests exceeded"},` +
 	`"targets":[{"name":"mac","reachable":true,"loaded":[],"own":true}]}`
 
@@ -74,7 +77,8 @@ func TestQueueAndTopSayARestartIsNeeded(t *testing.T) {
 }
 
 // A worker waiting after Ollama's "not now" says so in words in `foreman queue` and
-// `foreman top`, not as the reason's code.
+// `foreman top`, not as the reason's code; the job answered so is retrying with no
+// attempt counted, and no "attempt 0" is printed.
 func TestQueueAndTopSayOllamaIsBusy(t *testing.T) {
 	t.Parallel()
 	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, busyBody)}
@@ -92,6 +96,18 @@ func TestQueueAndTopSayOllamaIsBusy(t *testing.T) {
 		}
 		if !strings.Contains(r.stdout, c.line) {
 			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
+		}
+		if strings.Contains(r.stdout, "(0)") || strings.Contains(r.stdout, "attempt 0") {
+			t.Errorf("foreman %s numbers an attempt not counted:\n%s", c.cmd, r.stdout)
+		}
+	}
+	r := runCLI(t, vars, nil, nil, "queue")
+	for _, re := range []string{
+		`(?m)^1 +01JGJ4Q2R0000000000000000H .* retrying$`,
+		`(?m)^Retrying: 01JGJ4Q2R0000000000000000H: ollama: HTTP 503: server busy`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("foreman queue: no line matching %s:\n%s", re, r.stdout)
 		}
 	}
 }

@@ -171,6 +171,30 @@ func TestStatusPageShowsARetryingJobInBrowser(t *testing.T) {
 	screenshot(t, browser, base+"/ui/", "retrying")
 }
 
+// A worker waiting after Ollama's "not now" (ADR-0086) says so in words in the banner,
+// and the job answered so, its attempt not counted, is shown retrying without a number.
+func TestStatusPageShowsOllamaBusyInBrowser(t *testing.T) {
+	browser := findBrowser(t)
+	t.Parallel()
+	at := func(d time.Duration) string { return time.Now().Add(d).UTC().Format(time.RFC3339) }
+	queue := `{"running":null,"loaded":[],"total":1,"depth":{"tiny-a:latest":1},"running_elsewhere":[],` +
+		`"paused":{"reason":"target_busy","since":"` + at(-4*time.Second) + `","error":"ollama: HTTP 503: server busy, please try again.  maximum pending requests exceeded"},"queued":[` +
+		`{"job_id":"01JGJ4Q2R000000000000000EE","model":"tiny-a","kind":"chat","priority":"normal","program":"","created_at":"` + at(-time.Minute) +
+		`","queue_position":1,"eta":"` + at(5*time.Second) + `","state":"retrying","error":"ollama: HTTP 503: server busy, please try again.  maximum pending requests exceeded"}],` +
+		`"targets":[{"name":"mac","reachable":true,"loaded":[],"own":true}]}`
+	base := cannedPage(t, queue, `{"jobs":[]}`)
+
+	dom := headless(t, browser, base+"/ui/", 3*time.Second)
+	if banner := section(dom, "paused", "</div>"); !strings.Contains(banner, "Worker paused: Ollama answers that it is busy") {
+		t.Errorf("banner does not say Ollama is busy:\n%s", banner)
+	}
+	rows := section(dom, "queue-rows", "</tbody>")
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000EE" class="queued-job">.*?<td class="retrying" data-field="state" title="[^"]*">retrying<div class="err">ollama: HTTP 503: server busy`).MatchString(rows) {
+		t.Errorf("job EE is not shown retrying, without an attempt's number, with its error:\n%s", rows)
+	}
+	screenshot(t, browser, base+"/ui/", "busy")
+}
+
 // A job this foreman's worker leaves to another Mac (left_elsewhere, ADR-0066) says so in
 // its state cell, beside its retry; a job without the field says nothing of it.
 func TestStatusPageShowsAJobLeftToAnotherMacInBrowser(t *testing.T) {

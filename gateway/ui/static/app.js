@@ -296,7 +296,7 @@ function waitState(j) {
   }
   if (j.state !== "retrying") return el("td", { class: "muted", "data-field": "state" }, "waiting", left);
   return el("td", { class: "retrying", "data-field": "state", title: j.error || null },
-    "retrying after attempt " + (j.attempts || "?"),
+    j.attempts ? "retrying after attempt " + j.attempts : "retrying", // 0: not counted (Ollama busy)
     j.error ? el("div", { class: "err" }, clip(j.error, ERROR_CLIP)) : null, left);
 }
 
