@@ -53,6 +53,21 @@ func troubleForeman(t *testing.T, body string) string {
 	return srv.URL
 }
 
+// queueOrTop runs `foreman queue` (cmd "queue") or `foreman top --once` (cmd "top") with
+// vars, and fails t unless it exits 0.
+func queueOrTop(t *testing.T, vars map[string]string, cmd string) cliResult {
+	t.Helper()
+	args := []string{cmd}
+	if cmd == "top" {
+		args = append(args, "--once")
+	}
+	r := runCLI(t, vars, nil, nil, args...)
+	if r.code != 0 {
+		t.Fatalf("%s: exit %d, stderr %q", cmd, r.code, r.stderr)
+	}
+	return r
+}
+
 // A pause that only a restart of foreman ends says so in `foreman queue` and `foreman
 // top`: "refuses writes" alone reads as if it would pass by itself.
 func TestQueueAndTopSayARestartIsNeeded(t *testing.T) {
@@ -62,14 +77,7 @@ func TestQueueAndTopSayARestartIsNeeded(t *testing.T) {
 		{"queue", "Paused:  job store cannot write for 3m; foreman needs a restart (once its disk has room): broker: probe write: job store cannot write until foreman restarts"},
 		{"top", "PAUSED   job store cannot write for 3m00s; foreman needs a restart (once its disk has room): broker: probe write:"},
 	} {
-		args := []string{c.cmd}
-		if c.cmd == "top" {
-			args = append(args, "--once")
-		}
-		r := runCLI(t, vars, nil, nil, args...)
-		if r.code != 0 {
-			t.Fatalf("%s: exit %d, stderr %q", c.cmd, r.code, r.stderr)
-		}
+		r := queueOrTop(t, vars, c.cmd)
 		if !strings.Contains(r.stdout, c.line) || strings.Contains(r.stdout, "refuses writes") {
 			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
 		}
@@ -86,14 +94,7 @@ func TestQueueAndTopSayOllamaIsBusy(t *testing.T) {
 		{"queue", "Paused:  Ollama busy for 5s: ollama: HTTP 503: server busy"},
 		{"top", "PAUSED   Ollama busy for 5s: ollama: HTTP 503: server busy"},
 	} {
-		args := []string{c.cmd}
-		if c.cmd == "top" {
-			args = append(args, "--once")
-		}
-		r := runCLI(t, vars, nil, nil, args...)
-		if r.code != 0 {
-			t.Fatalf("%s: exit %d, stderr %q", c.cmd, r.code, r.stderr)
-		}
+		r := queueOrTop(t, vars, c.cmd)
 		if !strings.Contains(r.stdout, c.line) {
 			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
 		}
@@ -101,7 +102,7 @@ func TestQueueAndTopSayOllamaIsBusy(t *testing.T) {
 			t.Errorf("foreman %s numbers an attempt not counted:\n%s", c.cmd, r.stdout)
 		}
 	}
-	r := runCLI(t, vars, nil, nil, "queue")
+	r := queueOrTop(t, vars, "queue")
 	for _, re := range []string{
 		`(?m)^1 +01JGJ4Q2R0000000000000000H .* retrying$`,
 		`(?m)^Retrying: 01JGJ4Q2R0000000000000000H: ollama: HTTP 503: server busy`,
@@ -122,14 +123,7 @@ func TestQueueAndTopShowAHungOllamaWhileAJobRuns(t *testing.T) {
 		{"queue", "Ollama:  no answer to foreman's polls for 1m: ollama: poll: no answer within 10s\\x1b[2J\n"},
 		{"top", "OLLAMA   no answer to foreman's polls for 1m05s: ollama: poll: no answer within 10s\\x1b[2J\n"},
 	} {
-		args := []string{c.cmd}
-		if c.cmd == "top" {
-			args = append(args, "--once")
-		}
-		r := runCLI(t, vars, nil, nil, args...)
-		if r.code != 0 {
-			t.Fatalf("%s: exit %d, stderr %q", c.cmd, r.code, r.stderr)
-		}
+		r := queueOrTop(t, vars, c.cmd)
 		if !strings.Contains(r.stdout, c.line) || strings.Contains(r.stdout, "\x1b") {
 			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
 		}
