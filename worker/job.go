@@ -298,6 +298,7 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 		return false
 	}
 	w.targetAnswered()
+	w.countBusy(false) // an answer: the next "not now" waits from RetryDelay again (ADR-0086)
 	w.learn(run, time.Now())
 	w.endDone(d, j, r, ct, log, func(ctx context.Context, release func()) (*slog.Logger, bool) {
 		started, err := start.wait()
