@@ -104,3 +104,43 @@ func TestBusyTargetOutlastsTheDeliveries(t *testing.T) {
 		t.Errorf("target called %d times, want 5", n)
 	}
 }
+
+// Busy answers spend JetStream deliveries without spending attempts: a job whose
+// deliveries were used up by them, whose attempt on its last delivery then fails in a
+// way that counts (a connection dropped), has attempts left, and is not failed
+// "attempts exhausted" at its first counted attempt.
+func TestBusyDeliveriesDoNotExhaustALaterAttempt(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 3 })) // MaxDeliver 5
+	tb.fake.FailNext(4, ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded"))
+	tb.fake.FailNext(1, ollamatest.DropConnection)
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{RetryDelay: time.Millisecond})
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateDone || got.Attempt != 2 {
+		t.Errorf("job ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 6 {
+		t.Errorf("target called %d times, want 6", n)
+	}
+}
+
+// A sync job answered after busy answers ends before its start is stored (ADR-0038),
+// not through the attempt's usual end: that answer too starts the busy wait over, or
+// the next "not now", however long after, would be waited out as the busy spell's next.
+func TestASyncAnswerEndsTheBusySpell(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 3 }))
+	tb.fake.FailNext(2, ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded"))
+	j, err := tb.b.Store.Submit(ctxT(t), &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Sync: true}, []byte(chatBody("tiny-a", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := tb.start(t, worker.Config{RetryDelay: time.Millisecond})
+	if got := tb.waitEnded(t, j.ID); got.State != broker.StateDone || got.Attempt != 3 {
+		t.Fatalf("sync job ended %s (%s) at attempt %d, want done at 3", got.State, got.Error, got.Attempt)
+	}
+	eventually(t, 5*time.Second, "the busy answers in a row forgotten after the answer", func() bool {
+		return worker.BusyInRow(w) == 0
+	})
+}

@@ -145,3 +145,11 @@ func WithBodyFault(cfg Config, fn func(jobID string) error) Config {
 	cfg.bodyFault = fn
 	return cfg
 }
+
+// BusyInRow is w's count of the target's "not now" answers in a row, which sets its wait
+// after the next one (ADR-0086).
+func BusyInRow(w *Worker) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.busyInRow
+}

@@ -298,6 +298,7 @@ func (w *Worker) answerBeforeStart(d *broker.Lease, j *broker.Job, r *broker.Str
 		return false
 	}
 	w.targetAnswered()
+	w.countBusy(false) // an answer: the next "not now" waits from RetryDelay again (ADR-0086)
 	w.learn(run, time.Now())
 	w.endDone(d, j, r, ct, log, func(ctx context.Context, release func()) (*slog.Logger, bool) {
 		started, err := start.wait()
@@ -916,7 +917,14 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxDeliver())
 	busyTarget := targetBusy(cause)
 	uncounted := busyTarget && !j.Sync
-	if !uncounted && (j.Attempt >= w.cfg.maxAttempts || lastDelivery) {
+	// On its last delivery a job with attempts left is requeued, not failed, when some of
+	// this message's deliveries went to attempts not counted (the target's "not now", a
+	// stop's hand-back): those spend the deliveries MaxDeliver leaves over the attempts,
+	// and a busy spell would otherwise fail the job at its next counted attempt, the first
+	// maybe. One whose every delivery was a counted attempt met the queue's own bound on
+	// them (a MaxDeliver below the worker's limit) and fails, as before.
+	requeue := lastDelivery && (uncounted || j.Attempt < w.cfg.maxAttempts && uint64(j.Attempt) < d.NumDelivered)
+	if !uncounted && (j.Attempt >= w.cfg.maxAttempts || lastDelivery && !requeue) {
 		// A target that answered "not now" to the last attempt too keeps its status: a
 		// sync caller gets its 503 (and Retry-After), not a 502.
 		status := 0
@@ -956,13 +964,19 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		delay = w.busyWait()
 	}
 	switch {
-	case uncounted && lastDelivery:
-		// A NAK would leave it undelivered; a new message counts its deliveries anew.
+	case requeue:
+		// A NAK would leave it undelivered; a new message counts its deliveries anew. On
+		// several Macs a job given up for its target's fault goes to another (ADR-0066).
+		held := w.holdOff(bctx, d, j, cause)
 		if err := w.store.Requeue(bctx, d); err != nil {
-			log.Warn("requeue a job the target was too busy for on its last delivery; trying a NAK", "err", err)
-			w.nak(d, delay, log)
+			log.Warn("requeue a job on its last delivery; trying a NAK", "err", err)
+			if held {
+				w.putBack(d, delay, log)
+			} else {
+				w.nak(d, delay, log)
+			}
 		} else {
-			log.Warn("target busy; job requeued, worker waits", "err", cause, "delay", delay)
+			log.Warn("attempt failed on the job's last delivery; job requeued", "err", cause, "delay", delay, "attempt_counted", !uncounted, "left_elsewhere", held)
 		}
 	case w.holdOff(bctx, d, j, cause):
 		// Not nak: this worker is not to look for it when the back-off ends (ADR-0066).
