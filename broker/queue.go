@@ -191,8 +191,8 @@ const (
 // A no_wait pull is answered from the count of pending messages the server keeps for the
 // consumer, which lags a publish and was seen one short after a deletion (a canceled
 // job's message), every pick then missing a job that sat in the stream (ADR-0087). So an
-// empty answer is looked at again: with nothing awaiting an ack on the consumer (a job in
-// retry back-off does, and so does one running), the messages the queue holds are ready,
+// empty answer is looked at again: when the queue holds more messages than await an ack
+// on its consumer (a job in retry back-off does, and so does one running), one is ready,
 // and a pull that waits (up to recountWait) is served from the stream itself. Not every
 // pull waits: its expiry, short enough not to hold a pick up, can run out before a
 // loaded server delivers a message that is there.
@@ -206,10 +206,24 @@ func (s *Store) Next(ctx context.Context, token string) (*Lease, error) {
 		return nil, nil // the no_wait fetch's answer stands
 	}
 	info, err := c.Info(ctx)
-	if err != nil || info.NumAckPending > 0 {
+	if err != nil {
 		return nil, nil
 	}
+	if info.NumAckPending > 0 && s.queuedOn(ctx, token) <= uint64(info.NumAckPending) {
+		return nil, nil // every message it holds awaits an ack: in back-off, or running
+	}
 	return s.NextWait(ctx, token, recountWait)
+}
+
+// queuedOn is how many messages the queue stream holds for queue token, 0 when that
+// cannot be read.
+func (s *Store) queuedOn(ctx context.Context, token string) uint64 {
+	subject := QueueSubject(token)
+	info, err := s.queue.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return 0
+	}
+	return info.State.Subjects[subject]
 }
 
 // recountWait bounds Next's second look, at a queue whose consumer's count of pending

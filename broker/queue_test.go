@@ -287,3 +287,43 @@ func TestNextFindsAJobTheConsumersCountMisses(t *testing.T) {
 		}
 	}
 }
+
+// The second look of Next is not left out for a queue that also holds a job in retry
+// back-off (awaiting an ack on the consumer): the queue holds more messages than that,
+// so one is ready, and Next finds it however the server's count stands.
+func TestNextFindsAJobBesideOneInBackOff(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+	k, err := broker.KeyOf(&broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body); err != nil {
+		t.Fatal(err)
+	}
+	backOff, err := b.Store.NextWait(ctx, k.String(), time.Second)
+	if err != nil || backOff == nil {
+		t.Fatalf("lease: %v, %v", backOff, err)
+	}
+	if err := backOff.Msg.NakWithDelay(time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := b.Store.Next(ctx, k.String()) // at once: the server may not have counted it
+		if err != nil || d == nil {
+			t.Fatalf("job %d, just stored beside one in back-off: Next = %v, %v", i, d, err)
+		}
+		if d.JobID != j.ID {
+			t.Fatalf("job %d: Next gave %s, want %s", i, d.JobID, j.ID)
+		}
+		if err := b.Store.Finish(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
