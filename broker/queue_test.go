@@ -264,28 +264,7 @@ func TestDeletingAGoneQueueMessageBetweenOthersIsNoError(t *testing.T) {
 func TestNextFindsAJobTheConsumersCountMisses(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t)
-	ctx := ctxT(t)
-	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
-	k, err := broker.KeyOf(&broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := range 100 {
-		j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
-		if err != nil {
-			t.Fatal(err)
-		}
-		d, err := b.Store.Next(ctx, k.String()) // at once: the server may not have counted it
-		if err != nil || d == nil {
-			t.Fatalf("job %d, just stored: Next = %v, %v", i, d, err)
-		}
-		if d.JobID != j.ID {
-			t.Fatalf("job %d: Next gave %s, want %s", i, d.JobID, j.ID)
-		}
-		if err := b.Store.Finish(ctx, d); err != nil {
-			t.Fatal(err)
-		}
-	}
+	nextRightAfterSubmit(t, b, chatQueue(t), 100, "just stored")
 }
 
 // The second look of Next is not left out for a queue that also holds a job in retry
@@ -295,29 +274,47 @@ func TestNextFindsAJobBesideOneInBackOff(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t)
 	ctx := ctxT(t)
-	body := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
-	k, err := broker.KeyOf(&broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
-	if err != nil {
+	token := chatQueue(t)
+	if _, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, chatQueueBody); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body); err != nil {
-		t.Fatal(err)
-	}
-	backOff, err := b.Store.NextWait(ctx, k.String(), time.Second)
+	backOff, err := b.Store.NextWait(ctx, token, time.Second)
 	if err != nil || backOff == nil {
 		t.Fatalf("lease: %v, %v", backOff, err)
 	}
 	if err := backOff.Msg.NakWithDelay(time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	for i := range 50 {
-		j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, body)
+	nextRightAfterSubmit(t, b, token, 50, "just stored beside one in back-off")
+}
+
+// chatQueueBody is the body of the chat jobs of chatQueue.
+var chatQueueBody = []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+
+// chatQueue is the queue token of a tiny-a chat job with chatQueueBody.
+func chatQueue(t *testing.T) string {
+	t.Helper()
+	k, err := broker.KeyOf(&broker.Job{Model: "tiny-a", Kind: broker.KindChat}, chatQueueBody)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.String()
+}
+
+// nextRightAfterSubmit submits n chat jobs to queue token one by one, each fetched with
+// Next the moment its submit returns (the server may not have counted it yet), and
+// fails t unless Next gives that job; what says how the job stands in the failure.
+func nextRightAfterSubmit(t *testing.T, b *brokertest.Bundle, token string, n int, what string) {
+	t.Helper()
+	ctx := ctxT(t)
+	for i := range n {
+		j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, chatQueueBody)
 		if err != nil {
 			t.Fatal(err)
 		}
-		d, err := b.Store.Next(ctx, k.String()) // at once: the server may not have counted it
+		d, err := b.Store.Next(ctx, token)
 		if err != nil || d == nil {
-			t.Fatalf("job %d, just stored beside one in back-off: Next = %v, %v", i, d, err)
+			t.Fatalf("job %d, %s: Next = %v, %v", i, what, d, err)
 		}
 		if d.JobID != j.ID {
 			t.Fatalf("job %d: Next gave %s, want %s", i, d.JobID, j.ID)

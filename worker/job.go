@@ -454,16 +454,16 @@ func (w *Worker) busyWait() time.Duration {
 	return min(w.cfg.retryDelay(max(n, 1)), maxBusyWait)
 }
 
-// waitIfBusy pauses the worker for d after the target answered "not now" (ADR-0086):
-// the jobs behind the one it answered would get the same answer, and each spend an
-// attempt on it. Nothing else ends the wait but a stop.
-func (w *Worker) waitIfBusy(ctx context.Context, cause error, d time.Duration) {
+// waitIfBusy pauses the worker for busyWait after the target answered "not now"
+// (ADR-0086): the jobs behind the one it answered would get the same answer, and each
+// spend an attempt on it. Nothing else ends the wait but a stop.
+func (w *Worker) waitIfBusy(ctx context.Context, cause error) {
 	if !targetBusy(cause) {
 		return
 	}
 	w.pause(broker.PauseTargetBusy, cause)
 	defer w.resume()
-	w.sleepOrWake(ctx, d, nil)
+	w.sleepOrWake(ctx, w.busyWait(), nil)
 }
 
 // runnerFailed reports whether msg, an error of Ollama's (a status's or a stream's last
@@ -934,7 +934,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		}
 		w.fail(bctx, d, j.Sync, r, exhausted(cause.Error(), ""), status, log)
 		w.waitIfGone(ctx, cause)
-		w.waitIfBusy(ctx, cause, w.busyWait())
+		w.waitIfBusy(ctx, cause)
 		return
 	}
 	if hook := w.cfg.beforeRetry; hook != nil {
@@ -990,7 +990,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		w.nak(d, delay, log)
 	}
 	w.waitIfGone(ctx, cause)
-	w.waitIfBusy(ctx, cause, delay)
+	w.waitIfBusy(ctx, cause)
 }
 
 // waitIfGone pauses the worker (waitTarget) after an attempt that failed for want of its
