@@ -299,6 +299,46 @@ func TestConnectionRefused(t *testing.T) {
 		if !errors.As(err, &oe) {
 			t.Errorf("%s: ConnectionError does not unwrap to the net error: %v", name, err)
 		}
+		if !ollama.NotSent(err) {
+			t.Errorf("%s: a refused connection is not NotSent: %v", name, err)
+		}
+	}
+}
+
+// A request the target read before it dropped the connection, or answered with an error,
+// was sent: only a connection never made is NotSent.
+func TestNotSentIsOnlyAConnectionNeverMade(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	c := newClient(t, fake.URL)
+	for name, f := range map[string]ollamatest.Failure{
+		"dropped": ollamatest.DropConnection,
+		"cut":     ollamatest.DropMidStream,
+		"503":     ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy"),
+	} {
+		fake.FailNext(1, f)
+		_, err := c.Stream(testCtx(t), "/api/chat", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`), func([]byte) error { return nil })
+		if err == nil || ollama.NotSent(err) {
+			t.Errorf("%s: err = %v; want an error that is not NotSent", name, err)
+		}
+	}
+
+	// A reset (RST) after the request was read: a *net.OpError too, of a read.
+	reset := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		conn, _, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		_ = conn.(*net.TCPConn).SetLinger(0)
+		conn.Close()
+	}))
+	t.Cleanup(reset.Close)
+	_, err := newClient(t, reset.URL).Stream(testCtx(t), "/api/chat", []byte(`{}`), func([]byte) error { return nil })
+	var oe *net.OpError
+	if !errors.As(err, &oe) || ollama.NotSent(err) {
+		t.Errorf("reset: err = %v; want a *net.OpError that is not NotSent", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"time"
 )
@@ -31,6 +32,17 @@ func Unreachable(err error) bool {
 	var ce *ConnectionError
 	var he *HTTPError
 	return errors.As(err, &ce) || errors.Is(err, context.DeadlineExceeded) || errors.As(err, &he) && he.UpstreamDown()
+}
+
+// NotSent reports whether err says the request never reached the target: the connection
+// to it could not be made (refused: nothing listens, the Mac restarting; no route; its
+// name not found). Nothing was asked of the target, so nothing the request carries can
+// have caused the failure. A connection reset or cut after it was made is not: the
+// request may have been read, and may be what brought the target down.
+func NotSent(err error) bool {
+	var ce *ConnectionError
+	var op *net.OpError
+	return errors.As(err, &ce) && errors.As(ce.Err, &op) && op.Op == "dial"
 }
 
 // HTTPError means the target answered with a non-2xx status. Message is the

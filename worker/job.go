@@ -916,7 +916,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	// this count and the server's together; the record's Attempt keeps the real tally.
 	lastDelivery := d.NumDelivered >= uint64(w.store.Config().MaxDeliver())
 	busyTarget := targetBusy(cause)
-	uncounted := busyTarget && !j.Sync
+	uncounted := notCounted(cause, j.Sync)
 	// On its last delivery a job with attempts left is requeued, not failed, when some of
 	// this message's deliveries went to attempts not counted (the target's "not now", a
 	// stop's hand-back): those spend the deliveries MaxDeliver leaves over the attempts,
@@ -986,11 +986,22 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		log.Warn("target busy; job will retry, worker waits", "err", cause, "delay", delay, "attempt_counted", !uncounted)
 		w.nak(d, delay, log)
 	default:
-		log.Warn("attempt failed; job will retry", "err", cause, "delay", delay)
+		log.Warn("attempt failed; job will retry", "err", cause, "delay", delay, "attempt_counted", !uncounted)
 		w.nak(d, delay, log)
 	}
 	w.waitIfGone(ctx, cause)
 	w.waitIfBusy(ctx, cause)
+}
+
+// notCounted reports whether an async job's attempt that failed with cause is given back
+// rather than counted against FOREMAN_MAX_ATTEMPTS: the target answered "not now"
+// (ADR-0086), or the request never reached it (ollama.NotSent: the Mac off, asleep or
+// restarting, met by this call before a poll saw it; ADR-0089). Neither says anything of
+// the job: counted, each outage a job met would spend one of its attempts, and with
+// FOREMAN_MAX_ATTEMPTS=1 the first would fail it. A sync job's attempts all count: its
+// caller waits on them (ADR-0046).
+func notCounted(cause error, sync bool) bool {
+	return !sync && (targetBusy(cause) || ollama.NotSent(cause))
 }
 
 // waitIfGone pauses the worker (waitTarget) after an attempt that failed for want of its

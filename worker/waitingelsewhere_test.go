@@ -33,6 +33,12 @@ func TestQueueViewWithRunsSplitsHeldQueuesFromOthers(t *testing.T) {
 	if got := tb.waitState(t, other.ID, broker.StateRetrying); got.Attempt != 1 {
 		t.Fatalf("tiny-b job retrying after attempt %d, want 1 (%s)", got.Attempt, got.Error)
 	}
+	// The record says retrying before the worker has put the job back: until then the
+	// view shows it running.
+	eventually(t, 10*time.Second, "the tiny-b job's attempt over", func() bool {
+		v, err := w.QueueView(ctxT(t), time.Now())
+		return err == nil && v.Running == ""
+	})
 	runsB.Store(false) // tiny-b is gone from this Mac
 
 	v, err := w.QueueView(ctxT(t), time.Now())
