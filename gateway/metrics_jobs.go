@@ -101,7 +101,7 @@ func newJobMetrics(models *modelLabels, mine func(*broker.Job) bool) *jobMetrics
 		}, []string{"outcome"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "foreman_requests_refused_total",
-			Help: "Requests refused by design, per reason: queue_full (FOREMAN_MAX_QUEUE), program_limit (FOREMAN_MAX_QUEUE_PER_PROGRAM), body_budget (FOREMAN_MAX_BODY_BYTES_IN_FLIGHT), artifact_downloads (artifact bodies being sent at once over their cap, ADR-0065), host_not_allowed and origin_not_allowed (the browser policy, FOREMAN_ORIGINS), connections (HTTP connections at once over FOREMAN_MAX_QUEUE + 1024, ADR-0082).",
+			Help: "Requests refused by design, per reason: queue_full (FOREMAN_MAX_QUEUE), program_limit (FOREMAN_MAX_QUEUE_PER_PROGRAM), body_budget (FOREMAN_MAX_BODY_BYTES_IN_FLIGHT), artifact_downloads (artifact bodies being sent at once over their cap, ADR-0065), host_not_allowed and origin_not_allowed (the browser policy, FOREMAN_ORIGINS), connections (HTTP connections at once over FOREMAN_MAX_QUEUE + 1024, ADR-0082), connections_per_address (one remote address's connections over half of those, ADR-0088).",
 		}, []string{"reason"}),
 		seen: map[string]jobSeen{},
 	}
@@ -171,9 +171,15 @@ func (s *Server) WebhookAttempt(outcome string) {
 	}
 }
 
-// ConnectionRefused counts a connection the HTTP listener refused, over its cap of
-// connections at once.
-func (s *Server) ConnectionRefused() { s.jobMetrics.refused.WithLabelValues("connections").Inc() }
+// ConnectionRefused counts a connection the HTTP listener refused: reason "connections"
+// over its cap of connections at once (ADR-0082), "connections_per_address" over its
+// remote address's share of them (ADR-0088).
+func (s *Server) ConnectionRefused(reason string) {
+	switch reason {
+	case "connections", "connections_per_address":
+		s.jobMetrics.refused.WithLabelValues(reason).Inc()
+	}
+}
 
 // RunMetrics follows every job's state events for the job metrics until ctx ends.
 func (s *Server) RunMetrics(ctx context.Context) error {

@@ -143,7 +143,7 @@ func (c *serveConfig) settings() []*setting {
 		}},
 		{env: "FOREMAN_EMBED_MODEL", flag: "embed-model", usage: "embedding model kept loaded (keep_alive -1)", parse: str(&c.EmbedModel)},
 		{env: "FOREMAN_LOG_LEVEL", flag: "log-level", def: "info", usage: "debug, info, warn or error", parse: c.parseLevel},
-		{env: "FOREMAN_MAX_QUEUE", flag: "max-queue", def: strconv.Itoa(app.DefaultMaxQueue), usage: "queued jobs before submits get 503; HTTP connections at once are capped at this + 1024", parse: integer(&c.MaxQueue)},
+		{env: "FOREMAN_MAX_QUEUE", flag: "max-queue", def: strconv.Itoa(app.DefaultMaxQueue), usage: "queued jobs before submits get 503; HTTP connections at once are capped at this + 1024, one remote address's at half of that", parse: integer(&c.MaxQueue)},
 		{env: "FOREMAN_MAX_CONSECUTIVE", flag: "max-consecutive", def: strconv.Itoa(app.DefaultMaxConsecutive), usage: "jobs of one model in a row while others wait", parse: integer(&c.MaxConsecutive)},
 		{env: "FOREMAN_MAX_WAIT", flag: "max-wait", def: durationDefault(app.DefaultMaxWait), usage: "longest a waiting model is passed over", parse: dur(&c.MaxWait)},
 		{env: "FOREMAN_MAX_BODY", flag: "max-body", def: strconv.Itoa(app.DefaultMaxBodyBytes), usage: "largest request body in bytes", parse: func(v string) error {

@@ -96,7 +96,7 @@ type Components struct {
 	// NoNATSSubmit leaves foreman.jobs.submit without foreman's responder.
 	NoNATSSubmit bool
 	// MaxConns, when set, replaces the cap on HTTP connections at once (MaxQueue +
-	// spareConns).
+	// spareConns); one remote address's share is half of it.
 	MaxConns int
 }
 

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -52,13 +53,26 @@ func (c *httpConns) active() int {
 // written, keep-alive pools, the status page, /jobs) share these.
 const spareConns = 1024
 
-// refusedConn is what a connection past the cap is told before it is closed. Nothing of
-// its request is read: the answer does not wait on a client that may send nothing.
-const refusedConn = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n" +
-	"Retry-After: 5\r\nConnection: close\r\nContent-Length: 40\r\n\r\n" +
-	`{"error":"too many connections; retry"}` + "\n"
+// refusal is why a connection is refused: its reason in foreman_requests_refused_total
+// and what it is told before it is closed. Nothing of its request is read: the answer
+// does not wait on a client that may send nothing.
+type refusal struct {
+	reason string
+	answer string
+}
 
-// connLimit is the HTTP listener, serving at most max connections at once. Each one
+var (
+	overCap   = refusal{"connections", refusedAnswer("too many connections; retry")}
+	overShare = refusal{"connections_per_address", refusedAnswer("too many connections from your address; retry")}
+)
+
+func refusedAnswer(msg string) string {
+	body := `{"error":"` + msg + `"}` + "\n"
+	return "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n" +
+		"Retry-After: 5\r\nConnection: close\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+}
+
+// connLimit is the HTTP listener, serving at most limit connections at once. Each one
 // costs a goroutine, buffers and parsed headers (up to MaxHeaderBytes: about 200 KB of
 // heap) and a file descriptor, for as long as its client keeps it (ReadHeaderTimeout,
 // a body's read, IdleTimeout between requests, a sync call's whole wait): unbounded,
@@ -66,41 +80,108 @@ const refusedConn = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: applicati
 // so the embedded NATS server's files, the calls to Ollama and the webhooks failed with
 // "too many open files". A connection past the cap is accepted, answered 503 and
 // closed at once, so it holds nothing and its client hears why (ADR-0082).
+//
+// One remote address holds at most half of the places (ADR-0088): a script that opens a
+// connection per request, each then idle for IdleTimeout, or one host flooding, would
+// otherwise lock every other client out until its connections lapse.
 type connLimit struct {
 	net.Listener
-	slots   chan struct{}
-	refused func()
+	limit   int
+	share   int // places one remote address may hold
+	refused func(reason string)
+	// peer names the share a remote address counts against; limited false leaves it out
+	// of the shares. peerKey, but for tests.
+	peer func(net.Addr) (key string, limited bool)
+
+	mu     sync.Mutex
+	open   int
+	byPeer map[string]int // connections held per share; a share at zero is deleted
 }
 
-func newConnLimit(ln net.Listener, max int, refused func()) *connLimit {
-	return &connLimit{Listener: ln, slots: make(chan struct{}, max), refused: refused}
+func newConnLimit(ln net.Listener, limit int, refused func(reason string)) *connLimit {
+	return &connLimit{
+		Listener: ln, limit: limit, share: max(limit/2, 1), refused: refused,
+		peer: peerKey, byPeer: make(map[string]int),
+	}
 }
 
-// Accept returns the next connection that fits under the cap, refusing those that do not.
+// Accept returns the next connection that fits under the cap and its address's share,
+// refusing those that do not.
 func (l *connLimit) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
 			return nil, err
 		}
-		select {
-		case l.slots <- struct{}{}:
-			return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
-		default:
-			l.refuse(c)
+		key, limited := l.peer(c.RemoteAddr())
+		if why := l.take(key, limited); why != nil {
+			l.refuse(c, why)
+			continue
 		}
+		return &limitedConn{Conn: c, release: func() { l.give(key, limited) }}, nil
 	}
 }
 
-func (l *connLimit) refuse(c net.Conn) {
+// take holds a place for a connection of share key, or says why there is none.
+func (l *connLimit) take(key string, limited bool) *refusal {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.open >= l.limit:
+		return &overCap
+	case limited && l.byPeer[key] >= l.share:
+		return &overShare
+	}
+	l.open++
+	if limited {
+		l.byPeer[key]++
+	}
+	return nil
+}
+
+// give gives back a place take held.
+func (l *connLimit) give(key string, limited bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.open--
+	if !limited {
+		return
+	}
+	if l.byPeer[key]--; l.byPeer[key] <= 0 {
+		delete(l.byPeer, key) // the map holds only the addresses connected now
+	}
+}
+
+func (l *connLimit) refuse(c net.Conn, why *refusal) {
 	// A fresh connection's send buffer is empty, so this write does not wait on the
 	// client; the deadline only keeps a broken socket from holding the accept loop.
 	_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-	_, _ = io.WriteString(c, refusedConn)
+	_, _ = io.WriteString(c, why.answer)
 	_ = c.Close()
 	if l.refused != nil {
-		l.refused()
+		l.refused(why.reason)
 	}
+}
+
+// peerKey is the share a remote address counts against. An IPv4 address, mapped into
+// IPv6 or not, is one; an IPv6 address counts by its /64, as one host may take any
+// number of addresses in its /64 (privacy addresses, or at will). Loopback is not
+// limited: a reverse proxy or the CLI on the same host carries everyone's connections;
+// nor is an address that is not TCP's (a unix socket's peer has none to tell apart).
+func peerKey(a net.Addr) (key string, limited bool) {
+	tcp, ok := a.(*net.TCPAddr)
+	if !ok {
+		return "", false
+	}
+	ip := tcp.AddrPort().Addr().Unmap()
+	switch {
+	case ip.IsLoopback():
+		return "", false
+	case ip.Is4():
+		return ip.String(), true
+	}
+	p, _ := ip.Prefix(64) // never fails for 64 bits of an IPv6 address (the zone is dropped)
+	return p.String(), true
 }
 
 // limitedConn gives its place back when the server closes it (once: Close may come twice).

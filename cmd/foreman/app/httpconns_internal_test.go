@@ -1,7 +1,9 @@
 package app
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -10,6 +12,8 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -87,5 +91,164 @@ func TestHTTPShutdownError(t *testing.T) {
 	if got := a.httpShutdownError(context.DeadlineExceeded); got == nil || !strings.Contains(got.Error(), "requests still being answered (1)") ||
 		!errors.Is(got, context.DeadlineExceeded) {
 		t.Errorf("deadline with a request being answered: %v, want it named", got)
+	}
+}
+
+// One remote address holds at most half of the listener's places: past its share its
+// connection is refused, saying so, while another address is still served; a place
+// comes back when one of its connections closes, and an address holding none is
+// forgotten. The listener's peer is told to take 127.0.0.2 and 127.0.0.3 for two remote
+// addresses, so the traffic stays on loopback.
+func TestConnLimitGivesOneAddressHalfThePlaces(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refusedMu sync.Mutex
+	refused := map[string]int{}
+	l := newConnLimit(ln, 4, func(reason string) {
+		refusedMu.Lock()
+		defer refusedMu.Unlock()
+		refused[reason]++
+	})
+	const addrA, addrB = "127.0.0.2", "127.0.0.3"
+	l.peer = func(a net.Addr) (string, bool) {
+		ip := a.(*net.TCPAddr).IP.String()
+		return ip, ip == addrA || ip == addrB
+	}
+	// The server closes a connection, giving its place back, before it reports it closed.
+	closed := make(chan struct{}, 8)
+	srv := &http.Server{
+		Handler:           http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}),
+		ReadHeaderTimeout: 10 * time.Second,
+		ConnState: func(_ net.Conn, st http.ConnState) {
+			if st == http.StateClosed {
+				closed <- struct{}{}
+			}
+		},
+	}
+	waitClosed := func(n int) {
+		t.Helper()
+		for range n {
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the server never closed a connection its client closed")
+			}
+		}
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		<-served
+	})
+
+	dial := func(from string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", ln.Addr().String())
+		if errors.Is(err, syscall.EADDRNOTAVAIL) {
+			// macOS configures only 127.0.0.1: sudo ifconfig lo0 alias 127.0.0.2 up (and .3).
+			t.Skipf("cannot dial from %s: %v", from, err)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c
+	}
+	// get asks for / on c, kept alive, and returns the status of the answer (0: none).
+	get := func(c net.Conn, r *bufio.Reader) int {
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: foreman\r\n\r\n"); err != nil {
+			return 0
+		}
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			return 0
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		return resp.StatusCode
+	}
+	serve := func(from string) net.Conn {
+		t.Helper()
+		c := dial(from)
+		if code := get(c, bufio.NewReader(c)); code != http.StatusOK {
+			t.Fatalf("a connection from %s: %d, want it served", from, code)
+		}
+		return c
+	}
+
+	a1, a2 := serve(addrA), serve(addrA)
+	// A's third is answered without a word sent, and closed. Served, it would wait for
+	// a request until the deadline.
+	resp, err := http.ReadResponse(bufio.NewReader(dial(addrA)), nil)
+	if err != nil {
+		t.Fatalf("a third connection from one address of a listener of 4: %v, want it refused", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	var e struct{ Error string }
+	if err != nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "5" || !resp.Close ||
+		json.Unmarshal(body, &e) != nil || e.Error != "too many connections from your address; retry" {
+		t.Fatalf("refusal: %d %q %s (%v)", resp.StatusCode, resp.Header, body, err)
+	}
+	b1 := serve(addrB) // taken after the refusal, which is counted by then
+	refusedMu.Lock()
+	if want := map[string]int{"connections_per_address": 1}; fmt.Sprint(refused) != fmt.Sprint(want) {
+		t.Errorf("refusals counted: %v, want %v", refused, want)
+	}
+	refusedMu.Unlock()
+
+	// A's place comes back when one of its connections closes.
+	_ = a1.Close()
+	waitClosed(1)
+	a3 := serve(addrA)
+	l.mu.Lock()
+	if got, want := fmt.Sprint(l.open, l.byPeer), fmt.Sprint(3, map[string]int{addrA: 2, addrB: 1}); got != want {
+		t.Errorf("places held: %s, want %s", got, want)
+	}
+	l.mu.Unlock()
+
+	for _, c := range []net.Conn{a2, a3, b1} {
+		_ = c.Close()
+	}
+	waitClosed(3)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open != 0 || len(l.byPeer) != 0 {
+		t.Errorf("all closed: %d places held, addresses %v, want none", l.open, l.byPeer)
+	}
+}
+
+// A remote address counts as itself (IPv4, mapped into IPv6 or not) or by its IPv6 /64;
+// loopback and a peer that is not TCP's are not limited.
+func TestPeerKey(t *testing.T) {
+	t.Parallel()
+	tcp := func(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000} }
+	for _, c := range []struct {
+		addr    net.Addr
+		key     string
+		limited bool
+	}{
+		{tcp("192.0.2.7"), "192.0.2.7", true},
+		{&net.TCPAddr{IP: net.IP{192, 0, 2, 7}, Port: 40000}, "192.0.2.7", true},
+		{tcp("::ffff:192.0.2.7"), "192.0.2.7", true},
+		{tcp("192.0.2.8"), "192.0.2.8", true},
+		{tcp("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64", true},
+		{tcp("2001:db8:1:2::1"), "2001:db8:1:2::/64", true},
+		{tcp("2001:db8:1:3::1"), "2001:db8:1:3::/64", true},
+		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Zone: "eth0"}, "fe80::/64", true},
+		{tcp("127.0.0.1"), "", false},
+		{tcp("127.8.9.10"), "", false},
+		{tcp("::ffff:127.0.0.1"), "", false},
+		{tcp("::1"), "", false},
+		{&net.UnixAddr{Name: "@", Net: "unix"}, "", false},
+	} {
+		if key, limited := peerKey(c.addr); key != c.key || limited != c.limited {
+			t.Errorf("%v: %q %v, want %q %v", c.addr, key, limited, c.key, c.limited)
+		}
 	}
 }
