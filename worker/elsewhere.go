@@ -59,7 +59,7 @@ func (w *Worker) holding() bool {
 // leftElsewhere reports whether queue token holds a job this worker left to another Mac
 // (holdOff) that still waits for one: its hold-off has not run out, another Mac still
 // offers the model, and the job's record says it is queued or retrying after the attempt
-// given up here. The worker takes no job of that queue meanwhile: its consumer would
+// given up here, no other attempt begun since. The worker takes no job of that queue meanwhile: its consumer would
 // deliver that job first once its back-off ends. A hold that no longer stands is dropped.
 func (w *Worker) leftElsewhere(ctx context.Context, token string) bool {
 	w.mu.Lock()
@@ -115,8 +115,12 @@ func (w *Worker) stillHeld(ctx context.Context, token, id string) bool {
 	case err != nil:
 		return true
 	}
+	// An attempt started since (RunnerAttempt past the one given up here) is another
+	// Mac's: the job went there, and is no longer this worker's to leave. Its attempt may
+	// have been given back uncounted (ADR-0086, ADR-0089), which puts Attempt back where
+	// it was here.
 	waiting := j.State == broker.StateQueued || j.State == broker.StateRetrying
-	return waiting && j.Attempt == h.attempt
+	return waiting && j.Attempt == h.attempt && j.RunnerAttempt <= h.attempt
 }
 
 // offered asks Config.Elsewhere whether another Mac offers model, for at most

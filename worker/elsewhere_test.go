@@ -267,3 +267,58 @@ func TestQueueViewShowsAJobLeftToAnotherMac(t *testing.T) {
 		t.Errorf("job %s in the view: state %q attempts %d, want retrying after attempt 1", j.ID, q.State, q.Attempts)
 	}
 }
+
+// A job this Mac left to another (ADR-0066) that the other Mac took and gave back without
+// counting its attempt (Ollama there answered "not now", ADR-0086, or refused the
+// connection, ADR-0089) is no longer held here: its record's attempt is back at the one
+// given up here, but a later attempt was begun elsewhere. Before, the hold stood until
+// FOREMAN_MAX_WAIT, and this Mac took no job of that queue meanwhile.
+func TestJobTakenElsewhereAndGivenBackIsNotHeld(t *testing.T) {
+	t.Parallel()
+	tb := setupFake(t, []ollamatest.Option{ollamatest.WithModels(ollamatest.Model{Name: "tiny-a:latest"}, tinyC)})
+	tb.fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream)
+	releaseK := tb.fake.Hold("tiny-c")
+	defer releaseK()
+	tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
+		Elsewhere: func(_ context.Context, model string) bool { return model == "tiny-a:latest" }})
+	body := chatBody("tiny-a", 1)
+	j := tb.submit(t, "tiny-a", broker.KindChat, body)
+	if got := tb.waitState(t, j.ID, broker.StateRetrying); got.Attempt != 1 || got.RunnerAttempt != 1 {
+		t.Fatalf("retrying after attempt %d (runner's %d), want 1 (%s)", got.Attempt, got.RunnerAttempt, got.Error)
+	}
+	// This Mac is kept busy with a job only it runs while the other Mac takes the job.
+	k := tb.submit(t, "tiny-c", broker.KindGenerate, `{"model":"tiny-c","prompt":"hold"}`)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-c", 1); err != nil {
+		t.Fatal(err)
+	}
+	// The other Mac: takes the job's message, begins attempt 2, and gives it back
+	// uncounted, its record as the worker there leaves it.
+	macB, err := broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := macB.NextWait(ctxT(t), queueKeyOf(t, j, body), 20*time.Second)
+	if err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("the given-up job's message: %+v, %v; want it back in the queue", d, err)
+	}
+	_, rev, err := macB.Get(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := macB.Update(ctxT(t), j.ID, rev, func(rec *broker.Job) error {
+		rec.RunnerAttempt, rec.Runner, rec.RunnerBoot = rec.Attempt+1, "mac-b", macB.BootID()
+		rec.Error = "ollama: HTTP 503: server busy, please try again.  maximum pending requests exceeded"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Msg.Nak(); err != nil {
+		t.Fatal(err)
+	}
+
+	releaseK()
+	tb.waitState(t, k.ID, broker.StateDone)
+	if got := tb.waitState(t, j.ID, broker.StateDone); got.Attempt != 2 || got.RunnerBoot != tb.b.Store.BootID() {
+		t.Errorf("done after attempt %d run by boot %q; want attempt 2 here (%s)", got.Attempt, got.RunnerBoot, tb.b.Store.BootID())
+	}
+}
