@@ -144,3 +144,30 @@ func TestASyncAnswerEndsTheBusySpell(t *testing.T) {
 		return worker.BusyInRow(w) == 0
 	})
 }
+
+// The queue view names the attempt that failed only when it was counted: a job whose
+// attempt 1 failed (a connection dropped) and whose next was answered "not now" shows
+// the busy answer with no attempt, not as "attempt 1 failed: HTTP 503".
+func TestQueueViewNamesNoAttemptForABusyAnswer(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 3 }))
+	tb.fake.FailNext(1, ollamatest.DropConnection)
+	tb.fake.FailNext(1000, ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded"))
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.start(t, worker.Config{})
+	var q broker.QueuedJob
+	eventually(t, 10*time.Second, "the job shown retrying after a busy answer", func() bool {
+		v, err := w.QueueView(ctxT(t), time.Now())
+		if err != nil || len(v.Queued) != 1 {
+			return false
+		}
+		q = v.Queued[0]
+		return q.JobID == j.ID && q.State == broker.StateRetrying && strings.Contains(q.Error, "HTTP 503")
+	})
+	if q.Attempts != 0 {
+		t.Errorf("shown as attempt %d failed with %q; want no attempt named", q.Attempts, q.Error)
+	}
+	if got := record(t, tb, j.ID); got.Attempt != 1 {
+		t.Errorf("record at attempt %d, want 1: the dropped connection counted, the busy answers not", got.Attempt)
+	}
+}

@@ -17,6 +17,16 @@ type heldOff struct {
 	until   time.Time // the hold-off's end: the Mac takes the job again after it
 }
 
+// waitsFor reports whether j, the held job's record, still waits after the attempt given
+// up here: queued or retrying, at that attempt, and no attempt begun since. One begun
+// since is another Mac's: the job went there, and is no longer this worker's to leave.
+// That attempt may have been given back uncounted (ADR-0086, ADR-0089), which puts
+// Attempt back where it was here; RunnerAttempt still tells.
+func (h heldOff) waitsFor(j *broker.Job) bool {
+	waiting := j.State == broker.StateQueued || j.State == broker.StateRetrying
+	return waiting && j.Attempt == h.attempt && j.RunnerAttempt <= h.attempt
+}
+
 // holdReadTimeout bounds each look a pick takes at a held job: whether another Mac still
 // offers its model (Config.Elsewhere), and its record.
 const holdReadTimeout = 5 * time.Second
@@ -115,12 +125,7 @@ func (w *Worker) stillHeld(ctx context.Context, token, id string) bool {
 	case err != nil:
 		return true
 	}
-	// An attempt started since (RunnerAttempt past the one given up here) is another
-	// Mac's: the job went there, and is no longer this worker's to leave. Its attempt may
-	// have been given back uncounted (ADR-0086, ADR-0089), which puts Attempt back where
-	// it was here.
-	waiting := j.State == broker.StateQueued || j.State == broker.StateRetrying
-	return waiting && j.Attempt == h.attempt && j.RunnerAttempt <= h.attempt
+	return h.waitsFor(j)
 }
 
 // offered asks Config.Elsewhere whether another Mac offers model, for at most

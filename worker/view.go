@@ -390,7 +390,13 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 func waitingJob(m broker.QueuedMessage, j *broker.Job) broker.QueuedJob {
 	q := broker.QueuedJob{JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program, CreatedAt: m.Enqueued.UTC()}
 	if j != nil && j.State == broker.StateRetrying {
-		q.State, q.Attempts, q.Error = j.State, j.Attempt, broker.PauseText(errors.New(j.Error))
+		q.State, q.Error = j.State, broker.PauseText(errors.New(j.Error))
+		// The error is the last attempt's; one given back uncounted (Ollama busy, not
+		// reached, a stop's hand-back) left Attempt at the one before it, which is not
+		// the attempt that failed so: none is named.
+		if j.RunnerAttempt <= j.Attempt {
+			q.Attempts = j.Attempt
+		}
 	}
 	return q
 }
@@ -408,7 +414,7 @@ func heldQueues(holds map[string]heldOff, msgs []broker.QueuedMessage, heads map
 		if !ok || !now.Before(h.until) {
 			continue
 		}
-		if j := heads[m.JobID]; j != nil && (j.State != broker.StateQueued && j.State != broker.StateRetrying || j.Attempt != h.attempt) {
+		if j := heads[m.JobID]; j != nil && !h.waitsFor(j) {
 			continue
 		}
 		until := snow.Add(h.until.Sub(now))
