@@ -69,8 +69,9 @@ func (w *Worker) holding() bool {
 // leftElsewhere reports whether queue token holds a job this worker left to another Mac
 // (holdOff) that still waits for one: its hold-off has not run out, another Mac still
 // offers the model, and the job's record says it is queued or retrying after the attempt
-// given up here, no other attempt begun since. The worker takes no job of that queue meanwhile: its consumer would
-// deliver that job first once its back-off ends. A hold that no longer stands is dropped.
+// given up here, no other attempt begun since (heldOff.waitsFor). The worker takes no job
+// of that queue meanwhile: its consumer would deliver that job first once its back-off
+// ends. A hold that no longer stands is dropped.
 func (w *Worker) leftElsewhere(ctx context.Context, token string) bool {
 	w.mu.Lock()
 	if len(w.held) == 0 {
