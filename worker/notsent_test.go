@@ -89,3 +89,41 @@ func TestARefusedConnectionCountsForASyncJob(t *testing.T) {
 		t.Errorf("sync job ended %s (%q), want failed, attempts exhausted", got.State, got.Error)
 	}
 }
+
+// refusingStreams is the fake Ollama whose first n inference calls are refused at the
+// dial (a closed loopback port), while its other calls (the probes) reach it.
+type refusingStreams struct {
+	ollama.Client
+	refused ollama.Client
+	n       atomic.Int32
+	calls   atomic.Int32
+}
+
+func (r *refusingStreams) Stream(ctx context.Context, path string, body []byte, fn func([]byte) error, opts ...ollama.StreamOption) (string, error) {
+	r.calls.Add(1)
+	if r.n.Add(-1) >= 0 {
+		return r.refused.Stream(ctx, path, body, fn, opts...)
+	}
+	return r.Client.Stream(ctx, path, body, fn, opts...)
+}
+
+// An async job whose calls are refused more often than JetStream delivers its message
+// (MaxDeliver: MaxAttempts + 2) is requeued at its last delivery, not failed or left
+// undelivered, and runs once the target takes its call.
+func TestRefusedConnectionsOutlastTheDeliveries(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
+	var down atomic.Bool
+	down.Store(true)
+	target := &refusingStreams{Client: tb.target, refused: switchedTarget(t, tb, &down)}
+	target.n.Store(4)
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, worker.Config{Target: target, RetryDelay: time.Millisecond})
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateDone || got.Attempt != 1 {
+		t.Errorf("job ended %s (%s) at attempt %d, want done at 1", got.State, got.Error, got.Attempt)
+	}
+	if n := target.calls.Load(); n != 5 {
+		t.Errorf("target called %d times, want 5", n)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -89,9 +90,9 @@ type connLimit struct {
 	limit   int
 	share   int // places one remote address may hold
 	refused func(reason string)
-	// peer names the share a remote address counts against; limited false leaves it out
-	// of the shares. peerKey, but for tests.
-	peer func(net.Addr) (key string, limited bool)
+	// peer names the share a connection's remote address counts against, given the
+	// address it reached; limited false leaves it out of the shares. peerKey, but for tests.
+	peer func(remote, local net.Addr) (key string, limited bool)
 
 	mu     sync.Mutex
 	open   int
@@ -113,7 +114,7 @@ func (l *connLimit) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		key, limited := l.peer(c.RemoteAddr())
+		key, limited := l.peer(c.RemoteAddr(), c.LocalAddr())
 		if why := l.take(key, limited); why != nil {
 			l.refuse(c, why)
 			continue
@@ -163,13 +164,19 @@ func (l *connLimit) refuse(c net.Conn, why *refusal) {
 	}
 }
 
-// peerKey is the share a remote address counts against. An IPv4 address, mapped into
-// IPv6 or not, is one; an IPv6 address counts by its /64, as one host may take any
-// number of addresses in its /64 (privacy addresses, or at will). Loopback is not
-// limited: a reverse proxy or the CLI on the same host carries everyone's connections;
-// nor is an address that is not TCP's (a unix socket's peer has none to tell apart).
-func peerKey(a net.Addr) (key string, limited bool) {
-	tcp, ok := a.(*net.TCPAddr)
+// peerKey is the share remote, a connection's peer, counts against, local the address
+// it reached. An IPv4 address, mapped into IPv6 or not, is one; an IPv6 address off the
+// listener's link counts by its /64, as one host may take any number of addresses in its
+// /64 (privacy addresses, or at will): a remote /64 is one site, as a NAT's address is.
+// On the listener's own link a /64 is everyone there: the LAN's one prefix (which local
+// is in) or fe80::/64, which every link has. There a host counts by its address, zone
+// and all, as an IPv4 host on the LAN does, which may take several addresses too; a /64
+// would hold every IPv6 client of the LAN to one share, one leaking connections locking
+// the others out. Loopback is not limited: a reverse proxy or the CLI on the same host
+// carries everyone's connections; nor is an address that is not TCP's (a unix socket's
+// peer has none to tell apart).
+func peerKey(remote, local net.Addr) (key string, limited bool) {
+	tcp, ok := remote.(*net.TCPAddr)
 	if !ok {
 		return "", false
 	}
@@ -179,9 +186,28 @@ func peerKey(a net.Addr) (key string, limited bool) {
 		return "", false
 	case ip.Is4():
 		return ip.String(), true
+	case ip.IsLinkLocalUnicast():
+		return ip.String(), true
+	case onLink(ip, local):
+		return ip.WithZone("").String(), true
 	}
 	p, _ := ip.Prefix(64) // never fails for 64 bits of an IPv6 address (the zone is dropped)
 	return p.String(), true
+}
+
+// onLink reports whether IPv6 address ip is in the /64 of local, the listener's address
+// a connection reached.
+func onLink(ip netip.Addr, local net.Addr) bool {
+	tcp, ok := local.(*net.TCPAddr)
+	if !ok {
+		return false
+	}
+	l := tcp.AddrPort().Addr().Unmap()
+	if !l.Is6() || l.IsLoopback() {
+		return false
+	}
+	lp, err := l.Prefix(64)
+	return err == nil && lp.Contains(ip.WithZone(""))
 }
 
 // limitedConn gives its place back when the server closes it (once: Close may come twice).

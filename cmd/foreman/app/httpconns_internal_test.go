@@ -113,7 +113,7 @@ func TestConnLimitGivesOneAddressHalfThePlaces(t *testing.T) {
 		refused[reason]++
 	})
 	const addrA, addrB = "127.0.0.2", "127.0.0.3"
-	l.peer = func(a net.Addr) (string, bool) {
+	l.peer = func(a, _ net.Addr) (string, bool) {
 		ip := a.(*net.TCPAddr).IP.String()
 		return ip, ip == addrA || ip == addrB
 	}
@@ -223,11 +223,13 @@ func TestConnLimitGivesOneAddressHalfThePlaces(t *testing.T) {
 	}
 }
 
-// A remote address counts as itself (IPv4, mapped into IPv6 or not) or by its IPv6 /64;
-// loopback and a peer that is not TCP's are not limited.
+// A remote address counts as itself (IPv4, mapped into IPv6 or not; IPv6 on the
+// listener's link, lanLocal's /64 or link-local) or by its IPv6 /64 (off the listener's
+// link); loopback and a peer that is not TCP's are not limited.
 func TestPeerKey(t *testing.T) {
 	t.Parallel()
 	tcp := func(ip string) net.Addr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000} }
+	lanLocal := tcp("2001:db8:1:9::10")
 	for _, c := range []struct {
 		addr    net.Addr
 		key     string
@@ -240,15 +242,85 @@ func TestPeerKey(t *testing.T) {
 		{tcp("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::/64", true},
 		{tcp("2001:db8:1:2::1"), "2001:db8:1:2::/64", true},
 		{tcp("2001:db8:1:3::1"), "2001:db8:1:3::/64", true},
-		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Zone: "eth0"}, "fe80::/64", true},
+		{tcp("2001:db8:1:9::a"), "2001:db8:1:9::a", true},
+		{tcp("2001:db8:1:9:aaaa:bbbb:cccc:dddd"), "2001:db8:1:9:aaaa:bbbb:cccc:dddd", true},
+		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Zone: "eth0"}, "fe80::1%eth0", true},
+		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Zone: "eth1"}, "fe80::1%eth1", true},
 		{tcp("127.0.0.1"), "", false},
 		{tcp("127.8.9.10"), "", false},
 		{tcp("::ffff:127.0.0.1"), "", false},
 		{tcp("::1"), "", false},
 		{&net.UnixAddr{Name: "@", Net: "unix"}, "", false},
 	} {
-		if key, limited := peerKey(c.addr); key != c.key || limited != c.limited {
+		if key, limited := peerKey(c.addr, lanLocal); key != c.key || limited != c.limited {
 			t.Errorf("%v: %q %v, want %q %v", c.addr, key, limited, c.key, c.limited)
+		}
+	}
+}
+
+// stubConn is an accepted connection between remote and local that takes what it is
+// told and holds nothing.
+type stubConn struct {
+	net.Conn
+	remote, local net.Addr
+}
+
+func (c *stubConn) RemoteAddr() net.Addr             { return c.remote }
+func (c *stubConn) LocalAddr() net.Addr              { return c.local }
+func (c *stubConn) Write(b []byte) (int, error)      { return len(b), nil }
+func (c *stubConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *stubConn) Close() error                     { return nil }
+func (c *stubConn) CloseWrite() error                { return nil }
+
+// stubListener accepts the connections of conns, then says it is closed.
+type stubListener struct {
+	net.Listener
+	conns chan net.Conn
+}
+
+func (l *stubListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	default:
+		return nil, net.ErrClosed
+	}
+}
+
+// On an IPv6 LAN every host takes its addresses in the LAN's one /64, the listener's own:
+// there, as link-local addresses, a /64 is everyone on the link, not one host. Hosts on
+// the listener's own link are told apart by address, as IPv4 ones are, so one that leaks
+// connections does not lock the others out; a /64 the listener is not on still counts as
+// one (its hosts' privacy addresses).
+func TestConnLimitTellsHostsOnItsOwnLinkApart(t *testing.T) {
+	t.Parallel()
+	tcp := func(ip string) *net.TCPAddr { return &net.TCPAddr{IP: net.ParseIP(ip), Port: 40000} }
+	for _, c := range []struct {
+		name          string
+		local         *net.TCPAddr
+		first, second *net.TCPAddr
+		apart         bool
+	}{
+		{"global, on the listener's /64", tcp("2001:db8:1:2::10"), tcp("2001:db8:1:2::a"), tcp("2001:db8:1:2::b"), true},
+		{"unique local, on the listener's /64", tcp("fd00::2"), tcp("fd00::3"), tcp("fd00::4"), true},
+		{"link-local", tcp("2001:db8:1:2::10"),
+			&net.TCPAddr{IP: net.ParseIP("fe80::a"), Zone: "eth0"}, &net.TCPAddr{IP: net.ParseIP("fe80::b"), Zone: "eth0"}, true},
+		{"another /64", tcp("2001:db8:1:2::10"), tcp("2001:db8:9:9::a"), tcp("2001:db8:9:9::b"), false},
+		{"one host on the listener's /64", tcp("2001:db8:1:2::10"), tcp("2001:db8:1:2::a"), tcp("2001:db8:1:2::a"), false},
+	} {
+		var refused []string
+		ln := &stubListener{conns: make(chan net.Conn, 3)}
+		l := newConnLimit(ln, 4, func(reason string) { refused = append(refused, reason) })
+		for _, remote := range []*net.TCPAddr{c.first, c.first, c.second} {
+			ln.conns <- &stubConn{remote: remote, local: c.local}
+		}
+		for range 3 {
+			if _, err := l.Accept(); err != nil {
+				break
+			}
+		}
+		if want := map[bool]int{true: 0, false: 1}[c.apart]; len(refused) != want {
+			t.Errorf("%s: %s twice, then %s, on %s: refused %v, want %d refusals", c.name, c.first, c.second, c.local, refused, want)
 		}
 	}
 }
