@@ -67,6 +67,53 @@ func TestRequestHeadersAreBounded(t *testing.T) {
 	}
 }
 
+// A request net/http cannot read is answered before any handler runs; it is answered as
+// foreman answers bad input, a 4xx with a JSON error, not net/http's plain text (a 5xx
+// for an unsupported transfer encoding or protocol version). A request it can read is
+// answered as ever on the same kind of connection.
+func TestRequestsNetHTTPCannotReadGetJSONErrors(t *testing.T) {
+	t.Parallel()
+	a := startPlain(t)
+	host := "Host: " + a.Addr() + "\r\n"
+	for _, c := range []struct {
+		name, request string
+		code          int
+		says          string
+	}{
+		{"headers too large", "GET /api/version HTTP/1.1\r\n" + host + "X-Pad: " + strings.Repeat("v", 2*app.MaxHeaderBytes) + "\r\n\r\n",
+			http.StatusRequestHeaderFieldsTooLarge, "request headers too large"},
+		{"malformed", "GARBAGE\r\n\r\n", http.StatusBadRequest, "malformed HTTP request"},
+		{"no host", "GET /api/version HTTP/1.1\r\n\r\n", http.StatusBadRequest, "missing required Host header"},
+		{"transfer encoding", "POST /api/chat HTTP/1.1\r\n" + host + "Transfer-Encoding: gzip, chunked\r\n\r\n",
+			http.StatusBadRequest, "unsupported transfer encoding"},
+		{"protocol version", "GET /api/version HTTP/2.0\r\n" + host + "\r\n", http.StatusBadRequest, "unsupported protocol version"},
+		{"readable", "GET /api/version HTTP/1.1\r\n" + host + "\r\n", http.StatusOK, ""},
+	} {
+		conn, err := net.Dial("tcp", a.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		go func() { _, _ = io.WriteString(conn, c.request) }() // the 431 may come before all is sent
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			conn.Close()
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		conn.Close()
+		var e struct{ Error string }
+		switch {
+		case err != nil:
+			t.Errorf("%s: body: %v", c.name, err)
+		case resp.StatusCode != c.code || resp.Header.Get("Content-Type") != "application/json; charset=utf-8" || json.Unmarshal(body, &e) != nil:
+			t.Errorf("%s: %d %q %q; want %d with a JSON body", c.name, resp.StatusCode, resp.Header.Get("Content-Type"), body, c.code)
+		case c.says != "" && !strings.Contains(e.Error, c.says):
+			t.Errorf("%s: error %q, want it to say %q", c.name, e.Error, c.says)
+		}
+	}
+}
+
 // HTTP connections past the cap are answered 503 with a JSON error and closed at once,
 // holding no place, goroutine or file; once a connection goes, its place is taken again.
 // Without the cap, idle clients held every file descriptor foreman may open.

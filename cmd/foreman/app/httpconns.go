@@ -1,11 +1,15 @@
 package app
 
 import (
+	"bytes"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -220,6 +224,66 @@ type limitedConn struct {
 func (c *limitedConn) Close() error {
 	c.once.Do(c.release)
 	return c.Conn.Close()
+}
+
+// Write passes what the server writes, but for net/http's own plain-text answer to a
+// request it could not read, which goes out as foreman's JSON error instead (ADR-0090).
+func (c *limitedConn) Write(p []byte) (int, error) {
+	if answer, ok := jsonRefusal(p); ok {
+		if _, err := io.WriteString(c.Conn, answer); err != nil {
+			return 0, err
+		}
+		return len(p), nil
+	}
+	return c.Conn.Write(p)
+}
+
+// netHTTPErrorHeaders follow the status line of the answers net/http writes itself, in
+// one write and before any handler runs, to a request it could not read: headers past
+// MaxHeaderBytes (431), a malformed request or a missing Host (400), an unsupported
+// Transfer-Encoding (501) or protocol version (505) (net/http's conn.serve, Go 1.26). No
+// handler's answer begins so: net/http's header writer sorts the keys, Connection before
+// Content-Type, and adds Date.
+const netHTTPErrorHeaders = "\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\n"
+
+// jsonRefusal is net/http's own answer p as foreman answers bad input (a 4xx with
+// {"error": "..."}, as Ollama's errors are), or false when p is no such answer. A 5xx
+// (501, 505) says what is wrong with the request: it becomes a 400 saying the same.
+func jsonRefusal(p []byte) (string, bool) {
+	rest, ok := bytes.CutPrefix(p, []byte("HTTP/1.1 "))
+	if !ok || len(rest) < 3 {
+		return "", false
+	}
+	line, body, ok := bytes.Cut(rest, []byte(netHTTPErrorHeaders))
+	if !ok || bytes.Contains(line, []byte("\r\n")) {
+		return "", false
+	}
+	code, err := strconv.Atoi(string(rest[:3]))
+	if err != nil || code < 400 || code > 599 {
+		return "", false
+	}
+	// The body repeats the status line ("431 Request Header Fields Too Large", "400 Bad
+	// Request: missing required Host header") or says it alone ("Unsupported transfer
+	// encoding").
+	msg := string(body)
+	msg = strings.TrimPrefix(msg, strconv.Itoa(code)+" "+http.StatusText(code))
+	msg = strings.TrimPrefix(msg, ": ")
+	switch {
+	case code == http.StatusRequestHeaderFieldsTooLarge:
+		msg = fmt.Sprintf("request headers too large: foreman reads at most %d KiB of a request's line and headers", MaxHeaderBytes>>10)
+	case msg == "":
+		msg = "malformed HTTP request"
+	}
+	if code >= 500 {
+		code = http.StatusBadRequest
+	}
+	b, err := json.Marshal(map[string]string{"error": strings.ToLower(msg[:1]) + msg[1:]})
+	if err != nil {
+		return "", false
+	}
+	b = append(b, '\n')
+	return fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		code, http.StatusText(code), len(b), b), true
 }
 
 // CloseWrite keeps net/http's half-close of a TCP connection before it closes one on an

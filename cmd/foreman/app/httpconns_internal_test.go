@@ -2,6 +2,7 @@ package app
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -322,5 +323,73 @@ func TestConnLimitTellsHostsOnItsOwnLinkApart(t *testing.T) {
 		if want := map[bool]int{true: 0, false: 1}[c.apart]; len(refused) != want {
 			t.Errorf("%s: %s twice, then %s, on %s: refused %v, want %d refusals", c.name, c.first, c.second, c.local, refused, want)
 		}
+	}
+}
+
+// recordingListener hands out connections that keep a copy of what the server writes.
+type recordingListener struct {
+	net.Listener
+	mu     sync.Mutex
+	writes [][]byte
+}
+
+func (l *recordingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &recordingConn{Conn: c, l: l}, nil
+}
+
+type recordingConn struct {
+	net.Conn
+	l *recordingListener
+}
+
+func (c *recordingConn) Write(p []byte) (int, error) {
+	c.l.mu.Lock()
+	c.l.writes = append(c.l.writes, bytes.Clone(p))
+	c.l.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// Only net/http's own answers to requests it could not read are rewritten: a handler's
+// plain-text error with Connection: close, the nearest a handler comes to one, is not.
+func TestJSONRefusalLeavesHandlersAnswersAlone(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rl := &recordingListener{Listener: ln}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "close")
+		http.Error(w, "400 Bad Request", http.StatusBadRequest)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(rl) }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		<-served
+	})
+	resp, err := http.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	rl.mu.Lock()
+	defer rl.mu.Unlock()
+	if len(rl.writes) == 0 {
+		t.Fatal("the server wrote nothing")
+	}
+	for _, w := range rl.writes {
+		if _, ok := jsonRefusal(w); ok {
+			t.Errorf("a handler's answer taken for net/http's own: %q", w)
+		}
+	}
+	// And net/http's own, as it writes it, is.
+	if _, ok := jsonRefusal([]byte("HTTP/1.1 400 Bad Request" + netHTTPErrorHeaders + "400 Bad Request")); !ok {
+		t.Error("net/http's 400 not taken for its own")
 	}
 }
