@@ -254,10 +254,13 @@ func jsonRefusal(p []byte) (string, bool) {
 	if !ok || len(rest) < 3 {
 		return "", false
 	}
-	line, body, ok := bytes.Cut(rest, []byte(netHTTPErrorHeaders))
-	if !ok || bytes.Contains(line, []byte("\r\n")) {
+	// The header run directly after the status line: a write of a handler's answer
+	// (headers, a body's chunk) is ruled out at its first line end.
+	end := bytes.Index(rest, []byte("\r\n"))
+	if end < 0 || !bytes.HasPrefix(rest[end:], []byte(netHTTPErrorHeaders)) {
 		return "", false
 	}
+	body := rest[end+len(netHTTPErrorHeaders):]
 	code, err := strconv.Atoi(string(rest[:3]))
 	if err != nil || code < 400 || code > 599 {
 		return "", false
