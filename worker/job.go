@@ -918,10 +918,10 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	busyTarget := targetBusy(cause)
 	uncounted := notCounted(cause, j.Sync)
 	// On its last delivery a job with attempts left is requeued, not failed, when some of
-	// this message's deliveries went to attempts not counted (the target's "not now", a
-	// stop's hand-back): those spend the deliveries MaxDeliver leaves over the attempts,
-	// and a busy spell would otherwise fail the job at its next counted attempt, the first
-	// maybe. One whose every delivery was a counted attempt met the queue's own bound on
+	// this message's deliveries went to attempts not counted (notCounted: the target's
+	// "not now" or a call that never reached it; a stop's hand-back): those spend the
+	// deliveries MaxDeliver leaves over the attempts, and a busy spell or an outage would
+	// otherwise fail the job at its next counted attempt, the first maybe. One whose every delivery was a counted attempt met the queue's own bound on
 	// them (a MaxDeliver below the worker's limit) and fails, as before.
 	requeue := lastDelivery && (uncounted || j.Attempt < w.cfg.maxAttempts && uint64(j.Attempt) < d.NumDelivered)
 	if !uncounted && (j.Attempt >= w.cfg.maxAttempts || lastDelivery && !requeue) {
