@@ -164,6 +164,14 @@ func (w *StreamWriter) send(m *nats.Msg) error {
 	// before, it knows the copy from NATS for the echo it is, whichever comes first. A
 	// message that could not be published reaches nobody: an attempt retried after it
 	// streams from 1 again as if it had never begun.
+	//
+	// It is kept for a resend (ADR-0078) before it is published: a reader may ask from
+	// it the moment it arrives, before this goroutine got back to keeping it, and that
+	// ask would go unanswered. One kept whose publish failed is what a reader asking for
+	// its number is owed all the same (a retried attempt's Reset forgets it).
+	if w.resend != nil {
+		w.resend.record(m)
+	}
 	feeds := w.local.feedsOf(w.id) // one look: a feed opened meanwhile was not told to expect it
 	for _, f := range feeds {
 		f.expect(m)
@@ -176,9 +184,6 @@ func (w *StreamWriter) send(m *nats.Msg) error {
 	}
 	for _, f := range feeds {
 		f.deliver(m)
-	}
-	if w.resend != nil {
-		w.resend.record(m)
 	}
 	return nil
 }
