@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,24 +343,37 @@ func newJobBehind(t *testing.T, ahead int) (*brokertest.Bundle, *broker.Job) {
 // that do makes.
 func queueReads(t *testing.T, b *brokertest.Bundle, do func()) int64 {
 	t.Helper()
-	var reads atomic.Int64
 	watch := connect(t, b)
+	var subs []*nats.Subscription
 	for _, subj := range []string{
 		"$JS.API.DIRECT.GET." + broker.QueueStream, "$JS.API.DIRECT.GET." + broker.QueueStream + ".>",
 		"$JS.API.STREAM.MSG.GET." + broker.QueueStream,
 	} {
-		if _, err := watch.Subscribe(subj, func(*nats.Msg) { reads.Add(1) }); err != nil {
+		sub, err := watch.SubscribeSync(subj)
+		if err != nil {
 			t.Fatal(err)
 		}
+		subs = append(subs, sub)
 	}
 	if err := watch.Flush(); err != nil {
 		t.Fatal(err)
 	}
 	do()
-	if err := watch.Flush(); err != nil { // the reads went by before the flush's answer
+	// The reads went by before the flush's answer, and the connection's reader queued
+	// them on their subscriptions before it took that answer: counted there, not by a
+	// callback that may not have run yet.
+	if err := watch.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return reads.Load()
+	var reads int64
+	for _, sub := range subs {
+		n, _, err := sub.Pending()
+		if err != nil {
+			t.Fatal(err)
+		}
+		reads += int64(n)
+	}
+	return reads
 }
 
 // Retries of one Idempotency-Key racing each other each renew the job's record at the

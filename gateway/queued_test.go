@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -474,7 +473,7 @@ func TestQueuedClientDisconnectCancelsQueuedJob(t *testing.T) {
 	if n, err := b.Broker.Store.QueueLen(ctx); err != nil || n != 1 {
 		t.Errorf("queue holds %d messages (%v) once the job is canceled, want the running job's only", n, err)
 	}
-	if n := looks.Load(); n != 0 {
+	if n := looks(); n != 0 {
 		t.Errorf("the cancel looked for its job's queue message %d times, want none", n)
 	}
 
@@ -779,24 +778,36 @@ func TestQueuedLargeResponseByteExact(t *testing.T) {
 }
 
 // countRequests counts the NATS requests to subject, from then on, whose data contains
-// part.
-func countRequests(t *testing.T, b *queuedBundle, subject, part string) *atomic.Int64 {
+// part: the count it returns is of those that went by before it is called.
+func countRequests(t *testing.T, b *queuedBundle, subject, part string) func() int {
 	t.Helper()
-	var n atomic.Int64
 	nc, err := b.Broker.Server.Connect()
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
-	if _, err := nc.Subscribe(subject, func(m *nats.Msg) {
-		if bytes.Contains(m.Data, []byte(part)) {
-			n.Add(1)
-		}
-	}); err != nil {
+	sub, err := nc.SubscribeSync(subject)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := nc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	return &n
+	return func() int {
+		// The connection's reader queues each request on the subscription before it
+		// takes the flush's answer.
+		if err := nc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for {
+			m, err := sub.NextMsg(0)
+			if err != nil {
+				return n
+			}
+			if bytes.Contains(m.Data, []byte(part)) {
+				n++
+			}
+		}
+	}
 }
