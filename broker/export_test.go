@@ -116,6 +116,9 @@ func (s *Store) RemoteStreamWriter(id string) *StreamWriter {
 // KeepResendsFor makes w keep its messages for resends d after Close, not resendKeep.
 func (w *StreamWriter) KeepResendsFor(d time.Duration) { w.resendKeep = d }
 
+// AfterPublish makes w run f once each message is published, before it goes on.
+func (w *StreamWriter) AfterPublish(f func(*nats.Msg)) { w.afterPublish = f }
+
 // HoldNATS makes the feed's NATS callback run hold before it takes its first message;
 // undo stops it for later messages.
 func (f *JobFeed) HoldNATS(hold func()) (undo func()) {

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"errors"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -269,6 +270,41 @@ func TestAMalformedResendRequestIsIgnored(t *testing.T) {
 	got := ask(t, b, id, "2")
 	if len(got) != 1 || string(got[0].Data) != "b\n" || got[0].Header.Get(broker.HeaderSeq) != "2" {
 		t.Fatalf("after malformed requests, a resend from 2 brought %d messages, want frame b", len(got))
+	}
+}
+
+// A message is kept for a resend before it is published: its reader may ask from it
+// the moment it arrives, while the writer's goroutine has not gone on yet. Before, the
+// ask came before the message was kept, found nothing from there on, and was left
+// unanswered (a test asking from the frame it had just read failed now and then).
+func TestAMessageCanBeResentAsSoonAsItArrives(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	id := broker.NewID()
+	feed := feedT(t, b, id, broker.FeedConfig{})
+	w := remoteWriter(t, b, id)
+	// The writer stops right after frame b went out, until the test asked for it.
+	asked := make(chan struct{})
+	goOn := sync.OnceFunc(func() { close(asked) })
+	t.Cleanup(goOn) // a failed ask ends the test
+	w.AfterPublish(func(m *nats.Msg) {
+		if m.Header.Get(broker.HeaderSeq) == "2" {
+			<-asked
+		}
+	})
+	writeFrames(t, w, "a\n")
+	wrote := make(chan error, 1)
+	go func() { wrote <- w.Frame([]byte("b\n")) }()
+	if got := readFrames(t, feed, 2); got != "a\nb\n" {
+		t.Fatalf("frames %q, want a and b", got)
+	}
+	got := ask(t, b, id, "2")
+	goOn()
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || string(got[0].Data) != "b\n" || got[0].Header.Get(broker.HeaderSeq) != "2" {
+		t.Fatalf("a resend from 2 as b arrived brought %d messages, want frame b", len(got))
 	}
 }
 

@@ -30,6 +30,8 @@ type StreamWriter struct {
 	wait        *readerWait   // holds the messages until a reader is heard (AwaitReader); nil if not
 	resend      *resender     // keeps the published messages for the reader's resends (ADR-0078); nil if not
 	resendKeep  time.Duration // how long they are kept after Close; 0: resendKeep (tests set it)
+
+	afterPublish func(*nats.Msg) // tests: runs once a message is published
 }
 
 // ErrAnswerTooLarge is (wrapped in) the error of a frame that would make an attempt's
@@ -181,6 +183,9 @@ func (w *StreamWriter) send(m *nats.Msg) error {
 			f.forget(m)
 		}
 		return err
+	}
+	if w.afterPublish != nil {
+		w.afterPublish(m)
 	}
 	for _, f := range feeds {
 		f.deliver(m)
