@@ -44,6 +44,11 @@ func (w *Worker) holdRead(ctx context.Context, d *broker.Lease, err error, what 
 		}
 		if !broker.Transient(err) {
 			log.Info(what+": the store answers again", "held", time.Since(since).Round(time.Millisecond))
+			// The delivery's ack wait starts afresh: the run's own keep-alive ticks
+			// first AckWait/3 after it begins, and this one's last may be as old.
+			if err := d.Msg.InProgress(); err != nil {
+				log.Warn("extend job ack deadline", "err", err)
+			}
 			return err
 		}
 	}

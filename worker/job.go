@@ -154,6 +154,12 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		return
 	}
 	defer stopWatch()
+	// The delivery is kept in progress from here, before the start write and the call's
+	// set-up (a large body decoded): a delivery held through a read outage (holdRead)
+	// comes here with its last tick up to AckWait/3 old, and the ticks of this run begin
+	// AckWait/3 after it starts.
+	stopProgress := w.keepInProgress(jctx, d, log)
+	defer stopProgress()
 	// The pick counts once the job runs: a delivery dropped unrun (an ended job's message,
 	// an orphan, a spare copy, a gone caller, a watch that failed) leaves its class's
 	// once-per-MaxWait pick and its program's turn to the next job of theirs.
@@ -166,6 +172,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
 	if w.cfg.StartBeforeCall {
 		if _, err := start.wait(); err != nil {
+			stopProgress() // no tick after the delivery is handed back
 			w.startFailed(ctx, d, j.Sync, nil, err, log)
 			return
 		}
@@ -189,7 +196,6 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit, nonStream: true}) })
 		defer t.Stop()
 	}
-	stopProgress := w.keepInProgress(jctx, d, log)
 	var r *broker.StreamWriter
 	if early != nil {
 		r = early.r // the writer the call's content type went to
