@@ -360,12 +360,18 @@ func (s *Server) accountsConfig(cfg Config) (string, error) {
 // answer the CONNECT, that PING comes before the PONG that ends the handshake, and
 // nats.go gives up on the connection ("expected 'PONG', got 'PING'", nats-server #1174).
 // Nothing is wrong with the server then: Connect tries again, a few times.
+//
+// The connection's asynchronous errors (a subscription that fell behind and lost
+// messages: a slow reader of a streamed answer) go to the server's logger, as a warning:
+// nats.go's own handler would print them to stderr as bare lines among foreman's log.
+// An ErrorHandler in opts replaces it.
 func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 	all := append([]nats.Option{
 		nats.InProcessServer(s.conns),
 		nats.Timeout(s.readyTimeout),
 		nats.UserInfo(internalUser, s.secret),
 		nats.Name("foreman"),
+		nats.ErrorHandler(s.asyncError),
 	}, opts...)
 	var err error
 	for range connectTries {
@@ -380,6 +386,15 @@ func (s *Server) Connect(opts ...nats.Option) (*nats.Conn, error) {
 		s.log.Warn("in-process NATS connection: the server pinged before it answered; trying again", "err", err)
 	}
 	return nil, fmt.Errorf("natsd: in-process connect: %w", err)
+}
+
+// asyncError logs an asynchronous error of an in-process connection (Connect).
+func (s *Server) asyncError(_ *nats.Conn, sub *nats.Subscription, err error) {
+	if sub != nil {
+		s.log.Warn("in-process NATS connection", "err", err, "subject", sub.Subject)
+		return
+	}
+	s.log.Warn("in-process NATS connection", "err", err)
 }
 
 // connectTries bounds Connect's tries.
