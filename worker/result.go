@@ -103,36 +103,55 @@ func (a *ndjsonAnswer) add(f []byte) {
 	if a.kind != broker.KindChat && a.kind != broker.KindGenerate {
 		return
 	}
-	var r struct {
+	// Only the members of the kind's own response are read, as Ollama's types read
+	// them: a chat line's "response" of another type (a target that is not Ollama) is
+	// no reason to skip the line, as Ollama's ChatResponse has no such member.
+	var text, thinking string
+	var calls, logprobs json.RawMessage
+	ok := l[0] == '{'
+	if ok && a.kind == broker.KindChat {
+		var r chatLine
+		ok = json.Unmarshal(l, &r) == nil
+		text, thinking, calls, logprobs = r.Message.Content, r.Message.Thinking, r.Message.ToolCalls, r.Logprobs
+	} else if ok {
+		var r generateLine
+		ok = json.Unmarshal(l, &r) == nil
+		text, thinking, logprobs = r.Response, r.Thinking, r.Logprobs
+	}
+	if !ok {
+		a.skipped += len(l)
+		return
+	}
+	own := 0
+	if a.kind == broker.KindChat && !a.finalCalls {
+		a.calls, own = countedElems(a.calls, calls)
+	}
+	a.text.WriteString(text)
+	a.thinking.WriteString(thinking)
+	var n int
+	a.logprobs, n = countedElems(a.logprobs, logprobs)
+	own += n + len(text) + len(thinking)
+	a.joined += own
+	a.final, a.own = l, own
+}
+
+// chatLine and generateLine are the members of a chat's and a generate's streamed line
+// that ndjsonAnswer joins, typed as in Ollama's ChatResponse and GenerateResponse.
+type (
+	chatLine struct {
 		Message struct {
 			Content   string          `json:"content"`
 			Thinking  string          `json:"thinking"`
 			ToolCalls json.RawMessage `json:"tool_calls"`
 		} `json:"message"`
+		Logprobs json.RawMessage `json:"logprobs"`
+	}
+	generateLine struct {
 		Response string          `json:"response"`
 		Thinking string          `json:"thinking"`
 		Logprobs json.RawMessage `json:"logprobs"`
 	}
-	if l[0] != '{' || json.Unmarshal(l, &r) != nil {
-		a.skipped += len(l)
-		return
-	}
-	text, thinking := r.Response, r.Thinking
-	own := 0
-	if a.kind == broker.KindChat {
-		text, thinking = r.Message.Content, r.Message.Thinking
-		if !a.finalCalls {
-			a.calls, own = countedElems(a.calls, r.Message.ToolCalls)
-		}
-	}
-	a.text.WriteString(text)
-	a.thinking.WriteString(thinking)
-	var n int
-	a.logprobs, n = countedElems(a.logprobs, r.Logprobs)
-	own += n + len(text) + len(thinking)
-	a.joined += own
-	a.final, a.own = l, own
-}
+)
 
 // countedElems adds the elements of one line's array member, and says how many bytes
 // they have.
