@@ -7,6 +7,8 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -388,4 +390,93 @@ func TestWatchAllByPollingTellsALaterState(t *testing.T) {
 			t.Fatalf("no %s event", want)
 		}
 	}
+}
+
+// failSecondRead puts a proxy before foreman that answers the second GET /jobs/{id} of
+// each job 503, as a store electing a leader does (ADR-0030): for a client waiting on
+// events, the first read is the one before the wait, the second the read of the final
+// record its terminal event asks for.
+func failSecondRead(t *testing.T, f *foreman) string {
+	t.Helper()
+	target, err := url.Parse(f.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	var mu sync.Mutex
+	reads := map[string]int{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if id, ok := strings.CutPrefix(r.URL.Path, "/jobs/"); ok && r.Method == http.MethodGet && !strings.Contains(id, "/") {
+			mu.Lock()
+			reads[id]++
+			n := reads[id]
+			mu.Unlock()
+			if n == 2 {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(http.StatusServiceUnavailable)
+				_, _ = io.WriteString(w, `{"error":"job store temporarily unavailable, retry shortly"}`)
+				return
+			}
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL
+}
+
+// A client living on events (polling every hour) that reads a job's final record after
+// its terminal event and finds the store unavailable for now reads it again briskly, not
+// an hour later: Submit returns the result, and Watch closes its channel after the
+// terminal state.
+func TestFinalReadFailingForNowIsMadeAgainBriskly(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	c := newClient(t, failSecondRead(t, f), client.WithNATS(natsConn(t, f)), client.WithPollInterval(never))
+
+	t.Run("Submit", func(t *testing.T) {
+		ctx := testCtx(t)
+		release := f.Fake.Hold("tiny-a")
+		defer release()
+		req := chatJob("tiny-a", "brisk")
+		var states []client.State
+		req.OnState = func(e client.Event) {
+			states = append(states, e.State)
+			release() // the job runs once its first read was made
+		}
+		var waitErrs []error
+		req.OnWaitError = func(err error) { waitErrs = append(waitErrs, err) }
+		res, err := c.Submit(ctx, req)
+		if err != nil {
+			t.Fatalf("Submit: %v (states seen %v, read errors %v)", err, states, waitErrs)
+		}
+		if got, want := res.Text(), wantReply("tiny-a:latest", "brisk"); got != want {
+			t.Errorf("Text() = %q, want %q", got, want)
+		}
+		var ae *client.APIError
+		if len(waitErrs) != 1 || !errors.As(waitErrs[0], &ae) || ae.Status != http.StatusServiceUnavailable {
+			t.Errorf("read errors %v; want the one 503 of the final record's first read", waitErrs)
+		}
+	})
+
+	t.Run("Watch", func(t *testing.T) {
+		ctx := testCtx(t)
+		release := f.Fake.Hold("tiny-a")
+		defer release()
+		id, err := c.SubmitAsync(ctx, chatJob("tiny-a", "brisk watch"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		events, err := c.Watch(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		release()
+		var states []client.State
+		for e := range events {
+			states = append(states, e.State)
+		}
+		if ctx.Err() != nil || len(states) == 0 || states[len(states)-1] != client.StateDone {
+			t.Fatalf("Watch told %v and closed (context: %v); want it to end in done and close", states, ctx.Err())
+		}
+	})
 }

@@ -72,9 +72,11 @@ func TestSubmitModes(t *testing.T) {
 				states = append(states, e.State)
 				release()
 			}
+			var waitErrs []error
+			req.OnWaitError = func(err error) { waitErrs = append(waitErrs, err) }
 			res, err := c.Submit(testCtx(t), req)
 			if err != nil {
-				t.Fatalf("Submit: %v", err)
+				t.Fatalf("Submit: %v (states seen %v, read errors %v)", err, states, waitErrs)
 			}
 			if got, want := res.Text(), wantReply("tiny-a:latest", "hello "+name); got != want {
 				t.Errorf("Text() = %q, want %q", got, want)

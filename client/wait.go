@@ -203,6 +203,7 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 		return j, nil
 	}
 	interval := f.interval
+	final := false // a terminal event came: the final record is read until it is had
 	t := time.NewTimer(interval)
 	defer t.Stop()
 	for {
@@ -219,10 +220,12 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 				continue
 			}
 			show(e)
-			if e.State.Terminal() {
-				// Read the final record (with its result) at once, and poll briskly
-				// should it lag behind the event.
-				interval = f.c.pollInterval
+			if e.State.Terminal() && !final {
+				// Read the final record (with its result) at once, and again briskly
+				// should the read fail for now or lag behind the event, whatever the
+				// poll interval (an hour, for a client that lives on events).
+				final = true
+				interval = min(finalReadFirst, f.c.pollInterval)
 				t.Reset(0)
 			}
 		case <-t.C:
@@ -241,9 +244,20 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 				}
 			}
 			t.Reset(interval)
+			if final {
+				interval = min(2*interval, finalReadLast, f.c.pollInterval)
+			}
 		}
 	}
 }
+
+// finalReadFirst and finalReadLast bound the waits between reads of a job's final record
+// after its terminal event (each twice the one before), unless the poll interval is
+// shorter.
+const (
+	finalReadFirst = 50 * time.Millisecond
+	finalReadLast  = 2 * time.Second
+)
 
 // transient errors are worth another poll: foreman restarting (an answer cut short) or
 // briefly unreachable.
