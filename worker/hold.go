@@ -33,7 +33,7 @@ func (w *Worker) holdRead(ctx context.Context, d *broker.Lease, err error, what 
 	// repeat the first every pause.
 	log.Warn(what+": the store does not answer; the delivery is held and read again until it does", "err", err)
 	since := time.Now()
-	stop := w.keepAlive(ctx, d, 0, log)
+	stop := w.keepAlive(ctx, d, log)
 	defer stop()
 	for pause := w.cfg.RetryDelay; w.sleep(ctx, pause); pause = min(2*pause, maxHoldPause) {
 		rctx, cancel := w.untilStop(ctx)

@@ -157,8 +157,10 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	// The delivery is kept in progress from here, before the start write and the call's
 	// set-up (a large body decoded): a delivery held through a read outage (holdRead)
 	// comes here with its last tick up to AckWait/3 old, and the ticks of this run begin
-	// AckWait/3 after it starts.
-	stopProgress := w.keepInProgress(jctx, d, log)
+	// AckWait/3 after it starts. They go on until the delivery is settled, through the
+	// start write's wait and the end's writes, or handed to the end stored in the
+	// background (endLater), whatever ended the call (a cancel, a timeout).
+	stopProgress := w.keepInProgress(d, log)
 	defer stopProgress()
 	// The pick counts once the job runs: a delivery dropped unrun (an ended job's message,
 	// an orphan, a spare copy, a gone caller, a watch that failed) leaves its class's
@@ -172,7 +174,6 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
 	if w.cfg.StartBeforeCall {
 		if _, err := start.wait(); err != nil {
-			stopProgress() // no tick after the delivery is handed back
 			w.startFailed(ctx, d, j.Sync, nil, err, log)
 			return
 		}
@@ -276,7 +277,6 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		err = call.cut(ct, r.Frames())
 	}
 	w.called(d.Token, !run.answeredAt().IsZero() && streamError(ct, r.Frames()) == "", ollama.Unreachable(err))
-	stopProgress()
 	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {
 		return
 	}
@@ -556,7 +556,7 @@ func (w *Worker) endLater(d *broker.Lease, log *slog.Logger, end func(ctx contex
 	w.setFinishing(d.JobID, true) // its message stays queued until it is acked
 	// From now: the end may wait for an earlier job's (one at a time), for as long as
 	// that one's terminal write goes on (storeAnswered).
-	release := w.keepInProgress(context.Background(), d, log)
+	release := w.keepInProgress(d, log)
 	w.afterwards(func(ctx context.Context) {
 		defer w.setFinishing(d.JobID, false)
 		defer release()
@@ -974,6 +974,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		// A NAK would leave it undelivered; a new message counts its deliveries anew. On
 		// several Macs a job given up for its target's fault goes to another (ADR-0066).
 		held := w.holdOff(bctx, d, j, cause)
+		w.settling(d)
 		if err := w.store.Requeue(bctx, d); err != nil {
 			log.Warn("requeue a job on its last delivery; trying a NAK", "err", err)
 			if held {
@@ -1070,6 +1071,7 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r
 // waits on this process, which the shutdown cancels.
 func (w *Worker) giveBack(ctx context.Context, d *broker.Lease, log *slog.Logger) {
 	if d.NumDelivered >= uint64(w.store.Config().MaxDeliver()) && w.store.HandBackDelay(d) == 0 {
+		w.settling(d)
 		err := w.store.Requeue(ctx, d)
 		if err == nil {
 			log.Info("job requeued: a stop cut off its last delivery")
@@ -1179,6 +1181,7 @@ func sameModel(model, token string) bool {
 func (w *Worker) finish(ctx context.Context, d *broker.Lease, log *slog.Logger) {
 	ctx, cancel := w.storeCtx(ctx)
 	defer cancel()
+	w.settling(d)
 	done := w.index.removing(d.Token, d.Seq)
 	err := w.store.Finish(ctx, d)
 	done(err == nil)
@@ -1202,6 +1205,7 @@ func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
 // the queue's MaxAge before then is requeued instead, available at once: a NAK of a
 // dropped message would leave the job nowhere.
 func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger) bool {
+	w.settling(d)
 	if w.store.OutlivesQueue(d, delay) {
 		ctx, cancel := w.storeCtx(context.Background())
 		err := w.store.Requeue(ctx, d)
@@ -1224,16 +1228,10 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 	return true
 }
 
-// keepInProgress tells JetStream the job is alive every AckWait/3, and keeps its record
-// from expiring (Store.Refresh) while it runs, until stopped (stop may be called again).
-func (w *Worker) keepInProgress(ctx context.Context, d *broker.Lease, log *slog.Logger) (stop func()) {
-	return w.keepAlive(ctx, d, w.store.RefreshEvery(), log)
-}
-
-// keepAlive tells JetStream delivery d is alive every AckWait/3, and offers its job's
-// record to Store.Refresh every refresh (0: never; a delivery held unrun leaves its
-// record as a queued job's), until stopped (stop may be called again).
-func (w *Worker) keepAlive(ctx context.Context, d *broker.Lease, refresh time.Duration, log *slog.Logger) (stop func()) {
+// keepAlive tells JetStream delivery d is alive every AckWait/3 until stopped (stop may
+// be called again) or ctx ends: a delivery held unrun (holdRead), its record left as a
+// queued job's. Its ticks end before the delivery is settled.
+func (w *Worker) keepAlive(ctx context.Context, d *broker.Lease, log *slog.Logger) (stop func()) {
 	every := max(w.store.Config().AckWait/3, 10*time.Millisecond)
 	done := make(chan struct{})
 	exited := make(chan struct{})
@@ -1241,12 +1239,6 @@ func (w *Worker) keepAlive(ctx context.Context, d *broker.Lease, refresh time.Du
 		defer close(exited)
 		t := time.NewTicker(every)
 		defer t.Stop()
-		var refreshes <-chan time.Time // nil: never
-		if refresh > 0 {
-			rt := time.NewTicker(refresh)
-			defer rt.Stop()
-			refreshes = rt.C
-		}
 		warned := false
 		for {
 			select {
@@ -1255,12 +1247,6 @@ func (w *Worker) keepAlive(ctx context.Context, d *broker.Lease, refresh time.Du
 				if err := d.Msg.InProgress(); err != nil && !warned {
 					warned = true
 					log.Warn("extend job ack deadline; further failures of this delivery not logged", "err", err)
-				}
-			case <-refreshes:
-				if ok, err := w.store.Refresh(ctx, d.JobID); err != nil {
-					log.Warn("refresh running job record", "err", err)
-				} else if ok {
-					log.Debug("running job record refreshed before the job TTL")
 				}
 			case <-done:
 				return

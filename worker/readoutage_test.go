@@ -91,11 +91,17 @@ func (l *logged) String() string {
 
 // idleForeman starts a worker of another foreman on the bundle's NATS, with a target of
 // its own, looking for work every 20ms: it takes any delivery of the queue that comes
-// free. It returns its target, which must get no call.
-func idleForeman(t *testing.T, tb *testBundle) *ollamatest.Server {
+// free. store is the store configuration the first foreman has (outageStore, unless
+// given). It returns its target, which must get no call.
+func idleForeman(t *testing.T, tb *testBundle, store ...func(*broker.Config)) *ollamatest.Server {
 	t.Helper()
 	cfg := broker.Config{Conn: tb.b.Conn}
-	outageStore(&cfg) // the queue's consumers as the first foreman made them
+	if len(store) == 0 {
+		store = append(store, outageStore)
+	}
+	for _, set := range store {
+		set(&cfg) // the queue's consumers as the first foreman made them
+	}
 	other, err := broker.Open(ctxT(t), cfg)
 	if err != nil {
 		t.Fatal(err)

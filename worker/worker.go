@@ -36,6 +36,9 @@ type Worker struct {
 	bg     sync.WaitGroup
 	bgSlot chan struct{}
 
+	keepMu  sync.Mutex
+	keepers map[*broker.Lease]*keeper // deliveries kept in progress (progress.go)
+
 	mu       sync.Mutex
 	recent   map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
 	started  bool
@@ -118,6 +121,7 @@ func New(cfg Config) (*Worker, error) {
 		index:      newQueueIndex(cfg.Store),
 		wake:       make(chan wakeup, 1),
 		bgSlot:     make(chan struct{}, 1),
+		keepers:    map[*broker.Lease]*keeper{},
 		recent:     map[string]struct{}{},
 		served:     map[string]uint64{},
 		runnerOpts: map[string]string{},
