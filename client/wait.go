@@ -145,8 +145,9 @@ type follower struct {
 // follow subscribes to the job's events first and reads the job second, so a state reached
 // before the subscription existed is still seen. For a job Submit just made (submitted),
 // a read that fails for now (foreman restarting, its store electing a leader: transient)
-// is told to onErr and made again after a poll interval, as the wait's later reads are:
-// the job exists, and a Submit failing there would have its caller submit it again. For
+// is told to onErr and made again briskly (a client living on events may poll once an
+// hour, while the job's events wait for this read): the job exists, and a Submit failing
+// there would have its caller submit it again. For
 // Wait and Watch the first read's failure is the caller's answer (a wrong URL, a foreman
 // down), as before.
 func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitted bool, onErr func(error)) (*follower, error) {
@@ -163,6 +164,7 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 	if f.events != nil {
 		f.interval *= backstopFactor
 	}
+	wait := min(briskFirst, c.pollInterval)
 	for {
 		j, err := c.Job(ctx, id)
 		if err == nil {
@@ -178,8 +180,9 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(c.pollInterval):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, briskLast, c.pollInterval)
 	}
 }
 
@@ -204,8 +207,17 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 	}
 	interval := f.interval
 	final := false // a terminal event came: the final record is read until it is had
+	// hurry: a read is due now (a terminal event came, or events were lost, maybe this
+	// job's); one that fails for now (or, after a terminal event, shows the job still
+	// running) is made again briskly, whatever the poll interval (an hour, for a client
+	// that lives on events), until it is had.
+	hurry := false
 	t := time.NewTimer(interval)
 	defer t.Stop()
+	readNow := func() {
+		hurry, interval = true, min(briskFirst, f.c.pollInterval)
+		t.Reset(0)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -213,7 +225,7 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 		case e := <-f.events:
 			if e.Lost > 0 {
 				// Events were lost, maybe this job's: read the job now.
-				t.Reset(0)
+				readNow()
 				continue
 			}
 			if e.JobID != f.id {
@@ -221,12 +233,9 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 			}
 			show(e)
 			if e.State.Terminal() && !final {
-				// Read the final record (with its result) at once, and again briskly
-				// should the read fail for now or lag behind the event, whatever the
-				// poll interval (an hour, for a client that lives on events).
+				// Read the final record (with its result) at once.
 				final = true
-				interval = min(finalReadFirst, f.c.pollInterval)
-				t.Reset(0)
+				readNow()
 			}
 		case <-t.C:
 			j, err := f.c.Job(ctx, f.id)
@@ -242,21 +251,26 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 				if j.State.Terminal() {
 					return j, nil
 				}
+				if !final {
+					// The read that was due is had: back to the backstop.
+					hurry, interval = false, f.interval
+				}
 			}
 			t.Reset(interval)
-			if final {
-				interval = min(2*interval, finalReadLast, f.c.pollInterval)
+			if hurry {
+				interval = min(2*interval, briskLast, f.c.pollInterval)
 			}
 		}
 	}
 }
 
-// finalReadFirst and finalReadLast bound the waits between reads of a job's final record
-// after its terminal event (each twice the one before), unless the poll interval is
-// shorter.
+// briskFirst and briskLast bound the waits between reads of a job that are due now but
+// fail for now (each twice the one before), unless the poll interval is shorter: the
+// first read of a job Submit made, the read of its final record after its terminal event,
+// the read after events were lost.
 const (
-	finalReadFirst = 50 * time.Millisecond
-	finalReadLast  = 2 * time.Second
+	briskFirst = 50 * time.Millisecond
+	briskLast  = 2 * time.Second
 )
 
 // transient errors are worth another poll: foreman restarting (an answer cut short) or
