@@ -257,16 +257,26 @@ func jobPath(id string, more ...string) (string, error) {
 
 // Job reads a job's record (GET /jobs/{id}).
 func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
+	return c.jobCall(ctx, http.MethodGet, id)
+}
+
+// jobCall sends method to job id's path and returns the record answered, which must be
+// that job's: another job's (a cache or proxy gone wrong, a server posing as foreman)
+// would have a wait return that job's result as this one's.
+func (c *Client) jobCall(ctx context.Context, method, id string) (*Job, error) {
 	path, err := jobPath(id)
 	if err != nil {
 		return nil, err
 	}
 	var j Job
-	if err := c.doJSON(ctx, http.MethodGet, path, nil, &j, maxJobAnswer); err != nil {
+	if err := c.doJSON(ctx, method, path, nil, &j, maxJobAnswer); err != nil {
 		return nil, err
 	}
-	if err := j.check(http.MethodGet, path); err != nil {
+	if err := j.check(method, path); err != nil {
 		return nil, err
+	}
+	if j.ID != id {
+		return nil, fmt.Errorf("client: %s %s: the answer is the record of another job, %q", method, path, j.ID)
 	}
 	j.normalize()
 	return &j, nil
@@ -325,19 +335,7 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 // CancelRequested set (it ends canceled soon after). A job that already ended is an
 // *APIError 409.
 func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
-	path, err := jobPath(id)
-	if err != nil {
-		return nil, err
-	}
-	var j Job
-	if err := c.doJSON(ctx, http.MethodDelete, path, nil, &j, maxJobAnswer); err != nil {
-		return nil, err
-	}
-	if err := j.check(http.MethodDelete, path); err != nil {
-		return nil, err
-	}
-	j.normalize()
-	return &j, nil
+	return c.jobCall(ctx, http.MethodDelete, id)
 }
 
 // Artifact returns the bytes of a job's artifact (GET /jobs/{id}/artifacts/{name}).
