@@ -111,7 +111,7 @@ func (c *Client) wait(ctx context.Context, id string, hook *receiver, submitted 
 			if j.State != StateDone {
 				return nil, &JobError{Job: j}
 			}
-			return c.result(ctx, j)
+			return c.result(ctx, j, onErr)
 		}
 	}
 	if ctx.Err() != nil {
