@@ -546,3 +546,41 @@ func TestWatchJobReadAfterAReconnectFailingForNowIsMadeAgainBriskly(t *testing.T
 	awaitSignal(ctx, t, back, "the NATS connection did not come back")
 	waitForEvent(ctx, t, events, id, client.StateDone)
 }
+
+// A single-job wait over NATS whose connection closes for good (nats.go gave up
+// reconnecting: foreman down longer than its reconnect budget) gets no event again: it
+// waited on the backstop poll alone (15 poll intervals, past this test's deadline). It
+// polls at the poll interval instead.
+func TestWatchJobAfterTheNATSConnectionClosedPolls(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	release := f.Fake.Hold("tiny-a")
+	defer release()
+	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	t.Cleanup(p.Close)
+	closed := make(chan struct{})
+	// Polls every 3 s; the backstop every 45 s, past the test's 30 s.
+	c := newClient(t, f.URL, client.WithPollInterval(3*time.Second),
+		client.WithNATSURL("nats://"+p.Addr(),
+			append(natsAuth, nats.MaxReconnects(2), nats.ReconnectWait(20*time.Millisecond),
+				nats.ClosedHandler(func(*nats.Conn) { close(closed) }))...))
+	ctx := testCtx(t)
+	id, err := c.SubmitAsync(ctx, chatJob("tiny-a", "held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := c.Watch(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select { // the watch has begun
+	case <-events:
+	case <-ctx.Done():
+		t.Fatal("no first event")
+	}
+
+	p.Close()
+	awaitSignal(ctx, t, closed, "the NATS connection did not close")
+	release()
+	waitForEvent(ctx, t, events, id, client.StateDone)
+}

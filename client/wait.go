@@ -135,6 +135,7 @@ type follower struct {
 	c        *Client
 	id       string
 	events   <-chan Event
+	overNATS bool // events come over the NATS connection
 	unsub    func()
 	interval time.Duration
 	first    *Job
@@ -158,7 +159,7 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 	case c.natsUp() && !c.pollingOnly:
 		// If the subscription fails (e.g. a closed connection), polling still works.
 		if ch, unsub, err := c.subscribe(broker.StateSubject(id)); err == nil {
-			f.events, f.unsub = ch, unsub
+			f.events, f.unsub, f.overNATS = ch, unsub, true
 		}
 	}
 	if f.events != nil {
@@ -225,6 +226,10 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 		case e := <-f.events:
 			if e.Lost > 0 {
 				// Events were lost, maybe this job's: read the job now.
+				if f.overNATS && !f.c.natsUp() {
+					// The connection closed for good: no event comes, so poll.
+					f.interval = f.c.pollInterval
+				}
 				readNow()
 				continue
 			}
@@ -291,7 +296,8 @@ func transient(err error) bool {
 // reconnect: core NATS keeps nothing for a subscriber while its connection is down (a
 // foreman restarting, a network cut), and the events published meanwhile never come. It
 // is reported as soon as the connection is back, and ahead of any event that came over
-// the new connection.
+// the new connection. A close for good (nats.go gave up reconnecting) is reported too:
+// no event comes after it.
 func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	ch := make(chan Event)
 	done := make(chan struct{})
@@ -309,7 +315,7 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	// that connection brings.
 	// The status listener is registered before the count is read: a reconnect between
 	// the two is then told, not lost.
-	status := c.nc.StatusChanged(nats.CONNECTED)
+	status := c.nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
 	var reconnects atomic.Uint64
 	reconnects.Store(c.nc.Stats().Reconnects)
 	reconnected := func() bool {
@@ -355,8 +361,14 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	// A reconnect with no event after it (the job that was watched finished meanwhile)
 	// is told all the same.
 	go func() {
-		for range status {
+		for s := range status {
 			if !tellReconnect() {
+				return
+			}
+			if s == nats.CLOSED {
+				telling.Lock()
+				send(closedEvent())
+				telling.Unlock()
 				return
 			}
 		}
