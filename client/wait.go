@@ -251,16 +251,16 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 				}
 			case err != nil:
 				return nil, err
-			default:
+			case j.State.Terminal():
 				show(eventOfJob(j))
-				if j.State.Terminal() {
-					return j, nil
-				}
-				if !final {
-					// The read that was due is had: back to the backstop.
-					hurry, interval = false, f.interval
-				}
+				return j, nil
+			case !final:
+				show(eventOfJob(j))
+				// The read that was due is had: back to the backstop.
+				hurry, interval = false, f.interval
 			}
+			// else the record lags behind the terminal event told (a replica's copy): it
+			// is read again, and not told, which would tell the job's states backwards.
 			t.Reset(interval)
 			if hurry {
 				interval = min(2*interval, briskLast, f.c.pollInterval)
