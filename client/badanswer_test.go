@@ -108,3 +108,32 @@ func TestQueueWaitingJobWithoutIDIsAnError(t *testing.T) {
 		}
 	}
 }
+
+// A server that answers GET or DELETE /jobs/{id} with another job's record (a cache or
+// proxy gone wrong, a server posing as foreman) does not make that job's result, or its
+// state, this job's: Job, Cancel, Wait and Watch fail.
+func TestAnotherJobsRecordIsAnError(t *testing.T) {
+	t.Parallel()
+	const asked, other = "01JGJ4Q2R0000000000000000A", "01JGJ4Q2R0000000000000000B"
+	answer := func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+other+`","kind":"chat","model":"m","state":"done","attempts":1,`+
+			`"created_at":"2025-01-02T03:04:05Z","result":{"model":"m","message":{"role":"assistant","content":"not yours"},"done":true}}`)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /jobs/{id}", answer)
+	mux.HandleFunc("DELETE /jobs/{id}", answer)
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithPollingOnly())
+	for call, f := range map[string]func() (any, error){
+		"Job":    func() (any, error) { return c.Job(testCtx(t), asked) },
+		"Cancel": func() (any, error) { return c.Cancel(testCtx(t), asked) },
+		"Wait":   func() (any, error) { return c.Wait(testCtx(t), asked) },
+		"Watch":  func() (any, error) { return c.Watch(testCtx(t), asked) },
+	} {
+		if v, err := f(); err == nil {
+			t.Errorf("%s(%s) = %+v, nil; want an error (the answer is job %s's)", call, asked, v, other)
+		}
+	}
+}

@@ -31,10 +31,13 @@
 //
 //     NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook
 //     deliveries can be lost. A terminal event is followed by a read of the final record
-//     (its result); should that read fail for now (a 5xx, a 429, foreman unreachable),
-//     it is made again briskly (50 ms, doubling to 2 s, never slower than
-//     WithPollInterval). Every wait honours its context; WithCancelOnContextDone
-//     also cancels the job on the server when the context ends.
+//     (its result, and its result.json artifact when the result is too large to inline),
+//     and a loss of events (a NATS reconnect) by a read of the job; should such a read,
+//     or Submit's first read of its job, fail for now (a 5xx, a 429, foreman
+//     unreachable, an answer cut short), it is made again briskly (50 ms, doubling to
+//     2 s, never slower than WithPollInterval; a 503's Retry-After for the artifact).
+//     Every wait honours its context; WithCancelOnContextDone also cancels the job on
+//     the server when the context ends.
 //
 // A waiting job shows its place in the queue: Job fills QueuePosition and ETA, and Queue
 // lists the whole queue. Chat and Generate answer only once their job runs; with

@@ -395,8 +395,11 @@ func TestWatchAllByPollingTellsALaterState(t *testing.T) {
 // failSecondRead puts a proxy before foreman that answers the second GET /jobs/{id} of
 // each job 503, as a store electing a leader does (ADR-0030): for a client waiting on
 // events, the first read is the one before the wait, the second the read of the final
-// record its terminal event asks for.
-func failSecondRead(t *testing.T, f *foreman) string {
+// record its terminal event asks for (or the read a reconnect asks for).
+func failSecondRead(t *testing.T, f *foreman) string { return failRead(t, f, 2) }
+
+// failRead is failSecondRead for the nth GET /jobs/{id} of each job.
+func failRead(t *testing.T, f *foreman, nth int) string {
 	t.Helper()
 	target, err := url.Parse(f.URL)
 	if err != nil {
@@ -411,7 +414,7 @@ func failSecondRead(t *testing.T, f *foreman) string {
 			reads[id]++
 			n := reads[id]
 			mu.Unlock()
-			if n == 2 {
+			if n == nth {
 				w.Header().Set("Content-Type", "application/json")
 				w.WriteHeader(http.StatusServiceUnavailable)
 				_, _ = io.WriteString(w, `{"error":"job store temporarily unavailable, retry shortly"}`)
@@ -479,4 +482,105 @@ func TestFinalReadFailingForNowIsMadeAgainBriskly(t *testing.T) {
 			t.Fatalf("Watch told %v and closed (context: %v); want it to end in done and close", states, ctx.Err())
 		}
 	})
+}
+
+// A client living on events (polling every hour) whose read of the job Submit just made
+// finds the store unavailable for now reads it again briskly, not a poll interval (an
+// hour) later while the job's events wait unread: Submit returns the result.
+func TestSubmitFirstReadFailingForNowIsMadeAgainBriskly(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	c := newClient(t, failRead(t, f, 1), client.WithNATS(natsConn(t, f)), client.WithPollInterval(never))
+	var waitErrs []error
+	req := chatJob("tiny-a", "brisk first read")
+	req.OnWaitError = func(err error) { waitErrs = append(waitErrs, err) }
+	res, err := c.Submit(testCtx(t), req)
+	if err != nil {
+		t.Fatalf("Submit: %v (read errors %v)", err, waitErrs)
+	}
+	if got, want := res.Text(), wantReply("tiny-a:latest", "brisk first read"); got != want {
+		t.Errorf("Text() = %q, want %q", got, want)
+	}
+	var ae *client.APIError
+	if len(waitErrs) != 1 || !errors.As(waitErrs[0], &ae) || ae.Status != http.StatusServiceUnavailable {
+		t.Errorf("read errors %v; want the one 503 of the first read", waitErrs)
+	}
+}
+
+// A single-job watch over NATS reads its job at once when the connection comes back; a
+// read that then fails for now (foreman's HTTP not yet up, its store electing a leader)
+// waited the backstop poll (15 poll intervals: 15 hours here) while the job, done in the
+// meantime, sent no more events. It is made again briskly.
+func TestWatchJobReadAfterAReconnectFailingForNowIsMadeAgainBriskly(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	release := f.Fake.Hold("tiny-a")
+	defer release()
+	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	t.Cleanup(p.Close)
+	down, back := make(chan struct{}, 1), make(chan struct{}, 1)
+	// The watch's first read passes, the one after the reconnect gets 503.
+	c := newClient(t, failSecondRead(t, f), client.WithPollInterval(never),
+		client.WithNATSURL("nats://"+p.Addr(),
+			append(natsAuth, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
+				nats.DisconnectErrHandler(func(*nats.Conn, error) { signal(down) }),
+				nats.ReconnectHandler(func(*nats.Conn) { signal(back) }))...))
+	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
+	ctx := testCtx(t)
+	id, err := byHTTP.SubmitAsync(ctx, chatJob("tiny-a", "held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := c.Watch(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	p.Pause()
+	awaitSignal(ctx, t, down, "the NATS connection did not go down")
+	release()
+	if _, err := byHTTP.Wait(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	p.Resume()
+	awaitSignal(ctx, t, back, "the NATS connection did not come back")
+	waitForEvent(ctx, t, events, id, client.StateDone)
+}
+
+// A single-job wait over NATS whose connection closes for good (nats.go gave up
+// reconnecting: foreman down longer than its reconnect budget) gets no event again: it
+// waited on the backstop poll alone (15 poll intervals, past this test's deadline). It
+// polls at the poll interval instead.
+func TestWatchJobAfterTheNATSConnectionClosedPolls(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	release := f.Fake.Hold("tiny-a")
+	defer release()
+	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
+	t.Cleanup(p.Close)
+	closed := make(chan struct{})
+	// Polls every 3 s; the backstop every 45 s, past the test's 30 s.
+	c := newClient(t, f.URL, client.WithPollInterval(3*time.Second),
+		client.WithNATSURL("nats://"+p.Addr(),
+			append(natsAuth, nats.MaxReconnects(2), nats.ReconnectWait(20*time.Millisecond),
+				nats.ClosedHandler(func(*nats.Conn) { close(closed) }))...))
+	ctx := testCtx(t)
+	id, err := c.SubmitAsync(ctx, chatJob("tiny-a", "held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := c.Watch(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select { // the watch has begun
+	case <-events:
+	case <-ctx.Done():
+		t.Fatal("no first event")
+	}
+
+	p.Close()
+	awaitSignal(ctx, t, closed, "the NATS connection did not close")
+	release()
+	waitForEvent(ctx, t, events, id, client.StateDone)
 }

@@ -257,16 +257,26 @@ func jobPath(id string, more ...string) (string, error) {
 
 // Job reads a job's record (GET /jobs/{id}).
 func (c *Client) Job(ctx context.Context, id string) (*Job, error) {
+	return c.jobCall(ctx, http.MethodGet, id)
+}
+
+// jobCall sends method to job id's path and returns the record answered, which must be
+// that job's: another job's (a cache or proxy gone wrong, a server posing as foreman)
+// would have a wait return that job's result as this one's.
+func (c *Client) jobCall(ctx context.Context, method, id string) (*Job, error) {
 	path, err := jobPath(id)
 	if err != nil {
 		return nil, err
 	}
 	var j Job
-	if err := c.doJSON(ctx, http.MethodGet, path, nil, &j, maxJobAnswer); err != nil {
+	if err := c.doJSON(ctx, method, path, nil, &j, maxJobAnswer); err != nil {
 		return nil, err
 	}
-	if err := j.check(http.MethodGet, path); err != nil {
+	if err := j.check(method, path); err != nil {
 		return nil, err
+	}
+	if j.ID != id {
+		return nil, fmt.Errorf("client: %s %s: the answer is the record of another job, %q", method, path, j.ID)
 	}
 	j.normalize()
 	return &j, nil
@@ -325,19 +335,7 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 // CancelRequested set (it ends canceled soon after). A job that already ended is an
 // *APIError 409.
 func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
-	path, err := jobPath(id)
-	if err != nil {
-		return nil, err
-	}
-	var j Job
-	if err := c.doJSON(ctx, http.MethodDelete, path, nil, &j, maxJobAnswer); err != nil {
-		return nil, err
-	}
-	if err := j.check(http.MethodDelete, path); err != nil {
-		return nil, err
-	}
-	j.normalize()
-	return &j, nil
+	return c.jobCall(ctx, http.MethodDelete, id)
 }
 
 // Artifact returns the bytes of a job's artifact (GET /jobs/{id}/artifacts/{name}).
@@ -361,17 +359,30 @@ func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) 
 	return data, nil
 }
 
-// awaitArtifact reads an artifact of a finished job as Artifact does, waiting out each
-// 503 that says when to try again (foreman sending as many artifact bodies as it sends at
-// once, ADR-0065) until ctx ends: the job is done, and its caller asked for its result.
-func (c *Client) awaitArtifact(ctx context.Context, id, name string) ([]byte, error) {
+// awaitArtifact reads an artifact of a finished job as Artifact does until ctx ends: the
+// job is done, and its caller asked for its result. A read that fails for now is told to
+// onErr (optional) and made again: the 503 foreman sends while it sends as many artifact
+// bodies as it sends at once (ADR-0065) after its Retry-After, any other (foreman
+// unreachable while it restarts, an answer cut short by its store's read failing in the
+// middle of the body, a proxy's 502) briskly, as the wait's reads are.
+func (c *Client) awaitArtifact(ctx context.Context, id, name string, onErr func(error)) ([]byte, error) {
+	brisk := min(briskFirst, c.pollInterval)
 	for {
 		data, err := c.Artifact(ctx, id, name)
-		var ae *APIError
-		if err == nil || !errors.As(err, &ae) || ae.Status != http.StatusServiceUnavailable || ae.RetryAfter <= 0 {
+		if err == nil || !transient(err) || ctx.Err() != nil {
 			return data, err
 		}
-		t := time.NewTimer(min(ae.RetryAfter, maxArtifactRetryWait))
+		if onErr != nil {
+			onErr(err)
+		}
+		wait := brisk
+		var ae *APIError
+		if errors.As(err, &ae) && ae.RetryAfter > 0 {
+			wait = min(ae.RetryAfter, maxArtifactRetryWait)
+		} else {
+			brisk = min(2*brisk, briskLast, c.pollInterval)
+		}
+		t := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -433,8 +444,9 @@ func (r *Result) Text() string {
 	return out.Response
 }
 
-// result builds the Result of a done job, reading result.json when it is not inline.
-func (c *Client) result(ctx context.Context, j *Job) (*Result, error) {
+// result builds the Result of a done job, reading result.json when it is not inline
+// (each read of it that fails for now told to onErr).
+func (c *Client) result(ctx context.Context, j *Job, onErr func(error)) (*Result, error) {
 	if len(j.Result) > 0 {
 		return &Result{Job: j, Body: j.Result}, nil
 	}
@@ -445,7 +457,7 @@ func (c *Client) result(ctx context.Context, j *Job) (*Result, error) {
 		if data, ok := a.Bytes(); ok {
 			return &Result{Job: j, Body: data}, nil
 		}
-		body, err := c.awaitArtifact(ctx, j.ID, a.Name)
+		body, err := c.awaitArtifact(ctx, j.ID, a.Name, onErr)
 		if err != nil {
 			return nil, err
 		}

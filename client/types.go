@@ -164,6 +164,12 @@ func reconnectEvent() Event {
 	return Event{At: time.Now(), Lost: 1, Error: "state events may have been lost: the NATS connection was down and is back"}
 }
 
+// closedEvent reports that the NATS connection closed for good (nats.go gave up
+// reconnecting, or its owner closed it): no state event comes after it.
+func closedEvent() Event {
+	return Event{At: time.Now(), Lost: 1, Error: "state events will be lost: the NATS connection closed for good"}
+}
+
 // eventOfJob is the event a polled record stands for.
 func eventOfJob(j *Job) Event {
 	at := j.CreatedAt

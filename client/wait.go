@@ -111,7 +111,7 @@ func (c *Client) wait(ctx context.Context, id string, hook *receiver, submitted 
 			if j.State != StateDone {
 				return nil, &JobError{Job: j}
 			}
-			return c.result(ctx, j)
+			return c.result(ctx, j, onErr)
 		}
 	}
 	if ctx.Err() != nil {
@@ -135,6 +135,7 @@ type follower struct {
 	c        *Client
 	id       string
 	events   <-chan Event
+	overNATS bool // events come over the NATS connection
 	unsub    func()
 	interval time.Duration
 	first    *Job
@@ -145,8 +146,9 @@ type follower struct {
 // follow subscribes to the job's events first and reads the job second, so a state reached
 // before the subscription existed is still seen. For a job Submit just made (submitted),
 // a read that fails for now (foreman restarting, its store electing a leader: transient)
-// is told to onErr and made again after a poll interval, as the wait's later reads are:
-// the job exists, and a Submit failing there would have its caller submit it again. For
+// is told to onErr and made again briskly (a client living on events may poll once an
+// hour, while the job's events wait for this read): the job exists, and a Submit failing
+// there would have its caller submit it again. For
 // Wait and Watch the first read's failure is the caller's answer (a wrong URL, a foreman
 // down), as before.
 func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitted bool, onErr func(error)) (*follower, error) {
@@ -157,12 +159,13 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 	case c.natsUp() && !c.pollingOnly:
 		// If the subscription fails (e.g. a closed connection), polling still works.
 		if ch, unsub, err := c.subscribe(broker.StateSubject(id)); err == nil {
-			f.events, f.unsub = ch, unsub
+			f.events, f.unsub, f.overNATS = ch, unsub, true
 		}
 	}
 	if f.events != nil {
 		f.interval *= backstopFactor
 	}
+	wait := min(briskFirst, c.pollInterval)
 	for {
 		j, err := c.Job(ctx, id)
 		if err == nil {
@@ -178,8 +181,9 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(c.pollInterval):
+		case <-time.After(wait):
 		}
+		wait = min(2*wait, briskLast, c.pollInterval)
 	}
 }
 
@@ -204,8 +208,17 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 	}
 	interval := f.interval
 	final := false // a terminal event came: the final record is read until it is had
+	// hurry: a read is due now (a terminal event came, or events were lost, maybe this
+	// job's); one that fails for now (or, after a terminal event, shows the job still
+	// running) is made again briskly, whatever the poll interval (an hour, for a client
+	// that lives on events), until it is had.
+	hurry := false
 	t := time.NewTimer(interval)
 	defer t.Stop()
+	readNow := func() {
+		hurry, interval = true, min(briskFirst, f.c.pollInterval)
+		t.Reset(0)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -213,7 +226,11 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 		case e := <-f.events:
 			if e.Lost > 0 {
 				// Events were lost, maybe this job's: read the job now.
-				t.Reset(0)
+				if f.overNATS && !f.c.natsUp() {
+					// The connection closed for good: no event comes, so poll.
+					f.interval = f.c.pollInterval
+				}
+				readNow()
 				continue
 			}
 			if e.JobID != f.id {
@@ -221,12 +238,9 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 			}
 			show(e)
 			if e.State.Terminal() && !final {
-				// Read the final record (with its result) at once, and again briskly
-				// should the read fail for now or lag behind the event, whatever the
-				// poll interval (an hour, for a client that lives on events).
+				// Read the final record (with its result) at once.
 				final = true
-				interval = min(finalReadFirst, f.c.pollInterval)
-				t.Reset(0)
+				readNow()
 			}
 		case <-t.C:
 			j, err := f.c.Job(ctx, f.id)
@@ -237,26 +251,31 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 				}
 			case err != nil:
 				return nil, err
-			default:
+			case j.State.Terminal():
 				show(eventOfJob(j))
-				if j.State.Terminal() {
-					return j, nil
-				}
+				return j, nil
+			case !final:
+				show(eventOfJob(j))
+				// The read that was due is had: back to the backstop.
+				hurry, interval = false, f.interval
 			}
+			// else the record lags behind the terminal event told (a replica's copy): it
+			// is read again, and not told, which would tell the job's states backwards.
 			t.Reset(interval)
-			if final {
-				interval = min(2*interval, finalReadLast, f.c.pollInterval)
+			if hurry {
+				interval = min(2*interval, briskLast, f.c.pollInterval)
 			}
 		}
 	}
 }
 
-// finalReadFirst and finalReadLast bound the waits between reads of a job's final record
-// after its terminal event (each twice the one before), unless the poll interval is
-// shorter.
+// briskFirst and briskLast bound the waits between reads of a job that are due now but
+// fail for now (each twice the one before), unless the poll interval is shorter: the
+// first read of a job Submit made, the read of its final record after its terminal event,
+// the read after events were lost.
 const (
-	finalReadFirst = 50 * time.Millisecond
-	finalReadLast  = 2 * time.Second
+	briskFirst = 50 * time.Millisecond
+	briskLast  = 2 * time.Second
 )
 
 // transient errors are worth another poll: foreman restarting (an answer cut short) or
@@ -277,7 +296,8 @@ func transient(err error) bool {
 // reconnect: core NATS keeps nothing for a subscriber while its connection is down (a
 // foreman restarting, a network cut), and the events published meanwhile never come. It
 // is reported as soon as the connection is back, and ahead of any event that came over
-// the new connection.
+// the new connection. A close for good (nats.go gave up reconnecting) is reported too:
+// no event comes after it.
 func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	ch := make(chan Event)
 	done := make(chan struct{})
@@ -295,7 +315,7 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	// that connection brings.
 	// The status listener is registered before the count is read: a reconnect between
 	// the two is then told, not lost.
-	status := c.nc.StatusChanged(nats.CONNECTED)
+	status := c.nc.StatusChanged(nats.CONNECTED, nats.CLOSED)
 	var reconnects atomic.Uint64
 	reconnects.Store(c.nc.Stats().Reconnects)
 	reconnected := func() bool {
@@ -341,8 +361,14 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	// A reconnect with no event after it (the job that was watched finished meanwhile)
 	// is told all the same.
 	go func() {
-		for range status {
+		for s := range status {
 			if !tellReconnect() {
+				return
+			}
+			if s == nats.CLOSED {
+				telling.Lock()
+				send(closedEvent())
+				telling.Unlock()
 				return
 			}
 		}

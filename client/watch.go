@@ -24,8 +24,10 @@ import (
 // was cut): NATS keeps no events for a subscriber while it is away, and a lost event
 // (Lost 1) comes as soon as the connection is back. A single-job watch reads its job
 // again instead.
-// Should the NATS connection close for good (nats.go gave up reconnecting), Watch("")
-// notices within a second and goes on by polling, a poll interval later: its first poll
+// Should the NATS connection close for good (nats.go gave up reconnecting), a lost
+// event (Lost 1) says so, and a single-job watch reads its job at once and goes on
+// polling at the poll interval. Watch("") notices within a second and goes on by
+// polling, a poll interval later: its first poll
 // tells the newest jobs' current states, but for those already told over NATS (jobs
 // that did not change while the watch ran may be told then), so what changed while the
 // connection was down is not missed.
