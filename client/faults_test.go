@@ -584,3 +584,43 @@ func TestWatchJobAfterTheNATSConnectionClosedPolls(t *testing.T) {
 	release()
 	waitForEvent(ctx, t, events, id, client.StateDone)
 }
+
+// Watch("") by polling whose poll fails for good (a 401 after a token changed) closes its
+// channel instead of telling nothing for ever; one that fails for now (a 503) goes on.
+func TestWatchAllByPollingEndsWhenAPollFailsForGood(t *testing.T) {
+	t.Parallel()
+	var polls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		switch polls.Add(1) {
+		case 1:
+			_, _ = io.WriteString(w, `{"jobs":[{"id":"01JWATCH000000000000000001","model":"tiny-a","state":"queued","created_at":"2026-01-01T00:00:00Z"}]}`)
+		case 2:
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"error":"job store temporarily unavailable, retry shortly"}`)
+		default:
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":"unauthorized"}`)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
+	ctx := testCtx(t)
+	events, err := c.Watch(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var told []client.Event
+	for e := range events {
+		told = append(told, e)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("the watch told %v and went on until its context ended; want it closed after the 401", told)
+	}
+	if len(told) != 1 || told[0].State != client.StateQueued {
+		t.Errorf("told %v, want the queued job once", told)
+	}
+	if n := polls.Load(); n != 3 {
+		t.Errorf("%d polls, want 3: the 503 polled again, the 401 not", n)
+	}
+}

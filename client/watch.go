@@ -31,6 +31,8 @@ import (
 // tells the newest jobs' current states, but for those already told over NATS (jobs
 // that did not change while the watch ran may be told then), so what changed while the
 // connection was down is not missed.
+// Should a poll of Watch("") fail for good (an error answer other than 5xx or 429, an
+// answer that is no job list), the channel closes; Jobs tells why.
 func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 	if id == "" {
 		return c.watchAll(ctx)
@@ -152,10 +154,16 @@ func (c *Client) pollAll(ctx context.Context, send func(Event) bool, last map[st
 			return
 		case <-t.C:
 		}
-		if l, err := c.Jobs(ctx, JobFilter{Limit: watchAllLimit}); err == nil {
+		l, err := c.Jobs(ctx, JobFilter{Limit: watchAllLimit})
+		switch {
+		case err == nil:
 			list = l
-		} else {
-			list = nil
+		case transient(err) || ctx.Err() != nil:
+			list = nil // polled again next time
+		default:
+			// Failed for good (a 401 after a token changed, a wrong URL): every poll would
+			// fail the same, and the watch would tell nothing for ever.
+			return
 		}
 	}
 }

@@ -47,3 +47,28 @@ func TestBadAnswersFail(t *testing.T) {
 		})
 	}
 }
+
+// TestWatchAllEndsWhenAPollFailsForGood: `jobs watch` of every job, polling, whose poll
+// is refused for good (a token that changed) ends with foreman's error instead of
+// printing nothing for ever.
+func TestWatchAllEndsWhenAPollFailsForGood(t *testing.T) {
+	t.Parallel()
+	var polls atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if r.URL.Path != "/jobs" || polls.Add(1) > 1 {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = io.WriteString(w, `{"error":"unauthorized"}`)
+			return
+		}
+		_, _ = io.WriteString(w, `{"jobs":[]}`)
+	}))
+	t.Cleanup(srv.Close)
+	r, ok := runCLIWithin(t, 20*time.Second, map[string]string{"FOREMAN_URL": srv.URL}, "jobs", "watch")
+	if !ok {
+		t.Fatal("the watch still runs after its polls were refused")
+	}
+	if r.code == 0 || !strings.Contains(r.stderr, "unauthorized") {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want foreman's refusal", r.code, r.stdout, r.stderr)
+	}
+}

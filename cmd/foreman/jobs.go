@@ -259,6 +259,13 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 				}
 				return fmt.Errorf("interrupted before job %s ended (%s)", termSafe(id), seen)
 			}
+			if id == "" && cmd.Context().Err() == nil {
+				// The watch of every job gave up (a poll failed for good): say why.
+				if _, err := c.Jobs(cmd.Context(), client.JobFilter{Limit: 1}); err != nil {
+					return f.explain(e, err)
+				}
+				return errors.New("the watch of every job ended")
+			}
 			if id != "" && !last.State.Terminal() {
 				// The watch gave up on the job (see client.Watch): say why.
 				if _, err := c.Job(cmd.Context(), id); err != nil {
