@@ -20,10 +20,13 @@ var evilJSON = func() string { b, _ := json.Marshal(evil); return string(b) }()
 func evilForeman(t *testing.T) string {
 	t.Helper()
 	e := evilJSON
-	job := `{"id":` + e + `,"kind":` + e + `,"model":` + e + `,"state":"failed","attempts":2,"created_at":"2025-01-02T03:04:00Z",` +
-		`"error":` + e + `,"program":` + e + `,"priority":` + e + `,` +
-		`"result":{"message":{"role":"assistant","content":` + e + `}},` +
-		`"artifacts":[{"name":` + e + `,"content_type":` + e + `,"size":1}]}`
+	jobOf := func(id string) string {
+		return `{"id":` + id + `,"kind":` + e + `,"model":` + e + `,"state":"failed","attempts":2,"created_at":"2025-01-02T03:04:00Z",` +
+			`"error":` + e + `,"program":` + e + `,"priority":` + e + `,` +
+			`"result":{"message":{"role":"assistant","content":` + e + `}},` +
+			`"artifacts":[{"name":` + e + `,"content_type":` + e + `,"size":1}]}`
+	}
+	job := jobOf(e)
 	routes := map[string]string{
 		"GET /jobs":          `{"jobs":[` + job + `],"next_cursor":` + e + `}`,
 		"GET /jobs/{id}":     job,
@@ -46,7 +49,14 @@ func evilForeman(t *testing.T) string {
 			if r.Method == http.MethodPost && r.URL.Path == "/jobs" {
 				w.WriteHeader(http.StatusAccepted)
 			}
-			_, _ = io.WriteString(w, body)
+			answer := body
+			if id := r.PathValue("id"); id != "" && r.Method == http.MethodGet {
+				// The record of the job asked for (the answer to a cancel stays another
+				// job's, whose id the refusal shows).
+				idJSON, _ := json.Marshal(id)
+				answer = jobOf(string(idJSON))
+			}
+			_, _ = io.WriteString(w, answer)
 		})
 	}
 	srv := httptest.NewServer(mux)
