@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -169,5 +170,30 @@ func TestQueueViewNamesNoAttemptForABusyAnswer(t *testing.T) {
 	}
 	if got := record(t, tb, j.ID); got.Attempt != 1 {
 		t.Errorf("record at attempt %d, want 1: the dropped connection counted, the busy answers not", got.Attempt)
+	}
+}
+
+// The retrying write that gives a busy answer's attempt back is tried again while the
+// store refuses it for now: once lost, the attempt stayed counted, and the job, at
+// FOREMAN_MAX_ATTEMPTS=1 here, failed "attempts exhausted" at its next delivery though
+// the target only ever said "not now".
+func TestBusyAttemptIsGivenBackThroughAStoreHiccup(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 }))
+	tb.fake.FailNext(1, ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded"))
+	var faults atomic.Int32
+	tb.start(t, worker.WithRetryingFault(worker.Config{RetryDelay: time.Millisecond}, func(string) error {
+		if faults.Add(1) > 2 {
+			return nil
+		}
+		return fmt.Errorf("injected: %w", broker.ErrUnavailable)
+	}))
+	j := tb.chat(t, "tiny-a", 1)
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateDone || got.Attempt != 1 {
+		t.Errorf("job ended %s (%s) at attempt %d, want done at 1", got.State, got.Error, got.Attempt)
+	}
+	if n := faults.Load(); n != 3 {
+		t.Errorf("%d tries of the retrying write, want 3 (two refused)", n)
 	}
 }

@@ -103,6 +103,9 @@ type Config struct {
 	// beforeRetry, when set (tests only), runs before a failed attempt's retrying state
 	// is written.
 	beforeRetry func(jobID string)
+	// retryingFault, when set (tests only), runs before each try of a failed attempt's
+	// retrying write; an error it returns fails the try, as the store's would.
+	retryingFault func(jobID string) error
 	// probeDelay, when set (tests only), is the first pause between a paused worker's
 	// probes in place of RetryDelay, which also delays the job handed back.
 	probeDelay time.Duration

@@ -106,6 +106,13 @@ func WithBeforeRetry(cfg Config, fn func(jobID string)) Config {
 	return cfg
 }
 
+// WithRetryingFault sets Config.retryingFault: fn's error, if any, fails a try of a
+// failed attempt's retrying write.
+func WithRetryingFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.retryingFault = fn
+	return cfg
+}
+
 // WithOnIdle sets Config.onIdle: fn is told each time the loop begins to wait for a
 // wake-up (after a pick that took no job), with the longest it waits.
 func WithOnIdle(cfg Config, fn func(wait time.Duration)) Config {

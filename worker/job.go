@@ -424,6 +424,35 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	}
 }
 
+// storeRetrying writes a failed attempt's retrying state with set. One that gives the
+// attempt back (uncounted: the target's "not now", a call that never reached it) is tried
+// again while the store refuses for now, for up to terminalWait, its delivery kept in
+// progress meanwhile (ADR-0091): without it the job would run on with one attempt
+// fewer, and a busy spell meeting a store's hiccup could fail it "attempts exhausted".
+// Any other retrying write is tried once: the next attempt's start write sets the state.
+func (w *Worker) storeRetrying(ctx context.Context, id string, uncounted bool, set func(*broker.Job)) error {
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
+	defer cancel()
+	write := func() error {
+		if fault := w.cfg.retryingFault; fault != nil {
+			if err := fault(id); err != nil {
+				return err
+			}
+		}
+		_, err := w.transition(tctx, id, fromLive, set)
+		return err
+	}
+	err := write()
+	for pause := terminalPause; uncounted && w.refusing(err) && !w.isStopping(tctx); pause = min(2*pause, 2*time.Second) {
+		w.log.Warn("store retrying state, which gives the attempt back; trying again", "job_id", id, "retry_in", pause, "err", err)
+		if !sleepCtx(tctx, pause) {
+			break
+		}
+		err = write()
+	}
+	return err
+}
+
 // busy reports whether an HTTP status from the target says "not now" rather than "no":
 // Ollama answers 503 when its own queue is full (other clients than foreman use it too)
 // and a proxy in front of it may answer 429. The attempt is retried after the back-off,
@@ -946,7 +975,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	if hook := w.cfg.beforeRetry; hook != nil {
 		hook(d.JobID)
 	}
-	_, err := w.transition(bctx, d.JobID, fromLive, func(rec *broker.Job) {
+	err := w.storeRetrying(bctx, d.JobID, uncounted, func(rec *broker.Job) {
 		rec.State, rec.Error = broker.StateRetrying, errorText(cause.Error())
 		if uncounted && rec.Attempt == j.Attempt && rec.Attempt > 0 {
 			rec.Attempt--
