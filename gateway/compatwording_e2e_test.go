@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 )
@@ -26,6 +27,10 @@ func TestE2ERefusalsMatchDirect(t *testing.T) {
 		{http.MethodPost, "/v1/chat/completions", `{"model":"tiny-a:","messages":[{"role":"user","content":"x"}]}`},
 		{http.MethodPost, "/v1/responses", `{"input":"x"}`},
 		{http.MethodPost, "/v1/chat/completions", `{"model": "tiny-a",`},
+		// The generate handler's routes take a blank name for one not found (404).
+		{http.MethodPost, "/v1/completions", `{"model":"","prompt":"x"}`},
+		{http.MethodPost, "/v1/images/generations", `{"model":" ","prompt":"x"}`},
+		{http.MethodPost, "/api/generate", `{"prompt":"x"}`},
 	} {
 		send := func(base string) (int, string, []byte) {
 			req, err := http.NewRequestWithContext(ctx, c.method, base+c.path, bytes.NewReader([]byte(c.body)))
@@ -48,7 +53,7 @@ func TestE2ERefusalsMatchDirect(t *testing.T) {
 			t.Errorf("%s: foreman %d %s, direct %d %s", name, vs, vbody, ds, dbody)
 			continue
 		}
-		if dct == "text/plain" {
+		if dct == "text/plain" || strings.HasPrefix(c.path, "/api/") {
 			if vct != dct || !bytes.Equal(vbody, dbody) {
 				t.Errorf("%s: foreman %q %q, direct %q %q", name, vct, vbody, dct, dbody)
 			}

@@ -57,7 +57,7 @@ func TestV1RefusalTypesAsOllama(t *testing.T) {
 		{"/v1/chat/completions", `{"model":"tiny-a:","messages":[{"role":"user","content":"x"}]}`, "api_error", "model is required"},
 		{"/v1/chat/completions", `{"model":" tiny-a","messages":[{"role":"user","content":"x"}]}`, "api_error", "invalid model name"},
 		{"/v1/responses", `{"model":"","input":"x"}`, "api_error", "model is required"},
-		{"/v1/completions", `{"model":"","prompt":"x"}`, "api_error", "model is required"},
+		{"/v1/chat/completions", `{"model":" ","messages":[{"role":"user","content":"x"}]}`, "api_error", "model is required"},
 		{"/v1/embeddings", `{"model":"","input":"x"}`, "api_error", "model is required"},
 		{"/v1/chat/completions", `{"model": "tiny-a",`, "invalid_request_error", "invalid JSON body"},
 		{"/v1/images/generations", `{"model":"x"}`, "invalid_request_error", "prompt is required"},

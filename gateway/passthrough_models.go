@@ -37,9 +37,17 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 	s.relayModel(w, r, http.MethodPost, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body, hold.release)
 }
 
-// handleOpenAIModel serves GET /v1/models/{model}.
+// handleOpenAIModel serves GET /v1/models/{model}. A GET with a trailing slash
+// ("/v1/models/", "/v1/models/tiny-a/") is redirected as Ollama's router does, whose
+// one-segment :model never takes the slash into the name.
 func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("model")
+	if r.Method == http.MethodGet && (model == "" || strings.HasSuffix(model, "/")) {
+		if target, ok := s.withoutTrailingSlash(r); ok {
+			http.Redirect(w, r, target, http.StatusMovedPermanently)
+			return
+		}
+	}
 	s.relayModel(w, r, r.Method, model, targetPath("/v1/models/"+url.PathEscape(model), r.URL.RawQuery), nil, nil)
 }
 

@@ -84,6 +84,10 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		return inference{}, badRequest("model is required")
 	}
 	if strings.TrimSpace(req.Model) == "" {
+		if onGenerate(kind) {
+			// Ollama's generate handler takes a blank name for one it cannot parse: 404.
+			return inference{}, &ModelNotFoundError{Model: req.Model}
+		}
 		return inference{}, handlerRefusal("model is required")
 	}
 	if err := checkModelName(req.Model); err != nil {

@@ -264,7 +264,7 @@ func TestQueuedBadRequests(t *testing.T) {
 		msg        string
 	}{
 		{"/api/chat", `{"model":"tiny-a",`, 400, "invalid JSON body"},
-		{"/api/generate", `{"prompt":"hi"}`, 400, "model is required"},
+		{"/api/generate", `{"prompt":"hi"}`, 404, "model '' not found"},
 		{"/api/chat", `{"name":"tiny-a","messages":[]}`, 400, "model is required"},
 		{"/v1/chat/completions", ``, 400, "missing request body"},
 		{"/api/chat", `{"model":"tiny-a\r","messages":[]}`, 400, "invalid model name"},

@@ -26,6 +26,12 @@ func TestTrailingSlashRedirects(t *testing.T) {
 		{http.MethodPost, "/v1/messages/", http.StatusTemporaryRedirect, "/v1/messages"},
 		{http.MethodGet, "/no/such/", http.StatusNotFound, ""},
 		{http.MethodGet, "/api/chat/", http.StatusNotFound, ""}, // as Ollama: no GET route to redirect to
+		// The wildcard route of one model takes the slash as part of the name, where
+		// Ollama's router (one segment, :model) redirects it.
+		{http.MethodGet, "/v1/models/", http.StatusMovedPermanently, "/v1/models"},
+		{http.MethodGet, "/v1/models/tiny-a/", http.StatusMovedPermanently, "/v1/models/tiny-a"},
+		{http.MethodGet, "/v1/models/tiny-a:latest/?x=1", http.StatusMovedPermanently, "/v1/models/tiny-a:latest?x=1"},
+		{http.MethodHead, "/v1/models/tiny-a/", http.StatusNotFound, ""}, // as Ollama: no HEAD route there
 	} {
 		req, err := http.NewRequest(c.method, b.URL+c.path, bytes.NewReader([]byte(`{}`)))
 		if err != nil {
