@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // ErrRefused is the network policy refusing a webhook's address (ADR-0021). A refusal is
@@ -364,14 +365,30 @@ func localhostName(host string) bool {
 	return host == "localhost" || strings.HasSuffix(host, ".localhost")
 }
 
+// dialTimeout bounds one dial, its lookup and every address it tries, as the dialer of
+// http.DefaultTransport (which Client's transport is cloned from) bounds it: net/http
+// dials with a context cut from the request's deadline (the dial may outlive the
+// request, for a later one to use), so without it an address that drops packets held
+// the dial until the system gave up, minutes after the attempt had ended and freed its
+// receiver's slot for the next, and a name with many such addresses held it for each.
+const dialTimeout = 30 * time.Second
+
+// minAddrDial is the least time an address gets of what is left of a dial, as net.Dialer
+// gives it: with many addresses the last ones may get none.
+const minAddrDial = 2 * time.Second
+
 // DialContext connects to addr ("host:port") through the policy: the host is resolved,
-// every refused address is skipped, and the rest are tried in order. With nothing left
-// it returns the first refusal (errors.Is ErrRefused) before any connection is made.
+// every refused address is skipped, and the rest are tried in order, within dialTimeout,
+// each given an equal share of what is left (at least minAddrDial) so that one that drops
+// packets leaves time for the next, as net.Dialer does. With nothing left it returns the
+// first refusal (errors.Is ErrRefused) before any connection is made.
 func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	host, port, ok := splitHostPort(addr)
 	if !ok {
 		return nil, fmt.Errorf("webhook dial: bad address %q", addr)
 	}
+	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
 	ips := p.literalOrLocal(host)
 	if ips == nil {
 		ipNet := "ip"
@@ -394,6 +411,7 @@ func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Con
 	if connect == nil {
 		connect = dialDirect
 	}
+	var allowed []netip.Addr
 	for _, ip := range ips {
 		if err := p.CheckAddr(ctx, ip, port); err != nil {
 			if refusal == nil {
@@ -401,7 +419,12 @@ func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Con
 			}
 			continue
 		}
-		c, err := connect(ctx, network, netip.AddrPortFrom(ip.Unmap(), port).String())
+		allowed = append(allowed, ip)
+	}
+	for i, ip := range allowed {
+		actx, cancelAddr := addrContext(ctx, len(allowed)-i)
+		c, err := connect(actx, network, netip.AddrPortFrom(ip.Unmap(), port).String())
+		cancelAddr() // a connection made outlives the context it was made with
 		if err == nil {
 			return c, nil
 		}
@@ -417,6 +440,16 @@ func (p *Policy) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, refusal
 	}
 	return nil, fmt.Errorf("webhook dial: %s has no address", host)
+}
+
+// addrContext is ctx for one of the remaining addresses of a dial: an equal share of the
+// time left, at least minAddrDial (net.Dialer's partial deadline).
+func addrContext(ctx context.Context, remaining int) (context.Context, context.CancelFunc) {
+	dl, ok := ctx.Deadline()
+	if !ok || remaining <= 1 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, max(time.Until(dl)/time.Duration(remaining), minAddrDial))
 }
 
 // maxResponseHeaderBytes bounds the headers a receiver may answer with: a webhook reads
