@@ -41,6 +41,12 @@ type Store interface {
 
 var _ Store = (*broker.Store)(nil)
 
+// DefaultAttempts is Config.Attempts' default: with the default delays (2 s doubling to
+// 1 h) an event is tried for about 5 hours, so a receiver down for a deploy, a restart or
+// a night is told when it is back, as Standard Webhooks' schedule (retries over a day)
+// intends; the job TTL (24 h by default) bounds it too (ADR-0092).
+const DefaultAttempts = 16
+
 // Config builds a Dispatcher.
 type Config struct {
 	// Store is the job store whose bucket stream is consumed. Required.
@@ -48,12 +54,13 @@ type Config struct {
 	// Secret signs deliveries (FOREMAN_WEBHOOK_SECRET): "whsec_<base64>" or a raw string.
 	// Empty sends unsigned webhooks (webhook-id and webhook-timestamp only).
 	Secret string
-	// Attempts per event before giving up; default 5 (FOREMAN_WEBHOOK_ATTEMPTS).
+	// Attempts per event before giving up; default 16 (FOREMAN_WEBHOOK_ATTEMPTS).
 	Attempts int
 	// BaseDelay is the wait after the first failed attempt; each later wait doubles, with
-	// ±20% jitter. Default 2s, so 5 attempts span about 30s.
+	// ±20% jitter. Default 2s, so 16 attempts span about 5 hours (ADR-0092).
 	BaseDelay time.Duration
-	// MaxDelay caps one wait, including one asked for by Retry-After. Default 5m.
+	// MaxDelay caps one wait, including one asked for by Retry-After. Default 1h: a
+	// receiver that is back is served within the hour.
 	MaxDelay time.Duration
 	// Timeout bounds one attempt; default 15s.
 	Timeout time.Duration
@@ -93,13 +100,13 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.Attempts <= 0 {
-		c.Attempts = 5
+		c.Attempts = DefaultAttempts
 	}
 	if c.BaseDelay <= 0 {
 		c.BaseDelay = 2 * time.Second
 	}
 	if c.MaxDelay <= 0 {
-		c.MaxDelay = 5 * time.Minute
+		c.MaxDelay = time.Hour
 	}
 	if c.Timeout <= 0 {
 		c.Timeout = 15 * time.Second

@@ -109,7 +109,7 @@ const (
 	DefaultMaxAttempts       = 3
 	DefaultAckWait           = 60 * time.Second
 	DefaultJobTTL            = 24 * time.Hour
-	DefaultWebhookAttempts   = 5
+	DefaultWebhookAttempts   = webhook.DefaultAttempts
 	DefaultMaxQueue          = 1000
 	DefaultMaxConsecutive    = 8
 	DefaultMaxWait           = 2 * time.Minute
