@@ -139,6 +139,7 @@ type assembly struct {
 	ct         string // the target's Content-Type
 	assembling bool   // the target streams as asked: its frames are assembled
 	failed     string // the error a frame of the stream reported
+	failedSize int    // the bytes of the error frames
 }
 
 func (a *assembly) contentType(ct string) error {
@@ -205,22 +206,26 @@ var errorMember = []byte(`"error"`)
 func (a *assembly) take(f []byte) error {
 	// Only a frame holding "error" (quotes included) can be an error frame: the others,
 	// nearly all, are not parsed for it.
+	msg := ""
 	if bytes.Contains(f, errorMember) {
-		if msg := ollama.FrameError(a.ct, f); msg != "" {
-			// Ollama ends a stream whose runner failed with this frame; the non-streamed
-			// call gets it as an error status instead.
-			a.failed = msg
-			return nil
-		}
+		msg = ollama.FrameError(a.ct, f)
 	}
-	var size int
-	if a.framing == ollama.NDJSON {
+	switch {
+	case msg != "":
+		// Ollama ends a stream whose runner failed with this frame; the non-streamed call
+		// gets it as an error status instead. Not kept, but counted: a target that sends
+		// more of them is bounded too.
+		a.failed = msg
+		a.failedSize += len(f)
+	case a.framing == ollama.NDJSON:
 		a.answer.add(f)
-		size = a.answer.size()
-	} else {
+	default:
 		a.events = append(a.events, f)
 		a.size += len(f)
-		size = a.size
+	}
+	size := a.size + a.failedSize
+	if a.framing == ollama.NDJSON {
+		size = a.answer.size() + a.failedSize
 	}
 	if a.limit > 0 && size > a.limit {
 		return fmt.Errorf("%w: the target's answer passed %d bytes", broker.ErrAnswerTooLarge, a.limit)

@@ -404,7 +404,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	case errors.As(err, &httpErr) && httpErr.UpstreamDown():
 		// A proxy in front of the target could not reach it: not Ollama's answer.
 		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
-	case errors.As(err, &httpErr) && (busy(httpErr.StatusCode) || runnerFailed(httpErr.Message)):
+	case errors.As(err, &httpErr) && (busy(httpErr.StatusCode) || runnerFailed(errorWords(httpErr.Message))):
 		w.targetAnswered()
 		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
 	case errors.As(err, &httpErr):
@@ -515,6 +515,26 @@ func runnerFailed(msg string) bool {
 		}
 	}
 	return false
+}
+
+// errorWords returns the text of an error body in the shape Ollama's /v1 middlewares
+// rewrite its handlers' errors into (v0.17.4 openai.NewError, anthropic.NewError: the
+// text in error.message), msg itself for any other. An HTTPError's Message keeps such a
+// body whole, for the gateway to relay to an OpenAI or Anthropic client as Ollama wrote
+// it; Ollama's words for a dead runner are in its error.message.
+func errorWords(msg string) string {
+	if !strings.HasPrefix(msg, "{") {
+		return msg
+	}
+	var e struct {
+		Error struct {
+			Message *string `json:"message"`
+		} `json:"error"`
+	}
+	if json.Unmarshal([]byte(msg), &e) != nil || e.Error.Message == nil {
+		return msg
+	}
+	return *e.Error.Message
 }
 
 // runnerFailures begin the errors Ollama (0.17) reports a dead runner with (llm/server.go).

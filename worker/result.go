@@ -97,6 +97,9 @@ func (a *ndjsonAnswer) size() int {
 func (a *ndjsonAnswer) add(f []byte) {
 	l := bytes.TrimSpace(f)
 	if len(l) == 0 {
+		// Read all the same: an endless stream of blank lines (a proxy's keep-alive, each
+		// byte within the idle limit) is bounded too.
+		a.skipped += len(f)
 		return
 	}
 	a.last = l

@@ -28,6 +28,13 @@ func TestARunnerThatDiedIsRetried(t *testing.T) {
 			broker.KindChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`},
 		"load": {ollamatest.FailStatus(500, "llama runner process has terminated: signal: killed"),
 			broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","stream":false}`},
+		// Ollama's OpenAI middleware rewrites the chat handler's error into its own shape.
+		"v1 status": {ollamatest.StatusAnswer(500, "application/json", `{"error":{"message":"llama runner process has terminated: signal: killed","type":"api_error","param":null,"code":null}}`+"\n"),
+			broker.KindOpenAIChat, `{"model":"tiny-a","stream":true,"messages":[{"role":"user","content":"hi"}]}`},
+		"v1 answer status": {ollamatest.StatusAnswer(500, "application/json", `{"error":{"message":"model runner has unexpectedly stopped, this may be due to resource limitations or an internal error, check ollama server logs for details","type":"api_error","param":null,"code":null}}`+"\n"),
+			broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`},
+		"anthropic status": {ollamatest.StatusAnswer(500, "application/json", `{"type":"error","error":{"type":"api_error","message":"llama runner process has terminated: signal: killed"}}`+"\n"),
+			broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":16,"messages":[{"role":"user","content":"hi"}]}`},
 		"v1 answer cut": {ollamatest.StreamNoDone,
 			broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`},
 		"v1 stream cut": {ollamatest.StreamNoDone,

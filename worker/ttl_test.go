@@ -614,6 +614,32 @@ func TestAnswerInOneFinalLineIsCountedOnce(t *testing.T) {
 	}
 }
 
+// A non-streamed chat whose target streams blank lines after its first one (a proxy's
+// keep-alive, a hostile target), or error lines, counts them against the answer bound, as
+// a streamed one does: they were not counted, so an endless stream of them, each byte
+// within the idle limit, held the worker for good.
+func TestBlankAndErrorLinesCountAgainstTheAnswerBound(t *testing.T) {
+	const limit = 64 << 10
+	line := `{"model":"tiny-a","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"hi"},"done":false}` + "\n"
+	for name, filler := range map[string]string{"blank": " \n", "error": `{"error":"x"}` + "\n"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			tb := setupFake(t, nil, brokertest.WithStore(func(c *broker.Config) { c.MaxAnswer = limit }))
+			tb.fake.FailNext(1, ollamatest.BadAnswer(ollama.ContentTypeNDJSON, line+strings.Repeat(filler, limit/len(filler)+1)))
+			tb.start(t, worker.Config{})
+			job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+			body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"stream":false}`
+			if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(body)); err != nil {
+				t.Fatal(err)
+			}
+			rec := tb.waitEnded(t, job.ID)
+			if rec.State != broker.StateFailed || !strings.Contains(rec.Error, "answer too large") {
+				t.Errorf("record: %s, error %q; want failed for its answer's size", rec.State, rec.Error)
+			}
+		})
+	}
+}
+
 // An async job whose result (too large to keep in its record) cannot be stored keeps it
 // while the store refuses, and stores it then, rather than end done with its answer lost
 // or run again (ADR-0058); it fails, saying why, when the write can never succeed; a sync

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -211,6 +212,29 @@ func TestWarmEmbedderAtStartAndRecovery(t *testing.T) {
 	waitFor(t, "recovery", func() bool { return !a.Inventory().Degraded() })
 }
 
+// A warm-up lasts as long as the embedding model's load: on a busy Mac (a generation
+// ahead of it in Ollama's queue) or a wedged one, minutes, up to the first-byte limit. It
+// does not hold the poll that saw the target come back: every Refresh shares that poll
+// (the worker's probe, the gateway's outage check), and each would take the target that
+// just answered for one that answers nothing, keeping the worker paused meanwhile.
+func TestWarmEmbedderDoesNotHoldThePoll(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	fake.FailNextOn("/api/embed", 1, ollamatest.Hang) // the load never ends
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_EMBED_MODEL": "tiny-embed"})
+	waitFor(t, "the warm-up embed at start", func() bool {
+		return slices.ContainsFunc(fake.Calls(), func(c ollamatest.Call) bool { return c.Path == "/api/embed" && !c.Finished })
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := a.Inventory().Refresh(ctx); err != nil {
+		t.Fatalf("a poll while the warm-up loads: %v", err)
+	}
+	if !a.Inventory().Reachable() {
+		t.Fatal("the target is not reachable after a poll it answered")
+	}
+}
+
 // Without FOREMAN_EMBED_MODEL nothing is warmed.
 func TestNoEmbedModelNoWarmUp(t *testing.T) {
 	t.Parallel()
@@ -218,7 +242,7 @@ func TestNoEmbedModelNoWarmUp(t *testing.T) {
 	rec, proxyURL := newEmbedRecorder(t, fake.URL)
 	a := testApp(t, proxyURL, nil)
 	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
-	// A Refresh waits for a poll in flight, and so for its OnRecover (the warm-up).
+	// Without the model no warm-up runs at all: a poll answered is all there is to wait for.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := a.Inventory().Refresh(ctx); err != nil {

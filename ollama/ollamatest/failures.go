@@ -77,6 +77,13 @@ func BadAnswer(contentType, body string) Failure {
 	return Failure{kind: kindAnswer, code: 200, ctype: contentType, msg: body}
 }
 
+// StatusAnswer answers code with body as contentType: an error body in a shape FailStatus
+// does not write, such as the OpenAI one Ollama's /v1/chat/completions middleware
+// rewrites its chat handler's errors into (v0.17.4 openai.NewError, status kept).
+func StatusAnswer(code int, contentType, body string) Failure {
+	return Failure{kind: kindAnswer, code: code, ctype: contentType, msg: body}
+}
+
 // ProxyError answers code (502, 504) with nginx's error page for it, as nginx in front
 // of Ollama does when Ollama refuses its connection (502 Bad Gateway) or does not answer
 // it in time (504 Gateway Timeout).

@@ -127,14 +127,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if err != nil {
 		return nil, fmt.Errorf("FOREMAN_OLLAMA_URL=%q: %w", ollama.RedactURL(cfg.OllamaURL), err)
 	}
-	// A poll that sees the target back wakes a worker paused for it at once.
+	// A poll that sees the target back wakes a worker paused for it at once, and has the
+	// embedding model warmed (keepEmbedderWarm), apart from the poll.
 	targetBack := make(chan struct{}, 1)
-	onRecover := func(ctx context.Context) {
-		select {
-		case targetBack <- struct{}{}:
-		default:
-		}
-		a.warmEmbedder(ctx)
+	warm := make(chan struct{}, 1)
+	onRecover := func(context.Context) {
+		signal(targetBack)
+		signal(warm)
 	}
 	// Until the target answers a poll, the models it had before the restart may be
 	// queued for, also by its aliases (until a poll reads its own): a Mac still down when
@@ -214,6 +213,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	bg, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
 	a.goRun("inventory", func() error { return a.inv.Run(bg) })
+	if cfg.EmbedModel != "" {
+		a.goRun("embed-warm", func() error { a.keepEmbedderWarm(bg, warm); return nil })
+	}
 	a.goRun("worker", func() error { return a.worker.Run(bg) })
 	a.goRun("presence", func() error { return a.store.Announce(bg) })
 	a.goRun("metrics", func() error { return a.gw.RunMetrics(bg) })
@@ -499,17 +501,46 @@ func (a *App) targetHealth() error {
 	return a.worker.TargetStall()
 }
 
-// warmEmbedder loads FOREMAN_EMBED_MODEL with keep_alive -1 at start and after the target
-// recovers, so embeddings never wait for a load.
+// signal sends on ch (of capacity 1) without waiting: a signal already pending stands.
+func signal(ch chan<- struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// keepEmbedderWarm warms FOREMAN_EMBED_MODEL (warmEmbedder) each time want says the
+// target came back (the inventory's OnRecover), one warm-up at a time, until ctx ends.
+// A warm-up lasts as long as a model load: minutes on a Mac busy with another client's
+// generation, up to the first-byte limit on a wedged one. Run in the poll that saw the
+// target back, it held that poll, and with it every Refresh sharing it (the worker's
+// probe, the gateway's outage check): each took the target that had just answered for
+// one that answered nothing, and the worker stayed paused.
+func (a *App) keepEmbedderWarm(ctx context.Context, want <-chan struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-want:
+		}
+		a.warmEmbedder(ctx)
+	}
+}
+
+// warmEmbedder loads FOREMAN_EMBED_MODEL with keep_alive -1, so embeddings never wait
+// for a load.
 func (a *App) warmEmbedder(ctx context.Context) {
 	if a.cfg.EmbedModel == "" {
 		return
 	}
 	body := fmt.Appendf(nil, `{"model":%q,"input":"","keep_alive":-1}`, a.cfg.EmbedModel)
-	// Bounded like a job: a hung target must not hold the inventory's poll loop, which
-	// runs this, forever.
+	// Bounded like a job: a hung target must not hold the warm-up after the next
+	// recovery back forever.
 	limits := []ollama.StreamOption{ollama.FirstByteTimeout(a.cfg.FirstByteTimeout), ollama.IdleTimeout(a.cfg.StreamIdleTimeout)}
 	if _, err := a.target.Stream(ctx, "/api/embed", body, func([]byte) error { return nil }, limits...); err != nil {
+		if ctx.Err() != nil {
+			return // foreman stops
+		}
 		a.log.Warn("warm embedding model", "model", a.cfg.EmbedModel, "err", err)
 		return
 	}
