@@ -644,3 +644,24 @@ func TestFeedTakesALargeFrameWhole(t *testing.T) {
 		t.Fatalf("no overflow with two frames unread; %d bytes buffered", feed.Buffered())
 	}
 }
+
+// Tiny frames count as MinFrameCost bytes each against the answer's bound: each one kept
+// costs memory beyond its bytes and a publish of its own, and a target sending a byte a
+// line was bounded only after 64 Mi of them (some 2 GiB of kept frames).
+func TestStreamWriterBoundsTinyFramesByNumber(t *testing.T) {
+	t.Parallel()
+	const n = 10
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAnswer = n * broker.MinFrameCost }))
+	w := b.Store.StreamWriter(broker.NewID())
+	for i := range n {
+		if err := w.Frame([]byte("1\n")); err != nil {
+			t.Fatalf("tiny frame %d of %d: %v", i+1, n, err)
+		}
+	}
+	if err := w.Frame([]byte("1\n")); !errors.Is(err, broker.ErrAnswerTooLarge) {
+		t.Fatalf("tiny frame %d (%d bytes in all): %v, want ErrAnswerTooLarge", n+1, 2*(n+1), err)
+	}
+	if len(w.Frames()) != n {
+		t.Errorf("%d frames kept, want %d", len(w.Frames()), n)
+	}
+}

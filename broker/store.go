@@ -62,7 +62,8 @@ type Config struct {
 	RetryWindow time.Duration
 	// MaxAnswer bounds an attempt's answer, streamed or not: the worker keeps its frames
 	// for the result, and a target streaming without end would fill its memory. Frames
-	// beyond it are refused (ErrAnswerTooLarge). Default 64 MiB, the bound of a
+	// beyond it are refused (ErrAnswerTooLarge); a frame counts as at least MinFrameCost
+	// bytes. Default 64 MiB, the bound of a
 	// non-streamed answer (ollama.MaxFrameSize).
 	MaxAnswer int
 	// ReaderWait bounds how long the answer of a sync job whose caller waits on another

@@ -92,11 +92,11 @@ func boundedContentType(ct string) string {
 // stream:false body or embedding) goes out in consecutive pieces, each with its own
 // Foreman-Seq: a reader that writes the pieces in order writes the frame byte for byte.
 func (w *StreamWriter) Frame(f []byte) error {
-	if w.limit > 0 && w.size+len(f) > w.limit {
+	if w.limit > 0 && w.size+FrameCost(f) > w.limit {
 		return fmt.Errorf("%w: the target's answer passed %d bytes", ErrAnswerTooLarge, w.limit)
 	}
 	w.frames = append(w.frames, f)
-	w.size += len(f)
+	w.size += FrameCost(f)
 	limit := max(int(w.nc.MaxPayload())-frameHeadroom, 1024)
 	pieces := framePieces(f, limit)
 	for i, piece := range pieces {
@@ -118,6 +118,18 @@ func (w *StreamWriter) Frame(f []byte) error {
 	}
 	return nil
 }
+
+// MinFrameCost is the least a frame of an answer counts for against its bound
+// (Config.MaxAnswer): a frame kept costs memory beyond its bytes (its slice, its
+// allocation) and a publish of its own, so a target that sends tiny frames without end
+// (a byte a line) is bounded by their number as well as their bytes: at most 1 Mi frames
+// under the default 64 MiB. Ollama's frames are JSON lines or events of 100 bytes and
+// more, which count as their bytes.
+const MinFrameCost = 64
+
+// FrameCost is what frame f counts for against an answer's bound: its bytes, at least
+// MinFrameCost.
+func FrameCost(f []byte) int { return max(len(f), MinFrameCost) }
 
 // framePieces cuts f into consecutive pieces of at most limit bytes. An empty frame is one
 // empty piece: it is still published.

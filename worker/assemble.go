@@ -221,7 +221,7 @@ func (a *assembly) take(f []byte) error {
 		a.answer.add(f)
 	default:
 		a.events = append(a.events, f)
-		a.size += len(f)
+		a.size += broker.FrameCost(f) // kept one by one, as the stream writer keeps them
 	}
 	size := a.size + a.failedSize
 	if a.framing == ollama.NDJSON {

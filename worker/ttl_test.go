@@ -700,3 +700,24 @@ func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
 		})
 	}
 }
+
+// A non-streamed OpenAI chat whose target streams tiny SSE events (each kept for the
+// assembly) counts each as at least MinFrameCost bytes: 2,000 events of 10 bytes pass a
+// 64 KiB bound by their number, though their bytes are under a third of it.
+func TestTinyEventsCountAgainstTheAnswerBound(t *testing.T) {
+	t.Parallel()
+	const limit = 64 << 10
+	first := `data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"tiny-a","choices":[{"index":0,"delta":{"role":"assistant","content":"hi"},"finish_reason":null}]}` + "\n\n"
+	tb := setupFake(t, nil, brokertest.WithStore(func(c *broker.Config) { c.MaxAnswer = limit }))
+	tb.fake.FailNext(1, ollamatest.BadAnswer(ollama.ContentTypeSSE, first+strings.Repeat("data: {}\n\n", 2000)+"data: [DONE]\n\n"))
+	tb.start(t, worker.Config{})
+	job := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindOpenAIChat}
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
+	if _, err := tb.b.Store.Submit(ctxT(t), job, []byte(body)); err != nil {
+		t.Fatal(err)
+	}
+	rec := tb.waitEnded(t, job.ID)
+	if rec.State != broker.StateFailed || !strings.Contains(rec.Error, "answer too large") {
+		t.Errorf("record: %s, error %q; want failed for its answer's size", rec.State, rec.Error)
+	}
+}

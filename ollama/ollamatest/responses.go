@@ -37,11 +37,15 @@ func decodeBody(body []byte, v any) error {
 }
 
 // statusWriter is how a route answers an injected FailStatus: in the shape Ollama's
-// middleware gives an error of its chat handler on the Responses and Anthropic routes,
-// Ollama's {"error": msg} elsewhere.
+// middleware gives an error of its handler on the OpenAI and Anthropic routes, Ollama's
+// {"error": msg} on its own.
 func statusWriter(path string) func(http.ResponseWriter, int, string) {
 	switch path {
-	case "/v1/responses":
+	case "/v1/responses", "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+		"/v1/images/generations", "/v1/images/edits":
+		// Ollama's OpenAI middlewares rewrite their handler's error into OpenAI's shape
+		// (v0.17.4 middleware BaseWriter.writeError: openai.NewError(500, ...), the status
+		// kept), so an injected status is written so too.
 		return writeResponsesError
 	case "/v1/messages":
 		return writeAnthropicError

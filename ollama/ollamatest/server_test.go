@@ -223,6 +223,13 @@ func TestFailures(t *testing.T) {
 		t.Fatalf("FailStatus: %v", err)
 	}
 
+	// On an OpenAI route, in the shape Ollama's middleware gives its handler's errors.
+	s.FailNext(1, ollamatest.FailStatus(500, "model runner has unexpectedly stopped"))
+	if _, err := frames(t, ctx, c, "/v1/chat/completions", []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"x"}]}`)); !errors.As(err, &he) || he.StatusCode != 500 ||
+		he.Message != `{"error":{"message":"model runner has unexpectedly stopped","type":"api_error","param":null,"code":null}}` {
+		t.Fatalf("FailStatus on /v1/chat/completions: %v", err)
+	}
+
 	s.FailNext(1, ollamatest.DropConnection)
 	if _, err := frames(t, ctx, c, "/api/chat", body); !errors.As(err, &ce) {
 		t.Fatalf("DropConnection: %v", err)
