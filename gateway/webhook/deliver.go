@@ -303,10 +303,20 @@ func (d *Dispatcher) post(ctx context.Context, e *event, id string) (int, time.D
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10)) // let the connection be reused
 	var retryAfter time.Duration
-	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+	if throttled(resp.StatusCode) {
 		retryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), now)
 	}
 	return resp.StatusCode, retryAfter, nil
+}
+
+// throttled reports a status whose Retry-After is honoured: Standard Webhooks names 429,
+// 502 and 504 as a receiver throttling, and a 503 says so too.
+func throttled(status int) bool {
+	switch status {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
 }
 
 // backoff is the wait after failed attempt n: BaseDelay·2^(n-1) with ±20% jitter, or

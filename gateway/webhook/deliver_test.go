@@ -373,17 +373,22 @@ func TestAttemptOutcome(t *testing.T) {
 }
 
 // A failed attempt stores its progress with the pending delivery: the attempts made and
-// when the next one is due (the backoff, or the wait a 429 asked for), so a restart or
-// an adopter picks the retry up where it was.
+// when the next one is due (the backoff, or the wait a throttling receiver asked for:
+// Standard Webhooks names 429, 502 and 504 as throttling, and a 503 says so too), so a
+// restart or an adopter picks the retry up where it was.
 func TestFailedAttemptStoresItsProgress(t *testing.T) {
 	t.Parallel()
 	b := brokertest.New(t)
 	failing := newReceiver(t, func(int, hit) int { return http.StatusInternalServerError })
-	throttling := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Retry-After", "600")
-		w.WriteHeader(http.StatusTooManyRequests)
-	}))
-	t.Cleanup(throttling.Close)
+	throttling := map[string]bool{} // URL: a receiver asking for 600 s
+	for _, code := range []int{http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Retry-After", "600")
+			w.WriteHeader(code)
+		}))
+		t.Cleanup(srv.Close)
+		throttling[srv.URL] = true
+	}
 	cfg := fastConfig(b.Store)
 	cfg.BaseDelay, cfg.MaxDelay = time.Minute, time.Hour
 	runDispatcher(t, cfg)
@@ -396,9 +401,13 @@ func TestFailedAttemptStoresItsProgress(t *testing.T) {
 		exact bool
 	}
 	events := map[string]stored{}
-	for url, wait := range map[string]time.Duration{failing.URL: cfg.BaseDelay, throttling.URL: 600 * time.Second} {
+	waits := map[string]time.Duration{failing.URL: cfg.BaseDelay}
+	for url := range throttling {
+		waits[url] = 600 * time.Second
+	}
+	for url, wait := range waits {
 		j, _, rev := storedEvent(t, b, url)
-		events[url] = stored{jobID: j.ID, rev: rev, wait: wait, exact: url == throttling.URL}
+		events[url] = stored{jobID: j.ID, rev: rev, wait: wait, exact: throttling[url]}
 	}
 	for url, ev := range events {
 		var p *broker.PendingDelivery
