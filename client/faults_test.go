@@ -261,7 +261,7 @@ func TestWatchAllReportsAReconnect(t *testing.T) {
 	f := startForeman(t, foremanConfig{})
 	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
 	t.Cleanup(p.Close)
-	c, down, back := reconnectingClient(t, f, p, 20*time.Millisecond)
+	c, down, back := reconnectingClient(t, f.URL, p, 20*time.Millisecond)
 	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
 	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
 	defer cancel()
@@ -300,12 +300,21 @@ func TestWatchAllReportsAReconnect(t *testing.T) {
 func TestWatchJobReadsItAgainAfterAReconnect(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{})
+	// The backstop poll comes after 15 × 10 s, long after the test gives up.
+	watchThroughANATSOutage(t, f, f.URL, 10*time.Second)
+}
+
+// watchThroughANATSOutage watches a held job over NATS through a proxy, through the
+// client at base (foreman's HTTP, or a proxy before it) polling every poll: the
+// connection goes down, the job finishes meanwhile, the connection comes back; the watch
+// must tell the job done within the test's deadline.
+func watchThroughANATSOutage(t *testing.T, f *foreman, base string, poll time.Duration) {
+	t.Helper()
 	release := f.Fake.Hold("tiny-a")
 	defer release()
 	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
 	t.Cleanup(p.Close)
-	// The backstop poll comes after 15 × 10 s, long after the test gives up.
-	c, down, back := reconnectingClient(t, f, p, 10*time.Second)
+	c, down, back := reconnectingClient(t, base, p, poll)
 	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
 	ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
 	defer cancel()
@@ -329,11 +338,11 @@ func TestWatchJobReadsItAgainAfterAReconnect(t *testing.T) {
 	waitForEvent(ctx, t, events, id, client.StateDone)
 }
 
-// reconnectingClient is a client over NATS through proxy p that reconnects for ever;
-// down and back signal its disconnects and reconnects.
-func reconnectingClient(t *testing.T, f *foreman, p *brokertest.Proxy, poll time.Duration) (c *client.Client, down, back chan struct{}) {
+// reconnectingClient is a client of foreman's HTTP at base, over NATS through proxy p,
+// that reconnects for ever; down and back signal its disconnects and reconnects.
+func reconnectingClient(t *testing.T, base string, p *brokertest.Proxy, poll time.Duration) (c *client.Client, down, back chan struct{}) {
 	down, back = make(chan struct{}, 1), make(chan struct{}, 1)
-	c = newClient(t, f.URL, client.WithPollInterval(poll),
+	c = newClient(t, base, client.WithPollInterval(poll),
 		client.WithNATSURL("nats://"+p.Addr(),
 			append(natsAuth, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
 				nats.DisconnectErrHandler(func(*nats.Conn, error) { signal(down) }),
@@ -514,37 +523,8 @@ func TestSubmitFirstReadFailingForNowIsMadeAgainBriskly(t *testing.T) {
 func TestWatchJobReadAfterAReconnectFailingForNowIsMadeAgainBriskly(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{})
-	release := f.Fake.Hold("tiny-a")
-	defer release()
-	p := brokertest.NewProxy(t, strings.TrimPrefix(f.NATSURL, "nats://"))
-	t.Cleanup(p.Close)
-	down, back := make(chan struct{}, 1), make(chan struct{}, 1)
 	// The watch's first read passes, the one after the reconnect gets 503.
-	c := newClient(t, failSecondRead(t, f), client.WithPollInterval(never),
-		client.WithNATSURL("nats://"+p.Addr(),
-			append(natsAuth, nats.MaxReconnects(-1), nats.ReconnectWait(20*time.Millisecond),
-				nats.DisconnectErrHandler(func(*nats.Conn, error) { signal(down) }),
-				nats.ReconnectHandler(func(*nats.Conn) { signal(back) }))...))
-	byHTTP := newClient(t, f.URL, client.WithPollingOnly(), client.WithPollInterval(20*time.Millisecond))
-	ctx := testCtx(t)
-	id, err := byHTTP.SubmitAsync(ctx, chatJob("tiny-a", "held"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, err := c.Watch(ctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	p.Pause()
-	awaitSignal(ctx, t, down, "the NATS connection did not go down")
-	release()
-	if _, err := byHTTP.Wait(ctx, id); err != nil {
-		t.Fatal(err)
-	}
-	p.Resume()
-	awaitSignal(ctx, t, back, "the NATS connection did not come back")
-	waitForEvent(ctx, t, events, id, client.StateDone)
+	watchThroughANATSOutage(t, f, failSecondRead(t, f), never)
 }
 
 // A single-job wait over NATS whose connection closes for good (nats.go gave up
