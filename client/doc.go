@@ -35,7 +35,8 @@
 //     and a loss of events (a NATS reconnect) by a read of the job; should such a read,
 //     or Submit's first read of its job, fail for now (a 5xx, a 429, foreman
 //     unreachable, an answer cut short), it is made again briskly (50 ms, doubling to
-//     2 s, never slower than WithPollInterval; a 503's Retry-After for the artifact).
+//     2 s, never slower than WithPollInterval), or after foreman's Retry-After when it asks
+//     for longer (up to 30 s).
 //     Every wait honours its context; WithCancelOnContextDone also cancels the job on
 //     the server when the context ends.
 //

@@ -375,11 +375,8 @@ func (c *Client) awaitArtifact(ctx context.Context, id, name string, onErr func(
 		if onErr != nil {
 			onErr(err)
 		}
-		wait := brisk
-		var ae *APIError
-		if errors.As(err, &ae) && ae.RetryAfter > 0 {
-			wait = min(ae.RetryAfter, maxArtifactRetryWait)
-		} else {
+		wait := retryWait(err, brisk)
+		if wait == brisk {
 			brisk = min(2*brisk, briskLast, c.pollInterval)
 		}
 		t := time.NewTimer(wait)
@@ -391,9 +388,6 @@ func (c *Client) awaitArtifact(ctx context.Context, id, name string, onErr func(
 		}
 	}
 }
-
-// maxArtifactRetryWait bounds one wait of awaitArtifact, whatever Retry-After asks.
-const maxArtifactRetryWait = 30 * time.Second
 
 // Result is a finished job.
 type Result struct {

@@ -181,7 +181,7 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 		}
 		select {
 		case <-ctx.Done():
-		case <-time.After(wait):
+		case <-time.After(retryWait(err, wait)):
 		}
 		wait = min(2*wait, briskLast, c.pollInterval)
 	}
@@ -244,11 +244,13 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 			}
 		case <-t.C:
 			j, err := f.c.Job(ctx, f.id)
+			next := interval
 			switch {
 			case err != nil && transient(err) && ctx.Err() == nil:
 				if onErr != nil {
 					onErr(err)
 				}
+				next = retryWait(err, interval)
 			case err != nil:
 				return nil, err
 			case j.State.Terminal():
@@ -261,7 +263,7 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 			}
 			// else the record lags behind the terminal event told (a replica's copy): it
 			// is read again, and not told, which would tell the job's states backwards.
-			t.Reset(interval)
+			t.Reset(next)
 			if hurry {
 				interval = min(2*interval, briskLast, f.c.pollInterval)
 			}
@@ -277,6 +279,20 @@ const (
 	briskFirst = 50 * time.Millisecond
 	briskLast  = 2 * time.Second
 )
+
+// retryWait is the wait before a read that failed for now with err is made again: wait,
+// or longer when foreman asked for it (a 503's or 429's Retry-After: a store electing a
+// leader says how long it takes), up to maxRetryWait.
+func retryWait(err error, wait time.Duration) time.Duration {
+	var ae *APIError
+	if errors.As(err, &ae) && ae.RetryAfter > 0 {
+		return max(wait, min(ae.RetryAfter, maxRetryWait))
+	}
+	return wait
+}
+
+// maxRetryWait bounds how long a read waits because a Retry-After asked for it.
+const maxRetryWait = 30 * time.Second
 
 // transient errors are worth another poll: foreman restarting (an answer cut short) or
 // briefly unreachable.
