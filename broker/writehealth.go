@@ -14,6 +14,12 @@ import (
 // so: far longer than a leader election (a few seconds), which is waited through.
 const writeRefusedFor = 30 * time.Second
 
+// refusalHeardFor is how long the latest refusal stays evidence that the store refuses:
+// longer than a paused worker's probe cycle (a wait of up to 30 s, then a probe that may
+// take its 10 s timeout on a store that answers no write), or /healthz turns ok for the
+// span of each probe while every write is still refused.
+const refusalHeardFor = time.Minute
+
 // writeHealth follows whether one stream takes the writes of jobs: a disk that filled up
 // makes the embedded server refuse them, and a stream that failed a write may go on
 // refusing after space comes back, until foreman restarts. The job records and the queue
@@ -46,12 +52,12 @@ func (h *writeHealth) note(err error, now time.Time) {
 }
 
 // refusing reports refusals of every write for writeRefusedFor, the latest of them
-// within the last writeRefusedFor: a refusal followed by no write at all is no evidence
-// that the store still refuses.
+// within the last refusalHeardFor: a refusal followed by no write at all for that long
+// is no evidence that the store still refuses.
 func (h *writeHealth) refusing(what string, now time.Time) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.since.IsZero() || now.Sub(h.since) < writeRefusedFor || now.Sub(h.last) >= writeRefusedFor {
+	if h.since.IsZero() || now.Sub(h.since) < writeRefusedFor || now.Sub(h.last) >= refusalHeardFor {
 		return nil
 	}
 	return fmt.Errorf("the job store has refused every write of %s for %s (last: %v); is its disk full? once there is room, a store that still refuses needs foreman restarted", what, now.Sub(h.since).Round(time.Second), h.lastErr)

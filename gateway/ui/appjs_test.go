@@ -1,6 +1,7 @@
 package ui
 
 import (
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"strings"
@@ -35,7 +36,7 @@ const ctx = {
   document: { getElementById: () => anything(), createElement: () => anything(), createTextNode: () => anything(), createElementNS: () => anything() },
   sessionStorage: { getItem: () => null, setItem: () => {} },
   fetch: () => new Promise(() => {}),
-  setInterval: () => 0, setTimeout: () => 0,
+  setInterval: () => 0, setTimeout: () => 0, clearTimeout: () => {}, AbortController, Headers,
   Node: function () {},
 };
 vm.createContext(ctx);
@@ -89,5 +90,49 @@ func TestStatusPageNamesEveryPauseReason(t *testing.T) {
 		if got == "" || got == reason {
 			t.Errorf("pause reason %q: words %q, want some", reason, got)
 		}
+	}
+}
+
+// A poll that gets no answer (foreman frozen, or its connection dead: a fetch has no
+// time limit of its own) is given up, and the page says that what it shows is old,
+// rather than keep its last "updated" line over the data of then; the next poll runs.
+func TestStatusPageSaysWhenForemanDoesNotAnswer(t *testing.T) {
+	t.Parallel()
+	got := runScript(t, `
+const timers = [];
+setTimeout = (fn, ms) => { timers.push(fn); return timers.length; };
+clearTimeout = (id) => { if (id) timers[id - 1] = null; };
+let fetched = 0;
+fetch = (path, opts) => new Promise((_, reject) => {
+  fetched++;
+  const signal = opts && opts.signal;
+  if (signal) signal.addEventListener("abort", () => reject(new Error("The operation was aborted.")));
+});
+const said = [];
+setStatus = (text, bad) => said.push((bad ? "BAD: " : "ok: ") + text);
+polling = false; // the poll made at load hangs on the harness's fetch
+(async () => {
+  poll();
+  for (const fn of timers.splice(0)) if (fn) fn(); // the time limit passes
+  for (let i = 0; i < 50 && polling; i++) await null;
+  console.log(JSON.stringify({ said, polling, fetched }));
+})();
+`)
+	var out struct {
+		Said    []string `json:"said"`
+		Polling bool     `json:"polling"`
+		Fetched int      `json:"fetched"`
+	}
+	if err := json.Unmarshal([]byte(got), &out); err != nil {
+		t.Fatalf("probe printed %q: %v", got, err)
+	}
+	if out.Fetched == 0 {
+		t.Fatalf("the poll fetched nothing (status %q): the harness lacks what the script needs", out.Said)
+	}
+	if out.Polling {
+		t.Errorf("a poll without an answer still holds the page's polls after its time limit")
+	}
+	if len(out.Said) == 0 || !strings.HasPrefix(out.Said[len(out.Said)-1], "BAD: no answer from foreman") {
+		t.Errorf("status after a poll without an answer: %q, want it said as an error", out.Said)
 	}
 }

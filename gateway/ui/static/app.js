@@ -4,6 +4,10 @@
 "use strict";
 
 const POLL_MS = 1500;
+// A poll that has no whole answer by then is given up: a fetch has no time limit of its
+// own, and one a frozen foreman (or a dead connection) holds would hold every later poll,
+// the page showing its last data as if it were current.
+const POLL_TIMEOUT_MS = 10000;
 const HOUR_MS = 3600 * 1000;
 const TOKEN_KEY = "foreman-token";
 const TERMINAL = new Set(["done", "failed", "canceled"]);
@@ -115,7 +119,7 @@ async function api(path, opts) {
   const headers = new Headers(opts.headers || {});
   const token = sessionStorage.getItem(TOKEN_KEY);
   if (token) headers.set("Authorization", "Bearer " + token);
-  const resp = await fetch(path, { ...opts, headers, cache: "no-store", credentials: "omit" });
+  const resp = await fetch(path, { ...opts, headers, cache: "no-store", credentials: "omit", signal: opts.signal });
   if (resp.status === 401) throw new AuthError("token needed");
   return resp;
 }
@@ -129,9 +133,9 @@ async function apiJSON(path, opts) {
 }
 
 // loadsFromMetrics sums foreman_model_loads_total over its labels; null when not served.
-async function loadsFromMetrics() {
+async function loadsFromMetrics(signal) {
   try {
-    const resp = await api("/metrics");
+    const resp = await api("/metrics", { signal });
     if (!resp.ok) return null;
     const text = await resp.text();
     let sum = null;
@@ -483,6 +487,7 @@ function drawWaits() {
 // ---- loop ------------------------------------------------------------------------------
 
 let polling = false;
+let shownAt = null; // when the data shown was read
 
 // The finished jobs are read every RECENT_EVERY polls only: while a backlog lasts, the
 // read walks the records of every job newer than the newest finished one.
@@ -493,14 +498,17 @@ let recentJobs = null;
 async function poll() {
   if (polling) return;
   polling = true;
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), POLL_TIMEOUT_MS);
+  const signal = ctl.signal;
   try {
     const wantRecent = recentJobs === null || polls % RECENT_EVERY === 0;
     polls++;
     const [q, list, loads] = await Promise.all([
-      apiJSON("/queue?limit=100"),
+      apiJSON("/queue?limit=100", { signal }),
       // The finished jobs by state: the newest jobs are all waiting while a backlog lasts.
-      wantRecent ? apiJSON("/jobs?state=done,failed,canceled&limit=" + RECENT) : Promise.resolve(null),
-      loadsFromMetrics(),
+      wantRecent ? apiJSON("/jobs?state=done,failed,canceled&limit=" + RECENT, { signal }) : Promise.resolve(null),
+      loadsFromMetrics(signal),
     ]);
     if (list) recentJobs = list.jobs || [];
     const jobs = recentJobs || [];
@@ -515,15 +523,21 @@ async function poll() {
     renderLoads();
     drawDepth();
     drawWaits();
-    setStatus("updated " + fmtClock(Date.now()));
+    shownAt = Date.now();
+    setStatus("updated " + fmtClock(shownAt));
   } catch (e) {
+    // What the page shows is then older than this poll: it says from when.
+    const stale = shownAt === null ? "" : " (shown: as of " + fmtClock(shownAt) + ")";
     if (e instanceof AuthError) {
       askToken();
       setStatus("a bearer token is needed", true);
+    } else if (signal.aborted) {
+      setStatus("no answer from foreman within " + fmtDur(POLL_TIMEOUT_MS) + stale, true);
     } else {
-      setStatus("cannot reach foreman: " + e.message, true);
+      setStatus("cannot reach foreman: " + e.message + stale, true);
     }
   } finally {
+    clearTimeout(timer);
     polling = false;
   }
 }
