@@ -19,6 +19,7 @@ type metrics struct {
 	queueDepth *prometheus.Desc
 	targetUp   *prometheus.Desc
 	queueTotal *prometheus.Desc
+	queueRead  *prometheus.Desc
 	degraded   *prometheus.Desc
 	loaded     *prometheus.Desc
 	cutOff     *prometheus.Desc
@@ -40,6 +41,7 @@ func newMetricsHandler(s *Server) http.Handler {
 			queueDepth: prometheus.NewDesc("foreman_queue_depth", "Jobs in the queue (waiting, retrying or running) per model and priority.", []string{"model", "priority"}, nil),
 			targetUp:   prometheus.NewDesc("foreman_target_up", "1 while the Ollama target is reachable, 0 while it is not.", nil, nil),
 			queueTotal: prometheus.NewDesc("foreman_queue_jobs", "Jobs in the queue, all models.", nil, nil),
+			queueRead:  prometheus.NewDesc("foreman_queue_readable", "1 when this scrape read the queue (foreman_queue_jobs and foreman_queue_depth are then shown), 0 when the job store did not answer.", nil, nil),
 			degraded:   prometheus.NewDesc("foreman_target_degraded", "1 while the Ollama target is unreachable, or no poll of it has ended yet.", nil, nil),
 			loaded:     prometheus.NewDesc("foreman_target_loaded_model", "1 for each model loaded on the target (last poll).", []string{"model"}, nil),
 			cutOff:     prometheus.NewDesc("foreman_slow_clients_cut_off_total", "Sync clients cut off for reading their answer too slowly (their jobs ran on).", nil, nil),
@@ -63,6 +65,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	ch <- m.queueDepth
 	ch <- m.targetUp
 	ch <- m.queueTotal
+	ch <- m.queueRead
 	ch <- m.degraded
 	ch <- m.loaded
 	ch <- m.cutOff
@@ -76,7 +79,12 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
+	// A queue the store does not answer for shows no depth (an old one would be taken for
+	// the queue's now): foreman_queue_readable says so, for an alert to fire on rather
+	// than go quiet with the series gone.
+	readable := 0.0
 	if depth, err := m.s.store.DepthByKey(ctx); err == nil {
+		readable = 1
 		var total uint64
 		type series struct{ model, priority string }
 		sum := map[series]uint64{}
@@ -97,6 +105,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		}
 		ch <- prometheus.MustNewConstMetric(m.queueTotal, prometheus.GaugeValue, float64(total))
 	}
+	ch <- prometheus.MustNewConstMetric(m.queueRead, prometheus.GaugeValue, readable)
 	// Up only once the target answered a poll of this run: before that it is not known
 	// to be, whatever models are remembered for it (ADR-0047). Degraded, as /healthz
 	// says, until a poll has ended.

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
@@ -236,5 +237,34 @@ func TestMetricsCountOnlyThisForemansChanges(t *testing.T) {
 	eventually(t, 10*time.Second, "this foreman's cancel counted", func() bool { return canceled() >= 1 })
 	if got := canceled(); got != 1 {
 		t.Fatalf("foreman_jobs_total{state=canceled} = %v, want 1: another foreman's cancel counted here too", got)
+	}
+}
+
+// A scrape whose read of the queue fails (the job store does not answer) says so in
+// foreman_queue_readable, 0, and leaves the queue's series out: before, they were just
+// gone, and an alert on them went quiet when it should fire.
+func TestMetricsSayWhenTheQueueCannotBeRead(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	fams := scrape(t, b)
+	if got := metricValue(fams, "foreman_queue_readable"); got != 1 {
+		t.Fatalf("foreman_queue_readable = %v with the queue readable, want 1", got)
+	}
+	if got := metricValue(fams, "foreman_queue_jobs"); got != 0 {
+		t.Fatalf("foreman_queue_jobs = %v with the queue empty, want 0", got)
+	}
+	js, err := jetstream.New(b.Broker.Conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(context.Background(), broker.QueueStream); err != nil {
+		t.Fatal(err)
+	}
+	fams = scrape(t, b)
+	if got := metricValue(fams, "foreman_queue_readable"); got != 0 {
+		t.Errorf("foreman_queue_readable = %v with the queue unreadable, want 0", got)
+	}
+	if got := metricValue(fams, "foreman_queue_jobs"); got != -1 {
+		t.Errorf("foreman_queue_jobs = %v with the queue unreadable, want it left out", got)
 	}
 }
