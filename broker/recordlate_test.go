@@ -164,3 +164,24 @@ func TestSubmitCreateLandedButAnsweredWithErrorIsWhole(t *testing.T) {
 		t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
 	}
 }
+
+// A create whose first try was stored unseen, whose queue message is refused (a full
+// queue), leaves no job: the caller is told the submit failed (and, with an idempotency
+// key, gets the key back), so a record left queued without a message would wait for
+// nothing, listed as queued until the job TTL, while the caller's retry made a second job.
+func TestSubmitCreateLandedUnseenWithQueueFullLeavesNoRecord(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 1 }))
+	ctx := ctxT(t)
+	if _, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{"model":"m"}`)); err != nil {
+		t.Fatalf("fill the queue: %v", err)
+	}
+	b.Store.LoseCreateAnswer(context.DeadlineExceeded, nil)
+	j := &broker.Job{Model: "m", Kind: broker.KindChat}
+	if _, err := b.Store.Submit(ctx, j, []byte(`{"model":"m"}`)); !errors.Is(err, broker.ErrQueueFull) {
+		t.Fatalf("submit: %v, want ErrQueueFull", err)
+	}
+	if rec, _, err := b.Store.Get(ctx, j.ID); !errors.Is(err, broker.ErrNotFound) {
+		t.Fatalf("record %+v %v, want none: the submit failed", rec, err)
+	}
+}

@@ -442,7 +442,7 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	})
 	s.writes.records.note(cerr, s.clock())
 	<-done
-	return s.settleSubmit(ctx, j, cerr, ack, qerr)
+	return s.settleSubmit(ctx, j, rec, cerr, ack, qerr)
 }
 
 // maxSubmitRecord bounds a new job's record. Its fields from the caller are bounded one by
@@ -455,8 +455,9 @@ const maxSubmitRecord = 16 << 10
 // that stands alone: a record whose queue message was refused (a full queue) is
 // discarded, and a queue message whose record could not be written is deleted, so no
 // job is left half-made. A deletion that fails leaves a queue message without a record,
-// which the worker drops once it is older than RecordGrace.
-func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetstream.PubAck, qerr error) (*Job, error) {
+// which the worker drops once it is older than RecordGrace. rec is the record this submit
+// wrote (or tried to).
+func (s *Store) settleSubmit(ctx context.Context, j *Job, rec []byte, cerr error, ack *jetstream.PubAck, qerr error) (*Job, error) {
 	// ours is the queue message this submit stored (not the one a duplicate matched).
 	ours := qerr == nil && ack != nil && !ack.Duplicate
 	switch {
@@ -521,6 +522,13 @@ func (s *Store) settleSubmit(ctx context.Context, j *Job, cerr error, ack *jetst
 	// may have come between its record and its message); within the duplicate window the
 	// queue dropped it, after it the worker drops the spare copy.
 	if qerr != nil {
+		if bytes.Equal(existing.raw, rec) {
+			// The record is this submit's own, its create stored unseen, and its message
+			// was refused: the caller hears that the submit failed (and gets its
+			// idempotency key back), so the record goes, as when the create was answered.
+			// Left, it would wait queued for a message nothing sends.
+			s.discard(j)
+		}
 		return nil, fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(qerr))
 	}
 	return existing, nil
