@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -240,7 +241,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		a.goRun("nats-submit", func() error { return a.gw.RunNATSSubmit(bg) })
 	}
 
-	maxConns := cfg.MaxQueue + spareConns
+	// A FOREMAN_MAX_QUEUE near the largest int would wrap the sum negative, and every
+	// connection would be refused: the cap stops at the largest int.
+	maxConns := math.MaxInt
+	if cfg.MaxQueue <= math.MaxInt-spareConns {
+		maxConns = cfg.MaxQueue + spareConns
+	}
 	if cfg.Components.MaxConns > 0 {
 		maxConns = cfg.Components.MaxConns
 	}
