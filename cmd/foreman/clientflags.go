@@ -94,7 +94,11 @@ func (f *clientFlags) baseURL(e *env) string { return pick(f.url, e, "FOREMAN_UR
 // says so on stderr and polls instead.
 func (f *clientFlags) client(cmd *cobra.Command, e *env, opts ...client.Option) (*client.Client, error) {
 	base := f.baseURL(e)
-	opts = append([]client.Option{client.WithToken(pick(f.token, e, "FOREMAN_TOKEN", ""))}, opts...)
+	token := pick(f.token, e, "FOREMAN_TOKEN", "")
+	if err := sendableToken(token, "no request could carry it"); err != nil {
+		return nil, fmt.Errorf("--token/FOREMAN_TOKEN: %w", err) // else "cannot reach" foreman
+	}
+	opts = append([]client.Option{client.WithToken(token)}, opts...)
 	if nu := pick(f.natsURL, e, "FOREMAN_CLIENT_NATS_URL", ""); nu != "" {
 		var nopts []nats.Option
 		if user := pick(f.natsUser, e, "FOREMAN_NATS_USER", ""); user != "" {

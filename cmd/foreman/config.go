@@ -106,7 +106,7 @@ func (c *serveConfig) settings() []*setting {
 	return []*setting{
 		{env: "FOREMAN_ADDR", flag: "addr", def: app.DefaultAddr, usage: "HTTP listen address", parse: hostPort(&c.Addr)},
 		{env: "FOREMAN_OLLAMA_URL", flag: "ollama-url", def: app.DefaultOllamaURL, usage: "URL of the Ollama server foreman fronts", parse: httpURL(&c.OllamaURL)},
-		{env: "FOREMAN_OLLAMA_TOKEN", flag: "ollama-token", usage: "bearer token sent to Ollama", parse: str(&c.OllamaToken)},
+		{env: "FOREMAN_OLLAMA_TOKEN", flag: "ollama-token", usage: "bearer token sent to Ollama", parse: ollamaToken(&c.OllamaToken)},
 		{env: "FOREMAN_AUTH_TOKEN", flag: "auth-token", usage: "bearer token HTTP clients must send (off when empty)", parse: headerToken(&c.AuthToken)},
 		{env: "FOREMAN_DATA_DIR", flag: "data-dir", usage: "JetStream store directory (default: foreman in the user's data dir)", parse: str(&c.DataDir)},
 		{env: "FOREMAN_NATS_LISTEN", flag: "nats-listen", usage: "host:port of a NATS listener for clients (off when empty)", parse: optionalHostPort(&c.NATSListen)},
@@ -327,7 +327,7 @@ func httpURL(p *string) func(string) error {
 	}
 }
 
-// headerToken accepts a token clients send in an HTTP header. A header's value reaches
+// headerToken accepts the token clients send in an HTTP header. A header's value reaches
 // foreman without the white space around it, and cannot hold control characters: a token
 // with either (a line end or a blank carried over from the file or line it was copied
 // from) would match no request, and every call would get 401.
@@ -336,8 +336,31 @@ func headerToken(p *string) func(string) error {
 		if strings.TrimSpace(v) != v {
 			return errors.New("has white space at its start or end, which no HTTP header carries: no client could send it")
 		}
-		if strings.ContainsFunc(v, func(r rune) bool { return (r < ' ' && r != '\t') || r == 0x7f }) {
-			return errors.New("has a control character, which no HTTP header carries: no client could send it")
+		if err := sendableToken(v, "no client could send it"); err != nil {
+			return err
+		}
+		*p = v
+		return nil
+	}
+}
+
+// sendableToken says what keeps token v from being sent in an HTTP header: a control
+// character (a line end carried over from a CRLF env file or a pasted token), with which
+// Go refuses to send the request at all; why says what that breaks. (White space at its
+// ends is sent, and dropped by the server that reads it.)
+func sendableToken(v, why string) error {
+	if strings.ContainsFunc(v, func(r rune) bool { return (r < ' ' && r != '\t') || r == 0x7f }) {
+		return errors.New("has a control character, which no HTTP header carries: " + why)
+	}
+	return nil
+}
+
+// ollamaToken accepts FOREMAN_OLLAMA_TOKEN: one that cannot be sent failed every call
+// to Ollama before it left, and foreman showed Ollama unreachable for ever.
+func ollamaToken(p *string) func(string) error {
+	return func(v string) error {
+		if err := sendableToken(v, "foreman could not send it to Ollama, which would look unreachable"); err != nil {
+			return err
 		}
 		*p = v
 		return nil

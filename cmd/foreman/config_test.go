@@ -150,6 +150,10 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": " "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
 		{args: []string{"--auth-token", "s3c\x01ret"}, want: []string{`--auth-token=(hidden): has a control character`}},
 		{args: []string{"--auth-token", "s3c\x7fret"}, want: []string{`--auth-token=(hidden): has a control character`}},
+		// So is a token for Ollama (a line end carried over from a CRLF env file): every call
+		// to Ollama failed, foreman saw it unreachable for ever, the setting unnamed.
+		{env: map[string]string{"FOREMAN_OLLAMA_TOKEN": "s3cret\r"}, want: []string{`FOREMAN_OLLAMA_TOKEN=(hidden): has a control character`}},
+		{args: []string{"--ollama-token", "s3c\nret"}, want: []string{`--ollama-token=(hidden): has a control character`}},
 		{env: map[string]string{"FOREMAN_LOG_LEVEL": "loud"}, want: []string{`FOREMAN_LOG_LEVEL="loud": not a log level`}},
 		{env: map[string]string{"FOREMAN_MAX_BODY": "1e9"}, want: []string{`FOREMAN_MAX_BODY="1e9"`}},
 		{env: map[string]string{"FOREMAN_ORIGINS": "https://a.example,b.example"}, want: []string{`FOREMAN_ORIGINS="https://a.example,b.example": "b.example": not an origin`}},

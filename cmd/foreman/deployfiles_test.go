@@ -6,8 +6,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 )
 
 // The image runs as a non-root user and brings /data owned by it: Docker copies the
@@ -58,6 +62,8 @@ type composeService struct {
 	foreman  bool // built from deploy/Dockerfile
 	hostname string
 	env      map[string]string
+	// stopGrace is its stop_grace_period ("" = Docker's 10 s).
+	stopGrace string
 }
 
 // composeServices reads the services of a compose file as deploy/compose.yaml writes
@@ -100,10 +106,12 @@ func composeServices(t *testing.T, text string) map[string]*composeService {
 				if base == nil {
 					t.Fatalf("merge of an unknown anchor: %s", line)
 				}
-				svc.foreman, svc.hostname = base.foreman, base.hostname
+				svc.foreman, svc.hostname, svc.stopGrace = base.foreman, base.hostname, base.stopGrace
 				svc.env = maps.Clone(base.env)
 			case "hostname":
 				svc.hostname = m[2]
+			case "stop_grace_period":
+				svc.stopGrace = m[2]
 			case "environment":
 				inEnv, svc.env = true, map[string]string{}
 				if a, ok := strings.CutPrefix(m[2], "&"); ok {
@@ -219,5 +227,63 @@ func TestSystemdUnitPassesSecretFilesAsCredentials(t *testing.T) {
 	out, err := exec.Command(analyze, "verify", "--man=no", path).CombinedOutput()
 	if err != nil || strings.Contains(string(out), path+":") {
 		t.Errorf("systemd-analyze verify of the unit with its credentials: %v\n%s", err, out)
+	}
+}
+
+// Every way foreman is run as a service waits longer than FOREMAN_SHUTDOWN_TIMEOUT's
+// default, plus some seconds, before it kills foreman: a graceful shutdown lets the running
+// job finish (up to 25 s of the 30) and answers the waiting callers. Docker's own wait is
+// 10 s: killed then, the running job is cut and runs again from the start, its sync
+// caller's answer breaks off, and the store is not closed.
+func TestDeployFilesWaitOutTheShutdown(t *testing.T) {
+	t.Parallel()
+	want := app.DefaultShutdownTimeout + 10*time.Second
+	read := func(path string) string {
+		t.Helper()
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(data)
+	}
+	seconds := func(what, s string) time.Duration {
+		t.Helper()
+		d, err := time.ParseDuration(s)
+		if err != nil {
+			if n, err := strconv.Atoi(s); err == nil {
+				d = time.Duration(n) * time.Second
+			} else {
+				t.Fatalf("%s: %q is no duration", what, s)
+			}
+		}
+		return d
+	}
+	if m := regexp.MustCompile(`(?m)^TimeoutStopSec=(\S+)$`).FindStringSubmatch(read("../../deploy/foreman.service")); m == nil {
+		t.Error("deploy/foreman.service sets no TimeoutStopSec")
+	} else if d := seconds("TimeoutStopSec", m[1]); d < want {
+		t.Errorf("deploy/foreman.service: TimeoutStopSec=%s, want at least %s", d, want)
+	}
+	if m := regexp.MustCompile(`<key>ExitTimeOut</key><integer>(\d+)</integer>`).FindStringSubmatch(read("../../deploy/com.foreman.serve.plist")); m == nil {
+		t.Error("deploy/com.foreman.serve.plist sets no ExitTimeOut")
+	} else if d := seconds("ExitTimeOut", m[1]); d < want {
+		t.Errorf("deploy/com.foreman.serve.plist: ExitTimeOut=%s, want at least %s", d, want)
+	}
+	services := composeServices(t, read("../../deploy/compose.yaml"))
+	for _, name := range []string{"foreman", "foreman-a", "foreman-b"} {
+		s := services[name]
+		switch {
+		case s == nil:
+			t.Errorf("deploy/compose.yaml has no service %s", name)
+		case s.stopGrace == "":
+			t.Errorf("deploy/compose.yaml: %s has no stop_grace_period: Docker kills it after 10 s, want at least %s", name, want)
+		case seconds(name+": stop_grace_period", s.stopGrace) < want:
+			t.Errorf("deploy/compose.yaml: %s: stop_grace_period %s, want at least %s", name, s.stopGrace, want)
+		}
+	}
+	run := regexp.MustCompile(`(?m)^# Run: +docker run .*(\n#  +.*)*`).FindString(read("../../deploy/Dockerfile"))
+	if m := regexp.MustCompile(`--stop-timeout[ =](\d+)`).FindStringSubmatch(run); m == nil {
+		t.Errorf("the Dockerfile's docker run line gives no --stop-timeout: Docker kills foreman after 10 s:\n%s", run)
+	} else if d := seconds("--stop-timeout", m[1]); d < want {
+		t.Errorf("the Dockerfile's docker run line: --stop-timeout %s, want at least %s", d, want)
 	}
 }

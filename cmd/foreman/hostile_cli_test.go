@@ -62,3 +62,17 @@ func TestHugeAnswers(t *testing.T) {
 		})
 	}
 }
+
+// A FOREMAN_TOKEN with a line end (a CRLF env file, a pasted token) is named as the
+// fault: the CLI said it could not reach foreman, "is foreman serve running?", since no
+// request carrying it could be sent. The token is never quoted.
+func TestCLITokenNoHeaderCarries(t *testing.T) {
+	t.Parallel()
+	url := fakeForeman(t, "s3cret")
+	for _, tok := range []string{"s3cret\r", "s3c\nret"} {
+		r := runCLI(t, map[string]string{"FOREMAN_URL": url, "FOREMAN_TOKEN": tok}, nil, nil, "ps")
+		if r.code != 1 || !strings.Contains(r.stderr, "--token/FOREMAN_TOKEN") || strings.Contains(r.stderr, "cannot reach") || strings.Contains(r.stderr, "s3c") {
+			t.Errorf("FOREMAN_TOKEN=%q: exit %d, stderr %q", tok, r.code, r.stderr)
+		}
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -240,7 +241,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		a.goRun("nats-submit", func() error { return a.gw.RunNATSSubmit(bg) })
 	}
 
-	maxConns := cfg.MaxQueue + spareConns
+	// A FOREMAN_MAX_QUEUE near the largest int would wrap the sum negative, and every
+	// connection would be refused: the cap stops at the largest int.
+	maxConns := math.MaxInt
+	if cfg.MaxQueue <= math.MaxInt-spareConns {
+		maxConns = cfg.MaxQueue + spareConns
+	}
 	if cfg.Components.MaxConns > 0 {
 		maxConns = cfg.Components.MaxConns
 	}
@@ -554,8 +560,9 @@ func (a *App) warmEmbedder(ctx context.Context) {
 //  2. end the responses still waiting for a job that will not run now (503, job canceled)
 //     and let the HTTP server finish; at the deadline it is closed, a failure only if a
 //     request was still being answered (httpShutdownError);
-//  3. stop the background components, drain the NATS connection, shut the embedded
-//     server down.
+//  3. stop the background components (past the deadline, the NATS connection is closed
+//     under them: waitComponents), drain the NATS connection, shut the embedded server
+//     down.
 //
 // Safe to call twice.
 func (a *App) Shutdown(ctx context.Context) error {
@@ -600,9 +607,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 		if a.cancel != nil {
 			a.cancel()
 		}
-		a.wg.Wait()
+		a.waitComponents(ctx)
 		if a.store != nil && a.inv != nil {
-			a.stopTarget()
+			a.stopTarget(ctx)
 		}
 		if a.nc != nil {
 			if err := a.nc.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
@@ -616,6 +623,28 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr
+}
+
+// waitComponents waits for the background components, stopped, to return. Their last
+// writes (the presence withdrawn, the webhook consumer released) wait up to 5 s each for a
+// NATS that answers nothing (a frozen node, a lost link): past ctx's deadline foreman's
+// connection is closed under them, which fails those writes at once, so the shutdown
+// keeps to FOREMAN_SHUTDOWN_TIMEOUT.
+func (a *App) waitComponents(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		a.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	}
+	if a.nc != nil {
+		a.nc.Close()
+	}
+	<-done
 }
 
 // httpShutdownError is the error of an HTTP server's shutdown that ended with err, nil

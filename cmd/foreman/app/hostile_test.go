@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -183,4 +184,28 @@ func TestHTTPConnectionsAreCapped(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// A FOREMAN_MAX_QUEUE as large as the setting takes (an operator's "no limit") still
+// serves HTTP: the connection cap above it (MaxQueue + spareConns) wrapped around to a
+// negative number, and every connection was refused "too many connections".
+func TestHugeMaxQueueStillServesHTTP(t *testing.T) {
+	t.Parallel()
+	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	cfg := app.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), OllamaURL: mac.URL, TargetName: "studio", PollInterval: 200 * time.Millisecond}
+	cfg.MaxQueue = math.MaxInt
+	a, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopForeman(t, a) })
+	resp, err := http.Get("http://" + a.Addr() + "/api/version")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /api/version with FOREMAN_MAX_QUEUE=%d: %d %s", cfg.MaxQueue, resp.StatusCode, b)
+	}
 }

@@ -142,9 +142,10 @@ const maxRememberedTargets = 4096
 // queueing jobs for the models only it has, which it runs once it is back (a restart, an
 // upgrade), rather than answer them Ollama's 404 meanwhile. A foreman stopped for good
 // leaves an entry that lapses as a dead one's does (FOREMAN_POLL_INTERVAL × 3, at least
-// 10 s and two intervals).
-func (a *App) stopTarget() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// 10 s and two intervals); so does the entry of one whose shutdown deadline (ctx) has
+// passed, or passes during the write.
+func (a *App) stopTarget(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	t := a.targetOf(a.inv.Snapshot())
 	t.Reachable, t.Loaded, t.Ps = false, nil, nil
