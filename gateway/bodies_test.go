@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -487,5 +488,22 @@ func TestBodyGrowth(t *testing.T) {
 		if got := bodyGrowth(c.c, c.limit, c.exact); got != c.want {
 			t.Errorf("bodyGrowth(%d, %d, %v) = %d, want %d", c.c, c.limit, c.exact, got, c.want)
 		}
+	}
+}
+
+// A zstd body is decoded under the largest body limit there is (FOREMAN_MAX_BODY of the
+// largest int: no limit): the limit and one byte more wrapped negative, and every zstd
+// body decoded as empty, a 400 "invalid JSON".
+func TestZstdBodyUnderTheLargestBodyLimit(t *testing.T) {
+	t.Parallel()
+	b := newBudgetBundle(t, math.MaxInt64, math.MaxInt64, nil)
+	enc, err := zstd.NewWriter(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer enc.Close()
+	body := enc.EncodeAll([]byte(`{"model":"tiny-a","input":"hi"}`), nil)
+	if resp, raw := b.request(t, http.MethodPost, "/v1/responses", body, "Content-Encoding", "zstd"); resp.StatusCode != http.StatusOK {
+		t.Fatalf("a zstd body under no body limit: %d %s", resp.StatusCode, raw)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"slices"
 	"strings"
@@ -481,7 +482,14 @@ func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byt
 	}
 	defer dec.Close()
 	compressed := int64(cap(body))
-	out, err := readGrowing(io.LimitReader(dec, s.cfg.MaxBodyBytes+1), s.cfg.MaxBodyBytes, 0, false, hold)
+	// One byte past the limit tells a body over it; a limit of the largest int (no limit,
+	// as FOREMAN_MAX_BODY allows) has no byte past it, and one more wrapped negative: every
+	// body decoded as empty.
+	read := s.cfg.MaxBodyBytes
+	if read < math.MaxInt64 {
+		read++
+	}
+	out, err := readGrowing(io.LimitReader(dec, read), s.cfg.MaxBodyBytes, 0, false, hold)
 	switch {
 	case errors.Is(err, errOverBudget):
 		return nil, s.budgetRefusal()
