@@ -475,12 +475,20 @@ func (s *Store) ServeRedeliver(answer func(id string) RedeliverReply) (stop func
 	return func() { _ = sub.Unsubscribe() }, nil
 }
 
-// GetRaw returns job id's record as stored, and its revision.
+// GetRaw returns job id's record as stored, and its revision. Like Get, it is tried
+// again through a cluster's leader election (a direct get no replica answers yet, "no
+// responders"), for up to Config.RetryWindow: tried once, a manual redelivery asked then
+// was told the job was not found.
 func (s *Store) GetRaw(ctx context.Context, id string) ([]byte, uint64, error) {
 	if err := ValidateID(id); err != nil {
 		return nil, 0, err
 	}
-	e, err := s.kvGet(ctx, jobKey(id))
+	var e jetstream.KeyValueEntry
+	err := s.retry(ctx, func(ctx context.Context) error {
+		var err error
+		e, err = s.kvGet(ctx, jobKey(id))
+		return err
+	})
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)

@@ -180,6 +180,32 @@ func TestClusterReadPastALaggingReplica(t *testing.T) {
 	askedLeader(t, leaderReads)
 }
 
+// A read of a record as stored (GetRaw: the webhook dispatcher's manual redelivery reads
+// so) goes through a direct get no replica answers ("no responders", as while a stream
+// elects a leader) as Get does: tried again within the retry window. Tried once, half the
+// reads here failed, and a redelivery asked then was told the job was not found.
+func TestClusterGetRawThroughNoResponders(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	st := c.Open(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Half the direct gets go to a subject nobody answers.
+	c.MapSubject(t, "$JS.API.DIRECT.GET.KV_"+broker.JobsBucket+".>", "nobody.answers.>", 50)
+	for i := range 20 {
+		if _, _, err := st.GetRaw(ctx, j.ID); err != nil {
+			t.Fatalf("raw read %d: %v", i, err)
+		}
+	}
+}
+
 // A replica behind the presence bucket's leader says "not found" of a foreman that has
 // announced itself; its sync callers are not given up for gone on that word (the store
 // asks the leader), or another foreman would cancel their jobs while they wait.
