@@ -39,6 +39,13 @@ func newServeCmd(e *env) *cobra.Command {
 func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	a, err := app.Start(ctx, cfg.Config, log)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Stopped (SIGTERM, Ctrl-C) before it served, waiting for its NATS cluster,
+			// say: the operator's stop, not a failure (exit 0; systemd does not mark the
+			// unit failed).
+			log.Info("stopped before foreman was serving", "err", err)
+			return nil
+		}
 		return err
 	}
 	log.Info("foreman is serving", "addr", a.Addr(), "ollama", ollama.RedactURL(cfg.OllamaURL), "data_dir", a.DataDir(), "nats_listen", a.NATSListen(), "boot_id", a.BootID())
