@@ -167,6 +167,20 @@ func (sr *syncResponse) stopping() bool {
 // having run, waits for the final marker and the frames before it (handle).
 const finalGrace = 2 * time.Second
 
+// finalMarkerComing reports whether a runner publishes a final marker for terminal job j,
+// ahead of its terminal state: one did if the job ran, unless it was canceled while it
+// waited between attempts (retrying, or queued again), which a canceler stores without a
+// cancel request. No runner held the job then, and no final marker comes (ADR-0036: the
+// caller ends on the canceled state), however long the response waited or the runner of
+// its last attempt was asked (ADR-0078). A running job is canceled by request, which the
+// worker ends with its final marker.
+func finalMarkerComing(j *broker.Job) bool {
+	if j.StartedAt == nil {
+		return false
+	}
+	return j.State != broker.StateCanceled || j.CancelRequested != ""
+}
+
 // handle processes one event; end reports that the response is over.
 func (sr *syncResponse) handle(ev broker.Event) (o outcome, end bool) {
 	switch ev.Kind {
@@ -174,7 +188,7 @@ func (sr *syncResponse) handle(ev broker.Event) (o outcome, end bool) {
 		if !ev.Job.State.Terminal() {
 			return 0, false
 		}
-		if ev.Job.StartedAt != nil && sr.finalGrace > 0 {
+		if finalMarkerComing(ev.Job) && sr.finalGrace > 0 {
 			// The job ran, so its worker published a final marker before this state. On
 			// one NATS server it came first (one subscription keeps the connection's
 			// order); on a cluster the state, republished by the jobs stream's leader on
@@ -267,7 +281,7 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 // version that keeps none for a resend.
 func (sr *syncResponse) mend(feed jobEvents, j *broker.Job) bool {
 	_, boot := j.CurrentRunner()
-	if boot == "" || (sr.s.store != nil && boot == sr.s.store.BootID()) {
+	if boot == "" || (sr.s.store != nil && boot == sr.s.store.BootID()) || !finalMarkerComing(j) {
 		return false
 	}
 	return feed.Mend()

@@ -207,6 +207,60 @@ func TestSyncResponseStateWithoutItsFinalMarker(t *testing.T) {
 	}
 }
 
+// A job canceled while it waited between attempts (retrying: its first attempt began,
+// the target was unreachable) has a start, but no runner holds it, and no final marker
+// will come: its caller is answered the cancel at once, as one of a job canceled while
+// queued is, not after the grace for a marker, nor after asking the runner of its
+// earlier attempt, another foreman, for the rest of the answer (which took three asks of
+// Config.ResendWait on a cluster). A job canceled while it ran (by request, which the
+// worker ends with its marker) still waits for its last frames and marker.
+func TestSyncResponseCanceledBetweenAttemptsEndsAtOnce(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	canceled := func(requested string) *nats.Msg {
+		started := time.Now()
+		j := &broker.Job{ID: syncTestID, State: broker.StateCanceled, Error: "asked", CancelRequested: requested,
+			StartedAt: &started, Attempt: 1, RunnerAttempt: 1, Runner: "mac", RunnerBoot: "other-boot"}
+		data, err := json.Marshal(j)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &nats.Msg{Subject: broker.StateSubject(syncTestID), Data: data}
+	}
+	asked := 0
+	mend := func(*listFeed) bool { asked++; return true } // a runner being asked, without end
+	o, w := runSyncCase(t, syncCase{stream: true, grace: time.Hour, store: b.Store, mend: mend,
+		msgs: []*nats.Msg{canceled("")}})
+	if o != outcomeError || w.Code != http.StatusConflict || asked != 0 {
+		t.Fatalf("outcome %v, status %d (%q), %d asks: want the cancel at once, no ask", o, w.Code, w.Body, asked)
+	}
+	// The watchdog's look at the record, its state event lost on the way, asks no runner.
+	o, w = runSyncCase(t, syncCase{stream: true, grace: time.Hour, store: b.Store, mend: mend,
+		record: jobOf(t, canceled(""))})
+	if o != outcomeError || w.Code != http.StatusConflict || asked != 0 {
+		t.Fatalf("watchdog: outcome %v, status %d (%q), %d asks: want the cancel, no ask", o, w.Code, w.Body, asked)
+	}
+	o, w = runSyncCase(t, syncCase{stream: true, grace: time.Hour, store: b.Store, msgs: []*nats.Msg{
+		streamMsg(1, "{\"a\":1}\n", broker.HeaderContentType, "application/x-ndjson"),
+		canceled("asked"),
+		streamMsg(2, "{\"a\":2}\n"),
+		finalMsg(3, "canceled", broker.HeaderError, "asked"),
+	}})
+	if o != outcomeError || !strings.HasPrefix(w.Body.String(), "{\"a\":1}\n{\"a\":2}\n{\"error\":") {
+		t.Fatalf("canceled while it ran: outcome %v, body %q: want its last frame, then the cancel", o, w.Body)
+	}
+}
+
+// jobOf is the job a state event carries.
+func jobOf(t *testing.T, m *nats.Msg) *broker.Job {
+	t.Helper()
+	j, err := broker.DecodeJob(m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return j
+}
+
 func TestSyncResponseNDJSONInOrder(t *testing.T) {
 	t.Parallel()
 	o, w := runSyncCase(t, syncCase{stream: true, msgs: []*nats.Msg{
