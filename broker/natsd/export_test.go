@@ -124,3 +124,11 @@ func DefaultDataDirOn(goos string, env map[string]string, home string) (string, 
 		return home, nil
 	})
 }
+
+// SetListenerMaxConns sets listenerMaxConns until the test ends (by the returned
+// restore). Not for parallel tests: Start reads it.
+func SetListenerMaxConns(n int) (restore func()) {
+	old := listenerMaxConns
+	listenerMaxConns = n
+	return func() { listenerMaxConns = old }
+}

@@ -246,6 +246,7 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 		port = server.RANDOM_PORT
 	}
 	opts.Host, opts.Port = host, port
+	opts.MaxConn = listenerMaxConns
 	if cfg.TLSCert != "" {
 		tc, err := server.GenTLSConfig(&server.TLSConfigOpts{CertFile: cfg.TLSCert, KeyFile: cfg.TLSKey})
 		if err != nil {
@@ -306,6 +307,14 @@ const (
 	clientMaxConns = 64
 	clientMaxSubs  = 1000
 )
+
+// listenerMaxConns caps the server's connections at once when it listens, in-process
+// ones and those still logging in included (ADR-0093): nats-server's default, 65,536,
+// is more file descriptors than foreman may have, and a connection that never logs in is
+// held for its whole login time (2 s), so one process opening connections in a loop held
+// 17,000 of them. It leaves the CLIENTS account's connections and foreman's own many
+// times over for logins in progress. A var for tests.
+var listenerMaxConns = 1024
 
 var userName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$`)
 

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nkeys"
 	"github.com/spf13/pflag"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -412,10 +413,24 @@ func shownValue(env, val string) string {
 	switch {
 	case secretSettings[env]:
 		return "(hidden)"
+	case holdsSeed(val):
+		// A file setting given the secret itself (FOREMAN_NATS_NKEY_SEED, ..._CREDS).
+		return "(hidden: an nkey seed itself, not the name of a file holding it)"
 	case urlSettings[env]:
 		return strconv.Quote(ollama.RedactURLs(val))
 	}
 	return strconv.Quote(val)
+}
+
+// holdsSeed reports whether val holds an nkey seed ("SU…", a creds file's text): the
+// secret an operator meant to put in the file a setting names.
+func holdsSeed(val string) bool {
+	for _, f := range strings.Fields(val) {
+		if _, err := nkeys.FromSeed([]byte(f)); err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // secretFlagNote ends the usage of a flag that takes a secret: a command line is any
