@@ -580,24 +580,27 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 }
 
 // waiting replaces each head that is a job this worker finished, its end still being
-// stored in the background (its message stays queued until the ack), by the next
-// message of its queue, or leaves that queue out when none follows: the job waits no
-// more. Its age would make its class look starved at the next pick whenever it ran
-// longer than MaxWait (the class's last pick was its start), and a fresh job of that
-// class would go before a fresh one of a higher class. The index keeps its heads: the
-// ack marks the queue for a new look. A read that fails keeps the head, as before.
+// stored in the background (its message stays queued until the ack), and that is older
+// than MaxWait, by the next message of its queue, or leaves that queue out when none
+// follows: the job waits no more. Its age would make its class look starved at the next
+// pick (the class's last pick was its start), and a fresh job of that class would go
+// before a fresh one of a higher class. A younger one cannot: it is left, so that the
+// pick after nearly every job (whose end is being stored) reads nothing more. The index
+// keeps its heads: the ack marks the queue for a new look. A read that fails keeps the
+// head, as before.
 func (w *Worker) waiting(ctx context.Context, heads []head) []head {
 	w.mu.Lock()
 	finishing := maps.Clone(w.finishing)
 	w.mu.Unlock()
-	if len(finishing) == 0 {
+	if len(finishing) == 0 || w.cfg.MaxWait <= 0 {
 		return heads
 	}
+	now := w.serverNow()
 	out := heads[:0:0]
 	for _, h := range heads {
 		// Once: a spare copy of the job behind it (an idempotent retry's) is fetched and
 		// dropped meanwhile, as before.
-		if h.JobID != "" && finishing[h.JobID] {
+		if h.JobID != "" && finishing[h.JobID] && now.Sub(h.Enqueued) > w.cfg.MaxWait {
 			p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
 			switch {
 			case err != nil:
