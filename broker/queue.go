@@ -450,6 +450,11 @@ func (s *Store) OldestOf(ctx context.Context, token string) (Pending, bool, erro
 	return s.oldest(ctx, 0, QueueSubject(token))
 }
 
+// OldestOfFrom returns the oldest queued job of one queue key at or after sequence from.
+func (s *Store) OldestOfFrom(ctx context.Context, token string, from uint64) (Pending, bool, error) {
+	return s.oldest(ctx, from, QueueSubject(token))
+}
+
 func (s *Store) oldest(ctx context.Context, from uint64, subject string) (Pending, bool, error) {
 	m, err := s.queue.GetMsg(ctx, from, jetstream.WithGetMsgSubject(subject))
 	if errors.Is(err, jetstream.ErrMsgNotFound) && s.mayBeReplicated() {

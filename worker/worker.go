@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -546,6 +547,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	if err != nil || len(heads) == 0 {
 		return nil, false, err
 	}
+	heads = w.waiting(ctx, heads)
 	w.pruneResume(heads)
 	if heads = w.runnable(ctx, heads); len(heads) == 0 {
 		return nil, false, nil // only other targets' models are queued
@@ -575,6 +577,42 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 	}
 	return nil, true, firstErr
+}
+
+// waiting replaces each head that is a job this worker finished, its end still being
+// stored in the background (its message stays queued until the ack), and that is older
+// than MaxWait, by the next message of its queue, or leaves that queue out when none
+// follows: the job waits no more. Its age would make its class look starved at the next
+// pick (the class's last pick was its start), and a fresh job of that class would go
+// before a fresh one of a higher class. A younger one cannot: it is left, so that the
+// pick after nearly every job (whose end is being stored) reads nothing more. The index
+// keeps its heads: the ack marks the queue for a new look. A read that fails keeps the
+// head, as before.
+func (w *Worker) waiting(ctx context.Context, heads []head) []head {
+	w.mu.Lock()
+	finishing := maps.Clone(w.finishing)
+	w.mu.Unlock()
+	if len(finishing) == 0 || w.cfg.MaxWait <= 0 {
+		return heads
+	}
+	now := w.serverNow()
+	out := heads[:0:0]
+	for _, h := range heads {
+		// Once: a spare copy of the job behind it (an idempotent retry's) is fetched and
+		// dropped meanwhile, as before.
+		if h.JobID != "" && finishing[h.JobID] && now.Sub(h.Enqueued) > w.cfg.MaxWait {
+			p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
+			switch {
+			case err != nil:
+			case !ok:
+				continue
+			default:
+				h = headOf(h.Token, p)
+			}
+		}
+		out = append(out, h)
+	}
+	return out
 }
 
 // unusable settles a delivery that came with an error, and reports whether it did: a
