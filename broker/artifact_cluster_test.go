@@ -2,10 +2,8 @@ package broker_test
 
 import (
 	"bytes"
-	"context"
 	"io"
 	"testing"
-	"time"
 
 	"github.com/nats-io/nats.go"
 
@@ -19,18 +17,7 @@ import (
 // other half: "not found" for the object, the record as it was before). An artifact stored
 // a moment ago still opens, and reads whole: the download of a result is not cut short.
 func TestClusterArtifactPastALaggingReplica(t *testing.T) {
-	if testing.Short() {
-		t.Skip("3-node cluster; skipped with -short")
-	}
-	t.Parallel()
-	c := brokertest.NewCluster(t, 3)
-	st := c.Open(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, st, ctx, j := clusterJob(t)
 	lagging := c.Connect(t)
 	record := "$JS.API.DIRECT.GET.KV_" + broker.JobsBucket + ".$KV." + broker.JobsBucket + ".job." + j.ID
 	before, err := lagging.RequestWithContext(ctx, record, nil)

@@ -131,18 +131,7 @@ func submitReadable(t *testing.T, ctx context.Context, st *broker.Store) *broker
 // would tell a caller its submitted job does not exist, a cancel that it cannot be
 // cancelled, an Idempotency-Key that it was never used.
 func TestClusterReadPastALaggingReplica(t *testing.T) {
-	if testing.Short() {
-		t.Skip("3-node cluster; skipped with -short")
-	}
-	t.Parallel()
-	c := brokertest.NewCluster(t, 3)
-	st := c.Open(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, st, ctx, j := clusterJob(t)
 	lagging := lagDirectReads(t, c)
 	// The leader's reads, counted as they go by: the store must have asked it.
 	leaderReads, err := lagging.SubscribeSync("$JS.API.STREAM.MSG.GET.KV_" + broker.JobsBucket)
@@ -185,18 +174,7 @@ func TestClusterReadPastALaggingReplica(t *testing.T) {
 // elects a leader) as Get does: tried again within the retry window. Tried once, half the
 // reads here failed, and a redelivery asked then was told the job was not found.
 func TestClusterGetRawThroughNoResponders(t *testing.T) {
-	if testing.Short() {
-		t.Skip("3-node cluster; skipped with -short")
-	}
-	t.Parallel()
-	c := brokertest.NewCluster(t, 3)
-	st := c.Open(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, st, ctx, j := clusterJob(t)
 	// Half the direct gets go to a subject nobody answers.
 	c.MapSubject(t, "$JS.API.DIRECT.GET.KV_"+broker.JobsBucket+".>", "nobody.answers.>", 50)
 	for i := range 20 {
@@ -346,6 +324,25 @@ func lagReads(t *testing.T, c *brokertest.Cluster, nc *nats.Conn, subj string, a
 	c.MapSubject(t, subj, standIn, 50)
 }
 
+// clusterJob runs t in parallel on a 3-node cluster (skipped with -short), with a store
+// opened on it, a context of a minute, and one chat job submitted.
+func clusterJob(t *testing.T) (*brokertest.Cluster, *broker.Store, context.Context, *broker.Job) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	st := c.Open(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, st, ctx, j
+}
+
 // lagSubjects numbers the stand-ins' subjects.
 var lagSubjects atomic.Int64
 
@@ -368,18 +365,7 @@ func askedLeader(t *testing.T, leaderReads *nats.Subscription) {
 // sync chat queued as the worker finished the job before it waited 30 s and its caller
 // gave up, the Mac idle). A head read that finds nothing asks the stream's leader.
 func TestClusterQueueHeadPastALaggingReplica(t *testing.T) {
-	if testing.Short() {
-		t.Skip("3-node cluster; skipped with -short")
-	}
-	t.Parallel()
-	c := brokertest.NewCluster(t, 3)
-	st := c.Open(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, st, ctx, j := clusterJob(t)
 	p, ok, err := st.Oldest(ctx, 0)
 	if err != nil || !ok || p.JobID != j.ID {
 		t.Fatalf("head before any lag: %+v %v %v", p, ok, err)
