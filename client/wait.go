@@ -258,8 +258,9 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 				return j, nil
 			case !final:
 				show(eventOfJob(j))
-				// The read that was due is had: back to the backstop.
+				// The read that was due is had: back to the backstop, from this read on.
 				hurry, interval = false, f.interval
+				next = interval
 			}
 			// else the record lags behind the terminal event told (a replica's copy): it
 			// is read again, and not told, which would tell the job's states backwards.
