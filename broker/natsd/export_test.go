@@ -7,8 +7,27 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 )
+
+// HealthzSaysNotReadyOnce makes the server's next Healthz answer what nats-server's own
+// gives when its readiness check loses its race with a 1 ms timer (no listener, a loaded
+// machine): "startup did not complete", nothing else looked at.
+func (s *Server) HealthzSaysNotReadyOnce() {
+	var once sync.Once
+	s.healthz = func(o *server.HealthzOptions) *server.HealthStatus {
+		st := (*server.HealthStatus)(nil)
+		once.Do(func() {
+			st = &server.HealthStatus{Status: "na", StatusCode: 503,
+				Error: "failed to be ready for connections after 1ms: startup did not complete"}
+		})
+		if st != nil {
+			return st
+		}
+		return s.ns.Healthz(o)
+	}
+}
 
 // SetRecoverGrace sets recoverGrace until the test ends (by the returned restore).
 func SetRecoverGrace(d time.Duration) (restore func()) {

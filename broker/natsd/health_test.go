@@ -66,3 +66,20 @@ func TestHealthyReportsPastGraceBesideANewStream(t *testing.T) {
 		t.Fatalf("Healthy: %v, want the new stream in its grace", err)
 	}
 }
+
+// nats-server's Healthz of a server without a listener (the embedded default) races its
+// startup's closed channel against a 1 ms timer, and on a loaded machine says "startup did
+// not complete" of a server up for hours (CI's full-disk test met it: /healthz named that
+// instead of the disk's write error). Healthy asks again once the server says it is
+// ready, and reports what that answer says.
+func TestHealthyAsksAgainWhenHealthzLosesItsReadinessRace(t *testing.T) {
+	srv, err := natsd.Start(natsd.Config{DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Shutdown()
+	srv.HealthzSaysNotReadyOnce()
+	if err := srv.Healthy(); err != nil {
+		t.Fatalf("a started server whose Healthz lost its readiness race: %v, want healthy", err)
+	}
+}

@@ -95,6 +95,8 @@ type Server struct {
 	// stream being created shows for a moment (its directory is there before it is).
 	healthMu    sync.Mutex
 	unrecovered map[string]time.Time
+	// healthz is nats-server's Healthz; tests may stand in for its next answer.
+	healthz func(*server.HealthzOptions) *server.HealthStatus
 }
 
 func (c *Config) validate() error {
@@ -430,7 +432,7 @@ func (s *Server) ClientURL() string {
 // recoverGrace: single-server Healthz lists the stream directories on disk and looks each
 // up, so a stream being created (a bucket opened on first use) shows so for a moment.
 func (s *Server) Healthy() error {
-	st := s.ns.Healthz(&server.HealthzOptions{Details: true})
+	st := s.health()
 	now := time.Now()
 	s.healthMu.Lock()
 	defer s.healthMu.Unlock()
@@ -477,6 +479,25 @@ func (s *Server) DataDirError() error {
 // reports it: far longer than creating one takes.
 var recoverGrace = 5 * time.Second
 
+// health is nats-server's Healthz with its details, asked once more when it says the
+// server did not complete its startup though it did. Without a listener (the embedded
+// default) Healthz's readiness check races the startup's closed channel against a 1 ms
+// timer: on a loaded machine the timer may be ready too, the select picks either, and a
+// server up for hours was reported "failed to be ready for connections after 1ms: startup
+// did not complete", its streams' errors (a full disk's write error) not even looked at.
+func (s *Server) health() *server.HealthStatus {
+	healthz := s.healthz
+	if healthz == nil {
+		healthz = s.ns.Healthz
+	}
+	opts := &server.HealthzOptions{Details: true}
+	st := healthz(opts)
+	if len(st.Errors) == 0 && strings.Contains(st.Error, "startup did not complete") && s.ns.ReadyForConnections(time.Second) {
+		st = healthz(opts)
+	}
+	return st
+}
+
 // WriteError reports the streams among streams (all when none are named) that failed a
 // write (a disk that filled up): nats-server stores nothing more in such a stream, and
 // answers none of the publishes it fails, until it is restarted; and a data directory
@@ -489,7 +510,7 @@ func (s *Server) WriteError(streams ...string) error {
 	if dirErr != nil && !errors.Is(dirErr, ErrDataDirUnchecked) {
 		return dirErr
 	}
-	st := s.ns.Healthz(&server.HealthzOptions{Details: true})
+	st := s.health()
 	var errs []error
 	for _, e := range st.Errors {
 		if e.Type == server.HealthzErrorStream && strings.Contains(e.Error, " write error: ") &&
