@@ -17,15 +17,8 @@ import (
 // refusals go on; once a write is taken again, it no longer does.
 func TestWriteHealthReportsAStoreThatRefusesWrites(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	b := brokertest.New(t,
-		brokertest.WithNATS(func(c *natsd.Config) { c.MaxStore = 8 << 20 }),
-		brokertest.WithStore(func(c *broker.Config) { c.Now = clock }))
+	b, advance, giveBack := fullStore(t)
 	ctx := ctxT(t)
-	giveBack := brokertest.FillStore(t, b.Conn)
 	_, err := b.Store.Submit(ctx, &broker.Job{Model: "m", Kind: broker.KindChat}, []byte(`{}`))
 	if !errors.Is(err, broker.ErrStorageFull) {
 		t.Fatalf("submit to a full store: %v, want ErrStorageFull", err)
@@ -68,15 +61,8 @@ func TestWriteHealthReportsAStoreThatRefusesWrites(t *testing.T) {
 // saying so, not turn healthy for the span of each probe.
 func TestWriteHealthHoldsThroughAPausedWorkersProbeCycle(t *testing.T) {
 	t.Parallel()
-	var mu sync.Mutex
-	now := time.Now()
-	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
-	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
-	b := brokertest.New(t,
-		brokertest.WithNATS(func(c *natsd.Config) { c.MaxStore = 8 << 20 }),
-		brokertest.WithStore(func(c *broker.Config) { c.Now = clock }))
+	b, advance, giveBack := fullStore(t)
 	ctx := ctxT(t)
-	giveBack := brokertest.FillStore(t, b.Conn)
 	defer giveBack()
 	if err := b.Store.ProbeWrite(ctx); !errors.Is(err, broker.ErrStorageFull) {
 		t.Fatalf("probe of a full store: %v, want ErrStorageFull", err)
@@ -96,4 +82,18 @@ func TestWriteHealthHoldsThroughAPausedWorkersProbeCycle(t *testing.T) {
 			t.Fatalf("probe cycle %d: write health right after a refused probe: none, want the refusals", i)
 		}
 	}
+}
+
+// fullStore is a store on a server whose JetStream is full (FillStore, giveBack making
+// room again), on a clock the test moves on with advance.
+func fullStore(t *testing.T) (b *brokertest.Bundle, advance func(time.Duration), giveBack func()) {
+	t.Helper()
+	var mu sync.Mutex
+	now := time.Now()
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance = func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	b = brokertest.New(t,
+		brokertest.WithNATS(func(c *natsd.Config) { c.MaxStore = 8 << 20 }),
+		brokertest.WithStore(func(c *broker.Config) { c.Now = clock }))
+	return b, advance, brokertest.FillStore(t, b.Conn)
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"runtime"
 	"slices"
 	"sync"
@@ -589,28 +588,35 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 // keeps its heads: the ack marks the queue for a new look. A read that fails keeps the
 // head, as before.
 func (w *Worker) waiting(ctx context.Context, heads []head) []head {
-	w.mu.Lock()
-	finishing := maps.Clone(w.finishing)
-	w.mu.Unlock()
-	if len(finishing) == 0 || w.cfg.MaxWait <= 0 {
+	if w.cfg.MaxWait <= 0 {
 		return heads
 	}
 	now := w.serverNow()
-	out := heads[:0:0]
-	for _, h := range heads {
+	var out []head // a copy, made only once a head is looked past
+	for i, h := range heads {
 		// Once: a spare copy of the job behind it (an idempotent retry's) is fetched and
 		// dropped meanwhile, as before.
-		if h.JobID != "" && finishing[h.JobID] && now.Sub(h.Enqueued) > w.cfg.MaxWait {
-			p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
-			switch {
-			case err != nil:
-			case !ok:
-				continue
-			default:
-				h = headOf(h.Token, p)
+		if h.JobID == "" || now.Sub(h.Enqueued) <= w.cfg.MaxWait || !w.isFinishing(h.JobID) {
+			if out != nil {
+				out = append(out, h)
 			}
+			continue
+		}
+		if out == nil {
+			out = append(make([]head, 0, len(heads)), heads[:i]...)
+		}
+		p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
+		switch {
+		case err != nil:
+		case !ok:
+			continue
+		default:
+			h = headOf(h.Token, p)
 		}
 		out = append(out, h)
+	}
+	if out == nil {
+		return heads
 	}
 	return out
 }
