@@ -281,7 +281,8 @@ func (s *Store) checkClock(off time.Duration) {
 }
 
 // StopTarget writes t, this foreman's target as it stops in order, over its own last
-// write of the entry only: one another foreman wrote since (a name conflict) is left as
+// write of the entry only (one it made whose answer was lost counts: its boot id tells
+// it): one another foreman wrote since (a name conflict) is left as
 // it is, as is an entry this store never wrote. One that lapsed since (this foreman did
 // not refresh it within its TTL: it was frozen, or cut off from NATS) is written anew,
 // so that the Mac stays listed while it restarts as after any stop (ADR-0075). The entry
@@ -305,7 +306,14 @@ func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	}
 	_, err = kv.Update(ctx, key, v, last)
 	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
-		// Not this foreman's last write any more: the entry lapsed, or another wrote it.
+		// Not this foreman's last write as it knows it: a write of its own landed unseen
+		// (a poll's publish cut off by this very shutdown, its answer lost), the entry
+		// lapsed, or another foreman wrote it.
+		if rev, own := s.ownTargetRevision(ctx, kv, key); own {
+			_, err = kv.Update(ctx, key, v, rev)
+		}
+	}
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 		// A create succeeds only on a key with no live entry.
 		_, err = kv.Create(ctx, key, v)
 		if errors.Is(err, jetstream.ErrKeyExists) {
@@ -321,6 +329,20 @@ func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	}
 	s.dropTargetsCache()
 	return nil
+}
+
+// ownTargetRevision is the revision of key's entry when this store wrote it (its boot
+// id): a write whose answer was lost, which trev does not know.
+func (s *Store) ownTargetRevision(ctx context.Context, kv jetstream.KeyValue, key string) (uint64, bool) {
+	e, err := s.targetEntry(ctx, kv, key)
+	if err != nil {
+		return 0, false
+	}
+	var t Target
+	if json.Unmarshal(e.Value(), &t) != nil || t.BootID != s.cfg.BootID {
+		return 0, false
+	}
+	return e.Revision(), true
 }
 
 // stampTarget is entry t as this store writes it: stamped with its boot id, the time and

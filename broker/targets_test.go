@@ -2,6 +2,7 @@ package broker_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sync"
 	"testing"
@@ -84,6 +85,45 @@ func TestStopTargetWritesALapsedEntryAgain(t *testing.T) {
 	got, err := b.Store.Targets(ctx)
 	if err != nil || len(got) != 1 || got[0].Name != "studio" || got[0].Reachable || !got[0].HasModel("tiny-a:latest") {
 		t.Fatalf("after the stop: %+v, %v; want studio listed, unreachable, with its models", got, err)
+	}
+}
+
+// A publish of the entry whose answer was lost (a poll's write cut off by the very
+// shutdown, which landed all the same) is still this foreman's own write: the stop marks
+// the Mac unreachable over it. It took it for another foreman's and left the entry as the
+// poll wrote it, reachable, with its models loaded, until it lapsed: the others went on
+// routing calls to a stopped foreman's Mac for a whole TTL.
+func TestStopTargetOverItsOwnWriteWhoseAnswerWasLost(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tg := broker.Target{Name: "studio", URL: "http://studio:11434", Reachable: true, Models: []string{"tiny-a:latest"}}
+	if err := b.Store.PublishTarget(ctx, tg); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := b.JetStream(t).KeyValue(ctx, broker.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The next poll's write, as the store makes it, landed; its answer never came back.
+	lost := tg
+	lost.Loaded, lost.BootID, lost.Updated = []string{"tiny-a:latest"}, b.Store.BootID(), time.Now()
+	lost.Expires = lost.Updated.Add(time.Minute)
+	v, err := json.Marshal(lost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "target.studio", v); err != nil {
+		t.Fatal(err)
+	}
+	tg.Reachable = false
+	if err := b.Store.StopTarget(ctx, tg); err != nil {
+		t.Fatal(err)
+	}
+	got, err := b.Store.Targets(ctx)
+	if err != nil || len(got) != 1 || got[0].Reachable || len(got[0].Loaded) != 0 || !got[0].HasModel("tiny-a:latest") {
+		t.Fatalf("after the stop: %+v, %v; want studio listed, unreachable, nothing loaded, with its models", got, err)
 	}
 }
 
