@@ -168,7 +168,7 @@ func TestServeNeverShowsOllamaPassword(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- serve(ctx, *cfg, log) }()
+	go func() { done <- serve(ctx, *cfg, log, nil) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {

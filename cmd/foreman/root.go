@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"os/signal"
 	"strings"
 	"syscall"
@@ -23,6 +24,9 @@ type env struct {
 	// ctx is the context a command runs in, ended also by SIGINT and SIGTERM; nil means
 	// context.Background. Tests end it as an interrupt would.
 	ctx context.Context
+	// stopNow is closed by a second SIGINT or SIGTERM, after the one that ended ctx: serve
+	// cuts its graceful shutdown short (run sets it).
+	stopNow <-chan struct{}
 }
 
 func (e *env) clock() time.Time {
@@ -45,13 +49,39 @@ func run(e *env, args []string) int {
 	if base == nil {
 		base = context.Background()
 	}
-	ctx, stop := signal.NotifyContext(base, syscall.SIGINT, syscall.SIGTERM)
+	ctx, stopNow, stop := interrupts(base)
 	defer stop()
+	e.stopNow = stopNow
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(e.stderr, "foreman: "+strings.TrimSpace(err.Error()))
 		return 1
 	}
 	return 0
+}
+
+// interrupts is base, ended by the first SIGINT or SIGTERM, and a channel closed by the
+// second: an operator who stops foreman and then, seeing the shutdown wait for a
+// running job, presses Ctrl-C again means "now". stop ends the watch.
+func interrupts(base context.Context) (context.Context, <-chan struct{}, func()) {
+	ctx, cancel := context.WithCancel(base)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	now, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		for _, step := range []func(){cancel, func() { close(now) }} {
+			select {
+			case <-sigs:
+				step()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return ctx, now, func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
 }
 
 func newRootCmd(e *env) *cobra.Command {

@@ -28,15 +28,19 @@ func newServeCmd(e *env) *cobra.Command {
 				return err
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: cfg.LogLevel}))
-			return serve(cmd.Context(), *cfg, log)
+			return serve(cmd.Context(), *cfg, log, e.stopNow)
 		},
 	}
 	bindFlags(cmd.Flags(), set)
 	return cmd
 }
 
-// serve runs foreman until ctx ends, then shuts down under cfg.ShutdownTimeout.
-func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
+// serve runs foreman until ctx ends, then shuts down under cfg.ShutdownTimeout, or at
+// once when stopNow is closed (a second SIGINT or SIGTERM) during that shutdown: what a
+// running job's caller has not received by then is cut, as past the deadline (a job
+// whose end was not stored is run again at the next start, as after a kill). A nil
+// stopNow never closes.
+func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, stopNow <-chan struct{}) error {
 	a, err := app.Start(ctx, cfg.Config, log)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -57,6 +61,14 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger) error {
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), a.Config().ShutdownTimeout)
 	defer cancel()
+	go func() {
+		select {
+		case <-stopNow:
+			log.Warn("stopped again: cutting the shutdown short")
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
 	if serr := a.Shutdown(sctx); serr != nil {
 		err = errors.Join(err, serr)
 	}

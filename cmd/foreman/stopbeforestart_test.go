@@ -29,7 +29,7 @@ func TestStopWhileStartingIsNoFailure(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel() // the signal came before the start could end
-	if err := serve(ctx, *cfg, slog.New(slog.DiscardHandler)); err != nil {
+	if err := serve(ctx, *cfg, slog.New(slog.DiscardHandler), nil); err != nil {
 		t.Errorf("serve stopped while starting: %v, want no error", err)
 	}
 }
