@@ -406,7 +406,26 @@ var (
 		"FOREMAN_NATS_PASSWORD": true, "FOREMAN_WEBHOOK_SECRET": true,
 	}
 	urlSettings = map[string]bool{"FOREMAN_OLLAMA_URL": true, "FOREMAN_NATS_URL": true}
+	// pathSettings name files or directories: white space at either end is a slip of the
+	// env file's quoting, never part of the path meant.
+	pathSettings = map[string]bool{
+		"FOREMAN_DATA_DIR": true, "FOREMAN_NATS_TLS_CERT": true, "FOREMAN_NATS_TLS_KEY": true,
+		"FOREMAN_NATS_CREDS": true, "FOREMAN_NATS_NKEY_SEED": true, "FOREMAN_NATS_CA": true,
+		"FOREMAN_AUTH_TOKENS_FILE": true,
+	}
 )
+
+// checkSpace refuses a value of setting env that is only white space (set, but to
+// nothing: a default is had by leaving it unset), and white space around a path.
+func checkSpace(env, val string) error {
+	switch trimmed := strings.TrimSpace(val); {
+	case trimmed == "" && val != "":
+		return errors.New("only white space: leave it unset for the default")
+	case pathSettings[env] && trimmed != val:
+		return errors.New("has white space at its start or end")
+	}
+	return nil
+}
 
 // shownValue is the value of the setting env as an error message may quote it.
 func shownValue(env, val string) string {
@@ -464,6 +483,10 @@ func resolve(fs *pflag.FlagSet, set []*setting, getenv func(string) string) erro
 			val, source = s.raw, "--"+s.flag
 		}
 		if val == "" && s.def == "" {
+			continue
+		}
+		if err := checkSpace(s.env, val); err != nil {
+			errs = append(errs, fmt.Errorf("%s=%s: %w", source, shownValue(s.env, val), err))
 			continue
 		}
 		if err := s.parse(val); err != nil {

@@ -147,7 +147,7 @@ func TestConfigBadValues(t *testing.T) {
 		// it) would answer every request 401: refused, never quoted.
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "s3cret "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "\ts3cret"}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
-		{env: map[string]string{"FOREMAN_AUTH_TOKEN": " "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
+		{env: map[string]string{"FOREMAN_AUTH_TOKEN": " "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): only white space`}},
 		{args: []string{"--auth-token", "s3c\x01ret"}, want: []string{`--auth-token=(hidden): has a control character`}},
 		{args: []string{"--auth-token", "s3c\x7fret"}, want: []string{`--auth-token=(hidden): has a control character`}},
 		// So is a token for Ollama (a line end carried over from a CRLF env file): every call
@@ -167,6 +167,13 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_NATS_URL": ","}, want: []string{`FOREMAN_NATS_URL=",": no NATS URL`}},
 		{env: map[string]string{"FOREMAN_NATS_URL": " , "}, want: []string{`FOREMAN_NATS_URL=" , ": no NATS URL`}},
 		{env: map[string]string{"FOREMAN_NATS_URL": "http://127.0.0.1:4222"}, want: []string{`FOREMAN_NATS_URL="http://127.0.0.1:4222": entry 1 is not a NATS URL: its scheme is none of`}},
+		// Set to white space only: a directory named " " in the working directory, a
+		// target named " ", before. A path keeps no white space at its ends.
+		{env: map[string]string{"FOREMAN_DATA_DIR": " "}, want: []string{`FOREMAN_DATA_DIR=" ": only white space: leave it unset for the default`}},
+		{args: []string{"--target-name", "\t"}, want: []string{`--target-name="\t": only white space`}},
+		{env: map[string]string{"FOREMAN_LOG_LEVEL": " "}, want: []string{`FOREMAN_LOG_LEVEL=" ": only white space`}},
+		{env: map[string]string{"FOREMAN_DATA_DIR": "/var/lib/foreman "}, want: []string{`FOREMAN_DATA_DIR="/var/lib/foreman ": has white space at its start or end`}},
+		{env: map[string]string{"FOREMAN_NATS_TLS_CERT": " cert.pem", "FOREMAN_NATS_TLS_KEY": "key.pem"}, want: []string{`FOREMAN_NATS_TLS_CERT=" cert.pem": has white space`}},
 		// Every bad value is reported, not only the first.
 		{env: map[string]string{"FOREMAN_JOB_TTL": "abc", "FOREMAN_MAX_WAIT": "soon"}, want: []string{`FOREMAN_JOB_TTL="abc"`, `FOREMAN_MAX_WAIT="soon"`}},
 	}
