@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -27,6 +29,10 @@ func newServeCmd(e *env) *cobra.Command {
 			if err := cfg.finish(); err != nil {
 				return err
 			}
+			// A log pipe that closes (the tee foreman ran into ended) loses log lines, not
+			// the server: Go kills a process writing to a broken pipe on its standard
+			// error unless SIGPIPE is handled.
+			signal.Ignore(syscall.SIGPIPE)
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: cfg.LogLevel}))
 			return serve(cmd.Context(), *cfg, log, e.stopNow)
 		},
