@@ -57,6 +57,9 @@ type Target struct {
 	// the entry counts for that long after the NATS server stored it (lifetime). Entries
 	// of earlier versions lack it; the reader's TTL serves.
 	Expires time.Time `json:"expires,omitzero"`
+	// Stored is when the NATS server stored the entry (its Created), on the server's
+	// clock: the entry's age is Store.ServerNow less it. Set by Targets, never written.
+	Stored time.Time `json:"-"`
 }
 
 // lifetime is how long t counts after it was written: Expires less Updated, a span on
@@ -175,6 +178,7 @@ func (s *Store) liveTarget(e jetstream.KeyValueEntry, serverNow, now time.Time) 
 	if json.Unmarshal(e.Value(), &t) != nil {
 		return t, false
 	}
+	t.Stored = e.Created()
 	if t.BootID == s.cfg.BootID {
 		s.checkClock(e.Created().Sub(t.Updated))
 	}
