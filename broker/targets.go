@@ -216,6 +216,15 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	out := []Target{}
 	for _, k := range keys {
 		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) && s.mayBeReplicated() {
+			// The leader listed the key: a replica without the entry (one behind it, or
+			// one that expired the entry's earlier write by its own clock before it caught
+			// up) would hide a live Mac, its models "not found" (leaderget.go). A leader
+			// that cannot be asked leaves the entry out, as before.
+			if le, lerr := s.leaderGet(ctx, TargetsBucket, k); lerr == nil {
+				e, err = le, nil
+			}
+		}
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		}
