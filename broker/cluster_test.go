@@ -447,3 +447,41 @@ func TestClusterTargetsPastALaggingReplica(t *testing.T) {
 		}
 	}
 }
+
+// A replica that has no copy of another foreman's entry yet (a foreman that just joined,
+// or a node thawed from a freeze that expired the entry's earlier write by its own clock
+// before it caught up) answers a read of it "not found", though the bucket's leader lists
+// the key: the entry was left out, its Mac's models unknown, and a call for them got 404
+// "model not found" until the next read. A listed key found nowhere is asked of the leader.
+func TestClusterTargetsPastAReplicaWithoutTheEntry(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	st := c.Open(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	mac := broker.Target{Name: "mac-b", Reachable: true, Models: []string{"tiny-b:latest"}}
+	publish := func() {
+		t.Helper()
+		if err := st.PublishTarget(ctx, mac); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish()
+	lagging := c.Connect(t)
+	entry := "$JS.API.DIRECT.GET.KV_" + broker.TargetsBucket + ".$KV." + broker.TargetsBucket + ".target.mac-b"
+	notFound := &nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}}
+	lagReads(t, c, lagging, entry, notFound)
+	for i := range 20 {
+		publish() // the next read is the bucket's, not a cached one
+		got, err := st.Targets(ctx)
+		if err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if len(got) != 1 || got[0].Name != "mac-b" {
+			t.Fatalf("read %d: targets %+v, want mac-b", i, got)
+		}
+	}
+}

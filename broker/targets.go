@@ -57,6 +57,9 @@ type Target struct {
 	// the entry counts for that long after the NATS server stored it (lifetime). Entries
 	// of earlier versions lack it; the reader's TTL serves.
 	Expires time.Time `json:"expires,omitzero"`
+	// Stored is when the NATS server stored the entry (its Created), on the server's
+	// clock: the entry's age is Store.ServerNow less it. Set by Targets, never written.
+	Stored time.Time `json:"-"`
 }
 
 // lifetime is how long t counts after it was written: Expires less Updated, a span on
@@ -175,6 +178,7 @@ func (s *Store) liveTarget(e jetstream.KeyValueEntry, serverNow, now time.Time) 
 	if json.Unmarshal(e.Value(), &t) != nil {
 		return t, false
 	}
+	t.Stored = e.Created()
 	if t.BootID == s.cfg.BootID {
 		s.checkClock(e.Created().Sub(t.Updated))
 	}
@@ -212,6 +216,15 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	out := []Target{}
 	for _, k := range keys {
 		e, err := kv.Get(ctx, k)
+		if errors.Is(err, jetstream.ErrKeyNotFound) && s.mayBeReplicated() {
+			// The leader listed the key: a replica without the entry (one behind it, or
+			// one that expired the entry's earlier write by its own clock before it caught
+			// up) would hide a live Mac, its models "not found" (leaderget.go). A leader
+			// that cannot be asked leaves the entry out, as before.
+			if le, lerr := s.leaderGet(ctx, TargetsBucket, k); lerr == nil {
+				e, err = le, nil
+			}
+		}
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		}

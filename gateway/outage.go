@@ -25,7 +25,7 @@ type outage struct {
 	// unreachable target or of the inventory's first unanswered poll, whichever came
 	// first; for the other targets, when the last of those that list the model stopped
 	// answering their foremen's polls (broker.Target.DownSince, as long before now as it
-	// was before their entry's publication); zero when only its present is known (a
+	// was before their entry's publication, plus the entry's age); zero when only its present is known (a
 	// target whose foreman does not say since when).
 	since time.Time
 	cause string // the pause's error, or what the targets say
@@ -157,7 +157,7 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 	}
 	want := ollama.NormalizeModel(model)
 	listed, known := false, true
-	now := time.Now()
+	now, serverNow := time.Now(), s.store.ServerNow()
 	var since time.Time // when the last of the targets that list the model went down
 	for _, t := range others {
 		if !t.HasModel(want) {
@@ -171,10 +171,16 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 			known = false
 			continue
 		}
-		// Another foreman's clock may be off from ours: only a length taken on it counts,
-		// the time from its target's first unanswered poll to its entry's publication.
-		// The outage counted so is up to a poll interval short of the real one.
-		if at := now.Add(-max(t.Updated.Sub(t.DownSince), 0)); at.After(since) {
+		// Another foreman's clock may be off from ours: only lengths count, the time from
+		// its target's first unanswered poll to its entry's publication (on its clock),
+		// and the entry's age since (on the NATS server's). Without the age, an entry
+		// written once and never again (its foreman stopped, ADR-0075) said the outage
+		// began now at every look: a call waited until the entry lapsed.
+		down := max(t.Updated.Sub(t.DownSince), 0)
+		if !t.Stored.IsZero() {
+			down += max(serverNow.Sub(t.Stored), 0)
+		}
+		if at := now.Add(-down); at.After(since) {
 			since = at
 		}
 	}

@@ -135,3 +135,27 @@ func TestSeveralMacsOwnOutageSparesAnotherMacsModel(t *testing.T) {
 		t.Fatalf("chat for beta once mac-b was back: %d %s %v, want mac-b's answer", a.code, a.body, a.err)
 	}
 }
+
+// A chat through one foreman for a model only a stopped foreman's Mac has is answered 502
+// within FOREMAN_SYNC_OUTAGE_WAIT, not once that Mac's entry lapses: the entry, written
+// once at the stop and never again, says the Mac was down for no time when it was
+// written, and its age (on the NATS server's clock) counts too. mac-b's foreman polls
+// once a minute here, so its entry stays listed, unreachable, for three minutes.
+func TestSeveralMacsSyncCallForAStoppedMacsModelEndsWithinTheBound(t *testing.T) {
+	_, _, fa, fb := alphaBeta(t, func(c *app.Config) { c.SyncOutageWait = time.Second },
+		func(c *app.Config) { c.PollInterval = time.Minute })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := fb.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "mac-b listed unreachable", func() bool {
+		all, err := fa.Store().Targets(ctx)
+		return err == nil && slices.ContainsFunc(all, func(tg broker.Target) bool { return tg.Name == "mac-b" && !tg.Reachable })
+	})
+	a := <-chatInBackground(ctx, fa, "beta") // within ctx: nothing else bounds the call
+	if a.err != nil || a.code != http.StatusBadGateway || !bytes.Contains(a.body, []byte(`no reachable Ollama has model \"beta\"`)) ||
+		bytes.Contains(a.body, []byte("no live foreman lists it")) {
+		t.Fatalf("chat for the model of a Mac whose foreman stopped: %d %s %v, want 502 within the bound", a.code, a.body, a.err)
+	}
+}
