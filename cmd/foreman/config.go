@@ -201,7 +201,7 @@ func (c *serveConfig) settings() []*setting {
 			c.AuthTokens = append(c.AuthTokens, ts...)
 			return err
 		}},
-		{env: "FOREMAN_AUTH_TOKENS_FILE", flag: "auth-tokens-file", usage: "file of named bearer tokens, one name:token a line, # comments; read at start", parse: str(&c.AuthTokensFile)},
+		{env: "FOREMAN_AUTH_TOKENS_FILE", flag: "auth-tokens-file", usage: "file of named bearer tokens, one name:token a line, a line starting with # a comment; read at start", parse: str(&c.AuthTokensFile)},
 		{env: "FOREMAN_MAX_QUEUE_PER_PROGRAM", flag: "max-queue-per-program", usage: "queued jobs one program may have before its submits get 429 (no limit when empty)", parse: integer(&c.MaxQueuePerProgram)},
 		{env: "FOREMAN_SYNC_PRIORITY", flag: "sync-priority", def: "high", usage: "priority of Ollama/OpenAI chat and generate calls without X-Foreman-Priority", parse: priority(&c.SyncPriority)},
 		{env: "FOREMAN_JOBS_PRIORITY", flag: "jobs-priority", def: "normal", usage: "priority of /jobs and NATS submits that name none", parse: priority(&c.JobsPriority)},
