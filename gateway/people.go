@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unicode"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -96,7 +97,27 @@ func parseNamedToken(s string) (NamedToken, error) {
 	if err := broker.ValidateProgram(name); err != nil {
 		return NamedToken{}, errors.New("name " + strconv.Quote(name) + ": must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
 	}
+	// "alice:tok # laptop" is a comment to its writer and the token "tok # laptop" to a
+	// parser: the callers sending "tok" would all get 401. A token with a control
+	// character cannot be sent at all (no header carries one).
+	if strings.ContainsFunc(token, unicode.IsControl) {
+		return NamedToken{}, errors.New("the token of " + name + " has a control character, which no HTTP header carries: no client could send it")
+	}
+	if commentAfter(token) {
+		return NamedToken{}, errors.New("the token of " + name + " is followed by a comment (white space, then #), which would be read as part of it: a # comment goes on a line of its own")
+	}
 	return NamedToken{Program: name, Token: token}, nil
+}
+
+// commentAfter reports whether token holds a # after white space: a comment written
+// after the token, which no token is meant to hold. (A # within a token is kept.)
+func commentAfter(token string) bool {
+	for i := 1; i < len(token); i++ {
+		if token[i] == '#' && (token[i-1] == ' ' || token[i-1] == '\t') {
+			return true
+		}
+	}
+	return false
 }
 
 // tokenKeys checks the configured tokens and returns their digests. A name may have

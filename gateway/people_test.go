@@ -363,6 +363,32 @@ func TestParseAuthTokens(t *testing.T) {
 	}
 }
 
+// A comment after a token (a line starting with # is one) is no part of it: the line is
+// refused rather than read as the token "tokenB # bob's laptop", which no caller sends,
+// so that every call of that program would get 401. So is a token with a control
+// character, which no header carries.
+func TestParseAuthTokensRefusesACommentAfterAToken(t *testing.T) {
+	t.Parallel()
+	if _, err := ParseAuthTokensFile([]byte("alice:tokenA\nbob:tokenB # bob's laptop\n")); err == nil {
+		t.Error("a token followed by a comment was accepted")
+	} else if !strings.Contains(err.Error(), "line 2") || !strings.Contains(err.Error(), "comment") || strings.Contains(err.Error(), "tokenB") {
+		t.Errorf("the error does not name the line and the comment, or shows the token: %v", err)
+	}
+	for _, bad := range []string{"bob:tokenB\t#laptop", "bob:tok\x01enB", "bob:tok\x7fenB"} {
+		if _, err := ParseAuthTokens(bad); err == nil {
+			t.Errorf("ParseAuthTokens(%q) accepted", bad)
+		} else if strings.Contains(err.Error(), "enB") {
+			t.Errorf("ParseAuthTokens(%q): the error shows the token: %v", bad, err)
+		}
+	}
+	// A # within a token, and white space within one (a pass phrase), are sent as they are.
+	for _, good := range []string{"tok#enB", "tok enB", "#tokenB"} {
+		if got, err := ParseAuthTokensFile([]byte("bob:" + good + "\r\n")); err != nil || got[0].Token != good {
+			t.Errorf("the token %q: %+v %v", good, got, err)
+		}
+	}
+}
+
 // GET /jobs?program= lists one program's jobs.
 func TestListJobsByProgram(t *testing.T) {
 	t.Parallel()

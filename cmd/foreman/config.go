@@ -201,7 +201,7 @@ func (c *serveConfig) settings() []*setting {
 			c.AuthTokens = append(c.AuthTokens, ts...)
 			return err
 		}},
-		{env: "FOREMAN_AUTH_TOKENS_FILE", flag: "auth-tokens-file", usage: "file of named bearer tokens, one name:token a line, # comments; read at start", parse: str(&c.AuthTokensFile)},
+		{env: "FOREMAN_AUTH_TOKENS_FILE", flag: "auth-tokens-file", usage: "file of named bearer tokens, one name:token a line, a line starting with # a comment; read at start", parse: str(&c.AuthTokensFile)},
 		{env: "FOREMAN_MAX_QUEUE_PER_PROGRAM", flag: "max-queue-per-program", usage: "queued jobs one program may have before its submits get 429 (no limit when empty)", parse: integer(&c.MaxQueuePerProgram)},
 		{env: "FOREMAN_SYNC_PRIORITY", flag: "sync-priority", def: "high", usage: "priority of Ollama/OpenAI chat and generate calls without X-Foreman-Priority", parse: priority(&c.SyncPriority)},
 		{env: "FOREMAN_JOBS_PRIORITY", flag: "jobs-priority", def: "normal", usage: "priority of /jobs and NATS submits that name none", parse: priority(&c.JobsPriority)},
@@ -340,9 +340,25 @@ func headerToken(p *string) func(string) error {
 		if err := sendableToken(v, "no client could send it"); err != nil {
 			return err
 		}
+		if err := commentAfterToken(v); err != nil {
+			return err
+		}
 		*p = v
 		return nil
 	}
+}
+
+// commentAfterToken refuses a token that carries a comment written after it ("tok  #
+// prod"): systemd's EnvironmentFile (and docker run --env-file) keep such a comment as
+// part of the value, and every caller sending the token alone would get 401. A # within
+// a token is kept.
+func commentAfterToken(v string) error {
+	for i := 1; i < len(v); i++ {
+		if v[i] == '#' && (v[i-1] == ' ' || v[i-1] == '\t') {
+			return errors.New("is followed by a comment (white space, then #), which an env file keeps as part of the value: put the comment on a line of its own")
+		}
+	}
+	return nil
 }
 
 // sendableToken says what keeps token v from being sent in an HTTP header: a control
@@ -361,6 +377,9 @@ func sendableToken(v, why string) error {
 func ollamaToken(p *string) func(string) error {
 	return func(v string) error {
 		if err := sendableToken(v, "foreman could not send it to Ollama, which would look unreachable"); err != nil {
+			return err
+		}
+		if err := commentAfterToken(v); err != nil {
 			return err
 		}
 		*p = v

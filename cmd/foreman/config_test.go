@@ -149,6 +149,10 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "\ts3cret"}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": " "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): only white space`}},
 		{args: []string{"--auth-token", "s3c\x01ret"}, want: []string{`--auth-token=(hidden): has a control character`}},
+		// A comment after the token in foreman.env, which systemd's EnvironmentFile keeps as
+		// part of the value: every caller sending the token alone got 401.
+		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "s3cret  # rotated in May"}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): is followed by a comment`}},
+		{env: map[string]string{"FOREMAN_OLLAMA_TOKEN": "s3cret\t#proxy"}, want: []string{`FOREMAN_OLLAMA_TOKEN=(hidden): is followed by a comment`}},
 		{args: []string{"--auth-token", "s3c\x7fret"}, want: []string{`--auth-token=(hidden): has a control character`}},
 		// So is a token for Ollama (a line end carried over from a CRLF env file): every call
 		// to Ollama failed, foreman saw it unreachable for ever, the setting unnamed.

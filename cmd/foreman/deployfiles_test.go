@@ -2,6 +2,8 @@ package main
 
 import (
 	"maps"
+	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -285,5 +287,35 @@ func TestDeployFilesWaitOutTheShutdown(t *testing.T) {
 		t.Errorf("the Dockerfile's docker run line gives no --stop-timeout: Docker kills foreman after 10 s:\n%s", run)
 	} else if d := seconds("--stop-timeout", m[1]); d < want {
 		t.Errorf("the Dockerfile's docker run line: --stop-timeout %s, want at least %s", d, want)
+	}
+}
+
+// The Dockerfile's docker run line makes a foreman a client can use: one that reaches an
+// Ollama (the image's default target, 127.0.0.1, is the container itself, where none
+// runs; the Docker host's name needs --add-host on Linux), with a token the operator
+// knows (one made inside the command line is seen by no one, and every call gets 401).
+func TestDockerRunLineReachesOllamaWithAKnownToken(t *testing.T) {
+	t.Parallel()
+	docker, err := os.ReadFile("../../deploy/Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	run := regexp.MustCompile(`(?m)^# Run: +docker run .*(\n#  +.*)*`).FindString(string(docker))
+	if run == "" {
+		t.Fatal("the Dockerfile has no docker run line")
+	}
+	m := regexp.MustCompile(`FOREMAN_OLLAMA_URL=(\S+)`).FindStringSubmatch(run)
+	if m == nil {
+		t.Fatalf("the docker run line sets no FOREMAN_OLLAMA_URL: the container's default, 127.0.0.1, is the container itself:\n%s", run)
+	}
+	u, err := url.Parse(m[1])
+	if err != nil || u.Hostname() == "" || app.LoopbackAddr(net.JoinHostPort(u.Hostname(), "1")) {
+		t.Errorf("the docker run line's FOREMAN_OLLAMA_URL=%s is the container itself", m[1])
+	}
+	if u != nil && u.Hostname() == "host.docker.internal" && !strings.Contains(run, "--add-host host.docker.internal:host-gateway") {
+		t.Errorf("the docker run line names host.docker.internal without --add-host host.docker.internal:host-gateway, which Linux needs:\n%s", run)
+	}
+	if tok := regexp.MustCompile(`FOREMAN_AUTH_TOKEN=\S*`).FindString(run); strings.Contains(tok, "$(") || strings.Contains(tok, "`") {
+		t.Errorf("the docker run line makes its token in place (%s): no one learns it, and every call gets 401", tok)
 	}
 }

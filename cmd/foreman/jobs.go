@@ -68,7 +68,7 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 	f = addClientFlags(cmd, false)
 	f.addTimeout(cmd, defaultTimeout)
 	fs := cmd.Flags()
-	fs.StringVar(&state, "state", "", "only jobs in this state")
+	fs.StringVar(&state, "state", "", "only jobs in this state, or in any of several: done,failed,canceled")
 	fs.StringVarP(&filter.Model, "model", "m", "", "only jobs of this model")
 	fs.StringVar(&filter.Program, "program", "", "only jobs of this program")
 	fs.IntVar(&filter.Limit, "limit", 0, "jobs per page (server default 50)")
