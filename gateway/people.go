@@ -103,15 +103,16 @@ func parseNamedToken(s string) (NamedToken, error) {
 	if strings.ContainsFunc(token, unicode.IsControl) {
 		return NamedToken{}, errors.New("the token of " + name + " has a control character, which no HTTP header carries: no client could send it")
 	}
-	if commentAfter(token) {
+	if CommentAfter(token) {
 		return NamedToken{}, errors.New("the token of " + name + " is followed by a comment (white space, then #), which would be read as part of it: a # comment goes on a line of its own")
 	}
 	return NamedToken{Program: name, Token: token}, nil
 }
 
-// commentAfter reports whether token holds a # after white space: a comment written
-// after the token, which no token is meant to hold. (A # within a token is kept.)
-func commentAfter(token string) bool {
+// CommentAfter reports whether token holds a # after white space: a comment written
+// after the token (an env file keeps it in the value), which no token is meant to hold.
+// (A # within a token is kept.)
+func CommentAfter(token string) bool {
 	for i := 1; i < len(token); i++ {
 		if token[i] == '#' && (token[i-1] == ' ' || token[i-1] == '\t') {
 			return true

@@ -353,10 +353,8 @@ func headerToken(p *string) func(string) error {
 // part of the value, and every caller sending the token alone would get 401. A # within
 // a token is kept.
 func commentAfterToken(v string) error {
-	for i := 1; i < len(v); i++ {
-		if v[i] == '#' && (v[i-1] == ' ' || v[i-1] == '\t') {
-			return errors.New("is followed by a comment (white space, then #), which an env file keeps as part of the value: put the comment on a line of its own")
-		}
+	if gateway.CommentAfter(v) {
+		return errors.New("is followed by a comment (white space, then #), which an env file keeps as part of the value: put the comment on a line of its own")
 	}
 	return nil
 }
