@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -13,12 +14,31 @@ import (
 )
 
 // DefaultTargetName is FOREMAN_TARGET_NAME's default: the host name ("ollama" when the
-// system does not tell it).
+// system does not tell it), as a valid name (targetNameOf).
 func DefaultTargetName() string {
-	if h, err := os.Hostname(); err == nil && h != "" {
-		return h
+	h, _ := os.Hostname()
+	return targetNameOf(h)
+}
+
+// maxTargetName is the longest FOREMAN_TARGET_NAME.
+const maxTargetName = 64
+
+// targetNameOf is host as a target name: 1 to 64 letters, digits, '.', '-' or '_', any
+// other character a '-', cut at 64 characters. A default the operator never set must
+// not stop foreman: a host name may be longer (a macOS one: up to 255), or hold other
+// characters; "ollama" when nothing is left.
+func targetNameOf(host string) string {
+	b := []byte(strings.Trim(host, "."))
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			b[i] = '-'
+		}
 	}
-	return "ollama"
+	name := strings.Trim(string(b[:min(len(b), maxTargetName)]), ".-")
+	if name == "" {
+		return "ollama"
+	}
+	return name
 }
 
 // targetTTL is how long a target's entry outlives its last poll: three polls, so one

@@ -238,3 +238,26 @@ func TestPollWritesWarnOncePerWindowDuringAnOutage(t *testing.T) {
 		}
 	}
 }
+
+// The default target name is the host name made a valid one: a host name longer than 64
+// characters (macOS allows 255), or holding other characters, stopped a foreman whose
+// operator never set FOREMAN_TARGET_NAME ("not a name: 1 to 64 letters, ...").
+func TestTargetNameOfAHostName(t *testing.T) {
+	long := strings.Repeat("studio-", 20) + "local"
+	for _, c := range []struct{ host, want string }{
+		{"mac-studio.local", "mac-studio.local"},
+		{"", "ollama"},
+		{"...", "ollama"},
+		{long, strings.TrimRight(long[:64], "-")},
+		{"Jo's Mac", "Jo-s-Mac"},
+		{"mac.local.", "mac.local"},
+	} {
+		got := targetNameOf(c.host)
+		if got != c.want {
+			t.Errorf("targetNameOf(%q) = %q, want %q", c.host, got, c.want)
+		}
+		if len(got) > maxTargetName || strings.Trim(got, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != "" {
+			t.Errorf("targetNameOf(%q) = %q: not a valid FOREMAN_TARGET_NAME", c.host, got)
+		}
+	}
+}
