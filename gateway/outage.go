@@ -163,11 +163,16 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 		if !t.HasModel(want) {
 			continue
 		}
-		if t.Reachable {
+		// A Mac listed reachable whose foreman is gone (killed: its last entry lives on
+		// its TTL, its presence lapsed) runs no job: its outage is counted from when
+		// this call first saw it, as one whose foreman does not say since when. (An
+		// entry of a foreman from before boot ids counts as it says.)
+		gone := t.Reachable && t.BootID != "" && !s.store.Present(ctx, t.BootID)
+		if t.Reachable && !gone {
 			return outage{}, false
 		}
 		listed = true
-		if t.DownSince.IsZero() || t.Updated.IsZero() {
+		if gone || t.DownSince.IsZero() || t.Updated.IsZero() {
 			known = false
 			continue
 		}

@@ -3,12 +3,16 @@ package app_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
@@ -157,5 +161,53 @@ func TestSeveralMacsSyncCallForAStoppedMacsModelEndsWithinTheBound(t *testing.T)
 	if a.err != nil || a.code != http.StatusBadGateway || !bytes.Contains(a.body, []byte(`no reachable Ollama has model \"beta\"`)) ||
 		bytes.Contains(a.body, []byte("no live foreman lists it")) {
 		t.Fatalf("chat for the model of a Mac whose foreman stopped: %d %s %v, want 502 within the bound", a.code, a.body, a.err)
+	}
+}
+
+// A chat for a model only a killed foreman's Mac has ends within FOREMAN_SYNC_OUTAGE_WAIT
+// once that foreman's presence has lapsed, though its entry still says its Mac is
+// reachable (a kill writes no entry; the last one lives its TTL, 90 s at the default
+// poll): nobody runs the job meanwhile. The call waited the entry's life and the bound
+// after it.
+func TestSeveralMacsSyncCallForAKilledForemansModelEndsWithinTheBound(t *testing.T) {
+	macA := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	macB := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "beta:latest"}))
+	nurl := sharedNATS(t)
+	// Polling once a minute, mac-a keeps the bucket's entries three minutes (the bucket
+	// lives its foremen's longest TTL): mac-b's entry outlives the test.
+	fa := startForeman(t, nurl, "mac-a", macA.URL, func(c *app.Config) { c.SyncOutageWait, c.PollInterval = time.Second, time.Minute })
+	waitTargets(t, fa, 1)
+	// mac-b's foreman as a kill leaves it: its last entry, reachable and live for ten
+	// minutes more, and no presence.
+	nc, err := nats.Connect(nurl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	kv, err := js.KeyValue(ctx, broker.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	entry, err := json.Marshal(broker.Target{Name: "mac-b", URL: macB.URL, Reachable: true, Models: []string{"beta:latest"},
+		BootID: "01KILLEDFOREMAN0000000000", Updated: now, Expires: now.Add(10 * time.Minute)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "target.mac-b", entry); err != nil {
+		t.Fatal(err)
+	}
+	waitTargets(t, fa, 2)
+	start := time.Now()
+	a := <-chatInBackground(ctx, fa, "beta") // within ctx: nothing else bounds the call
+	t.Logf("DEBUG %v %d %s", time.Since(start), a.code, a.body)
+	if a.err != nil || a.code != http.StatusBadGateway || !bytes.Contains(a.body, []byte(`no reachable Ollama has model \"beta\"`)) {
+		t.Fatalf("chat for the model of a Mac whose foreman was killed: %d %s %v, want 502 within the bound", a.code, a.body, a.err)
 	}
 }
