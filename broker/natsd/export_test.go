@@ -151,3 +151,6 @@ func SetListenerMaxConns(n int) (restore func()) {
 	listenerMaxConns = n
 	return func() { listenerMaxConns = old }
 }
+
+// ClientLinesPerMinute is clientLinesPerMinute.
+const ClientLinesPerMinute = clientLinesPerMinute
