@@ -161,6 +161,55 @@ func (o *LoadOptions) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// optionTypes are the types Ollama (v0.17.4 api.Options and api.Runner) gives the
+// request options it knows, as its refusals name them; options it does not know it
+// ignores.
+var optionTypes = map[string]string{
+	"num_ctx": "integer", "num_batch": "integer", "num_gpu": "integer", "main_gpu": "integer",
+	"num_thread": "integer", "num_keep": "integer", "seed": "integer", "num_predict": "integer",
+	"top_k": "integer", "repeat_last_n": "integer",
+	"top_p": "float32", "min_p": "float32", "typical_p": "float32", "temperature": "float32",
+	"repeat_penalty": "float32", "presence_penalty": "float32", "frequency_penalty": "float32",
+	"use_mmap": "boolean", "stop": "array",
+}
+
+// Refused is the error with which Ollama's handler refuses these options (api.Options
+// FromMap, word for word: `option "num_ctx" must be of type integer`), nil when it takes
+// them. Ollama answers it 500 after the request was taken (a job that could only fail);
+// of several, it names the first in name order (Ollama: any). Options that are no JSON
+// object are left to the target, whose decode refuses them (400).
+func (o LoadOptions) Refused() error {
+	for _, name := range slices.Sorted(maps.Keys(o.set)) {
+		typ, known := optionTypes[name]
+		v := o.set[name]
+		if !known || v == nil {
+			continue
+		}
+		ok := true
+		switch typ {
+		case "integer", "float32":
+			_, ok = v.(float64)
+		case "boolean":
+			_, ok = v.(bool)
+		case "array":
+			items, isArray := v.([]any)
+			if !isArray {
+				ok = false
+				break
+			}
+			for _, item := range items {
+				if _, isString := item.(string); !isString {
+					return fmt.Errorf("option %q must be of an array of strings", name)
+				}
+			}
+		}
+		if !ok {
+			return fmt.Errorf("option %q must be of type %s", name, typ)
+		}
+	}
+	return nil
+}
+
 // Token is the load-options token (see LoadOptionsToken).
 func (o LoadOptions) Token() string {
 	key := o.key()

@@ -268,6 +268,8 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	sub.opts = opts.Token()
 	if !sub.kind.ReadsOptions() {
 		sub.opts = broker.DefaultLoadOptions // the target ignores them
+	} else if err := opts.Refused(); err != nil {
+		return nil, badRequest(err.Error()) // a job that could only fail
 	}
 	sub.body, sub.kept, sub.reencoded = raw, kept, stripped
 	if stripped {

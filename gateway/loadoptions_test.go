@@ -28,7 +28,6 @@ func TestRequestLoadOptions(t *testing.T) {
 		{broker.KindGenerate, `{"num_ctx":2048.5,"temperature":1}`, `{"num_ctx":2048}`, true},
 		{broker.KindGenerate, `{"num_batch":512,"main_gpu":0,"num_thread":0,"num_gpu":-1}`, "", false},
 		{broker.KindEmbed, `{"use_mmap":false}`, `{"use_mmap":false}`, true},
-		{broker.KindChat, `{"num_ctx":"big"}`, "", false}, // refused by Ollama: loads nothing
 		{broker.KindOpenAIChat, `{"num_ctx":256}`, "", false},
 		{broker.KindOpenAICompletion, `{"num_ctx":256}`, "", false},
 	}

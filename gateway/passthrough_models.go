@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
 // handleModelRequest serves /api/show, /api/embed, /api/embeddings and /v1/embeddings:
@@ -57,8 +59,9 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 // empty; the embedding routes know no "name".
 func requestModel(path string, body []byte) (string, error) {
 	var req struct {
-		Model string `json:"model"`
-		Name  string `json:"name"`
+		Model   string             `json:"model"`
+		Name    string             `json:"name"`
+		Options broker.LoadOptions `json:"options"`
 	}
 	// "decode model field: " is how these routes have always worded a member of the
 	// wrong type.
@@ -71,6 +74,11 @@ func requestModel(path string, body []byte) (string, error) {
 	}
 	if strings.TrimSpace(model) == "" {
 		return "", handlerRefusal("model is required")
+	}
+	if kind, ok := embedKind(path); ok && kind.ReadsOptions() {
+		if err := req.Options.Refused(); err != nil {
+			return "", badRequest(err.Error()) // Ollama's 500
+		}
 	}
 	return model, nil
 }

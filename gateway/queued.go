@@ -102,6 +102,8 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
+	} else if err := req.Options.Refused(); err != nil {
+		return inference{}, badRequest(err.Error()) // Ollama's 500, and a job that could only fail
 	}
 	return in, nil
 }
