@@ -174,7 +174,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
 	if w.cfg.StartBeforeCall {
 		if _, err := start.wait(); err != nil {
-			w.startFailed(ctx, d, j.Sync, nil, err, log)
+			w.startFailed(ctx, d, j, nil, err, log)
 			return
 		}
 	}
@@ -282,7 +282,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	}
 	started, serr := start.wait()
 	if serr != nil {
-		w.startFailed(ctx, d, j.Sync, r, serr, log)
+		w.startFailed(ctx, d, j, r, serr, log)
 		return
 	}
 	log = log.With("attempt", started.Attempt)
