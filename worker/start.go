@@ -111,11 +111,41 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, j *broker.Job
 		case gerr != nil && !errors.Is(gerr, errNoStart):
 			log.Warn("give back the attempt of a start write that may have been stored", "err", gerr)
 		}
-		w.nak(d, w.cfg.RetryDelay, log)
-		if w.refusing(err) {
+		switch {
+		case !w.refusing(err):
+			w.nak(d, w.cfg.RetryDelay, log)
+		case d.NumDelivered >= uint64(w.store.Config().MaxDeliver()):
+			// JetStream's last delivery: NAKed, the message would never come back, and the
+			// delivery limit's advisory would fail a job that never ran "attempts
+			// exhausted" once the store takes its write. It is held (run's keep-alive goes
+			// on) while the worker waits for the store, then queued again at its queue's
+			// end, its deliveries counted anew, as a stop's hand-back of a last delivery is.
+			w.waitStore(ctx, err)
+			w.requeueUnrun(ctx, d, log)
+		default:
+			w.nak(d, w.cfg.RetryDelay, log)
 			w.waitStore(ctx, err)
 		}
 	}
+}
+
+// requeueUnrun puts back a job whose last delivery ran no attempt, once the store takes
+// writes again (or the worker stops: giveBack): as a new message (Store.Requeue), or with
+// a NAK when that fails.
+func (w *Worker) requeueUnrun(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	bctx, cancel := w.storeCtx(ctx) // its own time: the wait for the store may have been long
+	defer cancel()
+	if w.isStopping(ctx) {
+		w.giveBack(bctx, d, log)
+		return
+	}
+	w.settling(d)
+	if err := w.store.Requeue(bctx, d); err != nil {
+		log.Warn("requeue a job whose start the store refused on its last delivery; trying a NAK", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	}
+	log.Info("job requeued: the store refused its start on its last delivery")
 }
 
 // errNoStart stops giveStartBack when the record holds no start of this attempt: the
