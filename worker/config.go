@@ -100,6 +100,9 @@ type Config struct {
 	// bookkeeping of a finished job after its final done marker went out and before its
 	// result and terminal state are written.
 	beforeStoreDone func(jobID string)
+	// beforeRefresh, when set (tests only), runs before each offer of a running job's
+	// record to Store.Refresh; it may block, as a store slow to answer would.
+	beforeRefresh func(jobID string)
 	// beforeRetry, when set (tests only), runs before a failed attempt's retrying state
 	// is written.
 	beforeRetry func(jobID string)

@@ -20,7 +20,11 @@
 //     connection streams again from Foreman-Seq 1);
 //   - connection errors retry with a NAK delay and pause the worker until the target
 //     answers, up to the store's MaxAttempts (also its queue's MaxDeliver, so the limit is
-//     set once); HTTP errors are terminal;
+//     set once; an async job's call that never reached the target counts no attempt,
+//     ADR-0089); HTTP errors are terminal, but for the target's "not now" (503, 429: the
+//     worker waits, an async job's attempt not counted, ADR-0086), a proxy's word that
+//     the target is not there (502, 504, ADR-0057) and a runner's death (ADR-0085), which
+//     are retried;
 //   - a target that stalls (no first byte within FirstByteTimeout, silence beyond
 //     StreamIdleTimeout) or an attempt longer than MaxJobTime is a failed attempt, retried
 //     like a connection error; a stall is reported by TargetStall for /healthz until a

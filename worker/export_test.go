@@ -160,3 +160,10 @@ func BusyInRow(w *Worker) int {
 	defer w.mu.Unlock()
 	return w.busyInRow
 }
+
+// WithBeforeRefresh sets Config.beforeRefresh: fn runs before each offer of a running
+// job's record to Store.Refresh, and may block it, as a slow store would.
+func WithBeforeRefresh(cfg Config, fn func(jobID string)) Config {
+	cfg.beforeRefresh = fn
+	return cfg
+}

@@ -174,7 +174,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
 	if w.cfg.StartBeforeCall {
 		if _, err := start.wait(); err != nil {
-			w.startFailed(ctx, d, j.Sync, nil, err, log)
+			w.startFailed(ctx, d, j, nil, err, log)
 			return
 		}
 	}
@@ -282,7 +282,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	}
 	started, serr := start.wait()
 	if serr != nil {
-		w.startFailed(ctx, d, j.Sync, r, serr, log)
+		w.startFailed(ctx, d, j, r, serr, log)
 		return
 	}
 	log = log.With("attempt", started.Attempt)
@@ -703,14 +703,20 @@ func (w *Worker) storeResult(ctx context.Context, id string, sync bool, res []by
 // on rather than the job handed back (ADR-0058): only while the store refuses it. A put
 // that ran out of time (a large result on a slow disk or cluster) is no refusal: the
 // next try may be as slow, and each one that times out leaves the chunks it wrote
-// (ADR-0019), tens of megabytes a round. Such a put is tried on only while the job store
-// refuses a probe write too (a full disk leaves failing publishes unanswered, ADR-0041);
-// otherwise the job is handed back, as before ADR-0058, bounded by its attempts.
+// (ADR-0019), tens of megabytes a round. Nor is a put refused for want of room
+// (ErrStorageFull) while a record still fits: JetStream's storage limits refuse a write
+// by its size, so a store near its limit takes the records of the jobs behind it and
+// refuses only this large result; held, it held the worker (the next job's end waits
+// behind it) for as long as the store lacked that room, hours maybe, with no pause shown
+// and /healthz well. Such a put is tried on only while the job store refuses a probe
+// write too (a full disk leaves failing publishes unanswered, ADR-0041; a store full for
+// everything refuses the next job's start, which pauses the worker); otherwise the job
+// is handed back, as before ADR-0058, bounded by its attempts.
 func (w *Worker) holdResult(err error) bool {
 	if !w.refusing(err) {
 		return false
 	}
-	if !broker.TimedOut(err) {
+	if !broker.TimedOut(err) && !errors.Is(err, broker.ErrStorageFull) {
 		return true
 	}
 	ctx, cancel := w.untilStop(context.Background())

@@ -78,6 +78,14 @@ func (w *Worker) keep(d *broker.Lease, k *keeper, log *slog.Logger) {
 		defer rt.Stop()
 		refreshes = rt.C
 	}
+	// A refresh is a round trip to the store (a read, maybe a write), up to storeTimeout
+	// long when the store is slow (a leader election, a disk that stalls): made here, it
+	// held the ticks back that long, and with an ack wait under 45 s the delivery went to
+	// another foreman, which ran the job a second time. It runs beside the ticks, one at a
+	// time, and the keeper ends after it.
+	var refreshing sync.WaitGroup
+	defer refreshing.Wait()
+	busy := make(chan struct{}, 1) // held by the refresh under way
 	warned := false
 	for {
 		select {
@@ -99,16 +107,33 @@ func (w *Worker) keep(d *broker.Lease, k *keeper, log *slog.Logger) {
 				log.Warn("extend job ack deadline; further failures of this delivery not logged", "err", err)
 			}
 		case <-refreshes:
-			ctx, cancel := w.storeCtx(context.Background())
-			ok, err := w.store.Refresh(ctx, d.JobID)
-			cancel()
-			if err != nil {
-				log.Warn("refresh running job record", "err", err)
-			} else if ok {
-				log.Debug("running job record refreshed before the job TTL")
+			select {
+			case busy <- struct{}{}:
+			default:
+				continue // the last one has not ended yet
 			}
+			refreshing.Go(func() {
+				defer func() { <-busy }()
+				w.refreshRecord(d.JobID, log)
+			})
 		case <-k.done:
 			return
 		}
+	}
+}
+
+// refreshRecord offers the record of running job id to Store.Refresh, which rewrites it
+// when it nears the job TTL.
+func (w *Worker) refreshRecord(id string, log *slog.Logger) {
+	if hook := w.cfg.beforeRefresh; hook != nil {
+		hook(id)
+	}
+	ctx, cancel := w.storeCtx(context.Background())
+	defer cancel()
+	ok, err := w.store.Refresh(ctx, id)
+	if err != nil {
+		log.Warn("refresh running job record", "err", err)
+	} else if ok {
+		log.Debug("running job record refreshed before the job TTL")
 	}
 }

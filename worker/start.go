@@ -3,8 +3,10 @@ package worker
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -60,7 +62,8 @@ func (w *Worker) startAttempt(ctx context.Context, d *broker.Lease, j *broker.Jo
 			w.nameRunner(j)
 		})
 		if lost := w.cfg.startAnswerLost; sw.err == nil && lost != nil && lost(d.JobID) {
-			sw.job, sw.err = nil, errors.New("start stored, its answer lost (test)")
+			// As a real one fails: no answer in time.
+			sw.job, sw.err = nil, fmt.Errorf("start stored, its answer lost (test): %w", context.DeadlineExceeded)
 		}
 		if sw.err != nil {
 			abort(errNotStarted)
@@ -83,8 +86,10 @@ func (w *Worker) nameRunner(j *broker.Job) {
 // that ended meanwhile is acked, one whose cancellation was requested ends canceled, and
 // on any other failure the job is handed back for a later try, unless it is a sync job
 // whose caller already has frames of it (r, nil before any call, says; ADR-0036): a
-// second attempt cannot be spliced into that answer, so the job fails.
-func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, sync bool, r *broker.StreamWriter, err error, log *slog.Logger) {
+// second attempt cannot be spliced into that answer, so the job fails. j is the record
+// the attempt started from. A job handed back has its attempt given back, should the
+// failed write have been stored after all (giveStartBack).
+func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, j *broker.Job, r *broker.StreamWriter, err error, log *slog.Logger) {
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	switch {
@@ -92,13 +97,97 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, sync bool, r 
 		w.finish(bctx, d, log)
 	case errors.Is(err, errCancelRequested):
 		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
-	case sync && r != nil && r.Published():
+	case j.Sync && r != nil && r.Published():
 		w.fail(bctx, d, true, r, "store the attempt's start: "+err.Error(), 0, log)
 	default:
 		log.Warn("start job; will retry", "err", err)
-		w.nak(d, w.cfg.RetryDelay, log)
-		if w.refusing(err) {
+		switch gerr := w.giveStartBack(bctx, d, j.Attempt, err); {
+		case errors.Is(gerr, errEnded):
+			w.finish(bctx, d, log)
+			return
+		case errors.Is(gerr, errCancelRequested):
+			w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
+			return
+		case gerr != nil && !errors.Is(gerr, errNoStart):
+			log.Warn("give back the attempt of a start write that may have been stored", "err", gerr)
+		}
+		switch {
+		case !w.refusing(err):
+			w.nak(d, w.cfg.RetryDelay, log)
+		case d.NumDelivered >= uint64(w.store.Config().MaxDeliver()):
+			// JetStream's last delivery: NAKed, the message would never come back, and the
+			// delivery limit's advisory would fail a job that never ran "attempts
+			// exhausted" once the store takes its write. It is held (run's keep-alive goes
+			// on) while the worker waits for the store, then queued again at its queue's
+			// end, its deliveries counted anew, as a stop's hand-back of a last delivery is.
 			w.waitStore(ctx, err)
+			w.requeueUnrun(ctx, d, log)
+		default:
+			w.nak(d, w.cfg.RetryDelay, log)
+			w.waitStore(ctx, err)
+		}
+	}
+}
+
+// requeueUnrun puts back a job whose last delivery ran no attempt, once the store takes
+// writes again (or the worker stops: giveBack): as a new message (Store.Requeue), or with
+// a NAK when that fails.
+func (w *Worker) requeueUnrun(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	bctx, cancel := w.storeCtx(ctx) // its own time: the wait for the store may have been long
+	defer cancel()
+	if w.isStopping(ctx) {
+		w.giveBack(bctx, d, log)
+		return
+	}
+	w.settling(d)
+	if err := w.store.Requeue(bctx, d); err != nil {
+		log.Warn("requeue a job whose start the store refused on its last delivery; trying a NAK", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+		return
+	}
+	log.Info("job requeued: the store refused its start on its last delivery")
+}
+
+// errNoStart stops giveStartBack when the record holds no start of this attempt: the
+// failed start write was not stored.
+var errNoStart = errors.New("the attempt's start is not in the record")
+
+// giveStartBack gives back the attempt counted by a start write that failed yet was
+// stored: its answer was lost (a timeout while a cluster elects a leader, a slow disk),
+// and the record says the job runs here, at attempt read+1, while it goes back to the
+// queue unrun. Counted, that attempt would be spent on nothing: with FOREMAN_MAX_ATTEMPTS=1
+// the next delivery would fail the job "attempts exhausted" without its target ever
+// answering. The record goes retrying, with its attempt count as before the start; only
+// a record that holds that very start (this foreman's, of delivery d, at read+1) is
+// written. Only a write that got no answer (broker.Transient) may have been stored: one
+// the store refused (out of room, say) was not, and nothing is read for it. While the
+// store refuses for now it is tried again for up to terminalWait, as an uncounted
+// retrying write is (storeRetrying). It returns errNoStart when there is no such start
+// to give back, or the guard's error (fromLive) of a job that ended or whose
+// cancellation was requested.
+func (w *Worker) giveStartBack(ctx context.Context, d *broker.Lease, read int, cause error) error {
+	if !broker.Transient(cause) || errors.Is(cause, broker.ErrStorageFull) || errors.Is(cause, broker.ErrStoreFailed) {
+		return errNoStart
+	}
+	boot := w.store.BootID()
+	set := func(rec *broker.Job) error {
+		if err := fromLive(rec); err != nil {
+			return err
+		}
+		running := rec.State == broker.StateLoading || rec.State == broker.StateWorking
+		if !running || rec.Attempt != read+1 || rec.RunnerAttempt != rec.Attempt || rec.RunnerBoot != boot || rec.QueueSeq != d.Seq {
+			return errNoStart
+		}
+		rec.State, rec.Error = broker.StateRetrying, errorText("store the attempt's start: "+cause.Error())
+		rec.Attempt--
+		return nil
+	}
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
+	defer cancel()
+	for pause := terminalPause; ; pause = min(2*pause, 2*time.Second) {
+		_, _, err := w.store.Modify(tctx, d.JobID, set)
+		if err == nil || !w.refusing(err) || w.isStopping(tctx) || !sleepCtx(tctx, pause) {
+			return err
 		}
 	}
 }
