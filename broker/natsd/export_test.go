@@ -151,6 +151,3 @@ func SetListenerMaxConns(n int) (restore func()) {
 	listenerMaxConns = n
 	return func() { listenerMaxConns = old }
 }
-
-// ClientLinesPerMinute is clientLinesPerMinute.
-const ClientLinesPerMinute = clientLinesPerMinute
