@@ -151,3 +151,11 @@ func SetListenerMaxConns(n int) (restore func()) {
 	listenerMaxConns = n
 	return func() { listenerMaxConns = old }
 }
+
+// SetLogClock sets the clock of the log adapters' windows until the test ends (by the
+// returned restore). Not for parallel tests: Start reads it.
+func SetLogClock(now func() time.Time) (restore func()) {
+	old := logNow
+	logNow = now
+	return func() { logNow = old }
+}

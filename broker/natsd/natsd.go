@@ -168,7 +168,7 @@ func Start(cfg Config) (*Server, error) {
 		s.unlock()
 		return nil, fmt.Errorf("natsd: %w", err)
 	}
-	logs := &logAdapter{log: cfg.Logger}
+	logs := newLogAdapter(cfg.Logger)
 	ns.SetLoggerV2(logs, false, false, false)
 	ns.Start()
 	if err := waitReady(ns, logs, cfg); err != nil {

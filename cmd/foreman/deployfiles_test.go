@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"maps"
 	"net"
 	"net/url"
@@ -317,5 +318,128 @@ func TestDockerRunLineReachesOllamaWithAKnownToken(t *testing.T) {
 	}
 	if tok := regexp.MustCompile(`FOREMAN_AUTH_TOKEN=\S*`).FindString(run); strings.Contains(tok, "$(") || strings.Contains(tok, "`") {
 		t.Errorf("the docker run line makes its token in place (%s): no one learns it, and every call gets 401", tok)
+	}
+}
+
+// composeInterpolate expands the ${VAR}, ${VAR:-default} and ${VAR:?message} of a compose
+// file's value with env, nested as Docker Compose nests them; an unset or empty VAR
+// under :? is the error Compose stops with.
+func composeInterpolate(s string, env map[string]string) (string, error) {
+	var out strings.Builder
+	for i := 0; i < len(s); {
+		if !strings.HasPrefix(s[i:], "${") {
+			out.WriteByte(s[i])
+			i++
+			continue
+		}
+		depth, end := 0, -1
+		for j := i; j < len(s) && end < 0; j++ {
+			switch {
+			case strings.HasPrefix(s[j:], "${"):
+				depth++
+				j++
+			case s[j] == '}':
+				if depth--; depth == 0 {
+					end = j
+				}
+			}
+		}
+		if end < 0 {
+			return "", fmt.Errorf("unclosed ${ in %q", s)
+		}
+		expr := s[i+2 : end]
+		name, op, arg := expr, "", ""
+		if k := strings.Index(expr, ":"); k >= 0 {
+			name, op, arg = expr[:k], expr[k:k+2], expr[k+2:]
+		}
+		v := env[name]
+		switch op {
+		case ":-":
+			if v == "" {
+				d, err := composeInterpolate(arg, env)
+				if err != nil {
+					return "", err
+				}
+				v = d
+			}
+		case ":?":
+			if v == "" {
+				return "", fmt.Errorf("required variable %s is missing a value: %s", name, arg)
+			}
+		case "":
+		default:
+			return "", fmt.Errorf("unknown interpolation %q", expr)
+		}
+		out.WriteString(v)
+		i = end + 1
+	}
+	return out.String(), nil
+}
+
+// The compose file's foremen start with either kind of token in deploy/.env, and with
+// none compose stops: it required FOREMAN_AUTH_TOKEN, so named tokens (one per program,
+// FOREMAN_AUTH_TOKENS) could not be used on their own, and set beside it they were
+// refused by foreman, which takes one kind only.
+func TestComposeTakesEitherKindOfToken(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../deploy/compose.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	services := composeServices(t, text)
+	// What compose interpolates besides the services: the top-level extension fields.
+	var extensions []string
+	for _, m := range regexp.MustCompile(`(?m)^x-[a-z0-9-]+: (.*)$`).FindAllStringSubmatch(text, -1) {
+		extensions = append(extensions, m[1])
+	}
+	// load is what a foreman service's container gets from deploy/.env (dotenv): its
+	// env_file, then its environment over it, the image's FOREMAN_ADDR under both; or
+	// the error compose stops with.
+	load := func(svc string, dotenv map[string]string) (map[string]string, error) {
+		for _, x := range extensions {
+			if _, err := composeInterpolate(x, dotenv); err != nil {
+				return nil, err
+			}
+		}
+		env := map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080"}
+		maps.Copy(env, dotenv)
+		for k, v := range services[svc].env {
+			if u, err := strconv.Unquote(v); err == nil && strings.HasPrefix(v, `"`) {
+				v = u // a YAML double-quoted scalar
+			}
+			val, err := composeInterpolate(v, dotenv)
+			if err != nil {
+				return nil, err
+			}
+			env[k] = val
+		}
+		return env, nil
+	}
+	for _, svc := range []string{"foreman", "foreman-a", "foreman-b"} {
+		if services[svc] == nil || !services[svc].foreman {
+			t.Fatalf("deploy/compose.yaml has no foreman service %s", svc)
+		}
+		for _, dotenv := range []map[string]string{
+			{"FOREMAN_AUTH_TOKEN": "single-token"},
+			{"FOREMAN_AUTH_TOKENS": "alice:token-a,bob:token-b"},
+		} {
+			env, err := load(svc, dotenv)
+			if err != nil {
+				t.Errorf("%s with deploy/.env %v: compose stops: %v", svc, dotenv, err)
+				continue
+			}
+			cfg, err := parseConfig(t, nil, env)
+			if err != nil {
+				t.Errorf("%s with deploy/.env %v: foreman refuses to start: %v", svc, dotenv, err)
+				continue
+			}
+			if cfg.AuthToken == "" && len(cfg.AuthTokens) == 0 {
+				t.Errorf("%s with deploy/.env %v: foreman has no token", svc, dotenv)
+			}
+		}
+		if _, err := load(svc, map[string]string{}); err == nil {
+			t.Errorf("%s: compose starts with no token in deploy/.env", svc)
+		}
 	}
 }

@@ -14,7 +14,9 @@ import (
 // operator whose foreman hangs or grows: `go tool pprof http://127.0.0.1:6060/debug/pprof/heap`,
 // or `curl 'http://127.0.0.1:6060/debug/pprof/goroutine?debug=2'` for every goroutine's
 // stack. Its listener is loopback only (CheckPprofAddr), and a request must name it by a
-// loopback address or localhost (a page whose name was rebound to 127.0.0.1 reads nothing).
+// loopback address or localhost (a page whose name was rebound to 127.0.0.1 reads nothing)
+// and come from no web page of another site (fromOtherSite: a page runs a profile it
+// cannot read).
 // /debug/pprof/cmdline is left out: serve's command line may hold tokens and passwords.
 func pprofHandler() http.Handler {
 	mux := http.NewServeMux()
@@ -32,8 +34,33 @@ func pprofHandler() http.Handler {
 			http.Error(w, "host not allowed: name this listener by a loopback address or localhost", http.StatusForbidden)
 			return
 		}
+		if fromOtherSite(r) {
+			http.Error(w, "forbidden: a request a web page of another site made (open the profiles yourself, or use go tool pprof or curl)", http.StatusForbidden)
+			return
+		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// fromOtherSite reports whether r was made by a web page of another site, which a
+// browser on this machine sends to 127.0.0.1 with a loopback Host: an <img> or a
+// no-cors fetch needs no CORS permission and carries no Origin, and although the page
+// reads nothing of the answer, the profile runs: /debug/pprof/trace?seconds=86400 traces
+// foreman for a day (the runtime's tracing slows every goroutine) and
+// /debug/pprof/profile?seconds=86400 holds the one CPU profile there may be, so the
+// operator's own fails with "cpu profiling already in use". Browsers say where a request
+// comes from in Sec-Fetch-Site: "none" for an address the user typed, "same-origin" for a
+// link of the pprof index; go tool pprof and curl send no such header. A CORS request
+// from another origin (its Origin not this listener's) is refused too, for a browser
+// without Sec-Fetch-Site.
+func fromOtherSite(r *http.Request) bool {
+	switch r.Header.Get("Sec-Fetch-Site") {
+	case "", "none", "same-origin":
+	default:
+		return true
+	}
+	origin := r.Header.Get("Origin")
+	return origin != "" && origin != "http://"+r.Host
 }
 
 // loopbackHost reports whether a request's Host names a loopback address or localhost.

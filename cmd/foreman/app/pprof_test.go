@@ -197,3 +197,39 @@ func TestStartRefusesAPprofAddrOffLoopback(t *testing.T) {
 		t.Errorf("start: %v; want the refusal of an address off loopback", err)
 	}
 }
+
+// A web page of another site, open in a browser on foreman's machine, cannot run a
+// profile: its <img src="http://127.0.0.1:6060/debug/pprof/trace?seconds=86400"> names
+// the listener by loopback and needs no CORS permission, and although the page reads
+// nothing, the trace runs for a day (and a CPU profile so started holds the only one
+// there may be). The operator's own requests (an address typed in the browser, a link of
+// the index page, go tool pprof or curl, which send no Sec-Fetch-Site) are served.
+func TestPprofRefusesOtherSitesPages(t *testing.T) {
+	t.Parallel()
+	h := pprofHandler()
+	for _, c := range []struct {
+		hdr    []string
+		served bool
+	}{
+		{nil, true}, // go tool pprof, curl
+		{[]string{"Sec-Fetch-Site", "none"}, true},
+		{[]string{"Sec-Fetch-Site", "same-origin", "Origin", "http://127.0.0.1:6060"}, true},
+		{[]string{"Sec-Fetch-Site", "cross-site"}, false},
+		{[]string{"Sec-Fetch-Site", "same-site"}, false}, // a page of localhost:3000
+		{[]string{"Origin", "https://evil.example"}, false},
+		{[]string{"Origin", "null"}, false},
+	} {
+		req := httptest.NewRequest(http.MethodGet, "http://127.0.0.1:6060/debug/pprof/heap?debug=1", nil)
+		for i := 0; i+1 < len(c.hdr); i += 2 {
+			req.Header.Set(c.hdr[i], c.hdr[i+1])
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		switch served := strings.Contains(rec.Body.String(), "heap profile"); {
+		case c.served && (rec.Code != http.StatusOK || !served):
+			t.Errorf("headers %q: %d %.200q, want the heap profile", c.hdr, rec.Code, rec.Body.String())
+		case !c.served && (rec.Code != http.StatusForbidden || served):
+			t.Errorf("headers %q: %d %.200q, want 403 and no profile", c.hdr, rec.Code, rec.Body.String())
+		}
+	}
+}
