@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -372,5 +373,37 @@ func TestBrowserRefusalsAreLoggedAtABoundedRate(t *testing.T) {
 		if got := metricValue(fams, "foreman_requests_refused_total", "reason", reason); got != n/2 {
 			t.Errorf("foreman_requests_refused_total{reason=%s} = %v, want %d", reason, got, n/2)
 		}
+	}
+}
+
+// A client with a stale token, or someone guessing tokens, is counted in
+// foreman_requests_refused_total{reason="unauthorized"} and told in the log once per ten
+// seconds: 401s were neither counted nor logged, and a guessing run went unseen.
+func TestUnauthorizedRequestsAreCountedAndLoggedAtABoundedRate(t *testing.T) {
+	t.Parallel()
+	var warns atomic.Int64
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		c.Logger = slog.New(warnCounter{&warns})
+		c.AuthToken = "s3cret-token"
+	}))
+	const n = 50
+	for i := range n {
+		hdr := []string{"Authorization", "Bearer guess-" + strconv.Itoa(i)}
+		if i%2 == 1 {
+			hdr = []string{"X-Foreman-Program", "nobody"} // no token at all
+		}
+		req := httptest.NewRequest(http.MethodGet, "/jobs", nil)
+		req.Header.Set(hdr[0], hdr[1])
+		w := httptest.NewRecorder()
+		b.GW.ServeHTTP(w, req)
+		if w.Code != http.StatusUnauthorized {
+			t.Fatalf("request %d: %d %s, want 401", i, w.Code, w.Body)
+		}
+	}
+	if got := warns.Load(); got != 1 {
+		t.Errorf("%d refused requests wrote %d warnings, want one", n, got)
+	}
+	if got := metricValue(scrape(t, b), "foreman_requests_refused_total", "reason", "unauthorized"); got != n {
+		t.Errorf("foreman_requests_refused_total{reason=unauthorized} = %v, want %d", got, n)
 	}
 }

@@ -218,6 +218,8 @@ type Server struct {
 	// once per refusalLogEvery: a page may send thousands a second, each counted in
 	// foreman_requests_refused_total.
 	hostRefusals, originRefusals rate.Sometimes
+	// authRefusals lets a 401's warning through once per refusalLogEvery.
+	authRefusals rate.Sometimes
 	// failures lets a 5xx failure's error line through once per failurelog.Every.
 	failures failurelog.Window
 	syncs    syncStats
@@ -264,7 +266,7 @@ func New(cfg Config) (*Server, error) {
 		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}, artifactReads: make(chan struct{}, cfg.artifactReads)}
 	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
 	s.jobMetrics = newJobMetrics(s.models, cfg.Store.WroteState)
-	s.hostRefusals.Interval, s.originRefusals.Interval = refusalLogEvery, refusalLogEvery
+	s.hostRefusals.Interval, s.originRefusals.Interval, s.authRefusals.Interval = refusalLogEvery, refusalLogEvery, refusalLogEvery
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {
 		return nil, err

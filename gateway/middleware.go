@@ -45,6 +45,13 @@ func (s *Server) authenticate(next http.Handler) http.Handler {
 			}
 		}
 		if match != 1 {
+			// A client with a stale token, or someone guessing: counted, and told in the
+			// log once per refusalLogEvery, not a line per request.
+			s.jobMetrics.refused.WithLabelValues("unauthorized").Inc()
+			s.authRefusals.Do(func() {
+				s.log.Warn("request refused: missing or wrong bearer token (the next in 10s are counted in foreman_requests_refused_total only)",
+					"remote", r.RemoteAddr, "path", clipInput(r.URL.Path), "token_sent", len(sent) > 0)
+			})
 			w.Header().Set("WWW-Authenticate", `Bearer realm="foreman"`)
 			s.writeError(w, r, refuse(ErrUnauthorized, "unauthorized: missing or wrong bearer token"))
 			return
