@@ -186,6 +186,9 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	if err == nil {
 		err = s.refuseNoImages(r.Context(), kind, model)
 	}
+	if err == nil {
+		err = s.refuseBadFormat(r.Context(), kind, model, body)
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return
