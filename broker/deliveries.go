@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -60,7 +61,7 @@ func deliveryKey(id string) string { return "dlv." + id }
 
 // LogDelivery appends an attempt to job id's delivery log. The log lives in the jobs
 // bucket under dlv.<id>, so it expires with the job TTL and is neither re-published nor
-// seen by the webhook consumer.
+// seen by the webhook consumer; only its latest revision is kept (replaceDeliveryLog).
 func (s *Store) LogDelivery(ctx context.Context, id string, a DeliveryAttempt) error {
 	if err := ValidateID(id); err != nil {
 		return err
@@ -78,7 +79,7 @@ func (s *Store) LogDelivery(ctx context.Context, id string, a DeliveryAttempt) e
 		if rev == 0 {
 			_, err = s.kv.Create(ctx, k, data)
 		} else {
-			_, err = s.kv.Update(ctx, k, data, rev)
+			err = s.replaceDeliveryLog(ctx, k, data, rev)
 		}
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			continue
@@ -89,6 +90,26 @@ func (s *Store) LogDelivery(ctx context.Context, id string, a DeliveryAttempt) e
 		return nil
 	}
 	return fmt.Errorf("%w: delivery log of %s kept changing", ErrConflict, id)
+}
+
+// replaceDeliveryLog writes data as the delivery log under key if its revision is still
+// rev, as kv.Update does, and drops the log's earlier revisions from the bucket's stream
+// in the same write (a subject rollup). Each write holds the whole log, so an earlier
+// revision is only a stale copy of it; kept (the bucket keeps 16 revisions of a key for
+// the job records), a job whose webhook is retried kept 16 copies of its growing log on
+// disk for the job TTL: up to 4 MiB where the log itself is at most 256 KiB. A stale rev
+// fails as kv.Update's does (errors.Is jetstream.ErrKeyRevisionMismatch).
+func (s *Store) replaceDeliveryLog(ctx context.Context, key string, data []byte, rev uint64) error {
+	msg := nats.NewMsg("$KV." + JobsBucket + "." + key)
+	msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	msg.Data = data
+	_, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(rev))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return fmt.Errorf("%w: %w", jetstream.ErrKeyRevisionMismatch, err)
+	}
+	return err
 }
 
 // deliveryLogLimit is the delivery log's bound in bytes: maxDeliveryLogBytes, or less

@@ -137,3 +137,56 @@ func TestClaimPendingDeliveryWithoutOwner(t *testing.T) {
 		t.Fatalf("update at no revision: %v, want a conflict", err)
 	}
 }
+
+// A job's delivery log keeps one message in the bucket's stream however often it is
+// written: each write holds the whole log, and the 16 revisions the bucket keeps of a
+// key made a job whose webhook was retried hold 16 copies of its log on disk for the job
+// TTL (4 MiB for a log of 256 KiB). Writers that race still each add their attempt.
+func TestDeliveryLogKeepsOneCopy(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	id := broker.NewID()
+	url := "http://hooks.example/h?" + strings.Repeat("x", 1000)
+	const writers, each = 2, 15
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			var err error
+			for i := 1; i <= each && err == nil; i++ {
+				err = b.Store.LogDelivery(ctx, id, broker.DeliveryAttempt{WebhookID: id + "-1", State: broker.StateQueued,
+					Attempt: w*each + i, URL: url, Error: "500 Internal Server Error", Outcome: broker.OutcomeRetry, At: time.Now().UTC()})
+			}
+			errs <- err
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	log, err := b.Store.Deliveries(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, a := range log {
+		seen[a.Attempt] = true
+	}
+	if len(log) != writers*each || len(seen) != writers*each {
+		t.Fatalf("log holds %d attempts (%d distinct), want %d: a racing write lost one", len(log), len(seen), writers*each)
+	}
+	subject := "$KV." + broker.JobsBucket + ".dlv." + id
+	st, err := b.JetStream(t).Stream(ctx, "KV_"+broker.JobsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := info.State.Subjects[subject]; n != 1 {
+		t.Fatalf("the jobs stream holds %d messages of the delivery log, want 1 (the latest)", n)
+	}
+}
