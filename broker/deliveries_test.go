@@ -177,7 +177,17 @@ func TestDeliveryLogKeepsOneCopy(t *testing.T) {
 	if len(log) != writers*each || len(seen) != writers*each {
 		t.Fatalf("log holds %d attempts (%d distinct), want %d: a racing write lost one", len(log), len(seen), writers*each)
 	}
-	subject := "$KV." + broker.JobsBucket + ".dlv." + id
+	if n := keyMessages(t, b, "dlv."+id); n != 1 {
+		t.Fatalf("the jobs stream holds %d messages of the delivery log, want 1 (the latest)", n)
+	}
+}
+
+// keyMessages is how many messages of key the jobs bucket's stream holds.
+func keyMessages(t *testing.T, b *brokertest.Bundle, key string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	subject := "$KV." + broker.JobsBucket + "." + key
 	st, err := b.JetStream(t).Stream(ctx, "KV_"+broker.JobsBucket)
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +196,37 @@ func TestDeliveryLogKeepsOneCopy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := info.State.Subjects[subject]; n != 1 {
-		t.Fatalf("the jobs stream holds %d messages of the delivery log, want 1 (the latest)", n)
+	return info.State.Subjects[subject]
+}
+
+// A pending delivery's progress, written at each attempt with the whole event (its
+// result up to 64 KiB), keeps one message in the bucket's stream through its retries, not
+// one per attempt; a write at a revision written since is still a conflict.
+func TestPendingDeliveryKeepsOneCopy(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id := broker.NewID()
+	body := []byte(`{"job_id":"` + id + `","state":"done","result":"` + strings.Repeat("r", 32<<10) + `"}`)
+	rev, created, err := b.Store.AddPendingDelivery(ctx, broker.PendingDelivery{JobID: id, Rev: 7, Body: body})
+	if err != nil || !created {
+		t.Fatalf("add: %v %v", created, err)
+	}
+	first := rev
+	for i := 1; i <= 10; i++ {
+		if rev, err = b.Store.UpdatePendingDelivery(ctx, broker.PendingDelivery{JobID: id, Rev: 7, Attempts: i, Body: body, Revision: rev}); err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+	}
+	if _, err := b.Store.UpdatePendingDelivery(ctx, broker.PendingDelivery{JobID: id, Rev: 7, Attempts: 99, Body: body, Revision: first}); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("update at a revision written since: %v, want a conflict", err)
+	}
+	p, err := b.Store.PendingDelivery(ctx, id, 7)
+	if err != nil || p.Attempts != 10 || p.Revision != rev || string(p.Body) != string(body) {
+		t.Fatalf("read back %+v, %v; want attempt 10 at revision %d", p, err, rev)
+	}
+	if n := keyMessages(t, b, "whq."+id+".7"); n != 1 {
+		t.Fatalf("the jobs stream holds %d messages of the pending delivery, want 1 (the latest)", n)
 	}
 }
