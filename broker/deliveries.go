@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -60,7 +61,7 @@ func deliveryKey(id string) string { return "dlv." + id }
 
 // LogDelivery appends an attempt to job id's delivery log. The log lives in the jobs
 // bucket under dlv.<id>, so it expires with the job TTL and is neither re-published nor
-// seen by the webhook consumer.
+// seen by the webhook consumer; only its latest revision is kept (replaceValue).
 func (s *Store) LogDelivery(ctx context.Context, id string, a DeliveryAttempt) error {
 	if err := ValidateID(id); err != nil {
 		return err
@@ -78,7 +79,7 @@ func (s *Store) LogDelivery(ctx context.Context, id string, a DeliveryAttempt) e
 		if rev == 0 {
 			_, err = s.kv.Create(ctx, k, data)
 		} else {
-			_, err = s.kv.Update(ctx, k, data, rev)
+			_, err = s.replaceValue(ctx, k, data, rev)
 		}
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			continue
@@ -89,6 +90,32 @@ func (s *Store) LogDelivery(ctx context.Context, id string, a DeliveryAttempt) e
 		return nil
 	}
 	return fmt.Errorf("%w: delivery log of %s kept changing", ErrConflict, id)
+}
+
+// replaceValue writes data as the value of key (in the jobs bucket) if its revision is
+// still rev, as kv.Update does, and drops the key's earlier revisions from the bucket's
+// stream in the same write (a subject rollup): for a value written whole each time whose
+// earlier revisions nobody reads (a delivery log, a pending delivery's progress), kept
+// only as stale copies. The bucket keeps 16 revisions of a key (for the job records): a
+// job whose webhook was retried kept 16 copies of its growing delivery log on disk for
+// the job TTL (up to 4 MiB for a log of 256 KiB), and each pending delivery 16 copies of
+// its event (with a result of up to 64 KiB) through its hours of retries. It returns the
+// new revision; a stale rev fails as kv.Update's does (errors.Is
+// jetstream.ErrKeyRevisionMismatch).
+func (s *Store) replaceValue(ctx context.Context, key string, data []byte, rev uint64) (uint64, error) {
+	msg := nats.NewMsg("$KV." + JobsBucket + "." + key)
+	msg.Header.Set(jetstream.MsgRollup, jetstream.MsgRollupSubject)
+	msg.Data = data
+	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(rev))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return 0, fmt.Errorf("%w: %w", jetstream.ErrKeyRevisionMismatch, err)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return ack.Sequence, nil
 }
 
 // deliveryLogLimit is the delivery log's bound in bytes: maxDeliveryLogBytes, or less
@@ -218,7 +245,7 @@ func (s *Store) UpdatePendingDelivery(ctx context.Context, p PendingDelivery) (u
 	if err != nil {
 		return 0, err
 	}
-	rev, err := s.kv.Update(ctx, pendingKey(p.JobID, p.Rev), data, p.Revision)
+	rev, err := s.replaceValue(ctx, pendingKey(p.JobID, p.Rev), data, p.Revision)
 	if err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
 			return 0, fmt.Errorf("%w: pending delivery %s-%d written since (adopted, or finished)", ErrConflict, p.JobID, p.Rev)

@@ -137,3 +137,96 @@ func TestClaimPendingDeliveryWithoutOwner(t *testing.T) {
 		t.Fatalf("update at no revision: %v, want a conflict", err)
 	}
 }
+
+// A job's delivery log keeps one message in the bucket's stream however often it is
+// written: each write holds the whole log, and the 16 revisions the bucket keeps of a
+// key made a job whose webhook was retried hold 16 copies of its log on disk for the job
+// TTL (4 MiB for a log of 256 KiB). Writers that race still each add their attempt.
+func TestDeliveryLogKeepsOneCopy(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	id := broker.NewID()
+	url := "http://hooks.example/h?" + strings.Repeat("x", 1000)
+	const writers, each = 2, 15
+	errs := make(chan error, writers)
+	for w := range writers {
+		go func() {
+			var err error
+			for i := 1; i <= each && err == nil; i++ {
+				err = b.Store.LogDelivery(ctx, id, broker.DeliveryAttempt{WebhookID: id + "-1", State: broker.StateQueued,
+					Attempt: w*each + i, URL: url, Error: "500 Internal Server Error", Outcome: broker.OutcomeRetry, At: time.Now().UTC()})
+			}
+			errs <- err
+		}()
+	}
+	for range writers {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	log, err := b.Store.Deliveries(ctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[int]bool{}
+	for _, a := range log {
+		seen[a.Attempt] = true
+	}
+	if len(log) != writers*each || len(seen) != writers*each {
+		t.Fatalf("log holds %d attempts (%d distinct), want %d: a racing write lost one", len(log), len(seen), writers*each)
+	}
+	if n := keyMessages(t, b, "dlv."+id); n != 1 {
+		t.Fatalf("the jobs stream holds %d messages of the delivery log, want 1 (the latest)", n)
+	}
+}
+
+// keyMessages is how many messages of key the jobs bucket's stream holds.
+func keyMessages(t *testing.T, b *brokertest.Bundle, key string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	subject := "$KV." + broker.JobsBucket + "." + key
+	st, err := b.JetStream(t).Stream(ctx, "KV_"+broker.JobsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Subjects[subject]
+}
+
+// A pending delivery's progress, written at each attempt with the whole event (its
+// result up to 64 KiB), keeps one message in the bucket's stream through its retries, not
+// one per attempt; a write at a revision written since is still a conflict.
+func TestPendingDeliveryKeepsOneCopy(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	id := broker.NewID()
+	body := []byte(`{"job_id":"` + id + `","state":"done","result":"` + strings.Repeat("r", 32<<10) + `"}`)
+	rev, created, err := b.Store.AddPendingDelivery(ctx, broker.PendingDelivery{JobID: id, Rev: 7, Body: body})
+	if err != nil || !created {
+		t.Fatalf("add: %v %v", created, err)
+	}
+	first := rev
+	for i := 1; i <= 10; i++ {
+		if rev, err = b.Store.UpdatePendingDelivery(ctx, broker.PendingDelivery{JobID: id, Rev: 7, Attempts: i, Body: body, Revision: rev}); err != nil {
+			t.Fatalf("attempt %d: %v", i, err)
+		}
+	}
+	if _, err := b.Store.UpdatePendingDelivery(ctx, broker.PendingDelivery{JobID: id, Rev: 7, Attempts: 99, Body: body, Revision: first}); !errors.Is(err, broker.ErrConflict) {
+		t.Fatalf("update at a revision written since: %v, want a conflict", err)
+	}
+	p, err := b.Store.PendingDelivery(ctx, id, 7)
+	if err != nil || p.Attempts != 10 || p.Revision != rev || string(p.Body) != string(body) {
+		t.Fatalf("read back %+v, %v; want attempt 10 at revision %d", p, err, rev)
+	}
+	if n := keyMessages(t, b, "whq."+id+".7"); n != 1 {
+		t.Fatalf("the jobs stream holds %d messages of the pending delivery, want 1 (the latest)", n)
+	}
+}

@@ -147,9 +147,24 @@ func TestKilledMidJobCompletesOnceAfterRestart(t *testing.T) {
 		t.Fatalf("the interrupted job did not run again promptly after the restart (ACK_WAIT 15s): %v", err)
 	}
 	release()
-	state := ""
-	for state != "done" {
-		r, err := http.Get("http://" + second.addr + "/jobs/" + sub.JobID)
+	waitChildJobDone(t, ctx, second.addr, sub.JobID)
+	finished := 0
+	for _, c := range fake.Calls() {
+		if c.Path == "/api/chat" && c.Finished && !c.Canceled {
+			finished++
+		}
+	}
+	if finished != 1 {
+		t.Fatalf("the target completed the job %d times, want exactly once; calls: %s", finished, fmt.Sprint(fake.Calls()))
+	}
+}
+
+// waitChildJobDone polls GET /jobs/{id} on the foreman at addr until the job is done; it
+// fails t if the job ends otherwise or ctx ends first.
+func waitChildJobDone(t *testing.T, ctx context.Context, addr, id string) {
+	t.Helper()
+	for state := ""; state != "done"; {
+		r, err := http.Get("http://" + addr + "/jobs/" + id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -160,23 +175,14 @@ func TestKilledMidJobCompletesOnceAfterRestart(t *testing.T) {
 		_ = json.NewDecoder(r.Body).Decode(&job)
 		r.Body.Close()
 		if job.State == "failed" || job.State == "canceled" {
-			t.Fatalf("job ended %s: %s", job.State, job.Error)
+			t.Fatalf("job %s ended %s: %s", id, job.State, job.Error)
 		}
 		state = job.State
 		select {
 		case <-ctx.Done():
-			t.Fatalf("job still %q", state)
+			t.Fatalf("job %s still %q", id, state)
 		case <-time.After(20 * time.Millisecond): // polling with a deadline
 		}
-	}
-	finished := 0
-	for _, c := range fake.Calls() {
-		if c.Path == "/api/chat" && c.Finished && !c.Canceled {
-			finished++
-		}
-	}
-	if finished != 1 {
-		t.Fatalf("the target completed the job %d times, want exactly once; calls: %s", finished, fmt.Sprint(fake.Calls()))
 	}
 }
 

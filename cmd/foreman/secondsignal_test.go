@@ -80,25 +80,5 @@ func TestSecondStopCutsTheShutdownShort(t *testing.T) {
 
 	release()
 	second := startChild(t, env...)
-	for state := ""; state != "done"; {
-		r, err := http.Get("http://" + second.addr + "/jobs/" + sub.JobID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var job struct {
-			State string `json:"state"`
-			Error string `json:"error"`
-		}
-		_ = json.NewDecoder(r.Body).Decode(&job)
-		r.Body.Close()
-		if job.State == "failed" || job.State == "canceled" {
-			t.Fatalf("the cut job ended %s after the next start: %s", job.State, job.Error)
-		}
-		state = job.State
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the cut job still %q after the next start", state)
-		case <-time.After(20 * time.Millisecond): // polling with a deadline
-		}
-	}
+	waitChildJobDone(t, ctx, second.addr, sub.JobID)
 }
