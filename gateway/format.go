@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -18,23 +19,9 @@ import (
 // (no messages, an empty prompt) never reaches the check; a thinking model's chat runs
 // its first completion without the format, and an image generation model's generate has
 // none, so those are left to Ollama, as is a model whose capabilities cannot be read.
-func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model string, body []byte) error {
-	if kind != broker.KindChat && kind != broker.KindGenerate {
-		return nil
-	}
-	var req struct {
-		Format   json.RawMessage   `json:"format"`
-		Prompt   string            `json:"prompt"`
-		Messages []json.RawMessage `json:"messages"`
-	}
-	if json.Unmarshal(body, &req) != nil {
-		return nil // left to the target, whose decode refuses it
-	}
-	if formatTaken(req.Format) {
-		return nil
-	}
-	if (kind == broker.KindChat && len(req.Messages) == 0) || (kind == broker.KindGenerate && req.Prompt == "") {
-		return nil // a load: Ollama answers it without a completion
+func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model string, in inference) error {
+	if kind != broker.KindChat && kind != broker.KindGenerate || formatTaken(in.format) || !in.completes {
+		return nil // another route, a format Ollama takes, or a load: no completion
 	}
 	caps, err := s.capabilities(ctx, model)
 	if err != nil {
@@ -46,7 +33,25 @@ func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model st
 	if (kind == broker.KindChat && slices.Contains(caps, "thinking")) || (kind == broker.KindGenerate && slices.Contains(caps, "image")) {
 		return nil
 	}
-	return badRequest(fmt.Sprintf("invalid format: %q; expected \"json\" or a valid JSON Schema object", clipInput(string(req.Format))))
+	return badRequest(fmt.Sprintf("invalid format: %q; expected \"json\" or a valid JSON Schema object", clipInput(string(in.format))))
+}
+
+// nonEmpty decodes a "messages" or "prompt" member only as far as Ollama's load check
+// reads it (len(req.Messages) == 0, req.Prompt == ""): whether it holds a message or a
+// character, without copying it (a prompt or messages may be megabytes).
+type nonEmpty bool
+
+func (n *nonEmpty) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	switch {
+	case len(b) == 0 || string(b) == "null" || string(b) == `""`:
+		*n = false
+	case b[0] == '[':
+		*n = len(bytes.TrimSpace(b[1:len(b)-1])) > 0
+	default:
+		*n = true
+	}
+	return nil
 }
 
 // formatTaken reports whether Ollama's completion takes a "format" value as it came:
