@@ -64,6 +64,10 @@ type inference struct {
 	model  string
 	stream bool
 	opts   string // the load-options token (broker.LoadOptions.Token)
+	// format is the "format" member as sent; completes says the call asks for a
+	// completion (messages or a prompt), not only a load (refuseBadFormat).
+	format    json.RawMessage
+	completes bool
 }
 
 // parseInference reads a queued route's body in one decode. Ollama's /api routes stream
@@ -73,9 +77,12 @@ type inference struct {
 // without a model.
 func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	var req struct {
-		Model   string             `json:"model"`
-		Stream  *bool              `json:"stream"`
-		Options broker.LoadOptions `json:"options"`
+		Model    string             `json:"model"`
+		Stream   *bool              `json:"stream"`
+		Options  broker.LoadOptions `json:"options"`
+		Format   json.RawMessage    `json:"format"`
+		Messages nonEmpty           `json:"messages"`
+		Prompt   nonEmpty           `json:"prompt"`
 	}
 	if err := decodeObject(body, &req, ""); err != nil {
 		return inference{}, err
@@ -99,7 +106,8 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		// says not found, as the model check below does.
 		return inference{}, handlerRefusal("model is required")
 	}
-	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token()}
+	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token(),
+		format: req.Format, completes: kind == broker.KindChat && bool(req.Messages) || kind == broker.KindGenerate && bool(req.Prompt)}
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
 	} else if err := req.Options.Refused(); err != nil {
@@ -185,6 +193,9 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	model, err := s.queueableModel(r.Context(), kind, inf.model)
 	if err == nil {
 		err = s.refuseNoImages(r.Context(), kind, model)
+	}
+	if err == nil {
+		err = s.refuseBadFormat(r.Context(), kind, model, inf)
 	}
 	if err != nil {
 		s.writeError(w, r, err)

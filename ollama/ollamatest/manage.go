@@ -109,6 +109,8 @@ func (s *Server) handleShow(w http.ResponseWriter, _ *http.Request, body []byte,
 		caps, arch = []string{"embedding"}, "bert"
 	case m.Image:
 		caps, arch = []string{"image"}, "ZImagePipeline"
+	case m.Thinking:
+		caps = append(caps, "thinking")
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"license":    "MIT",

@@ -19,6 +19,7 @@ type Model struct {
 	Name      string // e.g. "tiny-a:latest"; normalized by the server
 	Embedding bool   // embedding-only: chat and generate are refused with 400
 	Image     bool   // an image generation model: /v1/images answers it with an image
+	Thinking  bool   // /api/show lists the "thinking" capability beside "completion"
 	Size      int64  // bytes; default 100 MB
 }
 

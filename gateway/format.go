@@ -1,0 +1,66 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// refuseBadFormat answers a native chat or generate call whose "format" Ollama can only
+// refuse (neither "json" nor a JSON object: `"JSON"`, `"yaml"`, `5`) with Ollama's own
+// words, as a 400, before a job is made. Ollama checks it only when it runs the
+// completion, after it has loaded the model: the call answered 500 after its turn in the
+// queue, and the doomed job made the Mac swap models. Its rules are followed (v0.17.4
+// llm/server.go Completion): null and "" mean no format; a call that only loads the model
+// (no messages, an empty prompt) never reaches the check; a thinking model's chat runs
+// its first completion without the format, and an image generation model's generate has
+// none, so those are left to Ollama, as is a model whose capabilities cannot be read.
+func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model string, in inference) error {
+	if kind != broker.KindChat && kind != broker.KindGenerate || formatTaken(in.format) || !in.completes {
+		return nil // another route, a format Ollama takes, or a load: no completion
+	}
+	caps, err := s.capabilities(ctx, model)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return nil
+	}
+	if (kind == broker.KindChat && slices.Contains(caps, "thinking")) || (kind == broker.KindGenerate && slices.Contains(caps, "image")) {
+		return nil
+	}
+	return badRequest(fmt.Sprintf("invalid format: %q; expected \"json\" or a valid JSON Schema object", clipInput(string(in.format))))
+}
+
+// nonEmpty decodes a "messages" or "prompt" member only as far as Ollama's load check
+// reads it (len(req.Messages) == 0, req.Prompt == ""): whether it holds a message or a
+// character, without copying it (a prompt or messages may be megabytes).
+type nonEmpty bool
+
+func (n *nonEmpty) UnmarshalJSON(b []byte) error {
+	b = bytes.TrimSpace(b)
+	switch {
+	case len(b) == 0 || string(b) == "null" || string(b) == `""`:
+		*n = false
+	case b[0] == '[':
+		*n = len(bytes.TrimSpace(b[1:len(b)-1])) > 0
+	default:
+		*n = true
+	}
+	return nil
+}
+
+// formatTaken reports whether Ollama's completion takes a "format" value as it came:
+// none, null, "", "json", or a JSON object (a schema; whether llama.cpp can turn it into
+// a grammar is Ollama's to say).
+func formatTaken(f json.RawMessage) bool {
+	switch string(f) {
+	case "", "null", `""`, `"json"`:
+		return true
+	}
+	return f[0] == '{'
+}

@@ -1,0 +1,61 @@
+package gateway
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// A "format" Ollama can only refuse (`"JSON"`, `"yaml"`, `5`) is a 400 in Ollama's words
+// before a job is made. Ollama checks it only in the completion, after loading the model:
+// through foreman the call waited its turn, made the Mac swap models, and got a 500.
+func TestAFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, withFake(ollamatest.WithModels(
+		ollamatest.Model{Name: "tiny-a"}, ollamatest.Model{Name: "thinker", Thinking: true},
+		ollamatest.Model{Name: "pic", Image: true})))
+	ctx := testCtx(t, 30*time.Second)
+	for _, c := range []struct{ path, body, want string }{
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"format":"JSON"}`,
+			`{"error":"invalid format: \"\\\"JSON\\\"\"; expected \"json\" or a valid JSON Schema object"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","stream":false,"format":5}`,
+			`{"error":"invalid format: \"5\"; expected \"json\" or a valid JSON Schema object"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","format":["a"]}`,
+			`{"error":"invalid format: \"[\\\"a\\\"]\"; expected \"json\" or a valid JSON Schema object"}`},
+	} {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		if got.Status != http.StatusBadRequest || strings.TrimSpace(string(got.Body)) != c.want {
+			t.Errorf("%s %s: %d %s, want 400 %s", c.path, c.body, got.Status, got.Body, c.want)
+		}
+	}
+	for _, c := range b.Fake.Calls() {
+		if c.Method == http.MethodPost && c.Path != "/api/show" {
+			t.Errorf("a refused request reached the target: %+v", c)
+		}
+	}
+	if jobs, _, err := b.Broker.Store.List(ctx, broker.ListOptions{}); err != nil || len(jobs) != 0 {
+		t.Errorf("jobs after the refusals: %d, %v; want none", len(jobs), err)
+	}
+
+	// What Ollama takes, or answers without the check, is queued as before: the formats
+	// it reads, a load (no messages, no prompt), a thinking model's chat (its first
+	// completion runs without the format), and the OpenAI routes.
+	for _, c := range []struct{ path, body string }{
+		{"/api/chat", `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}],"format":"json"}`},
+		{"/api/chat", `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}],"format":{"type":"object"}}`},
+		{"/api/generate", `{"model":"tiny-a","stream":false,"prompt":"hi","format":null}`},
+		{"/api/generate", `{"model":"tiny-a","stream":false,"prompt":"hi","format":""}`},
+		{"/api/chat", `{"model":"tiny-a","stream":false,"messages":[],"format":"yaml"}`},
+		{"/api/generate", `{"model":"tiny-a","stream":false,"prompt":"","format":"yaml"}`},
+		{"/api/chat", `{"model":"thinker","stream":false,"messages":[{"role":"user","content":"hi"}],"format":"yaml"}`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"format":"yaml"}`},
+	} {
+		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK {
+			t.Errorf("%s %s: %d %s, want 200", c.path, c.body, got.Status, got.Body)
+		}
+	}
+}
