@@ -26,6 +26,11 @@ func TestAFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T) {
 			`{"error":"invalid format: \"5\"; expected \"json\" or a valid JSON Schema object"}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","format":["a"]}`,
 			`{"error":"invalid format: \"[\\\"a\\\"]\"; expected \"json\" or a valid JSON Schema object"}`},
+		// POST /jobs too: a job that could only fail.
+		{"/jobs", `{"kind":"generate","model":"tiny-a","prompt":"hi","format":"yaml"}`,
+			`{"error":"invalid format: \"\\\"yaml\\\"\"; expected \"json\" or a valid JSON Schema object"}`},
+		{"/jobs", `{"kind":"chat","model":"tiny-a","messages":[{"role":"user","content":"hi"}], "Format" : 7 }`,
+			`{"error":"invalid format: \"7\"; expected \"json\" or a valid JSON Schema object"}`},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))
 		if got.Status != http.StatusBadRequest || strings.TrimSpace(string(got.Body)) != c.want {
@@ -53,9 +58,11 @@ func TestAFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T) {
 		{"/api/generate", `{"model":"tiny-a","stream":false,"prompt":"","format":"yaml"}`},
 		{"/api/chat", `{"model":"thinker","stream":false,"messages":[{"role":"user","content":"hi"}],"format":"yaml"}`},
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"format":"yaml"}`},
+		{"/jobs", `{"kind":"chat","model":"tiny-a","messages":[{"role":"user","content":"hi"}], "format" : "json" }`},
+		{"/jobs", `{"kind":"chat","model":"tiny-a","messages":[ ],"format":"yaml"}`},
 	} {
-		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK {
-			t.Errorf("%s %s: %d %s, want 200", c.path, c.body, got.Status, got.Body)
+		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK && got.Status != http.StatusAccepted {
+			t.Errorf("%s %s: %d %s, want 200 (202 for /jobs)", c.path, c.body, got.Status, got.Body)
 		}
 	}
 }

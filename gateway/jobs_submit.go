@@ -42,6 +42,9 @@ type submission struct {
 	priority broker.Priority
 	program  string
 	opts     string // the load-options token (broker.LoadOptions.Token)
+	// inf holds what refuseBadFormat reads of the body: its format, and whether it asks
+	// for a completion.
+	inf inference
 	// kept are the target's members of the body; reencoded says body was made of them
 	// (encodeMembers), a foreman field having been removed, rather than sent as it is.
 	kept      []member
@@ -261,6 +264,18 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	} else if hasEvents && len(events) > 0 {
 		return nil, badRequest("webhook_events needs state_webhook_url")
 	}
+	// As Ollama decodes them: the last of a member given twice, a name in any case.
+	for _, m := range kept {
+		var ne nonEmpty
+		switch {
+		case strings.EqualFold(m.key, "format"):
+			sub.inf.format = m.value
+		case strings.EqualFold(m.key, "messages") && sub.kind == broker.KindChat,
+			strings.EqualFold(m.key, "prompt") && sub.kind == broker.KindGenerate:
+			_ = ne.UnmarshalJSON(m.value) // never fails
+			sub.inf.completes = bool(ne)
+		}
+	}
 	var opts broker.LoadOptions
 	for _, v := range optionValues {
 		_ = json.Unmarshal(v, &opts) // never fails: a bad value marks the options unusable
@@ -455,6 +470,9 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	model, err := s.queueableModel(ctx, sub.kind, sub.model)
 	if err == nil {
 		err = s.refuseNoImages(ctx, sub.kind, model)
+	}
+	if err == nil {
+		err = s.refuseBadFormat(ctx, sub.kind, model, sub.inf)
 	}
 	if err != nil {
 		return "", false, err
