@@ -192,7 +192,7 @@ const insufficientResources jetstream.ErrorCode = 10023
 // noRoomAtStart is what an operator is told of a start on an embedded server out of room.
 const noRoomAtStart = "the embedded NATS server has no room left for foreman's writes " +
 	"(its storage limit is set when it starts, from the space then free on the disk of FOREMAN_DATA_DIR: " +
-	"75 % of it, plus most of what its data takes); free space on that disk and start foreman again"
+	"what its store holds plus 75 % of it); free space on that disk and start foreman again"
 
 // untilReady is UntilReady for the store's set-up, which knows its connection and
 // replicas: a server without JetStream fails (ErrNoJetStream) once it has gone without a
