@@ -185,10 +185,20 @@ const noJetStreamFor = 3 * time.Second
 // the replicas of (JSClusterNoPeersErrF).
 const noSuitablePeers jetstream.ErrorCode = 10005
 
+// insufficientResources is nats-server's error code for a write or a stream past its
+// storage limits (JSInsufficientResourcesErr).
+const insufficientResources jetstream.ErrorCode = 10023
+
+// noRoomAtStart is what an operator is told of a start on an embedded server out of room.
+const noRoomAtStart = "the embedded NATS server has no room left for foreman's writes " +
+	"(its storage limit is set when it starts, from the space then free on the disk of FOREMAN_DATA_DIR: " +
+	"what its store holds plus 75 % of it); free space on that disk and start foreman again"
+
 // untilReady is UntilReady for the store's set-up, which knows its connection and
 // replicas: a server without JetStream fails (ErrNoJetStream) once it has gone without a
-// JetStream API for noJetStreamFor, and a cluster that places no replicas is waited for
-// with the setting named as the likely cause.
+// JetStream API for noJetStreamFor, a cluster that places no replicas is waited for
+// with the setting named as the likely cause, and a store of its own (Exclusive) out of
+// room fails at once (ErrStorageFull), as no cluster is forming there.
 func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Context) error) error {
 	var without time.Time // since when the server has had no JetStream in reach, in a row
 	return UntilReady(ctx, s.log, what, func(ctx context.Context) error {
@@ -208,6 +218,13 @@ func (s *Store) untilReady(ctx context.Context, what string, fn func(context.Con
 				ErrNoJetStream, noJetStreamFor, err)
 		}
 		var apiErr *jetstream.APIError
+		if s.cfg.Exclusive && errors.As(err, &apiErr) && apiErr.ErrorCode == insufficientResources {
+			// A store of its own forms no cluster: it is out of room, and the embedded
+			// server fixed its limit at start from the disk space then free, so no room
+			// made meanwhile ends the wait. The answer is kept as text only: wrapped, it
+			// would count as transient.
+			return fmt.Errorf("%w: %v: %s", ErrStorageFull, err, noRoomAtStart)
+		}
 		if s.cfg.Replicas > 1 && errors.As(err, &apiErr) && apiErr.ErrorCode == noSuitablePeers {
 			// A cluster forming answers so until its servers are known, and one of fewer
 			// servers than the replicas always: the server cannot say which.

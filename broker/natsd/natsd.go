@@ -49,7 +49,8 @@ type Config struct {
 	// TLSCert and TLSKey enable TLS on the listener.
 	TLSCert string
 	TLSKey  string
-	// MaxStore caps JetStream file storage in bytes; 0 lets the server choose.
+	// MaxStore caps JetStream file storage in bytes; 0 sets it at start to what the store
+	// holds plus 75 % of the disk space then free (storeLimit).
 	MaxStore int64
 	// MaxPayload caps a message in bytes; 0 keeps the server's default, 1 MiB. Tests set
 	// it small, as an external NATS may.
@@ -231,6 +232,9 @@ func (s *Server) options(cfg Config) (*server.Options, error) {
 	opts.JetStream = true
 	opts.StoreDir = cfg.DataDir
 	opts.JetStreamMaxStore = cfg.MaxStore
+	if cfg.MaxStore == 0 {
+		opts.JetStreamMaxStore = storeLimit(cfg.DataDir)
+	}
 	opts.MaxPayload = cfg.MaxPayload
 	opts.SyncAlways = true // an acknowledged job is on disk
 	opts.NoSigs = true     // else the server os.Exit()s on SIGTERM
