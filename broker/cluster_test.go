@@ -174,7 +174,10 @@ func TestClusterReadPastALaggingReplica(t *testing.T) {
 // elects a leader) as Get does: tried again within the retry window. Tried once, half the
 // reads here failed, and a redelivery asked then was told the job was not found.
 func TestClusterGetRawThroughNoResponders(t *testing.T) {
-	c, st, ctx, j := clusterJob(t)
+	// Each try of a read has even odds: within the default 5 s window (about nine tries)
+	// one read in 500 failed, and one run in 25 of the twenty reads below. Thirty seconds
+	// leave about 30 tries to each read; with no retry at all every run fails.
+	c, st, ctx, j := clusterJob(t, func(cfg *broker.Config) { cfg.RetryWindow = 30 * time.Second })
 	// Half the direct gets go to a subject nobody answers.
 	c.MapSubject(t, "$JS.API.DIRECT.GET.KV_"+broker.JobsBucket+".>", "nobody.answers.>", 50)
 	for i := range 20 {
@@ -326,14 +329,18 @@ func lagReads(t *testing.T, c *brokertest.Cluster, nc *nats.Conn, subj string, a
 
 // clusterJob runs t in parallel on a 3-node cluster (skipped with -short), with a store
 // opened on it, a context of a minute, and one chat job submitted.
-func clusterJob(t *testing.T) (*brokertest.Cluster, *broker.Store, context.Context, *broker.Job) {
+func clusterJob(t *testing.T, adjust ...func(*broker.Config)) (*brokertest.Cluster, *broker.Store, context.Context, *broker.Job) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("3-node cluster; skipped with -short")
 	}
 	t.Parallel()
 	c := brokertest.NewCluster(t, 3)
-	st := c.Open(t, nil)
+	st := c.Open(t, func(cfg *broker.Config) {
+		for _, f := range adjust {
+			f(cfg)
+		}
+	})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
