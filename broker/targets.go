@@ -311,7 +311,14 @@ func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	last := s.trev[key]
 	s.tmu.Unlock()
 	if last == 0 {
-		return nil
+		// No write of the entry came back answered, but one may have landed all the
+		// same (every answer lost: a store slow to answer, or the first poll's publish
+		// cut off by this shutdown): then it is this foreman's entry, listed reachable.
+		rev, own := s.ownTargetRevision(ctx, kv, key)
+		if !own {
+			return nil
+		}
+		last = rev
 	}
 	v, err := s.stampTarget(t)
 	if err != nil {

@@ -127,6 +127,68 @@ func TestStopTargetOverItsOwnWriteWhoseAnswerWasLost(t *testing.T) {
 	}
 }
 
+// The same when no write of the entry was ever answered: the first poll's publish (or
+// every one, on a store slow to answer) landed with its answer lost. The stop took the
+// foreman for one that had written nothing and left the entry reachable, its models
+// loaded, until it lapsed.
+func TestStopTargetOverItsOnlyWriteWhoseAnswerWasLost(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := b.Store.Targets(ctx); err != nil { // makes the bucket
+		t.Fatal(err)
+	}
+	kv, err := b.JetStream(t).KeyValue(ctx, broker.TargetsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg := broker.Target{Name: "studio", URL: "http://studio:11434", Reachable: true, Models: []string{"tiny-a:latest"}}
+	lost := tg
+	lost.Loaded, lost.BootID, lost.Updated = []string{"tiny-a:latest"}, b.Store.BootID(), time.Now()
+	lost.Expires = lost.Updated.Add(time.Minute)
+	v, err := json.Marshal(lost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "target.studio", v); err != nil {
+		t.Fatal(err)
+	}
+	tg.Reachable = false
+	if err := b.Store.StopTarget(ctx, tg); err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "target.studio")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got broker.Target
+	if err := json.Unmarshal(e.Value(), &got); err != nil || got.Reachable || len(got.Loaded) != 0 || !got.HasModel("tiny-a:latest") {
+		t.Fatalf("after the stop: %+v, %v; want studio unreachable, nothing loaded, with its models", got, err)
+	}
+
+	// Another foreman's entry under the name is still left as it is.
+	other := lost
+	other.BootID = broker.NewID()
+	if v, err = json.Marshal(other); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "target.studio", v); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := broker.Open(ctx, broker.Config{Conn: b.Conn, BootID: broker.NewID()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b2.StopTarget(ctx, tg); err != nil {
+		t.Fatal(err)
+	}
+	e, err = kv.Get(ctx, "target.studio")
+	if err != nil || string(e.Value()) != string(v) {
+		t.Fatalf("another foreman's entry after a stop: %v; want it left as it was", err)
+	}
+}
+
 // A foreman that stops before any write of its entry went through (its publishes all
 // failed) lists no Mac: a stop marks this foreman's own entry, and it has none.
 func TestStopTargetWithoutAnEntryOfItsOwnWritesNone(t *testing.T) {

@@ -323,8 +323,11 @@ func TestDockerRunLineReachesOllamaWithAKnownToken(t *testing.T) {
 
 // composeInterpolate expands the ${VAR}, ${VAR:-default} and ${VAR:?message} of a compose
 // file's value with env, nested as Docker Compose nests them; an unset or empty VAR
-// under :? is the error Compose stops with.
-func composeInterpolate(s string, env map[string]string) (string, error) {
+// under :? is the error Compose stops with. eager expands a default whether or not it is
+// used, as Compose did before compose-go 2.11 (2026-05): a :? within it stops Compose
+// even when the variable before it is set.
+func composeInterpolate(s string, env map[string]string, eager ...bool) (string, error) {
+	early := len(eager) > 0 && eager[0]
 	var out strings.Builder
 	for i := 0; i < len(s); {
 		if !strings.HasPrefix(s[i:], "${") {
@@ -355,12 +358,14 @@ func composeInterpolate(s string, env map[string]string) (string, error) {
 		v := env[name]
 		switch op {
 		case ":-":
-			if v == "" {
-				d, err := composeInterpolate(arg, env)
+			if v == "" || early {
+				d, err := composeInterpolate(arg, env, early)
 				if err != nil {
 					return "", err
 				}
-				v = d
+				if v == "" {
+					v = d
+				}
 			}
 		case ":?":
 			if v == "" {
@@ -377,9 +382,12 @@ func composeInterpolate(s string, env map[string]string) (string, error) {
 }
 
 // The compose file's foremen start with either kind of token in deploy/.env, and with
-// none compose stops: it required FOREMAN_AUTH_TOKEN, so named tokens (one per program,
-// FOREMAN_AUTH_TOKENS) could not be used on their own, and set beside it they were
-// refused by foreman, which takes one kind only.
+// none no foreman serves: it required FOREMAN_AUTH_TOKEN, so named tokens (one per
+// program, FOREMAN_AUTH_TOKENS) could not be used on their own, and set beside it they
+// were refused by foreman, which takes one kind only. Both ways Compose has expanded a
+// nested default are tried: a check "one or the other" written as ${A:-${B:?...}} stops
+// a Compose that expands defaults eagerly (before compose-go 2.11, May 2026) with named
+// tokens alone, so the check is foreman's own.
 func TestComposeTakesEitherKindOfToken(t *testing.T) {
 	t.Parallel()
 	data, err := os.ReadFile("../../deploy/compose.yaml")
@@ -393,53 +401,60 @@ func TestComposeTakesEitherKindOfToken(t *testing.T) {
 	for _, m := range regexp.MustCompile(`(?m)^x-[a-z0-9-]+: (.*)$`).FindAllStringSubmatch(text, -1) {
 		extensions = append(extensions, m[1])
 	}
-	// load is what a foreman service's container gets from deploy/.env (dotenv): its
-	// env_file, then its environment over it, the image's FOREMAN_ADDR under both; or
-	// the error compose stops with.
-	load := func(svc string, dotenv map[string]string) (map[string]string, error) {
-		for _, x := range extensions {
-			if _, err := composeInterpolate(x, dotenv); err != nil {
-				return nil, err
+	for _, eager := range []bool{false, true} {
+		// load is what a foreman service's container gets from deploy/.env (dotenv): its
+		// env_file, then its environment over it, the image's FOREMAN_ADDR under both; or
+		// the error compose stops with.
+		load := func(svc string, dotenv map[string]string) (map[string]string, error) {
+			for _, x := range extensions {
+				if _, err := composeInterpolate(x, dotenv, eager); err != nil {
+					return nil, err
+				}
 			}
+			env := map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080"}
+			maps.Copy(env, dotenv)
+			for k, v := range services[svc].env {
+				if u, err := strconv.Unquote(v); err == nil && strings.HasPrefix(v, `"`) {
+					v = u // a YAML double-quoted scalar
+				}
+				val, err := composeInterpolate(v, dotenv, eager)
+				if err != nil {
+					return nil, err
+				}
+				env[k] = val
+			}
+			return env, nil
 		}
-		env := map[string]string{"FOREMAN_ADDR": "0.0.0.0:8080"}
-		maps.Copy(env, dotenv)
-		for k, v := range services[svc].env {
-			if u, err := strconv.Unquote(v); err == nil && strings.HasPrefix(v, `"`) {
-				v = u // a YAML double-quoted scalar
+		for _, svc := range []string{"foreman", "foreman-a", "foreman-b"} {
+			if services[svc] == nil || !services[svc].foreman {
+				t.Fatalf("deploy/compose.yaml has no foreman service %s", svc)
 			}
-			val, err := composeInterpolate(v, dotenv)
+			for _, dotenv := range []map[string]string{
+				{"FOREMAN_AUTH_TOKEN": "single-token"},
+				{"FOREMAN_AUTH_TOKENS": "alice:token-a,bob:token-b"},
+			} {
+				env, err := load(svc, dotenv)
+				if err != nil {
+					t.Errorf("%s with deploy/.env %v (eager defaults %v): compose stops: %v", svc, dotenv, eager, err)
+					continue
+				}
+				cfg, err := parseConfig(t, nil, env)
+				if err != nil {
+					t.Errorf("%s with deploy/.env %v: foreman refuses to start: %v", svc, dotenv, err)
+					continue
+				}
+				if cfg.AuthToken == "" && len(cfg.AuthTokens) == 0 {
+					t.Errorf("%s with deploy/.env %v: foreman has no token", svc, dotenv)
+				}
+			}
+			// With none, compose stops, or foreman does, naming the settings.
+			env, err := load(svc, map[string]string{})
 			if err != nil {
-				return nil, err
-			}
-			env[k] = val
-		}
-		return env, nil
-	}
-	for _, svc := range []string{"foreman", "foreman-a", "foreman-b"} {
-		if services[svc] == nil || !services[svc].foreman {
-			t.Fatalf("deploy/compose.yaml has no foreman service %s", svc)
-		}
-		for _, dotenv := range []map[string]string{
-			{"FOREMAN_AUTH_TOKEN": "single-token"},
-			{"FOREMAN_AUTH_TOKENS": "alice:token-a,bob:token-b"},
-		} {
-			env, err := load(svc, dotenv)
-			if err != nil {
-				t.Errorf("%s with deploy/.env %v: compose stops: %v", svc, dotenv, err)
 				continue
 			}
-			cfg, err := parseConfig(t, nil, env)
-			if err != nil {
-				t.Errorf("%s with deploy/.env %v: foreman refuses to start: %v", svc, dotenv, err)
-				continue
+			if _, err := parseConfig(t, nil, env); err == nil || !strings.Contains(err.Error(), "FOREMAN_AUTH_TOKEN") {
+				t.Errorf("%s with no token in deploy/.env: foreman starts (%v), want it refused", svc, err)
 			}
-			if cfg.AuthToken == "" && len(cfg.AuthTokens) == 0 {
-				t.Errorf("%s with deploy/.env %v: foreman has no token", svc, dotenv)
-			}
-		}
-		if _, err := load(svc, map[string]string{}); err == nil {
-			t.Errorf("%s: compose starts with no token in deploy/.env", svc)
 		}
 	}
 }

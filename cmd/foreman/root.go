@@ -61,14 +61,16 @@ func run(e *env, args []string) int {
 
 // interrupts is base, ended by the first SIGINT or SIGTERM, and a channel closed by the
 // second: an operator who stops foreman and then, seeing the shutdown wait for a
-// running job, presses Ctrl-C again means "now". stop ends the watch.
+// running job, presses Ctrl-C again means "now". A third is no longer caught: it ends
+// the process at once, as Go does by default, should the shutdown cut short hang all the
+// same (a store's disk that stalls). stop ends the watch.
 func interrupts(base context.Context) (context.Context, <-chan struct{}, func()) {
 	ctx, cancel := context.WithCancel(base)
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	now, done := make(chan struct{}), make(chan struct{})
 	go func() {
-		for _, step := range []func(){cancel, func() { close(now) }} {
+		for _, step := range []func(){cancel, func() { signal.Stop(sigs); close(now) }} {
 			select {
 			case <-sigs:
 				step()

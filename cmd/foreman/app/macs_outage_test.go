@@ -204,9 +204,7 @@ func TestSeveralMacsSyncCallForAKilledForemansModelEndsWithinTheBound(t *testing
 		t.Fatal(err)
 	}
 	waitTargets(t, fa, 2)
-	start := time.Now()
 	a := <-chatInBackground(ctx, fa, "beta") // within ctx: nothing else bounds the call
-	t.Logf("DEBUG %v %d %s", time.Since(start), a.code, a.body)
 	if a.err != nil || a.code != http.StatusBadGateway || !bytes.Contains(a.body, []byte(`no reachable Ollama has model \"beta\"`)) {
 		t.Fatalf("chat for the model of a Mac whose foreman was killed: %d %s %v, want 502 within the bound", a.code, a.body, a.err)
 	}

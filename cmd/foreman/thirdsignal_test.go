@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A third SIGINT or SIGTERM ends the process at once, whatever its shutdown, cut short by
+// the second, still waits on (a store's disk that stalls, a part that does not heed its
+// context): the watch kept catching signals after the second, and Ctrl-C did nothing
+// more, so an operator had to find the process and kill -9 it.
+func TestThirdStopEndsTheProcess(t *testing.T) {
+	if os.Getenv("FOREMAN_TEST_INTERRUPTS_CHILD") == "1" {
+		interruptsChild()
+		return
+	}
+	t.Parallel()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestThirdStopEndsTheProcess$")
+	cmd.Env = append(os.Environ(), "FOREMAN_TEST_INTERRUPTS_CHILD=1")
+	stdin, err := cmd.StdinPipe() // held open: the child's stuck shutdown reads it
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	var werr error
+	go func() {
+		werr = cmd.Wait()
+		close(exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-exited
+	})
+	lines := bufio.NewScanner(stdout)
+	next := func(want string) {
+		t.Helper()
+		for lines.Scan() {
+			if lines.Text() == want {
+				return
+			}
+		}
+		t.Fatalf("the child never said %q: %v", want, lines.Err())
+	}
+	// Each signal is sent once the child has seen the one before: two sent at once may
+	// arrive as one.
+	for _, step := range []string{"watching", "stopping", "stopping now"} {
+		next(step)
+		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-exited:
+	case <-time.After(time.Minute): // a bound only: the third signal ends it at once
+		t.Fatal("the child still runs a minute after its third SIGINT")
+	}
+	var ee *exec.ExitError
+	if !errors.As(werr, &ee) {
+		t.Fatalf("child: %v, want it ended by SIGINT", werr)
+	}
+	if ws, ok := ee.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGINT {
+		t.Fatalf("child: %v, want it ended by SIGINT", werr)
+	}
+}
+
+// interruptsChild watches for interrupts as run does, says what it has seen, and after
+// the second waits on its standard input, as a shutdown that hangs.
+func interruptsChild() {
+	ctx, now, stop := interrupts(context.Background())
+	defer stop()
+	fmt.Println("watching")
+	<-ctx.Done()
+	fmt.Println("stopping")
+	<-now
+	fmt.Println("stopping now")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+}
