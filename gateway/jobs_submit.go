@@ -284,7 +284,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	if !sub.kind.ReadsOptions() {
 		sub.opts = broker.DefaultLoadOptions // the target ignores them
 	} else if err := opts.Refused(); err != nil {
-		return nil, badRequest(err.Error()) // a job that could only fail
+		sub.inf.refused = badRequest(err.Error()) // a job that could only fail; after the model's 404
 	}
 	sub.body, sub.kept, sub.reencoded = raw, kept, stripped
 	if stripped {
@@ -470,6 +470,9 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	model, err := s.queueableModel(ctx, sub.kind, sub.model)
 	if err == nil {
 		err = s.refuseNoImages(ctx, sub.kind, model)
+	}
+	if err == nil {
+		err = sub.inf.refused
 	}
 	if err == nil {
 		err = s.refuseBadFormat(ctx, sub.kind, model, sub.inf)

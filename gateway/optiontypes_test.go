@@ -40,6 +40,17 @@ func TestOptionsOfAWrongTypeAreRefused(t *testing.T) {
 			t.Errorf("%s %s: %d %s, want 400 %s", c.path, c.body, got.Status, got.Body, c.want)
 		}
 	}
+	// A model Ollama lacks is its 404 first, as Ollama looks the model up before it reads
+	// the options.
+	for _, c := range []struct{ path, body string }{
+		{"/api/chat", `{"model":"nope","messages":[{"role":"user","content":"hi"}],"options":{"num_ctx":"big"}}`},
+		{"/jobs", `{"kind":"generate","model":"nope","prompt":"hi","options":{"num_ctx":"big"}}`},
+	} {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		if got.Status != http.StatusNotFound || !strings.Contains(string(got.Body), `not found`) {
+			t.Errorf("%s %s: %d %s, want Ollama's 404", c.path, c.body, got.Status, got.Body)
+		}
+	}
 	for _, c := range b.Fake.Calls() {
 		if c.Method == http.MethodPost {
 			t.Errorf("a refused request reached the target: %+v", c)

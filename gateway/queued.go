@@ -68,6 +68,9 @@ type inference struct {
 	// completion (messages or a prompt), not only a load (refuseBadFormat).
 	format    json.RawMessage
 	completes bool
+	// refused is the 400 for options of a type Ollama refuses, answered once the model is
+	// known to be there.
+	refused error
 }
 
 // parseInference reads a queued route's body in one decode. Ollama's /api routes stream
@@ -111,7 +114,9 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
 	} else if err := req.Options.Refused(); err != nil {
-		return inference{}, badRequest(err.Error()) // Ollama's 500, and a job that could only fail
+		// Ollama's 500, and a job that could only fail; after the model's 404, as Ollama
+		// looks the model up first (refuseAfterModel).
+		in.refused = badRequest(err.Error())
 	}
 	return in, nil
 }
@@ -193,6 +198,9 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	model, err := s.queueableModel(r.Context(), kind, inf.model)
 	if err == nil {
 		err = s.refuseNoImages(r.Context(), kind, model)
+	}
+	if err == nil {
+		err = inf.refused
 	}
 	if err == nil {
 		err = s.refuseBadFormat(r.Context(), kind, model, inf)
