@@ -214,6 +214,7 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	}
 	now, readAt := s.Now(), s.clock()
 	out := []Target{}
+	live := map[string]bool{}
 	for _, k := range keys {
 		e, err := kv.Get(ctx, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) && s.mayBeReplicated() {
@@ -243,7 +244,17 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		if !ok {
 			continue // past its foreman's TTL (the bucket keeps the longest one), or unreadable
 		}
+		live[k] = true
 		out = append(out, t)
+	}
+	if s.ownEntryLapsed(live) {
+		// The bucket takes no writes (a cluster without a quorum, whose node left still
+		// answers reads): every entry ages past its lifetime (or out of the bucket), this
+		// foreman's own too, though its foreman runs. The others' lapse is no sign that
+		// they are gone: left out, their models would be "not found" (Ollama's 404, on
+		// which a client pulls the model) for as long as the outage lasts.
+		return nil, fmt.Errorf("broker: list targets: %w: this foreman's own entry is past its lifetime too, "+
+			"so the bucket takes no writes and the others' entries cannot tell who is gone", ErrUnavailable)
 	}
 	slices.SortFunc(out, func(a, b Target) int {
 		switch {
@@ -263,6 +274,26 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	}
 	s.tmu.Unlock()
 	return out, nil
+}
+
+// ownEntryLapsed reports whether this store has written target keys (not marked stopped)
+// and none of them is among the live keys of a listing: its foreman's entry lapsed (or
+// went) though it refreshes it after every poll, well within its lifetime, unless its
+// writes fail. One live key is enough: a store may write others' entries too (tests).
+func (s *Store) ownEntryLapsed(live map[string]bool) bool {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	written := false
+	for k := range s.trev {
+		if s.tstopped[k] {
+			continue
+		}
+		if live[k] {
+			return false
+		}
+		written = true
+	}
+	return written
 }
 
 // checkClock warns once while this foreman's clock is off from the NATS server's by more
@@ -309,6 +340,12 @@ func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	key := targetKey(t.Name)
 	s.tmu.Lock()
 	last := s.trev[key]
+	if last != 0 {
+		if s.tstopped == nil {
+			s.tstopped = map[string]bool{}
+		}
+		s.tstopped[key] = true
+	}
 	s.tmu.Unlock()
 	if last == 0 {
 		return nil
