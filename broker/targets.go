@@ -216,16 +216,7 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	out := []Target{}
 	live := map[string]bool{}
 	for _, k := range keys {
-		e, err := kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) && s.mayBeReplicated() {
-			// The leader listed the key: a replica without the entry (one behind it, or
-			// one that expired the entry's earlier write by its own clock before it caught
-			// up) would hide a live Mac, its models "not found" (leaderget.go). A leader
-			// that cannot be asked leaves the entry out, as before.
-			if le, lerr := s.leaderGet(ctx, TargetsBucket, k); lerr == nil {
-				e, err = le, nil
-			}
-		}
+		e, err := s.targetGet(ctx, kv, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		}
@@ -274,6 +265,32 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	}
 	s.tmu.Unlock()
 	return out, nil
+}
+
+// targetGet reads target key k. On a bucket that may be replicated a try is bounded by
+// attemptTimeout: a direct get that reaches a frozen replica is never answered (until
+// the route to it drops, up to 15 s), and the caller, a submit with its 10 s, waited it
+// out and failed. An unanswered try is asked of the leader, as is a "not found": the
+// leader listed the key, and a replica without the entry (one behind it, or one that
+// expired the entry's earlier write by its own clock before it caught up) would hide a
+// live Mac, its models "not found" (leaderget.go). A leader that cannot be asked leaves
+// an entry not found out, as before.
+func (s *Store) targetGet(ctx context.Context, kv jetstream.KeyValue, k string) (jetstream.KeyValueEntry, error) {
+	if !s.mayBeReplicated() {
+		return kv.Get(ctx, k)
+	}
+	tctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	e, err := kv.Get(tctx, k)
+	cancel()
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		if le, lerr := s.leaderGet(ctx, TargetsBucket, k); lerr == nil {
+			return le, nil
+		}
+	case err != nil && Transient(err) && ctx.Err() == nil:
+		return s.leaderGet(ctx, TargetsBucket, k)
+	}
+	return e, err
 }
 
 // ownEntryLapsed reports whether this store has written target keys (not marked stopped)

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 )
@@ -66,5 +68,53 @@ func TestClusterTargetsOfAStoreThatTakesNoWrites(t *testing.T) {
 	}
 	if !errors.Is(err, broker.ErrUnavailable) {
 		t.Fatalf("err = %v, want ErrUnavailable", err)
+	}
+}
+
+// A frozen node (SIGSTOP, a paused VM) keeps its routes open until they are pinged out
+// (15 s with the shipped cluster example) and answers none of the direct gets it is
+// sent. A read of the targets bucket waited on such a get for its caller's whole time:
+// a submit's 10 s ran out, and the call got a 503 "model lists cannot be read" or a 504
+// (a black-box run froze a node). Each get is a try of its own; unanswered, the
+// bucket's leader is asked.
+func TestClusterTargetsPastAFrozenReplica(t *testing.T) {
+	if testing.Short() {
+		t.Skip("3-node cluster; skipped with -short")
+	}
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	st := c.Open(t, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	mac := broker.Target{Name: "mac-b", Reachable: true, Models: []string{"tiny-b:latest"}}
+	publish := func() {
+		t.Helper()
+		if err := st.PublishTarget(ctx, mac); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish()
+	frozen := c.Connect(t)
+	standIn := "frozen.replica.>"
+	sub, err := frozen.Subscribe(standIn, func(*nats.Msg) {}) // takes the request, answers nothing
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := frozen.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.MapSubject(t, "$JS.API.DIRECT.GET.KV_"+broker.TargetsBucket+".>", standIn, 50)
+	for i := range 6 {
+		publish() // the next read is the bucket's, not a cached one
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second) // a submit's time
+		got, err := st.Targets(rctx)
+		rcancel()
+		if err != nil {
+			t.Fatalf("read %d: %v", i, err)
+		}
+		if len(got) != 1 || got[0].Name != "mac-b" {
+			t.Fatalf("read %d: targets %+v, want mac-b", i, got)
+		}
 	}
 }
