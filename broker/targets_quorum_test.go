@@ -106,7 +106,7 @@ func TestClusterTargetsPastAFrozenReplica(t *testing.T) {
 	}
 	c.MapSubject(t, "$JS.API.DIRECT.GET.KV_"+broker.TargetsBucket+".>", standIn, 50)
 	for i := range 6 {
-		publish() // the next read is the bucket's, not a cached one
+		publish()                                                 // the next read is the bucket's, not a cached one
 		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second) // a submit's time
 		got, err := st.Targets(rctx)
 		rcancel()
