@@ -23,13 +23,38 @@ const CallerGoneReason = "caller gone: foreman restarted"
 // PresenceTTL after its last heartbeat. Async jobs and records from before boot ids never
 // lose their caller.
 func (s *Store) CallerGone(ctx context.Context, j *Job) bool {
+	return s.CallerGoneAt(ctx, j, time.Time{})
+}
+
+// CallerGoneAt is CallerGone for a sync job whose queue message its gateway published at
+// sent, on the NATS server's clock (Lease.GatewaySent; zero when not known). That gateway
+// was alive then: less than a PresenceTTL later its caller is not gone though its
+// presence lapsed, unless it withdrew it since (it stopped in order). A foreman whose
+// presence lapsed while the store took no writes (a cluster without a quorum) takes
+// calls again as soon as the store is back, before its next heartbeat lands; the other
+// foremen canceled each of those fresh jobs.
+func (s *Store) CallerGoneAt(ctx context.Context, j *Job, sent time.Time) bool {
 	if !j.Sync || j.Gateway == "" || j.Gateway == s.cfg.BootID {
 		return false
 	}
 	if s.cfg.Exclusive {
 		return true
 	}
-	return !s.present(ctx, j.Gateway)
+	present, withdrawn := s.presenceOf(ctx, j.Gateway)
+	if present {
+		return false
+	}
+	return withdrawn || sent.IsZero() || s.ServerNow().Sub(sent) >= s.cfg.PresenceTTL
+}
+
+// GatewaySent is when the gateway of sync job d published its queue message, on the
+// server's clock (CallerGoneAt); zero for a message another process published again
+// (Requeue), whose stamp says nothing of the gateway, and for an async job.
+func (d *Lease) GatewaySent() time.Time {
+	if d.Requeued || d.Gateway == "" {
+		return time.Time{}
+	}
+	return d.Enqueued
 }
 
 // RunnerGone reports whether running job j (loading or working) was cut short by the
@@ -96,8 +121,12 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 		if gw == "" || gw == s.cfg.BootID {
 			continue
 		}
+		var sent time.Time
+		if m.Header.Get(HeaderRequeued) == "" {
+			sent = m.Time
+		}
 		j, _, err := s.Get(ctx, id)
-		if err != nil || !s.CallerGone(ctx, j) {
+		if err != nil || !s.CallerGoneAt(ctx, j, sent) {
 			continue // no record (the worker drops the message) or a live caller
 		}
 		at := seq

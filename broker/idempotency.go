@@ -76,19 +76,24 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 		return IdempotencyClaim{}, false, fmt.Errorf("broker: claim idempotency key: %w", err)
 	}
 	for range 5 {
-		_, err := s.kv.Create(ctx, k, data)
+		// Retried through a leader election as every store write is (ADR-0030): a create
+		// answered by nobody was a 500, one left waiting the submit's deadline a 504.
+		err := s.retryWrite(ctx, func(ctx context.Context) error {
+			_, err := s.kv.Create(ctx, k, data)
+			return err
+		})
 		if err == nil {
 			return claim, true, nil
-		}
-		if Transient(err) {
-			if ferr := s.fault.check(s.cfg.WriteFault, s.clock()); ferr != nil {
-				err = ferr
-			}
 		}
 		if !errors.Is(err, jetstream.ErrKeyExists) {
 			return IdempotencyClaim{}, false, fmt.Errorf("broker: claim idempotency key: %w", storageErr(err))
 		}
-		e, err := s.kvGet(ctx, k)
+		var e jetstream.KeyValueEntry
+		err = s.retry(ctx, func(ctx context.Context) error {
+			var err error
+			e, err = s.kvGet(ctx, k)
+			return err
+		})
 		if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
 			continue // released between our Create and Get: try again
 		}
@@ -96,6 +101,11 @@ func (s *Store) ClaimIdempotencyKey(ctx context.Context, key string, claim Idemp
 			return IdempotencyClaim{}, false, fmt.Errorf("broker: read idempotency key: %w", err)
 		}
 		got, err := decodeClaim(e)
+		if err == nil && got.JobID == claim.JobID {
+			// A try of this very create stored unseen (its answer lost to the election)
+			// and the retry found it: the claim is this call's.
+			return claim, true, nil
+		}
 		return got, false, err
 	}
 	return IdempotencyClaim{}, false, fmt.Errorf("%w: idempotency key keeps changing", ErrConflict)

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -125,19 +126,45 @@ func (s *Store) Present(ctx context.Context, bootID string) bool { return s.pres
 // bucket. When the bucket cannot be read it answers true: a caller is only given up for
 // gone on evidence.
 func (s *Store) present(ctx context.Context, bootID string) bool {
-	_, err := s.presence.Get(ctx, presenceKey(bootID))
+	present, _ := s.presenceOf(ctx, bootID)
+	return present
+}
+
+// presenceOf is present, and for a process not present whether it withdrew (stopped in
+// order: its key's delete marker stands) rather than lapsed or never announced itself.
+func (s *Store) presenceOf(ctx context.Context, bootID string) (present, withdrawn bool) {
+	key := presenceKey(bootID)
+	_, err := s.presence.Get(ctx, key)
 	if s.mayBeReplicated() && (errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted)) {
 		// A replica behind the bucket's leader (leaderget.go) says "not found" of a
 		// foreman that announced itself: its sync callers would be given up for gone.
-		_, err = s.leaderGet(ctx, PresenceBucket, presenceKey(bootID))
+		err = s.leaderPresence(ctx, key)
 	}
-	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
-		return false
+	if errors.Is(err, jetstream.ErrKeyDeleted) {
+		return false, true
+	}
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, false
 	}
 	if err != nil && ctx.Err() == nil && !errors.Is(err, jetstream.ErrInvalidKey) {
 		// A boot id that is no key is another foreman's word (a record's runner_boot):
 		// nothing to warn of; neither is a read its caller gave up on.
 		s.log.Warn("read presence", "boot_id", bootID, "err", err)
 	}
-	return true
+	return true, false
+}
+
+// leaderPresence reads presence key from the bucket's leader: nil when it stands,
+// jetstream.ErrKeyDeleted for a delete marker (a withdrawal), ErrKeyNotFound for none.
+func (s *Store) leaderPresence(ctx context.Context, key string) error {
+	m, err := s.leaderMsg(ctx, "KV_"+PresenceBucket, msgGet{LastFor: "$KV." + PresenceBucket + "." + key})
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return jetstream.ErrKeyNotFound
+	case err != nil:
+		return err
+	case bytes.Contains(m.Header, []byte("KV-Operation: DEL")), bytes.Contains(m.Header, []byte("KV-Operation: PURGE")):
+		return jetstream.ErrKeyDeleted
+	}
+	return nil
 }

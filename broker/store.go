@@ -185,6 +185,9 @@ type Store struct {
 	// other foremen found writing under one of them (TargetNameConflict).
 	trev      map[string]uint64
 	tconflict map[string]TargetNameConflict
+	// tstopped are the target keys StopTarget marked stopped: no longer refreshed, left
+	// to lapse (ownEntryLapsed passes over them).
+	tstopped map[string]bool
 	// treads numbers the Targets reads of the bucket as they begin; tcacheRead is the
 	// number of the read in tcache: an older read ending later does not replace it.
 	treads, tcacheRead uint64

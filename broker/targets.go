@@ -214,17 +214,9 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	}
 	now, readAt := s.Now(), s.clock()
 	out := []Target{}
+	live := map[string]bool{}
 	for _, k := range keys {
-		e, err := kv.Get(ctx, k)
-		if errors.Is(err, jetstream.ErrKeyNotFound) && s.mayBeReplicated() {
-			// The leader listed the key: a replica without the entry (one behind it, or
-			// one that expired the entry's earlier write by its own clock before it caught
-			// up) would hide a live Mac, its models "not found" (leaderget.go). A leader
-			// that cannot be asked leaves the entry out, as before.
-			if le, lerr := s.leaderGet(ctx, TargetsBucket, k); lerr == nil {
-				e, err = le, nil
-			}
-		}
+		e, err := s.targetGet(ctx, kv, k)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
 			continue
 		}
@@ -243,7 +235,17 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 		if !ok {
 			continue // past its foreman's TTL (the bucket keeps the longest one), or unreadable
 		}
+		live[k] = true
 		out = append(out, t)
+	}
+	if s.ownEntryLapsed(live) {
+		// The bucket takes no writes (a cluster without a quorum, whose node left still
+		// answers reads): every entry ages past its lifetime (or out of the bucket), this
+		// foreman's own too, though its foreman runs. The others' lapse is no sign that
+		// they are gone: left out, their models would be "not found" (Ollama's 404, on
+		// which a client pulls the model) for as long as the outage lasts.
+		return nil, fmt.Errorf("broker: list targets: %w: this foreman's own entry is past its lifetime too, "+
+			"so the bucket takes no writes and the others' entries cannot tell who is gone", ErrUnavailable)
 	}
 	slices.SortFunc(out, func(a, b Target) int {
 		switch {
@@ -263,6 +265,52 @@ func (s *Store) Targets(ctx context.Context) ([]Target, error) {
 	}
 	s.tmu.Unlock()
 	return out, nil
+}
+
+// targetGet reads target key k. On a bucket that may be replicated a try is bounded by
+// attemptTimeout: a direct get that reaches a frozen replica is never answered (until
+// the route to it drops, up to 15 s), and the caller, a submit with its 10 s, waited it
+// out and failed. An unanswered try is asked of the leader, as is a "not found": the
+// leader listed the key, and a replica without the entry (one behind it, or one that
+// expired the entry's earlier write by its own clock before it caught up) would hide a
+// live Mac, its models "not found" (leaderget.go). A leader that cannot be asked leaves
+// an entry not found out, as before.
+func (s *Store) targetGet(ctx context.Context, kv jetstream.KeyValue, k string) (jetstream.KeyValueEntry, error) {
+	if !s.mayBeReplicated() {
+		return kv.Get(ctx, k)
+	}
+	tctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	e, err := kv.Get(tctx, k)
+	cancel()
+	switch {
+	case errors.Is(err, jetstream.ErrKeyNotFound):
+		if le, lerr := s.leaderGet(ctx, TargetsBucket, k); lerr == nil {
+			return le, nil
+		}
+	case err != nil && Transient(err) && ctx.Err() == nil:
+		return s.leaderGet(ctx, TargetsBucket, k)
+	}
+	return e, err
+}
+
+// ownEntryLapsed reports whether this store has written target keys (not marked stopped)
+// and none of them is among the live keys of a listing: its foreman's entry lapsed (or
+// went) though it refreshes it after every poll, well within its lifetime, unless its
+// writes fail. One live key is enough: a store may write others' entries too (tests).
+func (s *Store) ownEntryLapsed(live map[string]bool) bool {
+	s.tmu.Lock()
+	defer s.tmu.Unlock()
+	written := false
+	for k := range s.trev {
+		if s.tstopped[k] {
+			continue
+		}
+		if live[k] {
+			return false
+		}
+		written = true
+	}
+	return written
 }
 
 // checkClock warns once while this foreman's clock is off from the NATS server's by more
@@ -309,6 +357,12 @@ func (s *Store) StopTarget(ctx context.Context, t Target) error {
 	key := targetKey(t.Name)
 	s.tmu.Lock()
 	last := s.trev[key]
+	if last != 0 {
+		if s.tstopped == nil {
+			s.tstopped = map[string]bool{}
+		}
+		s.tstopped[key] = true
+	}
 	s.tmu.Unlock()
 	if last == 0 {
 		// No write of the entry came back answered, but one may have landed all the

@@ -23,11 +23,17 @@ func TestTargetsPublishStopExpire(t *testing.T) {
 	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.TargetTTL = 4 * time.Second }))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	// The foremen that publish and then die or stop: the reader's own entry (none here)
+	// would be refreshed while it reads.
+	pub, err := broker.Open(ctx, broker.Config{Conn: b.Conn, TargetTTL: 4 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tg := range []broker.Target{
 		{Name: "studio.local", URL: "http://studio:11434", Reachable: true, Models: []string{"tiny-a:latest"}},
 		{Name: "mini", URL: "http://mini:11434", Models: []string{"tiny-b:latest"}, Loaded: []string{"tiny-b:latest"}},
 	} {
-		if err := b.Store.PublishTarget(ctx, tg); err != nil {
+		if err := pub.PublishTarget(ctx, tg); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -36,13 +42,13 @@ func TestTargetsPublishStopExpire(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(got) != 2 || got[0].Name != "mini" || got[1].Name != "studio.local" || !got[1].HasModel("tiny-a:latest") ||
-		got[0].HasModel("tiny-a:latest") || got[0].BootID != b.Store.BootID() || got[0].Updated.IsZero() {
+		got[0].HasModel("tiny-a:latest") || got[0].BootID != pub.BootID() || got[0].Updated.IsZero() {
 		t.Fatalf("targets: %+v", got)
 	}
-	if err := b.Store.StopTarget(ctx, broker.Target{Name: "studio.local", URL: "http://studio:11434", Models: []string{"tiny-a:latest"}}); err != nil {
+	if err := pub.StopTarget(ctx, broker.Target{Name: "studio.local", URL: "http://studio:11434", Models: []string{"tiny-a:latest"}}); err != nil {
 		t.Fatal(err)
 	}
-	if got, _ := b.Store.Targets(ctx); len(got) != 2 || got[1].Name != "studio.local" || got[1].Reachable || !got[1].HasModel("tiny-a:latest") {
+	if got, _ := pub.Targets(ctx); len(got) != 2 || got[1].Name != "studio.local" || got[1].Reachable || !got[1].HasModel("tiny-a:latest") {
 		t.Fatalf("after the stop: %+v, want studio.local unreachable with its models", got)
 	}
 	eventually(t, 30*time.Second, "target entry expired", func() bool {

@@ -54,11 +54,19 @@ func (h *writeHealth) note(err error, now time.Time) {
 // refusing reports refusals of every write for writeRefusedFor, the latest of them
 // within the last refusalHeardFor: a refusal followed by no write at all for that long
 // is no evidence that the store still refuses.
-func (h *writeHealth) refusing(what string, now time.Time) error {
+func (h *writeHealth) refusing(what string, now time.Time, shared bool) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.since.IsZero() || now.Sub(h.since) < writeRefusedFor || now.Sub(h.last) >= refusalHeardFor {
 		return nil
+	}
+	if shared && !errors.Is(storageErr(h.lastErr), ErrStorageFull) && !errors.Is(h.lastErr, ErrStoreFailed) {
+		// On a shared NATS a full disk is answered (insufficient resources); writes that
+		// no one answers are a cluster without a leader for the stream (too few nodes up,
+		// one frozen), which foreman waits out: no disk to free, nothing to restart.
+		return fmt.Errorf("the job store has answered no write of %s for %s (last: %v): the NATS cluster has no leader "+
+			"for it (too few of its nodes up, or one frozen) or does not answer; foreman goes on by itself once it does",
+			what, now.Sub(h.since).Round(time.Second), h.lastErr)
 	}
 	return fmt.Errorf("the job store has refused every write of %s for %s (last: %v); is its disk full? once there is room, a store that still refuses needs foreman restarted", what, now.Sub(h.since).Round(time.Second), h.lastErr)
 }
@@ -72,7 +80,8 @@ type storeWrites struct{ records, queue writeHealth }
 // deliveries and idempotency keys are not followed.
 func (s *Store) WriteHealth() error {
 	now := s.clock()
-	return errors.Join(s.writes.records.refusing("job records", now), s.writes.queue.refusing("the queue", now))
+	shared := !s.cfg.Exclusive
+	return errors.Join(s.writes.records.refusing("job records", now, shared), s.writes.queue.refusing("the queue", now, shared))
 }
 
 // probeSize is about a job record's size: a write that small may fit where a record does

@@ -123,7 +123,9 @@ func TestInterruptedJobRerunsAtOnceOnAnExclusiveStore(t *testing.T) {
 }
 
 // On a shared NATS the worker runs the sync jobs of foremen that are present and cancels
-// those of foremen that are not.
+// those of foremen that are not: here one that stopped in order (withdrew its presence),
+// whose job is fresh. (One whose presence lapsed keeps a job it published less than a
+// PresenceTTL ago: broker.Store.CallerGoneAt.)
 func TestSharedStoreRunsPresentForemenSyncJobsOnly(t *testing.T) {
 	t.Parallel()
 	tb := setup(t)
@@ -132,13 +134,20 @@ func TestSharedStoreRunsPresentForemenSyncJobsOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	stopped, err := broker.Open(ctx, broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	withdrawn, withdraw := context.WithCancel(ctx)
+	withdraw()
+	_ = stopped.Announce(withdrawn) // a stop in order: the presence is withdrawn
 	release := tb.fake.Hold("tiny-a")
 	first := tb.chat(t, "tiny-a", 1)
 	tb.start(t, worker.Config{})
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
 		t.Fatal(err)
 	}
-	gone := tb.syncJob(t, "tiny-b", broker.NewID()) // a foreman that never announced itself
+	gone := tb.syncJob(t, "tiny-b", stopped.BootID())
 	present := tb.syncJob(t, "tiny-a", other.BootID())
 	release()
 

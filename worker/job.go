@@ -115,7 +115,7 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 	case j.CancelRequested != "":
 		// Canceled while it ran on a foreman that died before it could end it.
 		w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
-	case w.store.CallerGone(ctx, j):
+	case w.store.CallerGoneAt(ctx, j, d.GatewaySent()):
 		w.abandon(bctx, d, log)
 	case j.Attempt >= w.cfg.maxAttempts:
 		w.fail(bctx, d, j.Sync, w.store.StreamWriter(d.JobID), exhausted(j.Error, "interrupted"), 0, log)
