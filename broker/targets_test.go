@@ -113,16 +113,7 @@ func TestStopTargetOverItsOwnWriteWhoseAnswerWasLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The next poll's write, as the store makes it, landed; its answer never came back.
-	lost := tg
-	lost.Loaded, lost.BootID, lost.Updated = []string{"tiny-a:latest"}, b.Store.BootID(), time.Now()
-	lost.Expires = lost.Updated.Add(time.Minute)
-	v, err := json.Marshal(lost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, "target.studio", v); err != nil {
-		t.Fatal(err)
-	}
+	putEntry(t, ctx, kv, tg, b.Store.BootID())
 	tg.Reachable = false
 	if err := b.Store.StopTarget(ctx, tg); err != nil {
 		t.Fatal(err)
@@ -131,6 +122,23 @@ func TestStopTargetOverItsOwnWriteWhoseAnswerWasLost(t *testing.T) {
 	if err != nil || len(got) != 1 || got[0].Reachable || len(got[0].Loaded) != 0 || !got[0].HasModel("tiny-a:latest") {
 		t.Fatalf("after the stop: %+v, %v; want studio listed, unreachable, nothing loaded, with its models", got, err)
 	}
+}
+
+// putEntry writes tg's entry, its models loaded, as the store of bootID publishes it (now,
+// a minute's life) behind that store's back, and returns it: for a store's own boot id, a
+// write that landed with its answer lost.
+func putEntry(t *testing.T, ctx context.Context, kv jetstream.KeyValue, tg broker.Target, bootID string) []byte {
+	t.Helper()
+	tg.Loaded, tg.BootID, tg.Updated = tg.Models, bootID, time.Now()
+	tg.Expires = tg.Updated.Add(time.Minute)
+	v, err := json.Marshal(tg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := kv.Put(ctx, "target."+tg.Name, v); err != nil { // a plain name is its own key
+		t.Fatal(err)
+	}
+	return v
 }
 
 // The same when no write of the entry was ever answered: the first poll's publish (or
@@ -150,16 +158,7 @@ func TestStopTargetOverItsOnlyWriteWhoseAnswerWasLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	tg := broker.Target{Name: "studio", URL: "http://studio:11434", Reachable: true, Models: []string{"tiny-a:latest"}}
-	lost := tg
-	lost.Loaded, lost.BootID, lost.Updated = []string{"tiny-a:latest"}, b.Store.BootID(), time.Now()
-	lost.Expires = lost.Updated.Add(time.Minute)
-	v, err := json.Marshal(lost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, "target.studio", v); err != nil {
-		t.Fatal(err)
-	}
+	putEntry(t, ctx, kv, tg, b.Store.BootID())
 	tg.Reachable = false
 	if err := b.Store.StopTarget(ctx, tg); err != nil {
 		t.Fatal(err)
@@ -174,14 +173,7 @@ func TestStopTargetOverItsOnlyWriteWhoseAnswerWasLost(t *testing.T) {
 	}
 
 	// Another foreman's entry under the name is still left as it is.
-	other := lost
-	other.BootID = broker.NewID()
-	if v, err = json.Marshal(other); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := kv.Put(ctx, "target.studio", v); err != nil {
-		t.Fatal(err)
-	}
+	v := putEntry(t, ctx, kv, tg, broker.NewID())
 	b2, err := broker.Open(ctx, broker.Config{Conn: b.Conn, BootID: broker.NewID()})
 	if err != nil {
 		t.Fatal(err)
