@@ -31,11 +31,31 @@ func TestMain(m *testing.M) {
 
 // childForeman is `foreman serve` running in a child process.
 type childForeman struct {
-	cmd    *exec.Cmd
-	addr   string
-	nats   string        // the NATS listener for clients (FOREMAN_NATS_LISTEN), "" without one
-	exited chan struct{} // closed when the process has been reaped
-	err    error         // its exit status, once exited is closed
+	cmd  *exec.Cmd
+	addr string
+	nats string // the NATS listener for clients (FOREMAN_NATS_LISTEN), "" without one
+	*childExit
+}
+
+// childExit is a started child process's end: exited is closed once the process has been
+// reaped, and err is then its exit status.
+type childExit struct {
+	exited chan struct{}
+	err    error
+}
+
+// reapChild waits for started cmd in the background, and kills it at the test's end.
+func reapChild(t *testing.T, cmd *exec.Cmd) *childExit {
+	x := &childExit{exited: make(chan struct{})}
+	go func() {
+		x.err = cmd.Wait()
+		close(x.exited)
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-x.exited
+	})
+	return x
 }
 
 var (
@@ -54,7 +74,7 @@ func startChild(t *testing.T, env ...string) *childForeman {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	c := &childForeman{cmd: cmd, exited: make(chan struct{})}
+	c := &childForeman{cmd: cmd}
 	addr := make(chan [2]string, 1)
 	go func() {
 		sc := bufio.NewScanner(stderr)
@@ -76,14 +96,7 @@ func startChild(t *testing.T, env ...string) *childForeman {
 		}
 		_, _ = io.Copy(io.Discard, stderr)
 	}()
-	go func() {
-		c.err = cmd.Wait()
-		close(c.exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-c.exited
-	})
+	c.childExit = reapChild(t, cmd)
 	select {
 	case a := <-addr:
 		c.addr, c.nats = a[0], a[1]

@@ -29,16 +29,7 @@ func TestServeOutlivesItsClosedLogPipe(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	var werr error
-	go func() {
-		werr = cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	child := reapChild(t, cmd)
 	var addr string
 	sc := bufio.NewScanner(stderr)
 	for addr == "" && sc.Scan() {
@@ -76,8 +67,8 @@ func TestServeOutlivesItsClosedLogPipe(t *testing.T) {
 			ok, err := reachable()
 			if err != nil {
 				select {
-				case <-exited:
-					t.Fatalf("foreman died after its log pipe closed: %v", werr)
+				case <-child.exited:
+					t.Fatalf("foreman died after its log pipe closed: %v", child.err)
 				case <-time.After(time.Second): // a moment for the exit to be reaped
 				}
 				t.Fatalf("foreman stopped answering after its log pipe closed: %v", err)

@@ -37,16 +37,7 @@ func TestThirdStopEndsTheProcess(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan struct{})
-	var werr error
-	go func() {
-		werr = cmd.Wait()
-		close(exited)
-	}()
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		<-exited
-	})
+	child := reapChild(t, cmd)
 	lines := bufio.NewScanner(stdout)
 	next := func(want string) {
 		t.Helper()
@@ -66,16 +57,16 @@ func TestThirdStopEndsTheProcess(t *testing.T) {
 		}
 	}
 	select {
-	case <-exited:
+	case <-child.exited:
 	case <-time.After(time.Minute): // a bound only: the third signal ends it at once
 		t.Fatal("the child still runs a minute after its third SIGINT")
 	}
 	var ee *exec.ExitError
-	if !errors.As(werr, &ee) {
-		t.Fatalf("child: %v, want it ended by SIGINT", werr)
+	if !errors.As(child.err, &ee) {
+		t.Fatalf("child: %v, want it ended by SIGINT", child.err)
 	}
 	if ws, ok := ee.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGINT {
-		t.Fatalf("child: %v, want it ended by SIGINT", werr)
+		t.Fatalf("child: %v, want it ended by SIGINT", child.err)
 	}
 }
 
