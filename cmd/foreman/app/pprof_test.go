@@ -55,7 +55,20 @@ func TestPprofServesTheRuntimesProfiles(t *testing.T) {
 	if addr == "" || addr == a.Addr() {
 		t.Fatalf("profiles' listener %q (HTTP %q), want one of its own", addr, a.Addr())
 	}
-	code, body := get(t, addr, addr, "/debug/pprof/goroutine?debug=2")
+	// The worker's goroutine is started by Start, and may not have run yet when it returns:
+	// the stacks are read again, bounded, until its loop is among them.
+	var code int
+	var body string
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		code, body = get(t, addr, addr, "/debug/pprof/goroutine?debug=2")
+		if code != http.StatusOK || strings.Contains(body, "foreman/worker.(*Worker).Run") || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond): // polling with a deadline
+		}
+	}
 	if code != http.StatusOK || !strings.Contains(body, "goroutine ") || !strings.Contains(body, "foreman/worker.(*Worker).Run") {
 		t.Errorf("goroutine stacks: %d, want 200 with the worker's loop among them:\n%.2000s", code, body)
 	}
