@@ -229,6 +229,10 @@ type watchdog struct {
 func newWatchdog(clk clock, firstByte, idle time.Duration, template *StallError, abort func(error)) *watchdog {
 	w := &watchdog{firstByte: firstByte, idle: idle, abort: abort, template: *template, clock: clk, armed: clk.Now()}
 	if firstByte > 0 {
+		// Under mu: the timer may fire (late, on a loaded machine) before it is stored,
+		// and its callback reads it.
+		w.mu.Lock()
+		defer w.mu.Unlock()
 		w.timer = clk.AfterFunc(firstByte, w.fire)
 	}
 	return w

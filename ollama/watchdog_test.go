@@ -4,6 +4,8 @@ import (
 	"errors"
 	"io"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -137,4 +139,42 @@ func TestWatchdogLateByLittleEndsAtOnce(t *testing.T) {
 	if *aborted == nil {
 		t.Fatalf("a timer %v late did not abort", lateFire)
 	}
+}
+
+// promptClock's timers fire at once, each on a goroutine of its own, and late by far: a
+// wall-clock timer of a process descheduled past its limit (and past lateFire) before
+// the arming caller went on.
+type promptClock struct {
+	fired sync.WaitGroup
+	reads atomic.Int64
+}
+
+// Now is the start for its first reader (the watchdog arming) and an hour on after.
+func (c *promptClock) Now() time.Time {
+	if c.reads.Add(1) == 1 {
+		return time.Unix(1_700_000_000, 0)
+	}
+	return time.Unix(1_700_000_000, 0).Add(time.Hour)
+}
+
+func (c *promptClock) AfterFunc(_ time.Duration, f func()) stopTimer {
+	c.fired.Add(1)
+	go func() { defer c.fired.Done(); f() }()
+	return noTimer{}
+}
+
+type noTimer struct{}
+
+func (noTimer) Stop() bool                 { return false }
+func (noTimer) Reset(d time.Duration) bool { return false }
+
+// A first-byte timer that fires, late by far, before newWatchdog has stored it (a loaded
+// machine, a short limit) reads the watchdog's timer only after it is stored: the race
+// detector finds the store and the callback's read unordered otherwise.
+func TestWatchdogTimerFiringAsItIsArmed(t *testing.T) {
+	t.Parallel()
+	clk := &promptClock{}
+	w := newWatchdog(clk, time.Millisecond, time.Millisecond, &StallError{Op: "POST /api/chat"}, func(error) {})
+	clk.fired.Wait()
+	w.stop()
 }
