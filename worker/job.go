@@ -31,6 +31,13 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 	w.setLeased(d.JobID)
 	defer w.setLeased("")
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
+	// The delivery is kept in progress from its fetch (ADR-0091): the reads before the
+	// run (its record, waited for while it trails the message or retried through a leader
+	// election, a caller's presence, what the target has loaded) answered slowly may take
+	// longer than a short ack wait, and JetStream would hand the job to another foreman
+	// while this one starts it. The run holds the same keeper, and lets go after it.
+	release := w.keepInProgress(d, log)
+	defer release()
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	j, rev, ok := w.admit(ctx, bctx, d, ahead, log)
@@ -99,6 +106,7 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 		// that run brings that message back (at once on an exclusive store, whose reset
 		// consumers count its deliveries from 1 again), not this one.
 		log.Info("spare queue message of a running job; dropped", "state", j.State)
+		w.settling(d)
 		done := w.index.removing(d.Token, d.Seq)
 		err := w.store.DropSpare(bctx, d)
 		done(err == nil)
@@ -154,14 +162,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		return
 	}
 	defer stopWatch()
-	// The delivery is kept in progress from here, before the start write and the call's
-	// set-up (a large body decoded): a delivery held through a read outage (holdRead)
-	// comes here with its last tick up to AckWait/3 old, and the ticks of this run begin
-	// AckWait/3 after it starts. They go on until the delivery is settled, through the
-	// start write's wait and the end's writes, or handed to the end stored in the
-	// background (endLater), whatever ended the call (a cancel, a timeout).
-	stopProgress := w.keepInProgress(d, log)
-	defer stopProgress()
+	// The delivery is kept in progress (handle's keeper, since its fetch) until it is
+	// settled, through the start write's wait and the end's writes, or handed to the end
+	// stored in the background (endLater), whatever ended the call (a cancel, a timeout).
 	// The pick counts once the job runs: a delivery dropped unrun (an ended job's message,
 	// an orphan, a spare copy, a gone caller, a watch that failed) leaves its class's
 	// once-per-MaxWait pick and its program's turn to the next job of theirs.
@@ -1176,6 +1179,8 @@ func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) bool 
 func (w *Worker) settleAdmitted(ctx context.Context, d *broker.Lease, log *slog.Logger, settle func(bctx context.Context, j *broker.Job)) {
 	w.setLeased(d.JobID)
 	defer w.setLeased("")
+	release := w.keepInProgress(d, log) // as handle's: the reads may be slow
+	defer release()
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	j, _, ok := w.admit(ctx, bctx, d, nil, log)
@@ -1205,6 +1210,7 @@ func (w *Worker) publishFinal(r *broker.StreamWriter, state broker.State, msg st
 // would come back until JetStream gives up on it, and then stay in the queue.
 func (w *Worker) discard(d *broker.Lease, why error) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
+	w.settling(d)
 	if err := w.store.Discard(d, why.Error()); err != nil {
 		log.Warn("remove unusable queue message", "seq", d.Seq, "err", err)
 		return
