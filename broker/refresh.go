@@ -129,8 +129,21 @@ func (s *Store) Requeue(ctx context.Context, d *Lease) error {
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
 		return fmt.Errorf("broker: requeue %s: %w", d.JobID, storageErr(err))
 	}
-	if err := d.Msg.DoubleAck(ctx); err != nil {
-		s.log.Warn("ack requeued job's old message", "job_id", d.JobID, "model", d.Model, "err", err)
-	}
+	s.dropRequeued(ctx, d)
 	return nil
+}
+
+// dropRequeued removes the old message of a job Requeue queued anew: acked (retried
+// through a leader election, as any ack), or else deleted by its sequence. Left in the
+// queue un-acked, on its last delivery (the common reason for a requeue) JetStream gives
+// up on it at its ack wait, and the MAX_DELIVERIES advisory fails the job while its new
+// copy waits or runs; on an earlier one it is delivered again beside that copy.
+func (s *Store) dropRequeued(ctx context.Context, d *Lease) {
+	err := s.ack(ctx, d)
+	if err == nil {
+		return
+	}
+	if derr := s.DeleteQueued(ctx, d.Seq); derr != nil {
+		s.log.Warn("ack or remove requeued job's old message", "job_id", d.JobID, "model", d.Model, "err", errors.Join(err, derr))
+	}
 }
