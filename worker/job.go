@@ -434,7 +434,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 // fewer, and a busy spell meeting a store's hiccup could fail it "attempts exhausted".
 // Any other retrying write is tried once: the next attempt's start write sets the state.
 func (w *Worker) storeRetrying(ctx context.Context, id string, uncounted bool, set func(*broker.Job)) error {
-	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.terminalWait())
 	defer cancel()
 	write := func() error {
 		if fault := w.cfg.retryingFault; fault != nil {
@@ -825,7 +825,7 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 // it is the attempt's last write (transitionLast). A record not found for goneWait in a
 // row is gone, and the write gives up then.
 func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(*broker.Job)) (*broker.Job, error) {
-	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.terminalWait())
 	defer cancel()
 	var missingSince time.Time // since when the tries have found no record; zero until then
 	pause := terminalPause
