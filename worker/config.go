@@ -151,6 +151,10 @@ type Config struct {
 	// of a start write whose answer was lost (giveStartBack); an error it returns is the
 	// try's own, as the store's would be.
 	giveBackFault func(jobID string) error
+	// requeueFault, when set (tests only), runs before each requeue of a delivered job; an
+	// error it returns is the requeue's own, as the store's would be, and nothing is
+	// written.
+	requeueFault func(jobID string) error
 	// terminalWait, when set (tests only), replaces the const terminalWait: how long a
 	// write through a store that refuses for now is tried before it is given up.
 	terminalWait time.Duration

@@ -181,3 +181,10 @@ func WithTerminalWait(cfg Config, d time.Duration) Config {
 	cfg.terminalWait = d
 	return cfg
 }
+
+// WithRequeueFault sets Config.requeueFault: fn's error, if any, fails a requeue of a
+// delivered job, as the store's refusal would.
+func WithRequeueFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.requeueFault = fn
+	return cfg
+}

@@ -1032,8 +1032,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		// A NAK would leave it undelivered; a new message counts its deliveries anew. On
 		// several Macs a job given up for its target's fault goes to another (ADR-0066).
 		held := w.holdOff(bctx, d, j, cause)
-		w.settling(d)
-		if err := w.store.Requeue(bctx, d); err != nil {
+		if err := w.requeue(bctx, d); err != nil {
 			log.Warn("requeue a job on its last delivery; trying a NAK", "err", err)
 			if held {
 				w.putBack(d, delay, log)
@@ -1129,8 +1128,7 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r
 // waits on this process, which the shutdown cancels.
 func (w *Worker) giveBack(ctx context.Context, d *broker.Lease, log *slog.Logger) {
 	if d.NumDelivered >= uint64(w.store.Config().MaxDeliver()) && w.store.HandBackDelay(d) == 0 {
-		w.settling(d)
-		err := w.store.Requeue(ctx, d)
+		err := w.requeue(ctx, d)
 		if err == nil {
 			log.Info("job requeued: a stop cut off its last delivery")
 			return
@@ -1266,10 +1264,9 @@ func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
 // the queue's MaxAge before then is requeued instead, available at once: a NAK of a
 // dropped message would leave the job nowhere.
 func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger) bool {
-	w.settling(d)
 	if w.store.OutlivesQueue(d, delay) {
 		ctx, cancel := w.storeCtx(context.Background())
-		err := w.store.Requeue(ctx, d)
+		err := w.requeue(ctx, d)
 		cancel()
 		if err == nil {
 			log.Info("job requeued: its queue message reached the job TTL")
@@ -1277,6 +1274,7 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 		}
 		log.Warn("requeue job; trying a NAK", "err", err)
 	}
+	w.settling(d)
 	var err error
 	if delay > 0 {
 		err = d.Msg.NakWithDelay(delay)
@@ -1287,6 +1285,23 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 		log.Warn("nak job", "err", err)
 	}
 	return true
+}
+
+// requeue puts delivered job d back into the queue as a new message (Store.Requeue),
+// and settles d once that message is stored: a requeue that fails leaves d kept in
+// progress, for a NAK or another try.
+func (w *Worker) requeue(ctx context.Context, d *broker.Lease) error {
+	if fault := w.cfg.requeueFault; fault != nil {
+		if err := fault(d.JobID); err != nil {
+			return err
+		}
+	}
+	if err := w.store.QueueAgain(ctx, d); err != nil {
+		return err
+	}
+	w.settling(d)
+	w.store.DropRequeued(ctx, d)
+	return nil
 }
 
 // keepAlive tells JetStream delivery d is alive every AckWait/3 until stopped (stop may

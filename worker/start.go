@@ -169,22 +169,36 @@ func (w *Worker) giveStartBackAgain(ctx context.Context, d *broker.Lease, read i
 }
 
 // requeueUnrun puts back a job whose last delivery ran no attempt, once the store takes
-// writes again (or the worker stops: giveBack): as a new message (Store.Requeue), or with
-// a NAK when that fails.
+// writes again (or the worker stops: giveBack): as a new message (Store.Requeue). A
+// requeue the store refuses for now (its queue's stream without a leader while the
+// records' has one, say) is tried again after another wait for the store, the delivery
+// still held: NAKed, the last delivery would never come back, and the delivery limit's
+// advisory would fail the job unrun. Any other failure (a full queue) gets the NAK.
 func (w *Worker) requeueUnrun(ctx context.Context, d *broker.Lease, log *slog.Logger) {
-	bctx, cancel := w.storeCtx(ctx) // its own time: the wait for the store may have been long
-	defer cancel()
-	if w.isStopping(ctx) {
-		w.giveBack(bctx, d, log)
-		return
+	for pause := w.cfg.RetryDelay; ; pause = min(2*pause, maxHoldPause) {
+		bctx, cancel := w.storeCtx(ctx) // its own time: the wait for the store may have been long
+		if w.isStopping(ctx) {
+			w.giveBack(bctx, d, log)
+			cancel()
+			return
+		}
+		err := w.requeue(bctx, d)
+		cancel()
+		switch {
+		case err == nil:
+			log.Info("job requeued: the store refused its start on its last delivery")
+			return
+		case w.refusing(err):
+			log.Warn("requeue a job whose start the store refused on its last delivery; trying again once the store takes writes", "err", err)
+			// The probe may pass while the queue's stream still refuses: a pause too.
+			w.waitStore(ctx, err)
+			w.sleep(ctx, pause)
+		default:
+			log.Warn("requeue a job whose start the store refused on its last delivery; trying a NAK", "err", err)
+			w.nak(d, w.cfg.RetryDelay, log)
+			return
+		}
 	}
-	w.settling(d)
-	if err := w.store.Requeue(bctx, d); err != nil {
-		log.Warn("requeue a job whose start the store refused on its last delivery; trying a NAK", "err", err)
-		w.nak(d, w.cfg.RetryDelay, log)
-		return
-	}
-	log.Info("job requeued: the store refused its start on its last delivery")
 }
 
 // errNoStart stops giveStartBack when the record holds no start of this attempt: the
