@@ -261,3 +261,16 @@ func answerAfter[T any](ctx context.Context, latency time.Duration, write func(c
 
 // SubmitSeq is the queue message Submit stored for j, as CancelSubmitted reads it.
 func SubmitSeq(j *Job) uint64 { return j.submitSeq }
+
+// FailAcks makes every ack of delivery d fail with err, as a connection that drops the
+// ack (or a leader election that outlasts its retries) would; the message stays
+// delivered and un-acked.
+func FailAcks(d *Lease, err error) { d.Msg = ackFailMsg{Msg: d.Msg, err: err} }
+
+type ackFailMsg struct {
+	jetstream.Msg
+	err error
+}
+
+func (m ackFailMsg) Ack() error                          { return m.err }
+func (m ackFailMsg) DoubleAck(ctx context.Context) error { return m.err }

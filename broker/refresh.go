@@ -107,6 +107,18 @@ func (s *Store) OutlivesQueue(d *Lease, delay time.Duration) bool {
 // old as the first one, it would expire while the job waits at the queue's end, and the
 // job end in no state.
 func (s *Store) Requeue(ctx context.Context, d *Lease) error {
+	if err := s.QueueAgain(ctx, d); err != nil {
+		return err
+	}
+	s.DropRequeued(ctx, d)
+	return nil
+}
+
+// QueueAgain is Requeue's first part: the record rewritten and the job's new message
+// published, the old one (d) left as it is. DropRequeued ends the requeue; a caller
+// that keeps d in progress stops its ticks in between, and keeps them while
+// QueueAgain fails.
+func (s *Store) QueueAgain(ctx context.Context, d *Lease) error {
 	if _, err := s.refresh(ctx, d.JobID, 0); err != nil {
 		return fmt.Errorf("broker: requeue %s: %w", d.JobID, err)
 	}
@@ -129,8 +141,20 @@ func (s *Store) Requeue(ctx context.Context, d *Lease) error {
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
 		return fmt.Errorf("broker: requeue %s: %w", d.JobID, storageErr(err))
 	}
-	if err := d.Msg.DoubleAck(ctx); err != nil {
-		s.log.Warn("ack requeued job's old message", "job_id", d.JobID, "model", d.Model, "err", err)
-	}
 	return nil
+}
+
+// DropRequeued removes the old message of a job Requeue queued anew: acked (retried
+// through a leader election, as any ack), or else deleted by its sequence. Left in the
+// queue un-acked, on its last delivery (the common reason for a requeue) JetStream gives
+// up on it at its ack wait, and the MAX_DELIVERIES advisory fails the job while its new
+// copy waits or runs; on an earlier one it is delivered again beside that copy.
+func (s *Store) DropRequeued(ctx context.Context, d *Lease) {
+	err := s.ack(ctx, d)
+	if err == nil {
+		return
+	}
+	if derr := s.DeleteQueued(ctx, d.Seq); derr != nil {
+		s.log.Warn("ack or remove requeued job's old message", "job_id", d.JobID, "model", d.Model, "err", errors.Join(err, derr))
+	}
 }

@@ -618,3 +618,34 @@ func TestRefusedNamesAreQuotedShort(t *testing.T) {
 		t.Errorf("short id: %q, want it quoted whole", err)
 	}
 }
+
+// A requeue whose ack of the old message fails removes that message all the same: its
+// new copy holds the job's place. Left un-acked, on the job's last delivery (why the
+// worker requeues) JetStream gave up on it at its ack wait, and the delivery limit's
+// advisory failed the job while its copy waited or ran; on an earlier one it was
+// delivered again beside the copy.
+func TestRequeueWhoseAckFailsLeavesOneMessage(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	tok := token(t, "tiny-a")
+	d, err := b.Store.Next(ctx, tok)
+	if err != nil || d == nil {
+		t.Fatalf("delivery: %v %v", d, err)
+	}
+	broker.FailAcks(d, errors.New("ack lost"))
+	if err := b.Store.Requeue(ctx, d); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := b.Store.Queued(ctx, d.Seq); err != nil || ok {
+		t.Fatalf("old message %d still queued (%v) after the requeue", d.Seq, err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v) after the requeue, want the job's new one", n, err)
+	}
+	again, err := b.Store.NextWait(ctx, tok, arrival)
+	if err != nil || again == nil || again.JobID != j.ID || !again.Requeued {
+		t.Fatalf("requeued delivery: %+v %v, want job %s requeued", again, err, j.ID)
+	}
+}

@@ -147,6 +147,17 @@ type Config struct {
 	// resultFault, when set (tests only), runs before a finished job's result is written
 	// to the object store; an error it returns is the write's own.
 	resultFault func(jobID string) error
+	// giveBackFault, when set (tests only), runs before each try to give back the attempt
+	// of a start write whose answer was lost (giveStartBack); an error it returns is the
+	// try's own, as the store's would be.
+	giveBackFault func(jobID string) error
+	// requeueFault, when set (tests only), runs before each requeue of a delivered job; an
+	// error it returns is the requeue's own, as the store's would be, and nothing is
+	// written.
+	requeueFault func(jobID string) error
+	// terminalWait, when set (tests only), replaces the const terminalWait: how long a
+	// write through a store that refuses for now is tried before it is given up.
+	terminalWait time.Duration
 	// startAnswerLost, when set (tests only), runs after a start write was stored; true
 	// makes it report a failure all the same, as a write whose answer was lost.
 	startAnswerLost func(jobID string) bool
@@ -263,4 +274,13 @@ func (c *Config) retryDelay(n int) time.Duration {
 		d *= 2
 	}
 	return min(d, maxRetryDelay)
+}
+
+// terminalWait is how long a write through a store that refuses for now is tried before
+// it is given up (the const terminalWait; tests may shorten it).
+func (w *Worker) terminalWait() time.Duration {
+	if w.cfg.terminalWait > 0 {
+		return w.cfg.terminalWait
+	}
+	return terminalWait
 }

@@ -167,3 +167,24 @@ func WithBeforeRefresh(cfg Config, fn func(jobID string)) Config {
 	cfg.beforeRefresh = fn
 	return cfg
 }
+
+// WithGiveBackFault sets Config.giveBackFault: fn's error, if any, fails a try to give
+// back the attempt of a start write whose answer was lost.
+func WithGiveBackFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.giveBackFault = fn
+	return cfg
+}
+
+// WithTerminalWait sets Config.terminalWait: how long a write through a store that
+// refuses for now is tried before it is given up (20 s otherwise).
+func WithTerminalWait(cfg Config, d time.Duration) Config {
+	cfg.terminalWait = d
+	return cfg
+}
+
+// WithRequeueFault sets Config.requeueFault: fn's error, if any, fails a requeue of a
+// delivered job, as the store's refusal would.
+func WithRequeueFault(cfg Config, fn func(jobID string) error) Config {
+	cfg.requeueFault = fn
+	return cfg
+}

@@ -31,6 +31,13 @@ func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead,
 	w.setLeased(d.JobID)
 	defer w.setLeased("")
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
+	// The delivery is kept in progress from its fetch (ADR-0091): the reads before the
+	// run (its record, waited for while it trails the message or retried through a leader
+	// election, a caller's presence, what the target has loaded) answered slowly may take
+	// longer than a short ack wait, and JetStream would hand the job to another foreman
+	// while this one starts it. The run holds the same keeper, and lets go after it.
+	release := w.keepInProgress(d, log)
+	defer release()
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	j, rev, ok := w.admit(ctx, bctx, d, ahead, log)
@@ -99,6 +106,7 @@ func (w *Worker) admit(ctx, bctx context.Context, d *broker.Lease, ahead *record
 		// that run brings that message back (at once on an exclusive store, whose reset
 		// consumers count its deliveries from 1 again), not this one.
 		log.Info("spare queue message of a running job; dropped", "state", j.State)
+		w.settling(d)
 		done := w.index.removing(d.Token, d.Seq)
 		err := w.store.DropSpare(bctx, d)
 		done(err == nil)
@@ -154,14 +162,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 		return
 	}
 	defer stopWatch()
-	// The delivery is kept in progress from here, before the start write and the call's
-	// set-up (a large body decoded): a delivery held through a read outage (holdRead)
-	// comes here with its last tick up to AckWait/3 old, and the ticks of this run begin
-	// AckWait/3 after it starts. They go on until the delivery is settled, through the
-	// start write's wait and the end's writes, or handed to the end stored in the
-	// background (endLater), whatever ended the call (a cancel, a timeout).
-	stopProgress := w.keepInProgress(d, log)
-	defer stopProgress()
+	// The delivery is kept in progress (handle's keeper, since its fetch) until it is
+	// settled, through the start write's wait and the end's writes, or handed to the end
+	// stored in the background (endLater), whatever ended the call (a cancel, a timeout).
 	// The pick counts once the job runs: a delivery dropped unrun (an ended job's message,
 	// an orphan, a spare copy, a gone caller, a watch that failed) leaves its class's
 	// once-per-MaxWait pick and its program's turn to the next job of theirs.
@@ -431,7 +434,7 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 // fewer, and a busy spell meeting a store's hiccup could fail it "attempts exhausted".
 // Any other retrying write is tried once: the next attempt's start write sets the state.
 func (w *Worker) storeRetrying(ctx context.Context, id string, uncounted bool, set func(*broker.Job)) error {
-	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.terminalWait())
 	defer cancel()
 	write := func() error {
 		if fault := w.cfg.retryingFault; fault != nil {
@@ -822,7 +825,7 @@ func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.
 // it is the attempt's last write (transitionLast). A record not found for goneWait in a
 // row is gone, and the write gives up then.
 func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(*broker.Job)) (*broker.Job, error) {
-	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.terminalWait())
 	defer cancel()
 	var missingSince time.Time // since when the tries have found no record; zero until then
 	pause := terminalPause
@@ -1029,8 +1032,7 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		// A NAK would leave it undelivered; a new message counts its deliveries anew. On
 		// several Macs a job given up for its target's fault goes to another (ADR-0066).
 		held := w.holdOff(bctx, d, j, cause)
-		w.settling(d)
-		if err := w.store.Requeue(bctx, d); err != nil {
+		if err := w.requeue(bctx, d); err != nil {
 			log.Warn("requeue a job on its last delivery; trying a NAK", "err", err)
 			if held {
 				w.putBack(d, delay, log)
@@ -1126,8 +1128,7 @@ func (w *Worker) handBack(ctx context.Context, d *broker.Lease, j *broker.Job, r
 // waits on this process, which the shutdown cancels.
 func (w *Worker) giveBack(ctx context.Context, d *broker.Lease, log *slog.Logger) {
 	if d.NumDelivered >= uint64(w.store.Config().MaxDeliver()) && w.store.HandBackDelay(d) == 0 {
-		w.settling(d)
-		err := w.store.Requeue(ctx, d)
+		err := w.requeue(ctx, d)
 		if err == nil {
 			log.Info("job requeued: a stop cut off its last delivery")
 			return
@@ -1176,6 +1177,8 @@ func (w *Worker) bodyLost(ctx context.Context, d *broker.Lease, err error) bool 
 func (w *Worker) settleAdmitted(ctx context.Context, d *broker.Lease, log *slog.Logger, settle func(bctx context.Context, j *broker.Job)) {
 	w.setLeased(d.JobID)
 	defer w.setLeased("")
+	release := w.keepInProgress(d, log) // as handle's: the reads may be slow
+	defer release()
 	bctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	j, _, ok := w.admit(ctx, bctx, d, nil, log)
@@ -1205,6 +1208,7 @@ func (w *Worker) publishFinal(r *broker.StreamWriter, state broker.State, msg st
 // would come back until JetStream gives up on it, and then stay in the queue.
 func (w *Worker) discard(d *broker.Lease, why error) {
 	log := w.log.With("job_id", d.JobID, "model", d.Model)
+	w.settling(d)
 	if err := w.store.Discard(d, why.Error()); err != nil {
 		log.Warn("remove unusable queue message", "seq", d.Seq, "err", err)
 		return
@@ -1260,10 +1264,9 @@ func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
 // the queue's MaxAge before then is requeued instead, available at once: a NAK of a
 // dropped message would leave the job nowhere.
 func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger) bool {
-	w.settling(d)
 	if w.store.OutlivesQueue(d, delay) {
 		ctx, cancel := w.storeCtx(context.Background())
-		err := w.store.Requeue(ctx, d)
+		err := w.requeue(ctx, d)
 		cancel()
 		if err == nil {
 			log.Info("job requeued: its queue message reached the job TTL")
@@ -1271,6 +1274,7 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 		}
 		log.Warn("requeue job; trying a NAK", "err", err)
 	}
+	w.settling(d)
 	var err error
 	if delay > 0 {
 		err = d.Msg.NakWithDelay(delay)
@@ -1281,6 +1285,23 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 		log.Warn("nak job", "err", err)
 	}
 	return true
+}
+
+// requeue puts delivered job d back into the queue as a new message (Store.Requeue),
+// and settles d once that message is stored: a requeue that fails leaves d kept in
+// progress, for a NAK or another try.
+func (w *Worker) requeue(ctx context.Context, d *broker.Lease) error {
+	if fault := w.cfg.requeueFault; fault != nil {
+		if err := fault(d.JobID); err != nil {
+			return err
+		}
+	}
+	if err := w.store.QueueAgain(ctx, d); err != nil {
+		return err
+	}
+	w.settling(d)
+	w.store.DropRequeued(ctx, d)
+	return nil
 }
 
 // keepAlive tells JetStream delivery d is alive every AckWait/3 until stopped (stop may

@@ -96,3 +96,41 @@ func TestAGivenBackDeliveryGetsNoTick(t *testing.T) {
 		t.Errorf("the first foreman ticked after its NAK: %s", logs)
 	}
 }
+
+// A record read answered slower than the queue's AckWait (a store in trouble, yet
+// answering) keeps the delivery: it is kept in progress from its fetch, through the
+// reads that decide whether the job runs, not from its run's start only. Before, nothing
+// ticked until the run began, and another foreman, idle meanwhile, got the delivery and
+// ran the job too.
+func TestASlowRecordReadKeepsTheDelivery(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(outageStore))
+	entered, othersUp := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	// The first read of the record is answered after twice the AckWait, once the other
+	// foreman looks for work.
+	tb.start(t, worker.WithRecordFault(worker.Config{}, func(string) error {
+		once.Do(func() {
+			close(entered)
+			<-othersUp
+			<-time.After(2 * outageAckWait)
+		})
+		return nil
+	}))
+	j := tb.chat(t, "tiny-a", 1)
+	<-entered
+	other := idleForeman(t, tb)
+	close(othersUp)
+
+	got := tb.waitEnded(t, j.ID)
+	tb.waitQueueEmpty(t)
+	if got.State != broker.StateDone || got.Attempt != 1 {
+		t.Errorf("job ended %s at attempt %d (%q); want done at attempt 1", got.State, got.Attempt, got.Error)
+	}
+	if n := len(inferenceCalls(tb.fake)); n != 1 {
+		t.Errorf("target called %d times, want once", n)
+	}
+	if n := len(inferenceCalls(other)); n != 0 {
+		t.Errorf("the other foreman's target called %d times: the delivery went to it", n)
+	}
+}

@@ -101,27 +101,41 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, j *broker.Job
 		w.fail(bctx, d, true, r, "store the attempt's start: "+err.Error(), 0, log)
 	default:
 		log.Warn("start job; will retry", "err", err)
-		switch gerr := w.giveStartBack(bctx, d, j.Attempt, err); {
-		case errors.Is(gerr, errEnded):
-			w.finish(bctx, d, log)
+		gerr := w.giveStartBack(bctx, d, j.Attempt, err)
+		if w.settledGivingBack(bctx, d, gerr, log) {
 			return
-		case errors.Is(gerr, errCancelRequested):
-			w.cancelRun(bctx, d, w.store.StreamWriter(d.JobID), log)
-			return
-		case gerr != nil && !errors.Is(gerr, errNoStart):
-			log.Warn("give back the attempt of a start write that may have been stored", "err", gerr)
 		}
+		// A give-back the store still refused after terminalWait leaves the record saying
+		// the job runs here at an attempt that never ran: its next delivery would count
+		// it, and with FOREMAN_MAX_ATTEMPTS=1 fail the job "attempts exhausted" unrun. It
+		// is tried again once the store takes writes, the delivery held meanwhile.
+		pending := gerr != nil && w.refusing(gerr)
 		switch {
 		case !w.refusing(err):
 			w.nak(d, w.cfg.RetryDelay, log)
 		case d.NumDelivered >= uint64(w.store.Config().MaxDeliver()):
 			// JetStream's last delivery: NAKed, the message would never come back, and the
 			// delivery limit's advisory would fail a job that never ran "attempts
-			// exhausted" once the store takes its write. It is held (run's keep-alive goes
+			// exhausted" once the store takes its write. It is held (the keep-alive goes
 			// on) while the worker waits for the store, then queued again at its queue's
 			// end, its deliveries counted anew, as a stop's hand-back of a last delivery is.
 			w.waitStore(ctx, err)
+			if pending && w.giveStartBackAgain(ctx, d, j.Attempt, err, log) {
+				return
+			}
 			w.requeueUnrun(ctx, d, log)
+		case pending:
+			w.waitStore(ctx, err)
+			if w.giveStartBackAgain(ctx, d, j.Attempt, err, log) {
+				return
+			}
+			if w.isStopping(ctx) {
+				gctx, cancel := w.storeCtx(ctx)
+				defer cancel()
+				w.giveBack(gctx, d, log)
+				return
+			}
+			w.nak(d, w.cfg.RetryDelay, log)
 		default:
 			w.nak(d, w.cfg.RetryDelay, log)
 			w.waitStore(ctx, err)
@@ -129,23 +143,62 @@ func (w *Worker) startFailed(ctx context.Context, d *broker.Lease, j *broker.Job
 	}
 }
 
-// requeueUnrun puts back a job whose last delivery ran no attempt, once the store takes
-// writes again (or the worker stops: giveBack): as a new message (Store.Requeue), or with
-// a NAK when that fails.
-func (w *Worker) requeueUnrun(ctx context.Context, d *broker.Lease, log *slog.Logger) {
-	bctx, cancel := w.storeCtx(ctx) // its own time: the wait for the store may have been long
+// settledGivingBack deals with giveStartBack's error gerr for delivery d, and reports
+// whether it settled d: a job that ended is acked, one whose cancellation was requested
+// ends canceled.
+func (w *Worker) settledGivingBack(ctx context.Context, d *broker.Lease, gerr error, log *slog.Logger) bool {
+	switch {
+	case errors.Is(gerr, errEnded):
+		w.finish(ctx, d, log)
+		return true
+	case errors.Is(gerr, errCancelRequested):
+		w.cancelRun(ctx, d, w.store.StreamWriter(d.JobID), log)
+		return true
+	case gerr != nil && !errors.Is(gerr, errNoStart):
+		log.Warn("give back the attempt of a start write that may have been stored", "err", gerr)
+	}
+	return false
+}
+
+// giveStartBackAgain tries giveStartBack once more after the worker waited for the store
+// (waitStore), with time of its own, and reports whether that settled d.
+func (w *Worker) giveStartBackAgain(ctx context.Context, d *broker.Lease, read int, cause error, log *slog.Logger) bool {
+	gctx, cancel := w.storeCtx(ctx)
 	defer cancel()
-	if w.isStopping(ctx) {
-		w.giveBack(bctx, d, log)
-		return
+	return w.settledGivingBack(gctx, d, w.giveStartBack(gctx, d, read, cause), log)
+}
+
+// requeueUnrun puts back a job whose last delivery ran no attempt, once the store takes
+// writes again (or the worker stops: giveBack): as a new message (Store.Requeue). A
+// requeue the store refuses for now (its queue's stream without a leader while the
+// records' has one, say) is tried again after another wait for the store, the delivery
+// still held: NAKed, the last delivery would never come back, and the delivery limit's
+// advisory would fail the job unrun. Any other failure (a full queue) gets the NAK.
+func (w *Worker) requeueUnrun(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	for pause := w.cfg.RetryDelay; ; pause = min(2*pause, maxHoldPause) {
+		bctx, cancel := w.storeCtx(ctx) // its own time: the wait for the store may have been long
+		if w.isStopping(ctx) {
+			w.giveBack(bctx, d, log)
+			cancel()
+			return
+		}
+		err := w.requeue(bctx, d)
+		cancel()
+		switch {
+		case err == nil:
+			log.Info("job requeued: the store refused its start on its last delivery")
+			return
+		case w.refusing(err):
+			log.Warn("requeue a job whose start the store refused on its last delivery; trying again once the store takes writes", "err", err)
+			// The probe may pass while the queue's stream still refuses: a pause too.
+			w.waitStore(ctx, err)
+			w.sleep(ctx, pause)
+		default:
+			log.Warn("requeue a job whose start the store refused on its last delivery; trying a NAK", "err", err)
+			w.nak(d, w.cfg.RetryDelay, log)
+			return
+		}
 	}
-	w.settling(d)
-	if err := w.store.Requeue(bctx, d); err != nil {
-		log.Warn("requeue a job whose start the store refused on its last delivery; trying a NAK", "err", err)
-		w.nak(d, w.cfg.RetryDelay, log)
-		return
-	}
-	log.Info("job requeued: the store refused its start on its last delivery")
 }
 
 // errNoStart stops giveStartBack when the record holds no start of this attempt: the
@@ -182,10 +235,16 @@ func (w *Worker) giveStartBack(ctx context.Context, d *broker.Lease, read int, c
 		rec.Attempt--
 		return nil
 	}
-	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), terminalWait)
+	tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), w.terminalWait())
 	defer cancel()
 	for pause := terminalPause; ; pause = min(2*pause, 2*time.Second) {
-		_, _, err := w.store.Modify(tctx, d.JobID, set)
+		var err error
+		if fault := w.cfg.giveBackFault; fault != nil {
+			err = fault(d.JobID)
+		}
+		if err == nil {
+			_, _, err = w.store.Modify(tctx, d.JobID, set)
+		}
 		if err == nil || !w.refusing(err) || w.isStopping(tctx) || !sleepCtx(tctx, pause) {
 			return err
 		}
