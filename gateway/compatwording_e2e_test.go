@@ -45,7 +45,7 @@ func TestE2ERefusalsMatchDirect(t *testing.T) {
 			out, _ := io.ReadAll(resp.Body)
 			return resp.StatusCode, resp.Header.Get("Content-Type"), out
 		}
-		// (Allow may differ: foreman's GET routes all answer HEAD, Ollama's a few.)
+		// (HEAD is refused where Ollama refuses it: see TestRouterMissAsOllama.)
 		vs, vct, vbody := send(b.URL)
 		ds, dct, dbody := send(b.Target)
 		name := c.method + " " + c.path + " " + c.body

@@ -29,7 +29,15 @@ func TestRouterMissAsOllama(t *testing.T) {
 		{http.MethodGet, "/api/nothing-here", 404, "404 page not found", ""},
 		{http.MethodGet, "/api", 404, "404 page not found", ""},
 		{http.MethodGet, "/api/chat", 405, "405 method not allowed", "POST"},
-		{http.MethodPut, "/v1/models", 405, "405 method not allowed", "GET, HEAD"},
+		{http.MethodPut, "/v1/models", 405, "405 method not allowed", "GET"},
+		// HEAD on a GET route of Ollama's other than /, /api/version, /api/tags: it answered 200.
+		{http.MethodHead, "/api/ps", 405, "", "GET"},
+		{http.MethodHead, "/api/status", 405, "", "GET"},
+		{http.MethodHead, "/v1/models", 405, "", "GET"},
+		{http.MethodHead, "/v1/models/tiny-a", 405, "", "GET"},
+		{http.MethodHead, "/api/experimental/aliases", 405, "", "GET, POST, DELETE"},
+		{http.MethodPost, "/api/ps", 405, "405 method not allowed", "GET"},
+		{http.MethodHead, "/api/ps/", 404, "", ""},
 	} {
 		resp, out := b.request(t, c.method, c.path, nil)
 		if resp.StatusCode != c.status || string(out) != c.text || resp.Header.Get("Content-Type") != "text/plain" ||

@@ -102,6 +102,17 @@ func (e *ModelNotFoundError) messageFor(path string) string {
 // Is makes errors.Is(err, ErrModelNotFound) true.
 func (e *ModelNotFoundError) Is(target error) bool { return target == ErrModelNotFound }
 
+// statusOn is statusOf for a request to path: a model not found is worded as Ollama
+// words it there (messageFor). A NATS submit is a POST /jobs, and is worded as one.
+func statusOn(err error, path string) (int, string) {
+	status, msg := statusOf(err)
+	var notFound *ModelNotFoundError
+	if errors.As(err, &notFound) {
+		msg = notFound.messageFor(path)
+	}
+	return status, msg
+}
+
 // statusOf maps an error to the HTTP status and the message the client sees. It is the
 // only place that does so: over HTTP (writeError, in the route's shape) and over NATS
 // (the submit reply's status). Statuses that come from the target are data it carries
@@ -220,11 +231,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if errors.As(err, &unread) {
 		defer unread.readOut(w)
 	}
-	status, msg := statusOf(err)
-	var notFound *ModelNotFoundError
-	if errors.As(err, &notFound) {
-		msg = notFound.messageFor(r.URL.Path)
-	}
+	status, msg := statusOn(err, r.URL.Path)
 	args := []any{"method", r.Method, "path", r.URL.Path}
 	if id := w.Header().Get(HeaderJobID); id != "" {
 		// A queued call's job, which its answer names: the worker's lines say what it met.

@@ -6,13 +6,15 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
 // refuseBadFormat answers a native chat or generate call whose "format" Ollama can only
 // refuse (neither "json" nor a JSON object: `"JSON"`, `"yaml"`, `5`) with Ollama's own
-// words, as a 400, before a job is made. Ollama checks it only when it runs the
+// words, as a 400, before a job is made; and so an OpenAI chat whose response_format
+// Ollama's OpenAI layer turns into such a format (openAIChatFormat). Ollama checks it only when it runs the
 // completion, after it has loaded the model: the call answered 500 after its turn in the
 // queue, and the doomed job made the Mac swap models. Its rules are followed (v0.17.4
 // llm/server.go Completion): null and "" mean no format; a call that only loads the model
@@ -20,7 +22,8 @@ import (
 // its first completion without the format, and an image generation model's generate has
 // none, so those are left to Ollama, as is a model whose capabilities cannot be read.
 func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model string, in inference) error {
-	if kind != broker.KindChat && kind != broker.KindGenerate || formatTaken(in.format) || !in.completes {
+	chat := kind == broker.KindChat || kind == broker.KindOpenAIChat // Ollama's chat handler runs both
+	if !chat && kind != broker.KindGenerate || formatTaken(in.format) || !in.completes {
 		return nil // another route, a format Ollama takes, or a load: no completion
 	}
 	caps, err := s.capabilities(ctx, model)
@@ -30,10 +33,36 @@ func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model st
 		}
 		return nil
 	}
-	if (kind == broker.KindChat && slices.Contains(caps, "thinking")) || (kind == broker.KindGenerate && slices.Contains(caps, "image")) {
+	if (chat && slices.Contains(caps, "thinking")) || (kind == broker.KindGenerate && slices.Contains(caps, "image")) {
 		return nil
 	}
 	return badRequest(fmt.Sprintf("invalid format: %q; expected \"json\" or a valid JSON Schema object", clipInput(string(in.format))))
+}
+
+// openAIChatFormat is the format Ollama's OpenAI layer makes of a /v1/chat/completions
+// "response_format" (v0.17.4 openai.FromChatRequest): "json" for the type json_object,
+// the json_schema's "schema" as it came for json_schema (a schema that is no object,
+// `"yaml"` or `[]`, became Ollama's 500 after the model load), none otherwise. A value
+// Ollama's layer cannot decode is left to it (its own 400): none here.
+func openAIChatFormat(raw json.RawMessage) json.RawMessage {
+	var rf struct {
+		Type       string `json:"type"`
+		JSONSchema *struct {
+			Schema json.RawMessage `json:"schema"`
+		} `json:"json_schema"`
+	}
+	if len(raw) == 0 || json.Unmarshal(raw, &rf) != nil {
+		return nil
+	}
+	switch strings.ToLower(strings.TrimSpace(rf.Type)) {
+	case "json_object":
+		return json.RawMessage(`"json"`)
+	case "json_schema":
+		if rf.JSONSchema != nil {
+			return rf.JSONSchema.Schema
+		}
+	}
+	return nil
 }
 
 // nonEmpty decodes a "messages" or "prompt" member only as far as Ollama's load check

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
@@ -60,6 +61,72 @@ func TestAFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T) {
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"format":"yaml"}`},
 		{"/jobs", `{"kind":"chat","model":"tiny-a","messages":[{"role":"user","content":"hi"}], "format" : "json" }`},
 		{"/jobs", `{"kind":"chat","model":"tiny-a","messages":[ ],"format":"yaml"}`},
+	} {
+		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK && got.Status != http.StatusAccepted {
+			t.Errorf("%s %s: %d %s, want 200 (202 for /jobs)", c.path, c.body, got.Status, got.Body)
+		}
+	}
+}
+
+// On /v1/chat/completions Ollama's OpenAI layer makes the format of "response_format": a
+// json_schema's "schema" as it came. One that is no object (`"yaml"`, `[]`) reached
+// Ollama, which refused it only after loading the model, as a 500; it is a 400 in
+// Ollama's words (OpenAI's type for a bad request) before a job is made, over POST /jobs
+// too.
+func TestAnOpenAIResponseFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, withFake(ollamatest.WithModels(
+		ollamatest.Model{Name: "tiny-a"}, ollamatest.Model{Name: "thinker", Thinking: true})))
+	ctx := testCtx(t, 30*time.Second)
+	const msgs = `"messages":[{"role":"user","content":"hi"}]`
+	for _, c := range []struct{ path, body, want string }{
+		{"/v1/chat/completions", `{"model":"tiny-a",` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"name":"x","schema":"yaml"}}}`,
+			`invalid format: "\"yaml\""; expected "json" or a valid JSON Schema object`},
+		{"/v1/chat/completions", `{"model":"tiny-a",` + msgs + `,"stream":true,"response_format":{"type":" JSON_Schema ","json_schema":{"schema":[]}}}`,
+			`invalid format: "[]"; expected "json" or a valid JSON Schema object`},
+		{"/jobs", `{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"Response_Format":{"type":"json_schema","json_schema":{"schema":5}}}`,
+			`invalid format: "5"; expected "json" or a valid JSON Schema object`},
+	} {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		var msg string
+		if c.path == "/jobs" {
+			var e struct{ Error string }
+			_ = json.Unmarshal(got.Body, &e)
+			msg = e.Error
+		} else {
+			var e struct {
+				Error struct{ Message, Type string }
+			}
+			_ = json.Unmarshal(got.Body, &e)
+			if e.Error.Type != "invalid_request_error" {
+				t.Errorf("%s %s: error type %q, want invalid_request_error", c.path, c.body, e.Error.Type)
+			}
+			msg = e.Error.Message
+		}
+		if got.Status != http.StatusBadRequest || msg != c.want {
+			t.Errorf("%s %s: %d %s, want 400 %q", c.path, c.body, got.Status, got.Body, c.want)
+		}
+	}
+	for _, c := range b.Fake.Calls() {
+		if c.Method == http.MethodPost && c.Path != "/api/show" {
+			t.Errorf("a refused request reached the target: %+v", c)
+		}
+	}
+	if jobs, _, err := b.Broker.Store.List(ctx, broker.ListOptions{}); err != nil || len(jobs) != 0 {
+		t.Errorf("jobs after the refusals: %d, %v; want none", len(jobs), err)
+	}
+
+	// What Ollama's layer turns into a format it takes, or ignores, is queued as before.
+	for _, c := range []struct{ path, body string }{
+		{"/v1/chat/completions", `{"model":"tiny-a",` + msgs + `,"response_format":{"type":"json_object"}}`},
+		{"/v1/chat/completions", `{"model":"tiny-a",` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"object"}}}}`},
+		{"/v1/chat/completions", `{"model":"tiny-a",` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"schema":"json"}}}`},
+		{"/v1/chat/completions", `{"model":"tiny-a",` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"schema":null}}}`},
+		{"/v1/chat/completions", `{"model":"tiny-a",` + msgs + `,"response_format":{"type":"json_schema"}}`},
+		{"/v1/chat/completions", `{"model":"tiny-a",` + msgs + `,"response_format":{"type":"text","json_schema":{"schema":"yaml"}}}`},
+		{"/v1/chat/completions", `{"model":"thinker",` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"schema":"yaml"}}}`},
+		{"/api/chat", `{"model":"tiny-a","stream":false,` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"schema":"yaml"}}}`},
+		{"/jobs", `{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"format":"yaml"}`},
 	} {
 		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK && got.Status != http.StatusAccepted {
 			t.Errorf("%s %s: %d %s, want 200 (202 for /jobs)", c.path, c.body, got.Status, got.Body)

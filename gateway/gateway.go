@@ -311,7 +311,7 @@ func (s *Server) withoutTrailingSlash(r *http.Request) (string, bool) {
 	}
 	probe := r.Clone(r.Context())
 	probe.URL.Path, probe.URL.RawPath = trimmed, ""
-	if _, pattern := s.mux.Handler(probe); pattern == "/" || pattern == "" {
+	if _, pattern := s.mux.Handler(probe); pattern == "/" || pattern == "" || headRefused[pattern] {
 		return "", false
 	}
 	u := *probe.URL
@@ -341,7 +341,7 @@ func (s *Server) handleNotFound(w http.ResponseWriter, r *http.Request) {
 		}
 		probe := r.Clone(r.Context())
 		probe.Method = m
-		if _, pattern := s.mux.Handler(probe); pattern != "/" && pattern != "" {
+		if _, pattern := s.mux.Handler(probe); pattern != "/" && pattern != "" && !headRefused[pattern] {
 			allow = append(allow, m)
 		}
 	}

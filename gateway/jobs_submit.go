@@ -268,9 +268,11 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	for _, m := range kept {
 		var ne nonEmpty
 		switch {
-		case strings.EqualFold(m.key, "format"):
+		case strings.EqualFold(m.key, "format") && sub.kind != broker.KindOpenAIChat:
 			sub.inf.format = m.value
-		case strings.EqualFold(m.key, "messages") && sub.kind == broker.KindChat,
+		case strings.EqualFold(m.key, "response_format") && sub.kind == broker.KindOpenAIChat:
+			sub.inf.format = openAIChatFormat(m.value)
+		case strings.EqualFold(m.key, "messages") && (sub.kind == broker.KindChat || sub.kind == broker.KindOpenAIChat),
 			strings.EqualFold(m.key, "prompt") && sub.kind == broker.KindGenerate:
 			_ = ne.UnmarshalJSON(m.value) // never fails
 			sub.inf.completes = bool(ne)

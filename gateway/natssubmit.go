@@ -34,7 +34,7 @@ func (s *Server) answerSubmit(ctx context.Context, req broker.SubmitRequest) bro
 	defer cancel()
 	id, err := s.natsSubmit(ctx, req)
 	if err != nil {
-		status, msg := statusOf(err)
+		status, msg := statusOn(err, "/jobs") // the words POST /jobs answers
 		s.logFailure("nats submit failed", status, err)
 		return broker.SubmitReply{Error: msg, Status: status}
 	}

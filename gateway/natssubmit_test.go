@@ -244,3 +244,28 @@ func TestNATSSubmitRefusalQuotesLittleOfTheRequest(t *testing.T) {
 		}
 	}
 }
+
+// A NATS submit for a model the target lacks is refused in the words POST /jobs uses for
+// it, Ollama's chat and generate wording: it said the embedding routes' pull hint
+// (`model "ghost" not found, try pulling it first`), so a client that matched one
+// wording missed the other.
+func TestNATSSubmitModelNotFoundWordedAsHTTP(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	runNATSSubmit(t, b)
+	for _, body := range []string{
+		`{"model":"ghost","kind":"generate","prompt":"x"}`,
+		`{"model":"ghost","kind":"embed","input":"x"}`,
+	} {
+		resp, data := b.request(t, "POST", "/jobs", []byte(body))
+		var httpErr struct {
+			Error string `json:"error"`
+		}
+		if err := json.Unmarshal(data, &httpErr); err != nil || resp.StatusCode != 404 || httpErr.Error != "model 'ghost' not found" {
+			t.Fatalf("POST /jobs %s: %d %s", body, resp.StatusCode, data)
+		}
+		if got := natsSubmit(t, b, body); got.Status != 404 || got.Error != httpErr.Error || got.JobID != "" {
+			t.Errorf("NATS submit %s: %+v, want 404 %q as over HTTP", body, got, httpErr.Error)
+		}
+	}
+}

@@ -15,8 +15,12 @@ import (
 // None of them is queued: metadata and embeddings run concurrently with the worker's
 // job (ADR-0013), and model management is the operator's business.
 //
-// A "GET" pattern also answers HEAD, as Ollama does for /, /api/version and /api/tags.
+// A "GET" pattern also answers HEAD, as Ollama does for /, /api/version and /api/tags;
+// on its other GET routes Ollama's router answers HEAD 405 (headRefused).
 func (s *Server) ollamaRoutes(mux *http.ServeMux) {
+	for pattern := range headRefused {
+		mux.HandleFunc(pattern, s.refuseHead)
+	}
 	// inventory_routes.go: answered from the inventory or a live fetch.
 	mux.HandleFunc("GET /{$}", s.handleRoot)
 	mux.HandleFunc("GET /api/tags", s.handleTags)
@@ -45,6 +49,29 @@ func (s *Server) ollamaRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("DELETE /api/experimental/aliases", s.handleManage)
 	mux.HandleFunc("HEAD /api/blobs/{digest}", s.handleBlob)
 	mux.HandleFunc("POST /api/blobs/{digest}", s.handleBlob)
+}
+
+// headRefused are the HEAD patterns of Ollama's GET routes that its router (v0.17.4
+// server/routes.go: HEAD only for /, /api/version, /api/tags and /api/blobs) answers 405
+// "405 method not allowed", with Allow: GET. Each is a router miss (refuseHead), and no
+// route when the others' Allow or a trailing slash's redirect is worked out.
+var headRefused = map[string]bool{
+	"HEAD /api/ps":                   true,
+	"HEAD /api/status":               true,
+	"HEAD /api/experimental/aliases": true,
+	"HEAD /v1/models":                true,
+	"HEAD /v1/models/{model...}":     true,
+}
+
+// refuseHead answers HEAD on a GET route of Ollama's that takes none, as its router does:
+// 405 with Allow, or 404 for a path with a trailing slash (the one-model route's
+// wildcard takes "/v1/models/x/", Ollama's one-segment :model does not).
+func (s *Server) refuseHead(w http.ResponseWriter, r *http.Request) {
+	if strings.HasSuffix(r.URL.Path, "/") {
+		writeRouterMiss(w, http.StatusNotFound, "404 page not found")
+		return
+	}
+	s.handleNotFound(w, r)
 }
 
 // relayBodyless relays a GET or HEAD to the same path on the target.

@@ -80,12 +80,14 @@ type inference struct {
 // without a model.
 func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	var req struct {
-		Model    string             `json:"model"`
-		Stream   *bool              `json:"stream"`
-		Options  broker.LoadOptions `json:"options"`
-		Format   json.RawMessage    `json:"format"`
-		Messages nonEmpty           `json:"messages"`
-		Prompt   nonEmpty           `json:"prompt"`
+		Model   string             `json:"model"`
+		Stream  *bool              `json:"stream"`
+		Options broker.LoadOptions `json:"options"`
+		Format  json.RawMessage    `json:"format"`
+		// ResponseFormat is /v1/chat/completions' (kept raw: other routes ignore it).
+		ResponseFormat json.RawMessage `json:"response_format"`
+		Messages       nonEmpty        `json:"messages"`
+		Prompt         nonEmpty        `json:"prompt"`
 	}
 	if err := decodeObject(body, &req, ""); err != nil {
 		return inference{}, err
@@ -111,6 +113,9 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	}
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token(),
 		format: req.Format, completes: kind == broker.KindChat && bool(req.Messages) || kind == broker.KindGenerate && bool(req.Prompt)}
+	if kind == broker.KindOpenAIChat {
+		in.format, in.completes = openAIChatFormat(req.ResponseFormat), bool(req.Messages)
+	}
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
 	} else if err := req.Options.Refused(); err != nil {

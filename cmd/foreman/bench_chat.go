@@ -102,15 +102,15 @@ func (b *chatBench) run(cmd *cobra.Command, e *env) error {
 		return err
 	}
 	token := pick(b.f.token, e, "FOREMAN_TOKEN", "")
-	direct := &chatSide{name: "direct", url: strings.TrimRight(b.direct, "/") + "/api/chat", hc: keepAliveClient(1)}
-	sides := []*chatSide{{name: "foreman", url: strings.TrimRight(b.f.baseURL(e), "/") + "/api/chat", token: token, hc: keepAliveClient(1)}}
+	direct := &chatSide{name: "direct", role: "straight to Ollama", url: strings.TrimRight(b.direct, "/") + "/api/chat", hc: keepAliveClient(1)}
+	sides := []*chatSide{{name: "foreman", role: "through foreman", url: strings.TrimRight(b.f.baseURL(e), "/") + "/api/chat", token: token, hc: keepAliveClient(1)}}
 	for _, u := range b.also {
 		var base string
 		if err := httpURL(&base)(u); err != nil {
 			return fmt.Errorf("--also %q: %w", ollama.RedactURL(u), err)
 		}
 		// Named, in errors and the report, without the credentials its URL may carry.
-		sides = append(sides, &chatSide{name: ollama.RedactURL(base), url: base + "/api/chat", token: token, hc: keepAliveClient(1)})
+		sides = append(sides, &chatSide{name: ollama.RedactURL(base), role: "through --also foreman", url: base + "/api/chat", token: token, hc: keepAliveClient(1)})
 	}
 	sides = append(sides, direct)
 	ctx := cmd.Context()
@@ -125,7 +125,9 @@ func (b *chatBench) run(cmd *cobra.Command, e *env) error {
 			}
 			d, err := s.time(ctx, body, b.stream)
 			if err != nil {
-				return fmt.Errorf("%s: %w", s.name, err)
+				// The error names the URL; the role says which side it is. (The side's
+				// name, "foreman", made the CLI say "foreman: foreman: ...".)
+				return fmt.Errorf("chat %s: %w", s.role, err)
 			}
 			if i >= b.warmup {
 				s.took = append(s.took, d)
@@ -205,9 +207,10 @@ func (r chatReport) print(w io.Writer) error {
 
 // chatSide is one end of the comparison and the times taken there.
 type chatSide struct {
-	name, url, token string
-	hc               *http.Client
-	took             []time.Duration
+	// name is the side in the report; role says it in an error ("through foreman").
+	name, role, url, token string
+	hc                     *http.Client
+	took                   []time.Duration
 }
 
 // time sends one chat and returns the time to its whole answer, or to the first byte of

@@ -82,6 +82,17 @@ func TestBench(t *testing.T) {
 			t.Errorf("the target got %d chats, want 12 (4 direct, 4 through each foreman)", chats)
 		}
 	})
+	// A side that refuses is named once, by its role and URL: the error said
+	// "foreman: foreman: http://...", the CLI's prefix then the side's name.
+	t.Run("chat error names its side", func(t *testing.T) {
+		t.Parallel()
+		bad := map[string]string{"FOREMAN_URL": vars["FOREMAN_URL"], "FOREMAN_TOKEN": "wrong"}
+		r := runCLI(t, bad, nil, nil, "bench", "chat", "--direct", fake.URL, "-m", "tiny-a", "-n", "1", "--warmup", "0")
+		want := "foreman: chat through foreman: " + vars["FOREMAN_URL"] + "/api/chat: 401 "
+		if r.code == 0 || !strings.HasPrefix(r.stderr, want) {
+			t.Errorf("exit %d, stderr %q; want it to start %q", r.code, r.stderr, want)
+		}
+	})
 	t.Run("chat hides credentials", func(t *testing.T) {
 		t.Parallel()
 		refusing := ollamatest.New(t)

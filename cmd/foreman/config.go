@@ -194,7 +194,7 @@ func (c *serveConfig) settings() []*setting {
 			c.StreamBuffer = n
 			return nil
 		}},
-		{env: "FOREMAN_SYNC_OUTAGE_WAIT", flag: "sync-outage-wait", def: durationDefault(app.DefaultSyncOutageWait), usage: "longest a chat or generate call waits while Ollama is unreachable; then its job is canceled (502). Also how long the worker keeps an attempt Ollama leaves silent while it answers no poll, before retrying it (on another Mac with the model)", parse: dur(&c.SyncOutageWait)},
+		{env: "FOREMAN_SYNC_OUTAGE_WAIT", flag: "sync-outage-wait", def: minutesDefault(app.DefaultSyncOutageWait), usage: "longest a chat or generate call waits while Ollama is unreachable; then its job is canceled (502). Also how long the worker keeps an attempt Ollama leaves silent while it answers no poll, before retrying it (on another Mac with the model)", parse: dur(&c.SyncOutageWait)},
 		// Priority classes and programs.
 		{env: "FOREMAN_AUTH_TOKENS", flag: "auth-tokens", usage: "named bearer tokens, name:token,...: each is accepted and its name is the caller's program (excludes FOREMAN_AUTH_TOKEN)", parse: func(v string) error {
 			ts, err := gateway.ParseAuthTokens(v)
@@ -206,7 +206,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_SYNC_PRIORITY", flag: "sync-priority", def: "high", usage: "priority of Ollama/OpenAI chat and generate calls without X-Foreman-Priority", parse: priority(&c.SyncPriority)},
 		{env: "FOREMAN_JOBS_PRIORITY", flag: "jobs-priority", def: "normal", usage: "priority of /jobs and NATS submits that name none", parse: priority(&c.JobsPriority)},
 		// Several Macs on one NATS (ADR-0029).
-		{env: "FOREMAN_TARGET_NAME", flag: "target-name", def: app.DefaultTargetName(), usage: "name of this foreman's Ollama among those sharing the NATS (default: the host name)", parse: targetName(&c.TargetName)},
+		{env: "FOREMAN_TARGET_NAME", flag: "target-name", usage: "name of this foreman's Ollama among those sharing the NATS (default: the host name)", parse: targetName(&c.TargetName)},
 	}
 }
 
@@ -279,6 +279,15 @@ func durationDefault(d time.Duration) string {
 		return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
 	}
 	return strconv.FormatInt(int64(d/time.Second), 10) + "s"
+}
+
+// minutesDefault shows a default of whole minutes in minutes ("1m"), for a setting the
+// docs write so where durationDefault would write seconds ("60s").
+func minutesDefault(d time.Duration) string {
+	if d%time.Minute != 0 || d%time.Hour == 0 {
+		return durationDefault(d)
+	}
+	return strconv.FormatInt(int64(d/time.Minute), 10) + "m"
 }
 
 // hostPort accepts host:port with a port number from 0 to 65535 (0 picks a free port),
@@ -514,6 +523,10 @@ func resolve(fs *pflag.FlagSet, set []*setting, getenv func(string) string) erro
 }
 
 func (c *serveConfig) finish() error {
+	if c.TargetName == "" {
+		// Filled here, not as the flag's default: the help says "the host name" once.
+		c.TargetName = app.DefaultTargetName()
+	}
 	if err := c.finishMaxWait(); err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 )
 
 // TestEnvExampleListsEverySetting keeps deploy/.env.example and the README's table true to
@@ -29,7 +28,9 @@ func TestEnvExampleListsEverySetting(t *testing.T) {
 
 // TestDocumentedDefaultsAreServes keeps the defaults the README's settings table and
 // deploy/.env.example show equal to those serve really uses (its flags' defaults): an
-// operator who leaves a setting out gets what the docs say. A default cell that is one
+// operator who leaves a setting out gets what the docs say. They are compared as written,
+// not as durations: `serve --help` shows the flag's default, and said "60s" where the
+// docs said "1m". A default cell that is one
 // value in backticks is a claim; one in words ("off", "host name", "4 × ...") is read by
 // people only, and then the flag must have no fixed default of its own to contradict it.
 func TestDocumentedDefaultsAreServes(t *testing.T) {
@@ -44,16 +45,13 @@ func TestDocumentedDefaultsAreServes(t *testing.T) {
 	}
 	table := readmeSettingDefaults(t, string(readme))
 	for _, s := range (&serveConfig{}).settings() {
-		if s.env == "FOREMAN_TARGET_NAME" {
-			continue // the host name: its flag shows this machine's
-		}
 		cell, ok := table[s.env]
 		if !ok {
 			t.Errorf("README: the settings table has no row for %s", s.env)
 			continue
 		}
 		if v, claim := backticked(cell); claim {
-			if !sameSetting(v, s.def) {
+			if v != s.def {
 				t.Errorf("README: the settings table says %s defaults to %q; serve's is %q", s.env, v, s.def)
 			}
 		} else if s.def != "" && !strings.Contains(cell, "`"+s.def+"`") {
@@ -65,7 +63,7 @@ func TestDocumentedDefaultsAreServes(t *testing.T) {
 		// .env.example shows each setting as a commented line with its value.
 		for _, line := range strings.Split(string(example), "\n") {
 			v, found := strings.CutPrefix(strings.TrimPrefix(line, "#"), s.env+"=")
-			if found && v != "" && !sameSetting(v, s.def) {
+			if found && v != "" && v != s.def {
 				t.Errorf("deploy/.env.example: %s=%s, but serve's default is %q", s.env, v, s.def)
 			}
 		}
@@ -105,13 +103,23 @@ func backticked(cell string) (string, bool) {
 	return cell[1 : len(cell)-1], true
 }
 
-// sameSetting says whether two spellings of a value are the same setting: equal, or the
-// same duration ("1m" and "60s").
-func sameSetting(a, b string) bool {
-	if a == b {
-		return true
+// A flag's help states its default once: in its usage, in words, for a default that
+// depends on the machine or on other settings, else as pflag's (default "..."). The
+// target name's said "(default: the host name) ... (default "vm")".
+func TestServeHelpStatesEachDefaultOnce(t *testing.T) {
+	t.Parallel()
+	for _, s := range (&serveConfig{}).settings() {
+		if s.def != "" && strings.Contains(s.usage, "(default") {
+			t.Errorf("--%s: its usage says %q and its flag's default is %q", s.flag, s.usage, s.def)
+		}
 	}
-	da, errA := time.ParseDuration(a)
-	db, errB := time.ParseDuration(b)
-	return errA == nil && errB == nil && da == db
+	r := runCLI(t, nil, nil, nil, "serve", "--help")
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.Count(line, "(default") > 1 {
+			t.Errorf("serve --help states a default twice: %s", line)
+		}
+	}
+	if !strings.Contains(r.stdout, "[FOREMAN_SYNC_OUTAGE_WAIT] (default \"1m\")") {
+		t.Errorf("serve --help does not show FOREMAN_SYNC_OUTAGE_WAIT's default as the docs write it, 1m:\n%s", r.stdout)
+	}
 }

@@ -95,10 +95,10 @@ func fakeForeman(t *testing.T, token string) string {
 			{"id":"01JGJ4Q2R0000000000000000B","kind":"generate","model":"qwen2.5:0.5b","state":"working","attempts":2,"created_at":"2025-01-02T02:58:05Z","started_at":"2025-01-02T03:03:05Z","finished_at":null,"error":"","result":null,"artifacts":[]},
 			{"id":"01JGJ4Q2R0000000000000000A","kind":"chat","model":"llama3.2","state":"done","attempts":1,"created_at":"2024-12-31T01:04:05Z","started_at":"2024-12-31T01:04:06Z","finished_at":"2024-12-31T01:04:09Z","error":"","result":null,"artifacts":[{"name":"result.json","content_type":"application/json","size":321,"url":"/jobs/01JGJ4Q2R0000000000000000A/artifacts/result.json"}]}],
 			"next_cursor":""}`,
-		"GET /jobs/01JGJ4Q2R0000000000000000A": `{"id":"01JGJ4Q2R0000000000000000A","kind":"chat","model":"llama3.2","state":"done","attempts":1,"created_at":"2024-12-31T01:04:05Z","started_at":"2024-12-31T01:04:06Z","finished_at":"2024-12-31T01:04:09Z","error":"",
+		"GET /jobs/01JGJ4Q2R0000000000000000A": `{"id":"01JGJ4Q2R0000000000000000A","kind":"chat","model":"llama3.2","state":"done","attempts":1,"priority":"low","program":"etl","created_at":"2024-12-31T01:04:05Z","started_at":"2024-12-31T01:04:06Z","finished_at":"2024-12-31T01:04:09Z","error":"",
 			"result":{"model":"llama3.2","created_at":"2024-12-31T01:04:09Z","message":{"role":"assistant","content":"The sky is blue because of Rayleigh scattering."},"done":true,"done_reason":"stop"},
 			"artifacts":[{"name":"result.json","content_type":"application/json","size":321,"data":"{}"}]}`,
-		"GET /jobs/01JGJ4Q2R0000000000000000Z": `{"id":"01JGJ4Q2R0000000000000000Z","kind":"chat","model":"tiny-embed","state":"failed","attempts":1,"created_at":"2025-01-02T03:03:05Z","started_at":"2025-01-02T03:03:06Z","finished_at":"2025-01-02T03:03:06Z","error":"\"tiny-embed\" does not support chat","result":null,"artifacts":[]}`,
+		"GET /jobs/01JGJ4Q2R0000000000000000Z": `{"id":"01JGJ4Q2R0000000000000000Z","kind":"chat","model":"tiny-embed","state":"failed","attempts":1,"priority":"high","program":"","created_at":"2025-01-02T03:03:05Z","started_at":"2025-01-02T03:03:06Z","finished_at":"2025-01-02T03:03:06Z","error":"\"tiny-embed\" does not support chat","result":null,"artifacts":[]}`,
 	}
 	mux := http.NewServeMux()
 	for pattern, body := range routes {

@@ -118,6 +118,10 @@ func printJob(w io.Writer, j *client.Job, now time.Time) error {
 	fmt.Fprintf(tw, "Kind:\t%s\n", termSafe(string(j.Kind)))
 	fmt.Fprintf(tw, "Model:\t%s\n", termSafe(j.Model))
 	fmt.Fprintf(tw, "State:\t%s\n", termSafe(string(j.State)))
+	if j.Priority != "" { // a foreman from before priorities sends none
+		fmt.Fprintf(tw, "Priority:\t%s\n", termSafe(j.Priority))
+	}
+	fmt.Fprintf(tw, "Program:\t%s\n", programName(j.Program))
 	fmt.Fprintf(tw, "Attempts:\t%d\n", j.Attempts)
 	if j.Runner != "" || j.RunnerGone {
 		fmt.Fprintf(tw, "Runner:\t%s\n", runnerText(j.Runner, j.RunnerGone))

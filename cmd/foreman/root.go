@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -49,37 +50,69 @@ func run(e *env, args []string) int {
 	if base == nil {
 		base = context.Background()
 	}
-	ctx, stopNow, stop := interrupts(base)
+	ctx, stopNow, caught, stop := interrupts(base)
 	defer stop()
 	e.stopNow = stopNow
-	if err := root.ExecuteContext(ctx); err != nil {
+	cmd, err := root.ExecuteContextC(ctx)
+	if err != nil {
 		fmt.Fprintln(e.stderr, "foreman: "+strings.TrimSpace(err.Error()))
-		return 1
+		return exitCode(cmd, caught())
 	}
 	return 0
+}
+
+// handlesSignals marks a command (serve) whose exit status after SIGINT or SIGTERM is
+// its own: a stop is its normal end (0), a shutdown cut short a failure (1).
+const handlesSignals = "foreman/handles-signals"
+
+// exitCode is the status of a command that failed after sig (nil: none was caught):
+// 128 + the signal's number for a command that a SIGINT or SIGTERM interrupted, as
+// shells expect of an interrupted command (130 after Ctrl-C), so that a script tells an
+// interrupt from the command's own failure; else 1.
+func exitCode(cmd *cobra.Command, sig os.Signal) int {
+	if s, ok := sig.(syscall.Signal); ok && (cmd == nil || cmd.Annotations[handlesSignals] == "") {
+		return 128 + int(s)
+	}
+	return 1
 }
 
 // interrupts is base, ended by the first SIGINT or SIGTERM, and a channel closed by the
 // second: an operator who stops foreman and then, seeing the shutdown wait for a
 // running job, presses Ctrl-C again means "now". A third is no longer caught: it ends
 // the process at once, as Go does by default, should the shutdown cut short hang all the
-// same (a store's disk that stalls). stop ends the watch.
-func interrupts(base context.Context) (context.Context, <-chan struct{}, func()) {
+// same (a store's disk that stalls). caught is the signal that ended ctx, nil before
+// one; stop ends the watch.
+func interrupts(base context.Context) (context.Context, <-chan struct{}, func() os.Signal, func()) {
 	ctx, cancel := context.WithCancel(base)
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	now, done := make(chan struct{}), make(chan struct{})
+	var (
+		mu    sync.Mutex
+		first os.Signal
+	)
+	caught := func() os.Signal {
+		mu.Lock()
+		defer mu.Unlock()
+		return first
+	}
+	end := func(sig os.Signal) {
+		mu.Lock()
+		first = sig
+		mu.Unlock()
+		cancel()
+	}
 	go func() {
-		for _, step := range []func(){cancel, func() { signal.Stop(sigs); close(now) }} {
+		for _, step := range []func(os.Signal){end, func(os.Signal) { signal.Stop(sigs); close(now) }} {
 			select {
-			case <-sigs:
-				step()
+			case sig := <-sigs:
+				step(sig)
 			case <-done:
 				return
 			}
 		}
 	}()
-	return ctx, now, func() {
+	return ctx, now, caught, func() {
 		signal.Stop(sigs)
 		close(done)
 		cancel()

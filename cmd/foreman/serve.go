@@ -21,7 +21,8 @@ func newServeCmd(e *env) *cobra.Command {
 		Short: "Run foreman: the HTTP gateway, the worker and the embedded NATS server",
 		Long: "Run foreman. Every flag can also be set by its FOREMAN_* environment variable (shown in brackets);\n" +
 			"a flag beats the variable.",
-		Args: cobra.NoArgs,
+		Args:        cobra.NoArgs,
+		Annotations: map[string]string{handlesSignals: "yes"},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := resolve(cmd.Flags(), set, e.getenv); err != nil {
 				return err

@@ -73,7 +73,7 @@ func TestThirdStopEndsTheProcess(t *testing.T) {
 // interruptsChild watches for interrupts as run does, says what it has seen, and after
 // the second waits on its standard input, as a shutdown that hangs.
 func interruptsChild() {
-	ctx, now, stop := interrupts(context.Background())
+	ctx, now, _, stop := interrupts(context.Background())
 	defer stop()
 	fmt.Println("watching")
 	<-ctx.Done()
