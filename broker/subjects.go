@@ -85,6 +85,15 @@ func TokenValid(token string) bool {
 	return err == nil
 }
 
+// LaterQueueKey reports whether token is the queue key of a later foreman: a model
+// token this build reads (its first part), and after it a form this build does not make
+// (a class, a dimension it does not know: ParseQueueKey refuses it). Its jobs are that
+// foreman's to run (ADR-0099).
+func LaterQueueKey(token string) bool {
+	model, _, _ := strings.Cut(token, ".")
+	return modelTokenValid(model) && !TokenValid(token)
+}
+
 // modelTokenValid reports whether token is one ModelToken makes, or made in an earlier
 // foreman: the lower-case base32 of a normalized model name. The normal form changed
 // (f24b732: "library/llama3" is "llama3:latest" now, no longer "library/llama3:latest"),
