@@ -171,7 +171,15 @@ func (w *Worker) settleLaterJob(ctx context.Context, p broker.Pending, model, su
 		}
 		j.State, j.Error = broker.StateFailed, why
 	})
-	if err != nil && !errors.Is(err, errEnded) && !errors.Is(err, broker.ErrNotFound) {
+	switch {
+	case errors.Is(err, broker.ErrIllegalTransition):
+		// A state of the later foreman's too: not this one's to end. The expiry does
+		// not end it either; JetStream drops it at the job TTL.
+		log.Warn("job of a later foreman's queue key in a state this foreman cannot end; left", "err", err)
+		return laterLeft
+	case errors.Is(err, errEnded), errors.Is(err, broker.ErrNotFound):
+		return remove(true) // ended meanwhile, or gone
+	case err != nil:
 		log.Warn("end a job of a later foreman's queue key", "err", err)
 		return laterUnread
 	}
