@@ -52,6 +52,9 @@ func FuzzModelToken(f *testing.F) {
 		if err != nil || back != norm {
 			t.Fatalf("ModelFromToken(ModelToken(%q)) = %q, %v; want %q", name, back, err, norm)
 		}
+		if !broker.TokenValid(token) || !broker.ModelOnToken(name, token) {
+			t.Fatalf("ModelToken(%q) = %q is not valid, or not the model's", name, token)
+		}
 		if got, ok := broker.TokenFromSubject(broker.QueueSubject(token)); !ok || got != token {
 			t.Fatalf("queue subject of %q does not give its token back", name)
 		}

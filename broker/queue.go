@@ -347,7 +347,7 @@ func (d *Lease) check(bodyRef string) error {
 		return fmt.Errorf("%w: %w", ErrUnusable, err)
 	}
 	key, _ := ParseQueueKey(d.Token)
-	if t, err := ModelToken(d.Model); err != nil || t != key.Model {
+	if !ModelOnToken(d.Model, key.Model) {
 		return fmt.Errorf("%w: model %q does not belong on %s", ErrUnusable, d.Model, QueueSubject(d.Token))
 	}
 	if bodyRef != "" && bodyRef != bodyRefOf(d.JobID) {

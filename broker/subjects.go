@@ -85,14 +85,50 @@ func TokenValid(token string) bool {
 	return err == nil
 }
 
-// modelTokenValid reports whether token is one ModelToken makes.
+// LaterQueueKey reports whether token is the queue key of a later foreman: a model
+// token this build reads (its first part), and after it a form this build does not make
+// (a class, a dimension it does not know: ParseQueueKey refuses it). Its jobs are that
+// foreman's to run (ADR-0099).
+func LaterQueueKey(token string) bool {
+	model, _, _ := strings.Cut(token, ".")
+	return modelTokenValid(model) && !TokenValid(token)
+}
+
+// modelTokenValid reports whether token is one ModelToken makes, or made in an earlier
+// foreman: the lower-case base32 of a normalized model name. The normal form changed
+// (f24b732: "library/llama3" is "llama3:latest" now, no longer "library/llama3:latest"),
+// so a job queued before an upgrade may wait on a token this build would not make for
+// its model; taken for a subject of no model, its jobs were removed unrun (ADR-0099).
 func modelTokenValid(token string) bool {
-	model, err := ModelFromToken(token)
+	b, err := tokenEncoding.DecodeString(strings.ToUpper(token))
 	if err != nil {
 		return false
 	}
+	name := string(b)
+	if name == "" || len(name) > maxModelLen || name != strings.ToLower(strings.TrimSpace(name)) {
+		return false
+	}
+	_, err = ModelToken(name)
+	return err == nil && strings.ToLower(tokenEncoding.EncodeToString(b)) == token
+}
+
+// ModelOnToken reports whether the jobs of model belong on model token token: the token
+// ModelToken makes of it, or an earlier foreman's token of a name this build normalizes
+// as it does model (modelTokenValid).
+func ModelOnToken(model, token string) bool {
 	t, err := ModelToken(model)
-	return err == nil && t == token
+	if err != nil {
+		return false
+	}
+	if t == token {
+		return true
+	}
+	if !modelTokenValid(token) {
+		return false
+	}
+	name, _ := ModelFromToken(token)
+	now, err := ModelToken(name)
+	return err == nil && now == t
 }
 
 // ErrBadModel is returned for a model name that cannot be queued.
@@ -127,11 +163,15 @@ func ModelToken(model string) (string, error) {
 	return strings.ToLower(tokenEncoding.EncodeToString([]byte(n))), nil
 }
 
-// ModelFromToken reverses ModelToken; it yields the normalized name.
+// ModelFromToken reverses ModelToken; it yields the name normalized as this build does,
+// also from an earlier foreman's token (modelTokenValid).
 func ModelFromToken(token string) (string, error) {
 	b, err := tokenEncoding.DecodeString(strings.ToUpper(token))
 	if err != nil {
 		return "", fmt.Errorf("%w: bad token %q", ErrBadModel, token)
+	}
+	if n := ollama.NormalizeModel(string(b)); n != "" {
+		return n, nil
 	}
 	return string(b), nil
 }

@@ -1,6 +1,7 @@
 package broker_test
 
 import (
+	"encoding/base32"
 	"strings"
 	"testing"
 
@@ -100,6 +101,22 @@ func TestTokenValid(t *testing.T) {
 	for _, bad := range []string{"", "zzz1", strings.ToUpper(tok), tok + "a", "x.y"} {
 		if broker.TokenValid(bad) {
 			t.Errorf("TokenValid(%q) = true", bad)
+		}
+	}
+	// A foreman before f24b732 normalized "library/llama3" to "library/llama3:latest",
+	// this one to "llama3:latest": the earlier token is still the model's (ADR-0099).
+	earlier := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString([]byte("library/llama3:latest")))
+	now, _ := broker.ModelToken("llama3")
+	if earlier == now || !broker.TokenValid(earlier) || !broker.ModelOnToken("library/llama3", earlier) ||
+		!broker.ModelOnToken("llama3", earlier) || broker.ModelOnToken("llama3.2", earlier) {
+		t.Errorf("the earlier token %q of library/llama3 is not read as that model's", earlier)
+	}
+	if m, err := broker.ModelFromToken(earlier); err != nil || m != "llama3:latest" {
+		t.Errorf("ModelFromToken(earlier) = %q, %v; want today's name llama3:latest", m, err)
+	}
+	for _, bad := range []string{"Library/llama3:latest", " llama3:latest"} {
+		if tok := strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString([]byte(bad))); broker.TokenValid(tok) {
+			t.Errorf("token of %q, which no foreman's normal form gives, is valid", bad)
 		}
 	}
 }

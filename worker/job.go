@@ -1229,10 +1229,11 @@ func (w *Worker) purge(ctx context.Context, token string) {
 	w.log.Warn("queue messages of no model removed", "subject", broker.QueueSubject(token))
 }
 
+// sameModel reports whether model's jobs belong on queue token (an earlier foreman's
+// token of the model's name included, broker.ModelOnToken).
 func sameModel(model, token string) bool {
-	t, err := broker.ModelToken(model)
-	k, kerr := broker.ParseQueueKey(token)
-	return err == nil && kerr == nil && t == k.Model
+	k, err := broker.ParseQueueKey(token)
+	return err == nil && broker.ModelOnToken(model, k.Model)
 }
 
 // finish acks a job that reached its end, with time of its own: the terminal write

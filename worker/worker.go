@@ -91,6 +91,10 @@ type Worker struct {
 	// written is what the worker last wrote of each running attempt's record.
 	written writtenRecs
 
+	// laterLooks is the last look at each later foreman's queue key (laterkey.go). Only
+	// the Run loop uses it.
+	laterLooks map[string]laterLook
+
 	// The queue view (view.go): a copy of the queue's headers, the learned durations and
 	// the last view computed.
 	backlog *broker.Backlog
@@ -126,6 +130,7 @@ func New(cfg Config) (*Worker, error) {
 		served:     map[string]uint64{},
 		runnerOpts: map[string]string{},
 		finishing:  map[string]bool{},
+		laterLooks: map[string]laterLook{},
 		backlog:    cfg.Store.Backlog(),
 		times:      newDurations(),
 		stopping:   make(chan struct{}),
@@ -546,6 +551,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	if err != nil || len(heads) == 0 {
 		return nil, false, err
 	}
+	heads = w.laterKeys(ctx, heads)
 	heads = w.waiting(ctx, heads)
 	w.pruneResume(heads)
 	if heads = w.runnable(ctx, heads); len(heads) == 0 {
