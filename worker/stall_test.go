@@ -12,7 +12,9 @@ import (
 )
 
 // Limits small enough for a test, large enough that the fake's answers never hit them,
-// on a loaded machine too.
+// on a loaded machine too: a test whose one attempt stalls and whose next must finish
+// uses them, since a limit of a few hundred milliseconds also bounds the gaps between the
+// next attempt's frames, which a loaded machine makes that long on its own.
 const (
 	testFirstByte = time.Second
 	testIdle      = time.Second
