@@ -328,7 +328,9 @@ func TestCancelReadsTheQueueFromTheJobOn(t *testing.T) {
 // them.
 func newJobBehind(t *testing.T, ahead int) (*brokertest.Bundle, *broker.Job) {
 	t.Helper()
-	b := newResubmitBundle(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = 100 * time.Millisecond }))
+	// A short window keeps the wait for the grace short; each write (here a try has the
+	// whole window) fits a second on a loaded machine, not 100 ms.
+	b := newResubmitBundle(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = time.Second }))
 	for range ahead {
 		submit(t, b.Store, "m", `{"model":"m","x":"`+strings.Repeat("b", 16<<10)+`"}`)
 	}

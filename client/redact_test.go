@@ -2,25 +2,20 @@ package client_test
 
 import (
 	"errors"
-	"net"
 	"strings"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // A password or token in foreman's URL or NATS URL shows in no error of the client.
 func TestErrorsHideURLCredentials(t *testing.T) {
 	t.Parallel()
 	const password = "s3cret"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close()
+	closed := ollamatest.ClosedAddr(t)
 
 	var errs []error
 	for _, base := range []string{"http://user:" + password + "@" + closed, "http://" + password + "@" + closed} {
@@ -37,7 +32,7 @@ func TestErrorsHideURLCredentials(t *testing.T) {
 		_, err = c.Job(testCtx(t), "01JABCDEFGHJKMNPQRSTVWXYZ0")
 		errs = append(errs, err)
 	}
-	_, err = client.New("ftp://user:" + password + "@host")
+	_, err := client.New("ftp://user:" + password + "@host")
 	errs = append(errs, err)
 	_, err = client.New("http://127.0.0.1:8080", client.WithNATSURL("nats://app:"+password+"@"+closed))
 	errs = append(errs, err)

@@ -263,16 +263,7 @@ func TestHTTPErrorPlainBody(t *testing.T) {
 }
 
 // closedAddr is a loopback address nothing listens on: a call to it is refused.
-func closedAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+func closedAddr(t *testing.T) string { return ollamatest.ClosedAddr(t) }
 
 func TestConnectionRefused(t *testing.T) {
 	t.Parallel()

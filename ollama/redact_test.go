@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/url"
 	"strings"
@@ -210,12 +209,7 @@ func (b *lockedBuffer) String() string {
 func TestErrorsNeverShowThePassword(t *testing.T) {
 	t.Parallel()
 	const password = "s3cret"
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close()
+	closed := ollamatest.ClosedAddr(t)
 	fake := ollamatest.New(t)
 	fake.SetDown(true)
 	var logs lockedBuffer

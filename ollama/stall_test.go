@@ -73,14 +73,48 @@ func TestStreamHeadersWithoutBodyIsFirstByteStall(t *testing.T) {
 	wantStall(t, err, true, 30*time.Millisecond)
 }
 
+// The idle limit runs on the watchdog's clock, moved only once the second frame is in:
+// on the wall clock, a gap of the limit between the fake's first two frames (a loaded
+// machine) ended the call after one.
 func TestStreamIdleTimeout(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	c := newClient(t, fake.URL)
 	fake.FailNext(1, ollamatest.StallMidStream)
+	clk := ollama.NewFakeClock()
 	var frames int
-	_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error { frames++; return nil },
-		ollama.FirstByteTimeout(time.Hour), ollama.IdleTimeout(500*time.Millisecond)) // a gap between the frames on a loaded machine is no stall
+	second := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error {
+			if frames++; frames == 2 {
+				close(second)
+			}
+			return nil
+		}, ollama.FirstByteTimeout(time.Hour), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
+		errc <- err
+	}()
+	var err error
+	select {
+	case <-second:
+	case err = <-errc:
+		t.Fatalf("the call ended before its second frame: %v", err)
+	}
+	// The limit starts over as the second frame's callback returns: the clock moves on by
+	// the limit until the call ends, so the limit runs out once after that.
+	ctx := testCtx(t)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for waiting := true; waiting; {
+		select {
+		case err = <-errc:
+			waiting = false
+		case <-tick.C:
+			clk.Advance(500 * time.Millisecond)
+		case <-ctx.Done():
+			t.Fatal("the stalled call never ended")
+		}
+	}
 	wantStall(t, err, false, 500*time.Millisecond)
 	if got := err.Error(); got != "target stalled: no data for 500ms" {
 		t.Errorf("message %q", got)

@@ -122,7 +122,7 @@ func TestRunnerHungMidNonStreamedAnswerIsGivenUpAtTheIdleLimit(t *testing.T) {
 		})})
 		j := tb.submit(t, "tiny-a", tt.kind, tt.body)
 		states := watchStates(t, tb.b.Conn, j.ID)
-		tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: 200 * time.Millisecond, NonStreamTimeout: time.Hour})
+		tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: testIdle, NonStreamTimeout: time.Hour})
 		rec := tb.waitState(t, j.ID, broker.StateDone)
 		if rec.Attempt != 2 {
 			t.Errorf("%s: done at attempt %d, want 2", tt.kind, rec.Attempt)

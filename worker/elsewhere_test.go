@@ -69,7 +69,7 @@ func TestJobGivenUpForAStallRunsOnAnotherMac(t *testing.T) {
 
 	idle := make(chan struct{}, 1)
 	cfgA := worker.WithOnIdle(worker.Config{
-		StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour,
+		StreamIdleTimeout: testIdle, MaxWait: time.Hour,
 		// No Runs: Mac B has taken its tiny-b job already, and none other comes.
 		// Mac B's entry: live, reachable, with tiny-a.
 		Elsewhere: func(_ context.Context, model string) bool { return model == "tiny-a:latest" },
@@ -150,7 +150,7 @@ func TestJobLeftElsewhereRunsHereOnceNoOtherMacOffersIt(t *testing.T) {
 	// must have found another Mac for the hold to stand at all; only then does the other
 	// Mac go. Flipped earlier, nothing would be held and the test could not fail.
 	asked := make(chan bool, 1)
-	tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
+	tb.start(t, worker.Config{StreamIdleTimeout: testIdle, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
 		Elsewhere: func(context.Context, string) bool {
 			v := offered.Load()
 			select {
@@ -183,7 +183,7 @@ func TestHeldJobRunsHereWhenNoOtherMacAnswers(t *testing.T) {
 	tb.fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream)
 	var asks atomic.Int32
 	over := make(chan struct{}) // the test's end: a worker that waits unbounded can stop
-	tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
+	tb.start(t, worker.Config{StreamIdleTimeout: testIdle, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
 		Elsewhere: func(ctx context.Context, _ string) bool {
 			if asks.Add(1) == 1 {
 				return true // the give-up's ask: another Mac offers the model
@@ -216,7 +216,7 @@ func TestQueueViewShowsAJobLeftToAnotherMac(t *testing.T) {
 	releaseB := tb.fake.Hold("tiny-b")
 	defer releaseB()
 	const maxWait = time.Hour
-	w := tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: maxWait, IdlePoll: 20 * time.Millisecond,
+	w := tb.start(t, worker.Config{StreamIdleTimeout: testIdle, MaxWait: maxWait, IdlePoll: 20 * time.Millisecond,
 		// Another Mac, live and reachable, has tiny-a.
 		Elsewhere: func(_ context.Context, model string) bool { return model == "tiny-a:latest" }})
 	gaveUp := time.Now()
@@ -279,7 +279,7 @@ func TestJobTakenElsewhereAndGivenBackIsNotHeld(t *testing.T) {
 	tb.fake.FailNextOn("/api/chat", 1, ollamatest.StallMidStream)
 	releaseK := tb.fake.Hold("tiny-c")
 	defer releaseK()
-	tb.start(t, worker.Config{StreamIdleTimeout: 200 * time.Millisecond, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
+	tb.start(t, worker.Config{StreamIdleTimeout: testIdle, MaxWait: time.Hour, IdlePoll: 20 * time.Millisecond,
 		Elsewhere: func(_ context.Context, model string) bool { return model == "tiny-a:latest" }})
 	body := chatBody("tiny-a", 1)
 	j := tb.submit(t, "tiny-a", broker.KindChat, body)

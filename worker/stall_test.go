@@ -12,7 +12,9 @@ import (
 )
 
 // Limits small enough for a test, large enough that the fake's answers never hit them,
-// on a loaded machine too.
+// on a loaded machine too: a test whose one attempt stalls and whose next must finish
+// uses them, since a limit of a few hundred milliseconds also bounds the gaps between the
+// next attempt's frames, which a loaded machine makes that long on its own.
 const (
 	testFirstByte = time.Second
 	testIdle      = time.Second
@@ -150,9 +152,12 @@ func TestMaxJobTimeAbortsSteadyStream(t *testing.T) {
 	j := tb.chat(t, "tiny-a", 1)
 	stream := watchStream(t, tb.b.Conn, j.ID)
 	states := watchStates(t, tb.b.Conn, j.ID)
-	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: time.Hour, MaxJobTime: time.Second})
+	// The limit runs from the attempt's start: 5 s, for the answer to have begun before it
+	// however late a loaded machine makes the first frame (it came after 1 s in a stress
+	// run, and the attempt ended with none).
+	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: time.Hour, MaxJobTime: 5 * time.Second})
 	frames, final := stream.untilFinal(t)
-	want := "target too slow: the attempt ran longer than the max job time of 1s"
+	want := "target too slow: the attempt ran longer than the max job time of 5s"
 	if len(frames) == 0 || final.Header.Get(broker.HeaderFinal) != "failed" || final.Header.Get(broker.HeaderError) != want {
 		t.Fatalf("%d frames, final %v", len(frames), final.Header)
 	}

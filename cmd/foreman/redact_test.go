@@ -5,7 +5,6 @@ import (
 	"context"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"regexp"
 	"strings"
@@ -39,16 +38,7 @@ func (b *lockedBuffer) String() string {
 }
 
 // closedPort is a loopback address nothing listens on.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
+func closedPort(t *testing.T) string { return ollamatest.ClosedAddr(t) }
 
 // Bad URLs with credentials are refused without showing the credentials, from the
 // environment or a flag, and through the whole CLI.

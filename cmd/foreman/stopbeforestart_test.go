@@ -3,8 +3,9 @@ package main
 import (
 	"context"
 	"log/slog"
-	"net"
 	"testing"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // A stop asked for (SIGTERM, Ctrl-C) while foreman still starts (waiting for its NATS
@@ -14,12 +15,7 @@ import (
 func TestStopWhileStartingIsNoFailure(t *testing.T) {
 	t.Parallel()
 	// A NATS URL nothing answers: the start waits for it until the stop.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := ln.Addr().String()
-	ln.Close()
+	dead := ollamatest.ClosedAddr(t)
 	cfg, err := parseConfig(t, nil, map[string]string{
 		"FOREMAN_ADDR": "127.0.0.1:0", "FOREMAN_DATA_DIR": t.TempDir(),
 		"FOREMAN_NATS_URL": "nats://" + dead, "FOREMAN_OLLAMA_URL": "http://127.0.0.1:1",

@@ -705,6 +705,25 @@ func eventually(t testing.TB, within time.Duration, what string, cond func() boo
 	}
 }
 
+// steadily waits until count reaches want, failing once it has not grown for idle: a
+// long workload, which a loaded machine works through at a fraction of its usual pace,
+// is waited for as long as it moves, and one that stops (a lost wake-up) still fails.
+func steadily(t testing.TB, idle time.Duration, what string, want int, count func() int) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	last, moved := count(), time.Now()
+	for last < want {
+		<-tick.C
+		switch n := count(); {
+		case n != last:
+			last, moved = n, time.Now()
+		case time.Since(moved) > idle:
+			t.Fatalf("%s: %d of %d, and none more for %v", what, last, want, idle)
+		}
+	}
+}
+
 // A write that keeps the state (a cancel requested of a running job, an artifact added)
 // is no state change: no webhook reports it. A new attempt in the same state (a run
 // taken over after a crash) is one.

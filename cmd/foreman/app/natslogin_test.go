@@ -22,6 +22,8 @@ import (
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nkeys"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // selfSigned writes a self-signed certificate for 127.0.0.1 and returns it as a TLS
@@ -241,12 +243,15 @@ func (h logSignal) WithGroup(string) slog.Handler      { return h }
 // A foreman started before its NATS answers waits for it, saying so, instead of exiting.
 func TestStartWaitsForNATS(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// The port is held until the NATS server takes it: freed while the start waits, a
+	// listener of another test could take it and answer the foreman in NATS's place, or
+	// make the server's own listen fail.
+	addr, free := ollamatest.ReserveAddr(t)
+	t.Cleanup(free)
+	port, err := strconv.Atoi(addr[strings.LastIndexByte(addr, ':')+1:])
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
 	logs := logSignal{msgs: make(chan string, 64)}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -265,6 +270,7 @@ func TestStartWaitsForNATS(t *testing.T) {
 			t.Fatalf("start returned before NATS was up, without waiting for it: %v", err)
 		}
 	}
+	free()
 	natsServer(t, func(o *server.Options) { o.Port = port })
 	if err := <-started; err != nil {
 		t.Fatalf("start once NATS is up: %v", err)
