@@ -3,6 +3,7 @@ package client
 import (
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"time"
 
@@ -184,10 +185,17 @@ func eventOfJob(j *Job) Event {
 
 // eventOfRecord decodes a state event (the broker's job record JSON); one without a job
 // id or a known state is no record.
+// errUnknownState: a job record in a state this client does not know, as a later
+// foreman may write one. It is no event to wait on, and no malformed delivery either.
+var errUnknownState = errors.New("client: a job state this client does not know")
+
 func eventOfRecord(data []byte) (Event, error) {
 	r, err := broker.DecodeJob(data)
 	if err != nil {
 		return Event{}, err
+	}
+	if r.ID != "" && r.State != "" && !r.State.Valid() {
+		return Event{}, fmt.Errorf("%w: job %s is %q", errUnknownState, r.ID, r.State)
 	}
 	if r.ID == "" || !r.State.Valid() {
 		return Event{}, fmt.Errorf("client: not a job record (id %q, state %q)", r.ID, r.State)

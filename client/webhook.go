@@ -113,6 +113,12 @@ func (c *Client) listenWebhook() (*receiver, error) {
 			}
 		}
 		e, err := eventOfRecord(body)
+		if errors.Is(err, errUnknownState) {
+			// A later foreman's state: taken and passed over. A 4xx would have foreman
+			// deliver it again for hours; the wait goes on to the states it knows.
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
 		if err != nil || e.JobID == "" {
 			http.Error(w, "not a foreman state event", http.StatusBadRequest)
 			return

@@ -12,8 +12,9 @@ import (
 )
 
 // Submit's receiver takes only foreman's signed state events: a delivery without a
-// valid signature is 401, a signed body that names no job 400, and neither ends the
-// wait, which ends on the job's own done event.
+// valid signature is 401, a signed body that names no job 400, one of a state this
+// client does not know (a later foreman's) 204, and none ends the wait, which ends on
+// the job's own done event.
 func TestWebhookReceiverRefusesWhatIsNoSignedStateEvent(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{WebhookSecret: testSecret})
@@ -69,9 +70,15 @@ func TestWebhookReceiverRefusesWhatIsNoSignedStateEvent(t *testing.T) {
 	if code := post(`{"state":"done","model":"tiny-a","attempt":1}`, true); code != http.StatusBadRequest {
 		t.Errorf("a signed event naming no job: %d, want 400", code)
 	}
+	// A later foreman's state this client does not know is taken (a 4xx would be
+	// delivered again for hours) and passed over: the wait goes on.
+	later := `{"job_id":"01JGJ4Q2R0000000000000000A","state":"paused","model":"tiny-a","attempt":1}`
+	if code := post(later, true); code != http.StatusNoContent {
+		t.Errorf("a signed event of a state this client does not know: %d, want 204", code)
+	}
 	select {
 	case o := <-done:
-		t.Fatalf("Submit ended on a refused delivery: %+v, %v", o.res, o.err)
+		t.Fatalf("Submit ended on a refused or passed-over delivery: %+v, %v", o.res, o.err)
 	default:
 	}
 
