@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"net/http"
 	"runtime"
 	"strings"
@@ -38,9 +39,9 @@ func TestSyncCallAfterAnswerWaitingBeganIsRefused(t *testing.T) {
 		t.Fatal("the first call never submitted its job")
 	}
 	waited := make(chan error, 1)
-	go func() { waited <- b.GW.AnswerWaiting(ctx) }()
+	go answerWaiting(ctx, b.GW, waited) // its frame tells this test's wait among the parallel tests'
 	eventually(t, 10*time.Second, "AnswerWaiting waiting for the first response", func() bool {
-		return goroutineIn("gateway.(*Server).AnswerWaiting.func", "sync.(*WaitGroup).Wait(")
+		return goroutineIn("sync.(*WaitGroup).Wait(", "gateway.(*Server).AnswerWaiting.func", "in goroutine "+goroutineOf("gateway.answerWaiting("))
 	})
 	release()
 	if got := <-first; got.Status != http.StatusServiceUnavailable {
@@ -59,18 +60,14 @@ func TestSyncCallAfterAnswerWaitingBeganIsRefused(t *testing.T) {
 	}
 }
 
+// answerWaiting runs s.AnswerWaiting and sends its error to waited.
+func answerWaiting(ctx context.Context, s *Server, waited chan<- error) {
+	waited <- s.AnswerWaiting(ctx)
+}
+
 // goroutineIn reports whether a goroutine's stack now holds every one of frames.
 func goroutineIn(frames ...string) bool {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
-	for g := range strings.SplitSeq(string(buf), "\n\n") {
+	for _, g := range goroutineStacks() {
 		all := true
 		for _, f := range frames {
 			all = all && strings.Contains(g, f)
@@ -80,4 +77,28 @@ func goroutineIn(frames ...string) bool {
 		}
 	}
 	return false
+}
+
+// goroutineOf is the id of a goroutine whose stack now holds frame ("?" for none), as
+// stacks name the goroutine that created another ("created by ... in goroutine N").
+func goroutineOf(frame string) string {
+	for _, g := range goroutineStacks() {
+		if strings.Contains(g, frame) {
+			id, _, _ := strings.Cut(strings.TrimPrefix(g, "goroutine "), " ")
+			return id + "\n"
+		}
+	}
+	return "?"
+}
+
+// goroutineStacks are the stacks of every goroutine now, one a string.
+func goroutineStacks() []string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Split(string(buf[:n]), "\n\n")
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }

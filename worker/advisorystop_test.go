@@ -57,7 +57,19 @@ func TestDeliveryLimitRetryNotStartedPastRun(t *testing.T) {
 		}
 	})
 	cfg = worker.WithLimitReadFault(cfg, func(uint64) error { return fmt.Errorf("injected: %w", broker.ErrUnavailable) })
-	w := tb.start(t, cfg)
+	cfg.Store, cfg.Target, cfg.RetryDelay = tb.b.Store, tb.target, 5*time.Millisecond
+	w, err := worker.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go runStoppedWorker(w, ran) // its frame tells this test's Run among the parallel tests'
+	t.Cleanup(func() {
+		_ = w.Stop(context.Background())
+		if err := <-ran; err != nil {
+			t.Errorf("worker Run: %v", err)
+		}
+	})
 	select {
 	case <-ending:
 	case <-ctxT(t).Done():
@@ -76,13 +88,17 @@ func TestDeliveryLimitRetryNotStartedPastRun(t *testing.T) {
 	// wait before the handler goes on.
 	go func() { _ = w.Stop(context.Background()) }()
 	eventually(t, 10*time.Second, "Run waiting for the job's end", func() bool {
-		return goroutineIn("worker.(*Worker).Run(", "sync.(*WaitGroup).Wait(")
+		return goroutineIn("worker_test.runStoppedWorker(", "sync.(*WaitGroup).Wait(")
 	})
 	releaseEnd()
-	eventually(t, 10*time.Second, "Run returned", func() bool { return !goroutineIn("worker.(*Worker).Run(") })
+	// Not from ran: that would order Run's end before the handler goes on.
+	eventually(t, 10*time.Second, "Run returned", func() bool { return !goroutineIn("worker_test.runStoppedWorker(") })
 	releaseLog()
 	tb.waitState(t, job.ID, broker.StateDone)
 }
+
+// runStoppedWorker runs w until it is stopped, and sends Run's error to ran.
+func runStoppedWorker(w *worker.Worker, ran chan<- error) { ran <- w.Run(context.Background()) }
 
 // goroutineIn reports whether a goroutine's stack now holds every one of frames.
 func goroutineIn(frames ...string) bool {
