@@ -234,7 +234,11 @@ type Server struct {
 	programLocks programLocks
 
 	// streams counts sync responses of a running job, so shutdown can wait for them.
-	streams sync.WaitGroup
+	// streamsMu orders each count with AnswerWaiting's wait: once that has begun
+	// (streamsShut) a sync call is refused instead, as no wait would cover it.
+	streams     sync.WaitGroup
+	streamsMu   sync.Mutex
+	streamsShut bool
 	// ending is closed by AnswerWaiting: responses still waiting for a job end then.
 	ending    chan struct{}
 	endingOne sync.Once

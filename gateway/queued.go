@@ -357,7 +357,11 @@ func modelNamed(asked, model string) string {
 // budget once the submit is decided: the store has the body then, and the answer may
 // take minutes.
 func (s *Server) runSync(w http.ResponseWriter, r *http.Request, job *broker.Job, stream bool, body []byte, hold *bodyHold) {
-	s.streams.Add(1)
+	if !s.countStream() {
+		// Its body still came in as foreman began to stop: no job is made for it.
+		s.writeError(w, r, refuse(ErrUnavailable, "foreman is shutting down; retry later"))
+		return
+	}
 	defer s.streams.Done()
 	s.syncs.active.Add(1)
 	defer s.syncs.active.Add(-1)
@@ -459,9 +463,13 @@ func (s *Server) Stopping() {
 
 // AnswerWaiting answers every client still waiting for its sync job: call it once the
 // worker has stopped, when no waiting job will run any more. Each such client gets 503
-// (or an error line if its stream had begun) and its job is canceled. It then waits,
+// (or an error line if its stream had begun) and its job is canceled; a sync call that
+// reaches its job after this has begun gets 503 at once, and no job. It then waits,
 // until ctx ends, for those responses to finish. Safe to call twice.
 func (s *Server) AnswerWaiting(ctx context.Context) error {
+	s.streamsMu.Lock()
+	s.streamsShut = true
+	s.streamsMu.Unlock()
 	s.endingOne.Do(func() { close(s.ending) })
 	done := make(chan struct{})
 	go func() {
@@ -474,6 +482,19 @@ func (s *Server) AnswerWaiting(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+// countStream counts a sync response in streams, unless AnswerWaiting has begun: a count
+// that rose again after its wait began (the wait may have returned, or be waking) is a
+// misuse of the WaitGroup, and no wait would cover that response.
+func (s *Server) countStream() bool {
+	s.streamsMu.Lock()
+	defer s.streamsMu.Unlock()
+	if s.streamsShut {
+		return false
+	}
+	s.streams.Add(1)
+	return true
 }
 
 // syncStats counts what the sync responses did for slow clients; /metrics shows them.

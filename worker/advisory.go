@@ -43,9 +43,7 @@ func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {
 	// it would stay queued for nobody until its TTL. So the read and the write go on in the
 	// background, pausing up to 30s, until stored or the worker stops.
 	log.Error("fail job past its delivery limit; trying on while the store refuses", "err", err)
-	w.bg.Add(1)
-	go func() {
-		defer w.bg.Done()
+	w.goBackground(func() {
 		for pause := w.cfg.RetryDelay; w.sleep(context.Background(), pause); pause = min(2*pause, 30*time.Second) {
 			bctx, cancel := w.storeCtx(context.Background())
 			err := w.endLimited(bctx, seq, deliveries, log)
@@ -57,7 +55,32 @@ func (w *Worker) deliveryLimit(ctx context.Context, seq, deliveries uint64) {
 				return
 			}
 		}
+	})
+}
+
+// goBackground runs fn on a goroutine of Run's background work (bg), unless Run has
+// stopped waiting for it: the worker has stopped then, and fn would outlive Run. Counted
+// after Run's wait had begun, it would misuse the WaitGroup (a Wait woken as the count
+// rose again panics). For goroutines other than Run's own.
+func (w *Worker) goBackground(fn func()) {
+	w.bgMu.Lock()
+	defer w.bgMu.Unlock()
+	if w.bgShut {
+		return
+	}
+	w.bg.Add(1)
+	go func() {
+		defer w.bg.Done()
+		fn()
 	}()
+}
+
+// waitBackground waits for Run's background work; none starts from then on.
+func (w *Worker) waitBackground() {
+	w.bgMu.Lock()
+	w.bgShut = true
+	w.bgMu.Unlock()
+	w.bg.Wait()
 }
 
 // endLimited fails the job whose queue message seq reached its delivery limit and removes

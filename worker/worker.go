@@ -32,9 +32,13 @@ type Worker struct {
 	done     chan struct{} // closed when Run returns
 
 	// bg tracks the bookkeeping of a finished job (result, terminal state, ack), which runs
-	// while the next job starts; bgSlot keeps it to one at a time.
+	// while the next job starts; bgSlot keeps it to one at a time. bgMu orders a start
+	// from another goroutine (a delivery-limit advisory's) with Run's wait: once that has
+	// begun (bgShut) nothing starts (goBackground).
 	bg     sync.WaitGroup
 	bgSlot chan struct{}
+	bgMu   sync.Mutex
+	bgShut bool
 
 	keepMu  sync.Mutex
 	keepers map[*broker.Lease]*keeper // deliveries kept in progress (progress.go)
@@ -150,7 +154,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.started = true
 	w.mu.Unlock()
 	defer close(w.done)
-	defer w.bg.Wait() // the last job's bookkeeping ends before Run does
+	defer w.waitBackground() // the last job's bookkeeping ends before Run does
 	// ctx ending stops the worker as Stop does (the loop already takes an ended ctx for a
 	// stop): a result write that goes on until the worker stops (storeDone) must see it,
 	// or the loop, waiting for that write's background slot to end the next job, and the
