@@ -94,7 +94,9 @@ func TestStrangersFailedLoginsAreLoggedAtABoundedRate(t *testing.T) {
 		mu  sync.Mutex
 		now = time.Date(2026, 12, 6, 8, 0, 0, 0, time.UTC)
 	)
-	defer natsd.SetLogClock(func() time.Time { mu.Lock(); defer mu.Unlock(); return now })()
+	// Restored at cleanup, registered before the server's: after its shutdown (a
+	// deferred restore ran before it, unordered with a line the server still logged).
+	t.Cleanup(natsd.SetLogClock(func() time.Time { mu.Lock(); defer mu.Unlock(); return now }))
 	logs := &lineRecorder{}
 	b := brokertest.New(t, withListener(func(c *natsd.Config) { c.Logger = slog.New(logs) }))
 	u, err := neturl.Parse(b.Server.ClientURL())
