@@ -308,8 +308,12 @@ func callerTakenForGone(err error) bool {
 
 // logFailure logs a request that failed with status: an error for a 5xx, but for a
 // refusal by design (refusalReason), which is counted in foreman_requests_refused_total
-// and logged at debug only: under load a full queue refuses request after request, and
-// the operator's log would drown in them. The same 5xx failure (its status and error
+// and logged at debug: under load a full queue refuses request after request, and the
+// operator's log would drown in them. The refusals an operator mends with a setting (a
+// full queue, the bodies in flight over their budget) are warned of too, once per
+// failurelog.Every for each, with the count of those not warned of: at the default log
+// level a full queue turning every caller away for hours was not one line. The same 5xx
+// failure (its status and error
 // text, failurelog.Key) again within failurelog.Every is logged at debug too, and counted
 // in the next error line of it ("repeats"): a fault that fails every request alike (a
 // full disk refusing every submit, an Ollama down answering every pass-through call) is
@@ -318,7 +322,17 @@ func callerTakenForGone(err error) bool {
 func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 	if reason := refusalReason(err); reason != "" {
 		s.jobMetrics.refused.WithLabelValues(reason).Inc()
-		s.log.Debug("request refused", append(args, "reason", reason, "status", status, "err", err)...)
+		args = append(args, "reason", reason, "status", status, "err", err)
+		if warning := refusalWarnings[reason]; warning != "" {
+			if ok, repeats := s.failures.Admit("refused " + reason); ok {
+				if repeats > 0 {
+					args = append(args, "repeats", repeats)
+				}
+				s.log.Warn(warning, args...)
+				return
+			}
+		}
+		s.log.Debug("request refused", args...)
 		return
 	}
 	if status < 500 {
@@ -334,6 +348,16 @@ func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 		args = append(args, "repeats", repeats)
 	}
 	s.log.Error(msg, args...)
+}
+
+// refusalWarnings are the lines of the refusals by design that an operator mends with a
+// setting (see logFailure), by their refusalReason. A program over its own limit is its
+// caller's to pace, and the artifact downloads' cap has no setting.
+var refusalWarnings = map[string]string{
+	"queue_full": "request refused: the queue is full (FOREMAN_MAX_QUEUE jobs wait); callers get 503 until jobs end: " +
+		"the target is slower than its callers, or down (the next in 10s are counted in foreman_requests_refused_total only)",
+	"body_budget": "request refused: the request bodies in flight are over FOREMAN_MAX_BODY_BYTES_IN_FLIGHT; callers get 503 " +
+		"until some are done (the next in 10s are counted in foreman_requests_refused_total only)",
 }
 
 // refusalReason names the refusals foreman makes by design: a full queue, a program over

@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook/signature"
 )
 
@@ -88,19 +90,20 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 		fn(attemptOutcome(rec.Outcome))
 	}
 	e.attempts = n
+	failed := failureArgs(e.job.Webhook.URL, status, err)
 	switch rec.Outcome {
 	case broker.OutcomeDelivered:
 		log.Debug("webhook delivered", "attempt", n, "status", status)
 	case broker.OutcomeGone:
 		log.Info("webhook receiver answered 410; no more events for this job", "attempt", n)
 	case broker.OutcomeFailed:
-		log.Warn("webhook delivery failed; giving up", "attempt", n, "status", status, "err", err)
+		log.Warn("webhook delivery failed; giving up", append(failed, "attempt", n)...)
 	case broker.OutcomeRefused:
-		log.Warn("webhook address refused by the network policy; not retried", "err", err)
+		log.Warn("webhook address refused by the network policy; not retried", failed...)
 	default:
 		wait := d.backoff(n, retryAfter)
 		e.nextAt = time.Now().Add(wait)
-		log.Info("webhook delivery failed; will retry", "attempt", n, "status", status, "err", err, "retry_in", wait)
+		d.logRetry(log, e.job.Webhook.URL, status, err, "attempt", n, "retry_in", wait)
 		if !e.manual {
 			d.save(ctx, e, log)
 		}
@@ -352,4 +355,62 @@ func attemptOutcome(outcome string) string {
 	default:
 		return "gave_up"
 	}
+}
+
+// failureArgs are a failed attempt's attributes for the log: its receiver, as the scheme,
+// host and port of its URL alone (a webhook URL's path or query is where receivers keep
+// their token: Slack's and Discord's URLs, "?token="), the status it answered (none when
+// no answer came), and the error, without the URL an HTTP client's error quotes.
+func failureArgs(rawURL string, status int, err error) []any {
+	args := []any{"receiver", shownReceiver(rawURL)}
+	if status != 0 {
+		args = append(args, "status", status)
+	}
+	if err := withoutURL(err); err != nil {
+		args = append(args, "err", err)
+	}
+	return args
+}
+
+// withoutURL is err without the URL an HTTP client's error (*url.Error) quotes: what
+// failed, not where.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// shownReceiver is a webhook URL as a log line shows it: its scheme, host and port.
+func shownReceiver(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Host == "" {
+		return "(not a URL)"
+	}
+	return u.Scheme + "://" + u.Host
+}
+
+// logRetry logs a failed attempt at rawURL that will be tried again, with more
+// attributes: at info the first time its receiver fails so (its status and error, the
+// error's digits aside), and then once per failurelog.Every with the count of those not
+// logged ("repeats"); the others at debug. A receiver down fails every attempt of every
+// event sent it, up to Attempts each: one line per attempt would be thousands for a
+// night's outage of a busy foreman. Each event given up is still logged (a warning with
+// its job), and every attempt is in its job's delivery log.
+func (d *Dispatcher) logRetry(log *slog.Logger, rawURL string, status int, err error, more ...any) {
+	args := append(failureArgs(rawURL, status, err), more...)
+	cause := withoutURL(err)
+	if cause == nil {
+		cause = errors.New("answered")
+	}
+	ok, repeats := d.failures.Admit(failurelog.Key(shownReceiver(rawURL)+" "+strconv.Itoa(status), cause))
+	if !ok {
+		log.Debug("webhook delivery failed; will retry", args...)
+		return
+	}
+	if repeats > 0 {
+		args = append(args, "repeats", repeats)
+	}
+	log.Info("webhook delivery failed; will retry", args...)
 }

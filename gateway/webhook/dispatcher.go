@@ -169,7 +169,10 @@ type Dispatcher struct {
 	// claims logs the claims' failures to read the store: during a NATS outage, once
 	// per failurelog.Every, and once when a claim reads it again.
 	claims failurelog.Loop
-	wg     sync.WaitGroup
+	// failures lets the line of a receiver's failed attempts that will be retried
+	// through once per failurelog.Every for each way it fails (logRetry).
+	failures failurelog.Window
+	wg       sync.WaitGroup
 
 	slotsMu     sync.Mutex
 	slots       map[string]*receiverSlots // by receiver; removed when unused

@@ -250,7 +250,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	if cfg.Components.MaxConns > 0 {
 		maxConns = cfg.Components.MaxConns
 	}
-	ln := newConnLimit(a.ln, maxConns, a.gw.ConnectionRefused)
+	ln := newConnLimit(a.ln, maxConns, a.gw.ConnectionRefused, log)
 	a.http = &http.Server{
 		Handler:           a.gw,
 		ReadHeaderTimeout: 10 * time.Second,

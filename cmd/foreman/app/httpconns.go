@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 )
 
 // httpConns tracks the HTTP server's connections by state (http.Server.ConnState), so a
@@ -94,6 +97,11 @@ type connLimit struct {
 	limit   int
 	share   int // places one remote address may hold
 	refused func(reason string)
+	// log hears of the refusals: each kind once per failurelog.Every (failures), the
+	// others at debug. A flood or a client leaking connections turns every other client
+	// away with a 503; /metrics counts it, but the operator reads the log.
+	log      *slog.Logger
+	failures failurelog.Window
 	// peer names the share a connection's remote address counts against, given the
 	// address it reached; limited false leaves it out of the shares. peerKey, but for tests.
 	peer func(remote, local net.Addr) (key string, limited bool)
@@ -103,9 +111,9 @@ type connLimit struct {
 	byPeer map[string]int // connections held per share; a share at zero is deleted
 }
 
-func newConnLimit(ln net.Listener, limit int, refused func(reason string)) *connLimit {
+func newConnLimit(ln net.Listener, limit int, refused func(reason string), log *slog.Logger) *connLimit {
 	return &connLimit{
-		Listener: ln, limit: limit, share: max(limit/2, 1), refused: refused,
+		Listener: ln, limit: limit, share: max(limit/2, 1), refused: refused, log: log,
 		peer: peerKey, byPeer: make(map[string]int),
 	}
 }
@@ -166,6 +174,37 @@ func (l *connLimit) refuse(c net.Conn, why *refusal) {
 	if l.refused != nil {
 		l.refused(why.reason)
 	}
+	l.logRefusal(c.RemoteAddr(), why)
+}
+
+// logRefusal logs a connection from remote refused for why: a warning the first time,
+// then once per failurelog.Every for each kind of refusal with the count of those not
+// warned of ("repeats"), the others at debug. The kind alone is the key: a flood from
+// many addresses is one line too.
+func (l *connLimit) logRefusal(remote net.Addr, why *refusal) {
+	if l.log == nil {
+		return
+	}
+	var msg string
+	args := []any{"remote", remote.String()}
+	if why == &overShare {
+		msg = "HTTP connection refused: its address holds half of the connection places already " +
+			"(a client leaking connections, or one host flooding; the places are FOREMAN_MAX_QUEUE + 1024)"
+		args = append(args, "share", l.share)
+	} else {
+		msg = "HTTP connection refused: foreman holds as many connections as it serves at once " +
+			"(FOREMAN_MAX_QUEUE + 1024; a flood, or clients leaking connections)"
+		args = append(args, "limit", l.limit)
+	}
+	ok, repeats := l.failures.Admit(why.reason)
+	if !ok {
+		l.log.Debug(msg, args...)
+		return
+	}
+	if repeats > 0 {
+		args = append(args, "repeats", repeats)
+	}
+	l.log.Warn(msg, args...)
 }
 
 // peerKey is the share remote, a connection's peer, counts against, local the address

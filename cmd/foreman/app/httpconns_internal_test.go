@@ -112,7 +112,7 @@ func TestConnLimitGivesOneAddressHalfThePlaces(t *testing.T) {
 		refusedMu.Lock()
 		defer refusedMu.Unlock()
 		refused[reason]++
-	})
+	}, nil)
 	const addrA, addrB = "127.0.0.2", "127.0.0.3"
 	l.peer = func(a, _ net.Addr) (string, bool) {
 		ip := a.(*net.TCPAddr).IP.String()
@@ -311,7 +311,7 @@ func TestConnLimitTellsHostsOnItsOwnLinkApart(t *testing.T) {
 	} {
 		var refused []string
 		ln := &stubListener{conns: make(chan net.Conn, 3)}
-		l := newConnLimit(ln, 4, func(reason string) { refused = append(refused, reason) })
+		l := newConnLimit(ln, 4, func(reason string) { refused = append(refused, reason) }, nil)
 		for _, remote := range []*net.TCPAddr{c.first, c.first, c.second} {
 			ln.conns <- &stubConn{remote: remote, local: c.local}
 		}
