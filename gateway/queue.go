@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -120,6 +121,26 @@ func waits(st broker.State) bool { return st == broker.StateQueued || st == brok
 // for it: its queue message may have been published after the cached view.
 const freshFor = time.Second
 
+// logQueueViewFailure warns that the queue view for v's GET failed: once per
+// failurelog.Every for the same error, counting those not logged ("repeats"), the others
+// at debug (a client polling its job through a store's hiccup would write a warning a
+// poll); nothing when the caller hung up, which ended the view itself.
+func (s *Server) logQueueViewFailure(ctx context.Context, v *jobView, err error) {
+	if ctx.Err() != nil {
+		return
+	}
+	args := []any{"job_id", v.ID, "model", v.Model, "err", err}
+	ok, repeats := s.failures.Admit(failurelog.Key("queue view", err))
+	if !ok {
+		s.log.Debug("queue view", args...)
+		return
+	}
+	if repeats > 0 {
+		args = append(args, "repeats", repeats)
+	}
+	s.log.Warn("queue view", args...)
+}
+
 // addPosition fills in the queue position and ETA of a waiting job, or marks one this
 // foreman's worker leaves to other Macs (no position here). A young job the view
 // does not hold yet (published after it) gets a view computed now; one it still does
@@ -132,7 +153,7 @@ func (s *Server) addPosition(ctx context.Context, v *jobView, asked time.Time) {
 	for _, notBefore := range []time.Time{{}, asked} {
 		qv, err := s.cfg.Queue.QueueView(ctx, notBefore)
 		if err != nil {
-			s.log.Warn("queue view", "job_id", v.ID, "model", v.Model, "err", err)
+			s.logQueueViewFailure(ctx, v, err)
 			return
 		}
 		for _, q := range qv.Queued {
