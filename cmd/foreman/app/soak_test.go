@@ -33,6 +33,8 @@ type soakForeman struct {
 	hits atomic.Int64
 	base string
 	hc   *http.Client
+	// embed is the target's embedding model, "" for none.
+	embed string
 }
 
 func startSoak(t testing.TB, models []string) *soakForeman {
@@ -41,7 +43,8 @@ func startSoak(t testing.TB, models []string) *soakForeman {
 	for _, m := range models {
 		ms = append(ms, ollamatest.Model{Name: m})
 	}
-	s := &soakForeman{fake: ollamatest.New(t, ollamatest.WithModels(ms...), ollamatest.WithTokens(3))}
+	ms = append(ms, ollamatest.Model{Name: soakEmbedModel, Embedding: true})
+	s := &soakForeman{fake: ollamatest.New(t, ollamatest.WithModels(ms...), ollamatest.WithTokens(3), ollamatest.WithPullProgress(5)), embed: soakEmbedModel}
 	s.hook = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.Copy(io.Discard, r.Body)
 		s.hits.Add(1)
@@ -118,7 +121,7 @@ func (s *soakForeman) soakRound(t testing.TB, i int, models []string) {
 			"messages": []map[string]string{{"role": "user", "content": fmt.Sprintf("hi %d", i)}}})
 		return string(b)
 	}
-	switch i % 6 {
+	switch i % 10 {
 	case 0:
 		if code, b := s.do(t, http.MethodPost, "/api/chat", program, chat(false)); code != http.StatusOK {
 			t.Errorf("chat: %d %s", code, b)
@@ -152,6 +155,32 @@ func (s *soakForeman) soakRound(t testing.TB, i int, models []string) {
 		if code, body := s.do(t, http.MethodPost, "/v1/chat/completions", program, string(b)); code != http.StatusOK {
 			t.Errorf("/v1: %d %s", code, body)
 		}
+	case 6:
+		// An embedding: straight to the target on an embedding model, queued on a chat
+		// model (ADR-0053).
+		for _, m := range []string{s.embed, model} {
+			if m == "" {
+				continue
+			}
+			if code, b := s.do(t, http.MethodPost, "/api/embed", program, fmt.Sprintf(`{"model":%q,"input":"e %d"}`, m, i)); code != http.StatusOK {
+				t.Errorf("/api/embed %s: %d %s", m, code, b)
+			}
+		}
+		s.do(t, http.MethodPost, "/v1/embeddings", program, fmt.Sprintf(`{"model":%q,"input":"e"}`, model))
+	case 7:
+		// A pull the caller leaves after its first line of progress.
+		s.abandon(t, "/api/pull", program, fmt.Sprintf(`{"model":%q}`, model), false)
+	case 8:
+		for _, path := range []string{"/api/tags", "/api/ps", "/api/version", "/v1/models", "/queue", "/healthz", "/metrics", "/jobs?limit=5"} {
+			if code, b := s.do(t, http.MethodGet, path, "", ""); code != http.StatusOK {
+				t.Errorf("GET %s: %d %s", path, code, b)
+			}
+		}
+		s.do(t, http.MethodPost, "/api/show", "", fmt.Sprintf(`{"model":%q}`, model))
+	case 9:
+		// A generate the caller leaves before its answer begins.
+		b, _ := json.Marshal(map[string]any{"model": model, "prompt": "g", "stream": true})
+		s.abandon(t, "/api/generate", program, string(b), true)
 	}
 }
 
@@ -345,6 +374,9 @@ func TestSoakAcrossForemen(t *testing.T) {
 // soakWait bounds the wait for the goroutines to go: a runner keeps a sync stream's
 // messages for a resend 30 s after the job ends (ADR-0078).
 const soakWait = 45 * time.Second
+
+// soakEmbedModel is the fake Ollama's embedding model in the soak tests.
+const soakEmbedModel = "e0:latest"
 
 // slack is how many goroutines more than before a soak may stay: a keep-alive
 // connection (two goroutines each side) the target's client or the webhooks' keep.
