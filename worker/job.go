@@ -1031,15 +1031,19 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 	case requeue:
 		// A NAK would leave it undelivered; a new message counts its deliveries anew. On
 		// several Macs a job given up for its target's fault goes to another (ADR-0066).
+		// A requeue the store refuses for now is tried again, the delivery held
+		// (requeueLast): a NAK would have the delivery limit's advisory fail the job.
 		held := w.holdOff(bctx, d, j, cause)
-		if err := w.requeue(bctx, d); err != nil {
-			log.Warn("requeue a job on its last delivery; trying a NAK", "err", err)
+		const what = "requeue a job on its last delivery"
+		switch requeued, err := w.requeueLast(ctx, d, what, log); {
+		case err != nil:
+			log.Warn(what+"; trying a NAK", "err", err)
 			if held {
 				w.putBack(d, delay, log)
 			} else {
 				w.nak(d, delay, log)
 			}
-		} else {
+		case requeued:
 			log.Warn("attempt failed on the job's last delivery; job requeued", "err", cause, "delay", delay, "attempt_counted", !uncounted, "left_elsewhere", held)
 		}
 	case w.holdOff(bctx, d, j, cause):

@@ -169,34 +169,47 @@ func (w *Worker) giveStartBackAgain(ctx context.Context, d *broker.Lease, read i
 }
 
 // requeueUnrun puts back a job whose last delivery ran no attempt, once the store takes
-// writes again (or the worker stops: giveBack): as a new message (Store.Requeue). A
-// requeue the store refuses for now (its queue's stream without a leader while the
-// records' has one, say) is tried again after another wait for the store, the delivery
-// still held: NAKed, the last delivery would never come back, and the delivery limit's
-// advisory would fail the job unrun. Any other failure (a full queue) gets the NAK.
+// writes again (or the worker stops: giveBack): as a new message (requeueLast), or with
+// a NAK when the store answers that requeue otherwise (a full queue).
 func (w *Worker) requeueUnrun(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	const what = "requeue a job whose start the store refused on its last delivery"
+	switch requeued, err := w.requeueLast(ctx, d, what, log); {
+	case err != nil:
+		log.Warn(what+"; trying a NAK", "err", err)
+		w.nak(d, w.cfg.RetryDelay, log)
+	case requeued:
+		log.Info("job requeued: the store refused its start on its last delivery")
+	}
+}
+
+// requeueLast puts back delivery d, its job's last, as a new message (Store.Requeue). A
+// requeue the store refuses for now (its queue's stream without a leader while the
+// records' has one, say) is tried again after a wait for the store, the delivery still
+// held (kept in progress by its handler's keeper): NAKed, the last delivery would never
+// come back, and the delivery limit's advisory would fail the job with its attempts
+// unspent. As the worker stops, d is handed back instead (giveBack). It reports whether
+// d was requeued; err is the store's other answer (a full queue), d left unsettled for
+// the caller's NAK. what names the requeue in the log.
+func (w *Worker) requeueLast(ctx context.Context, d *broker.Lease, what string, log *slog.Logger) (requeued bool, err error) {
 	for pause := w.cfg.RetryDelay; ; pause = min(2*pause, maxHoldPause) {
-		bctx, cancel := w.storeCtx(ctx) // its own time: the wait for the store may have been long
+		bctx, cancel := w.storeCtx(ctx) // its own time: a wait for the store may have been long
 		if w.isStopping(ctx) {
 			w.giveBack(bctx, d, log)
 			cancel()
-			return
+			return false, nil
 		}
 		err := w.requeue(bctx, d)
 		cancel()
 		switch {
 		case err == nil:
-			log.Info("job requeued: the store refused its start on its last delivery")
-			return
+			return true, nil
 		case w.refusing(err):
-			log.Warn("requeue a job whose start the store refused on its last delivery; trying again once the store takes writes", "err", err)
+			log.Warn(what+"; trying again once the store takes writes", "err", err)
 			// The probe may pass while the queue's stream still refuses: a pause too.
 			w.waitStore(ctx, err)
 			w.sleep(ctx, pause)
 		default:
-			log.Warn("requeue a job whose start the store refused on its last delivery; trying a NAK", "err", err)
-			w.nak(d, w.cfg.RetryDelay, log)
-			return
+			return false, err
 		}
 	}
 }

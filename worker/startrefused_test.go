@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -64,5 +65,36 @@ func TestARequeueRefusedOnTheLastDeliveryIsTriedAgain(t *testing.T) {
 	}
 	if n := requeues.Load(); n != 3 {
 		t.Errorf("%d requeues tried, want 3 (two refused, then one stored)", n)
+	}
+}
+
+// A job whose attempt failed on its last delivery with attempts left is requeued; a
+// requeue the store refuses for now (the queue's stream electing a leader) fell back to
+// a NAK of that last delivery, and the delivery limit's advisory failed the job
+// "attempts exhausted: delivered 3 times" with its attempts unspent. It is tried again
+// once the store takes writes, the delivery held, and the job runs.
+func TestARetryRequeueRefusedOnTheLastDeliveryIsTriedAgain(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 1 })) // MaxDeliver 3
+	maxDeliver := tb.b.Store.Config().MaxDeliver()
+	var down atomic.Bool
+	down.Store(true)
+	target := &refusingStreams{Client: tb.target, refused: switchedTarget(t, tb, &down)}
+	target.n.Store(int32(maxDeliver)) // every delivery of the first message refused at the dial
+	var requeues atomic.Int32
+	cfg := worker.WithRequeueFault(worker.Config{Target: target, RetryDelay: time.Millisecond}, func(string) error {
+		if requeues.Add(1) == 1 {
+			return fmt.Errorf("injected: %w", broker.ErrUnavailable)
+		}
+		return nil
+	})
+	j := tb.chat(t, "tiny-a", 1)
+	tb.start(t, cfg)
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateDone || got.Attempt != 1 {
+		t.Fatalf("job ended %s (%q) at attempt %d, want done at attempt 1", got.State, got.Error, got.Attempt)
+	}
+	if n := requeues.Load(); n != 2 {
+		t.Errorf("%d requeues tried, want 2 (one refused, then one stored)", n)
 	}
 }
