@@ -298,10 +298,22 @@ func TestSoakGoroutinesReturnToBaseline(t *testing.T) {
 	if testing.Short() {
 		n = 120
 	}
+	s.soakRounds(t, 60, n, models)
+	s.settle(t)
+	s.hc.CloseIdleConnections()
+	got := goroutinesBack(t, base+slack)
+	eventually(t, soakWait, "NATS subscriptions back", func() bool { return s.a.Conn().NumSubscriptions() <= subs0 })
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	t.Logf("%d rounds: goroutines %d -> %d; heap %d KiB -> %d KiB", n, base, got, heap0>>10, ms.HeapAlloc>>10)
+}
+
+// soakRounds runs rounds from to from+n-1 (soakRound), six callers at once.
+func (s *soakForeman) soakRounds(t *testing.T, from, n int, models []string) {
 	var wg sync.WaitGroup
 	next := make(chan int)
 	go func() {
-		for i := 60; i < 60+n; i++ {
+		for i := from; i < from+n; i++ {
 			next <- i
 		}
 		close(next)
@@ -314,13 +326,6 @@ func TestSoakGoroutinesReturnToBaseline(t *testing.T) {
 		})
 	}
 	wg.Wait()
-	s.settle(t)
-	s.hc.CloseIdleConnections()
-	got := goroutinesBack(t, base+slack)
-	eventually(t, soakWait, "NATS subscriptions back", func() bool { return s.a.Conn().NumSubscriptions() <= subs0 })
-	runtime.GC()
-	runtime.ReadMemStats(&ms)
-	t.Logf("%d rounds: goroutines %d -> %d; heap %d KiB -> %d KiB", n, base, got, heap0>>10, ms.HeapAlloc>>10)
 }
 
 // TestSoakAcrossForemen: the calls reach foreman a, whose Mac lacks the model, and run on
@@ -346,22 +351,7 @@ func TestSoakAcrossForemen(t *testing.T) {
 	base := goroutinesBack(t, 1<<20)
 	subsA, subsB := fa.Conn().NumSubscriptions(), fb.Conn().NumSubscriptions()
 	n := 300
-	var wg sync.WaitGroup
-	next := make(chan int)
-	go func() {
-		for i := 60; i < 60+n; i++ {
-			next <- i
-		}
-		close(next)
-	}()
-	for range 6 {
-		wg.Go(func() {
-			for i := range next {
-				s.soakRound(t, i, models)
-			}
-		})
-	}
-	wg.Wait()
+	s.soakRounds(t, 60, n, models)
 	s.settle(t)
 	s.hc.CloseIdleConnections()
 	got := goroutinesBack(t, base+slack)
