@@ -13,8 +13,9 @@ import (
 
 // refuseBadFormat answers a native chat or generate call whose "format" Ollama can only
 // refuse (neither "json" nor a JSON object: `"JSON"`, `"yaml"`, `5`) with Ollama's own
-// words, as a 400, before a job is made; and so an OpenAI chat whose response_format
-// Ollama's OpenAI layer turns into such a format (openAIChatFormat). Ollama checks it only when it runs the
+// words, as a 400, before a job is made; and so an OpenAI chat whose response_format,
+// or an OpenAI response whose text.format, Ollama's OpenAI layer turns into such a format
+// (openAIChatFormat, openAIResponsesFormat). Ollama checks it only when it runs the
 // completion, after it has loaded the model: the call answered 500 after its turn in the
 // queue, and the doomed job made the Mac swap models. Its rules are followed (v0.17.4
 // llm/server.go Completion): null and "" mean no format; a call that only loads the model
@@ -22,7 +23,7 @@ import (
 // its first completion without the format, and an image generation model's generate has
 // none, so those are left to Ollama, as is a model whose capabilities cannot be read.
 func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model string, in inference) error {
-	chat := kind == broker.KindChat || kind == broker.KindOpenAIChat // Ollama's chat handler runs both
+	chat := kind == broker.KindChat || kind == broker.KindOpenAIChat || kind == broker.KindOpenAIResponses // Ollama's chat handler runs them all
 	if !chat && kind != broker.KindGenerate || formatTaken(in.format) || !in.completes {
 		return nil // another route, a format Ollama takes, or a load: no completion
 	}
@@ -63,6 +64,23 @@ func openAIChatFormat(raw json.RawMessage) json.RawMessage {
 		}
 	}
 	return nil
+}
+
+// openAIResponsesFormat is the format Ollama's OpenAI layer makes of a /v1/responses
+// "text" (v0.17.4 openai.FromResponsesRequest): its format's "schema" as it came when
+// the format's type is exactly "json_schema", none otherwise, as for a value the layer
+// cannot decode (its own 400).
+func openAIResponsesFormat(raw json.RawMessage) json.RawMessage {
+	var text struct {
+		Format *struct {
+			Type   string          `json:"type"`
+			Schema json.RawMessage `json:"schema"`
+		} `json:"format"`
+	}
+	if len(raw) == 0 || json.Unmarshal(raw, &text) != nil || text.Format == nil || text.Format.Type != "json_schema" {
+		return nil
+	}
+	return text.Format.Schema
 }
 
 // nonEmpty decodes a "messages" or "prompt" member only as far as Ollama's load check

@@ -86,6 +86,13 @@ func TestAnOpenAIResponseFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T
 			`invalid format: "[]"; expected "json" or a valid JSON Schema object`},
 		{"/jobs", `{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"Response_Format":{"type":"json_schema","json_schema":{"schema":5}}}`,
 			`invalid format: "5"; expected "json" or a valid JSON Schema object`},
+		// /v1/responses: its text.format's schema, for the type json_schema.
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","text":{"format":{"type":"json_schema","name":"x","schema":"yaml"}}}`,
+			`invalid format: "\"yaml\""; expected "json" or a valid JSON Schema object`},
+		{"/v1/responses", `{"model":"tiny-a","instructions":"be brief","input":[],"text":{"format":{"type":"json_schema","schema":[]}}}`,
+			`invalid format: "[]"; expected "json" or a valid JSON Schema object`},
+		{"/jobs", `{"kind":"openai_responses","model":"tiny-a","input":[{"role":"user","content":"hi"}],"Text":{"format":{"type":"json_schema","schema":5}}}`,
+			`invalid format: "5"; expected "json" or a valid JSON Schema object`},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))
 		var msg string
@@ -127,6 +134,13 @@ func TestAnOpenAIResponseFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T
 		{"/v1/chat/completions", `{"model":"thinker",` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"schema":"yaml"}}}`},
 		{"/api/chat", `{"model":"tiny-a","stream":false,` + msgs + `,"response_format":{"type":"json_schema","json_schema":{"schema":"yaml"}}}`},
 		{"/jobs", `{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"format":"yaml"}`},
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","text":{"format":{"type":"json_schema","schema":{"type":"object"}}}}`},
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","text":{"format":{"type":"JSON_Schema","schema":"yaml"}}}`}, // Ollama's layer matches the type exactly
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","text":{"format":{"type":"text","schema":"yaml"}}}`},
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","format":"yaml"}`}, // no member of the route
+		{"/v1/responses", `{"model":"thinker","input":"hi","text":{"format":{"type":"json_schema","schema":"yaml"}}}`},
+		{"/v1/responses", `{"model":"tiny-a","input":[],"text":{"format":{"type":"json_schema","schema":"yaml"}}}`}, // a load: no completion
+		{"/jobs", `{"kind":"openai_responses","model":"tiny-a","input":"hi","format":"yaml"}`},
 	} {
 		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK && got.Status != http.StatusAccepted {
 			t.Errorf("%s %s: %d %s, want 200 (202 for /jobs)", c.path, c.body, got.Status, got.Body)

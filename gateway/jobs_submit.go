@@ -265,18 +265,30 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		return nil, badRequest("webhook_events needs state_webhook_url")
 	}
 	// As Ollama decodes them: the last of a member given twice, a name in any case.
+	var input, instructions bool // /v1/responses': either makes a message
 	for _, m := range kept {
 		var ne nonEmpty
 		switch {
-		case strings.EqualFold(m.key, "format") && sub.kind != broker.KindOpenAIChat:
+		case strings.EqualFold(m.key, "format") && sub.kind != broker.KindOpenAIChat && sub.kind != broker.KindOpenAIResponses:
 			sub.inf.format = m.value
 		case strings.EqualFold(m.key, "response_format") && sub.kind == broker.KindOpenAIChat:
 			sub.inf.format = openAIChatFormat(m.value)
+		case strings.EqualFold(m.key, "text") && sub.kind == broker.KindOpenAIResponses:
+			sub.inf.format = openAIResponsesFormat(m.value)
+		case strings.EqualFold(m.key, "input") && sub.kind == broker.KindOpenAIResponses:
+			_ = ne.UnmarshalJSON(m.value) // never fails
+			input = bool(ne)
+		case strings.EqualFold(m.key, "instructions") && sub.kind == broker.KindOpenAIResponses:
+			_ = ne.UnmarshalJSON(m.value) // never fails
+			instructions = bool(ne)
 		case strings.EqualFold(m.key, "messages") && (sub.kind == broker.KindChat || sub.kind == broker.KindOpenAIChat),
 			strings.EqualFold(m.key, "prompt") && sub.kind == broker.KindGenerate:
 			_ = ne.UnmarshalJSON(m.value) // never fails
 			sub.inf.completes = bool(ne)
 		}
+	}
+	if sub.kind == broker.KindOpenAIResponses {
+		sub.inf.completes = input || instructions
 	}
 	var opts broker.LoadOptions
 	for _, v := range optionValues {

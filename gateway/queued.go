@@ -88,6 +88,10 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		ResponseFormat json.RawMessage `json:"response_format"`
 		Messages       nonEmpty        `json:"messages"`
 		Prompt         nonEmpty        `json:"prompt"`
+		// Text, Input and Instructions are /v1/responses' (other routes ignore them).
+		Text         json.RawMessage `json:"text"`
+		Input        nonEmpty        `json:"input"`
+		Instructions nonEmpty        `json:"instructions"`
 	}
 	if err := decodeObject(body, &req, ""); err != nil {
 		return inference{}, err
@@ -113,8 +117,11 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	}
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token(),
 		format: req.Format, completes: kind == broker.KindChat && bool(req.Messages) || kind == broker.KindGenerate && bool(req.Prompt)}
-	if kind == broker.KindOpenAIChat {
+	switch kind {
+	case broker.KindOpenAIChat:
 		in.format, in.completes = openAIChatFormat(req.ResponseFormat), bool(req.Messages)
+	case broker.KindOpenAIResponses:
+		in.format, in.completes = openAIResponsesFormat(req.Text), bool(req.Input) || bool(req.Instructions)
 	}
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
