@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -40,11 +41,14 @@ func (w *Worker) laterKeys(ctx context.Context, heads []head) []head {
 		}
 		seen[h.Token] = true
 		look := w.laterLooks[h.Token]
-		if look.whole && look.head == h.Seq {
-			continue // looked at already, and nothing taken from it since
+		if look.head == h.Seq && (look.whole || time.Since(look.at) < laterRelook) {
+			// Looked at already, and nothing taken from it since; one that left messages
+			// unsettled (a record that does not decode, a read that failed) is looked at
+			// again after laterRelook, not at every pick, warning again each time.
+			continue
 		}
 		from, whole := w.settleLaterKey(ctx, h.Token, look.from)
-		w.laterLooks[h.Token] = laterLook{head: h.Seq, from: from, whole: whole}
+		w.laterLooks[h.Token] = laterLook{head: h.Seq, from: from, whole: whole, at: time.Now()}
 	}
 	for token := range w.laterLooks {
 		if !seen[token] {
@@ -59,11 +63,16 @@ func (w *Worker) laterKeys(ctx context.Context, heads []head) []head {
 
 // laterLook is the last look at a later foreman's queue key: its head then, the first
 // message not settled for good (looked at again by the next look), and whether every
-// message was (none is to be looked at again while the head stays).
+// message was (none is to be looked at again while the head stays), and when it was made.
 type laterLook struct {
 	head, from uint64
 	whole      bool
+	at         time.Time
 }
+
+// laterRelook is how long a later foreman's queue key whose look left messages unsettled
+// waits for the next look while its head stays.
+const laterRelook = 10 * time.Second
 
 // settleLaterKey looks at the messages of later queue key token from sequence from on,
 // and returns the first one it could not settle for good (a read that failed, a record

@@ -125,3 +125,28 @@ func TestALaterForemansQueueKeyOnAnExclusiveStoreFailsAtOnce(t *testing.T) {
 		t.Errorf("target called for %v", calls)
 	}
 }
+
+// A later foreman's job whose record this build cannot read (it does not decode) cannot
+// be settled, and its queue key's look stays unfinished: it is looked at again once per
+// laterRelook, not at every pick. Before, every pick read the subject again and warned
+// again, a warning a job run (and one a second while idle).
+func TestALaterForemansUnreadableJobIsNotReadAtEveryPick(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	ctx := ctxT(t)
+	later := tb.queueUnderLaterKey(t)
+	if _, err := tb.b.JobRecords(t).Put(ctx, "job."+later.ID, []byte(`{"id":`)); err != nil {
+		t.Fatal(err)
+	}
+	logs := &warnings{}
+	tb.start(t, worker.Config{Logger: slog.New(logs)})
+	const jobs = 5 // each ends in a pick
+	for i := range jobs {
+		j := tb.chat(t, "tiny-a", i+1)
+		tb.waitState(t, j.ID, broker.StateDone)
+	}
+	const unread = "read the record of a job of a later foreman's queue key"
+	if n := logs.count(unread); n != 1 {
+		t.Errorf("%d warnings %q over %d picks, want 1", n, unread, jobs)
+	}
+}
