@@ -419,17 +419,9 @@ func TestClusterTargetsPastALaggingReplica(t *testing.T) {
 	st := c.Open(t, func(cfg *broker.Config) { cfg.TargetTTL = life })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	mac := broker.Target{Name: "mac-b", Reachable: true, Models: []string{"tiny-b:latest"}}
-	publish := func() {
-		t.Helper()
-		if err := st.PublishTarget(ctx, mac); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publish()
+	publishMacB(t, ctx, st)
 	lagging := c.Connect(t)
-	entry := "$JS.API.DIRECT.GET.KV_" + broker.TargetsBucket + ".$KV." + broker.TargetsBucket + ".target.mac-b"
-	old, err := lagging.RequestWithContext(ctx, entry, nil)
+	old, err := lagging.RequestWithContext(ctx, macBEntry, nil)
 	if err != nil || old.Header.Get("Status") != "" {
 		t.Fatalf("the entry's first write: %v %v", old, err)
 	}
@@ -439,18 +431,43 @@ func TestClusterTargetsPastALaggingReplica(t *testing.T) {
 	}
 	// The first write outlives its lifetime; the foreman writes again meanwhile.
 	eventually(t, 30*time.Second, "the first write past its lifetime", func() bool {
-		publish()
+		publishMacB(t, ctx, st)
 		return time.Since(written) > 2*life
 	})
-	lagReads(t, c, lagging, entry, &nats.Msg{Header: old.Header, Data: old.Data})
-	for i := range 20 {
-		publish() // fresh, and the next read is the bucket's, not a cached one
-		got, err := st.Targets(ctx)
+	lagReads(t, c, lagging, macBEntry, &nats.Msg{Header: old.Header, Data: old.Data})
+	readsMacB(t, ctx, st, 20, 0)
+}
+
+// macBEntry is the direct-get subject of mac-b's entry in the targets bucket, the one
+// publishMacB writes.
+const macBEntry = "$JS.API.DIRECT.GET.KV_" + broker.TargetsBucket + ".$KV." + broker.TargetsBucket + ".target.mac-b"
+
+// publishMacB writes the entry of another Mac, mac-b, with one model, through st.
+func publishMacB(t *testing.T, ctx context.Context, st *broker.Store) {
+	t.Helper()
+	if err := st.PublishTarget(ctx, broker.Target{Name: "mac-b", Reachable: true, Models: []string{"tiny-b:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// readsMacB reads st's targets n times, each within perRead (0: ctx alone), mac-b's
+// entry written again before each (fresh, and the read the bucket's, not a cached
+// one), and wants mac-b alone every time.
+func readsMacB(t *testing.T, ctx context.Context, st *broker.Store, n int, perRead time.Duration) {
+	t.Helper()
+	for i := range n {
+		publishMacB(t, ctx, st)
+		rctx, cancel := ctx, context.CancelFunc(func() {})
+		if perRead > 0 {
+			rctx, cancel = context.WithTimeout(ctx, perRead)
+		}
+		got, err := st.Targets(rctx)
+		cancel()
 		if err != nil {
 			t.Fatalf("read %d: %v", i, err)
 		}
 		if len(got) != 1 || got[0].Name != "mac-b" {
-			t.Fatalf("read %d: targets %+v, want mac-b, written %s ago", i, got, time.Since(written))
+			t.Fatalf("read %d: targets %+v, want mac-b", i, got)
 		}
 	}
 }
@@ -469,26 +486,9 @@ func TestClusterTargetsPastAReplicaWithoutTheEntry(t *testing.T) {
 	st := c.Open(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	mac := broker.Target{Name: "mac-b", Reachable: true, Models: []string{"tiny-b:latest"}}
-	publish := func() {
-		t.Helper()
-		if err := st.PublishTarget(ctx, mac); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publish()
+	publishMacB(t, ctx, st)
 	lagging := c.Connect(t)
-	entry := "$JS.API.DIRECT.GET.KV_" + broker.TargetsBucket + ".$KV." + broker.TargetsBucket + ".target.mac-b"
 	notFound := &nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}}
-	lagReads(t, c, lagging, entry, notFound)
-	for i := range 20 {
-		publish() // the next read is the bucket's, not a cached one
-		got, err := st.Targets(ctx)
-		if err != nil {
-			t.Fatalf("read %d: %v", i, err)
-		}
-		if len(got) != 1 || got[0].Name != "mac-b" {
-			t.Fatalf("read %d: targets %+v, want mac-b", i, got)
-		}
-	}
+	lagReads(t, c, lagging, macBEntry, notFound)
+	readsMacB(t, ctx, st, 20, 0)
 }

@@ -86,14 +86,7 @@ func TestClusterTargetsPastAFrozenReplica(t *testing.T) {
 	st := c.Open(t, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	mac := broker.Target{Name: "mac-b", Reachable: true, Models: []string{"tiny-b:latest"}}
-	publish := func() {
-		t.Helper()
-		if err := st.PublishTarget(ctx, mac); err != nil {
-			t.Fatal(err)
-		}
-	}
-	publish()
+	publishMacB(t, ctx, st)
 	frozen := c.Connect(t)
 	standIn := "frozen.replica.>"
 	sub, err := frozen.Subscribe(standIn, func(*nats.Msg) {}) // takes the request, answers nothing
@@ -105,16 +98,5 @@ func TestClusterTargetsPastAFrozenReplica(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.MapSubject(t, "$JS.API.DIRECT.GET.KV_"+broker.TargetsBucket+".>", standIn, 50)
-	for i := range 6 {
-		publish()                                                 // the next read is the bucket's, not a cached one
-		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second) // a submit's time
-		got, err := st.Targets(rctx)
-		rcancel()
-		if err != nil {
-			t.Fatalf("read %d: %v", i, err)
-		}
-		if len(got) != 1 || got[0].Name != "mac-b" {
-			t.Fatalf("read %d: targets %+v, want mac-b", i, got)
-		}
-	}
+	readsMacB(t, ctx, st, 6, 10*time.Second) // each read within a submit's time
 }
