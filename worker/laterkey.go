@@ -27,8 +27,8 @@ import (
 // the jobs of such a queue (settleLaterKey) when its head changed since the last look:
 // those queued since (from on), the ones left before staying left.
 func (w *Worker) laterKeys(ctx context.Context, heads []head) []head {
-	var out []head // a copy, made once a head is left out
-	seen := map[string]bool{}
+	var out []head           // a copy, made once a head is left out
+	var seen map[string]bool // made then too: a pick without later keys allocates nothing
 	for i, h := range heads {
 		if !broker.LaterQueueKey(h.Token) {
 			if out != nil {
@@ -38,6 +38,7 @@ func (w *Worker) laterKeys(ctx context.Context, heads []head) []head {
 		}
 		if out == nil {
 			out = append(make([]head, 0, len(heads)), heads[:i]...)
+			seen = map[string]bool{}
 		}
 		seen[h.Token] = true
 		look := w.laterLooks[h.Token]
