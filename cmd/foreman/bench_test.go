@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
@@ -149,12 +150,38 @@ func TestBench(t *testing.T) {
 			t.Errorf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
 		}
 	})
+	t.Run("fsync after idle", func(t *testing.T) {
+		t.Parallel()
+		dir := t.TempDir()
+		start := time.Now()
+		r := runCLI(t, nil, nil, nil, "bench", "fsync", "--dir", dir, "-n", "3", "--idle", "20ms", "--json")
+		var rep struct {
+			IdleMS float64 `json:"idle_ms"`
+			PerSec float64 `json:"fsyncs_per_s"`
+			Each   struct {
+				N int `json:"n"`
+			} `json:"fsync"`
+		}
+		if r.code != 0 || json.Unmarshal([]byte(r.stdout), &rep) != nil {
+			t.Fatalf("exit %d\nstdout: %s\nstderr: %s", r.code, r.stdout, r.stderr)
+		}
+		// Three pauses of 20 ms before the writes: the command cannot end sooner, and the
+		// rate counts the fsyncs alone, so it is far above the 50/s the pauses would allow.
+		if took := time.Since(start); took < 60*time.Millisecond || rep.IdleMS != 20 || rep.Each.N != 3 || rep.PerSec <= 50 {
+			t.Errorf("took %s, report %+v", took, rep)
+		}
+		text := runCLI(t, nil, nil, nil, "bench", "fsync", "--dir", dir, "-n", "1", "--idle", "1ms")
+		if text.code != 0 || !strings.Contains(text.stdout, "each after 1ms idle") {
+			t.Errorf("exit %d\nstdout: %s", text.code, text.stdout)
+		}
+	})
 	for _, bad := range [][]string{
 		{"chat", "-m", "tiny-a"},
 		{"chat", "--direct", "http://127.0.0.1:1"},
 		{"chat", "--direct", "http://127.0.0.1:1", "-m", "tiny-a", "--also", "127.0.0.1:2"},
 		{"submit", "-n", "5", "--duration", "1s"},
 		{"fsync"},
+		{"fsync", "--dir", ".", "--idle", "-1ms"},
 	} {
 		t.Run(fmt.Sprint(bad), func(t *testing.T) {
 			t.Parallel()
