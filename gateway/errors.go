@@ -339,6 +339,9 @@ func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 		return
 	}
 	args = append(args, "status", status, "err", err)
+	if errors.Is(err, broker.ErrStorageFull) {
+		args = append(args, "hint", storageFullHint)
+	}
 	ok, repeats := s.failures.Admit(failurelog.Key(strconv.Itoa(status), err))
 	if !ok {
 		s.log.Debug(msg, args...)
@@ -349,6 +352,13 @@ func (s *Server) logFailure(msg string, status int, err error, args ...any) {
 	}
 	s.log.Error(msg, args...)
 }
+
+// storageFullHint is what an operator does about a store at its storage limit: the
+// embedded server's limit is set as it starts, from the space then free (ADR-0094), and
+// finished jobs free their room when FOREMAN_JOB_TTL passes; on a shared NATS the limit
+// is the account's or the server's.
+const storageFullHint = "the job store is at its storage limit: free space on the disk of FOREMAN_DATA_DIR and restart foreman " +
+	"(the limit is set at start from the space then free), or shorten FOREMAN_JOB_TTL; on a shared NATS, raise its JetStream limits"
 
 // refusalWarnings are the lines of the refusals by design that an operator mends with a
 // setting (see logFailure), by their refusalReason. A program over its own limit is its
