@@ -395,7 +395,8 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 		w.targetAnswered()
 		w.succeed(bctx, d, j, r, ct, log)
 	case errors.Is(cause, errCanceled):
-		log.Info("cancel requested while running; upstream request aborted")
+		// cancelRun's "job canceled" is the line at info: one line a cancel.
+		log.Debug("cancel requested while running; upstream request aborted")
 		w.cancelRun(bctx, d, r, log)
 	case errors.As(cause, &timeout):
 		w.fail(bctx, d, j.Sync, r, timeout.Error(), 0, log)
