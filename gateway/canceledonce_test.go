@@ -64,7 +64,8 @@ func TestClientGoneRunningJobCanceledLoggedOnce(t *testing.T) {
 	}
 	if len(canceled) != 1 || !strings.Contains(canceled[0], "attempt=1") || !strings.Contains(canceled[0], `reason="client disconnected"`) {
 		t.Fatalf("job canceled lines %q, want one, the worker's, with its attempt and reason\n%s", canceled, logs.String())
-	} // And it is the one line of the cancel at info: the rest are details for debugging.
+	}
+	// And it is the one line of the cancel at info: the rest are details for debugging.
 	var info []string
 	for l := range strings.Lines(logs.String()) {
 		if !strings.Contains(l, "level=DEBUG") && strings.Contains(l, "job_id="+job.ID) && strings.Contains(l, "cancel") {
