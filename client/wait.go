@@ -158,7 +158,7 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 		f.events = hook.events
 	case c.natsUp() && !c.pollingOnly:
 		// If the subscription fails (e.g. a closed connection), polling still works.
-		if ch, unsub, err := c.subscribe(broker.StateSubject(id)); err == nil {
+		if ch, unsub, err := c.subscribe(ctx, broker.StateSubject(id)); err == nil {
 			f.events, f.unsub, f.overNATS = ch, unsub, true
 		}
 	}
@@ -315,7 +315,7 @@ func transient(err error) bool {
 // is reported as soon as the connection is back, and ahead of any event that came over
 // the new connection. A close for good (nats.go gave up reconnecting) is reported too:
 // no event comes after it.
-func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
+func (c *Client) subscribe(ctx context.Context, subject string) (<-chan Event, func(), error) {
 	ch := make(chan Event)
 	done := make(chan struct{})
 	send := func(e Event) bool {
@@ -401,12 +401,19 @@ func (c *Client) subscribe(subject string) (<-chan Event, func(), error) {
 	if c.statePendingLimit > 0 {
 		_ = sub.SetPendingLimits(c.statePendingLimit, -1)
 	}
-	if err := c.nc.Flush(); err != nil {
+	// The flush proves the subscription is in place; a NATS that stopped answering holds
+	// it up to nats.go's own bound for Flush, or until the caller's context ends.
+	fctx, cancel := context.WithTimeout(ctx, subscribeFlushTimeout)
+	defer cancel()
+	if err := c.nc.FlushWithContext(fctx); err != nil {
 		unsub()
 		return nil, nil, fmt.Errorf("client: subscribe %s: %w", subject, err)
 	}
 	return ch, unsub, nil
 }
+
+// subscribeFlushTimeout bounds subscribe's flush, as nats.go's Flush bounds its own.
+const subscribeFlushTimeout = 10 * time.Second
 
 // jobsStream is the stream behind broker.JobsBucket (a KV bucket's stream is KV_<bucket>):
 // the state events are its republishes of the job records.

@@ -71,7 +71,7 @@ func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 		}
 	}
 	if c.natsUp() && !c.pollingOnly {
-		events, unsub, err := c.subscribe(broker.StateWildcard)
+		events, unsub, err := c.subscribe(ctx, broker.StateWildcard)
 		if err != nil {
 			return nil, err
 		}
