@@ -64,10 +64,11 @@ var headRefused = map[string]bool{
 }
 
 // refuseHead answers HEAD on a GET route of Ollama's that takes none, as its router does:
-// 405 with Allow, or 404 for a path with a trailing slash (the one-model route's
-// wildcard takes "/v1/models/x/", Ollama's one-segment :model does not).
+// 405 with Allow, or 404 for a path its router has no route for: one with a trailing
+// slash, or a model name of several segments (the one-model route's wildcard takes
+// "/v1/models/x/" and "/v1/models/a/b", Ollama's one-segment :model takes neither).
 func (s *Server) refuseHead(w http.ResponseWriter, r *http.Request) {
-	if strings.HasSuffix(r.URL.Path, "/") {
+	if strings.HasSuffix(r.URL.Path, "/") || strings.Contains(r.PathValue("model"), "/") {
 		writeRouterMiss(w, http.StatusNotFound, "404 page not found")
 		return
 	}

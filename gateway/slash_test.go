@@ -32,6 +32,8 @@ func TestTrailingSlashRedirects(t *testing.T) {
 		{http.MethodGet, "/v1/models/tiny-a/", http.StatusMovedPermanently, "/v1/models/tiny-a"},
 		{http.MethodGet, "/v1/models/tiny-a:latest/?x=1", http.StatusMovedPermanently, "/v1/models/tiny-a:latest?x=1"},
 		{http.MethodHead, "/v1/models/tiny-a/", http.StatusNotFound, ""}, // as Ollama: no HEAD route there
+		{http.MethodHead, "/v1/models/a/b", http.StatusNotFound, ""},     // as Ollama: :model is one segment
+		{http.MethodHead, "/v1/models/tiny-a", http.StatusMethodNotAllowed, ""},
 	} {
 		req, err := http.NewRequest(c.method, b.URL+c.path, bytes.NewReader([]byte(`{}`)))
 		if err != nil {
