@@ -1034,9 +1034,13 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 		// several Macs a job given up for its target's fault goes to another (ADR-0066).
 		// A requeue the store refuses for now is tried again, the delivery held
 		// (requeueLast): a NAK would have the delivery limit's advisory fail the job.
+		// One the full queue refuses is kept, and run from if there is still no room
+		// (park, ADR-0100).
 		held := w.holdOff(bctx, d, j, cause)
 		const what = "requeue a job on its last delivery"
 		switch requeued, err := w.requeueLast(ctx, d, what, log); {
+		case errors.Is(err, broker.ErrQueueFull):
+			w.park(d, delay, log)
 		case err != nil:
 			log.Warn(what+"; trying a NAK", "err", err)
 			if held {

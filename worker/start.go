@@ -169,11 +169,13 @@ func (w *Worker) giveStartBackAgain(ctx context.Context, d *broker.Lease, read i
 }
 
 // requeueUnrun puts back a job whose last delivery ran no attempt, once the store takes
-// writes again (or the worker stops: giveBack): as a new message (requeueLast), or with
-// a NAK when the store answers that requeue otherwise (a full queue).
+// writes again (or the worker stops: giveBack): as a new message (requeueLast); kept
+// (park) when the queue is full, or NAKed when the store answers that requeue otherwise.
 func (w *Worker) requeueUnrun(ctx context.Context, d *broker.Lease, log *slog.Logger) {
 	const what = "requeue a job whose start the store refused on its last delivery"
 	switch requeued, err := w.requeueLast(ctx, d, what, log); {
+	case errors.Is(err, broker.ErrQueueFull):
+		w.park(d, w.cfg.RetryDelay, log)
 	case err != nil:
 		log.Warn(what+"; trying a NAK", "err", err)
 		w.nak(d, w.cfg.RetryDelay, log)
@@ -188,8 +190,8 @@ func (w *Worker) requeueUnrun(ctx context.Context, d *broker.Lease, log *slog.Lo
 // held (kept in progress by its handler's keeper): NAKed, the last delivery would never
 // come back, and the delivery limit's advisory would fail the job with its attempts
 // unspent. As the worker stops, d is handed back instead (giveBack). It reports whether
-// d was requeued; err is the store's other answer (a full queue), d left unsettled for
-// the caller's NAK. what names the requeue in the log.
+// d was requeued; err is the store's other answer (a full queue: the caller keeps d,
+// park), d left unsettled for the caller. what names the requeue in the log.
 func (w *Worker) requeueLast(ctx context.Context, d *broker.Lease, what string, log *slog.Logger) (requeued bool, err error) {
 	for pause := w.cfg.RetryDelay; ; pause = min(2*pause, maxHoldPause) {
 		bctx, cancel := w.storeCtx(ctx) // its own time: a wait for the store may have been long

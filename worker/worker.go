@@ -49,6 +49,7 @@ type Worker struct {
 	hardStop bool                    // Stop's deadline passed: abort any job at once
 	abort    context.CancelCauseFunc // aborts the running job; nil when idle
 	retries  []time.Time             // ends of the retry back-offs we caused
+	parked   []parkedLease           // last deliveries kept for a full queue (park.go)
 	held     map[string]heldOff      // jobs left to another Mac, by id (elsewhere.go)
 	current  string                  // runner (model and load options) of the job run last
 	consec   int                     // jobs of current in a row
@@ -212,7 +213,14 @@ func (w *Worker) Run(ctx context.Context) error {
 	// run would make it again.
 	var held *earlyCall
 	defer func() { w.drop(held) }()
+	defer w.unparkAll()
 	for !w.isStopping(ctx) {
+		if p, ok := w.dueParked(time.Now()); ok {
+			w.drop(held)
+			held = nil
+			w.runParked(ctx, p)
+			continue
+		}
 		var ahead *recordRead // the record of a job woken for, read while it is fetched
 		early := held         // the call of a job woken for, begun while it is fetched
 		held = nil
