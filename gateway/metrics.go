@@ -32,10 +32,18 @@ type metrics struct {
 
 func newMetricsHandler(s *Server) http.Handler {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(s.jobMetrics.collectors()...)
+	reg.MustRegister(foremanCollectors(s)...)
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+}
+
+// foremanCollectors are the collectors of foreman's own metrics (foreman_*), those the
+// README's table lists (TestREADMENamesTheMetricsServed).
+func foremanCollectors(s *Server) []prometheus.Collector {
+	return append(s.jobMetrics.collectors(),
 		&metrics{
 			s:          s,
 			queueDepth: prometheus.NewDesc("foreman_queue_depth", "Jobs in the queue (waiting, retrying or running) per model and priority.", []string{"model", "priority"}, nil),
@@ -46,13 +54,12 @@ func newMetricsHandler(s *Server) http.Handler {
 			loaded:     prometheus.NewDesc("foreman_target_loaded_model", "1 for each model loaded on the target (last poll).", []string{"model"}, nil),
 			cutOff:     prometheus.NewDesc("foreman_slow_clients_cut_off_total", "Sync clients cut off for reading their answer too slowly (their jobs ran on).", nil, nil),
 			peak:       prometheus.NewDesc("foreman_stream_buffer_peak_bytes", "Most bytes of an answer ever held for one slow client.", nil, nil),
-			paused:     prometheus.NewDesc("foreman_worker_paused", "1 while the worker takes no job for this reason (the target unreachable, the job store refusing writes), else 0.", []string{"reason"}, nil),
+			paused:     prometheus.NewDesc("foreman_worker_paused", "1 while the worker takes no job for this reason (the target unreachable or answering \"not now\", the job store refusing writes), else 0.", []string{"reason"}, nil),
 			bodies:     prometheus.NewDesc("foreman_request_body_bytes_in_flight", "Bytes of request bodies held now, all requests together (taken from FOREMAN_MAX_BODY_BYTES_IN_FLIGHT).", nil, nil),
 			bodyPeak:   prometheus.NewDesc("foreman_request_body_bytes_in_flight_peak", "The most bytes of request bodies ever held at once.", nil, nil),
 			bodyLimit:  prometheus.NewDesc("foreman_request_body_bytes_in_flight_limit", "FOREMAN_MAX_BODY_BYTES_IN_FLIGHT: the request body bytes held at once past which a body is refused with 503, unless it is the only one held.", nil, nil),
 		},
 	)
-	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
 }
 
 // pauser is a queue view (the worker) that says cheaply whether it is paused.
