@@ -220,6 +220,13 @@ type Store struct {
 	own ownWrites
 	// sharedTTL is the queue's MaxAge as last seen on a shared NATS (see JobTTL).
 	sharedTTL atomic.Int64
+	// heldTTL is the longer max age Open kept on the streams of a store of its own whose
+	// job TTL was lowered since, until ApplyJobTTL lowers it; 0 when none is held.
+	heldTTL atomic.Int64
+	// queueCfg is held (read) around a queue consumer's create and (write) around
+	// ApplyJobTTL's update of the queue: nats-server 2.15 rewrites a stream's
+	// configuration on an update while a consumer create on it reads it unlocked.
+	queueCfg sync.RWMutex
 	// sclock is the last reading of the NATS server's clock (ServerNow); serverShift
 	// (tests only) moves it on, as time passing on the server would.
 	sclock      atomic.Pointer[serverClock]
@@ -253,6 +260,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		if err := s.raiseToExisting(ctx, &qcfg); err != nil {
 			return err
 		}
+		if err := s.holdLoweredTTL(ctx, QueueStream, &qcfg.MaxAge); err != nil {
+			return err
+		}
 		if !cfg.Exclusive {
 			s.sharedTTL.Store(int64(qcfg.MaxAge))
 		}
@@ -270,6 +280,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		if err := s.raiseBucket(ctx, jobsStream, &jcfg.TTL, &jcfg.Replicas); err != nil {
 			return err
 		}
+		if err := s.holdLoweredTTL(ctx, jobsStream, &jcfg.TTL); err != nil {
+			return err
+		}
 		if s.kv, err = ensureKeyValue(ctx, js, jcfg); err != nil {
 			return err
 		}
@@ -282,6 +295,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	err = s.untilReady(ctx, "object store "+ArtifactsBucket, func(ctx context.Context) (err error) {
 		acfg := s.artifactsConfig()
 		if err := s.raiseBucket(ctx, "OBJ_"+ArtifactsBucket, &acfg.TTL, &acfg.Replicas); err != nil {
+			return err
+		}
+		if err := s.holdLoweredTTL(ctx, "OBJ_"+ArtifactsBucket, &acfg.TTL); err != nil {
 			return err
 		}
 		s.artifacts, err = ensureObjectStore(ctx, js, acfg)
