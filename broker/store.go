@@ -269,7 +269,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		if s.queue, err = ensureStream(ctx, js, qcfg); err != nil {
 			return err
 		}
-		s.noteServerTime(s.queue.CachedInfo().TimeStamp)
+		info := s.queue.CachedInfo()
+		s.noteServerTime(info.TimeStamp)
+		if n := info.State.Msgs; qcfg.MaxMsgs > 0 && n > uint64(qcfg.MaxMsgs) {
+			// A bound lowered below the queue's depth since the last start: every job
+			// stays and runs (the queue discards new messages only), and submits are
+			// refused until the depth falls below it, which without a word looks like a
+			// fault (ADR-0101).
+			s.log.Warn("the queue holds more jobs than FOREMAN_MAX_QUEUE (lowered?): they all stay and run; submits get 503 until fewer wait",
+				"jobs", n, "max_queue", qcfg.MaxMsgs)
+		}
 		return nil
 	})
 	if err != nil {
