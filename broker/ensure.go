@@ -195,3 +195,61 @@ func (s *Store) RefreshLimits(ctx context.Context) error {
 	s.sharedTTL.Store(int64(info.Config.MaxAge))
 	return nil
 }
+
+// A job TTL lowered between two starts of a foreman on a store of its own used to be
+// applied at Open: JetStream then dropped at once every queue message and record older
+// than the new TTL, and the jobs still waiting among them ended in no state, with no
+// event, no webhook and no log line (GET /jobs/{id} said 404). So Open keeps the longer
+// max age the streams have (holdLoweredTTL) while JobTTL is already the new one, the
+// worker's first expiry look ends those jobs failed (expired) by it, and only then
+// ApplyJobTTL lowers the streams (ADR-0101).
+
+// holdLoweredTTL keeps *ttl at the max age stream has when that is longer, on a store of
+// its own (a shared one only raises, raiseToExisting), and notes the lowering as pending.
+func (s *Store) holdLoweredTTL(ctx context.Context, stream string, ttl *time.Duration) error {
+	if !s.cfg.Exclusive {
+		return nil
+	}
+	st, err := s.js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil // made with the new TTL
+	}
+	if err != nil {
+		return err
+	}
+	cur := st.CachedInfo().Config.MaxAge
+	if cur == 0 || cur <= *ttl {
+		return nil // 0: no limit, which foreman never sets
+	}
+	if s.heldTTL.Swap(int64(cur)) == 0 {
+		s.log.Warn("FOREMAN_JOB_TTL lowered: the jobs that waited longer than it end failed (expired) first, then finished jobs, artifacts and webhook delivery logs older than it are dropped",
+			"job_ttl", s.cfg.JobTTL, "was", cur)
+	}
+	*ttl = cur
+	return nil
+}
+
+// ApplyJobTTL lowers the streams' max age to the job TTL when Open held a longer one
+// (holdLoweredTTL). The worker calls it after an expiry look ended every job that waited
+// longer than the TTL. Nothing to do otherwise.
+func (s *Store) ApplyJobTTL(ctx context.Context) error {
+	was := time.Duration(s.heldTTL.Load())
+	if was == 0 {
+		return nil
+	}
+	s.queueCfg.Lock()
+	_, err := ensureStream(ctx, s.js, s.queueConfig(s.dup))
+	s.queueCfg.Unlock()
+	if err != nil {
+		return fmt.Errorf("broker: lower the job TTL of %s: %w", QueueStream, err)
+	}
+	if _, err := ensureKeyValue(ctx, s.js, s.jobsConfig()); err != nil {
+		return fmt.Errorf("broker: lower the job TTL of %s: %w", JobsBucket, err)
+	}
+	if _, err := ensureObjectStore(ctx, s.js, s.artifactsConfig()); err != nil {
+		return fmt.Errorf("broker: lower the job TTL of %s: %w", ArtifactsBucket, err)
+	}
+	s.heldTTL.Store(0)
+	s.log.Info("job TTL lowered on the store", "job_ttl", s.cfg.JobTTL, "was", was)
+	return nil
+}

@@ -79,9 +79,13 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 	if err := s.raisedConsumer(ctx, &ccfg); err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
 	}
+	s.queueCfg.RLock()
 	c, err := s.queue.CreateOrUpdateConsumer(ctx, ccfg)
+	s.queueCfg.RUnlock()
 	if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && s.reapConsumers(ctx) > 0 {
+		s.queueCfg.RLock()
 		c, err = s.queue.CreateOrUpdateConsumer(ctx, ccfg)
+		s.queueCfg.RUnlock()
 	}
 	if err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)

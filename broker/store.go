@@ -220,6 +220,13 @@ type Store struct {
 	own ownWrites
 	// sharedTTL is the queue's MaxAge as last seen on a shared NATS (see JobTTL).
 	sharedTTL atomic.Int64
+	// heldTTL is the longer max age Open kept on the streams of a store of its own whose
+	// job TTL was lowered since, until ApplyJobTTL lowers it; 0 when none is held.
+	heldTTL atomic.Int64
+	// queueCfg is held (read) around a queue consumer's create and (write) around
+	// ApplyJobTTL's update of the queue: nats-server 2.15 rewrites a stream's
+	// configuration on an update while a consumer create on it reads it unlocked.
+	queueCfg sync.RWMutex
 	// sclock is the last reading of the NATS server's clock (ServerNow); serverShift
 	// (tests only) moves it on, as time passing on the server would.
 	sclock      atomic.Pointer[serverClock]
@@ -253,13 +260,25 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		if err := s.raiseToExisting(ctx, &qcfg); err != nil {
 			return err
 		}
+		if err := s.holdLoweredTTL(ctx, QueueStream, &qcfg.MaxAge); err != nil {
+			return err
+		}
 		if !cfg.Exclusive {
 			s.sharedTTL.Store(int64(qcfg.MaxAge))
 		}
 		if s.queue, err = ensureStream(ctx, js, qcfg); err != nil {
 			return err
 		}
-		s.noteServerTime(s.queue.CachedInfo().TimeStamp)
+		info := s.queue.CachedInfo()
+		s.noteServerTime(info.TimeStamp)
+		if n := info.State.Msgs; qcfg.MaxMsgs > 0 && n > uint64(qcfg.MaxMsgs) {
+			// A bound lowered below the queue's depth since the last start: every job
+			// stays and runs (the queue discards new messages only), and submits are
+			// refused until the depth falls below it, which without a word looks like a
+			// fault (ADR-0101).
+			s.log.Warn("the queue holds more jobs than FOREMAN_MAX_QUEUE (lowered?): they all stay and run; submits get 503 until fewer wait",
+				"jobs", n, "max_queue", qcfg.MaxMsgs)
+		}
 		return nil
 	})
 	if err != nil {
@@ -268,6 +287,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	err = s.untilReady(ctx, "bucket "+JobsBucket, func(ctx context.Context) (err error) {
 		jcfg := s.jobsConfig()
 		if err := s.raiseBucket(ctx, jobsStream, &jcfg.TTL, &jcfg.Replicas); err != nil {
+			return err
+		}
+		if err := s.holdLoweredTTL(ctx, jobsStream, &jcfg.TTL); err != nil {
 			return err
 		}
 		if s.kv, err = ensureKeyValue(ctx, js, jcfg); err != nil {
@@ -282,6 +304,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	err = s.untilReady(ctx, "object store "+ArtifactsBucket, func(ctx context.Context) (err error) {
 		acfg := s.artifactsConfig()
 		if err := s.raiseBucket(ctx, "OBJ_"+ArtifactsBucket, &acfg.TTL, &acfg.Replicas); err != nil {
+			return err
+		}
+		if err := s.holdLoweredTTL(ctx, "OBJ_"+ArtifactsBucket, &acfg.TTL); err != nil {
 			return err
 		}
 		s.artifacts, err = ensureObjectStore(ctx, js, acfg)

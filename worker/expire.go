@@ -101,8 +101,13 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 	}
 	ttl := w.store.JobTTL()
 	var ended []string
+	// whole says every job that waited too long was ended (or runs, or had ended): only
+	// then may a job TTL lowered since the last start be applied on the store, which drops
+	// what is older than it (Store.ApplyJobTTL, ADR-0101).
+	whole := err == nil
 	for _, p := range old {
 		if ctx.Err() != nil {
+			whole = false
 			break
 		}
 		if broker.ValidateID(p.JobID) != nil {
@@ -119,14 +124,22 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 			if err != nil {
 				log.Warn("remove expired job from the queue", "err", err)
 			}
-		} else if !errors.Is(err, errNotWaiting) && !errors.Is(err, broker.ErrNotFound) && ctx.Err() == nil {
-			log.Warn("end a job that waited a job TTL", "err", err)
+		} else if !errors.Is(err, errNotWaiting) && !errors.Is(err, broker.ErrNotFound) {
+			whole = false
+			if ctx.Err() == nil {
+				log.Warn("end a job that waited a job TTL", "err", err)
+			}
 		}
 		cancel()
 	}
 	if len(ended) > 0 {
 		// One line for the operator, however many a long outage left behind.
 		w.log.Warn("jobs failed: they waited in the queue for a job TTL", "jobs", len(ended), "first_job_id", ended[0], "job_ttl", ttl)
+	}
+	if whole && ctx.Err() == nil {
+		if err := w.store.ApplyJobTTL(ctx); err != nil && ctx.Err() == nil {
+			w.log.Warn("lower the job TTL on the store; tried again at the next look", "err", err)
+		}
 	}
 }
 

@@ -96,6 +96,16 @@ func (b *Bundle) Restart(t testing.TB) {
 	b.start(t)
 }
 
+// RestartWith is Restart with the configuration adjusted by opts first, as an operator
+// changing settings between two starts would.
+func (b *Bundle) RestartWith(t testing.TB, opts ...Option) {
+	t.Helper()
+	for _, o := range opts {
+		o(&b.cfg, &b.nats)
+	}
+	b.Restart(t)
+}
+
 // JetStream is a JetStream context on nc, for tests that look under a store opened on
 // it (the store itself keeps NATS to itself).
 func JetStream(t testing.TB, nc *nats.Conn) jetstream.JetStream {

@@ -607,3 +607,11 @@ func defaultDataDir(goos string, getenv func(string) string, home func() (string
 	}
 	return filepath.Join(h, ".local", "share", "foreman"), nil
 }
+
+// HoldsStream reports whether data directory dir holds the store of stream, made by an
+// embedded server that ran in it: a foreman that now runs on FOREMAN_NATS_URL looks
+// whether it left jobs there (without starting a server where there is nothing).
+func HoldsStream(dir, stream string) bool {
+	_, err := os.Stat(filepath.Join(dir, "jetstream", foremanAccount, "streams", stream))
+	return err == nil
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -56,6 +57,7 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 	}
 	log = log.With("model", e.job.Model, "state", e.job.State)
 	if e.attempts >= d.cfg.Attempts {
+		d.spentBefore(ctx, e, id, log)
 		d.finish(ctx, e)
 		return true // attempts spent before a restart
 	}
@@ -271,6 +273,38 @@ func (d *Dispatcher) finish(ctx context.Context, e *event) {
 	if err := d.store.FinishPendingDelivery(fctx, e.jobID, e.rev); err != nil {
 		d.log.Warn("remove finished webhook delivery", "job_id", e.jobID, "webhook_id", e.webhookID(), "err", err)
 	}
+}
+
+// spentBefore ends the delivery log of event e, whose attempts so far already reach
+// Attempts, with its giving up, unless its last attempt was recorded as the last one (a
+// restart between that record and the pending delivery's removal). Otherwise Attempts
+// was lowered (FOREMAN_WEBHOOK_ATTEMPTS) since a start that meant to try again: the log
+// said "retry" for ever and the event was dropped without a word.
+func (d *Dispatcher) spentBefore(ctx context.Context, e *event, id string, log *slog.Logger) {
+	if e.manual {
+		return
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	past, err := d.store.Deliveries(lctx, e.jobID)
+	cancel()
+	if err != nil {
+		past = nil // logged as given up once more rather than not at all
+	}
+	for i := len(past) - 1; i >= 0; i-- {
+		if past[i].WebhookID == id && !past[i].Manual {
+			if past[i].Outcome != broker.OutcomeRetry {
+				return
+			}
+			break
+		}
+	}
+	log.Warn("webhook delivery given up: its attempts before the restart already reach FOREMAN_WEBHOOK_ATTEMPTS",
+		"attempts", e.attempts, "webhook_attempts", d.cfg.Attempts)
+	d.record(ctx, e, broker.DeliveryAttempt{
+		WebhookID: id, State: e.job.State, Attempt: e.attempts, URL: e.job.Webhook.URL, Outcome: broker.OutcomeFailed,
+		Error: fmt.Sprintf("given up: %d attempts made, FOREMAN_WEBHOOK_ATTEMPTS is %d", e.attempts, d.cfg.Attempts),
+		At:    time.Now().UTC(),
+	})
 }
 
 func (d *Dispatcher) record(ctx context.Context, e *event, a broker.DeliveryAttempt) {

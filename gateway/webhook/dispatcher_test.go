@@ -789,3 +789,38 @@ func TestRedeliverSendsTheEventTheFilterWants(t *testing.T) {
 	}
 	noMoreDeliveries(t, b, rcv)
 }
+
+// An operator lowers FOREMAN_WEBHOOK_ATTEMPTS below the attempts an event pending across
+// the restart has already had: the event is given up, and its delivery log says so (its
+// last entry "failed", naming the setting) instead of "retry" for an attempt that never
+// comes.
+func TestWebhookAttemptsLoweredAtARestartEndsTheDeliveryLog(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.Exclusive = true }))
+	rcv := newReceiver(t, func(int, hit) int { return http.StatusServiceUnavailable })
+	cfg := fastConfig(b.Store)
+	cfg.Attempts = 1000 // still retrying when foreman stops
+	stop := runDispatcher(t, cfg)
+	j := submit(t, b.Store, &broker.Job{Webhook: &broker.Webhook{URL: rcv.URL, Events: []broker.State{broker.StateDone}}})
+	setState(t, b.Store, j.ID, broker.StateWorking)
+	setState(t, b.Store, j.ID, broker.StateDone)
+	waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool { return len(l) >= 3 })
+	stop()
+	waitConsumerIdle(t, b)
+	b.Restart(t)
+	before, err := b.Store.Deliveries(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	made := before[len(before)-1].Attempt
+	cfg.Store, cfg.Attempts = b.Store, 2
+	runDispatcher(t, cfg)
+	log := waitLog(t, b.Store, j.ID, func(l []broker.DeliveryAttempt) bool {
+		return len(l) > len(before) && l[len(l)-1].Outcome != broker.OutcomeRetry
+	})
+	last := log[len(log)-1]
+	if last.Outcome != broker.OutcomeFailed || last.Attempt != made || !strings.Contains(last.Error, "FOREMAN_WEBHOOK_ATTEMPTS is 2") {
+		t.Errorf("last entry %+v, want failed after attempt %d naming the setting", last, made)
+	}
+	waitNoPending(t, b.Store)
+}

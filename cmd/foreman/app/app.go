@@ -382,6 +382,7 @@ func (a *App) startNATS(ctx context.Context) error {
 			return fmt.Errorf("FOREMAN_NATS_URL=%q: %w", ollama.RedactURLs(a.cfg.NATSURL), ollama.RedactError(err, a.cfg.NATSURL))
 		}
 		a.nc = nc
+		a.warnLeftBehind(ctx)
 		return nil
 	}
 	dir := a.cfg.DataDir
