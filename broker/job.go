@@ -346,8 +346,28 @@ func (j *Job) Artifact(name string) (Artifact, bool) {
 	return Artifact{}, false
 }
 
-// NewID returns a new job id: a ULID, so ids sort by creation time.
+// NewID returns a new id: a ULID on this host's clock. A job's id is made by
+// Store.NewID, on the NATS server's clock; NewID is for other ids (a boot id).
 func NewID() string { return ulid.Make().String() }
+
+// NewID returns a new job id: a ULID whose time is the NATS server's (ServerNow), the
+// clock that stamps the job's records, so ids sort by creation time whatever this
+// host's clock says. GET /jobs pages by that order against the records' stamps
+// (ADR-0025), and an idempotent retry takes a job's age from its id (Resubmit): an id
+// on a host clock minutes ahead of the server's had its job left off every page, and one
+// stepped back sorted new jobs below older ones.
+func (s *Store) NewID() string {
+	return ulid.MustNew(ulid.Timestamp(s.ServerNow()), ulid.DefaultEntropy()).String()
+}
+
+// idTime is the time job id names, zero for an id that is no ULID.
+func idTime(id string) time.Time {
+	u, err := ulid.ParseStrict(id)
+	if err != nil {
+		return time.Time{}
+	}
+	return ulid.Time(u.Time())
+}
 
 // ValidateID checks that id is a ULID in canonical form.
 func ValidateID(id string) error {

@@ -235,6 +235,47 @@ func TestListFindsJobOfAClockAhead(t *testing.T) {
 	}
 }
 
+// Job ids are made on the NATS server's clock, whatever the host's: of two foremen
+// sharing one NATS, their hosts' clocks ahead of the server's by two minutes and by one
+// (past the paging's slack), every job is listed. With ids on the host's clock, the first
+// foreman's job ranked above every other (its id two minutes ahead) but was met only
+// past the first window read back, by when the page was full of the second's jobs, and
+// the next page starts below them: no page listed it.
+func TestListFindsJobsOfHostClocksMinutesAhead(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	open := func(ahead time.Duration) *broker.Store {
+		st, err := broker.Open(ctx, broker.Config{Conn: b.Conn, Now: func() time.Time { return time.Now().Add(ahead) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	fast, faster := open(time.Minute), open(2*time.Minute)
+	first, err := faster.Submit(ctx, &broker.Job{ID: faster.NewID(), Model: "m", Kind: broker.KindChat}, []byte(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{first.ID}
+	for range 300 {
+		j, err := fast.Submit(ctx, &broker.Job{ID: fast.NewID(), Model: "m", Kind: broker.KindChat}, []byte(`{}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, j.ID)
+	}
+	got := listAll(t, b.Store, broker.ListOptions{Limit: 50}, nil)
+	if !slices.Contains(got, first.ID) || len(got) != len(want) {
+		t.Fatalf("listed %d of %d jobs; the first foreman's %s listed: %v", len(got), len(want), first.ID, slices.Contains(got, first.ID))
+	}
+	slices.Sort(want)
+	slices.Reverse(want)
+	if !slices.Equal(got, want) {
+		t.Fatal("jobs not listed newest first")
+	}
+}
+
 // A listing reads the records' keys through a consumer of its own, which the NATS
 // server's cap on a stream's consumers (1,000 by default) may refuse while as many
 // listings run at once: that is the store being busy (a 503 that invites a retry), not

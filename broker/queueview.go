@@ -56,6 +56,31 @@ type Pause struct {
 	// fault no write outlasts (Store.WriteFault: the embedded server's stream that failed
 	// a write on a full disk, its data directory removed), not one it recovers from.
 	RestartNeeded bool `json:"restart_needed,omitempty"`
+	// began is Since with this host's monotonic reading, which Since (UTC, as shown)
+	// lacks; zero in a pause read from elsewhere. See Began.
+	began time.Time
+}
+
+// NewPause is a pause for reason, begun at by this host's clock: Since is at in UTC, and
+// Began keeps at's monotonic reading. errText is its Error.
+func NewPause(reason string, at time.Time, errText string) *Pause {
+	return &Pause{Reason: reason, Since: at.UTC(), Error: errText, began: at}
+}
+
+// Began is when the pause began, for a span to now (time.Since): with this host's
+// monotonic reading when this process made the pause (NewPause), so that a step of the
+// wall clock since (NTP, a VM resumed, a laptop's sleep) does not lengthen or shorten
+// the outage a sync call waits out; Since otherwise.
+func (p *Pause) Began() time.Time {
+	if !p.began.IsZero() {
+		return p.began
+	}
+	return p.Since
+}
+
+// BeganAt sets when the pause began, as NewPause does: Since at in UTC, Began at.
+func (p *Pause) BeganAt(at time.Time) {
+	p.Since, p.began = at.UTC(), at
 }
 
 // QueuedJob is one waiting job in a QueueView.

@@ -42,7 +42,7 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 	if err != nil {
 		return nil, err
 	}
-	if j.BodyRef != "" || s.Now().Sub(j.CreatedAt) >= s.dup/2 {
+	if j.BodyRef != "" || s.jobAge(j) >= s.dup/2 {
 		// Its first message may be past the queue's duplicate window, where a second one
 		// would be stored beside it: a second place in the queue, counted twice against
 		// its bounds and left behind by a cancel. And a body is stored again only for a
@@ -246,4 +246,19 @@ func (s *Store) bodyGone(ctx context.Context, ref string) (bool, error) {
 		return false, fmt.Errorf("decode %s's info: %w", ref, err)
 	}
 	return info.Deleted, nil
+}
+
+// jobAge is how long ago job j was made, as the queue's duplicate window counts it (on
+// the NATS server's clock): by its id's time (Store.NewID) against ServerNow. An id of a
+// foreman from before was made on its host's clock, as was the record's CreatedAt: the
+// older of the two ages counts, so a clock that was behind shortens no age. The record's
+// CreatedAt alone, taken against this host's clock, made a job created through a foreman
+// whose clock was minutes ahead look young long past the window: a retry published a
+// second message beside the first.
+func (s *Store) jobAge(j *Job) time.Duration {
+	age := s.Now().Sub(j.CreatedAt)
+	if t := idTime(j.ID); !t.IsZero() {
+		age = max(age, s.ServerNow().Sub(t))
+	}
+	return age
 }

@@ -420,7 +420,7 @@ func (s *Store) Config() Config { return s.cfg }
 // times are set here.
 func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	if j.ID == "" {
-		j.ID = NewID()
+		j.ID = s.NewID()
 	} else if err := ValidateID(j.ID); err != nil {
 		return nil, err
 	}

@@ -567,6 +567,54 @@ func TestResubmitAfterDuplicateWindowKeepsOneMessage(t *testing.T) {
 	}
 }
 
+// A job's age against the duplicate window is taken on the NATS server's clock: a job
+// made through a foreman whose host clock was an hour ahead (its record's CreatedAt an
+// hour ahead of this one's clock) and retried past the window through this one is looked
+// for in the queue and found, not published a second time beside its first message.
+func TestResubmitOfAJobFromAClockAheadKeepsOneMessage(t *testing.T) {
+	t.Parallel()
+	window := func(c *broker.Config) { c.DuplicateWindow = time.Second }
+	b := brokertest.New(t, brokertest.WithStore(window))
+	ctx := ctxT(t)
+	ahead := broker.Config{Conn: b.Conn, Now: func() time.Time { return time.Now().Add(time.Hour) }}
+	window(&ahead)
+	other, err := broker.Open(ctx, ahead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := other.Submit(ctx, &broker.Job{ID: other.NewID(), Model: "m", Kind: broker.KindChat}, []byte(`{"model":"m"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A probe published after the job, with an id of its own, is stored again only once
+	// the server's window has dropped its id, and so the job's.
+	probe := nats.NewMsg(broker.QueueSubject(token(t, "probe")))
+	js := b.JetStream(t)
+	first, err := js.PublishMsg(ctx, probe, jetstream.WithMsgID("probe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var again *jetstream.PubAck
+	eventually(t, 30*time.Second, "duplicate window passed", func() bool {
+		again, err = js.PublishMsg(ctx, probe, jetstream.WithMsgID("probe"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return !again.Duplicate
+	})
+	for _, seq := range []uint64{first.Sequence, again.Sequence} {
+		if err := b.Store.DeleteQueued(ctx, seq); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := b.Store.Resubmit(ctx, j.ID, []byte(`{"model":"m"}`)); err != nil || got.ID != j.ID {
+		t.Fatalf("resubmit: %+v, %v", got, err)
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
+	}
+}
+
 // A requeued job's record is rewritten with its new queue message, so that both age
 // from the requeue: the record left as old as the first message would expire while the
 // job waits at the queue's end, and the job end in no state. It is rewritten however

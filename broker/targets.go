@@ -316,8 +316,8 @@ func (s *Store) ownEntryLapsed(live map[string]bool) bool {
 // checkClock warns once while this foreman's clock is off from the NATS server's by more
 // than clockOffWarn (off: the server's time of its own entry's write less the entry's
 // Updated). The targets do not depend on it (Targets), nor any age of what the server
-// stamped (ServerNow, ADR-0060); what still does: the job ids' times, by which the list
-// pages (ADR-0025), and a webhook's webhook-timestamp, which its receiver checks.
+// stamped (ServerNow, ADR-0060), nor the job ids' times (Store.NewID); what still does:
+// a webhook's webhook-timestamp, which its receiver checks.
 func (s *Store) checkClock(off time.Duration) {
 	s.tmu.Lock()
 	was := s.clockOff

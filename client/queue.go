@@ -38,6 +38,10 @@ type Queue struct {
 	// Targets are the Ollama servers: this foreman's (Own) and those of the other live
 	// foremen on its NATS.
 	Targets []QueueTarget `json:"targets"`
+	// Now is foreman's time when it answered, on the clock of ETA and CreatedAt (the
+	// NATS server's); zero from a foreman that does not say it. Take spans to those
+	// against it (ETA.Sub(Now)), not against this host's clock, which may be off.
+	Now time.Time `json:"now,omitzero"`
 	// Raw is the response body as foreman sent it.
 	Raw json.RawMessage `json:"-"`
 }

@@ -494,7 +494,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	if err != nil {
 		return "", false, err
 	}
-	job := &broker.Job{ID: broker.NewID(), Model: model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
+	job := &broker.Job{ID: s.store.NewID(), Model: model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
 		LoadOptions: sub.opts}
 	legacyKey := s.legacyIdempotencyKey(idemKey)
 	idemKey = scopedIdempotencyKey(who.program, idemKey)

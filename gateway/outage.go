@@ -210,7 +210,9 @@ func (s *Server) ownOutage() outage {
 	var o outage
 	if q, ok := s.cfg.Queue.(pauser); ok {
 		if p := q.Paused(); p != nil && p.Reason == broker.PauseTargetUnreachable {
-			o = outage{since: p.Since, cause: p.Error, own: true}
+			// Began, not Since: a span on the monotonic clock, which a step of the
+			// wall clock does not move (Since has no monotonic reading).
+			o = outage{since: p.Began(), cause: p.Error, own: true}
 		}
 	}
 	if snap := s.inv.Snapshot(); !snap.DownSince.IsZero() && snap.Err != nil &&

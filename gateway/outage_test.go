@@ -109,6 +109,78 @@ func TestSyncCallWaitsOutAShortOutage(t *testing.T) {
 	}
 }
 
+// steppedPauses is a worker whose pause began before the wall clock stepped forward by
+// step (NTP correcting a slow clock, a laptop waking): Since, a wall time, says the pause
+// began step earlier than it did; the pause's monotonic reading is this process's own.
+type steppedPauses struct {
+	*worker.Worker
+	step time.Duration
+}
+
+func (s steppedPauses) Paused() *broker.Pause {
+	p := s.Worker.Paused()
+	if p == nil {
+		return nil
+	}
+	c := *p
+	c.Since = c.Since.Add(-s.step)
+	return &c
+}
+
+// An outage is timed on the monotonic clock: the wall clock stepped an hour forward
+// since the worker paused for its unreachable target does not make the outage an hour
+// long. A sync call is taken and waits it out (SyncOutageWait a minute), not refused at
+// once for FOREMAN_SYNC_OUTAGE_WAIT, and gets its answer once the target is back.
+func TestSyncCallWaitsOutAnOutageAcrossAClockStep(t *testing.T) {
+	t.Parallel()
+	var w *worker.Worker
+	b := newTestBundle(t, withGateway(func(c *Config) {
+		var err error
+		w, err = worker.New(worker.Config{Store: c.Store, Target: c.Target, Inventory: c.Inventory, RetryDelay: 10 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Queue = steppedPauses{Worker: w, step: time.Hour}
+		c.SyncOutageWait = time.Minute
+	}))
+	b.Fake.SetDown(true)
+	jobsSubmit(t, b, `{"model":"tiny-a","messages":[{"role":"user","content":"whenever"}]}`)
+	runUntilCleanup(t, "worker", w.Run)
+	eventually(t, 20*time.Second, "the worker paused for the target", func() bool {
+		p := w.Paused()
+		return p != nil && p.Reason == broker.PauseTargetUnreachable
+	})
+	type answer struct {
+		status int
+		body   []byte
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.Post(b.URL+"/api/chat", "application/json",
+			strings.NewReader(`{"model":"tiny-a","messages":[{"role":"user","content":"patience"}],"stream":false}`))
+		if err != nil {
+			got <- answer{0, []byte(err.Error())}
+			return
+		}
+		defer resp.Body.Close()
+		out, _ := io.ReadAll(resp.Body)
+		got <- answer{resp.StatusCode, out}
+	}()
+	// The call is taken (its job waits) while the target is still down.
+	eventually(t, 20*time.Second, "the sync call's job queued", func() bool {
+		select {
+		case a := <-got:
+			t.Fatalf("chat during a minute-old outage: %d %s, want it waiting", a.status, a.body)
+		default:
+		}
+		return len(jobsList(t, b, "")) == 2
+	})
+	b.Fake.SetDown(false)
+	if a := <-got; a.status != http.StatusOK {
+		t.Fatalf("chat once the target is back: %d %s", a.status, a.body)
+	}
+}
+
 // A worker learns that its target is back at its next probe, up to 30s into a long
 // outage: a call arriving in that window polls the target before it is refused, and the
 // poll that gets through wakes the worker (the inventory's OnRecover), which runs the call.

@@ -46,6 +46,10 @@ type queueBody struct {
 	Depth map[string]int `json:"depth"`
 	// Targets are this foreman's target and those of the other live foremen (ADR-0029).
 	Targets []targetView `json:"targets"`
+	// Now is foreman's time of the answer, on the clock of the ETAs and the queue's
+	// created_at (the NATS server's, ADR-0060): a client whose clock is off takes its
+	// spans to them (an ETA's "in 12s", a job's age) against it, not against its own.
+	Now time.Time `json:"now"`
 }
 
 // handleQueue answers GET /queue?limit=: what runs, what is loaded, and the waiting jobs
@@ -71,7 +75,7 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 	}
 	targets, _ := s.targetViews(r.Context()) // the own target at least, should the read of the others fail
 	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Depth: map[string]int{},
-		Paused: s.pauseShown(v.Paused), Targets: targets}
+		Paused: s.pauseShown(v.Paused), Targets: targets, Now: s.store.ServerNow().UTC()}
 	for _, j := range v.Queued {
 		body.Depth[ollama.NormalizeModel(j.Model)]++
 	}

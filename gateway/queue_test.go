@@ -138,6 +138,20 @@ func TestJobPositionRightAfterSubmit(t *testing.T) {
 	}
 }
 
+// GET /queue says foreman's time of the answer (now), on the NATS server's clock that
+// its ETAs are on: a client on a host whose clock is off takes its spans against it.
+func TestQueueSaysForemansTime(t *testing.T) {
+	t.Parallel()
+	opt, _ := withWorker(t)
+	b := newTestBundle(t, opt)
+	before := b.Broker.Store.ServerNow()
+	q := getQueue(t, b, "")
+	after := b.Broker.Store.ServerNow()
+	if q.Now.Before(before.Truncate(time.Microsecond)) || q.Now.After(after) {
+		t.Fatalf("now %v, want the server's time between %v and %v", q.Now, before, after)
+	}
+}
+
 // Without a worker in the process GET /queue says so with a JSON error.
 func TestQueueWithoutWorker(t *testing.T) {
 	t.Parallel()

@@ -225,7 +225,7 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 		s.writeError(w, r, err)
 		return
 	}
-	job := &broker.Job{ID: broker.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID(),
+	job := &broker.Job{ID: s.store.NewID(), Kind: kind, Model: model, Sync: true, Gateway: s.store.BootID(),
 		FeedPing: true, // runSync opens the job's feed before it submits the job (ADR-0072)
 		Priority: who.priority, Program: who.program, LoadOptions: inf.opts}
 	body = s.bodyFor(body, inf.model, model)

@@ -978,11 +978,11 @@ func (w *Worker) waitUntil(ctx context.Context, reason string, cause error, prob
 // the fault went. Only an answer does: a probe that is taken ends the pause, one refused
 // otherwise (out of room, say) replaces the cause.
 func (w *Worker) pause(reason string, err error) {
-	p := &broker.Pause{Reason: reason, Since: time.Now().UTC(), Error: broker.PauseText(err)}
+	p := broker.NewPause(reason, time.Now(), broker.PauseText(err))
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if w.paused != nil && w.paused.Reason == reason {
-		p.Since = w.paused.Since
+		p.BeganAt(w.paused.Began())
 		p.RestartNeeded = w.paused.RestartNeeded && broker.TimedOut(err)
 	}
 	if reason == broker.PauseStoreRefusesWrites && broker.NeedsRestart(err) {
@@ -1024,8 +1024,8 @@ func (w *Worker) pauseShownLocked() *broker.Pause {
 	p := w.paused // replaced, never changed, once shared
 	if p == nil && w.running == nil {
 		if fault := w.store.WriteFault(); broker.NeedsRestart(fault) {
-			p = &broker.Pause{Reason: broker.PauseStoreRefusesWrites, Since: w.store.WriteFaultSince().UTC(),
-				Error: broker.PauseText(fault), RestartNeeded: true}
+			p = broker.NewPause(broker.PauseStoreRefusesWrites, w.store.WriteFaultSince(), broker.PauseText(fault))
+			p.RestartNeeded = true
 		}
 	}
 	if w.cfg.Inventory == nil {
@@ -1036,10 +1036,10 @@ func (w *Worker) pauseShownLocked() *broker.Pause {
 	case snap.DownSince.IsZero() || snap.Err == nil:
 		return p
 	case p == nil && w.running == nil:
-		return &broker.Pause{Reason: broker.PauseTargetUnreachable, Since: snap.DownSince.UTC(), Error: broker.PauseText(snap.Err)}
-	case p != nil && p.Reason == broker.PauseTargetUnreachable && snap.DownSince.Before(p.Since):
+		return broker.NewPause(broker.PauseTargetUnreachable, snap.DownSince, broker.PauseText(snap.Err))
+	case p != nil && p.Reason == broker.PauseTargetUnreachable && snap.DownSince.Before(p.Began()):
 		c := *p
-		c.Since = snap.DownSince.UTC()
+		c.BeganAt(snap.DownSince)
 		return &c
 	}
 	return p

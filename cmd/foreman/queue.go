@@ -45,7 +45,7 @@ func newQueueCmd(e *env) *cobra.Command {
 				_, err := fmt.Fprintln(out, raw)
 				return err
 			}
-			now := e.clock()
+			now := foremanNow(q, e.clock())
 			running := "none"
 			if j := q.Running; j != nil {
 				running = fmt.Sprintf("%s %s (%s", termSafe(j.ID), termSafe(j.Model), termSafe(string(j.State)))

@@ -281,3 +281,35 @@ func TestQueueStatusSaysAJobWaitsForAnotherMac(t *testing.T) {
 	defer st.Stop()
 	waitFor(t, "the status line", func() bool { return strings.Contains(out.String(), "queued: waiting for another Mac") })
 }
+
+// Spans to foreman's times are taken on foreman's clock (GET /queue's now), not on the
+// CLI host's: with this host's clock 10 minutes ahead of foreman's, a job that started a
+// minute ago runs for 1m (not 11m), one queued 4 minutes ago waits 4m, and an ETA 40 s
+// away is "in 40s" (not "now", as every ETA was).
+func TestQueueAndTopTakeSpansOnForemansClock(t *testing.T) {
+	t.Parallel()
+	body := `{"running":{"id":"01JGJ4Q2R0000000000000000B","kind":"chat","model":"qwen2.5:0.5b","state":"working","attempts":1,"created_at":"2025-01-02T02:52:05Z","started_at":"2025-01-02T02:53:05Z","finished_at":null,"error":"","result":null,"artifacts":[],"priority":"normal","program":""},` +
+		`"loaded":["qwen2.5:0.5b"],"queued":[` +
+		`{"job_id":"01JGJ4Q2R0000000000000000C","model":"qwen2.5:0.5b","kind":"chat","priority":"normal","program":"","created_at":"2025-01-02T02:50:05Z","queue_position":1,"eta":"2025-01-02T02:54:45Z"}],` +
+		`"total":1,"paused":null,"now":"2025-01-02T02:54:05Z"}`
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, body)}
+	r := queueOrTop(t, vars, "queue")
+	for _, re := range []string{
+		`(?m)^Running: 01JGJ4Q2R0000000000000000B qwen2.5:0.5b \(working, 1m\)$`,
+		`(?m)^1 +01JGJ4Q2R0000000000000000C .* 4m +in 40s +waiting$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("foreman queue: no line matching %s:\n%s", re, r.stdout)
+		}
+	}
+	r = queueOrTop(t, vars, "top")
+	for _, re := range []string{
+		`(?m)^foreman \S+ +02:54:05$`,
+		`(?m)^RUNNING +qwen2.5:0.5b .* working +1m00s +01JGJ4Q2R0000000000000000B$`,
+		`(?m)^1 +waiting +in 40s \(\d\d:54:45\) .* 4m00s +01JGJ4Q2R0000000000000000C$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("foreman top: no line matching %s:\n%s", re, r.stdout)
+		}
+	}
+}

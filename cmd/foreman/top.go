@@ -31,6 +31,27 @@ type topSnapshot struct {
 	// OwnTargetDown is foreman's own Ollama while its polls fail and the worker is not
 	// paused for it (a job runs, waiting on it).
 	OwnTargetDown *client.QueueTarget `json:"own_target_down,omitempty"`
+	// Now is foreman's time when it answered (client.Queue.Now), zero when not said.
+	Now time.Time `json:"now,omitzero"`
+}
+
+// foremanNow is the time to take spans to foreman's times against (a job's start, an
+// ETA): foreman's when it said it (GET /queue's now, told then), so that a host whose
+// clock is off from foreman's (another machine's CLI) shows a job that just started as
+// just started and an ETA a minute away as a minute away; local otherwise.
+func foremanNow(q *client.Queue, local time.Time) time.Time {
+	if q == nil || q.Now.IsZero() {
+		return local
+	}
+	return q.Now.In(local.Location()) // shown as a local time, as the local clock's
+}
+
+// at is foremanNow for the snapshot: foreman's time when it answered, or local.
+func (s *topSnapshot) at(local time.Time) time.Time {
+	if s.Now.IsZero() {
+		return local
+	}
+	return s.Now.In(local.Location())
 }
 
 // topRows caps the queue rows and recent jobs a frame lists.
@@ -72,7 +93,7 @@ func newTopCmd(e *env) *cobra.Command {
 				if f.json {
 					return printJSON(out, snap)
 				}
-				return renderTop(out, snap, e.clock(), c.ShownURL(), 0, 0)
+				return renderTop(out, snap, snap.at(e.clock()), c.ShownURL(), 0, 0)
 			}
 			return liveTop(cmd.Context(), e, out, c, f, interval)
 		},
@@ -91,7 +112,7 @@ func fetchTop(ctx context.Context, c *client.Client) (*topSnapshot, error) {
 		return nil, err
 	}
 	snap := &topSnapshot{Running: q.Running, Loaded: q.Loaded, Queued: q.Queued, Total: q.Total, Paused: q.Paused, Elsewhere: q.RunningElsewhere,
-		OwnTargetDown: silentTarget(q), WaitingElsewhere: elsewhereCount(q)}
+		OwnTargetDown: silentTarget(q), WaitingElsewhere: elsewhereCount(q), Now: q.Now}
 	// The finished jobs by state: while a backlog lasts the newest jobs all wait.
 	l, err := c.Jobs(ctx, client.JobFilter{States: []client.State{client.StateDone, client.StateFailed, client.StateCanceled}, Limit: topRecentRows})
 	if err != nil {

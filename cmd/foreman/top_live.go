@@ -66,7 +66,7 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 		if err != nil {
 			frame.WriteString("foreman " + c.ShownURL() + "   " + e.clock().Format("15:04:05") + "\n\n" + refresh.explain(e, err).Error() + "\n")
 		} else {
-			_ = renderTop(&frame, snap, e.clock(), c.ShownURL(), width, height)
+			_ = renderTop(&frame, snap, snap.at(e.clock()), c.ShownURL(), width, height)
 		}
 		frame.WriteString("\n(q quits)")
 		// Raw mode turns off the terminal's \n to \r\n; each line also clears its rest.

@@ -136,3 +136,19 @@ polling = false; // the poll made at load hangs on the harness's fetch
 		t.Errorf("status after a poll without an answer: %q, want it said as an error", out.Said)
 	}
 }
+
+// The page takes its spans to foreman's times on foreman's clock (GET /queue's now): in
+// a browser whose clock is 10 minutes ahead, an ETA 40 s away is "in 40s", not passed,
+// and a job that started a minute ago has run for 1m00s, not 11m00s.
+func TestStatusPageTakesSpansOnForemansClock(t *testing.T) {
+	t.Parallel()
+	got := runScript(t, `
+const foreman = Date.parse("2026-12-01T10:00:00Z");
+Date.now = () => foreman + 10 * 60 * 1000;
+noteForemanNow({ now: "2026-12-01T10:00:00Z" });
+console.log(fmtEta("2026-12-01T10:00:40Z").split(" (")[0] + "|" + fmtDur(nowMs() - Date.parse("2026-12-01T09:59:00Z")));
+`)
+	if got != "in 40s|1m00s" {
+		t.Fatalf("ETA and elapsed %q, want %q", got, "in 40s|1m00s")
+	}
+}

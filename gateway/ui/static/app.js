@@ -75,6 +75,17 @@ function fmtClock(t) {
 
 function ms(ts) { return ts ? Date.parse(ts) : NaN; }
 
+// clockSkew is foreman's clock less this browser's, from the last GET /queue's "now". The
+// times shown (a job's start, an ETA, a pause's start) are foreman's: spans to them are
+// taken on its clock (nowMs), or a browser whose clock is off would show them off by as
+// much (every ETA passed, a job that just started running for minutes).
+let clockSkew = 0;
+function nowMs() { return Date.now() + clockSkew; }
+function noteForemanNow(q) {
+  const t = ms(q && q.now);
+  if (!isNaN(t)) clockSkew = t - Date.now();
+}
+
 // etaMs reads an ETA as foreman gives it: seconds from now, an RFC 3339 time, or a Go
 // duration string; it returns milliseconds from now, or NaN.
 function etaMs(eta) {
@@ -86,7 +97,7 @@ function etaMs(eta) {
     return NaN;
   }
   const t = Date.parse(eta);
-  if (!isNaN(t) && /\d{4}-\d\d-\d\d/.test(eta)) return t > 0 ? t - Date.now() : NaN; // zero time: unknown
+  if (!isNaN(t) && /\d{4}-\d\d-\d\d/.test(eta)) return t > 0 ? t - nowMs() : NaN; // zero time: unknown
   let total = 0, matched = false;
   for (const [, n, unit] of String(eta).matchAll(/([\d.]+)(h|ms|m|s)/g)) {
     matched = true;
@@ -99,8 +110,8 @@ function fmtEta(eta) {
   const d = etaMs(eta);
   if (isNaN(d)) return "–";
   // The expected start has passed: the job ahead runs longer than its model's average.
-  if (d < 1000) return "any moment (was " + fmtClock(Date.now() + d) + ")";
-  return "in " + fmtDur(d) + " (" + fmtClock(Date.now() + d) + ")";
+  if (d < 1000) return "any moment (was " + fmtClock(nowMs() + d) + ")";
+  return "in " + fmtDur(d) + " (" + fmtClock(nowMs() + d) + ")";
 }
 
 function jobId(j) { return j.job_id || j.id || ""; }
@@ -204,7 +215,7 @@ function renderRunning(job) {
     el("dt", {}, "model"), el("dd", { "data-field": "model" }, job.model),
     el("dt", {}, "program"), el("dd", {}, job.program || "(anonymous)"),
     el("dt", {}, "state"), el("dd", {}, job.state + " · " + (job.kind || "")),
-    el("dt", {}, "elapsed"), el("dd", {}, fmtDur(Date.now() - since)),
+    el("dt", {}, "elapsed"), el("dd", {}, fmtDur(nowMs() - since)),
     el("dt", {}, "job"), el("dd", { class: "id" }, jobId(job), " ", cancelButton(jobId(job))),
   );
   replaceChildren(box, [dl]);
@@ -217,7 +228,7 @@ function renderElsewhere(jobs) {
   box.hidden = !jobs.length;
   replaceChildren(box, jobs.map((j) => el("li", { "data-job-id": jobId(j), class: "elsewhere-job" },
     el("span", { class: "muted" }, j.runner ? "on " + j.runner + ": " : "on another Mac: "),
-    j.model + " · " + j.state + " · " + fmtDur(Date.now() - (ms(j.started_at) || ms(j.created_at))) + " ",
+    j.model + " · " + j.state + " · " + fmtDur(nowMs() - (ms(j.started_at) || ms(j.created_at))) + " ",
     el("span", { class: "id" }, jobId(j)),
     j.runner_gone ? el("span", { class: "warn", "data-field": "runner-gone" }, " its foreman is gone: runs again once its ack wait ends") : null,
   )));
@@ -239,7 +250,7 @@ function renderPaused(p) {
     replaceChildren(box, []);
     return;
   }
-  const since = " for " + fmtDur(Date.now() - ms(p.since));
+  const since = " for " + fmtDur(nowMs() - ms(p.since));
   replaceChildren(box, p.restart_needed ? [
     el("span", { class: "why" }, "Worker stopped: the job store cannot write until foreman is restarted"),
     since + "; it does not resume by itself. Restart foreman, once its disk has room if it is full. ",
@@ -268,7 +279,7 @@ function renderTargetDown(q) {
   }
   let what, then;
   if (own.down_since) {
-    what = "Ollama has not answered foreman's polls since " + fmtClock(ms(own.down_since)) + " (" + fmtDur(Date.now() - ms(own.down_since)) + ")";
+    what = "Ollama has not answered foreman's polls since " + fmtClock(ms(own.down_since)) + " (" + fmtDur(nowMs() - ms(own.down_since)) + ")";
     then = q.running
       ? "; the running job gets no answer from it until it is back or its attempt is given up. "
       : "; jobs wait until it answers. ";
@@ -308,7 +319,7 @@ function waitState(j) {
 // leaves to other Macs (waiting_elsewhere: several Macs on one NATS), with no position
 // or ETA.
 function renderQueue(q) {
-  const now = Date.now();
+  const now = nowMs();
   const waiting = (q.queued || []).concat(q.waiting_elsewhere || []);
   const rows = waiting.map((j) => el("tr", { "data-job-id": jobId(j), class: "queued-job" },
     el("td", {}, j.queue_position || "–"),
@@ -372,7 +383,7 @@ function renderLoads() {
 // ---- history ---------------------------------------------------------------------------
 
 function record(q, jobs, metricLoads) {
-  const now = Date.now();
+  const now = nowMs();
   // depth counts the whole queue; the list shows only its head.
   history.depth.push({ t: now, byModel: { ...(q.depth || {}) } });
 
@@ -414,7 +425,7 @@ const W = 600, H = 160, PAD = { l: 40, r: 8, t: 8, b: 20 };
 // span is the charts' time range: from the oldest thing known (at least 5 minutes back,
 // at most an hour), so a page opened a minute ago does not squeeze it all into the edge.
 function span() {
-  const t1 = Date.now();
+  const t1 = nowMs();
   let oldest = t1;
   if (history.depth.length) oldest = Math.min(oldest, history.depth[0].t);
   if (history.waits.length) oldest = Math.min(oldest, ...history.waits.map((w) => w.t));
@@ -512,6 +523,7 @@ async function poll() {
     ]);
     if (list) recentJobs = list.jobs || [];
     const jobs = recentJobs || [];
+    noteForemanNow(q);
     record(q, jobs, loads);
     renderRunning(q.running);
     renderElsewhere(q.running_elsewhere);
