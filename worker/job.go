@@ -170,8 +170,15 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	// once-per-MaxWait pick and its program's turn to the next job of theirs.
 	w.took(d.Token)
 
+	var call targetCall
+	if early != nil {
+		call = early.call // the same body: a match
+	} else {
+		call = newTargetCall(j.Kind, d.Body)
+	}
 	state := broker.StateLoading // the target must swap the model in
-	if w.isLoaded(ctx, d.Token) {
+	if call.unloadOnly || w.isLoaded(ctx, d.Token) {
+		// Ollama's unload request loads nothing, whatever is loaded.
 		state = broker.StateWorking
 	}
 	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
@@ -188,12 +195,6 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	if limit := w.cfg.MaxJobTime; limit > 0 {
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit}) })
 		defer t.Stop()
-	}
-	var call targetCall
-	if early != nil {
-		call = early.call // the same body: a match
-	} else {
-		call = newTargetCall(j.Kind, d.Body)
 	}
 	run.whole = !call.streams
 	if limit := w.cfg.NonStreamTimeout; !call.streams && limit > 0 {
@@ -279,7 +280,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	if err == nil {
 		err = call.cut(ct, r.Frames())
 	}
-	w.called(d.Token, !run.answeredAt().IsZero() && streamError(ct, r.Frames()) == "", ollama.Unreachable(err))
+	// An answer with keep_alive 0 leaves its model unloaded: Ollama expires the runner as
+	// the call ends.
+	w.called(d.Token, !run.answeredAt().IsZero() && streamError(ct, r.Frames()) == "", call.unloads, ollama.Unreachable(err))
 	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {
 		return
 	}

@@ -65,6 +65,11 @@ type Worker struct {
 	// (its model may be absent, or the target restarted empty), or the target was not
 	// there. Only then does a drain of one runner read /api/ps.
 	psDue bool
+	// unloaded is the runner an answered call with keep_alive 0 left unloaded (Ollama
+	// expires it as the call ends, a moment after its answer): an /api/ps read in that
+	// moment still lists it, so it counts as not loaded until a job of it is answered
+	// again. "" for none.
+	unloaded string
 	// runnerOpts is the load options each model (token) last ran with: the options its
 	// runner has while /api/ps lists it.
 	runnerOpts map[string]string
@@ -769,15 +774,22 @@ func (w *Worker) refreshLoaded(ctx context.Context, heads []head) {
 // called records how a job's target call of token's runner went: answered by its model
 // (the runner is loaded now), or not (answered reports false: a model the target lacks,
 // a load that failed, a target restarted), when nothing is counted loaded before /api/ps
-// is read again. A target not there (unreachable) leaves the runner run last as it was
-// for the plan (the view's positions, ADR-0028), and the next pick reads /api/ps first:
-// the target may come back having restarted empty.
-func (w *Worker) called(token string, answered, unreachable bool) {
+// is read again. An answer to a call with keep_alive 0 (unloads) leaves the runner
+// unloaded: nothing is counted loaded before /api/ps is read again, and that runner not
+// even then (w.unloaded). A target not there (unreachable) leaves the runner run last as
+// it was for the plan (the view's positions, ADR-0028), and the next pick reads /api/ps
+// first: the target may come back having restarted empty.
+func (w *Worker) called(token string, answered, unloads, unreachable bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
+	case answered && unloads:
+		w.lastModel, w.psDue, w.unloaded = "", true, runnerOf(token)
 	case answered:
 		w.lastModel = runnerOf(token)
+		if w.unloaded == w.lastModel {
+			w.unloaded = ""
+		}
 	case unreachable:
 		w.psDue = true
 	default:
@@ -842,7 +854,9 @@ func (w *Worker) psRunnersLocked() ([]string, bool) {
 			if !ok {
 				opts = broker.DefaultLoadOptions
 			}
-			out = append(out, broker.RunnerKey(t, opts))
+			if r := broker.RunnerKey(t, opts); r != w.unloaded {
+				out = append(out, r)
+			}
 		}
 	}
 	return out, true
