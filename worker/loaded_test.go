@@ -322,3 +322,38 @@ func TestAKeepAliveZeroAnswerLeavesItsModelUnloaded(t *testing.T) {
 		t.Errorf("fake loads %d after the unload request, want %d", n, loads+1)
 	}
 }
+
+// The runner a keep_alive 0 answer left unloaded stays out of the loaded ones only while
+// Ollama may still list it: once a poll after the job's end no longer lists it, a later
+// poll that does has it loaded again (by another client), and the pick follows /api/ps.
+func TestAModelUnloadedByKeepAliveZeroCountsOnceLoadedAgain(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	once := tb.submit(t, "tiny-a", broker.KindChat, `{"model":"tiny-a","messages":[{"role":"user","content":"once"}],"keep_alive":0}`)
+	tb.waitState(t, once.ID, broker.StateDone)
+	waitBetweenJobs(t, w)
+	eventually(t, 10*time.Second, "a poll without tiny-a", func() bool {
+		return inv.Refresh(ctxT(t)) == nil && len(inv.Loaded()) == 0
+	})
+	if _, err := w.QueueView(ctxT(t), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tb.fake.SetLoaded("tiny-a") // another client of the Mac loads it
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(v.Loaded, []string{"tiny-a:latest"}) {
+		t.Errorf("loaded %v after a poll listed tiny-a again, want [tiny-a:latest]", v.Loaded)
+	}
+	j := tb.chat(t, "tiny-a", 2)
+	tb.waitState(t, j.ID, broker.StateDone)
+	if got := statesOf(t, tb, j.ID); slices.Contains(got, broker.StateLoading) {
+		t.Errorf("states %v of a tiny-a job with tiny-a loaded, want no loading", got)
+	}
+}

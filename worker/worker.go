@@ -68,7 +68,8 @@ type Worker struct {
 	// unloaded is the runner an answered call with keep_alive 0 left unloaded (Ollama
 	// expires it as the call ends, a moment after its answer): an /api/ps read in that
 	// moment still lists it, so it counts as not loaded until a job of it is answered
-	// again. "" for none.
+	// again, or a poll after the last job's end no longer lists it (the expiry is over:
+	// one that lists it later has it loaded again, by another client). "" for none.
 	unloaded string
 	// runnerOpts is the load options each model (token) last ran with: the options its
 	// runner has while /api/ps lists it.
@@ -836,8 +837,9 @@ func (w *Worker) viewLoadedLocked() []string {
 }
 
 // psRunnersLocked is the runners of the inventory's last /api/ps, each model with the
-// load options we last ran it with; false when there is no usable poll. w.mu must be
-// held.
+// load options we last ran it with, but the one a call with keep_alive 0 left unloaded
+// (w.unloaded, which a poll after the last job's end that does not list it forgets);
+// false when there is no usable poll. w.mu must be held.
 func (w *Worker) psRunnersLocked() ([]string, bool) {
 	inv := w.cfg.Inventory
 	if inv == nil {
@@ -848,6 +850,7 @@ func (w *Worker) psRunnersLocked() ([]string, bool) {
 		return nil, false
 	}
 	var out []string
+	listed := false
 	for _, m := range snap.PsModels() { // the poll just judged: not degraded since
 		if t, err := broker.ModelToken(m); err == nil {
 			opts, ok := w.runnerOpts[t]
@@ -856,8 +859,13 @@ func (w *Worker) psRunnersLocked() ([]string, bool) {
 			}
 			if r := broker.RunnerKey(t, opts); r != w.unloaded {
 				out = append(out, r)
+			} else {
+				listed = true
 			}
 		}
+	}
+	if w.unloaded != "" && !listed && snap.LastPoll.After(w.lastEnd) {
+		w.unloaded = ""
 	}
 	return out, true
 }
