@@ -1107,10 +1107,10 @@ func (w *Worker) modelLeft(ctx context.Context, token string) bool {
 	if w.cfg.Runs == nil || w.cfg.Inventory == nil || w.store.Config().Exclusive {
 		return false
 	}
-	pctx, cancel := context.WithTimeout(ctx, psTimeout)
-	err := w.cfg.Inventory.Refresh(pctx)
-	cancel()
-	return err == nil && !w.runsModelOf(ctx, token)
+	// A stop beginning now must not turn the answer into a failure: the poll has its bound.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), psTimeout)
+	defer cancel()
+	return w.cfg.Inventory.Refresh(pctx) == nil && !w.runsModelOf(pctx, token)
 }
 
 // waitIfGone pauses the worker (waitTarget) after an attempt that failed for want of its
