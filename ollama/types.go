@@ -174,6 +174,62 @@ type ProcessModelResponse struct {
 	ContextLength int             `json:"context_length"`
 }
 
+// UnmarshalJSON reads /api/tags entry by entry (modelList).
+func (r *ListResponse) UnmarshalJSON(b []byte) error {
+	models, err := modelList[ListModelResponse](b, func(n modelNames) ListModelResponse {
+		return ListModelResponse{Name: n.Name, Model: n.Model}
+	})
+	r.Models = models
+	return err
+}
+
+// UnmarshalJSON reads /api/ps entry by entry (modelList).
+func (r *ProcessResponse) UnmarshalJSON(b []byte) error {
+	models, err := modelList[ProcessModelResponse](b, func(n modelNames) ProcessModelResponse {
+		return ProcessModelResponse{Name: n.Name, Model: n.Model}
+	})
+	r.Models = models
+	return err
+}
+
+// modelNames are the members of a model list's entry that foreman reads it by.
+type modelNames struct {
+	Name  string `json:"name"`
+	Model string `json:"model"`
+}
+
+// modelList decodes the "models" of /api/tags or /api/ps (b), each entry as Ollama's type
+// has it, or, when one of its other members has another shape (a newer Ollama answering
+// a size, a time or a count differently), by its names alone (named): the inventory reads
+// the lists for their names, and a member it does not read must not make every poll fail
+// (the target degraded for good, its lists frozen at the last poll before the upgrade).
+// The body is relayed to clients as it came. A list that is not one, or an entry whose
+// names are not strings, is still an error.
+func modelList[T any](b []byte, named func(modelNames) T) ([]T, error) {
+	var raw struct {
+		Models []json.RawMessage `json:"models"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, err
+	}
+	if raw.Models == nil {
+		return nil, nil
+	}
+	out := make([]T, 0, len(raw.Models))
+	for _, e := range raw.Models {
+		var m T
+		if json.Unmarshal(e, &m) != nil {
+			var n modelNames
+			if err := json.Unmarshal(e, &n); err != nil {
+				return nil, err
+			}
+			m = named(n)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
 // ShowRequest is the body of POST /api/show. Old clients send Name instead of Model.
 type ShowRequest struct {
 	Model    string          `json:"model"`

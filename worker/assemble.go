@@ -27,6 +27,10 @@ type targetCall struct {
 	assembled bool   // the answer is assembled from a stream the caller did not ask for
 	tools     bool   // the request offers tools: a native chat's tool calls are all the lines'
 	debug     bool   // a debug render (_debug_render_only): its OpenAI stream has no end
+	// unloads is set when the request's keep_alive is 0: Ollama unloads the model once the
+	// call ends, so an answer leaves nothing loaded. unloadOnly is set when it also has no
+	// messages (a chat) or prompt (a generate): Ollama only unloads, loading nothing.
+	unloads, unloadOnly bool
 }
 
 // newTargetCall is the call of a job of kind with body.
@@ -37,11 +41,15 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 		Stream    *bool             `json:"stream"`
 		Tools     []json.RawMessage `json:"tools"`
 		DebugOnly bool              `json:"_debug_render_only"`
+		KeepAlive json.RawMessage   `json:"keep_alive"`
 	}
 	if json.Unmarshal(body, &req) != nil {
-		req.Stream, req.Tools, req.DebugOnly = nil, nil, false
+		req.Stream, req.Tools, req.DebugOnly, req.KeepAlive = nil, nil, false, nil
 	}
 	c := targetCall{kind: kind, body: body, streams: ollama.Streams(kind.Path(), req.Stream), debug: req.DebugOnly}
+	if readsKeepAlive(kind) && zeroKeepAlive(req.KeepAlive) {
+		c.unloads, c.unloadOnly = true, unloadOnly(kind, body)
+	}
 	if c.streams || req.DebugOnly {
 		// A debug render is answered with the rendered prompt, not a generation: nothing
 		// to watch, and its OpenAI stream carries neither the debug info nor an end.
@@ -65,6 +73,56 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 	}
 	c.body, c.streams, c.assembled, c.tools = streamed, true, true, len(req.Tools) > 0
 	return c
+}
+
+// readsKeepAlive reports whether Ollama reads a request's keep_alive on kind's route: its
+// native chat, generate and embedding handlers do (v0.17.4); its OpenAI and Anthropic
+// layers build their requests without one.
+func readsKeepAlive(kind broker.Kind) bool {
+	switch kind {
+	case broker.KindChat, broker.KindGenerate, broker.KindEmbed, broker.KindEmbeddings:
+		return true
+	}
+	return false
+}
+
+// zeroKeepAlive reports whether raw, a request's keep_alive, is one Ollama reads as 0 (its
+// api.Duration: a number of seconds, or a Go duration string), after which its scheduler
+// unloads the model as soon as the request ends. A negative value keeps the model loaded
+// for good; a missing or null one is the server's OLLAMA_KEEP_ALIVE, which foreman cannot
+// see; one Ollama cannot read makes it refuse the request.
+func zeroKeepAlive(raw json.RawMessage) bool {
+	var v any
+	if len(raw) == 0 || json.Unmarshal(raw, &v) != nil {
+		return false
+	}
+	switch t := v.(type) {
+	case float64:
+		return t >= 0 && time.Duration(t*float64(time.Second)) == 0
+	case string:
+		d, err := time.ParseDuration(t)
+		return err == nil && d == 0
+	}
+	return false
+}
+
+// unloadOnly reports whether a request of kind with keep_alive 0 is Ollama's unload
+// request, answered without a model run: a chat without messages, a generate without a
+// prompt (v0.17.4 ChatHandler, GenerateHandler). An embedding runs, then unloads.
+func unloadOnly(kind broker.Kind, body []byte) bool {
+	switch kind {
+	case broker.KindChat:
+		var req struct {
+			Messages []struct{} `json:"messages"`
+		}
+		return json.Unmarshal(body, &req) == nil && len(req.Messages) == 0
+	case broker.KindGenerate:
+		var req struct {
+			Prompt string `json:"prompt"`
+		}
+		return json.Unmarshal(body, &req) == nil && req.Prompt == ""
+	}
+	return false
 }
 
 // assembledFraming is the framing of the stream an assembled answer of kind is built

@@ -170,8 +170,15 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	// once-per-MaxWait pick and its program's turn to the next job of theirs.
 	w.took(d.Token)
 
+	var call targetCall
+	if early != nil {
+		call = early.call // the same body: a match
+	} else {
+		call = newTargetCall(j.Kind, d.Body)
+	}
 	state := broker.StateLoading // the target must swap the model in
-	if w.isLoaded(ctx, d.Token) {
+	if call.unloadOnly || w.isLoaded(ctx, d.Token) {
+		// Ollama's unload request loads nothing, whatever is loaded.
 		state = broker.StateWorking
 	}
 	start := w.startAttempt(ctx, d, j, rev, state, abort, log)
@@ -188,12 +195,6 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	if limit := w.cfg.MaxJobTime; limit > 0 {
 		t := time.AfterFunc(limit, func() { abort(&jobTimeError{limit: limit}) })
 		defer t.Stop()
-	}
-	var call targetCall
-	if early != nil {
-		call = early.call // the same body: a match
-	} else {
-		call = newTargetCall(j.Kind, d.Body)
 	}
 	run.whole = !call.streams
 	if limit := w.cfg.NonStreamTimeout; !call.streams && limit > 0 {
@@ -279,7 +280,9 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	if err == nil {
 		err = call.cut(ct, r.Frames())
 	}
-	w.called(d.Token, !run.answeredAt().IsZero() && streamError(ct, r.Frames()) == "", ollama.Unreachable(err))
+	// An answer with keep_alive 0 leaves its model unloaded: Ollama expires the runner as
+	// the call ends.
+	w.called(d.Token, !run.answeredAt().IsZero() && streamError(ct, r.Frames()) == "", call.unloads, ollama.Unreachable(err))
 	if err == nil && j.Sync && !start.failed() && context.Cause(jctx) == nil && w.answerBeforeStart(d, j, r, ct, start, run, log) {
 		return
 	}
@@ -411,6 +414,9 @@ func (w *Worker) conclude(ctx context.Context, d *broker.Lease, j *broker.Job, r
 	case errors.As(err, &httpErr) && (busy(httpErr.StatusCode) || runnerFailed(errorWords(httpErr.Message))):
 		w.targetAnswered()
 		w.attemptFailed(ctx, bctx, d, j, r, httpErr, log)
+	case errors.As(err, &httpErr) && httpErr.StatusCode == http.StatusNotFound && w.modelLeft(ctx, d.Token):
+		w.targetAnswered()
+		w.retry(ctx, bctx, d, j, r, &modelGoneError{model: j.Model, answer: httpErr.Message}, log)
 	case errors.As(err, &httpErr):
 		w.targetAnswered()
 		w.fail(bctx, d, j.Sync, r, httpErr.Message, httpErr.StatusCode, log)
@@ -1074,7 +1080,37 @@ func (w *Worker) retry(ctx, bctx context.Context, d *broker.Lease, j *broker.Job
 // FOREMAN_MAX_ATTEMPTS=1 the first would fail it. A sync job's attempts all count: its
 // caller waits on them (ADR-0046).
 func notCounted(cause error, sync bool) bool {
-	return !sync && (targetBusy(cause) || ollama.NotSent(cause))
+	var gone *modelGoneError
+	return errors.As(cause, &gone) || !sync && (targetBusy(cause) || ollama.NotSent(cause))
+}
+
+// modelGoneError is a job's call that the target answered 404 for its model, which the
+// target's model list, polled again, no longer has: the model was deleted on this Mac
+// since the last poll. On a shared NATS such a job is not failed but put back, its attempt
+// not counted (a sync job's neither: its caller waits for the Mac that runs it), for a
+// Mac that has the model; this worker takes no job of the model while its own list lacks
+// it (Config.Runs), so it does not meet the job again (ADR-0029).
+type modelGoneError struct {
+	model, answer string
+}
+
+func (e *modelGoneError) Error() string {
+	return fmt.Sprintf("model %q is no longer on this foreman's Ollama (it answered %q); the job waits for a Mac that has it", e.model, e.answer)
+}
+
+// modelLeft reports, after the target answered a job of queue token 404, whether the
+// job's model has left this Mac on a shared NATS: the target's model list, polled again,
+// no longer has it, so that Config.Runs now leaves its jobs to the other foremen. On a
+// store of its own (one foreman runs every model), without Runs or an inventory, or when
+// the list cannot be read, it reports false: the 404 fails the job, as Ollama's answer.
+func (w *Worker) modelLeft(ctx context.Context, token string) bool {
+	if w.cfg.Runs == nil || w.cfg.Inventory == nil || w.store.Config().Exclusive {
+		return false
+	}
+	// A stop beginning now must not turn the answer into a failure: the poll has its bound.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), psTimeout)
+	defer cancel()
+	return w.cfg.Inventory.Refresh(pctx) == nil && !w.runsModelOf(pctx, token)
 }
 
 // waitIfGone pauses the worker (waitTarget) after an attempt that failed for want of its

@@ -278,3 +278,82 @@ func TestAPollThatMissesTheRunnerRunLastStandsOverIt(t *testing.T) {
 		t.Errorf("states %v of the tiny-a job after a poll saw the target empty, want loading", got)
 	}
 }
+
+// A chat with keep_alive 0 unloads its model as its call ends (Ollama expires a runner
+// whose session is 0 once its request is over). The worker counted that model loaded, as
+// the one whose model answered last: /queue's loaded named it, and the next job of it
+// was recorded working, its load not counted, though the target loaded it again. And
+// Ollama's unload request itself (a generate without a prompt) loads nothing, yet was
+// recorded loading, and so counted as a load once answered.
+func TestAKeepAliveZeroAnswerLeavesItsModelUnloaded(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	tb.waitState(t, tb.chat(t, "tiny-a", 1).ID, broker.StateDone)
+	once := tb.submit(t, "tiny-a", broker.KindChat, `{"model":"tiny-a","messages":[{"role":"user","content":"once"}],"keep_alive":"0s"}`)
+	tb.waitState(t, once.ID, broker.StateDone)
+	eventually(t, 10*time.Second, "the target unloaded tiny-a", func() bool { return tb.fake.LoadedModel() == "" })
+	waitBetweenJobs(t, w)
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.Contains(v.Loaded, "tiny-a:latest") {
+		t.Errorf("loaded %v after a tiny-a call with keep_alive 0, want tiny-a not among them", v.Loaded)
+	}
+
+	loads := tb.fake.Loads()
+	next := tb.chat(t, "tiny-a", 2)
+	tb.waitState(t, next.ID, broker.StateDone)
+	if got := statesOf(t, tb, next.ID); !slices.Contains(got, broker.StateLoading) {
+		t.Errorf("states %v of the tiny-a job after its model was unloaded, want loading", got)
+	}
+	if n := tb.fake.Loads(); n != loads+1 {
+		t.Fatalf("fake loads %d, want %d: the job loaded tiny-a again", n, loads+1)
+	}
+
+	unload := tb.submit(t, "tiny-b", broker.KindGenerate, `{"model":"tiny-b","keep_alive":0}`)
+	tb.waitState(t, unload.ID, broker.StateDone)
+	if got := statesOf(t, tb, unload.ID); slices.Contains(got, broker.StateLoading) {
+		t.Errorf("states %v of an unload request, want no loading: it loads nothing", got)
+	}
+	if n := tb.fake.Loads(); n != loads+1 {
+		t.Errorf("fake loads %d after the unload request, want %d", n, loads+1)
+	}
+}
+
+// The runner a keep_alive 0 answer left unloaded stays out of the loaded ones only while
+// Ollama may still list it: once a poll after the job's end no longer lists it, a later
+// poll that does has it loaded again (by another client), and the pick follows /api/ps.
+func TestAModelUnloadedByKeepAliveZeroCountsOnceLoadedAgain(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv})
+	once := tb.submit(t, "tiny-a", broker.KindChat, `{"model":"tiny-a","messages":[{"role":"user","content":"once"}],"keep_alive":0}`)
+	tb.waitState(t, once.ID, broker.StateDone)
+	waitBetweenJobs(t, w)
+	eventually(t, 10*time.Second, "a poll without tiny-a", func() bool {
+		return inv.Refresh(ctxT(t)) == nil && len(inv.Loaded()) == 0
+	})
+	if _, err := w.QueueView(ctxT(t), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	tb.fake.SetLoaded("tiny-a") // another client of the Mac loads it
+	if err := inv.Refresh(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(v.Loaded, []string{"tiny-a:latest"}) {
+		t.Errorf("loaded %v after a poll listed tiny-a again, want [tiny-a:latest]", v.Loaded)
+	}
+	j := tb.chat(t, "tiny-a", 2)
+	tb.waitState(t, j.ID, broker.StateDone)
+	if got := statesOf(t, tb, j.ID); slices.Contains(got, broker.StateLoading) {
+		t.Errorf("states %v of a tiny-a job with tiny-a loaded, want no loading", got)
+	}
+}

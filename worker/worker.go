@@ -65,6 +65,12 @@ type Worker struct {
 	// (its model may be absent, or the target restarted empty), or the target was not
 	// there. Only then does a drain of one runner read /api/ps.
 	psDue bool
+	// unloaded is the runner an answered call with keep_alive 0 left unloaded (Ollama
+	// expires it as the call ends, a moment after its answer): an /api/ps read in that
+	// moment still lists it, so it counts as not loaded until a job of it is answered
+	// again, or a poll after the last job's end no longer lists it (the expiry is over:
+	// one that lists it later has it loaded again, by another client). "" for none.
+	unloaded string
 	// runnerOpts is the load options each model (token) last ran with: the options its
 	// runner has while /api/ps lists it.
 	runnerOpts map[string]string
@@ -769,15 +775,22 @@ func (w *Worker) refreshLoaded(ctx context.Context, heads []head) {
 // called records how a job's target call of token's runner went: answered by its model
 // (the runner is loaded now), or not (answered reports false: a model the target lacks,
 // a load that failed, a target restarted), when nothing is counted loaded before /api/ps
-// is read again. A target not there (unreachable) leaves the runner run last as it was
-// for the plan (the view's positions, ADR-0028), and the next pick reads /api/ps first:
-// the target may come back having restarted empty.
-func (w *Worker) called(token string, answered, unreachable bool) {
+// is read again. An answer to a call with keep_alive 0 (unloads) leaves the runner
+// unloaded: nothing is counted loaded before /api/ps is read again, and that runner not
+// even then (w.unloaded). A target not there (unreachable) leaves the runner run last as
+// it was for the plan (the view's positions, ADR-0028), and the next pick reads /api/ps
+// first: the target may come back having restarted empty.
+func (w *Worker) called(token string, answered, unloads, unreachable bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	switch {
+	case answered && unloads:
+		w.lastModel, w.psDue, w.unloaded = "", true, runnerOf(token)
 	case answered:
 		w.lastModel = runnerOf(token)
+		if w.unloaded == w.lastModel {
+			w.unloaded = ""
+		}
 	case unreachable:
 		w.psDue = true
 	default:
@@ -824,8 +837,9 @@ func (w *Worker) viewLoadedLocked() []string {
 }
 
 // psRunnersLocked is the runners of the inventory's last /api/ps, each model with the
-// load options we last ran it with; false when there is no usable poll. w.mu must be
-// held.
+// load options we last ran it with, but the one a call with keep_alive 0 left unloaded
+// (w.unloaded, which a poll after the last job's end that does not list it forgets);
+// false when there is no usable poll. w.mu must be held.
 func (w *Worker) psRunnersLocked() ([]string, bool) {
 	inv := w.cfg.Inventory
 	if inv == nil {
@@ -836,14 +850,22 @@ func (w *Worker) psRunnersLocked() ([]string, bool) {
 		return nil, false
 	}
 	var out []string
+	listed := false
 	for _, m := range snap.PsModels() { // the poll just judged: not degraded since
 		if t, err := broker.ModelToken(m); err == nil {
 			opts, ok := w.runnerOpts[t]
 			if !ok {
 				opts = broker.DefaultLoadOptions
 			}
-			out = append(out, broker.RunnerKey(t, opts))
+			if r := broker.RunnerKey(t, opts); r != w.unloaded {
+				out = append(out, r)
+			} else {
+				listed = true
+			}
 		}
+	}
+	if w.unloaded != "" && !listed && snap.LastPoll.After(w.lastEnd) {
+		w.unloaded = ""
 	}
 	return out, true
 }

@@ -12,7 +12,9 @@
 //
 // It models what matters to a scheduler: one chat model loaded at a time
 // (a request for another swaps it, sleeping LoadDelay and counting Loads),
-// an honest /api/ps, per-token delays, and a concurrency counter. Tests steer
+// an honest /api/ps, a chat or generate with keep_alive 0 unloading its model once it
+// ends (an empty one only unloads, as Ollama's does), per-token delays, and a
+// concurrency counter. Tests steer
 // it with injected failures (FailNext, SetDown, SetDownWith), Hold to keep a "long job"
 // running, and WaitStarted/WaitFor to wait for calls without sleeping.
 //

@@ -85,6 +85,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 		return
 	}
 	defer s.enter(false)()
+	defer s.expireAfter(m.Name, req.KeepAlive)
 	now := s.cfg.Clock().UTC()
 	if len(req.Messages) == 0 {
 		s.loadOnly(w, r, m, req.KeepAlive, func(reason string) any {
@@ -142,6 +143,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 		return
 	}
 	defer s.enter(false)()
+	defer s.expireAfter(m.Name, req.KeepAlive)
 	now := s.cfg.Clock().UTC()
 	if req.Prompt == "" && len(req.Images) == 0 {
 		s.loadOnly(w, r, m, req.KeepAlive, func(reason string) any {
@@ -216,6 +218,20 @@ func (s *Server) loadOnly(w http.ResponseWriter, r *http.Request, m Model, keepA
 		return
 	}
 	writeJSON(w, http.StatusOK, resp("load"), nil)
+}
+
+// expireAfter unloads model once a request that carried keepAlive 0 ends, as Ollama's
+// scheduler expires a runner whose session duration is 0 when its last request ends.
+func (s *Server) expireAfter(model string, keepAlive json.RawMessage) {
+	if !isZeroKeepAlive(keepAlive) {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.loaded == model {
+		s.loaded = ""
+		s.notifyLocked()
+	}
 }
 
 // embedInputs decodes Ollama's embed input: a string or an array of strings.
