@@ -58,7 +58,11 @@ type Client struct {
 func New(baseURL string, opts ...Option) (*Client, error) {
 	u, err := url.Parse(baseURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return nil, fmt.Errorf("client: base URL %q is not an absolute http(s) URL", ollama.RedactURL(baseURL))
+		hint := ""
+		if !strings.Contains(baseURL, "://") {
+			hint = " (begin it with http:// or https://)"
+		}
+		return nil, fmt.Errorf("client: base URL %q is not an absolute http(s) URL%s", ollama.RedactURL(baseURL), hint)
 	}
 	if err := ollama.CheckUserinfo(u, baseURL); err != nil {
 		return nil, fmt.Errorf("client: base URL %q: %w", ollama.RedactURL(baseURL), err)

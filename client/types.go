@@ -206,6 +206,30 @@ func eventOfRecord(data []byte) (Event, error) {
 // same reports whether two events show the same state of the same attempt.
 func (e Event) same(o Event) bool { return e.State == o.State && e.Attempt == o.Attempt }
 
+// behind reports whether e is an older state of the job than o, told already: a job is
+// queued only before its first start, every start counts its attempt (so a start comes
+// after the retrying of the attempt before it), and an attempt loads before it works. A
+// read of the job that finds it started tells that state before the webhook receiver or
+// the NATS subscription brings the events that led to it (queued, loading), and telling
+// those then would tell the job's states backwards (working, queued, working, done).
+func (e Event) behind(o Event) bool {
+	if o.State.Terminal() {
+		return true
+	}
+	switch e.State {
+	case StateQueued:
+		return o.State != StateQueued
+	case StateLoading, StateWorking:
+		switch o.State {
+		case StateRetrying:
+			return e.Attempt <= o.Attempt
+		case StateLoading, StateWorking:
+			return e.Attempt < o.Attempt || e.Attempt == o.Attempt && e.State == StateLoading && o.State == StateWorking
+		}
+	}
+	return false
+}
+
 // JobFilter selects jobs for Jobs; zero fields do not filter.
 type JobFilter struct {
 	// State lists the jobs in one state only; States in any of several (State joins

@@ -193,7 +193,7 @@ func (f *follower) stop() { f.unsub() }
 // onErr (both optional), and returns the job's final record.
 func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error)) (*Job, error) {
 	show := func(e Event) {
-		if f.seen && e.same(f.last) {
+		if f.seen && (e.same(f.last) || e.behind(f.last)) {
 			return
 		}
 		f.seen, f.last = true, e

@@ -351,10 +351,19 @@ var recheck = []time.Duration{time.Millisecond, 2 * time.Millisecond, 5 * time.M
 func (w *Worker) Stop(ctx context.Context) error {
 	w.stopOnce.Do(func() { close(w.stopping) })
 	w.mu.Lock()
-	started := w.started
+	started, r := w.started, w.running
 	w.mu.Unlock()
 	if !started {
 		return nil
+	}
+	if r != nil {
+		// The stop may wait long for it (FOREMAN_SHUTDOWN_TIMEOUT): an operator who
+		// stopped foreman sees why nothing happens meanwhile.
+		attrs := []any{"job_id", r.id, "model", r.model}
+		if dl, ok := ctx.Deadline(); ok {
+			attrs = append(attrs, "at_most", time.Until(dl).Round(time.Second))
+		}
+		w.log.Info("waiting for the running job to finish before stopping; at the deadline it goes back to the queue", attrs...)
 	}
 	select {
 	case <-w.done:

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -136,7 +137,9 @@ func (f *clientFlags) explain(e *env, err error) error {
 	case errors.As(err, &cut):
 		return fmt.Errorf("the answer from %s was cut short (%s): foreman stopped, or the connection to it broke; see its log", cut.URL, rootCause(cut.Err))
 	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
-		return fmt.Errorf("unauthorized: %s (set FOREMAN_TOKEN or --token)", termSafe(ae.Message))
+		// foreman's own message starts "unauthorized: " already; said once.
+		msg := strings.TrimPrefix(ae.Message, "unauthorized: ")
+		return fmt.Errorf("unauthorized: %s (set FOREMAN_TOKEN or --token)", termSafe(msg))
 	case errors.As(err, &ae):
 		return errors.New(termSafe(ae.Message))
 	}

@@ -320,7 +320,7 @@ func httpURL(p *string) func(string) error {
 	return func(v string) error {
 		u, err := url.Parse(v)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return errors.New("not an absolute http(s) URL")
+			return errors.New("not an absolute http(s) URL" + schemeHint(v))
 		}
 		// url.Parse takes any digits for a port: one no connection can reach would only
 		// make every poll of the target fail, the setting unnamed.
@@ -335,6 +335,15 @@ func httpURL(p *string) func(string) error {
 		*p = strings.TrimRight(v, "/")
 		return nil
 	}
+}
+
+// schemeHint tells how to mend a URL written without its scheme, as OLLAMA_HOST takes
+// one (mac.lan:11434): the value itself is not repeated, as it may hold a password.
+func schemeHint(v string) string {
+	if strings.Contains(v, "://") {
+		return ""
+	}
+	return " (begin it with http:// or https://)"
 }
 
 // headerToken accepts the token clients send in an HTTP header. A header's value reaches

@@ -139,6 +139,9 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:-1"}, want: []string{`FOREMAN_NATS_LISTEN="127.0.0.1:-1": the port is not a number`}},
 		{env: map[string]string{"FOREMAN_NATS_LISTEN": "127.0.0.1:nats"}, want: []string{`FOREMAN_NATS_LISTEN="127.0.0.1:nats": the port is not a number`}},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "ftp://mac:11434"}, want: []string{`FOREMAN_OLLAMA_URL="ftp://mac:11434": not an absolute http(s) URL`}},
+		// OLLAMA_HOST's form, host:port without a scheme: the error says what to add.
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "mac.lan:11434"}, want: []string{`FOREMAN_OLLAMA_URL="mac.lan:11434": not an absolute http(s) URL (begin it with http:// or https://)`}},
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "127.0.0.1:11434"}, want: []string{`FOREMAN_OLLAMA_URL="127.0.0.1:11434": not an absolute http(s) URL (begin it with http:// or https://)`}},
 		// A port no connection can reach: refused at start, not a poll that fails for ever.
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:99999"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:99999": the port is not a number from 1 to 65535`}},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:0"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:0": the port is not a number from 1 to 65535`}},

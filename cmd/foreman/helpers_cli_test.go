@@ -112,7 +112,7 @@ func fakeForeman(t *testing.T, token string) string {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Header.Get("Authorization") != "Bearer "+token {
 				w.WriteHeader(http.StatusUnauthorized)
-				_, _ = io.WriteString(w, `{"error":"missing or wrong bearer token"}`)
+				_, _ = io.WriteString(w, `{"error":"unauthorized: missing or wrong bearer token"}`) // the gateway's words
 				return
 			}
 			mux.ServeHTTP(w, r)

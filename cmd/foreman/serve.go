@@ -62,7 +62,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, stopNow <-cha
 	log.Info("foreman is serving", "addr", a.Addr(), "ollama", ollama.RedactURL(cfg.OllamaURL), "data_dir", a.DataDir(), "nats_listen", a.NATSListen(), "boot_id", a.BootID())
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down")
+		log.Info("shutting down; stop again (Ctrl-C, SIGTERM) to cut it short", "timeout", a.Config().ShutdownTimeout)
 	case err = <-a.Failed():
 		log.Error("a component failed; shutting down", "err", err)
 	}

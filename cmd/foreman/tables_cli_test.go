@@ -55,7 +55,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{"not found", map[string]string{"FOREMAN_URL": url, "FOREMAN_TOKEN": "s3cret"}, []string{"jobs", "get", "01JGJ4Q2R00000000000000000"},
 			"foreman: 404 page not found\n"},
 		{"bad url", nil, []string{"ps", "--url", "localhost:8080"},
-			"foreman: --url/FOREMAN_URL: client: base URL \"localhost:8080\" is not an absolute http(s) URL\n"},
+			"foreman: --url/FOREMAN_URL: client: base URL \"localhost:8080\" is not an absolute http(s) URL (begin it with http:// or https://)\n"},
 		{"chat needs a model", nil, []string{"chat", "hi"},
 			"foreman: a model is required: foreman chat -m MODEL [PROMPT]\n"},
 	} {

@@ -254,6 +254,12 @@ func TestStatusPageAsksForATokenInBrowser(t *testing.T) {
 	if status := section(dom, "status", "</span>"); !strings.Contains(status, "a bearer token is needed") {
 		t.Errorf("status: %q", status)
 	}
+	// Nothing was read: no figure may look like one (a queue of 0, no job running).
+	for _, id := range []string{"queue-total", "load-count", "running"} {
+		if box := section(dom, id, "</div>"); regexp.MustCompile(`>(0|nothing)<`).MatchString(box + "<") {
+			t.Errorf("%s shows data before any was read: %q", id, box)
+		}
+	}
 }
 
 // With more jobs waiting than the page lists (130 for one model, the page shows 100),

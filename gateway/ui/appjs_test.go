@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -150,5 +151,60 @@ console.log(fmtEta("2026-12-01T10:00:40Z").split(" (")[0] + "|" + fmtDur(nowMs()
 `)
 	if got != "in 40s|1m00s" {
 		t.Fatalf("ETA and elapsed %q, want %q", got, "in 40s|1m00s")
+	}
+}
+
+// The charts' scales are labeled at 0, the middle and the top: each label must say the
+// value where it is drawn. A depth scale topped at 3 labeled its middle (1.5) "2", and the
+// wait scale of a 1 s wait, topped at 1.1 s, said "1s" at its top and "550ms" midway.
+func TestStatusPageChartLabelsSayTheirValues(t *testing.T) {
+	t.Parallel()
+	got := runScript(t, `
+const labels = [];
+svg = (tag, attrs, text) => {
+  if (tag === "text" && attrs.x === PAD.l - 4) labels.at(-1).push(String(text));
+  return { appendChild() {} };
+};
+for (const n of [1, 2, 3, 5, 7, 12]) {
+  labels.push(["depth", n]);
+  history.depth.length = 0;
+  history.depth.push({ t: Date.now(), byModel: { "tiny-a:latest": n } });
+  drawDepth();
+}
+for (const ms of [0, 10, 999, 1000, 1100, 2500, 4000, 45000, 95000, 700000, 3600000, 86400000, 3e8]) {
+  labels.push(["wait", ms]);
+  history.waits.length = 0;
+  history.waits.push({ t: Date.now(), ms, model: "tiny-a:latest" });
+  drawWaits();
+}
+console.log(JSON.stringify(labels));`)
+	var charts [][]any
+	if err := json.Unmarshal([]byte(got), &charts); err != nil {
+		t.Fatalf("probe printed %q: %v", got, err)
+	}
+	value := func(kind, label string) float64 {
+		if kind == "depth" {
+			var n float64
+			if _, err := fmt.Sscan(label, &n); err != nil {
+				t.Fatalf("depth label %q: %v", label, err)
+			}
+			return n
+		}
+		d, err := time.ParseDuration(label)
+		if err != nil {
+			t.Fatalf("wait label %q: %v", label, err)
+		}
+		return float64(d.Milliseconds())
+	}
+	for _, c := range charts {
+		kind, data := c[0].(string), c[1].(float64)
+		if len(c) != 5 {
+			t.Errorf("%s chart of %v: labels %v, want three", kind, data, c[2:])
+			continue
+		}
+		zero, mid, top := value(kind, c[2].(string)), value(kind, c[3].(string)), value(kind, c[4].(string))
+		if zero != 0 || mid != top/2 || top < data {
+			t.Errorf("%s chart of %v: labels %v, want 0, half the top, and a top at or over the data", kind, data, c[2:])
+		}
 	}
 }

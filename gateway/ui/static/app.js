@@ -451,6 +451,24 @@ function axes(node, t0, t1, ymax, yfmt) {
   return { x, y };
 }
 
+// depthTop is the top of the depth chart's scale for a deepest queue of max jobs: an even
+// count, so that the middle label, half of it, is a whole job where its line is drawn.
+function depthTop(max) {
+  const top = Math.max(2, Math.ceil(max));
+  return top % 2 ? top + 1 : top;
+}
+
+// waitTop is the top of the wait chart's scale for a longest wait of ms: above it, and a
+// time whose half, too, fmtDur shows whole (it cuts to seconds, and to minutes past an
+// hour), so that the top label and the middle one say the values where they are drawn.
+const WAIT_TOPS_S = [1, 2, 4, 10, 20, 40, 120, 240, 600, 1200, 2400, 7200, 14400, 36000, 72000];
+function waitTop(ms) {
+  for (const s of WAIT_TOPS_S) if (s * 1000 > ms) return s * 1000;
+  let top = WAIT_TOPS_S.at(-1) * 1000;
+  while (top <= ms) top *= 2;
+  return top;
+}
+
 function drawDepth() {
   const node = $("chart-depth");
   const [t0, t1] = span();
@@ -459,8 +477,7 @@ function drawDepth() {
   for (const s of history.depth) {
     for (const [m, n] of Object.entries(s.byModel)) { models.add(m); max = Math.max(max, n); }
   }
-  const ymax = Math.max(2, Math.ceil(max));
-  const { x, y } = axes(node, t0, t1, ymax, (v) => String(Math.round(v)));
+  const { x, y } = axes(node, t0, t1, depthTop(max), (v) => String(v));
   for (const t of history.loads) {
     node.appendChild(svg("line", { class: "load", x1: x(t), y1: PAD.t, x2: x(t), y2: H - PAD.b }));
   }
@@ -485,9 +502,9 @@ function drawDepth() {
 function drawWaits() {
   const node = $("chart-wait");
   const [t0, t1] = span();
-  let max = 1000;
+  let max = 0;
   for (const w of history.waits) max = Math.max(max, w.ms);
-  const { x, y } = axes(node, t0, t1, max * 1.1, (v) => fmtDur(v));
+  const { x, y } = axes(node, t0, t1, waitTop(max), (v) => fmtDur(v));
   for (const w of history.waits) {
     const c = svg("circle", { cx: x(w.t), cy: y(w.ms), r: 3, fill: colorOf(w.model) });
     c.appendChild(svg("title", {}, w.model + ": waited " + fmtDur(w.ms)));
