@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -331,6 +332,12 @@ func httpURL(p *string) func(string) error {
 		}
 		if err := ollama.CheckUserinfo(u, v); err != nil {
 			return err
+		}
+		// A path is a prefix every route is called under (an Ollama behind a proxy's
+		// path); one that ends in a route's own first segment would call /api/api/chat,
+		// every poll a 404.
+		if seg := path.Base(strings.TrimRight(u.Path, "/")); seg == "api" || seg == "v1" {
+			return errors.New("the path ends in /" + seg + ": give the server's own URL, without /" + seg + " (foreman adds /api/... and /v1/... itself)")
 		}
 		*p = strings.TrimRight(v, "/")
 		return nil

@@ -91,14 +91,14 @@ func TestConfigBoundsAccepted(t *testing.T) {
 	t.Parallel()
 	cfg, err := parseConfig(t, nil, map[string]string{
 		"FOREMAN_JOB_TTL": "1s", "FOREMAN_ACK_WAIT": "1s", "FOREMAN_POLL_INTERVAL": "100ms", "FOREMAN_MAX_ATTEMPTS": "100",
-		"FOREMAN_OLLAMA_URL": "http://127.0.0.1:65535",
+		"FOREMAN_OLLAMA_URL": "http://127.0.0.1:65535/ollama/", // a proxy's prefix is taken
 		// A tab within a header's value is carried, as it is sent.
 		"FOREMAN_AUTH_TOKEN": "s3c\tret",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.OllamaURL != "http://127.0.0.1:65535" || cfg.AuthToken != "s3c\tret" {
+	if cfg.OllamaURL != "http://127.0.0.1:65535/ollama" || cfg.AuthToken != "s3c\tret" {
 		t.Errorf("Ollama URL %q, auth token %q", cfg.OllamaURL, cfg.AuthToken)
 	}
 	if cfg.JobTTL != time.Second || cfg.AckWait != time.Second || cfg.PollInterval != 100*time.Millisecond || cfg.MaxAttempts != 100 {
@@ -146,6 +146,9 @@ func TestConfigBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:99999"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:99999": the port is not a number from 1 to 65535`}},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:0"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:0": the port is not a number from 1 to 65535`}},
 		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://127.0.0.1:65536"}, want: []string{`FOREMAN_OLLAMA_URL="http://127.0.0.1:65536": the port is not a number from 1 to 65535`}},
+		// An API path given as the server's: every route would be called under it (/api/api/chat).
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://mac.lan:11434/api"}, want: []string{`FOREMAN_OLLAMA_URL="http://mac.lan:11434/api": the path ends in /api: give the server's own URL`}},
+		{env: map[string]string{"FOREMAN_OLLAMA_URL": "http://mac.lan:11434/v1/"}, want: []string{`FOREMAN_OLLAMA_URL="http://mac.lan:11434/v1/": the path ends in /v1: give the server's own URL`}},
 		// A token no HTTP header can carry (a header's value loses the white space around
 		// it) would answer every request 401: refused, never quoted.
 		{env: map[string]string{"FOREMAN_AUTH_TOKEN": "s3cret "}, want: []string{`FOREMAN_AUTH_TOKEN=(hidden): has white space at its start or end`}},
