@@ -391,7 +391,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		}
 		v.Queued = append(v.Queued, q)
 	}
-	return v, nil
+	return v.Indexed(), nil
 }
 
 // waitingJob is queue message m's job as the view shows it waiting, with no position
