@@ -164,31 +164,27 @@ func (b *Backlog) info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*j
 	return info, nil
 }
 
-// readNew reads the messages from b.next (or first) up to last.
+// readNew reads the messages from b.next (or first) up to last, in batches (readQueue).
 func (b *Backlog) readNew(ctx context.Context, first, last uint64) error {
-	for seq := max(b.next, first); seq <= last; seq++ {
-		m, err := b.get(ctx, seq, QueueWildcard)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
+	if from := max(b.next, first); from <= last {
+		err := b.store.readQueue(ctx, from, last, func(m *jetstream.RawStreamMsg) error {
+			seq := m.Sequence
+			token, _ := TokenFromSubject(m.Subject)
+			b.msgs[seq] = QueuedMessage{
+				Token: token, Seq: seq, Enqueued: m.Time,
+				JobID: m.Header.Get(HeaderJobID), Model: m.Header.Get(HeaderModel), Kind: Kind(m.Header.Get(HeaderKind)),
+				Priority: Priority(m.Header.Get(HeaderPriority)).OrNormal(), Program: m.Header.Get(HeaderProgram),
+			}
+			// Kept per message: a refresh cut by the caller's deadline goes on from here
+			// next time, so a large queue's first read finishes over several refreshes.
+			b.next = seq + 1
+			if b.onRead != nil {
+				b.onRead(seq)
+			}
+			return nil
+		})
 		if err != nil {
-			return fmt.Errorf("broker: read queue message %d: %w", seq, err)
-		}
-		seq = m.Sequence
-		if seq > last {
-			break // published after the info: the next refresh reads it with its peers
-		}
-		token, _ := TokenFromSubject(m.Subject)
-		b.msgs[seq] = QueuedMessage{
-			Token: token, Seq: seq, Enqueued: m.Time,
-			JobID: m.Header.Get(HeaderJobID), Model: m.Header.Get(HeaderModel), Kind: Kind(m.Header.Get(HeaderKind)),
-			Priority: Priority(m.Header.Get(HeaderPriority)).OrNormal(), Program: m.Header.Get(HeaderProgram),
-		}
-		// Kept per message: a refresh cut by the caller's deadline goes on from here next
-		// time, so a large queue's first read finishes over several refreshes.
-		b.next = seq + 1
-		if b.onRead != nil {
-			b.onRead(seq)
+			return fmt.Errorf("broker: read queue messages from %d: %w", from, err)
 		}
 	}
 	b.next = last + 1
