@@ -27,8 +27,8 @@ type QueuedMessage struct {
 
 // Backlog keeps a copy of the queue's message headers in memory, so a view of a queue of
 // thousands of jobs costs no read per job. A refresh reads only what changed: one stream
-// info request (its range and each subject's count of messages), one read per message
-// published since the last refresh, and, when a subject lost known messages, either one
+// info request (its range and each subject's count of messages), the messages published
+// since the last refresh (read in batches, readQueue), and, when a subject lost known messages, either one
 // more info request with the stream's deleted sequences (when that list is short) or at
 // most readsPerRefresh reads from both ends of the subject (findGone), carried on by the
 // next refresh. A queue stream accepts no second consumer that overlaps the worker's
