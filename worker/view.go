@@ -17,8 +17,12 @@ import (
 // counts from the computation's end, and lasts at least as long as the computation took:
 // a deep queue's view (half a second for 50k jobs on a small machine) would otherwise be
 // stale as soon as it was made, and every GET /queue or /jobs/{id} would compute its own,
-// one after the other; at most half the time then goes into views.
-const viewMaxAge = 250 * time.Millisecond
+// one after the other; at most half the time then goes into views. Up to viewMaxReuse: a
+// view that took long waiting for a store slow to answer is not shown that long.
+const (
+	viewMaxAge   = 250 * time.Millisecond
+	viewMaxReuse = 2 * time.Second
+)
 
 // A job another foreman's worker runs keeps its message in the shared queue until it
 // ends, at the head of its queue: a queue's consumer hands out its oldest message not
@@ -126,7 +130,7 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 				// A presence read cut short by the caller's end says present: the view
 				// is this caller's, not one to serve others.
 				done := clock()
-				w.view, w.viewUntil = v, done.Add(max(viewMaxAge, done.Sub(now)))
+				w.view, w.viewUntil = v, done.Add(min(max(viewMaxAge, done.Sub(now)), viewMaxReuse))
 			}
 			return v, nil
 		}

@@ -352,6 +352,7 @@ func TestQueueViewSlowToComputeIsReused(t *testing.T) {
 		mu       sync.Mutex
 		now      = time.Now()
 		computed int
+		slow     = 400 * time.Millisecond
 	)
 	clock := func() time.Time {
 		mu.Lock()
@@ -366,7 +367,7 @@ func TestQueueViewSlowToComputeIsReused(t *testing.T) {
 	cfg := worker.WithViewClock(worker.Config{}, clock)
 	cfg = worker.WithViewAfterHeads(cfg, func() {
 		computed++
-		advance(400 * time.Millisecond) // the computation takes 0.4 s
+		advance(slow) // the computation takes 0.4 s (10 s later on)
 	})
 	w := tb.start(t, cfg)
 	first, err := w.QueueView(ctxT(t), time.Time{})
@@ -391,5 +392,16 @@ func TestQueueViewSlowToComputeIsReused(t *testing.T) {
 	}
 	if later == first || computed != 2 {
 		t.Fatalf("the view was not computed again once as long as it took had passed (%d computations)", computed)
+	}
+	// One that took 10 s (a store slow to answer) is served 2 s at most.
+	slow = 10 * time.Second
+	advance(time.Hour)
+	stale, err := w.QueueView(ctxT(t), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	advance(2 * time.Second)
+	if again, _ = w.QueueView(ctxT(t), time.Time{}); again == stale || computed != 4 {
+		t.Fatalf("a view that took 10 s was served for longer than 2 s (%d computations)", computed)
 	}
 }
