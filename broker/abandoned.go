@@ -106,20 +106,14 @@ func (s *Store) HandBackDelay(d *Lease) time.Duration {
 func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 	n := 0
 	inQueue := map[string]bool{}
-	for seq := uint64(0); ; seq++ {
-		m, err := s.queue.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(queuePrefix+">"))
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
-		if err != nil {
-			return n, fmt.Errorf("broker: scan queue: %w", err)
-		}
-		seq = m.Sequence
+	var cancelErr error
+	err := s.readQueue(ctx, 0, 0, func(m *jetstream.RawStreamMsg) error {
+		seq := m.Sequence
 		id := m.Header.Get(HeaderJobID)
 		inQueue[id] = true
 		gw := m.Header.Get(HeaderGateway)
 		if gw == "" || gw == s.cfg.BootID {
-			continue
+			return nil
 		}
 		var sent time.Time
 		if m.Header.Get(HeaderRequeued) == "" {
@@ -127,11 +121,10 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 		}
 		j, _, err := s.Get(ctx, id)
 		if err != nil || !s.CallerGoneAt(ctx, j, sent) {
-			continue // no record (the worker drops the message) or a live caller
+			return nil // no record (the worker drops the message) or a live caller
 		}
-		at := seq
 		_, err = s.cancel(ctx, id, CallerGoneReason, func(ctx context.Context, j *Job) error {
-			err := s.deleteQueueMsg(ctx, at)
+			err := s.deleteQueueMsg(ctx, seq)
 			if err == nil {
 				s.dropBody(ctx, j)
 			}
@@ -145,8 +138,16 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 			n++
 		case errors.Is(err, ErrTerminal), errors.Is(err, ErrNotFound):
 		default:
-			return n, err
+			cancelErr = err
+			return err
 		}
+		return nil
+	})
+	if cancelErr != nil {
+		return n, cancelErr
+	}
+	if err != nil {
+		return n, fmt.Errorf("broker: scan queue: %w", err)
 	}
 	if !s.cfg.Exclusive {
 		return n, nil

@@ -27,8 +27,8 @@ type QueuedMessage struct {
 
 // Backlog keeps a copy of the queue's message headers in memory, so a view of a queue of
 // thousands of jobs costs no read per job. A refresh reads only what changed: one stream
-// info request (its range and each subject's count of messages), one read per message
-// published since the last refresh, and, when a subject lost known messages, either one
+// info request (its range and each subject's count of messages), the messages published
+// since the last refresh (read in batches, readQueue), and, when a subject lost known messages, either one
 // more info request with the stream's deleted sequences (when that list is short) or at
 // most readsPerRefresh reads from both ends of the subject (findGone), carried on by the
 // next refresh. A queue stream accepts no second consumer that overlaps the worker's
@@ -164,31 +164,27 @@ func (b *Backlog) info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*j
 	return info, nil
 }
 
-// readNew reads the messages from b.next (or first) up to last.
+// readNew reads the messages from b.next (or first) up to last, in batches (readQueue).
 func (b *Backlog) readNew(ctx context.Context, first, last uint64) error {
-	for seq := max(b.next, first); seq <= last; seq++ {
-		m, err := b.get(ctx, seq, QueueWildcard)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			break
-		}
+	if from := max(b.next, first); from <= last {
+		err := b.store.readQueue(ctx, from, last, func(m *jetstream.RawStreamMsg) error {
+			seq := m.Sequence
+			token, _ := TokenFromSubject(m.Subject)
+			b.msgs[seq] = QueuedMessage{
+				Token: token, Seq: seq, Enqueued: m.Time,
+				JobID: m.Header.Get(HeaderJobID), Model: m.Header.Get(HeaderModel), Kind: Kind(m.Header.Get(HeaderKind)),
+				Priority: Priority(m.Header.Get(HeaderPriority)).OrNormal(), Program: m.Header.Get(HeaderProgram),
+			}
+			// Kept per message: a refresh cut by the caller's deadline goes on from here
+			// next time, so a large queue's first read finishes over several refreshes.
+			b.next = seq + 1
+			if b.onRead != nil {
+				b.onRead(seq)
+			}
+			return nil
+		})
 		if err != nil {
-			return fmt.Errorf("broker: read queue message %d: %w", seq, err)
-		}
-		seq = m.Sequence
-		if seq > last {
-			break // published after the info: the next refresh reads it with its peers
-		}
-		token, _ := TokenFromSubject(m.Subject)
-		b.msgs[seq] = QueuedMessage{
-			Token: token, Seq: seq, Enqueued: m.Time,
-			JobID: m.Header.Get(HeaderJobID), Model: m.Header.Get(HeaderModel), Kind: Kind(m.Header.Get(HeaderKind)),
-			Priority: Priority(m.Header.Get(HeaderPriority)).OrNormal(), Program: m.Header.Get(HeaderProgram),
-		}
-		// Kept per message: a refresh cut by the caller's deadline goes on from here next
-		// time, so a large queue's first read finishes over several refreshes.
-		b.next = seq + 1
-		if b.onRead != nil {
-			b.onRead(seq)
+			return fmt.Errorf("broker: read queue messages from %d: %w", from, err)
 		}
 	}
 	b.next = last + 1

@@ -220,6 +220,10 @@ func (p *pager) meet(id string, live bool) {
 // take reads, newest first, the pending jobs whose ids are at or after bound (all of
 // them when bound is empty) and keeps the matches; it reports whether the page is full.
 // Ids met later are all older than bound, so nothing can come before those taken.
+//
+// The records are read ahead in batches (readRecords): the first is the page and one
+// more, what an unfiltered page reads; each next one doubles, up to recordsBatch, so a
+// page reads at most a batch more than it needs.
 func (p *pager) take(ctx context.Context, s *Store, bound string) (bool, error) {
 	slices.Sort(p.pending)
 	cut := 0
@@ -228,29 +232,35 @@ func (p *pager) take(ctx context.Context, s *Store, bound string) (bool, error) 
 	}
 	final := p.pending[cut:]
 	p.pending = p.pending[:cut:cut]
-	for i := len(final) - 1; i >= 0; i-- {
-		j, _, err := s.Get(ctx, final[i])
-		if errors.Is(err, ErrNotFound) {
-			continue // expired or deleted since it was met
+	chunk := p.opt.Limit + 1
+	for hi := len(final); hi > 0; {
+		lo := max(hi-chunk, 0)
+		recs := s.readRecords(ctx, final[lo:hi])
+		for i := len(recs) - 1; i >= 0; i-- {
+			j, err := recs[i].job, recs[i].err
+			if errors.Is(err, ErrNotFound) {
+				continue // expired or deleted since it was met
+			}
+			if err != nil {
+				return false, err
+			}
+			if len(p.opt.States) > 0 && !slices.Contains(p.opt.States, j.State) {
+				continue
+			}
+			if p.model != "" && ollama.NormalizeModel(j.Model) != p.model {
+				continue
+			}
+			if p.opt.Program != "" && j.Program != p.opt.Program {
+				continue
+			}
+			if len(p.out) == p.opt.Limit || (p.opt.MaxResultBytes > 0 && len(p.out) > 0 && p.results+len(j.Result) > p.opt.MaxResultBytes) {
+				p.more = true
+				return true, nil
+			}
+			p.out = append(p.out, j)
+			p.results += len(j.Result)
 		}
-		if err != nil {
-			return false, err
-		}
-		if len(p.opt.States) > 0 && !slices.Contains(p.opt.States, j.State) {
-			continue
-		}
-		if p.model != "" && ollama.NormalizeModel(j.Model) != p.model {
-			continue
-		}
-		if p.opt.Program != "" && j.Program != p.opt.Program {
-			continue
-		}
-		if len(p.out) == p.opt.Limit || (p.opt.MaxResultBytes > 0 && len(p.out) > 0 && p.results+len(j.Result) > p.opt.MaxResultBytes) {
-			p.more = true
-			return true, nil
-		}
-		p.out = append(p.out, j)
-		p.results += len(j.Result)
+		hi, chunk = lo, min(2*chunk, recordsBatch)
 	}
 	return false, nil
 }

@@ -86,3 +86,41 @@ func BenchmarkList(b *testing.B) {
 		bundle.Stop()
 	}
 }
+
+// BenchmarkListFinishedBehindQueue is the status page's read of the newest finished jobs
+// (state=done,failed,canceled, 15 of them) with 50k waiting jobs newer than 10k finished
+// ones: a filter that reads the record of every waiting job first. -short skips it.
+func BenchmarkListFinishedBehindQueue(b *testing.B) {
+	if testing.Short() {
+		b.Skip("a 60k-record set-up")
+	}
+	bundle := brokertest.New(b)
+	js := bundle.JetStream(b)
+	now := time.Now().UTC()
+	put := func(id string, state broker.State) {
+		j := broker.Job{ID: id, Model: "m:latest", Kind: broker.KindChat, State: state, CreatedAt: now, At: now}
+		data, _ := json.Marshal(&j)
+		if _, err := js.PublishAsync("$KV."+broker.JobsBucket+".job."+id, data); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := range 60_000 {
+		st := broker.StateDone
+		if i >= 10_000 {
+			st = broker.StateQueued
+		}
+		put(broker.NewID(), st)
+		if i%500 == 499 {
+			<-js.PublishAsyncComplete()
+		}
+	}
+	<-js.PublishAsyncComplete()
+	ctx := context.Background()
+	opt := broker.ListOptions{Limit: 15, States: []broker.State{broker.StateDone, broker.StateFailed, broker.StateCanceled}}
+	for b.Loop() {
+		page, _, err := bundle.Store.List(ctx, opt)
+		if err != nil || len(page) != 15 {
+			b.Fatalf("list: %d jobs, %v", len(page), err)
+		}
+	}
+}

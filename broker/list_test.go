@@ -381,3 +381,32 @@ func TestListGivesUpOnPullsThatReachNoOneAfterTheRetryWindow(t *testing.T) {
 			err, pulls, lctx.Err() != nil, window)
 	}
 }
+
+// On a cluster of three (replicated buckets, records read in batches from any replica)
+// a filtered listing pages through every matching job once, newest first, a canceled one
+// left out: a filter that most jobs miss reads their records in batches.
+func TestListFilteredOnACluster(t *testing.T) {
+	t.Parallel()
+	c := brokertest.NewCluster(t, 3)
+	st := c.Open(t, nil)
+	ctx := ctxT(t)
+	var want []string
+	for i := range 40 {
+		j := submit(t, st, "m", `{}`)
+		switch {
+		case i == 9:
+			if _, err := st.Cancel(ctx, j.ID, "gone"); err != nil {
+				t.Fatal(err)
+			}
+		case i%3 == 0:
+			if _, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateWorking; return nil }); err != nil {
+				t.Fatal(err)
+			}
+			want = append([]string{j.ID}, want...)
+		}
+	}
+	got := listAll(t, st, broker.ListOptions{Limit: 4, States: []broker.State{broker.StateWorking}}, nil)
+	if !slices.Equal(got, want) {
+		t.Fatalf("listed %v\nwant %v", got, want)
+	}
+}

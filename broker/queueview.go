@@ -5,6 +5,8 @@ import (
 	"time"
 	"unicode"
 	"unicode/utf8"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // QueueView is the queue as foreman expects to run it (GET /queue): what runs, what the
@@ -31,6 +33,79 @@ type QueueView struct {
 	Paused *Pause
 	// At is when the view was computed.
 	At time.Time
+
+	// index is each waiting job's place by id: i+1 for Queued[i], -(i+1) for
+	// WaitingElsewhere[i]; depth the waiting jobs per normalized model. Made once by
+	// Indexed, so that a lookup of one job (GET /jobs/{id}) or the depth (GET /queue)
+	// costs no pass over a deep queue per request.
+	index map[string]int
+	depth map[string]int
+}
+
+// Indexed makes v's index of its waiting jobs (Find) and their depth per model (Depth),
+// and returns v. Call it once, before v is shared.
+func (v *QueueView) Indexed() *QueueView {
+	v.index = make(map[string]int, len(v.Queued)+len(v.WaitingElsewhere))
+	v.depth = map[string]int{}
+	for i, j := range v.Queued {
+		v.index[j.JobID] = i + 1
+	}
+	for i, j := range v.WaitingElsewhere {
+		v.index[j.JobID] = -(i + 1)
+	}
+	// Counted by model name first: a queue of thousands has a few names, each normalized
+	// once.
+	names := map[string]int{}
+	for _, jobs := range [][]QueuedJob{v.Queued, v.WaitingElsewhere} {
+		for _, j := range jobs {
+			names[j.Model]++
+		}
+	}
+	for name, n := range names {
+		v.depth[ollama.NormalizeModel(name)] += n
+	}
+	return v
+}
+
+// Find is the waiting job id: in Queued, or in WaitingElsewhere (elsewhere true); ok is
+// false when v holds neither.
+func (v *QueueView) Find(id string) (j QueuedJob, elsewhere, ok bool) {
+	if v.index == nil { // a view made without Indexed
+		for _, q := range v.Queued {
+			if q.JobID == id {
+				return q, false, true
+			}
+		}
+		for _, q := range v.WaitingElsewhere {
+			if q.JobID == id {
+				return q, true, true
+			}
+		}
+		return QueuedJob{}, false, false
+	}
+	switch i := v.index[id]; {
+	case i > 0:
+		return v.Queued[i-1], false, true
+	case i < 0:
+		return v.WaitingElsewhere[-i-1], true, true
+	}
+	return QueuedJob{}, false, false
+}
+
+// Depth is the waiting jobs (Queued and WaitingElsewhere) per normalized model name
+// (tiny-a and tiny-a:latest are one). Shared with every caller of an Indexed view: do
+// not modify it.
+func (v *QueueView) Depth() map[string]int {
+	if v.depth != nil {
+		return v.depth
+	}
+	depth := map[string]int{}
+	for _, jobs := range [][]QueuedJob{v.Queued, v.WaitingElsewhere} {
+		for _, j := range jobs {
+			depth[ollama.NormalizeModel(j.Model)]++
+		}
+	}
+	return depth
 }
 
 // Why a worker pauses (Pause.Reason).

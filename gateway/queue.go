@@ -8,7 +8,6 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // QueueViewer orders the waiting jobs the way the worker will run them (the worker's
@@ -74,14 +73,8 @@ func (s *Server) handleQueue(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	targets, _ := s.targetViews(r.Context()) // the own target at least, should the read of the others fail
-	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Depth: map[string]int{},
+	body := queueBody{Loaded: v.Loaded, Queued: v.Queued[:min(limit, len(v.Queued))], Total: len(v.Queued), Depth: v.Depth(),
 		Paused: s.pauseShown(v.Paused), Targets: targets, Now: s.store.ServerNow().UTC()}
-	for _, j := range v.Queued {
-		body.Depth[ollama.NormalizeModel(j.Model)]++
-	}
-	for _, j := range v.WaitingElsewhere {
-		body.Depth[ollama.NormalizeModel(j.Model)]++
-	}
 	body.WaitingElsewhere = v.WaitingElsewhere[:min(limit, len(v.WaitingElsewhere))]
 	if body.WaitingElsewhere == nil {
 		body.WaitingElsewhere = []broker.QueuedJob{}
@@ -160,18 +153,14 @@ func (s *Server) addPosition(ctx context.Context, v *jobView, asked time.Time) {
 			s.logQueueViewFailure(ctx, v, err)
 			return
 		}
-		for _, q := range qv.Queued {
-			if q.JobID == v.ID {
-				pos, eta := q.QueuePosition, q.ETA
-				v.QueuePosition, v.ETA, v.LeftElsewhere = &pos, &eta, q.LeftElsewhere
-				return
-			}
-		}
-		for _, q := range qv.WaitingElsewhere {
-			if q.JobID == v.ID {
+		if q, elsewhere, ok := qv.Find(v.ID); ok {
+			if elsewhere {
 				v.WaitingElsewhere = true
 				return
 			}
+			pos, eta := q.QueuePosition, q.ETA
+			v.QueuePosition, v.ETA, v.LeftElsewhere = &pos, &eta, q.LeftElsewhere
+			return
 		}
 		if !qv.At.Before(asked) || !qv.At.Before(v.CreatedAt.Add(freshFor)) {
 			return

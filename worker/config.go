@@ -115,6 +115,9 @@ type Config struct {
 	// viewAfterHeads, when set (tests only), runs in QueueView once the queue heads'
 	// records are read, before the view is computed from them.
 	viewAfterHeads func()
+	// viewClock, when set (tests only), is the clock QueueView reads to tell a view's age
+	// and cost, in place of time.Now.
+	viewClock func() time.Time
 	// serverNow, when set (tests only: one that moves it, or a Worker made without a
 	// store), is the NATS server's clock in place of the store's reading of it
 	// (Store.ServerNow): the clock the picks run on.

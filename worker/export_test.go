@@ -83,6 +83,12 @@ func WithViewAfterHeads(cfg Config, fn func()) Config {
 	return cfg
 }
 
+// WithViewClock sets Config.viewClock: the clock QueueView tells a view's age and cost by.
+func WithViewClock(cfg Config, now func() time.Time) Config {
+	cfg.viewClock = now
+	return cfg
+}
+
 // Own reports whether the job is this worker's own: running or finishing.
 func (w *Worker) Own(id string) bool { return w.ownJobs()[id] }
 

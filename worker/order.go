@@ -168,6 +168,7 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		return at
 	}
 	heads := make([]head, 0, len(order))
+	var sc planScratch
 	out := make([]planned, 0, len(msgs))
 	at := free
 	for len(order) > 0 || len(later) > 0 {
@@ -186,7 +187,7 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 				heads = append(heads, g.rep)
 			}
 			c.Heads, c.Now = heads, at
-			tok = plan(c)[0]
+			tok = sc.first(c)
 		}
 		q := byToken[tok]
 		m := q.msgs[0]

@@ -98,16 +98,95 @@ func joinedAt(picks uint64) uint64 { return max(2*picks, 1) - 1 }
 //
 // With one class and one program this is exactly the drain-by-model of ADR-0015.
 func plan(c choice) []string {
+	var sc planScratch
+	ps := sc.places(c)
+	// Sorted by index, compared key by key up to the first that differs: over hundreds of
+	// queues, moving the places themselves and evaluating every key (cmp.Or) cost most of
+	// a pick's time.
+	order := make([]int, len(ps))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(i, j int) int { return comparePlaces(&ps[i], &ps[j]) })
+	out := make([]string, len(ps))
+	for i, k := range order {
+		out[i] = ps[k].token
+	}
+	return out
+}
+
+// first is plan(c)[0] ("" for no heads): the least place, found without ordering the
+// others. The places of distinct heads never compare equal (their Seq differ), so it is
+// the very queue plan puts first. The queue view calls it once per job it places, with
+// one scratch for all of them: it allocates nothing once the scratch has grown.
+func (sc *planScratch) first(c choice) string {
+	ps := sc.places(c)
+	if len(ps) == 0 {
+		return ""
+	}
+	best := 0
+	for i := 1; i < len(ps); i++ {
+		if comparePlaces(&ps[i], &ps[best]) < 0 {
+			best = i
+		}
+	}
+	return ps[best].token
+}
+
+// place is a queue's place in plan's order: class, then its runner's place in the class,
+// then its turn.
+type place struct {
+	class, group int
+	age          uint64 // the runner's oldest job in the class
+	runner       string
+	served, seq  uint64
+	token        string
+}
+
+// comparePlaces orders places as plan does, key by key up to the first that differs.
+func comparePlaces(a, b *place) int {
+	switch {
+	case a.class != b.class:
+		return cmp.Compare(a.class, b.class)
+	case a.group != b.group:
+		return cmp.Compare(a.group, b.group)
+	case a.age != b.age:
+		return cmp.Compare(a.age, b.age)
+	case a.runner != b.runner:
+		return strings.Compare(a.runner, b.runner)
+	case a.served != b.served:
+		return cmp.Compare(a.served, b.served)
+	}
+	return cmp.Compare(a.seq, b.seq)
+}
+
+// runnerClass is a runner within a class (by Priority.Rank).
+type runnerClass struct {
+	runner string
+	rank   int
+}
+
+// planScratch holds what places builds, kept from one call to the next by a caller that
+// plans many times (the queue view's simulation); the zero value is ready.
+type planScratch struct {
+	oldest map[runnerClass]uint64
+	loaded map[string]int
+	ps     []place
+}
+
+// places is each of c.Heads' place in plan's order (in sc's slice, valid until the next
+// call).
+func (sc *planScratch) places(c choice) []place {
 	type classInfo struct {
 		overdue, late, others, othersOverdue bool // others: a runner besides Current waits
 	}
-	type runnerClass struct {
-		runner string
-		rank   int
-	}
 	var classes [3]classInfo
 	streak := c.CurrentClass.Rank()
-	oldest := make(map[runnerClass]uint64, len(c.Heads))
+	if sc.oldest == nil {
+		sc.oldest = make(map[runnerClass]uint64, len(c.Heads))
+	}
+	oldest := sc.oldest
+	clear(oldest)
 	for _, h := range c.Heads {
 		k, r := h.Class.Rank(), h.runner()
 		late := c.MaxWait > 0 && c.Now.Sub(h.Enqueued) > c.MaxWait
@@ -135,21 +214,18 @@ func plan(c choice) []string {
 		}
 	}
 	capped := c.MaxConsecutive > 0 && c.Consecutive >= c.MaxConsecutive
-	loaded := make(map[string]int, len(c.Loaded))
+	if sc.loaded == nil {
+		sc.loaded = make(map[string]int, len(c.Loaded))
+	}
+	loaded := sc.loaded
+	clear(loaded)
 	for i, r := range c.Loaded {
 		if _, dup := loaded[r]; !dup {
 			loaded[r] = i
 		}
 	}
-	// Each queue's place: class, then its runner's place in the class, then its turn.
-	type place struct {
-		class, group int
-		age          uint64 // the runner's oldest job in the class
-		runner       string
-		served, seq  uint64
-		token        string
-	}
-	ps := make([]place, len(c.Heads))
+	ps := slices.Grow(sc.ps[:0], len(c.Heads))[:len(c.Heads)]
+	sc.ps = ps
 	for i, h := range c.Heads {
 		k, r := h.Class.Rank(), h.runner()
 		p := place{class: classPos[k], age: oldest[runnerClass{r, k}], runner: r, served: c.Served[h.Token], seq: h.Seq, token: h.Token}
@@ -171,32 +247,5 @@ func plan(c choice) []string {
 		}
 		ps[i] = p
 	}
-	// Sorted by index, compared key by key up to the first that differs: over hundreds of
-	// queues, moving the places themselves and evaluating every key (cmp.Or) cost most of
-	// a pick's time.
-	order := make([]int, len(ps))
-	for i := range order {
-		order[i] = i
-	}
-	slices.SortFunc(order, func(i, j int) int {
-		a, b := &ps[i], &ps[j]
-		switch {
-		case a.class != b.class:
-			return cmp.Compare(a.class, b.class)
-		case a.group != b.group:
-			return cmp.Compare(a.group, b.group)
-		case a.age != b.age:
-			return cmp.Compare(a.age, b.age)
-		case a.runner != b.runner:
-			return strings.Compare(a.runner, b.runner)
-		case a.served != b.served:
-			return cmp.Compare(a.served, b.served)
-		}
-		return cmp.Compare(a.seq, b.seq)
-	})
-	out := make([]string, len(ps))
-	for i, k := range order {
-		out[i] = ps[k].token
-	}
-	return out
+	return ps
 }

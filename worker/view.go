@@ -13,8 +13,16 @@ import (
 )
 
 // viewMaxAge is how long a computed queue view is served before it is computed again: a
-// status page polling every second and many job lookups then cost one computation.
-const viewMaxAge = 250 * time.Millisecond
+// status page polling every second and many job lookups then cost one computation. It
+// counts from the computation's end, and lasts at least as long as the computation took:
+// a deep queue's view (half a second for 50k jobs on a small machine) would otherwise be
+// stale as soon as it was made, and every GET /queue or /jobs/{id} would compute its own,
+// one after the other; at most half the time then goes into views. Up to viewMaxReuse: a
+// view that took long waiting for a store slow to answer is not shown that long.
+const (
+	viewMaxAge   = 250 * time.Millisecond
+	viewMaxReuse = 2 * time.Second
+)
 
 // A job another foreman's worker runs keeps its message in the shared queue until it
 // ends, at the head of its queue: a queue's consumer hands out its oldest message not
@@ -75,13 +83,18 @@ func (r *runningJob) answeredAt() time.Time {
 
 // QueueView returns the waiting jobs in the order the worker is expected to run them,
 // with positions and expected start times, computed with the worker's own pick rule
-// (plan) from its current state. A view is reused for a quarter second, unless it was
-// computed before notBefore. The view is shared: do not modify it.
+// (plan) from its current state. A view is reused for a quarter second after it was
+// computed (or for as long as it took, viewMaxAge), unless it was computed before
+// notBefore. The view is shared: do not modify it.
 func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.QueueView, error) {
 	w.viewMu.Lock()
 	defer w.viewMu.Unlock()
-	now := time.Now()
-	if w.view != nil && now.Sub(w.view.At) < viewMaxAge && !w.view.At.Before(notBefore) {
+	clock := time.Now
+	if w.cfg.viewClock != nil {
+		clock = w.cfg.viewClock
+	}
+	now := clock()
+	if w.view != nil && now.Before(w.viewUntil) && !w.view.At.Before(notBefore) {
 		return w.view, nil
 	}
 	maxAge := viewMaxAge
@@ -116,7 +129,8 @@ func (w *Worker) QueueView(ctx context.Context, notBefore time.Time) (*broker.Qu
 			if ctx.Err() == nil {
 				// A presence read cut short by the caller's end says present: the view
 				// is this caller's, not one to serve others.
-				w.view = v
+				done := clock()
+				w.view, w.viewUntil = v, done.Add(min(max(viewMaxAge, done.Sub(now)), viewMaxReuse))
 			}
 			return v, nil
 		}
@@ -381,7 +395,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		}
 		v.Queued = append(v.Queued, q)
 	}
-	return v, nil
+	return v.Indexed(), nil
 }
 
 // waitingJob is queue message m's job as the view shows it waiting, with no position

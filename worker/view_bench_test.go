@@ -11,22 +11,28 @@ import (
 
 // BenchmarkQueueView measures computing the queue view (the order of every waiting job
 // by the pick rule, with ETAs) for 10k queued jobs over 4 models, 3 classes and 5
-// programs (60 queues), from a backlog already in memory.
+// programs (60 queues), from a backlog already in memory; and for 50k jobs over 8 models
+// (120 queues), a deep queue.
 func BenchmarkQueueView(b *testing.B) {
 	store := brokertest.New(b).Store // its settings only: the backlog is in memory
-	for _, programs := range []int{1, 5, 50} {
-		b.Run(fmt.Sprintf("programs=%d", programs), func(b *testing.B) {
+	for _, c := range []struct{ programs, models, jobs int }{{1, 4, 10_000}, {5, 4, 10_000}, {50, 4, 10_000}, {5, 8, 50_000}} {
+		programs, n := c.programs, c.jobs
+		name := fmt.Sprintf("programs=%d", programs)
+		if n != 10_000 {
+			name = fmt.Sprintf("programs=%d/models=%d/jobs=%d", programs, c.models, n)
+		}
+		b.Run(name, func(b *testing.B) {
 			now := time.Now()
-			msgs := make([]broker.QueuedMessage, 0, 10_000)
-			for i := range 10_000 {
-				model := fmt.Sprintf("m%d", i%4)
+			msgs := make([]broker.QueuedMessage, 0, n)
+			for i := range n {
+				model := fmt.Sprintf("m%d", i%c.models)
 				class := []broker.Priority{broker.PriorityHigh, broker.PriorityNormal, broker.PriorityLow}[i%3]
 				prog := ""
 				if programs > 1 {
 					prog = fmt.Sprintf("p%d", i%programs)
 				}
 				msgs = append(msgs, broker.QueuedMessage{
-					Token: queueKey(b, model, prog, class), Seq: uint64(i + 1), Enqueued: now.Add(time.Duration(i-10_000) * time.Millisecond),
+					Token: queueKey(b, model, prog, class), Seq: uint64(i + 1), Enqueued: now.Add(time.Duration(i-n) * time.Millisecond),
 					JobID: broker.NewID(), Model: model, Kind: broker.KindChat, Priority: class, Program: prog,
 				})
 			}
@@ -35,7 +41,7 @@ func BenchmarkQueueView(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for range b.N {
-				if v, _ := w.computeView(msgs, nil, nil, nil, now); len(v.Queued) != 10_000 {
+				if v, _ := w.computeView(msgs, nil, nil, nil, now); len(v.Queued) != n {
 					b.Fatalf("%d queued", len(v.Queued))
 				}
 			}

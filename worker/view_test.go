@@ -341,3 +341,67 @@ func TestQueueViewNamesTheRunnerAndSaysWhenItIsGone(t *testing.T) {
 		t.Errorf("running elsewhere %+v once studio's foreman is gone, want %s marked runner_gone", v.Elsewhere, running.ID)
 	}
 }
+
+// A view that took longer than viewMaxAge (a quarter second) to compute is served for as
+// long as it took, not computed again by the next caller: with a deep queue every
+// GET /queue and GET /jobs/{id} computed its own view, one after the other.
+func TestQueueViewSlowToComputeIsReused(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	var (
+		mu       sync.Mutex
+		now      = time.Now()
+		computed int
+		slow     = 400 * time.Millisecond
+	)
+	clock := func() time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return now
+	}
+	advance := func(d time.Duration) {
+		mu.Lock()
+		defer mu.Unlock()
+		now = now.Add(d)
+	}
+	cfg := worker.WithViewClock(worker.Config{}, clock)
+	cfg = worker.WithViewAfterHeads(cfg, func() {
+		computed++
+		advance(slow) // the computation takes 0.4 s (10 s later on)
+	})
+	w := tb.start(t, cfg)
+	first, err := w.QueueView(ctxT(t), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := w.QueueView(ctxT(t), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != first || computed != 1 {
+		t.Fatalf("a view asked for just after one that took 0.4 s was computed again (%d computations)", computed)
+	}
+	advance(300 * time.Millisecond) // past a quarter second, within the 0.4 s it took
+	if again, _ = w.QueueView(ctxT(t), time.Time{}); again != first {
+		t.Fatal("the view was computed again before as long as it took had passed")
+	}
+	advance(101 * time.Millisecond)
+	later, err := w.QueueView(ctxT(t), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if later == first || computed != 2 {
+		t.Fatalf("the view was not computed again once as long as it took had passed (%d computations)", computed)
+	}
+	// One that took 10 s (a store slow to answer) is served 2 s at most.
+	slow = 10 * time.Second
+	advance(time.Hour)
+	stale, err := w.QueueView(ctxT(t), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	advance(2 * time.Second)
+	if again, _ = w.QueueView(ctxT(t), time.Time{}); again == stale || computed != 4 {
+		t.Fatalf("a view that took 10 s was served for longer than 2 s (%d computations)", computed)
+	}
+}

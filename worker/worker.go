@@ -112,6 +112,10 @@ type Worker struct {
 	times   *durations
 	viewMu  sync.Mutex
 	view    *broker.QueueView
+	// viewUntil is when the view stops being served to a caller that asks for no newer
+	// one: a quarter second after it was computed, or as long after as it took to
+	// compute, whichever is later (QueueView).
+	viewUntil time.Time
 }
 
 // Causes that abort a running job.

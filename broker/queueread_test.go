@@ -1,0 +1,107 @@
+package broker_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+)
+
+// The backlog reads the queue in batches of a few hundred messages: a queue several
+// batches long, with messages removed here and there (a whole batch's worth at one
+// place), is read whole, each message once, oldest first, with its headers and time; on
+// the embedded server and on a cluster of three with three replicas.
+func TestBacklogReadsAQueueOfSeveralBatches(t *testing.T) {
+	t.Parallel()
+	t.Run("embedded", func(t *testing.T) {
+		t.Parallel()
+		b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 10_000 }))
+		readsSeveralBatches(t, b.Store, b.JetStream(t))
+	})
+	t.Run("cluster", func(t *testing.T) {
+		t.Parallel()
+		c := brokertest.NewCluster(t, 3)
+		st := c.Open(t, func(cfg *broker.Config) { cfg.MaxQueue = 10_000 })
+		js, err := jetstream.New(c.Connect(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readsSeveralBatches(t, st, js)
+	})
+}
+
+func readsSeveralBatches(t *testing.T, st *broker.Store, js jetstream.JetStream) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const n = 1_000
+	want := map[uint64]broker.QueuedMessage{}
+	for i := range n {
+		model := fmt.Sprintf("m%d", i%3)
+		j := &broker.Job{ID: broker.NewID(), Model: model, Kind: broker.KindChat, Priority: broker.PriorityLow, Program: fmt.Sprintf("p%d", i%2)}
+		k, err := broker.KeyOf(j, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := nats.NewMsg(broker.QueueSubject(k.String()))
+		msg.Header.Set(broker.HeaderJobID, j.ID)
+		msg.Header.Set(broker.HeaderModel, model)
+		msg.Header.Set(broker.HeaderKind, string(j.Kind))
+		msg.Header.Set(broker.HeaderPriority, string(j.Priority))
+		msg.Header.Set(broker.HeaderProgram, j.Program)
+		msg.Data = []byte(`{"model":"` + model + `"}`)
+		ack, err := js.PublishMsg(ctx, msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[ack.Sequence] = broker.QueuedMessage{Token: k.String(), Seq: ack.Sequence, JobID: j.ID, Model: model, Kind: j.Kind, Priority: j.Priority, Program: j.Program}
+	}
+	queue, err := js.Stream(ctx, broker.QueueStream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var first uint64
+	for seq := range want {
+		if first == 0 || seq < first {
+			first = seq
+		}
+	}
+	// The first message, a run longer than a batch, and every seventh one are removed.
+	for seq := range want {
+		if i := seq - first; i == 0 || i >= 300 && i < 600 || i%7 == 3 {
+			if err := queue.DeleteMsg(ctx, seq); err != nil {
+				t.Fatal(err)
+			}
+			delete(want, seq)
+		}
+	}
+	msgs, err := st.Backlog().Refresh(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != len(want) {
+		t.Fatalf("backlog read %d messages, want %d", len(msgs), len(want))
+	}
+	for i, m := range msgs {
+		w, ok := want[m.Seq]
+		if !ok || i > 0 && m.Seq <= msgs[i-1].Seq {
+			t.Fatalf("message %d: seq %d unexpected or out of order", i, m.Seq)
+		}
+		if m.Enqueued.IsZero() || time.Since(m.Enqueued) > time.Minute {
+			t.Fatalf("message %d: enqueued %v", m.Seq, m.Enqueued)
+		}
+		m.Enqueued = time.Time{}
+		if m != w {
+			t.Fatalf("message %d read as %+v, want %+v", m.Seq, m, w)
+		}
+	}
+	// The sweep reads the same messages: it finds no dead caller's job among them.
+	if n, err := st.CancelAbandoned(ctx); err != nil || n != 0 {
+		t.Fatalf("CancelAbandoned: %d, %v", n, err)
+	}
+}
