@@ -582,11 +582,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 			a.gw.Stopping() // on a store of its own, sync callers whose job waits are answered now
 		}
 		if a.worker != nil {
-			wctx, cancel := workerDeadline(ctx)
-			if err := a.worker.Stop(wctx); err != nil {
+			if err := a.stopWorker(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("worker stop: %w", err))
 			}
-			cancel()
 		}
 		if a.gw != nil {
 			if err := a.gw.AnswerWaiting(ctx); err != nil {
@@ -624,6 +622,30 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr
+}
+
+// stopWorker stops the worker under workerDeadline. Its last store writes after that (the
+// cut job handed back, a job that just ended written done) have time of their own, up to
+// 20 s of retries for a terminal write: on a NATS that answers nothing (a frozen node, a
+// store whose disk stalls) they held the shutdown that long past ctx's deadline, and a
+// service manager's kill came first. Past ctx's deadline the connection is closed under
+// them, which fails them at once: the job's message, un-acked, comes back after its ack
+// wait, as after a crash.
+func (a *App) stopWorker(ctx context.Context) error {
+	wctx, cancel := workerDeadline(ctx)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.worker.Stop(wctx) }()
+	select {
+	case err := <-stopped:
+		return err
+	case <-ctx.Done():
+	}
+	if a.nc != nil {
+		a.log.Warn("the worker's last store writes are cut short: the shutdown's deadline has passed")
+		a.nc.Close()
+	}
+	return <-stopped
 }
 
 // waitComponents waits for the background components, stopped, to return. Their last
