@@ -628,9 +628,11 @@ func (a *App) Shutdown(ctx context.Context) error {
 // cut job handed back, a job that just ended written done) have time of their own, up to
 // 20 s of retries for a terminal write: on a NATS that answers nothing (a frozen node, a
 // store whose disk stalls) they held the shutdown that long past ctx's deadline, and a
-// service manager's kill came first. Past ctx's deadline the connection is closed under
-// them, which fails them at once: the job's message, un-acked, comes back after its ack
-// wait, as after a crash.
+// service manager's kill came first. Past ctx's deadline, and lastWritesGrace more (a
+// second stop ends ctx and the worker's deadline at once: the hand-back it cuts off takes
+// a round trip on a NATS that answers), the connection is closed under them, which fails
+// them at once: the job's message, un-acked, comes back after its ack wait, as after a
+// crash.
 func (a *App) stopWorker(ctx context.Context) error {
 	wctx, cancel := workerDeadline(ctx)
 	defer cancel()
@@ -641,12 +643,23 @@ func (a *App) stopWorker(ctx context.Context) error {
 		return err
 	case <-ctx.Done():
 	}
+	grace := time.NewTimer(lastWritesGrace)
+	defer grace.Stop()
+	select {
+	case err := <-stopped:
+		return err
+	case <-grace.C:
+	}
 	if a.nc != nil {
 		a.log.Warn("the worker's last store writes are cut short: the shutdown's deadline has passed")
 		a.nc.Close()
 	}
 	return <-stopped
 }
+
+// lastWritesGrace is how long past a shutdown's deadline the worker's last store writes
+// may take before the NATS connection is closed under them (stopWorker).
+const lastWritesGrace = 2 * time.Second
 
 // waitComponents waits for the background components, stopped, to return. Their last
 // writes (the presence withdrawn, the webhook consumer released) wait up to 5 s each for a
