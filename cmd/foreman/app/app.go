@@ -82,7 +82,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a := &App{cfg: cfg, log: log, failed: make(chan error, 8)}
 	defer func() {
 		if err != nil {
-			_ = a.Shutdown(context.Background())
+			sctx, cancel := abandonCtx(ctx, cfg.ShutdownTimeout)
+			defer cancel()
+			_ = a.Shutdown(sctx)
 		}
 	}()
 	if err := a.startNATS(ctx); err != nil {
@@ -622,6 +624,20 @@ func (a *App) Shutdown(ctx context.Context) error {
 		a.stopErr = errors.Join(errs...)
 	})
 	return a.stopErr
+}
+
+// abandonCtx bounds the shutdown of a start that failed: to limit, and not at all once
+// start, the start's context, has ended (the operator's stop while foreman waited for its
+// NATS cluster, say). Nothing ran yet that a graceful shutdown would let finish, and
+// under Background the drain of a connection to a NATS that stopped answering (a frozen
+// node) held the stop for the connection's stale-ping bound, 15 s, past the Ctrl-C.
+func abandonCtx(start context.Context, limit time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(start), limit)
+	stop := context.AfterFunc(start, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // stopWorker stops the worker under workerDeadline. Its last store writes after that (the
