@@ -76,7 +76,7 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, stopNow <-cha
 	go func() {
 		select {
 		case <-cut:
-			log.Warn("stopped again: cutting the shutdown short")
+			log.Warn("stopped during the shutdown: cutting it short")
 			cancel()
 		case <-sctx.Done():
 		}
