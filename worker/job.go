@@ -844,6 +844,11 @@ func (w *Worker) retryWrite(ctx context.Context, id string, last bool, set func(
 		if errors.Is(err, broker.ErrStoreFailed) && w.isStopping(tctx) {
 			return j, err // no try outlasts it but a restart, and this stop is one
 		}
+		if errors.Is(err, broker.ErrConnClosed) {
+			// Closed for good (a shutdown past its deadline closes it): no try reaches
+			// the store any more.
+			return j, err
+		}
 		switch {
 		case !w.recordGone(err):
 			missingSince = time.Time{}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -51,7 +50,7 @@ func newChatCmd(e *env) *cobra.Command {
 			case interactive || isTerminal(e.stdin):
 				return s.repl()
 			}
-			prompt, err := io.ReadAll(e.stdin)
+			prompt, err := readAll(cmd.Context(), e.stdin)
 			if err != nil {
 				return fmt.Errorf("read prompt from stdin: %w", err)
 			}
@@ -134,15 +133,16 @@ func (s *chatSession) turn(prompt string) error {
 // repl reads a prompt per line until /bye or the end of input.
 func (s *chatSession) repl() error {
 	out := s.cmd.OutOrStdout()
-	in := bufio.NewScanner(s.e.stdin)
-	in.Buffer(make([]byte, 64<<10), 1<<20)
+	in := newLineReader(s.e.stdin, 1<<20)
+	defer in.close()
 	for {
 		fmt.Fprint(out, ">>> ")
-		if !in.Scan() {
+		text, ok, err := in.next(s.cmd.Context())
+		if !ok {
 			fmt.Fprintln(out)
-			return in.Err()
+			return err
 		}
-		line := strings.TrimSpace(in.Text())
+		line := strings.TrimSpace(text)
 		switch line {
 		case "":
 			continue

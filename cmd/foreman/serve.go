@@ -43,7 +43,8 @@ func newServeCmd(e *env) *cobra.Command {
 }
 
 // serve runs foreman until ctx ends, then shuts down under cfg.ShutdownTimeout, or at
-// once when stopNow is closed (a second SIGINT or SIGTERM) during that shutdown: what a
+// once when stopNow is closed (a second SIGINT or SIGTERM) during that shutdown (or ctx
+// ends, during one a failed component began): what a
 // running job's caller has not received by then is cut, as past the deadline (a job
 // whose end was not stored is run again at the next start, as after a kill). A nil
 // stopNow never closes.
@@ -60,18 +61,22 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, stopNow <-cha
 		return err
 	}
 	log.Info("foreman is serving", "addr", a.Addr(), "ollama", ollama.RedactURL(cfg.OllamaURL), "data_dir", a.DataDir(), "nats_listen", a.NATSListen(), "boot_id", a.BootID())
+	cut := stopNow // what cuts the shutdown short
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down; stop again (Ctrl-C, SIGTERM) to cut it short", "timeout", a.Config().ShutdownTimeout)
 	case err = <-a.Failed():
-		log.Error("a component failed; shutting down", "err", err)
+		// Not the operator's stop: their first one (ending ctx) means "now", as a second
+		// does after their own; it did nothing before, and the shutdown waited on.
+		log.Error("a component failed; shutting down; stop (Ctrl-C, SIGTERM) to cut it short", "err", err, "timeout", a.Config().ShutdownTimeout)
+		cut = ctx.Done()
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), a.Config().ShutdownTimeout)
 	defer cancel()
 	go func() {
 		select {
-		case <-stopNow:
-			log.Warn("stopped again: cutting the shutdown short")
+		case <-cut:
+			log.Warn("stopped during the shutdown: cutting it short")
 			cancel()
 		case <-sctx.Done():
 		}

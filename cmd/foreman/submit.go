@@ -1,10 +1,10 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 
@@ -33,7 +33,7 @@ func newSubmitCmd(e *env) *cobra.Command {
 			"arguments, else stdin), a generate or embed with --kind, or any POST /jobs body from --file\n" +
 			"(\"-\" for stdin). With --wait, follow the job's state on stderr and print the result.",
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req, err := submitRequest(e, model, kind, file, args)
+			req, err := submitRequest(cmd.Context(), e, model, kind, file, args)
 			if err != nil {
 				return err
 			}
@@ -81,7 +81,7 @@ func newSubmitCmd(e *env) *cobra.Command {
 }
 
 // submitRequest builds the job from --file or from the prompt.
-func submitRequest(e *env, model, kind, file string, args []string) (client.SubmitRequest, error) {
+func submitRequest(ctx context.Context, e *env, model, kind, file string, args []string) (client.SubmitRequest, error) {
 	if file != "" {
 		if len(args) > 0 {
 			return client.SubmitRequest{}, errors.New("give a PROMPT or --file, not both")
@@ -91,7 +91,7 @@ func submitRequest(e *env, model, kind, file string, args []string) (client.Subm
 			err  error
 		)
 		if file == "-" {
-			body, err = io.ReadAll(e.stdin)
+			body, err = readAll(ctx, e.stdin)
 		} else {
 			body, err = os.ReadFile(file)
 		}
@@ -110,7 +110,7 @@ func submitRequest(e *env, model, kind, file string, args []string) (client.Subm
 	}
 	prompt := strings.Join(args, " ")
 	if prompt == "" {
-		in, err := io.ReadAll(e.stdin)
+		in, err := readAll(ctx, e.stdin)
 		if err != nil {
 			return client.SubmitRequest{}, fmt.Errorf("read prompt from stdin: %w", err)
 		}

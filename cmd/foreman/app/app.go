@@ -82,7 +82,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 	a := &App{cfg: cfg, log: log, failed: make(chan error, 8)}
 	defer func() {
 		if err != nil {
-			_ = a.Shutdown(context.Background())
+			sctx, cancel := abandonCtx(ctx, cfg.ShutdownTimeout)
+			defer cancel()
+			_ = a.Shutdown(sctx)
 		}
 	}()
 	if err := a.startNATS(ctx); err != nil {
@@ -582,11 +584,9 @@ func (a *App) Shutdown(ctx context.Context) error {
 			a.gw.Stopping() // on a store of its own, sync callers whose job waits are answered now
 		}
 		if a.worker != nil {
-			wctx, cancel := workerDeadline(ctx)
-			if err := a.worker.Stop(wctx); err != nil {
+			if err := a.stopWorker(ctx); err != nil {
 				errs = append(errs, fmt.Errorf("worker stop: %w", err))
 			}
-			cancel()
 		}
 		if a.gw != nil {
 			if err := a.gw.AnswerWaiting(ctx); err != nil {
@@ -625,6 +625,57 @@ func (a *App) Shutdown(ctx context.Context) error {
 	})
 	return a.stopErr
 }
+
+// abandonCtx bounds the shutdown of a start that failed: to limit, and not at all once
+// start, the start's context, has ended (the operator's stop while foreman waited for its
+// NATS cluster, say). Nothing ran yet that a graceful shutdown would let finish, and
+// under Background the drain of a connection to a NATS that stopped answering (a frozen
+// node) held the stop for the connection's stale-ping bound, 15 s, past the Ctrl-C.
+func abandonCtx(start context.Context, limit time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(start), limit)
+	stop := context.AfterFunc(start, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
+// stopWorker stops the worker under workerDeadline. Its last store writes after that (the
+// cut job handed back, a job that just ended written done) have time of their own, up to
+// 20 s of retries for a terminal write: on a NATS that answers nothing (a frozen node, a
+// store whose disk stalls) they held the shutdown that long past ctx's deadline, and a
+// service manager's kill came first. Past ctx's deadline, and lastWritesGrace more (a
+// second stop ends ctx and the worker's deadline at once: the hand-back it cuts off takes
+// a round trip on a NATS that answers), the connection is closed under them, which fails
+// them at once: the job's message, un-acked, comes back after its ack wait, as after a
+// crash.
+func (a *App) stopWorker(ctx context.Context) error {
+	wctx, cancel := workerDeadline(ctx)
+	defer cancel()
+	stopped := make(chan error, 1)
+	go func() { stopped <- a.worker.Stop(wctx) }()
+	select {
+	case err := <-stopped:
+		return err
+	case <-ctx.Done():
+	}
+	grace := time.NewTimer(lastWritesGrace)
+	defer grace.Stop()
+	select {
+	case err := <-stopped:
+		return err
+	case <-grace.C:
+	}
+	if a.nc != nil {
+		a.log.Warn("the worker's last store writes are cut short: the shutdown's deadline has passed")
+		a.nc.Close()
+	}
+	return <-stopped
+}
+
+// lastWritesGrace is how long past a shutdown's deadline the worker's last store writes
+// may take before the NATS connection is closed under them (stopWorker).
+const lastWritesGrace = 2 * time.Second
 
 // waitComponents waits for the background components, stopped, to return. Their last
 // writes (the presence withdrawn, the webhook consumer released) wait up to 5 s each for a

@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"context"
+	"net/http"
 	"testing"
 	"time"
 
@@ -35,5 +36,50 @@ func TestShutdownPastItsDeadlineDoesNotWaitOnAFrozenNATS(t *testing.T) {
 	case <-done:
 	case <-time.After(8 * time.Second):
 		t.Fatal("Shutdown past its deadline still waits on the frozen NATS")
+	}
+}
+
+// A job that ends while the NATS answers nothing (a frozen node, a store whose disk
+// stalls) does not hold the shutdown past its deadline: the worker's terminal write of it
+// is tried again for 20 s, whatever the stop, and a foreman told to stop within 1 s took
+// 22 s (with the default 30 s, a job ending as the operator stopped foreman took it past
+// a service manager's 40 s grace, and its kill came first). Past the deadline foreman
+// closes its connection under the worker, which ends those tries at once; the job's
+// message, un-acked, comes back after its ack wait, as after a crash.
+func TestShutdownDoesNotWaitOutATerminalWriteOnAFrozenNATS(t *testing.T) {
+	t.Parallel()
+	mac := ollamatest.New(t)
+	release := mac.Hold("")
+	defer release()
+	fr := newFreezer(t, sharedNATS(t))
+	fa := startForeman(t, fr.url(), "mac-a", mac.URL)
+	waitTargets(t, fa, 1)
+	if code, b := call(t, fa, http.MethodPost, "/jobs", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`); code != http.StatusAccepted {
+		t.Fatalf("POST /jobs: %d %s", code, b)
+	}
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer wcancel()
+	if err := mac.WaitInFlight(wctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	fr.freeze(true)
+	defer fr.freeze(false)
+	release() // the job ends now, its end written to the frozen NATS
+	if err := mac.WaitFinished(wctx, "/api/chat", 1); err != nil {
+		t.Fatal(err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = fa.Shutdown(ctx)
+	}()
+	// Not a measure of speed: far above the 1 s deadline, far below the 20 s of tries.
+	select {
+	case <-done:
+	case <-time.After(8 * time.Second):
+		t.Fatal("Shutdown waits out the worker's terminal write to the frozen NATS past its deadline")
 	}
 }
