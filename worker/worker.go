@@ -615,25 +615,28 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	return nil, true, firstErr
 }
 
-// waiting replaces each head that is a job this worker finished, its end still being
-// stored in the background (its message stays queued until the ack), and that is older
-// than MaxWait, by the next message of its queue, or leaves that queue out when none
-// follows: the job waits no more. Its age would make its class look starved at the next
-// pick (the class's last pick was its start), and a fresh job of that class would go
-// before a fresh one of a higher class. A younger one cannot: it is left, so that the
-// pick after nearly every job (whose end is being stored) reads nothing more. The index
-// keeps its heads: the ack marks the queue for a new look. A read that fails keeps the
-// head, as before.
+// waiting replaces each head that waits no more and is older than MaxWait by the next
+// message of its queue, or leaves that queue out when none follows. Such a head is a job
+// this worker finished, its end still being stored in the background (its message stays
+// queued until the ack), or, on a shared NATS, a job another foreman's worker runs (its
+// message stays at the head of its queue until that run ends). Its age would make its
+// class look starved at the next pick (a run longer than MaxWait, or one begun late), or
+// another runner of its class look starved (the starvation bound: this Mac would swap away
+// from its drain to a runner another Mac is draining), and a fresh job of that class would
+// go before a fresh one of a higher class. A younger one cannot: it is left, so that the
+// pick after nearly every job (whose end is being stored) reads nothing more, and on a
+// shared NATS only a head older than MaxWait costs a record read. The index keeps its
+// heads: the ack marks the queue for a new look. A read that fails keeps the head, as
+// before.
 func (w *Worker) waiting(ctx context.Context, heads []head) []head {
 	if w.cfg.MaxWait <= 0 {
 		return heads
 	}
 	now := w.serverNow()
-	var out []head // a copy, made only once a head is looked past
+	present := map[string]bool{} // other runners' presence, read once per pick
+	var out []head               // a copy, made only once a head is looked past
 	for i, h := range heads {
-		// Once: a spare copy of the job behind it (an idempotent retry's) is fetched and
-		// dropped meanwhile, as before.
-		if h.JobID == "" || now.Sub(h.Enqueued) <= w.cfg.MaxWait || !w.isFinishing(h.JobID) {
+		if !w.waitsNoMore(ctx, h, now, present) {
 			if out != nil {
 				out = append(out, h)
 			}
@@ -642,20 +645,65 @@ func (w *Worker) waiting(ctx context.Context, heads []head) []head {
 		if out == nil {
 			out = append(make([]head, 0, len(heads)), heads[:i]...)
 		}
-		p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
-		switch {
-		case err != nil:
-		case !ok:
-			continue
-		default:
+		keep := true
+		// A few at most: each other Mac runs one job at a time. A spare copy of the job
+		// behind one (an idempotent retry's) is fetched and dropped meanwhile, as before.
+		for n := 1; ; n++ {
+			p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
+			if err != nil {
+				break
+			}
+			if !ok {
+				keep = false
+				break
+			}
 			h = headOf(h.Token, p)
+			if n >= maxLookPast || !w.waitsNoMore(ctx, h, now, present) {
+				break
+			}
 		}
-		out = append(out, h)
+		if keep {
+			out = append(out, h)
+		}
 	}
 	if out == nil {
 		return heads
 	}
 	return out
+}
+
+// maxLookPast bounds the messages of one queue a pick looks past (waiting).
+const maxLookPast = 4
+
+// waitsNoMore reports whether head h, older than MaxWait at now, is no waiting job: one
+// this worker is finishing, or, on a shared NATS, one whose record says another
+// foreman's worker runs it (loading or working) and whose runner is present (present
+// caches the reads by boot id). A job whose runner is gone waits again (its message
+// comes back after the ack wait); a record that cannot be read counts as waiting.
+func (w *Worker) waitsNoMore(ctx context.Context, h head, now time.Time, present map[string]bool) bool {
+	if h.JobID == "" || now.Sub(h.Enqueued) <= w.cfg.MaxWait {
+		return false
+	}
+	if w.isFinishing(h.JobID) {
+		return true
+	}
+	if w.store.Config().Exclusive {
+		return false // no other worker: a record that says running was cut short by a stop
+	}
+	j, _, err := w.store.Get(ctx, h.JobID)
+	if err != nil || j.State != broker.StateLoading && j.State != broker.StateWorking {
+		return false
+	}
+	_, boot := j.CurrentRunner()
+	if boot == w.store.BootID() {
+		return false // not this worker's run now: handed back, waiting to be taken again
+	}
+	here, ok := present[boot]
+	if !ok {
+		here = !w.store.RunnerGone(ctx, j)
+		present[boot] = here
+	}
+	return here
 }
 
 // unusable settles a delivery that came with an error, and reports whether it did: a

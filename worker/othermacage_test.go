@@ -1,0 +1,150 @@
+package worker_test
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// otherMac starts a second worker, as another foreman on the same NATS, in front of a
+// fake Ollama of its own (tiny-a and tiny-b) whose model calls are held until the
+// returned release.
+func (tb *testBundle) otherMac(t *testing.T, hold string) (fake *ollamatest.Server, store *broker.Store, release func()) {
+	t.Helper()
+	fake = ollamatest.New(t)
+	release = fake.Hold(hold)
+	t.Cleanup(release)
+	target, err := ollama.NewClient(ollama.ClientConfig{BaseURL: fake.URL, Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	store, err = broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.startOn(t, store, worker.Config{Target: target, IdlePoll: 20 * time.Millisecond})
+	return fake, store, release
+}
+
+// enqueuedAt is the NATS server's stamp of job id's queue message.
+func (tb *testBundle) enqueuedAt(t *testing.T, id string) time.Time {
+	t.Helper()
+	for seq := uint64(1); ; {
+		p, ok, err := tb.b.Store.Oldest(ctxT(t), seq)
+		if err != nil || !ok {
+			t.Fatalf("the queue message of %s: found %v, %v", id, ok, err)
+		}
+		if p.JobID == id {
+			return p.Enqueued
+		}
+		seq = p.Seq + 1
+	}
+}
+
+// waitRunning waits until job id's record says it runs (loading or working).
+func (tb *testBundle) waitRunning(t *testing.T, id string) {
+	t.Helper()
+	j, err := tb.watchUntil(id, func(j *broker.Job) bool {
+		return j.State == broker.StateLoading || j.State == broker.StateWorking || j.State.Terminal()
+	})
+	if err != nil || j.State.Terminal() {
+		t.Fatalf("job %s never ran: %+v, %v", id, j, err)
+	}
+}
+
+// servedTags is the tags of the tagged jobs fake was called for, in order.
+func servedTags(fake *ollamatest.Server) []string {
+	var got []string
+	for _, c := range fake.Calls() {
+		if m := tagRE.FindSubmatch(c.Body); m != nil && string(m[1]) != "question" {
+			got = append(got, string(m[1]))
+		}
+	}
+	return got
+}
+
+// Two Macs on one NATS with one model. A job another Mac runs keeps its queue message
+// at the head of its queue until it ends; it waits no more. It ran long enough to be
+// older than MaxWait, and this Mac's pick took it for a job of its class waiting that
+// long: the normal class looked starved, and a fresh normal job ran here before a
+// fresh high one (the queue view, which reads such heads' records, put the high one
+// first).
+func TestAJobRunningOnAnotherMacDoesNotAgeItsClass(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	const maxWait = time.Minute
+	macB, _, releaseB := tb.otherMac(t, "tiny-a")
+	n0 := tb.tagged(t, "nzero", "tiny-a", broker.PriorityNormal)
+	if err := macB.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitRunning(t, n0.ID)
+	n1 := tb.tagged(t, "none", "tiny-a", broker.PriorityNormal)
+	hi := tb.tagged(t, "hi", "tiny-a", broker.PriorityHigh)
+	// This Mac's first pick comes when n1 has waited exactly MaxWait (not late), n0,
+	// running on the other Mac, longer.
+	at := tb.enqueuedAt(t, n1.ID).Add(maxWait)
+	var clock atomic.Pointer[time.Time]
+	clock.Store(&at)
+	tb.start(t, worker.WithServerClock(worker.Config{MaxWait: maxWait, IdlePoll: 20 * time.Millisecond}, func() time.Time { return *clock.Load() }))
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 2); err != nil {
+		t.Fatal(err)
+	}
+	releaseB()
+	for _, j := range []*broker.Job{n0, n1, hi} {
+		tb.waitState(t, j.ID, broker.StateDone)
+	}
+	if got := servedTags(tb.fake); len(got) != 2 || got[0] != "hi" {
+		t.Fatalf("this Mac served %v, want the high job first", got)
+	}
+}
+
+// Two Macs on one NATS with the same models. This Mac drains the model it has loaded
+// while the other Mac runs a job of another model that is older than MaxWait: that job
+// waits no more, and the starvation bound is for jobs that wait. It swapped this Mac
+// away from its drain to the other Mac's model, whose next job was fresh.
+func TestAJobRunningOnAnotherMacDoesNotBreakTheDrain(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	const maxWait = time.Minute
+	macB, _, releaseB := tb.otherMac(t, "tiny-a")
+	n0 := tb.tagged(t, "nzero", "tiny-a", broker.PriorityNormal)
+	if err := macB.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitRunning(t, n0.ID)
+	var clock atomic.Pointer[time.Time] // nil: the real clock
+	releaseA := tb.fake.Hold("tiny-b")
+	tb.start(t, worker.WithServerClock(worker.Config{MaxWait: maxWait, IdlePoll: 20 * time.Millisecond}, func() time.Time {
+		if p := clock.Load(); p != nil {
+			return *p
+		}
+		return time.Now()
+	}))
+	b0 := tb.tagged(t, "bzero", "tiny-b", broker.PriorityNormal)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-b", 1); err != nil {
+		t.Fatal(err)
+	}
+	a1 := tb.tagged(t, "aone", "tiny-a", broker.PriorityNormal)
+	b1 := tb.tagged(t, "bone", "tiny-b", broker.PriorityNormal)
+	// The pick after b0 comes when a1 has waited exactly MaxWait (not late), n0, running
+	// on the other Mac, longer.
+	at := tb.enqueuedAt(t, a1.ID).Add(maxWait)
+	clock.Store(&at)
+	releaseA()
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	releaseB()
+	for _, j := range []*broker.Job{n0, b0, a1, b1} {
+		tb.waitState(t, j.ID, broker.StateDone)
+	}
+	if got := servedTags(tb.fake); len(got) != 3 || got[1] != "bone" {
+		t.Fatalf("this Mac served %v, want its drain of tiny-b on before a swap", got)
+	}
+}
