@@ -690,6 +690,9 @@ func (w *Worker) waitsNoMore(ctx context.Context, h head, now time.Time, present
 	if w.store.Config().Exclusive {
 		return false // no other worker: a record that says running was cut short by a stop
 	}
+	if !w.runs(ctx, h.Token) {
+		return false // left out of the pick (runnable): no read for it
+	}
 	j, _, err := w.store.Get(ctx, h.JobID)
 	if err != nil || j.State != broker.StateLoading && j.State != broker.StateWorking {
 		return false
