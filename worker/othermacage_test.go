@@ -148,3 +148,37 @@ func TestAJobRunningOnAnotherMacDoesNotBreakTheDrain(t *testing.T) {
 		t.Fatalf("this Mac served %v, want its drain of tiny-b on before a swap", got)
 	}
 }
+
+// Two Macs on one NATS, each with tiny-a, tiny-b and tiny-c. The other Mac drains
+// tiny-b; this one ends its drain of tiny-a with a tiny-c job and a newer tiny-b job
+// waiting. The tiny-b job the other Mac runs is older than the tiny-c one, and made
+// tiny-b look the older model: this Mac swapped to tiny-b, which the other Mac already
+// drains, and ran its newer job before the tiny-c one nobody runs.
+func TestAJobRunningOnAnotherMacDoesNotDrawASwap(t *testing.T) {
+	t.Parallel()
+	three := ollamatest.WithModels(ollamatest.Model{Name: "tiny-a:latest"}, ollamatest.Model{Name: "tiny-b:latest"}, tinyC)
+	tb := setupFake(t, []ollamatest.Option{three})
+	macB, _, releaseB := tb.otherMac(t, "tiny-b")
+	b0 := tb.tagged(t, "bzero", "tiny-b", broker.PriorityNormal)
+	if err := macB.WaitStarted(waitCtx(t), "tiny-b", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitRunning(t, b0.ID)
+	releaseA := tb.fake.Hold("tiny-a")
+	tb.start(t, worker.Config{IdlePoll: 20 * time.Millisecond})
+	a0 := tb.tagged(t, "azero", "tiny-a", broker.PriorityNormal)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	c1 := tb.tagged(t, "cone", "tiny-c", broker.PriorityNormal)
+	b1 := tb.tagged(t, "bone", "tiny-b", broker.PriorityNormal)
+	releaseA()
+	eventually(t, 30*time.Second, "this Mac ran three jobs", func() bool { return len(servedTags(tb.fake)) == 3 })
+	releaseB()
+	for _, j := range []*broker.Job{b0, a0, c1, b1} {
+		tb.waitState(t, j.ID, broker.StateDone)
+	}
+	if got := servedTags(tb.fake); len(got) != 3 || got[1] != "cone" {
+		t.Fatalf("this Mac served %v, want the tiny-c job right after its tiny-a one", got)
+	}
+}

@@ -594,7 +594,18 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
 	var firstErr error
-	for _, token := range plan(c) {
+	present := map[string]bool{} // other runners' presence, read once per pick
+	tried, looked := map[string]bool{}, map[string]bool{}
+	for i, tokens := 0, plan(c); i < len(tokens); i++ {
+		token := tokens[i]
+		if tried[token] {
+			continue
+		}
+		if w.pastRunElsewhere(ctx, &c, token, looked, present) {
+			tokens, i = plan(c), -1 // the order with that queue's waiting job at its head
+			continue
+		}
+		tried[token] = true
 		if !broker.TokenValid(token) {
 			w.purge(ctx, token)
 			continue
@@ -672,8 +683,47 @@ func (w *Worker) waiting(ctx context.Context, heads []head) []head {
 	return out
 }
 
-// maxLookPast bounds the messages of one queue a pick looks past (waiting).
+// maxLookPast bounds the messages of one queue a pick looks past (waiting,
+// pastRunElsewhere).
 const maxLookPast = 4
+
+// pastRunElsewhere is, on a shared NATS, the check before a fetch that would swap: when
+// queue token's runner is not loaded here and its head is a job another foreman's worker
+// runs (runsElsewhere), the head is replaced in c by the queue's first waiting message
+// (or the queue is left out when none follows), and it reports true: the order is to be
+// planned again. The head's age made its runner look older than it waits (the other
+// Mac's drain of that runner always keeps its oldest job there), and this Mac would swap
+// to that runner, which the other Mac already drains, before an older job of a runner
+// nobody runs. Each queue is looked at once per pick (looked), so a pick reads at most
+// one record per runner it would swap to; a drain of a loaded runner reads nothing.
+func (w *Worker) pastRunElsewhere(ctx context.Context, c *choice, token string, looked, present map[string]bool) bool {
+	if w.store.Config().Exclusive || looked[token] {
+		return false
+	}
+	looked[token] = true
+	i := slices.IndexFunc(c.Heads, func(h head) bool { return h.Token == token })
+	if i < 0 || c.Heads[i].JobID == "" || slices.Contains(c.Loaded, c.Heads[i].runner()) || !w.runsElsewhere(ctx, c.Heads[i].JobID, present) {
+		return false
+	}
+	h := c.Heads[i]
+	for n := 1; ; n++ {
+		p, ok, err := w.store.OldestOfFrom(ctx, token, h.Seq+1)
+		if err != nil {
+			return false // the head stands, as a read that fails leaves it
+		}
+		heads := slices.Clone(c.Heads)
+		if !ok {
+			c.Heads = slices.Delete(heads, i, i+1)
+			return true
+		}
+		h = headOf(token, p)
+		if n >= maxLookPast || h.JobID == "" || !w.runsElsewhere(ctx, h.JobID, present) {
+			heads[i] = h
+			c.Heads = heads
+			return true
+		}
+	}
+}
 
 // waitsNoMore reports whether head h, older than MaxWait at now, is no waiting job: one
 // this worker is finishing, or, on a shared NATS, one whose record says another
@@ -693,7 +743,16 @@ func (w *Worker) waitsNoMore(ctx context.Context, h head, now time.Time, present
 	if !w.runs(ctx, h.Token) {
 		return false // left out of the pick (runnable): no read for it
 	}
-	j, _, err := w.store.Get(ctx, h.JobID)
+	return w.runsElsewhere(ctx, h.JobID, present)
+}
+
+// runsElsewhere reports whether job id's record says another foreman's worker runs it
+// (loading or working) and that runner is present (present caches the reads by boot id):
+// its queue message heads its queue, but the job waits no more. A job whose runner is
+// gone waits again (its message comes back after the ack wait); a record that cannot be
+// read counts as waiting.
+func (w *Worker) runsElsewhere(ctx context.Context, id string, present map[string]bool) bool {
+	j, _, err := w.store.Get(ctx, id)
 	if err != nil || j.State != broker.StateLoading && j.State != broker.StateWorking {
 		return false
 	}
