@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -180,5 +181,44 @@ func TestAJobRunningOnAnotherMacDoesNotDrawASwap(t *testing.T) {
 	}
 	if got := servedTags(tb.fake); len(got) != 3 || got[1] != "cone" {
 		t.Fatalf("this Mac served %v, want the tiny-c job right after its tiny-a one", got)
+	}
+}
+
+// Two Macs on one NATS with the same two models, each draining its own. The
+// consecutive cap is there so that another runner's jobs do not starve behind a drain;
+// a runner another Mac drains does not starve. Each Mac swapped to the other's model
+// at every cap, and back at the next: both Macs swapping every few jobs where neither
+// needed to.
+func TestTheCapDoesNotSwapToAModelAnotherMacDrains(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	macB, _, releaseB := tb.otherMac(t, "tiny-b")
+	b0 := tb.tagged(t, "bzero", "tiny-b", broker.PriorityNormal)
+	if err := macB.WaitStarted(waitCtx(t), "tiny-b", 1); err != nil {
+		t.Fatal(err)
+	}
+	tb.waitRunning(t, b0.ID)
+	releaseA := tb.fake.Hold("tiny-a")
+	tb.start(t, worker.Config{IdlePoll: 20 * time.Millisecond, MaxConsecutive: 2})
+	a0 := tb.tagged(t, "azero", "tiny-a", broker.PriorityNormal)
+	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	jobs := []*broker.Job{b0, a0}
+	for i := range 4 {
+		jobs = append(jobs, tb.tagged(t, fmt.Sprintf("b%c", 'a'+i), "tiny-b", broker.PriorityNormal),
+			tb.tagged(t, fmt.Sprintf("a%c", 'a'+i), "tiny-a", broker.PriorityNormal))
+	}
+	releaseA()
+	eventually(t, 30*time.Second, "this Mac ran its tiny-a jobs", func() bool { return len(servedTags(tb.fake)) >= 5 })
+	releaseB()
+	for _, j := range jobs {
+		tb.waitState(t, j.ID, broker.StateDone)
+	}
+	got := servedTags(tb.fake)
+	for i, tag := range got[:5] {
+		if tag[0] != 'a' {
+			t.Fatalf("this Mac served %v: a tiny-b job at %d, before its own drain of tiny-a ended", got, i+1)
+		}
 	}
 }

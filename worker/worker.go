@@ -595,6 +595,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	w.mu.Unlock()
 	var firstErr error
 	present := map[string]bool{} // other runners' presence, read once per pick
+	c.RunElsewhere = w.runElsewhere(ctx, c, present)
 	tried, looked := map[string]bool{}, map[string]bool{}
 	for i, tokens := 0, plan(c); i < len(tokens); i++ {
 		token := tokens[i]
@@ -679,6 +680,30 @@ func (w *Worker) waiting(ctx context.Context, heads []head) []head {
 	}
 	if out == nil {
 		return heads
+	}
+	return out
+}
+
+// runElsewhere is, on a shared NATS and once Current ran MaxConsecutive jobs in a row,
+// the runners of Current's class besides Current whose queue head is a job another
+// foreman's worker runs (choice.RunElsewhere): another Mac drains them, and the cap does
+// not swap this Mac to them. One record read per such head; nil otherwise.
+func (w *Worker) runElsewhere(ctx context.Context, c choice, present map[string]bool) map[string]bool {
+	if w.store.Config().Exclusive || c.Current == "" || c.MaxConsecutive <= 0 || c.Consecutive < c.MaxConsecutive {
+		return nil
+	}
+	var out map[string]bool
+	for _, h := range c.Heads {
+		r := h.runner()
+		if r == c.Current || h.Class.Rank() != c.CurrentClass.Rank() || h.JobID == "" || out[r] {
+			continue
+		}
+		if w.runsElsewhere(ctx, h.JobID, present) {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[r] = true
+		}
 	}
 	return out
 }
