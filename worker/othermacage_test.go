@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"context"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -31,6 +32,9 @@ func (tb *testBundle) otherMac(t *testing.T, hold string) (fake *ollamatest.Serv
 	tb.startOn(t, store, worker.Config{Target: target, IdlePoll: 20 * time.Millisecond})
 	return fake, store, release
 }
+
+// offeredElsewhere is Config.Elsewhere for a Mac whose models another live Mac has.
+func offeredElsewhere(context.Context, string) bool { return true }
 
 // enqueuedAt is the NATS server's stamp of job id's queue message.
 func (tb *testBundle) enqueuedAt(t *testing.T, id string) time.Time {
@@ -92,7 +96,7 @@ func TestAJobRunningOnAnotherMacDoesNotAgeItsClass(t *testing.T) {
 	at := tb.enqueuedAt(t, n1.ID).Add(maxWait)
 	var clock atomic.Pointer[time.Time]
 	clock.Store(&at)
-	tb.start(t, worker.WithServerClock(worker.Config{MaxWait: maxWait, IdlePoll: 20 * time.Millisecond}, func() time.Time { return *clock.Load() }))
+	tb.start(t, worker.WithServerClock(worker.Config{MaxWait: maxWait, IdlePoll: 20 * time.Millisecond, Elsewhere: offeredElsewhere}, func() time.Time { return *clock.Load() }))
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 2); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +125,7 @@ func TestAJobRunningOnAnotherMacDoesNotBreakTheDrain(t *testing.T) {
 	tb.waitRunning(t, n0.ID)
 	var clock atomic.Pointer[time.Time] // nil: the real clock
 	releaseA := tb.fake.Hold("tiny-b")
-	tb.start(t, worker.WithServerClock(worker.Config{MaxWait: maxWait, IdlePoll: 20 * time.Millisecond}, func() time.Time {
+	tb.start(t, worker.WithServerClock(worker.Config{MaxWait: maxWait, IdlePoll: 20 * time.Millisecond, Elsewhere: offeredElsewhere}, func() time.Time {
 		if p := clock.Load(); p != nil {
 			return *p
 		}
@@ -166,7 +170,7 @@ func TestAJobRunningOnAnotherMacDoesNotDrawASwap(t *testing.T) {
 	}
 	tb.waitRunning(t, b0.ID)
 	releaseA := tb.fake.Hold("tiny-a")
-	tb.start(t, worker.Config{IdlePoll: 20 * time.Millisecond})
+	tb.start(t, worker.Config{IdlePoll: 20 * time.Millisecond, Elsewhere: offeredElsewhere})
 	a0 := tb.tagged(t, "azero", "tiny-a", broker.PriorityNormal)
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
 		t.Fatal(err)
@@ -199,7 +203,7 @@ func TestTheCapDoesNotSwapToAModelAnotherMacDrains(t *testing.T) {
 	}
 	tb.waitRunning(t, b0.ID)
 	releaseA := tb.fake.Hold("tiny-a")
-	tb.start(t, worker.Config{IdlePoll: 20 * time.Millisecond, MaxConsecutive: 2})
+	tb.start(t, worker.Config{IdlePoll: 20 * time.Millisecond, MaxConsecutive: 2, Elsewhere: offeredElsewhere})
 	a0 := tb.tagged(t, "azero", "tiny-a", broker.PriorityNormal)
 	if err := tb.fake.WaitStarted(waitCtx(t), "tiny-a", 1); err != nil {
 		t.Fatal(err)
@@ -220,5 +224,28 @@ func TestTheCapDoesNotSwapToAModelAnotherMacDrains(t *testing.T) {
 		if tag[0] != 'a' {
 			t.Fatalf("this Mac served %v: a tiny-b job at %d, before its own drain of tiny-a ended", got, i+1)
 		}
+	}
+}
+
+// A job whose record says it runs, but whose runner cannot be told gone (a record from
+// before runners were named, or a runner whose presence has not lapsed yet), while its
+// message is there to take: looking past it must not leave its queue out of the pick,
+// on a shared NATS where another Mac has its model, or it would never run here.
+func TestARunningRecordNoRunnerHoldsStillRunsOnASharedNATS(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	const maxWait = time.Minute
+	j := tb.chat(t, "tiny-a", 1)
+	if _, _, err := tb.b.Store.Modify(ctxT(t), j.ID, func(j *broker.Job) error {
+		j.State, j.Attempt, j.QueueSeq = broker.StateWorking, 1, 0
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	at := tb.enqueuedAt(t, j.ID).Add(2 * maxWait) // its head is late too
+	tb.start(t, worker.WithServerClock(worker.Config{MaxWait: maxWait, IdlePoll: 20 * time.Millisecond, Elsewhere: offeredElsewhere},
+		func() time.Time { return at }))
+	if got := tb.waitState(t, j.ID, broker.StateDone); got.Attempt != 2 {
+		t.Fatalf("attempt %d, want 2", got.Attempt)
 	}
 }
