@@ -35,7 +35,9 @@ type Config struct {
 	// model (normalized name). A job whose attempt here was given up for the target's
 	// silence (a stall, or no answer to the polls) is then left to that one for MaxWait:
 	// this worker takes no job of its queue meanwhile, rather than take it back first at
-	// the end of its back-off (ADR-0066). Nil, or a store of its own: never.
+	// the end of its back-off (ADR-0066). And only where it says so does the pick look
+	// for the model's jobs another Mac runs (their queue messages head their queues, but
+	// they wait no more: ADR-0027, amended 2026-12-06). Nil, or a store of its own: never.
 	Elsewhere func(ctx context.Context, model string) bool
 	// MaxConsecutive is how many jobs of one runner (model and load options) may run in a
 	// row while other runners wait in the same class; default 8.

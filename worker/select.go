@@ -59,6 +59,9 @@ type choice struct {
 	Now            time.Time
 	MaxConsecutive int
 	MaxWait        time.Duration
+	// RunElsewhere are the runners another Mac runs a job of now (on a shared NATS): the
+	// consecutive cap does not yield to them, as they do not starve. Nil for none.
+	RunElsewhere map[string]bool
 }
 
 // turnAt is the Served mark of a queue that had the picks-th pick.
@@ -82,7 +85,8 @@ func joinedAt(picks uint64) uint64 { return max(2*picks, 1) - 1 }
 //     runners first (no swap), then every runner by the age of its oldest job. The
 //     starvation bound overrides the loaded preference: in the class of the streak
 //     (CurrentClass), once Current ran MaxConsecutive jobs in a row while another runner
-//     waits in the class, or another runner's job of the class has waited longer than
+//     waits in the class that no other Mac runs now (RunElsewhere: that Mac's drain
+//     serves it), or another runner's job of the class has waited longer than
 //     MaxWait, the other runners go first by age, and Current comes last (it still runs
 //     if they have nothing ready). In another class Current has no streak to break, and a
 //     job of it that waited longer than MaxWait must not go last (a high flood keeping
@@ -178,7 +182,8 @@ type planScratch struct {
 // call).
 func (sc *planScratch) places(c choice) []place {
 	type classInfo struct {
-		overdue, late, others, othersOverdue bool // others: a runner besides Current waits
+		// others: a runner besides Current waits that no other Mac runs now
+		overdue, late, others, othersOverdue bool
 	}
 	var classes [3]classInfo
 	streak := c.CurrentClass.Rank()
@@ -193,7 +198,7 @@ func (sc *planScratch) places(c choice) []place {
 		classes[k].overdue = classes[k].overdue || late
 		classes[k].late = classes[k].late || late
 		if k == streak && c.Current != "" && r != c.Current {
-			classes[k].others = true
+			classes[k].others = classes[k].others || !c.RunElsewhere[r]
 			classes[k].othersOverdue = classes[k].othersOverdue || late
 		}
 		if o, ok := oldest[runnerClass{r, k}]; !ok || h.Seq < o {
@@ -230,7 +235,7 @@ func (sc *planScratch) places(c choice) []place {
 		k, r := h.Class.Rank(), h.runner()
 		p := place{class: classPos[k], age: oldest[runnerClass{r, k}], runner: r, served: c.Served[h.Token], seq: h.Seq, token: h.Token}
 		switch ci := classes[k]; {
-		case ci.others && (capped || ci.othersOverdue): // the starvation bound: Current last
+		case ci.others && capped || ci.othersOverdue: // the starvation bound: Current last
 			if r == c.Current {
 				p.group = 1
 			}

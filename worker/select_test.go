@@ -49,6 +49,14 @@ func TestPlan(t *testing.T) {
 		// the loaded runner goes first even past another runner's late normal job.
 		{"before the first job a late job does not break the loaded order", choice{Loaded: []string{"a"}, MaxConsecutive: 8, MaxWait: time.Minute,
 			Heads: []head{b(1, time.Hour), a(3, 0)}}, []string{"a", "b"}},
+		// Another Mac runs b (ADR-0027, amended 2026-12-06): the cap yields only to c,
+		// which nobody runs, and with no c, not at all; b's late job still breaks the drain.
+		{"the cap does not yield to a runner another Mac runs", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 8, MaxConsecutive: 8, MaxWait: time.Minute,
+			RunElsewhere: map[string]bool{"b": true}, Heads: []head{a(5, 0), b(3, 0)}}, []string{"a", "b"}},
+		{"the cap yields to one nobody runs", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 8, MaxConsecutive: 8, MaxWait: time.Minute,
+			RunElsewhere: map[string]bool{"b": true}, Heads: []head{a(5, 0), b(3, 0), c(4, 0)}}, []string{"b", "c", "a"}},
+		{"a late job of a runner another Mac runs breaks the drain", choice{Loaded: []string{"a"}, Current: "a", Consecutive: 1, MaxConsecutive: 8, MaxWait: time.Minute,
+			RunElsewhere: map[string]bool{"b": true}, Heads: []head{a(5, 0), b(3, 2*time.Minute)}}, []string{"b", "a"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

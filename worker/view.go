@@ -336,6 +336,10 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			}
 		case j.State == broker.StateLoading || j.State == broker.StateWorking:
 			gone[m.JobID] = true
+			if c.RunElsewhere == nil {
+				c.RunElsewhere = map[string]bool{}
+			}
+			c.RunElsewhere[runnerOf(m.Token)] = true // as the pick sees it once capped
 			elsewhere = append(elsewhere, broker.ElsewhereJob{
 				JobID: m.JobID, Model: m.Model, Kind: m.Kind, Priority: m.Priority, Program: m.Program,
 				CreatedAt: m.Enqueued.UTC(), State: j.State, StartedAt: j.StartedAt, Runner: runnerName(j),

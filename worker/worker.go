@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"runtime"
 	"slices"
 	"sync"
@@ -582,8 +583,9 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	if err != nil || len(heads) == 0 {
 		return nil, false, err
 	}
+	look := newOtherRuns() // reads of the other Macs' runs, once per pick
 	heads = w.laterKeys(ctx, heads)
-	heads = w.waiting(ctx, heads)
+	heads = w.waiting(ctx, heads, look)
 	w.pruneResume(heads)
 	if heads = w.runnable(ctx, heads); len(heads) == 0 {
 		return nil, false, nil // only other targets' models are queued
@@ -594,7 +596,18 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
 	var firstErr error
-	for _, token := range plan(c) {
+	c.RunElsewhere = w.runElsewhere(ctx, c, look)
+	tried, looked := map[string]bool{}, map[string]bool{}
+	for i, tokens := 0, plan(c); i < len(tokens); i++ {
+		token := tokens[i]
+		if tried[token] {
+			continue
+		}
+		if w.pastRunElsewhere(ctx, &c, token, looked, look) {
+			tokens, i = plan(c), -1 // the order with that queue's waiting job at its head
+			continue
+		}
+		tried[token] = true
 		if !broker.TokenValid(token) {
 			w.purge(ctx, token)
 			continue
@@ -615,25 +628,30 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	return nil, true, firstErr
 }
 
-// waiting replaces each head that is a job this worker finished, its end still being
-// stored in the background (its message stays queued until the ack), and that is older
-// than MaxWait, by the next message of its queue, or leaves that queue out when none
-// follows: the job waits no more. Its age would make its class look starved at the next
-// pick (the class's last pick was its start), and a fresh job of that class would go
-// before a fresh one of a higher class. A younger one cannot: it is left, so that the
-// pick after nearly every job (whose end is being stored) reads nothing more. The index
-// keeps its heads: the ack marks the queue for a new look. A read that fails keeps the
-// head, as before.
-func (w *Worker) waiting(ctx context.Context, heads []head) []head {
+// waiting replaces each head that waits no more and is older than MaxWait by the next
+// message of its queue. Such a head is a job this worker finished, its end still being
+// stored in the background (its message stays queued until the ack), or, on a shared
+// NATS, a job another foreman's worker runs (its message stays at the head of its queue
+// until that run ends; runsElsewhere). Its age would make its class look starved at the
+// next pick (a run longer than MaxWait, or one begun late), or another runner of its
+// class look starved (the starvation bound: this Mac would swap away from its drain to a
+// runner another Mac is draining), and a fresh job of that class would go before a fresh
+// one of a higher class. A younger one cannot: it is left, so that the pick after nearly
+// every job (whose end is being stored) reads nothing more, and on a shared NATS only a
+// head older than MaxWait costs a record read. When none follows, a queue whose head was
+// this worker's own is left out; one whose head another Mac runs stays, as one that waits
+// nothing (idleHead): should that Mac be gone, its job comes back there after the ack
+// wait. The index keeps its heads: the ack marks the queue for a new look. A read that
+// fails keeps the head, as before.
+func (w *Worker) waiting(ctx context.Context, heads []head, look *otherRuns) []head {
 	if w.cfg.MaxWait <= 0 {
 		return heads
 	}
 	now := w.serverNow()
 	var out []head // a copy, made only once a head is looked past
 	for i, h := range heads {
-		// Once: a spare copy of the job behind it (an idempotent retry's) is fetched and
-		// dropped meanwhile, as before.
-		if h.JobID == "" || now.Sub(h.Enqueued) <= w.cfg.MaxWait || !w.isFinishing(h.JobID) {
+		noMore, elsewhere := w.waitsNoMore(ctx, h, now, look)
+		if !noMore {
 			if out != nil {
 				out = append(out, h)
 			}
@@ -642,20 +660,178 @@ func (w *Worker) waiting(ctx context.Context, heads []head) []head {
 		if out == nil {
 			out = append(make([]head, 0, len(heads)), heads[:i]...)
 		}
-		p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
-		switch {
-		case err != nil:
-		case !ok:
-			continue
-		default:
+		// A few at most: each other Mac runs one job at a time. A spare copy of the job
+		// behind one (an idempotent retry's) is fetched and dropped meanwhile, as before.
+		for n := 1; ; n++ {
+			p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
+			if err != nil {
+				break
+			}
+			if !ok {
+				if elsewhere {
+					h = idleHead(h, now)
+				} else {
+					h = head{}
+				}
+				break
+			}
 			h = headOf(h.Token, p)
+			more, other := w.waitsNoMore(ctx, h, now, look)
+			if n >= maxLookPast || !more {
+				break
+			}
+			elsewhere = elsewhere || other
 		}
-		out = append(out, h)
+		if h.Token != "" {
+			out = append(out, h)
+		}
 	}
 	if out == nil {
 		return heads
 	}
 	return out
+}
+
+// idleHead is queue head h, a job another Mac runs with none waiting behind it, as a
+// head that waits nothing: not late at now, and the youngest of all. The queue stays in
+// the pick, last among the runners not loaded, for its job to be taken should it come
+// back (its runner gone, or one that cannot be told: a record from before runners were
+// named).
+func idleHead(h head, now time.Time) head {
+	h.JobID, h.Seq, h.Enqueued = "", math.MaxUint64, now
+	return h
+}
+
+// otherRuns caches, for one pick, what the reads of the other Macs' runs found: whether
+// another live Mac offers a model, and whether a runner (boot id) is present.
+type otherRuns struct {
+	offered, present map[string]bool
+}
+
+func newOtherRuns() *otherRuns {
+	return &otherRuns{offered: map[string]bool{}, present: map[string]bool{}}
+}
+
+// runElsewhere is, on a shared NATS and once Current ran MaxConsecutive jobs in a row,
+// the runners of Current's class besides Current whose queue head is a job another
+// foreman's worker runs (choice.RunElsewhere): another Mac drains them, and the cap does
+// not swap this Mac to them. One record read per such head; nil otherwise.
+func (w *Worker) runElsewhere(ctx context.Context, c choice, look *otherRuns) map[string]bool {
+	if c.Current == "" || c.MaxConsecutive <= 0 || c.Consecutive < c.MaxConsecutive {
+		return nil
+	}
+	var out map[string]bool
+	for _, h := range c.Heads {
+		r := h.runner()
+		if r == c.Current || h.Class.Rank() != c.CurrentClass.Rank() || h.JobID == "" || out[r] {
+			continue
+		}
+		if w.runsElsewhere(ctx, h.Token, h.JobID, look) {
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[r] = true
+		}
+	}
+	return out
+}
+
+// maxLookPast bounds the messages of one queue a pick looks past (waiting,
+// pastRunElsewhere).
+const maxLookPast = 4
+
+// pastRunElsewhere is, on a shared NATS, the check before a fetch that would swap: when
+// queue token's runner is not loaded here and its head is a job another foreman's worker
+// runs (runsElsewhere), the head is replaced in c by the queue's first waiting message
+// (or by an idleHead when none follows), and it reports true: the order is to be planned
+// again. The head's age made its runner look older than it waits (the other Mac's drain
+// of that runner always keeps its oldest job there), and this Mac would swap to that
+// runner, which the other Mac already drains, before an older job of a runner nobody
+// runs. Each queue is looked at once per pick (looked), so a pick reads at most one
+// record per runner it would swap to; a drain of a loaded runner reads nothing.
+func (w *Worker) pastRunElsewhere(ctx context.Context, c *choice, token string, looked map[string]bool, look *otherRuns) bool {
+	if looked[token] {
+		return false
+	}
+	looked[token] = true
+	i := slices.IndexFunc(c.Heads, func(h head) bool { return h.Token == token })
+	if i < 0 || c.Heads[i].JobID == "" || slices.Contains(c.Loaded, c.Heads[i].runner()) || !w.runsElsewhere(ctx, token, c.Heads[i].JobID, look) {
+		return false
+	}
+	h := c.Heads[i]
+	for n := 1; ; n++ {
+		p, ok, err := w.store.OldestOfFrom(ctx, token, h.Seq+1)
+		if err != nil {
+			return false // the head stands, as a read that fails leaves it
+		}
+		heads := slices.Clone(c.Heads)
+		if !ok {
+			heads[i] = idleHead(c.Heads[i], c.Now)
+			c.Heads = heads
+			return true
+		}
+		h = headOf(token, p)
+		if n >= maxLookPast || h.JobID == "" || !w.runsElsewhere(ctx, token, h.JobID, look) {
+			heads[i] = h
+			c.Heads = heads
+			return true
+		}
+	}
+}
+
+// waitsNoMore reports whether head h, older than MaxWait at now, is no waiting job: one
+// this worker is finishing, or one another foreman's worker runs (elsewhere:
+// runsElsewhere).
+func (w *Worker) waitsNoMore(ctx context.Context, h head, now time.Time, look *otherRuns) (noMore, elsewhere bool) {
+	if h.JobID == "" || now.Sub(h.Enqueued) <= w.cfg.MaxWait {
+		return false, false
+	}
+	if w.isFinishing(h.JobID) {
+		return true, false
+	}
+	if !w.runs(ctx, h.Token) {
+		return false, false // left out of the pick (runnable): no read for it
+	}
+	if w.runsElsewhere(ctx, h.Token, h.JobID, look) {
+		return true, true
+	}
+	return false, false
+}
+
+// runsElsewhere reports whether job id of queue token is one another foreman's worker
+// runs: on a shared NATS where another live Mac offers the job's model
+// (Config.Elsewhere), its record says it runs (loading or working) and that runner is
+// present. Its queue message heads its queue, but the job waits no more. A job whose
+// runner is gone waits again (its message comes back after the ack wait); a record that
+// cannot be read counts as waiting. look caches the answers of the targets and presence
+// for the pick; a lone foreman, or one on a store of its own, reads nothing.
+func (w *Worker) runsElsewhere(ctx context.Context, token, id string, look *otherRuns) bool {
+	if w.cfg.Elsewhere == nil || w.store.Config().Exclusive {
+		return false
+	}
+	model := modelOf(token)
+	offered, ok := look.offered[model]
+	if !ok {
+		offered = model != "" && w.offered(ctx, model)
+		look.offered[model] = offered
+	}
+	if !offered {
+		return false
+	}
+	j, _, err := w.store.Get(ctx, id)
+	if err != nil || j.State != broker.StateLoading && j.State != broker.StateWorking {
+		return false
+	}
+	_, boot := j.CurrentRunner()
+	if boot == w.store.BootID() {
+		return false // not this worker's run now: handed back, waiting to be taken again
+	}
+	here, ok := look.present[boot]
+	if !ok {
+		here = !w.store.RunnerGone(ctx, j)
+		look.present[boot] = here
+	}
+	return here
 }
 
 // unusable settles a delivery that came with an error, and reports whether it did: a
