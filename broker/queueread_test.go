@@ -16,12 +16,22 @@ import (
 // The backlog reads the queue in batches of a few hundred messages: a queue several
 // batches long, with messages removed here and there (a whole batch's worth at one
 // place), is read whole, each message once, oldest first, with its headers and time; on
-// the embedded server and on a cluster of three with three replicas.
+// the embedded server, on one that answers no batch (before 2.11), and on a cluster of
+// three with three replicas.
 func TestBacklogReadsAQueueOfSeveralBatches(t *testing.T) {
 	t.Parallel()
 	t.Run("embedded", func(t *testing.T) {
 		t.Parallel()
 		b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 10_000 }))
+		readsSeveralBatches(t, b.Store, b.JetStream(t))
+	})
+	// A server before 2.11 ignores the batch and answers one message a request: read so,
+	// the queue is still read whole, past the messages removed (the request names the
+	// queue's subjects; at a bare seq a server answers only the message stored there).
+	t.Run("unbatched", func(t *testing.T) {
+		t.Parallel()
+		b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.MaxQueue = 10_000 }))
+		b.Store.ReadQueueUnbatched()
 		readsSeveralBatches(t, b.Store, b.JetStream(t))
 	})
 	t.Run("cluster", func(t *testing.T) {
