@@ -165,6 +165,7 @@ func (b *Backlog) info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*j
 }
 
 // readNew reads the messages from b.next (or first) up to last, in batches (readQueue).
+// b.next is then past the last message read, or past last on the embedded server.
 func (b *Backlog) readNew(ctx context.Context, first, last uint64) error {
 	if from := max(b.next, first); from <= last {
 		err := b.store.readQueue(ctx, from, last, func(m *jetstream.RawStreamMsg) error {
@@ -187,7 +188,15 @@ func (b *Backlog) readNew(ctx context.Context, first, last uint64) error {
 			return fmt.Errorf("broker: read queue messages from %d: %w", from, err)
 		}
 	}
-	b.next = last + 1
+	// A read that ended short of last met messages removed since the info (a job run or
+	// canceled), or, on a store that may be replicated, a replica behind the stream's
+	// leader, which answers the direct gets as any replica does: it has not stored the
+	// newest messages yet, and says there are none. Passed over, those were never read
+	// again, and their jobs stayed out of every view (GET /queue, a job's position) until
+	// a restart. There the next refresh reads on from the last message read.
+	if !b.store.mayBeReplicated() {
+		b.next = last + 1
+	}
 	return nil
 }
 

@@ -115,3 +115,36 @@ func readsSeveralBatches(t *testing.T, st *broker.Store, js jetstream.JetStream)
 		t.Fatalf("CancelAbandoned: %d, %v", n, err)
 	}
 }
+
+// A replica behind the queue stream's leader answers the backlog's read of a job just
+// queued (a direct get, which any replica serves) with nothing at or after it. The
+// backlog passed over it for good: the job, counted by the stream, was never read again,
+// and stayed out of GET /queue and had no position for its whole wait. Read from a
+// replica that has it, at the next refresh, it is known.
+func TestClusterBacklogReadsAJobALaggingReplicaMissed(t *testing.T) {
+	c, st, ctx, j := clusterJob(t)
+	bl := st.Backlog()
+	subj := "$JS.API.DIRECT.GET." + broker.QueueStream
+	lagging := c.Connect(t)
+	standIn := fmt.Sprintf("lagging.%d", lagSubjects.Add(1))
+	sub, err := lagging.Subscribe(standIn, func(m *nats.Msg) {
+		_ = m.RespondMsg(&nats.Msg{Header: nats.Header{"Status": []string{"404"}, "Description": []string{"Message Not Found"}}})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := lagging.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c.MapSubject(t, subj, standIn, 100)
+	msgs, err := bl.Refresh(ctx, 0)
+	if err != nil || len(msgs) != 0 {
+		t.Fatalf("backlog read from the lagging replica: %+v, %v; want nothing yet", msgs, err)
+	}
+	c.UnmapSubject(t, subj) // the replicas have the job now
+	msgs, err = bl.Refresh(ctx, 0)
+	if err != nil || len(msgs) != 1 || msgs[0].JobID != j.ID {
+		t.Fatalf("backlog once the replicas have the job: %+v, %v; want job %s", msgs, err, j.ID)
+	}
+}
