@@ -355,14 +355,26 @@ func (b *Backlog) findGone(ctx context.Context, token string, gone int, budget *
 }
 
 // get reads the first message at or after seq on subject, or the one at seq when subject
-// is empty, retried as every read of the backlog.
+// is empty, retried as every read of the backlog. On a store that may be replicated it
+// asks the stream's leader: any replica answers a direct get, and one behind the leader
+// says "not found" of the newest messages, which it has not stored yet; findGone then
+// dropped known jobs still waiting, never to be read again (out of GET /queue, without a
+// position, until a restart). Only the message's subject, sequence and time are sure to
+// be filled in.
 func (b *Backlog) get(ctx context.Context, seq uint64, subject string) (*jetstream.RawStreamMsg, error) {
-	var opts []jetstream.GetMsgOpt
-	if subject != "" {
-		opts = append(opts, jetstream.WithGetMsgSubject(subject))
-	}
 	var m *jetstream.RawStreamMsg
 	err := b.store.retry(ctx, func(ctx context.Context) error {
+		if b.store.mayBeReplicated() {
+			sm, err := b.store.leaderMsg(ctx, QueueStream, msgGet{Seq: seq, NextFor: subject})
+			if err == nil {
+				m = &jetstream.RawStreamMsg{Subject: sm.Subject, Sequence: sm.Seq, Time: sm.Time}
+			}
+			return err
+		}
+		var opts []jetstream.GetMsgOpt
+		if subject != "" {
+			opts = append(opts, jetstream.WithGetMsgSubject(subject))
+		}
 		var err error
 		m, err = b.store.queue.GetMsg(ctx, seq, opts...)
 		return err

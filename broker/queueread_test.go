@@ -124,6 +124,54 @@ func readsSeveralBatches(t *testing.T, st *broker.Store, js jetstream.JetStream)
 func TestClusterBacklogReadsAJobALaggingReplicaMissed(t *testing.T) {
 	c, st, ctx, j := clusterJob(t)
 	bl := st.Backlog()
+	subj := lagQueueReads(t, c)
+	msgs, err := bl.Refresh(ctx, 0)
+	if err != nil || len(msgs) != 0 {
+		t.Fatalf("backlog read from the lagging replica: %+v, %v; want nothing yet", msgs, err)
+	}
+	c.UnmapSubject(t, subj) // the replicas have the job now
+	msgs, err = bl.Refresh(ctx, 0)
+	if err != nil || len(msgs) != 1 || msgs[0].JobID != j.ID {
+		t.Fatalf("backlog once the replicas have the job: %+v, %v; want job %s", msgs, err, j.ID)
+	}
+}
+
+// A job left the middle of its queue (a cancel), and the backlog looks for the known
+// message that left (findGone) while the replica that answers its reads is behind the
+// leader: it says "not found" of what it has not stored yet. The backlog dropped the
+// jobs still waiting with it, for good; the leader's word keeps them.
+func TestClusterBacklogKeepsJobsALaggingReplicaLacks(t *testing.T) {
+	c, st, ctx, first := clusterJob(t)
+	var jobs []*broker.Job
+	for range 2 {
+		j, err := st.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		jobs = append(jobs, j)
+	}
+	canceled, last := jobs[0], jobs[1]
+	bl := st.Backlog()
+	bl.SetMaxDeleted(0) // no list of deleted messages: what left is looked for
+	if msgs, err := bl.Refresh(ctx, 0); err != nil || len(msgs) != 3 {
+		t.Fatalf("backlog: %+v, %v; want the three jobs", msgs, err)
+	}
+	if _, err := st.Cancel(ctx, canceled.ID, "gone"); err != nil {
+		t.Fatal(err)
+	}
+	lagQueueReads(t, c)
+	msgs, err := bl.Refresh(ctx, 0)
+	if err != nil || len(msgs) != 2 || msgs[0].JobID != first.ID || msgs[1].JobID != last.ID {
+		t.Fatalf("backlog read through the lagging replica: %+v, %v; want jobs %s and %s", msgs, err, first.ID, last.ID)
+	}
+}
+
+// lagQueueReads has every direct get of the queue stream answered "not found", as a
+// replica behind its leader answers a read of what it has not stored yet, until
+// UnmapSubject of the subject it returns. Which reads is the cluster's mapping, not a
+// race with the servers.
+func lagQueueReads(t *testing.T, c *brokertest.Cluster) string {
+	t.Helper()
 	subj := "$JS.API.DIRECT.GET." + broker.QueueStream
 	lagging := c.Connect(t)
 	standIn := fmt.Sprintf("lagging.%d", lagSubjects.Add(1))
@@ -138,13 +186,5 @@ func TestClusterBacklogReadsAJobALaggingReplicaMissed(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.MapSubject(t, subj, standIn, 100)
-	msgs, err := bl.Refresh(ctx, 0)
-	if err != nil || len(msgs) != 0 {
-		t.Fatalf("backlog read from the lagging replica: %+v, %v; want nothing yet", msgs, err)
-	}
-	c.UnmapSubject(t, subj) // the replicas have the job now
-	msgs, err = bl.Refresh(ctx, 0)
-	if err != nil || len(msgs) != 1 || msgs[0].JobID != j.ID {
-		t.Fatalf("backlog once the replicas have the job: %+v, %v; want job %s", msgs, err, j.ID)
-	}
+	return subj
 }
