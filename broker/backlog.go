@@ -165,6 +165,7 @@ func (b *Backlog) info(ctx context.Context, opts ...jetstream.StreamInfoOpt) (*j
 }
 
 // readNew reads the messages from b.next (or first) up to last, in batches (readQueue).
+// b.next is then past the last message read, or past last on the embedded server.
 func (b *Backlog) readNew(ctx context.Context, first, last uint64) error {
 	if from := max(b.next, first); from <= last {
 		err := b.store.readQueue(ctx, from, last, func(m *jetstream.RawStreamMsg) error {
@@ -187,7 +188,15 @@ func (b *Backlog) readNew(ctx context.Context, first, last uint64) error {
 			return fmt.Errorf("broker: read queue messages from %d: %w", from, err)
 		}
 	}
-	b.next = last + 1
+	// A read that ended short of last met messages removed since the info (a job run or
+	// canceled), or, on a store that may be replicated, a replica behind the stream's
+	// leader, which answers the direct gets as any replica does: it has not stored the
+	// newest messages yet, and says there are none. Passed over, those were never read
+	// again, and their jobs stayed out of every view (GET /queue, a job's position) until
+	// a restart. There the next refresh reads on from the last message read.
+	if !b.store.mayBeReplicated() {
+		b.next = last + 1
+	}
 	return nil
 }
 
@@ -346,14 +355,26 @@ func (b *Backlog) findGone(ctx context.Context, token string, gone int, budget *
 }
 
 // get reads the first message at or after seq on subject, or the one at seq when subject
-// is empty, retried as every read of the backlog.
+// is empty, retried as every read of the backlog. On a store that may be replicated it
+// asks the stream's leader: any replica answers a direct get, and one behind the leader
+// says "not found" of the newest messages, which it has not stored yet; findGone then
+// dropped known jobs still waiting, never to be read again (out of GET /queue, without a
+// position, until a restart). Only the message's subject, sequence and time are sure to
+// be filled in.
 func (b *Backlog) get(ctx context.Context, seq uint64, subject string) (*jetstream.RawStreamMsg, error) {
-	var opts []jetstream.GetMsgOpt
-	if subject != "" {
-		opts = append(opts, jetstream.WithGetMsgSubject(subject))
-	}
 	var m *jetstream.RawStreamMsg
 	err := b.store.retry(ctx, func(ctx context.Context) error {
+		if b.store.mayBeReplicated() {
+			sm, err := b.store.leaderMsg(ctx, QueueStream, msgGet{Seq: seq, NextFor: subject})
+			if err == nil {
+				m = &jetstream.RawStreamMsg{Subject: sm.Subject, Sequence: sm.Seq, Time: sm.Time}
+			}
+			return err
+		}
+		var opts []jetstream.GetMsgOpt
+		if subject != "" {
+			opts = append(opts, jetstream.WithGetMsgSubject(subject))
+		}
 		var err error
 		m, err = b.store.queue.GetMsg(ctx, seq, opts...)
 		return err

@@ -274,3 +274,7 @@ type ackFailMsg struct {
 
 func (m ackFailMsg) Ack() error                          { return m.err }
 func (m ackFailMsg) DoubleAck(ctx context.Context) error { return m.err }
+
+// ReadQueueUnbatched has the store's queue reads ask what a server before 2.11 reads of
+// them: no batch, one message a request.
+func (s *Store) ReadQueueUnbatched() { s.unbatchedGets = true }

@@ -47,11 +47,18 @@ type QueueView struct {
 func (v *QueueView) Indexed() *QueueView {
 	v.index = make(map[string]int, len(v.Queued)+len(v.WaitingElsewhere))
 	v.depth = map[string]int{}
+	// A job listed twice (a requeued job whose old message is still in the queue) is
+	// found at its first place, Queued before WaitingElsewhere, as a scan of the lists
+	// finds it: its first message is the one the worker takes.
 	for i, j := range v.Queued {
-		v.index[j.JobID] = i + 1
+		if _, ok := v.index[j.JobID]; !ok {
+			v.index[j.JobID] = i + 1
+		}
 	}
 	for i, j := range v.WaitingElsewhere {
-		v.index[j.JobID] = -(i + 1)
+		if _, ok := v.index[j.JobID]; !ok {
+			v.index[j.JobID] = -(i + 1)
+		}
 	}
 	// Counted by model name first: a queue of thousands has a few names, each normalized
 	// once.

@@ -9,8 +9,12 @@ import (
 // its lists does: GET /jobs/{id} and GET /queue read them from it.
 func TestQueueViewIndexedFindsAsTheListsSay(t *testing.T) {
 	v := &QueueView{
-		Queued:           []QueuedJob{{JobID: "a", Model: "Tiny-A", QueuePosition: 1}, {JobID: "b", Model: "tiny-a:latest", QueuePosition: 2}, {JobID: "c", Model: "tiny-b", QueuePosition: 3}},
-		WaitingElsewhere: []QueuedJob{{JobID: "d", Model: "big"}, {JobID: "e", Model: "tiny-b:latest"}},
+		// A job with two messages in the queue (a requeue's old one not yet removed) is
+		// listed twice: "b" at positions 2 and 4. "c", in both lists, is found as the scan
+		// finds it too.
+		Queued: []QueuedJob{{JobID: "a", Model: "Tiny-A", QueuePosition: 1}, {JobID: "b", Model: "tiny-a:latest", QueuePosition: 2},
+			{JobID: "c", Model: "tiny-b", QueuePosition: 3}, {JobID: "b", Model: "tiny-a:latest", QueuePosition: 4}},
+		WaitingElsewhere: []QueuedJob{{JobID: "d", Model: "big"}, {JobID: "e", Model: "tiny-b:latest"}, {JobID: "c", Model: "tiny-b"}},
 	}
 	plainDepth := v.Depth()
 	type found struct {
@@ -34,7 +38,10 @@ func TestQueueViewIndexedFindsAsTheListsSay(t *testing.T) {
 	if _, elsewhere, ok := v.Find("e"); !ok || !elsewhere {
 		t.Errorf("Find(e): elsewhere %v ok %v", elsewhere, ok)
 	}
-	want := map[string]int{"tiny-a:latest": 2, "tiny-b:latest": 2, "big:latest": 1}
+	if j, elsewhere, ok := v.Find("c"); !ok || elsewhere || j.QueuePosition != 3 {
+		t.Errorf("Find(c) = %+v %v %v, want its place in Queued", j, elsewhere, ok)
+	}
+	want := map[string]int{"tiny-a:latest": 3, "tiny-b:latest": 3, "big:latest": 1}
 	if got := v.Depth(); !maps.Equal(got, want) || !maps.Equal(plainDepth, want) {
 		t.Errorf("depth indexed %v, by the lists %v, want %v", got, plainDepth, want)
 	}

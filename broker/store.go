@@ -231,6 +231,9 @@ type Store struct {
 	// (tests only) moves it on, as time passing on the server would.
 	sclock      atomic.Pointer[serverClock]
 	serverShift time.Duration
+	// unbatchedGets (tests only) leaves the batch out of the queue's direct gets, as a
+	// server before 2.11 ignores it.
+	unbatchedGets bool
 }
 
 // Open connects the store to JetStream, creating or updating the streams, bucket and

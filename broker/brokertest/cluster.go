@@ -200,6 +200,18 @@ func (c *Cluster) MapSubject(t testing.TB, src, dest string, percent uint8) {
 	}
 }
 
+// UnmapSubject removes MapSubject's mapping of src on every node: the clients' messages on
+// src go to src again.
+func (c *Cluster) UnmapSubject(t testing.TB, src string) {
+	t.Helper()
+	for i, ns := range c.Nodes {
+		acc := ns.GlobalAccount()
+		if acc == nil || !acc.RemoveMapping(src) {
+			t.Fatalf("cluster node %d: no mapping of %s to remove", i+1, src)
+		}
+	}
+}
+
 func (c *Cluster) waitFor(limit time.Duration, what string, cond func() bool) {
 	c.t.Helper()
 	deadline := time.Now().Add(limit)
