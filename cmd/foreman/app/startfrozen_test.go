@@ -1,58 +1,15 @@
 package app_test
 
 import (
-	"bufio"
 	"context"
 	"log/slog"
-	"net"
-	"strings"
 	"testing"
 	"time"
 
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
-
-// silentNATS is a NATS server that answers a client's handshake and then nothing more: a
-// NATS that froze after foreman connected. asked is closed when the first request comes.
-func silentNATS(t *testing.T) (url string, asked <-chan struct{}) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	req := make(chan struct{})
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		if _, err := c.Write([]byte(`INFO {"server_id":"silent","version":"2.12.0","proto":1,"headers":true,"jetstream":true,"max_payload":1048576}` + "\r\n")); err != nil {
-			return
-		}
-		r := bufio.NewReader(c)
-		ponged, seen := false, false
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			switch {
-			case strings.HasPrefix(line, "PING") && !ponged:
-				ponged = true // the handshake's; every later PING goes unanswered
-				if _, err := c.Write([]byte("PONG\r\n")); err != nil {
-					return
-				}
-			case (strings.HasPrefix(line, "PUB ") || strings.HasPrefix(line, "HPUB ")) && !seen:
-				seen = true
-				close(req)
-			}
-		}
-	}()
-	return "nats://" + ln.Addr().String(), req
-}
 
 // A stop (Ctrl-C, SIGTERM) while foreman starts on a NATS that stopped answering (a
 // frozen node) ends the start at once: the start's failure shut down what it had begun
@@ -61,7 +18,7 @@ func silentNATS(t *testing.T) (url string, asked <-chan struct{}) {
 func TestStopWhileStartingOnAFrozenNATSEndsAtOnce(t *testing.T) {
 	t.Parallel()
 	mac := ollamatest.New(t)
-	url, asked := silentNATS(t)
+	url, asked := brokertest.SilentNATS(t, "PUB ", "HPUB ")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
