@@ -36,8 +36,19 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 		s.serveQueued(w, r, kind, body, hold, in)
 		return
 	}
-	s.relayModel(w, r, http.MethodPost, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body, hold.release)
+	own := s.relayModel(w, r, http.MethodPost, model, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), body, hold.release)
+	if _, embeds := embedKind(r.URL.Path); embeds && own {
+		// It may have loaded the embedding model in place of the worker's: the worker
+		// reads /api/ps again before counting on the model it ran last.
+		if q, ok := s.cfg.Queue.(besideUser); ok {
+			q.TargetUsedBeside()
+		}
+	}
 }
+
+// besideUser is a QueueViewer (the worker) told of the calls that reach its target
+// beside its jobs and may load a model there.
+type besideUser interface{ TargetUsedBeside() }
 
 // handleOpenAIModel serves GET /v1/models/{model}. A GET with a trailing slash
 // ("/v1/models/", "/v1/models/tiny-a/") is redirected as Ollama's router does, whose

@@ -180,8 +180,8 @@ func orEmpty(s []string) []string {
 // when its inventory lists it and it answers its polls, else another live one (while the
 // own target is down but lists the model, a reachable one only), else the own target
 // after requireModel's re-poll (which answers 404 when it lacks the model too).
-// A nil body is none (GET).
-func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte, sent func()) {
+// A nil body is none (GET). It reports whether the request was sent to the own target.
+func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, model, path string, body []byte, sent func()) (own bool) {
 	reader := func() io.Reader {
 		if body == nil {
 			return http.NoBody
@@ -196,19 +196,20 @@ func (s *Server) relayModel(w http.ResponseWriter, r *http.Request, method, mode
 	if has := s.inv.HasModel(model); !has || !s.inv.Reachable() {
 		if c := s.otherClient(r.Context(), model); c != nil {
 			s.relayTo(c, w, r, method, path, reader(), sent)
-			return
+			return false
 		}
 		if !has && s.otherHas(r.Context(), model) {
 			s.writeError(w, r, refuse(ErrBadUpstream, fmt.Sprintf(
 				"the Ollama that has model %q is unreachable (its foreman says so): retry later", clipInput(model))))
-			return
+			return false
 		}
 	}
 	if err := s.requireModel(r.Context(), model); err != nil {
 		s.writeError(w, r, err)
-		return
+		return false
 	}
 	s.relay(w, r, method, path, reader(), sent)
+	return true
 }
 
 // handleOpenAIModels serves GET /v1/models: the own target's answer, with the models only

@@ -357,3 +357,41 @@ func TestAModelUnloadedByKeepAliveZeroCountsOnceLoadedAgain(t *testing.T) {
 		t.Errorf("states %v of a tiny-a job with tiny-a loaded, want no loading", got)
 	}
 }
+
+// A call beside the jobs (an embedding the gateway sent straight to Ollama) may have
+// loaded its model in place of the one run last: told so, the worker reads /api/ps before
+// the next job of the model run last, which is recorded loading, its load counted; an
+// idle worker begins no early call for it before that read.
+func TestACallBesideTheJobsMakesTheNextPickReadWhatIsLoaded(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	inv := tb.polledInventory(t)
+	w := tb.start(t, worker.Config{Inventory: inv, EarlyCall: true})
+	first := tb.chat(t, "tiny-a", 1)
+	tb.waitState(t, first.ID, broker.StateDone)
+	waitBetweenJobs(t, w)
+	if err := inv.Refresh(ctxT(t)); err != nil { // a poll after the job: tiny-a loaded
+		t.Fatal(err)
+	}
+
+	tb.fake.SetLoaded("tiny-embed") // the embedding call swapped tiny-a out
+	w.TargetUsedBeside()
+	loads := tb.fake.Loads()
+	next := tb.chat(t, "tiny-a", 2)
+	tb.waitState(t, next.ID, broker.StateDone)
+	if n := tb.fake.Loads(); n != loads+1 {
+		t.Fatalf("fake loads %d, want %d: the job loaded tiny-a again", n, loads+1)
+	}
+	if got := statesOf(t, tb, next.ID); !slices.Contains(got, broker.StateLoading) {
+		t.Errorf("states %v of the tiny-a job after a call beside it loaded another model, want loading", got)
+	}
+
+	// A call beside that left it loaded (the target keeps both) costs no load.
+	waitBetweenJobs(t, w)
+	w.TargetUsedBeside()
+	again := tb.chat(t, "tiny-a", 3)
+	tb.waitState(t, again.ID, broker.StateDone)
+	if got := statesOf(t, tb, again.ID); slices.Contains(got, broker.StateLoading) {
+		t.Errorf("states %v of a tiny-a job with tiny-a still loaded, want no loading", got)
+	}
+}

@@ -987,6 +987,21 @@ func (w *Worker) called(token string, answered, unloads, unreachable bool) {
 	}
 }
 
+// TargetUsedBeside tells the worker that a call beside its jobs reached its target: the
+// gateway sends an embedding on an embedding model straight to Ollama (ADR-0013), which
+// loads that model if it is not loaded, unloading another when the target keeps no more
+// (OLLAMA_MAX_LOADED_MODELS, 1 on a small Mac): the runner run last may be gone. Nothing
+// is counted loaded before /api/ps is read again after the call, which the next pick
+// does, even in a drain of one runner; an idle worker begins no early call (ADR-0034)
+// before it. Without this the next job of the model run last was recorded working, no
+// load counted, while Ollama loaded it again.
+func (w *Worker) TargetUsedBeside() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.lastModel, w.psDue = "", true
+	w.lastEnd = time.Now() // a poll from before the call is not trusted
+}
+
 // psTimeout bounds the /api/ps read before a pick; without it the pick trusts the last job.
 const psTimeout = 2 * time.Second
 
