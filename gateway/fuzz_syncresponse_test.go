@@ -108,6 +108,10 @@ func FuzzSyncResponse(f *testing.F) {
 	f.Add(uint8(0), true, []byte("\x037\x00\x02done"))
 	f.Add(uint8(3), false, []byte("\x04{\"job_id\":\"x\",\"state\":\"canceled\",\"error\":\"gone\"}"))
 	f.Add(uint8(0), false, []byte("\x02failed\x01\x01999"))
+	// The target's error frame relayed without its line's or event's end, then the job's
+	// failure: the stream still ends with the whole error frame.
+	f.Add(uint8(0), true, []byte("\x05{\"error\":\"boom\"}"))
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {\"error\":{\"message\":\"boom\"}}"))
 	f.Fuzz(func(t *testing.T, k uint8, stream bool, data []byte) {
 		kind := queuedKinds[int(k)%len(queuedKinds)]
 		msgs, clean := fuzzSyncMsgs(data)

@@ -473,18 +473,28 @@ func (sr *syncResponse) fail(err error) outcome {
 		sr.s.writeError(sr.w, sr.r, err)
 		return outcomeError
 	}
-	if sr.relayedFailure(err) {
-		return outcomeError
-	}
-	_, msg := statusOf(err)
 	sse := isSSE(sr.ctype)
 	frame := sr.boundary(sse)
+	if sr.relayedFailure(err) {
+		// The target's error frame, relayed as it came, ends the stream; one that came
+		// without its line's (or event's) end is ended here, so the client reads it whole.
+		if len(frame) == 0 {
+			return outcomeError
+		}
+		return sr.endWith(frame)
+	}
+	_, msg := statusOf(err)
 	if sse {
 		frame = append(frame, sseErrorEvent(sr.job.Kind, msg, sr.nextSeq)...)
 	} else {
 		b, _ := json.Marshal(map[string]string{"error": msg})
 		frame = append(append(frame, b...), '\n')
 	}
+	return sr.endWith(frame)
+}
+
+// endWith writes the last bytes of a response that ends in an error.
+func (sr *syncResponse) endWith(frame []byte) outcome {
 	if err := sr.write(frame); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			return outcomeCutOff
