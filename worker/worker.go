@@ -789,13 +789,21 @@ func (w *Worker) waitsNoMore(ctx context.Context, h head, now time.Time, look *o
 	if w.isFinishing(h.JobID) {
 		return true, false
 	}
-	if !w.runs(ctx, h.Token) {
+	// A lone foreman, or one on a store of its own, reads nothing more: runs may read the
+	// targets (Config.Runs) or a held job's record, as the pick's runnable does once.
+	if !w.sharesRuns() || !w.runs(ctx, h.Token) {
 		return false, false // left out of the pick (runnable): no read for it
 	}
 	if w.runsElsewhere(ctx, h.Token, h.JobID, look) {
 		return true, true
 	}
 	return false, false
+}
+
+// sharesRuns reports whether another foreman's worker may run this one's jobs: a shared
+// NATS (no store of its own) where Config.Elsewhere tells which models others offer.
+func (w *Worker) sharesRuns() bool {
+	return w.cfg.Elsewhere != nil && !w.store.Config().Exclusive
 }
 
 // runsElsewhere reports whether job id of queue token is one another foreman's worker
@@ -806,7 +814,7 @@ func (w *Worker) waitsNoMore(ctx context.Context, h head, now time.Time, look *o
 // cannot be read counts as waiting. look caches the answers of the targets and presence
 // for the pick; a lone foreman, or one on a store of its own, reads nothing.
 func (w *Worker) runsElsewhere(ctx context.Context, token, id string, look *otherRuns) bool {
-	if w.cfg.Elsewhere == nil || w.store.Config().Exclusive {
+	if !w.sharesRuns() {
 		return false
 	}
 	model := modelOf(token)
