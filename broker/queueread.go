@@ -87,50 +87,74 @@ func (s *Store) queueBatchGet(ctx context.Context, seq, upTo uint64, fn func(*je
 	if s.unbatchedGets {
 		get.Batch, get.MaxBytes = 0, 0 // what a server before 2.11 reads of the request
 	}
-	req, err := json.Marshal(get)
-	if err != nil {
-		return false, err
-	}
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, attemptTimeout)
 		defer cancel()
 	}
-	sub, err := s.nc.SubscribeSync(s.nc.NewInbox())
-	if err != nil {
-		return false, err
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+QueueStream, sub.Subject, req); err != nil {
-		return false, err
-	}
-	for got := 0; ; got++ {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil {
-			return false, err
-		}
+	got := 0
+	var failed error
+	err = s.askDirect(ctx, QueueStream, get, func(m *nats.Msg) bool {
 		switch status := m.Header.Get("Status"); status {
 		case "":
 		case "404": // nothing at or after seq
-			return true, nil
+			end = true
+			return false
 		case "204": // the end of the batch: what is left after it
-			pending, err := strconv.ParseUint(m.Header.Get(directNumPending), 10, 64)
-			return err == nil && pending == 0 || got == 0, nil
+			pending, perr := strconv.ParseUint(m.Header.Get(directNumPending), 10, 64)
+			end = perr == nil && pending == 0 || got == 0
+			return false
 		case "503":
-			return false, nats.ErrNoResponders
+			failed = nats.ErrNoResponders
+			return false
 		default:
-			return false, fmt.Errorf("broker: read queue from %d: %s %s", seq, status, m.Header.Get("Description"))
+			failed = fmt.Errorf("broker: read queue from %d: %s %s", seq, status, m.Header.Get("Description"))
+			return false
 		}
-		raw, err := directMsg(m)
-		if err != nil {
-			return false, err
+		got++
+		raw, rerr := directMsg(m)
+		if rerr != nil {
+			failed = rerr
+			return false
 		}
 		if upTo != 0 && raw.Sequence > upTo || !fn(raw) {
-			return true, nil
+			end = true
+			return false
 		}
-		if m.Header.Get(directNumPending) == "" {
-			// A server without batched gets answered this one message only.
-			return false, nil
+		// A server without batched gets answered this one message only.
+		return m.Header.Get(directNumPending) != ""
+	})
+	if err == nil {
+		err = failed
+	}
+	return end, err
+}
+
+// askDirect sends a direct-get request (req, JSON) to stream, whose any replica answers,
+// and hands the answer's messages, status messages included, to fn until fn says no
+// more; it returns what ends the answer otherwise (ctx, the connection). A batched
+// request (nats-server 2.11 and later) is answered by several messages, the batch's end
+// by a status.
+func (s *Store) askDirect(ctx context.Context, stream string, req any, fn func(*nats.Msg) bool) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	sub, err := s.nc.SubscribeSync(s.nc.NewInbox())
+	if err != nil {
+		return err
+	}
+	defer func() { _ = sub.Unsubscribe() }()
+	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET."+stream, sub.Subject, data); err != nil {
+		return err
+	}
+	for {
+		m, err := sub.NextMsgWithContext(ctx)
+		if err != nil {
+			return err
+		}
+		if !fn(m) {
+			return nil
 		}
 	}
 }

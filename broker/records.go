@@ -2,7 +2,8 @@ package broker
 
 import (
 	"context"
-	"encoding/json"
+
+	"github.com/nats-io/nats.go"
 )
 
 // A page of GET /jobs with a filter reads the record of every job it meets until the page
@@ -64,33 +65,22 @@ func (s *Store) lastRecords(ctx context.Context, ids []string, out []record, don
 	if len(subjects) == 0 {
 		return
 	}
-	req, err := json.Marshal(multiLast{MultiLastFor: subjects, Batch: len(subjects), MaxBytes: queueBatchBytes})
-	if err != nil {
-		return
-	}
 	ctx, cancel := context.WithTimeout(ctx, attemptTimeout)
 	defer cancel()
-	sub, err := s.nc.SubscribeSync(s.nc.NewInbox())
-	if err != nil {
-		return
-	}
-	defer func() { _ = sub.Unsubscribe() }()
-	if err := s.nc.PublishRequest("$JS.API.DIRECT.GET.KV_"+JobsBucket, sub.Subject, req); err != nil {
-		return
-	}
-	for {
-		m, err := sub.NextMsgWithContext(ctx)
-		if err != nil || m.Header.Get("Status") != "" {
-			return // the end of the answer (204), none found (404), or no batch at all
+	req := multiLast{MultiLastFor: subjects, Batch: len(subjects), MaxBytes: queueBatchBytes}
+	// Any failure ends the answer: what it did not hold is read by Get.
+	_ = s.askDirect(ctx, "KV_"+JobsBucket, req, func(m *nats.Msg) bool {
+		if m.Header.Get("Status") != "" {
+			return false // the end of the answer (204), none found (404), or no batch at all
 		}
 		i, ok := at[m.Header.Get(directSubject)]
-		if !ok || done[i] {
-			continue
-		}
-		if m.Header.Get("KV-Operation") != "" {
-			continue // deleted or purged: Get says it as it does (from the leader too)
+		if !ok || done[i] || m.Header.Get("KV-Operation") != "" {
+			// Not asked for, or deleted or purged: Get says it as it does (from the
+			// leader too).
+			return true
 		}
 		out[i].job, out[i].err = DecodeJob(m.Data)
 		done[i] = true
-	}
+		return true
+	})
 }
