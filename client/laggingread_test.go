@@ -63,17 +63,7 @@ func TestFinalReadLaggingBehindIsNotTold(t *testing.T) {
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	c := newClient(t, srv.URL, client.WithPollInterval(never))
-	req := chatJob("m", "x")
-	var states []client.State
-	req.OnState = func(e client.Event) { states = append(states, e.State) }
-	res, err := c.Submit(testCtx(t), req)
-	if err != nil {
-		t.Fatalf("Submit: %v (states %v)", err, states)
-	}
-	if res.Text() != "hello" {
-		t.Errorf("Text() = %q", res.Text())
-	}
+	states := submitTellingStates(t, srv.URL)
 	if want := []client.State{client.StateQueued, client.StateDone}; !slices.Equal(states, want) {
 		t.Errorf("OnState told %v, want %v", states, want)
 	}

@@ -103,20 +103,28 @@ func TestOnStateDoesNotTellStatesBackwards(t *testing.T) {
 			})
 			srv := httptest.NewServer(mux)
 			t.Cleanup(srv.Close)
-			c := newClient(t, srv.URL, client.WithPollInterval(never))
-			req := chatJob("m", "x")
-			var states []client.State
-			req.OnState = func(e client.Event) { states = append(states, e.State) }
-			res, err := c.Submit(testCtx(t), req)
-			if err != nil {
-				t.Fatalf("Submit: %v (states %v)", err, states)
-			}
-			if res.Text() != "hello" {
-				t.Errorf("Text() = %q", res.Text())
-			}
+			states := submitTellingStates(t, srv.URL)
 			if !slices.Equal(states, tc.want) {
 				t.Errorf("OnState told %v, want %v", states, tc.want)
 			}
 		})
 	}
+}
+
+// submitTellingStates submits a chat to the foreman at url, polling never, and returns the
+// states its OnState told; the answer must be "hello".
+func submitTellingStates(t *testing.T, url string) []client.State {
+	t.Helper()
+	c := newClient(t, url, client.WithPollInterval(never))
+	req := chatJob("m", "x")
+	var states []client.State
+	req.OnState = func(e client.Event) { states = append(states, e.State) }
+	res, err := c.Submit(testCtx(t), req)
+	if err != nil {
+		t.Fatalf("Submit: %v (states %v)", err, states)
+	}
+	if res.Text() != "hello" {
+		t.Errorf("Text() = %q", res.Text())
+	}
+	return states
 }
