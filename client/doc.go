@@ -46,7 +46,9 @@
 // read while it waits.
 //
 // Errors are typed: an HTTP error answer is an *APIError with the status and foreman's
-// message; a job that ended failed or canceled is a *JobError that matches ErrJobFailed
+// message, which matches ErrNotFound (404), ErrUnauthorized (401), ErrQueueFull (a full
+// queue's 503) and, for a Chat or Generate whose job was canceled, ErrJobCanceled with
+// errors.Is; a job that ended failed or canceled is a *JobError that matches ErrJobFailed
 // (and ErrJobCanceled) with errors.Is; a server that cannot be reached is a
 // *ConnectionError that matches ErrUnreachable, and a request whose connection broke
 // after foreman had it (before or during the answer) a *CutShortError that matches

@@ -19,6 +19,33 @@ type APIError struct {
 	RetryAfter time.Duration
 }
 
+// Is makes errors.Is match foreman's refusals a caller acts on: ErrNotFound (404),
+// ErrUnauthorized (401), ErrQueueFull (503 "queue full"), and ErrJobCanceled for the
+// answer of a Chat or Generate whose job was canceled (DELETE /jobs/{id}): a 409 "job
+// canceled", or that error ending a stream already begun. foreman's answer carries no
+// code beyond its status, so a full queue is told from its other 503s by its words.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.Status == http.StatusNotFound
+	case ErrUnauthorized:
+		return e.Status == http.StatusUnauthorized
+	case ErrQueueFull:
+		return e.Status == http.StatusServiceUnavailable && e.Message == queueFullMessage
+	case ErrJobCanceled:
+		return (e.Status == http.StatusConflict || e.Status/100 == 2) &&
+			(e.Message == canceledMessage || strings.HasPrefix(e.Message, canceledMessage+": "))
+	}
+	return false
+}
+
+// foreman's words for a full queue and for a sync call's job canceled (the gateway's
+// statusOf).
+const (
+	queueFullMessage = "queue full"
+	canceledMessage  = "job canceled"
+)
+
 func (e *APIError) Error() string {
 	if e.Message == "" {
 		return fmt.Sprintf("%d %s", e.Status, http.StatusText(e.Status))
@@ -37,6 +64,14 @@ var (
 	// ErrCutShort matches a *CutShortError: foreman had the whole request, and the
 	// connection broke before its answer ended.
 	ErrCutShort = errors.New("the answer was cut short")
+	// ErrNotFound matches an *APIError 404: no such job, artifact or model.
+	ErrNotFound = errors.New("not found")
+	// ErrUnauthorized matches an *APIError 401: foreman (FOREMAN_AUTH_TOKEN set) wants a
+	// token and got none (WithToken) or another.
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrQueueFull matches the *APIError 503 of a full queue (FOREMAN_MAX_QUEUE jobs
+	// wait): no job was made; submit again after its RetryAfter.
+	ErrQueueFull = errors.New("queue full")
 )
 
 // JobError reports a job that ended without a result.
