@@ -21,7 +21,8 @@
 //     IdempotencyKey, is retried by POST /jobs.
 //     2. Webhook: an ephemeral HTTP receiver on WithWebhookListenAddr (default
 //     127.0.0.1:0, used when foreman runs on a loopback address) whose URL rides along
-//     as the job's state_webhook_url; signatures are verified when WithWebhookSecret is
+//     as the job's state_webhook_url, unless the job names its own (WebhookURL, or
+//     state_webhook_url in Body): a job has one webhook; signatures are verified when WithWebhookSecret is
 //     set. The URL is WithWebhookURL's, or built from the listen address when foreman
 //     can reach it (see WithWebhookListenAddr). If the receiver cannot bind, has no
 //     address foreman is known to reach, or foreman's webhook network policy refuses its
