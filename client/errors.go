@@ -11,7 +11,10 @@ import (
 
 // APIError is an error answer from foreman: the HTTP status and the {"error": "..."} text.
 type APIError struct {
-	Status  int
+	// Status is the HTTP status (that of the stream, 200, for an error that ended a
+	// streamed Chat or Generate), or, for a NATS submit, the status POST /jobs answers.
+	Status int
+	// Message is foreman's {"error": "..."} text, or the body when it is no such JSON.
 	Message string
 	// RetryAfter is how long foreman asks to wait before trying again (its Retry-After
 	// header, sent with a 503 or 429: a full queue, a store briefly unavailable, a
