@@ -21,7 +21,8 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// Client talks to one foreman. It is safe for concurrent use.
+// Client talks to one foreman. It is safe for concurrent use. Make one with New: the zero
+// Client has no foreman to talk to.
 type Client struct {
 	base           string
 	shown          string // base with its credentials redacted, for messages
