@@ -21,7 +21,8 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
-// Client talks to one foreman. It is safe for concurrent use.
+// Client talks to one foreman. It is safe for concurrent use. Make one with New: the zero
+// Client has no foreman to talk to.
 type Client struct {
 	base           string
 	shown          string // base with its credentials redacted, for messages
@@ -77,7 +78,17 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 		natsCheckEvery: natsCheckEvery,
 	}
 	for _, o := range opts {
-		o(c)
+		if o != nil { // an option chosen conditionally and left unset
+			o(c)
+		}
+	}
+	if c.hc == nil {
+		c.hc = &http.Client{}
+	}
+	if strings.ContainsFunc(c.token, func(r rune) bool { return (r < ' ' && r != '\t') || r == 0x7f }) {
+		// No request could carry it: every call would fail before it left, as a
+		// *ConnectionError, and foreman would look unreachable. The token is not quoted.
+		return nil, errors.New("client: WithToken: the token holds a control character (a newline read from a file?), which no HTTP header carries")
 	}
 	if c.webhookSecret != "" {
 		// A secret that does not decode would fail every delivery's check (401), and the

@@ -10,35 +10,38 @@
 //     the order foreman will run them, and Job gives a waiting job's position and ETA.
 //
 //   - A synchronous facade over the async API: Submit queues a job and returns when it has
-//     finished, however long the queue is. It waits by the best means available:
+//     finished, however long the queue is.
 //
-//     1. NATS (WithNATS or WithNATSURL): the job is submitted by request/reply on
+// Submit waits by the best means available:
+//
+//  1. NATS (WithNATS or WithNATSURL): the job is submitted by request/reply on
 //     foreman.jobs.submit (by POST /jobs when the request exceeds the connection's max
 //     payload, or nobody answers on the subject), the client subscribes to
 //     foreman.job.<id>.state and then reads the job once, so a state reached before the
 //     subscription is never missed. A submit that gets no reply within 40 s (or the
 //     context's deadline) fails with an error matching nats.ErrTimeout, or, with an
 //     IdempotencyKey, is retried by POST /jobs.
-//     2. Webhook: an ephemeral HTTP receiver on WithWebhookListenAddr (default
+//  2. Webhook: an ephemeral HTTP receiver on WithWebhookListenAddr (default
 //     127.0.0.1:0, used when foreman runs on a loopback address) whose URL rides along
-//     as the job's state_webhook_url; signatures are verified when WithWebhookSecret is
-//     set. The URL is WithWebhookURL's, or built from the listen address when foreman
+//     as the job's state_webhook_url, unless the job names its own (WebhookURL, or
+//     state_webhook_url in Body): a job has one webhook. Signatures are verified when
+//     WithWebhookSecret is set. The URL is WithWebhookURL's, or built from the listen address when foreman
 //     can reach it (see WithWebhookListenAddr). If the receiver cannot bind, has no
 //     address foreman is known to reach, or foreman's webhook network policy refuses its
 //     URL (400; loopback is refused unless FOREMAN_WEBHOOK_ALLOW_NETS opens it), the
 //     client falls back to polling; after such a refusal it offers no receiver again.
-//     3. Polling: GET /jobs/{id} every WithPollInterval.
+//  3. Polling: GET /jobs/{id} every WithPollInterval.
 //
-//     NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook
-//     deliveries can be lost. A terminal event is followed by a read of the final record
-//     (its result, and its result.json artifact when the result is too large to inline),
-//     and a loss of events (a NATS reconnect) by a read of the job; should such a read,
-//     or Submit's first read of its job, fail for now (a 5xx, a 429, foreman
-//     unreachable, an answer cut short), it is made again briskly (50 ms, doubling to
-//     2 s, never slower than WithPollInterval), or after foreman's Retry-After when it asks
-//     for longer (up to 30 s).
-//     Every wait honours its context; WithCancelOnContextDone also cancels the job on
-//     the server when the context ends.
+// NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook
+// deliveries can be lost. A terminal event is followed by a read of the final record
+// (its result, and its result.json artifact when the result is too large to inline),
+// and a loss of events (a NATS reconnect) by a read of the job; should such a read,
+// or Submit's first read of its job, fail for now (a 5xx, a 429, foreman
+// unreachable, an answer cut short), it is made again briskly (50 ms, doubling to
+// 2 s, never slower than WithPollInterval), or after foreman's Retry-After when it asks
+// for longer (up to 30 s).
+// Every wait honours its context; WithCancelOnContextDone also cancels the job on
+// the server when the context ends.
 //
 // A waiting job shows its place in the queue: Job fills QueuePosition and ETA, and Queue
 // lists the whole queue. Chat and Generate answer only once their job runs; with
@@ -46,12 +49,15 @@
 // read while it waits.
 //
 // Errors are typed: an HTTP error answer is an *APIError with the status and foreman's
-// message; a job that ended failed or canceled is a *JobError that matches ErrJobFailed
+// message, which matches ErrNotFound (404), ErrUnauthorized (401), ErrQueueFull (a full
+// queue's 503) and, for a Chat or Generate whose job was canceled, ErrJobCanceled with
+// errors.Is; a job that ended failed or canceled is a *JobError that matches ErrJobFailed
 // (and ErrJobCanceled) with errors.Is; a server that cannot be reached is a
 // *ConnectionError that matches ErrUnreachable, and a request whose connection broke
 // after foreman had it (before or during the answer) a *CutShortError that matches
 // ErrCutShort.
 //
-// The package depends on the standard library, nats.go and foreman's broker package
-// (subject names and the state event's JSON); it never pulls nats-server into a build.
+// The package depends on the standard library, nats.go and foreman's broker (subject
+// names and the state event's JSON), ollama (Ollama's wire types) and
+// gateway/webhook/signature packages; it never pulls nats-server into a build.
 package client

@@ -11,13 +11,43 @@ import (
 
 // APIError is an error answer from foreman: the HTTP status and the {"error": "..."} text.
 type APIError struct {
-	Status  int
+	// Status is the HTTP status (that of the stream, 200, for an error that ended a
+	// streamed Chat or Generate), or, for a NATS submit, the status POST /jobs answers.
+	Status int
+	// Message is foreman's {"error": "..."} text, or the body when it is no such JSON.
 	Message string
 	// RetryAfter is how long foreman asks to wait before trying again (its Retry-After
 	// header, sent with a 503 or 429: a full queue, a store briefly unavailable, a
 	// program over its share); 0 when it named none.
 	RetryAfter time.Duration
 }
+
+// Is makes errors.Is match foreman's refusals a caller acts on: ErrNotFound (404),
+// ErrUnauthorized (401), ErrQueueFull (503 "queue full"), and ErrJobCanceled for the
+// answer of a Chat or Generate whose job was canceled (DELETE /jobs/{id}): a 409 "job
+// canceled", or that error ending a stream already begun. foreman's answer carries no
+// code beyond its status, so a full queue is told from its other 503s by its words.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotFound:
+		return e.Status == http.StatusNotFound
+	case ErrUnauthorized:
+		return e.Status == http.StatusUnauthorized
+	case ErrQueueFull:
+		return e.Status == http.StatusServiceUnavailable && e.Message == queueFullMessage
+	case ErrJobCanceled:
+		return (e.Status == http.StatusConflict || e.Status/100 == 2) &&
+			(e.Message == canceledMessage || strings.HasPrefix(e.Message, canceledMessage+": "))
+	}
+	return false
+}
+
+// foreman's words for a full queue and for a sync call's job canceled (the gateway's
+// statusOf).
+const (
+	queueFullMessage = "queue full"
+	canceledMessage  = "job canceled"
+)
 
 func (e *APIError) Error() string {
 	if e.Message == "" {
@@ -37,6 +67,14 @@ var (
 	// ErrCutShort matches a *CutShortError: foreman had the whole request, and the
 	// connection broke before its answer ended.
 	ErrCutShort = errors.New("the answer was cut short")
+	// ErrNotFound matches an *APIError 404: no such job, artifact or model.
+	ErrNotFound = errors.New("not found")
+	// ErrUnauthorized matches an *APIError 401: foreman (FOREMAN_AUTH_TOKEN set) wants a
+	// token and got none (WithToken) or another.
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrQueueFull matches the *APIError 503 of a full queue (FOREMAN_MAX_QUEUE jobs
+	// wait): no job was made; submit again after its RetryAfter.
+	ErrQueueFull = errors.New("queue full")
 )
 
 // JobError reports a job that ended without a result.

@@ -28,8 +28,9 @@ type SubmitRequest struct {
 	// it).
 	Body json.RawMessage
 
-	// WebhookURL receives the job's state events (state_webhook_url). Submit then waits by
-	// NATS or polling instead of its own receiver, since a job has one webhook.
+	// WebhookURL receives the job's state events (state_webhook_url; it takes the place
+	// of one in Body). Submit then waits by NATS or polling instead of its own receiver,
+	// since a job has one webhook; so it does for a Body that names its own.
 	WebhookURL string
 	// WebhookEvents filters the events sent to WebhookURL, e.g. done and failed; empty
 	// means all.
@@ -56,6 +57,23 @@ type SubmitRequest struct {
 	// IdempotencyKey makes the retry safe). With WithCancelOnContextDone the submit is
 	// bounded by 45s too.
 	SubmitTimeout time.Duration
+}
+
+// hasWebhook reports whether the job names its webhook: WebhookURL, or a
+// state_webhook_url in Body. A job has one webhook, so Submit then starts no receiver,
+// which would take its place.
+func (r *SubmitRequest) hasWebhook() bool {
+	if r.WebhookURL != "" {
+		return true
+	}
+	if len(r.Body) == 0 {
+		return false
+	}
+	var b struct {
+		URL string `json:"state_webhook_url"`
+	}
+	// A body that does not decode is refused by body() or by foreman.
+	return json.Unmarshal(r.Body, &b) == nil && b.URL != ""
 }
 
 // body is the POST /jobs JSON: the request plus kind and webhook fields.

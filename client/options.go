@@ -7,14 +7,17 @@ import (
 	"github.com/nats-io/nats.go"
 )
 
-// Option configures a Client; pass options to New.
+// Option configures a Client; pass options to New. A nil Option is skipped.
 type Option func(*Client)
 
 // WithToken sends token as the bearer token foreman requires when FOREMAN_AUTH_TOKEN is set.
+// New fails for a token with a control character (such as the newline a file read
+// keeps), which no HTTP header can carry.
 func WithToken(token string) Option { return func(c *Client) { c.token = token } }
 
 // WithHTTPClient replaces the HTTP client (default: a client without a timeout, since a
-// streamed chat may last many minutes; bound calls with their context instead).
+// streamed chat may last many minutes; bound calls with their context instead). A nil hc
+// keeps the default.
 func WithHTTPClient(hc *http.Client) Option { return func(c *Client) { c.hc = hc } }
 
 // WithWebhookSecret verifies the signatures of webhooks Submit receives: secret is

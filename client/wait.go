@@ -30,7 +30,7 @@ const submitTimeout = 45 * time.Second
 // error. See the package documentation for how it waits.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error) {
 	var hook *receiver
-	if req.WebhookURL == "" && c.useWebhook() {
+	if !req.hasWebhook() && c.useWebhook() {
 		// A receiver that cannot bind is not an error: polling still works.
 		if h, err := c.listenWebhook(); err == nil {
 			hook = h

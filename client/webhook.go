@@ -18,10 +18,16 @@ import (
 
 // Webhook verification errors (the signature package's, so errors.Is matches either).
 var (
-	ErrWebhookHeaders   = signature.ErrMissingHeaders
+	// ErrWebhookHeaders: webhook-id, webhook-timestamp or both signatures are missing.
+	ErrWebhookHeaders = signature.ErrMissingHeaders
+	// ErrWebhookTimestamp: webhook-timestamp is no Unix seconds, or too far from now (a
+	// stale delivery, or one replayed later).
 	ErrWebhookTimestamp = signature.ErrBadTimestamp
+	// ErrWebhookSignature: no signature matches (a forged or tampered delivery, or
+	// another secret).
 	ErrWebhookSignature = signature.ErrNoMatch
-	ErrWebhookSecret    = signature.ErrNoSecret
+	// ErrWebhookSecret: the secret given to VerifyWebhook is empty.
+	ErrWebhookSecret = signature.ErrNoSecret
 )
 
 // VerifyWebhook checks a webhook foreman sent. Both of foreman's signatures are the
