@@ -173,6 +173,13 @@ func (c *Client) request(ctx context.Context, method, path string, body []byte, 
 		}
 		return nil, &ConnectionError{URL: c.shown, Err: transportCause(err)}
 	}
+	if resp.Request != nil && resp.Request.Method != method {
+		// A 301, 302 or 303 (a proxy sending http to https, say): net/http asked the new
+		// address with a GET and no body, so this answer is not the call's.
+		resp.Body.Close()
+		return nil, fmt.Errorf("client: %s %s was redirected to %s, which was then asked with a %s and no body: give the client the address foreman answers at",
+			method, c.shown+path, ollama.RedactURL(resp.Request.URL.String()), resp.Request.Method)
+	}
 	if resp.StatusCode/100 != 2 {
 		defer resp.Body.Close()
 		return nil, apiError(resp)
