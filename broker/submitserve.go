@@ -23,6 +23,9 @@ type SubmitReply struct {
 	JobID  string `json:"job_id,omitempty"`
 	Error  string `json:"error,omitempty"`
 	Status int    `json:"status,omitempty"`
+	// RetryAfter is, with a 503 or 429, the seconds to wait before submitting again: the
+	// Retry-After POST /jobs would send.
+	RetryAfter int `json:"retry_after,omitempty"`
 }
 
 // SubmitRequest is one request on SubmitSubject: a POST /jobs body and its
@@ -166,7 +169,7 @@ func (srv *SubmitServer) answer(ctx context.Context, m *nats.Msg) {
 		// not a timeout that leaves it guessing whether a job was made.
 		srv.oversized.warn(srv.Logger, "nats submit reply too large, sent a short error instead",
 			"status", reply.Status, "reply_bytes", len(data))
-		data, _ = json.Marshal(SubmitReply{Error: errReplyTooLarge, Status: reply.Status})
+		data, _ = json.Marshal(SubmitReply{Error: errReplyTooLarge, Status: reply.Status, RetryAfter: reply.RetryAfter})
 		err = m.Respond(data)
 	}
 	if err != nil {

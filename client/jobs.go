@@ -227,9 +227,10 @@ func (c *Client) submitNATS(ctx context.Context, body []byte, idemKey string) (s
 		return "", fmt.Errorf("client: submit over NATS: %w", err)
 	}
 	var r struct {
-		JobID  string `json:"job_id"`
-		Error  string `json:"error"`
-		Status int    `json:"status"`
+		JobID      string `json:"job_id"`
+		Error      string `json:"error"`
+		Status     int    `json:"status"`
+		RetryAfter int64  `json:"retry_after"`
 	}
 	if err := json.Unmarshal(reply.Data, &r); err != nil {
 		return "", fmt.Errorf("client: decode submit reply: %w", err)
@@ -242,7 +243,11 @@ func (c *Client) submitNATS(ctx context.Context, body []byte, idemKey string) (s
 		if status == 0 {
 			status = http.StatusBadRequest
 		}
-		return "", &APIError{Status: status, Message: r.Error}
+		e := &APIError{Status: status, Message: r.Error}
+		if r.RetryAfter > 0 {
+			e.RetryAfter = time.Duration(min(r.RetryAfter, maxRetryAfter)) * time.Second
+		}
+		return "", e
 	}
 	return r.JobID, nil
 }

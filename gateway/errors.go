@@ -223,6 +223,9 @@ func statusOf(err error) (int, string) {
 	return http.StatusInternalServerError, "internal error"
 }
 
+// retryAfterSeconds is the Retry-After of a 503 or 429 refusal, in whole seconds.
+func (s *Server) retryAfterSeconds() int { return int(s.cfg.RetryAfter.Seconds() + 0.5) }
+
 // writeError sends err as {"error": "..."}; 5xx errors are logged with their detail, and
 // with the job a queued call made when its answer names one. A refused body the client
 // is still sending is read out once the answer is sent (refuseUnread).
@@ -239,7 +242,7 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	s.logFailure("request failed", status, err, args...)
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", strconv.Itoa(int(s.cfg.RetryAfter.Seconds()+0.5)))
+		w.Header().Set("Retry-After", strconv.Itoa(s.retryAfterSeconds()))
 	}
 	if jobCanceled(err) {
 		// The OpenAI and Anthropic SDKs retry a 409 on their own (twice by default), each

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -36,7 +37,11 @@ func (s *Server) answerSubmit(ctx context.Context, req broker.SubmitRequest) bro
 	if err != nil {
 		status, msg := statusOn(err, "/jobs") // the words POST /jobs answers
 		s.logFailure("nats submit failed", status, err)
-		return broker.SubmitReply{Error: msg, Status: status}
+		reply := broker.SubmitReply{Error: msg, Status: status}
+		if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+			reply.RetryAfter = s.retryAfterSeconds() // as writeError's Retry-After
+		}
+		return reply
 	}
 	return broker.SubmitReply{JobID: id}
 }
