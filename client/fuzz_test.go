@@ -125,7 +125,10 @@ func FuzzClientAnswers(f *testing.F) {
 	f.Add(uint8(4), uint16(200), "application/x-ndjson", "", []byte(`{"model":"m"`))
 	f.Fuzz(func(t *testing.T, which uint8, status uint16, ctype, retryAfter string, body []byte) {
 		call := fuzzCalls[int(which)%len(fuzzCalls)]
-		code := 200 + int(status)%400 // 200..599: 1xx is no final answer
+		code := int(status)
+		if code < 200 || code > 599 {
+			code = 200 + code%400 // 1xx is no final answer
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		var requests atomic.Int64
