@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"github.com/spf13/pflag"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
 // fuzzedSettings are the settings FuzzServeSettings sets: every FOREMAN_* variable of
@@ -27,8 +29,12 @@ func secretsOf(env, val string) []string {
 	switch {
 	case env == "FOREMAN_AUTH_TOKENS":
 		for _, entry := range strings.Split(val, ",") {
-			if _, tok, ok := strings.Cut(entry, ":"); ok {
+			name, tok, ok := strings.Cut(entry, ":")
+			if ok {
 				out = append(out, strings.TrimSpace(tok))
+			}
+			if name = strings.TrimSpace(name); broker.ValidateProgram(name) != nil {
+				out = append(out, name) // no name: the token, written first (token:name)
 			}
 		}
 	case secretSettings[env]:
