@@ -34,9 +34,9 @@ const answerDeadline = 30 * time.Second
 // A fuzzed job may carry any state_webhook_url: it is checked at submit and stored, and
 // never contacted, since no webhook dispatcher runs here (newTestBundle starts none, the
 // worker sends no webhooks; wantNoWebhookTraffic checks both halves).
-func fuzzBundle(f *testing.F) (*queuedBundle, *atomic.Int64) {
+func fuzzBundle(f *testing.F, fake ...ollamatest.Option) (*queuedBundle, *atomic.Int64) {
 	var lookups atomic.Int64
-	b := newQueuedBundle(f, nil, withFake(ollamatest.WithMaxTokens(8)), withGateway(func(c *Config) {
+	b := newQueuedBundle(f, nil, withFake(append([]ollamatest.Option{ollamatest.WithMaxTokens(8)}, fake...)...), withGateway(func(c *Config) {
 		c.WebhookPolicy.LookupNetIP = func(_ context.Context, _, host string) ([]netip.Addr, error) {
 			lookups.Add(1)
 			return nil, &net.DNSError{Err: "no lookups in the fuzz bundle", Name: host, IsNotFound: true}

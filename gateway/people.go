@@ -95,7 +95,10 @@ func parseNamedToken(s string) (NamedToken, error) {
 		return NamedToken{}, errors.New("not name:token")
 	}
 	if err := broker.ValidateProgram(name); err != nil {
-		return NamedToken{}, errors.New("name " + strconv.Quote(name) + ": must be 1 to 64 characters of A-Z a-z 0-9 . _ -")
+		// Not quoted: an entry written the other way round (token:name) has its token
+		// here, and the message goes to the terminal and the service's log.
+		return NamedToken{}, errors.New("the name before the \":\" must be 1 to 64 characters of A-Z a-z 0-9 . _ - " +
+			"(not shown: written as token:name, it would be the token)")
 	}
 	// "alice:tok # laptop" is a comment to its writer and the token "tok # laptop" to a
 	// parser: the callers sending "tok" would all get 401. A token with a control

@@ -481,3 +481,25 @@ func TestPerProgramLimitConcurrent(t *testing.T) {
 		t.Fatalf("answers %v, want %d accepted and %d refused", status, limit, submits-limit)
 	}
 }
+
+// TestParseAuthTokensHidesATokenWrittenFirst: an entry written the other way round,
+// token:name, has the token where the name goes; a token that is no program name (a
+// base64 one with "+", "/" or "=", one longer than 64 characters) is refused as a name,
+// and the refusal, which goes to the terminal and the service's log, must not show it.
+func TestParseAuthTokensHidesATokenWrittenFirst(t *testing.T) {
+	t.Parallel()
+	const token = "q8Zr+Wc/0fTk1Yx3vB9nLm2=" // openssl rand -base64 18
+	for _, bad := range []string{token + ":alice", "bob:tokenB," + token + ":alice", strings.Repeat("f", 80) + ":alice"} {
+		_, err := ParseAuthTokens(bad)
+		if err == nil {
+			t.Fatalf("ParseAuthTokens(%q) accepted", bad)
+		}
+		if secret, _, _ := strings.Cut(bad[strings.LastIndex(bad, ",")+1:], ":"); strings.Contains(err.Error(), secret) {
+			t.Errorf("ParseAuthTokens(%q): the error shows the token written first: %v", bad, err)
+		}
+	}
+	_, err := ParseAuthTokensFile([]byte("alice:tokenA\n" + token + ":bob\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 2") || strings.Contains(err.Error(), token) {
+		t.Errorf("a token written first in the file: %v", err)
+	}
+}

@@ -110,3 +110,34 @@ func FuzzRepeatStop(f *testing.F) {
 		}
 	})
 }
+
+// FuzzResultEvents builds results of the kinds FuzzResult leaves out (the Responses and
+// Messages event streams, the image routes, the embedding routes) from fuzzed frames
+// under a fuzzed Content-Type: a target that is not Ollama, or a hostile one, may send
+// anything. It must not panic, and a result of an SSE stream is JSON if any.
+func FuzzResultEvents(f *testing.F) {
+	f.Add(uint8(0), "text/event-stream", []byte("event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"status\":\"in_progress\",\"output\":[]}}\n\n\x00"+
+		"data: {\"type\":\"response.output_item.added\",\"output_index\":0,\"item\":{\"id\":\"m\",\"type\":\"message\",\"content\":[]}}\n\n\x00"+
+		"data: {\"type\":\"response.output_text.delta\",\"output_index\":0,\"content_index\":0,\"delta\":\"hi\"}\n\n\x00"+
+		"data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"status\":\"completed\",\"output\":null}}\n\n"))
+	f.Add(uint8(0), "text/event-stream", []byte("data: {\"type\":\"response.function_call_arguments.delta\",\"output_index\":-3,\"delta\":\"{\"}\n\n\x00data: {\"type\":\"response.reasoning_summary_text.delta\",\"output_index\":70000,\"delta\":\"x\"}\n\n"))
+	f.Add(uint8(1), "text/event-stream", []byte("event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"m\",\"content\":[]}}\n\n\x00"+
+		"data: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\n\n\x00"+
+		"data: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"hi\"}}\n\n\x00"+
+		"data: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\n\n"))
+	f.Add(uint8(1), "text/event-stream", []byte("data: {\"type\":\"content_block_delta\",\"index\":-1,\"delta\":{\"type\":\"input_json_delta\",\"partial_json\":\"{\"}}\n\n"))
+	f.Add(uint8(2), "application/x-ndjson", []byte("{\"created\":1,\"data\":[{\"b64_json\":\"AAAA\"}]}"))
+	f.Add(uint8(4), "application/json", []byte("{\"embedding\":[1,2]}"))
+	f.Add(uint8(5), "application/json", []byte("{\"object\":\"list\",\"data\":[]}"))
+	kinds := []broker.Kind{broker.KindOpenAIResponses, broker.KindAnthropicMessages, broker.KindOpenAIImages,
+		broker.KindOpenAIImageEdits, broker.KindEmbeddings, broker.KindOpenAIEmbeddings}
+	f.Fuzz(func(t *testing.T, k uint8, ctype string, data []byte) {
+		kind := kinds[int(k)%len(kinds)]
+		frames := bytes.Split(data, []byte{0})
+		res, _ := result(kind, ctype, frames)
+		_ = streamError(ctype, frames)
+		if ollama.FramingOf(ctype) == ollama.SSE && !kind.Image() && res != nil && !json.Valid(res) {
+			t.Fatalf("%s: SSE result %q is not JSON", kind, res)
+		}
+	})
+}

@@ -58,7 +58,7 @@ func TestConfigPeopleBadValues(t *testing.T) {
 		want string
 	}{
 		{env: map[string]string{"FOREMAN_AUTH_TOKENS": "alice"}, want: `FOREMAN_AUTH_TOKENS=(hidden): entry 1: not name:token`},
-		{env: map[string]string{"FOREMAN_AUTH_TOKENS": "alice:sekrit,bad name:sekrit2"}, want: `FOREMAN_AUTH_TOKENS=(hidden): entry 2: name "bad name"`},
+		{env: map[string]string{"FOREMAN_AUTH_TOKENS": "alice:sekrit,bad name:sekrit2"}, want: `FOREMAN_AUTH_TOKENS=(hidden): entry 2: the name before the ":" must be`},
 		{args: []string{"--auth-tokens=:sekrit"}, want: `--auth-tokens=(hidden): entry 1`},
 		{env: map[string]string{"FOREMAN_AUTH_TOKENS_FILE": "/no/such/tokens"}, want: `FOREMAN_AUTH_TOKENS_FILE="/no/such/tokens"`},
 		{env: map[string]string{"FOREMAN_AUTH_TOKENS_FILE": writeTokensFile(t, "alice:sekrit\nbob sekrit2\n")}, want: "line 2: not name:token"},
