@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -165,7 +166,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 			"(FOREMAN_INSECURE_NO_AUTH=true): anyone who reaches " + cfg.Addr + " can queue work and read every job's result")
 	}
 	if len(cfg.AuthTokens) > 0 {
-		log.Info("named tokens: each caller's program is its token's name", "programs", tokenNames(cfg.AuthTokens))
+		names, secretLike := tokenNames(cfg.AuthTokens)
+		log.Info("named tokens: each caller's program is its token's name", "programs", names)
+		if secretLike > 0 {
+			log.Warn("named tokens: a name looks like a secret (a long run of hex digits or of mixed letters and digits), not shown: "+
+				"entries are name:token; written as token:name, the token is a program name, which /jobs, the status page and NATS events show to every caller",
+				"names_hidden", secretLike)
+		}
 	}
 	// The worker is built first: the gateway shows its view of the queue.
 	wcfg := worker.Config{
@@ -740,14 +747,51 @@ func waitClosed(ctx context.Context, nc *nats.Conn) {
 }
 
 // tokenNames lists the programs of named tokens, each once, for the log (never a token).
-func tokenNames(ts []gateway.NamedToken) []string {
-	var out []string
+func tokenNames(ts []gateway.NamedToken) (names []string, secretLike int) {
 	for _, t := range ts {
-		if !slices.Contains(out, t.Program) {
-			out = append(out, t.Program)
+		switch {
+		case secretLikeName(t.Program):
+			secretLike++
+		case !slices.Contains(names, t.Program):
+			names = append(names, t.Program)
 		}
 	}
-	return out
+	return names, secretLike
+}
+
+// secretLikeName reports whether a program name looks like a generated token rather
+// than a name a person chose: 20 or more hex digits, a dash allowed between them (openssl
+// rand -hex, a UUID), or 24 or more characters mixing upper and lower case letters and
+// digits and nothing else (a random base62 string). Such a name in a name:token entry is
+// most likely a token written first.
+func secretLikeName(name string) bool {
+	var hex, upper, lower, digit, other int
+	for _, r := range name {
+		switch {
+		case r >= '0' && r <= '9':
+			digit++
+			hex++
+		case r >= 'a' && r <= 'f', r >= 'A' && r <= 'F':
+			hex++
+			if r >= 'a' {
+				lower++
+			} else {
+				upper++
+			}
+		case r >= 'g' && r <= 'z':
+			lower++
+		case r >= 'G' && r <= 'Z':
+			upper++
+		case r == '-':
+		default:
+			other++
+		}
+	}
+	dashes := strings.Count(name, "-")
+	if hex >= 20 && hex+dashes == len(name) && digit > 0 {
+		return true
+	}
+	return len(name) >= 24 && dashes == 0 && other == 0 && upper > 0 && lower > 0 && digit > 0
 }
 
 // natsDenial ends a start waiting on the NATS server once it refuses foreman's user.
