@@ -595,6 +595,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	w.mu.Lock()
 	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
+	w.pastFinishing(ctx, &c)
 	var firstErr error
 	c.RunElsewhere = w.runElsewhere(ctx, c, look)
 	tried, looked := map[string]bool{}, map[string]bool{}
@@ -690,6 +691,39 @@ func (w *Worker) waiting(ctx context.Context, heads []head, look *otherRuns) []h
 		return heads
 	}
 	return out
+}
+
+// pastFinishing replaces in c each queue head that is a job this worker is finishing
+// (its end stored in the background: its message stays queued until the ack) and whose
+// runner is not counted loaded, by the next message of its queue, and leaves out a queue
+// with none. The pick right after nearly every job finds that job at its queue's head,
+// and waiting looks past it only once it is older than MaxWait. A runner counted loaded
+// goes first whatever its age; one that is not (its job's call had keep_alive 0, or got
+// no answer of its model) goes by the age of its oldest job, and the finished one's
+// would put its next job before an older job of another runner. So only a pick that may
+// swap reads one message more.
+func (w *Worker) pastFinishing(ctx context.Context, c *choice) {
+	var heads []head // a copy, made only once a head is looked past
+	for i, h := range c.Heads {
+		if h.JobID == "" || slices.Contains(c.Loaded, h.runner()) || !w.isFinishing(h.JobID) {
+			continue
+		}
+		p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
+		if err != nil {
+			continue // the head stands, as a read that fails leaves it
+		}
+		if heads == nil {
+			heads = slices.Clone(c.Heads)
+		}
+		if ok {
+			heads[i] = headOf(h.Token, p)
+		} else {
+			heads[i] = head{}
+		}
+	}
+	if heads != nil {
+		c.Heads = slices.DeleteFunc(heads, func(h head) bool { return h.Token == "" })
+	}
 }
 
 // idleHead is queue head h, a job another Mac runs with none waiting behind it, as a
