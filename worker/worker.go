@@ -175,6 +175,11 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	stopWake, err := w.store.OnQueued(func(p broker.Published) {
 		w.trace(p.JobID, StageWoken)
+		if p.Requeued {
+			// The job waits again, in a new message: taken before (here, or by another
+			// foreman that gave it back), its wake-up is no stale one.
+			w.unfetched(p.JobID)
+		}
 		idle := w.idling.Load()
 		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body, fresh: idle})
 		if p.Sync && idle {
@@ -489,6 +494,13 @@ func (w *Worker) fetched(id string) {
 		clear(w.recent)
 	}
 	w.recent[id] = struct{}{}
+}
+
+// unfetched forgets that job id was taken: it was queued again since (a requeue).
+func (w *Worker) unfetched(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.recent, id)
 }
 
 func (w *Worker) wasFetched(id string) bool {
