@@ -31,6 +31,9 @@ type Published struct {
 	// Sync says a caller waits on the answer: set on a submit's direct announcement only
 	// (the queue message does not carry it).
 	Sync bool
+	// Requeued says the message is a job's new one (Requeue, HeaderRequeued): a job taken
+	// before, by this foreman or another, that waits again.
+	Requeued bool
 }
 
 // OnQueued calls fn for every message published to a queue subject. fn runs on the
@@ -49,8 +52,9 @@ func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
 		if !ok {
 			return
 		}
-		p := Published{Token: token, JobID: m.Header.Get(HeaderJobID), Kind: Kind(m.Header.Get(HeaderKind))}
-		if m.Header.Get(HeaderBodyRef) == "" && m.Header.Get(HeaderRequeued) == "" {
+		p := Published{Token: token, JobID: m.Header.Get(HeaderJobID), Kind: Kind(m.Header.Get(HeaderKind)),
+			Requeued: m.Header.Get(HeaderRequeued) != ""}
+		if m.Header.Get(HeaderBodyRef) == "" && !p.Requeued {
 			p.Body = m.Data
 		}
 		fn(p)

@@ -1183,9 +1183,47 @@ func (w *Worker) giveBack(ctx context.Context, d *broker.Lease, log *slog.Logger
 			log.Info("job requeued: a stop cut off its last delivery")
 			return
 		}
+		if errors.Is(err, broker.ErrQueueFull) && w.swapBack(ctx, d, log) {
+			return
+		}
 		log.Warn("requeue a job a stop cut off on its last delivery; trying a NAK", "err", err)
 	}
 	w.nak(d, w.store.HandBackDelay(d), log)
+}
+
+// swapBack is giveBack's requeue of last delivery d in a full queue on a shared NATS,
+// and reports whether it settled d: the old message, which fills the place the new one
+// needs, is removed first. NAKed, the last delivery would be delivered no more, and the
+// delivery limit's advisory on another foreman would fail the job unrun; kept (ADR-0100),
+// it would leave with this process all the same. Should the publish then fail (a submit
+// took the freed place), the job, without a message now, ends failed, as the advisory
+// would have failed it. On a store of its own the NAK stands: the next start's reclaim
+// delivers the message again (its consumer reset).
+func (w *Worker) swapBack(ctx context.Context, d *broker.Lease, log *slog.Logger) bool {
+	if w.store.Config().Exclusive {
+		return false
+	}
+	w.settling(d)
+	done := w.index.removing(d.Token, d.Seq)
+	err := w.store.DeleteQueued(ctx, d.Seq)
+	done(err == nil)
+	if err != nil {
+		log.Warn("remove the queue message of a job a stop cut off on its last delivery, to requeue it in the full queue", "err", err)
+		return false
+	}
+	if err := w.queueAgain(ctx, d); err != nil {
+		msg := errorText("foreman stopped: the job's last delivery could not be put back in the full queue: " + err.Error())
+		if _, terr := w.transition(ctx, d.JobID, fromUnended, func(j *broker.Job) {
+			j.State, j.Error = broker.StateFailed, msg
+		}); terr != nil && !errors.Is(terr, errEnded) {
+			log.Error("store the failed state of a job a stop could not put back", "err", terr)
+		}
+		_ = w.store.Finish(ctx, d) // its stored body; the message is gone already
+		log.Error("job failed: a stop cut off its last delivery, and the full queue took no new message for it", "err", err)
+		return true
+	}
+	log.Info("job requeued: a stop cut off its last delivery in a full queue (its old message removed first)")
+	return true
 }
 
 // bodyLost deals with a delivery whose large request body could not be read (err), and
@@ -1342,17 +1380,22 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 // and settles d once that message is stored: a requeue that fails leaves d kept in
 // progress, for a NAK or another try.
 func (w *Worker) requeue(ctx context.Context, d *broker.Lease) error {
-	if fault := w.cfg.requeueFault; fault != nil {
-		if err := fault(d.JobID); err != nil {
-			return err
-		}
-	}
-	if err := w.store.QueueAgain(ctx, d); err != nil {
+	if err := w.queueAgain(ctx, d); err != nil {
 		return err
 	}
 	w.settling(d)
 	w.store.DropRequeued(ctx, d)
 	return nil
+}
+
+// queueAgain is Store.QueueAgain (with the test fault).
+func (w *Worker) queueAgain(ctx context.Context, d *broker.Lease) error {
+	if fault := w.cfg.requeueFault; fault != nil {
+		if err := fault(d.JobID); err != nil {
+			return err
+		}
+	}
+	return w.store.QueueAgain(ctx, d)
 }
 
 // keepAlive tells JetStream delivery d is alive every AckWait/3 until stopped (stop may

@@ -16,6 +16,9 @@ type parkedLease struct {
 	d       *broker.Lease
 	due     time.Time
 	release func() // lets go of the delivery's keeper
+	// waits counts the dues at which the queue still had no room and the job was not to
+	// run here (runParked): the wait for room grows with it, as a retry's back-off does.
+	waits int
 }
 
 // park keeps delivery d, its job's last, whose requeue the queue's bound refused
@@ -25,13 +28,18 @@ type parkedLease struct {
 // Kept in progress instead, it comes back to the Run loop after delay, as a NAK with that
 // delay would have brought it: requeued if the queue has room then, else run from here.
 func (w *Worker) park(d *broker.Lease, delay time.Duration, log *slog.Logger) {
-	release := w.keepInProgress(d, log) // taken before the handler lets go: no gap in the ticks
-	due := time.Now().Add(delay)
-	w.mu.Lock()
-	w.parked = append(w.parked, parkedLease{d: d, due: due, release: release})
-	w.retries = append(w.retries, due) // the idle loop wakes for it
-	w.mu.Unlock()
+	w.keepParked(parkedLease{d: d}, delay, log)
 	log.Warn("queue full: the job's last delivery is kept, to be requeued or run again from it", "delay", delay)
+}
+
+// keepParked holds parked delivery p (its keeper taken anew) until delay from now.
+func (w *Worker) keepParked(p parkedLease, delay time.Duration, log *slog.Logger) {
+	p.release = w.keepInProgress(p.d, log) // taken before the caller lets go: no gap in the ticks
+	p.due = time.Now().Add(delay)
+	w.mu.Lock()
+	w.parked = append(w.parked, p)
+	w.retries = append(w.retries, p.due) // the idle loop wakes for it
+	w.mu.Unlock()
 }
 
 // dueParked takes the first parked delivery due at now, if any.
@@ -49,7 +57,12 @@ func (w *Worker) dueParked(now time.Time) (parkedLease, bool) {
 
 // runParked takes a parked delivery up again: requeued when the queue has room now (its
 // deliveries counted anew, at its queue's end), else handled here as a delivery fresh
-// from its consumer, which may park it again.
+// from its consumer, which may park it again. A job whose queue this worker does not run
+// now (runs: its model left this Mac, or the job is left to another Mac, ADR-0066) is
+// not run here: run, it would be called again on a target that lacks its model, or spend
+// its attempts on the Mac it was given up on. It stays kept, its requeue tried again at
+// each due, for a Mac that runs it once the queue has room, or run here once this Mac
+// runs its queue again.
 func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 	defer p.release() // after handle took its own hold of the keeper
 	log := w.log.With("job_id", p.d.JobID, "model", p.d.Model)
@@ -62,8 +75,24 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 	}
 	if !errors.Is(err, broker.ErrQueueFull) {
 		log.Warn("requeue a kept last delivery; it runs from it", "err", err)
+	} else if !w.isStopping(ctx) && !w.runs(ctx, p.d.Token) && w.waitsStill(ctx, p.d.JobID) {
+		p.waits++
+		delay := w.cfg.retryDelay(p.waits)
+		w.keepParked(p, delay, log) // before the deferred release: no gap in the ticks
+		log.Info("queue full: the kept job waits for room, for a Mac that runs it", "delay", delay)
+		return
 	}
 	w.handle(ctx, p.d, nil, nil)
+}
+
+// waitsStill reports whether job id's record says it has not ended: one that ended while
+// kept (canceled, expired at its TTL) is settled by handle, not kept on. A record that
+// cannot be read counts as waiting: it is read again at the next due.
+func (w *Worker) waitsStill(ctx context.Context, id string) bool {
+	bctx, cancel := w.storeCtx(ctx)
+	defer cancel()
+	j, _, err := w.store.Get(bctx, id)
+	return err != nil && !errors.Is(err, broker.ErrNotFound) || err == nil && !j.State.Terminal()
 }
 
 // unparkAll hands back the parked deliveries as the worker stops, as a stop hands back

@@ -175,6 +175,11 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	stopWake, err := w.store.OnQueued(func(p broker.Published) {
 		w.trace(p.JobID, StageWoken)
+		if p.Requeued {
+			// The job waits again, in a new message: taken before (here, or by another
+			// foreman that gave it back), its wake-up is no stale one.
+			w.unfetched(p.JobID)
+		}
 		idle := w.idling.Load()
 		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body, fresh: idle})
 		if p.Sync && idle {
@@ -491,6 +496,13 @@ func (w *Worker) fetched(id string) {
 	w.recent[id] = struct{}{}
 }
 
+// unfetched forgets that job id was taken: it was queued again since (a requeue).
+func (w *Worker) unfetched(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.recent, id)
+}
+
 func (w *Worker) wasFetched(id string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -595,6 +607,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	w.mu.Lock()
 	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
+	w.pastFinishing(ctx, &c)
 	var firstErr error
 	c.RunElsewhere = w.runElsewhere(ctx, c, look)
 	tried, looked := map[string]bool{}, map[string]bool{}
@@ -690,6 +703,39 @@ func (w *Worker) waiting(ctx context.Context, heads []head, look *otherRuns) []h
 		return heads
 	}
 	return out
+}
+
+// pastFinishing replaces in c each queue head that is a job this worker is finishing
+// (its end stored in the background: its message stays queued until the ack) and whose
+// runner is not counted loaded, by the next message of its queue, and leaves out a queue
+// with none. The pick right after nearly every job finds that job at its queue's head,
+// and waiting looks past it only once it is older than MaxWait. A runner counted loaded
+// goes first whatever its age; one that is not (its job's call had keep_alive 0, or got
+// no answer of its model) goes by the age of its oldest job, and the finished one's
+// would put its next job before an older job of another runner. So only a pick that may
+// swap reads one message more.
+func (w *Worker) pastFinishing(ctx context.Context, c *choice) {
+	var heads []head // a copy, made only once a head is looked past
+	for i, h := range c.Heads {
+		if h.JobID == "" || slices.Contains(c.Loaded, h.runner()) || !w.isFinishing(h.JobID) {
+			continue
+		}
+		p, ok, err := w.store.OldestOfFrom(ctx, h.Token, h.Seq+1)
+		if err != nil {
+			continue // the head stands, as a read that fails leaves it
+		}
+		if heads == nil {
+			heads = slices.Clone(c.Heads)
+		}
+		if ok {
+			heads[i] = headOf(h.Token, p)
+		} else {
+			heads[i] = head{}
+		}
+	}
+	if heads != nil {
+		c.Heads = slices.DeleteFunc(heads, func(h head) bool { return h.Token == "" })
+	}
 }
 
 // idleHead is queue head h, a job another Mac runs with none waiting behind it, as a
