@@ -564,6 +564,9 @@ func (s *Store) PurgeQueued(ctx context.Context, token string) error {
 // JSSequenceNotFoundErrF "sequence N not found" (10043).
 func (s *Store) deleteQueueMsg(ctx context.Context, seq uint64) error {
 	err := s.queue.DeleteMsg(ctx, seq)
+	if err == nil {
+		s.removedHooks.announce(seq)
+	}
 	if errors.Is(err, jetstream.ErrMsgDeleteUnsuccessful) && deletedAlready(err.Error()) {
 		return fmt.Errorf("%w: %w", jetstream.ErrMsgNotFound, err)
 	}

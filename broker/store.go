@@ -213,6 +213,8 @@ type Store struct {
 	// hooks are this Store's OnQueued callbacks: its submits hand them their queue
 	// messages directly.
 	hooks queuedHooks
+	// removedHooks are this Store's OnQueueRemoved callbacks.
+	removedHooks removedHooks
 	// feeds are this Store's open JobFeeds: its StreamWriters hand them their messages
 	// directly (ADR-0035).
 	feeds localFeeds

@@ -107,6 +107,42 @@ func (q *queuedHooks) announce(p Published) {
 	}
 }
 
+// OnQueueRemoved calls fn with the sequence of every queue message this Store deletes by
+// sequence (a cancel of a waiting job, a sync job whose caller left, an ended job's
+// message), once the server has deleted it and before the call that deleted it returns.
+// A work queue's counts do not show such a removal when a job is queued on the same
+// subject meanwhile: the worker's index learns here that a head it knows is gone. fn
+// must not block. stop ends the calls.
+func (s *Store) OnQueueRemoved(fn func(seq uint64)) (stop func()) {
+	h := &removedHook{fn: fn}
+	s.removedHooks.mu.Lock()
+	s.removedHooks.list = append(s.removedHooks.list, h)
+	s.removedHooks.mu.Unlock()
+	return func() {
+		s.removedHooks.mu.Lock()
+		defer s.removedHooks.mu.Unlock()
+		s.removedHooks.list = slices.DeleteFunc(slices.Clone(s.removedHooks.list), func(g *removedHook) bool { return g == h })
+	}
+}
+
+// removedHook is one OnQueueRemoved callback.
+type removedHook struct{ fn func(seq uint64) }
+
+// removedHooks are the OnQueueRemoved callbacks of one Store.
+type removedHooks struct {
+	mu   sync.Mutex
+	list []*removedHook
+}
+
+func (r *removedHooks) announce(seq uint64) {
+	r.mu.Lock()
+	list := r.list
+	r.mu.Unlock()
+	for _, h := range list {
+		h.fn(seq)
+	}
+}
+
 // OnJobChange calls fn with every state event of job id, in order. Events that do not
 // decode are skipped. fn runs on the connection's dispatcher, must not block and must not
 // modify the job (other callbacks get the same). stop ends the calls.

@@ -9,9 +9,10 @@ import (
 )
 
 // fullRefresh is how often every queue head is re-read, correcting heads that the counts
-// did not show stale (a cancel elsewhere of a queue's head and a new job on the same queue
-// between two picks leave its count as it was). A stale head is only ever too old: it can
-// make a queue look more urgent until then, never hide a job.
+// did not show stale (a cancel in another process of a queue's head and a new job on the
+// same queue between two picks leave its count as it was; a cancel in this one marks its
+// queue at once, Store.OnQueueRemoved). A stale head is only ever too old: it can make a
+// queue look more urgent until then, never hide a job.
 const fullRefresh = 30 * time.Second
 
 // maxAppendScan is how many messages stored since the last look a selection reads one by
@@ -44,8 +45,11 @@ type queueIndex struct {
 	mu       sync.Mutex // dirty and removals are touched from other goroutines too
 	dirty    map[string]bool
 	removals []removal
-	inflight int    // removals under way
-	epoch    uint64 // counts the starts and ends of removals, to see one during a look
+	inflight int // removals under way
+	// deleted are queue messages this process deleted by sequence outside the worker's
+	// own removals (a cancel of a waiting job, Store.OnQueueRemoved) since the last look.
+	deleted []uint64
+	epoch   uint64 // counts the starts and ends of removals, to see one during a look
 }
 
 func newQueueIndex(st *broker.Store) *queueIndex {
@@ -86,13 +90,35 @@ func (q *queueIndex) removing(token string, seq uint64) (done func(ok bool)) {
 	}
 }
 
-// take hands over the queues marked since the last look.
-// settled is false while a removal is under way.
+// removed notes queue message seq deleted by this process (Store.OnQueueRemoved). A
+// head it was is stale: when a job was queued on the same queue meanwhile, the queue's
+// count is as it was, and the head, never read again until the full refresh, would lend
+// the canceled job's age to the job behind it (its class starved, its runner due).
+func (q *queueIndex) removed(seq uint64) {
+	q.mu.Lock()
+	q.deleted = append(q.deleted, seq)
+	q.mu.Unlock()
+}
+
+// take hands over the queues marked since the last look, the queues whose head was
+// deleted among them. settled is false while a removal is under way.
 func (q *queueIndex) take() (dirty map[string]bool, removals []removal, epoch uint64, settled bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	dirty, removals = q.dirty, q.removals
 	q.dirty, q.removals = map[string]bool{}, nil
+	if len(q.deleted) > 0 {
+		gone := make(map[uint64]bool, len(q.deleted))
+		for _, seq := range q.deleted {
+			gone[seq] = true
+		}
+		q.deleted = nil
+		for token, h := range q.heads {
+			if gone[h.Seq] {
+				dirty[token] = true
+			}
+		}
+	}
 	return dirty, removals, q.epoch, q.inflight == 0
 }
 

@@ -194,6 +194,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		return fmt.Errorf("worker: %w", err)
 	}
 	defer stopWake()
+	// A cancel deletes a waiting job's message; one at a queue's head leaves the index a
+	// stale head when a job is queued on the same queue before the next pick.
+	defer w.store.OnQueueRemoved(w.index.removed)()
 	stopAdv, err := w.watchDeliveryLimit(ctx)
 	if err != nil {
 		return err

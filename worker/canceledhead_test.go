@@ -1,0 +1,116 @@
+package worker_test
+
+import (
+	"context"
+	"slices"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// heldCalls holds every chat call in the fake until the test lets it go, one gate a call.
+type heldCalls struct{ starts chan chan struct{} }
+
+func newHeldCalls(t *testing.T) (*heldCalls, ollamatest.Option) {
+	h := &heldCalls{starts: make(chan chan struct{})}
+	over := make(chan struct{})
+	t.Cleanup(func() { close(over) })
+	return h, ollamatest.WithBeforeChat(func(ctx context.Context, _ string) error {
+		gate := make(chan struct{})
+		select {
+		case h.starts <- gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-over:
+			return nil
+		}
+		select {
+		case <-gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-over:
+		}
+		return nil
+	})
+}
+
+// next waits for the next call to be held and returns its tag (the message's content)
+// and its gate.
+func (h *heldCalls) next(t *testing.T, fake *ollamatest.Server) (string, chan struct{}) {
+	t.Helper()
+	select {
+	case gate := <-h.starts:
+		for _, c := range slices.Backward(fake.Calls()) {
+			if m := tagRE.FindSubmatch(c.Body); m != nil && !c.Finished {
+				return string(m[1]), gate
+			}
+		}
+		t.Fatal("a held call without a tag")
+	case <-waitCtx(t).Done():
+		t.Fatal("no call started")
+	}
+	return "", nil
+}
+
+// queueStamp is the stamp of job id's queue message.
+func queueStamp(t *testing.T, tb *testBundle, id string) time.Time {
+	t.Helper()
+	for from := uint64(0); ; {
+		p, ok, err := tb.b.Store.Oldest(ctxT(t), from)
+		if err != nil || !ok {
+			t.Fatalf("queue message of %s not found: %v", id, err)
+		}
+		if p.JobID == id {
+			return p.Enqueued
+		}
+		from = p.Seq + 1
+	}
+}
+
+// A job canceled while it headed its queue does not age the job queued behind it: with
+// a new job queued on the same queue before the next pick, the queue's count is as it
+// was, and the worker took the canceled job's stamp for the new job's. A cancel past
+// FOREMAN_MAX_WAIT so made its class look starved, and a fresh normal job ran before a
+// waiting high one (a client that gave up on a long wait and asked again jumped the
+// high class). Found by TestPickRuleUnderRandomWorkloads.
+func TestACanceledHeadDoesNotAgeItsQueue(t *testing.T) {
+	t.Parallel()
+	held, gateOpt := newHeldCalls(t)
+	tb := setupFake(t, []ollamatest.Option{gateOpt})
+	var clock atomic.Pointer[time.Time]
+	now := time.Now()
+	clock.Store(&now)
+	cfg := worker.WithServerClock(worker.Config{MaxWait: time.Hour}, func() time.Time { return *clock.Load() })
+	tb.start(t, cfg)
+
+	tb.tagged(t, "first", "tiny-a", broker.PriorityHigh)
+	tag, gate := held.next(t, tb.fake)
+	if tag != "first" {
+		t.Fatalf("ran %s, want first", tag)
+	}
+	old := tb.tagged(t, "old", "tiny-b", broker.PriorityNormal)
+	tb.tagged(t, "second", "tiny-a", broker.PriorityHigh)
+	close(gate)
+	// The pick of second reads old as its queue's head.
+	if tag, gate = held.next(t, tb.fake); tag != "second" {
+		t.Fatalf("ran %s, want second", tag)
+	}
+	// old waits past MaxWait, and its caller gives up and asks again.
+	late := queueStamp(t, tb, old.ID).Add(time.Hour + time.Nanosecond)
+	clock.Store(&late)
+	if _, err := tb.b.Store.Cancel(ctxT(t), old.ID, "caller gone"); err != nil {
+		t.Fatal(err)
+	}
+	tb.tagged(t, "again", "tiny-b", broker.PriorityNormal)
+	tb.tagged(t, "high", "tiny-a", broker.PriorityHigh)
+	close(gate)
+	tag, gate = held.next(t, tb.fake)
+	close(gate)
+	if tag != "high" {
+		t.Fatalf("ran %s next, want the waiting high job: the normal one queued after it is not late", tag)
+	}
+}
