@@ -235,7 +235,7 @@ func TestQueueAndTopShowJobsWaitingForAnotherMac(t *testing.T) {
 	for _, re := range []string{
 		`(?m)^Waiting: 1 \(and 2 for another Mac\)$`,
 		`(?m)^1 +01JGJ4Q2R0000000000000000E .* waiting$`,
-		`(?m)^- +01JGJ4Q2R0000000000000000F +llama3.2 +chat +high +- +5m +- +waiting, another Mac$`,
+		`(?m)^- +01JGJ4Q2R0000000000000000F +llama3.2 +chat +high +\(anonymous\) +5m +- +waiting, another Mac$`,
 		`(?m)^- +01JGJ4Q2R0000000000000000G .* retrying \(1\), another Mac$`,
 		`(?m)^Retrying: 01JGJ4Q2R0000000000000000G: attempt 1 failed: ollama: no answer for 10s$`,
 	} {
