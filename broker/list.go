@@ -356,6 +356,9 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 		// just made lives on one node, and the interest in its pulls reaches the node this
 		// connection is on a moment later ("no responders": nothing was delivered).
 		asking = time.Now().Add(s.cfg.RetryWindow)
+		// idle is when pulls began to bring nothing while messages were pending: a server
+		// slow to deliver (busy, its disk slow) is waited for up to the retry window.
+		idle time.Time
 	)
 	for done, wait := false, false; !done; {
 		var (
@@ -408,12 +411,24 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 		}
 		if n == 0 {
 			// Nothing came: the window's end is gone (expired, purged), or, on a busy
-			// server, the messages were not ready yet; the consumer knows which.
+			// server, the messages were not ready yet; the consumer knows which. Ending
+			// the window while messages are pending would leave the jobs only they name
+			// off the page, with nothing to say so.
 			info, err := c.Info(ctx)
 			if err != nil {
 				return time.Time{}, fmt.Errorf("broker: list: %w", err)
 			}
-			done = info.NumPending == 0 || wait
+			switch {
+			case info.NumPending == 0:
+				done = true
+			case idle.IsZero():
+				idle = time.Now()
+			case time.Since(idle) >= s.cfg.RetryWindow:
+				return time.Time{}, fmt.Errorf("broker: list: %w: the server delivered none of the %d messages pending for %v",
+					ErrUnavailable, info.NumPending, s.cfg.RetryWindow)
+			}
+		} else {
+			idle = time.Time{}
 		}
 		wait = n == 0
 	}

@@ -353,6 +353,55 @@ func TestListAsksAgainAPullThatReachedNoOne(t *testing.T) {
 	}
 }
 
+// A listing whose consumer delivers nothing for a while though messages are pending (a
+// server slow to deliver: busy, its disk slow; here the consumer paused) waits for them,
+// rather than ending its read of the stream there and leaving the jobs only those
+// messages name off the page with nothing to say so; past the retry window it fails as
+// unavailable.
+func TestListWaitsForMessagesPendingOnASlowServer(t *testing.T) {
+	t.Parallel()
+	const window = 3 * time.Second
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = window }))
+	ctx := ctxT(t)
+	var want []string
+	for range 3 {
+		want = append([]string{submit(t, b.Store, "m", `{"model":"m"}`).ID}, want...)
+	}
+	broker.ListModes["by scan"](b.Store)
+	js := b.JetStream(t)
+	var pulls, resumeAt int
+	b.Store.SetListFetch(func(name string) {
+		pulls++
+		switch pulls {
+		case 1:
+			if _, err := js.PauseConsumer(ctx, "KV_"+broker.JobsBucket, name, time.Now().Add(time.Hour)); err != nil {
+				t.Error(err)
+			}
+		case resumeAt:
+			if _, err := js.ResumeConsumer(ctx, "KV_"+broker.JobsBucket, name); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	resumeAt = 3 // after a pull that waited
+	jobs, _, err := b.Store.List(ctx, broker.ListOptions{})
+	var got []string
+	for _, j := range jobs {
+		got = append(got, j.ID)
+	}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("list: %v (%v) after %d pulls, want %v", got, err, pulls, want)
+	}
+
+	pulls, resumeAt = 0, -1 // paused for good
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, _, err = b.Store.List(lctx, broker.ListOptions{})
+	if !errors.Is(err, broker.ErrUnavailable) || lctx.Err() != nil {
+		t.Fatalf("list whose consumer never delivers: %v (deadline passed: %v), want unavailable within the %v window", err, lctx.Err() != nil, window)
+	}
+}
+
 // A listing whose pulls reach no one for longer than the retry window (the consumer
 // gone for good) ends with that error, for the caller to answer as unavailable: it does
 // not ask on until the caller's deadline.
