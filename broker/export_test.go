@@ -24,6 +24,10 @@ func (s *Store) ShiftQueueLook(d time.Duration) { s.lookShift = d }
 // pulls.
 func (s *Store) SetListFetch(fn func(consumer string)) { s.listFetch = fn }
 
+// SetRecordsRead sets a hook called with the number of job records a listing is about
+// to read.
+func (s *Store) SetRecordsRead(fn func(n int)) { s.recordsRead = fn }
+
 // SetTargetsRead sets a hook called between a Targets read of the bucket and its caching.
 func (s *Store) SetTargetsRead(fn func()) { s.targetsRead = fn }
 
@@ -82,26 +86,17 @@ func (kv *lostAnswerKV) Update(ctx context.Context, key string, value []byte, re
 // LoseCreateAnswer makes the store's next record create be stored, then runs after (when
 // not nil), then answers err instead, as a create whose answer was lost.
 func (s *Store) LoseCreateAnswer(err error, after func(id string)) {
-	s.kv = &lostCreateKV{KeyValue: s.kv, err: err, after: after}
-}
-
-type lostCreateKV struct {
-	jetstream.KeyValue
-	err   error
-	after func(id string)
-	lost  bool
-}
-
-func (kv *lostCreateKV) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
-	n, err := kv.KeyValue.Create(ctx, key, value, opts...)
-	if err == nil && !kv.lost {
-		kv.lost = true
-		if kv.after != nil {
-			kv.after(key[len("job."):])
+	lost := false
+	s.createdRecord = func(id string) error {
+		if lost {
+			return nil
 		}
-		return 0, kv.err
+		lost = true
+		if after != nil {
+			after(id)
+		}
+		return err
 	}
-	return n, err
 }
 
 // RemoteStreamWriter is the writer of job id's answer as a worker of another process has

@@ -103,7 +103,10 @@ func (s *Store) list(ctx context.Context, opt ListOptions) ([]*Job, string, erro
 	}
 	hi, window, read := info.State.LastSeq, uint64(listFirstWindow), uint64(0)
 	for hi >= info.State.FirstSeq && hi > 0 {
-		if read > budget {
+		// A job skipped by the state its latest revision says (its one message, mostly: a
+		// waiting job's create) is not counted: reading every key instead would read its
+		// record.
+		if read-min(read, p.hinted) > budget {
 			return s.listByKeys(ctx, &pager{opt: opt, model: model, seen: map[string]bool{}})
 		}
 		lo := info.State.FirstSeq
@@ -137,7 +140,7 @@ func (s *Store) listByKeys(ctx context.Context, p *pager) ([]*Job, string, error
 		return nil, "", fmt.Errorf("broker: list: %w", err)
 	}
 	for _, k := range keys {
-		p.meet(strings.TrimPrefix(k, "job."), true)
+		p.meet(strings.TrimPrefix(k, "job."), true, "")
 	}
 	_, err = p.take(ctx, s, "")
 	return p.result(err)
@@ -203,18 +206,31 @@ type pager struct {
 	out     []*Job
 	results int  // the bytes of the results of out
 	more    bool // a match beyond the page exists
+	// hinted counts the jobs met that the state their latest revision says
+	// (HeaderRecordState) left off the page unread.
+	hinted uint64
 }
 
 // meet notes a job key met reading the stream backwards: the first time is its latest
-// revision, which tells whether the job still exists.
-func (p *pager) meet(id string, live bool) {
+// revision, which tells whether the job still exists and, when its writer said it
+// (state, else ""), the job's state.
+func (p *pager) meet(id string, live bool, state State) {
 	if p.seen[id] || len(id) != ulid.EncodedSize {
 		return
 	}
 	p.seen[id] = true
-	if live && (p.opt.Cursor == "" || id < p.opt.Cursor) {
-		p.pending = append(p.pending, id)
+	if !live || (p.opt.Cursor != "" && id >= p.opt.Cursor) {
+		return
 	}
+	if state != "" && len(p.opt.States) > 0 {
+		if !slices.Contains(p.opt.States, state) {
+			// Not listed, by the state its latest revision was written with: no read. (A
+			// job that changes after this is listed as it was then, as if met unread.)
+			p.hinted++
+			return
+		}
+	}
+	p.pending = append(p.pending, id)
 }
 
 // take reads, newest first, the pending jobs whose ids are at or after bound (all of
@@ -298,8 +314,9 @@ const noResponderPause = 20 * time.Millisecond
 
 // scanKeys reads the job keys stored in the bucket's stream between sequences lo and hi
 // (headers only) and hands them to meet newest first, with whether that revision is a
-// value (not a delete or purge marker). It returns when the oldest of them was stored.
-func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string, live bool)) (time.Time, error) {
+// value (not a delete or purge marker) and the state its writer said it has
+// (HeaderRecordState), if any. It returns when the oldest of them was stored.
+func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string, live bool, state State)) (time.Time, error) {
 	prefix := "$KV." + JobsBucket + ".job."
 	var c jetstream.Consumer
 	err := s.retry(ctx, func(ctx context.Context) (err error) {
@@ -328,8 +345,9 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 		_ = s.js.DeleteConsumer(dctx, "KV_"+JobsBucket, c.CachedInfo().Name)
 	}()
 	type rev struct {
-		id   string
-		live bool
+		id    string
+		live  bool
+		state State
 	}
 	var (
 		revs   []rev
@@ -338,6 +356,9 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 		// just made lives on one node, and the interest in its pulls reaches the node this
 		// connection is on a moment later ("no responders": nothing was delivered).
 		asking = time.Now().Add(s.cfg.RetryWindow)
+		// idle is when pulls began to bring nothing while messages were pending: a server
+		// slow to deliver (busy, its disk slow) is waited for up to the retry window.
+		idle time.Time
 	)
 	for done, wait := false, false; !done; {
 		var (
@@ -370,7 +391,7 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 				oldest = md.Timestamp
 			}
 			op := m.Headers().Get("KV-Operation")
-			revs = append(revs, rev{strings.TrimPrefix(m.Subject(), prefix), op != "DEL" && op != "PURGE"})
+			revs = append(revs, rev{strings.TrimPrefix(m.Subject(), prefix), op != "DEL" && op != "PURGE", State(m.Headers().Get(HeaderRecordState))})
 			if md.Sequence.Stream == hi || md.NumPending == 0 {
 				done = true
 			}
@@ -390,17 +411,29 @@ func (s *Store) scanKeys(ctx context.Context, lo, hi uint64, meet func(id string
 		}
 		if n == 0 {
 			// Nothing came: the window's end is gone (expired, purged), or, on a busy
-			// server, the messages were not ready yet; the consumer knows which.
+			// server, the messages were not ready yet; the consumer knows which. Ending
+			// the window while messages are pending would leave the jobs only they name
+			// off the page, with nothing to say so.
 			info, err := c.Info(ctx)
 			if err != nil {
 				return time.Time{}, fmt.Errorf("broker: list: %w", err)
 			}
-			done = info.NumPending == 0 || wait
+			switch {
+			case info.NumPending == 0:
+				done = true
+			case idle.IsZero():
+				idle = time.Now()
+			case time.Since(idle) >= s.cfg.RetryWindow:
+				return time.Time{}, fmt.Errorf("broker: list: %w: the server delivered none of the %d messages pending for %v",
+					ErrUnavailable, info.NumPending, s.cfg.RetryWindow)
+			}
+		} else {
+			idle = time.Time{}
 		}
 		wait = n == 0
 	}
 	for i := len(revs) - 1; i >= 0; i-- {
-		meet(revs[i].id, revs[i].live)
+		meet(revs[i].id, revs[i].live, revs[i].state)
 	}
 	return oldest, nil
 }

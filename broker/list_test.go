@@ -3,9 +3,11 @@ package broker_test
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -351,6 +353,55 @@ func TestListAsksAgainAPullThatReachedNoOne(t *testing.T) {
 	}
 }
 
+// A listing whose consumer delivers nothing for a while though messages are pending (a
+// server slow to deliver: busy, its disk slow; here the consumer paused) waits for them,
+// rather than ending its read of the stream there and leaving the jobs only those
+// messages name off the page with nothing to say so; past the retry window it fails as
+// unavailable.
+func TestListWaitsForMessagesPendingOnASlowServer(t *testing.T) {
+	t.Parallel()
+	const window = 3 * time.Second
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.RetryWindow = window }))
+	ctx := ctxT(t)
+	var want []string
+	for range 3 {
+		want = append([]string{submit(t, b.Store, "m", `{"model":"m"}`).ID}, want...)
+	}
+	broker.ListModes["by scan"](b.Store)
+	js := b.JetStream(t)
+	var pulls, resumeAt int
+	b.Store.SetListFetch(func(name string) {
+		pulls++
+		switch pulls {
+		case 1:
+			if _, err := js.PauseConsumer(ctx, "KV_"+broker.JobsBucket, name, time.Now().Add(time.Hour)); err != nil {
+				t.Error(err)
+			}
+		case resumeAt:
+			if _, err := js.ResumeConsumer(ctx, "KV_"+broker.JobsBucket, name); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	resumeAt = 3 // after a pull that waited
+	jobs, _, err := b.Store.List(ctx, broker.ListOptions{})
+	var got []string
+	for _, j := range jobs {
+		got = append(got, j.ID)
+	}
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("list: %v (%v) after %d pulls, want %v", got, err, pulls, want)
+	}
+
+	pulls, resumeAt = 0, -1 // paused for good
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	_, _, err = b.Store.List(lctx, broker.ListOptions{})
+	if !errors.Is(err, broker.ErrUnavailable) || lctx.Err() != nil {
+		t.Fatalf("list whose consumer never delivers: %v (deadline passed: %v), want unavailable within the %v window", err, lctx.Err() != nil, window)
+	}
+}
+
 // A listing whose pulls reach no one for longer than the retry window (the consumer
 // gone for good) ends with that error, for the caller to answer as unavailable: it does
 // not ask on until the caller's deadline.
@@ -408,5 +459,75 @@ func TestListFilteredOnACluster(t *testing.T) {
 	got := listAll(t, st, broker.ListOptions{Limit: 4, States: []broker.State{broker.StateWorking}}, nil)
 	if !slices.Equal(got, want) {
 		t.Fatalf("listed %v\nwant %v", got, want)
+	}
+}
+
+// The finished jobs behind a deep queue (the status page's list) are found without
+// reading the record of each waiting job newer than them: a submit's record says its
+// state in its headers, which the listing's scan reads anyway. Nor does the listing turn
+// to reading every key (and so every waiting job's record) for the length of the stream
+// it reads back past them. A job whose latest revision does not say its state (here one
+// that retried) is read as before, and a listing of the waiting jobs still lists them.
+func TestListFinishedSkipsWaitingJobsUnread(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t)
+	ctx := ctxT(t)
+	var finished []string
+	for range 3 {
+		j := submit(t, b.Store, "m", `{}`)
+		if _, err := b.Store.Cancel(ctx, j.ID, "done with"); err != nil {
+			t.Fatal(err)
+		}
+		finished = append([]string{j.ID}, finished...)
+	}
+	// A deep queue: records as Submit writes them (published at once, for speed), then
+	// jobs submitted.
+	js := b.JetStream(t)
+	const published, submitted = 900, 150
+	for range published {
+		now := time.Now().UTC()
+		j := broker.Job{ID: broker.NewID(), Model: "m:latest", Kind: broker.KindChat, State: broker.StateQueued, CreatedAt: now, At: now}
+		msg := nats.NewMsg("$KV." + broker.JobsBucket + ".job." + j.ID)
+		msg.Header.Set(broker.HeaderRecordState, string(j.State))
+		msg.Data, _ = json.Marshal(&j)
+		if _, err := js.PublishMsgAsync(msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-ctx.Done():
+		t.Fatal("records not stored")
+	}
+	var queued []string
+	for i := range submitted {
+		j := submit(t, b.Store, "m", `{}`)
+		if i == 7 {
+			if _, _, err := b.Store.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateRetrying; return nil }); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		queued = append([]string{j.ID}, queued...)
+	}
+	if _, err := b.Store.Resubmit(ctx, queued[0], []byte(`{}`)); err != nil { // its rewrite says the state again
+		t.Fatal(err)
+	}
+	var reads atomic.Int64
+	b.Store.SetRecordsRead(func(n int) { reads.Add(int64(n)) })
+	got := listAll(t, b.Store, broker.ListOptions{Limit: 10, States: []broker.State{broker.StateDone, broker.StateFailed, broker.StateCanceled}}, nil)
+	if !slices.Equal(got, finished) {
+		t.Fatalf("finished: %v, want %v", got, finished)
+	}
+	if n := reads.Load(); n != 4 {
+		t.Fatalf("the finished jobs' listing read %d records, want 4 (3 finished, 1 retrying; not the %d waiting)", n, published+submitted-1)
+	}
+	page, _, err := b.Store.List(ctx, broker.ListOptions{Limit: 50, States: []broker.State{broker.StateQueued}})
+	var listed []string
+	for _, j := range page {
+		listed = append(listed, j.ID)
+	}
+	if err != nil || !slices.Equal(listed, queued[:50]) {
+		t.Fatalf("queued: %v (%v), want %v", listed, err, queued[:50])
 	}
 }

@@ -34,6 +34,9 @@ type multiLast struct {
 
 // readRecords reads the records of ids, as Get does each; the i-th answer is ids[i]'s.
 func (s *Store) readRecords(ctx context.Context, ids []string) []record {
+	if s.recordsRead != nil {
+		s.recordsRead(len(ids))
+	}
 	out := make([]record, len(ids))
 	done := make([]bool, len(ids))
 	for lo := 0; lo < len(ids) && len(ids) > recordsAlone; lo += recordsBatch {

@@ -63,6 +63,7 @@ func (s *Store) rewrite(ctx context.Context, id string, e jetstream.KeyValueEntr
 	// A KV update as kv.Update makes it, with the mark on it.
 	msg := nats.NewMsg("$KV." + JobsBucket + "." + jobKey(id))
 	msg.Header.Set(HeaderRefresh, "1")
+	msg.Header.Set(HeaderRecordState, string(j.State)) // the state of e, written again
 	msg.Data = e.Value()
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(e.Revision())); err != nil {
 		var apiErr *jetstream.APIError

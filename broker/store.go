@@ -202,6 +202,12 @@ type Store struct {
 	// listFetch (tests only) is called with the listing consumer's name before each of
 	// its pulls.
 	listFetch func(consumer string)
+	// recordsRead (tests only) is called with the number of job records a listing is
+	// about to read.
+	recordsRead func(n int)
+	// createdRecord (tests only) is called with the id of each record createRecord
+	// stored; an error it returns is createRecord's answer instead, as a lost answer's.
+	createdRecord func(id string) error
 	// lookShift (tests only) moves the start of Resubmit's look in the queue, as a queue
 	// leader's clock behind the jobs bucket leader's would.
 	lookShift time.Duration
@@ -470,12 +476,32 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		ack, qerr = s.publishQueued(ctx, j, key, body)
 	}()
 	cerr := s.retryWrite(ctx, func(ctx context.Context) error {
-		_, err := s.kv.Create(ctx, jobKey(j.ID), rec)
-		return err
+		return s.createRecord(ctx, j, rec)
 	})
 	s.writes.records.note(cerr, s.clock())
 	<-done
 	return s.settleSubmit(ctx, j, rec, cerr, ack, qerr)
+}
+
+// createRecord creates job j's record rec, as kv.Create does, with its state in
+// HeaderRecordState: a listing of the finished jobs skips the waiting ones behind a deep
+// queue by it, without reading each of their records (ADR-0025). A key that has a
+// revision already (a delete marker, or the job) is left to kv.Create, which writes over
+// the marker and answers ErrKeyExists for the job.
+func (s *Store) createRecord(ctx context.Context, j *Job, rec []byte) error {
+	msg := nats.NewMsg("$KV." + JobsBucket + "." + jobKey(j.ID))
+	msg.Header.Set(HeaderRecordState, string(j.State))
+	msg.Data = rec
+	_, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(0))
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		_, err = s.kv.Create(ctx, jobKey(j.ID), rec)
+	}
+	if err == nil && s.createdRecord != nil {
+		err = s.createdRecord(j.ID)
+	}
+	return err
 }
 
 // maxSubmitRecord bounds a new job's record. Its fields from the caller are bounded one by

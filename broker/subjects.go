@@ -61,6 +61,11 @@ const (
 	// one before (a cancel requested of a running job, an artifact added): re-announced
 	// on the state subject like every write, but no state change for webhooks.
 	HeaderSameState = "Foreman-Same-State"
+	// HeaderRecordState rides on a job record revision whose writer says its state (a
+	// submit's record, a refresh): a listing that filters by state reads it from the
+	// bucket's headers and skips a job in another state without reading its record
+	// (ADR-0025). A revision without it is read, as every one was.
+	HeaderRecordState = "Foreman-State"
 )
 
 // StateSubject is where every state change of job id is announced.

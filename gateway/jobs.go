@@ -71,7 +71,8 @@ const maxListResults = 8 << 20
 // handleListJobs lists jobs newest first: ?state=&model=&program=&limit=&cursor=. state
 // may name several states, comma-separated (state=done,failed,canceled: the finished
 // jobs), so one page is read for them all. A page holds at most limit jobs and
-// maxListResults bytes of their results (and always one job).
+// maxListResults bytes of their results (and always one job). The answer's now is
+// foreman's time of it, on the clock GET /queue's now is on.
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	opt := broker.ListOptions{Model: q.Get("model"), Program: q.Get("program"), Cursor: q.Get("cursor"), MaxResultBytes: s.cfg.listResults}
@@ -110,7 +111,9 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	for _, j := range jobs {
 		views = append(views, s.jobView(r.Context(), j, false))
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"jobs": views, "next_cursor": next})
+	// now, as in GET /queue: foreman's time of the answer (ADR-0060), which a client whose
+	// clock is off takes a job's age against rather than its own clock.
+	writeJSON(w, http.StatusOK, map[string]any{"jobs": views, "next_cursor": next, "now": s.store.ServerNow().UTC()})
 }
 
 // cancelWait bounds how long DELETE /jobs/{id} waits for a running job to end after its

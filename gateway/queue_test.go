@@ -152,6 +152,27 @@ func TestQueueSaysForemansTime(t *testing.T) {
 	}
 }
 
+// GET /jobs says foreman's time of the answer (now) as GET /queue does: `foreman jobs`
+// on a host whose clock is off takes the jobs' ages against it.
+func TestListJobsSaysForemansTime(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	jobsSubmit(t, b, `{"model":"tiny-a"}`)
+	before := b.Broker.Store.ServerNow()
+	resp, out := b.request(t, http.MethodGet, "/jobs", nil)
+	after := b.Broker.Store.ServerNow()
+	var page struct {
+		Jobs []jobView `json:"jobs"`
+		Now  time.Time `json:"now"`
+	}
+	if err := json.Unmarshal(out, &page); resp.StatusCode != http.StatusOK || err != nil || len(page.Jobs) != 1 {
+		t.Fatalf("GET /jobs: %d %s", resp.StatusCode, out)
+	}
+	if page.Now.Before(before.Truncate(time.Microsecond)) || page.Now.After(after) {
+		t.Fatalf("now %v, want the server's time between %v and %v", page.Now, before, after)
+	}
+}
+
 // Without a worker in the process GET /queue says so with a JSON error.
 func TestQueueWithoutWorker(t *testing.T) {
 	t.Parallel()

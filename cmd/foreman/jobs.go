@@ -51,6 +51,9 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), l)
 			}
 			now := e.clock()
+			if !l.Now.IsZero() { // ages on foreman's clock, not this host's (which may be off)
+				now = l.Now
+			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
 			fmt.Fprintln(tw, "ID\tMODEL\tSTATE\tAGE\tATTEMPTS")
 			for _, j := range l.Jobs {

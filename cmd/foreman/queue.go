@@ -88,19 +88,11 @@ func newQueueCmd(e *env) *cobra.Command {
 				if d := j.ETA.Sub(now); d >= time.Second {
 					eta = "in " + shortAge(d)
 				}
-				program := termSafe(j.Program)
-				if program == "" {
-					program = "-"
-				}
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), programName(j.Program),
 					shortAge(now.Sub(j.CreatedAt)), eta, waitState(j))
 			}
 			for _, j := range q.WaitingElsewhere {
-				program := termSafe(j.Program)
-				if program == "" {
-					program = "-"
-				}
-				fmt.Fprintf(tw, "-\t%s\t%s\t%s\t%s\t%s\t%s\t-\t%s\n", termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), program,
+				fmt.Fprintf(tw, "-\t%s\t%s\t%s\t%s\t%s\t%s\t-\t%s\n", termSafe(j.JobID), termSafe(j.Model), termSafe(string(j.Kind)), termSafe(j.Priority), programName(j.Program),
 					shortAge(now.Sub(j.CreatedAt)), waitState(j))
 			}
 			if err := tw.Flush(); err != nil {

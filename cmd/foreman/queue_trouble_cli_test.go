@@ -235,7 +235,7 @@ func TestQueueAndTopShowJobsWaitingForAnotherMac(t *testing.T) {
 	for _, re := range []string{
 		`(?m)^Waiting: 1 \(and 2 for another Mac\)$`,
 		`(?m)^1 +01JGJ4Q2R0000000000000000E .* waiting$`,
-		`(?m)^- +01JGJ4Q2R0000000000000000F +llama3.2 +chat +high +- +5m +- +waiting, another Mac$`,
+		`(?m)^- +01JGJ4Q2R0000000000000000F +llama3.2 +chat +high +\(anonymous\) +5m +- +waiting, another Mac$`,
 		`(?m)^- +01JGJ4Q2R0000000000000000G .* retrying \(1\), another Mac$`,
 		`(?m)^Retrying: 01JGJ4Q2R0000000000000000G: attempt 1 failed: ollama: no answer for 10s$`,
 	} {
@@ -311,5 +311,30 @@ func TestQueueAndTopTakeSpansOnForemansClock(t *testing.T) {
 		if !regexp.MustCompile(re).MatchString(r.stdout) {
 			t.Errorf("foreman top: no line matching %s:\n%s", re, r.stdout)
 		}
+	}
+}
+
+// `foreman jobs` takes the jobs' ages on foreman's clock (GET /jobs's now), not on the
+// CLI host's: with this host's clock 10 minutes ahead of foreman's, a job created 4
+// minutes ago is 4m old, not 14m.
+func TestJobsListTakesAgesOnForemansClock(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/jobs" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"jobs":[{"id":"01JGJ4Q2R0000000000000000C","kind":"chat","model":"qwen2.5:0.5b","state":"queued","attempts":0,`+
+			`"created_at":"2025-01-02T02:50:05Z","started_at":null,"finished_at":null,"error":"","result":null,"artifacts":[],"priority":"normal","program":""}],`+
+			`"next_cursor":"","now":"2025-01-02T02:54:05Z"}`)
+	}))
+	t.Cleanup(srv.Close)
+	r := runCLI(t, map[string]string{"FOREMAN_URL": srv.URL}, nil, nil, "jobs")
+	if r.code != 0 {
+		t.Fatalf("jobs: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if re := `(?m)^01JGJ4Q2R0000000000000000C +qwen2.5:0.5b +queued +4m +0$`; !regexp.MustCompile(re).MatchString(r.stdout) {
+		t.Errorf("foreman jobs: no line matching %s:\n%s", re, r.stdout)
 	}
 }
