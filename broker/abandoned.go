@@ -312,6 +312,38 @@ func (s *Store) reclaim(ctx context.Context) error {
 			return err
 		}
 	}
+	return s.reclaimChanges(ctx)
+}
+
+// reclaimChanges makes the job changes a previous process had taken from the job
+// records' stream and not acked (the webhook dispatcher's events, taken and not yet
+// stored as pending deliveries) deliverable at once, as reclaim does for the queue's
+// jobs: that process is dead, and each would otherwise wait out the consumer's ack wait
+// (60 s) before its webhook went out. A change delivered twice is harmless: its pending
+// delivery is created once (AddPendingDelivery), and one sent already is found in its
+// job's delivery log.
+func (s *Store) reclaimChanges(ctx context.Context) error {
+	names := s.jobs.ConsumerNames(ctx)
+	for name := range names.Name() {
+		info, err := s.js.Consumer(ctx, jobsStream, name)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			return fmt.Errorf("broker: consumer %s of %s: %w", name, jobsStream, err)
+		}
+		ci := info.CachedInfo()
+		if ci.Config.Durable == "" || ci.NumAckPending == 0 {
+			continue
+		}
+		if _, err := s.js.ResetConsumer(ctx, jobsStream, name); err != nil {
+			return fmt.Errorf("broker: reset consumer %s of %s: %w", name, jobsStream, err)
+		}
+		s.log.Info("job changes the previous process had taken made deliverable", "consumer", name, "changes", ci.NumAckPending)
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("broker: list consumers of %s: %w", jobsStream, err)
+	}
 	return nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
@@ -391,3 +392,63 @@ func runCrashStep(t *testing.T, step crashStep) {
 }
 
 func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
+
+// takenStore is the dispatcher's store whose storing of a pending delivery waits for
+// crashed: the dispatcher has taken the event from the job bucket's stream and not yet
+// acked it when foreman dies.
+type takenStore struct {
+	webhook.Store
+	taken   chan struct{}
+	crashed chan struct{}
+	once    sync.Once
+}
+
+func (s *takenStore) AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (uint64, bool, error) {
+	s.once.Do(func() { close(s.taken) })
+	select {
+	case <-s.crashed:
+	case <-ctx.Done(): // the crash's end of the dispatcher
+	}
+	return 0, false, context.Canceled
+}
+
+// A job's event the webhook dispatcher had taken, but not stored nor acked, when foreman
+// died is delivered as soon as foreman is back on its own data directory: no other
+// process can hold it, as no other can hold a queue job (ADR-0024), so it does not wait
+// out the dispatcher's ack wait (60 s).
+func TestCrashWithAWebhookEventTakenDeliversItAtOnce(t *testing.T) {
+	t.Parallel()
+	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	hooks := newCrashReceiver(t)
+	dir := t.TempDir()
+	ts := &takenStore{taken: make(chan struct{}), crashed: make(chan struct{})}
+	start := func(wrap bool) *app.App {
+		cfg := app.Config{Addr: "127.0.0.1:0", DataDir: dir, OllamaURL: mac.URL, TargetName: "studio", PollInterval: 200 * time.Millisecond}
+		allowLoopbackWebhooks(&cfg)
+		if wrap {
+			cfg.Components.Webhooks = func(c *webhook.Config) {
+				ts.Store = c.Store
+				c.Store = ts
+			}
+		}
+		a, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { stopForeman(t, a) })
+		return a
+	}
+	c := &crashCase{a: start(true), mac: mac, hooks: hooks}
+	c.submitAsync(t)
+	select {
+	case <-ts.taken:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the dispatcher took no event")
+	}
+	c.a.Crash()
+	close(ts.crashed)
+
+	c.a = start(false)
+	eventually(t, 20*time.Second, "the job done", func() bool { return c.record(t).State == broker.StateDone })
+	hooks.waitHook(t, broker.StateDone) // within 30 s, below the 60 s ack wait
+}
