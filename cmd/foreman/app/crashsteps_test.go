@@ -398,12 +398,18 @@ func itoa(n uint64) string { return strconv.FormatUint(n, 10) }
 // acked it when foreman dies.
 type takenStore struct {
 	webhook.Store
+	stored  bool // the pending delivery is stored first: foreman dies before the event's ack
 	taken   chan struct{}
 	crashed chan struct{}
 	once    sync.Once
 }
 
 func (s *takenStore) AddPendingDelivery(ctx context.Context, p broker.PendingDelivery) (uint64, bool, error) {
+	if s.stored {
+		if _, _, err := s.Store.AddPendingDelivery(ctx, p); err != nil {
+			return 0, false, err
+		}
+	}
 	s.once.Do(func() { close(s.taken) })
 	select {
 	case <-s.crashed:
@@ -418,10 +424,23 @@ func (s *takenStore) AddPendingDelivery(ctx context.Context, p broker.PendingDel
 // out the dispatcher's ack wait (60 s).
 func TestCrashWithAWebhookEventTakenDeliversItAtOnce(t *testing.T) {
 	t.Parallel()
+	for _, stored := range []bool{false, true} {
+		name := "taken"
+		if stored {
+			name = "stored as pending, not acked"
+		}
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			crashWithAWebhookEventTaken(t, stored)
+		})
+	}
+}
+
+func crashWithAWebhookEventTaken(t *testing.T, stored bool) {
 	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
 	hooks := newCrashReceiver(t)
 	dir := t.TempDir()
-	ts := &takenStore{taken: make(chan struct{}), crashed: make(chan struct{})}
+	ts := &takenStore{stored: stored, taken: make(chan struct{}), crashed: make(chan struct{})}
 	start := func(wrap bool) *app.App {
 		cfg := app.Config{Addr: "127.0.0.1:0", DataDir: dir, OllamaURL: mac.URL, TargetName: "studio", PollInterval: 200 * time.Millisecond}
 		allowLoopbackWebhooks(&cfg)
@@ -450,5 +469,17 @@ func TestCrashWithAWebhookEventTakenDeliversItAtOnce(t *testing.T) {
 
 	c.a = start(false)
 	eventually(t, 20*time.Second, "the job done", func() bool { return c.record(t).State == broker.StateDone })
-	hooks.waitHook(t, broker.StateDone) // within 30 s, below the 60 s ack wait
+	first := hooks.waitHook(t, broker.StateDone) // within 30 s, below the 60 s ack wait
+	eventually(t, 20*time.Second, "the delivery logged", func() bool {
+		log, _ := c.a.Store().Deliveries(context.Background(), c.id)
+		return len(log) > 0 && log[len(log)-1].Outcome == broker.OutcomeDelivered
+	})
+	for _, h := range hooks.seen() {
+		if h.id != first.id {
+			t.Errorf("webhook sent as %q and %q", first.id, h.id)
+		}
+	}
+	if p, err := c.a.Store().PendingDeliveries(context.Background()); err != nil || len(p) != 0 {
+		t.Errorf("pending deliveries left: %v %v", p, err)
+	}
 }
