@@ -215,6 +215,18 @@ func TestCrashAtEveryStepOfAJob(t *testing.T) {
 				return len(log) > 0
 			})
 		}, ends: []broker.State{broker.StateDone}, finished: 1},
+		{name: "async retrying after a dropped connection", at: func(t *testing.T, c *crashCase) {
+			c.mac.FailNextOn("/api/chat", 1, ollamatest.DropConnection)
+			c.release()
+			async(c, t)
+			eventually(t, 20*time.Second, "the job retrying", func() bool { return c.record(t).State == broker.StateRetrying })
+		}, ends: []broker.State{broker.StateDone}, finished: 1},
+		{name: "async failed by the target", at: func(t *testing.T, c *crashCase) {
+			c.mac.FailNextOn("/api/chat", 1, ollamatest.Fail500)
+			c.release()
+			async(c, t)
+			eventually(t, 20*time.Second, "the job failed", func() bool { return c.record(t).State == broker.StateFailed })
+		}, ends: []broker.State{broker.StateFailed}, finished: 0},
 		{name: "async canceled while running", at: func(t *testing.T, c *crashCase) {
 			async(c, t)
 			if err := c.mac.WaitStarted(ctxFor(t), "alpha", 1); err != nil {
@@ -347,11 +359,11 @@ func runCrashStep(t *testing.T, step crashStep) {
 	})
 	finished := 0
 	for _, call := range mac.Calls() {
-		if call.Path == "/api/chat" && call.Finished && !call.Canceled {
+		if call.Path == "/api/chat" && call.Finished && !call.Canceled && call.Failure == "" {
 			finished++
 		}
 	}
-	if end.State == broker.StateDone && step.finished == 0 || finished != step.finished && !(step.sync && end.State == broker.StateCanceled && finished <= 1) {
+	if finished != step.finished {
 		t.Errorf("the target completed the job %d times, want %d (ended %s)", finished, step.finished, end.State)
 	}
 	// One terminal revision.
