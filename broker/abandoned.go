@@ -15,6 +15,12 @@ import (
 // held its caller's connection is gone.
 const CallerGoneReason = "caller gone: foreman restarted"
 
+// UnqueuedReason is the Error of a job submitted without an Idempotency-Key whose
+// foreman stopped between the two writes of its submit: its record was stored, its queue
+// message never was, and its caller got no answer. No retry can queue it (only a key
+// names a job again), so nothing would ever run it.
+const UnqueuedReason = "lost: its submit was cut short before its queue message was stored (foreman stopped, or the store refused it); its caller got no answer: submit it again"
+
 // CallerGone reports whether sync job j has lost its caller: the foreman process whose
 // gateway took the call (j.Gateway, a boot id) no longer runs. It is the one place that
 // decides it. On a store owned exclusively (the embedded server) one process uses it, so
@@ -160,8 +166,9 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 // queue message was never written: their foreman died between the two writes of Submit.
 // Nothing else would ever end them. Only on an exclusive store, where no other process
 // can be between those writes now, and only for records older than this store. Async
-// ones stay queued: a submit retried with the same id (an idempotency key) queues them;
-// unless the queue may have lost messages to a damaged data directory (queueSuspect):
+// ones submitted with an Idempotency-Key stay queued: a submit retried with that key
+// queues them; one without a key can never be queued again and ends failed
+// (failUnqueued); unless the queue may have lost messages to a damaged data directory (queueSuspect):
 // then every job that waits without a queue message (queued, retrying, or running when
 // the last process died) ends failed (failLost), as nothing would ever run it.
 func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (int, error) {
@@ -185,8 +192,13 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 			continue
 		}
 		if j.State != StateQueued || !s.CallerGone(ctx, j) {
-			if s.queueSuspect != "" {
+			switch {
+			case s.queueSuspect != "":
 				if err := s.failLost(ctx, j); err != nil {
+					return n, err
+				}
+			case j.State == StateQueued && j.Idempotency == "":
+				if err := s.failUnqueued(ctx, j); err != nil {
 					return n, err
 				}
 			}
@@ -205,6 +217,31 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 		}
 	}
 	return n, nil
+}
+
+// failUnqueued ends queued job j, which has no queue message and was submitted without
+// an Idempotency-Key, failed (UnqueuedReason): a retry with its key is the only way a
+// job is queued again, and without one it would be listed queued, never to run, until
+// the job TTL. Its caller got no answer (a 202 means both writes are on disk); a webhook
+// it named is told the end.
+func (s *Store) failUnqueued(ctx context.Context, j *Job) error {
+	_, _, err := s.Modify(ctx, j.ID, func(j *Job) error {
+		if j.State != StateQueued || j.Idempotency != "" {
+			return fmt.Errorf("%w: job %s is %s", ErrTerminal, j.ID, j.State) // written since: left as it is
+		}
+		j.State, j.Error = StateFailed, UnqueuedReason
+		return nil
+	})
+	switch {
+	case err == nil:
+		s.dropBody(ctx, j)
+		s.log.Warn("job whose submit was cut short before its queue message was stored ended failed; its caller got no answer",
+			"job_id", j.ID, "model", j.Model)
+	case errors.Is(err, ErrTerminal), errors.Is(err, ErrNotFound):
+	default:
+		return fmt.Errorf("broker: end unqueued job %s: %w", j.ID, err)
+	}
+	return nil
 }
 
 // reclaim makes the jobs that a previous process had taken and not finished deliverable
@@ -274,6 +311,38 @@ func (s *Store) reclaim(ctx context.Context) error {
 		if err := s.renew(ctx, token); err != nil {
 			return err
 		}
+	}
+	return s.reclaimChanges(ctx)
+}
+
+// reclaimChanges makes the job changes a previous process had taken from the job
+// records' stream and not acked (the webhook dispatcher's events, taken and not yet
+// stored as pending deliveries) deliverable at once, as reclaim does for the queue's
+// jobs: that process is dead, and each would otherwise wait out the consumer's ack wait
+// (60 s) before its webhook went out. A change delivered twice is harmless: its pending
+// delivery is created once (AddPendingDelivery), and one sent already is found in its
+// job's delivery log.
+func (s *Store) reclaimChanges(ctx context.Context) error {
+	names := s.jobs.ConsumerNames(ctx)
+	for name := range names.Name() {
+		info, err := s.js.Consumer(ctx, jobsStream, name)
+		if err != nil {
+			if errors.Is(err, jetstream.ErrConsumerNotFound) {
+				continue
+			}
+			return fmt.Errorf("broker: consumer %s of %s: %w", name, jobsStream, err)
+		}
+		ci := info.CachedInfo()
+		if ci.Config.Durable == "" || ci.NumAckPending == 0 {
+			continue
+		}
+		if _, err := s.js.ResetConsumer(ctx, jobsStream, name); err != nil {
+			return fmt.Errorf("broker: reset consumer %s of %s: %w", name, jobsStream, err)
+		}
+		s.log.Info("job changes the previous process had taken made deliverable", "consumer", name, "changes", ci.NumAckPending)
+	}
+	if err := names.Err(); err != nil {
+		return fmt.Errorf("broker: list consumers of %s: %w", jobsStream, err)
 	}
 	return nil
 }

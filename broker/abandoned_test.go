@@ -166,7 +166,11 @@ func TestCancelAbandonedEndsSyncJobsThatNeverReachedTheQueue(t *testing.T) {
 	b := brokertest.New(t, brokertest.WithStore(exclusive))
 	ctx := ctxT(t)
 	sync := submitSync(t, b.Store, "tiny-a", b.Store.BootID())
-	async := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	async, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat, Idempotency: broker.IdempotencyRef("retry-me")},
+		[]byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
 	// The crash: neither message made it into the queue.
 	for range 2 {
 		p, ok, err := b.Store.Oldest(ctx, 0)
@@ -187,14 +191,45 @@ func TestCancelAbandonedEndsSyncJobsThatNeverReachedTheQueue(t *testing.T) {
 		t.Errorf("sync job never queued: %s (%q), want canceled (%s)", j.State, j.Error, broker.CallerGoneReason)
 	}
 	if j, _, _ := b.Store.Get(ctx, async.ID); j.State != broker.StateQueued {
-		t.Errorf("async job never queued: %s, want queued", j.State)
+		t.Errorf("async job never queued, submitted with an Idempotency-Key: %s, want queued", j.State)
 	}
-	// A retried submit of the async job queues it after all.
+	// A retried submit of the async job (its key's claim names it) queues it after all.
 	if _, err := b.Store.Submit(ctx, &broker.Job{ID: async.ID, Model: "tiny-a", Kind: broker.KindChat}, []byte(`{"model":"tiny-a"}`)); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
 		t.Errorf("queue holds %d (%v), want the resubmitted async job", n, err)
+	}
+}
+
+// An async job submitted without an Idempotency-Key whose foreman died between the two
+// writes of its submit (its record stored, its queue message not) can never be queued
+// again: no retry of its caller (who got no 202) can name it. The start's sweep ends it
+// failed, saying so, rather than leave it listed queued, never to run, for a job TTL.
+func TestCancelAbandonedEndsAKeylessAsyncJobThatNeverReachedTheQueue(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(exclusive))
+	ctx := ctxT(t)
+	keyless := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	b.CreateRecord(t, keyless) // the crash: its queue message was never stored
+	keyed := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Idempotency: broker.IdempotencyRef("k")}
+	b.CreateRecord(t, keyed)
+	queued := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	b.Restart(t)
+
+	if _, err := b.Store.CancelAbandoned(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if j, _, _ := b.Store.Get(ctx, keyless.ID); j.State != broker.StateFailed || j.Error != broker.UnqueuedReason {
+		t.Errorf("keyless async job never queued: %s (%q), want failed (%s)", j.State, j.Error, broker.UnqueuedReason)
+	}
+	for _, id := range []string{keyed.ID, queued.ID} {
+		if j, _, _ := b.Store.Get(ctx, id); j.State != broker.StateQueued {
+			t.Errorf("job %s: %s, want queued (a keyed retry may queue it, or its message waits)", id, j.State)
+		}
+	}
+	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
+		t.Errorf("queue holds %d (%v), want the one queued job", n, err)
 	}
 }
 

@@ -31,8 +31,19 @@ type IdempotencyClaim struct {
 	// foreman's clock, however far off, takes over a claim whose request is merely slow
 	// (ADR-0060).
 	Within time.Duration `json:"within_ns,omitzero"`
+	// Boot is the boot id of the foreman whose request made the claim (Config.BootID);
+	// empty in claims of foremen from before it. ClaimantGone reads it.
+	Boot string `json:"boot,omitempty"`
 	// Claimed is when the claim was stored (the server's time); filled in on read.
 	Claimed time.Time `json:"-"`
+}
+
+// ClaimantGone reports whether the request that made claim c died with its process: on
+// a store of this process's own (the embedded server) a claim another boot made is a
+// dead process's, whose record, if not stored by now, never will be. Elsewhere, and for
+// a claim that names no boot, only its deadline says so.
+func (s *Store) ClaimantGone(c IdempotencyClaim) bool {
+	return s.cfg.Exclusive && c.Boot != "" && c.Boot != s.cfg.BootID
 }
 
 // idemKey is the KV key of an idempotency key. It lives in the jobs bucket (so it expires

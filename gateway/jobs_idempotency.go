@@ -248,7 +248,9 @@ func (s *Server) awaitClaimed(ctx context.Context, key string, c broker.Idempote
 			return 0, errClaimBusy
 		case err != nil:
 			return 0, err
-		case clock().After(until):
+		case clock().After(until), s.store.ClaimantGone(now):
+			// Its deadline passed, or its process died (a kill between the claim and
+			// the record): its record will never come.
 			return claimOrphaned, nil
 		}
 		select {

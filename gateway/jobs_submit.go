@@ -501,7 +501,8 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	if idemKey != "" {
 		sums := digestsOf(sub)
 		until, within := submitDeadline(ctx)
-		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: until, Within: within}
+		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: until, Within: within,
+			Boot: s.store.BootID()}
 		replay, err := s.claimKey(ctx, idemKey, legacyKey, who.program, claim, sums, sub.body)
 		if err != nil {
 			return "", false, err
