@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -163,11 +164,16 @@ func rootCause(err error) string {
 	return err.Error()
 }
 
-// printJSON writes v indented, for --json.
+// printJSON writes v indented, for --json, safe for a terminal (termJSON).
 func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := w.Write(termJSON(b.Bytes()))
+	return err
 }
 
 // limitSet checks a --limit the user gave: 0 (the flag's default) would ask for the
