@@ -110,3 +110,24 @@ func TestNATSErrorTextIsEscaped(t *testing.T) {
 		t.Fatalf("the NATS server's text is not shown escaped: %q", r.stderr)
 	}
 }
+
+// TestCommandErrorIsEscaped: the error a command ends with is escaped whatever it quotes,
+// here the body of a refusal bench chat met, which it quotes as the server sent it.
+func TestCommandErrorIsEscaped(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.WriteHeader(http.StatusInternalServerError)
+		_, _ = io.WriteString(w, "{\"error\":\"\x1b]0;PWNED\a\x1b[2J\r\u009b31m\"}")
+	}))
+	t.Cleanup(srv.Close)
+	r := runCLI(t, map[string]string{"FOREMAN_URL": srv.URL}, nil, nil, "bench", "chat", "--direct", srv.URL, "-m", "m", "-n", "1", "--warmup", "0")
+	if r.code == 0 {
+		t.Fatal("bench chat succeeded against a server that answers 500")
+	}
+	if i := strings.IndexFunc(r.stderr, func(c rune) bool { return c < 0x20 && c != '\n' || c >= 0x7f && c < 0xa0 }); i >= 0 {
+		t.Fatalf("control character %q printed raw: %q", r.stderr[i:i+1], r.stderr)
+	}
+	if !strings.Contains(r.stderr, `\x1b]0;PWNED\a\x1b[2J\r\u009b31m`) {
+		t.Fatalf("the server's text is not shown escaped: %q", r.stderr)
+	}
+}
