@@ -57,8 +57,9 @@ func run(e *env, args []string) int {
 	if err != nil {
 		// Every command's error is escaped for the terminal here, whatever it quotes (the
 		// body of a refusal a bench met, a transport error): clientFlags.explain does so
-		// for the client's errors already, and escaping escaped text changes nothing.
-		fmt.Fprintln(e.stderr, "foreman: "+termSafe(strings.TrimSpace(err.Error())))
+		// for the client's errors already, and escaping escaped text changes nothing. Its
+		// lines stay lines: errors.Join puts each of several bad settings on its own.
+		fmt.Fprintln(e.stderr, "foreman: "+termText(strings.TrimSpace(err.Error())))
 		return exitCode(cmd, caught())
 	}
 	return 0

@@ -127,7 +127,17 @@ func TestCommandErrorIsEscaped(t *testing.T) {
 	if i := strings.IndexFunc(r.stderr, func(c rune) bool { return c < 0x20 && c != '\n' || c >= 0x7f && c < 0xa0 }); i >= 0 {
 		t.Fatalf("control character %q printed raw: %q", r.stderr[i:i+1], r.stderr)
 	}
-	if !strings.Contains(r.stderr, `\x1b]0;PWNED\a\x1b[2J\r\u009b31m`) {
+	if !strings.Contains(r.stderr, `\x1b]0;PWNED\a\x1b[2J\u009b31m`) {
 		t.Fatalf("the server's text is not shown escaped: %q", r.stderr)
+	}
+}
+
+// TestCommandErrorKeepsItsLines: the escaping of a command's error keeps its lines, one
+// per bad setting.
+func TestCommandErrorKeepsItsLines(t *testing.T) {
+	t.Parallel()
+	r := runCLI(t, map[string]string{"FOREMAN_MAX_ATTEMPTS": "x", "FOREMAN_MAX_QUEUE": "y", "FOREMAN_DATA_DIR": t.TempDir()}, nil, nil, "serve")
+	if r.code == 0 || !strings.Contains(r.stderr, "FOREMAN_MAX_ATTEMPTS") || !strings.Contains(r.stderr, "\nFOREMAN_MAX_QUEUE") && !strings.Contains(r.stderr, "\nFOREMAN_MAX_ATTEMPTS") {
+		t.Fatalf("the bad settings are not said one per line: %q", r.stderr)
 	}
 }
