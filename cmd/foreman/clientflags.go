@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -109,7 +110,8 @@ func (f *clientFlags) client(cmd *cobra.Command, e *env, opts ...client.Option) 
 		if err == nil {
 			return c, nil
 		}
-		fmt.Fprintf(cmd.ErrOrStderr(), "foreman: %v; polling instead\n", err)
+		// The error may quote the NATS server (its -ERR text): escaped.
+		fmt.Fprintf(cmd.ErrOrStderr(), "foreman: %s; polling instead\n", termSafe(err.Error()))
 	}
 	c, err := client.New(base, opts...)
 	if err != nil {
@@ -133,9 +135,10 @@ func (f *clientFlags) explain(e *env, err error) error {
 	case f.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
 		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz%s", ollama.RedactURL(f.baseURL(e)), f.timeout, f.timeoutHint)
 	case errors.As(err, &ce):
-		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", ce.URL, rootCause(ce.Err))
+		// A transport error may quote the server too (a certificate's names): escaped.
+		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", termSafe(ce.URL), termSafe(rootCause(ce.Err)))
 	case errors.As(err, &cut):
-		return fmt.Errorf("the answer from %s was cut short (%s): foreman stopped, or the connection to it broke; see its log", cut.URL, rootCause(cut.Err))
+		return fmt.Errorf("the answer from %s was cut short (%s): foreman stopped, or the connection to it broke; see its log", termSafe(cut.URL), termSafe(rootCause(cut.Err)))
 	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
 		// foreman's own message starts "unauthorized: " already; said once.
 		msg := strings.TrimPrefix(ae.Message, "unauthorized: ")
@@ -163,11 +166,16 @@ func rootCause(err error) string {
 	return err.Error()
 }
 
-// printJSON writes v indented, for --json.
+// printJSON writes v indented, for --json, safe for a terminal (termJSON).
 func printJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
 	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	if err := enc.Encode(v); err != nil {
+		return err
+	}
+	_, err := w.Write(termJSON(b.Bytes()))
+	return err
 }
 
 // limitSet checks a --limit the user gave: 0 (the flag's default) would ask for the

@@ -236,12 +236,15 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 				return f.explain(e, err)
 			}
 			out := cmd.OutOrStdout()
-			enc := json.NewEncoder(out)
 			var last client.Event
 			for ev := range events {
 				last = ev
 				if f.json {
-					if err := enc.Encode(ev); err != nil {
+					b, err := json.Marshal(ev)
+					if err == nil {
+						_, err = out.Write(termJSON(append(b, '\n')))
+					}
+					if err != nil {
 						return err
 					}
 					continue

@@ -22,7 +22,8 @@ func newQueueCmd(e *env) *cobra.Command {
 		Short: "Show the running job and the waiting jobs in the order foreman will run them",
 		Long: "Show the running job, the models loaded and the waiting jobs in the order foreman\n" +
 			"expects to run them, with each job's position and expected start (ETA).\n" +
-			"--json prints the GET /queue body as foreman sent it.",
+			"--json prints the GET /queue body as foreman sent it (characters that would act on a\n" +
+			"terminal written as \\u escapes, which stand for the same JSON).",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := limitSet(cmd, limit); err != nil {
@@ -41,7 +42,7 @@ func newQueueCmd(e *env) *cobra.Command {
 			}
 			out := cmd.OutOrStdout()
 			if f.json {
-				raw := strings.TrimRight(string(q.Raw), "\n")
+				raw := strings.TrimRight(string(termJSON(q.Raw)), "\n")
 				_, err := fmt.Fprintln(out, raw)
 				return err
 			}

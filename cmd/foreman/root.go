@@ -55,7 +55,11 @@ func run(e *env, args []string) int {
 	e.stopNow = stopNow
 	cmd, err := root.ExecuteContextC(ctx)
 	if err != nil {
-		fmt.Fprintln(e.stderr, "foreman: "+strings.TrimSpace(err.Error()))
+		// Every command's error is escaped for the terminal here, whatever it quotes (the
+		// body of a refusal a bench met, a transport error): clientFlags.explain does so
+		// for the client's errors already, and escaping escaped text changes nothing. Its
+		// lines stay lines: errors.Join puts each of several bad settings on its own.
+		fmt.Fprintln(e.stderr, "foreman: "+termText(strings.TrimSpace(err.Error())))
 		return exitCode(cmd, caught())
 	}
 	return 0

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -48,6 +49,38 @@ func termSafeAll(ss []string) []string {
 	out := make([]string, len(ss))
 	for i, s := range ss {
 		out[i] = termSafe(s)
+	}
+	return out
+}
+
+// termJSON makes JSON text safe to print on a terminal (--json output) without changing
+// what it stands for. encoding/json escapes C0 controls but writes C1 controls (U+009B
+// is CSI to many terminals), DEL, bidi overrides and other characters that print nothing
+// as they are; a job's error or result read with --json could then act on the terminal
+// that shows it. In JSON such a character can stand only inside a string, where its
+// \u escape means the same; a carriage return only between tokens, where it is white
+// space and is dropped; a byte that is not UTF-8 becomes \ufffd, as a decoder reads it.
+func termJSON(b []byte) []byte {
+	keep := func(r rune) bool { return r == '\n' || r == '\t' || strconv.IsGraphic(r) }
+	if utf8.Valid(b) && !strings.ContainsFunc(string(b), func(r rune) bool { return !keep(r) }) {
+		return b
+	}
+	out := make([]byte, 0, len(b)+32)
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		switch {
+		case r == utf8.RuneError && n == 1:
+			out = append(out, `\ufffd`...)
+		case keep(r):
+			out = append(out, b[i:i+n]...)
+		case r == '\r':
+		case r > 0xffff:
+			hi, lo := utf16.EncodeRune(r)
+			out = fmt.Appendf(out, `\u%04x\u%04x`, hi, lo)
+		default:
+			out = fmt.Appendf(out, `\u%04x`, r)
+		}
+		i += n
 	}
 	return out
 }

@@ -5,21 +5,27 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode/utf8"
 )
 
 // evil is text that, printed raw, retitles the terminal window, clears the screen, goes
 // back to the start of the line, and uses the C1 forms (NEL, CSI) of such controls.
 const evil = "\x1b]0;PWNED\a\x1b[2J\r\u0085\u009b31m"
 
-// evilJSON is evil as a JSON string.
-var evilJSON = func() string { b, _ := json.Marshal(evil); return string(b) }()
-
 // evilForeman answers with evil in every field a server sends the CLI.
 func evilForeman(t *testing.T) string {
 	t.Helper()
-	e := evilJSON
+	return evilForemanWith(t, evil)
+}
+
+// evilForemanWith answers with text in every field a server sends the CLI.
+func evilForemanWith(t *testing.T, text string) string {
+	t.Helper()
+	b, _ := json.Marshal(text)
+	e := string(b)
 	jobOf := func(id string) string {
 		return `{"id":` + id + `,"kind":` + e + `,"model":` + e + `,"state":"failed","attempts":2,"created_at":"2025-01-02T03:04:00Z",` +
 			`"error":` + e + `,"program":` + e + `,"priority":` + e + `,` +
@@ -107,6 +113,75 @@ func TestServerTextIsEscaped(t *testing.T) {
 	}
 }
 
+// TestJSONOutputIsTerminalSafe: --json output, which people read on a terminal too, sends
+// no control character, bidi override or other unprintable character of the server's
+// text raw (encoding/json writes C1 controls and U+202E as they are), and stands for the
+// same JSON: the text decodes back whole.
+func TestJSONOutputIsTerminalSafe(t *testing.T) {
+	t.Parallel()
+	const hostile = evil + "\u202egnp.exe\u2066\x7f\U000e0041"
+	vars := map[string]string{"FOREMAN_URL": evilForemanWith(t, hostile)}
+	for _, args := range [][]string{
+		{"jobs", "list", "--json"},
+		{"jobs", "get", "x", "--json"},
+		{"jobs", "watch", "x", "--json"},
+		{"queue", "--json"},
+		{"top", "--once", "--json"},
+		{"submit", "-m", "m", "--wait", "--json", "hi"},
+		{"submit", "-m", "m", "--json", "hi"},
+		{"ps", "--json"},
+		{"tags", "--json"},
+	} {
+		t.Run(strings.Join(args, "_"), func(t *testing.T) {
+			r := runCLI(t, vars, nil, nil, args...)
+			out := r.stdout + r.stderr
+			if i := strings.IndexFunc(out, func(c rune) bool { return c != '\n' && c != '\t' && !strconv.IsGraphic(c) }); i >= 0 {
+				c, _ := utf8.DecodeRuneInString(out[i:])
+				t.Fatalf("%U printed raw:\nstdout %q\nstderr %q", c, r.stdout, r.stderr)
+			}
+			if !strings.Contains(r.stdout, `\u009b31m\u202egnp.exe\u2066\u007f\udb40\udc41`) {
+				t.Fatalf("the server's text is not in the JSON escaped:\nstdout %q\nstderr %q", r.stdout, r.stderr)
+			}
+			// Still JSON (one value, or one per line for watch) holding the text whole.
+			dec := json.NewDecoder(strings.NewReader(r.stdout))
+			found := false
+			for {
+				var v any
+				if err := dec.Decode(&v); err == io.EOF {
+					break
+				} else if err != nil {
+					t.Fatalf("not JSON: %v\n%s", err, r.stdout)
+				}
+				found = found || holds(v, hostile)
+			}
+			if !found {
+				t.Fatalf("the JSON does not hold the server's text whole:\n%s", r.stdout)
+			}
+		})
+	}
+}
+
+// holds reports whether JSON value v has the string s somewhere in it.
+func holds(v any, s string) bool {
+	switch v := v.(type) {
+	case string:
+		return v == s
+	case []any:
+		for _, e := range v {
+			if holds(e, s) {
+				return true
+			}
+		}
+	case map[string]any:
+		for _, e := range v {
+			if holds(e, s) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 func TestTermSafe(t *testing.T) {
 	t.Parallel()
 	for in, want := range map[string]string{
@@ -127,4 +202,37 @@ func TestTermSafe(t *testing.T) {
 	if got, want := termText("a\r\n\tb\x1bc\u009b"), "a\n\tb\\x1bc\\u009b"; got != want {
 		t.Errorf("termText = %q, want %q", got, want)
 	}
+}
+
+func TestTermJSON(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]string{
+		`{"a":"llama3 日本語 ü","b":[1, 2]}` + "\n": `{"a":"llama3 日本語 ü","b":[1, 2]}` + "\n",
+		"{\r\n\t\"a\": \"x\"\r\n}":               "{\n\t\"a\": \"x\"\n}",
+		`"c1 ` + "\u0085\u009b" + `"`:            `"c1 \u0085\u009b"`,
+		`"rtl ` + "\u202e\u2066\u200b\x7f" + `"`: `"rtl \u202e\u2066\u200b\u007f"`,
+		`"tag ` + "\U000e0041" + `"`:             `"tag \udb40\udc41"`,
+		`"bad ` + "\xff" + `"`:                   `"bad \ufffd"`,
+		`"kept \u001b \\ \""`:                    `"kept \u001b \\ \""`,
+	} {
+		got := string(termJSON([]byte(in)))
+		if got != want {
+			t.Errorf("termJSON(%q) = %q, want %q", in, got, want)
+		}
+		var a, b any
+		if json.Unmarshal([]byte(in), &a) != nil || json.Unmarshal([]byte(got), &b) != nil {
+			t.Errorf("termJSON(%q) = %q: not JSON", in, got)
+		} else if ja, _ := json.Marshal(a); string(ja) != string(mustMarshal(t, b)) {
+			t.Errorf("termJSON(%q) = %q stands for other JSON", in, got)
+		}
+	}
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
