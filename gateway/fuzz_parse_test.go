@@ -81,6 +81,12 @@ func FuzzParseInference(f *testing.F) {
 		if strings.TrimSpace(model) == "" {
 			t.Fatalf("accepted %q with an empty model", body)
 		}
+		// What is queued and sent on is what Ollama reads of the body: the body, or the
+		// object it begins with (leadingObject).
+		if !bytes.HasPrefix(body, in.body) {
+			t.Fatalf("accepted %q as %q, which does not begin it", body, in.body)
+		}
+		body = in.body
 		if err := validJSONObject(body); err != nil {
 			t.Fatalf("accepted %q, which is not a JSON object: %v", body, err)
 		}

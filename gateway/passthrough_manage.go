@@ -28,8 +28,12 @@ func (s *Server) handleManage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err := validJSONObject(body); err != nil {
-		s.writeError(w, r, err)
-		return
+		obj, ok := leadingObject(body)
+		if !ok {
+			s.writeError(w, r, err)
+			return
+		}
+		body = obj // all Ollama reads of it
 	}
 	status := s.relay(w, r, r.Method, targetPath(r.URL.EscapedPath(), r.URL.RawQuery), bytes.NewReader(body), hold.release)
 	if status/100 == 2 && r.URL.Path != "/api/push" {

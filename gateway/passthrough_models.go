@@ -27,7 +27,7 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	model, err := requestModel(r.URL.Path, body)
+	model, body, err := requestModel(r.URL.Path, body)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
@@ -68,7 +68,7 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 // or a 400 saying what is wrong. It reads the member the target reads there (Ollama
 // 0.17, server/routes.go): "model", and on /api/show the legacy "name" when "model" is
 // empty; the embedding routes know no "name".
-func requestModel(path string, body []byte) (string, error) {
+func requestModel(path string, body []byte) (model string, read []byte, err error) {
 	var req struct {
 		Model   string             `json:"model"`
 		Name    string             `json:"name"`
@@ -76,48 +76,81 @@ func requestModel(path string, body []byte) (string, error) {
 	}
 	// "decode model field: " is how these routes have always worded a member of the
 	// wrong type.
-	if err := decodeObject(body, &req, "decode model field: "); err != nil {
-		return "", err
+	if read, err = decodeObject(body, &req, "decode model field: "); err != nil {
+		return "", nil, err
 	}
-	model := req.Model
+	model = req.Model
 	if model == "" && path == "/api/show" {
 		model = req.Name
 	}
 	if strings.TrimSpace(model) == "" {
-		return "", handlerRefusal("model is required")
+		return "", nil, handlerRefusal("model is required")
 	}
 	if kind, ok := embedKind(path); ok && kind.ReadsOptions() {
 		if err := req.Options.Refused(); err != nil {
-			return "", badRequest(err.Error()) // Ollama's 500
+			return "", nil, badRequest(err.Error()) // Ollama's 500
 		}
 	}
-	return model, nil
+	return model, read, nil
 }
 
 // decodeObject decodes body, which must be one JSON object, into v (a pointer to a
-// struct) in one pass. Anything else is a 400: no object worded as validJSONObject words
-// it, a member of the wrong type as "invalid JSON body: " + context + the decoder's text,
-// a syntax error as "invalid JSON body: " + the decoder's text.
-func decodeObject(body []byte, v any, context string) error {
+// struct) in one pass, and returns the body as Ollama reads it: body itself, or the
+// object it begins with when more follows (leadingObject). Anything else is a 400: no
+// object worded as validJSONObject words it, a member of the wrong type as "invalid JSON
+// body: " + context + the decoder's text, a syntax error as "invalid JSON body: " + the
+// decoder's text.
+func decodeObject(body []byte, v any, context string) ([]byte, error) {
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
-		return badRequest("missing request body")
+		return nil, badRequest("missing request body")
 	}
 	if bytes.Equal(trimmed, []byte("null")) {
-		return badRequest("invalid JSON body: expected an object")
+		return nil, badRequest("invalid JSON body: expected an object")
 	}
 	if err := json.Unmarshal(body, v); err != nil {
-		var te *json.UnmarshalTypeError
+		var (
+			te *json.UnmarshalTypeError
+			se *json.SyntaxError
+		)
+		if errors.As(err, &se) {
+			// Looked for only now: a body that decodes whole pays no second pass.
+			if obj, ok := leadingObject(body); ok {
+				return decodeObject(obj, v, context)
+			}
+		}
 		switch {
 		case !errors.As(err, &te):
-			return badRequest("invalid JSON body: " + err.Error())
+			return nil, badRequest("invalid JSON body: " + err.Error())
 		case te.Field == "":
 			// No object at all: said as the object check says it, not in terms of v.
-			return validJSONObject(body)
+			return nil, validJSONObject(body)
 		}
-		return badRequest("invalid JSON body: " + context + err.Error())
+		return nil, badRequest("invalid JSON body: " + context + err.Error())
 	}
-	return nil
+	return body, nil
+}
+
+// leadingObject returns the JSON object body begins with when more than white space
+// follows it (a second object, a stray bracket, a NUL): that object is all Ollama reads
+// of such a body. Its router's ShouldBindJSON decodes the first JSON value with a
+// json.Decoder and never looks past it, so Ollama answers `{"model":"m","prompt":"hi"}
+// x` as it answers the object, on its native, OpenAI and Anthropic routes alike; a
+// client that works against Ollama must not get a 400 here. The rest is dropped:
+// neither queued, stored nor sent on. ok is false for any other body.
+func leadingObject(body []byte) (obj []byte, ok bool) {
+	if trimmed := bytes.TrimLeft(body, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' {
+		return nil, false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if dec.Decode(&struct{}{}) != nil {
+		return nil, false
+	}
+	end := dec.InputOffset()
+	if len(bytes.TrimSpace(body[end:])) == 0 {
+		return nil, false
+	}
+	return body[:end:end], true
 }
 
 // validJSONObject returns a 400 unless body is one JSON object.

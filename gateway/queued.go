@@ -71,6 +71,9 @@ type inference struct {
 	// refused is the 400 for options of a type Ollama refuses, answered once the model is
 	// known to be there.
 	refused error
+	// body is the body as Ollama reads it (decodeObject), set once the body decoded,
+	// whatever the refusal after.
+	body []byte
 }
 
 // parseInference reads a queued route's body in one decode. Ollama's /api routes stream
@@ -93,30 +96,32 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		Input        nonEmpty        `json:"input"`
 		Instructions nonEmpty        `json:"instructions"`
 	}
-	if err := decodeObject(body, &req, ""); err != nil {
+	read, err := decodeObject(body, &req, "")
+	if err != nil {
 		return inference{}, err
 	}
 	if req.Model == "" && kind == broker.KindAnthropicMessages {
 		// Ollama's Anthropic layer checks for a model itself, before its handler.
-		return inference{}, badRequest("model is required")
+		return inference{body: read}, badRequest("model is required")
 	}
 	if strings.TrimSpace(req.Model) == "" {
 		if onGenerate(kind) {
 			// Ollama's generate handler takes a blank name for one it cannot parse: 404.
-			return inference{}, &ModelNotFoundError{Model: req.Model}
+			return inference{body: read}, &ModelNotFoundError{Model: req.Model}
 		}
-		return inference{}, handlerRefusal("model is required")
+		return inference{body: read}, handlerRefusal("model is required")
 	}
 	if err := checkModelName(req.Model); err != nil {
-		return inference{}, err
+		return inference{body: read}, err
 	}
 	if !ollama.ValidModelName(req.Model) && !onGenerate(kind) {
 		// Ollama's chat handler answers a name it cannot parse so; its generate handler
 		// says not found, as the model check below does.
-		return inference{}, handlerRefusal("model is required")
+		return inference{body: read}, handlerRefusal("model is required")
 	}
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token(),
-		format: req.Format, completes: kind == broker.KindChat && bool(req.Messages) || kind == broker.KindGenerate && bool(req.Prompt)}
+		format: req.Format, completes: kind == broker.KindChat && bool(req.Messages) || kind == broker.KindGenerate && bool(req.Prompt),
+		body: read}
 	switch kind {
 	case broker.KindOpenAIChat:
 		in.format, in.completes = openAIChatFormat(req.ResponseFormat), bool(req.Messages)
@@ -193,11 +198,15 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 // serveQueued runs the call body (read by then, holding hold) as a sync job of kind and
 // writes its answer; in is when the request reached its handler.
 func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker.Kind, body []byte, hold *bodyHold, in time.Time) {
-	if err := checkImageRequest(kind, body); err != nil {
-		s.writeError(w, r, err)
-		return
-	}
 	inf, err := parseInference(kind, body)
+	if inf.body != nil {
+		body = inf.body // what Ollama reads of it, the only part queued and sent on
+	}
+	// The image routes' own checks come first, as Ollama's OpenAI layer makes them
+	// before its handler looks at the model.
+	if ierr := checkImageRequest(kind, body); ierr != nil {
+		err = ierr
+	}
 	if err != nil {
 		s.writeError(w, r, err)
 		return

@@ -55,7 +55,9 @@ func StreamsBody(path string, body []byte) bool {
 // "stream_options":{"include_usage":true}, which has an OpenAI-compatible stream end with
 // the usage a non-streamed answer carries. The other members stay as they were, in
 // their order: a decoder takes the last of the members it reads as one ("model" and
-// "Model"), so their order is part of the request.
+// "Model"), so their order is part of the request. A "stream_options" that Ollama's
+// OpenAI layer cannot read (not an object, an "include_usage" that is no bool) is an
+// error: the body is Ollama's to refuse (400), not one to answer by replacing it.
 func StreamedBody(body []byte, withUsage bool) ([]byte, error) {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
@@ -73,7 +75,17 @@ func StreamedBody(body []byte, withUsage bool) ([]byte, error) {
 			return nil, err
 		}
 		name := t.(string) // a member's name, as the decoder has checked
-		if strings.EqualFold(name, "stream") || withUsage && strings.EqualFold(name, "stream_options") {
+		if strings.EqualFold(name, "stream") {
+			continue
+		}
+		if withUsage && strings.EqualFold(name, "stream_options") {
+			// Read as Ollama's openai.StreamOptions reads it.
+			var opts *struct {
+				IncludeUsage bool `json:"include_usage"`
+			}
+			if err := json.Unmarshal(v, &opts); err != nil {
+				return nil, fmt.Errorf("ollama: stream_options: %w", err)
+			}
 			continue
 		}
 		key, err := json.Marshal(name)

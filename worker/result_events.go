@@ -336,7 +336,10 @@ func messagesResult(frames [][]byte) []byte {
 	if msg == nil {
 		return nil
 	}
-	content := make([]*object, 0, len(blocks))
+	// Nil, not empty, when no block came: Ollama's non-streamed message
+	// (anthropic.ToMessagesResponse) has "content":null then, an answer whose tokens were
+	// all empty text.
+	var content []*object
 	for i, b := range blocks {
 		if b == nil {
 			continue

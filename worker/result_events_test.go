@@ -49,6 +49,21 @@ func TestMessagesResult(t *testing.T) {
 	}
 }
 
+// A Messages stream without a content block (every token empty text) makes the message
+// Ollama answers the non-streamed request with: "content":null, not [].
+func TestMessagesResultWithoutBlocks(t *testing.T) {
+	t.Parallel()
+	frames := [][]byte{
+		sse("message_start", `{"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"tiny-a","content":[],"usage":{"input_tokens":36,"output_tokens":0}}}`),
+		sse("message_delta", `{"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"input_tokens":36,"output_tokens":3}}`),
+		sse("message_stop", `{"type":"message_stop"}`),
+	}
+	want := `{"id":"msg_1","type":"message","role":"assistant","model":"tiny-a","content":null,"stop_reason":"max_tokens","usage":{"input_tokens":36,"output_tokens":3}}`
+	if got := string(messagesResult(frames)); got != want {
+		t.Errorf("result\n%s\nwant\n%s", got, want)
+	}
+}
+
 // A Responses stream's result is the Response its terminal event carries.
 func TestResponsesResult(t *testing.T) {
 	t.Parallel()

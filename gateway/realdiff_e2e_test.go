@@ -1,0 +1,50 @@
+package gateway
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// Calls whose answers foreman built or refused otherwise than Ollama, each sent to foreman
+// and to Ollama directly: the status, Content-Type and body (ids and clocks aside) are
+// Ollama's. A body with more after its object is answered as the object (Ollama reads
+// the first JSON value); a non-streamed OpenAI call's unreadable stream_options is
+// Ollama's 400; a non-streamed Anthropic message with no content block has
+// "content":null (this system prompt makes tiny-a's first tokens empty text).
+func TestE2EAnswersMatchDirect(t *testing.T) {
+	b := newE2EBundle(t, nil)
+	ctx := testCtx(t, 2*time.Minute)
+	b.warm(t, ctx, "tiny-a")
+	volatile := regexp.MustCompile(`"(id|created|created_at|completed_at|request_id|total_duration|load_duration|prompt_eval_duration|eval_duration)":("[^"]*"|[0-9]+)`)
+	for _, c := range []struct{ path, body string }{
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","stream":false,"options":{"num_predict":2}} garbage`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"max_tokens":2,"temperature":0}]`},
+		{"/api/show", `{"model":"tiny-a"} x`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"temperature":0,"stream_options":"x"}`},
+		{"/v1/completions", `{"model":"tiny-a","prompt":"hi","max_tokens":3,"temperature":0,"stream_options":{"include_usage":"yes"}}`},
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":3,"messages":[{"role":"user","content":"hi"}],"temperature":0,"system":"be brief"}`},
+	} {
+		send := func(base string) (int, string, string) {
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+c.path, bytes.NewReader([]byte(c.body)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("%s: %v", c.path, err)
+			}
+			defer resp.Body.Close()
+			out, _ := io.ReadAll(resp.Body)
+			return resp.StatusCode, resp.Header.Get("Content-Type"), volatile.ReplaceAllString(string(out), `"$1":0`)
+		}
+		vs, vct, vbody := send(b.URL)
+		ds, dct, dbody := send(b.Target)
+		if vs != ds || vct != dct || vbody != dbody {
+			t.Errorf("%s %s:\nforeman %d %q %s\ndirect  %d %q %s", c.path, c.body, vs, vct, vbody, ds, dct, dbody)
+		}
+	}
+}
