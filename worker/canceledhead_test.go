@@ -114,3 +114,65 @@ func TestACanceledHeadDoesNotAgeItsQueue(t *testing.T) {
 		t.Fatalf("ran %s next, want the waiting high job: the normal one queued after it is not late", tag)
 	}
 }
+
+// The same through another foreman on the shared NATS: its cancel deletes the message,
+// but the OnQueueRemoved of this foreman's store never hears of it, and until the index's
+// full refresh (30 s) the canceled job's stamp stood for the job queued behind it: a
+// fresh normal job ran here before a waiting high one. Every foreman sees the canceled
+// state event of the job.
+func TestACanceledHeadOnAnotherForemanDoesNotAgeItsQueue(t *testing.T) {
+	t.Parallel()
+	held, gateOpt := newHeldCalls(t)
+	tb := setupFake(t, []ollamatest.Option{gateOpt})
+	var clock atomic.Pointer[time.Time]
+	now := time.Now()
+	clock.Store(&now)
+	cfg := worker.WithServerClock(worker.Config{MaxWait: time.Hour}, func() time.Time { return *clock.Load() })
+	// The write-up of the first job is held until the second runs, so the pick of the
+	// second looks at a settled queue and the index counts on what it read then: no
+	// full look by chance (a removal under way during a look makes the next one full).
+	var firstID atomic.Pointer[string]
+	firstStored := make(chan struct{})
+	cfg = worker.WithBeforeStoreDone(cfg, func(id string) {
+		if p := firstID.Load(); p != nil && *p == id {
+			<-firstStored
+		}
+	})
+	w := tb.start(t, cfg)
+	// Another foreman's store on the same NATS, which runs no worker here.
+	other, err := broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	first := tb.tagged(t, "first", "tiny-a", broker.PriorityHigh)
+	firstID.Store(&first.ID)
+	tag, gate := held.next(t, tb.fake)
+	if tag != "first" {
+		t.Fatalf("ran %s, want first", tag)
+	}
+	old := tb.tagged(t, "old", "tiny-b", broker.PriorityNormal)
+	tb.tagged(t, "second", "tiny-a", broker.PriorityHigh)
+	close(gate)
+	// The pick of second reads old as its queue's head.
+	if tag, gate = held.next(t, tb.fake); tag != "second" {
+		t.Fatalf("ran %s, want second", tag)
+	}
+	close(firstStored)
+	eventually(t, 30*time.Second, "first stored and acked", func() bool { return !w.Own(first.ID) })
+	late := queueStamp(t, tb, old.ID).Add(time.Hour + time.Nanosecond)
+	clock.Store(&late)
+	// The other foreman's gateway cancels old (its caller gave up), and the caller asks
+	// again.
+	if _, err := other.Cancel(ctxT(t), old.ID, "caller gone"); err != nil {
+		t.Fatal(err)
+	}
+	tb.tagged(t, "again", "tiny-b", broker.PriorityNormal)
+	tb.tagged(t, "high", "tiny-a", broker.PriorityHigh)
+	close(gate)
+	tag, gate = held.next(t, tb.fake)
+	close(gate)
+	if tag != "high" {
+		t.Fatalf("ran %s next, want the waiting high job: the normal one queued after it is not late", tag)
+	}
+}

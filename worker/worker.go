@@ -197,6 +197,23 @@ func (w *Worker) Run(ctx context.Context) error {
 	// A cancel deletes a waiting job's message; one at a queue's head leaves the index a
 	// stale head when a job is queued on the same queue before the next pick.
 	defer w.store.OnQueueRemoved(w.index.removed)()
+	// So does an end through another process (a cancel through another foreman's gateway,
+	// a job another Mac ran), whose state event every foreman gets: one subscription to
+	// every job's events, which the worker's watch of its running jobs holds already.
+	// This worker's own runs are left out: their ack marks their queue.
+	stopEnded, err := w.store.OnJobEvents(func(j *broker.Job) {
+		if !j.State.Terminal() {
+			return
+		}
+		if _, boot := j.CurrentRunner(); boot == w.store.BootID() && j.State != broker.StateCanceled {
+			return
+		}
+		w.index.jobEnded(j.ID)
+	})
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	defer stopEnded()
 	stopAdv, err := w.watchDeliveryLimit(ctx)
 	if err != nil {
 		return err
