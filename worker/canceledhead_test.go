@@ -176,3 +176,64 @@ func TestACanceledHeadOnAnotherForemanDoesNotAgeItsQueue(t *testing.T) {
 		t.Fatalf("ran %s next, want the waiting high job: the normal one queued after it is not late", tag)
 	}
 }
+
+// The queue view keeps its own copy of the queue (the backlog), told by counts too: a
+// cancel of a queue's head and a job queued on the same queue before its next refresh
+// leave the count as it was. The copy reads every new message, so it holds one more than
+// the count and drops the canceled one; and the view reads each queue head's record,
+// leaving out one that ended. Either keeps the canceled job out of the view, with its age
+// (the test fails only with both broken): through this foreman or another.
+func TestTheQueueViewDropsACanceledHeadReplacedOnItsQueue(t *testing.T) {
+	t.Parallel()
+	held, gateOpt := newHeldCalls(t)
+	tb := setupFake(t, []ollamatest.Option{gateOpt})
+	var clock atomic.Pointer[time.Time]
+	now := time.Now()
+	clock.Store(&now)
+	cfg := worker.WithServerClock(worker.Config{MaxWait: time.Hour}, func() time.Time { return *clock.Load() })
+	w := tb.start(t, cfg)
+	other, err := broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.tagged(t, "first", "tiny-a", broker.PriorityHigh)
+	if tag, gate := held.next(t, tb.fake); tag != "first" {
+		t.Fatalf("ran %s, want first", tag)
+	} else {
+		defer close(gate)
+	}
+	old := tb.tagged(t, "old", "tiny-b", broker.PriorityNormal)
+	v, err := w.QueueView(ctxT(t), time.Now())
+	if err != nil || len(v.Queued) != 1 || v.Queued[0].JobID != old.ID {
+		t.Fatalf("view %+v, %v: want old alone", v, err)
+	}
+	late := queueStamp(t, tb, old.ID).Add(time.Hour + time.Nanosecond)
+	clock.Store(&late)
+	for _, st := range []*broker.Store{tb.b.Store, other} { // this foreman, then another
+		if _, err := st.Cancel(ctxT(t), old.ID, "caller gone"); err != nil {
+			t.Fatal(err)
+		}
+		again := tb.tagged(t, "again", "tiny-b", broker.PriorityNormal)
+		high := tb.tagged(t, "high", "tiny-a", broker.PriorityHigh)
+		v, err = w.QueueView(ctxT(t), time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, q := range v.Queued {
+			got = append(got, q.JobID)
+		}
+		if want := []string{high.ID, again.ID}; !slices.Equal(got, want) {
+			t.Fatalf("view %v, want [high again] %v (old %s)", got, want, old.ID)
+		}
+		if _, err := tb.b.Store.Cancel(ctxT(t), high.ID, "test"); err != nil {
+			t.Fatal(err)
+		}
+		old = again
+		late = queueStamp(t, tb, old.ID).Add(time.Hour + time.Nanosecond)
+		clock.Store(&late)
+		if v, err = w.QueueView(ctxT(t), time.Now()); err != nil || len(v.Queued) != 1 {
+			t.Fatalf("view %+v, %v: want one job", v, err)
+		}
+	}
+}
