@@ -342,6 +342,10 @@ func (q *queueIndex) refreshAll(ctx context.Context, now time.Time, full bool, d
 	return nil
 }
 
+// lastSeq is the queue's last sequence at the last look: every message up to it was
+// stored before that look.
+func (q *queueIndex) lastSeq() uint64 { return q.state.LastSeq }
+
 func (q *queueIndex) list() []head {
 	out := make([]head, 0, len(q.heads))
 	for _, h := range q.heads {
