@@ -9,11 +9,17 @@ import (
 )
 
 // fullRefresh is how often every queue head is re-read, correcting heads that the counts
-// did not show stale (a cancel in another process of a queue's head and a new job on the
-// same queue between two picks leave its count as it was; a cancel in this one marks its
-// queue at once, Store.OnQueueRemoved). A stale head is only ever too old: it can make a
-// queue look more urgent until then, never hide a job.
+// did not show stale (a head removed and a new job on the same queue between two picks
+// leave its count as it was; a deletion in this process marks its queue at once,
+// Store.OnQueueRemoved, and a head's job ending anywhere, its state event, ended). A
+// stale head is only ever too old: it can make a queue look more urgent until then,
+// never hide a job.
 const fullRefresh = 30 * time.Second
+
+// maxEnded is how many ended jobs the index keeps between two looks; more, and the next
+// look re-reads every head instead (an idle worker looks seldom, the other Macs' jobs
+// end meanwhile).
+const maxEnded = 1024
 
 // maxAppendScan is how many messages stored since the last look a selection reads one by
 // one to learn their queues; more, and it asks for every queue's count instead.
@@ -49,11 +55,16 @@ type queueIndex struct {
 	// deleted are queue messages this process deleted by sequence outside the worker's
 	// own removals (a cancel of a waiting job, Store.OnQueueRemoved) since the last look.
 	deleted []uint64
-	epoch   uint64 // counts the starts and ends of removals, to see one during a look
+	// ended are the jobs whose end (done, failed, canceled) was announced since the last
+	// look, or whose message still headed its queue at it; overflow is set when more than
+	// maxEnded were announced.
+	ended    map[string]bool
+	overflow bool
+	epoch    uint64 // counts the starts and ends of removals, to see one during a look
 }
 
 func newQueueIndex(st *broker.Store) *queueIndex {
-	return &queueIndex{store: st, heads: map[string]head{}, counts: map[string]uint64{}, dirty: map[string]bool{}}
+	return &queueIndex{store: st, heads: map[string]head{}, counts: map[string]uint64{}, dirty: map[string]bool{}, ended: map[string]bool{}}
 }
 
 // touch marks a queue whose head may have changed (its job was finished).
@@ -100,13 +111,52 @@ func (q *queueIndex) removed(seq uint64) {
 	q.mu.Unlock()
 }
 
+// ended notes job id's end, announced by its state event (Job events reach every
+// foreman). On a shared NATS a job that heads a queue may end through another process: a
+// cancel of a waiting job through another foreman's gateway, a job another Mac ran. Its
+// message leaves the queue with no deletion here to mark it (OnQueueRemoved), and with a
+// job queued on the same queue meanwhile the queue's count is as it was: the ended job's
+// stamp stood for the next one's until the full refresh. It does not block.
+func (q *queueIndex) jobEnded(id string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.overflow {
+		return
+	}
+	if len(q.ended) >= maxEnded {
+		clear(q.ended)
+		q.overflow = true
+		return
+	}
+	q.ended[id] = true
+}
+
 // take hands over the queues marked since the last look, the queues whose head was
-// deleted among them. settled is false while a removal is under way.
-func (q *queueIndex) take() (dirty map[string]bool, removals []removal, epoch uint64, settled bool) {
+// deleted, or whose head's job ended, among them; full is set when the ended jobs were
+// too many to keep (every head is to be read again). settled is false while a removal is
+// under way.
+func (q *queueIndex) take() (dirty map[string]bool, removals []removal, endedHeads map[string]string, epoch uint64, settled, full bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	dirty, removals = q.dirty, q.removals
 	q.dirty, q.removals = map[string]bool{}, nil
+	full, q.overflow = q.overflow, false
+	if len(q.ended) > 0 {
+		// Each ended job that heads a queue marks it; the others are forgotten: a job's
+		// message leaves the queue as (or just after) it ends, and the index reads only
+		// heads. One still heading its queue after the look (its end stored, its message
+		// not yet removed) is noted again then (keepEnded).
+		for token, h := range q.heads {
+			if h.JobID != "" && q.ended[h.JobID] {
+				dirty[token] = true
+				if endedHeads == nil {
+					endedHeads = map[string]string{}
+				}
+				endedHeads[token] = h.JobID
+			}
+		}
+		clear(q.ended)
+	}
 	if len(q.deleted) > 0 {
 		gone := make(map[uint64]bool, len(q.deleted))
 		for _, seq := range q.deleted {
@@ -119,7 +169,25 @@ func (q *queueIndex) take() (dirty map[string]bool, removals []removal, epoch ui
 			}
 		}
 	}
-	return dirty, removals, q.epoch, q.inflight == 0
+	return dirty, removals, endedHeads, q.epoch, q.inflight == 0, full
+}
+
+// keepEnded notes again each ended job (by queue, endedHeads of take) whose message still
+// heads its queue after a look: its removal comes next (a cancel writes the record first,
+// a run's end is stored before its ack), and the look after it must read the queue again.
+// A message that stays (a removal that failed, one the worker drops when it meets it)
+// costs one read per look.
+func (q *queueIndex) keepEnded(endedHeads map[string]string) {
+	if len(endedHeads) == 0 {
+		return
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for token, id := range endedHeads {
+		if h, ok := q.heads[token]; ok && h.JobID == id && !q.overflow {
+			q.ended[id] = true
+		}
+	}
 }
 
 // giveBack marks again what a failed look took.
@@ -150,8 +218,8 @@ func (q *queueIndex) hasOther(token string, runs func(token string) bool) bool {
 
 // refresh brings the heads up to date and returns them.
 func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error) {
-	full := !q.known || now.Sub(q.lastFull) > fullRefresh
-	dirty, removals, epoch, settled := q.take()
+	dirty, removals, endedHeads, epoch, settled, overflow := q.take()
+	full := !q.known || now.Sub(q.lastFull) > fullRefresh || overflow
 	if !full && settled {
 		ok, err := q.refreshQuick(ctx, dirty, removals, epoch)
 		if err != nil {
@@ -160,6 +228,7 @@ func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error)
 			return nil, err
 		}
 		if ok {
+			q.keepEnded(endedHeads)
 			return q.list(), nil
 		}
 	}
@@ -167,6 +236,7 @@ func (q *queueIndex) refresh(ctx context.Context, now time.Time) ([]head, error)
 		q.giveBack(dirty)
 		return nil, err
 	}
+	q.keepEnded(endedHeads)
 	return q.list(), nil
 }
 
@@ -271,6 +341,10 @@ func (q *queueIndex) refreshAll(ctx context.Context, now time.Time, full bool, d
 	}
 	return nil
 }
+
+// lastSeq is the queue's last sequence at the last look: every message up to it was
+// stored before that look.
+func (q *queueIndex) lastSeq() uint64 { return q.state.LastSeq }
 
 func (q *queueIndex) list() []head {
 	out := make([]head, 0, len(q.heads))

@@ -243,3 +243,47 @@ func waitQueueLen(t *testing.T, ib *indexBundle, want uint64) {
 		}
 	}
 }
+
+// A job that ends through another process (its state event, jobEnded) marks its queue
+// while its message heads it; its message leaves after the event (a cancel writes the
+// record first, a run's end is stored before its ack), so a look in between reads the
+// same head, and the queue is marked again for the next look: with a job queued on the
+// same queue meanwhile the count is as it was, and the ended job's stamp would stand for
+// the new job's until the full refresh.
+func TestIndexReadsAgainAHeadWhoseJobEndedBeforeItsMessageLeft(t *testing.T) {
+	t.Parallel()
+	ib := newIndexBundle(t)
+	a1, a := ib.submit("ia")
+	ib.look()
+	ib.index.jobEnded(a1.ID)
+	ib.look() // reads the head again: a1's message is still there
+	seq := ib.index.heads[a].Seq
+	if ib.index.heads[a].JobID != a1.ID {
+		t.Fatalf("head of %s is %+v, want %s", a, ib.index.heads[a], a1.ID)
+	}
+	// Its removal through another process (no OnQueueRemoved here), and a new job.
+	if err := ib.b.Store.DeleteQueued(ib.ctx, seq); err != nil {
+		t.Fatal(err)
+	}
+	ib.submit("ia")
+	ib.look()
+}
+
+// More ended jobs between two looks than the index keeps make the next look read every
+// head.
+func TestIndexTooManyEndedJobsReadEveryHead(t *testing.T) {
+	t.Parallel()
+	ib := newIndexBundle(t)
+	a1, a := ib.submit("ia")
+	ib.look()
+	ib.look()
+	if err := ib.b.Store.DeleteQueued(ib.ctx, ib.index.heads[a].Seq); err != nil {
+		t.Fatal(err)
+	}
+	ib.submit("ia")
+	ib.index.jobEnded(a1.ID)
+	for i := range maxEnded {
+		ib.index.jobEnded(fmt.Sprint("other", i))
+	}
+	ib.look()
+}

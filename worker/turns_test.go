@@ -25,7 +25,7 @@ func TestRotatingProgramNamesDoNotJump(t *testing.T) {
 			attacker = append(attacker, head{Token: fmt.Sprintf("rot%d", i), Runner: "a", Seq: seq, Enqueued: now})
 		}
 		heads := append([]head{victim}, attacker...)
-		w.joinTurns(heads)
+		w.joinTurns(heads, seq)
 		w.mu.Lock()
 		c := w.choiceLocked(heads, now)
 		w.mu.Unlock()

@@ -287,7 +287,7 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	// Before the first pick has looked for jobs cut short by the last stop, the view
 	// finds them as that pick will (readResumed): the queues' heads.
 	findCut := !w.resumeRead && w.store.Config().Exclusive
-	picks := w.picks
+	picks, seen := w.picks, w.seen
 	run := w.running // its fields are set before it is shared, but for working (atomic)
 	paused := w.pauseShownLocked()
 	gone := make(map[string]bool, len(w.finishing)+1)
@@ -350,6 +350,17 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	}
 	if len(gone) > 0 || len(spares) > 0 {
 		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] || spares[m.Seq] })
+	}
+	// A queue none of whose jobs of the worker's last look waits still forgets its turn
+	// at the next pick (joinTurns): the plan rejoins it at the back (order).
+	firsts := map[string]bool{}
+	for _, m := range msgs {
+		if !firsts[m.Token] {
+			firsts[m.Token] = true
+			if ranOut(c.Served, picks, seen, m.Token, m.Seq) {
+				delete(c.Served, m.Token)
+			}
+		}
 	}
 	var waitingElsewhere []broker.QueuedJob
 	if len(others) > 0 {

@@ -79,6 +79,9 @@ type Worker struct {
 	// Only the Run loop writes them (under mu: the queue view reads them).
 	served map[string]uint64
 	picks  uint64
+	// seen is what the last joinTurns saw of the queues: a queue whose head is newer has
+	// none of its jobs of then left, and forgets its turn (ranOut).
+	seen turnsSeen
 	// classPicked is when each class last had a pick: see choice.ClassPicked.
 	classPicked [3]time.Time
 	// cutJobs is, by queue, the message of each job cut short by the last stop, until it
@@ -197,6 +200,23 @@ func (w *Worker) Run(ctx context.Context) error {
 	// A cancel deletes a waiting job's message; one at a queue's head leaves the index a
 	// stale head when a job is queued on the same queue before the next pick.
 	defer w.store.OnQueueRemoved(w.index.removed)()
+	// So does an end through another process (a cancel through another foreman's gateway,
+	// a job another Mac ran), whose state event every foreman gets: one subscription to
+	// every job's events, which the worker's watch of its running jobs holds already.
+	// This worker's own runs are left out: their ack marks their queue.
+	stopEnded, err := w.store.OnJobEvents(func(j *broker.Job) {
+		if !j.State.Terminal() {
+			return
+		}
+		if _, boot := j.CurrentRunner(); boot == w.store.BootID() && j.State != broker.StateCanceled {
+			return
+		}
+		w.index.jobEnded(j.ID)
+	})
+	if err != nil {
+		return fmt.Errorf("worker: %w", err)
+	}
+	defer stopEnded()
 	stopAdv, err := w.watchDeliveryLimit(ctx)
 	if err != nil {
 		return err
@@ -605,7 +625,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	if heads = w.runnable(ctx, heads); len(heads) == 0 {
 		return nil, false, nil // only other targets' models are queued
 	}
-	w.joinTurns(heads)
+	w.joinTurns(heads, w.index.lastSeq())
 	w.refreshLoaded(ctx, heads)
 	w.mu.Lock()
 	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
@@ -967,13 +987,21 @@ func (w *Worker) took(token string) {
 
 // joinTurns drops the turns of queues that ran empty and gives a queue seen first (or
 // again) its place at the back of the rotation (joinedAt): a new program name never goes
-// before a program that waits for its turn.
-func (w *Worker) joinTurns(heads []head) {
+// before a program that waits for its turn. A queue ran empty when no look found it, or
+// when none of the jobs it had at the last look is there still (ranOut): its jobs were
+// canceled (or run) and new ones queued between two looks, which a look does not see
+// empty. lastSeq is the queue's last sequence at this look (queueIndex.lastSeq).
+func (w *Worker) joinTurns(heads []head, lastSeq uint64) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	live := make(map[string]bool, len(heads))
+	now := make(map[string]uint64, len(heads))
 	for _, h := range heads {
 		live[h.Token] = true
+		now[h.Token] = h.Seq
+		if ranOut(w.served, w.picks, w.seen, h.Token, h.Seq) {
+			delete(w.served, h.Token)
+		}
 		if _, ok := w.served[h.Token]; !ok {
 			w.served[h.Token] = joinedAt(w.picks)
 		}
@@ -983,6 +1011,30 @@ func (w *Worker) joinTurns(heads []head) {
 			delete(w.served, t)
 		}
 	}
+	w.seen = turnsSeen{lastSeq: lastSeq, heads: now}
+}
+
+// turnsSeen is what the last look (joinTurns) saw of the queues, for ranOut: the
+// queue's last sequence then and each queue's head then.
+type turnsSeen struct {
+	lastSeq uint64
+	heads   map[string]uint64 // replaced whole at each look, never modified
+}
+
+// ranOut reports whether queue token, whose oldest waiting job is message seq now, holds
+// none of the jobs it had at the last look (seen) and so forgets its turn: its head is
+// newer than the queue's last message then, and is not the head it had then (one read
+// after that look's count). served and picks are the turns (choice.Served). The queue
+// served last keeps its turn: it goes behind every other already, and its job is being
+// written up (its message, still queued, heads it or not, as the write-up goes). So does
+// a queue that waits nothing (idleHead). The queue view asks the same.
+func ranOut(served map[string]uint64, picks uint64, seen turnsSeen, token string, seq uint64) bool {
+	s, ok := served[token]
+	if !ok || s == turnAt(picks) || seq == math.MaxUint64 {
+		return false
+	}
+	h, had := seen.heads[token]
+	return seq > seen.lastSeq && (!had || seq != h)
 }
 
 // refreshLoaded reads /api/ps again when a job ended since the last poll and a job of
