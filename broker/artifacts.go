@@ -107,11 +107,14 @@ func (s *Store) StoreArtifact(ctx context.Context, id, name, contentType string,
 // a rerun whose result the record holds (ADR-0033), or that failed or was canceled,
 // names none. Left, it held its bytes of the object store's room until its TTL. j is the
 // record as its terminal write stored it: one that names an object ResultArtifact keeps
-// it, and no later write changes an ended record. Only a job that has had more than one
-// attempt can have such an object; the others cost nothing. A failure only leaves the
-// object to its TTL.
+// it, and no later write changes an ended record. Such an object needs an attempt cut
+// off after its target answered: a job done on its first attempt (an attempt refunded
+// never reached the target) or never run has none and costs nothing. One done on a
+// later attempt, or failed or canceled after one ran (a sync job of a foreman killed
+// after its answer ends canceled, caller gone, without running again), costs a look. A
+// failure only leaves the object to its TTL.
 func (s *Store) DropStrayResult(ctx context.Context, j *Job) {
-	if !j.State.Terminal() || j.Attempt < 2 {
+	if !j.State.Terminal() || j.Attempt < 1 || j.State == StateDone && j.Attempt < 2 {
 		return
 	}
 	if a, ok := j.Artifact(ResultArtifact); ok && !a.Inline {

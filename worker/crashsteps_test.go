@@ -96,22 +96,28 @@ func bytesIndex(b []byte, c byte) int {
 // An async job whose foreman dies after its large result was put in the object store,
 // before the done record named it, runs again; a rerun whose result the record holds
 // (ADR-0033) names no object, so the first attempt's was left for the object store's
-// TTL, a job TTL of the store's room per such crash. The rerun's end deletes it. A
-// rerun with a large result of its own keeps the object its record names.
+// TTL, a job TTL of the store's room per such crash; so was a sync job's, which ends
+// canceled (its caller gone with the foreman) without running again. The job's end
+// deletes it. A rerun with a large result of its own keeps the object its record names.
 func TestCrashAfterTheResultPutLeavesNoStrayResult(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct {
 		name      string
 		maxTokens int // of the rerun's target: a few tokens make a result the record holds
 		kept      bool
+		sync      bool // its caller waited on the killed foreman: it ends canceled, unrun
 	}{
-		{"rerun held in the record", 3, false},
-		{"rerun stored as an object", 0, true},
+		{"rerun held in the record", 3, false, false},
+		{"rerun stored as an object", 0, true, false},
+		{"sync job canceled for its caller gone", 0, false, true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
 			tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.Exclusive = true }))
 			j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+			if c.sync {
+				j.Sync, j.Gateway = true, tb.b.Store.BootID()
+			}
 			if _, err := tb.b.Store.Submit(ctxT(t), j, []byte(largeChatBody)); err != nil {
 				t.Fatal(err)
 			}
@@ -152,6 +158,17 @@ func TestCrashAfterTheResultPutLeavesNoStrayResult(t *testing.T) {
 				t.Fatal(err)
 			}
 			tb.start(t, worker.Config{Target: target})
+			if c.sync {
+				got := tb.waitEnded(t, j.ID)
+				tb.waitQueueEmpty(t)
+				if got.State != broker.StateCanceled || got.Attempt != 1 {
+					t.Fatalf("sync job of the killed foreman: %s, attempt %d (%q); want canceled after its one attempt", got.State, got.Attempt, got.Error)
+				}
+				if tb.resultObject(t, j.ID) {
+					t.Error("result object of the killed foreman's attempt there after the job ended canceled")
+				}
+				return
+			}
 			got := tb.waitState(t, j.ID, broker.StateDone)
 			tb.waitQueueEmpty(t)
 			a, _ := got.Artifact(broker.ResultArtifact)
