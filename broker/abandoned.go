@@ -166,9 +166,10 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 // queue message was never written: their foreman died between the two writes of Submit.
 // Nothing else would ever end them. Only on an exclusive store, where no other process
 // can be between those writes now, and only for records older than this store. Async
-// ones submitted with an Idempotency-Key stay queued: a submit retried with that key
-// queues them; one without a key can never be queued again and ends failed
-// (failUnqueued); unless the queue may have lost messages to a damaged data directory (queueSuspect):
+// ones submitted with an Idempotency-Key stay queued while their key's claim names them:
+// a submit retried with that key queues them; one without a key, or whose claim is gone
+// (released by its failed submit, aged out) or names another job, can never be queued
+// again and ends failed (failUnqueued); unless the queue may have lost messages to a damaged data directory (queueSuspect):
 // then every job that waits without a queue message (queued, retrying, or running when
 // the last process died) ends failed (failLost), as nothing would ever run it.
 func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (int, error) {
@@ -197,7 +198,7 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 				if err := s.failLost(ctx, j); err != nil {
 					return n, err
 				}
-			case j.State == StateQueued && j.Idempotency == "":
+			case j.State == StateQueued && !s.retryMayQueue(ctx, j):
 				if err := s.failUnqueued(ctx, j); err != nil {
 					return n, err
 				}
@@ -219,14 +220,36 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 	return n, nil
 }
 
-// failUnqueued ends queued job j, which has no queue message and was submitted without
-// an Idempotency-Key, failed (UnqueuedReason): a retry with its key is the only way a
-// job is queued again, and without one it would be listed queued, never to run, until
-// the job TTL. Its caller got no answer (a 202 means both writes are on disk); a webhook
-// it named is told the end.
+// retryMayQueue reports whether a submit retried with queued job j's Idempotency-Key
+// may still queue it: the key's claim names j. Only that claim leads a retry to j
+// (Resubmit). A claim released by j's failed submit (whose take-back of the record the
+// store refused too), aged out, or since taken by another request's job leads none
+// there, and a claim is never made to name an existing job again. A claim that cannot
+// be read is taken to name j: only evidence ends a job.
+func (s *Store) retryMayQueue(ctx context.Context, j *Job) bool {
+	if j.Idempotency == "" {
+		return false
+	}
+	e, err := s.kvGet(ctx, idemPrefix+j.Idempotency)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || errors.Is(err, jetstream.ErrKeyDeleted) {
+		return false
+	}
+	if err != nil {
+		return true
+	}
+	c, err := decodeClaim(e)
+	return err != nil || c.JobID == j.ID
+}
+
+// failUnqueued ends queued job j, which has no queue message and which no retry can
+// queue (submitted without an Idempotency-Key, or its key's claim names it no more:
+// retryMayQueue), failed (UnqueuedReason): a retry with its key is the only way a job
+// is queued again, and without one it would be listed queued, never to run, until the
+// job TTL. Its caller got no answer (a 202 means both writes are on disk); a webhook it
+// named is told the end.
 func (s *Store) failUnqueued(ctx context.Context, j *Job) error {
 	_, _, err := s.Modify(ctx, j.ID, func(j *Job) error {
-		if j.State != StateQueued || j.Idempotency != "" {
+		if j.State != StateQueued {
 			return fmt.Errorf("%w: job %s is %s", ErrTerminal, j.ID, j.State) // written since: left as it is
 		}
 		j.State, j.Error = StateFailed, UnqueuedReason

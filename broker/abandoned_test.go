@@ -171,6 +171,7 @@ func TestCancelAbandonedEndsSyncJobsThatNeverReachedTheQueue(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	claim(t, b.Store, "retry-me", async.ID)
 	// The crash: neither message made it into the queue.
 	for range 2 {
 		p, ok, err := b.Store.Oldest(ctx, 0)
@@ -214,6 +215,7 @@ func TestCancelAbandonedEndsAKeylessAsyncJobThatNeverReachedTheQueue(t *testing.
 	b.CreateRecord(t, keyless) // the crash: its queue message was never stored
 	keyed := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Idempotency: broker.IdempotencyRef("k")}
 	b.CreateRecord(t, keyed)
+	claim(t, b.Store, "k", keyed.ID) // its key's claim names it: a retry queues it
 	queued := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
 	b.Restart(t)
 
@@ -230,6 +232,54 @@ func TestCancelAbandonedEndsAKeylessAsyncJobThatNeverReachedTheQueue(t *testing.
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
 		t.Errorf("queue holds %d (%v), want the one queued job", n, err)
+	}
+}
+
+// claim binds Idempotency-Key key to job id, as a submit with that key does first.
+func claim(t *testing.T, st *broker.Store, key, id string) {
+	t.Helper()
+	if _, created, err := st.ClaimIdempotencyKey(ctxT(t), key, broker.IdempotencyClaim{JobID: id, Within: time.Minute}); err != nil || !created {
+		t.Fatalf("claim %q for %s: created %v, %v", key, id, created, err)
+	}
+}
+
+// A job submitted with an Idempotency-Key, cut between its submit's two writes, stays
+// queued only while a retry with its key can queue it: while the key's claim names it.
+// One whose claim its failed submit released (the store refused the take-back of its
+// record too), or which another request's job holds since, or which aged out, is
+// reached by no retry: listed queued, never to run, until the job TTL. The start's sweep
+// ends it failed as it does a keyless one.
+func TestCancelAbandonedEndsAKeyedJobNoRetryCanQueue(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(exclusive))
+	ctx := ctxT(t)
+	job := func(key string) *broker.Job {
+		j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat, Idempotency: broker.IdempotencyRef(key)}
+		b.CreateRecord(t, j) // the crash: its queue message was never stored
+		return j
+	}
+	released := job("released")
+	claim(t, b.Store, "released", released.ID)
+	if err := b.Store.ReleaseIdempotencyKey(ctx, "released", released.ID); err != nil {
+		t.Fatal(err)
+	}
+	taken := job("taken")
+	claim(t, b.Store, "taken", broker.NewID()) // a later request's job holds the key
+	unclaimed := job("unclaimed")              // aged out
+	held := job("held")
+	claim(t, b.Store, "held", held.ID)
+	b.Restart(t)
+
+	if _, err := b.Store.CancelAbandoned(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range []*broker.Job{released, taken, unclaimed} {
+		if got, _, _ := b.Store.Get(ctx, j.ID); got.State != broker.StateFailed || got.Error != broker.UnqueuedReason {
+			t.Errorf("keyed job %s no retry can queue: %s (%q), want failed (%s)", j.ID, got.State, got.Error, broker.UnqueuedReason)
+		}
+	}
+	if got, _, _ := b.Store.Get(ctx, held.ID); got.State != broker.StateQueued {
+		t.Errorf("keyed job whose claim names it: %s (%q), want queued for its retry", got.State, got.Error)
 	}
 }
 

@@ -100,6 +100,41 @@ func (s *Store) StoreArtifact(ctx context.Context, id, name, contentType string,
 	return Artifact{Name: name, ContentType: contentType, Size: int64(len(data))}, nil
 }
 
+// DropStrayResult deletes the result object an earlier attempt of ended job j stored and
+// j's record does not point to. A large result is put in the object store before the
+// terminal write that names it (StoreArtifact): an attempt cut off between the two (a
+// crash, a terminal write the store refused, the job handed back) leaves the object, and
+// a rerun whose result the record holds (ADR-0033), or that failed or was canceled,
+// names none. Left, it held its bytes of the object store's room until its TTL. j is the
+// record as its terminal write stored it: one that names an object ResultArtifact keeps
+// it, and no later write changes an ended record. Such an object needs an attempt cut
+// off after its target answered: a job done on its first attempt (an attempt refunded
+// never reached the target) or never run has none and costs nothing. One done on a
+// later attempt, or failed or canceled after one ran (a sync job of a foreman killed
+// after its answer ends canceled, caller gone, without running again), costs a look. A
+// failure only leaves the object to its TTL.
+func (s *Store) DropStrayResult(ctx context.Context, j *Job) {
+	if !j.State.Terminal() || j.Attempt < 1 || j.State == StateDone && j.Attempt < 2 {
+		return
+	}
+	if a, ok := j.Artifact(ResultArtifact); ok && !a.Inline {
+		return
+	}
+	if err := s.fault.standing(s.cfg.WriteFault, s.clock()); err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, bodyDeleteWait)
+	defer cancel()
+	err := s.artifacts.Delete(ctx, artifactObject(j.ID, ResultArtifact))
+	switch {
+	case errors.Is(err, jetstream.ErrObjectNotFound):
+	case err != nil:
+		s.log.Warn("delete an earlier attempt's result object; it is left for the object store's TTL", "job_id", j.ID, "model", j.Model, "err", err)
+	default:
+		s.log.Info("an earlier attempt's result object, which the job's record does not name, deleted", "job_id", j.ID, "model", j.Model)
+	}
+}
+
 // SetArtifact adds or replaces artifact metadata on the record.
 func (j *Job) SetArtifact(a Artifact) {
 	for i := range j.Artifacts {

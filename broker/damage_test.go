@@ -106,7 +106,7 @@ func TestStartOnADamagedQueueEndsTheJobsItLost(t *testing.T) {
 
 // A queue made anew at one start (its directory removed) is no sign of damage at the
 // next: an async job that waits without a queue message then (its foreman died between
-// the two writes of its submit) stays queued, for a submit retried with its id, as on a
+// the two writes of its submit) stays queued, for a submit retried with its key, as on a
 // data directory that never was damaged. It ended failed as lost at every later start.
 func TestAQueueMadeAnewIsSuspectAtThatStartOnly(t *testing.T) {
 	t.Parallel()
@@ -117,7 +117,14 @@ func TestAQueueMadeAnewIsSuspectAtThatStartOnly(t *testing.T) {
 	if j, _, _ := b.Store.Get(ctx, lost.ID); j.State != broker.StateFailed {
 		t.Fatalf("job of the removed queue: %s, want failed", j.State)
 	}
-	async := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	// Submitted with an Idempotency-Key whose claim names it: only such a job waits for
+	// a retry without its queue message (a keyless one ends failed, ADR-0076).
+	async, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat, Idempotency: broker.IdempotencyRef("made-anew")},
+		[]byte(`{"model":"tiny-a"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	claim(t, b.Store, "made-anew", async.ID)
 	p, ok, err := b.Store.Oldest(ctx, 0)
 	if err != nil || !ok {
 		t.Fatalf("oldest: %v %v", ok, err)

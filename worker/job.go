@@ -823,7 +823,12 @@ func (w *Worker) afterwards(fn func(ctx context.Context)) {
 // returns errEnded when the job reached another terminal state first (or when a try
 // that landed unseen wrote it).
 func (w *Worker) writeTerminal(ctx context.Context, id string, set func(*broker.Job)) error {
-	_, err := w.retryWrite(ctx, id, true, set)
+	j, err := w.retryWrite(ctx, id, true, set)
+	if err == nil && j != nil {
+		// An earlier attempt cut off after its result's put left an object this end
+		// does not name.
+		w.store.DropStrayResult(context.WithoutCancel(ctx), j)
+	}
 	return err
 }
 

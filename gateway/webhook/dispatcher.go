@@ -65,7 +65,11 @@ type Config struct {
 	// Timeout bounds one attempt; default 15s.
 	Timeout time.Duration
 	// AckWait is how long JetStream waits for an ack before offering an event again
-	// (after a crash between taking an event and storing it). Default 60s.
+	// (after a crash between taking an event and storing it). Default 60s, and serve
+	// leaves it so (not FOREMAN_ACK_WAIT, the queue's): an event is acked once stored as
+	// a pending delivery, before its first attempt, so no send, however slow its
+	// receiver, runs under it; a delivery's attempts belong to the foreman that stored it
+	// (ADR-0052).
 	AckWait time.Duration
 	// MaxPending caps the events taken from the stream but not yet stored as pending
 	// deliveries; default 4096. Events waiting for a retry are acked and do not count.
