@@ -46,7 +46,7 @@ func tmuxTop(t *testing.T, url string, width, height int) func() (rows, lines []
 		t.Skip("no tmux on PATH: the live view is not tested in a terminal (.ci/run installs tmux)")
 	}
 	sock := filepath.Join(t.TempDir(), "tmux.sock")
-	start := exec.Command(tmux, "-S", sock, "-f", "/dev/null", "new-session", "-d",
+	start := exec.Command(tmux, "-u", "-S", sock, "-f", "/dev/null", "new-session", "-d",
 		"-x", strconv.Itoa(width), "-y", strconv.Itoa(height),
 		"-e", "FOREMAN_TEST_RUN_MAIN=1", "-e", "FOREMAN_URL="+url, "-e", "LANG=C.UTF-8",
 		os.Args[0], "top", "--interval", "1h")
@@ -55,7 +55,7 @@ func tmuxTop(t *testing.T, url string, width, height int) func() (rows, lines []
 	}
 	t.Cleanup(func() { _ = exec.Command(tmux, "-S", sock, "kill-server").Run() })
 	read := func(args ...string) []string {
-		out, err := exec.Command(tmux, append([]string{"-S", sock, "capture-pane", "-p"}, args...)...).Output()
+		out, err := exec.Command(tmux, append([]string{"-u", "-S", sock, "capture-pane", "-p"}, args...)...).Output()
 		if err != nil {
 			t.Fatalf("tmux capture-pane: %v", err)
 		}
