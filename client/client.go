@@ -202,11 +202,11 @@ func apiError(resp *http.Response) error {
 	var e struct {
 		Error string `json:"error"`
 	}
-	msg := strings.TrimSpace(string(data))
+	msg, raw := strings.TrimSpace(string(data)), true
 	if json.Unmarshal(data, &e) == nil && e.Error != "" {
-		msg = e.Error
+		msg, raw = e.Error, false
 	}
-	return &APIError{Status: resp.StatusCode, Message: msg, RetryAfter: retryAfter(resp.Header, time.Now())}
+	return &APIError{Status: resp.StatusCode, Message: msg, RetryAfter: retryAfter(resp.Header, time.Now()), Raw: raw}
 }
 
 // doJSON sends in (when non-nil) as JSON and decodes the answer, of at most limit bytes,

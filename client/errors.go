@@ -20,6 +20,10 @@ type APIError struct {
 	// header, sent with a 503 or 429: a full queue, a store briefly unavailable, a
 	// program over its share); 0 when it named none.
 	RetryAfter time.Duration
+	// Raw is set when the answer was no {"error": "..."} JSON, which foreman always
+	// sends: a proxy's or captive portal's page, a router's plain text, an empty body.
+	// Message is then that body as it came (at most 64 KiB), not words of foreman's.
+	Raw bool
 }
 
 // Is makes errors.Is match foreman's refusals a caller acts on: ErrNotFound (404),

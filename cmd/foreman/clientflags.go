@@ -136,9 +136,11 @@ func (f *clientFlags) explain(e *env, err error) error {
 		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz%s", ollama.RedactURL(f.baseURL(e)), f.timeout, f.timeoutHint)
 	case errors.As(err, &ce):
 		// A transport error may quote the server too (a certificate's names): escaped.
-		return fmt.Errorf("cannot reach %s: %s — is \"foreman serve\" running?", termSafe(ce.URL), termSafe(rootCause(ce.Err)))
+		return fmt.Errorf("cannot reach %s: %s — %s", termSafe(ce.URL), termSafe(rootCause(ce.Err)), unreachableHint(ce.Err))
 	case errors.As(err, &cut):
 		return fmt.Errorf("the answer from %s was cut short (%s): foreman stopped, or the connection to it broke; see its log", termSafe(cut.URL), termSafe(rootCause(cut.Err)))
+	case errors.As(err, &ae) && ae.Raw:
+		return foreignAnswer(termSafe(ollama.RedactURL(f.baseURL(e))), ae)
 	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:
 		// foreman's own message starts "unauthorized: " already; said once.
 		msg := strings.TrimPrefix(ae.Message, "unauthorized: ")

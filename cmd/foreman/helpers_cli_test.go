@@ -107,6 +107,12 @@ func fakeForeman(t *testing.T, token string) string {
 			_, _ = io.WriteString(w, body)
 		})
 	}
+	// Any other job is unknown, in the gateway's words.
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = io.WriteString(w, `{"error":"job not found"}`)
+	})
 	h := http.Handler(mux)
 	if token != "" {
 		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -53,7 +53,7 @@ func TestErrorsAreOneLine(t *testing.T) {
 		{"wrong token flag", map[string]string{"FOREMAN_URL": url, "FOREMAN_TOKEN": "s3cret"}, []string{"tags", "--token", "nope"},
 			"foreman: unauthorized: missing or wrong bearer token (set FOREMAN_TOKEN or --token)\n"},
 		{"not found", map[string]string{"FOREMAN_URL": url, "FOREMAN_TOKEN": "s3cret"}, []string{"jobs", "get", "01JGJ4Q2R00000000000000000"},
-			"foreman: 404 page not found\n"},
+			"foreman: job not found\n"},
 		{"bad url", nil, []string{"ps", "--url", "localhost:8080"},
 			"foreman: --url/FOREMAN_URL: client: base URL \"localhost:8080\" is not an absolute http(s) URL (begin it with http:// or https://)\n"},
 		{"chat needs a model", nil, []string{"chat", "hi"},

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
@@ -262,17 +261,6 @@ func topETA(now, eta time.Time) string {
 		return "-"
 	}
 	return fmt.Sprintf("in %s (%s)", topDuration(eta.Sub(now)), eta.Local().Format("15:04:05"))
-}
-
-// fitLines cuts every line of text to width runes, the last one a "…" where it cut.
-func fitLines(text string, width int) string {
-	lines := strings.Split(text, "\n")
-	for i, l := range lines {
-		if utf8.RuneCountInString(l) > width {
-			lines[i] = string([]rune(l)[:width-1]) + "…"
-		}
-	}
-	return strings.Join(lines, "\n")
 }
 
 // isTTY reports whether w is a terminal (stdout, stderr).

@@ -56,21 +56,14 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 				width, height = w, max(h-2, 1) // the frame, then a blank line and "(q quits)"
 			}
 		}
-		var frame bytes.Buffer
 		fetchCtx, stop := context.WithTimeout(ctx, refresh.timeout)
 		snap, err := fetchTop(fetchCtx, c)
 		stop()
 		if ctx.Err() != nil {
 			return nil
 		}
-		if err != nil {
-			frame.WriteString("foreman " + c.ShownURL() + "   " + e.clock().Format("15:04:05") + "\n\n" + refresh.explain(e, err).Error() + "\n")
-		} else {
-			_ = renderTop(&frame, snap, snap.at(e.clock()), c.ShownURL(), width, height)
-		}
-		frame.WriteString("\n(q quits)")
 		// Raw mode turns off the terminal's \n to \r\n; each line also clears its rest.
-		text := strings.ReplaceAll(frame.String(), "\n", ansiClearLine+"\r\n")
+		text := strings.ReplaceAll(liveFrame(e, c.ShownURL(), &refresh, snap, err, width, height), "\n", ansiClearLine+"\r\n")
 		if _, err := io.WriteString(out, ansiHome+text+ansiClearLine+ansiClearBelow); err != nil {
 			return err
 		}
@@ -80,6 +73,30 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 		case <-tick.C:
 		}
 	}
+}
+
+// liveFrame is the text of one live frame: the snapshot, or the error the refresh met
+// instead, then "(q quits)", in width columns and height lines when they are > 0 (a
+// terminal). A line longer than the terminal would wrap, scroll the frame up and leave
+// the next one drawn from the wrong row: the snapshot's lines are cut, the error, the
+// frame's one content, is wrapped at spaces to be read whole.
+func liveFrame(e *env, url string, f *clientFlags, snap *topSnapshot, err error, width, height int) string {
+	var frame bytes.Buffer
+	if err != nil {
+		title := "foreman " + url + "   " + e.clock().Format("15:04:05")
+		lines := []string{f.explain(e, err).Error()}
+		if width > 0 {
+			title, lines = fitWidth(title, width), wrapWidth(lines[0], width)
+		}
+		if room := max(height-2, 1); height > 0 && len(lines) > room {
+			lines = append(lines[:room-1], fitWidth(lines[room-1]+" …", width))
+		}
+		frame.WriteString(title + "\n\n" + strings.Join(lines, "\n") + "\n")
+	} else {
+		_ = renderTop(&frame, snap, snap.at(e.clock()), url, width, height)
+	}
+	frame.WriteString("\n(q quits)")
+	return frame.String()
 }
 
 // readQuitKey calls quit when q, Q, Ctrl-C or Ctrl-D is read, or stdin ends.

@@ -308,7 +308,7 @@ func TestStatusPageWithALongBacklogInBrowser(t *testing.T) {
 			t.Errorf("finished job %s is not among the recent jobs:\n%.2000s", id, recent)
 		}
 	}
-	cell := regexp.MustCompile(`<td class="err" title="([^"]*)">([^<]*)</td>`).FindStringSubmatch(recent)
+	cell := regexp.MustCompile(`<td class="err" title="([^"]*)"><bdi>([^<]*)</bdi></td>`).FindStringSubmatch(recent)
 	if cell == nil || !strings.Contains(cell[1], longErr) || len(cell[2]) > 300 {
 		t.Errorf("the failed job's error is not clipped with its whole text in the title:\n%.2000s", recent)
 	}
@@ -372,7 +372,7 @@ func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
 	dom := headless(t, browser, base+"/ui/", 3*time.Second)
 	if box := section(dom, "elsewhere", "</ul>"); !strings.Contains(box, `data-job-id="`+running+`"`) || strings.Contains(box, "hidden") {
 		t.Errorf("job %s is not shown running on another Mac:\n%s", running, box)
-	} else if !strings.Contains(box, "on mac-a: ") || strings.Contains(box, "runner-gone") {
+	} else if !strings.Contains(box, "on <bdi>mac-a</bdi>: ") || strings.Contains(box, "runner-gone") {
 		t.Errorf("job %s is not shown running on mac-a, its foreman there:\n%s", running, box)
 	}
 	rows := section(dom, "queue-rows", "</tbody>")
@@ -403,7 +403,7 @@ func TestStatusPageShowsJobsRunningElsewhereInBrowser(t *testing.T) {
 		return len(q.WaitingElsewhere) == 0 && len(q.RunningElsewhere) == 2
 	})
 	dom = headless(t, browser, base+"/ui/", 3*time.Second)
-	if box := section(dom, "elsewhere", "</ul>"); !regexp.MustCompile(`data-job-id="` + waiting + `"[^>]*><span class="muted">on mac-c: </span>.*?<span class="warn" data-field="runner-gone">`).MatchString(box) {
+	if box := section(dom, "elsewhere", "</ul>"); !regexp.MustCompile(`data-job-id="` + waiting + `"[^>]*><span class="muted">on <bdi>mac-c</bdi>: </span>.*?<span class="warn" data-field="runner-gone">`).MatchString(box) {
 		t.Errorf("job %s is not shown on mac-c with its foreman gone:\n%s", waiting, box)
 	}
 	if path := os.Getenv("FOREMAN_UI_SCREENSHOT"); path != "" {

@@ -162,7 +162,7 @@ func TestStatusPageShowsARetryingJobInBrowser(t *testing.T) {
 
 	dom := headless(t, browser, base+"/ui/", 3*time.Second)
 	rows := section(dom, "queue-rows", "</tbody>")
-	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job">.*?<td class="retrying" data-field="state" title="ollama: POST /api/chat: &lt;i&gt;EOF&lt;/i&gt;">retrying after attempt 2<div class="err">ollama: POST /api/chat: &lt;i&gt;EOF&lt;/i&gt;</div></td>`).MatchString(rows) {
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job">.*?<td class="retrying" data-field="state" title="ollama: POST /api/chat: &lt;i&gt;EOF&lt;/i&gt;">retrying after attempt 2<div class="err"><bdi>ollama: POST /api/chat: &lt;i&gt;EOF&lt;/i&gt;</bdi></div></td>`).MatchString(rows) {
 		t.Errorf("job CC is not shown retrying after attempt 2 with its error as text:\n%s", rows)
 	}
 	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000DD" class="queued-job">.*?<td class="muted" data-field="state">waiting</td>`).MatchString(rows) {
@@ -189,7 +189,7 @@ func TestStatusPageShowsOllamaBusyInBrowser(t *testing.T) {
 		t.Errorf("banner does not say Ollama is busy:\n%s", banner)
 	}
 	rows := section(dom, "queue-rows", "</tbody>")
-	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000EE" class="queued-job">.*?<td class="retrying" data-field="state" title="[^"]*">retrying<div class="err">ollama: HTTP 503: server busy`).MatchString(rows) {
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000EE" class="queued-job">.*?<td class="retrying" data-field="state" title="[^"]*">retrying<div class="err"><bdi>ollama: HTTP 503: server busy`).MatchString(rows) {
 		t.Errorf("job EE is not shown retrying, without an attempt's number, with its error:\n%s", rows)
 	}
 	screenshot(t, browser, base+"/ui/", "busy")
@@ -211,7 +211,7 @@ func TestStatusPageShowsAJobLeftToAnotherMacInBrowser(t *testing.T) {
 
 	dom := headless(t, browser, base+"/ui/", 3*time.Second)
 	rows := section(dom, "queue-rows", "</tbody>")
-	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job">.*?<td class="retrying" data-field="state"[^>]*>retrying after attempt 1<div class="err">[^<]*</div><div class="left-elsewhere" data-field="left-elsewhere">left to another Mac that has its model</div></td>`).MatchString(rows) {
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job">.*?<td class="retrying" data-field="state"[^>]*>retrying after attempt 1<div class="err"><bdi>[^<]*</bdi></div><div class="left-elsewhere" data-field="left-elsewhere">left to another Mac that has its model</div></td>`).MatchString(rows) {
 		t.Errorf("job CC is not shown left to another Mac:\n%s", rows)
 	}
 	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000DD" class="queued-job">.*?<td class="muted" data-field="state">waiting</td>`).MatchString(rows) {
@@ -244,7 +244,7 @@ func TestStatusPageShowsJobsWaitingForAnotherMacInBrowser(t *testing.T) {
 	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000BB" class="queued-job"><td>–</td><td>–</td>.*?<td class="muted" data-field="state">waiting<div class="left-elsewhere" data-field="waiting-elsewhere">for another Mac: not run here</div></td>`).MatchString(rows) {
 		t.Errorf("job BB is not shown waiting for another Mac, without position or ETA:\n%s", rows)
 	}
-	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job"><td>–</td>.*?retrying after attempt 1<div class="err">[^<]*</div><div class="left-elsewhere" data-field="waiting-elsewhere">`).MatchString(rows) {
+	if !regexp.MustCompile(`data-job-id="01JGJ4Q2R000000000000000CC" class="queued-job"><td>–</td>.*?retrying after attempt 1<div class="err"><bdi>[^<]*</bdi></div><div class="left-elsewhere" data-field="waiting-elsewhere">`).MatchString(rows) {
 		t.Errorf("job CC is not shown retrying for another Mac:\n%s", rows)
 	}
 	if i, j := strings.Index(rows, "000000000AA"), strings.Index(rows, "000000000BB"); i < 0 || j < i {

@@ -208,3 +208,40 @@ console.log(JSON.stringify(labels));`)
 		}
 	}
 }
+
+// TestClipKeepsCharactersWhole: an error cut for its cell keeps whole characters: an
+// emoji across the cut (two UTF-16 units, or several code points with a skin tone or a
+// flag) is kept or left out whole. String.slice cut between its units and left a lone
+// surrogate, drawn as a replacement box.
+func TestClipKeepsCharactersWhole(t *testing.T) {
+	t.Parallel()
+	got := runScript(t, `
+const a199 = "a".repeat(199);
+console.log(JSON.stringify([
+  clip(a199 + "😀x", 200),
+  clip(a199 + "x😀", 200),
+  clip(a199 + "👍🏽👍🏽", 200),
+  clip(a199 + "🇫🇷🇩🇪", 200),
+  clip("é".normalize("NFD").repeat(150), 100),
+  clip("short", 200),
+]));
+`)
+	var clipped []string
+	if err := json.Unmarshal([]byte(got), &clipped); err != nil {
+		t.Fatalf("probe printed %q: %v", got, err)
+	}
+	a199 := strings.Repeat("a", 199)
+	want := []string{
+		a199 + "😀…",
+		a199 + "x…",
+		a199 + "👍🏽…",
+		a199 + "🇫🇷…",
+		strings.Repeat("e\u0301", 100) + "…",
+		"short",
+	}
+	for i := range want {
+		if i >= len(clipped) || clipped[i] != want[i] {
+			t.Errorf("clip %d = %q, want %q", i, clipped[min(i, len(clipped)-1)], want[i])
+		}
+	}
+}

@@ -43,6 +43,14 @@ function el(tag, attrs, ...children) {
   return e;
 }
 
+// field holds one value a caller, another foreman or Ollama chose (a model, a program,
+// an error, an id) in a <bdi>: a bidi control in it (U+202E reverses the text after it)
+// ends with it instead of reversing the rest of its line, and a right-to-left value is
+// laid out on its own.
+function field(value, attrs) {
+  return el("bdi", attrs || {}, value);
+}
+
 function svg(tag, attrs, text) {
   const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
   for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, String(v));
@@ -212,11 +220,11 @@ function renderRunning(job) {
   }
   const since = ms(job.started_at) || ms(job.created_at);
   const dl = el("dl", { class: "kv" },
-    el("dt", {}, "model"), el("dd", { "data-field": "model" }, job.model),
-    el("dt", {}, "program"), el("dd", {}, job.program || "(anonymous)"),
-    el("dt", {}, "state"), el("dd", {}, job.state + " · " + (job.kind || "")),
+    el("dt", {}, "model"), el("dd", { "data-field": "model" }, field(job.model)),
+    el("dt", {}, "program"), el("dd", {}, job.program ? field(job.program) : "(anonymous)"),
+    el("dt", {}, "state"), el("dd", {}, field(job.state), " · ", field(job.kind || "")),
     el("dt", {}, "elapsed"), el("dd", {}, fmtDur(nowMs() - since)),
-    el("dt", {}, "job"), el("dd", { class: "id" }, jobId(job), " ", cancelButton(jobId(job))),
+    el("dt", {}, "job"), el("dd", { class: "id" }, field(jobId(job)), " ", cancelButton(jobId(job))),
   );
   replaceChildren(box, [dl]);
 }
@@ -227,9 +235,9 @@ function renderElsewhere(jobs) {
   jobs = jobs || [];
   box.hidden = !jobs.length;
   replaceChildren(box, jobs.map((j) => el("li", { "data-job-id": jobId(j), class: "elsewhere-job" },
-    el("span", { class: "muted" }, j.runner ? "on " + j.runner + ": " : "on another Mac: "),
-    j.model + " · " + j.state + " · " + fmtDur(nowMs() - (ms(j.started_at) || ms(j.created_at))) + " ",
-    el("span", { class: "id" }, jobId(j)),
+    el("span", { class: "muted" }, ...(j.runner ? ["on ", field(j.runner), ": "] : ["on another Mac: "])),
+    field(j.model), " · ", field(j.state), " · " + fmtDur(nowMs() - (ms(j.started_at) || ms(j.created_at))) + " ",
+    field(jobId(j), { class: "id" }),
     j.runner_gone ? el("span", { class: "warn", "data-field": "runner-gone" }, " its foreman is gone: runs again once its ack wait ends") : null,
   )));
 }
@@ -254,11 +262,11 @@ function renderPaused(p) {
   replaceChildren(box, p.restart_needed ? [
     el("span", { class: "why" }, "Worker stopped: the job store cannot write until foreman is restarted"),
     since + "; it does not resume by itself. Restart foreman, once its disk has room if it is full. ",
-    el("span", { class: "err" }, p.error || ""),
+    field(p.error || "", { class: "err" }),
   ] : [
-    el("span", { class: "why" }, "Worker paused: " + (PAUSE_REASONS[p.reason] || p.reason)),
+    el("span", { class: "why" }, "Worker paused: ", PAUSE_REASONS[p.reason] || field(p.reason)),
     since + "; jobs wait until it resumes. ",
-    el("span", { class: "err" }, p.error || ""),
+    field(p.error || "", { class: "err" }),
   ]);
 }
 
@@ -287,12 +295,12 @@ function renderTargetDown(q) {
     what = "Ollama answered foreman's last poll with an error";
     then = "; it counts as there, so the worker does not wait for it. ";
   }
-  replaceChildren(box, [el("span", { class: "why" }, what), then, el("span", { class: "err" }, own.error || "")]);
+  replaceChildren(box, [el("span", { class: "why" }, what), then, field(own.error || "", { class: "err" })]);
 }
 
 function renderLoaded(models) {
   replaceChildren($("loaded"), (models && models.length)
-    ? models.map((m) => el("li", {}, m))
+    ? models.map((m) => el("li", {}, field(m)))
     : [el("li", { class: "muted" }, "none")]);
 }
 
@@ -312,7 +320,7 @@ function waitState(j) {
   if (j.state !== "retrying") return el("td", { class: "muted", "data-field": "state" }, "waiting", left);
   return el("td", { class: "retrying", "data-field": "state", title: j.error || null },
     j.attempts ? "retrying after attempt " + j.attempts : "retrying", // 0: not counted (Ollama busy)
-    j.error ? el("div", { class: "err" }, clip(j.error, ERROR_CLIP)) : null, left);
+    j.error ? el("div", { class: "err" }, field(clip(j.error, ERROR_CLIP))) : null, left);
 }
 
 // renderQueue lists this foreman's worker's waiting jobs in its order, then those it
@@ -324,13 +332,13 @@ function renderQueue(q) {
   const rows = waiting.map((j) => el("tr", { "data-job-id": jobId(j), class: "queued-job" },
     el("td", {}, j.queue_position || "–"),
     el("td", {}, j.queue_position ? fmtEta(j.eta) : "–"),
-    el("td", {}, j.model),
-    el("td", { class: "prio-" + j.priority }, j.priority),
-    el("td", {}, j.program || "(anonymous)"),
-    el("td", {}, j.kind),
+    el("td", {}, field(j.model)),
+    el("td", { class: "prio-" + j.priority }, field(j.priority)),
+    el("td", {}, j.program ? field(j.program) : "(anonymous)"),
+    el("td", {}, field(j.kind)),
     el("td", {}, fmtDur(now - ms(j.created_at))),
     waitState(j),
-    el("td", { class: "id" }, jobId(j)),
+    el("td", { class: "id" }, field(jobId(j))),
     el("td", {}, cancelButton(jobId(j))),
   ));
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 10, class: "muted" }, "the queue is empty")));
@@ -346,9 +354,31 @@ function renderQueue(q) {
   more.textContent = total > shown ? "… and " + (total - shown) + " more" : "";
 }
 
-// clip shortens text to n characters; the cell's title keeps all of it.
+// clip shortens text to n characters, whole ones as a person counts them (an emoji with
+// its skin tone, a flag, a letter with its accents; code points where the browser cannot
+// segment), never half of one: String.slice counts UTF-16 units and split an emoji into
+// a lone surrogate, drawn as a replacement box. The cell's title keeps all of it.
 function clip(text, n) {
-  return text.length > n ? text.slice(0, n) + "…" : text;
+  if (text.length <= n) return text; // n UTF-16 units hold at most n characters
+  let end = 0, count = 0;
+  for (const c of characters(text)) {
+    if (count === n) return text.slice(0, end) + "…";
+    end += c.length;
+    count++;
+  }
+  return text;
+}
+
+const graphemes = typeof Intl !== "undefined" && Intl.Segmenter ? new Intl.Segmenter(undefined, { granularity: "grapheme" }) : null;
+
+// characters yields text's user-perceived characters (grapheme clusters), else its code
+// points.
+function* characters(text) {
+  if (!graphemes) {
+    yield* text;
+    return;
+  }
+  for (const s of graphemes.segment(text)) yield s.segment;
 }
 
 function renderRecent(jobs) {
@@ -360,14 +390,14 @@ function renderRecent(jobs) {
     const run = j.started_at && j.finished_at ? ms(j.finished_at) - ms(j.started_at) : NaN;
     return el("tr", { "data-job-id": jobId(j) },
       el("td", {}, j.finished_at ? fmtClock(ms(j.finished_at)) : "–"),
-      el("td", { class: "state-" + j.state }, j.state),
-      el("td", {}, j.model),
-      el("td", {}, j.program || "(anonymous)"),
-      el("td", {}, j.kind),
+      el("td", { class: "state-" + j.state }, field(j.state)),
+      el("td", {}, field(j.model)),
+      el("td", {}, j.program ? field(j.program) : "(anonymous)"),
+      el("td", {}, field(j.kind)),
       el("td", {}, fmtDur(wait)),
       el("td", {}, fmtDur(run)),
-      el("td", { class: "id" }, jobId(j)),
-      el("td", { class: "err", title: j.error || null }, clip(j.error || "", ERROR_CLIP)),
+      el("td", { class: "id" }, field(jobId(j))),
+      el("td", { class: "err", title: j.error || null }, field(clip(j.error || "", ERROR_CLIP))),
     );
   });
   if (!rows.length) rows.push(el("tr", {}, el("td", { colspan: 9, class: "muted" }, "no finished jobs yet")));
@@ -494,7 +524,7 @@ function drawDepth() {
   const legend = [...models].map((m) => {
     const sw = el("span", { class: "swatch" });
     sw.style.background = colorOf(m);
-    return el("span", {}, sw, m);
+    return el("span", {}, sw, field(m));
   });
   replaceChildren($("chart-legend"), legend);
 }
