@@ -34,7 +34,9 @@ type APIError struct {
 func (e *APIError) Is(target error) bool {
 	switch target {
 	case ErrNotFound:
-		return e.Status == http.StatusNotFound
+		// A 404 page that is not foreman's (a proxy's, a path foreman does not serve)
+		// says nothing of a job, artifact or model.
+		return e.Status == http.StatusNotFound && !e.Raw
 	case ErrUnauthorized:
 		return e.Status == http.StatusUnauthorized
 	case ErrQueueFull:
@@ -54,11 +56,23 @@ const (
 )
 
 func (e *APIError) Error() string {
-	if e.Message == "" {
+	switch {
+	case e.Message == "":
 		return fmt.Sprintf("%d %s", e.Status, http.StatusText(e.Status))
+	case e.Raw:
+		// Another server's page (up to 64 KiB of HTML): its status and its start, on one
+		// line; Message keeps it whole.
+		ex := strings.Join(strings.Fields(e.Message), " ")
+		if r := []rune(ex); len(r) > rawExcerpt {
+			ex = string(r[:rawExcerpt]) + "…"
+		}
+		return fmt.Sprintf("%d %s, an answer not foreman's: %s", e.Status, http.StatusText(e.Status), ex)
 	}
 	return e.Message
 }
+
+// rawExcerpt bounds the characters of a Raw answer that Error quotes.
+const rawExcerpt = 200
 
 // Sentinels for errors.Is.
 var (
