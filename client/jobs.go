@@ -336,7 +336,7 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 		path += "?" + q.Encode()
 	}
 	// A page holds at most the jobs asked for (foreman's default page is 50).
-	page := f.Limit
+	page := min(f.Limit, maxJobsPage)
 	if page <= 0 {
 		page = 50
 	}
