@@ -49,7 +49,11 @@ type SubmitRequest struct {
 	OnState func(Event)
 	// OnWaitError, if set, is called by Submit with each read of the job that failed
 	// while it waits, when the wait goes on anyway (foreman restarting or unreachable: it
-	// reads again at the next poll). Same goroutine as OnState.
+	// reads again at the next poll). It is also told, once, when Submit's webhook
+	// receiver gets a delivery signed with the WithWebhookSecret secret but stamped more
+	// than 5 minutes from this machine's clock (errors.Is ErrWebhookTimestamp): the
+	// clocks differ, the receiver takes none of foreman's deliveries, and Submit polls the
+	// job every poll interval instead. Same goroutine as OnState.
 	OnWaitError func(error)
 	// SubmitTimeout, when positive, bounds Submit's submit of the job (not its wait for
 	// the job), as a context deadline would bound SubmitAsync: past it Submit returns

@@ -135,7 +135,8 @@ type follower struct {
 	c        *Client
 	id       string
 	events   <-chan Event
-	overNATS bool // events come over the NATS connection
+	clockOff <-chan time.Duration // a webhook receiver's deliveries are stamped off this clock
+	overNATS bool                 // events come over the NATS connection
 	unsub    func()
 	interval time.Duration
 	first    *Job
@@ -155,7 +156,7 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 	f := &follower{c: c, id: id, interval: c.pollInterval, unsub: func() {}}
 	switch {
 	case hook != nil:
-		f.events = hook.events
+		f.events, f.clockOff = hook.events, hook.clockOff
 	case c.natsUp() && !c.pollingOnly:
 		// If the subscription fails (e.g. a closed connection), polling still works.
 		if ch, unsub, err := c.subscribe(ctx, broker.StateSubject(id)); err == nil {
@@ -223,6 +224,14 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case off := <-f.clockOff:
+			// The receiver refuses foreman's deliveries for their timestamps: no event
+			// comes, so poll, from now on.
+			f.clockOff, f.interval = nil, f.c.pollInterval
+			if onErr != nil {
+				onErr(clockError(off))
+			}
+			readNow()
 		case e := <-f.events:
 			if e.Lost > 0 {
 				// Events were lost, maybe this job's: read the job now.

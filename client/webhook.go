@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -52,10 +54,13 @@ func VerifyWebhook(secret string, header http.Header, body []byte, tolerance tim
 type receiver struct {
 	url    string
 	events chan Event
-	srv    *http.Server
-	done   chan struct{}
-	once   sync.Once
-	served sync.WaitGroup
+	// clockOff gets how far from this machine's clock a delivery signed with the secret
+	// was stamped, when that is outside the tolerance (see clockDifference).
+	clockOff chan time.Duration
+	srv      *http.Server
+	done     chan struct{}
+	once     sync.Once
+	served   sync.WaitGroup
 }
 
 // maxWebhookBody bounds a delivery: a state event with an inline result (≤ 64 KiB) and
@@ -90,9 +95,10 @@ func (c *Client) listenWebhook() (*receiver, error) {
 	_, _ = rand.Read(tok[:])
 	path := "/foreman-webhook/" + hex.EncodeToString(tok[:])
 	r := &receiver{
-		url:    base + path,
-		events: make(chan Event, 16),
-		done:   make(chan struct{}),
+		url:      base + path,
+		events:   make(chan Event, 16),
+		clockOff: make(chan time.Duration, 1),
+		done:     make(chan struct{}),
 	}
 	secret := c.webhookSecret
 	// The path is matched by its end, so a proxy in front of a WithWebhookURL may
@@ -114,6 +120,17 @@ func (c *Client) listenWebhook() (*receiver, error) {
 		}
 		if secret != "" {
 			if err := VerifyWebhook(secret, req.Header, body, 0); err != nil {
+				if off, ok := clockDifference(secret, req.Header, body, err); ok {
+					// Its event is not trusted (it may be a replay), but the wait is told
+					// to poll: every delivery of foreman's would be refused alike. 410 has
+					// foreman send this job no more (a 401 would be retried for hours).
+					select {
+					case r.clockOff <- off:
+					default: // told already
+					}
+					http.Error(w, "webhook timestamp too far from this receiver's clock; the job is polled instead", http.StatusGone)
+					return
+				}
 				http.Error(w, err.Error(), http.StatusUnauthorized)
 				return
 			}
@@ -147,6 +164,33 @@ func (c *Client) listenWebhook() (*receiver, error) {
 		_ = r.srv.Serve(ln)
 	}()
 	return r, nil
+}
+
+// clockDifference tells a delivery refused (err) for its timestamp alone: signed with
+// secret, but stamped too far from this machine's clock. Either the clocks of foreman and
+// this machine differ, and every delivery of foreman's would be refused alike, or it is
+// a captured delivery replayed; either way its event is not taken. off is its stamp
+// less this machine's time.
+func clockDifference(secret string, header http.Header, body []byte, err error) (off time.Duration, ok bool) {
+	if !errors.Is(err, ErrWebhookTimestamp) {
+		return 0, false
+	}
+	ts, perr := strconv.ParseInt(header.Get(signature.HeaderTimestamp), 10, 64)
+	if perr != nil || VerifyWebhook(secret, header, body, time.Duration(math.MaxInt64)) != nil {
+		return 0, false
+	}
+	return time.Until(time.Unix(ts, 0)), true
+}
+
+// clockError is what OnWaitError is told of a delivery whose timestamp was off by off.
+func clockError(off time.Duration) error {
+	dir := "ahead of"
+	if off < 0 {
+		dir, off = "behind", -off
+	}
+	return fmt.Errorf("client: webhook receiver: a delivery signed with the webhook secret is stamped %v %s this machine's clock "+
+		"(the clocks of foreman and this machine differ, or it was replayed): its event is not taken, and the job is polled every poll interval: %w",
+		off.Round(time.Second), dir, ErrWebhookTimestamp)
 }
 
 // advertiseHost is the host foreman should call a receiver listening on listenHost at,
