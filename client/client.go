@@ -232,14 +232,15 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any, l
 	if err != nil {
 		return err
 	}
-	return decodeObject(data, out, method, path)
+	return c.decodeObject(resp, data, out, method, path)
 }
 
-// decodeObject decodes an answer that must be a JSON object: null, which would leave out
-// as it was, is no answer foreman gives.
-func decodeObject(data []byte, out any, method, path string) error {
+// decodeObject decodes resp's answer data, which must be a JSON object: anything else (an
+// HTML page, plain text, null, which would leave out as it was) is no answer foreman
+// gives, but a *ForeignAnswerError.
+func (c *Client) decodeObject(resp *http.Response, data []byte, out any, method, path string) error {
 	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
-		return fmt.Errorf("client: decode %s %s: the answer is not a JSON object", method, path)
+		return c.foreignAnswer(resp, data, method, path)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("client: decode %s %s: %w", method, path, err)

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -184,6 +185,9 @@ func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (id st
 	data, err := c.readAnswer(ctx, resp.Body, http.MethodPost, "/jobs", maxSmallAnswer)
 	if err != nil {
 		return "", false, err
+	}
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
+		return "", false, c.foreignAnswer(resp, data, http.MethodPost, "/jobs")
 	}
 	id, err = decodeSubmitReply(data)
 	return id, resp.Header.Get("Idempotent-Replayed") == "true", err

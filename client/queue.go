@@ -146,7 +146,7 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 		return nil, err
 	}
 	var q Queue
-	if err := decodeObject(raw, &q, http.MethodGet, path); err != nil {
+	if err := c.decodeObject(resp, raw, &q, http.MethodGet, path); err != nil {
 		return nil, err
 	}
 	if q.Running != nil {
