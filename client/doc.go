@@ -33,7 +33,9 @@
 //     A delivery signed with the secret but stamped more than 5 minutes from this
 //     machine's clock (the clocks differ) is not taken, but answered 410 (foreman sends
 //     the job no more) and told to OnWaitError; the wait then polls every
-//     WithPollInterval.
+//     WithPollInterval. When Submit returns before its job's terminal event came, the
+//     receiver answers deliveries 410 for 10 s more (Close releases it), so foreman
+//     stops retrying them (ADR-0119).
 //  3. Polling: GET /jobs/{id} every WithPollInterval.
 //
 // NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook

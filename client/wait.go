@@ -34,7 +34,11 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		// A receiver that cannot bind is not an error: polling still works.
 		if h, err := c.listenWebhook(); err == nil {
 			hook = h
-			defer hook.close()
+			defer func() {
+				if hook != nil {
+					c.retire(hook)
+				}
+			}()
 			req.WebhookURL = hook.url
 			if req.OnState == nil {
 				req.WebhookEvents = []State{StateDone, StateFailed, StateCanceled}
@@ -45,6 +49,10 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 	}
 	body, err := req.body()
 	if err != nil {
+		if hook != nil {
+			hook.close() // no job was made
+			hook = nil
+		}
 		return nil, err
 	}
 	sctx := ctx
@@ -73,6 +81,12 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 			return nil, err
 		}
 		id, replayed, err = c.submit(sctx, body, req.IdempotencyKey)
+	}
+	var refused *APIError
+	if err != nil && hook != nil && errors.As(err, &refused) {
+		// foreman refused the submit: no job names the receiver.
+		hook.close()
+		hook = nil
 	}
 	if err != nil {
 		return nil, err
