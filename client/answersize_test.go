@@ -179,3 +179,28 @@ func TestAnswerTooLarge(t *testing.T) {
 		}
 	}
 }
+
+// TestHugeLimitKeepsTheAnswerBound: the bound on a page's answer grows with the limit
+// asked, up to the largest foreman takes; a larger limit (which foreman refuses, but a
+// server in its place may not) once overflowed the bound, and every answer, however
+// small, was "too large (more than -9223372036850581504 bytes)".
+func TestHugeLimitKeepsTheAnswerBound(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /jobs", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, `{"jobs":[]}`)
+	})
+	mux.HandleFunc("GET /queue", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, `{"queued":[],"total":0}`)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithPollingOnly())
+	// 1<<45 jobs of 256 KiB and 2 × 1<<51 waiting jobs of 2 KiB are each 1<<63 bytes.
+	if _, err := c.Jobs(testCtx(t), client.JobFilter{Limit: 1 << 45}); err != nil {
+		t.Errorf("Jobs with a huge limit: %v", err)
+	}
+	if _, err := c.Queue(testCtx(t), 1<<51); err != nil {
+		t.Errorf("Queue with a huge limit: %v", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"net/http/httptrace"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -53,6 +54,11 @@ type Client struct {
 	// webhookRefused: foreman's webhook policy refused the receiver's URL once; later
 	// Submits start no receiver and poll at once.
 	webhookRefused atomic.Bool
+	// lingering are Submit's retired webhook receivers still answering 410 (retire);
+	// closed marks a Client closed, whose receivers close at once.
+	lingerMu  sync.Mutex
+	lingering map[*receiver]struct{}
+	closed    bool
 }
 
 // New returns a client of the foreman at baseURL (e.g. "http://127.0.0.1:8080").
@@ -120,8 +126,11 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// Close releases the NATS connection the client opened (WithNATSURL). Safe to call twice.
+// Close releases the NATS connection the client opened (WithNATSURL), and the ports of
+// Submit's webhook receivers that still answer foreman's last deliveries. Safe to call
+// twice.
 func (c *Client) Close() error {
+	c.closeLingering(true)
 	if c.ownNC && c.nc != nil {
 		c.nc.Close()
 	}
@@ -232,14 +241,15 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any, l
 	if err != nil {
 		return err
 	}
-	return decodeObject(data, out, method, path)
+	return c.decodeObject(resp, data, out, method, path)
 }
 
-// decodeObject decodes an answer that must be a JSON object: null, which would leave out
-// as it was, is no answer foreman gives.
-func decodeObject(data []byte, out any, method, path string) error {
+// decodeObject decodes resp's answer data, which must be a JSON object: anything else (an
+// HTML page, plain text, null, which would leave out as it was) is no answer foreman
+// gives, but a *ForeignAnswerError.
+func (c *Client) decodeObject(resp *http.Response, data []byte, out any, method, path string) error {
 	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
-		return fmt.Errorf("client: decode %s %s: the answer is not a JSON object", method, path)
+		return c.foreignAnswer(resp, data, method, path)
 	}
 	if err := json.Unmarshal(data, out); err != nil {
 		return fmt.Errorf("client: decode %s %s: %w", method, path, err)

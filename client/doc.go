@@ -30,6 +30,12 @@
 //     address foreman is known to reach, or foreman's webhook network policy refuses its
 //     URL (400; loopback is refused unless FOREMAN_WEBHOOK_ALLOW_NETS opens it), the
 //     client falls back to polling; after such a refusal it offers no receiver again.
+//     A delivery signed with the secret but stamped more than 5 minutes from this
+//     machine's clock (the clocks differ) is not taken, but answered 410 (foreman sends
+//     the job no more) and told to OnWaitError; the wait then polls every
+//     WithPollInterval. When Submit returns before its job's terminal event came, the
+//     receiver answers deliveries 410 for 10 s more (Close releases it), so foreman
+//     stops retrying them (ADR-0119).
 //  3. Polling: GET /jobs/{id} every WithPollInterval.
 //
 // NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook

@@ -177,3 +177,51 @@ func retryAfter(h http.Header, now time.Time) time.Duration {
 
 // maxRetryAfter (seconds) bounds what a Retry-After can ask for: a day.
 const maxRetryAfter = 24 * 60 * 60
+
+// ErrNotForeman matches a *ForeignAnswerError: a success answer that is no JSON foreman
+// sends, from whatever answers at the client's URL instead of foreman.
+var ErrNotForeman = errors.New("the answer does not look like foreman's")
+
+// ForeignAnswerError is a success (2xx) answer that is not the JSON object foreman
+// answers with: a captive portal's login page, a proxy's or another server's page, a
+// router's plain text. Its status and Content-Type tell whose it is.
+type ForeignAnswerError struct {
+	// URL is the base URL the client talks to, a password or token in it shown as "xxxxx".
+	URL string
+	// Method and Path are the request's (Path with its query).
+	Method, Path string
+	// Status is the answer's HTTP status; ContentType its Content-Type header.
+	Status      int
+	ContentType string
+	// Excerpt is the start of the body (at most 200 characters, white space runs made
+	// one space); empty for an empty body.
+	Excerpt string
+}
+
+func (e *ForeignAnswerError) Error() string {
+	ct := e.ContentType
+	if ct == "" {
+		ct = "none"
+	}
+	body := "an empty body"
+	if e.Excerpt != "" {
+		body = strconv.Quote(e.Excerpt)
+	}
+	return fmt.Sprintf("client: %s %s: %s answered %d %s (Content-Type %s) with %s, which does not look like foreman: "+
+		"another server, a captive portal or a proxy answers at that address",
+		e.Method, e.Path, e.URL, e.Status, http.StatusText(e.Status), ct, body)
+}
+
+// Is makes errors.Is(err, ErrNotForeman) true.
+func (e *ForeignAnswerError) Is(target error) bool { return target == ErrNotForeman }
+
+// foreignAnswer is the error of answer data (to method path, with resp's status and
+// Content-Type) that is no JSON object foreman sends.
+func (c *Client) foreignAnswer(resp *http.Response, data []byte, method, path string) error {
+	ex := strings.Join(strings.Fields(strings.ToValidUTF8(string(data[:min(len(data), 4*rawExcerpt)]), "\uFFFD")), " ")
+	if r := []rune(ex); len(r) > rawExcerpt {
+		ex = string(r[:rawExcerpt]) + "…"
+	}
+	return &ForeignAnswerError{URL: c.shown, Method: method, Path: path, Status: resp.StatusCode,
+		ContentType: resp.Header.Get("Content-Type"), Excerpt: ex}
+}

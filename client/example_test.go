@@ -92,14 +92,17 @@ func ExampleWithNATSURL() {
 	}
 	defer c.Close()
 
+	// The job is submitted over NATS and its states arrive as NATS events.
+	var last client.State
 	res, err := c.Submit(context.Background(), client.SubmitRequest{
 		Generate: &client.GenerateRequest{Model: "tiny-b", Prompt: "Name a color."},
-		OnState:  func(e client.Event) { fmt.Println("state:", e.State) },
+		OnState:  func(e client.Event) { last = e.State }, // queued, loading, working, done
 	})
 	if err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(res.Text())
+	fmt.Println(c.NATS().IsConnected(), last, res.Text())
+	// Output: true done amber juniper sierra birch ember
 }
 
 func ExampleClient_Chat() {

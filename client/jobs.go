@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -49,7 +50,11 @@ type SubmitRequest struct {
 	OnState func(Event)
 	// OnWaitError, if set, is called by Submit with each read of the job that failed
 	// while it waits, when the wait goes on anyway (foreman restarting or unreachable: it
-	// reads again at the next poll). Same goroutine as OnState.
+	// reads again at the next poll). It is also told, once, when Submit's webhook
+	// receiver gets a delivery signed with the WithWebhookSecret secret but stamped more
+	// than 5 minutes from this machine's clock (errors.Is ErrWebhookTimestamp): the
+	// clocks differ, the receiver takes none of foreman's deliveries, and Submit polls the
+	// job every poll interval instead. Same goroutine as OnState.
 	OnWaitError func(error)
 	// SubmitTimeout, when positive, bounds Submit's submit of the job (not its wait for
 	// the job), as a context deadline would bound SubmitAsync: past it Submit returns
@@ -180,6 +185,9 @@ func (c *Client) submit(ctx context.Context, body []byte, idemKey string) (id st
 	data, err := c.readAnswer(ctx, resp.Body, http.MethodPost, "/jobs", maxSmallAnswer)
 	if err != nil {
 		return "", false, err
+	}
+	if t := bytes.TrimSpace(data); len(t) == 0 || t[0] != '{' {
+		return "", false, c.foreignAnswer(resp, data, http.MethodPost, "/jobs")
 	}
 	id, err = decodeSubmitReply(data)
 	return id, resp.Header.Get("Idempotent-Replayed") == "true", err
@@ -336,7 +344,7 @@ func (c *Client) Jobs(ctx context.Context, f JobFilter) (*JobList, error) {
 		path += "?" + q.Encode()
 	}
 	// A page holds at most the jobs asked for (foreman's default page is 50).
-	page := f.Limit
+	page := min(f.Limit, maxJobsPage)
 	if page <= 0 {
 		page = 50
 	}

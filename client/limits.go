@@ -16,6 +16,11 @@ const (
 	maxListBase   = 4 << 20
 	maxListEntry  = 256 << 10
 	maxQueueEntry = 2 << 10
+	// maxJobsPage and maxQueuePage are the largest limits foreman takes for GET /jobs and
+	// GET /queue (it refuses a larger one with 400): a page's bound is taken for at most
+	// that many jobs, so a larger limit cannot overflow it.
+	maxJobsPage  = 1000
+	maxQueuePage = 100_000
 	// maxTargetAnswer bounds the answers foreman relays from the Ollama server: tags,
 	// ps, an embedding, an artifact such as result.json. foreman reads a target's answer
 	// up to ollama.MaxFrameSize.

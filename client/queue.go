@@ -136,7 +136,7 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 	}
 	defer resp.Body.Close()
 	// The answer lists at most the waiting jobs asked for (foreman's default is 100).
-	shown := limit
+	shown := min(limit, maxQueuePage)
 	if shown <= 0 {
 		shown = 100
 	}
@@ -146,7 +146,7 @@ func (c *Client) Queue(ctx context.Context, limit int) (*Queue, error) {
 		return nil, err
 	}
 	var q Queue
-	if err := decodeObject(raw, &q, http.MethodGet, path); err != nil {
+	if err := c.decodeObject(resp, raw, &q, http.MethodGet, path); err != nil {
 		return nil, err
 	}
 	if q.Running != nil {

@@ -34,7 +34,11 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		// A receiver that cannot bind is not an error: polling still works.
 		if h, err := c.listenWebhook(); err == nil {
 			hook = h
-			defer hook.close()
+			defer func() {
+				if hook != nil {
+					c.retire(hook)
+				}
+			}()
 			req.WebhookURL = hook.url
 			if req.OnState == nil {
 				req.WebhookEvents = []State{StateDone, StateFailed, StateCanceled}
@@ -45,6 +49,10 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 	}
 	body, err := req.body()
 	if err != nil {
+		if hook != nil {
+			hook.close() // no job was made
+			hook = nil
+		}
 		return nil, err
 	}
 	sctx := ctx
@@ -73,6 +81,12 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 			return nil, err
 		}
 		id, replayed, err = c.submit(sctx, body, req.IdempotencyKey)
+	}
+	var refused *APIError
+	if err != nil && hook != nil && errors.As(err, &refused) {
+		// foreman refused the submit: no job names the receiver.
+		hook.close()
+		hook = nil
 	}
 	if err != nil {
 		return nil, err
@@ -135,7 +149,8 @@ type follower struct {
 	c        *Client
 	id       string
 	events   <-chan Event
-	overNATS bool // events come over the NATS connection
+	clockOff <-chan time.Duration // a webhook receiver's deliveries are stamped off this clock
+	overNATS bool                 // events come over the NATS connection
 	unsub    func()
 	interval time.Duration
 	first    *Job
@@ -155,7 +170,7 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 	f := &follower{c: c, id: id, interval: c.pollInterval, unsub: func() {}}
 	switch {
 	case hook != nil:
-		f.events = hook.events
+		f.events, f.clockOff = hook.events, hook.clockOff
 	case c.natsUp() && !c.pollingOnly:
 		// If the subscription fails (e.g. a closed connection), polling still works.
 		if ch, unsub, err := c.subscribe(ctx, broker.StateSubject(id)); err == nil {
@@ -223,6 +238,14 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case off := <-f.clockOff:
+			// The receiver refuses foreman's deliveries for their timestamps: no event
+			// comes, so poll, from now on.
+			f.clockOff, f.interval = nil, f.c.pollInterval
+			if onErr != nil {
+				onErr(clockError(off))
+			}
+			readNow()
 		case e := <-f.events:
 			if e.Lost > 0 {
 				// Events were lost, maybe this job's: read the job now.

@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook/signature"
@@ -48,14 +51,22 @@ func VerifyWebhook(secret string, header http.Header, body []byte, tolerance tim
 }
 
 // receiver is Submit's ephemeral webhook endpoint: one random path on one listener, for
-// one job, closed when Submit returns.
+// one job, retired when Submit returns (see Client.retire).
 type receiver struct {
 	url    string
 	events chan Event
-	srv    *http.Server
-	done   chan struct{}
-	once   sync.Once
-	served sync.WaitGroup
+	// clockOff gets how far from this machine's clock a delivery signed with the secret
+	// was stamped, when that is outside the tolerance (see clockDifference).
+	clockOff chan time.Duration
+	srv      *http.Server
+	done     chan struct{} // closed once the wait takes no more events
+	quitOnce sync.Once
+	once     sync.Once
+	served   sync.WaitGroup
+	// settled: foreman sends this receiver nothing more (it took a terminal event, or
+	// answered 410), so it need not stay open once retired.
+	settled atomic.Bool
+	linger  *time.Timer // set by retire, under the client's lingerMu
 }
 
 // maxWebhookBody bounds a delivery: a state event with an inline result (≤ 64 KiB) and
@@ -78,6 +89,11 @@ func (c *Client) listenWebhook() (*receiver, error) {
 			return nil, err
 		}
 	}
+	if _, port, _ := net.SplitHostPort(c.webhookAddr); port != "0" {
+		// A fixed port is the one a retired receiver still holds: this Submit's
+		// receiver takes it over.
+		c.closeLingering(false)
+	}
 	ln, err := net.Listen("tcp", c.webhookAddr)
 	if err != nil {
 		return nil, fmt.Errorf("client: webhook receiver: %w", err)
@@ -90,9 +106,10 @@ func (c *Client) listenWebhook() (*receiver, error) {
 	_, _ = rand.Read(tok[:])
 	path := "/foreman-webhook/" + hex.EncodeToString(tok[:])
 	r := &receiver{
-		url:    base + path,
-		events: make(chan Event, 16),
-		done:   make(chan struct{}),
+		url:      base + path,
+		events:   make(chan Event, 16),
+		clockOff: make(chan time.Duration, 1),
+		done:     make(chan struct{}),
 	}
 	secret := c.webhookSecret
 	// The path is matched by its end, so a proxy in front of a WithWebhookURL may
@@ -114,6 +131,18 @@ func (c *Client) listenWebhook() (*receiver, error) {
 		}
 		if secret != "" {
 			if err := VerifyWebhook(secret, req.Header, body, 0); err != nil {
+				if off, ok := clockDifference(secret, req.Header, body, err); ok {
+					// Its event is not trusted (it may be a replay), but the wait is told
+					// to poll: every delivery of foreman's would be refused alike. 410 has
+					// foreman send this job no more (a 401 would be retried for hours).
+					select {
+					case r.clockOff <- off:
+					default: // told already
+					}
+					r.settled.Store(true)
+					http.Error(w, "webhook timestamp too far from this receiver's clock; the job is polled instead", http.StatusGone)
+					return
+				}
 				http.Error(w, err.Error(), http.StatusUnauthorized)
 				return
 			}
@@ -129,11 +158,25 @@ func (c *Client) listenWebhook() (*receiver, error) {
 			http.Error(w, "not a foreman state event", http.StatusBadRequest)
 			return
 		}
+		gone := func() {
+			// 410: foreman sends this job's events here no more.
+			r.settled.Store(true)
+			w.WriteHeader(http.StatusGone)
+		}
+		select {
+		case <-r.done: // ahead of a free place in events, which no one reads now
+			gone()
+			return
+		default:
+		}
 		select {
 		case r.events <- e:
+			if e.State.Terminal() {
+				r.settled.Store(true)
+			}
 			w.WriteHeader(http.StatusNoContent)
 		case <-r.done:
-			w.WriteHeader(http.StatusGone) // 410: stop delivering to this receiver
+			gone()
 		case <-req.Context().Done():
 		}
 	})
@@ -147,6 +190,33 @@ func (c *Client) listenWebhook() (*receiver, error) {
 		_ = r.srv.Serve(ln)
 	}()
 	return r, nil
+}
+
+// clockDifference tells a delivery refused (err) for its timestamp alone: signed with
+// secret, but stamped too far from this machine's clock. Either the clocks of foreman and
+// this machine differ, and every delivery of foreman's would be refused alike, or it is
+// a captured delivery replayed; either way its event is not taken. off is its stamp
+// less this machine's time.
+func clockDifference(secret string, header http.Header, body []byte, err error) (off time.Duration, ok bool) {
+	if !errors.Is(err, ErrWebhookTimestamp) {
+		return 0, false
+	}
+	ts, perr := strconv.ParseInt(header.Get(signature.HeaderTimestamp), 10, 64)
+	if perr != nil || VerifyWebhook(secret, header, body, time.Duration(math.MaxInt64)) != nil {
+		return 0, false
+	}
+	return time.Until(time.Unix(ts, 0)), true
+}
+
+// clockError is what OnWaitError is told of a delivery whose timestamp was off by off.
+func clockError(off time.Duration) error {
+	dir := "ahead of"
+	if off < 0 {
+		dir, off = "behind", -off
+	}
+	return fmt.Errorf("client: webhook receiver: a delivery signed with the webhook secret is stamped %v %s this machine's clock "+
+		"(the clocks of foreman and this machine differ, or it was replayed): its event is not taken, and the job is polled every poll interval: %w",
+		off.Round(time.Second), dir, ErrWebhookTimestamp)
 }
 
 // advertiseHost is the host foreman should call a receiver listening on listenHost at,
@@ -175,11 +245,64 @@ func (c *Client) advertiseHost(listenHost string) (string, error) {
 	}
 }
 
+// quit makes the receiver take no more events: it answers deliveries 410.
+func (r *receiver) quit() { r.quitOnce.Do(func() { close(r.done) }) }
+
 // close stops the receiver and releases its port.
 func (r *receiver) close() {
 	r.once.Do(func() {
-		close(r.done)
+		r.quit()
 		_ = r.srv.Close()
 		r.served.Wait()
 	})
+}
+
+// receiverLinger is how long a retired receiver whose job may still send it an event
+// stays open to answer it 410.
+const receiverLinger = 10 * time.Second
+
+// retire ends a receiver when Submit returns. Unless foreman sends it nothing more (it
+// took its job's terminal event, or answered 410), it answers foreman's deliveries 410
+// for receiverLinger before it closes (Close closes it at once): an event that comes just
+// after Submit returned (the canceled event of WithCancelOnContextDone's cancel, a
+// terminal event a poll saw first) then ends the job's deliveries, where a closed port
+// had foreman retry it, refused, for hours (ADR-0092).
+func (c *Client) retire(r *receiver) {
+	r.quit()
+	if r.settled.Load() {
+		r.close()
+		return
+	}
+	c.lingerMu.Lock()
+	defer c.lingerMu.Unlock()
+	if c.closed {
+		r.close()
+		return
+	}
+	if c.lingering == nil {
+		c.lingering = make(map[*receiver]struct{})
+	}
+	c.lingering[r] = struct{}{}
+	r.linger = time.AfterFunc(receiverLinger, func() {
+		c.lingerMu.Lock()
+		delete(c.lingering, r)
+		c.lingerMu.Unlock()
+		r.close()
+	})
+}
+
+// closeLingering closes the retired receivers still open, at once; for good (Close)
+// also those retired later.
+func (c *Client) closeLingering(forGood bool) {
+	c.lingerMu.Lock()
+	c.closed = c.closed || forGood
+	rs := c.lingering
+	c.lingering = nil
+	for r := range rs {
+		r.linger.Stop()
+	}
+	c.lingerMu.Unlock()
+	for r := range rs {
+		r.close()
+	}
 }

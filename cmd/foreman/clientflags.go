@@ -130,6 +130,7 @@ func (f *clientFlags) explain(e *env, err error) error {
 		ce  *client.ConnectionError
 		cut *client.CutShortError
 		ae  *client.APIError
+		fe  *client.ForeignAnswerError
 	)
 	switch {
 	case f.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
@@ -139,6 +140,8 @@ func (f *clientFlags) explain(e *env, err error) error {
 		return fmt.Errorf("cannot reach %s: %s — %s", termSafe(ce.URL), termSafe(rootCause(ce.Err)), unreachableHint(ce.Err))
 	case errors.As(err, &cut):
 		return fmt.Errorf("the answer from %s was cut short (%s): foreman stopped, or the connection to it broke; see its log", termSafe(cut.URL), termSafe(rootCause(cut.Err)))
+	case errors.As(err, &fe):
+		return foreignSuccess(termSafe(ollama.RedactURL(f.baseURL(e))), fe)
 	case errors.As(err, &ae) && ae.Raw:
 		return foreignAnswer(termSafe(ollama.RedactURL(f.baseURL(e))), ae)
 	case errors.As(err, &ae) && ae.Status == http.StatusUnauthorized:

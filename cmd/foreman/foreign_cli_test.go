@@ -155,3 +155,25 @@ func TestUnreachableHintForDNS(t *testing.T) {
 		t.Fatalf("hint %q", got)
 	}
 }
+
+// TestCaptivePortalIsNamed: a 200 answer that is no foreman JSON (a captive portal's
+// login page) is said as an error answer that is not foreman's is, with its status,
+// Content-Type and start; the CLI said "client: decode GET /jobs: the answer is not a
+// JSON object".
+func TestCaptivePortalIsNamed(t *testing.T) {
+	t.Parallel()
+	portal := foreignServer(t, http.StatusOK, "<!DOCTYPE html>\n<html><head><title>Guest Wi-Fi</title></head>"+strings.Repeat("<p>terms</p>\n", 4<<10))
+	for _, args := range [][]string{{"jobs", "list"}, {"jobs", "get", "01JGJ4Q2R0000000000000000A"}, {"queue"}, {"ps"}, {"tags"}} {
+		r := runCLI(t, map[string]string{"FOREMAN_URL": portal}, nil, nil, args...)
+		if r.code == 0 {
+			t.Fatalf("%v: succeeded", args)
+		}
+		want := portal + ` answered 200 OK (Content-Type text/html) with "<!DOCTYPE html> <html><head><title>Guest Wi-Fi`
+		if !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "does not look like foreman") || !strings.Contains(r.stderr, "check --url/FOREMAN_URL") {
+			t.Errorf("%v: stderr %q\nwant it to say %q, that it does not look like foreman, and what to check", args, r.stderr, want)
+		}
+		if len(r.stderr) > 600 || strings.Count(r.stderr, "\n") != 1 {
+			t.Errorf("%v: %d bytes on %d lines, want one short line: %q", args, len(r.stderr), strings.Count(r.stderr, "\n"), r.stderr)
+		}
+	}
+}

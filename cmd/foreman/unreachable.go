@@ -68,7 +68,25 @@ const foreignExcerpt = 120
 // printed whole it was up to 64 KiB of escaped HTML with no status, and looked like a
 // message of foreman's.
 func foreignAnswer(url string, ae *client.APIError) error {
-	status := fmt.Sprintf("%d %s", ae.Status, http.StatusText(ae.Status))
+	return notForeman(url, ae.Status, "", ae.Message)
+}
+
+// foreignSuccess is the error for a success answer that is no foreman JSON (a captive
+// portal's login page answered with 200): said as foreignAnswer says an error answer,
+// with its Content-Type. The client's words were "the answer is not a JSON object",
+// which sent people looking for a bug in foreman.
+func foreignSuccess(url string, fe *client.ForeignAnswerError) error {
+	return notForeman(url, fe.Status, fe.ContentType, fe.Excerpt)
+}
+
+// notForeman says that url answered status (with contentType, when known) and body,
+// which is not foreman's, and what to check.
+func notForeman(url string, code int, contentType, text string) error {
+	status := fmt.Sprintf("%d %s", code, http.StatusText(code))
+	if contentType != "" {
+		status += " (Content-Type " + termSafe(contentType) + ")"
+	}
+	ae := &client.APIError{Status: code, Message: text}
 	body := "an empty answer"
 	if ex := strings.Join(strings.Fields(ae.Message), " "); ex != "" {
 		if utf8.RuneCountInString(ex) > foreignExcerpt {
@@ -82,6 +100,8 @@ func foreignAnswer(url string, ae *client.APIError) error {
 		hint = "that address speaks TLS: use https:// in --url/FOREMAN_URL"
 	case ae.Status == http.StatusNotFound || ae.Status == http.StatusMethodNotAllowed:
 		hint += " (or a foreman older than this command)"
+	case ae.Status/100 == 2:
+		hint += " (a network that wants a login in a browser first?)"
 	}
 	return fmt.Errorf("%s answered %s with %s, which does not look like foreman: %s", url, status, body, hint)
 }
