@@ -1188,6 +1188,10 @@ func (w *Worker) giveBack(ctx context.Context, d *broker.Lease, log *slog.Logger
 			log.Info("job requeued: a stop cut off its last delivery")
 			return
 		}
+		if errors.Is(err, broker.ErrTerminal) {
+			w.dropEnded(ctx, d, log)
+			return
+		}
 		if errors.Is(err, broker.ErrQueueFull) && w.swapBack(ctx, d, log) {
 			return
 		}
@@ -1381,9 +1385,17 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 	return true
 }
 
+// dropEnded settles delivery d whose requeue found its job ended (broker.ErrTerminal:
+// canceled while the delivery was held): acked, as admit drops an ended job's message.
+func (w *Worker) dropEnded(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	log.Info("job already ended; its queue message dropped, not requeued")
+	w.finish(ctx, d, log)
+}
+
 // requeue puts delivered job d back into the queue as a new message (Store.Requeue),
 // and settles d once that message is stored: a requeue that fails leaves d kept in
-// progress, for a NAK or another try.
+// progress, for a NAK or another try. A job that ended gives broker.ErrTerminal, d
+// unsettled (dropEnded).
 func (w *Worker) requeue(ctx context.Context, d *broker.Lease) error {
 	if err := w.queueAgain(ctx, d); err != nil {
 		return err

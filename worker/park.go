@@ -64,6 +64,9 @@ func (w *Worker) dueParked(now time.Time) (parkedLease, bool) {
 // each due, for a Mac that runs it once the queue has room, or run here once this Mac
 // runs its queue again.
 func (w *Worker) runParked(ctx context.Context, p parkedLease) {
+	if hook := w.cfg.afterParked; hook != nil {
+		defer func() { hook(p.d.JobID, w.isParked(p.d.JobID)) }()
+	}
 	defer p.release() // after handle took its own hold of the keeper
 	log := w.log.With("job_id", p.d.JobID, "model", p.d.Model)
 	bctx, cancel := w.storeCtx(ctx)
@@ -71,6 +74,12 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 	cancel()
 	if err == nil {
 		log.Info("job requeued: its queue had room again")
+		return
+	}
+	if errors.Is(err, broker.ErrTerminal) {
+		// Canceled while kept: its record stays as the cancel wrote it, and no copy of it
+		// goes back to the queue.
+		w.dropEnded(ctx, p.d, log)
 		return
 	}
 	if !errors.Is(err, broker.ErrQueueFull) {
@@ -83,6 +92,18 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 		return
 	}
 	w.handle(ctx, p.d, nil, nil)
+}
+
+// isParked reports whether a delivery of job id is kept (park).
+func (w *Worker) isParked(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.parked {
+		if p.d.JobID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // waitsStill reports whether job id's record says it has not ended: one that ended while
