@@ -201,3 +201,10 @@ func WithAfterParked(cfg Config, fn func(jobID string, kept bool)) Config {
 	cfg.afterParked = fn
 	return cfg
 }
+
+// WithOutlivesQueue sets Config.outlivesQueue: fn true says job's message may be gone
+// before a NAK's delay ends, as one near the job TTL may.
+func WithOutlivesQueue(cfg Config, fn func(jobID string) bool) Config {
+	cfg.outlivesQueue = fn
+	return cfg
+}

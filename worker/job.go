@@ -1360,14 +1360,25 @@ func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
 // putBack puts a job back in the queue, available again after delay, and reports whether
 // it was NAKed (with that delay). A job whose message JetStream drops (or may drop) at
 // the queue's MaxAge before then is requeued instead, available at once: a NAK of a
-// dropped message would leave the job nowhere.
+// dropped message would leave the job nowhere, its record waiting with no message until
+// the record too expired (a run that outlived the TTL has lost its message already).
+// In a full queue, which refuses that requeue, the delivery is kept as a last one is
+// (park, ADR-0100): requeued once the queue has room, else run from here. A job that
+// ended meanwhile is dropped.
 func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger) bool {
-	if w.store.OutlivesQueue(d, delay) {
+	if w.outlivesQueue(d, delay) {
 		ctx, cancel := w.storeCtx(context.Background())
 		err := w.requeue(ctx, d)
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			log.Info("job requeued: its queue message reached the job TTL")
+			return false
+		case errors.Is(err, broker.ErrTerminal):
+			w.dropEnded(context.Background(), d, log)
+			return false
+		case errors.Is(err, broker.ErrQueueFull) && !w.isStopping(context.Background()):
+			w.park(d, delay, log)
 			return false
 		}
 		log.Warn("requeue job; trying a NAK", "err", err)
@@ -1390,6 +1401,14 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 func (w *Worker) dropEnded(ctx context.Context, d *broker.Lease, log *slog.Logger) {
 	log.Info("job already ended; its queue message dropped, not requeued")
 	w.finish(ctx, d, log)
+}
+
+// outlivesQueue is Store.OutlivesQueue (or the test's say).
+func (w *Worker) outlivesQueue(d *broker.Lease, delay time.Duration) bool {
+	if f := w.cfg.outlivesQueue; f != nil && f(d.JobID) {
+		return true
+	}
+	return w.store.OutlivesQueue(d, delay)
 }
 
 // requeue puts delivered job d back into the queue as a new message (Store.Requeue),

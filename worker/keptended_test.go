@@ -121,3 +121,43 @@ func TestAKeptJobsDuesDoNotRewriteItsRecord(t *testing.T) {
 		t.Fatalf("requeued job's record %+v at revision %d (%v), want it rewritten (after %d), retrying as before", after, newRev, err, rev)
 	}
 }
+
+// A job put back for a retry whose queue message JetStream drops at the job TTL (a run
+// that outlived the TTL has lost it already) is requeued rather than NAKed; in a full
+// queue the requeue was refused and the NAK went to a message that was gone: the job
+// was left nowhere, its record retrying with no message until it expired. Its delivery
+// is kept instead (ADR-0100), and the job runs.
+func TestARetryPastTheTTLInAFullQueueRuns(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts, c.MaxQueue = 2, 1 }))
+	j := tb.chat(t, "tiny-a", 1)
+	st, err := tb.b.Store.QueueState(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.fake.FailNext(1, ollamatest.DropConnection) // the first attempt, a retry
+	atStart, goOn := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	cfg := worker.WithBeforeStart(worker.Config{RetryDelay: time.Millisecond}, func(id string) {
+		if id == j.ID && first.CompareAndSwap(false, true) {
+			close(atStart)
+			<-goOn
+		}
+	})
+	// Its message near the job TTL, as a run that outlived it finds it.
+	cfg = worker.WithOutlivesQueue(cfg, func(id string) bool { return id == j.ID })
+	tb.start(t, cfg)
+	<-atStart
+	// While it runs, JetStream drops its message at the TTL, and a submit fills the queue.
+	if err := tb.b.Store.DeleteQueued(ctxT(t), st.LastSeq); err != nil {
+		t.Fatal(err)
+	}
+	other := tb.chat(t, "tiny-a", 0)
+	close(goOn)
+	if got := tb.waitEnded(t, j.ID); got.State != broker.StateDone || got.Attempt != 2 {
+		t.Errorf("job ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
+	}
+	if got := tb.waitEnded(t, other.ID); got.State != broker.StateDone {
+		t.Errorf("other job ended %s (%s), want done", got.State, got.Error)
+	}
+}

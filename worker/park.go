@@ -27,19 +27,33 @@ type parkedLease struct {
 // come back and the delivery limit's advisory would fail a job with its attempts unspent.
 // Kept in progress instead, it comes back to the Run loop after delay, as a NAK with that
 // delay would have brought it: requeued if the queue has room then, else run from here.
+// So is a delivery whose message JetStream drops at the job TTL before a NAK's delay ends
+// (putBack): NAKed, it would leave its job nowhere.
 func (w *Worker) park(d *broker.Lease, delay time.Duration, log *slog.Logger) {
-	w.keepParked(parkedLease{d: d}, delay, log)
-	log.Warn("queue full: the job's last delivery is kept, to be requeued or run again from it", "delay", delay)
+	if w.keepParked(parkedLease{d: d}, delay, log) {
+		log.Warn("queue full: the job's delivery is kept, to be requeued or run again from it", "delay", delay)
+	}
 }
 
-// keepParked holds parked delivery p (its keeper taken anew) until delay from now.
-func (w *Worker) keepParked(p parkedLease, delay time.Duration, log *slog.Logger) {
+// keepParked holds parked delivery p (its keeper taken anew) until delay from now, and
+// reports whether it did. Once the stopping worker has handed back its kept deliveries
+// (unparkAll: a park in the background, a stored end's), p is handed back at once.
+func (w *Worker) keepParked(p parkedLease, delay time.Duration, log *slog.Logger) bool {
 	p.release = w.keepInProgress(p.d, log) // taken before the caller lets go: no gap in the ticks
 	p.due = time.Now().Add(delay)
 	w.mu.Lock()
+	if w.unparked {
+		w.mu.Unlock()
+		ctx, cancel := w.storeCtx(context.Background())
+		w.giveBack(ctx, p.d, log)
+		cancel()
+		p.release()
+		return false
+	}
 	w.parked = append(w.parked, p)
 	w.retries = append(w.retries, p.due) // the idle loop wakes for it
 	w.mu.Unlock()
+	return true
 }
 
 // dueParked takes the first parked delivery due at now, if any.
@@ -121,7 +135,7 @@ func (w *Worker) waitsStill(ctx context.Context, id string) bool {
 func (w *Worker) unparkAll() {
 	w.mu.Lock()
 	parked := w.parked
-	w.parked = nil
+	w.parked, w.unparked = nil, true
 	w.mu.Unlock()
 	for _, p := range parked {
 		log := w.log.With("job_id", p.d.JobID, "model", p.d.Model)
