@@ -1221,6 +1221,11 @@ func (w *Worker) swapBack(ctx context.Context, d *broker.Lease, log *slog.Logger
 		return false
 	}
 	if err := w.queueAgain(ctx, d); err != nil {
+		if errors.Is(err, broker.ErrTerminal) { // canceled meanwhile: nothing to put back
+			_ = w.store.Finish(ctx, d)
+			log.Info("job already ended; its queue message removed, not requeued")
+			return true
+		}
 		msg := errorText("foreman stopped: the job's last delivery could not be put back in the full queue: " + err.Error())
 		if _, terr := w.transition(ctx, d.JobID, fromUnended, func(j *broker.Job) {
 			j.State, j.Error = broker.StateFailed, msg
