@@ -41,9 +41,7 @@ func (s *Store) refresh(ctx context.Context, id string, age time.Duration) (bool
 		}
 		return false, fmt.Errorf("broker: refresh %s: %w", id, err)
 	}
-	// Age 0 (Requeue) always rewrites: ServerNow, the server's clock as last read and
-	// carried on by this host's, may trail a stamp the server made a moment ago.
-	if age > 0 && s.ServerNow().Sub(e.Created()) < age {
+	if s.ServerNow().Sub(e.Created()) < age {
 		return false, nil
 	}
 	j, err := DecodeJob(e.Value())
@@ -104,9 +102,11 @@ func (s *Store) OutlivesQueue(d *Lease, delay time.Duration) bool {
 // Requeue puts a delivered job back into the queue as a new message, available at once,
 // and acks the old one (if JetStream still has it). The request body travels again; a
 // large one is stored again, since its object ages like the message did. The job's record
-// is rewritten first (as Refresh does), to age from now like its new message: left as
-// old as the first one, it would expire while the job waits at the queue's end, and the
-// job end in no state.
+// is rewritten (as Refresh does, however young: ServerNow, the server's clock as last
+// read and carried on by this host's, may trail a stamp the server made a moment ago), to
+// age from now like its new message: left as old as the first one, it would expire while
+// the job waits at the queue's end, and the job end in no state. A job that ended
+// (canceled while its delivery was held) gives ErrTerminal and is not queued again.
 func (s *Store) Requeue(ctx context.Context, d *Lease) error {
 	if err := s.QueueAgain(ctx, d); err != nil {
 		return err
@@ -119,8 +119,25 @@ func (s *Store) Requeue(ctx context.Context, d *Lease) error {
 // published, the old one (d) left as it is. DropRequeued ends the requeue; a caller
 // that keeps d in progress stops its ticks in between, and keeps them while
 // QueueAgain fails.
+//
+// The record of a job that ended gives ErrTerminal (ErrNotFound when it is gone), and
+// nothing is published: a job canceled while a worker kept its delivery (ADR-0100) had
+// its copy queued once room came, holding a place in the queue (a submit refused "queue
+// full") until a foreman that runs its model met it, or for a job TTL. The record is
+// rewritten before the publish, so that a crash between the two leaves no message
+// younger than its record, but not in a queue at its bound (as its stream info says):
+// each due of a job kept for a full queue rewrote its record, a "state" event on
+// foreman.job.<id>.state and one of the bucket's 16 revisions of the job (the webhooks'
+// history) each time, for a publish the queue then refused. There it is rewritten after
+// a publish the queue takes after all (a place freed meanwhile, or a retried publish's
+// duplicate).
 func (s *Store) QueueAgain(ctx context.Context, d *Lease) error {
-	if _, err := s.refresh(ctx, d.JobID, 0); err != nil {
+	full := s.queueAtBound(ctx)
+	if full {
+		if err := s.unended(ctx, d.JobID); err != nil {
+			return fmt.Errorf("broker: requeue %s: %w", d.JobID, err)
+		}
+	} else if err := s.freshen(ctx, d.JobID); err != nil {
 		return fmt.Errorf("broker: requeue %s: %w", d.JobID, err)
 	}
 	msg := nats.NewMsg(QueueSubject(d.Token))
@@ -142,7 +159,70 @@ func (s *Store) QueueAgain(ctx context.Context, d *Lease) error {
 	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(id)); err != nil {
 		return fmt.Errorf("broker: requeue %s: %w", d.JobID, storageErr(err))
 	}
+	if full {
+		if err := s.freshen(ctx, d.JobID); err != nil {
+			s.log.Warn("rewrite the record of a requeued job", "job_id", d.JobID, "model", d.Model, "err", err)
+		}
+	}
 	return nil
+}
+
+// queueAtBound reports whether the queue holds as many messages as its bound (MaxMsgs,
+// FOREMAN_MAX_QUEUE, under DiscardNew), by its stream info: a publish now would be
+// refused. An info that fails says no: the publish tells.
+func (s *Store) queueAtBound(ctx context.Context) bool {
+	info, err := s.queue.Info(ctx)
+	if err != nil {
+		return false
+	}
+	s.noteServerTime(info.TimeStamp)
+	return info.Config.MaxMsgs > 0 && info.State.Msgs >= uint64(info.Config.MaxMsgs)
+}
+
+// unended returns ErrTerminal for job id when its record says it ended, ErrNotFound
+// when the record is gone.
+func (s *Store) unended(ctx context.Context, id string) error {
+	_, j, err := s.readRecord(ctx, id)
+	if err == nil && j.State.Terminal() {
+		err = fmt.Errorf("%w: job %s is %s", ErrTerminal, id, j.State)
+	}
+	return err
+}
+
+// freshen rewrites the record of job id however young, for its requeue (see Requeue):
+// ErrTerminal for a job that ended, ErrNotFound for one whose record is gone. A record
+// written meanwhile is read again, since that write may be the job's end; after three
+// such writes it is fresh anyway.
+func (s *Store) freshen(ctx context.Context, id string) error {
+	for range 3 {
+		e, j, err := s.readRecord(ctx, id)
+		if err != nil {
+			return err
+		}
+		if j.State.Terminal() {
+			return fmt.Errorf("%w: job %s is %s", ErrTerminal, id, j.State)
+		}
+		if wrote, err := s.rewrite(ctx, id, e, j); err != nil || wrote {
+			return err
+		}
+	}
+	return nil
+}
+
+// readRecord reads the record of job id and decodes it.
+func (s *Store) readRecord(ctx context.Context, id string) (jetstream.KeyValueEntry, *Job, error) {
+	e, err := s.kvGet(ctx, jobKey(id))
+	if err != nil {
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil, nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+		}
+		return nil, nil, err
+	}
+	j, err := DecodeJob(e.Value())
+	if err != nil {
+		return nil, nil, err
+	}
+	return e, j, nil
 }
 
 // DropRequeued removes the old message of a job Requeue queued anew: acked (retried

@@ -124,6 +124,12 @@ type Config struct {
 	// store), is the NATS server's clock in place of the store's reading of it
 	// (Store.ServerNow): the clock the picks run on.
 	serverNow func() time.Time
+	// outlivesQueue, when set (tests only), says a delivery's message may be gone
+	// before a NAK's delay ends (Store.OutlivesQueue) when it returns true.
+	outlivesQueue func(jobID string) bool
+	// afterParked, when set (tests only), runs as each due of a kept delivery has been
+	// dealt with (runParked), told whether the delivery is kept again.
+	afterParked func(jobID string, kept bool)
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.
 	beforeStart func(jobID string)

@@ -194,3 +194,17 @@ func WithRequeueFault(cfg Config, fn func(jobID string) error) Config {
 	cfg.requeueFault = fn
 	return cfg
 }
+
+// WithAfterParked sets Config.afterParked: fn runs as each due of a delivery kept for a
+// full queue has been dealt with, told whether the delivery is kept again.
+func WithAfterParked(cfg Config, fn func(jobID string, kept bool)) Config {
+	cfg.afterParked = fn
+	return cfg
+}
+
+// WithOutlivesQueue sets Config.outlivesQueue: fn true says job's message may be gone
+// before a NAK's delay ends, as one near the job TTL may.
+func WithOutlivesQueue(cfg Config, fn func(jobID string) bool) Config {
+	cfg.outlivesQueue = fn
+	return cfg
+}

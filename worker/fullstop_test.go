@@ -2,6 +2,7 @@ package worker_test
 
 import (
 	"context"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -82,5 +83,55 @@ func TestAStopThatCannotPutAKeptJobBackFailsIt(t *testing.T) {
 	}
 	if st.Msgs != 0 {
 		t.Errorf("%d queue messages left, want none", st.Msgs)
+	}
+}
+
+// A kept job canceled as a stop puts it back in a full queue, after its old message's
+// removal and before its new one's publish (swapBack): the canceled job was logged at
+// error "job failed: a stop cut off its last delivery, and the full queue took no new
+// message for it", which it did not. It is dropped, and logged as a job that ended.
+func TestAKeptJobCanceledAsAStopSwapsItBackIsNotCalledFailed(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(fullQueue))
+	tb.fake.FailNext(1000, ollamatest.FailStatus(http.StatusServiceUnavailable, "server busy, please try again.  maximum pending requests exceeded"))
+	j := tb.chat(t, "tiny-a", 1)
+	st, err := tb.b.Store.QueueState(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var requeues atomic.Int32
+	var running atomic.Pointer[worker.Worker]
+	canceled := make(chan error, 1)
+	logs := &logged{}
+	cfg := worker.Config{RetryDelay: time.Millisecond, Logger: slog.New(logs)}
+	w := tb.start(t, worker.WithRequeueFault(cfg, func(id string) error {
+		requeues.Add(1)
+		w := running.Load()
+		if w == nil || !w.Stopping() {
+			return broker.ErrQueueFull
+		}
+		if _, queued, err := tb.b.Store.Queued(ctxT(t), st.LastSeq); err != nil || queued {
+			return broker.ErrQueueFull // giveBack's requeue, before the removal
+		}
+		_, err := tb.b.Store.Cancel(ctxT(t), id, "not wanted")
+		canceled <- err
+		return nil
+	}))
+	running.Store(w)
+	eventually(t, 10*time.Second, "the job's last delivery kept for the full queue", func() bool { return requeues.Load() >= 2 })
+	sctx, cancel := context.WithTimeout(ctxT(t), 100*time.Millisecond)
+	_ = w.Stop(sctx)
+	cancel()
+	if err := <-canceled; err != nil {
+		t.Fatal(err)
+	}
+	if got := tb.waitEnded(t, j.ID); got.State != broker.StateCanceled {
+		t.Errorf("job ended %s (%s), want canceled", got.State, got.Error)
+	}
+	if n := logs.count("ERROR job failed"); n != 0 {
+		t.Errorf("a canceled job logged as failed by the stop: %s", logs)
+	}
+	if st, err := tb.b.Store.QueueState(ctxT(t)); err != nil || st.Msgs != 0 {
+		t.Errorf("%d queue messages left (%v), want none", st.Msgs, err)
 	}
 }

@@ -1188,6 +1188,10 @@ func (w *Worker) giveBack(ctx context.Context, d *broker.Lease, log *slog.Logger
 			log.Info("job requeued: a stop cut off its last delivery")
 			return
 		}
+		if errors.Is(err, broker.ErrTerminal) {
+			w.dropEnded(ctx, d, log)
+			return
+		}
 		if errors.Is(err, broker.ErrQueueFull) && w.swapBack(ctx, d, log) {
 			return
 		}
@@ -1217,6 +1221,11 @@ func (w *Worker) swapBack(ctx context.Context, d *broker.Lease, log *slog.Logger
 		return false
 	}
 	if err := w.queueAgain(ctx, d); err != nil {
+		if errors.Is(err, broker.ErrTerminal) { // canceled meanwhile: nothing to put back
+			_ = w.store.Finish(ctx, d)
+			log.Info("job already ended; its queue message removed, not requeued")
+			return true
+		}
 		msg := errorText("foreman stopped: the job's last delivery could not be put back in the full queue: " + err.Error())
 		if _, terr := w.transition(ctx, d.JobID, fromUnended, func(j *broker.Job) {
 			j.State, j.Error = broker.StateFailed, msg
@@ -1356,14 +1365,25 @@ func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
 // putBack puts a job back in the queue, available again after delay, and reports whether
 // it was NAKed (with that delay). A job whose message JetStream drops (or may drop) at
 // the queue's MaxAge before then is requeued instead, available at once: a NAK of a
-// dropped message would leave the job nowhere.
+// dropped message would leave the job nowhere, its record waiting with no message until
+// the record too expired (a run that outlived the TTL has lost its message already).
+// In a full queue, which refuses that requeue, the delivery is kept as a last one is
+// (park, ADR-0100): requeued once the queue has room, else run from here. A job that
+// ended meanwhile is dropped.
 func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger) bool {
-	if w.store.OutlivesQueue(d, delay) {
+	if w.outlivesQueue(d, delay) {
 		ctx, cancel := w.storeCtx(context.Background())
 		err := w.requeue(ctx, d)
 		cancel()
-		if err == nil {
+		switch {
+		case err == nil:
 			log.Info("job requeued: its queue message reached the job TTL")
+			return false
+		case errors.Is(err, broker.ErrTerminal):
+			w.dropEnded(context.Background(), d, log)
+			return false
+		case errors.Is(err, broker.ErrQueueFull) && !w.isStopping(context.Background()):
+			w.park(d, delay, log)
 			return false
 		}
 		log.Warn("requeue job; trying a NAK", "err", err)
@@ -1381,9 +1401,25 @@ func (w *Worker) putBack(d *broker.Lease, delay time.Duration, log *slog.Logger)
 	return true
 }
 
+// dropEnded settles delivery d whose requeue found its job ended (broker.ErrTerminal:
+// canceled while the delivery was held): acked, as admit drops an ended job's message.
+func (w *Worker) dropEnded(ctx context.Context, d *broker.Lease, log *slog.Logger) {
+	log.Info("job already ended; its queue message dropped, not requeued")
+	w.finish(ctx, d, log)
+}
+
+// outlivesQueue is Store.OutlivesQueue (or the test's say).
+func (w *Worker) outlivesQueue(d *broker.Lease, delay time.Duration) bool {
+	if f := w.cfg.outlivesQueue; f != nil && f(d.JobID) {
+		return true
+	}
+	return w.store.OutlivesQueue(d, delay)
+}
+
 // requeue puts delivered job d back into the queue as a new message (Store.Requeue),
 // and settles d once that message is stored: a requeue that fails leaves d kept in
-// progress, for a NAK or another try.
+// progress, for a NAK or another try. A job that ended gives broker.ErrTerminal, d
+// unsettled (dropEnded).
 func (w *Worker) requeue(ctx context.Context, d *broker.Lease) error {
 	if err := w.queueAgain(ctx, d); err != nil {
 		return err

@@ -27,19 +27,33 @@ type parkedLease struct {
 // come back and the delivery limit's advisory would fail a job with its attempts unspent.
 // Kept in progress instead, it comes back to the Run loop after delay, as a NAK with that
 // delay would have brought it: requeued if the queue has room then, else run from here.
+// So is a delivery whose message JetStream drops at the job TTL before a NAK's delay ends
+// (putBack): NAKed, it would leave its job nowhere.
 func (w *Worker) park(d *broker.Lease, delay time.Duration, log *slog.Logger) {
-	w.keepParked(parkedLease{d: d}, delay, log)
-	log.Warn("queue full: the job's last delivery is kept, to be requeued or run again from it", "delay", delay)
+	if w.keepParked(parkedLease{d: d}, delay, log) {
+		log.Warn("queue full: the job's delivery is kept, to be requeued or run again from it", "delay", delay)
+	}
 }
 
-// keepParked holds parked delivery p (its keeper taken anew) until delay from now.
-func (w *Worker) keepParked(p parkedLease, delay time.Duration, log *slog.Logger) {
+// keepParked holds parked delivery p (its keeper taken anew) until delay from now, and
+// reports whether it did. Once the stopping worker has handed back its kept deliveries
+// (unparkAll: a park in the background, a stored end's), p is handed back at once.
+func (w *Worker) keepParked(p parkedLease, delay time.Duration, log *slog.Logger) bool {
 	p.release = w.keepInProgress(p.d, log) // taken before the caller lets go: no gap in the ticks
 	p.due = time.Now().Add(delay)
 	w.mu.Lock()
+	if w.unparked {
+		w.mu.Unlock()
+		ctx, cancel := w.storeCtx(context.Background())
+		w.giveBack(ctx, p.d, log)
+		cancel()
+		p.release()
+		return false
+	}
 	w.parked = append(w.parked, p)
 	w.retries = append(w.retries, p.due) // the idle loop wakes for it
 	w.mu.Unlock()
+	return true
 }
 
 // dueParked takes the first parked delivery due at now, if any.
@@ -64,6 +78,9 @@ func (w *Worker) dueParked(now time.Time) (parkedLease, bool) {
 // each due, for a Mac that runs it once the queue has room, or run here once this Mac
 // runs its queue again.
 func (w *Worker) runParked(ctx context.Context, p parkedLease) {
+	if hook := w.cfg.afterParked; hook != nil {
+		defer func() { hook(p.d.JobID, w.isParked(p.d.JobID)) }()
+	}
 	defer p.release() // after handle took its own hold of the keeper
 	log := w.log.With("job_id", p.d.JobID, "model", p.d.Model)
 	bctx, cancel := w.storeCtx(ctx)
@@ -71,6 +88,12 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 	cancel()
 	if err == nil {
 		log.Info("job requeued: its queue had room again")
+		return
+	}
+	if errors.Is(err, broker.ErrTerminal) {
+		// Canceled while kept: its record stays as the cancel wrote it, and no copy of it
+		// goes back to the queue.
+		w.dropEnded(ctx, p.d, log)
 		return
 	}
 	if !errors.Is(err, broker.ErrQueueFull) {
@@ -83,6 +106,18 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 		return
 	}
 	w.handle(ctx, p.d, nil, nil)
+}
+
+// isParked reports whether a delivery of job id is kept (park).
+func (w *Worker) isParked(id string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, p := range w.parked {
+		if p.d.JobID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // waitsStill reports whether job id's record says it has not ended: one that ended while
@@ -100,7 +135,7 @@ func (w *Worker) waitsStill(ctx context.Context, id string) bool {
 func (w *Worker) unparkAll() {
 	w.mu.Lock()
 	parked := w.parked
-	w.parked = nil
+	w.parked, w.unparked = nil, true
 	w.mu.Unlock()
 	for _, p := range parked {
 		log := w.log.With("job_id", p.d.JobID, "model", p.d.Model)

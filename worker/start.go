@@ -205,6 +205,9 @@ func (w *Worker) requeueLast(ctx context.Context, d *broker.Lease, what string, 
 		switch {
 		case err == nil:
 			return true, nil
+		case errors.Is(err, broker.ErrTerminal):
+			w.dropEnded(ctx, d, log) // canceled meanwhile
+			return false, nil
 		case w.refusing(err):
 			log.Warn(what+"; trying again once the store takes writes", "err", err)
 			// The probe may pass while the queue's stream still refuses: a pause too.

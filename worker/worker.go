@@ -51,6 +51,7 @@ type Worker struct {
 	abort    context.CancelCauseFunc // aborts the running job; nil when idle
 	retries  []time.Time             // ends of the retry back-offs we caused
 	parked   []parkedLease           // last deliveries kept for a full queue (park.go)
+	unparked bool                    // the parked deliveries were handed back (unparkAll)
 	held     map[string]heldOff      // jobs left to another Mac, by id (elsewhere.go)
 	current  string                  // runner (model and load options) of the job run last
 	consec   int                     // jobs of current in a row
