@@ -35,3 +35,32 @@ func TestAnthropicRequestIDAsOllama(t *testing.T) {
 		t.Errorf("two request ids alike: %s", a)
 	}
 }
+
+// A streamed call on the Responses and Messages routes is answered with the headers
+// Ollama's middleware for them sets before its chat handler runs, Connection:
+// keep-alive among them: on its events, and on the error of a call that failed before
+// them (a model that cannot chat).
+func TestStreamedResponsesAndMessagesHeadersAsOllama(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	for _, c := range []struct {
+		path, body string
+		status     int
+	}{
+		{"/v1/responses", `{"model":"tiny-a","input":"tell me","max_output_tokens":6,"stream":true}`, 200},
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":6,"messages":[{"role":"user","content":"tell me"}],"stream":true}`, 200},
+		{"/v1/responses", `{"model":"tiny-embed","input":"tell me","stream":true}`, 400},
+		{"/v1/messages", `{"model":"tiny-embed","max_tokens":6,"messages":[{"role":"user","content":"tell me"}],"stream":true}`, 400},
+	} {
+		got, want := post(t, ctx, b.URL, c.path, []byte(c.body)), post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
+		if want.Status != c.status || want.Header.Get("Connection") != "keep-alive" || want.Header.Get("Cache-Control") != "no-cache" {
+			t.Fatalf("%s %s: the fake answered %d %v, want %d with Ollama's stream headers", c.path, c.body, want.Status, want.Header, c.status)
+		}
+		for _, h := range []string{"Content-Type", "Cache-Control", "Connection"} {
+			if got.Status != want.Status || got.Header.Get(h) != want.Header.Get(h) {
+				t.Errorf("%s %s: %d %s %q, the target's %d %q", c.path, c.body, got.Status, h, got.Header.Get(h), want.Status, want.Header.Get(h))
+			}
+		}
+	}
+}

@@ -390,6 +390,9 @@ func (sr *syncResponse) final(err error) outcome {
 			// The target's OpenAI-shaped error body (the /v1 routes): an OpenAI client
 			// parses error.message, so it gets the body itself when nothing was written yet.
 			if !sr.started && sr.job.Kind != broker.KindChat && sr.job.Kind != broker.KindGenerate {
+				if sr.stream {
+					sr.middlewareStreamHeaders()
+				}
 				status, _ := statusOf(err)
 				writeTargetCompatError(sr.w, status, sr.job.Kind, kind, je.Message)
 				return outcomeError
@@ -470,6 +473,9 @@ func (sr *syncResponse) gap(detail string) outcome {
 // target's own error frame already.
 func (sr *syncResponse) fail(err error) outcome {
 	if !sr.started {
+		if sr.stream {
+			sr.middlewareStreamHeaders()
+		}
 		sr.s.writeError(sr.w, sr.r, err)
 		return outcomeError
 	}
@@ -517,11 +523,24 @@ func (sr *syncResponse) relayedFailure(err error) bool {
 
 func (sr *syncResponse) begin(status int) {
 	sr.w.Header().Set("Content-Type", sr.ctype)
-	if k := sr.job.Kind; isSSE(sr.ctype) && (k == broker.KindOpenAIResponses || k == broker.KindAnthropicMessages) {
-		sr.w.Header().Set("Cache-Control", "no-cache") // as Ollama's middleware for these two
+	if isSSE(sr.ctype) {
+		sr.middlewareStreamHeaders()
 	}
 	sr.w.WriteHeader(status)
 	sr.started = true
+}
+
+// middlewareStreamHeaders sets, on the Responses and Messages routes, the headers Ollama's
+// middleware for them sets on a streamed call before its chat handler runs (v0.17.4
+// ResponsesMiddleware, AnthropicMessagesMiddleware): the events go out with them, and so
+// does the error answer of a call that failed before its first event. net/http sends
+// "Connection: keep-alive" as it is on HTTP/1.1, or "close" in its place when it closes
+// the connection after the answer; HTTP/2 leaves it out.
+func (sr *syncResponse) middlewareStreamHeaders() {
+	if k := sr.job.Kind; k == broker.KindOpenAIResponses || k == broker.KindAnthropicMessages {
+		sr.w.Header().Set("Cache-Control", "no-cache")
+		sr.w.Header().Set("Connection", "keep-alive")
+	}
 }
 
 func (sr *syncResponse) flush() error {
