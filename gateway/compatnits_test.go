@@ -1,9 +1,11 @@
 package gateway
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -62,5 +64,60 @@ func TestStreamedResponsesAndMessagesHeadersAsOllama(t *testing.T) {
 				t.Errorf("%s %s: %d %s %q, the target's %d %q", c.path, c.body, got.Status, h, got.Header.Get(h), want.Status, want.Header.Get(h))
 			}
 		}
+	}
+}
+
+// A body of null is answered as Ollama answers it: its router decodes a body into the
+// handler's struct, which null leaves empty, so each route answers null as it answers
+// {} (v0.17.4): the generate routes with their 404 for a model not found, the others
+// with their model check, the OpenAI layer with its checks of messages and input before
+// that (which an object without them meets too), and a management route's body goes on
+// to the target. [] and other values stay foreman's 400.
+func TestNullBodyAsOllama(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	const gin, enc = "application/json; charset=utf-8", "application/json"
+	oai := func(typ, msg string) string {
+		return `{"error":{"message":` + strconv.Quote(msg) + `,"type":"` + typ + `","param":null,"code":null}}`
+	}
+	reqID := regexp.MustCompile(`"req_[0-9a-f]{24}"`)
+	for _, c := range []struct {
+		path, body string
+		status     int
+		ctype      string
+		want       string
+	}{
+		{"/api/generate", `null`, 404, gin, `{"error":"model '' not found"}`},
+		{"/api/generate", " null\n", 404, gin, `{"error":"model '' not found"}`},
+		{"/api/chat", `null`, 400, gin, `{"error":"model is required"}`},
+		{"/api/embed", `null`, 400, gin, `{"error":"model is required"}`},
+		{"/api/embeddings", `null`, 400, gin, `{"error":"model is required"}`},
+		{"/api/show", `null`, 400, gin, `{"error":"model is required"}`},
+		{"/v1/completions", `null`, 404, enc, oai("api_error", "model '' not found") + "\n"},
+		{"/v1/chat/completions", `null`, 400, gin, oai("invalid_request_error", "[] is too short - 'messages'")},
+		{"/v1/chat/completions", `{}`, 400, gin, oai("invalid_request_error", "[] is too short - 'messages'")},
+		{"/v1/chat/completions", `{"model":"nope","messages":[]}`, 400, gin, oai("invalid_request_error", "[] is too short - 'messages'")},
+		{"/v1/embeddings", `null`, 400, gin, oai("invalid_request_error", "invalid input")},
+		{"/v1/embeddings", `{"model":"nope","input":[]}`, 400, gin, oai("invalid_request_error", "invalid input")},
+		{"/v1/responses", `null`, 400, enc, oai("api_error", "model is required") + "\n"},
+		{"/v1/messages", `null`, 400, gin, `{"type":"error","error":{"type":"invalid_request_error","message":"model is required"},"request_id":"req_ID"}`},
+		{"/api/chat", `[]`, 400, gin, `{"error":"invalid JSON body: json: cannot unmarshal array into Go value of type map[string]json.RawMessage"}`},
+	} {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		body := reqID.ReplaceAllString(string(got.Body), `"req_ID"`)
+		if got.Status != c.status || got.CType != c.ctype || body != c.want {
+			t.Errorf("%s %q: %d %q %q\nwant %d %q %q", c.path, c.body, got.Status, got.CType, body, c.status, c.ctype, c.want)
+		}
+	}
+	// A management route's null goes on to the target, which answers it.
+	for _, path := range []string{"/api/pull", "/api/copy", "/api/experimental/aliases"} {
+		got, want := post(t, ctx, b.URL, path, []byte(`null`)), post(t, ctx, b.Fake.URL, path, []byte(`null`))
+		if got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
+			t.Errorf("%s null: %d %q %s, the target's %d %q %s", path, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+		}
+	}
+	if n, _ := b.Broker.Store.QueueLen(ctx); n != 0 {
+		t.Errorf("refused bodies queued %d jobs", n)
 	}
 }
