@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"regexp"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // An Anthropic error's request_id has the shape Ollama's anthropic.NewError gives it,
@@ -40,25 +42,43 @@ func TestAnthropicRequestIDAsOllama(t *testing.T) {
 
 // A streamed call on the Responses and Messages routes is answered with the headers
 // Ollama's middleware for them sets before its chat handler runs, Connection:
-// keep-alive among them: on its events, and on the error of a call that failed before
-// them (a model that cannot chat).
+// keep-alive among them: on its events, and on the error of a call its chat handler
+// failed before them (a model that cannot chat, a runner's failure), not on a refusal of
+// the middleware itself (an input it cannot read).
 func TestStreamedResponsesAndMessagesHeadersAsOllama(t *testing.T) {
 	t.Parallel()
 	b := newQueuedBundle(t, nil)
 	ctx := testCtx(t, 30*time.Second)
+	const (
+		rsp = `{"model":"%s","input":"tell me","max_output_tokens":6,"stream":true}`
+		msg = `{"model":"%s","max_tokens":6,"messages":[{"role":"user","content":"tell me"}],"stream":true}`
+	)
 	for _, c := range []struct {
 		path, body string
+		fail       *ollamatest.Failure
 		status     int
+		headers    bool // the target's answer has the stream headers
 	}{
-		{"/v1/responses", `{"model":"tiny-a","input":"tell me","max_output_tokens":6,"stream":true}`, 200},
-		{"/v1/messages", `{"model":"tiny-a","max_tokens":6,"messages":[{"role":"user","content":"tell me"}],"stream":true}`, 200},
-		{"/v1/responses", `{"model":"tiny-embed","input":"tell me","stream":true}`, 400},
-		{"/v1/messages", `{"model":"tiny-embed","max_tokens":6,"messages":[{"role":"user","content":"tell me"}],"stream":true}`, 400},
+		{"/v1/responses", fmt.Sprintf(rsp, "tiny-a"), nil, 200, true},
+		{"/v1/messages", fmt.Sprintf(msg, "tiny-a"), nil, 200, true},
+		{"/v1/responses", fmt.Sprintf(rsp, "tiny-embed"), nil, 400, true},
+		{"/v1/messages", fmt.Sprintf(msg, "tiny-embed"), nil, 400, true},
+		{"/v1/responses", fmt.Sprintf(rsp, "tiny-a"), &ollamatest.Fail500, 500, true},
+		{"/v1/messages", fmt.Sprintf(msg, "tiny-a"), &ollamatest.Fail500, 500, true},
+		{"/v1/responses", `{"model":"tiny-a","input":5,"stream":true}`, nil, 400, false},
 	} {
-		got, want := post(t, ctx, b.URL, c.path, []byte(c.body)), post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
-		if want.Status != c.status || want.Header.Get("Connection") != "keep-alive" || want.Header.Get("Cache-Control") != "no-cache" {
-			t.Fatalf("%s %s: the fake answered %d %v, want %d with Ollama's stream headers", c.path, c.body, want.Status, want.Header, c.status)
+		answer := func(url string) rawResponse {
+			if c.fail != nil {
+				b.Fake.FailNext(1, *c.fail)
+			}
+			return post(t, ctx, url, c.path, []byte(c.body))
 		}
+		want := answer(b.Fake.URL)
+		if want.Status != c.status || (want.Header.Get("Connection") == "keep-alive") != c.headers ||
+			(want.Header.Get("Cache-Control") == "no-cache") != c.headers {
+			t.Fatalf("%s %s: the fake answered %d %v, want %d, stream headers %v", c.path, c.body, want.Status, want.Header, c.status, c.headers)
+		}
+		got := answer(b.URL)
 		for _, h := range []string{"Content-Type", "Cache-Control", "Connection"} {
 			if got.Status != want.Status || got.Header.Get(h) != want.Header.Get(h) {
 				t.Errorf("%s %s: %d %s %q, the target's %d %q", c.path, c.body, got.Status, h, got.Header.Get(h), want.Status, want.Header.Get(h))

@@ -390,10 +390,10 @@ func (sr *syncResponse) final(err error) outcome {
 			// The target's OpenAI-shaped error body (the /v1 routes): an OpenAI client
 			// parses error.message, so it gets the body itself when nothing was written yet.
 			if !sr.started && sr.job.Kind != broker.KindChat && sr.job.Kind != broker.KindGenerate {
-				if sr.stream {
-					sr.middlewareStreamHeaders()
-				}
 				status, _ := statusOf(err)
+				if sr.stream && !layerRefusal(status, sr.job.Kind, kind) {
+					sr.middlewareStreamHeaders() // set before the handler that refused
+				}
 				writeTargetCompatError(sr.w, status, sr.job.Kind, kind, je.Message)
 				return outcomeError
 			}
@@ -431,7 +431,7 @@ func openAIErrorMessage(s string) (msg, kind string, ok bool) {
 // (a model that cannot chat), as its own checks (max_tokens) pass an Anthropic SDK's
 // calls.
 func writeTargetCompatError(w http.ResponseWriter, status int, jobKind broker.Kind, errType, body string) {
-	if status == http.StatusBadRequest && errType == "invalid_request_error" && jobKind != broker.KindAnthropicMessages {
+	if layerRefusal(status, jobKind, errType) {
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		w.WriteHeader(status)
 		_, _ = w.Write([]byte(body))
@@ -440,6 +440,13 @@ func writeTargetCompatError(w http.ResponseWriter, status int, jobKind broker.Ki
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(body + "\n"))
+}
+
+// layerRefusal reports whether the target's error of a /v1 route (its status and
+// error.type) is a refusal of Ollama's OpenAI layer itself, made before its handler ran
+// (see writeTargetCompatError).
+func layerRefusal(status int, jobKind broker.Kind, errType string) bool {
+	return status == http.StatusBadRequest && errType == "invalid_request_error" && jobKind != broker.KindAnthropicMessages
 }
 
 // ended handles a terminal job seen without its final marker. A done job whose every
