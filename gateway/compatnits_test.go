@@ -42,9 +42,10 @@ func TestAnthropicRequestIDAsOllama(t *testing.T) {
 
 // A streamed call on the Responses and Messages routes is answered with the headers
 // Ollama's middleware for them sets before its chat handler runs, Connection:
-// keep-alive among them: on its events, and on the error of a call its chat handler
-// failed before them (a model that cannot chat, a runner's failure), not on a refusal of
-// the middleware itself (an input it cannot read).
+// keep-alive among them: on its events, and on the error of a call refused or failed
+// behind that middleware (a model not found, a model that cannot chat, a runner's
+// failure), not on a refusal of the middleware itself (an input it cannot read, no
+// model).
 func TestStreamedResponsesAndMessagesHeadersAsOllama(t *testing.T) {
 	t.Parallel()
 	b := newQueuedBundle(t, nil)
@@ -66,6 +67,9 @@ func TestStreamedResponsesAndMessagesHeadersAsOllama(t *testing.T) {
 		{"/v1/responses", fmt.Sprintf(rsp, "tiny-a"), &ollamatest.Fail500, 500, true},
 		{"/v1/messages", fmt.Sprintf(msg, "tiny-a"), &ollamatest.Fail500, 500, true},
 		{"/v1/responses", `{"model":"tiny-a","input":5,"stream":true}`, nil, 400, false},
+		{"/v1/responses", fmt.Sprintf(rsp, "nope"), nil, 404, true},
+		{"/v1/messages", fmt.Sprintf(msg, "nope"), nil, 404, true},
+		{"/v1/messages", `{"max_tokens":6,"messages":[{"role":"user","content":"x"}],"stream":true}`, nil, 400, false},
 	} {
 		answer := func(url string) rawResponse {
 			if c.fail != nil {

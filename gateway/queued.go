@@ -216,6 +216,9 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 		s.writeError(w, r, err)
 		return
 	}
+	if inf.stream {
+		streamHeaders(w.Header(), kind) // the body passed Ollama's middleware checks
+	}
 	who, err := callerOf(r.Context(), r.Header, "", "", s.cfg.SyncPriority)
 	if err != nil {
 		s.writeError(w, r, err)

@@ -391,7 +391,12 @@ func (sr *syncResponse) final(err error) outcome {
 			// parses error.message, so it gets the body itself when nothing was written yet.
 			if !sr.started && sr.job.Kind != broker.KindChat && sr.job.Kind != broker.KindGenerate {
 				status, _ := statusOf(err)
-				if sr.stream && !layerRefusal(status, sr.job.Kind, kind) {
+				if layerRefusal(status, sr.job.Kind, kind) {
+					// Refused before the middleware set them (serveQueued did, as it
+					// could not tell).
+					sr.w.Header().Del("Cache-Control")
+					sr.w.Header().Del("Connection")
+				} else if sr.stream {
 					sr.middlewareStreamHeaders() // set before the handler that refused
 				}
 				writeTargetCompatError(sr.w, status, sr.job.Kind, kind, je.Message)
@@ -537,16 +542,20 @@ func (sr *syncResponse) begin(status int) {
 	sr.started = true
 }
 
-// middlewareStreamHeaders sets, on the Responses and Messages routes, the headers Ollama's
+// middlewareStreamHeaders sets streamHeaders for the job's kind.
+func (sr *syncResponse) middlewareStreamHeaders() { streamHeaders(sr.w.Header(), sr.job.Kind) }
+
+// streamHeaders sets, on the Responses and Messages routes, the headers Ollama's
 // middleware for them sets on a streamed call before its chat handler runs (v0.17.4
 // ResponsesMiddleware, AnthropicMessagesMiddleware): the events go out with them, and so
-// does the error answer of a call that failed before its first event. net/http sends
+// does the error answer of a call refused or failed after that middleware's checks (a
+// model not found, a job that failed before its first event). net/http sends
 // "Connection: keep-alive" as it is on HTTP/1.1, or "close" in its place when it closes
 // the connection after the answer; HTTP/2 leaves it out.
-func (sr *syncResponse) middlewareStreamHeaders() {
-	if k := sr.job.Kind; k == broker.KindOpenAIResponses || k == broker.KindAnthropicMessages {
-		sr.w.Header().Set("Cache-Control", "no-cache")
-		sr.w.Header().Set("Connection", "keep-alive")
+func streamHeaders(h http.Header, kind broker.Kind) {
+	if kind == broker.KindOpenAIResponses || kind == broker.KindAnthropicMessages {
+		h.Set("Cache-Control", "no-cache")
+		h.Set("Connection", "keep-alive")
 	}
 }
 
