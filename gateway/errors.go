@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -410,7 +411,8 @@ func openAIError(status int, msg string, ownHandler bool) any {
 }
 
 // anthropicError is the error body of Ollama's Anthropic-compatible route (v0.17.4
-// anthropic.NewError), which Anthropic SDKs read as error.type and error.message.
+// anthropic.NewError), which Anthropic SDKs read as error.type and error.message. Its
+// request_id is made as Ollama makes it: "req_" and 12 random bytes in lower-case hex.
 func anthropicError(status int, msg string) any {
 	type detail struct {
 		Type    string `json:"type"`
@@ -420,7 +422,15 @@ func anthropicError(status int, msg string) any {
 		Type      string `json:"type"`
 		Error     detail `json:"error"`
 		RequestID string `json:"request_id"`
-	}{"error", detail{ollama.AnthropicErrorType(status), msg}, "req_" + rand.Text()}
+	}{"error", detail{ollama.AnthropicErrorType(status), msg}, anthropicRequestID()}
+}
+
+// anthropicRequestID is a request_id as Ollama's anthropic.NewError makes one
+// (generateID("req")): a client or a log parser that reads Ollama's ids reads these.
+func anthropicRequestID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24)
+	return "req_" + hex.EncodeToString(b[:])
 }
 
 // writeJSON sends v as JSON with the given status.

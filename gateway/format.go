@@ -101,6 +101,28 @@ func (n *nonEmpty) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// listMember decodes a list member of an OpenAI-compatible body as far as Ollama's OpenAI
+// layer checks it before its handler runs ("messages" on /v1/chat/completions, "input"
+// on /v1/embeddings): as a pointer field it is nil for a member absent or null, and
+// empty for an empty list. Anything else (a string, an object) is left to Ollama, whose
+// decoder or handler answers it. items is what nonEmpty reads of it.
+type listMember struct{ items, empty bool }
+
+func (m *listMember) UnmarshalJSON(b []byte) error {
+	var n nonEmpty
+	_ = n.UnmarshalJSON(b)
+	b = bytes.TrimSpace(b)
+	m.items, m.empty = bool(n), len(b) > 0 && b[0] == '[' && !bool(n)
+	return nil
+}
+
+// holds reports whether m, a pointer field, holds something (nonEmpty).
+func (m *listMember) holds() bool { return m != nil && m.items }
+
+// none reports whether m, a pointer field, is absent, null or an empty list: what
+// Ollama's OpenAI layer refuses as no messages or no input.
+func (m *listMember) none() bool { return m == nil || m.empty }
+
 // formatTaken reports whether Ollama's completion takes a "format" value as it came:
 // none, null, "", "json", or a JSON object (a schema; whether llama.cpp can turn it into
 // a grammar is Ollama's to say).

@@ -32,7 +32,7 @@ func TestRequestLoadOptions(t *testing.T) {
 		{broker.KindOpenAICompletion, `{"num_ctx":256}`, "", false},
 	}
 	for _, tt := range tests {
-		body := []byte(`{"model":"m","options":` + tt.options + `}`)
+		body := []byte(`{"model":"m","messages":[{"role":"user","content":"x"}],"options":` + tt.options + `}`)
 		want := same(tt.sameAs)
 		if (want != broker.DefaultLoadOptions) != tt.different {
 			t.Fatalf("%s %s: expected runner %q", tt.kind, tt.options, want)

@@ -27,7 +27,8 @@ func (s *Server) handleManage(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, badRequest("missing request body"))
 		return
 	}
-	if err := validJSONObject(body); err != nil {
+	if err := validJSONObject(body); err != nil && !jsonNull(body) {
+		// null goes on as it is: Ollama answers it as it answers {} (jsonNull).
 		obj, ok := leadingObject(body)
 		if !ok {
 			s.writeError(w, r, err)

@@ -73,11 +73,18 @@ func requestModel(path string, body []byte) (model string, read []byte, err erro
 		Model   string             `json:"model"`
 		Name    string             `json:"name"`
 		Options broker.LoadOptions `json:"options"`
+		Input   *listMember        `json:"input"`
 	}
 	// "decode model field: " is how these routes have always worded a member of the
 	// wrong type.
 	if read, err = decodeObject(body, &req, "decode model field: "); err != nil {
 		return "", nil, err
+	}
+	if path == "/v1/embeddings" && req.Input.none() {
+		// Ollama's OpenAI layer checks the input itself, before its handler reads the
+		// model (v0.17.4 EmbeddingsMiddleware; "" is taken as [""]); a body of null has
+		// none either.
+		return "", nil, badRequest("invalid input")
 	}
 	model = req.Model
 	if model == "" && path == "/api/show" {
@@ -94,7 +101,7 @@ func requestModel(path string, body []byte) (model string, read []byte, err erro
 	return model, read, nil
 }
 
-// decodeObject decodes body, which must be one JSON object, into v (a pointer to a
+// decodeObject decodes body, which must be one JSON object or null, into v (a pointer to a
 // struct) in one pass, and returns the body as Ollama reads it: body itself, or the
 // object it begins with when more follows (leadingObject). Anything else is a 400: no
 // object worded as validJSONObject words it, a member of the wrong type as "invalid JSON
@@ -105,8 +112,11 @@ func decodeObject(body []byte, v any, context string) ([]byte, error) {
 	if len(trimmed) == 0 {
 		return nil, badRequest("missing request body")
 	}
-	if bytes.Equal(trimmed, []byte("null")) {
-		return nil, badRequest("invalid JSON body: expected an object")
+	if jsonNull(trimmed) {
+		// Ollama's router decodes a body into its handler's struct, which null leaves as
+		// it is: the handler answers it as it answers {} ("model is required", or on the
+		// generate routes 404 "model '' not found").
+		return body, nil
 	}
 	if err := json.Unmarshal(body, v); err != nil {
 		var (
@@ -152,6 +162,10 @@ func leadingObject(body []byte) (obj []byte, ok bool) {
 	}
 	return body[:end:end], true
 }
+
+// jsonNull reports whether body is the JSON null, white space around it or not: the body
+// Ollama's handlers, which decode into a struct, take as an empty object.
+func jsonNull(body []byte) bool { return bytes.Equal(bytes.TrimSpace(body), []byte("null")) }
 
 // validJSONObject returns a 400 unless body is one JSON object.
 func validJSONObject(body []byte) error {

@@ -89,7 +89,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		Format  json.RawMessage    `json:"format"`
 		// ResponseFormat is /v1/chat/completions' (kept raw: other routes ignore it).
 		ResponseFormat json.RawMessage `json:"response_format"`
-		Messages       nonEmpty        `json:"messages"`
+		Messages       *listMember     `json:"messages"`
 		Prompt         nonEmpty        `json:"prompt"`
 		// Text, Input and Instructions are /v1/responses' (other routes ignore them).
 		Text         json.RawMessage `json:"text"`
@@ -99,6 +99,11 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
 		return inference{}, err
+	}
+	if kind == broker.KindOpenAIChat && req.Messages.none() {
+		// Ollama's OpenAI layer checks for messages itself, before its handler reads the
+		// model (v0.17.4 ChatMiddleware); a body of null has none either.
+		return inference{body: read}, badRequest("[] is too short - 'messages'")
 	}
 	if req.Model == "" && kind == broker.KindAnthropicMessages {
 		// Ollama's Anthropic layer checks for a model itself, before its handler.
@@ -120,11 +125,11 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		return inference{body: read}, handlerRefusal("model is required")
 	}
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token(),
-		format: req.Format, completes: kind == broker.KindChat && bool(req.Messages) || kind == broker.KindGenerate && bool(req.Prompt),
+		format: req.Format, completes: kind == broker.KindChat && req.Messages.holds() || kind == broker.KindGenerate && bool(req.Prompt),
 		body: read}
 	switch kind {
 	case broker.KindOpenAIChat:
-		in.format, in.completes = openAIChatFormat(req.ResponseFormat), bool(req.Messages)
+		in.format, in.completes = openAIChatFormat(req.ResponseFormat), req.Messages.holds()
 	case broker.KindOpenAIResponses:
 		in.format, in.completes = openAIResponsesFormat(req.Text), bool(req.Input) || bool(req.Instructions)
 	}
@@ -210,6 +215,9 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	if err != nil {
 		s.writeError(w, r, err)
 		return
+	}
+	if inf.stream {
+		streamHeaders(w.Header(), kind) // the body passed Ollama's middleware checks
 	}
 	who, err := callerOf(r.Context(), r.Header, "", "", s.cfg.SyncPriority)
 	if err != nil {

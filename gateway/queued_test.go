@@ -268,14 +268,14 @@ func TestQueuedBadRequests(t *testing.T) {
 		{"/api/chat", `{"name":"tiny-a","messages":[]}`, 400, "model is required"},
 		{"/v1/chat/completions", ``, 400, "missing request body"},
 		{"/api/chat", `{"model":"tiny-a\r","messages":[]}`, 400, "invalid model name"},
-		{"/v1/chat/completions", `{"model":" tiny-a","messages":[]}`, 400, "invalid model name"},
+		{"/v1/chat/completions", `{"model":" tiny-a","messages":[{"role":"user","content":"x"}]}`, 400, "invalid model name"},
 		// The generate routes take names Ollama cannot parse, never a control character.
 		{"/api/generate", `{"model":"tiny-a\u001b[2J","prompt":"hi"}`, 400, "invalid model name"},
 		{"/v1/completions", `{"model":"tiny\u0085a","prompt":"hi"}`, 400, "invalid model name"},
 		{"/v1/completions", `"tiny-a"`, 400, "invalid JSON body"},
 		// Names Ollama cannot parse: its chat handler answers 400, its generate handler 404.
 		{"/api/chat", `{"model":"tiny-a:","messages":[]}`, 400, "model is required"},
-		{"/v1/chat/completions", `{"model":"tiny-a:latest:latest","messages":[]}`, 400, "model is required"},
+		{"/v1/chat/completions", `{"model":"tiny-a:latest:latest","messages":[{"role":"user","content":"x"}]}`, 400, "model is required"},
 		{"/api/generate", `{"model":":latest","prompt":"hi"}`, 404, "model ':latest' not found"},
 		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"` + strings.Repeat("x", 2000) + `"}]}`, 413, "request body too large"},
 	}

@@ -391,6 +391,14 @@ func (sr *syncResponse) final(err error) outcome {
 			// parses error.message, so it gets the body itself when nothing was written yet.
 			if !sr.started && sr.job.Kind != broker.KindChat && sr.job.Kind != broker.KindGenerate {
 				status, _ := statusOf(err)
+				if layerRefusal(status, sr.job.Kind, kind) {
+					// Refused before the middleware set them (serveQueued did, as it
+					// could not tell).
+					sr.w.Header().Del("Cache-Control")
+					sr.w.Header().Del("Connection")
+				} else if sr.stream {
+					sr.middlewareStreamHeaders() // set before the handler that refused
+				}
 				writeTargetCompatError(sr.w, status, sr.job.Kind, kind, je.Message)
 				return outcomeError
 			}
@@ -428,7 +436,7 @@ func openAIErrorMessage(s string) (msg, kind string, ok bool) {
 // (a model that cannot chat), as its own checks (max_tokens) pass an Anthropic SDK's
 // calls.
 func writeTargetCompatError(w http.ResponseWriter, status int, jobKind broker.Kind, errType, body string) {
-	if status == http.StatusBadRequest && errType == "invalid_request_error" && jobKind != broker.KindAnthropicMessages {
+	if layerRefusal(status, jobKind, errType) {
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		w.WriteHeader(status)
 		_, _ = w.Write([]byte(body))
@@ -437,6 +445,13 @@ func writeTargetCompatError(w http.ResponseWriter, status int, jobKind broker.Ki
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_, _ = w.Write([]byte(body + "\n"))
+}
+
+// layerRefusal reports whether the target's error of a /v1 route (its status and
+// error.type) is a refusal of Ollama's OpenAI layer itself, made before its handler ran
+// (see writeTargetCompatError).
+func layerRefusal(status int, jobKind broker.Kind, errType string) bool {
+	return status == http.StatusBadRequest && errType == "invalid_request_error" && jobKind != broker.KindAnthropicMessages
 }
 
 // ended handles a terminal job seen without its final marker. A done job whose every
@@ -470,6 +485,9 @@ func (sr *syncResponse) gap(detail string) outcome {
 // target's own error frame already.
 func (sr *syncResponse) fail(err error) outcome {
 	if !sr.started {
+		if sr.stream {
+			sr.middlewareStreamHeaders()
+		}
 		sr.s.writeError(sr.w, sr.r, err)
 		return outcomeError
 	}
@@ -517,11 +535,28 @@ func (sr *syncResponse) relayedFailure(err error) bool {
 
 func (sr *syncResponse) begin(status int) {
 	sr.w.Header().Set("Content-Type", sr.ctype)
-	if k := sr.job.Kind; isSSE(sr.ctype) && (k == broker.KindOpenAIResponses || k == broker.KindAnthropicMessages) {
-		sr.w.Header().Set("Cache-Control", "no-cache") // as Ollama's middleware for these two
+	if isSSE(sr.ctype) {
+		sr.middlewareStreamHeaders()
 	}
 	sr.w.WriteHeader(status)
 	sr.started = true
+}
+
+// middlewareStreamHeaders sets streamHeaders for the job's kind.
+func (sr *syncResponse) middlewareStreamHeaders() { streamHeaders(sr.w.Header(), sr.job.Kind) }
+
+// streamHeaders sets, on the Responses and Messages routes, the headers Ollama's
+// middleware for them sets on a streamed call before its chat handler runs (v0.17.4
+// ResponsesMiddleware, AnthropicMessagesMiddleware): the events go out with them, and so
+// does the error answer of a call refused or failed after that middleware's checks (a
+// model not found, a job that failed before its first event). net/http sends
+// "Connection: keep-alive" as it is on HTTP/1.1, or "close" in its place when it closes
+// the connection after the answer; HTTP/2 leaves it out.
+func streamHeaders(h http.Header, kind broker.Kind) {
+	if kind == broker.KindOpenAIResponses || kind == broker.KindAnthropicMessages {
+		h.Set("Cache-Control", "no-cache")
+		h.Set("Connection", "keep-alive")
+	}
 }
 
 func (sr *syncResponse) flush() error {

@@ -479,15 +479,18 @@ func TestParseInference(t *testing.T) {
 		{broker.KindChat, `{"model":"tiny-a"}`, "tiny-a", true, ""},
 		{broker.KindGenerate, `{"model":"tiny-a","stream":false}`, "tiny-a", false, ""},
 		{broker.KindGenerate, `{"model":"tiny-a","stream":null}`, "tiny-a", true, ""},
-		{broker.KindOpenAIChat, `{"model":"tiny-a"}`, "tiny-a", false, ""},
+		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[{"role":"user","content":"x"}]}`, "tiny-a", false, ""},
+		{broker.KindOpenAIChat, `{"model":"tiny-a"}`, "", false, "[] is too short - 'messages'"},
+		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[ ]}`, "", false, "[] is too short - 'messages'"},
+		{broker.KindOpenAIChat, `null`, "", false, "[] is too short - 'messages'"},
 		{broker.KindOpenAICompletion, `{"model":"tiny-a","stream":true}`, "tiny-a", true, ""},
 		{broker.KindChat, ``, "", false, "missing request body"},
 		{broker.KindChat, `{"model":`, "", false, "invalid JSON body"},
 		{broker.KindChat, `[1]`, "", false, "invalid JSON body"},
 		{broker.KindChat, `{"model":" "}`, "", false, "model is required"},
-		{broker.KindChat, `null`, "", false, "expected an object"},
+		{broker.KindChat, `null`, "", false, "model is required"},
 		{broker.KindChat, `{"name":"tiny-a"}`, "", false, "model is required"},
-		{broker.KindOpenAIChat, `{"name":"tiny-a","model":""}`, "", false, "model is required"},
+		{broker.KindOpenAIChat, `{"name":"tiny-a","model":"","messages":[{"role":"user","content":"x"}]}`, "", false, "model is required"},
 	}
 	for _, c := range cases {
 		in, err := parseInference(c.kind, []byte(c.body))

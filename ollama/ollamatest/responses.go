@@ -61,6 +61,18 @@ func streamHeaders(w http.ResponseWriter) {
 	w.Header().Set("Connection", "keep-alive")
 }
 
+// streamedCompat reports whether body asks /v1/responses or /v1/messages for a stream,
+// as their middleware reads it: the call whose chat errors carry streamHeaders.
+func streamedCompat(path string, body []byte) bool {
+	if path != "/v1/responses" && path != "/v1/messages" {
+		return false
+	}
+	var req struct {
+		Stream *bool `json:"stream"`
+	}
+	return json.Unmarshal(body, &req) == nil && req.Stream != nil && *req.Stream
+}
+
 // chatModel resolves the model of a compatibility route as Ollama's chat handler does,
 // with its messages, written by errw in the route's error shape.
 func (s *Server) chatModel(w http.ResponseWriter, name string, errw func(http.ResponseWriter, int, string)) (Model, bool) {

@@ -108,6 +108,9 @@ func (s *Server) wrap(fn handler) http.Handler {
 		if f != nil {
 			switch f.kind {
 			case kindStatus:
+				if streamedCompat(r.URL.Path, body) {
+					streamHeaders(w) // the chat handler fails behind the middleware that set them
+				}
 				statusWriter(r.URL.Path)(w, f.code, f.msg)
 				return
 			case kindAnswer:
