@@ -30,7 +30,8 @@ func TestGenerateRoutesBlankModelNotFound(t *testing.T) {
 			`{"error":{"message":"model ' ' not found","type":"api_error","param":null,"code":null}}` + "\n"},
 		// The chat handler and those on top of it keep their 400.
 		{"/api/chat", `{"model":""}`, 400, `{"error":"model is required"}`},
-		{"/v1/chat/completions", `{"model":" ","messages":[]}`, 400,
+		// (With a message: Ollama's OpenAI layer refuses an empty messages first.)
+		{"/v1/chat/completions", `{"model":" ","messages":[{"role":"user","content":"x"}]}`, 400,
 			`{"error":{"message":"model is required","type":"api_error","param":null,"code":null}}` + "\n"},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))

@@ -38,7 +38,7 @@ func (s *Server) handleImageEdits(w http.ResponseWriter, r *http.Request, body [
 // edited image: each request its own answer.
 func (s *Server) image(w http.ResponseWriter, r *http.Request, body []byte, f *Failure, edit bool) {
 	var req imageRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeOAIError(w, http.StatusBadRequest, err.Error())
 		return
 	}

@@ -76,7 +76,7 @@ func metrics(load time.Duration, promptTokens, evalTokens int) ollama.Metrics {
 
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
 	var req ollama.ChatRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -134,7 +134,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 
 func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
 	var req ollama.GenerateRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -249,7 +249,7 @@ func embedInputs(raw json.RawMessage) ([]string, bool) {
 
 func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
 	var req ollama.EmbedRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -277,7 +277,7 @@ func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request, body []byte
 
 func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
 	var req ollama.EmbeddingRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}

@@ -112,7 +112,7 @@ func (s *Server) handleOpenAICompletion(w http.ResponseWriter, r *http.Request, 
 
 func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []byte, f *Failure, chat bool) {
 	var req oaiRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeOAIError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -207,7 +207,7 @@ func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request, 
 		Model string          `json:"model"`
 		Input json.RawMessage `json:"input"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeOAIError(w, http.StatusBadRequest, err.Error())
 		return
 	}
