@@ -251,7 +251,8 @@ type JobList struct {
 	Jobs []Job `json:"jobs"`
 	// NextCursor continues the listing; empty on the last page.
 	NextCursor string `json:"next_cursor,omitempty"`
-	// Now is foreman's time when it answered (as Queue.Now); zero from a foreman that
+	// Now is foreman's time when it answered, on the clock that stamps the jobs'
+	// CreatedAt (foreman's own: Queue.Now is the NATS server's); zero from a foreman that
 	// does not say it. Take a job's age against it (Now.Sub(CreatedAt)), not against
 	// this host's clock, which may be off.
 	Now time.Time `json:"now,omitzero"`

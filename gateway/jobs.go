@@ -72,7 +72,7 @@ const maxListResults = 8 << 20
 // may name several states, comma-separated (state=done,failed,canceled: the finished
 // jobs), so one page is read for them all. A page holds at most limit jobs and
 // maxListResults bytes of their results (and always one job). The answer's now is
-// foreman's time of it, on the clock GET /queue's now is on.
+// foreman's time of it, on the clock of the records' stamps.
 func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	opt := broker.ListOptions{Model: q.Get("model"), Program: q.Get("program"), Cursor: q.Get("cursor"), MaxResultBytes: s.cfg.listResults}
@@ -111,9 +111,12 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	for _, j := range jobs {
 		views = append(views, s.jobView(r.Context(), j, false))
 	}
-	// now, as in GET /queue: foreman's time of the answer (ADR-0060), which a client whose
-	// clock is off takes a job's age against rather than its own clock.
-	writeJSON(w, http.StatusOK, map[string]any{"jobs": views, "next_cursor": next, "now": s.store.ServerNow().UTC()})
+	// now: foreman's time of the answer, which a client whose clock is off takes a job's
+	// age against rather than its own clock. On the clock that stamps the records
+	// (created_at, started_at, finished_at: Store.Now), not the NATS server's, which GET
+	// /queue's now is on for its server-stamped messages (ADR-0060): a foreman whose clock
+	// is off from its server's would list a job just submitted as old as the offset.
+	writeJSON(w, http.StatusOK, map[string]any{"jobs": views, "next_cursor": next, "now": s.store.Now()})
 }
 
 // cancelWait bounds how long DELETE /jobs/{id} waits for a running job to end after its

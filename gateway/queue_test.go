@@ -158,9 +158,9 @@ func TestListJobsSaysForemansTime(t *testing.T) {
 	t.Parallel()
 	b := newTestBundle(t)
 	jobsSubmit(t, b, `{"model":"tiny-a"}`)
-	before := b.Broker.Store.ServerNow()
+	before := b.Broker.Store.Now()
 	resp, out := b.request(t, http.MethodGet, "/jobs", nil)
-	after := b.Broker.Store.ServerNow()
+	after := b.Broker.Store.Now()
 	var page struct {
 		Jobs []jobView `json:"jobs"`
 		Now  time.Time `json:"now"`
@@ -168,8 +168,32 @@ func TestListJobsSaysForemansTime(t *testing.T) {
 	if err := json.Unmarshal(out, &page); resp.StatusCode != http.StatusOK || err != nil || len(page.Jobs) != 1 {
 		t.Fatalf("GET /jobs: %d %s", resp.StatusCode, out)
 	}
-	if page.Now.Before(before.Truncate(time.Microsecond)) || page.Now.After(after) {
-		t.Fatalf("now %v, want the server's time between %v and %v", page.Now, before, after)
+	if page.Now.Before(before) || page.Now.After(after) {
+		t.Fatalf("now %v, want foreman's time between %v and %v", page.Now, before, after)
+	}
+}
+
+// GET /jobs's now is on the clock of the records' stamps (foreman's, which stamps
+// created_at), not the NATS server's: on a foreman whose clock is an hour behind its
+// server's, a job just submitted was listed an hour old by `foreman jobs`.
+func TestListJobsNowIsOnTheRecordsClock(t *testing.T) {
+	t.Parallel()
+	const off = time.Hour
+	b := newTestBundle(t, withBroker(brokertest.WithStore(func(c *broker.Config) {
+		c.Now = func() time.Time { return time.Now().Add(-off) }
+	})))
+	jobsSubmit(t, b, `{"model":"tiny-a"}`)
+	resp, out := b.request(t, http.MethodGet, "/jobs", nil)
+	var page struct {
+		Jobs []jobView `json:"jobs"`
+		Now  time.Time `json:"now"`
+	}
+	if err := json.Unmarshal(out, &page); resp.StatusCode != http.StatusOK || err != nil || len(page.Jobs) != 1 {
+		t.Fatalf("GET /jobs: %d %s", resp.StatusCode, out)
+	}
+	if age := page.Now.Sub(page.Jobs[0].CreatedAt); age < 0 || age > off/2 {
+		t.Fatalf("a job just submitted is %v old by the listing's now %v (created_at %v), want about 0",
+			age, page.Now, page.Jobs[0].CreatedAt)
 	}
 }
 
