@@ -15,11 +15,13 @@ import (
 // held its caller's connection is gone.
 const CallerGoneReason = "caller gone: foreman restarted"
 
-// UnqueuedReason is the Error of a job submitted without an Idempotency-Key whose
-// foreman stopped between the two writes of its submit: its record was stored, its queue
-// message never was, and its caller got no answer. No retry can queue it (only a key
+// UnqueuedReason is the Error of a job whose submit was cut between its two writes (its
+// foreman stopped, or the store refused the queue message and the record's take-back)
+// and which no retry can queue (no Idempotency-Key, or its key's claim names it no
+// more): its record was stored, its queue message never was, and no 202 named it (the
+// caller got none, or a refusal). No retry can queue it (only a key
 // names a job again), so nothing would ever run it.
-const UnqueuedReason = "lost: its submit was cut short before its queue message was stored (foreman stopped, or the store refused it); its caller got no answer: submit it again"
+const UnqueuedReason = "lost: its submit was cut short before its queue message was stored (foreman stopped, or the store refused it), so it never reached the queue, and no answer of foreman's named it as queued: submit it again"
 
 // CallerGone reports whether sync job j has lost its caller: the foreman process whose
 // gateway took the call (j.Gateway, a boot id) no longer runs. It is the one place that

@@ -157,7 +157,7 @@ func leadingObject(body []byte) (obj []byte, ok bool) {
 		return nil, false
 	}
 	end := dec.InputOffset()
-	if len(bytes.TrimSpace(body[end:])) == 0 {
+	if len(bytes.Trim(body[end:], " \t\r\n")) == 0 { // JSON's white space only: a U+00A0 is more
 		return nil, false
 	}
 	return body[:end:end], true

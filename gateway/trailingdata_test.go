@@ -27,6 +27,7 @@ func TestTrailingDataAfterTheObjectIsIgnoredAsOllamaDoes(t *testing.T) {
 		{"/api/embed", `{"model":"tiny-embed","input":"hi"}`, ` x`},
 		{"/v1/embeddings", `{"model":"tiny-embed","input":"hi"}`, `}`},
 		{"/api/show", `{"model":"tiny-a"}`, ` x`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","stream":false}`, "\u00a0"}, // no JSON white space
 		{"/api/copy", `{"source":"tiny-a","destination":"tiny-c"}`, ` x`},
 	} {
 		body := []byte(c.object + c.rest)

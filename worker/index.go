@@ -16,9 +16,9 @@ import (
 // never hide a job.
 const fullRefresh = 30 * time.Second
 
-// maxEnded is how many ended jobs the index keeps between two looks; more, and the next
-// look re-reads every head instead (an idle worker looks seldom, the other Macs' jobs
-// end meanwhile).
+// maxEnded is how many ended jobs (and deleted messages) the index keeps between two
+// looks; more, and the next look re-reads every head instead (an idle worker looks
+// seldom, the other Macs' jobs end meanwhile).
 const maxEnded = 1024
 
 // maxAppendScan is how many messages stored since the last look a selection reads one by
@@ -107,8 +107,17 @@ func (q *queueIndex) removing(token string, seq uint64) (done func(ok bool)) {
 // the canceled job's age to the job behind it (its class starved, its runner due).
 func (q *queueIndex) removed(seq uint64) {
 	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.overflow {
+		return
+	}
+	if len(q.deleted) >= maxEnded {
+		// As many deletions between two looks (a purge of a program's jobs, an idle
+		// worker's long wait) make the next look read every head instead.
+		q.deleted, q.overflow = nil, true
+		return
+	}
 	q.deleted = append(q.deleted, seq)
-	q.mu.Unlock()
 }
 
 // ended notes job id's end, announced by its state event (Job events reach every

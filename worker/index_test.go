@@ -287,3 +287,33 @@ func TestIndexTooManyEndedJobsReadEveryHead(t *testing.T) {
 	}
 	ib.look()
 }
+
+// TestIndexDeletionsBetweenLooksAreBounded: the queue messages this process deletes
+// between two looks (a purge of a program's thousands of waiting jobs, an idle worker's
+// long wait) were each kept until the next look; past maxEnded the index keeps none and
+// that look re-reads every head, which still finds the queue's new head.
+func TestIndexDeletionsBetweenLooksAreBounded(t *testing.T) {
+	t.Parallel()
+	ib := newIndexBundle(t)
+	_, a := ib.submit("ia")
+	ib.look()
+	head := ib.index.heads[a].Seq
+	if err := ib.b.Store.DeleteQueued(ib.ctx, head); err != nil {
+		t.Fatal(err)
+	}
+	newer, _ := ib.submit("ia")
+	ib.index.removed(head)
+	for i := range 4 * maxEnded {
+		ib.index.removed(uint64(1_000_000 + i))
+	}
+	ib.index.mu.Lock()
+	kept := len(ib.index.deleted)
+	ib.index.mu.Unlock()
+	if kept > maxEnded {
+		t.Fatalf("%d deletions kept between two looks, want at most %d", kept, maxEnded)
+	}
+	ib.look()
+	if got := ib.index.heads[a].JobID; got != newer.ID {
+		t.Fatalf("head after the look: %s, want the new job %s", got, newer.ID)
+	}
+}
