@@ -96,14 +96,23 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 		w.dropEnded(ctx, p.d, log)
 		return
 	}
-	if !errors.Is(err, broker.ErrQueueFull) {
-		log.Warn("requeue a kept last delivery; it runs from it", "err", err)
-	} else if !w.isStopping(ctx) && !w.runs(ctx, p.d.Token) && w.waitsStill(ctx, p.d.JobID) {
+	// A requeue the store refused for now (a blip, a leader election) is no reason to run
+	// here a job this Mac does not run: it waits kept as for a full queue, its requeue
+	// tried again at the next due.
+	wait := errors.Is(err, broker.ErrQueueFull) || broker.Transient(err)
+	if wait && !w.isStopping(ctx) && !w.runs(ctx, p.d.Token) && w.waitsStill(ctx, p.d.JobID) {
 		p.waits++
 		delay := w.cfg.retryDelay(p.waits)
 		w.keepParked(p, delay, log) // before the deferred release: no gap in the ticks
-		log.Info("queue full: the kept job waits for room, for a Mac that runs it", "delay", delay)
+		if errors.Is(err, broker.ErrQueueFull) {
+			log.Info("queue full: the kept job waits for room, for a Mac that runs it", "delay", delay)
+		} else {
+			log.Warn("requeue a kept last delivery; it waits, for a Mac that runs it", "err", err, "delay", delay)
+		}
 		return
+	}
+	if !errors.Is(err, broker.ErrQueueFull) {
+		log.Warn("requeue a kept last delivery; it runs from it", "err", err)
 	}
 	w.handle(ctx, p.d, nil, nil)
 }

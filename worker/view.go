@@ -300,6 +300,10 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 	if run != nil {
 		gone[run.id] = true
 	}
+	// The jobs of this worker that wait no more (running, finishing), and below those
+	// another Mac runs: the next pick looks past them at its queues' heads only once they
+	// are older than MaxWait (waiting).
+	noMore := maps.Clone(gone)
 	var ended []string
 	for _, m := range msgs {
 		if own[m.JobID] && !gone[m.JobID] && !slices.Contains(ended, m.JobID) {
@@ -336,6 +340,9 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			}
 		case j.State == broker.StateLoading || j.State == broker.StateWorking:
 			gone[m.JobID] = true
+			if w.sharesRuns() {
+				noMore[m.JobID] = true
+			}
 			if c.RunElsewhere == nil {
 				c.RunElsewhere = map[string]bool{}
 			}
@@ -348,19 +355,16 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 			gone[m.JobID] = true // its result is being stored: it waits no more
 		}
 	}
+	// A queue none of whose jobs of the worker's last look is there still forgets its
+	// turn at the next pick (joinTurns): the plan rejoins it at the back (order). The
+	// pick asks it of the heads it sees, before the jobs that wait no more are left out.
+	for token, seq := range turnHeads(msgs, noMore, w.cfg.MaxWait, snow) {
+		if ranOut(c.Served, picks, seen, token, seq) {
+			delete(c.Served, token)
+		}
+	}
 	if len(gone) > 0 || len(spares) > 0 {
 		msgs = slices.DeleteFunc(slices.Clone(msgs), func(m broker.QueuedMessage) bool { return gone[m.JobID] || spares[m.Seq] })
-	}
-	// A queue none of whose jobs of the worker's last look waits still forgets its turn
-	// at the next pick (joinTurns): the plan rejoins it at the back (order).
-	firsts := map[string]bool{}
-	for _, m := range msgs {
-		if !firsts[m.Token] {
-			firsts[m.Token] = true
-			if ranOut(c.Served, picks, seen, m.Token, m.Seq) {
-				delete(c.Served, m.Token)
-			}
-		}
 	}
 	var waitingElsewhere []broker.QueuedJob
 	if len(others) > 0 {
@@ -411,6 +415,30 @@ func (w *Worker) computeView(msgs []broker.QueuedMessage, heads map[string]*brok
 		v.Queued = append(v.Queued, q)
 	}
 	return v.Indexed(), nil
+}
+
+// turnHeads is, by queue, the sequence of the message the worker's next pick sees at the
+// queue's head when it gives the turns (joinTurns, after waiting): the queue's first
+// message in msgs, or the first after those, up to maxLookPast, whose jobs wait no more
+// (noMore: running or finishing here, or run by another Mac) and were queued longer than
+// maxWait before now. A younger such job heads its queue at the pick: a program whose
+// only job another Mac runs keeps its turn while that job's message is there, even with
+// a new job queued since the last look. A queue whose messages are all looked past waits
+// nothing, and is left out.
+func turnHeads(msgs []broker.QueuedMessage, noMore map[string]bool, maxWait time.Duration, now time.Time) map[string]uint64 {
+	out := map[string]uint64{}
+	past := map[string]int{}
+	for _, m := range msgs {
+		if _, ok := out[m.Token]; ok {
+			continue
+		}
+		if maxWait > 0 && noMore[m.JobID] && now.Sub(m.Enqueued) > maxWait && past[m.Token] < maxLookPast {
+			past[m.Token]++
+			continue
+		}
+		out[m.Token] = m.Seq
+	}
+	return out
 }
 
 // waitingJob is queue message m's job as the view shows it waiting, with no position
