@@ -32,7 +32,15 @@ func RedactURL(raw string) string {
 
 // redactUserinfo is raw with its userinfo redacted (see RedactURL).
 func redactUserinfo(raw string) string {
-	if u, err := url.Parse(raw); err == nil && u.User != nil {
+	// One "@" past the scheme: the parsed userinfo is all of it. With more, a password
+	// holding a "/" ended the parsed userinfo early and the rest of it reads as a path
+	// ("nats://u:pa/ss@host" parses as user u of host "pa"... or "@:4222/s3cret@host" as
+	// an empty user): the last "@" is taken below.
+	rest := raw
+	if i := strings.Index(raw, "://"); i >= 0 {
+		rest = raw[i+3:]
+	}
+	if u, err := url.Parse(raw); err == nil && u.User != nil && strings.Count(rest, "@") == 1 {
 		return redacted(u)
 	}
 	// Unparsable, or parsed without userinfo yet holding an "@": "user:pw@host:4222" without a

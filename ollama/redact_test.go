@@ -36,6 +36,10 @@ func TestRedactURL(t *testing.T) {
 		"http://host:11434/?":                       "http://host:11434/?",
 		"?token=s3cret":                             "?xxxxx",
 		"http://Tok3n/s3cret@127.0.0.1:1":           "http://xxxxx@127.0.0.1:1",
+		"nats://@:4222/s3cret@host":                 "nats://xxxxx@host", // a userinfo that ends before a later "@"
+		"nats://u@h/pa:s3cret@host:4222":            "nats://xxxxx@host:4222",
+		"nats://user:p@ss/w0rd@host:4222":           "nats://xxxxx@host:4222", // url.Parse: user "user:p", host "ss", path "/w0rd@host:4222"
+		"http://u:s3cret@127.0.0.1:1/a@b":           "http://xxxxx@b",         // an "@" in a path too: all before it may be a password
 	} {
 		if got := ollama.RedactURL(in); got != want {
 			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
@@ -351,8 +355,8 @@ func TestRedactionKeepsEverySecretOut(t *testing.T) {
 func TestRedactionKeepsWhatIsNoSecret(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct{ name, got, want string }{
-		// url.Parse reads the userinfo up to the first "@" after "//"; a later one is the path's.
-		{"an @ in the path", ollama.RedactURL("http://u:s3cret@127.0.0.1:1/a@b"), "http://xxxxx@127.0.0.1:1/a@b"},
+		// One "@": the host and path stay.
+		{"a path", ollama.RedactURL("http://u:s3cret@127.0.0.1:1/a/b"), "http://xxxxx@127.0.0.1:1/a/b"},
 		// An entry without a host is the start of the next one's URL, as NATS cuts a list.
 		{"an entry without a host", ollama.RedactURLs("nats://,nats://u:s3cret@127.0.0.1:1"), "nats://xxxxx@127.0.0.1:1"},
 	} {
