@@ -108,13 +108,14 @@ func StreamedBody(body []byte, withUsage bool) ([]byte, error) {
 }
 
 // ModelOf returns the "model" field of a request body (falling back to the
-// legacy "name" field that old /api/show and /api/delete clients send).
+// legacy "name" field that old /api/show and /api/delete clients send). It reads the
+// body's first JSON value, as Ollama's router does; what follows it is not looked at.
 func ModelOf(body []byte) (string, error) {
 	var v struct {
 		Model string `json:"model"`
 		Name  string `json:"name"`
 	}
-	if err := json.Unmarshal(body, &v); err != nil {
+	if err := json.NewDecoder(bytes.NewReader(body)).Decode(&v); err != nil {
 		return "", fmt.Errorf("decode model field: %w", err)
 	}
 	if v.Model == "" {

@@ -139,6 +139,7 @@ func TestModelOf(t *testing.T) {
 		{`{"model":"a","name":"b"}`, "a", false},
 		{`{}`, "", false},
 		{`[1]`, "", true},
+		{`{"model":"a"} 0`, "a", false}, // the first value, as Ollama's router reads it
 	}
 	for _, tt := range tests {
 		got, err := ollama.ModelOf([]byte(tt.body))

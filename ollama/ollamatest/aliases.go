@@ -1,7 +1,6 @@
 package ollamatest
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"slices"
@@ -56,7 +55,7 @@ func (s *Server) handleAliasCreate(w http.ResponseWriter, _ *http.Request, body 
 		writeError(w, http.StatusBadRequest, "missing request body")
 		return
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
@@ -91,7 +90,7 @@ func (s *Server) handleAliasDelete(w http.ResponseWriter, _ *http.Request, body 
 		writeError(w, http.StatusBadRequest, "missing request body")
 		return
 	}
-	if err := json.Unmarshal(body, &req); err != nil {
+	if err := decodeBody(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}

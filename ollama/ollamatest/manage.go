@@ -205,7 +205,7 @@ func (s *Server) handleCreate(w http.ResponseWriter, r *http.Request, body []byt
 	var req struct {
 		From string `json:"from"`
 	}
-	_ = json.Unmarshal(body, &req)
+	_ = decodeBody(body, &req)
 	if req.From != "" {
 		if _, ok := s.modelFor(w, req.From, ""); !ok {
 			return
@@ -226,7 +226,7 @@ func (s *Server) handleCopy(w http.ResponseWriter, _ *http.Request, body []byte,
 		Source      string `json:"source"`
 		Destination string `json:"destination"`
 	}
-	if err := json.Unmarshal(body, &req); err != nil || req.Source == "" || req.Destination == "" {
+	if err := decodeBody(body, &req); err != nil || req.Source == "" || req.Destination == "" {
 		writeError(w, http.StatusBadRequest, "source and destination are required")
 		return
 	}
