@@ -247,8 +247,8 @@ func (s *Store) retryMayQueue(ctx context.Context, j *Job) bool {
 // queue (submitted without an Idempotency-Key, or its key's claim names it no more:
 // retryMayQueue), failed (UnqueuedReason): a retry with its key is the only way a job
 // is queued again, and without one it would be listed queued, never to run, until the
-// job TTL. Its caller got no answer (a 202 means both writes are on disk); a webhook it
-// named is told the end.
+// job TTL. No 202 named it (a 202 means both writes are on disk): its caller got no
+// answer, or a refusal; a webhook it named is told the end.
 func (s *Store) failUnqueued(ctx context.Context, j *Job) error {
 	_, _, err := s.Modify(ctx, j.ID, func(j *Job) error {
 		if j.State != StateQueued {
@@ -260,7 +260,7 @@ func (s *Store) failUnqueued(ctx context.Context, j *Job) error {
 	switch {
 	case err == nil:
 		s.dropBody(ctx, j)
-		s.log.Warn("job whose submit was cut short before its queue message was stored ended failed; its caller got no answer",
+		s.log.Warn("job whose submit was cut short before its queue message was stored ended failed; no answer of foreman's named it as queued",
 			"job_id", j.ID, "model", j.Model)
 	case errors.Is(err, ErrTerminal), errors.Is(err, ErrNotFound):
 	default:

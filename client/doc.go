@@ -18,9 +18,10 @@
 //     foreman.jobs.submit (by POST /jobs when the request exceeds the connection's max
 //     payload, or nobody answers on the subject), the client subscribes to
 //     foreman.job.<id>.state and then reads the job once, so a state reached before the
-//     subscription is never missed. A submit that gets no reply within 40 s (or the
-//     context's deadline) fails with an error matching nats.ErrTimeout, or, with an
-//     IdempotencyKey, is retried by POST /jobs.
+//     subscription is never missed. A submit that gets no reply within 40 s fails with
+//     an error matching nats.ErrTimeout, or, with an IdempotencyKey, is retried by
+//     POST /jobs; one whose context's deadline comes first fails with an error matching
+//     both nats.ErrTimeout and context.DeadlineExceeded (the job may have been queued).
 //  2. Webhook: an ephemeral HTTP receiver on WithWebhookListenAddr (default
 //     127.0.0.1:0, used when foreman runs on a loopback address) whose URL rides along
 //     as the job's state_webhook_url, unless the job names its own (WebhookURL, or

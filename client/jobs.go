@@ -224,6 +224,12 @@ func (c *Client) submitNATS(ctx context.Context, body []byte, idemKey string) (s
 	defer cancel()
 	reply, err := c.nc.RequestMsgWithContext(rctx, msg)
 	if err != nil {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// As the client's own bound below: the request may have reached foreman, which
+			// may have queued the job. Matches both, so a caller told by either sees it.
+			return "", fmt.Errorf("client: submit over NATS: no reply before the context's deadline (the job may have been queued; "+
+				"set SubmitRequest.IdempotencyKey to retry safely): %w: %w", ctx.Err(), nats.ErrTimeout)
+		}
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}

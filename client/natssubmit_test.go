@@ -111,3 +111,38 @@ func TestSubmitNoNATSReply(t *testing.T) {
 		t.Fatalf("foreman got %d NATS submits, want 2 (the keyed one tried NATS first)", n)
 	}
 }
+
+// TestSubmitNoNATSReplyByTheContextDeadline: a NATS submit that gets no reply before
+// its context's deadline is the same "the job may have been queued" as one that waited
+// out the client's own bound, and matches nats.ErrTimeout as the package doc says,
+// besides context.DeadlineExceeded. It was the bare context error: a caller that told
+// an unanswered submit by nats.ErrTimeout took it for one that never reached foreman.
+func TestSubmitNoNATSReplyByTheContextDeadline(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{NoNATSSubmit: true})
+	var swallowed atomic.Int32
+	sub, err := f.Conn.Subscribe(broker.SubmitSubject, func(*nats.Msg) { swallowed.Add(1) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := f.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, f.URL, client.WithNATS(natsConn(t, f)), client.WithPollInterval(never))
+	for name, submit := range map[string]func(context.Context, client.SubmitRequest) error{
+		"Submit": func(ctx context.Context, req client.SubmitRequest) error { _, err := c.Submit(ctx, req); return err },
+		"SubmitAsync": func(ctx context.Context, req client.SubmitRequest) error {
+			_, err := c.SubmitAsync(ctx, req)
+			return err
+		},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		err := submit(ctx, chatJob("tiny-a", "nobody answers "+name))
+		cancel()
+		if !errors.Is(err, nats.ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "may have been queued") {
+			t.Errorf("%s past its context's deadline = %v; want an error matching nats.ErrTimeout and context.DeadlineExceeded that says the job may have been queued", name, err)
+		}
+	}
+	eventually(t, 10*time.Second, "the NATS submits swallowed", func() bool { return swallowed.Load() >= 2 })
+}

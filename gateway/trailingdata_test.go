@@ -67,3 +67,22 @@ func sameRequest(sent, object []byte) bool {
 	}
 	return reflect.DeepEqual(a, b)
 }
+
+// POST /jobs is foreman's own route, whose body is its job: anything after the object is
+// refused, not dropped as Ollama's routes drop it.
+func TestJobsRefusesDataAfterTheObject(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	object := `{"kind":"chat","model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
+	for _, rest := range []string{` x`, `]`, "\n{\"model\":\"nope\"}", "\u00a0", "\x00"} {
+		got := post(t, ctx, b.URL, "/jobs", []byte(object+rest))
+		var e struct{ Error string }
+		if got.Status != http.StatusBadRequest || json.Unmarshal(got.Body, &e) != nil || e.Error != "invalid JSON body: data after the object" {
+			t.Errorf("POST /jobs %q: %d %s, want 400 invalid JSON body: data after the object", object+rest, got.Status, got.Body)
+		}
+	}
+	if got := post(t, ctx, b.URL, "/jobs", []byte(object+" \r\n\t")); got.Status != http.StatusAccepted {
+		t.Errorf("POST /jobs with JSON white space after the object: %d %s, want 202", got.Status, got.Body)
+	}
+}
