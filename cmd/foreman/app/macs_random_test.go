@@ -102,7 +102,8 @@ func queueIDs(t *testing.T, a *app.App) []string {
 }
 
 // Two foremen on one NATS, mac-a with alpha and shared, mac-b with beta and shared, under
-// seeded random submits (through either foreman; classes and programs mixed), cancels,
+// seeded random submits (through either foreman; classes and programs mixed), sync chats
+// through mac-a's foreman, cancels,
 // mac-a's Ollama down and back, shared deleted on mac-a and back, and a stop (seed 1) or a
 // crash (seed 2) and restart of mac-b's foreman, the stop where it can be in the middle
 // of a job: every job ends exactly once, none runs on a Mac lacking its model or
@@ -155,6 +156,9 @@ func severalMacsRandom(t *testing.T, seed uint64) {
 	restartAt := stopAt + 3 + rng.IntN(8)
 	stopped := false
 	hasShared := true // on mac-a
+	var syncWG sync.WaitGroup
+	var syncMu sync.Mutex
+	var syncJobs []*sent
 	aDown := false
 	for i := range ops {
 		switch {
@@ -193,6 +197,28 @@ func severalMacsRandom(t *testing.T, seed uint64) {
 			via = 0
 		}
 		switch r := rng.IntN(10); {
+		case r == 0 && len(jobs) > 0:
+			m := models[rng.IntN(len(models))]
+			prompt := fmt.Sprintf("s%d-sync%d", seed, i)
+			syncWG.Add(1)
+			go func() {
+				defer syncWG.Done()
+				req, _ := http.NewRequest(http.MethodPost, "http://"+fa.Addr()+"/api/chat", strings.NewReader(fmt.Sprintf(`{"model":%q,"stream":false,"messages":[{"role":"user","content":%q}]}`, m, prompt)))
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Errorf("sync %s: %v", prompt, err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				syncMu.Lock()
+				defer syncMu.Unlock()
+				if resp.StatusCode != 200 {
+					t.Errorf("sync %s %s: %d %s", m, prompt, resp.StatusCode, b)
+				}
+				syncJobs = append(syncJobs, &sent{id: resp.Header.Get("X-Foreman-Job-Id"), model: m, prompt: prompt})
+			}()
+			step("%d: sync %s (%s) via mac-a", i, m, prompt)
 		case r < 7 || len(jobs) == 0:
 			m := models[rng.IntN(len(models))]
 			prompt := fmt.Sprintf("s%d-j%d", seed, len(jobs))
@@ -258,6 +284,8 @@ func severalMacsRandom(t *testing.T, seed uint64) {
 		foremen[1] = fb
 	}
 
+	syncWG.Wait()
+	jobs = append(jobs, syncJobs...)
 	// Every job ends, exactly once.
 	for _, j := range jobs {
 		eventually(t, 30*time.Second, "job "+j.id+" ("+j.model+") ended", func() bool {
