@@ -159,6 +159,7 @@ func severalMacsRandom(t *testing.T, seed uint64) {
 	var syncWG sync.WaitGroup
 	var syncMu sync.Mutex
 	var syncJobs []*sent
+	t.Cleanup(syncWG.Wait) // after a failure too: the calls report to t
 	aDown := false
 	for i := range ops {
 		switch {
