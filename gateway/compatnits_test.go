@@ -114,6 +114,15 @@ func TestNullBodyAsOllama(t *testing.T) {
 	}{
 		{"/api/generate", `null`, 404, gin, `{"error":"model '' not found"}`},
 		{"/api/generate", " null\n", 404, gin, `{"error":"model '' not found"}`},
+		// Ollama reads the first value: null with more after it is null, and only JSON's
+		// white space may come before it.
+		{"/api/generate", "null x", 404, gin, `{"error":"model '' not found"}`},
+		{"/api/generate", "null}", 404, gin, `{"error":"model '' not found"}`},
+		{"/api/chat", "null\x00", 400, gin, `{"error":"model is required"}`},
+		{"/v1/completions", "null{}", 404, enc, oai("api_error", "model '' not found") + "\n"},
+		{"/api/generate", "\vnull", 400, gin, `{"error":"invalid JSON body: invalid character '\\v' looking for beginning of value"}`},
+		{"/api/generate", "\u00a0null", 400, gin, `{"error":"invalid JSON body: invalid character 'Â' looking for beginning of value"}`},
+		{"/v1/completions", "\fnull", 400, gin, oai("invalid_request_error", "invalid JSON body: invalid character '\\f' looking for beginning of value")},
 		{"/api/chat", `null`, 400, gin, `{"error":"model is required"}`},
 		{"/api/embed", `null`, 400, gin, `{"error":"model is required"}`},
 		{"/api/embeddings", `null`, 400, gin, `{"error":"model is required"}`},
