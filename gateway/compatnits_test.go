@@ -135,6 +135,8 @@ func TestNullBodyAsOllama(t *testing.T) {
 		{"/v1/embeddings", `{"model":"nope","input":[]}`, 400, gin, oai("invalid_request_error", "invalid input")},
 		{"/v1/responses", `null`, 400, enc, oai("api_error", "model is required") + "\n"},
 		{"/v1/messages", `null`, 400, gin, `{"type":"error","error":{"type":"invalid_request_error","message":"model is required"},"request_id":"req_ID"}`},
+		{"/v1/images/generations", `null`, 400, gin, oai("invalid_request_error", "prompt is required")},
+		{"/v1/images/edits", "null x", 400, gin, oai("invalid_request_error", "prompt is required")},
 		{"/api/chat", `[]`, 400, gin, `{"error":"invalid JSON body: json: cannot unmarshal array into Go value of type map[string]json.RawMessage"}`},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))
