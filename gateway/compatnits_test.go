@@ -135,6 +135,12 @@ func TestNullBodyAsOllama(t *testing.T) {
 		{"/v1/embeddings", `{"model":"nope","input":[]}`, 400, gin, oai("invalid_request_error", "invalid input")},
 		{"/v1/responses", `null`, 400, enc, oai("api_error", "model is required") + "\n"},
 		{"/v1/messages", `null`, 400, gin, `{"type":"error","error":{"type":"invalid_request_error","message":"model is required"},"request_id":"req_ID"}`},
+		{"/v1/chat/completions", "null x", 400, gin, oai("invalid_request_error", "[] is too short - 'messages'")},
+		{"/v1/embeddings", "null]", 400, gin, oai("invalid_request_error", "invalid input")},
+		{"/v1/responses", "null x", 400, enc, oai("api_error", "model is required") + "\n"},
+		{"/v1/messages", "null x", 400, gin, `{"type":"error","error":{"type":"invalid_request_error","message":"model is required"},"request_id":"req_ID"}`},
+		{"/api/show", "null x", 400, gin, `{"error":"model is required"}`},
+		{"/api/embed", "null x", 400, gin, `{"error":"model is required"}`},
 		{"/v1/images/generations", `null`, 400, gin, oai("invalid_request_error", "prompt is required")},
 		{"/v1/images/edits", "null x", 400, gin, oai("invalid_request_error", "prompt is required")},
 		{"/api/chat", `[]`, 400, gin, `{"error":"invalid JSON body: json: cannot unmarshal array into Go value of type map[string]json.RawMessage"}`},
@@ -147,9 +153,11 @@ func TestNullBodyAsOllama(t *testing.T) {
 	}
 	// A management route's null goes on to the target, which answers it.
 	for _, path := range []string{"/api/pull", "/api/copy", "/api/experimental/aliases"} {
-		got, want := post(t, ctx, b.URL, path, []byte(`null`)), post(t, ctx, b.Fake.URL, path, []byte(`null`))
-		if got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
-			t.Errorf("%s null: %d %q %s, the target's %d %q %s", path, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+		for _, body := range []string{`null`, `null x`} {
+			got, want := post(t, ctx, b.URL, path, []byte(body)), post(t, ctx, b.Fake.URL, path, []byte(body))
+			if got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
+				t.Errorf("%s %q: %d %q %s, the target's %d %q %s", path, body, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+			}
 		}
 	}
 	if n, _ := b.Broker.Store.QueueLen(ctx); n != 0 {
