@@ -164,3 +164,30 @@ func TestNullBodyAsOllama(t *testing.T) {
 		t.Errorf("refused bodies queued %d jobs", n)
 	}
 }
+
+// A "stream" member given twice, null last, streams as Ollama's request type of the route
+// reads it: the OpenAI chat and completions and the Anthropic types hold a bool, which
+// the null leaves true; the native and Responses types a *bool, which it sets back to
+// absent (the native routes' default is to stream, the Responses' not).
+func TestStreamNullAfterTrueAsOllama(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	const msgs = `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"input":"hi"`
+	for _, c := range []struct {
+		path, stream, ctype string
+	}{
+		{"/v1/chat/completions", `"stream":true,"stream":null`, "text/event-stream"},
+		{"/v1/completions", `"prompt":"hi","stream":true,"stream":null`, "text/event-stream"},
+		{"/v1/messages", `"stream":true,"stream":null`, "text/event-stream"},
+		{"/v1/chat/completions", `"stream":null,"stream":false`, "application/json"},
+		{"/v1/responses", `"stream":true,"stream":null`, "application/json"},
+		{"/api/chat", `"stream":false,"stream":null`, "application/x-ndjson"},
+	} {
+		body := []byte("{" + msgs + "," + c.stream + "}")
+		got, want := post(t, ctx, b.URL, c.path, body), post(t, ctx, b.Fake.URL, c.path, body)
+		if got.Status != http.StatusOK || !strings.HasPrefix(got.CType, c.ctype) || !strings.HasPrefix(want.CType, c.ctype) {
+			t.Errorf("%s %s: %d %q, the target's %d %q; want 200 %s", c.path, c.stream, got.Status, got.CType, want.Status, want.CType, c.ctype)
+		}
+	}
+}
