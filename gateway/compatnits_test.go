@@ -114,6 +114,15 @@ func TestNullBodyAsOllama(t *testing.T) {
 	}{
 		{"/api/generate", `null`, 404, gin, `{"error":"model '' not found"}`},
 		{"/api/generate", " null\n", 404, gin, `{"error":"model '' not found"}`},
+		// Ollama reads the first value: null with more after it is null, and only JSON's
+		// white space may come before it.
+		{"/api/generate", "null x", 404, gin, `{"error":"model '' not found"}`},
+		{"/api/generate", "null}", 404, gin, `{"error":"model '' not found"}`},
+		{"/api/chat", "null\x00", 400, gin, `{"error":"model is required"}`},
+		{"/v1/completions", "null{}", 404, enc, oai("api_error", "model '' not found") + "\n"},
+		{"/api/generate", "\vnull", 400, gin, `{"error":"invalid JSON body: invalid character '\\v' looking for beginning of value"}`},
+		{"/api/generate", "\u00a0null", 400, gin, `{"error":"invalid JSON body: invalid character 'Â' looking for beginning of value"}`},
+		{"/v1/completions", "\fnull", 400, gin, oai("invalid_request_error", "invalid JSON body: invalid character '\\f' looking for beginning of value")},
 		{"/api/chat", `null`, 400, gin, `{"error":"model is required"}`},
 		{"/api/embed", `null`, 400, gin, `{"error":"model is required"}`},
 		{"/api/embeddings", `null`, 400, gin, `{"error":"model is required"}`},
@@ -126,6 +135,14 @@ func TestNullBodyAsOllama(t *testing.T) {
 		{"/v1/embeddings", `{"model":"nope","input":[]}`, 400, gin, oai("invalid_request_error", "invalid input")},
 		{"/v1/responses", `null`, 400, enc, oai("api_error", "model is required") + "\n"},
 		{"/v1/messages", `null`, 400, gin, `{"type":"error","error":{"type":"invalid_request_error","message":"model is required"},"request_id":"req_ID"}`},
+		{"/v1/chat/completions", "null x", 400, gin, oai("invalid_request_error", "[] is too short - 'messages'")},
+		{"/v1/embeddings", "null]", 400, gin, oai("invalid_request_error", "invalid input")},
+		{"/v1/responses", "null x", 400, enc, oai("api_error", "model is required") + "\n"},
+		{"/v1/messages", "null x", 400, gin, `{"type":"error","error":{"type":"invalid_request_error","message":"model is required"},"request_id":"req_ID"}`},
+		{"/api/show", "null x", 400, gin, `{"error":"model is required"}`},
+		{"/api/embed", "null x", 400, gin, `{"error":"model is required"}`},
+		{"/v1/images/generations", `null`, 400, gin, oai("invalid_request_error", "prompt is required")},
+		{"/v1/images/edits", "null x", 400, gin, oai("invalid_request_error", "prompt is required")},
 		{"/api/chat", `[]`, 400, gin, `{"error":"invalid JSON body: json: cannot unmarshal array into Go value of type map[string]json.RawMessage"}`},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))
@@ -136,12 +153,41 @@ func TestNullBodyAsOllama(t *testing.T) {
 	}
 	// A management route's null goes on to the target, which answers it.
 	for _, path := range []string{"/api/pull", "/api/copy", "/api/experimental/aliases"} {
-		got, want := post(t, ctx, b.URL, path, []byte(`null`)), post(t, ctx, b.Fake.URL, path, []byte(`null`))
-		if got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
-			t.Errorf("%s null: %d %q %s, the target's %d %q %s", path, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+		for _, body := range []string{`null`, `null x`} {
+			got, want := post(t, ctx, b.URL, path, []byte(body)), post(t, ctx, b.Fake.URL, path, []byte(body))
+			if got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
+				t.Errorf("%s %q: %d %q %s, the target's %d %q %s", path, body, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+			}
 		}
 	}
 	if n, _ := b.Broker.Store.QueueLen(ctx); n != 0 {
 		t.Errorf("refused bodies queued %d jobs", n)
+	}
+}
+
+// A "stream" member given twice, null last, streams as Ollama's request type of the route
+// reads it: the OpenAI chat and completions and the Anthropic types hold a bool, which
+// the null leaves true; the native and Responses types a *bool, which it sets back to
+// absent (the native routes' default is to stream, the Responses' not).
+func TestStreamNullAfterTrueAsOllama(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	const msgs = `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"input":"hi"`
+	for _, c := range []struct {
+		path, stream, ctype string
+	}{
+		{"/v1/chat/completions", `"stream":true,"stream":null`, "text/event-stream"},
+		{"/v1/completions", `"prompt":"hi","stream":true,"stream":null`, "text/event-stream"},
+		{"/v1/messages", `"stream":true,"stream":null`, "text/event-stream"},
+		{"/v1/chat/completions", `"stream":null,"stream":false`, "application/json"},
+		{"/v1/responses", `"stream":true,"stream":null`, "application/json"},
+		{"/api/chat", `"stream":false,"stream":null`, "application/x-ndjson"},
+	} {
+		body := []byte("{" + msgs + "," + c.stream + "}")
+		got, want := post(t, ctx, b.URL, c.path, body), post(t, ctx, b.Fake.URL, c.path, body)
+		if got.Status != http.StatusOK || !strings.HasPrefix(got.CType, c.ctype) || !strings.HasPrefix(want.CType, c.ctype) {
+			t.Errorf("%s %s: %d %q, the target's %d %q; want 200 %s", c.path, c.stream, got.Status, got.CType, want.Status, want.CType, c.ctype)
+		}
 	}
 }

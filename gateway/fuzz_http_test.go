@@ -109,6 +109,10 @@ func FuzzHTTPSubmit(f *testing.F) {
 			if direct.Status != status {
 				t.Fatalf("POST %s %q: %d %s, but the target answers %d %s", path, body, status, out, direct.Status, direct.Body)
 			}
+			// Streamed or whole as the target answers it (a client reads one or the other).
+			if got, want := mediaType(w.Header().Get("Content-Type")), mediaType(direct.CType); status == http.StatusOK && got != want {
+				t.Fatalf("POST %s %q: 200 %s, but the target answers 200 %s", path, body, got, want)
+			}
 		}
 		if status/100 != 2 {
 			return
@@ -202,4 +206,10 @@ func FuzzNATSSubmit(f *testing.F) {
 			}
 		}
 	})
+}
+
+// mediaType is a Content-Type without its parameters.
+func mediaType(ctype string) string {
+	m, _, _ := strings.Cut(ctype, ";")
+	return strings.TrimSpace(m)
 }

@@ -70,6 +70,9 @@ func FuzzHTTPModelRoutes(f *testing.F) {
 			if direct.Status != status {
 				t.Fatalf("POST %s %q: %d %s, but the target answers %d %s", path, body, status, out, direct.Status, direct.Body)
 			}
+			if got, want := mediaType(w.Header().Get("Content-Type")), mediaType(direct.CType); status == http.StatusOK && got != want {
+				t.Fatalf("POST %s %q: 200 %s, but the target answers 200 %s", path, body, got, want)
+			}
 		}
 		wantNoWebhookTraffic(t, b, lookups, "")
 	})

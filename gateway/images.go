@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -14,15 +15,16 @@ import (
 // before anything else is looked at (v0.17.4 ImageGenerationsMiddleware,
 // ImageEditsMiddleware): no prompt, then no model, then an edit without an image or with
 // one that is no base64 data URL. Such a call is refused at once, not queued to be
-// refused in its turn. A body that does not decode is left to parseInference; members
-// of the wrong type are Ollama's to refuse.
+// refused in its turn. The body's first JSON value is read, as those middlewares read it
+// (null with more after it too: no prompt). A body that does not decode is left to
+// parseInference; members of the wrong type are Ollama's to refuse.
 func checkImageRequest(kind broker.Kind, body []byte) error {
 	var req struct {
 		Model  any `json:"model"`
 		Prompt any `json:"prompt"`
 		Image  any `json:"image"`
 	}
-	if !kind.Image() || json.Unmarshal(body, &req) != nil {
+	if !kind.Image() || json.NewDecoder(bytes.NewReader(body)).Decode(&req) != nil {
 		return nil
 	}
 	empty := func(v any) bool { return v == nil || v == "" }

@@ -112,7 +112,7 @@ func decodeObject(body []byte, v any, context string) ([]byte, error) {
 	if len(trimmed) == 0 {
 		return nil, badRequest("missing request body")
 	}
-	if jsonNull(trimmed) {
+	if jsonNull(body) {
 		// Ollama's router decodes a body into its handler's struct, which null leaves as
 		// it is: the handler answers it as it answers {} ("model is required", or on the
 		// generate routes 404 "model '' not found").
@@ -163,9 +163,18 @@ func leadingObject(body []byte) (obj []byte, ok bool) {
 	return body[:end:end], true
 }
 
-// jsonNull reports whether body is the JSON null, white space around it or not: the body
-// Ollama's handlers, which decode into a struct, take as an empty object.
-func jsonNull(body []byte) bool { return bytes.Equal(bytes.TrimSpace(body), []byte("null")) }
+// jsonNull reports whether body's first JSON value is null: the body Ollama's handlers,
+// which decode the first value into a struct, take as an empty object, whatever follows
+// it ("null x" too, as an object followed by more is its object: leadingObject). Only
+// JSON's white space may come before it: a \v or a U+00A0 there is Ollama's 400, as for
+// any other body a decoder cannot begin to read.
+func jsonNull(body []byte) bool {
+	if !bytes.HasPrefix(bytes.TrimLeft(body, " \t\r\n"), []byte("null")) {
+		return false
+	}
+	var v json.RawMessage
+	return json.NewDecoder(bytes.NewReader(body)).Decode(&v) == nil
+}
 
 // validJSONObject returns a 400 unless body is one JSON object.
 func validJSONObject(body []byte) error {

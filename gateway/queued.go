@@ -83,10 +83,10 @@ type inference struct {
 // without a model.
 func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	var req struct {
-		Model   string             `json:"model"`
-		Stream  *bool              `json:"stream"`
-		Options broker.LoadOptions `json:"options"`
-		Format  json.RawMessage    `json:"format"`
+		Model   string              `json:"model"`
+		Stream  ollama.StreamMember `json:"stream"`
+		Options broker.LoadOptions  `json:"options"`
+		Format  json.RawMessage     `json:"format"`
 		// ResponseFormat is /v1/chat/completions' (kept raw: other routes ignore it).
 		ResponseFormat json.RawMessage `json:"response_format"`
 		Messages       *listMember     `json:"messages"`
@@ -124,7 +124,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		// says not found, as the model check below does.
 		return inference{body: read}, handlerRefusal("model is required")
 	}
-	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream), opts: req.Options.Token(),
+	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream.For(kind.Path())), opts: req.Options.Token(),
 		format: req.Format, completes: kind == broker.KindChat && req.Messages.holds() || kind == broker.KindGenerate && bool(req.Prompt),
 		body: read}
 	switch kind {

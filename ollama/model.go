@@ -37,16 +37,48 @@ func Streams(path string, stream *bool) bool {
 	return stream != nil && *stream
 }
 
+// StreamMember is a body's "stream" member as Ollama's request type of each route reads
+// it (v0.17.4): the native chat and generate and the Responses types hold a *bool, which
+// a null sets back to absent; the OpenAI chat and completions and the Anthropic types a
+// bool, which a null leaves as it was, so "stream":true,"stream":null streams there.
+type StreamMember struct {
+	last *bool // the last value, nil when it was null
+	kept *bool // the last value that was not null
+}
+
+// UnmarshalJSON reads one "stream" member; a body may hold several (the last counts).
+func (s *StreamMember) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		s.last = nil
+		return nil
+	}
+	var v bool
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	s.last, s.kept = &v, &v
+	return nil
+}
+
+// For returns the member as route path's request type holds it, for Streams.
+func (s StreamMember) For(path string) *bool {
+	switch path {
+	case "/v1/chat/completions", "/v1/completions", "/v1/messages":
+		return s.kept
+	}
+	return s.last
+}
+
 // StreamsBody is Streams with the "stream" member read from body; a body it cannot read
 // gets the route's default.
 func StreamsBody(path string, body []byte) bool {
 	var v struct {
-		Stream *bool `json:"stream"`
+		Stream StreamMember `json:"stream"`
 	}
 	if json.Unmarshal(body, &v) != nil {
-		v.Stream = nil
+		return Streams(path, nil)
 	}
-	return Streams(path, v.Stream)
+	return Streams(path, v.Stream.For(path))
 }
 
 // StreamedBody returns body, a JSON object, asking for a streamed answer: its "stream"

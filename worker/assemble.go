@@ -38,15 +38,15 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 	// One read of the body for what decides the call (ollama.StreamsBody's rule: a body
 	// it cannot read gets the route's default).
 	var req struct {
-		Stream    *bool             `json:"stream"`
-		Tools     []json.RawMessage `json:"tools"`
-		DebugOnly bool              `json:"_debug_render_only"`
-		KeepAlive json.RawMessage   `json:"keep_alive"`
+		Stream    ollama.StreamMember `json:"stream"`
+		Tools     []json.RawMessage   `json:"tools"`
+		DebugOnly bool                `json:"_debug_render_only"`
+		KeepAlive json.RawMessage     `json:"keep_alive"`
 	}
 	if json.Unmarshal(body, &req) != nil {
-		req.Stream, req.Tools, req.DebugOnly, req.KeepAlive = nil, nil, false, nil
+		req.Stream, req.Tools, req.DebugOnly, req.KeepAlive = ollama.StreamMember{}, nil, false, nil
 	}
-	c := targetCall{kind: kind, body: body, streams: ollama.Streams(kind.Path(), req.Stream), debug: req.DebugOnly}
+	c := targetCall{kind: kind, body: body, streams: ollama.Streams(kind.Path(), req.Stream.For(kind.Path())), debug: req.DebugOnly}
 	if readsKeepAlive(kind) && zeroKeepAlive(req.KeepAlive) {
 		c.unloads, c.unloadOnly = true, unloadOnly(kind, body)
 	}

@@ -186,7 +186,7 @@ func (a *ndjsonAnswer) result() (res []byte, done bool) {
 		return a.last, d.Done
 	}
 	if a.kind == broker.KindChat {
-		msg := parseObject(final.vals["message"])
+		msg := parseObject(final.get("message"))
 		if msg == nil {
 			msg = &object{vals: map[string]json.RawMessage{}}
 		}

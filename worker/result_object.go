@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"slices"
+	"strings"
 )
 
 // object is a JSON object that keeps its members in order: a result built from Ollama's
@@ -48,6 +49,7 @@ func (o *object) put(k string, v any, order []string) {
 	if err != nil {
 		return
 	}
+	o.dropVariants(k)
 	if _, ok := o.vals[k]; !ok {
 		at, pos := 0, slices.Index(order, k)
 		for i, have := range o.keys {
@@ -61,10 +63,37 @@ func (o *object) put(k string, v any, order []string) {
 }
 
 func (o *object) del(k string) {
+	o.dropVariants(k)
 	if _, ok := o.vals[k]; ok {
 		delete(o.vals, k)
 		o.keys = slices.DeleteFunc(o.keys, func(s string) bool { return s == k })
 	}
+}
+
+// get returns member k as encoding/json reads it into a field named k: the value of the
+// last member whose name is k but for case.
+func (o *object) get(k string) json.RawMessage {
+	var v json.RawMessage
+	for _, have := range o.keys {
+		if strings.EqualFold(have, k) {
+			v = o.vals[have]
+		}
+	}
+	return v
+}
+
+// dropVariants removes the members other than k whose names encoding/json reads as k
+// (it matches names without case, as strings.EqualFold does). Left beside a member put,
+// such a member ("Message" beside "message") is what a decoder reads when it comes
+// later: a result's joined text would be read as a non-Ollama target's last line.
+func (o *object) dropVariants(k string) {
+	o.keys = slices.DeleteFunc(o.keys, func(have string) bool {
+		if have != k && strings.EqualFold(have, k) {
+			delete(o.vals, have)
+			return true
+		}
+		return false
+	})
 }
 
 func (o *object) MarshalJSON() ([]byte, error) {
