@@ -218,9 +218,9 @@ type Store struct {
 	states stateHub
 	// hooks are this Store's OnQueued callbacks: its submits hand them their queue
 	// messages directly.
-	hooks queuedHooks
+	hooks hooks[Published]
 	// removedHooks are this Store's OnQueueRemoved callbacks.
-	removedHooks removedHooks
+	removedHooks hooks[uint64]
 	// feeds are this Store's open JobFeeds: its StreamWriters hand them their messages
 	// directly (ADR-0035).
 	feeds localFeeds

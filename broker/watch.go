@@ -46,7 +46,7 @@ type Published struct {
 // order the stream stores the messages: a message announced first may be stored after a
 // later one, and its NATS copy is then the wake-up for it.
 func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
-	h := &queuedHook{fn: fn}
+	h := &hook[Published]{fn: fn}
 	sub, err := s.nc.Subscribe(queueAll, func(m *nats.Msg) {
 		token, ok := TokenFromSubject(m.Subject)
 		if !ok {
@@ -69,41 +69,42 @@ func (s *Store) OnQueued(fn func(Published)) (stop func(), err error) {
 	}, nil
 }
 
-// queuedHook is one OnQueued callback.
-type queuedHook struct{ fn func(Published) }
+// hook is one callback of a hooks list.
+type hook[T any] struct{ fn func(T) }
 
-// queuedHooks are the OnQueued callbacks of one Store.
-type queuedHooks struct {
+// hooks are a Store's callbacks of one kind (OnQueued's, OnQueueRemoved's). A list is
+// replaced, never changed in place, so announce calls a copy taken under the lock.
+type hooks[T any] struct {
 	mu   sync.Mutex
-	list []*queuedHook
+	list []*hook[T]
 }
 
-func (q *queuedHooks) add(h *queuedHook) {
+func (q *hooks[T]) add(h *hook[T]) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.list = append(q.list, h)
+	q.list = append(slices.Clone(q.list), h)
 }
 
-func (q *queuedHooks) remove(h *queuedHook) {
+func (q *hooks[T]) remove(h *hook[T]) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	q.list = slices.DeleteFunc(slices.Clone(q.list), func(g *queuedHook) bool { return g == h })
+	q.list = slices.DeleteFunc(slices.Clone(q.list), func(g *hook[T]) bool { return g == h })
 }
 
-// any reports whether the Store has OnQueued callbacks.
-func (q *queuedHooks) any() bool {
+// any reports whether there are callbacks.
+func (q *hooks[T]) any() bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	return len(q.list) > 0
 }
 
-// announce hands p to this Store's OnQueued callbacks, ahead of its publish.
-func (q *queuedHooks) announce(p Published) {
+// announce hands v to the callbacks (OnQueued's: ahead of its publish).
+func (q *hooks[T]) announce(v T) {
 	q.mu.Lock()
 	list := q.list
 	q.mu.Unlock()
 	for _, h := range list {
-		h.fn(p)
+		h.fn(v)
 	}
 }
 
@@ -114,33 +115,9 @@ func (q *queuedHooks) announce(p Published) {
 // subject meanwhile: the worker's index learns here that a head it knows is gone. fn
 // must not block. stop ends the calls.
 func (s *Store) OnQueueRemoved(fn func(seq uint64)) (stop func()) {
-	h := &removedHook{fn: fn}
-	s.removedHooks.mu.Lock()
-	s.removedHooks.list = append(s.removedHooks.list, h)
-	s.removedHooks.mu.Unlock()
-	return func() {
-		s.removedHooks.mu.Lock()
-		defer s.removedHooks.mu.Unlock()
-		s.removedHooks.list = slices.DeleteFunc(slices.Clone(s.removedHooks.list), func(g *removedHook) bool { return g == h })
-	}
-}
-
-// removedHook is one OnQueueRemoved callback.
-type removedHook struct{ fn func(seq uint64) }
-
-// removedHooks are the OnQueueRemoved callbacks of one Store.
-type removedHooks struct {
-	mu   sync.Mutex
-	list []*removedHook
-}
-
-func (r *removedHooks) announce(seq uint64) {
-	r.mu.Lock()
-	list := r.list
-	r.mu.Unlock()
-	for _, h := range list {
-		h.fn(seq)
-	}
+	h := &hook[uint64]{fn: fn}
+	s.removedHooks.add(h)
+	return func() { s.removedHooks.remove(h) }
 }
 
 // OnJobChange calls fn with every state event of job id, in order. Events that do not
