@@ -100,7 +100,11 @@ func newJobsGetCmd(e *env) *cobra.Command {
 			if f.json {
 				return printJSON(cmd.OutOrStdout(), j)
 			}
-			return printJob(cmd.OutOrStdout(), j, e.clock())
+			now := e.clock()
+			if !j.Now.IsZero() { // ages on foreman's clock (its answer's Date), as `jobs` takes them
+				now = j.Now
+			}
+			return printJob(cmd.OutOrStdout(), j, now)
 		},
 	}
 	f = addClientFlags(cmd, false)
