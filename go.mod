@@ -15,6 +15,7 @@ require (
 require (
 	github.com/ollama/ollama v0.17.4
 	golang.org/x/term v0.48.0
+	golang.org/x/text v0.44.0
 )
 
 require (

@@ -65,17 +65,18 @@ func hugeServer(t *testing.T, over int) string {
 	})
 	// One NDJSON line longer than the bound, then the end of the answer.
 	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, _ *http.Request) {
-		writePadded(w, `{"message":{"role":"assistant","content":"x"}`, client.MaxStreamLine+over, `,"done":true}`+"\n")
+		writePadded(w, `{"model":"m","message":{"role":"assistant","content":"x"}`, client.MaxStreamLine+over, `,"done":true}`+"\n")
 	})
-	// Lines each within the bound, together longer than a whole answer may be.
+	// Lines each within the bound, together longer than a whole answer may be; each names
+	// its model, as Ollama's chunks do (a first line that does not is a foreign answer).
 	mux.HandleFunc("POST /api/generate", func(w http.ResponseWriter, _ *http.Request) {
-		line := []byte(`{"response":"x"}` + strings.Repeat(" ", 1<<20) + "\n")
+		line := []byte(`{"model":"m","response":"x"}` + strings.Repeat(" ", 1<<20) + "\n")
 		for n := 0; n <= client.MaxStream+over; n += len(line) {
 			if _, err := w.Write(line); err != nil {
 				return
 			}
 		}
-		_, _ = io.WriteString(w, `{"response":"","done":true}`+"\n")
+		_, _ = io.WriteString(w, `{"model":"m","response":"","done":true}`+"\n")
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)

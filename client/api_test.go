@@ -236,6 +236,30 @@ func TestVerifyWebhook(t *testing.T) {
 	}
 }
 
+// TestVerifyWebhookTakesOnlyCanonicalTimestamps: a delivery whose webhook-timestamp is
+// the signed number written otherwise than foreman writes it ("+1700000000",
+// "01700000000"), or no number, is refused with ErrWebhookTimestampMalformed, which
+// matches ErrWebhookTimestamp as before; the re-written ones verified.
+func TestVerifyWebhookTakesOnlyCanonicalTimestamps(t *testing.T) {
+	t.Parallel()
+	body := []byte(`{"job_id":"x","state":"done"}`)
+	now := time.Now()
+	sig, err := webhook.Sign(testSecret, "msg_1", now, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ts := range []string{"+" + strconvI(now.Unix()), "0" + strconvI(now.Unix()), "tomorrow"} {
+		h := http.Header{}
+		h.Set("webhook-id", "msg_1")
+		h.Set("webhook-timestamp", ts)
+		h.Set("webhook-signature", sig)
+		err := client.VerifyWebhook(testSecret, h, body, 0)
+		if !errors.Is(err, client.ErrWebhookTimestampMalformed) || !errors.Is(err, client.ErrWebhookTimestamp) {
+			t.Errorf("timestamp %q: %v; want ErrWebhookTimestampMalformed, matching ErrWebhookTimestamp", ts, err)
+		}
+	}
+}
+
 // TestVerifyWebhookRefusesReplays: X-Foreman-Signature covers webhook-id and
 // webhook-timestamp, so a captured delivery replayed under a fresh timestamp or another
 // id fails, as does an old one; webhook-signature made by the Standard Webhooks library

@@ -62,7 +62,12 @@
 // (and ErrJobCanceled) with errors.Is; a server that cannot be reached is a
 // *ConnectionError that matches ErrUnreachable, and a request whose connection broke
 // after foreman had it (before or during the answer) a *CutShortError that matches
-// ErrCutShort.
+// ErrCutShort; a success answer that is not foreman's (a captive portal's page, another
+// server's JSON, for Chat and Generate a stream that does not begin with a chunk of
+// Ollama's) is a *ForeignAnswerError that matches ErrNotForeman.
+//
+// Job and Cancel say foreman's time of their answer (Job.Now, from its Date), as Jobs
+// does (JobList.Now): take a job's ages against it, not against this host's clock.
 //
 // The package depends on the standard library, nats.go and foreman's broker (subject
 // names and the state event's JSON), ollama (Ollama's wire types) and

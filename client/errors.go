@@ -183,8 +183,10 @@ const maxRetryAfter = 24 * 60 * 60
 var ErrNotForeman = errors.New("the answer does not look like foreman's")
 
 // ForeignAnswerError is a success (2xx) answer that is not the JSON object foreman
-// answers with: a captive portal's login page, a proxy's or another server's page, a
-// router's plain text. Its status and Content-Type tell whose it is.
+// answers with (for Chat and Generate: that does not begin with a chunk of Ollama's, a
+// JSON object naming its model): a captive portal's login page, a proxy's or another
+// server's page or JSON, a router's plain text, an empty body. Its status and
+// Content-Type tell whose it is.
 type ForeignAnswerError struct {
 	// URL is the base URL the client talks to, a password or token in it shown as "xxxxx".
 	URL string

@@ -305,8 +305,17 @@ func (c *Client) jobCall(ctx context.Context, method, id string) (*Job, error) {
 	if err != nil {
 		return nil, err
 	}
+	resp, err := c.request(ctx, method, path, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	data, err := c.readAnswer(ctx, resp.Body, method, path, maxJobAnswer)
+	if err != nil {
+		return nil, err
+	}
 	var j Job
-	if err := c.doJSON(ctx, method, path, nil, &j, maxJobAnswer); err != nil {
+	if err := c.decodeObject(resp, data, &j, method, path); err != nil {
 		return nil, err
 	}
 	if err := j.check(method, path); err != nil {
@@ -316,7 +325,28 @@ func (c *Client) jobCall(ctx context.Context, method, id string) (*Job, error) {
 		return nil, fmt.Errorf("client: %s %s: the answer is the record of another job, %q", method, path, j.ID)
 	}
 	j.normalize()
+	j.Now = answeredAt(resp.Header, &j)
 	return &j, nil
+}
+
+// answeredAt is foreman's time when it answered with job j's record: the answer's Date
+// (net/http's, on the clock that stamps the records, Store.Now), zero without one. Date
+// is cut to the second, and the answer came after its record was written: a stamp of
+// j's within Date's second raises it to that stamp, so no age taken against it is
+// negative. A stamp past that second is another foreman's clock (several Macs), not
+// this answer's time.
+func answeredAt(h http.Header, j *Job) time.Time {
+	date, err := http.ParseTime(h.Get("Date"))
+	if err != nil {
+		return time.Time{}
+	}
+	now := date.UTC()
+	for _, st := range []*time.Time{&j.CreatedAt, j.StartedAt, j.FinishedAt} {
+		if st != nil && st.After(now) && st.Before(date.Add(time.Second)) {
+			now = st.UTC()
+		}
+	}
+	return now
 }
 
 // Jobs lists jobs, newest first (GET /jobs).

@@ -22,7 +22,9 @@ const (
 // Chat runs a chat through foreman's queue (POST /api/chat). Unless req.Stream is false
 // the reply streams: fn (optional) gets every chunk as it arrives and Chat returns the
 // whole reply, its content joined, in the shape Ollama gives for stream:false. An error
-// the server reports in the middle of a stream is an *APIError with the stream's status.
+// the server reports in the middle of a stream is an *APIError with the stream's status;
+// a success answer that does not begin as Ollama's chunks do (a captive portal's page,
+// another server's JSON, an empty body) is a *ForeignAnswerError, fn never called.
 func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatResponse) error) (*ChatResponse, error) {
 	var final ChatResponse
 	var content, thinking bytes.Buffer
@@ -85,12 +87,27 @@ func (c *Client) Generate(ctx context.Context, req GenerateRequest, fn func(*Gen
 	return &final, nil
 }
 
-// errNoChunk is the error of an answer to path without a chunk of Ollama's (each names
-// its model). An answer cut short after some chunks is returned as it came, its Done
-// false: Ollama itself may end a stream without its last chunk (it stops a generation
-// that keeps repeating itself).
+// errNoChunk is the error of an answer to path whose last chunk names no model, as each
+// of Ollama's does (one that names none from its first is a *ForeignAnswerError). An
+// answer cut short after some chunks is returned as it came, its Done false: Ollama
+// itself may end a stream without its last chunk (it stops a generation that keeps
+// repeating itself).
 func errNoChunk(path string) error {
-	return fmt.Errorf("client: POST %s: the answer holds no chunk of Ollama's", path)
+	return fmt.Errorf("client: POST %s: the answer's last chunk is not one of Ollama's (it names no model)", path)
+}
+
+// foreignChunk reports whether l, an answer's first line, shows the answer is not
+// Ollama's (so not foreman's): it is no JSON object (a page, plain text, an array, null),
+// or an object naming no model, which every chunk of Ollama's names. An object that does
+// not decode is left to the chunk's decoding to say.
+func foreignChunk(l []byte) bool {
+	if len(l) == 0 || l[0] != '{' {
+		return true
+	}
+	var c struct {
+		Model *string `json:"model"`
+	}
+	return json.Unmarshal(l, &c) == nil && (c.Model == nil || *c.Model == "")
 }
 
 // decodeChunk decodes one chunk of a chat or generate answer, which must be a JSON object
@@ -130,7 +147,9 @@ func (c *Client) Ps(ctx context.Context) (*ProcessResponse, error) {
 }
 
 // stream posts body to path and calls line for every NDJSON line of the answer (a
-// stream:false answer is one line). A line {"error": "..."} ends the stream as an *APIError.
+// stream:false answer is one line). A line {"error": "..."} ends the stream as an *APIError;
+// an answer that holds no line, or whose first line is no chunk of Ollama's
+// (foreignChunk), is a *ForeignAnswerError, as a non-streamed call's is (decodeObject).
 func (c *Client) stream(ctx context.Context, path string, body any, line func([]byte) error) error {
 	data, err := json.Marshal(body)
 	if err != nil {
@@ -154,7 +173,8 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 	}
 	defer resp.Body.Close()
 	// A line, and the whole answer, have bounds: Chat and Generate keep the answer.
-	rd := &boundedReader{r: resp.Body, left: maxStream}
+	head := &headReader{r: resp.Body, left: 4 * rawExcerpt}
+	rd := &boundedReader{r: head, left: maxStream}
 	sc := bufio.NewScanner(rd)
 	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)
 	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
@@ -176,6 +196,7 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 		}
 		return bufio.ScanLines(data, atEOF)
 	})
+	lines := 0
 	for sc.Scan() {
 		if rd.left < 0 {
 			// A line that came past the whole answer's bound is not handed on.
@@ -191,11 +212,17 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 		if json.Unmarshal(l, &e) == nil && e.Error != "" {
 			return &APIError{Status: resp.StatusCode, Message: e.Error}
 		}
+		if lines == 0 && foreignChunk(l) {
+			return c.foreignAnswer(resp, head.data, http.MethodPost, path)
+		}
+		lines++
 		if err := line(l); err != nil {
 			return err
 		}
 	}
 	switch err := sc.Err(); {
+	case err == nil && lines == 0:
+		return c.foreignAnswer(resp, head.data, http.MethodPost, path)
 	case err == nil:
 		return nil
 	case errors.Is(err, bufio.ErrTooLong):
@@ -205,6 +232,23 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 	default:
 		return c.cutShort(ctx, err)
 	}
+}
+
+// headReader reads r, keeping its first bytes (left of them) in data: the start of an
+// answer that turns out foreign, for its error to show.
+type headReader struct {
+	r    io.Reader
+	left int
+	data []byte
+}
+
+func (h *headReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if k := min(n, h.left); k > 0 {
+		h.data = append(h.data, p[:k]...)
+		h.left -= k
+	}
+	return n, err
 }
 
 // errEndsInsideALine is the error of an answer that ended inside a line.

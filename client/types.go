@@ -91,6 +91,12 @@ type Job struct {
 	// waiting job to other Macs: its own Mac lacks the model, or is down while another
 	// has it (Queue.WaitingElsewhere).
 	WaitingElsewhere bool `json:"waiting_elsewhere,omitempty"`
+	// Now, set by Job and Cancel, is foreman's time when it answered (its HTTP Date,
+	// to the second, raised to a stamp of the record within that second): take the job's
+	// ages against it (Now.Sub(CreatedAt)), as a list's against JobList.Now, not against
+	// this host's clock, which may be off. Zero elsewhere, and for an answer without Date.
+	// It is no member of the record.
+	Now time.Time `json:"-"`
 }
 
 // normalize drops a "result": null, so an absent result is always a nil Result.

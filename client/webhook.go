@@ -23,9 +23,13 @@ import (
 var (
 	// ErrWebhookHeaders: webhook-id, webhook-timestamp or both signatures are missing.
 	ErrWebhookHeaders = signature.ErrMissingHeaders
-	// ErrWebhookTimestamp: webhook-timestamp is no Unix seconds, or too far from now (a
-	// stale delivery, or one replayed later).
+	// ErrWebhookTimestamp: webhook-timestamp is too far from now (a stale delivery, or
+	// one replayed later), or is malformed (ErrWebhookTimestampMalformed matches it too).
 	ErrWebhookTimestamp = signature.ErrBadTimestamp
+	// ErrWebhookTimestampMalformed: webhook-timestamp is not Unix seconds as foreman
+	// writes them (decimal digits, no "+", no leading zero): no number, or the signed
+	// number written otherwise. errors.Is matches it against ErrWebhookTimestamp as well.
+	ErrWebhookTimestampMalformed = signature.ErrMalformedTimestamp
 	// ErrWebhookSignature: no signature matches (a forged or tampered delivery, or
 	// another secret).
 	ErrWebhookSignature = signature.ErrNoMatch
@@ -40,9 +44,11 @@ var (
 //
 // (webhook-timestamp in decimal Unix seconds, the body byte for byte): webhook-signature holds
 // space-separated "v1,<base64>" values (Standard Webhooks 1.0), X-Foreman-Signature
-// "sha256=<hex>". One of them must match, and webhook-timestamp (Unix seconds) must be
-// within tolerance of now (5 minutes when tolerance is 0), so a captured delivery cannot
-// be replayed later or under a fresh timestamp. secret is foreman's
+// "sha256=<hex>". One of them must match, and webhook-timestamp must be Unix seconds
+// written as foreman writes them (else ErrWebhookTimestampMalformed: "+1700000000" is not
+// what was signed) within tolerance of now (5 minutes when tolerance is 0; else
+// ErrWebhookTimestamp), so a captured delivery cannot be replayed later or under a fresh
+// timestamp. secret is foreman's
 // FOREMAN_WEBHOOK_SECRET: "whsec_<base64>" is decoded, anything else is the raw key; an
 // empty secret (or key) is ErrWebhookSecret. Receivers should also dedupe on webhook-id:
 // deliveries are at-least-once.

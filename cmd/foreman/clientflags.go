@@ -28,8 +28,10 @@ type clientFlags struct {
 	url, token string
 	json       bool
 	// timeout bounds a command that asks foreman and prints the answer (addTimeout);
+	// timeoutBy says what set it when that was not --timeout (live top's own bound), and
 	// timeoutHint ends the message of a command that ran out of it.
 	timeout     time.Duration
+	timeoutBy   string
 	timeoutHint string
 	// NATS, for the commands that follow jobs live.
 	natsURL, natsUser, natsPassword string
@@ -134,7 +136,11 @@ func (f *clientFlags) explain(e *env, err error) error {
 	)
 	switch {
 	case f.timeout > 0 && errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("no answer from %s within %s (--timeout): foreman or its job store may be hung; see its log and /healthz%s", ollama.RedactURL(f.baseURL(e)), f.timeout, f.timeoutHint)
+		by := f.timeoutBy
+		if by == "" {
+			by = "--timeout"
+		}
+		return fmt.Errorf("no answer from %s within %s (%s): foreman or its job store may be hung; see its log and /healthz%s", ollama.RedactURL(f.baseURL(e)), f.timeout, by, f.timeoutHint)
 	case errors.As(err, &ce):
 		// A transport error may quote the server too (a certificate's names): escaped.
 		return fmt.Errorf("cannot reach %s: %s — %s", termSafe(ce.URL), termSafe(rootCause(ce.Err)), unreachableHint(ce.Err))

@@ -159,11 +159,11 @@ func TestUnreachableHintForDNS(t *testing.T) {
 // TestCaptivePortalIsNamed: a 200 answer that is no foreman JSON (a captive portal's
 // login page) is said as an error answer that is not foreman's is, with its status,
 // Content-Type and start; the CLI said "client: decode GET /jobs: the answer is not a
-// JSON object".
+// JSON object" (and `chat` "client: decode chat chunk: not a JSON object").
 func TestCaptivePortalIsNamed(t *testing.T) {
 	t.Parallel()
 	portal := foreignServer(t, http.StatusOK, "<!DOCTYPE html>\n<html><head><title>Guest Wi-Fi</title></head>"+strings.Repeat("<p>terms</p>\n", 4<<10))
-	for _, args := range [][]string{{"jobs", "list"}, {"jobs", "get", "01JGJ4Q2R0000000000000000A"}, {"queue"}, {"ps"}, {"tags"}} {
+	for _, args := range [][]string{{"jobs", "list"}, {"jobs", "get", "01JGJ4Q2R0000000000000000A"}, {"queue"}, {"ps"}, {"tags"}, {"chat", "-m", "m", "hi"}} {
 		r := runCLI(t, map[string]string{"FOREMAN_URL": portal}, nil, nil, args...)
 		if r.code == 0 {
 			t.Fatalf("%v: succeeded", args)

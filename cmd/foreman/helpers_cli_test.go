@@ -104,6 +104,8 @@ func fakeForeman(t *testing.T, token string) string {
 	for pattern, body := range routes {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
+			// A foreman whose clock is the tests' (jobs get takes ages on its Date).
+			w.Header().Set("Date", fixedNow.Format(http.TimeFormat))
 			_, _ = io.WriteString(w, body)
 		})
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -54,7 +53,7 @@ func newJobsListCmd(e *env, use string) *cobra.Command {
 			if !l.Now.IsZero() { // ages on foreman's clock, not this host's (which may be off)
 				now = l.Now
 			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
+			tw := newColumns(cmd.OutOrStdout(), 3)
 			fmt.Fprintln(tw, "ID\tMODEL\tSTATE\tAGE\tATTEMPTS")
 			for _, j := range l.Jobs {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\n", termSafe(j.ID), termSafe(j.Model), termSafe(string(j.State)), shortAge(now.Sub(j.CreatedAt)), j.Attempts)
@@ -100,7 +99,11 @@ func newJobsGetCmd(e *env) *cobra.Command {
 			if f.json {
 				return printJSON(cmd.OutOrStdout(), j)
 			}
-			return printJob(cmd.OutOrStdout(), j, e.clock())
+			now := e.clock()
+			if !j.Now.IsZero() { // ages on foreman's clock (its answer's Date), as `jobs` takes them
+				now = j.Now
+			}
+			return printJob(cmd.OutOrStdout(), j, now)
 		},
 	}
 	f = addClientFlags(cmd, false)
@@ -110,7 +113,7 @@ func newJobsGetCmd(e *env) *cobra.Command {
 
 // printJob shows a job as label: value lines, then its result text.
 func printJob(w io.Writer, j *client.Job, now time.Time) error {
-	tw := tabwriter.NewWriter(w, 0, 8, 1, ' ', 0)
+	tw := newColumns(w, 1)
 	at := func(t *time.Time) string {
 		if t == nil {
 			return "-"

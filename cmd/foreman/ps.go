@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
@@ -31,7 +30,7 @@ func newPsCmd(e *env) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), ps)
 			}
 			now := e.clock()
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
+			tw := newColumns(cmd.OutOrStdout(), 3)
 			fmt.Fprintln(tw, "NAME\tID\tSIZE\tPROCESSOR\tUNTIL")
 			for _, m := range ps.Models {
 				until := humanTime(now, m.ExpiresAt, "Never")

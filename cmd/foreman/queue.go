@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -82,7 +81,7 @@ func newQueueCmd(e *env) *cobra.Command {
 				fmt.Fprintf(out, "Ollama:  %s\n", silentText(t, now, shortAge))
 			}
 			fmt.Fprintln(out)
-			tw := tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
+			tw := newColumns(out, 3)
 			fmt.Fprintln(tw, "POS\tID\tMODEL\tKIND\tPRIORITY\tPROGRAM\tAGE\tETA\tSTATE")
 			for _, j := range q.Queued {
 				eta := "now"

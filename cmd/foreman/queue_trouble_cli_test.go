@@ -338,3 +338,35 @@ func TestJobsListTakesAgesOnForemansClock(t *testing.T) {
 		t.Errorf("foreman jobs: no line matching %s:\n%s", re, r.stdout)
 	}
 }
+
+// `foreman jobs get` takes the job's ages on foreman's clock (the Date of its answer to
+// GET /jobs/{id}), as `foreman jobs` does on GET /jobs's now, not on the CLI host's:
+// with this host's clock 10 minutes ahead of foreman's, a job created 4 minutes ago was
+// created "4 minutes ago", not 14. A stamp within the Date's second (which Date cuts to
+// the second) is no time "from now".
+func TestJobsGetTakesAgesOnForemansClock(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/jobs/01JGJ4Q2R0000000000000000C" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Date", "Thu, 02 Jan 2025 02:54:05 GMT")
+		_, _ = io.WriteString(w, `{"id":"01JGJ4Q2R0000000000000000C","kind":"chat","model":"qwen2.5:0.5b","state":"working","attempts":1,`+
+			`"created_at":"2025-01-02T02:50:05Z","started_at":"2025-01-02T02:54:05.6Z","finished_at":null,"error":"","result":null,"artifacts":[],"priority":"normal","program":""}`)
+	}))
+	t.Cleanup(srv.Close)
+	r := runCLI(t, map[string]string{"FOREMAN_URL": srv.URL}, nil, nil, "jobs", "get", "01JGJ4Q2R0000000000000000C")
+	if r.code != 0 {
+		t.Fatalf("jobs get: exit %d, stderr %q", r.code, r.stderr)
+	}
+	for _, re := range []string{
+		`(?m)^Created: +2025-01-02T02:50:05Z \(4 minutes ago\)$`,
+		`(?m)^Started: +2025-01-02T02:54:05Z \(Less than a second ago\)$`,
+	} {
+		if !regexp.MustCompile(re).MatchString(r.stdout) {
+			t.Errorf("foreman jobs get: no line matching %s:\n%s", re, r.stdout)
+		}
+	}
+}

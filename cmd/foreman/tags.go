@@ -2,7 +2,6 @@ package main
 
 import (
 	"fmt"
-	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 )
@@ -30,7 +29,7 @@ func newTagsCmd(e *env) *cobra.Command {
 				return printJSON(cmd.OutOrStdout(), tags)
 			}
 			now := e.clock()
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
+			tw := newColumns(cmd.OutOrStdout(), 3)
 			fmt.Fprintln(tw, "NAME\tID\tSIZE\tMODIFIED")
 			for _, m := range tags.Models {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", termSafe(m.Name), termSafe(shortDigest(m.Digest)), humanBytes(m.Size), humanTime(now, m.ModifiedAt, "Never"))

@@ -41,7 +41,7 @@ func evilForemanWith(t *testing.T, text string) string {
 		"GET /queue":         `{"running":` + job + `,"loaded":[` + e + `],"total":2,"paused":{"reason":` + e + `,"since":"2025-01-02T03:04:00Z","error":` + e + `},` + `"queued":[{"job_id":` + e + `,"model":` + e + `,"kind":` + e + `,"priority":` + e + `,"program":` + e + `,"created_at":"2025-01-02T03:04:00Z","queue_position":1}]}`,
 		"GET /api/ps":        `{"models":[{"name":` + e + `,"digest":` + e + `,"size":1}]}`,
 		"GET /api/tags":      `{"models":[{"name":` + e + `,"digest":` + e + `,"size":1}]}`,
-		"POST /api/chat":     `{"message":{"role":"assistant","content":` + e + `}}` + "\n" + `{"message":{"role":"assistant","content":"\nline\ttab"},"done":true}` + "\n",
+		"POST /api/chat":     `{"model":"m","message":{"role":"assistant","content":` + e + `}}` + "\n" + `{"model":"m","message":{"role":"assistant","content":"\nline\ttab"},"done":true}` + "\n",
 		"GET /jobs/missing/": `{"error":` + e + `}`,
 	}
 	mux := http.NewServeMux()

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -201,7 +200,7 @@ func topText(s *topSnapshot, now time.Time, url string) string {
 		fmt.Fprintf(&b, "  and %d waiting for another Mac", s.WaitingElsewhere)
 	}
 	b.WriteString("\n")
-	tw := tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
+	tw := newColumns(&b, 2)
 	fmt.Fprintln(tw, "POS\tSTATE\tETA\tMODEL\tPRIORITY\tPROGRAM\tKIND\tWAITING\tID")
 	for _, j := range s.Queued {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.QueuePosition, waitState(j), topETA(now, j.ETA), termSafe(j.Model), termSafe(j.Priority),
@@ -213,7 +212,7 @@ func topText(s *topSnapshot, now time.Time, url string) string {
 	}
 
 	b.WriteString("\nRECENT\n")
-	tw = tabwriter.NewWriter(&b, 0, 8, 2, ' ', 0)
+	tw = newColumns(&b, 2)
 	fmt.Fprintln(tw, "FINISHED\tSTATE\tMODEL\tPROGRAM\tWAIT\tRUN\tID")
 	for _, j := range s.Recent {
 		finished, wait, run := "-", "-", "-"

@@ -299,3 +299,27 @@ func atoi(t *testing.T, s string) int {
 	}
 	return n
 }
+
+// TestLiveTopTimeoutSaysWhatSetIt: a live refresh that foreman left unanswered names
+// the bound that ended it. Without --timeout (or with one above 10 s) that is live top's
+// own 10 s per refresh, which the frame said was "(--timeout)", a flag never given;
+// a shorter --timeout is named as the flag.
+func TestLiveTopTimeoutSaysWhatSetIt(t *testing.T) {
+	t.Parallel()
+	e := &env{getenv: func(string) string { return "" }, now: func() time.Time { return fixedNow }}
+	for _, tc := range []struct {
+		timeout     time.Duration
+		within, not string
+	}{
+		{defaultTimeout, "within 10s (each refresh of the live view waits at most 10s", "(--timeout)"},
+		{0, "within 10s (each refresh of the live view waits at most 10s", "(--timeout)"},
+		{time.Minute, "within 10s (each refresh of the live view waits at most 10s", "(--timeout)"},
+		{3 * time.Second, "within 3s (--timeout)", "live view"},
+	} {
+		f := &clientFlags{url: "http://127.0.0.1:9", timeout: tc.timeout}
+		frame := liveFrame(e, "http://127.0.0.1:9", liveRefresh(f), nil, context.DeadlineExceeded, 0, 0)
+		if !strings.Contains(frame, "no answer from http://127.0.0.1:9 "+tc.within) || strings.Contains(frame, tc.not) {
+			t.Errorf("--timeout %s: frame %q; want it to say %q and not %q", tc.timeout, frame, tc.within, tc.not)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -28,12 +29,7 @@ const (
 // ends. With stdin a terminal it reads keys in raw mode, restored on the way out.
 func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *clientFlags, interval time.Duration) error {
 	ctx, cancel := context.WithCancel(ctx)
-	// Each refresh waits at most 10 s (--timeout, when shorter): a hung foreman shows as
-	// an error line that the next refresh may clear.
-	refresh := *f
-	if refresh.timeout <= 0 || refresh.timeout > 10*time.Second {
-		refresh.timeout = 10 * time.Second
-	}
+	refresh := liveRefresh(f)
 	defer cancel()
 	if in, ok := e.stdin.(*os.File); ok && term.IsTerminal(int(in.Fd())) {
 		old, err := term.MakeRaw(int(in.Fd()))
@@ -63,7 +59,7 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 			return nil
 		}
 		// Raw mode turns off the terminal's \n to \r\n; each line also clears its rest.
-		text := strings.ReplaceAll(liveFrame(e, c.ShownURL(), &refresh, snap, err, width, height), "\n", ansiClearLine+"\r\n")
+		text := strings.ReplaceAll(liveFrame(e, c.ShownURL(), refresh, snap, err, width, height), "\n", ansiClearLine+"\r\n")
 		if _, err := io.WriteString(out, ansiHome+text+ansiClearLine+ansiClearBelow); err != nil {
 			return err
 		}
@@ -74,6 +70,22 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 		}
 	}
 }
+
+// liveRefresh is f for one refresh of the live view: each waits at most refreshTimeout
+// (--timeout, when shorter), so a hung foreman shows as an error line that the next
+// refresh may clear. The line names the bound that ended the refresh: the view's own,
+// not a --timeout that was not given.
+func liveRefresh(f *clientFlags) *clientFlags {
+	refresh := *f
+	if refresh.timeout <= 0 || refresh.timeout > refreshTimeout {
+		refresh.timeout = refreshTimeout
+		refresh.timeoutBy = fmt.Sprintf("each refresh of the live view waits at most %s; a shorter --timeout sets less", refreshTimeout)
+	}
+	return &refresh
+}
+
+// refreshTimeout bounds one refresh of the live view.
+const refreshTimeout = 10 * time.Second
 
 // liveFrame is the text of one live frame: the snapshot, or the error the refresh met
 // instead, then "(q quits)", in width columns and height lines when they are > 0 (a

@@ -20,8 +20,10 @@ const (
 var (
 	ErrMissingHeaders = signature.ErrMissingHeaders
 	ErrBadTimestamp   = signature.ErrBadTimestamp
-	ErrNoMatch        = signature.ErrNoMatch
-	ErrNoSecret       = signature.ErrNoSecret
+	// ErrMalformedTimestamp matches ErrBadTimestamp too; see signature.ErrMalformedTimestamp.
+	ErrMalformedTimestamp = signature.ErrMalformedTimestamp
+	ErrNoMatch            = signature.ErrNoMatch
+	ErrNoSecret           = signature.ErrNoSecret
 )
 
 // Key turns a configured secret into the HMAC key; see signature.Key.

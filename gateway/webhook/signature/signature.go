@@ -51,7 +51,21 @@ var (
 	ErrBadTimestamp   = errors.New("webhook: timestamp outside the tolerance")
 	ErrNoMatch        = errors.New("webhook: no matching signature")
 	ErrNoSecret       = errors.New("webhook: the secret is empty")
+	// ErrMalformedTimestamp: webhook-timestamp is not Unix seconds written as foreman
+	// writes them (decimal digits, no sign, no leading zero; "-" before a negative
+	// number). It matches ErrBadTimestamp too, which covered it before it had its own.
+	ErrMalformedTimestamp error = malformedTimestamp{}
 )
+
+// malformedTimestamp is ErrMalformedTimestamp's type, whose Is makes it match
+// ErrBadTimestamp.
+type malformedTimestamp struct{}
+
+func (malformedTimestamp) Error() string {
+	return "webhook: timestamp is not decimal unix seconds as foreman writes them"
+}
+
+func (malformedTimestamp) Is(target error) bool { return target == ErrBadTimestamp }
 
 // Key turns a configured secret into the HMAC key: "whsec_<base64>" is decoded (as the
 // Standard Webhooks libraries do), any other string is used as raw bytes. An empty key
@@ -100,8 +114,10 @@ func mac(key []byte, id string, ts int64, body []byte) []byte {
 	return h.Sum(nil)
 }
 
-// Verify checks a received delivery: webhook-timestamp must be within tolerance of now
-// (DefaultTolerance when tolerance is 0 or less), and one of the "v1,<base64>" values of
+// Verify checks a received delivery: webhook-timestamp must be Unix seconds written as
+// the dispatcher writes them (else ErrMalformedTimestamp, which matches ErrBadTimestamp
+// too) within tolerance of now (DefaultTolerance when tolerance is 0 or less; else
+// ErrBadTimestamp), and one of the "v1,<base64>" values of
 // webhook-signature, or X-Foreman-Signature, must be the MAC of
 // "<webhook-id>.<webhook-timestamp>.<body>" under secret's key. An empty secret is
 // refused with ErrNoSecret rather than checked against an empty key. Receivers should
@@ -116,9 +132,11 @@ func Verify(secret string, header http.Header, body []byte, tolerance time.Durat
 	if id == "" || tsRaw == "" || (sigs == "" && foreman == "") {
 		return ErrMissingHeaders
 	}
+	// The MAC is of the number as the dispatcher writes it (mac formats it): a header
+	// that writes it otherwise ("+1700000000", "01700000000") is not what was signed.
 	ts, err := strconv.ParseInt(tsRaw, 10, 64)
-	if err != nil {
-		return fmt.Errorf("%w: %q is not unix seconds", ErrBadTimestamp, tsRaw)
+	if err != nil || strconv.FormatInt(ts, 10) != tsRaw {
+		return fmt.Errorf("%w: %q", ErrMalformedTimestamp, tsRaw)
 	}
 	if tolerance <= 0 {
 		tolerance = DefaultTolerance

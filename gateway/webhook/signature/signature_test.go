@@ -131,3 +131,44 @@ func TestVerifyHeaders(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifyTakesOnlyCanonicalTimestamps: webhook-timestamp is signed as the dispatcher
+// writes it, plain decimal digits (a minus sign before a negative one); the same number
+// written otherwise ("+1700000000", "01700000000") is refused with ErrMalformedTimestamp,
+// which matches ErrBadTimestamp too, as is what is no number. They were accepted: Verify
+// parsed the header and signed the number re-formatted, not the header as it came.
+func TestVerifyTakesOnlyCanonicalTimestamps(t *testing.T) {
+	t.Parallel()
+	const secret, id = "raw secret", "id-1"
+	key, err := signature.Key(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := []byte(`{"state":"done"}`)
+	now := time.Now()
+	secs := strconv.FormatInt(now.Unix(), 10)
+	for _, ts := range []string{"+" + secs, "0" + secs, "00" + secs, "soon", secs + "s", "1e9", "0x" + strconv.FormatInt(now.Unix(), 16)} {
+		h := http.Header{}
+		h.Set(signature.HeaderID, id)
+		h.Set(signature.HeaderTimestamp, ts)
+		h.Set(signature.HeaderSignature, signature.Standard(key, id, now, body))
+		h.Set(signature.HeaderForeman, signature.Foreman(key, id, now, body))
+		err := signature.Verify(secret, h, body, 0)
+		if !errors.Is(err, signature.ErrMalformedTimestamp) || !errors.Is(err, signature.ErrBadTimestamp) {
+			t.Errorf("timestamp %q: Verify = %v; want ErrMalformedTimestamp, matching ErrBadTimestamp", ts, err)
+			continue
+		}
+		if !strings.Contains(err.Error(), strconv.Quote(ts)) || strings.Contains(err.Error(), "outside the tolerance") {
+			t.Errorf("timestamp %q: %q; want it to quote the timestamp and not call it outside the tolerance", ts, err)
+		}
+	}
+	// Out of the window, a canonical timestamp is ErrBadTimestamp alone.
+	old := now.Add(-time.Hour)
+	h := http.Header{}
+	h.Set(signature.HeaderID, id)
+	h.Set(signature.HeaderTimestamp, strconv.FormatInt(old.Unix(), 10))
+	h.Set(signature.HeaderSignature, signature.Standard(key, id, old, body))
+	if err := signature.Verify(secret, h, body, 0); !errors.Is(err, signature.ErrBadTimestamp) || errors.Is(err, signature.ErrMalformedTimestamp) {
+		t.Errorf("an hour old: Verify = %v; want ErrBadTimestamp and not ErrMalformedTimestamp", err)
+	}
+}
