@@ -43,6 +43,18 @@ func (d *Dispatcher) attempt(ctx context.Context, e *event) bool {
 	if err != nil {
 		return false // ctx ended
 	}
+	// A place among all receivers' attempts in flight, taken before the body is read:
+	// an attempt waiting for one holds neither its body nor a connection (ADR-0122).
+	releasePlace, err := d.takePlace(ctx)
+	if err != nil {
+		release()
+		return false // ctx ended
+	}
+	releaseSlot := release
+	release = func() {
+		releasePlace()
+		releaseSlot()
+	}
 	held := true
 	defer func() {
 		if held {

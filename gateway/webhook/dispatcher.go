@@ -80,6 +80,12 @@ type Config struct {
 	// slot. At most 4 × PerReceiver jobs' lanes name a receiver (laneCap); the others'
 	// events wait in the store only, taken up as lanes free. Default 16.
 	PerReceiver int
+	// MaxInFlight caps the attempts in flight to all receivers together (ADR-0122):
+	// receivers cost an attacker little to multiply (a port, an IPv4 address that drops
+	// packets), and each attempt holds a connection. An attempt beyond it waits, holding
+	// its receiver's slot but no body and no connection, for a place; places are given
+	// in the order they were asked for. Default 256.
+	MaxInFlight int
 	// busyPause is how long an event parked on a busy receiver waits at most before it
 	// asks again, should no slot's release wake it first; default busyPause.
 	busyPause time.Duration
@@ -123,6 +129,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.PerReceiver <= 0 {
 		c.PerReceiver = 16
+	}
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = 256
 	}
 	if c.busyPause <= 0 {
 		c.busyPause = busyPause
@@ -178,9 +187,13 @@ type Dispatcher struct {
 	failures failurelog.Window
 	wg       sync.WaitGroup
 
-	slotsMu     sync.Mutex
-	slots       map[string]*receiverSlots // by receiver; removed when unused
-	slotsClosed bool                      // stopped: no backstop is armed
+	slotsMu sync.Mutex
+	slots   map[string]*receiverSlots // by receiver; removed when unused
+	// places holds a token per attempt in flight, MaxInFlight at most (ADR-0122);
+	// globalWaiting counts the attempts that hold their receiver's slot and wait for one.
+	places        chan struct{}
+	globalWaiting int
+	slotsClosed   bool // stopped: no backstop is armed
 }
 
 // receiverSlots bounds the attempts in flight to one receiver, and the lanes waiting.
@@ -239,7 +252,8 @@ func New(cfg Config) (*Dispatcher, error) {
 	}
 	cfg.setDefaults()
 	d := &Dispatcher{cfg: cfg, store: cfg.Store, log: cfg.Logger, lanes: map[string]*lane{}, known: map[string]bool{}, intake: map[string]bool{}, finishing: map[string]bool{}, manual: map[string]string{},
-		held: map[string]int{}, spills: map[string]*spill{}, spilled: map[string]spilledJob{}, nudge: make(chan struct{}, 1), slots: map[string]*receiverSlots{}}
+		held: map[string]int{}, spills: map[string]*spill{}, spilled: map[string]spilledJob{}, nudge: make(chan struct{}, 1), slots: map[string]*receiverSlots{},
+		places: make(chan struct{}, cfg.MaxInFlight)}
 	if cfg.Secret != "" {
 		k, err := Key(cfg.Secret)
 		if err != nil {
@@ -786,6 +800,33 @@ func (d *Dispatcher) acquire(ctx context.Context, receiver, jobID string) (relea
 		rs.waiting--
 		d.slotsMu.Unlock()
 		d.leave(ctx, receiver, rs)
+		return nil, ctx.Err()
+	}
+}
+
+// takePlace takes one of the MaxInFlight places for an attempt holding its receiver's
+// slot (ADR-0122), waiting for one when all are taken (a blocked send on a channel is
+// served first in, first out, so the waiters go in turn); release gives it back. It
+// fails only when ctx ends.
+func (d *Dispatcher) takePlace(ctx context.Context) (release func(), err error) {
+	release = func() { <-d.places }
+	select {
+	case d.places <- struct{}{}:
+		return release, nil
+	default:
+	}
+	d.slotsMu.Lock()
+	d.globalWaiting++
+	d.slotsMu.Unlock()
+	defer func() {
+		d.slotsMu.Lock()
+		d.globalWaiting--
+		d.slotsMu.Unlock()
+	}()
+	select {
+	case d.places <- struct{}{}:
+		return release, nil
+	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
 }

@@ -37,8 +37,8 @@ func (e *RefusedError) Error() string {
 func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
 
 // Policy decides which addresses webhooks may reach (ADR-0021). Its zero value is the
-// default: loopback, link-local, unspecified, multicast and broadcast addresses are
-// refused, private LAN ranges and public addresses allowed.
+// default: loopback, link-local, unspecified, multicast and broadcast addresses and the
+// clouds' metadata services are refused, private LAN ranges and public addresses allowed.
 //
 // The dispatcher checks every connection it opens (DialContext: the resolved addresses,
 // so a name may point anywhere), and POST /jobs checks literal addresses and
@@ -104,6 +104,8 @@ func (p *Policy) category(ip netip.Addr) string {
 		return "a loopback address"
 	case ip.IsLinkLocalUnicast():
 		return "a link-local address"
+	case metadataAddrs[ip]:
+		return "a cloud metadata address"
 	case siteLocal.Contains(ip):
 		return "a site-local address"
 	case ip.IsMulticast():
@@ -117,6 +119,16 @@ func (p *Policy) category(ip netip.Addr) string {
 }
 
 var (
+	// metadataAddrs are the clouds' instance metadata services that are not at the
+	// link-local 169.254.169.254 (refused as link-local): AWS's IPv6 endpoint and Google
+	// Cloud's (both unique-local, which the private ranges hold), Alibaba Cloud's (in the
+	// shared space 100.64.0.0/10) and Azure's WireServer (a public address).
+	metadataAddrs = map[netip.Addr]bool{
+		netip.MustParseAddr("fd00:ec2::254"):   true,
+		netip.MustParseAddr("fd20:ce::254"):    true,
+		netip.MustParseAddr("100.100.100.200"): true,
+		netip.MustParseAddr("168.63.129.16"):   true,
+	}
 	// siteLocal is fec0::/10, deprecated (RFC 3879) but still routed on some networks.
 	siteLocal = netip.MustParsePrefix("fec0::/10")
 	// sharedSpace is 100.64.0.0/10 (RFC 6598): carrier-grade NAT, and Tailscale's tailnet.

@@ -165,6 +165,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		log.Warn("INSECURE: foreman serves a non-loopback address without FOREMAN_AUTH_TOKEN " +
 			"(FOREMAN_INSECURE_NO_AUTH=true): anyone who reaches " + cfg.Addr + " can queue work and read every job's result")
 	}
+	if msg := plainHTTPWarning(cfg); msg != "" {
+		log.Warn(msg)
+	}
 	if len(cfg.AuthTokens) > 0 {
 		names, secretLike := tokenNames(cfg.AuthTokens)
 		log.Info("named tokens: each caller's program is its token's name", "programs", names)
@@ -323,6 +326,17 @@ func replicasError(err error, replicas int) error {
 // LoopbackAddr reports whether host:port listens on loopback only: a loopback IP or
 // "localhost" (natsd.LoopbackAddr, which judges the NATS listener the same way).
 func LoopbackAddr(hostport string) bool { return natsd.LoopbackAddr(hostport) }
+
+// plainHTTPWarning is the start's warning for tokens served over plain HTTP off
+// loopback, or "".
+func plainHTTPWarning(cfg Config) string {
+	if (cfg.AuthToken == "" && len(cfg.AuthTokens) == 0) || LoopbackAddr(cfg.Addr) {
+		return ""
+	}
+	return "plain HTTP: foreman serves " + cfg.Addr + " without TLS, so every request's bearer token, " +
+		"prompt and answer cross the network in clear, for anyone on the path to read and the token to reuse; " +
+		"serve it on loopback behind a TLS proxy (Caddy, nginx, tailscale serve) or only on a network you trust"
+}
 
 // WebhookPolicy is the webhook network policy (ADR-0021): the configured ranges, and
 // foreman's target and its own listeners (own, as really bound) protected.

@@ -38,3 +38,30 @@ func TestATokenWrittenFirstIsNotLogged(t *testing.T) {
 		}
 	}
 }
+
+// TestPlainHTTPOffLoopbackWarns: foreman's HTTP has no TLS, so off loopback a bearer
+// token crosses the network in clear with every request; the start says so, as it does
+// for a NATS listener without TLS. On loopback (a TLS proxy on the same machine) it does
+// not, nor without tokens (the INSECURE warning about no auth says more).
+func TestPlainHTTPOffLoopbackWarns(t *testing.T) {
+	named := []gateway.NamedToken{{Program: "alice", Token: "tokA"}}
+	for _, c := range []struct {
+		cfg  Config
+		warn bool
+	}{
+		{Config{Addr: "0.0.0.0:8080", AuthToken: "s3cr3t-value"}, true},
+		{Config{Addr: "192.168.1.5:8080", AuthTokens: named}, true},
+		{Config{Addr: "[::]:8080", AuthToken: "s3cr3t-value"}, true},
+		{Config{Addr: "127.0.0.1:8080", AuthToken: "s3cr3t-value"}, false},
+		{Config{Addr: "localhost:8080", AuthTokens: named}, false},
+		{Config{Addr: "0.0.0.0:8080"}, false},
+	} {
+		msg := plainHTTPWarning(c.cfg)
+		if got := msg != ""; got != c.warn {
+			t.Errorf("%s (token %v): warning %q, want one: %v", c.cfg.Addr, c.cfg.AuthToken != "" || len(c.cfg.AuthTokens) > 0, msg, c.warn)
+		}
+		if msg != "" && (!strings.Contains(msg, "in clear") || !strings.Contains(msg, c.cfg.Addr) || strings.Contains(msg, "s3cr3t")) {
+			t.Errorf("warning %q: want it to name %s and say tokens cross in clear, without a token", msg, c.cfg.Addr)
+		}
+	}
+}
