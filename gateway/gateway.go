@@ -53,6 +53,11 @@ type Config struct {
 	// AuthTokens are named bearer tokens (excluding AuthToken): each is accepted, and its
 	// name is the program of every request carrying it, whatever the request claims.
 	AuthTokens []NamedToken
+	// ModelAdmins, when set, are the programs of named tokens (AuthTokens) that may change
+	// the target's models: pull, push, create, copy, delete, the model aliases and blob
+	// uploads (ADR-0124). Other tokens get 403 there; reading the models stays open to
+	// all. Empty: every accepted token may, as every caller of Ollama's own port may.
+	ModelAdmins []string
 	// MaxQueuePerProgram caps the jobs one program may have in the queue (429 beyond);
 	// 0 caps only the whole queue (the store's MaxQueue, 503).
 	MaxQueuePerProgram int
@@ -231,6 +236,7 @@ type Server struct {
 	artifactReads chan struct{}
 	// tokens are the accepted bearer tokens' digests; none means no auth.
 	tokens       []tokenKey
+	modelAdmins  map[string]bool // Config.ModelAdmins; nil: every token may manage models
 	programLocks programLocks
 
 	// streams counts sync responses of a running job, so shutdown can wait for them.
@@ -273,6 +279,9 @@ func New(cfg Config) (*Server, error) {
 	s.hostRefusals.Interval, s.originRefusals.Interval, s.authRefusals.Interval = refusalLogEvery, refusalLogEvery, refusalLogEvery
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {
+		return nil, err
+	}
+	if s.modelAdmins, err = cfg.modelAdminSet(); err != nil {
 		return nil, err
 	}
 	if s.origins, err = newOriginPolicy(cfg.Origins); err != nil {

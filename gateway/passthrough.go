@@ -38,17 +38,18 @@ func (s *Server) ollamaRoutes(mux *http.ServeMux) {
 	mux.HandleFunc("POST /api/embeddings", s.handleModelRequest)
 	mux.HandleFunc("POST /v1/embeddings", s.handleModelRequest)
 
-	// passthrough_manage.go: model management, and the model aliases (ADR-0068).
-	mux.HandleFunc("POST /api/pull", s.handleManage)
-	mux.HandleFunc("POST /api/push", s.handleManage)
-	mux.HandleFunc("POST /api/create", s.handleManage)
-	mux.HandleFunc("POST /api/copy", s.handleManage)
-	mux.HandleFunc("DELETE /api/delete", s.handleManage)
+	// passthrough_manage.go: model management, and the model aliases (ADR-0068); the
+	// changes for FOREMAN_MODEL_ADMINS' programs only, when it names some (ADR-0124).
+	mux.HandleFunc("POST /api/pull", s.modelAdmin(s.handleManage))
+	mux.HandleFunc("POST /api/push", s.modelAdmin(s.handleManage))
+	mux.HandleFunc("POST /api/create", s.modelAdmin(s.handleManage))
+	mux.HandleFunc("POST /api/copy", s.modelAdmin(s.handleManage))
+	mux.HandleFunc("DELETE /api/delete", s.modelAdmin(s.handleManage))
 	mux.HandleFunc("GET /api/experimental/aliases", s.relayBodyless)
-	mux.HandleFunc("POST /api/experimental/aliases", s.handleManage)
-	mux.HandleFunc("DELETE /api/experimental/aliases", s.handleManage)
+	mux.HandleFunc("POST /api/experimental/aliases", s.modelAdmin(s.handleManage))
+	mux.HandleFunc("DELETE /api/experimental/aliases", s.modelAdmin(s.handleManage))
 	mux.HandleFunc("HEAD /api/blobs/{digest}", s.handleBlob)
-	mux.HandleFunc("POST /api/blobs/{digest}", s.handleBlob)
+	mux.HandleFunc("POST /api/blobs/{digest}", s.modelAdmin(s.handleBlob))
 }
 
 // headRefused are the HEAD patterns of Ollama's GET routes that its router (v0.17.4

@@ -152,6 +152,47 @@ func (c *Config) tokenKeys() ([]tokenKey, error) {
 	return keys, nil
 }
 
+// modelAdminSet is Config.ModelAdmins as a set, nil when empty. Each must be the program
+// of a named token: a name no token carries would leave model management to nobody by a
+// typo, and without named tokens no request proves a program.
+func (c *Config) modelAdminSet() (map[string]bool, error) {
+	if len(c.ModelAdmins) == 0 {
+		return nil, nil
+	}
+	named := map[string]bool{}
+	for _, t := range c.AuthTokens {
+		named[t.Program] = true
+	}
+	if len(named) == 0 {
+		return nil, errors.New("gateway: ModelAdmins needs named tokens (AuthTokens): only a named token proves its caller's program")
+	}
+	set := map[string]bool{}
+	for _, p := range c.ModelAdmins {
+		if !named[p] {
+			return nil, fmt.Errorf("gateway: ModelAdmins names %q, the program of no named token", clipInput(p))
+		}
+		set[p] = true
+	}
+	return set, nil
+}
+
+// modelAdmin lets through to h only the requests of a program Config.ModelAdmins names
+// (all of them when it names none): h changes the target's models for every caller.
+func (s *Server) modelAdmin(h http.HandlerFunc) http.HandlerFunc {
+	if s.modelAdmins == nil {
+		return h
+	}
+	return func(w http.ResponseWriter, r *http.Request) {
+		if p, ok := authProgram(r.Context()); !ok || !s.modelAdmins[p] {
+			s.jobMetrics.refused.WithLabelValues("not_model_admin").Inc()
+			s.writeError(w, r, refuse(ErrForbidden, fmt.Sprintf("forbidden: program %q may not change the models (%s %s is for the programs of FOREMAN_MODEL_ADMINS)",
+				p, r.Method, r.URL.Path)))
+			return
+		}
+		h(w, r)
+	}
+}
+
 // headerValue returns a header's value and whether it was sent; sent twice is an error.
 func headerValue(h http.Header, name string) (string, bool, error) {
 	vs, ok := h[textproto.CanonicalMIMEHeaderKey(name)]

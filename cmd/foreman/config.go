@@ -203,6 +203,20 @@ func (c *serveConfig) settings() []*setting {
 			return err
 		}},
 		{env: "FOREMAN_AUTH_TOKENS_FILE", flag: "auth-tokens-file", usage: "file of named bearer tokens, one name:token a line, a line starting with # a comment; read at start", parse: str(&c.AuthTokensFile)},
+		{env: "FOREMAN_MODEL_ADMINS", flag: "model-admins", usage: "programs of named tokens that may change the models (pull, push, create, copy, delete, aliases, blob uploads), comma list; others get 403 there (default: every token)", parse: func(v string) error {
+			c.ModelAdmins = nil
+			for _, p := range strings.Split(v, ",") {
+				p = strings.TrimSpace(p)
+				if p == "" {
+					continue
+				}
+				if err := broker.ValidateProgram(p); err != nil {
+					return err
+				}
+				c.ModelAdmins = append(c.ModelAdmins, p)
+			}
+			return nil
+		}},
 		{env: "FOREMAN_MAX_QUEUE_PER_PROGRAM", flag: "max-queue-per-program", usage: "queued jobs one program may have before its submits get 429 (no limit when empty)", parse: integer(&c.MaxQueuePerProgram)},
 		{env: "FOREMAN_SYNC_PRIORITY", flag: "sync-priority", def: "high", usage: "priority of Ollama/OpenAI chat and generate calls without X-Foreman-Priority", parse: priority(&c.SyncPriority)},
 		{env: "FOREMAN_JOBS_PRIORITY", flag: "jobs-priority", def: "normal", usage: "priority of /jobs and NATS submits that name none", parse: priority(&c.JobsPriority)},
@@ -234,6 +248,29 @@ func targetName(p *string) func(string) error {
 		*p = v
 		return nil
 	}
+}
+
+// checkModelAdmins refuses FOREMAN_MODEL_ADMINS without named tokens (no request would
+// prove its program) or naming a program no named token has (a typo would leave the
+// models to nobody).
+func (c *serveConfig) checkModelAdmins() error {
+	if len(c.ModelAdmins) == 0 {
+		return nil
+	}
+	if len(c.AuthTokens) == 0 {
+		return errors.New("FOREMAN_MODEL_ADMINS names programs of named tokens, and there are none: " +
+			"set FOREMAN_AUTH_TOKENS (or FOREMAN_AUTH_TOKENS_FILE), or leave FOREMAN_MODEL_ADMINS empty")
+	}
+	named := map[string]bool{}
+	for _, t := range c.AuthTokens {
+		named[t.Program] = true
+	}
+	for _, p := range c.ModelAdmins {
+		if !named[p] {
+			return fmt.Errorf("FOREMAN_MODEL_ADMINS names %q, the program of no named token", p)
+		}
+	}
+	return nil
 }
 
 // readAuthTokensFile adds the named tokens of FOREMAN_AUTH_TOKENS_FILE. The file is read
@@ -573,6 +610,9 @@ func (c *serveConfig) finish() error {
 	if c.AuthToken != "" && len(c.AuthTokens) > 0 {
 		return errors.New("FOREMAN_AUTH_TOKEN and FOREMAN_AUTH_TOKENS (or FOREMAN_AUTH_TOKENS_FILE) exclude each other: " +
 			"give the single token a name among the named ones (e.g. default:<token>)")
+	}
+	if err := c.checkModelAdmins(); err != nil {
+		return err
 	}
 	if c.AuthToken == "" && len(c.AuthTokens) == 0 && !app.LoopbackAddr(c.Addr) {
 		if !c.InsecureNoAuth {

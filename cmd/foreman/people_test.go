@@ -29,13 +29,13 @@ func TestConfigPeopleSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.SyncPriority != broker.PriorityHigh || cfg.JobsPriority != broker.PriorityNormal || cfg.MaxQueuePerProgram != 0 || cfg.AuthTokens != nil {
+	if cfg.SyncPriority != broker.PriorityHigh || cfg.JobsPriority != broker.PriorityNormal || cfg.MaxQueuePerProgram != 0 || cfg.AuthTokens != nil || cfg.ModelAdmins != nil {
 		t.Errorf("defaults: sync %q jobs %q per program %d tokens %v", cfg.SyncPriority, cfg.JobsPriority, cfg.MaxQueuePerProgram, cfg.AuthTokens)
 	}
 	file := writeTokensFile(t, "# programs\ncarol:tokC\n\n")
 	cfg, err = parseConfig(t, []string{"--jobs-priority=low"}, map[string]string{
 		"FOREMAN_AUTH_TOKENS": "alice:tokA,bob:tokB", "FOREMAN_AUTH_TOKENS_FILE": file,
-		"FOREMAN_MAX_QUEUE_PER_PROGRAM": "20", "FOREMAN_SYNC_PRIORITY": "normal",
+		"FOREMAN_MAX_QUEUE_PER_PROGRAM": "20", "FOREMAN_SYNC_PRIORITY": "normal", "FOREMAN_MODEL_ADMINS": "alice, carol",
 		// Named tokens count as auth on a non-loopback address.
 		"FOREMAN_ADDR": "0.0.0.0:8080",
 	})
@@ -43,6 +43,9 @@ func TestConfigPeopleSettings(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []gateway.NamedToken{{Program: "alice", Token: "tokA"}, {Program: "bob", Token: "tokB"}, {Program: "carol", Token: "tokC"}}
+	if strings.Join(cfg.ModelAdmins, ",") != "alice,carol" {
+		t.Errorf("FOREMAN_MODEL_ADMINS=\"alice, carol\": %q", cfg.ModelAdmins)
+	}
 	if len(cfg.AuthTokens) != 3 || cfg.AuthTokens[0] != want[0] || cfg.AuthTokens[2] != want[2] ||
 		cfg.MaxQueuePerProgram != 20 || cfg.SyncPriority != broker.PriorityNormal || cfg.JobsPriority != broker.PriorityLow {
 		t.Errorf("settings: %+v", cfg)
@@ -69,6 +72,10 @@ func TestConfigPeopleBadValues(t *testing.T) {
 		{env: map[string]string{"FOREMAN_MAX_QUEUE_PER_PROGRAM": "many"}, want: `FOREMAN_MAX_QUEUE_PER_PROGRAM="many": not an integer`},
 		{env: map[string]string{"FOREMAN_SYNC_PRIORITY": "urgent"}, want: `FOREMAN_SYNC_PRIORITY="urgent": not a priority: must be high, normal or low`},
 		{args: []string{"--jobs-priority=HIGH"}, want: `--jobs-priority="HIGH": not a priority`},
+		{env: map[string]string{"FOREMAN_MODEL_ADMINS": "alice"}, want: "FOREMAN_MODEL_ADMINS names programs of named tokens, and there are none"},
+		{env: map[string]string{"FOREMAN_MODEL_ADMINS": "alice", "FOREMAN_AUTH_TOKEN": "sekrit"}, want: "FOREMAN_MODEL_ADMINS names programs of named tokens, and there are none"},
+		{env: map[string]string{"FOREMAN_MODEL_ADMINS": "alice,bobb", "FOREMAN_AUTH_TOKENS": "alice:sekrit,bob:sekrit2"}, want: `FOREMAN_MODEL_ADMINS names "bobb", the program of no named token`},
+		{env: map[string]string{"FOREMAN_MODEL_ADMINS": "alice,bad name"}, want: `FOREMAN_MODEL_ADMINS="alice,bad name"`},
 	}
 	for _, c := range cases {
 		_, err := parseConfig(t, c.args, c.env)
@@ -145,5 +152,36 @@ func TestSubmitProgramAndPriority(t *testing.T) {
 	r = runCLI(t, vars, nil, nil, "submit", "-m", "tiny-a", "--priority", "urgent", "hi")
 	if r.code == 0 || !strings.Contains(r.stderr, "high, normal or low") {
 		t.Errorf("submit --priority urgent: exit %d, stderr %s", r.code, r.stderr)
+	}
+}
+
+// FOREMAN_MODEL_ADMINS reaches the gateway: bob's token may not delete a model, alice's
+// may (ADR-0124).
+func TestServeModelAdmins(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_AUTH_TOKENS": "alice:tokA,bob:tokB", "FOREMAN_MODEL_ADMINS": "alice"})
+	del := func(tok string) (int, string) {
+		req, err := http.NewRequest(http.MethodDelete, "http://"+a.Addr()+"/api/delete", strings.NewReader(`{"model":"tiny-b"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var e struct {
+			Error string `json:"error"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&e)
+		return resp.StatusCode, e.Error
+	}
+	if code, msg := del("tokB"); code != http.StatusForbidden || !strings.Contains(msg, "FOREMAN_MODEL_ADMINS") {
+		t.Errorf("bob deletes a model: %d %q, want 403 naming FOREMAN_MODEL_ADMINS", code, msg)
+	}
+	if code, msg := del("tokA"); code != http.StatusOK {
+		t.Errorf("alice deletes a model: %d %q", code, msg)
 	}
 }

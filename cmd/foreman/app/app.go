@@ -215,7 +215,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		BodyReadTimeout: cfg.BodyReadTimeout, WriteTimeout: cfg.WriteTimeout, StreamBuffer: cfg.StreamBuffer,
 		SyncOutageWait: cfg.SyncOutageWait,
 		WebhookPolicy:  policy,
-		AuthTokens:     cfg.AuthTokens, MaxQueuePerProgram: cfg.MaxQueuePerProgram,
+		AuthTokens:     cfg.AuthTokens, ModelAdmins: cfg.ModelAdmins, MaxQueuePerProgram: cfg.MaxQueuePerProgram,
 		SyncPriority: cfg.SyncPriority, JobsPriority: cfg.JobsPriority,
 		Queue: a.worker,
 	})

@@ -77,6 +77,7 @@ type Config struct {
 	// priorities of sync calls and of /jobs and NATS submits.
 	AuthTokens         []gateway.NamedToken
 	AuthTokensFile     string
+	ModelAdmins        []string // programs of named tokens that may change the models (ADR-0124); empty: all
 	MaxQueuePerProgram int
 	SyncPriority       broker.Priority
 	JobsPriority       broker.Priority
