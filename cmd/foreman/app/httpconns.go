@@ -305,8 +305,13 @@ func jsonRefusal(p []byte) (string, bool) {
 		return "", false
 	}
 	// The body repeats the status line ("431 Request Header Fields Too Large", "400 Bad
-	// Request: missing required Host header") or says it alone ("Unsupported transfer
-	// encoding").
+	// Request: missing required Host header") or, for 501 alone, says "Unsupported
+	// transfer encoding", and ends the write: net/http writes nothing else so. A handler's
+	// body written alone after its flushed headers may begin like this one (a relayed
+	// target's bytes); rewritten, it would put a second answer on a kept-alive connection.
+	if !bytes.Equal(body, rest[:end]) && (code != http.StatusNotImplemented || string(body) != "Unsupported transfer encoding") {
+		return "", false
+	}
 	msg := string(body)
 	msg = strings.TrimPrefix(msg, strconv.Itoa(code)+" "+http.StatusText(code))
 	msg = strings.TrimPrefix(msg, ": ")

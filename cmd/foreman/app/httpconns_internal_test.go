@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -392,4 +393,71 @@ func TestJSONRefusalLeavesHandlersAnswersAlone(t *testing.T) {
 	if _, ok := jsonRefusal([]byte("HTTP/1.1 400 Bad Request" + netHTTPErrorHeaders + "400 Bad Request")); !ok {
 		t.Error("net/http's 400 not taken for its own")
 	}
+}
+
+// A write is net/http's own answer only when its body repeats its status line (or is
+// the 501's one sentence), as net/http writes them: a handler's body that merely begins
+// with such a status line and header run (a relayed answer's bytes, written alone after
+// its headers were flushed) goes out untouched, not rewritten into a second answer that
+// would desynchronize a kept-alive connection.
+func TestJSONRefusalTakesOnlyNetHTTPsOwnBodies(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		status, body string
+		want         bool
+	}{
+		{"400 Bad Request", "400 Bad Request", true},
+		{"431 Request Header Fields Too Large", "431 Request Header Fields Too Large", true},
+		{"400 Bad Request: missing required Host header", "400 Bad Request: missing required Host header", true},
+		{"505 HTTP Version Not Supported: unsupported protocol version", "505 HTTP Version Not Supported: unsupported protocol version", true},
+		{"501 Not Implemented", "Unsupported transfer encoding", true},
+		{"400 Bad Request", "400 Bad Request, and the rest of a relayed body", false},
+		{"400 Bad Request", "anything a target wrote", false},
+		{"501 Not Implemented", "Unsupported transfer encoding, and more", false},
+		{"400 Bad Request: x", "400 Bad Request: y", false},
+	} {
+		if _, ok := jsonRefusal([]byte("HTTP/1.1 " + c.status + netHTTPErrorHeaders + c.body)); ok != c.want {
+			t.Errorf("status %q body %q: taken for net/http's own %v, want %v", c.status, c.body, ok, c.want)
+		}
+	}
+
+	// Through a served connection: the body a handler writes after flushing its headers
+	// reaches the client byte for byte.
+	body := "HTTP/1.1 400 Bad Request" + netHTTPErrorHeaders + "hello from a relayed body"
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+		w.WriteHeader(http.StatusOK)
+		http.NewResponseController(w).Flush()
+		_, _ = io.WriteString(w, body)
+	}), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(wrapLimited{ln}) }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		<-served
+	})
+	resp, err := http.Get("http://" + ln.Addr().String() + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || string(got) != body {
+		t.Errorf("the client read %q (%v), the handler wrote %q", got, err, body)
+	}
+}
+
+// wrapLimited hands out its connections as the HTTP listener does, in a limitedConn.
+type wrapLimited struct{ net.Listener }
+
+func (l wrapLimited) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: func() {}}, nil
 }
