@@ -171,9 +171,11 @@ func (s *Store) CancelAbandoned(ctx context.Context) (int, error) {
 // ones submitted with an Idempotency-Key stay queued while their key's claim names them:
 // a submit retried with that key queues them; one without a key, or whose claim is gone
 // (released by its failed submit, aged out) or names another job, can never be queued
-// again and ends failed (failUnqueued); unless the queue may have lost messages to a damaged data directory (queueSuspect):
-// then every job that waits without a queue message (queued, retrying, or running when
-// the last process died) ends failed (failLost), as nothing would ever run it.
+// again and ends failed (failUnqueued). One retrying, or running when the last process
+// died, without a queue message ends failed too (failMessageGone): no submit's retry
+// queues it, and nothing else would run it. When the queue may have lost messages to a
+// damaged data directory (queueSuspect), every job that waits without a queue message
+// ends failed (failLost) with that reason.
 func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (int, error) {
 	keys, err := s.bucketKeys(ctx, JobsBucket, "job.*")
 	if err != nil {
@@ -204,6 +206,10 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 				if err := s.failUnqueued(ctx, j); err != nil {
 					return n, err
 				}
+			case j.State != StateQueued:
+				if err := s.failMessageGone(ctx, j); err != nil {
+					return n, err
+				}
 			}
 			continue
 		}
@@ -220,6 +226,39 @@ func (s *Store) cancelUnqueued(ctx context.Context, inQueue map[string]bool) (in
 		}
 	}
 	return n, nil
+}
+
+// MessageGoneReason is the Error of a job that was retrying, or running, when its
+// foreman stopped without handing it back, and whose queue message was gone at the next
+// start: JetStream drops a queue message at the job TTL's age (the queue's MaxAge), even
+// one a worker holds (a run that outlived it, a retry's kept delivery, ADR-0100), and
+// nothing else would run the job again.
+const MessageGoneReason = "lost: its queue message was gone when foreman started again (the queue drops a message at the job TTL's age, even one a run or a retry held when foreman stopped), so nothing would run it: submit it again"
+
+// failMessageGone ends job j, retrying or running when the last process on this store
+// of its own died, and without a queue message, failed (MessageGoneReason): the reclaim
+// delivers only messages, the expiry (ADR-0043) looks only at messages, and a submit's
+// retry queues only a queued job, so it was listed as waiting, never to run, until its
+// record's TTL dropped it. Its webhook, if it named one, is told the end.
+func (s *Store) failMessageGone(ctx context.Context, j *Job) error {
+	was := j.State
+	_, _, err := s.Modify(ctx, j.ID, func(j *Job) error {
+		if j.State == StateQueued || j.State.Terminal() {
+			return fmt.Errorf("%w: job %s is %s", ErrTerminal, j.ID, j.State) // written since: left as it is
+		}
+		j.State, j.Error = StateFailed, MessageGoneReason
+		return nil
+	})
+	switch {
+	case err == nil:
+		s.dropBody(ctx, j)
+		s.log.Warn("job without a queue message at the start ended failed; nothing would run it",
+			"job_id", j.ID, "model", j.Model, "was", was)
+	case errors.Is(err, ErrTerminal), errors.Is(err, ErrNotFound):
+	default:
+		return fmt.Errorf("broker: end job %s without a queue message: %w", j.ID, err)
+	}
+	return nil
 }
 
 // retryMayQueue reports whether a submit retried with queued job j's Idempotency-Key

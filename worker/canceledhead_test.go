@@ -237,3 +237,81 @@ func TestTheQueueViewDropsACanceledHeadReplacedOnItsQueue(t *testing.T) {
 		}
 	}
 }
+
+// The same for a job whose last attempt ran here and which another foreman then failed
+// (its delivery limit's advisory, or its expiry, taken there): its record still names
+// this foreman as its attempt's runner, so the index took its failed event for one of
+// its own runs, whose ack marks the queue, and skipped it. No ack came from here: the
+// other foreman removed the message, and until the index's full refresh (30 s) the
+// failed job's stamp stood for the job queued behind it.
+func TestAHeadFailedOnAnotherForemanAfterItRanHereDoesNotAgeItsQueue(t *testing.T) {
+	t.Parallel()
+	held, gateOpt := newHeldCalls(t)
+	tb := setupFake(t, []ollamatest.Option{gateOpt})
+	var clock atomic.Pointer[time.Time]
+	now := time.Now()
+	clock.Store(&now)
+	cfg := worker.WithServerClock(worker.Config{MaxWait: time.Hour}, func() time.Time { return *clock.Load() })
+	var firstID atomic.Pointer[string]
+	firstStored := make(chan struct{})
+	cfg = worker.WithBeforeStoreDone(cfg, func(id string) {
+		if p := firstID.Load(); p != nil && *p == id {
+			<-firstStored
+		}
+	})
+	w := tb.start(t, cfg)
+	other, err := broker.Open(ctxT(t), broker.Config{Conn: tb.b.Conn})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	first := tb.tagged(t, "first", "tiny-a", broker.PriorityHigh)
+	firstID.Store(&first.ID)
+	tag, gate := held.next(t, tb.fake)
+	if tag != "first" {
+		t.Fatalf("ran %s, want first", tag)
+	}
+	old := tb.tagged(t, "old", "tiny-b", broker.PriorityNormal)
+	// Its last attempt ran here and failed: its record names this foreman's runner.
+	if _, _, err := tb.b.Store.Modify(ctxT(t), old.ID, func(j *broker.Job) error {
+		j.State, j.Attempt = broker.StateRetrying, 1
+		j.Runner, j.RunnerBoot, j.RunnerAttempt = "this-mac", tb.b.Store.BootID(), 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tb.tagged(t, "second", "tiny-a", broker.PriorityHigh)
+	close(gate)
+	if tag, gate = held.next(t, tb.fake); tag != "second" {
+		t.Fatalf("ran %s, want second", tag)
+	}
+	close(firstStored)
+	eventually(t, 30*time.Second, "first stored and acked", func() bool { return !w.Own(first.ID) })
+	late := queueStamp(t, tb, old.ID).Add(time.Hour + time.Nanosecond)
+	clock.Store(&late)
+	// The other foreman fails old and removes its message, as its advisory does.
+	if _, _, err := other.Modify(ctxT(t), old.ID, func(j *broker.Job) error {
+		j.State, j.Error = broker.StateFailed, "attempts exhausted: delivered 5 times"
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p, ok, err := other.Oldest(ctxT(t), 0)
+	for ok && err == nil && p.JobID != old.ID {
+		p, ok, err = other.Oldest(ctxT(t), p.Seq+1)
+	}
+	if !ok || err != nil {
+		t.Fatalf("old's message: %v %v", ok, err)
+	}
+	if err := other.RemoveEnded(ctxT(t), p); err != nil {
+		t.Fatal(err)
+	}
+	tb.tagged(t, "again", "tiny-b", broker.PriorityNormal)
+	tb.tagged(t, "high", "tiny-a", broker.PriorityHigh)
+	close(gate)
+	tag, gate = held.next(t, tb.fake)
+	close(gate)
+	if tag != "high" {
+		t.Fatalf("ran %s next, want the waiting high job: the normal one queued after it is not late", tag)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"sync"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
@@ -182,5 +183,43 @@ func TestCrashAfterTheResultPutLeavesNoStrayResult(t *testing.T) {
 				t.Errorf("result.json after the rerun: %d bytes, %v; want %d", len(data), err, a.Size)
 			}
 		})
+	}
+}
+
+// A retry kept for a full queue (ADR-0100) keeps its old message, which the queue drops
+// at the job TTL's age while the delivery is kept. A foreman killed then left the job's
+// record retrying with no message: the restart's reclaim delivers only messages, the
+// expiry looks only at messages, and the job was listed retrying, never to run, until
+// its record expired (then a 404). The restart's sweep on the embedded server ends it
+// failed (ADR-0123).
+func TestCrashWhileAKeptRetrysMessageIsGoneEndsItFailed(t *testing.T) {
+	t.Parallel()
+	const ttl = 12 * time.Second
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.JobTTL, c.AckWait, c.MaxQueue, c.MaxAttempts = true, ttl, 3*time.Second, 1, 3
+	}))
+	j := tb.chat(t, "tiny-a", 1)
+	tb.fake.FailNext(1, ollamatest.DropMidStream) // the first attempt, a retry
+	// Kept past the queue's MaxAge: its due comes after the crash.
+	w1, err := worker.New(worker.Config{Store: tb.b.Store, Target: tb.target, Logger: testLogger(), RetryDelay: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	done1 := make(chan error, 1)
+	go func() { done1 <- w1.Run(ctx1) }()
+	eventually(t, 30*time.Second, "the job retrying", func() bool {
+		got, _, err := tb.b.Store.Get(ctxT(t), j.ID)
+		return err == nil && got.State == broker.StateRetrying
+	})
+	tb.waitQueueEmpty(t) // the queue dropped its message at MaxAge, the delivery kept
+	tb.b.Restart(t)      // the crash
+	cancel1()
+	<-done1
+
+	tb.start(t, worker.Config{})
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateFailed || got.Error != broker.MessageGoneReason {
+		t.Errorf("job ended %s (%q), want failed (%s)", got.State, got.Error, broker.MessageGoneReason)
 	}
 }

@@ -145,8 +145,14 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 
 // expireJob ends job id failed, its message having waited about a job TTL, if it waits
 // in the queue or its record is a dead run's (deadRun): with its message gone at the TTL,
-// nothing would end it, and it would vanish with its record.
+// nothing would end it, and it would vanish with its record. A retry whose delivery this
+// worker keeps for a full queue (park, ADR-0100) is not waiting, though its record says
+// retrying: its message is not renewed while kept, and at its due it runs from its
+// delivery, as in a queue with room its requeue would have run it (ADR-0123).
 func (w *Worker) expireJob(ctx context.Context, id string, ttl time.Duration) (*broker.Job, error) {
+	if w.isParked(id) {
+		return nil, errNotWaiting
+	}
 	cur, rev, written, err := w.store.GetWritten(ctx, id)
 	if err != nil {
 		return nil, err

@@ -161,3 +161,26 @@ func TestARetryPastTheTTLInAFullQueueRuns(t *testing.T) {
 		t.Errorf("other job ended %s (%s), want done", got.State, got.Error)
 	}
 }
+
+// A retry kept for a full queue (ADR-0100) whose message, never renewed while kept,
+// passes the expiry's age (broker.StaleAge) before its due is not ended "expired:
+// waited in the queue for the job TTL": it did not wait in the queue, this worker held
+// it, and at its due it runs from its delivery, as in a queue with room its requeue
+// would have run it. The expiry took its record, retrying, for a waiting job's and
+// ended it failed (after 9 s of a 12 s TTL spent running and kept, tried once), while
+// the same job in a roomy queue ended done at attempt 2.
+func TestAKeptRetryIsNotExpiredWhileKept(t *testing.T) {
+	t.Parallel()
+	const ttl = 12 * time.Second // StaleAge 9 s, an expiry look every 1.5 s
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.JobTTL, c.AckWait, c.MaxQueue, c.MaxAttempts = ttl, 3*time.Second, 1, 3
+	}))
+	j := tb.chat(t, "tiny-a", 1)
+	tb.fake.FailNext(1, ollamatest.DropMidStream) // the first attempt, a retry
+	// Kept past the expiry's age (9 s) and due before the queue's MaxAge drops its
+	// message (12 s): at least one expiry look falls in between.
+	tb.start(t, worker.Config{RetryDelay: ttl - ttl/8})
+	if got := tb.waitEnded(t, j.ID); got.State != broker.StateDone || got.Attempt != 2 {
+		t.Errorf("kept retry ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
+	}
+}

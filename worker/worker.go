@@ -204,12 +204,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	// So does an end through another process (a cancel through another foreman's gateway,
 	// a job another Mac ran), whose state event every foreman gets: one subscription to
 	// every job's events, which the worker's watch of its running jobs holds already.
-	// This worker's own runs are left out: their ack marks their queue.
+	// This worker's own runs are not left out, though their ack marks their queue: a
+	// record naming this foreman as its attempt's runner may have been ended by another
+	// (failed at its delivery limit or its TTL after its last attempt ran here), with
+	// no ack from here. An own end costs nothing more: its queue, marked by the ack, is
+	// read at the next look anyway.
 	stopEnded, err := w.store.OnJobEvents(func(j *broker.Job) {
 		if !j.State.Terminal() {
-			return
-		}
-		if _, boot := j.CurrentRunner(); boot == w.store.BootID() && j.State != broker.StateCanceled {
 			return
 		}
 		w.index.jobEnded(j.ID)
