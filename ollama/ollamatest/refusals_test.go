@@ -62,3 +62,33 @@ func TestRefusalsMatchOllama(t *testing.T) {
 		}
 	}
 }
+
+// An injected FailStatus on /v1/responses and /v1/messages carries the stream headers
+// when the body asks for a stream as Ollama's middleware reads it: the first JSON value
+// (what follows it ignored), "stream" a bool on /v1/messages (a later null leaves it
+// true) and a *bool on /v1/responses (a later null clears it).
+func TestFailStatusStreamHeadersReadAsOllama(t *testing.T) {
+	t.Parallel()
+	s := ollamatest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const msg = `"model":"tiny-a","max_tokens":4,"messages":[{"role":"user","content":"hi"}]`
+	for _, tt := range []struct {
+		path, body string
+		streamed   bool
+	}{
+		{"/v1/messages", `{` + msg + `,"stream":true}`, true},
+		{"/v1/messages", `{` + msg + `,"stream":true} x`, true},
+		{"/v1/messages", `{` + msg + `,"stream":true}{"stream":false}`, true},
+		{"/v1/messages", `{` + msg + `,"stream":true,"stream":null}`, true},
+		{"/v1/messages", `{` + msg + `}`, false},
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","stream":true} x`, true},
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","stream":true,"stream":null}`, false},
+	} {
+		s.FailNext(1, ollamatest.FailStatus(503, "server busy"))
+		a := mustPost(t, ctx, s.URL, tt.path, tt.body)
+		if got := a.header.Get("Cache-Control") == "no-cache"; a.code != 503 || got != tt.streamed {
+			t.Errorf("%s %s: %d, stream headers %v, want %v", tt.path, tt.body, a.code, got, tt.streamed)
+		}
+	}
+}
