@@ -95,6 +95,10 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		Text         json.RawMessage `json:"text"`
 		Input        nonEmpty        `json:"input"`
 		Instructions nonEmpty        `json:"instructions"`
+		// TopLogprobs is the native and OpenAI chat routes', Logprobs /v1/completions'
+		// (kept raw: a value of another type is the target's 400, in its words).
+		TopLogprobs json.RawMessage `json:"top_logprobs"`
+		Logprobs    json.RawMessage `json:"logprobs"`
 	}
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
@@ -104,6 +108,9 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		// Ollama's OpenAI layer checks for messages itself, before its handler reads the
 		// model (v0.17.4 ChatMiddleware); a body of null has none either.
 		return inference{body: read}, badRequest("[] is too short - 'messages'")
+	}
+	if err := checkTopLogprobs(kind, req.TopLogprobs, req.Logprobs); err != nil {
+		return inference{body: read}, err
 	}
 	if req.Model == "" && kind == broker.KindAnthropicMessages {
 		// Ollama's Anthropic layer checks for a model itself, before its handler.
@@ -141,6 +148,33 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		in.refused = badRequest(err.Error())
 	}
 	return in, nil
+}
+
+// checkTopLogprobs refuses a top_logprobs outside 0..20 as Ollama's chat and generate
+// handlers do, first of all (v0.17.4 server/routes.go), before the model's checks: on
+// the native routes and /v1/chat/completions its top_logprobs, on /v1/completions its
+// logprobs when positive (the top_logprobs its OpenAI layer passes on). The other routes
+// pass none on.
+func checkTopLogprobs(kind broker.Kind, topLogprobs, logprobs json.RawMessage) error {
+	raw := topLogprobs
+	switch kind {
+	case broker.KindChat, broker.KindGenerate, broker.KindOpenAIChat:
+	case broker.KindOpenAICompletion:
+		raw = logprobs
+	default:
+		return nil
+	}
+	var n int
+	if len(raw) == 0 || json.Unmarshal(raw, &n) != nil {
+		return nil
+	}
+	if kind == broker.KindOpenAICompletion && n <= 0 {
+		return nil
+	}
+	if n < 0 || n > 20 {
+		return handlerRefusal("top_logprobs must be between 0 and 20")
+	}
+	return nil
 }
 
 // onGenerate reports whether Ollama runs kind's route on its generate handler: the
