@@ -99,6 +99,8 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		// (kept raw: a value of another type is the target's 400, in its words).
 		TopLogprobs json.RawMessage `json:"top_logprobs"`
 		Logprobs    json.RawMessage `json:"logprobs"`
+		// MaxTokens is /v1/messages' (kept raw as TopLogprobs).
+		MaxTokens json.RawMessage `json:"max_tokens"`
 	}
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
@@ -112,9 +114,19 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err := checkTopLogprobs(kind, req.TopLogprobs, req.Logprobs); err != nil {
 		return inference{body: read}, err
 	}
-	if req.Model == "" && kind == broker.KindAnthropicMessages {
-		// Ollama's Anthropic layer checks for a model itself, before its handler.
-		return inference{body: read}, badRequest("model is required")
+	if kind == broker.KindAnthropicMessages {
+		// Ollama's Anthropic layer checks for a model, a positive max_tokens and messages
+		// itself, in that order, before its handler (v0.17.4 AnthropicMessagesMiddleware).
+		var maxTokens int
+		switch {
+		case req.Model == "":
+			return inference{body: read}, badRequest("model is required")
+		case json.Unmarshal(req.MaxTokens, &maxTokens) == nil && maxTokens <= 0, len(req.MaxTokens) == 0:
+			// Absent or null is 0; a value of another type is the target's 400.
+			return inference{body: read}, badRequest("max_tokens is required and must be positive")
+		case req.Messages.none():
+			return inference{body: read}, badRequest("messages is required")
+		}
 	}
 	if strings.TrimSpace(req.Model) == "" {
 		if onGenerate(kind) {

@@ -42,7 +42,7 @@ func TestAnthropicAndResponsesRoutesRefuseInTheirShape(t *testing.T) {
 	anthropic("wrong key", resp, out, 401, "authentication_error", "unauthorized")
 	resp, out = b.request(t, http.MethodPost, "/v1/messages", body, "X-Api-Key", "s3cret")
 	anthropic("unknown model", resp, out, 404, "not_found_error", "model 'nope' not found")
-	resp, out = b.request(t, http.MethodPost, "/v1/messages", []byte(`{"model":"tiny-a:","max_tokens":4}`), "Authorization", "Bearer s3cret")
+	resp, out = b.request(t, http.MethodPost, "/v1/messages", []byte(`{"model":"tiny-a:","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`), "Authorization", "Bearer s3cret")
 	anthropic("unparsable model", resp, out, 400, "invalid_request_error", "model is required")
 
 	resp, out = b.request(t, http.MethodPost, "/v1/responses", []byte(`{"model":"nope","input":"hi"}`), "Authorization", "Bearer s3cret")
