@@ -588,9 +588,10 @@ func (st *syncStats) notePeak(n int64) {
 // on the decoded body. The decoded body is bounded like any body (MaxBodyBytes), and its
 // bytes are taken from hold as they come, as a chunked body's are: a small body may
 // inflate to the limit. Once decoded, the compressed body (which the caller drops) goes
-// back to the budget.
+// back to the budget. Only a Content-Encoding of "zstd" exactly is decoded, as Ollama
+// compares it (v0.17.4 ResponsesMiddleware): "ZSTD" leaves the body as it came.
 func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byte, error) {
-	if !strings.EqualFold(strings.TrimSpace(r.Header.Get("Content-Encoding")), "zstd") {
+	if r.Header.Get("Content-Encoding") != "zstd" {
 		return body, nil
 	}
 	dec, err := zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderMaxMemory(uint64(s.cfg.MaxBodyBytes)+1), zstd.WithDecoderConcurrency(1))
@@ -618,7 +619,9 @@ func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byt
 	case errors.Is(err, zstd.ErrDecoderSizeExceeded):
 		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
 	case err != nil:
-		return nil, badRequest("failed to decompress zstd body")
+		// What the decoder says ("invalid input: magic number mismatch"), as Ollama's
+		// JSON binding, which reads through the decoder, passes it on.
+		return nil, badRequest(clipInput(err.Error()))
 	case int64(len(out)) > s.cfg.MaxBodyBytes:
 		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
 	}
