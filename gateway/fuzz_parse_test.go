@@ -70,6 +70,7 @@ func FuzzParseInference(f *testing.F) {
 	f.Add(uint8(0), []byte(`{"model":"a","options":{"num_ctx":256},"OPTIONS":{"num_gpu":1}}`))
 	f.Add(uint8(0), []byte(`{"model":"a","options":{"num_ctx":256},"options":null}`))
 	f.Add(uint8(2), []byte(`{"model":"a","options":"big","options":{"num_ctx":256}}`))
+	f.Add(uint8(1), []byte(`{"model":"a","prompt":"x","top_logprobs":21,"top_logprobs":null}`))
 	f.Fuzz(func(t *testing.T, k uint8, body []byte) {
 		kind := queuedKinds[int(k)%len(queuedKinds)]
 		in, err := parseInference(kind, body)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"reflect"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -124,6 +125,62 @@ func TestE2EPassThroughMatchesOllama(t *testing.T) {
 			if got.StatusCode != http.StatusNotFound || want.StatusCode != http.StatusNotFound ||
 				strings.TrimSpace(string(gotBody)) != strings.TrimSpace(string(wantBody)) {
 				t.Errorf("%s %s: foreman %d %s, Ollama %d %s", c.method, c.path, got.StatusCode, gotBody, want.StatusCode, wantBody)
+			}
+		}
+	})
+
+	t.Run("refusals", func(t *testing.T) {
+		// Odd and hostile bodies that Ollama refuses before it runs anything: foreman
+		// refuses them with the same status, media type and body (an Anthropic error's
+		// request_id aside), in Ollama's order of checks. (No worker runs here: nothing
+		// below may be queued.)
+		reqID := regexp.MustCompile(`"req_[0-9a-f]{24}"`)
+		for _, c := range []struct{ path, body string }{
+			{"/api/generate", `{}`},
+			{"/api/generate", `{"model":""}`},
+			{"/api/generate", `{"model":"  ","prompt":"x"}`},
+			{"/api/generate", `{"model":"bad name!","prompt":"x"}`},
+			{"/api/generate", `null x`},
+			{"/api/generate", `{"model":"ghost","top_logprobs":21}`},
+			{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":-1}`},
+			{"/api/chat", `{}`},
+			{"/api/chat", `null x`},
+			{"/api/chat", `{"model":"bad name!","messages":[]}`},
+			{"/api/chat", `{"model":"ghost","top_logprobs":-1,"messages":[]}`},
+			{"/v1/chat/completions", `{"model":"tiny-a","messages":[]}`},
+			{"/v1/chat/completions", `{"model":"tiny-a"}`},
+			{"/v1/chat/completions", `{"messages":[]}`},
+			{"/v1/chat/completions", `null`},
+			{"/v1/chat/completions", `{"model":"","messages":[{"role":"user","content":"x"}]}`},
+			{"/v1/chat/completions", `{"model":"bad name!","messages":[{"role":"user","content":"x"}]}`},
+			{"/v1/chat/completions", `{"model":"ghost","messages":[{"role":"user","content":"x"}],"top_logprobs":50}`},
+			{"/v1/completions", `{}`},
+			{"/v1/completions", `{"model":"bad name!","prompt":"x"}`},
+			{"/v1/completions", `{"model":"ghost","prompt":"x","logprobs":50}`},
+			{"/v1/embeddings", `{"encoding_format":"bad","input":"x"}`},
+			{"/v1/embeddings", `{"encoding_format":"bad"}`},
+			{"/v1/embeddings", `{"encoding_format":"bad","model":"ghost","input":"x"}`},
+			{"/v1/embeddings", `{"encoding_format":"bad","model":"tiny-embed","input":"x"}`},
+			{"/v1/embeddings", `{"model":"tiny-embed"}`},
+			{"/v1/embeddings", `{"model":"tiny-embed","input":[]}`},
+			{"/v1/embeddings", `{"model":"tiny-embed","input":5}`},
+			{"/v1/embeddings", `null`},
+			{"/v1/responses", `{"model":"ghost","input":"x"}`},
+			{"/v1/responses", `null x`},
+			{"/v1/messages", `{}`},
+			{"/v1/messages", `null`},
+			{"/v1/messages", `{"model":"tiny-a","max_tokens":0,"messages":[{"role":"user","content":"hi"}]}`},
+			{"/v1/messages", `{"model":"tiny-a","max_tokens":4,"messages":[]}`},
+			{"/v1/images/generations", `null x`},
+			{"/v1/images/generations", `{"prompt":"x"}`},
+		} {
+			want, wantBody := directTo("POST", c.path, []byte(c.body))
+			got, gotBody := b.request(t, "POST", c.path, []byte(c.body))
+			g, w := reqID.ReplaceAllString(string(gotBody), "req_ID"), reqID.ReplaceAllString(string(wantBody), "req_ID")
+			if want.StatusCode < 400 || got.StatusCode != want.StatusCode || g != w ||
+				got.Header.Get("Content-Type") != want.Header.Get("Content-Type") {
+				t.Errorf("POST %s %s: foreman %d %q %q, Ollama %d %q %q", c.path, c.body,
+					got.StatusCode, got.Header.Get("Content-Type"), g, want.StatusCode, want.Header.Get("Content-Type"), w)
 			}
 		}
 	})

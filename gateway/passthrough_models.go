@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -74,11 +75,22 @@ func requestModel(path string, body []byte) (model string, read []byte, err erro
 		Name    string             `json:"name"`
 		Options broker.LoadOptions `json:"options"`
 		Input   *listMember        `json:"input"`
+		Format  json.RawMessage    `json:"encoding_format"`
 	}
 	// "decode model field: " is how these routes have always worded a member of the
 	// wrong type.
 	if read, err = decodeObject(body, &req, "decode model field: "); err != nil {
 		return "", nil, err
+	}
+	if path == "/v1/embeddings" {
+		// Ollama's OpenAI layer checks the format first of all (v0.17.4
+		// EmbeddingsMiddleware); a format that is no string is its decoder's 400, which
+		// the target gives. The format is quoted back clipped, as any value a client sent.
+		var format string
+		if json.Unmarshal(req.Format, &format) == nil && format != "" &&
+			!strings.EqualFold(format, "float") && !strings.EqualFold(format, "base64") {
+			return "", nil, badRequest(fmt.Sprintf("Invalid value for 'encoding_format' = %s. Supported values: ['float', 'base64'].", clipInput(format)))
+		}
 	}
 	if path == "/v1/embeddings" && req.Input.none() {
 		// Ollama's OpenAI layer checks the input itself, before its handler reads the

@@ -95,6 +95,12 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		Text         json.RawMessage `json:"text"`
 		Input        nonEmpty        `json:"input"`
 		Instructions nonEmpty        `json:"instructions"`
+		// TopLogprobs is the native and OpenAI chat routes', Logprobs /v1/completions'
+		// (kept raw: a value of another type is the target's 400, in its words).
+		TopLogprobs json.RawMessage `json:"top_logprobs"`
+		Logprobs    json.RawMessage `json:"logprobs"`
+		// MaxTokens is /v1/messages' (kept raw as TopLogprobs).
+		MaxTokens json.RawMessage `json:"max_tokens"`
 	}
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
@@ -105,9 +111,22 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		// model (v0.17.4 ChatMiddleware); a body of null has none either.
 		return inference{body: read}, badRequest("[] is too short - 'messages'")
 	}
-	if req.Model == "" && kind == broker.KindAnthropicMessages {
-		// Ollama's Anthropic layer checks for a model itself, before its handler.
-		return inference{body: read}, badRequest("model is required")
+	if err := checkTopLogprobs(kind, req.TopLogprobs, req.Logprobs); err != nil {
+		return inference{body: read}, err
+	}
+	if kind == broker.KindAnthropicMessages {
+		// Ollama's Anthropic layer checks for a model, a positive max_tokens and messages
+		// itself, in that order, before its handler (v0.17.4 AnthropicMessagesMiddleware).
+		var maxTokens int
+		switch {
+		case req.Model == "":
+			return inference{body: read}, badRequest("model is required")
+		case json.Unmarshal(req.MaxTokens, &maxTokens) == nil && maxTokens <= 0, len(req.MaxTokens) == 0:
+			// Absent or null is 0; a value of another type is the target's 400.
+			return inference{body: read}, badRequest("max_tokens is required and must be positive")
+		case req.Messages.none():
+			return inference{body: read}, badRequest("messages is required")
+		}
 	}
 	if strings.TrimSpace(req.Model) == "" {
 		if onGenerate(kind) {
@@ -141,6 +160,33 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		in.refused = badRequest(err.Error())
 	}
 	return in, nil
+}
+
+// checkTopLogprobs refuses a top_logprobs outside 0..20 as Ollama's chat and generate
+// handlers do, first of all (v0.17.4 server/routes.go), before the model's checks: on
+// the native routes and /v1/chat/completions its top_logprobs, on /v1/completions its
+// logprobs when positive (the top_logprobs its OpenAI layer passes on). The other routes
+// pass none on.
+func checkTopLogprobs(kind broker.Kind, topLogprobs, logprobs json.RawMessage) error {
+	raw := topLogprobs
+	switch kind {
+	case broker.KindChat, broker.KindGenerate, broker.KindOpenAIChat:
+	case broker.KindOpenAICompletion:
+		raw = logprobs
+	default:
+		return nil
+	}
+	var n int
+	if len(raw) == 0 || json.Unmarshal(raw, &n) != nil {
+		return nil
+	}
+	if kind == broker.KindOpenAICompletion && n <= 0 {
+		return nil
+	}
+	if n < 0 || n > 20 {
+		return handlerRefusal("top_logprobs must be between 0 and 20")
+	}
+	return nil
 }
 
 // onGenerate reports whether Ollama runs kind's route on its generate handler: the
@@ -542,9 +588,10 @@ func (st *syncStats) notePeak(n int64) {
 // on the decoded body. The decoded body is bounded like any body (MaxBodyBytes), and its
 // bytes are taken from hold as they come, as a chunked body's are: a small body may
 // inflate to the limit. Once decoded, the compressed body (which the caller drops) goes
-// back to the budget.
+// back to the budget. Only a Content-Encoding of "zstd" exactly is decoded, as Ollama
+// compares it (v0.17.4 ResponsesMiddleware): "ZSTD" leaves the body as it came.
 func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byte, error) {
-	if !strings.EqualFold(strings.TrimSpace(r.Header.Get("Content-Encoding")), "zstd") {
+	if r.Header.Get("Content-Encoding") != "zstd" {
 		return body, nil
 	}
 	dec, err := zstd.NewReader(bytes.NewReader(body), zstd.WithDecoderMaxMemory(uint64(s.cfg.MaxBodyBytes)+1), zstd.WithDecoderConcurrency(1))
@@ -572,7 +619,9 @@ func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byt
 	case errors.Is(err, zstd.ErrDecoderSizeExceeded):
 		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
 	case err != nil:
-		return nil, badRequest("failed to decompress zstd body")
+		// What the decoder says ("invalid input: magic number mismatch"), as Ollama's
+		// JSON binding, which reads through the decoder, passes it on.
+		return nil, badRequest(clipInput(err.Error()))
 	case int64(len(out)) > s.cfg.MaxBodyBytes:
 		return nil, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}
 	}

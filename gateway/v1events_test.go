@@ -42,7 +42,7 @@ func TestAnthropicAndResponsesRoutesRefuseInTheirShape(t *testing.T) {
 	anthropic("wrong key", resp, out, 401, "authentication_error", "unauthorized")
 	resp, out = b.request(t, http.MethodPost, "/v1/messages", body, "X-Api-Key", "s3cret")
 	anthropic("unknown model", resp, out, 404, "not_found_error", "model 'nope' not found")
-	resp, out = b.request(t, http.MethodPost, "/v1/messages", []byte(`{"model":"tiny-a:","max_tokens":4}`), "Authorization", "Bearer s3cret")
+	resp, out = b.request(t, http.MethodPost, "/v1/messages", []byte(`{"model":"tiny-a:","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`), "Authorization", "Bearer s3cret")
 	anthropic("unparsable model", resp, out, 400, "invalid_request_error", "model is required")
 
 	resp, out = b.request(t, http.MethodPost, "/v1/responses", []byte(`{"model":"nope","input":"hi"}`), "Authorization", "Bearer s3cret")
@@ -124,9 +124,20 @@ func TestResponsesTakeAZstdBody(t *testing.T) {
 	if resp.StatusCode != 413 || !strings.Contains(string(out), "compress it with a smaller window") {
 		t.Errorf("a window past the limit: %d %s, want a 413 that names the window", resp.StatusCode, out)
 	}
+	// Not zstd: the decoder's error, as Ollama's JSON binding passes it on.
 	resp, out = b.request(t, http.MethodPost, "/v1/responses", []byte(`{"model":"tiny-a","input":"hi"}`), "Content-Encoding", "zstd")
-	if resp.StatusCode != 400 || !strings.Contains(string(out), "failed to decompress zstd body") {
+	if resp.StatusCode != 400 || !strings.Contains(string(out), `"invalid input: magic number mismatch"`) {
 		t.Errorf("not zstd: %d %s, want 400", resp.StatusCode, out)
+	}
+	// Ollama decodes a body whose Content-Encoding is "zstd" exactly; any other spelling
+	// leaves the body as it came.
+	resp, out = b.request(t, http.MethodPost, "/v1/responses", []byte(`{"model":"nope","input":"hi"}`), "Content-Encoding", "ZSTD")
+	if resp.StatusCode != 404 || !strings.Contains(string(out), "model 'nope' not found") {
+		t.Errorf("a plain body said ZSTD: %d %s, want the unknown model's 404", resp.StatusCode, out)
+	}
+	resp, out = b.request(t, http.MethodPost, "/v1/responses", compress([]byte(`{"model":"tiny-a","input":"hi"}`)), "Content-Encoding", "Zstd")
+	if resp.StatusCode != 400 || !strings.Contains(string(out), "invalid character '(' looking for beginning of value") {
+		t.Errorf("a compressed body said Zstd: %d %s, want 400", resp.StatusCode, out)
 	}
 	if n, _ := b.Broker.Store.QueueLen(testCtx(t, 5*time.Second)); n != 0 {
 		t.Errorf("refused bodies queued %d jobs", n)

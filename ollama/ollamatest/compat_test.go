@@ -444,6 +444,24 @@ func TestCompatShapesMatchRealOllama(t *testing.T) {
 		{"/v1/messages", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`},
 		{"/v1/messages", `{"model":"tiny-a","max_tokens":4,"messages":[]}`},
 		{"/v1/messages", `{"model":"tiny-a","max_tokens":4,"messages":[{"role":"user","content":5}]}`},
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":4,"stream":true,"messages":[{"role":"user","content":"hi"}]} x`},
+		// The other routes' refusals, in Ollama's order of checks.
+		{"/api/generate", `{}`},
+		{"/api/generate", `{"model":"  ","prompt":"x"}`},
+		{"/api/generate", `{"model":"bad name!","prompt":"x"}`},
+		{"/api/generate", `null x`},
+		{"/api/chat", `{"model":"bad name!","messages":[]}`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[]}`},
+		{"/v1/chat/completions", `{"messages":[]}`},
+		{"/v1/chat/completions", `null`},
+		{"/v1/chat/completions", `{"model":"bad name!","messages":[{"role":"user","content":"x"}]}`},
+		{"/v1/completions", `{"prompt":"x"}`},
+		{"/v1/completions", `{"model":"tiny-embed","prompt":"x"}`},
+		{"/v1/embeddings", `{"encoding_format":"bad","input":"x"}`},
+		{"/v1/embeddings", `{"encoding_format":"bad","model":"tiny-embed","input":"x"}`},
+		{"/v1/embeddings", `{"model":"tiny-embed"}`},
+		{"/v1/embeddings", `{"model":"tiny-embed","input":[]}`},
+		{"/v1/embeddings", `{"model":"tiny-embed","input":5}`},
 	} {
 		want := compatAnswerShape(t, mustPost(t, ctx, real, tt.path, tt.body))
 		got := compatAnswerShape(t, mustPost(t, ctx, s.URL, tt.path, tt.body))

@@ -1,10 +1,13 @@
 package ollamatest
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // OpenAI-compatible shapes, as Ollama's openai middleware writes them.
@@ -80,22 +83,26 @@ func writeOAIErrorTyped(w http.ResponseWriter, code int, typ, msg string) {
 	_ = json.NewEncoder(w).Encode(body)
 }
 
-// oaiModel resolves the request model with OpenAI-shaped errors.
-func (s *Server) oaiModel(w http.ResponseWriter, name string, chat bool) (Model, bool) {
+// oaiModel resolves the request model with OpenAI-shaped errors; capability is the
+// handler's ("chat", "generate" for /v1/completions, "" for embeddings).
+func (s *Server) oaiModel(w http.ResponseWriter, name, capability string) (Model, bool) {
 	lookup := name
-	if chat {
+	if capability != "" {
 		lookup = s.resolveAlias(name) // Ollama's chat and generate read aliases, its embed not
 	}
 	m, ok := s.findModel(lookup)
 	// These are the handler's refusals, which Ollama's OpenAI layer passes on as an
-	// api_error whatever their status.
+	// api_error whatever their status; a name Ollama cannot parse is as in modelFor.
+	unparsed := strings.TrimSpace(name) == "" || capability != "" && !ollama.ValidModelName(name)
 	switch {
-	case strings.TrimSpace(name) == "":
+	case unparsed && capability == "generate":
+		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", fmt.Sprintf("model '%s' not found", name))
+	case unparsed:
 		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", "model is required")
 	case !ok:
 		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", notFound(name))
-	case chat && m.Embedding:
-		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", fmt.Sprintf("%q does not support chat", name))
+	case capability != "" && m.Embedding:
+		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", fmt.Sprintf("%q does not support %s", name, capability))
 	default:
 		return m, true
 	}
@@ -116,7 +123,16 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 		writeOAIError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	m, ok := s.oaiModel(w, req.Model, true)
+	capability := "generate"
+	if chat {
+		capability = "chat"
+		if len(req.Messages) == 0 {
+			// Ollama's ChatMiddleware, before its handler looks at the model.
+			writeResponsesBadRequest(w, "[] is too short - 'messages'")
+			return
+		}
+	}
+	m, ok := s.oaiModel(w, req.Model, capability)
 	if !ok {
 		return
 	}
@@ -204,21 +220,32 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 
 func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
 	var req struct {
-		Model string          `json:"model"`
-		Input json.RawMessage `json:"input"`
+		Model          string          `json:"model"`
+		Input          json.RawMessage `json:"input"`
+		EncodingFormat string          `json:"encoding_format"`
 	}
 	if err := decodeBody(body, &req); err != nil {
 		writeOAIError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	m, ok := s.oaiModel(w, req.Model, false)
+	// Ollama's EmbeddingsMiddleware checks encoding_format, then that there is an input
+	// ("" is taken as [""]), before its handler reads the model.
+	if f := req.EncodingFormat; f != "" && !strings.EqualFold(f, "float") && !strings.EqualFold(f, "base64") {
+		writeResponsesBadRequest(w, fmt.Sprintf("Invalid value for 'encoding_format' = %s. Supported values: ['float', 'base64'].", f))
+		return
+	}
+	if in := bytes.TrimSpace(req.Input); len(in) == 0 || bytes.Equal(in, []byte("null")) || emptyArray(in) {
+		writeResponsesBadRequest(w, "invalid input")
+		return
+	}
+	m, ok := s.oaiModel(w, req.Model, "")
 	if !ok {
 		return
 	}
 	defer s.enter(true)()
 	inputs, ok := embedInputs(req.Input)
 	if !ok {
-		writeOAIError(w, http.StatusBadRequest, "invalid input type")
+		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", "invalid input type") // the handler's
 		return
 	}
 	type datum struct {
@@ -265,4 +292,10 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request, _ []b
 		return
 	}
 	writeJSON(w, http.StatusOK, s.oaiEntry(m), f)
+}
+
+// emptyArray reports whether raw is a JSON array without elements.
+func emptyArray(raw []byte) bool {
+	var list []json.RawMessage
+	return json.Unmarshal(raw, &list) == nil && list != nil && len(list) == 0
 }

@@ -62,15 +62,24 @@ func streamHeaders(w http.ResponseWriter) {
 }
 
 // streamedCompat reports whether body asks /v1/responses or /v1/messages for a stream,
-// as their middleware reads it: the call whose chat errors carry streamHeaders.
+// as their middleware reads it: the call whose chat errors carry streamHeaders. That
+// reads the first JSON value, as gin binds it (what follows is ignored), into the
+// route's type: a bool on /v1/messages, which a later "stream":null leaves as it was, a
+// *bool on /v1/responses, which it clears.
 func streamedCompat(path string, body []byte) bool {
-	if path != "/v1/responses" && path != "/v1/messages" {
-		return false
+	switch path {
+	case "/v1/messages":
+		var req struct {
+			Stream bool `json:"stream"`
+		}
+		return decodeBody(body, &req) == nil && req.Stream
+	case "/v1/responses":
+		var req struct {
+			Stream *bool `json:"stream"`
+		}
+		return decodeBody(body, &req) == nil && req.Stream != nil && *req.Stream
 	}
-	var req struct {
-		Stream *bool `json:"stream"`
-	}
-	return json.Unmarshal(body, &req) == nil && req.Stream != nil && *req.Stream
+	return false
 }
 
 // chatModel resolves the model of a compatibility route as Ollama's chat handler does,

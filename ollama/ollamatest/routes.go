@@ -336,10 +336,16 @@ func openAIStreamError(msg string) any {
 	return map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}}
 }
 
-// modelName gets the served model from the request, with Ollama's error replies.
+// modelFor gets the served model from the request, with Ollama's error replies. A name
+// Ollama cannot parse (blank too) is its generate handler's 404 "model '<name>' not
+// found" and any other handler's 400 "model is required" (v0.17.4 server/routes.go).
 func (s *Server) modelFor(w http.ResponseWriter, name, capability string) (Model, bool) {
-	if strings.TrimSpace(name) == "" {
-		writeError(w, http.StatusBadRequest, "model is required")
+	if strings.TrimSpace(name) == "" || (capability == "chat" || capability == "generate") && !ollama.ValidModelName(name) {
+		if capability == "generate" {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", name))
+		} else {
+			writeError(w, http.StatusBadRequest, "model is required")
+		}
 		return Model{}, false
 	}
 	lookup := name

@@ -405,7 +405,7 @@ func TestOpenAIAndMetadataRoutes(t *testing.T) {
 		{"POST", "/api/show", `{"model":"tiny-a"}`, 200, `"general.architecture":"llama"`},
 		{"POST", "/api/show", `{"name":"tiny-embed"}`, 200, `"capabilities":["embedding"]`},
 		{"POST", "/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}]}`, 200, `"object":"chat.completion","created":`},
-		{"POST", "/v1/chat/completions", `{"model":"nope","messages":[]}`, 404, `"message":"model \"nope\" not found, try pulling it first"`},
+		{"POST", "/v1/chat/completions", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`, 404, `"message":"model \"nope\" not found, try pulling it first"`},
 		{"POST", "/v1/completions", `{"model":"tiny-a","prompt":"x"}`, 200, `"object":"text_completion"`},
 		{"POST", "/v1/embeddings", `{"model":"tiny-embed","input":["a","b"]}`, 200, `"index":1`},
 		{"GET", "/v1/models", "", 200, `"id":"tiny-embed:latest"`},

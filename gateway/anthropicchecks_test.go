@@ -1,0 +1,51 @@
+package gateway
+
+import (
+	"net/http"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// Ollama's Anthropic layer (v0.17.4 AnthropicMessagesMiddleware) refuses a body without
+// a model, then one without a positive max_tokens, then one without messages, before its
+// chat handler looks at anything: foreman refuses the same in that order, as Ollama
+// words and frames them (no newline after the object), without queueing a job that could
+// only fail. Measured against the real Ollama.
+func TestMessagesChecksBeforeQueueing(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	const gin = "application/json; charset=utf-8"
+	ant := func(msg string) string {
+		return `{"type":"error","error":{"type":"invalid_request_error","message":"` + msg + `"},"request_id":"req_ID"}`
+	}
+	reqID := regexp.MustCompile(`"req_[0-9a-f]{24}"`)
+	for _, c := range []struct{ body, want string }{
+		{`{"max_tokens":0,"messages":[]}`, ant("model is required")},
+		{`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`, ant("max_tokens is required and must be positive")},
+		{`{"model":"tiny-a","max_tokens":0,"messages":[{"role":"user","content":"hi"}]}`, ant("max_tokens is required and must be positive")},
+		{`{"model":"tiny-a","max_tokens":-1,"messages":[]}`, ant("max_tokens is required and must be positive")},
+		{`{"model":"tiny-a","max_tokens":null,"messages":[{"role":"user","content":"hi"}]}`, ant("max_tokens is required and must be positive")},
+		{`{"model":"ghost","max_tokens":0,"messages":[{"role":"user","content":"hi"}]}`, ant("max_tokens is required and must be positive")},
+		{`{"model":"tiny-a","max_tokens":4,"messages":[]}`, ant("messages is required")},
+		{`{"model":"tiny-a","max_tokens":4}`, ant("messages is required")},
+		{`{"model":"tiny-a","max_tokens":4,"messages":null}`, ant("messages is required")},
+		{`{"model":"ghost","max_tokens":4,"messages":[ ]}`, ant("messages is required")},
+		{`{"model":"tiny-a","max_tokens":4,"stream":true,"messages":[]} x`, ant("messages is required")},
+	} {
+		got := post(t, ctx, b.URL, "/v1/messages", []byte(c.body))
+		body := reqID.ReplaceAllString(string(got.Body), `"req_ID"`)
+		if got.Status != http.StatusBadRequest || got.CType != gin || body != c.want {
+			t.Errorf("%s: %d %q %q\nwant 400 %q %q", c.body, got.Status, got.CType, body, gin, c.want)
+		}
+	}
+	for _, call := range b.Fake.Calls() {
+		if call.Method == http.MethodPost && call.Path != "/api/show" {
+			t.Errorf("a refused request reached the target: %s %s", call.Path, call.Body)
+		}
+	}
+	if n, _ := b.Broker.Store.QueueLen(ctx); n != 0 {
+		t.Errorf("refused bodies queued %d jobs", n)
+	}
+}

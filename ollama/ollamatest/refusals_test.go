@@ -1,0 +1,94 @@
+package ollamatest_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// The fake refuses what Ollama 0.17.4 refuses, in its order, status, media type and
+// words: each body below was measured against the real one (TestCompatShapesMatchRealOllama
+// sends several of them to both).
+func TestRefusalsMatchOllama(t *testing.T) {
+	t.Parallel()
+	s := ollamatest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const gin, enc = "application/json; charset=utf-8", "application/json"
+	oai := func(typ, msg string) string {
+		return `{"error":{"message":` + mustJSON(msg) + `,"type":"` + typ + `","param":null,"code":null}}`
+	}
+	tooShort := oai("invalid_request_error", "[] is too short - 'messages'")
+	badFormat := oai("invalid_request_error", "Invalid value for 'encoding_format' = bad. Supported values: ['float', 'base64'].")
+	for _, tt := range []struct {
+		path, body string
+		code       int
+		ctype      string
+		want       string
+	}{
+		// The generate handler answers a name it cannot parse, blank too, 404; the chat
+		// handler 400 "model is required".
+		{"/api/generate", `{"prompt":"hi"}`, 404, gin, `{"error":"model '' not found"}`},
+		{"/api/generate", `{"model":"","prompt":"hi"}`, 404, gin, `{"error":"model '' not found"}`},
+		{"/api/generate", `{"model":"  "}`, 404, gin, `{"error":"model '  ' not found"}`},
+		{"/api/generate", `{"model":"bad name!","prompt":"hi"}`, 404, gin, `{"error":"model 'bad name!' not found"}`},
+		{"/api/generate", "null x", 404, gin, `{"error":"model '' not found"}`},
+		{"/api/chat", `{"model":"","messages":[]}`, 400, gin, `{"error":"model is required"}`},
+		{"/api/chat", `{"model":"bad name!","messages":[]}`, 400, gin, `{"error":"model is required"}`},
+		{"/v1/completions", `{"prompt":"x"}`, 404, enc, oai("api_error", "model '' not found") + "\n"},
+		{"/v1/completions", `{"model":"bad name!","prompt":"x"}`, 404, enc, oai("api_error", "model 'bad name!' not found") + "\n"},
+		{"/v1/completions", `{"model":"tiny-embed","prompt":"x"}`, 400, enc, oai("api_error", `"tiny-embed" does not support generate`) + "\n"},
+		{"/v1/chat/completions", `{"model":"bad name!","messages":[{"role":"user","content":"x"}]}`, 400, enc, oai("api_error", "model is required") + "\n"},
+		// The OpenAI chat layer refuses no messages before anything else.
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[]}`, 400, gin, tooShort},
+		{"/v1/chat/completions", `{"model":"tiny-a"}`, 400, gin, tooShort},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":null}`, 400, gin, tooShort},
+		{"/v1/chat/completions", `{"messages":[]}`, 400, gin, tooShort},
+		{"/v1/chat/completions", `null`, 400, gin, tooShort},
+		// The OpenAI embeddings layer checks encoding_format, then the input, then its
+		// handler the model.
+		{"/v1/embeddings", `{"model":"tiny-embed","input":"x","encoding_format":"bad"}`, 400, gin, badFormat},
+		{"/v1/embeddings", `{"input":"x","encoding_format":"bad"}`, 400, gin, badFormat},
+		{"/v1/embeddings", `{"encoding_format":"bad"}`, 400, gin, badFormat},
+		{"/v1/embeddings", `{"model":"tiny-embed"}`, 400, gin, oai("invalid_request_error", "invalid input")},
+		{"/v1/embeddings", `{"model":"tiny-embed","input":[]}`, 400, gin, oai("invalid_request_error", "invalid input")},
+		{"/v1/embeddings", `{"model":"tiny-embed","input":5}`, 400, enc, oai("api_error", "invalid input type") + "\n"},
+	} {
+		a := mustPost(t, ctx, s.URL, tt.path, tt.body)
+		if a.code != tt.code || a.header.Get("Content-Type") != tt.ctype || a.body != tt.want {
+			t.Errorf("%s %s: %d %q %q\nwant %d %q %q", tt.path, tt.body, a.code, a.header.Get("Content-Type"), a.body, tt.code, tt.ctype, tt.want)
+		}
+	}
+}
+
+// An injected FailStatus on /v1/responses and /v1/messages carries the stream headers
+// when the body asks for a stream as Ollama's middleware reads it: the first JSON value
+// (what follows it ignored), "stream" a bool on /v1/messages (a later null leaves it
+// true) and a *bool on /v1/responses (a later null clears it).
+func TestFailStatusStreamHeadersReadAsOllama(t *testing.T) {
+	t.Parallel()
+	s := ollamatest.New(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const msg = `"model":"tiny-a","max_tokens":4,"messages":[{"role":"user","content":"hi"}]`
+	for _, tt := range []struct {
+		path, body string
+		streamed   bool
+	}{
+		{"/v1/messages", `{` + msg + `,"stream":true}`, true},
+		{"/v1/messages", `{` + msg + `,"stream":true} x`, true},
+		{"/v1/messages", `{` + msg + `,"stream":true}{"stream":false}`, true},
+		{"/v1/messages", `{` + msg + `,"stream":true,"stream":null}`, true},
+		{"/v1/messages", `{` + msg + `}`, false},
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","stream":true} x`, true},
+		{"/v1/responses", `{"model":"tiny-a","input":"hi","stream":true,"stream":null}`, false},
+	} {
+		s.FailNext(1, ollamatest.FailStatus(503, "server busy"))
+		a := mustPost(t, ctx, s.URL, tt.path, tt.body)
+		if got := a.header.Get("Cache-Control") == "no-cache"; a.code != 503 || got != tt.streamed {
+			t.Errorf("%s %s: %d, stream headers %v, want %v", tt.path, tt.body, a.code, got, tt.streamed)
+		}
+	}
+}
