@@ -165,6 +165,9 @@ func (w *Worker) expireJob(ctx context.Context, id string, ttl time.Duration) (*
 		if err := fromWaiting(j); err != nil && !(first && dead) {
 			return err
 		}
+		if j.State == broker.StateRetrying && w.isParked(j.ID) {
+			return errNotWaiting // kept since the look began (ADR-0123)
+		}
 		first = false
 		j.State = broker.StateFailed
 		j.Error = broker.ExpiredError(ttl, j.Attempt)

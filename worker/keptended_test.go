@@ -184,3 +184,48 @@ func TestAKeptRetryIsNotExpiredWhileKept(t *testing.T) {
 		t.Errorf("kept retry ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
 	}
 }
+
+// A retry kept for a full queue is not ended "expired" at its due either, while the
+// worker takes its kept delivery up again (the due's requeue, under way): the delivery
+// was out of the kept list then, its record retrying, and an expiry look that met it so
+// ended it failed, as it ended the job waiting beside it. Here the due's requeue waits
+// until such a look has ended that other job (w, of a model no Mac here runs, queued
+// after j: j's message is the older), so the look certainly met j.
+func TestAKeptRetryIsNotExpiredAtItsDue(t *testing.T) {
+	t.Parallel()
+	const ttl = 12 * time.Second // StaleAge 9 s, an expiry look every 1.5 s
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
+		c.JobTTL, c.AckWait, c.MaxQueue, c.MaxAttempts = ttl, 3*time.Second, 2, 3
+	}))
+	inv := tb.polledInventory(t)
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.chat(t, "tiny-z", 0)                  // waits, fills the queue, and expires
+	tb.fake.FailNext(1, ollamatest.DropMidStream) // j's first attempt, a retry
+	wEnded := make(chan struct{})
+	var requeues atomic.Int32
+	cfg := worker.Config{Inventory: inv, RetryDelay: time.Second,
+		Runs: func(_ context.Context, model string) bool { return inv.HasModel(model) }}
+	// Its retry is requeued, not NAKed (as one whose message may reach the TTL first),
+	// and the full queue refuses that: kept.
+	cfg = worker.WithOutlivesQueue(cfg, func(id string) bool { return id == j.ID })
+	cfg = worker.WithRequeueFault(cfg, func(id string) error {
+		if id == j.ID && requeues.Add(1) == 2 { // the first is refused for the full queue: kept
+			select {
+			case <-wEnded:
+			case <-time.After(30 * time.Second):
+			}
+		}
+		return nil
+	})
+	tb.start(t, cfg)
+	if got := tb.waitEnded(t, w.ID); got.State != broker.StateFailed {
+		t.Fatalf("the job no Mac runs ended %s (%s), want failed, expired", got.State, got.Error)
+	}
+	close(wEnded)
+	if n := requeues.Load(); n < 2 {
+		t.Fatalf("%d requeues of the kept retry before the expiry look, want its due's under way", n)
+	}
+	if got := tb.waitEnded(t, j.ID); got.State != broker.StateDone || got.Attempt != 2 {
+		t.Errorf("kept retry ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
+	}
+}

@@ -56,17 +56,29 @@ func (w *Worker) keepParked(p parkedLease, delay time.Duration, log *slog.Logger
 	return true
 }
 
-// dueParked takes the first parked delivery due at now, if any.
+// dueParked takes the first parked delivery due at now, if any. It is still kept
+// (takenUp, isParked) until runParked keeps it again or hands it to handle: its record
+// says retrying while its due's requeue is under way, and the expiry must not take it
+// for a job waiting in the queue (ADR-0123).
 func (w *Worker) dueParked(now time.Time) (parkedLease, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for i, p := range w.parked {
 		if !p.due.After(now) {
 			w.parked = append(w.parked[:i:i], w.parked[i+1:]...)
+			w.takenUp = p.d.JobID
 			return p, true
 		}
 	}
 	return parkedLease{}, false
+}
+
+// takenUpDone ends dueParked's takenUp: the delivery is kept again (parked), settled, or
+// about to be handled as a fresh delivery.
+func (w *Worker) takenUpDone() {
+	w.mu.Lock()
+	w.takenUp = ""
+	w.mu.Unlock()
 }
 
 // runParked takes a parked delivery up again: requeued when the queue has room now (its
@@ -82,6 +94,7 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 		defer func() { hook(p.d.JobID, w.isParked(p.d.JobID)) }()
 	}
 	defer p.release() // after handle took its own hold of the keeper
+	defer w.takenUpDone()
 	log := w.log.With("job_id", p.d.JobID, "model", p.d.Model)
 	bctx, cancel := w.storeCtx(ctx)
 	err := w.requeue(bctx, p.d)
@@ -114,6 +127,9 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 	if !errors.Is(err, broker.ErrQueueFull) {
 		log.Warn("requeue a kept last delivery; it runs from it", "err", err)
 	}
+	// Handled as a delivery fresh from its consumer: its record is then judged as any
+	// fetched job's.
+	w.takenUpDone()
 	w.handle(ctx, p.d, nil, nil)
 }
 
@@ -121,6 +137,9 @@ func (w *Worker) runParked(ctx context.Context, p parkedLease) {
 func (w *Worker) isParked(id string) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.takenUp == id {
+		return true
+	}
 	for _, p := range w.parked {
 		if p.d.JobID == id {
 			return true

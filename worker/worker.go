@@ -51,10 +51,13 @@ type Worker struct {
 	abort    context.CancelCauseFunc // aborts the running job; nil when idle
 	retries  []time.Time             // ends of the retry back-offs we caused
 	parked   []parkedLease           // last deliveries kept for a full queue (park.go)
-	unparked bool                    // the parked deliveries were handed back (unparkAll)
-	held     map[string]heldOff      // jobs left to another Mac, by id (elsewhere.go)
-	current  string                  // runner (model and load options) of the job run last
-	consec   int                     // jobs of current in a row
+	// takenUp is the job of the parked delivery whose due runParked deals with, until
+	// it is kept again or handled: kept still, though out of parked (isParked).
+	takenUp  string
+	unparked bool               // the parked deliveries were handed back (unparkAll)
+	held     map[string]heldOff // jobs left to another Mac, by id (elsewhere.go)
+	current  string             // runner (model and load options) of the job run last
+	consec   int                // jobs of current in a row
 	// currentClass is the class of the job run last: current's streak is that class's.
 	currentClass broker.Priority
 	lastEnd      time.Time // when the last job run against the target ended
