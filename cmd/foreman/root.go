@@ -82,10 +82,13 @@ func exitCode(cmd *cobra.Command, sig os.Signal) int {
 
 // interrupts is base, ended by the first SIGINT or SIGTERM, and a channel closed by the
 // second: an operator who stops foreman and then, seeing the shutdown wait for a
-// running job, presses Ctrl-C again means "now". A third is no longer caught: it ends
-// the process at once, as Go does by default, should the shutdown cut short hang all the
-// same (a store's disk that stalls). caught is the signal that ended ctx, nil before
-// one; stop ends the watch.
+// running job, presses Ctrl-C again means "now". A third ends the process at once,
+// should the shutdown cut short hang all the same (a store's disk that stalls): exit
+// status 128 + the signal's number, as a shell shows a command its signal killed. It is
+// ended so rather than by letting the signal's default action go: a foreman started
+// with SIGINT ignored (a script's `foreman serve &`) catches the first two all the same
+// (Notify undoes the ignore), and Go would give the ignore back, so the third did
+// nothing. caught is the signal that ended ctx, nil before one; stop ends the watch.
 func interrupts(base context.Context) (context.Context, <-chan struct{}, func() os.Signal, func()) {
 	ctx, cancel := context.WithCancel(base)
 	sigs := make(chan os.Signal, 2)
@@ -107,7 +110,14 @@ func interrupts(base context.Context) (context.Context, <-chan struct{}, func() 
 		cancel()
 	}
 	go func() {
-		for _, step := range []func(os.Signal){end, func(os.Signal) { signal.Stop(sigs); close(now) }} {
+		third := func(sig os.Signal) {
+			code := 1
+			if s, ok := sig.(syscall.Signal); ok {
+				code = 128 + int(s)
+			}
+			os.Exit(code)
+		}
+		for _, step := range []func(os.Signal){end, func(os.Signal) { close(now) }, third} {
 			select {
 			case sig := <-sigs:
 				step(sig)

@@ -63,11 +63,57 @@ func TestThirdStopEndsTheProcess(t *testing.T) {
 		t.Fatal("the child still runs a minute after its third SIGINT")
 	}
 	var ee *exec.ExitError
-	if !errors.As(child.err, &ee) {
-		t.Fatalf("child: %v, want it ended by SIGINT", child.err)
+	if !errors.As(child.err, &ee) || ee.ExitCode() != 128+int(syscall.SIGINT) {
+		t.Fatalf("child: %v, want it ended with status 130, as by SIGINT", child.err)
 	}
-	if ws, ok := ee.Sys().(syscall.WaitStatus); !ok || !ws.Signaled() || ws.Signal() != syscall.SIGINT {
-		t.Fatalf("child: %v, want it ended by SIGINT", child.err)
+}
+
+// A foreman started with SIGINT ignored (a script's `foreman serve &`) catches the
+// first two all the same, and is ended by the third too: letting the signal's default
+// action go would have given it back its ignore.
+func TestThirdStopEndsAProcessStartedWithSIGINTIgnored(t *testing.T) {
+	t.Parallel()
+	sh, err := exec.LookPath("sh")
+	if err != nil {
+		t.Skip("no sh to start the child with SIGINT ignored:", err)
+	}
+	// trap "" INT ignores SIGINT, and an ignored signal stays ignored across exec.
+	cmd := exec.Command(sh, "-c", `trap "" INT; exec "$0" "$@"`, os.Args[0], "-test.run=^TestThirdStopEndsTheProcess$")
+	cmd.Env = append(os.Environ(), "FOREMAN_TEST_INTERRUPTS_CHILD=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	child := reapChild(t, cmd)
+	lines := bufio.NewScanner(stdout)
+	for _, step := range []string{"watching", "stopping", "stopping now"} {
+		said := false
+		for !said && lines.Scan() {
+			said = lines.Text() == step
+		}
+		if !said {
+			t.Fatalf("the child never said %q: %v", step, lines.Err())
+		}
+		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-child.exited:
+	case <-time.After(time.Minute): // a bound only: the third signal ends it at once
+		t.Fatal("the child started with SIGINT ignored still runs a minute after its third SIGINT")
+	}
+	var ee *exec.ExitError
+	if !errors.As(child.err, &ee) || ee.ExitCode() != 128+int(syscall.SIGINT) {
+		t.Fatalf("child: %v, want it ended with status 130, as by SIGINT", child.err)
 	}
 }
 
