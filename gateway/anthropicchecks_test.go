@@ -49,3 +49,17 @@ func TestMessagesChecksBeforeQueueing(t *testing.T) {
 		t.Errorf("refused bodies queued %d jobs", n)
 	}
 }
+
+// Ollama decodes max_tokens into an int, which a null after a value leaves as it was
+// (encoding/json): the Anthropic layer sees the value and runs the call. foreman runs it
+// too. Measured against the real Ollama (200 with a 3-token answer).
+func TestMessagesMaxTokensNullAfterAValue(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	body := `{"model":"tiny-a","max_tokens":3,"max_tokens":null,"messages":[{"role":"user","content":"hi"}]}`
+	got := post(t, ctx, b.URL, "/v1/messages", []byte(body))
+	if got.Status != http.StatusOK {
+		t.Fatalf("%s: %d %s, want 200 as Ollama answers", body, got.Status, got.Body)
+	}
+}

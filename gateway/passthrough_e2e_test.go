@@ -143,6 +143,7 @@ func TestE2EPassThroughMatchesOllama(t *testing.T) {
 			{"/api/generate", `null x`},
 			{"/api/generate", `{"model":"ghost","top_logprobs":21}`},
 			{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":-1}`},
+			{"/api/generate", `{"model":"ghost","top_logprobs":21,"top_logprobs":null}`},
 			{"/api/chat", `{}`},
 			{"/api/chat", `null x`},
 			{"/api/chat", `{"model":"bad name!","messages":[]}`},

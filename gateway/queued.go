@@ -95,12 +95,13 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		Text         json.RawMessage `json:"text"`
 		Input        nonEmpty        `json:"input"`
 		Instructions nonEmpty        `json:"instructions"`
-		// TopLogprobs is the native and OpenAI chat routes', Logprobs /v1/completions'
-		// (kept raw: a value of another type is the target's 400, in its words).
-		TopLogprobs json.RawMessage `json:"top_logprobs"`
+		// TopLogprobs is the native and OpenAI chat routes' int, Logprobs /v1/completions'
+		// *int (kept raw: a null drops it, as it drops Ollama's pointer; a value of
+		// another type is the target's 400, in its words).
+		TopLogprobs intMember       `json:"top_logprobs"`
 		Logprobs    json.RawMessage `json:"logprobs"`
-		// MaxTokens is /v1/messages' (kept raw as TopLogprobs).
-		MaxTokens json.RawMessage `json:"max_tokens"`
+		// MaxTokens is /v1/messages' int.
+		MaxTokens intMember `json:"max_tokens"`
 	}
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
@@ -117,11 +118,10 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if kind == broker.KindAnthropicMessages {
 		// Ollama's Anthropic layer checks for a model, a positive max_tokens and messages
 		// itself, in that order, before its handler (v0.17.4 AnthropicMessagesMiddleware).
-		var maxTokens int
 		switch {
 		case req.Model == "":
 			return inference{body: read}, badRequest("model is required")
-		case json.Unmarshal(req.MaxTokens, &maxTokens) == nil && maxTokens <= 0, len(req.MaxTokens) == 0:
+		case !req.MaxTokens.bad && req.MaxTokens.n <= 0:
 			// Absent or null is 0; a value of another type is the target's 400.
 			return inference{body: read}, badRequest("max_tokens is required and must be positive")
 		case req.Messages.none():
@@ -167,24 +167,42 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 // the native routes and /v1/chat/completions its top_logprobs, on /v1/completions its
 // logprobs when positive (the top_logprobs its OpenAI layer passes on). The other routes
 // pass none on.
-func checkTopLogprobs(kind broker.Kind, topLogprobs, logprobs json.RawMessage) error {
-	raw := topLogprobs
+func checkTopLogprobs(kind broker.Kind, topLogprobs intMember, logprobs json.RawMessage) error {
+	var n int
 	switch kind {
 	case broker.KindChat, broker.KindGenerate, broker.KindOpenAIChat:
+		if topLogprobs.bad {
+			return nil
+		}
+		n = topLogprobs.n
 	case broker.KindOpenAICompletion:
-		raw = logprobs
+		if len(logprobs) == 0 || json.Unmarshal(logprobs, &n) != nil || n <= 0 {
+			return nil
+		}
 	default:
-		return nil
-	}
-	var n int
-	if len(raw) == 0 || json.Unmarshal(raw, &n) != nil {
-		return nil
-	}
-	if kind == broker.KindOpenAICompletion && n <= 0 {
 		return nil
 	}
 	if n < 0 || n > 20 {
 		return handlerRefusal("top_logprobs must be between 0 and 20")
+	}
+	return nil
+}
+
+// intMember is an int member of a body as Ollama's encoding/json reads it into an int
+// field: a null leaves the value before it as it was (`"max_tokens":3,"max_tokens":null`
+// is 3), absent is 0. bad says a value was no int: Ollama's decoder refuses the body, in
+// its words, which the target gives.
+type intMember struct {
+	n   int
+	bad bool
+}
+
+func (m *intMember) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		return nil
+	}
+	if json.Unmarshal(b, &m.n) != nil {
+		m.bad = true
 	}
 	return nil
 }

@@ -31,6 +31,9 @@ func TestTopLogprobsRefusedBeforeTheModel(t *testing.T) {
 		{"/v1/chat/completions", `{"model":"ghost","messages":[{"role":"user","content":"x"}],"top_logprobs":50}`, oai},
 		{"/v1/chat/completions", `{"model":"","messages":[{"role":"user","content":"x"}],"top_logprobs":50}`, oai},
 		{"/v1/completions", `{"model":"ghost","prompt":"x","logprobs":50}`, oai},
+		// A null after a value leaves Ollama's int as it was (encoding/json).
+		{"/api/generate", `{"model":"ghost","top_logprobs":21,"top_logprobs":null}`, native},
+		{"/v1/chat/completions", `{"model":"ghost","messages":[{"role":"user","content":"x"}],"top_logprobs":21,"top_logprobs":null}`, oai},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))
 		if got.Status != http.StatusBadRequest || string(got.Body) != c.want || (c.want == native && got.CType != gin) {
@@ -42,6 +45,9 @@ func TestTopLogprobsRefusedBeforeTheModel(t *testing.T) {
 		{"/api/generate", `{"model":"ghost","top_logprobs":20}`},
 		{"/api/chat", `{"model":"ghost","top_logprobs":0,"messages":[]}`},
 		{"/v1/completions", `{"model":"ghost","prompt":"x","logprobs":-5}`},
+		// /v1/completions' logprobs is a pointer: a null after a value drops it.
+		{"/v1/completions", `{"model":"ghost","prompt":"x","logprobs":50,"logprobs":null}`},
+		{"/api/generate", `{"model":"ghost","top_logprobs":21,"top_logprobs":5}`},
 		{"/v1/responses", `{"model":"ghost","input":"x","top_logprobs":50}`},
 	} {
 		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusNotFound {

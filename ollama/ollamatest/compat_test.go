@@ -462,6 +462,12 @@ func TestCompatShapesMatchRealOllama(t *testing.T) {
 		{"/v1/embeddings", `{"model":"tiny-embed"}`},
 		{"/v1/embeddings", `{"model":"tiny-embed","input":[]}`},
 		{"/v1/embeddings", `{"model":"tiny-embed","input":5}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":21}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":21,"top_logprobs":null}`},
+		{"/api/chat", `{"messages":[],"top_logprobs":-1}`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}`},
+		{"/v1/completions", `{"model":"tiny-embed","prompt":"x","logprobs":21}`},
+		{"/v1/completions", `{"model":"tiny-embed","prompt":"x","logprobs":21,"logprobs":null}`},
 	} {
 		want := compatAnswerShape(t, mustPost(t, ctx, real, tt.path, tt.body))
 		got := compatAnswerShape(t, mustPost(t, ctx, s.URL, tt.path, tt.body))

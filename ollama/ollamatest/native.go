@@ -74,10 +74,24 @@ func metrics(load time.Duration, promptTokens, evalTokens int) ollama.Metrics {
 	}
 }
 
+// topLogprobsInRange refuses a top_logprobs outside 0..20 as Ollama's chat and generate
+// handlers do, first of all (v0.17.4 server/routes.go), before the model is read; errw
+// writes the refusal in the route's shape.
+func topLogprobsInRange(w http.ResponseWriter, n int, errw func(http.ResponseWriter, int, string)) bool {
+	if n < 0 || n > 20 {
+		errw(w, http.StatusBadRequest, "top_logprobs must be between 0 and 20")
+		return false
+	}
+	return true
+}
+
 func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte, f *Failure) {
 	var req ollama.ChatRequest
 	if err := decodeBody(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !topLogprobsInRange(w, req.TopLogprobs, writeError) {
 		return
 	}
 	m, ok := s.modelFor(w, req.Model, "chat")
@@ -136,6 +150,9 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 	var req ollama.GenerateRequest
 	if err := decodeBody(body, &req); err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	if !topLogprobsInRange(w, req.TopLogprobs, writeError) {
 		return
 	}
 	m, ok := s.modelFor(w, req.Model, "generate")

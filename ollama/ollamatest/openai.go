@@ -132,6 +132,30 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 			return
 		}
 	}
+	// The handler's range check, on what the OpenAI layer passes on: the chat's
+	// top_logprobs (an int), the completion's logprobs (an *int) when positive. A member
+	// of another type is no concern of this check.
+	var top int
+	if chat {
+		var lp struct {
+			TopLogprobs int `json:"top_logprobs"`
+		}
+		if decodeBody(body, &lp) == nil {
+			top = lp.TopLogprobs
+		}
+	} else {
+		var lp struct {
+			Logprobs *int `json:"logprobs"`
+		}
+		if decodeBody(body, &lp) == nil && lp.Logprobs != nil && *lp.Logprobs > 0 {
+			top = *lp.Logprobs
+		}
+	}
+	if !topLogprobsInRange(w, top, func(w http.ResponseWriter, code int, msg string) {
+		writeOAIErrorTyped(w, code, "api_error", msg)
+	}) {
+		return
+	}
 	m, ok := s.oaiModel(w, req.Model, capability)
 	if !ok {
 		return

@@ -21,6 +21,7 @@ func TestRefusalsMatchOllama(t *testing.T) {
 		return `{"error":{"message":` + mustJSON(msg) + `,"type":"` + typ + `","param":null,"code":null}}`
 	}
 	tooShort := oai("invalid_request_error", "[] is too short - 'messages'")
+	const topLogprobs = `{"error":"top_logprobs must be between 0 and 20"}`
 	badFormat := oai("invalid_request_error", "Invalid value for 'encoding_format' = bad. Supported values: ['float', 'base64'].")
 	for _, tt := range []struct {
 		path, body string
@@ -55,6 +56,19 @@ func TestRefusalsMatchOllama(t *testing.T) {
 		{"/v1/embeddings", `{"model":"tiny-embed"}`, 400, gin, oai("invalid_request_error", "invalid input")},
 		{"/v1/embeddings", `{"model":"tiny-embed","input":[]}`, 400, gin, oai("invalid_request_error", "invalid input")},
 		{"/v1/embeddings", `{"model":"tiny-embed","input":5}`, 400, enc, oai("api_error", "invalid input type") + "\n"},
+		// The chat and generate handlers refuse a top_logprobs outside 0..20 first of all
+		// (a null after a value leaves their int as it was); the OpenAI layers pass on
+		// /v1/chat/completions' top_logprobs, after their messages check, and
+		// /v1/completions' logprobs when positive.
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":21}`, 400, gin, topLogprobs},
+		{"/api/generate", `{"model":"bad name!","prompt":"x","top_logprobs":-1}`, 400, gin, topLogprobs},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":21,"top_logprobs":null}`, 400, gin, topLogprobs},
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"top_logprobs":21}`, 400, gin, topLogprobs},
+		{"/api/chat", `{"messages":[],"top_logprobs":21}`, 400, gin, topLogprobs},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"top_logprobs":21}`, 400, enc, oai("api_error", "top_logprobs must be between 0 and 20") + "\n"},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[],"top_logprobs":21}`, 400, gin, tooShort},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"logprobs":true,"top_logprobs":21}`, 400, enc, oai("api_error", "top_logprobs must be between 0 and 20") + "\n"},
+		{"/v1/completions", `{"model":"tiny-embed","prompt":"x","logprobs":21}`, 400, enc, oai("api_error", "top_logprobs must be between 0 and 20") + "\n"},
 	} {
 		a := mustPost(t, ctx, s.URL, tt.path, tt.body)
 		if a.code != tt.code || a.header.Get("Content-Type") != tt.ctype || a.body != tt.want {
