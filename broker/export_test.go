@@ -273,3 +273,7 @@ func (m ackFailMsg) DoubleAck(ctx context.Context) error { return m.err }
 // ReadQueueUnbatched has the store's queue reads ask what a server before 2.11 reads of
 // them: no batch, one message a request.
 func (s *Store) ReadQueueUnbatched() { s.unbatchedGets = true }
+
+// NoteServerTime takes ts as a new reading of the NATS server's clock, as a stream info
+// answer's time is taken.
+func (s *Store) NoteServerTime(ts time.Time) { s.noteServerTime(ts) }

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	cryptorand "crypto/rand"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -356,8 +357,46 @@ func NewID() string { return ulid.Make().String() }
 // (ADR-0025), and an idempotent retry takes a job's age from its id (Resubmit): an id
 // on a host clock minutes ahead of the server's had its job left off every page, and one
 // stepped back sorted new jobs below older ones.
+//
+// Ids made one after the other sort in that order: ServerNow steps back a little at
+// each new reading of the server's clock (the answer's transit), which put an id made
+// after another in the millisecond before it, or in the same one with a random part
+// drawn afresh (a monotonic entropy draws afresh at every new millisecond), and a page
+// of GET /jobs listed the two out of their order. A step back of up to idStepBack keeps
+// the last id's millisecond, counting on within it; a longer one (the server's clock
+// set back) is taken as it is.
 func (s *Store) NewID() string {
-	return ulid.MustNew(ulid.Timestamp(s.ServerNow()), ulid.DefaultEntropy()).String()
+	return s.ids.next(ulid.Timestamp(s.ServerNow()))
+}
+
+// idStepBack is the longest step back of ServerNow that NewID holds its ids' order over.
+const idStepBack = time.Second
+
+// idSource makes ULIDs that sort in the order they were made (NewID).
+type idSource struct {
+	mu      sync.Mutex
+	last    uint64 // the millisecond of the last id
+	entropy *ulid.MonotonicEntropy
+}
+
+// next returns a new ULID at millisecond ms, or at the last id's when ms is at most
+// idStepBack before it, its random part then counted on from the last's.
+func (g *idSource) next(ms uint64) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.entropy == nil {
+		g.entropy = ulid.Monotonic(cryptorand.Reader, 0)
+	}
+	if ms < g.last && g.last-ms <= uint64(idStepBack.Milliseconds()) {
+		ms = g.last
+	}
+	id, err := ulid.New(ms, g.entropy)
+	if err != nil { // the random part ran out within ms (ErrMonotonicOverflow): the next one
+		ms++
+		id = ulid.MustNew(ms, g.entropy)
+	}
+	g.last = ms
+	return id.String()
 }
 
 // idTime is the time job id names, zero for an id that is no ULID.

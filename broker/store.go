@@ -239,6 +239,8 @@ type Store struct {
 	// (tests only) moves it on, as time passing on the server would.
 	sclock      atomic.Pointer[serverClock]
 	serverShift time.Duration
+	// ids makes job ids in order (NewID).
+	ids idSource
 	// unbatchedGets (tests only) leaves the batch out of the queue's direct gets, as a
 	// server before 2.11 ignores it.
 	unbatchedGets bool
