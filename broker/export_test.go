@@ -31,6 +31,10 @@ func (s *Store) SetRecordsRead(fn func(n int)) { s.recordsRead = fn }
 // SetTargetsRead sets a hook called between a Targets read of the bucket and its caching.
 func (s *Store) SetTargetsRead(fn func()) { s.targetsRead = fn }
 
+// SetBodyRead sets a hook called with a fetched lease's job id as its request body,
+// stored apart, is read.
+func (s *Store) SetBodyRead(fn func(id string)) { s.bodyRead = fn }
+
 // FramePieces is framePieces, for the fuzz target.
 var FramePieces = framePieces
 

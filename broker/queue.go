@@ -324,7 +324,44 @@ func (s *Store) lease(ctx context.Context, token string, msg jetstream.Msg) (*Le
 		// Checked last: a message that is no job's is removed whatever its kind.
 		return d, fmt.Errorf("%w: %q", ErrUnknownKind, d.Kind)
 	}
+	if h.Get(HeaderBodyRef) == "" {
+		return d, nil
+	}
+	// The message is delivered, its ack wait running, from the fetch: a body read slower
+	// than it (a loaded machine, an object store in trouble) lost the delivery to another
+	// foreman before the worker's keep-alive could begin. So it is kept in progress while
+	// the body is read, and its ack wait starts afresh once it is.
+	stop := keepInProgress(msg, s.cfg.AckWait)
+	defer stop()
+	if s.bodyRead != nil {
+		s.bodyRead(d.JobID)
+	}
 	return d, s.ReadBody(ctx, d)
+}
+
+// keepInProgress tells JetStream the delivery of msg is alive every ackWait/3 until
+// stopped, and once more then. A failed tick is not reported: the next one tries again,
+// and the worker's keep-alive, which follows, reports its own.
+func keepInProgress(msg jetstream.Msg, ackWait time.Duration) (stop func()) {
+	done, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		t := time.NewTicker(max(ackWait/3, 10*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				_ = msg.InProgress()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		<-exited
+		_ = msg.InProgress()
+	}
 }
 
 // ReadBody reads the request body of lease d stored apart from its queue message (too

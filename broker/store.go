@@ -193,6 +193,9 @@ type Store struct {
 	treads, tcacheRead uint64
 	// targetsRead, when set (tests), is called between a read of the bucket and its caching.
 	targetsRead func()
+	// bodyRead, when set (tests), is called with a lease's job id as its fetch reads its
+	// request body stored apart.
+	bodyRead func(id string)
 
 	// known is KnownModelsBucket, opened on first use.
 	kmu   sync.Mutex

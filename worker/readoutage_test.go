@@ -19,8 +19,11 @@ import (
 )
 
 // outageAckWait is the queue's AckWait in the read-outage tests: an outage outlasts it,
-// so a delivery not kept in progress meanwhile goes to another worker.
-const outageAckWait = time.Second
+// so a delivery not kept in progress meanwhile goes to another worker. Its ticks come
+// every second: on a loaded machine (the race detector, a CPU busy with other tests) a
+// tick was seen received up to 0.86 s after its time, which with an AckWait of 1 s (a
+// tick every 333 ms) let the delivery go though nothing was wrong.
+const outageAckWait = 3 * time.Second
 
 // outageStore is the store configuration of the read-outage tests: a job gets one
 // attempt, so JetStream gives up on its message at its third delivery (MaxDeliver is
