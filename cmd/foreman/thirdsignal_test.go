@@ -8,7 +8,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"os/signal"
 	"syscall"
 	"testing"
 	"time"
@@ -24,53 +23,12 @@ func TestThirdStopEndsTheProcess(t *testing.T) {
 		return
 	}
 	t.Parallel()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestThirdStopEndsTheProcess$")
-	cmd.Env = append(os.Environ(), "FOREMAN_TEST_INTERRUPTS_CHILD=1")
-	stdin, err := cmd.StdinPipe() // held open: the child's stuck shutdown reads it
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stdin.Close()
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := startWithDefaultSIGINT(cmd); err != nil {
-		t.Fatal(err)
-	}
-	child := reapChild(t, cmd)
-	lines := bufio.NewScanner(stdout)
-	next := func(want string) {
-		t.Helper()
-		for lines.Scan() {
-			if lines.Text() == want {
-				return
-			}
-		}
-		t.Fatalf("the child never said %q: %v", want, lines.Err())
-	}
-	// Each signal is sent once the child has seen the one before: two sent at once may
-	// arrive as one.
-	for _, step := range []string{"watching", "stopping", "stopping now"} {
-		next(step)
-		if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
-			t.Fatal(err)
-		}
-	}
-	select {
-	case <-child.exited:
-	case <-time.After(time.Minute): // a bound only: the third signal ends it at once
-		t.Fatal("the child still runs a minute after its third SIGINT")
-	}
-	var ee *exec.ExitError
-	if !errors.As(child.err, &ee) || ee.ExitCode() != 128+int(syscall.SIGINT) {
-		t.Fatalf("child: %v, want it ended with status 130, as by SIGINT", child.err)
-	}
+	thirdSIGINTEndsChild(t, exec.Command(os.Args[0], "-test.run=^TestThirdStopEndsTheProcess$"))
 }
 
-// A foreman started with SIGINT ignored (a script's `foreman serve &`) catches the
-// first two all the same, and is ended by the third too: letting the signal's default
-// action go would have given it back its ignore.
+// A foreman started with SIGINT ignored (a script's `foreman serve &`; go tool test2json
+// starts test binaries so) catches the first two all the same, and is ended by the third
+// too: letting the signal's default action go gave it back its ignore, and it ran on.
 func TestThirdStopEndsAProcessStartedWithSIGINTIgnored(t *testing.T) {
 	t.Parallel()
 	sh, err := exec.LookPath("sh")
@@ -78,9 +36,16 @@ func TestThirdStopEndsAProcessStartedWithSIGINTIgnored(t *testing.T) {
 		t.Skip("no sh to start the child with SIGINT ignored:", err)
 	}
 	// trap "" INT ignores SIGINT, and an ignored signal stays ignored across exec.
-	cmd := exec.Command(sh, "-c", `trap "" INT; exec "$0" "$@"`, os.Args[0], "-test.run=^TestThirdStopEndsTheProcess$")
+	thirdSIGINTEndsChild(t, exec.Command(sh, "-c", `trap "" INT; exec "$0" "$@"`, os.Args[0], "-test.run=^TestThirdStopEndsTheProcess$"))
+}
+
+// thirdSIGINTEndsChild starts cmd, this test binary as interruptsChild, sends it a
+// SIGINT as it says it has seen each one before, and wants the third to end it with
+// status 130, as a kill by SIGINT shows in a shell.
+func thirdSIGINTEndsChild(t *testing.T, cmd *exec.Cmd) {
+	t.Helper()
 	cmd.Env = append(os.Environ(), "FOREMAN_TEST_INTERRUPTS_CHILD=1")
-	stdin, err := cmd.StdinPipe()
+	stdin, err := cmd.StdinPipe() // held open: the child's stuck shutdown reads it
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,6 +59,8 @@ func TestThirdStopEndsAProcessStartedWithSIGINTIgnored(t *testing.T) {
 	}
 	child := reapChild(t, cmd)
 	lines := bufio.NewScanner(stdout)
+	// Each signal is sent once the child has seen the one before: two sent at once may
+	// arrive as one.
 	for _, step := range []string{"watching", "stopping", "stopping now"} {
 		said := false
 		for !said && lines.Scan() {
@@ -109,27 +76,12 @@ func TestThirdStopEndsAProcessStartedWithSIGINTIgnored(t *testing.T) {
 	select {
 	case <-child.exited:
 	case <-time.After(time.Minute): // a bound only: the third signal ends it at once
-		t.Fatal("the child started with SIGINT ignored still runs a minute after its third SIGINT")
+		t.Fatal("the child still runs a minute after its third SIGINT")
 	}
 	var ee *exec.ExitError
 	if !errors.As(child.err, &ee) || ee.ExitCode() != 128+int(syscall.SIGINT) {
 		t.Fatalf("child: %v, want it ended with status 130, as by SIGINT", child.err)
 	}
-}
-
-// startWithDefaultSIGINT starts cmd with SIGINT's default action, whatever this process
-// inherited: an ignored SIGINT stays ignored across exec, and Go's runtime gives an
-// ignored SIGINT back its ignore when the last Notify for it stops, so a child started
-// with it ignored (go tool test2json ignores it for the test binary, as does a shell for
-// a command it runs with &) would outlive its third SIGINT. A caught signal is reset to
-// its default by exec: SIGINT is caught here while the child starts. When another test
-// of this process ran a command in it (which catches SIGINT) as the child started, the
-// child got the default, and the test passed or failed by the order of the tests.
-func startWithDefaultSIGINT(cmd *exec.Cmd) error {
-	caught := make(chan os.Signal, 1)
-	signal.Notify(caught, syscall.SIGINT)
-	defer signal.Stop(caught)
-	return cmd.Start()
 }
 
 // interruptsChild watches for interrupts as run does, says what it has seen, and after
