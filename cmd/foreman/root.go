@@ -110,13 +110,7 @@ func interrupts(base context.Context) (context.Context, <-chan struct{}, func() 
 		cancel()
 	}
 	go func() {
-		third := func(sig os.Signal) {
-			code := 1
-			if s, ok := sig.(syscall.Signal); ok {
-				code = 128 + int(s)
-			}
-			os.Exit(code)
-		}
+		third := func(sig os.Signal) { os.Exit(exitCode(nil, sig)) }
 		for _, step := range []func(os.Signal){end, func(os.Signal) { close(now) }, third} {
 			select {
 			case sig := <-sigs:
