@@ -97,7 +97,8 @@ func newTopCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
-	f.addTimeout(cmd, defaultTimeout) // live, each refresh waits at most 10 s
+	f.addTimeout(cmd, defaultTimeout)
+	cmd.Flags().Lookup("timeout").Usage = fmt.Sprintf("give up when foreman has not answered within this long (0: wait for ever); live, each refresh waits at most %s, or this when shorter", refreshTimeout)
 	cmd.Flags().BoolVar(&once, "once", false, "print one snapshot and exit")
 	cmd.Flags().DurationVar(&interval, "interval", time.Second, "time between refreshes")
 	return cmd

@@ -323,3 +323,18 @@ func TestLiveTopTimeoutSaysWhatSetIt(t *testing.T) {
 		}
 	}
 }
+
+// top's --timeout help says what bounds a live refresh: its own 10 s, not only --timeout.
+func TestTopTimeoutHelpNamesTheLiveBound(t *testing.T) {
+	t.Parallel()
+	r := runCLI(t, nil, nil, nil, "top", "--help")
+	for _, line := range strings.Split(r.stdout, "\n") {
+		if strings.Contains(line, "--timeout") {
+			if !strings.Contains(line, "each refresh waits at most "+refreshTimeout.String()) {
+				t.Errorf("top --help's --timeout line does not name the live view's bound (%s): %s", refreshTimeout, line)
+			}
+			return
+		}
+	}
+	t.Errorf("top --help has no --timeout line:\n%s", r.stdout)
+}
