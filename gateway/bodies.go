@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -17,38 +18,65 @@ import (
 // the body: after the submit stored the job, after a pass-through sent it to the target,
 // and on every error.
 
-// bodyBudget is the process's budget of request body bytes.
+// bodyBudget is the process's budget of request body bytes, shared among programs
+// (ADR-0126): a program holds at most half of the bytes the other programs leave it, so
+// one that stalls its bodies cannot hold the whole budget.
 type bodyBudget struct {
 	limit int64
-	used  atomic.Int64 // bytes taken and not yet given back: foreman_request_body_bytes_in_flight
-	peak  atomic.Int64 // the most used has been: foreman_request_body_bytes_in_flight_peak
+	mu    sync.Mutex       // guards programs, and used's changes
+	held  map[string]int64 // bytes held per program holding any
+	used  atomic.Int64     // bytes taken and not yet given back: foreman_request_body_bytes_in_flight
+	peak  atomic.Int64     // the most used has been: foreman_request_body_bytes_in_flight_peak
 }
 
-// hold starts a request's share of the budget, empty.
-func (b *bodyBudget) hold() *bodyHold { return &bodyHold{b: b} }
+// hold starts a request's share of the budget, empty, for program (requestProgram's).
+func (b *bodyBudget) hold(program string) *bodyHold { return &bodyHold{b: b, program: program} }
 
 // bodyHold is one request's share of the budget. Its handler alone uses it.
 type bodyHold struct {
-	b    *bodyBudget
-	held int64
+	b         *bodyBudget
+	program   string
+	held      int64
+	overShare bool // the last refusal was its program's share's, not the budget's
 }
 
 // take adds n bytes to the hold, or reports false (taking nothing) when the budget lacks
-// them. A hold that is the only one holding bytes always gets them: a body larger than
-// the whole budget, but within the body limit, is served when it comes alone, and a zstd
-// body may hold its compressed and its decoded form at once.
+// them or the hold's program would hold more than its share.
 func (h *bodyHold) take(n int64) bool {
-	for {
-		used := h.b.used.Load()
-		if used+n > h.b.limit && used != h.held {
-			return false
-		}
-		if h.b.used.CompareAndSwap(used, used+n) {
-			h.held += n
-			h.b.notePeak(used + n)
-			return true
-		}
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	if !h.allowed(n) {
+		return false
 	}
+	used := h.b.used.Add(n)
+	if h.b.held == nil {
+		h.b.held = map[string]int64{}
+	}
+	h.b.held[h.program] += n
+	h.held += n
+	h.b.notePeak(used)
+	return true
+}
+
+// allowed reports whether n more bytes fit the hold, under the budget's mu. A hold that
+// is the only one holding bytes always gets them: a body larger than the whole budget
+// (or than its program's share), but within the body limit, is served when it comes
+// alone, and a zstd body may hold its compressed and its decoded form at once. Else the
+// bytes must fit the budget, and the hold's program may then hold at most half of what
+// the other programs leave: alone half of the budget, beside others less, so a program
+// that comes later always finds room.
+func (h *bodyHold) allowed(n int64) bool {
+	used := h.b.used.Load()
+	if used == h.held {
+		return true
+	}
+	if used+n > h.b.limit {
+		h.overShare = false
+		return false
+	}
+	mine := h.b.held[h.program]
+	h.overShare = 2*(mine+n) > h.b.limit-(used-mine)
+	return !h.overShare
 }
 
 func (b *bodyBudget) notePeak(n int64) {
@@ -62,14 +90,23 @@ func (b *bodyBudget) notePeak(n int64) {
 
 // fits reports whether take(n) would succeed now, taking nothing.
 func (h *bodyHold) fits(n int64) bool {
-	used := h.b.used.Load()
-	return used+n <= h.b.limit || used == h.held
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
+	return h.allowed(n)
 }
 
 // give hands n of the hold's bytes back.
 func (h *bodyHold) give(n int64) {
 	n = min(n, h.held)
+	if n <= 0 {
+		return
+	}
+	h.b.mu.Lock()
+	defer h.b.mu.Unlock()
 	h.held -= n
+	if h.b.held[h.program] -= n; h.b.held[h.program] <= 0 {
+		delete(h.b.held, h.program)
+	}
 	h.b.used.Add(-n)
 }
 
@@ -84,12 +121,27 @@ func (h *bodyHold) release() {
 // errOverBudget is what a read stops with when the budget lacks the bytes it needs.
 var errOverBudget = errors.New("request bodies in flight over their budget")
 
-// budgetRefusal is the client's 503 for a body the budget has no room for; it is counted
-// as a refusal by design (refusalReason "body_budget").
-func (s *Server) budgetRefusal() error {
+// budgetRefusal is the client's 503 for a body the budget, or its program's share of it
+// (h's last refusal says which), has no room for; it is counted as a refusal by design
+// (refusalReason "body_budget").
+func (s *Server) budgetRefusal(h *bodyHold) error {
+	if h.overShare {
+		return fmt.Errorf("%w: %w", errOverBudget, refuse(ErrUnavailable, fmt.Sprintf(
+			"too many request bodies in flight: %s holds half of what the other programs leave of the %d bytes foreman holds at once "+
+				"(FOREMAN_MAX_BODY_BYTES_IN_FLIGHT); retry shortly", programName(h.program), s.cfg.MaxBodyBytesInFlight)))
+	}
 	return fmt.Errorf("%w: %w", errOverBudget, refuse(ErrUnavailable, fmt.Sprintf(
 		"too many request bodies in flight: foreman holds at most %d bytes of them at once (FOREMAN_MAX_BODY_BYTES_IN_FLIGHT); retry shortly",
 		s.cfg.MaxBodyBytesInFlight)))
+}
+
+// bodyProgram is the program whose share of the budget a request's body is taken from
+// (ADR-0126), as requestProgram says: a body's own "program" member is not read yet. A
+// malformed X-Foreman-Program counts as the anonymous program here; the routes that read
+// it refuse it once the body is read.
+func bodyProgram(r *http.Request) string {
+	p, _ := requestProgram(r)
+	return p
 }
 
 // bodyFirstRead is what a body that declares its length takes from the budget before a
@@ -127,7 +179,7 @@ const bodyRoomAhead = 1 << 20
 // depend on that.)
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *bodyHold, error) {
 	if r.ContentLength == 0 { // no body: net/http says -1 when it does not know
-		return []byte{}, s.bodies.hold(), nil
+		return []byte{}, s.bodies.hold(bodyProgram(r)), nil
 	}
 	rc := http.NewResponseController(w)
 	deadline := s.cfg.BodyReadTimeout > 0 && rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
@@ -138,12 +190,12 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *body
 		}
 		return nil, nil, refuseUnread(w, r, &http.MaxBytesError{Limit: s.cfg.MaxBodyBytes}, rest, false)
 	}
-	hold := s.bodies.hold()
+	hold := s.bodies.hold(bodyProgram(r))
 	var first int64
 	if r.ContentLength > 0 {
 		first = min(r.ContentLength, bodyFirstRead)
 		if !hold.fits(min(r.ContentLength, bodyRoomAhead)) || !hold.take(first) {
-			return nil, nil, refuseUnread(w, r, s.budgetRefusal(), r.Body, false)
+			return nil, nil, refuseUnread(w, r, s.budgetRefusal(hold), r.Body, false)
 		}
 	}
 	limit, exact := s.cfg.MaxBodyBytes, r.ContentLength > 0
@@ -162,7 +214,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *body
 		case errors.As(err, &maxErr): // a chunked body: read out as much again
 			return nil, nil, refuseUnread(w, r, err, io.LimitReader(r.Body, s.cfg.MaxBodyBytes), true)
 		case errors.Is(err, errOverBudget):
-			return nil, nil, refuseUnread(w, r, s.budgetRefusal(), bounded, true)
+			return nil, nil, refuseUnread(w, r, s.budgetRefusal(hold), bounded, true)
 		}
 		// The connection is not reused, and the deadline stays: net/http would otherwise
 		// wait for the rest of the body before it sends the answer.

@@ -232,8 +232,8 @@ type Server struct {
 	outageChecks outageChecks
 	// bodies is the budget of request bodies in flight (bodies.go).
 	bodies *bodyBudget
-	// artifactReads holds a token per artifact body being sent (jobs_artifacts.go).
-	artifactReads chan struct{}
+	// artifactReads are the places of the artifact bodies being sent (jobs_artifacts.go).
+	artifactReads *artifactPlaces
 	// tokens are the accepted bearer tokens' digests; none means no auth.
 	tokens       []tokenKey
 	modelAdmins  map[string]bool // Config.ModelAdmins; nil: every token may manage models
@@ -273,7 +273,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), stopping: make(chan struct{}), models: &modelLabels{},
-		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}, artifactReads: make(chan struct{}, cfg.artifactReads)}
+		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}, artifactReads: newArtifactPlaces(cfg.artifactReads)}
 	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
 	s.jobMetrics = newJobMetrics(s.models, cfg.Store.WroteState)
 	s.hostRefusals.Interval, s.originRefusals.Interval, s.authRefusals.Interval = refusalLogEvery, refusalLogEvery, refusalLogEvery

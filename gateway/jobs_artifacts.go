@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -17,11 +18,17 @@ import (
 // answered with the whole artifact (200), as a server may, and each part read from the
 // object's start would cost a read of it. The ETag is the bytes' digest, so
 // If-None-Match (304) and If-Range hold across the record's copy of a result and its
-// object alike. At most Config.artifactReads bodies are sent at once (ADR-0065): past
-// that a GET is refused with 503; HEAD, 304 and 416 send none and are always answered.
+// object alike. At most Config.artifactReads bodies are sent at once (ADR-0065), and a
+// program holds at most half of the places the others leave (ADR-0126): past either a
+// GET is refused with 503; HEAD, 304 and 416 send none and are always answered.
 func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 	id, name := r.PathValue("id"), r.PathValue("name")
 	if err := broker.ValidateID(id); err != nil {
+		s.writeError(w, r, err)
+		return
+	}
+	program, err := requestProgram(r)
+	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
@@ -55,13 +62,12 @@ func (s *Server) handleArtifact(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if r.Method != http.MethodHead {
-		select {
-		case s.artifactReads <- struct{}{}:
-			defer func() { <-s.artifactReads }()
-		default:
-			s.writeError(w, r, s.artifactReadsRefusal())
+		release, err := s.artifactReads.take(program)
+		if err != nil {
+			s.writeError(w, r, err)
 			return
 		}
+		defer release()
 	}
 	artifactHeaders(h, f, etag)
 	if status == http.StatusPartialContent {
@@ -102,15 +108,72 @@ func artifactHeaders(h http.Header, f *broker.ArtifactFile, etag string) {
 // chunks at most.
 const maxArtifactReads = 64
 
-// errArtifactReadsFull is an artifact download refused as maxArtifactReads are being sent.
+// errArtifactReadsFull is an artifact download refused as maxArtifactReads are being
+// sent, or as its program holds its share of them.
 var errArtifactReadsFull = errors.New("artifact downloads over their cap")
 
-// artifactReadsRefusal is the client's 503 for an artifact body past the cap; it is
-// counted as a refusal by design (refusalReason "artifact_downloads").
-func (s *Server) artifactReadsRefusal() error {
-	return fmt.Errorf("%w: %w", errArtifactReadsFull, refuse(ErrUnavailable, fmt.Sprintf(
-		"too many artifact downloads: foreman sends at most %d artifact bodies at once; retry shortly",
-		cap(s.artifactReads))))
+// artifactPlaces are the places of the artifact bodies being sent (ADR-0065), shared
+// among programs (ADR-0126): a program takes a place only while it holds fewer than are
+// left free, that is at most half of the places the other programs leave it (half of
+// them when it is alone). A program that opens downloads and reads nothing of them
+// stops at its share, and the next program gets half of what is left: every place is
+// held only once about log2(limit)+1 programs hold some.
+type artifactPlaces struct {
+	mu    sync.Mutex
+	limit int
+	used  int
+	held  map[string]int // per program with a place; a program holding none is not kept
+}
+
+func newArtifactPlaces(limit int) *artifactPlaces {
+	return &artifactPlaces{limit: limit, held: map[string]int{}}
+}
+
+// take takes a place for program and returns its release (call it once), or the 503
+// refusal: every place held, or program holding as many as are left free.
+func (p *artifactPlaces) take(program string) (release func(), err error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	free, mine := p.limit-p.used, p.held[program]
+	switch {
+	case free <= 0:
+		return nil, fmt.Errorf("%w: %w", errArtifactReadsFull, refuse(ErrUnavailable, fmt.Sprintf(
+			"too many artifact downloads: foreman sends at most %d artifact bodies at once; retry shortly", p.limit)))
+	case mine >= free:
+		return nil, fmt.Errorf("%w: %w", errArtifactReadsFull, refuse(ErrUnavailable, fmt.Sprintf(
+			"too many artifact downloads of %s: it is sent %d artifact bodies at once, and a program holds at most as many as are left free for the others (%d of %d); retry shortly",
+			programName(program), mine, free, p.limit)))
+	}
+	p.used++
+	p.held[program] = mine + 1
+	var once sync.Once
+	return func() { once.Do(func() { p.give(program) }) }, nil
+}
+
+func (p *artifactPlaces) give(program string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.used--
+	if p.held[program]--; p.held[program] <= 0 {
+		delete(p.held, program)
+	}
+}
+
+// requestProgram is the program a request that submits nothing comes from, for the
+// shares of what it holds: a named token's, else its X-Foreman-Program header (the
+// caller's own word), else the anonymous program. A malformed or repeated header is a 400.
+func requestProgram(r *http.Request) (string, error) {
+	if p, ok := authProgram(r.Context()); ok {
+		return p, nil
+	}
+	v, ok, err := headerValue(r.Header, HeaderProgram)
+	if err != nil || !ok {
+		return "", err
+	}
+	if err := broker.ValidateProgram(v); err != nil {
+		return "", badRequest(HeaderProgram + ": " + strings.TrimPrefix(err.Error(), broker.ErrBadProgram.Error()+": "))
+	}
+	return v, nil
 }
 
 // readFailure remembers the error of its reader other than io.EOF: what io.Copy returns

@@ -233,7 +233,7 @@ func (w *heldWriter) Write(p []byte) (int, error) {
 }
 
 // Artifact bodies sent at once are capped: with the cap's downloads held open by clients
-// that read nothing, the next GET is refused at once with 503, Retry-After and a JSON
+// (of two programs) that read nothing, the next GET is refused at once with 503, Retry-After and a JSON
 // error (counted as a refusal), while HEAD, 304 and 416, which send no body, are still
 // answered; once a held download ends, its slot serves the next GET whole.
 func TestArtifactDownloadsAreCapped(t *testing.T) {
@@ -251,9 +251,12 @@ func TestArtifactDownloadsAreCapped(t *testing.T) {
 	for i := range held {
 		w, done := newHeldWriter(), make(chan struct{})
 		writers[i], dones[i] = w, done
+		// Two programs: one alone holds half of the places (ADR-0126).
+		req := httptest.NewRequestWithContext(ctx, http.MethodGet, path, nil)
+		req.Header.Set(HeaderProgram, fmt.Sprint("holder-", i))
 		go func() {
 			defer close(done)
-			b.GW.ServeHTTP(w, httptest.NewRequestWithContext(ctx, http.MethodGet, path, nil))
+			b.GW.ServeHTTP(w, req)
 		}()
 		t.Cleanup(func() {
 			select {
@@ -265,6 +268,9 @@ func TestArtifactDownloadsAreCapped(t *testing.T) {
 		})
 		select {
 		case <-w.writing:
+			if w.status != http.StatusOK {
+				t.Fatalf("download %d: %d %v; want its body held", i, w.status, w.header)
+			}
 		case <-done:
 			t.Fatalf("download %d ended before its body was held: %d %v", i, w.status, w.header)
 		case <-ctx.Done():

@@ -57,7 +57,7 @@ func foremanCollectors(s *Server) []prometheus.Collector {
 			paused:     prometheus.NewDesc("foreman_worker_paused", "1 while the worker takes no job for this reason (the target unreachable or answering \"not now\", the job store refusing writes), else 0.", []string{"reason"}, nil),
 			bodies:     prometheus.NewDesc("foreman_request_body_bytes_in_flight", "Bytes of request bodies held now, all requests together (taken from FOREMAN_MAX_BODY_BYTES_IN_FLIGHT).", nil, nil),
 			bodyPeak:   prometheus.NewDesc("foreman_request_body_bytes_in_flight_peak", "The most bytes of request bodies ever held at once.", nil, nil),
-			bodyLimit:  prometheus.NewDesc("foreman_request_body_bytes_in_flight_limit", "FOREMAN_MAX_BODY_BYTES_IN_FLIGHT: the request body bytes held at once past which a body is refused with 503, unless it is the only one held.", nil, nil),
+			bodyLimit:  prometheus.NewDesc("foreman_request_body_bytes_in_flight_limit", "FOREMAN_MAX_BODY_BYTES_IN_FLIGHT: the request body bytes held at once past which a body is refused with 503, unless it is the only one held (a program holds at most half of what the others leave, ADR-0126).", nil, nil),
 		},
 	)
 }

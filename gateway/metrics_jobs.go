@@ -101,7 +101,7 @@ func newJobMetrics(models *modelLabels, mine func(*broker.Job) bool) *jobMetrics
 		}, []string{"outcome"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "foreman_requests_refused_total",
-			Help: "Requests refused by design, per reason: queue_full (FOREMAN_MAX_QUEUE), program_limit (FOREMAN_MAX_QUEUE_PER_PROGRAM), body_budget (FOREMAN_MAX_BODY_BYTES_IN_FLIGHT), artifact_downloads (artifact bodies being sent at once over their cap, ADR-0065), host_not_allowed and origin_not_allowed (the browser policy, FOREMAN_ORIGINS), connections (HTTP connections at once over FOREMAN_MAX_QUEUE + 1024, ADR-0082), connections_per_address (one remote address's connections over half of those, ADR-0088), unauthorized (401: a missing or wrong bearer token), not_model_admin (403: a change to the models by a program FOREMAN_MODEL_ADMINS does not name, ADR-0124).",
+			Help: "Requests refused by design, per reason: queue_full (FOREMAN_MAX_QUEUE), program_limit (FOREMAN_MAX_QUEUE_PER_PROGRAM), body_budget (FOREMAN_MAX_BODY_BYTES_IN_FLIGHT, or a program's share of it, ADR-0126), artifact_downloads (artifact bodies being sent at once over their cap, ADR-0065, or a program's share of them, ADR-0126), host_not_allowed and origin_not_allowed (the browser policy, FOREMAN_ORIGINS), connections (HTTP connections at once over FOREMAN_MAX_QUEUE + 1024, ADR-0082), connections_per_address (one remote address's connections over half of those, ADR-0088), unauthorized (401: a missing or wrong bearer token), not_model_admin (403: a change to the models by a program FOREMAN_MODEL_ADMINS does not name, ADR-0124).",
 		}, []string{"reason"}),
 		seen: map[string]jobSeen{},
 	}

@@ -628,7 +628,7 @@ func (s *Server) decodeZstd(r *http.Request, body []byte, hold *bodyHold) ([]byt
 	out, err := readGrowing(io.LimitReader(dec, read), s.cfg.MaxBodyBytes, 0, false, hold)
 	switch {
 	case errors.Is(err, errOverBudget):
-		return nil, s.budgetRefusal()
+		return nil, s.budgetRefusal(hold)
 	case errors.Is(err, zstd.ErrWindowSizeExceeded):
 		// The frame asks for more history than a body may hold, whatever its own size:
 		// decoding it would take that much memory.
