@@ -267,14 +267,9 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 // serveQueued runs the call body (read by then, holding hold) as a sync job of kind and
 // writes its answer; in is when the request reached its handler.
 func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker.Kind, body []byte, hold *bodyHold, in time.Time) {
-	inf, err := parseInference(kind, body)
+	inf, err := parseQueued(kind, body)
 	if inf.body != nil {
 		body = inf.body // what Ollama reads of it, the only part queued and sent on
-	}
-	// The image routes' own checks come first, as Ollama's OpenAI layer makes them
-	// before its handler looks at the model.
-	if ierr := checkImageRequest(kind, body); ierr != nil {
-		err = ierr
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -313,6 +308,23 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	s.traced(job.ID, traceIn, in)
 	s.runSync(w, r, job, inf.stream, body, hold)
 	s.traced(job.ID, traceWritten, time.Now())
+}
+
+// parseQueued reads the body of a job of kind (parseInference) with every refusal its
+// route makes before the model is looked up: POST /jobs makes them too (parseSubmission),
+// so that a job the target could only refuse is refused at submit, in the sync route's
+// words. The image routes' own checks come first, as Ollama's OpenAI layer makes them
+// before its handler looks at the model. The embedding routes' checks of their own
+// (requestModel) come before this on those routes.
+func parseQueued(kind broker.Kind, body []byte) (inference, error) {
+	inf, err := parseInference(kind, body)
+	if inf.body != nil {
+		body = inf.body
+	}
+	if ierr := checkImageRequest(kind, body); ierr != nil {
+		err = ierr
+	}
+	return inf, err
 }
 
 // queueableModel decides whether a job of kind naming model may be queued, and returns

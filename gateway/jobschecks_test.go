@@ -1,0 +1,92 @@
+package gateway
+
+import (
+	"encoding/json"
+	"net/http"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// refusalMessage is the message of a refusal in any of foreman's shapes: {"error": "..."}
+// (foreman's and Ollama's native routes), {"error":{"message": "..."}} (the OpenAI and
+// Anthropic layers').
+func refusalMessage(t *testing.T, body []byte) string {
+	t.Helper()
+	var e struct {
+		Error json.RawMessage `json:"error"`
+	}
+	if err := json.Unmarshal(body, &e); err != nil || len(e.Error) == 0 {
+		t.Errorf("no error in %q", body)
+		return ""
+	}
+	var msg string
+	if json.Unmarshal(e.Error, &msg) == nil {
+		return msg
+	}
+	var nested struct {
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal(e.Error, &nested); err != nil {
+		t.Errorf("no error message in %q", body)
+	}
+	return nested.Message
+}
+
+// POST /jobs refuses at submit what the sync route of its kind refuses before queueing,
+// with the same status and words: the checks Ollama's layers and handlers make before
+// they run anything (the OpenAI layer's messages, input and encoding_format, the
+// Anthropic layer's max_tokens and messages, top_logprobs out of range, a stream that is
+// no boolean, options of a wrong type). Such a job was accepted 202 and failed later with
+// Ollama's 400. The sync routes still refuse the same bodies, and neither queues a job
+// nor calls the target.
+func TestJobsSubmitMakesTheSyncRoutesChecks(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	const hi = `"messages":[{"role":"user","content":"hi"}]`
+	for _, c := range []struct {
+		kind   broker.Kind
+		body   string // the sync route's body; /jobs gets it with "kind" added
+		status int
+		want   string
+	}{
+		{broker.KindOpenAIChat, `{"model":"tiny-a"}`, 400, "[] is too short - 'messages'"},
+		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[]}`, 400, "[] is too short - 'messages'"},
+		{broker.KindOpenAIChat, `{"model":"tiny-a",` + hi + `,"top_logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
+		{broker.KindChat, `{"model":"tiny-a",` + hi + `,"top_logprobs":-1}`, 400, "top_logprobs must be between 0 and 20"},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","top_logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
+		{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
+		{broker.KindAnthropicMessages, `{"model":"tiny-a",` + hi + `}`, 400, "max_tokens is required and must be positive"},
+		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":0,` + hi + `}`, 400, "max_tokens is required and must be positive"},
+		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":4,"messages":[]}`, 400, "messages is required"},
+		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":4}`, 400, "messages is required"},
+		{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":"x","encoding_format":"bad"}`, 400,
+			"Invalid value for 'encoding_format' = bad. Supported values: ['float', 'base64']."},
+		{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":[]}`, 400, "invalid input"},
+		{broker.KindOpenAIEmbeddings, `{"model":"tiny-a"}`, 400, "invalid input"},
+		{broker.KindChat, `{"model":"tiny-a",` + hi + `,"stream":"yes"}`, 400,
+			"invalid JSON body: json: cannot unmarshal string into Go struct field .stream of type bool"},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","options":{"temperature":"hot"}}`, 400,
+			`option "temperature" must be of type float32`},
+	} {
+		syncGot := post(t, ctx, b.URL, c.kind.Path(), []byte(c.body))
+		if msg := refusalMessage(t, syncGot.Body); syncGot.Status != c.status || msg != c.want {
+			t.Errorf("%s %s: %d %q, want %d %q", c.kind.Path(), c.body, syncGot.Status, msg, c.status, c.want)
+		}
+		job := `{"kind":"` + string(c.kind) + `",` + c.body[1:]
+		got := post(t, ctx, b.URL, "/jobs", []byte(job))
+		if msg := refusalMessage(t, got.Body); got.Status != c.status || msg != c.want {
+			t.Errorf("POST /jobs %s: %d %q, want %d %q as %s answers", job, got.Status, msg, c.status, c.want, c.kind.Path())
+		}
+	}
+	for _, call := range b.Fake.Calls() {
+		if call.Method == http.MethodPost && call.Path != "/api/show" {
+			t.Errorf("a refused request reached the target: %s %s", call.Path, call.Body)
+		}
+	}
+	if jobs, _, err := b.Broker.Store.List(ctx, broker.ListOptions{}); err != nil || len(jobs) != 0 {
+		t.Errorf("jobs after the refusals: %d, %v; want none", len(jobs), err)
+	}
+}
