@@ -3,6 +3,8 @@ package gateway
 import (
 	"encoding/json"
 	"net/http"
+	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -88,5 +90,41 @@ func TestJobsSubmitMakesTheSyncRoutesChecks(t *testing.T) {
 	}
 	if jobs, _, err := b.Broker.Store.List(ctx, broker.ListOptions{}); err != nil || len(jobs) != 0 {
 		t.Errorf("jobs after the refusals: %d, %v; want none", len(jobs), err)
+	}
+}
+
+// A model the target lost after foreman's last poll of it is the target's 404, relayed
+// in its words and framing: Ollama's (and the fake's) "model 'x' not found" on chat, as
+// an api_error on /v1, as a not_found_error on /v1/messages.
+func TestTargetsModelNotFoundIsRelayedInItsWords(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	if !b.Inv.HasModel("tiny-b") {
+		t.Fatal("the inventory does not list tiny-b; the test proves nothing")
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, b.Fake.URL+"/api/delete", strings.NewReader(`{"model":"tiny-b"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("delete tiny-b at the target: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	reqID := regexp.MustCompile(`"req_[0-9a-f]{24}"`)
+	for _, c := range []struct{ path, body, ctype, want string }{
+		{"/api/chat", `{"model":"tiny-b","messages":[{"role":"user","content":"x"}]}`, "application/json; charset=utf-8",
+			`{"error":"model 'tiny-b' not found"}`},
+		{"/v1/chat/completions", `{"model":"tiny-b","messages":[{"role":"user","content":"x"}]}`, "application/json",
+			`{"error":{"message":"model 'tiny-b' not found","type":"api_error","param":null,"code":null}}` + "\n"},
+		{"/v1/messages", `{"model":"tiny-b","max_tokens":4,"messages":[{"role":"user","content":"x"}]}`, "application/json",
+			`{"type":"error","error":{"type":"not_found_error","message":"model 'tiny-b' not found"},"request_id":"req_ID"}` + "\n"},
+	} {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		body := reqID.ReplaceAllString(string(got.Body), `"req_ID"`)
+		if got.Status != http.StatusNotFound || got.CType != c.ctype || body != c.want {
+			t.Errorf("%s %s: %d %q %q\nwant 404 %q %q", c.path, c.body, got.Status, got.CType, body, c.ctype, c.want)
+		}
 	}
 }
