@@ -40,7 +40,7 @@ func refusalMessage(t *testing.T, body []byte) string {
 // with the same status and words: the checks Ollama's layers and handlers make before
 // they run anything (the OpenAI layer's messages, input and encoding_format, the
 // Anthropic layer's max_tokens and messages, top_logprobs out of range, a stream that is
-// no boolean, options of a wrong type). Such a job was accepted 202 and failed later with
+// no boolean, options of a wrong type or no object at all). Such a job was accepted 202 and failed later with
 // Ollama's 400. The sync routes still refuse the same bodies, and neither queues a job
 // nor calls the target.
 func TestJobsSubmitMakesTheSyncRoutesChecks(t *testing.T) {
@@ -72,6 +72,17 @@ func TestJobsSubmitMakesTheSyncRoutesChecks(t *testing.T) {
 			"invalid JSON body: json: cannot unmarshal string into Go struct field .stream of type bool"},
 		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","options":{"temperature":"hot"}}`, 400,
 			`option "temperature" must be of type float32`},
+		// Options that are no object are Ollama's decoder's 400, before anything else.
+		{broker.KindChat, `{"model":"tiny-a",` + hi + `,"options":"x"}`, 400,
+			"json: cannot unmarshal string into Go struct field ChatRequest.options of type map[string]interface {}"},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","top_logprobs":50,"options":[1]}`, 400,
+			"json: cannot unmarshal array into Go struct field GenerateRequest.options of type map[string]interface {}"},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","options":{"top_k":1},"options":true}`, 400,
+			"json: cannot unmarshal bool into Go struct field GenerateRequest.options of type map[string]interface {}"},
+		{broker.KindEmbed, `{"model":"tiny-a","input":"hi","options":5}`, 400,
+			"json: cannot unmarshal number into Go struct field EmbedRequest.options of type map[string]interface {}"},
+		{broker.KindEmbeddings, `{"model":"tiny-a","prompt":"hi","options":5}`, 400,
+			"json: cannot unmarshal number into Go struct field EmbeddingRequest.options of type map[string]interface {}"},
 	} {
 		syncGot := post(t, ctx, b.URL, c.kind.Path(), []byte(c.body))
 		if msg := refusalMessage(t, syncGot.Body); syncGot.Status != c.status || msg != c.want {

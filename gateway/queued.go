@@ -107,6 +107,9 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err != nil {
 		return inference{}, err
 	}
+	if err := optionsNotAnObject(kind, req.Options); err != nil {
+		return inference{body: read}, err
+	}
 	if kind == broker.KindOpenAIChat && req.Messages.none() {
 		// Ollama's OpenAI layer checks for messages itself, before its handler reads the
 		// model (v0.17.4 ChatMiddleware); a body of null has none either.
@@ -160,6 +163,26 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		in.refused = badRequest(err.Error())
 	}
 	return in, nil
+}
+
+// optionsNotAnObject is the 400 of Ollama's decoder for an "options" member that is no
+// JSON object (nor null) on kind's route, in its words, nil for none: its native
+// handlers decode the body first of all, their request type's options a map. The OpenAI
+// and Anthropic routes have no such member. Queued, such a call waited its turn to be
+// refused; a POST /jobs job was accepted to fail.
+func optionsNotAnObject(kind broker.Kind, opts broker.LoadOptions) error {
+	typ, named := ollamaRequestTypes[kind]
+	if v := opts.NotAnObject(); v != "" && named && kind.ReadsOptions() {
+		return badRequest(fmt.Sprintf("json: cannot unmarshal %s into Go struct field %s.options of type map[string]interface {}", v, typ))
+	}
+	return nil
+}
+
+// ollamaRequestTypes name the request types of Ollama's native handlers (v0.17.4 api),
+// as its decoder's refusals name them.
+var ollamaRequestTypes = map[broker.Kind]string{
+	broker.KindChat: "ChatRequest", broker.KindGenerate: "GenerateRequest",
+	broker.KindEmbed: "EmbedRequest", broker.KindEmbeddings: "EmbeddingRequest",
 }
 
 // checkTopLogprobs refuses a top_logprobs outside 0..20 as Ollama's chat and generate

@@ -36,6 +36,11 @@ func TestE2EAnswersMatchDirect(t *testing.T) {
 		{"/v1/messages", `{"model":"tiny-a","max_tokens":4,"stream":true,"messages":[{"role":"user","content":5}]}`},
 		{"/v1/messages", `{"model":"tiny-a","max_tokens":4,"messages":[{"role":"user","content":[{"type":"image"}]}]}`},
 		{"/v1/messages", `{"model":"tiny-embed","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`},
+		// Options that are no object: the decoder's 400, before any other check.
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":50,"options":"x"}`},
+		{"/api/chat", `{"model":"ghost","messages":[],"options":{"num_ctx":8},"options":[1]}`},
+		{"/api/embed", `{"model":"tiny-embed","input":"x","options":5}`},
+		{"/api/embeddings", `{"model":"tiny-a","prompt":"x","options":true}`},
 	} {
 		send := func(base string) (int, string, string) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+c.path, bytes.NewReader([]byte(c.body)))
