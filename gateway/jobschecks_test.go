@@ -139,3 +139,27 @@ func TestTargetsModelNotFoundIsRelayedInItsWords(t *testing.T) {
 		}
 	}
 }
+
+// Ollama's embedding (and image) requests have no "stream": a value that is no boolean
+// is ignored there (measured: /api/embed answers 200), so foreman takes it too, on the
+// sync route and at POST /jobs.
+func TestStreamOfNoBooleanIsIgnoredWhereOllamaHasNone(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	for _, c := range []struct {
+		kind broker.Kind
+		body string
+	}{
+		{broker.KindEmbed, `{"model":"tiny-a","input":"hi","stream":"yes"}`}, // queued: a chat model (ADR-0053)
+		{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":"hi","stream":"yes"}`},
+	} {
+		if got := post(t, ctx, b.URL, c.kind.Path(), []byte(c.body)); got.Status != http.StatusOK {
+			t.Errorf("%s %s: %d %s, want 200 as Ollama answers", c.kind.Path(), c.body, got.Status, got.Body)
+		}
+		job := `{"kind":"` + string(c.kind) + `",` + c.body[1:]
+		if got := post(t, ctx, b.URL, "/jobs", []byte(job)); got.Status != http.StatusAccepted {
+			t.Errorf("POST /jobs %s: %d %s, want 202", job, got.Status, got.Body)
+		}
+	}
+}

@@ -83,10 +83,10 @@ type inference struct {
 // without a model.
 func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	var req struct {
-		Model   string              `json:"model"`
-		Stream  ollama.StreamMember `json:"stream"`
-		Options broker.LoadOptions  `json:"options"`
-		Format  json.RawMessage     `json:"format"`
+		Model   string             `json:"model"`
+		Stream  streamField        `json:"stream"`
+		Options broker.LoadOptions `json:"options"`
+		Format  json.RawMessage    `json:"format"`
 		// ResponseFormat is /v1/chat/completions' (kept raw: other routes ignore it).
 		ResponseFormat json.RawMessage `json:"response_format"`
 		Messages       *listMember     `json:"messages"`
@@ -106,6 +106,9 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
 		return inference{}, err
+	}
+	if err := req.Stream.refusal(kind); err != nil {
+		return inference{body: read}, err
 	}
 	if err := optionsNotAnObject(kind, req.Options); err != nil {
 		return inference{body: read}, err
@@ -163,6 +166,33 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		in.refused = badRequest(err.Error())
 	}
 	return in, nil
+}
+
+// streamField is a queued route's "stream" member. A value that is no boolean is the
+// decoder's 400 on the routes whose Ollama request has a "stream" (the chat and
+// completion routes); Ollama's embedding and image requests have none, and ignore it.
+type streamField struct {
+	ollama.StreamMember
+	err *json.UnmarshalTypeError // the first value that was no boolean
+}
+
+func (f *streamField) UnmarshalJSON(b []byte) error {
+	var te *json.UnmarshalTypeError
+	if err := f.StreamMember.UnmarshalJSON(b); errors.As(err, &te) && f.err == nil {
+		f.err = te
+	}
+	return nil
+}
+
+// refusal is the 400 for a stream that is no boolean on kind's route, worded as the
+// decoder of the whole body words it; nil when the route has no stream.
+func (f *streamField) refusal(kind broker.Kind) error {
+	if f.err == nil || embeds(kind) || kind.Image() {
+		return nil
+	}
+	te := *f.err
+	te.Field = "stream"
+	return badRequest("invalid JSON body: " + te.Error())
 }
 
 // optionsNotAnObject is the 400 of Ollama's decoder for an "options" member that is no

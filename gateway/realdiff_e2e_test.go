@@ -41,6 +41,10 @@ func TestE2EAnswersMatchDirect(t *testing.T) {
 		{"/api/chat", `{"model":"ghost","messages":[],"options":{"num_ctx":8},"options":[1]}`},
 		{"/api/embed", `{"model":"tiny-embed","input":"x","options":5}`},
 		{"/api/embeddings", `{"model":"tiny-a","prompt":"x","options":true}`},
+		// A stream that is no boolean: the embedding routes (queued on a chat model) have
+		// none and ignore it.
+		{"/api/embed", `{"model":"tiny-a","input":"x","stream":"yes"}`},
+		{"/v1/embeddings", `{"model":"tiny-a","input":"x","stream":"yes"}`},
 	} {
 		send := func(base string) (int, string, string) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+c.path, bytes.NewReader([]byte(c.body)))
