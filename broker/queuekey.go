@@ -3,6 +3,7 @@ package broker
 import (
 	"crypto/sha256"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -150,16 +151,28 @@ func LoadOptionsToken(body []byte) string {
 type LoadOptions struct {
 	set map[string]any
 	bad bool // a value Ollama would refuse: the request loads nothing
+	// notObject is the JSON type of the first value that was no object or null, as
+	// encoding/json names it ("string", "number", "bool", "array"); "" when none was.
+	notObject string
 }
 
 // UnmarshalJSON decodes an "options" value; one Ollama would refuse marks the options
 // unusable instead of failing the caller's decode.
 func (o *LoadOptions) UnmarshalJSON(b []byte) error {
-	if json.Unmarshal(b, &o.set) != nil {
+	if err := json.Unmarshal(b, &o.set); err != nil {
 		o.bad = true
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && o.notObject == "" {
+			o.notObject = te.Value
+		}
 	}
 	return nil
 }
+
+// NotAnObject is the JSON type ("string", "number", "bool", "array") of an "options" value
+// that is no object or null, which Ollama's decoder refuses (400) before its handler
+// reads anything; "" when every value was an object or null.
+func (o LoadOptions) NotAnObject() string { return o.notObject }
 
 // optionTypes are the types Ollama (v0.17.4 api.Options and api.Runner) gives the
 // request options it knows, as its refusals name them; options it does not know it

@@ -63,3 +63,35 @@ func TestMessagesMaxTokensNullAfterAValue(t *testing.T) {
 		t.Fatalf("%s: %d %s, want 200 as Ollama answers", body, got.Status, got.Body)
 	}
 }
+
+// A 400 of Ollama's Anthropic layer itself for a queued job (a max_tokens it cannot
+// decode, a message it cannot convert: checks foreman leaves to it) is relayed as that
+// layer writes its refusals, and as foreman writes the ones it makes before queueing:
+// gin's framing, a charset and no newline after the object. Its handler's refusals (a
+// model that cannot chat) keep its writer's json.Encoder framing. Both measured against
+// the real Ollama. A layer refusal came back as a handler's, with a newline and no
+// charset.
+func TestMessagesLayerRefusalOfAQueuedJobIsFramedAsTheLayers(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 30*time.Second)
+	const gin, encoder = "application/json; charset=utf-8", "application/json"
+	reqID := regexp.MustCompile(`"req_[0-9a-f]{24}"`)
+	for _, c := range []struct{ body, ctype, want string }{
+		{`{"model":"tiny-a","max_tokens":"x","messages":[{"role":"user","content":"hi"}]}`, gin,
+			`{"type":"error","error":{"type":"invalid_request_error","message":"json: cannot unmarshal string into Go struct field MessagesRequest.max_tokens of type int"},"request_id":"req_ID"}`},
+		{`{"model":"tiny-a","max_tokens":4,"stream":true,"messages":[{"role":"user","content":5}]}`, gin,
+			`{"type":"error","error":{"type":"invalid_request_error","message":"invalid message content type: float64"},"request_id":"req_ID"}`},
+		{`{"model":"tiny-embed","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`, encoder,
+			`{"type":"error","error":{"type":"invalid_request_error","message":"\"tiny-embed\" does not support chat"},"request_id":"req_ID"}` + "\n"},
+	} {
+		got := post(t, ctx, b.URL, "/v1/messages", []byte(c.body))
+		body := reqID.ReplaceAllString(string(got.Body), `"req_ID"`)
+		if got.Status != http.StatusBadRequest || got.CType != c.ctype || body != c.want {
+			t.Errorf("%s: %d %q %q\nwant 400 %q %q", c.body, got.Status, got.CType, body, c.ctype, c.want)
+		}
+		if c.ctype == gin && (got.Header.Get("Cache-Control") != "" || got.Header.Get("Connection") == "keep-alive") {
+			t.Errorf("%s: a refusal before the stream began has the stream's headers: %v", c.body, got.Header)
+		}
+	}
+}

@@ -3,8 +3,10 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -64,6 +66,49 @@ func TestE2ERefusalsMatchDirect(t *testing.T) {
 		}
 		if json.Unmarshal(vbody, &v) != nil || json.Unmarshal(dbody, &d) != nil || v.Error.Type != d.Error.Type {
 			t.Errorf("%s: foreman %s, direct %s: error types differ", name, vbody, dbody)
+		}
+	}
+}
+
+// A model Ollama lacks is answered in Ollama's words on every route that names one,
+// whether foreman refuses it from the model list or relays Ollama's answer: the status,
+// Content-Type and bytes of Ollama's answer (the Anthropic request_id aside).
+func TestE2EModelNotFoundMatchesDirect(t *testing.T) {
+	b := newE2EBundle(t, nil)
+	ctx := testCtx(t, time.Minute)
+	reqID := regexp.MustCompile(`"req_[0-9a-f]{24}"`)
+	for _, c := range []struct{ method, path, body string }{
+		{http.MethodPost, "/api/chat", `{"model":"ghost","messages":[{"role":"user","content":"x"}]}`},
+		{http.MethodPost, "/api/generate", `{"model":"ghost","prompt":"x","stream":false}`},
+		{http.MethodPost, "/api/show", `{"model":"ghost"}`},
+		{http.MethodPost, "/api/show", `{"name":"ghost"}`},
+		{http.MethodPost, "/api/embed", `{"model":"ghost","input":"x"}`},
+		{http.MethodPost, "/api/embeddings", `{"model":"ghost","prompt":"x"}`},
+		{http.MethodDelete, "/api/delete", `{"model":"ghost"}`},
+		{http.MethodPost, "/api/copy", `{"source":"ghost","destination":"ghost2"}`},
+		{http.MethodPost, "/v1/chat/completions", `{"model":"ghost","messages":[{"role":"user","content":"x"}],"stream":true}`},
+		{http.MethodPost, "/v1/completions", `{"model":"ghost","prompt":"x"}`},
+		{http.MethodPost, "/v1/embeddings", `{"model":"ghost","input":"x"}`},
+		{http.MethodPost, "/v1/responses", `{"model":"ghost","input":"x"}`},
+		{http.MethodPost, "/v1/messages", `{"model":"ghost","max_tokens":4,"messages":[{"role":"user","content":"x"}]}`},
+		{http.MethodPost, "/v1/images/generations", `{"model":"ghost","prompt":"x"}`},
+		{http.MethodGet, "/v1/models/ghost", ``},
+	} {
+		send := func(base string) string {
+			req, err := http.NewRequestWithContext(ctx, c.method, base+c.path, strings.NewReader(c.body))
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatalf("%s %s: %v", c.method, c.path, err)
+			}
+			defer resp.Body.Close()
+			out, _ := io.ReadAll(resp.Body)
+			return fmt.Sprintf("%d %q %s", resp.StatusCode, resp.Header.Get("Content-Type"), reqID.ReplaceAll(out, []byte(`"req_ID"`)))
+		}
+		if got, want := send(b.URL), send(b.Target); got != want {
+			t.Errorf("%s %s %s:\nforeman %s\ndirect  %s", c.method, c.path, c.body, got, want)
 		}
 	}
 }

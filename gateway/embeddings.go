@@ -28,6 +28,15 @@ func embedKind(path string) (broker.Kind, bool) {
 	return "", false
 }
 
+// embeds reports whether kind is an embedding route's (embedKind).
+func embeds(kind broker.Kind) bool {
+	switch kind {
+	case broker.KindEmbed, broker.KindEmbeddings, broker.KindOpenAIEmbeddings:
+		return true
+	}
+	return false
+}
+
 // capsTTL is how long a model's capabilities are remembered: a model pulled again under
 // its name may have changed, which a look now and then finds.
 const capsTTL = 10 * time.Minute

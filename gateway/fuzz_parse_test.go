@@ -208,8 +208,8 @@ func FuzzParseSubmission(f *testing.F) {
 		if err := json.Unmarshal(sub.body, &named); err != nil || named.Model != sub.model {
 			t.Fatalf("queued as %q, but the target reads %q (%v) from %q", sub.model, named.Model, err, sub.body)
 		}
-		if want := broker.LoadOptionsToken(sub.body); sub.opts != want {
-			t.Fatalf("%q: load options %q, want %q", raw, sub.opts, want)
+		if want := broker.LoadOptionsToken(sub.body); sub.inf.opts != want {
+			t.Fatalf("%q: load options %q, want %q", raw, sub.inf.opts, want)
 		}
 		if err := checkKindFields(sub.kind, fields); err != nil {
 			t.Fatalf("body sent on fails its kind's check: %v", err)

@@ -41,9 +41,8 @@ type submission struct {
 	// priority and program are the body's "priority" and "program"; empty when absent.
 	priority broker.Priority
 	program  string
-	opts     string // the load-options token (broker.LoadOptions.Token)
-	// inf holds what refuseBadFormat reads of the body: its format, and whether it asks
-	// for a completion.
+	// inf is the target's body as its sync route reads it (parseQueued): the load
+	// options' token, what refuseBadFormat reads, a refusal of its options.
 	inf inference
 	// kept are the target's members of the body; reencoded says body was made of them
 	// (encodeMembers), a foreman field having been removed, rather than sent as it is.
@@ -169,10 +168,10 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		hasEvents  bool
 		stripped   bool
 		fieldsSeen = map[string]json.RawMessage{}
-		// The target's members foreman reads too. Ollama decodes into a struct, so a key
-		// matching "model" or "options" in another case counts (json matches names as
-		// strings.EqualFold does), each in turn.
-		modelValues, optionValues []json.RawMessage
+		// The target's "model" members. Ollama decodes into a struct, so a key matching
+		// "model" in another case counts (json matches names as strings.EqualFold does),
+		// each in turn.
+		modelValues []json.RawMessage
 	)
 	for _, m := range members {
 		switch m.key {
@@ -206,11 +205,8 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		default:
 			kept = append(kept, m)
 			fieldsSeen[m.key] = m.value
-			switch {
-			case strings.EqualFold(m.key, "model"):
+			if strings.EqualFold(m.key, "model") {
 				modelValues = append(modelValues, m.value)
-			case strings.EqualFold(m.key, "options"):
-				optionValues = append(optionValues, m.value)
 			}
 		}
 	}
@@ -243,10 +239,6 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	if err := checkKindFields(sub.kind, fieldsSeen); err != nil {
 		return nil, err
 	}
-	// What Ollama refuses at once, refused before the job waits its turn.
-	if err := checkImageRequest(sub.kind, raw); err != nil {
-		return nil, err
-	}
 	if hookURL != "" {
 		if err := checkWebhookURL(hookURL, policy); err != nil {
 			return nil, err
@@ -264,45 +256,19 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	} else if hasEvents && len(events) > 0 {
 		return nil, badRequest("webhook_events needs state_webhook_url")
 	}
-	// As Ollama decodes them: the last of a member given twice, a name in any case.
-	var input, instructions bool // /v1/responses': either makes a message
-	for _, m := range kept {
-		var ne nonEmpty
-		switch {
-		case strings.EqualFold(m.key, "format") && sub.kind != broker.KindOpenAIChat && sub.kind != broker.KindOpenAIResponses:
-			sub.inf.format = m.value
-		case strings.EqualFold(m.key, "response_format") && sub.kind == broker.KindOpenAIChat:
-			sub.inf.format = openAIChatFormat(m.value)
-		case strings.EqualFold(m.key, "text") && sub.kind == broker.KindOpenAIResponses:
-			sub.inf.format = openAIResponsesFormat(m.value)
-		case strings.EqualFold(m.key, "input") && sub.kind == broker.KindOpenAIResponses:
-			_ = ne.UnmarshalJSON(m.value) // never fails
-			input = bool(ne)
-		case strings.EqualFold(m.key, "instructions") && sub.kind == broker.KindOpenAIResponses:
-			_ = ne.UnmarshalJSON(m.value) // never fails
-			instructions = bool(ne)
-		case strings.EqualFold(m.key, "messages") && (sub.kind == broker.KindChat || sub.kind == broker.KindOpenAIChat),
-			strings.EqualFold(m.key, "prompt") && sub.kind == broker.KindGenerate:
-			_ = ne.UnmarshalJSON(m.value) // never fails
-			sub.inf.completes = bool(ne)
-		}
-	}
-	if sub.kind == broker.KindOpenAIResponses {
-		sub.inf.completes = input || instructions
-	}
-	var opts broker.LoadOptions
-	for _, v := range optionValues {
-		_ = json.Unmarshal(v, &opts) // never fails: a bad value marks the options unusable
-	}
-	sub.opts = opts.Token()
-	if !sub.kind.ReadsOptions() {
-		sub.opts = broker.DefaultLoadOptions // the target ignores them
-	} else if err := opts.Refused(); err != nil {
-		sub.inf.refused = badRequest(err.Error()) // a job that could only fail; after the model's 404
-	}
 	sub.body, sub.kept, sub.reencoded = raw, kept, stripped
 	if stripped {
 		sub.body = encodeMembers(kept)
+	}
+	// What the sync route of the kind refuses before it queues, refused before the job
+	// waits its turn, in that route's words: the body is the one the target gets.
+	if embeds(sub.kind) {
+		if _, _, err := requestModel(sub.kind.Path(), sub.body); err != nil {
+			return nil, err
+		}
+	}
+	if sub.inf, err = parseQueued(sub.kind, sub.body); err != nil {
+		return nil, err
 	}
 	return sub, nil
 }
@@ -495,7 +461,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 		return "", false, err
 	}
 	job := &broker.Job{ID: s.store.NewID(), Model: model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
-		LoadOptions: sub.opts}
+		LoadOptions: sub.inf.opts}
 	legacyKey := s.legacyIdempotencyKey(idemKey)
 	idemKey = scopedIdempotencyKey(who.program, idemKey)
 	if idemKey != "" {

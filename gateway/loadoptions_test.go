@@ -44,12 +44,12 @@ func TestRequestLoadOptions(t *testing.T) {
 		if in.opts != want {
 			t.Errorf("%s %s: load options %q, want %q (as %s)", tt.kind, tt.options, in.opts, want, tt.sameAs)
 		}
-		sub, err := parseSubmission([]byte(`{"kind":"`+string(tt.kind)+`","model":"m","options":`+tt.options+`}`), &webhook.Policy{})
+		sub, err := parseSubmission([]byte(`{"kind":"`+string(tt.kind)+`",`+string(body[1:])), &webhook.Policy{})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if sub.opts != want {
-			t.Errorf("POST /jobs %s %s: load options %q, want %q (as %s)", tt.kind, tt.options, sub.opts, want, tt.sameAs)
+		if sub.inf.opts != want {
+			t.Errorf("POST /jobs %s %s: load options %q, want %q (as %s)", tt.kind, tt.options, sub.inf.opts, want, tt.sameAs)
 		}
 	}
 }

@@ -82,6 +82,11 @@ func requestModel(path string, body []byte) (model string, read []byte, err erro
 	if read, err = decodeObject(body, &req, "decode model field: "); err != nil {
 		return "", nil, err
 	}
+	if kind, ok := embedKind(path); ok {
+		if err := optionsNotAnObject(kind, req.Options); err != nil {
+			return "", nil, err
+		}
+	}
 	if path == "/v1/embeddings" {
 		// Ollama's OpenAI layer checks the format first of all (v0.17.4
 		// EmbeddingsMiddleware); a format that is no string is its decoder's 400, which

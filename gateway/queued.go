@@ -83,10 +83,10 @@ type inference struct {
 // without a model.
 func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	var req struct {
-		Model   string              `json:"model"`
-		Stream  ollama.StreamMember `json:"stream"`
-		Options broker.LoadOptions  `json:"options"`
-		Format  json.RawMessage     `json:"format"`
+		Model   string             `json:"model"`
+		Stream  streamField        `json:"stream"`
+		Options broker.LoadOptions `json:"options"`
+		Format  json.RawMessage    `json:"format"`
 		// ResponseFormat is /v1/chat/completions' (kept raw: other routes ignore it).
 		ResponseFormat json.RawMessage `json:"response_format"`
 		Messages       *listMember     `json:"messages"`
@@ -106,6 +106,12 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
 		return inference{}, err
+	}
+	if err := req.Stream.refusal(kind); err != nil {
+		return inference{body: read}, err
+	}
+	if err := optionsNotAnObject(kind, req.Options); err != nil {
+		return inference{body: read}, err
 	}
 	if kind == broker.KindOpenAIChat && req.Messages.none() {
 		// Ollama's OpenAI layer checks for messages itself, before its handler reads the
@@ -160,6 +166,53 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		in.refused = badRequest(err.Error())
 	}
 	return in, nil
+}
+
+// streamField is a queued route's "stream" member. A value that is no boolean is the
+// decoder's 400 on the routes whose Ollama request has a "stream" (the chat and
+// completion routes); Ollama's embedding and image requests have none, and ignore it.
+type streamField struct {
+	ollama.StreamMember
+	err *json.UnmarshalTypeError // the first value that was no boolean
+}
+
+func (f *streamField) UnmarshalJSON(b []byte) error {
+	var te *json.UnmarshalTypeError
+	if err := f.StreamMember.UnmarshalJSON(b); errors.As(err, &te) && f.err == nil {
+		f.err = te
+	}
+	return nil
+}
+
+// refusal is the 400 for a stream that is no boolean on kind's route, worded as the
+// decoder of the whole body words it; nil when the route has no stream.
+func (f *streamField) refusal(kind broker.Kind) error {
+	if f.err == nil || embeds(kind) || kind.Image() {
+		return nil
+	}
+	te := *f.err
+	te.Field = "stream"
+	return badRequest("invalid JSON body: " + te.Error())
+}
+
+// optionsNotAnObject is the 400 of Ollama's decoder for an "options" member that is no
+// JSON object (nor null) on kind's route, in its words, nil for none: its native
+// handlers decode the body first of all, their request type's options a map. The OpenAI
+// and Anthropic routes have no such member. Queued, such a call waited its turn to be
+// refused; a POST /jobs job was accepted to fail.
+func optionsNotAnObject(kind broker.Kind, opts broker.LoadOptions) error {
+	typ, named := ollamaRequestTypes[kind]
+	if v := opts.NotAnObject(); v != "" && named && kind.ReadsOptions() {
+		return badRequest(fmt.Sprintf("json: cannot unmarshal %s into Go struct field %s.options of type map[string]interface {}", v, typ))
+	}
+	return nil
+}
+
+// ollamaRequestTypes name the request types of Ollama's native handlers (v0.17.4 api),
+// as its decoder's refusals name them.
+var ollamaRequestTypes = map[broker.Kind]string{
+	broker.KindChat: "ChatRequest", broker.KindGenerate: "GenerateRequest",
+	broker.KindEmbed: "EmbedRequest", broker.KindEmbeddings: "EmbeddingRequest",
 }
 
 // checkTopLogprobs refuses a top_logprobs outside 0..20 as Ollama's chat and generate
@@ -267,14 +320,9 @@ func (s *Server) handleQueued(kind broker.Kind) http.HandlerFunc {
 // serveQueued runs the call body (read by then, holding hold) as a sync job of kind and
 // writes its answer; in is when the request reached its handler.
 func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker.Kind, body []byte, hold *bodyHold, in time.Time) {
-	inf, err := parseInference(kind, body)
+	inf, err := parseQueued(kind, body)
 	if inf.body != nil {
 		body = inf.body // what Ollama reads of it, the only part queued and sent on
-	}
-	// The image routes' own checks come first, as Ollama's OpenAI layer makes them
-	// before its handler looks at the model.
-	if ierr := checkImageRequest(kind, body); ierr != nil {
-		err = ierr
 	}
 	if err != nil {
 		s.writeError(w, r, err)
@@ -313,6 +361,23 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	s.traced(job.ID, traceIn, in)
 	s.runSync(w, r, job, inf.stream, body, hold)
 	s.traced(job.ID, traceWritten, time.Now())
+}
+
+// parseQueued reads the body of a job of kind (parseInference) with every refusal its
+// route makes before the model is looked up: POST /jobs makes them too (parseSubmission),
+// so that a job the target could only refuse is refused at submit, in the sync route's
+// words. The image routes' own checks come first, as Ollama's OpenAI layer makes them
+// before its handler looks at the model. The embedding routes' checks of their own
+// (requestModel) come before this on those routes.
+func parseQueued(kind broker.Kind, body []byte) (inference, error) {
+	inf, err := parseInference(kind, body)
+	if inf.body != nil {
+		body = inf.body
+	}
+	if ierr := checkImageRequest(kind, body); ierr != nil {
+		err = ierr
+	}
+	return inf, err
 }
 
 // queueableModel decides whether a job of kind naming model may be queued, and returns

@@ -16,7 +16,8 @@ import (
 // Ollama's. A body with more after its object is answered as the object (Ollama reads
 // the first JSON value); a non-streamed OpenAI call's unreadable stream_options is
 // Ollama's 400; a non-streamed Anthropic message with no content block has
-// "content":null (this system prompt makes tiny-a's first tokens empty text).
+// "content":null (this system prompt makes tiny-a's first tokens empty text); a queued
+// message's refusal is framed as the Anthropic layer or its handler frames it.
 func TestE2EAnswersMatchDirect(t *testing.T) {
 	b := newE2EBundle(t, nil)
 	ctx := testCtx(t, 2*time.Minute)
@@ -29,6 +30,21 @@ func TestE2EAnswersMatchDirect(t *testing.T) {
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"max_tokens":3,"temperature":0,"stream_options":"x"}`},
 		{"/v1/completions", `{"model":"tiny-a","prompt":"hi","max_tokens":3,"temperature":0,"stream_options":{"include_usage":"yes"}}`},
 		{"/v1/messages", `{"model":"tiny-a","max_tokens":3,"messages":[{"role":"user","content":"hi"}],"temperature":0,"system":"be brief"}`},
+		// Queued, and refused by Ollama's Anthropic layer (gin's framing) or by its
+		// handler (its writer's json.Encoder, a newline after the object).
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":"x","messages":[{"role":"user","content":"hi"}]}`},
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":4,"stream":true,"messages":[{"role":"user","content":5}]}`},
+		{"/v1/messages", `{"model":"tiny-a","max_tokens":4,"messages":[{"role":"user","content":[{"type":"image"}]}]}`},
+		{"/v1/messages", `{"model":"tiny-embed","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`},
+		// Options that are no object: the decoder's 400, before any other check.
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":50,"options":"x"}`},
+		{"/api/chat", `{"model":"ghost","messages":[],"options":{"num_ctx":8},"options":[1]}`},
+		{"/api/embed", `{"model":"tiny-embed","input":"x","options":5}`},
+		{"/api/embeddings", `{"model":"tiny-a","prompt":"x","options":true}`},
+		// A stream that is no boolean: the embedding routes (queued on a chat model) have
+		// none and ignore it.
+		{"/api/embed", `{"model":"tiny-a","input":"x","stream":"yes"}`},
+		{"/v1/embeddings", `{"model":"tiny-a","input":"x","stream":"yes"}`},
 	} {
 		send := func(base string) (int, string, string) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+c.path, bytes.NewReader([]byte(c.body)))

@@ -391,7 +391,7 @@ func (sr *syncResponse) final(err error) outcome {
 			// parses error.message, so it gets the body itself when nothing was written yet.
 			if !sr.started && sr.job.Kind != broker.KindChat && sr.job.Kind != broker.KindGenerate {
 				status, _ := statusOf(err)
-				if layerRefusal(status, sr.job.Kind, kind) {
+				if layerRefusal(status, sr.job.Kind, kind, text) {
 					// Refused before the middleware set them (serveQueued did, as it
 					// could not tell).
 					sr.w.Header().Del("Cache-Control")
@@ -399,7 +399,7 @@ func (sr *syncResponse) final(err error) outcome {
 				} else if sr.stream {
 					sr.middlewareStreamHeaders() // set before the handler that refused
 				}
-				writeTargetCompatError(sr.w, status, sr.job.Kind, kind, je.Message)
+				writeTargetCompatError(sr.w, status, sr.job.Kind, kind, text, je.Message)
 				return outcomeError
 			}
 			err = &broker.JobError{State: je.State, Message: text, Status: je.Status}
@@ -428,15 +428,13 @@ func openAIErrorMessage(s string) (msg, kind string, ok bool) {
 	return *e.Error.Message, e.Error.Type, true
 }
 
-// writeTargetCompatError relays the target's error body of a /v1 route with the bytes
-// Ollama wrote it with, which the job's error (trimmed) no longer tells: its OpenAI
-// layer's own checks answer an invalid_request_error through gin, and its writer encodes
-// the handler's errors, api_error, with a json.Encoder, its newline included. The
-// Anthropic layer's 400s are invalid_request_error either way; its handler's are taken
-// (a model that cannot chat), as its own checks (max_tokens) pass an Anthropic SDK's
-// calls.
-func writeTargetCompatError(w http.ResponseWriter, status int, jobKind broker.Kind, errType, body string) {
-	if layerRefusal(status, jobKind, errType) {
+// writeTargetCompatError relays the target's error body of a /v1 route (its error.type
+// errType and error.message msg) with the bytes Ollama wrote it with, which the job's
+// error (trimmed) no longer tells: its OpenAI and Anthropic layers' own checks answer
+// through gin, and their writers encode the handler's errors with a json.Encoder, its
+// newline included (layerRefusal tells which).
+func writeTargetCompatError(w http.ResponseWriter, status int, jobKind broker.Kind, errType, msg, body string) {
+	if layerRefusal(status, jobKind, errType, msg) {
 		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		w.WriteHeader(status)
 		_, _ = w.Write([]byte(body))
@@ -447,11 +445,35 @@ func writeTargetCompatError(w http.ResponseWriter, status int, jobKind broker.Ki
 	_, _ = w.Write([]byte(body + "\n"))
 }
 
-// layerRefusal reports whether the target's error of a /v1 route (its status and
-// error.type) is a refusal of Ollama's OpenAI layer itself, made before its handler ran
-// (see writeTargetCompatError).
-func layerRefusal(status int, jobKind broker.Kind, errType string) bool {
-	return status == http.StatusBadRequest && errType == "invalid_request_error" && jobKind != broker.KindAnthropicMessages
+// layerRefusal reports whether the target's error of a /v1 route (its status, error.type
+// and error.message) is a refusal of Ollama's OpenAI or Anthropic layer itself, made
+// before its handler ran (see writeTargetCompatError). The OpenAI layer types its own
+// 400s invalid_request_error, its handler's api_error. The Anthropic layer types every
+// 400 invalid_request_error: its handler's are told by their words (anthropicHandlerRefusal).
+func layerRefusal(status int, jobKind broker.Kind, errType, msg string) bool {
+	if status != http.StatusBadRequest || errType != "invalid_request_error" {
+		return false
+	}
+	return jobKind != broker.KindAnthropicMessages || !anthropicHandlerRefusal(msg)
+}
+
+// anthropicHandlerRefusal reports whether msg is a 400 of the chat handler behind Ollama's
+// Anthropic layer (v0.17.4 ChatHandler and handleScheduleError): a model name it cannot
+// take, a capability the model lacks ("does not support chat", "does not support
+// tools"), a think value it cannot use, a remote model. Every other 400 there is the
+// layer's own: a body its decoder refuses, a message it cannot convert.
+func anthropicHandlerRefusal(msg string) bool {
+	switch {
+	case msg == "model is required", msg == "invalid model name", msg == "this server cannot run this remote model":
+		return true
+	case strings.HasPrefix(msg, "does not support "): // handleScheduleError's errCapabilities
+		return true
+	case strings.HasPrefix(msg, `"`) && (strings.HasSuffix(msg, `" does not support chat`) || strings.HasSuffix(msg, `" does not support thinking`)):
+		return true
+	case strings.HasPrefix(msg, "think value ") && strings.HasSuffix(msg, " is not supported for this model"):
+		return true
+	}
+	return false
 }
 
 // ended handles a terminal job seen without its final marker. A done job whose every

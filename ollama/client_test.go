@@ -233,7 +233,7 @@ func TestStreamHTTPError(t *testing.T) {
 
 	_, _, err := collect(t, c, "/api/chat", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`)
 	var he *ollama.HTTPError
-	if !errors.As(err, &he) || he.StatusCode != 404 || he.Message != `model "nope" not found, try pulling it first` {
+	if !errors.As(err, &he) || he.StatusCode != 404 || he.Message != `model 'nope' not found` {
 		t.Fatalf("err = %#v", err)
 	}
 

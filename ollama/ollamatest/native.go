@@ -270,7 +270,7 @@ func (s *Server) handleEmbed(w http.ResponseWriter, r *http.Request, body []byte
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	m, ok := s.modelFor(w, req.Model, "")
+	m, ok := s.modelFor(w, req.Model, embedding)
 	if !ok {
 		return
 	}
@@ -298,7 +298,7 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request, body [
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	m, ok := s.modelFor(w, req.Model, "")
+	m, ok := s.modelFor(w, req.Model, embedding)
 	if !ok {
 		return
 	}

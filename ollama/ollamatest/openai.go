@@ -84,24 +84,25 @@ func writeOAIErrorTyped(w http.ResponseWriter, code int, typ, msg string) {
 }
 
 // oaiModel resolves the request model with OpenAI-shaped errors; capability is the
-// handler's ("chat", "generate" for /v1/completions, "" for embeddings).
+// handler's ("chat", "generate" for /v1/completions, embedding for embeddings).
 func (s *Server) oaiModel(w http.ResponseWriter, name, capability string) (Model, bool) {
+	completes := capability == "chat" || capability == "generate"
 	lookup := name
-	if capability != "" {
+	if completes {
 		lookup = s.resolveAlias(name) // Ollama's chat and generate read aliases, its embed not
 	}
 	m, ok := s.findModel(lookup)
 	// These are the handler's refusals, which Ollama's OpenAI layer passes on as an
 	// api_error whatever their status; a name Ollama cannot parse is as in modelFor.
-	unparsed := strings.TrimSpace(name) == "" || capability != "" && !ollama.ValidModelName(name)
+	unparsed := strings.TrimSpace(name) == "" || completes && !ollama.ValidModelName(name)
 	switch {
 	case unparsed && capability == "generate":
-		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", fmt.Sprintf("model '%s' not found", name))
+		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", notFound(name, capability))
 	case unparsed:
 		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", "model is required")
 	case !ok:
-		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", notFound(name))
-	case capability != "" && m.Embedding:
+		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", notFound(name, capability))
+	case completes && m.Embedding:
 		writeOAIErrorTyped(w, http.StatusBadRequest, "api_error", fmt.Sprintf("%q does not support %s", name, capability))
 	default:
 		return m, true
@@ -262,7 +263,7 @@ func (s *Server) handleOpenAIEmbeddings(w http.ResponseWriter, r *http.Request, 
 		writeResponsesBadRequest(w, "invalid input")
 		return
 	}
-	m, ok := s.oaiModel(w, req.Model, "")
+	m, ok := s.oaiModel(w, req.Model, embedding)
 	if !ok {
 		return
 	}
@@ -312,7 +313,8 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request, _ []b
 	name := r.PathValue("model")
 	m, ok := s.findModel(name)
 	if !ok {
-		writeOAIError(w, http.StatusNotFound, fmt.Sprintf("model %q not found", name))
+		// Ollama's RetrieveMiddleware passes its show handler's 404 on as an api_error.
+		writeOAIErrorTyped(w, http.StatusNotFound, "api_error", notFound(name, ""))
 		return
 	}
 	writeJSON(w, http.StatusOK, s.oaiEntry(m), f)

@@ -233,8 +233,18 @@ func writeError(w http.ResponseWriter, code int, msg string) {
 	_, _ = w.Write(b)
 }
 
-func notFound(model string) string {
-	return fmt.Sprintf("model %q not found, try pulling it first", model)
+// embedding is the capability modelFor and oaiModel are given by the embedding handlers:
+// they take any model, and say a model they lack in words of their own.
+const embedding = "embedding"
+
+// notFound is what Ollama 0.17.4 answers for a model it lacks on the handler of
+// capability (modelFor's): its embedding handlers suggest a pull (handleScheduleError),
+// the others name the model in single quotes (GetModel's not found).
+func notFound(model, capability string) string {
+	if capability == embedding {
+		return fmt.Sprintf("model %q not found, try pulling it first", model)
+	}
+	return fmt.Sprintf("model '%s' not found", model)
 }
 
 // streamWriter writes NDJSON lines or SSE events, flushing each, and carries
@@ -336,28 +346,31 @@ func openAIStreamError(msg string) any {
 	return map[string]any{"error": map[string]string{"message": msg, "type": "api_error"}}
 }
 
-// modelFor gets the served model from the request, with Ollama's error replies. A name
-// Ollama cannot parse (blank too) is its generate handler's 404 "model '<name>' not
-// found" and any other handler's 400 "model is required" (v0.17.4 server/routes.go).
+// modelFor gets the served model from the request, with Ollama's error replies;
+// capability is the handler's: "chat", "generate", embedding, or "" (show and the model
+// management routes). A name Ollama cannot parse (blank too) is its generate handler's
+// 404 "model '<name>' not found" and any other handler's 400 "model is required"
+// (v0.17.4 server/routes.go).
 func (s *Server) modelFor(w http.ResponseWriter, name, capability string) (Model, bool) {
-	if strings.TrimSpace(name) == "" || (capability == "chat" || capability == "generate") && !ollama.ValidModelName(name) {
+	completes := capability == "chat" || capability == "generate"
+	if strings.TrimSpace(name) == "" || completes && !ollama.ValidModelName(name) {
 		if capability == "generate" {
-			writeError(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", name))
+			writeError(w, http.StatusNotFound, notFound(name, capability))
 		} else {
 			writeError(w, http.StatusBadRequest, "model is required")
 		}
 		return Model{}, false
 	}
 	lookup := name
-	if capability == "chat" || capability == "generate" {
+	if completes {
 		lookup = s.resolveAlias(name) // Ollama's chat and generate read aliases, the others not
 	}
 	m, ok := s.findModel(lookup)
 	if !ok {
-		writeError(w, http.StatusNotFound, notFound(name))
+		writeError(w, http.StatusNotFound, notFound(name, capability))
 		return Model{}, false
 	}
-	if capability != "" && m.Embedding {
+	if completes && m.Embedding {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support %s", name, capability))
 		return Model{}, false
 	}

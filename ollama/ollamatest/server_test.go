@@ -186,9 +186,9 @@ func TestModelErrors(t *testing.T) {
 	}{
 		{"/api/chat", string(chatBody("tiny-embed", "x")), 400, `"tiny-embed" does not support chat`},
 		{"/api/generate", `{"model":"tiny-embed:latest","prompt":"x"}`, 400, `"tiny-embed:latest" does not support generate`},
-		{"/api/chat", string(chatBody("x", "y")), 404, `model "x" not found, try pulling it first`},
-		{"/api/generate", `{"model":"x","prompt":"y"}`, 404, `model "x" not found, try pulling it first`},
-		{"/api/show", `{"model":"x"}`, 404, `model "x" not found, try pulling it first`},
+		{"/api/chat", string(chatBody("x", "y")), 404, `model 'x' not found`},
+		{"/api/generate", `{"model":"x","prompt":"y"}`, 404, `model 'x' not found`},
+		{"/api/show", `{"model":"x"}`, 404, `model 'x' not found`},
 		{"/api/embed", `{"model":"x","input":"y"}`, 404, `model "x" not found, try pulling it first`},
 		{"/api/chat", `{"messages":[]}`, 400, `model is required`},
 	}
@@ -405,7 +405,7 @@ func TestOpenAIAndMetadataRoutes(t *testing.T) {
 		{"POST", "/api/show", `{"model":"tiny-a"}`, 200, `"general.architecture":"llama"`},
 		{"POST", "/api/show", `{"name":"tiny-embed"}`, 200, `"capabilities":["embedding"]`},
 		{"POST", "/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}]}`, 200, `"object":"chat.completion","created":`},
-		{"POST", "/v1/chat/completions", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`, 404, `"message":"model \"nope\" not found, try pulling it first"`},
+		{"POST", "/v1/chat/completions", `{"model":"nope","messages":[{"role":"user","content":"x"}]}`, 404, `"message":"model 'nope' not found"`},
 		{"POST", "/v1/completions", `{"model":"tiny-a","prompt":"x"}`, 200, `"object":"text_completion"`},
 		{"POST", "/v1/embeddings", `{"model":"tiny-embed","input":["a","b"]}`, 200, `"index":1`},
 		{"GET", "/v1/models", "", 200, `"id":"tiny-embed:latest"`},
