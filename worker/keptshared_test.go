@@ -67,20 +67,22 @@ func TestAKeptRetryIsNotExpiredByAnotherForeman(t *testing.T) {
 	hook, seen := sawStale(j.ID)
 	tb.expiryOnly(t, store, hook)
 	var requeues atomic.Int32
+	ended := make(chan struct{}) // the test's end: a failed one holds no requeue
 	// Kept past the expiry's age (9 s): its due's requeue waits for the other foreman's
 	// look at the stale message.
 	cfg := worker.WithRequeueFault(worker.Config{RetryDelay: keptTTL - keptTTL/8}, func(id string) error {
 		if id == j.ID && requeues.Add(1) == 2 {
 			select {
 			case <-seen:
-			case <-time.After(30 * time.Second):
+			case <-ended:
 			}
 		}
 		return nil
 	})
 	tb.start(t, cfg)
+	t.Cleanup(func() { close(ended) }) // before the worker's stop
 	if got := tb.waitEnded(t, j.ID); got.State != broker.StateDone || got.Attempt != 2 {
-		t.Errorf("kept retry ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
+		t.Fatalf("kept retry ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
 	}
 	select {
 	case <-seen:
@@ -90,50 +92,60 @@ func TestAKeptRetryIsNotExpiredByAnotherForeman(t *testing.T) {
 }
 
 // A failed attempt's retry between its retrying write and its requeue (a message that may
-// reach the job TTL before a NAK's delay ends, or a last delivery): the record says
-// retrying and the message is past the expiry's age, so a look then ended the job
-// "expired: waited in the queue for the job TTL", and the requeue found it ended and
-// dropped it, though the job had run a moment before and its requeue would have given it
-// a new message. Neither this foreman's expiry (the worker holds the delivery) nor another
-// foreman's (the record names the present foreman whose attempt ran from that message)
-// ends it now. The requeue waits until a look has met the stale message.
+// reach the job TTL before a NAK's delay ends, or a last delivery), which in a full queue
+// is refused and keeps the delivery (park, ADR-0100): the record says retrying and the
+// message is past the expiry's age, so a look then ended the job "expired: waited in the
+// queue for the job TTL", and the requeue found it ended and dropped the delivery, though
+// the job had run a moment before, and its requeue would have given it a new message or
+// kept it to run again from it. Neither this foreman's expiry (the worker keeps the
+// delivery unsettled) nor another foreman's (the record names the present foreman whose
+// attempt ran from that message) ends it now. The requeue waits until a look has met the
+// stale message.
 func TestARetryIsNotExpiredBeforeItsRequeue(t *testing.T) {
 	t.Parallel()
-	for _, expiry := range []string{"this foreman's", "another foreman's"} {
-		t.Run(expiry, func(t *testing.T) {
-			t.Parallel()
-			tb := setup(t, brokertest.WithStore(keptStore(2)))
-			j := tb.chat(t, "tiny-a", 1)
-			tb.fake.FailNext(1, ollamatest.DropMidStream) // the first attempt, a retry
-			hook, seen := sawStale(j.ID)
-			cfg := worker.Config{RetryDelay: time.Second}
-			if expiry == "this foreman's" {
-				cfg = worker.WithAfterExpiry(cfg, hook)
-			} else {
-				tb.expiryOnly(t, keptStore(2), hook)
-			}
-			// Its retry is requeued, not NAKed (as one whose message may reach the TTL
-			// first), and that requeue waits for a look at its stale message.
-			cfg = worker.WithOutlivesQueue(cfg, func(id string) bool { return id == j.ID })
-			var requeues atomic.Int32
-			cfg = worker.WithRequeueFault(cfg, func(id string) error {
-				if id == j.ID && requeues.Add(1) == 1 {
-					select {
-					case <-seen:
-					case <-time.After(30 * time.Second):
-					}
+	for _, queue := range []struct {
+		name   string
+		places int64
+	}{{"full queue", 1}, {"queue with room", 2}} {
+		for _, expiry := range []string{"this foreman's", "another foreman's"} {
+			t.Run(queue.name+"/"+expiry, func(t *testing.T) {
+				t.Parallel()
+				store := keptStore(queue.places)
+				tb := setup(t, brokertest.WithStore(store))
+				j := tb.chat(t, "tiny-a", 1)
+				tb.fake.FailNext(1, ollamatest.DropMidStream) // the first attempt, a retry
+				hook, seen := sawStale(j.ID)
+				cfg := worker.Config{RetryDelay: time.Second}
+				if expiry == "this foreman's" {
+					cfg = worker.WithAfterExpiry(cfg, hook)
+				} else {
+					tb.expiryOnly(t, store, hook)
 				}
-				return nil
+				// Its retry is requeued, not NAKed (as one whose message may reach the TTL
+				// first), and that requeue waits for a look at its stale message.
+				cfg = worker.WithOutlivesQueue(cfg, func(id string) bool { return id == j.ID })
+				var requeues atomic.Int32
+				ended := make(chan struct{}) // the test's end: a failed one holds no requeue
+				cfg = worker.WithRequeueFault(cfg, func(id string) error {
+					if id == j.ID && requeues.Add(1) == 1 {
+						select {
+						case <-seen:
+						case <-ended:
+						}
+					}
+					return nil
+				})
+				tb.start(t, cfg)
+				t.Cleanup(func() { close(ended) }) // before the worker's stop
+				if got := tb.waitEnded(t, j.ID); got.State != broker.StateDone || got.Attempt != 2 {
+					t.Fatalf("retry ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
+				}
+				select {
+				case <-seen:
+				default:
+					t.Errorf("%s expiry never looked at the retry's stale message", expiry)
+				}
 			})
-			tb.start(t, cfg)
-			if got := tb.waitEnded(t, j.ID); got.State != broker.StateDone || got.Attempt != 2 {
-				t.Errorf("retry ended %s (%s) at attempt %d, want done at 2", got.State, got.Error, got.Attempt)
-			}
-			select {
-			case <-seen:
-			default:
-				t.Errorf("%s expiry never looked at the retry's stale message", expiry)
-			}
-		})
+		}
 	}
 }
