@@ -46,6 +46,15 @@ func (tb *testBundle) expiryOnly(t *testing.T, store func(*broker.Config), hook 
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The bundle's foreman stays present however long the test takes (a store announces
+	// itself once as it opens, for a PresenceTTL).
+	ctx, cancel := context.WithCancel(context.Background())
+	announced := make(chan error, 1)
+	go func() { announced <- tb.b.Store.Announce(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-announced
+	})
 	tb.startOn(t, other, worker.WithAfterExpiry(worker.Config{
 		Runs: func(context.Context, string) bool { return false },
 	}, hook))
