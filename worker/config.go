@@ -130,6 +130,9 @@ type Config struct {
 	// afterParked, when set (tests only), runs as each due of a kept delivery has been
 	// dealt with (runParked), told whether the delivery is kept again.
 	afterParked func(jobID string, kept bool)
+	// afterExpiry, when set (tests only), runs at the end of each expiry look, told the
+	// jobs whose messages the look found stale, whatever it did with them.
+	afterExpiry func(stale []string)
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.
 	beforeStart func(jobID string)

@@ -115,7 +115,7 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 		}
 		log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
 		jctx, cancel := context.WithTimeout(ctx, storeTimeout)
-		_, err := w.expireJob(jctx, p.JobID, ttl)
+		_, err := w.expireJob(jctx, p.JobID, p.Seq, ttl)
 		if err == nil {
 			ended = append(ended, p.JobID)
 			err = w.store.RemoveEnded(jctx, p)
@@ -132,6 +132,13 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 		}
 		cancel()
 	}
+	if hook := w.cfg.afterExpiry; hook != nil && ctx.Err() == nil {
+		ids := make([]string, 0, len(old))
+		for _, p := range old {
+			ids = append(ids, p.JobID)
+		}
+		hook(ids)
+	}
 	if len(ended) > 0 {
 		// One line for the operator, however many a long outage left behind.
 		w.log.Warn("jobs failed: they waited in the queue for a job TTL", "jobs", len(ended), "first_job_id", ended[0], "job_ttl", ttl)
@@ -143,19 +150,26 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 	}
 }
 
-// expireJob ends job id failed, its message having waited about a job TTL, if it waits
-// in the queue or its record is a dead run's (deadRun): with its message gone at the TTL,
-// nothing would end it, and it would vanish with its record. A retry whose delivery this
-// worker keeps for a full queue (park, ADR-0100) is not waiting, though its record says
-// retrying: its message is not renewed while kept, and at its due it runs from its
-// delivery, as in a queue with room its requeue would have run it (ADR-0123).
-func (w *Worker) expireJob(ctx context.Context, id string, ttl time.Duration) (*broker.Job, error) {
-	if w.isParked(id) {
+// expireJob ends job id failed, its message (at stream sequence seq) having waited about
+// a job TTL, if it waits in the queue or its record is a dead run's (deadRun): with its
+// message gone at the TTL, nothing would end it, and it would vanish with its record. A
+// job whose delivery this worker keeps unsettled (keeps) is not waiting, though its
+// record may say queued or retrying: taken to run (its start write not stored yet),
+// between a failed attempt's retrying write and its requeue or NAK, or kept for a full
+// queue (park, ADR-0100), whose message is not renewed while kept and which at its due
+// runs from its delivery, as in a queue with room its requeue would have run it
+// (ADR-0123). Nor is one that another foreman may hold so (keptElsewhere): that one's
+// expiry judges it.
+func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.Duration) (*broker.Job, error) {
+	if w.isParked(id) || w.keeps(id) {
 		return nil, errNotWaiting
 	}
 	cur, rev, written, err := w.store.GetWritten(ctx, id)
 	if err != nil {
 		return nil, err
+	}
+	if w.keptElsewhere(ctx, cur, seq) {
+		return nil, errNotWaiting
 	}
 	dead := w.deadRun(cur, written)
 	first := true
@@ -165,8 +179,11 @@ func (w *Worker) expireJob(ctx context.Context, id string, ttl time.Duration) (*
 		if err := fromWaiting(j); err != nil && !(first && dead) {
 			return err
 		}
-		if j.State == broker.StateRetrying && w.isParked(j.ID) {
-			return errNotWaiting // kept since the look began (ADR-0123)
+		if w.isParked(j.ID) || w.keeps(j.ID) {
+			return errNotWaiting // taken or kept since the look began (ADR-0123)
+		}
+		if !first && w.keptElsewhere(ctx, j, seq) {
+			return errNotWaiting
 		}
 		first = false
 		j.State = broker.StateFailed
@@ -174,4 +191,22 @@ func (w *Worker) expireJob(ctx context.Context, id string, ttl time.Duration) (*
 		return nil
 	})
 	return j, err
+}
+
+// keptElsewhere reports whether waiting record j, whose queue message at seq is stale,
+// is another present foreman's to judge on a shared NATS (ADR-0127): its last attempt
+// ran on that foreman from this very message (the start write names the runner's boot
+// id and the message, and a failed attempt's retrying write keeps both). That foreman
+// may hold the delivery still, kept for a full queue or between its retrying write and
+// its requeue, and only it knows; its own expiry ends the job if it does not. A presence
+// that cannot be read counts as present: the next look reads it again.
+func (w *Worker) keptElsewhere(ctx context.Context, j *broker.Job, seq uint64) bool {
+	if w.store.Config().Exclusive || fromWaiting(j) != nil {
+		return false
+	}
+	boot := j.RunnerBoot
+	if boot == "" || boot == w.store.BootID() || j.QueueSeq != seq {
+		return false
+	}
+	return w.store.Present(ctx, boot)
 }

@@ -208,3 +208,10 @@ func WithOutlivesQueue(cfg Config, fn func(jobID string) bool) Config {
 	cfg.outlivesQueue = fn
 	return cfg
 }
+
+// WithAfterExpiry sets Config.afterExpiry: fn runs at the end of each expiry look, told
+// the jobs whose queue messages the look found stale (broker.StaleAge), ended or not.
+func WithAfterExpiry(cfg Config, fn func(stale []string)) Config {
+	cfg.afterExpiry = fn
+	return cfg
+}

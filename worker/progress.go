@@ -67,6 +67,26 @@ func (w *Worker) settling(d *broker.Lease) {
 	}
 }
 
+// keeps reports whether this worker keeps a delivery of job id in progress that is not
+// settled yet: it will start the job from it, requeue it, keep it for a full queue
+// (park) or give it back, whatever its record says meanwhile.
+func (w *Worker) keeps(id string) bool {
+	w.keepMu.Lock()
+	defer w.keepMu.Unlock()
+	for d, k := range w.keepers {
+		if d.JobID != id {
+			continue
+		}
+		k.mu.Lock()
+		settled := k.settled
+		k.mu.Unlock()
+		if !settled {
+			return true
+		}
+	}
+	return false
+}
+
 // keep sends k's ticks for d until its last holder lets go or d is settled.
 func (w *Worker) keep(d *broker.Lease, k *keeper, log *slog.Logger) {
 	defer close(k.exited)
