@@ -23,11 +23,12 @@ func TestClusterIdempotencyClaimThroughLeaderKill(t *testing.T) {
 	}
 	t.Parallel()
 	c := brokertest.NewCluster(t, 3)
-	st := c.Open(t, func(cfg *broker.Config) { cfg.RetryWindow = 30 * time.Second })
+	st := c.Open(t, func(cfg *broker.Config) { cfg.RetryWindow = electionWindow })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	submitReadable(t, ctx, st) // the bucket in use, its leader known
 	c.Kill(c.StreamLeader("KV_" + broker.JobsBucket))
+	ctx = afterKill(t)
 	claim := broker.IdempotencyClaim{JobID: broker.NewID(), Until: time.Now().Add(time.Minute), Within: time.Minute}
 	got, created, err := st.ClaimIdempotencyKey(ctx, "\nbatch-42", claim)
 	if err != nil || !created || got.JobID != claim.JobID {

@@ -24,11 +24,12 @@ func TestClusterWriteThroughLeaderKill(t *testing.T) {
 	}
 	t.Parallel()
 	c := brokertest.NewCluster(t, 3)
-	st := c.Open(t, func(cfg *broker.Config) { cfg.RetryWindow = 30 * time.Second })
+	st := c.Open(t, func(cfg *broker.Config) { cfg.RetryWindow = electionWindow })
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	j := submitReadable(t, ctx, st)
 	c.Kill(c.StreamLeader("KV_" + broker.JobsBucket))
+	ctx = afterKill(t)
 	if _, _, err := st.Modify(ctx, j.ID, func(j *broker.Job) error { j.State = broker.StateCanceled; return nil }); err != nil {
 		t.Fatalf("write after the leader died: %v", err)
 	}
@@ -37,6 +38,22 @@ func TestClusterWriteThroughLeaderKill(t *testing.T) {
 		got, _, err := st.Get(ctx, j.ID)
 		return err == nil && got.State == broker.StateCanceled
 	})
+}
+
+// electionWindow is the retry window of a store whose writes must get through the
+// elections that follow a node's kill: the two nodes left elect a new leader for each
+// stream and consumer the dead one led, and under -race on a loaded 2-core machine that
+// has taken most of a minute (CI). A store that does not retry fails at once, however
+// long the window.
+const electionWindow = 2 * time.Minute
+
+// afterKill is the context of what a test does once it killed a node: it starts then,
+// so the cluster's forming and the test's set-up take none of the recovery's time, and
+// outlasts electionWindow.
+func afterKill(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), electionWindow+time.Minute)
+	t.Cleanup(cancel)
+	return ctx
 }
 
 // With no quorum left, reads give up after the retry window with ErrUnavailable (the

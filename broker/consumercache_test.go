@@ -23,10 +23,13 @@ func TestQueueConsumerCacheIsBounded(t *testing.T) {
 	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
 	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
 	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) { c.Now = clock }))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	// Each job has a deadline of its own: 300 submits and fetches, each fetch making a
+	// consumer, under one minute's failed once under CPU stress, on the machine's speed,
+	// not on the cache.
 	const jobs = 300
 	for i := range jobs {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		t.Cleanup(cancel)
 		j, err := b.Store.Submit(ctx, &broker.Job{Model: "tiny-a", Kind: broker.KindChat, Program: fmt.Sprintf("run-%d", i)}, []byte(`{"model":"tiny-a"}`))
 		if err != nil {
 			t.Fatal(err)

@@ -35,13 +35,15 @@ func TestSyncCrossNodeFramesLostAnsweredFromResult(t *testing.T) {
 	fakeA := ollamatest.New(t)
 	startClusterWorker(t, stA, fakeA.URL)
 
-	ctx := testCtx(t, 90*time.Second)
 	body := chatBody("tiny-a", "hello", "false")
 	// A first call makes the queue's consumer, whose leader moves with the others.
-	if r := post(t, ctx, gwC, "/api/chat", body); r.Status != http.StatusOK {
+	if r := post(t, testCtx(t, time.Minute), gwC, "/api/chat", body); r.Status != http.StatusOK {
 		t.Fatalf("first call: %d %s", r.Status, r.Body)
 	}
 	cl.LeadTo(t, leader)
+	// The call under test has its time from here: LeadTo's elections, one per stream and
+	// consumer, take tens of seconds under load.
+	ctx := testCtx(t, 90*time.Second)
 	cl.CutRoute(caller, runner)
 	t.Cleanup(func() { cl.HealRoute(caller, runner) })
 

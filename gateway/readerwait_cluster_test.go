@@ -39,7 +39,6 @@ func TestSyncCrossNodeAnswerHeldUntilTheCallerIsHeard(t *testing.T) {
 	sent := recordAnswers(t, fakeA.URL)
 	startClusterWorker(t, stA, sent.URL)
 
-	ctx := testCtx(t, 4*time.Minute)
 	cases := []struct{ path, body string }{
 		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"tell me"}],"stream":true}`},
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"tell me"}],"stream":true}`},
@@ -47,12 +46,16 @@ func TestSyncCrossNodeAnswerHeldUntilTheCallerIsHeard(t *testing.T) {
 	}
 	// A first call of each makes its queue's consumer, whose leader moves with the
 	// others: made with the route cut, it might need the meta leader on the caller's node.
+	setup := testCtx(t, 2*time.Minute)
 	for _, c := range cases {
-		if r := post(t, ctx, gwC, c.path, []byte(c.body)); r.Status != http.StatusOK {
+		if r := post(t, setup, gwC, c.path, []byte(c.body)); r.Status != http.StatusOK {
 			t.Fatalf("first call of %s: %d %s", c.path, r.Status, r.Body)
 		}
 	}
 	cl.LeadTo(t, leader)
+	// The calls under test have their time from here: LeadTo's elections, one per stream
+	// and consumer, take tens of seconds under load.
+	ctx := testCtx(t, 4*time.Minute)
 
 	for _, c := range cases {
 		cl.CutRoute(caller, runner)

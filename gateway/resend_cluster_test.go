@@ -74,13 +74,15 @@ func lostMidAnswer(t *testing.T, later bool) {
 	sent := recordAnswers(t, fakeA.URL)
 	startClusterWorker(t, stA, sent.URL)
 
-	ctx := testCtx(t, 2*time.Minute)
 	body := chatBody("tiny-a", "tell me", "true")
 	// A first call makes the queue's consumer, whose leader moves with the others.
-	if r := post(t, ctx, gwC, "/api/chat", body); r.Status != http.StatusOK {
+	if r := post(t, testCtx(t, time.Minute), gwC, "/api/chat", body); r.Status != http.StatusOK {
 		t.Fatalf("first call: %d %s", r.Status, r.Body)
 	}
 	cl.LeadTo(t, leader)
+	// The call under test has its time from here: LeadTo's elections, one per stream and
+	// consumer, take tens of seconds under load.
+	ctx := testCtx(t, 2*time.Minute)
 
 	// What A's node carries of the answer: the frames published there.
 	onA, err := nats.Connect(cl.URL(runner))

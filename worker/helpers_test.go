@@ -119,7 +119,14 @@ func (tb *testBundle) chat(t *testing.T, model string, n int) *broker.Job {
 // however briefly held.
 func (tb *testBundle) waitState(t *testing.T, id string, want broker.State) *broker.Job {
 	t.Helper()
-	j, err := tb.watchUntil(id, func(j *broker.Job) bool { return j.State == want || j.State.Terminal() })
+	return tb.waitStateWithin(t, id, want, 30*time.Second)
+}
+
+// waitStateWithin is waitState with a wait of its own: for a job whose run is long work
+// for the machine (an answer of 20,000 tokens, each a frame published, under -race).
+func (tb *testBundle) waitStateWithin(t *testing.T, id string, want broker.State, within time.Duration) *broker.Job {
+	t.Helper()
+	j, err := tb.watchUntil(id, within, func(j *broker.Job) bool { return j.State == want || j.State.Terminal() })
 	if err != nil {
 		t.Fatalf("job %s: never %s: %v", id, want, err)
 	}
@@ -132,7 +139,7 @@ func (tb *testBundle) waitState(t *testing.T, id string, want broker.State) *bro
 // waitEnded waits, as waitState does, until job id has ended, whichever way.
 func (tb *testBundle) waitEnded(t *testing.T, id string) *broker.Job {
 	t.Helper()
-	j, err := tb.watchUntil(id, func(j *broker.Job) bool { return j.State.Terminal() })
+	j, err := tb.watchUntil(id, 30*time.Second, func(j *broker.Job) bool { return j.State.Terminal() })
 	if err != nil {
 		t.Fatalf("job %s: never ended: %v", id, err)
 	}
@@ -140,9 +147,9 @@ func (tb *testBundle) waitEnded(t *testing.T, id string) *broker.Job {
 }
 
 // watchUntil reads job id, then its state events, until stop says so of one (its record
-// then), for up to 30 s.
-func (tb *testBundle) watchUntil(id string, stop func(*broker.Job) bool) (*broker.Job, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+// then), for up to within.
+func (tb *testBundle) watchUntil(id string, within time.Duration, stop func(*broker.Job) bool) (*broker.Job, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), within)
 	defer cancel()
 	w, err := tb.b.Store.WatchJob(ctx, id)
 	if err != nil {

@@ -54,7 +54,7 @@ func (tb *testBundle) enqueuedAt(t *testing.T, id string) time.Time {
 // waitRunning waits until job id's record says it runs (loading or working).
 func (tb *testBundle) waitRunning(t *testing.T, id string) {
 	t.Helper()
-	j, err := tb.watchUntil(id, func(j *broker.Job) bool {
+	j, err := tb.watchUntil(id, 30*time.Second, func(j *broker.Job) bool {
 		return j.State == broker.StateLoading || j.State == broker.StateWorking || j.State.Terminal()
 	})
 	if err != nil || j.State.Terminal() {

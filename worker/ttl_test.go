@@ -24,9 +24,12 @@ import (
 // ends done with its result, although its queue message expires under it.
 func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
 	t.Parallel()
-	// A record is rewritten within three quarters of the TTL: the last quarter (1.5 s) is
-	// what a stall of the machine may take without the record expiring.
-	const ttl = 6 * time.Second
+	// A running job's record is offered to Refresh every eighth of the TTL and rewritten
+	// once 3/8 of it old, so it is never older than half the TTL; what is left before the
+	// record counts as a dead run's (3/4, DeadRunAge) or expires (the TTL) is what a stall
+	// of the machine may take. With a TTL of 6 s the first was 1.5 s, and the test failed
+	// once under CPU stress; 12 s double each margin.
+	const ttl = 12 * time.Second
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
 		c.JobTTL = ttl
 		c.AckWait = 3 * time.Second
@@ -47,7 +50,7 @@ func TestJobLongerThanTTLKeepsRecordAndResult(t *testing.T) {
 	// Hold the job past twice the TTL and until JetStream has dropped its queue message
 	// (MaxAge = TTL); the record must be there all along, unchanged but for its revision.
 	var rev uint64
-	eventually(t, 30*time.Second, "queue message dropped after twice the TTL", func() bool {
+	eventually(t, 2*ttl+30*time.Second, "queue message dropped after twice the TTL", func() bool {
 		rec, r, err := tb.b.Store.Get(ctxT(t), j.ID)
 		rev = r
 		if err != nil {

@@ -229,6 +229,11 @@ func TestClusterNoQuorumAnswers503(t *testing.T) {
 	}
 	c.Kill(0)
 	c.Kill(1)
+	// What follows has its own time from the kill: the start on a forming cluster (its
+	// streams made with three replicas) and the first job may take most of the 50 s under
+	// load, and the submit below waits out the store's retries before its 503.
+	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	if status, _, _ := jobAnswer(ctx, base, id); status != http.StatusOK && status != http.StatusServiceUnavailable {
 		t.Errorf("GET /jobs/{id} without quorum: %d, want 200 (a replica's read) or 503", status)
 	}
