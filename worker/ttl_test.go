@@ -683,7 +683,9 @@ func TestJobWhoseResultArtifactCannotBeStored(t *testing.T) {
 			if c.fault != errStoreDown {
 				want = broker.StateFailed
 			}
-			rec := tb.waitState(t, job.ID, want)
+			// A 20,000-token answer: 2 minutes, as TestLargeResultStoredAsObject's (the
+			// run's end is checked, not its speed).
+			rec := tb.waitStateWithin(t, job.ID, want, 2*time.Minute)
 			tb.waitQueueEmpty(t)
 			if faults.Load() != c.faults {
 				t.Fatalf("the result write failed %d times, want %d (the result kept inline?)", faults.Load(), c.faults)
