@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -155,5 +156,80 @@ func TestArtifactShareIsTheNamedTokens(t *testing.T) {
 	resp, out := b.request(t, http.MethodGet, path, nil, "Authorization", "Bearer tok-bob")
 	if resp.StatusCode != http.StatusOK || !bytes.Equal(out, data) {
 		t.Fatalf("bob's GET while alice holds her share: %d %.200q; want the artifact", resp.StatusCode, out)
+	}
+}
+
+// Every artifact answer gives its place back, once (ADR-0065, ADR-0126): after a whole
+// GET, a range, HEAD, 304, 416, a missing artifact, a malformed X-Foreman-Program and a
+// client that leaves part way, no place is held and no program is counted as holding
+// one; each program's share is whole again.
+func TestArtifactPlacesComeBackOnEveryAnswer(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) { c.artifactReads = 2 }), withSendBuffer(4096))
+	ctx := testCtx(t, 30*time.Second)
+	data := largeArtifact(2 << 20)
+	id := jobsSubmit(t, b, `{"model":"tiny-a","messages":[]}`)
+	finishJob(t, b.Broker.Store, id, nil, map[string][2]string{"big.bin": {"application/octet-stream", string(data)}})
+	path := "/jobs/" + id + "/artifacts/big.bin"
+	places := b.GW.artifactReads
+	idle := func() bool {
+		places.mu.Lock()
+		defer places.mu.Unlock()
+		return places.used == 0 && len(places.held) == 0
+	}
+
+	resp, _ := b.request(t, http.MethodHead, path, nil, HeaderProgram, "alpha")
+	etag := resp.Header.Get("ETag")
+	for _, c := range []struct {
+		method string
+		path   string
+		status int
+		hdr    []string
+	}{
+		{http.MethodGet, path, http.StatusOK, nil},
+		{http.MethodGet, path, http.StatusPartialContent, []string{"Range", "bytes=5-9"}},
+		{http.MethodHead, path, http.StatusOK, nil},
+		{http.MethodGet, path, http.StatusNotModified, []string{"If-None-Match", etag}},
+		{http.MethodGet, path, http.StatusRequestedRangeNotSatisfiable, []string{"Range", "bytes=99999999-"}},
+		{http.MethodGet, "/jobs/" + id + "/artifacts/none.bin", http.StatusNotFound, nil},
+		{http.MethodGet, path, http.StatusBadRequest, []string{HeaderProgram, "two words"}},
+	} {
+		for _, program := range []string{"alpha", ""} {
+			hdr := c.hdr
+			if program != "" && c.status != http.StatusBadRequest {
+				hdr = append([]string{HeaderProgram, program}, hdr...)
+			}
+			if resp, out := b.request(t, c.method, c.path, nil, hdr...); resp.StatusCode != c.status {
+				t.Fatalf("%s %s %v: %d %.200q; want %d", c.method, c.path, hdr, resp.StatusCode, out, c.status)
+			}
+			// The client has the whole answer before its handler has returned.
+			eventually(t, 5*time.Second, fmt.Sprintf("no place held after %s %s %v (%d)", c.method, c.path, hdr, c.status), idle)
+		}
+	}
+
+	// A client that reads a little of a large download and leaves: its place comes back
+	// once the handler sees it gone.
+	for range 3 {
+		rctx, cancel := context.WithCancel(ctx)
+		req, err := http.NewRequestWithContext(rctx, http.MethodGet, b.URL+path, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set(HeaderProgram, "alpha")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := resp.Body.Read(make([]byte, 100)); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("a download begun: %d, %v", resp.StatusCode, err)
+		}
+		cancel()
+		resp.Body.Close()
+		eventually(t, 10*time.Second, "the place of a download its client left comes back", idle)
+	}
+	// alpha's share is whole: it holds its half (1 of 2) again.
+	w, _ := holdDownload(t, b, ctx, path, HeaderProgram, "alpha")
+	if w.status != http.StatusOK {
+		t.Fatalf("alpha's download after its others ended: %d; want 200", w.status)
 	}
 }
