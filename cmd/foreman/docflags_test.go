@@ -13,9 +13,10 @@ import (
 
 // TestDocsCommandLinesUseRealFlags keeps the command lines of the README, the ADRs and
 // deploy/ true to the CLI: each `foreman CMD ... --flag` (in a code block or in
-// backticks, also written without "foreman": `submit --wait`) names a command that
-// exists and flags that command takes, and each flag of the README's settings table is
-// one of serve's.
+// backticks, also written without "foreman": `submit --wait`, or as the binary's path or
+// `go run ./cmd/foreman`; in deploy/'s scripts, units and configs, any line) names a
+// command that exists and flags that command takes, and each flag of the README's
+// settings table is one of serve's.
 func TestDocsCommandLinesUseRealFlags(t *testing.T) {
 	t.Parallel()
 	root := newRootCmd(&env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }})
@@ -27,7 +28,11 @@ func TestDocsCommandLinesUseRealFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	files = append(append([]string{"../../README.md"}, files...), deploy...)
+	bench, err := filepath.Glob("../../deploy/bench/*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(append(append([]string{"../../README.md"}, files...), deploy...), bench...)
 	checked := 0
 	for _, file := range files {
 		if fi, err := os.Stat(file); err != nil || fi.IsDir() {
@@ -37,7 +42,12 @@ func TestDocsCommandLinesUseRealFlags(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for _, line := range commandLines(string(data)) {
+		lines := commandLines(string(data))
+		if !strings.HasSuffix(file, ".md") {
+			// A script, a unit or a config: a command may be on any line of it.
+			lines = strings.Split(string(data), "\n")
+		}
+		for _, line := range lines {
 			for _, seg := range regexp.MustCompile(`[;|&]|\$\(`).Split(line, -1) {
 				if problem, ok := checkCommandLine(root, strings.Fields(seg)); ok {
 					checked++
@@ -98,7 +108,9 @@ func commandLines(md string) []string {
 // checkCommandLine checks the flags of one command line: ok is false for a text that is
 // no foreman command, problem is "" for one whose flags its command takes.
 func checkCommandLine(root *cobra.Command, toks []string) (problem string, ok bool) {
-	if len(toks) > 0 && toks[0] == "foreman" {
+	if len(toks) > 3 && toks[0] == "go" && toks[1] == "run" && strings.HasSuffix(toks[2], "cmd/foreman") {
+		toks = toks[3:]
+	} else if len(toks) > 0 && isForeman(toks[0]) {
 		toks = toks[1:]
 	} else if len(toks) < 2 || subcommand(root, toks[0]) == nil {
 		// Without "foreman" a command is only taken with something after it: "queue"
@@ -134,6 +146,16 @@ func checkCommandLine(root *cobra.Command, toks []string) (problem string, ok bo
 		}
 	}
 	return "", true
+}
+
+// isForeman reports whether tok runs the foreman binary: "foreman", or a path to it as a
+// script, a unit or a Dockerfile writes it ("$work/foreman", ExecStart=/usr/local/bin/foreman).
+func isForeman(tok string) bool {
+	tok = strings.Trim(tok, `"'[,`)
+	if _, after, ok := strings.Cut(tok, "="); ok {
+		tok = after
+	}
+	return tok == "foreman" || strings.HasSuffix(tok, "/foreman")
 }
 
 // subcommand is cmd's subcommand called name, or nil.
