@@ -105,6 +105,9 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 	// then may a job TTL lowered since the last start be applied on the store, which drops
 	// what is older than it (Store.ApplyJobTTL, ADR-0101).
 	whole := err == nil
+	// A runner's presence is read once per look (keptElsewhere): an outage's backlog may
+	// hold thousands of stale messages of one foreman's retries.
+	present := map[string]bool{}
 	for _, p := range old {
 		if ctx.Err() != nil {
 			whole = false
@@ -115,7 +118,7 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 		}
 		log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
 		jctx, cancel := context.WithTimeout(ctx, storeTimeout)
-		_, err := w.expireJob(jctx, p.JobID, p.Seq, ttl)
+		_, err := w.expireJob(jctx, p.JobID, p.Seq, ttl, present)
 		if err == nil {
 			ended = append(ended, p.JobID)
 			err = w.store.RemoveEnded(jctx, p)
@@ -159,8 +162,8 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 // queue (park, ADR-0100), whose message is not renewed while kept and which at its due
 // runs from its delivery, as in a queue with room its requeue would have run it
 // (ADR-0123). Nor is one that another foreman may hold so (keptElsewhere): that one's
-// expiry judges it.
-func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.Duration) (*broker.Job, error) {
+// expiry judges it. present holds the look's reads of runners' presence.
+func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.Duration, present map[string]bool) (*broker.Job, error) {
 	if w.isParked(id) || w.keeps(id) {
 		return nil, errNotWaiting
 	}
@@ -168,7 +171,7 @@ func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.
 	if err != nil {
 		return nil, err
 	}
-	if w.keptElsewhere(ctx, cur, seq) {
+	if w.keptElsewhere(ctx, cur, seq, present) {
 		return nil, errNotWaiting
 	}
 	dead := w.deadRun(cur, written)
@@ -182,7 +185,7 @@ func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.
 		if w.isParked(j.ID) || w.keeps(j.ID) {
 			return errNotWaiting // taken or kept since the look began (ADR-0123)
 		}
-		if !first && w.keptElsewhere(ctx, j, seq) {
+		if !first && w.keptElsewhere(ctx, j, seq, present) {
 			return errNotWaiting
 		}
 		first = false
@@ -199,8 +202,10 @@ func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.
 // id and the message, and a failed attempt's retrying write keeps both). That foreman
 // may hold the delivery still, kept for a full queue or between its retrying write and
 // its requeue, and only it knows; its own expiry ends the job if it does not. A presence
-// that cannot be read counts as present: the next look reads it again.
-func (w *Worker) keptElsewhere(ctx context.Context, j *broker.Job, seq uint64) bool {
+// that cannot be read counts as present: the next look reads it again. Each runner's
+// presence is read once per look (present, by boot id): one read for a runner of many
+// stale jobs, and a presence that lapses during the look is judged at the next.
+func (w *Worker) keptElsewhere(ctx context.Context, j *broker.Job, seq uint64, present map[string]bool) bool {
 	if w.store.Config().Exclusive || fromWaiting(j) != nil {
 		return false
 	}
@@ -208,5 +213,15 @@ func (w *Worker) keptElsewhere(ctx context.Context, j *broker.Job, seq uint64) b
 	if boot == "" || boot == w.store.BootID() || j.QueueSeq != seq {
 		return false
 	}
-	return w.store.Present(ctx, boot)
+	if p, ok := present[boot]; ok {
+		return p
+	}
+	if hook := w.cfg.beforePresence; hook != nil {
+		hook(boot)
+	}
+	p := w.store.Present(ctx, boot)
+	if ctx.Err() == nil { // not one job's time running out: the next job's read has its own
+		present[boot] = p
+	}
+	return p
 }
