@@ -1,7 +1,9 @@
 package worker_test
 
 import (
+	"context"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -74,5 +76,73 @@ func TestAnExpiryLookReadsARunnersPresenceOnce(t *testing.T) {
 		if rec, _, err := tb.b.Store.Get(ctxT(t), id); err != nil || rec.State != broker.StateRetrying {
 			t.Errorf("job %s: %+v (%v), want it left retrying for its runner", id, rec, err)
 		}
+	}
+}
+
+// markRan writes job id's record as one whose attempt ran on the foreman of boot id from
+// its queue message (found among the queue's messages) and failed, the job waiting to
+// retry from that message (NAKed): what a retrying write leaves.
+func (tb *testBundle) markRan(t *testing.T, id, boot string) {
+	t.Helper()
+	msgs, err := tb.b.Store.Stale(ctxT(t), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(msgs, func(p broker.Pending) bool { return p.JobID == id })
+	if i < 0 {
+		t.Fatalf("job %s has no queue message", id)
+	}
+	if _, _, err := tb.b.Store.Modify(ctxT(t), id, func(j *broker.Job) error {
+		j.State, j.Error, j.Attempt, j.QueueSeq = broker.StateRetrying, "attempt failed", 1, msgs[i].Seq
+		j.Runner, j.RunnerBoot, j.RunnerAttempt = "mac-b", boot, 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// What ends a stale retry that another foreman's expiry leaves to its runner (ADR-0127):
+// a runner that is gone (its presence lapsed or withdrawn, here never announced) leaves
+// it to every foreman's expiry; one that is present but does not hold its delivery (a
+// NAKed retry; its worker runs, takes nothing) ends it with its own expiry. Left to a
+// runner whose presence was not read, or to the runner itself, the job waited until
+// JetStream dropped its message and record, ending in no state.
+func TestAStaleRetryOfAGoneOrIdleRunnerIsExpired(t *testing.T) {
+	t.Parallel()
+	store := keptStore(3)
+	tb := setup(t, brokertest.WithStore(store)) // the idle runner's store
+	gone, idle := tb.chat(t, "tiny-a", 1), tb.chat(t, "tiny-a", 2)
+	tb.markRan(t, gone.ID, broker.NewID())
+	tb.markRan(t, idle.ID, tb.b.Store.BootID())
+	none := func(context.Context, string) bool { return false }
+	tb.start(t, worker.Config{Runs: none})     // the idle runner: its expiry only
+	tb.expiryOnly(t, store, func([]string) {}) // another foreman
+	for _, j := range []*broker.Job{gone, idle} {
+		if got := tb.waitEnded(t, j.ID); got.State != broker.StateFailed || got.Error != broker.ExpiredError(keptTTL, 1) {
+			t.Errorf("job %s ended %s (%s), want failed, %s", j.ID, got.State, got.Error, broker.ExpiredError(keptTTL, 1))
+		}
+	}
+}
+
+// A worker paused for a target that went away (waitIfGone) after NAKing a job's retry
+// still holds that delivery's keeper, settled: the job waits in the queue, not here, and
+// its own expiry ends it once it waited a TTL, however long the target stays away
+// (keeps counts no settled delivery).
+func TestARetryNAKedByAWorkerPausedForItsTargetIsExpired(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(keptStore(2)))
+	tb.fake.SetDown(true)
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.start(t, worker.Config{})
+	eventually(t, 10*time.Second, "the worker paused for its target", func() bool { return w.Paused() != nil })
+	got := tb.waitEnded(t, j.ID)
+	if got.State != broker.StateFailed || !strings.HasPrefix(got.Error, "expired: ") {
+		t.Errorf("job ended %s (%s), want failed, expired", got.State, got.Error)
+	}
+	if got.RunnerBoot != tb.b.Store.BootID() {
+		t.Errorf("job's record names runner %q, want this worker's: it never took the job before its pause", got.RunnerBoot)
+	}
+	if w.Paused() == nil {
+		t.Error("the worker is no longer paused: the job was not expired while it waited for its target")
 	}
 }
