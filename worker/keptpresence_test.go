@@ -146,3 +146,44 @@ func TestARetryNAKedByAWorkerPausedForItsTargetIsExpired(t *testing.T) {
 		t.Error("the worker is no longer paused: the job was not expired while it waited for its target")
 	}
 }
+
+// A job with a second queue message (a spare copy, or the old message a requeue could not
+// ack) whose record names a present runner and the other message, both stale: the runner
+// may hold the delivery of the one its record names (kept for a full queue, or before its
+// requeue), and only it knows. Another foreman's expiry, meeting the older message first,
+// judged the job from it as if no attempt had run from the queue, and ended it.
+func TestAStaleRetryWithASecondMessageIsLeftToItsRunner(t *testing.T) {
+	t.Parallel()
+	store := keptStore(3)
+	tb := setup(t, brokertest.WithStore(store)) // the runner's store, present, no worker
+	j := tb.chat(t, "tiny-a", 1)
+	tb.publishSpare(t, j, chatBody("tiny-a", 1))
+	msgs, err := tb.b.Store.Stale(ctxT(t), time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 2 {
+		t.Fatalf("%d queue messages, want the job's two", len(msgs))
+	}
+	if _, _, err := tb.b.Store.Modify(ctxT(t), j.ID, func(rec *broker.Job) error {
+		rec.State, rec.Error, rec.Attempt, rec.QueueSeq = broker.StateRetrying, "attempt failed", 1, msgs[1].Seq
+		rec.Runner, rec.RunnerBoot, rec.RunnerAttempt = "mac-b", tb.b.Store.BootID(), 1
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	hook, seen := sawStale(j.ID)
+	tb.expiryOnly(t, store, hook)
+	select {
+	case <-seen:
+	case <-ctxT(t).Done():
+		t.Fatal("no expiry look found the job's messages stale")
+	}
+	rec, _, err := tb.b.Store.Get(ctxT(t), j.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != broker.StateRetrying {
+		t.Fatalf("job ended %s (%s), want it left retrying for its runner", rec.State, rec.Error)
+	}
+}
