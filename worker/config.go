@@ -133,6 +133,9 @@ type Config struct {
 	// afterExpiry, when set (tests only), runs at the end of each expiry look, told the
 	// jobs whose messages the look found stale, whatever it did with them.
 	afterExpiry func(stale []string)
+	// beforePresence, when set (tests only), runs as the expiry reads the presence of the
+	// foreman a stale waiting record names as its runner (keptElsewhere).
+	beforePresence func(bootID string)
 	// beforeStart, when set (tests only, see export_test.go), runs in the background just
 	// before an attempt's start write, while its target call goes out.
 	beforeStart func(jobID string)

@@ -105,6 +105,7 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 	// then may a job TTL lowered since the last start be applied on the store, which drops
 	// what is older than it (Store.ApplyJobTTL, ADR-0101).
 	whole := err == nil
+	look := newExpiryLook(old)
 	for _, p := range old {
 		if ctx.Err() != nil {
 			whole = false
@@ -115,7 +116,7 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 		}
 		log := w.log.With("job_id", p.JobID, "model", modelOf(p.Token))
 		jctx, cancel := context.WithTimeout(ctx, storeTimeout)
-		_, err := w.expireJob(jctx, p.JobID, p.Seq, ttl)
+		_, err := w.expireJob(jctx, p.JobID, p.Seq, ttl, look)
 		if err == nil {
 			ended = append(ended, p.JobID)
 			err = w.store.RemoveEnded(jctx, p)
@@ -159,8 +160,8 @@ func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 // queue (park, ADR-0100), whose message is not renewed while kept and which at its due
 // runs from its delivery, as in a queue with room its requeue would have run it
 // (ADR-0123). Nor is one that another foreman may hold so (keptElsewhere): that one's
-// expiry judges it.
-func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.Duration) (*broker.Job, error) {
+// expiry judges it. look is what the expiry look knows besides (expiryLook).
+func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.Duration, look *expiryLook) (*broker.Job, error) {
 	if w.isParked(id) || w.keeps(id) {
 		return nil, errNotWaiting
 	}
@@ -168,7 +169,7 @@ func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.
 	if err != nil {
 		return nil, err
 	}
-	if w.keptElsewhere(ctx, cur, seq) {
+	if w.keptElsewhere(ctx, cur, seq, look) {
 		return nil, errNotWaiting
 	}
 	dead := w.deadRun(cur, written)
@@ -182,7 +183,7 @@ func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.
 		if w.isParked(j.ID) || w.keeps(j.ID) {
 			return errNotWaiting // taken or kept since the look began (ADR-0123)
 		}
-		if !first && w.keptElsewhere(ctx, j, seq) {
+		if !first && w.keptElsewhere(ctx, j, seq, look) {
 			return errNotWaiting
 		}
 		first = false
@@ -193,20 +194,51 @@ func (w *Worker) expireJob(ctx context.Context, id string, seq uint64, ttl time.
 	return j, err
 }
 
+// expiryLook is what one expiry look knows of the stale messages it judges: their
+// sequences, and the presence of the runners their records name, read once per look:
+// an outage's backlog may hold thousands of stale messages of one foreman's retries.
+type expiryLook struct {
+	stale   map[uint64]bool // the stale messages' stream sequences
+	present map[string]bool // by boot id (keptElsewhere)
+}
+
+func newExpiryLook(old []broker.Pending) *expiryLook {
+	l := &expiryLook{stale: make(map[uint64]bool, len(old)), present: map[string]bool{}}
+	for _, p := range old {
+		l.stale[p.Seq] = true
+	}
+	return l
+}
+
 // keptElsewhere reports whether waiting record j, whose queue message at seq is stale,
 // is another present foreman's to judge on a shared NATS (ADR-0127): its last attempt
-// ran on that foreman from this very message (the start write names the runner's boot
-// id and the message, and a failed attempt's retrying write keeps both). That foreman
-// may hold the delivery still, kept for a full queue or between its retrying write and
-// its requeue, and only it knows; its own expiry ends the job if it does not. A presence
-// that cannot be read counts as present: the next look reads it again.
-func (w *Worker) keptElsewhere(ctx context.Context, j *broker.Job, seq uint64) bool {
+// ran on that foreman from this very message, or from another of the job's that this
+// look found stale too (a spare copy, or the old message a requeue could not ack: a job
+// is looked at only once all its messages are stale). The start write names the
+// runner's boot id and the message, and a failed attempt's retrying write keeps both.
+// That foreman may hold the delivery still, kept for a full queue or between its
+// retrying write and its requeue, and only it knows; its own expiry ends the job if it
+// does not. A presence that cannot be read counts as present: the next look reads it
+// again. Each runner's presence is read once per look (look.present): one read for a
+// runner of many stale jobs, and a presence that lapses during the look is judged at the
+// next.
+func (w *Worker) keptElsewhere(ctx context.Context, j *broker.Job, seq uint64, look *expiryLook) bool {
 	if w.store.Config().Exclusive || fromWaiting(j) != nil {
 		return false
 	}
 	boot := j.RunnerBoot
-	if boot == "" || boot == w.store.BootID() || j.QueueSeq != seq {
+	if boot == "" || boot == w.store.BootID() || j.QueueSeq != seq && !look.stale[j.QueueSeq] {
 		return false
 	}
-	return w.store.Present(ctx, boot)
+	if p, ok := look.present[boot]; ok {
+		return p
+	}
+	if hook := w.cfg.beforePresence; hook != nil {
+		hook(boot)
+	}
+	p := w.store.Present(ctx, boot)
+	if ctx.Err() == nil { // not one job's time running out: the next job's read has its own
+		look.present[boot] = p
+	}
+	return p
 }

@@ -215,3 +215,10 @@ func WithAfterExpiry(cfg Config, fn func(stale []string)) Config {
 	cfg.afterExpiry = fn
 	return cfg
 }
+
+// WithBeforePresence sets Config.beforePresence: fn runs as the expiry reads the presence
+// of another foreman a stale waiting record names as its runner.
+func WithBeforePresence(cfg Config, fn func(bootID string)) Config {
+	cfg.beforePresence = fn
+	return cfg
+}

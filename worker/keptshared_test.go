@@ -40,6 +40,12 @@ func sawStale(id string) (func([]string), <-chan struct{}) {
 // each look.
 func (tb *testBundle) expiryOnly(t *testing.T, store func(*broker.Config), hook func([]string)) {
 	t.Helper()
+	tb.expiryOnlyWith(t, store, func(cfg worker.Config) worker.Config { return worker.WithAfterExpiry(cfg, hook) })
+}
+
+// expiryOnlyWith is expiryOnly with the worker's Config made by with.
+func (tb *testBundle) expiryOnlyWith(t *testing.T, store func(*broker.Config), with func(worker.Config) worker.Config) {
+	t.Helper()
 	cfg := broker.Config{Conn: tb.b.Conn}
 	store(&cfg)
 	other, err := broker.Open(ctxT(t), cfg)
@@ -55,9 +61,9 @@ func (tb *testBundle) expiryOnly(t *testing.T, store func(*broker.Config), hook 
 		cancel()
 		<-announced
 	})
-	tb.startOn(t, other, worker.WithAfterExpiry(worker.Config{
+	tb.startOn(t, other, with(worker.Config{
 		Runs: func(context.Context, string) bool { return false },
-	}, hook))
+	}))
 }
 
 // A retry kept for a full queue (ADR-0100) on one foreman of a shared NATS, whose message,
