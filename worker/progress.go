@@ -69,14 +69,20 @@ func (w *Worker) settling(d *broker.Lease) {
 
 // keeps reports whether this worker keeps a delivery of job id in progress that is not
 // settled yet: it will start the job from it, requeue it, keep it for a full queue
-// (park) or give it back, whatever its record says meanwhile.
+// (park) or give it back, whatever its record says meanwhile. A keeper's mu is held
+// while its tick is sent, which a stalled connection holds up to its write timeout: it
+// is taken after keepMu is let go, so that such a send holds up only this look, not
+// every other delivery's keeper starting or letting go.
 func (w *Worker) keeps(id string) bool {
+	var ks []*keeper
 	w.keepMu.Lock()
-	defer w.keepMu.Unlock()
 	for d, k := range w.keepers {
-		if d.JobID != id {
-			continue
+		if d.JobID == id {
+			ks = append(ks, k)
 		}
+	}
+	w.keepMu.Unlock()
+	for _, k := range ks {
 		k.mu.Lock()
 		settled := k.settled
 		k.mu.Unlock()
