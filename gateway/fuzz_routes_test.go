@@ -65,7 +65,7 @@ func FuzzHTTPModelRoutes(f *testing.F) {
 		if status/100 != 2 {
 			wantErrorBody(t, path, status, out)
 		}
-		if reached := callsTo(b, path, before); reached {
+		if reached := callsTo(b.testBundle, path, before); reached {
 			direct := post(t, ctx, b.Fake.URL, path, body)
 			if direct.Status != status {
 				t.Fatalf("POST %s %q: %d %s, but the target answers %d %s", path, body, status, out, direct.Status, direct.Body)
@@ -79,7 +79,7 @@ func FuzzHTTPModelRoutes(f *testing.F) {
 }
 
 // callsTo reports whether the fake target got a call to path since it had before calls.
-func callsTo(b *queuedBundle, path string, before int) bool {
+func callsTo(b *testBundle, path string, before int) bool {
 	for _, c := range b.Fake.Calls()[before:] {
 		if c.Path == path {
 			return true

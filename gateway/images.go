@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 
@@ -16,34 +17,69 @@ import (
 // ImageEditsMiddleware): no prompt, then no model, then an edit without an image or with
 // one that is no base64 data URL. Such a call is refused at once, not queued to be
 // refused in its turn. The body's first JSON value is read, as those middlewares read it
-// (null with more after it too: no prompt). A body that does not decode is left to
-// parseInference; members of the wrong type are Ollama's to refuse.
+// (null with more after it too: no prompt), into their request's types: a member of
+// another type is their decoder's 400, in its words, before any of these checks. A body
+// that is no object is left to parseInference.
 func checkImageRequest(kind broker.Kind, body []byte) error {
-	var req struct {
-		Model  any `json:"model"`
-		Prompt any `json:"prompt"`
-		Image  any `json:"image"`
-	}
-	if !kind.Image() || json.NewDecoder(bytes.NewReader(body)).Decode(&req) != nil {
+	if !kind.Image() {
 		return nil
 	}
-	empty := func(v any) bool { return v == nil || v == "" }
+	var (
+		req  imageEditRequest
+		err  error
+		name = "ImageEditRequest"
+	)
+	if kind == broker.KindOpenAIImageEdits {
+		err = json.NewDecoder(bytes.NewReader(body)).Decode(&req)
+	} else {
+		var gen imageGenerationRequest
+		err = json.NewDecoder(bytes.NewReader(body)).Decode(&gen)
+		req.Model, req.Prompt, name = gen.Model, gen.Prompt, "ImageGenerationRequest"
+	}
+	var te *json.UnmarshalTypeError
 	switch {
-	case empty(req.Prompt):
+	case errors.As(err, &te) && te.Field != "":
+		// A member of the wrong type: the middleware's decoder refuses the body, in its
+		// words, before it looks at any member.
+		te.Struct = name
+		return badRequest(te.Error())
+	case err != nil:
+		return nil
+	}
+	switch {
+	case req.Prompt == "":
 		return badRequest("prompt is required")
-	case empty(req.Model):
+	case req.Model == "":
 		return badRequest("model is required")
 	case kind != broker.KindOpenAIImageEdits:
 		return nil
-	case empty(req.Image):
+	case req.Image == "":
 		return badRequest("image is required")
 	}
-	if img, ok := req.Image.(string); ok {
-		if err := ollama.CheckImageURL(img); err != nil {
-			return badRequest("invalid image: " + err.Error())
-		}
+	if err := ollama.CheckImageURL(req.Image); err != nil {
+		return badRequest("invalid image: " + err.Error())
 	}
 	return nil
+}
+
+// imageGenerationRequest and imageEditRequest are the request types of Ollama's image
+// middlewares (v0.17.4 openai.ImageGenerationRequest, openai.ImageEditRequest): a member
+// of another type than theirs is their decoder's 400.
+type imageGenerationRequest struct {
+	Model          string `json:"model"`
+	Prompt         string `json:"prompt"`
+	N              int    `json:"n"`
+	Size           string `json:"size"`
+	ResponseFormat string `json:"response_format"`
+	Seed           *int64 `json:"seed"`
+}
+
+type imageEditRequest struct {
+	Model  string `json:"model"`
+	Prompt string `json:"prompt"`
+	Image  string `json:"image"`
+	Size   string `json:"size"`
+	Seed   *int64 `json:"seed"`
 }
 
 // refuseNoImages refuses an image route's call for a model whose capabilities say it

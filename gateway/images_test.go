@@ -114,6 +114,17 @@ func TestImageRouteErrors(t *testing.T) {
 		// A name Ollama cannot parse is its generate's 404, not the chat's 400.
 		{"/v1/images/generations", `{"model":"pic:","prompt":"x"}`, 404, "model 'pic:' not found"},
 		{"/v1/images/generations", `{"model":"pic","prompt":"x"`, 400, "invalid JSON body"},
+		// A member of the wrong type is the middleware's decoder's 400, before it looks
+		// at the prompt, the model or the image; a member its request has not, it ignores.
+		{"/v1/images/edits", `{"model":"pic","prompt":{},"image":"a"}`, 400,
+			"json: cannot unmarshal object into Go struct field ImageEditRequest.prompt of type string"},
+		{"/v1/images/edits", `{"prompt":"x","image":5}`, 400,
+			"json: cannot unmarshal number into Go struct field ImageEditRequest.image of type string"},
+		{"/v1/images/generations", `{"n":"two"}`, 400,
+			"json: cannot unmarshal string into Go struct field ImageGenerationRequest.n of type int"},
+		{"/v1/images/generations", `{"model":"nope","prompt":5}`, 400,
+			"json: cannot unmarshal number into Go struct field ImageGenerationRequest.prompt of type string"},
+		{"/v1/images/generations", `{"prompt":"x","image":5}`, 400, "model is required"},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))
 		if got.Status != c.status || !strings.HasPrefix(errorBody(t, got.Body), c.msg) || got.Header.Get(HeaderJobID) != "" {
@@ -139,8 +150,8 @@ func TestImageRouteErrors(t *testing.T) {
 			calls++
 		}
 	}
-	if calls != 12 {
-		t.Errorf("the target's image routes got %d calls, want the test's 12: foreman sent some on", calls)
+	if calls != 17 {
+		t.Errorf("the target's image routes got %d calls, want the test's 17: foreman sent some on", calls)
 	}
 	if got.Status != http.StatusBadRequest || !strings.HasPrefix(errorBody(t, got.Body), `model "tiny-a" makes no images`) || got.Header.Get(HeaderJobID) != "" {
 		t.Errorf("a text model's picture: %d %s (job %q), want a 400 and no job", got.Status, got.Body, got.Header.Get(HeaderJobID))
@@ -214,9 +225,13 @@ func TestImageJobsSubmitted(t *testing.T) {
 		}
 	}
 	for _, c := range []struct{ body, msg string }{
-		{`{"kind":"openai_images","model":"pic","prompt":5}`, `"prompt" must be a string`},
-		{`{"kind":"openai_image_edits","model":"pic","prompt":"x","image":["a"]}`, `"image" must be a string`},
-		{`{"kind":"openai_image_edits","model":"pic","prompt":{},"image":"a"}`, `"prompt" must be a string`},
+		// In the words of Ollama's image middlewares' decoder, as the sync routes answer.
+		{`{"kind":"openai_images","model":"pic","prompt":5}`,
+			`json: cannot unmarshal number into Go struct field ImageGenerationRequest.prompt of type string`},
+		{`{"kind":"openai_image_edits","model":"pic","prompt":"x","image":["a"]}`,
+			`json: cannot unmarshal array into Go struct field ImageEditRequest.image of type string`},
+		{`{"kind":"openai_image_edits","model":"pic","prompt":{},"image":"a"}`,
+			`json: cannot unmarshal object into Go struct field ImageEditRequest.prompt of type string`},
 		// Refused at submit as Ollama refuses them, not in their turn.
 		{`{"kind":"openai_images","model":"pic"}`, `prompt is required`},
 		{`{"kind":"openai_images","model":"pic","prompt":""}`, `prompt is required`},

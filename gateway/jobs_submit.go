@@ -217,28 +217,6 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		}
 		return nil, badRequest(fmt.Sprintf("unknown kind %q (%s)", clipInput(string(sub.kind)), strings.Join(names, ", ")))
 	}
-	// The model the target will use, decoded as Ollama decodes it: the last one wins, a
-	// null leaves the one before.
-	for _, v := range modelValues {
-		if err := json.Unmarshal(v, &sub.model); err != nil {
-			return nil, badRequest(`"model" must be a string`)
-		}
-	}
-	if strings.TrimSpace(sub.model) == "" {
-		return nil, badRequest("model is required")
-	}
-	if err := checkModelName(sub.model); err != nil {
-		return nil, err
-	}
-	if !ollama.ValidModelName(sub.model) {
-		return nil, badRequest(fmt.Sprintf("invalid model name %q: Ollama takes [host/][namespace/]model[:tag] of letters, digits and _-.", clipInput(sub.model)))
-	}
-	if _, err := broker.ModelToken(sub.model); err != nil {
-		return nil, badRequest(err.Error())
-	}
-	if err := checkKindFields(sub.kind, fieldsSeen); err != nil {
-		return nil, err
-	}
 	if hookURL != "" {
 		if err := checkWebhookURL(hookURL, policy); err != nil {
 			return nil, err
@@ -261,13 +239,38 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		sub.body = encodeMembers(kept)
 	}
 	// What the sync route of the kind refuses before it queues, refused before the job
-	// waits its turn, in that route's words: the body is the one the target gets.
+	// waits its turn, in that route's words and order (a body with two faults gets the
+	// sync route's refusal): the body is the one the target gets.
 	if embeds(sub.kind) {
 		if _, _, err := requestModel(sub.kind.Path(), sub.body); err != nil {
 			return nil, err
 		}
 	}
 	if sub.inf, err = parseQueued(sub.kind, sub.body); err != nil {
+		return nil, err
+	}
+	// Then foreman's own checks, of what those checks let through and the target would
+	// refuse after the job's wait, or foreman could not queue.
+	// The model the target will use, decoded as Ollama decodes it: the last one wins, a
+	// null leaves the one before.
+	for _, v := range modelValues {
+		if err := json.Unmarshal(v, &sub.model); err != nil {
+			return nil, badRequest(`"model" must be a string`)
+		}
+	}
+	if strings.TrimSpace(sub.model) == "" {
+		return nil, badRequest("model is required")
+	}
+	if err := checkModelName(sub.model); err != nil {
+		return nil, err
+	}
+	if !ollama.ValidModelName(sub.model) {
+		return nil, badRequest(fmt.Sprintf("invalid model name %q: Ollama takes [host/][namespace/]model[:tag] of letters, digits and _-.", clipInput(sub.model)))
+	}
+	if _, err := broker.ModelToken(sub.model); err != nil {
+		return nil, badRequest(err.Error())
+	}
+	if err := checkKindFields(sub.kind, fieldsSeen); err != nil {
 		return nil, err
 	}
 	return sub, nil

@@ -36,6 +36,49 @@ func refusalMessage(t *testing.T, body []byte) string {
 	return nested.Message
 }
 
+// hiMessages is a chat's "messages" member saying hi.
+const hiMessages = `"messages":[{"role":"user","content":"hi"}]`
+
+// syncRefusals are bodies the sync route of their kind refuses before it queues them,
+// with the status and words POST /jobs answers too (TestJobsSubmitMakesTheSyncRoutesChecks;
+// FuzzJobsMatchSyncRoutes starts from them).
+var syncRefusals = []struct {
+	kind   broker.Kind
+	body   string // the sync route's body; /jobs gets it with "kind" added
+	status int
+	want   string
+}{
+	{broker.KindOpenAIChat, `{"model":"tiny-a"}`, 400, "[] is too short - 'messages'"},
+	{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[]}`, 400, "[] is too short - 'messages'"},
+	{broker.KindOpenAIChat, `{"model":"tiny-a",` + hiMessages + `,"top_logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
+	{broker.KindChat, `{"model":"tiny-a",` + hiMessages + `,"top_logprobs":-1}`, 400, "top_logprobs must be between 0 and 20"},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","top_logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
+	{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
+	{broker.KindAnthropicMessages, `{"model":"tiny-a",` + hiMessages + `}`, 400, "max_tokens is required and must be positive"},
+	{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":0,` + hiMessages + `}`, 400, "max_tokens is required and must be positive"},
+	{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":4,"messages":[]}`, 400, "messages is required"},
+	{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":4}`, 400, "messages is required"},
+	{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":"x","encoding_format":"bad"}`, 400,
+		"Invalid value for 'encoding_format' = bad. Supported values: ['float', 'base64']."},
+	{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":[]}`, 400, "invalid input"},
+	{broker.KindOpenAIEmbeddings, `{"model":"tiny-a"}`, 400, "invalid input"},
+	{broker.KindChat, `{"model":"tiny-a",` + hiMessages + `,"stream":"yes"}`, 400,
+		"invalid JSON body: json: cannot unmarshal string into Go struct field .stream of type bool"},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","options":{"temperature":"hot"}}`, 400,
+		`option "temperature" must be of type float32`},
+	// Options that are no object are Ollama's decoder's 400, before anything else.
+	{broker.KindChat, `{"model":"tiny-a",` + hiMessages + `,"options":"x"}`, 400,
+		"json: cannot unmarshal string into Go struct field ChatRequest.options of type map[string]interface {}"},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","top_logprobs":50,"options":[1]}`, 400,
+		"json: cannot unmarshal array into Go struct field GenerateRequest.options of type map[string]interface {}"},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","options":{"top_k":1},"options":true}`, 400,
+		"json: cannot unmarshal bool into Go struct field GenerateRequest.options of type map[string]interface {}"},
+	{broker.KindEmbed, `{"model":"tiny-a","input":"hi","options":5}`, 400,
+		"json: cannot unmarshal number into Go struct field EmbedRequest.options of type map[string]interface {}"},
+	{broker.KindEmbeddings, `{"model":"tiny-a","prompt":"hi","options":5}`, 400,
+		"json: cannot unmarshal number into Go struct field EmbeddingRequest.options of type map[string]interface {}"},
+}
+
 // POST /jobs refuses at submit what the sync route of its kind refuses before queueing,
 // with the same status and words: the checks Ollama's layers and handlers make before
 // they run anything (the OpenAI layer's messages, input and encoding_format, the
@@ -47,43 +90,7 @@ func TestJobsSubmitMakesTheSyncRoutesChecks(t *testing.T) {
 	t.Parallel()
 	b := newQueuedBundle(t, nil)
 	ctx := testCtx(t, 30*time.Second)
-	const hi = `"messages":[{"role":"user","content":"hi"}]`
-	for _, c := range []struct {
-		kind   broker.Kind
-		body   string // the sync route's body; /jobs gets it with "kind" added
-		status int
-		want   string
-	}{
-		{broker.KindOpenAIChat, `{"model":"tiny-a"}`, 400, "[] is too short - 'messages'"},
-		{broker.KindOpenAIChat, `{"model":"tiny-a","messages":[]}`, 400, "[] is too short - 'messages'"},
-		{broker.KindOpenAIChat, `{"model":"tiny-a",` + hi + `,"top_logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
-		{broker.KindChat, `{"model":"tiny-a",` + hi + `,"top_logprobs":-1}`, 400, "top_logprobs must be between 0 and 20"},
-		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","top_logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
-		{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","logprobs":21}`, 400, "top_logprobs must be between 0 and 20"},
-		{broker.KindAnthropicMessages, `{"model":"tiny-a",` + hi + `}`, 400, "max_tokens is required and must be positive"},
-		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":0,` + hi + `}`, 400, "max_tokens is required and must be positive"},
-		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":4,"messages":[]}`, 400, "messages is required"},
-		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":4}`, 400, "messages is required"},
-		{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":"x","encoding_format":"bad"}`, 400,
-			"Invalid value for 'encoding_format' = bad. Supported values: ['float', 'base64']."},
-		{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":[]}`, 400, "invalid input"},
-		{broker.KindOpenAIEmbeddings, `{"model":"tiny-a"}`, 400, "invalid input"},
-		{broker.KindChat, `{"model":"tiny-a",` + hi + `,"stream":"yes"}`, 400,
-			"invalid JSON body: json: cannot unmarshal string into Go struct field .stream of type bool"},
-		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","options":{"temperature":"hot"}}`, 400,
-			`option "temperature" must be of type float32`},
-		// Options that are no object are Ollama's decoder's 400, before anything else.
-		{broker.KindChat, `{"model":"tiny-a",` + hi + `,"options":"x"}`, 400,
-			"json: cannot unmarshal string into Go struct field ChatRequest.options of type map[string]interface {}"},
-		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","top_logprobs":50,"options":[1]}`, 400,
-			"json: cannot unmarshal array into Go struct field GenerateRequest.options of type map[string]interface {}"},
-		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","options":{"top_k":1},"options":true}`, 400,
-			"json: cannot unmarshal bool into Go struct field GenerateRequest.options of type map[string]interface {}"},
-		{broker.KindEmbed, `{"model":"tiny-a","input":"hi","options":5}`, 400,
-			"json: cannot unmarshal number into Go struct field EmbedRequest.options of type map[string]interface {}"},
-		{broker.KindEmbeddings, `{"model":"tiny-a","prompt":"hi","options":5}`, 400,
-			"json: cannot unmarshal number into Go struct field EmbeddingRequest.options of type map[string]interface {}"},
-	} {
+	for _, c := range syncRefusals {
 		syncGot := post(t, ctx, b.URL, c.kind.Path(), []byte(c.body))
 		if msg := refusalMessage(t, syncGot.Body); syncGot.Status != c.status || msg != c.want {
 			t.Errorf("%s %s: %d %q, want %d %q", c.kind.Path(), c.body, syncGot.Status, msg, c.status, c.want)
