@@ -190,6 +190,18 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 		}
 	}
 	switch {
+	case ownRuns && listed:
+		// Other Macs with the model are down too: it is out only since the last of
+		// them all went down, not since the own one did (it may have been down for long
+		// while another Mac ran the model, and that one just had a blip).
+		switch {
+		case !known:
+			own.since = time.Time{}
+		case since.After(own.since):
+			own.since = since
+		}
+		own.cause = fmt.Sprintf("no reachable Ollama has model %q", model)
+		return own, true
 	case ownRuns:
 		return own, true
 	case listed:
