@@ -25,8 +25,9 @@ type outage struct {
 	// unreachable target or of the inventory's first unanswered poll, whichever came
 	// first; for the other targets, when the last of those that list the model stopped
 	// answering their foremen's polls (broker.Target.DownSince, as long before now as it
-	// was before their entry's publication, plus the entry's age); zero when only its present is known (a
-	// target whose foreman does not say since when).
+	// was before their entry's publication, plus the entry's age), the own one among them
+	// when it lists the model too; zero when only its present is known (a target whose
+	// foreman does not say since when).
 	since time.Time
 	cause string // the pause's error, or what the targets say
 	own   bool   // the own target is the one down
@@ -190,6 +191,18 @@ func (s *Server) targetOutage(ctx context.Context, model string) (outage, bool) 
 		}
 	}
 	switch {
+	case ownRuns && listed:
+		// Other Macs with the model are down too: it is out only since the last of
+		// them all went down, not since the own one did (it may have been down for long
+		// while another Mac ran the model, and that one just had a blip).
+		switch {
+		case !known:
+			own.since = time.Time{}
+		case since.After(own.since):
+			own.since = since
+		}
+		own.cause = fmt.Sprintf("no reachable Ollama has model %q", model)
+		return own, true
 	case ownRuns:
 		return own, true
 	case listed:

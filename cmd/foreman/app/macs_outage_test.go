@@ -140,6 +140,49 @@ func TestSeveralMacsOwnOutageSparesAnotherMacsModel(t *testing.T) {
 	}
 }
 
+// A model both Macs have is out only since the later of the two went down: with mac-a
+// down for longer than FOREMAN_SYNC_OUTAGE_WAIT, a chat for the shared model through
+// mac-a's foreman while mac-b has a short blip is not refused at once for mac-a's outage;
+// it waits for mac-b, which answers it.
+func TestSeveralMacsOwnOutageCountsFromTheLastMacWithTheModel(t *testing.T) {
+	const bound = 3 * time.Second
+	both := func() ollamatest.Option {
+		return ollamatest.WithModels(ollamatest.Model{Name: "shared:latest"})
+	}
+	macA, macB := ollamatest.New(t, both()), ollamatest.New(t, both())
+	nurl := sharedNATS(t)
+	short := func(c *app.Config) { c.SyncOutageWait = bound }
+	fa := startForeman(t, nurl, "mac-a", macA.URL, short)
+	startForeman(t, nurl, "mac-b", macB.URL, short)
+	waitTargets(t, fa, 2)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	macA.SetDown(true)
+	eventually(t, 15*time.Second, "mac-a down for longer than the bound", func() bool {
+		all, err := fa.Store().Targets(ctx)
+		return err == nil && slices.ContainsFunc(all, func(tg broker.Target) bool {
+			return tg.Name == "mac-a" && !tg.Reachable && !tg.DownSince.IsZero() && time.Since(tg.DownSince) > bound+bound/4
+		})
+	})
+	macB.SetDown(true)
+	waitTargets(t, fa, 0)
+	answered := chatInBackground(ctx, fa, "shared")
+	eventually(t, 10*time.Second, "the chat for the shared model queued", func() bool {
+		select {
+		case a := <-answered:
+			t.Fatalf("chat for the shared model answered while mac-b was down: %d %s %v, want it to wait for mac-b", a.code, a.body, a.err)
+		default:
+		}
+		jobs, _, err := fa.Store().List(ctx, broker.ListOptions{})
+		return err == nil && len(jobs) == 1
+	})
+	macB.SetDown(false)
+	a := <-answered
+	if a.err != nil || a.code != http.StatusOK || !bytes.Contains(a.body, []byte(`"done":true`)) {
+		t.Fatalf("chat for the shared model once mac-b was back: %d %s %v, want mac-b's answer", a.code, a.body, a.err)
+	}
+}
+
 // A chat through one foreman for a model only a stopped foreman's Mac has is answered 502
 // within FOREMAN_SYNC_OUTAGE_WAIT, not once that Mac's entry lapses: the entry, written
 // once at the stop and never again, says the Mac was down for no time when it was
