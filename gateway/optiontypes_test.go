@@ -45,6 +45,12 @@ func TestOptionsOfAWrongTypeAreRefused(t *testing.T) {
 	for _, c := range []struct{ path, body string }{
 		{"/api/chat", `{"model":"nope","messages":[{"role":"user","content":"hi"}],"options":{"num_ctx":"big"}}`},
 		{"/jobs", `{"kind":"generate","model":"nope","prompt":"hi","options":{"num_ctx":"big"}}`},
+		// The embedding routes too: Ollama's embed handlers look the model up
+		// (scheduleRunner) before they read the options.
+		{"/api/embed", `{"model":"nope","input":"hi","options":{"use_mmap":"yes"}}`},
+		{"/api/embeddings", `{"model":"nope","prompt":"hi","options":{"seed":true}}`},
+		{"/jobs", `{"kind":"embed","model":"nope","input":"hi","options":{"num_ctx":"big"}}`},
+		{"/jobs", `{"kind":"embeddings","model":"nope","prompt":"hi","options":{"num_ctx":"big"}}`},
 	} {
 		got := post(t, ctx, b.URL, c.path, []byte(c.body))
 		if got.Status != http.StatusNotFound || !strings.Contains(string(got.Body), `not found`) {

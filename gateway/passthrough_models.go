@@ -33,6 +33,17 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
+	if refused := embedOptionsRefused(r.URL.Path, body); refused != nil {
+		// After the model's 404, as Ollama looks the model up first; queued or not.
+		if !s.inv.HasModel(model) && !s.otherHas(r.Context(), model) {
+			if err := s.requireModel(r.Context(), model); err != nil {
+				s.writeError(w, r, err)
+				return
+			}
+		}
+		s.writeError(w, r, refused)
+		return
+	}
 	if kind, ok := embedKind(r.URL.Path); ok && s.queuesEmbedding(r.Context(), model) {
 		s.serveQueued(w, r, kind, body, hold, in)
 		return
@@ -110,12 +121,28 @@ func requestModel(path string, body []byte) (model string, read []byte, err erro
 	if strings.TrimSpace(model) == "" {
 		return "", nil, handlerRefusal("model is required")
 	}
-	if kind, ok := embedKind(path); ok && kind.ReadsOptions() {
-		if err := req.Options.Refused(); err != nil {
-			return "", nil, badRequest(err.Error()) // Ollama's 500
-		}
-	}
 	return model, read, nil
+}
+
+// embedOptionsRefused is the 400 for options of a type Ollama refuses (its 500) in an
+// embedding route's body, nil for none or another route. Ollama's embed handlers look
+// the model up before they read the options (scheduleRunner), so it is answered once the
+// model is known to be there: a model no target has is the 404 first.
+func embedOptionsRefused(path string, body []byte) error {
+	kind, ok := embedKind(path)
+	if !ok || !kind.ReadsOptions() {
+		return nil
+	}
+	var req struct {
+		Options broker.LoadOptions `json:"options"`
+	}
+	if json.Unmarshal(body, &req) != nil {
+		return nil // requestModel refused what does not decode
+	}
+	if err := req.Options.Refused(); err != nil {
+		return badRequest(err.Error())
+	}
+	return nil
 }
 
 // decodeObject decodes body, which must be one JSON object or null, into v (a pointer to a
