@@ -407,11 +407,22 @@ func (c *Client) Cancel(ctx context.Context, id string) (*Job, error) {
 
 // Artifact returns the bytes of a job's artifact (GET /jobs/{id}/artifacts/{name}).
 func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) {
+	return c.artifact(ctx, id, name, "")
+}
+
+// artifact is Artifact read as program (none when ""): foreman gives each program its
+// share of the artifact bodies it sends at once (ADR-0126), and a read without a named
+// token is the program its X-Foreman-Program header names, else the anonymous one.
+func (c *Client) artifact(ctx context.Context, id, name, program string) ([]byte, error) {
 	path, err := jobPath(id, "artifacts", name)
 	if err != nil {
 		return nil, err
 	}
-	resp, err := c.request(ctx, http.MethodGet, path, nil, nil)
+	var hdr http.Header
+	if program != "" {
+		hdr = http.Header{headerProgram: {program}}
+	}
+	resp, err := c.request(ctx, http.MethodGet, path, nil, hdr)
 	if err != nil {
 		return nil, err
 	}
@@ -431,11 +442,13 @@ func (c *Client) Artifact(ctx context.Context, id, name string) ([]byte, error) 
 // onErr (optional) and made again: the 503 foreman sends while it sends as many artifact
 // bodies as it sends at once (ADR-0065) after its Retry-After, any other (foreman
 // unreachable while it restarts, an answer cut short by its store's read failing in the
-// middle of the body, a proxy's 502) briskly, as the wait's reads are.
-func (c *Client) awaitArtifact(ctx context.Context, id, name string, onErr func(error)) ([]byte, error) {
+// middle of the body, a proxy's 502) briskly, as the wait's reads are. The reads are
+// the job's program's (artifact), so that they take its share of the places, not the
+// anonymous program's.
+func (c *Client) awaitArtifact(ctx context.Context, id, name, program string, onErr func(error)) ([]byte, error) {
 	brisk := min(briskFirst, c.pollInterval)
 	for {
-		data, err := c.Artifact(ctx, id, name)
+		data, err := c.artifact(ctx, id, name, program)
 		if err == nil || !transient(err) || ctx.Err() != nil {
 			return data, err
 		}
@@ -518,7 +531,7 @@ func (c *Client) result(ctx context.Context, j *Job, onErr func(error)) (*Result
 		if data, ok := a.Bytes(); ok {
 			return &Result{Job: j, Body: data}, nil
 		}
-		body, err := c.awaitArtifact(ctx, j.ID, a.Name, onErr)
+		body, err := c.awaitArtifact(ctx, j.ID, a.Name, j.Program, onErr)
 		if err != nil {
 			return nil, err
 		}

@@ -17,6 +17,9 @@ import (
 const (
 	earlyJobIDHeader = "X-Foreman-Early-Job-Id"
 	jobIDHeader      = "X-Foreman-Job-Id"
+	// headerProgram names the program of a request that carries no body to name it in
+	// (gateway.HeaderProgram).
+	headerProgram = "X-Foreman-Program"
 )
 
 // Chat runs a chat through foreman's queue (POST /api/chat). Unless req.Stream is false
