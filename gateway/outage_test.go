@@ -410,3 +410,35 @@ func TestInventoryRoutesOfAHungTargetAre502(t *testing.T) {
 		wantError(t, resp, out, http.StatusBadGateway, "no answer")
 	}
 }
+
+// With several Macs, a model another Mac has too is out since the last of them went
+// down; one whose foreman does not say since when (an earlier version, one that has not
+// polled yet) makes that unknown: a call waits FOREMAN_SYNC_OUTAGE_WAIT from when it saw
+// the outage, and is not refused at once because the own Mac has been down longer.
+func TestSyncCallWaitsForAnotherMacDownSinceUnknown(t *testing.T) {
+	t.Parallel()
+	opt, start := withWorker(t, func(c *Config) {
+		c.SyncOutageWait = time.Second
+		c.TargetName = "own"
+		c.TargetClient = func(u string) (ollama.Client, error) { return ollama.NewClient(ollama.ClientConfig{BaseURL: u}) }
+	})
+	b := newTestBundle(t, opt)
+	err := b.Broker.Store.PublishTarget(testCtx(t, 10*time.Second), broker.Target{Name: "other", URL: "http://127.0.0.1:1",
+		Models: []string{"tiny-a:latest"}}) // unreachable, DownSince not said
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Fake.SetDown(true)
+	start()
+
+	chat := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"now"}],"stream":false}`)
+	resp, out := b.request(t, http.MethodPost, "/api/chat", chat)
+	wantError(t, resp, out, http.StatusBadGateway, "the job was canceled")
+	// The own Mac has been down longer than SyncOutageWait by now; the other Mac's outage
+	// may have begun just now.
+	resp, out = b.request(t, http.MethodPost, "/api/chat", chat)
+	wantError(t, resp, out, http.StatusBadGateway, "the job was canceled")
+	if resp.Header.Get(HeaderJobID) == "" {
+		t.Errorf("the second call carries no job: refused at once, want it to wait for the other Mac")
+	}
+}
