@@ -68,6 +68,10 @@ type SubmitServer struct {
 // with neither a reply nor a job.
 const submitBacklog = 32 << 20
 
+// submitPendingBacklogs is how many backlogs nats.go may hold for the subscription before
+// it drops requests.
+const submitPendingBacklogs = 4
+
 // submitOverhead is what a held request counts beside its data and headers: a goroutine
 // and the message, so that a flood of empty requests is bounded too.
 const submitOverhead = 4 << 10
@@ -179,6 +183,13 @@ func (s *Store) ServeSubmit(ctx context.Context, srv SubmitServer) error {
 		}()
 	})
 	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", SubmitSubject, err)
+	}
+	// The callback keeps pace with a flood unless it is starved of CPU (the answers in
+	// flight parsing their bodies): room for a few backlogs keeps a short stall from
+	// dropping requests.
+	if err := sub.SetPendingLimits(-1, submitPendingBacklogs*srv.Backlog); err != nil {
+		_ = sub.Unsubscribe()
 		return fmt.Errorf("subscribe %s: %w", SubmitSubject, err)
 	}
 	<-ctx.Done()
