@@ -45,6 +45,12 @@ type SubmitServer struct {
 	Answer func(ctx context.Context, req SubmitRequest) SubmitReply
 	// Concurrency bounds the requests answered at once; default 16.
 	Concurrency int
+	// Backlog bounds the bytes of the requests held at once, answered or waiting for
+	// one of the Concurrency answers; default submitBacklog. A request beyond it is
+	// answered at once with a 503 and RetryAfter.
+	Backlog int
+	// RetryAfter is the retry_after of that 503, in seconds; default 1.
+	RetryAfter int
 	// Logger gets the requests refused for their reply subject and the replies that could
 	// not be sent. Default: the store's.
 	Logger *slog.Logger
@@ -55,6 +61,23 @@ type SubmitServer struct {
 	// flood of one kind hides no line of another.
 	refusals, replyFailures, oversized *logLimit
 }
+
+// submitBacklog is SubmitServer.Backlog's default: half of what nats.go holds for a
+// subscription (64 MB), so its buffer never fills, as it did when a flood of submits
+// waited there for their answers: nats.go then dropped every further request, anyone's,
+// with neither a reply nor a job.
+const submitBacklog = 32 << 20
+
+// submitPendingBacklogs is how many backlogs nats.go may hold for the subscription before
+// it drops requests.
+const submitPendingBacklogs = 4
+
+// submitOverhead is what a held request counts beside its data and headers: a goroutine
+// and the message, so that a flood of empty requests is bounded too.
+const submitOverhead = 4 << 10
+
+// errSubmitBusy is the 503 of a request beyond the backlog.
+const errSubmitBusy = "too many submits waiting to be answered; retry shortly"
 
 // refusalLogEvery is how often a refused submit (or one whose reply failed) is logged at
 // most; the next line says how many were held back since the last one.
@@ -108,34 +131,65 @@ func (s *Store) ServeSubmit(ctx context.Context, srv SubmitServer) error {
 	if srv.Logger == nil {
 		srv.Logger = s.log
 	}
+	if srv.Backlog <= 0 {
+		srv.Backlog = submitBacklog
+	}
+	if srv.RetryAfter <= 0 {
+		srv.RetryAfter = 1
+	}
 	// nats.go runs one subscription's callbacks one after another; a submit may wait for
-	// a model re-poll, so answer in goroutines, a bounded number at a time.
+	// a model re-poll, so answer in goroutines, a bounded number at a time. The callback
+	// never waits: a request waits for its answer in its own goroutine, and one beyond
+	// the backlog is answered busy at once.
 	var (
 		wg     sync.WaitGroup
 		mu     sync.Mutex
 		closed bool // set after Unsubscribe; a callback still running then adds no work
+		held   int  // bytes of the requests taken and not yet answered (submitCost)
 	)
 	slots := make(chan struct{}, srv.Concurrency)
 	sub, err := s.nc.QueueSubscribe(SubmitSubject, submitQueueGroup, func(m *nats.Msg) {
+		if !srv.replyAllowed(m) {
+			return
+		}
+		cost := submitCost(m)
 		mu.Lock()
 		if closed {
 			mu.Unlock()
 			return
 		}
-		wg.Add(1)
-		mu.Unlock()
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			wg.Done()
+		if held > 0 && held+cost > srv.Backlog {
+			mu.Unlock()
+			srv.respond(m, SubmitReply{Error: errSubmitBusy, Status: http503, RetryAfter: srv.RetryAfter})
 			return
 		}
+		held += cost
+		wg.Add(1)
+		mu.Unlock()
 		go func() {
-			defer func() { <-slots; wg.Done() }()
+			defer func() {
+				mu.Lock()
+				held -= cost
+				mu.Unlock()
+				wg.Done()
+			}()
+			select {
+			case slots <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			defer func() { <-slots }()
 			srv.answer(ctx, m)
 		}()
 	})
 	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", SubmitSubject, err)
+	}
+	// The callback keeps pace with a flood unless it is starved of CPU (the answers in
+	// flight parsing their bodies): room for a few backlogs keeps a short stall from
+	// dropping requests.
+	if err := sub.SetPendingLimits(-1, submitPendingBacklogs*srv.Backlog); err != nil {
+		_ = sub.Unsubscribe()
 		return fmt.Errorf("subscribe %s: %w", SubmitSubject, err)
 	}
 	<-ctx.Done()
@@ -150,17 +204,42 @@ func (s *Store) ServeSubmit(ctx context.Context, srv SubmitServer) error {
 	return nil
 }
 
-func (srv *SubmitServer) answer(ctx context.Context, m *nats.Msg) {
+// http503 is the status of a busy reply (the broker speaks no HTTP otherwise).
+const http503 = 503
+
+// submitCost is what a request counts against the backlog.
+func submitCost(m *nats.Msg) int {
+	n := len(m.Data) + submitOverhead
+	for k, vs := range m.Header {
+		for _, v := range vs {
+			n += len(k) + len(v)
+		}
+	}
+	return n
+}
+
+// replyAllowed reports whether m may be answered: it has a reply subject, an inbox. The
+// others are logged (at a bounded rate) and dropped.
+func (srv *SubmitServer) replyAllowed(m *nats.Msg) bool {
 	if m.Reply == "" {
 		srv.refusals.warn(srv.Logger, "job submit without a reply subject ignored", "subject", m.Subject)
-		return
+		return false
 	}
 	if !inboxReply(m.Reply) {
 		srv.refusals.warn(srv.Logger, "job submit with a reply subject that is not an inbox refused", "reply", m.Reply)
-		return
+		return false
 	}
+	return true
+}
+
+func (srv *SubmitServer) answer(ctx context.Context, m *nats.Msg) {
 	req := SubmitRequest{Data: m.Data, IdempotencyKeys: headerValues(m.Header, "Idempotency-Key")}
-	reply := srv.Answer(ctx, req)
+	srv.respond(m, srv.Answer(ctx, req))
+}
+
+// respond sends reply to m, or a short error with its status when it does not fit in a
+// message.
+func (srv *SubmitServer) respond(m *nats.Msg, reply SubmitReply) {
 	data, _ := json.Marshal(reply)
 	err := m.Respond(data)
 	if errors.Is(err, nats.ErrMaxPayload) && reply.JobID == "" {

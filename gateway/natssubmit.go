@@ -22,6 +22,7 @@ const natsSubmitConcurrency = 16
 func (s *Server) RunNATSSubmit(ctx context.Context) error {
 	err := s.store.ServeSubmit(ctx, broker.SubmitServer{
 		Answer: s.answerSubmit, Concurrency: natsSubmitConcurrency, Logger: s.log,
+		RetryAfter: s.retryAfterSeconds(),
 	})
 	if err != nil {
 		return fmt.Errorf("gateway: %w", err)

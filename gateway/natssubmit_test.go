@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"strings"
 	"sync"
@@ -269,5 +270,87 @@ func TestNATSSubmitModelNotFoundWordedAsHTTP(t *testing.T) {
 		if got := natsSubmit(t, b, body); got.Status != 404 || got.Error != httpErr.Error || got.JobID != "" {
 			t.Errorf("NATS submit %s: %+v, want 404 %q as over HTTP", body, got, httpErr.Error)
 		}
+	}
+}
+
+// A NATS client of the listener sending what no client should: each gets a JSON error
+// with a 4xx status, or, with no reply subject to answer on, nothing and no job; headers
+// other than Idempotency-Key change nothing (X-Foreman-Program least of all: a NATS
+// submit proves no token, so it cannot claim a named token's program by header either).
+func TestNATSSubmitHostileClient(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t,
+		withGateway(func(c *Config) { c.AuthTokens = []NamedToken{{Program: "alice", Token: "tokenA"}} }),
+		withBroker(brokertest.WithNATS(func(c *natsd.Config) {
+			c.Listen, c.ClientUser, c.ClientPassword = "127.0.0.1:0", "watcher", "s3cret"
+		})))
+	runNATSSubmit(t, b)
+	ctx := testCtx(t, 30*time.Second)
+	client, err := nats.Connect(b.Broker.Server.ClientURL(), nats.UserInfo("watcher", "s3cret"), nats.Timeout(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	send := func(m *nats.Msg) submitReply {
+		t.Helper()
+		m.Subject = broker.SubmitSubject
+		for {
+			got, err := client.RequestMsgWithContext(ctx, m)
+			if errors.Is(err, nats.ErrNoResponders) {
+				continue // the responder is still subscribing
+			}
+			if err != nil {
+				t.Fatalf("submit %.40q: %v", m.Data, err)
+			}
+			var r submitReply
+			if err := json.Unmarshal(got.Data, &r); err != nil {
+				t.Fatalf("submit %.40q: reply %.200q is no JSON", m.Data, got.Data)
+			}
+			return r
+		}
+	}
+	for _, body := range []string{"", "null", "[]", "1", `"x"`, "\x00\xff\xfe", "{", strings.Repeat("[", 100000),
+		`{"model":"tiny-a","prompt":"x","kind":"generate"} {}`} {
+		if r := send(&nats.Msg{Data: []byte(body)}); r.Status != 400 || r.JobID != "" || r.Error == "" {
+			t.Errorf("body %.40q: %+v, want a 400", body, r)
+		}
+	}
+	const good = `{"model":"tiny-a","prompt":"x","kind":"generate"}`
+	if r := send(&nats.Msg{Data: []byte(good), Header: nats.Header{"Idempotency-Key": {strings.Repeat("k", 256)}}}); r.Status != 400 || r.JobID != "" {
+		t.Errorf("an Idempotency-Key of 256 bytes: %+v, want a 400", r)
+	}
+	repeated := nats.Header{}
+	for range 1000 {
+		repeated.Add("Idempotency-Key", "same")
+	}
+	first := send(&nats.Msg{Data: []byte(good), Header: repeated})
+	if again := send(&nats.Msg{Data: []byte(good), Header: repeated}); first.JobID == "" || again.JobID != first.JobID {
+		t.Errorf("one key sent 1000 times: %+v then %+v, want one job", first, again)
+	}
+	claimed := send(&nats.Msg{Data: []byte(good), Header: nats.Header{
+		HeaderProgram: {"alice", "alice"}, "Nats-Msg-Id": {"x", "y"}, "Nats-Expected-Stream": {"nope"}, "Nats-Rollup": {"all"},
+	}})
+	if claimed.JobID == "" {
+		t.Fatalf("submit with stray headers: %+v", claimed)
+	}
+	if j, _, err := b.Broker.Store.Get(ctx, claimed.JobID); err != nil || j.Program != "" {
+		t.Fatalf("job of a submit with X-Foreman-Program: alice: %+v (%v), want the anonymous program", j, err)
+	}
+
+	// No reply subject: nothing to answer on, and no job. The responder takes a
+	// connection's requests in order, so the reply-less one is dealt with before the
+	// next is answered.
+	before, err := b.Broker.Store.QueueLen(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := client.Publish(broker.SubmitSubject, []byte(good)); err != nil {
+		t.Fatal(err)
+	}
+	if r := send(&nats.Msg{Data: []byte(good)}); r.JobID == "" {
+		t.Fatalf("submit: %+v", r)
+	}
+	if after, err := b.Broker.Store.QueueLen(ctx); err != nil || after != before+1 {
+		t.Fatalf("queue %d → %d (%v), want one job more: a submit without a reply subject made one", before, after, err)
 	}
 }
