@@ -159,23 +159,6 @@ func (p *artifactPlaces) give(program string) {
 	}
 }
 
-// requestProgram is the program a request that submits nothing comes from, for the
-// shares of what it holds: a named token's, else its X-Foreman-Program header (the
-// caller's own word), else the anonymous program. A malformed or repeated header is a 400.
-func requestProgram(r *http.Request) (string, error) {
-	if p, ok := authProgram(r.Context()); ok {
-		return p, nil
-	}
-	v, ok, err := headerValue(r.Header, HeaderProgram)
-	if err != nil || !ok {
-		return "", err
-	}
-	if err := broker.ValidateProgram(v); err != nil {
-		return "", badRequest(HeaderProgram + ": " + strings.TrimPrefix(err.Error(), broker.ErrBadProgram.Error()+": "))
-	}
-	return v, nil
-}
-
 // readFailure remembers the error of its reader other than io.EOF: what io.Copy returns
 // may be the client's (gone, or cut off by WriteTimeout), which is not worth a warning.
 type readFailure struct {

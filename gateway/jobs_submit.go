@@ -242,7 +242,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	// waits its turn, in that route's words and order (a body with two faults gets the
 	// sync route's refusal): the body is the one the target gets.
 	if embeds(sub.kind) {
-		if _, _, err := requestModel(sub.kind.Path(), sub.body); err != nil {
+		if _, _, _, err := requestModel(sub.kind.Path(), sub.body); err != nil {
 			return nil, err
 		}
 	}

@@ -28,12 +28,12 @@ func (s *Server) handleModelRequest(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err)
 		return
 	}
-	model, body, err := requestModel(r.URL.Path, body)
+	model, body, opts, err := requestModel(r.URL.Path, body)
 	if err != nil {
 		s.writeError(w, r, err)
 		return
 	}
-	if refused := embedOptionsRefused(r.URL.Path, body); refused != nil {
+	if refused := embedOptionsRefused(r.URL.Path, opts); refused != nil {
 		// After the model's 404, as Ollama looks the model up first; queued or not.
 		if !s.inv.HasModel(model) && !s.otherHas(r.Context(), model) {
 			if err := s.requireModel(r.Context(), model); err != nil {
@@ -79,8 +79,9 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 // requestModel returns the model a JSON body names on path, from one decode of the body,
 // or a 400 saying what is wrong. It reads the member the target reads there (Ollama
 // 0.17, server/routes.go): "model", and on /api/show the legacy "name" when "model" is
-// empty; the embedding routes know no "name".
-func requestModel(path string, body []byte) (model string, read []byte, err error) {
+// empty; the embedding routes know no "name". opts are the body's "options", which an
+// embedding route judges once the model is known (embedOptionsRefused).
+func requestModel(path string, body []byte) (model string, read []byte, opts broker.LoadOptions, err error) {
 	var req struct {
 		Model   string             `json:"model"`
 		Name    string             `json:"name"`
@@ -91,11 +92,11 @@ func requestModel(path string, body []byte) (model string, read []byte, err erro
 	// "decode model field: " is how these routes have always worded a member of the
 	// wrong type.
 	if read, err = decodeObject(body, &req, "decode model field: "); err != nil {
-		return "", nil, err
+		return "", nil, opts, err
 	}
 	if kind, ok := embedKind(path); ok {
 		if err := optionsNotAnObject(kind, req.Options); err != nil {
-			return "", nil, err
+			return "", nil, opts, err
 		}
 	}
 	if path == "/v1/embeddings" {
@@ -105,41 +106,35 @@ func requestModel(path string, body []byte) (model string, read []byte, err erro
 		var format string
 		if json.Unmarshal(req.Format, &format) == nil && format != "" &&
 			!strings.EqualFold(format, "float") && !strings.EqualFold(format, "base64") {
-			return "", nil, badRequest(fmt.Sprintf("Invalid value for 'encoding_format' = %s. Supported values: ['float', 'base64'].", clipInput(format)))
+			return "", nil, opts, badRequest(fmt.Sprintf("Invalid value for 'encoding_format' = %s. Supported values: ['float', 'base64'].", clipInput(format)))
 		}
 	}
 	if path == "/v1/embeddings" && req.Input.none() {
 		// Ollama's OpenAI layer checks the input itself, before its handler reads the
 		// model (v0.17.4 EmbeddingsMiddleware; "" is taken as [""]); a body of null has
 		// none either.
-		return "", nil, badRequest("invalid input")
+		return "", nil, opts, badRequest("invalid input")
 	}
 	model = req.Model
 	if model == "" && path == "/api/show" {
 		model = req.Name
 	}
 	if strings.TrimSpace(model) == "" {
-		return "", nil, handlerRefusal("model is required")
+		return "", nil, opts, handlerRefusal("model is required")
 	}
-	return model, read, nil
+	return model, read, req.Options, nil
 }
 
-// embedOptionsRefused is the 400 for options of a type Ollama refuses (its 500) in an
-// embedding route's body, nil for none or another route. Ollama's embed handlers look
-// the model up before they read the options (scheduleRunner), so it is answered once the
-// model is known to be there: a model no target has is the 404 first.
-func embedOptionsRefused(path string, body []byte) error {
+// embedOptionsRefused is the 400 for options (requestModel's) of a type Ollama refuses
+// (its 500) in an embedding route's body, nil for none or another route. Ollama's embed
+// handlers look the model up before they read the options (scheduleRunner), so it is
+// answered once the model is known to be there: a model no target has is the 404 first.
+func embedOptionsRefused(path string, opts broker.LoadOptions) error {
 	kind, ok := embedKind(path)
 	if !ok || !kind.ReadsOptions() {
 		return nil
 	}
-	var req struct {
-		Options broker.LoadOptions `json:"options"`
-	}
-	if json.Unmarshal(body, &req) != nil {
-		return nil // requestModel refused what does not decode
-	}
-	if err := req.Options.Refused(); err != nil {
+	if err := opts.Refused(); err != nil {
 		return badRequest(err.Error())
 	}
 	return nil

@@ -237,18 +237,39 @@ func callerOf(ctx context.Context, h http.Header, bodyProgram string, bodyPriori
 		c.program = name
 		return c, nil
 	}
-	if v, ok, err := headerValue(h, HeaderProgram); err != nil {
+	if v, ok, err := headerProgram(h); err != nil {
 		return caller{}, err
 	} else if ok {
-		if err := broker.ValidateProgram(v); err != nil {
-			return caller{}, badRequest(HeaderProgram + ": " + strings.TrimPrefix(err.Error(), broker.ErrBadProgram.Error()+": "))
-		}
 		if c.program != "" && c.program != v {
 			return caller{}, badRequest(fmt.Sprintf("%s %q and \"program\" %q disagree", HeaderProgram, v, c.program))
 		}
 		c.program = v
 	}
 	return c, nil
+}
+
+// headerProgram is h's X-Foreman-Program, checked (a malformed or repeated one is a 400);
+// false when h has none.
+func headerProgram(h http.Header) (string, bool, error) {
+	v, ok, err := headerValue(h, HeaderProgram)
+	if err != nil || !ok {
+		return "", false, err
+	}
+	if err := broker.ValidateProgram(v); err != nil {
+		return "", false, badRequest(HeaderProgram + ": " + strings.TrimPrefix(err.Error(), broker.ErrBadProgram.Error()+": "))
+	}
+	return v, true, nil
+}
+
+// requestProgram is the program a request that submits nothing comes from, for the
+// shares of what it holds (ADR-0126): a named token's, else its X-Foreman-Program header
+// (the caller's own word), else the anonymous program.
+func requestProgram(r *http.Request) (string, error) {
+	if p, ok := authProgram(r.Context()); ok {
+		return p, nil
+	}
+	p, _, err := headerProgram(r.Header)
+	return p, err
 }
 
 // programName is a program as messages show it.
