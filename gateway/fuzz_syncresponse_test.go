@@ -112,6 +112,14 @@ func FuzzSyncResponse(f *testing.F) {
 	// failure: the stream still ends with the whole error frame.
 	f.Add(uint8(0), true, []byte("\x05{\"error\":\"boom\"}"))
 	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {\"error\":{\"message\":\"boom\"}}"))
+	// An error event whose data has no space after its colon, one on a line that starts
+	// with a space (no field a client reads), one after an event left unfinished, and
+	// one in two data lines: an SSE client reads the first and the last as errors, not
+	// the two others.
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data:{\"error\":{\"message\":\"m\"}}\n\n"))
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01 data: {\"error\":{\"message\":\"m\"}}\n\n"))
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: x\n\x00\x05data: {\"error\":{\"message\":\"m\"}}\n\n"))
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {\"error\":\r\ndata: {\"message\":\"m\"}}\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, k uint8, stream bool, data []byte) {
 		kind := queuedKinds[int(k)%len(queuedKinds)]
 		msgs, clean := fuzzSyncMsgs(data)
@@ -166,16 +174,13 @@ func FuzzSyncResponse(f *testing.F) {
 func wantErrorFrame(t *testing.T, ctype string, body []byte) {
 	t.Helper()
 	if isSSE(ctype) {
-		start := bytes.LastIndex(body, []byte("\ndata: ")) + 1 // 0 when the error is all there is
-		before, event := body[:start], body[start:]
-		data, ok := bytes.CutSuffix(bytes.TrimPrefix(event, []byte("data: ")), []byte("\n\n"))
+		events, ended := sseEvents(body)
 		var e struct {
 			Error struct {
 				Message *string `json:"message"`
 			} `json:"error"`
 		}
-		atEvent := len(before) == 0 || bytes.HasSuffix(before, []byte("\n\n")) || bytes.HasSuffix(before, []byte("\n\r\n"))
-		if !bytes.HasPrefix(event, []byte("data: ")) || !ok || json.Unmarshal(data, &e) != nil || e.Error.Message == nil || !atEvent {
+		if !ended || len(events) == 0 || json.Unmarshal([]byte(events[len(events)-1]), &e) != nil || e.Error.Message == nil {
 			t.Fatalf("SSE stream does not end with a whole error event: %q", body)
 		}
 		return
@@ -188,4 +193,35 @@ func wantErrorFrame(t *testing.T, ctype string, body []byte) {
 	if !ok || json.Unmarshal(line[i+1:], &e) != nil || e.Error == nil {
 		t.Fatalf("stream does not end with a whole error line: %q", body)
 	}
+}
+
+// sseEvents reads body as an SSE client does (the WHATWG event stream rules): the data of
+// each event dispatched, and whether body ends where an event ends (nothing after the
+// last blank line).
+func sseEvents(body []byte) (events []string, ended bool) {
+	var data []string
+	ended = true
+	for len(body) > 0 {
+		i := bytes.IndexAny(body, "\r\n")
+		if i < 0 {
+			return events, false // a line never ended
+		}
+		line := string(body[:i])
+		if body[i] == '\r' && i+1 < len(body) && body[i+1] == '\n' {
+			i++
+		}
+		body = body[i+1:]
+		if line == "" {
+			if len(data) > 0 {
+				events = append(events, strings.Join(data, "\n"))
+			}
+			data, ended = nil, true
+			continue
+		}
+		ended = false
+		if name, value, _ := strings.Cut(line, ":"); name == "data" {
+			data = append(data, strings.TrimPrefix(value, " "))
+		}
+	}
+	return events, ended
 }

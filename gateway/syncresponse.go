@@ -76,6 +76,7 @@ type syncResponse struct {
 	pending  []byte // a non-streamed body, held until the final marker confirms it
 	tail     []byte // the last bytes of the stream written so far (up to 3)
 	last     []byte // the last streamed frame written
+	lastOwn  bool   // it began where a line (NDJSON) or an event (SSE) begins
 	nextSeq  int64  // a Responses stream's sequence_number after the last one written
 	terminal bool   // the watchdog saw the record terminal once already
 }
@@ -304,7 +305,7 @@ func (sr *syncResponse) frame(ev broker.Event) error {
 	if !sr.started {
 		sr.begin(http.StatusOK)
 	}
-	sr.last = ev.Data
+	sr.last, sr.lastOwn = ev.Data, len(sr.boundary(isSSE(sr.ctype))) == 0
 	if sr.job.Kind == broker.KindOpenAIResponses {
 		// Kept across frames: the last one may hold no number (a comment, or the end of
 		// a large event sent in pieces).
@@ -546,13 +547,15 @@ func (sr *syncResponse) endWith(frame []byte) outcome {
 
 // relayedFailure reports whether err is the job's failure and the client already has it:
 // the target ended its stream with an error frame, relayed as it came, and the worker
-// failed the job with that error. A second error frame would tell the client twice.
+// failed the job with that error. A second error frame would tell the client twice. A
+// frame that went on a line or an event left unfinished before it (a piece of a large
+// frame, after a gap) is no error the client reads: that one still gets its own.
 func (sr *syncResponse) relayedFailure(err error) bool {
 	var je *broker.JobError
 	if !errors.As(err, &je) || je.State != broker.StateFailed {
 		return false
 	}
-	return ollama.FrameError(sr.ctype, sr.last) != ""
+	return sr.lastOwn && ollama.FrameError(sr.ctype, sr.last) != ""
 }
 
 func (sr *syncResponse) begin(status int) {

@@ -57,14 +57,7 @@ func FrameError(contentType string, frame []byte) string {
 	framing := FramingOf(contentType)
 	switch framing {
 	case SSE:
-		// Only an event's data: a frame without a data line is no event a client reads.
-		event := last
-		last = nil
-		for _, line := range bytes.Split(event, []byte("\n")) {
-			if data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:")); ok {
-				last = bytes.TrimSpace(data)
-			}
-		}
+		last = lastEventData(frame)
 	case NotStreamed:
 		return ""
 	}
@@ -88,4 +81,46 @@ func FrameError(contentType string, frame []byte) string {
 		return ""
 	}
 	return msg
+}
+
+// lastEventData is the data of the last event in b as an SSE client reads it (the
+// WHATWG event stream rules): a "data" field's values, each without the one space that
+// may follow its colon, joined by newlines; lines end with LF, CRLF or CR; a line that
+// starts with a space, a comment (":") or any other field adds nothing. An event not yet
+// ended by a blank line counts: whoever relays it ends it. Nil when b holds no data: a
+// frame without a data line is no event a client reads.
+func lastEventData(b []byte) []byte {
+	var data, last []byte
+	seen := false
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexAny(b, "\r\n"); i < 0 {
+			b = nil
+		} else {
+			cr := b[i] == '\r'
+			line, b = b[:i], b[i+1:]
+			if cr && len(b) > 0 && b[0] == '\n' {
+				b = b[1:]
+			}
+		}
+		if len(line) == 0 {
+			if seen {
+				last, data, seen = data, nil, false
+			}
+			continue
+		}
+		name, value, _ := bytes.Cut(line, []byte(":"))
+		if string(name) != "data" {
+			continue
+		}
+		value = bytes.TrimPrefix(value, []byte(" "))
+		if seen {
+			data = append(data, '\n')
+		}
+		data, seen = append(data, value...), true
+	}
+	if seen {
+		return data
+	}
+	return last
 }

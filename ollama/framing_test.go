@@ -53,6 +53,16 @@ func TestFrameError(t *testing.T) {
 		{ollama.ContentTypeNDJSON, `{"error":5}`, ""},
 		{ollama.ContentTypeSSE, `data: {"error":"boom"}` + "\n\n", ""},
 		{ollama.ContentTypeSSE, `data: {"error":{"type":"x"}}` + "\n\n", ""},
+		// Read by the event stream rules, as a client reads them: the space after the
+		// colon is optional; a line that starts with a space is no data field; data lines
+		// are joined by newlines; lines end with LF, CRLF or CR; the last event counts.
+		{ollama.ContentTypeSSE, `data:{"error":{"message":"boom"}}` + "\n\n", "boom"},
+		{ollama.ContentTypeSSE, ` data: {"error":{"message":"boom"}}` + "\n\n", ""},
+		{ollama.ContentTypeSSE, `data: {"error":` + "\r\n" + `data: {"message":"boom"}}` + "\r\n\r\n", "boom"},
+		{ollama.ContentTypeSSE, `data: {"error":{"message":"boom"}}` + "\r\r", "boom"},
+		{ollama.ContentTypeSSE, `data: {"error":{"message":"boom"}}` + "\n\ndata: {}\n\n", ""},
+		{ollama.ContentTypeSSE, "data: {}\n\n: a comment\n" + `data: {"error":{"message":"boom"}}`, "boom"},
+		{ollama.ContentTypeSSE, `data: {"error":{"message":"boom"}}` + "\n\n: a comment\n\n", "boom"},
 	} {
 		if got := ollama.FrameError(c.ctype, []byte(c.frame)); got != c.want {
 			t.Errorf("FrameError(%s, %q) = %q, want %q", c.ctype, c.frame, got, c.want)
