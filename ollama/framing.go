@@ -3,6 +3,7 @@ package ollama
 import (
 	"bytes"
 	"encoding/json"
+	"iter"
 	"mime"
 )
 
@@ -83,44 +84,56 @@ func FrameError(contentType string, frame []byte) string {
 	return msg
 }
 
-// lastEventData is the data of the last event in b as an SSE client reads it (the
-// WHATWG event stream rules): a "data" field's values, each without the one space that
-// may follow its colon, joined by newlines; lines end with LF, CRLF or CR; a line that
-// starts with a space, a comment (":") or any other field adds nothing. An event not yet
-// ended by a blank line counts: whoever relays it ends it. Nil when b holds no data: a
-// frame without a data line is no event a client reads.
+// lastEventData is the data of the last event in b that has any (EventData), nil if none:
+// a frame without a data line is no event a client reads.
 func lastEventData(b []byte) []byte {
-	var data, last []byte
-	seen := false
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexAny(b, "\r\n"); i < 0 {
-			b = nil
-		} else {
-			cr := b[i] == '\r'
-			line, b = b[:i], b[i+1:]
-			if cr && len(b) > 0 && b[0] == '\n' {
-				b = b[1:]
-			}
-		}
-		if len(line) == 0 {
-			if seen {
-				last, data, seen = data, nil, false
-			}
-			continue
-		}
-		name, value, _ := bytes.Cut(line, []byte(":"))
-		if string(name) != "data" {
-			continue
-		}
-		value = bytes.TrimPrefix(value, []byte(" "))
-		if seen {
-			data = append(data, '\n')
-		}
-		data, seen = append(data, value...), true
-	}
-	if seen {
-		return data
+	var last []byte
+	for data := range EventData(b) {
+		last = data
 	}
 	return last
+}
+
+// EventData yields the data of each event in b as an SSE client reads it (the WHATWG
+// event stream rules): a "data" field's values, each without the one space that may
+// follow its colon, joined by newlines; lines end with LF, CRLF or CR; a line that starts
+// with a space, a comment (":") or any other field adds nothing; an event whose data is
+// empty is none. An event not yet ended by a blank line counts too: whoever relays it
+// ends it. It is the one reading of events the worker and the gateway share.
+func EventData(b []byte) iter.Seq[[]byte] {
+	return func(yield func([]byte) bool) {
+		var data []byte
+		seen := false
+		for len(b) > 0 {
+			line := b
+			if i := bytes.IndexAny(b, "\r\n"); i < 0 {
+				b = nil
+			} else {
+				cr := b[i] == '\r'
+				line, b = b[:i], b[i+1:]
+				if cr && len(b) > 0 && b[0] == '\n' {
+					b = b[1:]
+				}
+			}
+			if len(line) == 0 {
+				if len(data) > 0 && !yield(data) {
+					return
+				}
+				data, seen = nil, false
+				continue
+			}
+			name, value, _ := bytes.Cut(line, []byte(":"))
+			if string(name) != "data" {
+				continue
+			}
+			value = bytes.TrimPrefix(value, []byte(" "))
+			if seen {
+				data = append(data, '\n')
+			}
+			data, seen = append(data, value...), true
+		}
+		if len(data) > 0 {
+			yield(data)
+		}
+	}
 }

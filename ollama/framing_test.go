@@ -1,6 +1,7 @@
 package ollama_test
 
 import (
+	"slices"
 	"testing"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -67,5 +68,21 @@ func TestFrameError(t *testing.T) {
 		if got := ollama.FrameError(c.ctype, []byte(c.frame)); got != c.want {
 			t.Errorf("FrameError(%s, %q) = %q, want %q", c.ctype, c.frame, got, c.want)
 		}
+	}
+}
+
+// EventData yields each event's data by the event stream rules: joined data lines, the
+// optional space, LF/CRLF/CR line ends, fields other than data and lines led by a space
+// ignored, events with empty data skipped, an unfinished last event included.
+func TestEventData(t *testing.T) {
+	t.Parallel()
+	in := "event: x\ndata: a\ndata:b\n\n" + ": comment\n\n" + " data: no\nid: 1\n\n" + "data\r\n\r\n" + "data: c\r\rdata:  d"
+	var got []string
+	for d := range ollama.EventData([]byte(in)) {
+		got = append(got, string(d))
+	}
+	want := []string{"a\nb", "c", " d"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("EventData = %q, want %q", got, want)
 	}
 }

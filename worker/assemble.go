@@ -249,8 +249,8 @@ func sseEnded(kind broker.Kind, events [][]byte) bool {
 		}
 		return false
 	}
-	for line := range bytes.Lines(last) {
-		if data, ok := bytes.CutPrefix(bytes.TrimSpace(line), []byte("data:")); ok && string(bytes.TrimSpace(data)) == "[DONE]" {
+	for data := range ollama.EventData(last) {
+		if string(bytes.TrimSpace(data)) == "[DONE]" {
 			return true
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // The OpenAI-compatible shapes below follow Ollama v0.17.4's openai package: the chunks
@@ -228,9 +229,8 @@ func (a *choiceAcc) joinedLogprobs() *oaiLogprobs {
 func sseData(frames [][]byte) [][]byte {
 	var out [][]byte
 	for _, f := range frames {
-		for line := range bytes.Lines(f) {
-			data, ok := bytes.CutPrefix(bytes.TrimRight(line, "\r\n"), []byte("data:"))
-			if data = bytes.TrimSpace(data); ok && json.Valid(data) {
+		for data := range ollama.EventData(f) {
+			if data = bytes.TrimSpace(data); json.Valid(data) {
 				out = append(out, data)
 			}
 		}
