@@ -79,13 +79,9 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 	if err := s.raisedConsumer(ctx, &ccfg); err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
 	}
-	s.queueCfg.RLock()
-	c, err := s.queue.CreateOrUpdateConsumer(ctx, ccfg)
-	s.queueCfg.RUnlock()
+	c, err := s.createConsumer(ctx, ccfg)
 	if errors.Is(err, jetstream.ErrMaximumConsumersLimit) && s.reapConsumers(ctx) > 0 {
-		s.queueCfg.RLock()
-		c, err = s.queue.CreateOrUpdateConsumer(ctx, ccfg)
-		s.queueCfg.RUnlock()
+		c, err = s.createConsumer(ctx, ccfg)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
@@ -104,6 +100,26 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 	s.consumers[token] = cachedConsumer{Consumer: c, used: now}
 	s.mu.Unlock()
 	return c, nil
+}
+
+// createConsumer creates or updates a queue consumer, twice when the server fails the
+// create on its own files (err_code 10012, its general failure). A consumer of the same
+// name deleted a moment before (idle past its InactiveThreshold, or by renew) may still
+// be flushing its state file into the directory the new one is made in, and the new
+// one's write of it finds its temporary file renamed away by the old one's ("rename
+// …/o.dat.tmp …/o.dat: no such file or directory"). The server removes the failed
+// consumer's directory and the old one writes no more, so the create made again succeeds,
+// where the error would fail a pick (or a start's renew, and the start with it).
+func (s *Store) createConsumer(ctx context.Context, ccfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	s.queueCfg.RLock()
+	defer s.queueCfg.RUnlock()
+	c, err := s.queue.CreateOrUpdateConsumer(ctx, ccfg)
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeConsumerCreate {
+		s.log.Info("the server failed a queue consumer's create; made again", "consumer", ccfg.Durable, "err", err)
+		c, err = s.queue.CreateOrUpdateConsumer(ctx, ccfg)
+	}
+	return c, err
 }
 
 // reapBatch is how many idle queue consumers reapConsumers deletes at most: room for as
