@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -51,8 +52,12 @@ func lostMidAnswer(t *testing.T, later bool) {
 	gwC := startClusterGateway(t, stC)
 
 	// The target stops before tokens 3 and 6 of a reply while the test holds it there.
+	// at[i] tells the first reply that got there; a reply asked again (an attempt that
+	// broke off before its frames were published is run again) stops there too, and
+	// what the caller gets is still checked against what the target sent.
 	gated := make(chan struct{})
 	at := map[int]chan struct{}{3: make(chan struct{}), 6: make(chan struct{})}
+	reached := map[int]*sync.Once{3: new(sync.Once), 6: new(sync.Once)}
 	resume := map[int]chan struct{}{3: make(chan struct{}), 6: make(chan struct{})}
 	fakeA := ollamatest.New(t, ollamatest.WithTokens(10), ollamatest.WithBeforeToken(func(ctx context.Context, i int) error {
 		select {
@@ -63,7 +68,7 @@ func lostMidAnswer(t *testing.T, later bool) {
 		if at[i] == nil {
 			return nil
 		}
-		close(at[i])
+		reached[i].Do(func() { close(at[i]) })
 		select {
 		case <-resume[i]:
 			return nil
