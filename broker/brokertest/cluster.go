@@ -65,7 +65,8 @@ func NewCluster(t testing.TB, n int) *Cluster {
 			StoreDir:   t.TempDir(),
 			NoSigs:     true,
 			NoLog:      true,
-			// NoAdvertise: neither clients nor peers learn the real ports behind the proxies.
+			// NoAdvertise: clients do not learn the real client ports behind the proxies;
+			// Advertise: nor do peers the real route ports (see above).
 			Cluster: server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: routes[i], NoAdvertise: true, Advertise: advertise},
 			Routes:  server.RoutesFromStr(strings.Join(peers, ",")),
 		}
