@@ -40,6 +40,14 @@ func NewCluster(t testing.TB, n int) *Cluster {
 		routes[i] = freePort(t)
 	}
 	c := &Cluster{t: t, routes: make([][]*Proxy, n)}
+	// Every node advertises, as its route address, one that refuses connections. The nodes
+	// gossip: a node that has just routed to one peer tells the others that peer's route
+	// address, and one with no route to it yet (or none since a cut) connects there
+	// itself. Told the node's real port, it connected past the proxies, on a route that
+	// CutRoute and Kill could not cut; told this address, it fails once and gives up, and
+	// the nodes route only as configured, through the proxies. (An accepted route that is
+	// asked to reconnect uses the advertised address too.)
+	advertise := refusingAddr(t)
 	for i := range n {
 		c.routes[i] = make([]*Proxy, n)
 		var peers []string
@@ -57,8 +65,9 @@ func NewCluster(t testing.TB, n int) *Cluster {
 			StoreDir:   t.TempDir(),
 			NoSigs:     true,
 			NoLog:      true,
-			// NoAdvertise: neither clients nor peers learn the real ports behind the proxies.
-			Cluster: server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: routes[i], NoAdvertise: true},
+			// NoAdvertise: clients do not learn the real client ports behind the proxies;
+			// Advertise: nor do peers the real route ports (see above).
+			Cluster: server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: routes[i], NoAdvertise: true, Advertise: advertise},
 			Routes:  server.RoutesFromStr(strings.Join(peers, ",")),
 		}
 		ns, err := server.NewServer(opts)
@@ -106,6 +115,32 @@ func freePort(t testing.TB) int {
 			t.Fatalf("no free port below the ephemeral range: %v", err)
 		}
 	}
+}
+
+// refusingAddr is a loopback address that refuses every connection until the test ends:
+// the local end of a connection the test holds open, a port that no listener can take
+// meanwhile (the socket holding it was not bound for reuse).
+func refusingAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("refusing address: %v", err)
+	}
+	defer ln.Close()
+	out, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatalf("refusing address: %v", err)
+	}
+	in, err := ln.Accept()
+	if err != nil {
+		out.Close()
+		t.Fatalf("refusing address: %v", err)
+	}
+	t.Cleanup(func() {
+		out.Close()
+		in.Close()
+	})
+	return out.LocalAddr().String()
 }
 
 // URLs is the client URL of every node, comma-separated (FOREMAN_NATS_URL).
