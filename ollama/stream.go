@@ -169,7 +169,7 @@ func splitFrames(r io.Reader, f Framing, fn func([]byte) error) (readErr, fnErr 
 		}
 		buf, _ := br.Peek(br.Buffered())
 		if afterCR && buf[0] == '\n' {
-			// The LF of a CRLF whose CR ended a frame: it ends no line of its own.
+			// The LF of a CRLF whose CR came alone: it ends no line of its own.
 			frame = append(frame, '\n')
 			_, _ = br.Discard(1)
 			afterCR = false
@@ -192,14 +192,12 @@ func splitFrames(r io.Reader, f Framing, fn func([]byte) error) (readErr, fnErr 
 		empty := lineLen+i == 0
 		lineLen = 0
 		if cr {
-			switch {
-			case br.Buffered() == 0:
+			// Peek only at what came with the CR: a read here would hold the frame back.
+			if br.Buffered() == 0 {
 				afterCR = true
-			default:
-				if next, _ := br.Peek(1); next[0] == '\n' {
-					frame = append(frame, '\n')
-					_, _ = br.Discard(1)
-				}
+			} else if next, _ := br.Peek(1); next[0] == '\n' {
+				frame = append(frame, '\n')
+				_, _ = br.Discard(1)
 			}
 		}
 		if len(frame) > MaxFrameSize {
