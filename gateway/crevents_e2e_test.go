@@ -30,6 +30,65 @@ func (b crLines) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// sseProxy is a proxy in front of the target at target that passes the bodies of its SSE answers
+// through wrap, and returns its URL.
+func sseProxy(t *testing.T, target string, wrap func(io.ReadCloser) io.ReadCloser) string {
+	t.Helper()
+	u, err := url.Parse(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := httputil.NewSingleHostReverseProxy(u)
+	proxy.FlushInterval = -1
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
+			resp.Body = wrap(resp.Body)
+		}
+		return nil
+	}
+	front := httptest.NewServer(proxy)
+	t.Cleanup(front.Close)
+	return front.URL
+}
+
+// trailed is an answer body that a proxy ends with trailer.
+type trailed struct {
+	io.ReadCloser
+	trailer []byte
+}
+
+func (b *trailed) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != io.EOF || len(b.trailer) == 0 {
+		return n, err
+	}
+	if n == 0 {
+		n = copy(p, b.trailer)
+		b.trailer = b.trailer[n:]
+	}
+	return n, nil // the trailer, or what is left of it, comes next
+}
+
+// A keep-alive comment a proxy sends after the target's stream ended leaves the answer
+// whole, as a client reads it: the streamed caller gets it all without an error event,
+// the non-streamed one the assembled answer (they got "the target's stream ended
+// before its answer was complete" while the stream's last frame was taken for its end).
+func TestSSEEndPastAKeepAlive(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t, ollamatest.WithTokens(3))
+	const keepAlive = ": keep-alive\n\n"
+	front := sseProxy(t, fake.URL, func(body io.ReadCloser) io.ReadCloser { return &trailed{body, []byte(keepAlive)} })
+	b := newQueuedBundle(t, nil, withTargetURL(front))
+	resp, body := b.request(t, http.MethodPost, "/v1/chat/completions", []byte(`{"model":"tiny-a","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+	if resp.StatusCode != http.StatusOK || !strings.HasSuffix(string(body), "data: [DONE]\n\n"+keepAlive) {
+		t.Errorf("streamed: %d %q; want the stream as the target's proxy ended it", resp.StatusCode, body)
+	}
+	resp, body = b.request(t, http.MethodPost, "/v1/chat/completions", []byte(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`))
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"object":"chat.completion"`) {
+		t.Errorf("not streamed: %d %q; want the assembled answer", resp.StatusCode, body)
+	}
+}
+
 // A target whose SSE events end with "\r\r" (a proxy in front of Ollama) has its answer
 // relayed event by event, as a client reads it: the first event reaches the caller while
 // the target still waits to send the rest, and the whole answer ends as the target
@@ -47,21 +106,8 @@ func TestStreamedSSEOfCREventsRelayedAsItComes(t *testing.T) {
 		}
 		return nil
 	}))
-	u, err := url.Parse(fake.URL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := httputil.NewSingleHostReverseProxy(u)
-	proxy.FlushInterval = -1
-	proxy.ModifyResponse = func(resp *http.Response) error {
-		if strings.HasPrefix(resp.Header.Get("Content-Type"), "text/event-stream") {
-			resp.Body = crLines{resp.Body}
-		}
-		return nil
-	}
-	front := httptest.NewServer(proxy)
-	t.Cleanup(front.Close)
-	b := newQueuedBundle(t, nil, withTargetURL(front.URL))
+	front := sseProxy(t, fake.URL, func(body io.ReadCloser) io.ReadCloser { return crLines{body} })
+	b := newQueuedBundle(t, nil, withTargetURL(front))
 
 	// The caller's request and its first event, read apart from the test's goroutine: the
 	// answer's status goes out with its first frame.
