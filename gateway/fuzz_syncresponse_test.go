@@ -120,6 +120,12 @@ func FuzzSyncResponse(f *testing.F) {
 	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01 data: {\"error\":{\"message\":\"m\"}}\n\n"))
 	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: x\n\x00\x05data: {\"error\":{\"message\":\"m\"}}\n\n"))
 	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {\"error\":\r\ndata: {\"message\":\"m\"}}\r\n\r\n"))
+	// Events ended by CR, by LF then CR, a CRLF split after its CR, and a keep-alive
+	// after the error event: each ends where an event ends.
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {}\r\r\x00\x00data: {\"error\":{\"message\":\"m\"}}\r\r"))
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {}\n\r\x00\x00data: x\r"))
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {}\r\n\r\x00\x00\n\x00\x02done"))
+	f.Add(uint8(2), true, []byte("\x01text/event-stream\x01data: {\"error\":{\"message\":\"m\"}}\n\n\x00\x00: ping\n\n"))
 	f.Fuzz(func(t *testing.T, k uint8, stream bool, data []byte) {
 		kind := queuedKinds[int(k)%len(queuedKinds)]
 		msgs, clean := fuzzSyncMsgs(data)

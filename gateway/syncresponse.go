@@ -75,7 +75,7 @@ type syncResponse struct {
 	ctype    string // the response's Content-Type once known
 	pending  []byte // a non-streamed body, held until the final marker confirms it
 	tail     []byte // the last bytes of the stream written so far (up to 3)
-	last     []byte // the last streamed frame written
+	last     []byte // the last streamed frame written that a client reads anything in (ollama.Holds), or that went on a line or an event left unfinished
 	lastOwn  bool   // it began where a line (NDJSON) or an event (SSE) begins
 	nextSeq  int64  // a Responses stream's sequence_number after the last one written
 	terminal bool   // the watchdog saw the record terminal once already
@@ -305,7 +305,11 @@ func (sr *syncResponse) frame(ev broker.Event) error {
 	if !sr.started {
 		sr.begin(http.StatusOK)
 	}
-	sr.last, sr.lastOwn = ev.Data, len(sr.boundary(isSSE(sr.ctype))) == 0
+	// The frame a client reads last: one that begins where a line (an event) begins and
+	// holds nothing a client reads (a keep-alive comment, a blank line) leaves it as it was.
+	if own := len(sr.boundary(isSSE(sr.ctype))) == 0; !own || ollama.Holds(sr.ctype, ev.Data) {
+		sr.last, sr.lastOwn = ev.Data, own
+	}
 	if sr.job.Kind == broker.KindOpenAIResponses {
 		// Kept across frames: the last one may hold no number (a comment, or the end of
 		// a large event sent in pieces).
@@ -350,7 +354,10 @@ func (sr *syncResponse) deadline() error {
 
 // boundary is what ends the stream written so far at a line (NDJSON) or an event (SSE),
 // so that an error frame after a partial frame (a piece of a large frame lost in a gap,
-// or a shutdown between pieces) is still read as a frame of its own.
+// or a shutdown between pieces) is still read as a frame of its own. NDJSON lines end
+// with LF. SSE lines end with LF, CRLF or CR, and an empty line ends an event (the event
+// stream rules a client reads them by): the stream is at an event's end when its last
+// line end follows another, or nothing.
 func (sr *syncResponse) boundary(sse bool) []byte {
 	t := sr.tail
 	switch {
@@ -361,12 +368,24 @@ func (sr *syncResponse) boundary(sse bool) []byte {
 			return nil
 		}
 		return []byte("\n")
-	case bytes.HasSuffix(t, []byte("\n\n")), bytes.HasSuffix(t, []byte("\n\r\n")):
-		return nil
-	case t[len(t)-1] == '\n':
-		return []byte("\n")
 	}
-	return []byte("\n\n")
+	var rest []byte
+	switch {
+	case bytes.HasSuffix(t, []byte("\r\n")):
+		rest = t[:len(t)-2]
+	case t[len(t)-1] == '\n', t[len(t)-1] == '\r':
+		rest = t[:len(t)-1]
+	default:
+		return []byte("\n\n") // inside a line
+	}
+	// tail holds the last 3 bytes: rest is empty only when the stream is all one line end.
+	if len(rest) == 0 || rest[len(rest)-1] == '\n' || rest[len(rest)-1] == '\r' {
+		return nil
+	}
+	if t[len(t)-1] == '\r' {
+		return []byte("\n\n") // an LF alone would make this CR a CRLF, no empty line
+	}
+	return []byte("\n")
 }
 
 // final handles the final marker: err is nil when the job is done, else a
@@ -546,8 +565,9 @@ func (sr *syncResponse) endWith(frame []byte) outcome {
 }
 
 // relayedFailure reports whether err is the job's failure and the client already has it:
-// the target ended its stream with an error frame, relayed as it came, and the worker
-// failed the job with that error. A second error frame would tell the client twice. A
+// the target ended its stream with an error frame, relayed as it came (what a client
+// reads nothing in may follow it: ollama.Holds), and the worker failed the job with
+// that error. A second error frame would tell the client twice. A
 // frame that went on a line or an event left unfinished before it (a piece of a large
 // frame, after a gap) is no error the client reads: that one still gets its own.
 func (sr *syncResponse) relayedFailure(err error) bool {

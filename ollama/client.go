@@ -25,7 +25,8 @@ type Client interface {
 	Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error)
 	// Stream POSTs body to path and calls fn once per frame as the target
 	// produces it: one NDJSON line (with its "\n") for application/x-ndjson,
-	// one SSE event (all its lines and the blank line ending it) for
+	// one SSE event (all its lines and the blank line ending it; lines end
+	// with LF, CRLF or CR, as an SSE client reads them) for
 	// text/event-stream, or the whole body once otherwise. Frames are
 	// byte-exact copies of what the target sent. A non-2xx status is an
 	// *HTTPError, a transport failure or a connection dropped mid-stream a

@@ -137,3 +137,34 @@ func EventData(b []byte) iter.Seq[[]byte] {
 		}
 	}
 }
+
+// Holds reports whether a client reads anything in frame, a frame of an answer of
+// contentType: an NDJSON line that is not all white space (Ollama's clients skip blank
+// lines), an SSE frame with an event's data (EventData: an empty line, a comment, a
+// field other than data gives a client no event). A frame of an answer not streamed
+// holds what it has.
+func Holds(contentType string, frame []byte) bool {
+	switch FramingOf(contentType) {
+	case NDJSON:
+		return len(bytes.TrimSpace(frame)) > 0
+	case SSE:
+		for range EventData(frame) {
+			return true
+		}
+		return false
+	}
+	return len(frame) > 0
+}
+
+// LastFrame returns the last of frames that Holds something, nil if none: where the
+// stream ends for its client, whatever blank lines or keep-alive comments a proxy sent
+// after it (or the LF of a CRLF that came after its CR, which begins a frame of its own).
+// The end of a stream, and its error frame, are read from it.
+func LastFrame(contentType string, frames [][]byte) []byte {
+	for i := len(frames) - 1; i >= 0; i-- {
+		if Holds(contentType, frames[i]) {
+			return frames[i]
+		}
+	}
+	return nil
+}

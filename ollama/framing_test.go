@@ -86,3 +86,23 @@ func TestEventData(t *testing.T) {
 		t.Fatalf("EventData = %q, want %q", got, want)
 	}
 }
+
+// A frame holds something when a client reads anything in it; the stream's last frame
+// is the last that does, whatever blank lines or keep-alive comments follow it.
+func TestLastFrame(t *testing.T) {
+	t.Parallel()
+	sse := [][]byte{[]byte("data: a\n\n"), []byte("data: b\r\r"), []byte(": ping\n\n"), []byte("\n"), []byte("event: x\n\n"), []byte(" data: c\n\n")}
+	if got := ollama.LastFrame(ollama.ContentTypeSSE, sse); string(got) != "data: b\r\r" {
+		t.Errorf("SSE last frame %q", got)
+	}
+	nd := [][]byte{[]byte("{\"a\":1}\n"), []byte("{\"b\":2}\r\n"), []byte("\r\n"), []byte(" \t\n")}
+	if got := ollama.LastFrame(ollama.ContentTypeNDJSON, nd); string(got) != "{\"b\":2}\r\n" {
+		t.Errorf("NDJSON last frame %q", got)
+	}
+	if got := ollama.LastFrame(ollama.ContentTypeSSE, sse[2:]); got != nil {
+		t.Errorf("no frame holds anything, got %q", got)
+	}
+	if !ollama.Holds("application/json", []byte(" ")) || ollama.Holds("application/json", nil) {
+		t.Error("a frame of an answer not streamed holds what it has")
+	}
+}

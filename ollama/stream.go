@@ -111,10 +111,8 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 	}
 	var readErr, fnErr error
 	switch FramingOf(ct) {
-	case NDJSON:
-		readErr, fnErr = splitFrames(resp.Body, isLineEnd, fn)
-	case SSE:
-		readErr, fnErr = splitFrames(resp.Body, isEventEnd, fn)
+	case NDJSON, SSE:
+		readErr, fnErr = splitFrames(resp.Body, FramingOf(ct), fn)
 	default:
 		var all []byte
 		all, readErr = io.ReadAll(io.LimitReader(resp.Body, MaxFrameSize+1))
@@ -141,55 +139,77 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 	return ct, nil
 }
 
-// isLineEnd says a line ends an NDJSON frame: every line does.
-func isLineEnd([]byte) bool { return true }
-
-// isEventEnd says a line ends an SSE event: a blank line ("\n" or "\r\n").
-func isEventEnd(line []byte) bool {
-	return len(bytes.TrimRight(line, "\r\n")) == 0
-}
-
-// splitFrames reads r line by line and hands fn each frame, made of the lines
-// up to and including one for which end is true. Bytes are passed unchanged;
-// a final frame not terminated before EOF is still delivered as sent.
-func splitFrames(r io.Reader, end func(line []byte) bool, fn func([]byte) error) (readErr, fnErr error) {
+// splitFrames reads r and hands fn each frame of framing f, bytes unchanged: for NDJSON
+// a line, ended by LF (a CR before it stays in the line, white space to JSON, as Ollama's
+// clients read it); for SSE an event, ended by an empty line, its lines ended by LF, CRLF
+// or CR, mixed as they come, as an event stream's client reads them (the WHATWG rules).
+// The LF of a CRLF that ends an event goes with its event when it has come with its CR,
+// else it begins the next frame: no frame waits for a byte that may never come. A final
+// frame not ended before EOF is still delivered as sent.
+func splitFrames(r io.Reader, f Framing, fn func([]byte) error) (readErr, fnErr error) {
 	br := bufio.NewReaderSize(r, 64<<10)
+	lineEnd := func(b []byte) int { return bytes.IndexByte(b, '\n') }
+	if f == SSE {
+		lineEnd = func(b []byte) int { return bytes.IndexAny(b, "\r\n") }
+	}
 	var frame []byte
+	lineLen := 0     // bytes of the line read so far, before its end
+	afterCR := false // a CR ended the last line and nothing came after it yet
 	for {
-		chunk, err := br.ReadSlice('\n')
-		frame = append(frame, chunk...)
+		if br.Buffered() == 0 {
+			if _, err := br.Peek(1); err != nil {
+				if !errors.Is(err, io.EOF) {
+					return err, nil
+				}
+				if len(frame) > 0 {
+					return nil, fn(frame)
+				}
+				return nil, nil
+			}
+		}
+		buf, _ := br.Peek(br.Buffered())
+		if afterCR && buf[0] == '\n' {
+			// The LF of a CRLF whose CR came alone: it ends no line of its own.
+			frame = append(frame, '\n')
+			_, _ = br.Discard(1)
+			afterCR = false
+			continue
+		}
+		afterCR = false
+		i := lineEnd(buf)
+		if i < 0 {
+			frame = append(frame, buf...)
+			lineLen += len(buf)
+			_, _ = br.Discard(len(buf))
+			if len(frame) > MaxFrameSize {
+				return ErrFrameTooLarge, nil
+			}
+			continue
+		}
+		cr := buf[i] == '\r'
+		frame = append(frame, buf[:i+1]...)
+		_, _ = br.Discard(i + 1)
+		empty := lineLen+i == 0
+		lineLen = 0
+		if cr {
+			// Peek only at what came with the CR: a read here would hold the frame back.
+			if br.Buffered() == 0 {
+				afterCR = true
+			} else if next, _ := br.Peek(1); next[0] == '\n' {
+				frame = append(frame, '\n')
+				_, _ = br.Discard(1)
+			}
+		}
 		if len(frame) > MaxFrameSize {
 			return ErrFrameTooLarge, nil
 		}
-		switch {
-		case err == nil:
-			// A whole line is in frame; the line starts where this read
-			// began only if no ErrBufferFull preceded it, so test the tail.
-			if end(lastLine(frame)) {
-				if err := fn(frame); err != nil {
-					return nil, err
-				}
-				frame = nil
+		if f == NDJSON || empty {
+			if err := fn(frame); err != nil {
+				return nil, err
 			}
-		case errors.Is(err, bufio.ErrBufferFull):
-			// A long line: keep accumulating.
-		case errors.Is(err, io.EOF):
-			if len(frame) > 0 {
-				if err := fn(frame); err != nil {
-					return nil, err
-				}
-			}
-			return nil, nil
-		default:
-			return err, nil
+			frame = nil
 		}
 	}
-}
-
-// lastLine returns the final line of frame, which ends in "\n".
-func lastLine(frame []byte) []byte {
-	i := bytes.LastIndexByte(frame[:len(frame)-1], '\n')
-	return frame[i+1:]
 }
 
 // stalled returns the *StallError that ended ctx, or nil.

@@ -27,7 +27,8 @@ var errStopFrames = errors.New("stop")
 
 // FuzzSplitFrames fuzzes the splitter of the target's NDJSON and SSE streams: the frames
 // joined give back the stream byte for byte, each frame ends exactly where its format
-// says, and an error from the frame handler stops the split at once.
+// says (frameEnds: LF for NDJSON; an empty line for SSE, its lines ended by LF, CRLF or
+// CR), and an error from the frame handler stops the split at once.
 // Run with: go test -run '^$' -fuzz '^FuzzSplitFrames$' -fuzztime 30s ./ollama
 //
 // A run of padK KiB is inserted at cut so that lines longer than the 64 KiB read buffer
@@ -40,6 +41,9 @@ func FuzzSplitFrames(f *testing.F) {
 	f.Add([]byte("{\"x\":\"\"}\n"), false, uint8(0), uint16(7), uint8(70), uint8(0))
 	f.Add([]byte("data: \n\n"), true, uint8(0), uint16(6), uint8(130), uint8(1))
 	f.Add([]byte("\n\n\n"), false, uint8(0), uint16(1), uint8(0), uint8(2))
+	f.Add([]byte("data: a\r\rdata: b\r\n\r\ndata: c\n\r\ndata: d\r\r\n: e\r"), true, uint8(0), uint16(0), uint8(0), uint8(0))
+	f.Add([]byte("\r\r\n\r\n\n\r"), true, uint8(1), uint16(3), uint8(65), uint8(0))
+	f.Add([]byte("{\"a\":1}\r\n\r{\"b\":2}\r"), false, uint8(0), uint16(0), uint8(0), uint8(0))
 	f.Fuzz(func(t *testing.T, data []byte, sse bool, chunk uint8, cut uint16, padK uint8, stopAt uint8) {
 		in := data
 		if padK > 0 {
@@ -49,12 +53,12 @@ func FuzzSplitFrames(f *testing.F) {
 			in = append(in, bytes.Repeat([]byte{'x'}, int(padK)<<10)...)
 			in = append(in, data[at:]...)
 		}
-		end := isLineEnd
+		framing := NDJSON
 		if sse {
-			end = isEventEnd
+			framing = SSE
 		}
 		var frames [][]byte
-		readErr, fnErr := splitFrames(&chunkReader{data: in, n: int(chunk) + 1}, end, func(fr []byte) error {
+		readErr, fnErr := splitFrames(&chunkReader{data: in, n: int(chunk) + 1}, framing, func(fr []byte) error {
 			frames = append(frames, append([]byte(nil), fr...))
 			if len(frames) == int(stopAt) {
 				return errStopFrames
@@ -83,21 +87,62 @@ func FuzzSplitFrames(f *testing.F) {
 			if len(fr) == 0 {
 				t.Fatalf("frame %d is empty", i)
 			}
-			lines := bytes.SplitAfter(fr, []byte("\n"))
-			if len(lines[len(lines)-1]) == 0 {
-				lines = lines[:len(lines)-1]
+		}
+		// Each frame end is one of the stream's frame ends, read from it whole: every
+		// frame end is one cut, and there is no cut anywhere else. The LF of a CRLF
+		// whose CR ends a frame may begin the next frame instead (it had not come when
+		// the CR was read), or be the last frame by itself.
+		cuts := map[int]bool{}
+		at := 0
+		for _, fr := range frames {
+			at += len(fr)
+			cuts[at] = true
+		}
+		for _, ends := range frameEnds(in, framing) {
+			n := 0
+			for _, e := range ends {
+				if cuts[e] {
+					n++
+					delete(cuts, e)
+				}
 			}
-			last := i == len(frames)-1
-			for j, l := range lines {
-				isLast := j == len(lines)-1
-				ended := l[len(l)-1] == '\n' && end(l)
-				if !isLast && ended {
-					t.Fatalf("frame %d has a frame end inside it at line %d: %q", i, j, l)
-				}
-				if isLast && !last && !ended {
-					t.Fatalf("frame %d does not end at a frame end: %q", i, l)
-				}
+			if n == 0 || n == 2 && ends[1] != len(in) {
+				t.Fatalf("the frame end at %v is cut %d times in %q: %q", ends, n, in, frames)
 			}
 		}
+		delete(cuts, len(in))
+		if len(cuts) > 0 {
+			t.Fatalf("frames cut where no frame ends (%v) in %q: %q", cuts, in, frames)
+		}
 	})
+}
+
+// frameEnds reads the whole stream in and returns where its frames may end: after each
+// LF (NDJSON); after each empty line's end (SSE, lines ended by LF, CRLF or CR), which
+// for a CRLF is after its CR or after its LF.
+func frameEnds(in []byte, f Framing) [][]int {
+	var ends [][]int
+	lineStart := 0
+	for i := 0; i < len(in); i++ {
+		c := in[i]
+		if f == NDJSON {
+			if c == '\n' {
+				ends = append(ends, []int{i + 1})
+			}
+			continue
+		}
+		if c != '\r' && c != '\n' {
+			continue
+		}
+		end := []int{i + 1}
+		if c == '\r' && i+1 < len(in) && in[i+1] == '\n' {
+			i++
+			end = append(end, i+1)
+		}
+		if i+1-len(end) == lineStart {
+			ends = append(ends, end)
+		}
+		lineStart = i + 1
+	}
+	return ends
 }

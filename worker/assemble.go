@@ -227,12 +227,13 @@ const errStreamCut = "the target's stream ended before its answer was complete (
 // (Ollama writes it after the last chunk, the usage's included), Anthropic's
 // message_stop event, the Responses API's response.completed (the one terminal event
 // Ollama writes: a stream that ends in response.failed or .incomplete is not an answer
-// its non-streamed call would give with a 200).
+// its non-streamed call would give with a 200). The end is the last event a client reads
+// (ollama.LastFrame): blank lines or keep-alive comments after it do not undo it.
 func sseEnded(kind broker.Kind, events [][]byte) bool {
-	if len(events) == 0 {
+	last := ollama.LastFrame(ollama.ContentTypeSSE, events)
+	if last == nil {
 		return false
 	}
-	last := events[len(events)-1]
 	if kind == broker.KindAnthropicMessages || kind == broker.KindOpenAIResponses {
 		data := sseJSON(last)
 		var e struct {

@@ -247,10 +247,9 @@ func appendElems(elems []json.RawMessage, raw json.RawMessage) []json.RawMessage
 
 // streamError returns the error a target reported inside a 2xx stream, "" if none:
 // Ollama ends a stream whose runner failed with an error frame (ollama.FrameError)
-// instead of done:true; such a job failed, whatever the status said.
+// instead of done:true; such a job failed, whatever the status said. It is the last
+// frame a client reads anything in (ollama.LastFrame): a proxy's keep-alive after it
+// does not hide it.
 func streamError(contentType string, frames [][]byte) string {
-	if len(frames) == 0 {
-		return ""
-	}
-	return ollama.FrameError(contentType, frames[len(frames)-1])
+	return ollama.FrameError(contentType, ollama.LastFrame(contentType, frames))
 }

@@ -1,0 +1,61 @@
+package ollama
+
+import (
+	"bytes"
+	"slices"
+	"testing"
+)
+
+// splitAll cuts in, read whole, into the frames of framing f.
+func splitAll(t *testing.T, in string, f Framing) []string {
+	t.Helper()
+	var frames []string
+	readErr, fnErr := splitFrames(bytes.NewReader([]byte(in)), f, func(fr []byte) error {
+		frames = append(frames, string(fr))
+		return nil
+	})
+	if readErr != nil || fnErr != nil {
+		t.Fatalf("splitFrames(%q): %v, %v", in, readErr, fnErr)
+	}
+	return frames
+}
+
+// An SSE stream is cut into its events as a client reads them (the event stream rules,
+// openai-python's and openai-node's decoders): its lines end with LF, CRLF or CR, mixed
+// as they come, and an empty line ends an event. A proxy in front of Ollama may end its
+// events with "\r\n\r\n" or "\r\r".
+func TestSplitFramesSSELineEnds(t *testing.T) {
+	t.Parallel()
+	events := []string{
+		"data: a\r\r",
+		"data: b\r\n\r\n",
+		"data: c\n\r\n",
+		"data: d\r\r\n",
+		"event: x\rdata: e\n\r",
+		"data: f\r\ndata: g\r\r",
+		": comment\r\r",
+		"data: [DONE]\n\n",
+	}
+	got := splitAll(t, stringsJoin(events), SSE)
+	if !slices.Equal(got, events) {
+		t.Fatalf("frames\n%q\nwant\n%q", got, events)
+	}
+}
+
+// NDJSON is cut at LF alone, as Ollama's own clients read it (ollama-js splits on "\n";
+// a CR before it is white space JSON allows): a CR alone ends no line.
+func TestSplitFramesNDJSONLineEnds(t *testing.T) {
+	t.Parallel()
+	lines := []string{"{\"a\":1}\r\n", "{\"b\":\r2}\n", "\n", "{\"c\":3}"}
+	if got := splitAll(t, stringsJoin(lines), NDJSON); !slices.Equal(got, lines) {
+		t.Fatalf("frames %q, want %q", got, lines)
+	}
+}
+
+func stringsJoin(s []string) string {
+	var b bytes.Buffer
+	for _, x := range s {
+		b.WriteString(x)
+	}
+	return b.String()
+}
