@@ -1,6 +1,7 @@
 package client_test
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"net/http"
@@ -113,7 +114,7 @@ func TestWaitPollsAgainAfterAnAnswerCutShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy := wholeBody(httputil.NewSingleHostReverseProxy(target))
 	// The first read of the job (the wait's start) goes through; the two polls after it
 	// are cut, and the job is let go once they were.
 	release := f.Fake.Hold("tiny-a")
@@ -207,4 +208,22 @@ func TestAnswerClosedInsideALineIsCutShort(t *testing.T) {
 	if err == nil || errors.Is(err, client.ErrCutShort) {
 		t.Errorf("Chat answered a plain text: %v, want an error that is not ErrCutShort", err)
 	}
+}
+
+// wholeBody hands h each request with its body read whole first: net/http's server
+// closes a request body as its response's header goes out, and a reverse proxy's
+// transport reads the body once past its end after sending it, a read a busy machine
+// can delay until the answer began; on the closed body that read fails and the
+// transport drops its connection, the answer cut. A body in memory is the transport's
+// alone.
+func wholeBody(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, "read the request body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		h.ServeHTTP(w, r)
+	})
 }

@@ -414,7 +414,7 @@ func failRead(t *testing.T, f *foreman, nth int) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy := wholeBody(httputil.NewSingleHostReverseProxy(target))
 	var mu sync.Mutex
 	reads := map[string]int{}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

@@ -159,12 +159,12 @@ func TestWebhookURL(t *testing.T) {
 		target string // the receiver's listen address, known once it is bound
 		hits   atomic.Int32
 	)
-	proxy := httptest.NewServer(&httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+	proxy := httptest.NewServer(wholeBody(&httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
 		hits.Add(1)
 		mu.Lock()
 		defer mu.Unlock()
 		r.SetURL(&url.URL{Scheme: "http", Host: target})
-	}})
+	}}))
 	t.Cleanup(proxy.Close)
 	public := proxy.URL + "/hooks/"
 	base, hc := remoteBase(t, f)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -25,7 +26,7 @@ func TestSubmitWaitSaysWhenItCannotReadTheJob(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy := wholeBody(httputil.NewSingleHostReverseProxy(target))
 	// The wait's first read of the job goes through; the two after it are cut (foreman
 	// killed as it answered), and the job is let go once they were.
 	var reads atomic.Int32
@@ -57,4 +58,22 @@ func TestSubmitWaitSaysWhenItCannotReadTheJob(t *testing.T) {
 	if n := strings.Count(r.stderr, "still waiting"); n != 1 || !strings.Contains(r.stderr, "was cut short") {
 		t.Errorf("stderr %q: want the failed reads said once, as an answer cut short", r.stderr)
 	}
+}
+
+// wholeBody hands h each request with its body read whole first: net/http's server
+// closes a request body as its response's header goes out, and a reverse proxy's
+// transport reads the body once past its end after sending it, a read a busy machine
+// can delay until the answer began; on the closed body that read fails and the
+// transport drops its connection, the answer cut. A body in memory is the transport's
+// alone.
+func wholeBody(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, "read the request body: "+err.Error(), http.StatusBadRequest)
+			return
+		}
+		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
+		h.ServeHTTP(w, r)
+	})
 }
