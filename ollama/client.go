@@ -26,9 +26,11 @@ type Client interface {
 	// Stream POSTs body to path and calls fn once per frame as the target
 	// produces it: one NDJSON line (with its "\n") for application/x-ndjson,
 	// one SSE event (all its lines and the blank line ending it; lines end
-	// with LF, CRLF or CR, as an SSE client reads them) for
-	// text/event-stream, or the whole body once otherwise. Frames are
-	// byte-exact copies of what the target sent. A non-2xx status is an
+	// with LF, CRLF or CR, as an SSE client reads them; when a CRLF ends an
+	// event and its LF comes in a later read than its CR, that LF begins the
+	// next frame, or is the last frame alone) for text/event-stream, or the whole
+	// body once otherwise. Frames are byte-exact copies of what the target
+	// sent, and joined they are the body. A non-2xx status is an
 	// *HTTPError, a transport failure or a connection dropped mid-stream a
 	// *ConnectionError; an error from fn aborts the request and is returned
 	// as is; when ctx ends, ctx.Err() is returned. fn gets a fresh slice per

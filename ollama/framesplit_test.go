@@ -2,8 +2,11 @@ package ollama
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"slices"
 	"testing"
+	"time"
 )
 
 // splitAll cuts in, read whole, into the frames of framing f.
@@ -58,4 +61,42 @@ func stringsJoin(s []string) string {
 		b.WriteString(x)
 	}
 	return b.String()
+}
+
+// An event ended by a CR is handed on as the CR comes: the splitter does not wait for
+// an LF that may follow it (a CRLF split across reads), which a target still thinking
+// may send only with its next event. That LF, when it comes, begins the next frame.
+func TestSplitFramesDoesNotWaitForTheLFOfACRLF(t *testing.T) {
+	t.Parallel()
+	pr, pw := io.Pipe()
+	frames := make(chan string, 4)
+	done := make(chan error, 1)
+	go func() {
+		readErr, fnErr := splitFrames(pr, SSE, func(fr []byte) error {
+			frames <- string(fr)
+			return nil
+		})
+		done <- errors.Join(readErr, fnErr)
+	}()
+	if _, err := pw.Write([]byte("data: a\r\n\r")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case fr := <-frames:
+		if fr != "data: a\r\n\r" {
+			t.Fatalf("first frame %q", fr)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the event ended by its CR was held back for the LF that may follow it")
+	}
+	if _, err := pw.Write([]byte("\ndata: b\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	_ = pw.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if fr := <-frames; fr != "\ndata: b\r\n\r\n" {
+		t.Fatalf("second frame %q", fr)
+	}
 }

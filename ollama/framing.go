@@ -98,8 +98,11 @@ func lastEventData(b []byte) []byte {
 // event stream rules): a "data" field's values, each without the one space that may
 // follow its colon, joined by newlines; lines end with LF, CRLF or CR; a line that starts
 // with a space, a comment (":") or any other field adds nothing; an event whose data is
-// empty is none. An event not yet ended by a blank line counts too: whoever relays it
-// ends it. It is the one reading of events the worker and the gateway share.
+// empty is none. An event not yet ended by a blank line (the last of a stream that
+// ended without one) counts too: the gateway ends such an event when the job failed, so
+// a client reads a target's error in it; a stream that is done goes to its client as
+// the target ended it, that event unfinished (a client may drop it). It is the one
+// reading of events the worker and the gateway share.
 func EventData(b []byte) iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		var data []byte

@@ -173,6 +173,9 @@ func splitFrames(r io.Reader, f Framing, fn func([]byte) error) (readErr, fnErr 
 			frame = append(frame, '\n')
 			_, _ = br.Discard(1)
 			afterCR = false
+			if len(frame) > MaxFrameSize {
+				return ErrFrameTooLarge, nil
+			}
 			continue
 		}
 		afterCR = false
