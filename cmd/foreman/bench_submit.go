@@ -84,7 +84,8 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 	url := strings.TrimRight(b.f.baseURL(e), "/") + "/jobs"
 	token := pick(b.f.token, e, "FOREMAN_TOKEN", "")
 
-	ctx := cmd.Context()
+	interrupted := cmd.Context()
+	ctx := interrupted
 	if b.n == 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, b.duration)
@@ -106,8 +107,8 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 			var mine []time.Duration
 			for ctx.Err() == nil && (b.n == 0 || claimed.Add(1) <= int64(b.n)) {
 				d, status, err := postOneJob(ctx, hc, url, token, body)
-				if err != nil && ctx.Err() != nil && b.n == 0 {
-					break // the duration ended mid-request: not an error
+				if err != nil && (interrupted.Err() != nil || ctx.Err() != nil && b.n == 0) {
+					break // Ctrl-C, or the duration, ended it mid-request: not a refusal
 				}
 				if status == http.StatusAccepted {
 					mine = append(mine, d)
@@ -141,6 +142,11 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 		}
 	} else if err := r.print(cmd.OutOrStdout()); err != nil {
 		return err
+	}
+	if interrupted.Err() != nil {
+		// The figures above are of the run so far; exit 130 all the same, as an
+		// interrupted command does.
+		return errInterrupted
 	}
 	if r.Accepted == 0 {
 		return fmt.Errorf("no submit was accepted (%s)", r.refusedText())

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -54,6 +55,11 @@ func run(e *env, args []string) int {
 	defer stop()
 	e.stopNow = stopNow
 	cmd, err := root.ExecuteContextC(ctx)
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+		// An error the interrupt left that no command said in its words (a bench's
+		// request): Go's "context canceled" read as a fault of foreman's.
+		err = errInterrupted
+	}
 	if err != nil {
 		// Every command's error is escaped for the terminal here, whatever it quotes (the
 		// body of a refusal a bench met, a transport error): clientFlags.explain does so
