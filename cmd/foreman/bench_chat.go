@@ -9,7 +9,7 @@ import (
 	"io"
 	"math"
 	"net/http"
-	"net/url"
+	neturl "net/url"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -226,37 +226,48 @@ func (s *chatSide) unreachable(ctx context.Context, err error) error {
 	if s.ollama {
 		hint = "is Ollama running there? check --direct"
 	}
-	var ue *url.Error
+	return errors.New(unreachableAt(s.base(), s.url, err, hint))
+}
+
+// refused is the error of an answer other than 200 (refusedBy).
+func (s *chatSide) refused(code int, body []byte) error {
+	return errors.New(refusedBy(s.base(), code, body, s.ollama))
+}
+
+// unreachableAt says that a request to url (base, as shown) did not reach it: the cause
+// without Go's `Post "url": dial tcp …` around it, and hint.
+func unreachableAt(base, url string, err error, hint string) string {
+	var ue *neturl.Error
 	if errors.As(err, &ue) {
 		err = ue.Err
 	}
-	return fmt.Errorf("cannot reach %s: %s — %s", termSafe(s.base()), termSafe(rootCause(err)), hint)
+	return fmt.Sprintf("cannot reach %s: %s — %s", termSafe(base), termSafe(rootCause(ollama.RedactError(err, url))), hint)
 }
 
-// refused is the error of an answer other than 200: the side's {"error": "..."} as a
-// sentence (with what to do about a 401 of foreman's), else a page that is not the
-// side's, as notForeman says it, not the raw body.
-func (s *chatSide) refused(code int, body []byte) error {
+// refusedBy says an answer other than the one wanted from base: its {"error": "..."} as
+// a sentence (with what to do about a 401 of foreman's), else a page that is not
+// foreman's (or Ollama's, for ollamaSide) as notForeman says it, not the raw body.
+func refusedBy(base string, code int, body []byte, ollamaSide bool) string {
 	var e struct {
 		Error string `json:"error"`
 	}
 	status := fmt.Sprintf("%d %s", code, http.StatusText(code))
 	if json.Unmarshal(body, &e) == nil && e.Error != "" {
 		msg, hint := e.Error, ""
-		if code == http.StatusUnauthorized && !s.ollama {
+		if code == http.StatusUnauthorized && !ollamaSide {
 			// foreman's own message starts "unauthorized: " already; said once.
 			msg, hint = strings.TrimPrefix(msg, "unauthorized: "), " (set FOREMAN_TOKEN or --token)"
 		}
-		return fmt.Errorf("%s answered %s: %s%s", termSafe(s.base()), status, termSafe(msg), hint)
+		return fmt.Sprintf("%s answered %s: %s%s", termSafe(base), status, termSafe(msg), hint)
 	}
-	if s.ollama {
+	if ollamaSide {
 		ex := strings.Join(strings.Fields(string(body)), " ")
 		if len([]rune(ex)) > foreignExcerpt {
 			ex = string([]rune(ex)[:foreignExcerpt]) + "…"
 		}
-		return fmt.Errorf("%s answered %s with %q, which does not look like Ollama: check --direct", termSafe(s.base()), status, termSafe(ex))
+		return fmt.Sprintf("%s answered %s with %q, which does not look like Ollama: check --direct", termSafe(base), status, termSafe(ex))
 	}
-	return notForeman(termSafe(s.base()), code, "", string(body))
+	return notForeman(termSafe(base), code, "", string(body)).Error()
 }
 
 // base is the side's URL as the user gave it, without /api/chat and credentials.
