@@ -55,6 +55,9 @@ func run(e *env, args []string) int {
 	defer stop()
 	e.stopNow = stopNow
 	cmd, err := root.ExecuteContextC(ctx)
+	if err != nil && cmd != nil && strings.HasPrefix(err.Error(), "unknown command ") {
+		err = usageError(cmd, err) // cobra's, for a command (or argument) it does not know
+	}
 	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 		// An error the interrupt left that no command said in its words (a bench's
 		// request): Go's "context canceled" read as a fault of foreman's.
@@ -69,6 +72,16 @@ func run(e *env, args []string) int {
 		return exitCode(cmd, caught())
 	}
 	return 0
+}
+
+// usageError is err, a command given wrongly, pointing at cmd's usage on its first line
+// (before the suggestions cobra may add), rather than printing the usage itself.
+func usageError(cmd *cobra.Command, err error) error {
+	first, rest, _ := strings.Cut(err.Error(), "\n")
+	if rest != "" {
+		rest = "\n" + rest
+	}
+	return fmt.Errorf("%s (see %q)%s", first, cmd.CommandPath()+" --help", rest)
 }
 
 // handlesSignals marks a command (serve) whose exit status after SIGINT or SIGTERM is
@@ -144,6 +157,7 @@ func newRootCmd(e *env) *cobra.Command {
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
+	root.SetFlagErrorFunc(usageError)               // subcommands inherit it
 	root.CompletionOptions.DisableDefaultCmd = true // completion.go writes to the injected writer
 	root.AddCommand(newServeCmd(e), newVersionCmd(e),
 		newChatCmd(e), newSubmitCmd(e), newJobsCmd(e), newPsCmd(e), newTagsCmd(e), newQueueCmd(e), newTopCmd(e), newBenchCmd(e), newCompletionCmd(e))
