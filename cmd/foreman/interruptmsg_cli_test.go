@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -109,5 +110,29 @@ func TestSubmitWaitInterruptedNamesItsJob(t *testing.T) {
 	want := "interrupted before job " + jobID + " ended (last seen queued)"
 	if w.code == 0 || jobID == "" || !strings.Contains(w.stderr, want) || !strings.Contains(w.stderr, "foreman jobs cancel "+jobID) {
 		t.Errorf("exit %d, stderr %q; want a failure saying %q and how to cancel the job", w.code, w.stderr, want)
+	}
+}
+
+// serve's error after a stop is its own (a shutdown cut short by a second stop wraps
+// "context canceled"): it is not said as "interrupted", which a client command's is.
+func TestServeKeepsItsOwnErrorAfterAStop(t *testing.T) {
+	t.Parallel()
+	root := newRootCmd(&env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }})
+	ctx, stop := context.WithCancel(context.Background())
+	stop()
+	cut := fmt.Errorf("shutdown: drain: %w", context.Canceled)
+	for _, tc := range []struct {
+		cmd, want string
+	}{
+		{"serve", cut.Error()},
+		{"queue", "interrupted"},
+	} {
+		cmd, _, err := root.Find([]string{tc.cmd})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := sayInterrupted(ctx, cmd, cut); got.Error() != tc.want {
+			t.Errorf("%s stopped: %q, want %q", tc.cmd, got, tc.want)
+		}
 	}
 }

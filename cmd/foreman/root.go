@@ -58,11 +58,7 @@ func run(e *env, args []string) int {
 	if err != nil && cmd != nil && strings.HasPrefix(err.Error(), "unknown command ") {
 		err = usageError(cmd, err) // cobra's, for a command (or argument) it does not know
 	}
-	if errors.Is(err, context.Canceled) && ctx.Err() != nil {
-		// An error the interrupt left that no command said in its words (a bench's
-		// request): Go's "context canceled" read as a fault of foreman's.
-		err = errInterrupted
-	}
+	err = sayInterrupted(ctx, cmd, err)
 	if err != nil {
 		// Every command's error is escaped for the terminal here, whatever it quotes (the
 		// body of a refusal a bench met, a transport error): clientFlags.explain does so
@@ -72,6 +68,16 @@ func run(e *env, args []string) int {
 		return exitCode(cmd, caught())
 	}
 	return 0
+}
+
+// sayInterrupted is err, an error the interrupt that ended ctx left and that no command
+// said in its words (a bench's request), as "interrupted": Go's "context canceled" read
+// as a fault of foreman's. serve's error after a stop is its own (a shutdown cut short).
+func sayInterrupted(ctx context.Context, cmd *cobra.Command, err error) error {
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil && (cmd == nil || cmd.Annotations[handlesSignals] == "") {
+		return errInterrupted
+	}
+	return err
 }
 
 // usageError is err, a command given wrongly, pointing at cmd's usage on its first line
