@@ -65,7 +65,8 @@ func newSubmitCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, true)
-	f.addTimeout(cmd, submitTimeout) // the submit; --wait waits for the job as long as it takes
+	f.addTimeout(cmd, submitTimeout)
+	cmd.Flags().Lookup("timeout").Usage = "give up when foreman has not answered the submit within this long (0: wait for ever); --wait then waits for the job as long as it takes"
 	f.timeoutHint = "; the job may have been queued all the same (foreman jobs list): --idempotency-key makes a retry safe"
 	fs := cmd.Flags()
 	fs.StringVarP(&model, "model", "m", "", "model to run (required unless --file names one)")
