@@ -9,6 +9,7 @@ import (
 	"io"
 	"math"
 	"net/http"
+	neturl "net/url"
 	"slices"
 	"strings"
 	"text/tabwriter"
@@ -102,7 +103,7 @@ func (b *chatBench) run(cmd *cobra.Command, e *env) error {
 		return err
 	}
 	token := pick(b.f.token, e, "FOREMAN_TOKEN", "")
-	direct := &chatSide{name: "direct", role: "straight to Ollama", url: strings.TrimRight(b.direct, "/") + "/api/chat", hc: keepAliveClient(1)}
+	direct := &chatSide{name: "direct", role: "straight to Ollama", url: strings.TrimRight(b.direct, "/") + "/api/chat", hc: keepAliveClient(1), ollama: true}
 	sides := []*chatSide{{name: "foreman", role: "through foreman", url: strings.TrimRight(b.f.baseURL(e), "/") + "/api/chat", token: token, hc: keepAliveClient(1)}}
 	for _, u := range b.also {
 		var base string
@@ -211,6 +212,67 @@ type chatSide struct {
 	name, role, url, token string
 	hc                     *http.Client
 	took                   []time.Duration
+	// ollama marks the --direct side, whose failures point at --direct, not foreman.
+	ollama bool
+}
+
+// unreachable is the error of a chat that did not reach the side, said as clientFlags.explain
+// says a command's: the cause and its hint, not Go's `Post "…": dial tcp …`.
+func (s *chatSide) unreachable(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err() // interrupted: run says so
+	}
+	hint := unreachableHint(err)
+	if s.ollama {
+		hint = "is Ollama running there? check --direct"
+	}
+	return errors.New(unreachableAt(s.base(), s.url, err, hint))
+}
+
+// refused is the error of an answer other than 200 (refusedBy).
+func (s *chatSide) refused(code int, body []byte) error {
+	return errors.New(refusedBy(s.base(), code, body, s.ollama))
+}
+
+// unreachableAt says that a request to url (base, as shown) did not reach it: the cause
+// without Go's `Post "url": dial tcp …` around it, and hint.
+func unreachableAt(base, url string, err error, hint string) string {
+	var ue *neturl.Error
+	if errors.As(err, &ue) {
+		err = ue.Err
+	}
+	return fmt.Sprintf("cannot reach %s: %s — %s", termSafe(base), termSafe(rootCause(ollama.RedactError(err, url))), hint)
+}
+
+// refusedBy says an answer other than the one wanted from base: its {"error": "..."} as
+// a sentence (with what to do about a 401 of foreman's), else a page that is not
+// foreman's (or Ollama's, for ollamaSide) as notForeman says it, not the raw body.
+func refusedBy(base string, code int, body []byte, ollamaSide bool) string {
+	var e struct {
+		Error string `json:"error"`
+	}
+	status := fmt.Sprintf("%d %s", code, http.StatusText(code))
+	if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		msg, hint := e.Error, ""
+		if code == http.StatusUnauthorized && !ollamaSide {
+			// foreman's own message starts "unauthorized: " already; said once.
+			msg, hint = strings.TrimPrefix(msg, "unauthorized: "), " (set FOREMAN_TOKEN or --token)"
+		}
+		return fmt.Sprintf("%s answered %s: %s%s", termSafe(base), status, termSafe(msg), hint)
+	}
+	if ollamaSide {
+		ex := strings.Join(strings.Fields(string(body)), " ")
+		if len([]rune(ex)) > foreignExcerpt {
+			ex = string([]rune(ex)[:foreignExcerpt]) + "…"
+		}
+		return fmt.Sprintf("%s answered %s with %q, which does not look like Ollama: check --direct", termSafe(base), status, termSafe(ex))
+	}
+	return notForeman(termSafe(base), code, "", string(body)).Error()
+}
+
+// base is the side's URL as the user gave it, without /api/chat and credentials.
+func (s *chatSide) base() string {
+	return ollama.RedactURL(strings.TrimSuffix(s.url, "/api/chat"))
 }
 
 // time sends one chat and returns the time to its whole answer, or to the first byte of
@@ -227,12 +289,12 @@ func (s *chatSide) time(ctx context.Context, body []byte, stream bool) (time.Dur
 	start := time.Now()
 	resp, err := s.hc.Do(req)
 	if err != nil {
-		return 0, ollama.RedactError(err, s.url)
+		return 0, s.unreachable(ctx, err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return 0, fmt.Errorf("%s: %d %s", ollama.RedactURL(s.url), resp.StatusCode, bytes.TrimSpace(msg))
+		return 0, s.refused(resp.StatusCode, bytes.TrimSpace(msg))
 	}
 	var took time.Duration
 	if stream {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -39,8 +40,9 @@ type submitReport struct {
 	Latency  summary `json:"latency"`
 	// Refused counts the answers other than 202 by status; "error" counts requests that
 	// got no answer.
-	Refused  map[string]int `json:"refused"`
-	FirstErr string         `json:"first_error,omitempty"`
+	Refused map[string]int `json:"refused"`
+	// FirstErr says the first of those: why it got no answer, or foreman's refusal.
+	FirstErr string `json:"first_error,omitempty"`
 }
 
 func newBenchSubmitCmd(e *env) *cobra.Command {
@@ -82,9 +84,11 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 		return err
 	}
 	url := strings.TrimRight(b.f.baseURL(e), "/") + "/jobs"
+	base := ollama.RedactURL(strings.TrimRight(b.f.baseURL(e), "/"))
 	token := pick(b.f.token, e, "FOREMAN_TOKEN", "")
 
-	ctx := cmd.Context()
+	interrupted := cmd.Context()
+	ctx := interrupted
 	if b.n == 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, b.duration)
@@ -105,9 +109,9 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 			defer hc.CloseIdleConnections()
 			var mine []time.Duration
 			for ctx.Err() == nil && (b.n == 0 || claimed.Add(1) <= int64(b.n)) {
-				d, status, err := postOneJob(ctx, hc, url, token, body)
-				if err != nil && ctx.Err() != nil && b.n == 0 {
-					break // the duration ended mid-request: not an error
+				d, status, answer, err := postOneJob(ctx, hc, url, token, body)
+				if err != nil && (interrupted.Err() != nil || ctx.Err() != nil && b.n == 0) {
+					break // Ctrl-C, or the duration, ended it mid-request: not a refusal
 				}
 				if status == http.StatusAccepted {
 					mine = append(mine, d)
@@ -119,8 +123,14 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 				}
 				mu.Lock()
 				refused[key]++
-				if first == "" && err != nil {
-					first = ollama.RedactError(err, url).Error() // the report may be shared
+				if first == "" {
+					// Said as the other commands say it, the URL's credentials hidden
+					// (the report may be shared).
+					if err != nil {
+						first = unreachableAt(base, url, err, unreachableHint(err))
+					} else {
+						first = refusedBy(base, status, answer, false)
+					}
 				}
 				mu.Unlock()
 			}
@@ -142,17 +152,23 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 	} else if err := r.print(cmd.OutOrStdout()); err != nil {
 		return err
 	}
+	if interrupted.Err() != nil {
+		// The figures above are of the run so far; exit 130 all the same, as an
+		// interrupted command does.
+		return errInterrupted
+	}
 	if r.Accepted == 0 {
 		return fmt.Errorf("no submit was accepted (%s)", r.refusedText())
 	}
 	return nil
 }
 
-// postOneJob posts one job and returns the time to its answer and the status.
-func postOneJob(ctx context.Context, hc *http.Client, url, token string, body []byte) (time.Duration, int, error) {
+// postOneJob posts one job and returns the time to its answer, the status and, when that
+// is not 202, the start of the answer.
+func postOneJob(ctx context.Context, hc *http.Client, url, token string, body []byte) (time.Duration, int, []byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(string(body)))
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {
@@ -161,11 +177,16 @@ func postOneJob(ctx context.Context, hc *http.Client, url, token string, body []
 	start := time.Now()
 	resp, err := hc.Do(req)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, nil, err
+	}
+	defer resp.Body.Close()
+	var answer []byte
+	if resp.StatusCode != http.StatusAccepted {
+		answer, _ = io.ReadAll(io.LimitReader(resp.Body, 512))
+		answer = bytes.TrimSpace(answer)
 	}
 	_, err = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	return time.Since(start), resp.StatusCode, err
+	return time.Since(start), resp.StatusCode, answer, err
 }
 
 func (r submitReport) refusedText() string {

@@ -89,7 +89,7 @@ func TestBench(t *testing.T) {
 		t.Parallel()
 		bad := map[string]string{"FOREMAN_URL": vars["FOREMAN_URL"], "FOREMAN_TOKEN": "wrong"}
 		r := runCLI(t, bad, nil, nil, "bench", "chat", "--direct", fake.URL, "-m", "tiny-a", "-n", "1", "--warmup", "0")
-		want := "foreman: chat through foreman: " + vars["FOREMAN_URL"] + "/api/chat: 401 "
+		want := "foreman: chat through foreman: " + vars["FOREMAN_URL"] + " answered 401 "
 		if r.code == 0 || !strings.HasPrefix(r.stderr, want) {
 			t.Errorf("exit %d, stderr %q; want it to start %q", r.code, r.stderr, want)
 		}

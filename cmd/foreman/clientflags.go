@@ -29,7 +29,8 @@ type clientFlags struct {
 	json       bool
 	// timeout bounds a command that asks foreman and prints the answer (addTimeout);
 	// timeoutBy says what set it when that was not --timeout (live top's own bound), and
-	// timeoutHint ends the message of a command that ran out of it.
+	// timeoutHint ends the message of a command that ran out of it, or that was
+	// interrupted before foreman answered.
 	timeout     time.Duration
 	timeoutBy   string
 	timeoutHint string
@@ -141,6 +142,10 @@ func (f *clientFlags) explain(e *env, err error) error {
 			by = "--timeout"
 		}
 		return fmt.Errorf("no answer from %s within %s (%s): foreman or its job store may be hung; see its log and /healthz%s", ollama.RedactURL(f.baseURL(e)), f.timeout, by, f.timeoutHint)
+	case errors.Is(err, context.Canceled):
+		// Only an interrupt (Ctrl-C, SIGTERM) ends a command's context: Go's "context
+		// canceled" read as a fault of foreman's.
+		return errors.New(errInterrupted.Error() + f.timeoutHint)
 	case errors.As(err, &ce):
 		// A transport error may quote the server too (a certificate's names): escaped.
 		return fmt.Errorf("cannot reach %s: %s — %s", termSafe(ce.URL), termSafe(rootCause(ce.Err)), unreachableHint(ce.Err))

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"time"
 
@@ -83,7 +84,7 @@ func newJobsGetCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "get ID",
 		Short: "Show one job",
-		Args:  cobra.MatchAll(cobra.ExactArgs(1), jobIDArgs),
+		Args:  cobra.MatchAll(jobIDCount(1), jobIDArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.client(cmd, e)
 			if err != nil {
@@ -186,7 +187,7 @@ func newJobsCancelCmd(e *env) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "cancel ID",
 		Short: "Cancel a job",
-		Args:  cobra.MatchAll(cobra.ExactArgs(1), jobIDArgs),
+		Args:  cobra.MatchAll(jobIDCount(1), jobIDArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := f.client(cmd, e)
 			if err != nil {
@@ -223,7 +224,7 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 		Short: "Follow a job's state changes live (all jobs without ID)",
 		Long: "Follow a job's state changes until it ends, or every job's until interrupted. Uses foreman's\n" +
 			"NATS listener when --nats-url (FOREMAN_CLIENT_NATS_URL) reaches it, else polls.",
-		Args: cobra.MatchAll(cobra.MaximumNArgs(1), jobIDArgs),
+		Args: cobra.MatchAll(jobIDCount(0), jobIDArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := ""
 			if len(args) == 1 {
@@ -291,6 +292,24 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 	}
 	f = addClientFlags(cmd, true)
 	return cmd
+}
+
+// jobIDCount refuses other than one job ID (at most one when least is 0), in words of
+// the ID: cobra's were "accepts 1 arg(s), received 0".
+func jobIDCount(least int) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) >= least && len(args) <= 1 {
+			return nil
+		}
+		want, got := "one job ID", "none"
+		if least == 0 {
+			want = "at most one job ID"
+		}
+		if len(args) > 0 {
+			got = strconv.Itoa(len(args))
+		}
+		return usageError(cmd, fmt.Errorf("%s takes %s, got %s", cmd.CommandPath(), want, got))
+	}
 }
 
 // jobIDArgs refuses an empty job id: `jobs watch "$ID"` with ID unset would follow every

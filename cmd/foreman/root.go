@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -54,6 +55,10 @@ func run(e *env, args []string) int {
 	defer stop()
 	e.stopNow = stopNow
 	cmd, err := root.ExecuteContextC(ctx)
+	if err != nil && cmd != nil && strings.HasPrefix(err.Error(), "unknown command ") {
+		err = usageError(cmd, err) // cobra's, for a command (or argument) it does not know
+	}
+	err = sayInterrupted(ctx, cmd, err)
 	if err != nil {
 		// Every command's error is escaped for the terminal here, whatever it quotes (the
 		// body of a refusal a bench met, a transport error): clientFlags.explain does so
@@ -63,6 +68,26 @@ func run(e *env, args []string) int {
 		return exitCode(cmd, caught())
 	}
 	return 0
+}
+
+// sayInterrupted is err, an error the interrupt that ended ctx left and that no command
+// said in its words (a bench's request), as "interrupted": Go's "context canceled" read
+// as a fault of foreman's. serve's error after a stop is its own (a shutdown cut short).
+func sayInterrupted(ctx context.Context, cmd *cobra.Command, err error) error {
+	if errors.Is(err, context.Canceled) && ctx.Err() != nil && (cmd == nil || cmd.Annotations[handlesSignals] == "") {
+		return errInterrupted
+	}
+	return err
+}
+
+// usageError is err, a command given wrongly, pointing at cmd's usage on its first line
+// (before the suggestions cobra may add), rather than printing the usage itself.
+func usageError(cmd *cobra.Command, err error) error {
+	first, rest, _ := strings.Cut(err.Error(), "\n")
+	if rest != "" {
+		rest = "\n" + rest
+	}
+	return fmt.Errorf("%s (see %q)%s", first, cmd.CommandPath()+" --help", rest)
 }
 
 // handlesSignals marks a command (serve) whose exit status after SIGINT or SIGTERM is
@@ -138,6 +163,7 @@ func newRootCmd(e *env) *cobra.Command {
 	root.SetIn(e.stdin)
 	root.SetOut(e.stdout)
 	root.SetErr(e.stderr)
+	root.SetFlagErrorFunc(usageError)               // subcommands inherit it
 	root.CompletionOptions.DisableDefaultCmd = true // completion.go writes to the injected writer
 	root.AddCommand(newServeCmd(e), newVersionCmd(e),
 		newChatCmd(e), newSubmitCmd(e), newJobsCmd(e), newPsCmd(e), newTagsCmd(e), newQueueCmd(e), newTopCmd(e), newBenchCmd(e), newCompletionCmd(e))

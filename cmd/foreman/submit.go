@@ -65,7 +65,8 @@ func newSubmitCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, true)
-	f.addTimeout(cmd, submitTimeout) // the submit; --wait waits for the job as long as it takes
+	f.addTimeout(cmd, submitTimeout)
+	cmd.Flags().Lookup("timeout").Usage = "give up when foreman has not answered the submit within this long (0: wait for ever); --wait then waits for the job as long as it takes"
 	f.timeoutHint = "; the job may have been queued all the same (foreman jobs list): --idempotency-key makes a retry safe"
 	fs := cmd.Flags()
 	fs.StringVarP(&model, "model", "m", "", "model to run (required unless --file names one)")
@@ -144,7 +145,7 @@ func withModel(body []byte, model string) ([]byte, error) {
 // submitAndWait runs the job synchronously: states on stderr, the result on stdout.
 func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env, req client.SubmitRequest) error {
 	errOut := cmd.ErrOrStderr()
-	announced := false
+	var last client.Event // the job's last state shown, for an interrupted wait
 	// On a terminal a waiting job's position and ETA show on a line rewritten in place.
 	var status *queueStatus
 	defer func() { status.Stop() }()
@@ -159,10 +160,10 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 	}
 	req.OnState = func(ev client.Event) {
 		failing = false
-		if !announced {
+		if last.JobID == "" {
 			status.Println(errOut, "job "+termSafe(ev.JobID))
-			announced = true
 		}
+		last = ev
 		line := termSafe(string(ev.State))
 		if ev.Attempt > 1 {
 			line += fmt.Sprintf(" (attempt %d)", ev.Attempt)
@@ -181,6 +182,12 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 	var je *client.JobError
 	if errors.As(err, &je) && f.json {
 		_ = printJSON(cmd.OutOrStdout(), je.Job)
+	}
+	if errors.Is(err, context.Canceled) && last.JobID != "" {
+		// Said as `jobs watch ID` says it; the job is foreman's and goes on.
+		id := termSafe(last.JobID)
+		return fmt.Errorf("interrupted before job %s ended (last seen %s): it goes on; foreman jobs watch %s follows it, foreman jobs cancel %s stops it",
+			id, termSafe(string(last.State)), id, id)
 	}
 	if err != nil {
 		return f.explain(e, err)

@@ -43,24 +43,33 @@ func liveTop(ctx context.Context, e *env, out io.Writer, c *client.Client, f *cl
 	_, _ = io.WriteString(out, ansiAltScreen+ansiHideCursor)
 	defer func() { _, _ = io.WriteString(out, ansiShowCursor+ansiMainScreen) }()
 
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	for {
+	draw := func(snap *topSnapshot, err error) error {
 		width, height := 0, 0
 		if fd, ok := out.(*os.File); ok {
 			if w, h, err := term.GetSize(int(fd.Fd())); err == nil {
 				width, height = w, max(h-2, 1) // the frame, then a blank line and "(q quits)"
 			}
 		}
+		// Raw mode turns off the terminal's \n to \r\n; each line also clears its rest.
+		text := strings.ReplaceAll(liveFrame(e, c.ShownURL(), refresh, snap, err, width, height), "\n", ansiClearLine+"\r\n")
+		_, err = io.WriteString(out, ansiHome+text+ansiClearLine+ansiClearBelow)
+		return err
+	}
+	// Until the first answer, a frame that says whom top waits for: the screen stayed
+	// blank for up to a whole refresh (10 s) against a foreman that did not answer.
+	if err := draw(nil, nil); err != nil {
+		return err
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
 		fetchCtx, stop := context.WithTimeout(ctx, refresh.timeout)
 		snap, err := fetchTop(fetchCtx, c)
 		stop()
 		if ctx.Err() != nil {
 			return nil
 		}
-		// Raw mode turns off the terminal's \n to \r\n; each line also clears its rest.
-		text := strings.ReplaceAll(liveFrame(e, c.ShownURL(), refresh, snap, err, width, height), "\n", ansiClearLine+"\r\n")
-		if _, err := io.WriteString(out, ansiHome+text+ansiClearLine+ansiClearBelow); err != nil {
+		if err := draw(snap, err); err != nil {
 			return err
 		}
 		select {
@@ -88,15 +97,20 @@ func liveRefresh(f *clientFlags) *clientFlags {
 const refreshTimeout = 10 * time.Second
 
 // liveFrame is the text of one live frame: the snapshot, or the error the refresh met
-// instead, then "(q quits)", in width columns and height lines when they are > 0 (a
+// instead (neither: top waits for the first answer), then "(q quits)", in width columns
+// and height lines when they are > 0 (a
 // terminal). A line longer than the terminal would wrap, scroll the frame up and leave
 // the next one drawn from the wrong row: the snapshot's lines are cut, the error, the
 // frame's one content, is wrapped at spaces to be read whole.
 func liveFrame(e *env, url string, f *clientFlags, snap *topSnapshot, err error, width, height int) string {
 	var frame bytes.Buffer
-	if err != nil {
+	if err != nil || snap == nil {
 		title := "foreman " + url + "   " + e.clock().Format("15:04:05")
-		lines := []string{f.explain(e, err).Error()}
+		msg := fmt.Sprintf("waiting for the first answer from %s (at most %s)…", url, f.timeout)
+		if err != nil {
+			msg = f.explain(e, err).Error()
+		}
+		lines := []string{msg}
 		if width > 0 {
 			title, lines = fitWidth(title, width), wrapWidth(lines[0], width)
 		}

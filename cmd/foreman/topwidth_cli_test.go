@@ -86,7 +86,9 @@ func TestLiveTopWideTextStaysInItsFrame(t *testing.T) {
 			var rows, lines []string
 			waitFor(t, "the frame", func() bool {
 				rows, lines = capture()
-				return strings.Contains(strings.Join(rows, "\n"), "(q quits)")
+				// A frame of the answer, not the one that waits for it.
+				shown := strings.Join(rows, "\n")
+				return strings.Contains(shown, "(q quits)") && !strings.Contains(shown, "waiting for the first answer")
 			})
 			shown := strings.Join(rows, "\n")
 			if !strings.HasPrefix(rows[0], "foreman http://") {
