@@ -127,7 +127,9 @@ func TestCommandErrorIsEscaped(t *testing.T) {
 	if i := strings.IndexFunc(r.stderr, func(c rune) bool { return c < 0x20 && c != '\n' || c >= 0x7f && c < 0xa0 }); i >= 0 {
 		t.Fatalf("control character %q printed raw: %q", r.stderr[i:i+1], r.stderr)
 	}
-	if !strings.Contains(r.stderr, `\x1b]0;PWNED\a\x1b[2J\u009b31m`) {
+	// The body is no JSON (raw control characters in a string): quoted as a page that is
+	// not foreman's, its white space (the \r) folded.
+	if !strings.Contains(r.stderr, `\x1b]0;PWNED\a\x1b[2J`) || !strings.Contains(r.stderr, `\u009b31m`) {
 		t.Fatalf("the server's text is not shown escaped: %q", r.stderr)
 	}
 }
