@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"os/signal"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -73,16 +74,36 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, stopNow <-cha
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), a.Config().ShutdownTimeout)
 	defer cancel()
+	var wasCut atomic.Bool
 	go func() {
 		select {
 		case <-cut:
 			log.Warn("stopped during the shutdown: cutting it short")
+			wasCut.Store(true)
 			cancel()
 		case <-sctx.Done():
 		}
 	}()
 	if serr := a.Shutdown(sctx); serr != nil {
+		if wasCut.Load() {
+			// What the cut left undone is the log's ("end waiting responses: context
+			// canceled"): said as the command's error, Go's words read as a fault of
+			// foreman's, not the operator's own stop.
+			log.Warn("the shutdown cut short left", "err", serr)
+			serr = errShutdownCut
+			if err != nil {
+				serr = errShutdownCutAfterFailure // the operator's first stop cut it
+			}
+		}
 		err = errors.Join(err, serr)
 	}
 	return err
 }
+
+// errShutdownCut is serve's error when a second stop cut its shutdown short (exit 1: a
+// job may have been cut); errShutdownCutAfterFailure when the operator's first stop cut
+// a shutdown a failed component began.
+var (
+	errShutdownCut             = errors.New("shutdown cut short by a second stop: what had not ended was cut (see the log); a job whose end was not stored runs again at the next start")
+	errShutdownCutAfterFailure = errors.New("shutdown cut short by a stop: what had not ended was cut (see the log); a job whose end was not stored runs again at the next start")
+)
