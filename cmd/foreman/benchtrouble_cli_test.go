@@ -18,12 +18,7 @@ import (
 func TestBenchChatSaysWhatFailed(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
-	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html")
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = io.WriteString(w, "<html><body><h1>Not Found</h1></body></html>")
-	}))
-	t.Cleanup(page.Close)
+	page := notFoundPage(t)
 	down := "http://" + closedPort(t)
 	for _, tc := range []struct {
 		name, url, direct string
@@ -53,12 +48,7 @@ func TestBenchChatSaysWhatFailed(t *testing.T) {
 // (`401: 3`), with nothing of foreman's words or what to do.
 func TestBenchSubmitSaysWhatFailed(t *testing.T) {
 	t.Parallel()
-	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html")
-		w.WriteHeader(http.StatusNotFound)
-		_, _ = io.WriteString(w, "<html><body><h1>Not Found</h1></body></html>")
-	}))
-	t.Cleanup(page.Close)
+	page := notFoundPage(t)
 	down := "http://" + closedPort(t)
 	for _, tc := range []struct {
 		name, url string
@@ -80,4 +70,16 @@ func TestBenchSubmitSaysWhatFailed(t *testing.T) {
 			}
 		}
 	}
+}
+
+// notFoundPage is a server that is not foreman: a 404 HTML page for every request.
+func notFoundPage(t *testing.T) *httptest.Server {
+	t.Helper()
+	page := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusNotFound)
+		_, _ = io.WriteString(w, "<html><body><h1>Not Found</h1></body></html>")
+	}))
+	t.Cleanup(page.Close)
+	return page
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
@@ -29,17 +28,7 @@ func TestSecondStopIsSaidInForemansWords(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
 	stopNow := make(chan struct{})
-	log := addrLog{Handler: slog.DiscardHandler, addr: make(chan string, 1)}
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, *cfg, slog.New(log), stopNow) }()
-	var addr string
-	select {
-	case addr = <-log.addr:
-	case err := <-done:
-		t.Fatalf("serve ended: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("foreman did not serve")
-	}
+	addr, done := serveInProcess(t, ctx, cfg, stopNow)
 	// A sync chat waits for its held job: the shutdown has a response to end, and a job.
 	go func() {
 		resp, err := http.Post("http://"+addr+"/api/chat", "application/json",
@@ -54,20 +43,7 @@ func TestSecondStopIsSaidInForemansWords(t *testing.T) {
 		t.Fatal(err)
 	}
 	stop() // the first stop: the shutdown waits for the held job
-	for {
-		r, err := http.Get("http://" + addr + "/healthz")
-		if err != nil {
-			break
-		}
-		r.Body.Close()
-		select {
-		case <-wctx.Done():
-			t.Fatal("foreman still serving after the first stop")
-		case err := <-done:
-			t.Fatalf("serve ended while its job ran: %v", err)
-		case <-time.After(20 * time.Millisecond): // polling with a deadline
-		}
-	}
+	waitNotServing(t, wctx, addr, done)
 	close(stopNow) // the second
 	select {
 	case err := <-done:

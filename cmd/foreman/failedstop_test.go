@@ -70,17 +70,7 @@ func TestFirstStopCutsAShutdownAFailureBegan(t *testing.T) {
 	cfg.Components.Webhooks = func(c *webhook.Config) { c.Store = refusingStore{Store: c.Store, fail: fail} }
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
-	log := addrLog{Handler: slog.DiscardHandler, addr: make(chan string, 1)}
-	done := make(chan error, 1)
-	go func() { done <- serve(ctx, *cfg, slog.New(log), make(chan struct{})) }()
-	var addr string
-	select {
-	case addr = <-log.addr:
-	case err := <-done:
-		t.Fatalf("serve ended: %v", err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("foreman did not serve")
-	}
+	addr, done := serveInProcess(t, ctx, cfg, make(chan struct{}))
 	resp, err := http.Post("http://"+addr+"/jobs", "application/json",
 		strings.NewReader(`{"model":"tiny-a","messages":[{"role":"user","content":"long"}]}`))
 	if err != nil {
@@ -93,21 +83,7 @@ func TestFirstStopCutsAShutdownAFailureBegan(t *testing.T) {
 		t.Fatal(err)
 	}
 	close(fail) // the dispatcher fails: the shutdown begins, and waits for the held job
-	// Seen once its HTTP listener is closed.
-	for {
-		r, err := http.Get("http://" + addr + "/healthz")
-		if err != nil {
-			break
-		}
-		r.Body.Close()
-		select {
-		case <-wctx.Done():
-			t.Fatal("foreman still serving after its component failed")
-		case err := <-done:
-			t.Fatalf("serve ended while its job ran: %v", err)
-		case <-time.After(20 * time.Millisecond): // polling with a deadline
-		}
-	}
+	waitNotServing(t, wctx, addr, done)
 	stop() // the operator's first Ctrl-C
 	select {
 	case err := <-done:
@@ -116,5 +92,43 @@ func TestFirstStopCutsAShutdownAFailureBegan(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second): // far below the 10 minutes the shutdown would wait
 		t.Fatal("the operator's stop did not cut short the shutdown a failure began")
+	}
+}
+
+// serveInProcess runs serve with cfg until ctx ends (stopNow: a second stop) and returns
+// the address it serves on and serve's end.
+func serveInProcess(t *testing.T, ctx context.Context, cfg *serveConfig, stopNow chan struct{}) (string, <-chan error) {
+	t.Helper()
+	log := addrLog{Handler: slog.DiscardHandler, addr: make(chan string, 1)}
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, *cfg, slog.New(log), stopNow) }()
+	select {
+	case addr := <-log.addr:
+		return addr, done
+	case err := <-done:
+		t.Fatalf("serve ended: %v", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("foreman did not serve")
+	}
+	return "", nil
+}
+
+// waitNotServing waits until foreman at addr, shutting down, has closed its HTTP
+// listener, while its shutdown waits for a running job: serve must not end meanwhile.
+func waitNotServing(t *testing.T, ctx context.Context, addr string, done <-chan error) {
+	t.Helper()
+	for {
+		r, err := http.Get("http://" + addr + "/healthz")
+		if err != nil {
+			return
+		}
+		r.Body.Close()
+		select {
+		case <-ctx.Done():
+			t.Fatal("foreman still serving after the shutdown began")
+		case err := <-done:
+			t.Fatalf("serve ended while its job ran: %v", err)
+		case <-time.After(20 * time.Millisecond): // polling with a deadline
+		}
 	}
 }
