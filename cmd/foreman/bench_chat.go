@@ -76,6 +76,7 @@ func newBenchChatCmd(e *env) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return b.run(cmd, e) },
 	}
 	b.f = addClientFlags(cmd, false)
+	b.f.addTimeout(cmd, benchChatTimeout)
 	fs := cmd.Flags()
 	fs.StringVar(&b.direct, "direct", "", "Ollama's URL, to compare with (required)")
 	fs.StringArrayVar(&b.also, "also", nil, "another foreman's URL to time in the same rounds (repeatable)")
@@ -124,7 +125,12 @@ func (b *chatBench) run(cmd *cobra.Command, e *env) error {
 			if err := pauseCtx(ctx, b.idle); err != nil {
 				return err
 			}
-			d, err := s.time(ctx, body, b.stream)
+			rctx, cancel := b.f.perRequest(ctx)
+			d, err := s.time(rctx, body, b.stream)
+			cancel()
+			if err != nil && ctx.Err() == nil && errors.Is(rctx.Err(), context.DeadlineExceeded) {
+				return fmt.Errorf("chat %s: %s", s.role, s.timedOut(b.f.timeout))
+			}
 			if err != nil {
 				// The error names the URL; the role says which side it is. (The side's
 				// name, "foreman", made the CLI say "foreman: foreman: ...".)
@@ -227,6 +233,15 @@ func (s *chatSide) unreachable(ctx context.Context, err error) error {
 		hint = "is Ollama running there? check --direct"
 	}
 	return errors.New(unreachableAt(s.base(), s.url, err, hint))
+}
+
+// timedOut says that the side gave no whole answer within limit (--timeout).
+func (s *chatSide) timedOut(limit time.Duration) string {
+	hint := "foreman or its job store may be hung, or the chat waits behind other jobs; see its log and /queue"
+	if s.ollama {
+		hint = "is Ollama hung, or still loading the model? check --direct"
+	}
+	return noAnswerWithin(s.base(), limit, hint)
 }
 
 // refused is the error of an answer other than 200 (refusedBy).

@@ -59,6 +59,7 @@ func newBenchSubmitCmd(e *env) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error { return b.run(cmd, e) },
 	}
 	b.f = addClientFlags(cmd, false)
+	b.f.addTimeout(cmd, defaultTimeout)
 	fs := cmd.Flags()
 	fs.StringVarP(&b.model, "model", "m", "tiny-a", "model the jobs name")
 	fs.IntVarP(&b.callers, "callers", "c", 16, "concurrent callers")
@@ -109,7 +110,10 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 			defer hc.CloseIdleConnections()
 			var mine []time.Duration
 			for ctx.Err() == nil && (b.n == 0 || claimed.Add(1) <= int64(b.n)) {
-				d, status, answer, err := postOneJob(ctx, hc, url, token, body)
+				rctx, cancel := b.f.perRequest(ctx)
+				d, status, answer, err := postOneJob(rctx, hc, url, token, body)
+				timedOut := err != nil && ctx.Err() == nil && errors.Is(rctx.Err(), context.DeadlineExceeded)
+				cancel()
 				if err != nil && (interrupted.Err() != nil || ctx.Err() != nil && b.n == 0) {
 					break // Ctrl-C, or the duration, ended it mid-request: not a refusal
 				}
@@ -126,9 +130,12 @@ func (b *submitBench) run(cmd *cobra.Command, e *env) error {
 				if first == "" {
 					// Said as the other commands say it, the URL's credentials hidden
 					// (the report may be shared).
-					if err != nil {
+					switch {
+					case timedOut:
+						first = noAnswerWithin(base, b.f.timeout, "foreman or its job store may be hung; see its log and /healthz")
+					case err != nil:
 						first = unreachableAt(base, url, err, unreachableHint(err))
-					} else {
+					default:
 						first = refusedBy(base, status, answer, false)
 					}
 				}

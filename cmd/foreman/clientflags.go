@@ -55,10 +55,13 @@ func addClientFlags(cmd *cobra.Command, withNATS bool) *clientFlags {
 }
 
 // defaultTimeout is --timeout's default: far above any answer of a foreman that works;
-// submitTimeout is submit's, above the 30 s in which foreman answers a NATS submit.
+// submitTimeout is submit's, above the 30 s in which foreman answers a NATS submit;
+// benchChatTimeout bounds each chat of `bench chat`, which may wait for a model's load,
+// or behind other jobs, before its answer.
 const (
-	defaultTimeout = 30 * time.Second
-	submitTimeout  = time.Minute
+	defaultTimeout   = 30 * time.Second
+	submitTimeout    = time.Minute
+	benchChatTimeout = 5 * time.Minute
 )
 
 // addTimeout registers --timeout on a command that asks foreman and prints its answer: a
@@ -80,6 +83,20 @@ func (f *clientFlags) bounded(cmd *cobra.Command) (context.Context, context.Canc
 		return context.WithCancel(cmd.Context())
 	}
 	return context.WithTimeout(cmd.Context(), f.timeout)
+}
+
+// perRequest is ctx bounded by --timeout, for one request of a command that makes many
+// (a bench).
+func (f *clientFlags) perRequest(ctx context.Context) (context.Context, context.CancelFunc) {
+	if f.timeout <= 0 {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, f.timeout)
+}
+
+// noAnswerWithin says that base gave no answer within limit (--timeout), and hint.
+func noAnswerWithin(base string, limit time.Duration, hint string) string {
+	return fmt.Sprintf("no answer from %s within %s (--timeout): %s", termSafe(base), limit, hint)
 }
 
 // pick returns the flag's value, else the variable's, else def.

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // A foreman that takes the connection and never answers (stopped with SIGSTOP, its store
@@ -43,5 +45,50 @@ func TestCLITimeoutOnAHungForeman(t *testing.T) {
 	}
 	if r := runCLI(t, vars, nil, nil, "queue", "--timeout", "-1s"); r.code == 0 || !strings.Contains(r.stderr, "--timeout: must be 0 (no limit) or more") {
 		t.Errorf("--timeout -1s: exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+// The benches bound each request too: a foreman (or an Ollama) that takes the connection
+// and never answers ended neither `bench chat` nor `bench submit -n`. Each says which
+// side gave no answer within --timeout and what to look at.
+func TestBenchTimeoutOnAHungSide(t *testing.T) {
+	t.Parallel()
+	hung := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hung:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(hung); srv.Close() })
+	fake := ollamatest.New(t)
+	within := "no answer from " + srv.URL + " within 100ms (--timeout)"
+	for _, tc := range []struct {
+		name string
+		url  string
+		args []string
+		want []string
+	}{
+		{"chat, foreman hung", srv.URL, []string{"bench", "chat", "--direct", fake.URL, "-m", "tiny-a", "-n", "1", "--warmup", "0"},
+			[]string{"chat through foreman: " + within, "see its log and /queue"}},
+		{"chat, Ollama hung", fake.URL, []string{"bench", "chat", "--direct", srv.URL, "-m", "tiny-a", "-n", "1", "--warmup", "0"},
+			[]string{"chat straight to Ollama: " + within, "check --direct"}},
+		{"submit -n", srv.URL, []string{"bench", "submit", "-n", "2", "--callers", "1"},
+			[]string{"no submit was accepted (error: 2 (first error: " + within, "see its log and /healthz"}},
+	} {
+		r, ok := runCLIWithin(t, 30*time.Second, map[string]string{"FOREMAN_URL": tc.url}, append(tc.args, "--timeout", "100ms")...)
+		if !ok {
+			t.Fatalf("%s: still waiting for the hung side after 30 s", tc.name)
+		}
+		for _, w := range tc.want {
+			if r.code != 1 || !strings.Contains(r.stderr, w) {
+				t.Errorf("%s: exit %d, stderr %q; want exit 1 and %q", tc.name, r.code, r.stderr, w)
+			}
+		}
+	}
+	for _, args := range [][]string{{"bench", "chat", "--direct", fake.URL, "-m", "tiny-a"}, {"bench", "submit"}} {
+		if r := runCLI(t, map[string]string{"FOREMAN_URL": srv.URL}, nil, nil, append(args, "--timeout", "-1s")...); r.code == 0 || !strings.Contains(r.stderr, "--timeout: must be 0 (no limit) or more") {
+			t.Errorf("%v --timeout -1s: exit %d, stderr %q", args, r.code, r.stderr)
+		}
 	}
 }
