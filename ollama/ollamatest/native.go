@@ -40,11 +40,12 @@ func (s *Server) prepareWith(w http.ResponseWriter, r *http.Request, m Model, er
 	return load, true
 }
 
-// generate produces the reply tokens, sleeping TokenDelay before each and
-// calling emit per token. It stops early if the client leaves.
+// generate produces the reply tokens, one each TokenDelay (pacer), and calls emit per
+// token. It stops early if the client leaves.
 func (s *Server) generate(ctx context.Context, toks []string, emit func(tok string) error) error {
+	p := pacer{every: s.cfg.TokenDelay, due: time.Now()}
 	for i, t := range toks {
-		if err := sleepCtx(ctx, s.cfg.TokenDelay); err != nil {
+		if err := sleepCtx(ctx, p.wait(time.Now())); err != nil {
 			return err
 		}
 		if s.cfg.BeforeToken != nil {
@@ -59,6 +60,27 @@ func (s *Server) generate(ctx context.Context, toks []string, emit func(tok stri
 		}
 	}
 	return nil
+}
+
+// pacer times the tokens of a reply on a clock of their own, as a GPU makes them while
+// Ollama's server writes the ones before to the client (the runner that generates them
+// is another process, its tokens reach the server's handler over a stream of their own):
+// the time a token takes to be written does not delay the next one, as it would if each
+// token slept its delay after the write before it. A reply held back by more than a
+// token's time (a BeforeToken hook, a client reading slowly) is paced on from then,
+// without a burst of the tokens it missed.
+type pacer struct {
+	every time.Duration // the time between tokens
+	due   time.Time     // when the last token was due
+}
+
+// wait is how long the next token waits at now.
+func (p *pacer) wait(now time.Time) time.Duration {
+	p.due = p.due.Add(p.every)
+	if now.Sub(p.due) > p.every {
+		p.due = now
+	}
+	return max(p.due.Sub(now), 0)
 }
 
 func metrics(load time.Duration, promptTokens, evalTokens int) ollama.Metrics {

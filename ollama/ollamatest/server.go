@@ -29,7 +29,8 @@ type Config struct {
 	Models []Model
 	// LoadDelay is slept whenever a chat/generate request swaps the loaded model.
 	LoadDelay time.Duration
-	// TokenDelay is slept before each generated token.
+	// TokenDelay is the time between generated tokens, the first one included, kept on a
+	// clock of the reply's own: writing a token does not delay the next (see pacer).
 	TokenDelay time.Duration
 	// Tokens per reply, unless a request sets options.num_predict (or max_tokens); default 5.
 	Tokens int

@@ -18,7 +18,7 @@ import (
 
 func main() {
 	tokens := flag.Int("tokens", 5, "tokens per reply (unless the request asks fewer)")
-	delay := flag.Duration("token-delay", 0, "pause before each token")
+	delay := flag.Duration("token-delay", 0, "time between tokens (on a clock of their own: writing one does not delay the next)")
 	hold := flag.Bool("hold", false, "hold chat/generate calls until SIGUSR1")
 	addr := flag.String("addr", "", "listen on this address (default a random loopback port)")
 	flag.Parse()
