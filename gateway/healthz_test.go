@@ -76,7 +76,9 @@ func TestHealthzNATSDegraded(t *testing.T) {
 }
 
 // A target the inventory still reaches but whose runner stalled a job is degraded, with
-// the worker's reason, until the hook clears.
+// the worker's reason, until the hook clears; foreman_target_degraded says so too, as
+// /healthz does (it said 0 through a stall: an alert on it never fired for a runner
+// that hung while Ollama answered the polls).
 func TestHealthzTargetStalled(t *testing.T) {
 	t.Parallel()
 	var mu sync.Mutex
@@ -88,12 +90,18 @@ func TestHealthzTargetStalled(t *testing.T) {
 	if h.Status != "degraded" || !h.Degraded || h.Target.Error != "stalled: no response for 5m0s on job 01JOB" || !h.Target.Reachable || h.NATS != "ok" {
 		t.Errorf("stalled: %+v", h)
 	}
+	if deg := metricValue(scrape(t, b), "foreman_target_degraded"); deg != 1 {
+		t.Errorf("stalled: foreman_target_degraded = %v, want 1 (as /healthz says)", deg)
+	}
 	mu.Lock()
 	stall = nil
 	mu.Unlock()
 	h = getHealth(t, b)
 	if h.Status != "ok" || h.Degraded || h.Target.Error != "" {
 		t.Errorf("after the stall cleared: %+v", h)
+	}
+	if deg := metricValue(scrape(t, b), "foreman_target_degraded"); deg != 0 {
+		t.Errorf("after the stall cleared: foreman_target_degraded = %v, want 0", deg)
 	}
 }
 

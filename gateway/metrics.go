@@ -50,7 +50,7 @@ func foremanCollectors(s *Server) []prometheus.Collector {
 			targetUp:   prometheus.NewDesc("foreman_target_up", "1 while the Ollama target is reachable, 0 while it is not.", nil, nil),
 			queueTotal: prometheus.NewDesc("foreman_queue_jobs", "Jobs in the queue, all models.", nil, nil),
 			queueRead:  prometheus.NewDesc("foreman_queue_readable", "1 when this scrape read the queue (foreman_queue_jobs and foreman_queue_depth are then shown), 0 when the job store did not answer.", nil, nil),
-			degraded:   prometheus.NewDesc("foreman_target_degraded", "1 while the Ollama target is unreachable, or no poll of it has ended yet.", nil, nil),
+			degraded:   prometheus.NewDesc("foreman_target_degraded", "1 while the Ollama target is unreachable, no poll of it has ended yet, or it stalled a job (as /healthz says).", nil, nil),
 			loaded:     prometheus.NewDesc("foreman_target_loaded_model", "1 for each model loaded on the target (last poll).", []string{"model"}, nil),
 			cutOff:     prometheus.NewDesc("foreman_slow_clients_cut_off_total", "Sync clients cut off for reading their answer too slowly (their jobs ran on).", nil, nil),
 			peak:       prometheus.NewDesc("foreman_stream_buffer_peak_bytes", "Most bytes of an answer ever held for one slow client.", nil, nil),
@@ -115,9 +115,10 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(m.queueRead, prometheus.GaugeValue, readable)
 	// Up only once the target answered a poll of this run: before that it is not known
 	// to be, whatever models are remembered for it (ADR-0047). Degraded, as /healthz
-	// says, until a poll has ended.
+	// says, until a poll has ended, and while the worker's last call found it stalled.
 	deg, up := 0.0, 0.0
-	if snap := m.s.inv.Snapshot(); snap.Degraded || snap.LastPoll.IsZero() {
+	if snap := m.s.inv.Snapshot(); snap.Degraded || snap.LastPoll.IsZero() ||
+		m.s.cfg.TargetHealth != nil && m.s.cfg.TargetHealth() != nil {
 		deg = 1
 	}
 	if m.s.inv.Reachable() {

@@ -242,3 +242,54 @@ func TestStreamLimitAfterAFreezeWaitsForWhatCameMeanwhile(t *testing.T) {
 		}
 	}
 }
+
+// A target that is never silent yet never answers (a slowloris: a byte now and then of a
+// line that never ends, or blank lines a client skips) stalls as a silent one does: the
+// idle limit counts from the last line or event a client reads, not from the last byte.
+// Counted by bytes, a byte a second held the call (and the worker) for the 64 MiB a frame
+// may reach: two years.
+func TestStreamDripIsAStall(t *testing.T) {
+	t.Parallel()
+	for name, unit := range map[string]string{"a line without end": "a", "blank lines": "\n", "sse comments": ": ping\n\n"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			fake := ollamatest.New(t)
+			c := newClient(t, fake.URL)
+			fake.FailNext(1, ollamatest.Drip(time.Millisecond, unit))
+			path := "/api/chat"
+			if unit[0] == ':' {
+				path = "/v1/chat/completions"
+			}
+			clk := ollama.NewFakeClock()
+			errc := make(chan error, 1)
+			go func() {
+				_, err := c.Stream(testCtx(t), path, []byte(stallChat), func([]byte) error { return nil },
+					ollama.FirstByteTimeout(time.Hour), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
+				errc <- err
+			}()
+			if err := fake.WaitStarted(testCtx(t), "tiny-a", 1); err != nil {
+				t.Fatal(err)
+			}
+			// The clock moves half the limit at a time while the drip goes on: a limit
+			// that every byte started over never ran out.
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for ticks := 0; ; ticks++ {
+				select {
+				case err := <-errc:
+					wantStall(t, err, false, 500*time.Millisecond)
+					if got := err.Error(); got != "target stalled: no line or event with data for 500ms, only a trickle of bytes" {
+						t.Errorf("message %q", got)
+					}
+					waitCanceled(t, fake)
+					return
+				case <-tick.C:
+					if ticks == 100 {
+						t.Fatal("the dripping call still runs after 50 idle limits")
+					}
+					clk.Advance(250 * time.Millisecond)
+				}
+			}
+		})
+	}
+}

@@ -65,8 +65,11 @@ func FirstByteTimeout(d time.Duration) StreamOption {
 }
 
 // IdleTimeout aborts the call with a *StallError when, once the body has started, no byte
-// arrives for d. Time spent in the frame callback does not count: it measures the
-// target's silence, not the caller's. 0 means no limit.
+// arrives for d; of a streamed answer (NDJSON, SSE), no line or event with data (Holds):
+// a target that drips a byte now and then of a line that never ends, or blank lines, or
+// keep-alive comments, is never silent, yet sends nothing. Time spent in the frame
+// callback does not count: it measures the target's progress, not the caller's. 0 means
+// no limit.
 func IdleTimeout(d time.Duration) StreamOption {
 	return func(o *streamOptions) { o.idle = d }
 }
@@ -98,9 +101,10 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 		return "", c.transportError(ctx, "POST "+path, req, err)
 	}
 	defer resp.Body.Close()
-	resp.Body = wd.watch(resp.Body)
-	fn = wd.hold(fn)
 	ct := resp.Header.Get("Content-Type")
+	wd.frames(FramingOf(ct).Streamed())
+	resp.Body = wd.watch(resp.Body)
+	fn = wd.hold(fn, func(frame []byte) bool { return Holds(ct, frame) })
 	if resp.StatusCode/100 != 2 {
 		return ct, readHTTPError(resp)
 	}
@@ -247,6 +251,8 @@ type watchdog struct {
 	armed   time.Time // when the running limit started
 	started bool      // the first body byte arrived
 	paused  bool      // the caller's callback runs: the target is not waited for
+	byFrame bool      // a stream: after the first byte, only a frame with data is progress
+	trickle bool      // bytes came since the running limit started, and no such frame
 }
 
 func newWatchdog(clk clock, firstByte, idle time.Duration, template *StallError, abort func(error)) *watchdog {
@@ -275,6 +281,7 @@ func (w *watchdog) fire() {
 	}
 	se := w.template
 	se.FirstByte = !w.started
+	se.Trickle = w.started && w.trickle
 	se.After = w.idle
 	if se.FirstByte {
 		se.After = w.firstByte
@@ -295,10 +302,23 @@ func (w *watchdog) fire() {
 	}
 }
 
-// progress records body bytes: the idle limit starts over.
+// frames says whether the answer is a stream, whose progress after its first byte is its
+// frames with data (hold), not its bytes.
+func (w *watchdog) frames(streamed bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.byFrame = streamed
+}
+
+// progress records body bytes: the first one ends the first-byte limit, and any one the
+// idle limit of an answer not streamed.
 func (w *watchdog) progress() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.started && w.byFrame {
+		w.trickle = true
+		return
+	}
 	w.started = true
 	w.rearmLocked()
 }
@@ -306,6 +326,7 @@ func (w *watchdog) progress() {
 // rearmLocked restarts the idle limit, or stops the first-byte one when there is none.
 func (w *watchdog) rearmLocked() {
 	w.armed = w.clock.Now()
+	w.trickle = false
 	switch {
 	case w.idle <= 0:
 		if w.timer != nil {
@@ -334,14 +355,17 @@ func (w *watchdog) watch(body io.ReadCloser) io.ReadCloser {
 	return &watchedBody{ReadCloser: body, w: w}
 }
 
-// hold returns fn with the watchdog held while it runs.
-func (w *watchdog) hold(fn func([]byte) error) func([]byte) error {
+// hold returns fn with the watchdog held while it runs. A frame that counts is progress:
+// the idle limit starts over after it; after one that does not, the limit runs on from
+// where it was, the callback's time left out.
+func (w *watchdog) hold(fn func([]byte) error, counts func([]byte) bool) func([]byte) error {
 	if w.idle <= 0 {
 		return fn
 	}
 	return func(frame []byte) error {
 		w.mu.Lock()
 		w.paused = true
+		since := w.clock.Now()
 		if w.timer != nil {
 			w.timer.Stop()
 		}
@@ -349,7 +373,13 @@ func (w *watchdog) hold(fn func([]byte) error) func([]byte) error {
 		err := fn(frame)
 		w.mu.Lock()
 		w.paused = false
-		w.rearmLocked()
+		if counts(frame) || w.timer == nil {
+			w.rearmLocked()
+		} else {
+			now := w.clock.Now()
+			w.armed = w.armed.Add(now.Sub(since))
+			w.timer.Reset(max(w.idle-now.Sub(w.armed), 0))
+		}
 		w.mu.Unlock()
 		return err
 	}

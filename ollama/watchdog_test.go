@@ -68,7 +68,7 @@ func TestWatchdogLateFireEndsNothing(t *testing.T) {
 		clk.Advance(time.Second)
 		w.fire() // a callback already running when hold stopped the timer
 		return nil
-	})
+	}, func([]byte) bool { return true })
 	if err := held(nil); err != nil || *aborted != nil {
 		t.Fatalf("a fire during the caller's callback: %v, aborted %v", err, *aborted)
 	}
@@ -177,4 +177,40 @@ func TestWatchdogTimerFiringAsItIsArmed(t *testing.T) {
 	w := newWatchdog(clk, time.Millisecond, time.Millisecond, &StallError{Op: "POST /api/chat"}, func(error) {})
 	clk.fired.Wait()
 	w.stop()
+}
+
+// In a stream a frame without data (a blank line, a comment) is no progress: the idle
+// limit runs on over it from where it was, its callback's time left out.
+func TestWatchdogFrameWithoutDataLeavesTheLimitRunning(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
+	w.frames(true)
+	w.progress()
+	held := w.hold(func([]byte) error { clk.Advance(time.Second); return nil }, func(f []byte) bool { return len(f) > 0 })
+	clk.Advance(30 * time.Millisecond)
+	w.progress() // a blank line's bytes
+	if err := held(nil); err != nil || *aborted != nil {
+		t.Fatalf("the callback's second counted: %v, aborted %v", err, *aborted)
+	}
+	clk.Advance(20*time.Millisecond - time.Nanosecond)
+	if *aborted != nil {
+		t.Fatalf("aborted before the limit: %v", *aborted)
+	}
+	clk.Advance(time.Nanosecond)
+	var se *StallError
+	if !errors.As(*aborted, &se) || !se.Trickle || se.FirstByte {
+		t.Fatalf("aborted %v, want a trickle's stall 50ms after the last frame with data", *aborted)
+	}
+	// A frame with data starts the limit over.
+	w2, clk2, aborted2 := watched(t, time.Minute, 50*time.Millisecond)
+	w2.frames(true)
+	w2.progress()
+	clk2.Advance(40 * time.Millisecond)
+	if err := w2.hold(func([]byte) error { return nil }, func([]byte) bool { return true })([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	clk2.Advance(40 * time.Millisecond)
+	if *aborted2 != nil {
+		t.Fatalf("aborted 40ms after a frame with data: %v", *aborted2)
+	}
 }

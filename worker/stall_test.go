@@ -76,6 +76,31 @@ func TestHungTargetFailsJobAndWorkerMovesOn(t *testing.T) {
 	tb.waitQueueEmpty(t)
 }
 
+// A target that drips a byte at a time of a line that never ends (a slowloris) is never
+// silent, yet sends nothing: each attempt is given up at the idle limit as a stall, the
+// job fails once its attempts are spent, and the worker goes on to the next job. Counted
+// by bytes, the limit never ran out and the drip held the worker for good.
+func TestDrippingTargetFailsJobAndWorkerMovesOn(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 2 }))
+	tb.fake.FailNext(2, ollamatest.Drip(10*time.Millisecond, "a"))
+	j := tb.chat(t, "tiny-a", 1)
+	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: testIdle})
+
+	got := tb.waitState(t, j.ID, broker.StateFailed)
+	want := "attempts exhausted: target stalled: no line or event with data for " + testIdle.String() + ", only a trickle of bytes"
+	if got.Error != want || got.Attempt != 2 {
+		t.Errorf("error %q attempt %d, want %q and 2", got.Error, got.Attempt, want)
+	}
+	waitAborted(t, tb.fake, 2)
+	if stall := w.TargetStall(); stall == nil || !strings.Contains(stall.Error(), "only a trickle of bytes on job "+j.ID) {
+		t.Errorf("TargetStall() = %v, want the trickle named", stall)
+	}
+	next := tb.chat(t, "tiny-b", 2)
+	tb.waitState(t, next.ID, broker.StateDone)
+	tb.waitQueueEmpty(t)
+}
+
 // A stream that stops mid-way is aborted at the idle limit and retried; the next attempt
 // finishes the job.
 func TestStalledStreamAbortedByIdleTimeout(t *testing.T) {

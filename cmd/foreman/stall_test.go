@@ -1,10 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
@@ -100,4 +104,62 @@ func TestHungWarmUpDoesNotStopPolling(t *testing.T) {
 	if !a.Inventory().Snapshot().Polled {
 		t.Fatal("no successful poll")
 	}
+}
+
+// A target that drips a byte at a time of a line that never ends, its polls answered:
+// a streamed sync chat gets a clear error once its attempts are spent (each given up at
+// the idle limit), /healthz and /metrics say the target is degraded, and the next call
+// runs. Counted by bytes, the idle limit never ran out: the caller and the worker waited
+// for good.
+func TestDrippingTargetEndsASyncChat(t *testing.T) {
+	t.Parallel()
+	fake := ollamatest.New(t)
+	fake.FailNext(2, ollamatest.Drip(10*time.Millisecond, "a"))
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_STREAM_IDLE_TIMEOUT": "1s", "FOREMAN_MAX_ATTEMPTS": "2"})
+	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a.Addr()+"/api/chat", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatalf("chat answer: %v after %q", err, raw)
+	}
+	const why = "stalled: no line or event with data for 1s, only a trickle of bytes"
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(string(raw), "target "+why) || !strings.HasPrefix(string(raw), `{"error":`) {
+		t.Errorf("chat against a dripping target: %d %s, want a 502 JSON error naming the trickle", resp.StatusCode, raw)
+	}
+	code, h := getHealthz(t, a.Addr())
+	if target, _ := h["target"].(map[string]any); code != 200 || h["status"] != "degraded" || !strings.Contains(fmt.Sprint(target["error"]), why) {
+		t.Errorf("/healthz after the drip: %d %v", code, h)
+	}
+	if m := getMetrics(t, a.Addr()); !strings.Contains(m, "\nforeman_target_degraded 1\n") {
+		t.Errorf("/metrics after the drip does not say degraded:\n%s", m)
+	}
+	next := postJob(t, a.Addr(), "tiny-a")
+	waitFor(t, "the next job to run", func() bool { return getJob(t, a.Addr(), next).State == "done" })
+}
+
+// getMetrics reads /metrics as text.
+func getMetrics(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /metrics: %d %v", resp.StatusCode, err)
+	}
+	return string(raw)
 }

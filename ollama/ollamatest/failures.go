@@ -19,6 +19,7 @@ const (
 	kindStallMid
 	kindNotOllama
 	kindAnswer
+	kindDrip
 )
 
 // Failure is a fault the fake injects into a response; see FailNext.
@@ -94,6 +95,14 @@ func ProxyError(code int) Failure {
 	return Failure{kind: kindAnswer, code: code, ctype: "text/html", msg: page}
 }
 
+// Drip answers 200 as a stream (NDJSON; an event stream on the /v1 routes) and then
+// sends unit every every, flushed, until the client goes away: a slowloris target that
+// is never silent yet never answers. A unit without a line end ("a") is a line that never
+// ends; "\n" a blank line at each step, which no client reads as anything.
+func Drip(every time.Duration, unit string) Failure {
+	return Failure{kind: kindDrip, delay: every, msg: unit}
+}
+
 // SlowFirstByte waits d (or until the client leaves) before serving normally.
 func SlowFirstByte(d time.Duration) Failure { return Failure{kind: kindSlow, delay: d} }
 
@@ -117,6 +126,8 @@ func (f Failure) String() string {
 		return "stall mid-stream"
 	case kindNotOllama:
 		return "not ollama"
+	case kindDrip:
+		return fmt.Sprintf("drip %q every %s", f.msg, f.delay)
 	case kindAnswer:
 		if f.code != http.StatusOK {
 			return fmt.Sprintf("status %d as %s", f.code, f.ctype)

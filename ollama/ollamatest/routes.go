@@ -129,6 +129,10 @@ func (s *Server) wrap(fn handler) http.Handler {
 				<-f.gone
 				canceled = true
 				return
+			case kindDrip:
+				drip(w, r, f)
+				canceled = true
+				return
 			case kindSlow:
 				if sleepCtx(r.Context(), f.delay) != nil {
 					canceled = true
@@ -174,6 +178,26 @@ func defaultOrigin(origin string) bool {
 		return host == "localhost" || host == "127.0.0.1" || host == "0.0.0.0"
 	}
 	return false
+}
+
+// drip carries out Drip: a stream's headers, then f.msg every f.delay until the client
+// leaves.
+func drip(w http.ResponseWriter, r *http.Request, f *Failure) {
+	if strings.HasPrefix(r.URL.Path, "/v1/") {
+		streamHeaders(w)
+	} else {
+		w.Header().Set("Content-Type", ollama.ContentTypeNDJSON)
+	}
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	for {
+		if _, err := io.WriteString(w, f.msg); err != nil {
+			return
+		}
+		if rc.Flush() != nil || sleepCtx(r.Context(), f.delay) != nil {
+			return
+		}
+	}
 }
 
 // dropConn closes the client's TCP connection without a (further) response.
