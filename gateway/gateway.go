@@ -290,7 +290,7 @@ func New(cfg Config) (*Server, error) {
 	s.hosts = newHostPolicy(cfg.ListenAddr)
 	s.mux = http.NewServeMux()
 	s.routes(s.mux)
-	s.handler = s.recoverPanics(s.boundWrites(s.logRequests(s.browserPolicy(s.authenticate(s.mux)))))
+	s.handler = s.boundUnreadBodies(s.recoverPanics(s.boundWrites(s.logRequests(s.browserPolicy(s.authenticate(s.mux))))))
 	return s, nil
 }
 
