@@ -263,6 +263,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		maxConns = cfg.Components.MaxConns
 	}
 	ln := newConnLimit(a.ln, maxConns, a.gw.ConnectionRefused, log)
+	ln.bodyWait = cfg.BodyReadTimeout
 	a.http = &http.Server{
 		Handler:           a.gw,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -267,5 +268,48 @@ func TestRequestsForNoRouteAreForemans(t *testing.T) {
 		case !strings.Contains(e.Error, c.says):
 			t.Errorf("%s: error %q, want it to say %q", c.name, e.Error, c.says)
 		}
+	}
+}
+
+// An Expect other than 100-continue, which net/http refuses itself with an empty 417
+// before any handler runs, gets a JSON error like the other requests net/http answers
+// (ADR-0090), and the body its request declared is waited for no longer than
+// FOREMAN_BODY_READ_TIMEOUT: net/http reads it after the answer with no deadline, so a
+// client that sent none of it held its connection and goroutine for good.
+func TestAnUnmetExpectationIsAJSONErrorAndEnds(t *testing.T) {
+	t.Parallel()
+	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	cfg := app.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), OllamaURL: mac.URL, TargetName: "studio",
+		PollInterval: 200 * time.Millisecond, BodyReadTimeout: 200 * time.Millisecond}
+	a, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopForeman(t, a) })
+	conn, err := net.Dial("tcp", a.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, "POST /api/chat HTTP/1.1\r\nHost: "+a.Addr()+"\r\nExpect: something\r\nContent-Length: 100\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e struct{ Error string }
+	if resp.StatusCode != http.StatusExpectationFailed || resp.Header.Get("Content-Type") != "application/json; charset=utf-8" ||
+		json.Unmarshal(body, &e) != nil || !strings.Contains(e.Error, "100-continue") {
+		t.Errorf("%d %q %q; want 417 with a JSON error naming 100-continue", resp.StatusCode, resp.Header, body)
+	}
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("after the answer: %v, want the connection closed", err)
 	}
 }
