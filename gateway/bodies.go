@@ -183,6 +183,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *body
 	}
 	rc := http.NewResponseController(w)
 	deadline := s.cfg.BodyReadTimeout > 0 && rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
+	bodyTaken(r) // bounded here from now, read or refused
 	if r.ContentLength > s.cfg.MaxBodyBytes {
 		var rest io.Reader // a body over twice the limit is not worth reading for its answer
 		if r.ContentLength-s.cfg.MaxBodyBytes <= s.cfg.MaxBodyBytes {
@@ -332,9 +333,10 @@ func bodyGrowth(c, limit int64, exact bool) int64 {
 // body no handler began to read goes out, that body gets BodyReadTimeout to arrive: one
 // sent in full is read out as before and the connection kept; one that does not come in
 // time ends the wait, the answer goes out and the connection is closed. A body a handler
-// began to read is that handler's: readBody and progressBody bound their own reads, and
-// one read to its end must get no deadline (net/http's watch on the connection would
-// fail at it and cancel the request, a long answer with it).
+// began to read, or took in hand (bodyTaken), is that handler's: readBody and progressBody
+// bound their own reads (a refused body's read-out too), and one read to its end must get
+// no deadline (net/http's watch on the connection would fail at it and cancel the
+// request, a long answer with it).
 func (s *Server) boundUnreadBodies(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
@@ -347,6 +349,14 @@ func (s *Server) boundUnreadBodies(next http.Handler) http.Handler {
 		next.ServeHTTP(uw, r)
 		uw.answering()
 	})
+}
+
+// bodyTaken tells boundUnreadBodies that a handler has taken r's body in hand and bounds
+// its reads itself.
+func bodyTaken(r *http.Request) {
+	if b, ok := r.Body.(*touchedBody); ok {
+		b.touched.Store(true)
+	}
 }
 
 // touchedBody is a request body that tells whether a handler began to read it.
