@@ -89,6 +89,14 @@ func TestRequestsNetHTTPCannotReadGetJSONErrors(t *testing.T) {
 		{"transfer encoding", "POST /api/chat HTTP/1.1\r\n" + host + "Transfer-Encoding: gzip, chunked\r\n\r\n",
 			http.StatusBadRequest, "unsupported transfer encoding"},
 		{"protocol version", "GET /api/version HTTP/2.0\r\n" + host + "\r\n", http.StatusBadRequest, "unsupported protocol version"},
+		// Framing a proxy in front might read otherwise (request smuggling).
+		{"two lengths", "POST /api/chat HTTP/1.1\r\n" + host + "Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", http.StatusBadRequest, "malformed HTTP request"},
+		{"a signed length", "POST /api/chat HTTP/1.1\r\n" + host + "Content-Length: +2\r\n\r\n{}", http.StatusBadRequest, "malformed HTTP request"},
+		{"two encodings", "POST /api/chat HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+			http.StatusBadRequest, "unsupported transfer encoding"},
+		{"a NUL in a header", "GET /api/version HTTP/1.1\r\n" + host + "X-A: a\x00b\r\n\r\n", http.StatusBadRequest, "malformed HTTP request"},
+		{"a bare CR in a header", "GET /api/version HTTP/1.1\r\n" + host + "X-A: a\rb\r\n\r\n", http.StatusBadRequest, "malformed HTTP request"},
+		{"two hosts", "GET /api/version HTTP/1.1\r\n" + host + host + "\r\n", http.StatusBadRequest, "malformed HTTP request"},
 		{"readable", "GET /api/version HTTP/1.1\r\n" + host + "\r\n", http.StatusOK, ""},
 	} {
 		conn, err := net.Dial("tcp", a.Addr())
