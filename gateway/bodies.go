@@ -323,13 +323,13 @@ func bodyGrowth(c, limit int64, exact bool) int64 {
 	return max(min(next, limit+1), c+1)
 }
 
-// boundUnreadBodies keeps a request body no handler reads from holding its connection.
-// net/http reads such a body before it sends the answer (so that the connection can
-// carry the next request) and again once the handler returns, with no deadline: a client
-// that declared a body (a GET with a Content-Length, a POST answered 401 or 404) and sent
-// nothing of it never got its answer, and its connection and goroutine stayed past every
-// timeout foreman sets (ReadHeaderTimeout, IdleTimeout, BodyReadTimeout), a shutdown
-// waiting on them as on requests being answered. So when the answer of a request whose
+// boundUnreadBodies keeps a request body no handler reads from holding its connection
+// (ADR-0131). net/http reads such a body before it sends the answer (so that the
+// connection can carry the next request) and again once the handler returns, with no
+// deadline: a client that declared a body (a GET with a Content-Length, a POST answered
+// 401 or 404) and sent nothing of it never got its answer, and its connection and
+// goroutine stayed past every timeout foreman sets (ReadHeaderTimeout, IdleTimeout,
+// BodyReadTimeout), a shutdown waiting on them as on requests being answered. So when the answer of a request whose
 // body no handler began to read goes out, that body gets BodyReadTimeout to arrive: one
 // sent in full is read out as before and the connection kept; one that does not come in
 // time ends the wait, the answer goes out and the connection is closed. A body a handler
