@@ -49,6 +49,9 @@ type Client struct {
 	natsCheckEvery time.Duration
 	// onWebhookListen lets tests see the receiver URL and the address it listens on.
 	onWebhookListen func(url, listenAddr string)
+	// webhookBodyWait and webhookIdle override the receiver's bounds (tests; 0: the
+	// defaults, receiverBodyWait and receiverIdle).
+	webhookBodyWait, webhookIdle time.Duration
 	// onQueued gets the job id of a Chat or Generate once it is queued (WithOnQueued).
 	onQueued func(jobID string)
 	// webhookRefused: foreman's webhook policy refused the receiver's URL once; later

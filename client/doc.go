@@ -36,7 +36,10 @@
 //     the job no more) and told to OnWaitError; the wait then polls every
 //     WithPollInterval. When Submit returns before its job's terminal event came, the
 //     receiver answers deliveries 410 for 10 s more (Close releases it), so foreman
-//     stops retrying them (ADR-0119).
+//     stops retrying them (ADR-0119). On the LAN anyone may connect to it: a request's
+//     body must arrive within 10 s (one it does not read too), a kept-alive connection
+//     sending nothing more is closed after 2 minutes, and a request's line and headers
+//     are bounded to 64 KiB (431 beyond).
 //  3. Polling: GET /jobs/{id} every WithPollInterval.
 //
 // NATS and webhook waits also poll slowly as a backstop, since core NATS and webhook

@@ -31,3 +31,9 @@ const (
 	MaxStreamLine   = maxStreamLine
 	MaxStream       = maxStream
 )
+
+// SetWebhookReceiverBounds shortens how long Submit's webhook receiver waits for a
+// request's body and for a kept-alive connection's next request.
+func SetWebhookReceiverBounds(c *Client, body, idle time.Duration) {
+	c.webhookBodyWait, c.webhookIdle = body, idle
+}

@@ -79,6 +79,24 @@ type receiver struct {
 // room to spare.
 const maxWebhookBody = 1 << 20
 
+// The receiver's bounds on a connection. It may listen on the LAN (WithWebhookListenAddr),
+// where anyone can connect, for as long as a job takes: without them a client that
+// declared a body and sent none, or kept a connection alive and sent nothing more, held a
+// goroutine and a file descriptor of the program for the whole wait.
+const (
+	// receiverBodyWait bounds the wait for a request's body (a delivery is at most
+	// maxWebhookBody, sent at once), including one the receiver does not read, which
+	// net/http reads before it answers.
+	receiverBodyWait = 10 * time.Second
+	// receiverIdle bounds a kept-alive connection's wait for its next request: longer
+	// than foreman's own keep-alive (Go's 90 s), so that foreman never sends on a
+	// connection the receiver is closing.
+	receiverIdle = 2 * time.Minute
+	// receiverMaxHeader bounds a request's line and headers (431 beyond): foreman sends
+	// a few hundred bytes, a proxy in front may add some.
+	receiverMaxHeader = 64 << 10
+)
+
 // errWebhookUnreachable: the receiver would get no URL foreman can call.
 var errWebhookUnreachable = errors.New("client: webhook receiver: no address foreman can reach (see WithWebhookURL)")
 
@@ -120,7 +138,20 @@ func (c *Client) listenWebhook() (*receiver, error) {
 	secret := c.webhookSecret
 	// The path is matched by its end, so a proxy in front of a WithWebhookURL may
 	// forward the public URL's path prefix or strip it.
+	bodyWait, idle := receiverBodyWait, receiverIdle
+	if c.webhookBodyWait > 0 {
+		bodyWait = c.webhookBodyWait
+	}
+	if c.webhookIdle > 0 {
+		idle = c.webhookIdle
+	}
 	handler := http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		rc := http.NewResponseController(w)
+		if req.ContentLength != 0 {
+			// Read or not, the body must come in time: net/http reads one left unread
+			// before it answers, with no deadline of its own.
+			_ = rc.SetReadDeadline(time.Now().Add(bodyWait))
+		}
 		if !strings.HasSuffix(req.URL.Path, path) {
 			http.NotFound(w, req)
 			return
@@ -135,6 +166,9 @@ func (c *Client) listenWebhook() (*receiver, error) {
 			http.Error(w, "bad body", http.StatusBadRequest)
 			return
 		}
+		// Read to its end: no deadline now, which would fail net/http's watch on the
+		// connection, and so cancel the request, while the event waits for its reader.
+		_ = rc.SetReadDeadline(time.Time{})
 		if secret != "" {
 			if err := VerifyWebhook(secret, req.Header, body, 0); err != nil {
 				if off, ok := clockDifference(secret, req.Header, body, err); ok {
@@ -186,7 +220,7 @@ func (c *Client) listenWebhook() (*receiver, error) {
 		case <-req.Context().Done():
 		}
 	})
-	r.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	r.srv = &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: idle, MaxHeaderBytes: receiverMaxHeader}
 	if c.onWebhookListen != nil {
 		c.onWebhookListen(r.url, ln.Addr().String())
 	}

@@ -183,6 +183,7 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *body
 	}
 	rc := http.NewResponseController(w)
 	deadline := s.cfg.BodyReadTimeout > 0 && rc.SetReadDeadline(time.Now().Add(s.cfg.BodyReadTimeout)) == nil
+	bodyTaken(r) // bounded here from now, read or refused
 	if r.ContentLength > s.cfg.MaxBodyBytes {
 		var rest io.Reader // a body over twice the limit is not worth reading for its answer
 		if r.ContentLength-s.cfg.MaxBodyBytes <= s.cfg.MaxBodyBytes {
@@ -321,3 +322,99 @@ func bodyGrowth(c, limit int64, exact bool) int64 {
 	}
 	return max(min(next, limit+1), c+1)
 }
+
+// boundUnreadBodies keeps a request body no handler reads from holding its connection
+// (ADR-0131). net/http reads such a body before it sends the answer (so that the
+// connection can carry the next request) and again once the handler returns, with no
+// deadline: a client that declared a body (a GET with a Content-Length, a POST answered
+// 401 or 404) and sent nothing of it never got its answer, and its connection and
+// goroutine stayed past every timeout foreman sets (ReadHeaderTimeout, IdleTimeout,
+// BodyReadTimeout), a shutdown waiting on them as on requests being answered. So when the answer of a request whose
+// body no handler began to read goes out, that body gets BodyReadTimeout to arrive: one
+// sent in full is read out as before and the connection kept; one that does not come in
+// time ends the wait, the answer goes out and the connection is closed. A body a handler
+// began to read, or took in hand (bodyTaken), is that handler's: readBody and progressBody
+// bound their own reads (a refused body's read-out too), and one read to its end must get
+// no deadline (net/http's watch on the connection would fail at it and cancel the
+// request, a long answer with it).
+func (s *Server) boundUnreadBodies(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
+			next.ServeHTTP(w, r)
+			return
+		}
+		body := &touchedBody{ReadCloser: r.Body}
+		r.Body = body
+		uw := &unreadBodyWriter{ResponseWriter: w, body: body, rc: http.NewResponseController(w), timeout: s.cfg.BodyReadTimeout}
+		next.ServeHTTP(uw, r)
+		uw.answering()
+	})
+}
+
+// bodyTaken tells boundUnreadBodies that a handler has taken r's body in hand and bounds
+// its reads itself.
+func bodyTaken(r *http.Request) {
+	if b, ok := r.Body.(*touchedBody); ok {
+		b.touched.Store(true)
+	}
+}
+
+// touchedBody is a request body that tells whether a handler began to read it.
+type touchedBody struct {
+	io.ReadCloser
+	touched atomic.Bool
+}
+
+func (b *touchedBody) Read(p []byte) (int, error) {
+	b.touched.Store(true)
+	return b.ReadCloser.Read(p)
+}
+
+func (b *touchedBody) Close() error {
+	b.touched.Store(true) // net/http's Close reads out what is left, to its end maybe
+	return b.ReadCloser.Close()
+}
+
+// unreadBodyWriter is the answer of a request with a body (boundUnreadBodies).
+type unreadBodyWriter struct {
+	http.ResponseWriter
+	body    *touchedBody
+	rc      *http.ResponseController
+	timeout time.Duration
+	once    sync.Once
+}
+
+// answering is called as the answer goes out (its status, its first write or flush, or
+// the handler's return, where net/http sends it): a body no handler touched by then gets
+// the time left to arrive.
+func (u *unreadBodyWriter) answering() {
+	u.once.Do(func() {
+		if !u.body.touched.Load() && u.timeout > 0 {
+			_ = u.rc.SetReadDeadline(time.Now().Add(u.timeout))
+		}
+	})
+}
+
+func (u *unreadBodyWriter) WriteHeader(code int) {
+	if code >= 200 { // a 1xx (HeaderEarlyJobID) precedes the answer
+		u.answering()
+	}
+	u.ResponseWriter.WriteHeader(code)
+}
+
+func (u *unreadBodyWriter) Write(p []byte) (int, error) {
+	u.answering()
+	return u.ResponseWriter.Write(p)
+}
+
+// FlushError lets http.ResponseController.Flush report a failed flush.
+func (u *unreadBodyWriter) FlushError() error {
+	u.answering()
+	return http.NewResponseController(u.ResponseWriter).Flush()
+}
+
+// Flush serves callers that type-assert http.Flusher.
+func (u *unreadBodyWriter) Flush() { _ = u.FlushError() }
+
+// Unwrap lets http.ResponseController reach the real writer's deadlines.
+func (u *unreadBodyWriter) Unwrap() http.ResponseWriter { return u.ResponseWriter }

@@ -290,8 +290,30 @@ func New(cfg Config) (*Server, error) {
 	s.hosts = newHostPolicy(cfg.ListenAddr)
 	s.mux = http.NewServeMux()
 	s.routes(s.mux)
-	s.handler = s.recoverPanics(s.boundWrites(s.logRequests(s.browserPolicy(s.authenticate(s.mux)))))
+	s.handler = s.boundUnreadBodies(s.recoverPanics(s.boundWrites(s.logRequests(s.browserPolicy(s.authenticate(s.serverRequests(s.mux)))))))
 	return s, nil
+}
+
+// serverRequests answers the requests whose target is no path, which the mux would answer
+// in its own way: "OPTIONS *" (a request about the server, net/http's own answer unless
+// http.Server.DisableGeneralOptionsHandler, which serve sets: that one read the body with
+// no deadline, and took no token) with the methods foreman serves, any other method of
+// "*" and CONNECT (authority-form, a proxy's request) with a JSON error rather than the
+// mux's empty 400 and plain-text 405.
+func (s *Server) serverRequests(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == http.MethodConnect:
+			s.writeError(w, r, refuse(ErrMethodNotAllowed, "method CONNECT is not allowed: foreman is not a proxy"))
+		case r.RequestURI == "*" && r.Method == http.MethodOptions:
+			w.Header().Set("Allow", "GET, HEAD, POST, DELETE, OPTIONS")
+			w.WriteHeader(http.StatusOK)
+		case r.RequestURI == "*":
+			s.writeError(w, r, badRequest(fmt.Sprintf("request target * is for OPTIONS only, not %s", clipInput(r.Method))))
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
 }
 
 // ServeHTTP makes the Server an http.Handler.

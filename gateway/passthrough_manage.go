@@ -89,6 +89,7 @@ type progressBody struct {
 }
 
 func (s *Server) progressBody(w http.ResponseWriter, r *http.Request) *progressBody {
+	bodyTaken(r)
 	return &progressBody{body: r.Body, rc: http.NewResponseController(w), timeout: s.cfg.BodyReadTimeout}
 }
 

@@ -263,11 +263,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error
 		maxConns = cfg.Components.MaxConns
 	}
 	ln := newConnLimit(a.ln, maxConns, a.gw.ConnectionRefused, log)
+	ln.bodyWait = cfg.BodyReadTimeout
 	a.http = &http.Server{
 		Handler:           a.gw,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    MaxHeaderBytes,
+		// "OPTIONS *" goes to the gateway too: net/http's own answer reads its body
+		// with no deadline, and bypasses the token and the browser policy.
+		DisableGeneralOptionsHandler: true,
 		// No ReadTimeout/WriteTimeout: a streamed generation may last many minutes.
 		ErrorLog:  slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ConnState: a.conns.track,

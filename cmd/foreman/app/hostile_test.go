@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -88,6 +89,14 @@ func TestRequestsNetHTTPCannotReadGetJSONErrors(t *testing.T) {
 		{"transfer encoding", "POST /api/chat HTTP/1.1\r\n" + host + "Transfer-Encoding: gzip, chunked\r\n\r\n",
 			http.StatusBadRequest, "unsupported transfer encoding"},
 		{"protocol version", "GET /api/version HTTP/2.0\r\n" + host + "\r\n", http.StatusBadRequest, "unsupported protocol version"},
+		// Framing a proxy in front might read otherwise (request smuggling).
+		{"two lengths", "POST /api/chat HTTP/1.1\r\n" + host + "Content-Length: 2\r\nContent-Length: 3\r\n\r\n{}", http.StatusBadRequest, "malformed HTTP request"},
+		{"a signed length", "POST /api/chat HTTP/1.1\r\n" + host + "Content-Length: +2\r\n\r\n{}", http.StatusBadRequest, "malformed HTTP request"},
+		{"two encodings", "POST /api/chat HTTP/1.1\r\n" + host + "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+			http.StatusBadRequest, "unsupported transfer encoding"},
+		{"a NUL in a header", "GET /api/version HTTP/1.1\r\n" + host + "X-A: a\x00b\r\n\r\n", http.StatusBadRequest, "malformed HTTP request"},
+		{"a bare CR in a header", "GET /api/version HTTP/1.1\r\n" + host + "X-A: a\rb\r\n\r\n", http.StatusBadRequest, "malformed HTTP request"},
+		{"two hosts", "GET /api/version HTTP/1.1\r\n" + host + host + "\r\n", http.StatusBadRequest, "malformed HTTP request"},
 		{"readable", "GET /api/version HTTP/1.1\r\n" + host + "\r\n", http.StatusOK, ""},
 	} {
 		conn, err := net.Dial("tcp", a.Addr())
@@ -207,5 +216,108 @@ func TestHugeMaxQueueStillServesHTTP(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("GET /api/version with FOREMAN_MAX_QUEUE=%d: %d %s", cfg.MaxQueue, resp.StatusCode, b)
+	}
+}
+
+// The requests net/http would answer itself, bypassing foreman's handler, are foreman's:
+// "OPTIONS *" declaring a body its client never sends got no answer at all (net/http's
+// own OPTIONS handler reads up to 4 KiB of it with no deadline, so the connection and its
+// goroutine stayed for good, no token asked), and a CONNECT got the router's plain-text
+// 405. Each is answered within FOREMAN_BODY_READ_TIMEOUT, bad input with a JSON error.
+func TestRequestsForNoRouteAreForemans(t *testing.T) {
+	t.Parallel()
+	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	cfg := app.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), OllamaURL: mac.URL, TargetName: "studio",
+		PollInterval: 200 * time.Millisecond, BodyReadTimeout: 200 * time.Millisecond}
+	a, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopForeman(t, a) })
+	host := "Host: " + a.Addr() + "\r\n"
+	for _, c := range []struct {
+		name, request string
+		code          int
+		says          string
+	}{
+		{"OPTIONS *", "OPTIONS * HTTP/1.1\r\n" + host + "\r\n", http.StatusOK, ""},
+		{"OPTIONS * declaring a body", "OPTIONS * HTTP/1.1\r\n" + host + "Content-Length: 100\r\n\r\n", http.StatusOK, ""},
+		{"another method of *", "GET * HTTP/1.1\r\n" + host + "\r\n", http.StatusBadRequest, "OPTIONS only"},
+		{"CONNECT", "CONNECT " + a.Addr() + " HTTP/1.1\r\n" + host + "\r\n", http.StatusMethodNotAllowed, "not a proxy"},
+	} {
+		conn, err := net.Dial("tcp", a.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := io.WriteString(conn, c.request); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			conn.Close()
+			t.Errorf("%s: no answer: %v", c.name, err)
+			continue
+		}
+		body, err := io.ReadAll(resp.Body)
+		conn.Close()
+		var e struct{ Error string }
+		switch {
+		case err != nil:
+			t.Errorf("%s: body: %v", c.name, err)
+		case resp.StatusCode != c.code:
+			t.Errorf("%s: %d %q, want %d", c.name, resp.StatusCode, body, c.code)
+		case c.says == "":
+			if resp.Header.Get("Allow") == "" {
+				t.Errorf("%s: no Allow header: %q", c.name, resp.Header)
+			}
+		case resp.Header.Get("Content-Type") != "application/json; charset=utf-8" || json.Unmarshal(body, &e) != nil:
+			t.Errorf("%s: %d %q %q; want a JSON error", c.name, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+		case !strings.Contains(e.Error, c.says):
+			t.Errorf("%s: error %q, want it to say %q", c.name, e.Error, c.says)
+		}
+	}
+}
+
+// An Expect other than 100-continue, which net/http refuses itself with an empty 417
+// before any handler runs, gets a JSON error like the other requests net/http answers
+// (ADR-0090), and the body its request declared is waited for no longer than
+// FOREMAN_BODY_READ_TIMEOUT: net/http reads it after the answer with no deadline, so a
+// client that sent none of it held its connection and goroutine for good.
+func TestAnUnmetExpectationIsAJSONErrorAndEnds(t *testing.T) {
+	t.Parallel()
+	mac := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}))
+	cfg := app.Config{Addr: "127.0.0.1:0", DataDir: t.TempDir(), OllamaURL: mac.URL, TargetName: "studio",
+		PollInterval: 200 * time.Millisecond, BodyReadTimeout: 200 * time.Millisecond}
+	a, err := app.Start(context.Background(), cfg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopForeman(t, a) })
+	conn, err := net.Dial("tcp", a.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(conn, "POST /api/chat HTTP/1.1\r\nHost: "+a.Addr()+"\r\nExpect: something\r\nContent-Length: 100\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var e struct{ Error string }
+	if resp.StatusCode != http.StatusExpectationFailed || resp.Header.Get("Content-Type") != "application/json; charset=utf-8" ||
+		json.Unmarshal(body, &e) != nil || !strings.Contains(e.Error, "100-continue") {
+		t.Errorf("%d %q %q; want 417 with a JSON error naming 100-continue", resp.StatusCode, resp.Header, body)
+	}
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		t.Errorf("after the answer: %v, want the connection closed", err)
 	}
 }

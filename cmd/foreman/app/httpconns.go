@@ -106,6 +106,10 @@ type connLimit struct {
 	// address it reached; limited false leaves it out of the shares. peerKey, but for tests.
 	peer func(remote, local net.Addr) (key string, limited bool)
 
+	// bodyWait bounds net/http's read of the body a request refused with 417 declared
+	// (FOREMAN_BODY_READ_TIMEOUT; 0: unbounded), see expectationRefusal.
+	bodyWait time.Duration
+
 	mu     sync.Mutex
 	open   int
 	byPeer map[string]int // connections held per share; a share at zero is deleted
@@ -131,7 +135,7 @@ func (l *connLimit) Accept() (net.Conn, error) {
 			l.refuse(c, why)
 			continue
 		}
-		return &limitedConn{Conn: c, release: func() { l.give(key, limited) }}, nil
+		return &limitedConn{Conn: c, release: func() { l.give(key, limited) }, bodyWait: l.bodyWait}, nil
 	}
 }
 
@@ -256,8 +260,9 @@ func onLink(ip netip.Addr, local net.Addr) bool {
 // limitedConn gives its place back when the server closes it (once: Close may come twice).
 type limitedConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
+	once     sync.Once
+	release  func()
+	bodyWait time.Duration // connLimit.bodyWait
 }
 
 func (c *limitedConn) Close() error {
@@ -266,9 +271,18 @@ func (c *limitedConn) Close() error {
 }
 
 // Write passes what the server writes, but for net/http's own plain-text answer to a
-// request it could not read, which goes out as foreman's JSON error instead (ADR-0090).
+// request it could not read, and its empty 417 to an Expect it does not meet, which go
+// out as foreman's JSON error instead (ADR-0090).
 func (c *limitedConn) Write(p []byte) (int, error) {
-	if answer, ok := jsonRefusal(p); ok {
+	answer, ok := jsonRefusal(p)
+	if !ok {
+		if answer, ok = expectationRefusal(p); ok && c.bodyWait > 0 {
+			// net/http reads the body the request declared once this answer is out, to
+			// its end or 256 KiB, with no deadline of its own.
+			_ = c.Conn.SetReadDeadline(time.Now().Add(c.bodyWait))
+		}
+	}
+	if ok {
 		if _, err := io.WriteString(c.Conn, answer); err != nil {
 			return 0, err
 		}
@@ -324,13 +338,42 @@ func jsonRefusal(p []byte) (string, bool) {
 	if code >= 500 {
 		code = http.StatusBadRequest
 	}
-	b, err := json.Marshal(map[string]string{"error": strings.ToLower(msg[:1]) + msg[1:]})
+	return jsonAnswer(code, strings.ToLower(msg[:1])+msg[1:])
+}
+
+// jsonAnswer is a whole answer of status code with {"error": msg}, on a connection then
+// closed.
+func jsonAnswer(code int, msg string) (string, bool) {
+	b, err := json.Marshal(map[string]string{"error": msg})
 	if err != nil {
 		return "", false
 	}
 	b = append(b, '\n')
 	return fmt.Sprintf("HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
 		code, http.StatusText(code), len(b), b), true
+}
+
+// netHTTPExpectationFailed begins net/http's own answer to a request whose Expect is
+// other than 100-continue, written before any handler runs (response.sendExpectationFailed,
+// Go 1.26): a 417 with no body, its headers Connection, then the Date and Content-Length
+// net/http adds after a handler's sorted headers.
+const (
+	netHTTPExpectationFailed = "HTTP/1.1 417 Expectation Failed\r\nConnection: close\r\nDate: "
+	netHTTPExpectationEnd    = "\r\nContent-Length: 0\r\n\r\n"
+)
+
+// expectationRefusal is net/http's own 417, p, as foreman answers bad input (a JSON
+// error), or false when p is no such answer: after the Date, only an empty body's
+// Content-Length may end the headers and the write. No route of foreman's answers 417.
+func expectationRefusal(p []byte) (string, bool) {
+	rest, ok := bytes.CutPrefix(p, []byte(netHTTPExpectationFailed))
+	if !ok {
+		return "", false
+	}
+	if end := bytes.Index(rest, []byte("\r\n")); end < 0 || string(rest[end:]) != netHTTPExpectationEnd {
+		return "", false
+	}
+	return jsonAnswer(http.StatusExpectationFailed, "unsupported Expect header: foreman meets only Expect: 100-continue")
 }
 
 // CloseWrite keeps net/http's half-close of a TCP connection before it closes one on an
