@@ -71,24 +71,24 @@ func (e *HTTPError) Error() string {
 
 // StallError means the target stopped sending and the request was aborted: no response
 // byte within the first-byte timeout (FirstByte), or, once the body had started, no byte
-// for the idle timeout (of a stream: no line or event with data, Trickle when bytes came
-// that made none). Like a *ConnectionError the request may be retried; the target is
+// for the idle timeout; of a stream, no line or event with data, in either (Trickle when
+// bytes came that made none). Like a *ConnectionError the request may be retried; the target is
 // reachable but not making progress (a hung runner, a wedged load).
 type StallError struct {
 	Op        string // "POST /api/chat"
 	URL       string
-	FirstByte bool          // true: nothing arrived at all; false: the body stopped mid-way
+	FirstByte bool          // true: no answer began (nothing, or of a stream no frame with data); false: the body stopped mid-way
 	After     time.Duration // the timeout that ran out
 	Trickle   bool          // bytes came in the idle timeout, but no line or event with data
 }
 
 // Reason says what the target failed to do, e.g. "no data for 2m0s".
 func (e *StallError) Reason() string {
-	if e.FirstByte {
-		return "no response for " + e.After.String()
-	}
 	if e.Trickle {
 		return "no line or event with data for " + e.After.String() + ", only a trickle of bytes"
+	}
+	if e.FirstByte {
+		return "no response for " + e.After.String()
 	}
 	return "no data for " + e.After.String()
 }

@@ -3,9 +3,11 @@ package ollama_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"testing"
 	"time"
 
@@ -245,51 +247,163 @@ func TestStreamLimitAfterAFreezeWaitsForWhatCameMeanwhile(t *testing.T) {
 
 // A target that is never silent yet never answers (a slowloris: a byte now and then of a
 // line that never ends, or blank lines a client skips) stalls as a silent one does: the
-// idle limit counts from the last line or event a client reads, not from the last byte.
-// Counted by bytes, a byte a second held the call (and the worker) for the 64 MiB a frame
-// may reach: two years.
+// limits count lines or events a client reads, not bytes. From the start of the answer
+// the first-byte limit runs out on it, once a line came the idle limit. Counted by bytes,
+// a byte a second held the call (and the worker) for the 64 MiB a frame may reach: two
+// years.
 func TestStreamDripIsAStall(t *testing.T) {
 	t.Parallel()
 	for name, unit := range map[string]string{"a line without end": "a", "blank lines": "\n", "sse comments": ": ping\n\n"} {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			fake := ollamatest.New(t)
-			c := newClient(t, fake.URL)
-			fake.FailNext(1, ollamatest.Drip(time.Millisecond, unit))
-			path := "/api/chat"
-			if unit[0] == ':' {
-				path = "/v1/chat/completions"
-			}
-			clk := ollama.NewFakeClock()
-			errc := make(chan error, 1)
-			go func() {
-				_, err := c.Stream(testCtx(t), path, []byte(stallChat), func([]byte) error { return nil },
-					ollama.FirstByteTimeout(time.Hour), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
-				errc <- err
-			}()
-			if err := fake.WaitStarted(testCtx(t), "tiny-a", 1); err != nil {
-				t.Fatal(err)
-			}
-			// The clock moves half the limit at a time while the drip goes on: a limit
-			// that every byte started over never ran out.
-			tick := time.NewTicker(10 * time.Millisecond)
-			defer tick.Stop()
-			for ticks := 0; ; ticks++ {
-				select {
-				case err := <-errc:
-					wantStall(t, err, false, 500*time.Millisecond)
-					if got := err.Error(); got != "target stalled: no line or event with data for 500ms, only a trickle of bytes" {
-						t.Errorf("message %q", got)
-					}
-					waitCanceled(t, fake)
-					return
-				case <-tick.C:
-					if ticks == 100 {
-						t.Fatal("the dripping call still runs after 50 idle limits")
-					}
-					clk.Advance(250 * time.Millisecond)
+		for _, afterData := range []bool{false, true} {
+			t.Run(fmt.Sprintf("%s, after a line with data %v", name, afterData), func(t *testing.T) {
+				t.Parallel()
+				sse := unit[0] == ':'
+				path := "/api/chat"
+				if sse {
+					path = "/v1/chat/completions"
 				}
+				gone := make(chan struct{})
+				srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+					defer close(gone)
+					w.Header().Set("Content-Type", ollama.ContentTypeNDJSON)
+					first := "{\"message\":{\"content\":\"x\"}}\n"
+					if sse {
+						w.Header().Set("Content-Type", "text/event-stream")
+						first = "data: {\"x\":1}\n\n"
+					}
+					w.WriteHeader(http.StatusOK)
+					if afterData {
+						_, _ = io.WriteString(w, first)
+					}
+					for {
+						_, _ = io.WriteString(w, unit)
+						if http.NewResponseController(w).Flush() != nil {
+							return
+						}
+						select {
+						case <-r.Context().Done():
+							return
+						case <-time.After(time.Millisecond):
+						}
+					}
+				}))
+				t.Cleanup(srv.Close)
+				c := newClient(t, srv.URL)
+				clk := ollama.NewFakeClock()
+				limits := []ollama.StreamOption{ollama.FirstByteTimeout(500 * time.Millisecond), ollama.IdleTimeout(time.Hour), ollama.WithClock(clk)}
+				if afterData {
+					limits = []ollama.StreamOption{ollama.FirstByteTimeout(time.Hour), ollama.IdleTimeout(500 * time.Millisecond), ollama.WithClock(clk)}
+				}
+				started := make(chan struct{})
+				var once sync.Once
+				errc := make(chan error, 1)
+				go func() {
+					_, err := c.Stream(testCtx(t), path, []byte(stallChat), func([]byte) error { once.Do(func() { close(started) }); return nil }, limits...)
+					errc <- err
+				}()
+				if afterData {
+					<-started // the line with data is in: the idle limit runs
+				}
+				// The clock moves half the limit at a time while the drip goes on: a limit
+				// that every byte started over never ran out.
+				tick := time.NewTicker(10 * time.Millisecond)
+				defer tick.Stop()
+				for ticks := 0; ; ticks++ {
+					select {
+					case err := <-errc:
+						wantStall(t, err, !afterData, 500*time.Millisecond)
+						if got := err.Error(); got != "target stalled: no line or event with data for 500ms, only a trickle of bytes" {
+							t.Errorf("message %q", got)
+						}
+						<-gone // the call was aborted
+						return
+					case <-tick.C:
+						if ticks == 100 {
+							t.Fatal("the dripping call still runs after 50 limits")
+						}
+						clk.Advance(250 * time.Millisecond)
+					}
+				}
+			})
+		}
+	}
+}
+
+// Keep-alive comments (or blank lines) before a stream's first event with data are no
+// answer yet: the model may still be loading behind a proxy that sends them, which the
+// first-byte limit (a cold load's) bounds, not the shorter idle one. A target that drips
+// them for longer than the first-byte limit is a stall of that limit, the trickle named.
+// Before, the first byte of a comment ended the first-byte limit, and the idle limit,
+// which bytes no longer start over (ADR-0130), cut a 2-minute load behind such a proxy.
+func TestStreamKeepAlivesBeforeTheFirstEventAreTheFirstByteLimits(t *testing.T) {
+	t.Parallel()
+	for _, drip := range []bool{false, true} {
+		release := make(chan struct{})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.WriteHeader(http.StatusOK)
+			_, _ = io.WriteString(w, ": ping\n\n\n")
+			_ = http.NewResponseController(w).Flush()
+			select {
+			case <-release:
+			case <-r.Context().Done():
+				return
 			}
-		})
+			_, _ = io.WriteString(w, "data: {\"x\":1}\n\ndata: [DONE]\n\n")
+		}))
+		t.Cleanup(srv.Close)
+		c := newClient(t, srv.URL)
+		clk := ollama.NewFakeClock()
+		var frames [][]byte
+		kept := make(chan struct{})
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Stream(testCtx(t), "/v1/chat/completions", []byte(stallChat), func(f []byte) error {
+				if frames = append(frames, f); len(frames) == 2 { // the comment, the blank line
+					close(kept)
+				}
+				return nil
+			}, ollama.FirstByteTimeout(5*time.Minute), ollama.IdleTimeout(time.Minute), ollama.WithClock(clk))
+			errc <- err
+		}()
+		select {
+		case <-kept:
+		case err := <-errc:
+			t.Fatalf("the call ended before its keep-alives were read: %v", err)
+		}
+		// A long load, within the first-byte limit: the clock moves 10 s at a time (the
+		// first step may meet the blank line's callback, the later ones find its limit).
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for moved := time.Duration(0); moved < 5*time.Minute-10*time.Second; moved += 10 * time.Second {
+			select {
+			case err := <-errc:
+				t.Fatalf("drip %v: the call ended %s into a load behind keep-alives: %v", drip, moved, err)
+			case <-tick.C:
+				clk.Advance(10 * time.Second)
+			}
+		}
+		if !drip {
+			close(release)
+			if err := <-errc; err != nil || len(frames) != 4 {
+				t.Fatalf("a load of 5 minutes behind keep-alives: %v after %q, want the answer", err, frames)
+			}
+			continue
+		}
+		var err error
+		for ticks := 0; err == nil; ticks++ {
+			select {
+			case err = <-errc:
+			case <-tick.C:
+				if ticks == 100 {
+					t.Fatal("the dripping call runs on past its first-byte limit")
+				}
+				clk.Advance(10 * time.Second)
+			}
+		}
+		wantStall(t, err, true, 5*time.Minute)
+		if got := err.Error(); got != "target stalled: no line or event with data for 5m0s, only a trickle of bytes" {
+			t.Errorf("message %q", got)
+		}
 	}
 }

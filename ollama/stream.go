@@ -57,9 +57,11 @@ func OnResponse(fn func(contentType string) error) StreamOption {
 }
 
 // FirstByteTimeout aborts the call with a *StallError when the first byte of the response
-// body has not arrived d after the request was sent. Ollama sends its headers with its
-// first chunk, once the model is loaded and the first token generated (for "stream":false,
-// once the whole answer is ready), so d must cover a cold load. 0 means no limit.
+// body has not arrived d after the request was sent; of a streamed answer (NDJSON, SSE),
+// its first line or event with data (Holds): blank lines or keep-alive comments a proxy
+// sends while the model loads are no answer yet. Ollama sends its headers with its first
+// chunk, once the model is loaded and the first token generated (for "stream":false, once
+// the whole answer is ready), so d must cover a cold load. 0 means no limit.
 func FirstByteTimeout(d time.Duration) StreamOption {
 	return func(o *streamOptions) { o.firstByte = d }
 }
@@ -238,8 +240,9 @@ const (
 	thawGrace = time.Second
 )
 
-// watchdog aborts a call whose target falls silent: before the first body byte for longer
-// than firstByte, after it for longer than idle between bytes (0 = no limit).
+// watchdog aborts a call whose target falls silent: before the first body byte (of a
+// stream: its first frame with data) for longer than firstByte, after it for longer than
+// idle between bytes (of a stream: frames with data) (0 = no limit).
 type watchdog struct {
 	firstByte, idle time.Duration
 	abort           func(error)
@@ -249,9 +252,9 @@ type watchdog struct {
 	mu      sync.Mutex
 	timer   stopTimer // nil when no limit applies now
 	armed   time.Time // when the running limit started
-	started bool      // the first body byte arrived
+	started bool      // the first body byte arrived (of a stream: its first frame with data)
 	paused  bool      // the caller's callback runs: the target is not waited for
-	byFrame bool      // a stream: after the first byte, only a frame with data is progress
+	byFrame bool      // a stream: only a frame with data is progress, its first one the start
 	trickle bool      // bytes came since the running limit started, and no such frame
 }
 
@@ -281,7 +284,7 @@ func (w *watchdog) fire() {
 	}
 	se := w.template
 	se.FirstByte = !w.started
-	se.Trickle = w.started && w.trickle
+	se.Trickle = w.trickle
 	se.After = w.idle
 	if se.FirstByte {
 		se.After = w.firstByte
@@ -302,20 +305,22 @@ func (w *watchdog) fire() {
 	}
 }
 
-// frames says whether the answer is a stream, whose progress after its first byte is its
-// frames with data (hold), not its bytes.
+// frames says whether the answer is a stream, whose progress is its frames with data
+// (hold), not its bytes: bytes before the first such frame (keep-alive comments, blank
+// lines, while a proxy waits for a model's load) leave the first-byte limit running.
 func (w *watchdog) frames(streamed bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.byFrame = streamed
 }
 
-// progress records body bytes: the first one ends the first-byte limit, and any one the
-// idle limit of an answer not streamed.
+// progress records body bytes: of an answer not streamed, the first one ends the
+// first-byte limit and any one starts the idle limit over; a stream's are only a trickle
+// until they make a frame with data (hold).
 func (w *watchdog) progress() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.started && w.byFrame {
+	if w.byFrame {
 		w.trickle = true
 		return
 	}
@@ -355,11 +360,12 @@ func (w *watchdog) watch(body io.ReadCloser) io.ReadCloser {
 	return &watchedBody{ReadCloser: body, w: w}
 }
 
-// hold returns fn with the watchdog held while it runs. A frame that counts is progress:
-// the idle limit starts over after it; after one that does not, the limit runs on from
-// where it was, the callback's time left out.
+// hold returns fn with the watchdog held while it runs. A frame that counts is progress
+// (a stream's first one ends the first-byte limit): the idle limit starts over after it;
+// after one that does not, the running limit runs on from where it was, the callback's
+// time left out.
 func (w *watchdog) hold(fn func([]byte) error, counts func([]byte) bool) func([]byte) error {
-	if w.idle <= 0 {
+	if w.idle <= 0 && w.firstByte <= 0 {
 		return fn
 	}
 	return func(frame []byte) error {
@@ -373,12 +379,18 @@ func (w *watchdog) hold(fn func([]byte) error, counts func([]byte) bool) func([]
 		err := fn(frame)
 		w.mu.Lock()
 		w.paused = false
-		if counts(frame) || w.timer == nil {
+		limit := w.idle
+		if !w.started {
+			limit = w.firstByte
+		}
+		switch {
+		case counts(frame):
+			w.started = true
 			w.rearmLocked()
-		} else {
+		case limit > 0 && w.timer != nil:
 			now := w.clock.Now()
 			w.armed = w.armed.Add(now.Sub(since))
-			w.timer.Reset(max(w.idle-now.Sub(w.armed), 0))
+			w.timer.Reset(max(limit-now.Sub(w.armed), 0))
 		}
 		w.mu.Unlock()
 		return err

@@ -181,12 +181,17 @@ func TestWatchdogTimerFiringAsItIsArmed(t *testing.T) {
 
 // In a stream a frame without data (a blank line, a comment) is no progress: the idle
 // limit runs on over it from where it was, its callback's time left out.
+// (A stream's bytes before its first frame with data leave the first-byte limit
+// running: TestWatchdogStreamStartsWithAFrameWithData.)
 func TestWatchdogFrameWithoutDataLeavesTheLimitRunning(t *testing.T) {
 	t.Parallel()
 	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
 	w.frames(true)
 	w.progress()
 	held := w.hold(func([]byte) error { clk.Advance(time.Second); return nil }, func(f []byte) bool { return len(f) > 0 })
+	if err := held([]byte("x")); err != nil || *aborted != nil { // the first frame with data
+		t.Fatalf("the first frame: %v, aborted %v", err, *aborted)
+	}
 	clk.Advance(30 * time.Millisecond)
 	w.progress() // a blank line's bytes
 	if err := held(nil); err != nil || *aborted != nil {
@@ -212,5 +217,47 @@ func TestWatchdogFrameWithoutDataLeavesTheLimitRunning(t *testing.T) {
 	clk2.Advance(40 * time.Millisecond)
 	if *aborted2 != nil {
 		t.Fatalf("aborted 40ms after a frame with data: %v", *aborted2)
+	}
+}
+
+// A stream starts with its first frame with data, not its first byte: bytes and frames
+// without data before it leave the first-byte limit running (their callbacks' time left
+// out), and the first-byte stall then names the trickle; the frame with data ends the
+// first-byte limit and starts the idle one.
+func TestWatchdogStreamStartsWithAFrameWithData(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
+	w.frames(true)
+	counts := func(f []byte) bool { return len(f) > 0 }
+	held := w.hold(func([]byte) error { clk.Advance(time.Hour); return nil }, counts)
+	w.progress() // a keep-alive's bytes
+	clk.Advance(time.Second)
+	if err := held(nil); err != nil || *aborted != nil {
+		t.Fatalf("a keep-alive a second in: %v, aborted %v", err, *aborted)
+	}
+	clk.Advance(time.Minute - time.Second - time.Nanosecond)
+	if *aborted != nil {
+		t.Fatalf("aborted within the first-byte limit: %v", *aborted)
+	}
+	clk.Advance(time.Nanosecond)
+	var se *StallError
+	if !errors.As(*aborted, &se) || !se.FirstByte || !se.Trickle || se.After != time.Minute {
+		t.Fatalf("aborted %v, want a trickle's first-byte stall after 1m", *aborted)
+	}
+
+	w2, clk2, aborted2 := watched(t, time.Minute, 50*time.Millisecond)
+	w2.frames(true)
+	w2.progress()
+	clk2.Advance(59 * time.Second)
+	if err := w2.hold(func([]byte) error { return nil }, counts)([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	clk2.Advance(50*time.Millisecond - time.Nanosecond)
+	if *aborted2 != nil {
+		t.Fatalf("aborted within the idle limit of the first frame: %v", *aborted2)
+	}
+	clk2.Advance(time.Nanosecond)
+	if !errors.As(*aborted2, &se) || se.FirstByte || se.Trickle || se.After != 50*time.Millisecond {
+		t.Fatalf("aborted %v, want an idle stall 50ms after the first frame", *aborted2)
 	}
 }

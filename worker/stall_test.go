@@ -77,15 +77,16 @@ func TestHungTargetFailsJobAndWorkerMovesOn(t *testing.T) {
 }
 
 // A target that drips a byte at a time of a line that never ends (a slowloris) is never
-// silent, yet sends nothing: each attempt is given up at the idle limit as a stall, the
-// job fails once its attempts are spent, and the worker goes on to the next job. Counted
-// by bytes, the limit never ran out and the drip held the worker for good.
+// silent, yet sends nothing: each attempt is given up at the first-byte limit as a stall
+// (no line came: the answer never began), the job fails once its attempts are spent, and
+// the worker goes on to the next job. Counted by bytes, the limits never ran out and the
+// drip held the worker for good.
 func TestDrippingTargetFailsJobAndWorkerMovesOn(t *testing.T) {
 	t.Parallel()
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.MaxAttempts = 2 }))
 	tb.fake.FailNext(2, ollamatest.Drip(10*time.Millisecond, "a"))
 	j := tb.chat(t, "tiny-a", 1)
-	w := tb.start(t, worker.Config{FirstByteTimeout: time.Hour, StreamIdleTimeout: testIdle})
+	w := tb.start(t, worker.Config{FirstByteTimeout: testIdle, StreamIdleTimeout: time.Hour})
 
 	got := tb.waitState(t, j.ID, broker.StateFailed)
 	want := "attempts exhausted: target stalled: no line or event with data for " + testIdle.String() + ", only a trickle of bytes"

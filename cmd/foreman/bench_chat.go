@@ -129,7 +129,7 @@ func (b *chatBench) run(cmd *cobra.Command, e *env) error {
 			d, err := s.time(rctx, body, b.stream)
 			cancel()
 			if err != nil && ctx.Err() == nil && errors.Is(rctx.Err(), context.DeadlineExceeded) {
-				return fmt.Errorf("chat %s: %s", s.role, s.timedOut(b.f.timeout))
+				return fmt.Errorf("chat %s: %s", s.role, s.timedOut(b.f.timeout, errors.As(err, new(*answerBegan))))
 			}
 			if err != nil {
 				// The error names the URL; the role says which side it is. (The side's
@@ -235,14 +235,28 @@ func (s *chatSide) unreachable(ctx context.Context, err error) error {
 	return errors.New(unreachableAt(s.base(), s.url, err, hint))
 }
 
-// timedOut says that the side gave no whole answer within limit (--timeout).
-func (s *chatSide) timedOut(limit time.Duration) string {
+// timedOut says that the side gave no whole answer within limit (--timeout): none at
+// all, or, began, one that did not end (a stream that stopped, or runs longer).
+func (s *chatSide) timedOut(limit time.Duration, began bool) string {
+	if began {
+		hint := "its stream stopped, or runs longer (fewer --tokens); see foreman's log"
+		if s.ollama {
+			hint = "its stream stopped, or runs longer (fewer --tokens); check --direct"
+		}
+		return fmt.Sprintf("the answer from %s began but did not end within %s (--timeout): %s", termSafe(s.base()), limit, hint)
+	}
 	hint := "foreman or its job store may be hung, or the chat waits behind other jobs; see its log and /queue"
 	if s.ollama {
 		hint = "is Ollama hung, or still loading the model? check --direct"
 	}
 	return noAnswerWithin(s.base(), limit, hint)
 }
+
+// answerBegan is the error of an answer whose 200 came and whose body did not end.
+type answerBegan struct{ err error }
+
+func (e *answerBegan) Error() string { return e.err.Error() }
+func (e *answerBegan) Unwrap() error { return e.err }
 
 // refused is the error of an answer other than 200 (refusedBy).
 func (s *chatSide) refused(code int, body []byte) error {
@@ -319,12 +333,12 @@ func (s *chatSide) time(ctx context.Context, body []byte, stream bool) (time.Dur
 			if n > 0 {
 				took = time.Since(start)
 			} else if err != nil {
-				return 0, fmt.Errorf("%s: empty answer: %w", ollama.RedactURL(s.url), err)
+				return 0, &answerBegan{fmt.Errorf("%s: empty answer: %w", ollama.RedactURL(s.url), err)}
 			}
 		}
 	}
 	if _, err := io.Copy(io.Discard, resp.Body); err != nil {
-		return 0, fmt.Errorf("%s: read answer: %w", ollama.RedactURL(s.url), err)
+		return 0, &answerBegan{fmt.Errorf("%s: read answer: %w", ollama.RedactURL(s.url), err)}
 	}
 	if !stream {
 		took = time.Since(start)

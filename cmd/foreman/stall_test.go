@@ -108,14 +108,14 @@ func TestHungWarmUpDoesNotStopPolling(t *testing.T) {
 
 // A target that drips a byte at a time of a line that never ends, its polls answered:
 // a streamed sync chat gets a clear error once its attempts are spent (each given up at
-// the idle limit), /healthz and /metrics say the target is degraded, and the next call
+// the first-byte limit: no line came), /healthz and /metrics say the target is degraded, and the next call
 // runs. Counted by bytes, the idle limit never ran out: the caller and the worker waited
 // for good.
 func TestDrippingTargetEndsASyncChat(t *testing.T) {
 	t.Parallel()
 	fake := ollamatest.New(t)
 	fake.FailNext(2, ollamatest.Drip(10*time.Millisecond, "a"))
-	a := testApp(t, fake.URL, map[string]string{"FOREMAN_STREAM_IDLE_TIMEOUT": "1s", "FOREMAN_MAX_ATTEMPTS": "2"})
+	a := testApp(t, fake.URL, map[string]string{"FOREMAN_FIRST_BYTE_TIMEOUT": "1s", "FOREMAN_MAX_ATTEMPTS": "2"})
 	waitFor(t, "the first poll", func() bool { return a.Inventory().Snapshot().Polled })
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -90,5 +91,34 @@ func TestBenchTimeoutOnAHungSide(t *testing.T) {
 		if r := runCLI(t, map[string]string{"FOREMAN_URL": srv.URL}, nil, nil, append(args, "--timeout", "-1s")...); r.code == 0 || !strings.Contains(r.stderr, "--timeout: must be 0 (no limit) or more") {
 			t.Errorf("%v --timeout -1s: exit %d, stderr %q", args, r.code, r.stderr)
 		}
+	}
+}
+
+// A side whose streamed answer began and then stopped is not one that gave no answer:
+// `bench chat --stream` says the answer did not end within --timeout. It said "no answer
+// from URL ... may be hung, or the chat waits behind other jobs", of a side that had
+// answered at once.
+func TestBenchChatStreamThatStopsSaysItBegan(t *testing.T) {
+	t.Parallel()
+	hung := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"message":{"role":"assistant","content":"a"},"done":false}`+"\n")
+		_ = http.NewResponseController(w).Flush()
+		select {
+		case <-hung:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(hung); srv.Close() })
+	fake := ollamatest.New(t)
+	r, ok := runCLIWithin(t, 30*time.Second, map[string]string{"FOREMAN_URL": srv.URL},
+		"bench", "chat", "--direct", fake.URL, "-m", "tiny-a", "-n", "1", "--warmup", "0", "--stream", "--timeout", "100ms")
+	if !ok {
+		t.Fatal("still waiting for the stopped stream after 30 s")
+	}
+	want := "chat through foreman: the answer from " + srv.URL + " began but did not end within 100ms (--timeout)"
+	if r.code != 1 || !strings.Contains(r.stderr, want) {
+		t.Errorf("exit %d, stderr %q; want exit 1 and %q", r.code, r.stderr, want)
 	}
 }
