@@ -40,6 +40,8 @@ type Client struct {
 	ownNC          bool
 	natsURL        string
 	natsOpts       []nats.Option
+	// answerTimeout bounds each request of a wait (WithAnswerTimeout); 0: unbounded.
+	answerTimeout time.Duration
 	// natsSubmitTimeout overrides the bound on a NATS submit's reply (tests).
 	natsSubmitTimeout time.Duration
 	// statePendingLimit, when > 0, caps the messages nats.go buffers per state

@@ -52,6 +52,10 @@
 // for longer (up to 30 s).
 // Every wait honours its context; WithCancelOnContextDone also cancels the job on
 // the server when the context ends.
+// WithAnswerTimeout bounds each request of a wait, not the wait: a foreman that takes a
+// read of the job (or, while a Chat's answer is silent, a check of it) and answers
+// nothing within the bound ends the wait with a *NoAnswerError; a job waiting in the
+// queue, however long, does not.
 //
 // A waiting job shows its place in the queue: Job fills QueuePosition and ETA, and Queue
 // lists the whole queue. Chat and Generate answer only once their job runs; with
@@ -65,7 +69,8 @@
 // (and ErrJobCanceled) with errors.Is; a server that cannot be reached is a
 // *ConnectionError that matches ErrUnreachable, and a request whose connection broke
 // after foreman had it (before or during the answer) a *CutShortError that matches
-// ErrCutShort; a success answer that is not foreman's (a captive portal's page, another
+// ErrCutShort; a request of a wait that foreman left unanswered for WithAnswerTimeout a
+// *NoAnswerError that matches ErrNoAnswer and context.DeadlineExceeded; a success answer that is not foreman's (a captive portal's page, another
 // server's JSON, for Chat and Generate a stream that does not begin with a chunk of
 // Ollama's) is a *ForeignAnswerError that matches ErrNotForeman.
 //

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -93,7 +94,45 @@ var (
 	// ErrQueueFull matches the *APIError 503 of a full queue (FOREMAN_MAX_QUEUE jobs
 	// wait): no job was made; submit again after its RetryAfter.
 	ErrQueueFull = errors.New("queue full")
+	// ErrNoAnswer matches a *NoAnswerError: a request of a wait got no answer within
+	// WithAnswerTimeout.
+	ErrNoAnswer = errors.New("no answer from foreman")
 )
+
+// NoAnswerError ends a wait (Submit, Wait, Watch, Chat, Generate) whose request foreman
+// took and did not answer within WithAnswerTimeout: its process stopped, or its job
+// store hung. The job, if it was made, goes on: Wait or Watch follows it later (a Chat's
+// or Generate's job is canceled once foreman sees its caller gone). It matches
+// ErrNoAnswer and context.DeadlineExceeded with errors.Is.
+type NoAnswerError struct {
+	// URL is the base URL the client talks to, a password or token in it shown as "xxxxx".
+	URL string
+	// Request is the request that went unanswered, e.g. "GET /jobs/01J…".
+	Request string
+	// Within is the bound (WithAnswerTimeout).
+	Within time.Duration
+	// JobID is the job waited for, "" when it was not known yet.
+	JobID string
+	// Silent: the request checked on a Chat's or Generate's answer that had been silent
+	// meanwhile.
+	Silent bool
+}
+
+func (e *NoAnswerError) Error() string {
+	msg := fmt.Sprintf("client: no answer from %s within %s to %s", e.URL, e.Within, e.Request)
+	if e.Silent {
+		msg += ", the answer silent meanwhile"
+	}
+	if e.JobID != "" {
+		msg += " (job " + e.JobID + ")"
+	}
+	return msg
+}
+
+// Is makes errors.Is match ErrNoAnswer and context.DeadlineExceeded.
+func (e *NoAnswerError) Is(target error) bool {
+	return target == ErrNoAnswer || target == context.DeadlineExceeded
+}
 
 // JobError reports a job that ended without a result.
 type JobError struct {

@@ -228,3 +228,28 @@ func ExampleWithOnQueued() {
 	// Output:
 	// tiny-a chat
 }
+
+func ExampleWithAnswerTimeout() {
+	f := exampleForeman()
+	defer f.Close()
+	// The job may wait in the queue for hours; a foreman that takes a read of it and
+	// answers nothing for 30 s (stopped, its store hung) ends the wait.
+	c, err := client.New(f.URL, client.WithAnswerTimeout(30*time.Second))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+
+	res, err := c.Submit(context.Background(), client.SubmitRequest{
+		Chat: &client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "Hello"}}},
+	})
+	var na *client.NoAnswerError
+	switch {
+	case errors.As(err, &na):
+		log.Fatalf("foreman stopped answering; job %s goes on: follow it later with Wait", na.JobID)
+	case err != nil:
+		log.Fatal(err)
+	}
+	fmt.Println(res.Job.State)
+	// Output: done
+}

@@ -448,7 +448,12 @@ func (c *Client) artifact(ctx context.Context, id, name, program string) ([]byte
 func (c *Client) awaitArtifact(ctx context.Context, id, name, program string, onErr func(error)) ([]byte, error) {
 	brisk := min(briskFirst, c.pollInterval)
 	for {
-		data, err := c.artifact(ctx, id, name, program)
+		var data []byte
+		path, _ := jobPath(id, "artifacts", name)
+		err := c.within(ctx, "GET "+path, id, func(ctx context.Context) (err error) {
+			data, err = c.artifact(ctx, id, name, program)
+			return err
+		})
 		if err == nil || !transient(err) || ctx.Err() != nil {
 			return data, err
 		}

@@ -154,16 +154,36 @@ func (c *Client) Ps(ctx context.Context) (*ProcessResponse, error) {
 // an answer that holds no line, or whose first line is no chunk of Ollama's
 // (foreignChunk), is a *ForeignAnswerError, as a non-streamed call's is (decodeObject).
 func (c *Client) stream(ctx context.Context, path string, body any, line func([]byte) error) error {
+	if c.answerTimeout <= 0 {
+		return c.streamAnswer(ctx, path, body, line, nil)
+	}
+	w := c.watchSilence(ctx)
+	err := c.streamAnswer(w.ctx, path, body, line, w)
+	if werr := w.stop(); err != nil && werr != nil {
+		return werr // the stream ended as foreman answered nothing
+	}
+	return err
+}
+
+// streamAnswer is stream, told to silence (when not nil) of every sign of foreman.
+func (c *Client) streamAnswer(ctx context.Context, path string, body any, line func([]byte) error, silence *silenceWatch) error {
 	data, err := json.Marshal(body)
 	if err != nil {
 		return fmt.Errorf("client: encode request: %w", err)
 	}
 	var hdr http.Header
-	if c.onQueued != nil {
+	if c.onQueued != nil || silence != nil {
 		hdr = http.Header{earlyJobIDHeader: {"1"}}
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
-				if id := h.Get(jobIDHeader); code == http.StatusEarlyHints && id != "" {
+				id := h.Get(jobIDHeader)
+				if code != http.StatusEarlyHints || id == "" {
+					return nil
+				}
+				if silence != nil {
+					silence.heardFrom(id)
+				}
+				if c.onQueued != nil {
 					c.onQueued(id)
 				}
 				return nil
@@ -175,8 +195,13 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 		return err
 	}
 	defer resp.Body.Close()
+	var answer io.Reader = resp.Body
+	if silence != nil {
+		silence.heardFrom(resp.Header.Get(jobIDHeader))
+		answer = heardReader{r: resp.Body, w: silence}
+	}
 	// A line, and the whole answer, have bounds: Chat and Generate keep the answer.
-	head := &headReader{r: resp.Body, left: 4 * rawExcerpt}
+	head := &headReader{r: answer, left: 4 * rawExcerpt}
 	rd := &boundedReader{r: head, left: maxStream}
 	sc := bufio.NewScanner(rd)
 	sc.Buffer(make([]byte, 0, 64<<10), maxStreamLine)

@@ -42,6 +42,26 @@ func WithPollInterval(d time.Duration) Option {
 // goroutine: it should return quickly.
 func WithOnQueued(fn func(jobID string)) Option { return func(c *Client) { c.onQueued = fn } }
 
+// WithAnswerTimeout bounds each request a wait makes, never the wait: a job may wait in
+// the queue as long as it takes, but a foreman that takes a request and answers nothing
+// (its process stopped, its job store hung) would hold the wait for ever. With d > 0
+// (default 0: no bound):
+//
+//   - Submit's submit (unless SubmitRequest.SubmitTimeout bounds it), every read of the
+//     job by Submit, Wait and Watch (the first, each poll, the read of the final record
+//     and of its result.json) and each poll of Watch("") must be answered within d;
+//   - while the answer of Chat or Generate stays silent for d (its job waits in the
+//     queue, or its model loads), the client checks that foreman still answers: it reads
+//     the job (GET /jobs/{id}, the id asked for early, as WithOnQueued does), or, before
+//     the id came, GET /healthz. Any answer, whatever its status, lets the stream wait on.
+//
+// A request with no answer within d ends the call with a *NoAnswerError, which matches
+// ErrNoAnswer and context.DeadlineExceeded: a silent stream's within 3d at most. Watch's
+// channel closes then.
+func WithAnswerTimeout(d time.Duration) Option {
+	return func(c *Client) { c.answerTimeout = max(d, 0) }
+}
+
 // WithPollingOnly makes Submit and Watch poll even when NATS or a webhook receiver could
 // be used.
 func WithPollingOnly() Option { return func(c *Client) { c.pollingOnly = true } }

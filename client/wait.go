@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -63,9 +64,9 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
 		defer cancel()
 	}
-	if req.SubmitTimeout > 0 {
+	if limit := cmp.Or(req.SubmitTimeout, c.answerTimeout); limit > 0 {
 		var cancel context.CancelFunc
-		sctx, cancel = context.WithTimeout(sctx, req.SubmitTimeout)
+		sctx, cancel = context.WithTimeout(sctx, limit)
 		defer cancel()
 	}
 	id, replayed, err := c.submit(sctx, body, req.IdempotencyKey)
@@ -182,7 +183,7 @@ func (c *Client) follow(ctx context.Context, id string, hook *receiver, submitte
 	}
 	wait := min(briskFirst, c.pollInterval)
 	for {
-		j, err := c.Job(ctx, id)
+		j, err := c.readJob(ctx, id)
 		if err == nil {
 			f.first = j
 			return f, nil
@@ -266,7 +267,7 @@ func (f *follower) run(ctx context.Context, emit func(Event), onErr func(error))
 				readNow()
 			}
 		case <-t.C:
-			j, err := f.c.Job(ctx, f.id)
+			j, err := f.c.readJob(ctx, f.id)
 			next := interval
 			switch {
 			case err != nil && transient(err) && ctx.Err() == nil:

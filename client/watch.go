@@ -110,7 +110,11 @@ func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 		}()
 		return out, nil
 	}
-	first, err := c.Jobs(ctx, JobFilter{Limit: watchAllLimit})
+	var first *JobList
+	err := c.within(ctx, "GET /jobs", "", func(ctx context.Context) (err error) {
+		first, err = c.Jobs(ctx, JobFilter{Limit: watchAllLimit})
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
@@ -154,7 +158,11 @@ func (c *Client) pollAll(ctx context.Context, send func(Event) bool, last map[st
 			return
 		case <-t.C:
 		}
-		l, err := c.Jobs(ctx, JobFilter{Limit: watchAllLimit})
+		var l *JobList
+		err := c.within(ctx, "GET /jobs", "", func(ctx context.Context) (err error) {
+			l, err = c.Jobs(ctx, JobFilter{Limit: watchAllLimit})
+			return err
+		})
 		switch {
 		case err == nil:
 			list = l

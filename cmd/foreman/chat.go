@@ -31,7 +31,7 @@ func newChatCmd(e *env) *cobra.Command {
 				return errors.New("a model is required: foreman chat -m MODEL [PROMPT]")
 			}
 			s := &chatSession{cmd: cmd, f: f, e: e, model: model}
-			var opts []client.Option
+			opts := []client.Option{client.WithAnswerTimeout(f.timeout)}
 			if isTTY(cmd.ErrOrStderr()) {
 				opts = append(opts, client.WithOnQueued(s.queued))
 			}
@@ -61,6 +61,8 @@ func newChatCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, false)
+	f.addTimeout(cmd, defaultTimeout)
+	cmd.Flags().Lookup("timeout").Usage = "give up when foreman has not answered the chat, or, while its answer is silent (its job waits in the queue), a check that foreman still answers, within this long (0: wait for ever); the job itself may wait as long as it takes"
 	cmd.Flags().StringVarP(&model, "model", "m", "", "model to chat with (required)")
 	cmd.Flags().StringVar(&system, "system", "", "system message")
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "chat turn after turn even when stdin is not a terminal")
@@ -119,6 +121,10 @@ func (s *chatSession) turn(prompt string) error {
 	if err != nil {
 		if wrote {
 			fmt.Fprintln(out)
+		}
+		if id := noAnswerJob(err, ""); id != "" {
+			// foreman cancels a chat's job once it sees its caller gone (ADR-0024).
+			s.f.timeoutHint = fmt.Sprintf("; foreman cancels the chat's job %s once it sees the chat gone: foreman jobs watch %s shows how it ends", id, id)
 		}
 		return s.f.explain(s.e, err)
 	}

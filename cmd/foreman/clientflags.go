@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -66,7 +67,8 @@ const (
 
 // addTimeout registers --timeout on a command that asks foreman and prints its answer: a
 // foreman that takes the connection and never answers (stopped, its store hung) would
-// else hold it for ever. Commands that wait for a job by design do not take it.
+// else hold it for ever. Commands that wait for a job by design take it for each request
+// of their wait, not for the wait (client.WithAnswerTimeout, ADR-0133).
 func (f *clientFlags) addTimeout(cmd *cobra.Command, def time.Duration) {
 	cmd.Flags().DurationVar(&f.timeout, "timeout", def, "give up when foreman has not answered within this long (0: wait for ever)")
 	cmd.PreRunE = func(*cobra.Command, []string) error {
@@ -75,6 +77,23 @@ func (f *clientFlags) addTimeout(cmd *cobra.Command, def time.Duration) {
 		}
 		return nil
 	}
+}
+
+// noAnswerJob is the job of a wait that err ended as foreman answered nothing within
+// --timeout (client.NoAnswerError), else seen, the job the command saw; "" for another
+// error.
+func noAnswerJob(err error, seen string) string {
+	var na *client.NoAnswerError
+	if !errors.As(err, &na) {
+		return ""
+	}
+	return termSafe(cmp.Or(na.JobID, seen))
+}
+
+// goesOn ends the message of a wait that gave up on foreman: its job is foreman's, and
+// goes on.
+func goesOn(id string) string {
+	return fmt.Sprintf("; job %s goes on: foreman jobs watch %s follows it", id, id)
 }
 
 // bounded is cmd's context bounded by --timeout (checked in addTimeout's PreRunE).

@@ -223,18 +223,22 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 		Use:   "watch [ID]",
 		Short: "Follow a job's state changes live (all jobs without ID)",
 		Long: "Follow a job's state changes until it ends, or every job's until interrupted. Uses foreman's\n" +
-			"NATS listener when --nats-url (FOREMAN_CLIENT_NATS_URL) reaches it, else polls.",
+			"NATS listener when --nats-url (FOREMAN_CLIENT_NATS_URL) reaches it, else polls. The job may take\n" +
+			"as long as it takes; a foreman that leaves a read of it unanswered for --timeout ends the watch.",
 		Args: cobra.MatchAll(jobIDCount(0), jobIDArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := ""
 			if len(args) == 1 {
 				id = args[0]
 			}
-			c, err := f.client(cmd, e)
+			c, err := f.client(cmd, e, client.WithAnswerTimeout(f.timeout))
 			if err != nil {
 				return err
 			}
 			defer c.Close()
+			if id != "" {
+				f.timeoutHint = goesOn(termSafe(id))
+			}
 			events, err := c.Watch(cmd.Context(), id)
 			if err != nil {
 				return f.explain(e, err)
@@ -273,16 +277,20 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 				}
 				return fmt.Errorf("interrupted before job %s ended (%s)", termSafe(id), seen)
 			}
+			// The watch gave up (see client.Watch): a read that says why is bounded as
+			// the watch's were (--timeout).
+			ctx, cancel := f.bounded(cmd)
+			defer cancel()
 			if id == "" && cmd.Context().Err() == nil {
 				// The watch of every job gave up (a poll failed for good): say why.
-				if _, err := c.Jobs(cmd.Context(), client.JobFilter{Limit: 1}); err != nil {
+				if _, err := c.Jobs(ctx, client.JobFilter{Limit: 1}); err != nil {
 					return f.explain(e, err)
 				}
 				return errors.New("the watch of every job ended")
 			}
 			if id != "" && !last.State.Terminal() {
-				// The watch gave up on the job (see client.Watch): say why.
-				if _, err := c.Job(cmd.Context(), id); err != nil {
+				// The watch gave up on the job: say why.
+				if _, err := c.Job(ctx, id); err != nil {
 					return f.explain(e, err)
 				}
 				return fmt.Errorf("the watch of job %s ended before the job did", termSafe(id))
@@ -291,6 +299,8 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 		},
 	}
 	f = addClientFlags(cmd, true)
+	f.addTimeout(cmd, defaultTimeout)
+	cmd.Flags().Lookup("timeout").Usage = "give up when foreman has not answered a read of the job within this long (0: wait for ever); the job itself may take as long as it takes"
 	return cmd
 }
 

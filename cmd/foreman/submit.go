@@ -42,7 +42,7 @@ func newSubmitCmd(e *env) *cobra.Command {
 			for _, ev := range events {
 				req.WebhookEvents = append(req.WebhookEvents, client.State(ev))
 			}
-			c, err := f.client(cmd, e)
+			c, err := f.client(cmd, e, client.WithAnswerTimeout(f.timeout))
 			if err != nil {
 				return err
 			}
@@ -66,7 +66,7 @@ func newSubmitCmd(e *env) *cobra.Command {
 	}
 	f = addClientFlags(cmd, true)
 	f.addTimeout(cmd, submitTimeout)
-	cmd.Flags().Lookup("timeout").Usage = "give up when foreman has not answered the submit within this long (0: wait for ever); --wait then waits for the job as long as it takes"
+	cmd.Flags().Lookup("timeout").Usage = "give up when foreman has not answered the submit, or with --wait a read of the job, within this long (0: wait for ever); the job itself may wait as long as it takes"
 	f.timeoutHint = "; the job may have been queued all the same (foreman jobs list): --idempotency-key makes a retry safe"
 	fs := cmd.Flags()
 	fs.StringVarP(&model, "model", "m", "", "model to run (required unless --file names one)")
@@ -188,6 +188,9 @@ func submitAndWait(cmd *cobra.Command, c *client.Client, f *clientFlags, e *env,
 		id := termSafe(last.JobID)
 		return fmt.Errorf("interrupted before job %s ended (last seen %s): it goes on; foreman jobs watch %s follows it, foreman jobs cancel %s stops it",
 			id, termSafe(string(last.State)), id, id)
+	}
+	if id := noAnswerJob(err, last.JobID); id != "" {
+		f.timeoutHint = goesOn(id)
 	}
 	if err != nil {
 		return f.explain(e, err)

@@ -30,6 +30,8 @@ func TestCLITimeoutOnAHungForeman(t *testing.T) {
 		{"queue"}, {"jobs", "list"}, {"jobs", "get", id}, {"jobs", "cancel", id},
 		{"ps"}, {"tags"}, {"top", "--once"}, {"submit", "-m", "tiny-a", "hi"},
 		{"submit", "-m", "tiny-a", "--wait", "hi"}, // the submit is bounded, not the wait
+		// Waits: their first request is bounded (ADR-0133).
+		{"chat", "-m", "tiny-a", "hi"}, {"jobs", "watch", id},
 	} {
 		r, ok := runCLIWithin(t, 30*time.Second, vars, append(args, "--timeout", "100ms")...)
 		if !ok {

@@ -1,0 +1,100 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/client"
+)
+
+const stoppedJob = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
+
+// stopping is a foreman that answers the first read of stoppedJob (queued) and the
+// early job id of a chat, then stops answering (SIGSTOP, its store hung): every request
+// after is taken and held until the client gives up on it. When answering is set, it
+// goes on answering the reads, and a chat's answer comes once three were answered.
+func stopping(t *testing.T, answering bool) *httptest.Server {
+	t.Helper()
+	var reads atomic.Int32
+	answered := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		n := reads.Add(1)
+		if n > 1 && !answering {
+			<-r.Context().Done()
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+stoppedJob+`","kind":"chat","model":"tiny-a","state":"queued","attempts":0,"created_at":"2025-01-02T03:04:00Z","error":"","result":null,"artifacts":[]}`)
+		if n == 3 {
+			close(answered)
+		}
+	})
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body) // else net/http does not see the client leave
+		w.Header().Set("X-Foreman-Job-Id", stoppedJob)
+		if r.Header.Get("X-Foreman-Early-Job-Id") != "" {
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		select {
+		case <-answered:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// WithAnswerTimeout bounds each request of a wait, never the wait: Wait and Chat end
+// with a *NoAnswerError (errors.Is ErrNoAnswer and context.DeadlineExceeded) naming the
+// job once foreman takes a request and answers nothing within it.
+func TestAnswerTimeoutEndsAWaitOnAStoppedForeman(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	for name, call := range map[string]func(*client.Client) error{
+		"wait": func(c *client.Client) error { _, err := c.Wait(ctx, stoppedJob); return err },
+		"chat": func(c *client.Client) error {
+			_, err := c.Chat(ctx, client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
+			return err
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			srv := stopping(t, false)
+			c := newClient(t, srv.URL, client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(50*time.Millisecond))
+			err := call(c)
+			var na *client.NoAnswerError
+			if !errors.As(err, &na) || !errors.Is(err, client.ErrNoAnswer) || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("%s: %v (%T); want a *NoAnswerError", name, err, err)
+			}
+			if na.JobID != stoppedJob || na.Within != 50*time.Millisecond || na.URL != srv.URL {
+				t.Errorf("%s: %+v; want job %s, within 50ms, at %s", name, na, stoppedJob, srv.URL)
+			}
+			if ctx.Err() != nil {
+				t.Fatal("the test's own deadline ended the call")
+			}
+		})
+	}
+}
+
+// A chat whose answer stays silent for many times the bound, while foreman answers the
+// reads of its job (it waits in the queue), is not cut.
+func TestAnswerTimeoutLetsASilentChatWait(t *testing.T) {
+	t.Parallel()
+	srv := stopping(t, true)
+	c := newClient(t, srv.URL, client.WithAnswerTimeout(50*time.Millisecond))
+	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
+	if err != nil || r.Message.Content != "late" {
+		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
+	}
+}

@@ -1,0 +1,182 @@
+package main
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// stoppedForeman answers as foreman does until it is stopped (SIGSTOP, its job store
+// hung) just after the first read of job id: the submit, a chat's early job id and that
+// read are answered; from then on every request is taken and never answered.
+func stoppedForeman(t *testing.T, id string) string {
+	t.Helper()
+	hung := make(chan struct{})
+	hang := func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-hung:
+		case <-r.Context().Done():
+		}
+	}
+	var reads atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /jobs", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/json")
+		if bytes.Contains(body, []byte("state_webhook_url")) {
+			// foreman's default webhook policy refuses a loopback receiver: the wait polls.
+			w.WriteHeader(http.StatusBadRequest)
+			_, _ = io.WriteString(w, `{"error":"state_webhook_url: loopback addresses are refused"}`)
+			return
+		}
+		w.WriteHeader(http.StatusCreated)
+		_, _ = io.WriteString(w, `{"job_id":"`+id+`"}`)
+	})
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if r.PathValue("id") != id || reads.Add(1) > 1 {
+			hang(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+id+`","kind":"chat","model":"tiny-a","state":"queued","attempts":0,"created_at":"2025-01-02T03:04:00Z","error":"","result":null,"artifacts":[]}`)
+	})
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body) // else net/http does not see the client leave
+		if r.Header.Get("X-Foreman-Early-Job-Id") != "" {
+			w.Header().Set("X-Foreman-Job-Id", id)
+			w.WriteHeader(http.StatusEarlyHints)
+		}
+		hang(w, r)
+	})
+	mux.HandleFunc("/", hang) // /healthz too
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() { close(hung); srv.Close() })
+	return srv.URL
+}
+
+// chat, submit --wait and jobs watch wait for their job as long as it takes, but not for
+// a foreman that stopped answering while they waited: each request of the wait (a read
+// of the job, a check that foreman answers while a chat's answer is silent) has
+// --timeout to be answered. The command says so, names the job and how to follow it,
+// and exits non-zero; before, only Ctrl-C ended it.
+func TestCLIWaitsGiveUpOnAStoppedForeman(t *testing.T) {
+	t.Parallel()
+	const id = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
+	for _, args := range [][]string{
+		{"chat", "-m", "tiny-a", "hi"},
+		{"submit", "-m", "tiny-a", "--wait", "hi"},
+		{"jobs", "watch", id},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			t.Parallel()
+			base := stoppedForeman(t, id)
+			r, ok := runCLIWithin(t, 30*time.Second, map[string]string{"FOREMAN_URL": base}, append(args, "--timeout", "100ms")...)
+			if !ok {
+				t.Fatalf("%v --timeout 100ms: still waiting for the stopped foreman after 30 s", args)
+			}
+			for _, want := range []string{
+				"no answer from " + base + " within 100ms (--timeout): foreman or its job store may be hung",
+				"foreman jobs watch " + id,
+			} {
+				if r.code == 0 || !strings.Contains(r.stderr, want) {
+					t.Errorf("%v: exit %d, stderr %q; want an error saying %q", args, r.code, r.stderr, want)
+				}
+			}
+			// The job's state, seen before foreman stopped, is jobs watch's output.
+			if out := strings.TrimSpace(r.stdout); out != "" && (args[0] != "jobs" || !strings.HasSuffix(out, id+"  queued    tiny-a")) {
+				t.Errorf("%v: stdout %q, want nothing but the state seen", args, r.stdout)
+			}
+		})
+	}
+}
+
+// checkCounter is a proxy in front of a foreman that counts the GETs it answered (the
+// waits' reads of their job, a chat's checks), and closes enough once n were.
+type checkCounter struct {
+	n      int32
+	got    atomic.Int32
+	once   sync.Once
+	enough chan struct{}
+}
+
+func countChecks(t *testing.T, foreman string, n int32) (*checkCounter, string) {
+	t.Helper()
+	target, err := url.Parse(foreman)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &checkCounter{n: n, enough: make(chan struct{})}
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	proxy.ModifyResponse = func(resp *http.Response) error {
+		if resp.Request.Method == http.MethodGet && c.got.Add(1) >= c.n {
+			c.once.Do(func() { close(c.enough) })
+		}
+		return nil
+	}
+	srv := httptest.NewServer(wholeBody(proxy))
+	t.Cleanup(srv.Close)
+	return c, srv.URL
+}
+
+// The other side: a job that waits far longer than --timeout behind another (the model's
+// answer held) trips no bound, as long as foreman answers: each command is still waiting
+// after foreman answered several of its requests, and ends well once the queue moves.
+func TestCLIWaitsOutALongQueue(t *testing.T) {
+	t.Parallel()
+	for _, name := range []string{"chat", "submit", "watch"} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			fake := ollamatest.New(t)
+			release := fake.Hold("tiny-a")
+			t.Cleanup(release)
+			a := testApp(t, fake.URL, nil)
+			direct := map[string]string{"FOREMAN_URL": "http://" + a.Addr()}
+			ahead := runCLI(t, direct, nil, nil, "submit", "-m", "tiny-a", "ahead")
+			if ahead.code != 0 {
+				t.Fatalf("submit: exit %d, stderr %q", ahead.code, ahead.stderr)
+			}
+			aheadID := strings.TrimSpace(ahead.stdout)
+			counter, base := countChecks(t, "http://"+a.Addr(), 4)
+			args := map[string][]string{
+				"chat":   {"chat", "-m", "tiny-a", "behind"},
+				"submit": {"submit", "-m", "tiny-a", "--wait", "behind"},
+				"watch":  {"jobs", "watch", aheadID},
+			}[name]
+			done := make(chan cliResult, 1)
+			go func() {
+				done <- runCLI(t, map[string]string{"FOREMAN_URL": base}, nil, nil, append(args, "--timeout", "300ms")...)
+			}()
+			select {
+			case <-counter.enough:
+			case r := <-done:
+				t.Fatalf("%v --timeout 300ms ended while its job waited and foreman answered: exit %d, stderr %q", args, r.code, r.stderr)
+			}
+			release()
+			r := <-done
+			if r.code != 0 {
+				t.Fatalf("%v: exit %d, stderr %q", args, r.code, r.stderr)
+			}
+			want := map[string]string{
+				"chat":   reply("tiny-a:latest", "user: behind\n") + "\n",
+				"submit": reply("tiny-a:latest", "user: behind\n") + "\n",
+			}[name]
+			if name == "watch" {
+				if !strings.Contains(lastLine(r.stdout), aheadID+"  done") {
+					t.Errorf("jobs watch: stdout %q, want the job done last", r.stdout)
+				}
+			} else if r.stdout != want {
+				t.Errorf("%v: stdout %q, want %q", args, r.stdout, want)
+			}
+		})
+	}
+}
