@@ -343,6 +343,10 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	if err == nil {
 		err = inf.refused
 	}
+	if err == nil && s.cannotComplete(r.Context(), kind, model) {
+		s.relayNoCompletion(w, r, kind, model, s.bodyFor(body, inf.model, model), hold)
+		return
+	}
 	if err == nil {
 		err = s.refuseBadFormat(r.Context(), kind, model, inf)
 	}
