@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -42,6 +43,78 @@ func (s *Server) cannotComplete(ctx context.Context, kind broker.Kind, model str
 		return false
 	}
 	return handler == "chat" || !slices.Contains(caps, "image")
+}
+
+// capabilityAsks is what a chat or generate call asks of its model's capabilities beyond
+// completing, as Ollama's handler reads its body (parseInference).
+type capabilityAsks struct {
+	thinks bool // a think value that enables thinking (on /v1/chat/completions a reasoning effort)
+	tools  bool // a "tools" that holds something
+	suffix bool // a "suffix" that holds something
+	unload bool // nothing to complete and a keep_alive: maybe an unload, which Ollama answers 200
+}
+
+// thinkThinks reports whether a native "think" enables thinking as Ollama reads it
+// (v0.17.4 api.ThinkValue: true, "high", "medium", "low"; false, null and absent do not,
+// and any other value is its decoder's 400).
+func thinkThinks(v json.RawMessage) bool {
+	return slices.Contains([]string{`true`, `"high"`, `"medium"`, `"low"`}, string(bytes.TrimSpace(v)))
+}
+
+// reasoningThinks reports whether a /v1/chat/completions body enables thinking as
+// Ollama's OpenAI layer reads it (v0.17.4 openai.FromChatRequest): the effort of
+// "reasoning", else "reasoning_effort", one of "high", "medium", "low". Values of other
+// types are the layer's 400.
+func reasoningThinks(reasoning, effort json.RawMessage) bool {
+	var e string
+	if len(reasoning) > 0 && string(reasoning) != "null" {
+		var r struct {
+			Effort string `json:"effort"`
+		}
+		if json.Unmarshal(reasoning, &r) != nil {
+			return false
+		}
+		e = r.Effort
+	} else if json.Unmarshal(effort, &e) != nil {
+		return false
+	}
+	return slices.Contains([]string{"high", "medium", "low"}, e)
+}
+
+// refusedWithoutLoad reports whether a sync call of kind for model is one Ollama's
+// handler refuses before it schedules a runner, so that it loads nothing and answers at
+// once: the model cannot complete (cannotComplete), or, on the native chat and generate
+// routes and /v1/chat/completions, whose bodies Ollama reads as they come, the call asks
+// for a capability the model's /api/show does not list: thinking (asks.thinks, read as
+// Ollama reads it), tools (chat), insert (a suffix, generate). Every check Ollama's
+// handler makes before it schedules a runner is a refusal but for an unload (nothing to
+// complete and a keep_alive) and an image model's generate, which are queued as before.
+// Such a call queued waited its turn behind the running job to be refused in a few
+// milliseconds; it goes straight to Ollama (relayNoCompletion), whose words and order it
+// gets. A value read otherwise than Ollama reads it could only queue a call that need
+// not be: each reading is Ollama's or narrower.
+func (s *Server) refusedWithoutLoad(ctx context.Context, kind broker.Kind, model string, asks capabilityAsks) bool {
+	if s.cannotComplete(ctx, kind, model) {
+		return true
+	}
+	if kind != broker.KindChat && kind != broker.KindGenerate && kind != broker.KindOpenAIChat ||
+		asks.unload || !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
+		return false
+	}
+	caps, err := s.capabilities(ctx, model) // cached by cannotComplete
+	if err != nil || kind == broker.KindGenerate && slices.Contains(caps, "image") {
+		return false
+	}
+	lacks := func(c string) bool { return !slices.Contains(caps, c) }
+	switch {
+	case asks.thinks && lacks("thinking"):
+		return true
+	case kind != broker.KindGenerate && asks.tools && lacks("tools"):
+		return true
+	case kind == broker.KindGenerate && asks.suffix && lacks("insert"):
+		return true
+	}
+	return false
 }
 
 // relayNoCompletion sends a sync call that cannot complete (cannotComplete) straight to

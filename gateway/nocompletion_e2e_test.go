@@ -12,8 +12,8 @@ import (
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
 
-// A chat or generate call for the real Ollama's embedding model is answered as Ollama
-// answers it (its handler's 400, before any runner is scheduled), on every route and
+// A chat or generate call for the real Ollama's embedding model, or asking its chat model
+// for a capability it lacks, is answered as Ollama answers it (its handler's 400, before any runner is scheduled), on every route and
 // with other faults in the body too (Ollama's order decides which one it names), with
 // no job made and while the worker runs another job; POST /jobs refuses such a job at
 // submit. Measured before: 11 s for that 400 behind one long job, 28 ms from Ollama.
@@ -31,6 +31,13 @@ func TestE2ECompletionOnEmbeddingModelAsDirect(t *testing.T) {
 		{"/v1/chat/completions", `{"model":"tiny-embed","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"high"}`},
 		{"/v1/messages", `{"model":"tiny-embed","max_tokens":4,"messages":[{"role":"user","content":[{"type":"image"}]}]}`},
 		{"/api/chat", `{"model":"tiny-embed","messages":[]}`},
+		// A capability the chat model lacks (ADR-0129): thinking, tools, insert.
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"think":true}`},
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}],"stream":false}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","suffix":"end"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","think":"high"}`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low","stream":true}`},
 	}, noCompletionCalls...)
 	send := func(base, path, body string) rawResponse {
 		r := post(t, ctx, base, path, []byte(body))

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // noCompletionCalls are a call on every chat and generate route for the fake's
@@ -102,6 +103,60 @@ func TestCompletionJobOnEmbeddingModelRefusedAtSubmit(t *testing.T) {
 	} {
 		if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusAccepted {
 			t.Errorf("POST /jobs %s: %d %s, want 202", body, got.Status, got.Body)
+		}
+	}
+}
+
+// A native chat or generate call asking its model for a capability /api/show does not
+// list (thinking, tools, insert), which Ollama refuses before it schedules a runner, goes
+// straight to Ollama too, not behind the running job; a call the model can take, and an
+// unload, are queued as before.
+func TestCapabilityRefusalsAreNotQueued(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, withFake(ollamatest.WithModels(
+		ollamatest.Model{Name: "tiny-a"}, ollamatest.Model{Name: "thinker", Thinking: true})))
+	ctx := testCtx(t, 60*time.Second)
+	tools := `"tools":[{"type":"function","function":{"name":"f"}}]`
+	refused := []struct{ path, body string }{
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"think":true}`},
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"think":"low","stream":false}`},
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],` + tools + `}`},
+		{"/api/chat", `{"model":"thinker","messages":[],` + tools + `}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","suffix":"end"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","think":true,"stream":false}`},
+	}
+	check := func() {
+		t.Helper()
+		for _, c := range refused {
+			got, want := post(t, ctx, b.URL, c.path, []byte(c.body)), post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
+			if got.Status != http.StatusBadRequest || got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
+				t.Errorf("%s %s: got %d %q %s, want Ollama's %d %q %s", c.path, c.body, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
+			}
+			if id := got.Header.Get(HeaderJobID); id != "" {
+				t.Fatalf("%s %s: queued as job %s", c.path, c.body, id)
+			}
+		}
+	}
+	check()
+	release := b.Fake.Hold("")
+	defer release()
+	running := make(chan rawResponse, 1)
+	go func() { running <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "a long one", "false")) }()
+	if err := b.Fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	check() // while a job runs
+	release()
+	if got := <-running; got.Status != http.StatusOK {
+		t.Errorf("the running chat: %d %s", got.Status, got.Body)
+	}
+	for _, c := range []struct{ path, body string }{
+		{"/api/chat", `{"model":"thinker","messages":[{"role":"user","content":"hi"}],"think":true,"stream":false}`},
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"think":false,"stream":false}`},
+		{"/api/chat", `{"model":"tiny-a","messages":[],"keep_alive":0,` + tools + `}`}, // an unload
+	} {
+		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK || got.Header.Get(HeaderJobID) == "" {
+			t.Errorf("%s %s: %d %s, job %q; want it queued and answered", c.path, c.body, got.Status, got.Body, got.Header.Get(HeaderJobID))
 		}
 	}
 }
