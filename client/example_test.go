@@ -71,15 +71,17 @@ func ExampleClient_Submit_failed() {
 	}
 	defer c.Close()
 
-	// tiny-embed is an embedding model: Ollama refuses the chat and the job fails.
+	// tiny-embed is an embedding model, which cannot chat: foreman refuses the job at
+	// submit, in Ollama's words. A job that fails in its turn (Ollama refusing it then)
+	// is a *client.JobError matching client.ErrJobFailed.
 	_, err = c.Submit(context.Background(), client.SubmitRequest{
 		Chat: &client.ChatRequest{Model: "tiny-embed", Messages: []client.Message{{Role: "user", Content: "hi"}}},
 	})
-	var je *client.JobError
-	if errors.Is(err, client.ErrJobFailed) && errors.As(err, &je) {
-		fmt.Println(je.Job.State)
+	var ae *client.APIError
+	if errors.As(err, &ae) {
+		fmt.Println(ae.Status, ae.Message)
 	}
-	// Output: failed
+	// Output: 400 "tiny-embed" does not support chat
 }
 
 func ExampleWithNATSURL() {

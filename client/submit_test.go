@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -120,12 +121,14 @@ func TestSubmitModes(t *testing.T) {
 func TestSubmitFailedJob(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{WebhookSecret: testSecret})
-	for name, opts := range modes(t, f) {
+	all := modes(t, f)
+	// Ollama refuses each mode's chat with a 400 when it runs, a terminal failure.
+	f.Fake.FailNextOn("/api/chat", len(all), ollamatest.FailStatus(http.StatusBadRequest, "fake: refused"))
+	for name, opts := range all {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			c := newClient(t, f.URL, opts...)
-			// Chat on an embedding model: Ollama answers 400, a terminal failure.
-			res, err := c.Submit(testCtx(t), chatJob("tiny-embed", "hi"))
+			res, err := c.Submit(testCtx(t), chatJob("tiny-a", "hi"))
 			if !errors.Is(err, client.ErrJobFailed) || errors.Is(err, client.ErrJobCanceled) {
 				t.Fatalf("Submit = %v, %v; want ErrJobFailed (not canceled)", res, err)
 			}

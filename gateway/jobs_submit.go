@@ -458,6 +458,9 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 		err = sub.inf.refused
 	}
 	if err == nil {
+		err = s.refuseNoCompletion(ctx, sub.kind, model, sub.model, sub.body)
+	}
+	if err == nil {
 		err = s.refuseBadFormat(ctx, sub.kind, model, sub.inf)
 	}
 	if err != nil {

@@ -71,6 +71,9 @@ type inference struct {
 	// refused is the 400 for options of a type Ollama refuses, answered once the model is
 	// known to be there.
 	refused error
+	// asks is what the call asks of the model's capabilities, on the routes whose body
+	// Ollama's handler reads as it comes (refusedWithoutLoad).
+	asks capabilityAsks
 	// body is the body as Ollama reads it (decodeObject), set once the body decoded,
 	// whatever the refusal after.
 	body []byte
@@ -102,6 +105,16 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		Logprobs    json.RawMessage `json:"logprobs"`
 		// MaxTokens is /v1/messages' int.
 		MaxTokens intMember `json:"max_tokens"`
+		// Think, Tools, Suffix and KeepAlive are the native routes' (Tools also
+		// /v1/chat/completions'), Reasoning and ReasoningEffort /v1/chat/completions':
+		// what refusedWithoutLoad reads (kept raw: a value of another type is the target's
+		// 400, in its words).
+		Think           json.RawMessage `json:"think"`
+		Tools           nonEmpty        `json:"tools"`
+		Suffix          nonEmpty        `json:"suffix"`
+		KeepAlive       json.RawMessage `json:"keep_alive"`
+		Reasoning       json.RawMessage `json:"reasoning"`
+		ReasoningEffort json.RawMessage `json:"reasoning_effort"`
 	}
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
@@ -157,6 +170,13 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		in.format, in.completes = openAIChatFormat(req.ResponseFormat), req.Messages.holds()
 	case broker.KindOpenAIResponses:
 		in.format, in.completes = openAIResponsesFormat(req.Text), bool(req.Input) || bool(req.Instructions)
+	}
+	in.asks = capabilityAsks{tools: bool(req.Tools), suffix: bool(req.Suffix),
+		unload: len(req.KeepAlive) > 0 && string(req.KeepAlive) != "null" && !req.Messages.holds() && !bool(req.Prompt)}
+	if kind == broker.KindOpenAIChat {
+		in.asks.thinks = reasoningThinks(req.Reasoning, req.ReasoningEffort)
+	} else {
+		in.asks.thinks = thinkThinks(req.Think)
 	}
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
@@ -342,6 +362,10 @@ func (s *Server) serveQueued(w http.ResponseWriter, r *http.Request, kind broker
 	}
 	if err == nil {
 		err = inf.refused
+	}
+	if err == nil && s.refusedWithoutLoad(r.Context(), kind, model, inf.asks) {
+		s.relayNoCompletion(w, r, kind, model, s.bodyFor(body, inf.model, model), hold)
+		return
 	}
 	if err == nil {
 		err = s.refuseBadFormat(r.Context(), kind, model, inf)

@@ -107,9 +107,16 @@ func TestSubmit(t *testing.T) {
 		t.Fatalf("submit --file --json: exit %d, stdout %s, stderr %s", r.code, r.stdout, r.stderr)
 	}
 
-	r = runCLI(t, vars, nil, nil, "submit", "-m", "tiny-embed", "--wait", "hi")
+	fake.FailNextOn("/api/chat", 1, ollamatest.FailStatus(http.StatusBadRequest, "fake: refused")) // Ollama refuses the job in its turn
+	r = runCLI(t, vars, nil, nil, "submit", "-m", "tiny-a", "--wait", "hi")
 	if r.code == 0 || !strings.Contains(r.stderr, "failed") || !strings.HasPrefix(lastLine(r.stderr), "foreman: job ") {
 		t.Fatalf("failing job: exit %d, stderr %q; want a one-line job failure", r.code, r.stderr)
+	}
+
+	// A chat on an embedding model is refused at submit, in Ollama's words.
+	r = runCLI(t, vars, nil, nil, "submit", "-m", "tiny-embed", "--wait", "hi")
+	if r.code == 0 || strings.TrimSpace(r.stdout) != "" || !strings.Contains(r.stderr, `"tiny-embed" does not support chat`) {
+		t.Fatalf("embedding model: exit %d, stdout %q, stderr %q; want the refusal", r.code, r.stdout, r.stderr)
 	}
 }
 

@@ -1,8 +1,10 @@
 package ollamatest
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"time"
@@ -120,6 +122,9 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 	if !ok {
 		return
 	}
+	if !(len(req.Messages) == 0 && isZeroKeepAlive(req.KeepAlive)) && !capable(w, m, req.Model, req.Think, false, "tools", len(bytes.Trim(bytes.TrimSpace(req.Tools), "[] \t\r\n")) > 0 && string(bytes.TrimSpace(req.Tools)) != "null") {
+		return
+	}
 	defer s.enter(false)()
 	defer s.expireAfter(m.Name, req.KeepAlive)
 	now := s.cfg.Clock().UTC()
@@ -179,6 +184,9 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 	}
 	m, ok := s.modelFor(w, req.Model, "generate")
 	if !ok {
+		return
+	}
+	if !(req.Prompt == "" && isZeroKeepAlive(req.KeepAlive)) && !m.Image && !capable(w, m, req.Model, req.Think, true, "insert", req.Suffix != "") {
 		return
 	}
 	defer s.enter(false)()
@@ -326,4 +334,42 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request, body [
 	}
 	defer s.enter(true)()
 	writeJSON(w, http.StatusOK, ollama.EmbeddingResponse{Embedding: Vector(m.Name, req.Prompt)}, f)
+}
+
+// capable refuses, as Ollama's chat and generate handlers do before they schedule a
+// runner (v0.17.4 server/routes.go), a call that asks model m for a capability the fake's
+// models lack: thinking (think true, "high", "medium" or "low") on a model without
+// Thinking, then tools (chat) or insert (a suffix, generate), which no fake model has.
+// On generate a think string is refused first whatever the model (none of the fake's
+// has Ollama's harmony parser). asked is the name as the request gave it. It reports
+// whether the call may go on.
+func capable(w http.ResponseWriter, m Model, asked string, think json.RawMessage, generate bool, other string, wantsOther bool) bool {
+	v := string(bytes.TrimSpace(think))
+	if generate && strings.HasPrefix(v, `"`) {
+		var s string
+		if json.Unmarshal(think, &s) == nil && (s == "high" || s == "medium" || s == "low") {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("think value %q is not supported for this model", s))
+			return false
+		}
+	}
+	switch v {
+	case "true", `"high"`, `"medium"`, `"low"`:
+		if !m.Thinking {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support thinking", asked))
+			return false
+		}
+	}
+	if wantsOther {
+		// scheduleRunner's error names the model in full.
+		full := m.Name
+		switch strings.Count(full, "/") {
+		case 0:
+			full = "registry.ollama.ai/library/" + full
+		case 1:
+			full = "registry.ollama.ai/" + full
+		}
+		writeError(w, http.StatusBadRequest, full+" does not support "+other)
+		return false
+	}
+	return true
 }

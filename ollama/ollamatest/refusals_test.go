@@ -38,6 +38,13 @@ func TestRefusalsMatchOllama(t *testing.T) {
 		{"/api/generate", "null x", 404, gin, `{"error":"model '' not found"}`},
 		{"/api/chat", `{"model":"","messages":[]}`, 400, gin, `{"error":"model is required"}`},
 		{"/api/chat", `{"model":"bad name!","messages":[]}`, 400, gin, `{"error":"model is required"}`},
+		// A capability the model lacks, refused before a runner is scheduled: thinking
+		// (the name as asked), then tools or insert (scheduleRunner's, the name in full);
+		// on generate a think string first, whatever the model (no harmony parser).
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"think":true,"tools":[{"type":"function","function":{"name":"f"}}]}`, 400, gin, `{"error":"\"tiny-a\" does not support thinking"}`},
+		{"/api/chat", `{"model":"tiny-a","messages":[],"tools":[{"type":"function","function":{"name":"f"}}]}`, 400, gin, `{"error":"registry.ollama.ai/library/tiny-a:latest does not support tools"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","suffix":"y"}`, 400, gin, `{"error":"registry.ollama.ai/library/tiny-a:latest does not support insert"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","think":"high"}`, 400, gin, `{"error":"think value \"high\" is not supported for this model"}`},
 		{"/v1/completions", `{"prompt":"x"}`, 404, enc, oai("api_error", "model '' not found") + "\n"},
 		{"/v1/completions", `{"model":"bad name!","prompt":"x"}`, 404, enc, oai("api_error", "model 'bad name!' not found") + "\n"},
 		{"/v1/completions", `{"model":"tiny-embed","prompt":"x"}`, 400, enc, oai("api_error", `"tiny-embed" does not support generate`) + "\n"},

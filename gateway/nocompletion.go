@@ -1,0 +1,164 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// completionHandler is the Ollama handler (v0.17.4 server/routes.go) that runs a job of
+// kind, as its "does not support ..." refusal names it: "chat" for the chat handler
+// (native, /v1/chat/completions, /v1/responses, /v1/messages), "generate" for the
+// generate handler (native, /v1/completions); "" for the other kinds.
+func completionHandler(kind broker.Kind) string {
+	switch kind {
+	case broker.KindChat, broker.KindOpenAIChat, broker.KindOpenAIResponses, broker.KindAnthropicMessages:
+		return "chat"
+	case broker.KindGenerate, broker.KindOpenAICompletion:
+		return "generate"
+	}
+	return ""
+}
+
+// cannotComplete reports whether a chat or generate call of kind for model is one that
+// Ollama's handler refuses before it schedules a runner, so that no model is loaded: the
+// model's capabilities lack "completion" (an embedding model), and, on the generate
+// handler, "image" (an image generation model's generate is run apart). Such a call
+// queued waited its turn behind the running job (minutes on a busy Mac) to be refused
+// in a few milliseconds. A model whose capabilities cannot be read is queued as before.
+func (s *Server) cannotComplete(ctx context.Context, kind broker.Kind, model string) bool {
+	handler := completionHandler(kind)
+	if handler == "" || !s.inv.Reachable() {
+		// While the own Ollama does not answer, the call is queued to wait for it as
+		// before (ADR-0046), not held by a look-up that cannot be answered.
+		return false
+	}
+	caps, err := s.capabilities(ctx, model)
+	if err != nil || slices.Contains(caps, "completion") {
+		return false
+	}
+	return handler == "chat" || !slices.Contains(caps, "image")
+}
+
+// capabilityAsks is what a chat or generate call asks of its model's capabilities beyond
+// completing, as Ollama's handler reads its body (parseInference).
+type capabilityAsks struct {
+	thinks bool // a think value that enables thinking (on /v1/chat/completions a reasoning effort)
+	tools  bool // a "tools" that holds something
+	suffix bool // a "suffix" that holds something
+	unload bool // nothing to complete and a keep_alive: maybe an unload, which Ollama answers 200
+}
+
+// thinkThinks reports whether a native "think" enables thinking as Ollama reads it
+// (v0.17.4 api.ThinkValue: true, "high", "medium", "low"; false, null and absent do not,
+// and any other value is its decoder's 400).
+func thinkThinks(v json.RawMessage) bool {
+	return slices.Contains([]string{`true`, `"high"`, `"medium"`, `"low"`}, string(bytes.TrimSpace(v)))
+}
+
+// reasoningThinks reports whether a /v1/chat/completions body enables thinking as
+// Ollama's OpenAI layer reads it (v0.17.4 openai.FromChatRequest): the effort of
+// "reasoning", else "reasoning_effort", one of "high", "medium", "low". Values of other
+// types are the layer's 400.
+func reasoningThinks(reasoning, effort json.RawMessage) bool {
+	var e string
+	if len(reasoning) > 0 && string(reasoning) != "null" {
+		var r struct {
+			Effort string `json:"effort"`
+		}
+		if json.Unmarshal(reasoning, &r) != nil {
+			return false
+		}
+		e = r.Effort
+	} else if json.Unmarshal(effort, &e) != nil {
+		return false
+	}
+	return slices.Contains([]string{"high", "medium", "low"}, e)
+}
+
+// refusedWithoutLoad reports whether a sync call of kind for model is one Ollama's
+// handler refuses before it schedules a runner, so that it loads nothing and answers at
+// once: the model cannot complete (cannotComplete), or, on the native chat and generate
+// routes and /v1/chat/completions, whose bodies Ollama reads as they come, the call asks
+// for a capability the model's /api/show does not list: thinking (asks.thinks, read as
+// Ollama reads it), tools (chat), insert (a suffix, generate). Every check Ollama's
+// handler makes before it schedules a runner is a refusal but for an unload (nothing to
+// complete and a keep_alive) and an image model's generate, which are queued as before.
+// Such a call queued waited its turn behind the running job to be refused in a few
+// milliseconds; it goes straight to Ollama (relayNoCompletion), whose words and order it
+// gets. A value read otherwise than Ollama reads it could only queue a call that need
+// not be: each reading is Ollama's or narrower.
+func (s *Server) refusedWithoutLoad(ctx context.Context, kind broker.Kind, model string, asks capabilityAsks) bool {
+	if s.cannotComplete(ctx, kind, model) {
+		return true
+	}
+	if kind != broker.KindChat && kind != broker.KindGenerate && kind != broker.KindOpenAIChat ||
+		asks.unload || !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
+		return false
+	}
+	caps, err := s.capabilities(ctx, model) // cached by cannotComplete
+	if err != nil || kind == broker.KindGenerate && slices.Contains(caps, "image") {
+		return false
+	}
+	lacks := func(c string) bool { return !slices.Contains(caps, c) }
+	switch {
+	case asks.thinks && lacks("thinking"):
+		return true
+	case kind != broker.KindGenerate && asks.tools && lacks("tools"):
+		return true
+	case kind == broker.KindGenerate && asks.suffix && lacks("insert"):
+		return true
+	}
+	return false
+}
+
+// relayNoCompletion sends a sync call that cannot complete (cannotComplete) straight to
+// the target that has model, as an embedding call on an embedding model goes (ADR-0013):
+// Ollama refuses it in its handler, in its words and order, whatever else is wrong
+// with the body, and the caller gets that answer as Ollama gives it, with no job. Nothing
+// is loaded: the refusal comes before the handler schedules a runner (a load-only call
+// with keep_alive 0 unloads the model named, which runs no job of the worker's). body is
+// what Ollama reads of the request (decoded from zstd, cut after its first JSON value),
+// so the request's Content-Encoding is not sent with it.
+func (s *Server) relayNoCompletion(w http.ResponseWriter, r *http.Request, kind broker.Kind, model string, body []byte, hold *bodyHold) {
+	out := r.Clone(r.Context())
+	out.Header.Del("Content-Encoding")
+	s.relayModel(w, out, http.MethodPost, model, targetPath(kind.Path(), r.URL.RawQuery), body, hold.release)
+}
+
+// refuseNoCompletion refuses a POST /jobs (or foreman.jobs.submit) job that cannot
+// complete (cannotComplete) at submit, with the words of its handler's refusal
+// (`"name" does not support chat`): queued, it was accepted only to fail in its turn,
+// where a batch is told at submit of a model Ollama does not have. asked is the model as
+// the body names it, as Ollama quotes it. A body whose first refusal on Ollama could be
+// another one, which Ollama gives before it checks the model's capabilities, is queued
+// as before, for Ollama to answer in its turn: a think or reasoning value (a model
+// without thinking is refused so first, but on /v1/messages, where it is relaxed), a
+// generate's raw (raw mode's own refusal), a keep_alive (with nothing to complete, an
+// unload, which Ollama answers 200).
+func (s *Server) refuseNoCompletion(ctx context.Context, kind broker.Kind, model, asked string, body []byte) error {
+	if !s.cannotComplete(ctx, kind, model) {
+		return nil
+	}
+	var m struct {
+		Think           json.RawMessage `json:"think"`
+		Reasoning       json.RawMessage `json:"reasoning"`
+		ReasoningEffort json.RawMessage `json:"reasoning_effort"`
+		Raw             json.RawMessage `json:"raw"`
+		KeepAlive       json.RawMessage `json:"keep_alive"`
+	}
+	if json.Unmarshal(body, &m) != nil {
+		return nil // the target's decoder answers it
+	}
+	set := func(v json.RawMessage) bool { return len(v) > 0 && string(v) != "null" && string(v) != "false" }
+	thinks := kind != broker.KindAnthropicMessages && (set(m.Think) || set(m.Reasoning) || set(m.ReasoningEffort))
+	if thinks || set(m.Raw) || set(m.KeepAlive) {
+		return nil
+	}
+	return handlerRefusal(fmt.Sprintf("%q does not support %s", asked, completionHandler(kind)))
+}
