@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -57,6 +58,8 @@ type capsEntry struct {
 	caps  []string      // the model's capabilities, as /api/show lists them
 	err   error
 	at    time.Time
+	// refreshing: a look-up of knownCapabilities reads them again in the background.
+	refreshing atomic.Bool
 }
 
 // queuesEmbedding reports whether an embedding call for model runs as a job of model's
@@ -83,13 +86,9 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 // first, else another Mac's) lists them in /api/show, remembered for capsTTL; err says
 // why they are not known (no target has the model, the look-up failed, the caller left).
 func (s *Server) capabilities(ctx context.Context, model string) ([]string, error) {
-	target := s.target
-	if !s.inv.HasModel(model) {
-		// Another Mac's: its Ollama is asked, and the job runs on a worker whose Mac
-		// has the model (ADR-0029).
-		if target = s.otherClient(ctx, model); target == nil {
-			return nil, errNoTargetHasIt
-		}
+	target, err := s.capsTarget(ctx, model)
+	if err != nil {
+		return nil, err
 	}
 	name := ollama.NormalizeModel(model)
 	s.caps.mu.Lock()
@@ -111,6 +110,72 @@ func (s *Server) capabilities(ctx context.Context, model string) ([]string, erro
 		return nil, ctx.Err()
 	}
 	return e.caps, e.err
+}
+
+// capsTarget is the target whose /api/show tells model's capabilities: the own one when
+// it has the model, else another Mac's that has it (its Ollama is asked, and the job
+// runs on a worker whose Mac has the model, ADR-0029).
+func (s *Server) capsTarget(ctx context.Context, model string) (ollama.Client, error) {
+	if s.inv.HasModel(model) {
+		return s.target, nil
+	}
+	if target := s.otherClient(ctx, model); target != nil {
+		return target, nil
+	}
+	return nil, errNoTargetHasIt
+}
+
+// knownCapabilities is capabilities for a call on the chat and generate routes, the hot
+// path (ADR-0129): capabilities once read serve however old they are, and once older
+// than capsTTL one look-up at a time reads them again in the background. Only the first
+// call for a model waits for its /api/show, not the first of every capsTTL (an /api/show
+// of a large model takes a real Ollama tens of milliseconds).
+func (s *Server) knownCapabilities(ctx context.Context, model string) ([]string, error) {
+	name := ollama.NormalizeModel(model)
+	s.caps.mu.Lock()
+	e := s.caps.m[name]
+	s.caps.mu.Unlock()
+	if e == nil || !e.done() {
+		return s.capabilities(ctx, model)
+	}
+	if e.stale() && e.refreshing.CompareAndSwap(false, true) {
+		go s.refreshCaps(context.WithoutCancel(ctx), name, model, e)
+	}
+	return e.caps, e.err
+}
+
+// refreshCaps reads model's capabilities again for its entry old (knownCapabilities),
+// which serves until the new answer replaces it; a failed look-up leaves it, for a later
+// call to try again.
+func (s *Server) refreshCaps(ctx context.Context, name, model string, old *capsEntry) {
+	defer old.refreshing.Store(false)
+	target, err := s.capsTarget(ctx, model)
+	if err != nil {
+		return
+	}
+	e := &capsEntry{ready: make(chan struct{})}
+	e.caps, e.err = showCapabilities(ctx, target, model)
+	e.at = time.Now()
+	close(e.ready)
+	if e.err != nil && !errors.Is(e.err, errNoCapabilities) {
+		s.log.Debug("read a model's capabilities again; the last answer serves on", "model", model, "err", e.err)
+		return
+	}
+	s.caps.mu.Lock()
+	defer s.caps.mu.Unlock()
+	if s.caps.m[name] == old {
+		s.caps.m[name] = e
+	}
+}
+
+// done reports whether e's look-up has ended.
+func (e *capsEntry) done() bool {
+	select {
+	case <-e.ready:
+		return true
+	default:
+		return false
+	}
 }
 
 // errNoTargetHasIt is capabilities' error for a model no reachable target lists.

@@ -38,7 +38,7 @@ func (s *Server) cannotComplete(ctx context.Context, kind broker.Kind, model str
 		// before (ADR-0046), not held by a look-up that cannot be answered.
 		return false
 	}
-	caps, err := s.capabilities(ctx, model)
+	caps, err := s.knownCapabilities(ctx, model)
 	if err != nil || slices.Contains(caps, "completion") {
 		return false
 	}
@@ -101,7 +101,7 @@ func (s *Server) refusedWithoutLoad(ctx context.Context, kind broker.Kind, model
 		asks.unload || !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
 		return false
 	}
-	caps, err := s.capabilities(ctx, model) // cached by cannotComplete
+	caps, err := s.knownCapabilities(ctx, model) // cached by cannotComplete
 	if err != nil || kind == broker.KindGenerate && slices.Contains(caps, "image") {
 		return false
 	}
