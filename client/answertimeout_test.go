@@ -60,19 +60,21 @@ func stopping(t *testing.T, answering bool) *httptest.Server {
 // job once foreman takes a request and answers nothing within it.
 func TestAnswerTimeoutEndsAWaitOnAStoppedForeman(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
-	for name, call := range map[string]func(*client.Client) error{
-		"wait": func(c *client.Client) error { _, err := c.Wait(ctx, stoppedJob); return err },
-		"chat": func(c *client.Client) error {
+	for name, call := range map[string]func(context.Context, *client.Client) error{
+		"wait": func(ctx context.Context, c *client.Client) error { _, err := c.Wait(ctx, stoppedJob); return err },
+		"chat": func(ctx context.Context, c *client.Client) error {
 			_, err := c.Chat(ctx, client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
 			return err
 		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
+			// The subtest's own: a parallel subtest may start long after its parent's
+			// body, past a deadline counted from there.
+			ctx := testCtx(t)
 			srv := stopping(t, false)
 			c := newClient(t, srv.URL, client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(50*time.Millisecond))
-			err := call(c)
+			err := call(ctx, c)
 			var na *client.NoAnswerError
 			if !errors.As(err, &na) || !errors.Is(err, client.ErrNoAnswer) || !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("%s: %v (%T); want a *NoAnswerError", name, err, err)

@@ -48,15 +48,13 @@ func (w *Worker) deadRun(j *broker.Job, written time.Time) bool {
 // expireLoop ends, every ExpireEvery until the worker stops, the jobs that have waited in
 // the queue for about a job TTL (Store.StaleBefore): left alone, JetStream would drop
 // their queue messages and records at the TTL and they would end nowhere. It runs beside
-// the job loop, as a job may run longer than ExpireEvery.
-func (w *Worker) expireLoop(ctx context.Context) {
+// the job loop, as a job may run longer than ExpireEvery; Run made the first look before
+// it. A NATS outage fails every look: warned of once in looks, then once per
+// failurelog.Every, and told once the look works again.
+func (w *Worker) expireLoop(ctx context.Context, looks *expireLooks) {
 	t := time.NewTicker(w.store.ExpireEvery())
 	defer t.Stop()
-	// A NATS outage fails every look: warned of once, then once per failurelog.Every, and
-	// told once the look works again.
-	var looks expireLooks
 	for {
-		w.expire(ctx, &looks)
 		select {
 		case <-w.stopping:
 			return
@@ -64,6 +62,7 @@ func (w *Worker) expireLoop(ctx context.Context) {
 			return
 		case <-t.C:
 		}
+		w.expire(ctx, looks)
 	}
 }
 

@@ -227,10 +227,16 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	defer stopAdv()
+	// The first look for jobs that waited a job TTL comes before the first pick: at a
+	// start with FOREMAN_JOB_TTL lowered, a job waiting longer than it was else tried
+	// first when the pick won the race with the look beside it (under load), and ended
+	// expired "tried once" by a later look, or run past its TTL.
+	var looks expireLooks
+	w.expire(ctx, &looks)
 	w.bg.Add(1)
 	go func() {
 		defer w.bg.Done()
-		w.expireLoop(ctx)
+		w.expireLoop(ctx, &looks)
 	}()
 	if w.cfg.Inventory != nil && w.cfg.TargetSilence > 0 {
 		// Until the loop below has ended, a stop included: the job a stop lets finish
