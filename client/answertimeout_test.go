@@ -98,3 +98,30 @@ func TestAnswerTimeoutLetsASilentChatWait(t *testing.T) {
 		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
 	}
 }
+
+// Submit's submit is one request of the wait: bounded by WithAnswerTimeout (no
+// SubmitTimeout), a foreman that takes it and answers nothing ends Submit with the
+// *NoAnswerError WithAnswerTimeout promises, not a bare context.DeadlineExceeded.
+func TestAnswerTimeoutBoundsSubmitsSubmit(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /jobs", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		<-r.Context().Done()
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	ctx := testCtx(t)
+	c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithAnswerTimeout(50*time.Millisecond))
+	_, err := c.Submit(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	var na *client.NoAnswerError
+	if !errors.As(err, &na) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Submit = %v (%T); want a *NoAnswerError", err, err)
+	}
+	if na.Request != "POST /jobs" || na.JobID != "" || na.Within != 50*time.Millisecond {
+		t.Errorf("%+v; want POST /jobs, no job, within 50ms", na)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the test's own deadline ended the call")
+	}
+}
