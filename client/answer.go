@@ -2,8 +2,10 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"sync/atomic"
 	"time"
 )
@@ -17,8 +19,22 @@ func (c *Client) within(ctx context.Context, req, jobID string, fn func(context.
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.answerTimeout)
 	defer cancel()
+	// took: foreman has the request whole. A request whose connection was not made (a
+	// host whose packets are dropped for a while) never reached foreman: unreachable,
+	// which a wait rides out, not foreman hung.
+	var took atomic.Bool
+	rctx = httptrace.WithClientTrace(rctx, &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) {
+			if i.Err == nil {
+				took.Store(true)
+			}
+		},
+	})
 	err := fn(rctx)
 	if err != nil && ctx.Err() == nil && rctx.Err() != nil {
+		if !took.Load() {
+			return &ConnectionError{URL: c.shown, Err: fmt.Errorf("%s: not sent within %s", req, c.answerTimeout)}
+		}
 		return c.noAnswer(req, jobID, false)
 	}
 	return err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"sync/atomic"
@@ -123,5 +124,53 @@ func TestAnswerTimeoutBoundsSubmitsSubmit(t *testing.T) {
 	}
 	if ctx.Err() != nil {
 		t.Fatal("the test's own deadline ended the call")
+	}
+}
+
+// A read whose connection is not made within WithAnswerTimeout (a host whose packets
+// are dropped for a while: Wi-Fi gone, a Mac asleep) never reached foreman: it is
+// foreman unreachable, which a wait rides out (still waiting), not foreman hung.
+func TestAnswerTimeoutRidesOutAConnectThatHangs(t *testing.T) {
+	t.Parallel()
+	var reads atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		state := "queued"
+		if reads.Add(1) > 1 {
+			state = "failed"
+		}
+		w.Header().Set("Connection", "close") // every read dials
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+stoppedJob+`","kind":"chat","model":"tiny-a","state":"`+state+`","attempts":1,"created_at":"2025-01-02T03:04:00Z","error":"boom","result":null,"artifacts":[]}`)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	// The first dial connects; the next three hang (net/http may go on dialing after the
+	// request gave up: they are let go at the test's end).
+	var dials atomic.Int32
+	hung := make(chan struct{}, 3)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if n := dials.Add(1); n > 1 && n <= 4 {
+			hung <- struct{}{}
+			select {
+			case <-ctx.Done():
+			case <-release:
+			}
+			return nil, errors.New("dial let go")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}),
+		client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(50*time.Millisecond))
+	_, err := c.Wait(testCtx(t), stoppedJob)
+	var je *client.JobError
+	if !errors.As(err, &je) {
+		t.Fatalf("Wait = %v (%T); want the job's failure, read once the host answered again", err, err)
+	}
+	if len(hung) != 3 {
+		t.Errorf("%d dials hung; want 3", len(hung))
 	}
 }
