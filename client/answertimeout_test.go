@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -172,5 +173,59 @@ func TestAnswerTimeoutRidesOutAConnectThatHangs(t *testing.T) {
 	}
 	if len(hung) != 3 {
 		t.Errorf("%d dials hung; want 3", len(hung))
+	}
+}
+
+// While a chat's answer is silent, a check whose connection is not made within the
+// bound never reached foreman: like a refused one, it is not foreman hung, and the chat
+// waits on (the stream, still open, tells whether foreman is there).
+func TestAnswerTimeoutChatRidesOutACheckNotSent(t *testing.T) {
+	t.Parallel()
+	answered := make(chan struct{})
+	var once sync.Once
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+stoppedJob+`","kind":"chat","model":"tiny-a","state":"queued","attempts":0,"created_at":"2025-01-02T03:04:00Z","error":"","result":null,"artifacts":[]}`)
+		once.Do(func() { close(answered) })
+	})
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("X-Foreman-Job-Id", stoppedJob)
+		w.WriteHeader(http.StatusEarlyHints)
+		select {
+		case <-answered:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	// The chat's dial connects; the checks' next two dials hang.
+	var dials atomic.Int32
+	hung := make(chan struct{}, 2)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if n := dials.Add(1); n > 1 && n <= 3 {
+			hung <- struct{}{}
+			select {
+			case <-ctx.Done():
+			case <-release:
+			}
+			return nil, errors.New("dial let go")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}), client.WithAnswerTimeout(50*time.Millisecond))
+	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
+	if err != nil || r.Message.Content != "late" {
+		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
+	}
+	if len(hung) != 2 {
+		t.Errorf("%d dials hung; want 2", len(hung))
 	}
 }
