@@ -106,7 +106,8 @@ func (w *silenceWatch) run() {
 	}
 }
 
-// stop ends the watch; the error is the *NoAnswerError that ended the stream, if one
+// stop ends the watch (a second call returns the same); the error is the *NoAnswerError
+// that ended the stream, if one
 // did.
 func (w *silenceWatch) stop() error {
 	w.cancel()

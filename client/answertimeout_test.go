@@ -1,12 +1,14 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -227,5 +229,34 @@ func TestAnswerTimeoutChatRidesOutACheckNotSent(t *testing.T) {
 	}
 	if len(hung) != 2 {
 		t.Errorf("%d dials hung; want 2", len(hung))
+	}
+}
+
+// A Chat whose line callback panics leaves no watch of its silence behind: one left would
+// check on foreman every bound for as long as the caller's context lives (for ever, for
+// context.Background(), in a server that recovers its handlers' panics). Not parallel:
+// no other test's watch runs meanwhile.
+func TestAnswerTimeoutWatchEndsWithAPanickingCallback(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"hi"},"done":true}`+"\n")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithAnswerTimeout(time.Hour))
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the callback's panic did not come through")
+			}
+		}()
+		_, _ = c.Chat(context.Background(), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}},
+			func(*client.ChatResponse) error { panic("callback") })
+	}()
+	buf := make([]byte, 1<<20)
+	if st := buf[:runtime.Stack(buf, true)]; bytes.Contains(st, []byte("silenceWatch).run")) {
+		t.Fatalf("the watch of the chat's silence still runs:\n%s", st)
 	}
 }
