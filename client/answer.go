@@ -107,8 +107,7 @@ func (w *silenceWatch) run() {
 }
 
 // stop ends the watch (a second call returns the same); the error is the *NoAnswerError
-// that ended the stream, if one
-// did.
+// that ended the stream, if one did.
 func (w *silenceWatch) stop() error {
 	w.cancel()
 	<-w.done
