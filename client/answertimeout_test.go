@@ -260,3 +260,36 @@ func TestAnswerTimeoutWatchEndsWithAPanickingCallback(t *testing.T) {
 		t.Fatalf("the watch of the chat's silence still runs:\n%s", st)
 	}
 }
+
+// A chat whose early job id never comes (a proxy drops 1xx), silent for many times the
+// bound (a long model load), waits on while foreman answers the checks (GET /healthz,
+// whatever its status).
+func TestAnswerTimeoutLetsASilentChatWaitWithoutItsEarlyID(t *testing.T) {
+	t.Parallel()
+	var checks atomic.Int32
+	answered := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		if checks.Add(1) == 3 {
+			close(answered)
+		}
+	})
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		select {
+		case <-answered:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithAnswerTimeout(50*time.Millisecond))
+	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
+	if err != nil || r.Message.Content != "late" {
+		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
+	}
+}
