@@ -2,8 +2,10 @@ package client
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
 	"sync/atomic"
 	"time"
 )
@@ -17,8 +19,16 @@ func (c *Client) within(ctx context.Context, req, jobID string, fn func(context.
 	}
 	rctx, cancel := context.WithTimeout(ctx, c.answerTimeout)
 	defer cancel()
+	// took: foreman has the request whole. A request whose connection was not made (a
+	// host whose packets are dropped for a while) never reached foreman: unreachable,
+	// which a wait rides out, not foreman hung.
+	var took atomic.Bool
+	rctx = tookTrace(rctx, &took)
 	err := fn(rctx)
 	if err != nil && ctx.Err() == nil && rctx.Err() != nil {
+		if !took.Load() {
+			return &ConnectionError{URL: c.shown, Err: fmt.Errorf("%s: not sent within %s", req, c.answerTimeout)}
+		}
 		return c.noAnswer(req, jobID, false)
 	}
 	return err
@@ -96,8 +106,8 @@ func (w *silenceWatch) run() {
 	}
 }
 
-// stop ends the watch; the error is the *NoAnswerError that ended the stream, if one
-// did.
+// stop ends the watch (a second call returns the same); the error is the *NoAnswerError
+// that ended the stream, if one did.
 func (w *silenceWatch) stop() error {
 	w.cancel()
 	<-w.done
@@ -122,15 +132,30 @@ func (h heardReader) Read(p []byte) (int, error) {
 }
 
 // answers reports whether foreman answers GET path within WithAnswerTimeout: any answer,
-// whatever its status, and any failure that is not the bound running out (a refused
-// connection is not a hang, and the stream will tell it), count; so does ctx ending.
+// whatever its status, and any failure that is not the bound running out on a request
+// foreman had whole (a refused connection, or one not made in time, never reached
+// foreman: not a hang, and the stream, still open, will tell it), count; so does ctx
+// ending.
 func (c *Client) answers(ctx context.Context, path string) bool {
 	rctx, cancel := context.WithTimeout(ctx, c.answerTimeout)
 	defer cancel()
+	var took atomic.Bool
+	rctx = tookTrace(rctx, &took)
 	resp, err := c.request(rctx, http.MethodGet, path, nil, nil)
 	if err == nil {
 		resp.Body.Close()
 		return true
 	}
-	return rctx.Err() == nil || ctx.Err() != nil
+	return rctx.Err() == nil || ctx.Err() != nil || !took.Load()
+}
+
+// tookTrace sets took once the request went out whole: foreman has it.
+func tookTrace(ctx context.Context, took *atomic.Bool) context.Context {
+	return httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
+		WroteRequest: func(i httptrace.WroteRequestInfo) {
+			if i.Err == nil {
+				took.Store(true)
+			}
+		},
+	})
 }

@@ -1,11 +1,15 @@
 package client_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -94,6 +98,197 @@ func TestAnswerTimeoutEndsAWaitOnAStoppedForeman(t *testing.T) {
 func TestAnswerTimeoutLetsASilentChatWait(t *testing.T) {
 	t.Parallel()
 	srv := stopping(t, true)
+	c := newClient(t, srv.URL, client.WithAnswerTimeout(50*time.Millisecond))
+	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
+	if err != nil || r.Message.Content != "late" {
+		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
+	}
+}
+
+// Submit's submit is one request of the wait: bounded by WithAnswerTimeout (no
+// SubmitTimeout), a foreman that takes it and answers nothing ends Submit with the
+// *NoAnswerError WithAnswerTimeout promises, not a bare context.DeadlineExceeded.
+func TestAnswerTimeoutBoundsSubmitsSubmit(t *testing.T) {
+	t.Parallel()
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /jobs", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		<-r.Context().Done()
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	ctx := testCtx(t)
+	c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithAnswerTimeout(50*time.Millisecond))
+	_, err := c.Submit(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	var na *client.NoAnswerError
+	if !errors.As(err, &na) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Submit = %v (%T); want a *NoAnswerError", err, err)
+	}
+	if na.Request != "POST /jobs" || na.JobID != "" || na.Within != 50*time.Millisecond {
+		t.Errorf("%+v; want POST /jobs, no job, within 50ms", na)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the test's own deadline ended the call")
+	}
+}
+
+// A read whose connection is not made within WithAnswerTimeout (a host whose packets
+// are dropped for a while: Wi-Fi gone, a Mac asleep) never reached foreman: it is
+// foreman unreachable, which a wait rides out (still waiting), not foreman hung.
+func TestAnswerTimeoutRidesOutAConnectThatHangs(t *testing.T) {
+	t.Parallel()
+	var reads atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		state := "queued"
+		if reads.Add(1) > 1 {
+			state = "failed"
+		}
+		w.Header().Set("Connection", "close") // every read dials
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+stoppedJob+`","kind":"chat","model":"tiny-a","state":"`+state+`","attempts":1,"created_at":"2025-01-02T03:04:00Z","error":"boom","result":null,"artifacts":[]}`)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	// The first dial connects; the next three hang (net/http may go on dialing after the
+	// request gave up: they are let go at the test's end).
+	var dials atomic.Int32
+	hung := make(chan struct{}, 3)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if n := dials.Add(1); n > 1 && n <= 4 {
+			hung <- struct{}{}
+			select {
+			case <-ctx.Done():
+			case <-release:
+			}
+			return nil, errors.New("dial let go")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}),
+		client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(50*time.Millisecond))
+	_, err := c.Wait(testCtx(t), stoppedJob)
+	var je *client.JobError
+	if !errors.As(err, &je) {
+		t.Fatalf("Wait = %v (%T); want the job's failure, read once the host answered again", err, err)
+	}
+	if len(hung) != 3 {
+		t.Errorf("%d dials hung; want 3", len(hung))
+	}
+}
+
+// While a chat's answer is silent, a check whose connection is not made within the
+// bound never reached foreman: like a refused one, it is not foreman hung, and the chat
+// waits on (the stream, still open, tells whether foreman is there).
+func TestAnswerTimeoutChatRidesOutACheckNotSent(t *testing.T) {
+	t.Parallel()
+	answered := make(chan struct{})
+	var once sync.Once
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+stoppedJob+`","kind":"chat","model":"tiny-a","state":"queued","attempts":0,"created_at":"2025-01-02T03:04:00Z","error":"","result":null,"artifacts":[]}`)
+		once.Do(func() { close(answered) })
+	})
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("X-Foreman-Job-Id", stoppedJob)
+		w.WriteHeader(http.StatusEarlyHints)
+		select {
+		case <-answered:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	// The chat's dial connects; the checks' next two dials hang.
+	var dials atomic.Int32
+	hung := make(chan struct{}, 2)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if n := dials.Add(1); n > 1 && n <= 3 {
+			hung <- struct{}{}
+			select {
+			case <-ctx.Done():
+			case <-release:
+			}
+			return nil, errors.New("dial let go")
+		}
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}), client.WithAnswerTimeout(50*time.Millisecond))
+	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
+	if err != nil || r.Message.Content != "late" {
+		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
+	}
+	if len(hung) != 2 {
+		t.Errorf("%d dials hung; want 2", len(hung))
+	}
+}
+
+// A Chat whose line callback panics leaves no watch of its silence behind: one left would
+// check on foreman every bound for as long as the caller's context lives (for ever, for
+// context.Background(), in a server that recovers its handlers' panics). Not parallel:
+// no other test's watch runs meanwhile.
+func TestAnswerTimeoutWatchEndsWithAPanickingCallback(t *testing.T) {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"hi"},"done":true}`+"\n")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithAnswerTimeout(time.Hour))
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the callback's panic did not come through")
+			}
+		}()
+		_, _ = c.Chat(context.Background(), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}},
+			func(*client.ChatResponse) error { panic("callback") })
+	}()
+	buf := make([]byte, 1<<20)
+	if st := buf[:runtime.Stack(buf, true)]; bytes.Contains(st, []byte("silenceWatch).run")) {
+		t.Fatalf("the watch of the chat's silence still runs:\n%s", st)
+	}
+}
+
+// A chat whose early job id never comes (a proxy drops 1xx), silent for many times the
+// bound (a long model load), waits on while foreman answers the checks (GET /healthz,
+// whatever its status).
+func TestAnswerTimeoutLetsASilentChatWaitWithoutItsEarlyID(t *testing.T) {
+	t.Parallel()
+	var checks atomic.Int32
+	answered := make(chan struct{})
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		if checks.Add(1) == 3 {
+			close(answered)
+		}
+	})
+	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		select {
+		case <-answered:
+		case <-r.Context().Done():
+			return
+		}
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
 	c := newClient(t, srv.URL, client.WithAnswerTimeout(50*time.Millisecond))
 	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
 	if err != nil || r.Message.Content != "late" {

@@ -158,6 +158,7 @@ func (c *Client) stream(ctx context.Context, path string, body any, line func([]
 		return c.streamAnswer(ctx, path, body, line, nil)
 	}
 	w := c.watchSilence(ctx)
+	defer w.stop() // should line panic, the watch ends all the same (stop again is a no-op)
 	err := c.streamAnswer(w.ctx, path, body, line, w)
 	if werr := w.stop(); err != nil && werr != nil {
 		return werr // the stream ended as foreman answered nothing

@@ -53,7 +53,11 @@ func WithOnQueued(fn func(jobID string)) Option { return func(c *Client) { c.onQ
 //   - while the answer of Chat or Generate stays silent for d (its job waits in the
 //     queue, or its model loads), the client checks that foreman still answers: it reads
 //     the job (GET /jobs/{id}, the id asked for early, as WithOnQueued does), or, before
-//     the id came, GET /healthz. Any answer, whatever its status, lets the stream wait on.
+//     the id came, GET /healthz. Any answer, whatever its status, lets the stream wait on;
+//     so does a check whose connection was not made within d (it never reached foreman).
+//
+// A request not sent within d (its connection not made) never reached foreman: it is a
+// *ConnectionError, which a wait rides out as it does a refused connection.
 //
 // A request with no answer within d ends the call with a *NoAnswerError, which matches
 // ErrNoAnswer and context.DeadlineExceeded: a silent stream's within 3d at most. Watch's

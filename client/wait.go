@@ -64,10 +64,18 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		sctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), submitTimeout)
 		defer cancel()
 	}
+	// noAnswer: the submit was bounded by WithAnswerTimeout (no SubmitTimeout) and
+	// foreman took it and answered nothing within it.
+	noAnswer := func() bool { return false }
 	if limit := cmp.Or(req.SubmitTimeout, c.answerTimeout); limit > 0 {
+		outer := sctx
 		var cancel context.CancelFunc
 		sctx, cancel = context.WithTimeout(sctx, limit)
 		defer cancel()
+		if req.SubmitTimeout <= 0 {
+			bounded := sctx
+			noAnswer = func() bool { return bounded.Err() != nil && outer.Err() == nil }
+		}
 	}
 	id, replayed, err := c.submit(sctx, body, req.IdempotencyKey)
 	if err != nil && hook != nil && refusedWebhook(err) {
@@ -90,6 +98,9 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		hook = nil
 	}
 	if err != nil {
+		if noAnswer() {
+			return nil, c.noAnswer("POST /jobs", "", false)
+		}
 		return nil, err
 	}
 	if replayed && hook != nil {

@@ -293,7 +293,13 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 				if _, err := c.Job(ctx, id); err != nil {
 					return f.explain(e, err)
 				}
-				return fmt.Errorf("the watch of job %s ended before the job did", termSafe(id))
+				// foreman answers now: the read that ended the watch failed for good, or
+				// went unanswered for --timeout (client.Watch tells not which).
+				why := "a read of it failed"
+				if f.timeout > 0 {
+					why += fmt.Sprintf(", or foreman left one unanswered for %s (--timeout)", f.timeout)
+				}
+				return fmt.Errorf("the watch of job %s ended before the job did (%s)%s", termSafe(id), why, f.timeoutHint)
 			}
 			return nil
 		},

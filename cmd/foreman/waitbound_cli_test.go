@@ -180,3 +180,32 @@ func TestCLIWaitsOutALongQueue(t *testing.T) {
 		})
 	}
 }
+
+// A watch that gave up on one read foreman left unanswered for --timeout, foreman
+// answering the read after (the one that says why), says what ended it and how to go on,
+// not only that it ended.
+func TestCLIJobsWatchSaysAReadWentUnanswered(t *testing.T) {
+	t.Parallel()
+	const id = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
+	var reads atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /jobs/{id}", func(w http.ResponseWriter, r *http.Request) {
+		if reads.Add(1) == 2 {
+			<-r.Context().Done()
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"id":"`+id+`","kind":"chat","model":"tiny-a","state":"queued","attempts":0,"created_at":"2025-01-02T03:04:00Z","error":"","result":null,"artifacts":[]}`)
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	r, ok := runCLIWithin(t, 30*time.Second, map[string]string{"FOREMAN_URL": srv.URL}, "jobs", "watch", id, "--timeout", "100ms")
+	if !ok {
+		t.Fatal("jobs watch: still running after 30 s")
+	}
+	for _, want := range []string{"unanswered for 100ms (--timeout)", "job " + id + " goes on: foreman jobs watch " + id} {
+		if r.code == 0 || !strings.Contains(r.stderr, want) {
+			t.Errorf("exit %d, stderr %q; want an error saying %q", r.code, r.stderr, want)
+		}
+	}
+}
