@@ -173,7 +173,10 @@ func (c *Client) streamAnswer(ctx context.Context, path string, body any, line f
 		return fmt.Errorf("client: encode request: %w", err)
 	}
 	var hdr http.Header
-	if c.onQueued != nil || silence != nil {
+	if c.onQueued != nil {
+		// Asked for only then: a proxy in front of foreman may mishandle a 1xx answer,
+		// and a silence watch learns the job from the answer's headers, or checks
+		// /healthz until then.
 		hdr = http.Header{earlyJobIDHeader: {"1"}}
 		ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
 			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {

@@ -52,8 +52,10 @@ func WithOnQueued(fn func(jobID string)) Option { return func(c *Client) { c.onQ
 //     and of its result.json) and each poll of Watch("") must be answered within d;
 //   - while the answer of Chat or Generate stays silent for d (its job waits in the
 //     queue, or its model loads), the client checks that foreman still answers: it reads
-//     the job (GET /jobs/{id}, the id asked for early, as WithOnQueued does), or, before
-//     the id came, GET /healthz. Any answer, whatever its status, lets the stream wait on;
+//     the job (GET /jobs/{id}: its id comes early with WithOnQueued, which asks foreman
+//     for a 103, else with the answer's headers), or, before the id came, GET /healthz
+//     (a foreman whose job store hangs may still answer it). Any answer, whatever its
+//     status, lets the stream wait on;
 //     so does a check whose connection was not made within d (it never reached foreman).
 //
 // A request not sent within d (its connection not made) never reached foreman: it is a

@@ -84,10 +84,13 @@ func TestCLIWaitsGiveUpOnAStoppedForeman(t *testing.T) {
 			if !ok {
 				t.Fatalf("%v --timeout 100ms: still waiting for the stopped foreman after 30 s", args)
 			}
-			for _, want := range []string{
-				"no answer from " + base + " within 100ms (--timeout): foreman or its job store may be hung",
-				"foreman jobs watch " + id,
-			} {
+			wants := []string{"no answer from " + base + " within 100ms (--timeout): foreman or its job store may be hung"}
+			if args[0] != "chat" {
+				// A chat not on a terminal asks for no early job id (a 1xx a proxy may
+				// mishandle): it checks /healthz, and knows no job to name.
+				wants = append(wants, "foreman jobs watch "+id)
+			}
+			for _, want := range wants {
 				if r.code == 0 || !strings.Contains(r.stderr, want) {
 					t.Errorf("%v: exit %d, stderr %q; want an error saying %q", args, r.code, r.stderr, want)
 				}
