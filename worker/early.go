@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // earlyCall is a target call begun when an idle worker sees a job's queue message
@@ -105,12 +106,18 @@ func (ec *earlyCall) forJob(id string) bool { return ec != nil && ec.jobID == id
 // onQueue reports whether ec's job is in the queue of token. A nil call is in none.
 func (ec *earlyCall) onQueue(token string) bool { return ec != nil && ec.token == token }
 
-// failed reports whether ec's call has ended with an error before a run adopted it (its
-// frames wait for the adoption, so an unadopted call that ended had no answer).
+// failed reports whether ec's call has ended, before a run adopted it, without an answer
+// of the target's (its frames wait for the adoption, so an unadopted call that ended
+// had no body): the target went away meanwhile (a connection error, a proxy's 502 or
+// 504), or was silent; the run calls afresh rather than spend an attempt on it. One the
+// target answered with an error status is its answer, which the run adopts as if it had
+// called: called again, the target was asked twice and its first answer lost (a one-off
+// 500 answered by a second call made while a slow fetch held the run back).
 func (ec *earlyCall) failed() bool {
 	select {
 	case <-ec.done:
-		return ec.err != nil
+		var he *ollama.HTTPError
+		return ec.err != nil && (!errors.As(ec.err, &he) || he.UpstreamDown())
 	default:
 		return false
 	}

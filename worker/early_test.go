@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -662,4 +663,31 @@ func TestFailedEarlyCallIsNotAdopted(t *testing.T) {
 	eb.fake.SetDown(false)
 	eb.runFrom(t, eb.ctx, j, u, ec)
 	eb.wantDoneAtFirstAttempt(t, j.ID)
+}
+
+// An early call the target answered with an error status before its run adopted it (a
+// fetch held back on a loaded machine) is adopted: the run ends on that answer as if it
+// had called, and the target is not asked twice. Before, the run called afresh, and a
+// one-off 500 was answered by the second call (a sync caller got a 200 where the
+// target's answer was a 500).
+func TestEarlyCallAnsweredWithAnErrorIsAdopted(t *testing.T) {
+	eb := newEarlyBundle(t)
+	j, u := eb.publish(t)
+	eb.fake.FailNext(1, ollamatest.Fail500)
+	ec := eb.w.callEarly(eb.ctx, u)
+	if ec == nil {
+		t.Fatal("no early call for a published job of the loaded model")
+	}
+	<-ec.done
+	if ec.err == nil || ec.failed() {
+		t.Fatalf("the call answered 500 ended with %v, failed %v; want an error the run adopts", ec.err, ec.failed())
+	}
+	eb.runFrom(t, eb.ctx, j, u, ec)
+	if n := len(eb.chatCalls()); n != 1 {
+		t.Errorf("%d target calls for the job's attempt, want the early one only", n)
+	}
+	rec, _, err := eb.b.Store.Get(eb.ctx, j.ID)
+	if err != nil || rec.Attempt != 1 || rec.State == broker.StateDone || !strings.Contains(rec.Error, "fake: injected failure") {
+		t.Fatalf("record: %+v, %v; want attempt 1 ended on the target's 500", rec, err)
+	}
 }

@@ -22,8 +22,9 @@ import (
 func (w *Worker) handle(ctx context.Context, d *broker.Lease, ahead *recordRead, early *earlyCall) {
 	if !early.matches(d) || early.failed() {
 		// Another message came first: its job must not overlap the call. Or the call
-		// failed before its run (a call held while the fetches went on, whose target went
-		// away meanwhile): the run calls afresh rather than spend an attempt on it.
+		// failed before its run without the target's answer (a call held while the
+		// fetches went on, whose target went away meanwhile): the run calls afresh rather
+		// than spend an attempt on it.
 		w.drop(early)
 		early = nil
 	}
