@@ -93,7 +93,7 @@ func (s *Server) chatModel(w http.ResponseWriter, name string, errw func(http.Re
 	switch {
 	case !ok:
 		errw(w, http.StatusNotFound, fmt.Sprintf("model '%s' not found", name))
-	case m.Embedding:
+	case m.Embedding, m.Image: // no "completion": the chat handler refuses it
 		errw(w, http.StatusBadRequest, fmt.Sprintf("%q does not support chat", name))
 	default:
 		return m, true

@@ -394,7 +394,9 @@ func (s *Server) modelFor(w http.ResponseWriter, name, capability string) (Model
 		writeError(w, http.StatusNotFound, notFound(name, capability))
 		return Model{}, false
 	}
-	if completes && m.Embedding {
+	// A model without "completion" is refused by the chat handler (an image generation
+	// model's too: only the generate handler runs one, apart).
+	if completes && (m.Embedding || m.Image && capability == "chat") {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support %s", name, capability))
 		return Model{}, false
 	}
