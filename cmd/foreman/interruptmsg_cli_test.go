@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -49,18 +48,12 @@ func runInterrupted(t *testing.T, vars map[string]string, ready <-chan struct{},
 func TestInterruptedCommandSaysInterrupted(t *testing.T) {
 	t.Parallel()
 	arrived := make(chan struct{}, 1)
-	hung := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := hungForeman(t, func(http.ResponseWriter, *http.Request) {
 		select {
 		case arrived <- struct{}{}:
 		default:
 		}
-		select {
-		case <-hung:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(func() { close(hung); srv.Close() })
+	})
 	vars := map[string]string{"FOREMAN_URL": srv.URL}
 	const id = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
 	for _, args := range [][]string{

@@ -16,14 +16,7 @@ import (
 // with a message that says what happened.
 func TestCLITimeoutOnAHungForeman(t *testing.T) {
 	t.Parallel()
-	hung := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hung:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(func() { close(hung); srv.Close() })
+	srv := hungForeman(t, nil)
 	vars := map[string]string{"FOREMAN_URL": srv.URL}
 	const id = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
 	for _, args := range [][]string{
@@ -51,19 +44,31 @@ func TestCLITimeoutOnAHungForeman(t *testing.T) {
 	}
 }
 
-// The benches bound each request too: a foreman (or an Ollama) that takes the connection
-// and never answers ended neither `bench chat` nor `bench submit -n`. Each says which
-// side gave no answer within --timeout and what to look at.
-func TestBenchTimeoutOnAHungSide(t *testing.T) {
-	t.Parallel()
+// hungForeman is a server that takes every request and never answers it (a foreman
+// stopped with SIGSTOP, its store hung): each request is held until its client leaves
+// or the test ends. first, when not nil, runs on each request before it is held.
+func hungForeman(t *testing.T, first func(http.ResponseWriter, *http.Request)) *httptest.Server {
+	t.Helper()
 	hung := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if first != nil {
+			first(w, r)
+		}
 		select {
 		case <-hung:
 		case <-r.Context().Done():
 		}
 	}))
 	t.Cleanup(func() { close(hung); srv.Close() })
+	return srv
+}
+
+// The benches bound each request too: a foreman (or an Ollama) that takes the connection
+// and never answers ended neither `bench chat` nor `bench submit -n`. Each says which
+// side gave no answer within --timeout and what to look at.
+func TestBenchTimeoutOnAHungSide(t *testing.T) {
+	t.Parallel()
+	srv := hungForeman(t, nil)
 	fake := ollamatest.New(t)
 	within := "no answer from " + srv.URL + " within 100ms (--timeout)"
 	for _, tc := range []struct {
@@ -102,17 +107,11 @@ func TestBenchTimeoutOnAHungSide(t *testing.T) {
 // answered at once.
 func TestBenchChatStreamThatStopsSaysItBegan(t *testing.T) {
 	t.Parallel()
-	hung := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := hungForeman(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/x-ndjson")
 		_, _ = io.WriteString(w, `{"message":{"role":"assistant","content":"a"},"done":false}`+"\n")
 		_ = http.NewResponseController(w).Flush()
-		select {
-		case <-hung:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(func() { close(hung); srv.Close() })
+	})
 	fake := ollamatest.New(t)
 	r, ok := runCLIWithin(t, 30*time.Second, map[string]string{"FOREMAN_URL": srv.URL},
 		"bench", "chat", "--direct", fake.URL, "-m", "tiny-a", "-n", "1", "--warmup", "0", "--stream", "--timeout", "100ms")

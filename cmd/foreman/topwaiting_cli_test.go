@@ -1,8 +1,6 @@
 package main
 
 import (
-	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 )
@@ -12,14 +10,7 @@ import (
 // screen stayed blank for the whole first refresh (10 s), which looked hung.
 func TestLiveTopSaysItWaitsForTheFirstAnswer(t *testing.T) {
 	t.Parallel()
-	hung := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-hung:
-		case <-r.Context().Done():
-		}
-	}))
-	t.Cleanup(func() { close(hung); srv.Close() })
+	srv := hungForeman(t, nil)
 	capture := tmuxTop(t, srv.URL, 100, 20)
 	var rows []string
 	waitFor(t, "a frame", func() bool {
