@@ -202,12 +202,7 @@ func (s *Server) lookUpCaps(ctx context.Context, name string, e *capsEntry, targ
 
 // stale reports an entry looked up longer than capsTTL ago; s.caps.mu is held.
 func (e *capsEntry) stale() bool {
-	select {
-	case <-e.ready:
-		return time.Since(e.at) >= capsTTL
-	default:
-		return false // under way
-	}
+	return e.done() && time.Since(e.at) >= capsTTL // one under way is not
 }
 
 // errNoCapabilities is an /api/show answer without capabilities (an Ollama before 0.6).
