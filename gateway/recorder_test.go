@@ -67,18 +67,24 @@ func newAnswerRecorder(t *testing.T, target string, lateEnd func(end func())) *a
 	// past its end after sending it, a read a busy machine can delay until the answer
 	// began; on the closed body that read fails and the transport drops its connection to
 	// the target, the answer half relayed. A body in memory is the transport's alone.
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := httptest.NewServer(wholeBody(proxy))
+	t.Cleanup(srv.Close)
+	rec.URL = srv.URL
+	return rec
+}
+
+// wholeBody is h with each request's body read whole before h sees it: a proxy's
+// transport then relays a body of its own (see newAnswerRecorder).
+func wholeBody(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
 		if err != nil {
 			http.Error(w, "read the request body: "+err.Error(), http.StatusBadRequest)
 			return
 		}
 		r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(body)), int64(len(body))
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	rec.URL = srv.URL
-	return rec
+		h.ServeHTTP(w, r)
+	})
 }
 
 // endsLate is a request body whose read past its declared length is handed to late.
