@@ -124,6 +124,8 @@ func TestCapabilityRefusalsAreNotQueued(t *testing.T) {
 		{"/api/chat", `{"model":"thinker","messages":[],` + tools + `}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","suffix":"end"}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","think":true,"stream":false}`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low"}`},
+		{"/v1/chat/completions", `{"model":"thinker","messages":[{"role":"user","content":"hi"}],"stream":true,` + tools + `}`},
 	}
 	check := func() {
 		t.Helper()
