@@ -144,6 +144,18 @@ func (s *Server) knownCapabilities(ctx context.Context, model string) ([]string,
 	return e.caps, e.err
 }
 
+// cachedCapabilities are model's capabilities as the cache holds them from a look-up that
+// succeeded, however old, with no look-up of their own: ok is false while none did.
+func (s *Server) cachedCapabilities(model string) (caps []string, ok bool) {
+	s.caps.mu.Lock()
+	e := s.caps.m[ollama.NormalizeModel(model)]
+	s.caps.mu.Unlock()
+	if e == nil || !e.done() || e.err != nil {
+		return nil, false
+	}
+	return e.caps, true
+}
+
 // refreshCaps reads model's capabilities again for its entry old (knownCapabilities),
 // which serves until the new answer replaces it; a failed look-up leaves it, for a later
 // call to try again.

@@ -58,6 +58,14 @@ func FuzzJobsMatchSyncRoutes(f *testing.F) {
 		{broker.KindEmbed, `{"model":7,"input":"x"}`},
 		{broker.KindOpenAIEmbeddings, `{"model":"","input":"x"}`},
 		{broker.KindGenerate, `{"prompt":"hi","stream":"no"}`},
+		// A capability the model lacks: the sync route sends the call straight to the
+		// target, POST /jobs refuses it at submit in the target's words.
+		{broker.KindChat, `{"model":"tiny-a",` + hiMessages + `,"think":"low","tools":[{"type":"function"}]}`},
+		{broker.KindChat, `{"model":"tiny-think","messages":[],"tools":[{}]}`},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","suffix":"x","raw":true,"context":[1]}`},
+		{broker.KindGenerate, `{"model":"tiny-think","prompt":"hi","think":"high","suffix":"x"}`},
+		{broker.KindOpenAIChat, `{"model":"tiny-a",` + hiMessages + `,"reasoning":{"effort":"high"}}`},
+		{broker.KindOpenAIChat, `{"model":"tiny-a",` + hiMessages + `,"reasoning_effort":"max","tools":[{}]}`},
 	} {
 		f.Add(kindNumber(c.kind), []byte(c.body))
 	}

@@ -97,24 +97,34 @@ func (s *Server) refusedWithoutLoad(ctx context.Context, kind broker.Kind, model
 	if s.cannotComplete(ctx, kind, model) {
 		return true
 	}
-	if kind != broker.KindChat && kind != broker.KindGenerate && kind != broker.KindOpenAIChat ||
-		asks.unload || !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
+	if !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
 		return false
 	}
 	caps, err := s.knownCapabilities(ctx, model) // cached by cannotComplete
-	if err != nil || kind == broker.KindGenerate && slices.Contains(caps, "image") {
-		return false
+	return err == nil && lacking(kind, asks, caps) != ""
+}
+
+// lacking is the capability a call of kind asks of its model that caps, the model's
+// capabilities, do not list, "" for none: the rule of refusedWithoutLoad, which sends
+// such a sync call straight to Ollama, and of refuseLacking, which refuses such a job at
+// submit. Only the routes whose body Ollama's handler reads as it comes (native chat and
+// generate, /v1/chat/completions) are read; an unload and an image model's generate
+// refuse nothing.
+func lacking(kind broker.Kind, asks capabilityAsks, caps []string) string {
+	if kind != broker.KindChat && kind != broker.KindGenerate && kind != broker.KindOpenAIChat ||
+		asks.unload || kind == broker.KindGenerate && slices.Contains(caps, "image") {
+		return ""
 	}
 	lacks := func(c string) bool { return !slices.Contains(caps, c) }
 	switch {
 	case asks.thinks && lacks("thinking"):
-		return true
+		return "thinking"
 	case kind != broker.KindGenerate && asks.tools && lacks("tools"):
-		return true
+		return "tools"
 	case kind == broker.KindGenerate && asks.suffix && lacks("insert"):
-		return true
+		return "insert"
 	}
-	return false
+	return ""
 }
 
 // relayNoCompletion sends a sync call that cannot complete (cannotComplete) straight to
@@ -136,11 +146,12 @@ func (s *Server) relayNoCompletion(w http.ResponseWriter, r *http.Request, kind 
 // (`"name" does not support chat`): queued, it was accepted only to fail in its turn,
 // where a batch is told at submit of a model Ollama does not have. asked is the model as
 // the body names it, as Ollama quotes it. A body whose first refusal on Ollama could be
-// another one, which Ollama gives before it checks the model's capabilities, is queued
-// as before, for Ollama to answer in its turn: a think or reasoning value (a model
-// without thinking is refused so first, but on /v1/messages, where it is relaxed), a
-// generate's raw (raw mode's own refusal), a keep_alive (with nothing to complete, an
-// unload, which Ollama answers 200).
+// another one, which Ollama gives before it checks the model's capabilities, is not
+// refused here: it is left to refuseLacking (a job asking for a capability its model
+// lacks), else queued as before, for Ollama to answer in its turn: a think or reasoning value (a model without
+// thinking is refused so first, but on /v1/messages, where it is relaxed), a generate's
+// raw (raw mode's own refusal), a keep_alive (with nothing to complete, an unload, which
+// Ollama answers 200).
 func (s *Server) refuseNoCompletion(ctx context.Context, kind broker.Kind, model, asked string, body []byte) error {
 	if !s.cannotComplete(ctx, kind, model) {
 		return nil

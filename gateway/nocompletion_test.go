@@ -93,11 +93,12 @@ func TestCompletionJobOnEmbeddingModelRefusedAtSubmit(t *testing.T) {
 	if jobs, _, err := b.Broker.Store.List(context.WithoutCancel(ctx), broker.ListOptions{}); err != nil || len(jobs) != 0 {
 		t.Errorf("jobs made: %d (%v)", len(jobs), err)
 	}
-	// Bodies whose first refusal on Ollama may be another (a think value: a model without
-	// thinking is refused so first; a keep_alive: a load-only call is an unload, 200) are
-	// queued as before, for Ollama to answer in their turn.
+	// Bodies whose first refusal on Ollama may be another (a think value its decoder
+	// refuses; a keep_alive: a load-only call is an unload, 200) are queued as before, for
+	// Ollama to answer in their turn. One asking for thinking is refused so
+	// (TestCapabilityJobsRefusedAtSubmit).
 	for _, body := range []string{
-		`{"model":"tiny-embed","messages":[{"role":"user","content":"hi"}],"think":true}`,
+		`{"model":"tiny-embed","messages":[{"role":"user","content":"hi"}],"think":"very"}`,
 		`{"model":"tiny-embed","messages":[],"keep_alive":0}`,
 		`{"kind":"generate","model":"tiny-embed","prompt":"hi","raw":true,"system":"s"}`,
 	} {
@@ -124,6 +125,8 @@ func TestCapabilityRefusalsAreNotQueued(t *testing.T) {
 		{"/api/chat", `{"model":"thinker","messages":[],` + tools + `}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","suffix":"end"}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","think":true,"stream":false}`},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low"}`},
+		{"/v1/chat/completions", `{"model":"thinker","messages":[{"role":"user","content":"hi"}],"stream":true,` + tools + `}`},
 	}
 	check := func() {
 		t.Helper()

@@ -191,3 +191,8 @@ func NormalizeModel(name string) string {
 // "host/namespace/model:tag" with the host, namespace and tag optional). Ollama answers
 // any other name with 400 "model is required".
 func ValidModelName(name string) bool { return model.ParseName(name).IsValid() }
+
+// FullModelName is name in full as Ollama's scheduler names a model in its refusals
+// (v0.17.4 types/model.Name.String: host, namespace and tag filled in), e.g.
+// "registry.ollama.ai/library/llama3:latest" for "llama3".
+func FullModelName(name string) string { return model.ParseName(name).String() }

@@ -122,7 +122,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 	if !ok {
 		return
 	}
-	if !(len(req.Messages) == 0 && isZeroKeepAlive(req.KeepAlive)) && !capable(w, m, req.Model, req.Think, false, "tools", len(bytes.Trim(bytes.TrimSpace(req.Tools), "[] \t\r\n")) > 0 && string(bytes.TrimSpace(req.Tools)) != "null") {
+	if !(len(req.Messages) == 0 && isZeroKeepAlive(req.KeepAlive)) && !capable(w, m, req.Model, req.Think, false, "tools", holdsTools(req.Tools), writeError) {
 		return
 	}
 	defer s.enter(false)()
@@ -186,7 +186,7 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 	if !ok {
 		return
 	}
-	if !(req.Prompt == "" && isZeroKeepAlive(req.KeepAlive)) && !m.Image && !capable(w, m, req.Model, req.Think, true, "insert", req.Suffix != "") {
+	if !(req.Prompt == "" && isZeroKeepAlive(req.KeepAlive)) && !m.Image && !capable(w, m, req.Model, req.Think, true, "insert", req.Suffix != "", writeError) {
 		return
 	}
 	defer s.enter(false)()
@@ -342,20 +342,21 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request, body [
 // Thinking, then tools (chat) or insert (a suffix, generate), which no fake model has.
 // On generate a think string is refused first whatever the model (none of the fake's
 // has Ollama's harmony parser). asked is the name as the request gave it. It reports
-// whether the call may go on.
-func capable(w http.ResponseWriter, m Model, asked string, think json.RawMessage, generate bool, other string, wantsOther bool) bool {
+// whether the call may go on; errw writes a refusal in the route's shape.
+func capable(w http.ResponseWriter, m Model, asked string, think json.RawMessage, generate bool, other string, wantsOther bool,
+	errw func(http.ResponseWriter, int, string)) bool {
 	v := string(bytes.TrimSpace(think))
 	if generate && strings.HasPrefix(v, `"`) {
 		var s string
 		if json.Unmarshal(think, &s) == nil && (s == "high" || s == "medium" || s == "low") {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("think value %q is not supported for this model", s))
+			errw(w, http.StatusBadRequest, fmt.Sprintf("think value %q is not supported for this model", s))
 			return false
 		}
 	}
 	switch v {
 	case "true", `"high"`, `"medium"`, `"low"`:
 		if !m.Thinking {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support thinking", asked))
+			errw(w, http.StatusBadRequest, fmt.Sprintf("%q does not support thinking", asked))
 			return false
 		}
 	}
@@ -368,8 +369,15 @@ func capable(w http.ResponseWriter, m Model, asked string, think json.RawMessage
 		case 1:
 			full = "registry.ollama.ai/" + full
 		}
-		writeError(w, http.StatusBadRequest, full+" does not support "+other)
+		errw(w, http.StatusBadRequest, full+" does not support "+other)
 		return false
 	}
 	return true
+}
+
+// holdsTools reports whether a "tools" member holds a tool, as Ollama's handlers count
+// them (len(req.Tools) > 0).
+func holdsTools(tools json.RawMessage) bool {
+	t := bytes.TrimSpace(tools)
+	return len(bytes.Trim(t, "[] \t\r\n")) > 0 && string(t) != "null"
 }

@@ -120,16 +120,21 @@ func (s *Server) handleOpenAICompletion(w http.ResponseWriter, r *http.Request, 
 
 func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []byte, f *Failure, chat bool) {
 	var req oaiRequest
+	var ok bool
 	if err := decodeBody(body, &req); err != nil {
 		writeOAIError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	capability := "generate"
+	var asks oaiChatAsks
 	if chat {
 		capability = "chat"
 		if len(req.Messages) == 0 {
 			// Ollama's ChatMiddleware, before its handler looks at the model.
 			writeResponsesBadRequest(w, "[] is too short - 'messages'")
+			return
+		}
+		if asks, ok = readOAIChatAsks(w, body); !ok {
 			return
 		}
 	}
@@ -159,6 +164,9 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 	}
 	m, ok := s.oaiModel(w, req.Model, capability)
 	if !ok {
+		return
+	}
+	if chat && !capable(w, m, req.Model, asks.think, false, "tools", asks.tools, oaiHandlerError) {
 		return
 	}
 	defer s.enter(false)()
@@ -324,4 +332,52 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request, _ []b
 func emptyArray(raw []byte) bool {
 	var list []json.RawMessage
 	return json.Unmarshal(raw, &list) == nil && list != nil && len(list) == 0
+}
+
+// oaiChatAsks is what a /v1/chat/completions body asks of its model's capabilities as
+// Ollama's OpenAI layer passes it to its chat handler (v0.17.4 openai.FromChatRequest):
+// think is the handler's think (true for a reasoning effort of "high", "medium" or
+// "low"), tools whether "tools" holds something.
+type oaiChatAsks struct {
+	think json.RawMessage
+	tools bool
+}
+
+// readOAIChatAsks reads asks from body, refusing as Ollama's OpenAI layer does a
+// reasoning value it does not know, before its handler looks at the model.
+func readOAIChatAsks(w http.ResponseWriter, body []byte) (oaiChatAsks, bool) {
+	var req struct {
+		Reasoning *struct {
+			Effort string `json:"effort"`
+		} `json:"reasoning"`
+		ReasoningEffort *string         `json:"reasoning_effort"`
+		Tools           json.RawMessage `json:"tools"`
+	}
+	if err := decodeBody(body, &req); err != nil {
+		writeOAIError(w, http.StatusBadRequest, err.Error())
+		return oaiChatAsks{}, false
+	}
+	effort := ""
+	if req.Reasoning != nil {
+		effort = req.Reasoning.Effort
+	} else if req.ReasoningEffort != nil {
+		effort = *req.ReasoningEffort
+	}
+	var asks oaiChatAsks
+	switch effort {
+	case "", "none":
+	case "high", "medium", "low":
+		asks.think = json.RawMessage(`true`)
+	default:
+		writeResponsesBadRequest(w, fmt.Sprintf(`invalid reasoning value: '%s' (must be "high", "medium", "low", or "none")`, effort))
+		return oaiChatAsks{}, false
+	}
+	asks.tools = holdsTools(req.Tools)
+	return asks, true
+}
+
+// oaiHandlerError writes a refusal of Ollama's chat or generate handler as its OpenAI
+// layer passes it on: an api_error, whatever its status.
+func oaiHandlerError(w http.ResponseWriter, code int, msg string) {
+	writeOAIErrorTyped(w, code, "api_error", msg)
 }

@@ -45,6 +45,19 @@ func TestRefusalsMatchOllama(t *testing.T) {
 		{"/api/chat", `{"model":"tiny-a","messages":[],"tools":[{"type":"function","function":{"name":"f"}}]}`, 400, gin, `{"error":"registry.ollama.ai/library/tiny-a:latest does not support tools"}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"x","suffix":"y"}`, 400, gin, `{"error":"registry.ollama.ai/library/tiny-a:latest does not support insert"}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"x","think":"high"}`, 400, gin, `{"error":"think value \"high\" is not supported for this model"}`},
+		// The OpenAI chat layer refuses a reasoning value it does not know (after its
+		// messages check, before the handler looks at the model); the handler then a
+		// reasoning effort on a model without thinking, then tools.
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"reasoning_effort":"max","top_logprobs":21}`, 400, gin,
+			oai("invalid_request_error", `invalid reasoning value: 'max' (must be "high", "medium", "low", or "none")`)},
+		{"/v1/chat/completions", `{"model":"ghost","messages":[{"role":"user","content":"x"}],"reasoning":{"effort":"x"},"reasoning_effort":"low"}`, 400, gin,
+			oai("invalid_request_error", `invalid reasoning value: 'x' (must be "high", "medium", "low", or "none")`)},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"reasoning_effort":"high","tools":[{"type":"function","function":{"name":"f"}}]}`, 400, enc,
+			oai("api_error", `"tiny-a" does not support thinking`) + "\n"},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"reasoning":{"effort":"low"}}`, 400, enc,
+			oai("api_error", `"tiny-a" does not support thinking`) + "\n"},
+		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"reasoning_effort":"none","tools":[{"type":"function","function":{"name":"f"}}]}`, 400, enc,
+			oai("api_error", "registry.ollama.ai/library/tiny-a:latest does not support tools") + "\n"},
 		{"/v1/completions", `{"prompt":"x"}`, 404, enc, oai("api_error", "model '' not found") + "\n"},
 		{"/v1/completions", `{"model":"bad name!","prompt":"x"}`, 404, enc, oai("api_error", "model 'bad name!' not found") + "\n"},
 		{"/v1/completions", `{"model":"tiny-embed","prompt":"x"}`, 400, enc, oai("api_error", `"tiny-embed" does not support generate`) + "\n"},

@@ -1,0 +1,190 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"slices"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// refuseLacking refuses a POST /jobs (or foreman.jobs.submit) job that asks its model for
+// a capability the model lacks (lacking: thinking, tools, insert), as its sync route
+// sends such a call straight to Ollama, which refuses it before it schedules a runner:
+// queued, the job waited its turn only to fail so. The 400 is in the words of Ollama's
+// first refusal of that body (lackingRefusal); asked is the model as the body names it.
+// Only capabilities the cache holds are read (an earlier look-up's, or cannotComplete's
+// for this submit): this check makes no /api/show call of its own, and with none known,
+// the target unreachable, or a body whose first refusal foreman cannot tell, the job is
+// queued as before.
+func (s *Server) refuseLacking(kind broker.Kind, model, asked string, asks capabilityAsks, body []byte) error {
+	if !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
+		return nil
+	}
+	caps, ok := s.cachedCapabilities(model)
+	if !ok {
+		return nil
+	}
+	what := lacking(kind, asks, caps)
+	if what == "" {
+		return nil
+	}
+	if msg := lackingRefusal(kind, what, caps, asked, s.fullModelName(model), body); msg != "" {
+		return handlerRefusal(msg)
+	}
+	return nil
+}
+
+// lackingRefusal is Ollama's (v0.17.4) first refusal of body, a call of kind asking its
+// model for what, which caps lack; full is the model in full as Ollama's scheduler names
+// it. Its handlers check, in order: on generate raw mode with a template, system or
+// context, then a think string (refused on a model without the harmony parser, which
+// every model without thinking is); on /v1/chat/completions its layer a reasoning value
+// first; then a think that enables thinking on a model without it (the body's name,
+// quoted), then the scheduler's capabilities (completion, named by its handler, before
+// tools or insert, named with the model in full). "" when foreman cannot tell: a member
+// read here of a type Ollama's decoder refuses (its words come first), a think string
+// on generate for a model that thinks (whether its parser is harmony /api/show does not
+// say).
+func lackingRefusal(kind broker.Kind, what string, caps []string, asked, full string, body []byte) string {
+	req, ok := decodeLacking(kind, body)
+	if !ok {
+		return ""
+	}
+	for _, t := range req.Tools {
+		if t := bytes.TrimSpace(t); t[0] != '{' && string(t) != "null" {
+			return "" // api.Tool is a struct
+		}
+	}
+	think, thinkString, ok := thinkValue(req.Think)
+	if !ok {
+		return ""
+	}
+	thinks := slices.Contains(caps, "thinking")
+	switch kind {
+	case broker.KindGenerate:
+		if req.Raw && (req.Template != "" || req.System != "" || len(req.Context) > 0) {
+			return "raw mode does not support template, system, or context"
+		}
+		if thinkString && thinks {
+			return ""
+		}
+		if thinkString {
+			return fmt.Sprintf("think value %q is not supported for this model", think)
+		}
+	case broker.KindOpenAIChat:
+		effort := ""
+		if req.Reasoning != nil {
+			effort = req.Reasoning.Effort
+		} else if req.ReasoningEffort != nil {
+			effort = *req.ReasoningEffort
+		}
+		if effort != "" && !slices.Contains([]string{"high", "medium", "low", "none"}, effort) {
+			return fmt.Sprintf(`invalid reasoning value: '%s' (must be "high", "medium", "low", or "none")`, clipInput(effort))
+		}
+	}
+	switch {
+	case what == "thinking":
+		return fmt.Sprintf("%q does not support thinking", asked)
+	case !slices.Contains(caps, "completion"):
+		return fmt.Sprintf("%q does not support %s", asked, completionHandler(kind))
+	}
+	return full + " does not support " + what
+}
+
+// lackingBody are the members lackingRefusal reads, as Ollama's request types hold them.
+type lackingBody struct {
+	Think           json.RawMessage
+	Tools           []json.RawMessage
+	Raw             bool
+	Template        string
+	System          string
+	Context         []int
+	Reasoning       *effortMember
+	ReasoningEffort *string
+}
+
+// effortMember is /v1/chat/completions' "reasoning" (Ollama's openai.Reasoning).
+type effortMember struct {
+	Effort string `json:"effort"`
+}
+
+// decodeLacking decodes body as Ollama's request type of kind reads the members of
+// lackingBody (each route's type has only some of them, and ignores the others); not ok
+// when its decoder would refuse one of them.
+func decodeLacking(kind broker.Kind, body []byte) (lackingBody, bool) {
+	var out lackingBody
+	switch kind {
+	case broker.KindChat:
+		var r struct {
+			Think json.RawMessage   `json:"think"`
+			Tools []json.RawMessage `json:"tools"`
+		}
+		if json.Unmarshal(body, &r) != nil {
+			return out, false
+		}
+		out.Think, out.Tools = r.Think, r.Tools
+	case broker.KindGenerate:
+		var r struct {
+			Think    json.RawMessage `json:"think"`
+			Suffix   string          `json:"suffix"`
+			Raw      bool            `json:"raw"`
+			Template string          `json:"template"`
+			System   string          `json:"system"`
+			Context  []int           `json:"context"`
+		}
+		if json.Unmarshal(body, &r) != nil {
+			return out, false
+		}
+		out.Think, out.Raw, out.Template, out.System, out.Context = r.Think, r.Raw, r.Template, r.System, r.Context
+	case broker.KindOpenAIChat:
+		var r struct {
+			Tools           []json.RawMessage `json:"tools"`
+			Reasoning       *effortMember     `json:"reasoning"`
+			ReasoningEffort *string           `json:"reasoning_effort"`
+		}
+		if json.Unmarshal(body, &r) != nil {
+			return out, false
+		}
+		out.Tools, out.Reasoning, out.ReasoningEffort = r.Tools, r.Reasoning, r.ReasoningEffort
+	default:
+		return out, false
+	}
+	return out, true
+}
+
+// thinkValue reads a native "think" member as Ollama's api.ThinkValue decodes it: absent,
+// null, a boolean, or "high", "medium" or "low" (ok; think is the string, thinkString
+// says it is one), anything else its decoder's 400 (not ok).
+func thinkValue(raw json.RawMessage) (think string, thinkString, ok bool) {
+	if len(raw) == 0 || string(bytes.TrimSpace(raw)) == "null" {
+		return "", false, true
+	}
+	var b bool
+	if json.Unmarshal(raw, &b) == nil {
+		return "", false, true
+	}
+	var s string
+	if json.Unmarshal(raw, &s) == nil && slices.Contains([]string{"high", "medium", "low"}, s) {
+		return s, true, true
+	}
+	return "", false, false
+}
+
+// fullModelName is model in full as Ollama's scheduler names it, spelt as the own
+// Ollama's model list spells it (Ollama takes a stored name's case), else as named.
+func (s *Server) fullModelName(model string) string {
+	name := model
+	if tags := s.inv.Snapshot().Tags; tags != nil {
+		want := ollama.NormalizeModel(model)
+		for _, m := range tags.Models {
+			if ollama.NormalizeModel(m.Name) == want {
+				name = m.Name
+				break
+			}
+		}
+	}
+	return ollama.FullModelName(name)
+}
