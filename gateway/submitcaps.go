@@ -173,7 +173,7 @@ func thinkValue(raw json.RawMessage) (think string, thinkString, ok bool) {
 	return "", false, false
 }
 
-// fullModelName is model in full as Ollama's scheduler names it, spelt as the own
+// fullModelName is model in full as Ollama's scheduler names it, spelt as
 // Ollama's model list spells it (Ollama takes a stored name's case), else as named.
 func (s *Server) fullModelName(model string) string {
 	name := model
