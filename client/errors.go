@@ -116,6 +116,11 @@ type NoAnswerError struct {
 	// Silent: the request checked on a Chat's or Generate's answer that had been silent
 	// meanwhile.
 	Silent bool
+	// Instead is the last answer that came in foreman's place, if one did: a 5xx that is
+	// no foreman error JSON (Raw), the page of a proxy in front of foreman that could
+	// not reach it (502, 503) or had no answer from it in time (504). nil when nothing
+	// answered.
+	Instead *APIError
 }
 
 func (e *NoAnswerError) Error() string {
@@ -125,6 +130,9 @@ func (e *NoAnswerError) Error() string {
 	}
 	if e.JobID != "" {
 		msg += " (job " + e.JobID + ")"
+	}
+	if e.Instead != nil {
+		msg += "; in its place, what answers at that address (a proxy?) answered " + e.Instead.Error()
 	}
 	return msg
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -98,6 +99,57 @@ func TestCLIWaitsGiveUpOnAStoppedForeman(t *testing.T) {
 			// The job's state, seen before foreman stopped, is jobs watch's output.
 			if out := strings.TrimSpace(r.stdout); out != "" && (args[0] != "jobs" || !strings.HasSuffix(out, id+"  queued    tiny-a")) {
 				t.Errorf("%v: stdout %q, want nothing but the state seen", args, r.stdout)
+			}
+		})
+	}
+}
+
+// A proxy in front of foreman answers in its place once foreman stops answering (its
+// host gone, or foreman hung past the proxy's own timeout, shorter than --timeout): the
+// job's reads and a chat's checks get nginx's 504 page at once, and the chat's answer
+// is held open by the proxy. Each command ends within --timeout, saying what answered
+// in foreman's place; before, each waited for ever, taking the page for an answer.
+func TestCLIWaitsGiveUpOnAForemanAProxyAnswersFor(t *testing.T) {
+	t.Parallel()
+	const id = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
+	const page = "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx/1.27.0</center>\r\n</body>\r\n</html>\r\n"
+	for _, args := range [][]string{
+		{"chat", "-m", "tiny-a", "hi"},
+		{"submit", "-m", "tiny-a", "--wait", "hi"},
+		{"jobs", "watch", id},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			t.Parallel()
+			foreman, err := url.Parse(stoppedForeman(t, id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			relay := httputil.NewSingleHostReverseProxy(foreman)
+			relay.ErrorLog = log.New(io.Discard, "", 0) // the chat it relays ends canceled
+			var reads atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet && (r.URL.Path != "/jobs/"+id || reads.Add(1) > 1) {
+					w.Header().Set("Content-Type", "text/html")
+					w.WriteHeader(http.StatusGatewayTimeout)
+					_, _ = io.WriteString(w, page)
+					return
+				}
+				relay.ServeHTTP(w, r)
+			}))
+			// A command still waiting (the test failed) is cut loose, so that the close
+			// does not wait for it.
+			t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
+			r, ok := runCLIWithin(t, 10*time.Second, map[string]string{"FOREMAN_URL": srv.URL}, append(args, "--timeout", "100ms")...)
+			if !ok {
+				t.Fatalf("%v --timeout 100ms: still waiting after 10 s while the proxy answered for foreman", args)
+			}
+			want := "no answer from " + srv.URL + " within 100ms (--timeout)"
+			if args[0] == "jobs" {
+				// The watch ended; its last read of the job, to say why, got the page too.
+				want = srv.URL + " answered 504 Gateway Timeout"
+			}
+			if r.code == 0 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "504 Gateway Timeout") {
+				t.Errorf("%v: exit %d, stderr %q; want an error saying %q and naming the proxy's 504", args, r.code, r.stderr, want)
 			}
 		})
 	}
