@@ -101,7 +101,8 @@ var (
 
 // NoAnswerError ends a wait (Submit, Wait, Watch, Chat, Generate) whose request foreman
 // took and did not answer within WithAnswerTimeout: its process stopped, or its job
-// store hung. The job, if it was made, goes on: Wait or Watch follows it later (a Chat's
+// store hung; or that a proxy in front of foreman answered in its place, with a 5xx page
+// (Instead), until the bound ran out. The job, if it was made, goes on: Wait or Watch follows it later (a Chat's
 // or Generate's job is canceled once foreman sees its caller gone). It matches
 // ErrNoAnswer and context.DeadlineExceeded with errors.Is.
 type NoAnswerError struct {
