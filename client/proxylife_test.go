@@ -79,7 +79,7 @@ func TestAnswerTimeoutEndsAChatWhoseProxyAnswersTheChecks(t *testing.T) {
 				// The test's own bound: before, the chat waited for ever.
 				ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
 				defer cancel()
-				c := newClient(t, srv.URL, client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(50*time.Millisecond))
+				c := newClient(t, srv.URL, client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(200*time.Millisecond))
 				_, err := c.Chat(ctx, client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
 				if ctx.Err() != nil {
 					t.Fatalf("the chat still waited after %d checks answered by the proxy: %v", checks.Load(), err)
@@ -151,7 +151,7 @@ func TestAnswerTimeoutLetsASilentChatWaitOnADegradedForeman(t *testing.T) {
 			})
 			srv := httptest.NewServer(mux)
 			t.Cleanup(srv.Close)
-			opts := []client.Option{client.WithAnswerTimeout(50 * time.Millisecond)}
+			opts := []client.Option{client.WithAnswerTimeout(200 * time.Millisecond)}
 			if early {
 				opts = append(opts, client.WithOnQueued(func(string) {}))
 			}
@@ -195,7 +195,7 @@ func TestAnswerTimeoutAsksAgainAfterAProxysPage(t *testing.T) {
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	c := newClient(t, srv.URL, client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(time.Second))
+	c := newClient(t, srv.URL, client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(500*time.Millisecond))
 	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
 	if err != nil || r.Message.Content != "late" {
 		t.Fatalf("Chat = %+v, %v after %d checks; want the late answer", r, err, checks.Load())
@@ -230,7 +230,7 @@ func TestAnswerTimeoutLetsAChatWaitOnARealForemanBehindAProxy(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	for _, early := range []bool{false, true} {
-		opts := []client.Option{client.WithAnswerTimeout(100 * time.Millisecond)}
+		opts := []client.Option{client.WithAnswerTimeout(500 * time.Millisecond)}
 		if early {
 			opts = append(opts, client.WithOnQueued(func(string) {}))
 		}
@@ -263,7 +263,7 @@ func TestAnswerTimeoutEndsAWaitWhoseProxyAnswersTheReads(t *testing.T) {
 			t.Cleanup(srv.Close)
 			ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
 			defer cancel()
-			c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(100*time.Millisecond))
+			c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(300*time.Millisecond))
 			_, err := c.Wait(ctx, proxiedJob)
 			if ctx.Err() != nil {
 				t.Fatalf("the wait still went on after %d reads answered by the proxy: %v", reads.Load(), err)

@@ -88,7 +88,7 @@ func TestWatchWhyTellsWhyTheChannelClosed(t *testing.T) {
 			t.Cleanup(srv.Close)
 			ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
 			defer cancel()
-			c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(100*time.Millisecond))
+			c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(time.Second))
 			events, why, err := c.WatchWhy(ctx, tc.id)
 			if err != nil {
 				t.Fatal(err)

@@ -139,11 +139,11 @@ func TestCLIWaitsGiveUpOnAForemanAProxyAnswersFor(t *testing.T) {
 			// A command still waiting (the test failed) is cut loose, so that the close
 			// does not wait for it.
 			t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
-			r, ok := runCLIWithin(t, 10*time.Second, map[string]string{"FOREMAN_URL": srv.URL}, append(args, "--timeout", "100ms")...)
+			r, ok := runCLIWithin(t, 10*time.Second, map[string]string{"FOREMAN_URL": srv.URL}, append(args, "--timeout", "300ms")...)
 			if !ok {
-				t.Fatalf("%v --timeout 100ms: still waiting after 10 s while the proxy answered for foreman", args)
+				t.Fatalf("%v --timeout 300ms: still waiting after 10 s while the proxy answered for foreman", args)
 			}
-			want := "no answer from " + srv.URL + " within 100ms (--timeout)"
+			want := "no answer from " + srv.URL + " within 300ms (--timeout)"
 			if r.code == 0 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "504 Gateway Timeout") {
 				t.Errorf("%v: exit %d, stderr %q; want an error saying %q and naming the proxy's 504", args, r.code, r.stderr, want)
 			}
