@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -12,7 +13,11 @@ import (
 
 // within makes fn, one request of a wait, bounded by WithAnswerTimeout: should foreman
 // take it and not answer in time (the caller's ctx still live), the error is a
-// *NoAnswerError for req (of job jobID, if known).
+// *NoAnswerError for req (of job jobID, if known). Only foreman's answer counts: one
+// that comes in its place (inForemansPlace: a proxy in front of foreman that cannot
+// reach it, or had no answer from it in time) is asked again, briskly, until foreman
+// answers or the bound runs out, when the *NoAnswerError carries it (Instead). fn must
+// be safe to make again (a GET).
 func (c *Client) within(ctx context.Context, req, jobID string, fn func(context.Context) error) error {
 	if c.answerTimeout <= 0 {
 		return fn(ctx)
@@ -24,18 +29,53 @@ func (c *Client) within(ctx context.Context, req, jobID string, fn func(context.
 	// which a wait rides out, not foreman hung.
 	var took atomic.Bool
 	rctx = tookTrace(rctx, &took)
-	err := fn(rctx)
-	if err != nil && ctx.Err() == nil && rctx.Err() != nil {
-		if !took.Load() {
-			return &ConnectionError{URL: c.shown, Err: fmt.Errorf("%s: not sent within %s", req, c.answerTimeout)}
+	var instead *APIError
+	wait := min(briskFirst, c.pollInterval)
+	for {
+		err := fn(rctx)
+		if err != nil && ctx.Err() == nil && rctx.Err() != nil {
+			if !took.Load() && instead == nil {
+				return &ConnectionError{URL: c.shown, Err: fmt.Errorf("%s: not sent within %s", req, c.answerTimeout)}
+			}
+			return c.noAnswer(req, jobID, false, instead)
 		}
-		return c.noAnswer(req, jobID, false)
+		ae, ok := inForemansPlace(err)
+		if !ok || ctx.Err() != nil {
+			return err
+		}
+		instead = ae
+		t := time.NewTimer(wait)
+		select {
+		case <-rctx.Done():
+			t.Stop()
+			if ctx.Err() != nil {
+				return err
+			}
+			return c.noAnswer(req, jobID, false, instead)
+		case <-t.C:
+		}
+		wait = min(2*wait, briskLast, c.pollInterval)
 	}
-	return err
 }
 
-func (c *Client) noAnswer(req, jobID string, silent bool) *NoAnswerError {
-	return &NoAnswerError{URL: c.shown, Request: req, Within: c.answerTimeout, JobID: jobID, Silent: silent}
+// inForemansPlace reports whether err is an answer that came in foreman's place, and so
+// no sign that foreman answers: a 5xx that is no foreman error JSON ({"error": "..."},
+// which foreman sends with every error, a degraded foreman's 503 included), the page
+// of a proxy in front of foreman (nginx's 502 or 504, Caddy's empty 502, Envoy's 503
+// "no healthy upstream"), which could not reach foreman or had no answer from it in
+// time. Another answer that is not foreman's (a proxy's 404 for a path it does not
+// pass on, a captive portal's page) says nothing of foreman either way, and keeps the
+// rules it had.
+func inForemansPlace(err error) (*APIError, bool) {
+	var ae *APIError
+	if errors.As(err, &ae) && ae.Raw && ae.Status >= 500 {
+		return ae, true
+	}
+	return nil, false
+}
+
+func (c *Client) noAnswer(req, jobID string, silent bool, instead *APIError) *NoAnswerError {
+	return &NoAnswerError{URL: c.shown, Request: req, Within: c.answerTimeout, JobID: jobID, Silent: silent, Instead: instead}
 }
 
 // readJob is Job as a wait reads its job: bounded by WithAnswerTimeout.
@@ -97,10 +137,12 @@ func (w *silenceWatch) run() {
 		if p, err := jobPath(id); id != "" && err == nil {
 			req, path = "GET "+p, p
 		}
-		if w.c.answers(w.ctx, path) || w.heard.Load() != seen {
+		na, answered := w.c.answers(w.ctx, req, id, path)
+		if answered || w.heard.Load() != seen {
 			continue
 		}
-		w.err = w.c.noAnswer(req, id, true)
+		na.Silent = true
+		w.err = na
 		w.cancel()
 		return
 	}
@@ -131,22 +173,25 @@ func (h heardReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// answers reports whether foreman answers GET path within WithAnswerTimeout: any answer,
-// whatever its status, and any failure that is not the bound running out on a request
-// foreman had whole (a refused connection, or one not made in time, never reached
-// foreman: not a hang, and the stream, still open, will tell it), count; so does ctx
-// ending.
-func (c *Client) answers(ctx context.Context, path string) bool {
-	rctx, cancel := context.WithTimeout(ctx, c.answerTimeout)
-	defer cancel()
-	var took atomic.Bool
-	rctx = tookTrace(rctx, &took)
-	resp, err := c.request(rctx, http.MethodGet, path, nil, nil)
-	if err == nil {
-		resp.Body.Close()
-		return true
+// answers reports whether foreman answers GET path (req, of job jobID) within
+// WithAnswerTimeout, as within tells: any answer of foreman's, whatever its status, and
+// any failure that is not the bound running out on a request foreman had whole (a
+// refused connection, or one not made in time, never reached foreman: not a hang, and
+// the stream, still open, will tell it), count; so does ctx ending. An answer in
+// foreman's place (a proxy's 502, 503 or 504 page) does not: the check is asked again
+// until the bound runs out. When foreman did not answer, na says so.
+func (c *Client) answers(ctx context.Context, req, jobID, path string) (na *NoAnswerError, answered bool) {
+	err := c.within(ctx, req, jobID, func(ctx context.Context) error {
+		resp, err := c.request(ctx, http.MethodGet, path, nil, nil)
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err
+	})
+	if errors.As(err, &na) {
+		return na, false
 	}
-	return rctx.Err() == nil || ctx.Err() != nil || !took.Load()
+	return nil, true
 }
 
 // tookTrace sets took once the request went out whole: foreman has it.

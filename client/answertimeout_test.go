@@ -289,14 +289,17 @@ func TestAnswerTimeoutWatchEndsWithAPanickingCallback(t *testing.T) {
 
 // A chat whose early job id never comes (a proxy drops 1xx), silent for many times the
 // bound (a long model load), waits on while foreman answers the checks (GET /healthz,
-// whatever its status).
+// whatever its status, so long as the answer is foreman's: its {"error": ...} JSON; an
+// empty 503 is no answer of foreman's, TestAnswerTimeoutEndsAChatWhoseProxyAnswersTheChecks).
 func TestAnswerTimeoutLetsASilentChatWaitWithoutItsEarlyID(t *testing.T) {
 	t.Parallel()
 	var checks atomic.Int32
 	answered := make(chan struct{})
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
 		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = io.WriteString(w, `{"error":"job store temporarily unavailable, retry shortly"}`+"\n")
 		if checks.Add(1) == 3 {
 			close(answered)
 		}

@@ -55,7 +55,9 @@
 // WithAnswerTimeout bounds each request of a wait, not the wait: a foreman that takes a
 // read of the job (or, while a Chat's answer is silent, a check of it) and answers
 // nothing within the bound ends the wait with a *NoAnswerError; a job waiting in the
-// queue, however long, does not.
+// queue, however long, does not. Only foreman's answer counts: a proxy's 5xx page in its
+// place (foreman hung or gone behind the proxy) is asked again within the bound, then
+// ends the wait the same way (NoAnswerError.Instead).
 //
 // A waiting job shows its place in the queue: Job fills QueuePosition and ETA, and Queue
 // lists the whole queue. Chat and Generate answer only once their job runs; with

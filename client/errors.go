@@ -101,7 +101,8 @@ var (
 
 // NoAnswerError ends a wait (Submit, Wait, Watch, Chat, Generate) whose request foreman
 // took and did not answer within WithAnswerTimeout: its process stopped, or its job
-// store hung. The job, if it was made, goes on: Wait or Watch follows it later (a Chat's
+// store hung; or that a proxy in front of foreman answered in its place, with a 5xx page
+// (Instead), until the bound ran out. The job, if it was made, goes on: Wait or Watch follows it later (a Chat's
 // or Generate's job is canceled once foreman sees its caller gone). It matches
 // ErrNoAnswer and context.DeadlineExceeded with errors.Is.
 type NoAnswerError struct {
@@ -116,6 +117,11 @@ type NoAnswerError struct {
 	// Silent: the request checked on a Chat's or Generate's answer that had been silent
 	// meanwhile.
 	Silent bool
+	// Instead is the last answer that came in foreman's place, if one did: a 5xx that is
+	// no foreman error JSON (Raw), the page of a proxy in front of foreman that could
+	// not reach it (502, 503) or had no answer from it in time (504). nil when nothing
+	// answered.
+	Instead *APIError
 }
 
 func (e *NoAnswerError) Error() string {
@@ -125,6 +131,9 @@ func (e *NoAnswerError) Error() string {
 	}
 	if e.JobID != "" {
 		msg += " (job " + e.JobID + ")"
+	}
+	if e.Instead != nil {
+		msg += "; in its place, what answers at that address (a proxy?) answered " + e.Instead.Error()
 	}
 	return msg
 }

@@ -54,9 +54,16 @@ func WithOnQueued(fn func(jobID string)) Option { return func(c *Client) { c.onQ
 //     queue, or its model loads), the client checks that foreman still answers: it reads
 //     the job (GET /jobs/{id}: its id comes early with WithOnQueued, which asks foreman
 //     for a 103, else with the answer's headers), or, before the id came, GET /healthz
-//     (a foreman whose job store hangs may still answer it). Any answer, whatever its
-//     status, lets the stream wait on;
+//     (a foreman whose job store hangs may still answer it). Any answer of foreman's,
+//     whatever its status, lets the stream wait on;
 //     so does a check whose connection was not made within d (it never reached foreman).
+//
+// Only foreman's answer counts: a 5xx that is not its {"error": "..."} JSON (the page
+// of a proxy in front of foreman that cannot reach it, or had no answer from it in
+// time: nginx's 502 or 504, Caddy's 502, Envoy's 503) is asked again, briskly, within d,
+// and a request that got nothing else within d is unanswered (NoAnswerError.Instead holds
+// the page). A degraded foreman's answers (its 503 while its job store refuses, a
+// /healthz saying "degraded") are foreman's.
 //
 // A request not sent within d (its connection not made) never reached foreman: it is a
 // *ConnectionError, which a wait rides out as it does a refused connection.

@@ -99,7 +99,7 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 	}
 	if err != nil {
 		if noAnswer() {
-			return nil, c.noAnswer("POST /jobs", "", false)
+			return nil, c.noAnswer("POST /jobs", "", false, nil)
 		}
 		return nil, err
 	}

@@ -11,7 +11,8 @@ import (
 // then every change, and closes after a terminal state or when ctx ends. It uses NATS
 // when the client has it, else polling. An unknown job is an error at once. Should a
 // later read of the job fail for good (an error answer other than 5xx or 429, an answer
-// that is no job record), the channel closes before a terminal state; Job tells why.
+// that is no job record, a read WithAnswerTimeout gave up on), the channel closes before
+// a terminal state; WatchWhy tells why.
 //
 // Over NATS no event is dropped by the client, terminal ones included: a reader that falls
 // behind slows delivery down (back-pressure), and nats.go buffers the events meanwhile.
@@ -32,11 +33,50 @@ import (
 // that did not change while the watch ran may be told then), so what changed while the
 // connection was down is not missed.
 // Should a poll of Watch("") fail for good (an error answer other than 5xx or 429, an
-// answer that is no job list), the channel closes; Jobs tells why.
+// answer that is no job list, a poll WithAnswerTimeout gave up on), the channel closes;
+// WatchWhy tells why.
 func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
+	ch, _, err := c.WatchWhy(ctx, id)
+	return ch, err
+}
+
+// WatchWhy is Watch, and also tells why its channel closed: why waits until it has, and
+// returns nil after a single job's terminal state, the context's error once ctx ended,
+// else the error of the read that ended the watch (an *APIError refusing it for good, a
+// *ForeignAnswerError, the *NoAnswerError of WithAnswerTimeout). The channel must be
+// read to its close, as Watch's.
+func (c *Client) WatchWhy(ctx context.Context, id string) (events <-chan Event, why func() error, err error) {
+	var end watchEnd
+	end.done = make(chan struct{})
 	if id == "" {
-		return c.watchAll(ctx)
+		events, err = c.watchAll(ctx, &end)
+	} else {
+		events, err = c.watchJob(ctx, id, &end)
 	}
+	if err != nil {
+		return nil, nil, err
+	}
+	return events, end.wait, nil
+}
+
+// watchEnd holds why a watch's channel closed, set before it closes.
+type watchEnd struct {
+	err  error
+	done chan struct{}
+}
+
+// set records err as why the watch ended; the caller closes the channel after.
+func (e *watchEnd) set(err error) {
+	e.err = err
+	close(e.done)
+}
+
+func (e *watchEnd) wait() error {
+	<-e.done
+	return e.err
+}
+
+func (c *Client) watchJob(ctx context.Context, id string, end *watchEnd) (<-chan Event, error) {
 	f, err := c.follow(ctx, id, nil, false, nil)
 	if err != nil {
 		return nil, err
@@ -45,12 +85,19 @@ func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 	go func() {
 		defer close(ch)
 		defer f.stop()
-		_, _ = f.run(ctx, func(e Event) {
+		var sent Event
+		_, err := f.run(ctx, func(e Event) {
 			select {
 			case ch <- e:
+				sent = e
 			case <-ctx.Done():
 			}
 		}, nil)
+		if err == nil && !sent.State.Terminal() {
+			// The terminal state was read, but not taken: ctx ended first.
+			err = ctx.Err()
+		}
+		end.set(err)
 	}()
 	return ch, nil
 }
@@ -60,7 +107,7 @@ func (c *Client) Watch(ctx context.Context, id string) (<-chan Event, error) {
 // on a closed connection, so the watch goes on by polling.
 const natsCheckEvery = time.Second
 
-func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
+func (c *Client) watchAll(ctx context.Context, end *watchEnd) (<-chan Event, error) {
 	out := make(chan Event)
 	send := func(e Event) bool {
 		select {
@@ -86,6 +133,7 @@ func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 				select {
 				case <-ctx.Done():
 					unsub()
+					end.set(ctx.Err())
 					return
 				case e := <-events:
 					if e.JobID != "" {
@@ -96,6 +144,7 @@ func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 					}
 					if !send(e) {
 						unsub()
+						end.set(ctx.Err())
 						return
 					}
 				case <-check.C:
@@ -103,7 +152,7 @@ func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 						continue
 					}
 					unsub()
-					c.pollAll(ctx, send, last, nil)
+					end.set(c.pollAll(ctx, send, last, nil))
 					return
 				}
 			}
@@ -120,7 +169,7 @@ func (c *Client) watchAll(ctx context.Context) (<-chan Event, error) {
 	}
 	go func() {
 		defer close(out)
-		c.pollAll(ctx, send, map[string]Event{}, first)
+		end.set(c.pollAll(ctx, send, map[string]Event{}, first))
 	}()
 	return out, nil
 }
@@ -132,8 +181,9 @@ const watchAllLimit = 100
 const maxRemembered = 4096
 
 // pollAll tells the changes among the newest jobs, a list every poll interval, until ctx
-// ends; list is the first list, if read already. last holds the states already told.
-func (c *Client) pollAll(ctx context.Context, send func(Event) bool, last map[string]Event, list *JobList) {
+// ends (its error returned) or a poll fails for good (that error); list is the first
+// list, if read already. last holds the states already told.
+func (c *Client) pollAll(ctx context.Context, send func(Event) bool, last map[string]Event, list *JobList) error {
 	t := time.NewTicker(c.pollInterval)
 	defer t.Stop()
 	for {
@@ -147,7 +197,7 @@ func (c *Client) pollAll(ctx context.Context, send func(Event) bool, last map[st
 					continue
 				}
 				if !send(e) {
-					return
+					return ctx.Err()
 				}
 			}
 			// A job that left the newest jobs does not come back: forget it.
@@ -155,7 +205,7 @@ func (c *Client) pollAll(ctx context.Context, send func(Event) bool, last map[st
 		}
 		select {
 		case <-ctx.Done():
-			return
+			return ctx.Err()
 		case <-t.C:
 		}
 		var l *JobList
@@ -171,7 +221,7 @@ func (c *Client) pollAll(ctx context.Context, send func(Event) bool, last map[st
 		default:
 			// Failed for good (a 401 after a token changed, a wrong URL): every poll would
 			// fail the same, and the watch would tell nothing for ever.
-			return
+			return err
 		}
 	}
 }

@@ -177,7 +177,13 @@ func (f *clientFlags) explain(e *env, err error) error {
 		if by == "" {
 			by = "--timeout"
 		}
-		return fmt.Errorf("no answer from %s within %s (%s): foreman or its job store may be hung; see its log and /healthz%s", ollama.RedactURL(f.baseURL(e)), f.timeout, by, f.timeoutHint)
+		why := "foreman or its job store may be hung"
+		if na := (*client.NoAnswerError)(nil); errors.As(err, &na) && na.Instead != nil {
+			// A proxy in front of foreman answered its page in foreman's place.
+			why = fmt.Sprintf("what stands in front of foreman answered %d %s in its place (a proxy that cannot reach foreman, or had no answer from it in time): foreman may be down or hung",
+				na.Instead.Status, http.StatusText(na.Instead.Status))
+		}
+		return fmt.Errorf("no answer from %s within %s (%s): %s; see its log and /healthz%s", ollama.RedactURL(f.baseURL(e)), f.timeout, by, why, f.timeoutHint)
 	case errors.Is(err, context.Canceled):
 		// Only an interrupt (Ctrl-C, SIGTERM) ends a command's context: Go's "context
 		// canceled" read as a fault of foreman's.

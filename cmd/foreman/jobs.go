@@ -239,7 +239,7 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 			if id != "" {
 				f.timeoutHint = goesOn(termSafe(id))
 			}
-			events, err := c.Watch(cmd.Context(), id)
+			events, why, err := c.WatchWhy(cmd.Context(), id)
 			if err != nil {
 				return f.explain(e, err)
 			}
@@ -277,29 +277,15 @@ func newJobsWatchCmd(e *env) *cobra.Command {
 				}
 				return fmt.Errorf("interrupted before job %s ended (%s)", termSafe(id), seen)
 			}
-			// The watch gave up (see client.Watch): a read that says why is bounded as
-			// the watch's were (--timeout).
-			ctx, cancel := f.bounded(cmd)
-			defer cancel()
-			if id == "" && cmd.Context().Err() == nil {
-				// The watch of every job gave up (a poll failed for good): say why.
-				if _, err := c.Jobs(ctx, client.JobFilter{Limit: 1}); err != nil {
+			// The watch gave up (see client.Watch): on the error of the read that ended it
+			// (refused for good, or unanswered for --timeout).
+			if cmd.Context().Err() == nil {
+				if err := why(); err != nil {
 					return f.explain(e, err)
 				}
-				return errors.New("the watch of every job ended")
-			}
-			if id != "" && !last.State.Terminal() {
-				// The watch gave up on the job: say why.
-				if _, err := c.Job(ctx, id); err != nil {
-					return f.explain(e, err)
+				if id == "" {
+					return errors.New("the watch of every job ended")
 				}
-				// foreman answers now: the read that ended the watch failed for good, or
-				// went unanswered for --timeout (client.Watch tells not which).
-				why := "a read of it failed"
-				if f.timeout > 0 {
-					why += fmt.Sprintf(", or foreman left one unanswered for %s (--timeout)", f.timeout)
-				}
-				return fmt.Errorf("the watch of job %s ended before the job did (%s)%s", termSafe(id), why, f.timeoutHint)
 			}
 			return nil
 		},

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -103,6 +104,53 @@ func TestCLIWaitsGiveUpOnAStoppedForeman(t *testing.T) {
 	}
 }
 
+// A proxy in front of foreman answers in its place once foreman stops answering (its
+// host gone, or foreman hung past the proxy's own timeout, shorter than --timeout): the
+// job's reads and a chat's checks get nginx's 504 page at once, and the chat's answer
+// is held open by the proxy. Each command ends within --timeout, saying what answered
+// in foreman's place; before, each waited for ever, taking the page for an answer.
+func TestCLIWaitsGiveUpOnAForemanAProxyAnswersFor(t *testing.T) {
+	t.Parallel()
+	const id = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
+	const page = "<html>\r\n<head><title>504 Gateway Time-out</title></head>\r\n<body>\r\n<center><h1>504 Gateway Time-out</h1></center>\r\n<hr><center>nginx/1.27.0</center>\r\n</body>\r\n</html>\r\n"
+	for _, args := range [][]string{
+		{"chat", "-m", "tiny-a", "hi"},
+		{"submit", "-m", "tiny-a", "--wait", "hi"},
+		{"jobs", "watch", id},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			t.Parallel()
+			foreman, err := url.Parse(stoppedForeman(t, id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			relay := httputil.NewSingleHostReverseProxy(foreman)
+			relay.ErrorLog = log.New(io.Discard, "", 0) // the chat it relays ends canceled
+			var reads atomic.Int32
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet && (r.URL.Path != "/jobs/"+id || reads.Add(1) > 1) {
+					w.Header().Set("Content-Type", "text/html")
+					w.WriteHeader(http.StatusGatewayTimeout)
+					_, _ = io.WriteString(w, page)
+					return
+				}
+				relay.ServeHTTP(w, r)
+			}))
+			// A command still waiting (the test failed) is cut loose, so that the close
+			// does not wait for it.
+			t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
+			r, ok := runCLIWithin(t, 10*time.Second, map[string]string{"FOREMAN_URL": srv.URL}, append(args, "--timeout", "300ms")...)
+			if !ok {
+				t.Fatalf("%v --timeout 300ms: still waiting after 10 s while the proxy answered for foreman", args)
+			}
+			want := "no answer from " + srv.URL + " within 300ms (--timeout)"
+			if r.code == 0 || !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "504 Gateway Timeout") {
+				t.Errorf("%v: exit %d, stderr %q; want an error saying %q and naming the proxy's 504", args, r.code, r.stderr, want)
+			}
+		})
+	}
+}
+
 // checkCounter is a proxy in front of a foreman that counts the GETs it answered (the
 // waits' reads of their job, a chat's checks), and closes enough once n were.
 type checkCounter struct {
@@ -185,8 +233,8 @@ func TestCLIWaitsOutALongQueue(t *testing.T) {
 }
 
 // A watch that gave up on one read foreman left unanswered for --timeout, foreman
-// answering the read after (the one that says why), says what ended it and how to go on,
-// not only that it ended.
+// answering the reads after, says what ended it (the watch's own word, WatchWhy: no
+// read of the job again to guess) and how to go on, not only that it ended.
 func TestCLIJobsWatchSaysAReadWentUnanswered(t *testing.T) {
 	t.Parallel()
 	const id = "01HZX3K4M5N6P7Q8R9S0T1V2W3"
@@ -206,7 +254,7 @@ func TestCLIJobsWatchSaysAReadWentUnanswered(t *testing.T) {
 	if !ok {
 		t.Fatal("jobs watch: still running after 30 s")
 	}
-	for _, want := range []string{"unanswered for 100ms (--timeout)", "job " + id + " goes on: foreman jobs watch " + id} {
+	for _, want := range []string{"no answer from " + srv.URL + " within 100ms (--timeout)", "job " + id + " goes on: foreman jobs watch " + id} {
 		if r.code == 0 || !strings.Contains(r.stderr, want) {
 			t.Errorf("exit %d, stderr %q; want an error saying %q", r.code, r.stderr, want)
 		}
