@@ -108,7 +108,14 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 	resp.Body = wd.watch(resp.Body)
 	fn = wd.hold(fn, func(frame []byte) bool { return Holds(ct, frame) })
 	if resp.StatusCode/100 != 2 {
-		return ct, readHTTPError(resp)
+		// An error body is read whole: its bytes are no progress, and the idle limit
+		// runs from its status to its end.
+		wd.whole(resp.StatusCode)
+		he := readHTTPError(resp)
+		if se := c.stalled(ctx2); se != nil {
+			return ct, se
+		}
+		return ct, he
 	}
 	if so.onResponse != nil {
 		if err := so.onResponse(ct); err != nil {
@@ -256,6 +263,7 @@ type watchdog struct {
 	paused  bool      // the caller's callback runs: the target is not waited for
 	byFrame bool      // a stream: only a frame with data is progress, its first one the start
 	trickle bool      // bytes came since the running limit started, and no such frame
+	status  int       // an error status's body is read whole (whole)
 }
 
 func newWatchdog(clk clock, firstByte, idle time.Duration, template *StallError, abort func(error)) *watchdog {
@@ -285,6 +293,7 @@ func (w *watchdog) fire() {
 	se := w.template
 	se.FirstByte = !w.started
 	se.Trickle = w.trickle
+	se.Status = w.status
 	se.After = w.idle
 	if se.FirstByte {
 		se.After = w.firstByte
@@ -312,6 +321,18 @@ func (w *watchdog) frames(streamed bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.byFrame = streamed
+}
+
+// whole says the target answered error status code, whose body is read whole for its
+// message: the status is the answer's start, and its body must end within the idle limit
+// from it, its bytes no progress. Ollama writes an error's status and body at once; a
+// body that drips (a byte now and then, never ending) held the call, each byte starting
+// the idle limit over, for the megabyte of it that is read.
+func (w *watchdog) whole(code int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.byFrame, w.started, w.status = true, true, code
+	w.rearmLocked()
 }
 
 // progress records body bytes: of an answer not streamed, the first one ends the
