@@ -70,8 +70,8 @@ func FirstByteTimeout(d time.Duration) StreamOption {
 // arrives for d; of a streamed answer (NDJSON, SSE), no line or event with data (Holds):
 // a target that drips a byte now and then of a line that never ends, or blank lines, or
 // keep-alive comments, is never silent, yet sends nothing. Time spent in the frame
-// callback does not count: it measures the target's progress, not the caller's. 0 means
-// no limit.
+// callback does not count: it measures the target's progress, not the caller's. An error
+// status's body is read whole: it must end within d of its status. 0 means no limit.
 func IdleTimeout(d time.Duration) StreamOption {
 	return func(o *streamOptions) { o.idle = d }
 }
