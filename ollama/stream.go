@@ -158,9 +158,17 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 // or CR, mixed as they come, as an event stream's client reads them (the WHATWG rules).
 // The LF of a CRLF that ends an event goes with its event when it has come with its CR,
 // else it begins the next frame: no frame waits for a byte that may never come. A final
-// frame not ended before EOF is still delivered as sent.
+// frame not ended before EOF is still delivered as sent. A UTF-8 byte order mark before
+// the stream's first byte is dropped (byteOrderMark).
 func splitFrames(r io.Reader, f Framing, fn func([]byte) error) (readErr, fnErr error) {
 	br := bufio.NewReaderSize(r, 64<<10)
+	if b, err := br.Peek(1); err == nil && b[0] == byteOrderMark[0] {
+		// Only a stream that begins as a BOM does waits for its next bytes: no JSON line
+		// nor event line begins so.
+		if b, _ := br.Peek(len(byteOrderMark)); bytes.Equal(b, byteOrderMark) {
+			_, _ = br.Discard(len(byteOrderMark))
+		}
+	}
 	lineEnd := func(b []byte) int { return bytes.IndexByte(b, '\n') }
 	if f == SSE {
 		lineEnd = func(b []byte) int { return bytes.IndexAny(b, "\r\n") }
@@ -227,6 +235,13 @@ func splitFrames(r io.Reader, f Framing, fn func([]byte) error) (readErr, fnErr 
 		}
 	}
 }
+
+// byteOrderMark is UTF-8's byte order mark, which a server or proxy may write before a
+// stream's first byte. It is no part of the stream's first frame: an SSE client drops it
+// (the event stream rules), and so does ollama-js reading NDJSON (a TextDecoder), where
+// Ollama's Go client fails the call on it (its first line is no JSON). Kept, a caller's
+// parse of the first frame failed, and the worker's result lost that frame (ADR-0135).
+var byteOrderMark = []byte("\xEF\xBB\xBF")
 
 // stalled returns the *StallError that ended ctx, or nil.
 func (c *HTTPClient) stalled(ctx context.Context) *StallError {

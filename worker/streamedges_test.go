@@ -78,3 +78,65 @@ func TestErrorFrameMidStreamEndsTheAnswer(t *testing.T) {
 		}
 	}
 }
+
+// A UTF-8 byte order mark before a stream's first byte (a proxy or server that writes
+// one) is no part of its first frame: an SSE client drops it (the event stream rules),
+// as ollama-js's TextDecoder does for NDJSON, where Ollama's Go client fails the call on
+// it. The caller gets the frames without it, and the job's result has the first line's
+// text. Before, the first frame, not JSON with it, was held and then relayed with it (a
+// caller's JSON parse of its first line failed), and the result lost that line's text.
+func TestByteOrderMarkBeforeAStreamIsDropped(t *testing.T) {
+	t.Parallel()
+	const bom = "\xEF\xBB\xBF"
+	line := func(s string, done bool) string {
+		return `{"model":"tiny-a","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"` + s + `"},"done":` + map[bool]string{false: "false", true: "true"}[done] + "}\n"
+	}
+	chunk := func(s string) string {
+		return `data: {"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"tiny-a","system_fingerprint":"fp_ollama","choices":[{"index":0,"delta":{"role":"assistant","content":"` + s + `"},"finish_reason":null}]}` + "\n\n"
+	}
+	cases := []struct {
+		name    string
+		kind    broker.Kind
+		body    string
+		frames  []string // the target's, after its BOM
+		relayed bool     // the caller gets them as they came (not an assembled answer)
+	}{
+		{"native streamed", broker.KindChat, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`,
+			[]string{line("a", false), line("b", false), line("", true)}, true},
+		{"native assembled", broker.KindChat, `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`,
+			[]string{line("a", false), line("b", false), line("", true)}, false},
+		{"openai streamed", broker.KindOpenAIChat, `{"model":"tiny-a","stream":true,"messages":[{"role":"user","content":"hi"}]}`,
+			[]string{chunk("a"), chunk("b"), "data: [DONE]\n\n"}, true},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			tb := setup(t)
+			ct := ollama.ContentTypeNDJSON
+			if c.kind == broker.KindOpenAIChat {
+				ct = ollama.ContentTypeSSE
+			}
+			tb.fake.FailNext(1, ollamatest.BadAnswer(ct, bom+strings.Join(c.frames, "")))
+			j, stream := tb.submitSync(t, c.kind, c.body)
+			tb.start(t, worker.Config{})
+			frames, final := stream.untilFinal(t)
+			var got []string
+			for _, f := range frames {
+				got = append(got, string(f.Data))
+			}
+			if final.Header.Get(broker.HeaderFinal) != "done" {
+				t.Fatalf("final marker %v, want done", final.Header)
+			}
+			if c.relayed && strings.Join(got, "|") != strings.Join(c.frames, "|") {
+				t.Errorf("relayed %q, want %q", got, c.frames)
+			}
+			if strings.Contains(strings.Join(got, ""), bom) {
+				t.Errorf("the BOM reached the caller: %q", got)
+			}
+			rec := tb.waitState(t, j.ID, broker.StateDone)
+			if !strings.Contains(string(rec.Result), `"content":"ab"`) {
+				t.Errorf("result %s, want the text of every line", rec.Result)
+			}
+		})
+	}
+}
