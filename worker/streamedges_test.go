@@ -140,3 +140,30 @@ func TestByteOrderMarkBeforeAStreamIsDropped(t *testing.T) {
 		})
 	}
 }
+
+// NDJSON whose lines end with a CR alone is one line (ADR-0135), as Ollama's Go client
+// reads it, which fails the call on it: the job fails at the stream's end as a bad
+// answer naming what came, nothing reaches a caller, and the target is not asked again.
+func TestCROnlyNDJSONIsABadAnswer(t *testing.T) {
+	t.Parallel()
+	line := func(s string, done bool) string {
+		return `{"model":"tiny-a","message":{"role":"assistant","content":"` + s + `"},"done":` + map[bool]string{false: "false", true: "true"}[done] + "}\r"
+	}
+	for _, body := range []string{
+		`{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`,
+		`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}]}`,
+	} {
+		tb := setup(t)
+		tb.fake.FailNext(1, ollamatest.BadAnswer(ollama.ContentTypeNDJSON, line("a", false)+line("b", false)+line("", true)))
+		j, stream := tb.submitSync(t, broker.KindChat, body)
+		tb.start(t, worker.Config{})
+		frames, final := stream.untilFinal(t)
+		msg := final.Header.Get(broker.HeaderError)
+		if len(frames) != 0 || final.Header.Get(broker.HeaderFinal) != "failed" || !strings.Contains(msg, "bad answer from the target") || !strings.Contains(msg, `\"content\":\"a\"},\"done\":false}\r{`) {
+			t.Errorf("%s: %d frames, final %v; want none, failed as a bad answer quoting the CR-ended lines", body, len(frames), final.Header)
+		}
+		if rec := tb.waitState(t, j.ID, broker.StateFailed); rec.Attempt != 1 || len(inferenceCalls(tb.fake)) != 1 {
+			t.Errorf("%s: attempt %d, %d calls, want 1 and 1", body, rec.Attempt, len(inferenceCalls(tb.fake)))
+		}
+	}
+}

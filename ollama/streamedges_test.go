@@ -74,3 +74,63 @@ func TestStreamDrippedErrorBodyIsAStall(t *testing.T) {
 		<-gone // the call was aborted
 	}
 }
+
+// NDJSON whose lines end with a CR alone (ADR-0135) is one line that never ends while the
+// target writes: no line with data comes, so the first-byte limit runs out on it, or once
+// an LF-ended line came the idle limit, as for any drip (ADR-0130). It never holds the call
+// past them.
+func TestStreamCROnlyNDJSONStallsAtTheLimit(t *testing.T) {
+	t.Parallel()
+	for _, afterLine := range []bool{false, true} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", ollama.ContentTypeNDJSON)
+			w.WriteHeader(http.StatusOK)
+			if afterLine {
+				_, _ = io.WriteString(w, "{\"message\":{\"content\":\"a\"},\"done\":false}\n")
+			}
+			for {
+				_, _ = io.WriteString(w, "{\"message\":{\"content\":\"x\"},\"done\":false}\r")
+				if http.NewResponseController(w).Flush() != nil {
+					return
+				}
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}))
+		t.Cleanup(srv.Close)
+		c := newClient(t, srv.URL)
+		clk := ollama.NewFakeClock()
+		started := make(chan struct{}, 1)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error {
+				started <- struct{}{}
+				return nil
+			}, ollama.FirstByteTimeout(500*time.Millisecond), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
+			errc <- err
+		}()
+		if afterLine {
+			<-started
+		}
+		tick := time.NewTicker(10 * time.Millisecond)
+		var err error
+		for ticks := 0; err == nil; ticks++ {
+			select {
+			case err = <-errc:
+			case <-tick.C:
+				if ticks == 100 {
+					t.Fatalf("after a line %v: the CR-only stream still runs after 50 limits", afterLine)
+				}
+				clk.Advance(250 * time.Millisecond)
+			}
+		}
+		tick.Stop()
+		wantStall(t, err, !afterLine, 500*time.Millisecond)
+		if len(started) != 0 {
+			t.Errorf("after a line %v: a CR-ended line was handed on as a frame", afterLine)
+		}
+	}
+}
