@@ -143,8 +143,8 @@ func assembledFraming(kind broker.Kind) (ollama.Framing, string) {
 func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string) error, relay func([]byte) error, seen func(time.Time), limit int, log *slog.Logger) (string, error) {
 	if !c.assembled {
 		var ct string
-		setCT := func(t string) error { ct = t; return setCT(t) }
-		ct, err := w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, untilError(&ct, relay), append(w.cfg.streamOptions(c.streams), ollama.OnResponse(setCT))...)
+		onCT := func(t string) error { ct = t; return setCT(t) }
+		ct, err := w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, untilError(&ct, relay), append(w.cfg.streamOptions(c.streams), ollama.OnResponse(onCT))...)
 		if errors.Is(err, errErrorFrame) {
 			err = nil // the stream ends at its error frame, the last relayed
 		}
