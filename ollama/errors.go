@@ -80,10 +80,14 @@ type StallError struct {
 	FirstByte bool          // true: no answer began (nothing, or of a stream no frame with data); false: the body stopped mid-way
 	After     time.Duration // the timeout that ran out
 	Trickle   bool          // bytes came in the idle timeout, but no line or event with data
+	Status    int           // non-zero: the target answered this error status, whose body did not end within After
 }
 
 // Reason says what the target failed to do, e.g. "no data for 2m0s".
 func (e *StallError) Reason() string {
+	if e.Status != 0 {
+		return fmt.Sprintf("status %d answered, its body not whole after %s", e.Status, e.After)
+	}
 	if e.Trickle {
 		return "no line or event with data for " + e.After.String() + ", only a trickle of bytes"
 	}

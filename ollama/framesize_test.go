@@ -61,3 +61,34 @@ func TestSplitFramesMaxFrameSizeCountsASplitCRLF(t *testing.T) {
 		}
 	}
 }
+
+// crOnlyReader streams NDJSON lines ended by a CR alone, without end.
+type crOnlyReader struct{ at int }
+
+func (r *crOnlyReader) Read(p []byte) (int, error) {
+	const line = "{\"message\":{\"content\":\"x\"},\"done\":false}\r"
+	for i := range p {
+		p[i] = line[r.at%len(line)]
+		r.at++
+	}
+	return len(p), nil
+}
+
+// NDJSON whose lines end with a CR alone is one line, as Ollama's Go client
+// (bufio.ScanLines) and ollama-js read it (ADR-0135): nothing of it is a frame until an
+// LF or its end, and a stream of it without end is cut at MaxFrameSize, not held in
+// memory without bound.
+func TestSplitFramesCROnlyNDJSONIsOneBoundedLine(t *testing.T) {
+	r := &crOnlyReader{}
+	frames := 0
+	readErr, fnErr := splitFrames(r, NDJSON, func([]byte) error { frames++; return errStopFrames })
+	if fnErr != nil || !errors.Is(readErr, ErrFrameTooLarge) || frames != 0 {
+		t.Fatalf("%v, %v, %d frames, want ErrFrameTooLarge and none", readErr, fnErr, frames)
+	}
+	if r.at > MaxFrameSize+64<<10+1 {
+		t.Errorf("read %d bytes of one line, past MaxFrameSize and one read", r.at)
+	}
+	if got := splitAll(t, "{\"a\":1}\r{\"b\":2}\r", NDJSON); len(got) != 1 {
+		t.Errorf("a CR-only stream that ends: frames %q, want one", got)
+	}
+}

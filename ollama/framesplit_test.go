@@ -100,3 +100,35 @@ func TestSplitFramesDoesNotWaitForTheLFOfACRLF(t *testing.T) {
 		t.Fatalf("second frame %q", fr)
 	}
 }
+
+// A UTF-8 byte order mark before a stream's first byte is dropped, however the reads cut
+// it: it is no part of the first frame (an SSE client drops it, ollama-js's TextDecoder
+// too). One later in the stream, or a start that only begins as one, stays as sent.
+func TestSplitFramesDropsALeadingByteOrderMark(t *testing.T) {
+	t.Parallel()
+	const bom = "\xEF\xBB\xBF"
+	for _, tc := range []struct {
+		in   string
+		f    Framing
+		want []string
+	}{
+		{bom + "{\"a\":1}\n{\"b\":2}\n", NDJSON, []string{"{\"a\":1}\n", "{\"b\":2}\n"}},
+		{bom + "data: a\n\ndata: b\n\n", SSE, []string{"data: a\n\n", "data: b\n\n"}},
+		{bom, NDJSON, nil},
+		{"{\"a\":1}\n" + bom + "{\"b\":2}\n", NDJSON, []string{"{\"a\":1}\n", bom + "{\"b\":2}\n"}},
+		{bom + bom + "{}\n", NDJSON, []string{bom + "{}\n"}},
+		{"\xEF\xBB{}\n", NDJSON, []string{"\xEF\xBB{}\n"}},
+		{"\xEF\n{}\n", NDJSON, []string{"\xEF\n", "{}\n"}},
+	} {
+		for _, n := range []int{1, 2, 64} {
+			var got []string
+			readErr, fnErr := splitFrames(&chunkReader{data: []byte(tc.in), n: n}, tc.f, func(fr []byte) error {
+				got = append(got, string(fr))
+				return nil
+			})
+			if readErr != nil || fnErr != nil || !slices.Equal(got, tc.want) {
+				t.Errorf("%q in reads of %d: frames %q (%v, %v), want %q", tc.in, n, got, readErr, fnErr, tc.want)
+			}
+		}
+	}
+}

@@ -70,8 +70,8 @@ func FirstByteTimeout(d time.Duration) StreamOption {
 // arrives for d; of a streamed answer (NDJSON, SSE), no line or event with data (Holds):
 // a target that drips a byte now and then of a line that never ends, or blank lines, or
 // keep-alive comments, is never silent, yet sends nothing. Time spent in the frame
-// callback does not count: it measures the target's progress, not the caller's. 0 means
-// no limit.
+// callback does not count: it measures the target's progress, not the caller's. An error
+// status's body is read whole: it must end within d of its status. 0 means no limit.
 func IdleTimeout(d time.Duration) StreamOption {
 	return func(o *streamOptions) { o.idle = d }
 }
@@ -108,7 +108,14 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 	resp.Body = wd.watch(resp.Body)
 	fn = wd.hold(fn, func(frame []byte) bool { return Holds(ct, frame) })
 	if resp.StatusCode/100 != 2 {
-		return ct, readHTTPError(resp)
+		// An error body is read whole: its bytes are no progress, and the idle limit
+		// runs from its status to its end.
+		wd.whole(resp.StatusCode)
+		he := readHTTPError(resp)
+		if se := c.stalled(ctx2); se != nil {
+			return ct, se
+		}
+		return ct, he
 	}
 	if so.onResponse != nil {
 		if err := so.onResponse(ct); err != nil {
@@ -151,9 +158,17 @@ func (c *HTTPClient) Stream(ctx context.Context, path string, body []byte, fn fu
 // or CR, mixed as they come, as an event stream's client reads them (the WHATWG rules).
 // The LF of a CRLF that ends an event goes with its event when it has come with its CR,
 // else it begins the next frame: no frame waits for a byte that may never come. A final
-// frame not ended before EOF is still delivered as sent.
+// frame not ended before EOF is still delivered as sent. A UTF-8 byte order mark before
+// the stream's first byte is dropped (byteOrderMark).
 func splitFrames(r io.Reader, f Framing, fn func([]byte) error) (readErr, fnErr error) {
 	br := bufio.NewReaderSize(r, 64<<10)
+	if b, err := br.Peek(1); err == nil && b[0] == byteOrderMark[0] {
+		// Only a stream that begins as a BOM does waits for its next bytes: no JSON line
+		// nor event line begins so.
+		if b, _ := br.Peek(len(byteOrderMark)); bytes.Equal(b, byteOrderMark) {
+			_, _ = br.Discard(len(byteOrderMark))
+		}
+	}
 	lineEnd := func(b []byte) int { return bytes.IndexByte(b, '\n') }
 	if f == SSE {
 		lineEnd = func(b []byte) int { return bytes.IndexAny(b, "\r\n") }
@@ -221,6 +236,13 @@ func splitFrames(r io.Reader, f Framing, fn func([]byte) error) (readErr, fnErr 
 	}
 }
 
+// byteOrderMark is UTF-8's byte order mark, which a server or proxy may write before a
+// stream's first byte. It is no part of the stream's first frame: an SSE client drops it
+// (the event stream rules), and so does ollama-js reading NDJSON (a TextDecoder), where
+// Ollama's Go client fails the call on it (its first line is no JSON). Kept, a caller's
+// parse of the first frame failed, and the worker's result lost that frame (ADR-0135).
+var byteOrderMark = []byte("\xEF\xBB\xBF")
+
 // stalled returns the *StallError that ended ctx, or nil.
 func (c *HTTPClient) stalled(ctx context.Context) *StallError {
 	var se *StallError
@@ -256,6 +278,7 @@ type watchdog struct {
 	paused  bool      // the caller's callback runs: the target is not waited for
 	byFrame bool      // a stream: only a frame with data is progress, its first one the start
 	trickle bool      // bytes came since the running limit started, and no such frame
+	status  int       // an error status's body is read whole (whole)
 }
 
 func newWatchdog(clk clock, firstByte, idle time.Duration, template *StallError, abort func(error)) *watchdog {
@@ -285,6 +308,7 @@ func (w *watchdog) fire() {
 	se := w.template
 	se.FirstByte = !w.started
 	se.Trickle = w.trickle
+	se.Status = w.status
 	se.After = w.idle
 	if se.FirstByte {
 		se.After = w.firstByte
@@ -312,6 +336,18 @@ func (w *watchdog) frames(streamed bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.byFrame = streamed
+}
+
+// whole says the target answered error status code, whose body is read whole for its
+// message: the status is the answer's start, and its body must end within the idle limit
+// from it, its bytes no progress. Ollama writes an error's status and body at once; a
+// body that drips (a byte now and then, never ending) held the call, each byte starting
+// the idle limit over, for the megabyte of it that is read.
+func (w *watchdog) whole(code int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.byFrame, w.started, w.status = true, true, code
+	w.rearmLocked()
 }
 
 // progress records body bytes: of an answer not streamed, the first one ends the

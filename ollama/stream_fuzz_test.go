@@ -26,7 +26,7 @@ func (r *chunkReader) Read(p []byte) (int, error) {
 var errStopFrames = errors.New("stop")
 
 // FuzzSplitFrames fuzzes the splitter of the target's NDJSON and SSE streams: the frames
-// joined give back the stream byte for byte, each frame ends exactly where its format
+// joined give back the stream byte for byte (but a leading byte order mark), each frame ends exactly where its format
 // says (frameEnds: LF for NDJSON; an empty line for SSE, its lines ended by LF, CRLF or
 // CR), and an error from the frame handler stops the split at once.
 // Run with: go test -run '^$' -fuzz '^FuzzSplitFrames$' -fuzztime 30s ./ollama
@@ -44,6 +44,7 @@ func FuzzSplitFrames(f *testing.F) {
 	f.Add([]byte("data: a\r\rdata: b\r\n\r\ndata: c\n\r\ndata: d\r\r\n: e\r"), true, uint8(0), uint16(0), uint8(0), uint8(0))
 	f.Add([]byte("\r\r\n\r\n\n\r"), true, uint8(1), uint16(3), uint8(65), uint8(0))
 	f.Add([]byte("{\"a\":1}\r\n\r{\"b\":2}\r"), false, uint8(0), uint16(0), uint8(0), uint8(0))
+	f.Add([]byte("\xEF\xBB\xBFdata: a\n\n\xEF\xBB\xBF"), true, uint8(1), uint16(0), uint8(0), uint8(0))
 	f.Fuzz(func(t *testing.T, data []byte, sse bool, chunk uint8, cut uint16, padK uint8, stopAt uint8) {
 		in := data
 		if padK > 0 {
@@ -68,6 +69,7 @@ func FuzzSplitFrames(f *testing.F) {
 		if readErr != nil {
 			t.Fatalf("read error %v from an in-memory stream", readErr)
 		}
+		in = bytes.TrimPrefix(in, byteOrderMark) // dropped: no part of a frame
 		if stopAt > 0 && len(frames) >= int(stopAt) {
 			if fnErr != errStopFrames || len(frames) != int(stopAt) {
 				t.Fatalf("handler stopped at frame %d, got %d frames and %v", stopAt, len(frames), fnErr)

@@ -261,3 +261,32 @@ func TestWatchdogStreamStartsWithAFrameWithData(t *testing.T) {
 		t.Fatalf("aborted %v, want an idle stall 50ms after the first frame", *aborted2)
 	}
 }
+
+// An error status's body (whole) is progress only at its end: the idle limit runs from
+// the status however many of its bytes come, and the stall names the status. With no
+// idle limit, nothing bounds it (the operator turned the limit off).
+func TestWatchdogErrorBodyIsReadWhole(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, time.Hour, 500*time.Millisecond)
+	w.frames(false) // an error's JSON: counted by bytes, were it a 2xx answer
+	w.whole(502)
+	for range 4 {
+		clk.Advance(100 * time.Millisecond)
+		w.progress()
+	}
+	if *aborted != nil {
+		t.Fatalf("aborted before the limit: %v", *aborted)
+	}
+	clk.Advance(100 * time.Millisecond)
+	var se *StallError
+	if !errors.As(*aborted, &se) || se.Status != 502 || se.FirstByte || !se.Trickle || se.After != 500*time.Millisecond {
+		t.Fatalf("aborted with %v (%+v), want the idle limit's stall of a 502's body", *aborted, se)
+	}
+
+	w, clk, aborted = watched(t, time.Hour, 0)
+	w.whole(502)
+	clk.Advance(2 * time.Hour)
+	if *aborted != nil {
+		t.Fatalf("no idle limit, yet aborted: %v", *aborted)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -141,7 +142,13 @@ func assembledFraming(kind broker.Kind) (ollama.Framing, string) {
 // bounds what the assembly holds (0: no bound). It returns as Target.Stream does.
 func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string) error, relay func([]byte) error, seen func(time.Time), limit int, log *slog.Logger) (string, error) {
 	if !c.assembled {
-		return w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, relay, append(w.cfg.streamOptions(c.streams), ollama.OnResponse(setCT))...)
+		var ct string
+		onCT := func(t string) error { ct = t; return setCT(t) }
+		ct, err := w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, untilError(&ct, relay), append(w.cfg.streamOptions(c.streams), ollama.OnResponse(onCT))...)
+		if errors.Is(err, errErrorFrame) {
+			err = nil // the stream ends at its error frame, the last relayed
+		}
+		return ct, err
 	}
 	a := &assembly{kind: c.kind, tools: c.tools, answer: ndjsonAnswer{kind: c.kind, finalCalls: !c.tools}, limit: limit, setCT: setCT, relay: relay, seen: seen}
 	a.framing, a.outCT = assembledFraming(c.kind)
@@ -150,6 +157,30 @@ func (w *Worker) callTarget(ctx context.Context, c targetCall, setCT func(string
 	a.check = answerCheck{contentType: func() string { return a.ct }, pass: a.take}
 	ct, err := w.cfg.Target.Stream(ctx, c.kind.Path(), c.body, a.frame, append(w.cfg.streamOptions(true), ollama.OnResponse(a.contentType))...)
 	return a.end(ct, err, log)
+}
+
+// errErrorFrame stops a call at a frame that reports the target's error
+// (ollama.FrameError), once the frame is relayed: the answer ends there. Ollama's client
+// returns at the first line with an "error" (api.Client.stream, v0.17.4), an OpenAI SDK
+// raises at the error event, and Ollama's own non-streamed handler answers the first
+// error it meets: what a target sends after it is no answer any client reads, and the
+// job is judged by that frame, its last (streamError).
+var errErrorFrame = errors.New("the target's stream reported an error")
+
+// untilError returns relay, ended by errErrorFrame after it relayed a frame that reports
+// the target's error in an answer of Content-Type *ct.
+func untilError(ct *string, relay func([]byte) error) func([]byte) error {
+	return func(f []byte) error {
+		if err := relay(f); err != nil {
+			return err
+		}
+		// Only a frame holding "error" (quotes included) can be an error frame: the
+		// others, nearly all, are not parsed for it.
+		if bytes.Contains(f, errorMember) && ollama.FrameError(*ct, f) != "" {
+			return errErrorFrame
+		}
+		return nil
+	}
 }
 
 // cut returns the error of a streamed answer relayed as it came whose SSE stream stopped
@@ -196,8 +227,7 @@ type assembly struct {
 	seen       func(time.Time)
 	ct         string // the target's Content-Type
 	assembling bool   // the target streams as asked: its frames are assembled
-	failed     string // the error a frame of the stream reported
-	failedSize int    // the bytes of the error frames
+	failed     string // the error a frame of the stream reported, where it ended
 }
 
 func (a *assembly) contentType(ct string) error {
@@ -214,7 +244,7 @@ func (a *assembly) frame(f []byte) error {
 		a.seen(time.Now())
 	}
 	if !a.assembling {
-		return a.relay(f)
+		return untilError(&a.ct, a.relay)(f)
 	}
 	return a.check.frame(f)
 }
@@ -272,19 +302,18 @@ func (a *assembly) take(f []byte) error {
 	switch {
 	case msg != "":
 		// Ollama ends a stream whose runner failed with this frame; the non-streamed call
-		// gets it as an error status instead. Not kept, but counted: a target that sends
-		// more of them is bounded too.
+		// gets it as an error status instead, and the answer ends here (errErrorFrame).
 		a.failed = msg
-		a.failedSize += len(f)
+		return errErrorFrame
 	case a.framing == ollama.NDJSON:
 		a.answer.add(f)
 	default:
 		a.events = append(a.events, f)
 		a.size += broker.FrameCost(f) // kept one by one, as the stream writer keeps them
 	}
-	size := a.size + a.failedSize
+	size := a.size
 	if a.framing == ollama.NDJSON {
-		size = a.answer.size() + a.failedSize
+		size = a.answer.size()
 	}
 	if a.limit > 0 && size > a.limit {
 		return fmt.Errorf("%w: the target's answer passed %d bytes", broker.ErrAnswerTooLarge, a.limit)
@@ -296,6 +325,9 @@ func (a *assembly) take(f []byte) error {
 // frame, and an error frame of the stream becomes the error status Ollama answers a
 // non-streamed call with (500: the stream no longer carries the status).
 func (a *assembly) end(ct string, err error, log *slog.Logger) (string, error) {
+	if errors.Is(err, errErrorFrame) {
+		err = nil // the stream ended at its error frame (a.failed, or relayed)
+	}
 	if err != nil || !a.assembling {
 		return ct, err
 	}

@@ -618,9 +618,9 @@ func TestAnswerInOneFinalLineIsCountedOnce(t *testing.T) {
 }
 
 // A non-streamed chat whose target streams blank lines after its first one (a proxy's
-// keep-alive, a hostile target), or error lines, counts them against the answer bound, as
-// a streamed one does: they were not counted, so an endless stream of them, each byte
-// within the idle limit, held the worker for good.
+// keep-alive, a hostile target) counts them against the answer bound, as a streamed one
+// does: they were not counted, so an endless stream of them, each byte within the idle
+// limit, held the worker for good. Error lines end the answer at the first (ADR-0135).
 func TestBlankAndErrorLinesCountAgainstTheAnswerBound(t *testing.T) {
 	const limit = 64 << 10
 	line := `{"model":"tiny-a","created_at":"2026-01-01T00:00:00Z","message":{"role":"assistant","content":"hi"},"done":false}` + "\n"
@@ -636,8 +636,12 @@ func TestBlankAndErrorLinesCountAgainstTheAnswerBound(t *testing.T) {
 				t.Fatal(err)
 			}
 			rec := tb.waitEnded(t, job.ID)
-			if rec.State != broker.StateFailed || !strings.Contains(rec.Error, "answer too large") {
-				t.Errorf("record: %s, error %q; want failed for its answer's size", rec.State, rec.Error)
+			want := "answer too large"
+			if name == "error" {
+				want = "x" // the first error line's, where the answer ended
+			}
+			if rec.State != broker.StateFailed || !strings.Contains(rec.Error, want) {
+				t.Errorf("record: %s, error %q; want failed with %q", rec.State, rec.Error, want)
 			}
 		})
 	}

@@ -1,0 +1,136 @@
+package ollama_test
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+)
+
+// A non-2xx answer whose error body drips (a byte now and then, never ending) holds the
+// call no longer than the idle limit from its status: the body is read whole or not at
+// all, and its bytes are no progress until it has ended. Before, readHTTPError read it
+// bounded in size (1 MiB) only, and each byte started the idle limit over: a byte a
+// second held the attempt, and the worker, for twelve days.
+func TestStreamDrippedErrorBodyIsAStall(t *testing.T) {
+	t.Parallel()
+	for _, streams := range []bool{true, false} {
+		gone := make(chan struct{})
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			defer close(gone)
+			w.Header().Set("Content-Type", "application/json; charset=utf-8")
+			w.WriteHeader(http.StatusInternalServerError)
+			_, _ = io.WriteString(w, `{"error":"`)
+			for {
+				_, _ = io.WriteString(w, "x")
+				if http.NewResponseController(w).Flush() != nil {
+					return
+				}
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}))
+		t.Cleanup(srv.Close)
+		c := newClient(t, srv.URL)
+		clk := ollama.NewFakeClock()
+		firstByte := time.Hour // a streamed call's; one that does not stream has none
+		if !streams {
+			firstByte = 0
+		}
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error { return nil },
+				ollama.FirstByteTimeout(firstByte), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
+			errc <- err
+		}()
+		tick := time.NewTicker(10 * time.Millisecond)
+		var err error
+		for ticks := 0; err == nil; ticks++ {
+			select {
+			case err = <-errc:
+			case <-tick.C:
+				if ticks == 100 {
+					t.Fatalf("streams %v: the call still reads its dripping error body after 50 idle limits", streams)
+				}
+				clk.Advance(250 * time.Millisecond)
+			}
+		}
+		tick.Stop()
+		wantStall(t, err, false, 500*time.Millisecond)
+		var se *ollama.StallError
+		if errors.As(err, &se); se.Status != http.StatusInternalServerError {
+			t.Errorf("stall %+v, want the status it answered", se)
+		}
+		if got := err.Error(); got != "target stalled: status 500 answered, its body not whole after 500ms" {
+			t.Errorf("message %q", got)
+		}
+		<-gone // the call was aborted
+	}
+}
+
+// NDJSON whose lines end with a CR alone (ADR-0135) is one line that never ends while the
+// target writes: no line with data comes, so the first-byte limit runs out on it, or once
+// an LF-ended line came the idle limit, as for any drip (ADR-0130). It never holds the call
+// past them.
+func TestStreamCROnlyNDJSONStallsAtTheLimit(t *testing.T) {
+	t.Parallel()
+	for _, afterLine := range []bool{false, true} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", ollama.ContentTypeNDJSON)
+			w.WriteHeader(http.StatusOK)
+			if afterLine {
+				_, _ = io.WriteString(w, "{\"message\":{\"content\":\"a\"},\"done\":false}\n")
+			}
+			for {
+				_, _ = io.WriteString(w, "{\"message\":{\"content\":\"x\"},\"done\":false}\r")
+				if http.NewResponseController(w).Flush() != nil {
+					return
+				}
+				select {
+				case <-r.Context().Done():
+					return
+				case <-time.After(time.Millisecond):
+				}
+			}
+		}))
+		t.Cleanup(srv.Close)
+		c := newClient(t, srv.URL)
+		clk := ollama.NewFakeClock()
+		started := make(chan struct{}, 1)
+		errc := make(chan error, 1)
+		go func() {
+			_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error {
+				started <- struct{}{}
+				return nil
+			}, ollama.FirstByteTimeout(500*time.Millisecond), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
+			errc <- err
+		}()
+		if afterLine {
+			<-started
+		}
+		tick := time.NewTicker(10 * time.Millisecond)
+		var err error
+		for ticks := 0; err == nil; ticks++ {
+			select {
+			case err = <-errc:
+			case <-tick.C:
+				if ticks == 100 {
+					t.Fatalf("after a line %v: the CR-only stream still runs after 50 limits", afterLine)
+				}
+				clk.Advance(250 * time.Millisecond)
+			}
+		}
+		tick.Stop()
+		wantStall(t, err, !afterLine, 500*time.Millisecond)
+		if len(started) != 0 {
+			t.Errorf("after a line %v: a CR-ended line was handed on as a frame", afterLine)
+		}
+	}
+}
