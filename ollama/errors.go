@@ -71,8 +71,9 @@ func (e *HTTPError) Error() string {
 
 // StallError means the target stopped sending and the request was aborted: no response
 // byte within the first-byte timeout (FirstByte), or, once the body had started, no byte
-// for the idle timeout; of a stream, no line or event with data, in either (Trickle when
-// bytes came that made none). Like a *ConnectionError the request may be retried; the target is
+// for the idle timeout; of a stream, no line or event with data, in either; of an answer
+// not streamed, after its first byte, no AnswerStep of it nor its end (Trickle when bytes
+// came that made none). Like a *ConnectionError the request may be retried; the target is
 // reachable but not making progress (a hung runner, a wedged load).
 type StallError struct {
 	Op        string // "POST /api/chat"
@@ -81,12 +82,18 @@ type StallError struct {
 	After     time.Duration // the timeout that ran out
 	Trickle   bool          // bytes came in the idle timeout, but no line or event with data
 	Status    int           // non-zero: the target answered this error status, whose body did not end within After
+	// NotStreamed: the answer was not streamed (application/json), its progress each
+	// AnswerStep of its bytes or its end; Trickle then says bytes came short of both.
+	NotStreamed bool
 }
 
 // Reason says what the target failed to do, e.g. "no data for 2m0s".
 func (e *StallError) Reason() string {
 	if e.Status != 0 {
 		return fmt.Sprintf("status %d answered, its body not whole after %s", e.Status, e.After)
+	}
+	if e.Trickle && e.NotStreamed {
+		return "no MiB of the answer, nor its end, for " + e.After.String() + ", only a trickle of bytes"
 	}
 	if e.Trickle {
 		return "no line or event with data for " + e.After.String() + ", only a trickle of bytes"

@@ -66,12 +66,14 @@ func FirstByteTimeout(d time.Duration) StreamOption {
 	return func(o *streamOptions) { o.firstByte = d }
 }
 
-// IdleTimeout aborts the call with a *StallError when, once the body has started, no byte
-// arrives for d; of a streamed answer (NDJSON, SSE), no line or event with data (Holds):
-// a target that drips a byte now and then of a line that never ends, or blank lines, or
-// keep-alive comments, is never silent, yet sends nothing. Time spent in the frame
-// callback does not count: it measures the target's progress, not the caller's. An error
-// status's body is read whole: it must end within d of its status. 0 means no limit.
+// IdleTimeout aborts the call with a *StallError when, once the body has started, it makes
+// no progress for d: of a streamed answer (NDJSON, SSE), no line or event with data
+// (Holds); of an answer not streamed, neither its end nor AnswerStep more of its bytes. A
+// target that drips a byte now and then (of a line that never ends, of a JSON answer that
+// never ends), or blank lines, or keep-alive comments, is never silent, yet sends
+// nothing. Time spent in the frame callback does not count: it measures the target's
+// progress, not the caller's. An error status's body is read whole: it must end within d
+// of its status. 0 means no limit.
 func IdleTimeout(d time.Duration) StreamOption {
 	return func(o *streamOptions) { o.idle = d }
 }
@@ -253,6 +255,16 @@ func (c *HTTPClient) stalled(ctx context.Context) *StallError {
 	return se
 }
 
+// AnswerStep is how much of a 2xx answer that is not streamed (application/json: an
+// embedding, a chat a proxy answers in one piece) is progress for the idle limit, short of
+// its end: Ollama writes such an answer at once, after its compute, so only the link
+// paces it, and a MiB within the idle limit (2m by default: 8.7 kB/s) is met by any link
+// that carries a stream's lines (ADR-0130: a line, the last of a generate about a megabyte,
+// must come whole within it). Counted by bytes, a target that dripped a byte every idle
+// limit less a bit held the call for the MaxFrameSize the answer may reach (ADR-0130,
+// amended).
+const AnswerStep = 1 << 20
+
 // A limit's timer that fires more than lateFire after it was due shows that this process
 // itself did not run for that long (frozen by SIGSTOP, a suspended VM or laptop lid): the
 // bytes the target sent meanwhile wait unread, and the limit waits thawGrace more for them
@@ -264,7 +276,8 @@ const (
 
 // watchdog aborts a call whose target falls silent: before the first body byte (of a
 // stream: its first frame with data) for longer than firstByte, after it for longer than
-// idle between bytes (of a stream: frames with data) (0 = no limit).
+// idle between steps of progress (of a stream: frames with data; of an answer not
+// streamed: AnswerStep of its bytes, or its end) (0 = no limit).
 type watchdog struct {
 	firstByte, idle time.Duration
 	abort           func(error)
@@ -277,7 +290,8 @@ type watchdog struct {
 	started bool      // the first body byte arrived (of a stream: its first frame with data)
 	paused  bool      // the caller's callback runs: the target is not waited for
 	byFrame bool      // a stream: only a frame with data is progress, its first one the start
-	trickle bool      // bytes came since the running limit started, and no such frame
+	trickle bool      // bytes came since the running limit started, and no such frame (nor AnswerStep)
+	pending int       // an answer not streamed: its bytes since the running limit started
 	status  int       // an error status's body is read whole (whole)
 }
 
@@ -308,6 +322,7 @@ func (w *watchdog) fire() {
 	se := w.template
 	se.FirstByte = !w.started
 	se.Trickle = w.trickle
+	se.NotStreamed = !w.byFrame
 	se.Status = w.status
 	se.After = w.idle
 	if se.FirstByte {
@@ -350,24 +365,34 @@ func (w *watchdog) whole(code int) {
 	w.rearmLocked()
 }
 
-// progress records body bytes: of an answer not streamed, the first one ends the
-// first-byte limit and any one starts the idle limit over; a stream's are only a trickle
-// until they make a frame with data (hold).
-func (w *watchdog) progress() {
+// progress records n body bytes: of an answer not streamed, the first one ends the
+// first-byte limit and starts the idle limit, and each AnswerStep of them after it starts
+// that limit over (its end does too: hold), fewer are a trickle; a stream's are only a
+// trickle until they make a frame with data (hold).
+func (w *watchdog) progress(n int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.byFrame {
+	switch {
+	case w.byFrame:
 		w.trickle = true
-		return
+	case !w.started:
+		w.started = true
+		w.rearmLocked()
+		w.pending = n
+	default:
+		if w.pending += n; w.pending >= AnswerStep {
+			w.rearmLocked()
+		} else {
+			w.trickle = true
+		}
 	}
-	w.started = true
-	w.rearmLocked()
 }
 
 // rearmLocked restarts the idle limit, or stops the first-byte one when there is none.
 func (w *watchdog) rearmLocked() {
 	w.armed = w.clock.Now()
 	w.trickle = false
+	w.pending = 0
 	switch {
 	case w.idle <= 0:
 		if w.timer != nil {
@@ -441,7 +466,7 @@ type watchedBody struct {
 func (b *watchedBody) Read(p []byte) (int, error) {
 	n, err := b.ReadCloser.Read(p)
 	if n > 0 {
-		b.w.progress()
+		b.w.progress(n)
 	}
 	return n, err
 }

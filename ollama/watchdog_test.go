@@ -19,7 +19,7 @@ func TestWatchdogFirstByteRaceWithoutIdleLimit(t *testing.T) {
 	w := newWatchdog(clk, 10*time.Second, 0, &StallError{Op: "POST /api/chat"}, func(err error) { aborted = err })
 	defer w.stop()
 	clk.Advance(10*time.Second - time.Nanosecond)
-	w.progress()
+	w.progress(1)
 	w.fire() // the timer's callback, already running when progress stopped it
 	if aborted != nil {
 		t.Fatalf("a stream whose first byte came in time was aborted: %v", aborted)
@@ -40,7 +40,7 @@ func watched(t *testing.T, firstByte, idle time.Duration) (*watchdog, *FakeClock
 func TestWatchdogIdleLimitRunsOutAtItsLength(t *testing.T) {
 	t.Parallel()
 	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
-	w.progress()
+	w.progress(1)
 	clk.Advance(50*time.Millisecond - time.Nanosecond)
 	if *aborted != nil {
 		t.Fatalf("aborted before the limit: %v", *aborted)
@@ -56,9 +56,9 @@ func TestWatchdogIdleLimitRunsOutAtItsLength(t *testing.T) {
 func TestWatchdogLateFireEndsNothing(t *testing.T) {
 	t.Parallel()
 	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
-	w.progress()
+	w.progress(1)
 	clk.Advance(40 * time.Millisecond)
-	w.progress()
+	w.progress(AnswerStep)
 	clk.Advance(20 * time.Millisecond)
 	w.fire() // the first arming's callback, already running when progress re-armed it
 	if *aborted != nil {
@@ -109,7 +109,7 @@ func TestWatchdogLateByFarWaitsTheGraceThenEnds(t *testing.T) {
 			w, clk, aborted := watched(t, tc.firstByte, tc.idle)
 			limit := tc.firstByte
 			if tc.started {
-				w.progress()
+				w.progress(1)
 				limit = tc.idle
 			}
 			clk.Advance(limit + time.Hour) // the freeze: the timer fires an hour late
@@ -134,7 +134,7 @@ func TestWatchdogLateByFarWaitsTheGraceThenEnds(t *testing.T) {
 func TestWatchdogLateByLittleEndsAtOnce(t *testing.T) {
 	t.Parallel()
 	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
-	w.progress()
+	w.progress(1)
 	clk.Advance(50*time.Millisecond + lateFire)
 	if *aborted == nil {
 		t.Fatalf("a timer %v late did not abort", lateFire)
@@ -187,13 +187,13 @@ func TestWatchdogFrameWithoutDataLeavesTheLimitRunning(t *testing.T) {
 	t.Parallel()
 	w, clk, aborted := watched(t, time.Minute, 50*time.Millisecond)
 	w.frames(true)
-	w.progress()
+	w.progress(1)
 	held := w.hold(func([]byte) error { clk.Advance(time.Second); return nil }, func(f []byte) bool { return len(f) > 0 })
 	if err := held([]byte("x")); err != nil || *aborted != nil { // the first frame with data
 		t.Fatalf("the first frame: %v, aborted %v", err, *aborted)
 	}
 	clk.Advance(30 * time.Millisecond)
-	w.progress() // a blank line's bytes
+	w.progress(1) // a blank line's bytes
 	if err := held(nil); err != nil || *aborted != nil {
 		t.Fatalf("the callback's second counted: %v, aborted %v", err, *aborted)
 	}
@@ -209,7 +209,7 @@ func TestWatchdogFrameWithoutDataLeavesTheLimitRunning(t *testing.T) {
 	// A frame with data starts the limit over.
 	w2, clk2, aborted2 := watched(t, time.Minute, 50*time.Millisecond)
 	w2.frames(true)
-	w2.progress()
+	w2.progress(1)
 	clk2.Advance(40 * time.Millisecond)
 	if err := w2.hold(func([]byte) error { return nil }, func([]byte) bool { return true })([]byte("x")); err != nil {
 		t.Fatal(err)
@@ -230,7 +230,7 @@ func TestWatchdogStreamStartsWithAFrameWithData(t *testing.T) {
 	w.frames(true)
 	counts := func(f []byte) bool { return len(f) > 0 }
 	held := w.hold(func([]byte) error { clk.Advance(time.Hour); return nil }, counts)
-	w.progress() // a keep-alive's bytes
+	w.progress(1) // a keep-alive's bytes
 	clk.Advance(time.Second)
 	if err := held(nil); err != nil || *aborted != nil {
 		t.Fatalf("a keep-alive a second in: %v, aborted %v", err, *aborted)
@@ -247,7 +247,7 @@ func TestWatchdogStreamStartsWithAFrameWithData(t *testing.T) {
 
 	w2, clk2, aborted2 := watched(t, time.Minute, 50*time.Millisecond)
 	w2.frames(true)
-	w2.progress()
+	w2.progress(1)
 	clk2.Advance(59 * time.Second)
 	if err := w2.hold(func([]byte) error { return nil }, counts)([]byte("x")); err != nil {
 		t.Fatal(err)
@@ -272,7 +272,7 @@ func TestWatchdogErrorBodyIsReadWhole(t *testing.T) {
 	w.whole(502)
 	for range 4 {
 		clk.Advance(100 * time.Millisecond)
-		w.progress()
+		w.progress(1)
 	}
 	if *aborted != nil {
 		t.Fatalf("aborted before the limit: %v", *aborted)
@@ -288,5 +288,50 @@ func TestWatchdogErrorBodyIsReadWhole(t *testing.T) {
 	clk.Advance(2 * time.Hour)
 	if *aborted != nil {
 		t.Fatalf("no idle limit, yet aborted: %v", *aborted)
+	}
+}
+
+// An answer not streamed starts with its first byte, which ends the first-byte limit; then
+// only AnswerStep of its bytes (or its end, hold) starts the idle limit over: a drip
+// stalls at the idle limit from its first byte, naming the trickle, while an answer that
+// comes a MiB at a time, each within the limit, runs on however long it takes in all.
+func TestWatchdogAnswerNotStreamedProgressesByTheMiB(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, time.Hour, 500*time.Millisecond)
+	w.frames(false)
+	clk.Advance(30 * time.Minute) // the compute: the first-byte limit's
+	w.progress(100)
+	for range 4 {
+		clk.Advance(100 * time.Millisecond)
+		w.progress(1)
+	}
+	if *aborted != nil {
+		t.Fatalf("aborted before the idle limit: %v", *aborted)
+	}
+	clk.Advance(100 * time.Millisecond)
+	var se *StallError
+	if !errors.As(*aborted, &se) || se.FirstByte || !se.Trickle || !se.NotStreamed || se.After != 500*time.Millisecond {
+		t.Fatalf("aborted with %v (%+v), want a trickle's idle stall 500ms after the first byte", *aborted, se)
+	}
+
+	// A slow link: half a MiB every 200ms, ten MiB in 4s, each MiB within the limit (a
+	// call that does not stream has no first-byte limit: NonStreamTimeout bounds it).
+	w, clk, aborted = watched(t, 0, 500*time.Millisecond)
+	w.frames(false)
+	w.progress(1)
+	for range 20 {
+		clk.Advance(200 * time.Millisecond)
+		w.progress(AnswerStep / 2)
+	}
+	if err := w.hold(func([]byte) error { return nil }, func(f []byte) bool { return true })([]byte("{}")); err != nil || *aborted != nil {
+		t.Fatalf("a slow but steady answer: %v, aborted %v", err, *aborted)
+	}
+	// Silent after its last MiB, short of its end: the idle limit, no trickle.
+	w, clk, aborted = watched(t, time.Hour, 500*time.Millisecond)
+	w.progress(1)
+	w.progress(AnswerStep)
+	clk.Advance(500 * time.Millisecond)
+	if !errors.As(*aborted, &se) || se.Trickle || se.Error() != "target stalled: no data for 500ms" {
+		t.Fatalf("aborted with %v, want a silent answer's idle stall", *aborted)
 	}
 }

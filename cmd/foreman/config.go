@@ -168,7 +168,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_PPROF_ADDR", flag: "pprof-addr", usage: "loopback host:port serving Go's runtime profiles under /debug/pprof/ (off when empty)", parse: optionalHostPort(&c.PprofAddr)},
 		// A stalled target is a failed attempt (ADR-0026).
 		{env: "FOREMAN_FIRST_BYTE_TIMEOUT", flag: "first-byte-timeout", def: durationDefault(app.DefaultFirstByteTimeout), usage: "longest wait for Ollama's first response byte (of a stream: its first line or event with data), a cold model load included; then the attempt fails", parse: dur(&c.FirstByteTimeout)},
-		{env: "FOREMAN_STREAM_IDLE_TIMEOUT", flag: "stream-idle-timeout", def: durationDefault(app.DefaultStreamIdleTimeout), usage: "longest silence of Ollama once its answer started (no line or event with data; a drip of bytes counts as silence); then the attempt fails", parse: dur(&c.StreamIdleTimeout)},
+		{env: "FOREMAN_STREAM_IDLE_TIMEOUT", flag: "stream-idle-timeout", def: durationDefault(app.DefaultStreamIdleTimeout), usage: "longest silence of Ollama once its answer started (no line or event with data; of an answer in one piece, no MiB of it nor its end; a drip of bytes counts as silence); then the attempt fails", parse: dur(&c.StreamIdleTimeout)},
 		{env: "FOREMAN_MAX_JOB_TIME", flag: "max-job-time", usage: "longest one attempt of a job may run (off when empty); then the job fails", parse: dur(&c.MaxJobTime)},
 		{env: "FOREMAN_NONSTREAM_TIMEOUT", flag: "nonstream-timeout", def: durationDefault(app.DefaultNonStreamTimeout), usage: "longest a non-streamed answer (embeddings, a debug render) may take, load included; then the job fails", parse: dur(&c.NonStreamTimeout)},
 		// Browser policy (ADR-0023) and slow clients.
