@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -78,6 +79,29 @@ func TestE2ECompletionOnEmbeddingModelAsDirect(t *testing.T) {
 		got := post(t, ctx, b.URL, "/jobs", []byte(c.body))
 		if got.Status != http.StatusBadRequest || errorBody(t, got.Body) != c.want {
 			t.Errorf("POST /jobs %s: %d %s, want 400 %s", c.body, got.Status, got.Body, c.want)
+		}
+	}
+	// A job asking tiny-a for a capability it lacks: refused at submit in the words the
+	// real Ollama gives the same body on its route (ADR-0129, amended).
+	for _, c := range []struct {
+		kind broker.Kind
+		body string
+	}{
+		{broker.KindChat, `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"think":true}`},
+		{broker.KindChat, `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}`},
+		{broker.KindGenerate, `"model":"tiny-a","prompt":"hi","suffix":"end"}`},
+		{broker.KindGenerate, `"model":"tiny-a","prompt":"hi","think":"high"}`},
+		{broker.KindOpenAIChat, `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}`},
+		{broker.KindOpenAIChat, `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low"}`},
+	} {
+		want := send(b.Target, c.kind.Path(), "{"+c.body)
+		if want.Status != http.StatusBadRequest {
+			t.Fatalf("%s {%s: Ollama answered %d %s, want a 400", c.kind.Path(), c.body, want.Status, want.Body)
+		}
+		job := fmt.Sprintf(`{"kind":%q,%s`, c.kind, c.body)
+		got := post(t, ctx, b.URL, "/jobs", []byte(job))
+		if got.Status != http.StatusBadRequest || errorBody(t, got.Body) != errorBody(t, want.Body) {
+			t.Errorf("POST /jobs %s: %d %s, want 400 %s", job, got.Status, got.Body, errorBody(t, want.Body))
 		}
 	}
 	if j, _, err := b.Store.Get(ctx, sub.ID); err != nil || j.State != broker.StateWorking {
