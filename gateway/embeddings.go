@@ -56,8 +56,11 @@ type modelCaps struct {
 type capsEntry struct {
 	ready chan struct{} // closed once caps and err are set
 	caps  []string      // the model's capabilities, as /api/show lists them
-	err   error
-	at    time.Time
+	// remote: /api/show names a remote host and model (a cloud model), to which Ollama's
+	// chat and generate handlers send a call before they check it against caps.
+	remote bool
+	err    error
+	at     time.Time
 	// refreshing: a look-up of knownCapabilities reads them again in the background.
 	refreshing atomic.Bool
 }
@@ -146,14 +149,15 @@ func (s *Server) knownCapabilities(ctx context.Context, model string) ([]string,
 
 // cachedCapabilities are model's capabilities as the cache holds them from a look-up that
 // succeeded, however old, with no look-up of their own: ok is false while none did.
-func (s *Server) cachedCapabilities(model string) (caps []string, ok bool) {
+// remote says the model is a remote one (capsEntry.remote).
+func (s *Server) cachedCapabilities(model string) (caps []string, remote, ok bool) {
 	s.caps.mu.Lock()
 	e := s.caps.m[ollama.NormalizeModel(model)]
 	s.caps.mu.Unlock()
 	if e == nil || !e.done() || e.err != nil {
-		return nil, false
+		return nil, false, false
 	}
-	return e.caps, true
+	return e.caps, e.remote, true
 }
 
 // refreshCaps reads model's capabilities again for its entry old (knownCapabilities),
@@ -166,7 +170,7 @@ func (s *Server) refreshCaps(ctx context.Context, name, model string, old *capsE
 		return
 	}
 	e := &capsEntry{ready: make(chan struct{})}
-	e.caps, e.err = showCapabilities(ctx, target, model)
+	e.caps, e.remote, e.err = showCapabilities(ctx, target, model)
 	e.at = time.Now()
 	close(e.ready)
 	if e.err != nil && !errors.Is(e.err, errNoCapabilities) {
@@ -201,7 +205,7 @@ var errNoTargetHasIt = errors.New("no reachable target lists the model")
 func (s *Server) lookUpCaps(ctx context.Context, name string, e *capsEntry, target ollama.Client, model string) {
 	defer close(e.ready)
 	defer func() { e.at = time.Now() }()
-	e.caps, e.err = showCapabilities(context.WithoutCancel(ctx), target, model)
+	e.caps, e.remote, e.err = showCapabilities(context.WithoutCancel(ctx), target, model)
 	if e.err == nil || errors.Is(e.err, errNoCapabilities) {
 		return
 	}
@@ -220,33 +224,36 @@ func (e *capsEntry) stale() bool {
 // errNoCapabilities is an /api/show answer without capabilities (an Ollama before 0.6).
 var errNoCapabilities = errors.New("the model's /api/show lists no capabilities")
 
-// showCapabilities asks target for model's capabilities.
-func showCapabilities(ctx context.Context, target ollama.Client, model string) ([]string, error) {
+// showCapabilities asks target for model's capabilities, and whether it is a remote
+// model (its /api/show names a remote host and model, as Ollama's handlers test it).
+func showCapabilities(ctx context.Context, target ollama.Client, model string) (caps []string, remote bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, showTimeout)
 	defer cancel()
 	body, err := json.Marshal(struct {
 		Model string `json:"model"`
 	}{model})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	h := http.Header{"Content-Type": {"application/json"}}
 	resp, err := target.Do(ctx, http.MethodPost, "/api/show", h, bytes.NewReader(body))
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, &ollama.HTTPError{StatusCode: resp.StatusCode}
+		return nil, false, &ollama.HTTPError{StatusCode: resp.StatusCode}
 	}
 	var show struct {
 		Capabilities *[]string `json:"capabilities"`
+		RemoteHost   string    `json:"remote_host"`
+		RemoteModel  string    `json:"remote_model"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&show); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if show.Capabilities == nil {
-		return nil, errNoCapabilities
+		return nil, false, errNoCapabilities
 	}
-	return *show.Capabilities, nil
+	return *show.Capabilities, show.RemoteHost != "" && show.RemoteModel != "", nil
 }

@@ -179,3 +179,32 @@ func (c countShows) Do(ctx context.Context, method, path string, header http.Hea
 	}
 	return c.Client.Do(ctx, method, path, header, body)
 }
+
+// A remote model (a cloud model's /api/show names its remote_host and remote_model) is
+// not refused at submit for what its capabilities lack: Ollama's chat and generate
+// handlers send its call on to the remote host before any of the checks the refusal
+// stands for (v0.17.4 server/routes.go: the remote branch comes before raw mode, the
+// think value, thinking and scheduleRunner's capabilities), and the remote answers it.
+func TestCapabilityJobsOfARemoteModelQueued(t *testing.T) {
+	t.Parallel()
+	remote := withTarget(func(c ollama.Client) ollama.Client {
+		return showTarget{Client: c, answer: `{"capabilities":["completion"],"remote_host":"https://ollama.com:443","remote_model":"tiny-a"}`}
+	})
+	b := newQueuedBundle(t, nil, capsModels(), remote)
+	ctx := testCtx(t, 30*time.Second)
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	tools := `"tools":[{"type":"function","function":{"name":"f"}}]`
+	for _, body := range []string{
+		`{"model":"tiny-a",` + msgs + `,"think":true}`,
+		`{"model":"tiny-a",` + msgs + `,` + tools + `}`,
+		`{"kind":"generate","model":"tiny-a","prompt":"hi","suffix":"end"}`,
+		`{"kind":"generate","model":"tiny-a","prompt":"hi","think":"medium","suffix":"end"}`,
+		`{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"reasoning_effort":"high"}`,
+	} {
+		for range 2 { // the second with the capabilities cached
+			if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusAccepted {
+				t.Errorf("POST /jobs %s: %d %s, want 202", body, got.Status, got.Body)
+			}
+		}
+	}
+}
