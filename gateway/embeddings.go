@@ -61,6 +61,10 @@ type capsEntry struct {
 	remote bool
 	err    error
 	at     time.Time
+	// digest is the model's digest in the own target's model list when it was looked up
+	// ("" for a model the list lacks): another there now is another model under the name
+	// (pulled or created again), whose capabilities these are not (modelDigest).
+	digest string
 	// refreshing: a look-up of knownCapabilities reads them again in the background.
 	refreshing atomic.Bool
 }
@@ -86,18 +90,19 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 }
 
 // capabilities are model's capabilities as a reachable target that has it (the own one
-// first, else another Mac's) lists them in /api/show, remembered for capsTTL; err says
-// why they are not known (no target has the model, the look-up failed, the caller left).
+// first, else another Mac's) lists them in /api/show, remembered for capsTTL or until
+// the model changes under its name (modelDigest); err says why they are not known (no
+// target has the model, the look-up failed, the caller left).
 func (s *Server) capabilities(ctx context.Context, model string) ([]string, error) {
 	target, err := s.capsTarget(ctx, model)
 	if err != nil {
 		return nil, err
 	}
-	name := ollama.NormalizeModel(model)
+	name, digest := ollama.NormalizeModel(model), s.modelDigest(model)
 	s.caps.mu.Lock()
 	e := s.caps.m[name]
-	if e == nil || e.stale() {
-		e = &capsEntry{ready: make(chan struct{})}
+	if e == nil || e.stale() || e.done() && e.digest != digest {
+		e = &capsEntry{ready: make(chan struct{}), digest: digest}
 		if s.caps.m == nil {
 			s.caps.m = map[string]*capsEntry{}
 		}
@@ -131,14 +136,15 @@ func (s *Server) capsTarget(ctx context.Context, model string) (ollama.Client, e
 // knownCapabilities is capabilities for a call on the chat and generate routes, the hot
 // path (ADR-0129): capabilities once read serve however old they are, and once older
 // than capsTTL one look-up at a time reads them again in the background. Only the first
-// call for a model waits for its /api/show, not the first of every capsTTL (an /api/show
-// of a large model takes a real Ollama tens of milliseconds).
+// call for a model waits for its /api/show, and the first after the model changed under
+// its name (its digest in the model list is another), not the first of every capsTTL (an
+// /api/show of a large model takes a real Ollama tens of milliseconds).
 func (s *Server) knownCapabilities(ctx context.Context, model string) ([]string, error) {
 	name := ollama.NormalizeModel(model)
 	s.caps.mu.Lock()
 	e := s.caps.m[name]
 	s.caps.mu.Unlock()
-	if e == nil || !e.done() {
+	if e == nil || !e.done() || e.digest != s.modelDigest(model) {
 		return s.capabilities(ctx, model)
 	}
 	if e.stale() && e.refreshing.CompareAndSwap(false, true) {
@@ -148,16 +154,35 @@ func (s *Server) knownCapabilities(ctx context.Context, model string) ([]string,
 }
 
 // cachedCapabilities are model's capabilities as the cache holds them from a look-up that
-// succeeded, however old, with no look-up of their own: ok is false while none did.
+// succeeded, however old, with no look-up of their own: ok is false while none did, and
+// when the model changed under its name since (modelDigest).
 // remote says the model is a remote one (capsEntry.remote).
 func (s *Server) cachedCapabilities(model string) (caps []string, remote, ok bool) {
 	s.caps.mu.Lock()
 	e := s.caps.m[ollama.NormalizeModel(model)]
 	s.caps.mu.Unlock()
-	if e == nil || !e.done() || e.err != nil {
+	if e == nil || !e.done() || e.err != nil || e.digest != s.modelDigest(model) {
 		return nil, false, false
 	}
 	return e.caps, e.remote, true
+}
+
+// modelDigest is model's digest in the own target's model list at its last poll, "" when
+// the list lacks it (or is not read yet): a model pulled or created again under its name
+// gets another, with maybe other capabilities (a template with tools, a thinking
+// parser). Another Mac's model keeps "" (its capabilities are read again every capsTTL).
+func (s *Server) modelDigest(model string) string {
+	tags := s.inv.Snapshot().Tags
+	if tags == nil {
+		return ""
+	}
+	want := ollama.NormalizeModel(model)
+	for _, m := range tags.Models {
+		if ollama.NormalizeModel(m.Name) == want || ollama.NormalizeModel(m.Model) == want {
+			return m.Digest
+		}
+	}
+	return ""
 }
 
 // refreshCaps reads model's capabilities again for its entry old (knownCapabilities),
@@ -169,7 +194,7 @@ func (s *Server) refreshCaps(ctx context.Context, name, model string, old *capsE
 	if err != nil {
 		return
 	}
-	e := &capsEntry{ready: make(chan struct{})}
+	e := &capsEntry{ready: make(chan struct{}), digest: s.modelDigest(model)}
 	e.caps, e.remote, e.err = showCapabilities(ctx, target, model)
 	e.at = time.Now()
 	close(e.ready)
