@@ -56,8 +56,15 @@ type modelCaps struct {
 type capsEntry struct {
 	ready chan struct{} // closed once caps and err are set
 	caps  []string      // the model's capabilities, as /api/show lists them
-	err   error
-	at    time.Time
+	// remote: /api/show names a remote host and model (a cloud model), to which Ollama's
+	// chat and generate handlers send a call before they check it against caps.
+	remote bool
+	err    error
+	at     time.Time
+	// digest is the model's digest in the own target's model list when it was looked up
+	// ("" for a model the list lacks): another there now is another model under the name
+	// (pulled or created again), whose capabilities these are not (modelDigest).
+	digest string
 	// refreshing: a look-up of knownCapabilities reads them again in the background.
 	refreshing atomic.Bool
 }
@@ -83,18 +90,19 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 }
 
 // capabilities are model's capabilities as a reachable target that has it (the own one
-// first, else another Mac's) lists them in /api/show, remembered for capsTTL; err says
-// why they are not known (no target has the model, the look-up failed, the caller left).
+// first, else another Mac's) lists them in /api/show, remembered for capsTTL or until
+// the model changes under its name (modelDigest); err says why they are not known (no
+// target has the model, the look-up failed, the caller left).
 func (s *Server) capabilities(ctx context.Context, model string) ([]string, error) {
 	target, err := s.capsTarget(ctx, model)
 	if err != nil {
 		return nil, err
 	}
-	name := ollama.NormalizeModel(model)
+	name, digest := ollama.NormalizeModel(model), s.modelDigest(model)
 	s.caps.mu.Lock()
 	e := s.caps.m[name]
-	if e == nil || e.stale() {
-		e = &capsEntry{ready: make(chan struct{})}
+	if e == nil || e.stale() || e.done() && e.digest != digest {
+		e = &capsEntry{ready: make(chan struct{}), digest: digest}
 		if s.caps.m == nil {
 			s.caps.m = map[string]*capsEntry{}
 		}
@@ -128,14 +136,15 @@ func (s *Server) capsTarget(ctx context.Context, model string) (ollama.Client, e
 // knownCapabilities is capabilities for a call on the chat and generate routes, the hot
 // path (ADR-0129): capabilities once read serve however old they are, and once older
 // than capsTTL one look-up at a time reads them again in the background. Only the first
-// call for a model waits for its /api/show, not the first of every capsTTL (an /api/show
-// of a large model takes a real Ollama tens of milliseconds).
+// call for a model waits for its /api/show, and the first after the model changed under
+// its name (its digest in the model list is another), not the first of every capsTTL (an
+// /api/show of a large model takes a real Ollama tens of milliseconds).
 func (s *Server) knownCapabilities(ctx context.Context, model string) ([]string, error) {
 	name := ollama.NormalizeModel(model)
 	s.caps.mu.Lock()
 	e := s.caps.m[name]
 	s.caps.mu.Unlock()
-	if e == nil || !e.done() {
+	if e == nil || !e.done() || e.digest != s.modelDigest(model) {
 		return s.capabilities(ctx, model)
 	}
 	if e.stale() && e.refreshing.CompareAndSwap(false, true) {
@@ -145,15 +154,35 @@ func (s *Server) knownCapabilities(ctx context.Context, model string) ([]string,
 }
 
 // cachedCapabilities are model's capabilities as the cache holds them from a look-up that
-// succeeded, however old, with no look-up of their own: ok is false while none did.
-func (s *Server) cachedCapabilities(model string) (caps []string, ok bool) {
+// succeeded, however old, with no look-up of their own: ok is false while none did, and
+// when the model changed under its name since (modelDigest).
+// remote says the model is a remote one (capsEntry.remote).
+func (s *Server) cachedCapabilities(model string) (caps []string, remote, ok bool) {
 	s.caps.mu.Lock()
 	e := s.caps.m[ollama.NormalizeModel(model)]
 	s.caps.mu.Unlock()
-	if e == nil || !e.done() || e.err != nil {
-		return nil, false
+	if e == nil || !e.done() || e.err != nil || e.digest != s.modelDigest(model) {
+		return nil, false, false
 	}
-	return e.caps, true
+	return e.caps, e.remote, true
+}
+
+// modelDigest is model's digest in the own target's model list at its last poll, "" when
+// the list lacks it (or is not read yet): a model pulled or created again under its name
+// gets another, with maybe other capabilities (a template with tools, a thinking
+// parser). Another Mac's model keeps "" (its capabilities are read again every capsTTL).
+func (s *Server) modelDigest(model string) string {
+	tags := s.inv.Snapshot().Tags
+	if tags == nil {
+		return ""
+	}
+	want := ollama.NormalizeModel(model)
+	for _, m := range tags.Models {
+		if ollama.NormalizeModel(m.Name) == want || ollama.NormalizeModel(m.Model) == want {
+			return m.Digest
+		}
+	}
+	return ""
 }
 
 // refreshCaps reads model's capabilities again for its entry old (knownCapabilities),
@@ -165,8 +194,8 @@ func (s *Server) refreshCaps(ctx context.Context, name, model string, old *capsE
 	if err != nil {
 		return
 	}
-	e := &capsEntry{ready: make(chan struct{})}
-	e.caps, e.err = showCapabilities(ctx, target, model)
+	e := &capsEntry{ready: make(chan struct{}), digest: s.modelDigest(model)}
+	e.caps, e.remote, e.err = showCapabilities(ctx, target, model)
 	e.at = time.Now()
 	close(e.ready)
 	if e.err != nil && !errors.Is(e.err, errNoCapabilities) {
@@ -201,7 +230,7 @@ var errNoTargetHasIt = errors.New("no reachable target lists the model")
 func (s *Server) lookUpCaps(ctx context.Context, name string, e *capsEntry, target ollama.Client, model string) {
 	defer close(e.ready)
 	defer func() { e.at = time.Now() }()
-	e.caps, e.err = showCapabilities(context.WithoutCancel(ctx), target, model)
+	e.caps, e.remote, e.err = showCapabilities(context.WithoutCancel(ctx), target, model)
 	if e.err == nil || errors.Is(e.err, errNoCapabilities) {
 		return
 	}
@@ -220,33 +249,36 @@ func (e *capsEntry) stale() bool {
 // errNoCapabilities is an /api/show answer without capabilities (an Ollama before 0.6).
 var errNoCapabilities = errors.New("the model's /api/show lists no capabilities")
 
-// showCapabilities asks target for model's capabilities.
-func showCapabilities(ctx context.Context, target ollama.Client, model string) ([]string, error) {
+// showCapabilities asks target for model's capabilities, and whether it is a remote
+// model (its /api/show names a remote host and model, as Ollama's handlers test it).
+func showCapabilities(ctx context.Context, target ollama.Client, model string) (caps []string, remote bool, err error) {
 	ctx, cancel := context.WithTimeout(ctx, showTimeout)
 	defer cancel()
 	body, err := json.Marshal(struct {
 		Model string `json:"model"`
 	}{model})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	h := http.Header{"Content-Type": {"application/json"}}
 	resp, err := target.Do(ctx, http.MethodPost, "/api/show", h, bytes.NewReader(body))
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, &ollama.HTTPError{StatusCode: resp.StatusCode}
+		return nil, false, &ollama.HTTPError{StatusCode: resp.StatusCode}
 	}
 	var show struct {
 		Capabilities *[]string `json:"capabilities"`
+		RemoteHost   string    `json:"remote_host"`
+		RemoteModel  string    `json:"remote_model"`
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&show); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if show.Capabilities == nil {
-		return nil, errNoCapabilities
+		return nil, false, errNoCapabilities
 	}
-	return *show.Capabilities, nil
+	return *show.Capabilities, show.RemoteHost != "" && show.RemoteModel != "", nil
 }

@@ -38,7 +38,7 @@ func TestStaleCapabilitiesDoNotHoldAChat(t *testing.T) {
 		b.GW.caps.mu.Unlock()
 		t.Fatal("tiny-a's capabilities were not kept")
 	}
-	old := &capsEntry{ready: make(chan struct{}), caps: e.caps, at: time.Now().Add(-capsTTL)}
+	old := &capsEntry{ready: make(chan struct{}), caps: e.caps, at: time.Now().Add(-capsTTL), digest: e.digest}
 	close(old.ready)
 	b.GW.caps.m["tiny-a:latest"] = old
 	b.GW.caps.mu.Unlock()

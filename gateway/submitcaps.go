@@ -18,13 +18,14 @@ import (
 // Only capabilities the cache holds are read (an earlier look-up's, or cannotComplete's
 // for this submit): this check makes no /api/show call of its own, and with none known,
 // the target unreachable, or a body whose first refusal foreman cannot tell, the job is
-// queued as before.
+// queued as before. So is a remote model's (a cloud model's): Ollama's handlers send its
+// call on to the remote host before any of these checks, and the remote answers it.
 func (s *Server) refuseLacking(kind broker.Kind, model, asked string, asks capabilityAsks, body []byte) error {
 	if !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
 		return nil
 	}
-	caps, ok := s.cachedCapabilities(model)
-	if !ok {
+	caps, remote, ok := s.cachedCapabilities(model)
+	if !ok || remote {
 		return nil
 	}
 	what := lacking(kind, asks, caps)

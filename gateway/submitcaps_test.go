@@ -179,3 +179,69 @@ func (c countShows) Do(ctx context.Context, method, path string, header http.Hea
 	}
 	return c.Client.Do(ctx, method, path, header, body)
 }
+
+// A remote model (a cloud model's /api/show names its remote_host and remote_model) is
+// not refused at submit for what its capabilities lack: Ollama's chat and generate
+// handlers send its call on to the remote host before any of the checks the refusal
+// stands for (v0.17.4 server/routes.go: the remote branch comes before raw mode, the
+// think value, thinking and scheduleRunner's capabilities), and the remote answers it.
+func TestCapabilityJobsOfARemoteModelQueued(t *testing.T) {
+	t.Parallel()
+	remote := withTarget(func(c ollama.Client) ollama.Client {
+		return showTarget{Client: c, answer: `{"capabilities":["completion"],"remote_host":"https://ollama.com:443","remote_model":"tiny-a"}`}
+	})
+	b := newQueuedBundle(t, nil, capsModels(), remote)
+	ctx := testCtx(t, 30*time.Second)
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	tools := `"tools":[{"type":"function","function":{"name":"f"}}]`
+	for _, body := range []string{
+		`{"model":"tiny-a",` + msgs + `,"think":true}`,
+		`{"model":"tiny-a",` + msgs + `,` + tools + `}`,
+		`{"kind":"generate","model":"tiny-a","prompt":"hi","suffix":"end"}`,
+		`{"kind":"generate","model":"tiny-a","prompt":"hi","think":"medium","suffix":"end"}`,
+		`{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"reasoning_effort":"high"}`,
+	} {
+		for range 2 { // the second with the capabilities cached
+			if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusAccepted {
+				t.Errorf("POST /jobs %s: %d %s, want 202", body, got.Status, got.Body)
+			}
+		}
+	}
+}
+
+// Capabilities read before the model changed under its name (pulled or created again:
+// its digest in the model list is another) refuse nothing: the model is looked up again.
+// Before, the cache answered for up to capsTTL with the old model's, and POST /jobs
+// refused a job the new model runs (a thinking job, a chat job of a former embedding
+// model) with words Ollama no longer gives.
+func TestCapabilityJobsOfAModelChangedUnderItsName(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, capsModels())
+	ctx := testCtx(t, 30*time.Second)
+	msgs := `"messages":[{"role":"user","content":"hi"}]`
+	thinks := `{"model":"tiny-a",` + msgs + `,"think":true}`
+	chats := `{"model":"tiny-embed",` + msgs + `}`
+	for body, want := range map[string]string{thinks: `"tiny-a" does not support thinking`, chats: `"tiny-embed" does not support chat`} {
+		if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusBadRequest || errorBody(t, got.Body) != want {
+			t.Fatalf("POST /jobs %s: %d %s, want 400 %q", body, got.Status, got.Body, want)
+		}
+	}
+	b.Fake.AddModel(ollamatest.Model{Name: "tiny-a", Thinking: true, Digest: "a2"})
+	b.Fake.AddModel(ollamatest.Model{Name: "tiny-embed", Digest: "e2"})
+	for seen := 0; seen < 2; {
+		if err := b.Inv.Refresh(ctx); err != nil {
+			t.Fatal(err)
+		}
+		seen = 0
+		for _, m := range b.Inv.Snapshot().Tags.Models {
+			if m.Digest == "a2" || m.Digest == "e2" {
+				seen++
+			}
+		}
+	}
+	for _, body := range []string{thinks, chats} {
+		if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusAccepted {
+			t.Errorf("POST /jobs %s after the model changed: %d %s, want 202", body, got.Status, got.Body)
+		}
+	}
+}

@@ -134,3 +134,44 @@ func TestStreamCROnlyNDJSONStallsAtTheLimit(t *testing.T) {
 		}
 	}
 }
+
+// A stream that begins with a BOM's first byte (or two) and then falls silent is a stall
+// at the first-byte limit: splitFrames' look at the next bytes waits on the watched body,
+// which the limit ends, never past it.
+func TestStreamBOMHeadThenSilenceStalls(t *testing.T) {
+	t.Parallel()
+	for _, head := range []string{"\xEF", "\xEF\xBB"} {
+		for _, ct := range []string{ollama.ContentTypeNDJSON, "text/event-stream"} {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", ct)
+				w.WriteHeader(http.StatusOK)
+				_, _ = io.WriteString(w, head)
+				_ = http.NewResponseController(w).Flush()
+				<-r.Context().Done()
+			}))
+			t.Cleanup(srv.Close)
+			c := newClient(t, srv.URL)
+			clk := ollama.NewFakeClock()
+			errc := make(chan error, 1)
+			go func() {
+				_, err := c.Stream(testCtx(t), "/api/chat", []byte(stallChat), func([]byte) error { return nil },
+					ollama.FirstByteTimeout(500*time.Millisecond), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
+				errc <- err
+			}()
+			tick := time.NewTicker(10 * time.Millisecond)
+			var err error
+			for ticks := 0; err == nil; ticks++ {
+				select {
+				case err = <-errc:
+				case <-tick.C:
+					if ticks == 100 {
+						t.Fatalf("%q (%s): the stream still runs after 50 limits", head, ct)
+					}
+					clk.Advance(250 * time.Millisecond)
+				}
+			}
+			tick.Stop()
+			wantStall(t, err, true, 500*time.Millisecond)
+		}
+	}
+}

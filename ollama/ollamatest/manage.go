@@ -50,7 +50,7 @@ func (s *Server) Tags() *ollama.ListResponse {
 	for _, m := range s.models {
 		out.Models = append(out.Models, ollama.ListModelResponse{
 			Name: m.Name, Model: m.Name, ModifiedAt: now, Size: m.Size,
-			Digest: digestOf(m.Name), Details: rawJSON(details(m)),
+			Digest: m.digest(), Details: rawJSON(details(m)),
 		})
 	}
 	return out
@@ -80,7 +80,7 @@ func (s *Server) Ps() *ollama.ProcessResponse {
 			m = Model{Name: loaded, Size: 100_000_000}
 		}
 		out.Models = append(out.Models, ollama.ProcessModelResponse{
-			Name: m.Name, Model: m.Name, Size: m.Size, Digest: digestOf(m.Name),
+			Name: m.Name, Model: m.Name, Size: m.Size, Digest: m.digest(),
 			Details: rawJSON(details(m)), ExpiresAt: s.cfg.Clock().UTC().Add(5 * time.Minute),
 			SizeVRAM: m.Size, ContextLength: 4096,
 		})

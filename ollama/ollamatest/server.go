@@ -21,6 +21,18 @@ type Model struct {
 	Image     bool   // an image generation model: /v1/images answers it with an image
 	Thinking  bool   // /api/show lists the "thinking" capability beside "completion"
 	Size      int64  // bytes; default 100 MB
+	// Digest is the digest /api/tags and /api/ps list; default one of the name's. A model
+	// pulled or created again under its name with other contents gets another: AddModel
+	// it with a new Digest.
+	Digest string
+}
+
+// digest is the digest the model lists.
+func (m Model) digest() string {
+	if m.Digest != "" {
+		return m.Digest
+	}
+	return digestOf(m.Name)
 }
 
 // Config configures a Server. Zero values get the defaults noted.
