@@ -292,6 +292,7 @@ type watchdog struct {
 	byFrame bool      // a stream: only a frame with data is progress, its first one the start
 	trickle bool      // bytes came since the running limit started, and no such frame (nor AnswerStep)
 	pending int       // an answer not streamed: its bytes since the running limit started
+	thawed  bool      // the running limit ran out while this process was frozen (fire)
 	status  int       // an error status's body is read whole (whole)
 }
 
@@ -336,6 +337,7 @@ func (w *watchdog) fire() {
 		// before the silence counts as the target's.
 		w.armed = now.Add(grace - se.After)
 		w.timer.Reset(grace)
+		w.thawed = true
 		live = false
 	}
 	w.mu.Unlock()
@@ -367,8 +369,10 @@ func (w *watchdog) whole(code int) {
 
 // progress records n body bytes: of an answer not streamed, the first one ends the
 // first-byte limit and starts the idle limit, and each AnswerStep of them after it starts
-// that limit over (its end does too: hold), fewer are a trickle; a stream's are only a
-// trickle until they make a frame with data (hold).
+// that limit over (its end does too: hold), fewer are a trickle, but for the first read
+// after a thaw (thawed): the target sent while this process was frozen, and the next MiB
+// has the whole limit, not thawGrace; a stream's are only a trickle until they make a
+// frame with data (hold).
 func (w *watchdog) progress(n int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -380,7 +384,7 @@ func (w *watchdog) progress(n int) {
 		w.rearmLocked()
 		w.pending = n
 	default:
-		if w.pending += n; w.pending >= AnswerStep {
+		if w.pending += n; w.pending >= AnswerStep || w.thawed {
 			w.rearmLocked()
 		} else {
 			w.trickle = true
@@ -393,6 +397,7 @@ func (w *watchdog) rearmLocked() {
 	w.armed = w.clock.Now()
 	w.trickle = false
 	w.pending = 0
+	w.thawed = false
 	switch {
 	case w.idle <= 0:
 		if w.timer != nil {

@@ -335,3 +335,48 @@ func TestWatchdogAnswerNotStreamedProgressesByTheMiB(t *testing.T) {
 		t.Fatalf("aborted with %v, want a silent answer's idle stall", *aborted)
 	}
 }
+
+// An answer not streamed whose idle limit ran out while this process was frozen (its
+// timer fires late by far) is not held to a MiB within thawGrace: the bytes read in the
+// grace show the target sending, and start the limit over, from which the next MiB (or
+// the end) has the whole limit, as over any link that carries a MiB per idle limit. Held
+// to a MiB in the grace, a healthy answer over a link slower than a MiB a second was cut
+// as a trickle once the process thawed.
+func TestWatchdogAnswerNotStreamedAfterAThaw(t *testing.T) {
+	t.Parallel()
+	w, clk, aborted := watched(t, time.Hour, time.Minute)
+	w.frames(false)
+	w.progress(100)
+	clk.Advance(time.Minute + time.Hour) // the freeze: the idle timer fires an hour late
+	clk.Advance(thawGrace / 2)
+	w.progress(64 << 10) // what waited unread, and what the link brings on
+	for range 100 {      // 100 kB/s, the rest of the answer: 600 kB in 59s
+		clk.Advance(thawGrace / 2)
+		w.progress(6 << 10)
+	}
+	if *aborted != nil {
+		t.Fatalf("a healthy answer cut after the thaw: %v", *aborted)
+	}
+	if err := w.hold(func([]byte) error { return nil }, func([]byte) bool { return true })([]byte("{}")); err != nil {
+		t.Fatal(err)
+	}
+
+	// A freeze gives no drip more than the one limit: after it, a trickle stalls again.
+	w, clk, aborted = watched(t, time.Hour, time.Minute)
+	w.frames(false)
+	w.progress(100)
+	clk.Advance(time.Minute + time.Hour)
+	w.progress(1)
+	for range 59 {
+		clk.Advance(time.Second)
+		w.progress(1)
+	}
+	if *aborted != nil {
+		t.Fatalf("aborted within the limit after the thaw: %v", *aborted)
+	}
+	clk.Advance(time.Second)
+	var se *StallError
+	if !errors.As(*aborted, &se) || !se.Trickle || !se.NotStreamed || se.After != time.Minute {
+		t.Fatalf("a drip after the thaw: %v, want a trickle's stall a limit after it", *aborted)
+	}
+}
