@@ -84,20 +84,28 @@ func serve(ctx context.Context, cfg serveConfig, log *slog.Logger, stopNow <-cha
 		case <-sctx.Done():
 		}
 	}()
-	if serr := a.Shutdown(sctx); serr != nil {
-		if wasCut.Load() {
-			// What the cut left undone is the log's ("end waiting responses: context
-			// canceled"): said as the command's error, Go's words read as a fault of
-			// foreman's, not the operator's own stop.
-			log.Warn("the shutdown cut short left", "err", serr)
-			serr = errShutdownCut
-			if err != nil {
-				serr = errShutdownCutAfterFailure // the operator's first stop cut it
-			}
-		}
-		err = errors.Join(err, serr)
+	return shutdownResult(err, a.Shutdown(sctx), wasCut.Load(), log)
+}
+
+// shutdownResult is serve's error after a shutdown that ended with serr: err, the failure
+// that began it if one did, and what the shutdown left. A shutdown the operator cut short
+// (cut) is an error whatever serr is (exit 1, as the README says): a running job the
+// worker hands back at the cut leaves no error of its own, and the one component that
+// may say "context canceled" (the wait for sync answers) does so only when it saw the
+// cut first, so serr alone made the exit status of a cut a race. What the cut left
+// undone is the log's: said as the command's error, Go's words read as a fault of
+// foreman's, not the operator's own stop.
+func shutdownResult(err, serr error, cut bool, log *slog.Logger) error {
+	if !cut {
+		return errors.Join(err, serr)
 	}
-	return err
+	if serr != nil {
+		log.Warn("the shutdown cut short left", "err", serr)
+	}
+	if err != nil {
+		return errors.Join(err, errShutdownCutAfterFailure) // the operator's first stop cut it
+	}
+	return errShutdownCut
 }
 
 // errShutdownCut is serve's error when a second stop cut its shutdown short (exit 1: a
