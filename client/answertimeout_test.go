@@ -55,13 +55,7 @@ func stopping(t *testing.T, answering bool) (srv *httptest.Server, askedEarly *a
 			askedEarly.Store(true)
 			w.WriteHeader(http.StatusEarlyHints)
 		}
-		select {
-		case <-answered:
-		case <-r.Context().Done():
-			return
-		}
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+		answerLate(w, r, answered)
 	})
 	srv = httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -221,13 +215,7 @@ func TestAnswerTimeoutChatRidesOutACheckNotSent(t *testing.T) {
 		_, _ = io.ReadAll(r.Body)
 		w.Header().Set("X-Foreman-Job-Id", stoppedJob)
 		w.WriteHeader(http.StatusEarlyHints)
-		select {
-		case <-answered:
-		case <-r.Context().Done():
-			return
-		}
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+		answerLate(w, r, answered)
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -306,13 +294,7 @@ func TestAnswerTimeoutLetsASilentChatWaitWithoutItsEarlyID(t *testing.T) {
 	})
 	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.ReadAll(r.Body)
-		select {
-		case <-answered:
-		case <-r.Context().Done():
-			return
-		}
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+		answerLate(w, r, answered)
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
@@ -321,4 +303,16 @@ func TestAnswerTimeoutLetsASilentChatWaitWithoutItsEarlyID(t *testing.T) {
 	if err != nil || r.Message.Content != "late" {
 		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
 	}
+}
+
+// answerLate answers a chat with its one line ("late") once answered is closed, or not at
+// all should the caller leave first.
+func answerLate(w http.ResponseWriter, r *http.Request, answered <-chan struct{}) {
+	select {
+	case <-answered:
+	case <-r.Context().Done():
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
 }

@@ -141,13 +141,7 @@ func TestAnswerTimeoutLetsASilentChatWaitOnADegradedForeman(t *testing.T) {
 					w.Header().Set("X-Foreman-Job-Id", proxiedJob)
 					w.WriteHeader(http.StatusEarlyHints)
 				}
-				select {
-				case <-answered:
-				case <-r.Context().Done():
-					return
-				}
-				w.Header().Set("Content-Type", "application/x-ndjson")
-				_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+				answerLate(w, r, answered)
 			})
 			srv := httptest.NewServer(mux)
 			t.Cleanup(srv.Close)
@@ -185,13 +179,7 @@ func TestAnswerTimeoutAsksAgainAfterAProxysPage(t *testing.T) {
 	})
 	mux.HandleFunc("POST /api/chat", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.ReadAll(r.Body)
-		select {
-		case <-answered:
-		case <-r.Context().Done():
-			return
-		}
-		w.Header().Set("Content-Type", "application/x-ndjson")
-		_, _ = io.WriteString(w, `{"model":"tiny-a","message":{"role":"assistant","content":"late"},"done":true}`+"\n")
+		answerLate(w, r, answered)
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
