@@ -275,17 +275,7 @@ func TestStreamDripIsAStall(t *testing.T) {
 					if afterData {
 						_, _ = io.WriteString(w, first)
 					}
-					for {
-						_, _ = io.WriteString(w, unit)
-						if http.NewResponseController(w).Flush() != nil {
-							return
-						}
-						select {
-						case <-r.Context().Done():
-							return
-						case <-time.After(time.Millisecond):
-						}
-					}
+					dripUntilGone(w, r, unit)
 				}))
 				t.Cleanup(srv.Close)
 				c := newClient(t, srv.URL)
@@ -404,6 +394,22 @@ func TestStreamKeepAlivesBeforeTheFirstEventAreTheFirstByteLimits(t *testing.T) 
 		wantStall(t, err, true, 5*time.Minute)
 		if got := err.Error(); got != "target stalled: no line or event with data for 5m0s, only a trickle of bytes" {
 			t.Errorf("message %q", got)
+		}
+	}
+}
+
+// dripUntilGone writes unit to w every millisecond, flushed, until the client leaves: a
+// target that is never silent and never done.
+func dripUntilGone(w http.ResponseWriter, r *http.Request, unit string) {
+	for {
+		_, _ = io.WriteString(w, unit)
+		if http.NewResponseController(w).Flush() != nil {
+			return
+		}
+		select {
+		case <-r.Context().Done():
+			return
+		case <-time.After(time.Millisecond):
 		}
 	}
 }

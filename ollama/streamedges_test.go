@@ -25,17 +25,7 @@ func TestStreamDrippedErrorBodyIsAStall(t *testing.T) {
 			w.Header().Set("Content-Type", "application/json; charset=utf-8")
 			w.WriteHeader(http.StatusInternalServerError)
 			_, _ = io.WriteString(w, `{"error":"`)
-			for {
-				_, _ = io.WriteString(w, "x")
-				if http.NewResponseController(w).Flush() != nil {
-					return
-				}
-				select {
-				case <-r.Context().Done():
-					return
-				case <-time.After(time.Millisecond):
-				}
-			}
+			dripUntilGone(w, r, "x")
 		}))
 		t.Cleanup(srv.Close)
 		c := newClient(t, srv.URL)
@@ -88,17 +78,7 @@ func TestStreamCROnlyNDJSONStallsAtTheLimit(t *testing.T) {
 			if afterLine {
 				_, _ = io.WriteString(w, "{\"message\":{\"content\":\"a\"},\"done\":false}\n")
 			}
-			for {
-				_, _ = io.WriteString(w, "{\"message\":{\"content\":\"x\"},\"done\":false}\r")
-				if http.NewResponseController(w).Flush() != nil {
-					return
-				}
-				select {
-				case <-r.Context().Done():
-					return
-				case <-time.After(time.Millisecond):
-				}
-			}
+			dripUntilGone(w, r, "{\"message\":{\"content\":\"x\"},\"done\":false}\r")
 		}))
 		t.Cleanup(srv.Close)
 		c := newClient(t, srv.URL)

@@ -44,17 +44,7 @@ func TestStreamDrippedAnswerNotStreamedIsAStall(t *testing.T) {
 				w.Header().Set("Content-Type", "application/json; charset=utf-8")
 				w.WriteHeader(http.StatusOK)
 				_, _ = io.WriteString(w, `{"embeddings":[[0.`)
-				for {
-					_, _ = io.WriteString(w, "1")
-					if http.NewResponseController(w).Flush() != nil {
-						return
-					}
-					select {
-					case <-r.Context().Done():
-						return
-					case <-time.After(time.Millisecond):
-					}
-				}
+				dripUntilGone(w, r, "1")
 			}))
 			t.Cleanup(srv.Close)
 			read := &readCounter{rt: &http.Transport{}}
