@@ -641,10 +641,15 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	w.mu.Lock()
 	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
-	w.pastFinishing(ctx, &c)
+	if w.pastFinishing(ctx, &c); len(c.Heads) == 0 {
+		return nil, false, nil // only jobs this worker is finishing were queued
+	}
 	var firstErr error
 	c.RunElsewhere = w.runElsewhere(ctx, c, look)
 	tried, looked := map[string]bool{}, map[string]bool{}
+	// drained stays true while every queue tried holds nothing but a job this worker is
+	// finishing: then nothing waits, and no recheck is due (Store.NextPast).
+	drained := true
 	for i, tokens := 0, plan(c); i < len(tokens); i++ {
 		token := tokens[i]
 		if tried[token] {
@@ -657,9 +662,10 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		tried[token] = true
 		if !broker.TokenValid(token) {
 			w.purge(ctx, token)
+			drained = false
 			continue
 		}
-		d, err := w.store.Next(ctx, token)
+		d, err := w.nextOf(ctx, token, c.Heads, &drained)
 		err = w.fetchFaulted(d, err)
 		if d != nil {
 			if err != nil && w.unusable(ctx, d, err) {
@@ -672,7 +678,27 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 			firstErr = err
 		}
 	}
-	return nil, true, firstErr
+	return nil, !drained || len(tried) == 0, firstErr
+}
+
+// nextOf fetches the next job of queue token without waiting. A queue headed by a job
+// this worker is finishing (its ack to come: pastFinishing leaves such a head in place
+// for a runner counted loaded, whose fetch delivers the job behind it) is fetched past
+// that job (Store.NextPast); any other queue, or one the store does not show drained,
+// clears *drained.
+func (w *Worker) nextOf(ctx context.Context, token string, heads []head, drained *bool) (*broker.Lease, error) {
+	for _, h := range heads {
+		if h.Token != token || h.JobID == "" || !w.isFinishing(h.JobID) {
+			continue
+		}
+		d, gone, err := w.store.NextPast(ctx, token, h.Seq)
+		if !gone {
+			*drained = false
+		}
+		return d, err
+	}
+	*drained = false
+	return w.store.Next(ctx, token)
 }
 
 // waiting replaces each head that waits no more and is older than MaxWait by the next
