@@ -470,7 +470,8 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 	// The queue message goes out on its own goroutine while this one creates the record:
 	// the two streams store (and fsync) them in parallel. A worker of this process is
 	// woken first, from here.
-	s.announce(j, key, body)
+	created := &createdRecord{done: make(chan struct{})}
+	s.announce(j, key, body, created.wait)
 	var (
 		ack  *jetstream.PubAck
 		qerr error
@@ -480,9 +481,12 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 		defer close(done)
 		ack, qerr = s.publishQueued(ctx, j, key, body)
 	}()
-	cerr := s.retryWrite(ctx, func(ctx context.Context) error {
-		return s.createRecord(ctx, j, rec)
+	var rev uint64
+	cerr := s.retryWrite(ctx, func(ctx context.Context) (err error) {
+		rev, err = s.createRecord(ctx, j, rec)
+		return err
 	})
+	created.settle(rec, rev, cerr)
 	s.writes.records.note(cerr, s.clock())
 	<-done
 	return s.settleSubmit(ctx, j, rec, cerr, ack, qerr)
@@ -493,20 +497,56 @@ func (s *Store) Submit(ctx context.Context, j *Job, body []byte) (*Job, error) {
 // queue by it, without reading each of their records (ADR-0025). A key that has a
 // revision already (a delete marker, or the job) is left to kv.Create, which writes over
 // the marker and answers ErrKeyExists for the job.
-func (s *Store) createRecord(ctx context.Context, j *Job, rec []byte) error {
+func (s *Store) createRecord(ctx context.Context, j *Job, rec []byte) (rev uint64, err error) {
 	msg := nats.NewMsg("$KV." + JobsBucket + "." + jobKey(j.ID))
 	msg.Header.Set(HeaderRecordState, string(j.State))
 	msg.Data = rec
-	_, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(0))
+	ack, err := s.js.PublishMsg(ctx, msg, jetstream.WithExpectLastSequencePerSubject(0))
+	if err == nil {
+		rev = ack.Sequence
+	}
 	var apiErr *jetstream.APIError
 	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-		_, err = s.kv.Create(ctx, jobKey(j.ID), rec)
+		rev, err = s.kv.Create(ctx, jobKey(j.ID), rec)
 	}
 	if err == nil && s.createdRecord != nil {
 		err = s.createdRecord(j.ID)
 	}
-	return err
+	return rev, err
+}
+
+// createdRecord is a submit's record create as its announcement hands it to this
+// process's worker (Published.Created): the record a create stored, without a read.
+type createdRecord struct {
+	done chan struct{}
+	rec  []byte // the record stored, nil when the create failed
+	rev  uint64
+}
+
+// settle tells the waiters how the create ended: rec stored at rev when err is nil.
+func (c *createdRecord) settle(rec []byte, rev uint64, err error) {
+	if err == nil && rev > 0 {
+		c.rec, c.rev = rec, rev
+	}
+	close(c.done)
+}
+
+// wait is Published.Created.
+func (c *createdRecord) wait(ctx context.Context) (*Job, uint64, bool) {
+	select {
+	case <-c.done:
+	case <-ctx.Done():
+		return nil, 0, false
+	}
+	if c.rec == nil {
+		return nil, 0, false
+	}
+	j, err := DecodeJob(c.rec)
+	if err != nil {
+		return nil, 0, false
+	}
+	return j, c.rev, true
 }
 
 // maxSubmitRecord bounds a new job's record. Its fields from the caller are bounded one by
@@ -614,7 +654,7 @@ func (s *Store) dropStoredBody(j *Job) {
 }
 
 func (s *Store) enqueue(ctx context.Context, j *Job, key QueueKey, body []byte) error {
-	s.announce(j, key, body)
+	s.announce(j, key, body, nil)
 	if _, err := s.publishQueued(ctx, j, key, body); err != nil {
 		return fmt.Errorf("broker: enqueue %s: %w", j.ID, storageErr(err))
 	}
@@ -656,11 +696,11 @@ func (s *Store) publishQueued(ctx context.Context, j *Job, key QueueKey, body []
 // announce wakes this Store's OnQueued callbacks with job j's queue message, ahead of its
 // publish: a worker of this process starts now, not one NATS round trip later. They get
 // a copy of body: the caller's may change once Submit returns, a worker may still read it.
-func (s *Store) announce(j *Job, key QueueKey, body []byte) {
+func (s *Store) announce(j *Job, key QueueKey, body []byte, created func(context.Context) (*Job, uint64, bool)) {
 	if !s.hooks.any() {
 		return
 	}
-	p := Published{Token: key.String(), JobID: j.ID, Kind: j.Kind, Sync: j.Sync}
+	p := Published{Token: key.String(), JobID: j.ID, Kind: j.Kind, Sync: j.Sync, Created: created}
 	if j.BodyRef == "" {
 		p.Body = bytes.Clone(body)
 	}

@@ -34,6 +34,12 @@ type Published struct {
 	// Requeued says the message is a job's new one (Requeue, HeaderRequeued): a job taken
 	// before, by this foreman or another, that waits again.
 	Requeued bool
+	// Created, on a submit's own announcement, waits for the create of the job's record
+	// and returns the record as that create stored it and its revision, with no read of
+	// the store (the worker woken by the announcement needs it before the job's start);
+	// ok is false when the create failed or ctx ended first, and the record is then to
+	// be read. Nil on every other announcement and on the copies NATS delivers.
+	Created func(ctx context.Context) (j *Job, rev uint64, ok bool)
 }
 
 // OnQueued calls fn for every message published to a queue subject. fn runs on the

@@ -64,7 +64,7 @@ func TestReadAheadRecordAndLoadedModels(t *testing.T) {
 	}{{"tiny-a", 0}, {"tiny-b", 1}} {
 		before := psCalls()
 		j, token := submit(c.model)
-		r := w.readAhead(ctx, j.ID, token)
+		r := w.readAhead(ctx, j.ID, token, nil)
 		rec, rev, ok := r.take(j.ID)
 		if !ok || rec.ID != j.ID || rev == 0 {
 			t.Fatalf("%s: record read ahead: %+v rev %d ok %v", c.model, rec, rev, ok)

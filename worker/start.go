@@ -288,7 +288,13 @@ type recordRead struct {
 // write in between makes it read the record again. A record not found yet (its write may
 // trail the queue message) or any error is no answer: the worker reads it again then. The
 // loaded models read is the one isLoaded would make after the fetch.
-func (w *Worker) readAhead(ctx context.Context, id, token string) *recordRead {
+//
+// A job submitted in this process comes with created (broker.Published.Created): the
+// record its submit's create stores, handed over as the create is acknowledged. It is
+// read from the store only when that create failed; a read begun at the wake-up, which
+// comes before the submit's writes, nearly always came before the record was stored,
+// found nothing, and was made again after the fetch: two requests for one record.
+func (w *Worker) readAhead(ctx context.Context, id, token string, created func(context.Context) (*broker.Job, uint64, bool)) *recordRead {
 	if broker.ValidateID(id) != nil {
 		return nil
 	}
@@ -296,9 +302,20 @@ func (w *Worker) readAhead(ctx context.Context, id, token string) *recordRead {
 	var wg sync.WaitGroup
 	wg.Go(func() { w.refreshLoaded(ctx, []head{{Token: token, Runner: runnerOf(token)}}) })
 	wg.Go(func() {
-		if r.err = w.recordFaulted(id); r.err == nil {
-			r.job, r.rev, r.err = w.store.Get(ctx, id)
+		if r.err = w.recordFaulted(id); r.err != nil {
+			return
 		}
+		if created != nil {
+			// The submit's create ends within its retry window; a stop does not wait it out.
+			cctx, cancel := w.untilStop(ctx)
+			j, rev, ok := created(cctx)
+			cancel()
+			if ok {
+				r.job, r.rev = j, rev
+				return
+			}
+		}
+		r.job, r.rev, r.err = w.store.Get(ctx, id)
 	})
 	go func() {
 		wg.Wait()

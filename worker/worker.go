@@ -188,7 +188,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.unfetched(p.JobID)
 		}
 		idle := w.idling.Load()
-		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body, fresh: idle})
+		w.poke(wakeup{token: p.Token, jobID: p.JobID, kind: p.Kind, body: p.Body, fresh: idle, created: p.Created})
 		if p.Sync && idle {
 			// A sync submit of this process calls here, before its writes: let the woken
 			// loop run (and call the target) first; the writes only wait for the disk,
@@ -329,7 +329,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			// above still look for it.
 			early = w.callEarly(ctx, u)
 			misses, woken = 0, true
-			ahead = w.readAhead(ctx, u.jobID, u.token)
+			ahead = w.readAhead(ctx, u.jobID, u.token, u.created)
 			d, err = w.store.NextWait(ctx, u.token, wakeWait)
 			if err = w.fetchFaulted(d, err); d != nil && err != nil {
 				// A delivery no job can run from: removed or retried now. Or one whose body
@@ -461,6 +461,9 @@ type wakeup struct {
 	// replaced says it took the place of an older wake-up not yet taken: that job waits
 	// too, and the pick rule, not the order of the publishes, says which runs first.
 	replaced bool
+	// created is the job's record as its submit in this process creates it
+	// (broker.Published.Created), nil when the wake-up did not come from one.
+	created func(context.Context) (*broker.Job, uint64, bool)
 }
 
 // poke hands an idle loop the newest job published, replacing an older one not yet taken:
@@ -477,9 +480,12 @@ func (w *Worker) poke(u wakeup) {
 		select {
 		case old := <-w.wake:
 			// The same job's second wake-up (its submit's announcement, then NATS's copy)
-			// replaces nothing: it keeps its fast path (ADR-0034).
+			// replaces nothing: it keeps its fast path (ADR-0034), and the record its
+			// submit creates.
 			if old.jobID != u.jobID || old.replaced {
 				u.fresh, u.replaced = false, true
+			} else if u.created == nil {
+				u.created = old.created
 			}
 		default:
 		}
