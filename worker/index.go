@@ -94,11 +94,30 @@ func (q *queueIndex) removing(token string, seq uint64) (done func(ok bool)) {
 		q.inflight--
 		q.epoch++
 		q.dirty[token] = true
-		if ok {
+		switch {
+		case !ok:
+		case len(q.removals) >= maxEnded:
+			// As many removals between two looks (an idle worker that skipped its looks
+			// after many jobs, Worker.lookNeeded) make the next look count every queue.
+			q.removals, q.overflow = nil, true
+		default:
 			q.removals = append(q.removals, removal{token, seq})
 		}
 		q.mu.Unlock()
 	}
+}
+
+// confirmed reports whether the removal of queue message seq was confirmed since the last
+// look: the message is gone.
+func (q *queueIndex) confirmed(seq uint64) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, r := range q.removals {
+		if r.seq == seq {
+			return true
+		}
+	}
+	return false
 }
 
 // removed notes queue message seq deleted by this process (Store.OnQueueRemoved). A

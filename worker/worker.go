@@ -44,8 +44,14 @@ type Worker struct {
 	keepMu  sync.Mutex
 	keepers map[*broker.Lease]*keeper // deliveries kept in progress (progress.go)
 
-	mu       sync.Mutex
-	recent   map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
+	mu     sync.Mutex
+	recent map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
+	// sinceLook are the jobs published since the loop's last look at the queue began;
+	// nil once more than maxSinceLook came (lookNeeded).
+	sinceLook map[string]struct{}
+	// quiet says the loop's last look found nothing waiting: no queue head, or only jobs
+	// this worker was finishing with nothing behind them. Only the loop touches it.
+	quiet    bool
 	started  bool
 	hardStop bool                    // Stop's deadline passed: abort any job at once
 	abort    context.CancelCauseFunc // aborts the running job; nil when idle
@@ -150,6 +156,7 @@ func New(cfg Config) (*Worker, error) {
 		bgSlot:     make(chan struct{}, 1),
 		keepers:    map[*broker.Lease]*keeper{},
 		recent:     map[string]struct{}{},
+		sinceLook:  map[string]struct{}{},
 		served:     map[string]uint64{},
 		runnerOpts: map[string]string{},
 		finishing:  map[string]bool{},
@@ -182,6 +189,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	stopWake, err := w.store.OnQueued(func(p broker.Published) {
 		w.trace(p.JobID, StageWoken)
+		w.published(p.JobID)
 		if p.Requeued {
 			// The job waits again, in a new message: taken before (here, or by another
 			// foreman that gave it back), its wake-up is no stale one.
@@ -257,6 +265,10 @@ func (w *Worker) Run(ctx context.Context) error {
 	// A NATS outage fails every pick: warned of once, then once per failurelog.Every.
 	var picks failurelog.Loop
 	woken := false // a publish was seen and its job not yet fetched
+	// skipLook says the last job came to an idle worker that had found nothing waiting,
+	// and nothing was published since but jobs this worker fetched: the loop idles
+	// without a look at the queue (lookNeeded).
+	skipLook := false
 	// held is the early call of a job woken for whose fetch came up empty: its message
 	// may reach the consumer later than wakeWait (a slow disk), and the short rechecks
 	// may still deliver it. Dropping the call would abort a generation under way, and the
@@ -267,14 +279,24 @@ func (w *Worker) Run(ctx context.Context) error {
 	for !w.isStopping(ctx) {
 		if p, ok := w.dueParked(time.Now()); ok {
 			w.drop(held)
-			held = nil
+			held, skipLook = nil, false
 			w.runParked(ctx, p)
 			continue
 		}
+		quietWake := false    // the job taken came to a worker whose last look found nothing
 		var ahead *recordRead // the record of a job woken for, read while it is fetched
 		early := held         // the call of a job woken for, begun while it is fetched
 		held = nil
-		d, queued, err := w.next(ctx)
+		var (
+			d      *broker.Lease
+			queued bool
+			err    error
+		)
+		if skipLook {
+			skipLook = false // nothing can wait but the job just finished (lookNeeded)
+		} else {
+			d, queued, err = w.next(ctx)
+		}
 		if err != nil {
 			w.drop(early)
 			if w.isStopping(ctx) {
@@ -330,6 +352,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			early = w.callEarly(ctx, u)
 			misses, woken = 0, true
 			ahead = w.readAhead(ctx, u.jobID, u.token, u.created)
+			quietWake = w.quiet
 			d, err = w.store.NextWait(ctx, u.token, wakeWait)
 			if err = w.fetchFaulted(d, err); d != nil && err != nil {
 				// A delivery no job can run from: removed or retried now. Or one whose body
@@ -360,8 +383,62 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.fetched(d.JobID)
 		w.handle(ctx, d, ahead, early)
 		ahead.wait()
+		skipLook = quietWake && !w.lookNeeded(d)
 	}
 	return nil
+}
+
+// maxSinceLook bounds the jobs published between two looks that the loop keeps; more, and
+// the next look is made.
+const maxSinceLook = 64
+
+// published notes a job published (a submit's announcement, or a queue message's copy
+// from NATS). It does not block.
+func (w *Worker) published(id string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.sinceLook == nil {
+		return
+	}
+	if len(w.sinceLook) >= maxSinceLook {
+		w.sinceLook = nil
+		return
+	}
+	w.sinceLook[id] = struct{}{}
+}
+
+// lookBegins forgets the publishes noted so far: the look about to begin reads the queue.
+func (w *Worker) lookBegins() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.sinceLook = map[string]struct{}{}
+}
+
+// lookNeeded reports whether, after the job of delivery d that came to an idle worker
+// whose last look found nothing waiting (quiet), the loop must look at the queue before it
+// idles. On foreman's own store (Config.EarlyCall) a job enters the queue only by a
+// publish, which this worker sees, and becomes ready again without one only from a
+// message that was in the queue at that look, or from d's own. So when d's message is
+// gone (its removal confirmed) or leaves with the ack of an end being stored, and every
+// job published since that look is one this worker fetched, the queue holds nothing to
+// run, and the look (a stream info request and three or four reads) would find nothing.
+// A publish seen during the idle wait that follows wakes it, as ever. Anything else (d
+// put back for a retry, requeued, kept), or a store shared with other foremen, looks.
+func (w *Worker) lookNeeded(d *broker.Lease) bool {
+	if !w.cfg.EarlyCall || !w.quiet || !(w.isFinishing(d.JobID) || w.index.confirmed(d.Seq)) {
+		return true
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.sinceLook == nil {
+		return true
+	}
+	for j := range w.sinceLook {
+		if _, ok := w.recent[j]; !ok {
+			return true
+		}
+	}
+	return false
 }
 
 // sweep cancels, before the first pick, the queued sync jobs whose caller is gone, so
@@ -605,6 +682,8 @@ func (w *Worker) sleepOrWake(ctx context.Context, d time.Duration, wake <-chan s
 // whether the queue held jobs all the same (in retry back-off, or not yet visible to their
 // consumer).
 func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ error) {
+	w.quiet = false
+	w.lookBegins()
 	now := time.Now()
 	heads, err := w.index.refresh(ctx, now)
 	first := false
@@ -633,6 +712,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 	}
 	if err != nil || len(heads) == 0 {
+		w.quiet = err == nil
 		return nil, false, err
 	}
 	look := newOtherRuns() // reads of the other Macs' runs, once per pick
@@ -648,6 +728,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
 	if w.pastFinishing(ctx, &c); len(c.Heads) == 0 {
+		w.quiet = true
 		return nil, false, nil // only jobs this worker is finishing were queued
 	}
 	var firstErr error
@@ -684,7 +765,9 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 			firstErr = err
 		}
 	}
-	return nil, !drained || len(tried) == 0, firstErr
+	queued = !drained || len(tried) == 0
+	w.quiet = !queued && firstErr == nil
+	return nil, queued, firstErr
 }
 
 // nextOf fetches the next job of queue token without waiting. A queue headed by a job
