@@ -31,6 +31,10 @@ type Worker struct {
 	stopOnce sync.Once
 	runOnce  sync.Once
 	done     chan struct{} // closed when Run returns
+	// retryNoted tells an idle wait that a back-off was noted in retries meanwhile (a job
+	// put back in the background, its end not stored): the wait ends with it, not at
+	// IdlePoll (capacity 1).
+	retryNoted chan struct{}
 
 	// bg tracks the bookkeeping of a finished job (result, terminal state, ack), which runs
 	// while the next job starts; bgSlot keeps it to one at a time. bgMu orders a start
@@ -153,6 +157,7 @@ func New(cfg Config) (*Worker, error) {
 		log:        cfg.Logger,
 		index:      newQueueIndex(cfg.Store),
 		wake:       make(chan wakeup, 1),
+		retryNoted: make(chan struct{}, 1),
 		bgSlot:     make(chan struct{}, 1),
 		keepers:    map[*broker.Lease]*keeper{},
 		recent:     map[string]struct{}{},
@@ -424,13 +429,17 @@ func (w *Worker) lookBegins() {
 // run, and the look (a stream info request and three or four reads) would find nothing.
 // A publish seen during the idle wait that follows wakes it, as ever. Anything else (d
 // put back for a retry, requeued, kept), or a store shared with other foremen, looks.
+//
+// A back-off still noted (retries) looks too: a job put back since the look (another's
+// end not stored, in the background) is ready again once it ends, with no publish, and
+// the idle wait forgets a back-off that ended over retryGrace before it began.
 func (w *Worker) lookNeeded(d *broker.Lease) bool {
 	if !w.cfg.EarlyCall || !w.quiet || !(w.isFinishing(d.JobID) || w.index.confirmed(d.Seq)) {
 		return true
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.sinceLook == nil {
+	if w.sinceLook == nil || len(w.retries) > 0 {
 		return true
 	}
 	for j := range w.sinceLook {
@@ -577,6 +586,7 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 	if wait > 0 {
 		d = min(d, wait)
 	}
+	until := time.Now().Add(d)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	w.idling.Store(true)
@@ -591,6 +601,15 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 				continue // seen while the worker was busy, and run since
 			}
 			return u
+		case <-w.retryNoted:
+			// A job put back in the background (an end not stored) after the wait began:
+			// ready again with no publish once its back-off ends.
+			now := time.Now()
+			if next := now.Add(w.idleFor(now)); next.Before(until) {
+				until = next
+				t.Reset(time.Until(until))
+			}
+			continue
 		case <-t.C:
 		case <-w.stopping:
 		case <-ctx.Done():
