@@ -1,8 +1,11 @@
 package worker_test
 
 import (
+	"context"
 	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -251,5 +254,70 @@ func TestAJobPutBackWhileTheNextRanIsLookedForAfterIt(t *testing.T) {
 	}
 	if got.State != broker.StateDone || got.Attempt != 2 {
 		t.Errorf("job ended %s at attempt %d (%s), want done at attempt 2", got.State, got.Attempt, got.Error)
+	}
+}
+
+// A job of a model the worker does not run now (Config.Runs) waits in the queue, and the
+// look that found nothing else to run is no look that found nothing waiting: should the
+// model become the worker's while the next job runs, the look after that job finds its
+// job. Skipped, the job waited for IdlePoll.
+func TestAJobOfAModelNotRunThenIsLookedForAfterTheNextJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	iw := newIdleWatch()
+	first := iw.next()
+	var runsB atomic.Bool
+	j0 := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	var idleAfter <-chan struct{}
+	fetched := make(chan struct{})
+	var once sync.Once
+	cfg := worker.Config{EarlyCall: true, IdlePoll: time.Hour,
+		Runs: func(_ context.Context, model string) bool { return !strings.HasPrefix(model, "tiny-b") || runsB.Load() },
+		Trace: func(id, stage string) {
+			if id == j0.ID && stage == worker.StageFetched {
+				once.Do(func() {
+					idleAfter = iw.next()
+					close(fetched)
+				})
+			}
+		}}
+	cfg = worker.WithOnIdle(cfg, iw.idle)
+	ctx := ctxT(t)
+	jb := tb.chat(t, "tiny-b", 0) // queued before the start: no publish seen
+	tb.start(t, worker.WithBeforeStoreDone(cfg, func(id string) {
+		if id != j0.ID {
+			return
+		}
+		// The look after the first job still meets it queued.
+		select {
+		case <-fetched:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-idleAfter:
+		case <-ctx.Done():
+		}
+	}))
+	waitFor(t, first, "idle at the start, with a job of a model it does not run queued")
+	if _, err := tb.b.Store.Submit(ctx, j0, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	if got := tb.waitEnded(t, j0.ID); got.State != broker.StateDone {
+		t.Fatalf("first job ended %s (%s), want done", got.State, got.Error)
+	}
+	waitFor(t, fetched, "the first job fetched")
+	waitFor(t, idleAfter, "idle after the first job")
+	runsB.Store(true) // the model is the worker's now (pulled to its target, say)
+	j1 := tb.chat(t, "tiny-a", 2)
+	if got := tb.waitEnded(t, j1.ID); got.State != broker.StateDone {
+		t.Fatalf("second job ended %s (%s), want done", got.State, got.Error)
+	}
+	got, err := tb.watchUntil(jb.ID, 10*time.Second, func(j *broker.Job) bool { return j.State.Terminal() })
+	if err != nil {
+		t.Fatalf("the job of the model run now was not run after the next job: %v", err)
+	}
+	if got.State != broker.StateDone {
+		t.Errorf("job ended %s (%s), want done", got.State, got.Error)
 	}
 }
