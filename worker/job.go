@@ -1357,9 +1357,19 @@ func (w *Worker) finish(ctx context.Context, d *broker.Lease, log *slog.Logger) 
 // look for it when the delay ends.
 func (w *Worker) nak(d *broker.Lease, delay time.Duration, log *slog.Logger) {
 	if w.putBack(d, delay, log) && delay > 0 {
-		w.mu.Lock()
-		w.retries = append(w.retries, time.Now().Add(delay))
-		w.mu.Unlock()
+		w.noteRetry(time.Now().Add(delay))
+	}
+}
+
+// noteRetry notes a back-off we caused that ends at: the idle loop looks for its job then,
+// an idle wait under way included (retryNoted).
+func (w *Worker) noteRetry(at time.Time) {
+	w.mu.Lock()
+	w.retries = append(w.retries, at)
+	w.mu.Unlock()
+	select {
+	case w.retryNoted <- struct{}{}:
+	default:
 	}
 }
 

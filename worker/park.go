@@ -51,8 +51,8 @@ func (w *Worker) keepParked(p parkedLease, delay time.Duration, log *slog.Logger
 		return false
 	}
 	w.parked = append(w.parked, p)
-	w.retries = append(w.retries, p.due) // the idle loop wakes for it
 	w.mu.Unlock()
+	w.noteRetry(p.due) // the idle loop wakes for it
 	return true
 }
 

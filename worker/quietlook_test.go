@@ -1,7 +1,11 @@
 package worker_test
 
 import (
+	"context"
+	"errors"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -112,5 +116,208 @@ func TestAnIdleWorkerStillFindsARetryAndAJobQueuedMeanwhile(t *testing.T) {
 	waitFor(t, queuedMeanwhile, "a job queued while the retried one ended")
 	if got := tb.waitEnded(t, later.ID); got.State != broker.StateDone {
 		t.Errorf("job queued meanwhile ended %s (%s), want done", got.State, got.Error)
+	}
+}
+
+// A job whose end the store does not take (an error it will not retry) is put back with a
+// retry's back-off (a NAK), in the background, mostly after the loop began its idle wait:
+// with no look after the job, nothing else ever does. The wait, begun for IdlePoll (an
+// hour here, a second in foreman serve), must end with that back-off, not at IdlePoll.
+func TestAJobPutBackAfterTheLoopIdlesRunsAgainAfterItsBackOff(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	iw := newIdleWatch()
+	first := iw.next()
+	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	var idleAfter <-chan struct{}
+	fetched := make(chan struct{})
+	var fetchOnce, faultOnce sync.Once
+	cfg := worker.Config{EarlyCall: true, IdlePoll: time.Hour, RetryDelay: 20 * time.Millisecond,
+		Trace: func(id, stage string) {
+			if id == j.ID && stage == worker.StageFetched {
+				fetchOnce.Do(func() {
+					idleAfter = iw.next() // the loop's next idle is the one after the job
+					close(fetched)
+				})
+			}
+		}}
+	cfg = worker.WithOnIdle(cfg, iw.idle)
+	cfg = worker.WithDoneFault(cfg, func(id string) error {
+		var err error
+		faultOnce.Do(func() { err = errors.New("test: the store takes no end of this job") })
+		return err
+	})
+	ctx := ctxT(t)
+	tb.start(t, worker.WithBeforeStoreDone(cfg, func(id string) {
+		// The end fails once the loop waits again.
+		select {
+		case <-fetched:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-idleAfter:
+		case <-ctx.Done():
+		}
+	}))
+	waitFor(t, first, "idle at the start")
+	if _, err := tb.b.Store.Submit(ctx, j, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	got, err := tb.watchUntil(j.ID, 10*time.Second, func(j *broker.Job) bool { return j.State.Terminal() })
+	if err != nil {
+		t.Fatalf("the job put back after its end failed never ran again: %v", err)
+	}
+	if got.State != broker.StateDone || got.Attempt != 2 {
+		t.Errorf("job ended %s at attempt %d (%s), want done at attempt 2", got.State, got.Attempt, got.Error)
+	}
+}
+
+// A job put back (its end not stored) while the next job was woken for and ran is ready
+// again, with no publish, once its back-off ends. When that job ran longer than the
+// back-off and its grace, the idle wait after it no longer waits for the back-off: the
+// look after that job must be made, or the job put back waits for IdlePoll.
+func TestAJobPutBackWhileTheNextRanIsLookedForAfterIt(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	iw := newIdleWatch()
+	first := iw.next()
+	j0 := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	j1 := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	const retryDelay = 20 * time.Millisecond
+	releaseEnd, releaseJ1 := make(chan struct{}), make(chan struct{})
+	faulted := make(chan time.Time, 1)
+	j1Starts := make(chan struct{})
+	var faultOnce, startOnce sync.Once
+	cfg := worker.Config{EarlyCall: true, IdlePoll: time.Hour, RetryDelay: retryDelay}
+	cfg = worker.WithOnIdle(cfg, iw.idle)
+	cfg = worker.WithDoneFault(cfg, func(id string) error {
+		var err error
+		if id == j0.ID {
+			faultOnce.Do(func() {
+				err = errors.New("test: the store takes no end of this job")
+				faulted <- time.Now()
+			})
+		}
+		return err
+	})
+	ctx := ctxT(t)
+	cfg = worker.WithBeforeStart(cfg, func(id string) {
+		if id != j1.ID {
+			return
+		}
+		startOnce.Do(func() { close(j1Starts) })
+		select {
+		case <-releaseJ1:
+		case <-ctx.Done():
+		}
+	})
+	tb.start(t, worker.WithBeforeStoreDone(cfg, func(id string) {
+		if id != j0.ID {
+			return
+		}
+		select {
+		case <-releaseEnd:
+		case <-ctx.Done():
+		}
+	}))
+	waitFor(t, first, "idle at the start")
+	idleAfterJ0 := iw.next()
+	if _, err := tb.b.Store.Submit(ctx, j0, []byte(chatBody("tiny-a", 0))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, idleAfterJ0, "idle after the first job")
+	if _, err := tb.b.Store.Submit(ctx, j1, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, j1Starts, "the second job's start")
+	close(releaseEnd) // the first job's end fails: it goes back, for retryDelay
+	var at time.Time
+	select {
+	case at = <-faulted:
+	case <-ctx.Done():
+		t.Fatal("the first job's end was never tried")
+	}
+	// The second job runs on past the first one's back-off and its grace (a second).
+	select {
+	case <-time.After(time.Until(at.Add(retryDelay + time.Second + 200*time.Millisecond))):
+	case <-ctx.Done():
+		t.Fatal("no time left")
+	}
+	close(releaseJ1)
+	if got := tb.waitEnded(t, j1.ID); got.State != broker.StateDone {
+		t.Fatalf("second job ended %s (%s), want done", got.State, got.Error)
+	}
+	got, err := tb.watchUntil(j0.ID, 10*time.Second, func(j *broker.Job) bool { return j.State.Terminal() })
+	if err != nil {
+		t.Fatalf("the job put back while the next ran never ran again: %v", err)
+	}
+	if got.State != broker.StateDone || got.Attempt != 2 {
+		t.Errorf("job ended %s at attempt %d (%s), want done at attempt 2", got.State, got.Attempt, got.Error)
+	}
+}
+
+// A job of a model the worker does not run now (Config.Runs) waits in the queue, and the
+// look that found nothing else to run is no look that found nothing waiting: should the
+// model become the worker's while the next job runs, the look after that job finds its
+// job. Skipped, the job waited for IdlePoll.
+func TestAJobOfAModelNotRunThenIsLookedForAfterTheNextJob(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	iw := newIdleWatch()
+	first := iw.next()
+	var runsB atomic.Bool
+	j0 := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	var idleAfter <-chan struct{}
+	fetched := make(chan struct{})
+	var once sync.Once
+	cfg := worker.Config{EarlyCall: true, IdlePoll: time.Hour,
+		Runs: func(_ context.Context, model string) bool { return !strings.HasPrefix(model, "tiny-b") || runsB.Load() },
+		Trace: func(id, stage string) {
+			if id == j0.ID && stage == worker.StageFetched {
+				once.Do(func() {
+					idleAfter = iw.next()
+					close(fetched)
+				})
+			}
+		}}
+	cfg = worker.WithOnIdle(cfg, iw.idle)
+	ctx := ctxT(t)
+	jb := tb.chat(t, "tiny-b", 0) // queued before the start: no publish seen
+	tb.start(t, worker.WithBeforeStoreDone(cfg, func(id string) {
+		if id != j0.ID {
+			return
+		}
+		// The look after the first job still meets it queued.
+		select {
+		case <-fetched:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-idleAfter:
+		case <-ctx.Done():
+		}
+	}))
+	waitFor(t, first, "idle at the start, with a job of a model it does not run queued")
+	if _, err := tb.b.Store.Submit(ctx, j0, []byte(chatBody("tiny-a", 1))); err != nil {
+		t.Fatal(err)
+	}
+	if got := tb.waitEnded(t, j0.ID); got.State != broker.StateDone {
+		t.Fatalf("first job ended %s (%s), want done", got.State, got.Error)
+	}
+	waitFor(t, fetched, "the first job fetched")
+	waitFor(t, idleAfter, "idle after the first job")
+	runsB.Store(true) // the model is the worker's now (pulled to its target, say)
+	j1 := tb.chat(t, "tiny-a", 2)
+	if got := tb.waitEnded(t, j1.ID); got.State != broker.StateDone {
+		t.Fatalf("second job ended %s (%s), want done", got.State, got.Error)
+	}
+	got, err := tb.watchUntil(jb.ID, 10*time.Second, func(j *broker.Job) bool { return j.State.Terminal() })
+	if err != nil {
+		t.Fatalf("the job of the model run now was not run after the next job: %v", err)
+	}
+	if got.State != broker.StateDone {
+		t.Errorf("job ended %s (%s), want done", got.State, got.Error)
 	}
 }

@@ -31,6 +31,10 @@ type Worker struct {
 	stopOnce sync.Once
 	runOnce  sync.Once
 	done     chan struct{} // closed when Run returns
+	// retryNoted tells an idle wait that a back-off was noted in retries meanwhile (a job
+	// put back in the background, its end not stored): the wait ends with it, not at
+	// IdlePoll (capacity 1).
+	retryNoted chan struct{}
 
 	// bg tracks the bookkeeping of a finished job (result, terminal state, ack), which runs
 	// while the next job starts; bgSlot keeps it to one at a time. bgMu orders a start
@@ -46,9 +50,14 @@ type Worker struct {
 
 	mu     sync.Mutex
 	recent map[string]struct{} // ids of jobs fetched lately (stale wake-ups)
-	// sinceLook are the jobs published since the loop's last look at the queue began;
-	// nil once more than maxSinceLook came (lookNeeded).
-	sinceLook map[string]struct{}
+	// sinceLook are the jobs published that the loop's last look may not have seen, each
+	// with when it was noted last: those noted since that look began, and those noted
+	// less than publishSettle before it (a job is announced, and NATS's copy of its
+	// message can come, before the stream has stored it) that this worker has not
+	// fetched. nil once more than maxSinceLook came (lookNeeded); lostAt is then the
+	// last publish not noted.
+	sinceLook map[string]time.Time
+	lostAt    time.Time
 	// quiet says the loop's last look found nothing waiting: no queue head, or only jobs
 	// this worker was finishing with nothing behind them. Only the loop touches it.
 	quiet    bool
@@ -153,10 +162,11 @@ func New(cfg Config) (*Worker, error) {
 		log:        cfg.Logger,
 		index:      newQueueIndex(cfg.Store),
 		wake:       make(chan wakeup, 1),
+		retryNoted: make(chan struct{}, 1),
 		bgSlot:     make(chan struct{}, 1),
 		keepers:    map[*broker.Lease]*keeper{},
 		recent:     map[string]struct{}{},
-		sinceLook:  map[string]struct{}{},
+		sinceLook:  map[string]time.Time{},
 		served:     map[string]uint64{},
 		runnerOpts: map[string]string{},
 		finishing:  map[string]bool{},
@@ -395,23 +405,56 @@ const maxSinceLook = 64
 // published notes a job published (a submit's announcement, or a queue message's copy
 // from NATS). It does not block.
 func (w *Worker) published(id string) {
+	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.sinceLook == nil {
+	if w.sinceLook != nil && len(w.sinceLook) >= maxSinceLook {
+		w.dropFetchedLocked() // stored, and run since: any look may forget them
+	}
+	if w.sinceLook == nil || len(w.sinceLook) >= maxSinceLook {
+		w.sinceLook, w.lostAt = nil, now
 		return
 	}
-	if len(w.sinceLook) >= maxSinceLook {
-		w.sinceLook = nil
-		return
-	}
-	w.sinceLook[id] = struct{}{}
+	w.sinceLook[id] = now
 }
 
-// lookBegins forgets the publishes noted so far: the look about to begin reads the queue.
+// publishSettle is how long after a job's publish was noted a look may still not see its
+// message: the stream stores it once the publish is answered, which its retries may take
+// (broker.Config.RetryWindow, a try of up to as long begun at its end).
+func (w *Worker) publishSettle() time.Duration { return 2 * w.store.Config().RetryWindow }
+
+// lookBegins forgets the publishes noted so far whose messages the look about to begin
+// reads: those of jobs this worker fetched, and those noted publishSettle ago or longer.
+// A publish noted later may not be stored yet (lookNeeded).
 func (w *Worker) lookBegins() {
+	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.sinceLook = map[string]struct{}{}
+	settle := w.publishSettle()
+	if w.sinceLook == nil {
+		if now.Sub(w.lostAt) < settle {
+			return // a publish not noted may not be stored yet: the next job looks again
+		}
+		w.sinceLook = map[string]time.Time{}
+		return
+	}
+	w.dropFetchedLocked()
+	for id, at := range w.sinceLook {
+		if now.Sub(at) >= settle {
+			delete(w.sinceLook, id)
+		}
+	}
+}
+
+// dropFetchedLocked forgets the publishes noted of jobs this worker fetched: their messages
+// were stored. One that becomes ready again without a publish was put back by this worker
+// (retries). w.mu must be held.
+func (w *Worker) dropFetchedLocked() {
+	for id := range w.sinceLook {
+		if _, ok := w.recent[id]; ok {
+			delete(w.sinceLook, id)
+		}
+	}
 }
 
 // lookNeeded reports whether, after the job of delivery d that came to an idle worker
@@ -420,17 +463,22 @@ func (w *Worker) lookBegins() {
 // publish, which this worker sees, and becomes ready again without one only from a
 // message that was in the queue at that look, or from d's own. So when d's message is
 // gone (its removal confirmed) or leaves with the ack of an end being stored, and every
-// job published since that look is one this worker fetched, the queue holds nothing to
+// job published that look may not have seen (sinceLook: published since it began, or
+// too shortly before it to be stored) is one this worker fetched, the queue holds nothing to
 // run, and the look (a stream info request and three or four reads) would find nothing.
 // A publish seen during the idle wait that follows wakes it, as ever. Anything else (d
 // put back for a retry, requeued, kept), or a store shared with other foremen, looks.
+//
+// A back-off still noted (retries) looks too: a job put back since the look (another's
+// end not stored, in the background) is ready again once it ends, with no publish, and
+// the idle wait forgets a back-off that ended over retryGrace before it began.
 func (w *Worker) lookNeeded(d *broker.Lease) bool {
 	if !w.cfg.EarlyCall || !w.quiet || !(w.isFinishing(d.JobID) || w.index.confirmed(d.Seq)) {
 		return true
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if w.sinceLook == nil {
+	if w.sinceLook == nil || len(w.retries) > 0 {
 		return true
 	}
 	for j := range w.sinceLook {
@@ -577,6 +625,7 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 	if wait > 0 {
 		d = min(d, wait)
 	}
+	until := time.Now().Add(d)
 	t := time.NewTimer(d)
 	defer t.Stop()
 	w.idling.Store(true)
@@ -591,6 +640,15 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 				continue // seen while the worker was busy, and run since
 			}
 			return u
+		case <-w.retryNoted:
+			// A job put back in the background (an end not stored) after the wait began:
+			// ready again with no publish once its back-off ends.
+			now := time.Now()
+			if next := now.Add(w.idleFor(now)); next.Before(until) {
+				until = next
+				t.Reset(time.Until(until))
+			}
+			continue
 		case <-t.C:
 		case <-w.stopping:
 		case <-ctx.Done():
@@ -719,16 +777,20 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 	heads = w.laterKeys(ctx, heads)
 	heads = w.waiting(ctx, heads, look)
 	w.pruneResume(heads)
+	waiting := len(heads)
 	if heads = w.runnable(ctx, heads); len(heads) == 0 {
 		return nil, false, nil // only other targets' models are queued
 	}
+	// A job left out here (a model this worker does not run now, Config.Runs) may become
+	// its own without a publish: a look that found nothing else is not quiet.
+	others := len(heads) < waiting
 	w.joinTurns(heads, w.index.lastSeq())
 	w.refreshLoaded(ctx, heads)
 	w.mu.Lock()
 	c := w.choiceLocked(heads, w.serverNow()) // the queue view's simulation starts from the same state
 	w.mu.Unlock()
 	if w.pastFinishing(ctx, &c); len(c.Heads) == 0 {
-		w.quiet = true
+		w.quiet = !others
 		return nil, false, nil // only jobs this worker is finishing were queued
 	}
 	var firstErr error
@@ -766,7 +828,7 @@ func (w *Worker) next(ctx context.Context) (_ *broker.Lease, queued bool, _ erro
 		}
 	}
 	queued = !drained || len(tried) == 0
-	w.quiet = !queued && firstErr == nil
+	w.quiet = !queued && firstErr == nil && !others
 	return nil, queued, firstErr
 }
 

@@ -1,0 +1,51 @@
+package worker
+
+import (
+	"context"
+	"log/slog"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// A submit announces its job before its queue message is stored, and NATS's copy of the
+// message can reach the worker before the stream has stored it too (a slow disk): a look
+// begun then finds the queue empty. That look is no proof that the job was seen: when
+// its wake-up is spent (its fetch and rechecks came up empty), the look after the next
+// job must still be made, or the job waits for IdlePoll, and for as long as other jobs
+// keep coming before IdlePoll (each skipping its look) it is never run.
+func TestAJobPublishedBeforeALookThatMissedItIsLookedForAfterTheNext(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := brokertest.New(t)
+	fake := ollamatest.New(t)
+	client, err := ollama.NewClient(ollama.ClientConfig{BaseURL: fake.URL, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Config{Store: b.Store, Target: client, EarlyCall: true, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &broker.Job{ID: broker.NewID(), Model: "tiny-b", Kind: broker.KindChat}
+	w.published(x.ID) // announced, and its NATS copy seen; not stored yet
+	if d, queued, err := w.next(ctx); d != nil || queued || err != nil || !w.quiet {
+		t.Fatalf("look at an empty queue: %v, queued %v, %v, quiet %v", d, queued, err, w.quiet)
+	}
+	// Stored now, after the look: its wake-up was spent on the fetch and the rechecks.
+	b.CreateRecord(t, x)
+	b.PublishBare(t, x, chatBodyOf("tiny-b"))
+	// The next job is woken for, fetched and run; its end is being stored.
+	j1 := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
+	w.published(j1.ID)
+	w.fetched(j1.ID)
+	w.setFinishing(j1.ID, true)
+	if !w.lookNeeded(&broker.Lease{JobID: j1.ID, Token: "t", Seq: 1 << 40}) {
+		t.Error("no look after the next job: the job the look before missed waits for IdlePoll")
+	}
+}
