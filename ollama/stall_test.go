@@ -296,24 +296,12 @@ func TestStreamDripIsAStall(t *testing.T) {
 				}
 				// The clock moves half the limit at a time while the drip goes on: a limit
 				// that every byte started over never ran out.
-				tick := time.NewTicker(10 * time.Millisecond)
-				defer tick.Stop()
-				for ticks := 0; ; ticks++ {
-					select {
-					case err := <-errc:
-						wantStall(t, err, !afterData, 500*time.Millisecond)
-						if got := err.Error(); got != "target stalled: no line or event with data for 500ms, only a trickle of bytes" {
-							t.Errorf("message %q", got)
-						}
-						<-gone // the call was aborted
-						return
-					case <-tick.C:
-						if ticks == 100 {
-							t.Fatal("the dripping call still runs after 50 limits")
-						}
-						clk.Advance(250 * time.Millisecond)
-					}
+				err := advanceUntilEnded(t, clk, 250*time.Millisecond, errc, "the dripping call")
+				wantStall(t, err, !afterData, 500*time.Millisecond)
+				if got := err.Error(); got != "target stalled: no line or event with data for 500ms, only a trickle of bytes" {
+					t.Errorf("message %q", got)
 				}
+				<-gone // the call was aborted
 			})
 		}
 	}
@@ -394,6 +382,26 @@ func TestStreamKeepAlivesBeforeTheFirstEventAreTheFirstByteLimits(t *testing.T) 
 		wantStall(t, err, true, 5*time.Minute)
 		if got := err.Error(); got != "target stalled: no line or event with data for 5m0s, only a trickle of bytes" {
 			t.Errorf("message %q", got)
+		}
+	}
+}
+
+// advanceUntilEnded moves clk on by step every 10 ms until the call reports its end on
+// errc, and returns that end; it fails the test once the clock moved 100 steps (50 limits
+// of twice the step) with the call, named by what, still running.
+func advanceUntilEnded(t *testing.T, clk *ollama.FakeClock, step time.Duration, errc <-chan error, what string) error {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for ticks := 0; ; ticks++ {
+		select {
+		case err := <-errc:
+			return err
+		case <-tick.C:
+			if ticks == 100 {
+				t.Fatalf("%s still runs after 50 limits", what)
+			}
+			clk.Advance(step)
 		}
 	}
 }

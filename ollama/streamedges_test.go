@@ -2,6 +2,7 @@ package ollama_test
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -40,19 +41,7 @@ func TestStreamDrippedErrorBodyIsAStall(t *testing.T) {
 				ollama.FirstByteTimeout(firstByte), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
 			errc <- err
 		}()
-		tick := time.NewTicker(10 * time.Millisecond)
-		var err error
-		for ticks := 0; err == nil; ticks++ {
-			select {
-			case err = <-errc:
-			case <-tick.C:
-				if ticks == 100 {
-					t.Fatalf("streams %v: the call still reads its dripping error body after 50 idle limits", streams)
-				}
-				clk.Advance(250 * time.Millisecond)
-			}
-		}
-		tick.Stop()
+		err := advanceUntilEnded(t, clk, 250*time.Millisecond, errc, fmt.Sprintf("streams %v: the call reading its dripping error body", streams))
 		wantStall(t, err, false, 500*time.Millisecond)
 		var se *ollama.StallError
 		if errors.As(err, &se); se.Status != http.StatusInternalServerError {
@@ -95,19 +84,7 @@ func TestStreamCROnlyNDJSONStallsAtTheLimit(t *testing.T) {
 		if afterLine {
 			<-started
 		}
-		tick := time.NewTicker(10 * time.Millisecond)
-		var err error
-		for ticks := 0; err == nil; ticks++ {
-			select {
-			case err = <-errc:
-			case <-tick.C:
-				if ticks == 100 {
-					t.Fatalf("after a line %v: the CR-only stream still runs after 50 limits", afterLine)
-				}
-				clk.Advance(250 * time.Millisecond)
-			}
-		}
-		tick.Stop()
+		err := advanceUntilEnded(t, clk, 250*time.Millisecond, errc, fmt.Sprintf("after a line %v: the CR-only stream", afterLine))
 		wantStall(t, err, !afterLine, 500*time.Millisecond)
 		if len(started) != 0 {
 			t.Errorf("after a line %v: a CR-ended line was handed on as a frame", afterLine)
@@ -138,19 +115,7 @@ func TestStreamBOMHeadThenSilenceStalls(t *testing.T) {
 					ollama.FirstByteTimeout(500*time.Millisecond), ollama.IdleTimeout(500*time.Millisecond), ollama.WithClock(clk))
 				errc <- err
 			}()
-			tick := time.NewTicker(10 * time.Millisecond)
-			var err error
-			for ticks := 0; err == nil; ticks++ {
-				select {
-				case err = <-errc:
-				case <-tick.C:
-					if ticks == 100 {
-						t.Fatalf("%q (%s): the stream still runs after 50 limits", head, ct)
-					}
-					clk.Advance(250 * time.Millisecond)
-				}
-			}
-			tick.Stop()
+			err := advanceUntilEnded(t, clk, 250*time.Millisecond, errc, fmt.Sprintf("%q (%s): the stream", head, ct))
 			wantStall(t, err, true, 500*time.Millisecond)
 		}
 	}
