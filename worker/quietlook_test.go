@@ -38,6 +38,43 @@ func (iw *idleWatch) next() <-chan struct{} {
 	return iw.waits
 }
 
+// afterFetch is the loop's first idle after job id's fetch: the idle after the job's run.
+type afterFetch struct {
+	id      string
+	iw      *idleWatch
+	once    sync.Once
+	fetched chan struct{}
+	idle    <-chan struct{} // set before fetched is closed
+}
+
+func (iw *idleWatch) afterFetchOf(id string) *afterFetch {
+	return &afterFetch{id: id, iw: iw, fetched: make(chan struct{})}
+}
+
+// trace is a Config.Trace that notes the job's fetch.
+func (a *afterFetch) trace(id, stage string) {
+	if id == a.id && stage == worker.StageFetched {
+		a.once.Do(func() {
+			a.idle = a.iw.next() // the loop's next idle is the one after the job
+			close(a.fetched)
+		})
+	}
+}
+
+// hold waits, in a BeforeStoreDone hook, for the idle after the job, so that the look
+// after it meets the job still finishing; ctx ends the wait.
+func (a *afterFetch) hold(ctx context.Context) {
+	select {
+	case <-a.fetched:
+	case <-ctx.Done():
+		return
+	}
+	select {
+	case <-a.idle:
+	case <-ctx.Done():
+	}
+}
+
 func waitFor(t *testing.T, ch <-chan struct{}, what string) {
 	t.Helper()
 	select {
@@ -129,18 +166,9 @@ func TestAJobPutBackAfterTheLoopIdlesRunsAgainAfterItsBackOff(t *testing.T) {
 	iw := newIdleWatch()
 	first := iw.next()
 	j := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
-	var idleAfter <-chan struct{}
-	fetched := make(chan struct{})
-	var fetchOnce, faultOnce sync.Once
-	cfg := worker.Config{EarlyCall: true, IdlePoll: time.Hour, RetryDelay: 20 * time.Millisecond,
-		Trace: func(id, stage string) {
-			if id == j.ID && stage == worker.StageFetched {
-				fetchOnce.Do(func() {
-					idleAfter = iw.next() // the loop's next idle is the one after the job
-					close(fetched)
-				})
-			}
-		}}
+	after := iw.afterFetchOf(j.ID)
+	var faultOnce sync.Once
+	cfg := worker.Config{EarlyCall: true, IdlePoll: time.Hour, RetryDelay: 20 * time.Millisecond, Trace: after.trace}
 	cfg = worker.WithOnIdle(cfg, iw.idle)
 	cfg = worker.WithDoneFault(cfg, func(id string) error {
 		var err error
@@ -148,18 +176,8 @@ func TestAJobPutBackAfterTheLoopIdlesRunsAgainAfterItsBackOff(t *testing.T) {
 		return err
 	})
 	ctx := ctxT(t)
-	tb.start(t, worker.WithBeforeStoreDone(cfg, func(id string) {
-		// The end fails once the loop waits again.
-		select {
-		case <-fetched:
-		case <-ctx.Done():
-			return
-		}
-		select {
-		case <-idleAfter:
-		case <-ctx.Done():
-		}
-	}))
+	// The end fails once the loop waits again.
+	tb.start(t, worker.WithBeforeStoreDone(cfg, func(string) { after.hold(ctx) }))
 	waitFor(t, first, "idle at the start")
 	if _, err := tb.b.Store.Submit(ctx, j, []byte(chatBody("tiny-a", 1))); err != nil {
 		t.Fatal(err)
@@ -268,19 +286,10 @@ func TestAJobOfAModelNotRunThenIsLookedForAfterTheNextJob(t *testing.T) {
 	first := iw.next()
 	var runsB atomic.Bool
 	j0 := &broker.Job{ID: broker.NewID(), Model: "tiny-a", Kind: broker.KindChat}
-	var idleAfter <-chan struct{}
-	fetched := make(chan struct{})
-	var once sync.Once
+	after := iw.afterFetchOf(j0.ID)
 	cfg := worker.Config{EarlyCall: true, IdlePoll: time.Hour,
-		Runs: func(_ context.Context, model string) bool { return !strings.HasPrefix(model, "tiny-b") || runsB.Load() },
-		Trace: func(id, stage string) {
-			if id == j0.ID && stage == worker.StageFetched {
-				once.Do(func() {
-					idleAfter = iw.next()
-					close(fetched)
-				})
-			}
-		}}
+		Runs:  func(_ context.Context, model string) bool { return !strings.HasPrefix(model, "tiny-b") || runsB.Load() },
+		Trace: after.trace}
 	cfg = worker.WithOnIdle(cfg, iw.idle)
 	ctx := ctxT(t)
 	jb := tb.chat(t, "tiny-b", 0) // queued before the start: no publish seen
@@ -288,16 +297,7 @@ func TestAJobOfAModelNotRunThenIsLookedForAfterTheNextJob(t *testing.T) {
 		if id != j0.ID {
 			return
 		}
-		// The look after the first job still meets it queued.
-		select {
-		case <-fetched:
-		case <-ctx.Done():
-			return
-		}
-		select {
-		case <-idleAfter:
-		case <-ctx.Done():
-		}
+		after.hold(ctx) // the look after the first job still meets it queued
 	}))
 	waitFor(t, first, "idle at the start, with a job of a model it does not run queued")
 	if _, err := tb.b.Store.Submit(ctx, j0, []byte(chatBody("tiny-a", 1))); err != nil {
@@ -306,8 +306,8 @@ func TestAJobOfAModelNotRunThenIsLookedForAfterTheNextJob(t *testing.T) {
 	if got := tb.waitEnded(t, j0.ID); got.State != broker.StateDone {
 		t.Fatalf("first job ended %s (%s), want done", got.State, got.Error)
 	}
-	waitFor(t, fetched, "the first job fetched")
-	waitFor(t, idleAfter, "idle after the first job")
+	waitFor(t, after.fetched, "the first job fetched")
+	waitFor(t, after.idle, "idle after the first job")
 	runsB.Store(true) // the model is the worker's now (pulled to its target, say)
 	j1 := tb.chat(t, "tiny-a", 2)
 	if got := tb.waitEnded(t, j1.ID); got.State != broker.StateDone {
