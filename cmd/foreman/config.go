@@ -170,7 +170,7 @@ func (c *serveConfig) settings() []*setting {
 		{env: "FOREMAN_FIRST_BYTE_TIMEOUT", flag: "first-byte-timeout", def: durationDefault(app.DefaultFirstByteTimeout), usage: "longest wait for Ollama's first response byte (of a stream: its first line or event with data), a cold model load included; then the attempt fails", parse: dur(&c.FirstByteTimeout)},
 		{env: "FOREMAN_STREAM_IDLE_TIMEOUT", flag: "stream-idle-timeout", def: durationDefault(app.DefaultStreamIdleTimeout), usage: "longest silence of Ollama once its answer started (no line or event with data; of an answer in one piece, no MiB of it nor its end; a drip of bytes counts as silence); then the attempt fails", parse: dur(&c.StreamIdleTimeout)},
 		{env: "FOREMAN_MAX_JOB_TIME", flag: "max-job-time", usage: "longest one attempt of a job may run (off when empty); then the job fails", parse: dur(&c.MaxJobTime)},
-		{env: "FOREMAN_NONSTREAM_TIMEOUT", flag: "nonstream-timeout", def: durationDefault(app.DefaultNonStreamTimeout), usage: "longest a non-streamed answer (embeddings, a debug render) may take, load included; then the job fails", parse: dur(&c.NonStreamTimeout)},
+		{env: "FOREMAN_NONSTREAM_TIMEOUT", flag: "nonstream-timeout", def: durationDefault(app.DefaultNonStreamTimeout), usage: "longest a non-streamed answer (embeddings, the image routes, a debug render) may take, load included; then the job fails", parse: dur(&c.NonStreamTimeout)},
 		// Browser policy (ADR-0023) and slow clients.
 		{env: "FOREMAN_ORIGINS", flag: "origins", usage: "browser origins allowed besides localhost and co (comma list, * for all; as OLLAMA_ORIGINS)", parse: func(v string) error {
 			o, err := gateway.ParseOrigins(v)
