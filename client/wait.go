@@ -27,8 +27,9 @@ const cancelTimeout = 5 * time.Second
 const submitTimeout = 45 * time.Second
 
 // Submit queues a job and waits until it has finished: it returns the result of a done
-// job, a *JobError (errors.Is ErrJobFailed) for a failed or canceled one, or the context's
-// error. See the package documentation for how it waits.
+// job, a *JobError (errors.Is ErrJobFailed) for a failed or canceled one, the context's
+// error, or, with WithAnswerTimeout, a *NoAnswerError when foreman left its submit or a
+// read of the job unanswered that long. See the package documentation for how it waits.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error) {
 	var hook *receiver
 	if !req.hasWebhook() && c.useWebhook() {
