@@ -150,6 +150,38 @@ func TestAnswerTimeoutBoundsSubmitsSubmit(t *testing.T) {
 	}
 }
 
+// Submit's submit whose connection is not made within WithAnswerTimeout never reached
+// foreman, as WithAnswerTimeout's doc says of any such request: a *ConnectionError
+// (ErrUnreachable), not the *NoAnswerError of a foreman that took it and answered
+// nothing, on which the CLI said "foreman or its job store may be hung ... the job may
+// have been queued all the same" of a job that cannot have been.
+func TestAnswerTimeoutSubmitNotSentIsUnreachable(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(srv.Close)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		select { // every dial hangs: packets dropped
+		case <-ctx.Done():
+		case <-release:
+		}
+		return nil, errors.New("dial let go")
+	}
+	ctx := testCtx(t)
+	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}), client.WithPollingOnly(),
+		client.WithAnswerTimeout(50*time.Millisecond))
+	_, err := c.Submit(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	var ce *client.ConnectionError
+	if !errors.As(err, &ce) || !errors.Is(err, client.ErrUnreachable) || errors.Is(err, client.ErrNoAnswer) {
+		t.Fatalf("Submit = %v (%T); want a *ConnectionError, foreman unreachable", err, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the test's own deadline ended the call")
+	}
+}
+
 // A read whose connection is not made within WithAnswerTimeout (a host whose packets
 // are dropped for a while: Wi-Fi gone, a Mac asleep) never reached foreman: it is
 // foreman unreachable, which a wait rides out (still waiting), not foreman hung.

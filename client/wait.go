@@ -66,8 +66,10 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		defer cancel()
 	}
 	// noAnswer: the submit was bounded by WithAnswerTimeout (no SubmitTimeout) and
-	// foreman took it and answered nothing within it.
-	noAnswer := func() bool { return false }
+	// foreman took it and answered nothing within it. notSent: it was bounded so and went
+	// by HTTP, whose request was not sent within it (its connection not made): it never
+	// reached foreman, as a refused connection, and no job was made.
+	noAnswer, notSent := func() bool { return false }, func() bool { return false }
 	if limit := cmp.Or(req.SubmitTimeout, c.answerTimeout); limit > 0 {
 		outer := sctx
 		var cancel context.CancelFunc
@@ -76,6 +78,11 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		if req.SubmitTimeout <= 0 {
 			bounded := sctx
 			noAnswer = func() bool { return bounded.Err() != nil && outer.Err() == nil }
+			if !c.natsFits(body, req.IdempotencyKey) {
+				var took atomic.Bool
+				sctx = tookTrace(sctx, &took)
+				notSent = func() bool { return !took.Load() }
+			}
 		}
 	}
 	id, replayed, err := c.submit(sctx, body, req.IdempotencyKey)
@@ -99,6 +106,9 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		hook = nil
 	}
 	if err != nil {
+		if noAnswer() && notSent() {
+			return nil, &ConnectionError{URL: c.shown, Err: fmt.Errorf("POST /jobs: not sent within %s", c.answerTimeout)}
+		}
 		if noAnswer() {
 			return nil, c.noAnswer("POST /jobs", "", false, nil)
 		}
