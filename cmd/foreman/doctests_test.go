@@ -1,0 +1,83 @@
+package main
+
+import (
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+// TestDocsNameRealTests keeps the tests the docs cite as evidence real: each Test…,
+// Benchmark… or Fuzz… name in README.md, docs/*.md and the ADRs is a function of some
+// _test.go of the module (a name in a pattern, as in `-bench 'BenchmarkQueued'` or
+// `BenchmarkQueuedChat(Paced|AfterIdle)$`, the start of one). A test renamed
+// or taken out leaves the ADR that cites it pointing at nothing.
+func TestDocsNameRealTests(t *testing.T) {
+	t.Parallel()
+	have := map[string]bool{}
+	decl := regexp.MustCompile(`(?m)^func ((?:Test|Benchmark|Fuzz)[A-Za-z0-9_]*)\(`)
+	err := filepath.WalkDir("../..", func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() && (strings.HasPrefix(d.Name(), ".") && path != "../.." || d.Name() == "testdata") {
+			return filepath.SkipDir
+		}
+		if d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, m := range decl.FindAllStringSubmatch(string(data), -1) {
+			have[m[1]] = true
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !have["TestDocsNameRealTests"] {
+		t.Fatal("the walk found no test functions; it has lost the module's files")
+	}
+	docs, err := filepath.Glob("../../docs/adr/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, err := filepath.Glob("../../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	docs = append(append([]string{"../../README.md"}, more...), docs...)
+	cited := regexp.MustCompile(`\b((?:Test|Benchmark|Fuzz)[A-Z][A-Za-z0-9_]*)([(*'$|])?`)
+	checked := 0
+	for _, file := range docs {
+		data, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range cited.FindAllStringSubmatch(string(data), -1) {
+			checked++
+			if have[m[1]] || m[2] != "" && hasPrefixed(have, m[1]) {
+				continue
+			}
+			t.Errorf("%s cites %s, which no _test.go of the module declares", strings.TrimPrefix(file, "../../"), m[1])
+		}
+	}
+	if checked < 100 {
+		t.Errorf("only %d test names found in the docs; the reader has lost them", checked)
+	}
+}
+
+// hasPrefixed reports whether a name in have starts with p.
+func hasPrefixed(have map[string]bool, p string) bool {
+	for n := range have {
+		if strings.HasPrefix(n, p) {
+			return true
+		}
+	}
+	return false
+}
