@@ -81,3 +81,49 @@ func hasPrefixed(have map[string]bool, p string) bool {
 	}
 	return false
 }
+
+// TestEveryADRIsListed keeps the two lists of decisions whole: each docs/adr/NNNN-*.md
+// has its line in docs/adr/README.md, linked by its file name, and its number in the
+// README's Layout row for docs/adr; every link of the index names a file that exists.
+func TestEveryADRIsListed(t *testing.T) {
+	t.Parallel()
+	files, err := filepath.Glob("../../docs/adr/[0-9][0-9][0-9][0-9]-*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(files) < 100 {
+		t.Fatalf("only %d ADRs found; the glob has lost them", len(files))
+	}
+	index, err := os.ReadFile("../../docs/adr/README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var layout string
+	for _, line := range strings.Split(string(readme), "\n") {
+		if strings.HasPrefix(line, "| `docs/adr` |") {
+			layout = line
+		}
+	}
+	if layout == "" {
+		t.Fatal("README: no Layout row for docs/adr")
+	}
+	for _, f := range files {
+		name := filepath.Base(f)
+		n := name[:4]
+		if !strings.Contains(string(index), "["+n+"]("+name+")") {
+			t.Errorf("docs/adr/README.md has no line linking [%s](%s)", n, name)
+		}
+		if !regexp.MustCompile(`\b(?:ADR-)?` + n + ` `).MatchString(layout) {
+			t.Errorf("README's Layout row for docs/adr does not name %s (%s)", n, name)
+		}
+	}
+	for _, m := range regexp.MustCompile(`\]\(([0-9]{4}-[^)]+\.md)\)`).FindAllStringSubmatch(string(index), -1) {
+		if _, err := os.Stat("../../docs/adr/" + m[1]); err != nil {
+			t.Errorf("docs/adr/README.md links %s, which does not exist", m[1])
+		}
+	}
+}
