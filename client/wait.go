@@ -107,7 +107,7 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 	}
 	if err != nil {
 		if noAnswer() && notSent() {
-			return nil, &ConnectionError{URL: c.shown, Err: fmt.Errorf("POST /jobs: not sent within %s", c.answerTimeout)}
+			return nil, &ConnectionError{URL: c.shown, Err: &notSentError{req: "POST /jobs", within: c.answerTimeout}}
 		}
 		if noAnswer() {
 			return nil, c.noAnswer("POST /jobs", "", false, nil)
