@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -66,10 +67,12 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		defer cancel()
 	}
 	// noAnswer: the submit was bounded by WithAnswerTimeout (no SubmitTimeout) and
-	// foreman took it and answered nothing within it. notSent: it was bounded so and went
-	// by HTTP, whose request was not sent within it (its connection not made): it never
-	// reached foreman, as a refused connection, and no job was made.
+	// foreman took it and answered nothing within it; submitReq names it as it went
+	// (on NATS, unless it went on to POST /jobs). notSent: it went by HTTP alone, whose
+	// request was not sent within the bound (its connection not made): it never reached
+	// foreman, as a refused connection, and no job was made.
 	noAnswer, notSent := func() bool { return false }, func() bool { return false }
+	submitReq := func() string { return "POST /jobs" }
 	if limit := cmp.Or(req.SubmitTimeout, c.answerTimeout); limit > 0 {
 		outer := sctx
 		var cancel context.CancelFunc
@@ -78,9 +81,18 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		if req.SubmitTimeout <= 0 {
 			bounded := sctx
 			noAnswer = func() bool { return bounded.Err() != nil && outer.Err() == nil }
-			if !c.natsFits(body, req.IdempotencyKey) {
-				var took atomic.Bool
-				sctx = tookTrace(sctx, &took)
+			var tried, took atomic.Bool
+			sctx = httptrace.WithClientTrace(tookTrace(sctx, &took), &httptrace.ClientTrace{
+				GetConn: func(string) { tried.Store(true) },
+			})
+			if c.natsFits(body, req.IdempotencyKey) {
+				submitReq = func() string {
+					if tried.Load() {
+						return "POST /jobs"
+					}
+					return "NATS " + broker.SubmitSubject
+				}
+			} else {
 				notSent = func() bool { return !took.Load() }
 			}
 		}
@@ -110,7 +122,7 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 			return nil, &ConnectionError{URL: c.shown, Err: &notSentError{req: "POST /jobs", within: c.answerTimeout}}
 		}
 		if noAnswer() {
-			return nil, c.noAnswer("POST /jobs", "", false, nil)
+			return nil, c.noAnswer(submitReq(), "", false, nil)
 		}
 		return nil, err
 	}
