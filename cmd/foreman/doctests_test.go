@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -124,6 +125,42 @@ func TestEveryADRIsListed(t *testing.T) {
 	for _, m := range regexp.MustCompile(`\]\(([0-9]{4}-[^)]+\.md)\)`).FindAllStringSubmatch(string(index), -1) {
 		if _, err := os.Stat("../../docs/adr/" + m[1]); err != nil {
 			t.Errorf("docs/adr/README.md links %s, which does not exist", m[1])
+		}
+	}
+}
+
+// TestTimeoutDefaultsAreTheREADMEs keeps the --timeout defaults the README gives ("30s,
+// `submit` 1m" for the commands that ask once and for the waits; `bench chat` 5m,
+// `bench submit` 30s) to the flags' own.
+func TestTimeoutDefaultsAreTheREADMEs(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	readme := strings.Join(strings.Fields(string(data)), " ")
+	for _, said := range []string{
+		"give up after `--timeout` (30s, `submit` 1m; `0` waits for ever)",
+		"has `--timeout` (30s, `submit` 1m; `0` waits for ever) to be answered",
+		"bounded by `--timeout` (`bench chat` 5m, for a model's load or a wait behind other jobs; `bench submit` 30s; `0` waits for ever)",
+	} {
+		if !strings.Contains(readme, said) {
+			t.Errorf("README no longer says %q; keep this test's table in step", said)
+		}
+	}
+	root := newRootCmd(&env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }})
+	for cmd, want := range map[string]string{
+		"queue": "30s", "jobs list": "30s", "jobs get": "30s", "jobs cancel": "30s", "jobs watch": "30s",
+		"ps": "30s", "tags": "30s", "top": "30s", "chat": "30s", "submit": "1m0s",
+		"bench chat": "5m0s", "bench submit": "30s",
+	} {
+		c, _, err := root.Find(strings.Fields(cmd))
+		if err != nil || c.Flags().Lookup("timeout") == nil {
+			t.Errorf("foreman %s has no --timeout (%v)", cmd, err)
+			continue
+		}
+		if got := c.Flags().Lookup("timeout").DefValue; got != want {
+			t.Errorf("foreman %s --timeout defaults to %s; README says %s", cmd, got, want)
 		}
 	}
 }
