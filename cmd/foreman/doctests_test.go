@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestDocsNameRealTests keeps the tests the docs cite as evidence real: each Test…,
@@ -143,10 +144,14 @@ func TestTimeoutDefaultsAreTheREADMEs(t *testing.T) {
 		"give up after `--timeout` (30s, `submit` 1m; `0` waits for ever)",
 		"has `--timeout` (30s, `submit` 1m; `0` waits for ever) to be answered",
 		"bounded by `--timeout` (`bench chat` 5m, for a model's load or a wait behind other jobs; `bench submit` 30s; `0` waits for ever)",
+		"Live `top` waits at most 10 s for each refresh",
 	} {
 		if !strings.Contains(readme, said) {
 			t.Errorf("README no longer says %q; keep this test's table in step", said)
 		}
+	}
+	if refreshTimeout != 10*time.Second {
+		t.Errorf("live top's refresh waits at most %s; README says 10 s", refreshTimeout)
 	}
 	root := newRootCmd(&env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard, getenv: func(string) string { return "" }})
 	for cmd, want := range map[string]string{
