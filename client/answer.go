@@ -35,7 +35,7 @@ func (c *Client) within(ctx context.Context, req, jobID string, fn func(context.
 		err := fn(rctx)
 		if err != nil && ctx.Err() == nil && rctx.Err() != nil {
 			if !took.Load() && instead == nil {
-				return &ConnectionError{URL: c.shown, Err: fmt.Errorf("%s: not sent within %s", req, c.answerTimeout)}
+				return &ConnectionError{URL: c.shown, Err: &notSentError{req: req, within: c.answerTimeout}}
 			}
 			return c.noAnswer(req, jobID, false, instead)
 		}
@@ -73,6 +73,18 @@ func inForemansPlace(err error) (*APIError, bool) {
 	}
 	return nil, false
 }
+
+// notSentError is the cause of a *ConnectionError whose request was not sent within
+// WithAnswerTimeout (its connection not made): a network timeout, as a dial's would be
+// (the host did not answer), not foreman's.
+type notSentError struct {
+	req    string
+	within time.Duration
+}
+
+func (e *notSentError) Error() string   { return fmt.Sprintf("%s: not sent within %s", e.req, e.within) }
+func (e *notSentError) Timeout() bool   { return true }
+func (e *notSentError) Temporary() bool { return true }
 
 func (c *Client) noAnswer(req, jobID string, silent bool, instead *APIError) *NoAnswerError {
 	return &NoAnswerError{URL: c.shown, Request: req, Within: c.answerTimeout, JobID: jobID, Silent: silent, Instead: instead}

@@ -150,6 +150,65 @@ func TestAnswerTimeoutBoundsSubmitsSubmit(t *testing.T) {
 	}
 }
 
+// Submit's submit whose connection is not made within WithAnswerTimeout never reached
+// foreman, as WithAnswerTimeout's doc says of any such request: a *ConnectionError
+// (ErrUnreachable), not the *NoAnswerError of a foreman that took it and answered
+// nothing, on which the CLI said "foreman or its job store may be hung ... the job may
+// have been queued all the same" of a job that cannot have been.
+func TestAnswerTimeoutSubmitNotSentIsUnreachable(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(srv.Close)
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		select { // every dial hangs: packets dropped
+		case <-ctx.Done():
+		case <-release:
+		}
+		return nil, errors.New("dial let go")
+	}
+	ctx := testCtx(t)
+	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}), client.WithPollingOnly(),
+		client.WithAnswerTimeout(50*time.Millisecond))
+	_, err := c.Submit(ctx, client.SubmitRequest{Chat: &client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	var ce *client.ConnectionError
+	if !errors.As(err, &ce) || !errors.Is(err, client.ErrUnreachable) || errors.Is(err, client.ErrNoAnswer) {
+		t.Fatalf("Submit = %v (%T); want a *ConnectionError, foreman unreachable", err, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the test's own deadline ended the call")
+	}
+}
+
+// Submit's submit answered by a proxy's page is not made again, as a read of the job is
+// (a POST may have made its job): Submit ends at once with the page, an *APIError with
+// Raw set, as README and WithAnswerTimeout's doc say.
+func TestAnswerTimeoutSubmitAnsweredByAProxysPageEndsAtOnce(t *testing.T) {
+	t.Parallel()
+	var posts atomic.Int32
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /jobs", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		posts.Add(1)
+		w.Header().Set("Content-Type", "text/html")
+		w.WriteHeader(http.StatusBadGateway)
+		_, _ = io.WriteString(w, "<html><body>502 Bad Gateway</body></html>")
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(srv.Close)
+	c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithAnswerTimeout(time.Hour))
+	_, err := c.Submit(testCtx(t), client.SubmitRequest{Chat: &client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}})
+	var ae *client.APIError
+	if !errors.As(err, &ae) || !ae.Raw || ae.Status != http.StatusBadGateway {
+		t.Fatalf("Submit = %v (%T); want the proxy's 502 page, an *APIError with Raw", err, err)
+	}
+	if n := posts.Load(); n != 1 {
+		t.Errorf("%d submits; want one", n)
+	}
+}
+
 // A read whose connection is not made within WithAnswerTimeout (a host whose packets
 // are dropped for a while: Wi-Fi gone, a Mac asleep) never reached foreman: it is
 // foreman unreachable, which a wait rides out (still waiting), not foreman hung.

@@ -108,7 +108,8 @@ var (
 type NoAnswerError struct {
 	// URL is the base URL the client talks to, a password or token in it shown as "xxxxx".
 	URL string
-	// Request is the request that went unanswered, e.g. "GET /jobs/01J…".
+	// Request is the request that went unanswered, e.g. "GET /jobs/01J…", or
+	// "NATS foreman.jobs.submit" for a submit made on NATS.
 	Request string
 	// Within is the bound (WithAnswerTimeout).
 	Within time.Duration

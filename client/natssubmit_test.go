@@ -146,3 +146,25 @@ func TestSubmitNoNATSReplyByTheContextDeadline(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "the NATS submits swallowed", func() bool { return swallowed.Load() >= 2 })
 }
+
+// A NATS submit foreman takes and never answers, under WithAnswerTimeout, ends Submit
+// with a *NoAnswerError that names the request as it went, on NATS: it said "POST /jobs",
+// a request never made.
+func TestSubmitNoNATSReplyUnderAnswerTimeoutNamesTheNATSRequest(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{NoNATSSubmit: true})
+	sub, err := f.Conn.Subscribe(broker.SubmitSubject, func(*nats.Msg) {})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	if err := f.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	c := newClient(t, f.URL, client.WithNATS(natsConn(t, f)), client.WithPollInterval(never), client.WithAnswerTimeout(200*time.Millisecond))
+	_, err = c.Submit(testCtx(t), chatJob("tiny-a", "nobody answers"))
+	var na *client.NoAnswerError
+	if !errors.As(err, &na) || na.Request != "NATS "+broker.SubmitSubject {
+		t.Fatalf("Submit = %v (%T); want a *NoAnswerError naming NATS %s", err, err, broker.SubmitSubject)
+	}
+}

@@ -27,7 +27,9 @@ const (
 // whole reply, its content joined, in the shape Ollama gives for stream:false. An error
 // the server reports in the middle of a stream is an *APIError with the stream's status;
 // a success answer that does not begin as Ollama's chunks do (a captive portal's page,
-// another server's JSON, an empty body) is a *ForeignAnswerError, fn never called.
+// another server's JSON, an empty body) is a *ForeignAnswerError, fn never called. Under
+// WithAnswerTimeout, an answer silent that long (its job waiting in the queue) is checked
+// on, and a check foreman leaves unanswered ends the call with a *NoAnswerError.
 func (c *Client) Chat(ctx context.Context, req ChatRequest, fn func(*ChatResponse) error) (*ChatResponse, error) {
 	var final ChatResponse
 	var content, thinking bytes.Buffer

@@ -62,7 +62,9 @@ func WithOnQueued(fn func(jobID string)) Option { return func(c *Client) { c.onQ
 // of a proxy in front of foreman that cannot reach it, or had no answer from it in
 // time: nginx's 502 or 504, Caddy's 502, Envoy's 503) is asked again, briskly, within d,
 // and a request that got nothing else within d is unanswered (NoAnswerError.Instead holds
-// the page). A degraded foreman's answers (its 503 while its job store refuses, a
+// the page). Submit's submit and the call of Chat or Generate, each a POST that may have
+// made its job, are not asked again: such a page ends the call at once, an *APIError
+// with Raw set. A degraded foreman's answers (its 503 while its job store refuses, a
 // /healthz saying "degraded") are foreman's.
 //
 // A request not sent within d (its connection not made) never reached foreman: it is a

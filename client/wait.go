@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/http/httptrace"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -27,8 +28,9 @@ const cancelTimeout = 5 * time.Second
 const submitTimeout = 45 * time.Second
 
 // Submit queues a job and waits until it has finished: it returns the result of a done
-// job, a *JobError (errors.Is ErrJobFailed) for a failed or canceled one, or the context's
-// error. See the package documentation for how it waits.
+// job, a *JobError (errors.Is ErrJobFailed) for a failed or canceled one, the context's
+// error, or, with WithAnswerTimeout, a *NoAnswerError when foreman left its submit or a
+// read of the job unanswered that long. See the package documentation for how it waits.
 func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error) {
 	var hook *receiver
 	if !req.hasWebhook() && c.useWebhook() {
@@ -65,8 +67,12 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		defer cancel()
 	}
 	// noAnswer: the submit was bounded by WithAnswerTimeout (no SubmitTimeout) and
-	// foreman took it and answered nothing within it.
-	noAnswer := func() bool { return false }
+	// foreman took it and answered nothing within it; submitReq names it as it went
+	// (on NATS, unless it went on to POST /jobs). notSent: it went by HTTP alone, whose
+	// request was not sent within the bound (its connection not made): it never reached
+	// foreman, as a refused connection, and no job was made.
+	noAnswer, notSent := func() bool { return false }, func() bool { return false }
+	submitReq := func() string { return "POST /jobs" }
 	if limit := cmp.Or(req.SubmitTimeout, c.answerTimeout); limit > 0 {
 		outer := sctx
 		var cancel context.CancelFunc
@@ -75,6 +81,20 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		if req.SubmitTimeout <= 0 {
 			bounded := sctx
 			noAnswer = func() bool { return bounded.Err() != nil && outer.Err() == nil }
+			var tried, took atomic.Bool
+			sctx = httptrace.WithClientTrace(tookTrace(sctx, &took), &httptrace.ClientTrace{
+				GetConn: func(string) { tried.Store(true) },
+			})
+			if c.natsFits(body, req.IdempotencyKey) {
+				submitReq = func() string {
+					if tried.Load() {
+						return "POST /jobs"
+					}
+					return "NATS " + broker.SubmitSubject
+				}
+			} else {
+				notSent = func() bool { return !took.Load() }
+			}
 		}
 	}
 	id, replayed, err := c.submit(sctx, body, req.IdempotencyKey)
@@ -98,8 +118,11 @@ func (c *Client) Submit(ctx context.Context, req SubmitRequest) (*Result, error)
 		hook = nil
 	}
 	if err != nil {
+		if noAnswer() && notSent() {
+			return nil, &ConnectionError{URL: c.shown, Err: &notSentError{req: "POST /jobs", within: c.answerTimeout}}
+		}
 		if noAnswer() {
-			return nil, c.noAnswer("POST /jobs", "", false, nil)
+			return nil, c.noAnswer(submitReq(), "", false, nil)
 		}
 		return nil, err
 	}

@@ -69,8 +69,8 @@ type Config struct {
 	// MaxJobTime bounds one attempt as a whole, however steadily the target streams;
 	// 0 (the default) means no limit.
 	MaxJobTime time.Duration
-	// NonStreamTimeout bounds an attempt that does not stream (embeddings, a debug
-	// render): its first byte comes only with the whole answer, so the first-byte limit
+	// NonStreamTimeout bounds an attempt that does not stream (embeddings, OpenAI's image
+	// routes, a debug render): its first byte comes only with the whole answer, so the first-byte limit
 	// does not apply to it; this one covers the load plus the whole answer. A chat,
 	// completion, response or message its caller asked not to stream is called streamed
 	// and its answer assembled (ADR-0050): the first-byte and idle limits bound it instead. When it runs out the

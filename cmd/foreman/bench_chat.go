@@ -77,6 +77,7 @@ func newBenchChatCmd(e *env) *cobra.Command {
 	}
 	b.f = addClientFlags(cmd, false)
 	b.f.addTimeout(cmd, benchChatTimeout)
+	cmd.Flags().Lookup("timeout").Usage = "give up when a chat, on any side (foreman, --also, --direct), has not answered whole within this long, a model's load or a wait behind other jobs included (0: wait for ever)"
 	fs := cmd.Flags()
 	fs.StringVar(&b.direct, "direct", "", "Ollama's URL, to compare with (required)")
 	fs.StringArrayVar(&b.also, "also", nil, "another foreman's URL to time in the same rounds (repeatable)")

@@ -60,6 +60,7 @@ func newBenchSubmitCmd(e *env) *cobra.Command {
 	}
 	b.f = addClientFlags(cmd, false)
 	b.f.addTimeout(cmd, defaultTimeout)
+	cmd.Flags().Lookup("timeout").Usage = "count a submit foreman has not answered within this long as an error and go on (0: wait for ever)"
 	fs := cmd.Flags()
 	fs.StringVarP(&b.model, "model", "m", "tiny-a", "model the jobs name")
 	fs.IntVarP(&b.callers, "callers", "c", 16, "concurrent callers")

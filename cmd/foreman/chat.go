@@ -62,7 +62,7 @@ func newChatCmd(e *env) *cobra.Command {
 	}
 	f = addClientFlags(cmd, false)
 	f.addTimeout(cmd, defaultTimeout)
-	cmd.Flags().Lookup("timeout").Usage = "give up when foreman has not answered the chat, or, while its answer is silent (its job waits in the queue), a check that foreman still answers, within this long (0: wait for ever); the job itself may wait as long as it takes"
+	cmd.Flags().Lookup("timeout").Usage = "while the chat's answer is silent (its job waits in the queue), ask foreman every this long whether it still answers, and give up when it leaves such a check unanswered this long (0: no checks, wait for ever); the chat itself may wait as long as it takes"
 	cmd.Flags().StringVarP(&model, "model", "m", "", "model to chat with (required)")
 	cmd.Flags().StringVar(&system, "system", "", "system message")
 	cmd.Flags().BoolVarP(&interactive, "interactive", "i", false, "chat turn after turn even when stdin is not a terminal")

@@ -44,3 +44,26 @@ func TestSubmitTimeoutHelpSaysWhatItBounds(t *testing.T) {
 		t.Errorf("exit %d, help:\n%s\nwant --timeout to say it bounds the submit and each read, not --wait's wait", r.code, r.stdout)
 	}
 }
+
+// Each --timeout's help says what it bounds, as the command does it: chat's bounds the
+// checks made while its answer is silent, not the chat (a foreman that takes the chat and
+// answers its checks is waited for: the help said "give up when foreman has not answered
+// the chat ... within this long"); bench chat's bounds each chat whole, the --direct
+// side's too (it said "when foreman has not answered"); bench submit counts a submit
+// left unanswered as an error and goes on (it said "give up").
+func TestTimeoutHelpSaysWhatItBounds(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"chat", "--help"}, "while the chat's answer is silent (its job waits in the queue), ask foreman every this long whether it still answers, and give up when it leaves such a check unanswered this long"},
+		{[]string{"bench", "chat", "--help"}, "give up when a chat, on any side (foreman, --also, --direct), has not answered whole within this long"},
+		{[]string{"bench", "submit", "--help"}, "count a submit foreman has not answered within this long as an error and go on"},
+	} {
+		r := runCLI(t, nil, nil, nil, tc.args...)
+		if r.code != 0 || !strings.Contains(strings.Join(strings.Fields(r.stdout), " "), tc.want) {
+			t.Errorf("%v: exit %d, help:\n%s\nwant --timeout to say %q", tc.args, r.code, r.stdout, tc.want)
+		}
+	}
+}
