@@ -163,3 +163,21 @@ func TestCapabilityRefusalsAreNotQueued(t *testing.T) {
 		}
 	}
 }
+
+// An unload (an empty chat or generate with keep_alive 0) of an embedding model is
+// answered as Ollama answers it, 200 with done_reason "unload": its handlers unload
+// before they look at what the model can do.
+func TestAnUnloadOfAnEmbeddingModelIsAnsweredAsOllamaDoes(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil)
+	ctx := testCtx(t, 60*time.Second)
+	for _, c := range []struct{ path, body string }{
+		{"/api/chat", `{"model":"tiny-embed","messages":[],"keep_alive":0}`},
+		{"/api/generate", `{"model":"tiny-embed","keep_alive":0,"stream":false}`},
+	} {
+		got := post(t, ctx, b.URL, c.path, []byte(c.body))
+		if got.Status != http.StatusOK || !bytes.Contains(got.Body, []byte(`"done_reason":"unload"`)) {
+			t.Errorf("%s %s: %d %s, want 200 with done_reason unload", c.path, c.body, got.Status, got.Body)
+		}
+	}
+}

@@ -118,11 +118,12 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 	if !topLogprobsInRange(w, req.TopLogprobs, writeError) {
 		return
 	}
-	m, ok := s.modelFor(w, req.Model, "chat")
+	unload := len(req.Messages) == 0 && isZeroKeepAlive(req.KeepAlive)
+	m, ok := s.modelOf(w, req.Model, "chat", !unload)
 	if !ok {
 		return
 	}
-	if !(len(req.Messages) == 0 && isZeroKeepAlive(req.KeepAlive)) && !capable(w, m, req.Model, req.Think, false, "tools", holdsTools(req.Tools), writeError) {
+	if !unload && !capable(w, m, req.Model, req.Think, false, "tools", holdsTools(req.Tools), writeError) {
 		return
 	}
 	defer s.enter(false)()
@@ -182,17 +183,18 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 	if !topLogprobsInRange(w, req.TopLogprobs, writeError) {
 		return
 	}
-	m, ok := s.modelFor(w, req.Model, "generate")
+	unload := req.Prompt == "" && isZeroKeepAlive(req.KeepAlive)
+	m, ok := s.modelOf(w, req.Model, "generate", !unload)
 	if !ok {
 		return
 	}
-	if !(req.Prompt == "" && isZeroKeepAlive(req.KeepAlive)) && !m.Image && !capable(w, m, req.Model, req.Think, true, "insert", req.Suffix != "", writeError) {
+	if !unload && !m.Image && !capable(w, m, req.Model, req.Think, true, "insert", req.Suffix != "", writeError) {
 		return
 	}
 	defer s.enter(false)()
 	defer s.expireAfter(m.Name, req.KeepAlive)
 	now := s.cfg.Clock().UTC()
-	if req.Prompt == "" && len(req.Images) == 0 {
+	if unload || req.Prompt == "" && len(req.Images) == 0 {
 		s.loadOnly(w, r, m, req.KeepAlive, func(reason string) any {
 			return ollama.GenerateResponse{Model: req.Model, CreatedAt: now, Done: true, DoneReason: reason}
 		})

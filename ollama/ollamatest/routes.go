@@ -376,6 +376,13 @@ func openAIStreamError(msg string) any {
 // 404 "model '<name>' not found" and any other handler's 400 "model is required"
 // (v0.17.4 server/routes.go).
 func (s *Server) modelFor(w http.ResponseWriter, name, capability string) (Model, bool) {
+	return s.modelOf(w, name, capability, true)
+}
+
+// modelOf is modelFor that refuses a model without capability only when refuse is set:
+// Ollama's chat and generate handlers unload a model (an empty call with keep_alive 0)
+// before they look at what it can do, an embedding model's too.
+func (s *Server) modelOf(w http.ResponseWriter, name, capability string, refuse bool) (Model, bool) {
 	completes := capability == "chat" || capability == "generate"
 	if strings.TrimSpace(name) == "" || completes && !ollama.ValidModelName(name) {
 		if capability == "generate" {
@@ -396,7 +403,7 @@ func (s *Server) modelFor(w http.ResponseWriter, name, capability string) (Model
 	}
 	// A model without "completion" is refused by the chat handler (an image generation
 	// model's too: only the generate handler runs one, apart).
-	if completes && (m.Embedding || m.Image && capability == "chat") {
+	if refuse && completes && (m.Embedding || m.Image && capability == "chat") {
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("%q does not support %s", name, capability))
 		return Model{}, false
 	}

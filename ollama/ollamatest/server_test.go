@@ -532,3 +532,30 @@ func unclaimedAddr(t *testing.T) string {
 		}
 	}
 }
+
+// Ollama's chat and generate handlers unload a model asked for with an empty call and
+// keep_alive 0 before they look at what it can do: an embedding model is unloaded too,
+// and so is a model whose empty generate carries images. Without keep_alive 0 an empty
+// call on an embedding model is refused as any chat on it is.
+func TestAnEmptyCallWithKeepAliveZeroUnloadsAnyModel(t *testing.T) {
+	t.Parallel()
+	s, c, ctx := setup(t)
+	for _, tt := range []struct{ path, body, model string }{
+		{"/api/chat", `{"model":"tiny-embed","keep_alive":0}`, "tiny-embed:latest"},
+		{"/api/generate", `{"model":"tiny-embed","keep_alive":"0s"}`, "tiny-embed:latest"},
+		{"/api/generate", `{"model":"tiny-a","keep_alive":0,"images":["aGk="]}`, "tiny-a:latest"},
+	} {
+		s.SetLoaded(tt.model)
+		code, body, _ := do(t, ctx, c, "POST", tt.path, tt.body)
+		if code != 200 || !bytes.Contains(body, []byte(`"done_reason":"unload"`)) {
+			t.Errorf("%s %s: %d %s, want 200 with done_reason unload", tt.path, tt.body, code, body)
+		}
+		if got := s.LoadedModel(); got != "" {
+			t.Errorf("%s %s: %q still loaded", tt.path, tt.body, got)
+		}
+	}
+	code, body, _ := do(t, ctx, c, "POST", "/api/chat", `{"model":"tiny-embed"}`)
+	if want := `\"tiny-embed\" does not support chat`; code != 400 || !bytes.Contains(body, []byte(want)) {
+		t.Errorf("empty chat on an embedding model: %d %s, want 400 %s", code, body, want)
+	}
+}
