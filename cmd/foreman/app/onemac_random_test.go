@@ -1,0 +1,515 @@
+package app_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
+)
+
+// One foreman on its embedded NATS server, as `foreman serve` runs it (the worker's early
+// call and its skipped look after a job at an idle worker on: ADR-0034, ADR-0137), under
+// seeded random, free-running workloads: async POST /jobs, NATS submits, sync chats and
+// generates (some streamed) over three models, three programs and the three classes, in
+// bursts, at an idle worker and right as a job ends; the target failing some calls with
+// a retryable error (a dead runner, "busy", a dropped connection) and some with a final
+// one, models held for a while, cancels of waiting and of running jobs. The worker's idle
+// wait is an hour (IdlePoll), so a job the worker wrongly does not look for (a skipped look
+// that could miss it) waits in the queue for good instead of for a second: every job must
+// end, exactly once, in the state its calls to the target and its cancel allow; every sync
+// caller is answered; GET /queue lists nothing at the end.
+//
+// A failure prints the seed, the steps, the jobs not ended with their stages and records,
+// and the worker's state (GET /queue, its loop's stack, the log's tail). ONEMAC_SEED=<n>
+// runs that seed alone, ONEMAC_SEED=<from>-<to> a range; ONEMAC_OPS=<n> sets the steps.
+func TestOneMacUnderRandomWorkloads(t *testing.T) {
+	seeds, ops := []uint64{1, 2, 3}, 70
+	if s := os.Getenv("ONEMAC_SEED"); s != "" {
+		from, to, _ := strings.Cut(s, "-")
+		a, err := strconv.ParseUint(from, 10, 64)
+		b := a
+		if err == nil && to != "" {
+			b, err = strconv.ParseUint(to, 10, 64)
+		}
+		if err != nil {
+			t.Fatalf("ONEMAC_SEED=%q: %v", s, err)
+		}
+		seeds = nil
+		for n := a; n <= b; n++ {
+			seeds = append(seeds, n)
+		}
+	}
+	if s := os.Getenv("ONEMAC_OPS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			t.Fatalf("ONEMAC_OPS=%q: %v", s, err)
+		}
+		ops = n
+	}
+	for _, seed := range seeds {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { oneMacRandom(t, seed, ops) })
+	}
+}
+
+// stageLog keeps the stages each job's run reached (worker.Config.Trace), with when.
+type stageLog struct {
+	mu     sync.Mutex
+	t0     time.Time
+	stages map[string][]string
+	first  map[string]time.Time // the job's first fetch
+}
+
+func newStageLog() *stageLog {
+	return &stageLog{t0: time.Now(), stages: map[string][]string{}, first: map[string]time.Time{}}
+}
+
+func (s *stageLog) trace(id, stage string) {
+	now := time.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.stages[id] = append(s.stages[id], fmt.Sprintf("%s@%v", stage, now.Sub(s.t0).Round(time.Millisecond)))
+	if _, ok := s.first[id]; !ok && stage == worker.StageFetched {
+		s.first[id] = now
+	}
+}
+
+func (s *stageLog) of(id string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.stages[id])
+}
+
+func (s *stageLog) fetchedAt(id string) (time.Time, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	at, ok := s.first[id]
+	return at, ok
+}
+
+// logTail keeps the last lines foreman logged.
+type logTail struct {
+	mu    sync.Mutex
+	lines []string
+}
+
+func (l *logTail) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.lines = append(l.lines, strings.TrimRight(string(p), "\n"))
+	if len(l.lines) > 400 {
+		l.lines = slices.Delete(l.lines, 0, len(l.lines)-300)
+	}
+	return len(p), nil
+}
+
+func (l *logTail) tail(n int) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Join(l.lines[max(0, len(l.lines)-n):], "\n")
+}
+
+// workerStack is the stack of the worker's loop (worker.(*Worker).Run): where it waits.
+func workerStack() string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "worker.(*Worker).Run(") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
+// oneMacJob is a job the workload submitted (or a sync call made).
+type oneMacJob struct {
+	id, prompt, how string
+	submitted       time.Time
+	cancel          int // the answer to its DELETE, 0 when none
+}
+
+func oneMacRandom(t *testing.T, seed uint64, ops int) {
+	rng := rand.New(rand.NewPCG(seed, 0x1d1e))
+	var stepsMu sync.Mutex
+	var steps []string
+	t0 := time.Now()
+	step := func(format string, args ...any) {
+		stepsMu.Lock()
+		defer stepsMu.Unlock()
+		steps = append(steps, fmt.Sprintf("%v ", time.Since(t0).Round(time.Millisecond))+fmt.Sprintf(format, args...))
+	}
+	defer func() {
+		if t.Failed() {
+			stepsMu.Lock()
+			defer stepsMu.Unlock()
+			t.Logf("seed %d (ONEMAC_SEED=%d), steps:\n%s", seed, seed, strings.Join(steps, "\n"))
+		}
+	}()
+
+	const tokens, tokenDelay = 4, 3 * time.Millisecond
+	models := []string{"alpha", "beta", "gamma"}
+	fake := ollamatest.New(t, ollamatest.WithLoadDelay(5*time.Millisecond), ollamatest.WithTokenDelay(tokenDelay), ollamatest.WithTokens(tokens),
+		ollamatest.WithModels(ollamatest.Model{Name: "alpha:latest"}, ollamatest.Model{Name: "beta:latest"}, ollamatest.Model{Name: "gamma:latest"}))
+	stages := newStageLog()
+	logs := &logTail{}
+	var early, adjusted bool
+	cfg := app.Config{
+		Addr: "127.0.0.1:0", DataDir: t.TempDir(), OllamaURL: fake.URL, TargetName: "studio",
+		PollInterval: 200 * time.Millisecond, MaxAttempts: 3,
+		Components: app.Components{Worker: func(c *worker.Config) {
+			adjusted, early = true, c.EarlyCall
+			// A job not looked for waits for IdlePoll (a second in foreman serve): an hour
+			// makes it wait for good, where the end of the test sees it.
+			c.IdlePoll = time.Hour
+			c.RetryDelay = 20 * time.Millisecond // the back-off of a retry, and of "busy"
+			c.Trace = stages.trace
+		}},
+	}
+	a, err := app.Start(context.Background(), cfg, slog.New(slog.NewTextHandler(logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopForeman(t, a) })
+	if !adjusted || !early {
+		t.Fatalf("the worker on the embedded server runs without its early call (EarlyCall %v): the skipped look is not tested", early)
+	}
+	ends := watchEndsOn(t, a.Conn())
+	waitTargets(t, a, 1)
+
+	var (
+		mu       sync.Mutex
+		jobs     []*oneMacJob
+		byID     = map[string]*oneMacJob{}
+		syncWG   sync.WaitGroup
+		releases []func()
+	)
+	addJob := func(j *oneMacJob) {
+		mu.Lock()
+		defer mu.Unlock()
+		jobs = append(jobs, j)
+		if j.id != "" {
+			if old := byID[j.id]; old != nil && j.cancel == 0 {
+				j.cancel = old.cancel // a sync job canceled before its caller had its id
+			}
+			byID[j.id] = j
+		}
+	}
+	defer func() {
+		for _, r := range releases {
+			r()
+		}
+	}()
+	t.Cleanup(syncWG.Wait) // after a failure too: the calls report to t
+
+	prios := []string{"high", "normal", "low"}
+	progs := []string{"ann", "bob", "cy"}
+	failures := []struct {
+		name string
+		f    ollamatest.Failure
+	}{
+		{"runner died (retried)", ollamatest.FailStatus(500, "llama runner process has terminated: exit status 2")},
+		{"busy (retried)", ollamatest.FailStatus(503, "server busy, please try again.  maximum pending requests exceeded")},
+		{"dropped (retried)", ollamatest.DropConnection},
+		{"bad request (final)", ollamatest.FailStatus(400, "fake: bad request")},
+	}
+	for i := range ops {
+		// The gap before the step: none (a burst), a short one (the worker may be
+		// running or finishing a job), a long one (it goes idle), or until the call in
+		// flight ends (the step meets the worker as it finishes a job).
+		switch g := rng.IntN(10); {
+		case g < 3:
+		case g < 6:
+			<-time.After(time.Duration(1+rng.IntN(15)) * time.Millisecond)
+		case g < 9:
+			<-time.After(time.Duration(40+rng.IntN(200)) * time.Millisecond)
+		default:
+			if fake.InFlight() > 0 {
+				before := finishedCalls(fake.Calls())
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				_ = fake.WaitFor(ctx, func(calls []ollamatest.Call) bool { return finishedCalls(calls) > before })
+				cancel()
+				step("%d: at a call's end", i)
+			}
+		}
+		m := models[rng.IntN(len(models))]
+		prio, prog := prios[rng.IntN(3)], progs[rng.IntN(3)]
+		kind := []string{"chat", "generate"}[rng.IntN(2)]
+		prompt := fmt.Sprintf("s%d-op%d", seed, i)
+		content := fmt.Sprintf(`"messages":[{"role":"user","content":%q}]`, prompt)
+		if kind == "generate" {
+			content = fmt.Sprintf(`"prompt":%q`, prompt)
+		}
+		switch r := rng.IntN(100); {
+		case r < 45: // async
+			code, b := call(t, a, http.MethodPost, "/jobs",
+				fmt.Sprintf(`{"kind":%q,"model":%q,"priority":%q,"program":%q,%s}`, kind, m, prio, prog, content))
+			if code != http.StatusAccepted {
+				t.Fatalf("submit %s: %d %s", prompt, code, b)
+			}
+			var j struct {
+				ID string `json:"job_id"`
+			}
+			_ = json.Unmarshal(b, &j)
+			addJob(&oneMacJob{id: j.ID, prompt: prompt, how: "async " + kind, submitted: time.Now()})
+			step("%d: submit %s %s %s %s %s (%s)", i, j.ID, kind, m, prio, prog, prompt)
+		case r < 50: // NATS
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			msg, err := a.Conn().RequestWithContext(ctx, broker.SubmitSubject,
+				fmt.Appendf(nil, `{"kind":%q,"model":%q,"priority":%q,"program":%q,%s}`, kind, m, prio, prog, content))
+			cancel()
+			if err != nil {
+				t.Fatalf("NATS submit %s: %v", prompt, err)
+			}
+			var rep broker.SubmitReply
+			if err := json.Unmarshal(msg.Data, &rep); err != nil || rep.JobID == "" {
+				t.Fatalf("NATS submit %s: %s (%v)", prompt, msg.Data, err)
+			}
+			addJob(&oneMacJob{id: rep.JobID, prompt: prompt, how: "nats " + kind, submitted: time.Now()})
+			step("%d: NATS submit %s %s %s %s %s (%s)", i, rep.JobID, kind, m, prio, prog, prompt)
+		case r < 65: // sync
+			stream := rng.IntN(2) == 0
+			path := "/api/chat"
+			if kind == "generate" {
+				path = "/api/generate"
+			}
+			body := fmt.Sprintf(`{"model":%q,"stream":%v,%s}`, m, stream, content)
+			j := &oneMacJob{prompt: prompt, how: fmt.Sprintf("sync %s stream %v", kind, stream), submitted: time.Now()}
+			step("%d: sync %s %s stream %v %s %s (%s)", i, path, m, stream, prio, prog, prompt)
+			syncWG.Add(1)
+			go func() {
+				defer syncWG.Done()
+				defer addJob(j)
+				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a.Addr()+path, strings.NewReader(body))
+				req.Header.Set("X-Foreman-Priority", prio)
+				req.Header.Set("X-Foreman-Program", prog)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					t.Errorf("seed %d: sync %s (%s): no answer: %v", seed, path, prompt, err)
+					return
+				}
+				j.id = resp.Header.Get("X-Foreman-Job-Id")
+				b, err := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err != nil {
+					t.Errorf("seed %d: sync %s (%s, job %s): answer cut: %v", seed, path, prompt, j.id, err)
+				}
+				step("sync %s answered %d: %.120s", prompt, resp.StatusCode, b)
+				if j.id == "" {
+					t.Errorf("seed %d: sync %s (%s): %d without a job id: %s", seed, path, prompt, resp.StatusCode, b)
+				}
+			}()
+		case r < 73: // a failure of the next call
+			f := failures[rng.IntN(len(failures))]
+			fake.FailNext(1, f.f)
+			step("%d: the next call fails: %s", i, f.name)
+		case r < 79: // a model held for a while
+			release := fake.Hold(m)
+			releases = append(releases, release)
+			d := time.Duration(20+rng.IntN(300)) * time.Millisecond
+			time.AfterFunc(d, release)
+			step("%d: %s held for %v", i, m, d)
+		case r < 90: // a cancel: the running job, a waiting one, or one just submitted
+			var id string
+			switch c := rng.IntN(3); {
+			case c == 0:
+				id = runningID(t, a)
+			case c == 1:
+				if ids := queueIDs(t, a); len(ids) > 0 {
+					id = ids[rng.IntN(len(ids))]
+				}
+			default:
+				mu.Lock()
+				if len(jobs) > 0 {
+					id = jobs[len(jobs)-1].id
+				}
+				mu.Unlock()
+			}
+			if id == "" {
+				step("%d: nothing to cancel", i)
+				continue
+			}
+			code, b := call(t, a, http.MethodDelete, "/jobs/"+id, "")
+			step("%d: cancel %s: %d", i, id, code)
+			if code != http.StatusOK && code != http.StatusAccepted && code != http.StatusConflict {
+				t.Errorf("cancel %s: %d %s", id, code, b)
+			}
+			mu.Lock()
+			if j := byID[id]; j != nil && j.cancel == 0 {
+				j.cancel = code
+			} else if j == nil {
+				// A sync job, whose caller learns its id only with the answer.
+				byID[id] = &oneMacJob{id: id, cancel: code}
+			}
+			mu.Unlock()
+		default:
+			step("%d: GET /queue: %v", i, queueIDs(t, a))
+		}
+	}
+	for _, r := range releases {
+		r()
+	}
+	step("workload over")
+	lastSubmit := time.Now()
+
+	// Every sync caller is answered (each call has its own deadline).
+	syncWG.Wait()
+	mu.Lock()
+	all := slices.Clone(jobs)
+	cancels := map[string]int{}
+	for id, j := range byID {
+		cancels[id] = j.cancel
+	}
+	mu.Unlock()
+	for _, j := range all {
+		if c := cancels[j.id]; c != 0 {
+			j.cancel = c
+		}
+	}
+
+	// Every job ends: a job left waiting while the worker idles is the liveness failure.
+	const within = 45 * time.Second
+	var left []*oneMacJob
+	pollFor(within-time.Since(lastSubmit), func() bool {
+		left = left[:0]
+		for _, j := range all {
+			if j.id == "" {
+				continue
+			}
+			if _, n := ends.ended(j.id); n == 0 {
+				left = append(left, j)
+			}
+		}
+		return len(left) == 0
+	})
+	if len(left) > 0 {
+		for _, j := range left {
+			rec, _, err := a.Store().Get(context.Background(), j.id)
+			state := "?"
+			if err == nil {
+				state = fmt.Sprintf("%s (attempt %d, error %q)", rec.State, rec.Attempt, rec.Error)
+			}
+			t.Errorf("seed %d: job %s (%s, %s, submitted %v in) not ended %v after the last submit: record %s, stages %v, calls %s",
+				seed, j.id, j.how, j.prompt, j.submitted.Sub(t0).Round(time.Millisecond), within, state, stages.of(j.id), callsOf(fake, j.prompt))
+		}
+		_, q := call(t, a, http.MethodGet, "/queue?limit=1000", "")
+		t.Errorf("seed %d: the worker's state: target calls in flight %d; GET /queue: %s\nits loop:\n%s\nlog tail:\n%s",
+			seed, fake.InFlight(), q, workerStack(), logs.tail(60))
+		return
+	}
+
+	// Each ended exactly once, as its record says, in a state its calls and cancel allow.
+	var slowest time.Duration
+	var slowestJob string
+	calls := fake.Calls()
+	for _, j := range all {
+		if j.id == "" {
+			continue
+		}
+		final, n := ends.ended(j.id)
+		if n != 1 {
+			t.Errorf("seed %d: job %s (%s) ended %d times", seed, j.id, j.how, n)
+		}
+		rec, _, err := a.Store().Get(context.Background(), j.id)
+		if err != nil {
+			t.Errorf("seed %d: job %s: %v", seed, j.id, err)
+			continue
+		}
+		if rec.State != final {
+			t.Errorf("seed %d: job %s: record %s, its end event %s", seed, j.id, rec.State, final)
+		}
+		if want := allowedEnd(j, calls); !slices.Contains(want, rec.State) {
+			t.Errorf("seed %d: job %s (%s, %s, cancel %d) ended %s (%q), its history allows %v; calls %s",
+				seed, j.id, j.how, j.prompt, j.cancel, rec.State, rec.Error, want, callsOf(fake, j.prompt))
+		}
+		if at, ok := stages.fetchedAt(j.id); ok && at.Sub(j.submitted) > slowest {
+			slowest, slowestJob = at.Sub(j.submitted), j.id
+		}
+	}
+	t.Logf("seed %d: %d jobs, %d target calls, longest wait for a first fetch %v (%s)", seed, len(all), len(calls), slowest.Round(time.Millisecond), slowestJob)
+
+	// GET /queue keeps no ended job.
+	var ids []string
+	if !pollFor(10*time.Second, func() bool { ids = queueIDs(t, a); return len(ids) == 0 }) {
+		t.Errorf("seed %d: GET /queue still lists %v once every job ended", seed, ids)
+	}
+}
+
+// allowedEnd is the end the calls of j's prompt and its cancel allow: canceled for a
+// cancel that was accepted; else the end of its last call: done for one answered whole,
+// failed for one the fake failed (a final error, or a retryable one on the last attempt).
+func allowedEnd(j *oneMacJob, calls []ollamatest.Call) []broker.State {
+	if j.cancel == http.StatusOK || j.cancel == http.StatusAccepted {
+		return []broker.State{broker.StateCanceled}
+	}
+	var last *ollamatest.Call
+	for i := range calls {
+		if strings.Contains(string(calls[i].Body), `"`+j.prompt+`"`) && (last == nil || calls[i].Started.After(last.Started)) {
+			last = &calls[i]
+		}
+	}
+	switch {
+	case last == nil:
+		return nil // never run, never canceled
+	case last.Failure != "":
+		return []broker.State{broker.StateFailed}
+	default:
+		return []broker.State{broker.StateDone}
+	}
+}
+
+func finishedCalls(calls []ollamatest.Call) int {
+	n := 0
+	for _, c := range calls {
+		if c.Finished {
+			n++
+		}
+	}
+	return n
+}
+
+// callsOf describes the fake's calls of prompt.
+func callsOf(fake *ollamatest.Server, prompt string) string {
+	var out []string
+	for _, c := range fake.Calls() {
+		if strings.Contains(string(c.Body), `"`+prompt+`"`) {
+			out = append(out, fmt.Sprintf("{%s %s finished %v canceled %v failure %q}", c.Path, c.Model, c.Finished, c.Canceled, c.Failure))
+		}
+	}
+	return "[" + strings.Join(out, " ") + "]"
+}
+
+// runningID is the job GET /queue of a shows running, "" for none.
+func runningID(t *testing.T, a *app.App) string {
+	t.Helper()
+	code, b := call(t, a, http.MethodGet, "/queue?limit=1", "")
+	if code != http.StatusOK {
+		t.Fatalf("GET /queue: %d %s", code, b)
+	}
+	var q struct {
+		Running *struct {
+			ID string `json:"id"`
+		} `json:"running"`
+	}
+	if err := json.Unmarshal(b, &q); err != nil || q.Running == nil {
+		return ""
+	}
+	return q.Running.ID
+}
