@@ -8,17 +8,21 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"os"
 	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/cmd/foreman/app"
+	"gitea.stevedudenhoeffer.com/steve/foreman/gateway"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 	"gitea.stevedudenhoeffer.com/steve/foreman/worker"
 )
@@ -26,20 +30,23 @@ import (
 // One foreman on its embedded NATS server, as `foreman serve` runs it (the worker's early
 // call and its skipped look after a job at an idle worker on: ADR-0034, ADR-0137), under
 // seeded random, free-running workloads: async POST /jobs, NATS submits, sync chats and
-// generates (some streamed) over three models, three programs and the three classes, in
-// bursts, at an idle worker and right as a job ends; the target failing some calls with
-// a retryable error (a dead runner, "busy", a dropped connection) and some with a final
-// one, models held for a while, cancels of waiting and of running jobs. The worker's idle
-// wait is an hour (IdlePoll), so a job the worker wrongly does not look for (a skipped look
-// that could miss it) waits in the queue for good instead of for a second: every job must
-// end, exactly once, in the state its calls to the target and its cancel allow; every sync
-// caller is answered; GET /queue lists nothing at the end.
+// generates (some streamed, some whose caller hangs up) over three models, three programs
+// and the three classes, in bursts, at an idle worker and right as a job ends; the target
+// failing some calls with a retryable error (a dead runner, "busy", a dropped connection)
+// and some with a final one, models held for a while, cancels of waiting and of running
+// jobs. The workload goes in spells, each followed by a settle with nothing published:
+// the worker's idle wait is an hour (IdlePoll), so a job it does not look for (a look
+// skipped that could miss it, a back-off forgotten) waits in the queue for good there,
+// not for a second. Every job ends, exactly once, in a state its calls to the target and
+// its cancel allow; every sync caller is answered; GET /queue lists nothing after each
+// settle.
 //
 // A failure prints the seed, the steps, the jobs not ended with their stages and records,
 // and the worker's state (GET /queue, its loop's stack, the log's tail). ONEMAC_SEED=<n>
-// runs that seed alone, ONEMAC_SEED=<from>-<to> a range; ONEMAC_OPS=<n> sets the steps.
+// runs that seed alone, ONEMAC_SEED=<from>-<to> a range; ONEMAC_OPS=<n> sets the steps;
+// ONEMAC_STEPS=1 prints the steps of a seed that passes too.
 func TestOneMacUnderRandomWorkloads(t *testing.T) {
-	seeds, ops := []uint64{1, 2, 3}, 70
+	seeds, ops := []uint64{1, 2, 3}, 60
 	if s := os.Getenv("ONEMAC_SEED"); s != "" {
 		from, to, _ := strings.Cut(s, "-")
 		a, err := strconv.ParseUint(from, 10, 64)
@@ -141,7 +148,8 @@ func workerStack() string {
 type oneMacJob struct {
 	id, prompt, how string
 	submitted       time.Time
-	cancel          int // the answer to its DELETE, 0 when none
+	cancel          int  // the answer to its DELETE, 0 when none
+	hungUp          bool // a sync job whose caller left before its answer
 }
 
 func oneMacRandom(t *testing.T, seed uint64, ops int) {
@@ -155,7 +163,7 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 		steps = append(steps, fmt.Sprintf("%v ", time.Since(t0).Round(time.Millisecond))+fmt.Sprintf(format, args...))
 	}
 	defer func() {
-		if t.Failed() {
+		if t.Failed() || os.Getenv("ONEMAC_STEPS") != "" {
 			stepsMu.Lock()
 			defer stepsMu.Unlock()
 			t.Logf("seed %d (ONEMAC_SEED=%d), steps:\n%s", seed, seed, strings.Join(steps, "\n"))
@@ -177,7 +185,7 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 			// A job not looked for waits for IdlePoll (a second in foreman serve): an hour
 			// makes it wait for good, where the end of the test sees it.
 			c.IdlePoll = time.Hour
-			c.RetryDelay = 20 * time.Millisecond // the back-off of a retry, and of "busy"
+			c.RetryDelay = 100 * time.Millisecond // the back-off of a retry (longer than the loop's rechecks), and of "busy"
 			c.Trace = stages.trace
 		}},
 	}
@@ -193,11 +201,12 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 	waitTargets(t, a, 1)
 
 	var (
-		mu       sync.Mutex
-		jobs     []*oneMacJob
-		byID     = map[string]*oneMacJob{}
-		syncWG   sync.WaitGroup
-		releases []func()
+		mu          sync.Mutex
+		pendingSync atomic.Int32 // sync calls not answered yet
+		jobs        []*oneMacJob
+		byID        = map[string]*oneMacJob{}
+		syncWG      sync.WaitGroup
+		releases    []func()
 	)
 	addJob := func(j *oneMacJob) {
 		mu.Lock()
@@ -228,16 +237,83 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 		{"dropped (retried)", ollamatest.DropConnection},
 		{"bad request (final)", ollamatest.FailStatus(400, "fake: bad request")},
 	}
+	// settle waits, after a spell or the workload, for every sync caller's answer and
+	// every job's end, then for GET /queue to list none: nothing else is published
+	// meanwhile, so a job the worker does not look for waits there for good. A job not
+	// ended within is reported, with the worker's state.
+	settle := func(what string) bool {
+		const within = 45 * time.Second
+		deadline := time.Now().Add(within)
+		var left []*oneMacJob
+		pollFor(within, func() bool {
+			left = left[:0]
+			mu.Lock()
+			defer mu.Unlock()
+			for _, j := range jobs {
+				if _, n := ends.ended(j.id); j.id != "" && n == 0 {
+					left = append(left, j)
+				}
+			}
+			return len(left) == 0 && pendingSync.Load() == 0
+		})
+		var ids []string
+		if len(left) == 0 && pendingSync.Load() == 0 &&
+			pollFor(time.Until(deadline), func() bool { ids = queueIDs(t, a); return len(ids) == 0 }) {
+			return true
+		}
+		for _, j := range left {
+			rec, _, err := a.Store().Get(context.Background(), j.id)
+			state := "?"
+			if err == nil {
+				state = fmt.Sprintf("%s (attempt %d, error %q)", rec.State, rec.Attempt, rec.Error)
+			}
+			t.Errorf("seed %d: job %s (%s, %s, submitted at %v) not ended %v after %s: record %s, stages %v, calls %s",
+				seed, j.id, j.how, j.prompt, j.submitted.Sub(t0).Round(time.Millisecond), within, what, state, stages.of(j.id), callsOf(fake, j.prompt))
+		}
+		if n := pendingSync.Load(); n > 0 {
+			t.Errorf("seed %d: %d sync callers not answered %v after %s", seed, n, within, what)
+		}
+		if len(ids) > 0 {
+			t.Errorf("seed %d: GET /queue still lists %v %v after %s", seed, ids, within, what)
+		}
+		_, q := call(t, a, http.MethodGet, "/queue?limit=1000", "")
+		t.Errorf("seed %d: the worker's state: target calls in flight %d; GET /queue: %s\nits loop:\n%s\nlog tail:\n%s",
+			seed, fake.InFlight(), q, workerStack(), logs.tail(60))
+		return false
+	}
+	// The workload goes in spells: calm ones, only submits (mostly at an idle worker,
+	// or as a job ends), where the worker skips its look after most jobs (a failure or
+	// a cancel has it look for a while: a back-off noted, a job published and never
+	// fetched), and stormy ones with everything.
+	calm, spell := false, 0
 	for i := range ops {
+		if spell == 0 {
+			if i > 0 {
+				for _, r := range releases {
+					r()
+				}
+				step("%d: settle", i)
+				if !settle("a spell") {
+					return
+				}
+			}
+			calm, spell = rng.IntN(2) == 0, 5+rng.IntN(15)
+			step("%d: a %s spell of %d steps", i, map[bool]string{true: "calm", false: "stormy"}[calm], spell)
+		}
+		spell--
 		// The gap before the step: none (a burst), a short one (the worker may be
 		// running or finishing a job), a long one (it goes idle), or until the call in
 		// flight ends (the step meets the worker as it finishes a job).
-		switch g := rng.IntN(10); {
+		g := rng.IntN(10)
+		if calm {
+			g = 3 + rng.IntN(7)
+		}
+		switch {
 		case g < 3:
-		case g < 6:
+		case g < 6 && !calm:
 			<-time.After(time.Duration(1+rng.IntN(15)) * time.Millisecond)
 		case g < 9:
-			<-time.After(time.Duration(40+rng.IntN(200)) * time.Millisecond)
+			<-time.After(time.Duration(30+rng.IntN(120)) * time.Millisecond)
 		default:
 			if fake.InFlight() > 0 {
 				before := finishedCalls(fake.Calls())
@@ -255,8 +331,12 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 		if kind == "generate" {
 			content = fmt.Sprintf(`"prompt":%q`, prompt)
 		}
-		switch r := rng.IntN(100); {
-		case r < 45: // async
+		r := rng.IntN(100)
+		if calm {
+			r = rng.IntN(55)
+		}
+		switch {
+		case r < 35: // async
 			code, b := call(t, a, http.MethodPost, "/jobs",
 				fmt.Sprintf(`{"kind":%q,"model":%q,"priority":%q,"program":%q,%s}`, kind, m, prio, prog, content))
 			if code != http.StatusAccepted {
@@ -268,7 +348,7 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 			_ = json.Unmarshal(b, &j)
 			addJob(&oneMacJob{id: j.ID, prompt: prompt, how: "async " + kind, submitted: time.Now()})
 			step("%d: submit %s %s %s %s %s (%s)", i, j.ID, kind, m, prio, prog, prompt)
-		case r < 50: // NATS
+		case r < 40: // NATS
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			msg, err := a.Conn().RequestWithContext(ctx, broker.SubmitSubject,
 				fmt.Appendf(nil, `{"kind":%q,"model":%q,"priority":%q,"program":%q,%s}`, kind, m, prio, prog, content))
@@ -282,45 +362,74 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 			}
 			addJob(&oneMacJob{id: rep.JobID, prompt: prompt, how: "nats " + kind, submitted: time.Now()})
 			step("%d: NATS submit %s %s %s %s %s (%s)", i, rep.JobID, kind, m, prio, prog, prompt)
-		case r < 65: // sync
+		case r < 55: // sync, its caller now and then hanging up before its answer
 			stream := rng.IntN(2) == 0
 			path := "/api/chat"
 			if kind == "generate" {
 				path = "/api/generate"
 			}
 			body := fmt.Sprintf(`{"model":%q,"stream":%v,%s}`, m, stream, content)
-			j := &oneMacJob{prompt: prompt, how: fmt.Sprintf("sync %s stream %v", kind, stream), submitted: time.Now()}
-			step("%d: sync %s %s stream %v %s %s (%s)", i, path, m, stream, prio, prog, prompt)
+			var hangUp time.Duration
+			if !calm && rng.IntN(4) == 0 {
+				hangUp = time.Duration(5+rng.IntN(150)) * time.Millisecond
+			}
+			j := &oneMacJob{prompt: prompt, how: fmt.Sprintf("sync %s stream %v hang-up %v", kind, stream, hangUp), submitted: time.Now(), hungUp: hangUp > 0}
+			step("%d: sync %s %s stream %v %s %s hang-up %v (%s)", i, path, m, stream, prio, prog, hangUp, prompt)
 			syncWG.Add(1)
+			pendingSync.Add(1)
 			go func() {
 				defer syncWG.Done()
+				defer pendingSync.Add(-1)
 				defer addJob(j)
-				ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				within := 60 * time.Second
+				if hangUp > 0 {
+					within = hangUp
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), within)
 				defer cancel()
+				var early string // the job's id, from the 103 before the answer
+				ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+					if id := h.Get(gateway.HeaderJobID); id != "" {
+						early = id
+					}
+					return nil
+				}})
 				req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a.Addr()+path, strings.NewReader(body))
-				req.Header.Set("X-Foreman-Priority", prio)
-				req.Header.Set("X-Foreman-Program", prog)
+				req.Header.Set(gateway.HeaderPriority, prio)
+				req.Header.Set(gateway.HeaderProgram, prog)
+				req.Header.Set(gateway.HeaderEarlyJobID, "1")
 				resp, err := http.DefaultClient.Do(req)
+				j.id = early
 				if err != nil {
-					t.Errorf("seed %d: sync %s (%s): no answer: %v", seed, path, prompt, err)
+					step("sync %s (%s): %v", prompt, early, err)
+					if hangUp == 0 {
+						t.Errorf("seed %d: sync %s (%s, job %q): no answer: %v", seed, path, prompt, early, err)
+					}
 					return
 				}
-				j.id = resp.Header.Get("X-Foreman-Job-Id")
+				if id := resp.Header.Get(gateway.HeaderJobID); id != "" {
+					j.id = id
+				}
 				b, err := io.ReadAll(resp.Body)
 				resp.Body.Close()
-				if err != nil {
+				step("sync %s (%s) answered %d: %.120s %v", prompt, j.id, resp.StatusCode, b, err)
+				if err != nil && hangUp == 0 {
 					t.Errorf("seed %d: sync %s (%s, job %s): answer cut: %v", seed, path, prompt, j.id, err)
 				}
-				step("sync %s answered %d: %.120s", prompt, resp.StatusCode, b)
 				if j.id == "" {
 					t.Errorf("seed %d: sync %s (%s): %d without a job id: %s", seed, path, prompt, resp.StatusCode, b)
 				}
 			}()
-		case r < 73: // a failure of the next call
+		case r < 70: // a failure of the next call
 			f := failures[rng.IntN(len(failures))]
 			fake.FailNext(1, f.f)
 			step("%d: the next call fails: %s", i, f.name)
-		case r < 79: // a model held for a while
+			if rng.IntN(2) == 0 {
+				// The spell ends soon: the settle after it meets the job backing off
+				// with nothing else published.
+				spell = min(spell, 1+rng.IntN(2))
+			}
+		case r < 76: // a model held for a while
 			release := fake.Hold(m)
 			releases = append(releases, release)
 			d := time.Duration(20+rng.IntN(300)) * time.Millisecond
@@ -367,9 +476,9 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 		r()
 	}
 	step("workload over")
-	lastSubmit := time.Now()
-
-	// Every sync caller is answered (each call has its own deadline).
+	if !settle("the workload") {
+		return
+	}
 	syncWG.Wait()
 	mu.Lock()
 	all := slices.Clone(jobs)
@@ -382,37 +491,6 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 		if c := cancels[j.id]; c != 0 {
 			j.cancel = c
 		}
-	}
-
-	// Every job ends: a job left waiting while the worker idles is the liveness failure.
-	const within = 45 * time.Second
-	var left []*oneMacJob
-	pollFor(within-time.Since(lastSubmit), func() bool {
-		left = left[:0]
-		for _, j := range all {
-			if j.id == "" {
-				continue
-			}
-			if _, n := ends.ended(j.id); n == 0 {
-				left = append(left, j)
-			}
-		}
-		return len(left) == 0
-	})
-	if len(left) > 0 {
-		for _, j := range left {
-			rec, _, err := a.Store().Get(context.Background(), j.id)
-			state := "?"
-			if err == nil {
-				state = fmt.Sprintf("%s (attempt %d, error %q)", rec.State, rec.Attempt, rec.Error)
-			}
-			t.Errorf("seed %d: job %s (%s, %s, submitted %v in) not ended %v after the last submit: record %s, stages %v, calls %s",
-				seed, j.id, j.how, j.prompt, j.submitted.Sub(t0).Round(time.Millisecond), within, state, stages.of(j.id), callsOf(fake, j.prompt))
-		}
-		_, q := call(t, a, http.MethodGet, "/queue?limit=1000", "")
-		t.Errorf("seed %d: the worker's state: target calls in flight %d; GET /queue: %s\nits loop:\n%s\nlog tail:\n%s",
-			seed, fake.InFlight(), q, workerStack(), logs.tail(60))
-		return
 	}
 
 	// Each ended exactly once, as its record says, in a state its calls and cancel allow.
@@ -443,13 +521,17 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 			slowest, slowestJob = at.Sub(j.submitted), j.id
 		}
 	}
-	t.Logf("seed %d: %d jobs, %d target calls, longest wait for a first fetch %v (%s)", seed, len(all), len(calls), slowest.Round(time.Millisecond), slowestJob)
-
-	// GET /queue keeps no ended job.
-	var ids []string
-	if !pollFor(10*time.Second, func() bool { ids = queueIDs(t, a); return len(ids) == 0 }) {
-		t.Errorf("seed %d: GET /queue still lists %v once every job ended", seed, ids)
+	inference, faulted := 0, 0
+	for _, c := range calls {
+		if c.Path == "/api/chat" || c.Path == "/api/generate" {
+			inference++
+			if c.Failure != "" {
+				faulted++
+			}
+		}
 	}
+	t.Logf("seed %d: %d jobs, %d calls of the target (%d failed by it), longest wait for a first fetch %v (%s)",
+		seed, len(all), inference, faulted, slowest.Round(time.Millisecond), slowestJob)
 }
 
 // allowedEnd is the end the calls of j's prompt and its cancel allow: canceled for a
@@ -459,6 +541,10 @@ func allowedEnd(j *oneMacJob, calls []ollamatest.Call) []broker.State {
 	if j.cancel == http.StatusOK || j.cancel == http.StatusAccepted {
 		return []broker.State{broker.StateCanceled}
 	}
+	var left []broker.State
+	if j.hungUp {
+		left = []broker.State{broker.StateCanceled} // its caller gone
+	}
 	var last *ollamatest.Call
 	for i := range calls {
 		if strings.Contains(string(calls[i].Body), `"`+j.prompt+`"`) && (last == nil || calls[i].Started.After(last.Started)) {
@@ -467,11 +553,11 @@ func allowedEnd(j *oneMacJob, calls []ollamatest.Call) []broker.State {
 	}
 	switch {
 	case last == nil:
-		return nil // never run, never canceled
+		return left // never run
 	case last.Failure != "":
-		return []broker.State{broker.StateFailed}
+		return append(left, broker.StateFailed)
 	default:
-		return []broker.State{broker.StateDone}
+		return append(left, broker.StateDone)
 	}
 }
 
