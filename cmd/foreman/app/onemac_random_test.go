@@ -396,10 +396,12 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), within)
 				defer cancel()
-				var early string // the job's id, from the 103 before the answer
+				// The job's id, from the 103 before the answer: told on the connection's
+				// goroutine, which a caller hanging up does not wait for.
+				var early atomic.Pointer[string]
 				ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
 					if id := h.Get(gateway.HeaderJobID); id != "" {
-						early = id
+						early.Store(&id)
 					}
 					return nil
 				}})
@@ -408,11 +410,13 @@ func oneMacRandom(t *testing.T, seed uint64, ops int) {
 				req.Header.Set(gateway.HeaderProgram, prog)
 				req.Header.Set(gateway.HeaderEarlyJobID, "1")
 				resp, err := http.DefaultClient.Do(req)
-				j.id = early
+				if id := early.Load(); id != nil {
+					j.id = *id
+				}
 				if err != nil {
-					step("sync %s (%s): %v", prompt, early, err)
+					step("sync %s (%s): %v", prompt, j.id, err)
 					if hangUp == 0 {
-						t.Errorf("seed %d: sync %s (%s, job %q): no answer: %v", seed, path, prompt, early, err)
+						t.Errorf("seed %d: sync %s (%s, job %q): no answer: %v", seed, path, prompt, j.id, err)
 					}
 					return
 				}
