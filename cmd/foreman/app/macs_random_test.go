@@ -30,12 +30,18 @@ type endsSeen struct {
 
 func watchEnds(t *testing.T, natsURL string) *endsSeen {
 	t.Helper()
-	e := &endsSeen{last: map[string]broker.State{}, ends: map[string]int{}, final: map[string]broker.State{}}
 	nc, err := nats.Connect(natsURL)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nc.Close)
+	return watchEndsOn(t, nc)
+}
+
+// watchEndsOn is watchEnds on connection nc (an embedded server's, which has no listener).
+func watchEndsOn(t *testing.T, nc *nats.Conn) *endsSeen {
+	t.Helper()
+	e := &endsSeen{last: map[string]broker.State{}, ends: map[string]int{}, final: map[string]broker.State{}}
 	if _, err := nc.Subscribe("foreman.job.*.state", func(m *nats.Msg) {
 		var j broker.Job
 		if json.Unmarshal(m.Data, &j) != nil || j.ID == "" {
