@@ -49,3 +49,36 @@ func TestAJobPublishedBeforeALookThatMissedItIsLookedForAfterTheNext(t *testing.
 		t.Error("no look after the next job: the job the look before missed waits for IdlePoll")
 	}
 }
+
+// A wake-up that took the place of another job's (poke keeps the newest) and turns out
+// stale (its own job was fetched and run meanwhile) still stands for the job it replaced,
+// which waits: the idle loop looks at once rather than drop it and sleep until IdlePoll.
+func TestAStaleWakeUpThatReplacedAnotherEndsTheIdleWait(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := brokertest.New(t)
+	fake := ollamatest.New(t)
+	client, err := ollama.NewClient(ollama.ClientConfig{BaseURL: fake.URL, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := New(Config{Store: b.Store, Target: client, EarlyCall: true, IdlePoll: time.Hour, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting, ran := broker.NewID(), broker.NewID()
+	w.poke(wakeup{jobID: waiting, fresh: true})
+	w.poke(wakeup{jobID: ran, fresh: true}) // replaces the first
+	w.fetched(ran)                          // and its job was taken since
+	got := make(chan wakeup, 1)
+	go func() { got <- w.idle(ctx, 0) }()
+	select {
+	case u := <-got:
+		if u.jobID != "" {
+			t.Errorf("idle returned the stale wake-up of %s", u.jobID)
+		}
+	case <-ctx.Done():
+		t.Fatal("the idle wait dropped the stale wake-up and with it the job it replaced: it waits for IdlePoll")
+	}
+}

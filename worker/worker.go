@@ -637,6 +637,11 @@ func (w *Worker) idle(ctx context.Context, wait time.Duration) wakeup {
 		select {
 		case u := <-w.wake:
 			if w.wasFetched(u.jobID) {
+				if u.replaced {
+					// Stale, but it took the place of another job's wake-up: that job
+					// waits, and is looked for now.
+					return wakeup{}
+				}
 				continue // seen while the worker was busy, and run since
 			}
 			return u
