@@ -52,7 +52,8 @@ func (s *Server) handleManage(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleBlob(w http.ResponseWriter, r *http.Request) {
 	digest := r.PathValue("digest")
 	if !blobDigest.MatchString(digest) {
-		s.writeError(w, r, badRequest(fmt.Sprintf("invalid digest format %q: want sha256:<64 hex digits>", clipInput(digest))))
+		// Ollama's words (manifest.ErrInvalidDigestFormat), which its clients show.
+		s.writeError(w, r, badRequest("invalid digest format"))
 		return
 	}
 	path := targetPath("/api/blobs/"+url.PathEscape(digest), r.URL.RawQuery)

@@ -45,6 +45,8 @@ func TestE2EAnswersMatchDirect(t *testing.T) {
 		// none and ignore it.
 		{"/api/embed", `{"model":"tiny-a","input":"x","stream":"yes"}`},
 		{"/v1/embeddings", `{"model":"tiny-a","input":"x","stream":"yes"}`},
+		// A blob digest Ollama cannot take: refused before it reaches Ollama, in its words.
+		{"/api/blobs/sha256:00", `x`},
 	} {
 		send := func(base string) (int, string, string) {
 			req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+c.path, bytes.NewReader([]byte(c.body)))
