@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -356,4 +357,28 @@ func (tb *testBundle) tagged(t *testing.T, tag, model string, class broker.Prior
 		t.Fatal(err)
 	}
 	return j
+}
+
+// seedsFromEnv is the seeds of a random-workload test: the environment variable env
+// names one (a failure's) or a range from-to to explore; unset, the defaults.
+func seedsFromEnv(t *testing.T, env string, defaults ...uint64) []uint64 {
+	t.Helper()
+	s := os.Getenv(env)
+	if s == "" {
+		return defaults
+	}
+	from, to, _ := strings.Cut(s, "-")
+	a, err := strconv.ParseUint(from, 10, 64)
+	b := a
+	if err == nil && to != "" {
+		b, err = strconv.ParseUint(to, 10, 64)
+	}
+	if err != nil {
+		t.Fatalf("%s=%q: %v", env, s, err)
+	}
+	var seeds []uint64
+	for n := a; n <= b; n++ {
+		seeds = append(seeds, n)
+	}
+	return seeds
 }

@@ -2,14 +2,11 @@ package worker
 
 import (
 	"context"
-	"log/slog"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // A submit announces its job before its queue message is stored, and NATS's copy of the
@@ -23,15 +20,7 @@ func TestAJobPublishedBeforeALookThatMissedItIsLookedForAfterTheNext(t *testing.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b := brokertest.New(t)
-	fake := ollamatest.New(t)
-	client, err := ollama.NewClient(ollama.ClientConfig{BaseURL: fake.URL, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := New(Config{Store: b.Store, Target: client, EarlyCall: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, _ := testWorker(t, b, Config{EarlyCall: true})
 	x := &broker.Job{ID: broker.NewID(), Model: "tiny-b", Kind: broker.KindChat}
 	w.published(x.ID) // announced, and its NATS copy seen; not stored yet
 	if d, queued, err := w.next(ctx); d != nil || queued || err != nil || !w.quiet {
@@ -57,16 +46,7 @@ func TestAStaleWakeUpThatReplacedAnotherEndsTheIdleWait(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b := brokertest.New(t)
-	fake := ollamatest.New(t)
-	client, err := ollama.NewClient(ollama.ClientConfig{BaseURL: fake.URL, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := New(Config{Store: b.Store, Target: client, EarlyCall: true, IdlePoll: time.Hour, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, _ := testWorker(t, brokertest.New(t), Config{EarlyCall: true, IdlePoll: time.Hour})
 	waiting, ran := broker.NewID(), broker.NewID()
 	w.poke(wakeup{jobID: waiting, fresh: true})
 	w.poke(wakeup{jobID: ran, fresh: true}) // replaces the first

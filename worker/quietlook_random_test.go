@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,22 +32,7 @@ import (
 // QUIETLOOK_SEED=<n> or <from>-<to> runs other seeds.
 func TestTheSkippedLookUnderRandomFaults(t *testing.T) {
 	t.Parallel()
-	seeds := []uint64{1, 2}
-	if s := os.Getenv("QUIETLOOK_SEED"); s != "" {
-		from, to, _ := strings.Cut(s, "-")
-		a, err := strconv.ParseUint(from, 10, 64)
-		b := a
-		if err == nil && to != "" {
-			b, err = strconv.ParseUint(to, 10, 64)
-		}
-		if err != nil {
-			t.Fatalf("QUIETLOOK_SEED=%q: %v", s, err)
-		}
-		seeds = nil
-		for n := a; n <= b; n++ {
-			seeds = append(seeds, n)
-		}
-	}
+	seeds := seedsFromEnv(t, "QUIETLOOK_SEED", 1, 2)
 	for _, seed := range seeds {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { skippedLookRandom(t, seed) })
 	}

@@ -38,23 +38,7 @@ import (
 // A failure prints the seed and the whole sequence; SCHED_SEED=<n> runs that seed alone.
 func TestPickRuleUnderRandomWorkloads(t *testing.T) {
 	t.Parallel()
-	seeds, steps := []uint64{2, 3, 19}, 60
-	if s := os.Getenv("SCHED_SEED"); s != "" {
-		// One seed (a failure's), or SCHED_SEED=from-to to explore a range.
-		from, to, _ := strings.Cut(s, "-")
-		a, err := strconv.ParseUint(from, 10, 64)
-		b := a
-		if err == nil && to != "" {
-			b, err = strconv.ParseUint(to, 10, 64)
-		}
-		if err != nil {
-			t.Fatalf("SCHED_SEED=%q: %v", s, err)
-		}
-		seeds = nil
-		for n := a; n <= b; n++ {
-			seeds = append(seeds, n)
-		}
-	}
+	seeds, steps := seedsFromEnv(t, "SCHED_SEED", 2, 3, 19), 60
 	if s := os.Getenv("SCHED_STEPS"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil {

@@ -2,7 +2,6 @@ package worker
 
 import (
 	"context"
-	"log/slog"
 	"slices"
 	"sync/atomic"
 	"testing"
@@ -10,8 +9,6 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
-	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
 )
 
 // Two publishes reach the idle loop as one wake-up, the newer replacing the older: the
@@ -22,15 +19,7 @@ func TestAReplacedWakeUpGoesByThePickRule(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b := brokertest.New(t)
-	fake := ollamatest.New(t)
-	target, err := ollama.NewClient(ollama.ClientConfig{BaseURL: fake.URL, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := New(Config{Store: b.Store, Target: target, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, fake := testWorker(t, b, Config{})
 	var fired atomic.Bool
 	ids := make(chan [2]string, 1)
 	errc := make(chan error, 1)
