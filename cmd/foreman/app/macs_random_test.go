@@ -69,37 +69,43 @@ func (e *endsSeen) ended(id string) (broker.State, int) {
 	return e.final[id], e.ends[id]
 }
 
-// queueIDs lists every job id GET /queue of a shows, in any of its lists.
-func queueIDs(t *testing.T, a *app.App) []string {
+// queueLists is what GET /queue shows: the job running here and the jobs of its lists.
+type queueLists struct {
+	Running *struct {
+		ID string `json:"id"`
+	} `json:"running"`
+	Queued           []queuedID `json:"queued"`
+	RunningElsewhere []queuedID `json:"running_elsewhere"`
+	WaitingElsewhere []queuedID `json:"waiting_elsewhere"`
+}
+
+type queuedID struct {
+	JobID string `json:"job_id"`
+}
+
+// queueOf is GET /queue?limit=limit of a.
+func queueOf(t *testing.T, a *app.App, limit int) queueLists {
 	t.Helper()
-	code, b := call(t, a, http.MethodGet, "/queue?limit=1000", "")
+	code, b := call(t, a, http.MethodGet, fmt.Sprintf("/queue?limit=%d", limit), "")
 	if code != http.StatusOK {
 		t.Fatalf("GET /queue: %d %s", code, b)
 	}
-	var q struct {
-		Running *struct {
-			ID string `json:"id"`
-		} `json:"running"`
-		Queued []struct {
-			JobID string `json:"job_id"`
-		} `json:"queued"`
-		RunningElsewhere []struct {
-			JobID string `json:"job_id"`
-		} `json:"running_elsewhere"`
-		WaitingElsewhere []struct {
-			JobID string `json:"job_id"`
-		} `json:"waiting_elsewhere"`
-	}
+	var q queueLists
 	if err := json.Unmarshal(b, &q); err != nil {
 		t.Fatalf("GET /queue: %v: %s", err, b)
 	}
+	return q
+}
+
+// queueIDs lists every job id GET /queue of a shows, in any of its lists.
+func queueIDs(t *testing.T, a *app.App) []string {
+	t.Helper()
+	q := queueOf(t, a, 1000)
 	var ids []string
 	if q.Running != nil {
 		ids = append(ids, q.Running.ID)
 	}
-	for _, l := range [][]struct {
-		JobID string `json:"job_id"`
-	}{q.Queued, q.RunningElsewhere, q.WaitingElsewhere} {
+	for _, l := range [][]queuedID{q.Queued, q.RunningElsewhere, q.WaitingElsewhere} {
 		for _, j := range l {
 			ids = append(ids, j.JobID)
 		}

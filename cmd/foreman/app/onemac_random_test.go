@@ -601,17 +601,8 @@ func callsOf(fake *ollamatest.Server, prompt string) string {
 // runningID is the job GET /queue of a shows running, "" for none.
 func runningID(t *testing.T, a *app.App) string {
 	t.Helper()
-	code, b := call(t, a, http.MethodGet, "/queue?limit=1", "")
-	if code != http.StatusOK {
-		t.Fatalf("GET /queue: %d %s", code, b)
+	if q := queueOf(t, a, 1); q.Running != nil {
+		return q.Running.ID
 	}
-	var q struct {
-		Running *struct {
-			ID string `json:"id"`
-		} `json:"running"`
-	}
-	if err := json.Unmarshal(b, &q); err != nil || q.Running == nil {
-		return ""
-	}
-	return q.Running.ID
+	return ""
 }
