@@ -140,3 +140,20 @@ func digestHex(c byte) string {
 	}
 	return string(b)
 }
+
+// The same holds for a job refused at submit because its model cannot complete: an
+// embedding model created again under its name as a chat model since the last poll takes
+// a chat job at once, where the cached answer refused it `"tiny-embed" does not support
+// chat` until the next poll.
+func TestCompletionJobsOfAModelCreatedSinceThePoll(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, capsModels())
+	ctx := testCtx(t, 30*time.Second)
+	chats := `{"model":"tiny-embed","messages":[{"role":"user","content":"hi"}]}`
+	const want = `"tiny-embed" does not support chat`
+	if got := post(t, ctx, b.URL, "/jobs", []byte(chats)); got.Status != http.StatusBadRequest || errorBody(t, got.Body) != want {
+		t.Fatalf("POST /jobs %s: %d %s, want 400 %q", chats, got.Status, got.Body, want)
+	}
+	b.Fake.AddModel(ollamatest.Model{Name: "tiny-embed", Digest: "sha256:" + digestHex('9')})
+	waitJobState(t, b.testBundle, jobsSubmit(t, b.testBundle, chats), broker.StateDone)
+}
