@@ -461,7 +461,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 		err = s.refuseNoCompletion(ctx, sub.kind, model, sub.model, sub.body)
 	}
 	if err == nil {
-		err = s.refuseLacking(sub.kind, model, sub.model, sub.inf.asks, sub.body)
+		err = s.refuseLacking(ctx, sub.kind, model, sub.model, sub.inf.asks, sub.body)
 	}
 	if err == nil {
 		err = s.refuseBadFormat(ctx, sub.kind, model, sub.inf)

@@ -39,10 +39,16 @@ func (s *Server) cannotComplete(ctx context.Context, kind broker.Kind, model str
 		return false
 	}
 	caps, err := s.knownCapabilities(ctx, model)
-	if err != nil || slices.Contains(caps, "completion") {
+	return err == nil && completesNot(kind, caps)
+}
+
+// completesNot reports whether caps, a model's capabilities, are those of a model whose
+// call of kind Ollama's handler refuses before it schedules a runner (cannotComplete).
+func completesNot(kind broker.Kind, caps []string) bool {
+	if slices.Contains(caps, "completion") {
 		return false
 	}
-	return handler == "chat" || !slices.Contains(caps, "image")
+	return completionHandler(kind) == "chat" || !slices.Contains(caps, "image")
 }
 
 // capabilityAsks is what a chat or generate call asks of its model's capabilities beyond
@@ -151,7 +157,9 @@ func (s *Server) relayNoCompletion(w http.ResponseWriter, r *http.Request, kind 
 // lacks), else queued as before, for Ollama to answer in its turn: a think or reasoning value (a model without
 // thinking is refused so first, but on /v1/messages, where it is relaxed), a generate's
 // raw (raw mode's own refusal), a keep_alive (with nothing to complete, an unload, which
-// Ollama answers 200).
+// Ollama answers 200). Like refuseLacking, it refuses only on capabilities confirmed
+// against the target (confirmCapabilities); a target that cannot confirm them refuses
+// nothing.
 func (s *Server) refuseNoCompletion(ctx context.Context, kind broker.Kind, model, asked string, body []byte) error {
 	if !s.cannotComplete(ctx, kind, model) {
 		return nil
@@ -169,6 +177,12 @@ func (s *Server) refuseNoCompletion(ctx context.Context, kind broker.Kind, model
 	set := func(v json.RawMessage) bool { return len(v) > 0 && string(v) != "null" && string(v) != "false" }
 	thinks := kind != broker.KindAnthropicMessages && (set(m.Think) || set(m.Reasoning) || set(m.ReasoningEffort))
 	if thinks || set(m.Raw) || set(m.KeepAlive) {
+		return nil
+	}
+	// Judged on the cached answer: confirmed against the model the list names now before
+	// it refuses (the model may have been created again since the last poll as one that
+	// completes), as refuseLacking confirms its refusals.
+	if caps, _, ok := s.confirmCapabilities(ctx, model); !ok || !completesNot(kind, caps) {
 		return nil
 	}
 	return handlerRefusal(fmt.Sprintf("%q does not support %s", asked, completionHandler(kind)))

@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
+	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
@@ -15,16 +17,24 @@ import (
 // sends such a call straight to Ollama, which refuses it before it schedules a runner:
 // queued, the job waited its turn only to fail so. The 400 is in the words of Ollama's
 // first refusal of that body (lackingRefusal); asked is the model as the body names it.
-// Only capabilities the cache holds are read (an earlier look-up's, or cannotComplete's
-// for this submit): this check makes no /api/show call of its own, and with none known,
-// the target unreachable, or a body whose first refusal foreman cannot tell, the job is
-// queued as before. So is a remote model's (a cloud model's): Ollama's handlers send its
-// call on to the remote host before any of these checks, and the remote answers it.
-func (s *Server) refuseLacking(kind broker.Kind, model, asked string, asks capabilityAsks, body []byte) error {
+// The judgement starts from the capabilities the cache holds (an earlier look-up's, or
+// cannotComplete's for this submit): a job they allow asks the target nothing more (the
+// hot path). One they refuse is confirmed first (confirmCapabilities): the model may
+// have been created or pulled again since the last poll of the model list, with a
+// template that has what the cached answer lacks, and only capabilities read for the
+// model the list names now refuse it. With none known, the target unreachable or not
+// confirming, or a body whose first refusal foreman cannot tell, the job is queued as
+// before. So is a remote model's (a cloud model's): Ollama's handlers send its call on
+// to the remote host before any of these checks, and the remote answers it.
+func (s *Server) refuseLacking(ctx context.Context, kind broker.Kind, model, asked string, asks capabilityAsks, body []byte) error {
 	if !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
 		return nil
 	}
 	caps, remote, ok := s.cachedCapabilities(model)
+	if !ok || remote || lacking(kind, asks, caps) == "" {
+		return nil
+	}
+	caps, remote, ok = s.confirmCapabilities(ctx, model)
 	if !ok || remote {
 		return nil
 	}
@@ -36,6 +46,34 @@ func (s *Server) refuseLacking(kind broker.Kind, model, asked string, asks capab
 		return handlerRefusal(msg)
 	}
 	return nil
+}
+
+// confirmWait bounds confirmCapabilities as a whole: the re-read of the model list and,
+// when the model changed, its /api/show. It is requireModel's bound for its re-read.
+const confirmWait = modelPollWait
+
+// confirmCapabilities are model's capabilities as the target has them now, for a refusal
+// that must not rest on an answer about a model since replaced under its name: the model
+// list is read again (as requireModel reads it for a model it lacks), and the model's
+// /api/show read again only when its digest there is another than the cached answer's,
+// or that answer is older than capsTTL (capabilities). Not ok when the target cannot be
+// asked now (a check just got no answer, the re-read fails or takes longer than
+// confirmWait, the /api/show fails) or no longer lists the model: the caller then
+// refuses nothing, and Ollama answers the job in its turn.
+func (s *Server) confirmCapabilities(ctx context.Context, model string) (caps []string, remote, ok bool) {
+	if s.downStands() {
+		return nil, false, false // the re-read would go unanswered too
+	}
+	deadline := time.Now().Add(confirmWait)
+	if err := s.refreshOwn(ctx, confirmWait); err != nil || !s.inv.Reachable() {
+		return nil, false, false
+	}
+	cctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+	if _, err := s.capabilities(cctx, model); err != nil {
+		return nil, false, false
+	}
+	return s.cachedCapabilities(model)
 }
 
 // lackingRefusal is Ollama's (v0.17.4) first refusal of body, a call of kind asking its

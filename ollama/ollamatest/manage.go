@@ -109,8 +109,13 @@ func (s *Server) handleShow(w http.ResponseWriter, _ *http.Request, body []byte,
 		caps, arch = []string{"embedding"}, "bert"
 	case m.Image:
 		caps, arch = []string{"image"}, "ZImagePipeline"
-	case m.Thinking:
-		caps = append(caps, "thinking")
+	default:
+		if m.Thinking {
+			caps = append(caps, "thinking")
+		}
+		if m.Tools {
+			caps = append(caps, "tools")
+		}
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"license":    "MIT",

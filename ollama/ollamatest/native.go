@@ -123,7 +123,7 @@ func (s *Server) handleChat(w http.ResponseWriter, r *http.Request, body []byte,
 	if !ok {
 		return
 	}
-	if !unload && !capable(w, m, req.Model, req.Think, false, "tools", holdsTools(req.Tools), writeError) {
+	if !unload && !capable(w, m, req.Model, req.Think, false, "tools", holdsTools(req.Tools) && !m.Tools, writeError) {
 		return
 	}
 	defer s.enter(false)()
@@ -341,7 +341,8 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request, body [
 // capable refuses, as Ollama's chat and generate handlers do before they schedule a
 // runner (v0.17.4 server/routes.go), a call that asks model m for a capability the fake's
 // models lack: thinking (think true, "high", "medium" or "low") on a model without
-// Thinking, then tools (chat) or insert (a suffix, generate), which no fake model has.
+// Thinking, then tools (chat) on a model without Tools, or insert (a suffix, generate),
+// which no fake model has; wantsOther is a call that asks for other and the model lacks it.
 // On generate a think string is refused first whatever the model (none of the fake's
 // has Ollama's harmony parser). asked is the name as the request gave it. It reports
 // whether the call may go on; errw writes a refusal in the route's shape.

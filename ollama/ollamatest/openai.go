@@ -166,7 +166,7 @@ func (s *Server) openAIGenerate(w http.ResponseWriter, r *http.Request, body []b
 	if !ok {
 		return
 	}
-	if chat && !capable(w, m, req.Model, asks.think, false, "tools", asks.tools, oaiHandlerError) {
+	if chat && !capable(w, m, req.Model, asks.think, false, "tools", asks.tools && !m.Tools, oaiHandlerError) {
 		return
 	}
 	defer s.enter(false)()

@@ -2,6 +2,7 @@ package ollamatest_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,6 +124,24 @@ func TestFailStatusStreamHeadersReadAsOllama(t *testing.T) {
 		a := mustPost(t, ctx, s.URL, tt.path, tt.body)
 		if got := a.header.Get("Cache-Control") == "no-cache"; a.code != 503 || got != tt.streamed {
 			t.Errorf("%s %s: %d, stream headers %v, want %v", tt.path, tt.body, a.code, got, tt.streamed)
+		}
+	}
+}
+
+// A model with Tools lists "tools" in /api/show and runs a chat that holds tools, native
+// and on /v1/chat/completions, where one without is refused (TestRefusalsMatchOllama).
+func TestToolsModelRunsTools(t *testing.T) {
+	t.Parallel()
+	s := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "tooler", Tools: true}))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if a := mustPost(t, ctx, s.URL, "/api/show", `{"model":"tooler"}`); a.code != 200 || !strings.Contains(a.body, `"capabilities":["completion","tools"]`) {
+		t.Errorf("/api/show: %d %s", a.code, a.body)
+	}
+	const msgs = `"messages":[{"role":"user","content":"x"}],"stream":false,"tools":[{"type":"function","function":{"name":"f"}}]`
+	for _, path := range []string{"/api/chat", "/v1/chat/completions"} {
+		if a := mustPost(t, ctx, s.URL, path, `{"model":"tooler",`+msgs+`}`); a.code != 200 {
+			t.Errorf("%s: %d %s", path, a.code, a.body)
 		}
 	}
 }

@@ -20,6 +20,7 @@ type Model struct {
 	Embedding bool   // embedding-only: chat and generate are refused with 400
 	Image     bool   // an image generation model: /v1/images answers it with an image
 	Thinking  bool   // /api/show lists the "thinking" capability beside "completion"
+	Tools     bool   // /api/show lists "tools" too, and a chat with tools is not refused
 	Size      int64  // bytes; default 100 MB
 	// Digest is the digest /api/tags and /api/ps list; default one of the name's. A model
 	// pulled or created again under its name with other contents gets another: AddModel
