@@ -130,6 +130,12 @@ type Config struct {
 	// afterParked, when set (tests only), runs as each due of a kept delivery has been
 	// dealt with (runParked), told whether the delivery is kept again.
 	afterParked func(jobID string, kept bool)
+	// beforeSweep, when set (tests only), runs at the start of the start's sweep (sweep),
+	// before its reads; it may block to hold the sweep back.
+	beforeSweep func()
+	// beforeExpiry, when set (tests only), runs at the start of each expiry look, before
+	// its reads; it may block to hold the look back.
+	beforeExpiry func()
 	// afterExpiry, when set (tests only), runs at the end of each expiry look, told the
 	// jobs whose messages the look found stale, whatever it did with them.
 	afterExpiry func(stale []string)

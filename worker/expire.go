@@ -84,6 +84,9 @@ const (
 func (w *Worker) expire(ctx context.Context, looks *expireLooks) {
 	ctx, stop := w.untilStop(ctx)
 	defer stop()
+	if hook := w.cfg.beforeExpiry; hook != nil {
+		hook()
+	}
 	// Another foreman on a shared NATS may have raised the job TTL: judged by a shorter
 	// one, its jobs would be ended early.
 	if err := w.store.RefreshLimits(ctx); err == nil {

@@ -222,3 +222,14 @@ func WithBeforePresence(cfg Config, fn func(bootID string)) Config {
 	cfg.beforePresence = fn
 	return cfg
 }
+
+// WithBeforeSweep sets Config.beforeSweep: fn runs at the start of the start's sweep (the
+// sync jobs of dead callers, the records without a queue message), and may block it.
+func WithBeforeSweep(cfg Config, fn func()) Config {
+	cfg.beforeSweep = fn
+	return cfg
+}
+
+// OnRunsGoroutine reports whether the caller runs on Run's own goroutine, which it holds
+// while it runs (not on one Run started).
+var OnRunsGoroutine = onRunsGoroutine

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -295,7 +296,10 @@ func TestPauseEndsOnAProbeAnsweredWithAnErrorStatus(t *testing.T) {
 
 // After a crash, the sync job that was running dies with its caller: the start's sweep
 // asks for its cancel, and it ends canceled without running. The worker's log counts it
-// apart from the jobs cut short that do run first, not as one of them.
+// apart from the jobs cut short that do run first, not as one of them: the sweep ends
+// before the first pick reads the jobs cut short. A sweep made beside the loop (not on
+// Run's own goroutine, which it holds) is held until the loop fetched a job, so that a
+// first pick that could come before it does every time.
 func TestCutShortSyncJobOfTheDeadProcessIsNotLoggedAsRunning(t *testing.T) {
 	t.Parallel()
 	tb := setupExclusive(t)
@@ -306,7 +310,25 @@ func TestCutShortSyncJobOfTheDeadProcessIsNotLoggedAsRunning(t *testing.T) {
 	tb.b.Restart(t)
 
 	var logs lockedBuffer
-	tb.start(t, worker.Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	fetched := make(chan struct{})
+	var fetchedOnce sync.Once
+	cfg := worker.Config{
+		Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Trace: func(_, stage string) {
+			if stage == worker.StageFetched {
+				fetchedOnce.Do(func() { close(fetched) })
+			}
+		},
+	}
+	ctx := ctxT(t)
+	tb.start(t, worker.WithBeforeSweep(cfg, func() {
+		if !worker.OnRunsGoroutine() {
+			select {
+			case <-fetched:
+			case <-ctx.Done():
+			}
+		}
+	}))
 	if got := tb.waitState(t, dead.ID, broker.StateCanceled); got.Error != broker.CallerGoneReason {
 		t.Errorf("the dead process's sync job ended %q, want %q", got.Error, broker.CallerGoneReason)
 	}

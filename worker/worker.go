@@ -493,6 +493,9 @@ func (w *Worker) lookNeeded(d *broker.Lease) bool {
 // they neither run nor hold up the jobs behind them. A failure only logs: each such job
 // is checked again when it is picked.
 func (w *Worker) sweep(ctx context.Context) {
+	if hook := w.cfg.beforeSweep; hook != nil {
+		hook()
+	}
 	sctx, cancel := w.storeCtx(ctx)
 	defer cancel()
 	// A stop ends it: with the store unreachable it would wait its whole timeout, and the
