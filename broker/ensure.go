@@ -187,7 +187,11 @@ func (s *Store) RefreshLimits(ctx context.Context) error {
 	if s.cfg.Exclusive {
 		return nil
 	}
-	info, err := s.queue.Info(ctx)
+	// One read, bounded as each read of the expiry's scan is: the look that makes it
+	// comes before the worker's first pick.
+	rctx, cancel := context.WithTimeout(ctx, attemptTimeout)
+	defer cancel()
+	info, err := s.queue.Info(rctx)
 	if err != nil {
 		return fmt.Errorf("broker: read the queue's limits: %w", err)
 	}
