@@ -137,6 +137,54 @@ func TestStraightCallsStillStraightAfterTheReread(t *testing.T) {
 	}
 }
 
+// A text model created again under its name as an image generation model since the last
+// poll makes pictures at once, on the image routes and POST /jobs: the "makes no images"
+// refusal is confirmed against the model list first. Before, the old model's
+// capabilities refused it until the next poll.
+func TestImageCallsOfAModelCreatedSinceThePoll(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, imageModels())
+	ctx := testCtx(t, 60*time.Second)
+	gen := `{"model":"tiny-a","prompt":"a lighthouse"}`
+	if got := post(t, ctx, b.URL, "/v1/images/generations", []byte(gen)); got.Status != http.StatusBadRequest {
+		t.Fatalf("an image of a text model: %d %s, want 400", got.Status, got.Body)
+	}
+	b.Fake.AddModel(ollamatest.Model{Name: "tiny-a", Image: true, Digest: "sha256:" + digestHex('4')})
+	if got := post(t, ctx, b.URL, "/v1/images/generations", []byte(gen)); got.Status != http.StatusOK || got.Header.Get(HeaderJobID) == "" {
+		t.Errorf("an image after the model became an image model: %d %s, want a picture", got.Status, got.Body)
+	}
+
+	// POST /jobs the same way, on another model the cache knows as a text model.
+	b.Fake.AddModel(ollamatest.Model{Name: "tiny-b"})
+	job := `{"kind":"openai_images","model":"tiny-b","prompt":"a lighthouse"}`
+	if got := post(t, ctx, b.URL, "/jobs", []byte(job)); got.Status != http.StatusBadRequest {
+		t.Fatalf("POST /jobs %s: %d %s, want 400", job, got.Status, got.Body)
+	}
+	b.Fake.AddModel(ollamatest.Model{Name: "tiny-b", Image: true, Digest: "sha256:" + digestHex('5')})
+	waitJobState(t, b.testBundle, jobsSubmit(t, b.testBundle, job), broker.StateDone)
+
+	// A text model is still refused, in the same words; its digest unchanged, confirming
+	// that costs no /api/show.
+	b.Fake.AddModel(ollamatest.Model{Name: "tiny-c"})
+	other := `{"model":"tiny-c","prompt":"a lighthouse"}`
+	first := post(t, ctx, b.URL, "/v1/images/generations", []byte(other))
+	if first.Status != http.StatusBadRequest {
+		t.Fatalf("an image of a text model: %d %s, want 400", first.Status, first.Body)
+	}
+	shows, _ := showsAndTags(b.Fake)
+	for range 2 {
+		if got := post(t, ctx, b.URL, "/v1/images/generations", []byte(other)); got.Status != http.StatusBadRequest || string(got.Body) != string(first.Body) {
+			t.Errorf("an image of a text model again: %d %s, want 400 %s", got.Status, got.Body, first.Body)
+		}
+		if got := post(t, ctx, b.URL, "/jobs", []byte(`{"kind":"openai_images","model":"tiny-c","prompt":"a lighthouse"}`)); got.Status != http.StatusBadRequest {
+			t.Errorf("POST /jobs of a text model's image: %d %s, want 400", got.Status, got.Body)
+		}
+	}
+	if n, _ := showsAndTags(b.Fake); n != shows {
+		t.Errorf("%d /api/show calls confirming an unchanged model's refusals, want none", n-shows)
+	}
+}
+
 // When the target cannot confirm the cached judgement now (its model list's re-read
 // fails), the call is not sent straight on it, nor refused on it: it is queued, and
 // Ollama answers it in its turn, in its words, as a job.
@@ -149,6 +197,7 @@ func TestStraightCallsQueuedWhenTheRereadFails(t *testing.T) {
 		status     int // Ollama's answer in the job's turn
 	}{
 		{"/api/chat", toolsJob, http.StatusBadRequest},
+		{"/v1/images/generations", `{"model":"tiny-a","prompt":"a lighthouse"}`, http.StatusBadGateway}, // an empty answer (ADR-0067)
 	} {
 		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusBadRequest || got.Header.Get(HeaderJobID) != "" {
 			t.Fatalf("%s %s: %d %s (job %q), want 400 with no job", c.path, c.body, got.Status, got.Body, got.Header.Get(HeaderJobID))
