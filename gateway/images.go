@@ -84,17 +84,20 @@ type imageEditRequest struct {
 
 // refuseNoImages refuses an image route's call for a model whose capabilities say it
 // makes no images: Ollama would run it as text and answer an empty 200 (ADR-0067). A
-// model whose capabilities cannot be read is let through.
+// model whose capabilities cannot be read is let through. The refusal is confirmed
+// against the model list first (confirmCapabilities), as a refusal at submit is: a model
+// created or pulled again since the last poll as an image generation model makes
+// pictures at once; one the target cannot confirm now is let through too.
 func (s *Server) refuseNoImages(ctx context.Context, kind broker.Kind, model string) error {
 	if !kind.Image() {
 		return nil
 	}
 	caps, err := s.capabilities(ctx, model)
-	if err != nil || slices.Contains(caps, "image") {
-		if ctx.Err() != nil {
-			return ctx.Err()
+	if err == nil && !slices.Contains(caps, "image") {
+		var ok bool
+		if caps, _, ok = s.confirmCapabilities(ctx, model); ok && !slices.Contains(caps, "image") {
+			return badRequest(fmt.Sprintf("model %q makes no images: it is not an image generation model (its capabilities: %v)", clipInput(model), caps))
 		}
-		return nil
 	}
-	return badRequest(fmt.Sprintf("model %q makes no images: it is not an image generation model (its capabilities: %v)", clipInput(model), caps))
+	return ctx.Err()
 }

@@ -89,7 +89,7 @@ func reasoningThinks(reasoning, effort json.RawMessage) bool {
 
 // refusedWithoutLoad reports whether a sync call of kind for model is one Ollama's
 // handler refuses before it schedules a runner, so that it loads nothing and answers at
-// once: the model cannot complete (cannotComplete), or, on the native chat and generate
+// once: the model cannot complete (completesNot), or, on the native chat and generate
 // routes and /v1/chat/completions, whose bodies Ollama reads as they come, the call asks
 // for a capability the model's /api/show does not list: thinking (asks.thinks, read as
 // Ollama reads it), tools (chat), insert (a suffix, generate). Every check Ollama's
@@ -99,15 +99,33 @@ func reasoningThinks(reasoning, effort json.RawMessage) bool {
 // milliseconds; it goes straight to Ollama (relayNoCompletion), whose words and order it
 // gets. A value read otherwise than Ollama reads it could only queue a call that need
 // not be: each reading is Ollama's or narrower.
+//
+// The judgement starts from the capabilities the cache holds (knownCapabilities): a call
+// they let complete asks the target nothing more (the hot path). One they would send
+// straight is confirmed first (confirmCapabilities), as a refusal at submit is: the
+// model may have been created or pulled again since the last poll of the model list as
+// one that completes, or has what the call asks for, and Ollama would run such a call
+// sent straight, beside the worker's job. Only capabilities read for the model the list
+// names now send it; with none confirmed (the target cannot be asked now) it is queued,
+// and Ollama answers it in its turn.
 func (s *Server) refusedWithoutLoad(ctx context.Context, kind broker.Kind, model string, asks capabilityAsks) bool {
-	if s.cannotComplete(ctx, kind, model) {
-		return true
-	}
-	if !asks.thinks && !asks.tools && !asks.suffix || !s.inv.Reachable() {
+	if completionHandler(kind) == "" || !s.inv.Reachable() {
+		// While the own Ollama does not answer, the call is queued to wait for it as
+		// before (ADR-0046), not held by a look-up that cannot be answered.
 		return false
 	}
-	caps, err := s.knownCapabilities(ctx, model) // cached by cannotComplete
-	return err == nil && lacking(kind, asks, caps) != ""
+	caps, err := s.knownCapabilities(ctx, model)
+	if err != nil || !refusesWithoutLoad(kind, asks, caps) {
+		return false
+	}
+	caps, _, ok := s.confirmCapabilities(ctx, model)
+	return ok && refusesWithoutLoad(kind, asks, caps)
+}
+
+// refusesWithoutLoad is refusedWithoutLoad's rule on caps, the model's capabilities, for
+// a call of kind (one with a completion handler) asking asks.
+func refusesWithoutLoad(kind broker.Kind, asks capabilityAsks, caps []string) bool {
+	return completesNot(kind, caps) || lacking(kind, asks, caps) != ""
 }
 
 // lacking is the capability a call of kind asks of its model that caps, the model's
