@@ -22,6 +22,8 @@ import (
 // (no messages, an empty prompt) never reaches the check; a thinking model's chat runs
 // its first completion without the format, and an image generation model's generate has
 // none, so those are left to Ollama, as is a model whose capabilities cannot be read.
+// A refusal is confirmed against the model list first (confirmCapabilities), as one at
+// submit is: the model may have been created again since the last poll as one that thinks.
 func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model string, in inference) error {
 	chat := kind == broker.KindChat || kind == broker.KindOpenAIChat || kind == broker.KindOpenAIResponses // Ollama's chat handler runs them all
 	if !chat && kind != broker.KindGenerate || formatTaken(in.format) || !in.completes {
@@ -34,8 +36,16 @@ func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model st
 		}
 		return nil
 	}
-	if (chat && slices.Contains(caps, "thinking")) || (kind == broker.KindGenerate && slices.Contains(caps, "image")) {
+	takes := func(caps []string) bool {
+		return (chat && slices.Contains(caps, "thinking")) || (kind == broker.KindGenerate && slices.Contains(caps, "image"))
+	}
+	if takes(caps) {
 		return nil
+	}
+	// Confirmed against the model the list names now before it refuses (ADR-0129): a
+	// model created again since the last poll as a thinking one runs the call.
+	if caps, _, ok := s.confirmCapabilities(ctx, model); !ok || takes(caps) {
+		return ctx.Err()
 	}
 	return badRequest(fmt.Sprintf("invalid format: %q; expected \"json\" or a valid JSON Schema object", clipInput(string(in.format))))
 }

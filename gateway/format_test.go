@@ -147,3 +147,30 @@ func TestAnOpenAIResponseFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T
 		}
 	}
 }
+
+// A model created again under its name as a thinking model since the last poll of the
+// model list has its chat run without the format check, as Ollama runs it: before
+// refusing a format, foreman reads the model list again and, the digest being another,
+// the model's capabilities (as a capability refusal is confirmed, ADR-0129). Before, the
+// old model's capabilities refused it until the next poll.
+func TestAFormatRefusalIsConfirmedAgainstAModelCreatedSinceThePoll(t *testing.T) {
+	t.Parallel()
+	b := newQueuedBundle(t, nil, withFake(ollamatest.WithModels(ollamatest.Model{Name: "tiny-a"})))
+	ctx := testCtx(t, 30*time.Second)
+	body := []byte(`{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"hi"}],"format":"yaml"}`)
+	if got := post(t, ctx, b.URL, "/api/chat", body); got.Status != http.StatusBadRequest {
+		t.Fatalf("before the model changed: %d %s, want 400", got.Status, got.Body)
+	}
+	// Confirming an unchanged model's refusal reads the list again, not its /api/show.
+	shows, _ := showsAndTags(b.Fake)
+	if got := post(t, ctx, b.URL, "/api/chat", body); got.Status != http.StatusBadRequest {
+		t.Errorf("the same model again: %d %s, want 400", got.Status, got.Body)
+	}
+	if n, _ := showsAndTags(b.Fake); n != shows {
+		t.Errorf("%d /api/show calls confirming an unchanged model's refusal, want none", n-shows)
+	}
+	b.Fake.AddModel(ollamatest.Model{Name: "tiny-a", Thinking: true, Digest: "sha256:" + digestHex('8')})
+	if got := post(t, ctx, b.URL, "/api/chat", body); got.Status != http.StatusOK {
+		t.Errorf("after the model was created again as a thinking one: %d %s, want 200", got.Status, got.Body)
+	}
+}
