@@ -368,3 +368,43 @@ func TestReadOnlyDisk(t *testing.T) {
 		t.Errorf("/healthz after the repair and restart: %+v", health)
 	}
 }
+
+// A foreman started on a data directory that is read-only from the start (a disk the
+// kernel remounted read-only before a reboot's fsck, a read-only mount) exits at once
+// with an error that names the directory and the read-only file system: it does not
+// serve, and does not hang.
+func TestStartOnReadOnlyDataDir(t *testing.T) {
+	t.Parallel()
+	d := newExt4Disk(t)
+	data := filepath.Join(d.dir, "data")
+	fake := ollamatest.New(t)
+	env := []string{"FOREMAN_ADDR=127.0.0.1:0", "FOREMAN_DATA_DIR=" + data, "FOREMAN_OLLAMA_URL=" + fake.URL}
+	// An existing store: a foreman ran on it and stopped.
+	first := startChild(t, env...)
+	postJob(t, first.addr, "tiny-a")
+	first.stop(t, time.Minute)
+	for _, c := range []struct {
+		name    string
+		remount func(t *testing.T)
+	}{
+		{"mounted ro", func(t *testing.T) { d.repair(t, "ro") }},
+		{"went ro", func(t *testing.T) { d.repair(t); d.fail(t) }},
+	} {
+		c.remount(t)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, os.Args[0], "serve")
+		cmd.Env = append(os.Environ(), append([]string{"FOREMAN_TEST_RUN_MAIN=1"}, env...)...)
+		start := time.Now()
+		out, err := cmd.CombinedOutput()
+		took, timedOut := time.Since(start), ctx.Err() != nil
+		cancel()
+		t.Logf("%s: %v after %v:\n%s", c.name, err, took, out)
+		var x *exec.ExitError
+		if !errors.As(err, &x) || x.ExitCode() == 0 || timedOut {
+			t.Errorf("%s: foreman on a read-only data dir: %v after %v, want a non-zero exit", c.name, err, took)
+		}
+		if !strings.Contains(string(out), data) || !strings.Contains(string(out), "read-only file system") {
+			t.Errorf("%s: foreman's words do not name %s and the read-only file system:\n%s", c.name, data, out)
+		}
+	}
+}
