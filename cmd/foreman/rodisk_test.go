@@ -82,10 +82,10 @@ func newExt4Disk(t *testing.T) *ext4Disk {
 
 func (d *ext4Disk) trigger() string { return "/sys/fs/ext4/" + d.dev + "/trigger_fs_error" }
 
-// mountSource is the device mounted on dir per /proc/mounts ("" when none), and
-// mountOptions its options.
+// mountSource is the device mounted on dir per /proc/mounts, "" when none.
 func mountSource(dir string) string { src, _ := mountEntry(dir); return src }
 
+// mountEntry is the last /proc/mounts line of dir: its device and options.
 func mountEntry(dir string) (source, options string) {
 	f, err := os.Open("/proc/mounts")
 	if err != nil {
@@ -136,8 +136,7 @@ func (d *ext4Disk) repair(t *testing.T, opts ...string) {
 	}
 }
 
-// syncChat posts a non-streamed chat and returns its answer on the channel: status, the
-// job's id and the body.
+// chatAnswer is a sync chat's answer: status, the job's id (X-Foreman-Job-Id) and body.
 type chatAnswer struct {
 	status int
 	jobID  string
@@ -146,6 +145,7 @@ type chatAnswer struct {
 	took   time.Duration
 }
 
+// syncChat posts a non-streamed chat saying content.
 func syncChat(ctx context.Context, addr, content string) chatAnswer {
 	start := time.Now()
 	body := `{"model":"tiny-a","stream":false,"messages":[{"role":"user","content":"` + content + `"}]}`
@@ -225,10 +225,11 @@ func queuedIDs(t *testing.T, addr string) []string {
 
 // The disk under the data dir goes read-only while foreman runs (ext4's errors=remount-ro
 // after an I/O error), with a job running, jobs and a sync chat waiting. New submits and
-// chats get a 503 saying why, never a 202 for a job that is not on disk; /healthz names
-// the read-only file system; the accepted jobs stay readable. Once foreman is stopped, the
-// disk repaired and foreman started again on it, every job accepted before runs to done
-// exactly once.
+// chats get a 503 saying the data directory went read-only, never a 202 for a job that
+// is not on disk; the waiting sync chat gets it too, within a look at its job; /healthz
+// names the read-only file system; the accepted jobs stay readable. Once foreman is
+// stopped, the disk repaired and foreman started again on it, every job accepted before
+// runs to done exactly once, and the answered sync chat's job ends canceled, never run.
 func TestReadOnlyDisk(t *testing.T) {
 	t.Parallel()
 	d := newExt4Disk(t)
@@ -295,7 +296,7 @@ func TestReadOnlyDisk(t *testing.T) {
 	if got := post("ro-after-fault"); got.status != http.StatusServiceUnavailable || got.err != refused.err {
 		t.Errorf("submit with the fault known: %+v, want the same 503", got)
 	}
-	if took := time.Since(before); took > 2*time.Second {
+	if took := time.Since(before); took > 4*time.Second { // not the 5 s retry window
 		t.Errorf("submit with the fault known took %v, want it refused at once", took)
 	}
 
@@ -334,8 +335,10 @@ func TestReadOnlyDisk(t *testing.T) {
 	// The sync chat that waited in the queue: its job cannot start before a restart
 	// (its start is a write), so its caller is told so, within a check of its record
 	// (syncCheckInterval), not kept waiting for the operator.
+	var waitingID string
 	select {
 	case got := <-waiting:
+		waitingID = got.jobID
 		var e struct {
 			Error string `json:"error"`
 		}
@@ -359,6 +362,17 @@ func TestReadOnlyDisk(t *testing.T) {
 	for _, c := range accepted {
 		if n := completedRuns(fake, c); n != 1 {
 			t.Errorf("job %s (%s) ran to its end %d times, want once", ids[c], c, n)
+		}
+	}
+	if waitingID != "" {
+		// Its caller was answered: the restart cancels it, never run (ADR-0024).
+		var j jobView
+		waitFor(t, "the answered sync job "+waitingID+" to end", func() bool {
+			j = getJob(t, second.addr, waitingID)
+			return j.State != "queued"
+		})
+		if j.State != "canceled" || j.Attempts != 0 {
+			t.Errorf("the sync job whose caller was answered on the read-only disk, after the restart: %+v, want canceled, never run", j)
 		}
 	}
 	for _, c := range []string{"ro-sync-waiting", "ro-sync-new"} {
