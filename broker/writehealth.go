@@ -256,7 +256,8 @@ func (f *writeFault) keep(err error) {
 	case errors.As(err, &passing):
 		f.err = fmt.Errorf("%w for now (the store's fault, which may pass: %v)", ErrStoreFailed, err)
 	default:
-		f.err = fmt.Errorf("%w %w (the store's fault: %v)", ErrStoreFailed, errNeedsRestart, err)
+		// The fault itself wrapped too: its cause (syscall.EROFS) words the refusal.
+		f.err = fmt.Errorf("%w %w (the store's fault: %w)", ErrStoreFailed, errNeedsRestart, err)
 	}
 	f.known.Store(f.err != nil)
 }

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/failurelog"
@@ -204,6 +205,10 @@ func statusOf(err error) (int, string) {
 		return http.StatusServiceUnavailable, "queue full"
 	case errors.Is(err, broker.ErrStorageFull):
 		return http.StatusServiceUnavailable, "storage full"
+	case broker.NeedsRestart(err) && errors.Is(err, syscall.EROFS):
+		// The disk went read-only under the store (a disk error): room would not help.
+		return http.StatusServiceUnavailable, "job store cannot write (see GET /healthz): its data directory went read-only " +
+			"(the disk's file system was remounted read-only, after a disk error, say); fix the disk, then restart foreman"
 	case broker.NeedsRestart(err):
 		// A stream that failed a write (a full disk) takes none until foreman restarts.
 		return http.StatusServiceUnavailable, "job store cannot write (see GET /healthz): foreman needs a restart (once its disk has room, if it is full)"

@@ -10,6 +10,7 @@ import (
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker/natsd"
 	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
@@ -121,6 +122,32 @@ func TestStatusOfAStoreFaultSaysARestartOnlyWhenNeeded(t *testing.T) {
 		status, msg := statusOf(fmt.Errorf("submit: %w", err))
 		if status != http.StatusServiceUnavailable || strings.Contains(msg, "restart") != c.restart {
 			t.Errorf("%v: %d %q, want 503 that speaks of a restart: %v", c.fault, status, msg, c.restart)
+		}
+	}
+}
+
+// A stream write error of a file system gone read-only (ext4's errors=remount-ro after a
+// disk error) is no full disk: its refusal says the data directory went read-only and
+// the disk needs fixing, not room; a full disk's keeps its words.
+func TestStatusOfAReadOnlyDataDirSaysSo(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		fault     error
+		want, not string
+	}{
+		{natsd.StreamWriteError("JetStream stream 'FOREMAN > KV_FOREMAN_JOBS' write error: open /data/jetstream/x.blk: read-only file system"),
+			"its data directory went read-only", "has room"},
+		{natsd.StreamWriteError("JetStream stream 'FOREMAN > KV_FOREMAN_JOBS' write error: write /data/jetstream/x.blk: no space left on device"),
+			"once its disk has room", "read-only"},
+	} {
+		b := brokertest.New(t, brokertest.WithStore(func(cfg *broker.Config) {
+			cfg.WriteFault = func() error { return c.fault }
+		}))
+		err := b.Store.CheckWriteFault()
+		status, msg := statusOf(fmt.Errorf("submit: %w", err))
+		if status != http.StatusServiceUnavailable || !strings.HasPrefix(msg, "job store cannot write") ||
+			!strings.Contains(msg, c.want) || strings.Contains(msg, c.not) || !strings.Contains(msg, "restart") {
+			t.Errorf("%v: %d %q, want 503 job store cannot write, %q, a restart, and not %q", c.fault, status, msg, c.want, c.not)
 		}
 	}
 }

@@ -256,6 +256,9 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 		return 0, false
 	}
 	if !j.State.Terminal() {
+		if err := sr.cannotStart(j); err != nil {
+			return sr.fail(err), true
+		}
 		if sr.outage != nil {
 			if err := sr.outage.over(ctx, j, sr.frames > 0, sr.log); err != nil {
 				return sr.fail(err), true
@@ -272,6 +275,24 @@ func (sr *syncResponse) watchdog(ctx context.Context, feed jobEvents) (outcome, 
 		return 0, false // the runner is being asked still, or again
 	}
 	return sr.ended(j), true
+}
+
+// cannotStart is the store's fault when job j waits to start and cannot before foreman
+// restarts: its own store (the embedded server) takes no write until then
+// (broker.NeedsRestart: a stream that failed a write, on a disk full or gone read-only),
+// and a start is a write. The caller, sent nothing yet, gets the submit's 503 instead of
+// a wait that lasts until the operator's restart. The job stays queued (its cancel is a
+// write too); the restart cancels it, its caller gone (ADR-0024).
+func (sr *syncResponse) cannotStart(j *broker.Job) error {
+	waiting := j.State == broker.StateQueued || j.State == broker.StateRetrying
+	if !waiting || sr.frames > 0 || sr.started || sr.s.store == nil || !sr.s.store.Config().Exclusive {
+		return nil
+	}
+	if fault := sr.s.store.WriteFault(); broker.NeedsRestart(fault) {
+		sr.log.Warn("sync job cannot start before foreman restarts; its caller is answered", "err", fault)
+		return fmt.Errorf("sync job waiting: %w", fault)
+	}
+	return nil
 }
 
 // mend asks the runner of ended job j for the answer's messages after the last one

@@ -519,7 +519,7 @@ func (s *Server) WriteError(streams ...string) error {
 	for _, e := range st.Errors {
 		if e.Type == server.HealthzErrorStream && strings.Contains(e.Error, " write error: ") &&
 			(len(streams) == 0 || slices.Contains(streams, e.Stream)) {
-			errs = append(errs, errors.New(e.Error))
+			errs = append(errs, StreamWriteError(e.Error))
 		}
 	}
 	if len(errs) == 0 {
@@ -615,3 +615,23 @@ func HoldsStream(dir, stream string) bool {
 	_, err := os.Stat(filepath.Join(dir, "jetstream", foremanAccount, "streams", stream))
 	return err == nil
 }
+
+// StreamWriteError is a stream's write error as nats-server's Healthz words it, which is
+// text only. One that names a file system gone read-only (ext4's errors=remount-ro after a
+// disk error) wraps syscall.EROFS, so that errors.Is tells it from a full disk: its fix is
+// the disk's repair, not room.
+func StreamWriteError(text string) error {
+	if strings.Contains(text, syscall.EROFS.Error()) {
+		return errnoText{text, syscall.EROFS}
+	}
+	return errors.New(text)
+}
+
+// errnoText is an error's text with the errno it names.
+type errnoText struct {
+	text  string
+	errno syscall.Errno
+}
+
+func (e errnoText) Error() string { return e.text }
+func (e errnoText) Unwrap() error { return e.errno }

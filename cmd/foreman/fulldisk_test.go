@@ -133,6 +133,9 @@ func TestRealFullDisk(t *testing.T) {
 		t.Fatal("200 submits on a full disk all accepted")
 	}
 	t.Logf("%v: refused %+v after %d accepted", time.Since(start), refused, len(accepted))
+	if !strings.Contains(refused.err, "once its disk has room") || strings.Contains(refused.err, "read-only") {
+		t.Errorf("submit on a full disk: %q, want the full disk's words", refused.err)
+	}
 	// Later submits are refused too, saying why.
 	for i := range 4 {
 		key := "" // and with an Idempotency-Key, whose claim is a write too

@@ -170,7 +170,12 @@ func pauseText(p *client.Pause) string {
 // restartText tells a pause that ends only with a restart of foreman: it does not end
 // by itself, however long one waits.
 func restartText(p *client.Pause) string {
-	if p.RestartNeeded {
+	switch {
+	case p.RestartNeeded && strings.Contains(p.Error, "read-only file system"):
+		// The fault is the file system's, gone read-only after a disk error: room would
+		// not end it (the pause has only the store's words, from the server's OS).
+		return "; foreman needs a restart (once its disk is fixed: its data directory went read-only)"
+	case p.RestartNeeded:
 		return "; foreman needs a restart (once its disk has room)"
 	}
 	return ""

@@ -84,6 +84,23 @@ func TestQueueAndTopSayARestartIsNeeded(t *testing.T) {
 	}
 }
 
+// The same pause for a data directory gone read-only (a disk error) says the disk needs
+// fixing: "once its disk has room" sends the operator after space that is there.
+func TestQueueAndTopSayTheDataDirWentReadOnly(t *testing.T) {
+	t.Parallel()
+	body := strings.Replace(restartBody, "write error: no space left on device", "write error: open /data/jetstream/x.blk: read-only file system", 1)
+	vars := map[string]string{"FOREMAN_URL": troubleForeman(t, body)}
+	for _, c := range []struct{ cmd, line string }{
+		{"queue", "Paused:  job store cannot write for 3m; foreman needs a restart (once its disk is fixed: its data directory went read-only): broker: probe write:"},
+		{"top", "PAUSED   job store cannot write for 3m00s; foreman needs a restart (once its disk is fixed: its data directory went read-only): broker: probe write:"},
+	} {
+		r := queueOrTop(t, vars, c.cmd)
+		if !strings.Contains(r.stdout, c.line) || strings.Contains(r.stdout, "has room") {
+			t.Errorf("foreman %s printed no line %q:\n%s", c.cmd, c.line, r.stdout)
+		}
+	}
+}
+
 // A worker waiting after Ollama's "not now" says so in words in `foreman queue` and
 // `foreman top`, not as the reason's code; the job answered so is retrying with no
 // attempt counted, and no "attempt 0" is printed.
