@@ -94,6 +94,18 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 // the model changes under its name (modelDigest); err says why they are not known (no
 // target has the model, the look-up failed, the caller left).
 func (s *Server) capabilities(ctx context.Context, model string) ([]string, error) {
+	e, err := s.capsLookUp(ctx, model, false)
+	if err != nil {
+		return nil, err
+	}
+	return e.caps, e.err
+}
+
+// capsLookUp is capabilities' entry for model, ready; with again, the answer remembered
+// is not taken, however fresh (a look-up under way is shared all the same). err is only
+// why the entry is not had (no target has the model, the caller left): the look-up's own
+// failure is the entry's.
+func (s *Server) capsLookUp(ctx context.Context, model string, again bool) (*capsEntry, error) {
 	target, err := s.capsTarget(ctx, model)
 	if err != nil {
 		return nil, err
@@ -101,7 +113,7 @@ func (s *Server) capabilities(ctx context.Context, model string) ([]string, erro
 	name, digest := ollama.NormalizeModel(model), s.modelDigest(model)
 	s.caps.mu.Lock()
 	e := s.caps.m[name]
-	if e == nil || e.stale() || e.done() && e.digest != digest {
+	if e == nil || e.stale() || e.done() && (again || e.digest != digest) {
 		e = &capsEntry{ready: make(chan struct{}), digest: digest}
 		if s.caps.m == nil {
 			s.caps.m = map[string]*capsEntry{}
@@ -117,7 +129,7 @@ func (s *Server) capabilities(ctx context.Context, model string) ([]string, erro
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	return e.caps, e.err
+	return e, nil
 }
 
 // capsTarget is the target whose /api/show tells model's capabilities: the own one when

@@ -56,7 +56,9 @@ const confirmWait = modelPollWait
 // that must not rest on an answer about a model since replaced under its name: the model
 // list is read again (as requireModel reads it for a model it lacks), and the model's
 // /api/show read again only when its digest there is another than the cached answer's,
-// or that answer is older than capsTTL (capabilities). Not ok when the target cannot be
+// or that answer is older than capsTTL (capabilities). A model the own list lacks (one
+// only another Mac has) has no digest here to tell a change by: its /api/show is read
+// again from that Mac (a look-up under way is shared). Not ok when the target cannot be
 // asked now (a check just got no answer, the re-read fails or takes longer than
 // confirmWait, the /api/show fails) or no longer lists the model: the caller then
 // refuses nothing, and Ollama answers the job in its turn.
@@ -70,10 +72,13 @@ func (s *Server) confirmCapabilities(ctx context.Context, model string) (caps []
 	}
 	cctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if _, err := s.capabilities(cctx, model); err != nil {
+	// The answer is this look-up's own, not the map's after it: a confirm that came later
+	// may have begun another there.
+	e, err := s.capsLookUp(cctx, model, !s.inv.HasModel(model))
+	if err != nil || e.err != nil || e.digest != s.modelDigest(model) {
 		return nil, false, false
 	}
-	return s.cachedCapabilities(model)
+	return e.caps, e.remote, true
 }
 
 // lackingRefusal is Ollama's (v0.17.4) first refusal of body, a call of kind asking its

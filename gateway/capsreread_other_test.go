@@ -1,0 +1,48 @@
+package gateway
+
+import (
+	"net/http"
+	"testing"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama/ollamatest"
+)
+
+// A model only another Mac has (digest "" here: the own list lacks it) created again
+// there with tools since its capabilities were read is judged as it is now: the confirm
+// reads its /api/show again from that Mac, so a tools job for it is accepted, and a sync
+// call is no longer sent straight to that Mac's Ollama, which would run it beside its
+// worker's job. Before, the confirm re-polled only the own Mac and took the cached answer
+// (same digest "", not yet capsTTL old) for confirmed.
+func TestCapabilityConfirmOfAnotherMacsModelReadsItAgain(t *testing.T) {
+	t.Parallel()
+	other := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "elsewhere:latest"}))
+	b := newTestBundle(t, capsModels(), withGateway(func(c *Config) {
+		c.TargetName = "own"
+		c.TargetClient = func(u string) (ollama.Client, error) { return ollama.NewClient(ollama.ClientConfig{BaseURL: u}) }
+	}))
+	ctx := testCtx(t, 30*time.Second)
+	if err := b.Broker.Store.PublishTarget(ctx, broker.Target{Name: "other", URL: other.URL, Reachable: true,
+		Models: []string{"elsewhere:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	const job = `{"model":"elsewhere","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}`
+	const word = "registry.ollama.ai/library/elsewhere:latest does not support tools"
+	if got := post(t, ctx, b.URL, "/jobs", []byte(job)); got.Status != http.StatusBadRequest || errorBody(t, got.Body) != word {
+		t.Fatalf("before the model changed: %d %s, want 400 %q", got.Status, got.Body, word)
+	}
+	tools := capabilityAsks{tools: true}
+	if !b.GW.refusedWithoutLoad(ctx, broker.KindChat, "elsewhere", tools) {
+		t.Fatal("before the model changed: a sync tools chat is not sent straight")
+	}
+
+	other.AddModel(ollamatest.Model{Name: "elsewhere:latest", Tools: true, Digest: "sha256:" + digestHex('6')})
+	if b.GW.refusedWithoutLoad(ctx, broker.KindChat, "elsewhere", tools) {
+		t.Error("after the model was created again with tools: a sync tools chat is sent straight to the other Mac, which runs it")
+	}
+	if got := post(t, ctx, b.URL, "/jobs", []byte(job)); got.Status != http.StatusAccepted {
+		t.Errorf("after the model was created again with tools: %d %s, want 202", got.Status, got.Body)
+	}
+}
