@@ -54,7 +54,8 @@ const confirmWait = modelPollWait
 
 // confirmCapabilities are model's capabilities as the target has them now, for a refusal
 // that must not rest on an answer about a model since replaced under its name: the model
-// list is read again (as requireModel reads it for a model it lacks), and the model's
+// list is read again by a poll begun after the call (one in flight may have read it
+// before the model was created again: it is waited for, and the next one shared), and the model's
 // /api/show read again only when its digest there is another than the cached answer's,
 // or that answer is older than capsTTL (capabilities). A model the own list lacks (one
 // only another Mac has) has no digest here to tell a change by: its /api/show is read
@@ -67,7 +68,7 @@ func (s *Server) confirmCapabilities(ctx context.Context, model string) (caps []
 		return nil, false, false // the re-read would go unanswered too
 	}
 	deadline := time.Now().Add(confirmWait)
-	if err := s.refreshOwn(ctx, confirmWait); err != nil || !s.inv.Reachable() {
+	if err := s.refreshOwnAfter(ctx, confirmWait); err != nil || !s.inv.Reachable() {
 		return nil, false, false
 	}
 	cctx, cancel := context.WithDeadline(ctx, deadline)
