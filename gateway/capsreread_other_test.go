@@ -46,3 +46,32 @@ func TestCapabilityConfirmOfAnotherMacsModelReadsItAgain(t *testing.T) {
 		t.Errorf("after the model was created again with tools: %d %s, want 202", got.Status, got.Body)
 	}
 }
+
+// A confirm of another Mac's model whose /api/show fails (that Mac slow or failing now)
+// leaves the answer the cache had: the calls the cache allows go on asking nothing,
+// rather than each waiting for a look-up of their own because a refused call's confirm
+// failed.
+func TestCapabilityConfirmOfAnotherMacsModelThatFailsKeepsTheCache(t *testing.T) {
+	t.Parallel()
+	other := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "elsewhere:latest"}))
+	b := newTestBundle(t, capsModels(), withGateway(func(c *Config) {
+		c.TargetName = "own"
+		c.TargetClient = func(u string) (ollama.Client, error) { return ollama.NewClient(ollama.ClientConfig{BaseURL: u}) }
+	}))
+	ctx := testCtx(t, 30*time.Second)
+	if err := b.Broker.Store.PublishTarget(ctx, broker.Target{Name: "other", URL: other.URL, Reachable: true,
+		Models: []string{"elsewhere:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	tools := capabilityAsks{tools: true}
+	if !b.GW.refusedWithoutLoad(ctx, broker.KindChat, "elsewhere", tools) {
+		t.Fatal("a sync tools chat of a model without tools is not sent straight")
+	}
+	other.FailNextOn("/api/show", 1, ollamatest.Fail500)
+	if b.GW.refusedWithoutLoad(ctx, broker.KindChat, "elsewhere", tools) {
+		t.Error("sent straight though its confirm failed")
+	}
+	if caps, _, ok := b.GW.cachedCapabilities("elsewhere"); !ok || len(caps) == 0 {
+		t.Errorf("the cache after a failed confirm: %v, %v; want the answer it had", caps, ok)
+	}
+}

@@ -114,6 +114,7 @@ func (s *Server) capsLookUp(ctx context.Context, model string, again bool) (*cap
 	s.caps.mu.Lock()
 	e := s.caps.m[name]
 	if e == nil || e.stale() || e.done() && (again || e.digest != digest) {
+		old := e
 		e = &capsEntry{ready: make(chan struct{}), digest: digest}
 		if s.caps.m == nil {
 			s.caps.m = map[string]*capsEntry{}
@@ -121,6 +122,15 @@ func (s *Server) capsLookUp(ctx context.Context, model string, again bool) (*cap
 		s.caps.m[name] = e
 		s.caps.mu.Unlock()
 		s.lookUpCaps(ctx, name, e, target, model)
+		if again && e.err != nil && old != nil && old.err == nil && old.digest == digest {
+			// Read again only to confirm: the answer the cache had serves on, as a
+			// failed background refresh leaves it (refreshCaps).
+			s.caps.mu.Lock()
+			if s.caps.m[name] == nil {
+				s.caps.m[name] = old
+			}
+			s.caps.mu.Unlock()
+		}
 	} else {
 		s.caps.mu.Unlock()
 	}
