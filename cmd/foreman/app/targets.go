@@ -1,7 +1,9 @@
 package app
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/url"
 	"os"
 	"slices"
@@ -56,15 +58,36 @@ func (a *App) onPoll(ctx context.Context, snap ollama.Snapshot) {
 	a.rememberModels(ctx, snap)
 }
 
+// publishSpacing is the least time between two publishes of an unchanged target entry.
+// A poll made on demand (a refusal confirmed against the model list, ADR-0129; a call
+// for a model the list lacks) may come with each call of a flood, and each publish is a
+// synced write of the entry (its /api/tags and /api/ps bodies: kilobytes) and two reads
+// of the targets' bucket; the entry lives three poll intervals, so a second more of its
+// age changes nothing.
+const publishSpacing = time.Second
+
+// publishedTarget is a target entry as published, and when.
+type publishedTarget struct {
+	entry []byte // the entry's JSON, without the store's stamps
+	at    time.Time
+}
+
 // publishTarget tells every foreman on the NATS what this target has and has loaded
 // (ADR-0029). Before a poll of this run succeeded, its models are the remembered ones,
 // published unreachable as after a failed poll: the other foremen then queue jobs for
-// them, as this one does, and leave them to run here (ADR-0047).
+// them, as this one does, and leave them to run here (ADR-0047). An entry published
+// unchanged within publishSpacing is not published again (nor the others read).
 func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	t := a.targetOf(snap)
+	entry, _ := json.Marshal(t) // a Target always marshals
+	now := time.Now()
+	if bytes.Equal(entry, a.published.entry) && now.Sub(a.published.at) < publishSpacing {
+		return
+	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := a.store.PublishTarget(pctx, t); err == nil {
+		a.published = publishedTarget{entry: entry, at: now}
 		a.publishFails.Worked(a.log, "publish target inventory")
 	} else if ctx.Err() == nil {
 		a.publishFails.Failed(a.log, "publish target inventory", err, "target", t.Name)
