@@ -4,11 +4,13 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"strings"
 	"testing"
 	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker/brokertest"
+	"gitea.stevedudenhoeffer.com/steve/foreman/ollama"
 )
 
 // Polls made on demand (a refusal confirmed against the model list, ADR-0129; a call for
@@ -35,21 +37,36 @@ func TestAnUnchangedTargetEntryIsNotPublishedAtEachPoll(t *testing.T) {
 		return e.Revision()
 	}
 
-	a.onPoll(ctx, polledSnap("a", "b"))
+	// Ollama lists models of the same modified_at in an order of its own from one poll
+	// to the next: the same entry.
+	listed := func(models ...string) ollama.Snapshot {
+		snap := polledSnap(models...)
+		var raw []string
+		for _, m := range models {
+			raw = append(raw, `{"name":"`+m+`","digest":"sha256:`+m+`"}`)
+		}
+		snap.TagsRaw = []byte(`{"models":[` + strings.Join(raw, ",") + `]}`)
+		return snap
+	}
+	a.onPoll(ctx, listed("a", "b"))
 	first := revision()
-	for range 20 {
-		a.onPoll(ctx, polledSnap("a", "b"))
+	for i := range 20 {
+		if i%2 == 0 {
+			a.onPoll(ctx, listed("b", "a"))
+		} else {
+			a.onPoll(ctx, listed("a", "b"))
+		}
 	}
 	if got := revision(); got != first {
-		t.Errorf("20 polls finding the same entry at once published it %d times more, want none", got-first)
+		t.Errorf("20 polls finding the same entry at once, its models in either order, published it %d times more, want none", got-first)
 	}
-	a.onPoll(ctx, polledSnap("a", "b", "c"))
+	a.onPoll(ctx, listed("a", "b", "c"))
 	changed := revision()
 	if changed == first {
 		t.Fatal("a changed entry was not published")
 	}
 	a.published.at = time.Now().Add(-publishSpacing)
-	a.onPoll(ctx, polledSnap("a", "b", "c"))
+	a.onPoll(ctx, listed("a", "b", "c"))
 	if got := revision(); got == changed {
 		t.Error("an unchanged entry publishSpacing old was not published again")
 	}

@@ -79,7 +79,7 @@ type publishedTarget struct {
 // unchanged within publishSpacing is not published again (nor the others read).
 func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	t := a.targetOf(snap)
-	entry, _ := json.Marshal(t) // a Target always marshals
+	entry := entryKey(t)
 	now := time.Now()
 	if bytes.Equal(entry, a.published.entry) && now.Sub(a.published.at) < publishSpacing {
 		return
@@ -94,6 +94,30 @@ func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	}
 	a.targetEndpoints(pctx) // learn the other targets at each poll, not only when a webhook dials
 	a.pruneClients(pctx)
+}
+
+// entryKey is target entry t as compared with the one last published: its lists in any
+// order, as Ollama lists models of the same modified_at in an order of its own from one
+// poll to the next.
+func entryKey(t broker.Target) []byte {
+	t.Models, t.Loaded = slices.Sorted(slices.Values(t.Models)), slices.Sorted(slices.Values(t.Loaded))
+	t.Tags, t.Ps = sortedModels(t.Tags), sortedModels(t.Ps)
+	b, _ := json.Marshal(t) // a Target always marshals
+	return b
+}
+
+// sortedModels is an /api/tags or /api/ps body with its models in byte order; raw when
+// it does not parse.
+func sortedModels(raw json.RawMessage) json.RawMessage {
+	var body map[string]json.RawMessage
+	var models []json.RawMessage
+	if json.Unmarshal(raw, &body) != nil || json.Unmarshal(body["models"], &models) != nil {
+		return raw
+	}
+	slices.SortFunc(models, func(a, b json.RawMessage) int { return bytes.Compare(a, b) })
+	body["models"], _ = json.Marshal(models)
+	out, _ := json.Marshal(body)
+	return out
 }
 
 // targetOf is this foreman's target entry as poll snap finds it.
