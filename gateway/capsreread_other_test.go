@@ -1,7 +1,11 @@
 package gateway
 
 import (
+	"context"
+	"io"
 	"net/http"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -73,5 +77,70 @@ func TestCapabilityConfirmOfAnotherMacsModelThatFailsKeepsTheCache(t *testing.T)
 	}
 	if caps, _, ok := b.GW.cachedCapabilities("elsewhere"); !ok || len(caps) == 0 {
 		t.Errorf("the cache after a failed confirm: %v, %v; want the answer it had", caps, ok)
+	}
+}
+
+// heldShow holds an /api/show while armed, after the target answered it, until the gate
+// opens: a look-up that has read the model's capabilities and not yet returned them.
+type heldShow struct {
+	ollama.Client
+	armed atomic.Bool
+	read  chan struct{}
+	gate  chan struct{}
+}
+
+func (h *heldShow) Do(ctx context.Context, method, path string, header http.Header, body io.Reader) (*http.Response, error) {
+	resp, err := h.Client.Do(ctx, method, path, header, body)
+	if path == "/api/show" && err == nil && h.armed.CompareAndSwap(true, false) {
+		h.read <- struct{}{}
+		select {
+		case <-h.gate:
+		case <-ctx.Done():
+			resp.Body.Close()
+			return nil, ctx.Err()
+		}
+	}
+	return resp, err
+}
+
+// While a refused call's confirm reads another Mac's model again (its /api/show slow),
+// the calls the cache allows are judged on the cache at once, as on the hot path: they
+// do not wait for that look-up. A client repeating a refused call would otherwise hold
+// every call of that model for up to an /api/show's bound each time.
+func TestCapabilityConfirmOfAnotherMacsModelHoldsNoCallTheCacheAllows(t *testing.T) {
+	t.Parallel()
+	other := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "elsewhere:latest"}))
+	h := &heldShow{read: make(chan struct{}, 1), gate: make(chan struct{})}
+	b := newTestBundle(t, capsModels(), withGateway(func(c *Config) {
+		c.TargetName = "own"
+		c.TargetClient = func(u string) (ollama.Client, error) {
+			cl, err := ollama.NewClient(ollama.ClientConfig{BaseURL: u})
+			h.Client = cl
+			return h, err
+		}
+	}))
+	ctx := testCtx(t, 30*time.Second)
+	if err := b.Broker.Store.PublishTarget(ctx, broker.Target{Name: "other", URL: other.URL, Reachable: true,
+		Models: []string{"elsewhere:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	tools := capabilityAsks{tools: true}
+	if !b.GW.refusedWithoutLoad(ctx, broker.KindChat, "elsewhere", tools) {
+		t.Fatal("a sync tools chat of a model without tools is not sent straight")
+	}
+
+	h.armed.Store(true)
+	confirmed := make(chan bool, 1)
+	go func() { confirmed <- b.GW.refusedWithoutLoad(ctx, broker.KindChat, "elsewhere", tools) }()
+	<-h.read // the confirm's look-up is under way
+	hot, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	caps, err := b.GW.knownCapabilities(hot, "elsewhere")
+	close(h.gate)
+	if err != nil || !slices.Contains(caps, "completion") {
+		t.Errorf("a plain chat's capabilities while the confirm reads the model again: %v, %v; want the cache's at once", caps, err)
+	}
+	if !<-confirmed {
+		t.Error("the refused call: not sent straight after its confirm")
 	}
 }

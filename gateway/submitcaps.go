@@ -59,7 +59,8 @@ const confirmWait = modelPollWait
 // /api/show read again only when its digest there is another than the cached answer's,
 // or that answer is older than capsTTL (capabilities). A model the own list lacks (one
 // only another Mac has) has no digest here to tell a change by: its /api/show is read
-// again from that Mac (a look-up under way is shared). Not ok when the target cannot be
+// again from that Mac (capsReread: beside the cache's answer, which serves the calls it
+// allows meanwhile). Not ok when the target cannot be
 // asked now (a check just got no answer, the re-read fails or takes longer than
 // confirmWait, the /api/show fails) or no longer lists the model: the caller then
 // refuses nothing, and Ollama answers the job in its turn.
@@ -73,9 +74,13 @@ func (s *Server) confirmCapabilities(ctx context.Context, model string) (caps []
 	}
 	cctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	// The answer is this look-up's own, not the map's after it: a confirm that came later
-	// may have begun another there.
-	e, err := s.capsLookUp(cctx, model, !s.inv.HasModel(model))
+	// The answer is this look-up's own, not the map's after it: a look-up that came
+	// later may have begun another there.
+	lookUp := s.capsLookUp
+	if !s.inv.HasModel(model) {
+		lookUp = s.capsReread
+	}
+	e, err := lookUp(cctx, model)
 	if err != nil || e.err != nil || e.digest != s.modelDigest(model) {
 		return nil, false, false
 	}
