@@ -51,6 +51,8 @@ const showTimeout = 5 * time.Second
 type modelCaps struct {
 	mu sync.Mutex
 	m  map[string]*capsEntry
+	// rereads are the re-reads under way beside m's entries (capsReread).
+	rereads map[string]*capsEntry
 }
 
 type capsEntry struct {
@@ -94,6 +96,17 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 // the model changes under its name (modelDigest); err says why they are not known (no
 // target has the model, the look-up failed, the caller left).
 func (s *Server) capabilities(ctx context.Context, model string) ([]string, error) {
+	e, err := s.capsLookUp(ctx, model)
+	if err != nil {
+		return nil, err
+	}
+	return e.caps, e.err
+}
+
+// capsLookUp is capabilities' entry for model, ready. err is only why the entry is not
+// had (no target has the model, the caller left): the look-up's own failure is the
+// entry's.
+func (s *Server) capsLookUp(ctx context.Context, model string) (*capsEntry, error) {
 	target, err := s.capsTarget(ctx, model)
 	if err != nil {
 		return nil, err
@@ -117,7 +130,52 @@ func (s *Server) capabilities(ctx context.Context, model string) ([]string, erro
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-	return e.caps, e.err
+	return e, nil
+}
+
+// capsReread reads model's capabilities again from /api/show, however fresh the
+// cache's answer (confirmCapabilities, for a model only another Mac has, whose digest
+// tells nothing here). It runs beside the cache's entry, which serves the other calls
+// meanwhile, and replaces it once it succeeds, as a background refresh does
+// (refreshCaps); a failed one leaves it. Confirms at once share one re-read. err is
+// only why the answer is not had (no target has the model, the caller left).
+func (s *Server) capsReread(ctx context.Context, model string) (*capsEntry, error) {
+	target, err := s.capsTarget(ctx, model)
+	if err != nil {
+		return nil, err
+	}
+	name := ollama.NormalizeModel(model)
+	s.caps.mu.Lock()
+	e := s.caps.rereads[name]
+	if e == nil {
+		e = &capsEntry{ready: make(chan struct{}), digest: s.modelDigest(model)}
+		if s.caps.rereads == nil {
+			s.caps.rereads = map[string]*capsEntry{}
+		}
+		s.caps.rereads[name] = e
+		s.caps.mu.Unlock()
+		// On no caller's context, as lookUpCaps: the others waiting must not meet its hang-up.
+		e.caps, e.remote, e.err = showCapabilities(context.WithoutCancel(ctx), target, model)
+		e.at = time.Now()
+		close(e.ready)
+		s.caps.mu.Lock()
+		delete(s.caps.rereads, name)
+		if e.err == nil || errors.Is(e.err, errNoCapabilities) {
+			if s.caps.m == nil {
+				s.caps.m = map[string]*capsEntry{}
+			}
+			s.caps.m[name] = e
+		}
+		s.caps.mu.Unlock()
+	} else {
+		s.caps.mu.Unlock()
+	}
+	select {
+	case <-e.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return e, nil
 }
 
 // capsTarget is the target whose /api/show tells model's capabilities: the own one when

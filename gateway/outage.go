@@ -90,6 +90,18 @@ func (s *Server) confirmed(ctx context.Context, o outage) bool {
 // A poll that got no answer in time (not the caller leaving) stands as a check's verdict
 // (downStands).
 func (s *Server) refreshOwn(ctx context.Context, bound time.Duration) error {
+	return s.pollOwn(ctx, bound, s.inv.Refresh)
+}
+
+// refreshOwnAfter is refreshOwn with a poll begun after the call (Inventory.RefreshAfter),
+// for a judgement that must see a change made just before it: a poll in flight may have
+// read the model list before it.
+func (s *Server) refreshOwnAfter(ctx context.Context, bound time.Duration) error {
+	return s.pollOwn(ctx, bound, s.inv.RefreshAfter)
+}
+
+// pollOwn is refreshOwn with refresh, the inventory's way to poll.
+func (s *Server) pollOwn(ctx context.Context, bound time.Duration, refresh func(context.Context) error) error {
 	if !s.inv.Snapshot().DownSince.IsZero() && (bound == 0 || bound > s.outageChecks.probe) {
 		bound = s.outageChecks.probe
 	}
@@ -99,7 +111,7 @@ func (s *Server) refreshOwn(ctx context.Context, bound time.Duration) error {
 		pctx, cancel = context.WithTimeout(ctx, bound)
 		defer cancel()
 	}
-	err := s.inv.Refresh(pctx)
+	err := refresh(pctx)
 	if errors.Is(err, context.DeadlineExceeded) && ctx.Err() == nil {
 		s.outageChecks.noAnswer()
 	}

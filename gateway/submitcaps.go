@@ -54,9 +54,13 @@ const confirmWait = modelPollWait
 
 // confirmCapabilities are model's capabilities as the target has them now, for a refusal
 // that must not rest on an answer about a model since replaced under its name: the model
-// list is read again (as requireModel reads it for a model it lacks), and the model's
+// list is read again by a poll begun after the call (one in flight may have read it
+// before the model was created again: it is waited for, and the next one shared), and the model's
 // /api/show read again only when its digest there is another than the cached answer's,
-// or that answer is older than capsTTL (capabilities). Not ok when the target cannot be
+// or that answer is older than capsTTL (capabilities). A model the own list lacks (one
+// only another Mac has) has no digest here to tell a change by: its /api/show is read
+// again from that Mac (capsReread: beside the cache's answer, which serves the calls it
+// allows meanwhile). Not ok when the target cannot be
 // asked now (a check just got no answer, the re-read fails or takes longer than
 // confirmWait, the /api/show fails) or no longer lists the model: the caller then
 // refuses nothing, and Ollama answers the job in its turn.
@@ -65,15 +69,22 @@ func (s *Server) confirmCapabilities(ctx context.Context, model string) (caps []
 		return nil, false, false // the re-read would go unanswered too
 	}
 	deadline := time.Now().Add(confirmWait)
-	if err := s.refreshOwn(ctx, confirmWait); err != nil || !s.inv.Reachable() {
+	if err := s.refreshOwnAfter(ctx, confirmWait); err != nil || !s.inv.Reachable() {
 		return nil, false, false
 	}
 	cctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	if _, err := s.capabilities(cctx, model); err != nil {
+	// The answer is this look-up's own, not the map's after it: a look-up that came
+	// later may have begun another there.
+	lookUp := s.capsLookUp
+	if !s.inv.HasModel(model) {
+		lookUp = s.capsReread
+	}
+	e, err := lookUp(cctx, model)
+	if err != nil || e.err != nil || e.digest != s.modelDigest(model) {
 		return nil, false, false
 	}
-	return s.cachedCapabilities(model)
+	return e.caps, e.remote, true
 }
 
 // lackingRefusal is Ollama's (v0.17.4) first refusal of body, a call of kind asking its

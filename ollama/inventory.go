@@ -85,6 +85,8 @@ type Inventory struct {
 	mu       sync.Mutex
 	snap     Snapshot
 	inflight *pollCall
+	// next is the poll RefreshAfter callers wait for while inflight runs: begun as it ends.
+	next *pollCall
 	// aliasFailing is set while the polls fail to read the aliases (warned once).
 	aliasFailing bool
 }
@@ -161,12 +163,48 @@ func (i *Inventory) Refresh(ctx context.Context) error {
 	}
 }
 
-// share runs the poll c stands for and hands its error to every caller waiting on it.
+// RefreshAfter is Refresh with a poll begun after the call: a poll in flight began
+// before it and may have read the model list before a change the caller must see (a
+// model created again under its name just now). Its callers then wait for the next poll,
+// which that poll's end begins: one poll more however many wait. It returns that poll's
+// error.
+func (i *Inventory) RefreshAfter(ctx context.Context) error {
+	i.mu.Lock()
+	if i.inflight == nil {
+		i.mu.Unlock()
+		return i.Refresh(ctx)
+	}
+	if i.next == nil {
+		i.next = &pollCall{done: make(chan struct{})}
+	}
+	c := i.next
+	i.mu.Unlock()
+	select {
+	case <-c.done:
+		return c.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// share runs the poll c stands for and hands its error to every caller waiting on it,
+// then begins the next poll when RefreshAfter callers wait for one.
 func (i *Inventory) share(c *pollCall) {
 	defer i.polls.Done()
 	c.err = i.poll(i.life)
 	i.mu.Lock()
 	i.inflight = nil
+	if n := i.next; n != nil {
+		i.next = nil
+		if i.life.Err() != nil {
+			n.err = errStopped
+			close(n.done)
+		} else {
+			i.inflight = n
+			i.polls.Add(1)
+			go i.share(n)
+		}
+	}
 	i.mu.Unlock()
 	close(c.done)
 }

@@ -254,6 +254,34 @@ func TestInventoryRefreshSharesInFlightPoll(t *testing.T) {
 	})
 }
 
+// RefreshAfter does not take a poll begun before it (which may have read the list before
+// a change its caller must see): it waits for it, and its callers share the next one, a
+// single poll more however many wait.
+func TestInventoryRefreshAfterTakesTheNextPoll(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		bc := &blockingClient{release: make(chan struct{})}
+		inv := ollama.NewInventory(ollama.InventoryConfig{Client: bc})
+		ctx := context.Background()
+		errs := make(chan error, 4)
+		go func() { errs <- inv.Refresh(ctx) }()
+		synctest.Wait() // the first poll is blocked in Tags
+		for range 3 {
+			go func() { errs <- inv.RefreshAfter(ctx) }()
+		}
+		synctest.Wait() // the three wait for the poll under way
+		close(bc.release)
+		for range 4 {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if n := bc.calls.Load(); n != 2 {
+			t.Fatalf("Tags calls = %d, want 2: the poll under way, then one the three share", n)
+		}
+	})
+}
+
 // The caller that starts a shared poll may hang up: the poll goes on for the callers
 // waiting on it, and only the one who left gets its context's error.
 func TestInventoryRefreshOutlivesFirstCaller(t *testing.T) {
@@ -307,6 +335,33 @@ func TestInventoryRunEndStopsSharedPoll(t *testing.T) {
 		}
 		if err := inv.Refresh(context.Background()); err == nil {
 			t.Fatal("Refresh after Run ended polled")
+		}
+		if n := bc.calls.Load(); n != 1 {
+			t.Errorf("Tags calls = %d, want 1", n)
+		}
+	})
+}
+
+// A RefreshAfter caller waiting for the next poll when Run ends gets an error, and no
+// poll begins after Run's end.
+func TestInventoryRunEndAnswersRefreshAfter(t *testing.T) {
+	t.Parallel()
+	synctest.Test(t, func(t *testing.T) {
+		bc := &blockingClient{release: make(chan struct{})}
+		inv := ollama.NewInventory(ollama.InventoryConfig{Client: bc})
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- inv.Run(ctx) }()
+		synctest.Wait() // Run's first poll is blocked in Tags
+		after := make(chan error, 1)
+		go func() { after <- inv.RefreshAfter(context.Background()) }()
+		synctest.Wait()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		if err := <-after; err == nil {
+			t.Fatal("RefreshAfter waiting when Run ended: no error")
 		}
 		if n := bc.calls.Load(); n != 1 {
 			t.Errorf("Tags calls = %d, want 1", n)

@@ -245,3 +245,24 @@ console.log(JSON.stringify([
 		}
 	}
 }
+
+// A pause that a restart ends says what comes first, as foreman queue and top say it: on
+// a data directory gone read-only (its error names the read-only file system) the disk's
+// repair, not room (ADR-0139); on a full disk, room.
+func TestStatusPageRestartAdviceNamesAReadOnlyDisk(t *testing.T) {
+	t.Parallel()
+	ro := `JetStream stream 'FOREMAN > FOREMAN_QUEUE' write error: open /data/jetstream/x: read-only file system`
+	full := `JetStream stream 'FOREMAN > FOREMAN_QUEUE' write error: write /data/jetstream/x: no space left on device`
+	got := runScript(t, fmt.Sprintf(`console.log(restartAdvice({restart_needed: true, error: %q}));
+console.log(restartAdvice({restart_needed: true, error: %q}));`, ro, full))
+	lines := strings.Split(got, "\n")
+	if len(lines) != 2 {
+		t.Fatalf("probe printed %q", got)
+	}
+	if !strings.Contains(lines[0], "read-only") || strings.Contains(lines[0], "room") {
+		t.Errorf("advice for a read-only data directory: %q, want the disk fixed, not room", lines[0])
+	}
+	if !strings.Contains(lines[1], "room") {
+		t.Errorf("advice for a full disk: %q, want room", lines[1])
+	}
+}

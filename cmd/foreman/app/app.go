@@ -39,6 +39,8 @@ type App struct {
 	inv     *ollama.Inventory
 	// known is the target's model list as stored in broker.KnownModelsBucket (ADR-0047).
 	known knownModels
+	// published is the target's entry as last published (publishTarget).
+	published publishedTarget
 	// clients are the other foremen's targets, by URL (targetClient), those of the
 	// targets live at the last poll (pruneClients).
 	clientsMu sync.Mutex

@@ -1,7 +1,9 @@
 package app
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"net/url"
 	"os"
 	"slices"
@@ -56,21 +58,66 @@ func (a *App) onPoll(ctx context.Context, snap ollama.Snapshot) {
 	a.rememberModels(ctx, snap)
 }
 
+// publishSpacing is the least time between two publishes of an unchanged target entry.
+// A poll made on demand (a refusal confirmed against the model list, ADR-0129; a call
+// for a model the list lacks) may come with each call of a flood, and each publish is a
+// synced write of the entry (its /api/tags and /api/ps bodies: kilobytes) and two reads
+// of the targets' bucket; the entry lives three poll intervals, so a second more of its
+// age changes nothing.
+const publishSpacing = time.Second
+
+// publishedTarget is a target entry as published, and when.
+type publishedTarget struct {
+	entry []byte // the entry's JSON, without the store's stamps
+	at    time.Time
+}
+
 // publishTarget tells every foreman on the NATS what this target has and has loaded
 // (ADR-0029). Before a poll of this run succeeded, its models are the remembered ones,
 // published unreachable as after a failed poll: the other foremen then queue jobs for
-// them, as this one does, and leave them to run here (ADR-0047).
+// them, as this one does, and leave them to run here (ADR-0047). An entry published
+// unchanged within publishSpacing is not published again (nor the others read).
 func (a *App) publishTarget(ctx context.Context, snap ollama.Snapshot) {
 	t := a.targetOf(snap)
+	entry := entryKey(t)
+	now := time.Now()
+	if bytes.Equal(entry, a.published.entry) && now.Sub(a.published.at) < publishSpacing {
+		return
+	}
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if err := a.store.PublishTarget(pctx, t); err == nil {
+		a.published = publishedTarget{entry: entry, at: now}
 		a.publishFails.Worked(a.log, "publish target inventory")
 	} else if ctx.Err() == nil {
 		a.publishFails.Failed(a.log, "publish target inventory", err, "target", t.Name)
 	}
 	a.targetEndpoints(pctx) // learn the other targets at each poll, not only when a webhook dials
 	a.pruneClients(pctx)
+}
+
+// entryKey is target entry t as compared with the one last published: its lists in any
+// order, as Ollama lists models of the same modified_at in an order of its own from one
+// poll to the next.
+func entryKey(t broker.Target) []byte {
+	t.Models, t.Loaded = slices.Sorted(slices.Values(t.Models)), slices.Sorted(slices.Values(t.Loaded))
+	t.Tags, t.Ps = sortedModels(t.Tags), sortedModels(t.Ps)
+	b, _ := json.Marshal(t) // a Target always marshals
+	return b
+}
+
+// sortedModels is an /api/tags or /api/ps body with its models in byte order; raw when
+// it does not parse.
+func sortedModels(raw json.RawMessage) json.RawMessage {
+	var body map[string]json.RawMessage
+	var models []json.RawMessage
+	if json.Unmarshal(raw, &body) != nil || json.Unmarshal(body["models"], &models) != nil {
+		return raw
+	}
+	slices.SortFunc(models, func(a, b json.RawMessage) int { return bytes.Compare(a, b) })
+	body["models"], _ = json.Marshal(models)
+	out, _ := json.Marshal(body)
+	return out
 }
 
 // targetOf is this foreman's target entry as poll snap finds it.

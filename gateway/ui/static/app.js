@@ -248,6 +248,17 @@ const PAUSE_REASONS = {
   target_busy: "Ollama answers that it is busy",
 };
 
+// restartAdvice is what a pause that only a restart ends (restart_needed) asks of the
+// operator first: a data directory gone read-only after a disk error (the store's error
+// names the read-only file system, ADR-0139) needs its disk fixed, which room would not
+// do; as foreman queue and top say it.
+function restartAdvice(p) {
+  if ((p.error || "").includes("read-only file system")) {
+    return "Fix its disk (its data directory went read-only), then restart foreman.";
+  }
+  return "Restart foreman, once its disk has room if it is full.";
+}
+
 // A paused worker: why, for how long, and the error; hidden while it runs. A pause that
 // only a restart of foreman ends (restart_needed) says so: it never resumes by itself.
 function renderPaused(p) {
@@ -261,7 +272,7 @@ function renderPaused(p) {
   const since = " for " + fmtDur(nowMs() - ms(p.since));
   replaceChildren(box, p.restart_needed ? [
     el("span", { class: "why" }, "Worker stopped: the job store cannot write until foreman is restarted"),
-    since + "; it does not resume by itself. Restart foreman, once its disk has room if it is full. ",
+    since + "; it does not resume by itself. " + restartAdvice(p) + " ",
     field(p.error || "", { class: "err" }),
   ] : [
     el("span", { class: "why" }, "Worker paused: ", PAUSE_REASONS[p.reason] || field(p.reason)),
