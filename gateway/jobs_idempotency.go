@@ -99,17 +99,30 @@ const maxKeyTurns = 16
 // before keys were per program claimed it ("" when no such claim can be stored,
 // legacyIdempotencyKey): a claim under it is the key's when its job is program's (the
 // request's), and is never written anew.
-func (s *Server) claimKey(ctx context.Context, key, legacy, program string, claim broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
-	end := time.Now().Add(claim.Within) // the submit's deadline, on the monotonic clock
+//
+// With claim nil it only finds: the job the key names for a request the submit's checks
+// refused (ADR-0140), "" when it names none, and the refusal stands. The same digests,
+// legacy keys and waits for a claim in flight apply, but no claim is written and none
+// orphaned is taken over: that request makes no job. Another body's claim is no replay
+// then (the refusal stands, as it did when the checks came first).
+func (s *Server) claimKey(ctx context.Context, key, legacy, program string, claim *broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
+	var end time.Time
+	if claim != nil {
+		c := *claim
+		claim = &c
+		end = time.Now().Add(claim.Within) // the submit's deadline, on the monotonic clock
+	}
 	for range maxKeyTurns {
-		// A claim made again, after waiting for another request's, has that much less
-		// time left: its claim is live for no longer than this request.
-		claim.Within = time.Until(end)
-		under, got, created, err := s.claimOrFind(ctx, key, legacy, claim)
+		if claim != nil {
+			// A claim made again, after waiting for another request's, has that much less
+			// time left: its claim is live for no longer than this request.
+			claim.Within = time.Until(end)
+		}
+		under, got, free, err := s.claimOrFind(ctx, key, legacy, claim)
 		if err != nil {
 			return "", err
 		}
-		if created {
+		if free {
 			return "", nil
 		}
 		if !sums.match(got) {
@@ -118,6 +131,9 @@ func (s *Server) claimKey(ctx context.Context, key, legacy, program string, clai
 				// namespace of then: a body of its own is no reuse of this program's key.
 				legacy = ""
 				continue
+			}
+			if claim == nil {
+				return "", nil // the key names another body's job: not this request's
 			}
 			return "", refuse(ErrKeyReused, "Idempotency-Key was already used with a different request body")
 		}
@@ -145,6 +161,11 @@ func (s *Server) claimKey(ctx context.Context, key, legacy, program string, clai
 			}
 			return got.JobID, nil
 		case claimOrphaned:
+			if claim == nil {
+				// Its job never came to be: the key names no job, and a request the
+				// checks refused makes none.
+				return "", nil
+			}
 			// The key names a job that never came to be (its first request died between
 			// the claim and the submit, and its deadline has passed): take it over.
 			if err := s.store.ReleaseIdempotencyKey(ctx, under, got.JobID); err != nil {
@@ -156,9 +177,11 @@ func (s *Server) claimKey(ctx context.Context, key, legacy, program string, clai
 }
 
 // claimOrFind is a claim of key for claim, unless legacy (when not "") holds one: then
-// that one, found, is the key's. It returns the key of the claim it returns. A claim
-// under legacy is only read: this foreman's own claims go under key.
-func (s *Server) claimOrFind(ctx context.Context, key, legacy string, claim broker.IdempotencyClaim) (string, broker.IdempotencyClaim, bool, error) {
+// that one, found, is the key's. It returns the key of the claim it returns, and free
+// when the key is the request's: claimed now, or, with claim nil (a find: nothing is
+// written), claimed by no request. A claim under legacy is only read: this foreman's own
+// claims go under key.
+func (s *Server) claimOrFind(ctx context.Context, key, legacy string, claim *broker.IdempotencyClaim) (under string, got broker.IdempotencyClaim, free bool, err error) {
 	if legacy != "" {
 		got, err := s.store.IdempotencyKeyClaim(ctx, legacy)
 		if err == nil {
@@ -168,8 +191,15 @@ func (s *Server) claimOrFind(ctx context.Context, key, legacy string, claim brok
 			return "", broker.IdempotencyClaim{}, false, err
 		}
 	}
-	got, created, err := s.store.ClaimIdempotencyKey(ctx, key, claim)
-	return key, got, created, err
+	if claim == nil {
+		got, err := s.store.IdempotencyKeyClaim(ctx, key)
+		if errors.Is(err, broker.ErrNotFound) {
+			return key, broker.IdempotencyClaim{}, true, nil
+		}
+		return key, got, false, err
+	}
+	got, free, err = s.store.ClaimIdempotencyKey(ctx, key, *claim)
+	return key, got, free, err
 }
 
 // legacyIdempotencyKey is the key a request's Idempotency-Key (key) was claimed under by

@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -154,7 +156,8 @@ func valueEnd(raw []byte, i int) int {
 }
 
 // parseSubmission checks a job request and separates foreman's fields from the target's;
-// the webhook URL is checked against policy.
+// the webhook URL is checked against policy (nil: by its form only), whose refusal is a
+// policyRefusal.
 func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	members, err := objectMembers(raw)
 	if err != nil {
@@ -355,7 +358,8 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 }
 
 // checkWebhookURL accepts absolute http(s) URLs whose literal address (or localhost-style
-// name) the webhook network policy allows; names are checked again at every dial.
+// name) the webhook network policy allows (any, with policy nil); names are checked again
+// at every dial.
 func checkWebhookURL(raw string, policy *webhook.Policy) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" {
@@ -383,11 +387,20 @@ func checkWebhookURL(raw string, policy *webhook.Policy) error {
 		// pass the address checks below that its ASCII form fails.
 		return badRequest(fmt.Sprintf("state_webhook_url %q: the host name must be ASCII (an international name in its xn-- form)", clipInput(raw)))
 	}
+	if policy == nil {
+		return nil
+	}
 	if err := policy.CheckURL(u); err != nil {
-		return badRequest(fmt.Sprintf("state_webhook_url %q: %v", clipInput(raw), err))
+		return policyRefusal{badRequest(fmt.Sprintf("state_webhook_url %q: %v", clipInput(raw), err))}
 	}
 	return nil
 }
+
+// policyRefusal is a webhook URL the network policy refuses (a 400): a setting's word,
+// which may have changed since a keyed request's first try took the URL (submitJob).
+type policyRefusal struct{ error }
+
+func (e policyRefusal) Unwrap() error { return e.error }
 
 // isASCII reports whether s holds ASCII bytes only.
 func isASCII(s string) bool {
@@ -433,41 +446,51 @@ func writeMembersWith(w io.Writer, ms []member, value func([]byte)) {
 }
 
 // submitJob validates a job request, checks its model with the target and queues it. A
-// repeated idempotency key returns the job the key first created (replayed = true). hdr
-// is the HTTP request's header (nil over NATS); ctx carries a named token's program.
+// repeated idempotency key returns the job the key first created (replayed = true), also
+// when the checks would refuse the request now (ADR-0140). hdr is the HTTP request's
+// header (nil over NATS); ctx carries a named token's program.
 func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr http.Header) (id string, replayed bool, err error) {
+	// refused is a refusal that the job the request's key already names overrides: what
+	// changed since its first try (a setting, the target's models) does not turn a retry
+	// away from the job that try made.
+	var refused error
 	sub, err := parseSubmission(raw, &s.cfg.WebhookPolicy)
 	if err != nil {
-		return "", false, err
+		var policy policyRefusal
+		if idemKey == "" || !errors.As(err, &policy) {
+			return "", false, err
+		}
+		// The webhook URL is refused by the network policy. When that is the body's one
+		// fault, the key may name a job made under a policy that took it.
+		if sub, _ = parseSubmission(raw, nil); sub == nil {
+			return "", false, err
+		}
+		refused = err
 	}
+	// fail answers a refusal of the request, the body's own first.
+	fail := func(err error) (string, bool, error) { return "", false, cmp.Or(refused, err) }
 	who, err := callerOf(ctx, hdr, sub.program, sub.priority, s.cfg.JobsPriority)
 	if err != nil {
-		return "", false, err
+		return fail(err)
 	}
+	// A program the caller may not name refuses the request whatever its key names: the
+	// key is the program's, and its job is no other caller's to be told.
 	if err := s.namedProgramCheck(ctx, who.program); err != nil {
-		return "", false, err
+		return fail(err)
 	}
 	if len(idemKey) > maxIdempotencyKey {
-		return "", false, badRequest(fmt.Sprintf("Idempotency-Key: longer than %d bytes", maxIdempotencyKey))
+		return fail(badRequest(fmt.Sprintf("Idempotency-Key: longer than %d bytes", maxIdempotencyKey)))
 	}
-	model, err := s.queueableModel(ctx, sub.kind, sub.model)
-	if err == nil {
-		err = s.refuseNoImages(ctx, sub.kind, model)
+	var model string
+	if refused == nil {
+		model, refused = s.checkQueueable(ctx, sub)
 	}
-	if err == nil {
-		err = sub.inf.refused
-	}
-	if err == nil {
-		err = s.refuseNoCompletion(ctx, sub.kind, model, sub.model, sub.body)
-	}
-	if err == nil {
-		err = s.refuseLacking(ctx, sub.kind, model, sub.model, sub.inf.asks, sub.body)
-	}
-	if err == nil {
-		err = s.refuseBadFormat(ctx, sub.kind, model, sub.inf)
-	}
-	if err != nil {
-		return "", false, err
+	if refused != nil {
+		// Only now is the key read: a submit the checks pass costs what it did.
+		if replay, err := s.refusedReplay(ctx, idemKey, who.program, sub); err != nil || replay != "" {
+			return replay, replay != "", err
+		}
+		return "", false, refused
 	}
 	job := &broker.Job{ID: s.store.NewID(), Model: model, Kind: sub.kind, Webhook: sub.webhook, Priority: who.priority, Program: who.program,
 		LoadOptions: sub.inf.opts}
@@ -478,7 +501,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 		until, within := submitDeadline(ctx)
 		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: until, Within: within,
 			Boot: s.store.BootID()}
-		replay, err := s.claimKey(ctx, idemKey, legacyKey, who.program, claim, sums, sub.body)
+		replay, err := s.claimKey(ctx, idemKey, legacyKey, who.program, &claim, sums, sub.body)
 		if err != nil {
 			return "", false, err
 		}
@@ -503,6 +526,43 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 	s.log.Info("job submitted", "job_id", j.ID, "model", j.Model, "kind", j.Kind, "webhook", j.Webhook != nil,
 		"program", j.Program, "priority", string(j.Priority))
 	return j.ID, false, nil
+}
+
+// checkQueueable returns the model sub's job is queued under, or what refuses sub, a
+// checked body, before it is queued, read from the target and its inventory: the model
+// and what it can do. Those may change between a keyed request's tries (submitJob).
+func (s *Server) checkQueueable(ctx context.Context, sub *submission) (string, error) {
+	m, err := s.queueableModel(ctx, sub.kind, sub.model)
+	if err == nil {
+		err = s.refuseNoImages(ctx, sub.kind, m)
+	}
+	if err == nil {
+		err = sub.inf.refused
+	}
+	if err == nil {
+		err = s.refuseNoCompletion(ctx, sub.kind, m, sub.model, sub.body)
+	}
+	if err == nil {
+		err = s.refuseLacking(ctx, sub.kind, m, sub.model, sub.inf.asks, sub.body)
+	}
+	if err == nil {
+		err = s.refuseBadFormat(ctx, sub.kind, m, sub.inf)
+	}
+	return m, err
+}
+
+// refusedReplay is the job idemKey (when not "") names for program's request sub, which
+// the checks refused: a replay of it, or "" when the key names none and the refusal
+// stands. It claims nothing (claimKey with no claim).
+func (s *Server) refusedReplay(ctx context.Context, idemKey, program string, sub *submission) (string, error) {
+	if idemKey == "" {
+		return "", nil
+	}
+	replay, err := s.claimKey(ctx, scopedIdempotencyKey(program, idemKey), s.legacyIdempotencyKey(idemKey), program, nil, digestsOf(sub), sub.body)
+	if replay != "" {
+		s.log.Info("job replayed to a keyed request the checks refuse now", "job_id", replay, "program", program)
+	}
+	return replay, err
 }
 
 // scopedIdempotencyKey is the key a request's Idempotency-Key is claimed under: one per
