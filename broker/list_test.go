@@ -512,7 +512,7 @@ func TestListFinishedSkipsWaitingJobsUnread(t *testing.T) {
 		}
 		queued = append([]string{j.ID}, queued...)
 	}
-	if _, err := b.Store.Resubmit(ctx, queued[0], []byte(`{}`)); err != nil { // its rewrite says the state again
+	if _, err := b.Store.Resubmit(ctx, queued[0], asSent([]byte(`{}`))); err != nil { // its rewrite says the state again
 		t.Fatal(err)
 	}
 	var reads atomic.Int64

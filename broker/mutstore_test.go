@@ -527,7 +527,7 @@ func TestResubmitRestoresAGoneBody(t *testing.T) {
 		if bodyInfo(t, b, j.BodyRef) != nil {
 			t.Fatalf("%s: the body is still there: the test shows nothing", what)
 		}
-		if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
+		if _, err := b.Store.Resubmit(ctx, j.ID, asSent(largeBody("m"))); err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
 		if bodyInfo(t, b, j.BodyRef) == nil {
@@ -550,7 +550,7 @@ func TestResubmitReadsPastOtherJobsMessages(t *testing.T) {
 		submit(t, b.Store, "m", `{"model":"m"}`)
 	}
 	lost := halfSubmitted(t, b, "m")
-	if _, err := b.Store.Resubmit(ctx, lost.ID, largeBody("m")); err != nil {
+	if _, err := b.Store.Resubmit(ctx, lost.ID, asSent(largeBody("m"))); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != 4 {

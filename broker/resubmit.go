@@ -19,9 +19,12 @@ import (
 // made it. From half the window on, and for a job whose body is stored apart, the queue
 // is searched for the job's message first (queuedMessage) and the job is published again
 // only without one (a copy stored beside the first one would hold a second place in the
-// queue). body is the request body, the same as the first request's (the idempotency
-// key's digest says so); for a message the job has, a large one is stored again only when
-// its object is gone. It returns the job as found.
+// queue). bodyOf gives the body the job was queued with, from its record: the retry's
+// request is the first one's (the idempotency key's digest says so), but what was queued
+// may be more, as of the record (a gateway's body naming the model an alias was queued
+// under, Job.Model: ADR-0068), and a retry, whose checks may not even have resolved the
+// model (ADR-0140), knows it from there. For a message the job has, a large body is
+// stored again only when its object is gone. It returns the job as found.
 //
 // A job queued again ages from now, as Requeue's does: its record is rewritten (as
 // Refresh does) and a large body stored again before the publish. Left as old as the
@@ -30,7 +33,7 @@ import (
 // record, read from its leader, still says the job waits: one that ended since the
 // first read (a run acked, Finish dropping its body) has no message for that reason, and
 // a body stored again, or a message, would outlive it for a TTL.
-func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, error) {
+func (s *Store) Resubmit(ctx context.Context, id string, bodyOf func(*Job) []byte) (*Job, error) {
 	j, _, err := s.Get(ctx, id)
 	if err != nil {
 		return nil, err
@@ -38,6 +41,7 @@ func (s *Store) Resubmit(ctx context.Context, id string, body []byte) (*Job, err
 	if j.State != StateQueued {
 		return j, nil
 	}
+	body := bodyOf(j)
 	key, err := KeyOf(j, body)
 	if err != nil {
 		return nil, err

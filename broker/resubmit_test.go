@@ -95,7 +95,7 @@ func TestResubmitRefreshesTheJobsAge(t *testing.T) {
 	}
 	stored := bodyInfo(t, b, lost.BodyRef)
 
-	if _, err := b.Store.Resubmit(ctx, lost.ID, largeBody("m")); err != nil {
+	if _, err := b.Store.Resubmit(ctx, lost.ID, asSent(largeBody("m"))); err != nil {
 		t.Fatal(err)
 	}
 	got, newRev, rewritten, err := b.Store.GetWritten(ctx, lost.ID)
@@ -122,7 +122,7 @@ func TestResubmitReadsTheQueueFromTheJobOn(t *testing.T) {
 	b, j := newJobBehind(t, ahead)
 	ctx := ctxT(t)
 	n := queueReads(t, b, func() {
-		if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
+		if _, err := b.Store.Resubmit(ctx, j.ID, asSent(largeBody("m"))); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -149,7 +149,7 @@ func TestResubmitPastALaggingReplica(t *testing.T) {
 			j := submitLarge(t, b, "m")
 			stored := bodyInfo(t, b, j.BodyRef)
 			lagStreamReads(t, b, stream, func(*nats.Msg) *nats.Msg { return nil })
-			if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
+			if _, err := b.Store.Resubmit(ctx, j.ID, asSent(largeBody("m"))); err != nil {
 				t.Fatal(err)
 			}
 			if got := bodyInfo(t, b, j.BodyRef); got == nil || got.NUID != stored.NUID {
@@ -203,7 +203,7 @@ func TestResubmitOfAJobThatEndedMeanwhile(t *testing.T) {
 			jetstream.TimeStampHeaer: []string{queued.Created().Format(time.RFC3339Nano)},
 		}}
 	})
-	got, err := b.Store.Resubmit(ctx, j.ID, largeBody("m"))
+	got, err := b.Store.Resubmit(ctx, j.ID, asSent(largeBody("m")))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -290,7 +290,7 @@ func TestResubmitPastAQueueLeaderClockBehind(t *testing.T) {
 	stored := bodyInfo(t, b, j.BodyRef)
 
 	b.Store.ShiftQueueLook(time.Hour)
-	if _, err := b.Store.Resubmit(ctx, j.ID, largeBody("m")); err != nil {
+	if _, err := b.Store.Resubmit(ctx, j.ID, asSent(largeBody("m"))); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
@@ -398,7 +398,7 @@ func TestResubmitsRacingEachOther(t *testing.T) {
 	for range racers {
 		go func() {
 			<-start
-			got, err := b.Store.Resubmit(ctx, j.ID, []byte(`{}`))
+			got, err := b.Store.Resubmit(ctx, j.ID, asSent([]byte(`{}`)))
 			if err == nil && got.State != broker.StateQueued {
 				err = errors.New("job not queued: " + string(got.State))
 			}
@@ -419,3 +419,97 @@ func TestResubmitsRacingEachOther(t *testing.T) {
 		t.Fatalf("queue holds %d messages (%v), want the job's one", n, err)
 	}
 }
+
+// asSent is a Resubmit's body of a job queued with body as it came, whatever its record.
+func asSent(body []byte) func(*broker.Job) []byte {
+	return func(*broker.Job) []byte { return body }
+}
+
+// A resubmit stores and queues the body its caller makes of the job's record (a
+// gateway's body naming the model an alias was queued under, ADR-0068), in each of its
+// paths: a job without its message (published again, its body stored again when stored
+// apart), and one whose message is there and stored body gone (the body stored again).
+func TestResubmitQueuesTheBodyOfTheRecord(t *testing.T) {
+	t.Parallel()
+	bodyOf := func(j *broker.Job) []byte {
+		sent := `{"model":"` + j.Model + `"}`
+		if j.BodyRef != "" {
+			sent = string(largeBody(j.Model))
+		}
+		return []byte(strings.TrimSuffix(sent, "}") + `,"model":"` + j.Model + `:latest"}`)
+	}
+	for _, c := range []struct {
+		name            string
+		stored, message bool
+	}{{"inline", false, false}, {"stored", true, false}, {"stored-message-there", true, true}} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			b := newResubmitBundle(t)
+			ctx := ctxT(t)
+			id := broker.NewID()
+			j := &broker.Job{ID: id, Model: "m", Kind: broker.KindChat}
+			if c.stored {
+				j.BodyRef = id + "/request"
+			}
+			key, err := broker.KeyOf(j, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.message {
+				msg := nats.NewMsg(broker.QueueSubject(key.String()))
+				msg.Header.Set(broker.HeaderJobID, j.ID)
+				msg.Header.Set(broker.HeaderPriority, string(key.Class))
+				msg.Header.Set(broker.HeaderModel, j.Model)
+				msg.Header.Set(broker.HeaderKind, string(j.Kind))
+				msg.Header.Set(broker.HeaderBodyRef, j.BodyRef)
+				if _, err := b.JetStream(t).PublishMsg(ctx, msg); err != nil {
+					t.Fatal(err)
+				}
+			}
+			b.CreateRecord(t, j)
+			var asked *broker.Job
+			if _, err := b.Store.Resubmit(ctx, id, func(j *broker.Job) []byte { asked = j; return bodyOf(j) }); err != nil {
+				t.Fatal(err)
+			}
+			if asked == nil || asked.ID != id || asked.Model != "m" {
+				t.Fatalf("the body was made of %+v, want the job's record", asked)
+			}
+			want := bodyOf(j)
+			got := storedBody(t, b, j.BodyRef)
+			if !c.stored {
+				m, err := b.JetStream(t).Stream(ctx, broker.QueueStream)
+				if err != nil {
+					t.Fatal(err)
+				}
+				raw, err := m.GetLastMsgForSubject(ctx, broker.QueueSubject(key.String()))
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = raw.Data
+			}
+			if !bytes.Equal(got, want) {
+				t.Fatalf("queued with the body ending %q, want %q", tail(got), tail(want))
+			}
+		})
+	}
+}
+
+// storedBody is the body stored apart as ref, nil when there is none.
+func storedBody(t *testing.T, b *brokertest.Bundle, ref string) []byte {
+	t.Helper()
+	if ref == "" {
+		return nil
+	}
+	ctx := ctxT(t)
+	obs, err := b.JetStream(t).ObjectStore(ctx, broker.ArtifactsBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := obs.GetBytes(ctx, ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return body
+}
+
+func tail(b []byte) string { return string(b[max(0, len(b)-40):]) }

@@ -544,7 +544,7 @@ func TestResubmitAfterDuplicateWindowKeepsOneMessage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := b.Store.Resubmit(ctx, j.ID, []byte(`{"model":"m"}`))
+	got, err := b.Store.Resubmit(ctx, j.ID, asSent([]byte(`{"model":"m"}`)))
 	if err != nil || got.ID != j.ID {
 		t.Fatalf("resubmit: %+v, %v", got, err)
 	}
@@ -559,7 +559,7 @@ func TestResubmitAfterDuplicateWindowKeepsOneMessage(t *testing.T) {
 	if err := b.Store.DeleteQueued(ctx, d.Seq); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.Store.Resubmit(ctx, j.ID, []byte(`{"model":"m"}`)); err != nil {
+	if _, err := b.Store.Resubmit(ctx, j.ID, asSent([]byte(`{"model":"m"}`))); err != nil {
 		t.Fatal(err)
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {
@@ -607,7 +607,7 @@ func TestResubmitOfAJobFromAClockAheadKeepsOneMessage(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got, err := b.Store.Resubmit(ctx, j.ID, []byte(`{"model":"m"}`)); err != nil || got.ID != j.ID {
+	if got, err := b.Store.Resubmit(ctx, j.ID, asSent([]byte(`{"model":"m"}`))); err != nil || got.ID != j.ID {
 		t.Fatalf("resubmit: %+v, %v", got, err)
 	}
 	if n, err := b.Store.QueueLen(ctx); err != nil || n != 1 {

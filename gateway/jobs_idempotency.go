@@ -105,7 +105,10 @@ const maxKeyTurns = 16
 // legacy keys and waits for a claim in flight apply, but no claim is written and none
 // orphaned is taken over: that request makes no job. Another body's claim is no replay
 // then (the refusal stands, as it did when the checks came first).
-func (s *Server) claimKey(ctx context.Context, key, legacy, program string, claim *broker.IdempotencyClaim, sums bodyDigests, body []byte) (replay string, err error) {
+//
+// queued is the body the key's job was queued with, from its record (queuedBodyOf): a
+// job found without its queue message is queued again with it.
+func (s *Server) claimKey(ctx context.Context, key, legacy, program string, claim *broker.IdempotencyClaim, sums bodyDigests, queued func(*broker.Job) []byte) (replay string, err error) {
 	var end time.Time
 	if claim != nil {
 		c := *claim
@@ -144,8 +147,9 @@ func (s *Server) claimKey(ctx context.Context, key, legacy, program string, clai
 		switch held {
 		case claimRecorded:
 			// A crash between the record and its queue message leaves the job queued
-			// with nothing to run it: publish it again (a duplicate is dropped).
-			j, err := s.store.Resubmit(ctx, got.JobID, body)
+			// with nothing to run it: publish it again (a duplicate is dropped), with the
+			// body it was first queued with, not the retry's as sent.
+			j, err := s.store.Resubmit(ctx, got.JobID, queued)
 			if errors.Is(err, broker.ErrNotFound) {
 				continue // its submit failed and discarded it just now: claim again
 			}

@@ -501,7 +501,7 @@ func (s *Server) submitJob(ctx context.Context, raw []byte, idemKey string, hdr 
 		until, within := submitDeadline(ctx)
 		claim := broker.IdempotencyClaim{JobID: job.ID, BodySHA256: sums.body, MembersSHA256: sums.members, Until: until, Within: within,
 			Boot: s.store.BootID()}
-		replay, err := s.claimKey(ctx, idemKey, legacyKey, who.program, &claim, sums, sub.body)
+		replay, err := s.claimKey(ctx, idemKey, legacyKey, who.program, &claim, sums, s.queuedBodyOf(sub))
 		if err != nil {
 			return "", false, err
 		}
@@ -558,11 +558,23 @@ func (s *Server) refusedReplay(ctx context.Context, idemKey, program string, sub
 	if idemKey == "" {
 		return "", nil
 	}
-	replay, err := s.claimKey(ctx, scopedIdempotencyKey(program, idemKey), s.legacyIdempotencyKey(idemKey), program, nil, digestsOf(sub), sub.body)
+	replay, err := s.claimKey(ctx, scopedIdempotencyKey(program, idemKey), s.legacyIdempotencyKey(idemKey), program, nil, digestsOf(sub),
+		s.queuedBodyOf(sub))
 	if replay != "" {
 		s.log.Info("job replayed to a keyed request the checks refuse now", "job_id", replay, "program", program)
 	}
 	return replay, err
+}
+
+// queuedBodyOf is the body sub's job was queued with, from the job's record: as bodyFor
+// made it for the model the record says it was queued under (Job.Model). A request by an
+// alias is queued under the alias's model, its body naming that model on a shared NATS
+// (ADR-0068); a keyed retry of it that queues its job again (its first message lost)
+// sends only the alias, and a retry the checks refuse now has not even resolved it
+// (ADR-0140). Queued as sent, such a job runs on another Mac without the alias as its
+// 404.
+func (s *Server) queuedBodyOf(sub *submission) func(*broker.Job) []byte {
+	return func(j *broker.Job) []byte { return s.bodyFor(sub.body, sub.model, j.Model) }
 }
 
 // scopedIdempotencyKey is the key a request's Idempotency-Key is claimed under: one per
