@@ -295,3 +295,24 @@ func TestKeyedRetryRefusedByTheChecksLooksPastAnOrphanedOldClaim(t *testing.T) {
 		t.Fatalf("the old orphaned claim after the refused retry: %v, want it left", err)
 	}
 }
+
+// A NATS caller proves no token: naming a named token's program, with that program's key
+// and body, it is refused, not told the program's job, also when the checks refuse the
+// request and only the key could answer it (ADR-0140 reads the key then).
+func TestKeyedRetryRefusedByTheChecksTellsNoNamedProgramsJob(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) { c.AuthTokens = []NamedToken{{Program: "alice", Token: "tokenA"}} }))
+	runNATSSubmit(t, b)
+	ctx := testCtx(t, 30*time.Second)
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(replayBody), "Idempotency-Key", "k1", "Authorization", "Bearer tokenA")
+	var first submitted
+	_ = json.Unmarshal(out, &first)
+	if resp.StatusCode != http.StatusAccepted || first.JobID == "" {
+		t.Fatalf("alice's submit: %d %s", resp.StatusCode, out)
+	}
+	deleteTinyB(t, ctx, b)
+	asAlice := strings.TrimSuffix(replayBody, "}") + `,"program":"alice"}`
+	if a := natsKeyedSubmit(ctx, b, asAlice, "k1"); a.status != http.StatusForbidden || a.id != "" {
+		t.Fatalf("a NATS submit naming alice with her key and body: %s, want 403 and not her job %s", a, first.JobID)
+	}
+}
