@@ -263,3 +263,56 @@ type replayAnswer struct {
 	keyedAnswer
 	replayed bool
 }
+
+// An orphaned claim a foreman from before keys were per program left under the key alone
+// (its request died between the claim and the record, on a shared NATS where such a
+// foreman still claims keys) names no job: a retry the checks refuse looks on, under its
+// program's key, as one they pass does (that one takes the orphan over and finds its
+// job there). It found the orphan, took it for the key's only word and was refused (404)
+// while its program's key named its queued job.
+func TestKeyedRetryRefusedByTheChecksLooksPastAnOrphanedOldClaim(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	ctx := testCtx(t, 30*time.Second)
+	as := []string{"Idempotency-Key", "k1", HeaderProgram, "alice"}
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(replayBody), as...)
+	var first submitted
+	_ = json.Unmarshal(out, &first)
+	if resp.StatusCode != http.StatusAccepted || first.JobID == "" {
+		t.Fatalf("first submit: %d %s", resp.StatusCode, out)
+	}
+	// An old foreman's claim of the key with the same body, its deadline long past, no job.
+	writeLegacyClaimOf(t, ctx, b, "", "k1", replayBody, time.Now().Add(-time.Minute), false)
+	deleteTinyB(t, ctx, b)
+	resp, out = b.request(t, http.MethodPost, "/jobs", []byte(replayBody), as...)
+	var s submitted
+	_ = json.Unmarshal(out, &s)
+	if resp.StatusCode != http.StatusAccepted || s.JobID != first.JobID || resp.Header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("alice's retry the checks refuse: %d %s, want her job %s replayed", resp.StatusCode, out, first.JobID)
+	}
+	// Found, not taken over: the request the checks refused writes nothing.
+	if _, err := b.Broker.Store.IdempotencyKeyClaim(ctx, "k1"); err != nil {
+		t.Fatalf("the old orphaned claim after the refused retry: %v, want it left", err)
+	}
+}
+
+// A NATS caller proves no token: naming a named token's program, with that program's key
+// and body, it is refused, not told the program's job, also when the checks refuse the
+// request and only the key could answer it (ADR-0140 reads the key then).
+func TestKeyedRetryRefusedByTheChecksTellsNoNamedProgramsJob(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t, withGateway(func(c *Config) { c.AuthTokens = []NamedToken{{Program: "alice", Token: "tokenA"}} }))
+	runNATSSubmit(t, b)
+	ctx := testCtx(t, 30*time.Second)
+	resp, out := b.request(t, http.MethodPost, "/jobs", []byte(replayBody), "Idempotency-Key", "k1", "Authorization", "Bearer tokenA")
+	var first submitted
+	_ = json.Unmarshal(out, &first)
+	if resp.StatusCode != http.StatusAccepted || first.JobID == "" {
+		t.Fatalf("alice's submit: %d %s", resp.StatusCode, out)
+	}
+	deleteTinyB(t, ctx, b)
+	asAlice := strings.TrimSuffix(replayBody, "}") + `,"program":"alice"}`
+	if a := natsKeyedSubmit(ctx, b, asAlice, "k1"); a.status != http.StatusForbidden || a.id != "" {
+		t.Fatalf("a NATS submit naming alice with her key and body: %s, want 403 and not her job %s", a, first.JobID)
+	}
+}

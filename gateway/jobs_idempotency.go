@@ -166,6 +166,13 @@ func (s *Server) claimKey(ctx context.Context, key, legacy, program string, clai
 			return got.JobID, nil
 		case claimOrphaned:
 			if claim == nil {
+				if under == legacy {
+					// An old foreman's claim whose job never came to be: the program's
+					// key may still name one, where a claim would look once it took this
+					// one over.
+					legacy = ""
+					continue
+				}
 				// Its job never came to be: the key names no job, and a request the
 				// checks refused makes none.
 				return "", nil
