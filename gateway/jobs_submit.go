@@ -561,7 +561,7 @@ func (s *Server) refusedReplay(ctx context.Context, idemKey, program string, sub
 	replay, err := s.claimKey(ctx, scopedIdempotencyKey(program, idemKey), s.legacyIdempotencyKey(idemKey), program, nil, digestsOf(sub),
 		s.queuedBodyOf(sub))
 	if replay != "" {
-		s.log.Info("job replayed to a keyed request the checks refuse now", "job_id", replay, "program", program)
+		s.log.Info("job replayed to a keyed request the checks refuse now", "job_id", replay, "model", sub.model, "program", program)
 	}
 	return replay, err
 }
