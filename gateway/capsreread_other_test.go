@@ -22,16 +22,7 @@ import (
 // (same digest "", not yet capsTTL old) for confirmed.
 func TestCapabilityConfirmOfAnotherMacsModelReadsItAgain(t *testing.T) {
 	t.Parallel()
-	other := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "elsewhere:latest"}))
-	b := newTestBundle(t, capsModels(), withGateway(func(c *Config) {
-		c.TargetName = "own"
-		c.TargetClient = func(u string) (ollama.Client, error) { return ollama.NewClient(ollama.ClientConfig{BaseURL: u}) }
-	}))
-	ctx := testCtx(t, 30*time.Second)
-	if err := b.Broker.Store.PublishTarget(ctx, broker.Target{Name: "other", URL: other.URL, Reachable: true,
-		Models: []string{"elsewhere:latest"}}); err != nil {
-		t.Fatal(err)
-	}
+	b, other, ctx := anotherMacsModel(t, nil)
 	const job = `{"model":"elsewhere","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f"}}]}`
 	const word = "registry.ollama.ai/library/elsewhere:latest does not support tools"
 	if got := post(t, ctx, b.URL, "/jobs", []byte(job)); got.Status != http.StatusBadRequest || errorBody(t, got.Body) != word {
@@ -57,16 +48,7 @@ func TestCapabilityConfirmOfAnotherMacsModelReadsItAgain(t *testing.T) {
 // failed.
 func TestCapabilityConfirmOfAnotherMacsModelThatFailsKeepsTheCache(t *testing.T) {
 	t.Parallel()
-	other := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "elsewhere:latest"}))
-	b := newTestBundle(t, capsModels(), withGateway(func(c *Config) {
-		c.TargetName = "own"
-		c.TargetClient = func(u string) (ollama.Client, error) { return ollama.NewClient(ollama.ClientConfig{BaseURL: u}) }
-	}))
-	ctx := testCtx(t, 30*time.Second)
-	if err := b.Broker.Store.PublishTarget(ctx, broker.Target{Name: "other", URL: other.URL, Reachable: true,
-		Models: []string{"elsewhere:latest"}}); err != nil {
-		t.Fatal(err)
-	}
+	b, other, ctx := anotherMacsModel(t, nil)
 	tools := capabilityAsks{tools: true}
 	if !b.GW.refusedWithoutLoad(ctx, broker.KindChat, "elsewhere", tools) {
 		t.Fatal("a sync tools chat of a model without tools is not sent straight")
@@ -109,21 +91,8 @@ func (h *heldShow) Do(ctx context.Context, method, path string, header http.Head
 // every call of that model for up to an /api/show's bound each time.
 func TestCapabilityConfirmOfAnotherMacsModelHoldsNoCallTheCacheAllows(t *testing.T) {
 	t.Parallel()
-	other := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "elsewhere:latest"}))
 	h := &heldShow{read: make(chan struct{}, 1), gate: make(chan struct{})}
-	b := newTestBundle(t, capsModels(), withGateway(func(c *Config) {
-		c.TargetName = "own"
-		c.TargetClient = func(u string) (ollama.Client, error) {
-			cl, err := ollama.NewClient(ollama.ClientConfig{BaseURL: u})
-			h.Client = cl
-			return h, err
-		}
-	}))
-	ctx := testCtx(t, 30*time.Second)
-	if err := b.Broker.Store.PublishTarget(ctx, broker.Target{Name: "other", URL: other.URL, Reachable: true,
-		Models: []string{"elsewhere:latest"}}); err != nil {
-		t.Fatal(err)
-	}
+	b, _, ctx := anotherMacsModel(t, func(cl ollama.Client) ollama.Client { h.Client = cl; return h })
 	tools := capabilityAsks{tools: true}
 	if !b.GW.refusedWithoutLoad(ctx, broker.KindChat, "elsewhere", tools) {
 		t.Fatal("a sync tools chat of a model without tools is not sent straight")
@@ -143,4 +112,28 @@ func TestCapabilityConfirmOfAnotherMacsModelHoldsNoCallTheCacheAllows(t *testing
 	if !<-confirmed {
 		t.Error("the refused call: not sent straight after its confirm")
 	}
+}
+
+// anotherMacsModel is a gateway whose own Mac ("own") lacks the model "elsewhere", which
+// another Mac ("other", returned) has without tools, published as that Mac's entry; wrap,
+// when not nil, stands between the gateway and the other Macs' clients.
+func anotherMacsModel(t *testing.T, wrap func(ollama.Client) ollama.Client) (*testBundle, *ollamatest.Server, context.Context) {
+	t.Helper()
+	other := ollamatest.New(t, ollamatest.WithModels(ollamatest.Model{Name: "elsewhere:latest"}))
+	b := newTestBundle(t, capsModels(), withGateway(func(c *Config) {
+		c.TargetName = "own"
+		c.TargetClient = func(u string) (ollama.Client, error) {
+			cl, err := ollama.NewClient(ollama.ClientConfig{BaseURL: u})
+			if err == nil && wrap != nil {
+				return wrap(cl), nil
+			}
+			return cl, err
+		}
+	}))
+	ctx := testCtx(t, 30*time.Second)
+	if err := b.Broker.Store.PublishTarget(ctx, broker.Target{Name: "other", URL: other.URL, Reachable: true,
+		Models: []string{"elsewhere:latest"}}); err != nil {
+		t.Fatal(err)
+	}
+	return b, other, ctx
 }
