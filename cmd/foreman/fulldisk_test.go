@@ -66,7 +66,12 @@ type submitAnswer struct {
 // submit posts a job, with an Idempotency-Key when key is not "".
 func submit(t *testing.T, addr, key string) submitAnswer {
 	t.Helper()
-	body := `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`
+	return submitBody(t, addr, key, `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}]}`)
+}
+
+// submitBody posts body as a job, with an Idempotency-Key when key is not "".
+func submitBody(t *testing.T, addr, key, body string) submitAnswer {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, "http://"+addr+"/jobs", strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)

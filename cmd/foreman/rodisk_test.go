@@ -166,21 +166,7 @@ func syncChat(ctx context.Context, addr, content string) chatAnswer {
 // tell which job they ran.
 func postJobSaying(t *testing.T, addr, content string) submitAnswer {
 	t.Helper()
-	body := `{"model":"tiny-a","messages":[{"role":"user","content":"` + content + `"}]}`
-	resp, err := http.Post("http://"+addr+"/jobs", "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	raw, _ := io.ReadAll(resp.Body)
-	var out struct {
-		JobID string `json:"job_id"`
-		Error string `json:"error"`
-	}
-	if err := json.Unmarshal(raw, &out); err != nil {
-		t.Fatalf("POST /jobs: %d, not JSON: %q", resp.StatusCode, raw)
-	}
-	return submitAnswer{resp.StatusCode, out.JobID, out.Error}
+	return submitBody(t, addr, "", `{"model":"tiny-a","messages":[{"role":"user","content":"`+content+`"}]}`)
 }
 
 // completedRuns counts the fake's chats of content that ran to their end.
