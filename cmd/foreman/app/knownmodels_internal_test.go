@@ -35,18 +35,7 @@ func TestRememberModelsWritesOnChange(t *testing.T) {
 		store: b.Store, log: slog.New(slog.NewTextHandler(&logs, nil))}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	revision := func() uint64 {
-		t.Helper()
-		kv, err := b.JetStream(t).KeyValue(ctx, broker.KnownModelsBucket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := kv.Get(ctx, "target.studio")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return e.Revision()
-	}
+	revision := func() uint64 { return keyRevision(ctx, t, b, broker.KnownModelsBucket, "target.studio") }
 
 	a.rememberModels(ctx, polledSnap("b", "A:latest", "a"))
 	first := revision()
@@ -133,4 +122,18 @@ func TestRunsModelLeavesRememberedModelsToAReachableTarget(t *testing.T) {
 	if !a.runsModel(ctx, "alpha") {
 		t.Error("leaves a remembered model no other reachable target has")
 	}
+}
+
+// keyRevision is the revision of key in bucket of b's store.
+func keyRevision(ctx context.Context, t *testing.T, b *brokertest.Bundle, bucket, key string) uint64 {
+	t.Helper()
+	kv, err := b.JetStream(t).KeyValue(ctx, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e.Revision()
 }

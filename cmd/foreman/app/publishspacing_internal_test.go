@@ -24,18 +24,7 @@ func TestAnUnchangedTargetEntryIsNotPublishedAtEachPoll(t *testing.T) {
 		store: b.Store, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	revision := func() uint64 {
-		t.Helper()
-		kv, err := b.JetStream(t).KeyValue(ctx, broker.TargetsBucket)
-		if err != nil {
-			t.Fatal(err)
-		}
-		e, err := kv.Get(ctx, "target.studio")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return e.Revision()
-	}
+	revision := func() uint64 { return keyRevision(ctx, t, b, broker.TargetsBucket, "target.studio") }
 
 	// Ollama lists models of the same modified_at in an order of its own from one poll
 	// to the next: the same entry.
