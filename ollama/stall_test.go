@@ -278,7 +278,11 @@ func TestStreamDripIsAStall(t *testing.T) {
 					dripUntilGone(w, r, unit)
 				}))
 				t.Cleanup(srv.Close)
-				c := newClient(t, srv.URL)
+				read := &readCounter{rt: &http.Transport{}}
+				c, err := ollama.NewClient(ollama.ClientConfig{BaseURL: srv.URL, HTTPClient: &http.Client{Transport: read}})
+				if err != nil {
+					t.Fatal(err)
+				}
 				clk := ollama.NewFakeClock()
 				limits := []ollama.StreamOption{ollama.FirstByteTimeout(500 * time.Millisecond), ollama.IdleTimeout(time.Hour), ollama.WithClock(clk)}
 				if afterData {
@@ -294,9 +298,22 @@ func TestStreamDripIsAStall(t *testing.T) {
 				if afterData {
 					<-started // the line with data is in: the idle limit runs
 				}
+				// The drip reaches the call before the clock moves: two more reads that
+				// brought bytes, so the first one's are counted (a loaded machine may
+				// otherwise run the limit out before the response, or the drip, came in).
+				base := read.n.Load()
+				poll, deadline := time.NewTicker(time.Millisecond), time.After(30*time.Second)
+				for read.n.Load() < base+2 {
+					select {
+					case <-poll.C:
+					case <-deadline:
+						t.Fatal("the drip did not reach the call")
+					}
+				}
+				poll.Stop()
 				// The clock moves half the limit at a time while the drip goes on: a limit
 				// that every byte started over never ran out.
-				err := advanceUntilEnded(t, clk, 250*time.Millisecond, errc, "the dripping call")
+				err = advanceUntilEnded(t, clk, 250*time.Millisecond, errc, "the dripping call")
 				wantStall(t, err, !afterData, 500*time.Millisecond)
 				if got := err.Error(); got != "target stalled: no line or event with data for 500ms, only a trickle of bytes" {
 					t.Errorf("message %q", got)
