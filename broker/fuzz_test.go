@@ -74,6 +74,8 @@ func FuzzDecodeJob(f *testing.F) {
 	f.Add([]byte(`{"job_id":"01J00000000000000000000000","state":"done","model":"m","attempt":2,"at":"2026-01-02T03:04:05+02:00","error":"x","kind":"generate","created_at":"0001-01-01T00:00:00Z","started_at":"2026-01-02T03:04:05Z","finished_at":null,"result":{"a":[1,2]},"artifacts":[{"name":"result.json","content_type":"application/json","size":12}],"sync":true,"webhook":{"url":"https://h/","events":["done"]},"body_ref":"r","cancel_requested":"bye"}`))
 	f.Add([]byte(`{"state":"nope","attempt":-1,"result":"str"}`))
 	f.Add([]byte(`{"at":"2026-01-02T03:04:05+23:59"}`))
+	f.Add([]byte(`{"At":"0000-01-01T0:00:00+24:00"}`))
+	f.Add([]byte(`{"at":"2026-01-02T03:04:05Z","finished_at":"2026-01-02T03:04:05-24:00"}`))
 	f.Add([]byte(`null`))
 	f.Add([]byte(`{"result":null}`))
 	f.Fuzz(func(t *testing.T, data []byte) {

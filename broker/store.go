@@ -811,6 +811,29 @@ func DecodeJob(data []byte) (*Job, error) {
 	if err := json.Unmarshal(data, &j); err != nil {
 		return nil, fmt.Errorf("broker: decode job: %w", err)
 	}
+	if err := storableTimes(j.At, j.CreatedAt, deref(j.StartedAt), deref(j.FinishedAt)); err != nil {
+		return nil, fmt.Errorf("broker: decode job: %w", err)
+	}
 	j.raw = data
 	return &j, nil
+}
+
+// storableTimes refuses a time that decodes but cannot be written back: encoding/json
+// reads an offset of 24 hours ("+24:00") and time.Time.MarshalJSON refuses it, so a record
+// holding one would fail every update made from it. Records foreman writes never hold one.
+func storableTimes(ts ...time.Time) error {
+	for _, t := range ts {
+		if _, off := t.Zone(); off <= -24*60*60 || off >= 24*60*60 {
+			return fmt.Errorf("time %s has a zone offset of 24 hours or more", t.Format(time.DateTime))
+		}
+	}
+	return nil
+}
+
+// deref is the time p points to, or the zero time.
+func deref(p *time.Time) time.Time {
+	if p == nil {
+		return time.Time{}
+	}
+	return *p
 }
