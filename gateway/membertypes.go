@@ -101,8 +101,8 @@ func (m *int32Member) UnmarshalJSON(b []byte) error {
 
 // customMember is a member whose Ollama type decodes itself (think, keep_alive): raw is
 // the last value as sent, refused the error words of the first value that type's
-// decoder refuses. Such an error ends Ollama's decode where it is met, so it is what
-// Ollama answers whatever else the body holds.
+// decoder refuses. Such an error ends Ollama's decode where it is met, so it comes before
+// any type error of another member, wherever that is in the body.
 type customMember struct {
 	raw     json.RawMessage
 	refused string
