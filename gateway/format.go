@@ -115,14 +115,22 @@ func (n *nonEmpty) UnmarshalJSON(b []byte) error {
 // layer checks it before its handler runs ("messages" on /v1/chat/completions, "input"
 // on /v1/embeddings): as a pointer field it is nil for a member absent or null, and
 // empty for an empty list. Anything else (a string, an object) is left to Ollama, whose
-// decoder or handler answers it. items is what nonEmpty reads of it.
-type listMember struct{ items, empty bool }
+// decoder or handler answers it; on the native chat route refused, the kind of the first
+// value that is no list, is its decoder's 400 (nativeTypeRefusal). items is what
+// nonEmpty reads of it.
+type listMember struct {
+	items, empty bool
+	refused      string
+}
 
 func (m *listMember) UnmarshalJSON(b []byte) error {
 	var n nonEmpty
 	_ = n.UnmarshalJSON(b)
 	b = bytes.TrimSpace(b)
 	m.items, m.empty = bool(n), len(b) > 0 && b[0] == '[' && !bool(n)
+	if k := jsonKind(b); m.refused == "" && k != "array" && k != "null" {
+		m.refused = k
+	}
 	return nil
 }
 

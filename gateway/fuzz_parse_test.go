@@ -71,12 +71,19 @@ func FuzzParseInference(f *testing.F) {
 	f.Add(uint8(0), []byte(`{"model":"a","options":{"num_ctx":256},"options":null}`))
 	f.Add(uint8(2), []byte(`{"model":"a","options":"big","options":{"num_ctx":256}}`))
 	f.Add(uint8(1), []byte(`{"model":"a","prompt":"x","top_logprobs":21,"top_logprobs":null}`))
+	f.Add(uint8(0), []byte(`{"model":"a","tools":"x","think":"weird","keep_alive":[1],"messages":"hi"}`))
+	f.Add(uint8(1), []byte(`{"model":"a","prompt":"x","images":"x","context":{},"raw":"yes","width":1.5,"keep_alive":"5x"}`))
+	f.Add(uint8(0), []byte(`{"model":"a","TOOLS":[],"think":"high","keep_alive":-1,"truncate":null,"logprobs":true}`))
 	f.Fuzz(func(t *testing.T, k uint8, body []byte) {
 		kind := queuedKinds[int(k)%len(queuedKinds)]
 		in, err := parseInference(kind, body)
 		model, stream := in.model, in.stream
 		if err != nil {
 			wantClientError(t, "parseInference", err)
+			// A native body refused for a member's type is one Ollama's decoder refuses.
+			if (kind == broker.KindChat || kind == broker.KindGenerate) && typeRefusal(err) && ollamaDecode(kind, body) == nil {
+				t.Fatalf("%s %q: refused %q, but Ollama's decoder takes it", kind, body, err)
+			}
 			return
 		}
 		if strings.TrimSpace(model) == "" {

@@ -77,13 +77,36 @@ var syncRefusals = []struct {
 		"json: cannot unmarshal number into Go struct field EmbedRequest.options of type map[string]interface {}"},
 	{broker.KindEmbeddings, `{"model":"tiny-a","prompt":"hi","options":5}`, 400,
 		"json: cannot unmarshal number into Go struct field EmbeddingRequest.options of type map[string]interface {}"},
+	// Other members of a type Ollama's decoder refuses on chat and generate: its 400,
+	// before anything else (ADR-0141), a model it lacks included.
+	{broker.KindChat, `{"model":"tiny-a",` + hiMessages + `,"tools":"x"}`, 400,
+		"json: cannot unmarshal string into Go struct field ChatRequest.tools of type api.Tools"},
+	{broker.KindChat, `{"model":"ghost","messages":"hi"}`, 400,
+		"json: cannot unmarshal string into Go struct field ChatRequest.messages of type []api.Message"},
+	{broker.KindChat, `{"model":"tiny-a",` + hiMessages + `,"think":"weird"}`, 400,
+		`invalid think value: "weird" (must be "high", "medium", "low", true, or false)`},
+	{broker.KindChat, `{"model":"tiny-embed",` + hiMessages + `,"tools":[{"type":"function","function":{"name":"f"}}],"think":"very"}`, 400,
+		`invalid think value: "very" (must be "high", "medium", "low", true, or false)`},
+	{broker.KindChat, `{"model":"tiny-a",` + hiMessages + `,"think":5,"options":"x"}`, 400,
+		`think must be a boolean or string ("high", "medium", "low", true, or false)`},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","images":"x"}`, 400,
+		"json: cannot unmarshal string into Go struct field GenerateRequest.images of type []api.ImageData"},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","keep_alive":[1]}`, 400, "Unsupported type: '[]interface {}'"},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","keep_alive":"5x"}`, 400, `time: unknown unit "x" in duration "5x"`},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","context":"x"}`, 400,
+		"json: cannot unmarshal string into Go struct field GenerateRequest.context of type []int"},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","raw":"yes"}`, 400,
+		"json: cannot unmarshal string into Go struct field GenerateRequest.raw of type bool"},
+	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","top_logprobs":50,"width":1.5}`, 400,
+		"json: cannot unmarshal number 1.5 into Go struct field GenerateRequest.width of type int32"},
 }
 
 // POST /jobs refuses at submit what the sync route of its kind refuses before queueing,
 // with the same status and words: the checks Ollama's layers and handlers make before
 // they run anything (the OpenAI layer's messages, input and encoding_format, the
 // Anthropic layer's max_tokens and messages, top_logprobs out of range, a stream that is
-// no boolean, options of a wrong type or no object at all). Such a job was accepted 202 and failed later with
+// no boolean, options of a wrong type or no object at all, any other member of a type
+// Ollama's decoder refuses on chat and generate). Such a job was accepted 202 and failed later with
 // Ollama's 400. The sync routes still refuse the same bodies, and neither queues a job
 // nor calls the target.
 func TestJobsSubmitMakesTheSyncRoutesChecks(t *testing.T) {

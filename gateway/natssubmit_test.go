@@ -354,3 +354,29 @@ func TestNATSSubmitHostileClient(t *testing.T) {
 		t.Fatalf("queue %d → %d (%v), want one job more: a submit without a reply subject made one", before, after, err)
 	}
 }
+
+// A NATS submit of a chat or generate job whose body has a member of a type Ollama's
+// decoder refuses is answered with that 400 in the decoder's words, as POST /jobs answers
+// it, and no job is stored: before, it was accepted to fail in its turn (ADR-0141).
+func TestNATSSubmitRefusesMemberTypes(t *testing.T) {
+	t.Parallel()
+	b := newTestBundle(t)
+	runNATSSubmit(t, b)
+	for _, c := range []struct{ body, want string }{
+		{`{"kind":"chat","model":"tiny-a","messages":[{"role":"user","content":"hi"}],"tools":"x"}`,
+			"json: cannot unmarshal string into Go struct field ChatRequest.tools of type api.Tools"},
+		{`{"kind":"chat","model":"tiny-a","messages":[{"role":"user","content":"hi"}],"think":"weird"}`,
+			`invalid think value: "weird" (must be "high", "medium", "low", true, or false)`},
+		{`{"kind":"generate","model":"tiny-a","prompt":"hi","keep_alive":[1]}`, "Unsupported type: '[]interface {}'"},
+		{`{"kind":"generate","model":"tiny-a","prompt":"hi","raw":"yes"}`,
+			"json: cannot unmarshal string into Go struct field GenerateRequest.raw of type bool"},
+	} {
+		if got := natsSubmit(t, b, c.body); got.Status != 400 || got.Error != c.want || got.JobID != "" {
+			t.Errorf("NATS submit %s: %+v, want 400 %q", c.body, got, c.want)
+		}
+	}
+	ctx := testCtx(t, 10*time.Second)
+	if jobs, _, err := b.Broker.Store.List(ctx, broker.ListOptions{}); err != nil || len(jobs) != 0 {
+		t.Errorf("jobs after the refusals: %d, %v; want none", len(jobs), err)
+	}
+}

@@ -93,12 +93,11 @@ func TestCompletionJobOnEmbeddingModelRefusedAtSubmit(t *testing.T) {
 	if jobs, _, err := b.Broker.Store.List(context.WithoutCancel(ctx), broker.ListOptions{}); err != nil || len(jobs) != 0 {
 		t.Errorf("jobs made: %d (%v)", len(jobs), err)
 	}
-	// Bodies whose first refusal on Ollama may be another (a think value its decoder
-	// refuses; a keep_alive: a load-only call is an unload, 200) are queued as before, for
-	// Ollama to answer in their turn. One asking for thinking is refused so
-	// (TestCapabilityJobsRefusedAtSubmit).
+	// Bodies whose first refusal on Ollama may be another (a keep_alive: a load-only call
+	// is an unload, 200) are queued as before, for Ollama to answer in their turn. One
+	// asking for thinking is refused so (TestCapabilityJobsRefusedAtSubmit); a think value
+	// Ollama's decoder refuses is its 400 first (syncRefusals, ADR-0141).
 	for _, body := range []string{
-		`{"model":"tiny-embed","messages":[{"role":"user","content":"hi"}],"think":"very"}`,
 		`{"model":"tiny-embed","messages":[],"keep_alive":0}`,
 		`{"kind":"generate","model":"tiny-embed","prompt":"hi","raw":true,"system":"s"}`,
 	} {

@@ -79,46 +79,72 @@ type inference struct {
 	body []byte
 }
 
+// inferenceRequest is a queued route's body as parseInference decodes it: each member
+// only as far as a check reads it. An alias of an unnamed struct: the decoder's refusal of
+// a model that is no string names no type (".model").
+type inferenceRequest = struct {
+	Model   string             `json:"model"`
+	Stream  streamField        `json:"stream"`
+	Options broker.LoadOptions `json:"options"`
+	Format  json.RawMessage    `json:"format"`
+	// ResponseFormat is /v1/chat/completions' (kept raw: other routes ignore it).
+	ResponseFormat json.RawMessage   `json:"response_format"`
+	Messages       *listMember       `json:"messages"`
+	Prompt         typed[stringKind] `json:"prompt"`
+	// Text, Input and Instructions are /v1/responses' (other routes ignore them).
+	Text         json.RawMessage `json:"text"`
+	Input        nonEmpty        `json:"input"`
+	Instructions nonEmpty        `json:"instructions"`
+	// TopLogprobs is the native and OpenAI chat routes' int, Logprobs the native routes'
+	// bool and /v1/completions' *int (kept raw there: a null drops it, as it drops
+	// Ollama's pointer; a value of another type is the target's 400, in its words). On
+	// the native routes a value of another type is the decoder's 400 (nativeTypeRefusal).
+	TopLogprobs intMember      `json:"top_logprobs"`
+	Logprobs    logprobsMember `json:"logprobs"`
+	// MaxTokens is /v1/messages' int.
+	MaxTokens intMember `json:"max_tokens"`
+	// Think, Tools, Suffix and KeepAlive are the native routes' (Tools also
+	// /v1/chat/completions'), Reasoning and ReasoningEffort /v1/chat/completions':
+	// what refusedWithoutLoad reads. A value of another type is Ollama's decoder's 400
+	// on the native routes (decodeAborted, nativeTypeRefusal), on /v1/chat/completions
+	// its OpenAI layer's, which the target gives in its words.
+	Think           thinkMember       `json:"think"`
+	Tools           typed[arrayKind]  `json:"tools"`
+	Suffix          typed[stringKind] `json:"suffix"`
+	KeepAlive       keepAliveMember   `json:"keep_alive"`
+	Reasoning       json.RawMessage   `json:"reasoning"`
+	ReasoningEffort json.RawMessage   `json:"reasoning_effort"`
+	// The other members of Ollama's native request types whose JSON kind its decoder
+	// checks (nativeTypeRefusal); none is read beyond that.
+	System          typed[stringKind] `json:"system"`
+	Template        typed[stringKind] `json:"template"`
+	Context         typed[arrayKind]  `json:"context"`
+	Raw             typed[boolKind]   `json:"raw"`
+	Images          typed[arrayKind]  `json:"images"`
+	Truncate        typed[boolKind]   `json:"truncate"`
+	Shift           typed[boolKind]   `json:"shift"`
+	DebugRenderOnly typed[boolKind]   `json:"_debug_render_only"`
+	Width           int32Member       `json:"width"`
+	Height          int32Member       `json:"height"`
+	Steps           int32Member       `json:"steps"`
+}
+
 // parseInference reads a queued route's body in one decode. Ollama's /api routes stream
 // unless told otherwise, the OpenAI routes only on "stream": true. The model is the
 // "model" member alone: on these routes the target reads no other (the legacy "name" is
 // for /api/show and /api/delete), so a job queued under a "name" would reach the target
 // without a model.
 func parseInference(kind broker.Kind, body []byte) (inference, error) {
-	var req struct {
-		Model   string             `json:"model"`
-		Stream  streamField        `json:"stream"`
-		Options broker.LoadOptions `json:"options"`
-		Format  json.RawMessage    `json:"format"`
-		// ResponseFormat is /v1/chat/completions' (kept raw: other routes ignore it).
-		ResponseFormat json.RawMessage `json:"response_format"`
-		Messages       *listMember     `json:"messages"`
-		Prompt         nonEmpty        `json:"prompt"`
-		// Text, Input and Instructions are /v1/responses' (other routes ignore them).
-		Text         json.RawMessage `json:"text"`
-		Input        nonEmpty        `json:"input"`
-		Instructions nonEmpty        `json:"instructions"`
-		// TopLogprobs is the native and OpenAI chat routes' int, Logprobs /v1/completions'
-		// *int (kept raw: a null drops it, as it drops Ollama's pointer; a value of
-		// another type is the target's 400, in its words).
-		TopLogprobs intMember       `json:"top_logprobs"`
-		Logprobs    json.RawMessage `json:"logprobs"`
-		// MaxTokens is /v1/messages' int.
-		MaxTokens intMember `json:"max_tokens"`
-		// Think, Tools, Suffix and KeepAlive are the native routes' (Tools also
-		// /v1/chat/completions'), Reasoning and ReasoningEffort /v1/chat/completions':
-		// what refusedWithoutLoad reads (kept raw: a value of another type is the target's
-		// 400, in its words).
-		Think           json.RawMessage `json:"think"`
-		Tools           nonEmpty        `json:"tools"`
-		Suffix          nonEmpty        `json:"suffix"`
-		KeepAlive       json.RawMessage `json:"keep_alive"`
-		Reasoning       json.RawMessage `json:"reasoning"`
-		ReasoningEffort json.RawMessage `json:"reasoning_effort"`
-	}
+	var req inferenceRequest
 	read, err := decodeObject(body, &req, "")
 	if err != nil {
 		return inference{}, err
+	}
+	// The native routes' members of a type Ollama's decoder refuses, in its words and,
+	// as far as it can be told, its order (ADR-0141): a think or keep_alive its own
+	// decoder refuses ends the decode, so it comes first.
+	if err := decodeAborted(kind, &req); err != nil {
+		return inference{body: read}, err
 	}
 	if err := req.Stream.refusal(kind); err != nil {
 		return inference{body: read}, err
@@ -126,12 +152,15 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err := optionsNotAnObject(kind, req.Options); err != nil {
 		return inference{body: read}, err
 	}
+	if err := nativeTypeRefusal(kind, &req); err != nil {
+		return inference{body: read}, err
+	}
 	if kind == broker.KindOpenAIChat && req.Messages.none() {
 		// Ollama's OpenAI layer checks for messages itself, before its handler reads the
 		// model (v0.17.4 ChatMiddleware); a body of null has none either.
 		return inference{body: read}, badRequest("[] is too short - 'messages'")
 	}
-	if err := checkTopLogprobs(kind, req.TopLogprobs, req.Logprobs); err != nil {
+	if err := checkTopLogprobs(kind, req.TopLogprobs, req.Logprobs.raw); err != nil {
 		return inference{body: read}, err
 	}
 	if kind == broker.KindAnthropicMessages {
@@ -163,7 +192,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		return inference{body: read}, handlerRefusal("model is required")
 	}
 	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream.For(kind.Path())), opts: req.Options.Token(),
-		format: req.Format, completes: kind == broker.KindChat && req.Messages.holds() || kind == broker.KindGenerate && bool(req.Prompt),
+		format: req.Format, completes: kind == broker.KindChat && req.Messages.holds() || kind == broker.KindGenerate && bool(req.Prompt.holds),
 		body: read}
 	switch kind {
 	case broker.KindOpenAIChat:
@@ -171,12 +200,12 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	case broker.KindOpenAIResponses:
 		in.format, in.completes = openAIResponsesFormat(req.Text), bool(req.Input) || bool(req.Instructions)
 	}
-	in.asks = capabilityAsks{tools: bool(req.Tools), suffix: bool(req.Suffix),
-		unload: len(req.KeepAlive) > 0 && string(req.KeepAlive) != "null" && !req.Messages.holds() && !bool(req.Prompt)}
+	in.asks = capabilityAsks{tools: bool(req.Tools.holds), suffix: bool(req.Suffix.holds),
+		unload: len(req.KeepAlive.raw) > 0 && string(req.KeepAlive.raw) != "null" && !req.Messages.holds() && !bool(req.Prompt.holds)}
 	if kind == broker.KindOpenAIChat {
 		in.asks.thinks = reasoningThinks(req.Reasoning, req.ReasoningEffort)
 	} else {
-		in.asks.thinks = thinkThinks(req.Think)
+		in.asks.thinks = thinkThinks(req.Think.raw)
 	}
 	if !kind.ReadsOptions() {
 		in.opts = broker.DefaultLoadOptions // the target ignores them
@@ -265,14 +294,20 @@ func checkTopLogprobs(kind broker.Kind, topLogprobs intMember, logprobs json.Raw
 // field: a null leaves the value before it as it was (`"max_tokens":3,"max_tokens":null`
 // is 3), absent is 0. bad says a value was no int: Ollama's decoder refuses the body, in
 // its words, which the target gives.
+// refused is the first value the decoder refuses, as it names it (intRefused): on the
+// native routes that is foreman's 400 too (nativeTypeRefusal).
 type intMember struct {
-	n   int
-	bad bool
+	n       int
+	bad     bool
+	refused string
 }
 
 func (m *intMember) UnmarshalJSON(b []byte) error {
 	if string(b) == "null" {
 		return nil
+	}
+	if m.refused == "" {
+		m.refused = intRefused(b, 64)
 	}
 	if json.Unmarshal(b, &m.n) != nil {
 		m.bad = true

@@ -41,6 +41,12 @@ func TestE2EAnswersMatchDirect(t *testing.T) {
 		{"/api/chat", `{"model":"ghost","messages":[],"options":{"num_ctx":8},"options":[1]}`},
 		{"/api/embed", `{"model":"tiny-embed","input":"x","options":5}`},
 		{"/api/embeddings", `{"model":"tiny-a","prompt":"x","options":true}`},
+		// Other members of a type the decoder refuses, its 400 before any other check too.
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"x"}],"tools":"x"}`},
+		{"/api/chat", `{"model":"ghost","messages":"hi"}`},
+		{"/api/generate", `{"model":"ghost","prompt":"x","think":"weird"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","top_logprobs":50,"keep_alive":[1]}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","images":"x"}`},
 		// A stream that is no boolean: the embedding routes (queued on a chat model) have
 		// none and ignore it.
 		{"/api/embed", `{"model":"tiny-a","input":"x","stream":"yes"}`},

@@ -1,0 +1,282 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// The members of a native chat or generate body are checked as Ollama's decoder checks
+// them against the Go types of its request's fields (v0.17.4 api.ChatRequest,
+// api.GenerateRequest), by the JSON kind of each value alone: a value its field can never
+// take is the decoder's 400, before Ollama looks at anything else (ADR-0141). Queued, such
+// a call waited its turn to be refused; a POST /jobs job was accepted to fail. Only the
+// kind of a value is read (its first byte), never the value itself, but for the few
+// small ones a custom decoder of Ollama's reads (think, keep_alive): messages and images
+// may be megabytes. A refusal is never made where Ollama's decoder would take the value.
+
+// jsonKind is the kind of a JSON value as encoding/json names it in an UnmarshalTypeError:
+// "string", "number", "bool", "array", "object", or "null". b is one valid JSON value (the
+// decoder checked the whole body before it hands a member's value on).
+func jsonKind(b []byte) string {
+	b = bytes.TrimLeft(b, " \t\r\n")
+	if len(b) == 0 {
+		return "null"
+	}
+	switch b[0] {
+	case '"':
+		return "string"
+	case '[':
+		return "array"
+	case '{':
+		return "object"
+	case 't', 'f':
+		return "bool"
+	case 'n':
+		return "null"
+	}
+	return "number"
+}
+
+// kindRule says which JSON kinds (null aside, which every field takes) a Go type takes.
+type kindRule interface{ takes(kind string) bool }
+
+type (
+	stringKind struct{} // a string field
+	boolKind   struct{} // a bool or *bool field
+	arrayKind  struct{} // a slice field
+)
+
+func (stringKind) takes(k string) bool { return k == "string" }
+func (boolKind) takes(k string) bool   { return k == "bool" }
+func (arrayKind) takes(k string) bool  { return k == "array" }
+
+// typed is a member whose Ollama field takes the JSON kinds of R: refused is the kind of
+// the first value it cannot take (the decoder keeps the first such error, whatever
+// follows), holds what nonEmpty reads of the last value.
+type typed[R kindRule] struct {
+	refused string
+	holds   nonEmpty
+}
+
+func (m *typed[R]) UnmarshalJSON(b []byte) error {
+	var rule R
+	if k := jsonKind(b); m.refused == "" && k != "null" && !rule.takes(k) {
+		m.refused = k
+	}
+	return m.holds.UnmarshalJSON(b)
+}
+
+// intRefused is the value encoding/json names when it refuses b for an int field of
+// bits bits ("number 1.5", "string"), "" when the field takes it.
+func intRefused(b []byte, bits int) string {
+	switch k := jsonKind(b); k {
+	case "null":
+		return ""
+	case "number":
+		lit := string(bytes.TrimSpace(b))
+		if _, err := strconv.ParseInt(lit, 10, bits); err != nil {
+			return "number " + lit
+		}
+		return ""
+	default:
+		return k
+	}
+}
+
+// int32Member is an int32 member of a generate body (width, height, steps): refused as
+// intMember's.
+type int32Member struct{ refused string }
+
+func (m *int32Member) UnmarshalJSON(b []byte) error {
+	if m.refused == "" {
+		m.refused = intRefused(b, 32)
+	}
+	return nil
+}
+
+// customMember is a member whose Ollama type decodes itself (think, keep_alive): raw is
+// the last value as sent, refused the error words of the first value that type's
+// decoder refuses. Such an error ends Ollama's decode where it is met, so it comes before
+// any type error of another member, wherever that is in the body.
+type customMember struct {
+	raw     json.RawMessage
+	refused string
+}
+
+// thinkMember is a native "think" (api.ThinkValue): true, false, "high", "medium" or
+// "low".
+type thinkMember struct{ customMember }
+
+func (m *thinkMember) UnmarshalJSON(b []byte) error {
+	m.raw = append(m.raw[:0], b...)
+	if m.refused == "" {
+		m.refused = thinkRefused(b)
+	}
+	return nil
+}
+
+// keepAliveMember is a native "keep_alive" (api.Duration): a number of seconds or a Go
+// duration string.
+type keepAliveMember struct{ customMember }
+
+func (m *keepAliveMember) UnmarshalJSON(b []byte) error {
+	m.raw = append(m.raw[:0], b...)
+	if m.refused == "" {
+		m.refused = keepAliveRefused(b)
+	}
+	return nil
+}
+
+// thinkRefused is api.ThinkValue's UnmarshalJSON's error for b in its words, "" for none
+// (null never reaches it: the field is a pointer). A string it quotes is clipped, as any
+// value a client sent.
+func thinkRefused(b []byte) string {
+	switch jsonKind(b) {
+	case "null", "bool":
+		return ""
+	case "string":
+		s, ok := jsonString(b)
+		if !ok || s == "high" || s == "medium" || s == "low" {
+			return ""
+		}
+		return fmt.Sprintf("invalid think value: %q (must be \"high\", \"medium\", \"low\", true, or false)", clipInput(s))
+	}
+	return `think must be a boolean or string ("high", "medium", "low", true, or false)`
+}
+
+// keepAliveRefused is api.Duration's UnmarshalJSON's error for b in its words, "" for
+// none: a string must be one time.ParseDuration reads (its error is the words); a
+// number is taken (one past float64's range is left to Ollama, which refuses it).
+func keepAliveRefused(b []byte) string {
+	switch jsonKind(b) {
+	case "null", "number":
+		return ""
+	case "string":
+		s, ok := jsonString(b)
+		if !ok {
+			return ""
+		}
+		if _, err := time.ParseDuration(s); err != nil {
+			return clipInput(err.Error())
+		}
+		return ""
+	case "bool":
+		return "Unsupported type: 'bool'"
+	case "array":
+		return "Unsupported type: '[]interface {}'"
+	}
+	return "Unsupported type: 'map[string]interface {}'"
+}
+
+// jsonString is the string JSON value b holds, as encoding/json decodes it; ok is false
+// when b holds none. A plain one (printable ASCII, no escape) is read without a decoder:
+// think's and keep_alive's are read on every call that has them.
+func jsonString(b []byte) (s string, ok bool) {
+	b = bytes.TrimSpace(b)
+	if len(b) < 2 || b[0] != '"' || b[len(b)-1] != '"' {
+		return "", false
+	}
+	plain := true
+	for _, c := range b[1 : len(b)-1] {
+		if c < 0x20 || c >= 0x80 || c == '\\' || c == '"' {
+			plain = false
+			break
+		}
+	}
+	if plain {
+		return string(b[1 : len(b)-1]), true
+	}
+	return s, json.Unmarshal(b, &s) == nil
+}
+
+// logprobsMember is "logprobs": the native routes' bool, /v1/completions' *int (kept raw:
+// a value of another type there is the target's 400, in its words).
+type logprobsMember struct {
+	raw    json.RawMessage
+	asBool typed[boolKind]
+}
+
+func (m *logprobsMember) UnmarshalJSON(b []byte) error {
+	m.raw = append(m.raw[:0], b...)
+	return m.asBool.UnmarshalJSON(b)
+}
+
+// memberType is one member of a native request type as its decoder's refusal names it.
+type memberType struct {
+	name, goType string
+	refused      string // the JSON kind of the value refused ("number 1.5" for an int)
+}
+
+// nativeTypeRefusal is the 400 of Ollama's decoder for a native chat or generate body
+// (req, as parseInference decoded it) with a member of a kind its field cannot take, in
+// the decoder's words; nil for none or another kind. A value its own decoder refuses
+// (think, keep_alive) ends the decode, so its words come first (decodeAborted); of the
+// others the decoder names the first in the body, which is not known here: the first in
+// the request type's order is named, a true 400 all the same.
+func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
+	typ := ollamaRequestTypes[kind]
+	var members []memberType
+	switch kind {
+	case broker.KindChat:
+		var messages string
+		if req.Messages != nil {
+			messages = req.Messages.refused
+		}
+		members = []memberType{
+			{"messages", "[]api.Message", messages},
+			{"tools", "api.Tools", req.Tools.refused},
+			{"truncate", "bool", req.Truncate.refused},
+			{"shift", "bool", req.Shift.refused},
+			{"_debug_render_only", "bool", req.DebugRenderOnly.refused},
+			{"logprobs", "bool", req.Logprobs.asBool.refused},
+			{"top_logprobs", "int", req.TopLogprobs.refused},
+		}
+	case broker.KindGenerate:
+		members = []memberType{
+			{"prompt", "string", req.Prompt.refused},
+			{"suffix", "string", req.Suffix.refused},
+			{"system", "string", req.System.refused},
+			{"template", "string", req.Template.refused},
+			{"context", "[]int", req.Context.refused},
+			{"raw", "bool", req.Raw.refused},
+			{"images", "[]api.ImageData", req.Images.refused},
+			{"truncate", "bool", req.Truncate.refused},
+			{"shift", "bool", req.Shift.refused},
+			{"_debug_render_only", "bool", req.DebugRenderOnly.refused},
+			{"logprobs", "bool", req.Logprobs.asBool.refused},
+			{"top_logprobs", "int", req.TopLogprobs.refused},
+			{"width", "int32", req.Width.refused},
+			{"height", "int32", req.Height.refused},
+			{"steps", "int32", req.Steps.refused},
+		}
+	default:
+		return nil
+	}
+	for _, m := range members {
+		if m.refused != "" {
+			return badRequest(fmt.Sprintf("json: cannot unmarshal %s into Go struct field %s.%s of type %s", m.refused, typ, m.name, m.goType))
+		}
+	}
+	return nil
+}
+
+// decodeAborted is the 400 of a native chat or generate body whose think or keep_alive
+// Ollama's own decoders of them refuse, in their words; nil for none or another kind.
+// Such an error ends Ollama's decode, so it comes before every type refusal (the
+// stream's, the options', nativeTypeRefusal's).
+func decodeAborted(kind broker.Kind, req *inferenceRequest) error {
+	if kind != broker.KindChat && kind != broker.KindGenerate {
+		return nil
+	}
+	for _, refused := range []string{req.Think.refused, req.KeepAlive.refused} {
+		if refused != "" {
+			return badRequest(refused)
+		}
+	}
+	return nil
+}

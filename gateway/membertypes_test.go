@@ -1,0 +1,215 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/ollama/ollama/api"
+
+	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
+)
+
+// ollamaDecode decodes body as Ollama's native handler of kind does (v0.17.4
+// ShouldBindJSON: a json.Decoder reads the first value into the request type), and
+// returns its error, nil when it takes the body.
+func ollamaDecode(kind broker.Kind, body []byte) error {
+	var req any = &api.ChatRequest{}
+	if kind == broker.KindGenerate {
+		req = &api.GenerateRequest{}
+	}
+	return json.NewDecoder(bytes.NewReader(body)).Decode(req)
+}
+
+// typeValues are JSON values of every kind, and the values of a kind some of Ollama's
+// fields take only in part (an int's fraction, think's and keep_alive's strings).
+var typeValues = []string{
+	`"x"`, `""`, `5`, `0`, `-1`, `1.5`, `1e3`, `9999999999`, `true`, `false`, `[1]`, `[]`, `["x"]`, `{}`, `{"a":1}`, `null`,
+	`"high"`, `"medium"`, `"low"`, `"High"`, `"h\u0069gh"`, `"5m"`, `"-1s"`, `"5"`, `"5x"`, `"1h30m"`,
+}
+
+// typeMembers are the members of Ollama's native chat and generate request types, and
+// one no type has.
+var typeMembers = []string{
+	"messages", "prompt", "suffix", "system", "template", "context", "raw", "images", "format",
+	"keep_alive", "tools", "options", "think", "truncate", "shift", "_debug_render_only",
+	"logprobs", "top_logprobs", "width", "height", "steps", "stream", "model", "unknown",
+}
+
+// foremanWorded are members whose refusal foreman words its own way (its decode of the
+// body says "invalid JSON body: ... .model"): true, only not Ollama's words.
+var foremanWorded = map[string]bool{"model": true, "stream": true}
+
+// typeBody is a native body of kind with a model and something to complete, and
+// member set to value.
+func typeBody(kind broker.Kind, member, value string) string {
+	members := []string{`"model":"tiny-a"`, hiMessages}
+	if kind == broker.KindGenerate {
+		members[1] = `"prompt":"hi"`
+	}
+	members = slices.DeleteFunc(members, func(m string) bool { return strings.HasPrefix(m, `"`+member+`"`) })
+	return "{" + strings.Join(append(members, `"`+member+`":`+value), ",") + "}"
+}
+
+// typeRefusal reports whether err is a refusal for a member's type: the decoder's words
+// (foreman's own for the model and stream), or think's or keep_alive's decoder's.
+func typeRefusal(err error) bool {
+	if err == nil {
+		return false
+	}
+	msg := strings.TrimPrefix(err.Error(), "invalid JSON body: ")
+	for _, p := range []string{"json: cannot unmarshal ", "invalid think value", "think must be", "Unsupported type: ", "time: "} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// Ollama's own decoder is the judge of a native body's member types: every body foreman
+// refuses for a type, Ollama's decoder refuses too, and where the body's only fault is
+// one member's value the words are the decoder's; every body whose only fault is a
+// top-level member's value that the decoder refuses, foreman refuses. Before, each of
+// these was queued (or accepted 202 at POST /jobs) for Ollama to refuse in its turn.
+func TestMemberTypesAsOllamaDecodes(t *testing.T) {
+	t.Parallel()
+	refused := 0
+	for _, kind := range []broker.Kind{broker.KindChat, broker.KindGenerate} {
+		for _, member := range typeMembers {
+			for _, value := range typeValues {
+				body := typeBody(kind, member, value)
+				_, err := parseInference(kind, []byte(body))
+				ollamaErr := ollamaDecode(kind, []byte(body))
+				if typeRefusal(err) {
+					refused++
+					if ollamaErr == nil {
+						t.Errorf("%s %s: refused %q, but Ollama's decoder takes it", kind, body, err)
+						continue
+					}
+					if !foremanWorded[member] && err.Error() != ollamaErr.Error() {
+						t.Errorf("%s %s: refused %q, Ollama's decoder says %q", kind, body, err, ollamaErr)
+					}
+					continue
+				}
+				if topLevelFault(kind, ollamaErr, member) {
+					t.Errorf("%s %s: not refused, but Ollama's decoder says %q", kind, body, ollamaErr)
+				}
+			}
+		}
+	}
+	if refused == 0 {
+		t.Fatal("nothing refused: the corpus proves nothing")
+	}
+}
+
+// topLevelFault reports whether err is the decoder's refusal of member's own value on
+// kind's request type: a type error naming member and the field's own type (not one of
+// its elements'), or think's or keep_alive's own decoder's error.
+func topLevelFault(kind broker.Kind, err error, member string) bool {
+	if err == nil {
+		return false
+	}
+	typ := reflect.TypeFor[api.ChatRequest]()
+	if kind == broker.KindGenerate {
+		typ = reflect.TypeFor[api.GenerateRequest]()
+	}
+	var field reflect.Type
+	for f := range typ.Fields() {
+		if strings.Split(f.Tag.Get("json"), ",")[0] == member {
+			field = f.Type
+		}
+	}
+	if field == nil {
+		return false // the type has no such member: nothing it holds is refused
+	}
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		if field.Kind() == reflect.Pointer {
+			field = field.Elem()
+		}
+		return te.Field == member && te.Type == field
+	}
+	return member == "think" || member == "keep_alive"
+}
+
+// Bodies with several faults: whatever foreman refuses, Ollama's decoder refuses; where
+// Ollama's decoder stops at the first (a think or keep_alive its own decoder refuses),
+// or one member is sent twice, foreman's words are the decoder's.
+func TestMemberTypeCombosAsOllamaDecodes(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		kind  broker.Kind
+		body  string
+		exact bool // foreman's words are the decoder's
+	}{
+		{broker.KindChat, `{"model":"tiny-a","tools":"x","think":5,` + hiMessages + `}`, true},
+		{broker.KindChat, `{"model":"tiny-a","options":"x","think":"weird",` + hiMessages + `}`, true},
+		{broker.KindChat, `{"model":"tiny-a","keep_alive":[1],"tools":{},` + hiMessages + `}`, true},
+		{broker.KindChat, `{"model":"tiny-a","tools":"x","tools":[],` + hiMessages + `}`, true},
+		{broker.KindChat, `{"model":"tiny-a","think":"weird","think":true,` + hiMessages + `}`, true},
+		{broker.KindChat, `{"model":"tiny-a","TOOLS":"x",` + hiMessages + `}`, true},
+		{broker.KindChat, `{"model":"tiny-a","tools":"x","messages":"hi"}`, false},
+		{broker.KindChat, `{"model":"tiny-a","messages":[{"role":5}],"tools":"x"}`, false},
+		{broker.KindChat, `{"model":"tiny-a","top_logprobs":1.5,"logprobs":"yes",` + hiMessages + `}`, false},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","context":"x","raw":"yes","images":"x"}`, false},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":5,"keep_alive":"5x"}`, true},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","images":["!"],"width":"x"}`, false},
+		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","steps":4294967296}`, true},
+	} {
+		_, err := parseInference(c.kind, []byte(c.body))
+		ollamaErr := ollamaDecode(c.kind, []byte(c.body))
+		switch {
+		case err == nil:
+			t.Errorf("%s %s: not refused; Ollama's decoder says %v", c.kind, c.body, ollamaErr)
+		case ollamaErr == nil:
+			t.Errorf("%s %s: refused %q, but Ollama's decoder takes it", c.kind, c.body, err)
+		case c.exact && err.Error() != ollamaErr.Error():
+			t.Errorf("%s %s: refused %q, Ollama's decoder says %q", c.kind, c.body, err, ollamaErr)
+		}
+	}
+}
+
+// The check is the native routes' alone: the OpenAI and Anthropic layers decode into
+// types of their own, and those members mean other things there or nothing.
+func TestMemberTypesOnlyOnNativeRoutes(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		kind broker.Kind
+		body string
+	}{
+		{broker.KindOpenAIChat, `{"model":"tiny-a",` + hiMessages + `,"think":"weird","keep_alive":[1],"raw":"x","images":"x"}`},
+		{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","logprobs":2,"suffix":5,"system":5,"context":"x"}`},
+		{broker.KindOpenAIResponses, `{"model":"tiny-a","input":"hi","tools":"x","truncate":5}`},
+		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":4,` + hiMessages + `,"system":5,"think":5,"stream":false}`},
+	} {
+		if _, err := parseInference(c.kind, []byte(c.body)); typeRefusal(err) {
+			t.Errorf("%s %s: refused %q for a type a native route's decoder checks", c.kind, c.body, err)
+		}
+	}
+}
+
+// BenchmarkParseInference is the parse of a chat body with tools and a generate body
+// with a 1 MiB image: the member types cost only the first byte of each value.
+func BenchmarkParseInference(b *testing.B) {
+	chat := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"what is the weather in Paris?"}],` +
+		`"tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object"}}}],"think":false,"keep_alive":"5m","options":{"temperature":0}}`)
+	image := []byte(`{"model":"tiny-a","prompt":"what is in this picture?","images":["` + strings.Repeat("A", 1<<20) + `"],"stream":false}`)
+	for _, c := range []struct {
+		name string
+		kind broker.Kind
+		body []byte
+	}{{"chat", broker.KindChat, chat}, {"generate-image", broker.KindGenerate, image}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := parseInference(c.kind, c.body); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
