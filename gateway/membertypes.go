@@ -140,8 +140,8 @@ func thinkRefused(b []byte) string {
 	case "null", "bool":
 		return ""
 	case "string":
-		s, ok := jsonString(b)
-		if !ok || s == "high" || s == "medium" || s == "low" {
+		s, whole, ok := jsonStringHead(b)
+		if !ok || whole && (s == "high" || s == "medium" || s == "low") {
 			return ""
 		}
 		return fmt.Sprintf("invalid think value: %q (must be \"high\", \"medium\", \"low\", true, or false)", clipInput(s))
@@ -151,12 +151,18 @@ func thinkRefused(b []byte) string {
 
 // keepAliveRefused is api.Duration's UnmarshalJSON's error for b in its words, "" for
 // none: a string must be one time.ParseDuration reads (its error is the words); a
-// number is taken (one past float64's range is left to Ollama, which refuses it).
+// number is taken (one past float64's range is left to Ollama, which refuses it). A
+// string longer than maxDecodedString is left to Ollama too: no duration a client sends
+// is near that long, and ParseDuration's error quotes the whole string, each byte of it
+// up to four times over (an invalid UTF-8 byte, decoded as U+FFFD, is twelve bytes).
 func keepAliveRefused(b []byte) string {
 	switch jsonKind(b) {
 	case "null", "number":
 		return ""
 	case "string":
+		if len(bytes.TrimSpace(b)) > maxDecodedString {
+			return ""
+		}
 		s, ok := jsonString(b)
 		if !ok {
 			return ""
@@ -171,6 +177,49 @@ func keepAliveRefused(b []byte) string {
 		return "Unsupported type: '[]interface {}'"
 	}
 	return "Unsupported type: 'map[string]interface {}'"
+}
+
+// maxDecodedString is the longest think or keep_alive string value (as sent, quotes and
+// escapes included) decoded whole. The values those members take are a few bytes; one
+// of a request body's size, decoded and quoted whole, would cost many times the body
+// (jsonStringHead, keepAliveRefused), past the budget of the bodies in flight (ADR-0048).
+const maxDecodedString = 2048
+
+// quotedHead is how much of a longer string jsonStringHead decodes: a JSON escape is at
+// most 6 bytes (\uXXXX) for one byte or more of the value, so this many bytes hold more
+// than the maxQuoted+1 clipInput reads, with room for a character or a surrogate pair
+// the cut splits (decoded as U+FFFD at the head's end).
+const quotedHead = 6 * (maxQuoted + 16)
+
+// jsonStringHead is the string JSON value b holds (jsonString), whole when b is at most
+// maxDecodedString bytes long. Of a longer one only the head is decoded (whole false),
+// which clipInput quotes as it quotes the whole value.
+func jsonStringHead(b []byte) (s string, whole, ok bool) {
+	b = bytes.TrimSpace(b)
+	if len(b) <= maxDecodedString {
+		s, ok = jsonString(b)
+		return s, true, ok
+	}
+	if b[0] != '"' || b[len(b)-1] != '"' {
+		return "", false, false
+	}
+	c := b[1 : len(b)-1]
+	i := 0
+	for i < len(c) && i < quotedHead { // cut between escapes, never in one
+		switch {
+		case c[i] != '\\':
+			i++
+		case i+1 < len(c) && c[i+1] == 'u':
+			i += 6
+		default:
+			i += 2
+		}
+	}
+	i = min(i, len(c))
+	head := make([]byte, 0, i+2)
+	head = append(append(append(head, '"'), c[:i]...), '"')
+	s, ok = jsonString(head)
+	return s, false, ok
 }
 
 // jsonString is the string JSON value b holds, as encoding/json decodes it; ok is false

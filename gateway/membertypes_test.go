@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -211,5 +213,63 @@ func BenchmarkParseInference(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// A think or keep_alive string of a body's size costs no more than the body: decoded
+// whole and quoted in its refusal, an invalid UTF-8 byte became 3 bytes, and 12 in
+// ParseDuration's error, so one 32 MiB body made gigabytes of garbage, past the budget
+// of the bodies in flight (ADR-0048). A long think is refused in the words a whole decode
+// gives (clipped), a long keep_alive left to Ollama, which refuses or takes it.
+func TestMemberTypesLongStringsCostLittle(t *testing.T) {
+	thinkWords := func(raw string) string {
+		var s string
+		if err := json.Unmarshal([]byte(raw), &s); err != nil {
+			t.Fatalf("%.40q: %v", raw, err)
+		}
+		return fmt.Sprintf("invalid think value: %q (must be \"high\", \"medium\", \"low\", true, or false)", clipInput(s))
+	}
+	// Values whose head's cut falls in a character, a surrogate pair or an escape, at
+	// every alignment, and lengths about maxDecodedString.
+	units := []string{"\xff", "é", `\u00e9`, `\ud83d\ude00`, "😀", `\\u0041`, `\n`, "x", `\"`}
+	for _, unit := range units {
+		for pad := range 6 {
+			for _, n := range []int{maxDecodedString/len(unit) - 2, maxDecodedString/len(unit) + 2, 3 * maxDecodedString} {
+				raw := `"` + strings.Repeat("a", pad) + strings.Repeat(unit, n) + `"`
+				body := `{"model":"tiny-a",` + hiMessages + `,"think":` + raw + `}`
+				_, err := parseInference(broker.KindChat, []byte(body))
+				if ollamaDecode(broker.KindChat, []byte(body)) == nil {
+					t.Fatalf("Ollama's decoder takes think %.60q", raw)
+				}
+				if want := thinkWords(raw); err == nil || err.Error() != want {
+					t.Errorf("think %.60q (%d bytes): refused %v, want %q", raw, len(raw), err, want)
+				}
+				// A long keep_alive is left to Ollama; a short one is refused at once.
+				body = `{"model":"tiny-a",` + hiMessages + `,"keep_alive":` + raw + `}`
+				_, err = parseInference(broker.KindChat, []byte(body))
+				if long := len(raw) > maxDecodedString; long != (err == nil) {
+					t.Errorf("keep_alive %.60q (%d bytes): refused %v", raw, len(raw), err)
+				}
+			}
+		}
+	}
+	// A long keep_alive Ollama takes is taken.
+	body := `{"model":"tiny-a",` + hiMessages + `,"keep_alive":"` + strings.Repeat("0", 4*maxDecodedString) + `5m"}`
+	if _, err := parseInference(broker.KindChat, []byte(body)); err != nil || ollamaDecode(broker.KindChat, []byte(body)) != nil {
+		t.Errorf("a long keep_alive Ollama takes: refused %v (Ollama: %v)", err, ollamaDecode(broker.KindChat, []byte(body)))
+	}
+	// What the parse of a 4 MiB value costs: the value's copy kept raw, and no more.
+	value := `"` + strings.Repeat("\xff", 4<<20) + `"`
+	for _, member := range []string{"think", "keep_alive"} {
+		body := []byte(`{"model":"tiny-a",` + hiMessages + `,"` + member + `":` + value + `}`)
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		_, err := parseInference(broker.KindChat, body)
+		runtime.ReadMemStats(&after)
+		if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2*uint64(len(body)) {
+			t.Errorf("%s of %d bytes (refused %.60v): the parse allocated %d bytes, %.1f times the body",
+				member, len(value), err, allocated, float64(allocated)/float64(len(body)))
+		}
 	}
 }
