@@ -62,9 +62,19 @@ type capabilityAsks struct {
 
 // thinkThinks reports whether a native "think" enables thinking as Ollama reads it
 // (v0.17.4 api.ThinkValue: true, "high", "medium", "low"; false, null and absent do not,
-// and any other value is its decoder's 400).
+// and any other value is its decoder's 400). A string is read as the decoder reads it,
+// escapes and all ("\u0068igh" is "high"); one longer than any spelling of those three
+// (38 bytes, every character escaped) is none of them.
 func thinkThinks(v json.RawMessage) bool {
-	return slices.Contains([]string{`true`, `"high"`, `"medium"`, `"low"`}, string(bytes.TrimSpace(v)))
+	v = bytes.TrimSpace(v)
+	switch {
+	case string(v) == "true":
+		return true
+	case len(v) == 0 || v[0] != '"' || len(v) > 38:
+		return false
+	}
+	s, ok := jsonString(v)
+	return ok && slices.Contains([]string{"high", "medium", "low"}, s)
 }
 
 // reasoningThinks reports whether a /v1/chat/completions body enables thinking as

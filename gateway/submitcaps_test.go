@@ -38,6 +38,7 @@ func TestCapabilityJobsRefusedAtSubmit(t *testing.T) {
 		// words name the model in full).
 		{`{"model":"tiny-a",` + msgs + `,"think":true}`, `"tiny-a" does not support thinking`},
 		{`{"model":"tiny-a",` + msgs + `,"think":"low"}`, `"tiny-a" does not support thinking`},
+		{`{"model":"tiny-a",` + msgs + `,"think":"\u006c\u006Fw"}`, `"tiny-a" does not support thinking`}, // "low", as the decoder reads it
 		{`{"kind":"chat","model":"tiny-a:latest",` + msgs + `,"think":"high",` + tools + `}`, `"tiny-a:latest" does not support thinking`},
 		{`{"model":"tiny-a",` + msgs + `,` + tools + `}`, full("tiny-a") + " does not support tools"},
 		{`{"model":"thinker",` + msgs + `,"think":true,` + tools + `}`, full("thinker") + " does not support tools"},

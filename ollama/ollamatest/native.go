@@ -349,19 +349,15 @@ func (s *Server) handleEmbeddings(w http.ResponseWriter, r *http.Request, body [
 func capable(w http.ResponseWriter, m Model, asked string, think json.RawMessage, generate bool, other string, wantsOther bool,
 	errw func(http.ResponseWriter, int, string)) bool {
 	v := string(bytes.TrimSpace(think))
-	if generate && strings.HasPrefix(v, `"`) {
-		var s string
-		if json.Unmarshal(think, &s) == nil && (s == "high" || s == "medium" || s == "low") {
-			errw(w, http.StatusBadRequest, fmt.Sprintf("think value %q is not supported for this model", s))
-			return false
-		}
+	var s string // a think string, as the decoder reads it ("\u006cow" is "low")
+	effort := strings.HasPrefix(v, `"`) && json.Unmarshal(think, &s) == nil && (s == "high" || s == "medium" || s == "low")
+	if generate && effort {
+		errw(w, http.StatusBadRequest, fmt.Sprintf("think value %q is not supported for this model", s))
+		return false
 	}
-	switch v {
-	case "true", `"high"`, `"medium"`, `"low"`:
-		if !m.Thinking {
-			errw(w, http.StatusBadRequest, fmt.Sprintf("%q does not support thinking", asked))
-			return false
-		}
+	if (v == "true" || effort) && !m.Thinking {
+		errw(w, http.StatusBadRequest, fmt.Sprintf("%q does not support thinking", asked))
+		return false
 	}
 	if wantsOther {
 		// scheduleRunner's error names the model in full.
