@@ -30,6 +30,9 @@ func TestAFormatOllamaRefusesIsRefusedBeforeTheQueue(t *testing.T) {
 		// POST /jobs too: a job that could only fail.
 		{"/jobs", `{"kind":"generate","model":"tiny-a","prompt":"hi","format":"yaml"}`,
 			`{"error":"invalid format: \"\\\"yaml\\\"\"; expected \"json\" or a valid JSON Schema object"}`},
+		// A null after a prompt leaves it, as the decoder leaves a string field.
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","prompt":null,"format":"yaml"}`,
+			`{"error":"invalid format: \"\\\"yaml\\\"\"; expected \"json\" or a valid JSON Schema object"}`},
 		{"/jobs", `{"kind":"chat","model":"tiny-a","messages":[{"role":"user","content":"hi"}], "Format" : 7 }`,
 			`{"error":"invalid format: \"7\"; expected \"json\" or a valid JSON Schema object"}`},
 	} {

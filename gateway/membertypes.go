@@ -65,8 +65,14 @@ type typed[R kindRule] struct {
 
 func (m *typed[R]) UnmarshalJSON(b []byte) error {
 	var rule R
-	if k := jsonKind(b); m.refused == "" && k != "null" && !rule.takes(k) {
+	k := jsonKind(b)
+	if m.refused == "" && k != "null" && !rule.takes(k) {
 		m.refused = k
+	}
+	if k == "null" && !rule.takes("array") {
+		// The decoder's null leaves a string or bool field as it was ("prompt":"hi",
+		// "prompt":null is "hi"); a slice it empties.
+		return nil
 	}
 	return m.holds.UnmarshalJSON(b)
 }
