@@ -125,12 +125,7 @@ func (s *Server) capsLookUp(ctx context.Context, model string) (*capsEntry, erro
 	} else {
 		s.caps.mu.Unlock()
 	}
-	select {
-	case <-e.ready:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	return e, nil
+	return e.wait(ctx)
 }
 
 // capsReread reads model's capabilities again from /api/show, however fresh the
@@ -170,12 +165,7 @@ func (s *Server) capsReread(ctx context.Context, model string) (*capsEntry, erro
 	} else {
 		s.caps.mu.Unlock()
 	}
-	select {
-	case <-e.ready:
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
-	return e, nil
+	return e.wait(ctx)
 }
 
 // capsTarget is the target whose /api/show tells model's capabilities: the own one when
@@ -264,6 +254,16 @@ func (s *Server) refreshCaps(ctx context.Context, name, model string, old *capsE
 	defer s.caps.mu.Unlock()
 	if s.caps.m[name] == old {
 		s.caps.m[name] = e
+	}
+}
+
+// wait returns e once its look-up has ended, or ctx's error should the caller leave first.
+func (e *capsEntry) wait(ctx context.Context) (*capsEntry, error) {
+	select {
+	case <-e.ready:
+		return e, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 }
 

@@ -114,29 +114,27 @@ type customMember struct {
 	refused string
 }
 
+// take keeps b as the last value and, when no value before it was refused, refusal's
+// words for it.
+func (m *customMember) take(b []byte, refusal func([]byte) string) error {
+	m.raw = append(m.raw[:0], b...)
+	if m.refused == "" {
+		m.refused = refusal(b)
+	}
+	return nil
+}
+
 // thinkMember is a native "think" (api.ThinkValue): true, false, "high", "medium" or
 // "low".
 type thinkMember struct{ customMember }
 
-func (m *thinkMember) UnmarshalJSON(b []byte) error {
-	m.raw = append(m.raw[:0], b...)
-	if m.refused == "" {
-		m.refused = thinkRefused(b)
-	}
-	return nil
-}
+func (m *thinkMember) UnmarshalJSON(b []byte) error { return m.take(b, thinkRefused) }
 
 // keepAliveMember is a native "keep_alive" (api.Duration): a number of seconds or a Go
 // duration string.
 type keepAliveMember struct{ customMember }
 
-func (m *keepAliveMember) UnmarshalJSON(b []byte) error {
-	m.raw = append(m.raw[:0], b...)
-	if m.refused == "" {
-		m.refused = keepAliveRefused(b)
-	}
-	return nil
-}
+func (m *keepAliveMember) UnmarshalJSON(b []byte) error { return m.take(b, keepAliveRefused) }
 
 // thinkRefused is api.ThinkValue's UnmarshalJSON's error for b in its words, "" for none
 // (null never reaches it: the field is a pointer). A string it quotes is clipped, as any
