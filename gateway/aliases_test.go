@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -121,15 +120,7 @@ func TestAliasedBodyOnASharedNATSNamesTheModel(t *testing.T) {
 	if err := b.Inv.Refresh(ctx); err != nil {
 		t.Fatal(err)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, b.Fake.URL+ollama.AliasesPath, strings.NewReader(`{"alias":"fast"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("delete the alias on the fake: %v %v", resp, err)
-	}
-	resp.Body.Close()
+	b.deleteAtFake(t, ctx, ollama.AliasesPath, `{"alias":"fast"}`)
 
 	body := chatBody("fast", "hi", "false")
 	got := post(t, ctx, b.URL, "/api/chat", body)

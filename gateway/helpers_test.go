@@ -215,6 +215,24 @@ func (b *testBundle) send(t testing.TB, method, path string, body []byte, hdr ..
 }
 
 // testCtx is a context that ends with the test or after d.
+// deleteAtFake sends DELETE path with body to the bundle's fake target (a model's or an
+// alias's removal, as `ollama rm` sends it), which must answer 200.
+func (b *testBundle) deleteAtFake(t testing.TB, ctx context.Context, path, body string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, b.Fake.URL+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("DELETE %s %s at the fake target: %d", path, body, resp.StatusCode)
+	}
+}
+
 func testCtx(t testing.TB, d time.Duration) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)

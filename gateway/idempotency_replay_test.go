@@ -216,18 +216,7 @@ func TestKeyedRetryGetsItsJobAfterTheWebhookPolicyChanged(t *testing.T) {
 // deleteTinyB removes tiny-b from the fake target (ollama rm) and polls it.
 func deleteTinyB(t *testing.T, ctx context.Context, b *testBundle) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, b.Fake.URL+"/api/delete", strings.NewReader(`{"model":"tiny-b"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("delete tiny-b at the target: %d", resp.StatusCode)
-	}
+	b.deleteAtFake(t, ctx, "/api/delete", `{"model":"tiny-b"}`)
 	refreshInventory(t, ctx, b)
 }
 

@@ -90,17 +90,6 @@ func TestKeyedRetryRequeuesTheBodyAsFirstQueued(t *testing.T) {
 // deleteAlias removes alias at the fake target and polls it.
 func deleteAlias(t *testing.T, ctx context.Context, b *testBundle, alias string) {
 	t.Helper()
-	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, b.Fake.URL+ollama.AliasesPath, strings.NewReader(`{"alias":"`+alias+`"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("delete the alias %s at the target: %d", alias, resp.StatusCode)
-	}
+	b.deleteAtFake(t, ctx, ollama.AliasesPath, `{"alias":"`+alias+`"}`)
 	refreshInventory(t, ctx, b)
 }
