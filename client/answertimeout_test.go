@@ -111,12 +111,17 @@ func TestAnswerTimeoutEndsAWaitOnAStoppedForeman(t *testing.T) {
 	}
 }
 
+// loadedAnswerTimeout is the answer bound of the tests whose calls must succeed: each of
+// their reads and checks is to be answered within it on a machine loaded by CI's other
+// packages (at 50 ms one read was not, and the wait ended as foreman hung).
+const loadedAnswerTimeout = 500 * time.Millisecond
+
 // A chat whose answer stays silent for many times the bound, while foreman answers the
 // reads of its job (it waits in the queue), is not cut.
 func TestAnswerTimeoutLetsASilentChatWait(t *testing.T) {
 	t.Parallel()
 	srv, _ := stopping(t, true)
-	c := newClient(t, srv.URL, client.WithAnswerTimeout(50*time.Millisecond))
+	c := newClient(t, srv.URL, client.WithAnswerTimeout(loadedAnswerTimeout))
 	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
 	if err != nil || r.Message.Content != "late" {
 		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
@@ -246,7 +251,7 @@ func TestAnswerTimeoutRidesOutAConnectThatHangs(t *testing.T) {
 		return (&net.Dialer{}).DialContext(ctx, network, addr)
 	}
 	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}),
-		client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(50*time.Millisecond))
+		client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(loadedAnswerTimeout))
 	_, err := c.Wait(testCtx(t), stoppedJob)
 	var je *client.JobError
 	if !errors.As(err, &je) {
@@ -295,7 +300,7 @@ func TestAnswerTimeoutChatRidesOutACheckNotSent(t *testing.T) {
 		}
 		return (&net.Dialer{}).DialContext(ctx, network, addr)
 	}
-	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}), client.WithAnswerTimeout(50*time.Millisecond), client.WithOnQueued(func(string) {}))
+	c := newClient(t, srv.URL, client.WithHTTPClient(&http.Client{Transport: tr}), client.WithAnswerTimeout(loadedAnswerTimeout), client.WithOnQueued(func(string) {}))
 	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
 	if err != nil || r.Message.Content != "late" {
 		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
@@ -357,7 +362,7 @@ func TestAnswerTimeoutLetsASilentChatWaitWithoutItsEarlyID(t *testing.T) {
 	})
 	srv := httptest.NewServer(mux)
 	t.Cleanup(srv.Close)
-	c := newClient(t, srv.URL, client.WithAnswerTimeout(50*time.Millisecond))
+	c := newClient(t, srv.URL, client.WithAnswerTimeout(loadedAnswerTimeout))
 	r, err := c.Chat(testCtx(t), client.ChatRequest{Model: "tiny-a", Messages: []client.Message{{Role: "user", Content: "hi"}}}, nil)
 	if err != nil || r.Message.Content != "late" {
 		t.Fatalf("Chat = %+v, %v; want the late answer", r, err)
