@@ -148,7 +148,7 @@ func TestAnswerTimeoutLetsASilentChatWaitOnADegradedForeman(t *testing.T) {
 			})
 			srv := httptest.NewServer(mux)
 			t.Cleanup(srv.Close)
-			opts := []client.Option{client.WithAnswerTimeout(200 * time.Millisecond)}
+			opts := []client.Option{client.WithAnswerTimeout(loadedAnswerTimeout)}
 			if early {
 				opts = append(opts, client.WithOnQueued(func(string) {}))
 			}
@@ -252,9 +252,11 @@ func TestAnswerTimeoutEndsAWaitWhoseProxyAnswersTheReads(t *testing.T) {
 			})
 			srv := httptest.NewServer(mux)
 			t.Cleanup(srv.Close)
-			ctx, cancel := context.WithTimeout(testCtx(t), 10*time.Second)
+			// Bounds as TestAnswerTimeoutEndsAChatWhoseProxyAnswersTheChecks's: a read
+			// not sent whole within the answer bound is ridden out.
+			ctx, cancel := context.WithTimeout(testCtx(t), 30*time.Second)
 			defer cancel()
-			c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(300*time.Millisecond))
+			c := newClient(t, srv.URL, client.WithPollingOnly(), client.WithPollInterval(10*time.Millisecond), client.WithAnswerTimeout(500*time.Millisecond))
 			_, err := c.Wait(ctx, proxiedJob)
 			if ctx.Err() != nil {
 				t.Fatalf("the wait still went on after %d reads answered by the proxy: %v", reads.Load(), err)
