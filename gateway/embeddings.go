@@ -103,6 +103,16 @@ func (s *Server) capabilities(ctx context.Context, model string) ([]string, erro
 	return e.caps, e.err
 }
 
+// capabilitiesAndPlace are capabilities with whether model is a remote (cloud) one, whose
+// calls Ollama sends on to the remote host before its own checks.
+func (s *Server) capabilitiesAndPlace(ctx context.Context, model string) (caps []string, remote bool, err error) {
+	e, err := s.capsLookUp(ctx, model)
+	if err != nil {
+		return nil, false, err
+	}
+	return e.caps, e.remote, e.err
+}
+
 // capsLookUp is capabilities' entry for model, ready. err is only why the entry is not
 // had (no target has the model, the caller left): the look-up's own failure is the
 // entry's.

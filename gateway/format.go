@@ -21,7 +21,9 @@ import (
 // llm/server.go Completion): null and "" mean no format; a call that only loads the model
 // (no messages, an empty prompt) never reaches the check; a thinking model's chat runs
 // its first completion without the format, and an image generation model's generate has
-// none, so those are left to Ollama, as is a model whose capabilities cannot be read.
+// none, so those are left to Ollama, as is a model whose capabilities cannot be read,
+// and a remote (cloud) model's call: Ollama sends it on to the remote host unchecked, and
+// the remote answers it (as refuseLacking leaves it).
 // A refusal is confirmed against the model list first (confirmCapabilities), as one at
 // submit is: the model may have been created again since the last poll as one that thinks.
 func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model string, in inference) error {
@@ -29,7 +31,7 @@ func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model st
 	if !chat && kind != broker.KindGenerate || formatTaken(in.format) || !in.completes {
 		return nil // another route, a format Ollama takes, or a load: no completion
 	}
-	caps, err := s.capabilities(ctx, model)
+	caps, remote, err := s.capabilitiesAndPlace(ctx, model)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -39,12 +41,12 @@ func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model st
 	takes := func(caps []string) bool {
 		return (chat && slices.Contains(caps, "thinking")) || (kind == broker.KindGenerate && slices.Contains(caps, "image"))
 	}
-	if takes(caps) {
+	if remote || takes(caps) {
 		return nil
 	}
 	// Confirmed against the model the list names now before it refuses (ADR-0129): a
 	// model created again since the last poll as a thinking one runs the call.
-	if caps, _, ok := s.confirmCapabilities(ctx, model); !ok || takes(caps) {
+	if caps, remote, ok := s.confirmCapabilities(ctx, model); !ok || remote || takes(caps) {
 		return ctx.Err()
 	}
 	return badRequest(fmt.Sprintf("invalid format: %q; expected \"json\" or a valid JSON Schema object", clipInput(string(in.format))))

@@ -87,15 +87,16 @@ type imageEditRequest struct {
 // model whose capabilities cannot be read is let through. The refusal is confirmed
 // against the model list first (confirmCapabilities), as a refusal at submit is: a model
 // created or pulled again since the last poll as an image generation model makes
-// pictures at once; one the target cannot confirm now is let through too.
+// pictures at once; one the target cannot confirm now is let through too, as is a remote
+// (cloud) model's call: Ollama sends it on to the remote host unchecked.
 func (s *Server) refuseNoImages(ctx context.Context, kind broker.Kind, model string) error {
 	if !kind.Image() {
 		return nil
 	}
-	caps, err := s.capabilities(ctx, model)
-	if err == nil && !slices.Contains(caps, "image") {
+	caps, remote, err := s.capabilitiesAndPlace(ctx, model)
+	if err == nil && !remote && !slices.Contains(caps, "image") {
 		var ok bool
-		if caps, _, ok = s.confirmCapabilities(ctx, model); ok && !slices.Contains(caps, "image") {
+		if caps, remote, ok = s.confirmCapabilities(ctx, model); ok && !remote && !slices.Contains(caps, "image") {
 			return badRequest(fmt.Sprintf("model %q makes no images: it is not an image generation model (its capabilities: %v)", clipInput(model), caps))
 		}
 	}

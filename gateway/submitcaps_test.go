@@ -181,7 +181,7 @@ func (c countShows) Do(ctx context.Context, method, path string, header http.Hea
 }
 
 // A remote model (a cloud model's /api/show names its remote_host and remote_model) is
-// not refused at submit for what its capabilities lack: Ollama's chat and generate
+// not refused at submit for what its capabilities lack, a format or a picture: Ollama's chat and generate
 // handlers send its call on to the remote host before any of the checks the refusal
 // stands for (v0.17.4 server/routes.go: the remote branch comes before raw mode, the
 // think value, thinking and scheduleRunner's capabilities), and the remote answers it.
@@ -200,6 +200,11 @@ func TestCapabilityJobsOfARemoteModelQueued(t *testing.T) {
 		`{"kind":"generate","model":"tiny-a","prompt":"hi","suffix":"end"}`,
 		`{"kind":"generate","model":"tiny-a","prompt":"hi","think":"medium","suffix":"end"}`,
 		`{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"reasoning_effort":"high"}`,
+		// Nor for a format Ollama's runner refuses, nor a picture of a model whose
+		// capabilities name no image: the remote's to answer too.
+		`{"model":"tiny-a",` + msgs + `,"format":"yaml"}`,
+		`{"kind":"generate","model":"tiny-a","prompt":"hi","format":5}`,
+		`{"kind":"openai_images","model":"tiny-a","prompt":"a lighthouse"}`,
 	} {
 		for range 2 { // the second with the capabilities cached
 			if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusAccepted {
