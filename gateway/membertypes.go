@@ -244,18 +244,21 @@ func jsonString(b []byte) (s string, ok bool) {
 	if plain {
 		return string(b[1 : len(b)-1]), true
 	}
-	return s, json.Unmarshal(b, &s) == nil
+	var v string // not s: a variable the decoder is given is on the heap from its start
+	return v, json.Unmarshal(b, &v) == nil
 }
 
-// logprobsMember is "logprobs": the native routes' bool, /v1/completions' *int (kept raw:
-// a value of another type there is the target's 400, in its words).
+// logprobsMember is "logprobs": the native routes' and /v1/chat/completions' bool,
+// /v1/completions' *int (kept raw for checkTopLogprobs).
 type logprobsMember struct {
 	raw    json.RawMessage
 	asBool typed[boolKind]
+	asInt  int64Member
 }
 
 func (m *logprobsMember) UnmarshalJSON(b []byte) error {
 	m.raw = append(m.raw[:0], b...)
+	_ = m.asInt.UnmarshalJSON(b)
 	return m.asBool.UnmarshalJSON(b)
 }
 
