@@ -328,10 +328,9 @@ func checkTopLogprobs(kind broker.Kind, topLogprobs intMember, logprobs json.Raw
 
 // intMember is an int member of a body as Ollama's encoding/json reads it into an int
 // field: a null leaves the value before it as it was (`"max_tokens":3,"max_tokens":null`
-// is 3), absent is 0. bad says a value was no int: Ollama's decoder refuses the body, in
-// its words, which the target gives.
-// refused is the first value the decoder refuses, as it names it (intRefused): on the
-// native routes that is foreman's 400 too (nativeTypeRefusal).
+// is 3), absent is 0. bad says a value was no int. refused is the first value the decoder
+// refuses, as it names it (intRefused): foreman's 400 before n is read
+// (nativeTypeRefusal, compatTypeRefusal).
 type intMember struct {
 	n       int
 	bad     bool
