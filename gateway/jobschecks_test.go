@@ -63,7 +63,11 @@ var syncRefusals = []struct {
 	{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":[]}`, 400, "invalid input"},
 	{broker.KindOpenAIEmbeddings, `{"model":"tiny-a"}`, 400, "invalid input"},
 	{broker.KindChat, `{"model":"tiny-a",` + hiMessages + `,"stream":"yes"}`, 400,
-		"invalid JSON body: json: cannot unmarshal string into Go struct field .stream of type bool"},
+		"json: cannot unmarshal string into Go struct field ChatRequest.stream of type bool"},
+	{broker.KindGenerate, `{"model":5,"prompt":"hi","think":"very"}`, 400,
+		`invalid think value: "very" (must be "high", "medium", "low", true, or false)`},
+	{broker.KindGenerate, `{"model":["tiny-a"],"prompt":"hi"}`, 400,
+		"json: cannot unmarshal array into Go struct field GenerateRequest.model of type string"},
 	{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","options":{"temperature":"hot"}}`, 400,
 		`option "temperature" must be of type float32`},
 	// Options that are no object are Ollama's decoder's 400, before anything else.

@@ -284,8 +284,11 @@ func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 			messages = req.Messages.refused
 		}
 		members = []memberType{
+			{"model", "string", req.Model.refused},
 			{"messages", "[]api.Message", messages},
+			{"stream", "bool", req.Stream.refused()},
 			{"tools", "api.Tools", req.Tools.refused},
+			{"options", "map[string]interface {}", req.Options.NotAnObject()},
 			{"truncate", "bool", req.Truncate.refused},
 			{"shift", "bool", req.Shift.refused},
 			{"_debug_render_only", "bool", req.DebugRenderOnly.refused},
@@ -294,13 +297,16 @@ func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 		}
 	case broker.KindGenerate:
 		members = []memberType{
+			{"model", "string", req.Model.refused},
 			{"prompt", "string", req.Prompt.refused},
 			{"suffix", "string", req.Suffix.refused},
 			{"system", "string", req.System.refused},
 			{"template", "string", req.Template.refused},
 			{"context", "[]int", req.Context.refused},
+			{"stream", "bool", req.Stream.refused()},
 			{"raw", "bool", req.Raw.refused},
 			{"images", "[]api.ImageData", req.Images.refused},
+			{"options", "map[string]interface {}", req.Options.NotAnObject()},
 			{"truncate", "bool", req.Truncate.refused},
 			{"shift", "bool", req.Shift.refused},
 			{"_debug_render_only", "bool", req.DebugRenderOnly.refused},
@@ -313,12 +319,7 @@ func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 	default:
 		return nil
 	}
-	for _, m := range members {
-		if m.refused != "" {
-			return badRequest(fmt.Sprintf("json: cannot unmarshal %s into Go struct field %s.%s of type %s", m.refused, typ, m.name, m.goType))
-		}
-	}
-	return nil
+	return firstRefused(typ, members)
 }
 
 // decodeAborted is the 400 of a native chat or generate body whose think or keep_alive

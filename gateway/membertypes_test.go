@@ -42,10 +42,6 @@ var typeMembers = []string{
 	"logprobs", "top_logprobs", "width", "height", "steps", "stream", "model", "unknown",
 }
 
-// foremanWorded are members whose refusal foreman words its own way (its decode of the
-// body says "invalid JSON body: ... .model"): true, only not Ollama's words.
-var foremanWorded = map[string]bool{"model": true, "stream": true}
-
 // typeBody is a native body of kind with a model and something to complete, and
 // member set to value.
 func typeBody(kind broker.Kind, member, value string) string {
@@ -57,8 +53,8 @@ func typeBody(kind broker.Kind, member, value string) string {
 	return "{" + strings.Join(append(members, `"`+member+`":`+value), ",") + "}"
 }
 
-// typeRefusal reports whether err is a refusal for a member's type: the decoder's words
-// (foreman's own for the model and stream), or think's or keep_alive's decoder's.
+// typeRefusal reports whether err is a refusal for a member's type: the decoder's words,
+// or think's or keep_alive's decoder's.
 func typeRefusal(err error) bool {
 	if err == nil {
 		return false
@@ -92,7 +88,7 @@ func TestMemberTypesAsOllamaDecodes(t *testing.T) {
 						t.Errorf("%s %s: refused %q, but Ollama's decoder takes it", kind, body, err)
 						continue
 					}
-					if !foremanWorded[member] && err.Error() != ollamaErr.Error() {
+					if err.Error() != ollamaErr.Error() {
 						t.Errorf("%s %s: refused %q, Ollama's decoder says %q", kind, body, err, ollamaErr)
 					}
 					continue

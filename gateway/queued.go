@@ -156,11 +156,6 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err != nil {
 		return inference{}, err
 	}
-	if req.Model.refused != "" && !compatLayer(kind) {
-		// foreman's own words for a model that is no string, as its decode of the body
-		// said them (ADR-0141).
-		return inference{}, badRequest("invalid JSON body: json: cannot unmarshal " + req.Model.refused + " into Go struct field .model of type string")
-	}
 	// The OpenAI and Anthropic layers' decoders refuse a member of another kind than its
 	// field's first of all, before the layer's own checks (ADR-0142).
 	if err := compatTypeRefusal(kind, &req); err != nil {
@@ -172,13 +167,11 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err := decodeAborted(kind, &req); err != nil {
 		return inference{body: read}, err
 	}
-	if err := req.Stream.refusal(kind); err != nil {
+	if err := nativeTypeRefusal(kind, &req); err != nil {
 		return inference{body: read}, err
 	}
 	if err := optionsNotAnObject(kind, req.Options); err != nil {
-		return inference{body: read}, err
-	}
-	if err := nativeTypeRefusal(kind, &req); err != nil {
+		// The embedding kinds' (requestModel refused it first on their routes).
 		return inference{body: read}, err
 	}
 	if kind == broker.KindOpenAIChat && req.Messages.none() {
@@ -265,19 +258,6 @@ func (f *streamField) UnmarshalJSON(b []byte) error {
 		f.err = te
 	}
 	return nil
-}
-
-// refusal is the 400 for a stream that is no boolean on a native route (kind's), worded
-// as foreman's decode of the whole body words it; nil on another route: the embedding
-// and image requests have no stream, and the OpenAI and Anthropic layers' decoders word
-// their refusal of it (compatTypeRefusal).
-func (f *streamField) refusal(kind broker.Kind) error {
-	if f.err == nil || embeds(kind) || kind.Image() || compatLayer(kind) {
-		return nil
-	}
-	te := *f.err
-	te.Field = "stream"
-	return badRequest("invalid JSON body: " + te.Error())
 }
 
 // optionsNotAnObject is the 400 of Ollama's decoder for an "options" member that is no
