@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 
@@ -65,29 +66,40 @@ func (m *int64Member) UnmarshalJSON(b []byte) error {
 type floatMember struct{ refused32, refused64 string }
 
 func (m *floatMember) UnmarshalJSON(b []byte) error {
+	if m.refused32 != "" && m.refused64 != "" {
+		return nil
+	}
+	r32, r64 := floatRefused(b)
 	if m.refused32 == "" {
-		m.refused32 = floatRefused(b, 32)
+		m.refused32 = r32
 	}
 	if m.refused64 == "" {
-		m.refused64 = floatRefused(b, 64)
+		m.refused64 = r64
 	}
 	return nil
 }
 
-// floatRefused is the value encoding/json names when it refuses b for a float field of
-// bits bits, "" when the field takes it.
-func floatRefused(b []byte, bits int) string {
+// floatRefused is the value encoding/json names when it refuses b for a float32 and for
+// a float64 field, "" when the field takes it. A number is parsed as a float32 too only
+// when it is no less than float32's largest as a float64: one less rounds to a float32.
+func floatRefused(b []byte) (r32, r64 string) {
 	switch k := jsonKind(b); k {
 	case "null":
-		return ""
+		return "", ""
 	case "number":
 		b = bytes.TrimSpace(b)
-		if _, err := strconv.ParseFloat(string(b), bits); err != nil {
-			return "number " + string(b)
+		f, err := strconv.ParseFloat(string(b), 64)
+		if err != nil {
+			return "number " + string(b), "number " + string(b)
 		}
-		return ""
+		if math.Abs(f) >= math.MaxFloat32 {
+			if _, err := strconv.ParseFloat(string(b), 32); err != nil {
+				return "number " + string(b), ""
+			}
+		}
+		return "", ""
 	default:
-		return k
+		return k, k
 	}
 }
 

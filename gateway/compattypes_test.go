@@ -35,8 +35,11 @@ var compatTypes = []struct {
 	{broker.KindOpenAIImageEdits, reflect.TypeFor[openai.ImageEditRequest](), []string{`"model":"tiny-a"`, `"prompt":"a cat"`, `"image":"` + pngData + `"`}},
 }
 
-// compatValues are typeValues and the numbers a float32, a float64 or an int64 cannot hold.
-var compatValues = append(slices.Clone(typeValues), `1e39`, `-1e39`, `1e400`, `9223372036854775808`, `1.0`)
+// compatValues are typeValues and the numbers a float32, a float64 or an int64 cannot
+// hold, and those about float32's largest (one that rounds to it, one past half its last
+// step, float32's largest itself).
+var compatValues = append(slices.Clone(typeValues), `1e39`, `-1e39`, `1e400`, `9223372036854775808`, `1.0`,
+	`3.40282356e38`, `-3.40282357e38`, `3.4028234663852886e38`)
 
 // jsonMembers are the members typ's decoder reads, by their JSON names.
 func jsonMembers(typ reflect.Type) []string {

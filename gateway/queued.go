@@ -189,7 +189,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		case req.Model.s == "":
 			return inference{body: read}, badRequest("model is required")
 		case !req.MaxTokens.bad && req.MaxTokens.n <= 0:
-			// Absent or null is 0; a value of another type is the target's 400.
+			// Absent or null is 0; a value of another type was refused above.
 			return inference{body: read}, badRequest("max_tokens is required and must be positive")
 		case req.Messages.none():
 			return inference{body: read}, badRequest("messages is required")
@@ -238,7 +238,8 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 
 // streamField is a queued route's "stream" member. A value that is no boolean is the
 // decoder's 400 on the routes whose Ollama request has a "stream" (the chat and
-// completion routes); Ollama's embedding and image requests have none, and ignore it.
+// completion routes: nativeTypeRefusal, compatTypeRefusal); Ollama's embedding and image
+// requests have none, and ignore it.
 type streamField struct {
 	ollama.StreamMember
 	err *json.UnmarshalTypeError // the first value that was no boolean
