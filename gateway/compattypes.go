@@ -149,13 +149,6 @@ var compatRequestTypes = map[broker.Kind]string{
 	broker.KindOpenAIEmbeddings: "EmbedRequest",
 }
 
-// compatLayer reports whether kind's route is one of Ollama's OpenAI or Anthropic layer
-// whose request type compatTypeRefusal checks (the image routes' checkImageRequest).
-func compatLayer(kind broker.Kind) bool {
-	_, ok := compatRequestTypes[kind]
-	return ok
-}
-
 // compatTypeRefusal is the 400 of the decoder of Ollama's OpenAI or Anthropic layer for
 // a body of kind (req, as parseInference decoded it) with a member of a kind its field
 // cannot take, in the decoder's words; nil for none or another kind. An /v1/responses
