@@ -8,9 +8,12 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/ollama/ollama/openai"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 	"gitea.stevedudenhoeffer.com/steve/foreman/gateway/webhook"
@@ -56,6 +59,13 @@ func wantQueueable(t *testing.T, model string) {
 
 var queuedKinds = []broker.Kind{broker.KindChat, broker.KindGenerate, broker.KindOpenAIChat, broker.KindOpenAICompletion}
 
+// fuzzCompatTypes are the request types of Ollama's OpenAI layer for the OpenAI kinds
+// among queuedKinds.
+var fuzzCompatTypes = map[broker.Kind]reflect.Type{
+	broker.KindOpenAIChat:       reflect.TypeFor[openai.ChatCompletionRequest](),
+	broker.KindOpenAICompletion: reflect.TypeFor[openai.CompletionRequest](),
+}
+
 // FuzzParseInference fuzzes the body parser of /api/chat, /api/generate,
 // /v1/chat/completions and /v1/completions.
 func FuzzParseInference(f *testing.F) {
@@ -74,15 +84,21 @@ func FuzzParseInference(f *testing.F) {
 	f.Add(uint8(0), []byte(`{"model":"a","tools":"x","think":"weird","keep_alive":[1],"messages":"hi"}`))
 	f.Add(uint8(1), []byte(`{"model":"a","prompt":"x","images":"x","context":{},"raw":"yes","width":1.5,"keep_alive":"5x"}`))
 	f.Add(uint8(0), []byte(`{"model":"a","TOOLS":[],"think":"high","keep_alive":-1,"truncate":null,"logprobs":true}`))
+	f.Add(uint8(2), []byte(`{"model":"a","messages":"hi","max_tokens":"x","temperature":1e400,"stream_options":5,"stream":"x"}`))
+	f.Add(uint8(3), []byte(`{"model":5,"prompt":"x","frequency_penalty":1e39,"logprobs":true,"seed":1.5,"Suffix":[]}`))
 	f.Fuzz(func(t *testing.T, k uint8, body []byte) {
 		kind := queuedKinds[int(k)%len(queuedKinds)]
 		in, err := parseInference(kind, body)
 		model, stream := in.model, in.stream
 		if err != nil {
 			wantClientError(t, "parseInference", err)
-			// A native body refused for a member's type is one Ollama's decoder refuses.
+			// A native body refused for a member's type is one Ollama's decoder refuses; an
+			// OpenAI body, one its OpenAI layer's decoder refuses.
 			if (kind == broker.KindChat || kind == broker.KindGenerate) && typeRefusal(err) && ollamaDecode(kind, body) == nil {
 				t.Fatalf("%s %q: refused %q, but Ollama's decoder takes it", kind, body, err)
+			}
+			if typ, ok := fuzzCompatTypes[kind]; ok && compatTypeRefused(err) && compatDecode(typ, body) == nil {
+				t.Fatalf("%s %q: refused %q, but Ollama's OpenAI layer's decoder takes it", kind, body, err)
 			}
 			return
 		}

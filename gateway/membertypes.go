@@ -244,18 +244,21 @@ func jsonString(b []byte) (s string, ok bool) {
 	if plain {
 		return string(b[1 : len(b)-1]), true
 	}
-	return s, json.Unmarshal(b, &s) == nil
+	var v string // not s: a variable the decoder is given is on the heap from its start
+	return v, json.Unmarshal(b, &v) == nil
 }
 
-// logprobsMember is "logprobs": the native routes' bool, /v1/completions' *int (kept raw:
-// a value of another type there is the target's 400, in its words).
+// logprobsMember is "logprobs": the native routes' and /v1/chat/completions' bool,
+// /v1/completions' *int (kept raw for checkTopLogprobs).
 type logprobsMember struct {
 	raw    json.RawMessage
 	asBool typed[boolKind]
+	asInt  int64Member
 }
 
 func (m *logprobsMember) UnmarshalJSON(b []byte) error {
 	m.raw = append(m.raw[:0], b...)
+	_ = m.asInt.UnmarshalJSON(b)
 	return m.asBool.UnmarshalJSON(b)
 }
 
@@ -281,8 +284,11 @@ func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 			messages = req.Messages.refused
 		}
 		members = []memberType{
+			{"model", "string", req.Model.refused},
 			{"messages", "[]api.Message", messages},
+			{"stream", "bool", req.Stream.refused()},
 			{"tools", "api.Tools", req.Tools.refused},
+			{"options", "map[string]interface {}", req.Options.NotAnObject()},
 			{"truncate", "bool", req.Truncate.refused},
 			{"shift", "bool", req.Shift.refused},
 			{"_debug_render_only", "bool", req.DebugRenderOnly.refused},
@@ -291,13 +297,16 @@ func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 		}
 	case broker.KindGenerate:
 		members = []memberType{
+			{"model", "string", req.Model.refused},
 			{"prompt", "string", req.Prompt.refused},
 			{"suffix", "string", req.Suffix.refused},
 			{"system", "string", req.System.refused},
 			{"template", "string", req.Template.refused},
 			{"context", "[]int", req.Context.refused},
+			{"stream", "bool", req.Stream.refused()},
 			{"raw", "bool", req.Raw.refused},
 			{"images", "[]api.ImageData", req.Images.refused},
+			{"options", "map[string]interface {}", req.Options.NotAnObject()},
 			{"truncate", "bool", req.Truncate.refused},
 			{"shift", "bool", req.Shift.refused},
 			{"_debug_render_only", "bool", req.DebugRenderOnly.refused},
@@ -310,12 +319,7 @@ func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 	default:
 		return nil
 	}
-	for _, m := range members {
-		if m.refused != "" {
-			return badRequest(fmt.Sprintf("json: cannot unmarshal %s into Go struct field %s.%s of type %s", m.refused, typ, m.name, m.goType))
-		}
-	}
-	return nil
+	return firstRefused(typ, members)
 }
 
 // decodeAborted is the 400 of a native chat or generate body whose think or keep_alive

@@ -42,10 +42,6 @@ var typeMembers = []string{
 	"logprobs", "top_logprobs", "width", "height", "steps", "stream", "model", "unknown",
 }
 
-// foremanWorded are members whose refusal foreman words its own way (its decode of the
-// body says "invalid JSON body: ... .model"): true, only not Ollama's words.
-var foremanWorded = map[string]bool{"model": true, "stream": true}
-
 // typeBody is a native body of kind with a model and something to complete, and
 // member set to value.
 func typeBody(kind broker.Kind, member, value string) string {
@@ -57,8 +53,8 @@ func typeBody(kind broker.Kind, member, value string) string {
 	return "{" + strings.Join(append(members, `"`+member+`":`+value), ",") + "}"
 }
 
-// typeRefusal reports whether err is a refusal for a member's type: the decoder's words
-// (foreman's own for the model and stream), or think's or keep_alive's decoder's.
+// typeRefusal reports whether err is a refusal for a member's type: the decoder's words,
+// or think's or keep_alive's decoder's.
 func typeRefusal(err error) bool {
 	if err == nil {
 		return false
@@ -92,7 +88,7 @@ func TestMemberTypesAsOllamaDecodes(t *testing.T) {
 						t.Errorf("%s %s: refused %q, but Ollama's decoder takes it", kind, body, err)
 						continue
 					}
-					if !foremanWorded[member] && err.Error() != ollamaErr.Error() {
+					if err.Error() != ollamaErr.Error() {
 						t.Errorf("%s %s: refused %q, Ollama's decoder says %q", kind, body, err, ollamaErr)
 					}
 					continue
@@ -175,36 +171,21 @@ func TestMemberTypeCombosAsOllamaDecodes(t *testing.T) {
 	}
 }
 
-// The check is the native routes' alone: the OpenAI and Anthropic layers decode into
-// types of their own, and those members mean other things there or nothing.
-func TestMemberTypesOnlyOnNativeRoutes(t *testing.T) {
-	t.Parallel()
-	for _, c := range []struct {
-		kind broker.Kind
-		body string
-	}{
-		{broker.KindOpenAIChat, `{"model":"tiny-a",` + hiMessages + `,"think":"weird","keep_alive":[1],"raw":"x","images":"x"}`},
-		{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","logprobs":2,"suffix":5,"system":5,"context":"x"}`},
-		{broker.KindOpenAIResponses, `{"model":"tiny-a","input":"hi","tools":"x","truncate":5}`},
-		{broker.KindAnthropicMessages, `{"model":"tiny-a","max_tokens":4,` + hiMessages + `,"system":5,"think":5,"stream":false}`},
-	} {
-		if _, err := parseInference(c.kind, []byte(c.body)); typeRefusal(err) {
-			t.Errorf("%s %s: refused %q for a type a native route's decoder checks", c.kind, c.body, err)
-		}
-	}
-}
-
-// BenchmarkParseInference is the parse of a chat body with tools and a generate body
-// with a 1 MiB image: the member types cost only the first byte of each value.
+// BenchmarkParseInference is the parse of a chat body with tools, a generate body with a
+// 1 MiB image and an OpenAI chat body with its sampling members: the member types cost
+// only the first byte of each value (a number's literal).
 func BenchmarkParseInference(b *testing.B) {
 	chat := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"what is the weather in Paris?"}],` +
 		`"tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object"}}}],"think":false,"keep_alive":"5m","options":{"temperature":0}}`)
 	image := []byte(`{"model":"tiny-a","prompt":"what is in this picture?","images":["` + strings.Repeat("A", 1<<20) + `"],"stream":false}`)
+	openAIChat := []byte(`{"model":"tiny-a","messages":[{"role":"user","content":"what is the weather in Paris?"}],` +
+		`"tools":[{"type":"function","function":{"name":"weather","parameters":{"type":"object"}}}],"stream":true,` +
+		`"stream_options":{"include_usage":true},"max_tokens":256,"temperature":0.7,"top_p":0.9,"seed":42,"stop":["\n"]}`)
 	for _, c := range []struct {
 		name string
 		kind broker.Kind
 		body []byte
-	}{{"chat", broker.KindChat, chat}, {"generate-image", broker.KindGenerate, image}} {
+	}{{"chat", broker.KindChat, chat}, {"generate-image", broker.KindGenerate, image}, {"openai-chat", broker.KindOpenAIChat, openAIChat}} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

@@ -355,9 +355,10 @@ func TestNATSSubmitHostileClient(t *testing.T) {
 	}
 }
 
-// A NATS submit of a chat or generate job whose body has a member of a type Ollama's
-// decoder refuses is answered with that 400 in the decoder's words, as POST /jobs answers
-// it, and no job is stored: before, it was accepted to fail in its turn (ADR-0141).
+// A NATS submit of a job whose body has a member of a type Ollama's decoder (native, or
+// its OpenAI or Anthropic layer's) refuses is answered with that 400 in the decoder's
+// words, as POST /jobs answers it, and no job is stored: before, it was accepted to fail
+// in its turn (ADR-0141, ADR-0142).
 func TestNATSSubmitRefusesMemberTypes(t *testing.T) {
 	t.Parallel()
 	b := newTestBundle(t)
@@ -370,6 +371,17 @@ func TestNATSSubmitRefusesMemberTypes(t *testing.T) {
 		{`{"kind":"generate","model":"tiny-a","prompt":"hi","keep_alive":[1]}`, "Unsupported type: '[]interface {}'"},
 		{`{"kind":"generate","model":"tiny-a","prompt":"hi","raw":"yes"}`,
 			"json: cannot unmarshal string into Go struct field GenerateRequest.raw of type bool"},
+		// The OpenAI and Anthropic layers' decoders' (ADR-0142).
+		{`{"kind":"openai_chat","model":"tiny-a","messages":"hi"}`,
+			"json: cannot unmarshal string into Go struct field ChatCompletionRequest.messages of type []openai.Message"},
+		{`{"kind":"openai_completion","model":"tiny-a","prompt":"hi","temperature":"hot"}`,
+			"json: cannot unmarshal string into Go struct field CompletionRequest.temperature of type float32"},
+		{`{"kind":"openai_responses","model":"tiny-a","input":{}}`,
+			"input must be a string or array: json: cannot unmarshal object into Go value of type []json.RawMessage"},
+		{`{"kind":"anthropic_messages","model":"tiny-a","max_tokens":4,"messages":[{"role":"user","content":"hi"}],"stop_sequences":"x"}`,
+			"json: cannot unmarshal string into Go struct field MessagesRequest.stop_sequences of type []string"},
+		{`{"kind":"openai_embeddings","model":"tiny-a","input":"hi","dimensions":1.5}`,
+			"json: cannot unmarshal number 1.5 into Go struct field EmbedRequest.dimensions of type int"},
 	} {
 		if got := natsSubmit(t, b, c.body); got.Status != 400 || got.Error != c.want || got.JobID != "" {
 			t.Errorf("NATS submit %s: %+v, want 400 %q", c.body, got, c.want)

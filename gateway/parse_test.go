@@ -16,8 +16,10 @@ func TestBodyErrorWording(t *testing.T) {
 		{"/api/chat", `[1]`, "invalid JSON body: json: cannot unmarshal array into Go value of type map[string]json.RawMessage"},
 		{"/api/chat", `"x"`, "invalid JSON body: json: cannot unmarshal string into Go value of type map[string]json.RawMessage"},
 		{"/api/chat", `{"model":`, "invalid JSON body: unexpected end of JSON input"},
-		{"/api/chat", `{"model":5}`, "invalid JSON body: json: cannot unmarshal number into Go struct field .model of type string"},
-		{"/api/generate", `{"model":"tiny-a","stream":"yes"}`, "invalid JSON body: json: cannot unmarshal string into Go struct field .stream of type bool"},
+		// A member of another type on chat and generate is Ollama's decoder's words
+		// (ADR-0141, ADR-0142).
+		{"/api/chat", `{"model":5}`, "json: cannot unmarshal number into Go struct field ChatRequest.model of type string"},
+		{"/api/generate", `{"model":"tiny-a","stream":"yes"}`, "json: cannot unmarshal string into Go struct field GenerateRequest.stream of type bool"},
 		{"/api/show", `[1]`, "invalid JSON body: json: cannot unmarshal array into Go value of type map[string]json.RawMessage"},
 		{"/api/show", `{"model":`, "invalid JSON body: unexpected end of JSON input"},
 		{"/api/embed", `{"model":5}`, "invalid JSON body: decode model field: json: cannot unmarshal number into Go struct field .model of type string"},

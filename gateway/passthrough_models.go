@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -82,12 +81,16 @@ func (s *Server) handleOpenAIModel(w http.ResponseWriter, r *http.Request) {
 // empty; the embedding routes know no "name". opts are the body's "options", which an
 // embedding route judges once the model is known (embedOptionsRefused).
 func requestModel(path string, body []byte) (model string, read []byte, opts broker.LoadOptions, err error) {
+	if path == "/v1/embeddings" {
+		// Ollama's OpenAI layer decodes the body into a type of its own, and checks it
+		// before its handler reads the model (v0.17.4 EmbeddingsMiddleware, ADR-0142).
+		model, read, err = openAIEmbedModel(body)
+		return model, read, opts, err
+	}
 	var req struct {
 		Model   string             `json:"model"`
 		Name    string             `json:"name"`
 		Options broker.LoadOptions `json:"options"`
-		Input   *listMember        `json:"input"`
-		Format  json.RawMessage    `json:"encoding_format"`
 	}
 	// "decode model field: " is how these routes have always worded a member of the
 	// wrong type.
@@ -98,22 +101,6 @@ func requestModel(path string, body []byte) (model string, read []byte, opts bro
 		if err := optionsNotAnObject(kind, req.Options); err != nil {
 			return "", nil, opts, err
 		}
-	}
-	if path == "/v1/embeddings" {
-		// Ollama's OpenAI layer checks the format first of all (v0.17.4
-		// EmbeddingsMiddleware); a format that is no string is its decoder's 400, which
-		// the target gives. The format is quoted back clipped, as any value a client sent.
-		var format string
-		if json.Unmarshal(req.Format, &format) == nil && format != "" &&
-			!strings.EqualFold(format, "float") && !strings.EqualFold(format, "base64") {
-			return "", nil, opts, badRequest(fmt.Sprintf("Invalid value for 'encoding_format' = %s. Supported values: ['float', 'base64'].", clipInput(format)))
-		}
-	}
-	if path == "/v1/embeddings" && req.Input.none() {
-		// Ollama's OpenAI layer checks the input itself, before its handler reads the
-		// model (v0.17.4 EmbeddingsMiddleware; "" is taken as [""]); a body of null has
-		// none either.
-		return "", nil, opts, badRequest("invalid input")
 	}
 	model = req.Model
 	if model == "" && path == "/api/show" {

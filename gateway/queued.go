@@ -80,40 +80,39 @@ type inference struct {
 }
 
 // inferenceRequest is a queued route's body as parseInference decodes it: each member
-// only as far as a check reads it. An alias of an unnamed struct: the decoder's refusal of
-// a model that is no string names no type (".model").
+// only as far as a check reads it. The members of Ollama's request types (native, OpenAI
+// and Anthropic) are read as far as their JSON kind, which their decoders check
+// (nativeTypeRefusal, compatTypeRefusal). An alias of an unnamed struct: a decoder's
+// refusal of it would name no type.
 type inferenceRequest = struct {
-	Model   string             `json:"model"`
+	Model   stringMember       `json:"model"`
 	Stream  streamField        `json:"stream"`
 	Options broker.LoadOptions `json:"options"`
 	Format  json.RawMessage    `json:"format"`
-	// ResponseFormat is /v1/chat/completions' (kept raw: other routes ignore it).
-	ResponseFormat json.RawMessage   `json:"response_format"`
-	Messages       *listMember       `json:"messages"`
-	Prompt         typed[stringKind] `json:"prompt"`
-	// Text, Input and Instructions are /v1/responses' (other routes ignore them).
-	Text         json.RawMessage `json:"text"`
-	Input        nonEmpty        `json:"input"`
-	Instructions nonEmpty        `json:"instructions"`
+	// ResponseFormat is /v1/chat/completions' (other routes ignore it).
+	ResponseFormat rawKinded[objectKind] `json:"response_format"`
+	Messages       *listMember           `json:"messages"`
+	Prompt         typed[stringKind]     `json:"prompt"`
+	// Text, Input and Instructions are /v1/responses' (Input also /v1/embeddings').
+	Text         rawKinded[objectKind] `json:"text"`
+	Input        inputMember           `json:"input"`
+	Instructions typed[stringKind]     `json:"instructions"`
 	// TopLogprobs is the native and OpenAI chat routes' int, Logprobs the native routes'
-	// bool and /v1/completions' *int (kept raw there: a null drops it, as it drops
-	// Ollama's pointer; a value of another type is the target's 400, in its words). On
-	// the native routes a value of another type is the decoder's 400 (nativeTypeRefusal).
+	// and /v1/chat/completions' bool and /v1/completions' *int (kept raw: a null drops
+	// it, as it drops Ollama's pointer).
 	TopLogprobs intMember      `json:"top_logprobs"`
 	Logprobs    logprobsMember `json:"logprobs"`
-	// MaxTokens is /v1/messages' int.
+	// MaxTokens is /v1/messages' int and the OpenAI routes' *int.
 	MaxTokens intMember `json:"max_tokens"`
-	// Think, Tools, Suffix and KeepAlive are the native routes' (Tools also
-	// /v1/chat/completions'), Reasoning and ReasoningEffort /v1/chat/completions':
-	// what refusedWithoutLoad reads. A value of another type is Ollama's decoder's 400
-	// on the native routes (decodeAborted, nativeTypeRefusal), on /v1/chat/completions
-	// its OpenAI layer's, which the target gives in its words.
-	Think           thinkMember       `json:"think"`
-	Tools           typed[arrayKind]  `json:"tools"`
-	Suffix          typed[stringKind] `json:"suffix"`
-	KeepAlive       keepAliveMember   `json:"keep_alive"`
-	Reasoning       json.RawMessage   `json:"reasoning"`
-	ReasoningEffort json.RawMessage   `json:"reasoning_effort"`
+	// Think, Tools, Suffix and KeepAlive are the native routes' (Tools also the OpenAI
+	// and Anthropic routes', Suffix /v1/completions'), Reasoning and ReasoningEffort
+	// /v1/chat/completions': what refusedWithoutLoad reads.
+	Think           thinkMember           `json:"think"`
+	Tools           typed[arrayKind]      `json:"tools"`
+	Suffix          typed[stringKind]     `json:"suffix"`
+	KeepAlive       keepAliveMember       `json:"keep_alive"`
+	Reasoning       rawKinded[objectKind] `json:"reasoning"`
+	ReasoningEffort rawKinded[stringKind] `json:"reasoning_effort"`
 	// The other members of Ollama's native request types whose JSON kind its decoder
 	// checks (nativeTypeRefusal); none is read beyond that.
 	System          typed[stringKind] `json:"system"`
@@ -127,6 +126,23 @@ type inferenceRequest = struct {
 	Width           int32Member       `json:"width"`
 	Height          int32Member       `json:"height"`
 	Steps           int32Member       `json:"steps"`
+	// The other members of the OpenAI and Anthropic layers' request types whose JSON
+	// kind their decoders check (compatTypeRefusal); none is read beyond that.
+	StreamOptions    kinded[objectKind] `json:"stream_options"`
+	Seed             int64Member        `json:"seed"`
+	Temperature      floatMember        `json:"temperature"`
+	TopP             floatMember        `json:"top_p"`
+	FrequencyPenalty floatMember        `json:"frequency_penalty"`
+	PresencePenalty  floatMember        `json:"presence_penalty"`
+	Background       kinded[boolKind]   `json:"background"`
+	Include          kinded[arrayKind]  `json:"include"`
+	MaxOutputTokens  int64Member        `json:"max_output_tokens"`
+	Truncation       kinded[stringKind] `json:"truncation"`
+	TopK             int64Member        `json:"top_k"`
+	StopSequences    kinded[arrayKind]  `json:"stop_sequences"`
+	ToolChoice       kinded[objectKind] `json:"tool_choice"`
+	Thinking         kinded[objectKind] `json:"thinking"`
+	Metadata         kinded[objectKind] `json:"metadata"`
 }
 
 // parseInference reads a queued route's body in one decode. Ollama's /api routes stream
@@ -140,19 +156,22 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if err != nil {
 		return inference{}, err
 	}
+	// The OpenAI and Anthropic layers' decoders refuse a member of another kind than its
+	// field's first of all, before the layer's own checks (ADR-0142).
+	if err := compatTypeRefusal(kind, &req); err != nil {
+		return inference{body: read}, err
+	}
 	// The native routes' members of a type Ollama's decoder refuses, in its words and,
 	// as far as it can be told, its order (ADR-0141): a think or keep_alive its own
 	// decoder refuses ends the decode, so it comes first.
 	if err := decodeAborted(kind, &req); err != nil {
 		return inference{body: read}, err
 	}
-	if err := req.Stream.refusal(kind); err != nil {
+	if err := nativeTypeRefusal(kind, &req); err != nil {
 		return inference{body: read}, err
 	}
 	if err := optionsNotAnObject(kind, req.Options); err != nil {
-		return inference{body: read}, err
-	}
-	if err := nativeTypeRefusal(kind, &req); err != nil {
+		// The embedding kinds' (requestModel refused it first on their routes).
 		return inference{body: read}, err
 	}
 	if kind == broker.KindOpenAIChat && req.Messages.none() {
@@ -167,43 +186,43 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 		// Ollama's Anthropic layer checks for a model, a positive max_tokens and messages
 		// itself, in that order, before its handler (v0.17.4 AnthropicMessagesMiddleware).
 		switch {
-		case req.Model == "":
+		case req.Model.s == "":
 			return inference{body: read}, badRequest("model is required")
 		case !req.MaxTokens.bad && req.MaxTokens.n <= 0:
-			// Absent or null is 0; a value of another type is the target's 400.
+			// Absent or null is 0; a value of another type was refused above.
 			return inference{body: read}, badRequest("max_tokens is required and must be positive")
 		case req.Messages.none():
 			return inference{body: read}, badRequest("messages is required")
 		}
 	}
-	if strings.TrimSpace(req.Model) == "" {
+	if strings.TrimSpace(req.Model.s) == "" {
 		if onGenerate(kind) {
 			// Ollama's generate handler takes a blank name for one it cannot parse: 404.
-			return inference{body: read}, &ModelNotFoundError{Model: req.Model}
+			return inference{body: read}, &ModelNotFoundError{Model: req.Model.s}
 		}
 		return inference{body: read}, handlerRefusal("model is required")
 	}
-	if err := checkModelName(req.Model); err != nil {
+	if err := checkModelName(req.Model.s); err != nil {
 		return inference{body: read}, err
 	}
-	if !ollama.ValidModelName(req.Model) && !onGenerate(kind) {
+	if !ollama.ValidModelName(req.Model.s) && !onGenerate(kind) {
 		// Ollama's chat handler answers a name it cannot parse so; its generate handler
 		// says not found, as the model check below does.
 		return inference{body: read}, handlerRefusal("model is required")
 	}
-	in := inference{model: req.Model, stream: ollama.Streams(kind.Path(), req.Stream.For(kind.Path())), opts: req.Options.Token(),
+	in := inference{model: req.Model.s, stream: ollama.Streams(kind.Path(), req.Stream.For(kind.Path())), opts: req.Options.Token(),
 		format: req.Format, completes: kind == broker.KindChat && req.Messages.holds() || kind == broker.KindGenerate && bool(req.Prompt.holds),
 		body: read}
 	switch kind {
 	case broker.KindOpenAIChat:
-		in.format, in.completes = openAIChatFormat(req.ResponseFormat), req.Messages.holds()
+		in.format, in.completes = openAIChatFormat(req.ResponseFormat.raw), req.Messages.holds()
 	case broker.KindOpenAIResponses:
-		in.format, in.completes = openAIResponsesFormat(req.Text), bool(req.Input) || bool(req.Instructions)
+		in.format, in.completes = openAIResponsesFormat(req.Text.raw), bool(req.Input.holds) || bool(req.Instructions.holds)
 	}
 	in.asks = capabilityAsks{tools: bool(req.Tools.holds), suffix: bool(req.Suffix.holds),
 		unload: len(req.KeepAlive.raw) > 0 && string(req.KeepAlive.raw) != "null" && !req.Messages.holds() && !bool(req.Prompt.holds)}
 	if kind == broker.KindOpenAIChat {
-		in.asks.thinks = reasoningThinks(req.Reasoning, req.ReasoningEffort)
+		in.asks.thinks = reasoningThinks(req.Reasoning.raw, req.ReasoningEffort.raw)
 	} else {
 		in.asks.thinks = thinkThinks(req.Think.raw)
 	}
@@ -219,10 +238,19 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 
 // streamField is a queued route's "stream" member. A value that is no boolean is the
 // decoder's 400 on the routes whose Ollama request has a "stream" (the chat and
-// completion routes); Ollama's embedding and image requests have none, and ignore it.
+// completion routes: nativeTypeRefusal, compatTypeRefusal); Ollama's embedding and image
+// requests have none, and ignore it.
 type streamField struct {
 	ollama.StreamMember
 	err *json.UnmarshalTypeError // the first value that was no boolean
+}
+
+// refused is the kind of the first value that was no boolean, "" for none.
+func (f *streamField) refused() string {
+	if f.err == nil {
+		return ""
+	}
+	return f.err.Value
 }
 
 func (f *streamField) UnmarshalJSON(b []byte) error {
@@ -231,17 +259,6 @@ func (f *streamField) UnmarshalJSON(b []byte) error {
 		f.err = te
 	}
 	return nil
-}
-
-// refusal is the 400 for a stream that is no boolean on kind's route, worded as the
-// decoder of the whole body words it; nil when the route has no stream.
-func (f *streamField) refusal(kind broker.Kind) error {
-	if f.err == nil || embeds(kind) || kind.Image() {
-		return nil
-	}
-	te := *f.err
-	te.Field = "stream"
-	return badRequest("invalid JSON body: " + te.Error())
 }
 
 // optionsNotAnObject is the 400 of Ollama's decoder for an "options" member that is no
@@ -292,10 +309,9 @@ func checkTopLogprobs(kind broker.Kind, topLogprobs intMember, logprobs json.Raw
 
 // intMember is an int member of a body as Ollama's encoding/json reads it into an int
 // field: a null leaves the value before it as it was (`"max_tokens":3,"max_tokens":null`
-// is 3), absent is 0. bad says a value was no int: Ollama's decoder refuses the body, in
-// its words, which the target gives.
-// refused is the first value the decoder refuses, as it names it (intRefused): on the
-// native routes that is foreman's 400 too (nativeTypeRefusal).
+// is 3), absent is 0. bad says a value was no int. refused is the first value the decoder
+// refuses, as it names it (intRefused): foreman's 400 before n is read
+// (nativeTypeRefusal, compatTypeRefusal).
 type intMember struct {
 	n       int
 	bad     bool

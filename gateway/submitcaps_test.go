@@ -112,12 +112,12 @@ func TestCapabilityJobsAcceptedWhenAsked(t *testing.T) {
 		`{"kind":"openai_completion","model":"tiny-a","prompt":"hi","suffix":"end"}`,
 		// Bodies whose first refusal foreman cannot tell: a think string on generate for a
 		// model that thinks (refused first unless its parser is harmony); a member read
-		// for the refusal holding a value Ollama's decoder refuses first (inside a list, or
-		// on the OpenAI layer). A member of a type the native decoder refuses is its 400
-		// at submit (syncRefusals, ADR-0141).
+		// for the refusal holding a value Ollama's decoder refuses first (inside a list or
+		// an object). A member of a type the native decoder, or the OpenAI or Anthropic
+		// layer's, refuses is its 400 at submit (syncRefusals, ADR-0141, ADR-0142).
 		`{"kind":"generate","model":"thinker","prompt":"hi","think":"high","suffix":"end"}`,
 		`{"model":"tiny-a",` + msgs + `,"tools":[1]}`,
-		`{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"reasoning":"high",` + tools + `}`,
+		`{"kind":"openai_chat","model":"tiny-a",` + msgs + `,"reasoning":{"effort":5},` + tools + `}`,
 	} {
 		if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusAccepted {
 			t.Errorf("POST /jobs %s: %d %s, want 202", body, got.Status, got.Body)
