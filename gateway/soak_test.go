@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
+	"maps"
 	"net/http"
 	"runtime"
 	"runtime/pprof"
@@ -109,6 +111,14 @@ func (s *soaker) do(ctx context.Context, method, path string, body []byte) (int,
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	// Programs: what foreman keeps per program while its calls run must go when they
+	// end. A few names, not one per call: each (model, program) queue has a JetStream
+	// consumer, with its goroutines, for an hour after its last job (ADR-0071), bounded
+	// by the server's limit of consumers, not by the calls' end: the program follows the
+	// path, so the first round has made every queue the later ones use.
+	if n := crc32.ChecksumIEEE([]byte(path)) % 4; n != 0 {
+		req.Header.Set(HeaderProgram, fmt.Sprintf("soak-%d", n))
 	}
 	resp, err := s.hc.Do(req)
 	if err != nil {
@@ -599,17 +609,60 @@ func (s *soaker) settledGoroutines(what string, limit int) int {
 	}
 }
 
+// requestTables are the sizes of the gateway's tables that hold an entry per request or
+// per program while a request runs, and of the subscriptions on foreman's NATS
+// connection and server: all of them are back to what they were once every call ended.
+func (s *soaker) requestTables() map[string]int {
+	gw := s.b.GW
+	out := map[string]int{}
+	gw.programLocks.mu.Lock()
+	out["program locks"] = len(gw.programLocks.locks)
+	gw.programLocks.mu.Unlock()
+	gw.bodies.mu.Lock()
+	out["body holds"] = len(gw.bodies.held)
+	gw.bodies.mu.Unlock()
+	out["body bytes"] = int(gw.bodies.used.Load())
+	gw.artifactReads.mu.Lock()
+	out["artifact places"] = len(gw.artifactReads.held) + gw.artifactReads.used
+	gw.artifactReads.mu.Unlock()
+	gw.caps.mu.Lock()
+	out["capability re-reads"] = len(gw.caps.rereads)
+	gw.caps.mu.Unlock()
+	out["subscriptions (connection)"] = s.b.Broker.Conn.NumSubscriptions()
+	return out
+}
+
+// sameTables waits until the request tables are as they were (want).
+func (s *soaker) sameTables(what string, want map[string]int) {
+	s.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		got := s.requestTables()
+		if maps.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("%s: %v, were %v", what, got, want)
+		}
+		<-tick.C
+	}
+}
+
 // TestSoakLeavesNoGoroutines drives a foreman with a few hundred calls of every kind —
 // sync chat and generate streamed and not, OpenAI completions, callers that hang up while
 // queued, mid-stream or mid-upload, /jobs with their reads, artifacts and cancels, NATS
 // submits followed on their state subjects, refusals, a target that fails, hangs or is
 // down — and checks that once everything ended the process holds no more goroutines
 // (within goroutineSlack) after a second round, which drives every call soakPasses times,
-// than after the first: nothing a caller does leaves one behind. It counts the whole
+// than after the first, nor NATS subscriptions or entries in the gateway's per-request
+// tables (requestTables): nothing a caller does leaves one behind. It counts the whole
 // process's goroutines, so it does not run in parallel with other tests.
 func TestSoakLeavesNoGoroutines(t *testing.T) {
 	gate := newTokenGate()
-	b := newQueuedBundle(t, nil, withFake(ollamatest.WithBeforeToken(gate.before)))
+	b := newQueuedBundle(t, nil, withFake(ollamatest.WithBeforeToken(gate.before)),
+		withGateway(func(c *Config) { c.MaxQueuePerProgram = 100 })) // the programs' locks too
 	b.GW.cfg.Queue = b.Worker
 	runUntilCleanup(t, "metrics", b.GW.RunMetrics)
 	runUntilCleanup(t, "nats submit", b.GW.RunNATSSubmit)
@@ -629,6 +682,7 @@ func TestSoakLeavesNoGoroutines(t *testing.T) {
 	// The first round starts what runs once (connection pools, the worker's parts, a
 	// consumer per queue): its settled count is the base of the second.
 	first := s.steadyGoroutines("after round 1")
+	tables := s.requestTables()
 	calls := s.calls.Load()
 	for pass := range soakPasses {
 		s.round(ctx, 2+pass)
@@ -638,5 +692,7 @@ func TestSoakLeavesNoGoroutines(t *testing.T) {
 	}
 	s.settle(ctx)
 	second := s.settledGoroutines("after round 2", first+goroutineSlack)
-	t.Logf("%d calls in round 1, %d in round 2: goroutines %d before, %d after round 1, %d after round 2", calls, s.calls.Load()-calls, start, first, second)
+	s.sameTables("the request tables after round 2", tables)
+	t.Logf("%d calls in round 1, %d in round 2: goroutines %d before, %d after round 1, %d after round 2; tables %v",
+		calls, s.calls.Load()-calls, start, first, second, tables)
 }
