@@ -323,16 +323,21 @@ func (c *Client) lastWord(r *receiver) {
 	go r.shutdown()
 }
 
-// shutdown closes a settled receiver once the answers its handlers are writing have gone
-// out (a closed connection would have foreman deliver that event again, to a closed port,
-// for hours): within receiverLinger at most.
+// shutdown closes a settled receiver: its port at once, its connections once the answers
+// its handlers are writing have gone out (a connection closed under one would have
+// foreman deliver that event again, to a closed port, for hours), within receiverGrace.
 func (r *receiver) shutdown() {
 	r.quit()
-	ctx, cancel := context.WithTimeout(context.Background(), receiverLinger)
+	ctx, cancel := context.WithTimeout(context.Background(), receiverGrace)
 	defer cancel()
 	_ = r.srv.Shutdown(ctx)
 	r.close()
 }
+
+// receiverGrace bounds the wait of shutdown, which Submit's return makes: an answer to
+// foreman takes far less, and a LAN client holding a request open (its body comes within
+// receiverBodyWait) delays the return at most this.
+const receiverGrace = time.Second
 
 // retire ends a receiver when Submit returns. Unless foreman sends it nothing more (it
 // took its job's terminal event, or answered 410), it answers foreman's deliveries 410
