@@ -170,6 +170,7 @@ func (s *soaker) round(ctx context.Context, r int) {
 	s.leaveWhileQueued(ctx, r)
 	s.leaveWhileStreaming(ctx, r)
 	s.leaveMidUpload(ctx, r)
+	s.stallUpload(ctx, r)
 	s.targetFails(ctx, r)
 	s.targetHangs(ctx, r)
 	s.targetDown(ctx, r)
@@ -457,6 +458,36 @@ func (s *soaker) leaveMidUpload(ctx context.Context, r int) {
 	})
 }
 
+// stallUpload: callers that send half a body and then nothing, connected, until
+// BodyReadTimeout answers them 408.
+func (s *soaker) stallUpload(ctx context.Context, r int) {
+	parallel(3, func(i int) {
+		path := []string{"/api/chat", "/jobs", "/v1/chat/completions"}[i]
+		pr, pw := io.Pipe()
+		defer pw.Close()
+		req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.b.URL+path, pr)
+		if err != nil {
+			s.t.Error(err)
+			return
+		}
+		req.Header.Set("Content-Type", "application/json")
+		req.ContentLength = 1 << 10
+		s.calls.Add(1)
+		go func() {
+			_, _ = fmt.Fprintf(pw, `{"model":"tiny-a","messages":[{"role":"user","content":"stalled %d.%d `, r, i)
+		}()
+		resp, err := s.hc.Do(req)
+		if err != nil {
+			s.t.Errorf("%s with a stalled body: %v", path, err)
+			return
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestTimeout {
+			s.t.Errorf("%s with a stalled body: %d, want 408", path, resp.StatusCode)
+		}
+	})
+}
+
 // targetFails: the target answers 500 to some calls and jobs.
 func (s *soaker) targetFails(ctx context.Context, r int) {
 	s.b.Fake.FailNextOn("/api/chat", 3, ollamatest.Fail500)
@@ -652,9 +683,9 @@ func (s *soaker) sameTables(what string, want map[string]int) {
 
 // TestSoakLeavesNoGoroutines drives a foreman with a few hundred calls of every kind —
 // sync chat and generate streamed and not, OpenAI completions, callers that hang up while
-// queued, mid-stream or mid-upload, /jobs with their reads, artifacts and cancels, NATS
-// submits followed on their state subjects, refusals, a target that fails, hangs or is
-// down — and checks that once everything ended the process holds no more goroutines
+// queued, mid-stream or mid-upload, or stall their upload, /jobs with their reads,
+// artifacts and cancels, NATS submits followed on their state subjects, refusals, a
+// target that fails, hangs or is down — and checks that once everything ended the process holds no more goroutines
 // (within goroutineSlack) after a second round, which drives every call soakPasses times,
 // than after the first, nor NATS subscriptions or entries in the gateway's per-request
 // tables (requestTables): nothing a caller does leaves one behind. It counts the whole
@@ -662,7 +693,10 @@ func (s *soaker) sameTables(what string, want map[string]int) {
 func TestSoakLeavesNoGoroutines(t *testing.T) {
 	gate := newTokenGate()
 	b := newQueuedBundle(t, nil, withFake(ollamatest.WithBeforeToken(gate.before)),
-		withGateway(func(c *Config) { c.MaxQueuePerProgram = 100 })) // the programs' locks too
+		withGateway(func(c *Config) {
+			c.MaxQueuePerProgram = 100 // the programs' locks too
+			c.BodyReadTimeout = 200 * time.Millisecond
+		}))
 	b.GW.cfg.Queue = b.Worker
 	runUntilCleanup(t, "metrics", b.GW.RunMetrics)
 	runUntilCleanup(t, "nats submit", b.GW.RunNATSSubmit)
