@@ -78,29 +78,33 @@ func (s *clientSoak) left(ctx context.Context, name string, c *client.Client, r 
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	if err := s.f.Fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+	// The blocker runs (the target holds it): the jobs below wait behind it.
+	if err := s.f.Fake.WaitInFlight(ctx, 1); err != nil {
 		s.t.Fatal(err)
 	}
 	callCtx, leave := context.WithCancel(ctx)
 	defer leave()
-	var queued sync.WaitGroup
-	queued.Add(4)
-	onQueued := func(e client.Event) {
-		if e.State == client.StateQueued {
-			queued.Done()
-		}
-	}
+	const n = 4
+	queued := make(chan struct{}, n) // each Submit's first state: its job is there
 	var wg sync.WaitGroup
-	for i := range 4 {
+	for i := range n {
 		wg.Go(func() {
 			req := chatJob("tiny-b", fmt.Sprintf("%s left %d.%d", name, r, i))
-			req.OnState = onQueued
+			var once sync.Once
+			req.OnState = func(client.Event) { once.Do(func() { queued <- struct{}{} }) }
 			if _, err := c.Submit(callCtx, req); !errors.Is(err, context.Canceled) {
 				s.t.Errorf("%s: a Submit left while queued: %v", name, err)
 			}
+			once.Do(func() { queued <- struct{}{} }) // one that failed before any state
 		})
 	}
-	queued.Wait()
+	for range n {
+		select {
+		case <-queued:
+		case <-ctx.Done():
+			s.t.Fatalf("%s: the Submits never saw their jobs: %v", name, ctx.Err())
+		}
+	}
 	// A chat whose caller leaves as its first chunk comes.
 	wg.Go(func() {
 		chatCtx, leaveChat := context.WithCancel(ctx)
