@@ -35,8 +35,9 @@
 //     machine's clock (the clocks differ) is not taken, but answered 410 (foreman sends
 //     the job no more) and told to OnWaitError; the wait then polls every
 //     WithPollInterval. When Submit returns before its job's terminal event came, the
-//     receiver answers deliveries 410 for 10 s more (Close releases it), so foreman
-//     stops retrying them (ADR-0119). On the LAN anyone may connect to it: a request's
+//     receiver answers deliveries 410 for 10 s more, closing once it answered one (Close
+//     releases it at once), so foreman stops retrying them (ADR-0119). On the LAN anyone
+//     may connect to it: a request's
 //     body must arrive within 10 s (one it does not read too), a kept-alive connection
 //     sending nothing more is closed after 2 minutes, and a request's line and headers
 //     are bounded to 64 KiB (431 beyond).

@@ -37,3 +37,10 @@ const (
 func SetWebhookReceiverBounds(c *Client, body, idle time.Duration) {
 	c.webhookBodyWait, c.webhookIdle = body, idle
 }
+
+// LingeringReceivers is the count of Submit's retired webhook receivers still open.
+func LingeringReceivers(c *Client) int {
+	c.lingerMu.Lock()
+	defer c.lingerMu.Unlock()
+	return len(c.lingering)
+}

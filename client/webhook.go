@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -179,7 +180,7 @@ func (c *Client) listenWebhook() (*receiver, error) {
 					case r.clockOff <- off:
 					default: // told already
 					}
-					r.settled.Store(true)
+					defer c.lastWord(r)
 					http.Error(w, "webhook timestamp too far from this receiver's clock; the job is polled instead", http.StatusGone)
 					return
 				}
@@ -200,7 +201,7 @@ func (c *Client) listenWebhook() (*receiver, error) {
 		}
 		gone := func() {
 			// 410: foreman sends this job's events here no more.
-			r.settled.Store(true)
+			defer c.lastWord(r)
 			w.WriteHeader(http.StatusGone)
 		}
 		select {
@@ -301,6 +302,43 @@ func (r *receiver) close() {
 // stays open to answer it 410.
 const receiverLinger = 10 * time.Second
 
+// lastWord marks r settled as its handler answers foreman 410: foreman sends it nothing
+// more. A receiver retired already then closes, in the background, once that answer
+// has gone out, rather than lingering out receiverLinger: a program whose callers give
+// up on many Submits would otherwise hold a port and its goroutines for each of them
+// that long after foreman said its last. One not retired yet closes when it is.
+func (c *Client) lastWord(r *receiver) {
+	r.settled.Store(true)
+	select {
+	case <-r.done:
+	default:
+		return // retire closes it
+	}
+	c.lingerMu.Lock()
+	if _, ok := c.lingering[r]; ok {
+		delete(c.lingering, r)
+		r.linger.Stop()
+	}
+	c.lingerMu.Unlock()
+	go r.shutdown()
+}
+
+// shutdown closes a settled receiver: its port at once, its connections once the answers
+// its handlers are writing have gone out (a connection closed under one would have
+// foreman deliver that event again, to a closed port, for hours), within receiverGrace.
+func (r *receiver) shutdown() {
+	r.quit()
+	ctx, cancel := context.WithTimeout(context.Background(), receiverGrace)
+	defer cancel()
+	_ = r.srv.Shutdown(ctx)
+	r.close()
+}
+
+// receiverGrace bounds the wait of shutdown, which Submit's return makes: an answer to
+// foreman takes far less, and a LAN client holding a request open (its body comes within
+// receiverBodyWait) delays the return at most this.
+const receiverGrace = time.Second
+
 // retire ends a receiver when Submit returns. Unless foreman sends it nothing more (it
 // took its job's terminal event, or answered 410), it answers foreman's deliveries 410
 // for receiverLinger before it closes (Close closes it at once): an event that comes just
@@ -310,7 +348,7 @@ const receiverLinger = 10 * time.Second
 func (c *Client) retire(r *receiver) {
 	r.quit()
 	if r.settled.Load() {
-		r.close()
+		r.shutdown()
 		return
 	}
 	c.lingerMu.Lock()

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"sync"
@@ -42,12 +43,18 @@ func embeds(kind broker.Kind) bool {
 // its name may have changed, which a look now and then finds.
 const capsTTL = 10 * time.Minute
 
+// maxCapsEntries is how many models' capabilities modelCaps holds before it drops those
+// of models the own target lists no more: far more than a Mac has installed.
+const maxCapsEntries = 512
+
 // showTimeout bounds the /api/show call that reads a model's capabilities.
 const showTimeout = 5 * time.Second
 
 // modelCaps remembers which models are embedding models, by normalized name; calls that
-// find a look-up under way wait for it. Only models a target lists are looked up, so it
-// holds at most one entry per model the Macs have.
+// find a look-up under way wait for it. Only models a target lists are looked up; once it
+// holds maxCapsEntries, those of models the own target lists no more are dropped
+// (capsRoom), so model names made and removed again (an `ollama cp` and `ollama rm` of
+// a new name, as often as a caller likes) do not each stay for the process's life.
 type modelCaps struct {
 	mu sync.Mutex
 	m  map[string]*capsEntry
@@ -122,6 +129,7 @@ func (s *Server) capsLookUp(ctx context.Context, model string) (*capsEntry, erro
 		return nil, err
 	}
 	name, digest := ollama.NormalizeModel(model), s.modelDigest(model)
+	s.capsRoom()
 	s.caps.mu.Lock()
 	e := s.caps.m[name]
 	if e == nil || e.stale() || e.done() && e.digest != digest {
@@ -150,6 +158,7 @@ func (s *Server) capsReread(ctx context.Context, model string) (*capsEntry, erro
 		return nil, err
 	}
 	name := ollama.NormalizeModel(model)
+	s.capsRoom()
 	s.caps.mu.Lock()
 	e := s.caps.rereads[name]
 	if e == nil {
@@ -241,6 +250,28 @@ func (s *Server) modelDigest(model string) string {
 		}
 	}
 	return ""
+}
+
+// capsRoom drops, once the cache holds Config.capsMax entries, the ended look-ups of
+// models the own target lists no more (removed, or only another Mac's, whose are read
+// again every capsTTL anyway): a call for one looks it up again. The own target's
+// models stay, however many. The inventory is asked with the cache unlocked.
+func (s *Server) capsRoom() {
+	s.caps.mu.Lock()
+	if len(s.caps.m) < s.cfg.capsMax {
+		s.caps.mu.Unlock()
+		return
+	}
+	names := slices.Collect(maps.Keys(s.caps.m))
+	s.caps.mu.Unlock()
+	names = slices.DeleteFunc(names, s.inv.HasModel)
+	s.caps.mu.Lock()
+	defer s.caps.mu.Unlock()
+	for _, name := range names {
+		if e := s.caps.m[name]; e != nil && e.done() {
+			delete(s.caps.m, name)
+		}
+	}
 }
 
 // refreshCaps reads model's capabilities again for its entry old (knownCapabilities),

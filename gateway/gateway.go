@@ -128,6 +128,9 @@ type Config struct {
 	// listResults replaces maxListResults, the bytes of results one GET /jobs page
 	// holds, in tests.
 	listResults int
+	// capsMax replaces maxCapsEntries, the models' capabilities remembered before those
+	// of models the target lists no more are dropped, in tests.
+	capsMax int
 	// writeCut, when set (tests only), is told of an answer's first failed write or
 	// flush (its client cut off by WriteTimeout, or gone).
 	writeCut func(err error)
@@ -181,6 +184,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.listResults <= 0 {
 		c.listResults = maxListResults
+	}
+	if c.capsMax <= 0 {
+		c.capsMax = maxCapsEntries
 	}
 	if c.SyncPriority == "" {
 		c.SyncPriority = broker.PriorityHigh

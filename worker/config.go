@@ -192,6 +192,9 @@ type Config struct {
 	// sets its queue's MaxDeliver), so the limit is configured in one place. Tests may
 	// set it apart from the store's (see export_test.go).
 	maxAttempts int
+	// learnedMax replaces maxLearnedModels, the models the worker learns about before it
+	// forgets those the target lists no more, in tests.
+	learnedMax int
 }
 
 // Defaults of the limits on a silent target.
@@ -230,6 +233,9 @@ const (
 )
 
 func (c *Config) setDefaults() {
+	if c.learnedMax <= 0 {
+		c.learnedMax = maxLearnedModels
+	}
 	if c.MaxConsecutive <= 0 {
 		c.MaxConsecutive = 8
 	}
@@ -306,4 +312,15 @@ func (w *Worker) terminalWait() time.Duration {
 		return w.cfg.terminalWait
 	}
 	return terminalWait
+}
+
+// maxLearnedModels is how many models the worker remembers what it learned of (their run
+// and load times, the load options their runner last had) before it forgets those the
+// target lists no more: far more than a Mac has installed.
+const maxLearnedModels = 512
+
+// listed reports whether the target lists model (its inventory's last model list); none
+// is without an Inventory, whose worker forgets all it learned past maxLearnedModels.
+func (c *Config) listed(model string) bool {
+	return c.Inventory != nil && c.Inventory.HasModel(model)
 }

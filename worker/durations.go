@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"maps"
 	"sync"
 	"time"
 
@@ -25,10 +26,15 @@ type durations struct {
 	mu   sync.Mutex
 	run  map[string]time.Duration
 	load map[string]time.Duration
+	// Past max models in a map, a new one first has those listed says the target lists
+	// no more forgotten: model names made and removed again (`ollama cp`, `ollama rm`)
+	// do not each stay for the process's life.
+	max    int
+	listed func(model string) bool
 }
 
-func newDurations() *durations {
-	return &durations{run: map[string]time.Duration{}, load: map[string]time.Duration{}}
+func newDurations(max int, listed func(model string) bool) *durations {
+	return &durations{run: map[string]time.Duration{}, load: map[string]time.Duration{}, max: max, listed: listed}
 }
 
 // estimate is the expected run time of a job of model and the expected time to load it.
@@ -62,6 +68,9 @@ func (d *durations) observe(m map[string]time.Duration, model string, took time.
 	defer d.mu.Unlock()
 	old, ok := m[model]
 	if !ok {
+		if len(m) >= d.max {
+			maps.DeleteFunc(m, func(model string, _ time.Duration) bool { return !d.listed(model) })
+		}
 		m[model] = took // the first sample replaces the prior
 		return
 	}

@@ -9,7 +9,7 @@ import (
 // case-insensitively with the tag defaulting to latest.
 func TestDurationsKeyedByNormalisedModel(t *testing.T) {
 	t.Parallel()
-	d := newDurations()
+	d := newDurations(maxLearnedModels, func(string) bool { return true })
 	d.observeRun("Tiny-A", 3*time.Second)
 	d.observeLoad("tiny-a", time.Second)
 	for _, name := range []string{"tiny-a", "tiny-a:latest", " TINY-A:Latest"} {

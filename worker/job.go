@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -1491,6 +1492,12 @@ func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
 		w.current, w.consec = runner, 1
 	}
 	if k, err := broker.ParseQueueKey(token); err == nil {
+		if _, ok := w.runnerOpts[k.Model]; !ok && len(w.runnerOpts) >= w.cfg.learnedMax {
+			maps.DeleteFunc(w.runnerOpts, func(model, _ string) bool {
+				name, err := broker.ModelFromToken(model)
+				return err != nil || !w.cfg.listed(name)
+			})
+		}
 		w.runnerOpts[k.Model] = k.Opts
 		w.currentClass = k.Class
 	}

@@ -175,7 +175,7 @@ func TestOrderHeldQueueJoinsAGroupThatRanEmpty(t *testing.T) {
 // fraction of each new one.
 func TestDurationsLearn(t *testing.T) {
 	t.Parallel()
-	d := newDurations()
+	d := newDurations(maxLearnedModels, func(string) bool { return true })
 	if run, load := d.estimate("m"); run != PriorRunTime || load != PriorLoadTime {
 		t.Fatalf("priors %v %v", run, load)
 	}

@@ -36,7 +36,7 @@ func BenchmarkQueueView(b *testing.B) {
 					JobID: broker.NewID(), Model: model, Kind: broker.KindChat, Priority: class, Program: prog,
 				})
 			}
-			w := &Worker{cfg: Config{MaxConsecutive: 8, MaxWait: 2 * time.Minute}, store: store, served: map[string]uint64{}, times: newDurations()}
+			w := &Worker{cfg: Config{MaxConsecutive: 8, MaxWait: 2 * time.Minute}, store: store, served: map[string]uint64{}, times: newDurations(maxLearnedModels, func(string) bool { return true })}
 			w.lastModel = runnerKey(b, "m1")
 			b.ReportAllocs()
 			b.ResetTimer()

@@ -92,7 +92,8 @@ type Worker struct {
 	// one that lists it later has it loaded again, by another client). "" for none.
 	unloaded string
 	// runnerOpts is the load options each model (token) last ran with: the options its
-	// runner has while /api/ps lists it.
+	// runner has while /api/ps lists it. Past Config.learnedMax models, those the target
+	// lists no more are forgotten (begin).
 	runnerOpts map[string]string
 	// served is when each queue last had its turn (picks counts them): see choice.Served.
 	// Only the Run loop writes them (under mu: the queue view reads them).
@@ -172,7 +173,7 @@ func New(cfg Config) (*Worker, error) {
 		finishing:  map[string]bool{},
 		laterLooks: map[string]laterLook{},
 		backlog:    cfg.Store.Backlog(),
-		times:      newDurations(),
+		times:      newDurations(cfg.learnedMax, cfg.listed),
 		stopping:   make(chan struct{}),
 		done:       make(chan struct{}),
 	}, nil
