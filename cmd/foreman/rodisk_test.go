@@ -134,6 +134,9 @@ func (d *ext4Disk) repair(t *testing.T, opts ...string) {
 	if out, err := exec.Command("mount", "-o", o, d.img, d.dir).CombinedOutput(); err != nil {
 		t.Fatalf("mount %s: %v: %s", d.dir, err, out)
 	}
+	// The mount may take another loop device than before: the old one, freed by the
+	// umount, may be a parallel test's disk by now, and its error trigger with it.
+	d.dev = filepath.Base(mountSource(d.dir))
 }
 
 // chatAnswer is a sync chat's answer: status, the job's id (X-Foreman-Job-Id) and body.
