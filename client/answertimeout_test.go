@@ -113,8 +113,9 @@ func TestAnswerTimeoutEndsAWaitOnAStoppedForeman(t *testing.T) {
 
 // loadedAnswerTimeout is the answer bound of the tests whose calls must succeed: each of
 // their reads and checks is to be answered within it on a machine loaded by CI's other
-// packages (at 50 ms one read was not, and the wait ended as foreman hung).
-const loadedAnswerTimeout = 500 * time.Millisecond
+// packages (at 50 ms one read was not, and the wait ended as foreman hung; at 500 ms a
+// health check was not, on two cores running CI beside two other -race suites).
+const loadedAnswerTimeout = 2 * time.Second
 
 // A chat whose answer stays silent for many times the bound, while foreman answers the
 // reads of its job (it waits in the queue), is not cut.
