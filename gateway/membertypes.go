@@ -78,20 +78,45 @@ func (m *typed[R]) UnmarshalJSON(b []byte) error {
 }
 
 // intRefused is the value encoding/json names when it refuses b for an int field of
-// bits bits ("number 1.5", "string"), "" when the field takes it.
+// bits bits ("number 1.5", "string"), "" when the field takes it. A number it quotes is
+// clipped (numberWords), as any value a client sent.
 func intRefused(b []byte, bits int) string {
 	switch k := jsonKind(b); k {
 	case "null":
 		return ""
 	case "number":
-		lit := string(bytes.TrimSpace(b))
-		if _, err := strconv.ParseInt(lit, 10, bits); err != nil {
-			return "number " + lit
+		if _, ok := intTaken(b, bits); ok {
+			return ""
 		}
-		return ""
+		return numberWords(b)
 	default:
 		return k
 	}
+}
+
+// maxIntLiteral is the longest number literal an int field of 64 bits or fewer takes:
+// "-9223372036854775808" (a JSON number has no leading zeros, nor a "+").
+const maxIntLiteral = 20
+
+// intTaken is the value encoding/json sets an int field of bits bits to from b, a number
+// literal; ok is false when it refuses b (a fraction, an exponent, a number past the
+// type's range). A literal longer than any such field takes is not parsed: one of a
+// body's size would be copied and parsed whole, and copied again into strconv's error.
+func intTaken(b []byte, bits int) (n int64, ok bool) {
+	lit := bytes.TrimSpace(b)
+	if jsonKind(lit) != "number" || len(lit) > maxIntLiteral {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(lit), 10, bits)
+	return n, err == nil
+}
+
+// numberWords is how encoding/json names a number literal b it refuses ("number 1.5"),
+// the literal clipped as clipInput clips a value: its refusal quotes the literal whole,
+// and a literal may be as long as the body (ADR-0142's amendment). A literal is ASCII.
+func numberWords(b []byte) string {
+	lit := bytes.TrimSpace(b)
+	return "number " + clipInput(string(lit[:min(len(lit), maxQuoted+1)]))
 }
 
 // int32Member is an int32 member of a generate body (width, height, steps): refused as

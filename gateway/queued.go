@@ -319,14 +319,17 @@ type intMember struct {
 }
 
 func (m *intMember) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
+	if jsonKind(b) == "null" {
 		return nil
 	}
+	n, ok := intTaken(b, 64)
+	if ok {
+		m.n = int(n)
+		return nil
+	}
+	m.bad = true
 	if m.refused == "" {
 		m.refused = intRefused(b, 64)
-	}
-	if json.Unmarshal(b, &m.n) != nil {
-		m.bad = true
 	}
 	return nil
 }
