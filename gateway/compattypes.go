@@ -242,7 +242,7 @@ func compatTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 	case broker.KindOpenAIChat:
 		members = []memberType{
 			{"model", "string", req.Model.refused},
-			{"messages", "[]openai.Message", listRefused(req.Messages)},
+			{"messages", "[]openai.Message", req.Messages.refused},
 			{"stream", "bool", req.Stream.refused()},
 			{"stream_options", "openai.StreamOptions", req.StreamOptions.refused},
 			{"max_tokens", "int", req.MaxTokens.refused},
@@ -297,7 +297,7 @@ func compatTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 		members = []memberType{
 			{"model", "string", req.Model.refused},
 			{"max_tokens", "int", req.MaxTokens.refused},
-			{"messages", "[]anthropic.MessageParam", listRefused(req.Messages)},
+			{"messages", "[]anthropic.MessageParam", req.Messages.refused},
 			{"stream", "bool", req.Stream.refused()},
 			{"temperature", "float64", req.Temperature.refused64},
 			{"top_p", "float64", req.TopP.refused64},
@@ -353,14 +353,6 @@ func openAIEmbedModel(body []byte) (model string, read []byte, err error) {
 		return "", nil, handlerRefusal("model is required")
 	}
 	return req.Model.s, read, nil
-}
-
-// listRefused is the kind of the first value of a list member m that is no list.
-func listRefused(m *listMember) string {
-	if m == nil {
-		return ""
-	}
-	return m.refused
 }
 
 // firstRefused is the decoder's 400 for the first of members (of request type typ)

@@ -168,6 +168,10 @@ func TestCompatMemberTypeCombosAsOllamaDecodes(t *testing.T) {
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","tools":"x","tools":[],` + hiMessages + `}`, true},
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","temperature":"hot","temperature":0.5,` + hiMessages + `}`, true},
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","TEMPERATURE":"hot",` + hiMessages + `}`, true},
+		// A null after a value the decoder refused: it keeps its first error.
+		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","messages":"x","messages":null}`, true},
+		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","messages":5,"messages":null,"messages":"x",` + hiMessages + `}`, true},
+		{broker.KindAnthropicMessages, reflect.TypeFor[anthropic.MessagesRequest](), `{"model":"tiny-a","max_tokens":4,"Messages":{},"messages":null,` + hiMessages + `}`, true},
 		{broker.KindOpenAIChat, chat, `{"model":5,"messages":"hi"}`, false},
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","messages":[],"max_tokens":"x"}`, true},
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","top_logprobs":99,"seed":1.5,` + hiMessages + `}`, true},

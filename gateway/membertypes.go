@@ -304,13 +304,9 @@ func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 	var members []memberType
 	switch kind {
 	case broker.KindChat:
-		var messages string
-		if req.Messages != nil {
-			messages = req.Messages.refused
-		}
 		members = []memberType{
 			{"model", "string", req.Model.refused},
-			{"messages", "[]api.Message", messages},
+			{"messages", "[]api.Message", req.Messages.refused},
 			{"stream", "bool", req.Stream.refused()},
 			{"tools", "api.Tools", req.Tools.refused},
 			{"options", "map[string]interface {}", req.Options.NotAnObject()},

@@ -91,7 +91,7 @@ type inferenceRequest = struct {
 	Format  json.RawMessage    `json:"format"`
 	// ResponseFormat is /v1/chat/completions' (other routes ignore it).
 	ResponseFormat rawKinded[objectKind] `json:"response_format"`
-	Messages       *listMember           `json:"messages"`
+	Messages       listMember            `json:"messages"`
 	Prompt         typed[stringKind]     `json:"prompt"`
 	// Text, Input and Instructions are /v1/responses' (Input also /v1/embeddings').
 	Text         rawKinded[objectKind] `json:"text"`
