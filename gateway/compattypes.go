@@ -183,9 +183,9 @@ digits:
 	return string(strconv.AppendInt(append(out, 'e'), int64(dp), 10))
 }
 
-// stringMember is a string member kept by value (the model): a null leaves the value
-// before it, as the decoder leaves a string field; refused is the kind of the first value
-// that is no string.
+// stringMember is a string member kept by value (the model, as modelString reads it): a
+// null leaves the value before it, as the decoder leaves a string field; refused is the
+// kind of the first value that is no string.
 type stringMember struct {
 	s       string
 	refused string
@@ -195,7 +195,7 @@ func (m *stringMember) UnmarshalJSON(b []byte) error {
 	switch k := jsonKind(b); k {
 	case "null":
 	case "string":
-		if s, ok := jsonString(b); ok {
+		if s, ok := modelString(b); ok {
 			m.s = s
 		}
 	default:

@@ -59,7 +59,7 @@ func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model st
 // Ollama's layer cannot decode is left to it (its own 400): none here.
 func openAIChatFormat(raw json.RawMessage) json.RawMessage {
 	var rf struct {
-		Type       string `json:"type"`
+		Type       trimmedWord `json:"type"`
 		JSONSchema *struct {
 			Schema json.RawMessage `json:"schema"`
 		} `json:"json_schema"`
@@ -67,7 +67,7 @@ func openAIChatFormat(raw json.RawMessage) json.RawMessage {
 	if len(raw) == 0 || json.Unmarshal(raw, &rf) != nil {
 		return nil
 	}
-	switch strings.ToLower(strings.TrimSpace(rf.Type)) {
+	switch strings.ToLower(strings.TrimSpace(string(rf.Type))) {
 	case "json_object":
 		return json.RawMessage(`"json"`)
 	case "json_schema":
@@ -85,7 +85,7 @@ func openAIChatFormat(raw json.RawMessage) json.RawMessage {
 func openAIResponsesFormat(raw json.RawMessage) json.RawMessage {
 	var text struct {
 		Format *struct {
-			Type   string          `json:"type"`
+			Type   shortWord       `json:"type"`
 			Schema json.RawMessage `json:"schema"`
 		} `json:"format"`
 	}

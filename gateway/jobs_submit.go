@@ -255,9 +255,18 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	// Then foreman's own checks, of what those checks let through and the target would
 	// refuse after the job's wait, or foreman could not queue.
 	// The model the target will use, decoded as Ollama decodes it: the last one wins, a
-	// null leaves the one before.
+	// null leaves the one before (one of a body's size, which names no model, as
+	// modelString stands it in).
 	for _, v := range modelValues {
-		if err := json.Unmarshal(v, &sub.model); err != nil {
+		switch jsonKind(v) {
+		case "null":
+		case "string":
+			m, ok := modelString(v)
+			if !ok {
+				return nil, badRequest(`"model" must be a string`)
+			}
+			sub.model = m
+		default:
 			return nil, badRequest(`"model" must be a string`)
 		}
 	}
