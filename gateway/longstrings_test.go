@@ -190,3 +190,45 @@ func TestLongStringMembersCostLittle(t *testing.T) {
 		}
 	}
 }
+
+// A submission's own string members (its kind, priority, program, webhook events) of a
+// body's size are not decoded whole either (ten times the body each), and are refused in
+// the words the whole value gets: quoted clipped, or measured.
+func TestSubmissionLongStringsCostLittle(t *testing.T) {
+	n := 4 << 20
+	for _, unit := range []string{"\xff", `\u00e9`, "é"} {
+		value := `"` + strings.Repeat(unit, n/len(unit)) + `"`
+		var whole string
+		if err := json.Unmarshal([]byte(value), &whole); err != nil {
+			t.Fatal(err)
+		}
+		names := make([]string, len(broker.Kinds))
+		for i, k := range broker.Kinds {
+			names[i] = string(k)
+		}
+		for _, c := range []struct{ body, want string }{
+			{`{"kind":` + value + `,"model":"tiny-a","prompt":"hi"}`,
+				fmt.Sprintf("unknown kind %q (%s)", clipInput(whole), strings.Join(names, ", "))},
+			{`{"kind":"generate","model":"tiny-a","prompt":"hi","priority":` + value + `}`,
+				fmt.Sprintf(`"priority": priority of %d bytes: must be high, normal or low`, len(whole))},
+			{`{"kind":"generate","model":"tiny-a","prompt":"hi","program":` + value + `}`,
+				fmt.Sprintf(`"program": %d bytes: must be 1 to 64 of A-Z a-z 0-9 . _ -`, len(whole))},
+			{`{"kind":"generate","model":"tiny-a","prompt":"hi","state_webhook_url":"https://example.com/h","webhook_events":["done",` + value + `]}`,
+				fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", clipInput(whole))},
+		} {
+			body := []byte(c.body)
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			_, err := parseSubmission(body, &webhook.Policy{LookupNetIP: refuseLookup})
+			runtime.ReadMemStats(&after)
+			if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2*uint64(len(body)) {
+				t.Errorf("%.60s…: the submission's checks allocated %d bytes, %.1f times the body", c.body, allocated,
+					float64(allocated)/float64(len(body)))
+			}
+			if err == nil || err.Error() != c.want {
+				t.Errorf("%.60s…: refused %.300v, want %.300s", c.body, err, c.want)
+			}
+		}
+	}
+}
