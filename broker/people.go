@@ -30,9 +30,21 @@ func ParsePriority(s string) (Priority, error) {
 		return p, nil
 	}
 	if len(s) > maxQuoted {
-		return "", fmt.Errorf("%w: priority of %d bytes: must be high, normal or low", ErrBadPriority, len(s))
+		return "", PriorityTooLong(len(s))
 	}
 	return "", fmt.Errorf("%w: priority %q: must be high, normal or low", ErrBadPriority, s)
+}
+
+// PriorityTooLong is ParsePriority's error for a value of n bytes, more than maxQuoted:
+// none is a priority, and it is only measured.
+func PriorityTooLong(n int) error {
+	return fmt.Errorf("%w: priority of %d bytes: must be high, normal or low", ErrBadPriority, n)
+}
+
+// ProgramTooLong is ValidateProgram's error for a name of n bytes, more than maxQuoted:
+// none is a program, and it is only measured.
+func ProgramTooLong(n int) error {
+	return fmt.Errorf("%w: %d bytes: must be 1 to 64 of A-Z a-z 0-9 . _ -", ErrBadProgram, n)
 }
 
 // maxQuoted is the longest value a refusal here quotes back. A longer one, which no valid
@@ -68,7 +80,7 @@ var programRE = regexp.MustCompile(`^[A-Za-z0-9._-]{1,64}$`)
 // ValidateProgram accepts 1 to 64 of [A-Za-z0-9._-].
 func ValidateProgram(name string) error {
 	if len(name) > maxQuoted {
-		return fmt.Errorf("%w: %d bytes: must be 1 to 64 of A-Z a-z 0-9 . _ -", ErrBadProgram, len(name))
+		return ProgramTooLong(len(name))
 	}
 	if !programRE.MatchString(name) {
 		return fmt.Errorf("%w: %q: must be 1 to 64 of A-Z a-z 0-9 . _ -", ErrBadProgram, name)

@@ -82,19 +82,20 @@ func (m *floatMember) UnmarshalJSON(b []byte) error {
 // floatRefused is the value encoding/json names when it refuses b for a float32 and for
 // a float64 field, "" when the field takes it. A number is parsed as a float32 too only
 // when it is no less than float32's largest as a float64: one less rounds to a float32.
+// A number it quotes is clipped (numberWords).
 func floatRefused(b []byte) (r32, r64 string) {
 	switch k := jsonKind(b); k {
 	case "null":
 		return "", ""
 	case "number":
-		b = bytes.TrimSpace(b)
-		f, err := strconv.ParseFloat(string(b), 64)
+		lit := shortFloatLiteral(bytes.TrimSpace(b))
+		f, err := strconv.ParseFloat(lit, 64)
 		if err != nil {
-			return "number " + string(b), "number " + string(b)
+			return numberWords(b), numberWords(b)
 		}
 		if math.Abs(f) >= math.MaxFloat32 {
-			if _, err := strconv.ParseFloat(string(b), 32); err != nil {
-				return "number " + string(b), ""
+			if _, err := strconv.ParseFloat(lit, 32); err != nil {
+				return numberWords(b), ""
 			}
 		}
 		return "", ""
@@ -103,9 +104,88 @@ func floatRefused(b []byte) (r32, r64 string) {
 	}
 }
 
-// stringMember is a string member kept by value (the model): a null leaves the value
-// before it, as the decoder leaves a string field; refused is the kind of the first value
-// that is no string.
+// maxFloatLiteral is the longest number literal floatRefused parses as it came. A
+// longer one is parsed as shortFloatLiteral writes it: copied and parsed whole, and
+// copied again into strconv's error, a literal of a body's size cost several bodies.
+const maxFloatLiteral = 1024
+
+// floatDigits is how many significant digits strconv.ParseFloat keeps of a long
+// literal (its decimal's); past them it notes only whether one is not 0, which is
+// enough to round any float64 or float32 as the whole literal rounds.
+const floatDigits = 800
+
+// shortFloatLiteral is lit, a JSON number, when it is at most maxFloatLiteral bytes long;
+// else one of at most floatDigits+1 digits that strconv.ParseFloat refuses (a number past
+// the type's range) where it refuses lit, for a float64 and a float32: "0.", lit's first
+// floatDigits significant digits, a 1 when a digit after them is not 0, and the exponent
+// that puts the point where strconv's decimal reading of lit puts it. That reading is
+// what strconv (so Ollama's decoder) falls back on for any literal out of range, and it
+// counts no more than floatDigits digits before the point, nor an exponent past 10000:
+// it reads "1" + 900 zeros + "e-900" as 1e-101. Such a literal is read as strconv reads
+// it, a number in range being taken, whatever its value; any other is read to the bit.
+func shortFloatLiteral(lit []byte) string {
+	if len(lit) <= maxFloatLiteral {
+		return string(lit)
+	}
+	out := make([]byte, 0, floatDigits+32)
+	i := 0
+	if lit[0] == '-' {
+		out = append(out, '-')
+		i++
+	}
+	out = append(out, '0', '.')
+	var (
+		dp, nd     int // the point's place after the first significant digit, digits kept
+		dot, trunc bool
+	)
+digits:
+	for ; i < len(lit); i++ {
+		switch c := lit[i]; {
+		case c == '.':
+			dot, dp = true, nd
+		case c < '0' || c > '9':
+			break digits
+		case c == '0' && nd == 0: // a zero before the first significant digit
+			dp--
+		case nd < floatDigits:
+			out = append(out, c)
+			nd++
+		case c != '0':
+			trunc = true
+		}
+	}
+	if nd == 0 {
+		return "0"
+	}
+	if !dot {
+		dp = nd
+	}
+	if trunc {
+		out = append(out, '1')
+	}
+	if i < len(lit) && (lit[i] == 'e' || lit[i] == 'E') {
+		i++
+		sign := 1
+		if i < len(lit) && (lit[i] == '-' || lit[i] == '+') {
+			if lit[i] == '-' {
+				sign = -1
+			}
+			i++
+		}
+		e := 0
+		for ; i < len(lit) && lit[i] >= '0' && lit[i] <= '9'; i++ {
+			if e < 10000 { // as strconv reads it: far past any float's range
+				e = e*10 + int(lit[i]-'0')
+			}
+		}
+		dp += sign * e
+	}
+	return string(strconv.AppendInt(append(out, 'e'), int64(dp), 10))
+}
+
+// stringMember is a string member kept by value (the model, as modelString reads it): a
+// null leaves the value before it, as the decoder leaves a string field; refused is the
+// kind of the first value that is no string.
 type stringMember struct {
 	s       string
 	refused string
@@ -115,7 +195,7 @@ func (m *stringMember) UnmarshalJSON(b []byte) error {
 	switch k := jsonKind(b); k {
 	case "null":
 	case "string":
-		if s, ok := jsonString(b); ok {
+		if s, ok := modelString(b); ok {
 			m.s = s
 		}
 	default:
@@ -162,7 +242,7 @@ func compatTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 	case broker.KindOpenAIChat:
 		members = []memberType{
 			{"model", "string", req.Model.refused},
-			{"messages", "[]openai.Message", listRefused(req.Messages)},
+			{"messages", "[]openai.Message", req.Messages.refused},
 			{"stream", "bool", req.Stream.refused()},
 			{"stream_options", "openai.StreamOptions", req.StreamOptions.refused},
 			{"max_tokens", "int", req.MaxTokens.refused},
@@ -217,7 +297,7 @@ func compatTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 		members = []memberType{
 			{"model", "string", req.Model.refused},
 			{"max_tokens", "int", req.MaxTokens.refused},
-			{"messages", "[]anthropic.MessageParam", listRefused(req.Messages)},
+			{"messages", "[]anthropic.MessageParam", req.Messages.refused},
 			{"stream", "bool", req.Stream.refused()},
 			{"temperature", "float64", req.Temperature.refused64},
 			{"top_p", "float64", req.TopP.refused64},
@@ -273,14 +353,6 @@ func openAIEmbedModel(body []byte) (model string, read []byte, err error) {
 		return "", nil, handlerRefusal("model is required")
 	}
 	return req.Model.s, read, nil
-}
-
-// listRefused is the kind of the first value of a list member m that is no list.
-func listRefused(m *listMember) string {
-	if m == nil {
-		return ""
-	}
-	return m.refused
 }
 
 // firstRefused is the decoder's 400 for the first of members (of request type typ)

@@ -4,15 +4,20 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"math"
+	"math/rand/v2"
 	"net/http"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ollama/ollama/anthropic"
+	"github.com/ollama/ollama/api"
 	"github.com/ollama/ollama/openai"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
@@ -163,6 +168,10 @@ func TestCompatMemberTypeCombosAsOllamaDecodes(t *testing.T) {
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","tools":"x","tools":[],` + hiMessages + `}`, true},
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","temperature":"hot","temperature":0.5,` + hiMessages + `}`, true},
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","TEMPERATURE":"hot",` + hiMessages + `}`, true},
+		// A null after a value the decoder refused: it keeps its first error.
+		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","messages":"x","messages":null}`, true},
+		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","messages":5,"messages":null,"messages":"x",` + hiMessages + `}`, true},
+		{broker.KindAnthropicMessages, reflect.TypeFor[anthropic.MessagesRequest](), `{"model":"tiny-a","max_tokens":4,"Messages":{},"messages":null,` + hiMessages + `}`, true},
 		{broker.KindOpenAIChat, chat, `{"model":5,"messages":"hi"}`, false},
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","messages":[],"max_tokens":"x"}`, true},
 		{broker.KindOpenAIChat, chat, `{"model":"tiny-a","top_logprobs":99,"seed":1.5,` + hiMessages + `}`, true},
@@ -245,5 +254,171 @@ func TestCompatMemberTypesRefusedAtOnceInTheLayersShape(t *testing.T) {
 	}
 	if jobs, _, err := b.Broker.Store.List(ctx, broker.ListOptions{}); err != nil || len(jobs) != 0 {
 		t.Errorf("jobs after the refusals: %d, %v; want none", len(jobs), err)
+	}
+}
+
+// clipNumberWords is err's text with the number literal it quotes clipped as foreman
+// clips it (numberWords): Ollama's decoder quotes the literal whole.
+func clipNumberWords(err error) string {
+	msg := err.Error()
+	const p = "json: cannot unmarshal number "
+	if !strings.HasPrefix(msg, p) {
+		return msg
+	}
+	rest := msg[len(p):]
+	lit, tail, _ := strings.Cut(rest, " ")
+	return "json: cannot unmarshal " + numberWords([]byte(lit)) + " " + tail
+}
+
+// A number literal of a body's size in an int or float member costs no more than the
+// body, and is quoted back clipped: it was copied whole, parsed whole, copied into
+// strconv's error and into the refusal (5 to 8 times the body, and a 400 as large as the
+// body, larger than a NATS reply may be); each duplicate of max_tokens or top_logprobs
+// was decoded again (3 times the body). Ollama's decoder takes and refuses the same
+// bodies, in the same words but for the literal's clip.
+func TestMemberTypesLongNumbersCostLittle(t *testing.T) {
+	const n = 4 << 20
+	pad := strings.Repeat("0", n)
+	values := []string{
+		strings.Repeat("1", n), // past every type's range
+		"0." + pad + "1",       // a float64 and a float32 take it (0), an int refuses it
+		"3.5" + pad + "e38",    // past float32's range, not float64's
+		"-1" + pad + "e-" + strings.Repeat("0", 1000) + "4194300", // about -1e2: an int refuses it
+		"1" + pad[:1000] + "e-1000",                               // 1: every type but an int takes it
+	}
+	dup := func(member, value string) string {
+		var b strings.Builder
+		for b.Len() < n {
+			b.WriteString(`"` + member + `":` + value + `,`)
+		}
+		return b.String()
+	}
+	type target struct {
+		kind broker.Kind
+		typ  reflect.Type
+		base []string
+	}
+	targets := []target{{broker.KindChat, reflect.TypeFor[api.ChatRequest](), []string{`"model":"tiny-a"`, hiMessages}},
+		{broker.KindGenerate, reflect.TypeFor[api.GenerateRequest](), []string{`"model":"tiny-a"`, `"prompt":"hi"`}}}
+	for _, c := range compatTypes[:5] {
+		targets = append(targets, target{c.kind, c.typ, c.base})
+	}
+	checked := 0
+	for _, c := range targets {
+		for _, member := range []string{"max_tokens", "seed", "top_logprobs", "logprobs", "max_output_tokens", "top_k",
+			"dimensions", "temperature", "top_p", "frequency_penalty", "presence_penalty", "width", "steps"} {
+			if !slices.Contains(jsonMembers(c.typ), member) {
+				continue
+			}
+			for _, value := range values {
+				for _, s := range []string{compatBody(c.base, member, value),
+					"{" + dup(member, value[:min(len(value), 4096)]) + strings.Join(c.base, ",") + "}"} {
+					body := []byte(s)
+					var before, after runtime.MemStats
+					runtime.GC()
+					runtime.ReadMemStats(&before)
+					err := compatParse(c.kind, body)
+					runtime.ReadMemStats(&after)
+					if allocated := after.TotalAlloc - before.TotalAlloc; allocated > 2*uint64(len(body))+16<<10 {
+						t.Errorf("%s %s %.30s… (%d bytes): the parse allocated %d bytes, %.1f times the body",
+							c.kind, member, value, len(body), allocated, float64(allocated)/float64(len(body)))
+					}
+					ollamaErr := compatDecode(c.typ, body)
+					switch {
+					case ollamaErr == nil && err != nil:
+						t.Errorf("%s %s %.30s…: refused %.300q, Ollama's decoder takes it", c.kind, member, value, err)
+					case ollamaErr != nil && (err == nil || err.Error() != clipNumberWords(ollamaErr)):
+						t.Errorf("%s %s %.30s…: refused %.300v, want %.300q", c.kind, member, value, err, clipNumberWords(ollamaErr))
+					}
+					if err != nil && len(err.Error()) > 400 {
+						t.Errorf("%s %s: a refusal of %d bytes", c.kind, member, len(err.Error()))
+					}
+					checked++
+				}
+			}
+		}
+	}
+	if checked < 100 {
+		t.Fatalf("%d bodies checked", checked)
+	}
+}
+
+// shortFloatLiteral's literal is parsed as the long one it stands for, to the bit, and
+// refused where that is refused: about each type's largest, and about the numbers
+// halfway between two floats (which a literal's later digits round one way or the other).
+func TestShortFloatLiteral(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	zeros := func(n int) string { return strings.Repeat("0", n) }
+	digits := func(n int) string {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte('0' + r.IntN(10))
+		}
+		return string(b)
+	}
+	var lits []string
+	for _, head := range []string{
+		"1.7976931348623157", "1.7976931348623158", "1.797693134862315807937", "1.7976931348623159",
+		"3.4028234663852886", "3.40282356779733661637539395458142568448", "3.40282357", "3.4028235",
+		// halfway between two float64s and two float32s: the digits after decide
+		"1.00000000000000011102230246251565404236316680908203125", "1.000000059604644775390625",
+		"9007199254740993", "16777217", "4.9406564584124654e-324", "2.4703282292062327e-324", "1.401298464324817e-45",
+	} {
+		mant, exp, _ := strings.Cut(head, "e")
+		if exp != "" {
+			exp = "e" + exp
+		}
+		for _, tail := range []string{zeros(2000), zeros(2000) + "1", digits(2000), zeros(799) + "1" + zeros(1000),
+			zeros(1500) + "1", "9" + zeros(1200)} {
+			for _, e := range []string{"", "e308", "E+38", "e-1", "e-" + zeros(1500) + "3", "e" + zeros(1200) + "38", exp} {
+				if e == "" && exp != "" {
+					continue
+				}
+				lits = append(lits, mant+tail+e, "-"+mant+tail+e)
+				if !strings.Contains(mant, ".") {
+					lits = append(lits, mant+"."+tail+e)
+				}
+			}
+		}
+	}
+	// strconv's decimal reading: no more than floatDigits digits before the point (so
+	// "1"+900 zeros+"e-900" is 1e-101, and the first two here are taken), no exponent
+	// past 10000 (the third is 0, taken).
+	lits = append(lits, "1"+zeros(1373)+"1e-712", "1"+zeros(900)+"e-900", "0."+zeros(20000)+"1e100000",
+		"1"+zeros(1373)+"1e-400", "0."+zeros(20000)+"1e20310", "-1"+zeros(801)+"e-493")
+	for range 300 {
+		lit := digits(1) + digits(r.IntN(1500))
+		lit = strings.TrimLeft(lit, "0")
+		if lit == "" {
+			lit = "0"
+		}
+		if r.IntN(2) == 0 {
+			lit = "0." + zeros(r.IntN(1500)) + digits(r.IntN(1500)+1)
+		} else if r.IntN(2) == 0 {
+			lit += "." + digits(r.IntN(1500)+1)
+		}
+		if r.IntN(2) == 0 {
+			lit += "e" + []string{"", "+", "-"}[r.IntN(3)] + zeros(r.IntN(1500)) + strconv.Itoa(r.IntN(800))
+		}
+		lits = append(lits, lit)
+	}
+	for _, lit := range lits {
+		if !json.Valid([]byte(lit)) {
+			t.Fatalf("not a JSON number: %.60s…", lit)
+		}
+		short := shortFloatLiteral([]byte(lit))
+		if len(lit) > maxFloatLiteral && len(short) > maxFloatLiteral {
+			t.Errorf("%.60s…: %d bytes", lit, len(short))
+		}
+		// strconv reads no more than floatDigits digits before the point of a literal
+		// out of range (shortFloatLiteral): the values of those that have more may differ.
+		intDigits := len(strings.TrimPrefix(strings.FieldsFunc(lit, func(r rune) bool { return r == '.' || r == 'e' || r == 'E' })[0], "-"))
+		for _, bits := range []int{32, 64} {
+			want, wantErr := strconv.ParseFloat(lit, bits)
+			got, err := strconv.ParseFloat(short, bits)
+			if intDigits <= floatDigits && math.Float64bits(got) != math.Float64bits(want) || (err == nil) != (wantErr == nil) {
+				t.Errorf("%.60s… (%d bytes) as %.60s…, float%d: %v %v, want %v %v", lit, len(lit), short, bits, got, err, want, wantErr)
+			}
+		}
 	}
 }

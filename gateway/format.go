@@ -59,7 +59,7 @@ func (s *Server) refuseBadFormat(ctx context.Context, kind broker.Kind, model st
 // Ollama's layer cannot decode is left to it (its own 400): none here.
 func openAIChatFormat(raw json.RawMessage) json.RawMessage {
 	var rf struct {
-		Type       string `json:"type"`
+		Type       trimmedWord `json:"type"`
 		JSONSchema *struct {
 			Schema json.RawMessage `json:"schema"`
 		} `json:"json_schema"`
@@ -67,7 +67,7 @@ func openAIChatFormat(raw json.RawMessage) json.RawMessage {
 	if len(raw) == 0 || json.Unmarshal(raw, &rf) != nil {
 		return nil
 	}
-	switch strings.ToLower(strings.TrimSpace(rf.Type)) {
+	switch strings.ToLower(strings.TrimSpace(string(rf.Type))) {
 	case "json_object":
 		return json.RawMessage(`"json"`)
 	case "json_schema":
@@ -85,7 +85,7 @@ func openAIChatFormat(raw json.RawMessage) json.RawMessage {
 func openAIResponsesFormat(raw json.RawMessage) json.RawMessage {
 	var text struct {
 		Format *struct {
-			Type   string          `json:"type"`
+			Type   shortWord       `json:"type"`
 			Schema json.RawMessage `json:"schema"`
 		} `json:"format"`
 	}
@@ -115,33 +115,36 @@ func (n *nonEmpty) UnmarshalJSON(b []byte) error {
 
 // listMember decodes a list member of an OpenAI-compatible body as far as Ollama's OpenAI
 // layer checks it before its handler runs ("messages" on /v1/chat/completions, "input"
-// on /v1/embeddings): as a pointer field it is nil for a member absent or null, and
-// empty for an empty list. Anything else (a string, an object) is left to Ollama, whose
-// decoder or handler answers it; on the native chat route refused, the kind of the first
-// value that is no list, is its decoder's 400 (nativeTypeRefusal). items is what
-// nonEmpty reads of it.
+// on /v1/embeddings): it holds none (none) when absent or null, as Ollama's slice or any
+// is nil then, or an empty list. Anything else (a string, an object) is left to Ollama,
+// whose decoder or handler answers it; on the routes whose Ollama field is a list,
+// refused, the kind of the first value that is no list, is its decoder's 400
+// (nativeTypeRefusal, compatTypeRefusal), kept past a null after it as the decoder keeps
+// its first error: the "messages" field is no pointer, so the decoder hands it the null.
+// items is what nonEmpty reads of the last value, present whether that was not null.
 type listMember struct {
-	items, empty bool
-	refused      string
+	items, empty, present bool
+	refused               string
 }
 
 func (m *listMember) UnmarshalJSON(b []byte) error {
 	var n nonEmpty
 	_ = n.UnmarshalJSON(b)
 	b = bytes.TrimSpace(b)
-	m.items, m.empty = bool(n), len(b) > 0 && b[0] == '[' && !bool(n)
-	if k := jsonKind(b); m.refused == "" && k != "array" && k != "null" {
+	k := jsonKind(b)
+	m.items, m.empty, m.present = bool(n), len(b) > 0 && b[0] == '[' && !bool(n), k != "null"
+	if m.refused == "" && k != "array" && k != "null" {
 		m.refused = k
 	}
 	return nil
 }
 
-// holds reports whether m, a pointer field, holds something (nonEmpty).
-func (m *listMember) holds() bool { return m != nil && m.items }
+// holds reports whether m holds something (nonEmpty).
+func (m *listMember) holds() bool { return m != nil && m.present && m.items }
 
-// none reports whether m, a pointer field, is absent, null or an empty list: what
-// Ollama's OpenAI layer refuses as no messages or no input.
-func (m *listMember) none() bool { return m == nil || m.empty }
+// none reports whether m is absent, null or an empty list: what Ollama's OpenAI layer
+// refuses as no messages or no input.
+func (m *listMember) none() bool { return m == nil || !m.present || m.empty }
 
 // formatTaken reports whether Ollama's completion takes a "format" value as it came:
 // none, null, "", "json", or a JSON object (a schema; whether llama.cpp can turn it into

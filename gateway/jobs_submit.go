@@ -167,7 +167,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	var (
 		kept       []member
 		hookURL    string
-		events     []string
+		events     []standIn
 		hasEvents  bool
 		stripped   bool
 		fieldsSeen = map[string]json.RawMessage{}
@@ -179,7 +179,7 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	for _, m := range members {
 		switch m.key {
 		case fieldKind:
-			var k string
+			var k standIn
 			if err := json.Unmarshal(m.value, &k); err != nil {
 				return nil, badRequest(`"kind" must be a string`)
 			}
@@ -226,9 +226,9 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 		}
 		sub.webhook = &broker.Webhook{URL: hookURL}
 		for _, e := range events {
-			st := broker.State(e)
+			st := broker.State(string(e))
 			if !st.Valid() {
-				return nil, badRequest(fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", clipInput(e)))
+				return nil, badRequest(fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", clipInput(string(e))))
 			}
 			if !slices.Contains(sub.webhook.Events, st) {
 				sub.webhook.Events = append(sub.webhook.Events, st)
@@ -255,9 +255,18 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 	// Then foreman's own checks, of what those checks let through and the target would
 	// refuse after the job's wait, or foreman could not queue.
 	// The model the target will use, decoded as Ollama decodes it: the last one wins, a
-	// null leaves the one before.
+	// null leaves the one before (one of a body's size, which names no model, as
+	// modelString stands it in).
 	for _, v := range modelValues {
-		if err := json.Unmarshal(v, &sub.model); err != nil {
+		switch jsonKind(v) {
+		case "null":
+		case "string":
+			m, ok := modelString(v)
+			if !ok {
+				return nil, badRequest(`"model" must be a string`)
+			}
+			sub.model = m
+		default:
 			return nil, badRequest(`"model" must be a string`)
 		}
 	}
@@ -285,6 +294,9 @@ func parsePriorityField(v json.RawMessage, p *broker.Priority) error {
 		*p = ""
 		return nil
 	}
+	if n, long := longString(v); long {
+		return badRequest(`"priority": ` + strings.TrimPrefix(broker.PriorityTooLong(n).Error(), broker.ErrBadPriority.Error()+": "))
+	}
 	var str string
 	if err := json.Unmarshal(v, &str); err != nil {
 		return badRequest(`"priority" must be a string: high, normal or low`)
@@ -297,11 +309,44 @@ func parsePriorityField(v json.RawMessage, p *broker.Priority) error {
 	return nil
 }
 
+// standIn is a string member of a submission of its own (its kind, a webhook event) as
+// json.Unmarshal decodes it; one longer than maxModelString, which none of their values
+// is, is not decoded whole but stood in for as modelString stands in for a model, quoted
+// as the whole. A value of another kind is the decoder's error.
+type standIn string
+
+func (s *standIn) UnmarshalJSON(b []byte) error {
+	if jsonKind(b) != "string" {
+		return json.Unmarshal(b, (*string)(s))
+	}
+	v, _ := modelString(b)
+	*s = standIn(v)
+	return nil
+}
+
+// longString reports whether v is a JSON string longer than maxModelString (as sent),
+// too long to be a priority or a program and to be decoded whole (each invalid UTF-8
+// byte of it would be three bytes, and encoding/json's buffer grows by doubling), and n,
+// its length decoded, which their refusals name.
+func longString(v []byte) (n int, long bool) {
+	if jsonKind(v) != "string" || len(bytes.TrimSpace(v)) <= maxModelString {
+		return 0, false
+	}
+	jsonRunes(v, func(r rune) bool {
+		n += utf8.RuneLen(r)
+		return true
+	})
+	return n, true
+}
+
 // parseProgramField reads a body's "program": 1 to 64 of [A-Za-z0-9._-] (null: none).
 func parseProgramField(v json.RawMessage, p *string) error {
 	if bytes.Equal(bytes.TrimSpace(v), []byte("null")) {
 		*p = ""
 		return nil
+	}
+	if n, long := longString(v); long {
+		return badRequest(`"program": ` + strings.TrimPrefix(broker.ProgramTooLong(n).Error(), broker.ErrBadProgram.Error()+": "))
 	}
 	var str string
 	if err := json.Unmarshal(v, &str); err != nil {

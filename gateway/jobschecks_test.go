@@ -135,6 +135,11 @@ var syncRefusals = []struct {
 		"json: cannot unmarshal string into Go struct field EmbedRequest.dimensions of type int"},
 	{broker.KindOpenAIEmbeddings, `{"model":"tiny-a","input":[],"encoding_format":5}`, 400,
 		"json: cannot unmarshal number into Go struct field EmbedRequest.encoding_format of type string"},
+	// A number literal a refusal quotes is clipped, as any value a client sent (ADR-0142).
+	{broker.KindOpenAIChat, `{"model":"tiny-a",` + hiMessages + `,"seed":1` + strings.Repeat("0", 300) + `}`, 400,
+		"json: cannot unmarshal number 1" + strings.Repeat("0", maxQuoted-1) + "… into Go struct field ChatCompletionRequest.seed of type int"},
+	{broker.KindOpenAICompletion, `{"model":"tiny-a","prompt":"hi","temperature":-1` + strings.Repeat("0", 300) + `}`, 400,
+		"json: cannot unmarshal number -1" + strings.Repeat("0", maxQuoted-2) + "… into Go struct field CompletionRequest.temperature of type float32"},
 }
 
 // POST /jobs refuses at submit what the sync route of its kind refuses before queueing,

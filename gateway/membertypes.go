@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
+	"unicode"
+	"unicode/utf16"
+	"unicode/utf8"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -78,20 +82,45 @@ func (m *typed[R]) UnmarshalJSON(b []byte) error {
 }
 
 // intRefused is the value encoding/json names when it refuses b for an int field of
-// bits bits ("number 1.5", "string"), "" when the field takes it.
+// bits bits ("number 1.5", "string"), "" when the field takes it. A number it quotes is
+// clipped (numberWords), as any value a client sent.
 func intRefused(b []byte, bits int) string {
 	switch k := jsonKind(b); k {
 	case "null":
 		return ""
 	case "number":
-		lit := string(bytes.TrimSpace(b))
-		if _, err := strconv.ParseInt(lit, 10, bits); err != nil {
-			return "number " + lit
+		if _, ok := intTaken(b, bits); ok {
+			return ""
 		}
-		return ""
+		return numberWords(b)
 	default:
 		return k
 	}
+}
+
+// maxIntLiteral is the longest number literal an int field of 64 bits or fewer takes:
+// "-9223372036854775808" (a JSON number has no leading zeros, nor a "+").
+const maxIntLiteral = 20
+
+// intTaken is the value encoding/json sets an int field of bits bits to from b, a number
+// literal; ok is false when it refuses b (a fraction, an exponent, a number past the
+// type's range). A literal longer than any such field takes is not parsed: one of a
+// body's size would be copied and parsed whole, and copied again into strconv's error.
+func intTaken(b []byte, bits int) (n int64, ok bool) {
+	lit := bytes.TrimSpace(b)
+	if jsonKind(lit) != "number" || len(lit) > maxIntLiteral {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(lit), 10, bits)
+	return n, err == nil
+}
+
+// numberWords is how encoding/json names a number literal b it refuses ("number 1.5"),
+// the literal clipped as clipInput clips a value: its refusal quotes the literal whole,
+// and a literal may be as long as the body (ADR-0142's amendment). A literal is ASCII.
+func numberWords(b []byte) string {
+	lit := bytes.TrimSpace(b)
+	return "number " + clipInput(string(lit[:min(len(lit), maxQuoted+1)]))
 }
 
 // int32Member is an int32 member of a generate body (width, height, steps): refused as
@@ -279,13 +308,9 @@ func nativeTypeRefusal(kind broker.Kind, req *inferenceRequest) error {
 	var members []memberType
 	switch kind {
 	case broker.KindChat:
-		var messages string
-		if req.Messages != nil {
-			messages = req.Messages.refused
-		}
 		members = []memberType{
 			{"model", "string", req.Model.refused},
-			{"messages", "[]api.Message", messages},
+			{"messages", "[]api.Message", req.Messages.refused},
 			{"stream", "bool", req.Stream.refused()},
 			{"tools", "api.Tools", req.Tools.refused},
 			{"options", "map[string]interface {}", req.Options.NotAnObject()},
@@ -335,5 +360,184 @@ func decodeAborted(kind broker.Kind, req *inferenceRequest) error {
 			return badRequest(refused)
 		}
 	}
+	return nil
+}
+
+// jsonRunes calls yield with each character of the JSON string value b (quotes and all,
+// as sent) as encoding/json decodes it, without decoding it into memory: an invalid UTF-8
+// byte and a lone surrogate are U+FFFD. It stops when yield returns false; ok is false
+// when b is no valid JSON string.
+func jsonRunes(b []byte, yield func(r rune) bool) (ok bool) {
+	b = bytes.TrimSpace(b)
+	if len(b) < 2 || b[0] != '"' || b[len(b)-1] != '"' {
+		return false
+	}
+	s := b[1 : len(b)-1]
+	for r := 0; r < len(s); {
+		var c rune
+		switch {
+		case s[r] == '\\':
+			if r+1 >= len(s) {
+				return false
+			}
+			switch e := s[r+1]; e {
+			case '"', '\\', '/', '\'':
+				c, r = rune(e), r+2
+			case 'b':
+				c, r = '\b', r+2
+			case 'f':
+				c, r = '\f', r+2
+			case 'n':
+				c, r = '\n', r+2
+			case 'r':
+				c, r = '\r', r+2
+			case 't':
+				c, r = '\t', r+2
+			case 'u':
+				c = hex4(s[r:])
+				if c < 0 {
+					return false
+				}
+				r += 6
+				if utf16.IsSurrogate(c) {
+					if d := utf16.DecodeRune(c, hex4(s[r:])); d != unicode.ReplacementChar {
+						c, r = d, r+6
+					} else {
+						c = unicode.ReplacementChar
+					}
+				}
+			default:
+				return false
+			}
+		case s[r] == '"' || s[r] < ' ':
+			return false
+		case s[r] < utf8.RuneSelf:
+			c, r = rune(s[r]), r+1
+		default:
+			var size int
+			c, size = utf8.DecodeRune(s[r:])
+			r += size
+		}
+		if !yield(c) {
+			return true
+		}
+	}
+	return true
+}
+
+// hex4 is the character of the escape \uXXXX that s begins with, -1 for none.
+func hex4(s []byte) rune {
+	if len(s) < 6 || s[0] != '\\' || s[1] != 'u' {
+		return -1
+	}
+	n, err := strconv.ParseUint(string(s[2:6]), 16, 16)
+	if err != nil {
+		return -1
+	}
+	return rune(n)
+}
+
+// maxModelString is the longest model string value (as sent) decoded whole. A JSON
+// string of more bytes holds more than a sixth as many (an escape is at most six bytes
+// for one byte or more), past the longest name Ollama takes (a host of 350 bytes, a
+// namespace, model, tag and digest of 80 each).
+const maxModelString = 8 << 10
+
+// modelString is the model a JSON string value b names, as jsonString reads it; ok is
+// false when b holds no string. A value longer than maxModelString, which names no model
+// Ollama has or takes, is not decoded whole (each invalid UTF-8 byte of it would be three
+// bytes, and encoding/json's buffer grows by doubling: ten times the value, all told): it
+// stands in for it a string that every check of a model name answers as it answers the
+// whole (checkModelName, ollama.ValidModelName, a blank name's refusal) and quotes as it
+// quotes the whole (clipInput): its decoded head, then U+FFFD, a DEL when the value holds
+// a control character, a space when it ends in one; the head alone when it is all white
+// space.
+func modelString(b []byte) (s string, ok bool) {
+	if len(bytes.TrimSpace(b)) <= maxModelString {
+		return jsonString(b)
+	}
+	var (
+		control, allSpace = false, true
+		last              rune
+	)
+	if !jsonRunes(b, func(r rune) bool {
+		control = control || unicode.IsControl(r)
+		allSpace = allSpace && unicode.IsSpace(r)
+		last = r
+		return true
+	}) {
+		return "", false
+	}
+	head, _, _ := jsonStringHead(b)
+	if allSpace {
+		return head, true
+	}
+	var stand strings.Builder
+	stand.WriteString(head)
+	stand.WriteRune(unicode.ReplacementChar)
+	if control {
+		stand.WriteByte(0x7f)
+	}
+	if unicode.IsSpace(last) {
+		stand.WriteByte(' ')
+	}
+	return stand.String(), true
+}
+
+// maxWord is longer than any JSON string value (as sent, escapes included) that holds
+// one of the few words a shortWord or trimmedWord is compared with.
+const maxWord = 128
+
+// shortWord is a string member read only to be compared with a few short words ("high",
+// "json_schema"): a value longer than maxWord holds none of them, and is not decoded
+// (it may be as long as the body). A value of another kind is the decoder's error.
+type shortWord string
+
+func (w *shortWord) UnmarshalJSON(b []byte) error {
+	if jsonKind(b) == "string" && len(bytes.TrimSpace(b)) > maxWord {
+		*w = "\uFFFD"
+		return nil
+	}
+	return json.Unmarshal(b, (*string)(w))
+}
+
+// trimmedWord is a string member read, white space around it trimmed (strings.TrimSpace),
+// only to be compared with a few short words ("json_object"): a value longer than
+// maxDecodedString is not decoded whole but read character by character, and is what it
+// holds trimmed when that is short, else U+FFFD. A value of another kind is the
+// decoder's error.
+type trimmedWord string
+
+func (w *trimmedWord) UnmarshalJSON(b []byte) error {
+	if jsonKind(b) != "string" || len(bytes.TrimSpace(b)) <= maxDecodedString {
+		return json.Unmarshal(b, (*string)(w))
+	}
+	var (
+		word, spaces      []byte // the word so far, and the white space after it so far
+		started, tooLong  bool
+		manySpacesBetween bool
+	)
+	jsonRunes(b, func(r rune) bool {
+		if unicode.IsSpace(r) {
+			switch {
+			case !started:
+			case len(spaces) <= maxWord:
+				spaces = utf8.AppendRune(spaces, r)
+			default:
+				manySpacesBetween = true
+			}
+			return true
+		}
+		started = true
+		word = utf8.AppendRune(append(word, spaces...), r)
+		spaces = spaces[:0]
+		tooLong = manySpacesBetween || len(word) > maxWord
+		return !tooLong
+	})
+	if tooLong {
+		*w = "\uFFFD"
+		return nil
+	}
+	*w = trimmedWord(word)
 	return nil
 }

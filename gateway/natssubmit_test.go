@@ -382,6 +382,11 @@ func TestNATSSubmitRefusesMemberTypes(t *testing.T) {
 			"json: cannot unmarshal string into Go struct field MessagesRequest.stop_sequences of type []string"},
 		{`{"kind":"openai_embeddings","model":"tiny-a","input":"hi","dimensions":1.5}`,
 			"json: cannot unmarshal number 1.5 into Go struct field EmbedRequest.dimensions of type int"},
+		// A literal of most of the message's size, quoted whole, made a reply too large
+		// to send: the client got the short error that stands for it. It is clipped.
+		{`{"kind":"anthropic_messages","model":"tiny-a","max_tokens":4,"messages":[{"role":"user","content":"hi"}],"top_k":` +
+			strings.Repeat("9", 900<<10) + `}`,
+			"json: cannot unmarshal number " + strings.Repeat("9", maxQuoted) + "… into Go struct field MessagesRequest.top_k of type int"},
 	} {
 		if got := natsSubmit(t, b, c.body); got.Status != 400 || got.Error != c.want || got.JobID != "" {
 			t.Errorf("NATS submit %s: %+v, want 400 %q", c.body, got, c.want)

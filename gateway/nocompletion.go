@@ -82,10 +82,10 @@ func thinkThinks(v json.RawMessage) bool {
 // "reasoning", else "reasoning_effort", one of "high", "medium", "low". Values of other
 // types are the layer's 400.
 func reasoningThinks(reasoning, effort json.RawMessage) bool {
-	var e string
+	var e shortWord // a long one is not decoded: it is none of the three
 	if len(reasoning) > 0 && string(reasoning) != "null" {
 		var r struct {
-			Effort string `json:"effort"`
+			Effort shortWord `json:"effort"`
 		}
 		if json.Unmarshal(reasoning, &r) != nil {
 			return false
@@ -94,7 +94,7 @@ func reasoningThinks(reasoning, effort json.RawMessage) bool {
 	} else if json.Unmarshal(effort, &e) != nil {
 		return false
 	}
-	return slices.Contains([]string{"high", "medium", "low"}, e)
+	return slices.Contains([]shortWord{"high", "medium", "low"}, e)
 }
 
 // refusedWithoutLoad reports whether a sync call of kind for model is one Ollama's

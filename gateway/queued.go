@@ -91,7 +91,7 @@ type inferenceRequest = struct {
 	Format  json.RawMessage    `json:"format"`
 	// ResponseFormat is /v1/chat/completions' (other routes ignore it).
 	ResponseFormat rawKinded[objectKind] `json:"response_format"`
-	Messages       *listMember           `json:"messages"`
+	Messages       listMember            `json:"messages"`
 	Prompt         typed[stringKind]     `json:"prompt"`
 	// Text, Input and Instructions are /v1/responses' (Input also /v1/embeddings').
 	Text         rawKinded[objectKind] `json:"text"`
@@ -319,14 +319,17 @@ type intMember struct {
 }
 
 func (m *intMember) UnmarshalJSON(b []byte) error {
-	if string(b) == "null" {
+	if jsonKind(b) == "null" {
 		return nil
 	}
+	n, ok := intTaken(b, 64)
+	if ok {
+		m.n = int(n)
+		return nil
+	}
+	m.bad = true
 	if m.refused == "" {
 		m.refused = intRefused(b, 64)
-	}
-	if json.Unmarshal(b, &m.n) != nil {
-		m.bad = true
 	}
 	return nil
 }
