@@ -150,7 +150,7 @@ func TestWordsReadAsDecoded(t *testing.T) {
 // three, and encoding/json's buffer grew by doubling (ten times the body), in the sync
 // routes' parse and at POST /jobs. The answers are the whole value's.
 func TestLongStringMembersCostLittle(t *testing.T) {
-	n := 4 << 20
+	n := 1 << 20 // a MiB: any size past maxModelString costs in proportion
 	for _, value := range []string{`"` + strings.Repeat("\xff", n) + `"`, `"` + strings.Repeat(`\u00e9`, n/6) + `"`,
 		`"` + strings.Repeat(" ", n/2) + "json_object" + strings.Repeat(`\t`, n/4) + `"`} {
 		for _, c := range []struct {
@@ -195,7 +195,7 @@ func TestLongStringMembersCostLittle(t *testing.T) {
 // body's size are not decoded whole either (ten times the body each), and are refused in
 // the words the whole value gets: quoted clipped, or measured.
 func TestSubmissionLongStringsCostLittle(t *testing.T) {
-	n := 4 << 20
+	n := 1 << 20
 	for _, unit := range []string{"\xff", `\u00e9`, "é"} {
 		value := `"` + strings.Repeat(unit, n/len(unit)) + `"`
 		var whole string
