@@ -181,16 +181,7 @@ func TestCompatMemberTypeCombosAsOllamaDecodes(t *testing.T) {
 		{broker.KindAnthropicMessages, reflect.TypeFor[anthropic.MessagesRequest](), `{"model":"","max_tokens":"x",` + hiMessages + `}`, true},
 		{broker.KindOpenAIEmbeddings, reflect.TypeFor[openai.EmbedRequest](), `{"model":"tiny-a","input":[],"encoding_format":5}`, true},
 	} {
-		err := compatParse(c.kind, []byte(c.body))
-		ollamaErr := compatDecode(c.typ, []byte(c.body))
-		switch {
-		case err == nil:
-			t.Errorf("%s %s: not refused; Ollama's decoder says %v", c.kind, c.body, ollamaErr)
-		case ollamaErr == nil:
-			t.Errorf("%s %s: refused %q, but Ollama's decoder takes it", c.kind, c.body, err)
-		case c.exact && err.Error() != ollamaErr.Error():
-			t.Errorf("%s %s: refused %q, Ollama's decoder says %q", c.kind, c.body, err, ollamaErr)
-		}
+		refusedAsOllama(t, c.kind, c.body, c.exact, compatParse(c.kind, []byte(c.body)), compatDecode(c.typ, []byte(c.body)))
 	}
 }
 

@@ -159,15 +159,22 @@ func TestMemberTypeCombosAsOllamaDecodes(t *testing.T) {
 		{broker.KindGenerate, `{"model":"tiny-a","prompt":"hi","steps":4294967296}`, true},
 	} {
 		_, err := parseInference(c.kind, []byte(c.body))
-		ollamaErr := ollamaDecode(c.kind, []byte(c.body))
-		switch {
-		case err == nil:
-			t.Errorf("%s %s: not refused; Ollama's decoder says %v", c.kind, c.body, ollamaErr)
-		case ollamaErr == nil:
-			t.Errorf("%s %s: refused %q, but Ollama's decoder takes it", c.kind, c.body, err)
-		case c.exact && err.Error() != ollamaErr.Error():
-			t.Errorf("%s %s: refused %q, Ollama's decoder says %q", c.kind, c.body, err, ollamaErr)
-		}
+		refusedAsOllama(t, c.kind, c.body, c.exact, err, ollamaDecode(c.kind, []byte(c.body)))
+	}
+}
+
+// refusedAsOllama checks foreman's refusal err of body (of kind) against ollamaErr, the
+// decode of the same body into Ollama's request type: both refuse it, in the same words
+// when exact.
+func refusedAsOllama(t *testing.T, kind broker.Kind, body string, exact bool, err, ollamaErr error) {
+	t.Helper()
+	switch {
+	case err == nil:
+		t.Errorf("%s %s: not refused; Ollama's decoder says %v", kind, body, ollamaErr)
+	case ollamaErr == nil:
+		t.Errorf("%s %s: refused %q, but Ollama's decoder takes it", kind, body, err)
+	case exact && err.Error() != ollamaErr.Error():
+		t.Errorf("%s %s: refused %q, Ollama's decoder says %q", kind, body, err, ollamaErr)
 	}
 }
 
