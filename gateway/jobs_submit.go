@@ -186,6 +186,11 @@ func parseSubmission(raw []byte, policy *webhook.Policy) (*submission, error) {
 			sub.kind = broker.Kind(k)
 			stripped = true
 		case fieldWebhookURL:
+			if jsonKind(m.value) == "string" && len(bytes.TrimSpace(m.value)) > 6*maxWebhookURL+2 {
+				// Longer than maxWebhookURL however it is escaped (an escape of six bytes
+				// is one byte or more): not decoded, it may be as long as the body.
+				return nil, badRequest(webhookURLTooLong)
+			}
 			if err := json.Unmarshal(m.value, &hookURL); err != nil {
 				return nil, badRequest(`"state_webhook_url" must be a string`)
 			}
@@ -402,16 +407,23 @@ func checkKindFields(kind broker.Kind, f map[string]json.RawMessage) error {
 	return nil
 }
 
+// maxWebhookURL is the longest state_webhook_url a job takes, in bytes.
+const maxWebhookURL = 2048
+
+// webhookURLTooLong is the refusal of a state_webhook_url longer than maxWebhookURL.
+var webhookURLTooLong = fmt.Sprintf("state_webhook_url: longer than %d bytes", maxWebhookURL)
+
 // checkWebhookURL accepts absolute http(s) URLs whose literal address (or localhost-style
 // name) the webhook network policy allows (any, with policy nil); names are checked again
 // at every dial.
 func checkWebhookURL(raw string, policy *webhook.Policy) error {
+	if len(raw) > maxWebhookURL {
+		// First: a URL may be as long as the body, and its parse costs many times that.
+		return badRequest(webhookURLTooLong)
+	}
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Hostname() == "" {
 		return badRequest(fmt.Sprintf("state_webhook_url %q: must be an absolute http or https URL", clipInput(raw)))
-	}
-	if len(raw) > 2048 {
-		return badRequest("state_webhook_url: longer than 2048 bytes")
 	}
 	if p := u.Port(); p != "" {
 		// Go's URL parser takes any digits as a port; the dialer refuses 0 and past

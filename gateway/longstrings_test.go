@@ -213,6 +213,9 @@ func TestSubmissionLongStringsCostLittle(t *testing.T) {
 				fmt.Sprintf(`"priority": priority of %d bytes: must be high, normal or low`, len(whole))},
 			{`{"kind":"generate","model":"tiny-a","prompt":"hi","program":` + value + `}`,
 				fmt.Sprintf(`"program": %d bytes: must be 1 to 64 of A-Z a-z 0-9 . _ -`, len(whole))},
+			// A webhook URL: its parse cost 28 times the body.
+			{`{"kind":"generate","model":"tiny-a","prompt":"hi","state_webhook_url":"https://example.com/` + value[1:] + `}`,
+				"state_webhook_url: longer than 2048 bytes"},
 			{`{"kind":"generate","model":"tiny-a","prompt":"hi","state_webhook_url":"https://example.com/h","webhook_events":["done",` + value + `]}`,
 				fmt.Sprintf("webhook_events: unknown state %q (queued, loading, working, retrying, done, failed, canceled)", clipInput(whole))},
 		} {

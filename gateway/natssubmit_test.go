@@ -235,7 +235,7 @@ func TestNATSSubmitRefusalQuotesLittleOfTheRequest(t *testing.T) {
 		// which quotes nothing.
 		{`{"kind":"generate","model":"` + junk + `"}`, `invalid model name "`},
 		{`{"model":"\u0001` + junk + `"}`, `invalid model name "\x01`},
-		{`{"model":"tiny-a","messages":[],"state_webhook_url":"` + junk + `"}`, `state_webhook_url "`},
+		{`{"model":"tiny-a","messages":[],"state_webhook_url":"` + junk + `"}`, `state_webhook_url: longer than 2048 bytes`},
 		{`{"model":"tiny-a","messages":[],"state_webhook_url":"http://127.0.0.1:9/","webhook_events":["` + junk + `"]}`, `webhook_events: unknown state "`},
 		{`{"model":"tiny-a","messages":[],"priority":"` + junk + `"}`, `"priority": priority of `},
 		{`{"model":"tiny-a","messages":[],"program":"` + junk + `"}`, `"program": `},
