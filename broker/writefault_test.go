@@ -65,3 +65,31 @@ func TestWriteFaultKeepsALateAnswer(t *testing.T) {
 		t.Fatalf("ask once the report returned: %v after %d reports, want ErrStoreFailed after 2", err, calls.Load())
 	}
 }
+
+// A fault reported stands through a check that gets no answer within faultAsk (the
+// health check slowed by a loaded machine): it says nothing of the fault going. Before,
+// such a check counted as no fault, and a large submit then put its body and waited the
+// put out, seconds, for the same refusal.
+func TestWriteFaultStandsThroughAnUnansweredCheck(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	defer close(release)
+	var calls atomic.Int32
+	report := func() error {
+		if calls.Add(1) > 1 {
+			<-release // the second check hangs
+		}
+		return errors.New("write error")
+	}
+	var f writeFault
+	now := time.Now()
+	if err := f.check(report, now); !errors.Is(err, ErrStoreFailed) {
+		t.Fatalf("first check: %v, want ErrStoreFailed", err)
+	}
+	if err := f.standing(report, now.Add(2*faultRecheck)); !errors.Is(err, ErrStoreFailed) || calls.Load() != 2 {
+		t.Fatalf("the fault while its check hangs: %v after %d checks, want ErrStoreFailed after 2", err, calls.Load())
+	}
+	if !f.known.Load() {
+		t.Error("the fault is no longer known while its check hangs")
+	}
+}

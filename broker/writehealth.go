@@ -205,8 +205,8 @@ func (f *writeFault) standing(report func() error, now time.Time) error {
 }
 
 // ask runs report unless one runs or ran within faultRecheck, and waits faultAsk for
-// its answer. An answer that comes later is kept when it comes; until then the fault
-// counts as gone.
+// its answer. An answer that comes later is kept when it comes; until then what was
+// known stands.
 func (f *writeFault) ask(report func() error, now time.Time) error {
 	f.mu.Lock()
 	if f.asking != nil || !f.at.IsZero() && now.Sub(f.at) < faultRecheck {
@@ -234,9 +234,10 @@ func (f *writeFault) ask(report func() error, now time.Time) error {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	if f.asking == done {
-		f.keep(nil) // no answer yet
-	}
+	// No answer yet leaves what was known: no fault stays none (a slow check of a healthy
+	// disk refuses no write), and a fault reported stands, as an unanswered check says
+	// nothing of its going (under load a check took longer than faultAsk, and a large
+	// submit then waited out its body's put, seconds, for the same 503).
 	return f.err
 }
 

@@ -13,11 +13,12 @@ import (
 )
 
 // A worker paused on a store fault that only a restart ends says so in its own pause,
-// and goes on saying so when the store's fault flag drops because a fault check hung (a
-// disk that hangs: the check's answer does not come within a second, which counts as no
-// fault for now). GET /queue, foreman queue and the status page read the pause: they no
-// longer flicker back to "jobs wait until it resumes" while the worker is still paused
-// on the same fault.
+// and goes on saying so while a fault check hangs (a disk that hangs: the check's answer
+// does not come within a second): the store's fault flag stands through it, as an
+// unanswered check says nothing of the fault going (it dropped, once), and the pause
+// keeps its mark. GET /queue, foreman queue and the status page read the pause: they do
+// not flicker back to "jobs wait until it resumes" while the worker is still paused on
+// the same fault.
 func TestPauseForAStoreFaultStaysRestartNeeded(t *testing.T) {
 	t.Parallel()
 	const (
@@ -25,7 +26,7 @@ func TestPauseForAStoreFaultStaysRestartNeeded(t *testing.T) {
 		faulted
 		hanging
 	)
-	var mode atomic.Int32
+	var mode, hangs atomic.Int32
 	hang := make(chan struct{})
 	defer close(hang)
 	tb := setup(t, brokertest.WithStore(func(c *broker.Config) {
@@ -34,6 +35,7 @@ func TestPauseForAStoreFaultStaysRestartNeeded(t *testing.T) {
 			case faulted:
 				return errors.New("JetStream stream '$G > FOREMAN_QUEUE' write error: no space left on device")
 			case hanging:
+				hangs.Add(1)
 				<-hang
 			}
 			return nil
@@ -56,9 +58,13 @@ func TestPauseForAStoreFaultStaysRestartNeeded(t *testing.T) {
 	}
 
 	mode.Store(hanging)
-	eventually(t, 10*time.Second, "the fault flag to drop on a check that hangs", func() bool {
-		return tb.b.Store.CheckWriteFault() == nil && tb.b.Store.WriteFault() == nil
+	eventually(t, 10*time.Second, "a fault check that hangs", func() bool {
+		_ = tb.b.Store.CheckWriteFault()
+		return hangs.Load() > 0
 	})
+	if tb.b.Store.CheckWriteFault() == nil || tb.b.Store.WriteFault() == nil {
+		t.Error("the store's fault flag dropped on a check that hangs")
+	}
 	v, err := w.QueueView(ctxT(t), time.Now())
 	if err != nil {
 		t.Fatal(err)
