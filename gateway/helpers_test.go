@@ -214,7 +214,6 @@ func (b *testBundle) send(t testing.TB, method, path string, body []byte, hdr ..
 	return resp
 }
 
-// testCtx is a context that ends with the test or after d.
 // deleteAtFake sends DELETE path with body to the bundle's fake target (a model's or an
 // alias's removal, as `ollama rm` sends it), which must answer 200.
 func (b *testBundle) deleteAtFake(t testing.TB, ctx context.Context, path, body string) {
@@ -233,6 +232,7 @@ func (b *testBundle) deleteAtFake(t testing.TB, ctx context.Context, path, body 
 	}
 }
 
+// testCtx is a context that ends with the test or after d.
 func testCtx(t testing.TB, d time.Duration) context.Context {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), d)
