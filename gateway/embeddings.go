@@ -103,11 +103,8 @@ func (s *Server) queuesEmbedding(ctx context.Context, model string) bool {
 // the model changes under its name (modelDigest); err says why they are not known (no
 // target has the model, the look-up failed, the caller left).
 func (s *Server) capabilities(ctx context.Context, model string) ([]string, error) {
-	e, err := s.capsLookUp(ctx, model)
-	if err != nil {
-		return nil, err
-	}
-	return e.caps, e.err
+	caps, _, err := s.capabilitiesAndPlace(ctx, model)
+	return caps, err
 }
 
 // capabilitiesAndPlace are capabilities with whether model is a remote (cloud) one, whose
