@@ -3,7 +3,6 @@ package brokertest
 import (
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"strings"
 	"testing"
@@ -35,11 +34,22 @@ type Cluster struct {
 // t.TempDir(), and waits until JetStream has a meta leader. They stop when the test ends.
 func NewCluster(t testing.TB, n int) *Cluster {
 	t.Helper()
-	routes := make([]int, n)
-	for i := range routes {
-		routes[i] = freePort(t)
-	}
 	c := &Cluster{t: t, routes: make([][]*Proxy, n)}
+	// Every node's routes to its peers go through proxies started first, whose addresses
+	// its configuration names; a proxy learns its target, the peer's route port, once the
+	// peer listens there. The nodes take their route ports from the system (a port chosen
+	// here beforehand and bound at start could be taken meanwhile by a cluster of a test
+	// running alongside: the node then never listened for routes, silently, and was not
+	// ready for 30s). Until a peer listens, its proxies cut the connections to it, and the
+	// nodes try again, as they do for a peer not yet started.
+	for i := range n {
+		c.routes[i] = make([]*Proxy, n)
+		for j := range n {
+			if j != i {
+				c.routes[i][j] = NewProxy(t, "")
+			}
+		}
+	}
 	// Every node advertises, as its route address, one that refuses connections. The nodes
 	// gossip: a node that has just routed to one peer tells the others that peer's route
 	// address, and one with no route to it yet (or none since a cut) connects there
@@ -49,11 +59,9 @@ func NewCluster(t testing.TB, n int) *Cluster {
 	// asked to reconnect uses the advertised address too.)
 	advertise := refusingAddr(t)
 	for i := range n {
-		c.routes[i] = make([]*Proxy, n)
 		var peers []string
-		for j, port := range routes {
+		for j := range n {
 			if j != i {
-				c.routes[i][j] = NewProxy(t, fmt.Sprintf("127.0.0.1:%d", port))
 				peers = append(peers, "nats://"+c.routes[i][j].Addr())
 			}
 		}
@@ -67,7 +75,7 @@ func NewCluster(t testing.TB, n int) *Cluster {
 			NoLog:      true,
 			// NoAdvertise: clients do not learn the real client ports behind the proxies;
 			// Advertise: nor do peers the real route ports (see above).
-			Cluster: server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: routes[i], NoAdvertise: true, Advertise: advertise},
+			Cluster: server.ClusterOpts{Name: "foreman-test", Host: "127.0.0.1", Port: -1, NoAdvertise: true, Advertise: advertise},
 			Routes:  server.RoutesFromStr(strings.Join(peers, ",")),
 		}
 		ns, err := server.NewServer(opts)
@@ -82,6 +90,11 @@ func NewCluster(t testing.TB, n int) *Cluster {
 		c.Nodes = append(c.Nodes, ns)
 		addr := ns.Addr().(*net.TCPAddr)
 		c.clients = append(c.clients, NewProxy(t, addr.String()))
+		for j := range n {
+			if j != i {
+				c.routes[j][i].setTarget(ns.ClusterAddr().String())
+			}
+		}
 	}
 	t.Cleanup(func() {
 		for i := range c.Nodes {
@@ -97,24 +110,6 @@ func NewCluster(t testing.TB, n int) *Cluster {
 		return false
 	})
 	return c
-}
-
-// freePort is a loopback TCP port nobody listened on a moment ago: route ports must be
-// known before the servers start, as each names the others'. It lies below the ephemeral
-// ranges of Linux (32768 on) and macOS (49152 on), so a port asked for with ":0" by a
-// test running alongside cannot take it before its server starts.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for port := 20000 + rand.IntN(10000); ; port++ {
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err == nil {
-			ln.Close()
-			return port
-		}
-		if port >= 32000 {
-			t.Fatalf("no free port below the ephemeral range: %v", err)
-		}
-	}
 }
 
 // refusingAddr is a loopback address that refuses every connection until the test ends:

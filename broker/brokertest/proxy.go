@@ -11,10 +11,10 @@ import (
 // cuts every connection through it at once, as a node that dies does to its peers (no
 // goodbye, no leader hand-over), and refuses new ones.
 type Proxy struct {
-	ln     net.Listener
-	target string
+	ln net.Listener
 
 	mu     sync.Mutex
+	target string // "" until known: connections are cut as they come
 	conns  []net.Conn
 	closed bool
 	paused bool // connections are cut as they come, until Resume
@@ -34,6 +34,14 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	return p
 }
 
+// setTarget points the proxy at target: a proxy started with none (its address must be
+// known before its target listens) cuts the connections that came before.
+func (p *Proxy) setTarget(target string) {
+	p.mu.Lock()
+	p.target = target
+	p.mu.Unlock()
+}
+
 // Addr is the proxy's loopback address (host:port).
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
@@ -44,7 +52,14 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		out, err := net.Dial("tcp", p.target)
+		p.mu.Lock()
+		target := p.target
+		p.mu.Unlock()
+		if target == "" {
+			in.Close()
+			continue
+		}
+		out, err := net.Dial("tcp", target)
 		if err != nil {
 			in.Close()
 			continue
