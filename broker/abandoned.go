@@ -318,8 +318,9 @@ func (s *Store) failUnqueued(ctx context.Context, j *Job) error {
 // its checksum file (a kill between the two files it writes when it creates a consumer)
 // is skipped with a warning, and is listed by nobody. Created again, it takes up the
 // state left in its directory, taken jobs included, and keeps lacking the checksum. So
-// the consumer of every queue key with jobs that the server did not list is made afresh
-// (renew), before the worker can create it with that state.
+// the queue keys with jobs whose consumer the server did not list are noted (unlisted),
+// and the first create of each consumer that finds a previous state in it makes it
+// afresh (renew) before the worker fetches from it.
 //
 // A queue message may also sit below its consumer's ack floor: a stream that failed a
 // write (a full disk) removes nothing more until the server restarts, so a job finished
@@ -368,14 +369,20 @@ func (s *Store) reclaim(ctx context.Context) error {
 			return err
 		}
 	}
+	// The keys with jobs and no consumer listed: most never had one (a consumer is made
+	// at its key's first fetch, and a backlog of many programs and models has hundreds of
+	// keys never fetched from), a few may have one the server skipped. Neither is made
+	// here, three requests a key at every start: the first create of each (consumer)
+	// tells them apart and makes afresh only one that took up a previous state.
+	unlisted := map[string]bool{}
 	for token := range depth {
-		if !TokenValid(token) || recovered[ConsumerName(token)] {
-			continue
-		}
-		if err := s.renew(ctx, token); err != nil {
-			return err
+		if TokenValid(token) && !recovered[ConsumerName(token)] {
+			unlisted[token] = true
 		}
 	}
+	s.mu.Lock()
+	s.unlisted = unlisted
+	s.mu.Unlock()
 	return s.reclaimChanges(ctx)
 }
 
@@ -414,7 +421,8 @@ func (s *Store) reclaimChanges(ctx context.Context) error {
 // renew makes the consumer of queue key token afresh: created (which takes up whatever
 // an unrecovered consumer of that name left on disk), deleted with its directory, and
 // created again, delivering every job of the key from the start. On a work queue the
-// delete leaves the jobs in the stream.
+// delete leaves the jobs in the stream. (A key the server did not list is made afresh by
+// its first create instead, only when that found a previous state: consumer.)
 func (s *Store) renew(ctx context.Context, token string) error {
 	name := ConsumerName(token)
 	c, err := s.consumer(ctx, token)

@@ -86,6 +86,19 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 	if err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
 	}
+	if s.takeUnlisted(token) && tookUpState(c.CachedInfo()) {
+		// A consumer the server skipped at the start, created over its directory: it
+		// took up the state of the previous process, its taken jobs waiting out AckWait.
+		// Made afresh, it delivers the key's jobs from the first at once (ADR-0024).
+		held := c.CachedInfo().NumAckPending
+		if err := s.queue.DeleteConsumer(ctx, ccfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return nil, fmt.Errorf("broker: delete consumer %s: %w", ccfg.Durable, err)
+		}
+		if c, err = s.createConsumer(ctx, ccfg); err != nil {
+			return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
+		}
+		s.log.Info("a queue consumer the server did not recover was made afresh", "consumer", ccfg.Durable, "jobs_taken", held)
+	}
 	s.mu.Lock()
 	if len(s.consumers) >= maxCachedConsumers {
 		// Queue keys come from callers (a program name, load options): a new one per job
@@ -334,6 +347,25 @@ func (s *Store) fetchOnce(ctx context.Context, token string, fetch func(jetstrea
 		s.forget(token)
 	}
 	return nil, fmt.Errorf("broker: fetch %s: %w", token, unavailable(err))
+}
+
+// takeUnlisted reports whether token is a queue key whose consumer the server did not
+// list at an exclusive start and which was not created since, and marks it created.
+func (s *Store) takeUnlisted(token string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.unlisted[token] {
+		return false
+	}
+	delete(s.unlisted, token)
+	return true
+}
+
+// tookUpState reports whether a consumer just created carries a state of its own: it
+// delivered, or holds deliveries, so it was made over the directory of an earlier one. A
+// new consumer has delivered nothing (its stream sequence is where it starts).
+func tookUpState(ci *jetstream.ConsumerInfo) bool {
+	return ci != nil && (ci.Delivered.Consumer > 0 || ci.AckFloor.Consumer > 0 || ci.NumAckPending > 0 || ci.NumRedelivered > 0)
 }
 
 func (s *Store) forget(token string) {

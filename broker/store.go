@@ -173,6 +173,10 @@ type Store struct {
 
 	mu        sync.Mutex
 	consumers map[string]cachedConsumer
+	// unlisted are the queue keys with jobs at an exclusive start whose consumer the
+	// server did not list (reclaim): the first create of each checks for a previous
+	// consumer's state taken up from its directory (consumer, ADR-0024).
+	unlisted map[string]bool
 
 	// targets is TargetsBucket, opened on first use; tcache is Targets' last read.
 	tmu      sync.Mutex

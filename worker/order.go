@@ -48,6 +48,12 @@ type costs interface {
 // milliseconds (BenchmarkQueueView); orderEachQueue, which gives plan every queue,
 // must agree (TestOrderMatchesPlanOfEveryQueue).
 func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs, held map[string]time.Time) []planned {
+	sc := planScratch{groupHeads: true} // one head per group: its runner and class
+	return orderWith(&sc, c, picks, msgs, free, cost, held)
+}
+
+// orderWith is order with the plan's scratch sc (its counts are read by tests).
+func orderWith(sc *planScratch, c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, cost costs, held map[string]time.Time) []planned {
 	type queue struct {
 		token string
 		msgs  []broker.QueuedMessage
@@ -141,6 +147,7 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		}
 		return tok
 	}
+	headsKept := false // heads below holds order's reps
 	// join adds the held queues whose hold ended by at to the picks, going on to the
 	// first hold's end when nothing else is left to run before it.
 	join := func(at time.Time) time.Time {
@@ -163,12 +170,14 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 			}
 			c.Served[q.token] = joinedAt(picks)
 			represent(attach(q))
+			headsKept = false
 		}
 		later = keep
 		return at
 	}
+	// heads is order's reps, kept in step from pick to pick (only the picked group's
+	// changes, or it leaves), not copied whole for each of thousands of picks.
 	heads := make([]head, 0, len(order))
-	var sc planScratch
 	out := make([]planned, 0, len(msgs))
 	at := free
 	for len(order) > 0 || len(later) > 0 {
@@ -182,9 +191,13 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		case len(order) == 1:
 			tok = order[0].rep.Token // plan of one head is that head
 		default:
-			heads = heads[:0]
-			for _, g := range order {
-				heads = append(heads, g.rep)
+			if !headsKept {
+				heads = heads[:0]
+				for _, g := range order {
+					heads = append(heads, g.rep)
+				}
+				headsKept = true
+				sc.copied += len(heads)
 			}
 			c.Heads, c.Now = heads, at
 			tok = sc.first(c)
@@ -221,9 +234,16 @@ func order(c choice, picks uint64, msgs []broker.QueuedMessage, free time.Time, 
 		}
 		if len(g.queues) == 0 {
 			order = slices.Delete(order, gi, gi+1)
+			if headsKept {
+				heads = slices.Delete(heads, gi, gi+1)
+			}
 			continue
 		}
 		represent(g)
+		if headsKept {
+			heads[gi] = g.rep
+			sc.copied++
+		}
 	}
 	return out
 }

@@ -12,10 +12,11 @@ import (
 // BenchmarkQueueView measures computing the queue view (the order of every waiting job
 // by the pick rule, with ETAs) for 10k queued jobs over 4 models, 3 classes and 5
 // programs (60 queues), from a backlog already in memory; and for 50k jobs over 8 models
-// (120 queues), a deep queue.
+// (120 queues), a deep queue; and for 50k jobs over 40 models and 20 programs (2,400
+// queues, 120 runners and classes), a deep queue of many models.
 func BenchmarkQueueView(b *testing.B) {
 	store := brokertest.New(b).Store // its settings only: the backlog is in memory
-	for _, c := range []struct{ programs, models, jobs int }{{1, 4, 10_000}, {5, 4, 10_000}, {50, 4, 10_000}, {5, 8, 50_000}} {
+	for _, c := range []struct{ programs, models, jobs int }{{1, 4, 10_000}, {5, 4, 10_000}, {50, 4, 10_000}, {5, 8, 50_000}, {20, 40, 50_000}} {
 		programs, n := c.programs, c.jobs
 		name := fmt.Sprintf("programs=%d", programs)
 		if n != 10_000 {
