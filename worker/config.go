@@ -43,8 +43,9 @@ type Config struct {
 	// row while other runners wait in the same class; default 8.
 	MaxConsecutive int
 	// MaxWait is how long a job may wait before it goes first whatever its class, and
-	// before the worker switches to its model even though the loaded one still has jobs;
-	// default 2m.
+	// how long it may be passed over (waiting since the current runner's streak began, or
+	// since it came if later) before the worker switches to its model even though the
+	// loaded one still has jobs; default 2m.
 	MaxWait time.Duration
 	// RetryDelay is the base of the exponential back-off after a connection error; default 1s.
 	RetryDelay time.Duration

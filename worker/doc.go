@@ -5,8 +5,9 @@
 //     MaxWait goes first whatever its class), then drains by runner (a model with its load
 //     options): a job of a runner already loaded on the target goes before an older job
 //     that would make the target swap, bounded by MaxConsecutive jobs of one runner in a
-//     row and MaxWait for the longest wait of another; within a runner and class the
-//     programs take turns;
+//     row and MaxWait for the longest another is passed over (since the current streak
+//     began, for a job queued before it); within a runner and class the programs take
+//     turns;
 //   - an idle worker with EarlyCall (the embedded server) calls the target as it sees a job
 //     published, before the job is stored and leased; the run adopts that call once it
 //     holds the lease, any other way out aborts it unseen (ADR-0034). No frame is

@@ -1486,10 +1486,14 @@ func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
 	runner := runnerOf(token)
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	// A pick the cap sent Current to the back of, but that found nothing ready before it,
+	// goes on with the streak and keeps its start: while capped Current goes last at every
+	// pick whatever the start, and when the cap yields to nothing (RunElsewhere), the
+	// start's age is what lets another runner's old job still break the drain.
 	if runner == w.current {
 		w.consec++
 	} else {
-		w.current, w.consec = runner, 1
+		w.current, w.consec, w.streakAt = runner, 1, w.pickedAt
 	}
 	if k, err := broker.ParseQueueKey(token); err == nil {
 		if _, ok := w.runnerOpts[k.Model]; !ok && len(w.runnerOpts) >= w.cfg.learnedMax {

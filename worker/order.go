@@ -26,7 +26,7 @@ type costs interface {
 // order simulates the worker's successive picks over the queued messages msgs (oldest
 // first), starting from the state c (its Heads are ignored) with the target free at
 // free: each pick is plan's first queue, whose next job then becomes its head, and the
-// current runner, its consecutive count, the programs' turns, the loaded runners and the
+// current runner, its consecutive count and its streak's start, the programs' turns, the loaded runners and the
 // clock advance as the worker's would. Loading a runner that is not loaded costs its
 // load time and evicts the least recently used one (withLoaded). picks is the worker's
 // count of picks so far (c.Served is in its turnAt scale).
@@ -216,7 +216,7 @@ func orderWith(sc *planScratch, c choice, picks uint64, msgs []broker.QueuedMess
 		if r == c.Current {
 			c.Consecutive++
 		} else {
-			c.Current, c.Consecutive = r, 1
+			c.Current, c.Consecutive, c.StreakStart = r, 1, out[len(out)-1].Start
 		}
 		c.CurrentClass = q.key.Class
 		picks++

@@ -256,7 +256,7 @@ func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free ti
 		if r == c.Current {
 			c.Consecutive++
 		} else {
-			c.Current, c.Consecutive = r, 1
+			c.Current, c.Consecutive, c.StreakStart = r, 1, out[len(out)-1].Start
 		}
 		c.CurrentClass = queueHead(tok, m).Class
 		picks++
@@ -297,6 +297,9 @@ func TestOrderMatchesPlanOfEveryQueue(t *testing.T) {
 			MaxWait: time.Duration(1+rng.IntN(300)) * time.Second, Served: map[string]uint64{msgs[0].Token: turnAt(1)}}
 		if rng.IntN(3) == 0 {
 			c.Loaded = append(c.Loaded, runnerKey(t, models[rng.IntN(3)]))
+		}
+		if rng.IntN(3) > 0 { // the streak began a while ago (zero: long ago)
+			c.StreakStart = now.Add(-time.Duration(rng.IntN(600)) * time.Second)
 		}
 		if rng.IntN(2) == 0 { // jobs cut short by the last stop: a queue's head, or a job behind it
 			c.Resume = map[string]uint64{}

@@ -111,6 +111,9 @@ type schedRef struct {
 	loaded   string // the runner the target has loaded
 	current  string // the runner of the jobs run most recently
 	consec   int
+	// streakAt is when current's streak began (the pick that made it current): another
+	// runner's job is passed over only from the later of its stamp and this.
+	streakAt time.Time
 	curClass broker.Priority
 	served   map[string]uint64
 	picks    uint64
@@ -208,7 +211,8 @@ func (m *schedRef) next(now time.Time) (*simJob, string) {
 		late[k] = late[k] || l
 		if k == streak && m.current != "" && h.runner() != m.current {
 			others[k] = true
-			othersLate[k] = othersLate[k] || l
+			// Passed over for longer than MaxWait: waited that long since the streak began.
+			othersLate[k] = othersLate[k] || l && now.Sub(m.streakAt) > m.maxWait
 		}
 	}
 	// Classes: high, normal, low; a class whose oldest job waited past MaxWait and that
@@ -239,7 +243,7 @@ func (m *schedRef) next(now time.Time) (*simJob, string) {
 		var why string
 		switch {
 		case others[k] && capped || othersLate[k]:
-			why = "starvation bound: the current model goes last"
+			why = "starvation bound (the cap, or another runner's job passed over for MaxWait): the current model goes last"
 			if h.runner() == m.current {
 				p.group = 1
 			}
@@ -296,7 +300,7 @@ func (m *schedRef) took(j *simJob, now time.Time) {
 	if j.runner() == m.current {
 		m.consec++
 	} else {
-		m.current, m.consec = j.runner(), 1
+		m.current, m.consec, m.streakAt = j.runner(), 1, now
 	}
 	m.curClass = j.class.OrNormal()
 	m.loaded = j.runner() // the fake loads it before the call is held
@@ -406,8 +410,15 @@ func runSchedModel(t *testing.T, seed uint64, steps int) {
 			r.cancelWaiting(w[r.rng.IntN(len(w))])
 		}
 		if w := r.ref.waiting(); len(w) > 0 && r.rng.IntN(4) == 0 {
+			// Just past the moment j is passed over for MaxWait: waited that long since
+			// its stamp, and since the streak began when that is later (a job of another
+			// runner than the current breaks the streak then).
 			j := w[r.rng.IntN(len(w))]
-			at := j.enq.Add(schedMaxWait + time.Nanosecond)
+			from := j.enq
+			if r.ref.current != "" && r.ref.streakAt.After(from) {
+				from = r.ref.streakAt
+			}
+			at := from.Add(schedMaxWait + time.Nanosecond)
 			if cur := *r.clock.Load(); at.After(cur) {
 				r.clock.Store(&at)
 				r.logf("clock to just past MaxWait of %v", j)

@@ -41,6 +41,11 @@ type choice struct {
 	Current      string
 	Consecutive  int
 	CurrentClass broker.Priority
+	// StreakStart is when the streak began: the time (on Now's clock) of the pick that
+	// made Current current, the one Consecutive counted as 1. Another runner's job counts
+	// as passed over only from the later of its enqueue time and this: a backlog older
+	// than the streak does not break it at once. Zero counts as a streak begun long ago.
+	StreakStart time.Time
 	// Heads has one entry per queue with pending jobs.
 	Heads []head
 	// Served is when each queue last had its turn (turnAt of the pick count), or when it
@@ -86,8 +91,11 @@ func joinedAt(picks uint64) uint64 { return max(2*picks, 1) - 1 }
 //     starvation bound overrides the loaded preference: in the class of the streak
 //     (CurrentClass), once Current ran MaxConsecutive jobs in a row while another runner
 //     waits in the class that no other Mac runs now (RunElsewhere: that Mac's drain
-//     serves it), or another runner's job of the class has waited longer than
-//     MaxWait, the other runners go first by age, and Current comes last (it still runs
+//     serves it), or another runner's job of the class has been passed over for longer
+//     than MaxWait (waited longer than MaxWait since the streak began, StreakStart: a
+//     job older than the streak counts from its start, so an old backlog drains in
+//     streaks of up to MaxConsecutive jobs or MaxWait each rather than swapping at every
+//     pick), the other runners go first by age, and Current comes last (it still runs
 //     if they have nothing ready). In another class Current has no streak to break, and a
 //     job of it that waited longer than MaxWait must not go last (a high flood keeping
 //     Current would starve the class's job of it for good): once any job of such a
@@ -207,6 +215,9 @@ func (sc *planScratch) places(c choice) []place {
 	oldest := sc.oldest
 	clear(oldest)
 	lateBefore := c.Now.Add(-c.MaxWait) // a head enqueued before it waited longer than MaxWait
+	// The streak is older than MaxWait: another runner's late job was passed over for
+	// longer than MaxWait (a job older than the streak was passed over only since it began).
+	streakOld := c.StreakStart.Before(lateBefore)
 	for _, h := range c.Heads {
 		k, r := h.Class.Rank(), h.runner()
 		late := c.MaxWait > 0 && h.Enqueued.Before(lateBefore)
@@ -214,7 +225,7 @@ func (sc *planScratch) places(c choice) []place {
 		classes[k].late = classes[k].late || late
 		if k == streak && c.Current != "" && r != c.Current {
 			classes[k].others = classes[k].others || c.RunElsewhere == nil || !c.RunElsewhere[r]
-			classes[k].othersOverdue = classes[k].othersOverdue || late
+			classes[k].othersOverdue = classes[k].othersOverdue || late && streakOld
 		}
 		if sc.groupHeads {
 			continue // each head is its runner's oldest in its class

@@ -505,7 +505,7 @@ func (w *Worker) remaining(r *runningJob, now time.Time) time.Duration {
 // must be held.
 func (w *Worker) choiceLocked(heads []head, now time.Time) choice {
 	return choice{
-		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, CurrentClass: w.currentClass, Heads: heads, Served: w.served,
+		Loaded: w.loadedLocked(), Current: w.current, Consecutive: w.consec, StreakStart: w.streakAt, CurrentClass: w.currentClass, Heads: heads, Served: w.served,
 		ClassPicked: w.classPicked, Resume: w.cutJobs, Now: now, MaxConsecutive: w.cfg.MaxConsecutive, MaxWait: w.cfg.MaxWait,
 	}
 }

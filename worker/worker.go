@@ -73,6 +73,11 @@ type Worker struct {
 	held     map[string]heldOff // jobs left to another Mac, by id (elsewhere.go)
 	current  string             // runner (model and load options) of the job run last
 	consec   int                // jobs of current in a row
+	// streakAt is when current's streak began (choice.StreakStart): the pick, on the
+	// server's clock (pickedAt), of the job begin counted as the first of current's in a row.
+	streakAt time.Time
+	// pickedAt is when took gave the last job its turn, on the server's clock.
+	pickedAt time.Time
 	// currentClass is the class of the job run last: current's streak is that class's.
 	currentClass broker.Priority
 	lastEnd      time.Time // when the last job run against the target ended
@@ -1179,7 +1184,8 @@ func (w *Worker) took(token string) {
 	defer w.mu.Unlock()
 	w.picks++
 	w.served[token] = turnAt(w.picks)
-	w.classPicked[queueHead(token, broker.QueuedMessage{}).Class.Rank()] = w.serverNow()
+	w.pickedAt = w.serverNow()
+	w.classPicked[queueHead(token, broker.QueuedMessage{}).Class.Rank()] = w.pickedAt
 }
 
 // joinTurns drops the turns of queues that ran empty and gives a queue seen first (or

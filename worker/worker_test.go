@@ -84,6 +84,13 @@ func runBacklog(t *testing.T, cfg worker.Config, behind ...string) []string {
 // runBacklogOn is runBacklog on bundle tb.
 func runBacklogOn(t *testing.T, tb *testBundle, cfg worker.Config, behind ...string) []string {
 	t.Helper()
+	return runBacklogThen(t, tb, cfg, nil, behind...)
+}
+
+// runBacklogThen is runBacklogOn calling queued, when not nil, once the jobs behind the
+// long one are queued, before it is released.
+func runBacklogThen(t *testing.T, tb *testBundle, cfg worker.Config, queued func(), behind ...string) []string {
+	t.Helper()
 	release := tb.fake.Hold("tiny-a")
 	first := tb.chat(t, "tiny-a", 0)
 	tb.start(t, cfg)
@@ -93,6 +100,9 @@ func runBacklogOn(t *testing.T, tb *testBundle, cfg worker.Config, behind ...str
 	var ids []string
 	for i, m := range behind {
 		ids = append(ids, tb.chat(t, m, i+1).ID)
+	}
+	if queued != nil {
+		queued()
 	}
 	release()
 	tb.waitState(t, first.ID, broker.StateDone)
@@ -125,17 +135,43 @@ func TestDrainByModelOnAHostClockAhead(t *testing.T) {
 	}
 }
 
-// The picks run on the NATS server's clock, which stamped the queue messages: with it
-// three minutes on (jobs queued three minutes ago by the server's clock, the host's
-// clock notwithstanding), every job is past MaxWait and runs oldest first. On the host's
-// clock they were all new, and drained by model.
+// The picks run on the NATS server's clock, which stamped the queue messages: it jumps
+// three minutes on while the first job runs, so by the server's clock (the host's
+// notwithstanding) A's streak, begun before the jump, has run past MaxWait, and B1,
+// queued during it, was passed over past MaxWait: B1 goes first, and B's new streak goes
+// on with B3. On the host's clock nothing was late, and A drained first.
 func TestPicksRunOnTheServersClock(t *testing.T) {
 	t.Parallel()
-	later := worker.WithServerClock(worker.Config{MaxWait: time.Minute}, func() time.Time { return time.Now().Add(3 * time.Minute) })
-	got := runBacklog(t, later, "tiny-b", "tiny-a", "tiny-b", "tiny-a")
-	want := []string{"tiny-a:latest", "tiny-b:latest", "tiny-a:latest", "tiny-b:latest", "tiny-a:latest"}
+	var ahead atomic.Int64
+	later := worker.WithServerClock(worker.Config{MaxWait: time.Minute}, func() time.Time { return time.Now().Add(time.Duration(ahead.Load())) })
+	got := runBacklogThen(t, setup(t), later, func() { ahead.Store(int64(3 * time.Minute)) }, "tiny-b", "tiny-a", "tiny-b", "tiny-a")
+	want := []string{"tiny-a:latest", "tiny-b:latest", "tiny-b:latest", "tiny-a:latest", "tiny-a:latest"}
 	if !slices.Equal(got, want) {
-		t.Fatalf("served %v, want %v (oldest first: every job waited past MaxWait)", got, want)
+		t.Fatalf("served %v, want %v (B1 passed over past MaxWait by the server's clock, then B drained)", got, want)
+	}
+}
+
+// An old backlog (every job queued an hour ago by the server's clock, long past MaxWait)
+// drains in streaks of MaxConsecutive jobs, the next runner by the age of its oldest job:
+// a job counts as passed over only since the current streak began. Counting a job's
+// whole age, every pick found the other model's head past MaxWait and swapped to it: 13
+// loads for 13 jobs, as Ollama alone would.
+func TestAnOldBacklogDrainsInStreaks(t *testing.T) {
+	t.Parallel()
+	tb := setup(t)
+	old := worker.WithServerClock(worker.Config{MaxConsecutive: 3, MaxWait: 10 * time.Minute}, func() time.Time { return time.Now().Add(time.Hour) })
+	var behind []string
+	for range 6 {
+		behind = append(behind, "tiny-b", "tiny-a")
+	}
+	got := runBacklogOn(t, tb, old, behind...)
+	a, b := "tiny-a:latest", "tiny-b:latest"
+	want := []string{a, a, a, b, b, b, a, a, a, b, b, b, a}
+	if !slices.Equal(got, want) {
+		t.Fatalf("served %v, want %v (streaks of 3)", got, want)
+	}
+	if n := tb.fake.Loads(); n != 5 {
+		t.Errorf("Loads = %d, want 5 (one per streak)", n)
 	}
 }
 
