@@ -281,3 +281,6 @@ func (s *Store) ReadQueueUnbatched() { s.unbatchedGets = true }
 // NoteServerTime takes ts as a new reading of the NATS server's clock, as a stream info
 // answer's time is taken.
 func (s *Store) NoteServerTime(ts time.Time) { s.noteServerTime(ts) }
+
+// OwnWritesKnown is how many state changes the store holds as its own (WroteState).
+func (s *Store) OwnWritesKnown() int { return s.own.known() }

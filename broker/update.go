@@ -84,9 +84,10 @@ func (s *Store) write(ctx context.Context, cur *Job, rev uint64, fn func(*Job) e
 	var newRev uint64
 	tries := 0
 	sameState := next.State == cur.State && next.Attempt == cur.Attempt
-	if !sameState {
-		// Noted before the write: its state event may come before its answer.
-		s.own.note(next)
+	if !sameState && !s.cfg.Exclusive {
+		// Noted before the write: its state event may come before its answer. A store of
+		// its own wrote every change there is (WroteState) and notes none.
+		s.own.note(next, s.clock(), s.JobTTL())
 	}
 	err = s.retryWrite(ctx, func(ctx context.Context) error {
 		var err error

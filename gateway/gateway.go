@@ -281,7 +281,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, store: cfg.Store, target: cfg.Target, inv: cfg.Inventory, log: cfg.Logger, ending: make(chan struct{}), stopping: make(chan struct{}), models: &modelLabels{},
 		bodies: &bodyBudget{limit: cfg.MaxBodyBytesInFlight}, artifactReads: newArtifactPlaces(cfg.artifactReads)}
 	s.outageChecks.probe, s.outageChecks.fresh, s.outageChecks.base = cfg.outageProbe, cfg.outageFresh, time.Now()
-	s.jobMetrics = newJobMetrics(s.models, cfg.Store.WroteState)
+	s.jobMetrics = newJobMetrics(s.models, cfg.Store.WroteState, cfg.Store.JobTTL)
 	s.hostRefusals.Interval, s.originRefusals.Interval, s.authRefusals.Interval = refusalLogEvery, refusalLogEvery, refusalLogEvery
 	var err error
 	if s.tokens, err = cfg.tokenKeys(); err != nil {

@@ -15,7 +15,7 @@ import (
 // between the two): one behind the other makes a negative span, which a histogram must
 // not take (its sum would go down). Such a span counts as 0.
 func TestJobMetricsTakeNoNegativeSpans(t *testing.T) {
-	m := newJobMetrics(&modelLabels{}, func(*broker.Job) bool { return true })
+	m := newJobMetrics(&modelLabels{}, func(*broker.Job) bool { return true }, func() time.Duration { return time.Hour })
 	created := time.Now()
 	started := created.Add(-time.Minute) // the runner's clock a minute behind the submitter's
 	finished := started.Add(-time.Second)

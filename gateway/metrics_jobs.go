@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -56,8 +57,20 @@ type jobMetrics struct {
 	webhooks *prometheus.CounterVec
 	refused  *prometheus.CounterVec
 
-	mu   sync.Mutex
-	seen map[string]jobSeen // per job, what was counted already
+	// ttl is the job TTL in force (Store.JobTTL): no event of a job comes later than
+	// that after its last one, as its record is gone by then. now is the clock (tests
+	// move it on).
+	ttl func() time.Duration
+	now func() time.Time
+
+	// seen is, per job, what was counted already: prev the jobs last met in the span of
+	// a job TTL before since, seen those met since. A job met in neither for a job TTL
+	// is forgotten at the next event (rotateLocked), so the jobs of a day are not held
+	// for the process's life (ADR-0145).
+	mu    sync.Mutex
+	seen  map[string]jobSeen
+	prev  map[string]jobSeen
+	since time.Time
 }
 
 // jobSeen is what was counted of one job: events repeat a state (a cancel request
@@ -69,14 +82,17 @@ type jobSeen struct {
 	ended   bool
 }
 
-// maxSeenJobs bounds jobMetrics.seen; past it the oldest knowledge is dropped (a record
-// rewritten after that could count twice, which only a very busy foreman meets).
+// maxSeenJobs bounds the jobs jobMetrics knows (seen and prev together); past it the
+// older half is dropped (a record rewritten after that could count twice, which only a
+// very busy foreman meets).
 const maxSeenJobs = 50_000
 
-func newJobMetrics(models *modelLabels, mine func(*broker.Job) bool) *jobMetrics {
+func newJobMetrics(models *modelLabels, mine func(*broker.Job) bool, ttl func() time.Duration) *jobMetrics {
 	return &jobMetrics{
 		mine:   mine,
 		models: models,
+		ttl:    ttl,
+		now:    time.Now,
 		wait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "foreman_job_wait_seconds",
 			Help:    "Time jobs waited in the queue before they started (first attempt), per model and priority.",
@@ -118,7 +134,11 @@ func (m *jobMetrics) observe(j *broker.Job) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	s := m.seen[j.ID]
+	m.rotateLocked()
+	s, ok := m.seen[j.ID]
+	if !ok {
+		s = m.prev[j.ID]
+	}
 	model := m.models.label(j.Model)
 	switch {
 	case j.State == broker.StateLoading || j.State == broker.StateWorking:
@@ -146,10 +166,34 @@ func (m *jobMetrics) observe(j *broker.Job) {
 	default:
 		return
 	}
-	if len(m.seen) >= maxSeenJobs {
-		clear(m.seen)
+	if len(m.seen) >= maxSeenJobs/2 {
+		m.prev, m.seen, m.since = m.seen, nil, m.now()
+	}
+	if m.seen == nil {
+		m.seen = map[string]jobSeen{}
 	}
 	m.seen[j.ID] = s
+	delete(m.prev, j.ID)
+}
+
+// rotateLocked forgets the jobs met last a job TTL ago or longer: seen becomes prev once
+// it spans a job TTL, and both go once the newest of them is that old. The maps are
+// dropped, not cleared, so the room a busy day took is given back too. m.mu must be held.
+func (m *jobMetrics) rotateLocked() {
+	now, ttl := m.now(), m.ttl()
+	switch age := now.Sub(m.since); {
+	case age >= 2*ttl:
+		m.prev, m.seen, m.since = nil, nil, now
+	case age >= ttl:
+		m.prev, m.seen, m.since = m.seen, nil, now
+	}
+}
+
+// known is how many jobs m knows (tests).
+func (m *jobMetrics) known() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.seen) + len(m.prev)
 }
 
 // loadedLocked counts the load of j's attempt, seen loading, once its model answered:
