@@ -225,10 +225,11 @@ func (s *Server) relayNoCompletion(w http.ResponseWriter, r *http.Request, kind 
 // where a batch is told at submit of a model Ollama does not have. asked is the model as
 // the body names it, as Ollama quotes it. A body whose first refusal on Ollama could be
 // another one, which Ollama gives before it checks the model's capabilities, is not
-// refused here: it is left to refuseLacking (a job asking for a capability its model
-// lacks), else queued as before, for Ollama to answer in its turn: a think or reasoning value (a model without
+// refused here: it is left to refuseRawMode (raw mode with a template, system or
+// context) and refuseLacking (a job asking for a capability its model lacks), else
+// queued as before, for Ollama to answer in its turn: a think or reasoning value (a model without
 // thinking is refused so first, but on /v1/messages, where it is relaxed), a generate's
-// raw (raw mode's own refusal), a keep_alive (with nothing to complete, an unload, which
+// raw (raw mode's own refusal, or none), a keep_alive (with nothing to complete, an unload, which
 // Ollama answers 200). Like refuseLacking, it refuses only on capabilities confirmed
 // against the target (confirmCapabilities); a target that cannot confirm them refuses
 // nothing.
