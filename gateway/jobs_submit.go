@@ -600,6 +600,9 @@ func (s *Server) checkQueueable(ctx context.Context, sub *submission) (string, e
 		err = s.refuseNoCompletion(ctx, sub.kind, m, sub.model, sub.body)
 	}
 	if err == nil {
+		err = s.refuseRawMode(ctx, sub.kind, m, sub.inf.asks)
+	}
+	if err == nil {
 		err = s.refuseLacking(ctx, sub.kind, m, sub.model, sub.inf.asks, sub.body)
 	}
 	if err == nil {

@@ -58,6 +58,41 @@ type capabilityAsks struct {
 	tools  bool // a "tools" that holds something
 	suffix bool // a "suffix" that holds something
 	unload bool // nothing to complete and a keep_alive: maybe an unload, which Ollama answers 200
+	// raw is a native generate body that asks for raw mode with a template, system or
+	// context, as Ollama's decoder reads them (rawConflict): its handler refuses it
+	// (rawModeRefusal) before it schedules a runner.
+	raw bool
+}
+
+// rawModeRefusal is the words of Ollama's generate handler (v0.17.4) for raw mode with a
+// template, system or context.
+const rawModeRefusal = "raw mode does not support template, system, or context"
+
+// rawConflict reports whether body, a native generate body that decoded, asks for raw
+// mode with a non-empty template, system or context as Ollama's decoder reads them into
+// its api.GenerateRequest (member names matched as encoding/json matches them, the last
+// of a name winning). A body whose decode of these members fails is Ollama's decoder's
+// 400 first, not raw mode's: false, left to the type checks and to Ollama.
+func rawConflict(body []byte) bool {
+	var r struct {
+		Raw      bool   `json:"raw"`
+		Template string `json:"template"`
+		System   string `json:"system"`
+		Context  []int  `json:"context"`
+	}
+	return json.Unmarshal(body, &r) == nil && r.Raw && (r.Template != "" || r.System != "" || len(r.Context) > 0)
+}
+
+// rawRefused reports whether Ollama's generate handler refuses a call of kind asking
+// asks with raw mode's refusal (rawModeRefusal) before it schedules a runner, for a model
+// with caps, remote when /api/show names a remote host: the handler checks raw mode after
+// it sent a remote model's call on to its host, unloaded for an unload and ran an image
+// model's generate apart, and before anything the model can do or not (thinking, insert,
+// completion itself). An unload is read as asks.unload reads it, a keep_alive with
+// nothing to complete, more widely than Ollama's (keep_alive 0): a call that might not
+// be refused is queued, never one that might be sent straight.
+func rawRefused(kind broker.Kind, asks capabilityAsks, caps []string, remote bool) bool {
+	return kind == broker.KindGenerate && asks.raw && !asks.unload && !remote && !slices.Contains(caps, "image")
 }
 
 // thinkThinks reports whether a native "think" enables thinking as Ollama reads it
@@ -125,17 +160,26 @@ func (s *Server) refusedWithoutLoad(ctx context.Context, kind broker.Kind, model
 		return false
 	}
 	caps, err := s.knownCapabilities(ctx, model)
-	if err != nil || !refusesWithoutLoad(kind, asks, caps) {
+	if err != nil {
 		return false
 	}
-	caps, _, ok := s.confirmCapabilities(ctx, model)
-	return ok && refusesWithoutLoad(kind, asks, caps)
+	remote := false
+	if asks.raw {
+		_, remote, _ = s.cachedCapabilities(model)
+	}
+	if !refusesWithoutLoad(kind, asks, caps, remote) {
+		return false
+	}
+	caps, remote, ok := s.confirmCapabilities(ctx, model)
+	return ok && refusesWithoutLoad(kind, asks, caps, remote)
 }
 
 // refusesWithoutLoad is refusedWithoutLoad's rule on caps, the model's capabilities, for
-// a call of kind (one with a completion handler) asking asks.
-func refusesWithoutLoad(kind broker.Kind, asks capabilityAsks, caps []string) bool {
-	return completesNot(kind, caps) || lacking(kind, asks, caps) != ""
+// a call of kind (one with a completion handler) asking asks; remote says /api/show
+// names a remote host (read for raw mode's refusal alone, which Ollama's handler makes
+// only after it sent a remote model's call on).
+func refusesWithoutLoad(kind broker.Kind, asks capabilityAsks, caps []string, remote bool) bool {
+	return completesNot(kind, caps) || lacking(kind, asks, caps) != "" || rawRefused(kind, asks, caps, remote)
 }
 
 // lacking is the capability a call of kind asks of its model that caps, the model's
@@ -181,10 +225,11 @@ func (s *Server) relayNoCompletion(w http.ResponseWriter, r *http.Request, kind 
 // where a batch is told at submit of a model Ollama does not have. asked is the model as
 // the body names it, as Ollama quotes it. A body whose first refusal on Ollama could be
 // another one, which Ollama gives before it checks the model's capabilities, is not
-// refused here: it is left to refuseLacking (a job asking for a capability its model
-// lacks), else queued as before, for Ollama to answer in its turn: a think or reasoning value (a model without
+// refused here: it is left to refuseRawMode (raw mode with a template, system or
+// context) and refuseLacking (a job asking for a capability its model lacks), else
+// queued as before, for Ollama to answer in its turn: a think or reasoning value (a model without
 // thinking is refused so first, but on /v1/messages, where it is relaxed), a generate's
-// raw (raw mode's own refusal), a keep_alive (with nothing to complete, an unload, which
+// raw (raw mode's own refusal, or none), a keep_alive (with nothing to complete, an unload, which
 // Ollama answers 200). Like refuseLacking, it refuses only on capabilities confirmed
 // against the target (confirmCapabilities); a target that cannot confirm them refuses
 // nothing.

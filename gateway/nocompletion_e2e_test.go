@@ -39,6 +39,11 @@ func TestE2ECompletionOnEmbeddingModelAsDirect(t *testing.T) {
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","think":"high"}`},
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}`},
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low","stream":true}`},
+		// Raw mode with a template, system or context, on a model that completes
+		// (ADR-0129, amended): refused before any capability.
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","raw":true,"system":"s"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","Raw":true,"template":"{{ .Prompt }}","stream":false}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"hi","raw":true,"context":[1,2],"think":"high","suffix":"end"}`},
 	}, noCompletionCalls...)
 	send := func(base, path, body string) rawResponse {
 		r := post(t, ctx, base, path, []byte(body))
@@ -81,8 +86,9 @@ func TestE2ECompletionOnEmbeddingModelAsDirect(t *testing.T) {
 			t.Errorf("POST /jobs %s: %d %s, want 400 %s", c.body, got.Status, got.Body, c.want)
 		}
 	}
-	// A job asking tiny-a for a capability it lacks: refused at submit in the words the
-	// real Ollama gives the same body on its route (ADR-0129, amended).
+	// A job asking tiny-a for a capability it lacks, or for raw mode with a system or
+	// context: refused at submit in the words the real Ollama gives the same body on its
+	// route (ADR-0129, amended).
 	for _, c := range []struct {
 		kind broker.Kind
 		body string
@@ -93,6 +99,8 @@ func TestE2ECompletionOnEmbeddingModelAsDirect(t *testing.T) {
 		{broker.KindGenerate, `"model":"tiny-a","prompt":"hi","think":"high"}`},
 		{broker.KindOpenAIChat, `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}`},
 		{broker.KindOpenAIChat, `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low"}`},
+		{broker.KindGenerate, `"model":"tiny-a","prompt":"hi","raw":true,"system":"s"}`},
+		{broker.KindGenerate, `"model":"tiny-embed","prompt":"hi","raw":true,"context":[1]}`},
 	} {
 		want := send(b.Target, c.kind.Path(), "{"+c.body)
 		if want.Status != http.StatusBadRequest {

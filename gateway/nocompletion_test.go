@@ -96,10 +96,11 @@ func TestCompletionJobOnEmbeddingModelRefusedAtSubmit(t *testing.T) {
 	// Bodies whose first refusal on Ollama may be another (a keep_alive: a load-only call
 	// is an unload, 200) are queued as before, for Ollama to answer in their turn. One
 	// asking for thinking is refused so (TestCapabilityJobsRefusedAtSubmit); a think value
-	// Ollama's decoder refuses is its 400 first (syncRefusals, ADR-0141).
+	// Ollama's decoder refuses is its 400 first (syncRefusals, ADR-0141); raw mode with a
+	// system is raw mode's refusal (TestRawModeJobsRefusedAtSubmit).
 	for _, body := range []string{
 		`{"model":"tiny-embed","messages":[],"keep_alive":0}`,
-		`{"kind":"generate","model":"tiny-embed","prompt":"hi","raw":true,"system":"s"}`,
+		`{"kind":"generate","model":"tiny-embed","prompt":"hi","raw":true}`,
 	} {
 		if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusAccepted {
 			t.Errorf("POST /jobs %s: %d %s, want 202", body, got.Status, got.Body)

@@ -219,8 +219,19 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	case broker.KindOpenAIResponses:
 		in.format, in.completes = openAIResponsesFormat(req.Text.raw), bool(req.Input.holds) || bool(req.Instructions.holds)
 	}
+	// Nothing to complete is no prompt on generate, which has no messages, and no
+	// messages on the chat routes, which have no prompt: a member the handler's request
+	// does not have completes nothing.
+	nothing := !req.Messages.holds()
+	if kind == broker.KindGenerate {
+		nothing = !bool(req.Prompt.holds)
+	}
 	in.asks = capabilityAsks{tools: bool(req.Tools.holds), suffix: bool(req.Suffix.holds),
-		unload: len(req.KeepAlive.raw) > 0 && string(req.KeepAlive.raw) != "null" && !req.Messages.holds() && !bool(req.Prompt.holds)}
+		unload: len(req.KeepAlive.raw) > 0 && string(req.KeepAlive.raw) != "null" && nothing}
+	if kind == broker.KindGenerate && bool(req.Raw.holds) && bool(req.Template.holds || req.System.holds || req.Context.holds) {
+		// Decoded again only for a body that names raw with one of the others.
+		in.asks.raw = rawConflict(read)
+	}
 	if kind == broker.KindOpenAIChat {
 		in.asks.thinks = reasoningThinks(req.Reasoning.raw, req.ReasoningEffort.raw)
 	} else {

@@ -48,6 +48,29 @@ func (s *Server) refuseLacking(ctx context.Context, kind broker.Kind, model, ask
 	return nil
 }
 
+// refuseRawMode refuses a POST /jobs (or foreman.jobs.submit) generate job asking for raw
+// mode with a template, system or context (asks.raw), as its sync route sends such a call
+// straight to Ollama, whose generate handler refuses it before it schedules a runner,
+// 400 rawModeRefusal: queued, the job was accepted (202) only to fail so in its turn.
+// The rule is the sync route's (rawRefused): not for a remote model, an image model, an
+// unload. It is judged as refuseLacking judges, on the capabilities the cache holds (the
+// completion check's look-up for this submit, cannotComplete), and a refusal is
+// confirmed against the target first (confirmCapabilities); capabilities unknown or not
+// confirmed refuse nothing, and the job is queued as before.
+func (s *Server) refuseRawMode(ctx context.Context, kind broker.Kind, model string, asks capabilityAsks) error {
+	if !asks.raw || !s.inv.Reachable() {
+		return nil
+	}
+	caps, remote, ok := s.cachedCapabilities(model)
+	if !ok || !rawRefused(kind, asks, caps, remote) {
+		return nil
+	}
+	if caps, remote, ok = s.confirmCapabilities(ctx, model); !ok || !rawRefused(kind, asks, caps, remote) {
+		return nil
+	}
+	return handlerRefusal(rawModeRefusal)
+}
+
 // confirmWait bounds confirmCapabilities as a whole: the re-read of the model list and,
 // when the model changed, its /api/show. It is requireModel's bound for its re-read.
 const confirmWait = modelPollWait
@@ -116,7 +139,7 @@ func lackingRefusal(kind broker.Kind, what string, caps []string, asked, full st
 	switch kind {
 	case broker.KindGenerate:
 		if req.Raw && (req.Template != "" || req.System != "" || len(req.Context) > 0) {
-			return "raw mode does not support template, system, or context"
+			return rawModeRefusal
 		}
 		if thinkString && thinks {
 			return ""

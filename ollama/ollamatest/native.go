@@ -184,8 +184,16 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, body []b
 		return
 	}
 	unload := req.Prompt == "" && isZeroKeepAlive(req.KeepAlive)
-	m, ok := s.modelOf(w, req.Model, "generate", !unload)
+	// Ollama's handler refuses raw mode with a template, system or context once the
+	// model is found and neither an unload nor an image model's generate, before it
+	// looks at what the model can do (v0.17.4 server/routes.go).
+	rawRefused := req.Raw && (req.Template != "" || req.System != "" || len(req.Context) > 0)
+	m, ok := s.modelOf(w, req.Model, "generate", !unload && !rawRefused)
 	if !ok {
+		return
+	}
+	if !unload && !m.Image && rawRefused {
+		writeError(w, http.StatusBadRequest, "raw mode does not support template, system, or context")
 		return
 	}
 	if !unload && !m.Image && !capable(w, m, req.Model, req.Think, true, "insert", req.Suffix != "", writeError) {

@@ -23,6 +23,7 @@ func TestRefusalsMatchOllama(t *testing.T) {
 	}
 	tooShort := oai("invalid_request_error", "[] is too short - 'messages'")
 	const topLogprobs = `{"error":"top_logprobs must be between 0 and 20"}`
+	const rawRefusal = `{"error":"raw mode does not support template, system, or context"}`
 	badFormat := oai("invalid_request_error", "Invalid value for 'encoding_format' = bad. Supported values: ['float', 'base64'].")
 	for _, tt := range []struct {
 		path, body string
@@ -46,6 +47,17 @@ func TestRefusalsMatchOllama(t *testing.T) {
 		{"/api/chat", `{"model":"tiny-a","messages":[],"tools":[{"type":"function","function":{"name":"f"}}]}`, 400, gin, `{"error":"registry.ollama.ai/library/tiny-a:latest does not support tools"}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"x","suffix":"y"}`, 400, gin, `{"error":"registry.ollama.ai/library/tiny-a:latest does not support insert"}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"x","think":"high"}`, 400, gin, `{"error":"think value \"high\" is not supported for this model"}`},
+		// Raw mode with a template, system or context (case-insensitive names, as the
+		// decoder matches them), after the model's 404 and before what the model can do:
+		// a think string, insert, completion itself (an embedding model).
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","raw":true,"system":"s","think":"high","suffix":"y"}`, 400, gin, rawRefusal},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","RAW":true,"Template":"t"}`, 400, gin, rawRefusal},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","raw":true,"context":[1]}`, 400, gin, rawRefusal},
+		{"/api/generate", `{"model":"tiny-embed","prompt":"x","raw":true,"system":"s"}`, 400, gin, rawRefusal},
+		{"/api/generate", `{"model":"ghost","prompt":"x","raw":true,"system":"s"}`, 404, gin, `{"error":"model 'ghost' not found"}`},
+		{"/api/generate", `{"model":"tiny-a","prompt":"x","raw":true,"system":"","context":[],"suffix":"y"}`, 400, gin,
+			`{"error":"registry.ollama.ai/library/tiny-a:latest does not support insert"}`},
+		{"/api/generate", `{"model":"tiny-embed","prompt":"x","raw":false,"system":"s"}`, 400, gin, `{"error":"\"tiny-embed\" does not support generate"}`},
 		// The OpenAI chat layer refuses a reasoning value it does not know (after its
 		// messages check, before the handler looks at the model); the handler then a
 		// reasoning effort on a model without thinking, then tools.
