@@ -229,7 +229,8 @@ func (s *Server) relayNoCompletion(w http.ResponseWriter, r *http.Request, kind 
 // context) and refuseLacking (a job asking for a capability its model lacks), else
 // queued as before, for Ollama to answer in its turn: a think or reasoning value (a model without
 // thinking is refused so first, but on /v1/messages, where it is relaxed), a generate's
-// raw (raw mode's own refusal, or none), a keep_alive (with nothing to complete, an unload, which
+// raw mode with a template, system or context (raw mode's own refusal; raw mode alone
+// passes that check, and the capability's refusal follows), a keep_alive (with nothing to complete, an unload, which
 // Ollama answers 200). Like refuseLacking, it refuses only on capabilities confirmed
 // against the target (confirmCapabilities); a target that cannot confirm them refuses
 // nothing.
@@ -249,8 +250,8 @@ func (s *Server) refuseNoCompletion(ctx context.Context, kind broker.Kind, model
 	}
 	set := func(v json.RawMessage) bool { return len(v) > 0 && string(v) != "null" && string(v) != "false" }
 	thinks := kind != broker.KindAnthropicMessages && (set(m.Think) || set(m.Reasoning) || set(m.ReasoningEffort))
-	if thinks || set(m.Raw) || set(m.KeepAlive) {
-		return nil
+	if thinks || kind == broker.KindGenerate && set(m.Raw) && rawConflict(body) || set(m.KeepAlive) {
+		return nil // raw mode with a template, system or context: refuseRawMode's
 	}
 	// Judged on the cached answer: confirmed against the model the list names now before
 	// it refuses (the model may have been created again since the last poll as one that

@@ -101,6 +101,7 @@ func TestE2ECompletionOnEmbeddingModelAsDirect(t *testing.T) {
 		{broker.KindOpenAIChat, `"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low"}`},
 		{broker.KindGenerate, `"model":"tiny-a","prompt":"hi","raw":true,"system":"s"}`},
 		{broker.KindGenerate, `"model":"tiny-embed","prompt":"hi","raw":true,"context":[1]}`},
+		{broker.KindGenerate, `"model":"tiny-embed","prompt":"hi","raw":true}`},
 	} {
 		want := send(b.Target, c.kind.Path(), "{"+c.body)
 		if want.Status != http.StatusBadRequest {

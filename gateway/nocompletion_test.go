@@ -83,6 +83,9 @@ func TestCompletionJobOnEmbeddingModelRefusedAtSubmit(t *testing.T) {
 		{`{"kind":"openai_completion","model":"tiny-embed","prompt":"hi"}`, `{"error":"\"tiny-embed\" does not support generate"}`},
 		{`{"kind":"openai_responses","model":"tiny-embed","input":"hi"}`, `{"error":"\"tiny-embed\" does not support chat"}`},
 		{`{"kind":"anthropic_messages","model":"tiny-embed","max_tokens":4,"messages":[{"role":"user","content":"hi"}]}`, `{"error":"\"tiny-embed\" does not support chat"}`},
+		// Raw mode alone passes the handler's raw-mode check; the capability's refusal follows.
+		{`{"kind":"generate","model":"tiny-embed","prompt":"hi","raw":true}`, `{"error":"\"tiny-embed\" does not support generate"}`},
+		{`{"kind":"generate","model":"tiny-embed","prompt":"hi","raw":true,"system":""}`, `{"error":"\"tiny-embed\" does not support generate"}`},
 	}
 	for _, c := range cases {
 		got := post(t, ctx, b.URL, "/jobs", []byte(c.body))
@@ -100,7 +103,6 @@ func TestCompletionJobOnEmbeddingModelRefusedAtSubmit(t *testing.T) {
 	// system is raw mode's refusal (TestRawModeJobsRefusedAtSubmit).
 	for _, body := range []string{
 		`{"model":"tiny-embed","messages":[],"keep_alive":0}`,
-		`{"kind":"generate","model":"tiny-embed","prompt":"hi","raw":true}`,
 	} {
 		if got := post(t, ctx, b.URL, "/jobs", []byte(body)); got.Status != http.StatusAccepted {
 			t.Errorf("POST /jobs %s: %d %s, want 202", body, got.Status, got.Body)
