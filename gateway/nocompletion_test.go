@@ -130,9 +130,26 @@ func TestCapabilityRefusalsAreNotQueued(t *testing.T) {
 		{"/v1/chat/completions", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"reasoning_effort":"low"}`},
 		{"/v1/chat/completions", `{"model":"thinker","messages":[{"role":"user","content":"hi"}],"stream":true,` + tools + `}`},
 	}
+	answeredAsOllamaWhileAJobRuns(t, ctx, b, refused)
+	for _, c := range []struct{ path, body string }{
+		{"/api/chat", `{"model":"thinker","messages":[{"role":"user","content":"hi"}],"think":true,"stream":false}`},
+		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"think":false,"stream":false}`},
+		{"/api/chat", `{"model":"tiny-a","messages":[],"keep_alive":0,` + tools + `}`}, // an unload
+	} {
+		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK || got.Header.Get(HeaderJobID) == "" {
+			t.Errorf("%s %s: %d %s, job %q; want it queued and answered", c.path, c.body, got.Status, got.Body, got.Header.Get(HeaderJobID))
+		}
+	}
+}
+
+// answeredAsOllamaWhileAJobRuns checks that each call is answered as the fake Ollama
+// answers it (a 400: status, Content-Type and bytes) with no job, at once and again
+// while a chat holds the worker: sent straight, not behind the running job.
+func answeredAsOllamaWhileAJobRuns(t *testing.T, ctx context.Context, b *queuedBundle, calls []struct{ path, body string }) {
+	t.Helper()
 	check := func() {
 		t.Helper()
-		for _, c := range refused {
+		for _, c := range calls {
 			got, want := post(t, ctx, b.URL, c.path, []byte(c.body)), post(t, ctx, b.Fake.URL, c.path, []byte(c.body))
 			if got.Status != http.StatusBadRequest || got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
 				t.Errorf("%s %s: got %d %q %s, want Ollama's %d %q %s", c.path, c.body, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
@@ -154,15 +171,6 @@ func TestCapabilityRefusalsAreNotQueued(t *testing.T) {
 	release()
 	if got := <-running; got.Status != http.StatusOK {
 		t.Errorf("the running chat: %d %s", got.Status, got.Body)
-	}
-	for _, c := range []struct{ path, body string }{
-		{"/api/chat", `{"model":"thinker","messages":[{"role":"user","content":"hi"}],"think":true,"stream":false}`},
-		{"/api/chat", `{"model":"tiny-a","messages":[{"role":"user","content":"hi"}],"think":false,"stream":false}`},
-		{"/api/chat", `{"model":"tiny-a","messages":[],"keep_alive":0,` + tools + `}`}, // an unload
-	} {
-		if got := post(t, ctx, b.URL, c.path, []byte(c.body)); got.Status != http.StatusOK || got.Header.Get(HeaderJobID) == "" {
-			t.Errorf("%s %s: %d %s, job %q; want it queued and answered", c.path, c.body, got.Status, got.Body, got.Header.Get(HeaderJobID))
-		}
 	}
 }
 

@@ -93,31 +93,11 @@ func TestRawModeCallsAreNotQueued(t *testing.T) {
 	t.Parallel()
 	b := newQueuedBundle(t, nil, rawModels())
 	ctx := testCtx(t, 60*time.Second)
-	check := func() {
-		t.Helper()
-		for _, body := range rawRefusedBodies {
-			got, want := post(t, ctx, b.URL, "/api/generate", []byte(body)), post(t, ctx, b.Fake.URL, "/api/generate", []byte(body))
-			if got.Status != http.StatusBadRequest || got.Status != want.Status || got.CType != want.CType || !bytes.Equal(got.Body, want.Body) {
-				t.Errorf("%s: got %d %q %s, want Ollama's %d %q %s", body, got.Status, got.CType, got.Body, want.Status, want.CType, want.Body)
-			}
-			if id := got.Header.Get(HeaderJobID); id != "" {
-				t.Fatalf("%s: queued as job %s", body, id)
-			}
-		}
+	var calls []struct{ path, body string }
+	for _, body := range rawRefusedBodies {
+		calls = append(calls, struct{ path, body string }{"/api/generate", body})
 	}
-	check()
-	release := b.Fake.Hold("")
-	defer release()
-	running := make(chan rawResponse, 1)
-	go func() { running <- post(t, ctx, b.URL, "/api/chat", chatBody("tiny-a", "a long one", "false")) }()
-	if err := b.Fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
-		t.Fatal(err)
-	}
-	check() // while a job runs
-	release()
-	if got := <-running; got.Status != http.StatusOK {
-		t.Errorf("the running chat: %d %s", got.Status, got.Body)
-	}
+	answeredAsOllamaWhileAJobRuns(t, ctx, b, calls)
 	if jobs, _, err := b.Broker.Store.List(context.WithoutCancel(ctx), broker.ListOptions{}); err != nil || len(jobs) != 1 {
 		t.Fatalf("jobs made: %d (%v), want the running chat's alone", len(jobs), err)
 	}
