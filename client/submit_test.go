@@ -276,7 +276,9 @@ func TestWebhookRefusedFallsBackToPolling(t *testing.T) {
 }
 
 // TestWebhookBadSignature: with the wrong secret the receiver refuses every delivery, so
-// a webhook-only wait never ends.
+// a webhook-only wait never ends: it still waits after the job finished and foreman's
+// deliveries went on being refused. (The events of a job go out in order: its done event
+// waits behind the refused queued event's retries.)
 func TestWebhookBadSignature(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{WebhookSecret: testSecret})
@@ -285,27 +287,56 @@ func TestWebhookBadSignature(t *testing.T) {
 	// read alone would show it done: hold it until Submit has reported a state.
 	release := f.Fake.Hold("tiny-a")
 	defer release()
-	var id string
+	ids := make(chan string, 1)
 	req := chatJob("tiny-a", "forged")
 	req.OnState = func(e client.Event) {
-		if e.JobID != "" {
-			id = e.JobID
+		select {
+		case ids <- e.JobID:
+			release()
+		default:
 		}
-		release()
 	}
-	// Time enough to submit and report a state on a loaded machine; the wait then ends
-	// only by this deadline.
-	ctx, cancel := context.WithTimeout(testCtx(t), 5*time.Second)
+	ctx, cancel := context.WithCancel(testCtx(t))
 	defer cancel()
-	if _, err := c.Submit(ctx, req); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Submit = %v, want the deadline (the forged-looking webhooks were refused)", err)
+	submitted := make(chan error, 1)
+	go func() {
+		_, err := c.Submit(ctx, req)
+		submitted <- err
+	}()
+	var id string
+	select {
+	case id = <-ids:
+	case err := <-submitted:
+		t.Fatalf("Submit = %v before it reported a state", err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("Submit reported no state within 30s")
 	}
-	release()
-	if id == "" {
-		t.Fatal("Submit reported no state at all")
-	}
-	// The job itself did finish.
+	// The job itself finishes; foreman's deliveries of its events are still refused after.
 	waitState(t, c, id, client.StateDone)
+	done := time.Now()
+	eventually(t, 60*time.Second, "a refused delivery of job "+id+"'s events after it finished", func() bool {
+		log, err := f.Store.Deliveries(context.Background(), id)
+		if err != nil {
+			t.Fatalf("Deliveries(%s): %v", id, err)
+		}
+		after := false
+		for _, a := range log {
+			if a.Status != http.StatusUnauthorized {
+				t.Fatalf("delivery %+v; want every one refused with 401", a)
+			}
+			after = after || a.At.After(done)
+		}
+		return after
+	})
+	select {
+	case err := <-submitted:
+		t.Fatalf("Submit = %v after a delivery was refused; want it still waiting", err)
+	default:
+	}
+	cancel()
+	if err := <-submitted; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Submit = %v, want the caller's cancellation", err)
+	}
 }
 
 // TestWaitFinishedJob: a job that finished before the client starts waiting is seen at once.
