@@ -221,7 +221,9 @@ func (sc *planScratch) places(c choice) []place {
 	lateBefore := c.Now.Add(-c.MaxWait) // a head enqueued before it waited longer than MaxWait
 	// The streak is older than MaxWait: another runner's late job was passed over for
 	// longer than MaxWait (a job older than the streak was passed over only since it began).
-	streakOld := c.StreakStart.Before(lateBefore)
+	// A start after Now is the server's clock stepped back since: it counts as long ago,
+	// the jobs' own ages, or the streak would hold for as long as the step.
+	streakOld := c.StreakStart.Before(lateBefore) || c.StreakStart.After(c.Now)
 	for _, h := range c.Heads {
 		k, r := h.Class.Rank(), h.runner()
 		late := c.MaxWait > 0 && h.Enqueued.Before(lateBefore)

@@ -35,6 +35,10 @@ func TestPlanCountsAPassedOverJobFromTheStreaksStart(t *testing.T) {
 		// Zero is a streak begun long ago: the job's own age counts (as before the start
 		// was kept).
 		{"no streak start: the job's age", streak(0, a(2, time.Hour), b(1, 61*time.Second)), []string{"b", "a"}},
+		// A start after now is the server's clock stepped back since the pick: the job's
+		// own age counts, or the streak would hold for the step's length.
+		{"a streak start after now: the job's age", streak(-time.Hour, a(2, time.Hour), b(1, 61*time.Second)), []string{"b", "a"}},
+		{"a streak start after now, a young job: drain", streak(-time.Hour, a(2, time.Hour), b(1, 59*time.Second)), []string{"a", "b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
