@@ -54,7 +54,7 @@ func TestTheOldestJobWaitsAtMostMaxWaitUnderRandomWorkloads(t *testing.T) {
 			waiting = append(waiting, broker.QueuedMessage{Token: queueKey(t, m, "", ""), Seq: seq, JobID: fmt.Sprint("j", seq), Model: m, Enqueued: now})
 			log = append(log, fmt.Sprintf("%v submit j%d (%s)", now.Format("15:04:05"), seq, m))
 		}
-		var oldestSince time.Time      // when waiting[0] became the oldest waiting job
+		var oldestSince time.Time        // when waiting[0] became the oldest waiting job
 		leftAt := map[string]time.Time{} // when each runner last stopped being current
 		var predicted []planned
 		for pick := 0; pick < 150; pick++ {
