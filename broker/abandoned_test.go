@@ -527,3 +527,35 @@ func TestExclusiveStartMakesNoConsumerForKeysNeverFetched(t *testing.T) {
 		t.Fatalf("after a fetch of each key: %d queue consumers, want %d", n, keys)
 	}
 }
+
+// A skipped consumer's key stays noted until it was made afresh: a delete that fails (the
+// server's answer lost, the caller gone) leaves it to the next create, which finds the
+// taken job's state again and makes it afresh then. Before, the key was forgotten at
+// the first create, and the job waited out AckWait.
+func TestExclusiveStoreRenewsASkippedConsumerAfterAFailedDelete(t *testing.T) {
+	t.Parallel()
+	b := brokertest.New(t, brokertest.WithStore(func(c *broker.Config) {
+		c.Exclusive, c.AckWait = true, 10*time.Minute
+	}))
+	tok := token(t, "tiny-a")
+	j := submit(t, b.Store, "tiny-a", `{"model":"tiny-a"}`)
+	if d, err := b.Store.NextWait(ctxT(t), tok, arrival); err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("first delivery: %v %v", d, err)
+	}
+	b.Stop() // the crash: no ack
+	if err := os.Remove(consumerSum(t, b.Dir, tok)); err != nil {
+		t.Fatal(err)
+	}
+	b.Restart(t)
+	ctx, cancel := context.WithCancel(ctxT(t))
+	b.Store.SetRenewing(cancel)
+	if d, err := b.Store.Next(ctx, tok); err == nil || d != nil {
+		t.Fatalf("a fetch whose renew could not delete: %v %v, want its error", d, err)
+	}
+	b.Store.SetRenewing(nil)
+	// A deadline far below AckWait turns a wait for it into a clear failure.
+	d, err := b.Store.NextWait(ctxT(t), tok, 10*time.Second)
+	if err != nil || d == nil || d.JobID != j.ID {
+		t.Fatalf("the taken job was not redelivered at once after a failed renew (AckWait 10m): %v %v", d, err)
+	}
+}

@@ -35,6 +35,10 @@ func (s *Store) SetTargetsRead(fn func()) { s.targetsRead = fn }
 // stored apart, is read.
 func (s *Store) SetBodyRead(fn func(id string)) { s.bodyRead = fn }
 
+// SetRenewing sets a hook called before a consumer the server did not list at the
+// start, which took up a previous state, is deleted to be made afresh.
+func (s *Store) SetRenewing(fn func()) { s.renewing = fn }
+
 // FramePieces is framePieces, for the fuzz target.
 var FramePieces = framePieces
 

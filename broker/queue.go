@@ -86,11 +86,16 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 	if err != nil {
 		return nil, fmt.Errorf("broker: consumer for %s: %w", model, err)
 	}
-	if s.takeUnlisted(token) && tookUpState(c.CachedInfo()) {
+	if s.isUnlisted(token) && tookUpState(c.CachedInfo()) {
 		// A consumer the server skipped at the start, created over its directory: it
 		// took up the state of the previous process, its taken jobs waiting out AckWait.
-		// Made afresh, it delivers the key's jobs from the first at once (ADR-0024).
+		// Made afresh, it delivers the key's jobs from the first at once (ADR-0024). The
+		// key stays noted until that is done: a delete or create that fails leaves it to
+		// the next create, which finds the state again (or, once deleted, none).
 		held := c.CachedInfo().NumAckPending
+		if s.renewing != nil {
+			s.renewing()
+		}
 		if err := s.queue.DeleteConsumer(ctx, ccfg.Durable); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
 			return nil, fmt.Errorf("broker: delete consumer %s: %w", ccfg.Durable, err)
 		}
@@ -99,6 +104,7 @@ func (s *Store) consumer(ctx context.Context, token string) (jetstream.Consumer,
 		}
 		s.log.Info("a queue consumer the server did not recover was made afresh", "consumer", ccfg.Durable, "jobs_taken", held)
 	}
+	s.dropUnlisted(token)
 	s.mu.Lock()
 	if len(s.consumers) >= maxCachedConsumers {
 		// Queue keys come from callers (a program name, load options): a new one per job
@@ -349,16 +355,19 @@ func (s *Store) fetchOnce(ctx context.Context, token string, fetch func(jetstrea
 	return nil, fmt.Errorf("broker: fetch %s: %w", token, unavailable(err))
 }
 
-// takeUnlisted reports whether token is a queue key whose consumer the server did not
-// list at an exclusive start and which was not created since, and marks it created.
-func (s *Store) takeUnlisted(token string) bool {
+// isUnlisted reports whether token is a queue key whose consumer the server did not
+// list at an exclusive start and which was not made since (dropUnlisted).
+func (s *Store) isUnlisted(token string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if !s.unlisted[token] {
-		return false
-	}
+	return s.unlisted[token]
+}
+
+// dropUnlisted marks token's consumer made: its state is the server's own from now on.
+func (s *Store) dropUnlisted(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	delete(s.unlisted, token)
-	return true
 }
 
 // tookUpState reports whether a consumer just created carries a state of its own: it

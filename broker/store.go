@@ -177,6 +177,9 @@ type Store struct {
 	// server did not list (reclaim): the first create of each checks for a previous
 	// consumer's state taken up from its directory (consumer, ADR-0024).
 	unlisted map[string]bool
+	// renewing, when set (tests), is called before an unlisted consumer that took up a
+	// previous state is deleted to be made afresh.
+	renewing func()
 
 	// targets is TargetsBucket, opened on first use; tcache is Targets' last read.
 	tmu      sync.Mutex

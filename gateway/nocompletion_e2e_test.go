@@ -44,6 +44,7 @@ func TestE2ECompletionOnEmbeddingModelAsDirect(t *testing.T) {
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","raw":true,"system":"s"}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","Raw":true,"template":"{{ .Prompt }}","stream":false}`},
 		{"/api/generate", `{"model":"tiny-a","prompt":"hi","raw":true,"context":[1,2],"think":"high","suffix":"end"}`},
+		{"/api/generate", `{"model":"tiny-a","raw":true,"system":"s","keep_alive":"5m"}`}, // a load, not an unload
 	}, noCompletionCalls...)
 	send := func(base, path, body string) rawResponse {
 		r := post(t, ctx, base, path, []byte(body))
@@ -102,6 +103,7 @@ func TestE2ECompletionOnEmbeddingModelAsDirect(t *testing.T) {
 		{broker.KindGenerate, `"model":"tiny-a","prompt":"hi","raw":true,"system":"s"}`},
 		{broker.KindGenerate, `"model":"tiny-embed","prompt":"hi","raw":true,"context":[1]}`},
 		{broker.KindGenerate, `"model":"tiny-embed","prompt":"hi","raw":true}`},
+		{broker.KindGenerate, `"model":"tiny-a","raw":true,"system":"s","keep_alive":"5m"}`},
 	} {
 		want := send(b.Target, c.kind.Path(), "{"+c.body)
 		if want.Status != http.StatusBadRequest {

@@ -229,8 +229,9 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	in.asks = capabilityAsks{tools: bool(req.Tools.holds), suffix: bool(req.Suffix.holds),
 		unload: len(req.KeepAlive.raw) > 0 && string(req.KeepAlive.raw) != "null" && nothing}
 	if kind == broker.KindGenerate && bool(req.Raw.holds) && bool(req.Template.holds || req.System.holds || req.Context.holds) {
-		// Decoded again only for a body that names raw with one of the others.
-		in.asks.raw = rawConflict(read)
+		// Decoded again only for a body that names raw with one of the others. Ollama's
+		// unload (no prompt, a keep_alive of 0) is answered before raw mode is read.
+		in.asks.raw = rawConflict(read) && !(nothing && zeroKeepAlive(req.KeepAlive.raw))
 	}
 	if kind == broker.KindOpenAIChat {
 		in.asks.thinks = reasoningThinks(req.Reasoning.raw, req.ReasoningEffort.raw)

@@ -35,6 +35,11 @@ var rawRefusedBodies = []string{
 	`{"model":"tiny-a","prompt":"","raw":true,"system":"s"}`, // a load, not an unload: no keep_alive
 	`{"model":"tiny-a","prompt":"hi","raw":true,"system":"s","keep_alive":0}`,
 	`{"model":"tiny-embed","prompt":"hi","raw":true,"system":"s"}`,
+	// No prompt and a keep_alive other than 0: a load that keeps the model so long, not
+	// an unload (Ollama's is a keep_alive of 0 alone).
+	`{"model":"tiny-a","raw":true,"system":"s","keep_alive":"5m"}`,
+	`{"model":"tiny-a","prompt":"","raw":true,"context":[1],"keep_alive":-1}`,
+	`{"model":"tiny-embed","raw":true,"system":"s","keep_alive":300}`,
 }
 
 // rawQueuedBodies are native generate bodies naming raw mode that Ollama does not refuse
@@ -48,6 +53,7 @@ var rawQueuedBodies = []string{
 	// An unload: Ollama unloads before it looks at raw mode (a generate has no
 	// messages: a "messages" member completes nothing).
 	`{"model":"tiny-a","raw":true,"system":"s","keep_alive":0}`,
+	`{"model":"tiny-a","prompt":"","raw":true,"context":[1],"keep_alive":"0s"}`,
 	`{"model":"tiny-a","raw":true,"system":"s","keep_alive":0,"messages":[{"role":"user","content":"hi"}]}`,
 	// An image model's generate runs apart, before raw mode's check.
 	`{"model":"tiny-img","prompt":"a lighthouse","raw":true,"system":"s"}`,

@@ -49,7 +49,7 @@ func newEarlyBundle(t *testing.T) *earlyBundle {
 	}
 	eb := &earlyBundle{b: b, fake: fake, target: target, w: w, ctx: ctx}
 	tokenA := eb.token(t, "tiny-a")
-	w.begin(tokenA, func(error) {}) // tiny-a ran last, answered: it is loaded
+	w.begin(tokenA, true, func(error) {}) // tiny-a ran last, answered: it is loaded
 	w.called(tokenA, true, false, false)
 	w.end()
 	return eb

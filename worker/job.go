@@ -190,7 +190,7 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 			return
 		}
 	}
-	w.begin(d.Token, abort)
+	w.begin(d.Token, state == broker.StateLoading, abort)
 	defer w.end()
 	run := w.startRunning(d.JobID, d.Model, d.Token, state)
 
@@ -1481,8 +1481,9 @@ func (w *Worker) keepAlive(ctx context.Context, d *broker.Lease, log *slog.Logge
 	return sync.OnceFunc(func() { close(done); <-exited })
 }
 
-// begin records the start of a job for the selection and for Stop.
-func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
+// begin records the start of a job for the selection and for Stop; loads is whether its
+// runner was not loaded on the target (the run swaps it in).
+func (w *Worker) begin(token string, loads bool, abort context.CancelCauseFunc) {
 	runner := runnerOf(token)
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -1493,7 +1494,14 @@ func (w *Worker) begin(token string, abort context.CancelCauseFunc) {
 	if runner == w.current {
 		w.consec++
 	} else {
-		w.current, w.consec, w.streakAt = runner, 1, w.pickedAt
+		w.current, w.consec = runner, 1
+		// Only a swap starts the time another runner's job is passed over from: a
+		// runner the target held already (several models resident) goes on with the
+		// start of the streak before, or two such runners taking turns would each
+		// start it afresh and keep a third runner's job waiting for good.
+		if loads {
+			w.streakAt = w.pickedAt
+		}
 	}
 	if k, err := broker.ParseQueueKey(token); err == nil {
 		if _, ok := w.runnerOpts[k.Model]; !ok && len(w.runnerOpts) >= w.cfg.learnedMax {

@@ -40,12 +40,12 @@ func TestLearnedModelsBoundedToTheTargetsModels(t *testing.T) {
 	token := func(model string) string {
 		return broker.QueueKey{Model: mustToken(t, model), Opts: broker.DefaultLoadOptions, Class: broker.PriorityNormal, Program: broker.AnonymousProgram}.String()
 	}
-	w.begin(token("tiny-a"), func(error) {})
+	w.begin(token("tiny-a"), true, func(error) {})
 	for i := range 10 * bound {
 		name := fmt.Sprintf("churn-%d", i)
 		d.observeRun(name, time.Second)
 		d.observeLoad(name, time.Second)
-		w.begin(token(name), func(error) {})
+		w.begin(token(name), true, func(error) {})
 	}
 	if n, m := len(d.run), len(d.load); n > bound || m > bound {
 		t.Errorf("durations of %d and %d models after %d were run; want at most %d", n, m, 10*bound+1, bound)

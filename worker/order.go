@@ -208,7 +208,8 @@ func orderWith(sc *planScratch, c choice, picks uint64, msgs []broker.QueuedMess
 
 		r := q.key.Runner
 		run, load := cost.estimate(m.Model)
-		if !slices.Contains(c.Loaded, r) {
+		swap := !slices.Contains(c.Loaded, r)
+		if swap {
 			at = at.Add(load)
 		}
 		c.Loaded = withLoaded(c.Loaded, r)
@@ -216,7 +217,10 @@ func orderWith(sc *planScratch, c choice, picks uint64, msgs []broker.QueuedMess
 		if r == c.Current {
 			c.Consecutive++
 		} else {
-			c.Current, c.Consecutive, c.StreakStart = r, 1, out[len(out)-1].Start
+			c.Current, c.Consecutive = r, 1
+			if swap { // as the worker's begin: only a swap starts the streak's time
+				c.StreakStart = out[len(out)-1].Start
+			}
 		}
 		c.CurrentClass = q.key.Class
 		picks++

@@ -248,15 +248,16 @@ func orderEachQueue(c choice, picks uint64, msgs []broker.QueuedMessage, free ti
 		c.ClassPicked[queueHead(tok, m).Class.Rank()] = at
 		r := runnerOf(tok)
 		run, load := cost.estimate(m.Model)
-		if !slices.Contains(c.Loaded, r) {
+		swap := !slices.Contains(c.Loaded, r)
+		if swap {
 			at = at.Add(load)
 		}
 		c.Loaded = withLoaded(c.Loaded, r)
 		at = at.Add(run)
 		if r == c.Current {
 			c.Consecutive++
-		} else {
-			c.Current, c.Consecutive, c.StreakStart = r, 1, out[len(out)-1].Start
+		} else if c.Current, c.Consecutive = r, 1; swap {
+			c.StreakStart = out[len(out)-1].Start
 		}
 		c.CurrentClass = queueHead(tok, m).Class
 		picks++

@@ -54,7 +54,7 @@ func TestReadAheadRecordAndLoadedModels(t *testing.T) {
 	}
 	// A job of tiny-a ran last, answered, and ended after the inventory's last poll.
 	_, tokenA := submit("tiny-a")
-	w.begin(tokenA, func(error) {})
+	w.begin(tokenA, true, func(error) {})
 	w.called(tokenA, true, false, false)
 	w.end()
 

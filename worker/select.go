@@ -42,9 +42,13 @@ type choice struct {
 	Consecutive  int
 	CurrentClass broker.Priority
 	// StreakStart is when the streak began: the time (on Now's clock) of the pick that
-	// made Current current, the one Consecutive counted as 1. Another runner's job counts
-	// as passed over only from the later of its enqueue time and this: a backlog older
-	// than the streak does not break it at once. Zero counts as a streak begun long ago.
+	// made Current current, the one Consecutive counted as 1, when that pick swapped its
+	// runner in; a runner made current that the target held already (several models
+	// resident) goes on with the start before (or two resident runners taking turns would
+	// each begin it afresh, and a third runner's job would wait for good). Another
+	// runner's job counts as passed over only from the later of its enqueue time and
+	// this: a backlog older than the streak does not break it at once. Zero counts as a
+	// streak begun long ago (a fresh worker's, until its first swap).
 	StreakStart time.Time
 	// Heads has one entry per queue with pending jobs.
 	Heads []head
@@ -217,7 +221,9 @@ func (sc *planScratch) places(c choice) []place {
 	lateBefore := c.Now.Add(-c.MaxWait) // a head enqueued before it waited longer than MaxWait
 	// The streak is older than MaxWait: another runner's late job was passed over for
 	// longer than MaxWait (a job older than the streak was passed over only since it began).
-	streakOld := c.StreakStart.Before(lateBefore)
+	// A start after Now is the server's clock stepped back since: it counts as long ago,
+	// the jobs' own ages, or the streak would hold for as long as the step.
+	streakOld := c.StreakStart.Before(lateBefore) || c.StreakStart.After(c.Now)
 	for _, h := range c.Heads {
 		k, r := h.Class.Rank(), h.runner()
 		late := c.MaxWait > 0 && h.Enqueued.Before(lateBefore)

@@ -35,6 +35,10 @@ func TestPlanCountsAPassedOverJobFromTheStreaksStart(t *testing.T) {
 		// Zero is a streak begun long ago: the job's own age counts (as before the start
 		// was kept).
 		{"no streak start: the job's age", streak(0, a(2, time.Hour), b(1, 61*time.Second)), []string{"b", "a"}},
+		// A start after now is the server's clock stepped back since the pick: the job's
+		// own age counts, or the streak would hold for the step's length.
+		{"a streak start after now: the job's age", streak(-time.Hour, a(2, time.Hour), b(1, 61*time.Second)), []string{"b", "a"}},
+		{"a streak start after now, a young job: drain", streak(-time.Hour, a(2, time.Hour), b(1, 59*time.Second)), []string{"a", "b"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -204,7 +208,7 @@ func TestBeginKeepsTheStreaksStart(t *testing.T) {
 	a, b := queueKey(t, "tiny-a", "", ""), queueKey(t, "tiny-b", "", "")
 	run := func(token string) {
 		w.took(token)
-		w.begin(token, func(error) {})
+		w.begin(token, true, func(error) {})
 		w.end()
 		clock = clock.Add(time.Minute)
 	}
@@ -221,5 +225,64 @@ func TestBeginKeepsTheStreaksStart(t *testing.T) {
 	run(b)
 	if want := start.Add(3 * time.Minute); !w.streakAt.Equal(want) {
 		t.Fatalf("streak of b began %v, want its pick's %v", w.streakAt, want)
+	}
+}
+
+// A runner made current without a swap (another model resident on the target) goes on
+// with the streak's start before it: a job of a runner not loaded, passed over while the
+// resident runners drain one after the other, goes first once it waited MaxWait since
+// that start. Before, each change of runner began the time afresh, and the job waited on.
+func TestOrderKeepsTheStreaksStartAcrossResidentRunners(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	x, y := runnerKey(t, "tiny-x"), runnerKey(t, "tiny-y")
+	msgs := []broker.QueuedMessage{
+		{Token: queueKey(t, "tiny-c", "", ""), Seq: 1, Enqueued: now, JobID: "c", Model: "tiny-c"},
+		{Token: queueKey(t, "tiny-x", "", ""), Seq: 2, Enqueued: now, JobID: "x0", Model: "tiny-x"},
+	}
+	for i := range 6 {
+		msgs = append(msgs, broker.QueuedMessage{Token: queueKey(t, "tiny-y", "", ""), Seq: uint64(i + 3), Enqueued: now,
+			JobID: fmt.Sprint("y", i), Model: "tiny-y"})
+	}
+	c := choice{Loaded: []string{x, y}, Current: x, Consecutive: 1, StreakStart: now.Add(-time.Hour), MaxConsecutive: 100, MaxWait: 25 * time.Second}
+	cost := fixedCosts{"tiny-x": {10 * time.Second, 0}, "tiny-y": {10 * time.Second, 0}, "tiny-c": {10 * time.Second, 0}}
+	var ids []string
+	for _, p := range order(c, 1, msgs, now, cost, nil) {
+		ids = append(ids, p.Msg.JobID)
+	}
+	// x0 at 0s, y0 at 10s (resident: no swap, the start stays), y1 at 20s; at 30s c was
+	// passed over for 30s > 25s. Counted from y's first pick it would wait until 40s.
+	if got, want := fmt.Sprint(ids), "[x0 y0 y1 c y2 y3 y4 y5]"; got != want {
+		t.Fatalf("order %s, want %s", got, want)
+	}
+}
+
+// The worker starts a streak's time only at a swap: a runner it goes on to that the
+// target held already keeps the start; a fresh worker's first pick of a resident runner
+// has none (a streak begun long ago).
+func TestBeginStartsTheStreaksTimeAtASwap(t *testing.T) {
+	t.Parallel()
+	clock := time.Date(2026, 1, 1, 12, 0, 0, 0, time.UTC)
+	w := &Worker{cfg: Config{serverNow: func() time.Time { return clock }, learnedMax: 8}, served: map[string]uint64{}, runnerOpts: map[string]string{}}
+	a, b, c := queueKey(t, "tiny-a", "", ""), queueKey(t, "tiny-b", "", ""), queueKey(t, "tiny-c", "", "")
+	run := func(token string, loads bool) {
+		w.took(token)
+		w.begin(token, loads, func(error) {})
+		w.end()
+		clock = clock.Add(time.Minute)
+	}
+	run(a, false)
+	if !w.streakAt.IsZero() {
+		t.Fatalf("a fresh worker's first pick, of a resident runner, began the streak's time at %v; want none", w.streakAt)
+	}
+	run(c, true)
+	start := w.streakAt
+	if want := time.Date(2026, 1, 1, 12, 1, 0, 0, time.UTC); !start.Equal(want) {
+		t.Fatalf("the swap to c began the streak at %v, want its pick's %v", start, want)
+	}
+	run(a, false)
+	run(b, false)
+	if !w.streakAt.Equal(start) || w.current != runnerOf(b) || w.consec != 1 {
+		t.Fatalf("after resident a and b: streak of %s (%d in a row) began %v, want b (1) from %v", w.current, w.consec, w.streakAt, start)
 	}
 }

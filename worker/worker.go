@@ -74,7 +74,8 @@ type Worker struct {
 	current  string             // runner (model and load options) of the job run last
 	consec   int                // jobs of current in a row
 	// streakAt is when current's streak began (choice.StreakStart): the pick, on the
-	// server's clock (pickedAt), of the job begin counted as the first of current's in a row.
+	// server's clock (pickedAt), of the job begin counted as the first of current's in a
+	// row, when it swapped its runner in (else the start before stays).
 	streakAt time.Time
 	// pickedAt is when took gave the last job its turn, on the server's clock.
 	pickedAt time.Time

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -945,4 +946,51 @@ func TestJobEndedElsewhereWhileItRanEndsItsStreamAsItsRecord(t *testing.T) {
 		t.Fatalf("final marker %v, want the record's failed state and error", final.Header)
 	}
 	tb.waitQueueEmpty(t)
+}
+
+// Two models resident on the target (OLLAMA_MAX_LOADED_MODELS=2), each with a client that
+// queues its next job while its last one runs: the worker goes from one to the other at
+// every pick, no swap between them. A third model's job queued before still runs once it
+// waited MaxWait: before, each change of runner began the streak's time afresh, and the
+// job, passed over only from there, waited as long as the two clients went on.
+func TestResidentModelsTakingTurnsPassAJobOverForAtMostMaxWait(t *testing.T) {
+	t.Parallel()
+	var tb *testBundle
+	var clock atomic.Pointer[time.Time]
+	var mu sync.Mutex
+	var served []string
+	hook := func(ctx context.Context, model string) error {
+		model = strings.TrimSuffix(model, ":latest")
+		mu.Lock()
+		served = append(served, model)
+		n := len(served)
+		mu.Unlock()
+		if model == "tiny-c" || n >= 30 {
+			return nil
+		}
+		next := map[string]string{"tiny-a": "tiny-b", "tiny-b": "tiny-a"}[model]
+		if _, err := tb.b.Store.Submit(ctx, &broker.Job{ID: broker.NewID(), Model: next, Kind: broker.KindChat}, []byte(chatBody(next, n))); err != nil {
+			t.Errorf("submit %s: %v", next, err)
+		}
+		at := clock.Load().Add(time.Minute)
+		clock.Store(&at)
+		return nil
+	}
+	tb = setupFake(t, []ollamatest.Option{ollamatest.WithModels(ollamatest.Model{Name: "tiny-a"}, ollamatest.Model{Name: "tiny-b"}, ollamatest.Model{Name: "tiny-c"}),
+		ollamatest.WithBeforeChat(hook)})
+	tb.fake.SetResident("tiny-a", "tiny-b")
+	c := tb.chat(t, "tiny-c", 0)
+	tb.chat(t, "tiny-a", 0)
+	now := time.Now()
+	clock.Store(&now)
+	cfg := worker.WithServerClock(worker.Config{MaxConsecutive: 100, MaxWait: 5 * time.Minute, Inventory: tb.polledInventory(t)},
+		func() time.Time { return *clock.Load() })
+	tb.start(t, cfg)
+	tb.waitState(t, c.ID, broker.StateDone)
+	mu.Lock()
+	defer mu.Unlock()
+	// a and b at 0, 1, ..., 5 minutes; at 5 minutes c had waited longer than 5.
+	if i := slices.Index(served, "tiny-c"); i < 0 || i > 6 {
+		t.Fatalf("served %v: tiny-c at %d, want by 6 (after at most MaxWait of the others)", served, i)
+	}
 }
