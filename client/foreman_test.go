@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"testing"
 	"time"
 
@@ -144,15 +145,15 @@ func (f *foreman) failed() error {
 	}
 }
 
-// natsConn connects as the client user. The listener checks a bcrypt hash, which is slow
-// under -race on a busy machine: the server's first PING can then beat the handshake, so
-// connecting is retried.
-func natsConn(t *testing.T, f *foreman) *nats.Conn {
+// natsConn connects as the client user, with nats.go's opts besides. The listener checks
+// a bcrypt hash, which is slow under -race on a busy machine: the server's first PING can
+// then beat the handshake, so connecting is retried.
+func natsConn(t *testing.T, f *foreman, opts ...nats.Option) *nats.Conn {
 	t.Helper()
 	var err error
 	for range 5 {
 		var nc *nats.Conn
-		if nc, err = nats.Connect(f.NATSURL, natsAuth...); err == nil {
+		if nc, err = nats.Connect(f.NATSURL, slices.Concat(natsAuth, opts)...); err == nil {
 			t.Cleanup(nc.Close)
 			return nc
 		}

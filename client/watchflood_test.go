@@ -3,8 +3,10 @@ package client_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -95,6 +97,51 @@ func TestWatchJobSlowReader(t *testing.T) {
 	}
 }
 
+// TestWatchJobLossStillEndsDone: when nats.go drops a single-job watch's events (its
+// pending buffer, here 10 messages, overflowed while the reader was away), the job's
+// terminal event among them, the watch learns of the loss from the next event it takes,
+// reads the job and still ends with its terminal state: none is silently missed, even
+// with no polling to fall back on.
+func TestWatchJobLossStillEndsDone(t *testing.T) {
+	t.Parallel()
+	f := startForeman(t, foremanConfig{})
+	release := f.Fake.Hold("tiny-a")
+	defer release()
+	nc := natsConn(t, f, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})) // drops are the point
+	c := newClient(t, f.URL, client.WithNATS(nc), client.WithPollInterval(never))
+	client.SetStatePendingLimit(c, 10)
+	ctx := testCtx(t)
+	id, err := c.SubmitAsync(ctx, chatJob("tiny-a", "lossy reader"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	events, err := c.Watch(wctx, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
+		t.Fatal(err)
+	}
+	publishStates(t, f, id, 300)
+	release()
+	waitState(t, c, id, client.StateDone)
+	flushed(t, nc) // the done event is now buffered or dropped: dropped, the buffer being full
+	var last client.Event
+	n := 0
+	for e := range events {
+		last = e
+		n++
+	}
+	if last.State != client.StateDone {
+		t.Fatalf("watch of %d events ended with %+v (context: %v); want the done state", n, last, wctx.Err())
+	}
+	if n >= 300 {
+		t.Errorf("watch delivered %d events; want fewer than the 300 published, some dropped", n)
+	}
+}
+
 // TestWatchAllSlowReader: watching every job over NATS, a reader that falls behind by
 // more than any small buffer still gets every event, in order.
 func TestWatchAllSlowReader(t *testing.T) {
@@ -127,7 +174,22 @@ func TestWatchAllSlowReader(t *testing.T) {
 func TestWatchAllReportsLoss(t *testing.T) {
 	t.Parallel()
 	f := startForeman(t, foremanConfig{})
-	nc := natsConn(t, f)
+	// The flood overflows the watch's subscription on purpose: nats.go's default handler
+	// would print its slow-consumer error ("nats: slow consumer, messages dropped on
+	// connection [n] for subscription on "foreman.job.*.state"") into the test output,
+	// where it reads as a fault. It is counted instead; any other one fails the test.
+	var slow atomic.Int64
+	other := make(chan error, 1)
+	nc := natsConn(t, f, nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+		if errors.Is(err, nats.ErrSlowConsumer) && sub != nil && sub.Subject == broker.StateWildcard {
+			slow.Add(1)
+			return
+		}
+		select {
+		case other <- err:
+		default:
+		}
+	}))
 	c := newClient(t, f.URL, client.WithNATS(nc), client.WithPollInterval(never))
 	client.SetStatePendingLimit(c, 10)
 	ctx, cancel := context.WithTimeout(testCtx(t), 15*time.Second)
@@ -165,5 +227,12 @@ func TestWatchAllReportsLoss(t *testing.T) {
 	}
 	if lost == 0 || delivered+lost != total {
 		t.Fatalf("delivered %d, reported lost %d, of %d events; want some lost, all accounted for", delivered, lost, total)
+	}
+	// nats.go tells its handler of the drops too, on a goroutine of its own.
+	eventually(t, 10*time.Second, "nats.go's slow-consumer error", func() bool { return slow.Load() > 0 })
+	select {
+	case err := <-other:
+		t.Errorf("asynchronous NATS error: %v", err)
+	default:
 	}
 }

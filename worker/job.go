@@ -209,9 +209,12 @@ func (w *Worker) run(ctx context.Context, d *broker.Lease, j *broker.Job, rev ui
 	} else {
 		r = w.store.StreamWriter(d.JobID)
 	}
-	if j.Sync && j.FeedPing {
+	if j.Sync && j.FeedPing && !w.store.CallerHere(j) {
 		// A caller on another foreman: its subscription may not have reached this
-		// foreman's NATS server yet (ADR-0072). Nothing is done for one of this process.
+		// foreman's NATS server yet (ADR-0072). Nothing is done for one of this process,
+		// whose feed is handed the answer here (ADR-0035), or is closed: the caller left
+		// as the job was being taken, and no reader will come to wait for, or to send
+		// lost frames again to (ADR-0078).
 		r.AwaitReader(j.Gateway)
 	}
 	defer r.Close()

@@ -1,6 +1,7 @@
 package worker_test
 
 import (
+	"errors"
 	"testing"
 	"time"
 
@@ -155,5 +156,37 @@ func TestSyncAnswerWaitsForTheCallersFeedNotAWatchers(t *testing.T) {
 	}
 	if w := feedAnswer(t, watch); w != got {
 		t.Errorf("the watcher got %q, the caller %q", w, got)
+	}
+}
+
+// A sync job whose caller waits on this very process (Job.Gateway is this Store's boot
+// id) but whose feed is closed already — the caller left while the worker was taking
+// the job — gets no ping, holds nothing and serves no resends: the caller's feed is
+// handed the answer in this process (ADR-0035), and none will open again. Before, the
+// worker pinged for a reader that could never answer, held the answer up to ReaderWait,
+// and kept a subscription on the job's resend subject for 30 s after the job (ADR-0078).
+func TestSyncJobOfThisProcessWithItsFeedGoneIsNotHeld(t *testing.T) {
+	t.Parallel()
+	tb := setup(t, brokertest.WithStore(func(c *broker.Config) { c.ReaderWait = 200 * time.Millisecond }))
+	id := broker.NewID()
+	pings, err := tb.b.Conn.SubscribeSync(broker.PingSubject(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	submitSync(t, tb.b.Store, id, true) // no feed: its caller is gone
+	tb.start(t, worker.Config{})
+	tb.waitState(t, id, broker.StateDone)
+	// A ping would have been published on this connection before the answer's frames.
+	if err := tb.b.Conn.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if n, _, _ := pings.Pending(); n != 0 {
+		t.Errorf("%d pings for a caller of this process whose feed is gone, want none", n)
+	}
+	// No subscription on the resend subject: the server says so at once.
+	req := nats.NewMsg(broker.ResendSubject(id))
+	req.Header.Set(broker.HeaderResendFrom, "1")
+	if _, err := tb.b.Conn.RequestMsg(req, 10*time.Second); !errors.Is(err, nats.ErrNoResponders) {
+		t.Errorf("a resend request after the job: %v, want no responders (nothing serves resends)", err)
 	}
 }
