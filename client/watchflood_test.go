@@ -60,37 +60,9 @@ func flushed(t *testing.T, nc *nats.Conn) {
 // the job's terminal event out; the NATS watch has no brisk polling to recover it.
 func TestWatchJobSlowReader(t *testing.T) {
 	t.Parallel()
-	f := startForeman(t, foremanConfig{})
-	release := f.Fake.Hold("tiny-a")
-	defer release()
-	nc := natsConn(t, f)
-	c := newClient(t, f.URL, client.WithNATS(nc), client.WithPollInterval(never))
-	ctx := testCtx(t)
-	id, err := c.SubmitAsync(ctx, chatJob("tiny-a", "slow reader"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	events, err := c.Watch(wctx, id)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Fake.WaitStarted(ctx, "tiny-a", 1); err != nil {
-		t.Fatal(err)
-	}
-	publishStates(t, f, id, 300)
-	release()
-	waitState(t, c, id, client.StateDone)
-	flushed(t, nc)
-	var last client.Event
-	n := 0
-	for e := range events {
-		last = e
-		n++
-	}
+	last, n, werr := watchThroughFlood(t, "slow reader", 0)
 	if last.State != client.StateDone {
-		t.Fatalf("watch of %d events ended with %+v (context: %v); want the done event", n, last, wctx.Err())
+		t.Fatalf("watch of %d events ended with %+v (context: %v); want the done event", n, last, werr)
 	}
 	if n < 300 {
 		t.Errorf("watch delivered %d events; want the 300 published ones and the job's own", n)
@@ -104,14 +76,32 @@ func TestWatchJobSlowReader(t *testing.T) {
 // with no polling to fall back on.
 func TestWatchJobLossStillEndsDone(t *testing.T) {
 	t.Parallel()
+	last, n, werr := watchThroughFlood(t, "lossy reader", 10,
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})) // drops are the point
+	if last.State != client.StateDone {
+		t.Fatalf("watch of %d events ended with %+v (context: %v); want the done state", n, last, werr)
+	}
+	if n >= 300 {
+		t.Errorf("watch delivered %d events; want fewer than the 300 published, some dropped", n)
+	}
+}
+
+// watchThroughFlood watches a held job over NATS (no polling), publishes 300 state events
+// for it while the reader is away, lets the job finish and then reads the watch to its end:
+// the last event, the count, and the watch's context error. pendingLimit caps the messages
+// buffered per state subscription (0: the client's default); natsOpts go to the connection.
+func watchThroughFlood(t *testing.T, prompt string, pendingLimit int, natsOpts ...nats.Option) (last client.Event, n int, werr error) {
+	t.Helper()
 	f := startForeman(t, foremanConfig{})
 	release := f.Fake.Hold("tiny-a")
 	defer release()
-	nc := natsConn(t, f, nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {})) // drops are the point
+	nc := natsConn(t, f, natsOpts...)
 	c := newClient(t, f.URL, client.WithNATS(nc), client.WithPollInterval(never))
-	client.SetStatePendingLimit(c, 10)
+	if pendingLimit > 0 {
+		client.SetStatePendingLimit(c, pendingLimit)
+	}
 	ctx := testCtx(t)
-	id, err := c.SubmitAsync(ctx, chatJob("tiny-a", "lossy reader"))
+	id, err := c.SubmitAsync(ctx, chatJob("tiny-a", prompt))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,19 +117,12 @@ func TestWatchJobLossStillEndsDone(t *testing.T) {
 	publishStates(t, f, id, 300)
 	release()
 	waitState(t, c, id, client.StateDone)
-	flushed(t, nc) // the done event is now buffered or dropped: dropped, the buffer being full
-	var last client.Event
-	n := 0
+	flushed(t, nc) // the done event is now buffered, or dropped when the buffer is full
 	for e := range events {
 		last = e
 		n++
 	}
-	if last.State != client.StateDone {
-		t.Fatalf("watch of %d events ended with %+v (context: %v); want the done state", n, last, wctx.Err())
-	}
-	if n >= 300 {
-		t.Errorf("watch delivered %d events; want fewer than the 300 published, some dropped", n)
-	}
+	return last, n, wctx.Err()
 }
 
 // TestWatchAllSlowReader: watching every job over NATS, a reader that falls behind by

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"time"
 
 	"gitea.stevedudenhoeffer.com/steve/foreman/broker"
 )
@@ -94,26 +93,6 @@ func rawConflict(body []byte) bool {
 // keep_alive (a load that keeps the model so long) is refused, as Ollama refuses it.
 func rawRefused(kind broker.Kind, asks capabilityAsks, caps []string, remote bool) bool {
 	return kind == broker.KindGenerate && asks.raw && !remote && !slices.Contains(caps, "image")
-}
-
-// zeroKeepAlive reports whether raw, a request's keep_alive, is one Ollama reads as 0
-// (its api.Duration: a number of seconds, or a Go duration string; a negative one keeps
-// the model for good), which with no prompt makes a generate its unload request. A
-// missing or null one is not (the server's OLLAMA_KEEP_ALIVE, no unload), and one
-// Ollama cannot read is its decoder's 400 before anything (keepAliveRefused).
-func zeroKeepAlive(raw json.RawMessage) bool {
-	var v any
-	if len(raw) == 0 || json.Unmarshal(raw, &v) != nil {
-		return false
-	}
-	switch t := v.(type) {
-	case float64:
-		return t >= 0 && time.Duration(t*float64(time.Second)) == 0
-	case string:
-		d, err := time.ParseDuration(t)
-		return err == nil && d == 0
-	}
-	return false
 }
 
 // thinkThinks reports whether a native "think" enables thinking as Ollama reads it

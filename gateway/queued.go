@@ -231,7 +231,7 @@ func parseInference(kind broker.Kind, body []byte) (inference, error) {
 	if kind == broker.KindGenerate && bool(req.Raw.holds) && bool(req.Template.holds || req.System.holds || req.Context.holds) {
 		// Decoded again only for a body that names raw with one of the others. Ollama's
 		// unload (no prompt, a keep_alive of 0) is answered before raw mode is read.
-		in.asks.raw = rawConflict(read) && !(nothing && zeroKeepAlive(req.KeepAlive.raw))
+		in.asks.raw = rawConflict(read) && !(nothing && ollama.ZeroKeepAlive(req.KeepAlive.raw))
 	}
 	if kind == broker.KindOpenAIChat {
 		in.asks.thinks = reasoningThinks(req.Reasoning.raw, req.ReasoningEffort.raw)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/ollama/ollama/types/model"
 )
@@ -196,3 +197,24 @@ func ValidModelName(name string) bool { return model.ParseName(name).IsValid() }
 // (v0.17.4 types/model.Name.String: host, namespace and tag filled in), e.g.
 // "registry.ollama.ai/library/llama3:latest" for "llama3".
 func FullModelName(name string) string { return model.ParseName(name).String() }
+
+// ZeroKeepAlive reports whether raw, a request's keep_alive, is one Ollama reads as 0 (its
+// api.Duration: a number of seconds, or a Go duration string): its scheduler unloads the
+// model as soon as the request ends, and a generate with no prompt is its unload request.
+// A negative value keeps the model loaded for good; a missing or null one is the server's
+// OLLAMA_KEEP_ALIVE, which foreman cannot see; one Ollama cannot read makes it refuse the
+// request.
+func ZeroKeepAlive(raw json.RawMessage) bool {
+	var v any
+	if len(raw) == 0 || json.Unmarshal(raw, &v) != nil {
+		return false
+	}
+	switch t := v.(type) {
+	case float64:
+		return t >= 0 && time.Duration(t*float64(time.Second)) == 0
+	case string:
+		d, err := time.ParseDuration(t)
+		return err == nil && d == 0
+	}
+	return false
+}

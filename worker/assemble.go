@@ -48,7 +48,7 @@ func newTargetCall(kind broker.Kind, body []byte) targetCall {
 		req.Stream, req.Tools, req.DebugOnly, req.KeepAlive = ollama.StreamMember{}, nil, false, nil
 	}
 	c := targetCall{kind: kind, body: body, streams: ollama.Streams(kind.Path(), req.Stream.For(kind.Path())), debug: req.DebugOnly}
-	if readsKeepAlive(kind) && zeroKeepAlive(req.KeepAlive) {
+	if readsKeepAlive(kind) && ollama.ZeroKeepAlive(req.KeepAlive) {
 		c.unloads, c.unloadOnly = true, unloadOnly(kind, body)
 	}
 	if c.streams || req.DebugOnly {
@@ -83,26 +83,6 @@ func readsKeepAlive(kind broker.Kind) bool {
 	switch kind {
 	case broker.KindChat, broker.KindGenerate, broker.KindEmbed, broker.KindEmbeddings:
 		return true
-	}
-	return false
-}
-
-// zeroKeepAlive reports whether raw, a request's keep_alive, is one Ollama reads as 0 (its
-// api.Duration: a number of seconds, or a Go duration string), after which its scheduler
-// unloads the model as soon as the request ends. A negative value keeps the model loaded
-// for good; a missing or null one is the server's OLLAMA_KEEP_ALIVE, which foreman cannot
-// see; one Ollama cannot read makes it refuse the request.
-func zeroKeepAlive(raw json.RawMessage) bool {
-	var v any
-	if len(raw) == 0 || json.Unmarshal(raw, &v) != nil {
-		return false
-	}
-	switch t := v.(type) {
-	case float64:
-		return t >= 0 && time.Duration(t*float64(time.Second)) == 0
-	case string:
-		d, err := time.ParseDuration(t)
-		return err == nil && d == 0
 	}
 	return false
 }
